@@ -1,0 +1,1 @@
+"""Parley client SDK: protocol crypto, API and WebSocket client, CLI."""
