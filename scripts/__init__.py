@@ -1,0 +1,1 @@
+"""Developer scripts: the embedded stack, run and CI helpers."""

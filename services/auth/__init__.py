@@ -1,0 +1,1 @@
+"""The auth service: accounts, sessions, tokens, two-factor, admin users API."""

@@ -1,0 +1,200 @@
+"""The application factory every service builds on.
+
+``base_app`` gives a service its middlewares (request id, metrics, error
+model), ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and
+``/docs`` under the service's path prefix (``/auth``, ``/keys`` ...; the load
+balancer routes by that prefix without rewriting paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from services.common.config import Settings, settings_or_exit
+from services.common.errors import ApiError, ErrorCode
+from services.common.http import MAX_BODY, json_response
+from services.common.logging import (
+    REQUEST_ID_HEADER,
+    new_request_id,
+    request_id_var,
+    setup_logging,
+    valid_request_id,
+)
+from services.common.metrics import HttpMetrics, metrics_handler
+from services.common.openapi import Api, docs_page
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], Awaitable[Any]]
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("checks", dict)
+SERVICE: web.AppKey[str] = web.AppKey("service", str)
+
+_HTTP_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+}
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    rid = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
+    token = request_id_var.set(rid)
+    try:
+        response = await handler(request)
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = rid
+        return response
+    finally:
+        request_id_var.reset(token)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    rid = request_id_var.get()
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_response(exc.body(rid), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
+        err = ApiError(code, status=exc.status)
+        return json_response(err.body(rid), status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return json_response(ApiError(ErrorCode.INTERNAL).body(rid), status=500)
+
+
+async def run_checks(checks: dict[str, Check], timeout: float) -> dict[str, str]:
+    """Run every dependency check at once; map each name to "ok" or why it failed."""
+
+    async def one(check: Check) -> str:
+        try:
+            await asyncio.wait_for(check(), timeout)
+        except TimeoutError:
+            return "timeout"
+        except Exception as exc:
+            return type(exc).__name__
+        return "ok"
+
+    names = list(checks)
+    results = await asyncio.gather(*(one(checks[n]) for n in names))
+    return dict(zip(names, results, strict=True))
+
+
+def base_app(
+    service: str,
+    settings: Settings,
+    *,
+    prefix: str,
+    api: Api | None = None,
+    middlewares: list[Any] | None = None,
+) -> web.Application:
+    registry = CollectorRegistry()
+    http_metrics = HttpMetrics(registry, service)
+    app = web.Application(
+        middlewares=[
+            request_id_middleware,
+            http_metrics.middleware(),
+            error_middleware,
+            *(middlewares or []),
+        ],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    app[CHECKS] = {}
+    app[SERVICE] = service
+    app[MAX_BODY] = settings.max_body_bytes
+    started = time.time()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return json_response(
+            {"status": "ok", "service": service, "uptime_s": int(time.time() - started)}
+        )
+
+    async def readyz(_: web.Request) -> web.Response:
+        results = await run_checks(app[CHECKS], settings.readiness_timeout_s)
+        failed = sorted(name for name, r in results.items() if r != "ok")
+        body: dict[str, Any] = {
+            "status": "unavailable" if failed else "ok",
+            "service": service,
+            "checks": results,
+        }
+        if failed:
+            body["failed"] = failed
+            body["error"] = {
+                "code": ErrorCode.UNAVAILABLE.value,
+                "message": "Not ready: " + ", ".join(failed) + " unavailable.",
+            }
+        return json_response(body, status=503 if failed else 200)
+
+    app.router.add_get(f"{prefix}/healthz", healthz)
+    app.router.add_get(f"{prefix}/readyz", readyz)
+    app.router.add_get(f"{prefix}/metrics", metrics_handler(registry))
+    if api is not None:
+        api.install(app, prefix)
+        doc = api.document(prefix)
+
+        async def openapi_json(_: web.Request) -> web.Response:
+            return json_response(doc)
+
+        page = docs_page(doc)
+
+        async def docs(_: web.Request) -> web.Response:
+            return web.Response(text=page, content_type="text/html")
+
+        app.router.add_get(f"{prefix}/openapi.json", openapi_json)
+        app.router.add_get(f"{prefix}/docs", docs)
+    return app
+
+
+def run_service(service: str, factory: Callable[[Settings], Awaitable[web.Application]]) -> None:
+    """Entry point: settings (or one clear line and exit 2), logging, uvloop, serve.
+
+    aiohttp's runner handles SIGTERM/SIGINT: it stops accepting, runs the
+    app's on_shutdown hooks (gateways send ``reconnect`` there), then cleanup.
+    """
+    settings = settings_or_exit(service)
+    if settings.port is None:
+        print(f"parley-{service}: bad configuration: PARLEY_PORT is required", flush=True)
+        raise SystemExit(2)
+    setup_logging(service, settings.log_level, settings.log_format)
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - non-Linux platforms
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    log.info("starting", extra={"port": settings.port})
+    web.run_app(
+        factory(settings),
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+        handle_signals=True,
+    )

@@ -1,0 +1,185 @@
+"""Factories for the backing-server clients, and their readiness checks.
+
+One place builds every MongoDB, Redis and Kafka client so that timeouts,
+codecs and retry behaviour are the same in all services. Nothing here runs
+at import time; services call these from their ``create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.common.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Topics:
+    """Kafka topic names, under the configured prefix (tests use their own)."""
+
+    def __init__(self, settings: Settings) -> None:
+        p = settings.topic_prefix
+        self.messages = f"{p}messages"
+        self.events = f"{p}events"
+
+    def all(self) -> list[str]:
+        return [self.messages, self.events]
+
+
+def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
+    ms = settings.dependency_timeout_ms
+    return AsyncMongoClient(
+        settings.mongo_url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=ms,
+        connectTimeoutMS=ms,
+        socketTimeoutMS=max(ms, 10_000),
+        retryWrites=False,  # the embedded server has no replica-set sessions
+        appname="parley",
+    )
+
+
+def service_db(
+    client: AsyncMongoClient[dict[str, Any]], settings: Settings, service: str
+) -> AsyncDatabase[dict[str, Any]]:
+    """Each service owns one database: ``<db_prefix><service>``."""
+    return client[f"{settings.db_prefix}{service}"]
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    timeout = settings.dependency_timeout_ms / 1000
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        health_check_interval=15,
+        decode_responses=False,
+    )
+
+
+def kafka_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        # Tansu rejects idempotent producers; our idempotency keys make a
+        # redelivered record harmless (docs/embedded.md).
+        "enable_idempotence": False,
+        "linger_ms": 1,
+        "request_timeout_ms": max(settings.dependency_timeout_ms, 5000),
+        "client_id": "parley",
+    }
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)
+
+
+def kafka_consumer(
+    settings: Settings, topics: Iterable[str], group_id: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(settings.kafka_session_timeout_ms // 3, 300),
+        "client_id": "parley",
+    }
+    opts.update(overrides)
+    return AIOKafkaConsumer(*topics, **opts)
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str]) -> list[str]:
+    """Create the topics that are missing (explicitly: auto-create is not relied on).
+
+    Returns the names it created. Safe to call from several processes at once.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=max(settings.dependency_timeout_ms, 5000),
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, settings.kafka_partitions, 1) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created kafka topics", extra={"topics": missing})
+        return missing
+    finally:
+        await admin.close()
+
+
+class KafkaProducerHandle:
+    """A producer that connects in the background and reconnects after a broker restart.
+
+    Services start even when the broker is not up yet (``make run`` starts all
+    processes at once); readiness reports ``kafka`` until the producer runs.
+    """
+
+    def __init__(self, settings: Settings, topics: Iterable[str] = ()) -> None:
+        self.settings = settings
+        self.topics = list(topics)
+        self.producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._connect_loop())
+
+    async def _connect_loop(self) -> None:
+        delay = 0.2
+        while self.producer is None:
+            producer = kafka_producer(self.settings)
+            try:
+                if self.topics:
+                    await ensure_topics(self.settings, self.topics)
+                await producer.start()
+            except Exception as exc:  # broker not up yet: keep trying
+                log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
+                await producer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.producer = producer
+            self._ready.set()
+
+    async def wait_ready(self, timeout: float | None = None) -> AIOKafkaProducer:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+        assert self.producer is not None
+        return self.producer
+
+    def get(self) -> AIOKafkaProducer | None:
+        return self.producer
+
+    async def check(self) -> None:
+        """Readiness: the broker answers a metadata request and our topics exist."""
+        if self.producer is None:
+            raise ConnectionError("not connected")
+        client = self.producer.client
+        metadata = await client.fetch_all_metadata()
+        missing = [t for t in self.topics if t not in metadata.topics()]
+        if missing:
+            # A memory-only broker that restarted comes back empty: recreate.
+            await ensure_topics(self.settings, missing)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.producer is not None:
+            await self.producer.stop()

@@ -1,0 +1,97 @@
+"""Typed configuration from the environment, in one place.
+
+Every option is a ``PARLEY_*`` environment variable (see docs/configuration.md).
+Defaults make the embedded setup (``make run``) work without any variable set.
+Secrets are ``SecretStr``: they never appear in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All of Parley's settings; each service reads the part it needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    # Where this process listens.
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+
+    # Backing servers.
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    db_prefix: str = Field(default="parley_", pattern=r"^[A-Za-z0-9_]{1,40}$")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = Field(default="parley", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(default="parley.", pattern=r"^[A-Za-z0-9_.-]{0,40}$")
+    kafka_partitions: int = Field(default=4, ge=1, le=1024)
+    kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=2525, ge=1, le=65535)
+    smtp_from: str = "Parley <no-reply@parley.invalid>"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: bool = False
+
+    # Service discovery (internal URLs of the other services).
+    auth_url: str = "http://127.0.0.1:8101"
+    keys_url: str = "http://127.0.0.1:8102"
+    delivery_url: str = "http://127.0.0.1:8105"
+
+    # Tokens.
+    jwt_issuer: str = "parley"
+    jwt_audience: str = "parley"
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86400)
+    refresh_token_ttl_s: int = Field(default=30 * 86400, ge=300)
+    jwks_cache_s: int = Field(default=300, ge=1)
+    # Encrypts the auth service's signing keys at rest; None = stored unencrypted
+    # (the embedded default; production sets it from the secret store).
+    key_encryption_secret: SecretStr | None = None
+
+    # Gateway.
+    gateway_id: str = Field(default="gw-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    # Operations.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    readiness_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    dependency_timeout_ms: int = Field(default=5000, ge=100)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+
+class ConfigError(Exception):
+    """The environment does not describe a valid configuration."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; overrides win (used by tests).
+
+    Raises ConfigError with one human line naming each bad variable and why,
+    never echoing the value (it may be a secret).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(p) for p in err["loc"])
+            problems.append(f"PARLEY_{field.upper()}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def settings_or_exit(service: str, **overrides: object) -> Settings:
+    """Entry-point helper: load settings, or print one line and exit(2)."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"parley-{service}: bad configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,68 @@
+"""HTTP helpers: JSON in and out with orjson, bodies validated by pydantic."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from services.common.errors import ApiError, ErrorCode
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    if isinstance(data, BaseModel):
+        body = data.model_dump_json().encode()
+    else:
+        body = orjson.dumps(data)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, str]]:
+    """Field errors without echoing the input (it may be a password)."""
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"]}
+        for err in exc.errors(include_input=False, include_url=False)
+    ]
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > request.app[MAX_BODY]:
+        raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE)
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream", ""):
+        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Send JSON (application/json).")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE) from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(ErrorCode.INVALID_JSON) from None
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "The body must be a JSON object.")
+    return parse_model(model, data)
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            "The request is not valid.",
+            details=validation_details(exc),
+        ) from None
+
+
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)

@@ -1,0 +1,247 @@
+"""OpenAPI 3.1 documents built from the routes themselves.
+
+Handlers are registered through :class:`Api`, which records the path, method,
+pydantic body/response models and error codes, wires the aiohttp route, and
+produces ``/openapi.json``. Nothing is written twice: the same model that
+validates a body documents it.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from services.common.errors import ErrorCode, http_status
+from services.common.http import json_response, parse_body
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    summary: str
+    body: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    auth: bool
+    errors: Sequence[ErrorCode]
+    tags: Sequence[str]
+    query: dict[str, str] = field(default_factory=dict)
+
+
+class Api:
+    """Collects a service's operations and renders its OpenAPI document."""
+
+    def __init__(self, title: str, version: str, description: str = "") -> None:
+        self.title = title
+        self.version = version
+        self.description = description
+        self.operations: list[tuple[Operation, Handler]] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        body: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        auth: bool = False,
+        errors: Sequence[ErrorCode] = (),
+        tags: Sequence[str] = (),
+        query: dict[str, str] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler. With ``body``, it receives the parsed model as ``body=``.
+
+        A handler may return a web.StreamResponse, a pydantic model or plain data
+        (rendered as JSON with ``status``).
+        """
+
+        def decorate(fn: Handler) -> Handler:
+            op = Operation(
+                method.upper(),
+                path,
+                summary,
+                body,
+                response,
+                status,
+                auth,
+                errors,
+                tags,
+                query or {},
+            )
+
+            @functools.wraps(fn)
+            async def handler(request: web.Request) -> web.StreamResponse:
+                if body is not None:
+                    result = await fn(request, body=await parse_body(request, body))
+                else:
+                    result = await fn(request)
+                if isinstance(result, web.StreamResponse):
+                    return result
+                if result is None:
+                    return web.Response(status=204)
+                return json_response(result, status=status)
+
+            self.operations.append((op, handler))
+            return fn
+
+        return decorate
+
+    def get(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kw)
+
+    def install(self, app: web.Application, prefix: str) -> None:
+        for op, handler in self.operations:
+            app.router.add_route(op.method, prefix + op.path, handler)
+
+    def document(self, prefix: str, server_url: str | None = None) -> dict[str, Any]:
+        paths: dict[str, Any] = {}
+        schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+        for op, _ in self.operations:
+            item: dict[str, Any] = {
+                "summary": op.summary,
+                "operationId": f"{op.method.lower()}_{(prefix + op.path).strip('/')}".replace(
+                    "/", "_"
+                )
+                .replace("{", "")
+                .replace("}", "")
+                .replace("-", "_")
+                .replace(".", "_"),
+                "tags": list(op.tags),
+                "responses": {},
+            }
+            params = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _path_params(op.path)
+            ]
+            params += [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": desc,
+                }
+                for name, desc in op.query.items()
+            ]
+            if params:
+                item["parameters"] = params
+            if op.auth:
+                item["security"] = [{"bearer": []}]
+            if op.body is not None:
+                item["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(op.body, schemas)}},
+                }
+            ok: dict[str, Any] = {"description": "Success"}
+            if op.response is not None:
+                ok["content"] = {"application/json": {"schema": _ref(op.response, schemas)}}
+            item["responses"][str(op.status)] = ok
+            codes = list(op.errors)
+            if op.body is not None:
+                codes += [ErrorCode.INVALID_JSON, ErrorCode.VALIDATION_FAILED]
+            if op.auth:
+                codes += [ErrorCode.UNAUTHENTICATED, ErrorCode.INVALID_TOKEN]
+            by_status: dict[int, list[str]] = {}
+            for code in codes:
+                by_status.setdefault(http_status(code), []).append(code.value)
+            for st, names in sorted(by_status.items()):
+                item["responses"][str(st)] = {
+                    "description": "Error codes: " + ", ".join(sorted(set(names))),
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+            paths.setdefault(prefix + op.path, {})[op.method.lower()] = item
+        doc: dict[str, Any] = {
+            "openapi": "3.1.0",
+            "info": {"title": self.title, "version": self.version, "description": self.description},
+            "paths": paths,
+            "components": {
+                "schemas": schemas,
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                },
+            },
+        }
+        if server_url:
+            doc["servers"] = [{"url": server_url}]
+        return doc
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "enum": [c.value for c in ErrorCode]},
+                "message": {"type": "string"},
+                "request_id": {"type": "string"},
+                "details": {},
+            },
+        }
+    },
+}
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+
+
+def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        schemas[name] = sub
+    schemas[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def docs_page(doc: dict[str, Any]) -> str:
+    """A self-contained HTML page listing every operation (no external assets)."""
+    rows = []
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            codes = ", ".join(f"{st}" for st in op["responses"])
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(op['summary'])}</td>"
+                f"<td>{'bearer' if op.get('security') else ''}</td>"
+                f"<td>{codes}</td></tr>"
+            )
+    title = html.escape(doc["info"]["title"])
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;text-align:left}"
+        "tr:nth-child(even){background:#f4f4f4}</style></head><body>"
+        f"<h1>{title} <small>{html.escape(doc['info']['version'])}</small></h1>"
+        f"<p>{html.escape(doc['info'].get('description', ''))}</p>"
+        "<p>Machine-readable: <a href='openapi.json'>openapi.json</a></p>"
+        "<table><tr><th>Method</th><th>Path</th><th>Summary</th><th>Auth</th><th>Responses</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )

@@ -1,0 +1,1 @@
+"""The delivery service: Kafka consumers that store and route envelopes."""

@@ -1,0 +1,7 @@
+"""`python -m services.delivery`: run the delivery service."""
+
+from services.common.app import run_service
+from services.delivery.app import create_app
+
+if __name__ == "__main__":
+    run_service("delivery", create_app)

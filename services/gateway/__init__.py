@@ -1,0 +1,1 @@
+"""The WebSocket gateway pods (stateless)."""

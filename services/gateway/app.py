@@ -1,0 +1,18 @@
+"""``create_app``: a gateway pod's wiring."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.common.app import base_app
+from services.common.clients import Topics
+from services.common.config import Settings
+from services.common.deps import use_kafka_producer, use_redis
+from services.gateway.routes import api
+
+
+async def create_app(settings: Settings) -> web.Application:
+    app = base_app("gateway", settings, prefix="/gateway", api=api)
+    use_redis(app, settings)
+    use_kafka_producer(app, settings, Topics(settings).all())
+    return app

@@ -1,0 +1,1 @@
+"""The key directory: identity keys and prekey bundles."""
