@@ -23,7 +23,7 @@ class MaildirHandler:
         self.maildir = maildir
         self.counter = itertools.count(len(list(maildir.glob("*.eml"))) + 1)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         for rcpt in envelope.rcpt_tos:
             safe = re.sub(r"[^A-Za-z0-9@._-]", "_", rcpt)[:100]
             path = self.maildir / f"{next(self.counter):06d}-{safe}.eml"

@@ -199,7 +199,7 @@ class Processes:
     def start(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
         argv, extra = command(self.cfg, name)
         env = {**os.environ, **extra, "PYTHONPATH": str(ROOT)}
-        log = open(self.cfg.data_dir / f"{name}.out", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.cfg.data_dir / f"{name}.out", "ab")
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[name] = proc
