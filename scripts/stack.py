@@ -218,11 +218,15 @@ class Processes:
         proc.wait(timeout=15)
 
     def stop_all(self) -> None:
-        for name in list(self.procs)[::-1]:
-            proc = self.procs.pop(name)
+        stopping = [self.procs.pop(name) for name in list(self.procs)[::-1]]
+        for proc in stopping:
             proc.terminate()
-        for proc in list(self.procs.values()):
-            proc.wait()
+        for proc in stopping:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.procs)

@@ -1,0 +1,164 @@
+"""The app factory's contract: error model, request ids, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from services.common.app import CHECKS, base_app
+from services.common.config import load_settings
+from services.common.errors import ApiError, ErrorCode
+from services.common.openapi import Api
+
+STORED: web.AppKey[list[str]] = web.AppKey("stored", list)
+
+
+class Greeting(BaseModel):
+    name: str = Field(min_length=1, max_length=20)
+    times: int = Field(default=1, ge=1, le=3)
+
+
+class Reply(BaseModel):
+    text: str
+
+
+def make_app() -> web.Application:
+    api = Api("Test", "1.0")
+    stored: list[str] = []
+
+    @api.post("/v1/greet", summary="Greet", body=Greeting, response=Reply, status=201)
+    async def greet(request: web.Request, body: Greeting) -> Reply:
+        stored.append(body.name)
+        return Reply(text=" ".join([f"hello {body.name}"] * body.times))
+
+    @api.get("/v1/fail", summary="Fails", errors=[ErrorCode.FORBIDDEN])
+    async def fail(request: web.Request) -> None:
+        raise ApiError(ErrorCode.FORBIDDEN)
+
+    @api.get("/v1/boom", summary="Crashes")
+    async def boom(request: web.Request) -> None:
+        raise RuntimeError("internal detail: db password is xyz")
+
+    app = base_app("test", load_settings(max_body_bytes=2048), prefix="/test", api=api)
+    app[STORED] = stored
+    return app
+
+
+@pytest.fixture
+async def client(make_client: Any) -> Any:
+    return await make_client(make_app())
+
+
+async def test_valid_body_is_parsed_and_answered(client: Any) -> None:
+    resp = await client.post("/test/v1/greet", json={"name": "ada", "times": 2})
+    assert resp.status == 201
+    assert (await resp.json()) == {"text": "hello ada hello ada"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        (
+            {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
+        ({"json": ["a", "list"]}, 422, "validation_failed"),
+        ({"json": {"name": ""}}, 422, "validation_failed"),
+        ({"json": {"name": "x", "times": "many"}}, 422, "validation_failed"),
+        ({"json": {"name": "x" * 5000}}, 413, "payload_too_large"),
+        (
+            {"data": b"name=x", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+    ],
+)
+async def test_bad_input_gets_a_code_and_changes_nothing(
+    client: Any, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    resp = await client.post("/test/v1/greet", **kwargs)
+    assert resp.status == status
+    body = await resp.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["request_id"]
+    assert client.server.app[STORED] == []
+
+
+async def test_validation_errors_do_not_echo_input(client: Any) -> None:
+    resp = await client.post("/test/v1/greet", json={"name": "s3cret-value" * 3})
+    text = await resp.text()
+    assert resp.status == 422
+    assert "s3cret-value" not in text
+    assert "name" in text
+
+
+async def test_api_error_and_unknown_routes_use_the_error_model(client: Any) -> None:
+    resp = await client.get("/test/v1/fail")
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "forbidden"
+    resp = await client.get("/test/nope")
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    resp = await client.delete("/test/v1/greet")
+    assert resp.status == 405
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_crash_is_500_without_internal_detail(client: Any) -> None:
+    resp = await client.get("/test/v1/boom")
+    assert resp.status == 500
+    body = await resp.json()
+    assert body["error"]["code"] == "internal_error"
+    assert "password" not in str(body)
+
+
+async def test_request_id_is_kept_or_made(client: Any) -> None:
+    resp = await client.get("/test/healthz", headers={"X-Request-ID": "abc-123"})
+    assert resp.headers["X-Request-ID"] == "abc-123"
+    too_long = "x" * 200
+    resp = await client.get("/test/healthz", headers={"X-Request-ID": too_long})
+    assert resp.headers["X-Request-ID"] not in ("", too_long)
+
+
+async def test_metrics_count_requests_by_route(client: Any) -> None:
+    await client.post("/test/v1/greet", json={"name": "bo"})
+    await client.get("/test/v1/fail")
+    text = await (await client.get("/test/metrics")).text()
+    assert (
+        'parley_http_requests_total{method="POST",route="/test/v1/greet",service="test",status="201"} 1.0'
+        in text
+    )
+    assert 'route="/test/v1/fail",service="test",status="403"} 1.0' in text
+    assert "parley_http_request_duration_seconds_bucket" in text
+
+
+async def test_readyz_names_the_failed_dependency(client: Any) -> None:
+    async def ok() -> None:
+        return None
+
+    async def down() -> None:
+        raise ConnectionRefusedError
+
+    client.server.app[CHECKS].update({"mongodb": ok, "redis": down})
+    resp = await client.get("/test/readyz")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["failed"] == ["redis"]
+    assert body["checks"] == {"mongodb": "ok", "redis": "ConnectionRefusedError"}
+    client.server.app[CHECKS]["redis"] = ok
+    assert (await client.get("/test/readyz")).status == 200
+
+
+async def test_openapi_documents_models_and_error_codes(client: Any) -> None:
+    doc = await (await client.get("/test/openapi.json")).json()
+    op = doc["paths"]["/test/v1/greet"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/Greeting")
+    assert "201" in op["responses"]
+    assert "validation_failed" in op["responses"]["422"]["description"]
+    assert doc["components"]["schemas"]["Greeting"]["properties"]["times"]["maximum"] == 3
+    page = await (await client.get("/test/docs")).text()
+    assert "/test/v1/greet" in page

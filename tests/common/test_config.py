@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import pytest
+from pydantic import SecretStr
+
+from scripts.stack import ROOT
+from services.common.config import ConfigError, load_settings
+
+
+def test_defaults_describe_the_embedded_stack() -> None:
+    s = load_settings()
+    assert s.mongo_url == "mongodb://127.0.0.1:27017"
+    assert s.kafka_bootstrap == "127.0.0.1:9092"
+    assert s.redis_url.startswith("redis://127.0.0.1:6379")
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_KAFKA_PARTITIONS", "8")
+    assert load_settings().kafka_partitions == 8
+
+
+def test_bad_value_names_the_variable_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_KAFKA_PARTITIONS", "lots-9f3a")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "PARLEY_KAFKA_PARTITIONS" in str(info.value)
+    assert "lots-9f3a" not in str(info.value)
+
+
+def test_secrets_never_print() -> None:
+    s = load_settings(smtp_password=SecretStr("hunter2-secret"))
+    assert "hunter2-secret" not in repr(s)
+    assert "hunter2-secret" not in str(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"PARLEY_PORT": "eighty"}, "PARLEY_PORT"),
+        ({"PARLEY_PORT": "8999", "PARLEY_LOG_LEVEL": "LOUD"}, "PARLEY_LOG_LEVEL"),
+        ({}, "PARLEY_PORT is required"),
+    ],
+)
+def test_service_refuses_bad_config_with_one_line(env: dict[str, str], needle: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.auth"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    out = (proc.stdout + proc.stderr).strip()
+    assert needle in out
+    assert len(out.splitlines()) == 1, out
+    assert "Traceback" not in out

@@ -1,0 +1,55 @@
+"""/readyz really pings its dependencies: kill one, see 503 naming it, restart, see 200.
+
+These tests own a private set of servers so that killing one disturbs no other test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.stack import Processes, StackConfig
+from services.delivery.app import create_app
+from tests.support.aio import eventually
+from tests.support.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    cfg = StackConfig.free_ports(Path(tmp_path_factory.mktemp("private")))
+    procs = Processes(cfg)
+    for name in ("mongo", "kafka", "redis"):
+        procs.start(name)
+    yield Stack(cfg, procs)
+    procs.stop_all()
+
+
+async def readyz(client: Any) -> tuple[int, dict[str, Any]]:
+    resp = await client.get("/delivery/readyz")
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize(
+    ("server", "check"), [("redis", "redis"), ("kafka", "kafka"), ("mongo", "mongodb")]
+)
+async def test_readyz_follows_a_dependency_down_and_back(
+    private_stack: Stack, make_client: Any, server: str, check: str
+) -> None:
+    settings = private_stack.settings(readiness_timeout_s=1.5, dependency_timeout_ms=1000)
+    client = await make_client(await create_app(settings))
+    await eventually(lambda: readyz(client), lambda r: r[0] == 200)
+
+    assert private_stack.procs is not None
+    private_stack.procs.kill(server)
+    _, body = await eventually(lambda: readyz(client), lambda r: r[0] == 503)
+    assert body["failed"] == [check]
+    assert body["error"]["code"] == "service_unavailable"
+    assert check in body["error"]["message"]
+    assert all(v == "ok" for k, v in body["checks"].items() if k != check)
+
+    private_stack.procs.start(server)
+    _, body = await eventually(lambda: readyz(client), lambda r: r[0] == 200, timeout=30)
+    assert body["checks"][check] == "ok"

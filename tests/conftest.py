@@ -1,0 +1,51 @@
+"""Session-wide fixtures: the embedded stack starts once; each test gets its own prefixes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.common.config import Settings
+from tests.support.stack import Stack, System, start_stack, start_system
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    if s.procs is not None:
+        s.procs.stop_all()
+
+
+@pytest.fixture
+def settings(stack: Stack) -> Settings:
+    return stack.settings()
+
+
+@pytest.fixture(scope="session")
+def system(stack: Stack) -> Iterator[System]:
+    sysm = start_system(stack)
+    yield sysm
+    sysm.procs.stop_all()
+
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    """Serve an aiohttp app on a real loopback port and hand back a client for it."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def make(app: web.Application) -> TestClient[web.Request, web.Application]:
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
