@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.common.config import Settings
 from tests.support.stack import Stack, System, start_stack, start_system
+from tests.support.tokens import TokenIssuer
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +50,13 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def issuer(settings: Settings) -> AsyncIterator[TokenIssuer]:
+    """Signs test tokens and serves their JWKS; use ``issuer.settings`` for the app."""
+    iss = TokenIssuer(settings)
+    url = await iss.start()
+    iss.settings = settings.model_copy(update={"auth_url": url})
+    yield iss
+    await iss.close()

@@ -1,0 +1,201 @@
+"""Offline verification of Parley access tokens, for every service.
+
+Access tokens are EdDSA-signed JWTs issued by the auth service. Services
+verify them against the auth service's JWKS (fetched once, cached, refreshed
+when a token names an unknown ``kid``), and check revocation in Redis:
+``<prefix>:revoked:sid:<sid>`` (a revoked session) and
+``<prefix>:blocked:<user_id>`` (a blocked user). Revocations are also
+published on the Redis channel ``<prefix>:revocations`` so that gateways close
+sockets at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from services.common.app import SETTINGS
+from services.common.config import Settings
+from services.common.deps import REDIS
+from services.common.errors import ApiError, ErrorCode
+from services.common.logging import outgoing_headers
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ["EdDSA"]
+JWKS_PATH = "/.well-known/jwks.json"
+# Unknown kids trigger at most one JWKS refresh per this many seconds
+# (a flood of forged kids must not become a flood of requests to auth).
+MIN_REFRESH_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    sid: str
+    roles: tuple[str, ...]
+    jti: str
+    exp: int
+
+    @property
+    def user_id(self) -> str:
+        return self.sub
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+def revocation_keys(redis_prefix: str, claims: Claims) -> tuple[str, str]:
+    return (f"{redis_prefix}:revoked:sid:{claims.sid}", f"{redis_prefix}:blocked:{claims.sub}")
+
+
+def revocation_channel(redis_prefix: str) -> str:
+    return f"{redis_prefix}:revocations"
+
+
+class TokenVerifier:
+    """Verifies access tokens against a JWKS; safe to share across requests."""
+
+    def __init__(self, settings: Settings, jwks_url: str | None = None) -> None:
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.cache_s = settings.jwks_cache_s
+        self.jwks_url = jwks_url or settings.auth_url.rstrip("/") + JWKS_PATH
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+
+    def load_jwks(self, jwks: Mapping[str, Any]) -> None:
+        keys: dict[str, Any] = {}
+        for entry in jwks.get("keys", []):
+            try:
+                jwk = jwt.PyJWK(entry)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, KeyError, TypeError):
+                log.warning("ignoring an unusable JWK", extra={"kid": entry.get("kid")})
+                continue
+            if entry.get("kid") and jwk.algorithm_name in ALGORITHMS:
+                keys[entry["kid"]] = jwk.key
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    async def _refresh(self, force: bool) -> None:
+        async with self._lock:
+            age = time.monotonic() - self._fetched_at
+            if (not force and age < self.cache_s) or (force and age < MIN_REFRESH_INTERVAL_S):
+                return
+            if self._session is None:
+                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            try:
+                async with self._session.get(self.jwks_url, headers=outgoing_headers()) as resp:
+                    resp.raise_for_status()
+                    self.load_jwks(orjson.loads(await resp.read()))
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+                log.warning("JWKS fetch failed", extra={"error": repr(exc)})
+                if not self._keys:
+                    msg = "Cannot verify tokens right now."
+                    raise ApiError(ErrorCode.UNAVAILABLE, msg) from None
+
+    async def verify(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise ApiError(ErrorCode.INVALID_TOKEN) from None
+        kid = header.get("kid")
+        if header.get("alg") not in ALGORITHMS or not isinstance(kid, str):
+            raise ApiError(ErrorCode.INVALID_TOKEN)
+        await self._refresh(force=False)
+        if kid not in self._keys:
+            await self._refresh(force=True)
+        key = self._keys.get(kid)
+        if key is None:
+            raise ApiError(ErrorCode.INVALID_TOKEN)
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "sid", "jti", "iss", "aud"]},
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise ApiError(ErrorCode.TOKEN_EXPIRED, "The access token has expired.") from None
+        except jwt.PyJWTError:
+            raise ApiError(ErrorCode.INVALID_TOKEN) from None
+        roles = payload.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise ApiError(ErrorCode.INVALID_TOKEN)
+        return Claims(
+            sub=str(payload["sub"]),
+            sid=str(payload["sid"]),
+            roles=tuple(roles),
+            jti=str(payload["jti"]),
+            exp=int(payload["exp"]),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+async def check_not_revoked(redis: aioredis.Redis, redis_prefix: str, claims: Claims) -> None:
+    """Raise TOKEN_REVOKED if the session was revoked or the user blocked."""
+    sid_key, user_key = revocation_keys(redis_prefix, claims)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.exists(sid_key)
+        pipe.exists(user_key)
+        revoked, blocked = await pipe.execute()
+    if blocked:
+        raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.", status=401)
+    if revoked:
+        raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+
+
+def bearer_token(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(ErrorCode.UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("token_verifier", TokenVerifier)
+CLAIMS_KEY = "parley_claims"
+
+
+def use_token_verifier(app: web.Application, settings: Settings) -> TokenVerifier:
+    verifier = TokenVerifier(settings)
+    app[VERIFIER] = verifier
+
+    async def close(_: web.Application) -> Any:
+        yield
+        await verifier.close()
+
+    app.cleanup_ctx.append(close)
+    return verifier
+
+
+async def authenticate(request: web.Request, *, check_revoked: bool = True) -> Claims:
+    """The caller's verified claims (cached on the request)."""
+    cached = request.get(CLAIMS_KEY)
+    if isinstance(cached, Claims):
+        return cached
+    claims = await request.app[VERIFIER].verify(bearer_token(request))
+    if check_revoked:
+        prefix = request.app[SETTINGS].redis_prefix
+        await check_not_revoked(request.app[REDIS], prefix, claims)
+    request[CLAIMS_KEY] = claims
+    return claims

@@ -1,0 +1,71 @@
+"""A stand-in token issuer for tests of services other than auth.
+
+It signs real EdDSA JWTs and serves its JWKS over real HTTP, so the shared
+verifier is exercised exactly as against the auth service.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from typing import Any
+
+import jwt
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.common.config import Settings
+
+
+class TokenIssuer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key = Ed25519PrivateKey.generate()
+        self.kid = secrets.token_hex(8)
+        self.server: TestServer | None = None
+
+    def jwks(self) -> dict[str, Any]:
+        jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        jwk.update({"kid": self.kid, "alg": "EdDSA", "use": "sig"})
+        return {"keys": [jwk]}
+
+    async def start(self) -> str:
+        """Serve the JWKS; returns the URL to pass as ``auth_url``."""
+
+        async def handler(_: web.Request) -> web.Response:
+            return web.json_response(self.jwks())
+
+        app = web.Application()
+        app.router.add_get("/.well-known/jwks.json", handler)
+        self.server = TestServer(app)
+        await self.server.start_server()
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    def token(
+        self,
+        user_id: str | None = None,
+        *,
+        roles: tuple[str, ...] = ("user",),
+        sid: str | None = None,
+        ttl: int = 900,
+        **overrides: Any,
+    ) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "sub": user_id or uuid.uuid4().hex,
+            "sid": sid or uuid.uuid4().hex,
+            "jti": uuid.uuid4().hex,
+            "roles": list(roles),
+            "iat": now,
+            "exp": now + ttl,
+        }
+        claims.update(overrides)
+        return jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": self.kid})
