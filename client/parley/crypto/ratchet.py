@@ -1,0 +1,346 @@
+"""The Double Ratchet (Signal's specification, revision 4) with AES-256-GCM.
+
+* ``KDF_RK(rk, dh_out) = HKDF-SHA256(salt = rk, ikm = dh_out,
+  info = "parley-v1/ratchet/root", L = 64)`` -> new root key || chain key.
+* ``KDF_CK(ck) = (HMAC-SHA256(ck, 0x01), HMAC-SHA256(ck, 0x02))`` -> message
+  key, next chain key.
+* ``ENCRYPT(mk, payload, ad)``: ``key || nonce = HKDF-SHA256(salt = 32 zero
+  bytes, ikm = mk, info = "parley-v1/ratchet/message-keys", L = 44)``, then
+  AES-256-GCM(key, nonce, payload, ad).  Each message key is used once, so the
+  derived nonce never repeats under a key.
+* Header: ratchet public key (32) || PN (u32) || N (u32), 40 bytes; the AEAD's
+  associated data is ``AD || every message byte before the ciphertext`` (which
+  includes the header).
+
+Bounds on skipped message keys (same numbers as libsignal):
+
+* :data:`MAX_SKIP` = 2000: one message may make us skip at most 2000 keys in
+  one chain (both for PN on the old chain and for N on the new one), so a
+  forged header costs a receiver at most ~4000 HMACs;
+* :data:`MAX_SKIPPED_KEYS` = 2000 keys stored in total, oldest evicted first;
+* :data:`MAX_OLD_CHAINS` = 5: keys of a receiving chain are dropped once five
+  newer receiving chains exist (i.e. after five DH ratchet steps).  No wall
+  clock is involved, so the state machine stays deterministic.
+
+A message whose key was used or dropped raises :class:`ReplayedMessage`.
+Decryption is transactional: nothing in the state changes unless the AEAD (and
+the optional payload check) succeeds.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from parley.crypto.encoding import U32_MAX, b64decode, b64encode
+from parley.crypto.errors import (
+    CryptoError,
+    DecryptionFailed,
+    InvalidKey,
+    MalformedBundle,
+    MalformedState,
+    ReplayedMessage,
+    TooManySkippedMessages,
+)
+from parley.crypto.primitives import (
+    MessageKeyDeriver,
+    RandomSource,
+    X25519KeyPair,
+    chain_key_step,
+    hkdf_sha256,
+    system_random,
+)
+
+__all__ = [
+    "MAX_OLD_CHAINS",
+    "MAX_SKIP",
+    "MAX_SKIPPED_KEYS",
+    "MESSAGE_INFO",
+    "ROOT_INFO",
+    "RatchetState",
+    "kdf_rk",
+]
+
+ROOT_INFO = b"parley-v1/ratchet/root"
+MESSAGE_INFO = b"parley-v1/ratchet/message-keys"
+MAX_SKIP = 2000
+MAX_SKIPPED_KEYS = 2000
+MAX_OLD_CHAINS = 5
+
+_MESSAGE_KEYS = MessageKeyDeriver(MESSAGE_INFO)
+_II = struct.Struct(">II")
+
+PayloadCheck = Callable[[bytes], None]
+"""Called with the decrypted payload before the state is committed; may raise."""
+
+
+def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
+    out = hkdf_sha256(dh_out, salt=root_key, info=ROOT_INFO, length=64)
+    return out[:32], out[32:]
+
+
+def _open(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    key, nonce = _MESSAGE_KEYS.derive(message_key)
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, ad)
+    except InvalidTag as exc:
+        raise DecryptionFailed("message authentication failed") from exc
+
+
+def _skip(
+    chain_key: bytes, start: int, until: int, ratchet_key: bytes
+) -> tuple[list[tuple[tuple[bytes, int], bytes]], bytes]:
+    keys: list[tuple[tuple[bytes, int], bytes]] = []
+    for n in range(start, until):
+        mk, chain_key = chain_key_step(chain_key)
+        keys.append(((ratchet_key, n), mk))
+    return keys, chain_key
+
+
+class RatchetState:
+    """One side of a Double Ratchet session.
+
+    ``skipped`` maps (ratchet public key, N) to (message key, chain index), in
+    insertion order (oldest first).  ``old_chains`` maps the public keys of
+    the last :data:`MAX_OLD_CHAINS` receiving chains to their chain index.
+    """
+
+    __slots__ = (
+        "ad",
+        "chain_index",
+        "ckr",
+        "cks",
+        "dhr",
+        "dhs",
+        "nr",
+        "ns",
+        "old_chains",
+        "pn",
+        "rk",
+        "rng",
+        "skipped",
+    )
+
+    def __init__(
+        self,
+        *,
+        ad: bytes,
+        rk: bytes,
+        dhs: X25519KeyPair,
+        dhr: bytes | None,
+        cks: bytes | None,
+        ckr: bytes | None,
+        ns: int = 0,
+        nr: int = 0,
+        pn: int = 0,
+        chain_index: int = 0,
+        skipped: dict[tuple[bytes, int], tuple[bytes, int]] | None = None,
+        old_chains: dict[bytes, int] | None = None,
+        rng: RandomSource = system_random,
+    ) -> None:
+        self.ad = ad
+        self.rk = rk
+        self.dhs = dhs
+        self.dhr = dhr
+        self.cks = cks
+        self.ckr = ckr
+        self.ns = ns
+        self.nr = nr
+        self.pn = pn
+        self.chain_index = chain_index
+        self.skipped: dict[tuple[bytes, int], tuple[bytes, int]] = skipped or {}
+        self.old_chains: dict[bytes, int] = old_chains or {}
+        self.rng = rng
+
+    # ------------------------------------------------------------------ setup
+
+    @classmethod
+    def initiator(
+        cls, secret: bytes, ad: bytes, remote_ratchet_key: bytes, rng: RandomSource
+    ) -> RatchetState:
+        """RatchetInitAlice: the first remote ratchet key is the responder's signed prekey."""
+        dhs = X25519KeyPair.generate(rng)
+        rk, cks = kdf_rk(secret, dhs.dh(remote_ratchet_key))
+        return cls(ad=ad, rk=rk, dhs=dhs, dhr=remote_ratchet_key, cks=cks, ckr=None, rng=rng)
+
+    @classmethod
+    def responder(
+        cls, secret: bytes, ad: bytes, own_ratchet_key: X25519KeyPair, rng: RandomSource
+    ) -> RatchetState:
+        """RatchetInitBob: our first ratchet key pair is the signed prekey."""
+        return cls(ad=ad, rk=secret, dhs=own_ratchet_key, dhr=None, cks=None, ckr=None, rng=rng)
+
+    # ------------------------------------------------------------------ encrypt
+
+    def encrypt(self, payload: bytes, prefix: bytes) -> tuple[bytes, bytes]:
+        """Return ``(header, ciphertext)``; the AD is ``self.ad || prefix || header``."""
+        cks = self.cks
+        if cks is None:
+            raise CryptoError("this session cannot send before it has received a message")
+        if self.ns > U32_MAX:
+            raise CryptoError("sending chain exhausted")
+        mk, self.cks = chain_key_step(cks)
+        header = self.dhs.public + _II.pack(self.pn, self.ns)
+        self.ns += 1
+        key, nonce = _MESSAGE_KEYS.derive(mk)
+        return header, AESGCM(key).encrypt(nonce, payload, self.ad + prefix + header)
+
+    # ------------------------------------------------------------------ decrypt
+
+    def decrypt(
+        self,
+        ratchet_key: bytes,
+        pn: int,
+        n: int,
+        associated: bytes,
+        ciphertext: bytes,
+        check: PayloadCheck | None = None,
+    ) -> bytes:
+        """Decrypt one message; ``associated`` is every message byte before the ciphertext."""
+        ad = self.ad + associated
+
+        slot = (ratchet_key, n)
+        stored = self.skipped.get(slot)
+        if stored is not None:
+            payload = _open(stored[0], ciphertext, ad)
+            if check is not None:
+                check(payload)
+            del self.skipped[slot]
+            return payload
+
+        if ratchet_key == self.dhr:
+            if self.ckr is None:
+                raise DecryptionFailed("message reuses the responder's prekey as ratchet key")
+            if n < self.nr:
+                raise ReplayedMessage("message number already received (or its key expired)")
+            if n - self.nr > MAX_SKIP:
+                raise TooManySkippedMessages(f"message skips {n - self.nr} keys (max {MAX_SKIP})")
+            new_keys, ck = _skip(self.ckr, self.nr, n, ratchet_key)
+            mk, ck = chain_key_step(ck)
+            payload = _open(mk, ciphertext, ad)
+            if check is not None:
+                check(payload)
+            self._store(new_keys, self.chain_index)
+            self.ckr = ck
+            self.nr = n + 1
+            return payload
+
+        if ratchet_key in self.old_chains:
+            raise ReplayedMessage("message from an old chain already received (or its key expired)")
+
+        # A new ratchet public key: DH ratchet step, computed on the side.
+        if n > MAX_SKIP:
+            raise TooManySkippedMessages(f"message skips {n} keys (max {MAX_SKIP})")
+        old_keys: list[tuple[tuple[bytes, int], bytes]] = []
+        if self.ckr is not None and self.dhr is not None:
+            if pn - self.nr > MAX_SKIP:
+                raise TooManySkippedMessages(
+                    f"message skips {pn - self.nr} keys of the previous chain (max {MAX_SKIP})"
+                )
+            old_keys, _ = _skip(self.ckr, self.nr, pn, self.dhr)
+        try:
+            dh_out = self.dhs.dh(ratchet_key)
+        except InvalidKey as exc:
+            raise DecryptionFailed("ratchet key is a low-order point") from exc
+        rk, ckr = kdf_rk(self.rk, dh_out)
+        new_keys, ckr = _skip(ckr, 0, n, ratchet_key)
+        mk, ckr = chain_key_step(ckr)
+        payload = _open(mk, ciphertext, ad)
+        if check is not None:
+            check(payload)
+
+        # Success: commit.
+        new_dhs = X25519KeyPair.generate(self.rng)
+        rk, cks = kdf_rk(rk, new_dhs.dh(ratchet_key))
+        if self.dhr is not None and self.ckr is not None:
+            self.old_chains[self.dhr] = self.chain_index
+        self._store(old_keys, self.chain_index)
+        self.chain_index += 1
+        self._store(new_keys, self.chain_index)
+        self.pn = self.ns
+        self.ns = 0
+        self.nr = n + 1
+        self.dhr = ratchet_key
+        self.ckr = ckr
+        self.cks = cks
+        self.rk = rk
+        self.dhs = new_dhs
+        self._expire()
+        return payload
+
+    def _store(self, keys: list[tuple[tuple[bytes, int], bytes]], chain_index: int) -> None:
+        skipped = self.skipped
+        for slot, mk in keys:
+            skipped[slot] = (mk, chain_index)
+        excess = len(skipped) - MAX_SKIPPED_KEYS
+        if excess > 0:
+            for slot in list(skipped)[:excess]:  # oldest first
+                del skipped[slot]
+
+    def _expire(self) -> None:
+        oldest = self.chain_index - MAX_OLD_CHAINS
+        self.old_chains = {k: i for k, i in self.old_chains.items() if i >= oldest}
+        self.skipped = {s: v for s, v in self.skipped.items() if v[1] >= oldest}
+
+    # ------------------------------------------------------------------ state
+
+    def to_json(self) -> dict[str, Any]:
+        def opt(value: bytes | None) -> str | None:
+            return None if value is None else b64encode(value)
+
+        return {
+            "ad": b64encode(self.ad),
+            "rk": b64encode(self.rk),
+            "dhs": b64encode(self.dhs.private_bytes()),
+            "dhr": opt(self.dhr),
+            "cks": opt(self.cks),
+            "ckr": opt(self.ckr),
+            "ns": self.ns,
+            "nr": self.nr,
+            "pn": self.pn,
+            "chain_index": self.chain_index,
+            "skipped": [
+                [b64encode(dh), n, b64encode(mk), idx]
+                for (dh, n), (mk, idx) in self.skipped.items()
+            ],
+            "old_chains": [[b64encode(dh), idx] for dh, idx in self.old_chains.items()],
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, rng: RandomSource = system_random) -> RatchetState:
+        try:
+
+            def key(value: Any, length: int = 32) -> bytes:
+                return b64decode(value, field="ratchet", length=length)
+
+            def opt(value: Any) -> bytes | None:
+                return None if value is None else key(value)
+
+            def count(value: Any) -> int:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise MalformedState("ratchet: bad counter")
+                return value
+
+            return cls(
+                ad=b64decode(obj["ad"], field="ad"),
+                rk=key(obj["rk"]),
+                dhs=X25519KeyPair.from_private_bytes(key(obj["dhs"])),
+                dhr=opt(obj["dhr"]),
+                cks=opt(obj["cks"]),
+                ckr=opt(obj["ckr"]),
+                ns=count(obj["ns"]),
+                nr=count(obj["nr"]),
+                pn=count(obj["pn"]),
+                chain_index=count(obj["chain_index"]),
+                skipped={
+                    (key(dh), count(n)): (key(mk), count(idx)) for dh, n, mk, idx in obj["skipped"]
+                },
+                old_chains={key(dh): count(idx) for dh, idx in obj["old_chains"]},
+                rng=rng,
+            )
+        except (KeyError, TypeError, ValueError, MalformedBundle) as exc:
+            raise MalformedState("ratchet state does not parse") from exc

@@ -1,0 +1,466 @@
+"""Public API: devices, pairwise sessions, group sessions, identity checks.
+
+Typical use::
+
+    bob = Device.generate()
+    upload = {"identity": bob.public_identity(), "signed_prekey": bob.signed_prekey(),
+              "one_time_prekeys": bob.generate_one_time_prekeys(100),
+              "kem_prekeys": bob.generate_kem_prekeys(100),
+              "last_resort_kem_prekey": bob.last_resort_kem_prekey()}
+    # ... Alice claims a bundle from the key directory ...
+    alice_session, first = Session.initiate(alice, bundle_json, b"hi")
+    bob_session, plaintext = Session.respond(bob, first)      # consumes prekeys
+    reply = bob_session.encrypt(b"hello")
+    alice_session.decrypt(reply)
+
+Every message a session produces is bytes (see :mod:`parley.crypto.wire`);
+its franking commitment is bytes [2:34].  States (``Device``, ``Session``,
+``GroupSession``) serialise with ``to_bytes``/``from_bytes``; persist them
+after every call that changes them (``respond`` changes the device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from parley.crypto import franking, pqxdh
+from parley.crypto.bundle import PrekeyBundle, PublicIdentity
+from parley.crypto.device import Device
+from parley.crypto.encoding import b64decode, b64encode
+from parley.crypto.errors import (
+    BadCommitment,
+    IdentityChanged,
+    MalformedBundle,
+    MalformedMessage,
+    MalformedState,
+    SessionMismatch,
+    UnknownSenderKey,
+)
+from parley.crypto.fingerprint import safety_number
+from parley.crypto.primitives import (
+    RandomSource,
+    mlkem768_encapsulate,
+    system_random,
+)
+from parley.crypto.ratchet import RatchetState
+from parley.crypto.sender_keys import (
+    MAX_CHAINS_PER_SENDER,
+    ReceiverChain,
+    SenderChain,
+    group_associated_data,
+)
+from parley.crypto.wire import (
+    TYPE_INITIAL,
+    TYPE_MESSAGE,
+    VERSION,
+    PrekeySection,
+    SenderKeyDistribution,
+    parse_group,
+    parse_pairwise,
+)
+
+__all__ = [
+    "DecryptedMessage",
+    "Device",
+    "GroupSession",
+    "Session",
+    "check_identity",
+    "is_initial_message",
+]
+
+_STATE_VERSION = 1
+_FK = franking.FRANKING_KEY_LEN
+_PREFIX_MESSAGE = bytes((VERSION, TYPE_MESSAGE))
+_PREFIX_INITIAL = bytes((VERSION, TYPE_INITIAL))
+_CONTEXT = franking.CONTEXT
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptedMessage:
+    """A decrypted message plus what a report needs (plaintext, key, commitment)."""
+
+    plaintext: bytes
+    franking_key: bytes
+    commitment: bytes
+
+
+def _seal_payload(plaintext: bytes, rng: RandomSource) -> tuple[bytes, bytes]:
+    """Return ``(commitment, payload)`` with payload = franking key || plaintext."""
+    if not isinstance(plaintext, bytes):
+        raise TypeError(f"plaintext must be bytes, not {type(plaintext).__name__}")
+    franking_key = rng(_FK)
+    commitment = hmac.digest(franking_key, _CONTEXT + plaintext, hashlib.sha256)
+    return commitment, franking_key + plaintext
+
+
+def _commitment_check(commitment: bytes) -> Callable[[bytes], None]:
+    def check(payload: bytes) -> None:
+        if len(payload) < _FK:
+            raise MalformedMessage("payload shorter than the franking key")
+        expected = hmac.digest(payload[:_FK], _CONTEXT + payload[_FK:], hashlib.sha256)
+        if not hmac.compare_digest(expected, commitment):
+            raise BadCommitment("franking commitment does not match the message")
+
+    return check
+
+
+def is_initial_message(message: bytes) -> bool:
+    """True if ``message`` is a PQXDH initial message (give it to :meth:`Session.respond`
+    unless a session with that peer already exists)."""
+    return len(message) >= 2 and message[0] == VERSION and message[1] == TYPE_INITIAL
+
+
+def check_identity(
+    known: PublicIdentity | None,
+    presented: PublicIdentity,
+    *,
+    local_identity: PublicIdentity | None = None,
+    local_user_id: str | None = None,
+    remote_user_id: str | None = None,
+) -> None:
+    """Trust on first use: raise :class:`IdentityChanged` if ``presented`` differs from
+    the ``known`` identity of a contact (``None`` = first contact, always accepted).
+
+    With ``local_identity`` and both user ids, the exception carries the old and
+    new safety numbers so the UI can show them.
+    """
+    if known is None:
+        return
+    if known.signing_key == presented.signing_key and known.dh_key == presented.dh_key:
+        return
+    old = new = None
+    if local_identity is not None and local_user_id is not None and remote_user_id is not None:
+        old = safety_number(
+            local_identity.signing_key, local_user_id, known.signing_key, remote_user_id
+        )
+        new = safety_number(
+            local_identity.signing_key, local_user_id, presented.signing_key, remote_user_id
+        )
+    raise IdentityChanged(
+        "the contact's identity key changed", old_safety_number=old, new_safety_number=new
+    )
+
+
+class Session:
+    """A pairwise end-to-end encrypted session with one device of a contact."""
+
+    __slots__ = (
+        "_initial_digest",
+        "_pending_section",
+        "_ratchet",
+        "local_identity",
+        "peer_identity",
+    )
+
+    def __init__(
+        self,
+        *,
+        ratchet: RatchetState,
+        local_identity: PublicIdentity,
+        peer_identity: PublicIdentity,
+        pending_section: bytes | None,
+        initial_digest: bytes | None,
+    ) -> None:
+        self._ratchet = ratchet
+        self.local_identity = local_identity
+        self.peer_identity = peer_identity
+        self._pending_section = pending_section
+        self._initial_digest = initial_digest
+
+    # ------------------------------------------------------------------ handshake
+
+    @classmethod
+    def initiate(
+        cls,
+        device: Device,
+        bundle: PrekeyBundle | Mapping[str, Any],
+        plaintext: bytes = b"",
+        *,
+        expected_identity: PublicIdentity | None = None,
+        rng: RandomSource | None = None,
+        kem_encapsulate: pqxdh.Encapsulate = mlkem768_encapsulate,
+    ) -> tuple[Session, bytes]:
+        """Start a session from a claimed bundle; return it and the initial message.
+
+        Every signature in the bundle is verified before any key is used
+        (InvalidSignature / MalformedBundle otherwise).  ``expected_identity``
+        is the identity we already know for this contact, if any
+        (IdentityChanged if the bundle has another).  Until the peer answers,
+        every message from :meth:`encrypt` is an initial message carrying the
+        same PQXDH fields.  ``rng`` and ``kem_encapsulate`` exist for test
+        vectors.
+        """
+        if isinstance(bundle, PrekeyBundle):
+            bundle.verify()
+            verified = bundle
+        else:
+            verified = PrekeyBundle.from_json(bundle)
+        check_identity(expected_identity, verified.identity)
+        rng = rng or device.rng
+        handshake = pqxdh.initiate(
+            device.dh_keypair, device.identity, verified, rng=rng, encapsulate=kem_encapsulate
+        )
+        ratchet = RatchetState.initiator(
+            handshake.secret, handshake.associated_data, verified.signed_prekey.key, rng
+        )
+        session = cls(
+            ratchet=ratchet,
+            local_identity=device.identity,
+            peer_identity=verified.identity,
+            pending_section=handshake.section.encode(),
+            initial_digest=None,
+        )
+        return session, session.encrypt(plaintext)
+
+    @classmethod
+    def respond(
+        cls, device: Device, message: bytes, *, rng: RandomSource | None = None
+    ) -> tuple[Session, bytes]:
+        """Accept an initial message; return the new session and the plaintext.
+
+        Consumes the one-time X25519 and one-time KEM prekeys it names (persist
+        ``device`` afterwards).  Raises InvalidSignature (initiator identity),
+        PrekeyReused, UnknownPrekey, ReplayedMessage (repeat of an initial
+        message that used no one-time material), DecryptionFailed, ...; on any
+        error the device is unchanged.
+        """
+        session, received = cls.respond_message(device, message, rng=rng)
+        return session, received.plaintext
+
+    @classmethod
+    def respond_message(
+        cls, device: Device, message: bytes, *, rng: RandomSource | None = None
+    ) -> tuple[Session, DecryptedMessage]:
+        """Like :meth:`respond`, returning the franking key and commitment too."""
+        parsed = parse_pairwise(message)
+        if parsed.type != TYPE_INITIAL or parsed.prekey_raw is None:
+            raise MalformedMessage("not an initial message")
+        section = PrekeySection.decode(parsed.prekey_raw)
+        section.identity.verify()
+        signed_prekey = device._lookup_signed_prekey(section.signed_prekey_id)
+        one_time = (
+            None
+            if section.one_time_prekey_id is None
+            else device._lookup_one_time_prekey(section.one_time_prekey_id)
+        )
+        kem = device._lookup_kem_prekey(section.kem_prekey_id)
+        if one_time is None and kem.last_resort:
+            device._check_base_key(section.ephemeral_key)
+        secret, ad = pqxdh.respond(
+            device.dh_keypair, device.identity, section, signed_prekey, one_time, kem.pair()
+        )
+        ratchet = RatchetState.responder(secret, ad, signed_prekey, rng or device.rng)
+        payload = ratchet.decrypt(
+            parsed.ratchet_key,
+            parsed.previous_chain_length,
+            parsed.message_number,
+            parsed.associated,
+            parsed.ciphertext,
+            _commitment_check(parsed.commitment),
+        )
+        device._consume(section.one_time_prekey_id, kem, section.ephemeral_key)
+        session = cls(
+            ratchet=ratchet,
+            local_identity=device.identity,
+            peer_identity=section.identity,
+            pending_section=None,
+            initial_digest=hashlib.sha256(parsed.prekey_raw).digest(),
+        )
+        return session, DecryptedMessage(payload[_FK:], payload[:_FK], parsed.commitment)
+
+    # ------------------------------------------------------------------ messages
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """Encrypt one message (a fresh franking key and commitment each time)."""
+        commitment, payload = _seal_payload(plaintext, self._ratchet.rng)
+        section = self._pending_section
+        if section is None:
+            prefix = _PREFIX_MESSAGE + commitment
+        else:
+            prefix = _PREFIX_INITIAL + commitment + section
+        header, ciphertext = self._ratchet.encrypt(payload, prefix)
+        return prefix + header + ciphertext
+
+    def decrypt(self, message: bytes) -> bytes:
+        """Decrypt one message; raises (and leaves the session unchanged) on any failure."""
+        return self.decrypt_message(message).plaintext
+
+    def decrypt_message(self, message: bytes) -> DecryptedMessage:
+        """Like :meth:`decrypt`, returning the franking key and commitment too."""
+        parsed = parse_pairwise(message)
+        if parsed.type == TYPE_INITIAL:
+            if (
+                self._initial_digest is None
+                or parsed.prekey_raw is None
+                or hashlib.sha256(parsed.prekey_raw).digest() != self._initial_digest
+            ):
+                raise SessionMismatch("initial message of another session")
+        payload = self._ratchet.decrypt(
+            parsed.ratchet_key,
+            parsed.previous_chain_length,
+            parsed.message_number,
+            parsed.associated,
+            parsed.ciphertext,
+            _commitment_check(parsed.commitment),
+        )
+        self._pending_section = None  # the peer has our session: stop sending PQXDH fields
+        return DecryptedMessage(payload[_FK:], payload[:_FK], parsed.commitment)
+
+    # ------------------------------------------------------------------ identity
+
+    def safety_number(self, local_user_id: str, peer_user_id: str) -> str:
+        """The 60-digit safety number of this session's two identities."""
+        return safety_number(
+            self.local_identity.signing_key,
+            local_user_id,
+            self.peer_identity.signing_key,
+            peer_user_id,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_bytes(self) -> bytes:
+        obj = {
+            "v": _STATE_VERSION,
+            "local": self.local_identity.to_json(),
+            "peer": self.peer_identity.to_json(),
+            "pending_section": (
+                None if self._pending_section is None else b64encode(self._pending_section)
+            ),
+            "initial_digest": (
+                None if self._initial_digest is None else b64encode(self._initial_digest)
+            ),
+            "ratchet": self._ratchet.to_json(),
+        }
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, rng: RandomSource = system_random) -> Session:
+        try:
+            obj = json.loads(data)
+            if obj["v"] != _STATE_VERSION:
+                raise MalformedState("unsupported session state version")
+            pending = obj["pending_section"]
+            digest = obj["initial_digest"]
+            return cls(
+                ratchet=RatchetState.from_json(obj["ratchet"], rng),
+                local_identity=PublicIdentity.from_json(obj["local"]),
+                peer_identity=PublicIdentity.from_json(obj["peer"]),
+                pending_section=None if pending is None else b64decode(pending),
+                initial_digest=None if digest is None else b64decode(digest, length=32),
+            )
+        except (KeyError, TypeError, ValueError, MalformedBundle) as exc:
+            raise MalformedState("session state does not parse") from exc
+
+
+class GroupSession:
+    """Sender-key state for one group: our sending chain and the other members' chains.
+
+    Members are identified by a string chosen by the caller (e.g.
+    ``"user_id:device_id"``); it must be the sender the pairwise session that
+    carried their distribution message belongs to.
+    """
+
+    __slots__ = ("_own", "_receivers", "group_id", "rng")
+
+    def __init__(
+        self,
+        group_id: str,
+        own: SenderChain,
+        receivers: dict[str, list[ReceiverChain]] | None = None,
+        rng: RandomSource = system_random,
+    ) -> None:
+        if not isinstance(group_id, str) or not group_id:
+            raise ValueError("group_id must be a non-empty string")
+        self.group_id = group_id
+        self._own = own
+        self._receivers: dict[str, list[ReceiverChain]] = receivers or {}
+        self.rng = rng
+
+    @classmethod
+    def create(cls, group_id: str, *, rng: RandomSource = system_random) -> GroupSession:
+        return cls(group_id, SenderChain.generate(rng), rng=rng)
+
+    @property
+    def chain_id(self) -> int:
+        return self._own.chain_id
+
+    def distribution_message(self) -> bytes:
+        """Our current sender key (at its current iteration), to send over pairwise sessions."""
+        return self._own.distribution(self.group_id).encode()
+
+    def rotate(self) -> bytes:
+        """Start a fresh sender key (new chain id, chain key, signing key); return its
+        distribution message.  Call when a member leaves or is removed."""
+        self._own = SenderChain.generate(self.rng, avoid={self._own.chain_id})
+        return self.distribution_message()
+
+    def remove_member(self, member: str) -> bytes:
+        """Forget ``member``'s sender keys and rotate ours; return the new distribution
+        message to send to the remaining members."""
+        self._receivers.pop(member, None)
+        return self.rotate()
+
+    def members(self) -> list[str]:
+        return list(self._receivers)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        commitment, payload = _seal_payload(plaintext, self.rng)
+        return self._own.encrypt(payload, commitment, group_associated_data(self.group_id))
+
+    def process_distribution(self, member: str, message: bytes) -> None:
+        """Store ``member``'s sender key from a distribution message (idempotent)."""
+        dist = SenderKeyDistribution.decode(message)
+        if dist.group_id != self.group_id:
+            raise SessionMismatch("distribution message is for another group")
+        chains = self._receivers.setdefault(member, [])
+        if any(c.chain_id == dist.chain_id for c in chains):
+            return
+        chains.insert(0, ReceiverChain.from_distribution(dist))
+        del chains[MAX_CHAINS_PER_SENDER:]
+
+    def decrypt(self, member: str, message: bytes) -> bytes:
+        return self.decrypt_message(member, message).plaintext
+
+    def decrypt_message(self, member: str, message: bytes) -> DecryptedMessage:
+        """Verify and decrypt ``member``'s group message (transactional)."""
+        parsed = parse_group(message)
+        for chain in self._receivers.get(member, ()):
+            if chain.chain_id == parsed.chain_id:
+                payload = chain.decrypt(
+                    parsed,
+                    group_associated_data(self.group_id),
+                    _commitment_check(parsed.commitment),
+                )
+                return DecryptedMessage(payload[_FK:], payload[:_FK], parsed.commitment)
+        raise UnknownSenderKey(f"no sender key {parsed.chain_id} for {member!r}")
+
+    def to_bytes(self) -> bytes:
+        obj = {
+            "v": _STATE_VERSION,
+            "group_id": self.group_id,
+            "own": self._own.to_json(),
+            "receivers": {
+                member: [c.to_json() for c in chains] for member, chains in self._receivers.items()
+            },
+        }
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, rng: RandomSource = system_random) -> GroupSession:
+        try:
+            obj = json.loads(data)
+            if obj["v"] != _STATE_VERSION:
+                raise MalformedState("unsupported group state version")
+            receivers = {
+                str(member): [ReceiverChain.from_json(c) for c in chains]
+                for member, chains in obj["receivers"].items()
+            }
+            return cls(obj["group_id"], SenderChain.from_json(obj["own"]), receivers, rng)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedState("group state does not parse") from exc
