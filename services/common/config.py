@@ -57,8 +57,21 @@ class Settings(BaseSettings):
     # (the embedded default; production sets it from the secret store).
     key_encryption_secret: SecretStr | None = None
 
-    # Gateway.
+    # Gateway (limits are documented in docs/protocol.md).
     gateway_id: str = Field(default="gw-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    ws_sends_per_s: float = Field(default=50.0, gt=0)
+    ws_send_burst: int = Field(default=100, ge=1)
+    ws_auth_timeout_s: float = Field(default=10.0, gt=0)
+    ws_outbound_queue: int = Field(default=1000, ge=1)
+    ws_heartbeat_s: float = Field(default=30.0, gt=0)
+    presence_ttl_s: int = Field(default=60, ge=5)
+    presence_refresh_s: float = Field(default=20.0, gt=0)
+    recipient_cache_s: float = Field(default=60.0, ge=0)
+
+    # Delivery.
+    delivery_batch_max: int = Field(default=500, ge=1, le=10_000)
+    sync_page_max: int = Field(default=200, ge=1, le=1000)
 
     # Operations.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

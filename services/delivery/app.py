@@ -1,19 +1,48 @@
-"""``create_app``: the delivery service's wiring."""
+"""``create_app``: the delivery service's wiring (inbox HTTP API + Kafka workers)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from services.common.app import base_app
+from services.common.app import CHECKS, REGISTRY, base_app
+from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis
+from services.delivery.handlers import INBOX, Inbox
 from services.delivery.routes import api
+from services.delivery.store import DeliveryStore
+from services.delivery.worker import Worker
+
+WORKER: web.AppKey[Worker] = web.AppKey("worker", Worker)
 
 
-async def create_app(settings: Settings) -> web.Application:
+async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Application:
     app = base_app("delivery", settings, prefix="/delivery", api=api)
-    use_mongo(app, settings, "delivery")
-    use_redis(app, settings)
+    db = use_mongo(app, settings, "delivery")
+    redis = use_redis(app, settings)
     use_kafka_producer(app, settings, Topics(settings).all())
+    use_token_verifier(app, settings)
+    store = DeliveryStore(settings, db, redis)
+    app[INBOX] = Inbox(store)
+    worker = Worker(settings, store, app[REGISTRY])
+    app[WORKER] = worker
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await store.ensure_indexes()
+        if run_worker:
+            await worker.start()
+        yield
+        await worker.stop()
+
+    if run_worker:
+
+        async def consuming() -> None:
+            if not worker.running.is_set():
+                raise ConnectionError("consumer not running")
+
+        app[CHECKS]["consumer"] = consuming
+    app.cleanup_ctx.append(lifecycle)
     return app

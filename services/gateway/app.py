@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import aiohttp
 from aiohttp import web
 
-from services.common.app import base_app
+from services.common.app import REGISTRY, base_app
+from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
-from services.gateway.routes import api
+from services.gateway.directory import Directory
+from services.gateway.hub import Hub
+from services.gateway.routes import DIRECTORY, HUB, api, websocket
+from services.gateway.store import GatewayStore
 
 
 async def create_app(settings: Settings) -> web.Application:
     app = base_app("gateway", settings, prefix="/gateway", api=api)
-    use_redis(app, settings)
-    use_kafka_producer(app, settings, Topics(settings).all())
+    redis = use_redis(app, settings)
+    kafka = use_kafka_producer(app, settings, Topics(settings).all())
+    use_token_verifier(app, settings)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        store = GatewayStore(settings, redis, kafka, http)
+        hub = Hub(store, app[REGISTRY])
+        app[HUB] = hub
+        app[DIRECTORY] = Directory(settings, http)
+        await hub.start()
+        yield
+        await hub.stop()
+        await http.close()
+
+    async def drain(app: web.Application) -> None:
+        await app[HUB].drain()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
+    app.router.add_get("/ws", websocket)
     return app

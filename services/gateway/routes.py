@@ -1,5 +1,40 @@
-"""HTTP routes of the gateway (the WebSocket endpoint lives at /ws)."""
+"""The gateway's routes: the WebSocket at /ws, plus health and metrics under /gateway."""
 
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.common.app import SETTINGS
+from services.common.auth import VERIFIER
 from services.common.openapi import Api
+from services.gateway.connection import Connection
+from services.gateway.directory import Directory
+from services.gateway.hub import Hub
 
-api = Api("Parley gateway", "0.1.0", "WebSocket gateway; see docs/protocol.md for the socket.")
+api = Api(
+    "Parley gateway",
+    "0.1.0",
+    "WebSocket gateway pods. The socket itself is at `/ws` and is described in "
+    "docs/protocol.md; this document covers the pod's HTTP endpoints.",
+)
+
+HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+DIRECTORY: web.AppKey[Directory] = web.AppKey("directory", Directory)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    hub = app[HUB]
+    if hub.draining:
+        raise web.HTTPServiceUnavailable()
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat_s,
+        # aiohttp closes (1009) past 4x the limit; up to it we answer frame_too_large.
+        max_msg_size=4 * settings.ws_max_frame_bytes,
+        compress=False,
+    )
+    await ws.prepare(request)
+    conn = Connection(ws, hub, app[VERIFIER], app[DIRECTORY])
+    await conn.serve()
+    return ws

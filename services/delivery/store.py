@@ -1,0 +1,179 @@
+"""All of the delivery service's I/O: the inbox in MongoDB, presence and routing in Redis.
+
+Collections (database ``<prefix>delivery``):
+
+- ``inbox``: one document per stored item (a message, or a ``key_changed``
+  notice) for one recipient: ``_id`` = server id, ``user``, ``seq`` (increasing
+  per recipient, not dense), ``kind``, ``from``, ``client_id``, ``conversation``,
+  ``body``, ``commitment``, ``sent_at``, ``acked``. Unique on
+  (``from``, ``client_id``): a redelivered Kafka record never makes a second
+  copy. An acknowledged item keeps its (``from``, ``client_id``) as a tombstone
+  (body removed) for ``TOMBSTONE_RETENTION``, so that even a record redelivered
+  after the ack is not stored again; tombstones are purged in code.
+- ``counters``: ``{_id: user, n}``, the last sequence number handed out.
+- ``contacts``: ``{_id: "<user>|<peer>", user, peer}``: who to warn when a
+  user's identity key changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from services.common.config import Settings
+from services.common.routing import gateway_channel, live_gateways, presence_key
+
+DUPLICATE_KEY = 11000
+TOMBSTONE_RETENTION_S = 7 * 86400
+ITEM_FIELDS = ("seq", "server_id", "kind", "from", "conversation", "body", "commitment", "sent_at")
+
+
+class DeliveryStore:
+    def __init__(
+        self, settings: Settings, db: AsyncDatabase[dict[str, Any]], redis: aioredis.Redis
+    ) -> None:
+        self.settings = settings
+        self.inbox = db["inbox"]
+        self.counters = db["counters"]
+        self.contacts = db["contacts"]
+        self.redis = redis
+        self.prefix = settings.redis_prefix
+
+    async def ensure_indexes(self) -> None:
+        await self.inbox.create_index([("from", ASCENDING), ("client_id", ASCENDING)], unique=True)
+        await self.inbox.create_index([("user", ASCENDING), ("seq", ASCENDING)], unique=True)
+        await self.inbox.create_index([("acked", ASCENDING), ("acked_at", ASCENDING)])
+        await self.contacts.create_index([("user", ASCENDING)])
+
+    # Sequence numbers -------------------------------------------------------
+    async def reserve(self, user: str, count: int) -> int:
+        """Reserve ``count`` sequence numbers for ``user``; returns the first."""
+        doc = await self.counters.find_one_and_update(
+            {"_id": user}, {"$inc": {"n": count}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        assert doc is not None
+        return int(doc["n"]) - count + 1
+
+    # Storing ----------------------------------------------------------------
+    async def insert(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert items; returns the stored version of each (the earlier copy for a duplicate)."""
+        if not docs:
+            return []
+        duplicates: set[int] = set()
+        try:
+            await self.inbox.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for err in exc.details.get("writeErrors", []):
+                if err.get("code") != DUPLICATE_KEY:
+                    raise
+                duplicates.add(int(err["index"]))
+        if not duplicates:
+            return docs
+        keys = [{"from": docs[i]["from"], "client_id": docs[i]["client_id"]} for i in duplicates]
+        earlier = {(d["from"], d["client_id"]): d async for d in self.inbox.find({"$or": keys})}
+        stored = []
+        for i, doc in enumerate(docs):
+            if i in duplicates:
+                prior = earlier.get((doc["from"], doc["client_id"]))
+                if prior is None:  # pragma: no cover - purged between insert and find
+                    continue
+                prior["duplicate"] = True
+                stored.append(prior)
+            else:
+                stored.append(doc)
+        return stored
+
+    async def remember_contacts(self, pairs: Iterable[tuple[str, str]]) -> None:
+        ops = [
+            UpdateOne({"_id": f"{u}|{p}"}, {"$set": {"user": u, "peer": p}}, upsert=True)
+            for u, p in set(pairs)
+        ]
+        if ops:
+            await self.contacts.bulk_write(ops, ordered=False)
+
+    async def contacts_of(self, user: str) -> list[str]:
+        return [d["user"] async for d in self.contacts.find({"peer": user}, {"user": 1})]
+
+    # Reading and acknowledging ----------------------------------------------
+    async def page(self, user: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        cursor = (
+            self.inbox.find({"user": user, "seq": {"$gt": after}, "acked": False})
+            .sort("seq", ASCENDING)
+            .limit(limit + 1)
+        )
+        docs = [d async for d in cursor]
+        return docs[:limit], len(docs) > limit
+
+    async def acknowledge(self, user: str, seq: int) -> list[dict[str, Any]]:
+        """Mark everything up to ``seq`` acknowledged (bodies deleted); returns what was acked."""
+        query = {"user": user, "seq": {"$lte": seq}, "acked": False}
+        acked = [
+            d
+            async for d in self.inbox.find(
+                query, {"from": 1, "client_id": 1, "kind": 1, "conversation": 1}
+            )
+        ]
+        if acked:
+            await self.inbox.update_many(
+                {"_id": {"$in": [d["_id"] for d in acked]}},
+                {
+                    "$set": {"acked": True, "acked_at": time.time()},
+                    "$unset": {"body": "", "commitment": ""},
+                },
+            )
+        return acked
+
+    async def purge_tombstones(self, older_than_s: float = TOMBSTONE_RETENTION_S) -> int:
+        res = await self.inbox.delete_many(
+            {"acked": True, "acked_at": {"$lt": time.time() - older_than_s}}
+        )
+        return int(res.deleted_count)
+
+    # Routing ----------------------------------------------------------------
+    async def gateways_of(self, users: Iterable[str]) -> dict[str, set[str]]:
+        users = list(dict.fromkeys(users))
+        if not users:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.hgetall(presence_key(self.prefix, user))
+            results = await pipe.execute()
+        ttl = self.settings.presence_ttl_s
+        return {u: live_gateways(r, ttl) for u, r in zip(users, results, strict=True) if r}
+
+    async def publish(self, frames: list[tuple[str, dict[str, Any]]]) -> int:
+        """Push (user, frame) pairs to every gateway hosting the user; one round trip."""
+        if not frames:
+            return 0
+        where = await self.gateways_of(u for u, _ in frames)
+        count = Counter[str]()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user, frame in frames:
+                data = orjson.dumps({"to": user, "frame": frame})
+                for gw in where.get(user, ()):
+                    pipe.publish(gateway_channel(self.prefix, gw), data)
+                    count[gw] += 1
+            if count:
+                await pipe.execute()
+        return sum(count.values())
+
+
+def item_frame(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a recipient sees of a stored item (pushed, or in a sync page)."""
+    frame = {k: doc.get(k) for k in ITEM_FIELDS}
+    frame["server_id"] = doc["_id"]
+    kind = doc.get("kind", "message")
+    frame["op"] = kind
+    if kind == "key_changed":
+        frame["user_id"] = doc["from"]
+        frame["device_id"] = doc.get("device_id")
+        frame["identity"] = doc.get("identity")
+    return frame

@@ -1,0 +1,242 @@
+"""The Kafka consumers of the delivery service.
+
+``messages``: each batch of envelopes is stored with one counter update per
+recipient and one ``insert_many``, pushed to the recipients' gateways and
+``stored`` to the senders with one Redis pipeline, and only then committed.
+A worker that dies mid-batch leaves the batch uncommitted: the next owner of
+the partitions processes it again and the unique index turns the second copy
+into a no-op (the frames are pushed again; clients drop a ``seq`` they have).
+
+``events``: ``prekeys_low`` is pushed to the device's user; ``key_changed``
+is stored as a notice in every contact's inbox and pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter as Tally
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+
+from services.common.clients import Topics, ensure_topics, kafka_consumer
+from services.common.config import Settings
+from services.common.logging import request_id_from_kafka, request_id_var
+from services.common.routing import new_server_id
+from services.delivery.store import DeliveryStore, item_frame
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("server_id", "from", "to", "client_id", "body", "conversation")
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, store: DeliveryStore, registry: CollectorRegistry
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.topics = Topics(settings)
+        self.group = f"{settings.topic_prefix}delivery"
+        self._tasks: list[asyncio.Task[None]] = []
+        self.running = asyncio.Event()
+        self.stored = Counter(
+            "parley_delivery_stored_total", "Items stored in inboxes.", ["kind"], registry=registry
+        )
+        self.duplicates = Counter(
+            "parley_delivery_duplicates_total", "Redelivered records recognised.", registry=registry
+        )
+        self.rejected = Counter(
+            "parley_delivery_rejected_total", "Malformed records skipped.", registry=registry
+        )
+        self.batch_size = Histogram(
+            "parley_delivery_batch_size", "Records per processed batch.",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000), registry=registry,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "parley_delivery_batch_seconds", "Time to store, route and commit one batch.",
+            registry=registry,
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(self.topics.messages, self.handle_messages, "")),
+            asyncio.create_task(self._run(self.topics.events, self.handle_events, "-events")),
+            asyncio.create_task(self._purge_loop()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, topic: str, handler: Any, suffix: str) -> None:
+        delay = 0.2
+        while True:
+            consumer: AIOKafkaConsumer | None = None
+            try:
+                await ensure_topics(self.settings, [topic])
+                consumer = kafka_consumer(
+                    self.settings, [topic], self.group + suffix,
+                    max_poll_records=self.settings.delivery_batch_max,
+                )  # fmt: skip
+                await consumer.start()
+                if topic == self.topics.messages:
+                    self.running.set()
+                delay = 0.2
+                await self._consume(consumer, handler)
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, PyMongoError, RedisError, OSError) as exc:
+                log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if consumer is not None:
+                    await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer, handler: Any) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            records = [r for part in batches.values() for r in part]
+            if not records:
+                continue
+            start = time.perf_counter()
+            await handler(records)
+            try:
+                await consumer.commit()
+            except CommitFailedError:
+                # A rebalance took the partitions: their next owner redoes the batch.
+                log.info("commit failed after rebalance; batch will be redelivered")
+            self.batch_size.observe(len(records))
+            self.batch_seconds.observe(time.perf_counter() - start)
+
+    # Messages ---------------------------------------------------------------
+    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:
+        try:
+            env = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            env = None
+        if not isinstance(env, dict) or not all(isinstance(env.get(k), str) for k in REQUIRED):
+            self.rejected.inc()
+            log.warning("skipping a malformed envelope", extra={"offset": record.offset})
+            return None
+        return env
+
+    async def handle_messages(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        request_id_var.set(request_id_from_kafka(records[0].headers))
+        envs = [e for e in map(self._parse, records) if e is not None]
+        if not envs:
+            return
+        per_user = Tally(e["to"] for e in envs)
+        users = list(per_user)
+        firsts = await asyncio.gather(*(self.store.reserve(u, per_user[u]) for u in users))
+        next_seq = dict(zip(users, firsts, strict=True))
+        docs = []
+        now = time.time()
+        for env in envs:
+            seq = next_seq[env["to"]]
+            next_seq[env["to"]] = seq + 1
+            docs.append(
+                {
+                    "_id": env["server_id"],
+                    "user": env["to"],
+                    "seq": seq,
+                    "kind": "message",
+                    "from": env["from"],
+                    "client_id": env["client_id"],
+                    "conversation": env["conversation"],
+                    "body": env["body"],
+                    "commitment": env.get("commitment"),
+                    "sent_at": env.get("sent_at"),
+                    "stored_at": now,
+                    "acked": False,
+                }
+            )
+        stored = await self.store.insert(docs)
+        await self.store.remember_contacts(
+            pair for d in docs for pair in ((d["user"], d["from"]), (d["from"], d["user"]))
+        )
+        frames: list[tuple[str, dict[str, Any]]] = []
+        for doc in stored:
+            if doc.pop("duplicate", False):
+                self.duplicates.inc()
+            else:
+                self.stored.labels("message").inc()
+            if not doc.get("acked"):
+                frames.append((doc["user"], item_frame(doc)))
+            frames.append(
+                (
+                    doc["from"],
+                    {
+                        "op": "stored",
+                        "id": doc["client_id"],
+                        "server_id": doc["_id"],
+                        "conversation": doc["conversation"],
+                        "to": doc["user"],
+                    },
+                )
+            )
+        await self.store.publish(frames)
+
+    # Events -----------------------------------------------------------------
+    async def handle_events(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        frames: list[tuple[str, dict[str, Any]]] = []
+        for record in records:
+            try:
+                event = orjson.loads(record.value or b"")
+                kind, user = event["type"], event["user_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self.rejected.inc()
+                continue
+            if kind == "prekeys_low":
+                frame = {k: v for k, v in event.items() if k != "type"}
+                frames.append((user, {"op": "prekeys_low", **frame}))
+            elif kind == "key_changed":
+                frames.extend(await self._key_changed(event, record))
+        await self.store.publish(frames)
+
+    async def _key_changed(
+        self, event: dict[str, Any], record: ConsumerRecord[bytes, bytes]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        user = event["user_id"]
+        contacts = await self.store.contacts_of(user)
+        if not contacts:
+            return []
+        # Idempotent per Kafka record: a redelivered event maps to the same client_id.
+        event_id = f"key_changed:{record.topic}:{record.partition}:{record.offset}"
+        firsts = await asyncio.gather(*(self.store.reserve(c, 1) for c in contacts))
+        docs = [
+            {
+                "_id": new_server_id(),
+                "user": contact,
+                "seq": seq,
+                "kind": "key_changed",
+                "from": user,
+                "client_id": f"{event_id}:{contact}",
+                "conversation": None,
+                "device_id": event.get("device_id"),
+                "identity": event.get("identity"),
+                "sent_at": int(time.time() * 1000),
+                "acked": False,
+            }
+            for contact, seq in zip(contacts, firsts, strict=True)
+        ]
+        stored = await self.store.insert(docs)
+        self.stored.labels("key_changed").inc(len(stored))
+        return [(d["user"], item_frame(d)) for d in stored if not d.get("acked")]
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                await self.store.purge_tombstones()
+            except PyMongoError as exc:
+                log.warning("tombstone purge failed", extra={"error": repr(exc)})

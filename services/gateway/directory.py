@@ -1,0 +1,41 @@
+"""Does a recipient exist? Asks the auth service, with a small positive cache."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+
+from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode
+from services.common.logging import outgoing_headers
+
+MAX_CACHED = 100_000
+
+
+class Directory:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self.base = settings.auth_url.rstrip("/")
+        self.ttl = settings.recipient_cache_s
+        self.session = session
+        self._known: dict[str, float] = {}
+
+    async def require_user(self, user_id: str, token: str) -> None:
+        now = time.monotonic()
+        seen = self._known.get(user_id)
+        if seen is not None and now - seen < self.ttl:
+            return
+        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
+        try:
+            async with self.session.get(
+                f"{self.base}/auth/v1/users/{user_id}", headers=headers
+            ) as resp:
+                if resp.status == 404:
+                    raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "No such recipient.")
+                if resp.status != 200:
+                    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot check the recipient now.")
+        except (aiohttp.ClientError, TimeoutError):
+            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot check the recipient now.") from None
+        if len(self._known) >= MAX_CACHED:
+            self._known.clear()
+        self._known[user_id] = now

@@ -1,0 +1,110 @@
+"""All of a gateway's I/O with Redis, Kafka and the delivery service."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
+
+from services.common.clients import KafkaProducerHandle, Topics
+from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode
+from services.common.logging import kafka_headers, outgoing_headers
+from services.common.routing import gateway_channel, presence_key, presence_value
+
+
+class GatewayStore:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        kafka: KafkaProducerHandle,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.kafka = kafka
+        self.http = http
+        self.prefix = settings.redis_prefix
+        self.topic = Topics(settings).messages
+        self.delivery = settings.delivery_url.rstrip("/")
+        self.channel = gateway_channel(self.prefix, settings.gateway_id)
+
+    # Presence ---------------------------------------------------------------
+    async def add_presence(self, user_id: str, conn_id: str) -> None:
+        key = presence_key(self.prefix, user_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, conn_id, presence_value(self.settings.gateway_id))
+            pipe.expire(key, self.settings.presence_ttl_s)
+            await pipe.execute()
+
+    async def remove_presence(self, user_id: str, conn_id: str) -> None:
+        await self.redis.hdel(presence_key(self.prefix, user_id), conn_id)
+
+    async def refresh_presence(self, conns: list[tuple[str, str]]) -> None:
+        """Re-record every local connection (also rebuilds presence after a Redis restart)."""
+        if not conns:
+            return
+        value = presence_value(self.settings.gateway_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, conn_id in conns:
+                key = presence_key(self.prefix, user_id)
+                pipe.hset(key, conn_id, value)
+                pipe.expire(key, self.settings.presence_ttl_s)
+            await pipe.execute()
+
+    # Kafka ------------------------------------------------------------------
+    async def enqueue(self, envelope: dict[str, Any]) -> asyncio.Future[Any]:
+        """Hand an envelope to the producer, keyed by conversation (keeps its order).
+
+        Returns the broker-ack future: callers await it off the frame loop, so
+        the next frame is read while this one is in flight.
+        """
+        producer = self.kafka.get()
+        if producer is None:
+            raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.")
+        try:
+            ack: asyncio.Future[Any] = await producer.send(
+                self.topic,
+                orjson.dumps(envelope),
+                key=envelope["conversation"].encode(),
+                headers=kafka_headers(),
+            )
+            return ack
+        except KafkaError:
+            raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.") from None
+
+    # Delivery service (the inbox's owner) -----------------------------------
+    async def _delivery(self, method: str, path: str, token: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
+        try:
+            async with self.http.request(
+                method, f"{self.delivery}{path}", headers=headers, **kw
+            ) as resp:
+                body = orjson.loads(await resp.read())
+                if resp.status >= 400:
+                    err = body.get("error", {}) if isinstance(body, dict) else {}
+                    try:
+                        code = ErrorCode(str(err.get("code")))
+                    except ValueError:
+                        code = ErrorCode.UNAVAILABLE
+                    raise ApiError(code, err.get("message"))
+                return body
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+            raise ApiError(ErrorCode.UNAVAILABLE, "The inbox is temporarily unavailable.") from None
+
+    async def sync(self, token: str, after: int, limit: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._delivery(
+            "GET", "/delivery/v1/inbox", token, params={"after": str(after), "limit": str(limit)}
+        )
+        return result
+
+    async def ack(self, token: str, seq: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._delivery(
+            "POST", "/delivery/v1/inbox/ack", token, json={"seq": seq}
+        )
+        return result
