@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,22 +64,40 @@ def revocation_channel(redis_prefix: str) -> str:
     return f"{redis_prefix}:revocations"
 
 
-class TokenVerifier:
-    """Verifies access tokens against a JWKS; safe to share across requests."""
+JwksLoader = Callable[[], Awaitable[Mapping[str, Any]]]
 
-    def __init__(self, settings: Settings, jwks_url: str | None = None) -> None:
+
+class TokenVerifier:
+    """Verifies access tokens against a JWKS; safe to share across requests.
+
+    The JWKS comes from ``jwks_url`` (the auth service) or, inside the auth
+    service itself, from ``jwks_loader`` (its own key ring: no HTTP to itself).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        jwks_url: str | None = None,
+        *,
+        jwks_loader: JwksLoader | None = None,
+    ) -> None:
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
         self.cache_s = settings.jwks_cache_s
         self.jwks_url = jwks_url or settings.auth_url.rstrip("/") + JWKS_PATH
+        self._loader = jwks_loader
         self._keys: dict[str, Any] = {}
-        self._fetched_at = 0.0
+        self._fetched_at = float("-inf")
+        self._attempted_at = float("-inf")
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
     def load_jwks(self, jwks: Mapping[str, Any]) -> None:
         keys: dict[str, Any] = {}
-        for entry in jwks.get("keys", []):
+        entries = jwks.get("keys", [])
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
             try:
                 jwk = jwt.PyJWK(entry)
             except (jwt.PyJWKError, jwt.InvalidKeyError, KeyError, TypeError):
@@ -90,22 +108,45 @@ class TokenVerifier:
         self._keys = keys
         self._fetched_at = time.monotonic()
 
+    async def _fetch(self) -> Mapping[str, Any]:
+        if self._loader is not None:
+            return await self._loader()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        async with self._session.get(self.jwks_url, headers=outgoing_headers()) as resp:
+            resp.raise_for_status()
+            data = orjson.loads(await resp.read())
+        if not isinstance(data, dict):
+            raise ValueError("the JWKS is not a JSON object")
+        return data
+
     async def _refresh(self, force: bool) -> None:
+        """Fetch the JWKS when the cache is stale (or ``force``: an unknown kid).
+
+        Attempts, failed or not, are at least MIN_REFRESH_INTERVAL_S apart, so
+        that forged kids or an unreachable auth service cannot turn into a
+        flood of requests; a failed fetch keeps the keys already known.
+        """
         async with self._lock:
-            age = time.monotonic() - self._fetched_at
-            if (not force and age < self.cache_s) or (force and age < MIN_REFRESH_INTERVAL_S):
+            now = time.monotonic()
+            if not force and now - self._fetched_at < self.cache_s:
                 return
-            if self._session is None:
-                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            if now - self._attempted_at < MIN_REFRESH_INTERVAL_S:
+                if not self._keys:
+                    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot verify tokens right now.")
+                return
+            self._attempted_at = now
             try:
-                async with self._session.get(self.jwks_url, headers=outgoing_headers()) as resp:
-                    resp.raise_for_status()
-                    self.load_jwks(orjson.loads(await resp.read()))
-            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+                jwks = await self._fetch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # network, HTTP status, JSON, or the local loader
                 log.warning("JWKS fetch failed", extra={"error": repr(exc)})
                 if not self._keys:
                     msg = "Cannot verify tokens right now."
                     raise ApiError(ErrorCode.UNAVAILABLE, msg) from None
+                return
+            self.load_jwks(jwks)
 
     async def verify(self, token: str) -> Claims:
         try:
@@ -173,7 +214,7 @@ def bearer_token(request: web.Request) -> str:
 
 
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("token_verifier", TokenVerifier)
-CLAIMS_KEY = "parley_claims"
+CLAIMS_KEY: web.RequestKey[Claims] = web.RequestKey("parley_claims", Claims)
 
 
 def use_token_verifier(app: web.Application, settings: Settings) -> TokenVerifier:

@@ -25,6 +25,9 @@ class TokenIssuer:
         self.key = Ed25519PrivateKey.generate()
         self.kid = secrets.token_hex(8)
         self.server: TestServer | None = None
+        # Users this issuer minted tokens for: its users endpoint knows them,
+        # as the auth service's `GET /auth/v1/users/{id}` knows registered users.
+        self.users: set[str] = set()
 
     def jwks(self) -> dict[str, Any]:
         jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
@@ -37,8 +40,16 @@ class TokenIssuer:
         async def handler(_: web.Request) -> web.Response:
             return web.json_response(self.jwks())
 
+        async def user(request: web.Request) -> web.Response:
+            user_id = request.match_info["user_id"]
+            if user_id not in self.users:
+                body = {"error": {"code": "user_not_found", "message": "No such user."}}
+                return web.json_response(body, status=404)
+            return web.json_response({"user_id": user_id, "username": user_id})
+
         app = web.Application()
         app.router.add_get("/.well-known/jwks.json", handler)
+        app.router.add_get("/auth/v1/users/{user_id}", user)
         self.server = TestServer(app)
         await self.server.start_server()
         return str(self.server.make_url("")).rstrip("/")
@@ -57,10 +68,12 @@ class TokenIssuer:
         **overrides: Any,
     ) -> str:
         now = int(time.time())
+        user_id = user_id or uuid.uuid4().hex
+        self.users.add(user_id)
         claims: dict[str, Any] = {
             "iss": self.settings.jwt_issuer,
             "aud": self.settings.jwt_audience,
-            "sub": user_id or uuid.uuid4().hex,
+            "sub": user_id,
             "sid": sid or uuid.uuid4().hex,
             "jti": uuid.uuid4().hex,
             "roles": list(roles),

@@ -1,0 +1,114 @@
+"""The core path: send, accepted, stored, real-time push across pods, sync, ack, delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from tests.support.aio import eventually
+
+from .conftest import Messaging  # noqa: TID252
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def test_message_crosses_pods_in_real_time_with_receipts(messaging: Messaging) -> None:
+    alice_id, bob_id = uid(), uid()
+    alice = await messaging.connect(alice_id, pod=0)
+    bob = await messaging.connect(bob_id, pod=1)
+    assert alice.ready["gateway"] != bob.ready["gateway"]
+
+    await alice.send({"op": "send", "id": "m1", "to": bob_id, "body": "Y2lwaGVydGV4dA"})
+    accepted = await alice.expect("accepted", id="m1")
+    msg = await bob.expect("message")
+    assert msg["from"] == alice_id
+    assert msg["body"] == "Y2lwaGVydGV4dA"
+    assert msg["server_id"] == accepted["server_id"]
+    assert msg["seq"] >= 1
+    stored = await alice.expect("stored", id="m1")
+    assert stored["server_id"] == accepted["server_id"]
+
+    await bob.send({"op": "ack", "seq": msg["seq"]})
+    delivered = await alice.expect("delivered", id="m1")
+    assert delivered["server_id"] == accepted["server_id"]
+    # Acknowledged: nothing waits any more.
+    await bob.send({"op": "sync", "id": "s1", "after": 0})
+    synced = await bob.expect("synced", id="s1")
+    assert synced["more"] is False
+    assert [f for f in bob.drain() if f["op"] == "message"] == []
+
+
+async def test_offline_recipient_gets_everything_in_order_exactly_once(
+    messaging: Messaging,
+) -> None:
+    alice_id, bob_id = uid(), uid()
+    alice = await messaging.connect(alice_id)
+    messaging.issuer.users.add(bob_id)
+    n = 30
+    for i in range(n):
+        await alice.send({"op": "send", "id": f"c{i}", "to": bob_id, "body": f"bXNn{i:03d}"})
+    for i in range(n):
+        await alice.expect("stored", id=f"c{i}")
+
+    bob = await messaging.connect(bob_id, pod=1)
+    got: list[dict[str, object]] = []
+    after = 0
+    while True:
+        await bob.send({"op": "sync", "id": f"p{after}", "after": after, "limit": 7})
+        while True:
+            frame = await bob.next()
+            if frame["op"] == "synced":
+                break
+            assert frame["op"] == "message"
+            got.append(frame)
+        after = int(frame["last"])
+        if not frame["more"]:
+            break
+    assert [g["body"] for g in got] == [f"bXNn{i:03d}" for i in range(n)]
+    seqs = [int(str(g["seq"])) for g in got]
+    assert seqs == sorted(set(seqs))
+
+
+async def test_sender_cannot_read_or_ack_anothers_inbox(messaging: Messaging) -> None:
+    alice_id, bob_id, eve_id = uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    messaging.issuer.users.add(bob_id)
+    await alice.send({"op": "send", "id": "x1", "to": bob_id, "body": "c2VjcmV0"})
+    await alice.expect("stored", id="x1")
+    eve = await messaging.connect(eve_id, pod=1)
+    # Eve acks a huge sequence number and syncs: she sees and removes only her own inbox.
+    await eve.send({"op": "ack", "seq": 10**9})
+    await eve.send({"op": "sync", "id": "e", "after": 0})
+    await eve.expect("synced", id="e")
+    assert [f for f in eve.drain() if f["op"] == "message"] == []
+    bob = await messaging.connect(bob_id)
+    await bob.send({"op": "sync", "id": "b", "after": 0})
+    msg = await bob.expect("message")
+    assert msg["body"] == "c2VjcmV0"
+
+
+async def test_redelivered_record_is_stored_once(messaging: Messaging) -> None:
+    """The same envelope produced twice (a retried send, a replayed partition) is stored once."""
+    alice_id, bob_id = uid(), uid()
+    alice = await messaging.connect(alice_id)
+    messaging.issuer.users.add(bob_id)
+    await alice.send({"op": "send", "id": "dup", "to": bob_id, "body": "b25jZQ"})
+    await alice.send({"op": "send", "id": "dup", "to": bob_id, "body": "b25jZQ"})
+    first = await alice.expect("stored", id="dup")
+    second = await alice.expect("stored", id="dup")
+    assert first["server_id"] == second["server_id"]
+    bob = await messaging.connect(bob_id, pod=1)
+    await bob.send({"op": "sync", "id": "s", "after": 0})
+    await bob.expect("synced", id="s")
+    assert len([f for f in bob.drain() if f["op"] == "message"]) == 1
+
+
+async def test_presence_is_recorded_and_removed(messaging: Messaging) -> None:
+    user = uid()
+    client = await messaging.connect(user, pod=1)
+    hub = messaging.hub(1)
+    assert hub.local(user)
+    await client.close()
+    await eventually(lambda: asyncio.sleep(0, hub.local(user)), lambda conns: not conns)

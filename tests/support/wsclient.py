@@ -1,0 +1,78 @@
+"""A small protocol-level WebSocket client for tests (the SDK has the real one)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+class WsClient:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession) -> None:
+        self.ws = ws
+        self.session = session
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, url: str, token: str | None = None) -> WsClient:
+        session = aiohttp.ClientSession()
+        ws = await session.ws_connect(url, max_msg_size=0, autoping=True)
+        client = cls(ws, session)
+        if token is not None:
+            await client.send({"op": "auth", "token": token})
+            ready = await client.expect("ready")
+            assert ready["protocol"] == 1
+            client.ready = ready
+        return client
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await self.frames.put(orjson.loads(msg.data))
+        self.close_code = self.ws.close_code
+        self.closed.set()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_str(orjson.dumps(frame).decode())
+
+    async def send_raw(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_str(data)
+
+    async def next(self, timeout: float = 10.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.frames.get(), timeout)
+
+    async def expect(self, op: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        """The next frame with this op (and fields); other frames are kept aside."""
+        aside: list[dict[str, Any]] = []
+        try:
+            while True:
+                frame = await self.next(timeout)
+                if frame.get("op") == op and all(frame.get(k) == v for k, v in match.items()):
+                    return frame
+                aside.append(frame)
+        finally:
+            for f in aside:
+                self.frames.put_nowait(f)
+
+    def drain(self) -> list[dict[str, Any]]:
+        out = []
+        while not self.frames.empty():
+            out.append(self.frames.get_nowait())
+        return out
+
+    async def wait_closed(self, timeout: float = 10.0) -> int | None:
+        await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+        self._reader.cancel()
