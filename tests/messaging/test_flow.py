@@ -7,7 +7,7 @@ import uuid
 
 from tests.support.aio import eventually
 
-from .conftest import Messaging  # noqa: TID252
+from .conftest import Messaging
 
 
 def uid() -> str:
