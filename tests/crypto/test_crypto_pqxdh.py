@@ -1,0 +1,215 @@
+"""PQXDH: our vectors, prekey consumption, ephemeral erasure, with/without one-time prekey."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from parley.crypto import (
+    Device,
+    MalformedMessage,
+    PrekeyReused,
+    ReplayedMessage,
+    Session,
+    UnknownPrekey,
+    is_initial_message,
+)
+from parley.crypto.encoding import b64encode
+from parley.crypto.errors import DecryptionFailed, InvalidSignature
+from parley.crypto.pqxdh import derive_secret
+from parley.crypto.primitives import MLKEM768KeyPair, X25519KeyPair, deterministic_random
+from parley.crypto.wire import INITIAL_PREFIX_LEN, PrekeySection, parse_pairwise
+
+from tests.crypto.helpers import claimed_bundle, load_vector
+
+
+def _vector_devices(vec: dict[str, Any]) -> tuple[Device, Device]:
+    alice = Device.generate(deterministic_random(bytes.fromhex(vec["alice"]["drbg_seed"])))
+    bob = Device.generate(deterministic_random(bytes.fromhex(vec["bob"]["drbg_seed"])))
+    bob.generate_one_time_prekeys(1)
+    bob.generate_kem_prekeys(1)
+    return alice, bob
+
+
+@pytest.mark.parametrize("case_index", [0, 1])
+def test_pqxdh_vector(case_index: int) -> None:
+    vec = load_vector("pqxdh.json")
+    case = vec["cases"][case_index]
+    alice, bob = _vector_devices(vec)
+    assert alice.public_identity() == vec["alice"]["public_identity"]
+    assert bob.public_identity() == vec["bob"]["public_identity"]
+    assert bob.signed_prekey() == case["bundle"]["signed_prekey"]
+
+    # KEM: the recorded ciphertext decapsulates to the recorded secret.
+    kem = MLKEM768KeyPair.from_seed(bytes.fromhex(case["kem_decapsulation_seed"]))
+    ct, ss = bytes.fromhex(case["kem_ciphertext"]), bytes.fromhex(case["kem_shared_secret"])
+    assert kem.decapsulate(ct) == ss
+
+    # Key schedule from the listed private values.
+    dh = [bytes.fromhex(case[f"dh{i}"]) if case[f"dh{i}"] else None for i in (1, 2, 3, 4)]
+    eph = X25519KeyPair.from_private_bytes(bytes.fromhex(case["ephemeral_private"]))
+    spk = X25519KeyPair.from_private_bytes(bytes.fromhex(vec["bob"]["signed_prekey"]["private"]))
+    ika = X25519KeyPair.from_private_bytes(bytes.fromhex(vec["alice"]["identity_dh_private"]))
+    assert eph.public.hex() == case["ephemeral_public"]
+    assert ika.dh(spk.public) == dh[0]
+    assert eph.dh(bob.identity.dh_key) == dh[1]
+    assert eph.dh(spk.public) == dh[2]
+    if dh[3] is not None:
+        opk = X25519KeyPair.from_private_bytes(
+            bytes.fromhex(vec["bob"]["one_time_prekey"]["private"])
+        )
+        assert eph.dh(opk.public) == dh[3]
+    assert dh[0] and dh[1] and dh[2]
+    assert derive_secret(dh[0], dh[1], dh[2], dh[3], ss).hex() == case["sk"]
+    assert (alice.identity.encode() + bob.identity.encode()).hex() == case["ad"]
+
+    # Whole messages, byte for byte.
+    a, initial = Session.initiate(
+        alice,
+        case["bundle"],
+        bytes.fromhex(case["plaintext"]),
+        rng=deterministic_random(bytes.fromhex(case["initiator_drbg_seed"])),
+        kem_encapsulate=lambda _ek: (ss, ct),
+    )
+    assert initial.hex() == case["initial_message"]
+    b, plaintext = Session.respond(
+        bob, initial, rng=deterministic_random(bytes.fromhex(case["responder_drbg_seed"]))
+    )
+    assert plaintext.hex() == case["plaintext"]
+    reply = b.encrypt(bytes.fromhex(case["reply_plaintext"]))
+    assert reply.hex() == case["reply_message"]
+    assert a.decrypt(reply).hex() == case["reply_plaintext"]
+
+
+@pytest.mark.parametrize(
+    ("one_time", "kem_one_time"), [(True, True), (False, True), (True, False), (False, False)]
+)
+def test_handshake_with_and_without_one_time_material(one_time: bool, kem_one_time: bool) -> None:
+    alice, bob = Device.generate(), Device.generate()
+    bundle = claimed_bundle(bob, one_time=one_time, kem_one_time=kem_one_time)
+    otp_before, kem_before = bob.one_time_prekey_count, bob.kem_prekey_count
+    a, first = Session.initiate(alice, bundle, b"first")
+    assert is_initial_message(first)
+    section = PrekeySection.decode(parse_pairwise(first).prekey_raw or b"")
+    assert section.one_time_prekey_id == (bundle["one_time_prekey"] or {}).get("id")
+    assert section.kem_prekey_id == bundle["kem_prekey"]["id"]
+    b, plaintext = Session.respond(bob, first)
+    assert plaintext == b"first"
+    assert bob.one_time_prekey_count == otp_before - (1 if one_time else 0)
+    assert bob.kem_prekey_count == kem_before - (1 if kem_one_time else 0)
+    # The last-resort KEM prekey is never consumed.
+    assert bob.last_resort_kem_prekey()["id"] == bundle["kem_prekey"]["id"] or kem_one_time
+    assert a.decrypt(b.encrypt(b"reply")) == b"reply"
+    assert b.decrypt(a.encrypt(b"after")) == b"after"
+
+
+def test_last_resort_kem_prekey_serves_many_initiators() -> None:
+    bob = Device.generate()
+    for _ in range(3):
+        _, first = Session.initiate(Device.generate(), claimed_bundle(bob, kem_one_time=False))
+        Session.respond(bob, first)
+    assert bob.kem_prekey_count == 0  # never had one-time KEM prekeys; last resort kept
+
+
+def test_initiator_erases_ephemeral_private_key() -> None:
+    rng_seed = b"erasure"
+    alice, bob = Device.generate(), Device.generate()
+    ephemeral_private = deterministic_random(rng_seed)(32)  # first draw of initiate
+    a, first = Session.initiate(
+        alice, claimed_bundle(bob), b"x", rng=deterministic_random(rng_seed)
+    )
+    ephemeral_public = X25519KeyPair.from_private_bytes(ephemeral_private).public
+    assert (
+        PrekeySection.decode(parse_pairwise(first).prekey_raw or b"").ephemeral_key
+        == ephemeral_public
+    )
+    for blob in (a.to_bytes(), alice.to_bytes()):
+        assert ephemeral_private not in blob
+        assert ephemeral_private.hex().encode() not in blob
+        assert b64encode(ephemeral_private).encode() not in blob
+    state = a._ratchet
+    assert state.dhs.private_bytes() != ephemeral_private
+    assert all(getattr(a, s, None) != ephemeral_private for s in type(a).__slots__)
+
+
+def test_reused_one_time_prekey_is_refused_and_device_unchanged() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob), b"one")
+    Session.respond(bob, first)
+    before = bob.to_bytes()
+    with pytest.raises(PrekeyReused):
+        Session.respond(bob, first)
+    assert bob.to_bytes() == before
+
+
+def test_replayed_initial_message_without_one_time_material_is_refused() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    Session.respond(bob, first)
+    with pytest.raises(ReplayedMessage):
+        Session.respond(bob, first)
+    # and it survives a save/restore of the device
+    with pytest.raises(ReplayedMessage):
+        Session.respond(Device.from_bytes(bob.to_bytes()), first)
+
+
+def test_unknown_prekey_ids_are_refused() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    bundle = claimed_bundle(bob)
+    other = Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(other))
+    with pytest.raises((UnknownPrekey, PrekeyReused, DecryptionFailed)):
+        Session.respond(bob, first)
+    # A signed prekey rotated out twice is gone.
+    _, first = Session.initiate(alice, bundle)
+    bob.rotate_signed_prekey()
+    bob.rotate_signed_prekey()
+    with pytest.raises(UnknownPrekey):
+        Session.respond(bob, first)
+
+
+def test_previous_signed_prekey_still_works_after_one_rotation() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob), b"in flight")
+    bob.rotate_signed_prekey()
+    assert Session.respond(bob, first)[1] == b"in flight"
+
+
+def test_tampered_initial_message_is_refused_without_consuming_prekeys() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob), b"payload")
+    before = bob.to_bytes()
+    # ephemeral key, KEM ciphertext, header, body: each breaks the AEAD
+    for offset in (170, 207 + 500, INITIAL_PREFIX_LEN - 1, len(first) - 1):
+        bad = bytearray(first)
+        bad[offset] ^= 0x01
+        with pytest.raises(DecryptionFailed):
+            Session.respond(bob, bytes(bad))
+    # the initiator's identity signature
+    bad = bytearray(first)
+    bad[100] ^= 0x01
+    with pytest.raises(InvalidSignature):
+        Session.respond(bob, bytes(bad))
+    assert bob.to_bytes() == before
+    assert Session.respond(bob, first)[1] == b"payload"
+
+
+def test_respond_rejects_non_initial_messages() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob))
+    b, _ = Session.respond(bob, first)
+    with pytest.raises(MalformedMessage):
+        Session.respond(Device.generate(), b.encrypt(b"x"))
+
+
+def test_initiator_repeats_prekey_fields_until_first_reply() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    a, m0 = Session.initiate(alice, claimed_bundle(bob), b"m0")
+    m1 = a.encrypt(b"m1")
+    assert is_initial_message(m1)
+    # Delivered out of order: the second initial message establishes the session.
+    b, first_plain = Session.respond(bob, m1)
+    assert first_plain == b"m1"
+    assert b.decrypt(m0) == b"m0"
+    assert a.decrypt(b.encrypt(b"reply")) == b"reply"
+    assert not is_initial_message(a.encrypt(b"m2"))
