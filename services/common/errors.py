@@ -50,6 +50,8 @@ class ErrorCode(StrEnum):
     IDENTITY_NOT_FOUND = "identity_not_found"
     DEVICE_NOT_FOUND = "device_not_found"
     PREKEYS_EXHAUSTED = "prekeys_exhausted"
+    TOO_MANY_PREKEYS = "too_many_prekeys"
+    TOO_MANY_DEVICES = "too_many_devices"
     # Messaging (WebSocket).
     AUTH_REQUIRED = "auth_required"
     AUTH_TIMEOUT = "auth_timeout"
@@ -98,6 +100,8 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDENTITY_NOT_FOUND: 404,
     ErrorCode.DEVICE_NOT_FOUND: 404,
     ErrorCode.PREKEYS_EXHAUSTED: 409,
+    ErrorCode.TOO_MANY_PREKEYS: 409,
+    ErrorCode.TOO_MANY_DEVICES: 409,
     ErrorCode.RECIPIENT_NOT_FOUND: 404,
     ErrorCode.DUPLICATE_MESSAGE: 409,
 }

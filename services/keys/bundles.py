@@ -1,0 +1,129 @@
+"""Claiming a user's prekey bundles, and reading identities without claiming.
+
+A claim hands out, per device of the target user: the identity, the signed
+prekey, one one-time X25519 prekey (or none when they ran out) and one
+one-time ML-KEM prekey (or the last-resort one when they ran out). Each
+one-time prekey is taken with a single ``find_one_and_delete``, so no two
+claimers ever get the same one, however many claim at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from services.common.errors import ApiError, ErrorCode
+from services.keys import events, models, ratelimit
+from services.keys.context import Keys
+from services.keys.store import Kind
+
+log = logging.getLogger(__name__)
+
+
+def _identity_not_found(user_id: str) -> ApiError:
+    return ApiError(
+        ErrorCode.IDENTITY_NOT_FOUND,
+        "This user has no registered device keys.",
+        details={"user_id": user_id},
+    )
+
+
+async def claim(
+    keys: Keys, claimer: str, target: str, device_ids: set[int] | None = None
+) -> models.Bundles:
+    """One bundle per device of ``target`` (or per device in ``device_ids``)."""
+    await ratelimit.check_claim(keys.store, keys.policy, claimer, target)
+    devices = await keys.store.list_devices(target)
+    if not devices:
+        raise _identity_not_found(target)
+    if device_ids is not None:
+        devices = [d for d in devices if d["device_id"] in device_ids]
+        if not devices:
+            raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_ids": sorted(device_ids)})
+    bundles = []
+    for device in devices:
+        bundle = await _claim_device(keys, target, device)
+        if bundle is not None:
+            bundles.append(bundle)
+    if not bundles:
+        raise ApiError(
+            ErrorCode.PREKEYS_EXHAUSTED,
+            "No device of this user has a signed prekey and an ML-KEM prekey to offer.",
+        )
+    for bundle in bundles:
+        await _notify_if_low(keys, target, bundle.device_id, bundle.generation)
+    return models.Bundles(bundles=[b.bundle for b in bundles])
+
+
+class _Claimed:
+    __slots__ = ("bundle", "device_id", "generation")
+
+    def __init__(self, bundle: models.Bundle, generation: int) -> None:
+        self.bundle = bundle
+        self.device_id = bundle.device_id
+        self.generation = generation
+
+
+async def _claim_device(keys: Keys, user_id: str, device: dict[str, Any]) -> _Claimed | None:
+    """Claim from one device; None (and nothing taken) if it cannot make a bundle."""
+    signed = device.get("signed_prekey")
+    if signed is None:
+        return None
+    device_id = int(device["device_id"])
+    generation = int(device["generation"])
+    # The KEM prekey first: without one (and no last resort) there is no
+    # bundle, and a one-time X25519 prekey must not be wasted.
+    kem = await keys.store.claim_prekey(Kind.KEM, user_id, device_id, generation)
+    last_resort = kem is None
+    if kem is None:
+        kem = device.get("last_resort")
+        if kem is None:
+            return None
+    one_time = await keys.store.claim_prekey(Kind.ONE_TIME, user_id, device_id, generation)
+    bundle = models.Bundle(
+        user_id=user_id,
+        device_id=device_id,
+        identity=models.Identity.model_validate(device["identity"]),
+        signed_prekey=models.SignedPrekey.model_validate(signed),
+        one_time_prekey=None if one_time is None else models.OneTimePrekey.model_validate(one_time),
+        kem_prekey=models.ClaimedKemPrekey.model_validate({**kem, "last_resort": last_resort}),
+    )
+    return _Claimed(bundle, generation)
+
+
+async def _notify_if_low(keys: Keys, user_id: str, device_id: int, generation: int) -> None:
+    """Publish ``prekeys_low`` once per low spell (until the device uploads or the flag expires)."""
+    store, policy = keys.store, keys.policy
+    if await store.low_flagged(user_id, device_id):
+        return
+    t = policy.low_threshold
+    one_time = await store.count_prekeys_upto(Kind.ONE_TIME, user_id, device_id, generation, t)
+    kem = await store.count_prekeys_upto(Kind.KEM, user_id, device_id, generation, t)
+    if one_time >= t and kem >= t:
+        return
+    if not await store.flag_low(user_id, device_id, policy.low_notify_interval_s):
+        return  # another claim got there first
+    one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
+    kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)
+    log.info(
+        "prekeys low",
+        extra={"user_id": user_id, "device_id": device_id, "one_time": one_time, "kem": kem},
+    )
+    await keys.events.publish(events.prekeys_low(user_id, device_id, one_time, kem, t))
+
+
+async def identities(keys: Keys, user_id: str) -> models.UserIdentities:
+    """Every device's identity, claiming nothing (safety numbers, key-change checks)."""
+    devices = await keys.store.list_devices(user_id)
+    if not devices:
+        raise _identity_not_found(user_id)
+    return models.UserIdentities(
+        user_id=user_id,
+        devices=[
+            models.DeviceIdentity(
+                device_id=int(d["device_id"]),
+                identity=models.Identity.model_validate(d["identity"]),
+            )
+            for d in devices
+        ],
+    )

@@ -1,0 +1,240 @@
+"""A device managing its own keys: identity, signed prekey, prekey uploads, counts, check.
+
+Every operation acts on the caller's own device (the user id comes from the
+access token, never from the request), so no one can touch another user's
+keys. A device must register its identity before anything else; everything
+signed is verified against that identity, and writes are compare-and-set on
+the device's ``generation`` so that a concurrent identity change can never
+leave a key signed by the old identity next to the new one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from services.common.errors import ApiError, ErrorCode
+from services.keys import events, models, verify
+from services.keys.context import Keys
+from services.keys.store import DuplicatePrekeyIds, Kind
+
+log = logging.getLogger(__name__)
+
+# Attempts at a compare-and-set before giving up with CONFLICT.
+_CAS_ATTEMPTS = 5
+
+
+def _conflict() -> ApiError:
+    return ApiError(ErrorCode.CONFLICT, "This device's keys changed concurrently; try again.")
+
+
+async def device_or_404(keys: Keys, user_id: str, device_id: int) -> dict[str, Any]:
+    device = await keys.store.get_device(user_id, device_id)
+    if device is None:
+        raise ApiError(
+            ErrorCode.DEVICE_NOT_FOUND,
+            "No such device; register its identity first.",
+            details={"device_id": device_id},
+        )
+    return device
+
+
+async def register_identity(
+    keys: Keys, user_id: str, device_id: int, body: models.Identity
+) -> models.IdentityRegistered:
+    """Register a device's identity; a different one replaces it (a reinstall).
+
+    Replacing is a key change: the old identity's prekeys are wiped and
+    ``key_changed`` is published so that contacts can be warned. The same
+    identity again changes nothing.
+    """
+    new = verify.identity(body).doc()
+    store = keys.store
+    for _ in range(_CAS_ATTEMPTS):
+        device = await store.get_device(user_id, device_id)
+        if device is None:
+            if await store.count_devices(user_id) >= keys.policy.max_devices:
+                raise ApiError(
+                    ErrorCode.TOO_MANY_DEVICES,
+                    f"A user may have at most {keys.policy.max_devices} devices; remove one first.",
+                )
+            try:
+                await store.insert_device(user_id, device_id, new)
+            except DuplicateKeyError:
+                continue  # registered concurrently: compare with that one
+            log.info("device registered", extra={"user_id": user_id, "device_id": device_id})
+            return models.IdentityRegistered(device_id=device_id, created=True, changed=False)
+        old = device["identity"]
+        if old["signing_key"] == new["signing_key"] and old["dh_key"] == new["dh_key"]:
+            return models.IdentityRegistered(device_id=device_id, created=False, changed=False)
+        generation = int(device["generation"])
+        if not await store.replace_identity(user_id, device_id, generation, new):
+            continue
+        await store.delete_prekeys(user_id, device_id, below_generation=generation + 1)
+        await store.clear_low(user_id, device_id)
+        log.info("identity key changed", extra={"user_id": user_id, "device_id": device_id})
+        await keys.events.publish(events.key_changed(user_id, device_id, new))
+        return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
+    raise _conflict()
+
+
+async def _set_signed_key(
+    keys: Keys,
+    user_id: str,
+    device_id: int,
+    field: str,
+    check: Callable[[bytes], verify.VerifiedPrekey],
+) -> None:
+    """Verify with the registered identity, then store if that identity is still current."""
+    for _ in range(_CAS_ATTEMPTS):
+        device = await device_or_404(keys, user_id, device_id)
+        verified = check(verify.signing_key_of(device["identity"]))
+        if await keys.store.set_device_key(
+            user_id, device_id, int(device["generation"]), field, verified.doc()
+        ):
+            return
+    raise _conflict()
+
+
+async def set_signed_prekey(
+    keys: Keys, user_id: str, device_id: int, body: models.SignedPrekey
+) -> None:
+    await _set_signed_key(
+        keys,
+        user_id,
+        device_id,
+        "signed_prekey",
+        lambda signing_key: verify.signed_prekey(body, signing_key),
+    )
+
+
+async def set_last_resort(keys: Keys, user_id: str, device_id: int, body: models.KemPrekey) -> None:
+    await _set_signed_key(
+        keys,
+        user_id,
+        device_id,
+        "last_resort",
+        lambda signing_key: verify.kem_prekey(
+            body, signing_key, last_resort=True, field="kem_last_resort"
+        ),
+    )
+
+
+async def upload_one_time(
+    keys: Keys, user_id: str, device_id: int, items: list[models.OneTimePrekey]
+) -> models.Stored:
+    def check(_: dict[str, Any]) -> list[verify.VerifiedPrekey]:
+        return verify.one_time_prekeys(items)
+
+    return await _upload(keys, Kind.ONE_TIME, user_id, device_id, len(items), check)
+
+
+async def upload_kem(
+    keys: Keys, user_id: str, device_id: int, items: list[models.KemPrekey]
+) -> models.Stored:
+    return await _upload(
+        keys,
+        Kind.KEM,
+        user_id,
+        device_id,
+        len(items),
+        lambda device: verify.kem_prekeys(items, verify.signing_key_of(device["identity"])),
+    )
+
+
+async def _upload(
+    keys: Keys,
+    kind: Kind,
+    user_id: str,
+    device_id: int,
+    size: int,
+    check: Callable[[dict[str, Any]], list[verify.VerifiedPrekey]],
+) -> models.Stored:
+    """Store a batch of one-time prekeys: every item valid and new, or nothing stored."""
+    store, policy = keys.store, keys.policy
+    if size > policy.max_batch:
+        raise ApiError(
+            ErrorCode.BATCH_TOO_LARGE,
+            f"At most {policy.max_batch} prekeys per request.",
+            details={"max": policy.max_batch, "got": size},
+        )
+    device = await device_or_404(keys, user_id, device_id)
+    generation = int(device["generation"])
+    verified = check(device)
+    ids = [p.id for p in verified]
+    dups = verify.duplicate_ids(verified) or await store.existing_prekey_ids(
+        kind, user_id, device_id, generation, ids
+    )
+    if dups:
+        raise _duplicates(dups)
+    held = await store.count_prekeys(kind, user_id, device_id, generation)
+    if held + len(verified) > policy.max_stored:
+        raise ApiError(
+            ErrorCode.TOO_MANY_PREKEYS,
+            f"A device may hold at most {policy.max_stored} unclaimed prekeys of each kind.",
+            details={"held": held, "max": policy.max_stored},
+        )
+    batch = secrets.token_hex(12)
+    try:
+        await store.insert_prekeys(
+            kind, user_id, device_id, generation, [p.doc() for p in verified], batch
+        )
+    except DuplicatePrekeyIds:
+        raise _duplicates(
+            await store.existing_prekey_ids(kind, user_id, device_id, generation, ids)
+        ) from None
+    current = await store.get_device(user_id, device_id)
+    if current is None or int(current["generation"]) != generation:
+        # The identity changed (or the device went) while this batch was checked.
+        await store.delete_batch(kind, batch)
+        raise _conflict()
+    await store.clear_low(user_id, device_id)
+    return models.Stored(
+        device_id=device_id,
+        stored=len(verified),
+        one_time=await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation),
+        kem_one_time=await store.count_prekeys(Kind.KEM, user_id, device_id, generation),
+    )
+
+
+def _duplicates(ids: list[int]) -> ApiError:
+    return ApiError(
+        ErrorCode.DUPLICATE_PREKEY,
+        "Prekey ids must be unique per device; nothing from this batch was stored.",
+        details={"ids": ids[:100]},
+    )
+
+
+async def counts(keys: Keys, user_id: str, device_id: int) -> models.Counts:
+    device = await device_or_404(keys, user_id, device_id)
+    generation = int(device["generation"])
+    store = keys.store
+    return models.Counts(
+        device_id=device_id,
+        one_time=await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation),
+        kem_one_time=await store.count_prekeys(Kind.KEM, user_id, device_id, generation),
+        signed_prekey_id=(device.get("signed_prekey") or {}).get("id"),
+        kem_last_resort_id=(device.get("last_resort") or {}).get("id"),
+        threshold=keys.policy.low_threshold,
+    )
+
+
+async def check(
+    keys: Keys, user_id: str, device_id: int, body: models.KeysCheck
+) -> models.KeysCheckResult:
+    claimed = verify.b64decode(body.digest, "digest", verify.DIGEST_LEN)
+    device = await device_or_404(keys, user_id, device_id)
+    held = verify.keys_digest(device)
+    return models.KeysCheckResult(match=held is not None and hmac.compare_digest(held, claimed))
+
+
+async def delete(keys: Keys, user_id: str, device_id: int) -> None:
+    if not await keys.store.delete_device(user_id, device_id):
+        raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_id": device_id})
+    await keys.store.clear_low(user_id, device_id)
+    log.info("device removed", extra={"user_id": user_id, "device_id": device_id})

@@ -1,0 +1,126 @@
+"""Request and response bodies of the key directory (they also document the API).
+
+Binary values are base64url strings without padding; their strict decoding,
+lengths and signatures are checked by :mod:`services.keys.verify`, which
+answers ``invalid_key`` / ``invalid_signature`` rather than a generic
+validation error. Pydantic only checks the JSON shape here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+U32_MAX = 2**32 - 1
+DEVICE_ID_MAX = 2**31 - 1
+
+PrekeyId = Annotated[int, Field(strict=True, ge=0, le=U32_MAX)]
+# Bounds on the encoded text only (1184 bytes of ML-KEM key are 1579 characters);
+# exact lengths are checked after decoding.
+B64 = Annotated[str, Field(max_length=2048, description="base64url, no padding")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Identity(_Model):
+    """A device identity: Ed25519 signing key and X25519 DH key signed by it."""
+
+    signing_key: B64 = Field(description="Ed25519 public key (32 bytes)")
+    dh_key: B64 = Field(description="X25519 public key (32 bytes)")
+    dh_sig: B64 = Field(description='Ed25519 signature over b"parley-v1/identity-dh" || dh_key')
+
+
+class SignedPrekey(_Model):
+    id: PrekeyId
+    key: B64 = Field(description="X25519 public key (32 bytes)")
+    sig: B64 = Field(
+        description='Ed25519 signature over b"parley-v1/signed-prekey" || u32_be(id) || key'
+    )
+
+
+class OneTimePrekey(_Model):
+    id: PrekeyId
+    key: B64 = Field(description="X25519 public key (32 bytes), unsigned")
+
+
+class KemPrekey(_Model):
+    id: PrekeyId
+    key: B64 = Field(description="ML-KEM-768 encapsulation key (1184 bytes)")
+    sig: B64 = Field(
+        description='Ed25519 signature over b"parley-v1/kem-prekey/one-time" (or '
+        '"/last-resort") || u32_be(id) || key'
+    )
+
+
+class OneTimePrekeyBatch(_Model):
+    prekeys: list[OneTimePrekey] = Field(min_length=1, description="At most 100 per request.")
+
+
+class KemPrekeyBatch(_Model):
+    prekeys: list[KemPrekey] = Field(min_length=1, description="At most 100 per request.")
+
+
+class KeysCheck(_Model):
+    digest: B64 = Field(
+        description="SHA-256 (32 bytes) of what the device believes the server holds; "
+        "see docs/keys.md"
+    )
+
+
+# Responses.
+
+
+class IdentityRegistered(_Model):
+    device_id: int
+    created: bool = Field(description="A new device was registered.")
+    changed: bool = Field(description="A different identity replaced the old one (key change).")
+
+
+class Stored(_Model):
+    device_id: int
+    stored: int = Field(description="Prekeys stored by this request.")
+    one_time: int = Field(description="One-time X25519 prekeys now held for the device.")
+    kem_one_time: int = Field(description="One-time ML-KEM prekeys now held for the device.")
+
+
+class Counts(_Model):
+    device_id: int
+    one_time: int
+    kem_one_time: int
+    signed_prekey_id: int | None
+    kem_last_resort_id: int | None
+    threshold: int = Field(description="Below this many, the device should upload more.")
+
+
+class KeysCheckResult(_Model):
+    match: bool = Field(description="False: the device should upload its keys again.")
+
+
+class ClaimedKemPrekey(KemPrekey):
+    last_resort: bool
+
+
+class Bundle(_Model):
+    user_id: str
+    device_id: int
+    identity: Identity
+    signed_prekey: SignedPrekey
+    one_time_prekey: OneTimePrekey | None
+    kem_prekey: ClaimedKemPrekey
+
+
+class Bundles(_Model):
+    bundles: list[Bundle]
+
+
+class DeviceIdentity(_Model):
+    device_id: int
+    identity: Identity
+
+
+class UserIdentities(_Model):
+    user_id: str
+    devices: list[DeviceIdentity]

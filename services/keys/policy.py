@@ -1,0 +1,37 @@
+"""The key directory's limits, in one place (docs/keys.md, "Limits").
+
+They are constants of the service rather than ``PARLEY_*`` options: clients
+are written against them (batch size, refill threshold) and changing one is a
+protocol decision. Tests and the benchmark pass their own :class:`KeysPolicy`
+to ``create_app``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A full batch of 100 ML-KEM-768 prekeys is about 170 KB of JSON; the service
+# accepts at least this much body whatever PARLEY_MAX_BODY_BYTES says.
+MIN_BODY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KeysPolicy:
+    # Prekeys per upload request (one-time X25519 or one-time ML-KEM).
+    max_batch: int = 100
+    # Unclaimed one-time prekeys a device may hold, per kind.
+    max_stored: int = 1000
+    # Devices per user.
+    max_devices: int = 10
+    # Below this many one-time prekeys of either kind, ``prekeys_low`` is published.
+    low_threshold: int = 10
+    # ... at most once per this many seconds per device, until it uploads more.
+    low_notify_interval_s: int = 3600
+    # Claims per (claimer, target): a token bucket of ``claim_burst`` tokens,
+    # one token back every ``claim_refill_s`` seconds (36 per hour sustained).
+    claim_burst: int = 6
+    claim_refill_s: float = 100.0
+    # Events not confirmed by Kafka are retried from the outbox this often.
+    outbox_interval_s: float = 2.0
+    # An outbox entry being sent is leased for this long before a retry.
+    outbox_lease_s: float = 30.0

@@ -1,0 +1,368 @@
+"""All of the key directory's MongoDB, Redis and Kafka I/O.
+
+Collections (database ``<db_prefix>keys``), see docs/keys.md "Storage":
+
+``devices``           one document per (user_id, device_id): identity, signed
+                      prekey, last-resort ML-KEM prekey and ``generation``
+                      (bumped when the identity changes).
+``one_time_prekeys``  one document per one-time X25519 prekey.
+``kem_prekeys``       one document per one-time ML-KEM-768 prekey.
+``outbox``            events not yet confirmed by Kafka.
+
+Correctness never rests on a multi-document transaction (the embedded server
+has none that isolate): single-use claims are one ``find_one_and_delete``;
+writes that must match the identity they were checked against are
+compare-and-set on ``generation``; prekeys carry the generation they were
+signed under, and only the current generation is counted or claimed.
+Keys are stored as base64url strings (the embedded server cannot match bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
+from bson import ObjectId
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from services.common.clients import KafkaProducerHandle, Topics
+from services.common.config import Settings
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+
+DUPLICATE_KEY = 11000
+
+# A token bucket per key: ``tokens`` and ``ts`` (ms, Redis server clock so
+# that every replica agrees). Returns {allowed (0/1), ms until a token is back}.
+_TOKEN_BUCKET = """
+local capacity = tonumber(ARGV[1])
+local refill_ms = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+if now > ts then
+  tokens = math.min(capacity, tokens + (now - ts) / refill_ms)
+  ts = now
+end
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = math.ceil((1 - tokens) * refill_ms)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * refill_ms) + 1000)
+return {allowed, wait}
+"""
+
+
+class Kind(StrEnum):
+    """The two kinds of one-time prekey."""
+
+    ONE_TIME = "one_time"
+    KEM = "kem_one_time"
+
+
+class DuplicatePrekeyIds(Exception):
+    """A concurrent upload stored one of these ids first; this batch was removed."""
+
+
+class KeyStore:
+    def __init__(
+        self,
+        db: AsyncDatabase[Doc],
+        redis: aioredis.Redis,
+        kafka: KafkaProducerHandle,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.devices: AsyncCollection[Doc] = db["devices"]
+        self.prekeys: dict[Kind, AsyncCollection[Doc]] = {
+            Kind.ONE_TIME: db["one_time_prekeys"],
+            Kind.KEM: db["kem_prekeys"],
+        }
+        self.outbox: AsyncCollection[Doc] = db["outbox"]
+        self.redis = redis
+        self.kafka = kafka
+        self.topic = Topics(settings).events
+        self.send_timeout_s = max(settings.dependency_timeout_ms, 5000) / 1000
+        self.prefix = f"{settings.redis_prefix}:keys"
+        self._bucket = redis.register_script(_TOKEN_BUCKET)
+        self.indexes_ready = asyncio.Event()
+
+    # Indexes.
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes (idempotent; every replica may run it at startup)."""
+        await self.devices.create_index(
+            [("user_id", ASCENDING), ("device_id", ASCENDING)], unique=True
+        )
+        for coll in self.prekeys.values():
+            await coll.create_index(
+                [
+                    ("user_id", ASCENDING),
+                    ("device_id", ASCENDING),
+                    ("generation", ASCENDING),
+                    ("id", ASCENDING),
+                ],
+                unique=True,
+            )
+            await coll.create_index([("batch", ASCENDING)])
+        await self.outbox.create_index([("due", ASCENDING)])
+        self.indexes_ready.set()
+
+    # Devices.
+
+    async def get_device(self, user_id: str, device_id: int) -> Doc | None:
+        return await self.devices.find_one({"user_id": user_id, "device_id": device_id})
+
+    async def list_devices(self, user_id: str) -> list[Doc]:
+        cursor = self.devices.find({"user_id": user_id}).sort("device_id", ASCENDING)
+        return await cursor.to_list()
+
+    async def count_devices(self, user_id: str) -> int:
+        return await self._count(self.devices, {"user_id": user_id})
+
+    async def insert_device(self, user_id: str, device_id: int, identity: Doc) -> None:
+        """Raises DuplicateKeyError if the device exists (a concurrent registration)."""
+        now = datetime.now(UTC)
+        await self.devices.insert_one(
+            {
+                "user_id": user_id,
+                "device_id": device_id,
+                "generation": 1,
+                "identity": identity,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+
+    async def replace_identity(
+        self, user_id: str, device_id: int, generation: int, identity: Doc
+    ) -> bool:
+        """Install a new identity if the device is still at ``generation``.
+
+        The signed and last-resort prekeys were signed by the old identity, so
+        they go too; the generation moves on so that old one-time prekeys are
+        never counted or claimed again.
+        """
+        result = await self.devices.update_one(
+            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            {
+                "$set": {"identity": identity, "updated_at": datetime.now(UTC)},
+                "$inc": {"generation": 1},
+                "$unset": {"signed_prekey": "", "last_resort": ""},
+            },
+        )
+        return result.matched_count == 1
+
+    async def set_device_key(
+        self, user_id: str, device_id: int, generation: int, field: str, value: Doc
+    ) -> bool:
+        """Set ``signed_prekey`` or ``last_resort`` if the identity is still the one checked."""
+        result = await self.devices.update_one(
+            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            {"$set": {field: value, "updated_at": datetime.now(UTC)}},
+        )
+        return result.matched_count == 1
+
+    async def delete_device(self, user_id: str, device_id: int) -> bool:
+        result = await self.devices.delete_one({"user_id": user_id, "device_id": device_id})
+        await self.delete_prekeys(user_id, device_id)
+        return result.deleted_count == 1
+
+    # Prekeys.
+
+    async def delete_prekeys(
+        self, user_id: str, device_id: int, below_generation: int | None = None
+    ) -> None:
+        query: Doc = {"user_id": user_id, "device_id": device_id}
+        if below_generation is not None:
+            query["generation"] = {"$lt": below_generation}
+        for coll in self.prekeys.values():
+            await coll.delete_many(query)
+
+    async def existing_prekey_ids(
+        self, kind: Kind, user_id: str, device_id: int, generation: int, ids: Sequence[int]
+    ) -> list[int]:
+        cursor = self.prekeys[kind].find(
+            {
+                "user_id": user_id,
+                "device_id": device_id,
+                "generation": generation,
+                "id": {"$in": list(ids)},
+            },
+            {"id": 1, "_id": 0},
+        )
+        return sorted(doc["id"] for doc in await cursor.to_list())
+
+    async def count_prekeys(self, kind: Kind, user_id: str, device_id: int, generation: int) -> int:
+        return await self._count(
+            self.prekeys[kind],
+            {"user_id": user_id, "device_id": device_id, "generation": generation},
+        )
+
+    async def count_prekeys_upto(
+        self, kind: Kind, user_id: str, device_id: int, generation: int, limit: int
+    ) -> int:
+        """min(count, limit), at a cost bounded by ``limit`` (for the low-prekeys check)."""
+        cursor = self.prekeys[kind].find(
+            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            {"_id": 1},
+            limit=limit,
+        )
+        return len(await cursor.to_list())
+
+    async def insert_prekeys(
+        self,
+        kind: Kind,
+        user_id: str,
+        device_id: int,
+        generation: int,
+        prekeys: Sequence[Doc],
+        batch: str,
+    ) -> None:
+        """Insert a batch tagged ``batch``; all or (after a clash with a concurrent upload) none.
+
+        A concurrent upload of the same id is the only way to clash (the
+        caller checked the stored ids first); the part of the batch that got
+        in is removed again and DuplicatePrekeyIds raised.
+        """
+        docs = [
+            {
+                **p,
+                "user_id": user_id,
+                "device_id": device_id,
+                "generation": generation,
+                "batch": batch,
+            }
+            for p in prekeys
+        ]
+        try:
+            await self.prekeys[kind].insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            await self.delete_batch(kind, batch)
+            errors = exc.details.get("writeErrors", [])
+            if errors and all(e.get("code") == DUPLICATE_KEY for e in errors):
+                raise DuplicatePrekeyIds from None
+            raise
+
+    async def delete_batch(self, kind: Kind, batch: str) -> None:
+        await self.prekeys[kind].delete_many({"batch": batch})
+
+    async def claim_prekey(
+        self, kind: Kind, user_id: str, device_id: int, generation: int
+    ) -> Doc | None:
+        """Take one prekey for good: atomic, so each is handed out at most once."""
+        return await self.prekeys[kind].find_one_and_delete(
+            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            projection={"_id": 0, "id": 1, "key": 1, "sig": 1},
+        )
+
+    async def _count(self, coll: AsyncCollection[Doc], query: Doc) -> int:
+        # The ``count`` command, not count_documents: the latter is an
+        # aggregation that the embedded server runs about 25 times slower.
+        reply = await self.db.command("count", coll.name, query=query)
+        return int(reply["n"])
+
+    # Redis: claim rate limit and the prekeys_low flag.
+
+    def claims_key(self, claimer: str, target: str) -> str:
+        # Length-prefixed so that no pair of ids can produce another pair's key.
+        return f"{self.prefix}:claims:{len(claimer)}:{claimer}:{target}"
+
+    async def take_token(self, key: str, capacity: int, refill_s: float) -> tuple[bool, float]:
+        """One token from the bucket at ``key``: (allowed, seconds until one is back)."""
+        refill_ms = max(1, round(refill_s * 1000))
+        allowed, wait_ms = await self._bucket(keys=[key], args=[capacity, refill_ms])
+        return bool(allowed), int(wait_ms) / 1000
+
+    def _low_key(self, user_id: str, device_id: int) -> str:
+        return f"{self.prefix}:low:{device_id}:{user_id}"
+
+    async def low_flagged(self, user_id: str, device_id: int) -> bool:
+        return bool(await self.redis.exists(self._low_key(user_id, device_id)))
+
+    async def flag_low(self, user_id: str, device_id: int, ttl_s: int) -> bool:
+        """Set the flag unless set; True if this call set it (and should notify)."""
+        key = self._low_key(user_id, device_id)
+        return bool(await self.redis.set(key, b"1", nx=True, ex=ttl_s))
+
+    async def clear_low(self, user_id: str, device_id: int) -> None:
+        await self.redis.delete(self._low_key(user_id, device_id))
+
+    # Events: the outbox and Kafka.
+
+    async def outbox_add(
+        self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]], due: float
+    ) -> ObjectId:
+        result = await self.outbox.insert_one(
+            {
+                "key": key,
+                "value": value.decode(),
+                "headers": [[k, v.decode()] for k, v in headers],
+                "due": due,
+                "attempts": 0,
+                "created_at": datetime.now(UTC),
+            }
+        )
+        return ObjectId(result.inserted_id)
+
+    async def outbox_lease(self, lease_s: float) -> Doc | None:
+        """Take the next due entry for ``lease_s`` seconds (so one replica sends it)."""
+        now = time.time()
+        return await self.outbox.find_one_and_update(
+            {"due": {"$lte": now}},
+            {"$set": {"due": now + lease_s}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def outbox_delete(self, entry_id: ObjectId) -> None:
+        await self.outbox.delete_one({"_id": entry_id})
+
+    async def outbox_size(self) -> int:
+        return await self._count(self.outbox, {})
+
+    async def send_event(
+        self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> bool:
+        """Produce one event and wait for Kafka's ack; False if it did not happen."""
+        producer = self.kafka.get()
+        if producer is None:
+            return False
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    self.topic, value=value, key=key.encode(), headers=list(headers)
+                ),
+                self.send_timeout_s,
+            )
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("event not sent", extra={"error": repr(exc), "topic": self.topic})
+            return False
+        return True
+
+
+def encode_event(event: Doc) -> bytes:
+    return orjson.dumps(event)
