@@ -22,7 +22,10 @@ Bounds on skipped message keys (same numbers as libsignal):
   newer receiving chains exist (i.e. after five DH ratchet steps).  No wall
   clock is involved, so the state machine stays deterministic.
 
-A message whose key was used or dropped raises :class:`ReplayedMessage`.
+The ratchet public keys of the last :data:`MAX_REMEMBERED_CHAINS` (100)
+receiving chains are remembered (32 bytes each), so a message whose key was
+used or dropped raises :class:`ReplayedMessage`; one from an even older chain
+is treated as a new ratchet step and fails with :class:`DecryptionFailed`.
 Decryption is transactional: nothing in the state changes unless the AEAD (and
 the optional payload check) succeeds.
 """
@@ -57,6 +60,7 @@ from parley.crypto.primitives import (
 
 __all__ = [
     "MAX_OLD_CHAINS",
+    "MAX_REMEMBERED_CHAINS",
     "MAX_SKIP",
     "MAX_SKIPPED_KEYS",
     "MESSAGE_INFO",
@@ -70,6 +74,7 @@ MESSAGE_INFO = b"parley-v1/ratchet/message-keys"
 MAX_SKIP = 2000
 MAX_SKIPPED_KEYS = 2000
 MAX_OLD_CHAINS = 5
+MAX_REMEMBERED_CHAINS = 100
 
 _MESSAGE_KEYS = MessageKeyDeriver(MESSAGE_INFO)
 _II = struct.Struct(">II")
@@ -106,7 +111,7 @@ class RatchetState:
 
     ``skipped`` maps (ratchet public key, N) to (message key, chain index), in
     insertion order (oldest first).  ``old_chains`` maps the public keys of
-    the last :data:`MAX_OLD_CHAINS` receiving chains to their chain index.
+    the last :data:`MAX_REMEMBERED_CHAINS` receiving chains to their chain index.
     """
 
     __slots__ = (
@@ -282,9 +287,12 @@ class RatchetState:
                 del skipped[slot]
 
     def _expire(self) -> None:
+        remembered = self.chain_index - MAX_REMEMBERED_CHAINS
+        if len(self.old_chains) > MAX_REMEMBERED_CHAINS:
+            self.old_chains = {k: i for k, i in self.old_chains.items() if i >= remembered}
         oldest = self.chain_index - MAX_OLD_CHAINS
-        self.old_chains = {k: i for k, i in self.old_chains.items() if i >= oldest}
-        self.skipped = {s: v for s, v in self.skipped.items() if v[1] >= oldest}
+        if any(v[1] < oldest for v in self.skipped.values()):
+            self.skipped = {s: v for s, v in self.skipped.items() if v[1] >= oldest}
 
     # ------------------------------------------------------------------ state
 

@@ -47,6 +47,9 @@ from parley.crypto.primitives import (
     mlkem768_encapsulate,
     system_random,
 )
+from parley.crypto.primitives import (
+    hmac_sha256_key32 as _commit,
+)
 from parley.crypto.ratchet import RatchetState
 from parley.crypto.sender_keys import (
     MAX_CHAINS_PER_SENDER,
@@ -90,19 +93,21 @@ class DecryptedMessage:
 
 
 def _seal_payload(plaintext: bytes, rng: RandomSource) -> tuple[bytes, bytes]:
-    """Return ``(commitment, payload)`` with payload = franking key || plaintext."""
-    if not isinstance(plaintext, bytes):
+    """Return ``(commitment, payload)`` with payload = franking key || plaintext.
+
+    Same commitment as :func:`parley.crypto.franking.commit` (checked by the tests).
+    """
+    if type(plaintext) is not bytes:
         raise TypeError(f"plaintext must be bytes, not {type(plaintext).__name__}")
     franking_key = rng(_FK)
-    commitment = hmac.digest(franking_key, _CONTEXT + plaintext, hashlib.sha256)
-    return commitment, franking_key + plaintext
+    return _commit(franking_key, _CONTEXT + plaintext), franking_key + plaintext
 
 
 def _commitment_check(commitment: bytes) -> Callable[[bytes], None]:
     def check(payload: bytes) -> None:
         if len(payload) < _FK:
             raise MalformedMessage("payload shorter than the franking key")
-        expected = hmac.digest(payload[:_FK], _CONTEXT + payload[_FK:], hashlib.sha256)
+        expected = _commit(payload[:_FK], _CONTEXT + payload[_FK:])
         if not hmac.compare_digest(expected, commitment):
             raise BadCommitment("franking commitment does not match the message")
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from parley.crypto.bundle import PublicIdentity
 from parley.crypto.errors import MalformedMessage, UnsupportedVersion
@@ -165,9 +166,8 @@ class PrekeySection:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PairwiseMessage:
-    """A parsed type 0x01 or 0x02 message (views into the original bytes)."""
+class PairwiseMessage(NamedTuple):
+    """A parsed type 0x01 or 0x02 message (slices of the original bytes)."""
 
     type: int
     commitment: bytes
@@ -175,12 +175,28 @@ class PairwiseMessage:
     ratchet_key: bytes
     previous_chain_length: int
     message_number: int
-    associated: bytes
-    """Every byte before the ciphertext (goes into the AEAD associated data)."""
+    associated: bytes  # every byte before the ciphertext (goes into the AEAD AD)
     ciphertext: bytes
 
 
 def parse_pairwise(data: bytes) -> PairwiseMessage:
+    if (
+        type(data) is bytes
+        and len(data) >= MESSAGE_PREFIX_LEN + GCM_TAG_LEN
+        and data[0] == VERSION
+        and data[1] == TYPE_MESSAGE
+    ):  # fast path for the common case
+        pn, n = _II.unpack_from(data, 66)
+        return PairwiseMessage(
+            TYPE_MESSAGE,
+            data[2:_START],
+            None,
+            data[_START:66],
+            pn,
+            n,
+            data[:MESSAGE_PREFIX_LEN],
+            data[MESSAGE_PREFIX_LEN:],
+        )
     kind = check_prefix(data)
     if kind == TYPE_MESSAGE:
         header_at, prekey_raw = _START, None

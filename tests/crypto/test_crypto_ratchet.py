@@ -1,0 +1,413 @@
+"""Double Ratchet: our vector, and properties (ordering, tampering, replay, bounds, restore)."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from parley.crypto import (
+    CryptoError,
+    DecryptionFailed,
+    Device,
+    MalformedMessage,
+    ReplayedMessage,
+    Session,
+    SessionMismatch,
+    TooManySkippedMessages,
+    UnsupportedVersion,
+)
+from parley.crypto import ratchet as ratchet_module
+from parley.crypto.primitives import X25519KeyPair, deterministic_random
+from parley.crypto.ratchet import MAX_SKIP, MAX_SKIPPED_KEYS, RatchetState
+from parley.crypto.wire import MESSAGE_PREFIX_LEN
+
+from tests.crypto.helpers import claimed_bundle, load_vector, session_pair
+
+PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _state(session: Session) -> bytes:
+    return session.to_bytes()
+
+
+# ----------------------------------------------------------------- vector
+
+
+def test_ratchet_vector() -> None:
+    vec = load_vector("ratchet.json")
+    sk, ad = bytes.fromhex(vec["sk"]), bytes.fromhex(vec["ad"])
+    bob_key = X25519KeyPair.from_private_bytes(bytes.fromhex(vec["bob_ratchet_private"]))
+    assert bob_key.public.hex() == vec["bob_ratchet_public"]
+    a_id, b_id = Device.generate().identity, Device.generate().identity
+    sessions = {
+        "alice": Session(
+            ratchet=RatchetState.initiator(
+                sk, ad, bob_key.public, deterministic_random(bytes.fromhex(vec["alice_drbg_seed"]))
+            ),
+            local_identity=a_id,
+            peer_identity=b_id,
+            pending_section=None,
+            initial_digest=None,
+        ),
+        "bob": Session(
+            ratchet=RatchetState.responder(
+                sk, ad, bob_key, deterministic_random(bytes.fromhex(vec["bob_drbg_seed"]))
+            ),
+            local_identity=b_id,
+            peer_identity=a_id,
+            pending_section=None,
+            initial_digest=None,
+        ),
+    }
+    messages: dict[int, bytes] = {}
+    for step in vec["steps"]:
+        session = sessions[step["by"]]
+        if step["op"] == "encrypt":
+            message = session.encrypt(bytes.fromhex(step["plaintext"]))
+            assert message.hex() == step["message"], step
+            messages[step["index"]] = message
+        elif "error" in step:
+            with pytest.raises(CryptoError) as info:
+                session.decrypt(messages[step["index"]])
+            assert type(info.value).__name__ == step["error"]
+        else:
+            assert session.decrypt(messages[step["index"]]).hex() == step["plaintext"]
+
+
+# ----------------------------------------------------------------- ordering
+
+
+@PROPERTY
+@given(
+    data=st.data(),
+    rounds=st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 6), st.floats(0, 1)), min_size=1, max_size=3
+    ),
+)
+def test_any_delivery_order_within_bounds_decrypts(
+    data: st.DataObject, rounds: list[tuple[int, int, float]]
+) -> None:
+    a, b = session_pair()
+    sessions = {"alice": a, "bob": b}
+    pending: dict[str, list[tuple[bytes, bytes]]] = {"alice": [], "bob": []}  # keyed by recipient
+    counter = 0
+    for alice_sends, bob_sends, deliver_fraction in rounds:
+        for sender, recipient, count in (
+            ("alice", "bob", alice_sends),
+            ("bob", "alice", bob_sends),
+        ):
+            for _ in range(count):
+                plaintext = f"{sender} {counter}".encode()
+                counter += 1
+                pending[recipient].append((sessions[sender].encrypt(plaintext), plaintext))
+        for recipient in ("alice", "bob"):
+            queue = pending[recipient]
+            order = data.draw(st.permutations(range(len(queue))))
+            take = int(len(queue) * deliver_fraction)
+            chosen = [queue[i] for i in order[:take]]
+            pending[recipient] = [queue[i] for i in order[take:]]
+            for message, plaintext in chosen:
+                assert sessions[recipient].decrypt(message) == plaintext
+    for recipient in ("alice", "bob"):
+        queue = pending[recipient]
+        for i in data.draw(st.permutations(range(len(queue)))):
+            message, plaintext = queue[i]
+            assert sessions[recipient].decrypt(message) == plaintext
+
+
+# ----------------------------------------------------------------- tampering
+
+
+def _expected(receiver: Session, original: bytes, tampered: bytes, offset: int) -> type[Exception]:
+    """The documented order of checks (docs/crypto.md, "Decryption"), applied to the header."""
+    if offset == 0:
+        return UnsupportedVersion
+    if offset == 1:
+        return MalformedMessage  # too short to be an initial message; other types unknown
+    state = receiver._ratchet
+    dh = tampered[34:66]
+    pn = int.from_bytes(tampered[66:70], "big")
+    n = int.from_bytes(tampered[70:74], "big")
+    if (dh, n) in state.skipped:
+        return DecryptionFailed  # a stored key, but not this message's
+    if dh == state.dhr:  # current receiving chain
+        if n < state.nr:
+            return ReplayedMessage
+        if n - state.nr > MAX_SKIP:
+            return TooManySkippedMessages
+        return DecryptionFailed
+    if dh in state.old_chains:
+        return ReplayedMessage
+    # first message of a new chain: N and PN are both used to skip keys
+    if n > MAX_SKIP or (state.ckr is not None and pn - state.nr > MAX_SKIP):
+        return TooManySkippedMessages
+    return DecryptionFailed  # commitment, ratchet key, small PN/N change, ciphertext, tag
+
+
+@PROPERTY
+@given(
+    position=st.integers(min_value=0),
+    xor=st.integers(1, 255),
+    skip_first=st.booleans(),
+    length=st.integers(0, 64),
+)
+def test_every_tampered_byte_is_rejected_with_the_right_exception(
+    position: int, xor: int, skip_first: bool, length: int
+) -> None:
+    a, b = session_pair()
+    first = a.encrypt(b"0" * length)
+    message = a.encrypt(b"1" * length)
+    if not skip_first:
+        assert b.decrypt(first) == b"0" * length
+    offset = position % len(message)
+    tampered = bytearray(message)
+    tampered[offset] ^= xor
+    before = _state(b)
+    expected = _expected(b, message, bytes(tampered), offset)
+    with pytest.raises(CryptoError) as info:
+        b.decrypt(bytes(tampered))
+    assert type(info.value) is expected, (offset, info.value)
+    assert _state(b) == before  # transactional
+    assert b.decrypt(message) == b"1" * length
+
+
+def test_every_byte_of_a_message_exhaustively() -> None:
+    """Each byte of one message (header and body), flipped: rejected, state unchanged."""
+    a, b = session_pair()
+    message = a.encrypt(b"exhaustive tamper test payload")
+    before = _state(b)
+    for offset in range(len(message)):
+        tampered = bytearray(message)
+        tampered[offset] ^= 0x80
+        with pytest.raises(CryptoError) as info:
+            b.decrypt(bytes(tampered))
+        assert type(info.value) is _expected(b, message, bytes(tampered), offset), offset
+    assert _state(b) == before
+    assert b.decrypt(message) == b"exhaustive tamper test payload"
+
+
+def test_truncated_and_extended_messages_are_rejected() -> None:
+    a, b = session_pair()
+    message = a.encrypt(b"abc")
+    before = _state(b)
+    for cut in range(len(message)):
+        with pytest.raises((MalformedMessage, DecryptionFailed)):
+            b.decrypt(message[:cut])
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(message + b"\x00")
+    with pytest.raises(TypeError):
+        b.decrypt(bytearray(message))  # type: ignore[arg-type]
+    assert _state(b) == before
+
+
+def test_tampered_first_message_of_a_new_chain() -> None:
+    a, b = session_pair()
+    b.decrypt(a.encrypt(b"x"))
+    message = b.encrypt(b"new chain for alice")  # Bob's new ratchet key reaches Alice
+    before = _state(a)
+    # PN of a new chain is used for skipping: a huge PN is refused before any work.
+    tampered = bytearray(message)
+    tampered[66] ^= 0x40
+    with pytest.raises(TooManySkippedMessages):
+        a.decrypt(bytes(tampered))
+    tampered = bytearray(message)
+    tampered[69] ^= 0x01  # small PN change: the AEAD catches it
+    with pytest.raises(DecryptionFailed):
+        a.decrypt(bytes(tampered))
+    assert _state(a) == before
+    assert a.decrypt(message) == b"new chain for alice"
+
+
+# ----------------------------------------------------------------- replay
+
+
+@PROPERTY
+@given(data=st.data(), count=st.integers(1, 12))
+def test_replays_are_rejected(data: st.DataObject, count: int) -> None:
+    a, b = session_pair()
+    messages = [a.encrypt(bytes([i])) for i in range(count)]
+    order = data.draw(st.permutations(range(count)))
+    delivered = order[: data.draw(st.integers(1, count))]
+    for i in delivered:
+        assert b.decrypt(messages[i]) == bytes([i])
+    # a new chain in between must not make old messages decryptable again
+    if data.draw(st.booleans()):
+        a.decrypt(b.encrypt(b"turn"))
+        b.decrypt(a.encrypt(b"turn back"))
+    before = _state(b)
+    for i in delivered:
+        with pytest.raises(ReplayedMessage):
+            b.decrypt(messages[i])
+    assert _state(b) == before
+
+
+def test_initial_message_replayed_into_established_session() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    a, first = Session.initiate(alice, claimed_bundle(bob), b"first")
+    b, _ = Session.respond(bob, first)
+    with pytest.raises(ReplayedMessage):
+        b.decrypt(first)
+    # an initial message of another session is not ours
+    _, other = Session.initiate(Device.generate(), claimed_bundle(bob), b"other")
+    with pytest.raises(SessionMismatch):
+        b.decrypt(other)
+    # the initiator never accepts initial messages
+    with pytest.raises(SessionMismatch):
+        a.decrypt(other)
+
+
+# ----------------------------------------------------------------- bounds
+
+
+def test_forward_jump_beyond_max_skip_is_refused() -> None:
+    a, b = session_pair()
+    for _ in range(MAX_SKIP + 1):
+        a.encrypt(b"lost")
+    far = a.encrypt(b"too far")
+    before = _state(b)
+    with pytest.raises(TooManySkippedMessages):
+        b.decrypt(far)
+    assert _state(b) == before
+
+
+def test_jump_of_exactly_max_skip_is_accepted() -> None:
+    a, b = session_pair()
+    messages = [a.encrypt(bytes([i % 256])) for i in range(MAX_SKIP + 1)]
+    assert b.decrypt(messages[-1]) == bytes([MAX_SKIP % 256])
+    assert len(b._ratchet.skipped) == MAX_SKIP
+    assert b.decrypt(messages[0]) == b"\x00"
+
+
+def test_skipped_key_store_evicts_oldest_at_the_cap() -> None:
+    a, b = session_pair()
+    first_batch = [a.encrypt(b"a") for _ in range(1500)]
+    b.decrypt(first_batch[-1])
+    second_batch = [a.encrypt(b"b") for _ in range(1500)]
+    b.decrypt(second_batch[-1])
+    assert len(b._ratchet.skipped) == MAX_SKIPPED_KEYS
+    with pytest.raises(ReplayedMessage):  # evicted: the oldest skipped key
+        b.decrypt(first_batch[0])
+    assert b.decrypt(first_batch[-2]) == b"a"  # still there
+
+
+@PROPERTY
+@given(
+    script=st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 30), st.integers(0, 3)),
+        min_size=1,
+        max_size=12,
+    ),
+    cap=st.integers(1, 20),
+    chains=st.integers(1, 3),
+)
+def test_skipped_key_memory_stays_within_the_bound(
+    script: list[tuple[str, int, int]], cap: int, chains: int
+) -> None:
+    """With small bounds patched in, the stores never exceed them, whatever happens."""
+    with (
+        mock.patch.object(ratchet_module, "MAX_SKIPPED_KEYS", cap),
+        mock.patch.object(ratchet_module, "MAX_OLD_CHAINS", chains),
+    ):
+        a, b = session_pair()
+        sessions = {"a": a, "b": b}
+        outbox: dict[str, list[bytes]] = {"a": [], "b": []}
+        for sender, count, deliver_index in script:
+            receiver = "b" if sender == "a" else "a"
+            outbox[sender].extend(sessions[sender].encrypt(b"m") for _ in range(count))
+            queue = outbox[sender]
+            if queue:
+                message = queue.pop(min(deliver_index, len(queue) - 1) * -1)
+                try:
+                    sessions[receiver].decrypt(message)
+                except (ReplayedMessage, TooManySkippedMessages):
+                    pass
+            for s in sessions.values():
+                assert len(s._ratchet.skipped) <= cap
+                assert len(s._ratchet.old_chains) <= ratchet_module.MAX_REMEMBERED_CHAINS
+                oldest = s._ratchet.chain_index - chains
+                assert all(idx >= oldest for _, idx in s._ratchet.skipped.values())
+
+
+def test_old_chain_keys_expire_after_max_old_chains_steps() -> None:
+    a, b = session_pair()
+    late = a.encrypt(b"late")
+    a.encrypt(b"skipped over")  # never delivered
+    b.decrypt(a.encrypt(b"on time"))  # 'late' is now a stored skipped key
+    for _ in range(ratchet_module.MAX_OLD_CHAINS + 1):
+        a.decrypt(b.encrypt(b"ping"))
+        b.decrypt(a.encrypt(b"pong"))
+    with pytest.raises(ReplayedMessage):
+        b.decrypt(late)
+
+
+# ----------------------------------------------------------------- restore
+
+
+@PROPERTY
+@given(
+    data=st.data(),
+    before=st.lists(st.sampled_from(["a>b", "b>a", "a", "b"]), max_size=10),
+    after=st.lists(st.sampled_from(["a>b", "b>a", "a", "b"]), min_size=1, max_size=10),
+)
+def test_restored_session_continues_exactly(
+    data: st.DataObject, before: list[str], after: list[str]
+) -> None:
+    alice, bob = Device.generate(), Device.generate()
+    a, first = Session.initiate(alice, claimed_bundle(bob), b"0", rng=deterministic_random(b"a"))
+    b, _ = Session.respond(bob, first, rng=deterministic_random(b"b"))
+    queues: dict[str, list[bytes]] = {"a": [], "b": []}
+
+    def run(sessions: dict[str, Session], script: list[str], log: list[object]) -> None:
+        for op in script:
+            if op in ("a", "b"):  # send
+                message = sessions[op].encrypt(op.encode() * 3)
+                queues[op].append(message)
+                log.append(message)
+            else:
+                sender, receiver = op[0], op[2]
+                if queues[sender]:
+                    message = queues[sender].pop(0)
+                    try:
+                        log.append(sessions[receiver].decrypt(message))
+                    except CryptoError as exc:
+                        log.append(type(exc))
+
+    run({"a": a, "b": b}, before, [])
+    saved = {"a": a.to_bytes(), "b": b.to_bytes()}
+    saved_queues = {k: list(v) for k, v in queues.items()}
+    for name, session in (("a", a), ("b", b)):
+        session._ratchet.rng = deterministic_random(b"continue-" + name.encode())
+    restored = {
+        name: Session.from_bytes(blob, rng=deterministic_random(b"continue-" + name.encode()))
+        for name, blob in saved.items()
+    }
+    assert {k: s.to_bytes() for k, s in restored.items()} == saved
+
+    log_original: list[object] = []
+    run({"a": a, "b": b}, after, log_original)
+    queues.update({k: list(v) for k, v in saved_queues.items()})
+    log_restored: list[object] = []
+    run(restored, after, log_restored)
+    assert log_restored == log_original
+    assert restored["a"].to_bytes() == a.to_bytes()
+    assert restored["b"].to_bytes() == b.to_bytes()
+    assert data is not None
+
+
+def test_restore_rejects_garbage() -> None:
+    from parley.crypto import MalformedState
+
+    a, _ = session_pair()
+    blob = a.to_bytes()
+    for bad in (b"", b"{}", blob[:-5], blob.replace(b'"v":1', b'"v":2'), b"[1,2]"):
+        with pytest.raises(MalformedState):
+            Session.from_bytes(bad)
+
+
+def test_message_layout_constants() -> None:
+    a, _ = session_pair()
+    message = a.encrypt(b"x" * 200)
+    assert len(message) == MESSAGE_PREFIX_LEN + 32 + 200 + 16
+    assert message[:2] == b"\x01\x01"
