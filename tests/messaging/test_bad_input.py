@@ -1,0 +1,170 @@
+"""Bad input on the socket: an `error` frame with a stable code, a close where right,
+and the pod keeps serving everyone else. Nothing is stored for a refused frame."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from services.common.deps import KAFKA
+from services.gateway.protocol import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
+from tests.support.wsclient import WsClient
+
+from .conftest import Messaging
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def still_serving(messaging: Messaging) -> None:
+    """A fresh pair on the same pod still exchanges a message."""
+    a, b = uid(), uid()
+    ca = await messaging.connect(a)
+    cb = await messaging.connect(b)
+    await ca.send({"op": "send", "id": "ok", "to": b, "body": "aGk"})
+    assert (await cb.expect("message"))["body"] == "aGk"
+
+
+async def inbox_of(messaging: Messaging, user: str) -> list[dict[str, Any]]:
+    c = await messaging.connect(user, pod=1)
+    await c.send({"op": "sync", "id": "probe", "after": 0})
+    await c.expect("synced", id="probe")
+    return [f for f in c.drain() if f["op"] == "message"]
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        ({"op": "send", "id": "1", "to": "x", "body": "eA"}, "auth_required"),
+        ({"op": "auth", "token": "not-a-jwt"}, "invalid_token"),
+        ({"op": "auth"}, "validation_failed"),
+        ({"op": "warp"}, "unknown_op"),
+        ("{not json", "invalid_json"),
+    ],
+)
+async def test_unauthenticated_socket_is_refused(
+    messaging: Messaging, first: Any, code: str
+) -> None:
+    client = await WsClient.connect(messaging.ws_url(0))
+    messaging.clients.append(client)
+    if isinstance(first, str):
+        await client.send_raw(first)
+    else:
+        await client.send(first)
+    err = await client.expect("error")
+    assert err["code"] == code
+    assert await client.wait_closed() == CLOSE_AUTH_FAILED
+    await still_serving(messaging)
+
+
+async def test_forged_expired_and_wrong_audience_tokens_are_refused(messaging: Messaging) -> None:
+    iss = messaging.issuer
+    good = iss.token(uid())
+    forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    for token, code in [
+        (forged, "invalid_token"),
+        (iss.token(uid(), ttl=-60), "token_expired"),
+        (iss.token(uid(), aud="someone-else"), "invalid_token"),
+    ]:
+        client = await WsClient.connect(messaging.ws_url(1))
+        messaging.clients.append(client)
+        await client.send({"op": "auth", "token": token})
+        assert (await client.expect("error"))["code"] == code
+        assert await client.wait_closed() == CLOSE_AUTH_FAILED
+
+
+async def test_silent_client_is_closed_after_the_auth_time_limit(
+    issuer: Any, make_client: Any
+) -> None:
+    from services.gateway.app import create_app
+
+    settings = issuer.settings.model_copy(update={"ws_auth_timeout_s": 0.3})
+    gw = await make_client(await create_app(settings))
+    client = await WsClient.connect(str(gw.make_url("/ws")))
+    err = await client.expect("error")
+    assert err["code"] == "auth_timeout"
+    assert await client.wait_closed() == CLOSE_AUTH_TIMEOUT
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("[1, 2", "invalid_json"),
+        ('["send"]', "bad_request"),
+        ('{"op": "teleport"}', "unknown_op"),
+        ('{"op": "send", "id": "a1", "to": "bob"}', "validation_failed"),
+        ('{"op": "send", "id": "a2", "to": "bob", "body": "not base64!"}', "validation_failed"),
+        ('{"op": "send", "id": "", "to": "bob", "body": "eA"}', "validation_failed"),
+        ('{"op": "send", "id": "a3", "to": "../etc", "body": "eA"}', "validation_failed"),
+        ('{"op": "send", "id": "a4", "to": "bob", "body": "eA", "extra": 1}', "validation_failed"),
+        ('{"op": "ack", "seq": -1}', "validation_failed"),
+        ('{"op": "sync", "after": "zero"}', "validation_failed"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_store_nothing(
+    messaging: Messaging, frame: str, code: str
+) -> None:
+    sender, bob = uid(), "bob" + uid()
+    messaging.issuer.users.add(bob)
+    client = await messaging.connect(sender)
+    await client.send_raw(frame.replace('"bob"', f'"{bob}"'))
+    err = await client.expect("error")
+    assert err["code"] == code
+    assert err["message"]
+    # The socket stays usable.
+    await client.send({"op": "ping", "id": "p"})
+    await client.expect("pong", id="p")
+    assert await inbox_of(messaging, bob) == []
+
+
+async def test_error_frame_answers_the_frames_id(messaging: Messaging) -> None:
+    client = await messaging.connect(uid())
+    await client.send({"op": "send", "id": "q9", "to": uid(), "body": "eA"})
+    err = await client.expect("error")
+    assert err["id"] == "q9"
+    assert err["code"] == "recipient_not_found"
+
+
+async def test_oversize_frame_is_refused_and_not_stored(messaging: Messaging) -> None:
+    sender, bob = uid(), uid()
+    messaging.issuer.users.add(bob)
+    client = await messaging.connect(sender)
+    big = "A" * (messaging.settings.ws_max_frame_bytes + 10)
+    await client.send({"op": "send", "id": "big", "to": bob, "body": big})
+    assert (await client.expect("error"))["code"] == "frame_too_large"
+    await client.send({"op": "ping", "id": "after"})
+    await client.expect("pong", id="after")
+    assert await inbox_of(messaging, bob) == []
+
+
+async def test_binary_frames_are_refused(messaging: Messaging) -> None:
+    client = await messaging.connect(uid())
+    await client.send_raw(b"\x00\x01binary")
+    assert (await client.expect("error"))["code"] == "bad_request"
+
+
+async def test_flood_is_rate_limited_then_closed(issuer: Any, make_client: Any) -> None:
+    from services.gateway.app import create_app
+
+    settings = issuer.settings.model_copy(update={"ws_sends_per_s": 1.0, "ws_send_burst": 2})
+    gw = await make_client(await create_app(settings))
+    await gw.server.app[KAFKA].wait_ready(30)
+    bob = uid()
+    issuer.users.add(bob)
+    client = await WsClient.connect(str(gw.make_url("/ws")), issuer.token(uid()))
+    for i in range(20):
+        await client.send({"op": "send", "id": f"f{i}", "to": bob, "body": "eA"})
+    codes = []
+    while True:
+        frame = await client.next()
+        if frame["op"] == "error":
+            codes.append(frame["code"])
+            if len(codes) > 8:
+                break
+    assert set(codes) == {"rate_limited"}
+    assert await client.wait_closed() == CLOSE_FLOOD
+    await client.close()
