@@ -1,0 +1,224 @@
+"""The key directory in-process on the real embedded servers, a client for it, its events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.common.clients import Topics, kafka_consumer
+from services.common.config import Settings
+from services.common.deps import KAFKA
+from services.keys.app import create_app
+from services.keys.context import KEYS, Keys
+from services.keys.policy import KeysPolicy
+from services.keys.store import Kind
+from tests.keys.keygen import DeviceKeys
+from tests.support.tokens import TokenIssuer
+
+
+@dataclass
+class KeysApi:
+    """Calls the key directory as a given user; returns (status, JSON body)."""
+
+    client: TestClient[web.Request, web.Application]
+    issuer: TokenIssuer
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def app(self) -> web.Application:
+        return self.client.server.app
+
+    @property
+    def keys(self) -> Keys:
+        return self.app[KEYS]
+
+    @property
+    def settings(self) -> Settings:
+        return self.issuer.settings
+
+    def headers(self, user: str, **claims: Any) -> dict[str, str]:
+        if claims:
+            return {"Authorization": f"Bearer {self.issuer.token(user, **claims)}"}
+        if user not in self.tokens:
+            self.tokens[user] = self.issuer.token(user)
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        user: str | None,
+        json: Any = None,
+        *,
+        request_id: str | None = None,
+        **kw: Any,
+    ) -> tuple[int, Any]:
+        headers = kw.pop("headers", None) or (self.headers(user) if user else {})
+        if request_id is not None:
+            headers = {**headers, "X-Request-ID": request_id}
+        if json is not None:
+            kw["data"] = orjson.dumps(json)
+            headers = {**headers, "Content-Type": "application/json"}
+        resp = await self.client.request(method, "/keys" + path, headers=headers, **kw)
+        body = await resp.read()
+        self.last_headers = resp.headers
+        return resp.status, (orjson.loads(body) if body else None)
+
+    # One call per route.
+
+    async def put_identity(
+        self, user: str, device: int, body: Any, **kw: Any
+    ) -> tuple[int, Any]:
+        return await self.call("PUT", f"/v1/devices/{device}/identity", user, body, **kw)
+
+    async def put_signed_prekey(self, user: str, device: int, body: Any) -> tuple[int, Any]:
+        return await self.call("PUT", f"/v1/devices/{device}/signed-prekey", user, body)
+
+    async def post_one_time(self, user: str, device: int, prekeys: Any) -> tuple[int, Any]:
+        body = {"prekeys": prekeys}
+        return await self.call("POST", f"/v1/devices/{device}/one-time-prekeys", user, body)
+
+    async def post_kem(self, user: str, device: int, prekeys: Any) -> tuple[int, Any]:
+        return await self.call("POST", f"/v1/devices/{device}/kem-prekeys", user, {"prekeys": prekeys})
+
+    async def put_last_resort(self, user: str, device: int, body: Any) -> tuple[int, Any]:
+        return await self.call("PUT", f"/v1/devices/{device}/kem-last-resort", user, body)
+
+    async def counts(self, user: str, device: int) -> tuple[int, Any]:
+        return await self.call("GET", f"/v1/devices/{device}/counts", user)
+
+    async def check(self, user: str, device: int, digest: str) -> tuple[int, Any]:
+        return await self.call("POST", f"/v1/devices/{device}/check", user, {"digest": digest})
+
+    async def delete(self, user: str, device: int) -> tuple[int, Any]:
+        return await self.call("DELETE", f"/v1/devices/{device}", user)
+
+    async def claim(self, claimer: str, target: str, query: str = "") -> tuple[int, Any]:
+        return await self.call("GET", f"/v1/users/{target}/bundles{query}", claimer)
+
+    async def identity_of(self, user: str, target: str) -> tuple[int, Any]:
+        return await self.call("GET", f"/v1/users/{target}/identity", user)
+
+    # Set-ups.
+
+    async def device(
+        self,
+        user: str,
+        device_id: int = 1,
+        *,
+        one_time: int = 0,
+        kem: int = 0,
+        signed: bool = True,
+        last_resort: bool = True,
+        keys: DeviceKeys | None = None,
+    ) -> DeviceKeys:
+        """Register a device with an identity, then whatever is asked for."""
+        dev = keys or DeviceKeys()
+        status, body = await self.put_identity(user, device_id, dev.identity())
+        assert status == 200, body
+        if signed:
+            status, body = await self.put_signed_prekey(user, device_id, dev.signed_prekey(7))
+            assert status == 204, body
+        if last_resort:
+            status, body = await self.put_last_resort(user, device_id, dev.last_resort(0))
+            assert status == 204, body
+        for n, upload, make in (
+            (one_time, self.post_one_time, dev.one_time),
+            (kem, self.post_kem, dev.kem),
+        ):
+            while n > 0:
+                status, body = await upload(user, device_id, make(min(n, 100)))
+                assert status == 201, body
+                n -= 100
+        return dev
+
+    async def stored(self, user: str, device_id: int = 1) -> tuple[int, int]:
+        """(one-time X25519, one-time ML-KEM) prekeys held, straight from MongoDB."""
+        store = self.keys.store
+        colls = store.prekeys
+        q = {"user_id": user, "device_id": device_id}
+        return (
+            await colls[Kind.ONE_TIME].count_documents(q),
+            await colls[Kind.KEM].count_documents(q),
+        )
+
+    async def device_doc(self, user: str, device_id: int = 1) -> dict[str, Any] | None:
+        doc = await self.keys.store.get_device(user, device_id)
+        if doc is not None:
+            doc.pop("updated_at", None)
+        return doc
+
+
+KeysFactory = Callable[..., Awaitable[KeysApi]]
+
+
+@pytest.fixture
+async def make_keys(issuer: TokenIssuer, make_client: Any) -> KeysFactory:
+    async def make(policy: KeysPolicy | None = None, **settings: Any) -> KeysApi:
+        s = issuer.settings.model_copy(update=settings) if settings else issuer.settings
+        app = await create_app(s, policy)
+        client = await make_client(app)
+        await app[KAFKA].wait_ready(30)
+        await app[KEYS].store.indexes_ready.wait()
+        return KeysApi(client, issuer)
+
+    return make
+
+
+@pytest.fixture
+async def api(make_keys: KeysFactory) -> KeysApi:
+    return await make_keys()
+
+
+class EventLog:
+    """The per-test events topic, read from the start without a consumer group."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, api: KeysApi) -> None:
+        self.consumer = consumer
+        self.api = api
+        self.records: list[tuple[bytes | None, dict[str, Any], list[tuple[str, bytes]]]] = []
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [value for _, value, _ in self.records]
+
+    async def _poll(self) -> None:
+        batches = await self.consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            for r in records:
+                self.records.append((r.key, orjson.loads(r.value), list(r.headers)))
+
+    async def until(self, accept: Callable[[dict[str, Any]], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(accept(e) for e in self.events):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such event after {timeout}s; got {self.events!r}")
+            await self._poll()
+
+    async def settle(self, user_id: str) -> list[dict[str, Any]]:
+        """Every event for ``user_id`` so far: a marker with the same key comes after them all."""
+        marker = {"type": "test_marker", "user_id": user_id, "n": len(self.records)}
+        await self.api.keys.events.publish(marker)
+        await self.until(lambda e: e == marker)
+        return [
+            e for e in self.events if e.get("user_id") == user_id and e["type"] != "test_marker"
+        ]
+
+
+@pytest.fixture
+async def events(api: KeysApi) -> AsyncIterator[EventLog]:
+    settings = api.settings
+    consumer = kafka_consumer(settings, (), group_id=None)  # type: ignore[arg-type]
+    await consumer.start()
+    topic = Topics(settings).events
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
+    yield EventLog(consumer, api)
+    await consumer.stop()

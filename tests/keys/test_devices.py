@@ -1,0 +1,282 @@
+"""A device managing its own keys, through the real MongoDB, Redis and Kafka."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.keys.policy import KeysPolicy
+from tests.keys.conftest import EventLog, KeysApi, KeysFactory
+from tests.keys.keygen import DeviceKeys, b64, keys_digest, mlkem_pub, unb64, x25519_pub
+
+ALICE = "alice"
+
+
+async def test_register_upload_and_count(api: KeysApi) -> None:
+    dev = DeviceKeys()
+    status, body = await api.put_identity(ALICE, 1, dev.identity())
+    assert (status, body) == (200, {"device_id": 1, "created": True, "changed": False})
+    assert (await api.put_signed_prekey(ALICE, 1, dev.signed_prekey(3)))[0] == 204
+    assert (await api.put_last_resort(ALICE, 1, dev.last_resort(9)))[0] == 204
+    status, body = await api.post_one_time(ALICE, 1, dev.one_time(100))
+    assert status == 201
+    assert body == {"device_id": 1, "stored": 100, "one_time": 100, "kem_one_time": 0}
+    status, body = await api.post_kem(ALICE, 1, dev.kem(40))
+    assert (status, body["stored"], body["kem_one_time"]) == (201, 40, 40)
+    status, body = await api.counts(ALICE, 1)
+    assert status == 200
+    assert body == {
+        "device_id": 1,
+        "one_time": 100,
+        "kem_one_time": 40,
+        "signed_prekey_id": 3,
+        "kem_last_resort_id": 9,
+        "threshold": 10,
+    }
+
+
+async def test_same_identity_again_changes_nothing(api: KeysApi, events: EventLog) -> None:
+    dev = await api.device(ALICE, one_time=5, kem=5)
+    before = await api.device_doc(ALICE)
+    status, body = await api.put_identity(ALICE, 1, dev.identity())
+    assert (status, body) == (200, {"device_id": 1, "created": False, "changed": False})
+    assert await api.device_doc(ALICE) == before
+    assert await api.stored(ALICE) == (5, 5)
+    assert await events.settle(ALICE) == []
+
+
+async def test_new_identity_is_a_key_change(api: KeysApi, events: EventLog) -> None:
+    await api.device(ALICE, one_time=5, kem=5)
+    new = DeviceKeys()
+    status, body = await api.put_identity(ALICE, 1, new.identity(), request_id="rid-key-change")
+    assert (status, body) == (200, {"device_id": 1, "created": False, "changed": True})
+    # The old install's prekeys were signed by (or belong to) the old identity: gone.
+    assert await api.stored(ALICE) == (0, 0)
+    status, body = await api.counts(ALICE, 1)
+    assert body["signed_prekey_id"] is None and body["kem_last_resort_id"] is None
+    got = await events.settle(ALICE)
+    assert got == [
+        {"type": "key_changed", "user_id": ALICE, "device_id": 1, "identity": new.identity()}
+    ]
+    key, _, headers = next(r for r in events.records if r[1]["type"] == "key_changed")
+    assert key == ALICE.encode()
+    assert ("request_id", b"rid-key-change") in headers
+    # Keys signed by the old identity are refused now.
+    old_signed = DeviceKeys(signing=DeviceKeys().signing)
+    status, body = await api.put_signed_prekey(ALICE, 1, old_signed.signed_prekey(1))
+    assert (status, body["error"]["code"]) == (422, "invalid_signature")
+
+
+async def test_signed_prekey_can_be_replaced(api: KeysApi) -> None:
+    dev = await api.device(ALICE)
+    assert (await api.put_signed_prekey(ALICE, 1, dev.signed_prekey(8)))[0] == 204
+    assert (await api.counts(ALICE, 1))[1]["signed_prekey_id"] == 8
+
+
+def _tamper(value: str) -> str:
+    raw = bytearray(unb64(value))
+    raw[0] ^= 1
+    return b64(bytes(raw))
+
+
+def _noncanonical(value: str) -> str:
+    """The same bytes with a non-zero unused trailing bit (43 characters carry 258 bits)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return value[:-1] + alphabet[alphabet.index(value[-1]) ^ 1]
+
+
+DEV = DeviceKeys()
+GOOD = DEV.identity()
+BAD_IDENTITIES = {
+    "dh_sig tampered": ({**GOOD, "dh_sig": _tamper(GOOD["dh_sig"])}, "invalid_signature"),
+    "signed by another key": (
+        {**GOOD, "signing_key": DeviceKeys().identity()["signing_key"]},
+        "invalid_signature",
+    ),
+    "dh_key swapped": ({**GOOD, "dh_key": b64(x25519_pub())}, "invalid_signature"),
+    "short signing key": ({**GOOD, "signing_key": b64(DEV.signing_pub[:31])}, "invalid_key"),
+    "long dh key": ({**GOOD, "dh_key": b64(DEV.dh_pub + b"\0")}, "invalid_key"),
+    "padded": ({**GOOD, "dh_key": GOOD["dh_key"] + "="}, "invalid_key"),
+    "standard alphabet": ({**GOOD, "dh_sig": GOOD["dh_sig"][:-1] + "+"}, "invalid_key"),
+    "whitespace": ({**GOOD, "dh_key": " " + GOOD["dh_key"]}, "invalid_key"),
+    "non-canonical": ({**GOOD, "dh_key": _noncanonical(GOOD["dh_key"])}, "invalid_key"),
+    "small-order dh key": ({**GOOD, "dh_key": b64(b"\0" * 32)}, "invalid_key"),
+    "missing field": ({k: v for k, v in GOOD.items() if k != "dh_sig"}, "validation_failed"),
+    "not a string": ({**GOOD, "dh_key": 5}, "validation_failed"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_IDENTITIES)
+async def test_bad_identity_is_refused_and_nothing_stored(
+    api: KeysApi, events: EventLog, case: str
+) -> None:
+    body, code = BAD_IDENTITIES[case]
+    status, reply = await api.put_identity(ALICE, 1, body)
+    assert (status, reply["error"]["code"]) == (422, code)
+    assert await api.device_doc(ALICE) is None
+    # ... and an existing device keeps its identity and its prekeys.
+    await api.device(ALICE, 2, keys=DeviceKeys(signing=DEV.signing, dh=DEV.dh), one_time=1)
+    before = await api.device_doc(ALICE, 2)
+    status, reply = await api.put_identity(ALICE, 2, body)
+    assert (status, reply["error"]["code"]) == (422, code)
+    assert await api.device_doc(ALICE, 2) == before
+    assert await api.stored(ALICE, 2) == (1, 0)
+    assert await events.settle(ALICE) == []
+
+
+async def test_bad_signed_prekeys_are_refused(api: KeysApi) -> None:
+    dev = await api.device(ALICE, signed=False)
+    good = dev.signed_prekey(5)
+    cases = [
+        ({**good, "sig": _tamper(good["sig"])}, "invalid_signature"),
+        ({**good, "id": 6}, "invalid_signature"),  # the id is signed too
+        (DeviceKeys().signed_prekey(5), "invalid_signature"),
+        ({**good, "key": b64(unb64(good["key"])[:16])}, "invalid_key"),
+        ({**good, "sig": good["sig"][:-2]}, "invalid_key"),
+        ({**good, "id": -1}, "validation_failed"),
+        ({**good, "id": 2**32}, "validation_failed"),
+        ({**good, "id": "5"}, "validation_failed"),
+    ]
+    for body, code in cases:
+        status, reply = await api.put_signed_prekey(ALICE, 1, body)
+        assert reply["error"]["code"] == code, body
+        assert status == 422
+    assert (await api.counts(ALICE, 1))[1]["signed_prekey_id"] is None
+
+
+async def test_bad_last_resort_is_refused(api: KeysApi) -> None:
+    dev = await api.device(ALICE, last_resort=False)
+    one_time_signed = dev.kem(1, 4)[0]  # signed with the one-time label
+    lr = dev.last_resort(4)
+    cases = [
+        (one_time_signed, "invalid_signature"),
+        ({**lr, "sig": _tamper(lr["sig"])}, "invalid_signature"),
+        ({**lr, "key": b64(mlkem_pub()[:1000])}, "invalid_key"),
+        ({**lr, "key": b64(b"\xff" * 1184)}, "invalid_key"),  # coefficients >= q
+    ]
+    for body, code in cases:
+        status, reply = await api.put_last_resort(ALICE, 1, body)
+        assert (status, reply["error"]["code"]) == (422, code), body
+    assert (await api.counts(ALICE, 1))[1]["kem_last_resort_id"] is None
+    assert (await api.put_last_resort(ALICE, 1, lr))[0] == 204
+
+
+async def test_one_bad_prekey_refuses_the_whole_batch(api: KeysApi) -> None:
+    dev = await api.device(ALICE)
+    one_time = dev.one_time(50)
+    one_time[30]["key"] = b64(unb64(one_time[30]["key"]) + b"\0")
+    status, body = await api.post_one_time(ALICE, 1, one_time)
+    assert (status, body["error"]["code"]) == (422, "invalid_key")
+    assert body["error"]["details"] == {"field": "prekeys[30].key"}
+    kem = dev.kem(20)
+    kem[7]["sig"] = _tamper(kem[7]["sig"])
+    status, body = await api.post_kem(ALICE, 1, kem)
+    assert (status, body["error"]["code"]) == (422, "invalid_signature")
+    assert body["error"]["details"] == {"field": "prekeys[7].sig"}
+    kem = dev.kem(3)
+    kem[2]["key"] = b64(unb64(kem[2]["key"])[:-1])
+    status, body = await api.post_kem(ALICE, 1, kem)
+    assert (status, body["error"]["code"]) == (422, "invalid_key")
+    assert await api.stored(ALICE) == (0, 0)
+
+
+async def test_oversize_batches_are_refused(api: KeysApi) -> None:
+    dev = await api.device(ALICE)
+    status, body = await api.post_one_time(ALICE, 1, dev.one_time(101))
+    assert (status, body["error"]["code"]) == (413, "batch_too_large")
+    assert body["error"]["details"] == {"max": 100, "got": 101}
+    # 101 ML-KEM prekeys are ~170 KB: the body limit lets them reach the check.
+    status, body = await api.post_kem(ALICE, 1, dev.kem(101))
+    assert (status, body["error"]["code"]) == (413, "batch_too_large")
+    status, body = await api.post_one_time(ALICE, 1, [])
+    assert (status, body["error"]["code"]) == (422, "validation_failed")
+    assert await api.stored(ALICE) == (0, 0)
+    # A full batch of the largest kind fits.
+    status, body = await api.post_kem(ALICE, 1, dev.kem(100))
+    assert (status, body["kem_one_time"]) == (201, 100)
+
+
+async def test_duplicate_prekey_ids_refuse_the_whole_batch(api: KeysApi) -> None:
+    dev = await api.device(ALICE, one_time=10, kem=10)
+    assert await api.stored(ALICE) == (10, 10)
+    # Within one batch.
+    batch = dev.one_time(5, start=100) + dev.one_time(1, start=102)
+    status, body = await api.post_one_time(ALICE, 1, batch)
+    assert (status, body["error"]["code"]) == (409, "duplicate_prekey")
+    assert body["error"]["details"] == {"ids": [102]}
+    # Against what is stored (ids 1..10 were uploaded): new ones around it are not stored either.
+    status, body = await api.post_one_time(ALICE, 1, dev.one_time(5, start=8))
+    assert (status, body["error"]["details"]) == (409, {"ids": [8, 9, 10]})
+    status, body = await api.post_kem(ALICE, 1, dev.kem(3, start=10))
+    assert (status, body["error"]["code"]) == (409, "duplicate_prekey")
+    assert await api.stored(ALICE) == (10, 10)
+
+
+async def test_a_device_holds_a_bounded_number_of_prekeys(make_keys: KeysFactory) -> None:
+    api = await make_keys(KeysPolicy(max_stored=150))
+    dev = await api.device(ALICE, one_time=100)
+    status, body = await api.post_one_time(ALICE, 1, dev.one_time(51))
+    assert (status, body["error"]["code"]) == (409, "too_many_prekeys")
+    assert await api.stored(ALICE) == (100, 0)
+    assert (await api.post_one_time(ALICE, 1, dev.one_time(50)))[0] == 201
+
+
+async def test_a_user_has_a_bounded_number_of_devices(make_keys: KeysFactory) -> None:
+    api = await make_keys(KeysPolicy(max_devices=2))
+    await api.device(ALICE, 1, signed=False, last_resort=False)
+    await api.device(ALICE, 2, signed=False, last_resort=False)
+    status, body = await api.put_identity(ALICE, 3, DeviceKeys().identity())
+    assert (status, body["error"]["code"]) == (409, "too_many_devices")
+    assert await api.device_doc(ALICE, 3) is None
+    assert (await api.delete(ALICE, 2))[0] == 204
+    assert (await api.put_identity(ALICE, 3, DeviceKeys().identity()))[0] == 200
+
+
+async def test_keys_need_a_registered_device(api: KeysApi) -> None:
+    dev = DeviceKeys()
+    for status, body in [
+        await api.put_signed_prekey(ALICE, 1, dev.signed_prekey()),
+        await api.put_last_resort(ALICE, 1, dev.last_resort()),
+        await api.post_one_time(ALICE, 1, dev.one_time(1)),
+        await api.post_kem(ALICE, 1, dev.kem(1)),
+        await api.counts(ALICE, 1),
+        await api.check(ALICE, 1, b64(b"\0" * 32)),
+        await api.delete(ALICE, 1),
+    ]:
+        assert (status, body["error"]["code"]) == (404, "device_not_found")
+    assert await api.stored(ALICE) == (0, 0)
+
+
+@pytest.mark.parametrize("device_id", ["0", "-1", "2147483648", "x", "1.5", "%EF%BC%91"])
+async def test_device_ids_are_checked(api: KeysApi, device_id: str) -> None:
+    status, body = await api.call("GET", f"/v1/devices/{device_id}/counts", ALICE)
+    assert (status, body["error"]["code"]) == (422, "validation_failed")
+
+
+async def test_keys_check_detects_drift(api: KeysApi) -> None:
+    dev = DeviceKeys()
+    await api.put_identity(ALICE, 1, dev.identity())
+    spk, lr = dev.signed_prekey(3), dev.last_resort(4)
+    digest = keys_digest(dev.identity(), spk, lr)
+    # Nothing but the identity yet: drifted.
+    assert await api.check(ALICE, 1, digest) == (200, {"match": False})
+    await api.put_signed_prekey(ALICE, 1, spk)
+    await api.put_last_resort(ALICE, 1, lr)
+    assert await api.check(ALICE, 1, digest) == (200, {"match": True})
+    # The server holds a newer signed prekey than the client believes.
+    await api.put_signed_prekey(ALICE, 1, dev.signed_prekey(5))
+    assert await api.check(ALICE, 1, digest) == (200, {"match": False})
+    status, body = await api.check(ALICE, 1, digest[:-2])
+    assert (status, body["error"]["code"]) == (422, "invalid_key")
+
+
+async def test_delete_device_removes_everything(api: KeysApi) -> None:
+    await api.device(ALICE, 1, one_time=3, kem=3)
+    await api.device(ALICE, 2, one_time=2, kem=2)
+    assert await api.delete(ALICE, 1) == (204, None)
+    assert await api.device_doc(ALICE, 1) is None
+    assert await api.stored(ALICE, 1) == (0, 0)
+    assert await api.stored(ALICE, 2) == (2, 2)
+    status, body = await api.identity_of("bob", ALICE)
+    assert [d["device_id"] for d in body["devices"]] == [2]
