@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from services.auth.routes import api
+from services.auth.config import AuthSettings
+from services.auth.routes import AUTH_SERVICE, api, jwks
+from services.auth.service import AuthService
+from services.auth.signing import Clock, utcnow
 from services.common.app import base_app
+from services.common.auth import JWKS_PATH, VERIFIER, TokenVerifier
 from services.common.config import Settings
 from services.common.deps import use_mongo, use_redis
 
 
-async def create_app(settings: Settings) -> web.Application:
+async def create_app(
+    settings: Settings, config: AuthSettings | None = None, clock: Clock = utcnow
+) -> web.Application:
+    config = config or AuthSettings()
     app = base_app("auth", settings, prefix="/auth", api=api)
-    use_mongo(app, settings, "auth")
-    use_redis(app, settings)
+    db = use_mongo(app, settings, "auth")
+    redis = use_redis(app, settings)
+    service = AuthService.build(settings, config, db, redis, clock)
+    app[AUTH_SERVICE] = service
+
+    async def loader() -> dict[str, object]:
+        return await service.keyring.jwks()
+
+    # The auth service verifies its own tokens from its key ring (no HTTP to itself).
+    app[VERIFIER] = TokenVerifier(settings, jwks_loader=loader)
+    app.router.add_get(JWKS_PATH, jwks)
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        await service.drain()
+
+    app.cleanup_ctx.append(lifecycle)
     return app

@@ -1,5 +1,488 @@
-"""HTTP routes of the auth service."""
+"""HTTP routes of the auth service: parse, authenticate, call the handler, answer.
 
+Every route is registered on ``api`` (documented in /auth/openapi.json and
+/auth/docs); the JWKS is also served at the root, ``/.well-known/jwks.json``,
+where the load balancer sends it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.auth import accounts, admin, sessions, twofactor
+from services.auth.models import (
+    Accepted,
+    AdminUser,
+    AdminUserList,
+    AdminUserPatch,
+    AuditList,
+    BlockRequest,
+    ChallengeRef,
+    ChangePasswordRequest,
+    CodeRequest,
+    Jwks,
+    LoginRequest,
+    LoginResponse,
+    MeResponse,
+    PasswordRequest,
+    PasswordResetConfirm,
+    PasswordResetRequest,
+    RecoveryCodes,
+    RefreshRequest,
+    Revoked,
+    SecondFactorRequest,
+    SessionList,
+    SignupRequest,
+    TokenResponse,
+    TotpSetup,
+    TwoFactorStatus,
+    UserPublic,
+)
+from services.auth.service import AuthService, Caller
+from services.common.auth import Claims, authenticate
+from services.common.errors import ErrorCode as E
 from services.common.openapi import Api
 
-api = Api("Parley auth", "0.1.0", "Accounts, sessions, tokens and two-factor authentication.")
+api = Api(
+    "Parley auth",
+    "0.1.0",
+    "Accounts, sessions, tokens, two-factor authentication and the admin users API. "
+    "Access tokens are EdDSA JWTs verified against /.well-known/jwks.json.",
+)
+
+AUTH_SERVICE: web.AppKey[AuthService] = web.AppKey("auth_service", AuthService)
+
+LIMITED = (E.RATE_LIMITED,)
+
+
+def svc(request: web.Request) -> AuthService:
+    return request.app[AUTH_SERVICE]
+
+
+def caller(request: web.Request) -> Caller:
+    return Caller.of(request, svc(request).config.trust_forwarded_for)
+
+
+async def admin_claims(request: web.Request) -> Claims:
+    claims = await authenticate(request)
+    admin.require_admin(claims)
+    return claims
+
+
+# -- keys ------------------------------------------------------------------------
+
+
+async def jwks(request: web.Request) -> web.Response:
+    body = Jwks.model_validate(await svc(request).keyring.jwks())
+    resp = web.json_response(body.model_dump())
+    # Short: verifiers also re-fetch on an unknown kid; rotation pre-publishes keys.
+    resp.headers["Cache-Control"] = "public, max-age=60"
+    return resp
+
+
+@api.get(
+    "/v1/jwks",
+    summary="The token signing keys (also at /.well-known/jwks.json)",
+    response=Jwks,
+    tags=["tokens"],
+)
+async def jwks_route(request: web.Request) -> web.StreamResponse:
+    return await jwks(request)
+
+
+# -- accounts ----------------------------------------------------------------------
+
+
+@api.post(
+    "/v1/signup",
+    summary="Create an account (and sign in)",
+    body=SignupRequest,
+    response=TokenResponse,
+    status=201,
+    tags=["accounts"],
+    errors=[E.INVALID_USERNAME, E.USERNAME_TAKEN, E.EMAIL_TAKEN, E.WEAK_PASSWORD, *LIMITED],
+)
+async def signup(request: web.Request, body: SignupRequest) -> TokenResponse:
+    return await accounts.signup(svc(request), body, caller(request))
+
+
+@api.post(
+    "/v1/login",
+    summary="Log in with username and password",
+    body=LoginRequest,
+    response=LoginResponse,
+    tags=["accounts"],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_BLOCKED, E.ACCOUNT_LOCKED, *LIMITED],
+)
+async def login(request: web.Request, body: LoginRequest) -> LoginResponse:
+    return LoginResponse(await accounts.login(svc(request), body, caller(request)))
+
+
+@api.post(
+    "/v1/login/2fa",
+    summary="Answer a login challenge with a second factor",
+    body=SecondFactorRequest,
+    response=TokenResponse,
+    tags=["accounts"],
+    errors=[E.INVALID_CODE, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED, E.BAD_REQUEST, *LIMITED],
+)
+async def login_2fa(request: web.Request, body: SecondFactorRequest) -> TokenResponse:
+    return await twofactor.complete_login(svc(request), body, caller(request))
+
+
+@api.post(
+    "/v1/login/2fa/email",
+    summary="E-mail a code for a login challenge",
+    body=ChallengeRef,
+    response=Accepted,
+    status=202,
+    tags=["accounts"],
+    errors=[E.CHALLENGE_EXPIRED, E.BAD_REQUEST, E.UNAVAILABLE, *LIMITED],
+)
+async def login_2fa_email(request: web.Request, body: ChallengeRef) -> Accepted:
+    return await twofactor.send_login_code(svc(request), body.challenge_id, caller(request))
+
+
+@api.post(
+    "/v1/token/refresh",
+    summary="Rotate a refresh token for new tokens",
+    body=RefreshRequest,
+    response=TokenResponse,
+    tags=["tokens"],
+    errors=[E.INVALID_TOKEN, E.REFRESH_TOKEN_REUSED, E.TOKEN_REVOKED, E.ACCOUNT_BLOCKED, *LIMITED],
+)
+async def refresh(request: web.Request, body: RefreshRequest) -> TokenResponse:
+    return await sessions.refresh(svc(request), body.refresh_token, caller(request))
+
+
+@api.post(
+    "/v1/logout",
+    summary="End the current session",
+    status=204,
+    auth=True,
+    tags=["sessions"],
+    errors=[E.TOKEN_REVOKED],
+)
+async def logout(request: web.Request) -> None:
+    await sessions.logout(svc(request), await authenticate(request))
+
+
+@api.post(
+    "/v1/password",
+    summary="Change the password (ends the other sessions)",
+    body=ChangePasswordRequest,
+    status=204,
+    auth=True,
+    tags=["accounts"],
+    errors=[E.INVALID_CREDENTIALS, E.WEAK_PASSWORD, E.ACCOUNT_LOCKED],
+)
+async def change_password(request: web.Request, body: ChangePasswordRequest) -> None:
+    await accounts.change_password(svc(request), await authenticate(request), body)
+
+
+@api.post(
+    "/v1/password/reset",
+    summary="E-mail a password reset token (always accepted)",
+    body=PasswordResetRequest,
+    response=Accepted,
+    status=202,
+    tags=["accounts"],
+    errors=[*LIMITED],
+)
+async def password_reset(request: web.Request, body: PasswordResetRequest) -> Accepted:
+    return await accounts.request_reset(svc(request), body, caller(request))
+
+
+@api.post(
+    "/v1/password/reset/confirm",
+    summary="Set a new password with a reset token",
+    body=PasswordResetConfirm,
+    status=204,
+    tags=["accounts"],
+    errors=[E.INVALID_TOKEN, E.WEAK_PASSWORD, *LIMITED],
+)
+async def password_reset_confirm(request: web.Request, body: PasswordResetConfirm) -> None:
+    await accounts.confirm_reset(svc(request), body, caller(request))
+
+
+@api.get(
+    "/v1/me", summary="The caller's account", response=MeResponse, auth=True, tags=["accounts"]
+)
+async def me(request: web.Request) -> MeResponse:
+    return await accounts.me(svc(request), await authenticate(request))
+
+
+@api.get(
+    "/v1/users/{user}",
+    summary="Public facts about a user, by username or id",
+    response=UserPublic,
+    auth=True,
+    tags=["accounts"],
+    errors=[E.USER_NOT_FOUND],
+)
+async def user_lookup(request: web.Request) -> UserPublic:
+    await authenticate(request)
+    return await accounts.lookup(svc(request), request.match_info["user"])
+
+
+# -- sessions ---------------------------------------------------------------------
+
+
+@api.get(
+    "/v1/sessions",
+    summary="The caller's live sessions",
+    response=SessionList,
+    auth=True,
+    tags=["sessions"],
+)
+async def list_sessions(request: web.Request) -> SessionList:
+    return await sessions.list_own(svc(request), await authenticate(request))
+
+
+@api.delete(
+    "/v1/sessions/{sid}",
+    summary="End one of the caller's sessions",
+    status=204,
+    auth=True,
+    tags=["sessions"],
+    errors=[E.SESSION_NOT_FOUND],
+)
+async def revoke_session(request: web.Request) -> None:
+    claims = await authenticate(request)
+    await sessions.revoke_own(svc(request), claims, request.match_info["sid"][:64])
+
+
+@api.delete(
+    "/v1/sessions",
+    summary="End every session of the caller but this one",
+    response=Revoked,
+    auth=True,
+    tags=["sessions"],
+)
+async def revoke_other_sessions(request: web.Request) -> Revoked:
+    claims = await authenticate(request)
+    sids = await sessions.revoke_all(svc(request), claims.sub, "revoked_by_user", keep=claims.sid)
+    return Revoked(revoked=len(sids))
+
+
+# -- two-factor ----------------------------------------------------------------------
+
+
+@api.get(
+    "/v1/2fa",
+    summary="Which second factors are on",
+    response=TwoFactorStatus,
+    auth=True,
+    tags=["two-factor"],
+)
+async def twofa_status(request: web.Request) -> TwoFactorStatus:
+    s = svc(request)
+    return await twofactor.status(s, await s.own_user(await authenticate(request)))
+
+
+@api.post(
+    "/v1/2fa/totp/setup",
+    summary="Start TOTP enrolment: a secret and provisioning URI",
+    response=TotpSetup,
+    auth=True,
+    tags=["two-factor"],
+    errors=[E.CONFLICT],
+)
+async def totp_setup(request: web.Request) -> TotpSetup:
+    return await twofactor.totp_setup(svc(request), await authenticate(request))
+
+
+@api.post(
+    "/v1/2fa/totp/confirm",
+    summary="Finish TOTP enrolment with a first code",
+    body=CodeRequest,
+    response=RecoveryCodes,
+    auth=True,
+    tags=["two-factor"],
+    errors=[E.INVALID_CODE, E.CONFLICT, E.ACCOUNT_LOCKED],
+)
+async def totp_confirm(request: web.Request, body: CodeRequest) -> RecoveryCodes:
+    return await twofactor.totp_confirm(svc(request), await authenticate(request), body.code)
+
+
+@api.post(
+    "/v1/2fa/totp/disable",
+    summary="Turn TOTP off (asks for the password)",
+    body=PasswordRequest,
+    status=204,
+    auth=True,
+    tags=["two-factor"],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
+)
+async def totp_disable(request: web.Request, body: PasswordRequest) -> None:
+    await twofactor.totp_disable(svc(request), await authenticate(request), body.password)
+
+
+@api.post(
+    "/v1/2fa/email/setup",
+    summary="Start e-mail codes: a code is mailed",
+    response=Accepted,
+    status=202,
+    auth=True,
+    tags=["two-factor"],
+    errors=[E.CONFLICT, E.UNAVAILABLE, *LIMITED],
+)
+async def email_setup(request: web.Request) -> Accepted:
+    return await twofactor.email_setup(svc(request), await authenticate(request))
+
+
+@api.post(
+    "/v1/2fa/email/confirm",
+    summary="Finish e-mail codes with the mailed code",
+    body=CodeRequest,
+    response=RecoveryCodes,
+    auth=True,
+    tags=["two-factor"],
+    errors=[E.INVALID_CODE, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED],
+)
+async def email_confirm(request: web.Request, body: CodeRequest) -> RecoveryCodes:
+    return await twofactor.email_confirm(svc(request), await authenticate(request), body.code)
+
+
+@api.post(
+    "/v1/2fa/email/disable",
+    summary="Turn e-mail codes off (asks for the password)",
+    body=PasswordRequest,
+    status=204,
+    auth=True,
+    tags=["two-factor"],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
+)
+async def email_disable(request: web.Request, body: PasswordRequest) -> None:
+    await twofactor.email_disable(svc(request), await authenticate(request), body.password)
+
+
+@api.post(
+    "/v1/2fa/recovery-codes",
+    summary="New recovery codes (the old ones stop working)",
+    body=PasswordRequest,
+    response=RecoveryCodes,
+    auth=True,
+    tags=["two-factor"],
+    errors=[E.INVALID_CREDENTIALS, E.CONFLICT, E.ACCOUNT_LOCKED],
+)
+async def recovery_codes(request: web.Request, body: PasswordRequest) -> RecoveryCodes:
+    claims = await authenticate(request)
+    return await twofactor.regenerate_recovery_codes(svc(request), claims, body.password)
+
+
+# -- admin ----------------------------------------------------------------------------
+
+_ADMIN = {"auth": True, "tags": ["admin"]}
+
+
+@api.get(
+    "/v1/admin/users",
+    summary="List or search users (by username or e-mail prefix)",
+    response=AdminUserList,
+    errors=[E.FORBIDDEN],
+    query={
+        "q": "username or e-mail prefix",
+        "cursor": "next_cursor of the previous page",
+        "limit": "page size, 1-100 (50)",
+    },
+    **_ADMIN,
+)
+async def admin_list(request: web.Request) -> AdminUserList:
+    claims = await admin_claims(request)
+    q = request.query
+    return await admin.list_users(
+        svc(request),
+        claims,
+        caller(request),
+        q.get("q"),
+        q.get("cursor"),
+        admin.page_size(q.get("limit")),
+    )
+
+
+@api.get(
+    "/v1/admin/users/{user_id}",
+    summary="View a user",
+    response=AdminUser,
+    errors=[E.FORBIDDEN, E.USER_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_view(request: web.Request) -> AdminUser:
+    claims = await admin_claims(request)
+    return await admin.view_user(
+        svc(request), claims, caller(request), request.match_info["user_id"]
+    )
+
+
+@api.patch(
+    "/v1/admin/users/{user_id}",
+    summary="Edit a user's username, e-mail or roles",
+    body=AdminUserPatch,
+    response=AdminUser,
+    errors=[
+        E.FORBIDDEN,
+        E.USER_NOT_FOUND,
+        E.USERNAME_TAKEN,
+        E.EMAIL_TAKEN,
+        E.INVALID_USERNAME,
+        E.CONFLICT,
+    ],
+    **_ADMIN,
+)
+async def admin_edit(request: web.Request, body: AdminUserPatch) -> AdminUser:
+    claims = await admin_claims(request)
+    uid = request.match_info["user_id"]
+    return await admin.edit_user(svc(request), claims, caller(request), uid, body)
+
+
+@api.post(
+    "/v1/admin/users/{user_id}/block",
+    summary="Block a user: every session ends and sockets close at once",
+    body=BlockRequest,
+    response=AdminUser,
+    errors=[E.FORBIDDEN, E.USER_NOT_FOUND, E.CONFLICT],
+    **_ADMIN,
+)
+async def admin_block(request: web.Request, body: BlockRequest) -> AdminUser:
+    claims = await admin_claims(request)
+    uid = request.match_info["user_id"]
+    return await admin.block_user(svc(request), claims, caller(request), uid, body)
+
+
+@api.post(
+    "/v1/admin/users/{user_id}/unblock",
+    summary="Unblock a user",
+    response=AdminUser,
+    errors=[E.FORBIDDEN, E.USER_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_unblock(request: web.Request) -> AdminUser:
+    claims = await admin_claims(request)
+    uid = request.match_info["user_id"]
+    return await admin.unblock_user(svc(request), claims, caller(request), uid)
+
+
+@api.get(
+    "/v1/admin/audit",
+    summary="The audit log, newest first",
+    response=AuditList,
+    errors=[E.FORBIDDEN],
+    query={
+        "target_id": "only entries about this user",
+        "before": "next_before of the previous page (ISO 8601)",
+        "limit": "page size, 1-100 (50)",
+    },
+    **_ADMIN,
+)
+async def admin_audit(request: web.Request) -> AuditList:
+    claims = await admin_claims(request)
+    q = request.query
+    return await admin.audit_log(
+        svc(request),
+        claims,
+        caller(request),
+        q.get("target_id"),
+        admin.parse_before(q.get("before")),
+        admin.page_size(q.get("limit")),
+    )

@@ -1,0 +1,252 @@
+"""Accounts: sign-up, password login, password change and reset, profile look-ups.
+
+What an anonymous caller can learn about accounts is limited to what the
+sign-up form must say (this username / this e-mail address is taken), and
+that form is rate-limited per IP. Login answers the same error, in the same
+time (an argon2 verification either way), whether the username exists or
+not; password reset always answers "accepted" and does its work afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import timedelta
+from typing import Any
+
+from services.auth import sessions, twofactor
+from services.auth.models import (
+    Accepted,
+    ChallengeResponse,
+    ChangePasswordRequest,
+    LoginRequest,
+    MeResponse,
+    PasswordResetConfirm,
+    PasswordResetRequest,
+    SignupRequest,
+    TokenResponse,
+    UserPublic,
+)
+from services.auth.passwords import check_policy
+from services.auth.service import AuthService, Caller
+from services.auth.store import DuplicateError
+from services.auth.tokens import digest, new_id, new_token
+from services.common.auth import Claims
+from services.common.errors import ApiError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+# ASCII only, on purpose: no homoglyphs (a Cyrillic "a"), no invisible or
+# bidi-control characters, no normalisation surprises. Case-insensitive:
+# stored lower-cased.
+USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{1,30}[a-z0-9]$")
+# A user id is 32 hex digits; a username never looks like one.
+USER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+RESERVED = frozenset(
+    {
+        "admin", "administrator", "root", "system", "parley", "support", "help",
+        "security", "abuse", "postmaster", "noreply", "no-reply", "moderator",
+        "staff", "official", "everyone", "here", "channel", "me", "null", "undefined",
+    }
+)  # fmt: skip
+EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def canonical_username(raw: str) -> str:
+    """The stored form of a username, or INVALID_USERNAME with the rule."""
+    name = raw.lower()
+    if (
+        not USERNAME_RE.fullmatch(name)
+        or ".." in name
+        or USER_ID_RE.fullmatch(name)
+        or name in RESERVED
+    ):
+        raise ApiError(
+            ErrorCode.INVALID_USERNAME,
+            "A username has 3-32 characters: ASCII letters, digits, '.', '_' or '-', "
+            "starting with a letter and ending with a letter or digit.",
+        )
+    return name
+
+
+def canonical_email(raw: str) -> tuple[str, str]:
+    """(as given, lower-cased for uniqueness), or VALIDATION_FAILED."""
+    email = raw.strip()
+    if len(email) > 254 or not EMAIL_RE.fullmatch(email):
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            "The request is not valid.",
+            details=[{"field": "email", "problem": "not an e-mail address"}],
+        )
+    return email, email.lower()
+
+
+def new_user_doc(
+    username: str, email: str, password_hash: str, roles: list[str], now: Any
+) -> dict[str, Any]:
+    return {
+        "_id": new_id(),
+        "username": username,
+        "email": email,
+        "email_lc": email.lower(),
+        "password_hash": password_hash,
+        "roles": roles,
+        "blocked": False,
+        "blocked_at": None,
+        "blocked_reason": None,
+        "created_at": now,
+        "updated_at": now,
+        "password_changed_at": now,
+        "totp_enabled": False,
+        "totp_secret": None,
+        "totp_pending": None,
+        "totp_last_step": 0,
+        "email_2fa": False,
+    }
+
+
+async def create_user(
+    svc: AuthService, username: str, email: str, password: str, roles: list[str]
+) -> dict[str, Any]:
+    """Validate and insert an account (sign-up and the CLI both come here)."""
+    name = canonical_username(username)
+    email, email_lc = canonical_email(email)
+    check_policy(password, svc.config, username=name, email=email)
+    await raise_if_taken(svc, name, email_lc)
+    doc = new_user_doc(name, email, await svc.passwords.hash(password), roles, svc.now())
+    try:
+        await svc.store.insert_user(doc)
+    except DuplicateError:
+        # Lost a race with another sign-up: say which field.
+        await raise_if_taken(svc, name, email_lc)
+        raise ApiError(ErrorCode.CONFLICT, "This account already exists.") from None
+    log.info("account created", extra={"user_id": doc["_id"]})
+    return doc
+
+
+async def raise_if_taken(
+    svc: AuthService, username: str | None, email_lc: str | None, exclude: str | None = None
+) -> None:
+    if username is not None:
+        other = await svc.store.user_by_username(username)
+        if other is not None and other["_id"] != exclude:
+            raise ApiError(ErrorCode.USERNAME_TAKEN, "This username is taken.")
+    if email_lc is not None:
+        other = await svc.store.user_by_email(email_lc)
+        if other is not None and other["_id"] != exclude:
+            raise ApiError(ErrorCode.EMAIL_TAKEN, "This e-mail address is already registered.")
+
+
+async def signup(svc: AuthService, body: SignupRequest, caller: Caller) -> TokenResponse:
+    await svc.limiter.hit("signup_ip", caller.ip)
+    user = await create_user(svc, body.username, body.email, body.password, ["user"])
+    return await sessions.start(svc, user, ["pwd"], caller)
+
+
+async def login(
+    svc: AuthService, body: LoginRequest, caller: Caller
+) -> TokenResponse | ChallengeResponse:
+    await svc.limiter.hit("login_ip", caller.ip)
+    ident = body.username.strip().lower()
+    user = await svc.store.user_by_username(ident) if USERNAME_RE.fullmatch(ident) else None
+    await svc.check_password(ident, user["password_hash"] if user else None, body.password)
+    assert user is not None
+    if user["blocked"]:
+        # Only someone who knows the password learns this.
+        raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
+    await svc.limiter.clear("login_failures", ident)
+    if svc.passwords.needs_rehash(user["password_hash"]):
+        new_hash = await svc.passwords.hash(body.password)
+        await svc.store.update_user(user["_id"], {"password_hash": new_hash})
+    if twofactor.methods(user):
+        return await twofactor.begin_login(svc, user, caller, body.device)
+    return await sessions.start(svc, user, ["pwd"], caller, body.device)
+
+
+async def change_password(svc: AuthService, claims: Claims, body: ChangePasswordRequest) -> None:
+    user = await svc.own_user(claims)
+    await svc.check_password(user["username"], user["password_hash"], body.current_password)
+    check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
+    now = svc.now()
+    new_hash = await svc.passwords.hash(body.new_password)
+    await svc.store.update_user(
+        user["_id"], {"password_hash": new_hash, "password_changed_at": now, "updated_at": now}
+    )
+    await svc.store.drop_password_resets(user["_id"], now)
+    # Everyone else holding this account's sessions is signed out.
+    await sessions.revoke_all(svc, user["_id"], "password_changed", keep=claims.sid)
+
+
+async def request_reset(svc: AuthService, body: PasswordResetRequest, caller: Caller) -> Accepted:
+    await svc.limiter.hit("reset_ip", caller.ip)
+    _, email_lc = canonical_email(body.email)
+    await svc.limiter.hit("reset_account", email_lc)
+    svc.spawn(_send_reset(svc, email_lc), "password_reset_mail")
+    return Accepted(message="If an account uses this address, a reset message is on its way.")
+
+
+async def _send_reset(svc: AuthService, email_lc: str) -> None:
+    user = await svc.store.user_by_email(email_lc)
+    if user is None or user["blocked"]:
+        return
+    token = new_token()
+    now = svc.now()
+    ttl = svc.config.password_reset_ttl_s
+    await svc.store.insert_password_reset(
+        {
+            "_id": digest(token),
+            "user_id": user["_id"],
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl),
+            "used_at": None,
+        }
+    )
+    await svc.mailer.password_reset(user["email"], user["username"], token, ttl // 60)
+
+
+async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Caller) -> None:
+    await svc.limiter.hit("reset_ip", caller.ip)
+    now = svc.now()
+    bad = ApiError(ErrorCode.INVALID_TOKEN, "The reset token is not valid or has expired.")
+    token_hash = digest(body.token)
+    pending = await svc.store.password_reset(token_hash)
+    if pending is None or pending["expires_at"] <= now:
+        raise bad
+    user = await svc.store.user_by_id(pending["user_id"])
+    if user is None or user["blocked"]:
+        raise bad
+    check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
+    if await svc.store.consume_password_reset(token_hash, now) is None:
+        raise bad  # used by a concurrent request
+    new_hash = await svc.passwords.hash(body.new_password)
+    await svc.store.update_user(
+        user["_id"], {"password_hash": new_hash, "password_changed_at": now, "updated_at": now}
+    )
+    await svc.store.drop_password_resets(user["_id"], now)
+    await svc.limiter.clear("login_failures", user["username"])
+    await sessions.revoke_all(svc, user["_id"], "password_reset")
+
+
+async def me(svc: AuthService, claims: Claims) -> MeResponse:
+    user = await svc.own_user(claims)
+    return MeResponse(
+        user_id=user["_id"],
+        username=user["username"],
+        email=user["email"],
+        roles=user["roles"],
+        created_at=user["created_at"],
+        two_factor=await twofactor.status(svc, user),
+    )
+
+
+async def lookup(svc: AuthService, username_or_id: str) -> UserPublic:
+    """Public facts about a user, by id or username (other services resolve recipients)."""
+    key = username_or_id.strip().lower()
+    user = None
+    if USER_ID_RE.fullmatch(key):
+        user = await svc.store.user_by_id(key)
+    elif USERNAME_RE.fullmatch(key):
+        user = await svc.store.user_by_username(key)
+    if user is None:
+        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
+    return UserPublic(user_id=user["_id"], username=user["username"])

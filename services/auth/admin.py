@@ -1,0 +1,258 @@
+"""The admin users API: list and search, view, edit, block, unblock; the audit log.
+
+Only callers whose access token carries the ``admin`` role get here (checked
+by the routes). Every admin action, reads included, is written to the
+``audit_log`` collection with who, what, when, from where; a role change or a
+block ends the target's sessions so that no token keeps the old rights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from services.auth import sessions, twofactor
+from services.auth.accounts import canonical_email, canonical_username, raise_if_taken
+from services.auth.models import (
+    AdminUser,
+    AdminUserList,
+    AdminUserPatch,
+    AuditEntry,
+    AuditList,
+    BlockRequest,
+)
+from services.auth.service import AuthService, Caller
+from services.auth.store import DuplicateError
+from services.auth.tokens import new_id
+from services.common.auth import Claims
+from services.common.errors import ApiError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 100
+
+
+def require_admin(claims: Claims) -> None:
+    if not claims.is_admin:
+        raise ApiError(ErrorCode.FORBIDDEN, "This needs the admin role.")
+
+
+async def audit(
+    svc: AuthService,
+    actor: Claims | str,
+    action: str,
+    caller: Caller | None,
+    target_id: str | None = None,
+    **details: Any,
+) -> None:
+    if isinstance(actor, Claims):
+        user = await svc.store.user_by_id(actor.sub)
+        actor_id, actor_name = actor.sub, (user["username"] if user else actor.sub)
+    else:
+        actor_id, actor_name = actor, actor
+    await svc.store.insert_audit(
+        {
+            "_id": new_id(),
+            "at": svc.now(),
+            "actor_id": actor_id,
+            "actor": actor_name,
+            "action": action,
+            "target_id": target_id,
+            "details": details,
+            "request_id": caller.request_id if caller else None,
+            "ip": caller.ip if caller else None,
+        }
+    )
+
+
+async def _view(svc: AuthService, user: Mapping[str, Any]) -> AdminUser:
+    live = await svc.store.live_sessions(user["_id"], svc.now())
+    return AdminUser(
+        user_id=user["_id"],
+        username=user["username"],
+        email=user["email"],
+        roles=user["roles"],
+        blocked=user["blocked"],
+        blocked_reason=user.get("blocked_reason"),
+        blocked_at=user.get("blocked_at"),
+        created_at=user["created_at"],
+        updated_at=user["updated_at"],
+        two_factor=await twofactor.status(svc, user),
+        live_sessions=len(live),
+    )
+
+
+async def _target(svc: AuthService, user_id: str) -> dict[str, Any]:
+    user = await svc.store.user_by_id(user_id)
+    if user is None:
+        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
+    return user
+
+
+def page_size(raw: str | None, default: int = 50) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            f"limit is a whole number from 1 to {MAX_PAGE}.",
+            details=[{"field": "limit", "problem": f"must be 1..{MAX_PAGE}"}],
+        )
+    return int(raw)
+
+
+async def list_users(
+    svc: AuthService,
+    claims: Claims,
+    caller: Caller,
+    query: str | None,
+    cursor: str | None,
+    limit: int,
+) -> AdminUserList:
+    if query is not None and len(query) > 100:
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "The search is too long (100 at most).")
+    if cursor is not None and len(cursor) > 64:
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "Not a cursor from this API.")
+    docs = await svc.store.list_users(query or None, cursor or None, limit + 1)
+    more = len(docs) > limit
+    docs = docs[:limit]
+    await audit(svc, claims, "user.list", caller, query=query, cursor=cursor)
+    return AdminUserList(
+        users=[await _view(svc, d) for d in docs],
+        next_cursor=docs[-1]["username"] if more and docs else None,
+    )
+
+
+async def view_user(svc: AuthService, claims: Claims, caller: Caller, user_id: str) -> AdminUser:
+    user = await _target(svc, user_id)
+    await audit(svc, claims, "user.view", caller, user_id)
+    return await _view(svc, user)
+
+
+async def edit_user(
+    svc: AuthService, claims: Claims, caller: Caller, user_id: str, body: AdminUserPatch
+) -> AdminUser:
+    user = await _target(svc, user_id)
+    changes: dict[str, Any] = {}
+    before: dict[str, Any] = {}
+    if body.username is not None:
+        name = canonical_username(body.username)
+        if name != user["username"]:
+            await raise_if_taken(svc, name, None, exclude=user_id)
+            changes["username"] = name
+    if body.email is not None:
+        email, email_lc = canonical_email(body.email)
+        if email != user["email"]:
+            await raise_if_taken(svc, None, email_lc, exclude=user_id)
+            changes.update(email=email, email_lc=email_lc)
+    roles_changed = False
+    if body.roles is not None:
+        roles = sorted({"user", *body.roles}, key=["user", "admin"].index)
+        if roles != user["roles"]:
+            if user_id == claims.sub and "admin" not in roles:
+                raise ApiError(ErrorCode.CONFLICT, "You cannot remove your own admin role.")
+            changes["roles"] = roles
+            roles_changed = True
+    if not changes:
+        return await _view(svc, user)
+    before = {k: user.get(k) for k in changes if k != "email_lc"}
+    changes["updated_at"] = svc.now()
+    try:
+        updated = await svc.store.update_user(user_id, changes)
+    except DuplicateError:
+        raise ApiError(ErrorCode.CONFLICT, "This username or e-mail is taken.") from None
+    if updated is None:
+        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
+    after = {k: updated.get(k) for k in before}
+    await audit(svc, claims, "user.update", caller, user_id, before=before, after=after)
+    if roles_changed:
+        # Tokens carry roles: end the sessions so that new tokens carry the new ones.
+        await sessions.revoke_all(svc, user_id, "roles_changed")
+    return await _view(svc, updated)
+
+
+async def block_user(
+    svc: AuthService, claims: Claims, caller: Caller, user_id: str, body: BlockRequest
+) -> AdminUser:
+    if user_id == claims.sub:
+        raise ApiError(ErrorCode.CONFLICT, "You cannot block yourself.")
+    await _target(svc, user_id)
+    now = svc.now()
+    updated = await svc.store.update_user(
+        user_id,
+        {"blocked": True, "blocked_at": now, "blocked_reason": body.reason, "updated_at": now},
+    )
+    if updated is None:
+        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
+    sids = await svc.store.revoke_user_sessions(user_id, now, "blocked")
+    await svc.store.publish_user_blocked(user_id, sids, svc.revocation_ttl_s)
+    await audit(
+        svc, claims, "user.block", caller, user_id, reason=body.reason, sessions_revoked=len(sids)
+    )
+    log.info("user blocked", extra={"user_id": user_id, "by": claims.sub})
+    return await _view(svc, updated)
+
+
+async def unblock_user(svc: AuthService, claims: Claims, caller: Caller, user_id: str) -> AdminUser:
+    await _target(svc, user_id)
+    now = svc.now()
+    updated = await svc.store.update_user(
+        user_id,
+        {"blocked": False, "blocked_at": None, "blocked_reason": None, "updated_at": now},
+    )
+    if updated is None:
+        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
+    await svc.store.clear_user_blocked(user_id)
+    await audit(svc, claims, "user.unblock", caller, user_id)
+    return await _view(svc, updated)
+
+
+def parse_before(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            "before is an ISO 8601 timestamp.",
+            details=[{"field": "before", "problem": "not an ISO 8601 timestamp"}],
+        ) from None
+    if value.tzinfo is None:
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "before needs a time zone.")
+    return value
+
+
+async def audit_log(
+    svc: AuthService,
+    claims: Claims,
+    caller: Caller,
+    target_id: str | None,
+    before: datetime | None,
+    limit: int,
+) -> AuditList:
+    if target_id is not None and len(target_id) > 64:
+        raise ApiError(ErrorCode.VALIDATION_FAILED, "Not a user id.")
+    docs = await svc.store.audit_entries(target_id, before, limit + 1)
+    more = len(docs) > limit
+    docs = docs[:limit]
+    await audit(svc, claims, "audit.read", caller, target_id)
+    return AuditList(
+        entries=[
+            AuditEntry(
+                id=d["_id"],
+                at=d["at"],
+                actor_id=d["actor_id"],
+                actor=d["actor"],
+                action=d["action"],
+                target_id=d.get("target_id"),
+                details=d.get("details") or {},
+                request_id=d.get("request_id"),
+                ip=d.get("ip"),
+            )
+            for d in docs
+        ],
+        next_before=docs[-1]["at"] if more and docs else None,
+    )

@@ -1,0 +1,126 @@
+"""Settings that only the auth service reads (``PARLEY_*`` like the shared ones).
+
+They live here rather than in ``services/common/config.py`` because no other
+service needs them. Defaults are the production values; tests pass a cheap
+argon2 profile and small limits (see ``AuthSettings.for_tests``). Every option
+is listed in docs/auth.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_LIMIT = re.compile(r"^(\d{1,7})/(\d{1,7})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``count`` events per ``window_s`` seconds."""
+
+    count: int
+    window_s: int
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        m = _LIMIT.match(text)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise ValueError("a limit is written COUNT/SECONDS, both at least 1")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+
+class AuthSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    # Password hashing: argon2id. Defaults are RFC 9106's second recommended
+    # option ("uniformly safe" with 64 MiB): t=3, m=64 MiB, p=4 (docs/auth.md).
+    argon2_time_cost: int = Field(default=3, ge=1, le=20)
+    argon2_memory_kib: int = Field(default=65536, ge=8, le=4 * 1024 * 1024)
+    argon2_parallelism: int = Field(default=4, ge=1, le=16)
+    # Hashes computed at once per process (each holds argon2_memory_kib).
+    argon2_max_concurrency: int = Field(default=4, ge=1, le=64)
+
+    password_min_length: int = Field(default=10, ge=8, le=64)
+    password_max_length: int = Field(default=256, ge=64, le=1024)
+
+    # Signing keys (Ed25519): rotated automatically at this age; every process
+    # re-reads the key set from MongoDB this often; a new key is published this
+    # long before any process signs with it.
+    signing_key_max_age_s: int = Field(default=30 * 86400, ge=3600)
+    signing_key_reload_s: float = Field(default=30.0, ge=0)
+    signing_key_activation_delay_s: float | None = Field(default=None, ge=0)
+
+    # Two-factor.
+    totp_issuer: str = Field(default="Parley", min_length=1, max_length=64)
+    challenge_ttl_s: int = Field(default=300, ge=30, le=3600)
+    challenge_max_attempts: int = Field(default=5, ge=1, le=50)
+    email_code_ttl_s: int = Field(default=600, ge=60, le=3600)
+    email_code_sends_per_challenge: int = Field(default=3, ge=1, le=20)
+    recovery_code_count: int = Field(default=10, ge=4, le=32)
+    password_reset_ttl_s: int = Field(default=1800, ge=300, le=86400)
+
+    # Rate limits, COUNT/SECONDS. Per client IP and per account.
+    limit_signup_ip: str = "10/3600"
+    limit_login_ip: str = "30/300"
+    limit_login_failures: str = "10/900"
+    limit_code_ip: str = "30/300"
+    limit_code_failures: str = "10/900"
+    limit_reset_ip: str = "10/3600"
+    limit_reset_account: str = "3/3600"
+    limit_refresh_ip: str = "120/60"
+    limit_email_code_sends: str = "6/3600"
+
+    # Take the client IP from the last X-Forwarded-For hop (set by HAProxy /
+    # the ALB). Turn off only when clients reach the service directly.
+    trust_forwarded_for: bool = True
+
+    @field_validator(
+        "limit_signup_ip",
+        "limit_login_ip",
+        "limit_login_failures",
+        "limit_code_ip",
+        "limit_code_failures",
+        "limit_reset_ip",
+        "limit_reset_account",
+        "limit_refresh_ip",
+        "limit_email_code_sends",
+    )
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        Limit.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _argon2_memory(self) -> AuthSettings:
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism:
+            raise ValueError("argon2_memory_kib must be at least 8 x argon2_parallelism")
+        return self
+
+    def limit(self, name: str) -> Limit:
+        return Limit.parse(str(getattr(self, f"limit_{name}")))
+
+    @property
+    def activation_delay_s(self) -> float:
+        if self.signing_key_activation_delay_s is not None:
+            return self.signing_key_activation_delay_s
+        # Every process re-reads the key set at least once before the key signs.
+        return 2 * self.signing_key_reload_s + 1
+
+    @classmethod
+    def for_tests(cls, **overrides: Any) -> AuthSettings:
+        """A cheap argon2 profile (never for production) and no reload delay."""
+        base: dict[str, Any] = {
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 8,
+            "argon2_parallelism": 1,
+            "signing_key_reload_s": 0,
+            "trust_forwarded_for": True,
+        }
+        base.update(overrides)
+        return cls(**base)

@@ -1,0 +1,76 @@
+"""Outgoing e-mail over SMTP (aiosmtplib): login codes and password resets.
+
+The embedded stack runs an aiosmtpd sink; production points the same settings
+(``PARLEY_SMTP_*``) at SES or any SMTP relay.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import aiosmtplib
+
+from services.common.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class MailError(Exception):
+    """The message could not be handed to the SMTP server."""
+
+
+class Mailer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def send(self, to: str, subject: str, text: str) -> None:
+        s = self.settings
+        msg = EmailMessage()
+        msg["From"] = s.smtp_from
+        msg["To"] = to
+        msg["Subject"] = subject
+        msg["Message-ID"] = make_msgid(domain="parley.invalid")
+        msg.set_content(text)
+        try:
+            await aiosmtplib.send(
+                msg,
+                hostname=s.smtp_host,
+                port=s.smtp_port,
+                username=s.smtp_username,
+                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                start_tls=s.smtp_tls,
+                timeout=max(s.dependency_timeout_ms / 1000, 5),
+            )
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            log.warning("mail not sent", extra={"error": type(exc).__name__})
+            raise MailError from exc
+
+    async def login_code(self, to: str, username: str, code: str, minutes: int) -> None:
+        await self.send(
+            to,
+            f"Your Parley code: {code}",
+            f"Hello {username},\n\nYour Parley sign-in code is {code}.\n"
+            f"It expires in {minutes} minutes and works once.\n\n"
+            "If you did not try to sign in, change your password.\n",
+        )
+
+    async def setup_code(self, to: str, username: str, code: str, minutes: int) -> None:
+        await self.send(
+            to,
+            f"Confirm e-mail sign-in codes: {code}",
+            f"Hello {username},\n\nTo turn on sign-in codes by e-mail, enter {code}.\n"
+            f"It expires in {minutes} minutes.\n",
+        )
+
+    async def password_reset(self, to: str, username: str, token: str, minutes: int) -> None:
+        link = f"{self.settings.public_url.rstrip('/')}/reset-password#token={token}"
+        await self.send(
+            to,
+            "Reset your Parley password",
+            f"Hello {username},\n\nSomeone asked to reset your Parley password.\n"
+            f"Open {link}\nor use this reset token: {token}\n"
+            f"It expires in {minutes} minutes and works once. Every session will be "
+            "signed out.\n\nIf it was not you, ignore this message.\n",
+        )

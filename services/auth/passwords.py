@@ -1,0 +1,95 @@
+"""Password policy and hashing (argon2id).
+
+Hashing runs in worker threads (argon2-cffi releases the GIL) behind a
+semaphore, so that a burst of logins neither blocks the event loop nor holds
+more than ``argon2_max_concurrency`` x ``argon2_memory_kib`` of memory.
+Passwords are NFKC-normalised before hashing and checking, so that the same
+password typed on two keyboards that compose characters differently matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import unicodedata
+from pathlib import Path
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from services.auth.config import AuthSettings
+from services.common.errors import ApiError, ErrorCode
+
+BLOCKLIST_PATH = Path(__file__).parent / "data" / "common-passwords.txt"
+
+
+@functools.cache
+def blocklist() -> frozenset[str]:
+    lines = BLOCKLIST_PATH.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def normalize(password: str) -> str:
+    return unicodedata.normalize("NFKC", password)
+
+
+def check_policy(
+    password: str, settings: AuthSettings, *, username: str = "", email: str = ""
+) -> None:
+    """Raise WEAK_PASSWORD (with the reason) unless the password is acceptable."""
+    pw = normalize(password)
+    lowered = pw.casefold()
+    if len(pw) < settings.password_min_length:
+        reason = f"Use at least {settings.password_min_length} characters."
+    elif len(pw) > settings.password_max_length:
+        reason = f"Use at most {settings.password_max_length} characters."
+    elif lowered in blocklist() or pw.lower() in blocklist():
+        reason = "This password is too common; choose another."
+    elif len(set(pw)) < 3:
+        reason = "This password repeats too few characters."
+    elif username and username.casefold() in lowered:
+        reason = "The password must not contain the username."
+    elif email and email.casefold() == lowered:
+        reason = "The password must not be the e-mail address."
+    else:
+        return
+    raise ApiError(ErrorCode.WEAK_PASSWORD, reason)
+
+
+class Passwords:
+    """argon2id hashing with the configured cost, off the event loop."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+            hash_len=32,
+            salt_len=16,
+            type=Type.ID,
+        )
+        self._slots = asyncio.Semaphore(settings.argon2_max_concurrency)
+        # Verified against for unknown usernames, so that a login for an account
+        # that does not exist costs the same time as a wrong password.
+        self._dummy = self.hasher.hash("parley-dummy-password-for-timing")
+
+    async def hash(self, password: str) -> str:
+        async with self._slots:
+            return await asyncio.to_thread(self.hasher.hash, normalize(password))
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        """True if the password matches; always spends one argon2 computation."""
+        async with self._slots:
+            return await asyncio.to_thread(self._verify, stored, normalize(password))
+
+    def _verify(self, stored: str | None, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored or self._dummy, password) and stored is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored: str) -> bool:
+        try:
+            return self.hasher.check_needs_rehash(stored)
+        except InvalidHashError:
+            return True

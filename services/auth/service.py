@@ -1,0 +1,143 @@
+"""The auth service's parts, built once by ``create_app`` (or the CLI) and shared.
+
+Handlers receive an :class:`AuthService` and a :class:`Caller`; they never
+reach for a global. Tests build the same object against the embedded servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.auth.config import AuthSettings
+from services.auth.mail import Mailer
+from services.auth.passwords import Passwords
+from services.auth.ratelimit import RateLimiter, client_ip
+from services.auth.secretbox import SecretBox
+from services.auth.signing import Clock, KeyRing, utcnow
+from services.auth.store import AuthStore
+from services.auth.tokens import AccessTokens
+from services.common.auth import Claims
+from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode
+from services.common.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, as far as the network tells: for limits, sessions and the audit log."""
+
+    ip: str
+    user_agent: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def of(cls, request: web.Request, trust_forwarded_for: bool) -> Caller:
+        ua = request.headers.get("User-Agent")
+        return cls(
+            ip=client_ip(request, trust_forwarded_for),
+            user_agent=ua[:200] if ua else None,
+            request_id=request_id_var.get(),
+        )
+
+
+@dataclass
+class AuthService:
+    settings: Settings
+    config: AuthSettings
+    store: AuthStore
+    box: SecretBox
+    passwords: Passwords
+    keyring: KeyRing
+    tokens: AccessTokens
+    limiter: RateLimiter
+    mailer: Mailer
+    clock: Clock = utcnow
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        config: AuthSettings,
+        db: AsyncDatabase[dict[str, Any]],
+        redis: aioredis.Redis,
+        clock: Clock = utcnow,
+    ) -> AuthService:
+        store = AuthStore(db, redis, settings.redis_prefix)
+        box = SecretBox(settings.key_encryption_secret)
+        keyring = KeyRing(
+            store,
+            box,
+            token_ttl_s=settings.access_token_ttl_s,
+            max_age_s=config.signing_key_max_age_s,
+            reload_s=config.signing_key_reload_s,
+            activation_delay_s=config.activation_delay_s,
+            clock=clock,
+        )
+        return cls(
+            settings=settings,
+            config=config,
+            store=store,
+            box=box,
+            passwords=Passwords(config),
+            keyring=keyring,
+            tokens=AccessTokens(settings, keyring),
+            limiter=RateLimiter(store, config),
+            mailer=Mailer(settings),
+            clock=clock,
+        )
+
+    async def start(self) -> None:
+        await self.store.ensure_indexes()
+        await self.keyring.reload()
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @property
+    def revocation_ttl_s(self) -> int:
+        """Revocation keys outlive every access token they concern."""
+        return self.settings.access_token_ttl_s + 60
+
+    async def check_password(self, user_key: str, stored: str | None, password: str) -> None:
+        """Verify a password under the failure lockout of ``user_key`` (the username)."""
+        await self.limiter.check_locked("login_failures", user_key)
+        if not await self.passwords.verify(stored, password):
+            await self.limiter.fail("login_failures", user_key)
+            raise ApiError(ErrorCode.INVALID_CREDENTIALS, "Wrong username or password.")
+
+    async def own_user(self, claims: Claims) -> dict[str, Any]:
+        """The caller's account (gone means the session is over)."""
+        user = await self.store.user_by_id(claims.sub)
+        if user is None:
+            raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+        return user
+
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run work after answering (e-mails whose timing must not leak anything)."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("background task failed", extra={"task": what})
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for background work (shutdown, and tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

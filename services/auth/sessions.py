@@ -1,0 +1,161 @@
+"""Sessions: one per login, each a family of rotating refresh tokens.
+
+A refresh token works once: using it returns a new access token and a new
+refresh token. Presenting one that was already used means that two parties
+hold the family (a stolen token, or a client bug), so the whole session is
+revoked and both must log in again (RFC 9700 section 4.14.2). Revocation is
+written to MongoDB (the truth), to the Redis keys every service checks, and
+published on the revocation channel so that gateways close sockets at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from services.auth.models import SessionInfo, SessionList, TokenResponse, UserBrief
+from services.auth.service import AuthService, Caller
+from services.auth.tokens import digest, new_id, new_token
+from services.common.auth import Claims
+from services.common.errors import ApiError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+
+async def start(
+    svc: AuthService,
+    user: Mapping[str, Any],
+    amr: Sequence[str],
+    caller: Caller,
+    device: str | None = None,
+) -> TokenResponse:
+    """Open a session for a user who has fully authenticated; the first tokens."""
+    now = svc.now()
+    sid = new_id()
+    expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
+    await svc.store.insert_session(
+        {
+            "_id": sid,
+            "user_id": user["_id"],
+            "created_at": now,
+            "last_used_at": now,
+            "expires_at": expires,
+            "revoked_at": None,
+            "amr": list(amr),
+            "device": device,
+            "user_agent": caller.user_agent,
+            "ip": caller.ip,
+        }
+    )
+    return await _issue(svc, user, sid, list(amr))
+
+
+async def _issue(
+    svc: AuthService, user: Mapping[str, Any], sid: str, amr: list[str]
+) -> TokenResponse:
+    now = svc.now()
+    refresh = new_token()
+    ttl = svc.settings.refresh_token_ttl_s
+    await svc.store.insert_refresh_token(
+        {
+            "_id": digest(refresh),
+            "sid": sid,
+            "user_id": user["_id"],
+            "issued_at": now,
+            "expires_at": now + timedelta(seconds=ttl),
+            "used_at": None,
+        }
+    )
+    access = await svc.tokens.issue(user["_id"], sid, user["roles"], amr, now)
+    return TokenResponse(
+        access_token=access,
+        expires_in=svc.settings.access_token_ttl_s,
+        refresh_token=refresh,
+        refresh_expires_in=ttl,
+        session_id=sid,
+        user=UserBrief(user_id=user["_id"], username=user["username"], roles=user["roles"]),
+    )
+
+
+async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse:
+    await svc.limiter.hit("refresh_ip", caller.ip)
+    now = svc.now()
+    token_hash = digest(token)
+    doc = await svc.store.consume_refresh_token(token_hash, now)
+    if doc is None:
+        old = await svc.store.refresh_token(token_hash)
+        if old is None:
+            raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token is not valid.")
+        log.warning(
+            "refresh token reused: revoking the session",
+            extra={"sid": old["sid"], "user_id": old["user_id"]},
+        )
+        await revoke(svc, old["user_id"], old["sid"], "refresh_token_reused")
+        raise ApiError(
+            ErrorCode.REFRESH_TOKEN_REUSED,
+            "This refresh token was already used; the session has been ended.",
+        )
+    if doc["expires_at"] <= now:
+        raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token has expired.")
+    session = await svc.store.session(doc["sid"])
+    if session is None or session["revoked_at"] is not None or session["expires_at"] <= now:
+        raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+    user = await svc.store.user_by_id(doc["user_id"])
+    if user is None:
+        raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+    if user["blocked"]:
+        raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
+    response = await _issue(svc, user, doc["sid"], list(session.get("amr", [])))
+    expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
+    await svc.store.touch_session(doc["sid"], now, expires)
+    return response
+
+
+async def revoke(svc: AuthService, user_id: str, sid: str, reason: str) -> bool:
+    """End one session (if live) and tell every service; True if it was live."""
+    was = await svc.store.revoke_session(sid, svc.now(), reason, user_id=user_id)
+    # Published even if it was already revoked in MongoDB: a retry after a
+    # Redis hiccup must still reach the gateways.
+    await svc.store.publish_session_revoked(user_id, sid, svc.revocation_ttl_s)
+    return was is not None
+
+
+async def revoke_all(
+    svc: AuthService, user_id: str, reason: str, keep: str | None = None
+) -> list[str]:
+    sids = await svc.store.revoke_user_sessions(user_id, svc.now(), reason, keep=keep)
+    for sid in sids:
+        await svc.store.publish_session_revoked(user_id, sid, svc.revocation_ttl_s)
+    return sids
+
+
+async def logout(svc: AuthService, claims: Claims) -> None:
+    await revoke(svc, claims.sub, claims.sid, "logout")
+
+
+async def revoke_own(svc: AuthService, claims: Claims, sid: str) -> None:
+    """A user ends one of their sessions; someone else's sid is simply not found."""
+    if not await svc.store.revoke_session(sid, svc.now(), "revoked_by_user", user_id=claims.sub):
+        raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such session.")
+    await svc.store.publish_session_revoked(claims.sub, sid, svc.revocation_ttl_s)
+
+
+async def list_own(svc: AuthService, claims: Claims) -> SessionList:
+    docs = await svc.store.live_sessions(claims.sub, svc.now())
+    return SessionList(
+        sessions=[
+            SessionInfo(
+                session_id=d["_id"],
+                created_at=d["created_at"],
+                last_used_at=d["last_used_at"],
+                expires_at=d["expires_at"],
+                device=d.get("device"),
+                user_agent=d.get("user_agent"),
+                ip=d.get("ip"),
+                current=d["_id"] == claims.sid,
+            )
+            for d in docs
+        ]
+    )

@@ -1,0 +1,353 @@
+"""All of the auth service's MongoDB and Redis I/O.
+
+MongoDB collections (database ``<db_prefix>auth``):
+
+- ``users``: one document per account; unique ``username`` and ``email_lc``.
+- ``sessions``: one per login (``_id`` = sid); a session is a refresh-token family.
+- ``refresh_tokens``: ``_id`` = SHA-256 of the opaque token; single use.
+- ``recovery_codes``: ``_id`` = SHA-256 of user id and code; single use.
+- ``password_resets``: ``_id`` = SHA-256 of the reset token; single use.
+- ``signing_keys``: Ed25519 keys (``_id`` = kid), private half sealed at rest.
+- ``audit_log``: every admin action: who, what, when.
+
+Redis keys (all under ``<redis_prefix>``): the revocation keys and channel
+named by :mod:`services.common.auth`, plus ``:auth:rl:<rule>:<id>`` (rate
+limit windows) and ``:auth:eph:<kind>:<id>`` (login challenges and e-mail
+codes, hashes with an expiry).
+
+Expiry is always checked in code: TTL indexes only reclaim space (and the
+embedded MongoDB purges them only when a collection is read).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from services.common.auth import Claims, revocation_channel, revocation_keys
+
+Doc = dict[str, Any]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class DuplicateError(Exception):
+    """A unique index refused the write (username, e-mail, key generation)."""
+
+
+def _revocation_keys(prefix: str, user_id: str, sid: str) -> tuple[str, str]:
+    return revocation_keys(prefix, Claims(sub=user_id, sid=sid, roles=(), jti="", exp=0))
+
+
+class AuthStore:
+    def __init__(self, db: AsyncDatabase[Doc], redis: aioredis.Redis, redis_prefix: str) -> None:
+        self.db = db
+        self.redis = redis
+        self.prefix = redis_prefix
+        self.users: AsyncCollection[Doc] = db["users"]
+        self.sessions: AsyncCollection[Doc] = db["sessions"]
+        self.refresh_tokens: AsyncCollection[Doc] = db["refresh_tokens"]
+        self.recovery_codes: AsyncCollection[Doc] = db["recovery_codes"]
+        self.password_resets: AsyncCollection[Doc] = db["password_resets"]
+        self.signing_keys: AsyncCollection[Doc] = db["signing_keys"]
+        self.audit: AsyncCollection[Doc] = db["audit_log"]
+
+    async def ensure_indexes(self) -> None:
+        await self.users.create_index("username", unique=True)
+        await self.users.create_index("email_lc", unique=True)
+        await self.sessions.create_index("user_id")
+        await self.refresh_tokens.create_index("sid")
+        await self.recovery_codes.create_index("user_id")
+        await self.password_resets.create_index("user_id")
+        await self.signing_keys.create_index("generation", unique=True)
+        await self.audit.create_index([("at", DESCENDING)])
+        await self.audit.create_index("target_id")
+        # Space reclamation only: expiry is enforced in code.
+        for coll in (self.refresh_tokens, self.password_resets, self.sessions):
+            await coll.create_index("expires_at", expireAfterSeconds=0)
+
+    # -- users ------------------------------------------------------------
+
+    async def insert_user(self, doc: Doc) -> None:
+        """Raises DuplicateError on a taken username or e-mail."""
+        try:
+            await self.users.insert_one(doc)
+        except DuplicateKeyError:
+            raise DuplicateError from None
+
+    async def user_by_id(self, user_id: str) -> Doc | None:
+        return await self.users.find_one({"_id": user_id})
+
+    async def user_by_username(self, username: str) -> Doc | None:
+        return await self.users.find_one({"username": username})
+
+    async def user_by_email(self, email_lc: str) -> Doc | None:
+        return await self.users.find_one({"email_lc": email_lc})
+
+    async def update_user(
+        self, user_id: str, set_: Mapping[str, Any], unset: Sequence[str] = ()
+    ) -> Doc | None:
+        """The user after the change; DuplicateError on a taken username or e-mail."""
+        update: Doc = {}
+        if set_:
+            update["$set"] = dict(set_)
+        if unset:
+            update["$unset"] = {k: "" for k in unset}
+        try:
+            return await self.users.find_one_and_update(
+                {"_id": user_id}, update, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError:
+            raise DuplicateError from None
+
+    async def advance_totp_step(self, user_id: str, step: int) -> bool:
+        """Record the TOTP time step just used; False if it (or a later one) was used."""
+        doc = await self.users.find_one_and_update(
+            {"_id": user_id, "totp_last_step": {"$lt": step}},
+            {"$set": {"totp_last_step": step}},
+        )
+        return doc is not None
+
+    async def list_users(self, query: str | None, after: str | None, limit: int) -> list[Doc]:
+        """Users by username, ``limit`` after the cursor ``after``; ``query``
+        is a case-insensitive prefix of the username or the e-mail address."""
+        flt: Doc = {}
+        if query:
+            pattern = "^" + re.escape(query.lower())
+            flt["$or"] = [
+                {"username": {"$regex": pattern}},
+                {"email_lc": {"$regex": pattern}},
+            ]
+        if after:
+            flt["username"] = {"$gt": after}
+        cursor = self.users.find(flt).sort("username", ASCENDING).limit(limit)
+        return [doc async for doc in cursor]
+
+    async def count_admins(self) -> int:
+        return await self.users.count_documents({"roles": "admin", "blocked": False})
+
+    # -- sessions and refresh tokens -------------------------------------
+
+    async def insert_session(self, doc: Doc) -> None:
+        await self.sessions.insert_one(doc)
+
+    async def session(self, sid: str) -> Doc | None:
+        return await self.sessions.find_one({"_id": sid})
+
+    async def touch_session(self, sid: str, last_used_at: datetime, expires_at: datetime) -> None:
+        await self.sessions.update_one(
+            {"_id": sid}, {"$set": {"last_used_at": last_used_at, "expires_at": expires_at}}
+        )
+
+    async def revoke_session(
+        self, sid: str, now: datetime, reason: str, user_id: str | None = None
+    ) -> Doc | None:
+        """Mark a live session revoked; the session before the change, or None
+        when it does not exist, belongs to someone else or was already revoked."""
+        flt: Doc = {"_id": sid, "revoked_at": None}
+        if user_id is not None:
+            flt["user_id"] = user_id
+        return await self.sessions.find_one_and_update(
+            flt, {"$set": {"revoked_at": now, "revoked_reason": reason}}
+        )
+
+    async def live_sessions(self, user_id: str, now: datetime) -> list[Doc]:
+        cursor = self.sessions.find({"user_id": user_id, "revoked_at": None}).sort(
+            "created_at", DESCENDING
+        )
+        return [doc async for doc in cursor if doc["expires_at"] > now]
+
+    async def revoke_user_sessions(
+        self, user_id: str, now: datetime, reason: str, keep: str | None = None
+    ) -> list[str]:
+        """Revoke every live session of a user (but ``keep``); the sids revoked."""
+        revoked = []
+        async for doc in self.sessions.find({"user_id": user_id, "revoked_at": None}):
+            if doc["_id"] == keep:
+                continue
+            if await self.revoke_session(doc["_id"], now, reason):
+                revoked.append(doc["_id"])
+        return revoked
+
+    async def insert_refresh_token(self, doc: Doc) -> None:
+        await self.refresh_tokens.insert_one(doc)
+
+    async def consume_refresh_token(self, token_hash: str, now: datetime) -> Doc | None:
+        """Atomically mark an unused refresh token used; None if used or unknown."""
+        return await self.refresh_tokens.find_one_and_update(
+            {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}
+        )
+
+    async def refresh_token(self, token_hash: str) -> Doc | None:
+        return await self.refresh_tokens.find_one({"_id": token_hash})
+
+    # -- recovery codes and password resets ------------------------------
+
+    async def replace_recovery_codes(self, user_id: str, docs: list[Doc]) -> None:
+        await self.recovery_codes.delete_many({"user_id": user_id})
+        if docs:
+            await self.recovery_codes.insert_many(docs)
+
+    async def consume_recovery_code(self, code_hash: str, user_id: str, now: datetime) -> bool:
+        doc = await self.recovery_codes.find_one_and_update(
+            {"_id": code_hash, "user_id": user_id, "used_at": None}, {"$set": {"used_at": now}}
+        )
+        return doc is not None
+
+    async def count_recovery_codes(self, user_id: str) -> int:
+        return await self.recovery_codes.count_documents({"user_id": user_id, "used_at": None})
+
+    async def delete_recovery_codes(self, user_id: str) -> None:
+        await self.recovery_codes.delete_many({"user_id": user_id})
+
+    async def insert_password_reset(self, doc: Doc) -> None:
+        await self.password_resets.insert_one(doc)
+
+    async def password_reset(self, token_hash: str) -> Doc | None:
+        return await self.password_resets.find_one({"_id": token_hash, "used_at": None})
+
+    async def consume_password_reset(self, token_hash: str, now: datetime) -> Doc | None:
+        return await self.password_resets.find_one_and_update(
+            {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}
+        )
+
+    async def drop_password_resets(self, user_id: str, now: datetime) -> None:
+        await self.password_resets.update_many(
+            {"user_id": user_id, "used_at": None}, {"$set": {"used_at": now}}
+        )
+
+    # -- signing keys -----------------------------------------------------
+
+    async def signing_key_docs(self) -> list[Doc]:
+        return [doc async for doc in self.signing_keys.find({}).sort("generation", ASCENDING)]
+
+    async def insert_signing_key(self, doc: Doc) -> None:
+        """Raises DuplicateError when another process took the generation."""
+        try:
+            await self.signing_keys.insert_one(doc)
+        except DuplicateKeyError:
+            raise DuplicateError from None
+
+    async def delete_signing_keys(self, kids: Sequence[str]) -> None:
+        if kids:
+            await self.signing_keys.delete_many({"_id": {"$in": list(kids)}})
+
+    # -- audit log ----------------------------------------------------------
+
+    async def insert_audit(self, doc: Doc) -> None:
+        await self.audit.insert_one(doc)
+
+    async def audit_entries(
+        self, target_id: str | None, before: datetime | None, limit: int
+    ) -> list[Doc]:
+        flt: Doc = {}
+        if target_id:
+            flt["target_id"] = target_id
+        if before is not None:
+            flt["at"] = {"$lt": before}
+        cursor = self.audit.find(flt).sort("at", DESCENDING).limit(limit)
+        return [doc async for doc in cursor]
+
+    # -- revocation (Redis keys read by every service, and the channel) ----
+
+    async def publish_session_revoked(self, user_id: str, sid: str, ttl_s: int) -> None:
+        sid_key, _ = _revocation_keys(self.prefix, user_id, sid)
+        await self.redis.set(sid_key, b"1", ex=ttl_s)
+        message = {"type": "session_revoked", "user_id": user_id, "sid": sid}
+        await self.redis.publish(revocation_channel(self.prefix), orjson.dumps(message))
+
+    async def publish_user_blocked(self, user_id: str, sids: Sequence[str], ttl_s: int) -> None:
+        _, user_key = _revocation_keys(self.prefix, user_id, "")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(user_key, b"1", ex=ttl_s)
+            for sid in sids:
+                pipe.set(_revocation_keys(self.prefix, user_id, sid)[0], b"1", ex=ttl_s)
+            await pipe.execute()
+        message = {"type": "user_blocked", "user_id": user_id}
+        await self.redis.publish(revocation_channel(self.prefix), orjson.dumps(message))
+
+    async def clear_user_blocked(self, user_id: str) -> None:
+        _, user_key = _revocation_keys(self.prefix, user_id, "")
+        await self.redis.delete(user_key)
+
+    # -- rate-limit windows -------------------------------------------------
+
+    def _rl_key(self, rule: str, ident: str) -> str:
+        return f"{self.prefix}:auth:rl:{rule}:{ident}"
+
+    async def hit_window(self, rule: str, ident: str, window_s: int) -> tuple[int, int]:
+        """Count one event in a fixed window; (events so far, seconds left)."""
+        key = self._rl_key(rule, ident)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window_s, nx=True)
+            pipe.ttl(key)
+            count, _, ttl = await pipe.execute()
+        return int(count), int(ttl) if int(ttl) > 0 else window_s
+
+    async def peek_window(self, rule: str, ident: str) -> tuple[int, int]:
+        key = self._rl_key(rule, ident)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(key)
+            pipe.ttl(key)
+            count, ttl = await pipe.execute()
+        return int(count or 0), max(int(ttl), 0)
+
+    async def clear_window(self, rule: str, ident: str) -> None:
+        await self.redis.delete(self._rl_key(rule, ident))
+
+    # -- ephemeral records (challenges, e-mail codes) ------------------------
+
+    def _eph_key(self, kind: str, ident: str) -> str:
+        return f"{self.prefix}:auth:eph:{kind}:{ident}"
+
+    async def eph_put(self, kind: str, ident: str, fields: Mapping[str, str], ttl_s: int) -> None:
+        key = self._eph_key(kind, ident)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=dict(fields.items()))
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
+
+    async def eph_get(self, kind: str, ident: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self._eph_key(kind, ident))
+        if not raw:
+            return None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def eph_update(self, kind: str, ident: str, fields: Mapping[str, str]) -> bool:
+        """Set fields of a record that still exists (keeps its expiry)."""
+        key = self._eph_key(kind, ident)
+        script = (
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+            "redis.call('HSET', KEYS[1], unpack(ARGV)) return 1"
+        )
+        args: list[str] = []
+        for k, v in fields.items():
+            args += [k, v]
+        return bool(await self.redis.eval(script, 1, key, *args))
+
+    async def eph_incr(self, kind: str, ident: str, field: str) -> int | None:
+        """Increment a counter of a record that still exists; None if it expired."""
+        key = self._eph_key(kind, ident)
+        script = (
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+            "return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)"
+        )
+        value = int(await self.redis.eval(script, 1, key, field))
+        return None if value < 0 else value
+
+    async def eph_delete(self, kind: str, ident: str) -> bool:
+        """Delete a record; True only for the caller that deleted it (single use)."""
+        return bool(await self.redis.delete(self._eph_key(kind, ident)))
