@@ -1,0 +1,116 @@
+"""The public session API: devices, persistence, message kinds."""
+
+from __future__ import annotations
+
+import parley.crypto as crypto
+import pytest
+from parley.crypto import (
+    CryptoError,
+    DecryptedMessage,
+    Device,
+    GroupSession,
+    MalformedState,
+    Session,
+    UnsupportedVersion,
+    is_initial_message,
+)
+
+from tests.crypto.helpers import claimed_bundle, session_pair
+
+
+def test_all_errors_derive_from_crypto_error() -> None:
+    for name in crypto.__all__:
+        obj = getattr(crypto, name)
+        if isinstance(obj, type) and issubclass(obj, Exception) and name != "FrankingMismatch":
+            assert issubclass(obj, CryptoError), name
+    assert issubclass(crypto.FrankingMismatch, ValueError)  # standalone module's own error
+
+
+def test_device_round_trip_keeps_every_secret_working() -> None:
+    bob = Device.generate()
+    bundle = claimed_bundle(bob)
+    extra = claimed_bundle(bob, one_time=False, kem_one_time=False)
+    restored = Device.from_bytes(bob.to_bytes())
+    assert restored.to_bytes() == bob.to_bytes()
+    assert restored.public_identity() == bob.public_identity()
+    for b in (bundle, extra):
+        _, first = Session.initiate(Device.generate(), b, b"to restored")
+        assert Session.respond(restored, first)[1] == b"to restored"
+    assert restored.one_time_prekey_count == bob.one_time_prekey_count - 1
+
+
+def test_device_state_does_not_parse_from_garbage() -> None:
+    blob = Device.generate().to_bytes()
+    for bad in (b"", b"\xff", b"null", b"{}", blob.replace(b'"v":1', b'"v":9'), blob[:100]):
+        with pytest.raises(MalformedState):
+            Device.from_bytes(bad)
+
+
+def test_device_repr_has_no_secrets() -> None:
+    device = Device.generate()
+    assert device._identity_signing().seed().hex() not in repr(device)
+
+
+def test_last_resort_rotation_keeps_previous_one() -> None:
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    bob.rotate_last_resort_kem_prekey()
+    Session.respond(bob, first)  # previous last-resort key still usable
+    bob.rotate_last_resort_kem_prekey()
+    _, second = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    bob.rotate_last_resort_kem_prekey()
+    bob.rotate_last_resort_kem_prekey()
+    with pytest.raises(crypto.PrekeyReused):  # rotated out twice: gone
+        Session.respond(bob, second)
+
+
+def test_message_kinds_and_decrypt_message() -> None:
+    a, b = session_pair(established=False)
+    m = a.encrypt(b"still initial")
+    assert is_initial_message(m)
+    received = b.decrypt_message(m)
+    assert isinstance(received, DecryptedMessage)
+    assert received.plaintext == b"still initial" and len(received.franking_key) == 32
+    assert a.decrypt(b.encrypt(b"reply")) == b"reply"
+    m2 = a.encrypt(b"now plain")
+    assert not is_initial_message(m2) and m2[:2] == b"\x01\x01"
+    with pytest.raises(UnsupportedVersion):
+        b.decrypt(b"\x02" + m2[1:])
+    with pytest.raises(TypeError):
+        a.encrypt("text")  # type: ignore[arg-type]
+
+
+def test_empty_and_large_plaintexts() -> None:
+    a, b = session_pair()
+    for plaintext in (b"", b"\x00" * 65536):
+        assert b.decrypt(a.encrypt(plaintext)) == plaintext
+
+
+def test_group_state_garbage() -> None:
+    with pytest.raises(MalformedState):
+        GroupSession.from_bytes(b"{}")
+    with pytest.raises(ValueError):
+        GroupSession.create("")
+
+
+def test_documented_upload_flow() -> None:
+    bob = Device.generate()
+    upload = {
+        "identity": bob.public_identity(),
+        "signed_prekey": bob.signed_prekey(),
+        "one_time_prekeys": bob.generate_one_time_prekeys(100),
+        "kem_prekeys": bob.generate_kem_prekeys(100),
+        "last_resort_kem_prekey": bob.last_resort_kem_prekey(),
+    }
+    bundle = {
+        "user_id": "bob",
+        "device_id": 7,
+        "identity": upload["identity"],
+        "signed_prekey": upload["signed_prekey"],
+        "one_time_prekey": upload["one_time_prekeys"][0],
+        "kem_prekey": dict(upload["kem_prekeys"][0], last_resort=False),
+    }
+    alice_session, first = Session.initiate(Device.generate(), bundle, b"hi")
+    bob_session, plaintext = Session.respond(bob, first)
+    assert plaintext == b"hi"
+    assert alice_session.decrypt(bob_session.encrypt(b"hello")) == b"hello"
