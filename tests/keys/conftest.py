@@ -74,9 +74,7 @@ class KeysApi:
 
     # One call per route.
 
-    async def put_identity(
-        self, user: str, device: int, body: Any, **kw: Any
-    ) -> tuple[int, Any]:
+    async def put_identity(self, user: str, device: int, body: Any, **kw: Any) -> tuple[int, Any]:
         return await self.call("PUT", f"/v1/devices/{device}/identity", user, body, **kw)
 
     async def put_signed_prekey(self, user: str, device: int, body: Any) -> tuple[int, Any]:
@@ -87,7 +85,9 @@ class KeysApi:
         return await self.call("POST", f"/v1/devices/{device}/one-time-prekeys", user, body)
 
     async def post_kem(self, user: str, device: int, prekeys: Any) -> tuple[int, Any]:
-        return await self.call("POST", f"/v1/devices/{device}/kem-prekeys", user, {"prekeys": prekeys})
+        return await self.call(
+            "POST", f"/v1/devices/{device}/kem-prekeys", user, {"prekeys": prekeys}
+        )
 
     async def put_last_resort(self, user: str, device: int, body: Any) -> tuple[int, Any]:
         return await self.call("PUT", f"/v1/devices/{device}/kem-last-resort", user, body)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from services.keys.policy import KeysPolicy
@@ -278,5 +276,5 @@ async def test_delete_device_removes_everything(api: KeysApi) -> None:
     assert await api.device_doc(ALICE, 1) is None
     assert await api.stored(ALICE, 1) == (0, 0)
     assert await api.stored(ALICE, 2) == (2, 2)
-    status, body = await api.identity_of("bob", ALICE)
+    _, body = await api.identity_of("bob", ALICE)
     assert [d["device_id"] for d in body["devices"]] == [2]

@@ -1,0 +1,147 @@
+"""Claiming bundles: single use under concurrency, exhaustion, fallback, refill, events."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.keys.conftest import EventLog, KeysApi
+from tests.keys.keygen import DeviceKeys, verify_bundle
+
+BOB = "bob"
+
+
+async def test_claim_hands_out_a_full_bundle_once(api: KeysApi) -> None:
+    dev = DeviceKeys()
+    one_time, kem = dev.one_time(2), dev.kem(2)
+    await api.device(BOB, 5, keys=dev)
+    await api.post_one_time(BOB, 5, one_time)
+    await api.post_kem(BOB, 5, kem)
+    status, body = await api.claim("alice", BOB)
+    assert status == 200
+    assert api.last_headers["Cache-Control"] == "no-store"
+    [bundle] = body["bundles"]
+    verify_bundle(bundle)
+    assert bundle["user_id"] == BOB
+    assert bundle["device_id"] == 5
+    assert bundle["identity"] == dev.identity()
+    assert bundle["signed_prekey"]["id"] == 7
+    assert bundle["one_time_prekey"] in one_time
+    assert {k: v for k, v in bundle["kem_prekey"].items() if k != "last_resort"} in kem
+    assert bundle["kem_prekey"]["last_resort"] is False
+    _, second = await api.claim("carol", BOB)
+    [again] = second["bundles"]
+    assert again["one_time_prekey"] != bundle["one_time_prekey"]
+    assert again["kem_prekey"]["id"] != bundle["kem_prekey"]["id"]
+    assert await api.stored(BOB, 5) == (0, 0)
+
+
+async def test_exhaustion_falls_back_and_refill_restores(api: KeysApi) -> None:
+    dev = await api.device(BOB, one_time=1, kem=2)
+    got = [(await api.claim(f"c{i}", BOB))[1]["bundles"][0] for i in range(3)]
+    for bundle in got:
+        verify_bundle(bundle)
+    assert [b["one_time_prekey"] is not None for b in got] == [True, False, False]
+    assert [b["kem_prekey"]["last_resort"] for b in got] == [False, False, True]
+    # The last-resort prekey is not consumed: everyone gets it once the rest are gone.
+    assert got[2]["kem_prekey"]["id"] == 0
+    again = (await api.claim("c9", BOB))[1]["bundles"][0]
+    assert again["kem_prekey"] == got[2]["kem_prekey"]
+    assert (await api.counts(BOB, 1))[1]["kem_last_resort_id"] == 0
+    # Refill: one-time prekeys are handed out again.
+    await api.post_one_time(BOB, 1, dev.one_time(3))
+    await api.post_kem(BOB, 1, dev.kem(3))
+    refilled = (await api.claim("c10", BOB))[1]["bundles"][0]
+    assert refilled["one_time_prekey"] is not None
+    assert refilled["kem_prekey"]["last_resort"] is False
+    assert (await api.counts(BOB, 1))[1] == {
+        "device_id": 1,
+        "one_time": 2,
+        "kem_one_time": 2,
+        "signed_prekey_id": 7,
+        "kem_last_resort_id": 0,
+        "threshold": 10,
+    }
+
+
+async def test_fifty_concurrent_claimers_never_share_a_prekey(api: KeysApi) -> None:
+    dev = DeviceKeys()
+    one_time, kem = dev.one_time(30), dev.kem(40)
+    await api.device(BOB, keys=dev)
+    await api.post_one_time(BOB, 1, one_time)
+    await api.post_kem(BOB, 1, kem)
+    replies = await asyncio.gather(*(api.claim(f"claimer{i}", BOB) for i in range(50)))
+    assert {status for status, _ in replies} == {200}
+    bundles = [body["bundles"][0] for _, body in replies]
+    otp_ids = [b["one_time_prekey"]["id"] for b in bundles if b["one_time_prekey"]]
+    kem_ids = [b["kem_prekey"]["id"] for b in bundles if not b["kem_prekey"]["last_resort"]]
+    # Every one-time prekey handed out exactly once; the rest fell back cleanly.
+    assert sorted(otp_ids) == [p["id"] for p in one_time]
+    assert sorted(kem_ids) == [p["id"] for p in kem]
+    assert sum(b["one_time_prekey"] is None for b in bundles) == 20
+    assert sum(b["kem_prekey"]["last_resort"] for b in bundles) == 10
+    assert await api.stored(BOB) == (0, 0)
+
+
+async def test_every_device_of_the_user_gets_a_bundle(api: KeysApi) -> None:
+    await api.device(BOB, 1, one_time=1, kem=1)
+    await api.device(BOB, 2, one_time=1, kem=1)
+    await api.device(BOB, 3, signed=False)  # not claimable yet: left out, nothing taken
+    await api.post_one_time(BOB, 3, DeviceKeys().one_time(1))
+    _, body = await api.claim("alice", BOB)
+    assert [b["device_id"] for b in body["bundles"]] == [1, 2]
+    assert await api.stored(BOB, 3) == (1, 0)
+    # Only some devices.
+    await api.post_one_time(BOB, 2, DeviceKeys().one_time(1, start=50))
+    _, body = await api.claim("alice", BOB, "?device_id=2")
+    assert [(b["device_id"], b["one_time_prekey"]["id"]) for b in body["bundles"]] == [(2, 50)]
+    status, body = await api.claim("alice", BOB, "?device_id=4")
+    assert (status, body["error"]["code"]) == (404, "device_not_found")
+    status, body = await api.claim("alice", BOB, "?device_id=x")
+    assert (status, body["error"]["code"]) == (422, "validation_failed")
+
+
+async def test_unknown_users_and_unusable_devices(api: KeysApi) -> None:
+    status, body = await api.claim("alice", "nobody")
+    assert (status, body["error"]["code"]) == (404, "identity_not_found")
+    status, body = await api.identity_of("alice", "nobody")
+    assert (status, body["error"]["code"]) == (404, "identity_not_found")
+    # A device without a signed prekey, or without any ML-KEM prekey, offers no bundle
+    # and loses nothing.
+    await api.device(BOB, 1, signed=False, one_time=2, kem=2)
+    await api.device(BOB, 2, last_resort=False, one_time=2)
+    status, body = await api.claim("alice", BOB)
+    assert (status, body["error"]["code"]) == (409, "prekeys_exhausted")
+    assert await api.stored(BOB, 1) == (2, 2)
+    assert await api.stored(BOB, 2) == (2, 0)
+
+
+async def test_identity_lookup_claims_nothing(api: KeysApi) -> None:
+    dev = await api.device(BOB, 3, one_time=1, kem=1)
+    status, body = await api.identity_of("alice", BOB)
+    assert (status, body) == (
+        200,
+        {"user_id": BOB, "devices": [{"device_id": 3, "identity": dev.identity()}]},
+    )
+    assert await api.stored(BOB, 3) == (1, 1)
+
+
+async def test_prekeys_low_is_published_once_per_spell(api: KeysApi, events: EventLog) -> None:
+    dev = await api.device(BOB, one_time=12, kem=30)
+    for i in range(2):  # 10 one-time left: not below the threshold yet
+        await api.claim(f"a{i}", BOB)
+    assert await events.settle(BOB) == []
+    for i in range(4):
+        await api.claim(f"b{i}", BOB)
+    low = {
+        "type": "prekeys_low",
+        "user_id": BOB,
+        "device_id": 1,
+        "one_time": 9,
+        "kem_one_time": 27,
+        "threshold": 10,
+    }
+    assert await events.settle(BOB) == [low]
+    # Uploading ends the spell; the next time it runs low, it is told again.
+    await api.post_one_time(BOB, 1, dev.one_time(1))
+    await api.claim("c", BOB)
+    assert await events.settle(BOB) == [low, low | {"one_time": 6, "kem_one_time": 23}]

@@ -1,0 +1,54 @@
+"""Events reach Kafka at least once: the outbox keeps what the broker did not confirm."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.keys import events as ev
+from tests.keys.conftest import EventLog, KeysApi
+from tests.keys.keygen import DeviceKeys
+
+
+async def test_an_unconfirmed_event_is_sent_by_the_drain(
+    api: KeysApi, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = api.keys.store
+    await api.device("bob")
+
+    async def broker_away(*_: object) -> bool:
+        return False
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "send_event", broker_away)
+        new = DeviceKeys()
+        status, body = await api.put_identity("bob", 1, new.identity())
+        assert (status, body["changed"]) == (200, True)
+    assert await store.outbox_size() == 1
+    assert await events.settle("bob") == []
+    # Leased to the request that tried first; once the lease is over, the drain sends it.
+    await store.outbox.update_many({}, {"$set": {"due": 0.0}})
+    assert await api.keys.events.drain_once() == 1
+    assert await store.outbox_size() == 0
+    assert await events.settle("bob") == [ev.key_changed("bob", 1, new.identity())]
+
+
+async def test_the_drain_leaves_entries_while_the_broker_is_away(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = api.keys.store
+    await store.outbox_add("bob", b'{"type":"x","user_id":"bob"}', [], due=0.0)
+
+    async def broker_away(*_: object) -> bool:
+        return False
+
+    monkeypatch.setattr(store, "send_event", broker_away)
+    assert await api.keys.events.drain_once() == 0
+    entry = await store.outbox.find_one({})
+    assert entry is not None and entry["attempts"] == 1 and entry["due"] > 0
+
+
+async def test_sent_events_leave_no_outbox_entry(api: KeysApi, events: EventLog) -> None:
+    await api.device("bob")
+    await api.put_identity("bob", 1, DeviceKeys().identity())
+    assert [e["type"] for e in await events.settle("bob")] == ["key_changed"]
+    assert await api.keys.store.outbox_size() == 0

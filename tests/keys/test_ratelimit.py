@@ -1,0 +1,46 @@
+"""The claim rate limit per (claimer, target), in the real Redis."""
+
+from __future__ import annotations
+
+from services.keys.policy import KeysPolicy
+from tests.keys.conftest import KeysApi, KeysFactory
+from tests.support.aio import eventually
+
+BOB = "bob"
+
+
+async def test_claims_over_the_limit_are_refused_and_take_nothing(api: KeysApi) -> None:
+    await api.device(BOB, one_time=20, kem=20)
+    for _ in range(6):
+        assert (await api.claim("mallory", BOB))[0] == 200
+    status, body = await api.claim("mallory", BOB)
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    retry_after = int(api.last_headers["Retry-After"])
+    assert 1 <= retry_after <= 100
+    assert body["error"]["details"] == {"retry_after_s": retry_after}
+    assert await api.stored(BOB) == (14, 14)
+    # Other pairs have their own budget.
+    assert (await api.claim("alice", BOB))[0] == 200
+    await api.device("carol", one_time=1, kem=1)
+    assert (await api.claim("mallory", "carol"))[0] == 200
+
+
+async def test_own_devices_are_not_limited(api: KeysApi) -> None:
+    await api.device(BOB, 1, one_time=10, kem=10)
+    for _ in range(10):
+        assert (await api.claim(BOB, BOB))[0] == 200
+
+
+async def test_unknown_targets_count_too(api: KeysApi) -> None:
+    for _ in range(6):
+        assert (await api.claim("mallory", "nobody"))[1]["error"]["code"] == "identity_not_found"
+    assert (await api.claim("mallory", "nobody"))[1]["error"]["code"] == "rate_limited"
+
+
+async def test_the_bucket_refills(make_keys: KeysFactory) -> None:
+    api = await make_keys(KeysPolicy(claim_burst=2, claim_refill_s=0.2))
+    await api.device(BOB, one_time=5, kem=5)
+    assert (await api.claim("alice", BOB))[0] == 200
+    assert (await api.claim("alice", BOB))[0] == 200
+    assert (await api.claim("alice", BOB))[0] == 429
+    await eventually(lambda: api.claim("alice", BOB), lambda r: r[0] == 200, timeout=10)
