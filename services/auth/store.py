@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 import orjson
 import redis.asyncio as aioredis
@@ -36,6 +36,38 @@ from pymongo.errors import DuplicateKeyError
 from services.common.auth import Claims, revocation_channel, revocation_keys
 
 Doc = dict[str, Any]
+
+
+# Every time field we write. nx-27017 0.8.1 stores a datetime written by $set
+# as a string ("2026-11-22 02:07:25.556000", UTC); reads turn it back, so the
+# code above the store always sees tz-aware datetimes (docs/auth.md).
+TIME_FIELDS = frozenset(
+    {
+        "created_at", "updated_at", "password_changed_at", "blocked_at", "last_used_at",
+        "expires_at", "revoked_at", "issued_at", "used_at", "activate_at", "at",
+    }
+)  # fmt: skip
+
+
+def _as_datetime(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value
+
+
+@overload
+def _times(doc: Doc) -> Doc: ...
+@overload
+def _times(doc: None) -> None: ...
+def _times(doc: Doc | None) -> Doc | None:
+    if doc is not None:
+        for key in TIME_FIELDS.intersection(doc):
+            doc[key] = _as_datetime(doc[key])
+    return doc
 
 
 def _text(value: bytes | str) -> str:
@@ -87,13 +119,13 @@ class AuthStore:
             raise DuplicateError from None
 
     async def user_by_id(self, user_id: str) -> Doc | None:
-        return await self.users.find_one({"_id": user_id})
+        return _times(await self.users.find_one({"_id": user_id}))
 
     async def user_by_username(self, username: str) -> Doc | None:
-        return await self.users.find_one({"username": username})
+        return _times(await self.users.find_one({"username": username}))
 
     async def user_by_email(self, email_lc: str) -> Doc | None:
-        return await self.users.find_one({"email_lc": email_lc})
+        return _times(await self.users.find_one({"email_lc": email_lc}))
 
     async def update_user(
         self, user_id: str, set_: Mapping[str, Any], unset: Sequence[str] = ()
@@ -105,8 +137,10 @@ class AuthStore:
         if unset:
             update["$unset"] = {k: "" for k in unset}
         try:
-            return await self.users.find_one_and_update(
-                {"_id": user_id}, update, return_document=ReturnDocument.AFTER
+            return _times(
+                await self.users.find_one_and_update(
+                    {"_id": user_id}, update, return_document=ReturnDocument.AFTER
+                )
             )
         except DuplicateKeyError:
             raise DuplicateError from None
@@ -132,10 +166,7 @@ class AuthStore:
         if after:
             flt["username"] = {"$gt": after}
         cursor = self.users.find(flt).sort("username", ASCENDING).limit(limit)
-        return [doc async for doc in cursor]
-
-    async def count_admins(self) -> int:
-        return await self.users.count_documents({"roles": "admin", "blocked": False})
+        return [_times(doc) async for doc in cursor]
 
     # -- sessions and refresh tokens -------------------------------------
 
@@ -143,7 +174,7 @@ class AuthStore:
         await self.sessions.insert_one(doc)
 
     async def session(self, sid: str) -> Doc | None:
-        return await self.sessions.find_one({"_id": sid})
+        return _times(await self.sessions.find_one({"_id": sid}))
 
     async def touch_session(self, sid: str, last_used_at: datetime, expires_at: datetime) -> None:
         await self.sessions.update_one(
@@ -158,15 +189,18 @@ class AuthStore:
         flt: Doc = {"_id": sid, "revoked_at": None}
         if user_id is not None:
             flt["user_id"] = user_id
-        return await self.sessions.find_one_and_update(
-            flt, {"$set": {"revoked_at": now, "revoked_reason": reason}}
+        return _times(
+            await self.sessions.find_one_and_update(
+                flt, {"$set": {"revoked_at": now, "revoked_reason": reason}}
+            )
         )
 
     async def live_sessions(self, user_id: str, now: datetime) -> list[Doc]:
         cursor = self.sessions.find({"user_id": user_id, "revoked_at": None}).sort(
             "created_at", DESCENDING
         )
-        return [doc async for doc in cursor if doc["expires_at"] > now]
+        docs = [_times(doc) async for doc in cursor]
+        return [doc for doc in docs if doc["expires_at"] > now]
 
     async def revoke_user_sessions(
         self, user_id: str, now: datetime, reason: str, keep: str | None = None
@@ -185,12 +219,14 @@ class AuthStore:
 
     async def consume_refresh_token(self, token_hash: str, now: datetime) -> Doc | None:
         """Atomically mark an unused refresh token used; None if used or unknown."""
-        return await self.refresh_tokens.find_one_and_update(
-            {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}
+        return _times(
+            await self.refresh_tokens.find_one_and_update(
+                {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}
+            )
         )
 
     async def refresh_token(self, token_hash: str) -> Doc | None:
-        return await self.refresh_tokens.find_one({"_id": token_hash})
+        return _times(await self.refresh_tokens.find_one({"_id": token_hash}))
 
     # -- recovery codes and password resets ------------------------------
 
@@ -206,7 +242,10 @@ class AuthStore:
         return doc is not None
 
     async def count_recovery_codes(self, user_id: str) -> int:
-        return await self.recovery_codes.count_documents({"user_id": user_id, "used_at": None})
+        # Counted here rather than with count_documents: nx-27017 0.8.1 counts 0
+        # for a null-equality filter that find() matches (docs/auth.md).
+        cursor = self.recovery_codes.find({"user_id": user_id, "used_at": None}, {"_id": 1})
+        return len([d async for d in cursor])
 
     async def delete_recovery_codes(self, user_id: str) -> None:
         await self.recovery_codes.delete_many({"user_id": user_id})
@@ -215,11 +254,13 @@ class AuthStore:
         await self.password_resets.insert_one(doc)
 
     async def password_reset(self, token_hash: str) -> Doc | None:
-        return await self.password_resets.find_one({"_id": token_hash, "used_at": None})
+        return _times(await self.password_resets.find_one({"_id": token_hash, "used_at": None}))
 
     async def consume_password_reset(self, token_hash: str, now: datetime) -> Doc | None:
-        return await self.password_resets.find_one_and_update(
-            {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}
+        return _times(
+            await self.password_resets.find_one_and_update(
+                {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}
+            )
         )
 
     async def drop_password_resets(self, user_id: str, now: datetime) -> None:
@@ -230,7 +271,8 @@ class AuthStore:
     # -- signing keys -----------------------------------------------------
 
     async def signing_key_docs(self) -> list[Doc]:
-        return [doc async for doc in self.signing_keys.find({}).sort("generation", ASCENDING)]
+        cursor = self.signing_keys.find({}).sort("generation", ASCENDING)
+        return [_times(doc) async for doc in cursor]
 
     async def insert_signing_key(self, doc: Doc) -> None:
         """Raises DuplicateError when another process took the generation."""
@@ -257,7 +299,7 @@ class AuthStore:
         if before is not None:
             flt["at"] = {"$lt": before}
         cursor = self.audit.find(flt).sort("at", DESCENDING).limit(limit)
-        return [doc async for doc in cursor]
+        return [_times(doc) async for doc in cursor]
 
     # -- revocation (Redis keys read by every service, and the channel) ----
 

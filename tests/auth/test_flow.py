@@ -1,0 +1,335 @@
+"""The whole path a user walks, through real MongoDB, Redis and SMTP."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+import pyotp
+
+from services.common.auth import TokenVerifier, revocation_channel
+from services.common.config import Settings
+from tests.auth.helpers import PASSWORD, AuthApi, code_in, unique_name
+from tests.support.aio import eventually
+
+
+async def test_signup_login_totp_refresh_logout(auth: AuthApi, settings: Settings) -> None:
+    user = await auth.signup()
+    uid = user["user"]["user_id"]
+    assert user["token_type"] == "Bearer"
+    assert user["expires_in"] == settings.access_token_ttl_s
+    assert user["user"]["roles"] == ["user"]
+    _, me = await auth.call("GET", "/auth/v1/me", token=user["access_token"], status=200)
+    assert me["username"] == user["user"]["username"]
+    assert me["two_factor"] == {"totp": False, "email": False, "recovery_codes_left": 0}
+
+    # The token is a real EdDSA JWT the shared verifier accepts, via the public JWKS.
+    verifier = TokenVerifier(settings, str(auth.client.make_url("/.well-known/jwks.json")))
+    claims = await verifier.verify(user["access_token"])
+    await verifier.close()
+    assert (claims.sub, claims.sid, claims.roles) == (uid, user["session_id"], ("user",))
+
+    # Enrol TOTP.
+    _, setup = await auth.call(
+        "POST", "/auth/v1/2fa/totp/setup", token=user["access_token"], status=200
+    )
+    assert setup["provisioning_uri"].startswith("otpauth://totp/Parley:")
+    assert f"secret={setup['secret']}" in setup["provisioning_uri"]
+    totp = pyotp.TOTP(setup["secret"])
+    status, err = await auth.call(
+        "POST", "/auth/v1/2fa/totp/confirm", {"code": "000000"}, token=user["access_token"]
+    )
+    if totp.now() != "000000":
+        assert (status, err["error"]["code"]) == (401, "invalid_code")
+    _, codes = await auth.call(
+        "POST",
+        "/auth/v1/2fa/totp/confirm",
+        {"code": totp.now()},
+        token=user["access_token"],
+        status=200,
+    )
+    assert len(codes["recovery_codes"]) == 10
+    assert all(re.fullmatch(r"[A-Z2-9]{5}-[A-Z2-9]{5}", c) for c in codes["recovery_codes"])
+
+    # Log out: the access token stops working at once.
+    await auth.call("POST", "/auth/v1/logout", token=user["access_token"], status=204)
+    status, err = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
+    assert (status, err["error"]["code"]) == (401, "token_revoked")
+
+    # Log in: a challenge, not tokens.
+    challenge = await auth.login(user["user"]["username"])
+    assert challenge["second_factor_required"] is True
+    assert "access_token" not in challenge
+    assert challenge["methods"] == ["totp", "recovery"]
+    # The code just used at enrolment cannot be replayed in the same time step.
+    enrol_code = totp.now()
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/login/2fa",
+        {"challenge_id": challenge["challenge_id"], "method": "totp", "code": enrol_code},
+    )
+    if status == 401:
+        assert err["error"]["code"] == "invalid_code"
+        assert err["error"]["details"]["attempts_left"] == 4
+        # Next time step's code (accepted: one step of drift either way).
+        next_code = totp.at(time.time() + 30)
+        _, tokens = await auth.call(
+            "POST",
+            "/auth/v1/login/2fa",
+            {"challenge_id": challenge["challenge_id"], "method": "totp", "code": next_code},
+            status=200,
+        )
+    else:
+        tokens = err
+    assert tokens["user"]["user_id"] == uid
+    # The challenge is single use.
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/login/2fa",
+        {"challenge_id": challenge["challenge_id"], "method": "recovery", "code": "x"},
+    )
+    assert (status, err["error"]["code"]) == (401, "challenge_expired")
+
+    # Refresh: new tokens, same session; the old refresh token is spent.
+    fresh = await auth.refresh(tokens["refresh_token"])
+    assert fresh["session_id"] == tokens["session_id"]
+    assert fresh["refresh_token"] != tokens["refresh_token"]
+    await auth.call("GET", "/auth/v1/me", token=fresh["access_token"], status=200)
+
+    # Log out ends the session: its refresh token is refused too.
+    await auth.call("POST", "/auth/v1/logout", token=fresh["access_token"], status=204)
+    body = await auth.refresh(fresh["refresh_token"], status=401)
+    assert body["error"]["code"] == "token_revoked"
+
+
+async def test_email_codes_and_recovery_codes(auth: AuthApi) -> None:
+    user = await auth.signup()
+    token = user["access_token"]
+    await auth.call("POST", "/auth/v1/2fa/email/setup", token=token, status=202)
+    [setup_mail] = await auth.mail_to(user["email"])
+    assert "Confirm" in setup_mail
+    _, codes = await auth.call(
+        "POST", "/auth/v1/2fa/email/confirm", {"code": code_in(setup_mail)}, token=token, status=200
+    )
+    recovery = codes["recovery_codes"]
+    assert len(recovery) == 10
+
+    # Login: e-mail is the only factor, so the code is sent straight away, over SMTP.
+    challenge = await auth.login(user["user"]["username"])
+    assert challenge["methods"] == ["email", "recovery"]
+    assert challenge["email_code_sent"] is True
+    mails = await auth.mail_to(user["email"], after=1)
+    code = code_in(mails[-1])
+    wrong = "000000" if code != "000000" else "111111"
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/login/2fa",
+        {"challenge_id": challenge["challenge_id"], "method": "email", "code": wrong},
+    )
+    assert (status, err["error"]["code"]) == (401, "invalid_code")
+    _, tokens = await auth.call(
+        "POST",
+        "/auth/v1/login/2fa",
+        {"challenge_id": challenge["challenge_id"], "method": "email", "code": code},
+        status=200,
+    )
+    _, me = await auth.call("GET", "/auth/v1/me", token=tokens["access_token"], status=200)
+    assert me["two_factor"] == {"totp": False, "email": True, "recovery_codes_left": 10}
+
+    # A resend gives a new code; the old one stops working.
+    challenge = await auth.login(user["user"]["username"])
+    await auth.mail_to(user["email"], after=2)
+    await auth.call(
+        "POST",
+        "/auth/v1/login/2fa/email",
+        {"challenge_id": challenge["challenge_id"]},
+        status=202,
+    )
+    mails = await auth.mail_to(user["email"], after=3)
+    old, new = code_in(mails[-2]), code_in(mails[-1])
+    if old != new:
+        status, err = await auth.call(
+            "POST",
+            "/auth/v1/login/2fa",
+            {"challenge_id": challenge["challenge_id"], "method": "email", "code": old},
+        )
+        assert err["error"]["code"] == "invalid_code"
+
+    # A recovery code works once (any case, with or without the dash).
+    code = recovery[0].lower().replace("-", "")
+    _, tokens = await auth.call(
+        "POST",
+        "/auth/v1/login/2fa",
+        {"challenge_id": challenge["challenge_id"], "method": "recovery", "code": code},
+        status=200,
+    )
+    challenge = await auth.login(user["user"]["username"])
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/login/2fa",
+        {"challenge_id": challenge["challenge_id"], "method": "recovery", "code": recovery[0]},
+    )
+    assert (status, err["error"]["code"]) == (401, "invalid_code")
+    _, status_body = await auth.call("GET", "/auth/v1/2fa", token=tokens["access_token"])
+    assert status_body["recovery_codes_left"] == 9
+
+    # A method that is not on is refused without burning an attempt.
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/login/2fa",
+        {"challenge_id": challenge["challenge_id"], "method": "totp", "code": "123456"},
+    )
+    assert (status, err["error"]["code"]) == (400, "bad_request")
+
+    # Turning e-mail codes off needs the password; then login gives tokens again.
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/2fa/email/disable",
+        {"password": "not the password"},
+        token=tokens["access_token"],
+    )
+    assert (status, err["error"]["code"]) == (401, "invalid_credentials")
+    await auth.call(
+        "POST",
+        "/auth/v1/2fa/email/disable",
+        {"password": PASSWORD},
+        token=tokens["access_token"],
+        status=204,
+    )
+    tokens = await auth.login(user["user"]["username"])
+    assert "access_token" in tokens
+    _, st = await auth.call("GET", "/auth/v1/2fa", token=tokens["access_token"])
+    assert st == {"totp": False, "email": False, "recovery_codes_left": 0}
+
+
+async def test_refresh_reuse_revokes_the_whole_family(auth: AuthApi, settings: Settings) -> None:
+    user = await auth.signup()
+    first = user["refresh_token"]
+    second = (await auth.refresh(first))["refresh_token"]
+    third_body = await auth.refresh(second)
+    third = third_body["refresh_token"]
+
+    pubsub = auth.redis.pubsub()
+    await pubsub.subscribe(revocation_channel(settings.redis_prefix))
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    try:
+        # An attacker replays the first token: reuse detected, the session ends.
+        body = await auth.refresh(first, status=401)
+        assert body["error"]["code"] == "refresh_token_reused"
+        msg = await eventually(
+            lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=1),
+            lambda m: m is not None,
+        )
+        assert orjson.loads(msg["data"]) == {
+            "type": "session_revoked",
+            "user_id": user["user"]["user_id"],
+            "sid": user["session_id"],
+        }
+    finally:
+        await pubsub.aclose()
+    # The legitimate holder's newest token is dead too, and so is its access token.
+    body = await auth.refresh(third, status=401)
+    assert body["error"]["code"] == "token_revoked"
+    status, err = await auth.call("GET", "/auth/v1/me", token=third_body["access_token"])
+    assert (status, err["error"]["code"]) == (401, "token_revoked")
+    # An unknown token is simply invalid.
+    body = await auth.refresh("not-a-token", status=401)
+    assert body["error"]["code"] == "invalid_token"
+
+
+async def test_sessions_are_listed_and_revoked_by_their_owner(auth: AuthApi) -> None:
+    user = await auth.signup()
+    name = user["user"]["username"]
+    second = await auth.login(name)
+    third = await auth.login(name)
+    _, listing = await auth.call("GET", "/auth/v1/sessions", token=second["access_token"])
+    sids = {s["session_id"]: s for s in listing["sessions"]}
+    assert set(sids) == {user["session_id"], second["session_id"], third["session_id"]}
+    assert sids[second["session_id"]]["current"] is True
+    assert sids[user["session_id"]]["current"] is False
+
+    await auth.call(
+        "DELETE", f"/auth/v1/sessions/{third['session_id']}", token=second["access_token"],
+        status=204,
+    )  # fmt: skip
+    status, err = await auth.call("GET", "/auth/v1/me", token=third["access_token"])
+    assert err["error"]["code"] == "token_revoked"
+
+    _, revoked = await auth.call(
+        "DELETE", "/auth/v1/sessions", token=second["access_token"], status=200
+    )
+    assert revoked == {"revoked": 1}
+    status, _ = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
+    assert status == 401
+    _, listing = await auth.call("GET", "/auth/v1/sessions", token=second["access_token"])
+    assert [s["session_id"] for s in listing["sessions"]] == [second["session_id"]]
+
+
+async def test_change_password_ends_the_other_sessions(auth: AuthApi) -> None:
+    user = await auth.signup()
+    other = await auth.login(user["user"]["username"])
+    new = "a much better passphrase 42"
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/password",
+        {"current_password": "wrong password here", "new_password": new},
+        token=user["access_token"],
+    )
+    assert (status, err["error"]["code"]) == (401, "invalid_credentials")
+    status, err = await auth.call(
+        "POST",
+        "/auth/v1/password",
+        {"current_password": PASSWORD, "new_password": "password123"},
+        token=user["access_token"],
+    )
+    assert (status, err["error"]["code"]) == (422, "weak_password")
+    await auth.call(
+        "POST",
+        "/auth/v1/password",
+        {"current_password": PASSWORD, "new_password": new},
+        token=user["access_token"],
+        status=204,
+    )
+    await auth.call("GET", "/auth/v1/me", token=user["access_token"], status=200)
+    status, _ = await auth.call("GET", "/auth/v1/me", token=other["access_token"])
+    assert status == 401
+    await auth.login(user["user"]["username"], PASSWORD, status=401)
+    await auth.login(user["user"]["username"], new, status=200)
+
+
+async def test_password_reset_by_email(auth: AuthApi) -> None:
+    user = await auth.signup()
+    await auth.call("POST", "/auth/v1/password/reset", {"email": user["email"].upper()}, status=202)
+    [mail] = await auth.mail_to(user["email"])
+    token = re.search(r"reset token: (\S+)", mail)
+    assert token
+    new = "reset to something long"
+    body = {"token": token.group(1), "new_password": "qwertyuiop"}
+    status, err = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
+    assert (status, err["error"]["code"]) == (422, "weak_password")
+    body["new_password"] = new
+    await auth.call("POST", "/auth/v1/password/reset/confirm", body, status=204)
+    # Single use, and every session was ended.
+    status, err = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
+    assert (status, err["error"]["code"]) == (401, "invalid_token")
+    status, _ = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
+    assert status == 401
+    await auth.login(user["user"]["username"], new, status=200)
+
+
+async def test_user_lookup_by_username_or_id(auth: AuthApi) -> None:
+    alice = await auth.signup()
+    bob = await auth.signup()
+    uid, name = alice["user"]["user_id"], alice["user"]["username"]
+    for key in (uid, name, name.upper()):
+        _, body = await auth.call(
+            "GET", f"/auth/v1/users/{key}", token=bob["access_token"], status=200
+        )
+        assert body == {"user_id": uid, "username": name}
+    status, err = await auth.call(
+        "GET", f"/auth/v1/users/{unique_name()}", token=bob["access_token"]
+    )
+    assert (status, err["error"]["code"]) == (404, "user_not_found")
+    status, err = await auth.call("GET", f"/auth/v1/users/{name}")
+    assert (status, err["error"]["code"]) == (401, "unauthenticated")
