@@ -6,8 +6,12 @@ ack. Entries that were not confirmed (broker down, process killed) are sent
 again by :meth:`EventPublisher.run`, on any replica. Consumers treat both
 events as idempotent notifications.
 
-``prekeys_low``  {"type", "user_id", "device_id", "one_time", "kem_one_time", "threshold"}
-``key_changed``  {"type", "user_id", "device_id", "identity": {...}}
+``prekeys_low``  {"type", "user_id", "device_id", "one_time", "kem_one_time", "threshold",
+                 "event_id"}
+``key_changed``  {"type", "user_id", "device_id", "identity": {...}, "event_id"}
+
+``event_id`` is the same on every redelivery of one event, so a consumer
+that must not act twice (storing a notice per contact) can deduplicate on it.
 
 The record key is the user id (so one user's events keep their order within
 a partition) and the ``request_id`` header carries the request that caused it.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -55,7 +60,7 @@ class EventPublisher:
     async def publish(self, event: dict[str, Any]) -> None:
         """Record the event, then try to send it now; the outbox retries if that fails."""
         key = str(event["user_id"])
-        value = encode_event(event)
+        value = encode_event({**event, "event_id": secrets.token_hex(12)})
         headers = kafka_headers()
         # Leased from the start, so that the drain loop leaves it to us for now.
         entry = await self.store.outbox_add(

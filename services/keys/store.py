@@ -14,7 +14,8 @@ has none that isolate): single-use claims are one ``find_one_and_delete``;
 writes that must match the identity they were checked against are
 compare-and-set on ``generation``; prekeys carry the generation they were
 signed under, and only the current generation is counted or claimed.
-Keys are stored as base64url strings (the embedded server cannot match bytes).
+Keys are stored as base64url strings (the embedded server cannot match bytes)
+and times as Unix seconds (it turns datetimes set by an update into strings).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -146,7 +146,7 @@ class KeyStore:
 
     async def insert_device(self, user_id: str, device_id: int, identity: Doc) -> None:
         """Raises DuplicateKeyError if the device exists (a concurrent registration)."""
-        now = datetime.now(UTC)
+        now = time.time()
         await self.devices.insert_one(
             {
                 "user_id": user_id,
@@ -170,7 +170,7 @@ class KeyStore:
         result = await self.devices.update_one(
             {"user_id": user_id, "device_id": device_id, "generation": generation},
             {
-                "$set": {"identity": identity, "updated_at": datetime.now(UTC)},
+                "$set": {"identity": identity, "updated_at": time.time()},
                 "$inc": {"generation": 1},
                 "$unset": {"signed_prekey": "", "last_resort": ""},
             },
@@ -183,7 +183,7 @@ class KeyStore:
         """Set ``signed_prekey`` or ``last_resort`` if the identity is still the one checked."""
         result = await self.devices.update_one(
             {"user_id": user_id, "device_id": device_id, "generation": generation},
-            {"$set": {field: value, "updated_at": datetime.now(UTC)}},
+            {"$set": {field: value, "updated_at": time.time()}},
         )
         return result.matched_count == 1
 
@@ -324,7 +324,7 @@ class KeyStore:
                 "headers": [[k, v.decode()] for k, v in headers],
                 "due": due,
                 "attempts": 0,
-                "created_at": datetime.now(UTC),
+                "created_at": time.time(),
             }
         )
         return ObjectId(result.inserted_id)

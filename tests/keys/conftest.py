@@ -188,7 +188,8 @@ class EventLog:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return [value for _, value, _ in self.records]
+        """Every event so far, without its (random) ``event_id``."""
+        return [{k: v for k, v in value.items() if k != "event_id"} for _, value, _ in self.records]
 
     async def _poll(self) -> None:
         batches = await self.consumer.getmany(timeout_ms=200)

@@ -30,6 +30,28 @@ async def test_an_unconfirmed_event_is_sent_by_the_drain(
     assert await api.keys.events.drain_once() == 1
     assert await store.outbox_size() == 0
     assert await events.settle("bob") == [ev.key_changed("bob", 1, new.identity())]
+    [record] = [r for r in events.records if r[1]["type"] == "key_changed"]
+    assert len(record[1]["event_id"]) == 24
+
+
+async def test_a_redelivered_event_keeps_its_event_id(
+    api: KeysApi, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = api.keys.store
+    sent = store.send_event
+
+    async def acked_but_not_recorded(*args: object) -> bool:
+        await sent(*args)  # type: ignore[arg-type]
+        return False  # as if the ack was lost on the way back
+
+    monkeypatch.setattr(store, "send_event", acked_but_not_recorded)
+    await api.keys.events.publish(ev.prekeys_low("bob", 1, 0, 0, 10))
+    monkeypatch.undo()
+    await store.outbox.update_many({}, {"$set": {"due": 0.0}})
+    assert await api.keys.events.drain_once() == 1
+    await events.settle("bob")
+    ids = [r[1]["event_id"] for r in events.records if r[1]["type"] == "prekeys_low"]
+    assert len(ids) == 2 and ids[0] == ids[1]
 
 
 async def test_the_drain_leaves_entries_while_the_broker_is_away(
