@@ -1,0 +1,246 @@
+"""Admins: made by the CLI only; the users API; block closes everything at once; audit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import orjson
+import pytest
+
+from services.common.auth import (
+    TokenVerifier,
+    check_not_revoked,
+    revocation_channel,
+    revocation_keys,
+)
+from services.common.config import Settings
+from services.common.errors import ApiError
+from tests.auth.helpers import PASSWORD, AuthApi, unique_name
+from tests.support.aio import eventually
+
+
+async def cli(settings: Settings, *args: str, stdin: str = "") -> tuple[int, str]:
+    """Run ``python -m services.auth.cli`` as an operator would, against the test's stack."""
+    env = {
+        **os.environ,
+        "PARLEY_MONGO_URL": settings.mongo_url,
+        "PARLEY_REDIS_URL": settings.redis_url,
+        "PARLEY_DB_PREFIX": settings.db_prefix,
+        "PARLEY_REDIS_PREFIX": settings.redis_prefix,
+        "PARLEY_ARGON2_TIME_COST": "1",
+        "PARLEY_ARGON2_MEMORY_KIB": "8",
+        "PARLEY_ARGON2_PARALLELISM": "1",
+        "PARLEY_LOG_FORMAT": "console",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.auth.cli", *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
+    return proc.returncode or 0, out.decode()
+
+
+@pytest.fixture
+async def admin(auth: AuthApi, settings: Settings) -> dict[str, Any]:
+    name = unique_name("adm")
+    code, out = await cli(
+        settings, "create-admin", "--username", name, "--email", f"{name}@example.test",
+        "--password-stdin", stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert code == 0, out
+    assert f"created admin {name}" in out
+    tokens = await auth.login(name)
+    assert tokens["user"]["roles"] == ["user", "admin"]
+    return dict(tokens)
+
+
+async def test_no_open_endpoint_makes_an_admin(auth: AuthApi, settings: Settings) -> None:
+    name = unique_name()
+    body = {"username": name, "email": f"{name}@example.test", "password": PASSWORD}
+    status, err = await auth.call("POST", "/auth/v1/signup", {**body, "roles": ["admin"]})
+    assert (status, err["error"]["code"]) == (422, "validation_failed")
+    user = await auth.signup()
+    for method, path in [
+        ("GET", "/auth/v1/admin/users"),
+        ("GET", f"/auth/v1/admin/users/{user['user']['user_id']}"),
+        ("PATCH", f"/auth/v1/admin/users/{user['user']['user_id']}"),
+        ("POST", f"/auth/v1/admin/users/{user['user']['user_id']}/block"),
+        ("POST", f"/auth/v1/admin/users/{user['user']['user_id']}/unblock"),
+        ("GET", "/auth/v1/admin/audit"),
+    ]:
+        payload = {"roles": ["user", "admin"]} if method == "PATCH" else {}
+        status, err = await auth.call(method, path, payload, token=user["access_token"])
+        assert (status, err["error"]["code"]) == (403, "forbidden"), path
+    _, me = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
+    assert me["roles"] == ["user"]
+    assert await auth.db["audit_log"].count_documents({}) == 0
+
+
+async def test_cli_refuses_bad_or_duplicate_admins(auth: AuthApi, settings: Settings) -> None:
+    code, out = await cli(
+        settings, "create-admin", "--username", "x", "--email", "x@example.test",
+        "--password-stdin", stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert code == 1 and "invalid_username" in out
+    name = unique_name("adm")
+    args = ["create-admin", "--username", name, "--email", f"{name}@example.test"]
+    code, out = await cli(settings, *args, "--password-stdin", stdin="password123\n")
+    assert code == 1 and "weak_password" in out
+    code, _ = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0
+    code, out = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 1 and "username_taken" in out
+
+
+async def test_list_search_paginate_view_and_edit(auth: AuthApi, admin: dict[str, Any]) -> None:
+    token = admin["access_token"]
+    tag = unique_name("pg")
+    made = [await auth.signup(f"{tag}{i}") for i in range(5)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        path = f"/auth/v1/admin/users?q={tag}&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        _, page = await auth.call("GET", path, token=token, status=200)
+        seen += [u["username"] for u in page["users"]]
+        assert len(page["users"]) <= 2
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(u["user"]["username"] for u in made)
+    # Search by e-mail prefix too, case-insensitively.
+    _, page = await auth.call(
+        "GET", f"/auth/v1/admin/users?q={tag.upper()}3@EXAMPLE", token=token, status=200
+    )
+    assert [u["username"] for u in page["users"]] == [f"{tag}3"]
+    status, err = await auth.call("GET", "/auth/v1/admin/users?limit=1000", token=token)
+    assert (status, err["error"]["code"]) == (422, "validation_failed")
+
+    target = made[0]
+    uid = target["user"]["user_id"]
+    _, view = await auth.call("GET", f"/auth/v1/admin/users/{uid}", token=token, status=200)
+    assert view["email"] == target["email"] and view["live_sessions"] == 1
+    assert view["blocked"] is False
+    status, err = await auth.call("GET", "/auth/v1/admin/users/nobody", token=token)
+    assert (status, err["error"]["code"]) == (404, "user_not_found")
+
+    status, err = await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{uid}", {"username": made[1]["user"]["username"]},
+        token=token,
+    )  # fmt: skip
+    assert (status, err["error"]["code"]) == (409, "username_taken")
+    new_name = unique_name("ren")
+    _, view = await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{uid}",
+        {"username": new_name, "email": f"{new_name}@example.test"}, token=token, status=200,
+    )  # fmt: skip
+    assert view["username"] == new_name
+    # A role change ends the target's sessions: no token keeps old rights.
+    _, view = await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{uid}", {"roles": ["admin"]}, token=token, status=200
+    )
+    assert view["roles"] == ["user", "admin"] and view["live_sessions"] == 0
+    status, _ = await auth.call("GET", "/auth/v1/me", token=target["access_token"])
+    assert status == 401
+    relogged = await auth.login(new_name)
+    assert relogged["user"]["roles"] == ["user", "admin"]
+
+    # An admin cannot lock themselves out.
+    own = admin["user"]["user_id"]
+    status, err = await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{own}", {"roles": ["user"]}, token=token
+    )
+    assert (status, err["error"]["code"]) == (409, "conflict")
+    status, err = await auth.call("POST", f"/auth/v1/admin/users/{own}/block", {}, token=token)
+    assert (status, err["error"]["code"]) == (409, "conflict")
+
+    _, log = await auth.call(
+        "GET", f"/auth/v1/admin/audit?target_id={uid}", token=token, status=200
+    )
+    actions = [e["action"] for e in log["entries"]]
+    assert actions == ["user.update", "user.update", "user.view"]
+    entry = log["entries"][1]
+    assert entry["actor_id"] == own and entry["actor"] == admin["user"]["username"]
+    assert entry["details"]["before"]["username"] == target["user"]["username"]
+    assert entry["details"]["after"]["username"] == new_name
+    assert entry["at"] and entry["request_id"] and entry["ip"]
+
+
+async def test_block_revokes_everything_and_is_heard_on_redis(
+    auth: AuthApi, admin: dict[str, Any], settings: Settings
+) -> None:
+    token = admin["access_token"]
+    victim = await auth.signup()
+    second = await auth.login(victim["user"]["username"])
+    uid = victim["user"]["user_id"]
+
+    pubsub = auth.redis.pubsub()
+    await pubsub.subscribe(revocation_channel(settings.redis_prefix))
+    await pubsub.get_message(timeout=1)
+    try:
+        _, view = await auth.call(
+            "POST", f"/auth/v1/admin/users/{uid}/block", {"reason": "spam"}, token=token,
+            status=200,
+        )  # fmt: skip
+        assert view["blocked"] is True and view["blocked_reason"] == "spam"
+        assert view["live_sessions"] == 0
+        msg = await eventually(
+            lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=1),
+            lambda m: m is not None,
+        )
+        assert orjson.loads(msg["data"]) == {"type": "user_blocked", "user_id": uid}
+    finally:
+        await pubsub.aclose()
+
+    # Every service's check refuses the tokens: the shared verifier + revocation check.
+    verifier = TokenVerifier(settings, str(auth.client.make_url("/.well-known/jwks.json")))
+    for tokens in (victim, second):
+        claims = await verifier.verify(tokens["access_token"])
+        with pytest.raises(ApiError) as exc:
+            await check_not_revoked(auth.redis, settings.redis_prefix, claims)
+        assert exc.value.code == "account_blocked"
+        status, err = await auth.call("GET", "/auth/v1/me", token=tokens["access_token"])
+        assert (status, err["error"]["code"]) == (401, "account_blocked")
+        body = await auth.refresh(tokens["refresh_token"], status=401)
+        assert body["error"]["code"] == "token_revoked"
+    await verifier.close()
+    sid_key, user_key = revocation_keys(settings.redis_prefix, claims)
+    ttl = await auth.redis.ttl(user_key)
+    assert ttl >= settings.access_token_ttl_s
+    assert await auth.redis.ttl(sid_key) >= settings.access_token_ttl_s
+    # The password still works, but the account does not.
+    body = await auth.login(victim["user"]["username"], status=403)
+    assert body["error"]["code"] == "account_blocked"
+
+    await auth.call("POST", f"/auth/v1/admin/users/{uid}/unblock", token=token, status=200)
+    assert not await auth.redis.exists(user_key)
+    fresh = await auth.login(victim["user"]["username"])
+    await auth.call("GET", "/auth/v1/me", token=fresh["access_token"], status=200)
+
+    entries = [d async for d in auth.db["audit_log"].find({"target_id": uid})]
+    assert sorted(e["action"] for e in entries) == ["user.block", "user.unblock"]
+    block = next(e for e in entries if e["action"] == "user.block")
+    assert block["actor_id"] == admin["user"]["user_id"]
+    assert block["details"] == {"reason": "spam", "sessions_revoked": 2}
+
+
+async def test_grant_admin_and_rotate_keys_from_the_cli(auth: AuthApi, settings: Settings) -> None:
+    user = await auth.signup()
+    name = user["user"]["username"]
+    code, out = await cli(settings, "grant-admin", name)
+    assert code == 0, out
+    status, _ = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
+    assert status == 401  # the old token carried the old roles
+    assert (await auth.login(name))["user"]["roles"] == ["user", "admin"]
+
+    _, before = await auth.call("GET", "/.well-known/jwks.json", status=200)
+    code, out = await cli(settings, "rotate-keys", "--immediate")
+    assert code == 0, out
+    _, after = await auth.call("GET", "/.well-known/jwks.json", status=200)
+    assert len(after["keys"]) == 2
+    assert before["keys"][0]["kid"] in {k["kid"] for k in after["keys"]}
+    code, out = await cli(settings, "keys")
+    assert code == 0 and "signing" in out and "published" in out
