@@ -25,8 +25,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from parley.crypto import franking, pqxdh
 from parley.crypto.bundle import PrekeyBundle, PublicIdentity
@@ -83,8 +82,7 @@ _PREFIX_INITIAL = bytes((VERSION, TYPE_INITIAL))
 _CONTEXT = franking.CONTEXT
 
 
-@dataclass(frozen=True, slots=True)
-class DecryptedMessage:
+class DecryptedMessage(NamedTuple):
     """A decrypted message plus what a report needs (plaintext, key, commitment)."""
 
     plaintext: bytes
@@ -293,10 +291,14 @@ class Session:
 
     def decrypt(self, message: bytes) -> bytes:
         """Decrypt one message; raises (and leaves the session unchanged) on any failure."""
-        return self.decrypt_message(message).plaintext
+        return self._open(message)[_FK:]
 
     def decrypt_message(self, message: bytes) -> DecryptedMessage:
         """Like :meth:`decrypt`, returning the franking key and commitment too."""
+        payload = self._open(message)
+        return DecryptedMessage(payload[_FK:], payload[:_FK], message[2 : 2 + _FK])
+
+    def _open(self, message: bytes) -> bytes:
         parsed = parse_pairwise(message)
         if parsed.type == TYPE_INITIAL:
             if (
@@ -314,7 +316,7 @@ class Session:
             _commitment_check(parsed.commitment),
         )
         self._pending_section = None  # the peer has our session: stop sending PQXDH fields
-        return DecryptedMessage(payload[_FK:], payload[:_FK], parsed.commitment)
+        return payload
 
     # ------------------------------------------------------------------ identity
 
