@@ -114,3 +114,24 @@ def test_documented_upload_flow() -> None:
     bob_session, plaintext = Session.respond(bob, first)
     assert plaintext == b"hi"
     assert alice_session.decrypt(bob_session.encrypt(b"hello")) == b"hello"
+
+
+def test_keys_digest_matches_the_key_directory_formula() -> None:
+    import hashlib
+
+    from parley.crypto.encoding import b64decode
+
+    device = Device.generate()
+    spk, lr, ident = device.signed_prekey(), device.last_resort_kem_prekey(), device.identity
+    expected = hashlib.sha256(
+        b"parley-v1/keys-check"
+        + ident.signing_key
+        + ident.dh_key
+        + spk["id"].to_bytes(4, "big")
+        + b64decode(spk["key"])
+        + lr["id"].to_bytes(4, "big")
+        + b64decode(lr["key"])
+    ).digest()
+    assert device.keys_digest() == expected
+    device.rotate_signed_prekey()
+    assert device.keys_digest() != expected

@@ -15,6 +15,7 @@ remembered (the last :data:`MAX_SEEN_BASE_KEYS`) and a repeat is rejected.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from parley.crypto.bundle import (
     sign_kem_prekey,
     sign_signed_prekey,
 )
-from parley.crypto.encoding import U32_MAX, b64decode, b64encode
+from parley.crypto.encoding import U32_MAX, b64decode, b64encode, u32
 from parley.crypto.errors import (
     CryptoError,
     MalformedBundle,
@@ -190,6 +191,25 @@ class Device:
         self._kem[prekey_id] = entry
         self._next_kem_id = prekey_id + 1
         return entry
+
+    def keys_digest(self) -> bytes:
+        """What the key directory should hold for this device, as its ``keys-check`` digest.
+
+        ``SHA-256("parley-v1/keys-check" || signing_key || dh_key || u32_be(signed
+        prekey id) || signed prekey || u32_be(last-resort id) || last-resort key)``,
+        over the current signed and last-resort prekeys (see docs/keys.md).
+        """
+        spk = self._signed_prekeys[self._current_signed_prekey]
+        last_resort = self._kem[self._last_resort[-1]]
+        return hashlib.sha256(
+            b"parley-v1/keys-check"
+            + self.identity.signing_key
+            + self.identity.dh_key
+            + u32(spk.id)
+            + spk.pair.public
+            + u32(last_resort.id)
+            + last_resort.pair().public
+        ).digest()
 
     @property
     def one_time_prekey_count(self) -> int:
