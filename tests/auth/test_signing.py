@@ -1,0 +1,175 @@
+"""Signing keys: JWKS, encryption at rest, agreement between processes, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+from pydantic import SecretStr
+
+from services.auth.app import create_app
+from services.auth.config import AuthSettings
+from services.auth.routes import AUTH_SERVICE
+from services.auth.secretbox import SecretBox, SecretBoxError
+from services.auth.signing import KeyRing, SigningKey, published
+from services.auth.store import AuthStore
+from services.common.auth import TokenVerifier
+from services.common.clients import mongo_client, redis_client, service_db
+from services.common.config import Settings
+from services.common.deps import DB
+from tests.auth.helpers import AuthApi
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def kid_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+async def test_jwks_is_public_keys_only(auth: AuthApi) -> None:
+    _, root = await auth.call("GET", "/.well-known/jwks.json", status=200)
+    _, alias = await auth.call("GET", "/auth/v1/jwks", status=200)
+    assert root == alias
+    [key] = root["keys"]
+    assert {k: key[k] for k in ("kty", "crv", "alg", "use")} == {
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+    }  # fmt: skip
+    assert "d" not in key and set(key) == {"kty", "crv", "x", "kid", "alg", "use"}
+    user = await auth.signup()
+    assert kid_of(user["access_token"]) == key["kid"]
+    resp = await auth.client.get("/.well-known/jwks.json")
+    assert "max-age" in resp.headers["Cache-Control"]
+
+
+async def test_private_keys_are_encrypted_at_rest(
+    settings: Settings, make_client: Any, auth_config: AuthSettings
+) -> None:
+    secret = settings.model_copy(update={"key_encryption_secret": SecretStr("s" * 32)})
+    client = await make_client(await create_app(secret, auth_config))
+    [doc] = [d async for d in client.server.app[DB]["signing_keys"].find({})]
+    assert doc["private"]["enc"] == "A256GCM"
+    ring = client.server.app[AUTH_SERVICE].keyring
+    [key] = await ring.keys()
+    raw = key.private.private_bytes_raw()  # type: ignore[union-attr]
+    assert raw.hex() not in str(doc) and SecretBox(None).seal(raw, "x")["data"] not in str(doc)
+    # Without the secret, or with another, the key cannot be loaded: a loud failure.
+    for wrong in (None, SecretStr("t" * 32)):
+        box = SecretBox(wrong)
+        with pytest.raises(SecretBoxError):
+            box.open(doc["private"], f"signing-key:{doc['_id']}")
+    # Bound to its record: a sealed value moved to another kid does not open.
+    with pytest.raises(SecretBoxError):
+        SecretBox(SecretStr("s" * 32)).open(doc["private"], "signing-key:other")
+
+
+async def test_two_processes_share_keys_and_accept_each_others_tokens(
+    settings: Settings, make_client: Any, auth_config: AuthSettings
+) -> None:
+    # Both start on an empty database at once: exactly one first key is made.
+    a, b = await asyncio.gather(
+        create_app(settings, auth_config), create_app(settings, auth_config)
+    )
+    ca, cb = await asyncio.gather(make_client(a), make_client(b))
+    ja = await (await ca.get("/.well-known/jwks.json")).json()
+    jb = await (await cb.get("/.well-known/jwks.json")).json()
+    assert ja == jb and len(ja["keys"]) == 1
+    body = {"username": "shared1", "email": "shared1@example.test", "password": "a fine passphrase"}
+    resp = await ca.post("/auth/v1/signup", json=body)
+    tokens = await resp.json()
+    resp = await cb.get(
+        "/auth/v1/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    assert resp.status == 200
+    # A refresh token from one process is spent on the other.
+    resp = await cb.post("/auth/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert resp.status == 200
+    resp = await ca.post("/auth/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert (await resp.json())["error"]["code"] == "refresh_token_reused"
+
+
+async def test_rotation_without_downtime(
+    auth: AuthApi, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.common.auth.MIN_REFRESH_INTERVAL_S", 0.0)
+    verifier = TokenVerifier(settings, str(auth.client.make_url("/.well-known/jwks.json")))
+    try:
+        old = await auth.signup()
+        await verifier.verify(old["access_token"])  # caches the JWKS with the first key
+        new_kid = await auth.service.keyring.rotate(immediate=True)
+        new = await auth.signup()
+        assert kid_of(new["access_token"]) == new_kid != kid_of(old["access_token"])
+        # The cached verifier meets an unknown kid, re-fetches, and accepts it...
+        assert (await verifier.verify(new["access_token"])).sub == new["user"]["user_id"]
+        # ...and tokens signed before the rotation still pass until they expire.
+        assert (await verifier.verify(old["access_token"])).sub == old["user"]["user_id"]
+    finally:
+        await verifier.close()
+
+
+async def test_publication_window_and_rotation_by_age(stack: Any, settings: Settings) -> None:
+    clock = FakeClock()
+    mongo, redis = mongo_client(settings), redis_client(settings)
+    try:
+        store = AuthStore(service_db(mongo, settings, "auth"), redis, settings.redis_prefix)
+        await store.ensure_indexes()
+        ring = KeyRing(
+            store, SecretBox(None), token_ttl_s=900, max_age_s=2 * 86400, reload_s=0,
+            activation_delay_s=60, clock=clock,
+        )  # fmt: skip
+        await ring.reload()
+        first = (await ring.signer()).kid
+        second = await ring.rotate()
+        # Published at once, signing only after the activation delay.
+        assert {k["kid"] for k in (await ring.jwks())["keys"]} == {first, second}
+        assert (await ring.signer()).kid == first
+        clock.advance(61)
+        assert (await ring.signer()).kid == second
+        # The old key stays published until its last token has expired (+ margin)...
+        clock.advance(900)
+        assert len((await ring.jwks())["keys"]) == 2
+        clock.advance(121)
+        assert [k["kid"] for k in (await ring.jwks())["keys"]] == [second]
+        assert len(await store.signing_key_docs()) == 2
+        # ...and is deleted a day later.
+        clock.advance(86400)
+        await ring.jwks()
+        assert [d["_id"] for d in await store.signing_key_docs()] == [second]
+        # Rotation by age: the newest key is older than max_age_s.
+        clock.advance(86400)
+        await ring.keys()
+        assert len(await store.signing_key_docs()) == 2
+        gens = [d["generation"] for d in await store.signing_key_docs()]
+        assert gens == [2, 3]
+    finally:
+        await redis.aclose()
+        await mongo.close()
+
+
+def test_published_keys_follow_the_token_lifetime() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def key(gen: int, activate: datetime) -> SigningKey:
+        return SigningKey(f"k{gen}", gen, activate, activate, {"kid": f"k{gen}"}, None)
+
+    keys = [key(1, t0), key(2, t0 + timedelta(hours=1)), key(3, t0 + timedelta(hours=2))]
+    ttl = timedelta(minutes=15)
+    keep, drop = published(keys, t0 + timedelta(minutes=30), ttl)
+    assert [k.kid for k in keep] == ["k1", "k2", "k3"] and drop == []  # k2, k3 pre-published
+    keep, drop = published(keys, t0 + timedelta(hours=1, minutes=10), ttl)
+    assert [k.kid for k in keep] == ["k1", "k2", "k3"]
+    keep, drop = published(keys, t0 + timedelta(hours=1, minutes=18), ttl)
+    assert [k.kid for k in keep] == ["k2", "k3"] and drop == []
+    keep, drop = published(keys, t0 + timedelta(days=2), ttl)
+    assert [k.kid for k in keep] == ["k3"] and [k.kid for k in drop] == ["k1", "k2"]
