@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         + 1 / prim["mlkem768_encaps"]
         + 1 / prim["mlkem768_decaps"]
     )
-    result = {
+    result: dict[str, Any] = {
         "python": platform.python_version(),
         "cryptography": cryptography.__version__,
         "cpu": platform.processor() or platform.machine(),

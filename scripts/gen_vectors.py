@@ -186,12 +186,16 @@ def pqxdh_vectors(previous: dict[str, Any] | None) -> dict[str, Any]:
         resp_seed = seed(f"parley-vector-pqxdh-{index}-responder")
         ephemeral = X25519KeyPair.from_private_bytes(deterministic_random(init_seed)(32))
         plaintext = b"Hello Bob, this is PQXDH."
+
+        def recorded_kem(_ek: bytes, ct: bytes = kem_ct, ss: bytes = kem_ss) -> tuple[bytes, bytes]:
+            return ss, ct
+
         a_session, initial = Session.initiate(
             alice,
             bundle,
             plaintext,
             rng=deterministic_random(init_seed),
-            kem_encapsulate=lambda _ek, ct=kem_ct, ss=kem_ss: (ss, ct),
+            kem_encapsulate=recorded_kem,
         )
         b_session, received = Session.respond(bob, initial, rng=deterministic_random(resp_seed))
         assert received == plaintext

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -174,12 +175,13 @@ def test_aead_round_trip_and_every_failure_is_decryption_failed() -> None:
     key, nonce = bytes(range(32)), bytes(12)
     ct = aead_encrypt(key, nonce, b"plaintext", b"ad")
     assert aead_decrypt(key, nonce, ct, b"ad") == b"plaintext"
-    for bad in (
+    failures: list[Callable[[], bytes]] = [
         lambda: aead_decrypt(key, nonce, ct, b"AD"),
         lambda: aead_decrypt(key, nonce, bytes([ct[0] ^ 1]) + ct[1:], b"ad"),
         lambda: aead_decrypt(key, bytes([1]) + nonce[1:], ct, b"ad"),
         lambda: aead_decrypt(key, nonce, ct[:15], b"ad"),
-    ):
+    ]
+    for bad in failures:
         with pytest.raises(DecryptionFailed):
             bad()
     with pytest.raises(InvalidKeyLength):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import parley.crypto as crypto
 import pytest
 from parley.crypto import (
@@ -14,6 +17,7 @@ from parley.crypto import (
     UnsupportedVersion,
     is_initial_message,
 )
+from parley.crypto.encoding import b64decode
 
 from tests.crypto.helpers import claimed_bundle, session_pair
 
@@ -95,7 +99,7 @@ def test_group_state_garbage() -> None:
 
 def test_documented_upload_flow() -> None:
     bob = Device.generate()
-    upload = {
+    upload: dict[str, Any] = {
         "identity": bob.public_identity(),
         "signed_prekey": bob.signed_prekey(),
         "one_time_prekeys": bob.generate_one_time_prekeys(100),
@@ -117,10 +121,6 @@ def test_documented_upload_flow() -> None:
 
 
 def test_keys_digest_matches_the_key_directory_formula() -> None:
-    import hashlib
-
-    from parley.crypto.encoding import b64decode
-
     device = Device.generate()
     spk, lr, ident = device.signed_prekey(), device.last_resort_kem_prekey(), device.identity
     expected = hashlib.sha256(
