@@ -1,0 +1,1 @@
+"""Load generation and benchmarks (docs/BENCHMARKS.md has the commands and the figures)."""

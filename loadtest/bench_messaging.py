@@ -1,0 +1,375 @@
+"""Messaging benchmark: Parley's durable path against a raw Redis pub/sub relay.
+
+``python -m loadtest.bench_messaging [--clients N --seconds S ...] [--json]``
+
+It starts its own embedded stack (MongoDB, Kafka, Redis, SMTP) and the whole
+Parley system (auth, keys, two gateways, delivery, HAProxy) on free loopback
+ports, signs up N users through the auth service, and opens N WebSockets
+through HAProxy. Then, for Parley and for the relay baseline in turn:
+
+1. saturation: every sender sends as fast as the protocol lets it (a window
+   of messages in flight, within the announced rate limit); delivered msgs/s
+   = messages pushed to their recipients per second of the measured window;
+2. paced: half the saturation rate in total, open loop; end-to-end latency
+   (send -> recipient receives ``message``), p50/p99;
+3. in both: every ``accepted`` message must arrive exactly once (lost and
+   duplicates, by client message id);
+4. in both: CPU time of every server process over the measured window
+   (utime + stime from /proc/<pid>/stat), per delivered message.
+
+docs/BENCHMARKS.md has the figures and the command that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from loadtest.common import Account, CpuMeter, LoadGenerator, PhaseResult
+from loadtest.relay_baseline import start_relays
+from scripts.stack import SERVERS, SERVICES, Processes, StackConfig
+
+PARLEY_PROCS = ("mongo", "kafka", "redis", "haproxy", "auth", "keys", "gateway1", "gateway2",
+                "delivery")  # fmt: skip
+RELAY_PROCS = ("relay1", "relay2", "redis")
+
+
+@dataclass(frozen=True)
+class Options:
+    clients: int = 100
+    seconds: float = 10.0
+    warmup: float = 2.0
+    window: int = 16
+    rate: float | None = None
+    body_bytes: int = 162
+    ack_interval: float = 0.25
+    sends_per_s: float = 1000.0
+    send_burst: int = 1000
+    systems: tuple[str, ...] = ("parley", "relay")
+    data_dir: Path | None = None
+
+
+# Parley -----------------------------------------------------------------------
+class ParleySystem:
+    """The embedded servers and every Parley service, as real processes on free ports."""
+
+    def __init__(self, data_dir: Path, opts: Options) -> None:
+        self.prefix = f"bench{secrets.token_hex(3)}"
+        self.cfg = StackConfig.free_ports(data_dir).with_env(
+            PARLEY_DB_PREFIX=f"{self.prefix}_",
+            PARLEY_REDIS_PREFIX=self.prefix,
+            PARLEY_TOPIC_PREFIX=f"{self.prefix}.",
+            PARLEY_KAFKA_SESSION_TIMEOUT_MS="3000",
+            # The benchmark's one change to the defaults: its users send faster than people.
+            PARLEY_WS_SENDS_PER_S=str(opts.sends_per_s),
+            PARLEY_WS_SEND_BURST=str(opts.send_burst),
+            # All sign-ups come from one address.
+            PARLEY_LIMIT_SIGNUP_IP=f"{max(10, 2 * opts.clients)}/3600",
+        )
+        self.procs = Processes(self.cfg)
+        self.lb = self.cfg.url("lb")
+
+    def start(self) -> None:
+        try:
+            for name in (*SERVERS, *SERVICES, "haproxy"):
+                self.procs.start(name)
+        except BaseException:
+            self.procs.stop_all()
+            raise
+
+    def stop(self) -> None:
+        self.procs.stop_all()
+
+    def pids(self) -> dict[str, int]:
+        return {name: self.procs.procs[name].pid for name in PARLEY_PROCS}
+
+    @property
+    def ws_url(self) -> str:
+        return self.lb.replace("http://", "ws://") + "/ws"
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 90.0) -> None:
+        urls = [f"{self.lb}/{s}/readyz" for s in ("auth", "keys", "delivery")]
+        urls += [self.cfg.url(g) + "/gateway/readyz" for g in ("gateway1", "gateway2")]
+        deadline = time.monotonic() + timeout
+        for url in urls:
+            while True:
+                try:
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url} not ready after {timeout}s")
+                await asyncio.sleep(0.1)
+
+    async def sign_up(self, session: aiohttp.ClientSession, n: int) -> list[Account]:
+        sem = asyncio.Semaphore(8)
+
+        async def one(i: int) -> Account:
+            name = f"{self.prefix}u{i}"
+            body = {
+                "username": name,
+                "email": f"{name}@example.com",
+                "password": secrets.token_urlsafe(18),
+            }
+            async with sem, session.post(f"{self.lb}/auth/v1/signup", json=body) as resp:
+                data = await resp.json(loads=orjson.loads)
+                if resp.status != 201:
+                    raise RuntimeError(f"sign-up failed ({resp.status}): {data}")
+            return Account(data["user"]["user_id"], data["access_token"])
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+# Runs -------------------------------------------------------------------------------
+async def run_phases(
+    gen: LoadGenerator, pids: dict[str, int], opts: Options, log: Any
+) -> dict[str, PhaseResult]:
+    meter = CpuMeter(pids)
+    await gen.connect()
+    log(f"  connected {len(gen.clients)} clients: {dict(gen.gateways())}")
+    try:
+        warm = await gen.warm_up()
+        if warm.lost:
+            raise RuntimeError(f"warm-up lost {warm.lost} messages: {warm.summary()}")
+        log(f"  saturation: {opts.seconds}s (after {opts.warmup}s), window {opts.window}")
+        sat = await gen.saturation(opts.seconds, opts.warmup, opts.window, meter)
+        log(f"    {sat.rate:.0f} msgs/s, lost {sat.lost}, duplicates {sat.duplicates}")
+        rate = opts.rate or max(1.0, sat.rate / 2)
+        log(f"  paced: {rate:.0f} msgs/s for {opts.seconds}s")
+        paced = await gen.paced(rate, opts.seconds, opts.warmup, meter)
+        lat = paced.summary()["latency_ms"]
+        log(f"    p50 {lat['p50']} ms, p99 {lat['p99']} ms, lost {paced.lost}, "
+            f"duplicates {paced.duplicates}")  # fmt: skip
+    finally:
+        await gen.close()
+    return {"saturation": sat, "paced": paced}
+
+
+async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
+    import os
+
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "systems": {},
+    }
+    self_pid = {"loadgen": os.getpid()}
+    if "parley" in opts.systems:
+        results["systems"]["parley"] = await bench_parley(opts, data_dir, log, self_pid)
+    if "relay" in opts.systems:
+        relay_redis = Processes(StackConfig.free_ports(data_dir / "relay"))
+        await asyncio.to_thread(relay_redis.start, "redis")
+        cluster = await asyncio.to_thread(
+            start_relays, data_dir / "relay", relay_redis.cfg.url("redis")
+        )
+        try:
+            log("relay baseline (direct, two processes):")
+            relay_accounts = [
+                Account(f"r{i}", f"r{i}") for i in range(opts.clients)
+            ]
+            gen = LoadGenerator(relay_accounts, cluster.urls, body_bytes=opts.body_bytes,
+                                durable=False)  # fmt: skip
+            pids = {**cluster.pids(), "redis": relay_redis.procs["redis"].pid, **self_pid}
+            phases = await run_phases(gen, pids, opts, log)
+            results["systems"]["relay"] = _system(gen, phases)
+        finally:
+            await asyncio.to_thread(cluster.stop)
+            await asyncio.to_thread(relay_redis.stop_all)
+    results["targets"] = targets(results["systems"])
+    return results
+
+
+async def bench_parley(
+    opts: Options, data_dir: Path, log: Any, self_pid: dict[str, int]
+) -> dict[str, Any]:
+    parley = ParleySystem(data_dir / "parley", opts)
+    log(f"starting the embedded stack and Parley in {data_dir}")
+    await asyncio.to_thread(parley.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await parley.wait_ready(session)
+            t0 = time.monotonic()
+            accounts = await parley.sign_up(session, opts.clients)
+        log(f"signed up {len(accounts)} users in {time.monotonic() - t0:.1f}s")
+        log("parley (through HAProxy):")
+        gen = LoadGenerator(
+            accounts, [parley.ws_url], body_bytes=opts.body_bytes,
+            durable=True, ack_interval=opts.ack_interval,
+        )  # fmt: skip
+        phases = await run_phases(gen, {**parley.pids(), **self_pid}, opts, log)
+        return _system(gen, phases)
+    finally:
+        await asyncio.to_thread(parley.stop)
+
+
+def _system(gen: LoadGenerator, phases: dict[str, PhaseResult]) -> dict[str, Any]:
+    out: dict[str, Any] = {name: res.summary() for name, res in phases.items()}
+    out["gateways"] = dict(gen.gateways())
+    out["stray_frames"] = gen.stray
+    out["disconnects"] = gen.disconnects
+    return out
+
+
+def targets(systems: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, checked against the results."""
+    p, r = systems.get("parley"), systems.get("relay")
+    out: dict[str, Any] = {}
+    if p is not None:
+        out["p99_under_50ms"] = (p["paced"]["latency_ms"]["p99"] or 1e9) < 50
+        out["zero_loss_zero_duplicates"] = all(
+            p[ph]["lost"] == 0 and p[ph]["duplicates"] == 0 for ph in ("saturation", "paced")
+        )
+    if p is not None and r is not None:
+        ratio = p["saturation"]["delivered_per_s"] / max(r["saturation"]["delivered_per_s"], 1e-9)
+        out["throughput_ratio"] = round(ratio, 3)
+        out["at_least_half_of_relay"] = ratio >= 0.5
+    return out
+
+
+# Output -------------------------------------------------------------------------------
+def table(results: dict[str, Any]) -> str:
+    systems = results["systems"]
+    names = list(systems)
+    rows: list[tuple[str, ...]] = [("", *names)]
+
+    def row(label: str, get: Any) -> None:
+        cells = []
+        for n in names:
+            try:
+                v = get(systems[n])
+            except (KeyError, TypeError):
+                v = None
+            cells.append("-" if v is None else str(v))
+        rows.append((label, *cells))
+
+    row("saturation: delivered msgs/s", lambda s: s["saturation"]["delivered_per_s"])
+    row("saturation: p50 / p99 ms", lambda s: _pair(s["saturation"]["latency_ms"]))
+    row("saturation: lost / duplicates", lambda s: _ld(s["saturation"]))
+    row("paced: target msgs/s", lambda s: s["paced"]["target_rate"])
+    row("paced: delivered msgs/s", lambda s: s["paced"]["delivered_per_s"])
+    row("paced: p50 / p99 ms", lambda s: _pair(s["paced"]["latency_ms"]))
+    row("paced: max ms", lambda s: s["paced"]["latency_ms"]["max"])
+    row("paced: lost / duplicates", lambda s: _ld(s["paced"]))
+    row("errors (all phases)", lambda s: _errors(s))
+    rows.append(("CPU µs per delivered msg (saturation)", *[""] * len(names)))
+    procs = list(dict.fromkeys(p for n in names for p in systems[n]["saturation"]["cpu_s"]))
+    for proc in procs:
+        row(f"  {proc}", lambda s, p=proc: _cpu(s["saturation"], p))
+    row("  all servers (excl. loadgen)", lambda s: s["saturation"]["server_cpu_us_per_msg"])
+    rows.append(("CPU µs per delivered msg (paced)", *[""] * len(names)))
+    row("  all servers (excl. loadgen)", lambda s: s["paced"]["server_cpu_us_per_msg"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in rows]  # fmt: skip
+    t = results.get("targets", {})
+    if t:
+        lines.append("")
+        lines.append("targets: " + ", ".join(f"{k}={v}" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def _pair(lat: dict[str, Any]) -> str:
+    return f"{lat['p50']} / {lat['p99']}"
+
+
+def _ld(ph: dict[str, Any]) -> str:
+    return f"{ph['lost']} / {ph['duplicates']}"
+
+
+def _errors(s: dict[str, Any]) -> str:
+    errs: dict[str, int] = {}
+    for ph in ("saturation", "paced"):
+        for k, v in s[ph]["errors"].items():
+            errs[k] = errs.get(k, 0) + v
+    return ",".join(f"{k}:{v}" for k, v in errs.items()) or "0"
+
+
+def _cpu(ph: dict[str, Any], proc: str) -> str | None:
+    us = ph["cpu_us_per_msg"].get(proc)
+    if us is None:
+        return None
+    return f"{us} ({ph['cpu_cores'][proc]:.2f} cores)"
+
+
+# CLI ----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> tuple[Options, bool, bool]:
+    d = Options()
+    p = argparse.ArgumentParser(description="Parley messaging benchmark (see docs/BENCHMARKS.md)")
+    p.add_argument("--clients", type=int, default=d.clients, help="WebSockets (pairs: even)")
+    p.add_argument("--seconds", type=float, default=d.seconds, help="measured time per phase")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="unmeasured lead-in per phase")
+    p.add_argument("--window", type=int, default=d.window, help="messages in flight per sender")
+    p.add_argument("--rate", type=float, help="paced rate (default: half of saturation)")
+    p.add_argument("--body-bytes", type=int, default=d.body_bytes, help="ciphertext bytes")
+    p.add_argument("--ack-interval", type=float, default=d.ack_interval,
+                   help="seconds between a recipient's cumulative acks")  # fmt: skip
+    p.add_argument("--sends-per-s", type=float, default=d.sends_per_s,
+                   help="gateway per-connection rate limit for the run")  # fmt: skip
+    p.add_argument("--send-burst", type=int, default=d.send_burst)
+    p.add_argument("--only", choices=("parley", "relay"), help="run one system only")
+    p.add_argument("--data-dir", type=Path, help="keep logs and data here (default: a temp dir)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    a = p.parse_args(argv)
+    if a.clients < 2 or a.clients % 2:
+        p.error("--clients must be even and at least 2")
+    opts = Options(
+        clients=a.clients, seconds=a.seconds, warmup=a.warmup, window=a.window, rate=a.rate,
+        body_bytes=a.body_bytes, ack_interval=a.ack_interval, sends_per_s=a.sends_per_s,
+        send_burst=a.send_burst, systems=(a.only,) if a.only else ("parley", "relay"),
+        data_dir=a.data_dir,
+    )  # fmt: skip
+    return opts, a.json, a.quiet
+
+
+def run(opts: Options, log: Any = None) -> dict[str, Any]:
+    """Run the benchmark (in a fresh event loop) and return its results."""
+    log = log or (lambda _msg: None)
+    tmp = None
+    data_dir = opts.data_dir
+    if data_dir is None:
+        tmp = tempfile.mkdtemp(prefix="parley-bench-")
+        data_dir = Path(tmp)
+    try:
+        try:
+            import uvloop
+
+            return uvloop.run(bench(opts, data_dir, log))
+        except ImportError:  # pragma: no cover - non-Linux platforms
+            return asyncio.run(bench(opts, data_dir, log))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts, as_json, quiet = parse_args(argv)
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    results = run(opts, log)
+    if as_json:
+        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(table(results))
+
+
+if __name__ == "__main__":
+    main()

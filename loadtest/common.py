@@ -1,0 +1,562 @@
+"""The load generator shared by the messaging benchmarks, and how they measure.
+
+One process drives every WebSocket (uvloop, aiohttp, orjson): clients come in
+pairs and each sends to its partner, so every client is both a sender and a
+recipient. The body of each message is what a real client would send
+(base64url, ``body_bytes`` of "ciphertext"); its first 18 bytes carry the
+phase, the sender's index, the message number and the send time, so that the
+recipient can time it and count it without any side channel.
+
+Two ways to send:
+
+- saturation: each sender keeps up to ``window`` messages in flight (sent, not
+  yet pushed to its recipient) and sends whenever it has room, within the rate
+  limit the server announced in ``ready``;
+- paced: one scheduler sends ``rate`` messages per second in total, spread
+  round-robin over the senders, whatever the answers (an open loop).
+
+Exactly-once is checked by message id: every id the server ``accepted`` must
+reach the recipient once; recipients acknowledge cumulatively (``ack`` with
+the highest sequence number below which they have everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+# phase, spare byte, sender index, message number, send time (monotonic ns): 18 bytes,
+# so that its base64url (24 characters) needs no padding.
+HEADER = struct.Struct("<BBIIq")
+HEADER_CHARS = 24
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+# CPU accounting ---------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # Fields after the command name start at field 3 (state): utime is 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds each named process used between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                out[name] = cpu_seconds(pid)
+        return out
+
+    def start(self) -> None:
+        self._start = self._sample()
+        self.used = {}
+
+    def stop(self) -> dict[str, float]:
+        end = self._sample()
+        self.used = {n: end[n] - self._start[n] for n in end if n in self._start}
+        return self.used
+
+
+# Results ----------------------------------------------------------------------
+@dataclass
+class PhaseResult:
+    name: str
+    seconds: float = 0.0
+    target_rate: float | None = None
+    sent: int = 0
+    accepted: int = 0
+    received: int = 0
+    window_received: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    recovered_by_sync: int = 0
+    unaccepted_received: int = 0
+    stored: int = 0
+    delivered_receipts: int = 0
+    skipped: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.window_received / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        per_msg = {
+            name: round(sec * 1e6 / self.window_received, 1) if self.window_received else None
+            for name, sec in self.cpu_s.items()
+        }
+        servers = [n for n in self.cpu_s if n != "loadgen"]
+        return {
+            "seconds": round(self.seconds, 2),
+            "target_rate": self.target_rate,
+            "delivered_per_s": round(self.rate, 1),
+            "sent": self.sent,
+            "accepted": self.accepted,
+            "received": self.received,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "recovered_by_sync": self.recovered_by_sync,
+            "unaccepted_received": self.unaccepted_received,
+            "stored": self.stored,
+            "delivered_receipts": self.delivered_receipts,
+            "skipped": self.skipped,
+            "errors": dict(self.errors),
+            "latency_ms": {
+                "samples": len(lat),
+                "p50": _r(percentile(lat, 50)),
+                "p90": _r(percentile(lat, 90)),
+                "p99": _r(percentile(lat, 99)),
+                "max": _r(lat[-1] if lat else None),
+            },
+            "cpu_s": {n: round(s, 3) for n, s in self.cpu_s.items()},
+            "cpu_cores": {
+                n: round(s / self.seconds, 3) if self.seconds else None
+                for n, s in self.cpu_s.items()
+            },
+            "cpu_us_per_msg": per_msg,
+            "server_cpu_us_per_msg": (
+                round(sum(self.cpu_s[n] for n in servers) * 1e6 / self.window_received, 1)
+                if self.window_received
+                else None
+            ),
+        }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+# Clients ----------------------------------------------------------------------
+class TokenBucket:
+    """The client's copy of the server's per-connection send limit."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def delay(self) -> float:
+        """Take a token and return 0, or return how long to wait for one."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+@dataclass
+class Account:
+    user_id: str
+    token: str
+
+
+class Client:
+    """One user's WebSocket: sends to ``peer``, receives from its own peer."""
+
+    def __init__(self, gen: LoadGenerator, idx: int, account: Account, url: str) -> None:
+        self.gen = gen
+        self.idx = idx
+        self.account = account
+        self.url = url
+        self.peer: Client | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.bucket: TokenBucket | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.n = 0  # message number, increasing across phases
+        self.outstanding = 0  # sent, neither pushed to the recipient nor refused
+        self.room = asyncio.Event()
+        self.accepted: set[int] = set()  # message numbers accepted in this phase
+        self.got: set[int] = set()  # (sender << 32 | number) received in this phase
+        self.seq_mark = 0  # every seq up to here has arrived
+        self.seq_above: set[int] = set()
+        self.seq_max = 0
+        self.acked = 0
+        self.syncing: asyncio.Future[dict[str, Any]] | None = None
+        self.recovering = False
+        self.closed = False
+        self.gateway: str | None = None
+
+    async def connect(self, session: aiohttp.ClientSession) -> None:
+        ws = await session.ws_connect(self.url, autoping=True, max_msg_size=0, compress=0)
+        await ws.send_str(orjson.dumps({"op": "auth", "token": self.account.token}).decode())
+        msg = await ws.receive(timeout=30)
+        frame = orjson.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else {}
+        if frame.get("op") != "ready":
+            raise RuntimeError(f"client {self.idx}: expected ready, got {msg!r}")
+        self.gateway = frame.get("gateway")
+        limits = frame.get("limits") or {}
+        if "sends_per_s" in limits:
+            self.bucket = TokenBucket(float(limits["sends_per_s"]), float(limits["send_burst"]))
+        self.ws = ws
+        self.reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.ws is not None:
+            await self.ws.close()
+        if self.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader
+
+    # Sending -------------------------------------------------------------------
+    async def send_message(self) -> None:
+        assert self.ws is not None and self.peer is not None
+        gen = self.gen
+        n = self.n = self.n + 1
+        header = HEADER.pack(gen.phase_id, 0, self.idx, n, time.monotonic_ns())
+        body = b64url(header) + gen.padding
+        self.outstanding += 1
+        gen.result.sent += 1
+        await self.ws.send_str(
+            f'{{"op":"send","id":"{n}","to":"{self.peer.account.user_id}","body":"{body}"}}'
+        )
+
+    async def saturate(self, window: int) -> None:
+        gen = self.gen
+        while not gen.stop_sending:
+            if self.outstanding >= window:
+                self.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.room.wait(), 0.5)
+                continue
+            if self.bucket is not None:
+                wait = self.bucket.delay()
+                if wait:
+                    await asyncio.sleep(wait)
+                    continue
+            await self.send_message()
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(orjson.dumps(frame).decode())
+
+    # Receiving -----------------------------------------------------------------
+    async def _read(self) -> None:
+        assert self.ws is not None
+        handlers = {
+            "message": self._on_message,
+            "accepted": self._on_accepted,
+            "stored": self._on_stored,
+            "delivered": self._on_delivered,
+            "error": self._on_error,
+            "synced": self._on_synced,
+        }
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            frame = orjson.loads(msg.data)
+            handler = handlers.get(frame.get("op"))
+            if handler is not None:
+                handler(frame)
+        if not self.closed:
+            self.gen.disconnects += 1
+
+    def _on_message(self, frame: dict[str, Any]) -> None:
+        now = time.monotonic_ns()
+        gen = self.gen
+        seq = frame.get("seq")
+        if isinstance(seq, int):
+            self._saw_seq(seq)
+        body = frame.get("body") or ""
+        try:
+            phase, _, sender, n, sent_ns = HEADER.unpack(
+                base64.urlsafe_b64decode(body[:HEADER_CHARS])
+            )
+        except (ValueError, struct.error):
+            gen.foreign += 1
+            return
+        if phase != gen.phase_id:
+            gen.stray += 1
+            return
+        key = sender << 32 | n
+        res = gen.result
+        if key in self.got:
+            if not self.recovering:
+                res.duplicates += 1
+            return
+        self.got.add(key)
+        res.received += 1
+        if self.recovering:
+            res.recovered_by_sync += 1
+        src = gen.clients[sender]
+        src.outstanding -= 1
+        src.room.set()
+        if gen.measuring:
+            res.window_received += 1
+            res.latencies_ms.append((now - sent_ns) / 1e6)
+
+    def _saw_seq(self, seq: int) -> None:
+        if seq > self.seq_max:
+            self.seq_max = seq
+        if seq == self.seq_mark + 1:
+            self.seq_mark = seq
+            above = self.seq_above
+            while self.seq_mark + 1 in above:
+                above.remove(self.seq_mark + 1)
+                self.seq_mark += 1
+        elif seq > self.seq_mark:
+            self.seq_above.add(seq)
+
+    def _on_accepted(self, frame: dict[str, Any]) -> None:
+        self.gen.result.accepted += 1
+        self.accepted.add(int(frame["id"]))
+
+    def _on_stored(self, _: dict[str, Any]) -> None:
+        self.gen.result.stored += 1
+
+    def _on_delivered(self, _: dict[str, Any]) -> None:
+        self.gen.result.delivered_receipts += 1
+
+    def _on_error(self, frame: dict[str, Any]) -> None:
+        errors = self.gen.result.errors
+        code = str(frame.get("code"))
+        errors[code] = errors.get(code, 0) + 1
+        ident = frame.get("id")
+        if isinstance(ident, str) and ident.isdigit():
+            self.outstanding -= 1
+            self.room.set()
+
+    def _on_synced(self, frame: dict[str, Any]) -> None:
+        if self.syncing is not None and not self.syncing.done():
+            self.syncing.set_result(frame)
+
+    # Acknowledging and syncing ------------------------------------------------------
+    async def ack(self, upto: int | None = None) -> None:
+        seq = self.seq_mark if upto is None else upto
+        if seq > self.acked:
+            self.acked = seq
+            await self.send_frame({"op": "ack", "seq": seq})
+
+    async def sync_all(self) -> None:
+        """Page through everything still waiting (after the last acknowledged seq)."""
+        after = self.acked
+        for page in range(1000):
+            self.syncing = asyncio.get_running_loop().create_future()
+            await self.send_frame({"op": "sync", "id": f"s{page}", "after": after, "limit": 200})
+            done = await asyncio.wait_for(self.syncing, 30)
+            after = int(done["last"])
+            if not done["more"]:
+                return
+
+
+class LoadGenerator:
+    """Drives paired clients through phases and keeps the score."""
+
+    def __init__(
+        self,
+        accounts: list[Account],
+        urls: list[str],
+        *,
+        body_bytes: int = 162,
+        durable: bool = True,
+        ack_interval: float = 0.25,
+    ) -> None:
+        if len(accounts) < 2 or len(accounts) % 2:
+            raise ValueError("clients come in pairs: give an even number of at least 2")
+        if body_bytes < HEADER.size or body_bytes % 3:
+            raise ValueError(f"body_bytes must be a multiple of 3, at least {HEADER.size}")
+        self.clients = [
+            Client(self, i, acc, urls[i % len(urls)]) for i, acc in enumerate(accounts)
+        ]
+        for a, b in zip(self.clients[::2], self.clients[1::2], strict=True):
+            a.peer, b.peer = b, a
+        self.padding = b64url(bytes(range(256)) * 4)[: (body_bytes - HEADER.size) * 4 // 3]
+        self.durable = durable
+        self.ack_interval = ack_interval
+        self.session: aiohttp.ClientSession | None = None
+        self.phase_id = 0
+        self.result = PhaseResult("idle")
+        self.measuring = False
+        self.stop_sending = False
+        self.stray = 0
+        self.foreign = 0
+        self.disconnects = 0
+        self._acker: asyncio.Task[None] | None = None
+
+    async def connect(self, concurrency: int = 50) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True)
+        )
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(c: Client) -> None:
+            async with sem:
+                await c.connect(self.session)  # type: ignore[arg-type]
+
+        await asyncio.gather(*(one(c) for c in self.clients))
+        if self.durable:
+            self._acker = asyncio.create_task(self._ack_loop())
+
+    async def close(self) -> None:
+        if self._acker is not None:
+            self._acker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acker
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ack_interval)
+            for c in self.clients:
+                if c.seq_mark > c.acked and not c.closed:
+                    await c.ack()
+
+    def gateways(self) -> Counter[str]:
+        return Counter(c.gateway or "?" for c in self.clients)
+
+    # Phases --------------------------------------------------------------------
+    def _begin(self, name: str) -> PhaseResult:
+        self.phase_id = (self.phase_id + 1) % 256
+        self.result = PhaseResult(name)
+        self.stop_sending = False
+        self.measuring = False
+        for c in self.clients:
+            c.accepted = set()
+            c.got = set()
+            c.outstanding = 0
+        return self.result
+
+    async def warm_up(self, timeout: float = 60.0) -> PhaseResult:
+        """One message each way per pair: routes, caches and consumer groups are warm."""
+        res = self._begin("warmup")
+        for c in self.clients:
+            await c.send_message()
+        await self._drain(timeout)
+        return res
+
+    async def saturation(
+        self, seconds: float, warmup: float, window: int, meter: CpuMeter
+    ) -> PhaseResult:
+        res = self._begin("saturation")
+        tasks = [asyncio.create_task(c.saturate(window)) for c in self.clients]
+        try:
+            await asyncio.sleep(warmup)
+            await self._measure(seconds, meter)
+        finally:
+            self.stop_sending = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._drain()
+        return res
+
+    async def paced(
+        self, rate: float, seconds: float, warmup: float, meter: CpuMeter, cap: int = 1000
+    ) -> PhaseResult:
+        res = self._begin("paced")
+        res.target_rate = round(rate, 1)
+        task = asyncio.create_task(self._pace(rate, cap))
+        try:
+            await asyncio.sleep(warmup)
+            await self._measure(seconds, meter)
+        finally:
+            self.stop_sending = True
+            await task
+        await self._drain()
+        return res
+
+    async def _pace(self, rate: float, cap: int) -> None:
+        clients = self.clients
+        res = self.result
+        start = time.monotonic()
+        i = due_done = 0
+        while not self.stop_sending:
+            due = int((time.monotonic() - start) * rate) - due_done
+            for _ in range(due):
+                c = clients[i % len(clients)]
+                i += 1
+                due_done += 1
+                if c.outstanding >= cap:
+                    res.skipped += 1
+                    continue
+                await c.send_message()
+            await asyncio.sleep(0.002)
+
+    async def _measure(self, seconds: float, meter: CpuMeter) -> None:
+        meter.start()
+        t0 = time.monotonic()
+        self.measuring = True
+        await asyncio.sleep(seconds)
+        self.measuring = False
+        self.result.seconds = time.monotonic() - t0
+        self.result.cpu_s = meter.stop()
+
+    async def _drain(self, timeout: float = 60.0) -> None:
+        """Wait for every sent message to arrive (or be refused); then count losses."""
+        res = self.result
+        deadline = time.monotonic() + timeout
+
+        def settled() -> bool:
+            refused = sum(res.errors.values())
+            return (
+                all(c.outstanding <= 0 for c in self.clients)
+                and res.accepted + refused >= res.sent
+            )
+
+        while not settled() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        missing = self._missing()
+        if missing and self.durable:
+            # Not pushed in real time: is it waiting in the inbox? (then it is late, not lost)
+            for c in {self.clients[k >> 32].peer for k in missing}:
+                assert c is not None
+                c.recovering = True
+                try:
+                    await c.sync_all()
+                finally:
+                    c.recovering = False
+            missing = self._missing()
+        res.lost = len(missing)
+        got = set().union(*(c.got for c in self.clients))
+        accepted = {c.idx << 32 | n for c in self.clients for n in c.accepted}
+        res.unaccepted_received = len(got - accepted)
+        if self.durable:
+            # Everything is accounted for: acknowledge it all, so the inboxes start empty.
+            for c in self.clients:
+                await c.ack(c.seq_max)
+
+    def _missing(self) -> set[int]:
+        got: set[int] = set().union(*(c.got for c in self.clients))
+        return {c.idx << 32 | n for c in self.clients for n in c.accepted} - got
+
+
+def flatten(items: Iterable[Iterable[str]]) -> list[str]:
+    return [x for xs in items for x in xs]
