@@ -29,7 +29,7 @@ from parley.crypto.bundle import (
     sign_kem_prekey,
     sign_signed_prekey,
 )
-from parley.crypto.encoding import U32_MAX, b64decode, b64encode, u32
+from parley.crypto.encoding import U32_MAX, b64decode, b64encode, load_state, u32
 from parley.crypto.errors import (
     CryptoError,
     MalformedBundle,
@@ -331,11 +331,7 @@ class Device:
 
     @classmethod
     def from_bytes(cls, data: bytes, rng: RandomSource = system_random) -> Device:
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedState("device state is not JSON") from exc
-        return cls.from_json(obj, rng)
+        return cls.from_json(load_state(data), rng)
 
     def __repr__(self) -> str:
         return f"Device(signing_key={self.identity.signing_key.hex()})"

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import struct
 from typing import Any
 
-from parley.crypto.errors import MalformedBundle
+from parley.crypto.errors import MalformedBundle, MalformedState
 
 __all__ = [
     "U32_MAX",
     "b64decode",
     "b64encode",
     "check_u32",
+    "load_state",
     "u32",
 ]
 
@@ -60,3 +62,13 @@ def check_u32(value: Any, *, field: str = "id") -> int:
 def u32(value: int) -> bytes:
     """4-byte big-endian encoding (the only integer width on the wire)."""
     return _U32.pack(value)
+
+
+def load_state(data: Any) -> Any:
+    """Parse serialised private state (UTF-8 JSON); raise MalformedState if it is not."""
+    if not isinstance(data, bytes | bytearray | str):
+        raise TypeError("state must be bytes")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MalformedState("state is not JSON") from exc

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from parley.crypto import franking, pqxdh
 from parley.crypto.bundle import PrekeyBundle, PublicIdentity
 from parley.crypto.device import Device
-from parley.crypto.encoding import b64decode, b64encode
+from parley.crypto.encoding import b64decode, b64encode, load_state
 from parley.crypto.errors import (
     BadCommitment,
     IdentityChanged,
@@ -348,8 +348,8 @@ class Session:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, rng: RandomSource = system_random) -> Session:
+        obj = load_state(data)
         try:
-            obj = json.loads(data)
             if obj["v"] != _STATE_VERSION:
                 raise MalformedState("unsupported session state version")
             pending = obj["pending_section"]
@@ -460,8 +460,8 @@ class GroupSession:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, rng: RandomSource = system_random) -> GroupSession:
+        obj = load_state(data)
         try:
-            obj = json.loads(data)
             if obj["v"] != _STATE_VERSION:
                 raise MalformedState("unsupported group state version")
             receivers = {
