@@ -18,7 +18,7 @@ from services.common.errors import ApiError, ErrorCode
 from services.keys.context import KEYS, Keys
 from services.keys.events import EventPublisher
 from services.keys.policy import MIN_BODY_BYTES, KeysPolicy
-from services.keys.routes import api
+from services.keys.routes import MAX_USER_ID, api
 from services.keys.store import KeyStore
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     """
     if not request.path.startswith(API_PREFIX):
         return await handler(request)
-    await authenticate(request)
+    claims = await authenticate(request)
+    if len(claims.user_id) > MAX_USER_ID:
+        raise ApiError(ErrorCode.FORBIDDEN, "This account cannot hold keys.")
     store = request.app[KEYS].store
     if not store.indexes_ready.is_set():
         timeout = request.app[KEYS].store.send_timeout_s

@@ -50,18 +50,20 @@ async def claim(
             ErrorCode.PREKEYS_EXHAUSTED,
             "No device of this user has a signed prekey and an ML-KEM prekey to offer.",
         )
-    for bundle in bundles:
-        await _notify_if_low(keys, target, bundle.device_id, bundle.generation)
+    for claimed in bundles:
+        await _notify_if_low(keys, target, claimed)
     return models.Bundles(bundles=[b.bundle for b in bundles])
 
 
 class _Claimed:
-    __slots__ = ("bundle", "device_id", "generation")
+    __slots__ = ("bundle", "device_id", "generation", "kem", "one_time")
 
     def __init__(self, bundle: models.Bundle, generation: int) -> None:
         self.bundle = bundle
         self.device_id = bundle.device_id
         self.generation = generation
+        self.one_time = bundle.one_time_prekey is not None
+        self.kem = not bundle.kem_prekey.last_resort
 
 
 async def _claim_device(keys: Keys, user_id: str, device: dict[str, Any]) -> _Claimed | None:
@@ -91,25 +93,40 @@ async def _claim_device(keys: Keys, user_id: str, device: dict[str, Any]) -> _Cl
     return _Claimed(bundle, generation)
 
 
-async def _notify_if_low(keys: Keys, user_id: str, device_id: int, generation: int) -> None:
-    """Publish ``prekeys_low`` once per low spell (until the device uploads or the flag expires)."""
-    store, policy = keys.store, keys.policy
-    if await store.low_flagged(user_id, device_id):
+async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
+    """Publish ``prekeys_low`` once per low spell (until the device uploads or the flag expires).
+
+    Redis estimates spare the common case any counting; only when they say
+    "low" is MongoDB counted, and only the real count decides.
+    """
+    store, t = keys.store, keys.policy.low_threshold
+    device_id, generation = claimed.device_id, claimed.generation
+    one_time, kem, flagged = await store.note_claim(
+        user_id, device_id, claimed.one_time, claimed.kem
+    )
+    if flagged or (one_time >= t and kem >= t):
         return
-    t = policy.low_threshold
-    one_time = await store.count_prekeys_upto(Kind.ONE_TIME, user_id, device_id, generation, t)
-    kem = await store.count_prekeys_upto(Kind.KEM, user_id, device_id, generation, t)
+    one_time = await _count(keys, Kind.ONE_TIME, user_id, device_id, generation)
+    kem = await _count(keys, Kind.KEM, user_id, device_id, generation)
+    await store.reset_left(user_id, device_id, one_time, kem)
     if one_time >= t and kem >= t:
-        return
-    if not await store.flag_low(user_id, device_id, policy.low_notify_interval_s):
+        return  # the estimate had drifted
+    if not await store.flag_low(user_id, device_id, keys.policy.low_notify_interval_s):
         return  # another claim got there first
-    one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
-    kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)
     log.info(
         "prekeys low",
         extra={"user_id": user_id, "device_id": device_id, "one_time": one_time, "kem": kem},
     )
     await keys.events.publish(events.prekeys_low(user_id, device_id, one_time, kem, t))
+
+
+async def _count(keys: Keys, kind: Kind, user_id: str, device_id: int, generation: int) -> int:
+    """The exact count, cheaply when it is small (as it is when prekeys run low)."""
+    t = keys.policy.low_threshold
+    n = await keys.store.count_prekeys_upto(kind, user_id, device_id, generation, t)
+    if n < t:
+        return n
+    return await keys.store.count_prekeys(kind, user_id, device_id, generation)
 
 
 async def identities(keys: Keys, user_id: str) -> models.UserIdentities:

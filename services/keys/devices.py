@@ -76,7 +76,7 @@ async def register_identity(
         if not await store.replace_identity(user_id, device_id, generation, new):
             continue
         await store.delete_prekeys(user_id, device_id, below_generation=generation + 1)
-        await store.clear_low(user_id, device_id)
+        await store.forget_left(user_id, device_id)
         log.info("identity key changed", extra={"user_id": user_id, "device_id": device_id})
         await keys.events.publish(events.key_changed(user_id, device_id, new))
         return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
@@ -181,7 +181,7 @@ async def _upload(
         )
     batch = secrets.token_hex(12)
     try:
-        await store.insert_prekeys(
+        inserted = await store.insert_prekeys(
             kind, user_id, device_id, generation, [p.doc() for p in verified], batch
         )
     except DuplicatePrekeyIds:
@@ -191,14 +191,14 @@ async def _upload(
     current = await store.get_device(user_id, device_id)
     if current is None or int(current["generation"]) != generation:
         # The identity changed (or the device went) while this batch was checked.
-        await store.delete_batch(kind, batch)
+        await store.delete_batch(kind, inserted, batch)
         raise _conflict()
-    await store.clear_low(user_id, device_id)
+    one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
+    kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)
+    # A new low spell starts from here (the flag goes even if still low).
+    await store.reset_left(user_id, device_id, one_time, kem, clear_low=True)
     return models.Stored(
-        device_id=device_id,
-        stored=len(verified),
-        one_time=await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation),
-        kem_one_time=await store.count_prekeys(Kind.KEM, user_id, device_id, generation),
+        device_id=device_id, stored=len(verified), one_time=one_time, kem_one_time=kem
     )
 
 
@@ -214,10 +214,13 @@ async def counts(keys: Keys, user_id: str, device_id: int) -> models.Counts:
     device = await device_or_404(keys, user_id, device_id)
     generation = int(device["generation"])
     store = keys.store
+    one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
+    kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)
+    await store.reset_left(user_id, device_id, one_time, kem)
     return models.Counts(
         device_id=device_id,
-        one_time=await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation),
-        kem_one_time=await store.count_prekeys(Kind.KEM, user_id, device_id, generation),
+        one_time=one_time,
+        kem_one_time=kem,
         signed_prekey_id=(device.get("signed_prekey") or {}).get("id"),
         kem_last_resort_id=(device.get("last_resort") or {}).get("id"),
         threshold=keys.policy.low_threshold,
@@ -236,5 +239,5 @@ async def check(
 async def delete(keys: Keys, user_id: str, device_id: int) -> None:
     if not await keys.store.delete_device(user_id, device_id):
         raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_id": device_id})
-    await keys.store.clear_low(user_id, device_id)
+    await keys.store.forget_left(user_id, device_id)
     log.info("device removed", extra={"user_id": user_id, "device_id": device_id})

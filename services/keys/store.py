@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 Doc = dict[str, Any]
 
 DUPLICATE_KEY = 11000
+# Prekey estimates of devices that see no claim nor upload for this long go.
+LEFT_TTL_S = 30 * 86400
 
 # A token bucket per key: ``tokens`` and ``ts`` (ms, Redis server clock so
 # that every replica agrees). Returns {allowed (0/1), ms until a token is back}.
@@ -75,6 +77,45 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * refill_ms) + 1000)
 return {allowed, wait}
 """
+
+
+# Document ids. Devices and prekeys are found by ``_id`` alone: a string that
+# sorts by (user, device, generation, prekey id), so that "a device's
+# prekeys of one generation" is an ``_id`` range. The ``_id`` index is then
+# the only one needed, uniqueness of prekey ids comes with it, and the
+# embedded server, which uses no other index for equality (it also matches
+# array members), answers from its index too. The user id is length-prefixed
+# and the numbers are fixed-width decimals, so one user's range can never
+# take in another's ids.
+MAX_USER_ID = 999
+
+
+def user_key(user_id: str) -> str:
+    if not 0 < len(user_id) <= MAX_USER_ID:
+        raise ValueError("user id length out of range")
+    return f"{len(user_id):03d}{user_id}"
+
+
+def device_key(user_id: str, device_id: int) -> str:
+    return user_key(user_id) + _u(device_id)
+
+
+def generation_key(user_id: str, device_id: int, generation: int) -> str:
+    return device_key(user_id, device_id) + _u(generation)
+
+
+def prekey_key(user_id: str, device_id: int, generation: int, prekey_id: int) -> str:
+    return generation_key(user_id, device_id, generation) + _u(prekey_id)
+
+
+def _u(n: int) -> str:
+    """A u32 as 10 decimal digits (fixed width, so that order is numeric order)."""
+    return f"{n:010d}"
+
+
+def _prefixed(prefix: str) -> Doc:
+    """Every ``_id`` that extends ``prefix`` with digits (':' sorts right after '9')."""
+    return {"$gte": prefix, "$lt": prefix + ":"}
 
 
 class Kind(StrEnum):
@@ -114,41 +155,31 @@ class KeyStore:
     # Indexes.
 
     async def ensure_indexes(self) -> None:
-        """Create the indexes (idempotent; every replica may run it at startup)."""
-        await self.devices.create_index(
-            [("user_id", ASCENDING), ("device_id", ASCENDING)], unique=True
-        )
-        for coll in self.prekeys.values():
-            await coll.create_index(
-                [
-                    ("user_id", ASCENDING),
-                    ("device_id", ASCENDING),
-                    ("generation", ASCENDING),
-                    ("id", ASCENDING),
-                ],
-                unique=True,
-            )
-            await coll.create_index([("batch", ASCENDING)])
+        """Create the indexes (idempotent; every replica may run it at startup).
+
+        Devices and prekeys need none beyond ``_id``: see :func:`device_key`.
+        """
         await self.outbox.create_index([("due", ASCENDING)])
         self.indexes_ready.set()
 
     # Devices.
 
     async def get_device(self, user_id: str, device_id: int) -> Doc | None:
-        return await self.devices.find_one({"user_id": user_id, "device_id": device_id})
+        return await self.devices.find_one({"_id": device_key(user_id, device_id)})
 
     async def list_devices(self, user_id: str) -> list[Doc]:
-        cursor = self.devices.find({"user_id": user_id}).sort("device_id", ASCENDING)
+        cursor = self.devices.find({"_id": _prefixed(user_key(user_id))}).sort("_id", ASCENDING)
         return await cursor.to_list()
 
     async def count_devices(self, user_id: str) -> int:
-        return await self._count(self.devices, {"user_id": user_id})
+        return await self._count(self.devices, {"_id": _prefixed(user_key(user_id))})
 
     async def insert_device(self, user_id: str, device_id: int, identity: Doc) -> None:
         """Raises DuplicateKeyError if the device exists (a concurrent registration)."""
         now = time.time()
         await self.devices.insert_one(
             {
+                "_id": device_key(user_id, device_id),
                 "user_id": user_id,
                 "device_id": device_id,
                 "generation": 1,
@@ -168,7 +199,7 @@ class KeyStore:
         never counted or claimed again.
         """
         result = await self.devices.update_one(
-            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            {"_id": device_key(user_id, device_id), "generation": generation},
             {
                 "$set": {"identity": identity, "updated_at": time.time()},
                 "$inc": {"generation": 1},
@@ -182,13 +213,13 @@ class KeyStore:
     ) -> bool:
         """Set ``signed_prekey`` or ``last_resort`` if the identity is still the one checked."""
         result = await self.devices.update_one(
-            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            {"_id": device_key(user_id, device_id), "generation": generation},
             {"$set": {field: value, "updated_at": time.time()}},
         )
         return result.matched_count == 1
 
     async def delete_device(self, user_id: str, device_id: int) -> bool:
-        result = await self.devices.delete_one({"user_id": user_id, "device_id": device_id})
+        result = await self.devices.delete_one({"_id": device_key(user_id, device_id)})
         await self.delete_prekeys(user_id, device_id)
         return result.deleted_count == 1
 
@@ -197,38 +228,32 @@ class KeyStore:
     async def delete_prekeys(
         self, user_id: str, device_id: int, below_generation: int | None = None
     ) -> None:
-        query: Doc = {"user_id": user_id, "device_id": device_id}
-        if below_generation is not None:
-            query["generation"] = {"$lt": below_generation}
+        """All of a device's prekeys, or those of generations before ``below_generation``."""
+        device = device_key(user_id, device_id)
+        if below_generation is None:
+            query = {"_id": _prefixed(device)}
+        else:
+            query = {"_id": {"$gte": device, "$lt": device + _u(below_generation)}}
         for coll in self.prekeys.values():
             await coll.delete_many(query)
 
     async def existing_prekey_ids(
         self, kind: Kind, user_id: str, device_id: int, generation: int, ids: Sequence[int]
     ) -> list[int]:
-        cursor = self.prekeys[kind].find(
-            {
-                "user_id": user_id,
-                "device_id": device_id,
-                "generation": generation,
-                "id": {"$in": list(ids)},
-            },
-            {"id": 1, "_id": 0},
-        )
+        keys = [prekey_key(user_id, device_id, generation, i) for i in ids]
+        cursor = self.prekeys[kind].find({"_id": {"$in": keys}}, {"id": 1, "_id": 0})
         return sorted(doc["id"] for doc in await cursor.to_list())
 
     async def count_prekeys(self, kind: Kind, user_id: str, device_id: int, generation: int) -> int:
-        return await self._count(
-            self.prekeys[kind],
-            {"user_id": user_id, "device_id": device_id, "generation": generation},
-        )
+        query = {"_id": _prefixed(generation_key(user_id, device_id, generation))}
+        return await self._count(self.prekeys[kind], query)
 
     async def count_prekeys_upto(
         self, kind: Kind, user_id: str, device_id: int, generation: int, limit: int
     ) -> int:
         """min(count, limit), at a cost bounded by ``limit`` (for the low-prekeys check)."""
         cursor = self.prekeys[kind].find(
-            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            {"_id": _prefixed(generation_key(user_id, device_id, generation))},
             {"_id": 1},
             limit=limit,
         )
@@ -242,15 +267,16 @@ class KeyStore:
         generation: int,
         prekeys: Sequence[Doc],
         batch: str,
-    ) -> None:
+    ) -> list[str]:
         """Insert a batch tagged ``batch``; all or (after a clash with a concurrent upload) none.
 
         A concurrent upload of the same id is the only way to clash (the
         caller checked the stored ids first); the part of the batch that got
-        in is removed again and DuplicatePrekeyIds raised.
+        in is removed again and DuplicatePrekeyIds raised. Returns the ``_id``s.
         """
         docs = [
             {
+                "_id": prekey_key(user_id, device_id, generation, p["id"]),
                 **p,
                 "user_id": user_id,
                 "device_id": device_id,
@@ -259,25 +285,32 @@ class KeyStore:
             }
             for p in prekeys
         ]
+        keys = [d["_id"] for d in docs]
         try:
             await self.prekeys[kind].insert_many(docs, ordered=True)
         except BulkWriteError as exc:
-            await self.delete_batch(kind, batch)
+            await self.delete_batch(kind, keys, batch)
             errors = exc.details.get("writeErrors", [])
             if errors and all(e.get("code") == DUPLICATE_KEY for e in errors):
                 raise DuplicatePrekeyIds from None
             raise
+        return keys
 
-    async def delete_batch(self, kind: Kind, batch: str) -> None:
-        await self.prekeys[kind].delete_many({"batch": batch})
+    async def delete_batch(self, kind: Kind, keys: Sequence[str], batch: str) -> None:
+        """Remove what this batch inserted (and not a clashing batch's prekey of the same id)."""
+        await self.prekeys[kind].delete_many({"_id": {"$in": list(keys)}, "batch": batch})
 
     async def claim_prekey(
         self, kind: Kind, user_id: str, device_id: int, generation: int
     ) -> Doc | None:
-        """Take one prekey for good: atomic, so each is handed out at most once."""
+        """Take one prekey for good: atomic, so each is handed out at most once.
+
+        The lowest id goes first (ids increase as a device uploads).
+        """
         return await self.prekeys[kind].find_one_and_delete(
-            {"user_id": user_id, "device_id": device_id, "generation": generation},
+            {"_id": _prefixed(generation_key(user_id, device_id, generation))},
             projection={"_id": 0, "id": 1, "key": 1, "sig": 1},
+            sort=[("_id", ASCENDING)],
         )
 
     async def _count(self, coll: AsyncCollection[Doc], query: Doc) -> int:
@@ -286,7 +319,7 @@ class KeyStore:
         reply = await self.db.command("count", coll.name, query=query)
         return int(reply["n"])
 
-    # Redis: claim rate limit and the prekeys_low flag.
+    # Redis: the claim rate limit.
 
     def claims_key(self, claimer: str, target: str) -> str:
         # Length-prefixed so that no pair of ids can produce another pair's key.
@@ -298,19 +331,51 @@ class KeyStore:
         allowed, wait_ms = await self._bucket(keys=[key], args=[capacity, refill_ms])
         return bool(allowed), int(wait_ms) / 1000
 
+    # Estimates of the prekeys left, so that a claim need not count in MongoDB.
+    # A hash per device {one_time, kem_one_time}: set to exact counts on every
+    # upload and counts read, decremented by claims. It is only a hint: below
+    # the threshold the claim path counts in MongoDB before acting, and a lost
+    # hash (Redis restart, expiry) reads as negative, which triggers that count.
+
+    def _left_key(self, user_id: str, device_id: int) -> str:
+        return f"{self.prefix}:left:{device_id}:{user_id}"
+
     def _low_key(self, user_id: str, device_id: int) -> str:
         return f"{self.prefix}:low:{device_id}:{user_id}"
 
-    async def low_flagged(self, user_id: str, device_id: int) -> bool:
-        return bool(await self.redis.exists(self._low_key(user_id, device_id)))
+    async def note_claim(
+        self, user_id: str, device_id: int, one_time: bool, kem: bool
+    ) -> tuple[int, int, bool]:
+        """Count down what a claim took: (one-time left, KEM left, low flag already set)."""
+        left = self._left_key(user_id, device_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(left, Kind.ONE_TIME.value, -1 if one_time else 0)
+            pipe.hincrby(left, Kind.KEM.value, -1 if kem else 0)
+            pipe.expire(left, LEFT_TTL_S)
+            pipe.exists(self._low_key(user_id, device_id))
+            one, kem_left, _, flagged = await pipe.execute()
+        return int(one), int(kem_left), bool(flagged)
+
+    async def reset_left(
+        self, user_id: str, device_id: int, one_time: int, kem: int, *, clear_low: bool = False
+    ) -> None:
+        left = self._left_key(user_id, device_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(left, mapping={Kind.ONE_TIME.value: one_time, Kind.KEM.value: kem})
+            pipe.expire(left, LEFT_TTL_S)
+            if clear_low:
+                pipe.delete(self._low_key(user_id, device_id))
+            await pipe.execute()
+
+    async def forget_left(self, user_id: str, device_id: int) -> None:
+        await self.redis.delete(
+            self._left_key(user_id, device_id), self._low_key(user_id, device_id)
+        )
 
     async def flag_low(self, user_id: str, device_id: int, ttl_s: int) -> bool:
         """Set the flag unless set; True if this call set it (and should notify)."""
         key = self._low_key(user_id, device_id)
         return bool(await self.redis.set(key, b"1", nx=True, ex=ttl_s))
-
-    async def clear_low(self, user_id: str, device_id: int) -> None:
-        await self.redis.delete(self._low_key(user_id, device_id))
 
     # Events: the outbox and Kafka.
 

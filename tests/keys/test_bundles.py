@@ -145,3 +145,33 @@ async def test_prekeys_low_is_published_once_per_spell(api: KeysApi, events: Eve
     await api.post_one_time(BOB, 1, dev.one_time(1))
     await api.claim("c", BOB)
     assert await events.settle(BOB) == [low, low | {"one_time": 6, "kem_one_time": 23}]
+
+
+async def test_lost_estimates_are_recounted(api: KeysApi, events: EventLog) -> None:
+    dev = await api.device(BOB, one_time=30, kem=3)
+    store = api.keys.store
+    await store.redis.delete(store._left_key(BOB, 1))  # as after a Redis restart
+    await api.claim("a", BOB)
+    assert await store.redis.hgetall(store._left_key(BOB, 1)) == {
+        b"one_time": b"29",
+        b"kem_one_time": b"2",
+    }
+    assert await events.settle(BOB) == [
+        {
+            "type": "prekeys_low",
+            "user_id": BOB,
+            "device_id": 1,
+            "one_time": 29,
+            "kem_one_time": 2,
+            "threshold": 10,
+        }
+    ]
+    # A drifted estimate that says "low" is checked before anyone is told.
+    assert (await api.post_kem(BOB, 1, dev.kem(20)))[0] == 201
+    await store.reset_left(BOB, 1, 0, 0)
+    await api.claim("b", BOB)
+    assert len(await events.settle(BOB)) == 1
+    assert await store.redis.hgetall(store._left_key(BOB, 1)) == {
+        b"one_time": b"28",
+        b"kem_one_time": b"21",
+    }

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from services.keys import store as store_mod
 from services.keys.store import DuplicatePrekeyIds, Kind
 from tests.keys.conftest import KeysApi
 
@@ -12,26 +15,47 @@ async def test_indexes_are_created_idempotently(api: KeysApi) -> None:
     store = api.keys.store
     await store.ensure_indexes()
     await store.ensure_indexes()
-    info = await store.devices.index_information()
-    assert any(v.get("unique") and [k for k, _ in v["key"]] == ["user_id", "device_id"]
-               for v in info.values())  # fmt: skip
-    for coll in store.prekeys.values():
-        info = await coll.index_information()
-        keys = [[k for k, _ in v["key"]] for v in info.values() if v.get("unique")]
-        assert ["user_id", "device_id", "generation", "id"] in keys
+    info = await store.outbox.index_information()
+    assert any([k for k, _ in v["key"]] == ["due"] for v in info.values())
+
+
+def test_ids_sort_by_user_device_generation_and_prekey() -> None:
+    assert store_mod.prekey_key("bob", 2, 1, 7) == "003bob000000000200000000010000000007"
+    keys = [
+        store_mod.prekey_key(u, d, g, i)
+        for u, d, g, i in [("b", 1, 1, 2), ("b", 1, 1, 10), ("b", 1, 2, 0), ("b", 2, 1, 0)]
+    ]
+    assert keys == sorted(keys)
+    with pytest.raises(ValueError):
+        store_mod.user_key("")
+
+
+async def test_one_users_range_never_takes_in_anothers(api: KeysApi) -> None:
+    store = api.keys.store
+    users = ["u1", "u10", "u1:", "u", "u1\x00", "ü1"]
+    for user in users:
+        await store.insert_device(user, 1, {"signing_key": user})
+        await store.insert_prekeys(Kind.ONE_TIME, user, 1, 1, [{"id": 1, "key": user}], "b")
+    for user in users:
+        assert [d["user_id"] for d in await store.list_devices(user)] == [user]
+        assert await store.count_prekeys(Kind.ONE_TIME, user, 1, 1) == 1
+    claimed = await store.claim_prekey(Kind.ONE_TIME, "u1", 1, 1)
+    assert claimed is not None and claimed["key"] == "u1"
+    assert await store.claim_prekey(Kind.ONE_TIME, "u1", 1, 1) is None
+    for user in users[1:]:
+        assert await store.count_prekeys(Kind.ONE_TIME, user, 1, 1) == 1
 
 
 async def test_a_clashing_concurrent_batch_is_removed_whole(api: KeysApi) -> None:
     store = api.keys.store
-    await store.insert_prekeys(Kind.ONE_TIME, "u", 1, 1, [{"id": 5, "key": "k"}], "first")
-    docs = [{"id": i, "key": "k"} for i in (3, 4, 5, 6)]
-    try:
+    await store.insert_prekeys(Kind.ONE_TIME, "u", 1, 1, [{"id": 5, "key": "first"}], "first")
+    docs = [{"id": i, "key": "second"} for i in (3, 4, 5, 6)]
+    with pytest.raises(DuplicatePrekeyIds):
         await store.insert_prekeys(Kind.ONE_TIME, "u", 1, 1, docs, "second")
-    except DuplicatePrekeyIds:
-        pass
-    else:
-        raise AssertionError("the clash was not reported")
+    # Only the clashing batch's own prekeys went; the first batch's id 5 stayed.
     assert await store.count_prekeys(Kind.ONE_TIME, "u", 1, 1) == 1
+    claimed = await store.claim_prekey(Kind.ONE_TIME, "u", 1, 1)
+    assert claimed == {"id": 5, "key": "first"}
 
 
 async def test_claims_are_single_use_under_concurrency(api: KeysApi) -> None:
@@ -41,11 +65,16 @@ async def test_claims_are_single_use_under_concurrency(api: KeysApi) -> None:
     got = await asyncio.gather(*(store.claim_prekey(Kind.KEM, "u", 1, 1) for _ in range(60)))
     ids = [d["id"] for d in got if d is not None]
     assert sorted(ids) == list(range(40))
-    # Only the current generation is claimed or counted.
+    # Lowest id first; only the current generation is claimed or counted.
     await store.insert_prekeys(Kind.KEM, "u", 1, 1, docs[:3], "c")
-    assert await store.claim_prekey(Kind.KEM, "u", 1, 2) is None
-    assert await store.count_prekeys(Kind.KEM, "u", 1, 2) == 0
+    await store.insert_prekeys(Kind.KEM, "u", 1, 2, docs[5:7], "d")
+    assert (await store.claim_prekey(Kind.KEM, "u", 1, 2) or {})["id"] == 5
+    assert await store.count_prekeys(Kind.KEM, "u", 1, 2) == 1
+    assert await store.count_prekeys(Kind.KEM, "u", 1, 1) == 3
     assert await store.count_prekeys_upto(Kind.KEM, "u", 1, 1, 2) == 2
+    await store.delete_prekeys("u", 1, below_generation=2)
+    assert await store.count_prekeys(Kind.KEM, "u", 1, 1) == 0
+    assert await store.count_prekeys(Kind.KEM, "u", 1, 2) == 1
 
 
 async def test_token_bucket(api: KeysApi) -> None:
