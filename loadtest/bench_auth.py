@@ -255,7 +255,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
 
 
 async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
@@ -300,7 +305,8 @@ def markdown(r: dict[str, Any], command: str) -> str:
     ag = r["argon2"]
     return "\n".join(
         [
-            f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}. Command: `{command}`",
+            f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, load average "
+            f"{m['load_avg_1m_at_start']} at start. Command: `{command}`",
             "",
             "| what | per second | note |",
             "|---|---|---|",
