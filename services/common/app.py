@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from services.common.config import Settings, settings_or_exit
 from services.common.errors import ApiError, ErrorCode
@@ -79,6 +82,10 @@ async def error_middleware(
         return json_response(err.body(rid), status=exc.status)
     except asyncio.CancelledError:
         raise
+    except (RedisError, PyMongoError, KafkaError, ConnectionError) as exc:
+        # A backing server is down or unreachable: temporary, say so (503).
+        log.warning("dependency error", extra={"path": request.path, "error": repr(exc)})
+        return json_response(ApiError(ErrorCode.UNAVAILABLE).body(rid), status=503)
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return json_response(ApiError(ErrorCode.INTERNAL).body(rid), status=500)

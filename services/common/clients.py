@@ -18,6 +18,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.config import Settings
 
@@ -64,6 +68,10 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         socket_timeout=timeout,
         health_check_interval=15,
         decode_responses=False,
+        # A pooled connection to a Redis that restarted fails once: retry on a
+        # fresh connection instead of failing the request.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 

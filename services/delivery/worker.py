@@ -109,7 +109,7 @@ class Worker:
             if not records:
                 continue
             start = time.perf_counter()
-            await handler(records)
+            await self._process(handler, records)
             try:
                 await consumer.commit()
             except CommitFailedError:
@@ -117,6 +117,19 @@ class Worker:
                 log.info("commit failed after rebalance; batch will be redelivered")
             self.batch_size.observe(len(records))
             self.batch_seconds.observe(time.perf_counter() - start)
+
+    async def _process(self, handler: Any, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Run a batch until it succeeds: it is idempotent, so a MongoDB or Redis
+        outage only delays it, and the partitions are neither committed nor given up."""
+        delay = 0.1
+        while True:
+            try:
+                await handler(records)
+                return
+            except (PyMongoError, RedisError, OSError) as exc:
+                log.warning("batch failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # Messages ---------------------------------------------------------------
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:

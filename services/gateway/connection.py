@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from services.common.auth import TokenVerifier, check_not_revoked
 from services.common.errors import ApiError, ErrorCode
@@ -29,6 +30,7 @@ from services.gateway.protocol import (
     CLOSE_AUTH_TIMEOUT,
     CLOSE_FLOOD,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TRY_AGAIN,
     PROTOCOL_VERSION,
     AckFrame,
     AuthFrame,
@@ -131,11 +133,15 @@ class Connection:
         writer = self._writer = asyncio.create_task(self.writer())
         try:
             if await self._authenticate():
-                await self.hub.register(self)
                 try:
                     await self._loop()
                 finally:
                     await self.hub.unregister(self)
+        except (RedisError, OSError) as exc:
+            # Redis went away under this socket: the client reconnects and resyncs.
+            log.warning("closing a socket after a redis error", extra={"error": repr(exc)})
+            self.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
+            await self.close(CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
         finally:
             for task in list(self._pending):
                 task.cancel()
@@ -188,6 +194,8 @@ class Connection:
             await self.close(CLOSE_AUTH_FAILED, err.code.value)
             return False
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
+        # Presence is recorded before `ready`: once a client is ready, it is reachable.
+        await self.hub.register(self)
         self.push(
             {
                 "op": "ready",

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.common.app import CHECKS, base_app
 from services.common.config import load_settings
@@ -37,6 +38,10 @@ def make_app() -> web.Application:
     @api.get("/v1/fail", summary="Fails", errors=[ErrorCode.FORBIDDEN])
     async def fail(request: web.Request) -> None:
         raise ApiError(ErrorCode.FORBIDDEN)
+
+    @api.get("/v1/redis-down", summary="A dependency fails")
+    async def redis_down(request: web.Request) -> None:
+        raise RedisConnectionError("Connection closed by server.")
 
     @api.get("/v1/boom", summary="Crashes")
     async def boom(request: web.Request) -> None:
@@ -162,3 +167,11 @@ async def test_openapi_documents_models_and_error_codes(client: Any) -> None:
     assert doc["components"]["schemas"]["Greeting"]["properties"]["times"]["maximum"] == 3
     page = await (await client.get("/test/docs")).text()
     assert "/test/v1/greet" in page
+
+
+async def test_a_down_dependency_is_503_unavailable_not_500(client: Any) -> None:
+    resp = await client.get("/test/v1/redis-down")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["error"]["code"] == "service_unavailable"
+    assert "Connection closed" not in str(body)

@@ -135,6 +135,14 @@ def start_system(stack: Stack) -> System:
             "PARLEY_KAFKA_PARTITIONS": "2",
             "PARLEY_KAFKA_SESSION_TIMEOUT_MS": "3000",
             "PARLEY_LOG_FORMAT": "json",
+            # Test profile: cheap password hashing and generous per-IP limits,
+            # since every test user signs up from 127.0.0.1 (docs/auth.md).
+            "PARLEY_ARGON2_TIME_COST": "1",
+            "PARLEY_ARGON2_MEMORY_KIB": "1024",
+            "PARLEY_ARGON2_PARALLELISM": "1",
+            "PARLEY_LIMIT_SIGNUP_IP": "100000/3600",
+            "PARLEY_LIMIT_LOGIN_IP": "100000/300",
+            "PARLEY_PRESENCE_REFRESH_S": "2",
         },
     )
     procs = Processes(cfg)

@@ -21,11 +21,19 @@ class WsClient:
     @classmethod
     async def connect(cls, url: str, token: str | None = None) -> WsClient:
         session = aiohttp.ClientSession()
-        ws = await session.ws_connect(url, max_msg_size=0, autoping=True)
+        try:
+            ws = await session.ws_connect(url, max_msg_size=0, autoping=True)
+        except BaseException:
+            await session.close()
+            raise
         client = cls(ws, session)
         if token is not None:
-            await client.send({"op": "auth", "token": token})
-            ready = await client.expect("ready")
+            try:
+                await client.send({"op": "auth", "token": token})
+                ready = await client.expect("ready")
+            except BaseException:
+                await client.close()
+                raise
             assert ready["protocol"] == 1
             client.ready = ready
         return client
