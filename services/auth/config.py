@@ -66,7 +66,7 @@ class AuthSettings(BaseSettings):
     password_reset_ttl_s: int = Field(default=1800, ge=300, le=86400)
 
     # Rate limits, COUNT/SECONDS. Per client IP and per account.
-    limit_signup_ip: str = "10/3600"
+    limit_signup_ip: str = "30/3600"
     limit_login_ip: str = "30/300"
     limit_login_failures: str = "10/900"
     limit_code_ip: str = "30/300"
