@@ -58,6 +58,7 @@ class Options:
     sends_per_s: float = 1000.0
     send_burst: int = 1000
     systems: tuple[str, ...] = ("parley", "relay")
+    saturation: bool = True
     data_dir: Path | None = None
 
 
@@ -134,6 +135,42 @@ class ParleySystem:
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+class DeliveryBatches:
+    """Delivery's batch histograms over a window (from its /metrics): how well it batches."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+        self._start: dict[str, float] = {}
+
+    async def _read(self) -> dict[str, float]:
+        async with self.session.get(self.url) as resp:
+            text = await resp.text()
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("parley_delivery_batch_") and name.endswith(("_sum", "_count")):
+                out[name] = float(value)
+        return out
+
+    async def start(self) -> None:
+        self._start = await self._read()
+
+    async def stop(self) -> dict[str, Any]:
+        end = await self._read()
+        d = {k: end.get(k, 0.0) - self._start.get(k, 0.0) for k in end}
+        batches = d.get("parley_delivery_batch_size_count", 0.0)
+        if not batches:
+            return {"delivery_batches": 0}
+        return {
+            "delivery_batches": int(batches),
+            "delivery_mean_batch_records": round(d["parley_delivery_batch_size_sum"] / batches, 1),
+            "delivery_mean_batch_ms": round(
+                1000 * d.get("parley_delivery_batch_seconds_sum", 0.0) / batches, 1
+            ),
+        }
+
+
 # Runs -------------------------------------------------------------------------------
 async def run_phases(
     gen: LoadGenerator, pids: dict[str, int], opts: Options, log: Any
@@ -145,18 +182,22 @@ async def run_phases(
         warm = await gen.warm_up()
         if warm.lost:
             raise RuntimeError(f"warm-up lost {warm.lost} messages: {warm.summary()}")
-        log(f"  saturation: {opts.seconds}s (after {opts.warmup}s), window {opts.window}")
-        sat = await gen.saturation(opts.seconds, opts.warmup, opts.window, meter)
-        log(f"    {sat.rate:.0f} msgs/s, lost {sat.lost}, duplicates {sat.duplicates}")
-        rate = opts.rate or max(1.0, sat.rate / 2)
+        phases: dict[str, PhaseResult] = {}
+        if opts.saturation:
+            log(f"  saturation: {opts.seconds}s (after {opts.warmup}s), window {opts.window}")
+            sat = phases["saturation"] = await gen.saturation(
+                opts.seconds, opts.warmup, opts.window, meter
+            )
+            log(f"    {sat.rate:.0f} msgs/s, lost {sat.lost}, duplicates {sat.duplicates}")
+        rate = opts.rate or max(1.0, phases["saturation"].rate / 2)
         log(f"  paced: {rate:.0f} msgs/s for {opts.seconds}s")
-        paced = await gen.paced(rate, opts.seconds, opts.warmup, meter)
+        paced = phases["paced"] = await gen.paced(rate, opts.seconds, opts.warmup, meter)
         lat = paced.summary()["latency_ms"]
         log(f"    p50 {lat['p50']} ms, p99 {lat['p99']} ms, lost {paced.lost}, "
             f"duplicates {paced.duplicates}")  # fmt: skip
     finally:
         await gen.close()
-    return {"saturation": sat, "paced": paced}
+    return phases
 
 
 async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
@@ -179,9 +220,7 @@ async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
         )
         try:
             log("relay baseline (direct, two processes):")
-            relay_accounts = [
-                Account(f"r{i}", f"r{i}") for i in range(opts.clients)
-            ]
+            relay_accounts = [Account(f"r{i}", f"r{i}") for i in range(opts.clients)]
             gen = LoadGenerator(relay_accounts, cluster.urls, body_bytes=opts.body_bytes,
                                 durable=False)  # fmt: skip
             pids = {**cluster.pids(), "redis": relay_redis.procs["redis"].pid, **self_pid}
@@ -207,11 +246,13 @@ async def bench_parley(
             accounts = await parley.sign_up(session, opts.clients)
         log(f"signed up {len(accounts)} users in {time.monotonic() - t0:.1f}s")
         log("parley (through HAProxy):")
-        gen = LoadGenerator(
-            accounts, [parley.ws_url], body_bytes=opts.body_bytes,
-            durable=True, ack_interval=opts.ack_interval,
-        )  # fmt: skip
-        phases = await run_phases(gen, {**parley.pids(), **self_pid}, opts, log)
+        async with aiohttp.ClientSession() as session:
+            batches = DeliveryBatches(session, parley.cfg.url("delivery") + "/delivery/metrics")
+            gen = LoadGenerator(
+                accounts, [parley.ws_url], body_bytes=opts.body_bytes,
+                durable=True, ack_interval=opts.ack_interval, probes=[batches],
+            )  # fmt: skip
+            phases = await run_phases(gen, {**parley.pids(), **self_pid}, opts, log)
         return _system(gen, phases)
     finally:
         await asyncio.to_thread(parley.stop)
@@ -225,6 +266,9 @@ def _system(gen: LoadGenerator, phases: dict[str, PhaseResult]) -> dict[str, Any
     return out
 
 
+PHASES = ("saturation", "paced")
+
+
 def targets(systems: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, checked against the results."""
     p, r = systems.get("parley"), systems.get("relay")
@@ -232,9 +276,9 @@ def targets(systems: dict[str, Any]) -> dict[str, Any]:
     if p is not None:
         out["p99_under_50ms"] = (p["paced"]["latency_ms"]["p99"] or 1e9) < 50
         out["zero_loss_zero_duplicates"] = all(
-            p[ph]["lost"] == 0 and p[ph]["duplicates"] == 0 for ph in ("saturation", "paced")
+            p[ph]["lost"] == 0 and p[ph]["duplicates"] == 0 for ph in PHASES if ph in p
         )
-    if p is not None and r is not None:
+    if p is not None and r is not None and "saturation" in p and "saturation" in r:
         ratio = p["saturation"]["delivered_per_s"] / max(r["saturation"]["delivered_per_s"], 1e-9)
         out["throughput_ratio"] = round(ratio, 3)
         out["at_least_half_of_relay"] = ratio >= 0.5
@@ -252,27 +296,33 @@ def table(results: dict[str, Any]) -> str:
         for n in names:
             try:
                 v = get(systems[n])
-            except (KeyError, TypeError):
+            except (KeyError, TypeError, ZeroDivisionError):
                 v = None
             cells.append("-" if v is None else str(v))
         rows.append((label, *cells))
 
-    row("saturation: delivered msgs/s", lambda s: s["saturation"]["delivered_per_s"])
-    row("saturation: p50 / p99 ms", lambda s: _pair(s["saturation"]["latency_ms"]))
-    row("saturation: lost / duplicates", lambda s: _ld(s["saturation"]))
-    row("paced: target msgs/s", lambda s: s["paced"]["target_rate"])
-    row("paced: delivered msgs/s", lambda s: s["paced"]["delivered_per_s"])
-    row("paced: p50 / p99 ms", lambda s: _pair(s["paced"]["latency_ms"]))
-    row("paced: max ms", lambda s: s["paced"]["latency_ms"]["max"])
-    row("paced: lost / duplicates", lambda s: _ld(s["paced"]))
-    row("errors (all phases)", lambda s: _errors(s))
-    rows.append(("CPU µs per delivered msg (saturation)", *[""] * len(names)))
-    procs = list(dict.fromkeys(p for n in names for p in systems[n]["saturation"]["cpu_s"]))
-    for proc in procs:
-        row(f"  {proc}", lambda s, p=proc: _cpu(s["saturation"], p))
-    row("  all servers (excl. loadgen)", lambda s: s["saturation"]["server_cpu_us_per_msg"])
-    rows.append(("CPU µs per delivered msg (paced)", *[""] * len(names)))
-    row("  all servers (excl. loadgen)", lambda s: s["paced"]["server_cpu_us_per_msg"])
+    for ph in PHASES:
+        if not any(ph in systems[n] for n in names):
+            continue
+        rows.append((f"{ph}:", *[""] * len(names)))
+        if ph == "paced":
+            row("  target msgs/s", lambda s: s["paced"]["target_rate"])
+        row("  delivered msgs/s", lambda s, ph=ph: s[ph]["delivered_per_s"])
+        row("  latency p50 / p99 ms", lambda s, ph=ph: _pair(s[ph]["latency_ms"]))
+        row("  latency max ms", lambda s, ph=ph: s[ph]["latency_ms"]["max"])
+        row("  lost / duplicates", lambda s, ph=ph: f"{s[ph]['lost']} / {s[ph]['duplicates']}")
+        row("  errors", lambda s, ph=ph: _errors(s[ph]))
+        row("  acks sent", lambda s, ph=ph: s[ph]["acks"])
+        row("  delivery batch: records / ms", lambda s, ph=ph: _batch(s[ph]))
+        row("  machine busy cores", lambda s, ph=ph: s[ph]["machine_cores_busy"])
+        row("    of which other processes + kernel", lambda s, ph=ph: s[ph]["unattributed_cores"])
+        rows.append(("  CPU µs per delivered msg (cores)", *[""] * len(names)))
+        procs = list(
+            dict.fromkeys(p for n in names for p in systems[n].get(ph, {}).get("cpu_s", {}))
+        )
+        for proc in procs:
+            row(f"    {proc}", lambda s, ph=ph, p=proc: _cpu(s[ph], p))
+        row("    all servers (not loadgen)", lambda s, ph=ph: s[ph]["server_cpu_us_per_msg"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))) for r in rows]  # fmt: skip
@@ -283,27 +333,25 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _batch(ph: dict[str, Any]) -> str | None:
+    if "delivery_mean_batch_records" not in ph:
+        return None
+    return f"{ph['delivery_mean_batch_records']} / {ph['delivery_mean_batch_ms']}"
+
+
 def _pair(lat: dict[str, Any]) -> str:
     return f"{lat['p50']} / {lat['p99']}"
 
 
-def _ld(ph: dict[str, Any]) -> str:
-    return f"{ph['lost']} / {ph['duplicates']}"
-
-
-def _errors(s: dict[str, Any]) -> str:
-    errs: dict[str, int] = {}
-    for ph in ("saturation", "paced"):
-        for k, v in s[ph]["errors"].items():
-            errs[k] = errs.get(k, 0) + v
-    return ",".join(f"{k}:{v}" for k, v in errs.items()) or "0"
+def _errors(ph: dict[str, Any]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in ph["errors"].items()) or "0"
 
 
 def _cpu(ph: dict[str, Any], proc: str) -> str | None:
     us = ph["cpu_us_per_msg"].get(proc)
     if us is None:
         return None
-    return f"{us} ({ph['cpu_cores'][proc]:.2f} cores)"
+    return f"{us} ({ph['cpu_cores'][proc]:.2f})"
 
 
 # CLI ----------------------------------------------------------------------------------
@@ -322,17 +370,21 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, bool]:
                    help="gateway per-connection rate limit for the run")  # fmt: skip
     p.add_argument("--send-burst", type=int, default=d.send_burst)
     p.add_argument("--only", choices=("parley", "relay"), help="run one system only")
+    p.add_argument("--paced-only", action="store_true",
+                   help="skip the saturation phase (needs --rate)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="keep logs and data here (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     a = p.parse_args(argv)
     if a.clients < 2 or a.clients % 2:
         p.error("--clients must be even and at least 2")
+    if a.paced_only and a.rate is None:
+        p.error("--paced-only needs --rate")
     opts = Options(
         clients=a.clients, seconds=a.seconds, warmup=a.warmup, window=a.window, rate=a.rate,
         body_bytes=a.body_bytes, ack_interval=a.ack_interval, sends_per_s=a.sends_per_s,
         send_burst=a.send_burst, systems=(a.only,) if a.only else ("parley", "relay"),
-        data_dir=a.data_dir,
+        saturation=not a.paced_only, data_dir=a.data_dir,
     )  # fmt: skip
     return opts, a.json, a.quiet
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import math
 import os
 import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -51,7 +52,7 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:
         return None
-    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
@@ -64,13 +65,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent not idle (all cores, every process and the kernel)."""
+    with open("/proc/stat", "rb") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks) - idle - iowait) / CLK_TCK
+
+
 class CpuMeter:
-    """CPU seconds each named process used between ``start()`` and ``stop()``."""
+    """CPU seconds each named process (and the machine) used between ``start()`` and ``stop()``."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
         self.pids = dict(pids)
         self._start: dict[str, float] = {}
+        self._machine = 0.0
         self.used: dict[str, float] = {}
+        self.machine = 0.0
 
     def _sample(self) -> dict[str, float]:
         out = {}
@@ -81,10 +92,12 @@ class CpuMeter:
 
     def start(self) -> None:
         self._start = self._sample()
+        self._machine = machine_busy_seconds()
         self.used = {}
 
     def stop(self) -> dict[str, float]:
         end = self._sample()
+        self.machine = machine_busy_seconds() - self._machine
         self.used = {n: end[n] - self._start[n] for n in end if n in self._start}
         return self.used
 
@@ -106,9 +119,12 @@ class PhaseResult:
     stored: int = 0
     delivered_receipts: int = 0
     skipped: int = 0
+    acks: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    machine_cpu_s: float = 0.0
+    probes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -135,6 +151,7 @@ class PhaseResult:
             "stored": self.stored,
             "delivered_receipts": self.delivered_receipts,
             "skipped": self.skipped,
+            "acks": self.acks,
             "errors": dict(self.errors),
             "latency_ms": {
                 "samples": len(lat),
@@ -154,6 +171,17 @@ class PhaseResult:
                 if self.window_received
                 else None
             ),
+            # Busy cores on the whole machine, and what none of the measured processes
+            # used (other processes, and kernel work such as loopback networking).
+            "machine_cores_busy": round(self.machine_cpu_s / self.seconds, 2)
+            if self.seconds
+            else None,
+            "unattributed_cores": round(
+                (self.machine_cpu_s - sum(self.cpu_s.values())) / self.seconds, 2
+            )
+            if self.seconds
+            else None,
+            **self.probes,
         }
 
 
@@ -319,6 +347,8 @@ class Client:
         src = gen.clients[sender]
         src.outstanding -= 1
         src.room.set()
+        if gen.draining:
+            gen.changed.set()
         if gen.measuring:
             res.window_received += 1
             res.latencies_ms.append((now - sent_ns) / 1e6)
@@ -338,9 +368,13 @@ class Client:
     def _on_accepted(self, frame: dict[str, Any]) -> None:
         self.gen.result.accepted += 1
         self.accepted.add(int(frame["id"]))
+        if self.gen.draining:
+            self.gen.changed.set()
 
     def _on_stored(self, _: dict[str, Any]) -> None:
         self.gen.result.stored += 1
+        if self.gen.draining:
+            self.gen.changed.set()
 
     def _on_delivered(self, _: dict[str, Any]) -> None:
         self.gen.result.delivered_receipts += 1
@@ -353,6 +387,8 @@ class Client:
         if isinstance(ident, str) and ident.isdigit():
             self.outstanding -= 1
             self.room.set()
+        if self.gen.draining:
+            self.gen.changed.set()
 
     def _on_synced(self, frame: dict[str, Any]) -> None:
         if self.syncing is not None and not self.syncing.done():
@@ -363,6 +399,7 @@ class Client:
         seq = self.seq_mark if upto is None else upto
         if seq > self.acked:
             self.acked = seq
+            self.gen.result.acks += 1
             await self.send_frame({"op": "ack", "seq": seq})
 
     async def sync_all(self) -> None:
@@ -377,6 +414,14 @@ class Client:
                 return
 
 
+class Probe(Protocol):
+    """Something else to read at the start and the end of each measured window."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> dict[str, Any]: ...
+
+
 class LoadGenerator:
     """Drives paired clients through phases and keeps the score."""
 
@@ -388,14 +433,13 @@ class LoadGenerator:
         body_bytes: int = 162,
         durable: bool = True,
         ack_interval: float = 0.25,
+        probes: Iterable[Probe] = (),
     ) -> None:
         if len(accounts) < 2 or len(accounts) % 2:
             raise ValueError("clients come in pairs: give an even number of at least 2")
         if body_bytes < HEADER.size or body_bytes % 3:
             raise ValueError(f"body_bytes must be a multiple of 3, at least {HEADER.size}")
-        self.clients = [
-            Client(self, i, acc, urls[i % len(urls)]) for i, acc in enumerate(accounts)
-        ]
+        self.clients = [Client(self, i, acc, urls[i % len(urls)]) for i, acc in enumerate(accounts)]
         for a, b in zip(self.clients[::2], self.clients[1::2], strict=True):
             a.peer, b.peer = b, a
         self.padding = b64url(bytes(range(256)) * 4)[: (body_bytes - HEADER.size) * 4 // 3]
@@ -410,6 +454,9 @@ class LoadGenerator:
         self.foreign = 0
         self.disconnects = 0
         self._acker: asyncio.Task[None] | None = None
+        self.probes: list[Probe] = list(probes)
+        self.draining = False
+        self.changed = asyncio.Event()
 
     async def connect(self, concurrency: int = 50) -> None:
         self.session = aiohttp.ClientSession(
@@ -511,6 +558,8 @@ class LoadGenerator:
             await asyncio.sleep(0.002)
 
     async def _measure(self, seconds: float, meter: CpuMeter) -> None:
+        for probe in self.probes:
+            await probe.start()
         meter.start()
         t0 = time.monotonic()
         self.measuring = True
@@ -518,6 +567,9 @@ class LoadGenerator:
         self.measuring = False
         self.result.seconds = time.monotonic() - t0
         self.result.cpu_s = meter.stop()
+        self.result.machine_cpu_s = meter.machine
+        for probe in self.probes:
+            self.result.probes.update(await probe.stop())
 
     async def _drain(self, timeout: float = 60.0) -> None:
         """Wait for every sent message to arrive (or be refused); then count losses."""
@@ -529,10 +581,17 @@ class LoadGenerator:
             return (
                 all(c.outstanding <= 0 for c in self.clients)
                 and res.accepted + refused >= res.sent
+                and (not self.durable or res.stored >= res.accepted)
             )
 
-        while not settled() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        self.draining = True
+        try:
+            while not settled() and (left := deadline - time.monotonic()) > 0:
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), left)
+        finally:
+            self.draining = False
         missing = self._missing()
         if missing and self.durable:
             # Not pushed in real time: is it waiting in the inbox? (then it is late, not lost)
@@ -556,7 +615,3 @@ class LoadGenerator:
     def _missing(self) -> set[int]:
         got: set[int] = set().union(*(c.got for c in self.clients))
         return {c.idx << 32 | n for c in self.clients for n in c.accepted} - got
-
-
-def flatten(items: Iterable[Iterable[str]]) -> list[str]:
-    return [x for xs in items for x in xs]
