@@ -63,6 +63,7 @@ class AuthService:
     limiter: RateLimiter
     mailer: Mailer
     clock: Clock = utcnow
+    started: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
@@ -101,6 +102,21 @@ class AuthService:
     async def start(self) -> None:
         await self.store.ensure_indexes()
         await self.keyring.reload()
+        self.started.set()
+
+    async def start_with_retry(self) -> None:
+        """Start once MongoDB answers (``make run`` starts every process at once)."""
+        delay = 0.2
+        while True:
+            try:
+                await self.start()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("auth not started yet, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def now(self) -> datetime:
         return self.clock()

@@ -269,9 +269,13 @@ async def begin_login(
     )
     sent = False
     if "email" in allowed and "totp" not in allowed:
-        # E-mail is the only factor: send the code at once.
-        await _send_login_code(svc, challenge_id, user)
-        sent = True
+        # E-mail is the only factor: send the code at once (if the mail server
+        # is down, the client still gets the challenge and can ask again).
+        try:
+            await _send_login_code(svc, challenge_id, user)
+            sent = True
+        except ApiError as exc:
+            log.warning("login code not sent", extra={"code": exc.code.value})
     return ChallengeResponse(
         challenge_id=challenge_id,
         methods=allowed,  # type: ignore[arg-type]

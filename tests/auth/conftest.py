@@ -34,5 +34,6 @@ async def auth(
 ) -> AsyncIterator[AuthApi]:
     client = await make_client(await create_app(settings, auth_config))
     api = AuthApi(client, stack.maildir)
+    await api.service.started.wait()
     yield api
     await api.service.drain()

@@ -58,6 +58,7 @@ async def test_private_keys_are_encrypted_at_rest(
 ) -> None:
     secret = settings.model_copy(update={"key_encryption_secret": SecretStr("s" * 32)})
     client = await make_client(await create_app(secret, auth_config))
+    await client.server.app[AUTH_SERVICE].started.wait()
     [doc] = [d async for d in client.server.app[DB]["signing_keys"].find({})]
     assert doc["private"]["enc"] == "A256GCM"
     ring = client.server.app[AUTH_SERVICE].keyring
@@ -173,3 +174,19 @@ def test_published_keys_follow_the_token_lifetime() -> None:
     assert [k.kid for k in keep] == ["k2", "k3"] and drop == []
     keep, drop = published(keys, t0 + timedelta(days=2), ttl)
     assert [k.kid for k in keep] == ["k3"] and [k.kid for k in drop] == ["k1", "k2"]
+
+
+async def test_requests_wait_for_start_and_readiness_says_so(
+    settings: Settings, make_client: Any, auth_config: AuthSettings
+) -> None:
+    # A MongoDB that is not there (yet): health answers, readiness and the API do not.
+    down = settings.model_copy(
+        update={"mongo_url": "mongodb://127.0.0.1:9", "dependency_timeout_ms": 300}
+    )
+    client = await make_client(await create_app(down, auth_config))
+    assert (await client.get("/auth/healthz")).status == 200
+    resp = await client.get("/auth/readyz")
+    assert resp.status == 503 and "auth" in (await resp.json())["failed"]
+    resp = await client.post("/auth/v1/login", json={"username": "abc", "password": "x"})
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "service_unavailable"
