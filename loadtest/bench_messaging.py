@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import shutil
 import sys
@@ -201,8 +202,6 @@ async def run_phases(
 
 
 async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
-    import os
-
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -315,7 +314,8 @@ def table(results: dict[str, Any]) -> str:
         row("  acks sent", lambda s, ph=ph: s[ph]["acks"])
         row("  delivery batch: records / ms", lambda s, ph=ph: _batch(s[ph]))
         row("  machine busy cores", lambda s, ph=ph: s[ph]["machine_cores_busy"])
-        row("    of which other processes + kernel", lambda s, ph=ph: s[ph]["unattributed_cores"])
+        row("    interrupts (loopback networking)", lambda s, ph=ph: s[ph]["interrupt_cores"])
+        row("    other processes on the machine", lambda s, ph=ph: s[ph]["unattributed_cores"])
         rows.append(("  CPU µs per delivered msg (cores)", *[""] * len(names)))
         procs = list(
             dict.fromkeys(p for n in names for p in systems[n].get(ph, {}).get("cpu_s", {}))
@@ -389,6 +389,14 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, bool]:
     return opts, a.json, a.quiet
 
 
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - non-Linux platforms
+        return None
+    return uvloop.new_event_loop
+
+
 def run(opts: Options, log: Any = None) -> dict[str, Any]:
     """Run the benchmark (in a fresh event loop) and return its results."""
     log = log or (lambda _msg: None)
@@ -398,12 +406,8 @@ def run(opts: Options, log: Any = None) -> dict[str, Any]:
         tmp = tempfile.mkdtemp(prefix="parley-bench-")
         data_dir = Path(tmp)
     try:
-        try:
-            import uvloop
-
-            return uvloop.run(bench(opts, data_dir, log))
-        except ImportError:  # pragma: no cover - non-Linux platforms
-            return asyncio.run(bench(opts, data_dir, log))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(bench(opts, data_dir, log))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

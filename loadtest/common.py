@@ -65,12 +65,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent not idle (all cores, every process and the kernel)."""
+def machine_seconds() -> tuple[float, float]:
+    """CPU time the whole machine spent busy (all cores, every process and the kernel),
+    and the part of it spent in interrupts (mostly loopback networking here)."""
     with open("/proc/stat", "rb") as f:
         ticks = [int(x) for x in f.readline().split()[1:9]]
-    idle, iowait = ticks[3], ticks[4]
-    return (sum(ticks) - idle - iowait) / CLK_TCK
+    idle, iowait, irq, softirq = ticks[3], ticks[4], ticks[5], ticks[6]
+    return (sum(ticks) - idle - iowait) / CLK_TCK, (irq + softirq) / CLK_TCK
 
 
 class CpuMeter:
@@ -79,9 +80,10 @@ class CpuMeter:
     def __init__(self, pids: Mapping[str, int]) -> None:
         self.pids = dict(pids)
         self._start: dict[str, float] = {}
-        self._machine = 0.0
+        self._machine = (0.0, 0.0)
         self.used: dict[str, float] = {}
         self.machine = 0.0
+        self.interrupts = 0.0
 
     def _sample(self) -> dict[str, float]:
         out = {}
@@ -92,12 +94,13 @@ class CpuMeter:
 
     def start(self) -> None:
         self._start = self._sample()
-        self._machine = machine_busy_seconds()
+        self._machine = machine_seconds()
         self.used = {}
 
     def stop(self) -> dict[str, float]:
         end = self._sample()
-        self.machine = machine_busy_seconds() - self._machine
+        busy, irq = machine_seconds()
+        self.machine, self.interrupts = busy - self._machine[0], irq - self._machine[1]
         self.used = {n: end[n] - self._start[n] for n in end if n in self._start}
         return self.used
 
@@ -124,11 +127,15 @@ class PhaseResult:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine_cpu_s: float = 0.0
+    interrupt_cpu_s: float = 0.0
     probes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.window_received / self.seconds if self.seconds else 0.0
+
+    def _cores(self, seconds: float) -> float | None:
+        return round(seconds / self.seconds, 2) if self.seconds else None
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -171,16 +178,14 @@ class PhaseResult:
                 if self.window_received
                 else None
             ),
-            # Busy cores on the whole machine, and what none of the measured processes
-            # used (other processes, and kernel work such as loopback networking).
-            "machine_cores_busy": round(self.machine_cpu_s / self.seconds, 2)
-            if self.seconds
-            else None,
-            "unattributed_cores": round(
-                (self.machine_cpu_s - sum(self.cpu_s.values())) / self.seconds, 2
-            )
-            if self.seconds
-            else None,
+            # Busy cores on the whole machine; what went to interrupts (loopback
+            # networking); and what neither they nor the measured processes used
+            # (other processes on the machine).
+            "machine_cores_busy": self._cores(self.machine_cpu_s),
+            "interrupt_cores": self._cores(self.interrupt_cpu_s),
+            "unattributed_cores": self._cores(
+                self.machine_cpu_s - self.interrupt_cpu_s - sum(self.cpu_s.values())
+            ),
             **self.probes,
         }
 
@@ -568,6 +573,7 @@ class LoadGenerator:
         self.result.seconds = time.monotonic() - t0
         self.result.cpu_s = meter.stop()
         self.result.machine_cpu_s = meter.machine
+        self.result.interrupt_cpu_s = meter.interrupts
         for probe in self.probes:
             self.result.probes.update(await probe.stop())
 
