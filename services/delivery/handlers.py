@@ -25,7 +25,7 @@ class Inbox:
                 {
                     "op": "delivered",
                     "id": d["client_id"],
-                    "server_id": d["_id"],
+                    "server_id": d["server_id"],
                     "to": user,
                     "conversation": d.get("conversation"),
                 },

@@ -3,16 +3,20 @@
 Collections (database ``<prefix>delivery``):
 
 - ``inbox``: one document per stored item (a message, or a ``key_changed``
-  notice) for one recipient: ``_id`` = server id, ``user``, ``seq`` (increasing
-  per recipient, not dense), ``kind``, ``from``, ``client_id``, ``conversation``,
-  ``body``, ``commitment``, ``sent_at``, ``acked``. Unique on
+  notice) for one recipient: ``_id`` = ``"<user>|<seq, 16 digits>"``,
+  ``server_id``, ``user``, ``seq`` (increasing per recipient, not dense),
+  ``kind``, ``from``, ``client_id``, ``conversation``, ``body``,
+  ``commitment``, ``sent_at``, ``acked``. The ``_id`` layout makes "this
+  user's items after N" one range on the primary key: the embedded server
+  scans whole tables for equality on secondary indexes (docs/embedded.md),
+  and on real MongoDB the same range is the cheapest query there is. Unique on
   (``from``, ``client_id``): a redelivered Kafka record never makes a second
   copy. An acknowledged item keeps its (``from``, ``client_id``) as a tombstone
   (body removed) for ``TOMBSTONE_RETENTION``, so that even a record redelivered
   after the ack is not stored again; tombstones are purged in code.
 - ``counters``: ``{_id: user, n}``, the last sequence number handed out.
-- ``contacts``: ``{_id: "<user>|<peer>", user, peer}``: who to warn when a
-  user's identity key changes.
+- ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
+  ``peer``'s identity key changes (a range on ``_id``).
 """
 
 from __future__ import annotations
@@ -49,9 +53,7 @@ class DeliveryStore:
 
     async def ensure_indexes(self) -> None:
         await self.inbox.create_index([("from", ASCENDING), ("client_id", ASCENDING)], unique=True)
-        await self.inbox.create_index([("user", ASCENDING), ("seq", ASCENDING)], unique=True)
         await self.inbox.create_index([("acked", ASCENDING), ("acked_at", ASCENDING)])
-        await self.contacts.create_index([("user", ASCENDING)])
 
     # Sequence numbers -------------------------------------------------------
     async def reserve(self, user: str, count: int) -> int:
@@ -93,34 +95,27 @@ class DeliveryStore:
 
     async def remember_contacts(self, pairs: Iterable[tuple[str, str]]) -> None:
         ops = [
-            UpdateOne({"_id": f"{u}|{p}"}, {"$set": {"user": u, "peer": p}}, upsert=True)
+            UpdateOne({"_id": f"{p}|{u}"}, {"$set": {"user": u, "peer": p}}, upsert=True)
             for u, p in set(pairs)
         ]
         if ops:
             await self.contacts.bulk_write(ops, ordered=False)
 
     async def contacts_of(self, user: str) -> list[str]:
-        return [d["user"] async for d in self.contacts.find({"peer": user}, {"user": 1})]
+        return [d["user"] async for d in self.contacts.find(user_range(user), {"user": 1})]
 
     # Reading and acknowledging ----------------------------------------------
     async def page(self, user: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
-        cursor = (
-            self.inbox.find({"user": user, "seq": {"$gt": after}, "acked": False})
-            .sort("seq", ASCENDING)
-            .limit(limit + 1)
-        )
+        query = {"_id": {"$gt": inbox_id(user, after), "$lt": f"{user}}}"}, "acked": False}
+        cursor = self.inbox.find(query).sort("_id", ASCENDING).limit(limit + 1)
         docs = [d async for d in cursor]
         return docs[:limit], len(docs) > limit
 
     async def acknowledge(self, user: str, seq: int) -> list[dict[str, Any]]:
         """Mark everything up to ``seq`` acknowledged (bodies deleted); returns what was acked."""
-        query = {"user": user, "seq": {"$lte": seq}, "acked": False}
-        acked = [
-            d
-            async for d in self.inbox.find(
-                query, {"from": 1, "client_id": 1, "kind": 1, "conversation": 1}
-            )
-        ]
+        query = {"_id": {"$gt": f"{user}|", "$lte": inbox_id(user, seq)}, "acked": False}
+        fields = {"from": 1, "client_id": 1, "kind": 1, "conversation": 1, "server_id": 1}
+        acked = [d async for d in self.inbox.find(query, fields)]
         if acked:
             await self.inbox.update_many(
                 {"_id": {"$in": [d["_id"] for d in acked]}},
@@ -166,10 +161,19 @@ class DeliveryStore:
         return sum(count.values())
 
 
+def inbox_id(user: str, seq: int) -> str:
+    """An inbox item's primary key; sorts by user, then seq (user ids have no ``|``)."""
+    return f"{user}|{seq:016d}"
+
+
+def user_range(user: str) -> dict[str, Any]:
+    """Every ``"<user>|..."`` key (``}`` sorts right after ``|``)."""
+    return {"_id": {"$gt": f"{user}|", "$lt": f"{user}}}"}}
+
+
 def item_frame(doc: dict[str, Any]) -> dict[str, Any]:
     """What a recipient sees of a stored item (pushed, or in a sync page)."""
     frame = {k: doc.get(k) for k in ITEM_FIELDS}
-    frame["server_id"] = doc["_id"]
     kind = doc.get("kind", "message")
     frame["op"] = kind
     if kind == "key_changed":

@@ -30,7 +30,7 @@ from services.common.clients import Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
 from services.common.logging import request_id_from_kafka, request_id_var
 from services.common.routing import new_server_id
-from services.delivery.store import DeliveryStore, item_frame
+from services.delivery.store import DeliveryStore, inbox_id, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ class Worker:
             next_seq[env["to"]] = seq + 1
             docs.append(
                 {
-                    "_id": env["server_id"],
+                    "_id": inbox_id(env["to"], seq),
+                    "server_id": env["server_id"],
                     "user": env["to"],
                     "seq": seq,
                     "kind": "message",
@@ -191,7 +192,7 @@ class Worker:
                     {
                         "op": "stored",
                         "id": doc["client_id"],
-                        "server_id": doc["_id"],
+                        "server_id": doc["server_id"],
                         "conversation": doc["conversation"],
                         "to": doc["user"],
                     },
@@ -228,7 +229,8 @@ class Worker:
         firsts = await asyncio.gather(*(self.store.reserve(c, 1) for c in contacts))
         docs = [
             {
-                "_id": new_server_id(),
+                "_id": inbox_id(contact, seq),
+                "server_id": new_server_id(),
                 "user": contact,
                 "seq": seq,
                 "kind": "key_changed",

@@ -1,0 +1,35 @@
+"""SIGTERM on a gateway pod: its clients get `reconnect`, the socket closes with 1001,
+and a reconnect through the load balancer lands on the other pod."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.support.aio import eventually
+from tests.support.stack import System, http_status
+from tests.support.users import signup
+from tests.support.wsclient import WsClient
+
+
+async def test_sigterm_drains_the_pod_and_clients_move(system: System) -> None:
+    user = await signup(system.lb)
+    client = await WsClient.connect(system.ws_url, user.token)
+    pod = client.ready["gateway"]
+    try:
+        system.procs.kill(pod, signal.SIGTERM)
+        frame = await client.expect("reconnect")
+        assert frame["reason"] == "server_shutting_down"
+        assert await client.wait_closed() == 1001
+        again = await WsClient.connect(system.ws_url, user.token)
+        assert again.ready["gateway"] != pod
+        await again.close()
+    finally:
+        await client.close()
+        system.restart(pod)
+        await eventually(
+            lambda: _status(system.cfg.url(pod) + "/gateway/readyz"), lambda s: s == 200
+        )
+
+
+async def _status(url: str) -> int:
+    return http_status(url)
