@@ -224,12 +224,16 @@ class RatchetState:
                 raise ReplayedMessage("message number already received (or its key expired)")
             if n - self.nr > MAX_SKIP:
                 raise TooManySkippedMessages(f"message skips {n - self.nr} keys (max {MAX_SKIP})")
-            new_keys, ck = _skip(self.ckr, self.nr, n, ratchet_key)
+            new_keys: list[tuple[tuple[bytes, int], bytes]] = []
+            ck = self.ckr
+            if n != self.nr:  # out of order: derive and keep the skipped keys
+                new_keys, ck = _skip(ck, self.nr, n, ratchet_key)
             mk, ck = chain_key_step(ck)
             payload = _open(mk, ciphertext, ad)
             if check is not None:
                 check(payload)
-            self._store(new_keys, self.chain_index)
+            if new_keys:
+                self._store(new_keys, self.chain_index)
             self.ckr = ck
             self.nr = n + 1
             return payload
