@@ -1,0 +1,218 @@
+"""HTTP calls to the auth and key services (through the load balancer).
+
+Thin: one method per route, JSON in and out, errors turned into
+:class:`~parley.errors.ApiError` (with the server's stable ``code``) or
+:class:`~parley.errors.ServerUnavailable`.  Token refresh is the caller's
+business: give :class:`Api` an ``on_expired`` callback and a request that
+fails with ``token_expired`` is retried once with the token it returns.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from parley.errors import ApiError, ServerUnavailable, UserNotFound
+
+__all__ = ["DEFAULT_SERVER", "Api", "friendly"]
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+# Messages for codes a user meets often, clearer than a generic one.
+_FRIENDLY = {
+    "invalid_credentials": "Wrong username or password.",
+    "user_not_found": "No such user.",
+    "account_locked": "Too many failed attempts: this account is locked for a while.",
+    "account_blocked": "This account is blocked.",
+    "token_revoked": "Your session has ended (logged out elsewhere?): log in again.",
+    "refresh_token_reused": "Your session was ended for safety (its token was used twice): "
+    "log in again.",
+    "invalid_code": "Wrong code.",
+    "challenge_expired": "The login took too long: start again.",
+    "identity_not_found": "This user has not set up encryption keys yet "
+    "(they must log in with a Parley client once).",
+    "prekeys_exhausted": "This user's device has no keys left to start a conversation.",
+}
+
+
+def friendly(code: str, message: str) -> str:
+    return _FRIENDLY.get(code, message)
+
+
+class Api:
+    """HTTP client of one Parley server (base URL, e.g. the load balancer)."""
+
+    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = 20.0) -> None:
+        self.server = server.rstrip("/")
+        self.token: str | None = None
+        self.on_expired: Callable[[], Awaitable[str]] | None = None
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=5)
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        auth: bool = True,
+        token: str | None = None,
+        retry: bool = True,
+    ) -> Any:
+        headers = {}
+        bearer = token or (self.token if auth else None)
+        if auth and bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        url = self.server + path
+        try:
+            async with self.http.request(method, url, json=json, headers=headers) as resp:
+                status = resp.status
+                retry_after = float(resp.headers.get("Retry-After", "0") or 0)
+                text = await resp.text()
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            raise ServerUnavailable(
+                f"Cannot reach the Parley server at {self.server} ({type(exc).__name__}). "
+                "Is it running?"
+            ) from exc
+        body: Any = None
+        if text:
+            try:
+                body = jsonlib.loads(text)
+            except ValueError:
+                body = None
+        if status < 400:
+            return body
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):
+            if status in (502, 503, 504):
+                raise ServerUnavailable(
+                    f"The Parley server at {self.server} is unavailable (HTTP {status}); "
+                    "try again shortly."
+                )
+            raise ApiError("http_error", f"Unexpected answer from the server (HTTP {status}).")
+        code = str(err.get("code", "error"))
+        message = friendly(code, str(err.get("message", code)))
+        if code == "token_expired" and auth and retry and self.on_expired is not None:
+            fresh = await self.on_expired()
+            return await self.request(method, path, json=json, token=fresh, retry=False)
+        if code == "service_unavailable":
+            raise ServerUnavailable(f"The server is unavailable: {message}")
+        cls = UserNotFound if code == "user_not_found" else ApiError
+        raise cls(code, message, status, err.get("details"), retry_after)
+
+    # -- auth -------------------------------------------------------------------
+    async def signup(self, username: str, email: str, password: str) -> dict[str, Any]:
+        body = {"username": username, "email": email, "password": password}
+        result: dict[str, Any] = await self.request(
+            "POST", "/auth/v1/signup", json=body, auth=False
+        )
+        return result
+
+    async def login(self, username: str, password: str, device: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"username": username, "password": password}
+        if device:
+            body["device"] = device
+        result: dict[str, Any] = await self.request("POST", "/auth/v1/login", json=body, auth=False)
+        return result
+
+    async def login_2fa(self, challenge_id: str, method: str, code: str) -> dict[str, Any]:
+        body = {"challenge_id": challenge_id, "method": method, "code": code}
+        result: dict[str, Any] = await self.request(
+            "POST", "/auth/v1/login/2fa", json=body, auth=False
+        )
+        return result
+
+    async def send_email_code(self, challenge_id: str) -> None:
+        await self.request(
+            "POST", "/auth/v1/login/2fa/email", json={"challenge_id": challenge_id}, auth=False
+        )
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", "/auth/v1/token/refresh", json={"refresh_token": refresh_token}, auth=False
+        )
+        return result
+
+    async def logout(self) -> None:
+        await self.request("POST", "/auth/v1/logout")
+
+    async def me(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/auth/v1/me")
+        return result
+
+    async def user(self, username_or_id: str) -> dict[str, Any]:
+        if not username_or_id or "/" in username_or_id:
+            raise UserNotFound("user_not_found", f"No user named {username_or_id!r}.", 404)
+        try:
+            result: dict[str, Any] = await self.request(
+                "GET", f"/auth/v1/users/{quote(username_or_id.lower(), safe='')}"
+            )
+        except UserNotFound as exc:
+            raise UserNotFound(exc.code, f"No user named {username_or_id!r}.", exc.status) from None
+        return result
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        result = await self.request("GET", "/auth/v1/sessions")
+        sessions: list[dict[str, Any]] = result["sessions"]
+        return sessions
+
+    async def revoke_session(self, session_id: str) -> None:
+        await self.request("DELETE", f"/auth/v1/sessions/{quote(session_id, safe='')}")
+
+    # -- keys -------------------------------------------------------------------
+    async def put_identity(self, device_id: int, identity: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PUT", f"/keys/v1/devices/{device_id}/identity", json=identity
+        )
+        return result
+
+    async def put_signed_prekey(self, device_id: int, prekey: dict[str, Any]) -> None:
+        await self.request("PUT", f"/keys/v1/devices/{device_id}/signed-prekey", json=prekey)
+
+    async def put_last_resort(self, device_id: int, prekey: dict[str, Any]) -> None:
+        await self.request("PUT", f"/keys/v1/devices/{device_id}/kem-last-resort", json=prekey)
+
+    async def upload_one_time(self, device_id: int, prekeys: list[dict[str, Any]]) -> Any:
+        return await self.request(
+            "POST", f"/keys/v1/devices/{device_id}/one-time-prekeys", json={"prekeys": prekeys}
+        )
+
+    async def upload_kem(self, device_id: int, prekeys: list[dict[str, Any]]) -> Any:
+        return await self.request(
+            "POST", f"/keys/v1/devices/{device_id}/kem-prekeys", json={"prekeys": prekeys}
+        )
+
+    async def counts(self, device_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/keys/v1/devices/{device_id}/counts")
+        return result
+
+    async def check_keys(self, device_id: int, digest: str) -> bool:
+        result = await self.request(
+            "POST", f"/keys/v1/devices/{device_id}/check", json={"digest": digest}
+        )
+        return bool(result["match"])
+
+    async def claim_bundles(self, user_id: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", f"/keys/v1/users/{quote(user_id, safe='')}/bundles")
+        bundles: list[dict[str, Any]] = result["bundles"]
+        return bundles
+
+    async def identities(self, user_id: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", f"/keys/v1/users/{quote(user_id, safe='')}/identity")
+        devices: list[dict[str, Any]] = result["devices"]
+        return devices

@@ -1,0 +1,272 @@
+"""The WebSocket to the gateway: authenticate, reconnect with backoff, keep the token fresh.
+
+:class:`Connection` owns one socket at a time and hands every frame it reads
+to a handler, in order.  After each (re)connection it calls ``on_ready``
+(the client syncs its inbox and resends what the server did not accept),
+as docs/protocol.md, "Reconnecting", asks:
+
+- backoff starts at 0.5 s, doubles to at most 30 s, with full jitter;
+- a ``reconnect`` frame (the pod drains) reconnects at once;
+- close 4001 (token refused) refreshes the token before trying again;
+  4003 (revoked, blocked) and a refused refresh stop for good: ``failed``
+  says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from parley.errors import ParleyError
+
+__all__ = ["Connection", "ConnectionClosed"]
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+FATAL_CODES = {"token_revoked", "account_blocked"}
+
+Frame = dict[str, Any]
+TokenProvider = Callable[[bool], Awaitable[str]]
+
+
+class ConnectionClosed(ParleyError):
+    """The socket is not open (it reconnects by itself unless it failed for good)."""
+
+
+class Connection:
+    def __init__(
+        self,
+        url: str,
+        token: TokenProvider,
+        handler: Callable[[Frame], Awaitable[None]],
+        *,
+        on_ready: Callable[[Frame], Awaitable[None]] | None = None,
+        on_state: Callable[[str, str], None] | None = None,
+        backoff_start: float = BACKOFF_START,
+        backoff_max: float = BACKOFF_MAX,
+        reauth_every: float = 600.0,
+    ) -> None:
+        self.url = url
+        self._token = token
+        self._handler = handler
+        self._on_ready = on_ready
+        self._on_state = on_state
+        self.backoff_start = backoff_start
+        self.backoff_max = backoff_max
+        self.reauth_every = reauth_every
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._first = asyncio.get_running_loop().create_future()
+        self._waiters: dict[str, asyncio.Future[Frame]] = {}
+        self._ids = itertools.count(1)
+        self._closing = False
+        self.failed: ParleyError | None = None
+        self.ready_frame: Frame | None = None
+        self.connects = 0
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self, timeout: float = 20.0) -> Frame:
+        """Connect (retrying with backoff) and return the first ``ready`` frame.
+
+        Raises the reason if the first connection fails for good, or
+        :class:`ConnectionClosed` if it did not succeed within ``timeout``.
+        """
+        self._http = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._run(), name="parley-connection")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._first), timeout)
+        except TimeoutError:
+            raise ConnectionClosed(
+                f"Could not connect to {self.url} within {timeout:.0f} s (is the server up?)"
+            ) from None
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set() and self._ws is not None and not self._ws.closed
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._http is not None:
+            await self._http.close()
+        if not self._first.done():
+            self._first.set_exception(ConnectionClosed("closed"))
+            self._first.exception()
+
+    # -- sending ----------------------------------------------------------------
+    async def send(self, frame: Frame) -> None:
+        ws = self._ws
+        if ws is None or ws.closed or not self._ready.is_set():
+            raise ConnectionClosed("not connected")
+        try:
+            await ws.send_str(json.dumps(frame, separators=(",", ":")))
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            raise ConnectionClosed(f"the connection dropped ({exc})") from exc
+
+    async def request(self, frame: Frame, timeout: float = 20.0) -> Frame:
+        """Send a frame with a fresh ``id`` and wait for the answer that carries it
+        (``synced``, ``pong``, ``ready`` or ``error``)."""
+        frame_id = frame.get("id") or f"c{next(self._ids)}"
+        frame = {**frame, "id": frame_id}
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[frame_id] = waiter
+        try:
+            await self.send(frame)
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._waiters.pop(frame_id, None)
+
+    # -- the loop ---------------------------------------------------------------
+    def _state(self, state: str, detail: str = "") -> None:
+        if self._on_state is not None:
+            self._on_state(state, detail)
+
+    async def _run(self) -> None:
+        delay = self.backoff_start
+        refresh = False
+        while not self._closing:
+            outcome = "error"
+            try:
+                outcome = await self._session(refresh)
+                refresh = False
+                if outcome == "ok":
+                    delay = self.backoff_start
+            except ParleyError as exc:
+                self._fail(exc)
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.debug("connection failed: %r", exc)
+                self._state("disconnected", f"{type(exc).__name__}: {exc}")
+            if self._closing:
+                return
+            if outcome == "reauth":
+                refresh = True
+            if outcome == "reconnect":
+                continue  # the pod drains: another one is ready now
+            wait = random.uniform(0, delay)
+            self._state("reconnecting", f"in {wait:.1f} s")
+            await asyncio.sleep(wait)
+            delay = min(self.backoff_max, delay * 2)
+
+    def _fail(self, exc: ParleyError) -> None:
+        self.failed = exc
+        self._state("failed", str(exc))
+        if not self._first.done():
+            self._first.set_exception(exc)
+
+    async def _session(self, refresh: bool) -> str:
+        """One socket from connect to close; returns why it ended."""
+        assert self._http is not None
+        token = await self._token(refresh)
+        async with self._http.ws_connect(self.url, heartbeat=30, max_msg_size=0) as ws:
+            await ws.send_str(json.dumps({"op": "auth", "token": token}))
+            msg = await ws.receive(timeout=20)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return "reauth" if ws.close_code == 4001 else "error"
+            ready = json.loads(msg.data)
+            if ready.get("op") == "error":
+                code = ready.get("code", "")
+                if code in FATAL_CODES:
+                    raise ParleyError(_closing_message(code))
+                return "reauth" if code in ("token_expired", "invalid_token") else "error"
+            self._ws = ws
+            self.ready_frame = ready
+            self.connects += 1
+            self._ready.set()
+            self._state("connected", str(ready.get("gateway", "")))
+            if not self._first.done():
+                self._first.set_result(ready)
+            reauth = asyncio.create_task(self._reauth_loop(ws))
+            after = asyncio.create_task(self._after_ready(ready))
+            try:
+                return await self._read(ws)
+            finally:
+                self._ready.clear()
+                self._ws = None
+                reauth.cancel()
+                after.cancel()
+                for waiter in self._waiters.values():
+                    if not waiter.done():
+                        waiter.set_exception(ConnectionClosed("the connection dropped"))
+                self._state("disconnected", f"closed {ws.close_code}")
+
+    async def _after_ready(self, ready: Frame) -> None:
+        if self._on_ready is None:
+            return
+        try:
+            await self._on_ready(ready)
+        except ConnectionClosed:
+            pass  # the socket dropped while syncing: the next connection syncs again
+        except Exception:
+            log.exception("after-connect work failed")
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                frame = json.loads(msg.data)
+            except ValueError:
+                continue
+            if not isinstance(frame, dict):
+                continue
+            op = frame.get("op")
+            if op == "reconnect":
+                await ws.close()
+                return "reconnect"
+            waiter = self._waiters.get(str(frame.get("id"))) if "id" in frame else None
+            if waiter is not None and not waiter.done() and op in ("synced", "pong", "ready"):
+                waiter.set_result(frame)
+                continue
+            if op == "error" and frame.get("code") in FATAL_CODES:
+                raise ParleyError(_closing_message(str(frame["code"])))
+            if waiter is not None and not waiter.done() and op == "error":
+                waiter.set_result(frame)
+            try:
+                await self._handler(frame)
+            except ConnectionClosed:
+                pass
+            except Exception:
+                log.exception("frame handler failed for %s", op)
+        code = ws.close_code
+        if code == 4003:
+            raise ParleyError(_closing_message("token_revoked"))
+        if code == 4001:
+            return "reauth"
+        return "ok"
+
+    async def _reauth_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send a fresh token before the current one expires (the gateway closes
+        sockets whose token ran out)."""
+        while not ws.closed:
+            await asyncio.sleep(self.reauth_every)
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                token = await self._token(False)
+                await self.request({"op": "auth", "token": token}, timeout=20)
+
+
+def _closing_message(code: str) -> str:
+    if code == "account_blocked":
+        return "This account is blocked: the server closed the connection."
+    return "Your session has ended (logged out or revoked): log in again."

@@ -1,0 +1,344 @@
+"""The client's local state: an SQLite file whose every value is sealed at rest.
+
+Layout (one file, ``store.db``, in WAL mode):
+
+- ``meta``: what is needed to open the store, in the clear: the schema
+  version, the scrypt salt and parameters, and ``check`` (a known value
+  sealed under the derived key, so a wrong passphrase is told apart from a
+  damaged file).
+- ``kv``: named values (account and tokens, the device's private keys, the
+  last processed sequence number ...).
+- ``peers``: per contact, the known identity (trust on first use) and the
+  pairwise sessions.
+- ``messages``: the history, one row per message.
+- ``outbox``: sent frames not yet ``accepted`` by the server (resent with
+  the same id after a reconnect).
+
+Every value is sealed with AES-256-GCM under a key derived from the
+passphrase with scrypt (then HKDF-SHA256 into an encryption key and an index
+key); the associated data is the table and row name, so a row cannot be
+moved to another place. Rows that must be found by peer are keyed by
+``HMAC-SHA256(index key, peer id)``: the file does not show who one talks to.
+Only sizes, row counts and the order of writes are visible on disk.
+
+Crash safety: every state change is one SQLite transaction (``BEGIN
+IMMEDIATE`` ... ``COMMIT``), so a ratchet step and the history entry it
+produced are written together or not at all. A process killed mid-write
+leaves the previous state (SQLite's journal). The same file may be used by
+several processes (the CLI's ``chat`` and ``send``): a transaction locks out
+the others (busy timeout), and state is read inside the transaction that
+changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from parley.errors import StoreError, WrongPassphrase
+
+__all__ = ["SCHEMA_VERSION", "KdfParams", "Store", "Transaction"]
+
+SCHEMA_VERSION = 1
+_CHECK = b"parley-store-v1-check"
+_NONCE = 12
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (ref TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conv TEXT NOT NULL,
+    ref TEXT UNIQUE,
+    value BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_conv ON messages (conv, id);
+CREATE TABLE IF NOT EXISTS outbox (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    ref TEXT UNIQUE NOT NULL,
+    value BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """scrypt cost: n=2^15, r=8, p=1 is 32 MiB and ~0.1 s (the interactive profile
+    recommended by the scrypt paper and RFC 7914 section 2)."""
+
+    n: int = 2**15
+    r: int = 8
+    p: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps({"alg": "scrypt", "n": self.n, "r": self.r, "p": self.p})
+
+    @classmethod
+    def from_json(cls, text: str) -> KdfParams:
+        obj = json.loads(text)
+        if obj.get("alg") != "scrypt":
+            raise StoreError("unknown key derivation in the local store")
+        return cls(int(obj["n"]), int(obj["r"]), int(obj["p"]))
+
+
+def _derive(passphrase: str, salt: bytes, params: KdfParams) -> tuple[bytes, bytes]:
+    master = Scrypt(salt=salt, length=32, n=params.n, r=params.r, p=params.p).derive(
+        passphrase.encode("utf-8")
+    )
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=b"parley-store-v1").derive(
+        master
+    )
+    return okm[:32], okm[32:]
+
+
+class Transaction:
+    """Reads and writes inside one SQLite transaction (use :meth:`Store.transaction`)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._db = store._db
+
+    # -- named values -------------------------------------------------------
+    def get(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(self._store._open(row[0], f"kv:{key}"))
+
+    def put(self, key: str, value: Any) -> None:
+        sealed = self._store._seal(json.dumps(value).encode(), f"kv:{key}")
+        self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, sealed))
+
+    def get_bytes(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (f"b:{key}",)).fetchone()
+        return None if row is None else self._store._open(row[0], f"kv:b:{key}")
+
+    def put_bytes(self, key: str, value: bytes) -> None:
+        sealed = self._store._seal(value, f"kv:b:{key}")
+        self._db.execute(
+            "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (f"b:{key}", sealed)
+        )
+
+    def delete(self, key: str) -> None:
+        self._db.execute("DELETE FROM kv WHERE key IN (?, ?)", (key, f"b:{key}"))
+
+    # -- peers ----------------------------------------------------------------
+    def peer(self, peer_id: str) -> dict[str, Any] | None:
+        ref = self._store.ref("peer", peer_id)
+        row = self._db.execute("SELECT value FROM peers WHERE ref = ?", (ref,)).fetchone()
+        if row is None:
+            return None
+        value: dict[str, Any] = json.loads(self._store._open(row[0], f"peers:{ref}"))
+        return value
+
+    def put_peer(self, peer_id: str, value: dict[str, Any]) -> None:
+        ref = self._store.ref("peer", peer_id)
+        sealed = self._store._seal(json.dumps(value).encode(), f"peers:{ref}")
+        self._db.execute("INSERT OR REPLACE INTO peers (ref, value) VALUES (?, ?)", (ref, sealed))
+
+    def peers(self) -> list[dict[str, Any]]:
+        out = []
+        for ref, value in self._db.execute("SELECT ref, value FROM peers"):
+            out.append(json.loads(self._store._open(value, f"peers:{ref}")))
+        return out
+
+    # -- history --------------------------------------------------------------
+    def add_message(self, peer_id: str, entry: dict[str, Any], ref: str | None = None) -> bool:
+        """Append to the conversation with ``peer_id``; False if ``ref`` is already there."""
+        conv = self._store.ref("conv", peer_id)
+        dedupe = None if ref is None else self._store.ref("msg", ref)
+        if dedupe is not None:
+            found = self._db.execute("SELECT 1 FROM messages WHERE ref = ?", (dedupe,)).fetchone()
+            if found:
+                return False
+        cur = self._db.execute(
+            "INSERT INTO messages (conv, ref, value) VALUES (?, ?, x'')", (conv, dedupe)
+        )
+        row_id = cur.lastrowid
+        sealed = self._store._seal(json.dumps(entry).encode(), f"messages:{row_id}:{conv}")
+        self._db.execute("UPDATE messages SET value = ? WHERE id = ?", (sealed, row_id))
+        return True
+
+    def has_message(self, ref: str) -> bool:
+        dedupe = self._store.ref("msg", ref)
+        return bool(self._db.execute("SELECT 1 FROM messages WHERE ref = ?", (dedupe,)).fetchone())
+
+    def update_message(
+        self, ref: str, only_if: Callable[[dict[str, Any]], bool] | None = None, **changes: Any
+    ) -> None:
+        """Change fields of the message added with ``ref`` (if ``only_if(entry)`` holds)."""
+        dedupe = self._store.ref("msg", ref)
+        row = self._db.execute(
+            "SELECT id, conv, value FROM messages WHERE ref = ?", (dedupe,)
+        ).fetchone()
+        if row is None:
+            return
+        row_id, conv, value = row
+        entry = json.loads(self._store._open(value, f"messages:{row_id}:{conv}"))
+        if only_if is not None and not only_if(entry):
+            return
+        entry.update(changes)
+        sealed = self._store._seal(json.dumps(entry).encode(), f"messages:{row_id}:{conv}")
+        self._db.execute("UPDATE messages SET value = ? WHERE id = ?", (sealed, row_id))
+
+    def history(self, peer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        conv = self._store.ref("conv", peer_id)
+        rows = self._db.execute(
+            "SELECT id, value FROM messages WHERE conv = ? ORDER BY id DESC LIMIT ?",
+            (conv, -1 if limit is None else limit),
+        ).fetchall()
+        return [
+            json.loads(self._store._open(value, f"messages:{row_id}:{conv}"))
+            for row_id, value in reversed(rows)
+        ]
+
+    # -- outbox ---------------------------------------------------------------
+    def queue(self, client_id: str, frame: dict[str, Any]) -> None:
+        ref = self._store.ref("out", client_id)
+        sealed = self._store._seal(json.dumps(frame).encode(), f"outbox:{ref}")
+        self._db.execute("INSERT OR REPLACE INTO outbox (ref, value) VALUES (?, ?)", (ref, sealed))
+
+    def unqueue(self, client_id: str) -> bool:
+        cur = self._db.execute(
+            "DELETE FROM outbox WHERE ref = ?", (self._store.ref("out", client_id),)
+        )
+        return cur.rowcount > 0
+
+    def queued(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT ref, value FROM outbox ORDER BY n").fetchall()
+        return [json.loads(self._store._open(value, f"outbox:{ref}")) for ref, value in rows]
+
+
+class Store:
+    """An open local store.  Create or open with :meth:`open`."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, enc_key: bytes, index_key: bytes):
+        self.path = path
+        self._db = db
+        self._aead = AESGCM(enc_key)
+        self._index_key = index_key
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def exists(cls, path: Path) -> bool:
+        return path.exists() and path.stat().st_size > 0
+
+    @classmethod
+    def open(cls, path: Path, passphrase: str, *, kdf: KdfParams | None = None) -> Store:
+        """Open the store at ``path``, creating it (with ``kdf`` cost) if it does not exist.
+
+        Raises :class:`WrongPassphrase` if the passphrase does not open an
+        existing store, :class:`StoreError` if the file is not a Parley store.
+        """
+        if not passphrase:
+            raise StoreError("the local store needs a passphrase")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    db.execute(statement)
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+                if not meta:
+                    params = kdf or KdfParams()
+                    salt = secrets.token_bytes(16)
+                    enc_key, index_key = _derive(passphrase, salt, params)
+                    nonce = secrets.token_bytes(_NONCE)
+                    check = nonce + AESGCM(enc_key).encrypt(nonce, _CHECK, b"meta:check")
+                    db.executemany(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)",
+                        [
+                            ("schema", str(SCHEMA_VERSION).encode()),
+                            ("kdf", params.to_json().encode()),
+                            ("salt", salt),
+                            ("check", check),
+                            ("created_at", str(int(time.time())).encode()),
+                        ],
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(f"{path} is not a Parley store ({exc})") from exc
+        if not meta:
+            return cls(path, db, enc_key, index_key)
+        try:
+            if int(meta["schema"]) != SCHEMA_VERSION:
+                raise StoreError(f"{path} has schema {int(meta['schema'])}, not {SCHEMA_VERSION}")
+            params = KdfParams.from_json(bytes(meta["kdf"]).decode())
+            enc_key, index_key = _derive(passphrase, bytes(meta["salt"]), params)
+            check = bytes(meta["check"])
+            AESGCM(enc_key).decrypt(check[:_NONCE], check[_NONCE:], b"meta:check")
+        except InvalidTag:
+            db.close()
+            raise WrongPassphrase("wrong passphrase for the local store") from None
+        except (KeyError, ValueError) as exc:
+            db.close()
+            raise StoreError(f"{path} is damaged ({exc})") from exc
+        return cls(path, db, enc_key, index_key)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- sealing --------------------------------------------------------------
+    def _seal(self, plaintext: bytes, where: str) -> bytes:
+        nonce = secrets.token_bytes(_NONCE)
+        return nonce + self._aead.encrypt(nonce, plaintext, where.encode())
+
+    def _open(self, sealed: bytes, where: str) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], where.encode())
+        except InvalidTag:
+            raise StoreError(f"a value of the local store is damaged ({where})") from None
+
+    def ref(self, kind: str, name: str) -> str:
+        """An opaque row key for ``name`` (the file does not show peer ids)."""
+        mac = hmac.new(self._index_key, f"{kind}\x00{name}".encode(), hashlib.sha256)
+        return mac.hexdigest()
+
+    # -- transactions ---------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction_sync(self) -> Iterator[Transaction]:
+        """One atomic change (blocking; for code outside the event loop)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield Transaction(self)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One atomic change; transactions of one process run one at a time."""
+        async with self._lock:
+            with self.transaction_sync() as tx:
+                yield tx
+
+    def read(self) -> Transaction:
+        """Read without a transaction (each statement sees committed data)."""
+        return Transaction(self)
