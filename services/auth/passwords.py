@@ -12,21 +12,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import unicodedata
-from pathlib import Path
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from services.auth.config import AuthSettings
+from services.auth.data import common_passwords
 from services.common.errors import ApiError, ErrorCode
-
-BLOCKLIST_PATH = Path(__file__).parent / "data" / "common-passwords.txt"
 
 
 @functools.cache
 def blocklist() -> frozenset[str]:
-    lines = BLOCKLIST_PATH.read_text(encoding="utf-8").splitlines()
-    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    words = frozenset(w.strip() for w in common_passwords.PASSWORDS.splitlines() if w.strip())
+    if len(words) != common_passwords.COUNT:
+        raise RuntimeError("the password blocklist is damaged; regenerate it")
+    return words
 
 
 def normalize(password: str) -> str:
