@@ -24,14 +24,13 @@ async def create_app(
     settings: Settings, config: AuthSettings | None = None, clock: Clock = utcnow
 ) -> web.Application:
     config = config or AuthSettings()
-    holder: list[AuthService] = []
 
     @web.middleware
     async def until_started(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         """Requests wait (a little) for indexes and keys; health probes never do."""
-        started = holder[0].started
+        started = request.app[AUTH_SERVICE].started
         if not started.is_set() and not request.path.endswith(OPERATIONAL):
             try:
                 await asyncio.wait_for(started.wait(), settings.dependency_timeout_ms / 1000)
@@ -43,7 +42,6 @@ async def create_app(
     db = use_mongo(app, settings, "auth")
     redis = use_redis(app, settings)
     service = AuthService.build(settings, config, db, redis, clock)
-    holder.append(service)
     app[AUTH_SERVICE] = service
 
     async def started() -> None:
