@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from parley.client import (
     Receipt,
     SecondFactor,
 )
-from parley.errors import NotLoggedIn, ParleyError, StoreError, WrongPassphrase
+from parley.errors import NotLoggedIn, ParleyError, WrongPassphrase
 
 app = typer.Typer(
     name="parley",
@@ -45,8 +45,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# NO_COLOR (no-color.org): plain text, no styles at all (also handy for scripts).
+_PLAIN = bool(os.environ.get("NO_COLOR"))
+console = Console(highlight=False, color_system=None if _PLAIN else "auto")
+err = Console(stderr=True, highlight=False, color_system=None if _PLAIN else "auto")
 T = TypeVar("T")
 
 
@@ -150,12 +152,13 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
             f"{escape(event.text)}"
         )
     elif isinstance(event, KeyChanged):
+        name = escape(event.username)
         console.print(
-            f"[bold yellow]Warning: {escape(event.username)}'s safety number changed.[/] "
-            "Their identity key is new (a reinstall or a new device, or someone in the middle). "
-            f"New safety number: [bold]{event.safety_number}[/]. Compare it with "
-            f"{escape(event.username)} in person before trusting new messages."
+            f"[bold yellow]Warning: {name}'s safety number changed.[/] Their identity key is "
+            "new: a reinstall, a new device, or someone in the middle."
         )
+        console.print(f"New safety number: [bold]{event.safety_number}[/]")
+        console.print(f"Compare it with {name} (in person, or by a call) before trusting it.")
     elif isinstance(event, DecryptFailed):
         console.print(
             f"[red]Could not decrypt a message from {escape(event.username)} "
@@ -218,36 +221,37 @@ def signup(
     directory = paths.account_dir(opts.home, opts.server, username)
 
     async def run() -> None:
-        async with _client(opts, username, create=True) as client:
-            await _with_status(
-                "Creating the account and publishing keys...",
-                client.signup(username, password, email),
-            )
-        paths.set_current_user(opts.home, opts.server, username)
+        await _fresh_account(
+            opts,
+            username,
+            "Creating the account and publishing keys...",
+            lambda client: client.signup(username, password, email),
+        )
         console.print(f"Signed up as [bold]{escape(username)}[/] on {opts.server}.")
         console.print(f"[dim]Keys and history are kept encrypted in {directory}[/]")
 
-    try:
-        _run(run())
-    except typer.Exit:
-        # A failed sign-up must not leave an empty account behind.
-        store = directory / paths.STORE_FILE
-        if store.exists() and not _has_account(directory):
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
+    _run(run())
 
 
-def _has_account(directory: Path) -> bool:
-    try:
-        from parley.store import Store
-
-        store = Store.open(directory / paths.STORE_FILE, os.environ.get("PARLEY_PASSPHRASE", "x"))
-    except StoreError:
-        return True  # cannot tell: keep it
-    try:
-        return store.read().get("account") is not None
-    finally:
-        store.close()
+async def _fresh_account(
+    opts: Options, username: str, status: str, action: Callable[[Client], Awaitable[object]]
+) -> None:
+    """Run ``action`` on the account's store; a store this created and that holds
+    no account afterwards (the sign-up or login failed) is removed again."""
+    directory = paths.account_dir(opts.home, opts.server, username)
+    created = not (directory / paths.STORE_FILE).exists()
+    failed = False
+    async with _client(opts, username, create=True) as client:
+        try:
+            await _with_status(status, action(client))
+        except BaseException:
+            failed = created and client.store.read().get("account") is None
+            raise
+        finally:
+            if failed:
+                await client.close()
+                shutil.rmtree(directory, ignore_errors=True)
+    paths.set_current_user(opts.home, opts.server, username)
 
 
 @app.command()
@@ -264,12 +268,12 @@ def login(
     password = password or typer.prompt("Password", hide_input=True)
 
     async def run() -> None:
-        async with _client(opts, username, create=True) as client:
-            await _with_status(
-                "Logging in and checking this device's keys...",
-                client.login(username, password, second_factor=_second_factor),
-            )
-        paths.set_current_user(opts.home, opts.server, username)
+        await _fresh_account(
+            opts,
+            username,
+            "Logging in and checking this device's keys...",
+            lambda client: client.login(username, password, second_factor=_second_factor),
+        )
         console.print(f"Logged in as [bold]{escape(username)}[/].")
 
     _run(run())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import logging
@@ -193,7 +194,8 @@ class Client:
         self._kdf = kdf
         self._store: Store | None = None
         self._conn: Connection | None = None
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._backlog: collections.deque[Event] = collections.deque(maxlen=10_000)
+        self._arrived = asyncio.Event()
         self._listeners: list[Callable[[Event], None]] = []
         self._outgoing: dict[str, _Outgoing] = {}
         self._refresh_lock = asyncio.Lock()
@@ -257,7 +259,8 @@ class Client:
 
     # -- events -----------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
-        self._events.put_nowait(event)
+        self._backlog.append(event)
+        self._arrived.set()
         for listener in self._listeners:
             try:
                 listener(event)
@@ -269,18 +272,23 @@ class Client:
         self._listeners.append(listener)
 
     async def events(self) -> AsyncIterator[Event]:
-        """Every event from now on (messages, key changes, receipts, errors)."""
+        """Every event not yet taken, then each as it happens (the buffer keeps the
+        last 10,000)."""
         while True:
-            yield await self._events.get()
+            yield await self.next_event()
 
     async def next_event(self, kind: type[Event] = Event, timeout: float = 30.0) -> Event:
-        """The next event of this type (others are dropped)."""
+        """Take the oldest buffered event of this type (others stay buffered), waiting
+        for one up to ``timeout`` seconds."""
 
         async def wait() -> Event:
             while True:
-                event = await self._events.get()
-                if isinstance(event, kind):
-                    return event
+                for event in self._backlog:
+                    if isinstance(event, kind):
+                        self._backlog.remove(event)
+                        return event
+                self._arrived.clear()
+                await self._arrived.wait()
 
         return await asyncio.wait_for(wait(), timeout)
 
