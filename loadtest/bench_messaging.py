@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pymongo import AsyncMongoClient
 
 from loadtest.common import Account, CpuMeter, LoadGenerator, PhaseResult
 from loadtest.relay_baseline import start_relays
@@ -172,6 +173,25 @@ class DeliveryBatches:
         }
 
 
+class InboxSize:
+    """How many documents delivery's inbox holds (acked ones stay as tombstones)."""
+
+    def __init__(self, mongo_url: str, db: str) -> None:
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            mongo_url, retryWrites=False
+        )
+        self.inbox = self.client[db]["inbox"]
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> dict[str, Any]:
+        return {"inbox_documents": await self.inbox.count_documents({})}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
 # Runs -------------------------------------------------------------------------------
 async def run_phases(
     gen: LoadGenerator, pids: dict[str, int], opts: Options, log: Any
@@ -247,11 +267,15 @@ async def bench_parley(
         log("parley (through HAProxy):")
         async with aiohttp.ClientSession() as session:
             batches = DeliveryBatches(session, parley.cfg.url("delivery") + "/delivery/metrics")
+            inbox = InboxSize(parley.cfg.url("mongo"), f"{parley.prefix}_delivery")
             gen = LoadGenerator(
                 accounts, [parley.ws_url], body_bytes=opts.body_bytes,
-                durable=True, ack_interval=opts.ack_interval, probes=[batches],
+                durable=True, ack_interval=opts.ack_interval, probes=[batches, inbox],
             )  # fmt: skip
-            phases = await run_phases(gen, {**parley.pids(), **self_pid}, opts, log)
+            try:
+                phases = await run_phases(gen, {**parley.pids(), **self_pid}, opts, log)
+            finally:
+                await inbox.close()
         return _system(gen, phases)
     finally:
         await asyncio.to_thread(parley.stop)
@@ -313,6 +337,7 @@ def table(results: dict[str, Any]) -> str:
         row("  errors", lambda s, ph=ph: _errors(s[ph]))
         row("  acks sent", lambda s, ph=ph: s[ph]["acks"])
         row("  delivery batch: records / ms", lambda s, ph=ph: _batch(s[ph]))
+        row("  inbox documents at the end", lambda s, ph=ph: s[ph]["inbox_documents"])
         row("  machine busy cores", lambda s, ph=ph: s[ph]["machine_cores_busy"])
         row("    interrupts (loopback networking)", lambda s, ph=ph: s[ph]["interrupt_cores"])
         row("    other processes on the machine", lambda s, ph=ph: s[ph]["unattributed_cores"])

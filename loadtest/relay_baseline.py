@@ -119,8 +119,13 @@ class Relay:
         )
         try:
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
                     await self._frame(ws, user, orjson.loads(msg.data))
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    err = {"op": "error", "code": "bad_request"}
+                    await ws.send_str(orjson.dumps(err).decode())
         finally:
             if self.local.get(user) is ws:
                 del self.local[user]
