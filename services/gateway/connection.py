@@ -94,12 +94,12 @@ class Connection:
         except asyncio.QueueFull:
             log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
             self.hub.errors.labels(ErrorCode.SLOW_CONSUMER.value).inc()
+            self._closing = True
             task = asyncio.create_task(
                 self.close(CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False)
             )
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-            self._closing = True
             return
         self.hub.frames_out.labels(str(frame.get("op"))).inc()
 

@@ -1,0 +1,58 @@
+"""A client that does not read is disconnected (4008) instead of growing the pod's memory.
+
+A unit test with a stand-in for the socket whose sends never complete (a
+client that stopped reading, once the kernel buffers are full): loopback TCP
+buffers hold megabytes, which would make a real-socket version slow and flaky.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from services.common.config import load_settings
+from services.gateway.connection import Connection
+from services.gateway.hub import Hub
+from services.gateway.protocol import CLOSE_SLOW_CONSUMER
+from services.gateway.store import GatewayStore
+from tests.support.aio import eventually
+
+
+class StuckSocket:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.closed_with: int | None = None
+        self.never = asyncio.Event()
+
+    async def send_frame(self, data: bytes, opcode: Any) -> None:
+        self.sent += 1
+        await self.never.wait()
+
+    async def close(self, code: int, message: bytes = b"") -> None:
+        self.closed_with = code
+
+
+async def test_full_outbound_queue_closes_the_socket_with_4008() -> None:
+    settings = load_settings(ws_outbound_queue=8)
+    hub = Hub(GatewayStore(settings, None, None, None), CollectorRegistry())  # type: ignore[arg-type]
+    ws = StuckSocket()
+    conn = Connection(ws, hub, None, None)  # type: ignore[arg-type]
+    conn._writer = asyncio.create_task(conn.writer())
+    try:
+        for i in range(100):
+            conn.push({"op": "message", "seq": i, "body": "x" * 1000})
+            await asyncio.sleep(0)
+        await eventually(lambda: _value(ws.closed_with), lambda code: code is not None, timeout=5)
+        assert ws.closed_with == CLOSE_SLOW_CONSUMER
+        # Memory stayed bounded: one frame in the socket, at most the queue's size waiting.
+        assert ws.sent == 1
+        assert conn.queue.qsize() <= settings.ws_outbound_queue
+        assert hub.errors.labels("slow_consumer")._value.get() == 1
+    finally:
+        conn._writer.cancel()
+
+
+async def _value(v: Any) -> Any:
+    return v
