@@ -1,0 +1,179 @@
+"""The server stores nothing readable.
+
+After a conversation through the real system (real-time messages, and
+messages still waiting, unacknowledged, in an offline user's inbox), scan
+every document of every MongoDB database with the system's prefix, every
+record of every Kafka topic with the prefix and every Redis key with the
+prefix, and find none of the plaintexts sent, nor any base64 form of them.
+A positive control (the users' ids, which the server must know) proves
+that the scan does reach the data.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+import bson
+import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from parley import Client
+from parley.client import Message
+from parley.store import KdfParams
+from pymongo import MongoClient
+
+from tests.support.stack import System
+
+PASSWORD = "correct horse battery staple"
+
+
+def forms(plaintext: str) -> list[bytes]:
+    """The plaintext and every base64 form of it that could sit inside a larger blob:
+    standard and URL-safe alphabets, at the three alignments (the characters that
+    depend on neighbouring bytes are cut off)."""
+    raw = plaintext.encode()
+    out = [raw]
+    for pad in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            enc = encode(b"\0" * pad + raw).rstrip(b"=")
+            skip = (pad * 4 + 2) // 3  # characters touched by the padding bytes
+            core = enc[skip : len(enc) - 2]
+            out.append(core)
+    out.append(base64.b64encode(raw))
+    out.append(base64.urlsafe_b64encode(raw).rstrip(b"="))
+    out.append(raw.hex().encode())
+    return out
+
+
+def mongo_blobs(system: System) -> Iterable[tuple[str, bytes]]:
+    client: MongoClient[dict[str, object]] = MongoClient(system.stack.cfg.url("mongo"))
+    try:
+        names = [n for n in client.list_database_names() if n.startswith(system.prefix)]
+        assert names, "the system's databases exist"
+        for name in names:
+            db = client[name]
+            for coll in db.list_collection_names():
+                for doc in db[coll].find():
+                    yield f"mongo {name}.{coll}", bson.encode(doc) + repr(doc).encode()
+    finally:
+        client.close()
+
+
+async def kafka_blobs(system: System) -> list[tuple[str, bytes]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=system.stack.cfg.url("kafka"), auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    out: list[tuple[str, bytes]] = []
+    try:
+        topics = sorted(t for t in await consumer.topics() if t.startswith(system.prefix))
+        assert topics, "the system's topics exist"
+        # Every partition up front: after assign() the client's metadata covers only those.
+        parts = [
+            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+        ]
+        assert {tp.topic for tp in parts} == set(topics)
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for r in records:
+                    blob = (r.key or b"") + (r.value or b"")
+                    blob += b"".join(k.encode() + v for k, v in r.headers)
+                    out.append((f"kafka {r.topic}", blob))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def redis_blobs(system: System) -> Iterable[tuple[str, bytes]]:
+    r = redis.Redis.from_url(system.stack.cfg.url("redis"))
+    try:
+        for key in r.scan_iter(match=f"{system.prefix}*", count=1000):
+            kind = r.type(key).decode()
+            parts: list[bytes] = [key]
+            if kind == "string":
+                parts.append(r.get(key) or b"")
+            elif kind == "hash":
+                for k, v in r.hgetall(key).items():
+                    parts += [k, v]
+            elif kind == "list":
+                parts += r.lrange(key, 0, -1)
+            elif kind == "set":
+                parts += list(r.smembers(key))
+            elif kind == "zset":
+                parts += [m for m, _ in r.zrange(key, 0, -1, withscores=True)]
+            elif kind == "stream":
+                for _, fields in r.xrange(key):
+                    for k, v in fields.items():
+                        parts += [k, v]
+            yield f"redis {key.decode(errors='replace')}", b"".join(parts)
+    finally:
+        r.close()
+
+
+async def test_no_plaintext_in_mongo_kafka_or_redis(system: System, tmp_path: Path) -> None:
+    plaintexts: list[str] = []
+
+    def secret() -> str:
+        text = f"plain-{secrets.token_hex(12)} the eagle lands at {secrets.token_hex(6)}"
+        plaintexts.append(text)
+        return text
+
+    clients = []
+    for name in ("alice", "bob", "carol"):
+        c = Client(
+            system.lb,
+            data_dir=tmp_path / name,
+            passphrase="p",
+            kdf=KdfParams(n=2**10),
+            backoff_start=0.1,
+        )
+        await c.open()
+        username = f"np{name}{secrets.token_hex(3)}"
+        await c.signup(username, PASSWORD, f"{username}@example.test")
+        clients.append(c)
+    alice, bob, carol = clients
+    try:
+        assert alice.username and bob.username and carol.username
+        await alice.connect()
+        await bob.connect()
+        for _ in range(3):  # real time, both ways (acknowledged: bodies deleted)
+            await alice.send(bob.username, secret())
+            assert isinstance(await bob.next_event(Message), Message)
+            await bob.send(alice.username, secret())
+            assert isinstance(await alice.next_event(Message), Message)
+        for _ in range(3):  # carol is offline: these wait in her inbox
+            await alice.send(carol.username, secret(), wait="stored")
+        await bob.send(carol.username, secret(), wait="stored")
+    finally:
+        for c in clients:
+            await c.close()
+
+    blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
+    needles = {p: forms(p) for p in plaintexts}
+    for where, blob in blobs:
+        for plaintext, variants in needles.items():
+            for v in variants:
+                assert v not in blob, f"{plaintext!r} readable in {where} (as {v!r})"
+
+    # Positive control: the scan reaches the data the server must hold.
+    ids = [c.user_id for c in clients]
+    assert all(i for i in ids)
+    for store in ("mongo", "kafka", "redis"):
+        seen = [w for w, b in blobs if w.startswith(store) and str(ids[2]).encode() in b]
+        assert seen, f"the scan of {store} found no trace of carol at all"
+    assert len(plaintexts) == 10
+
+
+def test_the_needles_find_a_plaintext_hidden_in_base64_at_any_offset() -> None:
+    text = "plain-" + secrets.token_hex(12)
+    for pad in range(6):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            blob = b"{" + encode(secrets.token_bytes(pad) + text.encode() + b"tail") + b"}"
+            assert any(v in blob for v in forms(text)), (pad, encode)
+    assert any(v in b"x" + text.encode() for v in forms(text))
