@@ -1,0 +1,256 @@
+"""Locust: users who sign up, publish keys, hold a WebSocket and chat end to end.
+
+Each simulated user is a real Parley client (without the local store):
+
+1. ``POST /auth/v1/signup``; a device (``parley.crypto.Device``) with
+   ``PARLEY_LOCUST_PREKEYS`` one-time X25519 and ML-KEM prekeys, published
+   with the key service's routes;
+2. a WebSocket (websocket-client, which Locust's gevent makes cooperative)
+   authenticated with the access token; a greenlet reads every frame;
+3. its task picks another ready user, claims that user's bundle the first
+   time (PQXDH), encrypts ``{"t": send time, "n": counter}`` with the Double
+   Ratchet and sends it; the recipient decrypts, acknowledges, and reports
+   the end-to-end delivery time (send on one socket to decrypted on the
+   other) as the custom metric ``E2E  deliver``. ``WS  accepted`` is the time
+   from ``send`` to the gateway's ``accepted`` (durable in Kafka).
+
+Any decryption failure, error frame or lost socket is a Locust failure.  Run
+headless (loadtest/README.md, "Locust")::
+
+    locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 60s \\
+        --host http://127.0.0.1:8080 --exit-code-on-error 1 --csv var/locust
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import secrets
+import time
+from typing import Any
+
+import gevent
+import websocket
+from locust import HttpUser, between, events, task
+from parley.crypto import CryptoError, Device, PrekeyBundle, ReplayedMessage, Session
+from parley.peers import PeerState
+
+PASSWORD = "locust " + "load test password"
+PREKEYS = int(os.environ.get("PARLEY_LOCUST_PREKEYS", "20"))
+DEVICE_ID = 1
+
+# Users that can receive, by user id (one Locust process shares this; with
+# --processes each worker's users talk among themselves).
+READY: dict[str, ParleyUser] = {}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class ParleyUser(HttpUser):
+    wait_time = between(0.5, 1.5)
+
+    def on_start(self) -> None:
+        self.username = f"lc{secrets.token_hex(6)}"
+        self.peers: dict[str, PeerState] = {}
+        self.sent_at: dict[str, float] = {}
+        self.counter = 0
+        self.last_seq = 0
+        self.ws: websocket.WebSocket | None = None
+        self.reader: gevent.Greenlet[Any, Any] | None = None
+        self.stopping = False
+        self._signup()
+        self._publish_keys()
+        self._connect()
+        READY[self.user_id] = self
+
+    def on_stop(self) -> None:
+        self.stopping = True
+        READY.pop(getattr(self, "user_id", ""), None)
+        if self.ws is not None:
+            self.ws.close()
+        if self.reader is not None:
+            self.reader.kill(block=False)
+
+    # -- setup ------------------------------------------------------------------
+    def _signup(self) -> None:
+        body = {
+            "username": self.username,
+            "email": f"{self.username}@example.test",
+            "password": PASSWORD,
+        }
+        with self.client.post("/auth/v1/signup", json=body, catch_response=True) as resp:
+            if resp.status_code != 201:
+                resp.failure(f"signup: {resp.status_code} {resp.text[:200]}")
+                raise RuntimeError("signup failed")
+            tokens = resp.json()
+        self.user_id = tokens["user"]["user_id"]
+        self.token = tokens["access_token"]
+        self.auth = {"Authorization": f"Bearer {self.token}"}
+
+    def _publish_keys(self) -> None:
+        self.device = Device.generate()
+        base = f"/keys/v1/devices/{DEVICE_ID}"
+        d = self.device
+        calls = [
+            ("PUT", "/identity", d.public_identity(), "keys: identity"),
+            ("PUT", "/signed-prekey", d.signed_prekey(), "keys: signed prekey"),
+            ("PUT", "/kem-last-resort", d.last_resort_kem_prekey(), "keys: last resort"),
+            (
+                "POST",
+                "/one-time-prekeys",
+                {"prekeys": d.generate_one_time_prekeys(PREKEYS)},
+                "keys: one-time prekeys",
+            ),
+            (
+                "POST",
+                "/kem-prekeys",
+                {"prekeys": d.generate_kem_prekeys(PREKEYS)},
+                "keys: kem prekeys",
+            ),
+        ]
+        for method, path, body, name in calls:
+            with self.client.request(
+                method, base + path, json=body, headers=self.auth, name=name, catch_response=True
+            ) as resp:
+                if resp.status_code >= 300:
+                    resp.failure(f"{resp.status_code} {resp.text[:200]}")
+                    raise RuntimeError(f"{name} failed")
+
+    def _connect(self) -> None:
+        url = self.host.replace("https://", "wss://").replace("http://", "ws://") + "/ws"
+        start = time.perf_counter()
+        try:
+            ws = websocket.create_connection(url, timeout=20)
+            ws.send(json.dumps({"op": "auth", "token": self.token}))
+            ready = json.loads(ws.recv())
+            if ready.get("op") != "ready":
+                raise RuntimeError(f"not ready: {ready}")
+            ws.settimeout(None)
+        except Exception as exc:
+            self._fire("WS", "connect", start, exc=exc)
+            raise
+        self._fire("WS", "connect", start)
+        self.ws = ws
+        self.reader = gevent.spawn(self._read)
+
+    # -- metrics ------------------------------------------------------------------
+    def _fire(
+        self, kind: str, name: str, start: float, *, exc: Exception | None = None, size: int = 0
+    ) -> None:
+        self._fire_ms(kind, name, (time.perf_counter() - start) * 1000, exc=exc, size=size)
+
+    def _fire_ms(
+        self, kind: str, name: str, ms: float, *, exc: Exception | None = None, size: int = 0
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type=kind,
+            name=name,
+            response_time=ms,
+            response_length=size,
+            exception=exc,
+            context={},
+        )
+
+    # -- receiving ----------------------------------------------------------------
+    def _read(self) -> None:
+        assert self.ws is not None
+        while not self.stopping:
+            try:
+                raw = self.ws.recv()
+            except Exception as exc:
+                if not self.stopping:
+                    self._fire_ms("WS", "socket", 0, exc=exc)
+                return
+            if not raw:
+                if not self.stopping:
+                    self._fire_ms("WS", "socket", 0, exc=RuntimeError("socket closed"))
+                return
+            frame = json.loads(raw)
+            op = frame.get("op")
+            if op == "message":
+                self._on_message(frame)
+            elif op == "accepted":
+                start = self.sent_at.pop(frame.get("id"), None)
+                if start is not None:
+                    self._fire("WS", "accepted", start)
+            elif op == "error":
+                self.sent_at.pop(frame.get("id"), None)
+                self._fire_ms("WS", f"error {frame.get('code')}", 0, exc=RuntimeError(str(frame)))
+
+    def _on_message(self, frame: dict[str, Any]) -> None:
+        seq = int(frame["seq"])
+        sender = frame["from"]
+        peer = self.peers.setdefault(sender, PeerState(sender))
+        wire = _unb64(frame["body"])
+        try:
+            incoming = peer.decrypt(self.device, wire, self.user_id)
+        except ReplayedMessage:
+            incoming = None  # pushed twice (allowed by the protocol): shown once
+        except CryptoError as exc:
+            self._fire_ms("E2E", "deliver", 0, exc=exc)
+            incoming = None
+        if incoming is not None:
+            body = json.loads(incoming.message.plaintext)
+            ms = (time.time() - body["t"]) * 1000
+            self._fire_ms("E2E", "deliver", ms, size=len(wire))
+        if seq > self.last_seq:
+            self.last_seq = seq
+            self._send({"op": "ack", "seq": seq})
+
+    # -- sending ------------------------------------------------------------------
+    def _send(self, frame: dict[str, Any]) -> None:
+        if self.ws is not None and not self.stopping:
+            self.ws.send(json.dumps(frame))
+
+    @task
+    def send_message(self) -> None:
+        others = [uid for uid in READY if uid != self.user_id]
+        if not others:
+            return
+        peer_id = random.choice(others)
+        peer = self.peers.setdefault(peer_id, PeerState(peer_id))
+        self.counter += 1
+        plaintext = json.dumps({"t": time.time(), "n": self.counter, "from": self.username})
+        if peer.has_session:
+            wire = peer.encrypt(plaintext.encode())
+        else:
+            with self.client.get(
+                f"/keys/v1/users/{peer_id}/bundles",
+                headers=self.auth,
+                name="keys: claim bundle",
+                catch_response=True,
+            ) as resp:
+                if resp.status_code != 200:
+                    resp.failure(f"{resp.status_code} {resp.text[:200]}")
+                    return
+                bundle = PrekeyBundle.from_json(resp.json()["bundles"][0])
+            if peer.has_session:  # a message from them arrived meanwhile
+                wire = peer.encrypt(plaintext.encode())
+            else:
+                peer.check(bundle.identity, self.device.identity, self.user_id)
+                session, wire = Session.initiate(self.device, bundle, plaintext.encode())
+                peer.start(session)
+        client_id = secrets.token_hex(12)
+        self.sent_at[client_id] = time.perf_counter()
+        self._send(
+            {
+                "op": "send",
+                "id": client_id,
+                "to": peer_id,
+                "body": _b64(wire),
+                "commitment": _b64(wire[2:34]),
+            }
+        )
+
+
+@events.test_stop.add_listener
+def _forget_users(**_: Any) -> None:
+    READY.clear()
