@@ -5,6 +5,7 @@ from __future__ import annotations
 from parley.client import KeyChanged, Message, Receipt
 
 from tests.client.conftest import MakeClient
+from tests.support.stack import System
 
 
 async def test_two_clients_exchange_messages_in_real_time(make_client: MakeClient) -> None:
@@ -139,3 +140,23 @@ async def test_prekeys_low_makes_the_device_upload_more(make_client: MakeClient)
 
     await eventually(probe, lambda n: n == 11, timeout=30)
     assert (await bob.api.counts(1))["kem_one_time"] == 11
+
+
+async def test_reconnects_after_its_gateway_dies_and_syncs(
+    make_client: MakeClient, system: System
+) -> None:
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    await alice.connect()
+    await bob.connect()
+    assert bob._conn is not None and bob._conn.ready_frame is not None
+    victim = str(bob._conn.ready_frame["gateway"])
+    system.procs.kill(victim)
+    try:
+        await alice.send(bob.username, "while bob reconnects", wait=None)
+        got = await bob.next_event(Message, timeout=60)
+        assert isinstance(got, Message) and got.text == "while bob reconnects"
+        assert bob._conn.connects >= 2
+    finally:
+        system.restart(victim)
+        system.wait_ready()
