@@ -54,7 +54,7 @@ class Connection:
         on_state: Callable[[str, str], None] | None = None,
         backoff_start: float = BACKOFF_START,
         backoff_max: float = BACKOFF_MAX,
-        reauth_every: float = 600.0,
+        reauth_every: float = 240.0,
     ) -> None:
         self.url = url
         self._token = token
