@@ -100,6 +100,7 @@ def kafka_consumer(
         "auto_offset_reset": "earliest",
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(settings.kafka_session_timeout_ms // 3, 300),
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "client_id": "parley",
     }
     opts.update(overrides)

@@ -14,7 +14,8 @@ Collections (database ``<prefix>delivery``):
   copy. An acknowledged item keeps its (``from``, ``client_id``) as a tombstone
   (body removed) for ``TOMBSTONE_RETENTION``, so that even a record redelivered
   after the ack is not stored again; tombstones are purged in code.
-- ``counters``: ``{_id: user, n}``, the last sequence number handed out.
+- ``counters``: ``{_id: user, n, acked}``: the last sequence number handed
+  out, and the highest acknowledged one (acks start their range there).
 - ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
   ``peer``'s identity key changes (a range on ``_id``).
 """
@@ -113,7 +114,12 @@ class DeliveryStore:
 
     async def acknowledge(self, user: str, seq: int) -> list[dict[str, Any]]:
         """Mark everything up to ``seq`` acknowledged (bodies deleted); returns what was acked."""
-        query = {"_id": {"$gt": f"{user}|", "$lte": inbox_id(user, seq)}, "acked": False}
+        # Start at the user's ack watermark: the range never re-reads old tombstones.
+        counter = await self.counters.find_one({"_id": user}, {"acked": 1})
+        floor = int(counter.get("acked", 0)) if counter else 0
+        if seq <= floor:
+            return []
+        query = {"_id": {"$gt": inbox_id(user, floor), "$lte": inbox_id(user, seq)}, "acked": False}
         fields = {"from": 1, "client_id": 1, "kind": 1, "conversation": 1, "server_id": 1}
         acked = [d async for d in self.inbox.find(query, fields)]
         if acked:
@@ -124,6 +130,11 @@ class DeliveryStore:
                     "$unset": {"body": "", "commitment": ""},
                 },
             )
+        # Raise the watermark (never lower it: acks may race).
+        await self.counters.update_one(
+            {"_id": user, "$or": [{"acked": {"$lt": seq}}, {"acked": {"$exists": False}}]},
+            {"$set": {"acked": seq}},
+        )
         return acked
 
     async def purge_tombstones(self, older_than_s: float = TOMBSTONE_RETENTION_S) -> int:

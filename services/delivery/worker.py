@@ -35,6 +35,7 @@ from services.delivery.store import DeliveryStore, inbox_id, item_frame
 log = logging.getLogger(__name__)
 
 REQUIRED = ("server_id", "from", "to", "client_id", "body", "conversation")
+KNOWN_PAIRS_MAX = 200_000
 
 
 class Worker:
@@ -47,6 +48,7 @@ class Worker:
         self.group = f"{settings.topic_prefix}delivery"
         self._tasks: list[asyncio.Task[None]] = []
         self.running = asyncio.Event()
+        self._known_pairs: set[tuple[str, str]] = set()
         self.stored = Counter(
             "parley_delivery_stored_total", "Items stored in inboxes.", ["kind"], registry=registry
         )
@@ -175,9 +177,7 @@ class Worker:
                 }
             )
         stored = await self.store.insert(docs)
-        await self.store.remember_contacts(
-            pair for d in docs for pair in ((d["user"], d["from"]), (d["from"], d["user"]))
-        )
+        await self._remember_contacts(docs)
         frames: list[tuple[str, dict[str, Any]]] = []
         for doc in stored:
             if doc.pop("duplicate", False):
@@ -199,6 +199,17 @@ class Worker:
                 )
             )
         await self.store.publish(frames)
+
+    async def _remember_contacts(self, docs: list[dict[str, Any]]) -> None:
+        """Record who talks to whom, skipping pairs this worker recorded recently."""
+        pairs = {p for d in docs for p in ((d["user"], d["from"]), (d["from"], d["user"]))}
+        fresh = [p for p in pairs if p not in self._known_pairs]
+        if not fresh:
+            return
+        await self.store.remember_contacts(fresh)
+        if len(self._known_pairs) > KNOWN_PAIRS_MAX:
+            self._known_pairs.clear()
+        self._known_pairs.update(fresh)
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:

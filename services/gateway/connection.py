@@ -83,6 +83,10 @@ class Connection:
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT_SENDS)
         self._pending: set[asyncio.Task[None]] = set()
         self._writer: asyncio.Task[None] | None = None
+        self._ack_target = 0
+        self._ack_posted = 0
+        self._ack_id: str | None = None
+        self._ack_task: asyncio.Task[None] | None = None
         self._closing = False
 
     # Outbound ---------------------------------------------------------------
@@ -143,6 +147,10 @@ class Connection:
             self.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
             await self.close(CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
         finally:
+            if self._ack_task is not None and not self._ack_task.done():
+                # Let the last ack land: the client may not come back to repeat it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
             for task in list(self._pending):
                 task.cancel()
             with contextlib.suppress(asyncio.QueueFull):
@@ -234,7 +242,7 @@ class Connection:
         if isinstance(frame, SendFrame):
             await self._send(frame)
         elif isinstance(frame, AckFrame):
-            await self.store.ack(self._token(), frame.seq)
+            self._ack(frame)
         elif isinstance(frame, SyncFrame):
             await self._sync(frame)
         elif isinstance(frame, PingFrame):
@@ -300,7 +308,32 @@ class Connection:
             }
         )
 
+    def _ack(self, frame: AckFrame) -> None:
+        """Acks are cumulative: keep the highest, post it off the frame loop (one in flight).
+
+        A slow inbox never holds up this socket's sends; a later `sync` waits
+        for the acks before it, so it never returns what was acknowledged.
+        """
+        if frame.seq <= self._ack_target:
+            return
+        self._ack_target = frame.seq
+        self._ack_id = frame.id
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._post_acks())
+
+    async def _post_acks(self) -> None:
+        while self._ack_posted < self._ack_target:
+            target, answers = self._ack_target, self._ack_id
+            try:
+                await self.store.ack(self._token(), target)
+            except ApiError as err:
+                self.error(err, answers)
+                return
+            self._ack_posted = max(self._ack_posted, target)
+
     async def _sync(self, frame: SyncFrame) -> None:
+        if self._ack_task is not None:
+            await asyncio.shield(self._ack_task)
         limit = min(frame.limit, self.settings.sync_page_max)
         page = await self.store.sync(self._token(), frame.after, limit)
         last = frame.after
