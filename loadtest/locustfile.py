@@ -7,9 +7,11 @@ Each simulated user is a real Parley client (without the local store):
    with the key service's routes;
 2. a WebSocket (websocket-client, which Locust's gevent makes cooperative)
    authenticated with the access token; a greenlet reads every frame;
-3. its task picks another ready user, claims that user's bundle the first
+3. its task picks one of its ``PARLEY_LOCUST_CONTACTS`` (5) contacts (other
+   users of the run, chosen as it goes), claims that user's bundle the first
    time (PQXDH), encrypts ``{"t": send time, "n": counter}`` with the Double
-   Ratchet and sends it; the recipient decrypts, acknowledges, and reports
+   Ratchet and sends it; the recipient decrypts, acknowledges (cumulatively, every
+   ``PARLEY_LOCUST_ACK_EVERY`` = 0.2 s), and reports
    the end-to-end delivery time (send on one socket to decrypted on the
    other) as the custom metric ``E2E  deliver``. ``WS  accepted`` is the time
    from ``send`` to the gateway's ``accepted`` (durable in Kafka).
@@ -40,6 +42,8 @@ from parley.peers import PeerState
 PASSWORD = "locust " + "load test password"
 PREKEYS = int(os.environ.get("PARLEY_LOCUST_PREKEYS", "20"))
 DEVICE_ID = 1
+CONTACTS = int(os.environ.get("PARLEY_LOCUST_CONTACTS", "5"))
+ACK_EVERY = float(os.environ.get("PARLEY_LOCUST_ACK_EVERY", "0.2"))
 
 # Users that can receive, by user id (one Locust process shares this; with
 # --processes each worker's users talk among themselves).
@@ -60,6 +64,7 @@ class ParleyUser(HttpUser):
     def on_start(self) -> None:
         self.username = f"lc{secrets.token_hex(6)}"
         self.peers: dict[str, PeerState] = {}
+        self.contacts: list[str] = []
         self.sent_at: dict[str, float] = {}
         self.counter = 0
         self.last_seq = 0
@@ -76,8 +81,9 @@ class ParleyUser(HttpUser):
         READY.pop(getattr(self, "user_id", ""), None)
         if self.ws is not None:
             self.ws.close()
-        if self.reader is not None:
-            self.reader.kill(block=False)
+        for greenlet in (self.reader, getattr(self, "acker", None)):
+            if greenlet is not None:
+                greenlet.kill(block=False)
 
     # -- setup ------------------------------------------------------------------
     def _signup(self) -> None:
@@ -140,6 +146,16 @@ class ParleyUser(HttpUser):
         self._fire("WS", "connect", start)
         self.ws = ws
         self.reader = gevent.spawn(self._read)
+        self.acker = gevent.spawn(self._ack_loop)
+
+    def _ack_loop(self) -> None:
+        """Acknowledge cumulatively, at most every ``ACK_EVERY`` seconds (as the SDK)."""
+        acked = 0
+        while not self.stopping:
+            gevent.sleep(ACK_EVERY)
+            if self.last_seq > acked:
+                acked = self.last_seq
+                self._send({"op": "ack", "seq": acked})
 
     # -- metrics ------------------------------------------------------------------
     def _fire(
@@ -201,9 +217,7 @@ class ParleyUser(HttpUser):
             body = json.loads(incoming.message.plaintext)
             ms = (time.time() - body["t"]) * 1000
             self._fire_ms("E2E", "deliver", ms, size=len(wire))
-        if seq > self.last_seq:
-            self.last_seq = seq
-            self._send({"op": "ack", "seq": seq})
+        self.last_seq = max(self.last_seq, seq)
 
     # -- sending ------------------------------------------------------------------
     def _send(self, frame: dict[str, Any]) -> None:
@@ -212,10 +226,15 @@ class ParleyUser(HttpUser):
 
     @task
     def send_message(self) -> None:
-        others = [uid for uid in READY if uid != self.user_id]
-        if not others:
+        # Each user writes to a few contacts of its own (as people do), picked
+        # among the ready users the first time they are needed.
+        if len(self.contacts) < CONTACTS:
+            others = [u for u in READY if u != self.user_id and u not in self.contacts]
+            if others:
+                self.contacts.append(random.choice(others))
+        if not self.contacts:
             return
-        peer_id = random.choice(others)
+        peer_id = random.choice(self.contacts)
         peer = self.peers.setdefault(peer_id, PeerState(peer_id))
         self.counter += 1
         plaintext = json.dumps({"t": time.time(), "n": self.counter, "from": self.username})

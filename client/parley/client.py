@@ -74,6 +74,7 @@ PREKEY_BATCH = 100
 PREKEY_LOW = 10
 MAX_UPLOAD = 100
 TOKEN_MARGIN_S = 120
+ACK_DELAY = 0.2
 _STATUS_RANK = {"queued": 0, "accepted": 1, "stored": 2, "delivered": 3}
 
 
@@ -200,6 +201,8 @@ class Client:
         self._outgoing: dict[str, _Outgoing] = {}
         self._refresh_lock = asyncio.Lock()
         self._topping_up: asyncio.Task[None] | None = None
+        self._ack_task: asyncio.Task[Any] | None = None
+        self._ack_pending = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._synced = asyncio.Event()
         self._names: dict[str, str] = {}
@@ -699,9 +702,23 @@ class Client:
             self._emit(warning)
         if event is not None:
             self._emit(event)
-        if self._synced.is_set() and self._conn is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await self._conn.send({"op": "ack", "seq": seq})
+        self._ack_soon(seq)
+
+    def _ack_soon(self, seq: int) -> None:
+        """Acknowledge pushed items cumulatively, at most every ``ACK_DELAY`` seconds: a
+        burst of messages costs the server one acknowledgement, not one each.  (During
+        a sync, the page is acknowledged as a whole by :meth:`sync`.)"""
+        self._ack_pending = max(self._ack_pending, seq)
+        if not self._synced.is_set() or (self._ack_task and not self._ack_task.done()):
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(ACK_DELAY)
+            if self._conn is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._conn.send({"op": "ack", "seq": self._ack_pending})
+
+        self._ack_task = self._spawn(later())
 
     def _warning(self, peer_id: str, name: str, exc: IdentityChanged) -> KeyChanged:
         new = exc.new_safety_number
@@ -752,9 +769,8 @@ class Client:
                 tx.put("last_seq", seq)
         if warning is not None:
             self._emit(warning)
-        if self._synced.is_set() and self._conn is not None and seq:
-            with contextlib.suppress(ConnectionClosed):
-                await self._conn.send({"op": "ack", "seq": seq})
+        if seq:
+            self._ack_soon(seq)
 
     async def _on_receipt(self, frame: dict[str, Any]) -> None:
         client_id = str(frame.get("id"))
