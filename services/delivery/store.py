@@ -6,10 +6,11 @@ Collections (database ``<prefix>delivery``):
   notice) for one recipient: ``_id`` = ``"<user>|<seq, 16 digits>"``,
   ``server_id``, ``user``, ``seq`` (increasing per recipient, not dense),
   ``kind``, ``from``, ``client_id``, ``conversation``, ``body``,
-  ``commitment``, ``sent_at``, ``acked``. The ``_id`` layout makes "this
-  user's items after N" one range on the primary key: the embedded server
-  scans whole tables for equality on secondary indexes (docs/embedded.md),
-  and on real MongoDB the same range is the cheapest query there is. Unique on
+  ``commitment``, ``sent_at``, ``acked``. With that ``_id``, "this user's
+  items after N" is a list of primary keys (the counter says how far to go):
+  the embedded server answers ``$in`` on ``_id`` from its index but scans the
+  table for ranges and secondary-index equality (docs/embedded.md); on real
+  MongoDB it is as cheap. Unique on
   (``from``, ``client_id``): a redelivered Kafka record never makes a second
   copy. An acknowledged item keeps its (``from``, ``client_id``) as a tombstone
   (body removed) for ``TOMBSTONE_RETENTION``, so that even a record redelivered
@@ -17,7 +18,7 @@ Collections (database ``<prefix>delivery``):
 - ``counters``: ``{_id: user, n, acked}``: the last sequence number handed
   out, and the highest acknowledged one (acks start their range there).
 - ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
-  ``peer``'s identity key changes (a range on ``_id``).
+  ``peer``'s identity key changes (upserted by ``_id``, read by ``peer``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from services.common.routing import gateway_channel, live_gateways, presence_key
 
 DUPLICATE_KEY = 11000
 TOMBSTONE_RETENTION_S = 7 * 86400
+ID_CHUNK = 500
 ITEM_FIELDS = ("seq", "server_id", "kind", "from", "conversation", "body", "commitment", "sent_at")
 
 
@@ -55,6 +57,7 @@ class DeliveryStore:
     async def ensure_indexes(self) -> None:
         await self.inbox.create_index([("from", ASCENDING), ("client_id", ASCENDING)], unique=True)
         await self.inbox.create_index([("acked", ASCENDING), ("acked_at", ASCENDING)])
+        await self.contacts.create_index([("peer", ASCENDING)])
 
     # Sequence numbers -------------------------------------------------------
     async def reserve(self, user: str, count: int) -> int:
@@ -103,25 +106,51 @@ class DeliveryStore:
             await self.contacts.bulk_write(ops, ordered=False)
 
     async def contacts_of(self, user: str) -> list[str]:
-        return [d["user"] async for d in self.contacts.find(user_range(user), {"user": 1})]
+        return [d["user"] async for d in self.contacts.find({"peer": user}, {"user": 1})]
 
     # Reading and acknowledging ----------------------------------------------
     async def page(self, user: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
-        query = {"_id": {"$gt": inbox_id(user, after), "$lt": f"{user}}}"}, "acked": False}
-        cursor = self.inbox.find(query).sort("_id", ASCENDING).limit(limit + 1)
-        docs = [d async for d in cursor]
-        return docs[:limit], len(docs) > limit
+        """Waiting items with ``seq > after``, in order, and whether more may wait.
+
+        Reads by ``_id`` lists (``$in``), not ranges: sequence numbers are known
+        from the user's counter, and the embedded server serves ``$in`` on the
+        primary key from its index but scans the table for a range.
+        """
+        counter = await self.counters.find_one({"_id": user}, {"n": 1, "acked": 1})
+        if counter is None:
+            return [], False
+        last = int(counter.get("n", 0))
+        start = max(after, int(counter.get("acked", 0)))
+        found: list[dict[str, Any]] = []
+        while start < last and len(found) < limit:
+            stop = min(last, start + limit)
+            docs = await self._by_seq(user, start + 1, stop, {"acked": False})
+            found.extend(docs)
+            start = stop
+        found.sort(key=lambda d: d["seq"])
+        more = len(found) > limit or start < last
+        return found[:limit], more
+
+    async def _by_seq(
+        self, user: str, first: int, last: int, extra: dict[str, Any], fields: Any = None
+    ) -> list[dict[str, Any]]:
+        ids = [inbox_id(user, s) for s in range(first, last + 1)]
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(ids), ID_CHUNK):
+            query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, **extra}
+            out.extend([d async for d in self.inbox.find(query, fields)])
+        return out
 
     async def acknowledge(self, user: str, seq: int) -> list[dict[str, Any]]:
         """Mark everything up to ``seq`` acknowledged (bodies deleted); returns what was acked."""
         # Start at the user's ack watermark: the range never re-reads old tombstones.
-        counter = await self.counters.find_one({"_id": user}, {"acked": 1})
+        counter = await self.counters.find_one({"_id": user}, {"acked": 1, "n": 1})
         floor = int(counter.get("acked", 0)) if counter else 0
         if seq <= floor:
             return []
-        query = {"_id": {"$gt": inbox_id(user, floor), "$lte": inbox_id(user, seq)}, "acked": False}
         fields = {"from": 1, "client_id": 1, "kind": 1, "conversation": 1, "server_id": 1}
-        acked = [d async for d in self.inbox.find(query, fields)]
+        top = min(seq, int(counter.get("n", 0)) if counter else 0)
+        acked = await self._by_seq(user, floor + 1, top, {"acked": False}, fields)
         if acked:
             await self.inbox.update_many(
                 {"_id": {"$in": [d["_id"] for d in acked]}},
@@ -130,11 +159,9 @@ class DeliveryStore:
                     "$unset": {"body": "", "commitment": ""},
                 },
             )
-        # Raise the watermark (never lower it: acks may race).
-        await self.counters.update_one(
-            {"_id": user, "$or": [{"acked": {"$lt": seq}}, {"acked": {"$exists": False}}]},
-            {"$set": {"acked": seq}},
-        )
+        # Raise the watermark, never lower it (acks may race): $max is atomic.
+        # (Not a filter with $or: the embedded server drops the _id beside it.)
+        await self.counters.update_one({"_id": user}, {"$max": {"acked": top}})
         return acked
 
     async def purge_tombstones(self, older_than_s: float = TOMBSTONE_RETENTION_S) -> int:
@@ -175,11 +202,6 @@ class DeliveryStore:
 def inbox_id(user: str, seq: int) -> str:
     """An inbox item's primary key; sorts by user, then seq (user ids have no ``|``)."""
     return f"{user}|{seq:016d}"
-
-
-def user_range(user: str) -> dict[str, Any]:
-    """Every ``"<user>|..."`` key (``}`` sorts right after ``|``)."""
-    return {"_id": {"$gt": f"{user}|", "$lt": f"{user}}}"}}
 
 
 def item_frame(doc: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ async def test_sequence_numbers_are_reserved_in_blocks(store: DeliveryStore) -> 
 
 
 async def test_duplicates_return_the_earlier_copy(store: DeliveryStore) -> None:
+    await store.reserve("bob", 3)
     first = await store.insert([item("bob", 1, cid="x")])
     again = await store.insert([item("bob", 2, cid="x"), item("bob", 3, cid="y")])
     assert first[0]["seq"] == 1
@@ -49,6 +50,8 @@ async def test_duplicates_return_the_earlier_copy(store: DeliveryStore) -> None:
 
 
 async def test_acks_are_cumulative_idempotent_and_per_user(store: DeliveryStore) -> None:
+    await store.reserve("bob", 7)
+    await store.reserve("eve", 1)
     await store.insert([item("bob", s) for s in range(1, 6)] + [item("eve", 1, cid="e1")])
     assert [d["client_id"] for d in await store.acknowledge("bob", 3)] == ["c1", "c2", "c3"]
     assert await store.acknowledge("bob", 2) == []
@@ -64,10 +67,13 @@ async def test_acks_are_cumulative_idempotent_and_per_user(store: DeliveryStore)
 
 
 async def test_pages_follow_the_cursor(store: DeliveryStore) -> None:
+    await store.reserve("pat", 9)  # seq 8 and 9 never stored (a gap, as after a duplicate)
     await store.insert([item("pat", s) for s in range(1, 8)])
     page, more = await store.page("pat", 2, 3)
     assert [d["seq"] for d in page] == [3, 4, 5]
     assert more is True
     page, more = await store.page("pat", 5, 3)
     assert [d["seq"] for d in page] == [6, 7]
+    page, more = await store.page("pat", 7, 3)
+    assert page == []
     assert more is False
