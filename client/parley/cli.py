@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.status import Status
 from rich.table import Table
 
 from parley import paths
@@ -175,11 +176,11 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
 
 async def _second_factor(challenge: SecondFactor) -> tuple[str, str]:
     methods = challenge.methods
-    console.print("This account has two-factor authentication.")
     method = methods[0]
     if len(methods) > 1:
-        method = typer.prompt(
-            f"Method ({'/'.join(methods)})", default="totp" if "totp" in methods else methods[0]
+        method = await _ask(
+            f"Second factor ({'/'.join(methods)})",
+            default="totp" if "totp" in methods else methods[0],
         )
         if method not in methods:
             raise ParleyError(f"Choose one of: {', '.join(methods)}.")
@@ -190,13 +191,32 @@ async def _second_factor(challenge: SecondFactor) -> tuple[str, str]:
         "email": "Code from the e-mail we sent",
         "recovery": "Recovery code",
     }
-    code = await asyncio.to_thread(typer.prompt, prompts.get(method, "Code"))
-    return method, str(code).strip()
+    code = await _ask(prompts.get(method, "Code"))
+    return method, code.strip()
+
+
+_status: list[Status] = []
 
 
 async def _with_status(message: str, work: Awaitable[T]) -> T:
-    with console.status(message):
-        return await work
+    """Show a spinner while ``work`` runs (prompts pause it: see :func:`_ask`)."""
+    with console.status(message) as status:
+        _status.append(status)
+        try:
+            return await work
+        finally:
+            _status.remove(status)
+
+
+async def _ask(text: str, **kwargs: Any) -> str:
+    """A prompt in the middle of slow work: stop the spinner while the user types."""
+    for status in _status:
+        status.stop()
+    try:
+        return str(await asyncio.to_thread(typer.prompt, text, **kwargs))
+    finally:
+        for status in _status:
+            status.start()
 
 
 # -- accounts -------------------------------------------------------------------------------
@@ -272,11 +292,17 @@ def login(
             opts,
             username,
             "Logging in and checking this device's keys...",
-            lambda client: client.login(username, password, second_factor=_second_factor),
+            lambda client: _login(client, username, password),
         )
         console.print(f"Logged in as [bold]{escape(username)}[/].")
 
     _run(run())
+
+
+async def _login(client: Client, username: str, password: str) -> str:
+    # A wrong second-factor code is reported as an event, then asked again.
+    client.add_listener(lambda e: _print_event(e, None) if isinstance(e, ErrorEvent) else None)
+    return await client.login(username, password, second_factor=_second_factor)
 
 
 @app.command()

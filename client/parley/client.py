@@ -48,6 +48,7 @@ from parley.crypto import (
     ReplayedMessage,
     Session,
     format_safety_number,
+    safety_number,
 )
 from parley.crypto.encoding import b64decode, b64encode
 from parley.errors import ApiError, NotLoggedIn, ParleyError, ServerUnavailable
@@ -517,8 +518,6 @@ class Client:
             # Not talked yet: show the number for the identity the directory has now.
             devices = await self.api.identities(peer_id)
             if devices:
-                from parley.crypto import safety_number
-
                 identity = PublicIdentity.from_json(devices[0]["identity"])
                 number = format_safety_number(
                     safety_number(

@@ -75,3 +75,34 @@ async def test_logout_then_login_again_keeps_the_device(make_client: MakeClient)
     assert devices[0]["identity"] == device.public_identity()
     sessions = await alice.auth_sessions()
     assert [s["current"] for s in sessions] == [True]
+
+
+async def test_login_with_a_second_factor(make_client: MakeClient) -> None:
+    import time
+
+    import pyotp
+    from parley.client import SecondFactor
+
+    alice = await make_client()
+    assert alice.username
+    await alice.access_token()
+    setup = await alice.api.request("POST", "/auth/v1/2fa/totp/setup")
+    totp = pyotp.TOTP(setup["secret"])
+    codes = await alice.api.request("POST", "/auth/v1/2fa/totp/confirm", json={"code": totp.now()})
+    assert codes["recovery_codes"]
+    asked: list[SecondFactor] = []
+
+    async def prompt(challenge: SecondFactor) -> tuple[str, str]:
+        asked.append(challenge)
+        if len(asked) == 1:
+            return "totp", "000000" if totp.now() != "000000" else "111111"  # a wrong code first
+        # The confirmation used this time step's code; the next step's is accepted (drift 1).
+        return "totp", totp.at(time.time() + 30)
+
+    again = await make_client(alice.username, signup=False)
+    user_id = await again.login(alice.username, PASSWORD, second_factor=prompt)
+    assert user_id == alice.user_id
+    assert len(asked) == 2 and "totp" in asked[0].methods and "recovery" in asked[0].methods
+    with pytest.raises(ApiError) as exc:
+        await (await make_client(alice.username, signup=False)).login(alice.username, PASSWORD)
+    assert exc.value.code == "second_factor_required"

@@ -243,3 +243,50 @@ def test_cli_says_clearly_what_went_wrong(users: tuple[User, User], system: Syst
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 1
+
+
+def test_cli_login_asks_for_the_second_factor(users: tuple[User, User], system: System) -> None:
+    import json
+    import time
+    import urllib.request
+
+    import pyotp
+
+    alice, _ = users
+    signup(alice)
+
+    def call(path: str, body: dict[str, str], token: str | None = None) -> dict[str, object]:
+        req = urllib.request.Request(
+            system.lb + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}
+            | ({"Authorization": f"Bearer {token}"} if token else {}),
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            result: dict[str, object] = json.load(resp)
+            return result
+
+    token = str(
+        call("/auth/v1/login", {"username": alice.name, "password": PASSWORD})["access_token"]
+    )
+    totp = pyotp.TOTP(str(call("/auth/v1/2fa/totp/setup", {}, token)["secret"]))
+    call("/auth/v1/2fa/totp/confirm", {"code": totp.now()}, token)
+
+    child = alice.spawn("login", alice.name)
+    child.expect("Password")
+    child.sendline(PASSWORD)
+    child.expect("Local passphrase")
+    child.sendline(alice.passphrase)
+    child.expect(r"Second factor \(totp/recovery\)")
+    child.sendline("totp")
+    child.expect("Code from your authenticator app")
+    child.sendline("000000" if totp.now() != "000000" else "111111")
+    child.expect("Wrong code")
+    child.expect("Second factor")
+    child.sendline("")  # the default: totp
+    child.expect("Code from your authenticator app")
+    child.sendline(totp.at(time.time() + 30))  # this step's code was used to confirm
+    child.expect(f"Logged in as {alice.name}")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
