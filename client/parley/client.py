@@ -604,7 +604,8 @@ class Client:
         self._synced.set()
 
     async def sync(self) -> int:
-        """Page through the inbox after the last processed item; returns items read."""
+        """Page through the inbox after the last processed item; returns the number of
+        pages read (each acknowledged as a whole)."""
         conn = self._conn
         if conn is None:
             raise ConnectionClosed("not connected")

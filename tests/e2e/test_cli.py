@@ -23,6 +23,7 @@ import pytest
 
 from tests.support.stack import System
 
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30
 PASSWORD = "correct horse " + "battery"
 SAFETY = re.compile(rb"New safety number: ((?:\d{5} ){11}\d{5})")
@@ -40,7 +41,7 @@ class User:
             "TERM": "xterm",
             "COLUMNS": "200",
             "PROMPT_TOOLKIT_NO_CPR": "1",
-            "PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "client")]),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")]),
         }
         self.env.pop("PARLEY_PASSPHRASE", None)
         self.passphrase = f"local {secrets.token_hex(4)} passphrase"
