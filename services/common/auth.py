@@ -33,6 +33,8 @@ from services.common.logging import outgoing_headers
 
 log = logging.getLogger(__name__)
 
+TOKEN_LEEWAY_S = 5
+VERIFIED_CACHE_MAX = 50_000
 ALGORITHMS = ["EdDSA"]
 JWKS_PATH = "/.well-known/jwks.json"
 # Unknown kids trigger at most one JWKS refresh per this many seconds
@@ -108,6 +110,7 @@ class TokenVerifier:
         self._attempted_at = float("-inf")
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
+        self._verified: dict[str, Claims] = {}
 
     def load_jwks(self, jwks: Mapping[str, Any]) -> None:
         keys: dict[str, Any] = {}
@@ -166,6 +169,24 @@ class TokenVerifier:
             self.load_jwks(jwks)
 
     async def verify(self, token: str) -> Claims:
+        """Verify a token, or answer from the cache of tokens already verified.
+
+        The cache is keyed by the exact token string, whose signature was
+        checked, and an entry is used only until the token's own expiry; a
+        gateway or delivery process sees the same token on every ack and sync.
+        """
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.exp + TOKEN_LEEWAY_S >= time.time():
+                return cached
+            del self._verified[token]
+        claims = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_MAX:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
+
+    async def _verify(self, token: str) -> Claims:
         header = _unverified_header(token)
         kid = header.get("kid")
         if header.get("alg") not in ALGORITHMS or not isinstance(kid, str):
@@ -185,7 +206,7 @@ class TokenVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["exp", "iat", "sub", "sid", "jti", "iss", "aud"]},
-                leeway=5,
+                leeway=TOKEN_LEEWAY_S,
             )
         except jwt.ExpiredSignatureError:
             raise ApiError(ErrorCode.TOKEN_EXPIRED, "The access token has expired.") from None

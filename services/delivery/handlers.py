@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -10,31 +11,66 @@ from services.delivery.store import DeliveryStore, item_frame
 
 
 class Inbox:
+    """Pages and acknowledgements of users' inboxes.
+
+    Acks are group-committed: those that arrive while a flush is running are
+    taken together by the next one (one read of the counters, one of the
+    items, one update, one watermark write, one Redis pipeline), so the
+    store's work grows with the number of flushes, not of acks.
+    """
+
     def __init__(self, store: DeliveryStore) -> None:
         self.store = store
+        self._pending: dict[str, tuple[int, list[asyncio.Future[int]]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     async def page(self, user: str, after: int, limit: int) -> dict[str, Any]:
         docs, more = await self.store.page(user, after, limit)
         return {"messages": [item_frame(d) for d in docs], "more": more}
 
     async def ack(self, user: str, seq: int) -> int:
-        acked = await self.store.acknowledge(user, seq)
-        receipts = [
-            (
-                d["from"],
-                {
-                    "op": "delivered",
-                    "id": d["client_id"],
-                    "server_id": d["server_id"],
-                    "to": user,
-                    "conversation": d.get("conversation"),
-                },
-            )
-            for d in acked
-            if d.get("kind") == "message"
-        ]
-        await self.store.publish(receipts)
-        return len(acked)
+        """Acknowledge up to ``seq``; returns how many of ``user``'s items this flush acked."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        prior = self._pending.get(user)
+        self._pending[user] = (max(seq, prior[0]), [*prior[1], fut]) if prior else (seq, [fut])
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                acked = await self.store.acknowledge_many({u: s for u, (s, _) in batch.items()})
+                await self.store.publish(
+                    [
+                        (d["from"], receipt(user, d))
+                        for user, docs in acked.items()
+                        for d in docs
+                        if d.get("kind") == "message"
+                    ]
+                )
+            except Exception as exc:
+                for _, futures in batch.values():
+                    for fut in futures:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                continue
+            for user, (_, futures) in batch.items():
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(len(acked.get(user, [])))
+
+
+def receipt(user: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """The `delivered` frame a sender gets when ``user`` acknowledges its message."""
+    return {
+        "op": "delivered",
+        "id": doc["client_id"],
+        "server_id": doc["server_id"],
+        "to": user,
+        "conversation": doc.get("conversation"),
+    }
 
 
 INBOX: web.AppKey[Inbox] = web.AppKey("inbox", Inbox)

@@ -229,3 +229,25 @@ async def test_authenticate_checks_the_header_and_revocation(
     assert (status, body["error"]["code"]) == (401, "account_blocked")
     await redis.delete(user_key)
     assert (await call({"Authorization": f"Bearer {token}"}))[0] == 200
+
+
+async def test_verified_tokens_are_cached_only_until_they_expire(issuer: Any) -> None:
+    from services.common import auth as auth_mod
+
+    verifier = auth_mod.TokenVerifier(issuer.settings)
+    try:
+        token = issuer.token("cached-user", ttl=60)
+        first = await verifier.verify(token)
+        assert await verifier.verify(token) is first  # served from the cache
+        # A cache entry past its expiry is never served: the token is verified again.
+        stale = auth_mod.Claims(first.sub, first.sid, first.roles, first.jti, int(time.time()) - 60)
+        verifier._verified[token] = stale
+        again = await verifier.verify(token)
+        assert again is not stale
+        assert again.exp == first.exp
+        # A token that expired is refused, whether or not it was seen before.
+        with pytest.raises(ApiError) as info:
+            await verifier.verify(issuer.token("cached-user", ttl=-60))
+        assert info.value.code == "token_expired"
+    finally:
+        await verifier.close()

@@ -77,3 +77,15 @@ async def test_pages_follow_the_cursor(store: DeliveryStore) -> None:
     page, more = await store.page("pat", 7, 3)
     assert page == []
     assert more is False
+
+
+async def test_many_users_are_acknowledged_in_one_call(store: DeliveryStore) -> None:
+    for user in ("ann", "ben", "cat"):
+        await store.reserve(user, 3)
+        await store.insert([item(user, s, cid=f"{user}{s}") for s in range(1, 4)])
+    acked = await store.acknowledge_many({"ann": 2, "ben": 3, "cat": 0, "nobody": 5})
+    assert [d["client_id"] for d in acked["ann"]] == ["ann1", "ann2"]
+    assert [d["client_id"] for d in acked["ben"]] == ["ben1", "ben2", "ben3"]
+    assert acked["cat"] == [] and acked["nobody"] == []
+    assert [d["seq"] for d in (await store.page("ann", 0, 10))[0]] == [3]
+    assert [d["seq"] for d in (await store.page("cat", 0, 10))[0]] == [1, 2, 3]
