@@ -447,7 +447,12 @@ def history(
 
     async def run() -> None:
         async with _client(opts) as client:
-            peer_id, name = await client.resolve(user)
+            known = [
+                p
+                for p in client.store.read().peers()
+                if user.lower() in (p.get("username"), p["user_id"])
+            ]
+            peer_id, name = (known[0]["user_id"], user) if known else await client.resolve(user)
             for entry in client.history(peer_id, limit):
                 _print_entry(entry, name, client.username)
 

@@ -204,10 +204,22 @@ def test_cli_offline_message_real_time_chat_and_key_change(users: tuple[User, Us
     say(chat_a, "/quit")
     chat_a.expect(pexpect.EOF)
 
+    # Alice's stored conversation has it all, the warning included.
+    out = alice.run("history", bob.name)
+    assert offline.encode() in out and after.encode() in out
+    assert f"{bob.name}'s safety number changed".encode() in out
+
 
 def test_cli_says_clearly_what_went_wrong(users: tuple[User, User], system: System) -> None:
     alice, _ = users
     signup(alice)
+    # The account's own views.
+    out = alice.run("whoami")
+    assert alice.name.encode() in out
+    out = alice.run("devices")
+    assert b"yes" in out  # device 1 is this one
+    out = alice.run("sessions")
+    assert b"127.0.0.1" in out
     # Unknown recipient.
     child = alice.spawn("send", "nobody-" + secrets.token_hex(3), "hi")
     child.expect("Local passphrase")
