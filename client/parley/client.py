@@ -181,6 +181,7 @@ class Client:
         kdf: KdfParams | None = None,
         backoff_start: float = 0.5,
         backoff_max: float = 30.0,
+        reauth_every: float = 240.0,
     ) -> None:
         if data_dir is None:
             if username is None:
@@ -192,6 +193,7 @@ class Client:
         self.api.on_expired = lambda: self.access_token(force=True)
         self.prekey_batch = prekey_batch
         self.backoff = (backoff_start, backoff_max)
+        self.reauth_every = reauth_every
         self._passphrase = passphrase
         self._kdf = kdf
         self._store: Store | None = None
@@ -586,6 +588,7 @@ class Client:
             on_state=lambda s, d: self._emit(ConnectionEvent(s, d)),
             backoff_start=self.backoff[0],
             backoff_max=self.backoff[1],
+            reauth_every=self.reauth_every,
         )
         try:
             await self._conn.start(timeout)

@@ -75,6 +75,7 @@ class Connection:
         self.failed: ParleyError | None = None
         self.ready_frame: Frame | None = None
         self.connects = 0
+        self.reauths = 0
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self, timeout: float = 20.0) -> Frame:
@@ -263,7 +264,9 @@ class Connection:
             await asyncio.sleep(self.reauth_every)
             with contextlib.suppress(ConnectionClosed, TimeoutError):
                 token = await self._token(False)
-                await self.request({"op": "auth", "token": token}, timeout=20)
+                answer = await self.request({"op": "auth", "token": token}, timeout=20)
+                if answer.get("op") == "ready":
+                    self.reauths += 1
 
 
 def _closing_message(code: str) -> str:

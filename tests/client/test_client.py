@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from parley.client import KeyChanged, Message, Receipt
 
 from tests.client.conftest import MakeClient
@@ -160,3 +162,20 @@ async def test_reconnects_after_its_gateway_dies_and_syncs(
     finally:
         system.restart(victim)
         system.wait_ready()
+
+
+async def test_the_socket_reauthenticates_with_a_fresh_token(make_client: MakeClient) -> None:
+    alice = await make_client(reauth_every=0.3)
+    bob = await make_client()
+    assert alice.username
+    await alice.connect()
+    await bob.connect()
+    conn = alice._conn
+    assert conn is not None
+    from tests.support.aio import eventually
+
+    await eventually(lambda: asyncio.sleep(0, conn.reauths), lambda n: n >= 2, timeout=10)
+    assert conn.connects == 1  # the same socket all along
+    await bob.send(alice.username, "still there")
+    got = await alice.next_event(Message)
+    assert isinstance(got, Message) and got.text == "still there"
