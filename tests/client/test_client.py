@@ -179,3 +179,26 @@ async def test_the_socket_reauthenticates_with_a_fresh_token(make_client: MakeCl
     await bob.send(alice.username, "still there")
     got = await alice.next_event(Message)
     assert isinstance(got, Message) and got.text == "still there"
+
+
+async def test_a_draining_gateway_sends_the_client_elsewhere(
+    make_client: MakeClient, system: System
+) -> None:
+    import signal
+
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    await alice.connect()
+    await bob.connect()
+    assert bob._conn is not None and bob._conn.ready_frame is not None
+    victim = str(bob._conn.ready_frame["gateway"])
+    system.procs.kill(victim, sig=signal.SIGTERM)  # the pod drains: `reconnect`, close 1001
+    try:
+        await alice.send(bob.username, "after the drain", wait=None)
+        got = await bob.next_event(Message, timeout=60)
+        assert isinstance(got, Message) and got.text == "after the drain"
+        assert bob._conn.connects >= 2
+        assert bob._conn.ready_frame["gateway"] != victim
+    finally:
+        system.restart(victim)
+        system.wait_ready()
