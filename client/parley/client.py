@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 DEVICE_ID = 1
 PREKEY_BATCH = 100
 PREKEY_LOW = 10
+PREKEY_ROTATION_S = 7 * 24 * 3600  # signed and last-resort prekeys, as Signal (weekly)
 MAX_UPLOAD = 100
 TOKEN_MARGIN_S = 120
 ACK_DELAY = 0.2
@@ -182,6 +183,7 @@ class Client:
         backoff_start: float = 0.5,
         backoff_max: float = 30.0,
         reauth_every: float = 240.0,
+        rotate_after: float = PREKEY_ROTATION_S,
     ) -> None:
         if data_dir is None:
             if username is None:
@@ -194,6 +196,7 @@ class Client:
         self.prekey_batch = prekey_batch
         self.backoff = (backoff_start, backoff_max)
         self.reauth_every = reauth_every
+        self.rotate_after = rotate_after
         self._passphrase = passphrase
         self._kdf = kdf
         self._store: Store | None = None
@@ -438,14 +441,22 @@ class Client:
 
     async def setup_keys(self) -> None:
         """Generate this device's keys on first use and publish them; afterwards make
-        sure the directory still holds them (keys check) and top up one-time prekeys."""
+        sure the directory still holds them (keys check), rotate the signed and
+        last-resort prekeys once they are a week old, and top up one-time prekeys."""
         await self.access_token()
+        now = time.time()
         async with self.store.transaction() as tx:
             device = self.device(tx)
             new = device is None
             if device is None:
                 device = Device.generate()
-                tx.put_bytes("device", device.to_bytes())
+                tx.put("prekeys_rotated_at", now)
+            elif now - float(tx.get("prekeys_rotated_at") or 0) >= self.rotate_after:
+                # The previous ones are kept for initial messages still in flight.
+                device.rotate_signed_prekey()
+                device.rotate_last_resort_kem_prekey()
+                tx.put("prekeys_rotated_at", now)
+            tx.put_bytes("device", device.to_bytes())
         if new or not await self.api.check_keys(DEVICE_ID, b64encode(device.keys_digest())):
             await self.api.put_identity(DEVICE_ID, device.public_identity())
             await self.api.put_signed_prekey(DEVICE_ID, device.signed_prekey())
@@ -576,9 +587,7 @@ class Client:
         self._account()
         if self._conn is not None:
             return
-        await self.access_token()
-        if self.device() is None:
-            await self.setup_keys()
+        await self.setup_keys()  # keys present and fresh, prekeys topped up
         self._synced.clear()
         self._conn = Connection(
             self.ws_url,

@@ -202,3 +202,20 @@ async def test_a_draining_gateway_sends_the_client_elsewhere(
     finally:
         system.restart(victim)
         system.wait_ready()
+
+
+async def test_weekly_prekey_rotation_keeps_sessions_in_flight_working(
+    make_client: MakeClient,
+) -> None:
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    before = await bob.api.counts(1)
+    # Alice claims bob's bundle (current signed prekey) while bob is offline.
+    await alice.connect()
+    await alice.send(bob.username, "sent before the rotation", wait="stored")
+    bob.rotate_after = 0  # the week has passed: the next connect rotates
+    await bob.connect()
+    after = await bob.api.counts(1)
+    assert after["signed_prekey_id"] == before["signed_prekey_id"] + 1
+    assert after["kem_last_resort_id"] != before["kem_last_resort_id"]
+    assert [e["text"] for e in bob.history(alice.user_id or "")] == ["sent before the rotation"]
