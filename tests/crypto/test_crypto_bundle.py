@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from parley.crypto import Device, MalformedBundle, PrekeyBundle, PublicIdentity
+from parley.crypto import bundle as bundle_module
 from parley.crypto.bundle import KemPrekey, SignedPrekey
 from parley.crypto.encoding import b64decode, b64encode
 from parley.crypto.errors import InvalidSignature
@@ -151,3 +153,93 @@ def test_public_identity_round_trip_and_verify() -> None:
     )
     with pytest.raises(InvalidSignature):
         forged.verify()
+
+
+# ----------------------------------------------------------------- verified-signature memory
+
+
+class _CountingVerify:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, signing_key: bytes, signature: bytes, message: bytes) -> None:
+        self.calls += 1
+        ed25519_verify(signing_key, signature, message)
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CountingVerify]:
+    counter = _CountingVerify()
+    monkeypatch.setattr(bundle_module, "ed25519_verify", counter)
+    bundle_module.forget_verified_signatures()
+    yield counter
+    bundle_module.forget_verified_signatures()
+
+
+def test_known_contact_signatures_are_verified_once(counted: _CountingVerify) -> None:
+    bob = Device.generate()
+    PrekeyBundle.from_json(claimed_bundle(bob))
+    assert counted.calls == 3  # identity, signed prekey, one-time KEM prekey
+    PrekeyBundle.from_json(claimed_bundle(bob))
+    assert counted.calls == 4  # only the new one-time KEM prekey
+    PrekeyBundle.from_json(claimed_bundle(bob, kem_one_time=False))
+    PrekeyBundle.from_json(claimed_bundle(bob, kem_one_time=False))
+    assert counted.calls == 5  # the last-resort KEM prekey's signature, once
+
+
+def test_remembered_signatures_never_admit_a_change(counted: _CountingVerify) -> None:
+    bob, other = Device.generate(), Device.generate()
+    good = PublicIdentity.from_json(bob.public_identity())
+    # Every field changed on its own is a new triple: verified, and refused.
+    for forged in (
+        PublicIdentity(good.signing_key, other.identity.dh_key, good.dh_sig),
+        PublicIdentity(good.signing_key, good.dh_key, other.identity.dh_sig),
+        PublicIdentity(other.identity.signing_key, good.dh_key, good.dh_sig),
+        PublicIdentity(
+            good.signing_key, good.dh_key, bytes([good.dh_sig[0] ^ 1]) + good.dh_sig[1:]
+        ),
+    ):
+        for _ in range(2):  # failures are not remembered either
+            with pytest.raises(InvalidSignature):
+                forged.verify()
+    assert counted.calls == 1 + 8
+    good.verify()
+    assert counted.calls == 9
+
+
+def test_only_exact_bytes_are_looked_up(counted: _CountingVerify) -> None:
+    class Liar(bytes):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return bytes.__hash__(self)
+
+    identity = Device.generate().identity
+    identity.verify()
+    message = bundle_module.LABEL_IDENTITY_DH + identity.dh_key
+    calls = counted.calls
+    bundle_module.verify_remembered(identity.signing_key, identity.dh_sig, message)
+    assert counted.calls == calls  # remembered
+    bundle_module.verify_remembered(identity.signing_key, Liar(identity.dh_sig), message)
+    assert counted.calls == calls + 1  # a bytes subclass is verified, not looked up
+    with pytest.raises(InvalidSignature):
+        bundle_module.verify_remembered(identity.signing_key, Liar(bytes(64)), message)
+
+
+def test_memory_is_bounded_least_recently_used_first(
+    counted: _CountingVerify, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bundle_module, "VERIFIED_CACHE_SIZE", 2)
+    a, b, c = (Device.generate().identity for _ in range(3))
+    a.verify()
+    b.verify()
+    a.verify()  # a is now the most recently used
+    c.verify()  # evicts b
+    assert len(bundle_module._verified) == 2
+    calls = counted.calls
+    a.verify()
+    c.verify()
+    assert counted.calls == calls
+    b.verify()
+    assert counted.calls == calls + 1

@@ -237,3 +237,15 @@ def test_deterministic_random_matches_its_documented_definition() -> None:
     )
     assert first == blocks[:64]
     assert deterministic_random(b"seed")(64) == first
+
+
+@settings(max_examples=50, deadline=None)
+@given(ck=st.binary(min_size=32, max_size=32), info=st.binary(max_size=64))
+def test_fused_message_step_equals_kdf_ck_then_hkdf(ck: bytes, info: bytes) -> None:
+    deriver = MessageKeyDeriver(info)
+    key, nonce, next_ck = deriver.step(ck)
+    mk = hmac.digest(ck, b"\x01", hashlib.sha256)
+    assert next_ck == hmac.digest(ck, b"\x02", hashlib.sha256)
+    assert key + nonce == hkdf_sha256(mk, salt=bytes(32), info=info, length=44)
+    with pytest.raises(InvalidKeyLength):
+        deriver.step(bytes(31))

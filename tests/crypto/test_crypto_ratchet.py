@@ -411,3 +411,51 @@ def test_message_layout_constants() -> None:
     message = a.encrypt(b"x" * 200)
     assert len(message) == MESSAGE_PREFIX_LEN + 32 + 200 + 16
     assert message[:2] == b"\x01\x01"
+
+
+def test_in_order_fast_path_matches_the_general_path() -> None:
+    """``RatchetState.open`` short-cuts in-order messages; the result and the state after it
+    must be exactly those of ``decrypt`` (the documented order of checks)."""
+    a, b = session_pair()
+    b.decrypt(a.encrypt(b"new chain"))  # a DH step: random, so before the twin is made
+    twin = Session.from_bytes(b.to_bytes())
+    for i in range(5):
+        message = a.encrypt(bytes([i]) * 40)
+        at = MESSAGE_PREFIX_LEN - 40
+        header = message[at:MESSAGE_PREFIX_LEN]
+        general = twin._ratchet.decrypt(
+            header[:32],
+            int.from_bytes(header[32:36], "big"),
+            int.from_bytes(header[36:40], "big"),
+            message[:MESSAGE_PREFIX_LEN],
+            message[MESSAGE_PREFIX_LEN:],
+        )
+        assert b._ratchet.open(message, at) == general
+        assert b._ratchet.to_json() == twin._ratchet.to_json()
+
+
+def test_a_stored_key_for_the_next_number_is_tried_first() -> None:
+    """Even in a state where a skipped key exists for (current chain, next N) (not reachable
+    by the protocol, but a restored state may hold anything), it is used first, as documented."""
+    a, b = session_pair()
+    b.decrypt(a.encrypt(b"one"))
+    message = a.encrypt(b"two")
+    state = b._ratchet
+    assert state.dhr is not None
+    state.skipped[(state.dhr, state.nr)] = (bytes(32), state.chain_index)
+    before = _state(b)
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(message)
+    assert _state(b) == before
+    del state.skipped[(state.dhr, state.nr)]
+    assert b.decrypt(message) == b"two"
+
+
+def test_seal_and_encrypt_agree() -> None:
+    a, _ = session_pair()
+    twin = Session.from_bytes(a.to_bytes())
+    prefix = b"\x01\x01" + bytes(32)
+    payload = bytes(32) + b"payload"
+    header, ciphertext = a._ratchet.encrypt(payload, prefix)
+    assert prefix + header + ciphertext == twin._ratchet.seal(payload, prefix)
+    assert len(header) == 40

@@ -16,10 +16,18 @@ KEM last resort    ``b"parley-v1/kem-prekey/last-resort" || u32_be(id) || key``
 ``from_json`` functions verify every signature before returning anything, so
 an object of these classes obtained from JSON is always verified.  Unknown
 JSON members are ignored (they are not covered by any signature).
+
+Verified signatures are remembered: the identity and signed-prekey signatures
+of a contact repeat in every bundle and session state, so a bounded cache of
+exact ``(signing key, signature, signed bytes)`` triples that verified saves
+an Ed25519 verification each time one recurs (see
+:func:`verify_remembered`).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,16 +53,60 @@ __all__ = [
     "PrekeyBundle",
     "PublicIdentity",
     "SignedPrekey",
+    "forget_verified_signatures",
     "kem_prekey_label",
     "sign_identity_dh",
     "sign_kem_prekey",
     "sign_signed_prekey",
+    "verify_remembered",
 ]
 
 LABEL_IDENTITY_DH = b"parley-v1/identity-dh"
 LABEL_SIGNED_PREKEY = b"parley-v1/signed-prekey"
 LABEL_KEM_ONE_TIME = b"parley-v1/kem-prekey/one-time"
 LABEL_KEM_LAST_RESORT = b"parley-v1/kem-prekey/last-resort"
+
+
+VERIFIED_CACHE_SIZE = 512
+"""How many verified ``(signing key, signature, signed bytes)`` triples are remembered."""
+_verified: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
+def verify_remembered(
+    signing_key: bytes, signature: bytes, message: bytes, *, remember: bool = True
+) -> None:
+    """:func:`~parley.crypto.primitives.ed25519_verify` with a memory of successes.
+
+    A triple that verified before (byte for byte: same key, same signature,
+    same signed bytes) is accepted without verifying it again; anything else is
+    verified.  This is sound because Ed25519 verification is a deterministic
+    function of exactly these bytes, and only successes are remembered, so
+    nothing that did not verify is ever accepted.  Only exact ``bytes`` are
+    looked up (a ``bytes`` subclass could lie about equality).  The memory is
+    per process, bounded (:data:`VERIFIED_CACHE_SIZE`, least recently used
+    evicted) and holds only public data.  ``remember=False`` verifies without
+    storing (for signatures that never recur, such as one-time prekeys').
+    """
+    entry = (signing_key, signature, message)
+    exact = type(signing_key) is bytes and type(signature) is bytes and type(message) is bytes
+    if exact:
+        with _verified_lock:
+            if entry in _verified:
+                _verified.move_to_end(entry)
+                return
+    ed25519_verify(signing_key, signature, message)
+    if exact and remember:
+        with _verified_lock:
+            _verified[entry] = None
+            while len(_verified) > VERIFIED_CACHE_SIZE:
+                _verified.popitem(last=False)
+
+
+def forget_verified_signatures() -> None:
+    """Empty the memory of :func:`verify_remembered` (tests, benchmarks)."""
+    with _verified_lock:
+        _verified.clear()
 
 
 def kem_prekey_label(last_resort: bool) -> bytes:
@@ -99,7 +151,7 @@ class PublicIdentity:
         """Raise InvalidSignature unless ``dh_sig`` signs ``dh_key`` (lengths checked too)."""
         if len(self.dh_key) != X25519_KEY_LEN:
             raise MalformedBundle("identity.dh_key: expected 32 bytes")
-        ed25519_verify(self.signing_key, self.dh_sig, LABEL_IDENTITY_DH + self.dh_key)
+        verify_remembered(self.signing_key, self.dh_sig, LABEL_IDENTITY_DH + self.dh_key)
 
     def encode(self) -> bytes:
         """``signing_key || dh_key`` (64 bytes): the identity's part of the AD."""
@@ -142,7 +194,7 @@ class SignedPrekey:
         check_u32(self.id, field="signed_prekey.id")
         if len(self.key) != X25519_KEY_LEN:
             raise MalformedBundle("signed_prekey.key: expected 32 bytes")
-        ed25519_verify(signing_key, self.sig, LABEL_SIGNED_PREKEY + u32(self.id) + self.key)
+        verify_remembered(signing_key, self.sig, LABEL_SIGNED_PREKEY + u32(self.id) + self.key)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "key": b64encode(self.key), "sig": b64encode(self.sig)}
@@ -194,7 +246,8 @@ class KemPrekey:
         if len(self.key) != MLKEM768_EK_LEN:
             raise MalformedBundle("kem_prekey.key: expected 1184 bytes")
         message = kem_prekey_label(self.last_resort) + u32(self.id) + self.key
-        ed25519_verify(signing_key, self.sig, message)
+        # A one-time prekey's signature is checked once per claim and never recurs.
+        verify_remembered(signing_key, self.sig, message, remember=self.last_resort)
 
     def to_json(self, *, with_flag: bool = True) -> dict[str, Any]:
         """Upload form (``with_flag=False``) or claimed-bundle form (with ``last_resort``)."""

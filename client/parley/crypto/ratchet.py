@@ -45,11 +45,13 @@ from parley.crypto.errors import (
     DecryptionFailed,
     InvalidKey,
     MalformedBundle,
+    MalformedMessage,
     MalformedState,
     ReplayedMessage,
     TooManySkippedMessages,
 )
 from parley.crypto.primitives import (
+    GCM_TAG_LEN,
     MessageKeyDeriver,
     RandomSource,
     X25519KeyPair,
@@ -57,6 +59,7 @@ from parley.crypto.primitives import (
     hkdf_sha256,
     system_random,
 )
+from parley.crypto.wire import HEADER_LEN
 
 __all__ = [
     "MAX_OLD_CHAINS",
@@ -77,7 +80,8 @@ MAX_OLD_CHAINS = 5
 MAX_REMEMBERED_CHAINS = 100
 
 _MESSAGE_KEYS = MessageKeyDeriver(MESSAGE_INFO)
-_II = struct.Struct(">II")
+_HEADER = struct.Struct(">32sII")  # ratchet public key, PN, N: HEADER_LEN bytes
+_step = _MESSAGE_KEYS.step
 
 PayloadCheck = Callable[[bytes], None]
 """Called with the decrypted payload before the state is committed; may raise."""
@@ -88,8 +92,7 @@ def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
     return out[:32], out[32:]
 
 
-def _open(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-    key, nonce = _MESSAGE_KEYS.derive(message_key)
+def _open(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     try:
         return AESGCM(key).decrypt(nonce, ciphertext, ad)
     except InvalidTag as exc:
@@ -183,18 +186,57 @@ class RatchetState:
 
     def encrypt(self, payload: bytes, prefix: bytes) -> tuple[bytes, bytes]:
         """Return ``(header, ciphertext)``; the AD is ``self.ad || prefix || header``."""
+        message = self.seal(payload, prefix)
+        at = len(prefix)
+        return message[at : at + HEADER_LEN], message[at + HEADER_LEN :]
+
+    def seal(self, payload: bytes, prefix: bytes) -> bytes:
+        """Return the whole message ``prefix || header || ciphertext`` (AD: ``self.ad ||
+        prefix || header``)."""
         cks = self.cks
         if cks is None:
             raise CryptoError("this session cannot send before it has received a message")
-        if self.ns > U32_MAX:
+        ns = self.ns
+        if ns > U32_MAX:
             raise CryptoError("sending chain exhausted")
-        mk, self.cks = chain_key_step(cks)
-        header = self.dhs.public + _II.pack(self.pn, self.ns)
-        self.ns += 1
-        key, nonce = _MESSAGE_KEYS.derive(mk)
-        return header, AESGCM(key).encrypt(nonce, payload, self.ad + prefix + header)
+        key, nonce, self.cks = _step(cks)
+        self.ns = ns + 1
+        associated = prefix + _HEADER.pack(self.dhs.public, self.pn, ns)
+        return associated + AESGCM(key).encrypt(nonce, payload, self.ad + associated)
 
     # ------------------------------------------------------------------ decrypt
+
+    def open(self, message: bytes, header_at: int, check: PayloadCheck | None = None) -> bytes:
+        """Decrypt a message made by :meth:`seal`, its header starting at ``header_at``
+        (every byte before the ciphertext is associated data).
+
+        Raises MalformedMessage if it is too short; otherwise as :meth:`decrypt`.
+        """
+        body_at = header_at + HEADER_LEN
+        if len(message) < body_at + GCM_TAG_LEN:
+            raise MalformedMessage("message too short")
+        ratchet_key, pn, n = _HEADER.unpack_from(message, header_at)
+        ckr = self.ckr
+        skipped = self.skipped
+        if (
+            n == self.nr
+            and ratchet_key == self.dhr
+            and ckr is not None
+            and (not skipped or (ratchet_key, n) not in skipped)
+        ):
+            # In order on the current receiving chain, the common case: the checks of
+            # :meth:`decrypt` in the same order, without its bookkeeping.
+            key, nonce, ck = _step(ckr)
+            try:
+                payload = AESGCM(key).decrypt(nonce, message[body_at:], self.ad + message[:body_at])
+            except InvalidTag as exc:
+                raise DecryptionFailed("message authentication failed") from exc
+            if check is not None:
+                check(payload)
+            self.ckr = ck
+            self.nr = n + 1
+            return payload
+        return self.decrypt(ratchet_key, pn, n, message[:body_at], message[body_at:], check)
 
     def decrypt(
         self,
@@ -207,11 +249,12 @@ class RatchetState:
     ) -> bytes:
         """Decrypt one message; ``associated`` is every message byte before the ciphertext."""
         ad = self.ad + associated
+        nr = self.nr
 
         slot = (ratchet_key, n)
         stored = self.skipped.get(slot)
         if stored is not None:
-            payload = _open(stored[0], ciphertext, ad)
+            payload = _open(*_MESSAGE_KEYS.derive(stored[0]), ciphertext, ad)
             if check is not None:
                 check(payload)
             del self.skipped[slot]
@@ -220,20 +263,16 @@ class RatchetState:
         if ratchet_key == self.dhr:
             if self.ckr is None:
                 raise DecryptionFailed("message reuses the responder's prekey as ratchet key")
-            if n < self.nr:
+            if n < nr:
                 raise ReplayedMessage("message number already received (or its key expired)")
-            if n - self.nr > MAX_SKIP:
-                raise TooManySkippedMessages(f"message skips {n - self.nr} keys (max {MAX_SKIP})")
-            new_keys: list[tuple[tuple[bytes, int], bytes]] = []
-            ck = self.ckr
-            if n != self.nr:  # out of order: derive and keep the skipped keys
-                new_keys, ck = _skip(ck, self.nr, n, ratchet_key)
-            mk, ck = chain_key_step(ck)
-            payload = _open(mk, ciphertext, ad)
+            if n - nr > MAX_SKIP:
+                raise TooManySkippedMessages(f"message skips {n - nr} keys (max {MAX_SKIP})")
+            new_keys, ck = _skip(self.ckr, nr, n, ratchet_key)
+            key, nonce, ck = _step(ck)
+            payload = _open(key, nonce, ciphertext, ad)
             if check is not None:
                 check(payload)
-            if new_keys:
-                self._store(new_keys, self.chain_index)
+            self._store(new_keys, self.chain_index)
             self.ckr = ck
             self.nr = n + 1
             return payload
@@ -257,8 +296,8 @@ class RatchetState:
             raise DecryptionFailed("ratchet key is a low-order point") from exc
         rk, ckr = kdf_rk(self.rk, dh_out)
         new_keys, ckr = _skip(ckr, 0, n, ratchet_key)
-        mk, ckr = chain_key_step(ckr)
-        payload = _open(mk, ciphertext, ad)
+        key, nonce, ckr = _step(ckr)
+        payload = _open(key, nonce, ciphertext, ad)
         if check is not None:
             check(payload)
 

@@ -57,6 +57,8 @@ from parley.crypto.sender_keys import (
     group_associated_data,
 )
 from parley.crypto.wire import (
+    HEADER_LEN,
+    MESSAGE_PREFIX_LEN,
     TYPE_INITIAL,
     TYPE_MESSAGE,
     VERSION,
@@ -80,6 +82,8 @@ _FK = franking.FRANKING_KEY_LEN
 _PREFIX_MESSAGE = bytes((VERSION, TYPE_MESSAGE))
 _PREFIX_INITIAL = bytes((VERSION, TYPE_INITIAL))
 _CONTEXT = franking.CONTEXT
+_COMMITMENT_END = 2 + franking.COMMITMENT_LEN
+_MESSAGE_HEADER_AT = MESSAGE_PREFIX_LEN - HEADER_LEN
 
 
 class DecryptedMessage(NamedTuple):
@@ -286,8 +290,7 @@ class Session:
             prefix = _PREFIX_MESSAGE + commitment
         else:
             prefix = _PREFIX_INITIAL + commitment + section
-        header, ciphertext = self._ratchet.encrypt(payload, prefix)
-        return prefix + header + ciphertext
+        return self._ratchet.seal(payload, prefix)
 
     def decrypt(self, message: bytes) -> bytes:
         """Decrypt one message; raises (and leaves the session unchanged) on any failure."""
@@ -299,21 +302,19 @@ class Session:
         return DecryptedMessage(payload[_FK:], payload[:_FK], message[2 : 2 + _FK])
 
     def _open(self, message: bytes) -> bytes:
-        parsed = parse_pairwise(message)
-        if parsed.type == TYPE_INITIAL:
-            if (
+        if type(message) is bytes and message[:2] == _PREFIX_MESSAGE:  # the common case
+            header_at = _MESSAGE_HEADER_AT
+        else:
+            parsed = parse_pairwise(message)  # MalformedMessage, UnsupportedVersion
+            if parsed.type == TYPE_INITIAL and (
                 self._initial_digest is None
                 or parsed.prekey_raw is None
                 or hashlib.sha256(parsed.prekey_raw).digest() != self._initial_digest
             ):
                 raise SessionMismatch("initial message of another session")
-        payload = self._ratchet.decrypt(
-            parsed.ratchet_key,
-            parsed.previous_chain_length,
-            parsed.message_number,
-            parsed.associated,
-            parsed.ciphertext,
-            _commitment_check(parsed.commitment),
+            header_at = len(parsed.associated) - HEADER_LEN
+        payload = self._ratchet.open(
+            message, header_at, _commitment_check(message[2:_COMMITMENT_END])
         )
         self._pending_section = None  # the peer has our session: stop sending PQXDH fields
         return payload
