@@ -74,6 +74,7 @@ class Settings(BaseSettings):
 
     # Delivery.
     delivery_batch_max: int = Field(default=500, ge=1, le=10_000)
+    delivery_consumers: int = Field(default=1, ge=1, le=64)
     sync_page_max: int = Field(default=200, ge=1, le=1000)
 
     # Operations.

@@ -68,8 +68,14 @@ class Worker:
         )  # fmt: skip
 
     async def start(self) -> None:
+        # Several consumers of the group in one process: each owns some
+        # partitions, and their batches overlap (one computes while another
+        # waits on MongoDB), where one consumer would leave both idle in turn.
         self._tasks = [
-            asyncio.create_task(self._run(self.topics.messages, self.handle_messages, "")),
+            asyncio.create_task(self._run(self.topics.messages, self.handle_messages, ""))
+            for _ in range(self.settings.delivery_consumers)
+        ]
+        self._tasks += [
             asyncio.create_task(self._run(self.topics.events, self.handle_events, "-events")),
             asyncio.create_task(self._purge_loop()),
         ]
