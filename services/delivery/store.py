@@ -43,6 +43,10 @@ ID_CHUNK = 500
 ITEM_FIELDS = ("seq", "server_id", "kind", "from", "conversation", "body", "commitment", "sent_at")
 
 
+class SequenceCollision(Exception):
+    """An inbox ``_id`` (user, seq) was taken although the message is new."""
+
+
 class DeliveryStore:
     def __init__(
         self, settings: Settings, db: AsyncDatabase[dict[str, Any]], redis: aioredis.Redis
@@ -90,8 +94,11 @@ class DeliveryStore:
         for i, doc in enumerate(docs):
             if i in duplicates:
                 prior = earlier.get((doc["from"], doc["client_id"]))
-                if prior is None:  # pragma: no cover - purged between insert and find
-                    continue
+                if prior is None:
+                    # The clash was on `_id` (a sequence number already used),
+                    # not on (from, client_id): never drop the message — fail
+                    # the batch, which is retried with fresh sequence numbers.
+                    raise SequenceCollision(doc["_id"])
                 prior["duplicate"] = True
                 stored.append(prior)
             else:

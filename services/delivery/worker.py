@@ -30,7 +30,7 @@ from services.common.clients import Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
 from services.common.logging import request_id_from_kafka, request_id_var
 from services.common.routing import new_server_id
-from services.delivery.store import DeliveryStore, inbox_id, item_frame
+from services.delivery.store import DeliveryStore, SequenceCollision, inbox_id, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Worker:
             try:
                 await handler(records)
                 return
-            except (PyMongoError, RedisError, OSError) as exc:
+            except (PyMongoError, RedisError, OSError, SequenceCollision) as exc:
                 log.warning("batch failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

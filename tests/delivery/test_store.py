@@ -89,3 +89,18 @@ async def test_many_users_are_acknowledged_in_one_call(store: DeliveryStore) -> 
     assert acked["cat"] == [] and acked["nobody"] == []
     assert [d["seq"] for d in (await store.page("ann", 0, 10))[0]] == [3]
     assert [d["seq"] for d in (await store.page("cat", 0, 10))[0]] == [1, 2, 3]
+
+
+async def test_a_taken_sequence_number_fails_loudly_instead_of_dropping(
+    store: DeliveryStore,
+) -> None:
+    from services.delivery.store import SequenceCollision
+
+    await store.reserve("zoe", 1)
+    await store.insert([item("zoe", 1, cid="first")])
+    # A new message (new client id) given a seq that is already used:
+    with pytest.raises(SequenceCollision):
+        await store.insert([item("zoe", 1, cid="second")])
+    # Retried with a fresh number, it is stored.
+    seq = await store.reserve("zoe", 1)
+    assert (await store.insert([item("zoe", seq, cid="second")]))[0]["seq"] == 2
