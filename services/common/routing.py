@@ -9,8 +9,9 @@ Cluster keeps one user's keys on one shard):
 - ``<p>:gw:{<gateway id>}``: the pub/sub channel of one gateway pod; messages
   are ``{"to": user_id, "frame": {...}}`` (or ``"conn"`` for one connection).
 
-Kafka topic ``<topic prefix>messages``, keyed by conversation id, value: the
-envelope (JSON) made by :func:`envelope`.
+Kafka topic ``<topic prefix>messages``, keyed by the recipient (the inbox
+owner), value: the envelope (JSON) made by :func:`envelope` — or, for a
+``key_changed`` notice, by :func:`notice_envelope`.
 """
 
 from __future__ import annotations
@@ -79,6 +80,24 @@ def envelope(
         "client_id": client_id,
         "body": body,
         "commitment": commitment,
+        "sent_at": int(time.time() * 1000),
+    }
+
+
+def notice_envelope(
+    *, sender: str, recipient: str, client_id: str, device_id: Any, identity: Any
+) -> dict[str, Any]:
+    """A ``key_changed`` notice for one contact's inbox, written by that inbox's consumer."""
+    return {
+        "v": ENVELOPE_VERSION,
+        "kind": "key_changed",
+        "server_id": new_server_id(),
+        "conversation": None,
+        "from": sender,
+        "to": recipient,
+        "client_id": client_id,
+        "device_id": device_id,
+        "identity": identity,
         "sent_at": int(time.time() * 1000),
     }
 

@@ -23,11 +23,11 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     app = base_app("delivery", settings, prefix="/delivery", api=api)
     db = use_mongo(app, settings, "delivery")
     redis = use_redis(app, settings)
-    use_kafka_producer(app, settings, Topics(settings).all())
+    producer = use_kafka_producer(app, settings, Topics(settings).all())
     use_token_verifier(app, settings)
     store = DeliveryStore(settings, db, redis)
     app[INBOX] = Inbox(store)
-    worker = Worker(settings, store, app[REGISTRY])
+    worker = Worker(settings, store, app[REGISTRY], producer)
     app[WORKER] = worker
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:

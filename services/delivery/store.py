@@ -73,6 +73,24 @@ class DeliveryStore:
         assert doc is not None
         return int(doc["n"]) - count + 1
 
+    async def reserve_many(self, counts: dict[str, int]) -> dict[str, int]:
+        """Reserve numbers for many users in two round trips; returns each user's first.
+
+        Optimistic: a concurrent reservation for the same user between the
+        increment and the read makes two batches compute overlapping numbers.
+        That cannot go unnoticed: the second insert clashes on the inbox
+        ``_id`` and raises :class:`SequenceCollision`, and the worker retries
+        that batch with :meth:`reserve` (atomic per user).
+        """
+        await self.counters.bulk_write(
+            [UpdateOne({"_id": u}, {"$inc": {"n": n}}, upsert=True) for u, n in counts.items()],
+            ordered=False,
+        )
+        now = {d["_id"]: int(d["n"]) async for d in self.counters.find(
+            {"_id": {"$in": list(counts)}}, {"n": 1}
+        )}  # fmt: skip
+        return {u: now[u] - n + 1 for u, n in counts.items()}
+
     # Storing ----------------------------------------------------------------
     async def insert(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert items; returns the stored version of each (the earlier copy for a duplicate)."""

@@ -26,24 +26,32 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from services.common.clients import Topics, ensure_topics, kafka_consumer
+from services.common.clients import KafkaProducerHandle, Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
-from services.common.logging import request_id_from_kafka, request_id_var
-from services.common.routing import new_server_id
+from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
+from services.common.routing import notice_envelope
 from services.delivery.store import DeliveryStore, SequenceCollision, inbox_id, item_frame
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("server_id", "from", "to", "client_id", "body", "conversation")
+REQUIRED = {
+    "message": ("server_id", "from", "to", "client_id", "body", "conversation"),
+    "key_changed": ("server_id", "from", "to", "client_id"),
+}
 KNOWN_PAIRS_MAX = 200_000
 
 
 class Worker:
     def __init__(
-        self, settings: Settings, store: DeliveryStore, registry: CollectorRegistry
+        self,
+        settings: Settings,
+        store: DeliveryStore,
+        registry: CollectorRegistry,
+        producer: KafkaProducerHandle,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.producer = producer
         self.topics = Topics(settings)
         self.group = f"{settings.topic_prefix}delivery"
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,11 +138,17 @@ class Worker:
         """Run a batch until it succeeds: it is idempotent, so a MongoDB or Redis
         outage only delays it, and the partitions are neither committed nor given up."""
         delay = 0.1
+        atomic = False
         while True:
             try:
-                await handler(records)
+                await handler(records, atomic_reserve=atomic)
                 return
-            except (PyMongoError, RedisError, OSError, SequenceCollision) as exc:
+            except SequenceCollision as exc:
+                # Another worker reserved for the same user at the same moment:
+                # retry at once with per-user atomic reservations.
+                log.info("sequence numbers clashed; retrying the batch", extra={"id": str(exc)})
+                atomic = True
+            except (PyMongoError, RedisError, OSError) as exc:
                 log.warning("batch failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -142,56 +156,68 @@ class Worker:
     # Messages ---------------------------------------------------------------
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:
         try:
-            env = orjson.loads(record.value or b"")
+            env: Any = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError:
             env = None
-        if not isinstance(env, dict) or not all(isinstance(env.get(k), str) for k in REQUIRED):
+        required = REQUIRED.get(env.get("kind", "message")) if isinstance(env, dict) else None
+        if required is None or not all(isinstance(env.get(k), str) for k in required):
             self.rejected.inc()
             log.warning("skipping a malformed envelope", extra={"offset": record.offset})
             return None
-        return env
+        parsed: dict[str, Any] = env
+        return parsed
 
-    async def handle_messages(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def handle_messages(
+        self, records: list[ConsumerRecord[bytes, bytes]], *, atomic_reserve: bool = False
+    ) -> None:
         request_id_var.set(request_id_from_kafka(records[0].headers))
         envs = [e for e in map(self._parse, records) if e is not None]
         if not envs:
             return
-        per_user = Tally(e["to"] for e in envs)
-        users = list(per_user)
-        firsts = await asyncio.gather(*(self.store.reserve(u, per_user[u]) for u in users))
-        next_seq = dict(zip(users, firsts, strict=True))
+        per_user = dict(Tally(e["to"] for e in envs))
+        if atomic_reserve:
+            users = list(per_user)
+            firsts = await asyncio.gather(*(self.store.reserve(u, per_user[u]) for u in users))
+            next_seq = dict(zip(users, firsts, strict=True))
+        else:
+            next_seq = await self.store.reserve_many(per_user)
         docs = []
         now = time.time()
         for env in envs:
             seq = next_seq[env["to"]]
             next_seq[env["to"]] = seq + 1
-            docs.append(
-                {
-                    "_id": inbox_id(env["to"], seq),
-                    "server_id": env["server_id"],
-                    "user": env["to"],
-                    "seq": seq,
-                    "kind": "message",
-                    "from": env["from"],
-                    "client_id": env["client_id"],
-                    "conversation": env["conversation"],
-                    "body": env["body"],
-                    "commitment": env.get("commitment"),
-                    "sent_at": env.get("sent_at"),
-                    "stored_at": now,
-                    "acked": False,
-                }
-            )
+            doc = {
+                "_id": inbox_id(env["to"], seq),
+                "server_id": env["server_id"],
+                "user": env["to"],
+                "seq": seq,
+                "kind": env.get("kind", "message"),
+                "from": env["from"],
+                "client_id": env["client_id"],
+                "conversation": env.get("conversation"),
+                "sent_at": env.get("sent_at"),
+                "stored_at": now,
+                "acked": False,
+            }
+            if doc["kind"] == "message":
+                doc["body"] = env["body"]
+                doc["commitment"] = env.get("commitment")
+            else:
+                doc["device_id"] = env.get("device_id")
+                doc["identity"] = env.get("identity")
+            docs.append(doc)
         stored = await self.store.insert(docs)
-        await self._remember_contacts(docs)
+        await self._remember_contacts([d for d in docs if d["kind"] == "message"])
         frames: list[tuple[str, dict[str, Any]]] = []
         for doc in stored:
             if doc.pop("duplicate", False):
                 self.duplicates.inc()
             else:
-                self.stored.labels("message").inc()
+                self.stored.labels(doc.get("kind", "message")).inc()
             if not doc.get("acked"):
                 frames.append((doc["user"], item_frame(doc)))
+            if doc.get("kind") != "message":
+                continue
             frames.append(
                 (
                     doc["from"],
@@ -218,7 +244,9 @@ class Worker:
         self._known_pairs.update(fresh)
 
     # Events -----------------------------------------------------------------
-    async def handle_events(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def handle_events(
+        self, records: list[ConsumerRecord[bytes, bytes]], *, atomic_reserve: bool = True
+    ) -> None:
         frames: list[tuple[str, dict[str, Any]]] = []
         for record in records:
             try:
@@ -231,39 +259,40 @@ class Worker:
                 frame = {k: v for k, v in event.items() if k != "type"}
                 frames.append((user, {"op": "prekeys_low", **frame}))
             elif kind == "key_changed":
-                frames.extend(await self._key_changed(event, record))
+                await self._key_changed(event, record)
         await self.store.publish(frames)
 
     async def _key_changed(
         self, event: dict[str, Any], record: ConsumerRecord[bytes, bytes]
-    ) -> list[tuple[str, dict[str, Any]]]:
+    ) -> None:
+        """Queue a notice for every contact's inbox, keyed by that contact.
+
+        Only an inbox's own consumer writes to it (see handle_messages), so the
+        notice takes its place in the contact's sequence like any message.
+        Idempotent per Kafka record: a redelivered event makes the same client ids.
+        """
         user = event["user_id"]
         contacts = await self.store.contacts_of(user)
         if not contacts:
-            return []
-        # Idempotent per Kafka record: a redelivered event maps to the same client_id.
+            return
         event_id = f"key_changed:{record.topic}:{record.partition}:{record.offset}"
-        firsts = await asyncio.gather(*(self.store.reserve(c, 1) for c in contacts))
-        docs = [
-            {
-                "_id": inbox_id(contact, seq),
-                "server_id": new_server_id(),
-                "user": contact,
-                "seq": seq,
-                "kind": "key_changed",
-                "from": user,
-                "client_id": f"{event_id}:{contact}",
-                "conversation": None,
-                "device_id": event.get("device_id"),
-                "identity": event.get("identity"),
-                "sent_at": int(time.time() * 1000),
-                "acked": False,
-            }
-            for contact, seq in zip(contacts, firsts, strict=True)
-        ]
-        stored = await self.store.insert(docs)
-        self.stored.labels("key_changed").inc(len(stored))
-        return [(d["user"], item_frame(d)) for d in stored if not d.get("acked")]
+        producer = await self.producer.wait_ready(30)
+        acks = []
+        for contact in contacts:
+            env = notice_envelope(
+                sender=user,
+                recipient=contact,
+                client_id=f"{event_id}:{contact}",
+                device_id=event.get("device_id"),
+                identity=event.get("identity"),
+            )
+            acks.append(
+                await producer.send(
+                    self.topics.messages, orjson.dumps(env), key=contact.encode(),
+                    headers=kafka_headers(),
+                )
+            )  # fmt: skip
+        await asyncio.gather(*acks)
 
     async def _purge_loop(self) -> None:
         while True:

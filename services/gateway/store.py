@@ -59,7 +59,12 @@ class GatewayStore:
 
     # Kafka ------------------------------------------------------------------
     async def enqueue(self, envelope: dict[str, Any]) -> asyncio.Future[Any]:
-        """Hand an envelope to the producer, keyed by conversation (keeps its order).
+        """Hand an envelope to the producer, keyed by its recipient (the inbox owner).
+
+        One partition per inbox means one delivery consumer writes each inbox,
+        in order: a sender's messages to a recipient keep their order, and an
+        inbox's sequence numbers are stored and pushed in increasing order,
+        which cumulative acks rely on (docs/delivery.md).
 
         Returns the broker-ack future: callers await it off the frame loop, so
         the next frame is read while this one is in flight.
@@ -71,7 +76,7 @@ class GatewayStore:
             ack: asyncio.Future[Any] = await producer.send(
                 self.topic,
                 orjson.dumps(envelope),
-                key=envelope["conversation"].encode(),
+                key=envelope["to"].encode(),
                 headers=kafka_headers(),
             )
             return ack
