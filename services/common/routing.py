@@ -20,8 +20,6 @@ import secrets
 import time
 from typing import Any
 
-import orjson
-
 ENVELOPE_VERSION = 1
 
 
@@ -100,7 +98,3 @@ def notice_envelope(
         "identity": identity,
         "sent_at": int(time.time() * 1000),
     }
-
-
-def route_message(to: str, frame: dict[str, Any]) -> bytes:
-    return orjson.dumps({"to": to, "frame": frame})

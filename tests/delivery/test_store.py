@@ -104,3 +104,12 @@ async def test_a_taken_sequence_number_fails_loudly_instead_of_dropping(
     # Retried with a fresh number, it is stored.
     seq = await store.reserve("zoe", 1)
     assert (await store.insert([item("zoe", seq, cid="second")]))[0]["seq"] == 2
+
+
+async def test_old_tombstones_are_purged_and_waiting_items_kept(store: DeliveryStore) -> None:
+    await store.reserve("tom", 3)
+    await store.insert([item("tom", s) for s in range(1, 4)])
+    await store.acknowledge("tom", 2)
+    assert await store.purge_tombstones(older_than_s=3600) == 0  # too young
+    assert await store.purge_tombstones(older_than_s=-1) == 2
+    assert [d["seq"] for d in (await store.page("tom", 0, 10))[0]] == [3]
