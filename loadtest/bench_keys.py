@@ -46,7 +46,7 @@ import aiohttp
 import orjson
 from pymongo import AsyncMongoClient
 
-from loadtest.common import CpuMeter, percentile
+from loadtest.common import CpuMeter, percentile, wait_ready
 from scripts.stack import Processes, StackConfig
 from services.common.config import load_settings
 from services.keys.store import generation_key, prekey_key
@@ -155,20 +155,6 @@ class KeysProcess:
         return {n: self.procs.procs[n].pid for n in ("keys", "mongo", "redis")}
 
 
-async def wait_ready(session: aiohttp.ClientSession, url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            async with session.get(url) as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not ready after {timeout}s")
-        await asyncio.sleep(0.1)
-
-
 async def set_up_targets(
     session: aiohttp.ClientSession, base: str, issuer: TokenIssuer, opts: Options
 ) -> list[str]:
@@ -222,7 +208,7 @@ async def bench(opts: Options, data_dir: Path, log: Callable[[str], None]) -> di
         system.cfg.url("mongo"), retryWrites=False
     )
     try:
-        await wait_ready(session, system.url + "/keys/readyz")
+        await wait_ready(session, [system.url + "/keys/readyz"], 60)
         log(f"set-up: {opts.targets} targets x {opts.prekeys} prekeys of each kind")
         targets = await set_up_targets(session, system.url, issuer, opts)
         meter = CpuMeter({**system.pids(), "loadgen": os.getpid()})

@@ -39,7 +39,7 @@ import aiohttp
 import orjson
 from pymongo import AsyncMongoClient
 
-from loadtest.common import Account, CpuMeter, LoadGenerator, PhaseResult
+from loadtest.common import Account, CpuMeter, LoadGenerator, PhaseResult, wait_ready
 from loadtest.relay_baseline import start_relays
 from scripts.stack import SERVERS, SERVICES, Processes, StackConfig
 
@@ -105,18 +105,7 @@ class ParleySystem:
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 90.0) -> None:
         urls = [f"{self.lb}/{s}/readyz" for s in ("auth", "keys", "delivery")]
         urls += [self.cfg.url(g) + "/gateway/readyz" for g in ("gateway1", "gateway2")]
-        deadline = time.monotonic() + timeout
-        for url in urls:
-            while True:
-                try:
-                    async with session.get(url) as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{url} not ready after {timeout}s")
-                await asyncio.sleep(0.1)
+        await wait_ready(session, urls, timeout)
 
     async def sign_up(self, session: aiohttp.ClientSession, n: int) -> list[Account]:
         sem = asyncio.Semaphore(8)

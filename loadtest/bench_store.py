@@ -21,15 +21,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from loadtest.common import cpu_seconds
 from scripts.stack import Processes, StackConfig
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import load_settings
 from services.delivery.store import DeliveryStore, inbox_id
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in ticks of 10 ms
 
 
 async def run(batches: int, batch: int, users: int, ack_every: int) -> dict[str, Any]:
@@ -47,7 +43,7 @@ async def run(batches: int, batch: int, users: int, ack_every: int) -> dict[str,
             await store.ensure_indexes()
             names = [f"user{i:04d}" for i in range(users)]
             mongo_pid = procs.procs["mongo"].pid
-            cpu0, t0 = proc_cpu_s(mongo_pid), time.perf_counter()
+            cpu0, t0 = cpu_seconds(mongo_pid), time.perf_counter()
             stored = 0
             for b in range(batches):
                 per_user: dict[str, int] = {}
@@ -74,7 +70,7 @@ async def run(batches: int, batch: int, users: int, ack_every: int) -> dict[str,
                     # One group-committed flush acknowledging everything so far.
                     await store.acknowledge_many({u: nxt[u] - 1 for u in per_user})
             elapsed = time.perf_counter() - t0
-            cpu = proc_cpu_s(mongo_pid) - cpu0
+            cpu = cpu_seconds(mongo_pid) - cpu0
             await mongo.close()
             await redis.aclose()
             return {

@@ -56,6 +56,20 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[k]
 
 
+async def wait_ready(session: aiohttp.ClientSession, urls: Iterable[str], timeout: float) -> None:
+    """Poll each URL until it answers 200; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not ready after {timeout}s")
+            await asyncio.sleep(0.1)
+
+
 # CPU accounting ---------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far, from /proc."""
