@@ -373,7 +373,7 @@ async def recovery_codes(request: web.Request, body: PasswordRequest) -> Recover
 
 # -- admin ----------------------------------------------------------------------------
 
-_ADMIN = {"auth": True, "tags": ["admin"]}
+_ADMIN = {"auth": True, "role": "admin", "tags": ["admin"]}
 
 
 @api.get(

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from services.common.errors import ErrorCode, http_status
+from services.common.errors import ApiError, ErrorCode, http_status
 from services.common.http import json_response, parse_body
 
 Handler = Callable[..., Awaitable[Any]]
@@ -35,6 +35,7 @@ class Operation:
     errors: Sequence[ErrorCode]
     tags: Sequence[str]
     query: dict[str, str] = field(default_factory=dict)
+    role: str | None = None
 
 
 class Api:
@@ -59,6 +60,7 @@ class Api:
         errors: Sequence[ErrorCode] = (),
         tags: Sequence[str] = (),
         query: dict[str, str] | None = None,
+        role: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler. With ``body``, it receives the parsed model as ``body=``.
 
@@ -78,10 +80,20 @@ class Api:
                 errors,
                 tags,
                 query or {},
+                role,
             )
 
             @functools.wraps(fn)
             async def handler(request: web.Request) -> web.StreamResponse:
+                if auth:
+                    # Who is asking comes first: an unauthenticated caller learns
+                    # nothing from body validation. The claims are cached on the
+                    # request for the handler's own `authenticate`.
+                    from services.common.auth import authenticate  # here: auth imports app
+
+                    claims = await authenticate(request)
+                    if role is not None and role not in claims.roles:
+                        raise ApiError(ErrorCode.FORBIDDEN, f"This needs the {role} role.")
                 if body is not None:
                     result = await fn(request, body=await parse_body(request, body))
                 else:
@@ -150,6 +162,8 @@ class Api:
                 item["parameters"] = params
             if op.auth:
                 item["security"] = [{"bearer": []}]
+            if op.role:
+                item["x-required-role"] = op.role
             if op.body is not None:
                 item["requestBody"] = {
                     "required": True,
@@ -164,6 +178,8 @@ class Api:
                 codes += [ErrorCode.INVALID_JSON, ErrorCode.VALIDATION_FAILED]
             if op.auth:
                 codes += [ErrorCode.UNAUTHENTICATED, ErrorCode.INVALID_TOKEN]
+            if op.role:
+                codes.append(ErrorCode.FORBIDDEN)
             by_status: dict[int, list[str]] = {}
             for code in codes:
                 by_status.setdefault(http_status(code), []).append(code.value)

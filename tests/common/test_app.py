@@ -175,3 +175,32 @@ async def test_a_down_dependency_is_503_unavailable_not_500(client: Any) -> None
     body = await resp.json()
     assert body["error"]["code"] == "service_unavailable"
     assert "Connection closed" not in str(body)
+
+
+async def test_caller_and_role_are_checked_before_the_body(issuer: Any, make_client: Any) -> None:
+    from services.common.auth import use_token_verifier
+    from services.common.deps import use_redis
+
+    api = Api("Guarded", "1.0")
+
+    @api.post("/v1/admin-only", summary="Admins", body=Greeting, auth=True, role="admin")
+    async def admin_only(request: web.Request, body: Greeting) -> Reply:
+        return Reply(text=body.name)
+
+    app = base_app("guarded", issuer.settings, prefix="/g", api=api)
+    use_token_verifier(app, issuer.settings)
+    use_redis(app, issuer.settings)
+    client = await make_client(app)
+    bad = {"name": 5}
+    resp = await client.post("/g/v1/admin-only", json=bad)
+    assert (resp.status, (await resp.json())["error"]["code"]) == (401, "unauthenticated")
+    user = {"Authorization": f"Bearer {issuer.token('u1')}"}
+    resp = await client.post("/g/v1/admin-only", json=bad, headers=user)
+    assert (resp.status, (await resp.json())["error"]["code"]) == (403, "forbidden")
+    admin = {"Authorization": f"Bearer {issuer.token('a1', roles=('user', 'admin'))}"}
+    resp = await client.post("/g/v1/admin-only", json=bad, headers=admin)
+    assert (resp.status, (await resp.json())["error"]["code"]) == (422, "validation_failed")
+    resp = await client.post("/g/v1/admin-only", json={"name": "ok"}, headers=admin)
+    assert resp.status == 200
+    doc = await (await client.get("/g/openapi.json")).json()
+    assert doc["paths"]["/g/v1/admin-only"]["post"]["x-required-role"] == "admin"

@@ -43,7 +43,7 @@ async def test_block_closes_the_socket_and_refuses_the_token(system: System) -> 
         async with http.post(
             f"{system.lb}/auth/v1/admin/users/{victim.user_id}/block",
             headers={"Authorization": f"Bearer {victim.token}"},
-            json={"reason": "no"},
+            json={"reason": 12},  # malformed too: the role is checked first
         ) as resp:
             assert resp.status == 403
             assert (await resp.json())["error"]["code"] == "forbidden"
