@@ -58,7 +58,6 @@ class ErrorCode(StrEnum):
     UNKNOWN_OP = "unknown_op"
     FRAME_TOO_LARGE = "frame_too_large"
     RECIPIENT_NOT_FOUND = "recipient_not_found"
-    DUPLICATE_MESSAGE = "duplicate_message"
     SLOW_CONSUMER = "slow_consumer"
     SERVER_SHUTTING_DOWN = "server_shutting_down"
 
@@ -103,7 +102,6 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_PREKEYS: 409,
     ErrorCode.TOO_MANY_DEVICES: 409,
     ErrorCode.RECIPIENT_NOT_FOUND: 404,
-    ErrorCode.DUPLICATE_MESSAGE: 409,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

@@ -167,10 +167,6 @@ class DeliveryStore:
             out.extend([d async for d in self.inbox.find(query, fields)])
         return out
 
-    async def acknowledge(self, user: str, seq: int) -> list[dict[str, Any]]:
-        """Mark everything of ``user`` up to ``seq`` acknowledged; returns what was acked."""
-        return (await self.acknowledge_many({user: seq})).get(user, [])
-
     async def acknowledge_many(self, targets: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
         """Acknowledge for many users at once, in four round trips whatever their number.
 

@@ -74,19 +74,19 @@ class Hub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def drain(self) -> None:
-        """SIGTERM: tell every client to reconnect (to another pod) and close."""
+        """SIGTERM: tell every client to reconnect (to another pod) and close.
+
+        Each socket's handler then ends and unregisters it (presence removed)
+        before aiohttp runs the cleanup that closes Redis.
+        """
         self.draining = True
         conns = [c for s in self.by_user.values() for c in s]
+        reason = ErrorCode.SERVER_SHUTTING_DOWN.value
         for conn in conns:
-            conn.push({"op": "reconnect", "reason": "server_shutting_down"})
+            conn.push({"op": "reconnect", "reason": reason})
         await asyncio.gather(
-            *(conn.close(CLOSE_GOING_AWAY, "server shutting down") for conn in conns),
-            return_exceptions=True,
+            *(conn.close(CLOSE_GOING_AWAY, reason) for conn in conns), return_exceptions=True
         )
-        with contextlib.suppress(RedisError, OSError):
-            for conn in conns:
-                if conn.user_id:
-                    await self.store.remove_presence(conn.user_id, conn.conn_id)
 
     # Connections ------------------------------------------------------------
     async def register(self, conn: Connection) -> None:

@@ -31,6 +31,10 @@ def item(user: str, seq: int, sender: str = "s", cid: str | None = None) -> dict
     }  # fmt: skip
 
 
+async def ack(store: DeliveryStore, user: str, seq: int) -> list[dict[str, Any]]:
+    return (await store.acknowledge_many({user: seq}))[user]
+
+
 async def test_sequence_numbers_are_reserved_in_blocks(store: DeliveryStore) -> None:
     assert await store.reserve("u1", 3) == 1
     assert await store.reserve("u1", 2) == 4
@@ -53,10 +57,10 @@ async def test_acks_are_cumulative_idempotent_and_per_user(store: DeliveryStore)
     await store.reserve("bob", 7)
     await store.reserve("eve", 1)
     await store.insert([item("bob", s) for s in range(1, 6)] + [item("eve", 1, cid="e1")])
-    assert [d["client_id"] for d in await store.acknowledge("bob", 3)] == ["c1", "c2", "c3"]
-    assert await store.acknowledge("bob", 2) == []
-    assert await store.acknowledge("bob", 3) == []
-    assert [d["client_id"] for d in await store.acknowledge("bob", 9)] == ["c4", "c5"]
+    assert [d["client_id"] for d in await ack(store, "bob", 3)] == ["c1", "c2", "c3"]
+    assert await ack(store, "bob", 2) == []
+    assert await ack(store, "bob", 3) == []
+    assert [d["client_id"] for d in await ack(store, "bob", 9)] == ["c4", "c5"]
     assert (await store.page("bob", 0, 10))[0] == []
     # Bob's acks never touched Eve's inbox.
     assert [d["seq"] for d in (await store.page("eve", 0, 10))[0]] == [1]
@@ -109,7 +113,7 @@ async def test_a_taken_sequence_number_fails_loudly_instead_of_dropping(
 async def test_old_tombstones_are_purged_and_waiting_items_kept(store: DeliveryStore) -> None:
     await store.reserve("tom", 3)
     await store.insert([item("tom", s) for s in range(1, 4)])
-    await store.acknowledge("tom", 2)
+    await ack(store, "tom", 2)
     assert await store.purge_tombstones(older_than_s=3600) == 0  # too young
     assert await store.purge_tombstones(older_than_s=-1) == 2
     assert [d["seq"] for d in (await store.page("tom", 0, 10))[0]] == [3]

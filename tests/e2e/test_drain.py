@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import signal
 
+import redis.asyncio as aioredis
+
+from services.common.routing import presence_key
 from tests.support.aio import eventually
 from tests.support.stack import System, http_status
 from tests.support.users import signup
@@ -22,6 +25,14 @@ async def test_sigterm_drains_the_pod_and_clients_move(system: System) -> None:
         assert await client.wait_closed() == 1001
         again = await WsClient.connect(system.ws_url, user.token)
         assert again.ready["gateway"] != pod
+        # The drained pod removed its presence entry: only the new pod hosts the user.
+        redis = aioredis.Redis.from_url(system.cfg.url("redis"))
+        key = presence_key(system.prefix, user.user_id)
+        try:
+            entries = await eventually(lambda: redis.hgetall(key), lambda e: len(e) == 1)
+        finally:
+            await redis.aclose()
+        assert [v.decode().split("|")[0] for v in entries.values()] == [again.ready["gateway"]]
         await again.close()
     finally:
         await client.close()

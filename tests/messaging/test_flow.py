@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from tests.support.aio import eventually
@@ -106,9 +105,17 @@ async def test_redelivered_record_is_stored_once(messaging: Messaging) -> None:
 
 
 async def test_presence_is_recorded_and_removed(messaging: Messaging) -> None:
+    from services.common.deps import REDIS
+    from services.common.routing import presence_key
+
     user = uid()
     client = await messaging.connect(user, pod=1)
     hub = messaging.hub(1)
+    redis = messaging.gateways[1].server.app[REDIS]
+    key = presence_key(messaging.settings.redis_prefix, user)
+    entries = await redis.hgetall(key)
+    assert [v.decode().split("|")[0] for v in entries.values()] == ["gw-b"]
     assert hub.local(user)
     await client.close()
-    await eventually(lambda: asyncio.sleep(0, hub.local(user)), lambda conns: not conns)
+    await eventually(lambda: redis.hgetall(key), lambda e: e == {})
+    assert not hub.local(user)
