@@ -25,7 +25,7 @@ from loadtest.common import cpu_seconds
 from scripts.stack import Processes, StackConfig
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import load_settings
-from services.delivery.store import DeliveryStore, inbox_id
+from services.delivery.store import DeliveryStore
 
 
 async def run(batches: int, batch: int, users: int, ack_every: int) -> dict[str, Any]:
@@ -45,30 +45,24 @@ async def run(batches: int, batch: int, users: int, ack_every: int) -> dict[str,
             mongo_pid = procs.procs["mongo"].pid
             cpu0, t0 = cpu_seconds(mongo_pid), time.perf_counter()
             stored = 0
+            top: dict[str, int] = {}
             for b in range(batches):
-                per_user: dict[str, int] = {}
-                envs = []
+                docs = []
                 for i in range(batch):
                     to = names[(b * batch + i) % users]
-                    per_user[to] = per_user.get(to, 0) + 1
-                    envs.append((to, names[(b * batch + i + 1) % users]))
-                firsts = await asyncio.gather(*(store.reserve(u, n) for u, n in per_user.items()))
-                nxt = dict(zip(per_user, firsts, strict=True))
-                docs = []
-                for to, sender in envs:
-                    seq = nxt[to]
-                    nxt[to] = seq + 1
                     docs.append({
-                        "_id": inbox_id(to, seq), "server_id": uuid.uuid4().hex, "user": to,
-                        "seq": seq, "kind": "message", "from": sender,
+                        "server_id": uuid.uuid4().hex, "user": to, "kind": "message",
+                        "from": names[(b * batch + i + 1) % users],
                         "client_id": uuid.uuid4().hex, "conversation": "dm", "body": "x" * 216,
-                        "commitment": None, "sent_at": 0, "stored_at": 0.0, "acked": False,
+                        "commitment": None, "sent_at": 0, "stored_at": 0.0,
                     })  # fmt: skip
-                await store.insert(docs)
+                out = await store.store(docs)
+                for d in out:
+                    top[d["user"]] = max(top.get(d["user"], 0), d["seq"])
                 stored += len(docs)
                 if (b + 1) % ack_every == 0:
                     # One group-committed flush acknowledging everything so far.
-                    await store.acknowledge_many({u: nxt[u] - 1 for u in per_user})
+                    await store.acknowledge_many(dict(top))
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(mongo_pid) - cpu0
             await mongo.close()

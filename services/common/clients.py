@@ -35,9 +35,11 @@ class Topics:
         p = settings.topic_prefix
         self.messages = f"{p}messages"
         self.events = f"{p}events"
+        # Records a consumer could not process (docs/delivery.md, "Dead letters").
+        self.dead_letters = f"{p}dead-letters"
 
     def all(self) -> list[str]:
-        return [self.messages, self.events]
+        return [self.messages, self.events, self.dead_letters]
 
 
 def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # Delivery.
     delivery_batch_max: int = Field(default=500, ge=1, le=10_000)
     delivery_consumers: int = Field(default=1, ge=1, le=64)
+    # Attempts at a batch while MongoDB and Redis answer, before it is split
+    # to find the records at fault (an outage waits without counting).
+    delivery_max_attempts: int = Field(default=3, ge=1, le=100)
     sync_page_max: int = Field(default=200, ge=1, le=1000)
 
     # Operations.

@@ -10,11 +10,15 @@ Collections (database ``<prefix>delivery``):
   items after N" is a list of primary keys (the counter says how far to go):
   the embedded server answers ``$in`` on ``_id`` from its index but scans the
   table for ranges and secondary-index equality (docs/embedded.md); on real
-  MongoDB it is as cheap. Unique on
-  (``from``, ``client_id``): a redelivered Kafka record never makes a second
-  copy. An acknowledged item keeps its (``from``, ``client_id``) as a tombstone
-  (body removed) for ``TOMBSTONE_RETENTION``, so that even a record redelivered
-  after the ack is not stored again; tombstones are purged in code.
+  MongoDB it is as cheap. An acknowledged item is deleted.
+- ``dedup_<day>``: one document per stored item, ``_id`` =
+  ``"<to>|<from>|<client_id>"`` (see :func:`dedup_key`), with the item's
+  ``seq`` and ``server_id``: the record that makes a resent or redelivered
+  message a no-op. A primary-key look-up, so it costs the same with ten
+  documents or ten million, on the embedded server and on MongoDB. One
+  collection per UTC day; a look-up reads the last ``DEDUP_DAYS`` of them, and
+  older ones are dropped whole (no scan, no TTL index that the embedded server
+  would only apply on read).
 - ``counters``: ``{_id: user, n, acked}``: the last sequence number handed
   out, and the highest acknowledged one (acks start their range there).
 - ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
@@ -23,6 +27,8 @@ Collections (database ``<prefix>delivery``):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -31,20 +37,22 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.common.config import Settings
 from services.common.routing import gateway_channel, live_gateways, presence_key
 
 DUPLICATE_KEY = 11000
-TOMBSTONE_RETENTION_S = 7 * 86400
+DEDUP_DAYS = 7
+DAY_S = 86400
 ID_CHUNK = 500
 ITEM_FIELDS = ("seq", "server_id", "kind", "from", "conversation", "body", "commitment", "sent_at")
 
 
 class SequenceCollision(Exception):
-    """An inbox ``_id`` (user, seq) was taken although the message is new."""
+    """Sequence numbers kept clashing: the batch is retried."""
 
 
 class DeliveryStore:
@@ -52,6 +60,7 @@ class DeliveryStore:
         self, settings: Settings, db: AsyncDatabase[dict[str, Any]], redis: aioredis.Redis
     ) -> None:
         self.settings = settings
+        self.db = db
         self.inbox = db["inbox"]
         self.counters = db["counters"]
         self.contacts = db["contacts"]
@@ -59,10 +68,28 @@ class DeliveryStore:
         self.prefix = settings.redis_prefix
 
     async def ensure_indexes(self) -> None:
-        await self.inbox.create_index([("from", ASCENDING), ("client_id", ASCENDING)], unique=True)
-        # No index on acked/acked_at: it would cost every insert ~20% on the
-        # embedded server, for an hourly purge that can afford a scan.
+        # The unique (from, client_id) index of 0.1 made every duplicate a table
+        # scan on the embedded server (a resend burst stalled delivery for
+        # everyone); the dedup collections replace it with primary-key look-ups.
+        with contextlib.suppress(OperationFailure):
+            await self.inbox.drop_index("from_1_client_id_1")
         await self.contacts.create_index([("peer", ASCENDING)])
+
+    async def ping(self) -> list[str]:
+        """Which of this store's servers do not answer now (empty when both do)."""
+
+        async def mongo() -> None:
+            await self.db.command("ping")
+
+        async def redis() -> None:
+            await self.redis.ping()
+
+        names = ("mongo", "redis")
+        results = await asyncio.gather(
+            *(asyncio.wait_for(f(), self.settings.readiness_timeout_s) for f in (mongo, redis)),
+            return_exceptions=True,
+        )
+        return [n for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
 
     # Sequence numbers -------------------------------------------------------
     async def reserve(self, user: str, count: int) -> int:
@@ -77,10 +104,10 @@ class DeliveryStore:
         """Reserve numbers for many users in two round trips; returns each user's first.
 
         Optimistic: a concurrent reservation for the same user between the
-        increment and the read makes two batches compute overlapping numbers.
-        That cannot go unnoticed: the second insert clashes on the inbox
-        ``_id`` and raises :class:`SequenceCollision`, and the worker retries
-        that batch with :meth:`reserve` (atomic per user).
+        increment and the read (two consumers overlapping during a rebalance)
+        makes two batches compute overlapping numbers. :meth:`store` notices
+        the clash on the inbox ``_id`` and moves the later message to a number
+        reserved atomically with :meth:`reserve`.
         """
         await self.counters.bulk_write(
             [UpdateOne({"_id": u}, {"$inc": {"n": n}}, upsert=True) for u, n in counts.items()],
@@ -92,36 +119,157 @@ class DeliveryStore:
         return {u: now[u] - n + 1 for u, n in counts.items()}
 
     # Storing ----------------------------------------------------------------
-    async def insert(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Insert items; returns the stored version of each (the earlier copy for a duplicate)."""
-        if not docs:
+    async def store(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store inbox items exactly once; returns the stored version of each, in order.
+
+        ``items`` carry ``user`` (the inbox), ``from``, ``client_id``,
+        ``server_id`` and the item's fields, without ``_id``/``seq``. An item
+        whose (``user``, ``from``, ``client_id``) was stored before (a client
+        resend, a redelivered record, a repeat inside the batch) is not stored
+        again: the earlier copy comes back with ``duplicate`` set, and
+        ``acked`` set when it was acknowledged since.
+
+        Every step is idempotent and every look-up is by primary key:
+
+        1. the dedup records (the *claims*) of the batch are read;
+        2. new items get sequence numbers and their claims are inserted
+           (a claim lost to a concurrent writer is read back and used);
+        3. inbox documents are inserted at the claimed numbers. A claim without
+           its inbox document (a crash between 2 and 3) is repaired here; an
+           inbox ``_id`` held by another message (overlapping reservations)
+           moves this message to a fresh number.
+        """
+        if not items:
             return []
-        duplicates: set[int] = set()
+        keys = [dedup_key(it["user"], it["from"], it["client_id"]) for it in items]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        claims = await self._claims(list(first))
+        fresh = [k for k in first if k not in claims]
+        if fresh:
+            per_user = Counter(items[first[k]]["user"] for k in fresh)
+            next_seq = await self.reserve_many(dict(per_user))
+            now = time.time()
+            new_claims = []
+            for key in fresh:
+                item = items[first[key]]
+                seq = next_seq[item["user"]]
+                next_seq[item["user"]] = seq + 1
+                new_claims.append(
+                    {"_id": key, "user": item["user"], "seq": seq,
+                     "server_id": item["server_id"], "at": now}
+                )  # fmt: skip
+            lost = await self._insert_claims(new_claims)
+            claims.update({c["_id"]: c for c in new_claims if c["_id"] not in lost})
+            if lost:
+                claims.update(await self._claims(sorted(lost)))
+        stored = await self._materialise({k: (items[i], claims[k]) for k, i in first.items()},
+                                         known={k for k in first if k not in fresh})  # fmt: skip
+        out = []
+        for i, key in enumerate(keys):
+            doc = dict(stored[key])
+            if first[key] != i:
+                doc["duplicate"] = True
+            out.append(doc)
+        return out
+
+    async def _claims(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The claims of ``keys`` in every live dedup collection (newest wins)."""
+        if not keys:
+            return {}
+        chunks = [keys[i : i + ID_CHUNK] for i in range(0, len(keys), ID_CHUNK)]
+        colls = self._dedup_collections(time.time())
+        pages = await asyncio.gather(
+            *(c.find({"_id": {"$in": chunk}}).to_list(None) for c in colls for chunk in chunks)
+        )
+        found: dict[str, dict[str, Any]] = {}
+        for page in reversed(pages):  # oldest first, so the newest claim wins
+            found.update({doc["_id"]: doc for doc in page})
+        return found
+
+    async def _insert_claims(self, claims: list[dict[str, Any]]) -> set[str]:
+        """Insert claims into today's collection; returns the keys already claimed."""
+        lost: set[str] = set()
         try:
-            await self.inbox.insert_many(docs, ordered=False)
+            await self._dedup_collections(time.time())[0].insert_many(claims, ordered=False)
         except BulkWriteError as exc:
             for err in exc.details.get("writeErrors", []):
                 if err.get("code") != DUPLICATE_KEY:
                     raise
-                duplicates.add(int(err["index"]))
-        if not duplicates:
-            return docs
-        keys = [{"from": docs[i]["from"], "client_id": docs[i]["client_id"]} for i in duplicates]
-        earlier = {(d["from"], d["client_id"]): d async for d in self.inbox.find({"$or": keys})}
-        stored = []
-        for i, doc in enumerate(docs):
-            if i in duplicates:
-                prior = earlier.get((doc["from"], doc["client_id"]))
-                if prior is None:
-                    # The clash was on `_id` (a sequence number already used),
-                    # not on (from, client_id): never drop the message — fail
-                    # the batch, which is retried with fresh sequence numbers.
-                    raise SequenceCollision(doc["_id"])
-                prior["duplicate"] = True
-                stored.append(prior)
-            else:
-                stored.append(doc)
-        return stored
+                lost.add(claims[int(err["index"])]["_id"])
+        return lost
+
+    async def _materialise(
+        self, todo: dict[str, tuple[dict[str, Any], dict[str, Any]]], known: set[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Make sure each claimed item has its inbox document; returns them by dedup key."""
+        result: dict[str, dict[str, Any]] = {}
+        # Claims found before this batch: is the inbox document there, and ours?
+        if known:
+            ids = {inbox_id(todo[k][1]["user"], int(todo[k][1]["seq"])): k for k in known}
+            present = {d["_id"]: d async for d in self.inbox.find({"_id": {"$in": list(ids)}})}
+            users = list({todo[k][1]["user"] for k in known})
+            acked = {d["_id"]: int(d.get("acked", 0)) async for d in self.counters.find(
+                {"_id": {"$in": users}}, {"acked": 1}
+            )}  # fmt: skip
+            for doc_id, key in ids.items():
+                item, claim = todo[key]
+                doc = present.get(doc_id)
+                if doc is not None and _same_message(doc, item):
+                    result[key] = {**doc, "duplicate": True}
+                elif doc is None and int(claim["seq"]) <= acked.get(claim["user"], 0):
+                    # Stored, delivered and acknowledged (then deleted) before.
+                    result[key] = {**_inbox_doc(item, claim), "duplicate": True, "acked": True}
+        pending = {k: v for k, v in todo.items() if k not in result}
+        for _attempt in range(8):
+            if not pending:
+                return result
+            docs = {k: _inbox_doc(item, claim) for k, (item, claim) in pending.items()}
+            clashes: set[str] = set()
+            try:
+                await self.inbox.insert_many(list(docs.values()), ordered=False)
+            except BulkWriteError as exc:
+                order = list(docs)
+                for err in exc.details.get("writeErrors", []):
+                    if err.get("code") != DUPLICATE_KEY:
+                        raise
+                    clashes.add(order[int(err["index"])])
+            for key in docs.keys() - clashes:
+                result[key] = docs[key]
+            moved: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+            if clashes:
+                held = {d["_id"]: d async for d in self.inbox.find(
+                    {"_id": {"$in": [docs[k]["_id"] for k in clashes]}}
+                )}  # fmt: skip
+                for key in clashes:
+                    item, claim = pending[key]
+                    holder = held.get(docs[key]["_id"])
+                    if holder is not None and _same_message(holder, item):
+                        result[key] = holder  # a concurrent writer stored this very message
+                        continue
+                    # Another message holds this number: take a fresh one atomically.
+                    seq = await self.reserve(claim["user"], 1)
+                    await self._dedup_collections(time.time())[0].update_one(
+                        {"_id": key}, {"$set": {**claim, "seq": seq}}, upsert=True
+                    )
+                    moved[key] = (item, {**claim, "seq": seq})
+            pending = moved
+        raise SequenceCollision(f"sequence numbers kept clashing for {sorted(pending)[:3]}")
+
+    def _dedup_collections(self, now: float) -> list[AsyncCollection[dict[str, Any]]]:
+        """Today's dedup collection first, then the previous days still kept."""
+        day = int(now // DAY_S)
+        return [self.db[f"dedup_{d}"] for d in range(day, day - DEDUP_DAYS, -1)]
+
+    async def drop_expired_dedup(self, now: float | None = None) -> list[str]:
+        """Drop dedup collections older than ``DEDUP_DAYS`` (whole: no scan)."""
+        keep = {c.name for c in self._dedup_collections(time.time() if now is None else now)}
+        names = await self.db.list_collection_names()
+        old = [n for n in names if n.startswith("dedup_") and n not in keep]
+        for name in old:
+            await self.db.drop_collection(name)
+        return old
 
     async def remember_contacts(self, pairs: Iterable[tuple[str, str]]) -> None:
         ops = [
@@ -170,8 +318,8 @@ class DeliveryStore:
     async def acknowledge_many(self, targets: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
         """Acknowledge for many users at once, in four round trips whatever their number.
 
-        Each user's range starts at its ``acked`` watermark, so old tombstones
-        are never read again; bodies and commitments are deleted.
+        Each user's range starts at its ``acked`` watermark; acknowledged items
+        are deleted (their dedup records keep later resends out).
         """
         users = list(targets)
         counters = {
@@ -199,13 +347,7 @@ class DeliveryStore:
         for doc in sorted(found, key=lambda d: str(d["_id"])):
             acked[doc["user"]].append(doc)
         if found:
-            await self.inbox.update_many(
-                {"_id": {"$in": [d["_id"] for d in found]}},
-                {
-                    "$set": {"acked": True, "acked_at": time.time()},
-                    "$unset": {"body": "", "commitment": ""},
-                },
-            )
+            await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in found]}})
         # Raise each watermark, never lower it (acks may race): $max is atomic.
         # (Not a filter with $or: the embedded server drops the _id beside it.)
         await self.counters.bulk_write(
@@ -213,12 +355,6 @@ class DeliveryStore:
             ordered=False,
         )
         return acked
-
-    async def purge_tombstones(self, older_than_s: float = TOMBSTONE_RETENTION_S) -> int:
-        res = await self.inbox.delete_many(
-            {"acked": True, "acked_at": {"$lt": time.time() - older_than_s}}
-        )
-        return int(res.deleted_count)
 
     # Routing ----------------------------------------------------------------
     async def gateways_of(self, users: Iterable[str]) -> dict[str, set[str]]:
@@ -252,6 +388,25 @@ class DeliveryStore:
 def inbox_id(user: str, seq: int) -> str:
     """An inbox item's primary key; sorts by user, then seq (user ids have no ``|``)."""
     return f"{user}|{seq:016d}"
+
+
+def dedup_key(user: str, sender: str, client_id: str) -> str:
+    """The dedup record's ``_id`` of one message in one inbox.
+
+    User ids never contain ``|``; the client id (printable ASCII) comes last,
+    so the key is unambiguous.
+    """
+    return f"{user}|{sender}|{client_id}"
+
+
+def _same_message(doc: dict[str, Any], item: dict[str, Any]) -> bool:
+    return bool(doc.get("from") == item["from"] and doc.get("client_id") == item["client_id"])
+
+
+def _inbox_doc(item: dict[str, Any], claim: dict[str, Any]) -> dict[str, Any]:
+    seq = int(claim["seq"])
+    return {**item, "_id": inbox_id(claim["user"], seq), "seq": seq,
+            "server_id": claim["server_id"], "acked": False}  # fmt: skip
 
 
 def item_frame(doc: dict[str, Any]) -> dict[str, Any]:

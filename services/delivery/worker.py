@@ -1,11 +1,19 @@
 """The Kafka consumers of the delivery service.
 
-``messages``: each batch of envelopes is stored with one counter update per
-recipient and one ``insert_many``, pushed to the recipients' gateways and
-``stored`` to the senders with one Redis pipeline, and only then committed.
-A worker that dies mid-batch leaves the batch uncommitted: the next owner of
-the partitions processes it again and the unique index turns the second copy
-into a no-op (the frames are pushed again; clients drop a ``seq`` they have).
+``messages``: each batch of envelopes is stored (exactly once per
+(recipient, sender, client id): :meth:`DeliveryStore.store`), pushed to the
+recipients' gateways and ``stored`` to the senders with one Redis pipeline,
+and only then committed. A worker that dies mid-batch leaves the batch
+uncommitted: the next owner of the partitions processes it again and the
+dedup records make the second copy a no-op (the frames are pushed again;
+clients drop a ``seq`` they have).
+
+No record can hold up a partition for ever (:meth:`Worker._process`): while
+MongoDB or Redis is down the batch waits and retries without limit (nothing
+is lost, ``/readyz`` names the server); a batch that keeps failing while the
+servers answer is split until the records at fault are found, and those go to
+the dead-letter topic with the reason, counted in
+``parley_delivery_dead_letters_total``; the partition moves on.
 
 ``events``: ``prekeys_low`` is pushed to the device's user; ``key_changed``
 is stored as a notice in every contact's inbox and pushed.
@@ -16,21 +24,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter as Tally
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from pymongo.errors import PyMongoError
-from redis.exceptions import RedisError
+from aiokafka.errors import CommitFailedError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.clients import KafkaProducerHandle, Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import notice_envelope
-from services.delivery.store import DeliveryStore, SequenceCollision, inbox_id, item_frame
+from services.delivery.store import DeliveryStore, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,9 @@ REQUIRED = {
     "key_changed": ("server_id", "from", "to", "client_id"),
 }
 KNOWN_PAIRS_MAX = 200_000
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+Handler: TypeAlias = Callable[[list[Record]], Awaitable[None]]
 
 
 class Worker:
@@ -66,6 +75,22 @@ class Worker:
         self.rejected = Counter(
             "parley_delivery_rejected_total", "Malformed records skipped.", registry=registry
         )
+        self.dead_letters = Counter(
+            "parley_delivery_dead_letters_total",
+            "Records moved to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"], registry=registry,
+        )  # fmt: skip
+        self.retries = Counter(
+            "parley_delivery_retries_total",
+            "Failed batch attempts retried while MongoDB and Redis answered.",
+            registry=registry,
+        )
+        self.waiting = Gauge(
+            "parley_delivery_waiting_for_store",
+            "1 while a batch waits for an unreachable MongoDB or Redis.",
+            registry=registry,
+        )
+        self.down: list[str] = []
         self.batch_size = Histogram(
             "parley_delivery_batch_size", "Records per processed batch.",
             buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000), registry=registry,
@@ -93,12 +118,12 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self, topic: str, handler: Any, suffix: str) -> None:
+    async def _run(self, topic: str, handler: Handler, suffix: str) -> None:
         delay = 0.2
         while True:
             consumer: AIOKafkaConsumer | None = None
             try:
-                await ensure_topics(self.settings, [topic])
+                await ensure_topics(self.settings, [topic, self.topics.dead_letters])
                 consumer = kafka_consumer(
                     self.settings, [topic], self.group + suffix,
                     max_poll_records=self.settings.delivery_batch_max,
@@ -110,7 +135,9 @@ class Worker:
                 await self._consume(consumer, handler)
             except asyncio.CancelledError:
                 raise
-            except (KafkaError, PyMongoError, RedisError, OSError) as exc:
+            except Exception as exc:
+                # Whatever went wrong, the consumer comes back: nothing was
+                # committed past what was processed, so nothing is lost.
                 log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -118,7 +145,7 @@ class Worker:
                 if consumer is not None:
                     await consumer.stop()
 
-    async def _consume(self, consumer: AIOKafkaConsumer, handler: Any) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, handler: Handler) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             records = [r for part in batches.values() for r in part]
@@ -134,27 +161,90 @@ class Worker:
             self.batch_size.observe(len(records))
             self.batch_seconds.observe(time.perf_counter() - start)
 
-    async def _process(self, handler: Any, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Run a batch until it succeeds: it is idempotent, so a MongoDB or Redis
-        outage only delays it, and the partitions are neither committed nor given up."""
-        delay = 0.1
-        atomic = False
+    async def _process(self, handler: Handler, records: list[Record]) -> None:
+        """Run a batch to the end; never gives up the partition and never blocks it for ever.
+
+        While MongoDB or Redis is unreachable the batch waits (unbounded, not
+        counted): it is idempotent, so nothing is lost. A batch that fails
+        ``delivery_max_attempts`` times while both answer is split in halves,
+        each processed the same way, until the records at fault are alone;
+        those are dead-lettered and the rest is stored.
+        """
+        error = await self._attempt(handler, records)
+        if error is None:
+            return
+        if len(records) == 1:
+            await self._dead_letter(records[0], "failed", error)
+            return
+        mid = len(records) // 2
+        await self._process(handler, records[:mid])
+        await self._process(handler, records[mid:])
+
+    async def _attempt(self, handler: Handler, records: list[Record]) -> BaseException | None:
+        """Try ``records`` until they succeed (None) or fail too often (the last error)."""
+        delay, failures = 0.1, 0
         while True:
             try:
-                await handler(records, atomic_reserve=atomic)
-                return
-            except SequenceCollision as exc:
-                # Another worker reserved for the same user at the same moment:
-                # retry at once with per-user atomic reservations.
-                log.info("sequence numbers clashed; retrying the batch", extra={"id": str(exc)})
-                atomic = True
-            except (PyMongoError, RedisError, OSError) as exc:
-                log.warning("batch failed; retrying", extra={"error": repr(exc)})
+                await handler(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                down = await self.store.ping()
+                if down:
+                    if down != self.down:
+                        log.warning("waiting for the store", extra={"down": down})
+                    self.down = down
+                    self.waiting.set(1)
+                else:
+                    failures += 1
+                    self.retries.inc()
+                    log.warning(
+                        "batch failed; retrying",
+                        extra={"error": repr(exc), "records": len(records), "attempt": failures},
+                    )
+                    if failures >= self.settings.delivery_max_attempts:
+                        return exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            if self.down:
+                log.info("store reachable again", extra={"was_down": self.down})
+            self.down = []
+            self.waiting.set(0)
+            return None
+
+    async def _dead_letter(self, record: Record, reason: str, error: BaseException | None) -> None:
+        """Move one record to the dead-letter topic (waits while Kafka is unreachable)."""
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        detail = type(error).__name__ if error is not None else reason
+        headers = [
+            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")],
+            ("dlq_reason", reason.encode()),
+            ("dlq_error", detail.encode()),
+            ("dlq_source", source.encode()),
+        ]
+        delay = 0.2
+        while True:
+            try:
+                producer = await self.producer.wait_ready(30)
+                await producer.send_and_wait(
+                    self.topics.dead_letters, record.value, key=record.key, headers=headers
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dead-letter topic unreachable; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.dead_letters.labels(record.topic, reason).inc()
+        log.error(
+            "record dead-lettered",
+            extra={"source": source, "reason": reason, "error": detail},
+        )
 
     # Messages ---------------------------------------------------------------
-    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:
+    def _parse(self, record: Record) -> dict[str, Any] | None:
         try:
             env: Any = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError:
@@ -162,52 +252,44 @@ class Worker:
         required = REQUIRED.get(env.get("kind", "message")) if isinstance(env, dict) else None
         if required is None or not all(isinstance(env.get(k), str) for k in required):
             self.rejected.inc()
-            log.warning("skipping a malformed envelope", extra={"offset": record.offset})
+            log.warning("a malformed envelope", extra={"offset": record.offset})
             return None
         parsed: dict[str, Any] = env
         return parsed
 
-    async def handle_messages(
-        self, records: list[ConsumerRecord[bytes, bytes]], *, atomic_reserve: bool = False
-    ) -> None:
+    async def handle_messages(self, records: list[Record]) -> None:
         request_id_var.set(request_id_from_kafka(records[0].headers))
-        envs = [e for e in map(self._parse, records) if e is not None]
+        envs = []
+        for record in records:
+            env = self._parse(record)
+            if env is None:
+                await self._dead_letter(record, "malformed", None)
+            else:
+                envs.append(env)
         if not envs:
             return
-        per_user = dict(Tally(e["to"] for e in envs))
-        if atomic_reserve:
-            users = list(per_user)
-            firsts = await asyncio.gather(*(self.store.reserve(u, per_user[u]) for u in users))
-            next_seq = dict(zip(users, firsts, strict=True))
-        else:
-            next_seq = await self.store.reserve_many(per_user)
-        docs = []
         now = time.time()
+        items = []
         for env in envs:
-            seq = next_seq[env["to"]]
-            next_seq[env["to"]] = seq + 1
-            doc = {
-                "_id": inbox_id(env["to"], seq),
+            item = {
                 "server_id": env["server_id"],
                 "user": env["to"],
-                "seq": seq,
                 "kind": env.get("kind", "message"),
                 "from": env["from"],
                 "client_id": env["client_id"],
                 "conversation": env.get("conversation"),
                 "sent_at": env.get("sent_at"),
                 "stored_at": now,
-                "acked": False,
             }
-            if doc["kind"] == "message":
-                doc["body"] = env["body"]
-                doc["commitment"] = env.get("commitment")
+            if item["kind"] == "message":
+                item["body"] = env["body"]
+                item["commitment"] = env.get("commitment")
             else:
-                doc["device_id"] = env.get("device_id")
-                doc["identity"] = env.get("identity")
-            docs.append(doc)
-        stored = await self.store.insert(docs)
-        await self._remember_contacts([d for d in docs if d["kind"] == "message"])
+                item["device_id"] = env.get("device_id")
+                item["identity"] = env.get("identity")
+            items.append(item)
+        stored = await self.store.store(items)
+        await self._remember_contacts([d for d in stored if d["kind"] == "message"])
         frames: list[tuple[str, dict[str, Any]]] = []
         for doc in stored:
             if doc.pop("duplicate", False):
@@ -244,9 +326,7 @@ class Worker:
         self._known_pairs.update(fresh)
 
     # Events -----------------------------------------------------------------
-    async def handle_events(
-        self, records: list[ConsumerRecord[bytes, bytes]], *, atomic_reserve: bool = True
-    ) -> None:
+    async def handle_events(self, records: list[Record]) -> None:
         frames: list[tuple[str, dict[str, Any]]] = []
         for record in records:
             try:
@@ -254,6 +334,7 @@ class Worker:
                 kind, user = event["type"], event["user_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 self.rejected.inc()
+                await self._dead_letter(record, "malformed", None)
                 continue
             if kind == "prekeys_low":
                 frame = {k: v for k, v in event.items() if k != "type"}
@@ -296,8 +377,10 @@ class Worker:
 
     async def _purge_loop(self) -> None:
         while True:
-            await asyncio.sleep(3600)
             try:
-                await self.store.purge_tombstones()
-            except PyMongoError as exc:
-                log.warning("tombstone purge failed", extra={"error": repr(exc)})
+                dropped = await self.store.drop_expired_dedup()
+                if dropped:
+                    log.info("dropped expired dedup records", extra={"collections": dropped})
+            except Exception as exc:
+                log.warning("dedup purge failed", extra={"error": repr(exc)})
+            await asyncio.sleep(3600)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient, monitoring
 
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import Settings
@@ -23,11 +25,12 @@ async def store(settings: Settings) -> AsyncIterator[DeliveryStore]:
     await redis.aclose()
 
 
-def item(user: str, seq: int, sender: str = "s", cid: str | None = None) -> dict[str, Any]:
+def item(user: str, n: int = 0, sender: str = "s", cid: str | None = None) -> dict[str, Any]:
+    """An item as the worker hands it to ``store`` (no ``_id``/``seq`` yet)."""
     return {
-        "_id": inbox_id(user, seq), "server_id": uuid.uuid4().hex, "user": user, "seq": seq,
-        "kind": "message", "from": sender, "client_id": cid or f"c{seq}", "conversation": "dm",
-        "body": f"b{seq}", "commitment": None, "sent_at": 0, "acked": False,
+        "server_id": uuid.uuid4().hex, "user": user, "kind": "message", "from": sender,
+        "client_id": cid or f"c{n}", "conversation": "dm", "body": f"b{n}",
+        "commitment": None, "sent_at": 0,
     }  # fmt: skip
 
 
@@ -42,37 +45,57 @@ async def test_sequence_numbers_are_reserved_in_blocks(store: DeliveryStore) -> 
 
 
 async def test_duplicates_return_the_earlier_copy(store: DeliveryStore) -> None:
-    await store.reserve("bob", 3)
-    first = await store.insert([item("bob", 1, cid="x")])
-    again = await store.insert([item("bob", 2, cid="x"), item("bob", 3, cid="y")])
-    assert first[0]["seq"] == 1
+    first = await store.store([item("bob", 1, cid="x")])
+    again = await store.store([item("bob", 2, cid="x"), item("bob", 3, cid="y")])
+    assert first[0]["seq"] == 1 and "duplicate" not in first[0]
     assert again[0]["seq"] == 1 and again[0]["duplicate"] is True
-    assert again[1]["seq"] == 3
+    assert again[0]["server_id"] == first[0]["server_id"]  # the original identity
+    assert again[0]["body"] == "b1"  # the stored copy, not the resent one
+    assert again[1]["seq"] == 2
     page, more = await store.page("bob", 0, 10)
-    assert [d["seq"] for d in page] == [1, 3]
+    assert [d["client_id"] for d in page] == ["x", "y"]
     assert more is False
 
 
+async def test_a_repeat_inside_one_batch_is_stored_once(store: DeliveryStore) -> None:
+    out = await store.store([item("ida", cid="a"), item("ida", cid="a"), item("ida", cid="b")])
+    assert [d["seq"] for d in out] == [1, 1, 2]
+    assert [d.get("duplicate", False) for d in out] == [False, True, False]
+    assert [d["client_id"] for d in (await store.page("ida", 0, 10))[0]] == ["a", "b"]
+
+
+async def test_the_same_client_id_from_two_senders_or_to_two_inboxes_is_two_messages(
+    store: DeliveryStore,
+) -> None:
+    out = await store.store(
+        [item("ann", sender="s1", cid="x"), item("ann", sender="s2", cid="x"),
+         item("bea", sender="s1", cid="x")]
+    )  # fmt: skip
+    assert [d.get("duplicate", False) for d in out] == [False, False, False]
+    assert len((await store.page("ann", 0, 10))[0]) == 2
+    assert len((await store.page("bea", 0, 10))[0]) == 1
+
+
 async def test_acks_are_cumulative_idempotent_and_per_user(store: DeliveryStore) -> None:
-    await store.reserve("bob", 7)
-    await store.reserve("eve", 1)
-    await store.insert([item("bob", s) for s in range(1, 6)] + [item("eve", 1, cid="e1")])
+    await store.store([item("bob", s) for s in range(1, 6)] + [item("eve", 1, cid="e1")])
     assert [d["client_id"] for d in await ack(store, "bob", 3)] == ["c1", "c2", "c3"]
     assert await ack(store, "bob", 2) == []
     assert await ack(store, "bob", 3) == []
     assert [d["client_id"] for d in await ack(store, "bob", 9)] == ["c4", "c5"]
     assert (await store.page("bob", 0, 10))[0] == []
+    # Acknowledged items are deleted, not kept as tombstones.
+    assert await store.inbox.count_documents({"user": "bob"}) == 0
     # Bob's acks never touched Eve's inbox.
     assert [d["seq"] for d in (await store.page("eve", 0, 10))[0]] == [1]
-    # A tombstone keeps a redelivered record from being stored again.
-    again = await store.insert([item("bob", 7, cid="c2")])
-    assert again[0]["duplicate"] is True
+    # The dedup record keeps a resend after the ack from being stored again.
+    again = await store.store([item("bob", 7, cid="c2")])
+    assert again[0]["duplicate"] is True and again[0]["acked"] is True
     assert (await store.page("bob", 0, 10))[0] == []
 
 
 async def test_pages_follow_the_cursor(store: DeliveryStore) -> None:
-    await store.reserve("pat", 9)  # seq 8 and 9 never stored (a gap, as after a duplicate)
-    await store.insert([item("pat", s) for s in range(1, 8)])
+    await store.store([item("pat", s) for s in range(1, 8)])
+    await store.reserve("pat", 2)  # seq 8 and 9 never stored (a gap, as after a clash)
     page, more = await store.page("pat", 2, 3)
     assert [d["seq"] for d in page] == [3, 4, 5]
     assert more is True
@@ -85,8 +108,7 @@ async def test_pages_follow_the_cursor(store: DeliveryStore) -> None:
 
 async def test_many_users_are_acknowledged_in_one_call(store: DeliveryStore) -> None:
     for user in ("ann", "ben", "cat"):
-        await store.reserve(user, 3)
-        await store.insert([item(user, s, cid=f"{user}{s}") for s in range(1, 4)])
+        await store.store([item(user, s, cid=f"{user}{s}") for s in range(1, 4)])
     acked = await store.acknowledge_many({"ann": 2, "ben": 3, "cat": 0, "nobody": 5})
     assert [d["client_id"] for d in acked["ann"]] == ["ann1", "ann2"]
     assert [d["client_id"] for d in acked["ben"]] == ["ben1", "ben2", "ben3"]
@@ -95,25 +117,95 @@ async def test_many_users_are_acknowledged_in_one_call(store: DeliveryStore) -> 
     assert [d["seq"] for d in (await store.page("cat", 0, 10))[0]] == [1, 2, 3]
 
 
-async def test_a_taken_sequence_number_fails_loudly_instead_of_dropping(
+async def test_a_taken_sequence_number_moves_the_new_message_instead_of_dropping_it(
     store: DeliveryStore,
 ) -> None:
-    from services.delivery.store import SequenceCollision
+    """Two writers that reserved overlapping numbers (a rebalance overlap)."""
+    await store.store([item("zoe", cid="first")])
+    # Wind the counter back, as an overlapping reservation would see it.
+    await store.counters.update_one({"_id": "zoe"}, {"$set": {"n": 0}})
+    out = await store.store([item("zoe", cid="second")])
+    assert out[0]["seq"] == 2
+    page, _ = await store.page("zoe", 0, 10)
+    assert [(d["seq"], d["client_id"]) for d in page] == [(1, "first"), (2, "second")]
+    # The claim follows the message: a resend finds it at its new number.
+    again = await store.store([item("zoe", cid="second")])
+    assert again[0]["duplicate"] is True and again[0]["seq"] == 2
 
-    await store.reserve("zoe", 1)
-    await store.insert([item("zoe", 1, cid="first")])
-    # A new message (new client id) given a seq that is already used:
-    with pytest.raises(SequenceCollision):
-        await store.insert([item("zoe", 1, cid="second")])
-    # Retried with a fresh number, it is stored.
-    seq = await store.reserve("zoe", 1)
-    assert (await store.insert([item("zoe", seq, cid="second")]))[0]["seq"] == 2
+
+async def test_a_claim_without_its_inbox_item_is_repaired(store: DeliveryStore) -> None:
+    """A worker killed between writing the dedup record and the inbox item."""
+    await store.store([item("kim", cid="a"), item("kim", cid="b")])
+    await store.inbox.delete_one({"_id": inbox_id("kim", 2)})
+    out = await store.store([item("kim", 9, cid="b")])
+    assert out[0]["seq"] == 2
+    page, _ = await store.page("kim", 0, 10)
+    assert [(d["seq"], d["client_id"]) for d in page] == [(1, "a"), (2, "b")]
 
 
-async def test_old_tombstones_are_purged_and_waiting_items_kept(store: DeliveryStore) -> None:
-    await store.reserve("tom", 3)
-    await store.insert([item("tom", s) for s in range(1, 4)])
-    await ack(store, "tom", 2)
-    assert await store.purge_tombstones(older_than_s=3600) == 0  # too young
-    assert await store.purge_tombstones(older_than_s=-1) == 2
-    assert [d["seq"] for d in (await store.page("tom", 0, 10))[0]] == [3]
+async def test_expired_dedup_collections_are_dropped_whole(store: DeliveryStore) -> None:
+    from services.delivery.store import DAY_S, DEDUP_DAYS
+
+    await store.store([item("tom", s) for s in range(1, 4)])
+    assert await store.drop_expired_dedup() == []  # today's is kept
+    later = time.time() + (DEDUP_DAYS + 1) * DAY_S
+    dropped = await store.drop_expired_dedup(now=later)
+    assert len(dropped) == 1 and dropped[0].startswith("dedup_")
+    # Waiting items are untouched.
+    assert [d["seq"] for d in (await store.page("tom", 0, 10))[0]] == [1, 2, 3]
+
+
+class FindFilters(monitoring.CommandListener):
+    """Records the filter of every ``find`` (and the update/delete filters) sent."""
+
+    def __init__(self) -> None:
+        self.filters: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        cmd = event.command
+        if event.command_name == "find":
+            self.filters.append((str(cmd["find"]), dict(cmd.get("filter", {}))))
+        for op in cmd.get("deletes", []) + cmd.get("updates", []):
+            self.filters.append((event.command_name, dict(op.get("q", {}))))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_resends_against_a_large_inbox_are_primary_key_lookups(settings: Settings) -> None:
+    """Tens of thousands of waiting items, then a burst of resends of stored ids.
+
+    0.1 looked duplicates up with ``$or`` over (from, client_id), a table scan
+    on the embedded server (500 keys: 139 s on a 63k-item inbox) that stalled
+    delivery for everyone. Every look-up of ``store`` and of acks is now by
+    primary key (``_id`` equality or ``$in``), so its cost does not grow with
+    the inbox: checked on every command the store sends.
+    """
+    listener = FindFilters()
+    mongo = AsyncMongoClient(settings.mongo_url, event_listeners=[listener], tz_aware=True)
+    redis = redis_client(settings)
+    store = DeliveryStore(settings, service_db(mongo, settings, "delivery"), redis)
+    try:
+        users = [f"big{i}" for i in range(20)]
+        total, batch = 30_000, 500
+        for start in range(0, total, batch):
+            await store.store(
+                [item(users[n % 20], n, cid=f"m{n}") for n in range(start, start + batch)]
+            )
+        listener.filters.clear()
+        resend = [item(users[n % 20], n, cid=f"m{n}") for n in range(0, total, total // 500)]
+        out = await store.store(resend)
+        assert len(out) == 500 and all(d["duplicate"] is True for d in out)
+        await store.acknowledge_many({u: 10 for u in users})
+        await store.page(users[0], 0, 200)
+        assert listener.filters, "the listener saw no command"
+        for coll, flt in listener.filters:
+            assert set(flt) <= {"_id", "acked"}, (coll, flt)
+            assert isinstance(flt["_id"], str) or set(flt["_id"]) == {"$in"}, (coll, flt)
+        assert await store.inbox.count_documents({}) == total - 20 * 10
+    finally:
+        await mongo.close()
+        await redis.aclose()
