@@ -1,23 +1,109 @@
-"""``make run``: every process under honcho, then wait until all are ready.
+"""``make run``: every process of the embedded stack under supervisord.
 
-honcho (the process manager) starts the Procfile; this wrapper waits until
-each service's ``/readyz`` answers 200 *through HAProxy*, prints the URLs, and
-on Ctrl-C or SIGTERM lets honcho stop everything cleanly.
+supervisord (PyPI ``supervisor``) runs each process of :data:`PROCESSES` as
+``python -m scripts.stack exec NAME`` and restarts any that exits, with a
+growing back-off, while the others keep running: a crashed gateway or broker
+comes back on its own, as under a real supervisor. Each process logs to
+``<data dir>/log/NAME.log``; the terminal shows supervisord's own lines
+(spawned, exited, restarted) and the banner.
+
+This wrapper writes ``<data dir>/supervisord.conf``, starts supervisord, waits
+until every service's ``/readyz`` answers 200 *through HAProxy*, prints the
+URLs, and stops everything (exit 0) on:
+
+- Ctrl-C: the wrapper runs in its own process group, made the terminal's
+  foreground group, so ``make`` does not see the Ctrl-C and ends with 0
+  instead of reporting an interrupt;
+- SIGINT or SIGTERM to this process;
+- SIGTERM or SIGINT to the ``make run`` process alone (make forwards
+  SIGTERM to its child but not SIGINT; the wrapper notices that its parent
+  has handled a fatal signal and stops the stack).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
+from pathlib import Path
 
-from scripts.stack import ROOT, StackConfig
+from scripts.stack import ROOT, SERVERS, SERVICES, StackConfig
 
 CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz")
+# Start order (supervisord priority): servers, services, then the load balancer.
+PROCESSES = (
+    *((name, 10) for name in SERVERS),
+    *((name, 20) for name in SERVICES),
+    ("haproxy", 30),
+)
+# supervisord: a process that dies within STARTSECS of starting is retried
+# after 1, 2, 3, ... s, STARTRETRIES times, then marked FATAL; one that ran
+# longer is restarted at once.
+STARTSECS = 2
+STARTRETRIES = 30
+
+FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def supervisord_conf(cfg: StackConfig, python: str) -> str:
+    log_dir = cfg.data_dir / "log"
+    # supervisorctl's password for this run only (the file is private to the user).
+    password = secrets.token_urlsafe(18)
+    lines = [
+        "; Written by scripts/run.py at every `make run`; edits are overwritten.",
+        "[supervisord]",
+        "nodaemon=true",
+        # With nodaemon, supervisord also writes its own lines to the terminal.
+        f"logfile={cfg.data_dir / 'log' / 'supervisord.log'}",
+        "logfile_maxbytes=20MB",
+        "loglevel=info",
+        # As root (containers, CI) say so, or supervisord warns at every start.
+        *(["user=root"] if os.geteuid() == 0 else []),
+        f"pidfile={cfg.data_dir / 'supervisord.pid'}",
+        f"childlogdir={log_dir}",
+        "",
+        "[unix_http_server]",
+        f"file={cfg.data_dir / 'supervisor.sock'}",
+        "chmod=0700",
+        "username=parley",
+        f"password={password}",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{cfg.data_dir / 'supervisor.sock'}",
+        "username=parley",
+        f"password={password}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+    ]
+    for name, priority in PROCESSES:
+        lines += [
+            "",
+            f"[program:{name}]",
+            f"command={python} -m scripts.stack exec {name}",
+            f"directory={ROOT}",
+            f"priority={priority}",
+            "autostart=true",
+            "autorestart=true",
+            f"startsecs={STARTSECS}",
+            f"startretries={STARTRETRIES}",
+            "stopsignal=TERM",
+            "stopwaitsecs=15",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={log_dir / (name + '.log')}",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=3",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def ready(base: str, path: str) -> bool:
@@ -28,47 +114,145 @@ def ready(base: str, path: str) -> bool:
         return False
 
 
+def parent_was_signalled(ppid: int, caught_at_start: int) -> bool:
+    """True once the parent (``make``) has run a handler for SIGINT or SIGTERM.
+
+    GNU make resets a fatal signal to its default action inside its handler,
+    so the signal leaves the parent's caught-signal mask (``SigCgt`` in
+    /proc). Also true when the parent is gone.
+    """
+    try:
+        status = Path(f"/proc/{ppid}/status").read_text()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            caught = int(line.split()[1], 16)
+            return bool(caught_at_start & ~caught)
+    return False
+
+
+def caught_fatal_signals(pid: int) -> int:
+    """The parent's caught-signal bits among SIGINT/SIGTERM (0 if unreadable)."""
+    mask = sum(1 << (int(s) - 1) for s in FATAL_SIGNALS)
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16) & mask
+    except OSError:
+        pass
+    return 0
+
+
+class Terminal:
+    """Make this process group the terminal's foreground group, and give it back."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.previous: int | None = None
+
+    def take(self) -> None:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        if not sys.stdin.isatty():
+            return
+        try:
+            fd = sys.stdin.fileno()
+            previous = os.tcgetpgrp(fd)
+            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                os.tcsetpgrp(fd, os.getpgrp())
+            finally:
+                signal.signal(signal.SIGTTOU, old)
+            self.fd, self.previous = fd, previous
+        except OSError:
+            pass
+
+    def give_back(self) -> None:
+        if self.fd is None or self.previous is None:
+            return
+        old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            with contextlib.suppress(OSError):
+                os.tcsetpgrp(self.fd, self.previous)
+        finally:
+            signal.signal(signal.SIGTTOU, old)
+
+
+def banner(cfg: StackConfig, conf: Path) -> None:
+    base = cfg.url("lb")
+    bin_dir = os.path.dirname(sys.executable)
+    print("\n" + "=" * 64, flush=True)
+    print(f"Parley is up. Load balancer: {base}", flush=True)
+    print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
+    for svc in ("auth", "keys", "gateway", "delivery"):
+        print(f"  {svc:9} {base}/{svc}/docs  (readyz: {base}/{svc}/readyz)", flush=True)
+    print(f"  HAProxy stats: http://{cfg.host}:{cfg.stats_port}/stats", flush=True)
+    print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
+    print(f"  Logs:        {cfg.data_dir / 'log'}/<process>.log", flush=True)
+    print(f"  Processes:   {bin_dir}/supervisorctl -c {conf} status", flush=True)
+    print("A process that dies is restarted. Ctrl-C stops everything.", flush=True)
+    print("=" * 64 + "\n", flush=True)
+
+
 def main() -> int:
     cfg = StackConfig.from_env()
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    cfg = replace(cfg, data_dir=cfg.data_dir.resolve())
+    (cfg.data_dir / "log").mkdir(parents=True, exist_ok=True)
     bin_dir = os.path.dirname(sys.executable)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    honcho = subprocess.Popen(
-        [os.path.join(bin_dir, "honcho"), "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)],
-        env=env,
-        start_new_session=False,
+    conf = cfg.data_dir / "supervisord.conf"
+    conf.touch(mode=0o600)
+    conf.chmod(0o600)
+    conf.write_text(supervisord_conf(cfg, sys.executable))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "PARLEY_DATA_DIR": str(cfg.data_dir),
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    ppid = os.getppid()
+    watched = caught_fatal_signals(ppid)
+    terminal = Terminal()
+    terminal.take()
+    supervisor = subprocess.Popen(
+        [os.path.join(bin_dir, "supervisord"), "-c", str(conf)], env=env, cwd=ROOT
     )
+    stopping = False
 
-    def forward(sig: int, _frame: object) -> None:
-        if honcho.poll() is None:
-            honcho.send_signal(signal.SIGTERM if sig == signal.SIGTERM else signal.SIGINT)
+    def stop(_sig: int = 0, _frame: object = None) -> None:
+        nonlocal stopping
+        if not stopping and supervisor.poll() is None:
+            stopping = True
+            print("parley: stopping every process...", flush=True)
+            supervisor.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    base = cfg.url("lb")
-    deadline = time.monotonic() + float(os.environ.get("PARLEY_START_TIMEOUT", "90"))
-    pending = list(CHECKS)
-    while pending and honcho.poll() is None:
-        pending = [p for p in pending if not ready(base, p)]
-        if pending and time.monotonic() > deadline:
-            print(f"parley: not ready after timeout: {', '.join(pending)}", flush=True)
-            honcho.send_signal(signal.SIGINT)
-            honcho.wait()
-            return 1
-        if pending:
-            time.sleep(0.5)
-    if honcho.poll() is None:
-        print("\n" + "=" * 64, flush=True)
-        print(f"Parley is up. Load balancer: {base}", flush=True)
-        print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
-        for svc in ("auth", "keys", "gateway", "delivery"):
-            print(f"  {svc:9} {base}/{svc}/docs  (readyz: {base}/{svc}/readyz)", flush=True)
-        print(f"  HAProxy stats: http://{cfg.host}:{cfg.stats_port}/stats", flush=True)
-        print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
-        print("Ctrl-C stops everything.", flush=True)
-        print("=" * 64 + "\n", flush=True)
-    return honcho.wait()
+    for sig in FATAL_SIGNALS:
+        signal.signal(sig, stop)
+    try:
+        base = cfg.url("lb")
+        deadline = time.monotonic() + float(os.environ.get("PARLEY_START_TIMEOUT", "90"))
+        pending = list(CHECKS)
+        while pending and supervisor.poll() is None and not stopping:
+            pending = [p for p in pending if not ready(base, p)]
+            if pending and time.monotonic() > deadline:
+                print(f"parley: not ready after timeout: {', '.join(pending)}", flush=True)
+                stop()
+                supervisor.wait()
+                return 1
+            if pending:
+                time.sleep(0.5)
+        if supervisor.poll() is None and not stopping:
+            banner(cfg, conf)
+        while supervisor.poll() is None:
+            if watched and not stopping and parent_was_signalled(ppid, watched):
+                stop()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                supervisor.wait(timeout=0.5)
+        code = supervisor.returncode
+        return 0 if stopping or code == 0 else code
+    finally:
+        terminal.give_back()
 
 
 if __name__ == "__main__":

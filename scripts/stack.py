@@ -1,6 +1,6 @@
 """The embedded stack: real servers on loopback, described in one place.
 
-``make run`` starts these through honcho (see ``Procfile``: each line is
+``make run`` starts these under supervisord (scripts/run.py: each program is
 ``python -m scripts.stack exec NAME``, which execs the command built here);
 the test fixtures start the same commands on free ports through
 :class:`Processes`, so that a test can kill one server and start it again.

@@ -494,6 +494,12 @@ class Client:
         except ParleyError as exc:
             self._emit(ErrorEvent("prekeys", f"Could not upload new prekeys: {exc}"))
 
+    async def _resync(self) -> None:
+        try:
+            await self.sync()
+        except (ParleyError, TimeoutError) as exc:  # the socket went away: ready syncs again
+            log.info("resync failed: %s", exc)
+
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
         """(user id, username) of a contact, from the local store or the auth service."""
@@ -660,6 +666,10 @@ class Client:
             await self._on_error(frame)
         elif op == "prekeys_low":
             self._on_prekeys_low()
+        elif op == "resync":
+            # The server lost frames it meant to push (its routing restarted):
+            # page through the inbox again, off the reader (sync awaits replies).
+            self._spawn(self._resync())
 
     async def _on_message(self, frame: dict[str, Any]) -> None:
         seq = int(frame.get("seq") or 0)

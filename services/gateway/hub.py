@@ -113,6 +113,7 @@ class Hub:
         channel = self.store.channel.encode()
         revocations = revocation_channel(self.settings.redis_prefix).encode()
         delay = 0.1
+        lost = False
         while True:
             pubsub = self.store.redis.pubsub()
             try:
@@ -120,6 +121,12 @@ class Hub:
                 # Re-record presence at once: after a Redis restart it is empty.
                 await self._refresh()
                 self.subscribed.set()
+                if lost:
+                    # Frames routed here while the channel was down are gone:
+                    # every client pages through its inbox again.
+                    lost = False
+                    for conn in [c for s in self.by_user.values() for c in s]:
+                        conn.push({"op": "resync", "reason": "routing_restored"})
                 delay = 0.1
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -133,6 +140,7 @@ class Hub:
                 raise
             except (RedisError, OSError) as exc:
                 self.subscribed.clear()
+                lost = True
                 log.warning("redis channel lost; resubscribing", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

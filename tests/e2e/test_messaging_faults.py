@@ -5,147 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from typing import Any
-
-import aiohttp
 
 from tests.support.aio import eventually
+from tests.support.chat import Receiver, Sender, assert_exactly_once_in_order, b64, unb64
 from tests.support.stack import System, http_status
-from tests.support.users import User, signup
+from tests.support.users import signup
 from tests.support.wsclient import WsClient
-
-log = logging.getLogger(__name__)
-
-
-class Sender:
-    """Sends numbered messages; after a disconnect, reconnects and resends what was not accepted."""
-
-    def __init__(self, system: System, user: User, to: str, tag: str) -> None:
-        self.system, self.user, self.to, self.tag = system, user, to, tag
-        self.accepted: set[str] = set()
-        self.client: WsClient | None = None
-        self.reconnects = 0
-
-    async def connect(self) -> None:
-        while True:
-            try:
-                self.client = await WsClient.connect(self.system.ws_url, self.user.token)
-                return
-            except (AssertionError, TimeoutError, OSError, aiohttp.ClientError):
-                await asyncio.sleep(0.2)  # the pod is gone: HAProxy picks the other one
-
-    async def run(self, n: int, pace: float = 0.002) -> None:
-        pending = [f"{self.tag}-{i}" for i in range(n)]
-        await self.connect()
-        while pending:
-            assert self.client is not None
-            try:
-                for cid in pending:
-                    await self.client.send(
-                        {"op": "send", "id": cid, "to": self.to, "body": _b64(cid)}
-                    )
-                    await asyncio.sleep(pace)
-                while len(self.accepted) < n:
-                    frame = await self.client.next(timeout=5)
-                    if frame["op"] == "accepted":
-                        self.accepted.add(frame["id"])
-                    elif frame["op"] == "error":
-                        pass  # e.g. service_unavailable while a pod dies: resent below
-            except (TimeoutError, ConnectionResetError, RuntimeError, aiohttp.ClientError):
-                log.info("sender lost its socket; resending what was not accepted")
-            # Collect what was acknowledged before a disconnect.
-            while not self.client.frames.empty():
-                frame = self.client.frames.get_nowait()
-                if frame["op"] == "accepted":
-                    self.accepted.add(frame["id"])
-            pending = [
-                f"{self.tag}-{i}" for i in range(n) if f"{self.tag}-{i}" not in self.accepted
-            ]
-            if pending:
-                self.reconnects += 1
-                with contextlib.suppress(Exception):
-                    await self.client.close()
-                await self.connect()
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-
-
-def _b64(text: str) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> str:
-    import base64
-
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-
-
-class Receiver:
-    """Keeps the highest seq it processed, drops repeats, acks, resyncs after a reconnect."""
-
-    def __init__(self, system: System, user: User) -> None:
-        self.system, self.user = system, user
-        self.last = 0
-        self.bodies: list[str] = []
-        self.client: WsClient | None = None
-
-    async def sync(self) -> None:
-        """Connect (again) and page through everything after the last processed seq."""
-        if self.client is not None:
-            await self.client.close()
-        while True:
-            try:
-                self.client = await WsClient.connect(self.system.ws_url, self.user.token)
-                break
-            except (AssertionError, TimeoutError, OSError, aiohttp.ClientError):
-                await asyncio.sleep(0.2)
-        more = True
-        while more:
-            await self.client.send({"op": "sync", "id": f"s{self.last}", "after": self.last})
-            while True:
-                frame = await self.client.next()
-                if frame["op"] == "synced":
-                    more = frame["more"]
-                    break
-                self.take(frame)
-            await self.client.send({"op": "ack", "seq": self.last})
-
-    def take(self, frame: dict[str, Any]) -> None:
-        if frame.get("op") == "message" and frame["seq"] > self.last:
-            self.last = frame["seq"]
-            self.bodies.append(_unb64(frame["body"]))
-
-    async def listen_until(self, count: int, timeout: float = 60) -> None:
-        async def loop() -> None:
-            while len(self.bodies) < count:
-                assert self.client is not None
-                try:
-                    frame = await self.client.next(timeout=3)
-                    self.take(frame)
-                except TimeoutError:
-                    if self.client.closed.is_set():
-                        await self.sync()
-                    else:
-                        await self.client.send({"op": "ack", "seq": self.last})
-            assert self.client is not None
-            await self.client.send({"op": "ack", "seq": self.last})
-
-        await asyncio.wait_for(loop(), timeout)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-
-
-def assert_exactly_once_in_order(bodies: list[str], tag: str, n: int) -> None:
-    expected = [f"{tag}-{i}" for i in range(n)]
-    assert len(bodies) == len(set(bodies)), "a message arrived twice"
-    assert sorted(bodies, key=lambda b: int(b.rsplit("-", 1)[1])) == expected, "a message was lost"
 
 
 async def test_real_time_across_pods_through_the_load_balancer(system: System) -> None:
@@ -154,10 +19,10 @@ async def test_real_time_across_pods_through_the_load_balancer(system: System) -
     cb = await WsClient.connect(system.ws_url, bob.token)
     try:
         assert ca.ready["gateway"] != cb.ready["gateway"], "leastconn spreads two sockets"
-        await ca.send({"op": "send", "id": "hello", "to": bob.user_id, "body": _b64("hello")})
+        await ca.send({"op": "send", "id": "hello", "to": bob.user_id, "body": b64("hello")})
         await ca.expect("accepted", id="hello")
         msg = await cb.expect("message")
-        assert _unb64(msg["body"]) == "hello"
+        assert unb64(msg["body"]) == "hello"
         assert msg["from"] == alice.user_id
         await ca.expect("stored", id="hello")
         await cb.send({"op": "ack", "seq": msg["seq"]})
@@ -231,13 +96,13 @@ async def test_redis_restart_rebuilds_presence_and_delivery_continues(system: Sy
         got = None
         for attempt in range(100):
             await ca.send(
-                {"op": "send", "id": "after-restart", "to": bob.user_id, "body": _b64("back")}
+                {"op": "send", "id": "after-restart", "to": bob.user_id, "body": b64("back")}
             )
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 got = await cb.expect("message", timeout=1)
                 break
             assert attempt < 99
-        assert got is not None and _unb64(got["body"]) == "back"
+        assert got is not None and unb64(got["body"]) == "back"
         await cb.send({"op": "ack", "seq": got["seq"]})
         # Stored exactly once although it may have been sent several times.
         await cb.send({"op": "sync", "id": "s", "after": 0})

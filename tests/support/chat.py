@@ -1,0 +1,161 @@
+"""Protocol-level chat helpers for fault tests: a sender that resends what was not
+accepted after a disconnect, a receiver that drops repeats, acks and resyncs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+
+from tests.support.stack import System
+from tests.support.users import User
+from tests.support.wsclient import WsClient
+
+log = logging.getLogger(__name__)
+
+
+class Sender:
+    """Sends numbered messages; after a disconnect, reconnects and resends what was not accepted."""
+
+    def __init__(self, system: System, user: User, to: str, tag: str) -> None:
+        self.system, self.user, self.to, self.tag = system, user, to, tag
+        self.accepted: set[str] = set()
+        self.client: WsClient | None = None
+        self.reconnects = 0
+
+    async def connect(self) -> None:
+        while True:
+            try:
+                self.client = await WsClient.connect(self.system.ws_url, self.user.token)
+                return
+            except (AssertionError, TimeoutError, OSError, aiohttp.ClientError):
+                await asyncio.sleep(0.2)  # the pod is gone: HAProxy picks the other one
+
+    async def run(self, n: int, pace: float = 0.002) -> None:
+        pending = [f"{self.tag}-{i}" for i in range(n)]
+        await self.connect()
+        while pending:
+            assert self.client is not None
+            try:
+                for cid in pending:
+                    await self.client.send(
+                        {"op": "send", "id": cid, "to": self.to, "body": b64(cid)}
+                    )
+                    await asyncio.sleep(pace)
+                while len(self.accepted) < n:
+                    frame = await self.client.next(timeout=5)
+                    if frame["op"] == "accepted":
+                        self.accepted.add(frame["id"])
+                    elif frame["op"] == "error":
+                        pass  # e.g. service_unavailable while a pod dies: resent below
+            except (TimeoutError, ConnectionResetError, RuntimeError, aiohttp.ClientError):
+                log.info("sender lost its socket; resending what was not accepted")
+            # Collect what was acknowledged before a disconnect.
+            while not self.client.frames.empty():
+                frame = self.client.frames.get_nowait()
+                if frame["op"] == "accepted":
+                    self.accepted.add(frame["id"])
+            pending = [
+                f"{self.tag}-{i}" for i in range(n) if f"{self.tag}-{i}" not in self.accepted
+            ]
+            if pending:
+                self.reconnects += 1
+                with contextlib.suppress(Exception):
+                    await self.client.close()
+                await self.connect()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> str:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+class Receiver:
+    """Keeps the highest seq it processed, drops repeats, acks, resyncs after a reconnect."""
+
+    def __init__(self, system: System, user: User) -> None:
+        self.system, self.user = system, user
+        self.last = 0
+        self.bodies: list[str] = []
+        self.client: WsClient | None = None
+
+    async def sync(self) -> None:
+        """Connect (again) and page through everything after the last processed seq.
+
+        A page that fails (the inbox is briefly down: an `error` frame, or no
+        answer, or the socket closes) is asked for again on a fresh socket.
+        """
+        while True:
+            if self.client is not None:
+                await self.client.close()
+            try:
+                self.client = await WsClient.connect(self.system.ws_url, self.user.token)
+                if await self._page_all():
+                    return
+            except (AssertionError, TimeoutError, OSError, RuntimeError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.2)
+
+    async def _page_all(self) -> bool:
+        assert self.client is not None
+        more = True
+        while more:
+            await self.client.send({"op": "sync", "id": f"s{self.last}", "after": self.last})
+            while True:
+                frame = await self.client.next()
+                if frame["op"] == "synced":
+                    more = frame["more"]
+                    break
+                if frame["op"] == "error":
+                    return False
+                self.take(frame)
+            await self.client.send({"op": "ack", "seq": self.last})
+        return True
+
+    def take(self, frame: dict[str, Any]) -> None:
+        if frame.get("op") == "message" and frame["seq"] > self.last:
+            self.last = frame["seq"]
+            self.bodies.append(unb64(frame["body"]))
+
+    async def listen_until(self, count: int, timeout: float = 60) -> None:
+        async def loop() -> None:
+            while len(self.bodies) < count:
+                assert self.client is not None
+                try:
+                    frame = await self.client.next(timeout=3)
+                except TimeoutError:
+                    if self.client.closed.is_set():
+                        await self.sync()
+                    else:
+                        with contextlib.suppress(ConnectionResetError, RuntimeError):
+                            await self.client.send({"op": "ack", "seq": self.last})
+                    continue
+                if frame.get("op") == "resync":
+                    await self.sync()  # the pod lost frames meant for this socket
+                else:
+                    self.take(frame)
+            assert self.client is not None
+            await self.client.send({"op": "ack", "seq": self.last})
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+def assert_exactly_once_in_order(bodies: list[str], tag: str, n: int) -> None:
+    expected = [f"{tag}-{i}" for i in range(n)]
+    assert len(bodies) == len(set(bodies)), "a message arrived twice"
+    assert sorted(bodies, key=lambda b: int(b.rsplit("-", 1)[1])) == expected, "a message was lost"
