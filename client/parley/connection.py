@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TypeAlias
 
 import aiohttp
+import msgspec
+from parley_contract import frames as f
 
 from parley.errors import ParleyError
 
@@ -35,8 +36,8 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 FATAL_CODES = {"token_revoked", "account_blocked"}
 
-Frame = dict[str, Any]
 TokenProvider = Callable[[bool], Awaitable[str]]
+Answer: TypeAlias = f.Synced | f.Pong | f.Ready | f.Error
 
 
 class ConnectionClosed(ParleyError):
@@ -48,9 +49,9 @@ class Connection:
         self,
         url: str,
         token: TokenProvider,
-        handler: Callable[[Frame], Awaitable[None]],
+        handler: Callable[[f.ServerFrames], Awaitable[None]],
         *,
-        on_ready: Callable[[Frame], Awaitable[None]] | None = None,
+        on_ready: Callable[[f.Ready], Awaitable[None]] | None = None,
         on_state: Callable[[str, str], None] | None = None,
         backoff_start: float = BACKOFF_START,
         backoff_max: float = BACKOFF_MAX,
@@ -69,16 +70,16 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._first = asyncio.get_running_loop().create_future()
-        self._waiters: dict[str, asyncio.Future[Frame]] = {}
+        self._waiters: dict[str, asyncio.Future[Answer]] = {}
         self._ids = itertools.count(1)
         self._closing = False
         self.failed: ParleyError | None = None
-        self.ready_frame: Frame | None = None
+        self.ready_frame: f.Ready | None = None
         self.connects = 0
         self.reauths = 0
 
     # -- lifecycle ------------------------------------------------------------
-    async def start(self, timeout: float = 20.0) -> Frame:
+    async def start(self, timeout: float = 20.0) -> f.Ready:
         """Connect (retrying with backoff) and return the first ``ready`` frame.
 
         Raises the reason if the first connection fails for good, or
@@ -116,20 +117,20 @@ class Connection:
             self._first.exception()
 
     # -- sending ----------------------------------------------------------------
-    async def send(self, frame: Frame) -> None:
+    async def send(self, frame: f.ClientFrames) -> None:
         ws = self._ws
         if ws is None or ws.closed or not self._ready.is_set():
             raise ConnectionClosed("not connected")
         try:
-            await ws.send_str(json.dumps(frame, separators=(",", ":")))
+            await ws.send_str(f.encode(frame).decode())
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise ConnectionClosed(f"the connection dropped ({exc})") from exc
 
-    async def request(self, frame: Frame, timeout: float = 20.0) -> Frame:
+    async def request(self, frame: f.Sync | f.Ping | f.Auth, timeout: float = 20.0) -> Answer:
         """Send a frame with a fresh ``id`` and wait for the answer that carries it
         (``synced``, ``pong``, ``ready`` or ``error``)."""
-        frame_id = frame.get("id") or f"c{next(self._ids)}"
-        frame = {**frame, "id": frame_id}
+        frame_id = frame.id or f"c{next(self._ids)}"
+        frame = msgspec.structs.replace(frame, id=frame_id)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[frame_id] = waiter
         try:
@@ -181,21 +182,25 @@ class Connection:
         assert self._http is not None
         token = await self._token(refresh)
         async with self._http.ws_connect(self.url, heartbeat=30, max_msg_size=0) as ws:
-            await ws.send_str(json.dumps({"op": "auth", "token": token}))
+            await ws.send_str(f.encode(f.Auth(token=token)).decode())
             msg = await ws.receive(timeout=20)
             if msg.type != aiohttp.WSMsgType.TEXT:
                 return "reauth" if ws.close_code == 4001 else "error"
-            ready = json.loads(msg.data)
-            if ready.get("op") == "error":
-                code = ready.get("code", "")
-                if code in FATAL_CODES:
-                    raise ParleyError(_closing_message(code))
-                return "reauth" if code in ("token_expired", "invalid_token") else "error"
+            try:
+                ready = f.decode_server_frame(msg.data)
+            except f.FrameError:
+                return "error"
+            if isinstance(ready, f.Error):
+                if ready.code in FATAL_CODES:
+                    raise ParleyError(_closing_message(ready.code))
+                return "reauth" if ready.code in ("token_expired", "invalid_token") else "error"
+            if not isinstance(ready, f.Ready):
+                return "error"
             self._ws = ws
             self.ready_frame = ready
             self.connects += 1
             self._ready.set()
-            self._state("connected", str(ready.get("gateway", "")))
+            self._state("connected", ready.gateway)
             if not self._first.done():
                 self._first.set_result(ready)
             reauth = asyncio.create_task(self._reauth_loop(ws))
@@ -212,7 +217,7 @@ class Connection:
                         waiter.set_exception(ConnectionClosed("the connection dropped"))
                 self._state("disconnected", f"closed {ws.close_code}")
 
-    async def _after_ready(self, ready: Frame) -> None:
+    async def _after_ready(self, ready: f.Ready) -> None:
         if self._on_ready is None:
             return
         try:
@@ -227,29 +232,33 @@ class Connection:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             try:
-                frame = json.loads(msg.data)
-            except ValueError:
+                frame = f.decode_server_frame(msg.data)
+            except f.FrameError as exc:
+                # A newer server's frame, or garbage: skip it, keep the socket.
+                log.debug("skipping a frame: %s", exc.message)
                 continue
-            if not isinstance(frame, dict):
-                continue
-            op = frame.get("op")
-            if op == "reconnect":
+            if isinstance(frame, f.Reconnect):
                 await ws.close()
                 return "reconnect"
-            waiter = self._waiters.get(str(frame.get("id"))) if "id" in frame else None
-            if waiter is not None and not waiter.done() and op in ("synced", "pong", "ready"):
+            answers = getattr(frame, "id", None)
+            waiter = self._waiters.get(answers) if isinstance(answers, str) else None
+            if (
+                waiter is not None
+                and not waiter.done()
+                and isinstance(frame, f.Synced | f.Pong | f.Ready)
+            ):
                 waiter.set_result(frame)
                 continue
-            if op == "error" and frame.get("code") in FATAL_CODES:
-                raise ParleyError(_closing_message(str(frame["code"])))
-            if waiter is not None and not waiter.done() and op == "error":
+            if isinstance(frame, f.Error) and frame.code in FATAL_CODES:
+                raise ParleyError(_closing_message(frame.code))
+            if waiter is not None and not waiter.done() and isinstance(frame, f.Error):
                 waiter.set_result(frame)
             try:
                 await self._handler(frame)
             except ConnectionClosed:
                 pass
             except Exception:
-                log.exception("frame handler failed for %s", op)
+                log.exception("frame handler failed for %s", type(frame).__name__)
         code = ws.close_code
         if code == 4003:
             raise ParleyError(_closing_message("token_revoked"))
@@ -264,8 +273,8 @@ class Connection:
             await asyncio.sleep(self.reauth_every)
             with contextlib.suppress(ConnectionClosed, TimeoutError):
                 token = await self._token(False)
-                answer = await self.request({"op": "auth", "token": token}, timeout=20)
-                if answer.get("op") == "ready":
+                answer = await self.request(f.Auth(token=token), timeout=20)
+                if isinstance(answer, f.Ready):
                     self.reauths += 1
 
 

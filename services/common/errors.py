@@ -6,60 +6,12 @@ to the logs, never to the client.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
+from parley_contract.errors import ErrorCode
+from parley_contract.frames import Error, FieldError, FrameError
 
-class ErrorCode(StrEnum):
-    # Generic request errors.
-    BAD_REQUEST = "bad_request"
-    INVALID_JSON = "invalid_json"
-    VALIDATION_FAILED = "validation_failed"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    NOT_FOUND = "not_found"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-    CONFLICT = "conflict"
-    RATE_LIMITED = "rate_limited"
-    INTERNAL = "internal_error"
-    UNAVAILABLE = "service_unavailable"
-    # Authentication and authorisation.
-    UNAUTHENTICATED = "unauthenticated"
-    INVALID_TOKEN = "invalid_token"
-    TOKEN_EXPIRED = "token_expired"
-    TOKEN_REVOKED = "token_revoked"
-    FORBIDDEN = "forbidden"
-    INVALID_CREDENTIALS = "invalid_credentials"
-    ACCOUNT_BLOCKED = "account_blocked"
-    ACCOUNT_LOCKED = "account_locked"
-    USERNAME_TAKEN = "username_taken"
-    EMAIL_TAKEN = "email_taken"
-    WEAK_PASSWORD = "weak_password"
-    INVALID_USERNAME = "invalid_username"
-    INVALID_CODE = "invalid_code"
-    CHALLENGE_EXPIRED = "challenge_expired"
-    SECOND_FACTOR_REQUIRED = "second_factor_required"
-    REFRESH_TOKEN_REUSED = "refresh_token_reused"
-    SESSION_NOT_FOUND = "session_not_found"
-    USER_NOT_FOUND = "user_not_found"
-    # Keys.
-    INVALID_SIGNATURE = "invalid_signature"
-    INVALID_KEY = "invalid_key"
-    BATCH_TOO_LARGE = "batch_too_large"
-    DUPLICATE_PREKEY = "duplicate_prekey"
-    IDENTITY_NOT_FOUND = "identity_not_found"
-    DEVICE_NOT_FOUND = "device_not_found"
-    PREKEYS_EXHAUSTED = "prekeys_exhausted"
-    TOO_MANY_PREKEYS = "too_many_prekeys"
-    TOO_MANY_DEVICES = "too_many_devices"
-    # Messaging (WebSocket).
-    AUTH_REQUIRED = "auth_required"
-    AUTH_TIMEOUT = "auth_timeout"
-    UNKNOWN_OP = "unknown_op"
-    FRAME_TOO_LARGE = "frame_too_large"
-    RECIPIENT_NOT_FOUND = "recipient_not_found"
-    SLOW_CONSUMER = "slow_consumer"
-    SERVER_SHUTTING_DOWN = "server_shutting_down"
+__all__ = ["ApiError", "ErrorCode", "http_status"]
 
 
 _STATUS: dict[ErrorCode, int] = {
@@ -149,11 +101,17 @@ class ApiError(Exception):
             err["request_id"] = request_id
         return {"error": err}
 
-    def frame(self, answers: str | None = None) -> dict[str, Any]:
+    def frame(self, answers: str | None = None) -> Error:
         """The WebSocket ``error`` frame for this error."""
-        frame: dict[str, Any] = {"op": "error", "code": self.code.value, "message": self.message}
-        if answers is not None:
-            frame["id"] = answers
+        details = None
         if self.details is not None:
-            frame["details"] = self.details
-        return frame
+            details = [FieldError(field=str(d["field"]), problem=str(d["problem"]))
+                       for d in self.details]  # fmt: skip
+        return Error(code=self.code.value, message=self.message, id=answers, details=details)
+
+    @classmethod
+    def from_frame_error(cls, exc: FrameError) -> ApiError:
+        details = None
+        if exc.details is not None:
+            details = [{"field": d.field, "problem": d.problem} for d in exc.details]
+        return cls(exc.code, exc.message, details=details)

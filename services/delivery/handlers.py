@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from parley_contract import frames as f
 
 from services.delivery.store import DeliveryStore, item_frame
 
@@ -24,9 +25,9 @@ class Inbox:
         self._pending: dict[str, tuple[int, list[asyncio.Future[int]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    async def page(self, user: str, after: int, limit: int) -> dict[str, Any]:
+    async def page(self, user: str, after: int, limit: int) -> f.InboxPage:
         docs, more = await self.store.page(user, after, limit)
-        return {"messages": [item_frame(d) for d in docs], "more": more}
+        return f.InboxPage(messages=[item_frame(d) for d in docs], more=more)
 
     async def ack(self, user: str, seq: int) -> int:
         """Acknowledge up to ``seq``; returns how many of ``user``'s items this flush acked."""
@@ -62,15 +63,12 @@ class Inbox:
                         fut.set_result(len(acked.get(user, [])))
 
 
-def receipt(user: str, doc: dict[str, Any]) -> dict[str, Any]:
+def receipt(user: str, doc: dict[str, Any]) -> f.Delivered:
     """The `delivered` frame a sender gets when ``user`` acknowledges its message."""
-    return {
-        "op": "delivered",
-        "id": doc["client_id"],
-        "server_id": doc["server_id"],
-        "to": user,
-        "conversation": doc.get("conversation"),
-    }
+    return f.Delivered(
+        id=doc["client_id"], server_id=doc["server_id"], to=user,
+        conversation=doc.get("conversation"),
+    )  # fmt: skip
 
 
 INBOX: web.AppKey[Inbox] = web.AppKey("inbox", Inbox)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from parley_contract import frames as f
 from pydantic import BaseModel, Field
 
 from services.common.app import SETTINGS
@@ -67,13 +68,15 @@ def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
     errors=[ErrorCode.VALIDATION_FAILED],
     tags=["inbox"],
 )
-async def inbox_page(request: web.Request) -> dict[str, object]:
+async def inbox_page(request: web.Request) -> web.Response:
     claims = await authenticate(request)
     settings = request.app[SETTINGS]
     after = _int_param(request, "after", 0, 2**62)
     limit = _int_param(request, "limit", 100, settings.sync_page_max) or 1
     inbox: Inbox = request.app[INBOX]
-    return await inbox.page(claims.sub, after, limit)
+    page = await inbox.page(claims.sub, after, limit)
+    # The contract's InboxPage, encoded once (the gateway decodes it as is).
+    return web.Response(body=f.encode(page), content_type="application/json")
 
 
 @api.post(

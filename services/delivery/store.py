@@ -34,8 +34,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
+import msgspec
 import redis.asyncio as aioredis
+from parley_contract import envelopes as e
+from parley_contract import frames as f
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -48,7 +50,6 @@ DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
 DAY_S = 86400
 ID_CHUNK = 500
-ITEM_FIELDS = ("seq", "server_id", "kind", "from", "conversation", "body", "commitment", "sent_at")
 
 
 class SequenceCollision(Exception):
@@ -368,16 +369,22 @@ class DeliveryStore:
         ttl = self.settings.presence_ttl_s
         return {u: live_gateways(r, ttl) for u, r in zip(users, results, strict=True) if r}
 
-    async def publish(self, frames: list[tuple[str, dict[str, Any]]]) -> int:
-        """Push (user, frame) pairs to every gateway hosting the user; one round trip."""
+    async def publish(self, frames: list[tuple[str, f.ServerFrames]]) -> int:
+        """Push (user, frame) pairs to every gateway hosting the user; one round trip.
+
+        Each frame is encoded once, here; the gateways forward it as it is.
+        """
         if not frames:
             return 0
         where = await self.gateways_of(u for u, _ in frames)
         count = Counter[str]()
         async with self.redis.pipeline(transaction=False) as pipe:
             for user, frame in frames:
-                data = orjson.dumps({"to": user, "frame": frame})
-                for gw in where.get(user, ()):
+                gateways = where.get(user, ())
+                if not gateways:
+                    continue
+                data = e.encode(e.routed(user, frame))
+                for gw in gateways:
                     pipe.publish(gateway_channel(self.prefix, gw), data)
                     count[gw] += 1
             if count:
@@ -409,13 +416,42 @@ def _inbox_doc(item: dict[str, Any], claim: dict[str, Any]) -> dict[str, Any]:
             "server_id": claim["server_id"], "acked": False}  # fmt: skip
 
 
-def item_frame(doc: dict[str, Any]) -> dict[str, Any]:
+def item_doc(env: e.Envelope, stored_at: float) -> dict[str, Any]:
+    """The inbox document of an envelope (without ``_id``/``seq``: :meth:`store` adds them)."""
+    doc: dict[str, Any] = {
+        "server_id": env.server_id,
+        "user": env.to,
+        "from": env.from_,
+        "client_id": env.client_id,
+        "conversation": env.conversation,
+        "sent_at": env.sent_at,
+        "stored_at": stored_at,
+    }
+    if isinstance(env, e.MessageEnvelope):
+        doc.update(kind="message", body=env.body, commitment=env.commitment)
+    else:
+        identity = msgspec.to_builtins(env.identity) if env.identity is not None else None
+        doc.update(kind="key_changed", device_id=env.device_id, identity=identity)
+    return doc
+
+
+def item_frame(doc: dict[str, Any]) -> f.InboxItem:
     """What a recipient sees of a stored item (pushed, or in a sync page)."""
-    frame = {k: doc.get(k) for k in ITEM_FIELDS}
-    kind = doc.get("kind", "message")
-    frame["op"] = kind
-    if kind == "key_changed":
-        frame["user_id"] = doc["from"]
-        frame["device_id"] = doc.get("device_id")
-        frame["identity"] = doc.get("identity")
-    return frame
+    if doc.get("kind", "message") == "key_changed":
+        identity = doc.get("identity")
+        return f.KeyChanged(
+            seq=int(doc["seq"]), server_id=doc["server_id"], user_id=doc["from"],
+            device_id=_int(doc.get("device_id")),
+            identity=f.Identity(**identity) if isinstance(identity, dict) else None,
+            sent_at=_int(doc.get("sent_at")), from_=doc["from"],
+        )  # fmt: skip
+    return f.Message(
+        seq=int(doc["seq"]), server_id=doc["server_id"], from_=doc["from"],
+        body=doc.get("body") or "", conversation=doc.get("conversation"),
+        commitment=doc.get("commitment"), sent_at=_int(doc.get("sent_at")),
+    )  # fmt: skip
+
+
+def _int(value: Any) -> int | None:
+    """A stored number as a plain int (MongoDB hands back ``bson.Int64`` for some)."""
+    return None if value is None else int(value)

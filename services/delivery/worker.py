@@ -27,23 +27,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import CommitFailedError
+from parley_contract import envelopes as e
+from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.clients import KafkaProducerHandle, Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
-from services.common.routing import notice_envelope
-from services.delivery.store import DeliveryStore, item_frame
+from services.delivery.store import DeliveryStore, item_doc, item_frame
 
 log = logging.getLogger(__name__)
 
-REQUIRED = {
-    "message": ("server_id", "from", "to", "client_id", "body", "conversation"),
-    "key_changed": ("server_id", "from", "to", "client_id"),
-}
 KNOWN_PAIRS_MAX = 200_000
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -244,18 +240,13 @@ class Worker:
         )
 
     # Messages ---------------------------------------------------------------
-    def _parse(self, record: Record) -> dict[str, Any] | None:
+    def _parse(self, record: Record) -> e.Envelope | None:
         try:
-            env: Any = orjson.loads(record.value or b"")
-        except orjson.JSONDecodeError:
-            env = None
-        required = REQUIRED.get(env.get("kind", "message")) if isinstance(env, dict) else None
-        if required is None or not all(isinstance(env.get(k), str) for k in required):
+            return e.decode_envelope(record.value or b"")
+        except e.DecodeError:
             self.rejected.inc()
             log.warning("a malformed envelope", extra={"offset": record.offset})
             return None
-        parsed: dict[str, Any] = env
-        return parsed
 
     async def handle_messages(self, records: list[Record]) -> None:
         request_id_var.set(request_id_from_kafka(records[0].headers))
@@ -269,28 +260,10 @@ class Worker:
         if not envs:
             return
         now = time.time()
-        items = []
-        for env in envs:
-            item = {
-                "server_id": env["server_id"],
-                "user": env["to"],
-                "kind": env.get("kind", "message"),
-                "from": env["from"],
-                "client_id": env["client_id"],
-                "conversation": env.get("conversation"),
-                "sent_at": env.get("sent_at"),
-                "stored_at": now,
-            }
-            if item["kind"] == "message":
-                item["body"] = env["body"]
-                item["commitment"] = env.get("commitment")
-            else:
-                item["device_id"] = env.get("device_id")
-                item["identity"] = env.get("identity")
-            items.append(item)
+        items = [item_doc(env, now) for env in envs]
         stored = await self.store.store(items)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
-        frames: list[tuple[str, dict[str, Any]]] = []
+        frames: list[tuple[str, f.ServerFrames]] = []
         for doc in stored:
             if doc.pop("duplicate", False):
                 self.duplicates.inc()
@@ -300,18 +273,11 @@ class Worker:
                 frames.append((doc["user"], item_frame(doc)))
             if doc.get("kind") != "message":
                 continue
-            frames.append(
-                (
-                    doc["from"],
-                    {
-                        "op": "stored",
-                        "id": doc["client_id"],
-                        "server_id": doc["server_id"],
-                        "conversation": doc["conversation"],
-                        "to": doc["user"],
-                    },
-                )
-            )
+            receipt = f.Stored(
+                id=doc["client_id"], server_id=doc["server_id"],
+                conversation=doc.get("conversation"), to=doc["user"],
+            )  # fmt: skip
+            frames.append((doc["from"], receipt))
         await self.store.publish(frames)
 
     async def _remember_contacts(self, docs: list[dict[str, Any]]) -> None:
@@ -327,49 +293,46 @@ class Worker:
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[Record]) -> None:
-        frames: list[tuple[str, dict[str, Any]]] = []
+        frames: list[tuple[str, f.ServerFrames]] = []
         for record in records:
             try:
-                event = orjson.loads(record.value or b"")
-                kind, user = event["type"], event["user_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                event = e.decode_event(record.value or b"")
+            except e.DecodeError:
                 self.rejected.inc()
                 await self._dead_letter(record, "malformed", None)
                 continue
-            if kind == "prekeys_low":
-                frame = {k: v for k, v in event.items() if k != "type"}
-                frames.append((user, {"op": "prekeys_low", **frame}))
-            elif kind == "key_changed":
+            if isinstance(event, e.PrekeysLowEvent):
+                frame = f.PrekeysLow(
+                    user_id=event.user_id, device_id=event.device_id, one_time=event.one_time,
+                    kem_one_time=event.kem_one_time, threshold=event.threshold,
+                    event_id=event.event_id,
+                )  # fmt: skip
+                frames.append((event.user_id, frame))
+            else:
                 await self._key_changed(event, record)
         await self.store.publish(frames)
 
-    async def _key_changed(
-        self, event: dict[str, Any], record: ConsumerRecord[bytes, bytes]
-    ) -> None:
+    async def _key_changed(self, event: e.KeyChangedEvent, record: Record) -> None:
         """Queue a notice for every contact's inbox, keyed by that contact.
 
         Only an inbox's own consumer writes to it (see handle_messages), so the
         notice takes its place in the contact's sequence like any message.
         Idempotent per Kafka record: a redelivered event makes the same client ids.
         """
-        user = event["user_id"]
-        contacts = await self.store.contacts_of(user)
+        contacts = await self.store.contacts_of(event.user_id)
         if not contacts:
             return
         event_id = f"key_changed:{record.topic}:{record.partition}:{record.offset}"
         producer = await self.producer.wait_ready(30)
         acks = []
         for contact in contacts:
-            env = notice_envelope(
-                sender=user,
-                recipient=contact,
-                client_id=f"{event_id}:{contact}",
-                device_id=event.get("device_id"),
-                identity=event.get("identity"),
-            )
+            env = e.key_changed_notice(
+                sender=event.user_id, recipient=contact, client_id=f"{event_id}:{contact}",
+                device_id=event.device_id, identity=event.identity,
+            )  # fmt: skip
             acks.append(
                 await producer.send(
-                    self.topics.messages, orjson.dumps(env), key=contact.encode(),
+                    self.topics.messages, e.encode(env), key=contact.encode(),
                     headers=kafka_headers(),
                 )
             )  # fmt: skip

@@ -8,13 +8,13 @@ import aiohttp
 from aiohttp import web
 
 from services.common.app import REGISTRY, base_app
-from services.common.auth import use_token_verifier
+from services.common.auth import VERIFIER, use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
 from services.gateway.directory import Directory
 from services.gateway.hub import Hub
-from services.gateway.routes import DIRECTORY, HUB, api, websocket
+from services.gateway.routes import HUB, api, websocket
 from services.gateway.store import GatewayStore
 
 
@@ -27,9 +27,8 @@ async def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         store = GatewayStore(settings, redis, kafka, http)
-        hub = Hub(store, app[REGISTRY])
+        hub = Hub(store, app[REGISTRY], app[VERIFIER], Directory(settings, http))
         app[HUB] = hub
-        app[DIRECTORY] = Directory(settings, http)
         await hub.start()
         yield
         await hub.stop()

@@ -1,5 +1,14 @@
 """One client's WebSocket: authenticate, then serve frames until it closes.
 
+The connection owns its socket: the outbound queue and its writer task, the
+send-rate bucket, and the coalescing of acks. Everything that is the pod's
+(registration and presence, the broker, the inbox, the recipient directory,
+metrics) is the hub's: a connection only calls :class:`Hub` methods.
+
+Frames are parsed and built only through the contract (``parley_contract``);
+outbound frames are encoded once, and frames routed from delivery arrive
+already encoded and are forwarded as they are.
+
 Outbound frames go through a bounded queue drained by one writer task: a
 client that does not read fast enough is disconnected (it resyncs from its
 inbox on reconnect) instead of making the pod grow without bound.
@@ -12,34 +21,19 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING
 
-import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from aiokafka.errors import KafkaError
+from parley_contract import frames as f
 from redis.exceptions import RedisError
 
-from services.common.auth import TokenVerifier, check_not_revoked
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import new_request_id, request_id_var
-from services.common.routing import envelope, new_server_id
-from services.gateway.directory import Directory
-from services.gateway.hub import Hub
-from services.gateway.protocol import (
-    CLOSE_AUTH_FAILED,
-    CLOSE_AUTH_TIMEOUT,
-    CLOSE_FLOOD,
-    CLOSE_SLOW_CONSUMER,
-    CLOSE_TRY_AGAIN,
-    PROTOCOL_VERSION,
-    AckFrame,
-    AuthFrame,
-    PingFrame,
-    SendFrame,
-    SyncFrame,
-    frame_id,
-    parse_frame,
-)
+
+if TYPE_CHECKING:
+    from services.gateway.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +58,16 @@ class TokenBucket:
 
 
 class Connection:
-    def __init__(
-        self, ws: web.WebSocketResponse, hub: Hub, verifier: TokenVerifier, directory: Directory
-    ) -> None:
+    def __init__(self, ws: web.WebSocketResponse, hub: Hub) -> None:
         self.ws = ws
         self.hub = hub
-        self.store = hub.store
-        self.settings = hub.settings
-        self.verifier = verifier
-        self.directory = directory
+        self.limits = hub.limits
         self.conn_id = secrets.token_hex(8)
         self.user_id: str | None = None
         self.sid: str | None = None
         self.token: str | None = None
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(self.settings.ws_outbound_queue)
-        self.bucket = TokenBucket(self.settings.ws_sends_per_s, self.settings.ws_send_burst)
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(self.limits.outbound_queue)
+        self.bucket = TokenBucket(self.limits.sends_per_s, self.limits.send_burst)
         self.violations = 0
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT_SENDS)
         self._pending: set[asyncio.Task[None]] = set()
@@ -90,26 +79,34 @@ class Connection:
         self._closing = False
 
     # Outbound ---------------------------------------------------------------
-    def push(self, frame: dict[str, Any]) -> None:
+    def push(self, frame: f.ServerFrames) -> None:
+        """Queue a frame for this socket (encoded here, once)."""
+        self.push_encoded(str(type(frame).__struct_config__.tag), f.encode(frame))
+
+    def push_encoded(self, op: str, data: bytes) -> None:
+        """Queue an already encoded frame (routed from delivery: forwarded as is)."""
         if self._closing:
             return
         try:
-            self.queue.put_nowait(orjson.dumps(frame))
+            self.queue.put_nowait(data)
         except asyncio.QueueFull:
             log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
-            self.hub.errors.labels(ErrorCode.SLOW_CONSUMER.value).inc()
+            self.hub.count_error(ErrorCode.SLOW_CONSUMER)
             self._closing = True
-            task = asyncio.create_task(
-                self.close(CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False)
+            self._spawn(
+                self.close(f.CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False)
             )
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
             return
-        self.hub.frames_out.labels(str(frame.get("op"))).inc()
+        self.hub.count_out(op)
 
     def error(self, err: ApiError, answers: str | None = None) -> None:
-        self.hub.errors.labels(err.code.value).inc()
+        self.hub.count_error(err.code)
         self.push(err.frame(answers))
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def writer(self) -> None:
         while True:
@@ -145,7 +142,7 @@ class Connection:
             # Redis went away under this socket: the client reconnects and resyncs.
             log.warning("closing a socket after a redis error", extra={"error": repr(exc)})
             self.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
-            await self.close(CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
+            await self.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
         finally:
             if self._ack_task is not None and not self._ack_task.done():
                 # Let the last ack land: the client may not come back to repeat it.
@@ -159,66 +156,52 @@ class Connection:
                 await asyncio.wait_for(writer, 2.0)
             writer.cancel()
 
-    async def _receive_frame(self, msg: Any) -> Any:
-        """Decode a text frame; None (after an error frame) when it is unusable."""
+    def _read(self, msg: WSMessage) -> f.ClientFrames | None:
+        """Parse one WebSocket message; None (after an error frame) when it is unusable."""
         if msg.type == WSMsgType.BINARY:
             self.error(ApiError(ErrorCode.BAD_REQUEST, "Send JSON text frames."))
             return None
-        if len(msg.data) > self.settings.ws_max_frame_bytes:
+        data: str = msg.data
+        if len(data) > self.limits.max_frame_bytes:
             self.error(
                 ApiError(
                     ErrorCode.FRAME_TOO_LARGE,
-                    f"Frames are limited to {self.settings.ws_max_frame_bytes} bytes.",
-                )
+                    f"Frames are limited to {self.limits.max_frame_bytes} bytes.",
+                ),
+                f.frame_id(data),
             )
             return None
         try:
-            return orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
-            self.error(ApiError(ErrorCode.INVALID_JSON, "The frame is not valid JSON."))
+            return f.decode_client_frame(data)
+        except f.FrameError as exc:
+            self.error(ApiError.from_frame_error(exc), f.frame_id(data))
             return None
 
     async def _authenticate(self) -> bool:
         try:
-            msg = await asyncio.wait_for(self.ws.receive(), self.settings.ws_auth_timeout_s)
+            msg = await asyncio.wait_for(self.ws.receive(), self.limits.auth_timeout_s)
         except TimeoutError:
             self.error(ApiError(ErrorCode.AUTH_TIMEOUT, "Authenticate within the time limit."))
-            await self.close(CLOSE_AUTH_TIMEOUT, ErrorCode.AUTH_TIMEOUT.value)
+            await self.close(f.CLOSE_AUTH_TIMEOUT, ErrorCode.AUTH_TIMEOUT.value)
             return False
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             return False
-        data = await self._receive_frame(msg)
-        if data is None:
-            await self.close(CLOSE_AUTH_FAILED, ErrorCode.AUTH_REQUIRED.value)
+        frame = self._read(msg)
+        if frame is None:
+            await self.close(f.CLOSE_AUTH_FAILED, ErrorCode.AUTH_REQUIRED.value)
             return False
         try:
-            frame = parse_frame(data)
-            if not isinstance(frame, AuthFrame):
+            if not isinstance(frame, f.Auth):
                 raise ApiError(ErrorCode.AUTH_REQUIRED, "The first frame must be `auth`.")
-            claims = await self.verifier.verify(frame.token)
-            await check_not_revoked(self.store.redis, self.settings.redis_prefix, claims)
+            claims = await self.hub.verify(frame.token)
         except ApiError as err:
-            self.error(err, frame_id(data))
-            await self.close(CLOSE_AUTH_FAILED, err.code.value)
+            self.error(err, getattr(frame, "id", None))
+            await self.close(f.CLOSE_AUTH_FAILED, err.code.value)
             return False
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
         await self.hub.register(self)
-        self.push(
-            {
-                "op": "ready",
-                "id": frame.id,
-                "protocol": PROTOCOL_VERSION,
-                "user_id": claims.sub,
-                "session_id": claims.sid,
-                "gateway": self.settings.gateway_id,
-                "limits": {
-                    "max_frame_bytes": self.settings.ws_max_frame_bytes,
-                    "sends_per_s": self.settings.ws_sends_per_s,
-                    "send_burst": self.settings.ws_send_burst,
-                },
-            }
-        )
+        self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=True))
         return True
 
     async def _loop(self) -> None:
@@ -226,72 +209,58 @@ class Connection:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             request_id_var.set(new_request_id())
-            data = await self._receive_frame(msg)
-            if data is None:
+            frame = self._read(msg)
+            if frame is None:
                 continue
+            self.hub.count_in(str(type(frame).__struct_config__.tag))
             try:
-                frame = parse_frame(data)
-                self.hub.frames_in.labels(frame.op).inc()  # type: ignore[attr-defined]
                 await self._handle(frame)
             except ApiError as err:
-                self.error(err, frame_id(data))
+                self.error(err, frame.id)
             if self._closing:
                 break
 
-    async def _handle(self, frame: Any) -> None:
-        if isinstance(frame, SendFrame):
+    async def _handle(self, frame: f.ClientFrames) -> None:
+        if isinstance(frame, f.Send):
             await self._send(frame)
-        elif isinstance(frame, AckFrame):
+        elif isinstance(frame, f.Ack):
             self._ack(frame)
-        elif isinstance(frame, SyncFrame):
+        elif isinstance(frame, f.Sync):
             await self._sync(frame)
-        elif isinstance(frame, PingFrame):
-            self.push({"op": "pong", "id": frame.id})
-        elif isinstance(frame, AuthFrame):
+        elif isinstance(frame, f.Ping):
+            self.push(f.Pong(id=frame.id))
+        elif isinstance(frame, f.Auth):
             # Re-authentication with a fresh token for the same user keeps the socket.
-            claims = await self.verifier.verify(frame.token)
-            await check_not_revoked(self.store.redis, self.settings.redis_prefix, claims)
+            claims = await self.hub.verify(frame.token)
             if claims.sub != self.user_id:
                 raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user.")
             self.sid, self.token = claims.sid, frame.token
-            self.push({"op": "ready", "id": frame.id, "protocol": PROTOCOL_VERSION,
-                       "user_id": claims.sub, "session_id": claims.sid,
-                       "gateway": self.settings.gateway_id})  # fmt: skip
+            self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=False))
 
     def _token(self) -> str:
         assert self.token is not None
         return self.token
 
-    async def _send(self, frame: SendFrame) -> None:
+    async def _send(self, frame: f.Send) -> None:
         if not self.bucket.take():
             self.violations += 1
-            if self.violations > 4 * self.settings.ws_send_burst:
+            if self.violations > 4 * self.limits.send_burst:
                 self.error(ApiError(ErrorCode.RATE_LIMITED, "Flooding; closing."), frame.id)
-                await self.close(CLOSE_FLOOD, ErrorCode.RATE_LIMITED.value)
+                await self.close(f.CLOSE_FLOOD, ErrorCode.RATE_LIMITED.value)
                 return
             raise ApiError(ErrorCode.RATE_LIMITED, "Too many messages; slow down.")
         assert self.user_id is not None and self.sid is not None
-        await self.directory.require_user(frame.to, self._token())
-        env = envelope(
-            server_id=new_server_id(),
-            sender=self.user_id,
-            sender_sid=self.sid,
-            recipient=frame.to,
-            client_id=frame.id,
-            body=frame.body,
-            commitment=frame.commitment,
-        )
         await self.in_flight.acquire()
         try:
-            ack = await self.store.enqueue(env)
-        except ApiError:
+            env, ack = await self.hub.submit(self.user_id, self.sid, self._token(), frame)
+        except BaseException:
             self.in_flight.release()
             raise
-        task = asyncio.create_task(self._accepted(ack, frame.id, env))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._spawn(self._accepted(ack, frame.id, env.server_id, env.conversation or ""))
 
-    async def _accepted(self, ack: Any, client_id: str, env: dict[str, Any]) -> None:
+    async def _accepted(
+        self, ack: asyncio.Future[object], client_id: str, server_id: str, conversation: str
+    ) -> None:
         try:
             await ack
         except KafkaError:
@@ -299,16 +268,9 @@ class Connection:
             return
         finally:
             self.in_flight.release()
-        self.push(
-            {
-                "op": "accepted",
-                "id": client_id,
-                "server_id": env["server_id"],
-                "conversation": env["conversation"],
-            }
-        )
+        self.push(f.Accepted(id=client_id, server_id=server_id, conversation=conversation))
 
-    def _ack(self, frame: AckFrame) -> None:
+    def _ack(self, frame: f.Ack) -> None:
         """Acks are cumulative: keep the highest, post it off the frame loop (one in flight).
 
         A slow inbox never holds up this socket's sends; a later `sync` waits
@@ -325,19 +287,18 @@ class Connection:
         while self._ack_posted < self._ack_target:
             target, answers = self._ack_target, self._ack_id
             try:
-                await self.store.ack(self._token(), target)
+                await self.hub.ack(self._token(), target)
             except ApiError as err:
                 self.error(err, answers)
                 return
             self._ack_posted = max(self._ack_posted, target)
 
-    async def _sync(self, frame: SyncFrame) -> None:
+    async def _sync(self, frame: f.Sync) -> None:
         if self._ack_task is not None:
             await asyncio.shield(self._ack_task)
-        limit = min(frame.limit, self.settings.sync_page_max)
-        page = await self.store.sync(self._token(), frame.after, limit)
+        page = await self.hub.sync(self._token(), frame.after, frame.limit)
         last = frame.after
-        for item in page["messages"]:
-            self.push({"op": "message", **item})
-            last = item["seq"]
-        self.push({"op": "synced", "id": frame.id, "last": last, "more": page["more"]})
+        for item in page.messages:
+            self.push(item)
+            last = item.seq
+        self.push(f.Synced(id=frame.id, last=last, more=page.more))

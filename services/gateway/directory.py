@@ -18,13 +18,18 @@ class Directory:
         self.base = settings.auth_url.rstrip("/")
         self.ttl = settings.recipient_cache_s
         self.session = session
-        self._known: dict[str, float] = {}
+        self._known: dict[str, tuple[float, str]] = {}
 
-    async def require_user(self, user_id: str, token: str) -> None:
+    async def require_user(self, user_id: str, token: str) -> str:
+        """The canonical user id of a recipient (the auth service's ``user_id``).
+
+        The look-up also answers to usernames and other spellings; the inbox is
+        keyed by what it returns, never by what the client wrote.
+        """
         now = time.monotonic()
         seen = self._known.get(user_id)
-        if seen is not None and now - seen < self.ttl:
-            return
+        if seen is not None and now - seen[0] < self.ttl:
+            return seen[1]
         headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
         try:
             async with self.session.get(
@@ -34,8 +39,11 @@ class Directory:
                     raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "No such recipient.")
                 if resp.status != 200:
                     raise ApiError(ErrorCode.UNAVAILABLE, "Cannot check the recipient now.")
-        except (aiohttp.ClientError, TimeoutError):
+                body = await resp.json()
+                canonical = str(body["user_id"])
+        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
             raise ApiError(ErrorCode.UNAVAILABLE, "Cannot check the recipient now.") from None
         if len(self._known) >= MAX_CACHED:
             self._known.clear()
-        self._known[user_id] = now
+        self._known[user_id] = (now, canonical)
+        return canonical

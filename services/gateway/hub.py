@@ -1,10 +1,13 @@
-"""A gateway pod's local connections, its Redis channel and presence upkeep.
+"""A gateway pod: its local connections, its Redis channel, presence, and what
+every socket asks of the pod.
 
 The hub is the only part of a pod that knows which sockets it holds. It
 listens on the pod's own channel (frames routed to its users by delivery
-workers) and on the revocation channel (logout, block: close sockets at once),
-and it re-records presence periodically, which also rebuilds presence after a
-Redis restart.
+workers, forwarded still encoded) and on the revocation channel (logout,
+block: close sockets at once), and it re-records presence periodically, which
+also rebuilds presence after a Redis restart. Connections call the hub to
+verify tokens, register, submit messages, sync and ack, and to count frames;
+they never touch the store, the settings or the metrics themselves.
 """
 
 from __future__ import annotations
@@ -13,15 +16,19 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import orjson
+from parley_contract import PROTOCOL_VERSION
+from parley_contract import envelopes as e
+from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
-from services.common.auth import revocation_channel
+from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
+from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
-from services.gateway.protocol import CLOSE_GOING_AWAY, CLOSE_REVOKED
+from services.gateway.directory import Directory
 from services.gateway.store import GatewayStore
 
 if TYPE_CHECKING:
@@ -30,10 +37,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a socket may do (docs/protocol.md, "Limits")."""
+
+    max_frame_bytes: int
+    sends_per_s: float
+    send_burst: int
+    auth_timeout_s: float
+    outbound_queue: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_frame_bytes=settings.ws_max_frame_bytes,
+            sends_per_s=settings.ws_sends_per_s,
+            send_burst=settings.ws_send_burst,
+            auth_timeout_s=settings.ws_auth_timeout_s,
+            outbound_queue=settings.ws_outbound_queue,
+        )
+
+
 class Hub:
-    def __init__(self, store: GatewayStore, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        registry: CollectorRegistry,
+        verifier: TokenVerifier,
+        directory: Directory,
+    ) -> None:
         self.store = store
         self.settings = store.settings
+        self.verifier = verifier
+        self.directory = directory
+        self.limits = Limits.from_settings(self.settings)
         self.by_user: dict[str, set[Connection]] = defaultdict(set)
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,10 +120,56 @@ class Hub:
         conns = [c for s in self.by_user.values() for c in s]
         reason = ErrorCode.SERVER_SHUTTING_DOWN.value
         for conn in conns:
-            conn.push({"op": "reconnect", "reason": reason})
+            conn.push(f.Reconnect(reason=reason))
         await asyncio.gather(
-            *(conn.close(CLOSE_GOING_AWAY, reason) for conn in conns), return_exceptions=True
+            *(conn.close(f.CLOSE_GOING_AWAY, reason) for conn in conns), return_exceptions=True
         )
+
+    # What a socket asks of the pod ------------------------------------------
+    async def verify(self, token: str) -> Claims:
+        """A token's claims, checked against the JWKS and the revocations."""
+        claims = await self.verifier.verify(token)
+        await check_not_revoked(self.store.redis, self.settings.redis_prefix, claims)
+        return claims
+
+    def ready_frame(self, user_id: str, sid: str, answers: str | None, *, limits: bool) -> f.Ready:
+        lim = self.limits
+        return f.Ready(
+            protocol=PROTOCOL_VERSION, user_id=user_id, session_id=sid,
+            gateway=self.settings.gateway_id, id=answers,
+            limits=f.Limits(max_frame_bytes=lim.max_frame_bytes, sends_per_s=lim.sends_per_s,
+                            send_burst=lim.send_burst) if limits else None,
+        )  # fmt: skip
+
+    async def submit(
+        self, user_id: str, sid: str, token: str, frame: f.Send
+    ) -> tuple[e.MessageEnvelope, asyncio.Future[object]]:
+        """Produce a client's message; returns its envelope and the broker's ack future.
+
+        The recipient is routed by the id the directory returns (a username or
+        another spelling of an id is never used as an inbox key).
+        """
+        recipient = await self.directory.require_user(frame.to, token)
+        env = e.message_envelope(
+            sender=user_id, sender_sid=sid, recipient=recipient, client_id=frame.id,
+            body=frame.body, commitment=frame.commitment,
+        )  # fmt: skip
+        return env, await self.store.enqueue(env)
+
+    async def sync(self, token: str, after: int, limit: int) -> f.InboxPage:
+        return await self.store.sync(token, after, min(limit, self.settings.sync_page_max))
+
+    async def ack(self, token: str, seq: int) -> None:
+        await self.store.ack(token, seq)
+
+    def count_in(self, op: str) -> None:
+        self.frames_in.labels(op).inc()
+
+    def count_out(self, op: str) -> None:
+        self.frames_out.labels(op).inc()
+
+    def count_error(self, code: ErrorCode) -> None:
+        self.errors.labels(code.value).inc()
 
     # Connections ------------------------------------------------------------
     async def register(self, conn: Connection) -> None:
@@ -126,7 +209,7 @@ class Hub:
                     # every client pages through its inbox again.
                     lost = False
                     for conn in [c for s in self.by_user.values() for c in s]:
-                        conn.push({"op": "resync", "reason": "routing_restored"})
+                        conn.push(f.Resync(reason="routing_restored"))
                 delay = 0.1
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -151,28 +234,29 @@ class Hub:
     def _route(self, data: bytes) -> None:
         self.routed.inc()
         try:
-            routed = orjson.loads(data)
-            user_id, frame = routed["to"], routed["frame"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            routed = e.decode_routed(data)
+        except e.DecodeError:
             log.warning("dropping a malformed routed frame")
             return
-        for conn in list(self.local(user_id)):
-            conn.push(frame)
+        frame = bytes(routed.frame)
+        for conn in list(self.local(routed.to)):
+            conn.push_encoded(routed.op, frame)
 
     async def _revoke(self, data: bytes) -> None:
         try:
-            event: dict[str, Any] = orjson.loads(data)
-            user_id = event["user_id"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            event = e.decode_revocation(data)
+        except e.DecodeError:
             return
-        sid = event.get("sid")
-        blocked = event.get("type") == "user_blocked"
+        blocked = isinstance(event, e.UserBlocked)
         code = ErrorCode.ACCOUNT_BLOCKED if blocked else ErrorCode.TOKEN_REVOKED
-        targets = [c for c in self.local(user_id) if blocked or sid is None or c.sid == sid]
+        targets = [
+            c for c in self.local(event.user_id)
+            if isinstance(event, e.UserBlocked) or c.sid == event.sid
+        ]  # fmt: skip
         for conn in targets:
             conn.push(ApiError(code).frame())
         await asyncio.gather(
-            *(conn.close(CLOSE_REVOKED, code.value) for conn in targets), return_exceptions=True
+            *(conn.close(f.CLOSE_REVOKED, code.value) for conn in targets), return_exceptions=True
         )
 
     # Presence upkeep --------------------------------------------------------

@@ -5,10 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.common.app import SETTINGS
-from services.common.auth import VERIFIER
 from services.common.openapi import Api
 from services.gateway.connection import Connection
-from services.gateway.directory import Directory
 from services.gateway.hub import Hub
 
 api = Api(
@@ -19,7 +17,6 @@ api = Api(
 )
 
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
-DIRECTORY: web.AppKey[Directory] = web.AppKey("directory", Directory)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -35,6 +32,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
-    conn = Connection(ws, hub, app[VERIFIER], app[DIRECTORY])
+    conn = Connection(ws, hub)
     await conn.serve()
     return ws

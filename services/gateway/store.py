@@ -6,9 +6,12 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
+from parley_contract import envelopes as e
+from parley_contract import frames as f
 
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
@@ -58,7 +61,7 @@ class GatewayStore:
             await pipe.execute()
 
     # Kafka ------------------------------------------------------------------
-    async def enqueue(self, envelope: dict[str, Any]) -> asyncio.Future[Any]:
+    async def enqueue(self, envelope: e.MessageEnvelope) -> asyncio.Future[object]:
         """Hand an envelope to the producer, keyed by its recipient (the inbox owner).
 
         One partition per inbox means one delivery consumer writes each inbox,
@@ -73,10 +76,10 @@ class GatewayStore:
         if producer is None:
             raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.")
         try:
-            ack: asyncio.Future[Any] = await producer.send(
+            ack: asyncio.Future[object] = await producer.send(
                 self.topic,
-                orjson.dumps(envelope),
-                key=envelope["to"].encode(),
+                e.encode(envelope),
+                key=envelope.to.encode(),
                 headers=kafka_headers(),
             )
             return ack
@@ -84,32 +87,36 @@ class GatewayStore:
             raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.") from None
 
     # Delivery service (the inbox's owner) -----------------------------------
-    async def _delivery(self, method: str, path: str, token: str, **kw: Any) -> Any:
+    async def _delivery(self, method: str, path: str, token: str, **kw: Any) -> bytes:
         headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
         try:
             async with self.http.request(
                 method, f"{self.delivery}{path}", headers=headers, **kw
             ) as resp:
-                body = orjson.loads(await resp.read())
+                raw = await resp.read()
                 if resp.status >= 400:
+                    body = orjson.loads(raw)
                     err = body.get("error", {}) if isinstance(body, dict) else {}
                     try:
                         code = ErrorCode(str(err.get("code")))
                     except ValueError:
                         code = ErrorCode.UNAVAILABLE
                     raise ApiError(code, err.get("message"))
-                return body
+                return raw
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
             raise ApiError(ErrorCode.UNAVAILABLE, "The inbox is temporarily unavailable.") from None
 
-    async def sync(self, token: str, after: int, limit: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self._delivery(
+    async def sync(self, token: str, after: int, limit: int) -> f.InboxPage:
+        raw = await self._delivery(
             "GET", "/delivery/v1/inbox", token, params={"after": str(after), "limit": str(limit)}
         )
-        return result
+        try:
+            return _page_decoder.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise ApiError(ErrorCode.UNAVAILABLE, "The inbox answered nonsense.") from None
 
-    async def ack(self, token: str, seq: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self._delivery(
-            "POST", "/delivery/v1/inbox/ack", token, json={"seq": seq}
-        )
-        return result
+    async def ack(self, token: str, seq: int) -> None:
+        await self._delivery("POST", "/delivery/v1/inbox/ack", token, json={"seq": seq})
+
+
+_page_decoder = msgspec.json.Decoder(f.InboxPage)

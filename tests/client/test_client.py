@@ -152,7 +152,7 @@ async def test_reconnects_after_its_gateway_dies_and_syncs(
     await alice.connect()
     await bob.connect()
     assert bob._conn is not None and bob._conn.ready_frame is not None
-    victim = str(bob._conn.ready_frame["gateway"])
+    victim = str(bob._conn.ready_frame.gateway)
     system.procs.kill(victim)
     try:
         await alice.send(bob.username, "while bob reconnects", wait=None)
@@ -191,14 +191,14 @@ async def test_a_draining_gateway_sends_the_client_elsewhere(
     await alice.connect()
     await bob.connect()
     assert bob._conn is not None and bob._conn.ready_frame is not None
-    victim = str(bob._conn.ready_frame["gateway"])
+    victim = str(bob._conn.ready_frame.gateway)
     system.procs.kill(victim, sig=signal.SIGTERM)  # the pod drains: `reconnect`, close 1001
     try:
         await alice.send(bob.username, "after the drain", wait=None)
         got = await bob.next_event(Message, timeout=60)
         assert isinstance(got, Message) and got.text == "after the drain"
         assert bob._conn.connects >= 2
-        assert bob._conn.ready_frame["gateway"] != victim
+        assert bob._conn.ready_frame.gateway != victim
     finally:
         system.restart(victim)
         system.wait_ready()

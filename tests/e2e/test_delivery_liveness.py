@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,9 +22,10 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from parley_contract import envelopes as e
 from pymongo import AsyncMongoClient
 
-from services.common.routing import envelope, new_server_id
+from services.delivery.store import DAY_S, dedup_key
 from tests.support.aio import eventually
 from tests.support.stack import System, http_status
 from tests.support.users import signup
@@ -57,17 +59,21 @@ def topic(system: System, name: str) -> str:
     return f"{system.prefix}.{name}"
 
 
-def env_for(to: str, sender: str, cid: str) -> dict[str, Any]:
-    return envelope(
-        server_id=new_server_id(), sender=sender, sender_sid="sid", recipient=to,
-        client_id=cid, body=_b64(cid), commitment=None,
-    )  # fmt: skip
+def env_for(to: str, sender: str, cid: str) -> e.MessageEnvelope:
+    return e.message_envelope(
+        sender=sender,
+        sender_sid="sid",
+        recipient=to,
+        client_id=cid,
+        body=_b64(cid),
+        commitment=None,
+    )
 
 
-async def produce(kafka: AIOKafkaProducer, system: System, envs: list[dict[str, Any]]) -> None:
+async def produce(kafka: AIOKafkaProducer, system: System, envs: list[e.MessageEnvelope]) -> None:
     acks = [
-        await kafka.send(topic(system, "messages"), orjson.dumps(e), key=e["to"].encode())
-        for e in envs
+        await kafka.send(topic(system, "messages"), e.encode(env), key=env.to.encode())
+        for env in envs
     ]
     await asyncio.gather(*acks)
 
@@ -163,14 +169,22 @@ async def test_poisoned_records_are_dead_lettered_and_the_rest_delivered(
 ) -> None:
     rcpt = await signup(system.lb)
     good = [env_for(rcpt.user_id, "s", f"g{i}") for i in range(20)]
+    # A record that passes the contract but that the store cannot take (its
+    # dedup record is corrupt: a seq that is not a number), so that the
+    # bisecting retry must isolate it among good ones; and one that is not
+    # even JSON.
     poison = env_for(rcpt.user_id, "s", "poison")
-    poison["sent_at"] = 2**64 - 1  # valid JSON, but no 8-byte integer: MongoDB refuses it
+    day = int(time.time() // DAY_S)
+    await db[f"dedup_{day}"].insert_one(
+        {"_id": dedup_key(rcpt.user_id, "s", "poison"), "user": rcpt.user_id,
+         "seq": "corrupt", "server_id": "x"}
+    )  # fmt: skip
     name = topic(system, "messages")
     key = rcpt.user_id.encode()
-    acks = [await kafka.send(name, orjson.dumps(e), key=key) for e in good[:10]]
-    acks.append(await kafka.send(name, orjson.dumps(poison), key=key))
+    acks = [await kafka.send(name, e.encode(env), key=key) for env in good[:10]]
+    acks.append(await kafka.send(name, e.encode(poison), key=key))
     acks.append(await kafka.send(name, b'{"kind": "message", "to": "truncated', key=key))
-    acks += [await kafka.send(name, orjson.dumps(e), key=key) for e in good[10:]]
+    acks += [await kafka.send(name, e.encode(env), key=key) for env in good[10:]]
     await asyncio.gather(*acks)
 
     await eventually(lambda: inbox_size(db, rcpt.user_id), lambda k: k >= 20, timeout=90)
@@ -196,5 +210,5 @@ async def test_poisoned_records_are_dead_lettered_and_the_rest_delivered(
     reasons = {dict(r.headers)["dlq_reason"]: r for r in dead}
     assert set(reasons) == {b"failed", b"malformed"}
     assert orjson.loads(reasons[b"failed"].value)["client_id"] == "poison"
-    assert dict(reasons[b"failed"].headers)["dlq_error"] == b"OverflowError"
+    assert dict(reasons[b"failed"].headers)["dlq_error"] == b"ValueError"
     assert dict(reasons[b"failed"].headers)["dlq_source"].startswith(name.encode() + b"/")

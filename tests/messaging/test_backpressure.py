@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from parley_contract.frames import CLOSE_SLOW_CONSUMER, Message
 from prometheus_client import CollectorRegistry
 
 from services.common.config import load_settings
 from services.gateway.connection import Connection
 from services.gateway.hub import Hub
-from services.gateway.protocol import CLOSE_SLOW_CONSUMER
 from services.gateway.store import GatewayStore
 from tests.support.aio import eventually
 
@@ -36,13 +36,14 @@ class StuckSocket:
 
 async def test_full_outbound_queue_closes_the_socket_with_4008() -> None:
     settings = load_settings(ws_outbound_queue=8)
-    hub = Hub(GatewayStore(settings, None, None, None), CollectorRegistry())  # type: ignore[arg-type]
+    store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None)  # type: ignore[arg-type]
     ws = StuckSocket()
-    conn = Connection(ws, hub, None, None)  # type: ignore[arg-type]
+    conn = Connection(ws, hub)  # type: ignore[arg-type]
     conn._writer = asyncio.create_task(conn.writer())
     try:
         for i in range(100):
-            conn.push({"op": "message", "seq": i, "body": "x" * 1000})
+            conn.push(Message(seq=i, server_id="s", from_="u", body="x" * 1000))
             await asyncio.sleep(0)
         await eventually(lambda: _value(ws.closed_with), lambda code: code is not None, timeout=5)
         assert ws.closed_with == CLOSE_SLOW_CONSUMER

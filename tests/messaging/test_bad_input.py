@@ -7,9 +7,9 @@ import uuid
 from typing import Any
 
 import pytest
+from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
 
 from services.common.deps import KAFKA
-from services.gateway.protocol import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
 from tests.support.wsclient import WsClient
 
 from .conftest import Messaging

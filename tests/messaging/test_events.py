@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 
 import orjson
+from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_REVOKED
 
 from services.common.auth import revocation_channel
 from services.common.clients import Topics, kafka_producer
 from services.common.deps import REDIS
-from services.gateway.protocol import CLOSE_AUTH_FAILED, CLOSE_REVOKED
 from tests.support.wsclient import WsClient
 
 from .conftest import Messaging

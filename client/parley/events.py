@@ -1,0 +1,117 @@
+"""What :meth:`parley.Client.events` yields, and the buffer that delivers it.
+
+Every part of the client (account, keys, messenger) reports through one
+:class:`EventBus`: listeners are called as events happen, and the last
+10,000 events wait in a buffer for :meth:`EventBus.next_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "ConnectionEvent",
+    "DecryptFailed",
+    "ErrorEvent",
+    "Event",
+    "EventBus",
+    "KeyChanged",
+    "Message",
+    "Receipt",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of what :meth:`Client.events` yields."""
+
+
+@dataclass(frozen=True)
+class Message(Event):
+    peer_id: str
+    username: str
+    text: str
+    sent_at: int
+    server_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class KeyChanged(Event):
+    """A contact's identity key changed: warn, show the new safety number."""
+
+    peer_id: str
+    username: str
+    safety_number: str
+    old_safety_number: str | None
+
+
+@dataclass(frozen=True)
+class Receipt(Event):
+    """``accepted`` (durable on the server), ``stored`` (in the recipient's inbox),
+    ``delivered`` (the recipient's device acknowledged it) or ``failed``."""
+
+    client_id: str
+    peer_id: str
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class DecryptFailed(Event):
+    peer_id: str
+    username: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Event):
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ConnectionEvent(Event):
+    state: str  # connected | disconnected | reconnecting | failed
+    detail: str = ""
+
+
+class EventBus:
+    def __init__(self, keep: int = 10_000) -> None:
+        self._backlog: collections.deque[Event] = collections.deque(maxlen=keep)
+        self._arrived = asyncio.Event()
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def emit(self, event: Event) -> None:
+        self._backlog.append(event)
+        self._arrived.set()
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.next_event()
+
+    async def next_event(self, kind: type[Event] = Event, timeout: float = 30.0) -> Event:
+        async def wait() -> Event:
+            while True:
+                for event in self._backlog:
+                    if isinstance(event, kind):
+                        self._backlog.remove(event)
+                        return event
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        return await asyncio.wait_for(wait(), timeout)

@@ -1,0 +1,255 @@
+"""What travels between Parley's processes: Kafka records and Redis messages.
+
+Kafka ``<prefix>messages`` (key: the recipient, the inbox owner; value:
+:data:`Envelope`) carries what delivery stores in inboxes: a message from a
+client (made by the gateway) or a ``key_changed`` notice for one contact
+(made by delivery's events consumer). ``<prefix>events`` (key: the user)
+carries :data:`Event` records from the key directory. ``<prefix>dead-letters``
+carries records a consumer could not process, unchanged, with ``dlq_*``
+headers (docs/delivery.md).
+
+Redis: a gateway pod's channel carries :class:`Routed` (a server frame for
+one user's sockets on that pod); the revocation channel carries
+:data:`Revocation`.
+
+Envelopes are versioned (``v``); a consumer refuses a version it does not
+know (dead-letter) rather than guess.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+from parley_contract.frames import (
+    Body,
+    ClientId,
+    Commitment,
+    Identity,
+    KeyChanged,
+    Message,
+    Millis,
+    ServerFrames,
+    UserId,
+)
+
+ENVELOPE_VERSION = 1
+Version = Annotated[int, Meta(ge=1, le=ENVELOPE_VERSION)]
+
+
+class _Envelope(Struct, tag_field="kind", kw_only=True):
+    v: Version = ENVELOPE_VERSION
+    server_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    to: UserId
+    from_: UserId = msgspec.field(name="from")
+    client_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    conversation: str | None = None
+    sent_at: Millis | None = None
+
+
+class MessageEnvelope(_Envelope, tag="message", kw_only=True):
+    """A client's message to one inbox, as the gateway produced it."""
+
+    client_id: ClientId
+    from_sid: str | None = None
+    body: Body
+    commitment: Commitment | None = None
+
+
+class KeyChangedNotice(_Envelope, tag="key_changed", kw_only=True):
+    """A ``key_changed`` notice for one contact's inbox (``from`` changed keys)."""
+
+    device_id: int | None = None
+    identity: Identity | None = None
+
+
+Envelope = MessageEnvelope | KeyChangedNotice
+
+
+def conversation_id(a: str, b: str) -> str:
+    """A 1:1 conversation's id: the same for both sides."""
+    lo, hi = sorted((a, b))
+    return f"dm:{lo}:{hi}"
+
+
+def new_server_id() -> str:
+    """Time-ordered unique id: 12 hex digits of ms since epoch + 16 random hex digits."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def message_envelope(
+    *, sender: str, sender_sid: str, recipient: str, client_id: str, body: str,
+    commitment: str | None,
+) -> MessageEnvelope:  # fmt: skip
+    return MessageEnvelope(
+        server_id=new_server_id(),
+        conversation=conversation_id(sender, recipient),
+        from_=sender,
+        from_sid=sender_sid,
+        to=recipient,
+        client_id=client_id,
+        body=body,
+        commitment=commitment,
+        sent_at=now_ms(),
+    )
+
+
+def key_changed_notice(
+    *, sender: str, recipient: str, client_id: str, device_id: int | None,
+    identity: Identity | None,
+) -> KeyChangedNotice:  # fmt: skip
+    return KeyChangedNotice(
+        server_id=new_server_id(),
+        from_=sender,
+        to=recipient,
+        client_id=client_id,
+        device_id=device_id,
+        identity=identity,
+        sent_at=now_ms(),
+    )
+
+
+def item_frame(env: Envelope, seq: int) -> Message | KeyChanged:
+    """The frame an inbox item is pushed or synced as."""
+    if isinstance(env, MessageEnvelope):
+        return Message(
+            seq=seq, server_id=env.server_id, from_=env.from_, body=env.body,
+            conversation=env.conversation, commitment=env.commitment, sent_at=env.sent_at,
+        )  # fmt: skip
+    return KeyChanged(
+        seq=seq, server_id=env.server_id, user_id=env.from_, device_id=env.device_id,
+        identity=env.identity, sent_at=env.sent_at, from_=env.from_,
+    )  # fmt: skip
+
+
+# -- parley.events (from the key directory) ---------------------------------------------
+
+
+class _Event(Struct, tag_field="type", kw_only=True):
+    user_id: str
+    event_id: str | None = None
+
+
+class PrekeysLowEvent(_Event, tag="prekeys_low", kw_only=True):
+    device_id: int
+    one_time: int
+    kem_one_time: int
+    threshold: int
+
+
+class KeyChangedEvent(_Event, tag="key_changed", kw_only=True):
+    device_id: int
+    identity: Identity
+
+
+Event = PrekeysLowEvent | KeyChangedEvent
+
+
+# -- Redis: routed frames and revocations -----------------------------------------------
+
+
+class Routed(Struct):
+    """A server frame for every socket of ``to`` on the pod whose channel carries it.
+
+    ``op`` repeats the frame's op so that a pod can count and forward the
+    frame without decoding it (:class:`RoutedRaw`).
+    """
+
+    to: str
+    op: str
+    frame: ServerFrames
+
+
+class RoutedRaw(Struct):
+    """The gateway's view of :class:`Routed`: the frame stays encoded, sent as is."""
+
+    to: str
+    op: str
+    frame: msgspec.Raw
+
+
+def routed(to: str, frame: ServerFrames) -> Routed:
+    return Routed(to=to, op=str(type(frame).__struct_config__.tag), frame=frame)
+
+
+class _Revocation(Struct, tag_field="type", kw_only=True):
+    user_id: str
+
+
+class SessionRevoked(_Revocation, tag="session_revoked", kw_only=True):
+    """One session ended (logout, revoked): close its sockets."""
+
+    sid: str
+
+
+class UserBlocked(_Revocation, tag="user_blocked"):
+    """The account was blocked: close every socket of the user."""
+
+
+Revocation = SessionRevoked | UserBlocked
+
+# -- codecs --------------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_event_decoder = msgspec.json.Decoder(Event)
+_routed_decoder = msgspec.json.Decoder(RoutedRaw)
+_revocation_decoder = msgspec.json.Decoder(Revocation)
+
+DecodeError = (msgspec.ValidationError, msgspec.DecodeError)
+"""What the decoders below raise for a record that does not fit the contract."""
+
+
+def encode(model: Any) -> bytes:
+    return _encoder.encode(model)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    return _envelope_decoder.decode(data)
+
+
+def decode_event(data: bytes) -> Event:
+    return _event_decoder.decode(data)
+
+
+def decode_routed(data: bytes) -> RoutedRaw:
+    return _routed_decoder.decode(data)
+
+
+def decode_revocation(data: bytes) -> Revocation:
+    return _revocation_decoder.decode(data)
+
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "DecodeError",
+    "Envelope",
+    "Event",
+    "KeyChangedEvent",
+    "KeyChangedNotice",
+    "MessageEnvelope",
+    "PrekeysLowEvent",
+    "Revocation",
+    "Routed",
+    "RoutedRaw",
+    "SessionRevoked",
+    "UserBlocked",
+    "conversation_id",
+    "decode_envelope",
+    "decode_event",
+    "decode_revocation",
+    "decode_routed",
+    "encode",
+    "item_frame",
+    "key_changed_notice",
+    "message_envelope",
+    "new_server_id",
+    "routed",
+]

@@ -1,0 +1,400 @@
+"""WebSocket protocol v1: every frame, as a typed model (docs/protocol.md).
+
+A frame is one JSON object with an ``op``; the ``op`` selects the model
+(msgspec tagged unions: ``op`` is the tag). Client → server frames refuse
+unknown fields, so a typo is an error instead of being ignored; server →
+client frames are built only through these classes.
+
+Reading: :func:`decode_client_frame` (the gateway) and
+:func:`decode_server_frame` (clients) turn bytes into a model or raise
+:class:`FrameError` with a stable :class:`ErrorCode` and, for
+``validation_failed``, the fields at fault. Writing: :func:`encode`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+from msgspec import Meta, Struct
+from parley_contract.errors import ErrorCode
+
+# -- field types (limits are part of the contract) --------------------------------------
+# Character-class rules are checked in ``__post_init__`` with C-speed string
+# methods (loadtest/bench_contract.py: msgspec's ``pattern`` runs a Python
+# regex per value, which cost more than the rest of the parse); they still
+# appear in the JSON Schema through ``extra_json_schema``.
+
+B64URL_PATTERN = "^[A-Za-z0-9_-]*$"
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+ClientId = Annotated[
+    str, Meta(min_length=1, max_length=64, extra_json_schema={"pattern": "^[\\x21-\\x7e]+$"},
+              description="A client-chosen id: 1-64 printable ASCII characters, no spaces.")
+]  # fmt: skip
+UserId = Annotated[
+    str, Meta(min_length=1, max_length=64, extra_json_schema={"pattern": "^[A-Za-z0-9_-]+$"})
+]
+Body = Annotated[
+    str, Meta(min_length=1, extra_json_schema={"pattern": "^[A-Za-z0-9_-]+$"},
+              description="Ciphertext, base64url without padding: opaque to the server.")
+]  # fmt: skip
+Commitment = Annotated[
+    str, Meta(max_length=128, extra_json_schema={"pattern": B64URL_PATTERN},
+              description="Franking commitment, base64url.")
+]  # fmt: skip
+Token = Annotated[str, Meta(min_length=1, max_length=4096)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+PageLimit = Annotated[int, Meta(ge=1, le=1000)]
+Millis = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+DeviceId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
+def is_b64url(value: str) -> bool:
+    """base64url characters only (no padding): C-speed, whatever the length."""
+    return value.isascii() and not value.encode().translate(None, _B64URL)
+
+
+def is_client_id(value: str) -> bool:
+    return value.isascii() and value.isprintable() and " " not in value
+
+
+def _check(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise ValueError(f"{field}: {problem}")
+
+
+class ClientFrame(Struct, tag_field="op", forbid_unknown_fields=True):
+    """Base of every client → server frame."""
+
+
+class ServerFrame(Struct, tag_field="op"):
+    """Base of every server → client frame."""
+
+
+# -- client → server ----------------------------------------------------------------------
+
+
+class Auth(ClientFrame, tag="auth"):
+    """First frame of a socket (and later, a fresh token for the same user)."""
+
+    token: Token
+    id: ClientId | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+
+
+class Send(ClientFrame, tag="send"):
+    """A message to one user, encrypted by the client."""
+
+    id: ClientId
+    to: UserId
+    body: Body
+    commitment: Commitment | None = None
+
+    def __post_init__(self) -> None:
+        _check(is_client_id(self.id), "id", "printable ASCII without spaces expected")
+        _check(is_b64url(self.to), "to", "letters, digits, '_' and '-' expected")
+        _check(is_b64url(self.body), "body", "base64url expected")
+        if self.commitment is not None:
+            _check(is_b64url(self.commitment), "commitment", "base64url expected")
+
+
+class Ack(ClientFrame, tag="ack"):
+    """Cumulative: every item of mine up to ``seq`` is processed."""
+
+    seq: Seq
+    id: ClientId | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+
+
+class Sync(ClientFrame, tag="sync"):
+    """Page through my inbox after ``after`` (exclusive)."""
+
+    after: Seq = 0
+    limit: PageLimit = 100
+    id: ClientId | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+
+
+class Ping(ClientFrame, tag="ping"):
+    id: ClientId | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+
+
+def _check_id(value: str | None) -> None:
+    if value is not None:
+        _check(is_client_id(value), "id", "printable ASCII without spaces expected")
+
+
+ClientFrames = Auth | Send | Ack | Sync | Ping
+
+
+# -- server → client ----------------------------------------------------------------------
+
+
+class Limits(Struct):
+    max_frame_bytes: int
+    sends_per_s: float
+    send_burst: int
+
+
+class Ready(ServerFrame, tag="ready"):
+    """Authenticated."""
+
+    protocol: int
+    user_id: str
+    session_id: str
+    gateway: str
+    id: str | None = None
+    limits: Limits | None = None
+
+
+class Accepted(ServerFrame, tag="accepted"):
+    """The message is durably in the broker."""
+
+    id: str
+    server_id: str
+    conversation: str
+
+
+class Stored(ServerFrame, tag="stored"):
+    """The message is in the recipient's inbox."""
+
+    id: str
+    server_id: str
+    conversation: str | None
+    to: str
+
+
+class Delivered(ServerFrame, tag="delivered"):
+    """The recipient acknowledged the message."""
+
+    id: str
+    server_id: str
+    conversation: str | None
+    to: str
+
+
+class Identity(Struct):
+    """A device identity as the key directory publishes it (base64url)."""
+
+    signing_key: str
+    dh_key: str
+    dh_sig: str
+
+
+class Message(ServerFrame, tag="message"):
+    """An incoming message (pushed, or in a sync page)."""
+
+    seq: int
+    server_id: str
+    from_: str = msgspec.field(name="from")
+    body: str
+    conversation: str | None = None
+    commitment: str | None = None
+    sent_at: int | None = None
+    kind: Literal["message"] = "message"
+
+
+class KeyChanged(ServerFrame, tag="key_changed"):
+    """A contact's identity key changed: warn, show the new safety number."""
+
+    seq: int
+    server_id: str
+    user_id: str
+    device_id: int | None = None
+    identity: Identity | None = None
+    sent_at: int | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    conversation: str | None = None
+    kind: Literal["key_changed"] = "key_changed"
+
+
+class PrekeysLow(ServerFrame, tag="prekeys_low"):
+    """Upload more one-time prekeys."""
+
+    user_id: str
+    device_id: int
+    one_time: int
+    kem_one_time: int
+    threshold: int
+    event_id: str | None = None
+
+
+class Synced(ServerFrame, tag="synced"):
+    """End of a sync page: ``last`` is the seq of the last item sent (or ``after``)."""
+
+    last: int
+    more: bool
+    id: str | None = None
+
+
+class Pong(ServerFrame, tag="pong"):
+    id: str | None = None
+
+
+class Reconnect(ServerFrame, tag="reconnect"):
+    """The pod is draining: connect again (another pod), then sync."""
+
+    reason: str
+
+
+class Resync(ServerFrame, tag="resync"):
+    """Frames meant for this socket may have been lost: sync from the last seq."""
+
+    reason: str
+
+
+class FieldError(Struct):
+    field: str
+    problem: str
+
+
+class Error(ServerFrame, tag="error"):
+    code: str
+    """One of :class:`ErrorCode` (a client meets codes newer than itself: a str)."""
+    message: str
+    id: str | None = None
+    details: list[FieldError] | None = None
+
+
+ServerFrames = (
+    Ready
+    | Accepted
+    | Stored
+    | Delivered
+    | Message
+    | KeyChanged
+    | PrekeysLow
+    | Synced
+    | Pong
+    | Reconnect
+    | Resync
+    | Error
+)
+InboxItem = Message | KeyChanged
+"""What an inbox holds and a sync page returns (also over HTTP)."""
+
+
+class InboxPage(Struct):
+    """A page of an inbox (delivery's HTTP API; the gateway turns it into frames)."""
+
+    messages: list[InboxItem]
+    more: bool
+
+
+CLIENT_OPS: tuple[str, ...] = tuple(
+    str(t.__struct_config__.tag) for t in (Auth, Send, Ack, Sync, Ping)
+)
+SERVER_OPS: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ServerFrames))
+
+# -- WebSocket close codes (4000-4999 are the application's) ----------------------------
+
+CLOSE_AUTH_FAILED = 4001
+CLOSE_AUTH_TIMEOUT = 4002
+CLOSE_REVOKED = 4003
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_FLOOD = 4009
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
+
+# -- reading and writing ------------------------------------------------------------------
+
+
+class FrameError(Exception):
+    """A frame that cannot be used: a stable code, a message, the fields at fault."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, details: list[FieldError] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+_client_decoder = msgspec.json.Decoder(ClientFrames)
+_server_decoder = msgspec.json.Decoder(ServerFrames)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def encode(frame: Struct) -> bytes:
+    """The JSON bytes of a frame (or of any contract model)."""
+    return _encoder.encode(frame)
+
+
+def decode_client_frame(data: bytes | str) -> ClientFrames:
+    """Parse a client → server frame, or raise :class:`FrameError`."""
+    try:
+        return _client_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _classify(data, exc, CLIENT_OPS) from None
+
+
+def decode_server_frame(data: bytes | str) -> ServerFrames:
+    """Parse a server → client frame (clients), or raise :class:`FrameError`."""
+    try:
+        return _server_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _classify(data, exc, SERVER_OPS) from None
+
+
+def frame_id(data: bytes | str) -> str | None:
+    """The ``id`` of a frame that failed to parse, if it has a usable one (for the reply)."""
+    try:
+        raw = _any_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(raw, dict):
+        value = raw.get("id")
+        if isinstance(value, str) and 0 < len(value) <= 64:
+            return value
+    return None
+
+
+def _classify(data: bytes | str, exc: Exception, ops: tuple[str, ...]) -> FrameError:
+    """Say why a frame failed, with a stable code (the slow path: errors only)."""
+    try:
+        raw: Any = _any_decoder.decode(data)
+    except msgspec.DecodeError:
+        return FrameError(ErrorCode.INVALID_JSON, "The frame is not valid JSON.")
+    if not isinstance(raw, dict):
+        return FrameError(ErrorCode.BAD_REQUEST, "A frame is one JSON object.")
+    if raw.get("op") not in ops:
+        return FrameError(ErrorCode.UNKNOWN_OP, f"Unknown op; expected one of {sorted(ops)}.")
+    text = str(exc)
+    own = re.match(r"^([a-z_]+): (.*)$", text)  # from a __post_init__ check
+    if own:
+        return FrameError(
+            ErrorCode.VALIDATION_FAILED,
+            "The frame is not valid.",
+            [FieldError(field=own.group(1), problem=own.group(2))],
+        )
+    match = _PATH.search(text)
+    field = match.group(1) if match else ""
+    problem = _PATH.sub("", text)
+    missing = re.match(r"Object missing required field `([^`]+)`", problem)
+    if missing:
+        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
+        problem = "field required"
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", problem)
+    if unknown:
+        field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+        problem = "unknown field"
+    return FrameError(
+        ErrorCode.VALIDATION_FAILED,
+        "The frame is not valid.",
+        [FieldError(field=field or "(frame)", problem=problem)],
+    )

@@ -1,0 +1,148 @@
+"""The wire contract: frames parse and fail with stable codes; the JSON Schema is
+fresh; docs/protocol.md documents exactly the frames and fields that exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import msgspec
+import pytest
+from parley_contract import envelopes as e
+from parley_contract import frames as f
+from parley_contract.errors import ErrorCode
+from parley_contract.schema import render
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_committed_json_schema_is_fresh() -> None:
+    committed = (ROOT / "contract/schema/parley.schema.json").read_text()
+    assert committed == render(), (
+        "contract/schema/parley.schema.json is stale: "
+        "run `.venv/bin/python -m parley_contract.schema > contract/schema/parley.schema.json`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "field"),
+    [
+        (b"{nope", ErrorCode.INVALID_JSON, None),
+        (b"[1, 2]", ErrorCode.BAD_REQUEST, None),
+        (b'"send"', ErrorCode.BAD_REQUEST, None),
+        (b"{}", ErrorCode.UNKNOWN_OP, None),
+        (b'{"op": "teleport"}', ErrorCode.UNKNOWN_OP, None),
+        (b'{"op": 7}', ErrorCode.UNKNOWN_OP, None),
+        (b'{"op": "send", "id": "a", "to": "b"}', ErrorCode.VALIDATION_FAILED, "body"),
+        (b'{"op": "send", "id": "a", "to": "b", "body": "x", "cc": 1}',
+         ErrorCode.VALIDATION_FAILED, "cc"),
+        (b'{"op": "send", "id": "a b", "to": "b", "body": "x"}', ErrorCode.VALIDATION_FAILED, "id"),
+        (b'{"op": "send", "id": "", "to": "b", "body": "x"}', ErrorCode.VALIDATION_FAILED, "id"),
+        (b'{"op": "send", "id": "a", "to": "b/c", "body": "x"}', ErrorCode.VALIDATION_FAILED, "to"),
+        (b'{"op": "send", "id": "a", "to": "b", "body": "x+y="}',
+         ErrorCode.VALIDATION_FAILED, "body"),
+        (b'{"op": "send", "id": "a", "to": "b", "body": ""}', ErrorCode.VALIDATION_FAILED, "body"),
+        (b'{"op": "ack", "seq": -1}', ErrorCode.VALIDATION_FAILED, "seq"),
+        (b'{"op": "ack", "seq": true}', ErrorCode.VALIDATION_FAILED, "seq"),
+        (b'{"op": "ack", "seq": 1.5}', ErrorCode.VALIDATION_FAILED, "seq"),
+        (b'{"op": "ack", "seq": 99999999999999999999999}', ErrorCode.VALIDATION_FAILED, "seq"),
+        (b'{"op": "sync", "limit": 0}', ErrorCode.VALIDATION_FAILED, "limit"),
+        (b'{"op": "sync", "limit": 1001}', ErrorCode.VALIDATION_FAILED, "limit"),
+        (b'{"op": "auth"}', ErrorCode.VALIDATION_FAILED, "token"),
+        (b'{"op": "ping", "id": "' + b"x" * 65 + b'"}', ErrorCode.VALIDATION_FAILED, "id"),
+    ],
+)  # fmt: skip
+def test_bad_client_frames_fail_with_a_stable_code(
+    raw: bytes, code: ErrorCode, field: str | None
+) -> None:
+    with pytest.raises(f.FrameError) as info:
+        f.decode_client_frame(raw)
+    assert info.value.code == code
+    if field is not None:
+        assert info.value.details is not None
+        assert [d.field for d in info.value.details] == [field]
+
+
+def test_good_client_frames_parse_with_their_defaults() -> None:
+    sync = f.decode_client_frame(b'{"op": "sync"}')
+    assert sync == f.Sync(after=0, limit=100, id=None)
+    send = f.decode_client_frame(b'{"op":"send","id":"m-1","to":"u_1","body":"QUJD"}')
+    assert isinstance(send, f.Send) and send.commitment is None
+
+
+def test_every_server_frame_round_trips() -> None:
+    samples: list[f.ServerFrames] = [
+        f.Ready(protocol=1, user_id="u", session_id="s", gateway="g",
+                limits=f.Limits(max_frame_bytes=1, sends_per_s=1.0, send_burst=1)),
+        f.Accepted(id="a", server_id="s", conversation="dm:a:b"),
+        f.Stored(id="a", server_id="s", conversation=None, to="b"),
+        f.Delivered(id="a", server_id="s", conversation="dm:a:b", to="b"),
+        f.Message(seq=3, server_id="s", from_="a", body="QQ", sent_at=1),
+        f.KeyChanged(seq=4, server_id="s", user_id="a", device_id=1,
+                     identity=f.Identity(signing_key="k", dh_key="d", dh_sig="s")),
+        f.PrekeysLow(user_id="u", device_id=1, one_time=1, kem_one_time=2, threshold=10),
+        f.Synced(last=4, more=False, id="x"),
+        f.Pong(id="p"),
+        f.Reconnect(reason="server_shutting_down"),
+        f.Resync(reason="routing_restored"),
+        f.Error(code="rate_limited", message="slow down", id="a",
+                details=[f.FieldError(field="x", problem="y")]),
+    ]  # fmt: skip
+    assert {str(type(s).__struct_config__.tag) for s in samples} == set(f.SERVER_OPS)
+    for frame in samples:
+        assert f.decode_server_frame(f.encode(frame)) == frame
+    # A client meets ops and fields newer than itself: unknown fields are ignored,
+    # an unknown op is a FrameError it can skip.
+    assert f.decode_server_frame(b'{"op":"pong","id":"p","new":1}') == f.Pong(id="p")
+    with pytest.raises(f.FrameError):
+        f.decode_server_frame(b'{"op":"hologram"}')
+
+
+def test_envelopes_and_routed_frames_round_trip() -> None:
+    env = e.message_envelope(sender="a", sender_sid="s", recipient="b", client_id="c",
+                             body="QQ", commitment=None)  # fmt: skip
+    assert e.decode_envelope(e.encode(env)) == env
+    assert env.conversation == e.conversation_id("b", "a")
+    routed = e.routed("b", e.item_frame(env, 9))
+    raw = e.decode_routed(e.encode(routed))
+    assert raw.to == "b" and raw.op == "message"
+    assert f.decode_server_frame(bytes(raw.frame)) == e.item_frame(env, 9)
+    with pytest.raises(e.DecodeError):
+        e.decode_envelope(b'{"kind": "message", "v": 2}')  # a version we do not know
+
+
+# -- docs/protocol.md ------------------------------------------------------------------------
+
+
+def _doc_tables() -> dict[str, dict[str, set[str]]]:
+    text = (ROOT / "docs/protocol.md").read_text()
+    tables: dict[str, dict[str, set[str]]] = {}
+    for heading, key in (("## Client → server", "client"), ("## Server → client", "server")):
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        rows: dict[str, set[str]] = {}
+        for line in section.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 2 or not re.fullmatch(r"`[a-z_]+`", cells[0]):
+                continue
+            # Not fields: a nested object's fields {...}, values in (...).
+            fields = re.sub(r"\{[^}]*\}|\([^)]*\)", "", cells[1])
+            rows[cells[0].strip("`")] = set(re.findall(r"`([a-z_]+)`", fields))
+        tables[key] = rows
+    return tables
+
+
+def _fields(model: Any) -> set[str]:
+    return {
+        field.encode_name for field in msgspec.structs.fields(model) if field.encode_name != "op"
+    }
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_docs_protocol_lists_every_op_and_field_and_nothing_else(side: str) -> None:
+    documented = _doc_tables()[side]
+    union = f.ClientFrames if side == "client" else f.ServerFrames
+    models = {str(m.__struct_config__.tag): m for m in get_args(union)}
+    assert set(documented) == set(models), "ops documented vs ops in the contract"
+    for op, model in models.items():
+        assert documented[op] == _fields(model), f"fields of `{op}` in docs/protocol.md"
