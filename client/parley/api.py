@@ -201,6 +201,9 @@ class Api:
         result: dict[str, Any] = await self.request("GET", f"/keys/v1/devices/{device_id}/counts")
         return result
 
+    async def delete_device(self, device_id: int) -> None:
+        await self.request("DELETE", f"/keys/v1/devices/{device_id}")
+
     async def check_keys(self, device_id: int, digest: str) -> bool:
         result = await self.request(
             "POST", f"/keys/v1/devices/{device_id}/check", json={"digest": digest}

@@ -18,7 +18,7 @@ from parley.account import Account, StoreRef
 from parley.api import Api
 from parley.crypto import Device
 from parley.crypto.encoding import b64encode
-from parley.errors import ParleyError
+from parley.errors import ApiError, ParleyError
 from parley.events import ErrorEvent, EventBus
 from parley.store import Transaction
 
@@ -73,11 +73,20 @@ class Keys:
                 device.rotate_last_resort_kem_prekey()
                 tx.put("prekeys_rotated_at", now)
             tx.put_bytes("device", device.to_bytes())
-        if new or not await self.api.check_keys(DEVICE_ID, b64encode(device.keys_digest())):
+        if new or not await self._directory_holds(device):
             await self.api.put_identity(DEVICE_ID, device.public_identity())
             await self.api.put_signed_prekey(DEVICE_ID, device.signed_prekey())
             await self.api.put_last_resort(DEVICE_ID, device.last_resort_kem_prekey())
         await self.top_up()
+
+    async def _directory_holds(self, device: Device) -> bool:
+        """Does the key directory hold this device's current keys (keys check)?"""
+        try:
+            return await self.api.check_keys(DEVICE_ID, b64encode(device.keys_digest()))
+        except ApiError as exc:
+            if exc.code == "device_not_found":  # deleted, or the directory lost it
+                return False
+            raise
 
     async def top_up(self) -> tuple[int, int]:
         """Upload one-time X25519 and ML-KEM prekeys up to the batch size; returns how

@@ -1,221 +1,41 @@
-"""parley.Client end to end against the real system."""
+"""``parley.Client`` is a thin front: one store, one HTTP client and one event bus
+shared by its account, keys and messenger parts (each tested in its own file)."""
 
 from __future__ import annotations
 
-import asyncio
+from pathlib import Path
 
-from parley.client import KeyChanged, Message, Receipt
+import pytest
+from parley import Client, ParleyError
+from parley.events import ErrorEvent
 
-from tests.client.conftest import MakeClient
-from tests.support.stack import System
-
-
-async def test_two_clients_exchange_messages_in_real_time(make_client: MakeClient) -> None:
-    alice, bob = await make_client(), await make_client()
-    await alice.connect()
-    await bob.connect()
-    assert bob.username is not None and alice.username is not None
-    await alice.send(bob.username, "hello bob")
-    got = await bob.next_event(Message)
-    assert isinstance(got, Message) and got.text == "hello bob"
-    assert got.username == alice.username
-    await bob.send(alice.username, "hello alice")
-    back = await alice.next_event(Message)
-    assert isinstance(back, Message) and back.text == "hello alice"
-    # Receipts come back to the sender: delivered once bob acknowledged.
-    while True:
-        receipt = await alice.next_event(Receipt)
-        assert isinstance(receipt, Receipt)
-        if receipt.status == "delivered":
-            break
-    history = alice.history(bob.user_id or "")
-    assert [e["text"] for e in history] == ["hello bob", "hello alice"]
-    assert history[0]["status"] == "delivered"
+from tests.client.conftest import CHEAP_KDF, MakeClient
 
 
-async def test_offline_recipient_gets_messages_on_connect_in_order(make_client: MakeClient) -> None:
-    alice, bob = await make_client(), await make_client()
-    assert bob.username and alice.username and bob.user_id
-    await alice.connect()
-    texts = [f"offline {i}" for i in range(5)]
-    for text in texts:
-        await alice.send(bob.username, text, wait="stored")
-    await bob.connect()  # syncs the inbox before returning
-    got = [e["text"] for e in bob.history(alice.user_id or "")]
-    assert got == texts
-    # Acknowledged: a second device state sync finds nothing new.
-    assert await bob.sync() >= 1
-    assert [e["text"] for e in bob.history(alice.user_id or "")] == texts
-    conv = bob.conversations()
-    assert conv[0]["username"] == alice.username and len(conv[0]["unread"]) == 5
-    await bob.mark_read(alice.user_id or "")
-    assert bob.conversations()[0]["unread"] == []
+def test_a_client_needs_a_data_dir_or_a_username() -> None:
+    with pytest.raises(ValueError, match="data_dir"):
+        Client("http://127.0.0.1:1", passphrase="x")
 
 
-async def test_messages_sent_while_disconnected_go_out_on_connect(make_client: MakeClient) -> None:
-    alice, bob = await make_client(), await make_client()
-    assert bob.username and alice.user_id
-    client_id = await alice.send(bob.username, "queued while offline", wait=None)
-    assert [f["id"] for f in alice.outbox()] == [client_id]
-    await bob.connect()
-    await alice.connect()  # resends the outbox with the same id
-    got = await bob.next_event(Message)
-    assert isinstance(got, Message) and got.text == "queued while offline"
-    assert alice.outbox() == []
+async def test_the_parts_share_one_store_one_api_and_one_bus(tmp_path: Path) -> None:
+    client = Client("http://127.0.0.1:1", passphrase="pw", data_dir=tmp_path, kdf=CHEAP_KDF)
+    with pytest.raises(ParleyError, match="not open"):
+        _ = client.store
+    async with client:
+        assert client.keys.api is client.api and client.messenger.api is client.api
+        assert client.account.events is client.bus is client.messenger.events
+        assert client.keys.device() is None and not client.logged_in
+        client.bus.emit(ErrorEvent("x", "y"))
+        assert await client.next_event(ErrorEvent, timeout=1) == ErrorEvent("x", "y")
+    with pytest.raises(ParleyError, match="not open"):
+        _ = client.store
 
 
-async def test_both_start_a_session_at_once_and_converge(make_client: MakeClient) -> None:
-    alice, bob = await make_client(), await make_client()
-    assert alice.username and bob.username
-    # Both claim the other's bundle before either message arrives.
-    await alice.send(bob.username, "from alice", wait=None)
-    await bob.send(alice.username, "from bob", wait=None)
-    await alice.connect()
-    await bob.connect()
-    for i in range(4):
-        await alice.send(bob.username, f"a{i}")
-        got = await bob.next_event(Message)
-        assert isinstance(got, Message) and got.text in ("from alice", f"a{i}")
-        if got.text == "from alice":
-            got = await bob.next_event(Message)
-            assert isinstance(got, Message) and got.text == f"a{i}"
-        await bob.send(alice.username, f"b{i}")
-        got = await alice.next_event(Message)
-        assert isinstance(got, Message) and got.text in ("from bob", f"b{i}")
-        if got.text == "from bob":
-            got = await alice.next_event(Message)
-            assert isinstance(got, Message) and got.text == f"b{i}"
-    texts_a = {e["text"] for e in alice.history(bob.user_id or "")}
-    texts_b = {e["text"] for e in bob.history(alice.user_id or "")}
-    assert {"from bob", "b3"} <= texts_a and {"from alice", "a3"} <= texts_b
-    assert not [e for e in alice.history(bob.user_id or "") if e.get("kind") == "error"]
-    assert not [e for e in bob.history(alice.user_id or "") if e.get("kind") == "error"]
-
-
-async def test_reinstall_warns_the_contact_with_the_new_safety_number(
-    make_client: MakeClient,
-) -> None:
-    alice, bob = await make_client(), await make_client()
-    assert alice.username and bob.username and bob.user_id
-    await alice.connect()
-    await bob.connect()
-    await alice.send(bob.username, "before")
-    await bob.next_event(Message)
-    await bob.send(alice.username, "reply")
-    await alice.next_event(Message)
-    _, old_number = await alice.safety_number(bob.username)
-    await bob.close()
-    # Bob wipes his device and logs in again: a new identity for device 1.
-    bob2 = await make_client(bob.username, signup=False)
-    await bob2.login(bob.username, "correct horse battery staple")
-    warning = await alice.next_event(KeyChanged)
-    assert isinstance(warning, KeyChanged)
-    assert warning.username == bob.username
-    assert warning.old_safety_number == old_number
-    _, new_number = await alice.safety_number(bob.username)
-    assert warning.safety_number == new_number != old_number
-    _, bobs_view = await bob2.safety_number(alice.username)
-    assert bobs_view == new_number  # both sides show the same number
-    # Alice goes on with a new session to the new identity.
-    await bob2.connect()
-    await alice.send(bob.username, "after")
-    got = await bob2.next_event(Message)
-    assert isinstance(got, Message) and got.text == "after"
-    system = [e for e in alice.history(bob.user_id) if e["dir"] == "system"]
-    assert len(system) == 1 and new_number in system[0]["text"]
-
-
-async def test_prekeys_low_makes_the_device_upload_more(make_client: MakeClient) -> None:
-    bob = await make_client(prekey_batch=11)
-    assert bob.username
-    await bob.connect()
-    counts = await bob.api.counts(1)
-    assert counts["one_time"] == 11 and counts["kem_one_time"] == 11
-    for _ in range(2):  # two claims leave 9 (< 10): the directory says prekeys_low
-        other = await make_client()
-        await other.send(bob.username, "hi", wait=None)
-
-    async def probe() -> int:
-        return int((await bob.api.counts(1))["one_time"])
-
-    from tests.support.aio import eventually
-
-    await eventually(probe, lambda n: n == 11, timeout=30)
-    assert (await bob.api.counts(1))["kem_one_time"] == 11
-
-
-async def test_reconnects_after_its_gateway_dies_and_syncs(
-    make_client: MakeClient, system: System
-) -> None:
-    alice, bob = await make_client(), await make_client()
-    assert bob.username
-    await alice.connect()
-    await bob.connect()
-    assert bob._conn is not None and bob._conn.ready_frame is not None
-    victim = str(bob._conn.ready_frame.gateway)
-    system.procs.kill(victim)
-    try:
-        await alice.send(bob.username, "while bob reconnects", wait=None)
-        got = await bob.next_event(Message, timeout=60)
-        assert isinstance(got, Message) and got.text == "while bob reconnects"
-        assert bob._conn.connects >= 2
-    finally:
-        system.restart(victim)
-        system.wait_ready()
-
-
-async def test_the_socket_reauthenticates_with_a_fresh_token(make_client: MakeClient) -> None:
-    alice = await make_client(reauth_every=0.3)
-    bob = await make_client()
-    assert alice.username
-    await alice.connect()
-    await bob.connect()
-    conn = alice._conn
-    assert conn is not None
-    from tests.support.aio import eventually
-
-    await eventually(lambda: asyncio.sleep(0, conn.reauths), lambda n: n >= 2, timeout=10)
-    assert conn.connects == 1  # the same socket all along
-    await bob.send(alice.username, "still there")
-    got = await alice.next_event(Message)
-    assert isinstance(got, Message) and got.text == "still there"
-
-
-async def test_a_draining_gateway_sends_the_client_elsewhere(
-    make_client: MakeClient, system: System
-) -> None:
-    import signal
-
-    alice, bob = await make_client(), await make_client()
-    assert bob.username
-    await alice.connect()
-    await bob.connect()
-    assert bob._conn is not None and bob._conn.ready_frame is not None
-    victim = str(bob._conn.ready_frame.gateway)
-    system.procs.kill(victim, sig=signal.SIGTERM)  # the pod drains: `reconnect`, close 1001
-    try:
-        await alice.send(bob.username, "after the drain", wait=None)
-        got = await bob.next_event(Message, timeout=60)
-        assert isinstance(got, Message) and got.text == "after the drain"
-        assert bob._conn.connects >= 2
-        assert bob._conn.ready_frame.gateway != victim
-    finally:
-        system.restart(victim)
-        system.wait_ready()
-
-
-async def test_weekly_prekey_rotation_keeps_sessions_in_flight_working(
-    make_client: MakeClient,
-) -> None:
-    alice, bob = await make_client(), await make_client()
-    assert bob.username
-    before = await bob.api.counts(1)
-    # Alice claims bob's bundle (current signed prekey) while bob is offline.
-    await alice.connect()
-    await alice.send(bob.username, "sent before the rotation", wait="stored")
-    bob.rotate_after = 0  # the week has passed: the next connect rotates
-    await bob.connect()
-    after = await bob.api.counts(1)
-    assert after["signed_prekey_id"] == before["signed_prekey_id"] + 1
-    assert after["kem_last_resort_id"] != before["kem_last_resort_id"]
-    assert [e["text"] for e in bob.history(alice.user_id or "")] == ["sent before the rotation"]
+async def test_the_front_delegates_to_its_parts(make_client: MakeClient) -> None:
+    alice = await make_client()
+    assert alice.user_id == alice.account.user_id and alice.username == alice.account.username
+    assert alice.device() is not None
+    alice.rotate_after = 5.0
+    assert alice.keys.rotate_after == 5.0
+    assert [d["device_id"] for d in await alice.devices()] == [1]
+    assert alice.outbox() == [] and alice.conversations() == []
