@@ -65,7 +65,7 @@ module "service" {
   stop_timeout       = each.value.stop_timeout
 
   environment = merge(local.common_environment, { PARLEY_PORT = tostring(each.value.port) })
-  secrets = {
+  secret_env_arns = {
     for env, s in local.secret_catalog : env => s.value_from if contains(local.needs[each.key], s.needs)
   }
   secret_arns = distinct([

@@ -26,7 +26,7 @@ locals {
     for k in sort(keys(var.environment)) : { name = k, value = var.environment[k] }
   ]
   secrets = [
-    for k in sort(keys(var.secrets)) : { name = k, valueFrom = var.secrets[k] }
+    for k in sort(keys(var.secret_env_arns)) : { name = k, valueFrom = var.secret_env_arns[k] }
   ]
 
   ca_mount = var.ca_bundle == null ? [] : [

@@ -72,8 +72,8 @@ variable "environment" {
   default     = {}
 }
 
-variable "secrets" {
-  description = "Environment variables injected from Secrets Manager: name -> secret ARN (optionally ARN:json-key::)."
+variable "secret_env_arns" {
+  description = "Environment variables injected from Secrets Manager: name -> secret ARN (optionally ARN:json-key::). ARNs only, never values."
   type        = map(string)
   default     = {}
 }
