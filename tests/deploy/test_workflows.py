@@ -19,6 +19,8 @@ from typing import Any
 import hcl2
 import yaml
 
+from services.common.errors import ErrorCode
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 VENV_BIN = Path(sys.executable).parent
@@ -151,6 +153,10 @@ def test_cd_releases_builds_then_deploys_staging_then_prod() -> None:
         assert (ROOT / "deploy" / "terraform" / "envs" / env / "main.tf").is_file()
     release = "\n".join(s.get("run", "") for s in steps(jobs["release"]))
     assert "cz --no-raise 21 bump --yes" in release
+    # The commitizen CD installs is the one the tests ran (requirements.lock).
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    (pin,) = re.findall(r"^commitizen==\S+$", lock, re.M)
+    assert f'"{pin}"' in release
     tags = next(s for s in steps(jobs["build"]) if s.get("id") == "tags")
     assert "sha-${SHA}" in tags["run"] and "v${VERSION}" in tags["run"]
     assert jobs["build"]["outputs"]["image_tag"] == "sha-${{ needs.release.outputs.sha }}"
@@ -182,6 +188,8 @@ def test_smoke_test_checks_every_routed_component() -> None:
     step = next(s for s in steps(workflow("deploy.yml")["jobs"]["smoke"]) if "env" in s)
     assert set(step["env"]["SMOKE_READY_PATHS"].split()) == routed
     assert "/ws" in step["run"] and "openid-configuration" in step["run"]
+    # The WebSocket check expects the gateway's own answer to a frame before `auth`.
+    assert f'== "{ErrorCode.AUTH_REQUIRED.value}"' in step["run"]
 
 
 # --- versions -------------------------------------------------------------------------
@@ -193,6 +201,7 @@ def test_commitizen_reads_the_projects_version() -> None:
     assert cz["version_provider"] == "pep621"
     assert cz["changelog_file"] == "CHANGELOG.md"
     assert cz["tag_format"] == "v$version"
+    assert cz["annotated_tag"] is True  # `git push --follow-tags` pushes annotated tags only
     assert cz["bump_message"].startswith("bump:")  # CD skips its own bump commit
     proc = subprocess.run(
         [tool("cz"), "version", "--project"], cwd=ROOT, capture_output=True, text=True, check=False

@@ -35,9 +35,10 @@ module "state" {
 module "state_logs" {
   source = "../modules/s3_bucket"
 
-  name            = "${var.state_bucket}-logs"
-  kms_key_arn     = null # S3 server access logs are delivered with SSE-S3 only
-  expiration_days = 365
+  name                 = "${var.state_bucket}-logs"
+  kms_key_arn          = null # S3 server access logs are delivered with SSE-S3 only
+  receives_access_logs = true
+  expiration_days      = 365
 }
 
 # --- the image registry ----------------------------------------------------------
@@ -197,6 +198,7 @@ data "aws_iam_policy_document" "deploy_iam" {
       "iam:DeleteRole",
       "iam:GetRole",
       "iam:TagRole",
+      "iam:ListRoleTags",
       "iam:UntagRole",
       "iam:UpdateAssumeRolePolicy",
       "iam:PutRolePolicy",

@@ -29,8 +29,8 @@ locals {
     ]) : "${use.component}-to-${use.store}" => use
     if !(use.store == "mongo" && !local.uses_documentdb)
   }
-  external_mongo_use = local.uses_documentdb ? {} : {
-    for name, c in local.enabled : name => c if contains(c.uses, "mongo")
+  external_mongo_use = {
+    for name, c in local.enabled : name => c if contains(c.uses, "mongo") && !local.uses_documentdb
   }
   smtp_use = { for name, c in local.enabled : name => c if contains(c.uses, "smtp") }
 }

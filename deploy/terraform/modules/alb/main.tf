@@ -120,6 +120,9 @@ resource "aws_lb" "this" {
     prefix  = "alb"
     enabled = true
   }
+
+  # The bucket policy must let ELB write before access logs can be enabled.
+  depends_on = [module.logs]
 }
 
 resource "aws_lb_listener" "http" {

@@ -78,8 +78,29 @@ resource "aws_s3_bucket_logging" "this" {
   target_prefix = "s3/${var.name}/"
 }
 
+data "aws_caller_identity" "current" {}
+
 data "aws_iam_policy_document" "this" {
   source_policy_documents = var.policy_documents
+
+  # Other buckets' S3 server access logs, from this account only.
+  dynamic "statement" {
+    for_each = var.receives_access_logs ? [1] : []
+    content {
+      sid       = "S3ServerAccessLogs"
+      actions   = ["s3:PutObject"]
+      resources = ["${aws_s3_bucket.this.arn}/s3/*"]
+      principals {
+        type        = "Service"
+        identifiers = ["logging.s3.amazonaws.com"]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "aws:SourceAccount"
+        values   = [data.aws_caller_identity.current.account_id]
+      }
+    }
+  }
 
   statement {
     sid     = "DenyInsecureTransport"

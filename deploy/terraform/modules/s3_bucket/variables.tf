@@ -15,6 +15,12 @@ variable "access_log_bucket" {
   default     = null
 }
 
+variable "receives_access_logs" {
+  description = "Let S3 server access logging of this account's buckets write here (under s3/)."
+  type        = bool
+  default     = false
+}
+
 variable "policy_documents" {
   description = "Extra bucket-policy documents (JSON) merged with the TLS-only statement."
   type        = list(string)

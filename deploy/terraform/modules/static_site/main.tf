@@ -56,12 +56,13 @@ resource "aws_kms_key" "site" {
 module "logs" {
   source = "../s3_bucket"
 
-  name             = "${var.name}-cdn-logs"
-  kms_key_arn      = null # CloudFront standard logs support SSE-S3 only
-  object_ownership = "BucketOwnerPreferred"
-  expiration_days  = var.access_log_days
-  force_destroy    = var.force_destroy
-  tags             = var.tags
+  name                 = "${var.name}-cdn-logs"
+  kms_key_arn          = null # CloudFront standard logs support SSE-S3 only
+  object_ownership     = "BucketOwnerPreferred"
+  receives_access_logs = true
+  expiration_days      = var.access_log_days
+  force_destroy        = var.force_destroy
+  tags                 = var.tags
 }
 
 data "aws_iam_policy_document" "site" {
