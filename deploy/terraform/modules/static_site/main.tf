@@ -189,7 +189,7 @@ resource "aws_cloudfront_distribution" "this" {
   #checkov:skip=CKV2_AWS_47:No web ACL on the static site (see CKV_AWS_68), so no Log4j rule group either; nothing there runs Java or takes input.
   #checkov:skip=CKV_AWS_68:Static public files only; the API's WAF sits on the ALB. Add a CloudFront web ACL if the site ever takes input.
   #checkov:skip=CKV_AWS_310:One origin (the bucket); S3 is regional and multi-AZ, a second origin would be a second copy to keep in sync.
-  #checkov:skip=CKV_AWS_374:Parley serves every country; restrict with var-driven geo rules if a deployment must.
+  #checkov:skip=CKV_AWS_374:Parley serves every country; a deployment that must restrict some adds a geo_restriction whitelist here.
   enabled             = true
   is_ipv6_enabled     = true
   comment             = "Parley web client and admin console (${var.name})"
