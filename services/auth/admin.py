@@ -1,9 +1,10 @@
 """The admin users API: list and search, view, edit, block, unblock; the audit log.
 
-Only callers whose access token carries the ``admin`` role get here (checked
-by the routes). Every admin action, reads included, is written to the
-``audit_log`` collection with who, what, when, from where; a role change or a
-block ends the target's sessions so that no token keeps the old rights.
+Only callers whose access token carries the ``admin`` role get here (the
+route decorator checks ``role="admin"``). Every admin action, reads included,
+is written to the ``audit_log`` collection with who, what, when, from where; a
+role change or a block ends the target's sessions so that no token keeps the
+old rights.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from services.auth.models import (
     AuditList,
     BlockRequest,
 )
-from services.auth.service import AuthService, Caller
+from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
 from services.auth.tokens import new_id
 from services.common.auth import Claims
@@ -32,11 +33,6 @@ from services.common.errors import ApiError, ErrorCode
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
-
-
-def require_admin(claims: Claims) -> None:
-    if not claims.is_admin:
-        raise ApiError(ErrorCode.FORBIDDEN, "This needs the admin role.")
 
 
 async def audit(

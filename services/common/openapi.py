@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from services.common.auth import authenticate
 from services.common.errors import ApiError, ErrorCode, http_status
 from services.common.http import json_response, parse_body
 
@@ -62,11 +63,20 @@ class Api:
         query: dict[str, str] | None = None,
         role: str | None = None,
     ) -> Callable[[Handler], Handler]:
-        """Register a handler. With ``body``, it receives the parsed model as ``body=``.
+        """Register a handler: ``handler(request, *, claims=..., body=...)``.
+
+        With ``auth``, the caller's token is verified (and its revocation and
+        ``role`` checked) before anything else, the body included, and the
+        handler receives the verified :class:`~services.common.auth.Claims`
+        as ``claims=``: this is the only place a token is checked. With
+        ``body``, it receives the parsed model as ``body=``.
 
         A handler may return a web.StreamResponse, a pydantic model or plain data
         (rendered as JSON with ``status``).
         """
+
+        if role is not None and not auth:
+            raise ValueError("a route that needs a role needs auth=True")
 
         def decorate(fn: Handler) -> Handler:
             op = Operation(
@@ -85,19 +95,17 @@ class Api:
 
             @functools.wraps(fn)
             async def handler(request: web.Request) -> web.StreamResponse:
+                kwargs: dict[str, Any] = {}
                 if auth:
                     # Who is asking comes first: an unauthenticated caller learns
-                    # nothing from body validation. The claims are cached on the
-                    # request for the handler's own `authenticate`.
-                    from services.common.auth import authenticate  # here: auth imports app
-
+                    # nothing from body validation.
                     claims = await authenticate(request)
                     if role is not None and role not in claims.roles:
                         raise ApiError(ErrorCode.FORBIDDEN, f"This needs the {role} role.")
+                    kwargs["claims"] = claims
                 if body is not None:
-                    result = await fn(request, body=await parse_body(request, body))
-                else:
-                    result = await fn(request)
+                    kwargs["body"] = await parse_body(request, body)
+                result = await fn(request, **kwargs)
                 if isinstance(result, web.StreamResponse):
                     return result
                 if result is None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import web
-
 from services.delivery.store import DeliveryStore, item_frame
 
 
@@ -71,6 +69,3 @@ def receipt(user: str, doc: dict[str, Any]) -> dict[str, Any]:
         "to": user,
         "conversation": doc.get("conversation"),
     }
-
-
-INBOX: web.AppKey[Inbox] = web.AppKey("inbox", Inbox)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from services.common.config import Settings
-from services.delivery.app import WORKER
 from services.delivery.app import create_app as delivery_app
+from services.delivery.state import WORKER
 from services.gateway.app import create_app as gateway_app
-from services.gateway.routes import HUB
+from services.gateway.state import HUB
 from tests.support.aio import eventually
 from tests.support.tokens import TokenIssuer
 from tests.support.wsclient import WsClient

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.common.deps import KAFKA
+from services.common.state import KAFKA
 from services.gateway.protocol import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
 from tests.support.wsclient import WsClient
 

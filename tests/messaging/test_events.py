@@ -8,7 +8,7 @@ import orjson
 
 from services.common.auth import revocation_channel
 from services.common.clients import Topics, kafka_producer
-from services.common.deps import REDIS
+from services.common.state import REDIS
 from services.gateway.protocol import CLOSE_AUTH_FAILED, CLOSE_REVOKED
 from tests.support.wsclient import WsClient
 

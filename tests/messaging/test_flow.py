@@ -105,8 +105,8 @@ async def test_redelivered_record_is_stored_once(messaging: Messaging) -> None:
 
 
 async def test_presence_is_recorded_and_removed(messaging: Messaging) -> None:
-    from services.common.deps import REDIS
     from services.common.routing import presence_key
+    from services.common.state import REDIS
 
     user = uid()
     client = await messaging.connect(user, pod=1)
