@@ -27,12 +27,15 @@ from services.auth.models import (
 from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
 from services.auth.tokens import new_id
-from services.common.auth import Claims
+from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
+DEFAULT_PAGE = 50
+# What the list and audit routes say of their ``limit`` (OpenAPI).
+PAGE_SIZE_DOC = f"page size, 1-{MAX_PAGE} ({DEFAULT_PAGE})"
 
 
 async def audit(
@@ -87,7 +90,7 @@ async def _target(svc: AuthService, user_id: str) -> dict[str, Any]:
     return user
 
 
-def page_size(raw: str | None, default: int = 50) -> int:
+def page_size(raw: str | None, default: int = DEFAULT_PAGE) -> int:
     if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
@@ -229,7 +232,7 @@ async def audit_log(
     before: datetime | None,
     limit: int,
 ) -> AuditList:
-    if target_id is not None and len(target_id) > 64:
+    if target_id is not None and len(target_id) > MAX_USER_ID:
         raise ApiError(ErrorCode.VALIDATION_FAILED, "Not a user id.")
     docs = await svc.store.audit_entries(target_id, before, limit + 1)
     more = len(docs) > limit

@@ -379,7 +379,7 @@ _ADMIN = {"auth": True, "role": "admin", "tags": ["admin"]}
     query={
         "q": "username or e-mail prefix",
         "cursor": "next_cursor of the previous page",
-        "limit": "page size, 1-100 (50)",
+        "limit": admin.PAGE_SIZE_DOC,
     },
     **_ADMIN,
 )
@@ -461,7 +461,7 @@ async def admin_unblock(request: web.Request, claims: Claims) -> AdminUser:
     query={
         "target_id": "only entries about this user",
         "before": "next_before of the previous page (ISO 8601)",
-        "limit": "page size, 1-100 (50)",
+        "limit": admin.PAGE_SIZE_DOC,
     },
     **_ADMIN,
 )

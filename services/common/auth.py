@@ -267,6 +267,17 @@ def use_token_verifier(app: web.Application, settings: Settings) -> TokenVerifie
     return verifier
 
 
+# What ``authenticate`` answers a caller it refuses, all with 401 (the OpenAPI
+# document of every ``auth=True`` route lists them).
+AUTH_ERRORS = (
+    ErrorCode.UNAUTHENTICATED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.TOKEN_EXPIRED,
+    ErrorCode.TOKEN_REVOKED,
+    ErrorCode.ACCOUNT_BLOCKED,
+)
+
+
 async def authenticate(request: web.Request) -> Claims:
     """The caller's verified claims: the bearer token checked, then its revocation.
 

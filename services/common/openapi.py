@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from services.common.auth import authenticate
+from services.common.auth import AUTH_ERRORS, authenticate
 from services.common.errors import ApiError, ErrorCode, http_status
 from services.common.http import json_response, parse_body
 
@@ -181,16 +181,20 @@ class Api:
             if op.response is not None:
                 ok["content"] = {"application/json": {"schema": _ref(op.response, schemas)}}
             item["responses"][str(op.status)] = ok
-            codes = list(op.errors)
+            codes = [(code, http_status(code)) for code in op.errors]
             if op.body is not None:
-                codes += [ErrorCode.INVALID_JSON, ErrorCode.VALIDATION_FAILED]
+                codes += [
+                    (c, http_status(c))
+                    for c in (ErrorCode.INVALID_JSON, ErrorCode.VALIDATION_FAILED)
+                ]
             if op.auth:
-                codes += [ErrorCode.UNAUTHENTICATED, ErrorCode.INVALID_TOKEN]
+                # As the decorator answers them: every refusal of a token is a 401.
+                codes += [(code, 401) for code in AUTH_ERRORS]
             if op.role:
-                codes.append(ErrorCode.FORBIDDEN)
+                codes.append((ErrorCode.FORBIDDEN, http_status(ErrorCode.FORBIDDEN)))
             by_status: dict[int, list[str]] = {}
-            for code in codes:
-                by_status.setdefault(http_status(code), []).append(code.value)
+            for code, st in codes:
+                by_status.setdefault(st, []).append(code.value)
             for st, names in sorted(by_status.items()):
                 item["responses"][str(st)] = {
                     "description": "Error codes: " + ", ".join(sorted(set(names))),

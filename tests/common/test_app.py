@@ -204,7 +204,13 @@ async def test_caller_and_role_are_checked_before_the_body(issuer: Any, make_cli
     resp = await client.post("/g/v1/admin-only", json={"name": "ok"}, headers=admin)
     assert (resp.status, await resp.json()) == (200, {"text": "ok by a1"})
     doc = await (await client.get("/g/openapi.json")).json()
-    assert doc["paths"]["/g/v1/admin-only"]["post"]["x-required-role"] == "admin"
+    op = doc["paths"]["/g/v1/admin-only"]["post"]
+    assert op["x-required-role"] == "admin"
+    # Every way the decorator refuses a token is documented, with the status it answers.
+    assert op["responses"]["401"]["description"] == (
+        "Error codes: account_blocked, invalid_token, token_expired, token_revoked, unauthenticated"
+    )
+    assert op["responses"]["403"]["description"] == "Error codes: forbidden"
 
 
 def test_a_role_without_auth_is_refused_when_the_route_is_declared() -> None:
