@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
@@ -100,7 +101,7 @@ async def run_checks(checks: dict[str, Check], timeout: float) -> dict[str, str]
     return dict(zip(names, results, strict=True))
 
 
-def startup_middleware(operational: frozenset[str], timeout_s: float) -> Any:
+def startup_middleware(operational: frozenset[str], timeout_s: float) -> Middleware:
     """Requests wait (a little) for the start-up work, if any; operational routes never do."""
 
     @web.middleware
