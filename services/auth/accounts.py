@@ -28,7 +28,7 @@ from services.auth.models import (
     UserPublic,
 )
 from services.auth.passwords import check_policy
-from services.auth.service import AuthService, Caller
+from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
 from services.auth.tokens import digest, new_id, new_token
 from services.common.auth import Claims

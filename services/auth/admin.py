@@ -1,9 +1,10 @@
 """The admin users API: list and search, view, edit, block, unblock; the audit log.
 
-Only callers whose access token carries the ``admin`` role get here (checked
-by the routes). Every admin action, reads included, is written to the
-``audit_log`` collection with who, what, when, from where; a role change or a
-block ends the target's sessions so that no token keeps the old rights.
+Only callers whose access token carries the ``admin`` role get here (the
+route decorator checks ``role="admin"``). Every admin action, reads included,
+is written to the ``audit_log`` collection with who, what, when, from where; a
+role change or a block ends the target's sessions so that no token keeps the
+old rights.
 """
 
 from __future__ import annotations
@@ -23,20 +24,18 @@ from services.auth.models import (
     AuditList,
     BlockRequest,
 )
-from services.auth.service import AuthService, Caller
+from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
 from services.auth.tokens import new_id
-from services.common.auth import Claims
+from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
-
-
-def require_admin(claims: Claims) -> None:
-    if not claims.is_admin:
-        raise ApiError(ErrorCode.FORBIDDEN, "This needs the admin role.")
+DEFAULT_PAGE = 50
+# What the list and audit routes say of their ``limit`` (OpenAPI).
+PAGE_SIZE_DOC = f"page size, 1-{MAX_PAGE} ({DEFAULT_PAGE})"
 
 
 async def audit(
@@ -91,7 +90,7 @@ async def _target(svc: AuthService, user_id: str) -> dict[str, Any]:
     return user
 
 
-def page_size(raw: str | None, default: int = 50) -> int:
+def page_size(raw: str | None, default: int = DEFAULT_PAGE) -> int:
     if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
@@ -233,7 +232,7 @@ async def audit_log(
     before: datetime | None,
     limit: int,
 ) -> AuditList:
-    if target_id is not None and len(target_id) > 64:
+    if target_id is not None and len(target_id) > MAX_USER_ID:
         raise ApiError(ErrorCode.VALIDATION_FAILED, "Not a user id.")
     docs = await svc.store.audit_entries(target_id, before, limit + 1)
     more = len(docs) > limit

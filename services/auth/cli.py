@@ -18,8 +18,8 @@ import typer
 
 from services.auth import accounts, admin, sessions
 from services.auth.config import AuthSettings
-from services.auth.service import AuthService
 from services.auth.signing import published
+from services.auth.state import AuthService
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import ConfigError, load_settings
 from services.common.errors import ApiError

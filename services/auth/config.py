@@ -8,29 +8,12 @@ is listed in docs/auth.md.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_LIMIT = re.compile(r"^(\d{1,7})/(\d{1,7})$")
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """At most ``count`` events per ``window_s`` seconds."""
-
-    count: int
-    window_s: int
-
-    @classmethod
-    def parse(cls, text: str) -> Limit:
-        m = _LIMIT.match(text)
-        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-            raise ValueError("a limit is written COUNT/SECONDS, both at least 1")
-        return cls(int(m.group(1)), int(m.group(2)))
+from services.common.ratelimit import Limit
 
 
 class AuthSettings(BaseSettings):

@@ -1,4 +1,7 @@
-"""HTTP routes of the auth service: parse, authenticate, call the handler, answer.
+"""HTTP routes of the auth service: thin, they call the feature modules and answer.
+
+The route decorator (services.common.openapi) checks the token and role of
+``auth=True`` routes before the body and hands the handler ``claims=``.
 
 Every route is registered on ``api`` (documented in /auth/openapi.json and
 /auth/docs); the JWKS is also served at the root, ``/.well-known/jwks.json``,
@@ -38,8 +41,8 @@ from services.auth.models import (
     TwoFactorStatus,
     UserPublic,
 )
-from services.auth.service import AuthService, Caller
-from services.common.auth import Claims, authenticate
+from services.auth.state import AUTH_SERVICE, AuthService, Caller
+from services.common.auth import Claims
 from services.common.errors import ErrorCode as E
 from services.common.openapi import Api
 
@@ -50,8 +53,6 @@ api = Api(
     "Access tokens are EdDSA JWTs verified against /.well-known/jwks.json.",
 )
 
-AUTH_SERVICE: web.AppKey[AuthService] = web.AppKey("auth_service", AuthService)
-
 LIMITED = (E.RATE_LIMITED,)
 
 
@@ -61,12 +62,6 @@ def svc(request: web.Request) -> AuthService:
 
 def caller(request: web.Request) -> Caller:
     return Caller.of(request, svc(request).config.trust_forwarded_for)
-
-
-async def admin_claims(request: web.Request) -> Claims:
-    claims = await authenticate(request)
-    admin.require_admin(claims)
-    return claims
 
 
 # -- keys ------------------------------------------------------------------------
@@ -163,8 +158,8 @@ async def refresh(request: web.Request, body: RefreshRequest) -> TokenResponse:
     tags=["sessions"],
     errors=[E.TOKEN_REVOKED],
 )
-async def logout(request: web.Request) -> None:
-    await sessions.logout(svc(request), await authenticate(request))
+async def logout(request: web.Request, claims: Claims) -> None:
+    await sessions.logout(svc(request), claims)
 
 
 @api.post(
@@ -176,8 +171,10 @@ async def logout(request: web.Request) -> None:
     tags=["accounts"],
     errors=[E.INVALID_CREDENTIALS, E.WEAK_PASSWORD, E.ACCOUNT_LOCKED],
 )
-async def change_password(request: web.Request, body: ChangePasswordRequest) -> None:
-    await accounts.change_password(svc(request), await authenticate(request), body)
+async def change_password(
+    request: web.Request, claims: Claims, body: ChangePasswordRequest
+) -> None:
+    await accounts.change_password(svc(request), claims, body)
 
 
 @api.post(
@@ -208,8 +205,8 @@ async def password_reset_confirm(request: web.Request, body: PasswordResetConfir
 @api.get(
     "/v1/me", summary="The caller's account", response=MeResponse, auth=True, tags=["accounts"]
 )
-async def me(request: web.Request) -> MeResponse:
-    return await accounts.me(svc(request), await authenticate(request))
+async def me(request: web.Request, claims: Claims) -> MeResponse:
+    return await accounts.me(svc(request), claims)
 
 
 @api.get(
@@ -220,8 +217,7 @@ async def me(request: web.Request) -> MeResponse:
     tags=["accounts"],
     errors=[E.USER_NOT_FOUND],
 )
-async def user_lookup(request: web.Request) -> UserPublic:
-    await authenticate(request)
+async def user_lookup(request: web.Request, claims: Claims) -> UserPublic:
     return await accounts.lookup(svc(request), request.match_info["user"])
 
 
@@ -235,8 +231,8 @@ async def user_lookup(request: web.Request) -> UserPublic:
     auth=True,
     tags=["sessions"],
 )
-async def list_sessions(request: web.Request) -> SessionList:
-    return await sessions.list_own(svc(request), await authenticate(request))
+async def list_sessions(request: web.Request, claims: Claims) -> SessionList:
+    return await sessions.list_own(svc(request), claims)
 
 
 @api.delete(
@@ -247,8 +243,7 @@ async def list_sessions(request: web.Request) -> SessionList:
     tags=["sessions"],
     errors=[E.SESSION_NOT_FOUND],
 )
-async def revoke_session(request: web.Request) -> None:
-    claims = await authenticate(request)
+async def revoke_session(request: web.Request, claims: Claims) -> None:
     await sessions.revoke_own(svc(request), claims, request.match_info["sid"][:64])
 
 
@@ -259,8 +254,7 @@ async def revoke_session(request: web.Request) -> None:
     auth=True,
     tags=["sessions"],
 )
-async def revoke_other_sessions(request: web.Request) -> Revoked:
-    claims = await authenticate(request)
+async def revoke_other_sessions(request: web.Request, claims: Claims) -> Revoked:
     sids = await sessions.revoke_all(svc(request), claims.sub, "revoked_by_user", keep=claims.sid)
     return Revoked(revoked=len(sids))
 
@@ -275,9 +269,9 @@ async def revoke_other_sessions(request: web.Request) -> Revoked:
     auth=True,
     tags=["two-factor"],
 )
-async def twofa_status(request: web.Request) -> TwoFactorStatus:
+async def twofa_status(request: web.Request, claims: Claims) -> TwoFactorStatus:
     s = svc(request)
-    return await twofactor.status(s, await s.own_user(await authenticate(request)))
+    return await twofactor.status(s, await s.own_user(claims))
 
 
 @api.post(
@@ -288,8 +282,8 @@ async def twofa_status(request: web.Request) -> TwoFactorStatus:
     tags=["two-factor"],
     errors=[E.CONFLICT],
 )
-async def totp_setup(request: web.Request) -> TotpSetup:
-    return await twofactor.totp_setup(svc(request), await authenticate(request))
+async def totp_setup(request: web.Request, claims: Claims) -> TotpSetup:
+    return await twofactor.totp_setup(svc(request), claims)
 
 
 @api.post(
@@ -301,8 +295,8 @@ async def totp_setup(request: web.Request) -> TotpSetup:
     tags=["two-factor"],
     errors=[E.INVALID_CODE, E.CONFLICT, E.ACCOUNT_LOCKED],
 )
-async def totp_confirm(request: web.Request, body: CodeRequest) -> RecoveryCodes:
-    return await twofactor.totp_confirm(svc(request), await authenticate(request), body.code)
+async def totp_confirm(request: web.Request, claims: Claims, body: CodeRequest) -> RecoveryCodes:
+    return await twofactor.totp_confirm(svc(request), claims, body.code)
 
 
 @api.post(
@@ -314,8 +308,8 @@ async def totp_confirm(request: web.Request, body: CodeRequest) -> RecoveryCodes
     tags=["two-factor"],
     errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
 )
-async def totp_disable(request: web.Request, body: PasswordRequest) -> None:
-    await twofactor.totp_disable(svc(request), await authenticate(request), body.password)
+async def totp_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
+    await twofactor.totp_disable(svc(request), claims, body.password)
 
 
 @api.post(
@@ -327,8 +321,8 @@ async def totp_disable(request: web.Request, body: PasswordRequest) -> None:
     tags=["two-factor"],
     errors=[E.CONFLICT, E.UNAVAILABLE, *LIMITED],
 )
-async def email_setup(request: web.Request) -> Accepted:
-    return await twofactor.email_setup(svc(request), await authenticate(request))
+async def email_setup(request: web.Request, claims: Claims) -> Accepted:
+    return await twofactor.email_setup(svc(request), claims)
 
 
 @api.post(
@@ -340,8 +334,8 @@ async def email_setup(request: web.Request) -> Accepted:
     tags=["two-factor"],
     errors=[E.INVALID_CODE, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED],
 )
-async def email_confirm(request: web.Request, body: CodeRequest) -> RecoveryCodes:
-    return await twofactor.email_confirm(svc(request), await authenticate(request), body.code)
+async def email_confirm(request: web.Request, claims: Claims, body: CodeRequest) -> RecoveryCodes:
+    return await twofactor.email_confirm(svc(request), claims, body.code)
 
 
 @api.post(
@@ -353,8 +347,8 @@ async def email_confirm(request: web.Request, body: CodeRequest) -> RecoveryCode
     tags=["two-factor"],
     errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
 )
-async def email_disable(request: web.Request, body: PasswordRequest) -> None:
-    await twofactor.email_disable(svc(request), await authenticate(request), body.password)
+async def email_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
+    await twofactor.email_disable(svc(request), claims, body.password)
 
 
 @api.post(
@@ -366,8 +360,9 @@ async def email_disable(request: web.Request, body: PasswordRequest) -> None:
     tags=["two-factor"],
     errors=[E.INVALID_CREDENTIALS, E.CONFLICT, E.ACCOUNT_LOCKED],
 )
-async def recovery_codes(request: web.Request, body: PasswordRequest) -> RecoveryCodes:
-    claims = await authenticate(request)
+async def recovery_codes(
+    request: web.Request, claims: Claims, body: PasswordRequest
+) -> RecoveryCodes:
     return await twofactor.regenerate_recovery_codes(svc(request), claims, body.password)
 
 
@@ -384,12 +379,11 @@ _ADMIN = {"auth": True, "role": "admin", "tags": ["admin"]}
     query={
         "q": "username or e-mail prefix",
         "cursor": "next_cursor of the previous page",
-        "limit": "page size, 1-100 (50)",
+        "limit": admin.PAGE_SIZE_DOC,
     },
     **_ADMIN,
 )
-async def admin_list(request: web.Request) -> AdminUserList:
-    claims = await admin_claims(request)
+async def admin_list(request: web.Request, claims: Claims) -> AdminUserList:
     q = request.query
     return await admin.list_users(
         svc(request),
@@ -408,8 +402,7 @@ async def admin_list(request: web.Request) -> AdminUserList:
     errors=[E.FORBIDDEN, E.USER_NOT_FOUND],
     **_ADMIN,
 )
-async def admin_view(request: web.Request) -> AdminUser:
-    claims = await admin_claims(request)
+async def admin_view(request: web.Request, claims: Claims) -> AdminUser:
     return await admin.view_user(
         svc(request), claims, caller(request), request.match_info["user_id"]
     )
@@ -430,8 +423,7 @@ async def admin_view(request: web.Request) -> AdminUser:
     ],
     **_ADMIN,
 )
-async def admin_edit(request: web.Request, body: AdminUserPatch) -> AdminUser:
-    claims = await admin_claims(request)
+async def admin_edit(request: web.Request, claims: Claims, body: AdminUserPatch) -> AdminUser:
     uid = request.match_info["user_id"]
     return await admin.edit_user(svc(request), claims, caller(request), uid, body)
 
@@ -444,8 +436,7 @@ async def admin_edit(request: web.Request, body: AdminUserPatch) -> AdminUser:
     errors=[E.FORBIDDEN, E.USER_NOT_FOUND, E.CONFLICT],
     **_ADMIN,
 )
-async def admin_block(request: web.Request, body: BlockRequest) -> AdminUser:
-    claims = await admin_claims(request)
+async def admin_block(request: web.Request, claims: Claims, body: BlockRequest) -> AdminUser:
     uid = request.match_info["user_id"]
     return await admin.block_user(svc(request), claims, caller(request), uid, body)
 
@@ -457,8 +448,7 @@ async def admin_block(request: web.Request, body: BlockRequest) -> AdminUser:
     errors=[E.FORBIDDEN, E.USER_NOT_FOUND],
     **_ADMIN,
 )
-async def admin_unblock(request: web.Request) -> AdminUser:
-    claims = await admin_claims(request)
+async def admin_unblock(request: web.Request, claims: Claims) -> AdminUser:
     uid = request.match_info["user_id"]
     return await admin.unblock_user(svc(request), claims, caller(request), uid)
 
@@ -471,12 +461,11 @@ async def admin_unblock(request: web.Request) -> AdminUser:
     query={
         "target_id": "only entries about this user",
         "before": "next_before of the previous page (ISO 8601)",
-        "limit": "page size, 1-100 (50)",
+        "limit": admin.PAGE_SIZE_DOC,
     },
     **_ADMIN,
 )
-async def admin_audit(request: web.Request) -> AuditList:
-    claims = await admin_claims(request)
+async def admin_audit(request: web.Request, claims: Claims) -> AuditList:
     q = request.query
     return await admin.audit_log(
         svc(request),

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from services.auth.models import SessionInfo, SessionList, TokenResponse, UserBrief
-from services.auth.service import AuthService, Caller
+from services.auth.state import AuthService, Caller
 from services.auth.tokens import digest, new_id, new_token
 from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode

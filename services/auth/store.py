@@ -11,9 +11,9 @@ MongoDB collections (database ``<db_prefix>auth``):
 - ``audit_log``: every admin action: who, what, when.
 
 Redis keys (all under ``<redis_prefix>``): the revocation keys and channel
-named by :mod:`services.common.auth`, plus ``:auth:rl:<rule>:<id>`` (rate
-limit windows) and ``:auth:eph:<kind>:<id>`` (login challenges and e-mail
-codes, hashes with an expiry).
+named by :mod:`services.common.auth`, plus ``:auth:eph:<kind>:<id>`` (login
+challenges and e-mail codes, hashes with an expiry). The rate-limit windows,
+``:auth:rl:<rule>:<hash>``, are kept by :mod:`services.common.ratelimit`.
 
 Expiry is always checked in code: TTL indexes only reclaim space (and the
 embedded MongoDB purges them only when a collection is read).
@@ -322,32 +322,6 @@ class AuthStore:
     async def clear_user_blocked(self, user_id: str) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")
         await self.redis.delete(user_key)
-
-    # -- rate-limit windows -------------------------------------------------
-
-    def _rl_key(self, rule: str, ident: str) -> str:
-        return f"{self.prefix}:auth:rl:{rule}:{ident}"
-
-    async def hit_window(self, rule: str, ident: str, window_s: int) -> tuple[int, int]:
-        """Count one event in a fixed window; (events so far, seconds left)."""
-        key = self._rl_key(rule, ident)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, window_s, nx=True)
-            pipe.ttl(key)
-            count, _, ttl = await pipe.execute()
-        return int(count), int(ttl) if int(ttl) > 0 else window_s
-
-    async def peek_window(self, rule: str, ident: str) -> tuple[int, int]:
-        key = self._rl_key(rule, ident)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(key)
-            pipe.ttl(key)
-            count, ttl = await pipe.execute()
-        return int(count or 0), max(int(ttl), 0)
-
-    async def clear_window(self, rule: str, ident: str) -> None:
-        await self.redis.delete(self._rl_key(rule, ident))
 
     # -- ephemeral records (challenges, e-mail codes) ------------------------
 

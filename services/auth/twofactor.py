@@ -34,7 +34,7 @@ from services.auth.models import (
     TotpSetup,
     TwoFactorStatus,
 )
-from services.auth.service import AuthService, Caller
+from services.auth.state import AuthService, Caller
 from services.auth.tokens import (
     digest,
     new_numeric_code,

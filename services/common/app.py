@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 
 from services.common.config import Settings, settings_or_exit
 from services.common.errors import ApiError, ErrorCode
-from services.common.http import MAX_BODY, json_response
+from services.common.http import json_response
 from services.common.logging import (
     REQUEST_ID_HEADER,
     new_request_id,
@@ -32,15 +33,11 @@ from services.common.logging import (
 )
 from services.common.metrics import HttpMetrics, metrics_handler
 from services.common.openapi import Api, docs_page
+from services.common.state import CHECKS, MAX_BODY, REGISTRY, SERVICE, SETTINGS, STARTUP, Check
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[], Awaitable[Any]]
-
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
-CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("checks", dict)
-SERVICE: web.AppKey[str] = web.AppKey("service", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
     404: ErrorCode.NOT_FOUND,
@@ -51,9 +48,7 @@ _HTTP_CODES = {
 
 
 @web.middleware
-async def request_id_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
     token = request_id_var.set(rid)
     try:
@@ -66,9 +61,7 @@ async def request_id_middleware(
 
 
 @web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request_id_var.get()
     try:
         return await handler(request)
@@ -108,6 +101,19 @@ async def run_checks(checks: dict[str, Check], timeout: float) -> dict[str, str]
     return dict(zip(names, results, strict=True))
 
 
+def startup_middleware(operational: frozenset[str], timeout_s: float) -> Middleware:
+    """Requests wait (a little) for the start-up work, if any; operational routes never do."""
+
+    @web.middleware
+    async def until_started(request: web.Request, handler: Handler) -> web.StreamResponse:
+        startup = request.app.get(STARTUP)
+        if startup is not None and request.path not in operational:
+            await startup.wait(timeout_s)
+        return await handler(request)
+
+    return until_started
+
+
 def base_app(
     service: str,
     settings: Settings,
@@ -118,11 +124,15 @@ def base_app(
 ) -> web.Application:
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry, service)
+    operational = frozenset(
+        f"{prefix}/{name}" for name in ("healthz", "readyz", "metrics", "openapi.json", "docs")
+    )
     app = web.Application(
         middlewares=[
             request_id_middleware,
             http_metrics.middleware(),
             error_middleware,
+            startup_middleware(operational, settings.dependency_timeout_ms / 1000),
             *(middlewares or []),
         ],
         client_max_size=settings.max_body_bytes,

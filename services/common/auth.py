@@ -25,11 +25,10 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from services.common.app import SETTINGS
 from services.common.config import Settings
-from services.common.deps import REDIS
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import outgoing_headers
+from services.common.state import REDIS, SETTINGS, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,10 @@ JWKS_PATH = "/.well-known/jwks.json"
 # Unknown kids trigger at most one JWKS refresh per this many seconds
 # (a flood of forged kids must not become a flood of requests to auth).
 MIN_REFRESH_INTERVAL_S = 5.0
+# The longest user id any service accepts (a token's ``sub``, a user id in a
+# path). The auth service issues 32 hex digits; other services build storage
+# keys from user ids, so a longer ``sub`` is refused as not one of our tokens.
+MAX_USER_ID = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +218,11 @@ class TokenVerifier:
         roles = payload.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise ApiError(ErrorCode.INVALID_TOKEN)
+        sub = str(payload["sub"])
+        if not 0 < len(sub) <= MAX_USER_ID:
+            raise ApiError(ErrorCode.INVALID_TOKEN)
         return Claims(
-            sub=str(payload["sub"]),
+            sub=sub,
             sid=str(payload["sid"]),
             roles=tuple(roles),
             jti=str(payload["jti"]),
@@ -249,10 +255,6 @@ def bearer_token(request: web.Request) -> str:
     return token.strip()
 
 
-VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("token_verifier", TokenVerifier)
-CLAIMS_KEY: web.RequestKey[Claims] = web.RequestKey("parley_claims", Claims)
-
-
 def use_token_verifier(app: web.Application, settings: Settings) -> TokenVerifier:
     verifier = TokenVerifier(settings)
     app[VERIFIER] = verifier
@@ -265,14 +267,24 @@ def use_token_verifier(app: web.Application, settings: Settings) -> TokenVerifie
     return verifier
 
 
-async def authenticate(request: web.Request, *, check_revoked: bool = True) -> Claims:
-    """The caller's verified claims (cached on the request)."""
-    cached = request.get(CLAIMS_KEY)
-    if isinstance(cached, Claims):
-        return cached
+# What ``authenticate`` answers a caller it refuses, all with 401 (the OpenAPI
+# document of every ``auth=True`` route lists them).
+AUTH_ERRORS = (
+    ErrorCode.UNAUTHENTICATED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.TOKEN_EXPIRED,
+    ErrorCode.TOKEN_REVOKED,
+    ErrorCode.ACCOUNT_BLOCKED,
+)
+
+
+async def authenticate(request: web.Request) -> Claims:
+    """The caller's verified claims: the bearer token checked, then its revocation.
+
+    Called once per request by the route decorator (services.common.openapi)
+    for every ``auth=True`` route; handlers get the result as ``claims=`` and
+    never call this themselves.
+    """
     claims = await request.app[VERIFIER].verify(bearer_token(request))
-    if check_revoked:
-        prefix = request.app[SETTINGS].redis_prefix
-        await check_not_revoked(request.app[REDIS], prefix, claims)
-    request[CLAIMS_KEY] = claims
+    await check_not_revoked(request.app[REDIS], request.app[SETTINGS].redis_prefix, claims)
     return claims

@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.config import Settings
+from services.common.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +154,20 @@ class KafkaProducerHandle:
         self._task = asyncio.create_task(self._connect_loop())
 
     async def _connect_loop(self) -> None:
-        delay = 0.2
-        while self.producer is None:
-            producer = kafka_producer(self.settings)
-            try:
-                if self.topics:
-                    await ensure_topics(self.settings, self.topics)
-                await producer.start()
-            except Exception as exc:  # broker not up yet: keep trying
-                log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-                await producer.stop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self.producer = producer
-            self._ready.set()
+        self.producer = await retry(self._connect, what="kafka producer", log=log)
+        self._ready.set()
+
+    async def _connect(self) -> AIOKafkaProducer:
+        """One attempt: create our topics if missing, start a producer."""
+        producer = kafka_producer(self.settings)
+        try:
+            if self.topics:
+                await ensure_topics(self.settings, self.topics)
+            await producer.start()
+        except Exception:
+            await producer.stop()
+            raise
+        return producer
 
     async def wait_ready(self, timeout: float | None = None) -> AIOKafkaProducer:
         await asyncio.wait_for(self._ready.wait(), timeout)

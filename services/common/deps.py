@@ -1,23 +1,24 @@
-"""Wire backing-server clients into an app: build, register readiness check, close on exit."""
+"""Wire backing-server clients into an app: build, register readiness check, close on exit.
+
+Also the start-up work (:func:`use_startup`): what a service must do in its
+dependencies before it serves, retried in the background until done.
+The keys they set are in :mod:`services.common.state`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.common.app import CHECKS
 from services.common.clients import KafkaProducerHandle, mongo_client, redis_client, service_db
 from services.common.config import Settings
-
-MONGO: web.AppKey[AsyncMongoClient[dict[str, Any]]] = web.AppKey("mongo", AsyncMongoClient)
-DB: web.AppKey[AsyncDatabase[dict[str, Any]]] = web.AppKey("db", AsyncDatabase)
-REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis", aioredis.Redis)
-KAFKA: web.AppKey[KafkaProducerHandle] = web.AppKey("kafka", KafkaProducerHandle)
+from services.common.startup import CHECK_NAME, Startup
+from services.common.state import CHECKS, DB, KAFKA, MONGO, REDIS, SERVICE, STARTUP
 
 
 def use_mongo(
@@ -71,3 +72,23 @@ def use_kafka_producer(
 
     app.cleanup_ctx.append(lifecycle)
     return handle
+
+
+def use_startup(app: web.Application, work: Callable[[], Awaitable[None]]) -> Startup:
+    """Run ``work`` in the background once the app starts, retried with back-off until done.
+
+    Until then ``/readyz`` fails its ``startup`` check and requests wait for
+    it (services.common.startup). Stopping the app cancels work not yet done.
+    """
+    startup = Startup(app[SERVICE], work)
+    app[STARTUP] = startup
+    app[CHECKS][CHECK_NAME] = startup.check
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(startup.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    app.cleanup_ctx.append(lifecycle)
+    return startup

@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from services.common.errors import ApiError, ErrorCode
+from services.common.state import MAX_BODY
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,6 +30,17 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
         {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"]}
         for err in exc.errors(include_input=False, include_url=False)
     ]
+
+
+def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
+    """The client address: the last X-Forwarded-For hop (added by our load
+    balancer, the only one we trust), else the peer address."""
+    if trust_forwarded_for:
+        values = request.headers.getall("X-Forwarded-For", [])
+        hops = [h.strip() for v in values for h in v.split(",") if h.strip()]
+        if hops:
+            return hops[-1][:64]
+    return request.remote or "unknown"
 
 
 async def read_json(request: web.Request) -> Any:
@@ -63,6 +75,3 @@ def parse_model(model: type[M], data: Any) -> M:
             "The request is not valid.",
             details=validation_details(exc),
         ) from None
-
-
-MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from services.common.auth import AUTH_ERRORS, authenticate
 from services.common.errors import ApiError, ErrorCode, http_status
 from services.common.http import json_response, parse_body
 
@@ -62,11 +63,20 @@ class Api:
         query: dict[str, str] | None = None,
         role: str | None = None,
     ) -> Callable[[Handler], Handler]:
-        """Register a handler. With ``body``, it receives the parsed model as ``body=``.
+        """Register a handler: ``handler(request, *, claims=..., body=...)``.
+
+        With ``auth``, the caller's token is verified (and its revocation and
+        ``role`` checked) before anything else, the body included, and the
+        handler receives the verified :class:`~services.common.auth.Claims`
+        as ``claims=``: this is the only place a token is checked. With
+        ``body``, it receives the parsed model as ``body=``.
 
         A handler may return a web.StreamResponse, a pydantic model or plain data
         (rendered as JSON with ``status``).
         """
+
+        if role is not None and not auth:
+            raise ValueError("a route that needs a role needs auth=True")
 
         def decorate(fn: Handler) -> Handler:
             op = Operation(
@@ -85,19 +95,17 @@ class Api:
 
             @functools.wraps(fn)
             async def handler(request: web.Request) -> web.StreamResponse:
+                kwargs: dict[str, Any] = {}
                 if auth:
                     # Who is asking comes first: an unauthenticated caller learns
-                    # nothing from body validation. The claims are cached on the
-                    # request for the handler's own `authenticate`.
-                    from services.common.auth import authenticate  # here: auth imports app
-
+                    # nothing from body validation.
                     claims = await authenticate(request)
                     if role is not None and role not in claims.roles:
                         raise ApiError(ErrorCode.FORBIDDEN, f"This needs the {role} role.")
+                    kwargs["claims"] = claims
                 if body is not None:
-                    result = await fn(request, body=await parse_body(request, body))
-                else:
-                    result = await fn(request)
+                    kwargs["body"] = await parse_body(request, body)
+                result = await fn(request, **kwargs)
                 if isinstance(result, web.StreamResponse):
                     return result
                 if result is None:
@@ -173,16 +181,20 @@ class Api:
             if op.response is not None:
                 ok["content"] = {"application/json": {"schema": _ref(op.response, schemas)}}
             item["responses"][str(op.status)] = ok
-            codes = list(op.errors)
+            codes = [(code, http_status(code)) for code in op.errors]
             if op.body is not None:
-                codes += [ErrorCode.INVALID_JSON, ErrorCode.VALIDATION_FAILED]
+                codes += [
+                    (c, http_status(c))
+                    for c in (ErrorCode.INVALID_JSON, ErrorCode.VALIDATION_FAILED)
+                ]
             if op.auth:
-                codes += [ErrorCode.UNAUTHENTICATED, ErrorCode.INVALID_TOKEN]
+                # As the decorator answers them: every refusal of a token is a 401.
+                codes += [(code, 401) for code in AUTH_ERRORS]
             if op.role:
-                codes.append(ErrorCode.FORBIDDEN)
+                codes.append((ErrorCode.FORBIDDEN, http_status(ErrorCode.FORBIDDEN)))
             by_status: dict[int, list[str]] = {}
-            for code in codes:
-                by_status.setdefault(http_status(code), []).append(code.value)
+            for code, st in codes:
+                by_status.setdefault(st, []).append(code.value)
             for st, names in sorted(by_status.items()):
                 item["responses"][str(st)] = {
                     "description": "Error codes: " + ", ".join(sorted(set(names))),

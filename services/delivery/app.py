@@ -6,17 +6,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.common.app import CHECKS, REGISTRY, base_app
+from services.common.app import base_app
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
-from services.common.deps import use_kafka_producer, use_mongo, use_redis
-from services.delivery.handlers import INBOX, Inbox
+from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
+from services.common.state import CHECKS, REGISTRY
+from services.delivery.handlers import Inbox
 from services.delivery.routes import api
+from services.delivery.state import INBOX, WORKER
 from services.delivery.store import DeliveryStore
 from services.delivery.worker import Worker
-
-WORKER: web.AppKey[Worker] = web.AppKey("worker", Worker)
 
 
 async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Application:
@@ -30,12 +30,21 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     worker = Worker(settings, store, app[REGISTRY], producer)
     app[WORKER] = worker
 
-    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+    async def stop_worker(_: web.Application) -> AsyncIterator[None]:
+        yield
+        await worker.stop()
+
+    # Before the start-up work: cleanup runs in reverse, so the work is
+    # cancelled before the worker stops (it cannot start it afterwards).
+    app.cleanup_ctx.append(stop_worker)
+
+    async def start() -> None:
+        # Indexes first (retried until MongoDB answers), then the consumers.
         await store.ensure_indexes()
         if run_worker:
             await worker.start()
-        yield
-        await worker.stop()
+
+    use_startup(app, start)
 
     if run_worker:
 
@@ -44,5 +53,4 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
                 raise ConnectionError("consumer not running")
 
         app[CHECKS]["consumer"] = consuming
-    app.cleanup_ctx.append(lifecycle)
     return app

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import web
 from parley_contract import frames as f
 
 from services.delivery.store import DeliveryStore, item_frame
@@ -69,6 +68,3 @@ def receipt(user: str, doc: dict[str, Any]) -> f.Delivered:
         id=doc["client_id"], server_id=doc["server_id"], to=user,
         conversation=doc.get("conversation"),
     )  # fmt: skip
-
-
-INBOX: web.AppKey[Inbox] = web.AppKey("inbox", Inbox)

@@ -1,16 +1,20 @@
-"""HTTP routes of the delivery service: a user's inbox (gateways call these with the token)."""
+"""HTTP routes of the delivery service: a user's inbox (gateways call these with the token).
+
+The route decorator (services.common.openapi) checks the token and hands the
+handler ``claims=``: a user reads and acknowledges only their own inbox.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 from parley_contract import frames as f
-from pydantic import BaseModel, Field
 
-from services.common.app import SETTINGS
-from services.common.auth import authenticate
+from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode
 from services.common.openapi import Api
-from services.delivery.handlers import INBOX, Inbox
+from services.common.state import SETTINGS
+from services.delivery.models import AckIn, AckOut, InboxPage
+from services.delivery.state import INBOX
 
 api = Api(
     "Parley delivery",
@@ -18,36 +22,6 @@ api = Api(
     "A user's inbox of encrypted envelopes: page through what waits, acknowledge it. "
     "Clients normally use these through the WebSocket (`sync`, `ack`).",
 )
-
-
-class InboxItem(BaseModel):
-    op: str = Field(description="`message` or `key_changed`")
-    seq: int
-    server_id: str
-    kind: str
-    conversation: str | None = None
-    body: str | None = Field(default=None, description="Ciphertext, base64url")
-    commitment: str | None = None
-    sent_at: int | None = None
-    user_id: str | None = None
-    device_id: int | None = None
-    identity: dict[str, str] | None = None
-    from_: str | None = Field(default=None, alias="from")
-
-
-class InboxPage(BaseModel):
-    messages: list[InboxItem]
-    more: bool
-
-
-class AckIn(BaseModel):
-    seq: int = Field(
-        ge=0, description="Acknowledge every item with a sequence number up to this one."
-    )
-
-
-class AckOut(BaseModel):
-    acked: int
 
 
 def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
@@ -68,13 +42,11 @@ def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
     errors=[ErrorCode.VALIDATION_FAILED],
     tags=["inbox"],
 )
-async def inbox_page(request: web.Request) -> web.Response:
-    claims = await authenticate(request)
+async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
     settings = request.app[SETTINGS]
     after = _int_param(request, "after", 0, 2**62)
     limit = _int_param(request, "limit", 100, settings.sync_page_max) or 1
-    inbox: Inbox = request.app[INBOX]
-    page = await inbox.page(claims.sub, after, limit)
+    page = await request.app[INBOX].page(claims.sub, after, limit)
     # The contract's InboxPage, encoded once (the gateway decodes it as is).
     return web.Response(body=f.encode(page), content_type="application/json")
 
@@ -87,7 +59,5 @@ async def inbox_page(request: web.Request) -> web.Response:
     auth=True,
     tags=["inbox"],
 )
-async def inbox_ack(request: web.Request, body: AckIn) -> dict[str, int]:
-    claims = await authenticate(request)
-    inbox: Inbox = request.app[INBOX]
-    return {"acked": await inbox.ack(claims.sub, body.seq)}
+async def inbox_ack(request: web.Request, claims: Claims, body: AckIn) -> dict[str, int]:
+    return {"acked": await request.app[INBOX].ack(claims.sub, body.seq)}

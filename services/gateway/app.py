@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from services.common.app import REGISTRY, base_app
-from services.common.auth import VERIFIER, use_token_verifier
+from services.common.app import base_app
+from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
+from services.common.state import REGISTRY, VERIFIER
 from services.gateway.directory import Directory
 from services.gateway.hub import Hub
-from services.gateway.routes import HUB, api, websocket
+from services.gateway.routes import api, websocket
+from services.gateway.state import HUB
 from services.gateway.store import GatewayStore
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.common.app import SETTINGS
 from services.common.openapi import Api
+from services.common.state import SETTINGS
 from services.gateway.connection import Connection
-from services.gateway.hub import Hub
+from services.gateway.state import HUB
 
 api = Api(
     "Parley gateway",
@@ -15,8 +15,6 @@ api = Api(
     "WebSocket gateway pods. The socket itself is at `/ws` and is described in "
     "docs/protocol.md; this document covers the pod's HTTP endpoints.",
 )
-
-HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

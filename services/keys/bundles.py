@@ -5,6 +5,14 @@ prekey, one one-time X25519 prekey (or none when they ran out) and one
 one-time ML-KEM prekey (or the last-resort one when they ran out). Each
 one-time prekey is taken with a single ``find_one_and_delete``, so no two
 claimers ever get the same one, however many claim at once.
+
+Claims are rate-limited per (claimer, target) pair with a token bucket in
+Redis (services.common.ratelimit): a pair starts with ``claim_burst`` tokens
+and gets one back every ``claim_refill_s`` seconds (defaults: 6, then one per
+100 s, i.e. 36 an hour). That is Signal's budget of 6 claims per 10 minutes
+per pair without its fixed window, so there is no double burst at a window's
+edge. Claims of one's own user (the other devices of the claimer) are not
+limited: draining one's own prekeys harms no one else.
 """
 
 from __future__ import annotations
@@ -13,8 +21,8 @@ import logging
 from typing import Any
 
 from services.common.errors import ApiError, ErrorCode
-from services.keys import events, models, ratelimit
-from services.keys.context import Keys
+from services.keys import events, models
+from services.keys.state import Keys
 from services.keys.store import Kind
 
 log = logging.getLogger(__name__)
@@ -32,7 +40,7 @@ async def claim(
     keys: Keys, claimer: str, target: str, device_ids: set[int] | None = None
 ) -> models.Bundles:
     """One bundle per device of ``target`` (or per device in ``device_ids``)."""
-    await ratelimit.check_claim(keys.store, keys.policy, claimer, target)
+    await _spend_claim(keys, claimer, target)
     devices = await keys.store.list_devices(target)
     if not devices:
         raise _identity_not_found(target)
@@ -53,6 +61,20 @@ async def claim(
     for claimed in bundles:
         await _notify_if_low(keys, target, claimed)
     return models.Bundles(bundles=[b.bundle for b in bundles])
+
+
+async def _spend_claim(keys: Keys, claimer: str, target: str) -> None:
+    """A token for ``claimer`` claiming ``target``'s bundles, or 429 ``rate_limited``."""
+    if claimer == target:
+        return
+    await keys.limiter.take(
+        "claims",
+        # Length-prefixed so that no pair of ids can produce another pair's key.
+        f"{len(claimer)}:{claimer}:{target}",
+        keys.config.claim_burst,
+        keys.config.claim_refill_s,
+        message="Too many bundle claims for this user; try again later.",
+    )
 
 
 class _Claimed:
@@ -99,7 +121,7 @@ async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
     Redis estimates spare the common case any counting; only when they say
     "low" is MongoDB counted, and only the real count decides.
     """
-    store, t = keys.store, keys.policy.low_threshold
+    store, t = keys.store, keys.config.low_threshold
     device_id, generation = claimed.device_id, claimed.generation
     one_time, kem, flagged = await store.note_claim(
         user_id, device_id, claimed.one_time, claimed.kem
@@ -111,7 +133,7 @@ async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
     await store.reset_left(user_id, device_id, one_time, kem)
     if one_time >= t and kem >= t:
         return  # the estimate had drifted
-    if not await store.flag_low(user_id, device_id, keys.policy.low_notify_interval_s):
+    if not await store.flag_low(user_id, device_id, keys.config.low_notify_interval_s):
         return  # another claim got there first
     log.info(
         "prekeys low",
@@ -122,7 +144,7 @@ async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
 
 async def _count(keys: Keys, kind: Kind, user_id: str, device_id: int, generation: int) -> int:
     """The exact count, cheaply when it is small (as it is when prekeys run low)."""
-    t = keys.policy.low_threshold
+    t = keys.config.low_threshold
     n = await keys.store.count_prekeys_upto(kind, user_id, device_id, generation, t)
     if n < t:
         return n

@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.common.errors import ApiError, ErrorCode
 from services.keys import events, models, verify
-from services.keys.context import Keys
+from services.keys.state import Keys
 from services.keys.store import DuplicatePrekeyIds, Kind
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,10 @@ async def register_identity(
     for _ in range(_CAS_ATTEMPTS):
         device = await store.get_device(user_id, device_id)
         if device is None:
-            if await store.count_devices(user_id) >= keys.policy.max_devices:
+            if await store.count_devices(user_id) >= keys.config.max_devices:
                 raise ApiError(
                     ErrorCode.TOO_MANY_DEVICES,
-                    f"A user may have at most {keys.policy.max_devices} devices; remove one first.",
+                    f"A user may have at most {keys.config.max_devices} devices; remove one first.",
                 )
             try:
                 await store.insert_device(user_id, device_id, new)
@@ -156,12 +156,12 @@ async def _upload(
     check: Callable[[dict[str, Any]], list[verify.VerifiedPrekey]],
 ) -> models.Stored:
     """Store a batch of one-time prekeys: every item valid and new, or nothing stored."""
-    store, policy = keys.store, keys.policy
-    if size > policy.max_batch:
+    store, config = keys.store, keys.config
+    if size > config.max_batch:
         raise ApiError(
             ErrorCode.BATCH_TOO_LARGE,
-            f"At most {policy.max_batch} prekeys per request.",
-            details={"max": policy.max_batch, "got": size},
+            f"At most {config.max_batch} prekeys per request.",
+            details={"max": config.max_batch, "got": size},
         )
     device = await device_or_404(keys, user_id, device_id)
     generation = int(device["generation"])
@@ -173,11 +173,11 @@ async def _upload(
     if dups:
         raise _duplicates(dups)
     held = await store.count_prekeys(kind, user_id, device_id, generation)
-    if held + len(verified) > policy.max_stored:
+    if held + len(verified) > config.max_stored:
         raise ApiError(
             ErrorCode.TOO_MANY_PREKEYS,
-            f"A device may hold at most {policy.max_stored} unclaimed prekeys of each kind.",
-            details={"held": held, "max": policy.max_stored},
+            f"A device may hold at most {config.max_stored} unclaimed prekeys of each kind.",
+            details={"held": held, "max": config.max_stored},
         )
     batch = secrets.token_hex(12)
     try:
@@ -223,7 +223,7 @@ async def counts(keys: Keys, user_id: str, device_id: int) -> models.Counts:
         kem_one_time=kem,
         signed_prekey_id=(device.get("signed_prekey") or {}).get("id"),
         kem_last_resort_id=(device.get("last_resort") or {}).get("id"),
-        threshold=keys.policy.low_threshold,
+        threshold=keys.config.low_threshold,
     )
 
 

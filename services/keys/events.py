@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from services.common.logging import kafka_headers
-from services.keys.policy import KeysPolicy
+from services.keys.config import KeysConfig
 from services.keys.store import KeyStore, encode_event
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ def key_changed(user_id: str, device_id: int, identity: dict[str, str]) -> dict[
 
 
 class EventPublisher:
-    def __init__(self, store: KeyStore, policy: KeysPolicy) -> None:
+    def __init__(self, store: KeyStore, config: KeysConfig) -> None:
         self.store = store
-        self.policy = policy
+        self.config = config
 
     async def publish(self, event: dict[str, Any]) -> None:
         """Record the event, then try to send it now; the outbox retries if that fails."""
@@ -64,7 +64,7 @@ class EventPublisher:
         headers = kafka_headers()
         # Leased from the start, so that the drain loop leaves it to us for now.
         entry = await self.store.outbox_add(
-            key, value, headers, due=time.time() + self.policy.outbox_lease_s
+            key, value, headers, due=time.time() + self.config.outbox_lease_s
         )
         if await self.store.send_event(key, value, headers):
             await self.store.outbox_delete(entry)
@@ -72,7 +72,7 @@ class EventPublisher:
     async def drain_once(self) -> int:
         """Send every due outbox entry once; returns how many were confirmed."""
         sent = 0
-        while (entry := await self.store.outbox_lease(self.policy.outbox_lease_s)) is not None:
+        while (entry := await self.store.outbox_lease(self.config.outbox_lease_s)) is not None:
             headers = [(str(k), str(v).encode()) for k, v in entry.get("headers", [])]
             if not await self.store.send_event(entry["key"], entry["value"].encode(), headers):
                 break  # the broker is away: try again on the next round
@@ -83,7 +83,7 @@ class EventPublisher:
     async def run(self) -> None:
         """Drain the outbox for as long as the service runs."""
         while True:
-            await asyncio.sleep(self.policy.outbox_interval_s)
+            await asyncio.sleep(self.config.outbox_interval_s)
             try:
                 sent = await self.drain_once()
             except asyncio.CancelledError:

@@ -12,6 +12,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.keys.config import MAX_BATCH
+
 U32_MAX = 2**32 - 1
 DEVICE_ID_MAX = 2**31 - 1
 
@@ -56,11 +58,13 @@ class KemPrekey(_Model):
 
 
 class OneTimePrekeyBatch(_Model):
-    prekeys: list[OneTimePrekey] = Field(min_length=1, description="At most 100 per request.")
+    prekeys: list[OneTimePrekey] = Field(
+        min_length=1, description=f"At most {MAX_BATCH} per request."
+    )
 
 
 class KemPrekeyBatch(_Model):
-    prekeys: list[KemPrekey] = Field(min_length=1, description="At most 100 per request.")
+    prekeys: list[KemPrekey] = Field(min_length=1, description=f"At most {MAX_BATCH} per request.")
 
 
 class KeysCheck(_Model):

@@ -1,4 +1,7 @@
-"""HTTP routes of the key directory (thin: parse, authenticate, call the handler).
+"""HTTP routes of the key directory (thin: parse, call the handler, answer).
+
+Every route needs a token: the route decorator (services.common.openapi)
+checks it before the body and hands the handler ``claims=``.
 
 ``/keys/v1/devices/{device_id}/...`` always means a device of the caller
 (the user id comes from the access token); ``/keys/v1/users/{user_id}/...``
@@ -9,12 +12,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.common.auth import authenticate
+from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import json_response
 from services.common.openapi import Api
 from services.keys import bundles, devices, models
-from services.keys.context import KEYS
+from services.keys.state import KEYS
 
 api = Api(
     "Parley keys",
@@ -26,7 +29,6 @@ api = Api(
 
 DEVICE = "/v1/devices/{device_id}"
 USER = "/v1/users/{user_id}"
-MAX_USER_ID = 128
 
 _E = ErrorCode
 _KEY_ERRORS = [_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.DEVICE_NOT_FOUND, _E.CONFLICT]
@@ -69,8 +71,9 @@ def user_id_of(request: web.Request) -> str:
     errors=[_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.TOO_MANY_DEVICES, _E.CONFLICT],
     tags=["devices"],
 )
-async def put_identity(request: web.Request, body: models.Identity) -> models.IdentityRegistered:
-    claims = await authenticate(request)
+async def put_identity(
+    request: web.Request, claims: Claims, body: models.Identity
+) -> models.IdentityRegistered:
     device_id = device_id_of(request)
     return await devices.register_identity(request.app[KEYS], claims.user_id, device_id, body)
 
@@ -84,8 +87,9 @@ async def put_identity(request: web.Request, body: models.Identity) -> models.Id
     errors=_KEY_ERRORS,
     tags=["devices"],
 )
-async def put_signed_prekey(request: web.Request, body: models.SignedPrekey) -> None:
-    claims = await authenticate(request)
+async def put_signed_prekey(
+    request: web.Request, claims: Claims, body: models.SignedPrekey
+) -> None:
     device_id = device_id_of(request)
     await devices.set_signed_prekey(request.app[KEYS], claims.user_id, device_id, body)
 
@@ -100,8 +104,9 @@ async def put_signed_prekey(request: web.Request, body: models.SignedPrekey) -> 
     errors=_BATCH_ERRORS,
     tags=["devices"],
 )
-async def post_one_time(request: web.Request, body: models.OneTimePrekeyBatch) -> models.Stored:
-    claims = await authenticate(request)
+async def post_one_time(
+    request: web.Request, claims: Claims, body: models.OneTimePrekeyBatch
+) -> models.Stored:
     device_id = device_id_of(request)
     return await devices.upload_one_time(request.app[KEYS], claims.user_id, device_id, body.prekeys)
 
@@ -116,8 +121,9 @@ async def post_one_time(request: web.Request, body: models.OneTimePrekeyBatch) -
     errors=_BATCH_ERRORS,
     tags=["devices"],
 )
-async def post_kem(request: web.Request, body: models.KemPrekeyBatch) -> models.Stored:
-    claims = await authenticate(request)
+async def post_kem(
+    request: web.Request, claims: Claims, body: models.KemPrekeyBatch
+) -> models.Stored:
     device_id = device_id_of(request)
     return await devices.upload_kem(request.app[KEYS], claims.user_id, device_id, body.prekeys)
 
@@ -131,8 +137,7 @@ async def post_kem(request: web.Request, body: models.KemPrekeyBatch) -> models.
     errors=_KEY_ERRORS,
     tags=["devices"],
 )
-async def put_last_resort(request: web.Request, body: models.KemPrekey) -> None:
-    claims = await authenticate(request)
+async def put_last_resort(request: web.Request, claims: Claims, body: models.KemPrekey) -> None:
     device_id = device_id_of(request)
     await devices.set_last_resort(request.app[KEYS], claims.user_id, device_id, body)
 
@@ -145,8 +150,7 @@ async def put_last_resort(request: web.Request, body: models.KemPrekey) -> None:
     errors=[_E.DEVICE_NOT_FOUND],
     tags=["devices"],
 )
-async def get_counts(request: web.Request) -> models.Counts:
-    claims = await authenticate(request)
+async def get_counts(request: web.Request, claims: Claims) -> models.Counts:
     return await devices.counts(request.app[KEYS], claims.user_id, device_id_of(request))
 
 
@@ -159,8 +163,9 @@ async def get_counts(request: web.Request) -> models.Counts:
     errors=[_E.INVALID_KEY, _E.DEVICE_NOT_FOUND],
     tags=["devices"],
 )
-async def post_check(request: web.Request, body: models.KeysCheck) -> models.KeysCheckResult:
-    claims = await authenticate(request)
+async def post_check(
+    request: web.Request, claims: Claims, body: models.KeysCheck
+) -> models.KeysCheckResult:
     device_id = device_id_of(request)
     return await devices.check(request.app[KEYS], claims.user_id, device_id, body)
 
@@ -173,8 +178,7 @@ async def post_check(request: web.Request, body: models.KeysCheck) -> models.Key
     errors=[_E.DEVICE_NOT_FOUND],
     tags=["devices"],
 )
-async def delete_device(request: web.Request) -> None:
-    claims = await authenticate(request)
+async def delete_device(request: web.Request, claims: Claims) -> None:
     await devices.delete(request.app[KEYS], claims.user_id, device_id_of(request))
 
 
@@ -186,8 +190,7 @@ async def delete_device(request: web.Request) -> None:
     errors=[_E.FORBIDDEN, _E.DEVICE_NOT_FOUND],
     tags=["users"],
 )
-async def delete_user_device(request: web.Request) -> None:
-    claims = await authenticate(request)
+async def delete_user_device(request: web.Request, claims: Claims) -> None:
     user_id = user_id_of(request)
     if user_id != claims.user_id and not claims.is_admin:
         raise ApiError(_E.FORBIDDEN, "Only the user or an admin may remove a user's device.")
@@ -208,8 +211,7 @@ async def delete_user_device(request: web.Request) -> None:
     tags=["users"],
     query={"device_id": "Only these devices (comma-separated device ids)."},
 )
-async def get_bundles(request: web.Request) -> web.Response:
-    claims = await authenticate(request)
+async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
     target = user_id_of(request)
     wanted: set[int] | None = None
     if "device_id" in request.query:
@@ -230,6 +232,5 @@ async def get_bundles(request: web.Request) -> web.Response:
     errors=[_E.IDENTITY_NOT_FOUND],
     tags=["users"],
 )
-async def get_identity(request: web.Request) -> models.UserIdentities:
-    await authenticate(request)
+async def get_identity(request: web.Request, claims: Claims) -> models.UserIdentities:
     return await bundles.identities(request.app[KEYS], user_id_of(request))

@@ -36,6 +36,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from services.common.auth import MAX_USER_ID
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
 
@@ -47,38 +48,6 @@ DUPLICATE_KEY = 11000
 # Prekey estimates of devices that see no claim nor upload for this long go.
 LEFT_TTL_S = 30 * 86400
 
-# A token bucket per key: ``tokens`` and ``ts`` (ms, Redis server clock so
-# that every replica agrees). Returns {allowed (0/1), ms until a token is back}.
-_TOKEN_BUCKET = """
-local capacity = tonumber(ARGV[1])
-local refill_ms = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-if now > ts then
-  tokens = math.min(capacity, tokens + (now - ts) / refill_ms)
-  ts = now
-end
-local allowed = 0
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-else
-  wait = math.ceil((1 - tokens) * refill_ms)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * refill_ms) + 1000)
-return {allowed, wait}
-"""
-
-
 # Document ids. Devices and prekeys are found by ``_id`` alone: a string that
 # sorts by (user, device, generation, prekey id), so that "a device's
 # prekeys of one generation" is an ``_id`` range. The ``_id`` index is then
@@ -86,8 +55,9 @@ return {allowed, wait}
 # embedded server, which uses no other index for equality (it also matches
 # array members), answers from its index too. The user id is length-prefixed
 # and the numbers are fixed-width decimals, so one user's range can never
-# take in another's ids.
-MAX_USER_ID = 999
+# take in another's ids. Three digits of length hold any user id
+# (services.common.auth.MAX_USER_ID).
+assert MAX_USER_ID <= 999
 
 
 def user_key(user_id: str) -> str:
@@ -149,18 +119,15 @@ class KeyStore:
         self.topic = Topics(settings).events
         self.send_timeout_s = max(settings.dependency_timeout_ms, 5000) / 1000
         self.prefix = f"{settings.redis_prefix}:keys"
-        self._bucket = redis.register_script(_TOKEN_BUCKET)
-        self.indexes_ready = asyncio.Event()
 
     # Indexes.
 
     async def ensure_indexes(self) -> None:
-        """Create the indexes (idempotent; every replica may run it at startup).
+        """Create the indexes (idempotent; every replica runs it at start-up).
 
         Devices and prekeys need none beyond ``_id``: see :func:`device_key`.
         """
         await self.outbox.create_index([("due", ASCENDING)])
-        self.indexes_ready.set()
 
     # Devices.
 
@@ -318,18 +285,6 @@ class KeyStore:
         # aggregation that the embedded server runs about 25 times slower.
         reply = await self.db.command("count", coll.name, query=query)
         return int(reply["n"])
-
-    # Redis: the claim rate limit.
-
-    def claims_key(self, claimer: str, target: str) -> str:
-        # Length-prefixed so that no pair of ids can produce another pair's key.
-        return f"{self.prefix}:claims:{len(claimer)}:{claimer}:{target}"
-
-    async def take_token(self, key: str, capacity: int, refill_s: float) -> tuple[bool, float]:
-        """One token from the bucket at ``key``: (allowed, seconds until one is back)."""
-        refill_ms = max(1, round(refill_s * 1000))
-        allowed, wait_ms = await self._bucket(keys=[key], args=[capacity, refill_ms])
-        return bool(allowed), int(wait_ms) / 1000
 
     # Estimates of the prekeys left, so that a claim need not count in MongoDB.
     # A hash per device {one_time, kem_one_time}: set to exact counts on every

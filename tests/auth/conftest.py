@@ -10,6 +10,7 @@ import pytest
 from services.auth.app import create_app
 from services.auth.config import AuthSettings
 from services.common.config import Settings
+from services.common.state import STARTUP
 from tests.auth.helpers import AuthApi
 from tests.support.stack import Stack
 
@@ -34,6 +35,6 @@ async def auth(
 ) -> AsyncIterator[AuthApi]:
     client = await make_client(await create_app(settings, auth_config))
     api = AuthApi(client, stack.maildir)
-    await api.service.started.wait()
+    await api.app[STARTUP].done.wait()
     yield api
     await api.service.drain()

@@ -12,9 +12,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from services.auth.routes import AUTH_SERVICE
-from services.auth.service import AuthService
-from services.common.deps import DB, REDIS
+from services.auth.state import AUTH_SERVICE, AuthService
+from services.common.state import DB, REDIS
 from tests.support.aio import eventually
 
 Client = TestClient[web.Request, web.Application]

@@ -6,7 +6,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from services.auth.routes import api
-from services.auth.service import Caller
+from services.auth.state import Caller
 from tests.auth.helpers import AuthApi
 
 

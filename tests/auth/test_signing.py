@@ -12,14 +12,14 @@ from pydantic import SecretStr
 
 from services.auth.app import create_app
 from services.auth.config import AuthSettings
-from services.auth.routes import AUTH_SERVICE
 from services.auth.secretbox import SecretBox, SecretBoxError
 from services.auth.signing import KeyRing, SigningKey, published
+from services.auth.state import AUTH_SERVICE
 from services.auth.store import AuthStore
 from services.common.auth import TokenVerifier
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import Settings
-from services.common.deps import DB
+from services.common.state import DB, STARTUP
 from tests.auth.helpers import AuthApi
 
 
@@ -58,7 +58,7 @@ async def test_private_keys_are_encrypted_at_rest(
 ) -> None:
     secret = settings.model_copy(update={"key_encryption_secret": SecretStr("s" * 32)})
     client = await make_client(await create_app(secret, auth_config))
-    await client.server.app[AUTH_SERVICE].started.wait()
+    await client.server.app[STARTUP].done.wait()
     [doc] = [d async for d in client.server.app[DB]["signing_keys"].find({})]
     assert doc["private"]["enc"] == "A256GCM"
     ring = client.server.app[AUTH_SERVICE].keyring
@@ -186,7 +186,7 @@ async def test_requests_wait_for_start_and_readiness_says_so(
     client = await make_client(await create_app(down, auth_config))
     assert (await client.get("/auth/healthz")).status == 200
     resp = await client.get("/auth/readyz")
-    assert resp.status == 503 and "auth" in (await resp.json())["failed"]
+    assert resp.status == 503 and "startup" in (await resp.json())["failed"]
     resp = await client.post("/auth/v1/login", json={"username": "abc", "password": "x"})
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "service_unavailable"

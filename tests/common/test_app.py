@@ -9,10 +9,11 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.common.app import CHECKS, base_app
+from services.common.app import base_app
 from services.common.config import load_settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.openapi import Api
+from services.common.state import CHECKS
 
 STORED: web.AppKey[list[str]] = web.AppKey("stored", list)
 
@@ -178,14 +179,14 @@ async def test_a_down_dependency_is_503_unavailable_not_500(client: Any) -> None
 
 
 async def test_caller_and_role_are_checked_before_the_body(issuer: Any, make_client: Any) -> None:
-    from services.common.auth import use_token_verifier
+    from services.common.auth import Claims, use_token_verifier
     from services.common.deps import use_redis
 
     api = Api("Guarded", "1.0")
 
     @api.post("/v1/admin-only", summary="Admins", body=Greeting, auth=True, role="admin")
-    async def admin_only(request: web.Request, body: Greeting) -> Reply:
-        return Reply(text=body.name)
+    async def admin_only(request: web.Request, claims: Claims, body: Greeting) -> Reply:
+        return Reply(text=f"{body.name} by {claims.sub}")
 
     app = base_app("guarded", issuer.settings, prefix="/g", api=api)
     use_token_verifier(app, issuer.settings)
@@ -201,6 +202,18 @@ async def test_caller_and_role_are_checked_before_the_body(issuer: Any, make_cli
     resp = await client.post("/g/v1/admin-only", json=bad, headers=admin)
     assert (resp.status, (await resp.json())["error"]["code"]) == (422, "validation_failed")
     resp = await client.post("/g/v1/admin-only", json={"name": "ok"}, headers=admin)
-    assert resp.status == 200
+    assert (resp.status, await resp.json()) == (200, {"text": "ok by a1"})
     doc = await (await client.get("/g/openapi.json")).json()
-    assert doc["paths"]["/g/v1/admin-only"]["post"]["x-required-role"] == "admin"
+    op = doc["paths"]["/g/v1/admin-only"]["post"]
+    assert op["x-required-role"] == "admin"
+    # Every way the decorator refuses a token is documented, with the status it answers.
+    assert op["responses"]["401"]["description"] == (
+        "Error codes: account_blocked, invalid_token, token_expired, token_revoked, unauthenticated"
+    )
+    assert op["responses"]["403"]["description"] == "Error codes: forbidden"
+
+
+def test_a_role_without_auth_is_refused_when_the_route_is_declared() -> None:
+    api = Api("Wrong", "1.0")
+    with pytest.raises(ValueError, match="auth=True"):
+        api.get("/v1/x", summary="X", role="admin")

@@ -15,10 +15,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common.clients import Topics, kafka_consumer
 from services.common.config import Settings
-from services.common.deps import KAFKA
+from services.common.state import KAFKA, STARTUP
 from services.keys.app import create_app
-from services.keys.context import KEYS, Keys
-from services.keys.policy import KeysPolicy
+from services.keys.config import KeysConfig
+from services.keys.state import KEYS, Keys
 from services.keys.store import Kind
 from tests.keys.keygen import DeviceKeys
 from tests.support.tokens import TokenIssuer
@@ -162,12 +162,12 @@ KeysFactory = Callable[..., Awaitable[KeysApi]]
 
 @pytest.fixture
 async def make_keys(issuer: TokenIssuer, make_client: Any) -> KeysFactory:
-    async def make(policy: KeysPolicy | None = None, **settings: Any) -> KeysApi:
+    async def make(config: KeysConfig | None = None, **settings: Any) -> KeysApi:
         s = issuer.settings.model_copy(update=settings) if settings else issuer.settings
-        app = await create_app(s, policy)
+        app = await create_app(s, config)
         client = await make_client(app)
         await app[KAFKA].wait_ready(30)
-        await app[KEYS].store.indexes_ready.wait()
+        await app[STARTUP].done.wait()
         return KeysApi(client, issuer)
 
     return make

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.keys.policy import KeysPolicy
+from services.keys.config import KeysConfig
 from tests.keys.conftest import EventLog, KeysApi, KeysFactory
 from tests.keys.keygen import DeviceKeys, b64, keys_digest, mlkem_pub, unb64, x25519_pub
 
@@ -212,7 +212,7 @@ async def test_duplicate_prekey_ids_refuse_the_whole_batch(api: KeysApi) -> None
 
 
 async def test_a_device_holds_a_bounded_number_of_prekeys(make_keys: KeysFactory) -> None:
-    api = await make_keys(KeysPolicy(max_stored=150))
+    api = await make_keys(KeysConfig(max_stored=150))
     dev = await api.device(ALICE, one_time=100)
     status, body = await api.post_one_time(ALICE, 1, dev.one_time(51))
     assert (status, body["error"]["code"]) == (409, "too_many_prekeys")
@@ -221,7 +221,7 @@ async def test_a_device_holds_a_bounded_number_of_prekeys(make_keys: KeysFactory
 
 
 async def test_a_user_has_a_bounded_number_of_devices(make_keys: KeysFactory) -> None:
-    api = await make_keys(KeysPolicy(max_devices=2))
+    api = await make_keys(KeysConfig(max_devices=2))
     await api.device(ALICE, 1, signed=False, last_resort=False)
     await api.device(ALICE, 2, signed=False, last_resort=False)
     status, body = await api.put_identity(ALICE, 3, DeviceKeys().identity())

@@ -1,8 +1,8 @@
-"""The claim rate limit per (claimer, target), in the real Redis."""
+"""The claim rate limit per (claimer, target), in the real Redis (services.common.ratelimit)."""
 
 from __future__ import annotations
 
-from services.keys.policy import KeysPolicy
+from services.keys.config import KeysConfig
 from tests.keys.conftest import KeysApi, KeysFactory
 from tests.support.aio import eventually
 
@@ -17,7 +17,7 @@ async def test_claims_over_the_limit_are_refused_and_take_nothing(api: KeysApi) 
     assert (status, body["error"]["code"]) == (429, "rate_limited")
     retry_after = int(api.last_headers["Retry-After"])
     assert 1 <= retry_after <= 100
-    assert body["error"]["details"] == {"retry_after_s": retry_after}
+    assert body["error"]["details"] == {"retry_after": retry_after}
     assert await api.stored(BOB) == (14, 14)
     # Other pairs have their own budget.
     assert (await api.claim("alice", BOB))[0] == 200
@@ -38,9 +38,17 @@ async def test_unknown_targets_count_too(api: KeysApi) -> None:
 
 
 async def test_the_bucket_refills(make_keys: KeysFactory) -> None:
-    api = await make_keys(KeysPolicy(claim_burst=2, claim_refill_s=0.2))
+    api = await make_keys(KeysConfig(claim_burst=2, claim_refill_s=0.2))
     await api.device(BOB, one_time=5, kem=5)
     assert (await api.claim("alice", BOB))[0] == 200
     assert (await api.claim("alice", BOB))[0] == 200
     assert (await api.claim("alice", BOB))[0] == 429
     await eventually(lambda: api.claim("alice", BOB), lambda r: r[0] == 200, timeout=10)
+
+
+async def test_pairs_never_share_a_bucket_whatever_the_ids_contain(api: KeysApi) -> None:
+    # ("a:b" claims "c") and ("a" claims "b:c") would collide in a naive "a:b:c" key.
+    for _ in range(6):
+        await api.claim("a:b", "c")
+    assert (await api.claim("a:b", "c"))[0] == 429
+    assert (await api.claim("a", "b:c"))[1]["error"]["code"] == "identity_not_found"

@@ -34,5 +34,5 @@ async def test_ready_once_dependencies_and_indexes_are(api: KeysApi) -> None:
     status, body = await api.call("GET", "/readyz", None)
     assert (status, body["checks"]) == (
         200,
-        {"mongodb": "ok", "redis": "ok", "kafka": "ok", "indexes": "ok"},
+        {"mongodb": "ok", "redis": "ok", "kafka": "ok", "startup": "ok"},
     )

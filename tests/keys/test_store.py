@@ -1,4 +1,4 @@
-"""The store on the real servers: idempotent indexes, atomic claims, the token bucket."""
+"""The store on the real servers: idempotent indexes, atomic claims."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from services.common.auth import MAX_USER_ID
 from services.keys import store as store_mod
 from services.keys.store import DuplicatePrekeyIds, Kind
 from tests.keys.conftest import KeysApi
@@ -28,6 +29,10 @@ def test_ids_sort_by_user_device_generation_and_prekey() -> None:
     assert keys == sorted(keys)
     with pytest.raises(ValueError):
         store_mod.user_key("")
+    # Any user id a token may carry fits the three-digit length prefix; no longer one does.
+    assert store_mod.user_key("u" * MAX_USER_ID).startswith(f"{MAX_USER_ID:03d}u")
+    with pytest.raises(ValueError):
+        store_mod.user_key("u" * (MAX_USER_ID + 1))
 
 
 async def test_one_users_range_never_takes_in_anothers(api: KeysApi) -> None:
@@ -75,13 +80,3 @@ async def test_claims_are_single_use_under_concurrency(api: KeysApi) -> None:
     await store.delete_prekeys("u", 1, below_generation=2)
     assert await store.count_prekeys(Kind.KEM, "u", 1, 1) == 0
     assert await store.count_prekeys(Kind.KEM, "u", 1, 2) == 1
-
-
-async def test_token_bucket(api: KeysApi) -> None:
-    store = api.keys.store
-    key = store.claims_key("a", "b")
-    results = [await store.take_token(key, 3, 3600) for _ in range(4)]
-    assert [ok for ok, _ in results] == [True, True, True, False]
-    assert 3000 < results[-1][1] <= 3600
-    # Keys of different pairs never collide, whatever the ids contain.
-    assert store.claims_key("a:b", "c") != store.claims_key("a", "b:c")

@@ -18,16 +18,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.common.app import base_app
 from services.common.auth import (
-    VERIFIER,
+    MAX_USER_ID,
+    Claims,
     TokenVerifier,
-    authenticate,
     revocation_keys,
     use_token_verifier,
 )
 from services.common.config import Settings
 from services.common.deps import use_redis
 from services.common.errors import ApiError
-from services.common.http import json_response
+from services.common.openapi import Api
+from services.common.state import VERIFIER
 from tests.support.tokens import TokenIssuer
 
 
@@ -74,6 +75,13 @@ async def test_a_good_token_gives_its_claims(issuer: TokenIssuer, verifier: Toke
     )  # fmt: skip
 
 
+async def test_the_longest_user_id_is_accepted(
+    issuer: TokenIssuer, verifier: TokenVerifier
+) -> None:
+    claims = await verifier.verify(signed(issuer, sub="u" * MAX_USER_ID))
+    assert len(claims.sub) == MAX_USER_ID
+
+
 async def test_tampered_tokens_are_rejected(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
     header, payload, sig = issuer.token("victim").split(".")
     claims = json.loads(unb64(payload))
@@ -104,6 +112,8 @@ async def test_expired_tokens_are_rejected(issuer: TokenIssuer, verifier: TokenV
         {"roles": "admin"},
         {"roles": [1, 2]},
         {"sub": None, "iat": int(time.time()) + 3600},
+        {"sub": ""},
+        {"sub": "u" * (MAX_USER_ID + 1)},
     ],
 )
 async def test_wrong_audience_issuer_or_claims_are_rejected(
@@ -190,19 +200,19 @@ async def test_unreachable_jwks_is_503_not_401(settings: Settings) -> None:
         await verifier.close()
 
 
-async def test_authenticate_checks_the_header_and_revocation(
+async def test_authenticated_routes_check_the_header_and_revocation(
     issuer: TokenIssuer, make_client: Any
 ) -> None:
     settings = issuer.settings
+    api = Api("Test", "1.0")
 
-    async def whoami(request: web.Request) -> web.Response:
-        claims = await authenticate(request)
-        return json_response({"sub": claims.sub})
+    @api.get("/whoami", summary="Who is asking", auth=True)
+    async def whoami(request: web.Request, claims: Claims) -> dict[str, str]:
+        return {"sub": claims.sub}
 
-    app = base_app("test", settings, prefix="/test")
+    app = base_app("test", settings, prefix="/test", api=api)
     use_token_verifier(app, settings)
     redis = use_redis(app, settings)
-    app.router.add_get("/test/whoami", whoami)
     client = await make_client(app)
 
     async def call(headers: dict[str, str]) -> tuple[int, Any]:

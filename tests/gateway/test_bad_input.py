@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
 
-from services.common.deps import KAFKA
+from services.common.state import KAFKA
 from tests.support.wsclient import WsClient
 
 from .conftest import Messaging

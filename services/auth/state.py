@@ -1,4 +1,4 @@
-"""The auth service's parts, built once by ``create_app`` (or the CLI) and shared.
+"""The auth service's shared object and its app key, built once by ``create_app`` (or the CLI).
 
 Handlers receive an :class:`AuthService` and a :class:`Caller`; they never
 reach for a global. Tests build the same object against the embedded servers.
@@ -20,7 +20,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.auth.config import AuthSettings
 from services.auth.mail import Mailer
 from services.auth.passwords import Passwords
-from services.auth.ratelimit import RateLimiter, client_ip
 from services.auth.secretbox import SecretBox
 from services.auth.signing import Clock, KeyRing, utcnow
 from services.auth.store import AuthStore
@@ -28,7 +27,9 @@ from services.auth.tokens import AccessTokens
 from services.common.auth import Claims
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
+from services.common.http import client_ip
 from services.common.logging import request_id_var
+from services.common.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ class AuthService:
     limiter: RateLimiter
     mailer: Mailer
     clock: Clock = utcnow
-    started: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
@@ -94,29 +94,16 @@ class AuthService:
             passwords=Passwords(config),
             keyring=keyring,
             tokens=AccessTokens(settings, keyring),
-            limiter=RateLimiter(store, config),
+            # Rules by name (config.limit); keys <prefix>:auth:rl:<rule>:<hash>.
+            limiter=RateLimiter(redis, f"{settings.redis_prefix}:auth", config.limit),
             mailer=Mailer(settings),
             clock=clock,
         )
 
     async def start(self) -> None:
+        """Indexes and signing keys: the start-up work (``create_app`` retries it)."""
         await self.store.ensure_indexes()
         await self.keyring.reload()
-        self.started.set()
-
-    async def start_with_retry(self) -> None:
-        """Start once MongoDB answers (``make run`` starts every process at once)."""
-        delay = 0.2
-        while True:
-            try:
-                await self.start()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("auth not started yet, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def now(self) -> datetime:
         return self.clock()
@@ -157,3 +144,6 @@ class AuthService:
         """Wait for background work (shutdown, and tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+AUTH_SERVICE: web.AppKey[AuthService] = web.AppKey("auth_service", AuthService)

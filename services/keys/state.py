@@ -1,4 +1,4 @@
-"""What the key directory's handlers share, built once by ``create_app``."""
+"""The key directory's shared object and its app key, built once by ``create_app``."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from services.common.ratelimit import RateLimiter
+from services.keys.config import KeysConfig
 from services.keys.events import EventPublisher
-from services.keys.policy import KeysPolicy
 from services.keys.store import KeyStore
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     store: KeyStore
-    policy: KeysPolicy
+    config: KeysConfig
     events: EventPublisher
+    # The claim limit per (claimer, target): keys <redis_prefix>:keys:rl:claims:<hash>.
+    limiter: RateLimiter
 
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)

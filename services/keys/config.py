@@ -1,9 +1,9 @@
-"""The key directory's limits, in one place (docs/keys.md, "Limits").
+"""The key directory's own configuration: its limits, in one place (docs/keys.md, "Limits").
 
 They are constants of the service rather than ``PARLEY_*`` options: clients
 are written against them (batch size, refill threshold) and changing one is a
-protocol decision. Tests and the benchmark pass their own :class:`KeysPolicy`
-to ``create_app``.
+protocol decision. Tests and the benchmark pass their own :class:`KeysConfig`
+to ``create_app(settings, config)``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from dataclasses import dataclass
 # A full batch of 100 ML-KEM-768 prekeys is about 170 KB of JSON; the service
 # accepts at least this much body whatever PARLEY_MAX_BODY_BYTES says.
 MIN_BODY_BYTES = 256 * 1024
+# Prekeys per upload request, as clients are told (models.py) and held to.
+MAX_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
-class KeysPolicy:
+class KeysConfig:
     # Prekeys per upload request (one-time X25519 or one-time ML-KEM).
-    max_batch: int = 100
+    max_batch: int = MAX_BATCH
     # Unclaimed one-time prekeys a device may hold, per kind.
     max_stored: int = 1000
     # Devices per user.

@@ -1,0 +1,216 @@
+"""Rate limits, the same for every service.
+
+:class:`RateLimiter` counts in Redis, so every replica of a service shares the
+limits. Keys are ``<namespace>:rl:<rule>:<ident>``, the ident hashed (keys
+never hold an address, a username or an e-mail in clear). Two kinds of rule:
+
+- **fixed windows** (a :class:`Limit`, ``COUNT/SECONDS``), two ways:
+
+  - *request limits* (:meth:`RateLimiter.hit`): every attempt counts; the one
+    over the limit gets 429 ``rate_limited``.
+  - *failure lockouts* (:meth:`RateLimiter.check_locked` before the work,
+    :meth:`RateLimiter.fail` after a failure, :meth:`RateLimiter.clear` on
+    success): once COUNT failures are counted in the window, every attempt is
+    refused with 429 ``account_locked`` until the window ends, so that
+    guessing stops even with the right answer.
+
+- **token buckets** (:meth:`RateLimiter.take`): ``capacity`` tokens, one back
+  every ``refill_s`` seconds; each event takes one or gets 429
+  ``rate_limited``. The same long-run rate as a window, without a double
+  burst at a window's edge. The state uses the Redis server's clock, so that
+  every replica agrees.
+
+Every refusal answers ``Retry-After`` (whole seconds, at least 1) and
+``details.retry_after`` (the same number) via :func:`too_many`.
+
+:class:`TokenBucket` is the in-process bucket, for a limit that belongs to one
+object in one process (the sends of one WebSocket).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from services.common.errors import ApiError, ErrorCode
+
+_LIMIT = re.compile(r"^(\d{1,7})/(\d{1,7})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``count`` events per ``window_s`` seconds."""
+
+    count: int
+    window_s: int
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        """``"COUNT/SECONDS"``, both at least 1 (the form of the ``PARLEY_LIMIT_*`` options)."""
+        m = _LIMIT.match(text)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise ValueError("a limit is written COUNT/SECONDS, both at least 1")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+
+def too_many(
+    retry_after_s: float,
+    code: ErrorCode = ErrorCode.RATE_LIMITED,
+    message: str = "Too many requests; slow down.",
+) -> ApiError:
+    """The 429 for a refused event: ``Retry-After`` and ``details.retry_after`` (seconds)."""
+    retry_after = max(1, math.ceil(retry_after_s))
+    return ApiError(
+        code,
+        message,
+        status=429,
+        headers={"Retry-After": str(retry_after)},
+        details={"retry_after": retry_after},
+    )
+
+
+# A token bucket per key: ``tokens`` and ``ts`` (ms, Redis server clock so
+# that every replica agrees). Returns {allowed (0/1), ms until a token is back}.
+_TOKEN_BUCKET = """
+local capacity = tonumber(ARGV[1])
+local refill_ms = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+if now > ts then
+  tokens = math.min(capacity, tokens + (now - ts) / refill_ms)
+  ts = now
+end
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = math.ceil((1 - tokens) * refill_ms)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * refill_ms) + 1000)
+return {allowed, wait}
+"""
+
+
+def _no_rules(rule: str) -> Limit:
+    raise KeyError(f"no limit configured for rule {rule!r}")
+
+
+class RateLimiter:
+    """Limits counted in Redis under ``<namespace>:rl:``; safe to share across requests.
+
+    ``limits`` maps a rule name to its window limit (a service's configuration);
+    a call may also pass the ``limit`` itself.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        namespace: str,
+        limits: Callable[[str], Limit] = _no_rules,
+    ) -> None:
+        self.redis = redis
+        self.prefix = f"{namespace}:rl"
+        self.limits = limits
+        self._bucket = redis.register_script(_TOKEN_BUCKET)
+
+    def key(self, rule: str, ident: str) -> str:
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
+        return f"{self.prefix}:{rule}:{digest}"
+
+    # Fixed windows.
+
+    async def _count(self, key: str, window_s: int) -> tuple[int, int]:
+        """Count one event in a fixed window: (events so far, seconds left)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window_s, nx=True)
+            pipe.ttl(key)
+            count, _, ttl = await pipe.execute()
+        return int(count), int(ttl) if int(ttl) > 0 else window_s
+
+    async def hit(self, rule: str, ident: str, limit: Limit | None = None) -> None:
+        """Count an attempt; raise 429 ``rate_limited`` if it is over the limit."""
+        limit = limit or self.limits(rule)
+        count, ttl = await self._count(self.key(rule, ident), limit.window_s)
+        if count > limit.count:
+            raise too_many(ttl)
+
+    async def check_locked(self, rule: str, ident: str, limit: Limit | None = None) -> None:
+        """Raise 429 ``account_locked`` while ``ident`` has used up its failures."""
+        limit = limit or self.limits(rule)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(self.key(rule, ident))
+            pipe.ttl(self.key(rule, ident))
+            count, ttl = await pipe.execute()
+        if int(count or 0) >= limit.count:
+            raise too_many(
+                max(int(ttl), 0) or limit.window_s,
+                ErrorCode.ACCOUNT_LOCKED,
+                "Too many failed attempts; try again later.",
+            )
+
+    async def fail(self, rule: str, ident: str, limit: Limit | None = None) -> None:
+        """Count a failure (see :meth:`check_locked`)."""
+        limit = limit or self.limits(rule)
+        await self._count(self.key(rule, ident), limit.window_s)
+
+    async def clear(self, rule: str, ident: str) -> None:
+        """Forget ``ident``'s count (a success ends a run of failures)."""
+        await self.redis.delete(self.key(rule, ident))
+
+    # Token buckets.
+
+    async def take(
+        self,
+        rule: str,
+        ident: str,
+        capacity: int,
+        refill_s: float,
+        message: str = "Too many requests; slow down.",
+    ) -> None:
+        """Take a token from ``ident``'s bucket, or raise 429 ``rate_limited``."""
+        refill_ms = max(1, round(refill_s * 1000))
+        allowed, wait_ms = await self._bucket(
+            keys=[self.key(rule, ident)], args=[capacity, refill_ms]
+        )
+        if not allowed:
+            raise too_many(int(wait_ms) / 1000, message=message)
+
+
+class TokenBucket:
+    """An in-process token bucket: ``burst`` tokens, ``rate`` tokens back per second."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.clock = clock
+        self.stamp = clock()
+
+    def take(self) -> bool:
+        """Take a token if there is one; False (and nothing taken) if not."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

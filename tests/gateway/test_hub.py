@@ -1,0 +1,69 @@
+"""A pod's hub: presence in Redis, and revocations that close sockets on every pod at once."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_REVOKED
+
+from services.common.auth import revocation_channel
+from services.common.routing import presence_key
+from services.common.state import REDIS
+from tests.support.aio import eventually
+from tests.support.wsclient import WsClient
+
+from .conftest import Messaging
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def publish_revocation(messaging: Messaging, event: dict[str, str]) -> None:
+    redis = messaging.gateways[0].server.app[REDIS]
+    await redis.publish(revocation_channel(messaging.settings.redis_prefix), orjson.dumps(event))
+
+
+async def test_session_revocation_closes_that_sessions_sockets_on_every_pod(
+    messaging: Messaging,
+) -> None:
+    user, sid = uid(), uid()
+    s1_pod_a = await messaging.connect(user, pod=0, sid=sid)
+    s1_pod_b = await messaging.connect(user, pod=1, sid=sid)
+    other_session = await messaging.connect(user, pod=1)
+    await publish_revocation(messaging, {"type": "session_revoked", "user_id": user, "sid": sid})
+    for client in (s1_pod_a, s1_pod_b):
+        assert (await client.expect("error"))["code"] == "token_revoked"
+        assert await client.wait_closed() == CLOSE_REVOKED
+    await other_session.send({"op": "ping", "id": "still"})
+    await other_session.expect("pong", id="still")
+
+
+async def test_blocked_user_is_disconnected_and_cannot_come_back(messaging: Messaging) -> None:
+    user = uid()
+    client = await messaging.connect(user, pod=1)
+    redis = messaging.gateways[0].server.app[REDIS]
+    await redis.set(f"{messaging.settings.redis_prefix}:blocked:{user}", "1", ex=60)
+    await publish_revocation(messaging, {"type": "user_blocked", "user_id": user})
+    assert (await client.expect("error"))["code"] == "account_blocked"
+    assert await client.wait_closed() == CLOSE_REVOKED
+    again = await WsClient.connect(messaging.ws_url(0))
+    messaging.clients.append(again)
+    await again.send({"op": "auth", "token": messaging.issuer.token(user)})
+    assert (await again.expect("error"))["code"] == "account_blocked"
+    assert await again.wait_closed() == CLOSE_AUTH_FAILED
+
+
+async def test_presence_is_recorded_and_removed(messaging: Messaging) -> None:
+    user = uid()
+    client = await messaging.connect(user, pod=1)
+    hub = messaging.hub(1)
+    redis = messaging.gateways[1].server.app[REDIS]
+    key = presence_key(messaging.settings.redis_prefix, user)
+    entries = await redis.hgetall(key)
+    assert [v.decode().split("|")[0] for v in entries.values()] == ["gw-b"]
+    assert hub.local(user)
+    await client.close()
+    await eventually(lambda: redis.hgetall(key), lambda e: e == {})
+    assert not hub.local(user)

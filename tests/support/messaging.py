@@ -1,0 +1,67 @@
+"""Two gateway pods and a delivery worker, in-process, on the real embedded servers.
+
+The ``messaging`` fixture, used by tests/gateway and tests/messaging (their
+conftest.py import it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from services.common.config import Settings
+from services.delivery.app import create_app as delivery_app
+from services.delivery.state import WORKER
+from services.gateway.app import create_app as gateway_app
+from services.gateway.state import HUB
+from tests.support.aio import eventually
+from tests.support.tokens import TokenIssuer
+from tests.support.wsclient import WsClient
+
+
+@dataclass
+class Messaging:
+    settings: Settings
+    issuer: TokenIssuer
+    delivery: Any
+    gateways: list[Any]
+    clients: list[WsClient]
+
+    def ws_url(self, pod: int) -> str:
+        return str(self.gateways[pod].make_url("/ws"))
+
+    async def connect(self, user: str, pod: int = 0, **claims: Any) -> WsClient:
+        client = await WsClient.connect(self.ws_url(pod), self.issuer.token(user, **claims))
+        self.clients.append(client)
+        return client
+
+    def hub(self, pod: int) -> Any:
+        return self.gateways[pod].server.app[HUB]
+
+
+@pytest.fixture
+async def messaging(issuer: TokenIssuer, make_client: Any) -> AsyncIterator[Messaging]:
+    settings = issuer.settings.model_copy(update={"ws_sends_per_s": 1000.0, "ws_send_burst": 1000})
+    delivery = await make_client(await delivery_app(settings))
+    await eventually(
+        lambda: _ready(delivery.server.app[WORKER].running.is_set()), lambda ok: ok, timeout=30
+    )
+    base = str(delivery.make_url("")).rstrip("/")
+    gateways = []
+    for gw in ("gw-a", "gw-b"):
+        s = settings.model_copy(update={"gateway_id": gw, "delivery_url": base})
+        gateways.append(await make_client(await gateway_app(s)))
+    for g in gateways:
+        hub = g.server.app[HUB]
+        await eventually(lambda hub=hub: _ready(hub.subscribed.is_set()), lambda ok: ok)
+    m = Messaging(settings, issuer, delivery, gateways, [])
+    yield m
+    for c in m.clients:
+        await c.close()
+
+
+async def _ready(value: bool) -> bool:
+    return value
