@@ -47,6 +47,7 @@ from parley.crypto import (
     PublicIdentity,
     ReplayedMessage,
     Session,
+    commitment_from_message,
     format_safety_number,
     safety_number,
 )
@@ -893,7 +894,7 @@ class Client:
                 "id": client_id,
                 "to": peer_id,
                 "body": b64encode(wire),
-                "commitment": b64encode(wire[2:34]),
+                "commitment": b64encode(commitment_from_message(wire)),
             }
             entry = {
                 "dir": "out",

@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 import parley.crypto as crypto
+import parley.crypto.errors as crypto_errors
 import pytest
 from parley.crypto import (
     CryptoError,
@@ -23,11 +24,20 @@ from tests.crypto.helpers import claimed_bundle, session_pair
 
 
 def test_all_errors_derive_from_crypto_error() -> None:
+    exported = set()
     for name in crypto.__all__:
         obj = getattr(crypto, name)
-        if isinstance(obj, type) and issubclass(obj, Exception) and name != "FrankingMismatch":
+        if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, CryptoError), name
-    assert issubclass(crypto.FrankingMismatch, ValueError)  # standalone module's own error
+            assert not issubclass(obj, ValueError), name  # nothing else to catch by accident
+            assert (obj.__module__, obj.__name__) == ("parley.crypto.errors", name)  # no alias
+            exported.add(obj)
+    defined = {
+        obj
+        for obj in vars(crypto_errors).values()
+        if isinstance(obj, type) and issubclass(obj, Exception)
+    }
+    assert defined == exported  # every error is public
 
 
 def test_device_round_trip_keeps_every_secret_working() -> None:

@@ -16,13 +16,13 @@ from parley.crypto.bundle import (
 )
 from parley.crypto.errors import (
     BadCommitment,
-    BadTag,
     CryptoError,
     DecryptionFailed,
-    DuplicateOneTimePrekey,
+    FrankingMismatch,
     IdentityChanged,
     InvalidKey,
     InvalidKeyLength,
+    InvalidSafetyNumber,
     InvalidSignature,
     MalformedBundle,
     MalformedMessage,
@@ -36,7 +36,7 @@ from parley.crypto.errors import (
     UnsupportedVersion,
 )
 from parley.crypto.fingerprint import format_safety_number, safety_number
-from parley.crypto.franking import FrankingMismatch, commitment_from_message, verify_report
+from parley.crypto.franking import commitment_from_message, verify_report
 from parley.crypto.session import (
     DecryptedMessage,
     Device,
@@ -48,17 +48,16 @@ from parley.crypto.session import (
 
 __all__ = [
     "BadCommitment",
-    "BadTag",
     "CryptoError",
     "DecryptedMessage",
     "DecryptionFailed",
     "Device",
-    "DuplicateOneTimePrekey",
     "FrankingMismatch",
     "GroupSession",
     "IdentityChanged",
     "InvalidKey",
     "InvalidKeyLength",
+    "InvalidSafetyNumber",
     "InvalidSignature",
     "KemPrekey",
     "MalformedBundle",
