@@ -25,8 +25,8 @@ from parley.crypto import (
     verify_report,
 )
 from parley.crypto.fingerprint import FINGERPRINT_ITERATIONS, fingerprint_digits
-from parley.crypto.primitives import deterministic_random
 
+from tests.crypto.drbg import deterministic_random
 from tests.crypto.helpers import claimed_bundle, load_vector, session_pair
 
 

@@ -24,7 +24,6 @@ from parley.crypto.primitives import (
     aead_decrypt,
     aead_encrypt,
     chain_key_step,
-    deterministic_random,
     ed25519_verify,
     hkdf_sha256,
     hmac_sha256,
@@ -223,20 +222,6 @@ def test_mlkem768_rejects_encapsulation_key_failing_modulus_check() -> None:
     # FIPS 203 7.2: every 12-bit coefficient must be < q = 3329; 0xFFF is not.
     with pytest.raises(InvalidKey):
         mlkem768_encapsulate(b"\xff" * 1184)
-
-
-# ----------------------------------------------------------------- test DRBG
-
-
-def test_deterministic_random_matches_its_documented_definition() -> None:
-    rng = deterministic_random(b"seed")
-    first = rng(20) + rng(40) + rng(4)
-    blocks = b"".join(
-        hmac.digest(b"seed", b"parley-test-drbg" + i.to_bytes(8, "big"), hashlib.sha256)
-        for i in range(2)
-    )
-    assert first == blocks[:64]
-    assert deterministic_random(b"seed")(64) == first
 
 
 @settings(max_examples=50, deadline=None)
