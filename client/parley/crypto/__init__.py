@@ -16,6 +16,7 @@ from parley.crypto.bundle import (
 )
 from parley.crypto.errors import (
     BadCommitment,
+    CounterExhausted,
     CryptoError,
     DecryptionFailed,
     FrankingMismatch,
@@ -48,6 +49,7 @@ from parley.crypto.session import (
 
 __all__ = [
     "BadCommitment",
+    "CounterExhausted",
     "CryptoError",
     "DecryptedMessage",
     "DecryptionFailed",

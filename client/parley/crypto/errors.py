@@ -37,6 +37,11 @@ class TooManySkippedMessages(CryptoError):
     """The message would need more skipped message keys than the bound allows."""
 
 
+class CounterExhausted(CryptoError):
+    """A 32-bit counter ran out: a sending chain's message number, a sender key's
+    iteration (rotate it) or a device's prekey ids."""
+
+
 class PrekeyReused(CryptoError):
     """An initial message names a one-time prekey that was already consumed."""
 

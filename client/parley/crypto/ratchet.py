@@ -38,6 +38,7 @@ from typing import Any
 
 from parley.crypto.encoding import U32_MAX, b64decode, b64encode
 from parley.crypto.errors import (
+    CounterExhausted,
     CryptoError,
     DecryptionFailed,
     InvalidKey,
@@ -190,7 +191,7 @@ class RatchetState:
             raise CryptoError("this session cannot send before it has received a message")
         ns = self.ns
         if ns > U32_MAX:
-            raise CryptoError("sending chain exhausted")
+            raise CounterExhausted("sending chain exhausted")
         key, nonce, self.cks = _step(cks)
         self.ns = ns + 1
         associated = prefix + _HEADER.pack(self.dhs.public, self.pn, ns)

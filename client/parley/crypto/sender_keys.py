@@ -27,7 +27,7 @@ from typing import Any
 
 from parley.crypto.encoding import U32_MAX, b64decode, b64encode
 from parley.crypto.errors import (
-    CryptoError,
+    CounterExhausted,
     MalformedBundle,
     MalformedState,
     ReplayedMessage,
@@ -95,7 +95,7 @@ class SenderChain:
 
     def encrypt(self, payload: bytes, commitment: bytes, group_ad: bytes) -> bytes:
         if self.iteration > U32_MAX:
-            raise CryptoError("sender chain exhausted; rotate the sender key")
+            raise CounterExhausted("sender chain exhausted; rotate the sender key")
         mk, self.chain_key = chain_key_step(self.chain_key)
         prefix = group_prefix(commitment, self.chain_id, self.iteration)
         self.iteration += 1
