@@ -1,10 +1,11 @@
 """Parley's client-side end-to-end encryption.
 
-Layers: :mod:`~parley.crypto.primitives` (thin wrappers over ``cryptography``)
--> protocols (:mod:`~parley.crypto.pqxdh`, :mod:`~parley.crypto.ratchet`,
-:mod:`~parley.crypto.sender_keys`, :mod:`~parley.crypto.franking`,
-:mod:`~parley.crypto.fingerprint`) -> the public API of
-:mod:`~parley.crypto.session`, re-exported here.  See docs/crypto.md.
+Layers: :mod:`~parley.crypto.primitives` (thin wrappers over ``cryptography``,
+the only module that imports it) -> protocols (:mod:`~parley.crypto.pqxdh`,
+:mod:`~parley.crypto.ratchet`, :mod:`~parley.crypto.sender_keys`,
+:mod:`~parley.crypto.franking`, :mod:`~parley.crypto.fingerprint`, ...) -> the
+public API of :mod:`~parley.crypto.session`, re-exported here with every error
+of :mod:`~parley.crypto.errors`.  See docs/crypto.md, "Layers".
 """
 
 from parley.crypto.bundle import (
