@@ -1,11 +1,12 @@
 """Regenerate Parley's own crypto test vectors in client/vectors/.
 
-    .venv/bin/python scripts/gen_vectors.py          # rewrite the files
-    .venv/bin/python scripts/gen_vectors.py --check  # exit 1 if a file would change
+    .venv/bin/python -m scripts.gen_vectors          # rewrite the files
+    .venv/bin/python -m scripts.gen_vectors --check  # exit 1 if a file would change
 
-Every random input comes from the test DRBG of
-``parley.crypto.primitives.deterministic_random`` (see client/vectors/README.md),
-so the output is byte-for-byte reproducible, with one exception: ML-KEM
+Run it from the repository root with ``-m``: every random input comes from the
+test DRBG ``tests.crypto.drbg.deterministic_random`` (see
+client/vectors/README.md), which is deliberately not part of the installed
+package.  The output is byte-for-byte reproducible, with one exception: ML-KEM
 encapsulation randomness cannot be injected through pyca/cryptography.  The
 KEM ciphertexts are therefore *inputs* of the vectors: they are taken from the
 existing pqxdh.json when it exists (and freshly encapsulated otherwise), and the
@@ -29,11 +30,12 @@ from parley.crypto.franking import commit
 from parley.crypto.pqxdh import INFO as PQXDH_INFO
 from parley.crypto.primitives import (
     X25519KeyPair,
-    deterministic_random,
     hkdf_sha256,
     mlkem768_encapsulate,
 )
 from parley.crypto.ratchet import RatchetState
+
+from tests.crypto.drbg import deterministic_random
 
 VECTORS = Path(__file__).resolve().parent.parent / "client" / "vectors"
 PROVENANCE = (

@@ -1,10 +1,11 @@
 """Parley's client-side end-to-end encryption.
 
-Layers: :mod:`~parley.crypto.primitives` (thin wrappers over ``cryptography``)
--> protocols (:mod:`~parley.crypto.pqxdh`, :mod:`~parley.crypto.ratchet`,
-:mod:`~parley.crypto.sender_keys`, :mod:`~parley.crypto.franking`,
-:mod:`~parley.crypto.fingerprint`) -> the public API of
-:mod:`~parley.crypto.session`, re-exported here.  See docs/crypto.md.
+Layers: :mod:`~parley.crypto.primitives` (thin wrappers over ``cryptography``,
+the only module that imports it) -> protocols (:mod:`~parley.crypto.pqxdh`,
+:mod:`~parley.crypto.ratchet`, :mod:`~parley.crypto.sender_keys`,
+:mod:`~parley.crypto.franking`, :mod:`~parley.crypto.fingerprint`, ...) -> the
+public API of :mod:`~parley.crypto.session`, re-exported here with every error
+of :mod:`~parley.crypto.errors`.  See docs/crypto.md, "Layers".
 """
 
 from parley.crypto.bundle import (
@@ -16,13 +17,14 @@ from parley.crypto.bundle import (
 )
 from parley.crypto.errors import (
     BadCommitment,
-    BadTag,
+    CounterExhausted,
     CryptoError,
     DecryptionFailed,
-    DuplicateOneTimePrekey,
+    FrankingMismatch,
     IdentityChanged,
     InvalidKey,
     InvalidKeyLength,
+    InvalidSafetyNumber,
     InvalidSignature,
     MalformedBundle,
     MalformedMessage,
@@ -36,7 +38,7 @@ from parley.crypto.errors import (
     UnsupportedVersion,
 )
 from parley.crypto.fingerprint import format_safety_number, safety_number
-from parley.crypto.franking import FrankingMismatch, commitment_from_message, verify_report
+from parley.crypto.franking import commitment_from_message, verify_report
 from parley.crypto.session import (
     DecryptedMessage,
     Device,
@@ -48,17 +50,17 @@ from parley.crypto.session import (
 
 __all__ = [
     "BadCommitment",
-    "BadTag",
+    "CounterExhausted",
     "CryptoError",
     "DecryptedMessage",
     "DecryptionFailed",
     "Device",
-    "DuplicateOneTimePrekey",
     "FrankingMismatch",
     "GroupSession",
     "IdentityChanged",
     "InvalidKey",
     "InvalidKeyLength",
+    "InvalidSafetyNumber",
     "InvalidSignature",
     "KemPrekey",
     "MalformedBundle",
