@@ -140,7 +140,7 @@ async def raise_if_taken(
 async def signup(svc: AuthService, body: SignupRequest, caller: Caller) -> TokenResponse:
     await svc.limiter.hit("signup_ip", caller.ip)
     user = await create_user(svc, body.username, body.email, body.password, ["user"])
-    return await sessions.start(svc, user, ["pwd"], caller)
+    return await sessions.start(svc, user, ["pwd"], caller, device_id=body.device_id)
 
 
 async def login(
@@ -159,8 +159,8 @@ async def login(
         new_hash = await svc.passwords.hash(body.password)
         await svc.store.update_user(user["_id"], {"password_hash": new_hash})
     if twofactor.methods(user):
-        return await twofactor.begin_login(svc, user, caller, body.device)
-    return await sessions.start(svc, user, ["pwd"], caller, body.device)
+        return await twofactor.begin_login(svc, user, caller, body.device, body.device_id)
+    return await sessions.start(svc, user, ["pwd"], caller, body.device, body.device_id)
 
 
 async def change_password(svc: AuthService, claims: Claims, body: ChangePasswordRequest) -> None:

@@ -24,12 +24,22 @@ class SignupRequest(Request):
     username: str = Field(min_length=1, max_length=64, description="3-32 of a-z 0-9 . _ -")
     email: str = Field(min_length=3, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
+    device_id: int | None = Field(
+        default=None, ge=1, le=2**31 - 1,
+        description="This install's device id (docs/devices.md): the session's tokens carry it "
+        "as `did`, which messaging needs",
+    )  # fmt: skip
 
 
 class LoginRequest(Request):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
     device: str | None = Field(default=None, max_length=100, description="A label for the session")
+    device_id: int | None = Field(
+        default=None, ge=1, le=2**31 - 1,
+        description="This install's device id (docs/devices.md): the session's tokens carry it "
+        "as `did`, which messaging needs",
+    )  # fmt: skip
 
 
 class SecondFactorRequest(Request):

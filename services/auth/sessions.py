@@ -30,6 +30,7 @@ async def start(
     amr: Sequence[str],
     caller: Caller,
     device: str | None = None,
+    device_id: int | None = None,
 ) -> TokenResponse:
     """Open a session for a user who has fully authenticated; the first tokens."""
     now = svc.now()
@@ -45,15 +46,16 @@ async def start(
             "revoked_at": None,
             "amr": list(amr),
             "device": device,
+            "device_id": device_id,
             "user_agent": caller.user_agent,
             "ip": caller.ip,
         }
     )
-    return await _issue(svc, user, sid, list(amr))
+    return await _issue(svc, user, sid, list(amr), device_id)
 
 
 async def _issue(
-    svc: AuthService, user: Mapping[str, Any], sid: str, amr: list[str]
+    svc: AuthService, user: Mapping[str, Any], sid: str, amr: list[str], device_id: int | None
 ) -> TokenResponse:
     now = svc.now()
     refresh = new_token()
@@ -68,7 +70,7 @@ async def _issue(
             "used_at": None,
         }
     )
-    access = await svc.tokens.issue(user["_id"], sid, user["roles"], amr, now)
+    access = await svc.tokens.issue(user["_id"], sid, user["roles"], amr, now, device_id)
     return TokenResponse(
         access_token=access,
         expires_in=svc.settings.access_token_ttl_s,
@@ -107,7 +109,12 @@ async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse
         raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
     if user["blocked"]:
         raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
-    response = await _issue(svc, user, doc["sid"], list(session.get("amr", [])))
+    did = session.get("device_id")
+    if did and await svc.store.device_revoked(user["_id"], int(did)):
+        raise ApiError(ErrorCode.TOKEN_REVOKED, "This device was removed from the account.")
+    response = await _issue(
+        svc, user, doc["sid"], list(session.get("amr", [])), int(did) if did else None
+    )
     expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
     await svc.store.touch_session(doc["sid"], now, expires)
     return response

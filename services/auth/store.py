@@ -33,7 +33,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.common.auth import Claims, revocation_channel, revocation_keys
+from services.common.auth import (
+    Claims,
+    device_revocation_key,
+    revocation_channel,
+    revocation_keys,
+)
 
 Doc = dict[str, Any]
 
@@ -318,6 +323,10 @@ class AuthStore:
             await pipe.execute()
         message = {"type": "user_blocked", "user_id": user_id}
         await self.redis.publish(revocation_channel(self.prefix), orjson.dumps(message))
+
+    async def device_revoked(self, user_id: str, device_id: int) -> bool:
+        """Was this device removed from its account (set by the key directory)?"""
+        return bool(await self.redis.exists(device_revocation_key(self.prefix, user_id, device_id)))
 
     async def clear_user_blocked(self, user_id: str) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")

@@ -251,7 +251,7 @@ async def _drop_codes_if_no_factor(svc: AuthService, user_id: str) -> None:
 
 
 async def begin_login(
-    svc: AuthService, user: User, caller: Caller, device: str | None
+    svc: AuthService, user: User, caller: Caller, device: str | None, device_id: int | None
 ) -> ChallengeResponse:
     challenge_id = new_token()
     allowed = methods(user)
@@ -264,6 +264,7 @@ async def begin_login(
             "attempts": "0",
             "email_sends": "0",
             "device": device or "",
+            "device_id": str(device_id or ""),
         },
         svc.config.challenge_ttl_s,
     )
@@ -343,7 +344,10 @@ async def complete_login(
         raise _expired()  # a concurrent request completed it first
     await svc.limiter.clear("code_failures", user_id)
     device = challenge.get("device") or None
-    return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device)
+    did = str(challenge.get("device_id") or "")
+    return await sessions.start(
+        svc, user, SECOND_FACTOR_AMR, caller, device, int(did) if did.isdigit() else None
+    )
 
 
 async def _code_ok(

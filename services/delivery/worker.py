@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.clients import KafkaProducerHandle, Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
-from services.delivery.store import DeliveryStore, item_doc, item_frame
+from services.delivery.store import DeliveryStore, Push, item_doc, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -263,26 +263,31 @@ class Worker:
         items = [item_doc(env, now) for env in envs]
         stored = await self.store.store(items)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
-        frames: list[tuple[str, f.ServerFrames]] = []
+        frames: list[Push] = []
         for doc in stored:
             if doc.pop("duplicate", False):
                 self.duplicates.inc()
             else:
                 self.stored.labels(doc.get("kind", "message")).inc()
             if not doc.get("acked"):
-                frames.append((doc["user"], item_frame(doc)))
+                frames.append((doc["user"], doc["device"], item_frame(doc)))
             if doc.get("kind") != "message":
                 continue
             receipt = f.Stored(
                 id=doc["client_id"], server_id=doc["server_id"],
-                conversation=doc.get("conversation"), to=doc["user"],
+                conversation=doc.get("conversation"), to=doc["user"], device=doc["device"],
             )  # fmt: skip
-            frames.append((doc["from"], receipt))
+            frames.append((doc["from"], doc.get("from_device"), receipt))
         await self.store.publish(frames)
 
     async def _remember_contacts(self, docs: list[dict[str, Any]]) -> None:
         """Record who talks to whom, skipping pairs this worker recorded recently."""
-        pairs = {p for d in docs for p in ((d["user"], d["from"]), (d["from"], d["user"]))}
+        pairs = set()
+        for d in docs:
+            if d["user"] == d["from"]:
+                continue  # a copy for the sender's own other device
+            pairs.add((d["inbox"], d["from"]))
+            pairs.add((e.inbox_id(d["from"], int(d.get("from_device") or 1)), d["user"]))
         fresh = [p for p in pairs if p not in self._known_pairs]
         if not fresh:
             return
@@ -293,7 +298,7 @@ class Worker:
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[Record]) -> None:
-        frames: list[tuple[str, f.ServerFrames]] = []
+        frames: list[Push] = []
         for record in records:
             try:
                 event = e.decode_event(record.value or b"")
@@ -307,13 +312,16 @@ class Worker:
                     kem_one_time=event.kem_one_time, threshold=event.threshold,
                     event_id=event.event_id,
                 )  # fmt: skip
-                frames.append((event.user_id, frame))
+                frames.append((event.user_id, event.device_id, frame))
+            elif isinstance(event, e.DeviceRemovedEvent):
+                dropped = await self.store.drop_inbox(e.inbox_id(event.user_id, event.device_id))
+                log.info("device inbox dropped", extra={"items": dropped})
             else:
                 await self._key_changed(event, record)
         await self.store.publish(frames)
 
     async def _key_changed(self, event: e.KeyChangedEvent, record: Record) -> None:
-        """Queue a notice for every contact's inbox, keyed by that contact.
+        """Queue a notice for every device inbox that talked with the user, keyed by it.
 
         Only an inbox's own consumer writes to it (see handle_messages), so the
         notice takes its place in the contact's sequence like any message.
@@ -325,14 +333,17 @@ class Worker:
         event_id = f"key_changed:{record.topic}:{record.partition}:{record.offset}"
         producer = await self.producer.wait_ready(30)
         acks = []
-        for contact in contacts:
+        for inbox in contacts:
+            user, _, device = inbox.rpartition(".")
+            if not device.isdigit():
+                continue
             env = e.key_changed_notice(
-                sender=event.user_id, recipient=contact, client_id=f"{event_id}:{contact}",
-                device_id=event.device_id, identity=event.identity,
+                sender=event.user_id, recipient=user, recipient_device=int(device),
+                client_id=f"{event_id}:{inbox}", account_key=event.account_key,
             )  # fmt: skip
             acks.append(
                 await producer.send(
-                    self.topics.messages, e.encode(env), key=contact.encode(),
+                    self.topics.messages, e.encode(env), key=env.inbox.encode(),
                     headers=kafka_headers(),
                 )
             )  # fmt: skip
