@@ -406,16 +406,13 @@ def _classify(data: bytes | str, exc: Exception, ops: tuple[str, ...]) -> FrameE
     if raw.get("op") not in ops:
         return FrameError(ErrorCode.UNKNOWN_OP, f"Unknown op; expected one of {sorted(ops)}.")
     text = str(exc)
-    own = re.match(r"^([a-z_]+): (.*)$", text)  # from a __post_init__ check
-    if own:
-        return FrameError(
-            ErrorCode.VALIDATION_FAILED,
-            "The frame is not valid.",
-            [FieldError(field=own.group(1), problem=own.group(2))],
-        )
     match = _PATH.search(text)
     field = match.group(1) if match else ""
     problem = _PATH.sub("", text)
+    own = re.match(r"^([a-z_]+): (.*)$", problem)  # from a __post_init__ check
+    if own:
+        field = f"{field}.{own.group(1)}" if field else own.group(1)
+        problem = own.group(2)
     missing = re.match(r"Object missing required field `([^`]+)`", problem)
     if missing:
         field = f"{field}.{missing.group(1)}" if field else missing.group(1)

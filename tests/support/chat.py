@@ -13,7 +13,7 @@ import aiohttp
 
 from tests.support.stack import System
 from tests.support.users import User
-from tests.support.wsclient import WsClient
+from tests.support.wsclient import WsClient, send_frame
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ class Sender:
             assert self.client is not None
             try:
                 for cid in pending:
-                    await self.client.send(
-                        {"op": "send", "id": cid, "to": self.to, "body": b64(cid)}
-                    )
+                    await self.client.send(send_frame(cid, self.to, b64(cid)))
                     await asyncio.sleep(pace)
                 while len(self.accepted) < n:
                     frame = await self.client.next(timeout=5)
