@@ -31,8 +31,7 @@ from typing import Any
 from parley import paths
 from parley.account import Account, SecondFactor, SecondFactorPrompt
 from parley.api import DEFAULT_SERVER, Api
-from parley.crypto import Device
-from parley.crypto.primitives import X25519KeyPair
+from parley.crypto import Device, LinkRequest
 from parley.errors import ParleyError
 from parley.events import (
     ConnectionEvent,
@@ -91,7 +90,7 @@ class Client:
         self._kdf = kdf
         self._store: Store | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._link: tuple[X25519KeyPair, str] | None = None
+        self._link: LinkRequest | None = None
         self.bus = EventBus()
         self.account = Account(self.server, self.api, lambda: self.store, self.bus)
         self.api.on_expired = lambda: self.account.access_token(force=True)
@@ -216,16 +215,14 @@ class Client:
         approve on an existing device (then :meth:`wait_linked`)."""
         did = await self.keys.device_id()
         await self.account.login(username, password, second_factor=second_factor, device_id=did)
-        code, ephemeral, link_id = await self.keys.start_link(name)
-        self._link = (ephemeral, link_id)
-        return code
+        self._link = await self.keys.start_link(name)
+        return self._link.code
 
     async def wait_linked(self, timeout: float = 600.0) -> None:
         """Wait until an existing device approves the link code of :meth:`link_device`."""
         if self._link is None:
             raise ParleyError("No link in progress: call link_device first.")
-        ephemeral, link_id = self._link
-        await self.keys.finish_link(ephemeral, link_id, timeout)
+        await self.keys.finish_link(self._link, timeout)
         self._link = None
 
     async def approve_device(

@@ -32,14 +32,12 @@ from parley.crypto import (
     Device,
     DeviceEntry,
     DeviceList,
+    LinkRequest,
     SignedDeviceList,
-    link_code,
-    open_on_new_device,
     parse_link_code,
     seal_for_new_device,
 )
 from parley.crypto.encoding import b64decode, b64encode
-from parley.crypto.primitives import X25519KeyPair
 from parley.errors import ApiError, ParleyError
 from parley.events import ErrorEvent, EventBus
 from parley.store import Transaction
@@ -123,7 +121,7 @@ class Keys:
 
     def account_key(self, tx: Transaction | None = None) -> AccountKey | None:
         raw = (tx or self._store().read()).get_bytes("account_key")
-        return None if raw is None else AccountKey.from_bytes(raw)
+        return None if raw is None else AccountKey.from_seed(raw)
 
     def own_list(self, tx: Transaction | None = None) -> SignedDeviceList | None:
         raw = (tx or self._store().read()).get("device_list")
@@ -192,18 +190,13 @@ class Keys:
         )
         signed = listing.sign(account_key)
         async with self._store().transaction() as tx:
-            tx.put_bytes("account_key", account_key.to_bytes())
+            tx.put_bytes("account_key", account_key.seed())
             tx.put("device_list", signed.to_json())
         await self.api.put_account(b64encode(account_key.public), signed.to_json())
 
     @staticmethod
     def _entry(did: int, name: str, device: Device) -> DeviceEntry:
-        return DeviceEntry(
-            device_id=did,
-            name=name,
-            signing_key=device.identity.signing_key,
-            dh_key=device.identity.dh_key,
-        )
+        return DeviceEntry.of(did, name, device.identity)
 
     def _me(self) -> str:
         if self.account.user_id is None:
@@ -278,7 +271,7 @@ class Keys:
                 "was reset from another install. Link this device again."
             )
         signed = SignedDeviceList.from_json(answer)
-        signed.verify(account_key.public)
+        signed.verify(account_key.public, user_id=self._me())
         current = self.own_list()
         if current is not None and signed.device_list.version < current.device_list.version:
             raise ParleyError("The directory served an older device list than this device has.")
@@ -337,22 +330,22 @@ class Keys:
         await self._publish_list(change)
 
     # -- linking --------------------------------------------------------------------------
-    async def start_link(self, name: str | None = None) -> tuple[str, X25519KeyPair, str]:
-        """On the new device: publish it as pending; returns (link code, E, link id)."""
+    async def start_link(self, name: str | None = None) -> LinkRequest:
+        """On the new device: publish it as pending; returns the link (show its code)."""
         await self.account.access_token()
         did = await self.device_id()
         await self._ensure_device_keys(did)
-        ephemeral = X25519KeyPair.generate()
-        link_id = secrets.token_bytes(8)
-        await self.api.create_link(b64encode(link_id), did, (name or default_device_name())[:64])
-        return link_code(link_id, ephemeral.public), ephemeral, b64encode(link_id)
+        request = LinkRequest.generate()
+        await self.api.create_link(
+            b64encode(request.link_id), did, (name or default_device_name())[:64]
+        )
+        return request
 
-    async def finish_link(
-        self, ephemeral: X25519KeyPair, link_id: str, timeout: float = 600.0
-    ) -> None:
+    async def finish_link(self, request: LinkRequest, timeout: float = 600.0) -> None:
         """On the new device: wait for the approval, open it, check the list names us."""
         device = self.device()
         assert device is not None
+        link_id = b64encode(request.link_id)
         deadline = time.monotonic() + timeout
         while True:
             link = await self.api.get_link(link_id)
@@ -362,14 +355,12 @@ class Keys:
                 raise ParleyError("The link code was not approved in time.")
             await asyncio.sleep(LINK_POLL_S)
         sealed = b64decode(link["approval"]["sealed"])
-        payload = json.loads(
-            open_on_new_device(ephemeral, b64decode(link_id), device.identity.signing_key, sealed)
-        )
+        payload = json.loads(request.open(device.identity.signing_key, sealed))
         if payload.get("user_id") != self._me():
             raise ParleyError("The approval is for another account.")
-        account_key = AccountKey.from_bytes(b64decode(payload["account_key"]))
+        account_key = AccountKey.from_seed(b64decode(payload["account_key"]))
         async with self._store().transaction() as tx:
-            tx.put_bytes("account_key", account_key.to_bytes())
+            tx.put_bytes("account_key", account_key.seed())
         signed = await self.refresh_own_list()
         assert signed is not None
         me = self.known_device_id()
@@ -420,7 +411,7 @@ class Keys:
 
         await self._publish_list(change)
         payload = json.dumps(
-            {"user_id": self._me(), "account_key": b64encode(account_key.to_bytes())}
+            {"user_id": self._me(), "account_key": b64encode(account_key.seed())}
         ).encode()
         sealed = seal_for_new_device(e_pub, link_id, entry.signing_key, payload)
         await self.api.approve_link(pending.link_id, b64encode(sealed))

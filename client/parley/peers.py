@@ -125,10 +125,7 @@ class PeerState:
         older than the one we hold is refused (a replayed list could bring back
         a removed device). Sessions with devices no longer listed are dropped.
         """
-        signed.verify(b64decode(account_key))
-        listing = signed.device_list
-        if listing.user_id != self.user_id:
-            raise UnknownDevice("the device list is another user's")
+        listing = signed.verify(b64decode(account_key), user_id=self.user_id)
         changed: AccountChanged | None = None
         if self.account_key is not None and self.account_key != account_key:
             old = self.safety_number(local_account_key, local_user_id)
