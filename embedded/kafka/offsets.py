@@ -1,0 +1,135 @@
+"""Committed group offsets, durable in one append-only journal compacted on start.
+
+Each commit appends one record ``[length u32][crc32c u32][JSON]`` with
+``os.write`` before the commit is answered (the fsync schedule is the one of
+the logs: files.py). At start the journal is read up to its first torn or
+corrupt record and rewritten with only the latest offset of each partition
+(write, fsync, rename); it is also rewritten while running whenever it grows
+well past that live size, so its size stays flat however long the broker runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from aiokafka.record.util import calc_crc32c
+
+from embedded.kafka.files import FileHandle, Syncer, fsync_dir
+
+log = logging.getLogger(__name__)
+
+_HEAD = struct.Struct(">II")
+JOURNAL = "offsets.journal"
+COMPACT_MIN_BYTES = 4 * 1024 * 1024
+
+Key = tuple[str, int]  # (topic, partition)
+
+
+class OffsetStore:
+    def __init__(self, data_dir: Path, syncer: Syncer) -> None:
+        self.path = data_dir / JOURNAL
+        self.syncer = syncer
+        self.groups: dict[str, dict[Key, tuple[int, str]]] = {}
+        self.handle: FileHandle | None = None
+        self.size = 0
+        self._live_bytes = 0
+
+    # Start --------------------------------------------------------------------------
+    def load(self) -> None:
+        if self.path.exists():
+            data = self.path.read_bytes()
+            pos = 0
+            while pos + _HEAD.size <= len(data):
+                length, crc = _HEAD.unpack_from(data, pos)
+                body = data[pos + _HEAD.size : pos + _HEAD.size + length]
+                if len(body) != length or calc_crc32c(body) != crc:
+                    break
+                try:
+                    self._apply(json.loads(body))
+                except (ValueError, KeyError, TypeError):
+                    break
+                pos += _HEAD.size + length
+            if pos != len(data):
+                log.warning("offsets journal: dropping a torn tail (%d bytes)", len(data) - pos)
+        self._compact()
+
+    def _apply(self, rec: dict[str, Any]) -> None:
+        if "g" in rec:
+            group = self.groups.setdefault(rec["g"], {})
+            for topic, partition, offset, meta in rec["c"]:
+                group[(topic, int(partition))] = (int(offset), meta)
+        elif "d" in rec:
+            self._forget(rec["d"])
+
+    def _forget(self, topic: str) -> None:
+        for group in self.groups.values():
+            for key in [k for k in group if k[0] == topic]:
+                del group[key]
+
+    def _compact(self) -> None:
+        """Rewrite the journal with the live offsets only (atomically)."""
+        tmp = self.path.with_name(f".{JOURNAL}.tmp")
+        chunks = [
+            _frame({"g": g, "c": [[t, p, o, m] for (t, p), (o, m) in offs.items()]})
+            for g, offs in self.groups.items()
+            if offs
+        ]
+        data = b"".join(chunks)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.handle is not None:
+            self.handle.close()
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+        self.handle = FileHandle(self.path, os.O_WRONLY | os.O_APPEND)
+        self.size = self._live_bytes = len(data)
+
+    # Use ----------------------------------------------------------------------------
+    def commit(self, group_id: str, offsets: list[tuple[str, int, int, str]]) -> None:
+        """Make the offsets durable (written before this returns) and current."""
+        self._append({"g": group_id, "c": [list(o) for o in offsets]})
+        group = self.groups.setdefault(group_id, {})
+        for topic, partition, offset, meta in offsets:
+            group[(topic, partition)] = (offset, meta)
+
+    def forget_topic(self, topic: str) -> None:
+        self._append({"d": topic})
+        self._forget(topic)
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        assert self.handle is not None
+        data = _frame(rec)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.handle.fd, view) :]
+        self.size += len(data)
+        self.syncer.dirty.add(self.handle)
+        if self.size > max(COMPACT_MIN_BYTES, 4 * self._live_bytes):
+            self._compact()
+
+    def get(self, group_id: str, topic: str, partition: int) -> tuple[int, str] | None:
+        return self.groups.get(group_id, {}).get((topic, partition))
+
+    def of_group(self, group_id: str) -> dict[Key, tuple[int, str]]:
+        return self.groups.get(group_id, {})
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def _frame(rec: dict[str, Any]) -> bytes:
+    body = json.dumps(rec, separators=(",", ":")).encode()
+    return _HEAD.pack(len(body), calc_crc32c(body)) + body
