@@ -61,7 +61,7 @@ async def create_topics(broker: Broker, req: Request) -> bytes:
             if validate_only:
                 broker.topics.validate(name, partitions, replication, given)
             else:
-                broker.topics.create(name, partitions, replication, given)
+                await broker.topics.create(name, partitions, replication, given)
         except TopicError as exc:
             error, message = exc.code, str(exc)
         except OSError as exc:
@@ -76,7 +76,7 @@ async def delete_topics(broker: Broker, req: Request) -> bytes:
     for name in req.body.topics or []:
         error = NONE
         try:
-            broker.topics.delete(name)
+            await broker.topics.delete(name)
             broker.offsets.forget_topic(name)
         except TopicError as exc:
             error = exc.code

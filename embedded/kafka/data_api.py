@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from embedded.kafka.log import OffsetOutOfRange, PartitionLog
 from embedded.kafka.protocol import encode
 from embedded.kafka.records import BatchError, split_batches
-from embedded.kafka.topics import TopicError
+from embedded.kafka.topics import TOPIC_ALREADY_EXISTS, TopicError
 
 if TYPE_CHECKING:
     from embedded.kafka.server import Broker, Request
@@ -20,6 +20,7 @@ NONE = 0
 OFFSET_OUT_OF_RANGE = 1
 CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
+LEADER_NOT_AVAILABLE = 5
 NOT_LEADER_FOR_PARTITION = 6
 INVALID_REQUIRED_ACKS = 21
 KAFKA_STORAGE_ERROR = 56
@@ -227,10 +228,11 @@ async def metadata(broker: Broker, req: Request) -> bytes:
         error = NONE
         if topic is None and allow_create and requested is not None:
             try:
-                topic = broker.topics.create(name, broker.config.partitions)
+                topic = await broker.topics.create(name, broker.config.partitions)
                 log.info("auto-created topic %s", name)
             except TopicError as exc:
-                error = exc.code
+                # Another request is creating it: Kafka's retriable answer meanwhile.
+                error = LEADER_NOT_AVAILABLE if exc.code == TOPIC_ALREADY_EXISTS else exc.code
         if topic is None:
             error = error or UNKNOWN_TOPIC_OR_PARTITION
             partitions: list[dict[str, Any]] = []

@@ -10,6 +10,7 @@ well past that live size, so its size stays flat however long the broker runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ class OffsetStore:
         self.handle: FileHandle | None = None
         self.size = 0
         self._live_bytes = 0
+        self._tmp = self.path.with_name(f".{JOURNAL}.tmp")
+        self._tail: list[bytes] | None = None  # commits made while compacting
+        self._compacting: asyncio.Task[None] | None = None
 
     # Start --------------------------------------------------------------------------
     def load(self) -> None:
@@ -71,29 +75,48 @@ class OffsetStore:
             for key in [k for k in group if k[0] == topic]:
                 del group[key]
 
-    def _compact(self) -> None:
-        """Rewrite the journal with the live offsets only (atomically)."""
-        tmp = self.path.with_name(f".{JOURNAL}.tmp")
-        chunks = [
+    def _snapshot(self) -> bytes:
+        return b"".join(
             _frame({"g": g, "c": [[t, p, o, m] for (t, p), (o, m) in offs.items()]})
             for g, offs in self.groups.items()
             if offs
-        ]
-        data = b"".join(chunks)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if self.handle is not None:
-            self.handle.close()
-        os.replace(tmp, self.path)
+        )
+
+    def _compact(self) -> None:
+        """Rewrite the journal with the live offsets only (atomically; at start)."""
+        data = self._snapshot()
+        _write_synced(self._tmp, data)
+        os.replace(self._tmp, self.path)
         fsync_dir(self.path.parent)
         self.handle = FileHandle(self.path, os.O_WRONLY | os.O_APPEND)
         self.size = self._live_bytes = len(data)
+
+    async def _compact_while_running(self) -> None:
+        """The same while serving: the snapshot is written and fsynced in a worker
+        thread; commits made meanwhile are appended to it before it replaces the
+        journal (in the loop, with no await in between, so none is lost)."""
+        data = self._snapshot()
+        try:
+            await asyncio.to_thread(_write_synced, self._tmp, data)
+            tail = b"".join(self._tail or [])
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                _write(fd, tail)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            log.error("compacting the offsets journal failed: %r", exc)
+            return
+        finally:
+            self._tail = None
+        old, self.handle = self.handle, FileHandle(self.path, os.O_WRONLY | os.O_APPEND)
+        if old is not None:
+            old.close()
+        self.syncer.dirty.add(self.handle)
+        self.syncer.dirty_dirs.add(self.path.parent)
+        self.size = len(data) + len(tail)
+        self._live_bytes = len(data)
 
     # Use ----------------------------------------------------------------------------
     def commit(self, group_id: str, offsets: list[tuple[str, int, int, str]]) -> None:
@@ -111,12 +134,20 @@ class OffsetStore:
         assert self.handle is not None
         data = _frame(rec)
         view = memoryview(data)
-        while view:
-            view = view[os.write(self.handle.fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self.handle.fd, view) :]
+        except OSError:
+            # No torn record may stay: the ones after it would be lost at start.
+            os.ftruncate(self.handle.fd, self.size)
+            raise
         self.size += len(data)
         self.syncer.dirty.add(self.handle)
-        if self.size > max(COMPACT_MIN_BYTES, 4 * self._live_bytes):
-            self._compact()
+        if self._tail is not None:
+            self._tail.append(data)
+        elif self.size > max(COMPACT_MIN_BYTES, 4 * self._live_bytes):
+            self._tail = []
+            self._compacting = asyncio.get_running_loop().create_task(self._compact_while_running())
 
     def get(self, group_id: str, topic: str, partition: int) -> tuple[int, str] | None:
         return self.groups.get(group_id, {}).get((topic, partition))
@@ -125,9 +156,26 @@ class OffsetStore:
         return self.groups.get(group_id, {})
 
     def close(self) -> None:
+        if self._compacting is not None:
+            self._compacting.cancel()
         if self.handle is not None:
             self.handle.close()
             self.handle = None
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _frame(rec: dict[str, Any]) -> bytes:

@@ -15,6 +15,7 @@ removing the files, so a crash never resurrects half a topic.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from embedded.kafka.config import BrokerConfig, ConfigError, TopicConfig
 from embedded.kafka.files import Syncer, atomic_write, fsync_dir
@@ -74,6 +76,7 @@ class TopicStore:
         self.root = config.data_dir / "topics"
         self.trash = config.data_dir / "trash"
         self.topics: dict[str, Topic] = {}
+        self.creating: set[str] = set()
 
     def load(self) -> None:
         """Open every topic and recover its partitions (see log.py)."""
@@ -105,7 +108,7 @@ class TopicStore:
     ) -> TopicConfig:
         """Check a creation without doing it; return the topic's config. Raises TopicError."""
         check_name(name)
-        if name in self.topics:
+        if name in self.topics or name in self.creating:
             raise TopicError(TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         if partitions < 1:
             raise TopicError(INVALID_PARTITIONS, "the number of partitions must be at least 1")
@@ -121,15 +124,28 @@ class TopicStore:
         except ConfigError as exc:
             raise TopicError(INVALID_CONFIG, str(exc)) from None
 
-    def create(
+    async def create(
         self,
         name: str,
         partitions: int,
         replication: int = -1,
         configs: Mapping[str, str] | None = None,
     ) -> Topic:
+        """Create a topic; its files are written and fsynced in a worker thread, so the
+        broker keeps serving meanwhile. Raises TopicError."""
         configs = dict(configs or {})
         cfg = self.validate(name, partitions, replication, configs)
+        self.creating.add(name)
+        try:
+            topic = await asyncio.to_thread(self._create_files, name, partitions, cfg, configs)
+        finally:
+            self.creating.discard(name)
+        self.topics[name] = topic
+        return topic
+
+    def _create_files(
+        self, name: str, partitions: int, cfg: TopicConfig, configs: dict[str, str]
+    ) -> Topic:
         d = self.root / name
         if d.exists():  # left by a crash between mkdir and topic.json
             shutil.rmtree(d)
@@ -147,11 +163,10 @@ class TopicStore:
             fsync_dir(d / str(p))
         atomic_write(d / META, json.dumps(meta, sort_keys=True).encode())
         fsync_dir(self.root)
-        topic = Topic(name, topic_id, cfg, logs)
-        self.topics[name] = topic
-        return topic
+        return Topic(name, topic_id, cfg, logs)
 
-    def delete(self, name: str) -> None:
+    async def delete(self, name: str) -> None:
+        """Forget the topic at once; its files go in a worker thread."""
         topic = self.topics.pop(name, None)
         if topic is None:
             raise TopicError(UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
@@ -159,9 +174,9 @@ class TopicStore:
             plog.close()
         self.trash.mkdir(exist_ok=True)
         gone = self.trash / f"{name}-{topic.topic_id}"
+        # The rename is what deletes (atomically): the name is free again at once.
         (self.root / name).rename(gone)
-        fsync_dir(self.root)
-        shutil.rmtree(gone, ignore_errors=True)
+        await asyncio.to_thread(_remove, self.root, gone)
 
     def apply_retention(self) -> int:
         now = int(time.time() * 1000)
@@ -173,3 +188,8 @@ class TopicStore:
         for topic in self.topics.values():
             for plog in topic.logs:
                 plog.close()
+
+
+def _remove(root: Path, gone: Path) -> None:
+    fsync_dir(root)
+    shutil.rmtree(gone, ignore_errors=True)
