@@ -26,7 +26,7 @@ TOPIC_RESOURCE, BROKER_RESOURCE = 2, 4
 DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5
 
 
-async def api_versions(broker: Broker, req: Request) -> bytes:
+def api_versions(broker: Broker, req: Request) -> bytes:
     entries = [
         {"api_key": k, "min_version": lo, "max_version": hi} for k, lo, hi in protocol.API_RANGES
     ]
@@ -87,7 +87,7 @@ async def delete_topics(broker: Broker, req: Request) -> bytes:
     return encode(req.response_class, {"topic_error_codes": out})
 
 
-async def delete_records(broker: Broker, req: Request) -> bytes:
+def delete_records(broker: Broker, req: Request) -> bytes:
     topics_out = []
     for name, partitions in req.body.topics or []:
         topic = broker.topics.get(name)
@@ -112,7 +112,7 @@ async def delete_records(broker: Broker, req: Request) -> bytes:
     return encode(req.response_class, {"topics": topics_out})
 
 
-async def describe_configs(broker: Broker, req: Request) -> bytes:
+def describe_configs(broker: Broker, req: Request) -> bytes:
     out = []
     for resource_type, resource_name, names in req.body.resources or []:
         error, message, entries = NONE, None, []

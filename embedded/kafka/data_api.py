@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from embedded.kafka.codec import encode_fetch_response, encode_produce_response
 from embedded.kafka.log import OffsetOutOfRange, PartitionLog
 from embedded.kafka.protocol import encode
 from embedded.kafka.records import BatchError, split_batches
@@ -29,12 +31,12 @@ LATEST, EARLIEST = -1, -2
 
 
 # Produce ----------------------------------------------------------------------------
-async def produce(broker: Broker, req: Request) -> bytes | None:
+def produce(broker: Broker, req: Request) -> bytes | Awaitable[bytes | None] | None:
     body = req.body
     acks = body.required_acks
     storage_error = KAFKA_STORAGE_ERROR if req.version >= 4 else NOT_LEADER_FOR_PARTITION
     wrote = False
-    topics_out = []
+    topics_out: list[tuple[str, list[tuple[int, int, int, int, int]]]] = []
     for name, partitions in body.topics:
         topic = broker.topics.get(name)
         parts_out = []
@@ -59,57 +61,65 @@ async def produce(broker: Broker, req: Request) -> bytes | None:
                 except OSError as exc:
                     log.error("%s-%d: write failed: %r", name, partition, exc)
                     error = storage_error
-            parts_out.append(
-                {
-                    "partition": partition,
-                    "error_code": error,
-                    "offset": base,
-                    "timestamp": -1,
-                    "log_start_offset": plog.log_start if plog is not None else -1,
-                }
-            )
-        topics_out.append({"topic": name, "partitions": parts_out})
+            start = plog.log_start if plog is not None else -1
+            parts_out.append((partition, error, base, -1, start))
+        topics_out.append((name, parts_out))
+    answer = encode_produce_response(req.version, topics_out)
     if wrote and broker.syncer.every_write:
-        await broker.syncer.sync()
+        synced = broker.syncer.after_sync(answer)
+        return synced if acks != 0 else _no_answer(synced)
     if acks == 0:
         return None  # Kafka sends no response at all to acks=0
-    return encode(req.response_class, {"topics": topics_out})
+    return answer
+
+
+async def _no_answer(synced: Awaitable[bytes]) -> None:
+    await synced
 
 
 # Fetch ------------------------------------------------------------------------------
-async def fetch(broker: Broker, req: Request) -> bytes:
+def fetch(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
     body, version = req.body, req.version
-    top: dict[str, Any] = {"throttle_time_ms": 0, "error_code": NONE, "session_id": 0}
     if version >= 7 and (body.session_id != 0 or body.session_epoch not in (-1, 0)):
         # No fetch sessions here: every fetch is a full one (session id 0).
-        top.update(error_code=FETCH_SESSION_ID_NOT_FOUND, topics=[])
-        return encode(req.response_class, top)
+        return encode_fetch_response(version, FETCH_SESSION_ID_NOT_FOUND, [])
     offset_at = 1 if version < 9 else 2
     wanted = [
         (name, [(p[0], p[offset_at], p[-1]) for p in partitions])
         for name, partitions in body.topics
     ]
-    max_bytes = body.max_bytes
+    topics_out, total, failed = _collect(broker, wanted, body.max_bytes)
+    if total >= body.min_bytes or failed or body.max_wait_time <= 0:
+        return encode_fetch_response(version, NONE, topics_out)
+    return _long_poll(broker, req, wanted)
+
+
+async def _long_poll(
+    broker: Broker,
+    req: Request,
+    wanted: list[tuple[str, list[tuple[int, int, int]]]],
+) -> bytes:
+    """Wait until ``min_bytes`` are there or ``max_wait`` is over (woken by appends)."""
+    body = req.body
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + max(body.max_wait_time, 0) / 1000
+    deadline = loop.time() + body.max_wait_time / 1000
     while True:
-        topics_out, total, failed = _collect(broker, wanted, max_bytes, version)
         remaining = deadline - loop.time()
-        if total >= body.min_bytes or failed or remaining <= 0:
+        if remaining > 0:
+            await _wait_for_data(broker, wanted, remaining)
+        topics_out, total, failed = _collect(broker, wanted, body.max_bytes)
+        if total >= body.min_bytes or failed or deadline - loop.time() <= 0:
             break
-        await _wait_for_data(broker, wanted, remaining)
-    top["topics"] = topics_out
-    return encode(req.response_class, top)
+    return encode_fetch_response(req.version, NONE, topics_out)
 
 
 def _collect(
     broker: Broker,
     wanted: list[tuple[str, list[tuple[int, int, int]]]],
     max_bytes: int,
-    version: int,
-) -> tuple[list[dict[str, Any]], int, bool]:
+) -> tuple[list[tuple[str, list[tuple[int, int, int, int, bytes]]]], int, bool]:
     total, failed = 0, False
-    topics_out: list[dict[str, Any]] = []
+    topics_out = []
     for name, partitions in wanted:
         topic = broker.topics.get(name)
         parts_out = []
@@ -132,19 +142,8 @@ def _collect(
                 except OffsetOutOfRange:
                     error, failed = OFFSET_OUT_OF_RANGE, True
             total += len(data)
-            parts_out.append(
-                {
-                    "partition": partition,
-                    "error_code": error,
-                    "highwater_offset": hw,
-                    "last_stable_offset": hw,
-                    "log_start_offset": start,
-                    "aborted_transactions": None,
-                    "preferred_read_replica": -1,
-                    "message_set": data,
-                }
-            )
-        topics_out.append({"topics": name, "partitions": parts_out})
+            parts_out.append((partition, error, hw, start, data))
+        topics_out.append((name, parts_out))
     return topics_out, total, failed
 
 
@@ -179,7 +178,7 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 # ListOffsets ------------------------------------------------------------------------
-async def list_offsets(broker: Broker, req: Request) -> bytes:
+def list_offsets(broker: Broker, req: Request) -> bytes:
     topics_out = []
     for name, partitions in req.body.topics:
         topic = broker.topics.get(name)
@@ -212,7 +211,7 @@ async def list_offsets(broker: Broker, req: Request) -> bytes:
 
 
 # Metadata ---------------------------------------------------------------------------
-async def metadata(broker: Broker, req: Request) -> bytes:
+def metadata(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
     body, version = req.body, req.version
     requested: list[str] | None = body.topics
     if version == 0 and not requested:
@@ -220,21 +219,37 @@ async def metadata(broker: Broker, req: Request) -> bytes:
     allow_create = broker.config.auto_create_topics and (
         version < 4 or bool(body.allow_auto_topic_creation)
     )
+    missing = [n for n in requested or [] if broker.topics.get(n) is None]
+    if allow_create and missing:
+        return _create_then_describe(broker, req, requested, missing)
+    return _describe(broker, req, requested, {})
+
+
+async def _create_then_describe(
+    broker: Broker, req: Request, requested: list[str] | None, missing: list[str]
+) -> bytes:
+    errors: dict[str, int] = {}
+    for name in dict.fromkeys(missing):
+        try:
+            await broker.topics.create(name, broker.config.partitions)
+            log.info("auto-created topic %s", name)
+        except TopicError as exc:
+            # Another request is creating it: Kafka's retriable answer meanwhile.
+            errors[name] = LEADER_NOT_AVAILABLE if exc.code == TOPIC_ALREADY_EXISTS else exc.code
+    return _describe(broker, req, requested, errors)
+
+
+def _describe(
+    broker: Broker, req: Request, requested: list[str] | None, errors: dict[str, int]
+) -> bytes:
     names = sorted(broker.topics.topics) if requested is None else requested
     node = broker.config.node_id
     topics_out = []
     for name in names:
         topic = broker.topics.get(name)
         error = NONE
-        if topic is None and allow_create and requested is not None:
-            try:
-                topic = await broker.topics.create(name, broker.config.partitions)
-                log.info("auto-created topic %s", name)
-            except TopicError as exc:
-                # Another request is creating it: Kafka's retriable answer meanwhile.
-                error = LEADER_NOT_AVAILABLE if exc.code == TOPIC_ALREADY_EXISTS else exc.code
         if topic is None:
-            error = error or UNKNOWN_TOPIC_OR_PARTITION
+            error = errors.get(name) or UNKNOWN_TOPIC_OR_PARTITION
             partitions: list[dict[str, Any]] = []
         else:
             partitions = [

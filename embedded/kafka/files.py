@@ -116,6 +116,11 @@ class Syncer:
             except OSError as exc:  # a failing disk must not stop the broker answering
                 log.error("fsync failed: %r", exc)
 
+    async def after_sync(self, answer: bytes) -> bytes:
+        """``answer``, once what was written so far is fsynced (``--fsync-interval-ms 0``)."""
+        await self.sync()
+        return answer
+
     async def sync(self) -> None:
         """Fsync everything written so far (in a worker thread; the loop keeps serving)."""
         async with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from embedded.kafka.groups import INVALID_GROUP_ID, NONE, State
@@ -19,7 +20,7 @@ COORDINATOR_NOT_AVAILABLE = 15
 GROUP_COORDINATOR = 0
 
 
-async def find_coordinator(broker: Broker, req: Request) -> bytes:
+def find_coordinator(broker: Broker, req: Request) -> bytes:
     kind = req.body.coordinator_type if req.version >= 1 else GROUP_COORDINATOR
     if kind != GROUP_COORDINATOR:  # no transactions here
         return encode(
@@ -86,19 +87,19 @@ async def sync_group(broker: Broker, req: Request) -> bytes:
     )
 
 
-async def heartbeat(broker: Broker, req: Request) -> bytes:
+def heartbeat(broker: Broker, req: Request) -> bytes:
     body = req.body
     error = broker.groups.heartbeat(body.group, body.generation_id, body.member_id or "")
     return encode(req.response_class, {"error_code": error})
 
 
-async def leave_group(broker: Broker, req: Request) -> bytes:
+def leave_group(broker: Broker, req: Request) -> bytes:
     error = broker.groups.leave(req.body.group, req.body.member_id or "")
     return encode(req.response_class, {"error_code": error})
 
 
 # Offsets ------------------------------------------------------------------------------
-async def offset_commit(broker: Broker, req: Request) -> bytes:
+def offset_commit(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
     body = req.body
     group_id: str = body.consumer_group or ""
     error = (
@@ -128,17 +129,18 @@ async def offset_commit(broker: Broker, req: Request) -> bytes:
     if accepted:
         try:
             broker.offsets.commit(group_id, accepted)
-            if broker.syncer.every_write:
-                await broker.syncer.sync()
         except OSError as exc:
             log.error("offset commit of group %s failed: %r", group_id, exc)
             for t in topics_out:
                 for p in t["partitions"]:
                     p["error_code"] = p["error_code"] or COORDINATOR_NOT_AVAILABLE
+        else:
+            if broker.syncer.every_write:
+                return broker.syncer.after_sync(encode(req.response_class, {"topics": topics_out}))
     return encode(req.response_class, {"topics": topics_out})
 
 
-async def offset_fetch(broker: Broker, req: Request) -> bytes:
+def offset_fetch(broker: Broker, req: Request) -> bytes:
     body = req.body
     group_id: str = body.consumer_group or ""
     committed = broker.offsets.of_group(group_id)
@@ -163,7 +165,7 @@ async def offset_fetch(broker: Broker, req: Request) -> bytes:
 
 
 # Listings -----------------------------------------------------------------------------
-async def list_groups(broker: Broker, req: Request) -> bytes:
+def list_groups(broker: Broker, req: Request) -> bytes:
     names = {g for g, offs in broker.offsets.groups.items() if offs}
     live = broker.groups.groups
     names |= {g for g, group in live.items() if group.members}
@@ -174,7 +176,7 @@ async def list_groups(broker: Broker, req: Request) -> bytes:
     return encode(req.response_class, {"error_code": NONE, "groups": groups})
 
 
-async def describe_groups(broker: Broker, req: Request) -> bytes:
+def describe_groups(broker: Broker, req: Request) -> bytes:
     out: list[dict[str, Any]] = []
     for group_id in req.body.groups or []:
         group = broker.groups.groups.get(group_id)

@@ -209,7 +209,7 @@ class PartitionLog:
             return None
 
     # Writing ---------------------------------------------------------------------
-    def append(self, records: bytes, batches: list[Batch]) -> int:
+    def append(self, records: bytes | memoryview, batches: list[Batch]) -> int:
         """Write the batches, offsets assigned; return the first offset. Raises ``OSError``."""
         total = sum(b.size for b in batches)
         seg = self._segment_for(total)

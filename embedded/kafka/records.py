@@ -82,7 +82,7 @@ def parse_batch(buf: bytes | memoryview, start: int, *, check_crc: bool = True) 
     return Batch(start, size, delta, max_ts)
 
 
-def split_batches(records: bytes, max_batch_bytes: int) -> list[Batch]:
+def split_batches(records: bytes | memoryview, max_batch_bytes: int) -> list[Batch]:
     """The batches of a produced record set, each checked (CRC included)."""
     out: list[Batch] = []
     pos, end = 0, len(records)
@@ -98,7 +98,7 @@ def split_batches(records: bytes, max_batch_bytes: int) -> list[Batch]:
     return out
 
 
-def stamped_header(records: bytes, batch: Batch, base_offset: int) -> bytes:
+def stamped_header(records: bytes | memoryview, batch: Batch, base_offset: int) -> bytes:
     """The first 16 bytes of ``batch`` as stored: its offset and leader epoch set by us."""
     start = batch.start
     return _OFFSET.pack(base_offset) + records[start + 8 : start + 12] + _EPOCH_ZERO

@@ -17,14 +17,14 @@ import io
 import json
 import logging
 import os
-import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from embedded.kafka import protocol
+from embedded.kafka import codec, protocol
 from embedded.kafka.config import BrokerConfig
+from embedded.kafka.connection import Connection
 from embedded.kafka.files import Syncer, atomic_write
 from embedded.kafka.groups import GroupCoordinator
 from embedded.kafka.offsets import OffsetStore
@@ -32,9 +32,6 @@ from embedded.kafka.protocol import ProtocolError
 from embedded.kafka.topics import TopicStore
 
 log = logging.getLogger(__name__)
-
-_SIZE = struct.Struct(">i")
-_WRITE_HIGH_WATER = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -47,7 +44,9 @@ class Request:
     response_class: type[Any]
 
 
-Handler = Callable[["Broker", Request], Awaitable[bytes | None]]
+# A handler answers at once (the encoded response, or None for no answer) or,
+# when it must wait, returns an awaitable of that.
+Handler = Callable[["Broker", Request], "bytes | Awaitable[bytes | None] | None"]
 
 
 class Broker:
@@ -63,7 +62,7 @@ class Broker:
         self.port = config.port
         self._server: asyncio.Server | None = None
         self._lock_fd: int | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[Connection] = set()
         self._retention: asyncio.Task[None] | None = None
         self._handlers: dict[int, Handler] = {}
 
@@ -76,8 +75,11 @@ class Broker:
         self.topics.load()
         self.offsets.load()
         self.syncer.start()
-        self._server = await asyncio.start_server(
-            self._serve, self.config.host, self.config.port, limit=2**20
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self.dispatch, self.config.max_request_bytes, self.connections),
+            self.config.host,
+            self.config.port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._retention = asyncio.create_task(self._retention_loop())
@@ -104,9 +106,9 @@ class Broker:
             self._server.close()
         if self._retention is not None:
             self._retention.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in list(self.connections):
+            conn.abort()
+        await asyncio.sleep(0)  # let the cancelled requests unwind
         if self._retention is not None:
             await asyncio.gather(self._retention, return_exceptions=True)
         self.groups.close()
@@ -128,38 +130,10 @@ class Broker:
             if removed:
                 log.debug("retention removed %d segments", removed)
 
-    # Connections ---------------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        peer = writer.get_extra_info("peername")
-        host = str(peer[0]) if peer else ""
-        try:
-            while True:
-                head = await reader.readexactly(4)
-                (size,) = _SIZE.unpack(head)
-                if not 0 < size <= self.config.max_request_bytes:
-                    raise ProtocolError(f"frame length {size}")
-                frame = await reader.readexactly(size)
-                response = await self._dispatch(frame, host)
-                if response is not None:
-                    writer.write(response)
-                    if writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                        await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except ProtocolError as exc:
-            log.warning("closing connection from %s: %s", host, exc)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("closing connection from %s after an internal error", host)
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-
-    async def _dispatch(self, frame: bytes, host: str) -> bytes | None:
+    # Requests ---------------------------------------------------------------------
+    def dispatch(self, frame: bytes, host: str) -> bytes | Awaitable[bytes | None] | None:
+        """Decode one request and answer it: the framed answer, None (no answer), or,
+        for a request that must wait, an awaitable of either."""
         api_key, version, correlation_id, client_id, body_at = protocol.parse_header(frame)
         versions = protocol.VERSIONS.get(api_key)
         if versions is None:
@@ -171,16 +145,28 @@ class Broker:
             raise ProtocolError(f"api key {api_key} version {version} is not supported")
         request_class, response_class = versions[version]
         try:
-            stream = io.BytesIO(frame)
-            stream.seek(body_at)
-            body = request_class.decode(stream)
+            if api_key == protocol.PRODUCE:
+                body: Any = codec.decode_produce(frame, body_at)  # records stay in the frame
+            else:
+                stream = io.BytesIO(frame)
+                stream.seek(body_at)
+                body = request_class.decode(stream)
+        except ProtocolError:
+            raise
         except Exception as exc:  # any garbage: struct, unicode, length errors
             raise ProtocolError(f"undecodable request (api {api_key} v{version}): {exc}") from None
         request = Request(api_key, version, client_id, host, body, response_class)
-        payload = await self._handlers[api_key](self, request)
+        payload = self._handlers[api_key](self, request)
         if payload is None:
             return None
-        return protocol.frame_response(correlation_id, payload)
+        if isinstance(payload, bytes):
+            return protocol.frame_response(correlation_id, payload)
+        return _framed(correlation_id, payload)
+
+
+async def _framed(correlation_id: int, payload: Awaitable[bytes | None]) -> bytes | None:
+    answer = await payload
+    return None if answer is None else protocol.frame_response(correlation_id, answer)
 
 
 def _api_versions_v0_error() -> bytes:
