@@ -418,8 +418,9 @@ async def bench_one(
     out: dict[str, Any] = {}
     try:
         await work.start()
-        log(f"{kind}: throughput, {opts.records} records")
-        out["throughput"] = (await work.throughput(opts.records)).summary()
+        if opts.records > 0:
+            log(f"{kind}: throughput, {opts.records} records")
+            out["throughput"] = (await work.throughput(opts.records)).summary()
         for rate in opts.rates:
             log(f"{kind}: paced {rate} msgs/s for {opts.seconds}s")
             out[f"paced_{rate}"] = (await work.paced(rate, opts.seconds)).summary()
