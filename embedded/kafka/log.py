@@ -24,6 +24,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from pathlib import Path
 
+from aiokafka.record.memory_records import MemoryRecords
+
 from embedded.kafka.config import TopicConfig
 from embedded.kafka.files import FileHandle, Syncer, atomic_write, write_all
 from embedded.kafka.records import Batch, BatchError, base_offset_of, parse_batch, stamped_header
@@ -371,8 +373,7 @@ class PartitionLog:
 
 
 def _first_record_at(batch_bytes: bytes, timestamp: int) -> tuple[int, int] | None:
-    from aiokafka.record.memory_records import MemoryRecords
-
+    """The one place a batch is parsed (decompressed): ListOffsets by timestamp."""
     records = MemoryRecords(batch_bytes)
     while records.has_next():
         batch = records.next_batch()

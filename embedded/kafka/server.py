@@ -1,11 +1,10 @@
-"""The broker process: listening, framing, dispatch, and its background work.
+"""The broker: its state (topics, offsets, groups), its lifecycle, and request dispatch.
 
-Each connection is served in order, one request at a time, as Kafka does: a
-client matches responses to requests by their order on the connection. A
-request the broker cannot read (garbage, an unknown API key or version, a
-frame larger than ``--max-request-bytes``) closes that connection only; a
-handler that fails closes that connection and is logged; the broker keeps
-serving everyone else.
+``Broker.start`` opens the data directory (one broker per directory: a lock
+file), recovers every topic and the offsets journal, then listens; each
+connection is a ``connection.Connection``, which hands every frame to
+``Broker.dispatch``. Background work: the fsync schedule (files.py) and the
+retention pass every ``--retention-check-ms``.
 """
 
 from __future__ import annotations
