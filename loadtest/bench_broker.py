@@ -5,8 +5,8 @@
 
 Each broker is started on a free loopback port (ours with a fresh data
 directory and its defaults; Tansu as ``scripts/stack.py`` used to start it:
-``tansu broker --storage-engine memory://tansu/``), one after the other in the
-same run, and given the same workload from this process:
+``tansu broker --storage-engine memory://tansu/``) and given the same
+workload:
 
 - an aiokafka producer as the services configure it (``acks=all``,
   ``linger_ms=1``, idempotence off), records of ``--value-bytes`` (400) keyed
@@ -15,15 +15,19 @@ same run, and given the same workload from this process:
   (``getmany``, a commit after every batch, ``fetch_max_wait_ms`` 20 as
   ``PARLEY_KAFKA_FETCH_MAX_WAIT_MS``).
 
-Phases, each measured on its own:
+Both brokers run side by side, each with its own producer and consumer. The
+short phases load one broker at a time (ours, then Tansu, phase by phase, so
+that both see the same machine); the long run loads both at once, over the
+same minutes:
 
-1. throughput: ``--records`` produced as fast as the producer goes (up to
-   10,000 unacknowledged), from the first send to the last record consumed;
-2. paced: ``--rates`` msgs/s for ``--seconds`` each: produce latency (send →
+1. paced: ``--rates`` msgs/s for ``--seconds`` each: produce latency (send →
    acknowledgement, client side) p50/p99/max and produce → consume p50/p99;
-3. long (``--minutes`` > 0): ``--long-rate`` msgs/s for that many minutes,
-   with CPU µs per message, resident memory and (ours) disk per minute: the
-   figures that show whether a broker's cost stays flat as its log grows.
+2. throughput: ``--records`` produced as fast as the producer goes (up to
+   10,000 unacknowledged), from the first send to the last record consumed
+   (``--records 0`` skips it);
+3. long (``--minutes`` > 0): ``--long-rate`` msgs/s on each broker for that
+   many minutes, with CPU µs per message, resident memory and (ours) disk
+   per minute: whether a broker's cost stays flat as its log grows.
 
 CPU is the broker process's user+system time from /proc over each phase,
 divided by the records produced in it. docs/BENCHMARKS.md ("Embedded Kafka
@@ -381,6 +385,8 @@ class Workload:
             if len(futures) > 50_000:
                 futures = [f for f in futures if not f.done()]
             await asyncio.sleep(0.002)
+        if per_minute is not None and minute * 60 <= seconds + 1:
+            per_minute(phase, minute)  # the last minute
         await asyncio.gather(*futures, return_exceptions=True)
         await self._end(begin)
         return phase
@@ -409,41 +415,51 @@ class Workload:
         return {"summary": phase.summary(), "per_minute": rows}
 
 
-async def bench_one(
-    kind: str, opts: Options, data_dir: Path, log: Callable[[str], None]
-) -> dict[str, Any]:
-    broker = BrokerProcess(kind, data_dir)
-    broker.start()
-    work = Workload(broker, opts)
-    out: dict[str, Any] = {}
-    try:
-        await work.start()
-        if opts.records > 0:
-            log(f"{kind}: throughput, {opts.records} records")
-            out["throughput"] = (await work.throughput(opts.records)).summary()
-        for rate in opts.rates:
-            log(f"{kind}: paced {rate} msgs/s for {opts.seconds}s")
-            out[f"paced_{rate}"] = (await work.paced(rate, opts.seconds)).summary()
-        if opts.minutes > 0:
-            log(f"{kind}: long run, {opts.long_rate} msgs/s for {opts.minutes} min")
-            out["long"] = await work.long_run(opts.long_rate, opts.minutes)
-        out["rss_mb_at_end"] = broker.rss_mb()
-        out["disk_mb_at_end"] = broker.disk_mb()
-    finally:
-        await work.stop()
-        broker.stop()
-    return out
-
-
 async def run(opts: Options, data_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Both brokers run side by side; the short phases load one broker at a time (ours,
+    then Tansu, phase by phase, so that both see the same machine); the long run
+    loads both at once, over the same minutes."""
     results: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": round(os.getloadavg()[0], 2),
+        },
         "options": asdict(opts),
-        "brokers": {},
+        "brokers": {kind: {} for kind in opts.brokers},
     }
-    for kind in opts.brokers:
-        results["brokers"][kind] = await bench_one(kind, opts, data_dir, log)
+    brokers = {kind: BrokerProcess(kind, data_dir) for kind in opts.brokers}
+    works: dict[str, Workload] = {}
+    try:
+        for kind, broker in brokers.items():
+            broker.start()
+            works[kind] = Workload(broker, opts)
+            await works[kind].start()
+        out = results["brokers"]
+        for rate in opts.rates:
+            for kind, work in works.items():
+                log(f"{kind}: paced {rate} msgs/s for {opts.seconds}s")
+                out[kind][f"paced_{rate}"] = (await work.paced(rate, opts.seconds)).summary()
+        if opts.records > 0:
+            for kind, work in works.items():
+                log(f"{kind}: throughput, {opts.records} records")
+                out[kind]["throughput"] = (await work.throughput(opts.records)).summary()
+        if opts.minutes > 0:
+            log(f"both: long run, {opts.long_rate} msgs/s each for {opts.minutes} min")
+            longs = await asyncio.gather(
+                *(work.long_run(opts.long_rate, opts.minutes) for work in works.values())
+            )
+            for kind, long in zip(works, longs, strict=True):
+                out[kind]["long"] = long
+        for kind, broker in brokers.items():
+            out[kind]["rss_mb_at_end"] = broker.rss_mb()
+            out[kind]["disk_mb_at_end"] = broker.disk_mb()
+    finally:
+        for work in works.values():
+            await work.stop()
+        for broker in brokers.values():
+            broker.stop()
     return results
 
 
