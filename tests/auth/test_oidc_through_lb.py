@@ -96,9 +96,7 @@ async def test_code_flow_with_pkce_through_the_load_balancer(system: System) -> 
         assert claims["amr"] == ["pwd"] and "auth_time" in claims and "at_hash" in claims
 
         async with httpx.AsyncClient() as http:
-            info = await http.get(
-                meta["userinfo_endpoint"], headers=bearer(tokens["access_token"])
-            )
+            info = await http.get(meta["userinfo_endpoint"], headers=bearer(tokens["access_token"]))
             assert info.status_code == 200
             assert info.json()["sub"] == user.user_id
             assert info.json()["email"] == f"{user.username}@example.test"
