@@ -105,7 +105,7 @@ async def test_code_flow_with_pkce_through_the_load_balancer(system: System) -> 
             assert me.status_code == 200 and me.json()["username"] == user.username
 
         # A second authorization: the sign-in session and the consent are remembered.
-        oauth2, url2, verifier2, _ = rp.start()
+        oauth2, url2, _, _ = rp.start()
         again = await browser.follow(await browser.get(url2), redirect)
         assert again.status_code == 302 and again.headers["location"].startswith(redirect)
 
