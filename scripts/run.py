@@ -36,9 +36,7 @@ from pathlib import Path
 
 from scripts.stack import ROOT, SERVERS, SERVICES, StackConfig
 
-CHECKS = (
-    "/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz"
-)
+CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz")
 # Start order (supervisord priority): servers, services, then the load balancer.
 PROCESSES = (
     *((name, 10) for name in SERVERS),

@@ -65,7 +65,7 @@ class Mailer:
         )
 
     async def password_reset(self, to: str, username: str, token: str, minutes: int) -> None:
-        # The provider's reset page (services/auth/oidc/pages.py); it sends no Referer.
+        # The provider's reset page (services/auth/oidc/pages.py); no Referer leaves the site.
         link = f"{self.settings.public_url.rstrip('/')}/auth/reset-password/confirm?token={token}"
         await self.send(
             to,

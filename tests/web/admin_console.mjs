@@ -20,7 +20,12 @@ const step = (msg) => console.log(`step: ${msg}`);
 async function signIn(page, username, password, screenshot) {
   await page.goto(`${env.LB}/admin/`);
   await page.click("#sign-in");
-  await page.waitForURL(/\/auth\/login/);
+  try {
+    await page.waitForURL(/\/auth\/login/, { timeout: 15000 });
+  } catch (e) {
+    console.log(`at ${page.url()}: ${(await page.content()).slice(0, 800)}`);
+    throw e;
+  }
   await page.fill("#username", username);
   await page.fill("#password", password);
   if (screenshot) await shot(page, "sign-in");
@@ -32,7 +37,9 @@ try {
   const admin = await browser.newContext({ viewport: { width: 1280, height: 760 } });
   const page = await admin.newPage();
   const errors = [];
-  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  // (Chromium asks for /favicon.ico, which we do not have: a 404 that is no error of ours.)
+  page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && errors.push(m.text()));
+  page.on("response", (r) => r.status() >= 400 && !r.url().endsWith("/favicon.ico") && errors.push(`${r.status()} ${r.url()}`));
   step("admin signs in");
   await signIn(page, env.ADMIN_USER, env.ADMIN_PASSWORD, true);
   await page.waitForSelector("nav >> text=Audit log");

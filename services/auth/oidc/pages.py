@@ -85,7 +85,7 @@ def security_headers(resp: web.StreamResponse, form_targets: Iterable[str] = ())
     )
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers["X-Content-Type-Options"] = "nosniff"
-    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["Referrer-Policy"] = "same-origin"
     resp.headers["Cache-Control"] = "no-store"
 
 
