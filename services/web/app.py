@@ -44,7 +44,7 @@ def harden(resp: web.StreamResponse, policy: str) -> web.StreamResponse:
 
 
 def app_routes(app: web.Application, name: str, client_id: str, settings: Settings) -> None:
-    dist = Path(os.environ.get("PARLEY_WEB_ROOT", str(ROOT))) / name / "dist"
+    dist = Path(os.environ.get("WEB_ROOT", str(ROOT))) / name / "dist"
     policy = csp(settings)
     prefix = f"/{name}/"
 
