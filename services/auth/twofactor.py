@@ -319,6 +319,17 @@ async def _send_login_code(svc: AuthService, challenge_id: str, user: User) -> N
 async def complete_login(
     svc: AuthService, body: SecondFactorRequest, caller: Caller
 ) -> TokenResponse:
+    user, device = await check_challenge(svc, body, caller)
+    return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device)
+
+
+async def check_challenge(
+    svc: AuthService, body: SecondFactorRequest, caller: Caller
+) -> tuple[User, str | None]:
+    """The second factor: the account (and device label) whose challenge this answers.
+
+    Single use. Shared by ``/v1/login/2fa`` and the OpenID provider's sign-in page.
+    """
     await svc.limiter.hit("code_ip", caller.ip)
     key = digest(body.challenge_id)
     challenge = await svc.store.eph_get(CHALLENGE, key)
@@ -342,8 +353,7 @@ async def complete_login(
     if not await svc.store.eph_delete(CHALLENGE, key):
         raise _expired()  # a concurrent request completed it first
     await svc.limiter.clear("code_failures", user_id)
-    device = challenge.get("device") or None
-    return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device)
+    return user, challenge.get("device") or None
 
 
 async def _code_ok(
