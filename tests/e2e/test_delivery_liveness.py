@@ -21,10 +21,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-
-# Real sizes take real time (minutes on a loaded 2-core machine): the per-test
-# limit is raised for this module; the waits inside stay bounded.
-pytestmark = pytest.mark.timeout(600)
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from parley_contract import envelopes as e
 from pymongo import AsyncMongoClient
@@ -36,6 +32,10 @@ from tests.support.users import signup
 from tests.support.wsclient import WsClient
 
 SEED = 20_000  # items waiting in one inbox before the burst
+
+# Real sizes take real time (minutes on a loaded 2-core machine): the per-test
+# limit is raised for this module; the waits inside stay bounded.
+pytestmark = pytest.mark.timeout(600)
 
 
 def _b64(text: str) -> str:
