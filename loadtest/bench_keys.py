@@ -2,7 +2,7 @@
 
 ``python -m loadtest.bench_keys [--targets 20 --prekeys 200 --concurrency 16] [--json]``
 
-It starts its own MongoDB (nx-27017), Kafka (Tansu) and Redis on free loopback
+It starts its own MongoDB (nx-27017), Kafka (embedded.kafka) and Redis on free loopback
 ports, and the keys service as its own process (``python -m services.keys``,
 default settings except the prefixes and the token issuer: a local JWKS
 server, as in the tests). Then:
@@ -309,7 +309,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
             "## Keys",
             "",
             "Bundle claims (`GET /keys/v1/users/{id}/bundles`) against the keys service",
-            "running as its own process on the embedded servers (nx-27017, Redis, Tansu),",
+            "running as its own process on the embedded servers (nx-27017, Redis, Kafka),",
             "and two baselines measured in the same run on the same servers.",
             f"{o['targets']} target users with {o['prekeys']} one-time prekeys of each kind,",
             f"{o['concurrency']} concurrent workers over keep-alive HTTP, each claim by a",

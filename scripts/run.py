@@ -36,7 +36,7 @@ from pathlib import Path
 
 from scripts.stack import ROOT, SERVERS, SERVICES, StackConfig
 
-CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz")
+CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz")
 # Start order (supervisord priority): servers, services, then the load balancer.
 PROCESSES = (
     *((name, 10) for name in SERVERS),
@@ -187,6 +187,7 @@ def banner(cfg: StackConfig, conf: Path) -> None:
     print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
     for svc in ("auth", "keys", "gateway", "delivery"):
         print(f"  {svc:9} {base}/{svc}/docs  (readyz: {base}/{svc}/readyz)", flush=True)
+    print(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)", flush=True)
     print(f"  HAProxy stats: http://{cfg.host}:{cfg.stats_port}/stats", flush=True)
     print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
     print(f"  Logs:        {cfg.data_dir / 'log'}/<process>.log", flush=True)

@@ -320,6 +320,17 @@ async def _send_login_code(svc: AuthService, challenge_id: str, user: User) -> N
 async def complete_login(
     svc: AuthService, body: SecondFactorRequest, caller: Caller
 ) -> TokenResponse:
+    user, device, device_id = await check_challenge(svc, body, caller)
+    return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device, device_id)
+
+
+async def check_challenge(
+    svc: AuthService, body: SecondFactorRequest, caller: Caller
+) -> tuple[User, str | None, int | None]:
+    """The second factor: the account (and device label and id) whose challenge this answers.
+
+    Single use. Shared by ``/v1/login/2fa`` and the OpenID provider's sign-in page.
+    """
     await svc.limiter.hit("code_ip", caller.ip)
     key = digest(body.challenge_id)
     challenge = await svc.store.eph_get(CHALLENGE, key)
@@ -343,11 +354,8 @@ async def complete_login(
     if not await svc.store.eph_delete(CHALLENGE, key):
         raise _expired()  # a concurrent request completed it first
     await svc.limiter.clear("code_failures", user_id)
-    device = challenge.get("device") or None
     did = str(challenge.get("device_id") or "")
-    return await sessions.start(
-        svc, user, SECOND_FACTOR_AMR, caller, device, int(did) if did.isdigit() else None
-    )
+    return user, challenge.get("device") or None, int(did) if did.isdigit() else None
 
 
 async def _code_ok(

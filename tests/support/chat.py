@@ -80,11 +80,17 @@ def unb64(text: str) -> str:
 
 
 class Receiver:
-    """Keeps the highest seq it processed, drops repeats, acks, resyncs after a reconnect."""
+    """Pages through its inbox and takes pushes, counts each seq once, acks what it has seen.
+
+    Pushes (the fast path) may arrive while it pages with later seqs than the
+    page it is reading: they are taken, but the paging cursor follows the
+    pages, so nothing in between is skipped, nor acknowledged unseen.
+    """
 
     def __init__(self, system: System, user: User) -> None:
         self.system, self.user = system, user
-        self.last = 0
+        self.last = 0  # every seq up to here was seen (sync pages cover them)
+        self.seen: set[int] = set()
         self.bodies: list[str] = []
         self.client: WsClient | None = None
 
@@ -109,11 +115,13 @@ class Receiver:
         assert self.client is not None
         more = True
         while more:
-            await self.client.send({"op": "sync", "id": f"s{self.last}", "after": self.last})
+            cursor = self.last
+            await self.client.send({"op": "sync", "id": f"s{cursor}", "after": cursor})
             while True:
                 frame = await self.client.next()
                 if frame["op"] == "synced":
                     more = frame["more"]
+                    self.last = max(self.last, frame["last"])
                     break
                 if frame["op"] == "error":
                     return False
@@ -122,8 +130,8 @@ class Receiver:
         return True
 
     def take(self, frame: dict[str, Any]) -> None:
-        if frame.get("op") == "message" and frame["seq"] > self.last:
-            self.last = frame["seq"]
+        if frame.get("op") == "message" and frame["seq"] not in self.seen:
+            self.seen.add(frame["seq"])
             self.bodies.append(unb64(frame["body"]))
 
     async def listen_until(self, count: int, timeout: float = 60) -> None:
@@ -144,7 +152,8 @@ class Receiver:
                 else:
                     self.take(frame)
             assert self.client is not None
-            await self.client.send({"op": "ack", "seq": self.last})
+            # Everything expected has arrived: acknowledge up to the newest.
+            await self.client.send({"op": "ack", "seq": max(self.seen, default=self.last)})
 
         await asyncio.wait_for(loop(), timeout)
 
