@@ -25,15 +25,16 @@ describe('linking a new device (docs/devices.md)', () => {
     expect(await restored.open(newDevice.public, sealed)).toEqual(payload);
 
     const otherE = await LinkRequest.generate();
-    const refusals: [string, Promise<unknown>][] = [
-      ['another E', openOnNewDevice(otherE.privateBytes(), linkId, newDevice.public, sealed)],
-      ['another link id', openOnNewDevice(request.privateBytes(), flip(linkId, 0), newDevice.public, sealed)],
-      ['another signing key', request.open((await Ed25519KeyPair.generate()).public, sealed)],
-      ['a flipped nonce', request.open(newDevice.public, flip(sealed, 33))],
-      ['a flipped tag', request.open(newDevice.public, flip(sealed, sealed.length - 1))],
-      ['another F', request.open(newDevice.public, flip(sealed, 0))],
+    const stranger = await Ed25519KeyPair.generate();
+    const refusals: [string, () => Promise<unknown>][] = [
+      ['another E', () => openOnNewDevice(otherE.privateBytes(), linkId, newDevice.public, sealed)],
+      ['another link id', () => openOnNewDevice(request.privateBytes(), flip(linkId, 0), newDevice.public, sealed)],
+      ['another signing key', () => request.open(stranger.public, sealed)],
+      ['a flipped nonce', () => request.open(newDevice.public, flip(sealed, 33))],
+      ['a flipped tag', () => request.open(newDevice.public, flip(sealed, sealed.length - 1))],
+      ['another F', () => request.open(newDevice.public, flip(sealed, 0))],
     ];
-    for (const [what, p] of refusals) await expect(p, what).rejects.toMatchObject({ name: 'DecryptionFailed' });
+    for (const [what, p] of refusals) await expect(p(), what).rejects.toMatchObject({ name: 'DecryptionFailed' });
     for (const n of [0, 31, 44, SEALED_MIN_LEN - 1]) {
       await expect(request.open(newDevice.public, sealed.subarray(0, n)), `${n} bytes`).rejects.toMatchObject({ name: 'MalformedMessage' });
     }
