@@ -219,6 +219,33 @@ def op_ratchet_transcript(args: dict[str, Any]) -> Any:
     return {name: b64encode(s.to_bytes()) for name, s in parties.items()}
 
 
+def op_bench_session(args: dict[str, Any]) -> Any:
+    """Session.encrypt + Session.decrypt of 200-byte messages for ``seconds`` (npm run bench)."""
+    import time
+
+    alice, bob = Device.generate(), Device.generate()
+    bundle = {
+        "user_id": "bob",
+        "device_id": 1,
+        "identity": bob.public_identity(),
+        "signed_prekey": bob.signed_prekey(),
+        "one_time_prekey": bob.generate_one_time_prekeys(1)[0],
+        "kem_prekey": dict(bob.generate_kem_prekeys(1)[0], last_resort=False),
+    }
+    a, first = Session.initiate(alice, bundle)
+    b, _ = Session.respond(bob, first)
+    a.decrypt(b.encrypt(b"ack"))
+    message = b"a" * 200
+    ops = 0
+    start = time.perf_counter()
+    end = start + float(args.get("seconds", 1.5))
+    while time.perf_counter() < end:
+        b.decrypt(a.encrypt(message))
+        ops += 1
+    elapsed = time.perf_counter() - start
+    return {"ops": ops, "per_second": ops / elapsed, "micros_per_op": elapsed * 1e6 / ops}
+
+
 OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}
 
 
