@@ -185,16 +185,18 @@ export class RatchetState {
 
   /**
    * The whole message `prefix ‖ header ‖ ciphertext` (AD: `ad ‖ prefix ‖ header`).
-   * Not re-entrant: the caller serialises calls.
+   * `prefix` may still be computing (the franking commitment): the key derivation
+   * runs meanwhile. Not re-entrant: the caller serialises calls.
    */
-  async seal(payload: Uint8Array, prefix: Uint8Array): Promise<Uint8Array> {
+  async seal(payload: Uint8Array, prefix: Uint8Array | Promise<Uint8Array>): Promise<Uint8Array> {
+    if (prefix instanceof Promise) prefix.catch(() => undefined); // awaited below; no unhandled rejection
     const cks = this.cks;
     if (cks === null) throw new CryptoError('this session cannot send before it has received a message');
     const ns = this.ns;
     if (ns > U32_MAX) throw new CounterExhausted('sending chain exhausted');
     const [mk, next] = await chainKeyStep(cks);
     const [key, nonce] = await deriveMessageKeys(mk, MESSAGE_INFO);
-    const associated = concat(prefix, this.dhs.public, u32(this.pn), u32(ns));
+    const associated = concat(await prefix, this.dhs.public, u32(this.pn), u32(ns));
     const ciphertext = await aeadEncrypt(key, nonce, payload, concat(this.ad, associated));
     this.cks = next;
     this.ns = ns + 1;

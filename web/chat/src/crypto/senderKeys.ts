@@ -90,12 +90,17 @@ export class SenderChain {
     return new SenderKeyDistribution(groupId, this.chainId, this.iteration, this.chainKey, this.signing.public);
   }
 
-  /** Not re-entrant: the caller (GroupSession) serialises calls. */
-  async encrypt(payload: Uint8Array, commitment: Uint8Array, groupAd: Uint8Array): Promise<Uint8Array> {
+  /** `commitment` may still be computing. Not re-entrant: the caller (GroupSession) serialises calls. */
+  async encrypt(
+    payload: Uint8Array,
+    commitment: Uint8Array | Promise<Uint8Array>,
+    groupAd: Uint8Array,
+  ): Promise<Uint8Array> {
+    if (commitment instanceof Promise) commitment.catch(() => undefined); // awaited below
     if (this.iteration > U32_MAX) throw new CounterExhausted('sender chain exhausted; rotate the sender key');
     const [mk, next] = await chainKeyStep(this.chainKey);
-    const prefix = groupPrefix(commitment, this.chainId, this.iteration);
     const [key, nonce] = await deriveMessageKeys(mk, MESSAGE_INFO);
+    const prefix = groupPrefix(await commitment, this.chainId, this.iteration);
     const body = concat(prefix, await aeadEncrypt(key, nonce, payload, concat(groupAd, prefix)));
     const signature = await this.signing.sign(body);
     this.chainKey = next;

@@ -66,11 +66,15 @@ export interface DecryptedMessage {
   commitment: Uint8Array;
 }
 
-/** `[commitment, payload]` with payload = franking key ‖ plaintext. */
-async function sealPayload(plaintext: Uint8Array, rng: RandomSource): Promise<[Uint8Array, Uint8Array]> {
+/**
+ * `[commitment, payload]` with payload = franking key ‖ plaintext. The franking key is
+ * drawn now (the same draw order as Python); the commitment is left computing so the
+ * caller's key derivation runs at the same time.
+ */
+function sealPayload(plaintext: Uint8Array, rng: RandomSource): [Promise<Uint8Array>, Uint8Array] {
   requireBytes('plaintext', plaintext); // before drawing the franking key
   const frankingKey = rng(FK);
-  return [await franking.commit(plaintext, frankingKey), concat(frankingKey, plaintext)];
+  return [franking.commit(plaintext, frankingKey), concat(frankingKey, plaintext)];
 }
 
 /** The check a decrypted payload must pass before the session commits. */
@@ -254,10 +258,11 @@ export class Session {
   encrypt(plaintext: Uint8Array): Promise<Uint8Array> {
     requireBytes('plaintext', plaintext);
     return this.#serial.run(async () => {
-      const [commitment, payload] = await sealPayload(plaintext, this.#ratchet.rng);
+      const [commitment, payload] = sealPayload(plaintext, this.#ratchet.rng);
       const section = this.#pendingSection;
-      const prefix =
-        section === null ? concat(PREFIX_MESSAGE, commitment) : concat(PREFIX_INITIAL, commitment, section);
+      const prefix = commitment.then((c) =>
+        section === null ? concat(PREFIX_MESSAGE, c) : concat(PREFIX_INITIAL, c, section),
+      );
       return this.#ratchet.seal(payload, prefix);
     });
   }
@@ -407,7 +412,7 @@ export class GroupSession {
   encrypt(plaintext: Uint8Array): Promise<Uint8Array> {
     requireBytes('plaintext', plaintext);
     return this.#serial.run(async () => {
-      const [commitment, payload] = await sealPayload(plaintext, this.rng);
+      const [commitment, payload] = sealPayload(plaintext, this.rng);
       return this.#own.encrypt(payload, commitment, groupAssociatedData(this.groupId));
     });
   }
