@@ -2,7 +2,7 @@ import { runBench } from './bench.ts';
 
 declare global {
   interface Window {
-    __parleyBench?: (seconds: number) => ReturnType<typeof runBench>;
+    __parleyBench?: (rounds: number, duration: number) => ReturnType<typeof runBench>;
   }
 }
 window.__parleyBench = runBench;

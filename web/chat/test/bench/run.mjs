@@ -1,8 +1,8 @@
 // `npm run bench`: the library's throughput in Node and in Chromium, next to the Python
 // client's Session figure measured here and now (same machine, same moment) by
-// test/interop/parley_peer.py. Options: --seconds N (per figure, default 1.5), --json.
-//
-// Figures on a shared machine are noisy: run it when the machine is quiet, more than once.
+// test/interop/parley_peer.py. Each figure is the best of --rounds (default 5) rounds of
+// --duration seconds (default 0.3), the figures taking turns, as loadtest/bench_crypto.py.
+// --json prints the raw results.
 
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -13,7 +13,9 @@ import { bundle, withPage } from '../browser/harness.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
-const seconds = Number(args[args.indexOf('--seconds') + 1] ?? 1.5) || 1.5;
+const option = (name, fallback) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) : fallback);
+const rounds = option('--rounds', 5);
+const duration = option('--duration', 0.3);
 const asJson = args.includes('--json');
 
 // Node: bundle (the same code the browser gets) and import it.
@@ -22,14 +24,14 @@ mkdirSync(buildDir, { recursive: true });
 const nodeFile = join(buildDir, 'bench-node.mjs');
 writeFileSync(nodeFile, await bundle(join(here, 'bench.ts'), 'node'));
 const { runBench } = await import(pathToFileURL(nodeFile).href);
-const node = await runBench(seconds);
+const node = await runBench(rounds, duration);
 
 // Chromium.
 const script = await bundle(join(here, 'entry-browser.ts'));
 const html = '<!doctype html><meta charset="utf-8"><script type="module" src="/bundle.js"></script>';
 const { results: browser, version } = await withPage(html, script, async (page, errors, v) => {
   await page.waitForFunction(() => typeof window.__parleyBench === 'function');
-  const results = await page.evaluate((s) => window.__parleyBench(s), seconds);
+  const results = await page.evaluate(([r, d]) => window.__parleyBench(r, d), [rounds, duration]);
   if (errors.length) throw new Error(errors.join('\n'));
   return { results, version: v };
 });
@@ -41,7 +43,7 @@ let pythonFigure = null;
 if (existsSync(python)) {
   const run = spawnSync(python, ['-m', 'parley_peer'], {
     cwd: join(here, '..', 'interop'),
-    input: JSON.stringify({ id: 1, op: 'bench_session', args: { seconds } }) + '\n',
+    input: JSON.stringify({ id: 1, op: 'bench_session', args: { rounds, duration } }) + '\n',
     encoding: 'utf8',
   });
   const answer = JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}');
@@ -49,10 +51,10 @@ if (existsSync(python)) {
 }
 
 if (asJson) {
-  console.log(JSON.stringify({ node, browser, chromium: version, node_version: process.version, python: pythonFigure }, null, 2));
+  console.log(JSON.stringify({ rounds, duration, node, browser, chromium: version, node_version: process.version, python: pythonFigure }, null, 2));
 } else {
   const fmt = (n) => Math.round(n).toLocaleString('en-US');
-  console.log(`Node ${process.version} · Chromium ${version} · ${seconds} s per figure\n`);
+  console.log(`Node ${process.version} · Chromium ${version} · best of ${rounds} rounds of ${duration} s\n`);
   console.log('| operation | Node, ops/s | Node, µs/op | Chromium, ops/s | Chromium, µs/op |');
   console.log('|---|---|---|---|---|');
   for (const [i, r] of node.entries()) {
