@@ -249,6 +249,7 @@ describe('serialised state crosses between the implementations', () => {
     await det.generateOneTimePrekeys(3);
     await det.generateKemPrekeys(2);
     expect(b64encode(det.toBytes())).toBe(await py.call<string>('device_state', { name: 'det' }));
+    expect(b64encode(await det.keysDigest())).toBe(await py.call<string>('device_keys_digest', { name: 'det' }));
 
     const v = loadVector('ratchet.json') as Record<string, unknown> & { steps: Record<string, unknown>[] };
     const pyStates = await py.call<Record<string, string>>('ratchet_transcript', { vector: v });

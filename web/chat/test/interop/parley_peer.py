@@ -82,6 +82,10 @@ def op_device_state(args: dict[str, Any]) -> Any:
     return b64encode(devices[args["name"]].to_bytes())
 
 
+def op_device_keys_digest(args: dict[str, Any]) -> Any:
+    return b64encode(devices[args["name"]].keys_digest())
+
+
 def op_device_load(args: dict[str, Any]) -> Any:
     device = Device.from_bytes(b(args["state"]))
     devices[args["name"]] = device
