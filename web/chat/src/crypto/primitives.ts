@@ -56,6 +56,14 @@ function buf(data: Uint8Array): Buf {
   return data as Buf;
 }
 
+/**
+ * An error that means "this runtime cannot do it" (no X25519/Ed25519 in an old browser, a
+ * programming error), which must not be reported as a bad key or a bad signature.
+ */
+function isUnsupported(error: unknown): boolean {
+  return error instanceof TypeError || (error instanceof Error && error.name === 'NotSupportedError');
+}
+
 function subtle(): SubtleCrypto {
   const s = globalThis.crypto?.subtle;
   if (s === undefined) {
@@ -163,6 +171,7 @@ export class X25519KeyPair {
       out = new Uint8Array(await s.deriveBits({ name: 'X25519', public: peer }, this.#key, 256));
     } catch (error) {
       // WebCrypto refuses an all-zero shared secret with an OperationError.
+      if (isUnsupported(error)) throw error;
       throw new InvalidKey(`X25519 exchange with a low-order public key (${String(error)})`);
     }
     let acc = 0;
@@ -230,7 +239,8 @@ export async function ed25519Verify(
   try {
     const key = await s.importKey('raw', buf(publicKey), { name: 'Ed25519' }, true, ['verify']);
     ok = await s.verify({ name: 'Ed25519' }, key, buf(signature), buf(message));
-  } catch {
+  } catch (error) {
+    if (isUnsupported(error)) throw error;
     throw new InvalidSignature('Ed25519 public key is not a valid point');
   }
   if (!ok) throw new InvalidSignature('Ed25519 signature does not verify');
@@ -357,7 +367,8 @@ export async function aeadDecrypt(
     return new Uint8Array(
       await s.decrypt({ name: 'AES-GCM', iv: buf(nonce), additionalData: buf(associatedData) }, k, buf(ciphertext)),
     );
-  } catch {
+  } catch (error) {
+    if (isUnsupported(error)) throw error;
     throw new DecryptionFailed('AES-GCM tag does not verify');
   }
 }
