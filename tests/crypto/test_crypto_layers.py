@@ -33,8 +33,10 @@ LAYER = {
     "encoding": BASE,  # base64url, integers, state JSON
     "bundle": PROTOCOLS,
     "device": PROTOCOLS,
+    "device_list": PROTOCOLS,
     "fingerprint": PROTOCOLS,
     "franking": PROTOCOLS,
+    "linking": PROTOCOLS,
     "pqxdh": PROTOCOLS,
     "ratchet": PROTOCOLS,
     "sender_keys": PROTOCOLS,

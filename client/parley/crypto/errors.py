@@ -107,3 +107,23 @@ class BadCommitment(DecryptionFailed):
     Such a message could not be reported, so the recipient rejects it.  (Checking
     a report raises :class:`FrankingMismatch` instead.)
     """
+
+
+class MalformedDeviceList(CryptoError):
+    """A device list breaks a structural rule: missing or mistyped members, an id,
+    version or name out of range, devices not in ascending id order or repeated,
+    badly encoded keys, unknown members."""
+
+
+class UnlistedDevice(CryptoError):
+    """A device is not in the account's signed device list: nothing may be
+    encrypted to it, whatever the directory says."""
+
+
+class DeviceMismatch(CryptoError):
+    """A device's identity (signing key or DH key) differs from its entry in the
+    signed device list, or a bundle is for another user than the list."""
+
+
+class MalformedLinkCode(CryptoError):
+    """A link code is not 54 characters of canonical base64url (``link_id ‖ E_pub``)."""
