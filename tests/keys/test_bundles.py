@@ -118,9 +118,15 @@ async def test_unknown_users_and_unusable_devices(api: KeysApi) -> None:
 async def test_identity_lookup_claims_nothing(api: KeysApi) -> None:
     dev = await api.device(BOB, 3, one_time=1, kem=1)
     status, body = await api.identity_of("alice", BOB)
+    account = api.account(BOB)
     assert (status, body) == (
         200,
-        {"user_id": BOB, "devices": [{"device_id": 3, "identity": dev.identity()}]},
+        {
+            "user_id": BOB,
+            "account_key": account.key.public,
+            **account.key.signed(BOB, 1, list(account.entries.values())),
+            "devices": [{"device_id": 3, "identity": dev.identity()}],
+        },
     )
     assert await api.stored(BOB, 3) == (1, 1)
 
