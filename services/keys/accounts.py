@@ -163,6 +163,22 @@ async def _check_identities(
             )
 
 
+async def _identities_hold(
+    keys: Keys, user_id: str, listed: verify.VerifiedDeviceList, account: Account | None
+) -> bool:
+    """:func:`_check_identities` against the account as read; False (try again) if
+    the account changed meanwhile, since a concurrent list may have removed a
+    device: the caller then answers what that list's version implies."""
+    try:
+        await _check_identities(keys, user_id, listed, account.removing if account else ())
+    except ApiError:
+        latest = await get(keys, user_id)
+        if (latest and latest.generation) != (account and account.generation):
+            return False
+        raise
+    return True
+
+
 async def register(
     keys: Keys, user_id: str, body: models.AccountRegistration
 ) -> models.AccountRegistered:
@@ -181,7 +197,8 @@ async def register(
         old = await get(keys, user_id)
         if old is not None and old.account_key == body.account_key:
             return models.AccountRegistered(version=old.version, created=False, changed=False)
-        await _check_identities(keys, user_id, listed, old.removing if old else ())
+        if not await _identities_hold(keys, user_id, listed, old):
+            continue
         fields: dict[str, Any] = {
             "account_key": body.account_key,
             "version": 1,
@@ -229,7 +246,8 @@ async def update_list(
             )
         public = verify.account_key(account.account_key)
         verify.list_signature(listed, public, body.signature)
-        await _check_identities(keys, user_id, listed, account.removing)
+        if not await _identities_hold(keys, user_id, listed, account):
+            continue
         dropped = {d for d in account.device_ids if d not in listed.devices}
         removing = tuple(sorted(set(account.removing) | dropped))
         fields = {

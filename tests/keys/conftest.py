@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.common.auth import revocation_channel
 from services.common.clients import Topics, kafka_consumer
 from services.common.config import Settings
 from services.common.state import KAFKA, STARTUP
@@ -300,3 +301,42 @@ async def events(api: KeysApi) -> AsyncIterator[EventLog]:
     consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
     yield EventLog(consumer, api)
     await consumer.stop()
+
+
+class Broadcasts:
+    """What the key directory says on the revocation channel (gateways listen there)."""
+
+    MARKER = b'{"type":"test_marker"}'
+
+    def __init__(self, api: KeysApi) -> None:
+        self.api = api
+        self.channel = revocation_channel(api.settings.redis_prefix)
+        self.pubsub = api.keys.store.redis.pubsub()
+        self.seen: list[dict[str, Any]] = []
+        self.read = 0
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(self.channel)
+        await self.pubsub.get_message(timeout=1)  # the subscription's confirmation
+
+    async def settle(self) -> list[dict[str, Any]]:
+        """Every message since the last call: a marker published now arrives after them."""
+        await self.api.keys.store.redis.publish(self.channel, self.MARKER)
+        deadline = time.monotonic() + 20
+        while True:
+            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if msg is not None:
+                if msg["data"] == self.MARKER:
+                    new, self.read = self.seen[self.read :], len(self.seen)
+                    return new
+                self.seen.append(orjson.loads(msg["data"]))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the marker never came back; got {self.seen!r}")
+
+
+@pytest.fixture
+async def broadcasts(api: KeysApi) -> AsyncIterator[Broadcasts]:
+    b = Broadcasts(api)
+    await b.start()
+    yield b
+    await b.pubsub.aclose()  # type: ignore[no-untyped-call]
