@@ -19,13 +19,15 @@ also kept in MongoDB to survive a Redis restart), their sockets closed
 (``device_revoked`` on the revocation channel) and their inbox dropped
 (``device_removed`` event). The write that drops them records them in
 ``removing`` together with the new list, so a removal interrupted by a crash
-is finished by the next write or read of the account.
+is finished by the next write of the account, or by the first read that finds
+it still unfinished ``REMOVAL_GRACE_S`` after the write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Attempts at a compare-and-set before giving up with CONFLICT.
 _CAS_ATTEMPTS = 5
+# A removal still unfinished this long after its write was interrupted: readers finish it.
+REMOVAL_GRACE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class Account:
     signature: str
     device_ids: tuple[int, ...]
     removing: tuple[int, ...]
+    updated_at: float
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Account:
@@ -69,6 +74,7 @@ class Account:
             signature=str(doc["signature"]),
             device_ids=tuple(int(d["device_id"]) for d in listed["devices"]),
             removing=tuple(int(d) for d in doc.get("removing") or ()),
+            updated_at=float(doc.get("updated_at", 0)),
         )
 
     def listed(self) -> dict[str, Any]:
@@ -95,11 +101,14 @@ async def get(keys: Keys, user_id: str) -> Account | None:
 
 
 async def current(keys: Keys, user_id: str) -> Account:
-    """The account, with any interrupted removal finished; 404 ``identity_not_found``."""
+    """The account, with any interrupted removal finished; 404 ``identity_not_found``.
+
+    A removal in progress (its writer is finishing it now) is left to its writer.
+    """
     account = await get(keys, user_id)
     if account is None:
         raise _identity_not_found(user_id)
-    if account.removing:
+    if account.removing and time.time() - account.updated_at > REMOVAL_GRACE_S:
         await _finish_removals(keys, user_id, account.generation, account.removing)
         await keys.store.broadcast(e.DevicesChanged(user_id=user_id))
     return account

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.keys import models, verify
+from services.keys import accounts, models, verify
 from services.keys.config import KeysConfig
 from tests.keys.conftest import Broadcasts, EventLog, KeysApi, KeysFactory
 from tests.keys.keygen import AccountKeys, DeviceKeys, b64, entry
@@ -395,9 +395,15 @@ async def test_an_interrupted_removal_is_finished_by_the_next_reader(
         "removing": [2],
     }
     assert await store.replace_account(ALICE, doc["generation"], fields)
-    assert await api.device_doc(ALICE, 2) is not None
     await broadcasts.settle()
-    # A contact reads the list: the removal is finished on the way.
+    # While its writer may still be at it, readers leave it alone...
+    _, listed = await api.devices_of("bob", ALICE)
+    assert [d["device_id"] for d in listed["devices"]] == [1]
+    assert await api.device_doc(ALICE, 2) is not None
+    assert await broadcasts.settle() == []
+    # ... once it is overdue, a contact reading the list finishes it on the way.
+    overdue = time.time() - accounts.REMOVAL_GRACE_S - 1
+    await store.accounts.update_one({"_id": doc["_id"]}, {"$set": {"updated_at": overdue}})
     _, listed = await api.devices_of("bob", ALICE)
     assert [d["device_id"] for d in listed["devices"]] == [1]
     await _removed(api, 2)

@@ -65,8 +65,11 @@ class TokenIssuer:
         roles: tuple[str, ...] = ("user",),
         sid: str | None = None,
         ttl: int = 900,
+        did: int | None = None,
         **overrides: Any,
     ) -> str:
+        """A signed access token; ``did`` binds it to a device, as the auth service
+        does for messaging sessions (without it, the token has no ``did`` claim)."""
         now = int(time.time())
         user_id = user_id or uuid.uuid4().hex
         self.users.add(user_id)
@@ -80,5 +83,7 @@ class TokenIssuer:
             "iat": now,
             "exp": now + ttl,
         }
+        if did is not None:
+            claims["did"] = did
         claims.update(overrides)
         return jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": self.kid})
