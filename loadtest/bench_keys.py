@@ -7,7 +7,8 @@ ports, and the keys service as its own process (``python -m services.keys``,
 default settings except the prefixes and the token issuer: a local JWKS
 server, as in the tests). Then:
 
-1. set-up (not measured): ``--targets`` users register one device each with
+1. set-up (not measured): ``--targets`` users register one device each (and an
+   account key whose signed device list names it) with
    an identity, a signed prekey, a last-resort ML-KEM prekey and ``--prekeys``
    one-time X25519 and ML-KEM prekeys, all through the HTTP API;
 2. claims: ``--concurrency`` workers claim bundles over HTTP, each claim by a
