@@ -82,6 +82,8 @@ class TokenIssuer:
         did: int | None = None,
         **overrides: Any,
     ) -> str:
+        """A signed access token; ``did`` binds it to a device, as the auth service
+        does for messaging sessions (without it, the token has no ``did`` claim)."""
         now = int(time.time())
         user_id = user_id or uuid.uuid4().hex
         self.users.add(user_id)
