@@ -562,16 +562,28 @@ class Messenger:
             await self._refresh_peer(me)
         bundles: dict[tuple[str, int], PrekeyBundle] = {}
         for user in (peer_id, me):
-            state = self._peer(self._store().read(), user)
-            missing = [d for d in state.missing_sessions() if (user, d) != (me, my_device)]
-            if not missing:
-                continue
-            answer = await self.keys.claim(user, missing)
-            state = await self._refresh_peer(user, answer)
-            for raw in answer.get("bundles", []):
-                bundle = PrekeyBundle.from_json(raw)
-                state.check_device(int(raw["device_id"]), bundle.identity)
-                bundles[(user, int(raw["device_id"]))] = bundle
+            # A claim's answer carries the current list, which may name devices we
+            # did not know of yet: claim for those too (a few rounds at most).
+            for _round in range(3):
+                state = self._peer(self._store().read(), user)
+                missing = [
+                    d for d in state.missing_sessions()
+                    if (user, d) != (me, my_device) and (user, d) not in bundles
+                ]  # fmt: skip
+                if not missing:
+                    break
+                answer = await self.keys.claim(user, missing)
+                try:
+                    state = await self._refresh_peer(user, answer)
+                    for raw in answer.get("bundles", []):
+                        bundle = PrekeyBundle.from_json(raw)
+                        state.check_device(int(raw["device_id"]), bundle.identity)
+                        bundles[(user, int(raw["device_id"]))] = bundle
+                except CryptoError as exc:
+                    raise UntrustedKeys(
+                        "The key directory served keys that the account's signed device "
+                        f"list does not vouch for ({exc}): nothing was sent."
+                    ) from exc
         plaintext = text.encode()
         copies: list[f.Copy] = []
         async with self._store().transaction() as tx:
@@ -616,6 +628,10 @@ class Messenger:
 
 
 SELF_PEER = "self_peer"
+
+
+class UntrustedKeys(ParleyError):
+    """The directory's answer failed the checks against the signed device list."""
 
 
 def _other_party(conversation: str | None, me: str) -> str | None:
