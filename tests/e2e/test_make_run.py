@@ -90,6 +90,7 @@ def run_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunStack]:
         log.close()
 
 
+@pytest.mark.timeout(900)
 async def test_each_process_killed_in_turn_comes_back_and_nothing_is_lost(
     run_stack: RunStack,
 ) -> None:
