@@ -14,7 +14,7 @@ from services.common.app import base_app
 from services.common.auth import JWKS_PATH, TokenVerifier
 from services.common.config import Settings
 from services.common.deps import use_mongo, use_redis, use_startup
-from services.common.state import VERIFIER
+from services.common.state import REGISTRY, VERIFIER
 
 
 async def create_app(
@@ -24,7 +24,7 @@ async def create_app(
     app = base_app("auth", settings, prefix="/auth", api=api)
     db = use_mongo(app, settings, "auth")
     redis = use_redis(app, settings)
-    service = AuthService.build(settings, config, db, redis, clock)
+    service = AuthService.build(settings, config, db, redis, clock, app[REGISTRY])
     app[AUTH_SERVICE] = service
     # Indexes and signing keys, retried until MongoDB answers; requests wait for them.
     use_startup(app, service.start)

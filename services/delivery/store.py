@@ -284,6 +284,15 @@ class DeliveryStore:
         return [d["user"] async for d in self.contacts.find({"peer": user}, {"user": 1})]
 
     # Reading and acknowledging ----------------------------------------------
+    async def inbox_depths(self, users: Iterable[str]) -> dict[str, int]:
+        """Items waiting per user, from the counters (last seq - acked): primary-key reads.
+
+        An upper bound (sequence numbers are not dense), for the metrics.
+        """
+        ids = list(dict.fromkeys(users))[:ID_CHUNK]
+        docs = self.counters.find({"_id": {"$in": ids}}, {"n": 1, "acked": 1})
+        return {d["_id"]: max(int(d.get("n", 0)) - int(d.get("acked", 0)), 0) async for d in docs}
+
     async def page(self, user: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Waiting items with ``seq > after``, in order, and whether more may wait.
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from parley_contract import PROTOCOL_VERSION
 from parley_contract import envelopes as e
 from parley_contract import frames as f
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
@@ -97,6 +97,23 @@ class Hub:
             "parley_gateway_routed_total", "Frames received on the pod's Redis channel.",
             registry=registry,
         )  # fmt: skip
+        self.capacity = Gauge(
+            "parley_gateway_connection_capacity", "Open sockets this pod is sized for.",
+            ["gateway"], registry=registry,
+        )  # fmt: skip
+        self.capacity.labels(gw).set(self.settings.ws_capacity)
+        self.connects = Counter(
+            "parley_gateway_connects_total", "WebSocket upgrades accepted.", registry=registry
+        )
+        self.disconnects = Counter(
+            "parley_gateway_disconnects_total", "WebSockets closed, by close code.",
+            ["code"], registry=registry,
+        )  # fmt: skip
+        self.connection_seconds = Histogram(
+            "parley_gateway_connection_seconds", "How long WebSockets stayed open.",
+            buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600),
+            registry=registry,
+        )  # fmt: skip
 
     # Lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -154,6 +171,7 @@ class Hub:
             sender=user_id, sender_sid=sid, recipient=recipient, client_id=frame.id,
             body=frame.body, commitment=frame.commitment,
         )  # fmt: skip
+        log.debug("message submitted", extra={"message_id": env.server_id, "to": recipient})
         return env, await self.store.enqueue(env)
 
     async def sync(self, token: str, after: int, limit: int) -> f.InboxPage:
@@ -170,6 +188,10 @@ class Hub:
 
     def count_error(self, code: ErrorCode) -> None:
         self.errors.labels(code.value).inc()
+
+    def count_disconnect(self, close_code: int | None, seconds: float) -> None:
+        self.disconnects.labels(str(close_code or "none")).inc()
+        self.connection_seconds.observe(seconds)
 
     # Connections ------------------------------------------------------------
     async def register(self, conn: Connection) -> None:

@@ -9,6 +9,7 @@ from aiohttp import web
 from services.common.ratelimit import RateLimiter
 from services.keys.config import KeysConfig
 from services.keys.events import EventPublisher
+from services.keys.metrics import KeysMetrics
 from services.keys.store import KeyStore
 
 
@@ -19,6 +20,7 @@ class Keys:
     events: EventPublisher
     # The claim limit per (claimer, target): keys <redis_prefix>:keys:rl:claims:<hash>.
     limiter: RateLimiter
+    metrics: KeysMetrics
 
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)
