@@ -81,6 +81,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
             access_log.info(
                 "request",
                 extra={
+                    "request_id": rid,  # the request's own, whatever a WebSocket set since
                     "method": request.method,
                     "route": route,
                     "status": status,

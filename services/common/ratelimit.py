@@ -133,6 +133,7 @@ class RateLimitMetrics:
         )  # fmt: skip
         for rule in rules:
             self.refusals.labels(service, rule, ErrorCode.RATE_LIMITED.value)
+            self.lockouts.labels(service, rule)
 
     def refused(self, rule: str, code: ErrorCode) -> None:
         self.refusals.labels(self.service, rule, code.value).inc()
