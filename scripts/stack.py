@@ -12,6 +12,7 @@ Ports and the data directory come from the environment (``PARLEY_*_PORT``,
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -209,7 +210,7 @@ def prometheus_config(cfg: StackConfig, interval: str = PROMETHEUS_INTERVAL) -> 
         "  external_labels:",
         "    deployment: embedded",
         "rule_files:",
-        f"  - {ROOT / 'deploy' / 'prometheus' / 'alerts.yml'}",
+        f"  - {json.dumps(str(ROOT / 'deploy' / 'prometheus' / 'alerts.yml'))}",
         "scrape_configs:",
     ]
     for job, path, targets in jobs:
