@@ -1,7 +1,7 @@
 """deploy/prometheus/*.yml and the Grafana provisioning: structure checked in
-pure Python, so the suite needs no promtool. Where promtool is at hand,
-`promtool check config` and `promtool test rules deploy/prometheus/alerts_test.yml`
-go further (docs/deployment.md)."""
+pure Python. promtool itself (`check rules`, `test rules`, `check config`) runs
+in tests/ops/test_promtool.py, and every rule is evaluated by a real Prometheus
+against the test stack in tests/ops/test_prometheus.py."""
 
 from __future__ import annotations
 
