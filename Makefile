@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test install lint fmt typecheck lock bench clean
 
 install: $(STAMP)
+	@bash scripts/install.sh web
 
 $(STAMP): pyproject.toml requirements.lock scripts/install.sh
 	bash scripts/install.sh

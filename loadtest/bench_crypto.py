@@ -11,6 +11,12 @@ process, the lower bound the primitives put on one handshake, and the crypto
 floor of a message pair (``*_crypto_floor_pair``: the hashing, AES-GCM and
 randomness a pair cannot avoid, with no protocol code around them).
 
+``*_cryptography_kdf`` figures answer whether the hand-written HMAC/HKDF fast
+path of ``primitives`` (``hmac_sha256_key32``, ``chain_key_step``,
+``MessageKeyDeriver``) earns its place: the same work with ``cryptography``'s
+own HMAC and HKDF objects instead, swapped into the protocol modules only
+while those figures run (checked equal to the fast path first).
+
 Measurement: every figure is timed in ``--rounds`` rounds of about
 ``--duration`` seconds, all figures taking turns in each round (round-robin),
 and the best round is kept.  Taking turns means a burst of load from other
@@ -31,11 +37,14 @@ from collections.abc import Callable
 from typing import Any
 
 import cryptography
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from parley.crypto import Device, GroupSession, Session
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from parley.crypto import Device, GroupSession, Session, franking, ratchet, sender_keys
 from parley.crypto.bundle import forget_verified_signatures
 from parley.crypto.franking import CONTEXT
 from parley.crypto.primitives import MessageKeyDeriver, chain_key_step, hmac_sha256_key32
@@ -58,6 +67,70 @@ def loop(fn: Callable[[], object]) -> Timed:
     return run
 
 
+# --------------------------------------------------------------------------- KDF variants
+
+_SHA256 = hashes.SHA256()
+_ZERO_SALT = bytes(32)
+
+
+def cryptography_hmac(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 with ``cryptography``'s HMAC object (what the fast path replaces)."""
+    mac = crypto_hmac.HMAC(key, _SHA256)
+    mac.update(data)
+    return mac.finalize()
+
+
+def cryptography_chain_key_step(chain_key: bytes) -> tuple[bytes, bytes]:
+    return cryptography_hmac(chain_key, b"\x01"), cryptography_hmac(chain_key, b"\x02")
+
+
+class CryptographyMessageKeys:
+    """:class:`MessageKeyDeriver`'s interface on ``cryptography``'s HKDF and HMAC."""
+
+    def __init__(self, info: bytes) -> None:
+        self._info = info
+
+    def derive(self, message_key: bytes) -> tuple[bytes, bytes]:
+        okm = HKDF(_SHA256, 44, _ZERO_SALT, self._info).derive(message_key)
+        return okm[:32], okm[32:]
+
+    def step(self, chain_key: bytes) -> tuple[bytes, bytes, bytes]:
+        message_key, next_chain_key = cryptography_chain_key_step(chain_key)
+        key, nonce = self.derive(message_key)
+        return key, nonce, next_chain_key
+
+
+def with_cryptography_kdf(op: Timed) -> Timed:
+    """``op`` run with ``cryptography``'s HMAC/HKDF in place of the fast path wherever the
+    protocol modules use it (the names below; a renamed one fails loudly)."""
+    ratchet_keys = CryptographyMessageKeys(ratchet.MESSAGE_INFO)
+    group_keys = CryptographyMessageKeys(sender_keys.MESSAGE_INFO)
+    replacements: dict[tuple[Any, str], object] = {
+        (ratchet, "_MESSAGE_KEYS"): ratchet_keys,
+        (ratchet, "_step"): ratchet_keys.step,
+        (ratchet, "chain_key_step"): cryptography_chain_key_step,
+        (sender_keys, "_MESSAGE_KEYS"): group_keys,
+        (sender_keys, "chain_key_step"): cryptography_chain_key_step,
+        (franking, "hmac_sha256_key32"): cryptography_hmac,
+    }
+    fast = {target: getattr(*target) for target in replacements}  # AttributeError if renamed
+    key = os.urandom(32)
+    for info in (ratchet.MESSAGE_INFO, sender_keys.MESSAGE_INFO):
+        assert CryptographyMessageKeys(info).step(key) == MessageKeyDeriver(info).step(key)
+    assert cryptography_hmac(key, MESSAGE) == hmac_sha256_key32(key, MESSAGE)
+
+    def run(n: int) -> float:
+        for (module, name), value in replacements.items():
+            setattr(module, name, value)
+        try:
+            return op(n)
+        finally:
+            for (module, name), value in fast.items():
+                setattr(module, name, value)
+
+    return run
+
+
 # --------------------------------------------------------------------------- primitives
 
 
@@ -73,6 +146,7 @@ def primitive_ops() -> dict[str, Timed]:
     payload = os.urandom(32) + MESSAGE
     gcm = AESGCM(key)
     deriver = MessageKeyDeriver(b"parley-v1/ratchet/message-keys")
+    crypto_deriver = CryptographyMessageKeys(b"parley-v1/ratchet/message-keys")
 
     def aes_pair_new_key() -> None:
         AESGCM(key).decrypt(nonce, AESGCM(key).encrypt(nonce, payload, ad), ad)
@@ -105,9 +179,11 @@ def primitive_ops() -> dict[str, Timed]:
         "aes256gcm_pair_new_key": loop(aes_pair_new_key),
         "aes256gcm_pair_same_key": loop(aes_pair_same_key),
         "hmac_sha256": loop(lambda: hmac_sha256_key32(key, MESSAGE)),
+        "hmac_sha256_cryptography_kdf": loop(lambda: cryptography_hmac(key, MESSAGE)),
         "kdf_ck_step": loop(lambda: chain_key_step(key)),
         "message_key_hkdf": loop(lambda: deriver.derive(key)),
         "kdf_ck_and_hkdf_fused": loop(lambda: deriver.step(key)),
+        "kdf_ck_and_hkdf_cryptography_kdf": loop(lambda: crypto_deriver.step(key)),
         "os_urandom_32": loop(lambda: os.urandom(32)),
         "ratchet_crypto_floor_pair": loop(kdf_floor_pair),
         "session_crypto_floor_pair": loop(session_floor_pair),
@@ -193,6 +269,9 @@ def ratchet_ops() -> dict[str, Timed]:
 
     return {
         "session_encrypt_decrypt": loop(lambda: dec(enc(MESSAGE))),
+        "session_encrypt_decrypt_cryptography_kdf": with_cryptography_kdf(
+            loop(lambda: dec(enc(MESSAGE)))
+        ),
         "ratchet_only_encrypt_decrypt": loop(ratchet_pair),
         "alternating_with_dh_step": alternating,
         "group_encrypt_decrypt": loop(lambda: g_bob.decrypt("alice", g_alice.encrypt(MESSAGE))),

@@ -1,11 +1,12 @@
 """Regenerate Parley's own crypto test vectors in client/vectors/.
 
-    .venv/bin/python scripts/gen_vectors.py          # rewrite the files
-    .venv/bin/python scripts/gen_vectors.py --check  # exit 1 if a file would change
+    .venv/bin/python -m scripts.gen_vectors          # rewrite the files
+    .venv/bin/python -m scripts.gen_vectors --check  # exit 1 if a file would change
 
-Every random input comes from the test DRBG of
-``parley.crypto.primitives.deterministic_random`` (see client/vectors/README.md),
-so the output is byte-for-byte reproducible, with one exception: ML-KEM
+Run it from the repository root with ``-m``: every random input comes from the
+test DRBG ``tests.crypto.drbg.deterministic_random`` (see
+client/vectors/README.md), which is deliberately not part of the installed
+package.  The output is byte-for-byte reproducible, with one exception: ML-KEM
 encapsulation randomness cannot be injected through pyca/cryptography.  The
 KEM ciphertexts are therefore *inputs* of the vectors: they are taken from the
 existing pqxdh.json when it exists (and freshly encapsulated otherwise), and the
@@ -20,20 +21,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from parley.crypto import Device, GroupSession, Session
+from parley.crypto import (
+    AccountKey,
+    Device,
+    DeviceEntry,
+    DeviceList,
+    GroupSession,
+    LinkRequest,
+    Session,
+    open_on_new_device,
+    seal_for_new_device,
+)
 from parley.crypto.bundle import PrekeyBundle
-from parley.crypto.encoding import b64decode, u32
+from parley.crypto.device_list import LABEL_DEVICE_LIST
+from parley.crypto.encoding import b64decode, b64encode, u32
 from parley.crypto.errors import CryptoError
 from parley.crypto.fingerprint import fingerprint_digits, safety_number
 from parley.crypto.franking import commit
+from parley.crypto.linking import LINK_INFO, link_associated_data, link_key
 from parley.crypto.pqxdh import INFO as PQXDH_INFO
 from parley.crypto.primitives import (
+    Ed25519KeyPair,
     X25519KeyPair,
-    deterministic_random,
     hkdf_sha256,
     mlkem768_encapsulate,
 )
 from parley.crypto.ratchet import RatchetState
+
+from tests.crypto.drbg import deterministic_random
 
 VECTORS = Path(__file__).resolve().parent.parent / "client" / "vectors"
 PROVENANCE = (
@@ -409,6 +424,191 @@ def misc_vectors() -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- device_list.json
+
+
+def device_list_vectors() -> dict[str, Any]:
+    account_seed = seed("parley-vector-account")
+    account = AccountKey.generate(deterministic_random(account_seed))
+    laptop = Device.generate(deterministic_random(seed("parley-vector-alice"))).identity
+    phone = Device.generate(deterministic_random(seed("parley-vector-alice-phone"))).identity
+    identities = {"3": laptop.to_json(), "12": phone.to_json()}
+    # Given out of order: 12 before 3 (canonical order is numeric, not textual).
+    device_list = DeviceList(
+        "alice",
+        1,
+        [
+            DeviceEntry.of(12, 'T\u00e9l\u00e9phone "pro" \U0001f4f1', phone),
+            DeviceEntry.of(3, "laptop", laptop),
+        ],
+    )
+    signed = account.sign(device_list)
+    signed.verify(account.public, user_id="alice")  # sanity
+    listed = device_list.to_json()
+    other_seed = seed("parley-vector-other-account")
+    other = AccountKey.generate(deterministic_random(other_seed))
+    by_other = other.sign(device_list)
+    first = listed["devices"][0]
+    return {
+        "description": "A device list signed by an account identity key (docs/devices.md, "
+        "docs/crypto.md 'Device lists and linking'). The account key is "
+        "AccountKey.generate(DRBG(account_drbg_seed)) (one 32-byte draw: the Ed25519 seed); "
+        "the devices' identities are Device.generate(DRBG(seed)).identity. signed_bytes = "
+        "label || canonical_json, where canonical_json is the UTF-8 JSON of device_list with "
+        "sorted keys and no whitespace (devices in ascending device_id order); the "
+        "signature is Ed25519 by the account key over signed_bytes. 'request' is the body "
+        "of PUT /keys/v1/account. Each 'invalid' case must be refused with the named error.",
+        "provenance": PROVENANCE,
+        "label": LABEL_DEVICE_LIST.decode(),
+        "account_drbg_seed": h(account_seed),
+        "account_seed": h(account.seed()),
+        "account_public": h(account.public),
+        "device_drbg_seeds": {
+            "3": h(seed("parley-vector-alice")),
+            "12": h(seed("parley-vector-alice-phone")),
+        },
+        "identities": identities,
+        "device_list": listed,
+        "canonical_json": device_list.canonical_json().decode("utf-8"),
+        "signed_bytes": h(device_list.signed_bytes()),
+        "signature": h(signed.signature),
+        "request": {"account_key": b64encode(account.public), **signed.to_json()},
+        "invalid": [
+            {
+                "name": "version changed after signing",
+                "device_list": dict(listed, version=2),
+                "signature": h(signed.signature),
+                "error": "InvalidSignature",
+            },
+            {
+                "name": "a device renamed after signing",
+                "device_list": dict(
+                    listed, devices=[dict(first, name="evil"), *listed["devices"][1:]]
+                ),
+                "signature": h(signed.signature),
+                "error": "InvalidSignature",
+            },
+            {
+                "name": "signed by another account key",
+                "other_account_drbg_seed": h(other_seed),
+                "device_list": listed,
+                "signature": h(by_other.signature),
+                "error": "InvalidSignature",
+            },
+            {
+                "name": "devices reordered",
+                "device_list": dict(listed, devices=listed["devices"][::-1]),
+                "signature": h(signed.signature),
+                "error": "MalformedDeviceList",
+            },
+            {
+                "name": "a device listed twice",
+                "device_list": dict(listed, devices=[first, *listed["devices"]]),
+                "signature": h(signed.signature),
+                "error": "MalformedDeviceList",
+            },
+            {
+                "name": "an unknown (unsigned) member",
+                "device_list": dict(listed, note="x"),
+                "signature": h(signed.signature),
+                "error": "MalformedDeviceList",
+            },
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- link.json
+
+
+def link_vectors() -> dict[str, Any]:
+    request_seed = seed("parley-vector-link-request")
+    request = LinkRequest.generate(deterministic_random(request_seed))
+    new_device_seed = seed("parley-vector-link-new-device")
+    new_device = Ed25519KeyPair.generate(deterministic_random(new_device_seed))
+    account = AccountKey.generate(deterministic_random(seed("parley-vector-account")))
+    payload = (
+        '{"account_key":"' + b64encode(account.seed()) + '","user_id":"alice","example":true}'
+    ).encode()
+    seal_seed = seed("parley-vector-link-seal")
+    sealed = seal_for_new_device(
+        request.e_public,
+        request.link_id,
+        new_device.public,
+        payload,
+        deterministic_random(seal_seed),
+    )
+    replay = deterministic_random(seal_seed)
+    f = X25519KeyPair.from_private_bytes(replay(32))
+    nonce = replay(12)
+    shared = f.dh(request.e_public)
+    assert sealed[:32] == f.public and sealed[32:44] == nonce
+    assert request.open(new_device.public, sealed) == payload  # sanity
+    assert (
+        open_on_new_device(request.private_bytes(), request.link_id, new_device.public, sealed)
+        == payload
+    )
+    flipped = bytearray(sealed)
+    flipped[50] ^= 0x01
+    return {
+        "description": "Linking a new device (docs/devices.md 'Linking a new device'). "
+        "LinkRequest.generate(DRBG(request_drbg_seed)) draws link_id (8) then E's private "
+        "key (32); link_code = base64url(link_id || e_public) without padding. The approver "
+        "seals the payload with seal_for_new_device(e_public, link_id, "
+        "new_device_signing_key, payload, DRBG(seal_drbg_seed)), which draws F's private key "
+        "(32) then the nonce (12): key = HKDF-SHA256(ikm = X25519(F, E_pub), salt = link_id, "
+        "info, L = 32); sealed = f_public || nonce || AES-256-GCM(key, nonce, payload, "
+        "associated_data) with associated_data = link_id || e_public || f_public || "
+        "new_device_signing_key. The new device's signing key is the Ed25519 key of the "
+        "seed new_device_signing_seed. The payload is an example: its format is the "
+        "client's. Each 'invalid' case must be refused with the named error.",
+        "provenance": PROVENANCE,
+        "info": LINK_INFO.decode(),
+        "request_drbg_seed": h(request_seed),
+        "link_id": h(request.link_id),
+        "e_private": h(request.private_bytes()),
+        "e_public": h(request.e_public),
+        "link_code": request.code,
+        "new_device_signing_seed": h(new_device.seed()),
+        "new_device_signing_key": h(new_device.public),
+        "seal_drbg_seed": h(seal_seed),
+        "f_private": h(f.private_bytes()),
+        "f_public": h(f.public),
+        "shared_secret": h(shared),
+        "key": h(link_key(shared, request.link_id)),
+        "nonce": h(nonce),
+        "associated_data": h(
+            link_associated_data(request.link_id, request.e_public, f.public, new_device.public)
+        ),
+        "payload": h(payload),
+        "sealed": h(sealed),
+        "sealed_b64": b64encode(sealed),
+        "invalid": [
+            {
+                "name": "another link id",
+                "link_id": h(bytes(8)),
+                "sealed": h(sealed),
+                "error": "DecryptionFailed",
+            },
+            {
+                "name": "another new device signing key in the associated data",
+                "signing_key": h(account.public),
+                "sealed": h(sealed),
+                "error": "DecryptionFailed",
+            },
+            {
+                "name": "a ciphertext byte flipped",
+                "sealed": h(bytes(flipped)),
+                "error": "DecryptionFailed",
+            },
+            {
+                "name": "truncated below F_pub || nonce || tag",
+                "sealed": h(sealed[:59]),
+                "error": "MalformedMessage",
+            },
+        ],
+    }
+
+
 def build() -> dict[str, dict[str, Any]]:
     return {
         "bundle.json": bundle_vectors(),
@@ -416,6 +616,8 @@ def build() -> dict[str, dict[str, Any]]:
         "ratchet.json": ratchet_vectors(),
         "sender_keys.json": sender_key_vectors(),
         "misc.json": misc_vectors(),
+        "device_list.json": device_list_vectors(),
+        "link.json": link_vectors(),
     }
 
 

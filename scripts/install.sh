@@ -6,6 +6,44 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The browser apps (web/, an npm workspace): Node from Debian when missing, the
+# locked packages (npm ci) and the build, only when web/'s sources changed
+# (a stamp of their hash). Chromium from Debian for the browser test (never a
+# downloaded browser: playwright-core drives /usr/bin/chromium).
+web_install() {
+  local SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  local pkgs=()
+  command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
+  [ -x /usr/bin/chromium ] || pkgs+=(chromium)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "install: system packages: ${pkgs[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  fi
+  node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
+    || { echo "install: Node.js 20.19+ is required for web/ (vite)" >&2; exit 1; }
+  local stamp
+  stamp="$(cd web && find . -path ./node_modules -prune -o -path '*/node_modules' -prune -o -path '*/dist' -prune \
+    -o -name .build-stamp -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-64)"
+  if [ ! -d web/node_modules ] || [ ! -f web/node_modules/.parley-ci ] || \
+     [ "$(cat web/node_modules/.parley-ci)" != "$(sha256sum web/package-lock.json | cut -c1-64)" ]; then
+    echo "install: web packages (npm ci)"
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+    sha256sum web/package-lock.json | cut -c1-64 > web/node_modules/.parley-ci
+  fi
+  if [ ! -f web/admin/dist/index.html ] || [ "$(cat web/.build-stamp 2>/dev/null)" != "$stamp" ]; then
+    echo "install: building web/ (npm run build)"
+    (cd web && npm run build --silent >/dev/null)
+    echo "$stamp" > web/.build-stamp
+  fi
+}
+
+if [ "${1:-}" = "web" ]; then
+  web_install
+  exit 0
+fi
+
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
@@ -59,3 +97,5 @@ echo "install: tools (requirements-tools.lock)"
   | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/tools/bin/checkov --version >/dev/null \
   || { echo "install: checkov failed to install" >&2; exit 1; }
+
+web_install

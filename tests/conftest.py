@@ -57,6 +57,6 @@ async def issuer(settings: Settings) -> AsyncIterator[TokenIssuer]:
     """Signs test tokens and serves their JWKS; use ``issuer.settings`` for the app."""
     iss = TokenIssuer(settings)
     url = await iss.start()
-    iss.settings = settings.model_copy(update={"auth_url": url})
+    iss.settings = settings.model_copy(update={"auth_url": url, "keys_url": url})
     yield iss
     await iss.close()

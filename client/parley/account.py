@@ -80,15 +80,22 @@ class Account:
         result: dict[str, Any] = account
         return result
 
-    async def signup(self, username: str, password: str, email: str) -> dict[str, Any]:
-        result = await self.api.signup(username, email, password)
+    async def signup(
+        self, username: str, password: str, email: str, device_id: int | None = None
+    ) -> dict[str, Any]:
+        result = await self.api.signup(username, email, password, device_id)
         await self._logged_in(result)
         return result
 
     async def login(
-        self, username: str, password: str, *, second_factor: SecondFactorPrompt | None = None
+        self,
+        username: str,
+        password: str,
+        *,
+        second_factor: SecondFactorPrompt | None = None,
+        device_id: int | None = None,
     ) -> dict[str, Any]:
-        result = await self.api.login(username, password, device="parley-cli")
+        result = await self.api.login(username, password, "parley-cli", device_id)
         attempts = 0
         while result.get("second_factor_required"):
             if second_factor is None:

@@ -116,17 +116,25 @@ class Api:
         raise cls(code, message, status, err.get("details"), retry_after)
 
     # -- auth -------------------------------------------------------------------
-    async def signup(self, username: str, email: str, password: str) -> dict[str, Any]:
-        body = {"username": username, "email": email, "password": password}
+    async def signup(
+        self, username: str, email: str, password: str, device_id: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"username": username, "email": email, "password": password}
+        if device_id is not None:
+            body["device_id"] = device_id
         result: dict[str, Any] = await self.request(
             "POST", "/auth/v1/signup", json=body, auth=False
         )
         return result
 
-    async def login(self, username: str, password: str, device: str | None) -> dict[str, Any]:
+    async def login(
+        self, username: str, password: str, device: str | None, device_id: int | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"username": username, "password": password}
         if device:
             body["device"] = device
+        if device_id is not None:
+            body["device_id"] = device_id
         result: dict[str, Any] = await self.request("POST", "/auth/v1/login", json=body, auth=False)
         return result
 
@@ -210,10 +218,50 @@ class Api:
         )
         return bool(result["match"])
 
-    async def claim_bundles(self, user_id: str) -> list[dict[str, Any]]:
-        result = await self.request("GET", f"/keys/v1/users/{quote(user_id, safe='')}/bundles")
-        bundles: list[dict[str, Any]] = result["bundles"]
-        return bundles
+    async def claim_bundles(
+        self, user_id: str, device_ids: list[int] | None = None
+    ) -> dict[str, Any]:
+        """Claim bundles of a user's devices (all listed ones, or these): the answer
+        carries the signed device list too."""
+        query = f"?device_id={','.join(map(str, device_ids))}" if device_ids else ""
+        result: dict[str, Any] = await self.request(
+            "GET", f"/keys/v1/users/{quote(user_id, safe='')}/bundles{query}"
+        )
+        return result
+
+    # -- devices (docs/devices.md) -------------------------------------------------
+    async def user_devices(self, user_id: str) -> dict[str, Any]:
+        """A user's signed device list: ``{"account_key", "device_list", "signature", ...}``."""
+        result: dict[str, Any] = await self.request(
+            "GET", f"/keys/v1/users/{quote(user_id, safe='')}/devices"
+        )
+        return result
+
+    async def put_account(self, account_key: str, signed: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PUT", "/keys/v1/account", json={"account_key": account_key, **signed}
+        )
+        return result
+
+    async def put_device_list(self, signed: dict[str, Any]) -> None:
+        await self.request("PUT", "/keys/v1/device-list", json=signed)
+
+    async def create_link(self, link_id: str, device_id: int, name: str) -> None:
+        await self.request(
+            "POST", "/keys/v1/links", json={"link_id": link_id, "device_id": device_id,
+                                            "name": name}
+        )  # fmt: skip
+
+    async def get_link(self, link_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "GET", f"/keys/v1/links/{quote(link_id, safe='')}"
+        )
+        return result
+
+    async def approve_link(self, link_id: str, sealed: str) -> None:
+        await self.request(
+            "PUT", f"/keys/v1/links/{quote(link_id, safe='')}/approval", json={"sealed": sealed}
+        )
 
     async def identities(self, user_id: str) -> list[dict[str, Any]]:
         result = await self.request("GET", f"/keys/v1/users/{quote(user_id, safe='')}/identity")

@@ -34,6 +34,7 @@ from parley.client import (
     Event,
     KeyChanged,
     Message,
+    PendingDevice,
     Receipt,
     SecondFactor,
 )
@@ -254,18 +255,28 @@ def signup(
 
 
 async def _fresh_account(
-    opts: Options, username: str, status: str, action: Callable[[Client], Awaitable[object]]
+    opts: Options,
+    username: str,
+    status: str,
+    action: Callable[[Client], Awaitable[object]],
+    *,
+    keep_pending: bool = False,
 ) -> None:
     """Run ``action`` on the account's store; a store this created and that holds
-    no account afterwards (the sign-up or login failed) is removed again."""
+    no linked account afterwards (the sign-up, login or link failed) is removed again."""
     directory = paths.account_dir(opts.home, opts.server, username)
     created = not (directory / paths.STORE_FILE).exists()
     failed = False
     async with _client(opts, username, create=True) as client:
         try:
-            await _with_status(status, action(client))
+            if keep_pending:
+                await action(client)
+            else:
+                await _with_status(status, action(client))
         except BaseException:
-            failed = created and client.store.read().get("account") is None
+            failed = created and (
+                client.store.read().get("account") is None or not client.keys.linked()
+            )
             raise
         finally:
             if failed:
@@ -281,6 +292,15 @@ def login(
     password: Annotated[
         str | None, typer.Option("--password", envvar="PARLEY_PASSWORD", hidden=True)
     ] = None,
+    new_identity: Annotated[
+        bool,
+        typer.Option(
+            "--new-identity",
+            help="On a new install whose account has devices elsewhere: start a new account "
+            "identity instead of linking (contacts see a new safety number; the other "
+            "devices are removed)",
+        ),
+    ] = False,
 ) -> None:
     """Log in (with two-factor prompts); on a new device, generate and publish keys."""
     opts = _options(ctx)
@@ -292,17 +312,19 @@ def login(
             opts,
             username,
             "Logging in and checking this device's keys...",
-            lambda client: _login(client, username, password),
+            lambda client: _login(client, username, password, new_identity),
         )
         console.print(f"Logged in as [bold]{escape(username)}[/].")
 
     _run(run())
 
 
-async def _login(client: Client, username: str, password: str) -> str:
+async def _login(client: Client, username: str, password: str, new_identity: bool = False) -> str:
     # A wrong second-factor code is reported as an event, then asked again.
     client.add_listener(lambda e: _print_event(e, None) if isinstance(e, ErrorEvent) else None)
-    return await client.login(username, password, second_factor=_second_factor)
+    return await client.login(
+        username, password, second_factor=_second_factor, new_identity=new_identity
+    )
 
 
 @app.command()
@@ -546,21 +568,134 @@ def safety_number(
     _run(run())
 
 
-@app.command()
+devices_app = typer.Typer(
+    help="This account's devices: list, link a new one, approve, rename, remove.",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.callback()
 def devices(ctx: typer.Context) -> None:
-    """This account's devices as the key directory knows them."""
+    """This account's devices (from the device list signed by the account key)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    devices_list(ctx)
+
+
+@devices_app.command("list")
+def devices_list(ctx: typer.Context) -> None:
+    """List this account's devices."""
     opts = _options(ctx)
 
     async def run() -> None:
         async with _client(opts) as client:
             found = await client.devices()
-            device = client.device()
-        table = Table("device", "signing key", "this device")
+        table = Table("device", "name", "fingerprint", "this device")
         for d in found:
-            key = d["identity"]["signing_key"]
-            mine = device is not None and key == device.public_identity()["signing_key"]
-            table.add_row(str(d["device_id"]), key[:16] + "...", "yes" if mine else "")
+            table.add_row(
+                str(d["device_id"]), escape(d["name"]), d["fingerprint"],
+                "yes" if d["this_device"] else "",
+            )  # fmt: skip
         console.print(table)
+
+    _run(run())
+
+
+@devices_app.command("link")
+def devices_link(
+    ctx: typer.Context,
+    username: Annotated[str | None, typer.Argument(help="Your username")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name for this device")] = None,
+    password: Annotated[
+        str | None, typer.Option("--password", envvar="PARLEY_PASSWORD", hidden=True)
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the approval")] = 600.0,
+) -> None:
+    """On a new device: log in and show a link code to approve on an existing device."""
+    opts = _options(ctx)
+    username = (username or typer.prompt("Username")).strip().lower()
+    password = password or typer.prompt("Password", hide_input=True)
+
+    async def run() -> None:
+        async def link(client: Client) -> None:
+            client.add_listener(
+                lambda e: _print_event(e, None) if isinstance(e, ErrorEvent) else None
+            )
+            code = await client.link_device(
+                username, password, second_factor=_second_factor, name=name
+            )
+            console.print("On a device already linked to this account, run:")
+            console.print(f"    [bold]parley devices approve {code}[/]")
+            console.print("[dim]Waiting for the approval (Ctrl-C to give up)...[/]")
+            await client.wait_linked(timeout)
+
+        await _fresh_account(opts, username, "Logging in...", link, keep_pending=True)
+        console.print(f"This device is now linked to [bold]{escape(username)}[/].")
+
+    _run(run())
+
+
+@devices_app.command("approve")
+def devices_approve(
+    ctx: typer.Context,
+    code: Annotated[str, typer.Argument(help="The code the new device shows")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Link the new device that shows CODE to this account."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async def confirm(pending: PendingDevice) -> bool:
+            console.print(
+                f"Link device [bold]{escape(pending.name)}[/] (id {pending.device_id}, "
+                f"fingerprint {pending.fingerprint}) to this account?"
+            )
+            if yes:
+                return True
+            answer = await _ask("Approve? [y/N]")
+            return answer.strip().lower() in ("y", "yes")
+
+        async with _client(opts) as client:
+            pending = await client.approve_device(code.strip(), confirm)
+        console.print(f"Linked {escape(pending.name)} (device {pending.device_id}).")
+
+    _run(run())
+
+
+@devices_app.command("rename")
+def devices_rename(
+    ctx: typer.Context,
+    device_id: Annotated[int, typer.Argument(help="The device's id (see `parley devices`)")],
+    name: Annotated[str, typer.Argument(help="Its new name")],
+) -> None:
+    """Rename one of this account's devices."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            await client.rename_device(device_id, name)
+        console.print(f"Device {device_id} is now called {escape(name)}.")
+
+    _run(run())
+
+
+@devices_app.command("remove")
+def devices_remove(
+    ctx: typer.Context,
+    device_id: Annotated[int, typer.Argument(help="The device's id (see `parley devices`)")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove a device from this account: it can no longer log in or receive messages."""
+    opts = _options(ctx)
+    if not yes and not typer.confirm(f"Remove device {device_id} from this account?"):
+        raise typer.Exit(1)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            await client.remove_device(device_id)
+        console.print(f"Device {device_id} removed.")
 
     _run(run())
 

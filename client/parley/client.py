@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 from parley import paths
 from parley.account import Account, SecondFactor, SecondFactorPrompt
 from parley.api import DEFAULT_SERVER, Api
-from parley.crypto import Device
+from parley.crypto import Device, LinkRequest
 from parley.errors import ParleyError
 from parley.events import (
     ConnectionEvent,
@@ -43,12 +43,11 @@ from parley.events import (
     Message,
     Receipt,
 )
-from parley.keys import DEVICE_ID, PREKEY_BATCH, PREKEY_ROTATION_S, Keys
+from parley.keys import PREKEY_BATCH, PREKEY_ROTATION_S, Keys, NeedsLink, PendingDevice
 from parley.messenger import Messenger
 from parley.store import KdfParams, Store, Transaction
 
 __all__ = [
-    "DEVICE_ID",
     "Client",
     "ConnectionEvent",
     "DecryptFailed",
@@ -56,6 +55,8 @@ __all__ = [
     "Event",
     "KeyChanged",
     "Message",
+    "NeedsLink",
+    "PendingDevice",
     "Receipt",
     "SecondFactor",
 ]
@@ -89,6 +90,7 @@ class Client:
         self._kdf = kdf
         self._store: Store | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._link: LinkRequest | None = None
         self.bus = EventBus()
         self.account = Account(self.server, self.api, lambda: self.store, self.bus)
         self.api.on_expired = lambda: self.account.access_token(force=True)
@@ -172,19 +174,70 @@ class Client:
 
     # -- account ----------------------------------------------------------------------
     async def signup(self, username: str, password: str, email: str) -> str:
-        """Create an account, log in and publish this device's keys; returns the user id."""
-        result = await self.account.signup(username, password, email)
+        """Create an account with this install as its first device (a new account
+        identity key and device list); returns the user id."""
+        did = await self.keys.device_id()
+        result = await self.account.signup(username, password, email, did)
         await self.keys.setup()
         return str(result["user"]["user_id"])
 
     async def login(
-        self, username: str, password: str, *, second_factor: SecondFactorPrompt | None = None
+        self,
+        username: str,
+        password: str,
+        *,
+        second_factor: SecondFactorPrompt | None = None,
+        new_identity: bool = False,
     ) -> str:
         """Log in (answering a 2FA challenge with ``second_factor``) and make sure this
-        device's keys are published; returns the user id."""
-        result = await self.account.login(username, password, second_factor=second_factor)
-        await self.keys.setup()
+        device's keys are published; returns the user id.
+
+        On an install that is not yet one of the account's devices this raises
+        :class:`parley.keys.NeedsLink` (link it with :meth:`link_device`), unless
+        ``new_identity``: the account identity is reset (contacts see a new safety
+        number; the account's other devices are removed)."""
+        did = await self.keys.device_id()
+        result = await self.account.login(
+            username, password, second_factor=second_factor, device_id=did
+        )
+        await self.keys.setup(new_identity=new_identity)
         return str(result["user"]["user_id"])
+
+    async def link_device(
+        self,
+        username: str,
+        password: str,
+        *,
+        second_factor: SecondFactorPrompt | None = None,
+        name: str | None = None,
+    ) -> str:
+        """On a new install: log in and ask to be linked; returns the link code to
+        approve on an existing device (then :meth:`wait_linked`)."""
+        did = await self.keys.device_id()
+        await self.account.login(username, password, second_factor=second_factor, device_id=did)
+        self._link = await self.keys.start_link(name)
+        return self._link.code
+
+    async def wait_linked(self, timeout: float = 600.0) -> None:
+        """Wait until an existing device approves the link code of :meth:`link_device`."""
+        if self._link is None:
+            raise ParleyError("No link in progress: call link_device first.")
+        await self.keys.finish_link(self._link, timeout)
+        self._link = None
+
+    async def approve_device(
+        self, code: str, confirm: Callable[[PendingDevice], Awaitable[bool]] | None = None
+    ) -> PendingDevice:
+        """On an existing device: link the device that shows ``code`` (``confirm`` sees
+        its name and fingerprint first)."""
+        return await self.keys.approve(code, confirm)
+
+    async def rename_device(self, device_id: int, name: str) -> None:
+        await self.keys.rename(device_id, name)
+
+    async def remove_device(self, device_id: int) -> None:
+        """Remove a device of this account (its tokens stop working, its inbox is dropped)."""
+        await self.keys.remove(device_id)
 
     async def access_token(self, force: bool = False) -> str:
         return await self.account.access_token(force)
@@ -224,9 +277,12 @@ class Client:
         return await self.keys.top_up()
 
     async def devices(self) -> list[dict[str, Any]]:
-        """This account's devices in the key directory (with safety-relevant keys)."""
-        assert self.user_id is not None
-        return await self.keys.devices(self.user_id)
+        """This account's devices, from its verified device list."""
+        return await self.keys.devices()
+
+    @property
+    def device_id(self) -> int:
+        return self.keys.known_device_id()
 
     # -- contacts and history ---------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:

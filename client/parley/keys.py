@@ -1,33 +1,78 @@
-"""The keys part of the client: this device's keys and what the directory holds.
+"""The keys part of the client: this device's keys, the account's device list, linking.
 
 Generates the device's identity and prekeys on first use, publishes them,
 checks at every connect that the directory still holds them (keys check),
 rotates the signed and last-resort prekeys weekly, tops up one-time
 prekeys, and claims contacts' prekey bundles. Private halves are always
 stored before the public halves are published.
+
+Several devices per account (docs/devices.md): the **account identity key**
+lives on every device of the account and signs the device list; a new
+install is either the account's first device (it makes the account key), or
+is **linked** by an existing device (which gives it the account key through
+the link code's sealed channel), or **resets** the account identity (a new
+account key: contacts see a new safety number).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
+import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from parley.account import Account, StoreRef
 from parley.api import Api
-from parley.crypto import Device
-from parley.crypto.encoding import b64encode
+from parley.crypto import (
+    AccountKey,
+    Device,
+    DeviceEntry,
+    DeviceList,
+    LinkRequest,
+    SignedDeviceList,
+    parse_link_code,
+    seal_for_new_device,
+)
+from parley.crypto.encoding import b64decode, b64encode
 from parley.errors import ApiError, ParleyError
 from parley.events import ErrorEvent, EventBus
 from parley.store import Transaction
 
-DEVICE_ID = 1
 PREKEY_BATCH = 100
 PREKEY_ROTATION_S = 7 * 24 * 3600  # signed and last-resort prekeys, as Signal (weekly)
 MAX_UPLOAD = 100
+LINK_POLL_S = 1.0
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+
+
+class NeedsLink(ParleyError):
+    """This install is not a device of the account yet: link it from another device
+    (``parley devices link``), or reset the account identity."""
+
+
+@dataclass(frozen=True)
+class PendingDevice:
+    """A device waiting to be linked, as an existing device sees it before approving."""
+
+    link_id: str
+    device_id: int
+    name: str
+    fingerprint: str
+
+
+def default_device_name() -> str:
+    return f"parley-cli on {socket.gethostname()}"[:64]
+
+
+def fingerprint(signing_key: bytes) -> str:
+    """A short, readable fingerprint of a device's signing key (compare before approving)."""
+    hexed = signing_key.hex()[:20]
+    return " ".join(hexed[i : i + 4] for i in range(0, 20, 4))
 
 
 class Keys:
@@ -51,15 +96,70 @@ class Keys:
         self.rotate_after = rotate_after
         self._topping_up: asyncio.Task[None] | None = None
 
+    # -- this device ------------------------------------------------------------------
+    async def device_id(self) -> int:
+        """This install's device id: chosen at random once, kept in the store."""
+        current = self._store().read().get("device_id")
+        if current:
+            return int(current)
+        async with self._store().transaction() as tx:
+            current = tx.get("device_id")
+            if not current:
+                current = secrets.randbelow(2**31 - 2) + 1
+                tx.put("device_id", current)
+        return int(current)
+
+    def known_device_id(self) -> int:
+        current = self._store().read().get("device_id")
+        if not current:
+            raise ParleyError("This install has no device id yet.")
+        return int(current)
+
     def device(self, tx: Transaction | None = None) -> Device | None:
         raw = (tx or self._store().read()).get_bytes("device")
         return None if raw is None else Device.from_bytes(raw)
 
-    async def setup(self) -> None:
-        """Generate this device's keys on first use and publish them; afterwards make
-        sure the directory still holds them, rotate week-old signed and last-resort
-        prekeys, and top up one-time prekeys."""
+    def account_key(self, tx: Transaction | None = None) -> AccountKey | None:
+        raw = (tx or self._store().read()).get_bytes("account_key")
+        return None if raw is None else AccountKey.from_seed(raw)
+
+    def own_list(self, tx: Transaction | None = None) -> SignedDeviceList | None:
+        raw = (tx or self._store().read()).get("device_list")
+        return None if raw is None else SignedDeviceList.from_json(raw)
+
+    def linked(self) -> bool:
+        return self.account_key() is not None
+
+    async def setup(self, *, new_identity: bool = False) -> None:
+        """Make this device's keys on first use and publish them; then make sure the
+        directory holds them, rotate week-old signed and last-resort prekeys, top up
+        one-time prekeys, and (first device) create the account's device list.
+
+        Raises :class:`NeedsLink` when the account already has devices and this
+        install is not one of them (unless ``new_identity``: reset the account key).
+        """
         await self.account.access_token()
+        did = await self.device_id()
+        device = await self._ensure_device_keys(did)
+        if self.linked():
+            return
+        try:
+            await self.api.user_devices(self._me())
+            exists = True
+        except ApiError as exc:
+            if exc.code not in ("identity_not_found", "user_not_found", "not_found"):
+                raise
+            exists = False
+        if exists and not new_identity:
+            raise NeedsLink(
+                "This account already has devices. Link this one from one of them "
+                "(`parley devices link` here, then `parley devices approve CODE` there), "
+                "or start a new identity with `--new-identity` (your contacts will see a "
+                "new safety number)."
+            )
+        await self._create_account(did, device)
+
+    async def _ensure_device_keys(self, did: int) -> Device:
         now = time.time()
         async with self._store().transaction() as tx:
             device = self.device(tx)
@@ -73,16 +173,40 @@ class Keys:
                 device.rotate_last_resort_kem_prekey()
                 tx.put("prekeys_rotated_at", now)
             tx.put_bytes("device", device.to_bytes())
-        if new or not await self._directory_holds(device):
-            await self.api.put_identity(DEVICE_ID, device.public_identity())
-            await self.api.put_signed_prekey(DEVICE_ID, device.signed_prekey())
-            await self.api.put_last_resort(DEVICE_ID, device.last_resort_kem_prekey())
+        if new or not await self._directory_holds(did, device):
+            await self.api.put_identity(did, device.public_identity())
+            await self.api.put_signed_prekey(did, device.signed_prekey())
+            await self.api.put_last_resort(did, device.last_resort_kem_prekey())
         await self.top_up()
+        return device
 
-    async def _directory_holds(self, device: Device) -> bool:
+    async def _create_account(self, did: int, device: Device) -> None:
+        """The account's first device (or a reset): a new account key and list v1."""
+        account_key = AccountKey.generate()
+        listing = DeviceList(
+            user_id=self._me(),
+            version=1,
+            devices=[self._entry(did, default_device_name(), device)],
+        )
+        signed = listing.sign(account_key)
+        async with self._store().transaction() as tx:
+            tx.put_bytes("account_key", account_key.seed())
+            tx.put("device_list", signed.to_json())
+        await self.api.put_account(b64encode(account_key.public), signed.to_json())
+
+    @staticmethod
+    def _entry(did: int, name: str, device: Device) -> DeviceEntry:
+        return DeviceEntry.of(did, name, device.identity)
+
+    def _me(self) -> str:
+        if self.account.user_id is None:
+            raise ParleyError("Log in first.")
+        return self.account.user_id
+
+    async def _directory_holds(self, did: int, device: Device) -> bool:
         """Does the key directory hold this device's current keys (keys check)?"""
         try:
-            return await self.api.check_keys(DEVICE_ID, b64encode(device.keys_digest()))
+            return await self.api.check_keys(did, b64encode(device.keys_digest()))
         except ApiError as exc:
             if exc.code == "device_not_found":  # deleted, or the directory lost it
                 return False
@@ -91,7 +215,8 @@ class Keys:
     async def top_up(self) -> tuple[int, int]:
         """Upload one-time X25519 and ML-KEM prekeys up to the batch size; returns how
         many of each were uploaded."""
-        counts = await self.api.counts(DEVICE_ID)
+        did = await self.device_id()
+        counts = await self.api.counts(did)
         need_ot = max(0, self.prekey_batch - int(counts["one_time"]))
         need_kem = max(0, self.prekey_batch - int(counts["kem_one_time"]))
         if not need_ot and not need_kem:
@@ -103,9 +228,9 @@ class Keys:
             kem = await asyncio.to_thread(device.generate_kem_prekeys, need_kem)
             tx.put_bytes("device", device.to_bytes())
         for i in range(0, len(one_time), MAX_UPLOAD):
-            await self.api.upload_one_time(DEVICE_ID, one_time[i : i + MAX_UPLOAD])
+            await self.api.upload_one_time(did, one_time[i : i + MAX_UPLOAD])
         for i in range(0, len(kem), MAX_UPLOAD):
-            await self.api.upload_kem(DEVICE_ID, kem[i : i + MAX_UPLOAD])
+            await self.api.upload_kem(did, kem[i : i + MAX_UPLOAD])
         return need_ot, need_kem
 
     def on_prekeys_low(self) -> None:
@@ -119,14 +244,186 @@ class Keys:
         except ParleyError as exc:
             self.events.emit(ErrorEvent("prekeys", f"Could not upload new prekeys: {exc}"))
 
-    async def devices(self, user_id: str) -> list[dict[str, Any]]:
-        """A user's devices in the key directory (with safety-relevant keys)."""
-        await self.account.access_token()
-        return await self.api.identities(user_id)
+    # -- the account's devices ----------------------------------------------------------
+    async def devices(self) -> list[dict[str, Any]]:
+        """This account's devices, from the verified list: id, name, and which is this one."""
+        await self.refresh_own_list()
+        signed = self.own_list()
+        if signed is None:
+            return []
+        me = self.known_device_id()
+        return [
+            {"device_id": d.device_id, "name": d.name, "this_device": d.device_id == me,
+             "fingerprint": fingerprint(d.signing_key)}
+            for d in signed.device_list.devices
+        ]  # fmt: skip
 
-    async def claim_bundle(self, peer_id: str) -> dict[str, Any]:
-        """Claim one prekey bundle of a contact (one-time prekeys are handed out once)."""
-        bundles = await self.api.claim_bundles(peer_id)
-        if not bundles:
-            raise ParleyError("That contact has no keys published yet.")
-        return next((b for b in bundles if b.get("device_id") == DEVICE_ID), bundles[0])
+    async def refresh_own_list(self) -> SignedDeviceList | None:
+        """Fetch the account's current list, verify it with our account key, keep it."""
+        account_key = self.account_key()
+        if account_key is None:
+            return None
+        await self.account.access_token()
+        answer = await self.api.user_devices(self._me())
+        if answer.get("account_key") != b64encode(account_key.public):
+            raise ParleyError(
+                "The directory holds another account key for this account: the identity "
+                "was reset from another install. Link this device again."
+            )
+        signed = SignedDeviceList.from_json(answer)
+        signed.verify(account_key.public, user_id=self._me())
+        current = self.own_list()
+        if current is not None and signed.device_list.version < current.device_list.version:
+            raise ParleyError("The directory served an older device list than this device has.")
+        async with self._store().transaction() as tx:
+            tx.put("device_list", signed.to_json())
+        return signed
+
+    async def _publish_list(self, change: Callable[[list[DeviceEntry]], list[DeviceEntry]]) -> None:
+        """Sign and publish the next version of the device list (retrying on a race)."""
+        account_key = self.account_key()
+        if account_key is None:
+            raise NeedsLink("This device is not linked to the account.")
+        for _attempt in range(3):
+            current = await self.refresh_own_list()
+            assert current is not None
+            listing = DeviceList(
+                user_id=self._me(),
+                version=current.device_list.version + 1,
+                devices=change(list(current.device_list.devices)),
+            )
+            signed = listing.sign(account_key)
+            try:
+                await self.api.put_device_list(signed.to_json())
+            except ApiError as exc:
+                if exc.code == "conflict":
+                    continue  # another device changed the list meanwhile
+                raise
+            async with self._store().transaction() as tx:
+                tx.put("device_list", signed.to_json())
+            return
+        raise ParleyError("The device list keeps changing; try again.")
+
+    async def rename(self, device_id: int, name: str) -> None:
+        def change(devices: list[DeviceEntry]) -> list[DeviceEntry]:
+            if all(d.device_id != device_id for d in devices):
+                raise ParleyError(f"No device {device_id} in this account.")
+            return [
+                DeviceEntry(d.device_id, name[:64], d.signing_key, d.dh_key)
+                if d.device_id == device_id else d
+                for d in devices
+            ]  # fmt: skip
+
+        await self._publish_list(change)
+
+    async def remove(self, device_id: int) -> None:
+        """Remove a device (another one, or this one) from the account."""
+
+        def change(devices: list[DeviceEntry]) -> list[DeviceEntry]:
+            kept = [d for d in devices if d.device_id != device_id]
+            if len(kept) == len(devices):
+                raise ParleyError(f"No device {device_id} in this account.")
+            if not kept:
+                raise ParleyError("This is the account's only device.")
+            return kept
+
+        await self._publish_list(change)
+
+    # -- linking --------------------------------------------------------------------------
+    async def start_link(self, name: str | None = None) -> LinkRequest:
+        """On the new device: publish it as pending; returns the link (show its code)."""
+        await self.account.access_token()
+        did = await self.device_id()
+        await self._ensure_device_keys(did)
+        request = LinkRequest.generate()
+        await self.api.create_link(
+            b64encode(request.link_id), did, (name or default_device_name())[:64]
+        )
+        return request
+
+    async def finish_link(self, request: LinkRequest, timeout: float = 600.0) -> None:
+        """On the new device: wait for the approval, open it, check the list names us."""
+        device = self.device()
+        assert device is not None
+        link_id = b64encode(request.link_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            link = await self.api.get_link(link_id)
+            if link.get("approval"):
+                break
+            if time.monotonic() > deadline:
+                raise ParleyError("The link code was not approved in time.")
+            await asyncio.sleep(LINK_POLL_S)
+        sealed = b64decode(link["approval"]["sealed"])
+        payload = json.loads(request.open(device.identity.signing_key, sealed))
+        if payload.get("user_id") != self._me():
+            raise ParleyError("The approval is for another account.")
+        account_key = AccountKey.from_seed(b64decode(payload["account_key"]))
+        async with self._store().transaction() as tx:
+            tx.put_bytes("account_key", account_key.seed())
+        signed = await self.refresh_own_list()
+        assert signed is not None
+        me = self.known_device_id()
+        if not any(
+            d.device_id == me and d.signing_key == device.identity.signing_key
+            for d in signed.device_list.devices
+        ):
+            async with self._store().transaction() as tx:
+                tx.delete("account_key")
+            raise ParleyError("The device list does not name this device: the link failed.")
+
+    async def pending(self, code: str) -> PendingDevice:
+        """On an existing device: what a link code asks to link (show it before approving)."""
+        link_id, _ = parse_link_code(code)
+        await self.account.access_token()
+        link = await self.api.get_link(b64encode(link_id))
+        identity = link["identity"]
+        return PendingDevice(
+            link_id=b64encode(link_id),
+            device_id=int(link["device_id"]),
+            name=str(link.get("name") or ""),
+            fingerprint=fingerprint(b64decode(identity["signing_key"])),
+        )
+
+    async def approve(
+        self, code: str, confirm: Callable[[PendingDevice], Awaitable[bool]] | None = None
+    ) -> PendingDevice:
+        """On an existing device: add the new device to the signed list and hand it the
+        account key through the link code's sealed channel."""
+        account_key = self.account_key()
+        if account_key is None:
+            raise NeedsLink("This device is not linked to the account.")
+        link_id, e_pub = parse_link_code(code)
+        pending = await self.pending(code)
+        if confirm is not None and not await confirm(pending):
+            raise ParleyError("Not approved.")
+        link = await self.api.get_link(pending.link_id)
+        identity = link["identity"]
+        entry = DeviceEntry(
+            device_id=pending.device_id,
+            name=pending.name or "new device",
+            signing_key=b64decode(identity["signing_key"]),
+            dh_key=b64decode(identity["dh_key"]),
+        )
+
+        def change(devices: list[DeviceEntry]) -> list[DeviceEntry]:
+            return [d for d in devices if d.device_id != entry.device_id] + [entry]
+
+        await self._publish_list(change)
+        payload = json.dumps(
+            {"user_id": self._me(), "account_key": b64encode(account_key.seed())}
+        ).encode()
+        sealed = seal_for_new_device(e_pub, link_id, entry.signing_key, payload)
+        await self.api.approve_link(pending.link_id, b64encode(sealed))
+        return pending
+
+    # -- contacts' bundles --------------------------------------------------------------
+    async def claim(self, user_id: str, device_ids: list[int]) -> dict[str, Any]:
+        """Claim bundles of some devices of a user (one-time prekeys are handed out once);
+        the answer carries the signed device list to verify them against."""
+        return await self.api.claim_bundles(user_id, device_ids)
+
+    async def directory_list(self, user_id: str) -> dict[str, Any]:
+        """A user's account key and signed device list, as the directory has them."""
+        await self.account.access_token()
+        return await self.api.user_devices(user_id)

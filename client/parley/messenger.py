@@ -32,14 +32,11 @@ from parley.api import Api
 from parley.connection import Connection, ConnectionClosed
 from parley.crypto import (
     CryptoError,
-    IdentityChanged,
     PrekeyBundle,
-    PublicIdentity,
     ReplayedMessage,
     Session,
+    SignedDeviceList,
     commitment_from_message,
-    format_safety_number,
-    safety_number,
 )
 from parley.crypto.encoding import b64decode, b64encode
 from parley.errors import ApiError, NotLoggedIn, ParleyError, ServerUnavailable
@@ -124,27 +121,61 @@ class Messenger:
         return user_id[:8]
 
     def _peer(self, tx: Transaction, user_id: str) -> PeerState:
-        raw = tx.peer(user_id)
+        """A contact's state, or our own account's (sessions with our other devices)."""
+        raw = tx.get(SELF_PEER) if user_id == self.account.user_id else tx.peer(user_id)
         return PeerState(user_id) if raw is None else PeerState.from_json(raw)
 
-    async def safety_number(self, username_or_id: str) -> tuple[str, str | None]:
-        """(username, safety number of the identity we trust for them, or None if we
-        never exchanged keys).  Compare it with theirs out of band."""
-        peer_id, name = await self.resolve(username_or_id)
-        device = self.keys.device()
+    def _put_peer(self, tx: Transaction, state: PeerState) -> None:
+        if state.user_id == self.account.user_id:
+            tx.put(SELF_PEER, state.to_json())
+        else:
+            tx.put_peer(state.user_id, state.to_json())
+
+    def _my_account_key(self) -> bytes:
+        key = self.keys.account_key()
+        if key is None:
+            raise NotLoggedIn("This device is not linked to its account yet.")
+        return key.public
+
+    async def _refresh_peer(self, user_id: str, answer: dict[str, Any] | None = None) -> PeerState:
+        """Take a user's signed device list from the directory (or from a bundle
+        answer) and trust it as :meth:`PeerState.trust` says; a changed account key
+        is reported (warning event and history entry)."""
+        if answer is None:
+            answer = await self.keys.directory_list(user_id)
+        signed = SignedDeviceList.from_json(answer)
         me = self.account.user_id
-        if device is None or me is None:
+        assert me is not None
+        name = user_id if user_id == me else await self._name_of(user_id)
+        warning: KeyChanged | None = None
+        async with self._store().transaction() as tx:
+            state = self._peer(tx, user_id)
+            if user_id != me:
+                state.username = name
+            changed = state.trust(str(answer["account_key"]), signed, self._my_account_key(), me)
+            if changed is not None and user_id != me:
+                warning = KeyChanged(
+                    user_id, name, changed.new_safety_number, changed.old_safety_number
+                )
+                tx.add_message(user_id, self._system_entry(user_id, warning))
+            self._put_peer(tx, state)
+        if warning is not None:
+            self.events.emit(warning)
+        return state
+
+    async def safety_number(self, username_or_id: str) -> tuple[str, str | None]:
+        """(username, safety number of the account key we trust for them, or of the
+        one the directory has if we never exchanged keys).  Compare it out of band."""
+        peer_id, name = await self.resolve(username_or_id)
+        me = self.account.user_id
+        if me is None or self.keys.account_key() is None:
             raise NotLoggedIn("This device has no keys yet: log in first.")
         state = self._peer(self._store().read(), peer_id)
-        number = state.safety_number(device.identity, me)
+        number = state.safety_number(self._my_account_key(), me)
         if number is None:
-            # Not talked yet: show the number for the identity the directory has now.
-            devices = await self.api.identities(peer_id)
-            if devices:
-                identity = PublicIdentity.from_json(devices[0]["identity"])
-                number = format_safety_number(
-                    safety_number(device.identity.signing_key, me, identity.signing_key, peer_id)
-                )
+            with contextlib.suppress(ApiError):
+                state = await self._refresh_peer(peer_id)
+                number = state.safety_number(self._my_account_key(), me)
         return name, number
 
     # -- history --------------------------------------------------------------------------------
@@ -180,7 +211,12 @@ class Messenger:
                 tx.put(f"read:{self._ref(peer_id)}", entries[-1].get("at", 0))
 
     def outbox(self) -> list[dict[str, Any]]:
-        return self._store().read().queued()
+        """Messages not yet accepted by the server: ``{"client_id", "peer", "text"}``."""
+        return [
+            {"client_id": q["send"]["id"], "peer": q.get("peer"), "text": q.get("text")}
+            for q in self._store().read().queued()
+            if isinstance(q.get("send"), dict)
+        ]
 
     # -- connection ------------------------------------------------------------------------------
     @property
@@ -257,8 +293,8 @@ class Messenger:
     def _queued(self) -> list[f.Send]:
         out = []
         for raw in self._store().read().queued():
-            with contextlib.suppress(msgspec.ValidationError):
-                out.append(msgspec.convert({**raw, "op": "send"}, f.Send))
+            with contextlib.suppress(msgspec.ValidationError, KeyError, TypeError):
+                out.append(msgspec.convert({**raw["send"], "op": "send"}, f.Send))
         return out
 
     async def _resend(self) -> None:
@@ -309,65 +345,66 @@ class Messenger:
 
     async def _on_message(self, frame: f.Message) -> None:
         seq, sender, server_id = frame.seq, frame.from_, frame.server_id
-        name = await self._name_of(sender)
+        me = self.account.user_id
+        assert me is not None
+        own = sender == me  # a copy of what we sent from another device
+        peer = _other_party(frame.conversation, me) if own else sender
+        name = await self._name_of(peer) if peer else sender[:8]
         event: Event | None = None
-        warning: KeyChanged | None = None
         try:
             wire = b64decode(frame.body)
         except ValueError:
             wire = b""
-        me = self.account.user_id
+        known = self._peer(self._store().read(), sender)
+        if frame.from_device not in known.devices:
+            # A device we have not seen: its list first (it may have just been linked).
+            with contextlib.suppress(ParleyError, CryptoError):
+                await self._refresh_peer(sender)
         async with self._store().transaction() as tx:
             if not tx.has_message(server_id):
                 state = self._peer(tx, sender)
-                state.username = name
+                if not own:
+                    state.username = name
                 device = self.keys.device(tx)
-                assert device is not None and me is not None
+                assert device is not None
                 entry: dict[str, Any] = {
-                    "dir": "in",
-                    "peer": sender,
+                    "dir": "out" if own else "in",
+                    "peer": peer,
                     "at": int(frame.sent_at or time.time() * 1000),
                     "server_id": server_id,
                     "seq": seq,
+                    "device": frame.from_device,
                 }
                 try:
-                    incoming = state.decrypt(device, wire, me)
+                    incoming = state.decrypt(device, frame.from_device, wire)
                 except ReplayedMessage:
                     incoming = None
                 except (CryptoError, ValueError) as exc:
                     incoming = None
-                    entry.update(kind="error", text=f"[could not decrypt: {type(exc).__name__}]")
-                    tx.add_message(sender, entry, ref=server_id)
-                    tx.put_peer(sender, state.to_json())
-                    event = DecryptFailed(sender, name, type(exc).__name__)
+                    if peer:
+                        entry.update(
+                            kind="error", text=f"[could not decrypt: {type(exc).__name__}]"
+                        )
+                        tx.add_message(peer, entry, ref=server_id)
+                    self._put_peer(tx, state)
+                    event = DecryptFailed(peer or sender, name, type(exc).__name__)
                 if incoming is not None:
                     text = incoming.message.plaintext.decode("utf-8", errors="replace")
-                    if incoming.identity_changed is not None:
-                        warning = self._warning(sender, name, incoming.identity_changed)
-                        tx.add_message(sender, self._system_entry(sender, warning))
                     entry.update(kind="message", text=text)
-                    tx.add_message(sender, entry, ref=server_id)
-                    tx.put_peer(sender, state.to_json())
+                    if own:
+                        entry["status"] = "sent"
+                    if peer:
+                        tx.add_message(peer, entry, ref=server_id)
+                    self._put_peer(tx, state)
                     if incoming.new_session:
                         tx.put_bytes("device", device.to_bytes())
-                    event = Message(sender, name, text, entry["at"], server_id, seq)
+                    if not own:
+                        event = Message(sender, name, text, entry["at"], server_id, seq)
             if seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
-        if warning is not None:
-            self.events.emit(warning)
         if event is not None:
             self.events.emit(event)
         self._ack_soon(seq)
-
-    def _warning(self, peer_id: str, name: str, exc: IdentityChanged) -> KeyChanged:
-        new = exc.new_safety_number
-        old = exc.old_safety_number
-        return KeyChanged(
-            peer_id,
-            name,
-            format_safety_number(new) if new else "",
-            format_safety_number(old) if old else None,
-        )
 
     def _system_entry(self, peer_id: str, warning: KeyChanged) -> dict[str, Any]:
         return {
@@ -380,47 +417,32 @@ class Messenger:
         }
 
     async def _on_key_changed(self, frame: f.KeyChanged) -> None:
+        """A contact reset their account identity: take their new list (the warning,
+        if the key is not the one we trust, comes from :meth:`_refresh_peer`)."""
         seq, peer_id, server_id = frame.seq, frame.user_id, frame.server_id
-        warning: KeyChanged | None = None
-        name = await self._name_of(peer_id)
-        me = self.account.user_id
+        if self._store().read().peer(peer_id) is not None:
+            with contextlib.suppress(ParleyError, CryptoError):
+                await self._refresh_peer(peer_id)
         async with self._store().transaction() as tx:
-            raw = tx.peer(peer_id)
-            if raw is not None and not tx.has_message(server_id):
-                state = PeerState.from_json(raw)
-                state.username = name
-                known = state.known_identity()
-                try:
-                    presented = (
-                        PublicIdentity.from_json(msgspec.to_builtins(frame.identity))
-                        if frame.identity is not None
-                        else None
-                    )
-                except CryptoError:
-                    presented = None
-                device = self.keys.device(tx)
-                if presented is not None and device is not None and me is not None:
-                    old = state.safety_number(device.identity, me)
-                    if state.replace_identity(presented) and known is not None:
-                        new = state.safety_number(device.identity, me)
-                        warning = KeyChanged(peer_id, name, new or "", old)
-                        entry = self._system_entry(peer_id, warning)
-                        tx.add_message(peer_id, entry, ref=server_id)
-                    tx.put_peer(peer_id, state.to_json())
+            tx.has_message(server_id)
             if seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
-        if warning is not None:
-            self.events.emit(warning)
         if seq:
             self._ack_soon(seq)
 
     async def _on_receipt(self, frame: f.Accepted | f.Stored | f.Delivered) -> None:
+        """``accepted`` once; ``stored``/``delivered`` per device: the message counts as
+        stored (delivered) when the first of the recipient's devices has (acked) it.
+        Receipts about the copies for our own other devices are not news."""
         client_id = frame.id
         status = str(type(frame).__struct_config__.tag)
+        if not isinstance(frame, f.Accepted) and frame.to == self.account.user_id:
+            return
         out = self._outgoing.get(client_id)
         rank = _STATUS_RANK.get(status, 0)
         async with self._store().transaction() as tx:
-            tx.unqueue(client_id)
+            if status == "accepted":
+                tx.unqueue(client_id)
             tx.update_message(
                 client_id,
                 only_if=lambda e: _STATUS_RANK.get(str(e.get("status")), 0) < rank,
@@ -438,6 +460,11 @@ class Messenger:
     async def _on_error(self, frame: f.Error) -> None:
         code, message, client_id = frame.code, frame.message, frame.id
         out = self._outgoing.get(client_id) if client_id else None
+        if client_id and code == "devices_changed":
+            # Someone linked or removed a device: encrypt for the current devices and
+            # send again with the same id (nothing was stored).
+            self._spawn(self._redo(client_id))
+            return
         queued = False
         if client_id:
             async with self._store().transaction() as tx:
@@ -457,6 +484,24 @@ class Messenger:
             self.events.emit(Receipt(client_id, out.peer_id, "failed", message))
         self.events.emit(ErrorEvent(code, message))
 
+    async def _redo(self, client_id: str) -> None:
+        queued = next(
+            (q for q in self._store().read().queued() if q.get("send", {}).get("id") == client_id),
+            None,
+        )
+        if queued is None:
+            return
+        try:
+            frame = await self._encrypt(
+                str(queued["peer"]), str(queued["text"]), client_id, refresh=True
+            )
+        except ParleyError as exc:
+            self.events.emit(ErrorEvent("devices_changed", f"Could not send again: {exc}"))
+            return
+        if self.conn is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self.conn.send(frame)
+
     async def _resend_later(self, client_id: str, delay: float = 1.0) -> None:
         await asyncio.sleep(delay)
         for frame in self._queued():
@@ -468,59 +513,26 @@ class Messenger:
     async def send(
         self, username_or_id: str, text: str, *, wait: str | None = "accepted", timeout: float = 30
     ) -> str:
-        """Encrypt ``text`` for a contact and send it; returns the client message id.
+        """Encrypt ``text`` for every device of a contact and for our own other devices,
+        and send it; returns the client message id.
 
         ``wait``: ``"accepted"`` (default; durable in the server's log),
-        ``"stored"`` (in the recipient's inbox) or ``None``.  Without a
+        ``"stored"`` (in one of the recipient's inboxes) or ``None``.  Without a
         connection the message waits in the outbox and goes out on the next
-        connect.  The first message to a contact claims its prekey bundle and
-        starts a PQXDH session; if the contact's identity differs from the one
-        we know, a :class:`KeyChanged` event is emitted and a new session is
-        started with the new identity (see docs/client.md).
+        connect.  A device without a session gets a PQXDH session from a claimed
+        bundle, verified against the contact's signed device list; a contact
+        whose account key changed is warned about (:class:`KeyChanged`).  If the
+        server says the device lists changed, the message is encrypted again
+        for the current devices and resent with the same id (docs/devices.md).
         """
         peer_id, name = await self.resolve(username_or_id)
-        me = self.account.user_id
-        if peer_id == me:
-            raise ParleyError("Sending to yourself is not supported (one device per account).")
-        bundle: dict[str, Any] | None = None
-        if not self._peer(self._store().read(), peer_id).has_session:
-            bundle = await self.keys.claim_bundle(peer_id)
+        if peer_id == self.account.user_id:
+            raise ParleyError(
+                "Messages to yourself are not supported: your other devices get a copy "
+                "of everything you send."
+            )
         client_id = uuid.uuid4().hex
-        warning: KeyChanged | None = None
-        async with self._store().transaction() as tx:
-            state = self._peer(tx, peer_id)
-            state.username = name
-            device = self.keys.device(tx)
-            assert device is not None and me is not None
-            if state.has_session:
-                wire = state.encrypt(text.encode())
-            else:
-                assert bundle is not None
-                verified = PrekeyBundle.from_json(bundle)
-                changed = state.check(verified.identity, device.identity, me)
-                if changed is not None:
-                    warning = self._warning(peer_id, name, changed)
-                    tx.add_message(peer_id, self._system_entry(peer_id, warning))
-                session, wire = Session.initiate(device, verified, text.encode())
-                state.start(session)
-            frame = f.Send(
-                id=client_id, to=peer_id, body=b64encode(wire),
-                commitment=b64encode(commitment_from_message(wire)),
-            )  # fmt: skip
-            entry = {
-                "dir": "out",
-                "kind": "message",
-                "peer": peer_id,
-                "text": text,
-                "at": int(time.time() * 1000),
-                "client_id": client_id,
-                "status": "queued",
-            }
-            tx.put_peer(peer_id, state.to_json())
-            tx.add_message(peer_id, entry, ref=client_id)
-            tx.queue(client_id, msgspec.to_builtins(frame))
-        if warning is not None:
-            self.events.emit(warning)
+        frame = await self._encrypt(peer_id, text, client_id, name=name)
         loop = asyncio.get_running_loop()
         out = _Outgoing(loop.create_future(), loop.create_future(), peer_id)
         self._outgoing[client_id] = out
@@ -533,3 +545,100 @@ class Messenger:
                 raise ConnectionClosed("Not connected: the message waits in the outbox.")
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         return client_id
+
+    async def _encrypt(
+        self, peer_id: str, text: str, client_id: str, *, name: str | None = None,
+        refresh: bool = False,
+    ) -> f.Send:  # fmt: skip
+        """Encrypt one message for every device it goes to and queue it in the outbox
+        (replacing an earlier version of it: a resend after ``devices_changed``)."""
+        me = self.account.user_id
+        assert me is not None
+        my_device = self.keys.known_device_id()
+        read = self._store().read()
+        if refresh or not self._peer(read, peer_id).devices:
+            await self._refresh_peer(peer_id)
+        if refresh or not self._peer(read, me).devices:
+            await self._refresh_peer(me)
+        bundles: dict[tuple[str, int], PrekeyBundle] = {}
+        for user in (peer_id, me):
+            # A claim's answer carries the current list, which may name devices we
+            # did not know of yet: claim for those too (a few rounds at most).
+            for _round in range(3):
+                state = self._peer(self._store().read(), user)
+                missing = [
+                    d for d in state.missing_sessions()
+                    if (user, d) != (me, my_device) and (user, d) not in bundles
+                ]  # fmt: skip
+                if not missing:
+                    break
+                answer = await self.keys.claim(user, missing)
+                try:
+                    state = await self._refresh_peer(user, answer)
+                    for raw in answer.get("bundles", []):
+                        bundle = PrekeyBundle.from_json(raw)
+                        state.check_device(int(raw["device_id"]), bundle.identity)
+                        bundles[(user, int(raw["device_id"]))] = bundle
+                except CryptoError as exc:
+                    raise UntrustedKeys(
+                        "The key directory served keys that the account's signed device "
+                        f"list does not vouch for ({exc}): nothing was sent."
+                    ) from exc
+        plaintext = text.encode()
+        copies: list[f.Copy] = []
+        async with self._store().transaction() as tx:
+            device = self.keys.device(tx)
+            assert device is not None
+            for user in (peer_id, me):
+                state = self._peer(tx, user)
+                if user == peer_id and name is not None:
+                    state.username = name
+                for did in sorted(state.devices):
+                    if (user, did) == (me, my_device):
+                        continue
+                    if state.has_session(did):
+                        wire = state.encrypt(did, plaintext)
+                    elif (user, did) in bundles:
+                        session, wire = Session.initiate(device, bundles[(user, did)], plaintext)
+                        state.start(did, session)
+                    else:
+                        raise ParleyError(f"No keys for device {did} of {user}: try again.")
+                    copies.append(
+                        f.Copy(user=user, device=did, body=b64encode(wire),
+                               commitment=b64encode(commitment_from_message(wire)))
+                    )  # fmt: skip
+                self._put_peer(tx, state)
+            if not any(c.user == peer_id for c in copies):
+                raise ParleyError("That contact has no device to send to.")
+            frame = f.Send(id=client_id, to=peer_id, copies=copies)
+            if not tx.has_message(client_id):
+                entry = {
+                    "dir": "out",
+                    "kind": "message",
+                    "peer": peer_id,
+                    "text": text,
+                    "at": int(time.time() * 1000),
+                    "client_id": client_id,
+                    "status": "queued",
+                }
+                tx.add_message(peer_id, entry, ref=client_id)
+            tx.queue(client_id, {"send": msgspec.to_builtins(frame), "peer": peer_id,
+                                 "text": text})  # fmt: skip
+        return frame
+
+
+SELF_PEER = "self_peer"
+
+
+class UntrustedKeys(ParleyError):
+    """The directory's answer failed the checks against the signed device list."""
+
+
+def _other_party(conversation: str | None, me: str) -> str | None:
+    """The contact of a 1:1 conversation id ``dm:<a>:<b>``."""
+    if not conversation or not conversation.startswith("dm:"):
+        return None
+    parts = conversation.split(":")
+    if len(parts) != 3 or me not in parts[1:]:
+        return None
+    return parts[2] if parts[1] == me else parts[1]

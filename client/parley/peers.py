@@ -1,14 +1,20 @@
-"""What a client keeps per contact: the identity it trusts and its pairwise sessions.
+"""What a client keeps per contact: the account key it trusts, the contact's verified
+device list, and one set of pairwise sessions per device (docs/devices.md).
 
 Plain synchronous logic over :mod:`parley.crypto` (the async client runs it
 inside store transactions; the Locust scenario runs it in memory).
 
-Several sessions per contact, newest first, as in Signal: when both sides
+Trust: the contact's **account identity key** is trusted on first use (it is
+what the safety number is made of); every device is trusted only if the
+device list signed by that key names it with exactly the identity it
+presents. A device the list does not name, or a list that does not verify,
+is refused whatever the key directory says.
+
+Several sessions per device, newest first, as in Signal: when both sides
 start a session at the same moment, each receives the other's initial
 message. Each then keeps both sessions, sends on the one it used last, and
 tries every session when a message arrives; the one that decrypts becomes
-current, so the two converge on one session as soon as messages stop
-crossing. At most :data:`MAX_SESSIONS` are kept.
+current. At most :data:`MAX_SESSIONS` are kept per device.
 """
 
 from __future__ import annotations
@@ -20,21 +26,34 @@ from parley.crypto import (
     CryptoError,
     DecryptedMessage,
     Device,
-    IdentityChanged,
     PrekeyReused,
     PublicIdentity,
     ReplayedMessage,
     Session,
-    check_identity,
+    SignedDeviceList,
     format_safety_number,
     is_initial_message,
     safety_number,
 )
 from parley.crypto.encoding import b64decode, b64encode
 
-__all__ = ["MAX_SESSIONS", "Incoming", "PeerState"]
+__all__ = ["MAX_SESSIONS", "AccountChanged", "Incoming", "PeerState", "UnknownDevice"]
 
 MAX_SESSIONS = 4
+
+
+class UnknownDevice(CryptoError):
+    """A device the contact's verified device list does not name (or names with
+    another identity)."""
+
+
+@dataclass
+class AccountChanged:
+    """The contact's account identity key is not the one we trusted (a reset, or
+    someone in the middle): the old and new safety numbers, for the warning."""
+
+    old_safety_number: str | None
+    new_safety_number: str
 
 
 @dataclass
@@ -43,108 +62,137 @@ class Incoming:
 
     message: DecryptedMessage
     new_session: bool
-    identity_changed: IdentityChanged | None = None
 
 
 @dataclass
 class PeerState:
     user_id: str
     username: str | None = None
-    identity: dict[str, str] | None = None  # the identity we trust (TOFU)
-    sessions: list[bytes] = field(default_factory=list)  # serialised, newest first
+    account_key: str | None = None  # the account key we trust (TOFU), base64url
+    list_version: int = 0
+    devices: dict[int, dict[str, str]] = field(default_factory=dict)
+    """device id -> {"name", "signing_key", "dh_key"} from the verified device list."""
+    sessions: dict[int, list[bytes]] = field(default_factory=dict)  # per device, newest first
 
     # -- persistence ------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
             "user_id": self.user_id,
             "username": self.username,
-            "identity": self.identity,
-            "sessions": [b64encode(s) for s in self.sessions],
+            "account_key": self.account_key,
+            "list_version": self.list_version,
+            "devices": {str(d): e for d, e in self.devices.items()},
+            "sessions": {str(d): [b64encode(s) for s in ss] for d, ss in self.sessions.items()},
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> PeerState:
+        sessions = obj.get("sessions") or {}
+        if not isinstance(sessions, dict):  # a 0.1 store: one device, sessions as a list
+            sessions = {}
         return cls(
             user_id=obj["user_id"],
             username=obj.get("username"),
-            identity=obj.get("identity"),
-            sessions=[b64decode(s) for s in obj.get("sessions", [])],
+            account_key=obj.get("account_key"),
+            list_version=int(obj.get("list_version") or 0),
+            devices={int(d): dict(e) for d, e in (obj.get("devices") or {}).items()},
+            sessions={int(d): [b64decode(s) for s in ss] for d, ss in sessions.items()},
         )
 
-    # -- identity ---------------------------------------------------------------
-    def known_identity(self) -> PublicIdentity | None:
-        return None if self.identity is None else PublicIdentity.from_json(self.identity)
-
-    def check(
-        self, presented: PublicIdentity, local: PublicIdentity, local_user_id: str
-    ) -> IdentityChanged | None:
-        """Trust on first use: remember ``presented``; if it replaces a different known
-        identity, return the :class:`IdentityChanged` (with both safety numbers)."""
-        try:
-            check_identity(
-                self.known_identity(),
-                presented,
-                local_identity=local,
-                local_user_id=local_user_id,
-                remote_user_id=self.user_id,
-            )
-            changed = None
-        except IdentityChanged as exc:
-            changed = exc
-        self.identity = presented.to_json()
-        return changed
-
-    def replace_identity(self, presented: PublicIdentity) -> bool:
-        """A key change announced by the directory: trust ``presented`` and drop the
-        sessions with the old identity.  False if it is the identity we already trust."""
-        known = self.known_identity()
-        if (
-            known is not None
-            and known.signing_key == presented.signing_key
-            and (known.dh_key == presented.dh_key)
-        ):
-            return False
-        self.identity = presented.to_json()
-        self.sessions = [
-            s
-            for s in self.sessions
-            if Session.from_bytes(s).peer_identity.signing_key == presented.signing_key
-        ]
-        return True
-
-    def safety_number(self, local: PublicIdentity, local_user_id: str) -> str | None:
-        known = self.known_identity()
-        if known is None:
+    # -- trust ------------------------------------------------------------------
+    def safety_number(self, local_account_key: bytes, local_user_id: str) -> str | None:
+        if self.account_key is None:
             return None
         return format_safety_number(
-            safety_number(local.signing_key, local_user_id, known.signing_key, self.user_id)
+            safety_number(
+                local_account_key, local_user_id, b64decode(self.account_key), self.user_id
+            )
         )
 
+    def trust(
+        self,
+        account_key: str,
+        signed: SignedDeviceList,
+        local_account_key: bytes,
+        local_user_id: str,
+    ) -> AccountChanged | None:
+        """Take a device list from the directory.
+
+        The list must verify with ``account_key`` and name this contact. A
+        first account key is trusted on first use; a different one replaces
+        the trusted one and is returned as :class:`AccountChanged` (every
+        session is dropped: they were with devices of the old account). A list
+        older than the one we hold is refused (a replayed list could bring back
+        a removed device). Sessions with devices no longer listed are dropped.
+        """
+        listing = signed.verify(b64decode(account_key), user_id=self.user_id)
+        changed: AccountChanged | None = None
+        if self.account_key is not None and self.account_key != account_key:
+            old = self.safety_number(local_account_key, local_user_id)
+            self.account_key = account_key
+            new = self.safety_number(local_account_key, local_user_id)
+            assert new is not None
+            changed = AccountChanged(old, new)
+            self.sessions = {}
+            self.list_version = 0
+        elif self.account_key is None:
+            self.account_key = account_key
+        if listing.version < self.list_version:
+            raise UnknownDevice("the directory served an older device list than we hold")
+        self.list_version = listing.version
+        self.devices = {
+            d.device_id: {
+                "name": d.name,
+                "signing_key": b64encode(d.signing_key),
+                "dh_key": b64encode(d.dh_key),
+            }
+            for d in listing.devices
+        }
+        self.sessions = {d: s for d, s in self.sessions.items() if d in self.devices}
+        return changed
+
+    def check_device(self, device_id: int, identity: PublicIdentity) -> None:
+        """Raise :class:`UnknownDevice` unless the verified list names this device with
+        exactly this identity."""
+        entry = self.devices.get(device_id)
+        if (
+            entry is None
+            or b64decode(entry["signing_key"]) != identity.signing_key
+            or b64decode(entry["dh_key"]) != identity.dh_key
+        ):
+            raise UnknownDevice(f"device {device_id} of {self.user_id} is not in its device list")
+
     # -- messages ---------------------------------------------------------------
-    @property
-    def has_session(self) -> bool:
-        return bool(self.sessions)
+    def has_session(self, device_id: int) -> bool:
+        return bool(self.sessions.get(device_id))
 
-    def start(self, session: Session) -> None:
-        self._push(session)
+    def missing_sessions(self) -> list[int]:
+        return sorted(d for d in self.devices if not self.has_session(d))
 
-    def encrypt(self, plaintext: bytes) -> bytes:
-        """Encrypt with the current session (the caller makes one first if there is none)."""
-        session = Session.from_bytes(self.sessions[0])
+    def start(self, device_id: int, session: Session) -> None:
+        self.check_device(device_id, session.peer_identity)
+        self._push(device_id, session)
+
+    def encrypt(self, device_id: int, plaintext: bytes) -> bytes:
+        """Encrypt for one device with its current session (make one first)."""
+        sessions = self.sessions[device_id]
+        session = Session.from_bytes(sessions[0])
         wire = session.encrypt(plaintext)
-        self.sessions[0] = session.to_bytes()
+        sessions[0] = session.to_bytes()
         return wire
 
-    def decrypt(self, device: Device, wire: bytes, local_user_id: str) -> Incoming:
-        """Decrypt a message from this contact with whichever session it belongs to;
-        an initial message of a new session makes one (and changes ``device``).
+    def decrypt(self, device: Device, from_device: int, wire: bytes) -> Incoming:
+        """Decrypt a message from one of this contact's devices with whichever session
+        it belongs to; an initial message makes a new session (and changes ``device``).
 
-        Raises :class:`ReplayedMessage` for a message already decrypted, another
-        :class:`CryptoError` if no session can read it; nothing changes then.
+        Raises :class:`ReplayedMessage` for a message already decrypted,
+        :class:`UnknownDevice` for a device the verified list does not name,
+        another :class:`CryptoError` if no session can read it; nothing changes then.
         """
         replayed: CryptoError | None = None
         last: CryptoError | None = None
-        for index, raw in enumerate(self.sessions):
+        sessions = self.sessions.get(from_device, [])
+        for index, raw in enumerate(sessions):
             session = Session.from_bytes(raw)
             try:
                 message = session.decrypt_message(wire)
@@ -154,25 +202,24 @@ class PeerState:
             except CryptoError as exc:
                 last = exc
                 continue
-            del self.sessions[index]
-            self.sessions.insert(0, session.to_bytes())
+            del sessions[index]
+            sessions.insert(0, session.to_bytes())
             return Incoming(message, new_session=False)
         if replayed is not None:
             raise replayed
         if not is_initial_message(wire):
-            raise last or CryptoError("no session with this contact")
+            raise last or CryptoError("no session with this device")
         try:
             session, message = Session.respond_message(device, wire)
         except PrekeyReused as exc:
             # Our prekey went to an earlier copy of this message, which made a
             # session we have since dropped, or which we already read.
             raise ReplayedMessage(str(exc)) from exc
-        changed = self.check(session.peer_identity, device.identity, local_user_id)
-        if changed is not None:
-            self.sessions = []
-        self._push(session)
-        return Incoming(message, new_session=True, identity_changed=changed)
+        self.check_device(from_device, session.peer_identity)
+        self._push(from_device, session)
+        return Incoming(message, new_session=True)
 
-    def _push(self, session: Session) -> None:
-        self.sessions.insert(0, session.to_bytes())
-        del self.sessions[MAX_SESSIONS:]
+    def _push(self, device_id: int, session: Session) -> None:
+        sessions = self.sessions.setdefault(device_id, [])
+        sessions.insert(0, session.to_bytes())
+        del sessions[MAX_SESSIONS:]

@@ -18,6 +18,7 @@ know (dead-letter) rather than guess.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ from parley_contract.frames import (
     Body,
     ClientId,
     Commitment,
-    Identity,
+    DeviceId,
     KeyChanged,
     Message,
     Millis,
@@ -44,26 +45,33 @@ class _Envelope(Struct, tag_field="kind", kw_only=True):
     v: Version = ENVELOPE_VERSION
     server_id: Annotated[str, Meta(min_length=1, max_length=64)]
     to: UserId
+    to_device: DeviceId
+    """``to``'s device whose inbox this is: the inbox is ``(to, to_device)``."""
     from_: UserId = msgspec.field(name="from")
     client_id: Annotated[str, Meta(min_length=1, max_length=200)]
     conversation: str | None = None
     sent_at: Millis | None = None
 
+    @property
+    def inbox(self) -> str:
+        return inbox_id(self.to, self.to_device)
+
 
 class MessageEnvelope(_Envelope, tag="message", kw_only=True):
-    """A client's message to one inbox, as the gateway produced it."""
+    """One device's copy of a client's message, as the gateway produced it."""
 
     client_id: ClientId
+    from_device: DeviceId
     from_sid: str | None = None
     body: Body
     commitment: Commitment | None = None
 
 
 class KeyChangedNotice(_Envelope, tag="key_changed", kw_only=True):
-    """A ``key_changed`` notice for one contact's inbox (``from`` changed keys)."""
+    """A ``key_changed`` notice for one device inbox of a contact (``from`` reset
+    their account identity key)."""
 
-    device_id: int | None = None
-    identity: Identity | None = None
+    account_key: str | None = None
 
 
 Envelope = MessageEnvelope | KeyChangedNotice
@@ -75,9 +83,25 @@ def conversation_id(a: str, b: str) -> str:
     return f"dm:{lo}:{hi}"
 
 
+def inbox_id(user: str, device: int) -> str:
+    """A device inbox's id (user ids never contain ``.``): the Kafka key of its records."""
+    return f"{user}.{device}"
+
+
 def new_server_id() -> str:
     """Time-ordered unique id: 12 hex digits of ms since epoch + 16 random hex digits."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+def message_server_id(sender: str, client_id: str) -> str:
+    """A message's server id, the same for every copy and every resend of it.
+
+    Derived from (sender, client id), which the server stores once: a client
+    that sends the same id again gets the same server id back, and recipients
+    recognise a copy they already have.
+    """
+    digest = hashlib.sha256(f"{sender}|{client_id}".encode()).hexdigest()
+    return digest[:32]
 
 
 def now_ms() -> int:
@@ -85,33 +109,40 @@ def now_ms() -> int:
 
 
 def message_envelope(
-    *, sender: str, sender_sid: str, recipient: str, client_id: str, body: str,
-    commitment: str | None,
+    *, sender: str, sender_device: int, sender_sid: str, peer: str, user: str, device: int,
+    client_id: str, body: str, commitment: str | None, sent_at: int | None = None,
 ) -> MessageEnvelope:  # fmt: skip
+    """The copy of a message from ``sender`` to ``peer`` for the inbox ``(user, device)``.
+
+    ``user`` is ``peer`` (a recipient device) or ``sender`` (one of the
+    sender's other devices); the conversation is always sender↔peer.
+    """
     return MessageEnvelope(
-        server_id=new_server_id(),
-        conversation=conversation_id(sender, recipient),
+        server_id=message_server_id(sender, client_id),
+        conversation=conversation_id(sender, peer),
         from_=sender,
+        from_device=sender_device,
         from_sid=sender_sid,
-        to=recipient,
+        to=user,
+        to_device=device,
         client_id=client_id,
         body=body,
         commitment=commitment,
-        sent_at=now_ms(),
+        sent_at=sent_at if sent_at is not None else now_ms(),
     )
 
 
 def key_changed_notice(
-    *, sender: str, recipient: str, client_id: str, device_id: int | None,
-    identity: Identity | None,
+    *, sender: str, recipient: str, recipient_device: int, client_id: str,
+    account_key: str | None,
 ) -> KeyChangedNotice:  # fmt: skip
     return KeyChangedNotice(
         server_id=new_server_id(),
         from_=sender,
         to=recipient,
+        to_device=recipient_device,
         client_id=client_id,
-        device_id=device_id,
-        identity=identity,
+        account_key=account_key,
         sent_at=now_ms(),
     )
 
@@ -120,12 +151,13 @@ def item_frame(env: Envelope, seq: int) -> Message | KeyChanged:
     """The frame an inbox item is pushed or synced as."""
     if isinstance(env, MessageEnvelope):
         return Message(
-            seq=seq, server_id=env.server_id, from_=env.from_, body=env.body,
-            conversation=env.conversation, commitment=env.commitment, sent_at=env.sent_at,
+            seq=seq, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
+            body=env.body, conversation=env.conversation, commitment=env.commitment,
+            sent_at=env.sent_at,
         )  # fmt: skip
     return KeyChanged(
-        seq=seq, server_id=env.server_id, user_id=env.from_, device_id=env.device_id,
-        identity=env.identity, sent_at=env.sent_at, from_=env.from_,
+        seq=seq, server_id=env.server_id, user_id=env.from_, account_key=env.account_key,
+        sent_at=env.sent_at, from_=env.from_,
     )  # fmt: skip
 
 
@@ -145,24 +177,33 @@ class PrekeysLowEvent(_Event, tag="prekeys_low", kw_only=True):
 
 
 class KeyChangedEvent(_Event, tag="key_changed", kw_only=True):
+    """The user registered a new account identity key (docs/devices.md)."""
+
+    account_key: str
+
+
+class DeviceRemovedEvent(_Event, tag="device_removed", kw_only=True):
+    """A device left the account's device list: its inbox is dropped."""
+
     device_id: int
-    identity: Identity
 
 
-Event = PrekeysLowEvent | KeyChangedEvent
+Event = PrekeysLowEvent | KeyChangedEvent | DeviceRemovedEvent
 
 
 # -- Redis: routed frames and revocations -----------------------------------------------
 
 
 class Routed(Struct):
-    """A server frame for every socket of ``to`` on the pod whose channel carries it.
+    """A server frame for the sockets of ``to`` (of its device ``device``, or all
+    of them when it is None) on the pod whose channel carries it.
 
     ``op`` repeats the frame's op so that a pod can count and forward the
     frame without decoding it (:class:`RoutedRaw`).
     """
 
     to: str
+    device: int | None
     op: str
     frame: ServerFrames
 
@@ -171,12 +212,13 @@ class RoutedRaw(Struct):
     """The gateway's view of :class:`Routed`: the frame stays encoded, sent as is."""
 
     to: str
+    device: int | None
     op: str
     frame: msgspec.Raw
 
 
-def routed(to: str, frame: ServerFrames) -> Routed:
-    return Routed(to=to, op=str(type(frame).__struct_config__.tag), frame=frame)
+def routed(to: str, device: int | None, frame: ServerFrames) -> Routed:
+    return Routed(to=to, device=device, op=str(type(frame).__struct_config__.tag), frame=frame)
 
 
 class _Revocation(Struct, tag_field="type", kw_only=True):
@@ -193,7 +235,17 @@ class UserBlocked(_Revocation, tag="user_blocked"):
     """The account was blocked: close every socket of the user."""
 
 
-Revocation = SessionRevoked | UserBlocked
+class DeviceRevoked(_Revocation, tag="device_revoked", kw_only=True):
+    """A device was removed from the account: close its sockets."""
+
+    device: int
+
+
+class DevicesChanged(_Revocation, tag="devices_changed"):
+    """The user's device list changed (not a revocation): forget cached lists."""
+
+
+Revocation = SessionRevoked | UserBlocked | DeviceRevoked | DevicesChanged
 
 # -- codecs --------------------------------------------------------------------------------
 
@@ -230,6 +282,9 @@ def decode_revocation(data: bytes) -> Revocation:
 __all__ = [
     "ENVELOPE_VERSION",
     "DecodeError",
+    "DeviceRemovedEvent",
+    "DeviceRevoked",
+    "DevicesChanged",
     "Envelope",
     "Event",
     "KeyChangedEvent",
@@ -247,9 +302,11 @@ __all__ = [
     "decode_revocation",
     "decode_routed",
     "encode",
+    "inbox_id",
     "item_frame",
     "key_changed_notice",
     "message_envelope",
+    "message_server_id",
     "new_server_id",
     "routed",
 ]

@@ -57,5 +57,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_OP = "unknown_op"
     FRAME_TOO_LARGE = "frame_too_large"
     RECIPIENT_NOT_FOUND = "recipient_not_found"
+    DEVICES_CHANGED = "devices_changed"
+    DEVICE_REQUIRED = "device_required"
     SLOW_CONSUMER = "slow_consumer"
     SERVER_SHUTTING_DOWN = "server_shutting_down"

@@ -48,7 +48,7 @@ Token = Annotated[str, Meta(min_length=1, max_length=4096)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 PageLimit = Annotated[int, Meta(ge=1, le=1000)]
 Millis = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-DeviceId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+DeviceId = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 
 
 def is_b64url(value: str) -> bool:
@@ -86,20 +86,38 @@ class Auth(ClientFrame, tag="auth"):
         _check_id(self.id)
 
 
-class Send(ClientFrame, tag="send"):
-    """A message to one user, encrypted by the client."""
+class Copy(Struct, forbid_unknown_fields=True):
+    """One device's ciphertext of a message."""
 
-    id: ClientId
-    to: UserId
+    user: UserId
+    """The recipient (``to``) or the sender (a copy for one of the sender's other devices)."""
+    device: DeviceId
     body: Body
     commitment: Commitment | None = None
 
     def __post_init__(self) -> None:
-        _check(is_client_id(self.id), "id", "printable ASCII without spaces expected")
-        _check(is_b64url(self.to), "to", "letters, digits, '_' and '-' expected")
+        _check(is_b64url(self.user), "user", "letters, digits, '_' and '-' expected")
         _check(is_b64url(self.body), "body", "base64url expected")
         if self.commitment is not None:
             _check(is_b64url(self.commitment), "commitment", "base64url expected")
+
+
+MAX_COPIES = 32
+
+
+class Send(ClientFrame, tag="send"):
+    """A message to one user, encrypted once per device: one copy for every device
+    of ``to`` and one for each of the sender's other devices (docs/devices.md)."""
+
+    id: ClientId
+    to: UserId
+    copies: Annotated[list[Copy], Meta(min_length=1, max_length=MAX_COPIES)]
+
+    def __post_init__(self) -> None:
+        _check(is_client_id(self.id), "id", "printable ASCII without spaces expected")
+        _check(is_b64url(self.to), "to", "letters, digits, '_' and '-' expected")
+        seen = {(c.user, c.device) for c in self.copies}
+        _check(len(seen) == len(self.copies), "copies", "one copy per device")
 
 
 class Ack(ClientFrame, tag="ack"):
@@ -159,7 +177,7 @@ class Ready(ServerFrame, tag="ready"):
 
 
 class Accepted(ServerFrame, tag="accepted"):
-    """The message is durably in the broker."""
+    """Every copy of the message is durably in the broker."""
 
     id: str
     server_id: str
@@ -167,21 +185,23 @@ class Accepted(ServerFrame, tag="accepted"):
 
 
 class Stored(ServerFrame, tag="stored"):
-    """The message is in the recipient's inbox."""
+    """One copy is in its device's inbox (``to``'s device ``device``)."""
 
     id: str
     server_id: str
     conversation: str | None
     to: str
+    device: int
 
 
 class Delivered(ServerFrame, tag="delivered"):
-    """The recipient acknowledged the message."""
+    """One device (``to``'s device ``device``) acknowledged its copy."""
 
     id: str
     server_id: str
     conversation: str | None
     to: str
+    device: int
 
 
 class Identity(Struct):
@@ -198,6 +218,7 @@ class Message(ServerFrame, tag="message"):
     seq: int
     server_id: str
     from_: str = msgspec.field(name="from")
+    from_device: int
     body: str
     conversation: str | None = None
     commitment: str | None = None
@@ -206,13 +227,14 @@ class Message(ServerFrame, tag="message"):
 
 
 class KeyChanged(ServerFrame, tag="key_changed"):
-    """A contact's identity key changed: warn, show the new safety number."""
+    """A contact's account identity key changed (a reset, not a new device): warn,
+    show the new safety number."""
 
     seq: int
     server_id: str
     user_id: str
-    device_id: int | None = None
-    identity: Identity | None = None
+    account_key: str | None = None
+    """The new account identity key (Ed25519, base64url); verify it before trusting."""
     sent_at: int | None = None
     from_: str | None = msgspec.field(default=None, name="from")
     conversation: str | None = None
@@ -259,12 +281,21 @@ class FieldError(Struct):
     problem: str
 
 
+class DeviceList(Struct):
+    """A user's current devices (with ``devices_changed``)."""
+
+    user: str
+    devices: list[int]
+
+
 class Error(ServerFrame, tag="error"):
     code: str
     """One of :class:`ErrorCode` (a client meets codes newer than itself: a str)."""
     message: str
     id: str | None = None
     details: list[FieldError] | None = None
+    devices: list[DeviceList] | None = None
+    """With ``devices_changed``: the current device lists the send must match."""
 
 
 ServerFrames = (
@@ -375,16 +406,13 @@ def _classify(data: bytes | str, exc: Exception, ops: tuple[str, ...]) -> FrameE
     if raw.get("op") not in ops:
         return FrameError(ErrorCode.UNKNOWN_OP, f"Unknown op; expected one of {sorted(ops)}.")
     text = str(exc)
-    own = re.match(r"^([a-z_]+): (.*)$", text)  # from a __post_init__ check
-    if own:
-        return FrameError(
-            ErrorCode.VALIDATION_FAILED,
-            "The frame is not valid.",
-            [FieldError(field=own.group(1), problem=own.group(2))],
-        )
     match = _PATH.search(text)
     field = match.group(1) if match else ""
     problem = _PATH.sub("", text)
+    own = re.match(r"^([a-z_]+): (.*)$", problem)  # from a __post_init__ check
+    if own:
+        field = f"{field}.{own.group(1)}" if field else own.group(1)
+        problem = own.group(2)
     missing = re.match(r"Object missing required field `([^`]+)`", problem)
     if missing:
         field = f"{field}.{missing.group(1)}" if field else missing.group(1)

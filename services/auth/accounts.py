@@ -140,27 +140,38 @@ async def raise_if_taken(
 async def signup(svc: AuthService, body: SignupRequest, caller: Caller) -> TokenResponse:
     await svc.limiter.hit("signup_ip", caller.ip)
     user = await create_user(svc, body.username, body.email, body.password, ["user"])
-    return await sessions.start(svc, user, ["pwd"], caller)
+    return await sessions.start(svc, user, ["pwd"], caller, device_id=body.device_id)
 
 
-async def login(
-    svc: AuthService, body: LoginRequest, caller: Caller
-) -> TokenResponse | ChallengeResponse:
+async def check_login(
+    svc: AuthService, username: str, password: str, caller: Caller
+) -> dict[str, Any]:
+    """The first factor: the account whose password this is, under the login limits.
+
+    Shared by ``/v1/login`` and the OpenID provider's sign-in page.
+    """
     await svc.limiter.hit("login_ip", caller.ip)
-    ident = body.username.strip().lower()
+    ident = username.strip().lower()
     user = await svc.store.user_by_username(ident) if USERNAME_RE.fullmatch(ident) else None
-    await svc.check_password(ident, user["password_hash"] if user else None, body.password)
+    await svc.check_password(ident, user["password_hash"] if user else None, password)
     assert user is not None
     if user["blocked"]:
         # Only someone who knows the password learns this.
         raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
     await svc.limiter.clear("login_failures", ident)
     if svc.passwords.needs_rehash(user["password_hash"]):
-        new_hash = await svc.passwords.hash(body.password)
+        new_hash = await svc.passwords.hash(password)
         await svc.store.update_user(user["_id"], {"password_hash": new_hash})
+    return user
+
+
+async def login(
+    svc: AuthService, body: LoginRequest, caller: Caller
+) -> TokenResponse | ChallengeResponse:
+    user = await check_login(svc, body.username, body.password, caller)
     if twofactor.methods(user):
-        return await twofactor.begin_login(svc, user, caller, body.device)
-    return await sessions.start(svc, user, ["pwd"], caller, body.device)
+        return await twofactor.begin_login(svc, user, caller, body.device, body.device_id)
+    return await sessions.start(svc, user, ["pwd"], caller, body.device, body.device_id)
 
 
 async def change_password(svc: AuthService, claims: Claims, body: ChangePasswordRequest) -> None:

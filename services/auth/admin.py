@@ -17,6 +17,8 @@ from typing import Any
 from services.auth import sessions, twofactor
 from services.auth.accounts import canonical_email, canonical_username, raise_if_taken
 from services.auth.models import (
+    AdminSession,
+    AdminSessionList,
     AdminUser,
     AdminUserList,
     AdminUserPatch,
@@ -255,3 +257,35 @@ async def audit_log(
         ],
         next_before=docs[-1]["at"] if more and docs else None,
     )
+
+
+async def user_sessions(
+    svc: AuthService, claims: Claims, caller: Caller, user_id: str
+) -> AdminSessionList:
+    await _target(svc, user_id)
+    docs = await svc.store.live_sessions(user_id, svc.now())
+    await audit(svc, claims, "user.sessions", caller, user_id)
+    return AdminSessionList(
+        sessions=[
+            AdminSession(
+                session_id=d["_id"],
+                created_at=d["created_at"],
+                last_used_at=d["last_used_at"],
+                expires_at=d["expires_at"],
+                device=d.get("device"),
+                user_agent=d.get("user_agent"),
+                ip=d.get("ip"),
+                client_id=d.get("client_id"),
+            )
+            for d in docs
+        ]
+    )
+
+
+async def revoke_user_session(
+    svc: AuthService, claims: Claims, caller: Caller, user_id: str, sid: str
+) -> None:
+    await _target(svc, user_id)
+    if len(sid) > 64 or not await sessions.revoke(svc, user_id, sid, "revoked_by_admin"):
+        raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such live session of this user.")
+    await audit(svc, claims, "user.revoke_session", caller, user_id, session_id=sid)

@@ -59,6 +59,19 @@ class AuthSettings(BaseSettings):
     limit_refresh_ip: str = "120/60"
     limit_email_code_sends: str = "6/3600"
 
+    # OpenID Connect provider (docs/auth.md, "OpenID Connect provider").
+    # The issuer is PARLEY_PUBLIC_URL unless set; the admin console's address
+    # (its built-in client's redirect URIs) is <issuer>/admin/ unless set.
+    oidc_issuer: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*[^/?#])?$")
+    oidc_code_ttl_s: int = Field(default=60, ge=5, le=600)
+    oidc_id_token_ttl_s: int = Field(default=900, ge=60, le=86400)
+    # The provider's own sign-in session (cookie): a second authorization within
+    # this time needs no password; absolute, not sliding.
+    oidc_login_session_ttl_s: int = Field(default=1800, ge=60, le=86400)
+    # How long a pending authorization request waits for the user to sign in.
+    oidc_request_ttl_s: int = Field(default=900, ge=60, le=3600)
+    admin_console_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+/$")
+
     # Take the client IP from the last X-Forwarded-For hop (set by HAProxy /
     # the ALB). Turn off only when clients reach the service directly.
     trust_forwarded_for: bool = True

@@ -76,7 +76,8 @@ class Mailer:
         )
 
     async def password_reset(self, to: str, username: str, token: str, minutes: int) -> None:
-        link = f"{self.settings.public_url.rstrip('/')}/reset-password#token={token}"
+        # The provider's reset page (services/auth/oidc/pages.py); no Referer leaves the site.
+        link = f"{self.settings.public_url.rstrip('/')}/auth/reset-password/confirm?token={token}"
         await self.send(
             to,
             "Reset your Parley password",

@@ -24,12 +24,22 @@ class SignupRequest(Request):
     username: str = Field(min_length=1, max_length=64, description="3-32 of a-z 0-9 . _ -")
     email: str = Field(min_length=3, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
+    device_id: int | None = Field(
+        default=None, ge=1, le=2**31 - 1,
+        description="This install's device id (docs/devices.md): the session's tokens carry it "
+        "as `did`, which messaging needs",
+    )  # fmt: skip
 
 
 class LoginRequest(Request):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
     device: str | None = Field(default=None, max_length=100, description="A label for the session")
+    device_id: int | None = Field(
+        default=None, ge=1, le=2**31 - 1,
+        description="This install's device id (docs/devices.md): the session's tokens carry it "
+        "as `did`, which messaging needs",
+    )  # fmt: skip
 
 
 class SecondFactorRequest(Request):
@@ -201,3 +211,118 @@ class AuditList(BaseModel):
 
 class Jwks(BaseModel):
     keys: list[dict[str, Any]]
+
+
+# -- OpenID Connect clients (admin API) ----------------------------------------
+
+Scope = Literal["openid", "profile", "email", "roles", "parley.api"]
+ClientType = Literal["confidential", "public"]
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
+GrantType = Literal["authorization_code", "refresh_token"]
+BOTH_GRANTS: tuple[GrantType, ...] = ("authorization_code", "refresh_token")
+
+
+class ClientCreate(Request):
+    name: str = Field(min_length=1, max_length=100)
+    type: ClientType
+    redirect_uris: list[str] = Field(min_length=1, max_length=10, description="Exact match")
+    post_logout_redirect_uris: list[str] = Field(default_factory=list, max_length=10)
+    scopes: list[Scope] = Field(min_length=1, max_length=5, description="What it may ask for")
+    token_endpoint_auth_method: AuthMethod | None = Field(
+        default=None,
+        description="client_secret_basic (default) or client_secret_post for confidential "
+        "clients; none for public ones",
+    )
+    grant_types: list[GrantType] = Field(
+        default_factory=lambda: list(BOTH_GRANTS),
+        min_length=1,
+        max_length=2,
+    )
+    skip_consent: bool = Field(
+        default=False, description="First-party: the user is not asked to consent"
+    )
+
+
+class ClientPatch(Request):
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    redirect_uris: list[str] | None = Field(default=None, min_length=1, max_length=10)
+    post_logout_redirect_uris: list[str] | None = Field(default=None, max_length=10)
+    scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=5)
+    grant_types: list[GrantType] | None = Field(default=None, min_length=1, max_length=2)
+    skip_consent: bool | None = None
+    disabled: bool | None = None
+
+
+class OAuthClient(BaseModel):
+    client_id: str
+    name: str
+    type: ClientType
+    redirect_uris: list[str]
+    post_logout_redirect_uris: list[str]
+    scopes: list[str]
+    token_endpoint_auth_method: AuthMethod
+    grant_types: list[str]
+    skip_consent: bool
+    disabled: bool
+    built_in: bool
+    created_at: datetime
+    updated_at: datetime
+    client_secret: str | None = Field(
+        default=None, description="Only when created or rotated: shown once, stored hashed"
+    )
+
+
+class OAuthClientList(BaseModel):
+    clients: list[OAuthClient]
+
+
+class AdminSession(BaseModel):
+    session_id: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    device: str | None
+    user_agent: str | None
+    ip: str | None
+    client_id: str | None
+
+
+class AdminSessionList(BaseModel):
+    sessions: list[AdminSession]
+
+
+class OidcDiscovery(BaseModel):
+    """OpenID Provider Metadata (OpenID Connect Discovery 1.0, section 3)."""
+
+    model_config = ConfigDict(extra="allow")
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    userinfo_endpoint: str
+    jwks_uri: str
+    response_types_supported: list[str]
+    subject_types_supported: list[str]
+    id_token_signing_alg_values_supported: list[str]
+
+
+class TokenSet(BaseModel):
+    """The token endpoint's answer (RFC 6749 section 5.1; OpenID Connect Core 3.1.3.3)."""
+
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+    scope: str
+    refresh_token: str | None = None
+    id_token: str | None = None
+
+
+class OAuthErrorBody(BaseModel):
+    """An OAuth 2.0 error (RFC 6749 section 5.2): ``error`` is the stable code."""
+
+    error: str
+    error_description: str | None = None
+
+
+class UserInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    sub: str

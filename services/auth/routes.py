@@ -3,7 +3,7 @@
 The route decorator (services.common.openapi) checks the token and role of
 ``auth=True`` routes before the body and hands the handler ``claims=``.
 
-Every route is registered on ``api`` (documented in /auth/openapi.json and
+Every route is registered on ``api`` (services/auth/api.py; documented in /auth/openapi.json and
 /auth/docs); the JWKS is also served at the root, ``/.well-known/jwks.json``,
 where the load balancer sends it.
 """
@@ -13,8 +13,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.auth import accounts, admin, sessions, twofactor
+from services.auth.api import api
 from services.auth.models import (
     Accepted,
+    AdminSessionList,
     AdminUser,
     AdminUserList,
     AdminUserPatch,
@@ -44,14 +46,6 @@ from services.auth.models import (
 from services.auth.state import AUTH_SERVICE, AuthService, Caller
 from services.common.auth import Claims
 from services.common.errors import ErrorCode as E
-from services.common.openapi import Api
-
-api = Api(
-    "Parley auth",
-    "0.1.0",
-    "Accounts, sessions, tokens, two-factor authentication and the admin users API. "
-    "Access tokens are EdDSA JWTs verified against /.well-known/jwks.json.",
-)
 
 LIMITED = (E.RATE_LIMITED,)
 
@@ -475,3 +469,27 @@ async def admin_audit(request: web.Request, claims: Claims) -> AuditList:
         admin.parse_before(q.get("before")),
         admin.page_size(q.get("limit")),
     )
+
+
+@api.get(
+    "/v1/admin/users/{user_id}/sessions",
+    summary="A user's live sessions (OpenID clients' included)",
+    response=AdminSessionList,
+    errors=[E.FORBIDDEN, E.USER_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_user_sessions(request: web.Request, claims: Claims) -> AdminSessionList:
+    uid = request.match_info["user_id"]
+    return await admin.user_sessions(svc(request), claims, caller(request), uid)
+
+
+@api.delete(
+    "/v1/admin/users/{user_id}/sessions/{sid}",
+    summary="End one session of a user",
+    status=204,
+    errors=[E.FORBIDDEN, E.USER_NOT_FOUND, E.SESSION_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_revoke_session(request: web.Request, claims: Claims) -> None:
+    m = request.match_info
+    await admin.revoke_user_session(svc(request), claims, caller(request), m["user_id"], m["sid"])

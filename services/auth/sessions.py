@@ -30,31 +30,52 @@ async def start(
     amr: Sequence[str],
     caller: Caller,
     device: str | None = None,
+    device_id: int | None = None,
 ) -> TokenResponse:
     """Open a session for a user who has fully authenticated; the first tokens."""
+    sid = await open_session(svc, user, amr, caller, device, device_id=device_id)
+    return await _issue(svc, user, sid, list(amr), device_id)
+
+
+async def open_session(
+    svc: AuthService,
+    user: Mapping[str, Any],
+    amr: Sequence[str],
+    caller: Caller,
+    device: str | None = None,
+    client_id: str | None = None,
+    scope: str | None = None,
+    device_id: int | None = None,
+) -> str:
+    """Record a new session (a refresh-token family); its id.
+
+    ``client_id`` marks a session opened by an OpenID Connect client: its
+    refresh tokens are only good at the provider's token endpoint, for that client.
+    """
     now = svc.now()
     sid = new_id()
     expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
-    await svc.store.insert_session(
-        {
-            "_id": sid,
-            "user_id": user["_id"],
-            "created_at": now,
-            "last_used_at": now,
-            "expires_at": expires,
-            "revoked_at": None,
-            "amr": list(amr),
-            "device": device,
-            "user_agent": caller.user_agent,
-            "ip": caller.ip,
-        }
-    )
-    return await _issue(svc, user, sid, list(amr))
+    doc: dict[str, Any] = {
+        "_id": sid,
+        "user_id": user["_id"],
+        "created_at": now,
+        "last_used_at": now,
+        "expires_at": expires,
+        "revoked_at": None,
+        "amr": list(amr),
+        "device": device,
+        "device_id": device_id,
+        "user_agent": caller.user_agent,
+        "ip": caller.ip,
+    }
+    if client_id is not None:
+        doc.update(client_id=client_id, scope=scope)
+    await svc.store.insert_session(doc)
+    return sid
 
 
-async def _issue(
-    svc: AuthService, user: Mapping[str, Any], sid: str, amr: list[str]
-) -> TokenResponse:
+async def new_refresh_token(svc: AuthService, user_id: str, sid: str) -> str:
+    """A fresh refresh token of the session ``sid`` (stored hashed)."""
     now = svc.now()
     refresh = new_token()
     ttl = svc.settings.refresh_token_ttl_s
@@ -62,13 +83,26 @@ async def _issue(
         {
             "_id": digest(refresh),
             "sid": sid,
-            "user_id": user["_id"],
+            "user_id": user_id,
             "issued_at": now,
             "expires_at": now + timedelta(seconds=ttl),
             "used_at": None,
         }
     )
-    access = await svc.tokens.issue(user["_id"], sid, user["roles"], amr, now)
+    return refresh
+
+
+async def _issue(
+    svc: AuthService,
+    user: Mapping[str, Any],
+    sid: str,
+    amr: list[str],
+    device_id: int | None = None,
+) -> TokenResponse:
+    now = svc.now()
+    refresh = await new_refresh_token(svc, user["_id"], sid)
+    ttl = svc.settings.refresh_token_ttl_s
+    access = await svc.tokens.issue(user["_id"], sid, user["roles"], amr, now, device_id)
     return TokenResponse(
         access_token=access,
         expires_in=svc.settings.access_token_ttl_s,
@@ -80,6 +114,25 @@ async def _issue(
 
 
 async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse:
+    user, session = await rotate(svc, token, caller, client_id=None)
+    did = session.get("device_id")
+    if did and await svc.store.device_revoked(user["_id"], int(did)):
+        raise ApiError(ErrorCode.TOKEN_REVOKED, "This device was removed from the account.")
+    return await _issue(
+        svc, user, session["_id"], list(session.get("amr", [])), int(did) if did else None
+    )
+
+
+async def rotate(
+    svc: AuthService, token: str, caller: Caller, client_id: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Use a refresh token once: (user, session), the token marked used, the session slid.
+
+    The caller issues the new tokens. A token used before revokes its whole
+    session (``refresh_token_reused``). A token of an OpenID client's session
+    works only for that client (``client_id``), and a Parley token only
+    without one.
+    """
     await svc.limiter.hit("refresh_ip", caller.ip)
     now = svc.now()
     token_hash = digest(token)
@@ -102,15 +155,17 @@ async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse
     session = await svc.store.session(doc["sid"])
     if session is None or session["revoked_at"] is not None or session["expires_at"] <= now:
         raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+    if session.get("client_id") != client_id:
+        # Not this client's token (and it is used up: it was presented where it does not belong).
+        raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token is not valid.")
     user = await svc.store.user_by_id(doc["user_id"])
     if user is None:
         raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
     if user["blocked"]:
         raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
-    response = await _issue(svc, user, doc["sid"], list(session.get("amr", [])))
     expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
     await svc.store.touch_session(doc["sid"], now, expires)
-    return response
+    return user, session
 
 
 async def revoke(svc: AuthService, user_id: str, sid: str, reason: str) -> bool:

@@ -215,10 +215,12 @@ class KeyRing:
             raise RuntimeError("no active signing key")
         return key
 
-    async def sign(self, claims: Mapping[str, Any]) -> str:
+    async def sign(self, claims: Mapping[str, Any], typ: str | None = None) -> str:
+        """A JWS (EdDSA) of ``claims`` with the signing key's ``kid`` (and ``typ``, if given)."""
         key = await self.signer()
         assert key.private is not None
-        return jwt.encode(dict(claims), key.private, algorithm=ALG, headers={"kid": key.kid})
+        headers = {"kid": key.kid, **({"typ": typ} if typ else {})}
+        return jwt.encode(dict(claims), key.private, algorithm=ALG, headers=headers)
 
     async def jwks(self) -> dict[str, Any]:
         keys = await self.keys()

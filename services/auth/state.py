@@ -11,7 +11,7 @@ import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -32,6 +32,9 @@ from services.common.errors import ApiError, ErrorCode
 from services.common.http import client_ip
 from services.common.logging import request_id_var
 from services.common.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from services.auth.oidc.provider import Provider
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +159,4 @@ class AuthService:
 
 
 AUTH_SERVICE: web.AppKey[AuthService] = web.AppKey("auth_service", AuthService)
+OIDC_PROVIDER: web.AppKey[Provider] = web.AppKey("oidc_provider")

@@ -9,6 +9,9 @@ MongoDB collections (database ``<db_prefix>auth``):
 - ``password_resets``: ``_id`` = SHA-256 of the reset token; single use.
 - ``signing_keys``: Ed25519 keys (``_id`` = kid), private half sealed at rest.
 - ``audit_log``: every admin action: who, what, when.
+- ``oauth_clients``: OpenID Connect clients (``_id`` = client id), secret hashed.
+- ``oauth_codes``: authorization codes (``_id`` = SHA-256 of the code); single use.
+- ``oauth_consents``: what a user let a client have (``_id`` = user id + client id).
 
 Redis keys (all under ``<redis_prefix>``): the revocation keys and channel
 named by :mod:`services.common.auth`, plus ``:auth:eph:<kind>:<id>`` (login
@@ -33,7 +36,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.common.auth import Claims, revocation_channel, revocation_keys
+from services.common.auth import (
+    Claims,
+    device_revocation_key,
+    revocation_channel,
+    revocation_keys,
+)
 
 Doc = dict[str, Any]
 
@@ -94,6 +102,9 @@ class AuthStore:
         self.password_resets: AsyncCollection[Doc] = db["password_resets"]
         self.signing_keys: AsyncCollection[Doc] = db["signing_keys"]
         self.audit: AsyncCollection[Doc] = db["audit_log"]
+        self.clients: AsyncCollection[Doc] = db["oauth_clients"]
+        self.codes: AsyncCollection[Doc] = db["oauth_codes"]
+        self.consents: AsyncCollection[Doc] = db["oauth_consents"]
 
     async def ensure_indexes(self) -> None:
         await self.users.create_index("username", unique=True)
@@ -106,7 +117,7 @@ class AuthStore:
         await self.audit.create_index([("at", DESCENDING)])
         await self.audit.create_index("target_id")
         # Space reclamation only: expiry is enforced in code.
-        for coll in (self.refresh_tokens, self.password_resets, self.sessions):
+        for coll in (self.refresh_tokens, self.password_resets, self.sessions, self.codes):
             await coll.create_index("expires_at", expireAfterSeconds=0)
 
     # -- users ------------------------------------------------------------
@@ -319,6 +330,10 @@ class AuthStore:
         message = {"type": "user_blocked", "user_id": user_id}
         await self.redis.publish(revocation_channel(self.prefix), orjson.dumps(message))
 
+    async def device_revoked(self, user_id: str, device_id: int) -> bool:
+        """Was this device removed from its account (set by the key directory)?"""
+        return bool(await self.redis.exists(device_revocation_key(self.prefix, user_id, device_id)))
+
     async def clear_user_blocked(self, user_id: str) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")
         await self.redis.delete(user_key)
@@ -367,3 +382,98 @@ class AuthStore:
     async def eph_delete(self, kind: str, ident: str) -> bool:
         """Delete a record; True only for the caller that deleted it (single use)."""
         return bool(await self.redis.delete(self._eph_key(kind, ident)))
+
+    # -- OpenID Connect: clients, codes, consents ------------------------------
+
+    async def insert_client(self, doc: Doc) -> None:
+        try:
+            await self.clients.insert_one(doc)
+        except DuplicateKeyError:
+            raise DuplicateError from None
+
+    async def put_client(self, doc: Doc) -> None:
+        """Create or overwrite a client (the built-in ones, at every start)."""
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        await self.clients.update_one({"_id": doc["_id"]}, {"$set": fields}, upsert=True)
+
+    async def client(self, client_id: str) -> Doc | None:
+        return _times(await self.clients.find_one({"_id": client_id}))
+
+    async def list_clients(self) -> list[Doc]:
+        cursor = self.clients.find({}).sort("_id", ASCENDING)
+        return [_times(doc) async for doc in cursor]
+
+    async def update_client(self, client_id: str, set_: Mapping[str, Any]) -> Doc | None:
+        return _times(
+            await self.clients.find_one_and_update(
+                {"_id": client_id}, {"$set": dict(set_)}, return_document=ReturnDocument.AFTER
+            )
+        )
+
+    async def delete_client(self, client_id: str) -> bool:
+        return (await self.clients.delete_one({"_id": client_id})).deleted_count == 1
+
+    async def client_sessions(self, client_id: str) -> list[Doc]:
+        cursor = self.sessions.find({"client_id": client_id, "revoked_at": None})
+        return [_times(doc) async for doc in cursor]
+
+    async def insert_code(self, doc: Doc) -> None:
+        await self.codes.insert_one(doc)
+
+    async def consume_code(self, code_hash: str, now: datetime) -> Doc | None:
+        """Atomically mark an unused code used: the code before, or None (unknown or used)."""
+        return _times(
+            await self.codes.find_one_and_update(
+                {"_id": code_hash, "used_at": None}, {"$set": {"used_at": now}}
+            )
+        )
+
+    async def code(self, code_hash: str) -> Doc | None:
+        return _times(await self.codes.find_one({"_id": code_hash}))
+
+    async def set_code_session(self, code_hash: str, sid: str) -> Doc | None:
+        """Record the session a code opened; the code after (a reuse may have marked it)."""
+        return _times(
+            await self.codes.find_one_and_update(
+                {"_id": code_hash}, {"$set": {"sid": sid}}, return_document=ReturnDocument.AFTER
+            )
+        )
+
+    async def mark_code_reused(self, code_hash: str) -> Doc | None:
+        """Flag a code presented again; the code after (its ``sid``, if a session was opened)."""
+        return _times(
+            await self.codes.find_one_and_update(
+                {"_id": code_hash},
+                {"$set": {"reused": True}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    async def consent(self, user_id: str, client_id: str) -> Doc | None:
+        return _times(await self.consents.find_one({"_id": f"{user_id}|{client_id}"}))
+
+    async def save_consent(
+        self, user_id: str, client_id: str, scopes: Sequence[str], now: datetime
+    ) -> None:
+        await self.consents.update_one(
+            {"_id": f"{user_id}|{client_id}"},
+            {"$set": {"user_id": user_id, "client_id": client_id, "scopes": list(scopes),
+                      "updated_at": now}},
+            upsert=True,
+        )  # fmt: skip
+
+    # -- OpenID Connect: short-lived records in Redis ------------------------
+
+    async def eph_json_put(self, kind: str, ident: str, value: Any, ttl_s: int) -> None:
+        await self.redis.set(self._eph_key(kind, ident), orjson.dumps(value), ex=ttl_s)
+
+    async def eph_json_get(self, kind: str, ident: str) -> Any:
+        raw = await self.redis.get(self._eph_key(kind, ident))
+        return None if raw is None else orjson.loads(raw)
+
+    async def eph_once(self, kind: str, ident: str, ttl_s: int) -> bool:
+        """Mark ``ident`` seen; True the first time only (within ``ttl_s``)."""
+        return bool(await self.redis.set(self._eph_key(kind, ident), b"1", ex=ttl_s, nx=True))
+
+    async def eph_exists(self, kind: str, ident: str) -> bool:
+        return bool(await self.redis.exists(self._eph_key(kind, ident)))

@@ -68,7 +68,13 @@ class AccessTokens:
         self.keyring = keyring
 
     async def issue(
-        self, user_id: str, sid: str, roles: Sequence[str], amr: Sequence[str], now: datetime
+        self,
+        user_id: str,
+        sid: str,
+        roles: Sequence[str],
+        amr: Sequence[str],
+        now: datetime,
+        device_id: int | None = None,
     ) -> str:
         iat = int(now.timestamp())
         claims: dict[str, Any] = {
@@ -82,4 +88,6 @@ class AccessTokens:
             "iat": iat,
             "exp": iat + self.ttl_s,
         }
+        if device_id is not None:
+            claims["did"] = device_id  # the device this session is bound to
         return await self.keyring.sign(claims)

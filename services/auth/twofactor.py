@@ -251,7 +251,7 @@ async def _drop_codes_if_no_factor(svc: AuthService, user_id: str) -> None:
 
 
 async def begin_login(
-    svc: AuthService, user: User, caller: Caller, device: str | None
+    svc: AuthService, user: User, caller: Caller, device: str | None, device_id: int | None
 ) -> ChallengeResponse:
     challenge_id = new_token()
     allowed = methods(user)
@@ -264,6 +264,7 @@ async def begin_login(
             "attempts": "0",
             "email_sends": "0",
             "device": device or "",
+            "device_id": str(device_id or ""),
         },
         svc.config.challenge_ttl_s,
     )
@@ -319,6 +320,17 @@ async def _send_login_code(svc: AuthService, challenge_id: str, user: User) -> N
 async def complete_login(
     svc: AuthService, body: SecondFactorRequest, caller: Caller
 ) -> TokenResponse:
+    user, device, device_id = await check_challenge(svc, body, caller)
+    return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device, device_id)
+
+
+async def check_challenge(
+    svc: AuthService, body: SecondFactorRequest, caller: Caller
+) -> tuple[User, str | None, int | None]:
+    """The second factor: the account (and device label and id) whose challenge this answers.
+
+    Single use. Shared by ``/v1/login/2fa`` and the OpenID provider's sign-in page.
+    """
     await svc.limiter.hit("code_ip", caller.ip)
     key = digest(body.challenge_id)
     challenge = await svc.store.eph_get(CHALLENGE, key)
@@ -343,8 +355,8 @@ async def complete_login(
     if not await svc.store.eph_delete(CHALLENGE, key):
         raise _expired()  # a concurrent request completed it first
     await svc.limiter.clear("code_failures", user_id)
-    device = challenge.get("device") or None
-    return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device)
+    did = str(challenge.get("device_id") or "")
+    return user, challenge.get("device") or None, int(did) if did.isdigit() else None
 
 
 async def _code_ok(

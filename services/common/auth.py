@@ -52,6 +52,8 @@ class Claims:
     roles: tuple[str, ...]
     jti: str
     exp: int
+    did: int | None = None
+    """The device the session is bound to (messaging needs it; docs/devices.md)."""
 
     @property
     def user_id(self) -> str:
@@ -64,6 +66,11 @@ class Claims:
 
 def revocation_keys(redis_prefix: str, claims: Claims) -> tuple[str, str]:
     return (f"{redis_prefix}:revoked:sid:{claims.sid}", f"{redis_prefix}:blocked:{claims.sub}")
+
+
+def device_revocation_key(redis_prefix: str, user_id: str, device_id: int) -> str:
+    """Set (by the key directory) when a device is removed from its account."""
+    return f"{redis_prefix}:revoked:device:{user_id}:{device_id}"
 
 
 def revocation_channel(redis_prefix: str) -> str:
@@ -227,6 +234,7 @@ class TokenVerifier:
             roles=tuple(roles),
             jti=str(payload["jti"]),
             exp=int(payload["exp"]),
+            did=_device_claim(payload.get("did")),
         )
 
     async def close(self) -> None:
@@ -235,15 +243,18 @@ class TokenVerifier:
 
 
 async def check_not_revoked(redis: aioredis.Redis, redis_prefix: str, claims: Claims) -> None:
-    """Raise TOKEN_REVOKED if the session was revoked or the user blocked."""
+    """Raise TOKEN_REVOKED if the session was revoked, its device removed, or the
+    user blocked."""
     sid_key, user_key = revocation_keys(redis_prefix, claims)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.exists(sid_key)
         pipe.exists(user_key)
-        revoked, blocked = await pipe.execute()
+        if claims.did is not None:
+            pipe.exists(device_revocation_key(redis_prefix, claims.sub, claims.did))
+        revoked, blocked, *device = await pipe.execute()
     if blocked:
         raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.", status=401)
-    if revoked:
+    if revoked or any(device):
         raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
 
 
@@ -289,3 +300,11 @@ async def authenticate(request: web.Request) -> Claims:
     await check_not_revoked(request.app[REDIS], request.app[SETTINGS].redis_prefix, claims)
     user_id_var.set(claims.sub)  # every line logged for this request carries it
     return claims
+
+
+def _device_claim(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+        raise ApiError(ErrorCode.INVALID_TOKEN)
+    return value

@@ -82,8 +82,8 @@ def kafka_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     opts: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "acks": "all",
-        # Tansu rejects idempotent producers; our idempotency keys make a
-        # redelivered record harmless (docs/embedded.md).
+        # The embedded broker has no idempotent producers (no InitProducerId); our
+        # idempotency keys make a redelivered record harmless (docs/embedded.md).
         "enable_idempotence": False,
         "linger_ms": 1,
         "request_timeout_ms": max(settings.dependency_timeout_ms, 5000),
@@ -185,7 +185,7 @@ class KafkaProducerHandle:
         metadata = await client.fetch_all_metadata()
         missing = [t for t in self.topics if t not in metadata.topics()]
         if missing:
-            # A memory-only broker that restarted comes back empty: recreate.
+            # A broker that lost our topics (deleted, or a fresh data dir): recreate.
             await ensure_topics(self.settings, missing)
 
     async def stop(self) -> None:

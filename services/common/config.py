@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="parley.", pattern=r"^[A-Za-z0-9_.-]{0,40}$")
     kafka_partitions: int = Field(default=4, ge=1, le=1024)
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
-    # How long a fetch waits for data. Real Kafka answers as soon as a record
-    # arrives; Tansu waits the whole time, so this is the embedded latency floor.
+    # How long a fetch waits for data when there is none. Real Kafka and the
+    # embedded broker answer as soon as a record arrives.
     kafka_fetch_max_wait_ms: int = Field(default=20, ge=1, le=10_000)
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)

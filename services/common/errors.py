@@ -54,6 +54,8 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_PREKEYS: 409,
     ErrorCode.TOO_MANY_DEVICES: 409,
     ErrorCode.RECIPIENT_NOT_FOUND: 404,
+    ErrorCode.DEVICES_CHANGED: 409,
+    ErrorCode.DEVICE_REQUIRED: 400,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

@@ -37,6 +37,9 @@ class Operation:
     tags: Sequence[str]
     query: dict[str, str] = field(default_factory=dict)
     role: str | None = None
+    form: type[BaseModel] | None = None
+    produces: str = "application/json"
+    oauth_errors: dict[int, Sequence[str]] = field(default_factory=dict)
 
 
 class Api:
@@ -62,6 +65,9 @@ class Api:
         tags: Sequence[str] = (),
         query: dict[str, str] | None = None,
         role: str | None = None,
+        form: type[BaseModel] | None = None,
+        produces: str = "application/json",
+        oauth_errors: dict[int, Sequence[str]] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler: ``handler(request, *, claims=..., body=...)``.
 
@@ -73,6 +79,12 @@ class Api:
 
         A handler may return a web.StreamResponse, a pydantic model or plain data
         (rendered as JSON with ``status``).
+
+        Only documented, not parsed here: ``form`` (an
+        ``application/x-www-form-urlencoded`` body the handler reads itself),
+        ``produces`` (the success media type, e.g. ``text/html`` for a page) and
+        ``oauth_errors`` (status -> RFC 6749 error codes, answered as
+        ``{"error", "error_description"}`` rather than the common error model).
         """
 
         if role is not None and not auth:
@@ -91,6 +103,9 @@ class Api:
                 tags,
                 query or {},
                 role,
+                form,
+                produces,
+                dict(oauth_errors or {}),
             )
 
             @functools.wraps(fn)
@@ -177,10 +192,27 @@ class Api:
                     "required": True,
                     "content": {"application/json": {"schema": _ref(op.body, schemas)}},
                 }
+            if op.form is not None:
+                item["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": _ref(op.form, schemas)}
+                    },
+                }
             ok: dict[str, Any] = {"description": "Success"}
             if op.response is not None:
-                ok["content"] = {"application/json": {"schema": _ref(op.response, schemas)}}
+                ok["content"] = {op.produces: {"schema": _ref(op.response, schemas)}}
+            elif op.produces != "application/json":
+                ok["content"] = {op.produces: {"schema": {"type": "string"}}}
             item["responses"][str(op.status)] = ok
+            for st, names in sorted(op.oauth_errors.items()):
+                schemas["OAuthError"] = _OAUTH_ERROR_SCHEMA
+                item["responses"][str(st)] = {
+                    "description": "OAuth 2.0 error codes: " + ", ".join(sorted(set(names))),
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}
+                    },
+                }
             codes = [(code, http_status(code)) for code in op.errors]
             if op.body is not None:
                 codes += [
@@ -234,6 +266,14 @@ _ERROR_SCHEMA: dict[str, Any] = {
             },
         }
     },
+}
+
+
+# RFC 6749 section 5.2 (and RFC 6750 section 3.1): the protocol endpoints' own error model.
+_OAUTH_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
 }
 
 

@@ -29,12 +29,13 @@ class Inbox:
         self._pending: dict[str, tuple[int, list[asyncio.Future[int]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    async def page(self, user: str, after: int, limit: int) -> f.InboxPage:
-        docs, more = await self.store.page(user, after, limit)
+    async def page(self, inbox: str, after: int, limit: int) -> f.InboxPage:
+        docs, more = await self.store.page(inbox, after, limit)
         return f.InboxPage(messages=[item_frame(d) for d in docs], more=more)
 
     async def ack(self, user: str, seq: int) -> int:
-        """Acknowledge up to ``seq``; returns how many of ``user``'s items this flush acked."""
+        """Acknowledge up to ``seq`` in the device inbox ``user`` (an inbox id); returns how
+        many of its items this flush acked."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         prior = self._pending.get(user)
         self._pending[user] = (max(seq, prior[0]), [*prior[1], fut]) if prior else (seq, [fut])
@@ -50,8 +51,8 @@ class Inbox:
                 self.acked.inc(sum(len(docs) for docs in acked.values()))
                 await self.store.publish(
                     [
-                        (d["from"], receipt(user, d))
-                        for user, docs in acked.items()
+                        (d["from"], d.get("from_device"), receipt(d))
+                        for docs in acked.values()
                         for d in docs
                         if d.get("kind") == "message"
                     ]
@@ -68,9 +69,9 @@ class Inbox:
                         fut.set_result(len(acked.get(user, [])))
 
 
-def receipt(user: str, doc: dict[str, Any]) -> f.Delivered:
-    """The `delivered` frame a sender gets when ``user`` acknowledges its message."""
+def receipt(doc: dict[str, Any]) -> f.Delivered:
+    """The `delivered` frame the sending device gets when a device acknowledges its copy."""
     return f.Delivered(
-        id=doc["client_id"], server_id=doc["server_id"], to=user,
-        conversation=doc.get("conversation"),
+        id=doc["client_id"], server_id=doc["server_id"], to=doc["user"],
+        device=int(doc["device"]), conversation=doc.get("conversation"),
     )  # fmt: skip

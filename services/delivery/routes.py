@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from parley_contract import frames as f
+from parley_contract.envelopes import inbox_id
 
 from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode
@@ -46,7 +47,7 @@ async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
     settings = request.app[SETTINGS]
     after = _int_param(request, "after", 0, 2**62)
     limit = _int_param(request, "limit", 100, settings.sync_page_max) or 1
-    page = await request.app[INBOX].page(claims.sub, after, limit)
+    page = await request.app[INBOX].page(_inbox(claims), after, limit)
     # The contract's InboxPage, encoded once (the gateway decodes it as is).
     return web.Response(body=f.encode(page), content_type="application/json")
 
@@ -60,4 +61,14 @@ async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
     tags=["inbox"],
 )
 async def inbox_ack(request: web.Request, claims: Claims, body: AckIn) -> dict[str, int]:
-    return {"acked": await request.app[INBOX].ack(claims.sub, body.seq)}
+    return {"acked": await request.app[INBOX].ack(_inbox(claims), body.seq)}
+
+
+def _inbox(claims: Claims) -> str:
+    """The caller's device inbox: the token's user and device (docs/devices.md)."""
+    if claims.did is None:
+        raise ApiError(
+            ErrorCode.DEVICE_REQUIRED,
+            "This session is not bound to a device: log in with a device id to use messaging.",
+        )
+    return inbox_id(claims.sub, claims.did)

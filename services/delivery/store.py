@@ -34,7 +34,6 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-import msgspec
 import redis.asyncio as aioredis
 from parley_contract import envelopes as e
 from parley_contract import frames as f
@@ -50,6 +49,10 @@ DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
 DAY_S = 86400
 ID_CHUNK = 500
+
+
+Push = tuple[str, int | None, f.ServerFrames]
+"""(user, device or None for all of them, frame): what :meth:`DeliveryStore.publish` sends."""
 
 
 class SequenceCollision(Exception):
@@ -142,23 +145,23 @@ class DeliveryStore:
         """
         if not items:
             return []
-        keys = [dedup_key(it["user"], it["from"], it["client_id"]) for it in items]
+        keys = [dedup_key(it["inbox"], it["from"], it["client_id"]) for it in items]
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
         claims = await self._claims(list(first))
         fresh = [k for k in first if k not in claims]
         if fresh:
-            per_user = Counter(items[first[k]]["user"] for k in fresh)
-            next_seq = await self.reserve_many(dict(per_user))
+            per_inbox = Counter(items[first[k]]["inbox"] for k in fresh)
+            next_seq = await self.reserve_many(dict(per_inbox))
             now = time.time()
             new_claims = []
             for key in fresh:
                 item = items[first[key]]
-                seq = next_seq[item["user"]]
-                next_seq[item["user"]] = seq + 1
+                seq = next_seq[item["inbox"]]
+                next_seq[item["inbox"]] = seq + 1
                 new_claims.append(
-                    {"_id": key, "user": item["user"], "seq": seq,
+                    {"_id": key, "inbox": item["inbox"], "seq": seq,
                      "server_id": item["server_id"], "at": now}
                 )  # fmt: skip
             lost = await self._insert_claims(new_claims)
@@ -208,18 +211,18 @@ class DeliveryStore:
         result: dict[str, dict[str, Any]] = {}
         # Claims found before this batch: is the inbox document there, and ours?
         if known:
-            ids = {inbox_id(todo[k][1]["user"], int(todo[k][1]["seq"])): k for k in known}
+            ids = {item_id(todo[k][1]["inbox"], int(todo[k][1]["seq"])): k for k in known}
             present = {d["_id"]: d async for d in self.inbox.find({"_id": {"$in": list(ids)}})}
-            users = list({todo[k][1]["user"] for k in known})
+            inboxes = list({todo[k][1]["inbox"] for k in known})
             acked = {d["_id"]: int(d.get("acked", 0)) async for d in self.counters.find(
-                {"_id": {"$in": users}}, {"acked": 1}
+                {"_id": {"$in": inboxes}}, {"acked": 1}
             )}  # fmt: skip
             for doc_id, key in ids.items():
                 item, claim = todo[key]
                 doc = present.get(doc_id)
                 if doc is not None and _same_message(doc, item):
                     result[key] = {**doc, "duplicate": True}
-                elif doc is None and int(claim["seq"]) <= acked.get(claim["user"], 0):
+                elif doc is None and int(claim["seq"]) <= acked.get(claim["inbox"], 0):
                     # Stored, delivered and acknowledged (then deleted) before.
                     result[key] = {**_inbox_doc(item, claim), "duplicate": True, "acked": True}
         pending = {k: v for k, v in todo.items() if k not in result}
@@ -250,7 +253,7 @@ class DeliveryStore:
                         result[key] = holder  # a concurrent writer stored this very message
                         continue
                     # Another message holds this number: take a fresh one atomically.
-                    seq = await self.reserve(claim["user"], 1)
+                    seq = await self.reserve(claim["inbox"], 1)
                     await self._dedup_collections(time.time())[0].update_one(
                         {"_id": key}, {"$set": {**claim, "seq": seq}}, upsert=True
                     )
@@ -273,23 +276,41 @@ class DeliveryStore:
         return old
 
     async def remember_contacts(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Record (device inbox, peer user) pairs: who to tell when ``peer``'s keys change."""
         ops = [
-            UpdateOne({"_id": f"{p}|{u}"}, {"$set": {"user": u, "peer": p}}, upsert=True)
-            for u, p in set(pairs)
+            UpdateOne({"_id": f"{p}|{i}"}, {"$set": {"inbox": i, "peer": p}}, upsert=True)
+            for i, p in set(pairs)
         ]
         if ops:
             await self.contacts.bulk_write(ops, ordered=False)
 
     async def contacts_of(self, user: str) -> list[str]:
-        return [d["user"] async for d in self.contacts.find({"peer": user}, {"user": 1})]
+        """The device inboxes that exchanged messages with ``user``."""
+        return [d["inbox"] async for d in self.contacts.find({"peer": user}, {"inbox": 1})
+                if d.get("inbox")]  # fmt: skip
+
+    async def drop_inbox(self, inbox: str) -> int:
+        """Delete every waiting item of a device inbox (the device left its account)."""
+        counter = await self.counters.find_one({"_id": inbox}, {"n": 1, "acked": 1})
+        if counter is None:
+            return 0
+        first, last = int(counter.get("acked", 0)) + 1, int(counter.get("n", 0))
+        ids = [item_id(inbox, s) for s in range(first, last + 1)]
+        deleted = 0
+        for i in range(0, len(ids), ID_CHUNK):
+            res = await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
+            deleted += int(res.deleted_count)
+        await self.counters.update_one({"_id": inbox}, {"$max": {"acked": last}})
+        return deleted
 
     # Reading and acknowledging ----------------------------------------------
-    async def inbox_depths(self, users: Iterable[str]) -> dict[str, int]:
-        """Items waiting per user, from the counters (last seq - acked): primary-key reads.
+    async def inbox_depths(self, inboxes: Iterable[str]) -> dict[str, int]:
+        """Items waiting per device inbox, from the counters (last seq - acked):
+        primary-key reads.
 
         An upper bound (sequence numbers are not dense), for the metrics.
         """
-        ids = list(dict.fromkeys(users))[:ID_CHUNK]
+        ids = list(dict.fromkeys(inboxes))[:ID_CHUNK]
         docs = self.counters.find({"_id": {"$in": ids}}, {"n": 1, "acked": 1})
         return {d["_id"]: max(int(d.get("n", 0)) - int(d.get("acked", 0)), 0) async for d in docs}
 
@@ -318,7 +339,7 @@ class DeliveryStore:
     async def _by_seq(
         self, user: str, first: int, last: int, extra: dict[str, Any], fields: Any = None
     ) -> list[dict[str, Any]]:
-        ids = [inbox_id(user, s) for s in range(first, last + 1)]
+        ids = [item_id(user, s) for s in range(first, last + 1)]
         out: list[dict[str, Any]] = []
         for i in range(0, len(ids), ID_CHUNK):
             query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, **extra}
@@ -344,18 +365,19 @@ class DeliveryStore:
             top = min(seq, int(counter.get("n", 0)))
             if top > floor:
                 tops[user] = top
-                ids.extend(inbox_id(user, s) for s in range(floor + 1, top + 1))
+                ids.extend(item_id(user, s) for s in range(floor + 1, top + 1))
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
         if not tops:
             return acked
-        fields = {"user": 1, "from": 1, "client_id": 1, "kind": 1, "conversation": 1,
+        fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
+                  "client_id": 1, "kind": 1, "conversation": 1,
                   "server_id": 1}  # fmt: skip
         found: list[dict[str, Any]] = []
         for i in range(0, len(ids), ID_CHUNK):
             query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, "acked": False}
             found.extend([d async for d in self.inbox.find(query, fields)])
         for doc in sorted(found, key=lambda d: str(d["_id"])):
-            acked[doc["user"]].append(doc)
+            acked[doc["inbox"]].append(doc)
         if found:
             await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in found]}})
         # Raise each watermark, never lower it (acks may race): $max is atomic.
@@ -378,21 +400,22 @@ class DeliveryStore:
         ttl = self.settings.presence_ttl_s
         return {u: live_gateways(r, ttl) for u, r in zip(users, results, strict=True) if r}
 
-    async def publish(self, frames: list[tuple[str, f.ServerFrames]]) -> int:
-        """Push (user, frame) pairs to every gateway hosting the user; one round trip.
+    async def publish(self, frames: list[Push]) -> int:
+        """Push frames to the sockets of (user, device) — every device of the user when
+        device is None — on every gateway hosting the user; one round trip.
 
         Each frame is encoded once, here; the gateways forward it as it is.
         """
         if not frames:
             return 0
-        where = await self.gateways_of(u for u, _ in frames)
+        where = await self.gateways_of(u for u, _, _ in frames)
         count = Counter[str]()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user, frame in frames:
+            for user, device, frame in frames:
                 gateways = where.get(user, ())
                 if not gateways:
                     continue
-                data = e.encode(e.routed(user, frame))
+                data = e.encode(e.routed(user, device, frame))
                 for gw in gateways:
                     pipe.publish(gateway_channel(self.prefix, gw), data)
                     count[gw] += 1
@@ -401,18 +424,18 @@ class DeliveryStore:
         return sum(count.values())
 
 
-def inbox_id(user: str, seq: int) -> str:
-    """An inbox item's primary key; sorts by user, then seq (user ids have no ``|``)."""
-    return f"{user}|{seq:016d}"
+def item_id(inbox: str, seq: int) -> str:
+    """An inbox item's primary key; sorts by inbox, then seq (inbox ids have no ``|``)."""
+    return f"{inbox}|{seq:016d}"
 
 
-def dedup_key(user: str, sender: str, client_id: str) -> str:
-    """The dedup record's ``_id`` of one message in one inbox.
+def dedup_key(inbox: str, sender: str, client_id: str) -> str:
+    """The dedup record's ``_id`` of one message in one device inbox.
 
-    User ids never contain ``|``; the client id (printable ASCII) comes last,
-    so the key is unambiguous.
+    Inbox and user ids never contain ``|``; the client id (printable ASCII)
+    comes last, so the key is unambiguous.
     """
-    return f"{user}|{sender}|{client_id}"
+    return f"{inbox}|{sender}|{client_id}"
 
 
 def _same_message(doc: dict[str, Any], item: dict[str, Any]) -> bool:
@@ -421,15 +444,17 @@ def _same_message(doc: dict[str, Any], item: dict[str, Any]) -> bool:
 
 def _inbox_doc(item: dict[str, Any], claim: dict[str, Any]) -> dict[str, Any]:
     seq = int(claim["seq"])
-    return {**item, "_id": inbox_id(claim["user"], seq), "seq": seq,
+    return {**item, "_id": item_id(claim["inbox"], seq), "seq": seq,
             "server_id": claim["server_id"], "acked": False}  # fmt: skip
 
 
 def item_doc(env: e.Envelope, stored_at: float) -> dict[str, Any]:
     """The inbox document of an envelope (without ``_id``/``seq``: :meth:`store` adds them)."""
     doc: dict[str, Any] = {
-        "server_id": env.server_id,
+        "inbox": env.inbox,
         "user": env.to,
+        "device": env.to_device,
+        "server_id": env.server_id,
         "from": env.from_,
         "client_id": env.client_id,
         "conversation": env.conversation,
@@ -437,27 +462,27 @@ def item_doc(env: e.Envelope, stored_at: float) -> dict[str, Any]:
         "stored_at": stored_at,
     }
     if isinstance(env, e.MessageEnvelope):
-        doc.update(kind="message", body=env.body, commitment=env.commitment)
+        doc.update(
+            kind="message", from_device=env.from_device, body=env.body, commitment=env.commitment
+        )
     else:
-        identity = msgspec.to_builtins(env.identity) if env.identity is not None else None
-        doc.update(kind="key_changed", device_id=env.device_id, identity=identity)
+        doc.update(kind="key_changed", account_key=env.account_key)
     return doc
 
 
 def item_frame(doc: dict[str, Any]) -> f.InboxItem:
     """What a recipient sees of a stored item (pushed, or in a sync page)."""
     if doc.get("kind", "message") == "key_changed":
-        identity = doc.get("identity")
         return f.KeyChanged(
             seq=int(doc["seq"]), server_id=doc["server_id"], user_id=doc["from"],
-            device_id=_int(doc.get("device_id")),
-            identity=f.Identity(**identity) if isinstance(identity, dict) else None,
-            sent_at=_int(doc.get("sent_at")), from_=doc["from"],
+            account_key=doc.get("account_key"), sent_at=_int(doc.get("sent_at")),
+            from_=doc["from"],
         )  # fmt: skip
     return f.Message(
         seq=int(doc["seq"]), server_id=doc["server_id"], from_=doc["from"],
-        body=doc.get("body") or "", conversation=doc.get("conversation"),
-        commitment=doc.get("commitment"), sent_at=_int(doc.get("sent_at")),
+        from_device=int(doc.get("from_device") or 1), body=doc.get("body") or "",
+        conversation=doc.get("conversation"), commitment=doc.get("commitment"),
+        sent_at=_int(doc.get("sent_at")),
     )  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.clients import KafkaProducerHandle, Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
-from services.delivery.store import DeliveryStore, item_doc, item_frame
+from services.delivery.store import DeliveryStore, Push, item_doc, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class Worker:
         items = [item_doc(env, now) for env in envs]
         stored = await self.store.store(items)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
-        frames: list[tuple[str, f.ServerFrames]] = []
+        frames: list[Push] = []
         sent = [
             d.get("sent_at")
             for d in stored
@@ -300,17 +300,17 @@ class Worker:
             else:
                 self.stored.labels(doc.get("kind", "message")).inc()
             if not doc.get("acked"):
-                frames.append((doc["user"], item_frame(doc)))
+                frames.append((doc["user"], doc["device"], item_frame(doc)))
             if doc.get("kind") != "message":
                 continue
             receipt = f.Stored(
                 id=doc["client_id"], server_id=doc["server_id"],
-                conversation=doc.get("conversation"), to=doc["user"],
+                conversation=doc.get("conversation"), to=doc["user"], device=doc["device"],
             )  # fmt: skip
-            frames.append((doc["from"], receipt))
+            frames.append((doc["from"], doc.get("from_device"), receipt))
         self.pushed.inc(await self.store.publish(frames))
         self._observe_latency(sent)
-        await self._sample_depth([d["user"] for d in stored])
+        await self._sample_depth([d["inbox"] for d in stored])
 
     def _observe_latency(self, sent_at: list[Any]) -> None:
         now_ms = time.time() * 1000
@@ -318,13 +318,13 @@ class Worker:
             if ms is not None:
                 self.e2e_latency.observe(max(now_ms - float(ms), 0.0) / 1000)
 
-    async def _sample_depth(self, users: list[str]) -> None:
-        """Inbox depths of this batch's recipients, at most every DEPTH_SAMPLE_S (PK reads)."""
-        if time.monotonic() < self._next_depth_sample or not users:
+    async def _sample_depth(self, inboxes: list[str]) -> None:
+        """Depths of this batch's device inboxes, at most every DEPTH_SAMPLE_S (PK reads)."""
+        if time.monotonic() < self._next_depth_sample or not inboxes:
             return
         self._next_depth_sample = time.monotonic() + DEPTH_SAMPLE_S
         try:
-            depths = await self.store.inbox_depths(users)
+            depths = await self.store.inbox_depths(inboxes)
         except Exception as exc:
             log.info("inbox depth not sampled", extra={"error": repr(exc)})
             return
@@ -333,7 +333,12 @@ class Worker:
 
     async def _remember_contacts(self, docs: list[dict[str, Any]]) -> None:
         """Record who talks to whom, skipping pairs this worker recorded recently."""
-        pairs = {p for d in docs for p in ((d["user"], d["from"]), (d["from"], d["user"]))}
+        pairs = set()
+        for d in docs:
+            if d["user"] == d["from"]:
+                continue  # a copy for the sender's own other device
+            pairs.add((d["inbox"], d["from"]))
+            pairs.add((e.inbox_id(d["from"], int(d.get("from_device") or 1)), d["user"]))
         fresh = [p for p in pairs if p not in self._known_pairs]
         if not fresh:
             return
@@ -344,7 +349,7 @@ class Worker:
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[Record]) -> None:
-        frames: list[tuple[str, f.ServerFrames]] = []
+        frames: list[Push] = []
         for record in records:
             try:
                 event = e.decode_event(record.value or b"")
@@ -358,13 +363,16 @@ class Worker:
                     kem_one_time=event.kem_one_time, threshold=event.threshold,
                     event_id=event.event_id,
                 )  # fmt: skip
-                frames.append((event.user_id, frame))
+                frames.append((event.user_id, event.device_id, frame))
+            elif isinstance(event, e.DeviceRemovedEvent):
+                dropped = await self.store.drop_inbox(e.inbox_id(event.user_id, event.device_id))
+                log.info("device inbox dropped", extra={"items": dropped})
             else:
                 await self._key_changed(event, record)
         self.pushed.inc(await self.store.publish(frames))
 
     async def _key_changed(self, event: e.KeyChangedEvent, record: Record) -> None:
-        """Queue a notice for every contact's inbox, keyed by that contact.
+        """Queue a notice for every device inbox that talked with the user, keyed by it.
 
         Only an inbox's own consumer writes to it (see handle_messages), so the
         notice takes its place in the contact's sequence like any message.
@@ -376,14 +384,17 @@ class Worker:
         event_id = f"key_changed:{record.topic}:{record.partition}:{record.offset}"
         producer = await self.producer.wait_ready(30)
         acks = []
-        for contact in contacts:
+        for inbox in contacts:
+            user, _, device = inbox.rpartition(".")
+            if not device.isdigit():
+                continue
             env = e.key_changed_notice(
-                sender=event.user_id, recipient=contact, client_id=f"{event_id}:{contact}",
-                device_id=event.device_id, identity=event.identity,
+                sender=event.user_id, recipient=user, recipient_device=int(device),
+                client_id=f"{event_id}:{inbox}", account_key=event.account_key,
             )  # fmt: skip
             acks.append(
                 await producer.send(
-                    self.topics.messages, e.encode(env), key=contact.encode(),
+                    self.topics.messages, e.encode(env), key=env.inbox.encode(),
                     headers=kafka_headers(),
                 )
             )  # fmt: skip

@@ -13,7 +13,7 @@ from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
 from services.common.state import REGISTRY, VERIFIER
-from services.gateway.directory import Directory
+from services.gateway.directory import DeviceLists, Directory
 from services.gateway.hub import Hub
 from services.gateway.routes import api, websocket
 from services.gateway.state import HUB
@@ -29,7 +29,10 @@ async def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         store = GatewayStore(settings, redis, kafka, http)
-        hub = Hub(store, app[REGISTRY], app[VERIFIER], Directory(settings, http))
+        hub = Hub(
+            store, app[REGISTRY], app[VERIFIER], Directory(settings, http),
+            DeviceLists(settings, http),
+        )  # fmt: skip
         app[HUB] = hub
         await hub.start()
         yield

@@ -64,6 +64,7 @@ class Connection:
         self.limits = hub.limits
         self.conn_id = secrets.token_hex(8)
         self.user_id: str | None = None
+        self.device_id: int | None = None
         self.sid: str | None = None
         self.token: str | None = None
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(self.limits.outbound_queue)
@@ -194,11 +195,17 @@ class Connection:
             if not isinstance(frame, f.Auth):
                 raise ApiError(ErrorCode.AUTH_REQUIRED, "The first frame must be `auth`.")
             claims = await self.hub.verify(frame.token)
+            if claims.did is None:
+                raise ApiError(
+                    ErrorCode.DEVICE_REQUIRED,
+                    "This session is not bound to a device: log in with a device id.",
+                )
         except ApiError as err:
             self.error(err, getattr(frame, "id", None))
             await self.close(f.CLOSE_AUTH_FAILED, err.code.value)
             return False
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
+        self.device_id = claims.did
         user_id_var.set(claims.sub)  # every line about this socket carries it
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
         await self.hub.register(self)
@@ -233,8 +240,8 @@ class Connection:
         elif isinstance(frame, f.Auth):
             # Re-authentication with a fresh token for the same user keeps the socket.
             claims = await self.hub.verify(frame.token)
-            if claims.sub != self.user_id:
-                raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user.")
+            if claims.sub != self.user_id or claims.did != self.device_id:
+                raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user's device.")
             self.sid, self.token = claims.sid, frame.token
             self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=False))
 
@@ -250,20 +257,23 @@ class Connection:
                 await self.close(f.CLOSE_FLOOD, ErrorCode.RATE_LIMITED.value)
                 return
             raise ApiError(ErrorCode.RATE_LIMITED, "Too many messages; slow down.")
-        assert self.user_id is not None and self.sid is not None
+        assert self.user_id is not None and self.sid is not None and self.device_id is not None
         await self.in_flight.acquire()
         try:
-            env, ack = await self.hub.submit(self.user_id, self.sid, self._token(), frame)
+            server_id, conversation, acks = await self.hub.submit(
+                self.user_id, self.device_id, self.sid, self._token(), frame
+            )
         except BaseException:
             self.in_flight.release()
             raise
-        self._spawn(self._accepted(ack, frame.id, env.server_id, env.conversation or ""))
+        self._spawn(self._accepted(acks, frame.id, server_id, conversation))
 
     async def _accepted(
-        self, ack: asyncio.Future[object], client_id: str, server_id: str, conversation: str
-    ) -> None:
+        self, acks: list[asyncio.Future[object]], client_id: str, server_id: str,
+        conversation: str,
+    ) -> None:  # fmt: skip
         try:
-            await ack
+            await asyncio.gather(*acks)
         except KafkaError:
             self.error(ApiError(ErrorCode.UNAVAILABLE, "The message was not accepted."), client_id)
             return

@@ -47,3 +47,49 @@ class Directory:
             self._known.clear()
         self._known[user_id] = (now, canonical)
         return canonical
+
+
+DEVICE_LIST_TTL_S = 5.0
+
+
+class DeviceLists:
+    """Each user's current device ids, from the key directory, cached briefly.
+
+    A cached list is forgotten when the key directory announces a change
+    (``devices_changed`` on the broadcast channel, see :class:`Hub`) and after
+    ``DEVICE_LIST_TTL_S`` in any case; a send that disagrees with a cached list
+    asks again before refusing (:meth:`current`), so a stale cache never
+    refuses a good send.
+    """
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self.base = settings.keys_url.rstrip("/")
+        self.session = session
+        self._cache: dict[str, tuple[float, frozenset[int]]] = {}
+
+    def forget(self, user_id: str) -> None:
+        self._cache.pop(user_id, None)
+
+    async def get(self, user_id: str, token: str, *, fresh: bool = False) -> frozenset[int]:
+        now = time.monotonic()
+        hit = self._cache.get(user_id)
+        if hit is not None and not fresh and now - hit[0] < DEVICE_LIST_TTL_S:
+            return hit[1]
+        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
+        try:
+            async with self.session.get(
+                f"{self.base}/keys/v1/users/{user_id}/devices", headers=headers
+            ) as resp:
+                if resp.status == 404:
+                    devices: frozenset[int] = frozenset()
+                elif resp.status != 200:
+                    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the device list now.")
+                else:
+                    body = await resp.json()
+                    devices = frozenset(int(d["device_id"]) for d in body["devices"])
+        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
+            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the device list now.") from None
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[user_id] = (now, devices)
+        return devices

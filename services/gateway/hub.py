@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 from parley_contract import PROTOCOL_VERSION
 from parley_contract import envelopes as e
 from parley_contract import frames as f
@@ -28,13 +29,27 @@ from redis.exceptions import RedisError
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
-from services.gateway.directory import Directory
+from services.gateway.directory import DeviceLists, Directory
 from services.gateway.store import GatewayStore
 
 if TYPE_CHECKING:
     from services.gateway.connection import Connection
 
 log = logging.getLogger(__name__)
+
+
+class DevicesChanged(ApiError):
+    """A send's copies do not match the current device lists: nothing was produced."""
+
+    def __init__(self, lists: list[f.DeviceList]) -> None:
+        super().__init__(
+            ErrorCode.DEVICES_CHANGED,
+            "The device lists changed: encrypt for the current devices and send again.",
+        )
+        self.lists = lists
+
+    def frame(self, answers: str | None = None) -> f.Error:
+        return msgspec.structs.replace(super().frame(answers), devices=self.lists)
 
 
 @dataclass(frozen=True)
@@ -65,11 +80,13 @@ class Hub:
         registry: CollectorRegistry,
         verifier: TokenVerifier,
         directory: Directory,
+        devices: DeviceLists,
     ) -> None:
         self.store = store
         self.settings = store.settings
         self.verifier = verifier
         self.directory = directory
+        self.devices = devices
         self.limits = Limits.from_settings(self.settings)
         self.by_user: dict[str, set[Connection]] = defaultdict(set)
         self.draining = False
@@ -159,20 +176,64 @@ class Hub:
         )  # fmt: skip
 
     async def submit(
-        self, user_id: str, sid: str, token: str, frame: f.Send
-    ) -> tuple[e.MessageEnvelope, asyncio.Future[object]]:
-        """Produce a client's message; returns its envelope and the broker's ack future.
+        self, user_id: str, device: int, sid: str, token: str, frame: f.Send
+    ) -> tuple[str, str, list[asyncio.Future[object]]]:
+        """Produce a client's message, one envelope per device copy; returns the server
+        id, the conversation and the broker's ack futures.
 
         The recipient is routed by the id the directory returns (a username or
-        another spelling of an id is never used as an inbox key).
+        another spelling of an id is never used as an inbox key). The copies
+        must cover exactly the recipient's devices and the sender's other
+        devices (docs/devices.md), or nothing is produced: ``devices_changed``
+        with the current lists.
         """
         recipient = await self.directory.require_user(frame.to, token)
-        env = e.message_envelope(
-            sender=user_id, sender_sid=sid, recipient=recipient, client_id=frame.id,
-            body=frame.body, commitment=frame.commitment,
-        )  # fmt: skip
-        log.debug("message submitted", extra={"message_id": env.server_id, "to": recipient})
-        return env, await self.store.enqueue(env)
+        if recipient == user_id:
+            raise ApiError(ErrorCode.BAD_REQUEST, "Send to another user; your other devices "
+                           "get their copies with every message you send.")  # fmt: skip
+        await self._check_copies(user_id, device, recipient, token, frame)
+        sent_at = e.now_ms()
+        envs = [
+            e.message_envelope(
+                sender=user_id,
+                sender_device=device,
+                sender_sid=sid,
+                peer=recipient,
+                user=recipient if copy.user == frame.to else user_id,
+                device=copy.device,
+                client_id=frame.id,
+                body=copy.body,
+                commitment=copy.commitment,
+                sent_at=sent_at,
+            )
+            for copy in frame.copies
+        ]
+        log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": recipient})
+        acks = [await self.store.enqueue(env) for env in envs]
+        return envs[0].server_id, envs[0].conversation or "", acks
+
+    async def _check_copies(
+        self, user_id: str, device: int, recipient: str, token: str, frame: f.Send
+    ) -> None:
+        wanted: dict[str, set[int]] = {recipient: set(), user_id: set()}
+        for copy in frame.copies:
+            user = recipient if copy.user in (frame.to, recipient) else copy.user
+            if user not in wanted:
+                raise ApiError(
+                    ErrorCode.VALIDATION_FAILED, "A copy is for the recipient or for yourself.",
+                    details=[{"field": "copies.user", "problem": "not the recipient or you"}],
+                )  # fmt: skip
+            wanted[user].add(copy.device)
+        for fresh in (False, True):
+            lists = {
+                recipient: await self.devices.get(recipient, token, fresh=fresh),
+                user_id: await self.devices.get(user_id, token, fresh=fresh) - {device},
+            }
+            if wanted[recipient] == lists[recipient] and wanted[user_id] == lists[user_id]:
+                return
+        if not lists[recipient]:
+            raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "That user has no device yet.")
+        raise DevicesChanged([f.DeviceList(user=u, devices=sorted(d)) for u, d in lists.items()])
 
     async def sync(self, token: str, after: int, limit: int) -> f.InboxPage:
         return await self.store.sync(token, after, min(limit, self.settings.sync_page_max))
@@ -262,19 +323,26 @@ class Hub:
             return
         frame = bytes(routed.frame)
         for conn in list(self.local(routed.to)):
-            conn.push_encoded(routed.op, frame)
+            if routed.device is None or conn.device_id == routed.device:
+                conn.push_encoded(routed.op, frame)
 
     async def _revoke(self, data: bytes) -> None:
         try:
             event = e.decode_revocation(data)
         except e.DecodeError:
             return
+        if isinstance(event, e.DevicesChanged):
+            self.devices.forget(event.user_id)
+            return
         blocked = isinstance(event, e.UserBlocked)
         code = ErrorCode.ACCOUNT_BLOCKED if blocked else ErrorCode.TOKEN_REVOKED
-        targets = [
-            c for c in self.local(event.user_id)
-            if isinstance(event, e.UserBlocked) or c.sid == event.sid
-        ]  # fmt: skip
+        conns = self.local(event.user_id)
+        if isinstance(event, e.SessionRevoked):
+            targets = [c for c in conns if c.sid == event.sid]
+        elif isinstance(event, e.DeviceRevoked):
+            targets = [c for c in conns if c.device_id == event.device]
+        else:
+            targets = list(conns)
         for conn in targets:
             conn.push(ApiError(code).frame())
         await asyncio.gather(

@@ -79,7 +79,7 @@ class GatewayStore:
             ack: asyncio.Future[object] = await producer.send(
                 self.topic,
                 e.encode(envelope),
-                key=envelope.to.encode(),
+                key=envelope.inbox.encode(),
                 headers=kafka_headers(),
             )
             return ack

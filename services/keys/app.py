@@ -14,6 +14,7 @@ from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.ratelimit import RateLimiter
 from services.common.state import REGISTRY
+from services.keys.accounts import keep_revocations, restore_revocations
 from services.keys.config import MIN_BODY_BYTES, KeysConfig
 from services.keys.events import EventPublisher
 from services.keys.metrics import KeysMetrics
@@ -42,14 +43,24 @@ async def create_app(settings: Settings, config: KeysConfig | None = None) -> we
         metrics=metrics,
     )
     app[KEYS] = keys
-    # Until the indexes exist, uniqueness would not hold: requests wait for them.
-    use_startup(app, store.ensure_indexes)
 
-    async def outbox(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(keys.events.run())
+    async def startup() -> None:
+        # Until the indexes exist, uniqueness would not hold; until the removed
+        # devices' revocations are back in Redis, their tokens would pass.
+        await store.ensure_indexes()
+        await restore_revocations(keys)
+
+    use_startup(app, startup)
+
+    async def background(_: web.Application) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(keys.events.run()),
+            asyncio.create_task(keep_revocations(keys)),
+        ]
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    app.cleanup_ctx.append(outbox)
+    app.cleanup_ctx.append(background)
     return app

@@ -1,6 +1,11 @@
 """Claiming a user's prekey bundles, and reading identities without claiming.
 
-A claim hands out, per device of the target user: the identity, the signed
+Only the devices of the target's current signed device list are served
+(services.keys.accounts), and every answer carries that list, its signature
+and the account key, so that the client checks each identity against the
+list itself: pending devices (registered, not yet listed) are invisible.
+
+A claim hands out, per listed device of the target user: the identity, the signed
 prekey, one one-time X25519 prekey (or none when they ran out) and one
 one-time ML-KEM prekey (or the last-resort one when they ran out). Each
 one-time prekey is taken with a single ``find_one_and_delete``, so no two
@@ -21,33 +26,25 @@ import logging
 from typing import Any
 
 from services.common.errors import ApiError, ErrorCode
-from services.keys import events, models
+from services.keys import accounts, events, models
 from services.keys.state import Keys
 from services.keys.store import Kind
 
 log = logging.getLogger(__name__)
 
 
-def _identity_not_found(user_id: str) -> ApiError:
-    return ApiError(
-        ErrorCode.IDENTITY_NOT_FOUND,
-        "This user has no registered device keys.",
-        details={"user_id": user_id},
-    )
-
-
 async def claim(
     keys: Keys, claimer: str, target: str, device_ids: set[int] | None = None
 ) -> models.Bundles:
-    """One bundle per device of ``target`` (or per device in ``device_ids``)."""
+    """One bundle per listed device of ``target`` (or per listed device in ``device_ids``)."""
     await _spend_claim(keys, claimer, target)
-    devices = await keys.store.list_devices(target)
-    if not devices:
-        raise _identity_not_found(target)
+    account = await accounts.current(keys, target)
+    listed = list(account.device_ids)
     if device_ids is not None:
-        devices = [d for d in devices if d["device_id"] in device_ids]
-        if not devices:
+        listed = [d for d in listed if d in device_ids]
+        if not listed:
             raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_ids": sorted(device_ids)})
+    devices = await keys.store.get_devices(target, listed)
     bundles = []
     for device in devices:
         bundle = await _claim_device(keys, target, device)
@@ -60,7 +57,7 @@ async def claim(
         )
     for claimed in bundles:
         await _notify_if_low(keys, target, claimed)
-    return models.Bundles(bundles=[b.bundle for b in bundles])
+    return models.Bundles(**account.listed(), bundles=[b.bundle for b in bundles])
 
 
 async def _spend_claim(keys: Keys, claimer: str, target: str) -> None:
@@ -156,12 +153,11 @@ async def _count(keys: Keys, kind: Kind, user_id: str, device_id: int, generatio
 
 
 async def identities(keys: Keys, user_id: str) -> models.UserIdentities:
-    """Every device's identity, claiming nothing (safety numbers, key-change checks)."""
-    devices = await keys.store.list_devices(user_id)
-    if not devices:
-        raise _identity_not_found(user_id)
+    """Every listed device's identity and the signed list, claiming nothing."""
+    account = await accounts.current(keys, user_id)
+    devices = await keys.store.get_devices(user_id, account.device_ids)
     return models.UserIdentities(
-        user_id=user_id,
+        **account.listed(),
         devices=[
             models.DeviceIdentity(
                 device_id=int(d["device_id"]),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.ratelimit import Limit
+
 # A full batch of 100 ML-KEM-768 prekeys is about 170 KB of JSON; the service
 # accepts at least this much body whatever PARLEY_MAX_BODY_BYTES says.
 MIN_BODY_BYTES = 256 * 1024
@@ -23,8 +25,18 @@ class KeysConfig:
     max_batch: int = MAX_BATCH
     # Unclaimed one-time prekeys a device may hold, per kind.
     max_stored: int = 1000
-    # Devices per user.
-    max_devices: int = 10
+    # Devices in an account's signed device list (docs/devices.md: Signal's number).
+    max_devices: int = 6
+    # Registered devices beyond that: pending devices waiting to be linked.
+    max_pending: int = 2
+    # A pending device registered this long ago is forgotten when the cap is reached.
+    pending_ttl_s: int = 86400
+    # A link code can be approved for this long.
+    link_ttl_s: int = 600
+    # New links per user (``COUNT/SECONDS``).
+    link_limit: Limit = Limit(10, 3600)  # noqa: RUF009 (a frozen value)
+    # How often each replica checks that Redis still holds the device revocations.
+    revocation_check_s: float = 30.0
     # Below this many one-time prekeys of either kind, ``prekeys_low`` is published.
     low_threshold: int = 10
     # ... at most once per this many seconds per device, until it uploads more.

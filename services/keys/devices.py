@@ -1,11 +1,17 @@
 """A device managing its own keys: identity, signed prekey, prekey uploads, counts, check.
 
 Every operation acts on the caller's own device (the user id comes from the
-access token, never from the request), so no one can touch another user's
+access token, never from the request; a device-bound session may only touch
+its own device, checked by the routes), so no one can touch another user's
 keys. A device must register its identity before anything else; everything
 signed is verified against that identity, and writes are compare-and-set on
 the device's ``generation`` so that a concurrent identity change can never
 leave a key signed by the old identity next to the new one.
+
+A registered device is **pending** until the account's signed device list
+names it (services.keys.accounts): nobody can claim its bundle or see its
+identity. A listed device's identity cannot change (the list names it) and
+it cannot be deleted here: a new list without it removes it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
 from services.common.errors import ApiError, ErrorCode
-from services.keys import events, models, verify
+from services.keys import accounts, models, verify
 from services.keys.state import Keys
 from services.keys.store import DuplicatePrekeyIds, Kind
 
@@ -47,22 +54,26 @@ async def device_or_404(keys: Keys, user_id: str, device_id: int) -> dict[str, A
 async def register_identity(
     keys: Keys, user_id: str, device_id: int, body: models.Identity
 ) -> models.IdentityRegistered:
-    """Register a device's identity; a different one replaces it (a reinstall).
+    """Register a device's identity (a pending device until a signed list names it).
 
-    Replacing is a key change: the old identity's prekeys are wiped and
-    ``key_changed`` is published so that contacts can be warned. The same
-    identity again changes nothing.
+    The same identity again changes nothing. A different identity replaces a
+    pending device's (a reinstall before it was linked: its old prekeys are
+    wiped); a listed device's identity cannot change (``conflict``: remove it
+    from the list, and link the reinstalled device under a new id). A removed
+    device's id cannot be registered again while its revocation lasts.
     """
     new = verify.identity(body).doc()
     store = keys.store
+    if await store.device_revoked(user_id, device_id):
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "This device was removed from the account; register under a new device id.",
+            details={"device_id": device_id},
+        )
     for _ in range(_CAS_ATTEMPTS):
         device = await store.get_device(user_id, device_id)
         if device is None:
-            if await store.count_devices(user_id) >= keys.config.max_devices:
-                raise ApiError(
-                    ErrorCode.TOO_MANY_DEVICES,
-                    f"A user may have at most {keys.config.max_devices} devices; remove one first.",
-                )
+            await _room_for_a_device(keys, user_id)
             try:
                 await store.insert_device(user_id, device_id, new)
             except DuplicateKeyError:
@@ -72,15 +83,53 @@ async def register_identity(
         old = device["identity"]
         if old["signing_key"] == new["signing_key"] and old["dh_key"] == new["dh_key"]:
             return models.IdentityRegistered(device_id=device_id, created=False, changed=False)
+        if device_id in await _listed(keys, user_id):
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                "This device is in the account's signed device list with another identity; "
+                "remove it from the list and link the new install as a new device.",
+                details={"device_id": device_id},
+            )
         generation = int(device["generation"])
         if not await store.replace_identity(user_id, device_id, generation, new):
             continue
         await store.delete_prekeys(user_id, device_id, below_generation=generation + 1)
         await store.forget_left(user_id, device_id)
-        log.info("identity key changed", extra={"user_id": user_id, "device_id": device_id})
-        await keys.events.publish(events.key_changed(user_id, device_id, new))
+        log.info("pending identity replaced", extra={"user_id": user_id, "device_id": device_id})
         return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
     raise _conflict()
+
+
+async def _listed(keys: Keys, user_id: str) -> tuple[int, ...]:
+    account = await accounts.get(keys, user_id)
+    return () if account is None else account.device_ids
+
+
+async def _room_for_a_device(keys: Keys, user_id: str) -> None:
+    """At most ``max_devices + max_pending`` registered devices (listed or pending).
+
+    When full, pending devices registered more than ``pending_ttl_s`` ago (an
+    abandoned link) are forgotten first.
+    """
+    store, config = keys.store, keys.config
+    cap = config.max_devices + config.max_pending
+    if await store.count_devices(user_id) < cap:
+        return
+    listed = set(await _listed(keys, user_id))
+    stale_before = time.time() - config.pending_ttl_s
+    for device in await store.list_devices(user_id):
+        device_id = int(device["device_id"])
+        if device_id not in listed and float(device.get("created_at", 0)) < stale_before:
+            await store.delete_device(user_id, device_id)
+            await store.forget_left(user_id, device_id)
+            log.info("stale pending device forgotten", extra={"device_id": device_id})
+    if await store.count_devices(user_id) >= cap:
+        raise ApiError(
+            ErrorCode.TOO_MANY_DEVICES,
+            f"An account has at most {config.max_devices} devices and {config.max_pending} "
+            "waiting to be linked; remove one first.",
+            details={"max_devices": config.max_devices, "max_pending": config.max_pending},
+        )
 
 
 async def _set_signed_key(
@@ -237,6 +286,13 @@ async def check(
 
 
 async def delete(keys: Keys, user_id: str, device_id: int) -> None:
+    """Delete a pending device and its keys (a listed one leaves through a new list)."""
+    if device_id in await _listed(keys, user_id):
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "This device is in the account's signed device list: publish a list without it.",
+            details={"device_id": device_id},
+        )
     if not await keys.store.delete_device(user_id, device_id):
         raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_id": device_id})
     await keys.store.forget_left(user_id, device_id)

@@ -1,14 +1,19 @@
 """Events the key directory publishes on ``<topic_prefix>events`` (docs/keys.md, "Events").
 
+Each is a contract model (``parley_contract.envelopes``: ``Event``):
+
+``prekeys_low``     {"type", "user_id", "device_id", "one_time", "kem_one_time", "threshold",
+                    "event_id"}: a device should upload prekeys.
+``key_changed``     {"type", "user_id", "account_key", "event_id"}: the user registered
+                    a different account identity key (a reset: every device was lost).
+``device_removed``  {"type", "user_id", "device_id", "event_id"}: a device left the
+                    account's device list (delivery drops its inbox).
+
 Delivery is at least once: an event is written to the ``outbox`` collection
 first, then produced to Kafka; the outbox entry is deleted only after Kafka's
 ack. Entries that were not confirmed (broker down, process killed) are sent
-again by :meth:`EventPublisher.run`, on any replica. Consumers treat both
-events as idempotent notifications.
-
-``prekeys_low``  {"type", "user_id", "device_id", "one_time", "kem_one_time", "threshold",
-                 "event_id"}
-``key_changed``  {"type", "user_id", "device_id", "identity": {...}, "event_id"}
+again by :meth:`EventPublisher.run`, on any replica. Consumers treat every
+event as an idempotent notification.
 
 ``event_id`` is the same on every redelivery of one event, so a consumer
 that must not act twice (storing a notice per contact) can deduplicate on it.
@@ -23,33 +28,35 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
+
+import msgspec
+from parley_contract import envelopes as e
 
 from services.common.logging import kafka_headers
 from services.keys.config import KeysConfig
-from services.keys.store import KeyStore, encode_event
+from services.keys.store import KeyStore
 
 log = logging.getLogger(__name__)
-
-PREKEYS_LOW = "prekeys_low"
-KEY_CHANGED = "key_changed"
 
 
 def prekeys_low(
     user_id: str, device_id: int, one_time: int, kem_one_time: int, threshold: int
-) -> dict[str, Any]:
-    return {
-        "type": PREKEYS_LOW,
-        "user_id": user_id,
-        "device_id": device_id,
-        "one_time": one_time,
-        "kem_one_time": kem_one_time,
-        "threshold": threshold,
-    }
+) -> e.PrekeysLowEvent:
+    return e.PrekeysLowEvent(
+        user_id=user_id,
+        device_id=device_id,
+        one_time=one_time,
+        kem_one_time=kem_one_time,
+        threshold=threshold,
+    )
 
 
-def key_changed(user_id: str, device_id: int, identity: dict[str, str]) -> dict[str, Any]:
-    return {"type": KEY_CHANGED, "user_id": user_id, "device_id": device_id, "identity": identity}
+def key_changed(user_id: str, account_key: str) -> e.KeyChangedEvent:
+    return e.KeyChangedEvent(user_id=user_id, account_key=account_key)
+
+
+def device_removed(user_id: str, device_id: int) -> e.DeviceRemovedEvent:
+    return e.DeviceRemovedEvent(user_id=user_id, device_id=device_id)
 
 
 class EventPublisher:
@@ -57,10 +64,13 @@ class EventPublisher:
         self.store = store
         self.config = config
 
-    async def publish(self, event: dict[str, Any]) -> None:
-        """Record the event, then try to send it now; the outbox retries if that fails."""
-        key = str(event["user_id"])
-        value = encode_event({**event, "event_id": secrets.token_hex(12)})
+    async def publish(self, event: e.Event) -> None:
+        """Record the event (with a fresh ``event_id``), then try to send it now."""
+        with_id = msgspec.structs.replace(event, event_id=secrets.token_hex(12))
+        await self.publish_encoded(event.user_id, e.encode(with_id))
+
+    async def publish_encoded(self, key: str, value: bytes) -> None:
+        """Record an encoded event, then try to send it now; the outbox retries if that fails."""
         headers = kafka_headers()
         # Leased from the start, so that the drain loop leaves it to us for now.
         entry = await self.store.outbox_add(

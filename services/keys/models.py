@@ -12,10 +12,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.common.auth import MAX_USER_ID
 from services.keys.config import MAX_BATCH
 
 U32_MAX = 2**32 - 1
 DEVICE_ID_MAX = 2**31 - 1
+VERSION_MAX = 2**31 - 1
+NAME_MAX = 64
 
 PrekeyId = Annotated[int, Field(strict=True, ge=0, le=U32_MAX)]
 # Bounds on the encoded text only (1184 bytes of ML-KEM key are 1579 characters);
@@ -25,6 +28,23 @@ B64 = Annotated[str, Field(max_length=2048, description="base64url, no padding")
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Exact(BaseModel):
+    """Signed JSON: every member is covered by the signature, so no other is allowed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DeviceId = Annotated[int, Field(strict=True, ge=1, le=DEVICE_ID_MAX)]
+DeviceName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=NAME_MAX,
+        description="1 to 64 characters (code points), no control characters",
+    ),
+]
 
 
 class Identity(_Model):
@@ -74,7 +94,84 @@ class KeysCheck(_Model):
     )
 
 
+class DeviceListEntry(_Exact):
+    device_id: DeviceId
+    name: DeviceName
+    signing_key: B64 = Field(description="the device's Ed25519 identity signing key (32 bytes)")
+    dh_key: B64 = Field(description="the device's X25519 identity DH key (32 bytes)")
+
+
+class DeviceList(_Exact):
+    """An account's devices, signed by its account key over
+    ``b"parley-v1/device-list" || canonical JSON`` (docs/crypto.md)."""
+
+    user_id: Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)]
+    version: Annotated[int, Field(strict=True, ge=1, le=VERSION_MAX)]
+    devices: list[DeviceListEntry] = Field(
+        description="In ascending device_id order, each id once."
+    )
+
+
+class SignedDeviceList(_Model):
+    device_list: DeviceList
+    signature: B64 = Field(description="Ed25519 by the account key (64 bytes)")
+
+
+class AccountRegistration(SignedDeviceList):
+    """First registration of the account key, or a reset (another key)."""
+
+    account_key: B64 = Field(description="the account identity key, Ed25519 (32 bytes)")
+
+
+class LinkCreate(_Model):
+    link_id: B64 = Field(description="8 random bytes, base64url (the start of the link code)")
+    device_id: DeviceId
+    name: DeviceName
+
+
+class LinkApproval(_Model):
+    sealed: str = Field(
+        max_length=16384,
+        description="F_pub || nonce || AES-256-GCM ciphertext (docs/crypto.md, linking)",
+    )
+
+
 # Responses.
+
+
+class AccountRegistered(_Model):
+    version: int
+    created: bool = Field(description="The account key was registered for the first time.")
+    changed: bool = Field(description="A different account key replaced the old one (a reset).")
+
+
+class DeviceListUpdated(_Model):
+    version: int
+    removed: list[int] = Field(description="Devices dropped from the list, now removed.")
+
+
+class DeviceSummary(_Model):
+    device_id: int
+    name: str
+
+
+class _Listed(_Model):
+    user_id: str
+    account_key: str = Field(description="the account identity key (base64url, 32 bytes)")
+    device_list: DeviceList
+    signature: str
+
+
+class UserDevices(_Listed):
+    devices: list[DeviceSummary] = Field(description="The list's ids and names (a copy).")
+
+
+class LinkState(_Model):
+    link_id: str
+    device_id: int
+    name: str
+    identity: Identity = Field(description="the new (pending) device's identity")
+    approval: LinkApproval | None
 
 
 class IdentityRegistered(_Model):
@@ -116,7 +213,9 @@ class Bundle(_Model):
     kem_prekey: ClaimedKemPrekey
 
 
-class Bundles(_Model):
+class Bundles(_Listed):
+    """The bundles of listed devices, with the signed list to check them against."""
+
     bundles: list[Bundle]
 
 
@@ -125,6 +224,5 @@ class DeviceIdentity(_Model):
     identity: Identity
 
 
-class UserIdentities(_Model):
-    user_id: str
+class UserIdentities(_Listed):
     devices: list[DeviceIdentity]

@@ -4,8 +4,11 @@ Every route needs a token: the route decorator (services.common.openapi)
 checks it before the body and hands the handler ``claims=``.
 
 ``/keys/v1/devices/{device_id}/...`` always means a device of the caller
-(the user id comes from the access token); ``/keys/v1/users/{user_id}/...``
-reads (and claims) another user's keys. docs/keys.md describes every route.
+(the user id comes from the access token; a session bound to a device, with
+``did``, may only address that device); ``/keys/v1/users/{user_id}/...``
+reads (and claims) another user's keys; ``/keys/v1/account``,
+``/keys/v1/device-list`` and ``/keys/v1/links`` are the caller's account.
+docs/keys.md describes every route.
 """
 
 from __future__ import annotations
@@ -16,22 +19,24 @@ from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import json_response
 from services.common.openapi import Api
-from services.keys import bundles, devices, models
+from services.keys import accounts, bundles, devices, links, models
 from services.keys.state import KEYS
 
 api = Api(
     "Parley keys",
     "0.1.0",
-    "The key directory: device identity keys, signed prekeys, one-time X25519 and "
-    "ML-KEM-768 prekeys, and single-use prekey bundles. Binary values are base64url "
-    "without padding. See docs/keys.md.",
+    "The key directory: account keys and signed device lists, device identity keys, "
+    "signed prekeys, one-time X25519 and ML-KEM-768 prekeys, single-use prekey bundles, "
+    "and links for new devices. Binary values are base64url without padding. "
+    "See docs/keys.md.",
 )
 
 DEVICE = "/v1/devices/{device_id}"
 USER = "/v1/users/{user_id}"
+LINKS = "/v1/links"
 
 _E = ErrorCode
-_KEY_ERRORS = [_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.DEVICE_NOT_FOUND, _E.CONFLICT]
+_KEY_ERRORS = [_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.DEVICE_NOT_FOUND, _E.CONFLICT, _E.FORBIDDEN]
 _BATCH_ERRORS = [*_KEY_ERRORS, _E.BATCH_TOO_LARGE, _E.DUPLICATE_PREKEY, _E.TOO_MANY_PREKEYS]
 
 
@@ -51,6 +56,19 @@ def device_id_of(request: web.Request) -> int:
     return _device_id(request.match_info["device_id"])
 
 
+def own_device(request: web.Request, claims: Claims) -> int:
+    """The ``{device_id}`` of a device route: any of the caller's devices, or, for a
+    session bound to a device (``did``), that device only (403 ``forbidden``)."""
+    device_id = device_id_of(request)
+    if claims.did is not None and claims.did != device_id:
+        raise ApiError(
+            _E.FORBIDDEN,
+            "This session belongs to another device of the account.",
+            details={"device_id": device_id},
+        )
+    return device_id
+
+
 def user_id_of(request: web.Request) -> str:
     user_id = request.match_info["user_id"]
     if not 0 < len(user_id) <= MAX_USER_ID or not user_id.isprintable():
@@ -68,13 +86,13 @@ def user_id_of(request: web.Request) -> str:
     body=models.Identity,
     response=models.IdentityRegistered,
     auth=True,
-    errors=[_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.TOO_MANY_DEVICES, _E.CONFLICT],
+    errors=[_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.TOO_MANY_DEVICES, _E.CONFLICT, _E.FORBIDDEN],
     tags=["devices"],
 )
 async def put_identity(
     request: web.Request, claims: Claims, body: models.Identity
 ) -> models.IdentityRegistered:
-    device_id = device_id_of(request)
+    device_id = own_device(request, claims)
     return await devices.register_identity(request.app[KEYS], claims.user_id, device_id, body)
 
 
@@ -90,7 +108,7 @@ async def put_identity(
 async def put_signed_prekey(
     request: web.Request, claims: Claims, body: models.SignedPrekey
 ) -> None:
-    device_id = device_id_of(request)
+    device_id = own_device(request, claims)
     await devices.set_signed_prekey(request.app[KEYS], claims.user_id, device_id, body)
 
 
@@ -107,7 +125,7 @@ async def put_signed_prekey(
 async def post_one_time(
     request: web.Request, claims: Claims, body: models.OneTimePrekeyBatch
 ) -> models.Stored:
-    device_id = device_id_of(request)
+    device_id = own_device(request, claims)
     return await devices.upload_one_time(request.app[KEYS], claims.user_id, device_id, body.prekeys)
 
 
@@ -124,7 +142,7 @@ async def post_one_time(
 async def post_kem(
     request: web.Request, claims: Claims, body: models.KemPrekeyBatch
 ) -> models.Stored:
-    device_id = device_id_of(request)
+    device_id = own_device(request, claims)
     return await devices.upload_kem(request.app[KEYS], claims.user_id, device_id, body.prekeys)
 
 
@@ -138,7 +156,7 @@ async def post_kem(
     tags=["devices"],
 )
 async def put_last_resort(request: web.Request, claims: Claims, body: models.KemPrekey) -> None:
-    device_id = device_id_of(request)
+    device_id = own_device(request, claims)
     await devices.set_last_resort(request.app[KEYS], claims.user_id, device_id, body)
 
 
@@ -147,11 +165,11 @@ async def put_last_resort(request: web.Request, claims: Claims, body: models.Kem
     summary="How many one-time prekeys of each kind this device still has",
     response=models.Counts,
     auth=True,
-    errors=[_E.DEVICE_NOT_FOUND],
+    errors=[_E.DEVICE_NOT_FOUND, _E.FORBIDDEN],
     tags=["devices"],
 )
 async def get_counts(request: web.Request, claims: Claims) -> models.Counts:
-    return await devices.counts(request.app[KEYS], claims.user_id, device_id_of(request))
+    return await devices.counts(request.app[KEYS], claims.user_id, own_device(request, claims))
 
 
 @api.post(
@@ -160,34 +178,34 @@ async def get_counts(request: web.Request, claims: Claims) -> models.Counts:
     body=models.KeysCheck,
     response=models.KeysCheckResult,
     auth=True,
-    errors=[_E.INVALID_KEY, _E.DEVICE_NOT_FOUND],
+    errors=[_E.INVALID_KEY, _E.DEVICE_NOT_FOUND, _E.FORBIDDEN],
     tags=["devices"],
 )
 async def post_check(
     request: web.Request, claims: Claims, body: models.KeysCheck
 ) -> models.KeysCheckResult:
-    device_id = device_id_of(request)
+    device_id = own_device(request, claims)
     return await devices.check(request.app[KEYS], claims.user_id, device_id, body)
 
 
 @api.delete(
     DEVICE,
-    summary="Remove this device and all its keys",
+    summary="Remove this pending device and all its keys (a listed one: publish a new list)",
     status=204,
     auth=True,
-    errors=[_E.DEVICE_NOT_FOUND],
+    errors=[_E.DEVICE_NOT_FOUND, _E.FORBIDDEN, _E.CONFLICT],
     tags=["devices"],
 )
 async def delete_device(request: web.Request, claims: Claims) -> None:
-    await devices.delete(request.app[KEYS], claims.user_id, device_id_of(request))
+    await devices.delete(request.app[KEYS], claims.user_id, own_device(request, claims))
 
 
 @api.delete(
     USER + "/devices/{device_id}",
-    summary="Remove a device of a user (the user themself or an admin)",
+    summary="Remove a pending device of a user (the user themself or an admin)",
     status=204,
     auth=True,
-    errors=[_E.FORBIDDEN, _E.DEVICE_NOT_FOUND],
+    errors=[_E.FORBIDDEN, _E.DEVICE_NOT_FOUND, _E.CONFLICT],
     tags=["users"],
 )
 async def delete_user_device(request: web.Request, claims: Claims) -> None:
@@ -198,8 +216,20 @@ async def delete_user_device(request: web.Request, claims: Claims) -> None:
 
 
 @api.get(
+    USER + "/devices",
+    summary="A user's account key and signed device list",
+    response=models.UserDevices,
+    auth=True,
+    errors=[_E.IDENTITY_NOT_FOUND],
+    tags=["users"],
+)
+async def get_devices(request: web.Request, claims: Claims) -> models.UserDevices:
+    return await accounts.user_devices(request.app[KEYS], user_id_of(request))
+
+
+@api.get(
     USER + "/bundles",
-    summary="Claim a prekey bundle for each device of a user (rate-limited per pair)",
+    summary="Claim a prekey bundle for each listed device of a user (rate-limited per pair)",
     response=models.Bundles,
     auth=True,
     errors=[
@@ -226,7 +256,7 @@ async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
 
 @api.get(
     USER + "/identity",
-    summary="Read a user's device identities without claiming anything",
+    summary="Read a user's listed device identities without claiming anything",
     response=models.UserIdentities,
     auth=True,
     errors=[_E.IDENTITY_NOT_FOUND],
@@ -234,3 +264,93 @@ async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
 )
 async def get_identity(request: web.Request, claims: Claims) -> models.UserIdentities:
     return await bundles.identities(request.app[KEYS], user_id_of(request))
+
+
+# The caller's account: account key, device list, links.
+
+
+@api.put(
+    "/v1/account",
+    summary="Register the account key with a first device list, or reset it (another key)",
+    body=models.AccountRegistration,
+    response=models.AccountRegistered,
+    auth=True,
+    errors=[
+        _E.INVALID_KEY,
+        _E.INVALID_SIGNATURE,
+        _E.TOO_MANY_DEVICES,
+        _E.FORBIDDEN,
+        _E.CONFLICT,
+    ],
+    tags=["account"],
+)
+async def put_account(
+    request: web.Request, claims: Claims, body: models.AccountRegistration
+) -> models.AccountRegistered:
+    return await accounts.register(request.app[KEYS], claims.user_id, body)
+
+
+@api.put(
+    "/v1/device-list",
+    summary="Publish the next version of the device list (dropped devices are removed)",
+    body=models.SignedDeviceList,
+    response=models.DeviceListUpdated,
+    auth=True,
+    errors=[
+        _E.INVALID_KEY,
+        _E.INVALID_SIGNATURE,
+        _E.TOO_MANY_DEVICES,
+        _E.IDENTITY_NOT_FOUND,
+        _E.FORBIDDEN,
+        _E.CONFLICT,
+    ],
+    tags=["account"],
+)
+async def put_device_list(
+    request: web.Request, claims: Claims, body: models.SignedDeviceList
+) -> models.DeviceListUpdated:
+    return await accounts.update_list(request.app[KEYS], claims.user_id, body)
+
+
+@api.post(
+    LINKS,
+    summary="Post a link for this (pending) device, to be approved by another device",
+    body=models.LinkCreate,
+    response=models.LinkState,
+    status=201,
+    auth=True,
+    errors=[_E.DEVICE_NOT_FOUND, _E.FORBIDDEN, _E.CONFLICT, _E.RATE_LIMITED],
+    tags=["links"],
+)
+async def post_link(
+    request: web.Request, claims: Claims, body: models.LinkCreate
+) -> models.LinkState:
+    return await links.create(request.app[KEYS], claims, body)
+
+
+@api.get(
+    LINKS + "/{link_id}",
+    summary="Read a link of this account (and its approval, once there is one)",
+    response=models.LinkState,
+    auth=True,
+    errors=[_E.NOT_FOUND],
+    tags=["links"],
+)
+async def get_link(request: web.Request, claims: Claims) -> web.Response:
+    state = await links.read(request.app[KEYS], claims, request.match_info["link_id"])
+    return json_response(state, headers={"Cache-Control": "no-store"})
+
+
+@api.put(
+    LINKS + "/{link_id}/approval",
+    summary="Approve a link: the sealed account key for the new device (once)",
+    body=models.LinkApproval,
+    status=204,
+    auth=True,
+    errors=[_E.NOT_FOUND, _E.INVALID_KEY, _E.FORBIDDEN, _E.CONFLICT],
+    tags=["links"],
+)
+async def put_link_approval(
+    request: web.Request, claims: Claims, body: models.LinkApproval
+) -> None:
+    await links.approve(request.app[KEYS], claims, request.match_info["link_id"], body)

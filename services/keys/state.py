@@ -18,7 +18,8 @@ class Keys:
     store: KeyStore
     config: KeysConfig
     events: EventPublisher
-    # The claim limit per (claimer, target): keys <redis_prefix>:keys:rl:claims:<hash>.
+    # The claim limit per (claimer, target) and the link limit per user:
+    # keys <redis_prefix>:keys:rl:<claims|links>:<hash>.
     limiter: RateLimiter
     metrics: KeysMetrics
 

@@ -8,6 +8,16 @@ Collections (database ``<db_prefix>keys``), see docs/keys.md "Storage":
 ``one_time_prekeys``  one document per one-time X25519 prekey.
 ``kem_prekeys``       one document per one-time ML-KEM-768 prekey.
 ``outbox``            events not yet confirmed by Kafka.
+``accounts``          one document per user: the account key and the current
+                      signed device list (``generation`` moves on with every
+                      write; ``removing`` lists dropped devices whose removal
+                      is not finished yet).
+``revocations``       removed devices, so that their Redis revocation keys can
+                      be restored after a Redis restart.
+
+Redis, besides the estimates below: links (``<prefix>:keys:link:...``, a hash
+with a TTL), and the device revocation keys of services.common.auth, announced
+on the revocation channel.
 
 Correctness never rests on a multi-document transaction (the embedded server
 has none that isolate): single-use claims are one ``find_one_and_delete``;
@@ -27,16 +37,16 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from bson import ObjectId
+from parley_contract import envelopes as e
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from services.common.auth import MAX_USER_ID
+from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
 
@@ -99,6 +109,20 @@ class DuplicatePrekeyIds(Exception):
     """A concurrent upload stored one of these ids first; this batch was removed."""
 
 
+# A link: a hash {device_id, name[, approval]} that expires. Created only if
+# absent; approved only while it exists, and only once (HSETNX).
+_LINK_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'device_id', ARGV[1], 'name', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+_LINK_APPROVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HSETNX', KEYS[1], 'approval', ARGV[1])
+"""
+
+
 class KeyStore:
     def __init__(
         self,
@@ -114,11 +138,18 @@ class KeyStore:
             Kind.KEM: db["kem_prekeys"],
         }
         self.outbox: AsyncCollection[Doc] = db["outbox"]
+        self.accounts: AsyncCollection[Doc] = db["accounts"]
+        self.revocations: AsyncCollection[Doc] = db["revocations"]
         self.redis = redis
         self.kafka = kafka
         self.topic = Topics(settings).events
         self.send_timeout_s = max(settings.dependency_timeout_ms, 5000) / 1000
+        self.redis_prefix = settings.redis_prefix
         self.prefix = f"{settings.redis_prefix}:keys"
+        # A removed device's tokens are refused for as long as a refresh token lives.
+        self.revocation_ttl_s = settings.refresh_token_ttl_s
+        self._link_create = redis.register_script(_LINK_CREATE)
+        self._link_approve = redis.register_script(_LINK_APPROVE)
 
     # Indexes.
 
@@ -128,6 +159,42 @@ class KeyStore:
         Devices and prekeys need none beyond ``_id``: see :func:`device_key`.
         """
         await self.outbox.create_index([("due", ASCENDING)])
+        await self.revocations.create_index([("expires_at", ASCENDING)])
+
+    # Accounts: the account key and its signed device list.
+
+    async def get_account(self, user_id: str) -> Doc | None:
+        return await self.accounts.find_one({"_id": user_key(user_id)})
+
+    async def insert_account(self, user_id: str, fields: Doc) -> None:
+        """The first account key and list; DuplicateKeyError if the user has one."""
+        now = time.time()
+        await self.accounts.insert_one(
+            {
+                "_id": user_key(user_id),
+                "user_id": user_id,
+                "generation": 1,
+                **fields,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+
+    async def replace_account(self, user_id: str, generation: int, fields: Doc) -> bool:
+        """Write a new list (and key) if nobody wrote since ``generation`` was read."""
+        result = await self.accounts.update_one(
+            {"_id": user_key(user_id), "generation": generation},
+            {"$set": {**fields, "updated_at": time.time()}, "$inc": {"generation": 1}},
+        )
+        return result.matched_count == 1
+
+    async def removals_done(self, user_id: str, generation: int) -> bool:
+        """Clear ``removing`` unless someone wrote since (they carried it on)."""
+        result = await self.accounts.update_one(
+            {"_id": user_key(user_id), "generation": generation},
+            {"$set": {"removing": []}},
+        )
+        return result.matched_count == 1
 
     # Devices.
 
@@ -137,6 +204,14 @@ class KeyStore:
     async def list_devices(self, user_id: str) -> list[Doc]:
         cursor = self.devices.find({"_id": _prefixed(user_key(user_id))}).sort("_id", ASCENDING)
         return await cursor.to_list()
+
+    async def get_devices(self, user_id: str, device_ids: Sequence[int]) -> list[Doc]:
+        """These devices of the user (those that exist), in ascending id order."""
+        if not device_ids:
+            return []
+        keys = [device_key(user_id, d) for d in device_ids]
+        docs = await self.devices.find({"_id": {"$in": keys}}).to_list()
+        return sorted(docs, key=lambda d: int(d["device_id"]))
 
     async def count_devices(self, user_id: str) -> int:
         return await self._count(self.devices, {"_id": _prefixed(user_key(user_id))})
@@ -332,6 +407,101 @@ class KeyStore:
         key = self._low_key(user_id, device_id)
         return bool(await self.redis.set(key, b"1", nx=True, ex=ttl_s))
 
+    # Removed devices: revocation (Redis, restored from MongoDB) and broadcasts.
+
+    def revocation_key(self, user_id: str, device_id: int) -> str:
+        return device_revocation_key(self.redis_prefix, user_id, device_id)
+
+    def _restored_key(self) -> str:
+        return f"{self.prefix}:revocations-restored"
+
+    async def revoke_device(self, user_id: str, device_id: int) -> None:
+        """Refuse the device's tokens everywhere, for as long as a refresh token lives.
+
+        Recorded in MongoDB first, so that a Redis restart cannot forget it
+        (:meth:`restore_revocations`).
+        """
+        key = self.revocation_key(user_id, device_id)
+        expires_at = time.time() + self.revocation_ttl_s
+        await self.revocations.update_one(
+            {"_id": key},
+            {"$set": {"user_id": user_id, "device_id": device_id, "expires_at": expires_at}},
+            upsert=True,
+        )
+        await self.redis.set(key, b"1", ex=self.revocation_ttl_s)
+
+    async def device_revoked(self, user_id: str, device_id: int) -> bool:
+        return bool(await self.redis.exists(self.revocation_key(user_id, device_id)))
+
+    async def restore_revocations(self) -> int:
+        """Put every live revocation back into Redis (after a restart); returns how many.
+
+        Reads only the revocations of the last refresh-token lifetime, and drops
+        the older ones. Then marks Redis as restored (:meth:`revocations_present`).
+        """
+        now = time.time()
+        await self.revocations.delete_many({"expires_at": {"$lte": now}})
+        restored = 0
+        cursor = self.revocations.find({"expires_at": {"$gt": now}}, batch_size=500)
+        batch: list[Doc] = []
+        async for doc in cursor:
+            batch.append(doc)
+            if len(batch) >= 500:
+                restored += await self._restore(batch, now)
+                batch = []
+        restored += await self._restore(batch, now)
+        await self.redis.set(self._restored_key(), b"1")
+        return restored
+
+    async def _restore(self, docs: Sequence[Doc], now: float) -> int:
+        if not docs:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc in docs:
+                pipe.set(doc["_id"], b"1", ex=max(1, int(doc["expires_at"] - now)))
+            await pipe.execute()
+        return len(docs)
+
+    async def revocations_present(self) -> bool:
+        """False once Redis lost the restored marker (it restarted): restore again."""
+        return bool(await self.redis.exists(self._restored_key()))
+
+    async def broadcast(self, message: e.Revocation) -> None:
+        """Tell every gateway (revocation channel): close a device's sockets, forget a list."""
+        await self.redis.publish(revocation_channel(self.redis_prefix), e.encode(message))
+
+    # Links: a pending device waiting for an existing device's approval.
+
+    def _link_key(self, user_id: str, link_id: str) -> str:
+        return f"{self.prefix}:link:{user_key(user_id)}:{link_id}"
+
+    async def create_link(
+        self, user_id: str, link_id: str, device_id: int, name: str, ttl_s: int
+    ) -> bool:
+        """False if the user already has a live link with this id."""
+        created = await self._link_create(
+            keys=[self._link_key(user_id, link_id)],
+            args=[device_id, name.encode(), int(ttl_s * 1000)],
+        )
+        return bool(created)
+
+    async def get_link(self, user_id: str, link_id: str) -> Doc | None:
+        reply = await self.redis.hgetall(self._link_key(user_id, link_id))
+        # The client answers bytes (decode_responses=False).
+        raw = {_text(k): _text(v) for k, v in reply.items()}
+        if "device_id" not in raw:
+            return None
+        return {
+            "link_id": link_id,
+            "device_id": int(raw["device_id"]),
+            "name": raw.get("name", ""),
+            "approval": raw.get("approval"),
+        }
+
+    async def approve_link(self, user_id: str, link_id: str, sealed: str) -> int:
+        """1: approved; 0: it already was; -1: no such live link."""
+        return int(await self._link_approve(keys=[self._link_key(user_id, link_id)], args=[sealed]))
+
     # Events: the outbox and Kafka.
 
     async def outbox_add(
@@ -384,5 +554,5 @@ class KeyStore:
         return True
 
 
-def encode_event(event: Doc) -> bytes:
-    return orjson.dumps(event)
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +31,17 @@ LABEL_SIGNED_PREKEY = b"parley-v1/signed-prekey"
 LABEL_KEM_ONE_TIME = b"parley-v1/kem-prekey/one-time"
 LABEL_KEM_LAST_RESORT = b"parley-v1/kem-prekey/last-resort"
 LABEL_KEYS_CHECK = b"parley-v1/keys-check"
+LABEL_DEVICE_LIST = b"parley-v1/device-list"
 
 ED25519_KEY_LEN = 32
 ED25519_SIG_LEN = 64
 X25519_KEY_LEN = 32
 MLKEM768_KEY_LEN = 1184
 DIGEST_LEN = 32
+LINK_ID_LEN = 8
+# A sealed link blob: F_pub (32) || nonce (12) || ciphertext with its 16-byte tag.
+SEALED_MIN_LEN = 60
+SEALED_MAX_LEN = 8192
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Any clamped X25519 scalar maps every small-order point to zero, which
@@ -80,13 +86,15 @@ def check_mlkem768(raw: bytes, field: str) -> None:
         raise _bad_key(field, "not a valid ML-KEM-768 encapsulation key") from None
 
 
-def verify_signature(signing_key: bytes, sig: bytes, message: bytes, field: str) -> None:
+def verify_signature(
+    signing_key: bytes, sig: bytes, message: bytes, field: str, by: str = "the identity signing key"
+) -> None:
     try:
         Ed25519PublicKey.from_public_bytes(signing_key).verify(sig, message)
     except (InvalidSignature, ValueError):
         raise ApiError(
             ErrorCode.INVALID_SIGNATURE,
-            f"{field}: the signature does not verify with the identity signing key.",
+            f"{field}: the signature does not verify with {by}.",
             details={"field": field},
         ) from None
 
@@ -212,3 +220,121 @@ def keys_digest(device: dict[str, Any]) -> bytes | None:
 
 def _raw(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# Device lists (docs/devices.md; the bytes of docs/crypto.md, "Device lists and linking").
+
+
+def _invalid(field: str, problem: str) -> ApiError:
+    return ApiError(
+        ErrorCode.VALIDATION_FAILED,
+        f"{field}: {problem}.",
+        details=[{"field": field, "problem": problem}],
+    )
+
+
+def check_text(value: str, field: str) -> str:
+    """A device name or user id of a device list: no control character, no surrogate
+    (pydantic checked the type and the length in code points)."""
+    for ch in value:
+        o = ord(ch)
+        if o < 0x20 or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xDFFF:
+            raise _invalid(field, "control characters are not allowed")
+    return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """UTF-8 JSON, keys sorted, no whitespace: what the account key signs (after the label)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedDeviceList:
+    """A device list whose structure was checked (not yet its signature)."""
+
+    user_id: str
+    version: int
+    # device id -> (name, signing key b64, DH key b64), in ascending id order
+    devices: dict[int, tuple[str, str, str]]
+    canonical: bytes
+
+    @property
+    def signed_bytes(self) -> bytes:
+        return LABEL_DEVICE_LIST + self.canonical
+
+    @property
+    def device_ids(self) -> list[int]:
+        return list(self.devices)
+
+    def text(self) -> str:
+        return self.canonical.decode("utf-8")
+
+
+def device_list(body: models.DeviceList, field: str = "device_list") -> VerifiedDeviceList:
+    """Check a device list's structure and compute its canonical bytes.
+
+    ``invalid_key`` for a badly encoded key, ``validation_failed`` for names with
+    control characters and devices out of order or repeated.
+    """
+    check_text(body.user_id, f"{field}.user_id")
+    devices: dict[int, tuple[str, str, str]] = {}
+    entries = []
+    previous = 0
+    for i, entry in enumerate(body.devices):
+        where = f"{field}.devices[{i}]"
+        if entry.device_id <= previous:
+            raise _invalid(where, "devices must be in ascending device_id order, each once")
+        previous = entry.device_id
+        check_text(entry.name, f"{where}.name")
+        b64decode(entry.signing_key, f"{where}.signing_key", ED25519_KEY_LEN)
+        b64decode(entry.dh_key, f"{where}.dh_key", X25519_KEY_LEN)
+        devices[entry.device_id] = (entry.name, entry.signing_key, entry.dh_key)
+        entries.append(
+            {
+                "device_id": entry.device_id,
+                "name": entry.name,
+                "signing_key": entry.signing_key,
+                "dh_key": entry.dh_key,
+            }
+        )
+    canonical = canonical_json(
+        {"user_id": body.user_id, "version": body.version, "devices": entries}
+    )
+    return VerifiedDeviceList(body.user_id, body.version, devices, canonical)
+
+
+def account_key(text: str, field: str = "account_key") -> bytes:
+    return b64decode(text, field, ED25519_KEY_LEN)
+
+
+def list_signature(
+    listed: VerifiedDeviceList, account_public: bytes, signature: str, field: str = "signature"
+) -> None:
+    """``invalid_key`` for a badly encoded signature, ``invalid_signature`` if the
+    account key did not sign this list."""
+    sig = b64decode(signature, field, ED25519_SIG_LEN)
+    verify_signature(account_public, sig, listed.signed_bytes, field, by="the account key")
+
+
+def link_id(text: str, field: str = "link_id") -> str:
+    """A link id (8 bytes, base64url): ``validation_failed`` otherwise (an identifier,
+    not a key). Returns the canonical text."""
+    try:
+        b64decode(text, field, LINK_ID_LEN)
+    except ApiError:
+        raise _invalid(field, "not a link id (8 bytes, base64url without padding)") from None
+    return text
+
+
+def sealed(text: str, field: str = "sealed") -> bytes:
+    """A sealed link blob: opaque to the server, but well encoded and of a sane size."""
+    if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
+        raise _bad_key(field, "not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64encode(data) != text:
+        raise _bad_key(field, "non-canonical base64url")
+    if not SEALED_MIN_LEN <= len(data) <= SEALED_MAX_LEN:
+        raise _bad_key(field, f"expected {SEALED_MIN_LEN} to {SEALED_MAX_LEN} bytes")
+    return data

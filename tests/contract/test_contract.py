@@ -34,15 +34,28 @@ def test_the_committed_json_schema_is_fresh() -> None:
         (b"{}", ErrorCode.UNKNOWN_OP, None),
         (b'{"op": "teleport"}', ErrorCode.UNKNOWN_OP, None),
         (b'{"op": 7}', ErrorCode.UNKNOWN_OP, None),
-        (b'{"op": "send", "id": "a", "to": "b"}', ErrorCode.VALIDATION_FAILED, "body"),
-        (b'{"op": "send", "id": "a", "to": "b", "body": "x", "cc": 1}',
+        (b'{"op": "send", "id": "a", "to": "b"}', ErrorCode.VALIDATION_FAILED, "copies"),
+        (b'{"op": "send", "id": "a", "to": "b", "copies": []}', ErrorCode.VALIDATION_FAILED,
+         "copies"),
+        (b'{"op": "send", "id": "a", "to": "b", "body": "x"}', ErrorCode.VALIDATION_FAILED,
+         "body"),
+        (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 1, "body": "x"}], "cc": 1}',
          ErrorCode.VALIDATION_FAILED, "cc"),
-        (b'{"op": "send", "id": "a b", "to": "b", "body": "x"}', ErrorCode.VALIDATION_FAILED, "id"),
-        (b'{"op": "send", "id": "", "to": "b", "body": "x"}', ErrorCode.VALIDATION_FAILED, "id"),
-        (b'{"op": "send", "id": "a", "to": "b/c", "body": "x"}', ErrorCode.VALIDATION_FAILED, "to"),
-        (b'{"op": "send", "id": "a", "to": "b", "body": "x+y="}',
-         ErrorCode.VALIDATION_FAILED, "body"),
-        (b'{"op": "send", "id": "a", "to": "b", "body": ""}', ErrorCode.VALIDATION_FAILED, "body"),
+        (b'{"op": "send", "id": "a b", "to": "b", "copies": [{"user": "b", "device": 1, "body": "x"}]}',
+         ErrorCode.VALIDATION_FAILED, "id"),
+        (b'{"op": "send", "id": "", "to": "b", "copies": [{"user": "b", "device": 1, "body": "x"}]}',
+         ErrorCode.VALIDATION_FAILED, "id"),
+        (b'{"op": "send", "id": "a", "to": "b/c", "copies": [{"user": "b", "device": 1, "body": "x"}]}',
+         ErrorCode.VALIDATION_FAILED, "to"),
+        (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 1, "body": "x+y="}]}',
+         ErrorCode.VALIDATION_FAILED, "copies[0].body"),
+        (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 1, "body": ""}]}',
+         ErrorCode.VALIDATION_FAILED, "copies[0].body"),
+        (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 0, '
+         b'"body": "x"}]}', ErrorCode.VALIDATION_FAILED, "copies[0].device"),
+        (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 1, '
+         b'"body": "x"}, {"user": "b", "device": 1, "body": "y"}]}',
+         ErrorCode.VALIDATION_FAILED, "copies"),
         (b'{"op": "ack", "seq": -1}', ErrorCode.VALIDATION_FAILED, "seq"),
         (b'{"op": "ack", "seq": true}', ErrorCode.VALIDATION_FAILED, "seq"),
         (b'{"op": "ack", "seq": 1.5}', ErrorCode.VALIDATION_FAILED, "seq"),
@@ -67,8 +80,11 @@ def test_bad_client_frames_fail_with_a_stable_code(
 def test_good_client_frames_parse_with_their_defaults() -> None:
     sync = f.decode_client_frame(b'{"op": "sync"}')
     assert sync == f.Sync(after=0, limit=100, id=None)
-    send = f.decode_client_frame(b'{"op":"send","id":"m-1","to":"u_1","body":"QUJD"}')
-    assert isinstance(send, f.Send) and send.commitment is None
+    send = f.decode_client_frame(
+        b'{"op":"send","id":"m-1","to":"u_1","copies":[{"user":"u_1","device":7,"body":"QUJD"}]}'
+    )
+    assert isinstance(send, f.Send) and send.copies[0].commitment is None
+    assert send.copies[0].device == 7
 
 
 def test_every_server_frame_round_trips() -> None:
@@ -76,11 +92,10 @@ def test_every_server_frame_round_trips() -> None:
         f.Ready(protocol=1, user_id="u", session_id="s", gateway="g",
                 limits=f.Limits(max_frame_bytes=1, sends_per_s=1.0, send_burst=1)),
         f.Accepted(id="a", server_id="s", conversation="dm:a:b"),
-        f.Stored(id="a", server_id="s", conversation=None, to="b"),
-        f.Delivered(id="a", server_id="s", conversation="dm:a:b", to="b"),
-        f.Message(seq=3, server_id="s", from_="a", body="QQ", sent_at=1),
-        f.KeyChanged(seq=4, server_id="s", user_id="a", device_id=1,
-                     identity=f.Identity(signing_key="k", dh_key="d", dh_sig="s")),
+        f.Stored(id="a", server_id="s", conversation=None, to="b", device=2),
+        f.Delivered(id="a", server_id="s", conversation="dm:a:b", to="b", device=2),
+        f.Message(seq=3, server_id="s", from_="a", from_device=1, body="QQ", sent_at=1),
+        f.KeyChanged(seq=4, server_id="s", user_id="a", account_key="aw"),
         f.PrekeysLow(user_id="u", device_id=1, one_time=1, kem_one_time=2, threshold=10),
         f.Synced(last=4, more=False, id="x"),
         f.Pong(id="p"),
@@ -88,6 +103,8 @@ def test_every_server_frame_round_trips() -> None:
         f.Resync(reason="routing_restored"),
         f.Error(code="rate_limited", message="slow down", id="a",
                 details=[f.FieldError(field="x", problem="y")]),
+        f.Error(code="devices_changed", message="m", id="a",
+                devices=[f.DeviceList(user="b", devices=[1, 2])]),
     ]  # fmt: skip
     assert {str(type(s).__struct_config__.tag) for s in samples} == set(f.SERVER_OPS)
     for frame in samples:
@@ -100,13 +117,18 @@ def test_every_server_frame_round_trips() -> None:
 
 
 def test_envelopes_and_routed_frames_round_trip() -> None:
-    env = e.message_envelope(sender="a", sender_sid="s", recipient="b", client_id="c",
-                             body="QQ", commitment=None)  # fmt: skip
+    env = e.message_envelope(sender="a", sender_device=3, sender_sid="s", peer="b", user="b",
+                             device=2, client_id="c", body="QQ", commitment=None)  # fmt: skip
     assert e.decode_envelope(e.encode(env)) == env
     assert env.conversation == e.conversation_id("b", "a")
-    routed = e.routed("b", e.item_frame(env, 9))
+    assert env.inbox == "b.2"
+    # Every copy and every resend of a message share one server id.
+    again = e.message_envelope(sender="a", sender_device=3, sender_sid="s", peer="b", user="a",
+                               device=5, client_id="c", body="Qg", commitment=None)  # fmt: skip
+    assert again.server_id == env.server_id and again.conversation == env.conversation
+    routed = e.routed("b", 2, e.item_frame(env, 9))
     raw = e.decode_routed(e.encode(routed))
-    assert raw.to == "b" and raw.op == "message"
+    assert raw.to == "b" and raw.device == 2 and raw.op == "message"
     assert f.decode_server_frame(bytes(raw.frame)) == e.item_frame(env, 9)
     with pytest.raises(e.DecodeError):
         e.decode_envelope(b'{"kind": "message", "v": 2}')  # a version we do not know

@@ -12,8 +12,9 @@ from parley.crypto import bundle as bundle_module
 from parley.crypto.bundle import KemPrekey, SignedPrekey
 from parley.crypto.encoding import b64decode, b64encode
 from parley.crypto.errors import InvalidSignature
-from parley.crypto.primitives import deterministic_random, ed25519_verify
+from parley.crypto.primitives import ed25519_verify
 
+from tests.crypto.drbg import deterministic_random
 from tests.crypto.helpers import claimed_bundle, load_vector
 
 

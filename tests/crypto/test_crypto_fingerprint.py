@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import hmac
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from parley.crypto import (
     BadCommitment,
+    CryptoError,
     Device,
     FrankingMismatch,
+    InvalidKeyLength,
+    InvalidSafetyNumber,
+    MalformedMessage,
     Session,
+    UnsupportedVersion,
     commitment_from_message,
     format_safety_number,
     franking,
@@ -20,8 +25,8 @@ from parley.crypto import (
     verify_report,
 )
 from parley.crypto.fingerprint import FINGERPRINT_ITERATIONS, fingerprint_digits
-from parley.crypto.primitives import deterministic_random
 
+from tests.crypto.drbg import deterministic_random
 from tests.crypto.helpers import claimed_bundle, load_vector, session_pair
 
 
@@ -53,8 +58,12 @@ def test_safety_number_is_symmetric_and_formatted() -> None:
     assert len(number_a) == 60 and number_a.isdigit()
     formatted = format_safety_number(number_a)
     assert len(formatted.split(" ")) == 12 and all(len(g) == 5 for g in formatted.split(" "))
-    with pytest.raises(ValueError):
-        format_safety_number("123")
+    for bad in ("123", "1" * 59 + "x", "1" * 61, ""):
+        with pytest.raises(InvalidSafetyNumber):
+            format_safety_number(bad)
+    assert issubclass(InvalidSafetyNumber, CryptoError)
+    with pytest.raises(TypeError):
+        format_safety_number(int("1" * 60))  # type: ignore[arg-type]
 
 
 def test_safety_number_changes_when_any_input_changes() -> None:
@@ -78,10 +87,14 @@ def test_franking_vector() -> None:
     verify_report(pt, fk, bytes.fromhex(vec["commitment"]))
 
 
-def test_franking_module_is_standalone() -> None:
-    source = Path(franking.__file__).read_text(encoding="utf-8")
-    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert imports == ["from __future__ import annotations", "import hashlib", "import hmac"]
+def test_franking_commit_is_hmac_sha256_over_context_and_plaintext() -> None:
+    fk, plaintext = bytes(range(32)), b"report me"
+    expected = hmac.digest(fk, b"parley-v1/franking\x00" + plaintext, hashlib.sha256)
+    assert franking.commit(plaintext, fk) == expected
+    with pytest.raises(InvalidKeyLength):
+        franking.commit(plaintext, bytes(31))
+    with pytest.raises(TypeError):
+        franking.commit("text", fk)  # type: ignore[arg-type]
 
 
 @settings(max_examples=30, deadline=None)
@@ -137,7 +150,19 @@ def test_verify_report_input_checks() -> None:
         verify_report(b"x", bytes(32), bytes(31))
     with pytest.raises(TypeError):
         verify_report("x", bytes(32), bytes(32))  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    assert issubclass(FrankingMismatch, CryptoError)
+    assert not issubclass(FrankingMismatch, ValueError)
+
+
+def test_commitment_from_message_errors() -> None:
+    with pytest.raises(MalformedMessage) as too_short:
         commitment_from_message(b"\x01\x01short")
-    with pytest.raises(ValueError):
+    assert type(too_short.value) is MalformedMessage
+    with pytest.raises(MalformedMessage):
+        commitment_from_message(b"")
+    with pytest.raises(UnsupportedVersion):  # a MalformedMessage
         commitment_from_message(b"\x09" * 40)
+    with pytest.raises(TypeError):
+        commitment_from_message("\x01" * 40)  # type: ignore[arg-type]
+    message = b"\x01\x03" + bytes(range(32))
+    assert commitment_from_message(message) == bytes(range(32))

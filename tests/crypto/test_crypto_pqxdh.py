@@ -17,9 +17,10 @@ from parley.crypto import (
 from parley.crypto.encoding import b64encode
 from parley.crypto.errors import DecryptionFailed, InvalidSignature
 from parley.crypto.pqxdh import derive_secret
-from parley.crypto.primitives import MLKEM768KeyPair, X25519KeyPair, deterministic_random
+from parley.crypto.primitives import MLKEM768KeyPair, X25519KeyPair
 from parley.crypto.wire import INITIAL_PREFIX_LEN, PrekeySection, parse_pairwise
 
+from tests.crypto.drbg import deterministic_random
 from tests.crypto.helpers import claimed_bundle, load_vector
 
 

@@ -19,10 +19,11 @@ from parley.crypto import (
     UnsupportedVersion,
 )
 from parley.crypto import ratchet as ratchet_module
-from parley.crypto.primitives import X25519KeyPair, deterministic_random
+from parley.crypto.primitives import X25519KeyPair
 from parley.crypto.ratchet import MAX_SKIP, MAX_SKIPPED_KEYS, RatchetState
 from parley.crypto.wire import MESSAGE_PREFIX_LEN
 
+from tests.crypto.drbg import deterministic_random
 from tests.crypto.helpers import claimed_bundle, load_vector, session_pair
 
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

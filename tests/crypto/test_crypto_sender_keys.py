@@ -18,10 +18,10 @@ from parley.crypto import (
     commitment_from_message,
     verify_report,
 )
-from parley.crypto.primitives import deterministic_random
 from parley.crypto.sender_keys import MAX_SKIP
 from parley.crypto.wire import SenderKeyDistribution
 
+from tests.crypto.drbg import deterministic_random
 from tests.crypto.helpers import load_vector, session_pair
 
 

@@ -6,8 +6,10 @@ import hashlib
 from typing import Any
 
 import parley.crypto as crypto
+import parley.crypto.errors as crypto_errors
 import pytest
 from parley.crypto import (
+    CounterExhausted,
     CryptoError,
     DecryptedMessage,
     Device,
@@ -17,17 +19,26 @@ from parley.crypto import (
     UnsupportedVersion,
     is_initial_message,
 )
-from parley.crypto.encoding import b64decode
+from parley.crypto.encoding import U32_MAX, b64decode
 
 from tests.crypto.helpers import claimed_bundle, session_pair
 
 
 def test_all_errors_derive_from_crypto_error() -> None:
+    exported = set()
     for name in crypto.__all__:
         obj = getattr(crypto, name)
-        if isinstance(obj, type) and issubclass(obj, Exception) and name != "FrankingMismatch":
+        if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, CryptoError), name
-    assert issubclass(crypto.FrankingMismatch, ValueError)  # standalone module's own error
+            assert not issubclass(obj, ValueError), name  # nothing else to catch by accident
+            assert (obj.__module__, obj.__name__) == ("parley.crypto.errors", name)  # no alias
+            exported.add(obj)
+    defined = {
+        obj
+        for obj in vars(crypto_errors).values()
+        if isinstance(obj, type) and issubclass(obj, Exception)
+    }
+    assert defined == exported  # every error is public
 
 
 def test_device_round_trip_keeps_every_secret_working() -> None:
@@ -135,3 +146,25 @@ def test_keys_digest_matches_the_key_directory_formula() -> None:
     assert device.keys_digest() == expected
     device.rotate_signed_prekey()
     assert device.keys_digest() != expected
+
+
+def test_exhausted_counters_raise_counter_exhausted() -> None:
+    """2^32 messages, iterations or prekey ids: a narrow error, and nothing is sent."""
+    a, _ = session_pair()
+    a._ratchet.ns = U32_MAX + 1
+    before = a.to_bytes()
+    with pytest.raises(CounterExhausted):
+        a.encrypt(b"one too many")
+    assert a.to_bytes() == before
+
+    group = GroupSession.create("g")
+    group._own.iteration = U32_MAX + 1
+    with pytest.raises(CounterExhausted):
+        group.encrypt(b"rotate first")
+    group.rotate()
+    group.encrypt(b"fine after rotation")
+
+    device = Device.generate()
+    device._next_one_time_id = U32_MAX + 1
+    with pytest.raises(CounterExhausted):
+        device.generate_one_time_prekeys(1)

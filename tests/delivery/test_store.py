@@ -12,7 +12,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import Settings
-from services.delivery.store import DeliveryStore, inbox_id
+from services.delivery.store import DeliveryStore, item_id
 
 
 @pytest.fixture
@@ -28,7 +28,8 @@ async def store(settings: Settings) -> AsyncIterator[DeliveryStore]:
 def item(user: str, n: int = 0, sender: str = "s", cid: str | None = None) -> dict[str, Any]:
     """An item as the worker hands it to ``store`` (no ``_id``/``seq`` yet)."""
     return {
-        "server_id": uuid.uuid4().hex, "user": user, "kind": "message", "from": sender,
+        "server_id": uuid.uuid4().hex, "inbox": user, "user": user, "device": 1,
+        "kind": "message", "from": sender, "from_device": 1,
         "client_id": cid or f"c{n}", "conversation": "dm", "body": f"b{n}",
         "commitment": None, "sent_at": 0,
     }  # fmt: skip
@@ -136,7 +137,7 @@ async def test_a_taken_sequence_number_moves_the_new_message_instead_of_dropping
 async def test_a_claim_without_its_inbox_item_is_repaired(store: DeliveryStore) -> None:
     """A worker killed between writing the dedup record and the inbox item."""
     await store.store([item("kim", cid="a"), item("kim", cid="b")])
-    await store.inbox.delete_one({"_id": inbox_id("kim", 2)})
+    await store.inbox.delete_one({"_id": item_id("kim", 2)})
     out = await store.store([item("kim", 9, cid="b")])
     assert out[0]["seq"] == 2
     page, _ = await store.page("kim", 0, 10)

@@ -92,7 +92,7 @@ async def test_malformed_envelopes_are_dead_lettered_with_their_reason() -> None
     assert worker._parse(record(b"{not json")) is None
     assert worker._parse(record(b'{"kind": "teleport", "to": "u"}')) is None
     assert worker._parse(record(b'{"kind": "message", "to": "u"}')) is None
-    ok = b'{"kind":"key_changed","server_id":"s","from":"a","to":"b","client_id":"c"}'
+    ok = b'{"kind":"key_changed","server_id":"s","from":"a","to":"b","to_device":1,"client_id":"c"}'
     assert worker._parse(record(ok)) is not None
     assert worker.rejected._value.get() == 3
 

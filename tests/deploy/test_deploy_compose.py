@@ -28,6 +28,7 @@ HAPROXY_CFG = ROOT / "deploy/haproxy/haproxy.cfg"
 # Compose service name -> the `services.<module>` it runs.
 PARLEY = {
     "auth": "auth",
+    "web": "web",
     "keys": "keys",
     "delivery": "delivery",
     "gateway1": "gateway",

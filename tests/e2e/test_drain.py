@@ -3,7 +3,10 @@ and a reconnect through the load balancer lands on the other pod."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import signal
+import urllib.request
 
 import redis.asyncio as aioredis
 
@@ -40,7 +43,26 @@ async def test_sigterm_drains_the_pod_and_clients_move(system: System) -> None:
         await eventually(
             lambda: _status(system.cfg.url(pod) + "/gateway/readyz"), lambda s: s == 200
         )
+        # The load balancer must see the pod again too (its health check runs every
+        # second): until then every new socket lands on the other pod, and the next
+        # test that needs one socket per pod would get two on one.
+        await eventually(lambda: _lb_status(system, pod), lambda s: s == "UP")
 
 
 async def _status(url: str) -> int:
     return http_status(url)
+
+
+async def _lb_status(system: System, pod: str) -> str:
+    """The pod's status in HAProxy's stats (servers gw1/gw2 of backend gateway)."""
+    url = f"http://{system.cfg.host}:{system.cfg.stats_port}/stats;csv"
+
+    def read() -> str:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return str(resp.read().decode())
+
+    server = "gw" + pod.removeprefix("gateway")
+    for row in csv.reader((await asyncio.to_thread(read)).splitlines()):
+        if row[:2] == ["gateway", server]:
+            return row[17]
+    return ""

@@ -10,7 +10,7 @@ from tests.support.aio import eventually
 from tests.support.chat import Receiver, Sender, assert_exactly_once_in_order, b64, unb64
 from tests.support.stack import System, http_status
 from tests.support.users import signup
-from tests.support.wsclient import WsClient
+from tests.support.wsclient import WsClient, send_frame
 
 
 async def test_real_time_across_pods_through_the_load_balancer(system: System) -> None:
@@ -27,7 +27,7 @@ async def test_real_time_across_pods_through_the_load_balancer(system: System) -
         await other.close()
     try:
         assert ca.ready["gateway"] != cb.ready["gateway"], "HAProxy never used the other pod"
-        await ca.send({"op": "send", "id": "hello", "to": bob.user_id, "body": b64("hello")})
+        await ca.send(send_frame("hello", bob.user_id, b64("hello")))
         await ca.expect("accepted", id="hello")
         msg = await cb.expect("message")
         assert unb64(msg["body"]) == "hello"
@@ -103,9 +103,7 @@ async def test_redis_restart_rebuilds_presence_and_delivery_continues(system: Sy
         # delivery works again (retry the same client id until it is stored).
         got = None
         for attempt in range(100):
-            await ca.send(
-                {"op": "send", "id": "after-restart", "to": bob.user_id, "body": b64("back")}
-            )
+            await ca.send(send_frame("after-restart", bob.user_id, b64("back")))
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 got = await cb.expect("message", timeout=1)
                 break

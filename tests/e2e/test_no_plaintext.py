@@ -19,6 +19,7 @@ from pathlib import Path
 import bson
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from parley import Client
 from parley.client import Message
 from parley.store import KdfParams
@@ -53,9 +54,17 @@ async def kafka_blobs(system: System) -> list[tuple[str, bytes]]:
     try:
         topics = sorted(t for t in await consumer.topics() if t.startswith(system.prefix))
         assert topics, "the system's topics exist"
-        # Every partition up front: after assign() the client's metadata covers only those.
+        # Every partition up front, asked for by name: a metadata request for no topics
+        # in particular answers none (Kafka's rule for v1+), so the consumer's own
+        # metadata knows none of them yet.
+        admin = AIOKafkaAdminClient(bootstrap_servers=system.stack.cfg.url("kafka"))
+        await admin.start()
+        try:
+            described = await admin.describe_topics(topics)
+        finally:
+            await admin.close()
         parts = [
-            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
         ]
         assert {tp.topic for tp in parts} == set(topics)
         consumer.assign(parts)

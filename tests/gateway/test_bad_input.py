@@ -10,7 +10,7 @@ import pytest
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
 
 from services.common.state import KAFKA
-from tests.support.wsclient import WsClient
+from tests.support.wsclient import WsClient, send_frame
 
 from .conftest import Messaging
 
@@ -24,7 +24,7 @@ async def still_serving(messaging: Messaging) -> None:
     a, b = uid(), uid()
     ca = await messaging.connect(a)
     cb = await messaging.connect(b)
-    await ca.send({"op": "send", "id": "ok", "to": b, "body": "aGk"})
+    await ca.send(send_frame("ok", b, "aGk"))
     assert (await cb.expect("message"))["body"] == "aGk"
 
 
@@ -38,7 +38,7 @@ async def inbox_of(messaging: Messaging, user: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     ("first", "code"),
     [
-        ({"op": "send", "id": "1", "to": "x", "body": "eA"}, "auth_required"),
+        (send_frame("1", "x", "eA"), "auth_required"),
         ({"op": "auth", "token": "not-a-jwt"}, "invalid_token"),
         ({"op": "auth"}, "validation_failed"),
         ({"op": "warp"}, "unknown_op"),
@@ -97,10 +97,38 @@ async def test_silent_client_is_closed_after_the_auth_time_limit(
         ('["send"]', "bad_request"),
         ('{"op": "teleport"}', "unknown_op"),
         ('{"op": "send", "id": "a1", "to": "bob"}', "validation_failed"),
-        ('{"op": "send", "id": "a2", "to": "bob", "body": "not base64!"}', "validation_failed"),
-        ('{"op": "send", "id": "", "to": "bob", "body": "eA"}', "validation_failed"),
-        ('{"op": "send", "id": "a3", "to": "../etc", "body": "eA"}', "validation_failed"),
-        ('{"op": "send", "id": "a4", "to": "bob", "body": "eA", "extra": 1}', "validation_failed"),
+        ('{"op": "send", "id": "a1", "to": "bob", "copies": []}', "validation_failed"),
+        (
+            '{"op": "send", "id": "a2", "to": "bob", "copies": [{"user": "bob", "device": 1, '
+            '"body": "not base64!"}]}',
+            "validation_failed",
+        ),
+        (
+            '{"op": "send", "id": "", "to": "bob", "copies": [{"user": "bob", "device": 1, '
+            '"body": "eA"}]}',
+            "validation_failed",
+        ),
+        (
+            '{"op": "send", "id": "a3", "to": "../etc", "copies": [{"user": "bob", "device": 1, '
+            '"body": "eA"}]}',
+            "validation_failed",
+        ),
+        (
+            '{"op": "send", "id": "a4", "to": "bob", "copies": [{"user": "bob", "device": 1, '
+            '"body": "eA"}], "extra": 1}',
+            "validation_failed",
+        ),
+        (
+            '{"op": "send", "id": "a5", "to": "bob", "copies": [{"user": "bob", "device": 0, '
+            '"body": "eA"}]}',
+            "validation_failed",
+        ),
+        (
+            '{"op": "send", "id": "a6", "to": "bob", "copies": [{"user": "bob", "device": 1, '
+            '"body": "eA"}, {"user": "bob", "device": 1, "body": "eA"}]}',
+            "validation_failed",
+        ),
+        ('{"op": "send", "id": "a7", "to": "bob", "body": "eA"}', "validation_failed"),
         ('{"op": "ack", "seq": -1}', "validation_failed"),
         ('{"op": "sync", "after": "zero"}', "validation_failed"),
     ],
@@ -123,7 +151,7 @@ async def test_bad_frames_get_an_error_and_store_nothing(
 
 async def test_error_frame_answers_the_frames_id(messaging: Messaging) -> None:
     client = await messaging.connect(uid())
-    await client.send({"op": "send", "id": "q9", "to": uid(), "body": "eA"})
+    await client.send(send_frame("q9", uid(), "eA"))
     err = await client.expect("error")
     assert err["id"] == "q9"
     assert err["code"] == "recipient_not_found"
@@ -134,7 +162,7 @@ async def test_oversize_frame_is_refused_and_not_stored(messaging: Messaging) ->
     messaging.issuer.users.add(bob)
     client = await messaging.connect(sender)
     big = "A" * (messaging.settings.ws_max_frame_bytes + 10)
-    await client.send({"op": "send", "id": "big", "to": bob, "body": big})
+    await client.send(send_frame("big", bob, big))
     assert (await client.expect("error"))["code"] == "frame_too_large"
     await client.send({"op": "ping", "id": "after"})
     await client.expect("pong", id="after")
@@ -155,9 +183,9 @@ async def test_flood_is_rate_limited_then_closed(issuer: Any, make_client: Any) 
     await gw.server.app[KAFKA].wait_ready(30)
     bob = uid()
     issuer.users.add(bob)
-    client = await WsClient.connect(str(gw.make_url("/ws")), issuer.token(uid()))
+    client = await WsClient.connect(str(gw.make_url("/ws")), issuer.token(uid(), did=1))
     for i in range(20):
-        await client.send({"op": "send", "id": f"f{i}", "to": bob, "body": "eA"})
+        await client.send(send_frame(f"f{i}", bob, "eA"))
     codes = []
     while True:
         frame = await client.next()

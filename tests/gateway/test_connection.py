@@ -37,13 +37,13 @@ class StuckSocket:
 async def test_full_outbound_queue_closes_the_socket_with_4008() -> None:
     settings = load_settings(ws_outbound_queue=8)
     store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
-    hub = Hub(store, CollectorRegistry(), None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None)  # type: ignore[arg-type]
     ws = StuckSocket()
     conn = Connection(ws, hub)  # type: ignore[arg-type]
     conn._writer = asyncio.create_task(conn.writer())
     try:
         for i in range(100):
-            conn.push(Message(seq=i, server_id="s", from_="u", body="x" * 1000))
+            conn.push(Message(seq=i, server_id="s", from_="u", from_device=1, body="x" * 1000))
             await asyncio.sleep(0)
         await eventually(lambda: _value(ws.closed_with), lambda code: code is not None, timeout=5)
         assert ws.closed_with == CLOSE_SLOW_CONSUMER

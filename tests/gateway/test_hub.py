@@ -50,7 +50,7 @@ async def test_blocked_user_is_disconnected_and_cannot_come_back(messaging: Mess
     assert await client.wait_closed() == CLOSE_REVOKED
     again = await WsClient.connect(messaging.ws_url(0))
     messaging.clients.append(again)
-    await again.send({"op": "auth", "token": messaging.issuer.token(user)})
+    await again.send({"op": "auth", "token": messaging.issuer.token(user, did=1)})
     assert (await again.expect("error"))["code"] == "account_blocked"
     assert await again.wait_closed() == CLOSE_AUTH_FAILED
 

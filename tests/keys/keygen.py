@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ LABEL_SIGNED_PREKEY = b"parley-v1/signed-prekey"
 LABEL_KEM_ONE_TIME = b"parley-v1/kem-prekey/one-time"
 LABEL_KEM_LAST_RESORT = b"parley-v1/kem-prekey/last-resort"
 LABEL_KEYS_CHECK = b"parley-v1/keys-check"
+LABEL_DEVICE_LIST = b"parley-v1/device-list"
 
 
 def b64(data: bytes) -> str:
@@ -117,3 +119,44 @@ def verify_bundle(bundle: dict[str, Any]) -> None:
     kem = bundle["kem_prekey"]
     label = LABEL_KEM_LAST_RESORT if kem["last_resort"] else LABEL_KEM_ONE_TIME
     pub.verify(unb64(kem["sig"]), label + u32(kem["id"]) + unb64(kem["key"]))
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical JSON a device list is signed as (docs/crypto.md), spelled out again."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry(device_id: int, dev: DeviceKeys, name: str | None = None) -> dict[str, Any]:
+    """A device list entry naming ``dev``'s identity."""
+    return {
+        "device_id": device_id,
+        "name": name if name is not None else f"device {device_id}",
+        "signing_key": b64(dev.signing_pub),
+        "dh_key": b64(dev.dh_pub),
+    }
+
+
+@dataclass
+class AccountKeys:
+    """An account identity key: signs device lists (as the client library does)."""
+
+    signing: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    @property
+    def public(self) -> str:
+        return b64(self.signing.public_key().public_bytes_raw())
+
+    def sign_list(self, device_list: dict[str, Any]) -> dict[str, Any]:
+        """``{"device_list", "signature"}`` (the body of PUT /keys/v1/device-list)."""
+        sig = self.signing.sign(LABEL_DEVICE_LIST + canonical(device_list))
+        return {"device_list": device_list, "signature": b64(sig)}
+
+    def signed(self, user_id: str, version: int, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        ordered = sorted(entries, key=lambda e: int(e["device_id"]))
+        return self.sign_list({"user_id": user_id, "version": version, "devices": ordered})
+
+    def registration(
+        self, user_id: str, entries: list[dict[str, Any]], version: int = 1
+    ) -> dict[str, Any]:
+        """The body of PUT /keys/v1/account."""
+        return {"account_key": self.public, **self.signed(user_id, version, entries)}

@@ -1,4 +1,5 @@
-"""Only the owner changes a device's keys: every route with another user's token."""
+"""Only the owner changes a device's keys: every route with another user's token, and
+with a token bound to another device of the same user."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from tests.keys.keygen import DeviceKeys, b64
 ALICE, MALLORY = "alice", "mallory"
 
 
-async def _alice(api: KeysApi) -> tuple[DeviceKeys, dict[str, Any] | None]:
-    dev = await api.device(ALICE, 1, one_time=3, kem=3)
+async def _alice(api: KeysApi, listed: bool = True) -> tuple[DeviceKeys, dict[str, Any] | None]:
+    dev = await api.device(ALICE, 1, one_time=3, kem=3, listed=listed)
     return dev, await api.device_doc(ALICE)
 
 
@@ -48,11 +49,11 @@ async def test_device_routes_act_on_the_callers_own_devices_only(api: KeysApi) -
 
 
 async def test_removing_another_users_device_is_forbidden(api: KeysApi) -> None:
-    _, before = await _alice(api)
+    _, before = await _alice(api, listed=False)
     status, body = await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", MALLORY)
     assert (status, body["error"]["code"]) == (403, "forbidden")
     await _unchanged(api, before)
-    # The user themself, or an admin, may.
+    # The user themself, or an admin, may (a pending device: see test_devices for listed ones).
     admin = api.headers("root", roles=("user", "admin"))
     status, _ = await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", None, headers=admin)
     assert status == 204
@@ -73,6 +74,12 @@ ROUTES = [
     ("DELETE", f"/v1/users/{ALICE}/devices/1", None),
     ("GET", f"/v1/users/{ALICE}/bundles", None),
     ("GET", f"/v1/users/{ALICE}/identity", None),
+    ("GET", f"/v1/users/{ALICE}/devices", None),
+    ("PUT", "/v1/account", {}),
+    ("PUT", "/v1/device-list", {}),
+    ("POST", "/v1/links", {}),
+    ("GET", "/v1/links/AAAAAAAAAAA", None),
+    ("PUT", "/v1/links/AAAAAAAAAAA/approval", {}),
 ]
 
 
@@ -91,3 +98,40 @@ async def test_every_route_needs_a_valid_token(
     status, reply = await api.call(method, path, None, body, headers=expired)
     assert (status, reply["error"]["code"]) == (401, "token_expired")
     await _unchanged(api, before)
+
+
+def _valid_bodies(dev: DeviceKeys) -> list[tuple[str, str, Any]]:
+    return [
+        ("PUT", "/v1/devices/1/identity", DeviceKeys().identity()),
+        ("PUT", "/v1/devices/1/signed-prekey", dev.signed_prekey(99)),
+        ("POST", "/v1/devices/1/one-time-prekeys", {"prekeys": dev.one_time(1, 500)}),
+        ("POST", "/v1/devices/1/kem-prekeys", {"prekeys": dev.kem(1, 500)}),
+        ("PUT", "/v1/devices/1/kem-last-resort", dev.last_resort(99)),
+        ("GET", "/v1/devices/1/counts", None),
+        ("POST", "/v1/devices/1/check", {"digest": b64(b"\0" * 32)}),
+        ("DELETE", "/v1/devices/1", None),
+    ]
+
+
+async def test_a_device_bound_session_writes_its_own_device_only(api: KeysApi) -> None:
+    dev, before = await _alice(api, listed=False)
+    assert {(m, p) for m, p, _ in _valid_bodies(dev)} == {
+        (m, p) for m, p, _ in ROUTES if p.startswith("/v1/devices/")
+    }
+    # A session of Alice's device 2 addressing her device 1, with good bodies: refused.
+    for method, path, body in _valid_bodies(dev):
+        status, reply = await api.call(method, path, ALICE, body, did=2)
+        assert (status, reply["error"]["code"]) == (403, "forbidden"), path
+    await _unchanged(api, before)
+    # The same requests from device 1's own session work.
+    for method, path, body in _valid_bodies(dev)[1:-1]:
+        status, reply = await api.call(method, path, ALICE, body, did=1)
+        assert status in (200, 201, 204), reply
+
+
+async def test_a_device_bound_session_reaches_its_own_device(api: KeysApi) -> None:
+    dev = DeviceKeys()
+    status, body = await api.put_identity(ALICE, 7, dev.identity(), did=7)
+    assert (status, body["created"]) == (200, True)
+    assert (await api.call("GET", "/v1/devices/7/counts", ALICE, did=7))[0] == 200
+    assert (await api.call("DELETE", "/v1/devices/7", ALICE, did=7))[0] == 204

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.keys.conftest import EventLog, KeysApi
-from tests.keys.keygen import DeviceKeys, verify_bundle
+from tests.keys.keygen import DeviceKeys, entry, verify_bundle
 
 BOB = "bob"
 
@@ -118,9 +118,15 @@ async def test_unknown_users_and_unusable_devices(api: KeysApi) -> None:
 async def test_identity_lookup_claims_nothing(api: KeysApi) -> None:
     dev = await api.device(BOB, 3, one_time=1, kem=1)
     status, body = await api.identity_of("alice", BOB)
+    account = api.account(BOB)
     assert (status, body) == (
         200,
-        {"user_id": BOB, "devices": [{"device_id": 3, "identity": dev.identity()}]},
+        {
+            "user_id": BOB,
+            "account_key": account.key.public,
+            **account.key.signed(BOB, 1, list(account.entries.values())),
+            "devices": [{"device_id": 3, "identity": dev.identity()}],
+        },
     )
     assert await api.stored(BOB, 3) == (1, 1)
 
@@ -175,3 +181,35 @@ async def test_lost_estimates_are_recounted(api: KeysApi, events: EventLog) -> N
         b"one_time": b"28",
         b"kem_one_time": b"21",
     }
+
+
+async def test_only_listed_devices_are_served(api: KeysApi) -> None:
+    """A pending device (registered, not in the signed list) is invisible: no bundle,
+    no identity, nothing claimed from it."""
+    listed = await api.device(BOB, 1, one_time=2, kem=2)
+    pending = await api.device(BOB, 2, one_time=2, kem=2, listed=False)
+    status, body = await api.claim("alice", BOB)
+    assert status == 200
+    assert [b["device_id"] for b in body["bundles"]] == [1]
+    account = api.account(BOB)
+    assert body["account_key"] == account.key.public
+    assert body["device_list"]["devices"] == [entry(1, listed)]
+    assert body["signature"] == account.key.signed(BOB, 1, [entry(1, listed)])["signature"]
+    status, body = await api.claim("alice", BOB, "?device_id=2")
+    assert (status, body["error"]["code"]) == (404, "device_not_found")
+    _, body = await api.identity_of("alice", BOB)
+    assert [d["device_id"] for d in body["devices"]] == [1]
+    assert await api.stored(BOB, 2) == (2, 2)
+    _, body = await api.devices_of("alice", BOB)
+    assert body["devices"] == [{"device_id": 1, "name": "device 1"}]
+    # Once listed, it is served.
+    await api.list_device(BOB, 2, pending)
+    _, body = await api.claim("carol", BOB)
+    assert [b["device_id"] for b in body["bundles"]] == [1, 2]
+
+
+async def test_a_user_with_pending_devices_only_has_no_bundles(api: KeysApi) -> None:
+    await api.device(BOB, 1, one_time=1, kem=1, listed=False)
+    status, body = await api.claim("alice", BOB)
+    assert (status, body["error"]["code"]) == (404, "identity_not_found")
+    assert await api.stored(BOB, 1) == (1, 1)

@@ -44,26 +44,32 @@ async def test_same_identity_again_changes_nothing(api: KeysApi, events: EventLo
     assert await events.settle(ALICE) == []
 
 
-async def test_new_identity_is_a_key_change(api: KeysApi, events: EventLog) -> None:
-    await api.device(ALICE, one_time=5, kem=5)
+async def test_a_pending_device_may_register_a_new_identity(api: KeysApi, events: EventLog) -> None:
+    """A reinstall before the device was linked: nobody knows it yet, no event."""
+    old = await api.device(ALICE, one_time=5, kem=5, listed=False)
     new = DeviceKeys()
-    status, body = await api.put_identity(ALICE, 1, new.identity(), request_id="rid-key-change")
+    status, body = await api.put_identity(ALICE, 1, new.identity())
     assert (status, body) == (200, {"device_id": 1, "created": False, "changed": True})
     # The old install's prekeys were signed by (or belong to) the old identity: gone.
     assert await api.stored(ALICE) == (0, 0)
     status, body = await api.counts(ALICE, 1)
     assert body["signed_prekey_id"] is None and body["kem_last_resort_id"] is None
-    got = await events.settle(ALICE)
-    assert got == [
-        {"type": "key_changed", "user_id": ALICE, "device_id": 1, "identity": new.identity()}
-    ]
-    key, _, headers = next(r for r in events.records if r[1]["type"] == "key_changed")
-    assert key == ALICE.encode()
-    assert ("request_id", b"rid-key-change") in headers
+    assert await events.settle(ALICE) == []
     # Keys signed by the old identity are refused now.
-    old_signed = DeviceKeys(signing=DeviceKeys().signing)
-    status, body = await api.put_signed_prekey(ALICE, 1, old_signed.signed_prekey(1))
+    status, body = await api.put_signed_prekey(ALICE, 1, old.signed_prekey(1))
     assert (status, body["error"]["code"]) == (422, "invalid_signature")
+
+
+async def test_a_listed_devices_identity_cannot_change(api: KeysApi, events: EventLog) -> None:
+    """The signed list names its identity: a reinstall is a new device, linked anew."""
+    await api.device(ALICE, one_time=5, kem=5)
+    before = await api.device_doc(ALICE)
+    status, body = await api.put_identity(ALICE, 1, DeviceKeys().identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    assert body["error"]["details"] == {"device_id": 1}
+    assert await api.device_doc(ALICE) == before
+    assert await api.stored(ALICE) == (5, 5)
+    assert await events.settle(ALICE) == []
 
 
 async def test_signed_prekey_can_be_replaced(api: KeysApi) -> None:
@@ -221,14 +227,31 @@ async def test_a_device_holds_a_bounded_number_of_prekeys(make_keys: KeysFactory
 
 
 async def test_a_user_has_a_bounded_number_of_devices(make_keys: KeysFactory) -> None:
-    api = await make_keys(KeysConfig(max_devices=2))
+    """At most max_devices listed plus max_pending waiting to be linked."""
+    api = await make_keys(KeysConfig(max_devices=2, max_pending=1))
     await api.device(ALICE, 1, signed=False, last_resort=False)
     await api.device(ALICE, 2, signed=False, last_resort=False)
-    status, body = await api.put_identity(ALICE, 3, DeviceKeys().identity())
+    await api.device(ALICE, 3, signed=False, last_resort=False, listed=False)
+    status, body = await api.put_identity(ALICE, 4, DeviceKeys().identity())
     assert (status, body["error"]["code"]) == (409, "too_many_devices")
-    assert await api.device_doc(ALICE, 3) is None
-    assert (await api.delete(ALICE, 2))[0] == 204
-    assert (await api.put_identity(ALICE, 3, DeviceKeys().identity()))[0] == 200
+    assert body["error"]["details"] == {"max_devices": 2, "max_pending": 1}
+    assert await api.device_doc(ALICE, 4) is None
+    assert (await api.delete(ALICE, 3))[0] == 204
+    assert (await api.put_identity(ALICE, 4, DeviceKeys().identity()))[0] == 200
+
+
+async def test_stale_pending_devices_make_room(make_keys: KeysFactory) -> None:
+    """An abandoned link does not block the account: old pending devices are forgotten
+    once the cap is reached (listed devices never are)."""
+    api = await make_keys(KeysConfig(max_devices=1, max_pending=1, pending_ttl_s=0))
+    await api.device(ALICE, 1, one_time=2)
+    await api.device(ALICE, 2, one_time=2, listed=False)
+    status, _ = await api.put_identity(ALICE, 3, DeviceKeys().identity())
+    assert status == 200
+    assert await api.device_doc(ALICE, 2) is None
+    assert await api.stored(ALICE, 2) == (0, 0)
+    assert await api.device_doc(ALICE, 1) is not None
+    assert await api.stored(ALICE, 1) == (2, 0)
 
 
 async def test_keys_need_a_registered_device(api: KeysApi) -> None:
@@ -269,8 +292,8 @@ async def test_keys_check_detects_drift(api: KeysApi) -> None:
     assert (status, body["error"]["code"]) == (422, "invalid_key")
 
 
-async def test_delete_device_removes_everything(api: KeysApi) -> None:
-    await api.device(ALICE, 1, one_time=3, kem=3)
+async def test_delete_pending_device_removes_everything(api: KeysApi) -> None:
+    await api.device(ALICE, 1, one_time=3, kem=3, listed=False)
     await api.device(ALICE, 2, one_time=2, kem=2)
     assert await api.delete(ALICE, 1) == (204, None)
     assert await api.device_doc(ALICE, 1) is None
@@ -278,3 +301,21 @@ async def test_delete_device_removes_everything(api: KeysApi) -> None:
     assert await api.stored(ALICE, 2) == (2, 2)
     _, body = await api.identity_of("bob", ALICE)
     assert [d["device_id"] for d in body["devices"]] == [2]
+
+
+async def test_a_listed_device_leaves_through_a_new_list_only(api: KeysApi) -> None:
+    await api.device(ALICE, 1, one_time=3, kem=3)
+    before = await api.device_doc(ALICE, 1)
+    for status, body in [
+        await api.delete(ALICE, 1),
+        await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", ALICE),
+        await api.call(
+            "DELETE",
+            f"/v1/users/{ALICE}/devices/1",
+            None,
+            headers=api.headers("root", roles=("user", "admin")),
+        ),
+    ]:
+        assert (status, body["error"]["code"]) == (409, "conflict")
+    assert await api.device_doc(ALICE, 1) == before
+    assert await api.stored(ALICE, 1) == (3, 3)

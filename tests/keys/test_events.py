@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from parley_contract import envelopes as e
 
 from services.keys import events as ev
 from tests.keys.conftest import EventLog, KeysApi
-from tests.keys.keygen import DeviceKeys
+from tests.keys.keygen import AccountKeys
 
 
 async def test_an_unconfirmed_event_is_sent_by_the_drain(
@@ -20,16 +22,20 @@ async def test_an_unconfirmed_event_is_sent_by_the_drain(
 
     with monkeypatch.context() as m:
         m.setattr(store, "send_event", broker_away)
-        new = DeviceKeys()
-        status, body = await api.put_identity("bob", 1, new.identity())
-        assert (status, body["changed"]) == (200, True)
-    assert await store.outbox_size() == 1
+        new = AccountKeys()  # a reset: the owner lost every device
+        status, body = await api.put_account("bob", new.registration("bob", []))
+        assert (status, body) == (200, {"version": 1, "created": False, "changed": True})
+    # key_changed, and device 1's removal.
+    assert await store.outbox_size() == 2
     assert await events.settle("bob") == []
-    # Leased to the request that tried first; once the lease is over, the drain sends it.
+    # Leased to the request that tried first; once the lease is over, the drain sends them.
     await store.outbox.update_many({}, {"$set": {"due": 0.0}})
-    assert await api.keys.events.drain_once() == 1
+    assert await api.keys.events.drain_once() == 2
     assert await store.outbox_size() == 0
-    assert await events.settle("bob") == [ev.key_changed("bob", 1, new.identity())]
+    assert await events.settle("bob") == [
+        {"type": "key_changed", "user_id": "bob", "account_key": new.public},
+        {"type": "device_removed", "user_id": "bob", "device_id": 1},
+    ]
     [record] = [r for r in events.records if r[1]["type"] == "key_changed"]
     assert len(record[1]["event_id"]) == 24
 
@@ -71,6 +77,25 @@ async def test_the_drain_leaves_entries_while_the_broker_is_away(
 
 async def test_sent_events_leave_no_outbox_entry(api: KeysApi, events: EventLog) -> None:
     await api.device("bob")
-    await api.put_identity("bob", 1, DeviceKeys().identity())
-    assert [e["type"] for e in await events.settle("bob")] == ["key_changed"]
+    await api.put_account("bob", AccountKeys().registration("bob", []), request_id="rid-reset")
+    assert [e["type"] for e in await events.settle("bob")] == ["key_changed", "device_removed"]
     assert await api.keys.store.outbox_size() == 0
+    for key, value, headers in events.records[-3:-1]:
+        assert key == b"bob" and ("request_id", b"rid-reset") in headers, value
+
+
+async def test_events_are_the_contracts_models(api: KeysApi, events: EventLog) -> None:
+    """What delivery decodes (parley_contract.envelopes.Event), record for record."""
+    await api.device("bob")
+    await api.unlist("bob", 1)
+    await api.put_account("bob", AccountKeys().registration("bob", []))
+    await api.keys.events.publish(ev.prekeys_low("bob", 2, 1, 2, 10))
+    await events.settle("bob")
+    decoded = [
+        e.decode_event(orjson.dumps(v)) for _, v, _ in events.records if v["type"] != "test_marker"
+    ]
+    assert [type(d) for d in decoded] == [
+        e.DeviceRemovedEvent,
+        e.KeyChangedEvent,
+        e.PrekeysLowEvent,
+    ]

@@ -21,10 +21,20 @@ async def test_openapi_lists_every_route(api: KeysApi) -> None:
         ("DELETE", "/keys/v1/users/{user_id}/devices/{device_id}"),
         ("GET", "/keys/v1/users/{user_id}/bundles"),
         ("GET", "/keys/v1/users/{user_id}/identity"),
+        ("GET", "/keys/v1/users/{user_id}/devices"),
+        ("PUT", "/keys/v1/account"),
+        ("PUT", "/keys/v1/device-list"),
+        ("POST", "/keys/v1/links"),
+        ("GET", "/keys/v1/links/{link_id}"),
+        ("PUT", "/keys/v1/links/{link_id}/approval"),
     }
     claim = doc["paths"]["/keys/v1/users/{user_id}/bundles"]["get"]
     assert "rate_limited" in claim["responses"]["429"]["description"]
     assert "Bundle" in doc["components"]["schemas"]
+    assert "DeviceList" in doc["components"]["schemas"]
+    update = doc["paths"]["/keys/v1/device-list"]["put"]
+    assert "conflict" in update["responses"]["409"]["description"]
+    assert "invalid_signature" in update["responses"]["422"]["description"]
     resp = await api.client.get("/keys/docs")
     assert resp.status == 200
     assert "/keys/v1/users/{user_id}/bundles" in await resp.text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pymongo.errors import DuplicateKeyError
 
 from services.common.auth import MAX_USER_ID
 from services.keys import store as store_mod
@@ -80,3 +81,44 @@ async def test_claims_are_single_use_under_concurrency(api: KeysApi) -> None:
     await store.delete_prekeys("u", 1, below_generation=2)
     assert await store.count_prekeys(Kind.KEM, "u", 1, 1) == 0
     assert await store.count_prekeys(Kind.KEM, "u", 1, 2) == 1
+
+
+async def test_account_writes_are_compare_and_set(api: KeysApi) -> None:
+    store = api.keys.store
+    fields = {"account_key": "k1", "version": 1, "device_list": "{}", "signature": "s"}
+    await store.insert_account("u", {**fields, "removing": []})
+    with pytest.raises(DuplicateKeyError):
+        await store.insert_account("u", {**fields, "removing": []})
+    doc = await store.get_account("u")
+    assert doc is not None and doc["generation"] == 1
+    assert await store.replace_account("u", 1, {"version": 2, "removing": [3, 12]})
+    assert not await store.replace_account("u", 1, {"version": 3, "removing": []})
+    doc = await store.get_account("u")
+    assert doc is not None
+    assert (doc["version"], doc["generation"], doc["removing"]) == (2, 2, [3, 12])
+    # Clearing ``removing`` needs the generation it was read at, and moves nothing on.
+    assert not await store.removals_done("u", 1)
+    assert await store.removals_done("u", 2)
+    doc = await store.get_account("u")
+    assert doc is not None and (doc["generation"], doc["removing"]) == (2, [])
+    assert await store.get_account("u2") is None
+
+
+async def test_links_are_created_once_and_approved_once(api: KeysApi) -> None:
+    store = api.keys.store
+    assert await store.approve_link("u", "L1", "sealed") == -1
+    assert await store.redis.exists(store._link_key("u", "L1")) == 0
+    assert await store.create_link("u", "L1", 5, "phone é", 60)
+    assert not await store.create_link("u", "L1", 6, "other", 60)
+    assert await store.get_link("u", "L1") == {
+        "link_id": "L1",
+        "device_id": 5,
+        "name": "phone é",
+        "approval": None,
+    }
+    assert await store.get_link("u2", "L1") is None
+    assert await store.approve_link("u", "L1", "first") == 1
+    assert await store.approve_link("u", "L1", "second") == 0
+    link = await store.get_link("u", "L1")
+    assert link is not None and link["approval"] == "first"
+    assert 0 < await store.redis.ttl(store._link_key("u", "L1")) <= 60

@@ -8,6 +8,7 @@ import uuid
 import orjson
 
 from services.common.clients import Topics, kafka_producer
+from tests.support.wsclient import send_frame
 
 from .conftest import Messaging
 
@@ -47,19 +48,19 @@ async def test_key_changed_warns_contacts_online_and_offline(messaging: Messagin
     alice = await messaging.connect(alice_id, pod=0)
     bob = await messaging.connect(bob_id, pod=1)
     messaging.issuer.users.add(carol_id)
-    await alice.send({"op": "send", "id": "hi", "to": bob_id, "body": "aGk"})
+    await alice.send(send_frame("hi", bob_id, "aGk"))
     await alice.expect("stored", id="hi")
     await bob.expect("message")
-    await bob.send({"op": "send", "id": "yo", "to": carol_id, "body": "eW8"})
+    await bob.send(send_frame("yo", carol_id, "eW8"))
     await bob.expect("stored", id="yo")
 
-    identity = {"signing_key": "c2s", "dh_key": "ZGg", "dh_sig": "c2ln"}
+    account_key = "bmV3IGFjY291bnQga2V5"
     await produce_event(
-        messaging, {"type": "key_changed", "user_id": bob_id, "device_id": 1, "identity": identity}
+        messaging, {"type": "key_changed", "user_id": bob_id, "account_key": account_key}
     )
     warned = await alice.expect("key_changed", timeout=20)
     assert warned["user_id"] == bob_id
-    assert warned["identity"] == identity
+    assert warned["account_key"] == account_key
     # Carol was offline: the warning waits in her inbox, after Bob's message.
     carol = await messaging.connect(carol_id)
     await carol.send({"op": "sync", "id": "s", "after": 0})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from tests.support.wsclient import send_frame
+
 from .conftest import Messaging
 
 
@@ -17,7 +19,7 @@ async def test_message_crosses_pods_in_real_time_with_receipts(messaging: Messag
     bob = await messaging.connect(bob_id, pod=1)
     assert alice.ready["gateway"] != bob.ready["gateway"]
 
-    await alice.send({"op": "send", "id": "m1", "to": bob_id, "body": "Y2lwaGVydGV4dA"})
+    await alice.send(send_frame("m1", bob_id, "Y2lwaGVydGV4dA"))
     accepted = await alice.expect("accepted", id="m1")
     msg = await bob.expect("message")
     assert msg["from"] == alice_id
@@ -45,7 +47,7 @@ async def test_offline_recipient_gets_everything_in_order_exactly_once(
     messaging.issuer.users.add(bob_id)
     n = 30
     for i in range(n):
-        await alice.send({"op": "send", "id": f"c{i}", "to": bob_id, "body": f"bXNn{i:03d}"})
+        await alice.send(send_frame(f"c{i}", bob_id, f"bXNn{i:03d}"))
     for i in range(n):
         await alice.expect("stored", id=f"c{i}")
 
@@ -72,7 +74,7 @@ async def test_sender_cannot_read_or_ack_anothers_inbox(messaging: Messaging) ->
     alice_id, bob_id, eve_id = uid(), uid(), uid()
     alice = await messaging.connect(alice_id)
     messaging.issuer.users.add(bob_id)
-    await alice.send({"op": "send", "id": "x1", "to": bob_id, "body": "c2VjcmV0"})
+    await alice.send(send_frame("x1", bob_id, "c2VjcmV0"))
     await alice.expect("stored", id="x1")
     eve = await messaging.connect(eve_id, pod=1)
     # Eve acks a huge sequence number and syncs: she sees and removes only her own inbox.
@@ -91,8 +93,8 @@ async def test_redelivered_record_is_stored_once(messaging: Messaging) -> None:
     alice_id, bob_id = uid(), uid()
     alice = await messaging.connect(alice_id)
     messaging.issuer.users.add(bob_id)
-    await alice.send({"op": "send", "id": "dup", "to": bob_id, "body": "b25jZQ"})
-    await alice.send({"op": "send", "id": "dup", "to": bob_id, "body": "b25jZQ"})
+    await alice.send(send_frame("dup", bob_id, "b25jZQ"))
+    await alice.send(send_frame("dup", bob_id, "b25jZQ"))
     first = await alice.expect("stored", id="dup")
     second = await alice.expect("stored", id="dup")
     assert first["server_id"] == second["server_id"]

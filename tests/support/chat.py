@@ -13,7 +13,7 @@ import aiohttp
 
 from tests.support.stack import System
 from tests.support.users import User
-from tests.support.wsclient import WsClient
+from tests.support.wsclient import WsClient, send_frame
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ class Sender:
             assert self.client is not None
             try:
                 for cid in pending:
-                    await self.client.send(
-                        {"op": "send", "id": cid, "to": self.to, "body": b64(cid)}
-                    )
+                    await self.client.send(send_frame(cid, self.to, b64(cid)))
                     await asyncio.sleep(pace)
                 while len(self.accepted) < n:
                     frame = await self.client.next(timeout=5)
@@ -82,11 +80,17 @@ def unb64(text: str) -> str:
 
 
 class Receiver:
-    """Keeps the highest seq it processed, drops repeats, acks, resyncs after a reconnect."""
+    """Pages through its inbox and takes pushes, counts each seq once, acks what it has seen.
+
+    Pushes (the fast path) may arrive while it pages with later seqs than the
+    page it is reading: they are taken, but the paging cursor follows the
+    pages, so nothing in between is skipped, nor acknowledged unseen.
+    """
 
     def __init__(self, system: System, user: User) -> None:
         self.system, self.user = system, user
-        self.last = 0
+        self.last = 0  # every seq up to here was seen (sync pages cover them)
+        self.seen: set[int] = set()
         self.bodies: list[str] = []
         self.client: WsClient | None = None
 
@@ -111,11 +115,13 @@ class Receiver:
         assert self.client is not None
         more = True
         while more:
-            await self.client.send({"op": "sync", "id": f"s{self.last}", "after": self.last})
+            cursor = self.last
+            await self.client.send({"op": "sync", "id": f"s{cursor}", "after": cursor})
             while True:
                 frame = await self.client.next()
                 if frame["op"] == "synced":
                     more = frame["more"]
+                    self.last = max(self.last, frame["last"])
                     break
                 if frame["op"] == "error":
                     return False
@@ -124,8 +130,8 @@ class Receiver:
         return True
 
     def take(self, frame: dict[str, Any]) -> None:
-        if frame.get("op") == "message" and frame["seq"] > self.last:
-            self.last = frame["seq"]
+        if frame.get("op") == "message" and frame["seq"] not in self.seen:
+            self.seen.add(frame["seq"])
             self.bodies.append(unb64(frame["body"]))
 
     async def listen_until(self, count: int, timeout: float = 60) -> None:
@@ -146,7 +152,8 @@ class Receiver:
                 else:
                     self.take(frame)
             assert self.client is not None
-            await self.client.send({"op": "ack", "seq": self.last})
+            # Everything expected has arrived: acknowledge up to the newest.
+            await self.client.send({"op": "ack", "seq": max(self.seen, default=self.last)})
 
         await asyncio.wait_for(loop(), timeout)
 

@@ -34,6 +34,8 @@ class Messaging:
         return str(self.gateways[pod].make_url("/ws"))
 
     async def connect(self, user: str, pod: int = 0, **claims: Any) -> WsClient:
+        """A socket of ``user``'s device 1 (or ``did=``) on a pod."""
+        claims.setdefault("did", 1)
         client = await WsClient.connect(self.ws_url(pod), self.issuer.token(user, **claims))
         self.clients.append(client)
         return client

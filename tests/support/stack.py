@@ -129,6 +129,7 @@ def start_system(stack: Stack) -> System:
         gateway1_port=ports.gateway1_port,
         gateway2_port=ports.gateway2_port,
         delivery_port=ports.delivery_port,
+        web_port=ports.web_port,
         extra_env={
             "PARLEY_DB_PREFIX": f"{prefix}_",
             "PARLEY_REDIS_PREFIX": prefix,

@@ -26,8 +26,11 @@ class TokenIssuer:
         self.kid = secrets.token_hex(8)
         self.server: TestServer | None = None
         # Users this issuer minted tokens for: its users endpoint knows them,
-        # as the auth service's `GET /auth/v1/users/{id}` knows registered users.
+        # as the auth service's `GET /auth/v1/users/{id}` knows registered users,
+        # and its devices endpoint lists their devices as the key directory's
+        # `GET /keys/v1/users/{id}/devices` does (device 1 unless a test says).
         self.users: set[str] = set()
+        self.devices: dict[str, list[int]] = {}
 
     def jwks(self) -> dict[str, Any]:
         jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
@@ -47,9 +50,20 @@ class TokenIssuer:
                 return web.json_response(body, status=404)
             return web.json_response({"user_id": user_id, "username": user_id})
 
+        async def devices(request: web.Request) -> web.Response:
+            user_id = request.match_info["user_id"]
+            if user_id not in self.users:
+                body = {"error": {"code": "identity_not_found", "message": "No keys."}}
+                return web.json_response(body, status=404)
+            ids = self.devices.get(user_id, [1])
+            return web.json_response(
+                {"user_id": user_id, "devices": [{"device_id": d, "name": f"d{d}"} for d in ids]}
+            )
+
         app = web.Application()
         app.router.add_get("/.well-known/jwks.json", handler)
         app.router.add_get("/auth/v1/users/{user_id}", user)
+        app.router.add_get("/keys/v1/users/{user_id}/devices", devices)
         self.server = TestServer(app)
         await self.server.start_server()
         return str(self.server.make_url("")).rstrip("/")
@@ -65,8 +79,11 @@ class TokenIssuer:
         roles: tuple[str, ...] = ("user",),
         sid: str | None = None,
         ttl: int = 900,
+        did: int | None = None,
         **overrides: Any,
     ) -> str:
+        """A signed access token; ``did`` binds it to a device, as the auth service
+        does for messaging sessions (without it, the token has no ``did`` claim)."""
         now = int(time.time())
         user_id = user_id or uuid.uuid4().hex
         self.users.add(user_id)
@@ -80,5 +97,7 @@ class TokenIssuer:
             "iat": now,
             "exp": now + ttl,
         }
+        if did is not None:
+            claims["did"] = did
         claims.update(overrides)
         return jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": self.kid})

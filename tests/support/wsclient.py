@@ -34,7 +34,7 @@ class WsClient:
             except BaseException:
                 await client.close()
                 raise
-            assert ready["protocol"] == 1
+            assert ready["protocol"] == 2
             client.ready = ready
         return client
 
@@ -84,3 +84,23 @@ class WsClient:
         await self.ws.close()
         await self.session.close()
         self._reader.cancel()
+
+
+def send_frame(
+    client_id: str,
+    to: str,
+    body: str,
+    *,
+    devices: tuple[int, ...] = (1,),
+    commitment: str | None = None,
+    own: tuple[tuple[str, int], ...] = (),
+) -> dict[str, Any]:
+    """A protocol-v2 ``send`` frame: the same body as a copy for each of ``to``'s
+    ``devices`` (and for the sender's other devices ``own``: (user, device))."""
+    copies: list[dict[str, Any]] = [{"user": to, "device": d, "body": body} for d in devices] + [
+        {"user": u, "device": d, "body": body} for u, d in own
+    ]
+    if commitment is not None:
+        for copy in copies:
+            copy["commitment"] = commitment
+    return {"op": "send", "id": client_id, "to": to, "copies": copies}

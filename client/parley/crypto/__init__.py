@@ -1,10 +1,12 @@
 """Parley's client-side end-to-end encryption.
 
-Layers: :mod:`~parley.crypto.primitives` (thin wrappers over ``cryptography``)
--> protocols (:mod:`~parley.crypto.pqxdh`, :mod:`~parley.crypto.ratchet`,
-:mod:`~parley.crypto.sender_keys`, :mod:`~parley.crypto.franking`,
-:mod:`~parley.crypto.fingerprint`) -> the public API of
-:mod:`~parley.crypto.session`, re-exported here.  See docs/crypto.md.
+Layers: :mod:`~parley.crypto.primitives` (thin wrappers over ``cryptography``,
+the only module that imports it) -> protocols (:mod:`~parley.crypto.pqxdh`,
+:mod:`~parley.crypto.ratchet`, :mod:`~parley.crypto.sender_keys`,
+:mod:`~parley.crypto.franking`, :mod:`~parley.crypto.fingerprint`,
+:mod:`~parley.crypto.device_list`, :mod:`~parley.crypto.linking`, ...) -> the
+public API of :mod:`~parley.crypto.session`, re-exported here with every error
+of :mod:`~parley.crypto.errors`.  See docs/crypto.md, "Layers".
 """
 
 from parley.crypto.bundle import (
@@ -14,17 +16,27 @@ from parley.crypto.bundle import (
     PublicIdentity,
     SignedPrekey,
 )
+from parley.crypto.device_list import (
+    AccountKey,
+    DeviceEntry,
+    DeviceList,
+    SignedDeviceList,
+)
 from parley.crypto.errors import (
     BadCommitment,
-    BadTag,
+    CounterExhausted,
     CryptoError,
     DecryptionFailed,
-    DuplicateOneTimePrekey,
+    DeviceMismatch,
+    FrankingMismatch,
     IdentityChanged,
     InvalidKey,
     InvalidKeyLength,
+    InvalidSafetyNumber,
     InvalidSignature,
     MalformedBundle,
+    MalformedDeviceList,
+    MalformedLinkCode,
     MalformedMessage,
     MalformedState,
     PrekeyReused,
@@ -33,10 +45,18 @@ from parley.crypto.errors import (
     TooManySkippedMessages,
     UnknownPrekey,
     UnknownSenderKey,
+    UnlistedDevice,
     UnsupportedVersion,
 )
 from parley.crypto.fingerprint import format_safety_number, safety_number
-from parley.crypto.franking import FrankingMismatch, commitment_from_message, verify_report
+from parley.crypto.franking import commitment_from_message, verify_report
+from parley.crypto.linking import (
+    LinkRequest,
+    link_code,
+    open_on_new_device,
+    parse_link_code,
+    seal_for_new_device,
+)
 from parley.crypto.session import (
     DecryptedMessage,
     Device,
@@ -47,21 +67,28 @@ from parley.crypto.session import (
 )
 
 __all__ = [
+    "AccountKey",
     "BadCommitment",
-    "BadTag",
+    "CounterExhausted",
     "CryptoError",
     "DecryptedMessage",
     "DecryptionFailed",
     "Device",
-    "DuplicateOneTimePrekey",
+    "DeviceEntry",
+    "DeviceList",
+    "DeviceMismatch",
     "FrankingMismatch",
     "GroupSession",
     "IdentityChanged",
     "InvalidKey",
     "InvalidKeyLength",
+    "InvalidSafetyNumber",
     "InvalidSignature",
     "KemPrekey",
+    "LinkRequest",
     "MalformedBundle",
+    "MalformedDeviceList",
+    "MalformedLinkCode",
     "MalformedMessage",
     "MalformedState",
     "OneTimePrekey",
@@ -71,15 +98,21 @@ __all__ = [
     "ReplayedMessage",
     "Session",
     "SessionMismatch",
+    "SignedDeviceList",
     "SignedPrekey",
     "TooManySkippedMessages",
     "UnknownPrekey",
     "UnknownSenderKey",
+    "UnlistedDevice",
     "UnsupportedVersion",
     "check_identity",
     "commitment_from_message",
     "format_safety_number",
     "is_initial_message",
+    "link_code",
+    "open_on_new_device",
+    "parse_link_code",
     "safety_number",
+    "seal_for_new_device",
     "verify_report",
 ]

@@ -31,7 +31,7 @@ from parley.crypto.bundle import (
 )
 from parley.crypto.encoding import U32_MAX, b64decode, b64encode, load_state, u32
 from parley.crypto.errors import (
-    CryptoError,
+    CounterExhausted,
     MalformedBundle,
     MalformedState,
     PrekeyReused,
@@ -84,7 +84,7 @@ class _SignedPrekeyPrivate:
 
 def _next_id(counter: int) -> int:
     if counter > U32_MAX:
-        raise CryptoError("prekey id space exhausted")
+        raise CounterExhausted("prekey id space exhausted")
     return counter
 
 

@@ -29,10 +29,6 @@ class DecryptionFailed(CryptoError):
     """AEAD authentication failed: wrong key, or header/body/associated data changed."""
 
 
-BadTag = DecryptionFailed
-"""Alias: a bad AES-GCM tag is the one way decryption fails."""
-
-
 class ReplayedMessage(CryptoError):
     """The message was already decrypted (or its key was deliberately discarded)."""
 
@@ -41,12 +37,13 @@ class TooManySkippedMessages(CryptoError):
     """The message would need more skipped message keys than the bound allows."""
 
 
+class CounterExhausted(CryptoError):
+    """A 32-bit counter ran out: a sending chain's message number, a sender key's
+    iteration (rotate it) or a device's prekey ids."""
+
+
 class PrekeyReused(CryptoError):
     """An initial message names a one-time prekey that was already consumed."""
-
-
-DuplicateOneTimePrekey = PrekeyReused
-"""Alias kept for readers of the issue text."""
 
 
 class UnknownPrekey(CryptoError):
@@ -93,7 +90,11 @@ class UnknownSenderKey(CryptoError):
 
 
 class FrankingMismatch(CryptoError):
-    """A franking commitment does not match the revealed plaintext and key."""
+    """A report's plaintext and franking key do not open its franking commitment."""
+
+
+class InvalidSafetyNumber(CryptoError):
+    """A string given as a safety number is not 60 decimal digits."""
 
 
 class MalformedState(CryptoError):
@@ -103,6 +104,26 @@ class MalformedState(CryptoError):
 class BadCommitment(DecryptionFailed):
     """A decrypted message's franking commitment does not match its content.
 
-    Such a message could not be reported, so the recipient rejects it.
-    (Servers checking reports use ``parley.crypto.franking.FrankingMismatch``.)
+    Such a message could not be reported, so the recipient rejects it.  (Checking
+    a report raises :class:`FrankingMismatch` instead.)
     """
+
+
+class MalformedDeviceList(CryptoError):
+    """A device list breaks a structural rule: missing or mistyped members, an id,
+    version or name out of range, devices not in ascending id order or repeated,
+    badly encoded keys, unknown members."""
+
+
+class UnlistedDevice(CryptoError):
+    """A device is not in the account's signed device list: nothing may be
+    encrypted to it, whatever the directory says."""
+
+
+class DeviceMismatch(CryptoError):
+    """A device's identity (signing key or DH key) differs from its entry in the
+    signed device list, or a bundle is for another user than the list."""
+
+
+class MalformedLinkCode(CryptoError):
+    """A link code is not 54 characters of canonical base64url (``link_id ‖ E_pub``)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 
+from parley.crypto.errors import InvalidSafetyNumber
 from parley.crypto.primitives import ED25519_KEY_LEN, require_bytes
 
 __all__ = [
@@ -53,7 +54,10 @@ def safety_number(
 
 
 def format_safety_number(number: str) -> str:
-    """``'12345 67890 ...'``: 12 groups of 5 digits."""
+    """``'12345 67890 ...'``: 12 groups of 5 digits; raises :class:`InvalidSafetyNumber`
+    unless ``number`` is 60 digits (``TypeError`` if it is not a ``str``)."""
+    if not isinstance(number, str):
+        raise TypeError(f"safety number must be str, not {type(number).__name__}")
     if len(number) != 60 or not number.isdigit():
-        raise ValueError("a safety number has exactly 60 digits")
+        raise InvalidSafetyNumber("a safety number has exactly 60 digits")
     return " ".join(number[i : i + 5] for i in range(0, 60, 5))

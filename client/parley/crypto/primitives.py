@@ -59,7 +59,6 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "chain_key_step",
-    "deterministic_random",
     "ed25519_verify",
     "hkdf_sha256",
     "hmac_sha256",
@@ -87,35 +86,6 @@ RandomSource = Callable[[int], bytes]
 """Where randomness comes from: ``rng(n)`` returns ``n`` fresh random bytes."""
 
 system_random: RandomSource = os.urandom
-
-
-class _TestDrbg:
-    __slots__ = ("_buffer", "_counter", "_seed")
-
-    def __init__(self, seed: bytes) -> None:
-        self._seed = seed
-        self._counter = 0
-        self._buffer = b""
-
-    def __call__(self, n: int) -> bytes:
-        while len(self._buffer) < n:
-            block = b"parley-test-drbg" + self._counter.to_bytes(8, "big")
-            self._buffer += hmac.digest(self._seed, block, hashlib.sha256)
-            self._counter += 1
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
-
-
-def deterministic_random(seed: bytes) -> RandomSource:
-    """A reproducible byte stream, **for test vectors only**.
-
-    Block ``i`` (0, 1, 2, ...) is ``HMAC-SHA256(seed, b"parley-test-drbg" ||
-    u64_be(i))``; the stream is the concatenation of blocks and each call takes
-    the next ``n`` bytes of it.  The browser client implements the same few
-    lines to replay our vectors.
-    """
-    require_bytes("seed", seed)
-    return _TestDrbg(seed)
 
 
 def require_bytes(name: str, value: object, length: int | None = None) -> bytes:

@@ -36,11 +36,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from parley.crypto.encoding import U32_MAX, b64decode, b64encode
 from parley.crypto.errors import (
+    CounterExhausted,
     CryptoError,
     DecryptionFailed,
     InvalidKey,
@@ -55,6 +53,8 @@ from parley.crypto.primitives import (
     MessageKeyDeriver,
     RandomSource,
     X25519KeyPair,
+    aead_decrypt,
+    aead_encrypt,
     chain_key_step,
     hkdf_sha256,
     system_random,
@@ -90,13 +90,6 @@ PayloadCheck = Callable[[bytes], None]
 def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
     out = hkdf_sha256(dh_out, salt=root_key, info=ROOT_INFO, length=64)
     return out[:32], out[32:]
-
-
-def _open(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-    try:
-        return AESGCM(key).decrypt(nonce, ciphertext, ad)
-    except InvalidTag as exc:
-        raise DecryptionFailed("message authentication failed") from exc
 
 
 def _skip(
@@ -198,11 +191,11 @@ class RatchetState:
             raise CryptoError("this session cannot send before it has received a message")
         ns = self.ns
         if ns > U32_MAX:
-            raise CryptoError("sending chain exhausted")
+            raise CounterExhausted("sending chain exhausted")
         key, nonce, self.cks = _step(cks)
         self.ns = ns + 1
         associated = prefix + _HEADER.pack(self.dhs.public, self.pn, ns)
-        return associated + AESGCM(key).encrypt(nonce, payload, self.ad + associated)
+        return associated + aead_encrypt(key, nonce, payload, self.ad + associated)
 
     # ------------------------------------------------------------------ decrypt
 
@@ -227,10 +220,7 @@ class RatchetState:
             # In order on the current receiving chain, the common case: the checks of
             # :meth:`decrypt` in the same order, without its bookkeeping.
             key, nonce, ck = _step(ckr)
-            try:
-                payload = AESGCM(key).decrypt(nonce, message[body_at:], self.ad + message[:body_at])
-            except InvalidTag as exc:
-                raise DecryptionFailed("message authentication failed") from exc
+            payload = aead_decrypt(key, nonce, message[body_at:], self.ad + message[:body_at])
             if check is not None:
                 check(payload)
             self.ckr = ck
@@ -254,7 +244,7 @@ class RatchetState:
         slot = (ratchet_key, n)
         stored = self.skipped.get(slot)
         if stored is not None:
-            payload = _open(*_MESSAGE_KEYS.derive(stored[0]), ciphertext, ad)
+            payload = aead_decrypt(*_MESSAGE_KEYS.derive(stored[0]), ciphertext, ad)
             if check is not None:
                 check(payload)
             del self.skipped[slot]
@@ -269,7 +259,7 @@ class RatchetState:
                 raise TooManySkippedMessages(f"message skips {n - nr} keys (max {MAX_SKIP})")
             new_keys, ck = _skip(self.ckr, nr, n, ratchet_key)
             key, nonce, ck = _step(ck)
-            payload = _open(key, nonce, ciphertext, ad)
+            payload = aead_decrypt(key, nonce, ciphertext, ad)
             if check is not None:
                 check(payload)
             self._store(new_keys, self.chain_index)
@@ -297,7 +287,7 @@ class RatchetState:
         rk, ckr = kdf_rk(self.rk, dh_out)
         new_keys, ckr = _skip(ckr, 0, n, ratchet_key)
         key, nonce, ckr = _step(ckr)
-        payload = _open(key, nonce, ciphertext, ad)
+        payload = aead_decrypt(key, nonce, ciphertext, ad)
         if check is not None:
             check(payload)
 

@@ -25,13 +25,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from parley.crypto.encoding import U32_MAX, b64decode, b64encode
 from parley.crypto.errors import (
-    CryptoError,
-    DecryptionFailed,
+    CounterExhausted,
     MalformedBundle,
     MalformedState,
     ReplayedMessage,
@@ -41,6 +37,8 @@ from parley.crypto.primitives import (
     Ed25519KeyPair,
     MessageKeyDeriver,
     RandomSource,
+    aead_decrypt,
+    aead_encrypt,
     chain_key_step,
     ed25519_verify,
 )
@@ -97,12 +95,12 @@ class SenderChain:
 
     def encrypt(self, payload: bytes, commitment: bytes, group_ad: bytes) -> bytes:
         if self.iteration > U32_MAX:
-            raise CryptoError("sender chain exhausted; rotate the sender key")
+            raise CounterExhausted("sender chain exhausted; rotate the sender key")
         mk, self.chain_key = chain_key_step(self.chain_key)
         prefix = group_prefix(commitment, self.chain_id, self.iteration)
         self.iteration += 1
         key, nonce = _MESSAGE_KEYS.derive(mk)
-        body = prefix + AESGCM(key).encrypt(nonce, payload, group_ad + prefix)
+        body = prefix + aead_encrypt(key, nonce, payload, group_ad + prefix)
         return body + self.signing.sign(body)
 
     def to_json(self) -> dict[str, Any]:
@@ -193,11 +191,7 @@ class ReceiverChain:
 
     @staticmethod
     def _open(mk: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-        key, nonce = _MESSAGE_KEYS.derive(mk)
-        try:
-            return AESGCM(key).decrypt(nonce, ciphertext, ad)
-        except InvalidTag as exc:
-            raise DecryptionFailed("group message authentication failed") from exc
+        return aead_decrypt(*_MESSAGE_KEYS.derive(mk), ciphertext, ad)
 
     def copy(self) -> ReceiverChain:
         return ReceiverChain(

@@ -14,15 +14,15 @@ Typical use::
     alice_session.decrypt(reply)
 
 Every message a session produces is bytes (see :mod:`parley.crypto.wire`);
-its franking commitment is bytes [2:34].  States (``Device``, ``Session``,
-``GroupSession``) serialise with ``to_bytes``/``from_bytes``; persist them
-after every call that changes them (``respond`` changes the device).
+:func:`parley.crypto.franking.commitment_from_message` gives its franking
+commitment.  States (``Device``, ``Session``, ``GroupSession``) serialise with
+``to_bytes``/``from_bytes``; persist them after every call that changes them
+(``respond`` changes the device).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -33,6 +33,7 @@ from parley.crypto.device import Device
 from parley.crypto.encoding import b64decode, b64encode, load_state
 from parley.crypto.errors import (
     BadCommitment,
+    FrankingMismatch,
     IdentityChanged,
     MalformedBundle,
     MalformedMessage,
@@ -45,9 +46,6 @@ from parley.crypto.primitives import (
     RandomSource,
     mlkem768_encapsulate,
     system_random,
-)
-from parley.crypto.primitives import (
-    hmac_sha256_key32 as _commit,
 )
 from parley.crypto.ratchet import RatchetState
 from parley.crypto.sender_keys import (
@@ -81,8 +79,8 @@ _STATE_VERSION = 1
 _FK = franking.FRANKING_KEY_LEN
 _PREFIX_MESSAGE = bytes((VERSION, TYPE_MESSAGE))
 _PREFIX_INITIAL = bytes((VERSION, TYPE_INITIAL))
-_CONTEXT = franking.CONTEXT
-_COMMITMENT_END = 2 + franking.COMMITMENT_LEN
+_COMMITMENT_AT = franking.COMMITMENT_OFFSET
+_COMMITMENT_END = franking.COMMITMENT_OFFSET + franking.COMMITMENT_LEN
 _MESSAGE_HEADER_AT = MESSAGE_PREFIX_LEN - HEADER_LEN
 
 
@@ -95,23 +93,25 @@ class DecryptedMessage(NamedTuple):
 
 
 def _seal_payload(plaintext: bytes, rng: RandomSource) -> tuple[bytes, bytes]:
-    """Return ``(commitment, payload)`` with payload = franking key || plaintext.
-
-    Same commitment as :func:`parley.crypto.franking.commit` (checked by the tests).
-    """
-    if type(plaintext) is not bytes:
+    """Return ``(commitment, payload)`` with payload = franking key || plaintext, the
+    commitment made by :func:`parley.crypto.franking.commit`."""
+    if type(plaintext) is not bytes:  # before drawing the franking key
         raise TypeError(f"plaintext must be bytes, not {type(plaintext).__name__}")
     franking_key = rng(_FK)
-    return _commit(franking_key, _CONTEXT + plaintext), franking_key + plaintext
+    return franking.commit(plaintext, franking_key), franking_key + plaintext
 
 
 def _commitment_check(commitment: bytes) -> Callable[[bytes], None]:
+    """The check a decrypted payload must pass before the session commits: its franking
+    key and plaintext open ``commitment`` (:func:`parley.crypto.franking.verify_report`)."""
+
     def check(payload: bytes) -> None:
         if len(payload) < _FK:
             raise MalformedMessage("payload shorter than the franking key")
-        expected = _commit(payload[:_FK], _CONTEXT + payload[_FK:])
-        if not hmac.compare_digest(expected, commitment):
-            raise BadCommitment("franking commitment does not match the message")
+        try:
+            franking.verify_report(payload[_FK:], payload[:_FK], commitment)
+        except FrankingMismatch as exc:
+            raise BadCommitment("franking commitment does not match the message") from exc
 
     return check
 
@@ -299,7 +299,9 @@ class Session:
     def decrypt_message(self, message: bytes) -> DecryptedMessage:
         """Like :meth:`decrypt`, returning the franking key and commitment too."""
         payload = self._open(message)
-        return DecryptedMessage(payload[_FK:], payload[:_FK], message[2 : 2 + _FK])
+        return DecryptedMessage(
+            payload[_FK:], payload[:_FK], franking.commitment_from_message(message)
+        )
 
     def _open(self, message: bytes) -> bytes:
         if type(message) is bytes and message[:2] == _PREFIX_MESSAGE:  # the common case
@@ -314,7 +316,7 @@ class Session:
                 raise SessionMismatch("initial message of another session")
             header_at = len(parsed.associated) - HEADER_LEN
         payload = self._ratchet.open(
-            message, header_at, _commitment_check(message[2:_COMMITMENT_END])
+            message, header_at, _commitment_check(message[_COMMITMENT_AT:_COMMITMENT_END])
         )
         self._pending_section = None  # the peer has our session: stop sending PQXDH fields
         return payload

@@ -1,0 +1,284 @@
+"""Produce, Fetch, ListOffsets and Metadata: the APIs of producers and consumers' data path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from embedded.kafka.codec import encode_fetch_response, encode_produce_response
+from embedded.kafka.log import OffsetOutOfRange, PartitionLog
+from embedded.kafka.protocol import encode
+from embedded.kafka.records import BatchError, split_batches
+from embedded.kafka.topics import TOPIC_ALREADY_EXISTS, TopicError
+
+if TYPE_CHECKING:
+    from embedded.kafka.server import Broker, Request
+
+log = logging.getLogger(__name__)
+
+NONE = 0
+OFFSET_OUT_OF_RANGE = 1
+CORRUPT_MESSAGE = 2
+UNKNOWN_TOPIC_OR_PARTITION = 3
+LEADER_NOT_AVAILABLE = 5
+NOT_LEADER_FOR_PARTITION = 6
+INVALID_REQUIRED_ACKS = 21
+KAFKA_STORAGE_ERROR = 56
+FETCH_SESSION_ID_NOT_FOUND = 70
+LATEST, EARLIEST = -1, -2
+
+
+# Produce ----------------------------------------------------------------------------
+def produce(broker: Broker, req: Request) -> bytes | Awaitable[bytes | None] | None:
+    body = req.body
+    acks = body.required_acks
+    storage_error = KAFKA_STORAGE_ERROR if req.version >= 4 else NOT_LEADER_FOR_PARTITION
+    wrote = False
+    topics_out: list[tuple[str, list[tuple[int, int, int, int, int]]]] = []
+    for name, partitions in body.topics:
+        topic = broker.topics.get(name)
+        parts_out = []
+        for partition, records in partitions:
+            plog = topic.log(partition) if topic is not None else None
+            error, base = NONE, -1
+            if plog is None:
+                error = UNKNOWN_TOPIC_OR_PARTITION
+            elif acks not in (-1, 0, 1):
+                error = INVALID_REQUIRED_ACKS
+            elif not records:
+                error = CORRUPT_MESSAGE
+            else:
+                assert topic is not None
+                try:
+                    base = plog.append(
+                        records, split_batches(records, topic.config.max_message_bytes)
+                    )
+                    wrote = True
+                except BatchError as exc:
+                    error = exc.code
+                except OSError as exc:
+                    log.error("%s-%d: write failed: %r", name, partition, exc)
+                    error = storage_error
+            start = plog.log_start if plog is not None else -1
+            parts_out.append((partition, error, base, -1, start))
+        topics_out.append((name, parts_out))
+    answer = encode_produce_response(req.version, topics_out)
+    if wrote and broker.syncer.every_write:
+        synced = broker.syncer.after_sync(answer)
+        return synced if acks != 0 else _no_answer(synced)
+    if acks == 0:
+        return None  # Kafka sends no response at all to acks=0
+    return answer
+
+
+async def _no_answer(synced: Awaitable[bytes]) -> None:
+    await synced
+
+
+# Fetch ------------------------------------------------------------------------------
+def fetch(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
+    body, version = req.body, req.version
+    if version >= 7 and (body.session_id != 0 or body.session_epoch not in (-1, 0)):
+        # No fetch sessions here: every fetch is a full one (session id 0).
+        return encode_fetch_response(version, FETCH_SESSION_ID_NOT_FOUND, [])
+    offset_at = 1 if version < 9 else 2
+    wanted = [
+        (name, [(p[0], p[offset_at], p[-1]) for p in partitions])
+        for name, partitions in body.topics
+    ]
+    topics_out, total, failed = _collect(broker, wanted, body.max_bytes)
+    if total >= body.min_bytes or failed or body.max_wait_time <= 0:
+        return encode_fetch_response(version, NONE, topics_out)
+    return _long_poll(broker, req, wanted)
+
+
+async def _long_poll(
+    broker: Broker,
+    req: Request,
+    wanted: list[tuple[str, list[tuple[int, int, int]]]],
+) -> bytes:
+    """Wait until ``min_bytes`` are there or ``max_wait`` is over (woken by appends)."""
+    body = req.body
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.max_wait_time / 1000
+    while True:
+        remaining = deadline - loop.time()
+        if remaining > 0:
+            await _wait_for_data(broker, wanted, remaining)
+        topics_out, total, failed = _collect(broker, wanted, body.max_bytes)
+        if total >= body.min_bytes or failed or deadline - loop.time() <= 0:
+            break
+    return encode_fetch_response(req.version, NONE, topics_out)
+
+
+def _collect(
+    broker: Broker,
+    wanted: list[tuple[str, list[tuple[int, int, int]]]],
+    max_bytes: int,
+) -> tuple[list[tuple[str, list[tuple[int, int, int, int, bytes]]]], int, bool]:
+    total, failed = 0, False
+    topics_out = []
+    for name, partitions in wanted:
+        topic = broker.topics.get(name)
+        parts_out = []
+        for partition, offset, partition_max in partitions:
+            plog = topic.log(partition) if topic is not None else None
+            data = b""
+            if plog is None:
+                error, hw, start = UNKNOWN_TOPIC_OR_PARTITION, -1, -1
+                failed = True
+            else:
+                error, hw, start = NONE, plog.next_offset, plog.log_start
+                budget = max_bytes - total
+                try:
+                    # Always a whole batch for the partition (so a batch larger than
+                    # the partition limit cannot stall it), within the response's
+                    # limit except for the first data of the response.
+                    data = plog.read(offset, max(min(partition_max, budget), 0), min_one=True)
+                    if total and len(data) > budget:
+                        data = b""
+                except OffsetOutOfRange:
+                    error, failed = OFFSET_OUT_OF_RANGE, True
+            total += len(data)
+            parts_out.append((partition, error, hw, start, data))
+        topics_out.append((name, parts_out))
+    return topics_out, total, failed
+
+
+async def _wait_for_data(
+    broker: Broker, wanted: list[tuple[str, list[tuple[int, int, int]]]], timeout: float
+) -> None:
+    """Sleep until one of the partitions gets a batch (or is deleted), or the timeout."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    logs: list[PartitionLog] = []
+    for name, partitions in wanted:
+        topic = broker.topics.get(name)
+        if topic is None:
+            continue
+        for partition, _, _ in partitions:
+            plog = topic.log(partition)
+            if plog is not None:
+                plog.waiters.add(fut)
+                logs.append(plog)
+    timer = loop.call_later(timeout, _resolve, fut)
+    try:
+        await fut
+    finally:
+        timer.cancel()
+        for plog in logs:
+            plog.waiters.discard(fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# ListOffsets ------------------------------------------------------------------------
+def list_offsets(broker: Broker, req: Request) -> bytes:
+    topics_out = []
+    for name, partitions in req.body.topics:
+        topic = broker.topics.get(name)
+        parts_out = []
+        for p in partitions:
+            partition, timestamp = p[0], p[1]
+            plog = topic.log(partition) if topic is not None else None
+            error, found_ts, found = NONE, -1, -1
+            if plog is None:
+                error = UNKNOWN_TOPIC_OR_PARTITION
+            elif timestamp == LATEST:
+                found = plog.next_offset
+            elif timestamp == EARLIEST:
+                found = plog.log_start
+            else:
+                hit = plog.offset_for_timestamp(timestamp)
+                if hit is not None:
+                    found, found_ts = hit
+            parts_out.append(
+                {
+                    "partition": partition,
+                    "error_code": error,
+                    "timestamp": found_ts,
+                    "offset": found,
+                    "offsets": [found] if found >= 0 else [],
+                }
+            )
+        topics_out.append({"topic": name, "partitions": parts_out})
+    return encode(req.response_class, {"topics": topics_out})
+
+
+# Metadata ---------------------------------------------------------------------------
+def metadata(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
+    body, version = req.body, req.version
+    requested: list[str] | None = body.topics
+    if version == 0 and not requested:
+        requested = None  # v0: an empty list means every topic
+    allow_create = broker.config.auto_create_topics and (
+        version < 4 or bool(body.allow_auto_topic_creation)
+    )
+    missing = [n for n in requested or [] if broker.topics.get(n) is None]
+    if allow_create and missing:
+        return _create_then_describe(broker, req, requested, missing)
+    return _describe(broker, req, requested, {})
+
+
+async def _create_then_describe(
+    broker: Broker, req: Request, requested: list[str] | None, missing: list[str]
+) -> bytes:
+    errors: dict[str, int] = {}
+    for name in dict.fromkeys(missing):
+        try:
+            await broker.topics.create(name, broker.config.partitions)
+            log.info("auto-created topic %s", name)
+        except TopicError as exc:
+            # Another request is creating it: Kafka's retriable answer meanwhile.
+            errors[name] = LEADER_NOT_AVAILABLE if exc.code == TOPIC_ALREADY_EXISTS else exc.code
+    return _describe(broker, req, requested, errors)
+
+
+def _describe(
+    broker: Broker, req: Request, requested: list[str] | None, errors: dict[str, int]
+) -> bytes:
+    names = sorted(broker.topics.topics) if requested is None else requested
+    node = broker.config.node_id
+    topics_out = []
+    for name in names:
+        topic = broker.topics.get(name)
+        error = NONE
+        if topic is None:
+            error = errors.get(name) or UNKNOWN_TOPIC_OR_PARTITION
+            partitions: list[dict[str, Any]] = []
+        else:
+            partitions = [
+                {
+                    "error_code": NONE,
+                    "partition": p,
+                    "leader": node,
+                    "replicas": [node],
+                    "isr": [node],
+                    "offline_replicas": [],
+                }
+                for p in range(len(topic.logs))
+            ]
+        topics_out.append(
+            {"error_code": error, "topic": name, "is_internal": False, "partitions": partitions}
+        )
+    return encode(
+        req.response_class,
+        {
+            "brokers": [
+                {
+                    "node_id": node,
+                    "host": broker.config.advertised,
+                    "port": broker.port,
+                    "rack": None,
+                }
+            ],
+            "cluster_id": broker.cluster_id,
+            "controller_id": node,
+            "topics": topics_out,
+        },
+    )

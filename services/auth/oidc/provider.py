@@ -1,0 +1,307 @@
+"""The provider's logic around Authlib: sign-in sessions, pending requests, authorize, userinfo.
+
+**Sign-in session** (the provider's own, not a Parley session): after the
+password (and second factor) on the sign-in page, an opaque 256-bit token in
+the HttpOnly cookie ``parley_login`` (``__Host-parley_login``, Secure, on
+https; SameSite=Lax so that a client's redirect to ``/authorize`` carries it).
+Redis keeps ``{user_id, auth_time, amr}`` under its SHA-256 for
+``PARLEY_OIDC_LOGIN_SESSION_TTL_S`` (30 minutes, absolute). Within that time
+another authorization needs no password. It ends at end-session, at its
+expiry, and as soon as the account is blocked or its password changes
+(checked at every use).
+
+**Pending request**: while the user signs in or consents, the authorization
+request's parameters wait in Redis under a random id (``request`` in the
+pages' forms) for ``PARLEY_OIDC_REQUEST_TTL_S``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError, scope_to_list
+from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+
+from services.auth.oidc import pages
+from services.auth.oidc.clients import Client
+from services.auth.oidc.server import OAuthRequest, ParleyServer, user_claims
+from services.auth.signing import ALG
+from services.auth.state import AuthService, Caller
+from services.auth.tokens import digest, new_token
+from services.common.auth import Claims, check_not_revoked
+from services.common.errors import ApiError
+
+LOGIN = "oidc-login"
+PENDING = "oidc-request"
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """A live sign-in session: who, since when, how."""
+
+    token: str
+    user: dict[str, Any]
+    auth_time: int
+    amr: list[str]
+
+
+class Provider:
+    def __init__(self, svc: AuthService, issuer: str) -> None:
+        self.svc = svc
+        self.issuer = issuer.rstrip("/")
+        self.server = ParleyServer(svc, self.issuer)
+        self.cookies = pages.Cookies(self.issuer)
+
+    # -- metadata ---------------------------------------------------------------
+
+    def endpoint(self, path: str) -> str:
+        return f"{self.issuer}{path}"
+
+    def discovery(self) -> dict[str, Any]:
+        """OpenID Provider Metadata (OpenID Connect Discovery 1.0; RFC 8414)."""
+        auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.endpoint("/auth/oauth2/authorize"),
+            "token_endpoint": self.endpoint("/auth/oauth2/token"),
+            "userinfo_endpoint": self.endpoint("/auth/oauth2/userinfo"),
+            "jwks_uri": self.endpoint("/.well-known/jwks.json"),
+            "end_session_endpoint": self.endpoint("/auth/oauth2/logout"),
+            "revocation_endpoint": self.endpoint("/auth/oauth2/revoke"),
+            "scopes_supported": list(self.server.scopes_supported),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [ALG],
+            "userinfo_signing_alg_values_supported": ["none"],
+            "token_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_methods_supported": auth_methods,
+            "code_challenge_methods_supported": ["S256"],
+            "prompt_values_supported": ["none", "login", "consent"],
+            "claims_supported": [
+                "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "at_hash",
+                "sid", "preferred_username", "name", "updated_at", "email", "email_verified",
+                "roles",
+            ],
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+        }  # fmt: skip
+
+    # -- requests -----------------------------------------------------------------
+
+    def oauth_request(
+        self, request: web.Request, params: Iterable[tuple[str, str]], caller: Caller
+    ) -> OAuthRequest:
+        return OAuthRequest(
+            request.method, self.issuer + request.path_qs, request.headers, params, caller
+        )
+
+    async def save_pending(self, params: list[tuple[str, str]], fresh_login: bool = False) -> str:
+        rid = new_token()
+        value = {"params": params, "fresh_login": fresh_login}
+        await self.svc.store.eph_json_put(
+            PENDING, digest(rid), value, self.svc.config.oidc_request_ttl_s
+        )
+        return rid
+
+    async def pending(self, rid: str) -> dict[str, Any] | None:
+        if not 20 <= len(rid) <= 100:
+            return None
+        value = await self.svc.store.eph_json_get(PENDING, digest(rid))
+        if not isinstance(value, dict):
+            return None
+        value["params"] = [(str(k), str(v)) for k, v in value["params"]]
+        return value
+
+    async def drop_pending(self, rid: str | None) -> None:
+        if rid:
+            await self.svc.store.eph_delete(PENDING, digest(rid))
+
+    # -- the sign-in session ------------------------------------------------------------
+
+    async def sign_in(self, user: Mapping[str, Any], amr: list[str]) -> str:
+        token = new_token()
+        value = {"user_id": user["_id"], "auth_time": int(self.svc.now().timestamp()), "amr": amr}
+        ttl = self.svc.config.oidc_login_session_ttl_s
+        await self.svc.store.eph_json_put(LOGIN, digest(token), value, ttl)
+        return token
+
+    async def signed_in(self, request: web.Request) -> SignIn | None:
+        token = request.cookies.get(self.cookies.login, "")
+        if not 20 <= len(token) <= 100:
+            return None
+        value = await self.svc.store.eph_json_get(LOGIN, digest(token))
+        if not isinstance(value, dict):
+            return None
+        user = await self.svc.store.user_by_id(str(value["user_id"]))
+        auth_time = int(value["auth_time"])
+        if (
+            user is None
+            or user["blocked"]
+            or int(user["password_changed_at"].timestamp()) > auth_time
+        ):
+            await self.sign_out(token)
+            return None
+        return SignIn(token, user, auth_time, list(value.get("amr") or []))
+
+    async def sign_out(self, token: str | None) -> None:
+        if token:
+            await self.svc.store.eph_delete(LOGIN, digest(token))
+
+    def set_login_cookie(self, resp: web.StreamResponse, token: str) -> None:
+        ttl = self.svc.config.oidc_login_session_ttl_s
+        self.cookies.set(resp, self.cookies.login, token, max_age=ttl, samesite="Lax")
+
+    # -- the authorization endpoint ----------------------------------------------------
+
+    def error_response(
+        self, request: web.Request, oreq: OAuthRequest, err: OAuth2Error
+    ) -> web.Response:
+        """A redirect to the client when its redirect URI is known good; else a page."""
+        status, body, headers = self.server.handle_error_response(oreq, err)
+        location = dict(headers).get("Location")
+        if status == 302 and location:
+            return pages.redirect(location)
+        code = body.get("error", "invalid_request") if isinstance(body, dict) else "server_error"
+        message = (body.get("error_description") if isinstance(body, dict) else None) or code
+        return pages.error_page(request, self.cookies, 400, code, message)
+
+    async def authorize(
+        self,
+        request: web.Request,
+        params: list[tuple[str, str]],
+        caller: Caller,
+        *,
+        fresh_login: bool = False,
+    ) -> web.Response:
+        """Validate an authorization request, then sign in, consent, or answer with a code."""
+        login = await self.signed_in(request)
+        user = login.user if login else None
+        oreq = self.oauth_request(request, params, caller)
+        data = oreq.payload.data
+        try:
+            grant = await self.server.call(
+                lambda: self.server.get_consent_grant(oreq, end_user=user)
+            )
+        except OAuth2Error as err:
+            return self.error_response(request, oreq, err)
+        prompts = (data.get("prompt") or "").split()
+        needs_login = login is None or ("login" in prompts and not fresh_login)
+        max_age = data.get("max_age")
+        if login is not None and max_age is not None and not fresh_login:
+            if not max_age.isdigit():
+                bad = InvalidRequestError("'max_age' is a number of seconds.")
+                bad.redirect_uri = grant.redirect_uri
+                bad.state = data.get("state")
+                return self.error_response(request, oreq, bad)
+            needs_login = needs_login or time.time() - login.auth_time > int(max_age)
+        client: Client = grant.request.client
+        targets = [pages.origin_of(grant.redirect_uri)]
+        if needs_login:
+            if "none" in prompts:
+                return self.error_response(
+                    request, oreq, LoginRequiredError(redirect_uri=grant.redirect_uri,
+                                                      state=data.get("state"))
+                )  # fmt: skip
+            rid = await self.save_pending(params)
+            return pages.redirect("/auth/login?" + urlencode({"request": rid}), targets)
+        assert login is not None
+        scopes = scope_to_list(grant.request.scope) or []
+        if not await self._consented(login.user, client, scopes) or "consent" in prompts:
+            if "none" in prompts:
+                return self.error_response(
+                    request, oreq, ConsentRequiredError(redirect_uri=grant.redirect_uri,
+                                                        state=data.get("state"))
+                )  # fmt: skip
+            rid = await self.save_pending(params)
+            return self.consent_page(request, rid, client, scopes, login, grant.redirect_uri)
+        return await self.issue_code(request, oreq, login)
+
+    async def _consented(self, user: Mapping[str, Any], client: Client, scopes: list[str]) -> bool:
+        if client.skip_consent:
+            return True
+        doc = await self.svc.store.consent(user["_id"], client.client_id)
+        return doc is not None and set(scopes) <= set(doc.get("scopes") or [])
+
+    def consent_page(
+        self,
+        request: web.Request,
+        rid: str,
+        client: Client,
+        scopes: list[str],
+        login: SignIn,
+        redirect_uri: str,
+    ) -> web.Response:
+        return pages.render(
+            request,
+            self.cookies,
+            "consent.html",
+            title="Allow access?",
+            client=client.doc["name"],
+            username=login.user["username"],
+            scopes=[pages.SCOPE_TEXT.get(s, s) for s in scopes],
+            request_id=rid,
+            redirect_host=pages.origin_of(redirect_uri),
+            form_targets=[pages.origin_of(redirect_uri)],
+        )
+
+    async def issue_code(
+        self,
+        request: web.Request,
+        oreq: OAuthRequest,
+        login: SignIn | None,
+        rid: str | None = None,
+    ) -> web.Response:
+        """Answer the client: a code for ``login``'s user, or ``access_denied`` without one."""
+        user = login.user if login else None
+        if login is not None:
+            oreq.auth_time, oreq.amr = login.auth_time, login.amr
+
+        def create() -> tuple[int, Any, list[tuple[str, str]]]:
+            grant = self.server.get_consent_grant(oreq, end_user=user)
+            result: tuple[int, Any, list[tuple[str, str]]] = (
+                self.server.create_authorization_response(oreq, grant_user=user, grant=grant)
+            )
+            return result
+
+        try:
+            status, body, headers = await self.server.call(create)
+        except OAuth2Error as err:
+            return self.error_response(request, oreq, err)
+        await self.drop_pending(rid)
+        location = dict(headers).get("Location")
+        if status == 302 and location:
+            return pages.redirect(location)
+        code = body.get("error", "server_error") if isinstance(body, dict) else "server_error"
+        return pages.error_page(request, self.cookies, 400, code, code)
+
+    # -- userinfo ------------------------------------------------------------------------
+
+    async def userinfo(self, token: str) -> dict[str, Any] | None:
+        """The claims an access token's scope releases; None if the token is not good."""
+        claims = await self.server.verify_own_jwt(token, audience=self.server.userinfo_audience)
+        if claims is None or claims.get("iss") != self.svc.settings.jwt_issuer:
+            return None
+        sub, sid = claims.get("sub"), claims.get("sid")
+        if not isinstance(sub, str) or not isinstance(sid, str):
+            return None
+        try:
+            await check_not_revoked(
+                self.svc.store.redis,
+                self.svc.settings.redis_prefix,
+                Claims(sub=sub, sid=sid, roles=(), jti="", exp=0),
+            )
+        except ApiError:
+            return None
+        user = await self.svc.store.user_by_id(sub)
+        if user is None or user["blocked"]:
+            return None
+        return user_claims(user, str(claims.get("scope", "")))

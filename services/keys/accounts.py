@@ -1,0 +1,319 @@
+"""The account identity key and its signed device list (docs/devices.md, docs/keys.md).
+
+An account registers its account key once with a first device list
+(version 1), then publishes each new list signed by that key with the next
+version. A different account key is a **reset** (the owner lost every device
+and reinstalled): allowed for the account's owner, it starts again at version
+1 and publishes ``key_changed``.
+
+Every write is compare-and-set on the account document's ``generation``, so
+that of two concurrent lists exactly one wins (the other gets ``conflict``
+with the version that won). The server checks the signature with
+``cryptography`` (services.keys.verify) and that every listed device has
+registered exactly the identity its entry names; it never learns the account
+key's private half.
+
+Devices dropped from the list are **removed**: their keys deleted, their
+tokens refused by every service (the revocation key of services.common.auth,
+also kept in MongoDB to survive a Redis restart), their sockets closed
+(``device_revoked`` on the revocation channel) and their inbox dropped
+(``device_removed`` event). The write that drops them records them in
+``removing`` together with the new list, so a removal interrupted by a crash
+is finished by the next write of the account, or by the first read that finds
+it still unfinished ``REMOVAL_GRACE_S`` after the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from parley_contract import envelopes as e
+from pymongo.errors import DuplicateKeyError
+
+from services.common.errors import ApiError, ErrorCode
+from services.keys import events, models, verify
+from services.keys.state import Keys
+
+log = logging.getLogger(__name__)
+
+# Attempts at a compare-and-set before giving up with CONFLICT.
+_CAS_ATTEMPTS = 5
+# A removal still unfinished this long after its write was interrupted: readers finish it.
+REMOVAL_GRACE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user's account document, as read."""
+
+    user_id: str
+    account_key: str
+    version: int
+    generation: int
+    device_list: str
+    """The list's canonical JSON, exactly the signed bytes after the label."""
+    signature: str
+    device_ids: tuple[int, ...]
+    removing: tuple[int, ...]
+    updated_at: float
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Account:
+        listed = orjson.loads(doc["device_list"])
+        return cls(
+            user_id=str(doc["user_id"]),
+            account_key=str(doc["account_key"]),
+            version=int(doc["version"]),
+            generation=int(doc["generation"]),
+            device_list=str(doc["device_list"]),
+            signature=str(doc["signature"]),
+            device_ids=tuple(int(d["device_id"]) for d in listed["devices"]),
+            removing=tuple(int(d) for d in doc.get("removing") or ()),
+            updated_at=float(doc.get("updated_at", 0)),
+        )
+
+    def listed(self) -> dict[str, Any]:
+        """The members every answer that carries the list has (models._Listed)."""
+        return {
+            "user_id": self.user_id,
+            "account_key": self.account_key,
+            "device_list": models.DeviceList.model_validate(orjson.loads(self.device_list)),
+            "signature": self.signature,
+        }
+
+
+def _identity_not_found(user_id: str) -> ApiError:
+    return ApiError(
+        ErrorCode.IDENTITY_NOT_FOUND,
+        "This user has not registered an account key.",
+        details={"user_id": user_id},
+    )
+
+
+async def get(keys: Keys, user_id: str) -> Account | None:
+    doc = await keys.store.get_account(user_id)
+    return None if doc is None else Account.from_doc(doc)
+
+
+async def current(keys: Keys, user_id: str) -> Account:
+    """The account, with any interrupted removal finished; 404 ``identity_not_found``.
+
+    A removal in progress (its writer is finishing it now) is left to its writer.
+    """
+    account = await get(keys, user_id)
+    if account is None:
+        raise _identity_not_found(user_id)
+    if account.removing and time.time() - account.updated_at > REMOVAL_GRACE_S:
+        await _finish_removals(keys, user_id, account.generation, account.removing)
+        await keys.store.broadcast(e.DevicesChanged(user_id=user_id))
+    return account
+
+
+async def user_devices(keys: Keys, user_id: str) -> models.UserDevices:
+    account = await current(keys, user_id)
+    listed = account.listed()
+    return models.UserDevices(
+        **listed,
+        devices=[
+            models.DeviceSummary(device_id=d.device_id, name=d.name)
+            for d in listed["device_list"].devices
+        ],
+    )
+
+
+def _check_signed(
+    keys: Keys, user_id: str, body: models.SignedDeviceList
+) -> verify.VerifiedDeviceList:
+    """The checks that need no stored state: structure, owner, size."""
+    listed = verify.device_list(body.device_list)
+    if listed.user_id != user_id:
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            "A device list names the account it belongs to: yours.",
+            details={"field": "device_list.user_id"},
+        )
+    if len(listed.devices) > keys.config.max_devices:
+        raise ApiError(
+            ErrorCode.TOO_MANY_DEVICES,
+            f"An account has at most {keys.config.max_devices} devices.",
+            details={"max": keys.config.max_devices, "got": len(listed.devices)},
+        )
+    return listed
+
+
+async def _check_identities(
+    keys: Keys, user_id: str, listed: verify.VerifiedDeviceList, removing: tuple[int, ...]
+) -> None:
+    """Every listed device registered exactly the identity its entry names."""
+    docs = {
+        int(d["device_id"]): d for d in await keys.store.get_devices(user_id, listed.device_ids)
+    }
+    for i, (device_id, (_, signing_key, dh_key)) in enumerate(listed.devices.items()):
+        field = f"device_list.devices[{i}]"
+        doc = docs.get(device_id)
+        if doc is None or device_id in removing:
+            raise ApiError(
+                ErrorCode.INVALID_KEY,
+                f"{field}: device {device_id} has no registered identity; it must register "
+                "its keys before it is listed.",
+                details={"field": field, "device_id": device_id},
+            )
+        identity = doc["identity"]
+        if identity["signing_key"] != signing_key or identity["dh_key"] != dh_key:
+            raise ApiError(
+                ErrorCode.INVALID_KEY,
+                f"{field}: not the identity device {device_id} registered.",
+                details={"field": field, "device_id": device_id},
+            )
+
+
+async def _identities_hold(
+    keys: Keys, user_id: str, listed: verify.VerifiedDeviceList, account: Account | None
+) -> bool:
+    """:func:`_check_identities` against the account as read; False (try again) if
+    the account changed meanwhile, since a concurrent list may have removed a
+    device: the caller then answers what that list's version implies."""
+    try:
+        await _check_identities(keys, user_id, listed, account.removing if account else ())
+    except ApiError:
+        latest = await get(keys, user_id)
+        if (latest and latest.generation) != (account and account.generation):
+            return False
+        raise
+    return True
+
+
+async def register(
+    keys: Keys, user_id: str, body: models.AccountRegistration
+) -> models.AccountRegistered:
+    """The first account key and list, a reset to another key, or the same key again."""
+    listed = _check_signed(keys, user_id, body)
+    if listed.version != 1:
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED,
+            "An account key's first device list has version 1.",
+            details=[{"field": "device_list.version", "problem": "must be 1"}],
+        )
+    public = verify.account_key(body.account_key)
+    verify.list_signature(listed, public, body.signature)
+    store = keys.store
+    for _ in range(_CAS_ATTEMPTS):
+        old = await get(keys, user_id)
+        if old is not None and old.account_key == body.account_key:
+            return models.AccountRegistered(version=old.version, created=False, changed=False)
+        if not await _identities_hold(keys, user_id, listed, old):
+            continue
+        fields: dict[str, Any] = {
+            "account_key": body.account_key,
+            "version": 1,
+            "device_list": listed.text(),
+            "signature": body.signature,
+        }
+        if old is None:
+            try:
+                await store.insert_account(user_id, {**fields, "removing": []})
+            except DuplicateKeyError:
+                continue  # registered concurrently: compare with that one
+            log.info("account key registered", extra={"user_id": user_id})
+            await store.broadcast(e.DevicesChanged(user_id=user_id))
+            return models.AccountRegistered(version=1, created=True, changed=False)
+        dropped = {d for d in old.device_ids if d not in listed.devices}
+        removing = tuple(sorted(set(old.removing) | dropped))
+        if not await store.replace_account(
+            user_id, old.generation, {**fields, "removing": list(removing)}
+        ):
+            continue
+        log.info("account key reset", extra={"user_id": user_id, "removed": sorted(dropped)})
+        await keys.events.publish(events.key_changed(user_id, body.account_key))
+        await _finish_removals(keys, user_id, old.generation + 1, removing)
+        await store.broadcast(e.DevicesChanged(user_id=user_id))
+        return models.AccountRegistered(version=1, created=False, changed=True)
+    raise _conflict()
+
+
+async def update_list(
+    keys: Keys, user_id: str, body: models.SignedDeviceList
+) -> models.DeviceListUpdated:
+    """The next version of the list, signed by the registered account key."""
+    listed = _check_signed(keys, user_id, body)
+    store = keys.store
+    for _ in range(_CAS_ATTEMPTS):
+        account = await get(keys, user_id)
+        if account is None:
+            raise _identity_not_found(user_id)
+        if listed.version != account.version + 1:
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"The device list is at version {account.version}; publish version "
+                f"{account.version + 1}, built on it.",
+                details={"version": account.version},
+            )
+        public = verify.account_key(account.account_key)
+        verify.list_signature(listed, public, body.signature)
+        if not await _identities_hold(keys, user_id, listed, account):
+            continue
+        dropped = {d for d in account.device_ids if d not in listed.devices}
+        removing = tuple(sorted(set(account.removing) | dropped))
+        fields = {
+            "version": listed.version,
+            "device_list": listed.text(),
+            "signature": body.signature,
+            "removing": list(removing),
+        }
+        if not await store.replace_account(user_id, account.generation, fields):
+            continue  # another write won: its version decides on the next round
+        log.info(
+            "device list updated",
+            extra={"user_id": user_id, "version": listed.version, "removed": sorted(dropped)},
+        )
+        await _finish_removals(keys, user_id, account.generation + 1, removing)
+        await store.broadcast(e.DevicesChanged(user_id=user_id))
+        return models.DeviceListUpdated(version=listed.version, removed=sorted(dropped))
+    raise _conflict()
+
+
+async def _finish_removals(
+    keys: Keys, user_id: str, generation: int, removing: tuple[int, ...]
+) -> None:
+    """Remove each dropped device (every step idempotent), then clear ``removing``."""
+    store = keys.store
+    for device_id in removing:
+        await store.revoke_device(user_id, device_id)
+        await store.delete_device(user_id, device_id)
+        await store.forget_left(user_id, device_id)
+        await store.broadcast(e.DeviceRevoked(user_id=user_id, device=device_id))
+        await keys.events.publish(events.device_removed(user_id, device_id))
+        log.info("device removed", extra={"user_id": user_id, "device_id": device_id})
+    if removing:
+        # If someone wrote meanwhile, they carried these on and finish them too.
+        await store.removals_done(user_id, generation)
+
+
+def _conflict() -> ApiError:
+    return ApiError(ErrorCode.CONFLICT, "The device list changed concurrently; try again.")
+
+
+async def restore_revocations(keys: Keys) -> None:
+    """Start-up work: removed devices' revocation keys back into Redis (idempotent)."""
+    restored = await keys.store.restore_revocations()
+    if restored:
+        log.info("device revocations restored", extra={"count": restored})
+
+
+async def keep_revocations(keys: Keys) -> None:
+    """For as long as the service runs: restore the revocations whenever Redis lost
+    them (a restart of Redis empties it; the restored marker goes with it)."""
+    while True:
+        await asyncio.sleep(keys.config.revocation_check_s)
+        try:
+            if not await keys.store.revocations_present():
+                await restore_revocations(keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis or MongoDB away: try again next round
+            log.warning("revocation check failed", extra={"error": repr(exc)})

@@ -1,0 +1,87 @@
+"""``create_app``: serve the built browser apps (``web/<app>/dist``) with security headers.
+
+``/admin/`` is the admin console (``web/admin/dist``); any path under it that
+is not a file gets ``index.html`` (the single-page app routes itself).
+``/admin/config.json`` tells the console where the provider is (the issuer,
+``PARLEY_PUBLIC_URL``) and its client id. Built assets (``/admin/assets/``)
+are content-hashed: cached for a year; everything else is revalidated.
+In production S3 + CloudFront serve the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from services.common.app import base_app
+from services.common.config import Settings
+from services.common.http import json_response
+
+ROOT = Path(__file__).resolve().parent.parent.parent / "web"
+APPS = {"admin": "parley-admin"}
+
+
+def csp(settings: Settings) -> str:
+    issuer = urlsplit(settings.public_url)
+    authority = f"{issuer.scheme}://{issuer.netloc}"
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' {authority}; form-action 'self' {authority}; "
+        "frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+    )
+
+
+def harden(resp: web.StreamResponse, policy: str) -> web.StreamResponse:
+    resp.headers["Content-Security-Policy"] = policy
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    return resp
+
+
+def app_routes(app: web.Application, name: str, client_id: str, settings: Settings) -> None:
+    dist = Path(os.environ.get("WEB_ROOT", str(ROOT))) / name / "dist"
+    policy = csp(settings)
+    prefix = f"/{name}/"
+
+    async def config(_: web.Request) -> web.StreamResponse:
+        body = {"authority": settings.public_url.rstrip("/"), "client_id": client_id}
+        resp = json_response(body)
+        resp.headers["Cache-Control"] = "no-cache"
+        return harden(resp, policy)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        tail = request.match_info.get("tail", "")
+        target = (dist / tail).resolve()
+        if not target.is_relative_to(dist.resolve()):
+            raise web.HTTPNotFound()
+        if not target.is_file():
+            if tail.startswith("assets/"):
+                raise web.HTTPNotFound()
+            target = dist / "index.html"  # the app routes itself
+            if not target.is_file():
+                raise web.HTTPServiceUnavailable(text=f"web/{name} is not built (make run builds it)")
+        resp = web.FileResponse(target)
+        immutable = tail.startswith("assets/") and target.name != "index.html"
+        resp.headers["Cache-Control"] = (
+            "public, max-age=31536000, immutable" if immutable else "no-cache"
+        )
+        return harden(resp, policy)
+
+    async def bare(_: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(prefix)
+
+    app.router.add_get(f"/{name}", bare)
+    app.router.add_get(f"{prefix}config.json", config)
+    app.router.add_get(prefix + "{tail:.*}", serve)
+
+
+async def create_app(settings: Settings) -> web.Application:
+    app = base_app("web", settings, prefix="/web")
+    for name, client_id in APPS.items():
+        app_routes(app, name, client_id, settings)
+    return app

@@ -1,0 +1,469 @@
+"""The provider's rules, one test each: PKCE, codes, redirect URIs, clients, alg tricks, blocks.
+
+The provider runs in process on a real port (the embedded servers behind it),
+with a clock the tests move; the relying party is Authlib's httpx client and
+the browser a cookie jar, as in test_oidc_through_lb.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2 as httpx
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from authlib.integrations.base_client.errors import OAuthError
+from joserfc.errors import JoseError
+
+from services.auth import accounts
+from services.auth.app import create_app
+from services.auth.config import AuthSettings
+from services.auth.models import BlockRequest, ClientCreate
+from services.auth.oidc import clients
+from services.auth.state import AUTH_SERVICE, AuthService
+from services.common.auth import Claims
+from services.common.config import Settings
+from services.common.state import STARTUP
+from tests.auth.conftest import ROOMY
+from tests.auth.helpers import PASSWORD, bearer, unique_name
+from tests.auth.oidc_support import Browser, RelyingParty, b64u, forge, page_error
+
+REDIRECT = "https://rp.example.test/cb"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@dataclass
+class OP:
+    base: str
+    svc: AuthService
+    clock: Clock
+    admin: Claims
+
+    async def user(self, roles: list[str] | None = None) -> dict[str, Any]:
+        name = unique_name()
+        return await accounts.create_user(
+            self.svc, name, f"{name}@example.test", PASSWORD, roles or ["user"]
+        )
+
+    async def client(self, **overrides: Any) -> RelyingParty:
+        body: dict[str, Any] = {
+            "name": "Rules RP",
+            "type": "public",
+            "redirect_uris": [REDIRECT],
+            "scopes": ["openid", "profile", "email", "roles", "parley.api"],
+            "skip_consent": True,
+        }
+        body.update(overrides)
+        made = await clients.create(
+            self.svc, self.admin, _caller(), ClientCreate.model_validate(body)
+        )
+        rp = RelyingParty(
+            self.base, made.client_id, body["redirect_uris"][0], "openid profile",
+            secret=made.client_secret,
+        )  # fmt: skip
+        await rp.discover()
+        return rp
+
+
+def _caller() -> Any:
+    from services.auth.state import Caller
+
+    return Caller(ip="127.0.0.1")
+
+
+@pytest.fixture
+async def op(settings: Settings) -> AsyncIterator[OP]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    clock = Clock()
+    app = await create_app(
+        settings.model_copy(update={"public_url": base}), AuthSettings.for_tests(**ROOMY), clock
+    )
+    client = TestClient(TestServer(app, host="127.0.0.1", port=port))
+    await client.start_server()
+    await app[STARTUP].done.wait()
+    svc = app[AUTH_SERVICE]
+    admin = await accounts.create_user(
+        svc, unique_name("a"), f"{unique_name()}@example.test", PASSWORD, ["user", "admin"]
+    )
+    yield OP(base, svc, clock, Claims(admin["_id"], "cli", ("user", "admin"), "j", 0))
+    await svc.drain()
+    await client.close()
+
+
+async def code_for(
+    op: OP, rp: RelyingParty, user: dict[str, Any], **extra: str
+) -> tuple[Any, str, str, str]:
+    """Sign in through the pages: (oauth client, callback URL, verifier, nonce)."""
+    oauth, url, verifier, nonce = rp.start(**extra)
+    browser = Browser(op.base)
+    try:
+        page = await browser.follow(await browser.get(url), rp.redirect_uri)
+        back = await browser.sign_in(page, user["username"], PASSWORD, rp.redirect_uri)
+    finally:
+        await browser.close()
+    assert back.status_code == 302, back.text[:400]
+    return oauth, back.headers["location"], verifier, nonce
+
+
+def code_of(callback: str) -> str:
+    return parse_qs(urlsplit(callback).query)["code"][0]
+
+
+async def token_call(rp: RelyingParty, data: dict[str, str], **kw: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.post(rp.meta["token_endpoint"], data=data, **kw)
+
+
+def grant(rp: RelyingParty, callback: str, verifier: str | None) -> dict[str, str]:
+    data = {
+        "grant_type": "authorization_code",
+        "code": code_of(callback),
+        "redirect_uri": rp.redirect_uri,
+        "client_id": rp.client_id,
+    }
+    if verifier is not None:
+        data["code_verifier"] = verifier
+    return data
+
+
+async def test_missing_pkce_verifier_is_refused(op: OP) -> None:
+    rp = await op.client()
+    _, callback, _, _ = await code_for(op, rp, await op.user())
+    resp = await token_call(rp, grant(rp, callback, None))
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+
+
+async def test_missing_pkce_challenge_is_refused_at_authorize(op: OP) -> None:
+    rp = await op.client()
+    url = (
+        f"{rp.meta['authorization_endpoint']}?response_type=code&client_id={rp.client_id}"
+        f"&redirect_uri={REDIRECT}&scope=openid&state=s1"
+    )
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(url)
+    assert resp.status_code == 302
+    query = parse_qs(urlsplit(resp.headers["location"]).query)
+    assert query["error"] == ["invalid_request"] and query["state"] == ["s1"]
+
+
+async def test_plain_pkce_method_is_refused(op: OP) -> None:
+    rp = await op.client()
+    url = (
+        f"{rp.meta['authorization_endpoint']}?response_type=code&client_id={rp.client_id}"
+        f"&redirect_uri={REDIRECT}&scope=openid&code_challenge={'a' * 43}"
+        "&code_challenge_method=plain"
+    )
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(url)
+    assert parse_qs(urlsplit(resp.headers["location"]).query)["error"] == ["invalid_request"]
+
+
+async def test_wrong_pkce_verifier_is_refused(op: OP) -> None:
+    rp = await op.client()
+    _, callback, _, _ = await code_for(op, rp, await op.user())
+    resp = await token_call(rp, grant(rp, callback, "x" * 50))
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+async def test_reused_code_is_refused_and_revokes_its_tokens(op: OP) -> None:
+    rp = await op.client()
+    oauth, callback, verifier, _ = await code_for(op, rp, await op.user())
+    first = await token_call(rp, grant(rp, callback, verifier))
+    assert first.status_code == 200
+    again = await token_call(rp, grant(rp, callback, verifier))
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    async with httpx.AsyncClient() as http:
+        info = await http.get(
+            rp.meta["userinfo_endpoint"], headers=bearer(first.json()["access_token"])
+        )
+    assert info.status_code == 401 and info.json()["error"] == "invalid_token"
+    refresh = await token_call(
+        rp, {"grant_type": "refresh_token", "refresh_token": first.json()["refresh_token"],
+             "client_id": rp.client_id},
+    )  # fmt: skip
+    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    await oauth.aclose()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        REDIRECT + "/",  # a longer path
+        REDIRECT + "?x=1",  # extra query
+        "https://rp.example.test/c",  # a prefix
+        "https://RP.example.test/cb",  # not the same string
+        "https://evil.example/cb",
+    ],
+)
+async def test_unregistered_redirect_uri_gets_an_error_page_not_a_redirect(
+    op: OP, uri: str
+) -> None:
+    rp = await op.client()
+    rp.redirect_uri = uri
+    _, url, _, _ = rp.start()
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(url)
+    assert resp.status_code == 400 and "location" not in resp.headers
+    assert page_error(resp.text) == "invalid_request"
+
+
+async def test_token_request_with_another_redirect_uri_is_refused(op: OP) -> None:
+    rp = await op.client(redirect_uris=[REDIRECT, REDIRECT + "2"])
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    data = grant(rp, callback, verifier)
+    data["redirect_uri"] = REDIRECT + "2"
+    resp = await token_call(rp, data)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+async def test_wrong_client_secret_is_refused(op: OP) -> None:
+    rp = await op.client(type="confidential", skip_consent=True)
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    data = grant(rp, callback, verifier)
+    del data["client_id"]
+    resp = await token_call(rp, data, auth=(rp.client_id, "not-the-secret"))
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+    # Without any secret, a confidential client is not authenticated either.
+    resp = await token_call(rp, grant(rp, callback, verifier))
+    assert resp.json()["error"] == "invalid_client"
+
+
+async def test_expired_code_is_refused(op: OP) -> None:
+    rp = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    op.clock.offset = timedelta(seconds=op.svc.config.oidc_code_ttl_s + 1)
+    resp = await token_call(rp, grant(rp, callback, verifier))
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    assert "expired" in resp.json()["error_description"]
+
+
+async def test_code_of_another_client_is_refused(op: OP) -> None:
+    rp = await op.client()
+    other = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    data = grant(rp, callback, verifier)
+    data["client_id"] = other.client_id
+    resp = await token_call(other, data)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+async def _forgeries(op: OP, user_id: str, client_id: str) -> list[str]:
+    """Tokens with alg tricks: none, and HS256 keyed with the public key (every encoding)."""
+    jwk = (await op.svc.keyring.jwks())["keys"][0]
+    now = int(time.time())
+    claims = {
+        "iss": op.svc.settings.jwt_issuer, "sub": user_id, "aud": [
+            f"{op.base}/auth/oauth2/userinfo", op.svc.settings.jwt_audience, client_id],
+        "sid": "x" * 32, "jti": "j", "iat": now, "exp": now + 600, "roles": ["user", "admin"],
+        "scope": "openid profile", "client_id": client_id,
+    }  # fmt: skip
+    out = [
+        forge({"alg": "none", "typ": "JWT"}, claims),
+        forge({"alg": "none", "kid": jwk["kid"]}, claims),
+    ]
+    raw = jwk["x"].encode()
+    import base64
+
+    secrets = [raw, base64.urlsafe_b64decode(jwk["x"] + "=="), str(jwk).encode()]
+    for secret in secrets:
+        header = {"alg": "HS256", "typ": "JWT", "kid": jwk["kid"]}
+        unsigned = forge(header, claims).rsplit(".", 1)[0]
+        sig = hmac.new(secret, unsigned.encode(), hashlib.sha256).digest()
+        out.append(f"{unsigned}.{b64u(sig)}")
+    return out
+
+
+async def test_alg_tricks_are_refused_by_the_client_and_the_provider(op: OP) -> None:
+    rp = await op.client()
+    user = await op.user(["user", "admin"])
+    for token in await _forgeries(op, user["_id"], rp.client_id):
+        # Our relying party's validation (joserfc, EdDSA only) refuses it ...
+        with pytest.raises(JoseError):
+            await rp.validate_id_token(token, None)
+        async with httpx.AsyncClient(base_url=op.base) as http:
+            # ... and so does the provider: userinfo, the admin API, end-session.
+            info = await http.get("/auth/oauth2/userinfo", headers=bearer(token))
+            assert info.status_code == 401 and info.json()["error"] == "invalid_token"
+            api = await http.get("/auth/v1/admin/users", headers=bearer(token))
+            assert api.status_code == 401 and api.json()["error"]["code"] == "invalid_token"
+            out = await http.get("/auth/oauth2/logout", params={"id_token_hint": token})
+            assert out.status_code == 400 and page_error(out.text) == "invalid_request"
+
+
+async def test_blocked_user_cannot_sign_in_refresh_or_use_tokens(op: OP) -> None:
+    rp = await op.client()
+    user = await op.user()
+    oauth, callback, verifier, _ = await code_for(op, rp, user)
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    from services.auth import admin
+
+    await admin.block_user(op.svc, op.admin, _caller(), user["_id"], BlockRequest(reason="spam"))
+    refresh = await token_call(
+        rp, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+             "client_id": rp.client_id},
+    )  # fmt: skip
+    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    async with httpx.AsyncClient() as http:
+        info = await http.get(rp.meta["userinfo_endpoint"], headers=bearer(tokens["access_token"]))
+    assert info.status_code == 401 and info.json()["error"] == "invalid_token"
+    # The sign-in page refuses the password of a blocked account.
+    _, url, _, _ = rp.start()
+    browser = Browser(op.base)
+    try:
+        page = await browser.follow(await browser.get(url), REDIRECT)
+        refused = await browser.sign_in(page, user["username"], PASSWORD, REDIRECT)
+    finally:
+        await browser.close()
+    assert refused.status_code == 403 and page_error(refused.text) == "account_blocked"
+    await oauth.aclose()
+
+
+async def test_refresh_token_reuse_ends_the_session(op: OP) -> None:
+    rp = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    body = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+            "client_id": rp.client_id}  # fmt: skip
+    fresh = await token_call(rp, body)
+    assert fresh.status_code == 200
+    reused = await token_call(rp, body)
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    again = await token_call(rp, {**body, "refresh_token": fresh.json()["refresh_token"]})
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+async def test_oidc_refresh_token_is_not_a_parley_refresh_token(op: OP) -> None:
+    rp = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        resp = await http.post(
+            "/auth/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({}, "unsupported_grant_type"),
+        ({"grant_type": "password", "username": "a", "password": "b"}, "unsupported_grant_type"),
+        ({"grant_type": "authorization_code"}, "invalid_request"),
+        (
+            {"grant_type": "authorization_code", "code": "nope", "code_verifier": "v" * 43},
+            "invalid_grant",
+        ),
+        ({"grant_type": "refresh_token"}, "invalid_request"),
+        ({"grant_type": "refresh_token", "refresh_token": "nope"}, "invalid_grant"),
+        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+    ],
+)
+async def test_bad_token_requests_get_rfc6749_errors(
+    op: OP, data: dict[str, str], error: str
+) -> None:
+    rp = await op.client()
+    resp = await token_call(rp, {"client_id": rp.client_id, **data})
+    assert resp.status_code == 400 and resp.json()["error"] == error
+    assert resp.headers["cache-control"] == "no-store"
+
+
+async def test_token_endpoint_wants_a_form_and_no_repeats(op: OP) -> None:
+    rp = await op.client()
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(rp.meta["token_endpoint"], json={"grant_type": "refresh_token"})
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+        resp = await http.post(
+            rp.meta["token_endpoint"],
+            content=f"grant_type=refresh_token&refresh_token=a&refresh_token=b&client_id={rp.client_id}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+        resp = await http.post(rp.meta["token_endpoint"], data={"grant_type": "refresh_token",
+                               "refresh_token": "x", "client_id": "nobody"})  # fmt: skip
+        assert resp.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"scope": "openid admin"}, "invalid_scope"),
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"prompt": "none"}, "login_required"),
+    ],
+)
+async def test_bad_authorization_requests_redirect_with_an_error(
+    op: OP, params: dict[str, str], error: str
+) -> None:
+    rp = await op.client()
+    _, url, _, _ = rp.start(**params)
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(url)
+    assert resp.status_code == 302, resp.text[:300]
+    assert parse_qs(urlsplit(resp.headers["location"]).query)["error"] == [error]
+
+
+async def test_unknown_client_gets_an_error_page(op: OP) -> None:
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        resp = await http.get(
+            "/auth/oauth2/authorize",
+            params={"response_type": "code", "client_id": "nobody", "redirect_uri": REDIRECT},
+        )
+    assert resp.status_code == 400 and page_error(resp.text) == "invalid_client"
+
+
+async def test_revocation_needs_the_owning_client(op: OP) -> None:
+    rp = await op.client()
+    other = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(
+            rp.meta["revocation_endpoint"],
+            data={"token": tokens["refresh_token"], "client_id": other.client_id},
+        )
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+        resp = await http.post(rp.meta["revocation_endpoint"], data={"client_id": rp.client_id})
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+        # An unknown token is "revoked" (RFC 7009 2.2).
+        resp = await http.post(
+            rp.meta["revocation_endpoint"], data={"token": "nope", "client_id": rp.client_id}
+        )
+        assert resp.status_code == 200
+        # The access token revokes its session too.
+        resp = await http.post(
+            rp.meta["revocation_endpoint"],
+            data={"token": tokens["access_token"], "client_id": rp.client_id},
+        )
+        assert resp.status_code == 200
+        info = await http.get(rp.meta["userinfo_endpoint"], headers=bearer(tokens["access_token"]))
+        assert info.status_code == 401
+
+
+async def test_authlib_client_sees_the_errors(op: OP) -> None:
+    """The independent client raises on an OAuth error answer (wrong verifier)."""
+    rp = await op.client()
+    oauth, callback, _, _ = await code_for(op, rp, await op.user())
+    with pytest.raises(OAuthError) as caught:
+        await oauth.fetch_token(
+            rp.meta["token_endpoint"], authorization_response=callback, code_verifier="y" * 60
+        )
+    assert caught.value.error == "invalid_grant"
+    await oauth.aclose()

@@ -1,0 +1,204 @@
+"""Several devices per account, end to end through HAProxy (issue #12, docs/devices.md).
+
+Real SDK clients (one per device, each with its own store), the real key
+directory, gateways and delivery: linking with a code, fan-out to every device
+exactly once, the safety number unchanged when devices come and go, removal,
+a stale device list recovered by the SDK, a malicious directory refused, and
+``kill -9`` of delivery in the middle of a fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from parley import Client, NotLoggedIn, ParleyError
+
+from tests.client.conftest import CHEAP_KDF, PASSWORD
+from tests.support.aio import eventually
+from tests.support.stack import System, http_status
+
+NewDevice = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def device(system: System, tmp_path: Path) -> AsyncIterator[NewDevice]:
+    """``await device(username, first=True)`` signs up; otherwise links a new device of
+    ``username``, approved by ``approver``."""
+    clients: list[Client] = []
+
+    async def make(
+        username: str, *, first: bool = False, approver: Client | None = None, name: str = ""
+    ) -> Client:
+        client = Client(
+            system.lb, data_dir=tmp_path / username / secrets.token_hex(4),
+            passphrase="test passphrase", kdf=CHEAP_KDF, backoff_start=0.1, backoff_max=1.0,
+        )  # fmt: skip
+        await client.open()
+        clients.append(client)
+        if first:
+            await client.signup(username, PASSWORD, f"{username}@example.test")
+            return client
+        assert approver is not None
+        code = await client.link_device(username, PASSWORD, name=name or None)
+        waiting = asyncio.create_task(client.wait_linked(60))
+        pending = await approver.approve_device(code)
+        assert pending.device_id == client.device_id
+        await waiting
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def username(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+async def texts(client: Client, peer: str, n: int, timeout: float = 60) -> list[str]:
+    """The texts of the first ``n`` entries of a conversation, once there are ``n``."""
+
+    async def probe() -> list[dict[str, Any]]:
+        return [e for e in client.history(peer) if e.get("kind") == "message"]
+
+    entries = await eventually(probe, lambda es: len(es) >= n, timeout=timeout)
+    return [str(e["text"]) for e in entries]
+
+
+async def test_every_message_reaches_every_device_once_and_safety_numbers_hold(
+    device: NewDevice,
+) -> None:
+    alice_name, bob_name = username("alice"), username("bob")
+    a1 = await device(alice_name, first=True)
+    a2 = await device(alice_name, approver=a1, name="alice laptop")
+    b1 = await device(bob_name, first=True)
+    b2 = await device(bob_name, approver=b1, name="bob phone")
+    for c in (a1, a2, b1, b2):
+        await c.connect()
+    assert {d["device_id"] for d in await a1.devices()} == {a1.device_id, a2.device_id}
+    assert b1.user_id and a1.user_id
+    before = (await a1.safety_number(bob_name))[1]
+    assert before is not None
+    assert (await b2.safety_number(alice_name))[1] == before
+
+    await a1.send(bob_name, "one from a1", wait="stored")
+    await b2.send(alice_name, "two from b2", wait="stored")
+    for client, peer in ((b1, a1.user_id), (b2, a1.user_id), (a2, b1.user_id)):
+        assert await texts(client, peer, 2) == ["one from a1", "two from b2"]
+    assert await texts(a1, b1.user_id, 2) == ["one from a1", "two from b2"]
+
+    # Bob links a third device: alice's next message reaches it (her SDK is told the
+    # list changed and recovers on its own), and no safety number changes.
+    b3 = await device(bob_name, approver=b2, name="bob tablet")
+    await b3.connect()
+    await a2.send(bob_name, "three from a2", wait="stored")
+    assert await texts(b3, a1.user_id, 1) == ["three from a2"]
+    for client in (b1, b2):
+        assert (await texts(client, a1.user_id, 3))[2] == "three from a2"
+    assert (await a1.safety_number(bob_name))[1] == before
+    assert (await a2.safety_number(bob_name))[1] == before
+    assert (await b3.safety_number(alice_name))[1] == before
+    # Exactly once on every device: no duplicate of any message anywhere.
+    for client, peer in ((b1, a1.user_id), (b2, a1.user_id), (a2, b1.user_id)):
+        got = await texts(client, peer, 3)
+        assert len(got) == len(set(got)) == 3
+
+
+async def test_a_removed_device_gets_nothing_more_and_its_token_is_refused(
+    device: NewDevice, system: System
+) -> None:
+    alice_name, bob_name = username("alice"), username("bob")
+    a1 = await device(alice_name, first=True)
+    b1 = await device(bob_name, first=True)
+    b2 = await device(bob_name, approver=b1)
+    for c in (a1, b1, b2):
+        await c.connect()
+    await a1.send(bob_name, "before", wait="stored")
+    assert await texts(b2, a1.user_id or "", 1) == ["before"]
+
+    await b1.remove_device(b2.device_id)
+    assert {d["device_id"] for d in await b1.devices()} == {b1.device_id}
+    await a1.send(bob_name, "after", wait="stored")
+    assert await texts(b1, a1.user_id or "", 2) == ["before", "after"]
+    assert await texts(b2, a1.user_id or "", 1) == ["before"]
+    # Its session is over: the token is refused and no new one is issued.
+    async with aiohttp.ClientSession() as http:
+        token = b2.api.token
+        async with http.get(
+            f"{system.lb}/keys/v1/devices/{b2.device_id}/counts",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"]["code"] == "token_revoked"
+    with pytest.raises(NotLoggedIn):
+        await b2.access_token(force=True)
+
+
+async def test_a_device_the_account_did_not_sign_is_refused(device: NewDevice) -> None:
+    """A malicious directory slips its own device into bob's bundles: alice refuses."""
+    alice_name, bob_name = username("alice"), username("bob")
+    a1 = await device(alice_name, first=True)
+    b1 = await device(bob_name, first=True)
+    mallory = await device(username("mallory"), first=True)
+    await a1.connect()
+    real_claim = a1.api.claim_bundles
+
+    async def forged(user_id: str, device_ids: list[int] | None = None) -> dict[str, Any]:
+        answer = await real_claim(user_id, device_ids)
+        fake = await real_claim(mallory.user_id or "", None)
+        # Mallory's device, under bob's name, in bob's signed answer.
+        for bundle in fake["bundles"]:
+            bundle["user_id"] = user_id
+            bundle["device_id"] = b1.device_id
+        answer["bundles"] = fake["bundles"]
+        return answer
+
+    a1.api.claim_bundles = forged  # type: ignore[method-assign]
+    with pytest.raises(ParleyError):
+        await a1.send(bob_name, "for bob only", wait="stored")
+    assert a1.history(b1.user_id or "") == [] or all(
+        e.get("status") in ("queued", None) for e in a1.history(b1.user_id or "")
+    )
+
+
+async def test_kill_9_delivery_during_a_fan_out_to_four_devices(
+    device: NewDevice, system: System
+) -> None:
+    alice_name, bob_name = username("alice"), username("bob")
+    a1 = await device(alice_name, first=True)
+    a2 = await device(alice_name, approver=a1)
+    b1 = await device(bob_name, first=True)
+    b2 = await device(bob_name, approver=b1)
+    for c in (a1, a2, b1, b2):
+        await c.connect()
+    n = 40
+    sending = asyncio.create_task(_send_all(a1, bob_name, [f"m{i}" for i in range(n)]))
+    await eventually(
+        lambda: asyncio.sleep(0, len(b1.history(a1.user_id or ""))), lambda k: k >= 5, timeout=60
+    )
+    system.procs.kill("delivery")
+    system.restart("delivery")
+    try:
+        await asyncio.wait_for(sending, 120)
+        await eventually(
+            lambda: asyncio.sleep(0, http_status(system.cfg.url("delivery") + "/delivery/readyz")),
+            lambda s: s == 200,
+            timeout=60,
+        )
+        expected = [f"m{i}" for i in range(n)]
+        for client, peer in ((b1, a1.user_id), (b2, a1.user_id), (a2, b1.user_id)):
+            got = await texts(client, peer or "", n, timeout=120)
+            assert got == expected, "lost, duplicated or out of order on a device"
+    finally:
+        system.wait_ready()
+
+
+async def _send_all(client: Client, to: str, texts_: list[str]) -> None:
+    for text in texts_:
+        await client.send(to, text, wait="accepted", timeout=60)

@@ -1,0 +1,138 @@
+"""`make run` behaves like a deployment under a supervisor (issue #10).
+
+The README's command runs for real here (in a pseudo-terminal, on free
+ports): every process of the stack is killed with SIGKILL in turn while two
+users chat through HAProxy; each comes back on its own, the others keep
+running, the clients recover, and every accepted message arrives exactly
+once. Then Ctrl-C stops everything quietly with exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from scripts.run import PROCESSES
+from scripts.stack import ROOT, StackConfig
+from tests.support.aio import eventually
+from tests.support.chat import Receiver, Sender, assert_exactly_once_in_order
+from tests.support.stack import http_status
+from tests.support.users import signup
+
+READY = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz")
+
+
+@dataclass
+class RunStack:
+    cfg: StackConfig
+    child: pexpect.spawn
+    output: Path
+
+    @property
+    def lb(self) -> str:
+        return self.cfg.url("lb")
+
+    @property
+    def ws_url(self) -> str:
+        return self.lb.replace("http://", "ws://") + "/ws"
+
+    def ctl(self, *args: str) -> str:
+        conf = self.cfg.data_dir / "supervisord.conf"
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(conf), *args],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        return out.stdout
+
+    def pid(self, name: str) -> int:
+        text = self.ctl("pid", name).strip()
+        return int(text) if text.isdigit() else 0
+
+    def ready(self) -> bool:
+        return all(http_status(self.lb + path) == 200 for path in READY)
+
+
+@pytest.fixture(scope="module")
+def run_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunStack]:
+    cfg = StackConfig.free_ports(tmp_path_factory.mktemp("makerun"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    env.update({f"PARLEY_{name.upper()}": str(getattr(cfg, name))
+                for name in cfg.__dataclass_fields__ if name.endswith("_port")})  # fmt: skip
+    env.update(
+        {
+            "PARLEY_DATA_DIR": str(cfg.data_dir),
+            "PARLEY_KAFKA_SESSION_TIMEOUT_MS": "3000",
+            "PARLEY_PRESENCE_REFRESH_S": "2",
+            "PARLEY_ARGON2_TIME_COST": "1",
+            "PARLEY_ARGON2_MEMORY_KIB": "1024",
+            "PARLEY_ARGON2_PARALLELISM": "1",
+        }
+    )
+    output = cfg.data_dir / "make-run.out"
+    log = output.open("w")
+    child = pexpect.spawn("make", ["run"], cwd=str(ROOT), env=env, encoding="utf-8", timeout=180)
+    child.logfile_read = log
+    try:
+        child.expect("Parley is up", timeout=180)
+        yield RunStack(cfg, child, output)
+    finally:
+        if child.isalive():
+            child.sendintr()
+            child.expect(pexpect.EOF, timeout=90)
+        log.close()
+
+
+async def test_each_process_killed_in_turn_comes_back_and_nothing_is_lost(
+    run_stack: RunStack,
+) -> None:
+    alice, bob = await signup(run_stack.lb), await signup(run_stack.lb)
+    receiver = Receiver(run_stack, bob)  # type: ignore[arg-type]
+    await receiver.sync()
+    sender = Sender(run_stack, alice, bob.user_id, "sup")  # type: ignore[arg-type]
+    n = 700
+    sending = asyncio.create_task(sender.run(n, pace=0.1))
+    names = [name for name, _ in PROCESSES]
+    try:
+        for name in names:
+            before = {other: run_stack.pid(other) for other in names}
+            assert before[name] > 0, run_stack.ctl("status")
+            os.kill(before[name], 9)
+            # It comes back under a new pid; nothing else was restarted.
+            await eventually(
+                lambda name=name: asyncio.to_thread(run_stack.pid, name),
+                lambda pid, old=before[name]: pid not in (0, old),
+                timeout=60,
+            )
+            await eventually(lambda: asyncio.to_thread(run_stack.ready), bool, timeout=90)
+            after = {other: run_stack.pid(other) for other in names if other != name}
+            assert after == {k: v for k, v in before.items() if k != name}
+        await asyncio.wait_for(sending, 300)
+        await receiver.listen_until(n, timeout=180)
+    finally:
+        sending.cancel()
+        await sender.close()
+        await receiver.close()
+    assert len(sender.accepted) == n
+    assert_exactly_once_in_order(receiver.bodies, "sup", n)
+
+
+def test_ctrl_c_stops_everything_quietly_with_status_0(run_stack: RunStack) -> None:
+    pids = [run_stack.pid(name) for name, _ in PROCESSES]
+    assert all(pids)
+    run_stack.child.sendintr()
+    run_stack.child.expect(pexpect.EOF, timeout=90)
+    run_stack.child.close()
+    assert run_stack.child.exitstatus == 0, run_stack.child.signalstatus
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived the stack"
+    text = run_stack.output.read_text()
+    assert "Traceback" not in text
+    assert "Error" not in text.split("stopping every process")[-1]

@@ -1,0 +1,169 @@
+"""Partition logs and the offsets journal, in-process: index, reads, recovery, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+
+from embedded.kafka.config import BrokerConfig, TopicConfig
+from embedded.kafka.files import Syncer
+from embedded.kafka.log import OffsetOutOfRange, PartitionLog
+from embedded.kafka.offsets import COMPACT_MIN_BYTES, OffsetStore
+from embedded.kafka.records import split_batches
+
+
+def batch(*values: bytes, timestamp: int = 1_700_000_000_000) -> bytes:
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=timestamp + i, key=None, value=value, headers=[])
+    return bytes(builder.build())
+
+
+def config(**kw: int) -> TopicConfig:
+    return (
+        BrokerConfig()
+        .topic_defaults()
+        .with_overrides({k.replace("_", "."): str(v) for k, v in kw.items()})
+    )
+
+
+def open_log(d: Path, cfg: TopicConfig | None = None) -> PartitionLog:
+    return PartitionLog.open(d, "t", 0, cfg or config(), Syncer(1000))
+
+
+def append(plog: PartitionLog, data: bytes) -> int:
+    return plog.append(data, split_batches(data, 1 << 20))
+
+
+def offsets_in(data: bytes) -> list[int]:
+    records, out = MemoryRecords(data), []
+    while records.has_next():
+        b = records.next_batch()
+        assert b is not None
+        out.extend(r.offset for r in b)
+    return out
+
+
+def test_offsets_are_assigned_and_reads_return_whole_batches(tmp_path: Path) -> None:
+    plog = open_log(tmp_path)
+    sizes = [1, 3, 2, 5, 1]
+    bases = [append(plog, batch(*[b"v%d" % i for i in range(n)])) for n in sizes]
+    assert bases == [0, 1, 4, 6, 11]
+    assert plog.next_offset == 12
+    # From the batch holding the offset (5 is inside the batch at 4), whole batches on.
+    assert offsets_in(plog.read(5, 1 << 20, min_one=True))[0] == 4
+    assert offsets_in(plog.read(0, 1 << 20, min_one=True)) == list(range(12))
+    one = len(batch(b"v0"))
+    # A limit smaller than the first batch: one whole batch when min_one, else nothing.
+    assert offsets_in(plog.read(0, 10, min_one=True)) == [0]
+    assert plog.read(0, 10, min_one=False) == b""
+    # A limit that covers exactly the first batch and part of the next: only the first.
+    assert offsets_in(plog.read(0, one + 20, min_one=False)) == [0]
+    assert plog.read(12, 1000, min_one=True) == b""
+    with pytest.raises(OffsetOutOfRange):
+        plog.read(13, 1000, min_one=True)
+    plog.close()
+
+
+def test_reads_are_found_by_bisect_in_a_long_log(tmp_path: Path) -> None:
+    plog = open_log(tmp_path, config(segment_bytes=100_000))
+    for i in range(20_000):
+        append(plog, batch(b"%d" % i))
+    assert len(plog.segments) > 10
+    rng = random.Random(7)
+    for offset in [0, 19_999, *rng.sample(range(20_000), 200)]:
+        got = offsets_in(plog.read(offset, 200, min_one=True))
+        assert got[0] == offset
+    plog.close()
+
+
+def test_recovery_rebuilds_the_index_and_cuts_a_torn_tail(tmp_path: Path) -> None:
+    plog = open_log(tmp_path, config(segment_bytes=300))
+    for i in range(30):
+        append(plog, batch(b"r%d" % i))
+    segs = [s.path for s in plog.segments]
+    plog.close()
+    assert len(segs) > 3
+
+    again = open_log(tmp_path, config(segment_bytes=300))
+    assert (again.log_start, again.next_offset) == (0, 30)
+    assert offsets_in(again.read(17, 1 << 20, min_one=True))[0] == 17
+    again.close()
+
+    # Corrupt a batch in the middle of the second segment: that segment is cut
+    # there and every later one dropped (their offsets would not follow).
+    data = bytearray(segs[1].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    segs[1].write_bytes(bytes(data))
+    cut = open_log(tmp_path, config(segment_bytes=300))
+    assert len(cut.segments) == 2
+    assert cut.next_offset < 30
+    assert offsets_in(cut.read(0, 1 << 20, min_one=True))[-1] < cut.next_offset
+    assert all(not p.exists() for p in segs[2:])
+    assert append(cut, batch(b"next")) == cut.next_offset - 1
+    cut.close()
+
+
+def test_retention_by_time_and_by_bytes_deletes_whole_old_segments(tmp_path: Path) -> None:
+    plog = open_log(tmp_path / "a", config(segment_bytes=1, retention_ms=1000))
+    for i in range(5):
+        append(plog, batch(b"old", timestamp=1_000 + i))
+    append(plog, batch(b"new", timestamp=10_000))
+    assert plog.apply_retention(now_ms=10_500) == 5
+    assert (plog.log_start, plog.next_offset) == (5, 6)
+    assert plog.apply_retention(now_ms=20_000) == 1  # all expired: an empty segment stays
+    assert (plog.log_start, plog.next_offset, len(plog.segments)) == (6, 6, 1)
+    plog.close()
+
+    sized = open_log(tmp_path / "b", config(segment_bytes=1, retention_bytes=300))
+    for _ in range(10):
+        append(sized, batch(b"x" * 50))
+    sized.apply_retention(now_ms=0)
+    # As Kafka: the oldest segment goes while the rest would still reach retention.bytes.
+    assert sized.size_bytes() - sized.segments[0].size < 300 <= sized.size_bytes()
+    assert sized.log_start > 0 and sized.next_offset == 10
+    sized.close()
+
+
+def test_offsets_journal_keeps_the_latest_and_drops_a_torn_tail(tmp_path: Path) -> None:
+    store = OffsetStore(tmp_path, Syncer(1000))
+    store.load()
+    for i in range(100):
+        store.commit("g", [("t", 0, i, ""), ("u", 1, i * 2, "meta")])
+    store.forget_topic("u")
+    store.close()
+    journal = tmp_path / "offsets.journal"
+    with open(journal, "ab") as f:
+        f.write(b"\x00\x00\x00\x30torn")
+
+    again = OffsetStore(tmp_path, Syncer(1000))
+    again.load()
+    assert again.of_group("g") == {("t", 0): (99, "")}
+    assert journal.stat().st_size < 100  # compacted on start: one record
+    again.close()
+
+
+async def test_the_offsets_journal_is_compacted_while_running(tmp_path: Path) -> None:
+    store = OffsetStore(tmp_path, Syncer(1000))
+    store.load()
+    written = 0
+    for i in range(200_000):  # ~14 MB of commits of the same two partitions
+        store.commit("group", [("topic", 0, i, ""), ("topic", 1, i, "")])
+        written += 70
+        if i % 1000 == 0:
+            await asyncio.sleep(0)  # the compaction runs meanwhile (its fsync in a thread)
+    assert written > 3 * COMPACT_MIN_BYTES
+    if store._compacting is not None:
+        await store._compacting
+    assert store.size <= 2 * COMPACT_MIN_BYTES
+    store.close()
+    # Commits made while a compaction was under way were kept.
+    again = OffsetStore(tmp_path, Syncer(1000))
+    again.load()
+    assert again.get("group", "topic", 1) == (199_999, "")
+    again.close()

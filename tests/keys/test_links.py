@@ -1,0 +1,212 @@
+"""Links for new devices: post, read, approve once, expire; errors change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import pytest
+
+from services.common.ratelimit import Limit
+from services.keys.config import KeysConfig
+from tests.keys.conftest import KeysApi, KeysFactory
+from tests.keys.keygen import DeviceKeys, b64, entry
+
+ALICE = "alice"
+NEW = 5  # the new device's id
+
+
+def _link_id() -> str:
+    return b64(os.urandom(8))
+
+
+def _sealed(n: int = 120) -> str:
+    return b64(os.urandom(n))
+
+
+async def _setup(api: KeysApi) -> tuple[DeviceKeys, DeviceKeys]:
+    """Alice has device 1 (listed); device NEW registered its keys and is pending."""
+    old = await api.device(ALICE, 1)
+    new = DeviceKeys()
+    status, _ = await api.put_identity(ALICE, NEW, new.identity(), did=NEW)
+    assert status == 200
+    return old, new
+
+
+async def _post(api: KeysApi, link_id: str, **body: Any) -> tuple[int, Any]:
+    return await api.post_link(
+        ALICE, {"link_id": link_id, "device_id": NEW, "name": "new phone", **body}, did=NEW
+    )
+
+
+async def test_a_link_from_post_to_approval(api: KeysApi) -> None:
+    _, new = await _setup(api)
+    link_id = _link_id()
+    status, created = await _post(api, link_id)
+    expected = {
+        "link_id": link_id,
+        "device_id": NEW,
+        "name": "new phone",
+        "identity": new.identity(),
+        "approval": None,
+    }
+    assert (status, created) == (201, expected)
+    # The approver reads it (to show the name and fingerprint), lists the device, approves.
+    assert await api.get_link(ALICE, link_id, did=1) == (200, expected)
+    assert api.last_headers["Cache-Control"] == "no-store"
+    await api.list_device(ALICE, NEW, new, "new phone")
+    sealed = _sealed()
+    assert await api.approve(ALICE, link_id, sealed, did=1) == (204, None)
+    # The new device polls and finds the approval.
+    status, state = await api.get_link(ALICE, link_id, did=NEW)
+    assert (status, state) == (200, {**expected, "approval": {"sealed": sealed}})
+    # Once only.
+    status, reply = await api.approve(ALICE, link_id, _sealed(), did=1)
+    assert (status, reply["error"]["code"]) == (409, "conflict")
+    assert (await api.get_link(ALICE, link_id, did=NEW))[1]["approval"] == {"sealed": sealed}
+
+
+async def test_bad_posts_are_refused_and_store_nothing(api: KeysApi) -> None:
+    await _setup(api)
+    link_id = _link_id()
+    cases = [
+        ({"device_id": 1}, NEW, 403, "forbidden"),  # another device's session
+        ({"device_id": 9}, 9, 404, "device_not_found"),  # not registered
+        ({"device_id": 1}, 1, 409, "conflict"),  # already listed
+        ({"link_id": b64(os.urandom(7))}, NEW, 422, "validation_failed"),
+        ({"link_id": link_id + "="}, NEW, 422, "validation_failed"),
+        ({"link_id": "+" + link_id[1:]}, NEW, 422, "validation_failed"),
+        ({"name": "a\u0000b"}, NEW, 422, "validation_failed"),
+        ({"name": ""}, NEW, 422, "validation_failed"),
+        ({"name": "n" * 65}, NEW, 422, "validation_failed"),
+        ({"device_id": 0}, NEW, 422, "validation_failed"),
+    ]
+    for change, did, status, code in cases:
+        body = {"link_id": link_id, "device_id": NEW, "name": "new phone", **change}
+        got, reply = await api.post_link(ALICE, body, did=did)
+        assert (got, reply["error"]["code"]) == (status, code), change
+    status, reply = await api.get_link(ALICE, link_id)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    # A taken link id is a conflict, and the first link stays as it was.
+    assert (await _post(api, link_id))[0] == 201
+    status, reply = await _post(api, link_id, name="other")
+    assert (status, reply["error"]["code"]) == (409, "conflict")
+    assert (await api.get_link(ALICE, link_id))[1]["name"] == "new phone"
+
+
+async def test_links_are_private_to_their_account(api: KeysApi) -> None:
+    await _setup(api)
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    # Another user: the same answer as for an unknown link, for reading and approving.
+    status, reply = await api.get_link("mallory", link_id)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    status, reply = await api.approve("mallory", link_id, _sealed())
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    status, reply = await api.get_link(ALICE, _link_id())
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    status, reply = await api.get_link(ALICE, "not-a-link-id")
+    assert (status, reply["error"]["code"]) == (422, "validation_failed")
+    assert (await api.get_link(ALICE, link_id))[1]["approval"] is None
+
+
+async def test_bad_approvals_are_refused_and_store_nothing(api: KeysApi) -> None:
+    await _setup(api)
+    pending = DeviceKeys()
+    assert (await api.put_identity(ALICE, 6, pending.identity(), did=6))[0] == 200
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    cases = [
+        (NEW, _sealed(), 403, "forbidden"),  # its own link
+        (6, _sealed(), 403, "forbidden"),  # a pending device is no approver
+        (1, _sealed(59), 422, "invalid_key"),  # shorter than F_pub || nonce || tag
+        (1, _sealed(8193), 422, "invalid_key"),
+        (1, _sealed() + "=", 422, "invalid_key"),
+        (1, "+" + _sealed()[1:], 422, "invalid_key"),
+    ]
+    for did, sealed, status, code in cases:
+        got, reply = await api.approve(ALICE, link_id, sealed, did=did)
+        assert (got, reply["error"]["code"]) == (status, code), (did, len(sealed))
+    status, reply = await api.approve(ALICE, _link_id(), _sealed(), did=1)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    status, reply = await api.call("PUT", f"/v1/links/{link_id}/approval", ALICE, {}, did=1)
+    assert (status, reply["error"]["code"]) == (422, "validation_failed")
+    assert (await api.get_link(ALICE, link_id))[1]["approval"] is None
+    # A token without a device (admin tools, older clients) may approve.
+    assert (await api.approve(ALICE, link_id, _sealed()))[0] == 204
+
+
+async def test_concurrent_approvals_one_wins(api: KeysApi) -> None:
+    await _setup(api)
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    blobs = [_sealed() for _ in range(6)]
+    replies = await asyncio.gather(*(api.approve(ALICE, link_id, b, did=1) for b in blobs))
+    assert sorted(status for status, _ in replies) == [204] + [409] * 5
+    winner = next(b for b, (status, _) in zip(blobs, replies, strict=True) if status == 204)
+    assert (await api.get_link(ALICE, link_id))[1]["approval"] == {"sealed": winner}
+
+
+async def test_links_expire(make_keys: KeysFactory) -> None:
+    api = await make_keys(KeysConfig(link_ttl_s=1))
+    await _setup(api)
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    store = api.keys.store
+    assert 0 < await store.redis.pttl(store._link_key(ALICE, link_id)) <= 1000
+    deadline = time.monotonic() + 20
+    while (await api.get_link(ALICE, link_id))[0] != 404:
+        assert time.monotonic() < deadline, "the link did not expire"
+        await asyncio.sleep(0.1)
+    status, reply = await api.approve(ALICE, link_id, _sealed(), did=1)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    # The refused approval did not bring the link back (without a TTL) either.
+    assert await store.redis.exists(store._link_key(ALICE, link_id)) == 0
+    # A new code for the same device works.
+    assert (await _post(api, _link_id()))[0] == 201
+
+
+async def test_a_link_to_a_vanished_device_is_gone(api: KeysApi) -> None:
+    await _setup(api)
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    assert (await api.delete(ALICE, NEW))[0] == 204
+    status, reply = await api.get_link(ALICE, link_id, did=1)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+
+
+async def test_new_links_are_rate_limited_per_user(make_keys: KeysFactory) -> None:
+    api = await make_keys(KeysConfig(link_limit=Limit(2, 3600)))
+    await _setup(api)
+    assert (await _post(api, _link_id()))[0] == 201
+    assert (await _post(api, _link_id()))[0] == 201
+    link_id = _link_id()
+    status, reply = await _post(api, link_id)
+    assert (status, reply["error"]["code"]) == (429, "rate_limited")
+    assert int(api.last_headers["Retry-After"]) >= 1
+    assert (await api.get_link(ALICE, link_id))[0] == 404
+    # Another user has their own budget.
+    bob = DeviceKeys()
+    assert (await api.put_identity("bob", 2, bob.identity(), did=2))[0] == 200
+    body = {"link_id": _link_id(), "device_id": 2, "name": "x"}
+    assert (await api.post_link("bob", body, did=2))[0] == 201
+
+
+@pytest.mark.parametrize("did", [None, 1])
+async def test_the_approver_lists_the_device_with_the_identity_it_saw(
+    api: KeysApi, did: int | None
+) -> None:
+    """The identity a link shows is the one the list must name: a list naming
+    other keys for the new device is refused."""
+    _, new = await _setup(api)
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    _, state = await api.get_link(ALICE, link_id, did=did)
+    assert state["identity"] == new.identity()
+    acct = api.account(ALICE)
+    wrong = {**acct.entries, NEW: entry(NEW, DeviceKeys())}
+    status, reply = await api.put_device_list(ALICE, acct.next(ALICE, wrong), did=did)
+    assert (status, reply["error"]["code"]) == (422, "invalid_key")
+    assert reply["error"]["details"]["device_id"] == NEW

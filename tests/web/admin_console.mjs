@@ -1,0 +1,76 @@
+// The admin console in a real browser (Debian's Chromium, driven by playwright-core):
+// an admin signs in through the provider's pages, blocks a user and finds it in the
+// audit log; a non-admin is refused. Screenshots go to SHOTS (docs/admin/).
+// Run by tests/web/test_admin_console.py with LB, WEB_DIR, SHOTS, ADMIN_*, TARGET, PLAIN_*.
+import { createRequire } from "node:module";
+import path from "node:path";
+
+const env = process.env;
+const require = createRequire(path.join(env.WEB_DIR, "package.json"));
+const { chromium } = require("playwright-core");
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+});
+const shot = (page, name) => page.screenshot({ path: path.join(env.SHOTS, `${name}.png`) });
+const step = (msg) => console.log(`step: ${msg}`);
+
+async function signIn(page, username, password, screenshot) {
+  await page.goto(`${env.LB}/admin/`);
+  await page.click("#sign-in");
+  try {
+    await page.waitForURL(/\/auth\/login/, { timeout: 15000 });
+  } catch (e) {
+    console.log(`at ${page.url()}: ${(await page.content()).slice(0, 800)}`);
+    throw e;
+  }
+  await page.fill("#username", username);
+  await page.fill("#password", password);
+  if (screenshot) await shot(page, "sign-in");
+  await page.click("button[type=submit]");
+  await page.waitForURL(/\/admin\//);
+}
+
+try {
+  const admin = await browser.newContext({ viewport: { width: 1280, height: 760 } });
+  const page = await admin.newPage();
+  const errors = [];
+  // (Chromium asks for /favicon.ico, which we do not have: a 404 that is no error of ours.)
+  page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && errors.push(m.text()));
+  page.on("response", (r) => r.status() >= 400 && !r.url().endsWith("/favicon.ico") && errors.push(`${r.status()} ${r.url()}`));
+  step("admin signs in");
+  await signIn(page, env.ADMIN_USER, env.ADMIN_PASSWORD, true);
+  await page.waitForSelector("nav >> text=Audit log");
+  await page.fill("#search", env.TARGET);
+  await page.click("text=Search");
+  await page.waitForSelector(`tr.clickable >> text=${env.TARGET}`);
+  await shot(page, "users");
+  step("admin blocks the user");
+  await page.click(`tr.clickable >> text=${env.TARGET}`);
+  await page.waitForSelector("#block");
+  await page.fill("#reason", "spam (browser test)");
+  await page.click("#block");
+  await page.waitForSelector("#state:has-text('blocked')");
+  await shot(page, "user");
+  step("the block is in the audit log");
+  await page.click("nav >> text=Audit log");
+  await page.waitForSelector("#audit >> text=user.block");
+  await shot(page, "audit");
+  if (errors.length) throw new Error(`console errors: ${errors.join("; ")}`);
+  await admin.close();
+
+  step("a non-admin is refused");
+  const plain = await browser.newContext({ viewport: { width: 1280, height: 760 } });
+  const p2 = await plain.newPage();
+  await signIn(p2, env.PLAIN_USER, env.PLAIN_PASSWORD, false);
+  await p2.waitForSelector("#refused");
+  await shot(p2, "refused");
+  const nav = await p2.$("nav");
+  if (nav) throw new Error("a non-admin sees the console");
+  await plain.close();
+  console.log("admin console: ok");
+} finally {
+  await browser.close();
+}

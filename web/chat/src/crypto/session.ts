@@ -1,0 +1,497 @@
+/**
+ * Public API: pairwise sessions, group sessions, identity checks
+ * (client/parley/crypto/session.py; docs/crypto.md "Public API").
+ *
+ *   const bob = await Device.generate();
+ *   // ... Alice claims a bundle of Bob's from the key directory ...
+ *   const [aliceSession, first] = await Session.initiate(alice, bundleJson, utf8('hi'));
+ *   const [bobSession, plaintext] = await Session.respond(bob, first);   // consumes prekeys
+ *   const reply = await bobSession.encrypt(utf8('hello'));
+ *   await aliceSession.decrypt(reply);
+ *
+ * Every operation is async (WebCrypto) and serialised per object, so
+ * overlapping calls on one Session, GroupSession or Device run one after the
+ * other in call order, as the synchronous Python calls do. States serialise
+ * with `toBytes()` / `fromBytes()` as UTF-8 JSON byte-identical to Python's;
+ * persist them after every call that changes them (`respond` changes the device).
+ */
+
+import { PrekeyBundle, PublicIdentity } from './bundle.ts';
+import { Device } from './device.ts';
+import { b64decode, b64encode, bytesEqual, concat, dumpsState, loadState, utf8 } from './encoding.ts';
+import type { StateJson } from './encoding.ts';
+import {
+  BadCommitment,
+  CryptoError,
+  FrankingMismatch,
+  IdentityChanged,
+  MalformedMessage,
+  MalformedState,
+  SessionMismatch,
+  UnknownSenderKey,
+} from './errors.ts';
+import { safetyNumber } from './fingerprint.ts';
+import * as franking from './franking.ts';
+import * as pqxdh from './pqxdh.ts';
+import { type RandomSource, mlkem768Encapsulate, requireBytes, sha256, systemRandom } from './primitives.ts';
+import { type PayloadCheck, RatchetState } from './ratchet.ts';
+import { MAX_CHAINS_PER_SENDER, ReceiverChain, SenderChain, groupAssociatedData } from './senderKeys.ts';
+import { Serial } from './serial.ts';
+import {
+  HEADER_LEN,
+  MESSAGE_PREFIX_LEN,
+  TYPE_INITIAL,
+  TYPE_MESSAGE,
+  VERSION,
+  PrekeySection,
+  SenderKeyDistribution,
+  parseGroup,
+  parsePairwise,
+} from './wire.ts';
+
+export { Device };
+
+const STATE_VERSION = 1;
+const FK = franking.FRANKING_KEY_LEN;
+const PREFIX_MESSAGE = new Uint8Array([VERSION, TYPE_MESSAGE]);
+const PREFIX_INITIAL = new Uint8Array([VERSION, TYPE_INITIAL]);
+const COMMITMENT_AT = franking.COMMITMENT_OFFSET;
+const COMMITMENT_END = franking.COMMITMENT_OFFSET + franking.COMMITMENT_LEN;
+const MESSAGE_HEADER_AT = MESSAGE_PREFIX_LEN - HEADER_LEN;
+
+/** A decrypted message plus what a report needs (plaintext, franking key, commitment). */
+export interface DecryptedMessage {
+  plaintext: Uint8Array;
+  frankingKey: Uint8Array;
+  commitment: Uint8Array;
+}
+
+/**
+ * `[commitment, payload]` with payload = franking key ‖ plaintext. The franking key is
+ * drawn now (the same draw order as Python); the commitment is left computing so the
+ * caller's key derivation runs at the same time.
+ */
+function sealPayload(plaintext: Uint8Array, rng: RandomSource): [Promise<Uint8Array>, Uint8Array] {
+  requireBytes('plaintext', plaintext); // before drawing the franking key
+  const frankingKey = rng(FK);
+  return [franking.commit(plaintext, frankingKey), concat(frankingKey, plaintext)];
+}
+
+/** The check a decrypted payload must pass before the session commits. */
+function commitmentCheck(commitment: Uint8Array): PayloadCheck {
+  const expected = commitment.slice();
+  return async (payload: Uint8Array): Promise<void> => {
+    if (payload.length < FK) throw new MalformedMessage('payload shorter than the franking key');
+    try {
+      await franking.verifyReport(payload.subarray(FK), payload.subarray(0, FK), expected);
+    } catch (error) {
+      if (error instanceof FrankingMismatch) throw new BadCommitment('franking commitment does not match the message');
+      throw error;
+    }
+  };
+}
+
+function decrypted(payload: Uint8Array, commitment: Uint8Array): DecryptedMessage {
+  return { plaintext: payload.slice(FK), frankingKey: payload.slice(0, FK), commitment: commitment.slice() };
+}
+
+/** True if `message` is a PQXDH initial message (give it to {@link Session.respond}). */
+export function isInitialMessage(message: Uint8Array): boolean {
+  return message.length >= 2 && message[0] === VERSION && message[1] === TYPE_INITIAL;
+}
+
+/**
+ * Trust on first use: IdentityChanged if `presented` differs from the `known`
+ * identity of a contact (`null` = first contact, always accepted). With
+ * `localIdentity` and both user ids the error carries the old and new safety numbers.
+ */
+export async function checkIdentity(
+  known: PublicIdentity | null,
+  presented: PublicIdentity,
+  options: { localIdentity?: PublicIdentity; localUserId?: string; remoteUserId?: string } = {},
+): Promise<void> {
+  if (known === null) return;
+  if (bytesEqual(known.signingKey, presented.signingKey) && bytesEqual(known.dhKey, presented.dhKey)) return;
+  let oldNumber: string | null = null;
+  let newNumber: string | null = null;
+  const { localIdentity, localUserId, remoteUserId } = options;
+  if (localIdentity !== undefined && localUserId !== undefined && remoteUserId !== undefined) {
+    oldNumber = await safetyNumber(localIdentity.signingKey, localUserId, known.signingKey, remoteUserId);
+    newNumber = await safetyNumber(localIdentity.signingKey, localUserId, presented.signingKey, remoteUserId);
+  }
+  throw new IdentityChanged("the contact's identity key changed", {
+    oldSafetyNumber: oldNumber,
+    newSafetyNumber: newNumber,
+  });
+}
+
+export interface InitiateOptions {
+  /** The identity we already know for this contact (IdentityChanged if the bundle has another). */
+  expectedIdentity?: PublicIdentity | null;
+  /** For test vectors: the randomness (default: the device's). */
+  rng?: RandomSource;
+  /** For test vectors: `encapsulate(ek) -> [sharedSecret, ciphertext]`. */
+  kemEncapsulate?: pqxdh.Encapsulate;
+}
+
+/** A pairwise end-to-end encrypted session with one device of a contact. */
+export class Session {
+  readonly localIdentity: PublicIdentity;
+  readonly peerIdentity: PublicIdentity;
+  readonly #serial = new Serial();
+  readonly #ratchet: RatchetState;
+  #pendingSection: Uint8Array | null;
+  readonly #initialDigest: Uint8Array | null;
+
+  /** @internal Use {@link initiate}, {@link respond} or {@link fromBytes}. */
+  constructor(init: {
+    ratchet: RatchetState;
+    localIdentity: PublicIdentity;
+    peerIdentity: PublicIdentity;
+    pendingSection: Uint8Array | null;
+    initialDigest: Uint8Array | null;
+  }) {
+    this.#ratchet = init.ratchet;
+    this.localIdentity = init.localIdentity;
+    this.peerIdentity = init.peerIdentity;
+    this.#pendingSection = init.pendingSection;
+    this.#initialDigest = init.initialDigest;
+  }
+
+  // ------------------------------------------------------------------ handshake
+
+  /**
+   * Start a session from a claimed bundle; resolves to the session and the initial
+   * message. Every signature in the bundle is verified before any key is used
+   * (InvalidSignature / MalformedBundle). Until the peer answers, every message
+   * from {@link encrypt} is an initial message with the same PQXDH fields.
+   */
+  static async initiate(
+    device: Device,
+    bundle: PrekeyBundle | unknown,
+    plaintext: Uint8Array = new Uint8Array(0),
+    options: InitiateOptions = {},
+  ): Promise<[Session, Uint8Array]> {
+    let verified: PrekeyBundle;
+    if (bundle instanceof PrekeyBundle) {
+      await bundle.verify();
+      verified = bundle;
+    } else {
+      verified = await PrekeyBundle.fromJson(bundle);
+    }
+    await checkIdentity(options.expectedIdentity ?? null, verified.identity);
+    const rng = options.rng ?? device.rng;
+    const handshake = await pqxdh.initiate(
+      device.dhKeypair,
+      device.identity,
+      verified,
+      rng,
+      options.kemEncapsulate ?? mlkem768Encapsulate,
+    );
+    const ratchet = await RatchetState.initiator(
+      handshake.secret,
+      handshake.associatedData,
+      verified.signedPrekey.key,
+      rng,
+    );
+    const session = new Session({
+      ratchet,
+      localIdentity: device.identity,
+      peerIdentity: verified.identity,
+      pendingSection: handshake.section.encode(),
+      initialDigest: null,
+    });
+    return [session, await session.encrypt(plaintext)];
+  }
+
+  /**
+   * Accept an initial message; resolves to the new session and the plaintext.
+   * Consumes the one-time X25519 and KEM prekeys it names (persist `device`
+   * afterwards). Rejects with InvalidSignature, PrekeyReused, UnknownPrekey,
+   * ReplayedMessage, DecryptionFailed, ...; on any error the device is unchanged.
+   */
+  static async respond(device: Device, message: Uint8Array, options: { rng?: RandomSource } = {}): Promise<[Session, Uint8Array]> {
+    const [session, received] = await Session.respondMessage(device, message, options);
+    return [session, received.plaintext];
+  }
+
+  /** Like {@link respond}, with the franking key and commitment too. */
+  static respondMessage(
+    device: Device,
+    message: Uint8Array,
+    options: { rng?: RandomSource } = {},
+  ): Promise<[Session, DecryptedMessage]> {
+    return device.serial.run(async () => {
+      const parsed = parsePairwise(message);
+      if (parsed.type !== TYPE_INITIAL || parsed.prekeyRaw === null) throw new MalformedMessage('not an initial message');
+      const section = PrekeySection.decode(parsed.prekeyRaw);
+      await section.identity.verify();
+      const signedPrekey = device.lookupSignedPrekey(section.signedPrekeyId);
+      const oneTime = section.oneTimePrekeyId === null ? null : device.lookupOneTimePrekey(section.oneTimePrekeyId);
+      const kem = device.lookupKemPrekey(section.kemPrekeyId);
+      if (oneTime === null && kem.lastResort) device.checkBaseKey(section.ephemeralKey);
+      const [secret, ad] = await pqxdh.respond(device.dhKeypair, device.identity, section, signedPrekey, oneTime, kem.pair());
+      const ratchet = RatchetState.responder(secret, ad, signedPrekey, options.rng ?? device.rng);
+      const payload = await ratchet.decrypt(
+        parsed.ratchetKey,
+        parsed.previousChainLength,
+        parsed.messageNumber,
+        parsed.associated,
+        parsed.ciphertext,
+        commitmentCheck(parsed.commitment),
+      );
+      device.consume(section.oneTimePrekeyId, kem, section.ephemeralKey);
+      const session = new Session({
+        ratchet,
+        localIdentity: device.identity,
+        peerIdentity: section.identity,
+        pendingSection: null,
+        initialDigest: await sha256(parsed.prekeyRaw),
+      });
+      return [session, decrypted(payload, parsed.commitment)];
+    });
+  }
+
+  // ------------------------------------------------------------------ messages
+
+  /** Encrypt one message (a fresh franking key and commitment each time). */
+  encrypt(plaintext: Uint8Array): Promise<Uint8Array> {
+    requireBytes('plaintext', plaintext);
+    return this.#serial.run(async () => {
+      const [commitment, payload] = sealPayload(plaintext, this.#ratchet.rng);
+      const section = this.#pendingSection;
+      const prefix = commitment.then((c) =>
+        section === null ? concat(PREFIX_MESSAGE, c) : concat(PREFIX_INITIAL, c, section),
+      );
+      return this.#ratchet.seal(payload, prefix);
+    });
+  }
+
+  /** Decrypt one message; rejects (and leaves the session unchanged) on any failure. */
+  async decrypt(message: Uint8Array): Promise<Uint8Array> {
+    return (await this.decryptMessage(message)).plaintext;
+  }
+
+  /** Like {@link decrypt}, with the franking key and commitment too. */
+  decryptMessage(message: Uint8Array): Promise<DecryptedMessage> {
+    requireBytes('message', message);
+    return this.#serial.run(async () => {
+      let headerAt: number;
+      if (message.length >= 2 && message[0] === VERSION && message[1] === TYPE_MESSAGE) {
+        headerAt = MESSAGE_HEADER_AT; // the common case
+      } else {
+        const parsed = parsePairwise(message); // MalformedMessage, UnsupportedVersion
+        if (parsed.type === TYPE_INITIAL) {
+          const digest = parsed.prekeyRaw === null ? null : await sha256(parsed.prekeyRaw);
+          if (this.#initialDigest === null || digest === null || !bytesEqual(digest, this.#initialDigest)) {
+            throw new SessionMismatch('initial message of another session');
+          }
+        }
+        headerAt = parsed.associated.length - HEADER_LEN;
+      }
+      const commitment = message.subarray(COMMITMENT_AT, COMMITMENT_END);
+      const payload = await this.#ratchet.open(message, headerAt, commitmentCheck(commitment));
+      this.#pendingSection = null; // the peer has our session: stop sending PQXDH fields
+      return decrypted(payload, commitment);
+    });
+  }
+
+  // ------------------------------------------------------------------ identity
+
+  /** The 60-digit safety number of this session's two device identities. */
+  safetyNumber(localUserId: string, peerUserId: string): Promise<string> {
+    return safetyNumber(this.localIdentity.signingKey, localUserId, this.peerIdentity.signingKey, peerUserId);
+  }
+
+  // ------------------------------------------------------------------ persistence
+
+  /** UTF-8 JSON, byte-identical to Python's `Session.to_bytes()`. Waits for queued operations. */
+  toBytes(): Promise<Uint8Array> {
+    return this.#serial.run(async () => this.toBytesNow());
+  }
+
+  /** @internal Serialise without waiting (only when no operation is in flight). */
+  toBytesNow(): Uint8Array {
+    const obj = {
+      v: STATE_VERSION,
+      local: this.localIdentity.toJson(),
+      peer: this.peerIdentity.toJson(),
+      pending_section: this.#pendingSection === null ? null : b64encode(this.#pendingSection),
+      initial_digest: this.#initialDigest === null ? null : b64encode(this.#initialDigest),
+      ratchet: this.#ratchet.toJson(),
+    };
+    return utf8(dumpsState(obj as unknown as StateJson));
+  }
+
+  static async fromBytes(data: Uint8Array | string, options: { rng?: RandomSource } = {}): Promise<Session> {
+    const obj = loadState(data) as Record<string, unknown>;
+    try {
+      if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new MalformedState('not an object');
+      for (const name of ['v', 'local', 'peer', 'pending_section', 'initial_digest', 'ratchet']) {
+        if (!(name in obj)) throw new MalformedState(`session state: ${name} missing`);
+      }
+      if (obj['v'] !== STATE_VERSION) throw new MalformedState('unsupported session state version');
+      const pending = obj['pending_section'];
+      const digest = obj['initial_digest'];
+      return new Session({
+        ratchet: await RatchetState.fromJson(obj['ratchet'], options.rng ?? systemRandom),
+        localIdentity: await PublicIdentity.fromJson(obj['local']),
+        peerIdentity: await PublicIdentity.fromJson(obj['peer']),
+        pendingSection: pending === null ? null : b64decode(pending),
+        initialDigest: digest === null ? null : b64decode(digest, { length: 32 }),
+      });
+    } catch (error) {
+      if (error instanceof MalformedState) throw error;
+      if (error instanceof CryptoError || error instanceof TypeError) {
+        throw new MalformedState(`session state does not parse (${String(error)})`);
+      }
+      throw error;
+    }
+  }
+}
+
+/**
+ * Sender-key state for one group: our sending chain and the other members'
+ * chains. Members are named by the caller (e.g. `"user_id:device_id"`): the
+ * sender of the pairwise session that carried their distribution message.
+ */
+export class GroupSession {
+  readonly groupId: string;
+  rng: RandomSource;
+  readonly #serial = new Serial();
+  #own: SenderChain;
+  readonly #receivers: Map<string, ReceiverChain[]>;
+
+  /** @internal Use {@link create} or {@link fromBytes}. */
+  constructor(groupId: string, own: SenderChain, receivers?: Map<string, ReceiverChain[]>, rng: RandomSource = systemRandom) {
+    if (typeof groupId !== 'string' || groupId === '') throw new RangeError('group_id must be a non-empty string');
+    this.groupId = groupId;
+    this.#own = own;
+    this.#receivers = receivers ?? new Map();
+    this.rng = rng;
+  }
+
+  /** Draws chain id (4), chain key (32), signing seed (32). */
+  static async create(groupId: string, options: { rng?: RandomSource } = {}): Promise<GroupSession> {
+    if (typeof groupId !== 'string' || groupId === '') throw new RangeError('group_id must be a non-empty string');
+    const rng = options.rng ?? systemRandom;
+    return new GroupSession(groupId, await SenderChain.generate(rng), undefined, rng);
+  }
+
+  get chainId(): number {
+    return this.#own.chainId;
+  }
+
+  /** Our current sender key (at its current iteration), to send over pairwise sessions. */
+  distributionMessage(): Promise<Uint8Array> {
+    return this.#serial.run(async () => this.#own.distribution(this.groupId).encode());
+  }
+
+  /** A fresh sender key (new chain id, chain key, signing key); its distribution message. */
+  rotate(): Promise<Uint8Array> {
+    return this.#serial.run(() => this.#rotate());
+  }
+
+  async #rotate(): Promise<Uint8Array> {
+    this.#own = await SenderChain.generate(this.rng, new Set([this.#own.chainId]));
+    return this.#own.distribution(this.groupId).encode();
+  }
+
+  /** Forget `member`'s sender keys and rotate ours; the new distribution message. */
+  removeMember(member: string): Promise<Uint8Array> {
+    return this.#serial.run(async () => {
+      this.#receivers.delete(member);
+      return this.#rotate();
+    });
+  }
+
+  members(): string[] {
+    return [...this.#receivers.keys()];
+  }
+
+  encrypt(plaintext: Uint8Array): Promise<Uint8Array> {
+    requireBytes('plaintext', plaintext);
+    return this.#serial.run(async () => {
+      const [commitment, payload] = sealPayload(plaintext, this.rng);
+      return this.#own.encrypt(payload, commitment, groupAssociatedData(this.groupId));
+    });
+  }
+
+  /** Store `member`'s sender key from a distribution message (idempotent). */
+  processDistribution(member: string, message: Uint8Array): Promise<void> {
+    return this.#serial.run(async () => {
+      const dist = SenderKeyDistribution.decode(message);
+      if (dist.groupId !== this.groupId) throw new SessionMismatch('distribution message is for another group');
+      let chains = this.#receivers.get(member);
+      if (chains === undefined) {
+        chains = [];
+        this.#receivers.set(member, chains);
+      }
+      if (chains.some((c) => c.chainId === dist.chainId)) return;
+      chains.unshift(ReceiverChain.fromDistribution(dist));
+      chains.splice(MAX_CHAINS_PER_SENDER);
+    });
+  }
+
+  async decrypt(member: string, message: Uint8Array): Promise<Uint8Array> {
+    return (await this.decryptMessage(member, message)).plaintext;
+  }
+
+  /** Verify and decrypt `member`'s group message (transactional). */
+  decryptMessage(member: string, message: Uint8Array): Promise<DecryptedMessage> {
+    return this.#serial.run(async () => {
+      const parsed = parseGroup(message);
+      for (const chain of this.#receivers.get(member) ?? []) {
+        if (chain.chainId === parsed.chainId) {
+          const payload = await chain.decrypt(parsed, groupAssociatedData(this.groupId), commitmentCheck(parsed.commitment));
+          return decrypted(payload, parsed.commitment);
+        }
+      }
+      throw new UnknownSenderKey(`no sender key ${parsed.chainId} for ${JSON.stringify(member)}`);
+    });
+  }
+
+  /** UTF-8 JSON, byte-identical to Python's `GroupSession.to_bytes()`. */
+  toBytes(): Promise<Uint8Array> {
+    return this.#serial.run(async () => {
+      const receivers = new Map<string, StateJson>();
+      for (const [member, chains] of this.#receivers) receivers.set(member, chains.map((c) => c.toJson() as StateJson));
+      const obj = new Map<string, StateJson>([
+        ['v', STATE_VERSION],
+        ['group_id', this.groupId],
+        ['own', this.#own.toJson() as StateJson],
+        ['receivers', receivers],
+      ]);
+      return utf8(dumpsState(obj));
+    });
+  }
+
+  static async fromBytes(data: Uint8Array | string, options: { rng?: RandomSource } = {}): Promise<GroupSession> {
+    const obj = loadState(data) as Record<string, unknown>;
+    try {
+      if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new MalformedState('not an object');
+      for (const name of ['v', 'group_id', 'own', 'receivers']) {
+        if (!(name in obj)) throw new MalformedState(`group state: ${name} missing`);
+      }
+      if (obj['v'] !== STATE_VERSION) throw new MalformedState('unsupported group state version');
+      const groupId = obj['group_id'];
+      if (typeof groupId !== 'string' || groupId === '') throw new MalformedState('group state: bad group_id');
+      const rawReceivers = obj['receivers'];
+      if (typeof rawReceivers !== 'object' || rawReceivers === null || Array.isArray(rawReceivers)) {
+        throw new MalformedState('group state: bad receivers');
+      }
+      const receivers = new Map<string, ReceiverChain[]>();
+      for (const [member, chains] of Object.entries(rawReceivers as Record<string, unknown>)) {
+        if (!Array.isArray(chains)) throw new MalformedState('group state: bad chains');
+        receivers.set(member, await Promise.all(chains.map((c) => ReceiverChain.fromJson(c))));
+      }
+      return new GroupSession(groupId, await SenderChain.fromJson(obj['own']), receivers, options.rng ?? systemRandom);
+    } catch (error) {
+      if (error instanceof MalformedState) throw error;
+      if (error instanceof CryptoError || error instanceof TypeError || error instanceof RangeError) {
+        throw new MalformedState(`group state does not parse (${String(error)})`);
+      }
+      throw error;
+    }
+  }
+}
