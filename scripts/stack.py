@@ -204,6 +204,7 @@ def prometheus_config(cfg: StackConfig, interval: str = PROMETHEUS_INTERVAL) -> 
         ("gateway", "/gateway/metrics",
          [(cfg.gateway1_port, "gateway1"), (cfg.gateway2_port, "gateway2")]),
         ("delivery", "/delivery/metrics", [(cfg.delivery_port, None)]),
+        ("web", "/web/metrics", [(cfg.web_port, None)]),
         ("haproxy", "/metrics", [(cfg.stats_port, None)]),
         ("prometheus", "/metrics", [(cfg.prometheus_port, None)]),
     ]  # fmt: skip

@@ -34,7 +34,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 HERE = Path(__file__).resolve().parent
 DS = DataSourceRef(type_val="prometheus", uid="prometheus")
 R = "$__rate_interval"
-SERVICES = ("auth", "keys", "gateway", "delivery")
+SERVICES = ("auth", "keys", "gateway", "delivery", "web")
 # Operational routes and the WebSocket (a "request" as long as its connection)
 # are left out of latency: they would hide the routes users wait for.
 NOT_TIMED = 'route!~"/ws|.*/(healthz|readyz|metrics)"'
@@ -185,7 +185,7 @@ def limits_panel(svc: str) -> P:
 
 
 def overview() -> dict[str, Any]:
-    up = 'up{job=~"auth|keys|gateway|delivery|haproxy"}'
+    up = 'up{job=~"auth|keys|gateway|delivery|web|haproxy"}'
     rows: list[Row] = [
         ("Health", [
             P("Targets up", "Scraped processes that answer, per job (gateway: one per pod).",
@@ -390,6 +390,12 @@ def delivery() -> dict[str, Any]:
     return build("parley-delivery", "Parley delivery", about, rows)
 
 
+def web_apps() -> dict[str, Any]:
+    rows: list[Row] = [http_row("web"), process_row("web")]
+    about = "The browser apps' static files (the admin console at /admin/)."
+    return build("parley-web", "Parley web", about, rows)
+
+
 def infrastructure() -> dict[str, Any]:
     rows: list[Row] = [
         ("Load balancer (HAProxy)", [
@@ -451,6 +457,7 @@ DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "keys.json": keys,
     "gateway.json": gateway,
     "delivery.json": delivery,
+    "web.json": web_apps,
     "infrastructure.json": infrastructure,
 }
 
