@@ -258,9 +258,13 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.dead_letters.labels(record.topic, reason).inc()
+        try:
+            message_id: str | None = e.decode_envelope(record.value or b"").server_id
+        except e.DecodeError:
+            message_id = None
         log.error(
             "record dead-lettered",
-            extra={"source": source, "reason": reason, "error": detail},
+            extra={"source": source, "reason": reason, "error": detail, "message_id": message_id},
         )
 
     # Messages ---------------------------------------------------------------

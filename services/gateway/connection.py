@@ -274,7 +274,8 @@ class Connection:
     ) -> None:  # fmt: skip
         try:
             await asyncio.gather(*acks)
-        except KafkaError:
+        except KafkaError as exc:
+            log.warning("message not accepted", extra={"message_id": server_id, "error": repr(exc)})
             self.error(ApiError(ErrorCode.UNAVAILABLE, "The message was not accepted."), client_id)
             return
         finally:
