@@ -4,7 +4,7 @@
 command and configuration, as for ``make run``) scraping every process of the
 ``system`` fixture once a second, with deploy/prometheus/alerts.yml loaded.
 ``ops_flow`` then drives what an operator wants to see and what must never
-reach a log: sign-ups, a wrong password, 2FA codes by e-mail, a refresh,
+reach a log: sign-ups, the admin console's page, a wrong password, 2FA codes by e-mail, a refresh,
 messages between users (in real time and to an offline user), a socket with a
 bad token. It returns every secret it used.
 """
@@ -30,6 +30,7 @@ from parley import Client
 from parley.client import Message
 from parley.store import KdfParams
 
+from scripts.stack import prometheus_config
 from tests.auth.helpers import code_in
 from tests.support.stack import System, wait_until
 from tests.support.wsclient import WsClient
@@ -84,7 +85,8 @@ def prometheus(system: System) -> Iterator[Prometheus]:
 
     wait_until(ready, timeout=30, interval=0.2)
     # Every target scraped at least once, and up.
-    wait_until(lambda: prom.series_count("up == 1") >= 7, timeout=30, interval=0.2)
+    targets = len(re.findall(r"- targets:", prometheus_config(system.cfg)))
+    wait_until(lambda: prom.series_count("up == 1") >= targets, timeout=30, interval=0.2)
     yield prom
     system.procs.kill("prometheus", 15)
 
@@ -185,7 +187,9 @@ async def ops_flow(
         username = f"ops{name}{secrets.token_hex(3)}"
         password = "correct horse " + secrets.token_hex(8)
         flow.passwords.append(password)
-        result = await c.account.signup(username, password, f"{username}@example.test")
+        # Client.signup, keeping the tokens: the account with this install as its device.
+        device_id = await c.keys.device_id()
+        result = await c.account.signup(username, password, f"{username}@example.test", device_id)
         await c.keys.setup()
         flow.user_ids.append(result["user"]["user_id"])
         flow.tokens += [result["access_token"], result["refresh_token"]]
@@ -199,6 +203,10 @@ async def ops_flow(
     try:
         assert alice.username and bob.username and carol.username
         async with aiohttp.ClientSession() as http:
+            # An operator opens the admin console (the web app server's routes).
+            for path in ("/admin/", "/admin/config.json"):
+                async with http.get(f"{system.lb}{path}") as resp:
+                    assert resp.status == 200, path
             # A wrong password: a login failure.
             status, body = await _http(
                 http, "POST", f"{system.lb}/auth/v1/login",

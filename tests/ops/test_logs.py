@@ -19,7 +19,7 @@ from tests.ops.conftest import Flow
 from tests.support.secrets import forms
 from tests.support.stack import System
 
-SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery")
+SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web")
 
 
 def log_files(system: System) -> list[Path]:
