@@ -4,9 +4,10 @@
 command and configuration, as for ``make run``) scraping every process of the
 ``system`` fixture once a second, with deploy/prometheus/alerts.yml loaded.
 ``ops_flow`` then drives what an operator wants to see and what must never
-reach a log: sign-ups, the admin console's page, a wrong password, 2FA codes by e-mail, a refresh,
-messages between users (in real time and to an offline user), a socket with a
-bad token. It returns every secret it used.
+reach a log: sign-ups, the admin console's page, a wrong password, 2FA codes
+by e-mail, a refresh, a second device linked, messages between users (in real
+time to every device, and to an offline user), a socket with a bad token. It
+returns every secret it used.
 """
 
 from __future__ import annotations
@@ -215,11 +216,21 @@ async def ops_flow(
             assert status == 401 and body["error"]["code"] == "invalid_credentials", body
             flow.passwords.append("wrong " + flow.passwords[0])
         await _second_factor_by_email(system, flow)
-        await alice.connect()
-        await bob.connect()
+        # Bob links a second device: every message to or from bob has two device copies.
+        bob2 = Client(system.lb, data_dir=tmp / "bob2", passphrase="p", kdf=KdfParams(n=2**10),
+                      backoff_start=0.1)  # fmt: skip
+        await bob2.open()
+        clients.append(bob2)
+        link_code = await bob2.link_device(bob.username, flow.passwords[1], name="bob's laptop")
+        linked = asyncio.create_task(bob2.wait_linked(60))
+        await bob.approve_device(link_code)
+        await linked
+        for c in (alice, bob, bob2):
+            await c.connect()
         for _ in range(4):  # real time, both ways: accepted, stored, pushed, delivered
             await alice.send(bob.username, secret())
             assert isinstance(await bob.next_event(Message), Message)
+            assert isinstance(await bob2.next_event(Message), Message)
             await bob.send(alice.username, secret())
             assert isinstance(await alice.next_event(Message), Message)
         for _ in range(3):  # carol is offline: these wait in her inbox
@@ -232,6 +243,10 @@ async def ops_flow(
         assert (await ws.expect("error"))["code"] == "invalid_token"
         await ws.wait_closed()
         await ws.close()
+        # The tokens each install holds now (a client refreshes on its own).
+        for c in clients:
+            account = c.account.require()
+            flow.tokens += [account["access_token"], account["refresh_token"]]
     finally:
         for c in clients:
             await c.close()
