@@ -71,7 +71,7 @@ async def test_block_closes_the_socket_and_refuses_the_token(system: System) -> 
             assert resp.status in (200, 204), await resp.text()
         async with http.post(
             f"{system.lb}/auth/v1/login",
-            json={"username": victim.username, "password": victim.password},
+            json={"username": victim.username, "password": victim.password, "device_id": 1},
         ) as resp:
             assert resp.status == 200
             fresh = (await resp.json())["access_token"]

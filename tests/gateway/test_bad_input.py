@@ -62,12 +62,14 @@ async def test_unauthenticated_socket_is_refused(
 
 async def test_forged_expired_and_wrong_audience_tokens_are_refused(messaging: Messaging) -> None:
     iss = messaging.issuer
-    good = iss.token(uid())
+    good = iss.token(uid(), did=1)
     forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
     for token, code in [
         (forged, "invalid_token"),
         (iss.token(uid(), ttl=-60), "token_expired"),
         (iss.token(uid(), aud="someone-else"), "invalid_token"),
+        # A session not bound to a device (protocol v2 needs one: docs/devices.md).
+        (iss.token(uid()), "device_required"),
     ]:
         client = await WsClient.connect(messaging.ws_url(1))
         messaging.clients.append(client)
