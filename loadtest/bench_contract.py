@@ -28,8 +28,9 @@ from parley_contract import frames as cf
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SEND = orjson.dumps(
-    {"op": "send", "id": "m-000123", "to": "u" + "7" * 23, "body": "A" * 300,
-     "commitment": "C" * 43}
+    {"op": "send", "id": "m-000123", "to": "u" + "7" * 23,
+     "copies": [{"user": "u" + "7" * 23, "device": 1, "body": "A" * 300,
+                 "commitment": "C" * 43}]}
 )  # fmt: skip
 
 # -- pydantic equivalents -----------------------------------------------------------------
@@ -38,22 +39,31 @@ Cid = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[
 Uid = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
+class PCopy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    user: Uid
+    device: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    body: Annotated[B64, StringConstraints(min_length=1)]
+    commitment: Annotated[B64, StringConstraints(max_length=128)] | None = None
+
+
 class PSend(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     op: Literal["send"]
     id: Cid
     to: Uid
-    body: Annotated[B64, StringConstraints(min_length=1)]
-    commitment: Annotated[B64, StringConstraints(max_length=128)] | None = None
+    copies: Annotated[list[PCopy], Field(min_length=1, max_length=32)]
 
 
 class PEnvelope(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True)
-    v: int = 1
+    v: int = 2
     kind: Literal["message"] = "message"
     server_id: str
     to: Uid
+    to_device: int
     from_: Uid = Field(alias="from")
+    from_device: int
     client_id: Cid
     conversation: str | None = None
     sent_at: int | None = None
@@ -68,6 +78,7 @@ class PMessage(BaseModel):
     seq: int
     server_id: str
     from_: str = Field(alias="from")
+    from_device: int
     body: str
     conversation: str | None = None
     commitment: str | None = None
@@ -77,6 +88,8 @@ class PMessage(BaseModel):
 
 class PRouted(BaseModel):
     to: str
+    device: int | None = None
+    op: str = "message"
     frame: PMessage
 
 
@@ -90,9 +103,10 @@ class PAccepted(BaseModel):
 def steps_msgspec() -> dict[str, Callable[[], Any]]:
     send = cf.decode_client_frame(SEND)
     assert isinstance(send, cf.Send)
+    copy = send.copies[0]
     env = ce.message_envelope(
-        sender="u" + "1" * 23, sender_sid="sid", recipient=send.to, client_id=send.id,
-        body=send.body, commitment=send.commitment,
+        sender="u" + "1" * 23, sender_device=1, sender_sid="sid", peer=send.to, user=copy.user,
+        device=copy.device, client_id=send.id, body=copy.body, commitment=copy.commitment,
     )  # fmt: skip
     env_bytes = ce.encode(env)
 
@@ -101,14 +115,15 @@ def steps_msgspec() -> dict[str, Callable[[], Any]]:
 
     def build_envelope() -> Any:
         return ce.encode(ce.message_envelope(
-            sender="u" + "1" * 23, sender_sid="sid", recipient=send.to, client_id=send.id,
-            body=send.body, commitment=send.commitment))  # fmt: skip
+            sender="u" + "1" * 23, sender_device=1, sender_sid="sid", peer=send.to,
+            user=copy.user, device=copy.device, client_id=send.id, body=copy.body,
+            commitment=copy.commitment))  # fmt: skip
 
     def parse_envelope() -> Any:
         return ce.decode_envelope(env_bytes)
 
     def build_routed() -> Any:
-        return cf.encode(ce.Routed(to=env.to, frame=ce.item_frame(env, 42)))
+        return cf.encode(ce.routed(env.to, env.to_device, ce.item_frame(env, 42)))
 
     def build_accepted() -> Any:
         return cf.encode(cf.Accepted(id=send.id, server_id=env.server_id,
@@ -121,9 +136,11 @@ def steps_msgspec() -> dict[str, Callable[[], Any]]:
 
 def steps_pydantic() -> dict[str, Callable[[], Any]]:
     send = PSend.model_validate_json(SEND)
-    env = PEnvelope(server_id=ce.new_server_id(), to=send.to, from_="u" + "1" * 23,
-                    client_id=send.id, conversation="dm:a:b", sent_at=ce.now_ms(),
-                    from_sid="sid", body=send.body, commitment=send.commitment)  # fmt: skip
+    copy = send.copies[0]
+    env = PEnvelope(server_id=ce.new_server_id(), to=copy.user, to_device=copy.device,
+                    from_="u" + "1" * 23, from_device=1, client_id=send.id,
+                    conversation="dm:a:b", sent_at=ce.now_ms(), from_sid="sid",
+                    body=copy.body, commitment=copy.commitment)  # fmt: skip
     env_bytes = env.model_dump_json(by_alias=True).encode()
 
     def parse_send() -> Any:
@@ -131,25 +148,28 @@ def steps_pydantic() -> dict[str, Callable[[], Any]]:
 
     def build_envelope() -> Any:
         return PEnvelope(
-            server_id=ce.new_server_id(),
-            to=send.to,
+            server_id=ce.message_server_id("u" + "1" * 23, send.id),
+            to=copy.user,
+            to_device=copy.device,
             from_="u" + "1" * 23,
+            from_device=1,
             client_id=send.id,
             conversation=ce.conversation_id("u" + "1" * 23, send.to),
             sent_at=ce.now_ms(),
             from_sid="sid",
-            body=send.body,
-            commitment=send.commitment,
+            body=copy.body,
+            commitment=copy.commitment,
         ).model_dump_json(by_alias=True)
 
     def parse_envelope() -> Any:
         return PEnvelope.model_validate_json(env_bytes)
 
     def build_routed() -> Any:
-        frame = PMessage(seq=42, server_id=env.server_id, from_=env.from_, body=env.body,
+        frame = PMessage(seq=42, server_id=env.server_id, from_=env.from_,
+                         from_device=env.from_device, body=env.body,
                          conversation=env.conversation, commitment=env.commitment,
                          sent_at=env.sent_at)  # fmt: skip
-        return PRouted(to=env.to, frame=frame).model_dump_json(by_alias=True)
+        return PRouted(to=env.to, device=env.to_device, frame=frame).model_dump_json(by_alias=True)
 
     def build_accepted() -> Any:
         return PAccepted(id=send.id, server_id=env.server_id,
@@ -161,8 +181,9 @@ def steps_pydantic() -> dict[str, Callable[[], Any]]:
 
 
 def steps_dicts() -> dict[str, Callable[[], Any]]:
-    env = {"v": 1, "kind": "message", "server_id": ce.new_server_id(), "to": "u" + "7" * 23,
-           "from": "u" + "1" * 23, "client_id": "m-000123", "conversation": "dm:a:b",
+    env = {"v": 2, "kind": "message", "server_id": ce.new_server_id(), "to": "u" + "7" * 23,
+           "to_device": 1, "from": "u" + "1" * 23, "from_device": 1,
+           "client_id": "m-000123", "conversation": "dm:a:b",
            "sent_at": ce.now_ms(), "from_sid": "sid", "body": "A" * 300,
            "commitment": "C" * 43}  # fmt: skip
     env_bytes = orjson.dumps(env)
@@ -171,8 +192,19 @@ def steps_dicts() -> dict[str, Callable[[], Any]]:
         data = orjson.loads(SEND)
         if not (isinstance(data, dict) and data.get("op") == "send"):
             raise ValueError
-        for k in ("id", "to", "body"):
+        for k in ("id", "to"):
             if not isinstance(data.get(k), str):
+                raise ValueError
+        copies = data.get("copies")
+        if not isinstance(copies, list) or not 1 <= len(copies) <= 32:
+            raise ValueError
+        for c in copies:
+            if not (
+                isinstance(c, dict)
+                and isinstance(c.get("user"), str)
+                and isinstance(c.get("device"), int)
+                and isinstance(c.get("body"), str)
+            ):
                 raise ValueError
         return data
 
@@ -188,10 +220,13 @@ def steps_dicts() -> dict[str, Callable[[], Any]]:
     def build_routed() -> Any:
         frame = {
             "op": "message", "seq": 42, "server_id": env["server_id"], "from": env["from"],
-            "body": env["body"], "conversation": env["conversation"],
+            "from_device": env["from_device"], "body": env["body"],
+            "conversation": env["conversation"],
             "commitment": env["commitment"], "sent_at": env["sent_at"], "kind": "message",
         }  # fmt: skip
-        return orjson.dumps({"to": env["to"], "frame": frame})
+        return orjson.dumps(
+            {"to": env["to"], "device": env["to_device"], "op": "message", "frame": frame}
+        )
 
     def build_accepted() -> Any:
         return orjson.dumps({"op": "accepted", "id": "m-000123", "server_id": env["server_id"],

@@ -42,6 +42,7 @@ from pymongo import AsyncMongoClient
 from loadtest.common import Account, CpuMeter, LoadGenerator, PhaseResult, wait_ready
 from loadtest.relay_baseline import start_relays
 from scripts.stack import SERVERS, SERVICES, Processes, StackConfig
+from tests.keys.keygen import AccountKeys, DeviceKeys, entry
 
 PARLEY_PROCS = ("mongo", "kafka", "redis", "haproxy", "auth", "keys", "gateway1", "gateway2",
                 "delivery")  # fmt: skip
@@ -60,6 +61,9 @@ class Options:
     sends_per_s: float = 1000.0
     send_burst: int = 1000
     systems: tuple[str, ...] = ("parley", "relay")
+    # Devices per Parley account: each message is one send with a copy per device
+    # of the recipient and of the sender's other devices (docs/devices.md).
+    devices: int = 1
     saturation: bool = True
     data_dir: Path | None = None
 
@@ -80,7 +84,9 @@ class ParleySystem:
             PARLEY_WS_SEND_BURST=str(opts.send_burst),
             # All sign-ups come from one address.
             PARLEY_LIMIT_SIGNUP_IP=f"{max(10, 2 * opts.clients)}/3600",
+            PARLEY_LIMIT_LOGIN_IP=f"{max(30, 2 * opts.clients * opts.devices)}/300",
         )
+        self.devices = opts.devices
         self.procs = Processes(self.cfg)
         self.lb = self.cfg.url("lb")
 
@@ -108,20 +114,42 @@ class ParleySystem:
         await wait_ready(session, urls, timeout)
 
     async def sign_up(self, session: aiohttp.ClientSession, n: int) -> list[Account]:
+        """``n`` accounts of :attr:`devices` devices each, registered as the SDK does:
+        an identity per device and an account key whose signed list names them all."""
         sem = asyncio.Semaphore(8)
+
+        async def call(path: str, body: Any, token: str | None = None, method: str = "POST") -> Any:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with session.request(
+                method, self.lb + path, data=orjson.dumps(body),
+                headers={**headers, "Content-Type": "application/json"},
+            ) as resp:  # fmt: skip
+                data = await resp.json(loads=orjson.loads)
+                if resp.status not in (200, 201):
+                    raise RuntimeError(f"{method} {path} failed ({resp.status}): {data}")
+            return data
 
         async def one(i: int) -> Account:
             name = f"{self.prefix}u{i}"
-            body = {
-                "username": name,
-                "email": f"{name}@example.com",
-                "password": secrets.token_urlsafe(18),
-            }
-            async with sem, session.post(f"{self.lb}/auth/v1/signup", json=body) as resp:
-                data = await resp.json(loads=orjson.loads)
-                if resp.status != 201:
-                    raise RuntimeError(f"sign-up failed ({resp.status}): {data}")
-            return Account(data["user"]["user_id"], data["access_token"])
+            password = secrets.token_urlsafe(18)
+            async with sem:
+                data = await call("/auth/v1/signup", {
+                    "username": name, "email": f"{name}@example.com", "password": password,
+                    "device_id": 1,
+                })  # fmt: skip
+                user_id = data["user"]["user_id"]
+                tokens = [(1, str(data["access_token"]))]
+                for d in range(2, self.devices + 1):
+                    login = {"username": name, "password": password, "device_id": d}
+                    tokens.append((d, str((await call("/auth/v1/login", login))["access_token"])))
+                entries = []
+                for d, token in tokens:
+                    dev = DeviceKeys()
+                    await call(f"/keys/v1/devices/{d}/identity", dev.identity(), token, "PUT")
+                    entries.append(entry(d, dev))
+                account = AccountKeys().registration(user_id, entries)
+                await call("/keys/v1/account", account, tokens[0][1], "PUT")
+            return Account(user_id, tokens[0][1], 1, tuple(tokens[1:]))
 
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
@@ -230,7 +258,7 @@ async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
             log("relay baseline (direct, two processes):")
             relay_accounts = [Account(f"r{i}", f"r{i}") for i in range(opts.clients)]
             gen = LoadGenerator(relay_accounts, cluster.urls, body_bytes=opts.body_bytes,
-                                durable=False)  # fmt: skip
+                                durable=False, protocol=1)  # fmt: skip
             pids = {**cluster.pids(), "redis": relay_redis.procs["redis"].pid, **self_pid}
             phases = await run_phases(gen, pids, opts, log)
             results["systems"]["relay"] = _system(gen, phases)
@@ -383,6 +411,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, bool]:
     p.add_argument("--sends-per-s", type=float, default=d.sends_per_s,
                    help="gateway per-connection rate limit for the run")  # fmt: skip
     p.add_argument("--send-burst", type=int, default=d.send_burst)
+    p.add_argument("--devices", type=int, default=d.devices,
+                   help="devices per Parley account (each message: a copy per device)")  # fmt: skip
     p.add_argument("--only", choices=("parley", "relay"), help="run one system only")
     p.add_argument("--paced-only", action="store_true",
                    help="skip the saturation phase (needs --rate)")  # fmt: skip
@@ -398,7 +428,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, bool]:
         clients=a.clients, seconds=a.seconds, warmup=a.warmup, window=a.window, rate=a.rate,
         body_bytes=a.body_bytes, ack_interval=a.ack_interval, sends_per_s=a.sends_per_s,
         send_burst=a.send_burst, systems=(a.only,) if a.only else ("parley", "relay"),
-        saturation=not a.paced_only, data_dir=a.data_dir,
+        saturation=not a.paced_only, data_dir=a.data_dir, devices=a.devices,
     )  # fmt: skip
     return opts, a.json, a.quiet
 

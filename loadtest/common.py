@@ -135,6 +135,10 @@ class PhaseResult:
     unaccepted_received: int = 0
     stored: int = 0
     delivered_receipts: int = 0
+    # Copies for the users' other devices (protocol v2 fan-out; 0 with one device).
+    copies_received: int = 0
+    copies_lost: int = 0
+    copies_duplicates: int = 0
     skipped: int = 0
     acks: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -171,6 +175,9 @@ class PhaseResult:
             "unaccepted_received": self.unaccepted_received,
             "stored": self.stored,
             "delivered_receipts": self.delivered_receipts,
+            "copies_received": self.copies_received,
+            "copies_lost": self.copies_lost,
+            "copies_duplicates": self.copies_duplicates,
             "skipped": self.skipped,
             "acks": self.acks,
             "errors": dict(self.errors),
@@ -231,18 +238,30 @@ class TokenBucket:
 
 @dataclass
 class Account:
+    """A user's first device (``device_id``, ``token``) and its ``others``
+    (device id, token): the other devices receive every copy and only listen."""
+
     user_id: str
     token: str
+    device_id: int = 1
+    others: tuple[tuple[int, str], ...] = ()
 
 
 class Client:
     """One user's WebSocket: sends to ``peer``, receives from its own peer."""
 
-    def __init__(self, gen: LoadGenerator, idx: int, account: Account, url: str) -> None:
+    def __init__(
+        self, gen: LoadGenerator, idx: int, account: Account, url: str, *,
+        token: str | None = None, owner: Client | None = None,
+    ) -> None:  # fmt: skip
         self.gen = gen
         self.idx = idx
         self.account = account
         self.url = url
+        self.token = token or account.token
+        # A listening device of ``owner``'s account (None: the account's first device).
+        self.owner = owner
+        self.copies: str | None = None  # the `copies` of this device's send frames
         self.peer: Client | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.bucket: TokenBucket | None = None
@@ -263,7 +282,7 @@ class Client:
 
     async def connect(self, session: aiohttp.ClientSession) -> None:
         ws = await session.ws_connect(self.url, autoping=True, max_msg_size=0, compress=0)
-        await ws.send_str(orjson.dumps({"op": "auth", "token": self.account.token}).decode())
+        await ws.send_str(orjson.dumps({"op": "auth", "token": self.token}).decode())
         msg = await ws.receive(timeout=30)
         frame = orjson.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else {}
         if frame.get("op") != "ready":
@@ -292,9 +311,20 @@ class Client:
         body = b64url(header) + gen.padding
         self.outstanding += 1
         gen.result.sent += 1
-        await self.ws.send_str(
-            f'{{"op":"send","id":"{n}","to":"{self.peer.account.user_id}","body":"{body}"}}'
-        )
+        to = self.peer.account.user_id
+        if gen.protocol == 1:
+            await self.ws.send_str(f'{{"op":"send","id":"{n}","to":"{to}","body":"{body}"}}')
+            return
+        if self.copies is None:
+            # The same ciphertext stands in for each device's (the server cannot tell).
+            own, peer = self.account, self.peer.account
+            targets = [(to, peer.device_id), *((to, d) for d, _ in peer.others)]
+            targets += [(own.user_id, d) for d, _ in own.others]
+            self.copies = ",".join(
+                f'{{"user":"{u}","device":{d},"body":"{{body}}"}}' for u, d in targets
+            )
+        copies = self.copies.replace("{body}", body)
+        await self.ws.send_str(f'{{"op":"send","id":"{n}","to":"{to}","copies":[{copies}]}}')
 
     async def saturate(self, window: int) -> None:
         gen = self.gen
@@ -355,6 +385,13 @@ class Client:
             return
         key = sender << 32 | n
         res = gen.result
+        if self.owner is not None:  # a listening device: count the copy, nothing more
+            if key in self.got:
+                res.copies_duplicates += 0 if self.recovering else 1
+                return
+            self.got.add(key)
+            res.copies_received += 1
+            return
         if key in self.got:
             if not self.recovering:
                 res.duplicates += 1
@@ -459,6 +496,7 @@ class LoadGenerator:
         durable: bool = True,
         ack_interval: float = 0.25,
         probes: Iterable[Probe] = (),
+        protocol: int = 2,
     ) -> None:
         if len(accounts) < 2 or len(accounts) % 2:
             raise ValueError("clients come in pairs: give an even number of at least 2")
@@ -467,6 +505,13 @@ class LoadGenerator:
         self.clients = [Client(self, i, acc, urls[i % len(urls)]) for i, acc in enumerate(accounts)]
         for a, b in zip(self.clients[::2], self.clients[1::2], strict=True):
             a.peer, b.peer = b, a
+        self.protocol = protocol
+        # Every other device of every account: it receives copies and acknowledges.
+        self.listeners = [
+            Client(self, c.idx, c.account, urls[(c.idx + k + 1) % len(urls)], token=tok, owner=c)
+            for c in self.clients
+            for k, (_, tok) in enumerate(c.account.others)
+        ]
         self.padding = b64url(bytes(range(256)) * 4)[: (body_bytes - HEADER.size) * 4 // 3]
         self.durable = durable
         self.ack_interval = ack_interval
@@ -493,7 +538,7 @@ class LoadGenerator:
             async with sem:
                 await c.connect(self.session)  # type: ignore[arg-type]
 
-        await asyncio.gather(*(one(c) for c in self.clients))
+        await asyncio.gather(*(one(c) for c in self.devices))
         if self.durable:
             self._acker = asyncio.create_task(self._ack_loop())
 
@@ -502,16 +547,20 @@ class LoadGenerator:
             self._acker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._acker
-        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self.devices), return_exceptions=True)
         if self.session is not None:
             await self.session.close()
 
     async def _ack_loop(self) -> None:
         while True:
             await asyncio.sleep(self.ack_interval)
-            for c in self.clients:
+            for c in self.devices:
                 if c.seq_mark > c.acked and not c.closed:
                     await c.ack()
+
+    @property
+    def devices(self) -> list[Client]:
+        return [*self.clients, *self.listeners]
 
     def gateways(self) -> Counter[str]:
         return Counter(c.gateway or "?" for c in self.clients)
@@ -522,7 +571,7 @@ class LoadGenerator:
         self.result = PhaseResult(name)
         self.stop_sending = False
         self.measuring = False
-        for c in self.clients:
+        for c in self.devices:
             c.accepted = set()
             c.got = set()
             c.outstanding = 0
@@ -632,14 +681,32 @@ class LoadGenerator:
                     c.recovering = False
             missing = self._missing()
         res.lost = len(missing)
+        if self.listeners:
+            late = [d for d in self.listeners if self._copies_missing(d)]
+            for d in late if self.durable else []:
+                d.recovering = True
+                try:
+                    await d.sync_all()
+                finally:
+                    d.recovering = False
+            res.copies_lost = sum(len(self._copies_missing(d)) for d in self.listeners)
         got = set().union(*(c.got for c in self.clients))
         accepted = {c.idx << 32 | n for c in self.clients for n in c.accepted}
         res.unaccepted_received = len(got - accepted)
         if self.durable:
             # Everything is accounted for: acknowledge it all, so the inboxes start empty.
-            for c in self.clients:
+            for c in self.devices:
                 await c.ack(c.seq_max)
 
     def _missing(self) -> set[int]:
         got: set[int] = set().union(*(c.got for c in self.clients))
         return {c.idx << 32 | n for c in self.clients for n in c.accepted} - got
+
+    @staticmethod
+    def _copies_missing(device: Client) -> set[int]:
+        """What a listening device should hold: every accepted message of its
+        account's peer, and of its own account's first device."""
+        owner = device.owner
+        assert owner is not None and owner.peer is not None
+        want = {src.idx << 32 | n for src in (owner, owner.peer) for n in src.accepted}
+        return want - device.got

@@ -36,7 +36,17 @@ from typing import Any
 import gevent
 import websocket
 from locust import HttpUser, between, events, task
-from parley.crypto import CryptoError, Device, PrekeyBundle, ReplayedMessage, Session
+from parley.crypto import (
+    AccountKey,
+    CryptoError,
+    Device,
+    DeviceEntry,
+    DeviceList,
+    PrekeyBundle,
+    ReplayedMessage,
+    Session,
+    SignedDeviceList,
+)
 from parley.peers import PeerState
 
 PASSWORD = "locust " + "load test password"
@@ -91,6 +101,7 @@ class ParleyUser(HttpUser):
             "username": self.username,
             "email": f"{self.username}@example.test",
             "password": PASSWORD,
+            "device_id": DEVICE_ID,
         }
         with self.client.post("/auth/v1/signup", json=body, catch_response=True) as resp:
             if resp.status_code != 201:
@@ -122,9 +133,26 @@ class ParleyUser(HttpUser):
                 "keys: kem prekeys",
             ),
         ]
+        # The account key signs a list naming this one device (docs/devices.md).
+        self.account_key = AccountKey.generate()
+        listing = DeviceList(
+            user_id=self.user_id,
+            version=1,
+            devices=[DeviceEntry.of(DEVICE_ID, "locust", d.identity)],
+        )
+        account = {
+            "account_key": _b64(self.account_key.public),
+            **listing.sign(self.account_key).to_json(),
+        }
+        calls.insert(1, ("PUT", "/keys/v1/account", account, "keys: account"))
         for method, path, body, name in calls:
             with self.client.request(
-                method, base + path, json=body, headers=self.auth, name=name, catch_response=True
+                method,
+                path if path.startswith("/keys/") else base + path,
+                json=body,
+                headers=self.auth,
+                name=name,
+                catch_response=True,
             ) as resp:
                 if resp.status_code >= 300:
                     resp.failure(f"{resp.status_code} {resp.text[:200]}")
@@ -204,10 +232,12 @@ class ParleyUser(HttpUser):
     def _on_message(self, frame: dict[str, Any]) -> None:
         seq = int(frame["seq"])
         sender = frame["from"]
-        peer = self.peers.setdefault(sender, PeerState(sender))
+        peer = self._peer(sender)
         wire = _unb64(frame["body"])
         try:
-            incoming = peer.decrypt(self.device, wire, self.user_id)
+            if peer is None:
+                raise CryptoError("no verified device list for the sender")
+            incoming = peer.decrypt(self.device, int(frame.get("from_device") or 1), wire)
         except ReplayedMessage:
             incoming = None  # pushed twice (allowed by the protocol): shown once
         except CryptoError as exc:
@@ -218,6 +248,29 @@ class ParleyUser(HttpUser):
             ms = (time.time() - body["t"]) * 1000
             self._fire_ms("E2E", "deliver", ms, size=len(wire))
         self.last_seq = max(self.last_seq, seq)
+
+    def _peer(self, user_id: str, answer: dict[str, Any] | None = None) -> PeerState | None:
+        """A contact, trusted through its signed device list (from a claim's answer,
+        or the directory's list the first time it writes to us)."""
+        peer = self.peers.get(user_id)
+        if peer is not None and answer is None:
+            return peer
+        if answer is None:
+            with self.client.get(
+                f"/keys/v1/users/{user_id}/devices", headers=self.auth,
+                name="keys: device list", catch_response=True,
+            ) as resp:  # fmt: skip
+                if resp.status_code != 200:
+                    resp.failure(f"{resp.status_code} {resp.text[:200]}")
+                    return None
+                answer = resp.json()
+        peer = peer or PeerState(user_id)
+        peer.trust(
+            str(answer["account_key"]), SignedDeviceList.from_json(answer),
+            self.account_key.public, self.user_id,
+        )  # fmt: skip
+        self.peers[user_id] = peer
+        return peer
 
     # -- sending ------------------------------------------------------------------
     def _send(self, frame: dict[str, Any]) -> None:
@@ -235,12 +288,10 @@ class ParleyUser(HttpUser):
         if not self.contacts:
             return
         peer_id = random.choice(self.contacts)
-        peer = self.peers.setdefault(peer_id, PeerState(peer_id))
         self.counter += 1
         plaintext = json.dumps({"t": time.time(), "n": self.counter, "from": self.username})
-        if peer.has_session:
-            wire = peer.encrypt(plaintext.encode())
-        else:
+        peer = self.peers.get(peer_id)
+        if peer is None or not peer.has_session(DEVICE_ID):
             with self.client.get(
                 f"/keys/v1/users/{peer_id}/bundles",
                 headers=self.auth,
@@ -250,24 +301,23 @@ class ParleyUser(HttpUser):
                 if resp.status_code != 200:
                     resp.failure(f"{resp.status_code} {resp.text[:200]}")
                     return
-                bundle = PrekeyBundle.from_json(resp.json()["bundles"][0])
-            if peer.has_session:  # a message from them arrived meanwhile
-                wire = peer.encrypt(plaintext.encode())
-            else:
-                peer.check(bundle.identity, self.device.identity, self.user_id)
+                answer = resp.json()
+            peer = self._peer(peer_id, answer)
+            assert peer is not None
+            if not peer.has_session(DEVICE_ID):  # a message from them may have made one
+                raw = next(b for b in answer["bundles"] if b["device_id"] == DEVICE_ID)
+                bundle = PrekeyBundle.from_json(raw)
                 session, wire = Session.initiate(self.device, bundle, plaintext.encode())
-                peer.start(session)
+                peer.start(DEVICE_ID, session)
+            else:
+                wire = peer.encrypt(DEVICE_ID, plaintext.encode())
+        else:
+            wire = peer.encrypt(DEVICE_ID, plaintext.encode())
         client_id = secrets.token_hex(12)
         self.sent_at[client_id] = time.perf_counter()
-        self._send(
-            {
-                "op": "send",
-                "id": client_id,
-                "to": peer_id,
-                "body": _b64(wire),
-                "commitment": _b64(wire[2:34]),
-            }
-        )
+        copy = {"user": peer_id, "device": DEVICE_ID, "body": _b64(wire),
+                "commitment": _b64(wire[2:34])}  # fmt: skip
+        self._send({"op": "send", "id": client_id, "to": peer_id, "copies": [copy]})
 
 
 @events.test_stop.add_listener

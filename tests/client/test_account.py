@@ -71,8 +71,8 @@ async def test_logout_then_login_again_keeps_the_device(make_client: MakeClient)
     again = alice.device()
     assert again is not None and again.identity == device.identity
     devices = await alice.devices()
-    assert [d["device_id"] for d in devices] == [1]
-    assert devices[0]["identity"] == device.public_identity()
+    assert [d["device_id"] for d in devices] == [alice.device_id]
+    assert devices[0]["this_device"] is True
     sessions = await alice.auth_sessions()
     assert [s["current"] for s in sessions] == [True]
 
@@ -99,8 +99,9 @@ async def test_login_with_a_second_factor(make_client: MakeClient) -> None:
         # The confirmation used this time step's code; the next step's is accepted (drift 1).
         return "totp", totp.at(time.time() + 30)
 
+    # A new install: the second factor comes before anything about devices.
     again = await make_client(alice.username, signup=False)
-    user_id = await again.login(alice.username, PASSWORD, second_factor=prompt)
+    user_id = await again.login(alice.username, PASSWORD, second_factor=prompt, new_identity=True)
     assert user_id == alice.user_id
     assert len(asked) == 2 and "totp" in asked[0].methods and "recovery" in asked[0].methods
     with pytest.raises(ApiError) as exc:

@@ -37,5 +37,5 @@ async def test_the_front_delegates_to_its_parts(make_client: MakeClient) -> None
     assert alice.device() is not None
     alice.rotate_after = 5.0
     assert alice.keys.rotate_after == 5.0
-    assert [d["device_id"] for d in await alice.devices()] == [1]
+    assert [d["device_id"] for d in await alice.devices()] == [alice.device_id]
     assert alice.outbox() == [] and alice.conversations() == []

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import pytest
+from parley import ApiError
+
 from tests.client.conftest import MakeClient
 
 
-async def test_setup_is_idempotent_and_republishes_what_the_directory_lost(
+async def test_setup_is_idempotent_and_a_listed_device_cannot_be_dropped(
     make_client: MakeClient,
 ) -> None:
     alice = await make_client()
-    counts = await alice.api.counts(1)
+    counts = await alice.api.counts(alice.device_id)
     await alice.keys.setup()  # nothing to do: same keys, full stock
-    assert await alice.api.counts(1) == counts
-    # The directory lost the device (an operator restored an old backup, say):
-    await alice.api.delete_device(1)
-    await alice.keys.setup()
-    again = await alice.api.counts(1)
-    assert again["signed_prekey_id"] == counts["signed_prekey_id"]
-    assert again["one_time"] == alice.keys.prekey_batch
+    assert await alice.api.counts(alice.device_id) == counts
+    # The directory will not forget a device the account's signed list names
+    # (docs/devices.md): removal goes through a new list.
+    with pytest.raises(ApiError) as exc:
+        await alice.api.delete_device(alice.device_id)
+    assert exc.value.code == "conflict"
+    assert await alice.api.counts(alice.device_id) == counts
 
 
 async def test_top_up_uploads_only_what_is_missing(make_client: MakeClient) -> None:
@@ -25,28 +28,28 @@ async def test_top_up_uploads_only_what_is_missing(make_client: MakeClient) -> N
     assert alice.username
     assert await alice.keys.top_up() == (0, 0)
     for _ in range(3):
-        await bob.keys.claim_bundle(alice.user_id or "")
+        await bob.keys.claim(alice.user_id or "", [alice.device_id])
     assert await alice.keys.top_up() == (3, 3)
-    assert (await alice.api.counts(1))["one_time"] == 20
+    assert (await alice.api.counts(alice.device_id))["one_time"] == 20
 
 
 async def test_prekeys_low_makes_the_device_upload_more(make_client: MakeClient) -> None:
     bob = await make_client(prekey_batch=11)
     assert bob.username
     await bob.connect()
-    counts = await bob.api.counts(1)
+    counts = await bob.api.counts(bob.device_id)
     assert counts["one_time"] == 11 and counts["kem_one_time"] == 11
     for _ in range(2):  # two claims leave 9 (< 10): the directory says prekeys_low
         other = await make_client()
         await other.send(bob.username, "hi", wait=None)
 
     async def probe() -> int:
-        return int((await bob.api.counts(1))["one_time"])
+        return int((await bob.api.counts(bob.device_id))["one_time"])
 
     from tests.support.aio import eventually
 
     await eventually(probe, lambda n: n == 11, timeout=30)
-    assert (await bob.api.counts(1))["kem_one_time"] == 11
+    assert (await bob.api.counts(bob.device_id))["kem_one_time"] == 11
 
 
 async def test_weekly_prekey_rotation_keeps_sessions_in_flight_working(
@@ -54,13 +57,13 @@ async def test_weekly_prekey_rotation_keeps_sessions_in_flight_working(
 ) -> None:
     alice, bob = await make_client(), await make_client()
     assert bob.username
-    before = await bob.api.counts(1)
+    before = await bob.api.counts(bob.device_id)
     # Alice claims bob's bundle (current signed prekey) while bob is offline.
     await alice.connect()
     await alice.send(bob.username, "sent before the rotation", wait="stored")
     bob.rotate_after = 0  # the week has passed: the next connect rotates
     await bob.connect()
-    after = await bob.api.counts(1)
+    after = await bob.api.counts(bob.device_id)
     assert after["signed_prekey_id"] == before["signed_prekey_id"] + 1
     assert after["kem_last_resort_id"] != before["kem_last_resort_id"]
     assert [e["text"] for e in bob.history(alice.user_id or "")] == ["sent before the rotation"]

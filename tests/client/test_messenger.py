@@ -56,7 +56,7 @@ async def test_messages_sent_while_disconnected_go_out_on_connect(make_client: M
     alice, bob = await make_client(), await make_client()
     assert bob.username and alice.user_id
     client_id = await alice.send(bob.username, "queued while offline", wait=None)
-    assert [f["id"] for f in alice.outbox()] == [client_id]
+    assert [f["client_id"] for f in alice.outbox()] == [client_id]
     await bob.connect()
     await alice.connect()  # resends the outbox with the same id
     got = await bob.next_event(Message)
@@ -107,7 +107,7 @@ async def test_reinstall_warns_the_contact_with_the_new_safety_number(
     await bob.close()
     # Bob wipes his device and logs in again: a new identity for device 1.
     bob2 = await make_client(bob.username, signup=False)
-    await bob2.login(bob.username, "correct horse battery staple")
+    await bob2.login(bob.username, "correct horse battery staple", new_identity=True)
     warning = await alice.next_event(KeyChanged)
     assert isinstance(warning, KeyChanged)
     assert warning.username == bob.username

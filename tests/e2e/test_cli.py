@@ -24,7 +24,7 @@ import pytest
 from tests.support.stack import System
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 30
+TIMEOUT = 60
 PASSWORD = "correct horse " + "battery"
 SAFETY = re.compile(rb"New safety number: ((?:\d{5} ){11}\d{5})")
 
@@ -120,8 +120,8 @@ def signup(user: User) -> None:
     assert child.exitstatus == 0
 
 
-def login(user: User, *, new_store: bool) -> None:
-    child = user.spawn("login", user.name)
+def login(user: User, *, new_store: bool, new_identity: bool = False) -> None:
+    child = user.spawn("login", user.name, *(["--new-identity"] if new_identity else []))
     child.expect("Password")
     child.sendline(PASSWORD)
     child.expect("Local passphrase")
@@ -182,10 +182,11 @@ def test_cli_offline_message_real_time_chat_and_key_change(users: tuple[User, Us
     say(chat_b, "/quit")
     chat_b.expect(pexpect.EOF)
 
-    # Bob re-installs: his local state is gone, he logs in again (a new identity).
+    # Bob re-installs: his local state is gone, and with it the account key that
+    # could link a device (docs/devices.md); he starts a new identity on purpose.
     shutil.rmtree(bob.home)
     bob.passphrase = f"new {secrets.token_hex(4)} passphrase"
-    login(bob, new_store=True)
+    login(bob, new_store=True, new_identity=True)
 
     # Alice, still chatting, is warned at once with the new safety number.
     chat_a.expect(f"{bob.name}'s safety number changed")

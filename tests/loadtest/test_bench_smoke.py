@@ -57,6 +57,25 @@ def test_tiny_run_of_both_systems_loses_and_duplicates_nothing(tmp_path: Path) -
     )
 
 
+def test_two_devices_per_account_every_copy_reaches_every_device_once(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "loadtest.bench_messaging", "--clients", "4", "--seconds", "1",
+           "--warmup", "0.3", "--devices", "2", "--only", "parley", "--json", "--quiet",
+           "--data-dir", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=110, check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    parley = orjson.loads(proc.stdout)["systems"]["parley"]
+    for phase in ("saturation", "paced"):
+        r = parley[phase]
+        assert r["errors"] == {} and r["lost"] == 0 and r["duplicates"] == 0, (phase, r)
+        assert r["received"] == r["accepted"] > 0, (phase, r)
+        # Each message: a copy for the recipient's second device and one for the
+        # sender's own second device, each arriving once.
+        assert r["copies_lost"] == 0 and r["copies_duplicates"] == 0, (phase, r)
+        assert r["copies_received"] == 2 * r["accepted"], (phase, r)
+        # stored per device: the recipient's two and the sender's other one.
+        assert r["stored"] == 3 * r["accepted"], (phase, r)
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.0

@@ -102,3 +102,41 @@ async def test_redelivered_record_is_stored_once(messaging: Messaging) -> None:
     await bob.send({"op": "sync", "id": "s", "after": 0})
     await bob.expect("synced", id="s")
     assert len([f for f in bob.drain() if f["op"] == "message"]) == 1
+
+
+async def test_a_stale_device_list_is_refused_with_the_current_one_and_nothing_is_stored(
+    messaging: Messaging,
+) -> None:
+    """Like Signal's 409: copies that do not match the recipient's (and the sender's
+    own) devices are refused as a whole, with the lists the server holds."""
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.devices[bob_id] = [1, 2]
+    messaging.issuer.devices[alice_id] = [1, 3]
+    alice = await messaging.connect(alice_id, pod=0)
+    bob1 = await messaging.connect(bob_id, pod=1)
+    # Both lists come back: bob's devices and alice's *other* devices.
+    both = {bob_id: [1, 2], alice_id: [3]}
+    for frame, expect in [
+        # bob's device 2 is missing
+        (send_frame("s1", bob_id, "Ym9keQ", own=((alice_id, 3),)), both),
+        # alice's other device 3 is missing
+        (send_frame("s2", bob_id, "Ym9keQ", devices=(1, 2)), both),
+        # a device bob does not have
+        (send_frame("s3", bob_id, "Ym9keQ", devices=(1, 2, 7), own=((alice_id, 3),)),
+         both),
+    ]:  # fmt: skip
+        await alice.send(frame)
+        err = await alice.expect("error", id=frame["id"])
+        assert err["code"] == "devices_changed"
+        assert {d["user"]: sorted(d["devices"]) for d in err["devices"]} == expect
+    # Nothing of the refused sends went anywhere; a send with the right copies does.
+    good = send_frame("s4", bob_id, "Z29vZA", devices=(1, 2), own=((alice_id, 3),))
+    await alice.send(good)
+    await alice.expect("accepted", id="s4")
+    msg = await bob1.expect("message")
+    assert msg["body"] == "Z29vZA" and msg["from_device"] == 1
+    await bob1.send({"op": "sync", "id": "all", "after": 0})
+    synced = await bob1.expect("synced", id="all")
+    assert synced["more"] is False
+    bodies = [f["body"] for f in bob1.drain() if f["op"] == "message"]
+    assert bodies in ([], ["Z29vZA"])  # the pushed copy may be re-sent by the sync
