@@ -120,3 +120,9 @@ class AuthSettings(BaseSettings):
         }
         base.update(overrides)
         return cls(**base)
+
+
+# The names of the rate-limit rules (``limit_<rule>`` above), for the metrics.
+LIMIT_RULES = tuple(
+    n.removeprefix("limit_") for n in AuthSettings.model_fields if n.startswith("limit_")
+)

@@ -350,6 +350,7 @@ async def check_challenge(
         raise _expired()
     if not await _code_ok(svc, user, body, challenge):
         await svc.limiter.fail("code_failures", user_id)
+        svc.metrics.login_failures.labels("code").inc()
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
     if not await svc.store.eph_delete(CHALLENGE, key):
         raise _expired()  # a concurrent request completed it first

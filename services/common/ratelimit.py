@@ -25,6 +25,12 @@ Every refusal answers ``Retry-After`` (whole seconds, at least 1) and
 
 :class:`TokenBucket` is the in-process bucket, for a limit that belongs to one
 object in one process (the sends of one WebSocket).
+
+With a :class:`RateLimitMetrics`, a limiter counts its refusals
+(``parley_rate_limit_refusals_total{service,rule,code}``: ``rate_limited`` or
+``account_locked``) and the lockouts it starts
+(``parley_rate_limit_lockouts_total{service,rule}``: a failure that reaches
+a rule's count).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter
 
 from services.common.errors import ApiError, ErrorCode
 
@@ -107,6 +114,34 @@ return {allowed, wait}
 """
 
 
+class RateLimitMetrics:
+    """The counters of one service's limiters; ``rules`` are created at zero."""
+
+    def __init__(
+        self, registry: CollectorRegistry, service: str, rules: tuple[str, ...] = ()
+    ) -> None:
+        self.service = service
+        self.refusals = Counter(
+            "parley_rate_limit_refusals_total",
+            "Requests refused by a rate limit (rate_limited) or a lockout (account_locked).",
+            ["service", "rule", "code"], registry=registry,
+        )  # fmt: skip
+        self.lockouts = Counter(
+            "parley_rate_limit_lockouts_total",
+            "Lockouts started: failures reached a rule's count (login, code entry).",
+            ["service", "rule"], registry=registry,
+        )  # fmt: skip
+        for rule in rules:
+            self.refusals.labels(service, rule, ErrorCode.RATE_LIMITED.value)
+            self.lockouts.labels(service, rule)
+
+    def refused(self, rule: str, code: ErrorCode) -> None:
+        self.refusals.labels(self.service, rule, code.value).inc()
+
+    def locked(self, rule: str) -> None:
+        self.lockouts.labels(self.service, rule).inc()
+
+
 def _no_rules(rule: str) -> Limit:
     raise KeyError(f"no limit configured for rule {rule!r}")
 
@@ -123,8 +158,10 @@ class RateLimiter:
         redis: aioredis.Redis,
         namespace: str,
         limits: Callable[[str], Limit] = _no_rules,
+        metrics: RateLimitMetrics | None = None,
     ) -> None:
         self.redis = redis
+        self.metrics = metrics
         self.prefix = f"{namespace}:rl"
         self.limits = limits
         self._bucket = redis.register_script(_TOKEN_BUCKET)
@@ -149,6 +186,7 @@ class RateLimiter:
         limit = limit or self.limits(rule)
         count, ttl = await self._count(self.key(rule, ident), limit.window_s)
         if count > limit.count:
+            self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(ttl)
 
     async def check_locked(self, rule: str, ident: str, limit: Limit | None = None) -> None:
@@ -159,6 +197,7 @@ class RateLimiter:
             pipe.ttl(self.key(rule, ident))
             count, ttl = await pipe.execute()
         if int(count or 0) >= limit.count:
+            self._refused(rule, ErrorCode.ACCOUNT_LOCKED)
             raise too_many(
                 max(int(ttl), 0) or limit.window_s,
                 ErrorCode.ACCOUNT_LOCKED,
@@ -168,7 +207,9 @@ class RateLimiter:
     async def fail(self, rule: str, ident: str, limit: Limit | None = None) -> None:
         """Count a failure (see :meth:`check_locked`)."""
         limit = limit or self.limits(rule)
-        await self._count(self.key(rule, ident), limit.window_s)
+        count, _ = await self._count(self.key(rule, ident), limit.window_s)
+        if count == limit.count and self.metrics is not None:
+            self.metrics.locked(rule)
 
     async def clear(self, rule: str, ident: str) -> None:
         """Forget ``ident``'s count (a success ends a run of failures)."""
@@ -190,7 +231,12 @@ class RateLimiter:
             keys=[self.key(rule, ident)], args=[capacity, refill_ms]
         )
         if not allowed:
+            self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(int(wait_ms) / 1000, message=message)
+
+    def _refused(self, rule: str, code: ErrorCode) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(rule, code)
 
 
 class TokenBucket:
