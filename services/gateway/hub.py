@@ -191,7 +191,7 @@ class Hub:
         if recipient == user_id:
             raise ApiError(ErrorCode.BAD_REQUEST, "Send to another user; your other devices "
                            "get their copies with every message you send.")  # fmt: skip
-        await self._check_copies(user_id, device, recipient, token, frame)
+        owners = await self._check_copies(user_id, device, recipient, token, frame)
         sent_at = e.now_ms()
         envs = [
             e.message_envelope(
@@ -199,14 +199,14 @@ class Hub:
                 sender_device=device,
                 sender_sid=sid,
                 peer=recipient,
-                user=recipient if copy.user == frame.to else user_id,
+                user=owner,
                 device=copy.device,
                 client_id=frame.id,
                 body=copy.body,
                 commitment=copy.commitment,
                 sent_at=sent_at,
             )
-            for copy in frame.copies
+            for copy, owner in zip(frame.copies, owners, strict=True)
         ]
         log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": recipient})
         acks = [await self.store.enqueue(env) for env in envs]
@@ -214,23 +214,31 @@ class Hub:
 
     async def _check_copies(
         self, user_id: str, device: int, recipient: str, token: str, frame: f.Send
-    ) -> None:
+    ) -> list[str]:
+        """Each copy's canonical owner, once the copies match the current device lists."""
         wanted: dict[str, set[int]] = {recipient: set(), user_id: set()}
+        owners: list[str] = []
         for copy in frame.copies:
-            user = recipient if copy.user in (frame.to, recipient) else copy.user
-            if user not in wanted:
+            user = _owner(copy.user, frame.to, recipient, user_id)
+            if user is None:
                 raise ApiError(
                     ErrorCode.VALIDATION_FAILED, "A copy is for the recipient or for yourself.",
                     details=[{"field": "copies.user", "problem": "not the recipient or you"}],
                 )  # fmt: skip
+            if copy.device in wanted[user]:
+                raise ApiError(
+                    ErrorCode.VALIDATION_FAILED, "One copy per device.",
+                    details=[{"field": "copies.device", "problem": "two copies for one device"}],
+                )  # fmt: skip
             wanted[user].add(copy.device)
+            owners.append(user)
         for fresh in (False, True):
             lists = {
                 recipient: await self.devices.get(recipient, token, fresh=fresh),
                 user_id: await self.devices.get(user_id, token, fresh=fresh) - {device},
             }
             if wanted[recipient] == lists[recipient] and wanted[user_id] == lists[user_id]:
-                return
+                return owners
         if not lists[recipient]:
             raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "That user has no device yet.")
         raise DevicesChanged([f.DeviceList(user=u, devices=sorted(d)) for u, d in lists.items()])
@@ -361,3 +369,20 @@ class Hub:
                 await self._refresh()
             except (RedisError, OSError) as exc:
                 log.warning("presence refresh failed", extra={"error": repr(exc)})
+
+
+def _owner(written: str, to: str, recipient: str, sender: str) -> str | None:
+    """The canonical owner of a copy addressed to ``written``, or None if it is neither
+    the recipient nor the sender.
+
+    A copy for the recipient may name it as the client wrote ``to`` (a username,
+    another case of the id) or by the canonical id the directory returned; a
+    copy for one of the sender's other devices names the sender's own id. The
+    inbox key is always the canonical id (#20: a spelling that was accepted by
+    the look-up but used as an inbox key left the message where nobody reads).
+    """
+    if written in (to, recipient):
+        return recipient
+    if written == sender:
+        return sender
+    return None
