@@ -301,6 +301,9 @@ class Connection:
             try:
                 await self.hub.ack(self._token(), target)
             except ApiError as err:
+                # Refused (e.g. seq_not_issued): nothing changed; a later ack starts
+                # again from what was really acknowledged.
+                self._ack_target = self._ack_posted
                 self.error(err, answers)
                 return
             self._ack_posted = max(self._ack_posted, target)
