@@ -62,3 +62,4 @@ class ErrorCode(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     SERVER_SHUTTING_DOWN = "server_shutting_down"
     SEQ_NOT_ISSUED = "seq_not_issued"
+    REAUTH_REQUIRED = "reauth_required"

@@ -57,6 +57,7 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.DEVICES_CHANGED: 409,
     ErrorCode.DEVICE_REQUIRED: 400,
     ErrorCode.SEQ_NOT_ISSUED: 409,
+    ErrorCode.REAUTH_REQUIRED: 401,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

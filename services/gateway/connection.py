@@ -78,6 +78,9 @@ class Connection:
         self._ack_id: str | None = None
         self._ack_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.expires_at = 0.0
+        """When the token this socket last authenticated with expires (epoch seconds)."""
+        self._expiry: asyncio.Task[None] | None = None
 
     # Outbound ---------------------------------------------------------------
     def push(self, frame: f.ServerFrames) -> None:
@@ -145,6 +148,8 @@ class Connection:
             self.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
             await self.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
         finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
             if self._ack_task is not None and not self._ack_task.done():
                 # Let the last ack land: the client may not come back to repeat it.
                 with contextlib.suppress(Exception):
@@ -206,6 +211,8 @@ class Connection:
             return False
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
         self.device_id = claims.did
+        self.expires_at = float(claims.exp)
+        self._expiry = asyncio.create_task(self._expire())
         user_id_var.set(claims.sub)  # every line about this socket carries it
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
         await self.hub.register(self)
@@ -243,7 +250,28 @@ class Connection:
             if claims.sub != self.user_id or claims.did != self.device_id:
                 raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user's device.")
             self.sid, self.token = claims.sid, frame.token
+            self.expires_at = max(self.expires_at, float(claims.exp))
             self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=False))
+
+    async def _expire(self) -> None:
+        """Close the socket when its token expires, unless an `auth` frame renewed it.
+
+        A socket must not outlive the token that opened it (a stolen token
+        would otherwise keep a socket for as long as it stays open): at
+        ``exp`` the client gets ``reauth_required`` and close 4005, and
+        reconnects with a fresh token. Clients renew in place (``auth`` again)
+        before that, which moves ``expires_at``.
+        """
+        while True:
+            left = self.expires_at - time.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(left)
+        if self._closing:
+            return
+        expired = "The access token expired: reconnect with a fresh one (or renew it in place)."
+        self.error(ApiError(ErrorCode.REAUTH_REQUIRED, expired))
+        await self.close(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
 
     def _token(self) -> str:
         assert self.token is not None
