@@ -63,3 +63,4 @@ class ErrorCode(StrEnum):
     SERVER_SHUTTING_DOWN = "server_shutting_down"
     SEQ_NOT_ISSUED = "seq_not_issued"
     REAUTH_REQUIRED = "reauth_required"
+    TOO_MANY_CONNECTIONS = "too_many_connections"

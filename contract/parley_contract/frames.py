@@ -338,6 +338,8 @@ CLOSE_REAUTH = 4005
 connect again with a fresh token (the SDK refreshes and reconnects at once)."""
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_FLOOD = 4009
+CLOSE_TOO_MANY = 4010
+"""Too many sockets for this user or from this address on the pod: close another first."""
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013

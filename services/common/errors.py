@@ -58,6 +58,7 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.DEVICE_REQUIRED: 400,
     ErrorCode.SEQ_NOT_ISSUED: 409,
     ErrorCode.REAUTH_REQUIRED: 401,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
+from services.common.ratelimit import TokenBucket
 from services.gateway.directory import DeviceLists, Directory
 from services.gateway.store import GatewayStore
 
@@ -61,6 +62,9 @@ class Limits:
     send_burst: int
     auth_timeout_s: float
     outbound_queue: int
+    outbound_queue_bytes: int
+    sockets_per_user: int
+    sockets_per_address: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -70,6 +74,9 @@ class Limits:
             send_burst=settings.ws_send_burst,
             auth_timeout_s=settings.ws_auth_timeout_s,
             outbound_queue=settings.ws_outbound_queue,
+            outbound_queue_bytes=settings.ws_outbound_queue_bytes,
+            sockets_per_user=settings.ws_max_sockets_per_user,
+            sockets_per_address=settings.ws_max_sockets_per_address,
         )
 
 
@@ -89,6 +96,10 @@ class Hub:
         self.devices = devices
         self.limits = Limits.from_settings(self.settings)
         self.by_user: dict[str, set[Connection]] = defaultdict(set)
+        self.by_address: dict[str, int] = defaultdict(int)
+        # One send bucket per user on this pod, shared by all their sockets
+        # (dropped with the user's last socket).
+        self.buckets: dict[str, TokenBucket] = {}
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.subscribed = asyncio.Event()
@@ -263,8 +274,36 @@ class Hub:
         self.connection_seconds.observe(seconds)
 
     # Connections ------------------------------------------------------------
+    def open_address(self, address: str) -> None:
+        """Count a new socket from ``address``; ``too_many_connections`` past the cap."""
+        if self.by_address[address] >= self.limits.sockets_per_address:
+            raise ApiError(ErrorCode.TOO_MANY_CONNECTIONS,
+                           "Too many connections from this address.")  # fmt: skip
+        self.by_address[address] += 1
+
+    def close_address(self, address: str) -> None:
+        left = self.by_address.get(address, 0) - 1
+        if left > 0:
+            self.by_address[address] = left
+        else:
+            self.by_address.pop(address, None)
+
+    def bucket(self, user_id: str) -> TokenBucket:
+        """The user's send bucket on this pod (shared by all their sockets here)."""
+        bucket = self.buckets.get(user_id)
+        if bucket is None:
+            bucket = self.buckets[user_id] = TokenBucket(
+                self.limits.sends_per_s, self.limits.send_burst
+            )
+        return bucket
+
     async def register(self, conn: Connection) -> None:
         assert conn.user_id is not None
+        if len(self.local(conn.user_id)) >= self.limits.sockets_per_user:
+            raise ApiError(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                "Too many open connections for this account; close one first.",
+            )
         self.by_user[conn.user_id].add(conn)
         await self.store.add_presence(conn.user_id, conn.conn_id)
 
@@ -276,6 +315,7 @@ class Hub:
             conns.discard(conn)
             if not conns:
                 del self.by_user[conn.user_id]
+                self.buckets.pop(conn.user_id, None)
         with contextlib.suppress(RedisError, OSError):
             await self.store.remove_presence(conn.user_id, conn.conn_id)
 
