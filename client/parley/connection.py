@@ -8,6 +8,9 @@ as docs/protocol.md, "Reconnecting", asks:
 - backoff starts at 0.5 s, doubles to at most 30 s, with full jitter;
 - a ``reconnect`` frame (the pod drains) reconnects at once;
 - close 4001 (token refused) refreshes the token before trying again;
+- close 4005 (``reauth_required``: the token the socket authenticated with
+  expired before it was renewed in place) refreshes the token and
+  reconnects at once;
   4003 (revoked, blocked) and a refused refresh stop for good: ``failed``
   says why.
 """
@@ -162,9 +165,9 @@ class Connection:
                 self._state("disconnected", f"{type(exc).__name__}: {exc}")
             if self._closing:
                 return
-            if outcome == "reauth":
+            if outcome in ("reauth", "expired"):
                 refresh = True
-            if outcome == "reconnect":
+            if outcome in ("reconnect", "expired"):
                 continue  # the pod drains: another one is ready now
             wait = random.uniform(0, delay)
             self._state("reconnecting", f"in {wait:.1f} s")
@@ -264,6 +267,8 @@ class Connection:
             raise ParleyError(_closing_message("token_revoked"))
         if code == 4001:
             return "reauth"
+        if code == f.CLOSE_REAUTH:
+            return "expired"
         return "ok"
 
     async def _reauth_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:

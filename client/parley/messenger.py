@@ -469,6 +469,8 @@ class Messenger:
 
     async def _on_error(self, frame: f.Error) -> None:
         code, message, client_id = frame.code, frame.message, frame.id
+        if code == "reauth_required":
+            return  # the token ran out: the connection reconnects with a fresh one (4005)
         out = self._outgoing.get(client_id) if client_id else None
         if client_id and code == "devices_changed":
             # Someone linked or removed a device: encrypt for the current devices and

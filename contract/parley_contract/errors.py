@@ -61,3 +61,6 @@ class ErrorCode(StrEnum):
     DEVICE_REQUIRED = "device_required"
     SLOW_CONSUMER = "slow_consumer"
     SERVER_SHUTTING_DOWN = "server_shutting_down"
+    SEQ_NOT_ISSUED = "seq_not_issued"
+    REAUTH_REQUIRED = "reauth_required"
+    TOO_MANY_CONNECTIONS = "too_many_connections"

@@ -333,8 +333,13 @@ SERVER_OPS: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_ar
 CLOSE_AUTH_FAILED = 4001
 CLOSE_AUTH_TIMEOUT = 4002
 CLOSE_REVOKED = 4003
+CLOSE_REAUTH = 4005
+"""The access token the socket authenticated with expired and was not renewed in place:
+connect again with a fresh token (the SDK refreshes and reconnects at once)."""
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_FLOOD = 4009
+CLOSE_TOO_MANY = 4010
+"""Too many sockets for this user or from this address on the pod: close another first."""
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013

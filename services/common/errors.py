@@ -56,6 +56,9 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.RECIPIENT_NOT_FOUND: 404,
     ErrorCode.DEVICES_CHANGED: 409,
     ErrorCode.DEVICE_REQUIRED: 400,
+    ErrorCode.SEQ_NOT_ISSUED: 409,
+    ErrorCode.REAUTH_REQUIRED: 401,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

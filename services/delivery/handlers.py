@@ -8,6 +8,7 @@ from typing import Any
 from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter
 
+from services.common.errors import ApiError, ErrorCode
 from services.delivery.store import DeliveryStore, item_frame
 
 
@@ -26,7 +27,7 @@ class Inbox:
             "parley_delivery_acked_total", "Inbox items acknowledged (delivered) and deleted.",
             registry=registry or CollectorRegistry(),
         )  # fmt: skip
-        self._pending: dict[str, tuple[int, list[asyncio.Future[int]]]] = {}
+        self._pending: dict[str, list[tuple[int, asyncio.Future[int]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     async def page(self, inbox: str, after: int, limit: int) -> f.InboxPage:
@@ -35,10 +36,14 @@ class Inbox:
 
     async def ack(self, user: str, seq: int) -> int:
         """Acknowledge up to ``seq`` in the device inbox ``user`` (an inbox id); returns how
-        many of its items this flush acked."""
+        many of its items this flush acked.
+
+        ``seq`` past the last number the inbox issued is refused
+        (``seq_not_issued``) and changes nothing: acknowledging a number
+        nobody has seen would delete items the client never received.
+        """
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        prior = self._pending.get(user)
-        self._pending[user] = (max(seq, prior[0]), [*prior[1], fut]) if prior else (seq, [fut])
+        self._pending.setdefault(user, []).append((seq, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await fut
@@ -47,7 +52,15 @@ class Inbox:
         while self._pending:
             batch, self._pending = self._pending, {}
             try:
-                acked = await self.store.acknowledge_many({u: s for u, (s, _) in batch.items()})
+                issued = await self.store.issued(list(batch))
+                targets: dict[str, int] = {}
+                for user, acks in batch.items():
+                    for seq, fut in acks:
+                        if seq > issued.get(user, 0):
+                            fut.set_exception(_not_issued(seq))
+                        else:
+                            targets[user] = max(seq, targets.get(user, 0))
+                acked = await self.store.acknowledge_many(targets)
                 self.acked.inc(sum(len(docs) for docs in acked.values()))
                 await self.store.publish(
                     [
@@ -58,15 +71,22 @@ class Inbox:
                     ]
                 )
             except Exception as exc:
-                for _, futures in batch.values():
-                    for fut in futures:
+                for acks in batch.values():
+                    for _, fut in acks:
                         if not fut.done():
                             fut.set_exception(exc)
                 continue
-            for user, (_, futures) in batch.items():
-                for fut in futures:
+            for user, acks in batch.items():
+                for _, fut in acks:
                     if not fut.done():
                         fut.set_result(len(acked.get(user, [])))
+
+
+def _not_issued(seq: int) -> ApiError:
+    return ApiError(
+        ErrorCode.SEQ_NOT_ISSUED,
+        f"Sequence number {seq} was never issued to this inbox; nothing was acknowledged.",
+    )
 
 
 def receipt(doc: dict[str, Any]) -> f.Delivered:

@@ -58,6 +58,7 @@ async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
     body=AckIn,
     response=AckOut,
     auth=True,
+    errors=[ErrorCode.SEQ_NOT_ISSUED],
     tags=["inbox"],
 )
 async def inbox_ack(request: web.Request, claims: Claims, body: AckIn) -> dict[str, int]:

@@ -346,6 +346,11 @@ class DeliveryStore:
             out.extend([d async for d in self.inbox.find(query, fields)])
         return out
 
+    async def issued(self, inboxes: list[str]) -> dict[str, int]:
+        """The last sequence number each inbox handed out (absent: none yet)."""
+        docs = self.counters.find({"_id": {"$in": inboxes}}, {"n": 1})
+        return {d["_id"]: int(d.get("n", 0)) async for d in docs}
+
     async def acknowledge_many(self, targets: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
         """Acknowledge for many users at once, in four round trips whatever their number.
 

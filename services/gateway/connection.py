@@ -40,23 +40,6 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT_SENDS = 256
 
 
-class TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class Connection:
     def __init__(self, ws: web.WebSocketResponse, hub: Hub) -> None:
         self.ws = ws
@@ -68,7 +51,10 @@ class Connection:
         self.sid: str | None = None
         self.token: str | None = None
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(self.limits.outbound_queue)
-        self.bucket = TokenBucket(self.limits.sends_per_s, self.limits.send_burst)
+        self.queued_bytes = 0
+        """Bytes waiting in ``queue``: bounded too (``outbound_queue_bytes``), since
+        1,000 frames of 64 KiB would be 64 MiB per socket."""
+        self.address = "unknown"
         self.violations = 0
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT_SENDS)
         self._pending: set[asyncio.Task[None]] = set()
@@ -78,6 +64,9 @@ class Connection:
         self._ack_id: str | None = None
         self._ack_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.expires_at = 0.0
+        """When the token this socket last authenticated with expires (epoch seconds)."""
+        self._expiry: asyncio.Task[None] | None = None
 
     # Outbound ---------------------------------------------------------------
     def push(self, frame: f.ServerFrames) -> None:
@@ -89,7 +78,10 @@ class Connection:
         if self._closing:
             return
         try:
+            if self.queued_bytes + len(data) > self.limits.outbound_queue_bytes:
+                raise asyncio.QueueFull
             self.queue.put_nowait(data)
+            self.queued_bytes += len(data)
         except asyncio.QueueFull:
             log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
             self.hub.count_error(ErrorCode.SLOW_CONSUMER)
@@ -114,6 +106,7 @@ class Connection:
             data = await self.queue.get()
             if data is None:
                 return
+            self.queued_bytes -= len(data)
             try:
                 await self.ws.send_frame(data, WSMsgType.TEXT)
             except (ConnectionResetError, RuntimeError):
@@ -131,8 +124,16 @@ class Connection:
         await self.ws.close(code=code, message=reason.encode()[:120])
 
     # Inbound ----------------------------------------------------------------
-    async def serve(self) -> None:
+    async def serve(self, address: str = "unknown") -> None:
         writer = self._writer = asyncio.create_task(self.writer())
+        try:
+            self.hub.open_address(address)
+        except ApiError as err:
+            self.error(err)
+            await self.close(f.CLOSE_TOO_MANY, err.code.value)
+            writer.cancel()
+            return
+        self.address = address
         try:
             if await self._authenticate():
                 try:
@@ -145,6 +146,9 @@ class Connection:
             self.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
             await self.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
         finally:
+            self.hub.close_address(address)
+            if self._expiry is not None:
+                self._expiry.cancel()
             if self._ack_task is not None and not self._ack_task.done():
                 # Let the last ack land: the client may not come back to repeat it.
                 with contextlib.suppress(Exception):
@@ -206,9 +210,17 @@ class Connection:
             return False
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
         self.device_id = claims.did
+        self.expires_at = float(claims.exp)
+        self._expiry = asyncio.create_task(self._expire())
         user_id_var.set(claims.sub)  # every line about this socket carries it
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
-        await self.hub.register(self)
+        try:
+            await self.hub.register(self)
+        except ApiError as err:
+            self.user_id = None  # not registered: nothing to unregister
+            self.error(err, frame.id)
+            await self.close(f.CLOSE_TOO_MANY, err.code.value)
+            return False
         self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=True))
         return True
 
@@ -243,14 +255,36 @@ class Connection:
             if claims.sub != self.user_id or claims.did != self.device_id:
                 raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user's device.")
             self.sid, self.token = claims.sid, frame.token
+            self.expires_at = max(self.expires_at, float(claims.exp))
             self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=False))
+
+    async def _expire(self) -> None:
+        """Close the socket when its token expires, unless an `auth` frame renewed it.
+
+        A socket must not outlive the token that opened it (a stolen token
+        would otherwise keep a socket for as long as it stays open): at
+        ``exp`` the client gets ``reauth_required`` and close 4005, and
+        reconnects with a fresh token. Clients renew in place (``auth`` again)
+        before that, which moves ``expires_at``.
+        """
+        while True:
+            left = self.expires_at - time.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(left)
+        if self._closing:
+            return
+        expired = "The access token expired: reconnect with a fresh one (or renew it in place)."
+        self.error(ApiError(ErrorCode.REAUTH_REQUIRED, expired))
+        await self.close(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
 
     def _token(self) -> str:
         assert self.token is not None
         return self.token
 
     async def _send(self, frame: f.Send) -> None:
-        if not self.bucket.take():
+        assert self.user_id is not None
+        if not self.hub.bucket(self.user_id).take():
             self.violations += 1
             if self.violations > 4 * self.limits.send_burst:
                 self.error(ApiError(ErrorCode.RATE_LIMITED, "Flooding; closing."), frame.id)
@@ -301,6 +335,9 @@ class Connection:
             try:
                 await self.hub.ack(self._token(), target)
             except ApiError as err:
+                # Refused (e.g. seq_not_issued): nothing changed; a later ack starts
+                # again from what was really acknowledged.
+                self._ack_target = self._ack_posted
                 self.error(err, answers)
                 return
             self._ack_posted = max(self._ack_posted, target)

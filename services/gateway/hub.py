@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
+from services.common.ratelimit import TokenBucket
 from services.gateway.directory import DeviceLists, Directory
 from services.gateway.store import GatewayStore
 
@@ -61,6 +62,9 @@ class Limits:
     send_burst: int
     auth_timeout_s: float
     outbound_queue: int
+    outbound_queue_bytes: int
+    sockets_per_user: int
+    sockets_per_address: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -70,6 +74,9 @@ class Limits:
             send_burst=settings.ws_send_burst,
             auth_timeout_s=settings.ws_auth_timeout_s,
             outbound_queue=settings.ws_outbound_queue,
+            outbound_queue_bytes=settings.ws_outbound_queue_bytes,
+            sockets_per_user=settings.ws_max_sockets_per_user,
+            sockets_per_address=settings.ws_max_sockets_per_address,
         )
 
 
@@ -89,6 +96,10 @@ class Hub:
         self.devices = devices
         self.limits = Limits.from_settings(self.settings)
         self.by_user: dict[str, set[Connection]] = defaultdict(set)
+        self.by_address: dict[str, int] = defaultdict(int)
+        # One send bucket per user on this pod, shared by all their sockets
+        # (dropped with the user's last socket).
+        self.buckets: dict[str, TokenBucket] = {}
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.subscribed = asyncio.Event()
@@ -191,7 +202,7 @@ class Hub:
         if recipient == user_id:
             raise ApiError(ErrorCode.BAD_REQUEST, "Send to another user; your other devices "
                            "get their copies with every message you send.")  # fmt: skip
-        await self._check_copies(user_id, device, recipient, token, frame)
+        owners = await self._check_copies(user_id, device, recipient, token, frame)
         sent_at = e.now_ms()
         envs = [
             e.message_envelope(
@@ -199,14 +210,14 @@ class Hub:
                 sender_device=device,
                 sender_sid=sid,
                 peer=recipient,
-                user=recipient if copy.user == frame.to else user_id,
+                user=owner,
                 device=copy.device,
                 client_id=frame.id,
                 body=copy.body,
                 commitment=copy.commitment,
                 sent_at=sent_at,
             )
-            for copy in frame.copies
+            for copy, owner in zip(frame.copies, owners, strict=True)
         ]
         log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": recipient})
         acks = [await self.store.enqueue(env) for env in envs]
@@ -214,23 +225,31 @@ class Hub:
 
     async def _check_copies(
         self, user_id: str, device: int, recipient: str, token: str, frame: f.Send
-    ) -> None:
+    ) -> list[str]:
+        """Each copy's canonical owner, once the copies match the current device lists."""
         wanted: dict[str, set[int]] = {recipient: set(), user_id: set()}
+        owners: list[str] = []
         for copy in frame.copies:
-            user = recipient if copy.user in (frame.to, recipient) else copy.user
-            if user not in wanted:
+            user = _owner(copy.user, frame.to, recipient, user_id)
+            if user is None:
                 raise ApiError(
                     ErrorCode.VALIDATION_FAILED, "A copy is for the recipient or for yourself.",
                     details=[{"field": "copies.user", "problem": "not the recipient or you"}],
                 )  # fmt: skip
+            if copy.device in wanted[user]:
+                raise ApiError(
+                    ErrorCode.VALIDATION_FAILED, "One copy per device.",
+                    details=[{"field": "copies.device", "problem": "two copies for one device"}],
+                )  # fmt: skip
             wanted[user].add(copy.device)
+            owners.append(user)
         for fresh in (False, True):
             lists = {
                 recipient: await self.devices.get(recipient, token, fresh=fresh),
                 user_id: await self.devices.get(user_id, token, fresh=fresh) - {device},
             }
             if wanted[recipient] == lists[recipient] and wanted[user_id] == lists[user_id]:
-                return
+                return owners
         if not lists[recipient]:
             raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "That user has no device yet.")
         raise DevicesChanged([f.DeviceList(user=u, devices=sorted(d)) for u, d in lists.items()])
@@ -255,8 +274,36 @@ class Hub:
         self.connection_seconds.observe(seconds)
 
     # Connections ------------------------------------------------------------
+    def open_address(self, address: str) -> None:
+        """Count a new socket from ``address``; ``too_many_connections`` past the cap."""
+        if self.by_address[address] >= self.limits.sockets_per_address:
+            raise ApiError(ErrorCode.TOO_MANY_CONNECTIONS,
+                           "Too many connections from this address.")  # fmt: skip
+        self.by_address[address] += 1
+
+    def close_address(self, address: str) -> None:
+        left = self.by_address.get(address, 0) - 1
+        if left > 0:
+            self.by_address[address] = left
+        else:
+            self.by_address.pop(address, None)
+
+    def bucket(self, user_id: str) -> TokenBucket:
+        """The user's send bucket on this pod (shared by all their sockets here)."""
+        bucket = self.buckets.get(user_id)
+        if bucket is None:
+            bucket = self.buckets[user_id] = TokenBucket(
+                self.limits.sends_per_s, self.limits.send_burst
+            )
+        return bucket
+
     async def register(self, conn: Connection) -> None:
         assert conn.user_id is not None
+        if len(self.local(conn.user_id)) >= self.limits.sockets_per_user:
+            raise ApiError(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                "Too many open connections for this account; close one first.",
+            )
         self.by_user[conn.user_id].add(conn)
         await self.store.add_presence(conn.user_id, conn.conn_id)
 
@@ -268,6 +315,7 @@ class Hub:
             conns.discard(conn)
             if not conns:
                 del self.by_user[conn.user_id]
+                self.buckets.pop(conn.user_id, None)
         with contextlib.suppress(RedisError, OSError):
             await self.store.remove_presence(conn.user_id, conn.conn_id)
 
@@ -361,3 +409,20 @@ class Hub:
                 await self._refresh()
             except (RedisError, OSError) as exc:
                 log.warning("presence refresh failed", extra={"error": repr(exc)})
+
+
+def _owner(written: str, to: str, recipient: str, sender: str) -> str | None:
+    """The canonical owner of a copy addressed to ``written``, or None if it is neither
+    the recipient nor the sender.
+
+    A copy for the recipient may name it as the client wrote ``to`` (a username,
+    another case of the id) or by the canonical id the directory returned; a
+    copy for one of the sender's other devices names the sender's own id. The
+    inbox key is always the canonical id (#20: a spelling that was accepted by
+    the look-up but used as an inbox key left the message where nobody reads).
+    """
+    if written in (to, recipient):
+        return recipient
+    if written == sender:
+        return sender
+    return None

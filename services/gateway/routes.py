@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from services.common.http import client_ip
 from services.common.openapi import Api
 from services.common.state import SETTINGS
 from services.gateway.connection import Connection
@@ -35,6 +36,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     hub.connects.inc()
     opened = time.monotonic()
     conn = Connection(ws, hub)
-    await conn.serve()
+    # The pods sit behind the load balancer, whose X-Forwarded-For hop is the client.
+    await conn.serve(client_ip(request, trust_forwarded_for=True))
     hub.count_disconnect(ws.close_code, time.monotonic() - opened)
     return ws

@@ -31,6 +31,9 @@ class TokenIssuer:
         # `GET /keys/v1/users/{id}/devices` does (device 1 unless a test says).
         self.users: set[str] = set()
         self.devices: dict[str, list[int]] = {}
+        # Usernames (lower case) -> user id: the users endpoint answers to them,
+        # and to any case of an id, as the auth service's look-up does.
+        self.usernames: dict[str, str] = {}
 
     def jwks(self) -> dict[str, Any]:
         jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
@@ -44,11 +47,16 @@ class TokenIssuer:
             return web.json_response(self.jwks())
 
         async def user(request: web.Request) -> web.Response:
-            user_id = request.match_info["user_id"]
-            if user_id not in self.users:
+            key = request.match_info["user_id"]
+            user_id = next(
+                (u for u in (key, key.strip().lower()) if u in self.users),
+                self.usernames.get(key.strip().lower()),
+            )
+            if user_id is None:
                 body = {"error": {"code": "user_not_found", "message": "No such user."}}
                 return web.json_response(body, status=404)
-            return web.json_response({"user_id": user_id, "username": user_id})
+            names = [n for n, u in self.usernames.items() if u == user_id]
+            return web.json_response({"user_id": user_id, "username": (names or [user_id])[0]})
 
         async def devices(request: web.Request) -> web.Response:
             user_id = request.match_info["user_id"]

@@ -1,0 +1,101 @@
+"""A socket does not outlive its access token unless the client renews it in place (#20)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from parley.connection import Connection
+from parley_contract import frames as f
+from parley_contract.frames import CLOSE_REAUTH
+
+from tests.support.aio import eventually
+
+from .conftest import Messaging
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def _now() -> float:
+    return time.time()
+
+
+async def test_a_socket_is_closed_with_reauth_when_its_token_expires(
+    messaging: Messaging,
+) -> None:
+    user = uid()
+    client = await messaging.connect(user, ttl=4)
+    err = await client.expect("error", timeout=30)
+    assert err["code"] == "reauth_required"
+    assert await client.wait_closed(timeout=30) == CLOSE_REAUTH
+    assert not messaging.hub(0).local(user)
+
+
+async def test_a_socket_renewed_in_place_stays_open_past_the_first_expiry(
+    messaging: Messaging,
+) -> None:
+    user = uid()
+    client = await messaging.connect(user, ttl=4)
+    (conn,) = messaging.hub(0).local(user)
+    first_expiry = conn.expires_at
+    fresh = messaging.issuer.token(user, did=1, ttl=900)
+    await client.send({"op": "auth", "token": fresh, "id": "renew"})
+    await client.expect("ready", id="renew")
+    assert conn.expires_at > first_expiry + 800
+    # Past the first token's expiry the socket still answers.
+    await eventually(_now, lambda now: now > first_expiry + 1, timeout=30)
+    await client.send({"op": "ping", "id": "still"})
+    await client.expect("pong", id="still")
+    assert [f for f in client.drain() if f["op"] == "error"] == []
+    assert not client.closed.is_set()
+
+
+async def test_renewing_with_another_users_token_is_refused_and_the_expiry_stands(
+    messaging: Messaging,
+) -> None:
+    user = uid()
+    client = await messaging.connect(user, ttl=6)
+    await client.send({"op": "auth", "token": messaging.issuer.token(uid(), did=1), "id": "x"})
+    assert (await client.expect("error", id="x"))["code"] == "forbidden"
+    assert (await client.expect("error", timeout=30))["code"] == "reauth_required"
+    assert await client.wait_closed(timeout=30) == CLOSE_REAUTH
+
+
+async def test_the_sdk_reconnects_at_once_with_a_fresh_token_after_reauth(
+    messaging: Messaging,
+) -> None:
+    user = uid()
+    asked: list[bool] = []
+
+    async def token(refresh: bool) -> str:
+        asked.append(refresh)
+        # The first token runs out soon; a refreshed one lasts.
+        return messaging.issuer.token(user, did=1, ttl=900 if refresh else 4)
+
+    frames: list[f.ServerFrames] = []
+
+    async def handler(frame: f.ServerFrames) -> None:
+        frames.append(frame)
+
+    # No renewal in place: the gateway closes the socket with 4005 at expiry.
+    conn = Connection(messaging.ws_url(0), token, handler, reauth_every=3600,
+                      backoff_start=3600, backoff_max=3600)  # fmt: skip
+    try:
+        await conn.start()
+        await eventually(_connects(conn), lambda n: n >= 2, timeout=40)
+        assert asked[:2] == [False, True]
+        assert conn.failed is None
+        answer = await conn.request(f.Ping())
+        assert isinstance(answer, f.Pong)
+    finally:
+        await conn.close()
+
+
+def _connects(conn: Connection) -> Callable[[], Awaitable[int]]:
+    async def probe() -> int:
+        return conn.connects
+
+    return probe

@@ -1,0 +1,119 @@
+"""Per-user and per-address socket caps, a send limit shared by a user's sockets, and
+outbound queues bounded by bytes as well as frames (#20)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from parley_contract.frames import CLOSE_SLOW_CONSUMER, CLOSE_TOO_MANY, Message
+from prometheus_client import CollectorRegistry
+
+from services.common.config import load_settings
+from services.common.state import KAFKA
+from services.gateway.app import create_app
+from services.gateway.connection import Connection
+from services.gateway.hub import Hub
+from services.gateway.store import GatewayStore
+from tests.support.aio import eventually
+from tests.support.wsclient import WsClient, send_frame
+
+from .test_connection import StuckSocket
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def _gateway(issuer: Any, make_client: Any, **limits: Any) -> tuple[Any, str]:
+    gw = await make_client(await create_app(issuer.settings.model_copy(update=limits)))
+    await gw.server.app[KAFKA].wait_ready(30)
+    return gw, str(gw.make_url("/ws"))
+
+
+async def _refused(client: WsClient) -> None:
+    assert (await client.expect("error"))["code"] == "too_many_connections"
+    assert await client.wait_closed() == CLOSE_TOO_MANY
+
+
+async def test_sockets_per_user_are_capped(issuer: Any, make_client: Any) -> None:
+    _, url = await _gateway(issuer, make_client, ws_max_sockets_per_user=2)
+    user = uid()
+    first = await WsClient.connect(url, issuer.token(user, did=1))
+    second = await WsClient.connect(url, issuer.token(user, did=2))
+    third = await WsClient.connect(url)
+    await third.send({"op": "auth", "token": issuer.token(user, did=1)})
+    await _refused(third)
+    await third.close()
+    # Another user is not affected; a socket closed frees its place.
+    other = await WsClient.connect(url, issuer.token(uid(), did=1))
+    await first.close()
+    again = await eventually(lambda: _try(url, issuer.token(user, did=1)), lambda c: c is not None)
+    assert again is not None
+    for c in (second, other, again):
+        await c.close()
+
+
+async def _try(url: str, token: str) -> WsClient | None:
+    client = await WsClient.connect(url)
+    await client.send({"op": "auth", "token": token})
+    frame = await client.next()
+    if frame["op"] == "ready":
+        return client
+    await client.close()
+    return None
+
+
+async def test_sockets_per_address_are_capped(issuer: Any, make_client: Any) -> None:
+    _, url = await _gateway(issuer, make_client, ws_max_sockets_per_address=2)
+    kept = [await WsClient.connect(url, issuer.token(uid(), did=1)) for _ in range(2)]
+    # Counted from the upgrade, before authentication.
+    extra = await WsClient.connect(url)
+    await _refused(extra)
+    await extra.close()
+    for c in kept:
+        await c.close()
+
+
+async def test_the_send_limit_is_shared_by_a_users_sockets(issuer: Any, make_client: Any) -> None:
+    _, url = await _gateway(issuer, make_client, ws_sends_per_s=0.001, ws_send_burst=3)
+    user, bob = uid(), uid()
+    issuer.users.add(bob)
+    a = await WsClient.connect(url, issuer.token(user, did=1))
+    b = await WsClient.connect(url, issuer.token(user, did=1))
+    for i, client in enumerate((a, a, b)):
+        await client.send(send_frame(f"s{i}", bob, "eA"))
+        await client.expect("accepted", id=f"s{i}")
+    # The user's fourth send is refused, whichever socket it comes from; others are free.
+    await b.send(send_frame("s3", bob, "eA"))
+    assert (await b.expect("error", id="s3"))["code"] == "rate_limited"
+    other = await WsClient.connect(url, issuer.token(uid(), did=1))
+    await other.send(send_frame("o1", bob, "eA"))
+    await other.expect("accepted", id="o1")
+    for c in (a, b, other):
+        await c.close()
+
+
+async def test_the_outbound_queue_is_bounded_by_bytes() -> None:
+    settings = load_settings(ws_outbound_queue=1000, ws_outbound_queue_bytes=64 * 1024)
+    store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None)  # type: ignore[arg-type]
+    ws = StuckSocket()
+    conn = Connection(ws, hub)  # type: ignore[arg-type]
+    conn._writer = asyncio.create_task(conn.writer())
+    try:
+        for i in range(50):
+            conn.push(Message(seq=i, server_id="s", from_="u", from_device=1, body="x" * 10_000))
+            assert conn.queued_bytes <= settings.ws_outbound_queue_bytes
+            await asyncio.sleep(0)
+        await eventually(lambda: _value(ws.closed_with), lambda code: code is not None, timeout=5)
+        assert ws.closed_with == CLOSE_SLOW_CONSUMER
+        # Far fewer than the 1,000 frames the frame count alone allows.
+        assert conn.queue.qsize() < 10
+    finally:
+        conn._writer.cancel()
+
+
+async def _value(v: Any) -> Any:
+    return v
