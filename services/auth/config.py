@@ -51,7 +51,12 @@ class AuthSettings(BaseSettings):
     # Rate limits, COUNT/SECONDS. Per client IP and per account.
     limit_signup_ip: str = "30/3600"
     limit_login_ip: str = "30/300"
+    # Wrong passwords per (account, client address), then that address is
+    # locked out of that account; and per account from every address, past
+    # which addresses the account has not signed in from are locked out too
+    # (docs/auth.md, "Rate limits and lockout").
     limit_login_failures: str = "10/900"
+    limit_login_account_failures: str = "50/900"
     limit_code_ip: str = "30/300"
     limit_code_failures: str = "10/900"
     limit_reset_ip: str = "10/3600"
@@ -72,6 +77,10 @@ class AuthSettings(BaseSettings):
     oidc_request_ttl_s: int = Field(default=900, ge=60, le=3600)
     admin_console_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+/$")
 
+    # An address a user fully signed in from (password and second factor)
+    # stays "known" this long: the account-wide lockout does not apply to it.
+    known_address_ttl_s: int = Field(default=30 * 86400, ge=3600, le=400 * 86400)
+
     # Take the client IP from the last X-Forwarded-For hop (set by HAProxy /
     # the ALB). Turn off only when clients reach the service directly.
     trust_forwarded_for: bool = True
@@ -80,6 +89,7 @@ class AuthSettings(BaseSettings):
         "limit_signup_ip",
         "limit_login_ip",
         "limit_login_failures",
+        "limit_login_account_failures",
         "limit_code_ip",
         "limit_code_failures",
         "limit_reset_ip",

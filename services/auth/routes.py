@@ -168,7 +168,7 @@ async def logout(request: web.Request, claims: Claims) -> None:
 async def change_password(
     request: web.Request, claims: Claims, body: ChangePasswordRequest
 ) -> None:
-    await accounts.change_password(svc(request), claims, body)
+    await accounts.change_password(svc(request), claims, body, caller(request))
 
 
 @api.post(
@@ -303,7 +303,7 @@ async def totp_confirm(request: web.Request, claims: Claims, body: CodeRequest) 
     errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
 )
 async def totp_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
-    await twofactor.totp_disable(svc(request), claims, body.password)
+    await twofactor.totp_disable(svc(request), claims, body.password, caller(request))
 
 
 @api.post(
@@ -342,7 +342,7 @@ async def email_confirm(request: web.Request, claims: Claims, body: CodeRequest)
     errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
 )
 async def email_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
-    await twofactor.email_disable(svc(request), claims, body.password)
+    await twofactor.email_disable(svc(request), claims, body.password, caller(request))
 
 
 @api.post(
@@ -357,7 +357,8 @@ async def email_disable(request: web.Request, claims: Claims, body: PasswordRequ
 async def recovery_codes(
     request: web.Request, claims: Claims, body: PasswordRequest
 ) -> RecoveryCodes:
-    return await twofactor.regenerate_recovery_codes(svc(request), claims, body.password)
+    s = svc(request)
+    return await twofactor.regenerate_recovery_codes(s, claims, body.password, caller(request))
 
 
 # -- admin ----------------------------------------------------------------------------

@@ -116,13 +116,6 @@ class AuthService:
         """Revocation keys outlive every access token they concern."""
         return self.settings.access_token_ttl_s + 60
 
-    async def check_password(self, user_key: str, stored: str | None, password: str) -> None:
-        """Verify a password under the failure lockout of ``user_key`` (the username)."""
-        await self.limiter.check_locked("login_failures", user_key)
-        if not await self.passwords.verify(stored, password):
-            await self.limiter.fail("login_failures", user_key)
-            raise ApiError(ErrorCode.INVALID_CREDENTIALS, "Wrong username or password.")
-
     async def own_user(self, claims: Claims) -> dict[str, Any]:
         """The caller's account (gone means the session is over)."""
         user = await self.store.user_by_id(claims.sub)

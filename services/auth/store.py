@@ -15,7 +15,8 @@ MongoDB collections (database ``<db_prefix>auth``):
 
 Redis keys (all under ``<redis_prefix>``): the revocation keys and channel
 named by :mod:`services.common.auth`, plus ``:auth:eph:<kind>:<id>`` (login
-challenges and e-mail codes, hashes with an expiry). The rate-limit windows,
+challenges and e-mail codes, hashes with an expiry) and ``:auth:known:<hash>``
+(addresses a user signed in from: services.auth.lockout). The rate-limit windows,
 ``:auth:rl:<rule>:<hash>``, are kept by :mod:`services.common.ratelimit`.
 
 Expiry is always checked in code: TTL indexes only reclaim space (and the
@@ -24,6 +25,7 @@ embedded MongoDB purges them only when a collection is read).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -337,6 +339,18 @@ class AuthStore:
     async def clear_user_blocked(self, user_id: str) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")
         await self.redis.delete(user_key)
+
+    # -- addresses a user signed in from (services.auth.lockout) -------------
+
+    def _known_key(self, user_id: str, address: str) -> str:
+        digest = hashlib.sha256(f"{user_id}|{address}".encode()).hexdigest()[:32]
+        return f"{self.prefix}:auth:known:{digest}"
+
+    async def remember_address(self, user_id: str, address: str, ttl_s: int) -> None:
+        await self.redis.set(self._known_key(user_id, address), b"1", ex=ttl_s)
+
+    async def address_known(self, user_id: str, address: str) -> bool:
+        return bool(await self.redis.exists(self._known_key(user_id, address)))
 
     # -- ephemeral records (challenges, e-mail codes) ------------------------
 

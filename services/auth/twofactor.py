@@ -23,7 +23,7 @@ from typing import Any
 
 import pyotp
 
-from services.auth import sessions
+from services.auth import lockout, sessions
 from services.auth.mail import MailError
 from services.auth.models import (
     Accepted,
@@ -52,6 +52,7 @@ CHALLENGE = "challenge"
 EMAIL_SETUP = "email-setup"
 SIX_DIGITS = re.compile(r"^\d{6}$")
 SECOND_FACTOR_AMR = ["pwd", "otp", "mfa"]
+CODE_RULE = "code_failures"
 
 User = Mapping[str, Any]
 
@@ -134,11 +135,11 @@ async def totp_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryC
     if user.get("totp_enabled"):
         raise ApiError(ErrorCode.CONFLICT, "TOTP is already on.")
     secret = _open_totp(svc, user, "totp_pending")
-    await _code_guard(svc, user["_id"])
+    await _reserve_code_attempt(svc, user["_id"])
     step = totp_step(secret, code, svc.now().timestamp())
     if step is None:
-        await svc.limiter.fail("code_failures", user["_id"])
-        raise _invalid_code()
+        raise _invalid_code()  # the attempt keeps its place: a failure
+    await svc.limiter.release(CODE_RULE, user["_id"])
     await svc.store.update_user(
         user["_id"],
         {"totp_enabled": True, "totp_secret": user["totp_pending"], "totp_last_step": step},
@@ -148,8 +149,8 @@ async def totp_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryC
     return await _first_recovery_codes(svc, user)
 
 
-async def totp_disable(svc: AuthService, claims: Claims, password: str) -> None:
-    user = await _reauthenticate(svc, claims, password)
+async def totp_disable(svc: AuthService, claims: Claims, password: str, caller: Caller) -> None:
+    user = await _reauthenticate(svc, claims, password, caller)
     await svc.store.update_user(
         user["_id"], {"totp_enabled": False, "totp_secret": None}, unset=["totp_pending"]
     )
@@ -175,17 +176,18 @@ async def email_setup(svc: AuthService, claims: Claims) -> Accepted:
 
 async def email_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryCodes:
     user = await svc.own_user(claims)
-    await _code_guard(svc, user["_id"])
     pending = await svc.store.eph_get(EMAIL_SETUP, user["_id"])
     if pending is None:
         raise _expired()
+    await _reserve_code_attempt(svc, user["_id"])
     attempts = await svc.store.eph_incr(EMAIL_SETUP, user["_id"], "attempts")
     if attempts is None or attempts > svc.config.challenge_max_attempts:
         await svc.store.eph_delete(EMAIL_SETUP, user["_id"])
+        await svc.limiter.release(CODE_RULE, user["_id"])
         raise _expired()
     if not same(pending["code"], digest(user["_id"], code.strip())):
-        await svc.limiter.fail("code_failures", user["_id"])
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
+    await svc.limiter.release(CODE_RULE, user["_id"])
     if not await svc.store.eph_delete(EMAIL_SETUP, user["_id"]):
         raise _expired()
     await svc.store.update_user(user["_id"], {"email_2fa": True})
@@ -193,8 +195,8 @@ async def email_confirm(svc: AuthService, claims: Claims, code: str) -> Recovery
     return await _first_recovery_codes(svc, user)
 
 
-async def email_disable(svc: AuthService, claims: Claims, password: str) -> None:
-    user = await _reauthenticate(svc, claims, password)
+async def email_disable(svc: AuthService, claims: Claims, password: str, caller: Caller) -> None:
+    user = await _reauthenticate(svc, claims, password, caller)
     await svc.store.update_user(user["_id"], {"email_2fa": False})
     await _drop_codes_if_no_factor(svc, user["_id"])
 
@@ -233,9 +235,9 @@ async def _first_recovery_codes(svc: AuthService, user: User) -> RecoveryCodes:
 
 
 async def regenerate_recovery_codes(
-    svc: AuthService, claims: Claims, password: str
+    svc: AuthService, claims: Claims, password: str, caller: Caller
 ) -> RecoveryCodes:
-    user = await _reauthenticate(svc, claims, password)
+    user = await _reauthenticate(svc, claims, password, caller)
     if not methods(user):
         raise ApiError(ErrorCode.CONFLICT, "Turn on a second factor first.")
     return await _new_recovery_codes(svc, user["_id"])
@@ -339,21 +341,25 @@ async def check_challenge(
     user_id = challenge["user_id"]
     if body.method not in challenge["methods"].split(","):
         raise ApiError(ErrorCode.BAD_REQUEST, "This second factor is not on for this account.")
-    await _code_guard(svc, user_id)
+    # Counted before the code is checked: of parallel guesses, at most the limit are tried.
+    await _reserve_code_attempt(svc, user_id)
     attempts = await svc.store.eph_incr(CHALLENGE, key, "attempts")
     if attempts is None or attempts > svc.config.challenge_max_attempts:
         await svc.store.eph_delete(CHALLENGE, key)
+        await svc.limiter.release(CODE_RULE, user_id)
         raise _expired()
     user = await svc.store.user_by_id(user_id)
     if user is None or user["blocked"]:
         await svc.store.eph_delete(CHALLENGE, key)
+        await svc.limiter.release(CODE_RULE, user_id)
         raise _expired()
     if not await _code_ok(svc, user, body, challenge):
-        await svc.limiter.fail("code_failures", user_id)
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
+    # The right code: the run of failures ends.
+    await svc.limiter.clear(CODE_RULE, user_id)
     if not await svc.store.eph_delete(CHALLENGE, key):
         raise _expired()  # a concurrent request completed it first
-    await svc.limiter.clear("code_failures", user_id)
+    await lockout.signed_in(svc, user_id, caller.ip)
     did = str(challenge.get("device_id") or "")
     return user, challenge.get("device") or None, int(did) if did.isdigit() else None
 
@@ -378,12 +384,14 @@ async def _code_ok(
 # -- helpers -------------------------------------------------------------------
 
 
-async def _code_guard(svc: AuthService, user_id: str) -> None:
-    await svc.limiter.check_locked("code_failures", user_id)
+async def _reserve_code_attempt(svc: AuthService, user_id: str) -> None:
+    """Take the attempt's place in the account's code-failure window before checking
+    anything (429 ``account_locked`` when full); a right code gives it back."""
+    await svc.limiter.reserve(CODE_RULE, user_id)
 
 
-async def _reauthenticate(svc: AuthService, claims: Claims, password: str) -> User:
+async def _reauthenticate(svc: AuthService, claims: Claims, password: str, caller: Caller) -> User:
     """Sensitive changes ask for the password again (under the login lockout)."""
     user = await svc.own_user(claims)
-    await svc.check_password(user["username"], user["password_hash"], password)
+    await lockout.verify_password(svc, user["username"], user, password, caller.ip)
     return user
