@@ -27,6 +27,7 @@ from services.auth.models import (
     TokenResponse,
     UserPublic,
 )
+from services.auth.notices import Notice, notify
 from services.auth.passwords import check_policy
 from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
@@ -192,6 +193,7 @@ async def change_password(
     await svc.store.drop_password_resets(user["_id"], now)
     # Everyone else holding this account's sessions is signed out.
     await sessions.revoke_all(svc, user["_id"], "password_changed", keep=claims.sid)
+    await notify(svc, user, caller, Notice.PASSWORD_CHANGED)
 
 
 async def request_reset(svc: AuthService, body: PasswordResetRequest, caller: Caller) -> Accepted:
@@ -218,7 +220,9 @@ async def _send_reset(svc: AuthService, email_lc: str) -> None:
             "used_at": None,
         }
     )
-    await svc.mailer.password_reset(user["email"], user["username"], token, ttl // 60)
+    await svc.mailer.password_reset(
+        user["email"], user["username"], token, ttl // 60, two_factor=bool(twofactor.methods(user))
+    )
 
 
 async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Caller) -> None:
@@ -242,6 +246,16 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
     await svc.store.drop_password_resets(user["_id"], now)
     await lockout.forget(svc, user["username"], caller.ip)
     await sessions.revoke_all(svc, user["_id"], "password_reset")
+    # A reset is the owner's way back in when a second factor is lost, or was
+    # added by someone else: it turns every factor off, and says so (docs/auth.md).
+    extra = ""
+    if twofactor.methods(user):
+        await twofactor.turn_off_all(svc, user["_id"])
+        extra = (
+            "Two-step sign-in was turned off (authenticator app, e-mail codes and recovery "
+            "codes): turn it on again in your account settings."
+        )
+    await notify(svc, user, caller, Notice.PASSWORD_RESET, extra)
 
 
 async def me(svc: AuthService, claims: Claims) -> MeResponse:

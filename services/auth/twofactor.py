@@ -34,6 +34,7 @@ from services.auth.models import (
     TotpSetup,
     TwoFactorStatus,
 )
+from services.auth.notices import Notice, notify
 from services.auth.state import AuthService, Caller
 from services.auth.tokens import (
     digest,
@@ -116,8 +117,9 @@ async def _check_totp(svc: AuthService, user: User, code: str) -> bool:
     return await svc.store.advance_totp_step(user["_id"], step)
 
 
-async def totp_setup(svc: AuthService, claims: Claims) -> TotpSetup:
-    user = await svc.own_user(claims)
+async def totp_setup(svc: AuthService, claims: Claims, password: str, caller: Caller) -> TotpSetup:
+    # The password again: a stolen access token alone cannot add an authenticator.
+    user = await _reauthenticate(svc, claims, password, caller)
     if user.get("totp_enabled"):
         raise ApiError(ErrorCode.CONFLICT, "TOTP is already on; turn it off first.")
     secret = pyotp.random_base32(32)
@@ -130,7 +132,9 @@ async def totp_setup(svc: AuthService, claims: Claims) -> TotpSetup:
     return TotpSetup(secret=secret, provisioning_uri=uri)
 
 
-async def totp_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryCodes:
+async def totp_confirm(
+    svc: AuthService, claims: Claims, code: str, caller: Caller
+) -> RecoveryCodes:
     user = await svc.own_user(claims)
     if user.get("totp_enabled"):
         raise ApiError(ErrorCode.CONFLICT, "TOTP is already on.")
@@ -146,7 +150,9 @@ async def totp_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryC
         unset=["totp_pending"],
     )
     log.info("totp enabled", extra={"user_id": user["_id"]})
-    return await _first_recovery_codes(svc, user)
+    codes = await _first_recovery_codes(svc, user)
+    await notify(svc, user, caller, Notice.TOTP_ON)
+    return codes
 
 
 async def totp_disable(svc: AuthService, claims: Claims, password: str, caller: Caller) -> None:
@@ -155,13 +161,15 @@ async def totp_disable(svc: AuthService, claims: Claims, password: str, caller: 
         user["_id"], {"totp_enabled": False, "totp_secret": None}, unset=["totp_pending"]
     )
     await _drop_codes_if_no_factor(svc, user["_id"])
+    if user.get("totp_enabled"):
+        await notify(svc, user, caller, Notice.TOTP_OFF)
 
 
 # -- e-mail codes ------------------------------------------------------------
 
 
-async def email_setup(svc: AuthService, claims: Claims) -> Accepted:
-    user = await svc.own_user(claims)
+async def email_setup(svc: AuthService, claims: Claims, password: str, caller: Caller) -> Accepted:
+    user = await _reauthenticate(svc, claims, password, caller)
     if user.get("email_2fa"):
         raise ApiError(ErrorCode.CONFLICT, "E-mail codes are already on.")
     await svc.limiter.hit("email_code_sends", user["_id"])
@@ -174,7 +182,9 @@ async def email_setup(svc: AuthService, claims: Claims) -> Accepted:
     return Accepted(message="A code is on its way to your e-mail address.")
 
 
-async def email_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryCodes:
+async def email_confirm(
+    svc: AuthService, claims: Claims, code: str, caller: Caller
+) -> RecoveryCodes:
     user = await svc.own_user(claims)
     pending = await svc.store.eph_get(EMAIL_SETUP, user["_id"])
     if pending is None:
@@ -192,13 +202,17 @@ async def email_confirm(svc: AuthService, claims: Claims, code: str) -> Recovery
         raise _expired()
     await svc.store.update_user(user["_id"], {"email_2fa": True})
     log.info("email 2fa enabled", extra={"user_id": user["_id"]})
-    return await _first_recovery_codes(svc, user)
+    codes = await _first_recovery_codes(svc, user)
+    await notify(svc, user, caller, Notice.EMAIL_ON)
+    return codes
 
 
 async def email_disable(svc: AuthService, claims: Claims, password: str, caller: Caller) -> None:
     user = await _reauthenticate(svc, claims, password, caller)
     await svc.store.update_user(user["_id"], {"email_2fa": False})
     await _drop_codes_if_no_factor(svc, user["_id"])
+    if user.get("email_2fa"):
+        await notify(svc, user, caller, Notice.EMAIL_OFF)
 
 
 async def _mail(send: Any) -> None:
@@ -240,7 +254,21 @@ async def regenerate_recovery_codes(
     user = await _reauthenticate(svc, claims, password, caller)
     if not methods(user):
         raise ApiError(ErrorCode.CONFLICT, "Turn on a second factor first.")
-    return await _new_recovery_codes(svc, user["_id"])
+    codes = await _new_recovery_codes(svc, user["_id"])
+    await notify(svc, user, caller, Notice.RECOVERY_CODES)
+    return codes
+
+
+async def turn_off_all(svc: AuthService, user_id: str) -> None:
+    """Every second factor off, pending enrolments and recovery codes gone (a password reset)."""
+    await svc.store.update_user(
+        user_id,
+        {"totp_enabled": False, "totp_secret": None, "email_2fa": False},
+        unset=["totp_pending"],
+    )
+    await svc.store.eph_delete(EMAIL_SETUP, user_id)
+    await svc.store.delete_recovery_codes(user_id)
+    log.info("second factors turned off", extra={"user_id": user_id})
 
 
 async def _drop_codes_if_no_factor(svc: AuthService, user_id: str) -> None:

@@ -149,7 +149,9 @@ async def test_ipv6_addresses_count_by_their_64_bit_network(auth: AuthApi) -> No
 
 async def enrol_totp(auth: AuthApi, user: dict[str, Any]) -> pyotp.TOTP:
     token = user["access_token"]
-    _, setup = await auth.call("POST", "/auth/v1/2fa/totp/setup", token=token, status=200)
+    _, setup = await auth.call(
+        "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+    )
     totp = pyotp.TOTP(setup["secret"])
     await auth.call(
         "POST", "/auth/v1/2fa/totp/confirm", {"code": totp.now()}, token=token, status=200

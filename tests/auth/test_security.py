@@ -57,7 +57,7 @@ async def test_a_user_cannot_read_or_change_another_users_data(auth: AuthApi) ->
     _, pub = await auth.call("GET", f"/auth/v1/users/{alice['user']['user_id']}", token=bt)
     assert set(pub) == {"user_id", "username"}
     # Bob's password change, 2FA enrolment and recovery codes change Bob only.
-    await auth.call("POST", "/auth/v1/2fa/totp/setup", token=bt, status=200)
+    await auth.call("POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=bt, status=200)
     _, st = await auth.call("GET", "/auth/v1/2fa", token=alice["access_token"], status=200)
     assert st == {"totp": False, "email": False, "recovery_codes_left": 0}
     alice_doc = await auth.db["users"].find_one({"_id": alice["user"]["user_id"]})
@@ -128,7 +128,9 @@ async def test_login_rate_limit_per_ip_uses_the_last_forwarded_hop(auth: AuthApi
 async def test_second_factor_brute_force_is_stopped(auth: AuthApi) -> None:
     user = await auth.signup()
     token = user["access_token"]
-    _, setup = await auth.call("POST", "/auth/v1/2fa/totp/setup", token=token, status=200)
+    _, setup = await auth.call(
+        "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+    )
     totp = pyotp.TOTP(setup["secret"])
     await auth.call(
         "POST", "/auth/v1/2fa/totp/confirm", {"code": totp.now()}, token=token, status=200
