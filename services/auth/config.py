@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.config import ConfigError, Settings
 from services.common.ratelimit import Limit
 
 
@@ -130,3 +131,31 @@ class AuthSettings(BaseSettings):
         }
         base.update(overrides)
         return cls(**base)
+
+
+# The shortest key-encryption secret accepted (an HKDF input, not a password:
+# `make run` and Terraform generate 43 and 48 random characters).
+MIN_SECRET_CHARS = 32
+
+
+def require_key_encryption(settings: Settings) -> None:
+    """Refuse (ConfigError) to run without a key-encryption secret outside development.
+
+    Signing keys and TOTP seeds are sealed with it (services.auth.secretbox);
+    without it they would be stored in plain base64. Only ``PARLEY_ENV=development``
+    allows that (the service then logs a warning at start).
+    """
+    secret = settings.key_encryption_secret
+    value = secret.get_secret_value() if secret is not None else ""
+    if not value:
+        if settings.env == "development":
+            return
+        raise ConfigError(
+            "PARLEY_KEY_ENCRYPTION_SECRET is required: it encrypts the signing keys and "
+            "TOTP seeds at rest (set PARLEY_ENV=development to store them unencrypted "
+            "on a development machine)"
+        )
+    if len(value) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"PARLEY_KEY_ENCRYPTION_SECRET must have at least {MIN_SECRET_CHARS} characters"
+        )

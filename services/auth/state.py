@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.auth.config import AuthSettings
+from services.auth.config import AuthSettings, require_key_encryption
 from services.auth.mail import Mailer
 from services.auth.passwords import Passwords
 from services.auth.secretbox import SecretBox
@@ -78,8 +78,14 @@ class AuthService:
         redis: aioredis.Redis,
         clock: Clock = utcnow,
     ) -> AuthService:
+        require_key_encryption(settings)
         store = AuthStore(db, redis, settings.redis_prefix)
         box = SecretBox(settings.key_encryption_secret)
+        if not box.encrypts:
+            log.warning(
+                "PARLEY_KEY_ENCRYPTION_SECRET is not set: signing keys and TOTP seeds are "
+                "stored unencrypted (PARLEY_ENV=development only)"
+            )
         keyring = KeyRing(
             store,
             box,
