@@ -82,6 +82,10 @@ class AuthSettings(BaseSettings):
     # stays "known" this long: the account-wide lockout does not apply to it.
     known_address_ttl_s: int = Field(default=30 * 86400, ge=3600, le=400 * 86400)
 
+    # How often each process checks that Redis still holds the revocations
+    # (a restart empties it): they are restored from MongoDB when it does not.
+    revocation_check_s: float = Field(default=5.0, gt=0, le=300)
+
     # Take the client IP from the last X-Forwarded-For hop (set by HAProxy /
     # the ALB). Turn off only when clients reach the service directly.
     trust_forwarded_for: bool = True

@@ -110,9 +110,17 @@ class AuthService:
         )
 
     async def start(self) -> None:
-        """Indexes and signing keys: the start-up work (``create_app`` retries it)."""
+        """Indexes, revocations back in Redis, signing keys: the start-up work
+        (``create_app`` retries it)."""
         await self.store.ensure_indexes()
+        restored = await self.store.revocation_log.restore()
+        if restored:
+            log.info("revocations restored", extra={"count": restored})
         await self.keyring.reload()
+
+    async def keep_revocations(self) -> None:
+        """For as long as the service runs: restore the revocations when Redis lost them."""
+        await self.store.revocation_log.keep(self.config.revocation_check_s, "auth")
 
     def now(self) -> datetime:
         return self.clock()
