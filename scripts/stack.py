@@ -12,6 +12,7 @@ Ports and the data directory come from the environment (``PARLEY_*_PORT``,
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -27,6 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("mongo", "kafka", "redis", "smtp")
 SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web")
+# Watches the others: started last by `make run`, on demand by the tests.
+MONITORING = ("prometheus",)
+# How often the embedded Prometheus scrapes and evaluates the alert rules.
+PROMETHEUS_INTERVAL = "5s"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class StackConfig:
     delivery_port: int = 8105
     web_port: int = 8106
     stats_port: int = 8404
+    prometheus_port: int = 9090
     host: str = "127.0.0.1"
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -77,6 +83,7 @@ class StackConfig:
             "gateway2": f"http://{h}:{self.gateway2_port}",
             "delivery": f"http://{h}:{self.delivery_port}",
             "web": f"http://{h}:{self.web_port}",
+            "prometheus": f"http://{h}:{self.prometheus_port}",
         }[what]
 
     def service_env(self) -> dict[str, str]:
@@ -188,6 +195,19 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
         }
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         return [haproxy, "-db", "-f", str(ROOT / "deploy/haproxy/haproxy.cfg")], env
+    if name == "prometheus":
+        interval = os.environ.get("PARLEY_PROMETHEUS_INTERVAL") or PROMETHEUS_INTERVAL
+        (d / "prometheus").mkdir(parents=True, exist_ok=True)
+        conf = d / "prometheus" / "prometheus.yml"
+        conf.write_text(prometheus_config(cfg, interval))
+        return [
+            shutil.which("prometheus") or "/usr/bin/prometheus",
+            f"--config.file={conf}",
+            f"--storage.tsdb.path={d / 'prometheus' / 'data'}",
+            "--storage.tsdb.retention.time=2d",
+            f"--web.listen-address={cfg.host}:{cfg.prometheus_port}",
+            "--log.level=warn",
+        ], {}  # fmt: skip
     if name in SERVICES:
         module = "gateway" if name.startswith("gateway") else name
         env = cfg.service_env()
@@ -199,6 +219,41 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
             env[SECRET_VAR] = local_secret(d)
         return [py, "-m", f"services.{module}"], env
     raise SystemExit(f"unknown process {name!r}")
+
+
+def prometheus_config(cfg: StackConfig, interval: str = PROMETHEUS_INTERVAL) -> str:
+    """The embedded Prometheus's configuration: the jobs of deploy/prometheus/prometheus.yml
+    (same names, same metrics paths, the same alert rules) on this stack's ports."""
+    h = cfg.host
+    jobs: list[tuple[str, str, list[tuple[int, str | None]]]] = [
+        ("auth", "/auth/metrics", [(cfg.auth_port, None)]),
+        ("keys", "/keys/metrics", [(cfg.keys_port, None)]),
+        ("gateway", "/gateway/metrics",
+         [(cfg.gateway1_port, "gateway1"), (cfg.gateway2_port, "gateway2")]),
+        ("delivery", "/delivery/metrics", [(cfg.delivery_port, None)]),
+        ("web", "/web/metrics", [(cfg.web_port, None)]),
+        ("haproxy", "/metrics", [(cfg.stats_port, None)]),
+        ("prometheus", "/metrics", [(cfg.prometheus_port, None)]),
+    ]  # fmt: skip
+    lines = [
+        "# Written by scripts/stack.py when Prometheus starts; edits are overwritten.",
+        "global:",
+        f"  scrape_interval: {interval}",
+        f"  scrape_timeout: {interval}",
+        f"  evaluation_interval: {interval}",
+        "  external_labels:",
+        "    deployment: embedded",
+        "rule_files:",
+        f"  - {json.dumps(str(ROOT / 'deploy' / 'prometheus' / 'alerts.yml'))}",
+        "scrape_configs:",
+    ]
+    for job, path, targets in jobs:
+        lines += [f"  - job_name: {job}", f"    metrics_path: {path}", "    static_configs:"]
+        for port, gateway_id in targets:
+            lines.append(f'      - targets: ["{h}:{port}"]')
+            if gateway_id is not None:
+                lines += ["        labels:", f"          gateway_id: {gateway_id}"]
+    return "\n".join(lines) + "\n"
 
 
 def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
@@ -217,6 +272,7 @@ PORT_OF = {
     "redis": "redis_port",
     "smtp": "smtp_port",
     "haproxy": "lb_port",
+    "prometheus": "prometheus_port",
     **{s: f"{s}_port" for s in SERVICES},
 }
 
@@ -277,7 +333,7 @@ def main(argv: list[str]) -> None:
         os.execvp(cmd[0], cmd)
     if argv == ["urls"]:
         cfg = StackConfig.from_env()
-        for name in ("lb", "auth", "keys", "gateway1", "gateway2", "delivery", "web"):
+        for name in ("lb", "auth", "keys", "gateway1", "gateway2", "delivery", "web", "prometheus"):
             print(f"{name:10} {cfg.url(name)}")
         return
     raise SystemExit("usage: python -m scripts.stack exec NAME | urls")

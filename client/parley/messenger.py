@@ -440,6 +440,14 @@ class Messenger:
             return
         out = self._outgoing.get(client_id)
         rank = _STATUS_RANK.get(status, 0)
+        device = None if isinstance(frame, f.Accepted) else frame.device
+
+        def per_device(entry: dict[str, Any]) -> None:
+            # The per-device detail: {"<device id>": "stored" | "delivered"}.
+            devices = entry.setdefault("devices", {})
+            if _STATUS_RANK.get(str(devices.get(str(device))), 0) < rank:
+                devices[str(device)] = status
+
         async with self._store().transaction() as tx:
             if status == "accepted":
                 tx.unqueue(client_id)
@@ -448,6 +456,8 @@ class Messenger:
                 only_if=lambda e: _STATUS_RANK.get(str(e.get("status")), 0) < rank,
                 status=status,
             )
+            if device is not None:
+                tx.update_message(client_id, apply=per_device)
         peer = out.peer_id if out else getattr(frame, "to", "")
         if out is not None:
             for fut in (out.accepted,) if status == "accepted" else (out.accepted, out.stored):

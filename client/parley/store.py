@@ -180,9 +180,14 @@ class Transaction:
         return bool(self._db.execute("SELECT 1 FROM messages WHERE ref = ?", (dedupe,)).fetchone())
 
     def update_message(
-        self, ref: str, only_if: Callable[[dict[str, Any]], bool] | None = None, **changes: Any
+        self,
+        ref: str,
+        only_if: Callable[[dict[str, Any]], bool] | None = None,
+        apply: Callable[[dict[str, Any]], None] | None = None,
+        **changes: Any,
     ) -> None:
-        """Change fields of the message added with ``ref`` (if ``only_if(entry)`` holds)."""
+        """Change fields of the message added with ``ref`` (if ``only_if(entry)`` holds),
+        and let ``apply`` change the entry in place."""
         dedupe = self._store.ref("msg", ref)
         row = self._db.execute(
             "SELECT id, conv, value FROM messages WHERE ref = ?", (dedupe,)
@@ -194,6 +199,8 @@ class Transaction:
         if only_if is not None and not only_if(entry):
             return
         entry.update(changes)
+        if apply is not None:
+            apply(entry)
         sealed = self._store._seal(json.dumps(entry).encode(), f"messages:{row_id}:{conv}")
         self._db.execute("UPDATE messages SET value = ? WHERE id = ?", (sealed, row_id))
 

@@ -19,7 +19,7 @@ from services.common.app import base_app
 from services.common.auth import JWKS_PATH, TokenVerifier
 from services.common.config import Settings
 from services.common.deps import use_mongo, use_redis, use_startup
-from services.common.state import VERIFIER
+from services.common.state import REGISTRY, VERIFIER
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
@@ -31,7 +31,7 @@ async def create_app(
     app = base_app("auth", settings, prefix="/auth", api=api)
     db = use_mongo(app, settings, "auth")
     redis = use_redis(app, settings)
-    service = AuthService.build(settings, config, db, redis, clock)
+    service = AuthService.build(settings, config, db, redis, clock, app[REGISTRY])
     app[AUTH_SERVICE] = service
     issuer = (config.oidc_issuer or settings.public_url).rstrip("/")
     app[OIDC_PROVIDER] = Provider(service, issuer)

@@ -137,6 +137,12 @@ class AuthSettings(BaseSettings):
         return cls(**base)
 
 
+# The names of the rate-limit rules (``limit_<rule>`` above), for the metrics.
+LIMIT_RULES = tuple(
+    n.removeprefix("limit_") for n in AuthSettings.model_fields if n.startswith("limit_")
+)
+
+
 # The shortest key-encryption secret accepted (an HKDF input, not a password:
 # `make run` and Terraform generate 43 and 48 random characters).
 MIN_SECRET_CHARS = 32

@@ -70,6 +70,7 @@ async def verify_password(
             raise
     stored = str(user["password_hash"]) if user is not None else None
     if not await svc.passwords.verify(stored, password):
+        svc.metrics.login_failures.labels("password").inc()
         raise ApiError(ErrorCode.INVALID_CREDENTIALS, "Wrong username or password.")
     # The right password: a run of failures from here ends; elsewhere's stay counted.
     await svc.limiter.clear(PAIR_RULE, pair)

@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 import aiosmtplib
+from prometheus_client import Counter
 
 from services.common.config import Settings
 
@@ -22,10 +23,16 @@ class MailError(Exception):
 
 
 class Mailer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, counter: Counter | None = None) -> None:
         self.settings = settings
+        # parley_auth_emails_total{kind,result} (services/auth/metrics.py)
+        self.counter = counter
 
-    async def send(self, to: str, subject: str, text: str) -> None:
+    def _count(self, kind: str, result: str) -> None:
+        if self.counter is not None:
+            self.counter.labels(kind, result).inc()
+
+    async def send(self, to: str, subject: str, text: str, kind: str = "other") -> None:
         s = self.settings
         msg = EmailMessage()
         msg["From"] = s.smtp_from
@@ -44,8 +51,10 @@ class Mailer:
                 timeout=max(s.dependency_timeout_ms / 1000, 5),
             )
         except (aiosmtplib.SMTPException, OSError) as exc:
-            log.warning("mail not sent", extra={"error": type(exc).__name__})
+            log.warning("mail not sent", extra={"error": type(exc).__name__, "kind": kind})
+            self._count(kind, "failed")
             raise MailError from exc
+        self._count(kind, "sent")
 
     async def login_code(self, to: str, username: str, code: str, minutes: int) -> None:
         await self.send(
@@ -54,6 +63,7 @@ class Mailer:
             f"Hello {username},\n\nYour Parley sign-in code is {code}.\n"
             f"It expires in {minutes} minutes and works once.\n\n"
             "If you did not try to sign in, change your password.\n",
+            kind="login_code",
         )
 
     async def setup_code(self, to: str, username: str, code: str, minutes: int) -> None:
@@ -62,6 +72,7 @@ class Mailer:
             f"Confirm e-mail sign-in codes: {code}",
             f"Hello {username},\n\nTo turn on sign-in codes by e-mail, enter {code}.\n"
             f"It expires in {minutes} minutes.\n",
+            kind="setup_code",
         )
 
     async def password_reset(
@@ -82,6 +93,7 @@ class Mailer:
             f"Open {link}\nor use this reset token: {token}\n"
             f"It expires in {minutes} minutes and works once. Every session will be "
             f"signed out.{factors}\n\nIf it was not you, ignore this message.\n",
+            kind="password_reset",
         )
 
     async def security_notice(
@@ -94,4 +106,5 @@ class Mailer:
             f"Hello {username},\n\n{what}\n\nWhen: {when}\nFrom address: {ip}\n\n"
             "If this was not you, reset your password now (every session is signed "
             "out) and check your sessions and sign-in settings.\n",
+            kind="security_notice",
         )

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.auth.config import AuthSettings, require_key_encryption
+from services.auth.config import LIMIT_RULES, AuthSettings, require_key_encryption
 from services.auth.mail import Mailer
+from services.auth.metrics import AuthMetrics
 from services.auth.passwords import Passwords
 from services.auth.secretbox import SecretBox
 from services.auth.signing import Clock, KeyRing, utcnow
@@ -67,6 +69,7 @@ class AuthService:
     limiter: RateLimiter
     mailer: Mailer
     clock: Clock = utcnow
+    metrics: AuthMetrics = field(default_factory=lambda: AuthMetrics(CollectorRegistry()))
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
@@ -77,8 +80,10 @@ class AuthService:
         db: AsyncDatabase[dict[str, Any]],
         redis: aioredis.Redis,
         clock: Clock = utcnow,
+        registry: CollectorRegistry | None = None,
     ) -> AuthService:
         require_key_encryption(settings)
+        metrics = AuthMetrics(registry or CollectorRegistry(), LIMIT_RULES)
         store = AuthStore(db, redis, settings.redis_prefix)
         box = SecretBox(settings.key_encryption_secret)
         if not box.encrypts:
@@ -104,9 +109,12 @@ class AuthService:
             keyring=keyring,
             tokens=AccessTokens(settings, keyring),
             # Rules by name (config.limit); keys <prefix>:auth:rl:<rule>:<hash>.
-            limiter=RateLimiter(redis, f"{settings.redis_prefix}:auth", config.limit),
-            mailer=Mailer(settings),
+            limiter=RateLimiter(
+                redis, f"{settings.redis_prefix}:auth", config.limit, metrics.limits
+            ),
+            mailer=Mailer(settings, metrics.emails),
             clock=clock,
+            metrics=metrics,
         )
 
     async def start(self) -> None:

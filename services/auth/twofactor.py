@@ -382,6 +382,7 @@ async def check_challenge(
         await svc.limiter.release(CODE_RULE, user_id)
         raise _expired()
     if not await _code_ok(svc, user, body, challenge):
+        svc.metrics.login_failures.labels("code").inc()
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
     # The right code: the run of failures ends.
     await svc.limiter.clear(CODE_RULE, user_id)

@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
@@ -29,9 +28,10 @@ from services.common.logging import (
     new_request_id,
     request_id_var,
     setup_logging,
+    user_id_var,
     valid_request_id,
 )
-from services.common.metrics import HttpMetrics, metrics_handler
+from services.common.metrics import HttpMetrics, metrics_handler, new_registry, route_name
 from services.common.openapi import Api, docs_page
 from services.common.state import CHECKS, MAX_BODY, REGISTRY, SERVICE, SETTINGS, STARTUP, Check
 
@@ -47,16 +47,48 @@ _HTTP_CODES = {
 }
 
 
+access_log = logging.getLogger("parley.access")
+
+# Requests not logged: health checks and scrapes arrive every few seconds.
+QUIET_ROUTES = ("healthz", "readyz", "metrics")
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request id (and, once known, the user id) for every line of a request.
+
+    Ends with one access line per request (``"msg": "request"``: method, route
+    template, status, duration), never with the query string or a header: they
+    can hold codes and tokens.
+    """
     rid = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
     token = request_id_var.set(rid)
+    user_token = user_id_var.set(None)  # a keep-alive connection serves many callers
+    start = time.perf_counter()
+    status = 500
     try:
         response = await handler(request)
+        status = response.status
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = rid
         return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
     finally:
+        route = route_name(request)
+        if not route.endswith(QUIET_ROUTES):
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": rid,  # the request's own, whatever a WebSocket set since
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                },
+            )
+        user_id_var.reset(user_token)
         request_id_var.reset(token)
 
 
@@ -122,7 +154,7 @@ def base_app(
     api: Api | None = None,
     middlewares: list[Any] | None = None,
 ) -> web.Application:
-    registry = CollectorRegistry()
+    registry = new_registry()
     http_metrics = HttpMetrics(registry, service)
     operational = frozenset(
         f"{prefix}/{name}" for name in ("healthz", "readyz", "metrics", "openapi.json", "docs")

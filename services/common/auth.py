@@ -27,7 +27,7 @@ from aiohttp import web
 
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
-from services.common.logging import outgoing_headers
+from services.common.logging import outgoing_headers, user_id_var
 from services.common.state import REDIS, SETTINGS, VERIFIER
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,7 @@ async def authenticate(request: web.Request) -> Claims:
     """
     claims = await request.app[VERIFIER].verify(bearer_token(request))
     await check_not_revoked(request.app[REDIS], request.app[SETTINGS].redis_prefix, claims)
+    user_id_var.set(claims.sub)  # every line logged for this request carries it
     return claims
 
 

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     presence_ttl_s: int = Field(default=60, ge=5)
     presence_refresh_s: float = Field(default=20.0, gt=0)
     recipient_cache_s: float = Field(default=60.0, ge=0)
+    # Open sockets one pod is sized for: exported as
+    # parley_gateway_connection_capacity, the threshold of the capacity alert
+    # (docs/operations.md). Not enforced; autoscaling keeps pods below it.
+    ws_capacity: int = Field(default=10_000, ge=1)
 
     # Delivery.
     delivery_batch_max: int = Field(default=500, ge=1, le=10_000)
@@ -91,6 +95,8 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(default=2.0, gt=0, le=30)
     dependency_timeout_ms: int = Field(default=5000, ge=100)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # How often consumer lag is sampled from the broker (services/common/consumer_lag.py).
+    kafka_lag_interval_s: float = Field(default=15.0, gt=0, le=3600)
 
 
 class ConfigError(Exception):

@@ -4,6 +4,12 @@ The request id lives in a context variable: the HTTP middleware sets it from
 ``X-Request-ID`` (or makes one), Kafka consumers set it from the record's
 ``request_id`` header, and outgoing calls copy it with :func:`outgoing_headers`
 and :func:`kafka_headers`.
+
+The caller's user id lives in another (:data:`user_id_var`): the route
+decorator sets it once the token is verified, the gateway once a socket is
+authenticated, and every line logged meanwhile carries ``user_id``. Lines
+about one message add ``message_id`` (the server id) themselves. What never
+goes into a log line: a token, a password, a code, a message body.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ KAFKA_REQUEST_ID = "request_id"
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "parley_request_id", default=None
+)
+
+user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "parley_user_id", default=None
 )
 
 _STD_ATTRS = frozenset(
@@ -77,6 +87,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id_var.get()
         if rid:
             entry["request_id"] = rid
+        uid = user_id_var.get()
+        if uid:
+            entry["user_id"] = uid
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
                 entry[key] = value

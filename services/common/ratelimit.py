@@ -27,6 +27,12 @@ Every refusal answers ``Retry-After`` (whole seconds, at least 1) and
 
 :class:`TokenBucket` is the in-process bucket, for a limit that belongs to one
 object in one process (the sends of one WebSocket).
+
+With a :class:`RateLimitMetrics`, a limiter counts its refusals
+(``parley_rate_limit_refusals_total{service,rule,code}``: ``rate_limited`` or
+``account_locked``) and the lockouts it starts
+(``parley_rate_limit_lockouts_total{service,rule}``: a reservation that
+fills a failure lockout's window).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter
 
 from services.common.errors import ApiError, ErrorCode
 
@@ -110,19 +117,19 @@ return {allowed, wait}
 
 
 # A failure lockout's window: take a place unless COUNT are taken. Returns
-# {allowed (0/1), seconds left in the window}.
+# {allowed (0/1), seconds left in the window, places taken}.
 _RESERVE = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 if count >= tonumber(ARGV[1]) then
-  return {0, redis.call('TTL', KEYS[1])}
+  return {0, redis.call('TTL', KEYS[1]), count}
 end
-redis.call('INCR', KEYS[1])
+count = redis.call('INCR', KEYS[1])
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then
   ttl = tonumber(ARGV[2])
   redis.call('EXPIRE', KEYS[1], ttl)
 end
-return {1, ttl}
+return {1, ttl, count}
 """
 
 # Give a place back (never below zero; the window's expiry is kept).
@@ -135,6 +142,34 @@ else
 end
 return 0
 """
+
+
+class RateLimitMetrics:
+    """The counters of one service's limiters; ``rules`` are created at zero."""
+
+    def __init__(
+        self, registry: CollectorRegistry, service: str, rules: tuple[str, ...] = ()
+    ) -> None:
+        self.service = service
+        self.refusals = Counter(
+            "parley_rate_limit_refusals_total",
+            "Requests refused by a rate limit (rate_limited) or a lockout (account_locked).",
+            ["service", "rule", "code"], registry=registry,
+        )  # fmt: skip
+        self.lockouts = Counter(
+            "parley_rate_limit_lockouts_total",
+            "Lockouts started: failures reached a rule's count (login, code entry).",
+            ["service", "rule"], registry=registry,
+        )  # fmt: skip
+        for rule in rules:
+            self.refusals.labels(service, rule, ErrorCode.RATE_LIMITED.value)
+            self.lockouts.labels(service, rule)
+
+    def refused(self, rule: str, code: ErrorCode) -> None:
+        self.refusals.labels(self.service, rule, code.value).inc()
+
+    def locked(self, rule: str) -> None:
+        self.lockouts.labels(self.service, rule).inc()
 
 
 def _no_rules(rule: str) -> Limit:
@@ -153,8 +188,10 @@ class RateLimiter:
         redis: aioredis.Redis,
         namespace: str,
         limits: Callable[[str], Limit] = _no_rules,
+        metrics: RateLimitMetrics | None = None,
     ) -> None:
         self.redis = redis
+        self.metrics = metrics
         self.prefix = f"{namespace}:rl"
         self.limits = limits
         self._bucket = redis.register_script(_TOKEN_BUCKET)
@@ -181,6 +218,7 @@ class RateLimiter:
         limit = limit or self.limits(rule)
         count, ttl = await self._count(self.key(rule, ident), limit.window_s)
         if count > limit.count:
+            self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(ttl)
 
     async def reserve(self, rule: str, ident: str, limit: Limit | None = None) -> None:
@@ -192,10 +230,15 @@ class RateLimiter:
         succeeded gives it back with :meth:`release` or :meth:`clear`.
         """
         limit = limit or self.limits(rule)
-        allowed, ttl = await self._reserve(
+        allowed, ttl, taken = await self._reserve(
             keys=[self.key(rule, ident)], args=[limit.count, limit.window_s]
         )
+        if allowed and int(taken) == limit.count and self.metrics is not None:
+            # This attempt fills the window: the next is refused (a lockout starts,
+            # unless this one succeeds and gives its place back).
+            self.metrics.locked(rule)
         if not allowed:
+            self._refused(rule, ErrorCode.ACCOUNT_LOCKED)
             raise too_many(
                 max(int(ttl), 0) or limit.window_s,
                 ErrorCode.ACCOUNT_LOCKED,
@@ -226,7 +269,12 @@ class RateLimiter:
             keys=[self.key(rule, ident)], args=[capacity, refill_ms]
         )
         if not allowed:
+            self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(int(wait_ms) / 1000, message=message)
+
+    def _refused(self, rule: str, code: ErrorCode) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(rule, code)
 
 
 class TokenBucket:

@@ -10,6 +10,7 @@ from services.common.app import base_app
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
+from services.common.consumer_lag import ConsumerLag
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.state import CHECKS, REGISTRY
 from services.delivery.handlers import Inbox
@@ -26,9 +27,10 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     producer = use_kafka_producer(app, settings, Topics(settings).all())
     use_token_verifier(app, settings)
     store = DeliveryStore(settings, db, redis)
-    app[INBOX] = Inbox(store)
+    app[INBOX] = Inbox(store, app[REGISTRY])
     worker = Worker(settings, store, app[REGISTRY], producer)
     app[WORKER] = worker
+    lag = ConsumerLag(settings, app[REGISTRY], worker.groups())
 
     async def stop_worker(_: web.Application) -> AsyncIterator[None]:
         yield
@@ -47,6 +49,13 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     use_startup(app, start)
 
     if run_worker:
+
+        async def sample_lag(_: web.Application) -> AsyncIterator[None]:
+            await lag.start()
+            yield
+            await lag.stop()
+
+        app.cleanup_ctx.append(sample_lag)
 
         async def consuming() -> None:
             if not worker.running.is_set():

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from parley_contract import frames as f
+from prometheus_client import CollectorRegistry, Counter
 
 from services.delivery.store import DeliveryStore, item_frame
 
@@ -19,8 +20,12 @@ class Inbox:
     store's work grows with the number of flushes, not of acks.
     """
 
-    def __init__(self, store: DeliveryStore) -> None:
+    def __init__(self, store: DeliveryStore, registry: CollectorRegistry | None = None) -> None:
         self.store = store
+        self.acked = Counter(
+            "parley_delivery_acked_total", "Inbox items acknowledged (delivered) and deleted.",
+            registry=registry or CollectorRegistry(),
+        )  # fmt: skip
         self._pending: dict[str, tuple[int, list[asyncio.Future[int]]]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -43,6 +48,7 @@ class Inbox:
             batch, self._pending = self._pending, {}
             try:
                 acked = await self.store.acknowledge_many({u: s for u, (s, _) in batch.items()})
+                self.acked.inc(sum(len(docs) for docs in acked.values()))
                 await self.store.publish(
                     [
                         (d["from"], d.get("from_device"), receipt(d))

@@ -304,6 +304,16 @@ class DeliveryStore:
         return deleted
 
     # Reading and acknowledging ----------------------------------------------
+    async def inbox_depths(self, inboxes: Iterable[str]) -> dict[str, int]:
+        """Items waiting per device inbox, from the counters (last seq - acked):
+        primary-key reads.
+
+        An upper bound (sequence numbers are not dense), for the metrics.
+        """
+        ids = list(dict.fromkeys(inboxes))[:ID_CHUNK]
+        docs = self.counters.find({"_id": {"$in": ids}}, {"n": 1, "acked": 1})
+        return {d["_id"]: max(int(d.get("n", 0)) - int(d.get("acked", 0)), 0) async for d in docs}
+
     async def page(self, user: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Waiting items with ``seq > after``, in order, and whether more may wait.
 

@@ -41,6 +41,7 @@ from services.delivery.store import DeliveryStore, Push, item_doc, item_frame
 log = logging.getLogger(__name__)
 
 KNOWN_PAIRS_MAX = 200_000
+DEPTH_SAMPLE_S = 5.0
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Handler: TypeAlias = Callable[[list[Record]], Awaitable[None]]
@@ -95,6 +96,25 @@ class Worker:
             "parley_delivery_batch_seconds", "Time to store, route and commit one batch.",
             registry=registry,
         )  # fmt: skip
+        self.pushed = Counter(
+            "parley_delivery_pushed_total", "Frames published to the gateways' channels.",
+            registry=registry,
+        )  # fmt: skip
+        self.e2e_latency = Histogram(
+            "parley_delivery_e2e_latency_seconds",
+            "From the gateway's accept (the envelope's sent_at) to delivery publishing the frame.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.inbox_depth = Histogram(
+            "parley_delivery_inbox_depth",
+            "Items waiting in an inbox (last seq - acked), sampled from the batch's recipients.",
+            buckets=(0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000), registry=registry,
+        )  # fmt: skip
+        self._next_depth_sample = 0.0
+        for topic in (self.topics.messages, self.topics.events):
+            for reason in ("malformed", "failed"):
+                self.dead_letters.labels(topic, reason)
 
     async def start(self) -> None:
         # Several consumers of the group in one process: each owns some
@@ -108,6 +128,10 @@ class Worker:
             asyncio.create_task(self._run(self.topics.events, self.handle_events, "-events")),
             asyncio.create_task(self._purge_loop()),
         ]
+
+    def groups(self) -> dict[str, list[str]]:
+        """The consumer groups this worker runs and their topics (for the lag metric)."""
+        return {self.group: [self.topics.messages], self.group + "-events": [self.topics.events]}
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -234,9 +258,13 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.dead_letters.labels(record.topic, reason).inc()
+        try:
+            message_id: str | None = e.decode_envelope(record.value or b"").server_id
+        except e.DecodeError:
+            message_id = None
         log.error(
             "record dead-lettered",
-            extra={"source": source, "reason": reason, "error": detail},
+            extra={"source": source, "reason": reason, "error": detail, "message_id": message_id},
         )
 
     # Messages ---------------------------------------------------------------
@@ -264,7 +292,13 @@ class Worker:
         stored = await self.store.store(items)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
         frames: list[Push] = []
+        sent = [
+            d.get("sent_at")
+            for d in stored
+            if d.get("kind") == "message" and not d.get("duplicate")
+        ]
         for doc in stored:
+            log.debug("stored", extra={"message_id": doc.get("server_id"), "to": doc["user"]})
             if doc.pop("duplicate", False):
                 self.duplicates.inc()
             else:
@@ -278,7 +312,28 @@ class Worker:
                 conversation=doc.get("conversation"), to=doc["user"], device=doc["device"],
             )  # fmt: skip
             frames.append((doc["from"], doc.get("from_device"), receipt))
-        await self.store.publish(frames)
+        self.pushed.inc(await self.store.publish(frames))
+        self._observe_latency(sent)
+        await self._sample_depth([d["inbox"] for d in stored])
+
+    def _observe_latency(self, sent_at: list[Any]) -> None:
+        now_ms = time.time() * 1000
+        for ms in sent_at:
+            if ms is not None:
+                self.e2e_latency.observe(max(now_ms - float(ms), 0.0) / 1000)
+
+    async def _sample_depth(self, inboxes: list[str]) -> None:
+        """Depths of this batch's device inboxes, at most every DEPTH_SAMPLE_S (PK reads)."""
+        if time.monotonic() < self._next_depth_sample or not inboxes:
+            return
+        self._next_depth_sample = time.monotonic() + DEPTH_SAMPLE_S
+        try:
+            depths = await self.store.inbox_depths(inboxes)
+        except Exception as exc:
+            log.info("inbox depth not sampled", extra={"error": repr(exc)})
+            return
+        for depth in depths.values():
+            self.inbox_depth.observe(depth)
 
     async def _remember_contacts(self, docs: list[dict[str, Any]]) -> None:
         """Record who talks to whom, skipping pairs this worker recorded recently."""
@@ -318,7 +373,7 @@ class Worker:
                 log.info("device inbox dropped", extra={"items": dropped})
             else:
                 await self._key_changed(event, record)
-        await self.store.publish(frames)
+        self.pushed.inc(await self.store.publish(frames))
 
     async def _key_changed(self, event: e.KeyChangedEvent, record: Record) -> None:
         """Queue a notice for every device inbox that talked with the user, keyed by it.

@@ -30,7 +30,7 @@ from parley_contract import frames as f
 from redis.exceptions import RedisError
 
 from services.common.errors import ApiError, ErrorCode
-from services.common.logging import new_request_id, request_id_var
+from services.common.logging import new_request_id, request_id_var, user_id_var
 
 if TYPE_CHECKING:
     from services.gateway.hub import Hub
@@ -206,6 +206,7 @@ class Connection:
             return False
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
         self.device_id = claims.did
+        user_id_var.set(claims.sub)  # every line about this socket carries it
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
         await self.hub.register(self)
         self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=True))
@@ -273,7 +274,8 @@ class Connection:
     ) -> None:  # fmt: skip
         try:
             await asyncio.gather(*acks)
-        except KafkaError:
+        except KafkaError as exc:
+            log.warning("message not accepted", extra={"message_id": server_id, "error": repr(exc)})
             self.error(ApiError(ErrorCode.UNAVAILABLE, "The message was not accepted."), client_id)
             return
         finally:

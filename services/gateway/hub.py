@@ -23,7 +23,7 @@ import msgspec
 from parley_contract import PROTOCOL_VERSION
 from parley_contract import envelopes as e
 from parley_contract import frames as f
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
@@ -114,6 +114,23 @@ class Hub:
             "parley_gateway_routed_total", "Frames received on the pod's Redis channel.",
             registry=registry,
         )  # fmt: skip
+        self.capacity = Gauge(
+            "parley_gateway_connection_capacity", "Open sockets this pod is sized for.",
+            ["gateway"], registry=registry,
+        )  # fmt: skip
+        self.capacity.labels(gw).set(self.settings.ws_capacity)
+        self.connects = Counter(
+            "parley_gateway_connects_total", "WebSocket upgrades accepted.", registry=registry
+        )
+        self.disconnects = Counter(
+            "parley_gateway_disconnects_total", "WebSockets closed, by close code.",
+            ["code"], registry=registry,
+        )  # fmt: skip
+        self.connection_seconds = Histogram(
+            "parley_gateway_connection_seconds", "How long WebSockets stayed open.",
+            buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600),
+            registry=registry,
+        )  # fmt: skip
 
     # Lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -191,6 +208,7 @@ class Hub:
             )
             for copy in frame.copies
         ]
+        log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": recipient})
         acks = [await self.store.enqueue(env) for env in envs]
         return envs[0].server_id, envs[0].conversation or "", acks
 
@@ -231,6 +249,10 @@ class Hub:
 
     def count_error(self, code: ErrorCode) -> None:
         self.errors.labels(code.value).inc()
+
+    def count_disconnect(self, close_code: int | None, seconds: float) -> None:
+        self.disconnects.labels(str(close_code or "none")).inc()
+        self.connection_seconds.observe(seconds)
 
     # Connections ------------------------------------------------------------
     async def register(self, conn: Connection) -> None:

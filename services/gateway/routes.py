@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from services.common.openapi import Api
@@ -30,6 +32,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
+    hub.connects.inc()
+    opened = time.monotonic()
     conn = Connection(ws, hub)
     await conn.serve()
+    hub.count_disconnect(ws.close_code, time.monotonic() - opened)
     return ws

@@ -13,9 +13,11 @@ from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.ratelimit import RateLimiter
+from services.common.state import REGISTRY
 from services.keys.accounts import keep_revocations, restore_revocations
 from services.keys.config import MIN_BODY_BYTES, KeysConfig
 from services.keys.events import EventPublisher
+from services.keys.metrics import KeysMetrics
 from services.keys.routes import api
 from services.keys.state import KEYS, Keys
 from services.keys.store import KeyStore
@@ -32,11 +34,13 @@ async def create_app(settings: Settings, config: KeysConfig | None = None) -> we
     kafka = use_kafka_producer(app, settings, [Topics(settings).events])
     use_token_verifier(app, settings)
     store = KeyStore(db, redis, kafka, settings)
+    metrics = KeysMetrics(app[REGISTRY])
     keys = Keys(
         store=store,
         config=config,
         events=EventPublisher(store, config),
-        limiter=RateLimiter(redis, f"{settings.redis_prefix}:keys"),
+        limiter=RateLimiter(redis, f"{settings.redis_prefix}:keys", metrics=metrics.limits),
+        metrics=metrics,
     )
     app[KEYS] = keys
 

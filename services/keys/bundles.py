@@ -120,13 +120,16 @@ async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
     """
     store, t = keys.store, keys.config.low_threshold
     device_id, generation = claimed.device_id, claimed.generation
+    keys.metrics.claim(claimed.one_time, claimed.kem)
     one_time, kem, flagged = await store.note_claim(
         user_id, device_id, claimed.one_time, claimed.kem
     )
     if flagged or (one_time >= t and kem >= t):
+        keys.metrics.observe_stock(one_time, kem)
         return
     one_time = await _count(keys, Kind.ONE_TIME, user_id, device_id, generation)
     kem = await _count(keys, Kind.KEM, user_id, device_id, generation)
+    keys.metrics.observe_stock(one_time, kem)
     await store.reset_left(user_id, device_id, one_time, kem)
     if one_time >= t and kem >= t:
         return  # the estimate had drifted
@@ -137,6 +140,7 @@ async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
         extra={"user_id": user_id, "device_id": device_id, "one_time": one_time, "kem": kem},
     )
     await keys.events.publish(events.prekeys_low(user_id, device_id, one_time, kem, t))
+    keys.metrics.low.inc()
 
 
 async def _count(keys: Keys, kind: Kind, user_id: str, device_id: int, generation: int) -> int:

@@ -9,6 +9,7 @@ from aiohttp import web
 from services.common.ratelimit import RateLimiter
 from services.keys.config import KeysConfig
 from services.keys.events import EventPublisher
+from services.keys.metrics import KeysMetrics
 from services.keys.store import KeyStore
 
 
@@ -20,6 +21,7 @@ class Keys:
     # The claim limit per (claimer, target) and the link limit per user:
     # keys <redis_prefix>:keys:rl:<claims|links>:<hash>.
     limiter: RateLimiter
+    metrics: KeysMetrics
 
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)

@@ -142,6 +142,27 @@ async def test_metrics_count_requests_by_route(client: Any) -> None:
     assert "parley_http_request_duration_seconds_bucket" in text
 
 
+async def test_metrics_carry_the_process_collector(client: Any) -> None:
+    text = await (await client.get("/test/metrics")).text()
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        assert f"\n{name} " in text, name
+
+
+async def test_one_access_line_per_request_without_the_query(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="parley.access"):
+        await client.post(
+            "/test/v1/greet?code=123456", json={"name": "bo"}, headers={"X-Request-ID": "r-1"}
+        )
+        await client.get("/test/healthz")
+    lines = [r for r in caplog.records if r.name == "parley.access"]
+    assert len(lines) == 1  # health checks are not logged
+    (line,) = lines
+    assert (line.route, line.status, line.request_id) == ("/test/v1/greet", 201, "r-1")  # type: ignore[attr-defined]
+    assert "123456" not in str(vars(line))
+
+
 async def test_readyz_names_the_failed_dependency(client: Any) -> None:
     async def ok() -> None:
         return None

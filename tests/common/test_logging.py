@@ -38,3 +38,17 @@ def test_request_id_travels_over_http_and_kafka_headers() -> None:
     assert request_id_from_kafka(headers) == "rid-7"
     assert outgoing_headers() == {}
     assert request_id_from_kafka([("request_id", b"\x00\x01")]) is None
+
+
+def test_the_user_id_of_the_caller_is_on_every_line() -> None:
+    from services.common.logging import user_id_var
+
+    fmt = JsonFormatter("auth")
+    record = logging.LogRecord("parley.x", logging.INFO, __file__, 1, "did", (), None)
+    token = user_id_var.set("u-9")
+    try:
+        line = json.loads(fmt.format(record))
+    finally:
+        user_id_var.reset(token)
+    assert line["user_id"] == "u-9"
+    assert "user_id" not in json.loads(fmt.format(record))

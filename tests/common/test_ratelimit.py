@@ -145,3 +145,45 @@ def test_the_in_process_bucket_spends_its_burst_then_refills() -> None:
     assert not bucket.take()
     now[0] += 3600  # never more than the burst
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+
+
+async def test_refusals_and_lockouts_are_counted(settings: Settings) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from services.common.ratelimit import RateLimitMetrics
+
+    registry = CollectorRegistry()
+    metrics = RateLimitMetrics(registry, "svc", ("login", "failures"))
+    redis = redis_client(settings)
+    limits = {"login": Limit(1, 60), "failures": Limit(2, 60)}
+    limiter = RateLimiter(redis, f"{settings.redis_prefix}:m", limits.__getitem__, metrics)
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"service": "svc", **labels}) or 0.0
+
+    try:
+        # Created at zero, so that a dashboard shows 0 rather than nothing.
+        assert (
+            registry.get_sample_value(
+                "parley_rate_limit_refusals_total",
+                {"service": "svc", "rule": "failures", "code": "rate_limited"},
+            )
+            == 0.0
+        )
+        await limiter.hit("login", "ip")
+        await refused(limiter.hit("login", "ip"))
+        assert value("parley_rate_limit_refusals_total", rule="login", code="rate_limited") == 1
+        await limiter.reserve("failures", "bob")
+        assert value("parley_rate_limit_lockouts_total", rule="failures") == 0
+        await limiter.reserve("failures", "bob")  # the second attempt fills the window
+        assert value("parley_rate_limit_lockouts_total", rule="failures") == 1
+        await refused(limiter.reserve("failures", "bob"))  # locked: not a new lockout
+        assert value("parley_rate_limit_lockouts_total", rule="failures") == 1
+        assert (
+            value("parley_rate_limit_refusals_total", rule="failures", code="account_locked") == 1
+        )
+        await limiter.take("bucket", "x", capacity=1, refill_s=60)
+        await refused(limiter.take("bucket", "x", capacity=1, refill_s=60))
+        assert value("parley_rate_limit_refusals_total", rule="bucket", code="rate_limited") == 1
+    finally:
+        await redis.aclose()

@@ -101,6 +101,7 @@ def checkov_report() -> dict[str, object]:
     return report  # type: ignore[no-any-return]
 
 
+@pytest.mark.timeout(360)  # checkov's own run (the fixture) takes 1-3 min
 def test_checkov_finds_no_failed_check(checkov_report: dict[str, object]) -> None:
     results = checkov_report["results"]
     assert isinstance(results, dict)
@@ -116,6 +117,7 @@ def test_checkov_finds_no_failed_check(checkov_report: dict[str, object]) -> Non
         assert any(f"/modules/{module}/" in f for f in files), module
 
 
+@pytest.mark.timeout(360)  # checkov's own run (the fixture) takes 1-3 min
 def test_every_checkov_skip_is_in_the_code_with_a_reason(
     checkov_report: dict[str, object],
 ) -> None:

@@ -92,6 +92,17 @@ async def test_every_message_reaches_every_device_once_and_safety_numbers_hold(
     for client, peer in ((b1, a1.user_id), (b2, a1.user_id), (a2, b1.user_id)):
         assert await texts(client, peer, 2) == ["one from a1", "two from b2"]
     assert await texts(a1, b1.user_id, 2) == ["one from a1", "two from b2"]
+    # The sender's per-device detail: each of bob's devices acknowledged its copy.
+    sent = await eventually(
+        lambda: asyncio.sleep(0, [e for e in a1.history(b1.user_id or "") if e.get("client_id")]),
+        lambda es: (
+            len(es) == 1
+            and es[0].get("devices")
+            == {str(b1.device_id): "delivered", str(b2.device_id): "delivered"}
+        ),
+        timeout=60,
+    )
+    assert sent[0]["status"] == "delivered"
 
     # Bob links a third device: alice's next message reaches it (her SDK is told the
     # list changed and recovers on its own), and no safety number changes.

@@ -27,6 +27,10 @@ from tests.support.chat import Receiver, Sender, assert_exactly_once_in_order
 from tests.support.stack import http_status
 from tests.support.users import signup
 
+# Every process of `make run` (Prometheus included) is killed and awaited in turn
+# while 700 messages go out at 10/s: minutes on a busy machine, not the default 120 s.
+pytestmark = pytest.mark.timeout(600)
+
 READY = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz")
 
 
@@ -90,6 +94,7 @@ def run_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunStack]:
         log.close()
 
 
+@pytest.mark.timeout(900)
 async def test_each_process_killed_in_turn_comes_back_and_nothing_is_lost(
     run_stack: RunStack,
 ) -> None:

@@ -132,6 +132,7 @@ def start_system(stack: Stack) -> System:
         smtp_port=stack.cfg.smtp_port,
         lb_port=ports.lb_port,
         stats_port=ports.stats_port,
+        prometheus_port=ports.prometheus_port,
         auth_port=ports.auth_port,
         keys_port=ports.keys_port,
         gateway1_port=ports.gateway1_port,
@@ -153,6 +154,7 @@ def start_system(stack: Stack) -> System:
             "PARLEY_LIMIT_SIGNUP_IP": "100000/3600",
             "PARLEY_LIMIT_LOGIN_IP": "100000/300",
             "PARLEY_PRESENCE_REFRESH_S": "2",
+            "PARLEY_KAFKA_LAG_INTERVAL_S": "1",
         },
     )
     procs = Processes(cfg)

@@ -89,7 +89,7 @@ locals {
       paths    = ["/ws", "/gateway/*"]
       priority = 10
       uses     = ["redis", "kafka"]
-      calls    = ["auth", "delivery"]
+      calls    = ["auth", "keys", "delivery"]
       scaling  = "connections"
       cpu      = 1024
       memory   = 2048

@@ -9,7 +9,7 @@ import ssl
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-TOPICS = ("messages", "events")
+TOPICS = ("messages", "events", "dead-letters")
 
 
 async def main() -> None:
