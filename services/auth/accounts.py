@@ -14,7 +14,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from services.auth import sessions, twofactor
+from services.auth import lockout, sessions, twofactor
 from services.auth.models import (
     Accepted,
     ChallengeResponse,
@@ -27,6 +27,7 @@ from services.auth.models import (
     TokenResponse,
     UserPublic,
 )
+from services.auth.notices import Notice, notify
 from services.auth.passwords import check_policy
 from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
@@ -140,6 +141,7 @@ async def raise_if_taken(
 async def signup(svc: AuthService, body: SignupRequest, caller: Caller) -> TokenResponse:
     await svc.limiter.hit("signup_ip", caller.ip)
     user = await create_user(svc, body.username, body.email, body.password, ["user"])
+    await lockout.signed_in(svc, user["_id"], caller.ip)
     return await sessions.start(svc, user, ["pwd"], caller, device_id=body.device_id)
 
 
@@ -153,15 +155,18 @@ async def check_login(
     await svc.limiter.hit("login_ip", caller.ip)
     ident = username.strip().lower()
     user = await svc.store.user_by_username(ident) if USERNAME_RE.fullmatch(ident) else None
-    await svc.check_password(ident, user["password_hash"] if user else None, password)
+    # Counted before argon2 runs, per (account, address) and account-wide.
+    await lockout.verify_password(svc, ident, user, password, caller.ip)
     assert user is not None
     if user["blocked"]:
         # Only someone who knows the password learns this.
         raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
-    await svc.limiter.clear("login_failures", ident)
     if svc.passwords.needs_rehash(user["password_hash"]):
         new_hash = await svc.passwords.hash(password)
         await svc.store.update_user(user["_id"], {"password_hash": new_hash})
+    if not twofactor.methods(user):
+        # Fully signed in (a second factor, when on, marks the address once answered).
+        await lockout.signed_in(svc, user["_id"], caller.ip)
     return user
 
 
@@ -174,9 +179,11 @@ async def login(
     return await sessions.start(svc, user, ["pwd"], caller, body.device, body.device_id)
 
 
-async def change_password(svc: AuthService, claims: Claims, body: ChangePasswordRequest) -> None:
+async def change_password(
+    svc: AuthService, claims: Claims, body: ChangePasswordRequest, caller: Caller
+) -> None:
     user = await svc.own_user(claims)
-    await svc.check_password(user["username"], user["password_hash"], body.current_password)
+    await lockout.verify_password(svc, user["username"], user, body.current_password, caller.ip)
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
     now = svc.now()
     new_hash = await svc.passwords.hash(body.new_password)
@@ -186,6 +193,7 @@ async def change_password(svc: AuthService, claims: Claims, body: ChangePassword
     await svc.store.drop_password_resets(user["_id"], now)
     # Everyone else holding this account's sessions is signed out.
     await sessions.revoke_all(svc, user["_id"], "password_changed", keep=claims.sid)
+    await notify(svc, user, caller, Notice.PASSWORD_CHANGED)
 
 
 async def request_reset(svc: AuthService, body: PasswordResetRequest, caller: Caller) -> Accepted:
@@ -212,7 +220,9 @@ async def _send_reset(svc: AuthService, email_lc: str) -> None:
             "used_at": None,
         }
     )
-    await svc.mailer.password_reset(user["email"], user["username"], token, ttl // 60)
+    await svc.mailer.password_reset(
+        user["email"], user["username"], token, ttl // 60, two_factor=bool(twofactor.methods(user))
+    )
 
 
 async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Caller) -> None:
@@ -234,8 +244,18 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
         user["_id"], {"password_hash": new_hash, "password_changed_at": now, "updated_at": now}
     )
     await svc.store.drop_password_resets(user["_id"], now)
-    await svc.limiter.clear("login_failures", user["username"])
+    await lockout.forget(svc, user["username"], caller.ip)
     await sessions.revoke_all(svc, user["_id"], "password_reset")
+    # A reset is the owner's way back in when a second factor is lost, or was
+    # added by someone else: it turns every factor off, and says so (docs/auth.md).
+    extra = ""
+    if twofactor.methods(user):
+        await twofactor.turn_off_all(svc, user["_id"])
+        extra = (
+            "Two-step sign-in was turned off (authenticator app, e-mail codes and recovery "
+            "codes): turn it on again in your account settings."
+        )
+    await notify(svc, user, caller, Notice.PASSWORD_RESET, extra)
 
 
 async def me(svc: AuthService, claims: Claims) -> MeResponse:

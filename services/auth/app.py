@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -52,7 +53,11 @@ async def create_app(
     app.router.add_get(DISCOVERY_PATH, oidc_routes.discovery)
 
     async def drain(_: web.Application) -> AsyncIterator[None]:
+        # Revoked sessions and blocked users back into Redis whenever it lost them.
+        keeper = asyncio.create_task(service.keep_revocations())
         yield
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
         await service.drain()
 
     app.cleanup_ctx.append(drain)

@@ -17,7 +17,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from services.auth import accounts, admin, sessions
-from services.auth.config import AuthSettings
+from services.auth.config import AuthSettings, require_key_encryption
 from services.auth.signing import published
 from services.auth.state import AuthService
 from services.common.clients import mongo_client, redis_client, service_db
@@ -34,6 +34,7 @@ async def _service() -> AsyncIterator[AuthService]:
     try:
         settings = load_settings()
         config = AuthSettings()
+        require_key_encryption(settings)
     except (ConfigError, ValueError) as exc:
         typer.echo(f"bad configuration: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.config import ConfigError, Settings
 from services.common.ratelimit import Limit
 
 
@@ -51,7 +52,12 @@ class AuthSettings(BaseSettings):
     # Rate limits, COUNT/SECONDS. Per client IP and per account.
     limit_signup_ip: str = "30/3600"
     limit_login_ip: str = "30/300"
+    # Wrong passwords per (account, client address), then that address is
+    # locked out of that account; and per account from every address, past
+    # which addresses the account has not signed in from are locked out too
+    # (docs/auth.md, "Rate limits and lockout").
     limit_login_failures: str = "10/900"
+    limit_login_account_failures: str = "50/900"
     limit_code_ip: str = "30/300"
     limit_code_failures: str = "10/900"
     limit_reset_ip: str = "10/3600"
@@ -72,6 +78,14 @@ class AuthSettings(BaseSettings):
     oidc_request_ttl_s: int = Field(default=900, ge=60, le=3600)
     admin_console_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+/$")
 
+    # An address a user fully signed in from (password and second factor)
+    # stays "known" this long: the account-wide lockout does not apply to it.
+    known_address_ttl_s: int = Field(default=30 * 86400, ge=3600, le=400 * 86400)
+
+    # How often each process checks that Redis still holds the revocations
+    # (a restart empties it): they are restored from MongoDB when it does not.
+    revocation_check_s: float = Field(default=5.0, gt=0, le=300)
+
     # Take the client IP from the last X-Forwarded-For hop (set by HAProxy /
     # the ALB). Turn off only when clients reach the service directly.
     trust_forwarded_for: bool = True
@@ -80,6 +94,7 @@ class AuthSettings(BaseSettings):
         "limit_signup_ip",
         "limit_login_ip",
         "limit_login_failures",
+        "limit_login_account_failures",
         "limit_code_ip",
         "limit_code_failures",
         "limit_reset_ip",
@@ -126,3 +141,31 @@ class AuthSettings(BaseSettings):
 LIMIT_RULES = tuple(
     n.removeprefix("limit_") for n in AuthSettings.model_fields if n.startswith("limit_")
 )
+
+
+# The shortest key-encryption secret accepted (an HKDF input, not a password:
+# `make run` and Terraform generate 43 and 48 random characters).
+MIN_SECRET_CHARS = 32
+
+
+def require_key_encryption(settings: Settings) -> None:
+    """Refuse (ConfigError) to run without a key-encryption secret outside development.
+
+    Signing keys and TOTP seeds are sealed with it (services.auth.secretbox);
+    without it they would be stored in plain base64. Only ``PARLEY_ENV=development``
+    allows that (the service then logs a warning at start).
+    """
+    secret = settings.key_encryption_secret
+    value = secret.get_secret_value() if secret is not None else ""
+    if not value:
+        if settings.env == "development":
+            return
+        raise ConfigError(
+            "PARLEY_KEY_ENCRYPTION_SECRET is required: it encrypts the signing keys and "
+            "TOTP seeds at rest (set PARLEY_ENV=development to store them unencrypted "
+            "on a development machine)"
+        )
+    if len(value) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"PARLEY_KEY_ENCRYPTION_SECRET must have at least {MIN_SECRET_CHARS} characters"
+        )

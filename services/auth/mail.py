@@ -75,15 +75,36 @@ class Mailer:
             kind="setup_code",
         )
 
-    async def password_reset(self, to: str, username: str, token: str, minutes: int) -> None:
+    async def password_reset(
+        self, to: str, username: str, token: str, minutes: int, two_factor: bool = False
+    ) -> None:
         # The provider's reset page (services/auth/oidc/pages.py); no Referer leaves the site.
         link = f"{self.settings.public_url.rstrip('/')}/auth/reset-password/confirm?token={token}"
+        factors = (
+            " Resetting also turns off two-step sign-in (authenticator app, e-mail codes"
+            " and recovery codes): turn it on again afterwards."
+            if two_factor
+            else ""
+        )
         await self.send(
             to,
             "Reset your Parley password",
             f"Hello {username},\n\nSomeone asked to reset your Parley password.\n"
             f"Open {link}\nor use this reset token: {token}\n"
             f"It expires in {minutes} minutes and works once. Every session will be "
-            "signed out.\n\nIf it was not you, ignore this message.\n",
+            f"signed out.{factors}\n\nIf it was not you, ignore this message.\n",
             kind="password_reset",
+        )
+
+    async def security_notice(
+        self, to: str, username: str, subject: str, what: str, when: str, ip: str
+    ) -> None:
+        """Tell the owner about a change to how their account signs in."""
+        await self.send(
+            to,
+            f"Parley: {subject}",
+            f"Hello {username},\n\n{what}\n\nWhen: {when}\nFrom address: {ip}\n\n"
+            "If this was not you, reset your password now (every session is signed "
+            "out) and check your sessions and sign-in settings.\n",
+            kind="security_notice",
         )

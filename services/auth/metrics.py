@@ -5,7 +5,7 @@
   second-factor code (``code``);
 - ``parley_auth_emails_total{kind,result}``: e-mails handed to the SMTP
   server (``sent``) or not (``failed``), by kind (``login_code``,
-  ``setup_code``, ``password_reset``);
+  ``setup_code``, ``password_reset``, ``security_notice``);
 - the limiter's ``parley_rate_limit_refusals_total{service="auth",rule,code}``
   and ``parley_rate_limit_lockouts_total{service="auth",rule}``
   (services/common/ratelimit.py).
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from services.common.ratelimit import RateLimitMetrics
 
 FACTORS = ("password", "code")
-MAIL_KINDS = ("login_code", "setup_code", "password_reset")
+MAIL_KINDS = ("login_code", "setup_code", "password_reset", "security_notice")
 MAIL_RESULTS = ("sent", "failed")
 
 

@@ -168,7 +168,7 @@ async def logout(request: web.Request, claims: Claims) -> None:
 async def change_password(
     request: web.Request, claims: Claims, body: ChangePasswordRequest
 ) -> None:
-    await accounts.change_password(svc(request), claims, body)
+    await accounts.change_password(svc(request), claims, body, caller(request))
 
 
 @api.post(
@@ -270,14 +270,15 @@ async def twofa_status(request: web.Request, claims: Claims) -> TwoFactorStatus:
 
 @api.post(
     "/v1/2fa/totp/setup",
-    summary="Start TOTP enrolment: a secret and provisioning URI",
+    summary="Start TOTP enrolment (asks for the password): a secret and provisioning URI",
+    body=PasswordRequest,
     response=TotpSetup,
     auth=True,
     tags=["two-factor"],
-    errors=[E.CONFLICT],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED, E.CONFLICT],
 )
-async def totp_setup(request: web.Request, claims: Claims) -> TotpSetup:
-    return await twofactor.totp_setup(svc(request), claims)
+async def totp_setup(request: web.Request, claims: Claims, body: PasswordRequest) -> TotpSetup:
+    return await twofactor.totp_setup(svc(request), claims, body.password, caller(request))
 
 
 @api.post(
@@ -290,7 +291,7 @@ async def totp_setup(request: web.Request, claims: Claims) -> TotpSetup:
     errors=[E.INVALID_CODE, E.CONFLICT, E.ACCOUNT_LOCKED],
 )
 async def totp_confirm(request: web.Request, claims: Claims, body: CodeRequest) -> RecoveryCodes:
-    return await twofactor.totp_confirm(svc(request), claims, body.code)
+    return await twofactor.totp_confirm(svc(request), claims, body.code, caller(request))
 
 
 @api.post(
@@ -303,20 +304,21 @@ async def totp_confirm(request: web.Request, claims: Claims, body: CodeRequest) 
     errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
 )
 async def totp_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
-    await twofactor.totp_disable(svc(request), claims, body.password)
+    await twofactor.totp_disable(svc(request), claims, body.password, caller(request))
 
 
 @api.post(
     "/v1/2fa/email/setup",
-    summary="Start e-mail codes: a code is mailed",
+    summary="Start e-mail codes (asks for the password): a code is mailed",
+    body=PasswordRequest,
     response=Accepted,
     status=202,
     auth=True,
     tags=["two-factor"],
-    errors=[E.CONFLICT, E.UNAVAILABLE, *LIMITED],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED, E.CONFLICT, E.UNAVAILABLE, *LIMITED],
 )
-async def email_setup(request: web.Request, claims: Claims) -> Accepted:
-    return await twofactor.email_setup(svc(request), claims)
+async def email_setup(request: web.Request, claims: Claims, body: PasswordRequest) -> Accepted:
+    return await twofactor.email_setup(svc(request), claims, body.password, caller(request))
 
 
 @api.post(
@@ -329,7 +331,7 @@ async def email_setup(request: web.Request, claims: Claims) -> Accepted:
     errors=[E.INVALID_CODE, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED],
 )
 async def email_confirm(request: web.Request, claims: Claims, body: CodeRequest) -> RecoveryCodes:
-    return await twofactor.email_confirm(svc(request), claims, body.code)
+    return await twofactor.email_confirm(svc(request), claims, body.code, caller(request))
 
 
 @api.post(
@@ -342,7 +344,7 @@ async def email_confirm(request: web.Request, claims: Claims, body: CodeRequest)
     errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
 )
 async def email_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
-    await twofactor.email_disable(svc(request), claims, body.password)
+    await twofactor.email_disable(svc(request), claims, body.password, caller(request))
 
 
 @api.post(
@@ -357,7 +359,8 @@ async def email_disable(request: web.Request, claims: Claims, body: PasswordRequ
 async def recovery_codes(
     request: web.Request, claims: Claims, body: PasswordRequest
 ) -> RecoveryCodes:
-    return await twofactor.regenerate_recovery_codes(svc(request), claims, body.password)
+    s = svc(request)
+    return await twofactor.regenerate_recovery_codes(s, claims, body.password, caller(request))
 
 
 # -- admin ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.auth.config import LIMIT_RULES, AuthSettings
+from services.auth.config import LIMIT_RULES, AuthSettings, require_key_encryption
 from services.auth.mail import Mailer
 from services.auth.metrics import AuthMetrics
 from services.auth.passwords import Passwords
@@ -82,9 +82,15 @@ class AuthService:
         clock: Clock = utcnow,
         registry: CollectorRegistry | None = None,
     ) -> AuthService:
+        require_key_encryption(settings)
         metrics = AuthMetrics(registry or CollectorRegistry(), LIMIT_RULES)
         store = AuthStore(db, redis, settings.redis_prefix)
         box = SecretBox(settings.key_encryption_secret)
+        if not box.encrypts:
+            log.warning(
+                "PARLEY_KEY_ENCRYPTION_SECRET is not set: signing keys and TOTP seeds are "
+                "stored unencrypted (PARLEY_ENV=development only)"
+            )
         keyring = KeyRing(
             store,
             box,
@@ -112,9 +118,17 @@ class AuthService:
         )
 
     async def start(self) -> None:
-        """Indexes and signing keys: the start-up work (``create_app`` retries it)."""
+        """Indexes, revocations back in Redis, signing keys: the start-up work
+        (``create_app`` retries it)."""
         await self.store.ensure_indexes()
+        restored = await self.store.revocation_log.restore()
+        if restored:
+            log.info("revocations restored", extra={"count": restored})
         await self.keyring.reload()
+
+    async def keep_revocations(self) -> None:
+        """For as long as the service runs: restore the revocations when Redis lost them."""
+        await self.store.revocation_log.keep(self.config.revocation_check_s, "auth")
 
     def now(self) -> datetime:
         return self.clock()
@@ -123,14 +137,6 @@ class AuthService:
     def revocation_ttl_s(self) -> int:
         """Revocation keys outlive every access token they concern."""
         return self.settings.access_token_ttl_s + 60
-
-    async def check_password(self, user_key: str, stored: str | None, password: str) -> None:
-        """Verify a password under the failure lockout of ``user_key`` (the username)."""
-        await self.limiter.check_locked("login_failures", user_key)
-        if not await self.passwords.verify(stored, password):
-            await self.limiter.fail("login_failures", user_key)
-            self.metrics.login_failures.labels("password").inc()
-            raise ApiError(ErrorCode.INVALID_CREDENTIALS, "Wrong username or password.")
 
     async def own_user(self, claims: Claims) -> dict[str, Any]:
         """The caller's account (gone means the session is over)."""

@@ -12,10 +12,13 @@ MongoDB collections (database ``<db_prefix>auth``):
 - ``oauth_clients``: OpenID Connect clients (``_id`` = client id), secret hashed.
 - ``oauth_codes``: authorization codes (``_id`` = SHA-256 of the code); single use.
 - ``oauth_consents``: what a user let a client have (``_id`` = user id + client id).
+- ``revocations``: the Redis revocation keys this service set (``_id`` = the key),
+  with their expiry, restored into Redis after a restart (services.common.revocations).
 
 Redis keys (all under ``<redis_prefix>``): the revocation keys and channel
 named by :mod:`services.common.auth`, plus ``:auth:eph:<kind>:<id>`` (login
-challenges and e-mail codes, hashes with an expiry). The rate-limit windows,
+challenges and e-mail codes, hashes with an expiry) and ``:auth:known:<hash>``
+(addresses a user signed in from: services.auth.lockout). The rate-limit windows,
 ``:auth:rl:<rule>:<hash>``, are kept by :mod:`services.common.ratelimit`.
 
 Expiry is always checked in code: TTL indexes only reclaim space (and the
@@ -24,6 +27,7 @@ embedded MongoDB purges them only when a collection is read).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -42,6 +46,7 @@ from services.common.auth import (
     revocation_channel,
     revocation_keys,
 )
+from services.common.revocations import RevocationLog
 
 Doc = dict[str, Any]
 
@@ -105,6 +110,12 @@ class AuthStore:
         self.clients: AsyncCollection[Doc] = db["oauth_clients"]
         self.codes: AsyncCollection[Doc] = db["oauth_codes"]
         self.consents: AsyncCollection[Doc] = db["oauth_consents"]
+        self.revocations: AsyncCollection[Doc] = db["revocations"]
+        # Revoked sessions and blocked users: Redis keys kept in MongoDB too,
+        # restored into Redis after a restart (services.common.revocations).
+        self.revocation_log = RevocationLog(
+            self.revocations, redis, f"{redis_prefix}:auth:revocations-restored"
+        )
 
     async def ensure_indexes(self) -> None:
         await self.users.create_index("username", unique=True)
@@ -116,6 +127,7 @@ class AuthStore:
         await self.signing_keys.create_index("generation", unique=True)
         await self.audit.create_index([("at", DESCENDING)])
         await self.audit.create_index("target_id")
+        await self.revocation_log.ensure_indexes()
         # Space reclamation only: expiry is enforced in code.
         for coll in (self.refresh_tokens, self.password_resets, self.sessions, self.codes):
             await coll.create_index("expires_at", expireAfterSeconds=0)
@@ -316,17 +328,19 @@ class AuthStore:
 
     async def publish_session_revoked(self, user_id: str, sid: str, ttl_s: int) -> None:
         sid_key, _ = _revocation_keys(self.prefix, user_id, sid)
-        await self.redis.set(sid_key, b"1", ex=ttl_s)
+        await self.revocation_log.add(
+            {sid_key: {"kind": "session", "user_id": user_id, "sid": sid}}, ttl_s
+        )
         message = {"type": "session_revoked", "user_id": user_id, "sid": sid}
         await self.redis.publish(revocation_channel(self.prefix), orjson.dumps(message))
 
     async def publish_user_blocked(self, user_id: str, sids: Sequence[str], ttl_s: int) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(user_key, b"1", ex=ttl_s)
-            for sid in sids:
-                pipe.set(_revocation_keys(self.prefix, user_id, sid)[0], b"1", ex=ttl_s)
-            await pipe.execute()
+        entries: dict[str, Doc] = {user_key: {"kind": "user", "user_id": user_id}}
+        for sid in sids:
+            sid_key = _revocation_keys(self.prefix, user_id, sid)[0]
+            entries[sid_key] = {"kind": "session", "user_id": user_id, "sid": sid}
+        await self.revocation_log.add(entries, ttl_s)
         message = {"type": "user_blocked", "user_id": user_id}
         await self.redis.publish(revocation_channel(self.prefix), orjson.dumps(message))
 
@@ -336,7 +350,19 @@ class AuthStore:
 
     async def clear_user_blocked(self, user_id: str) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")
-        await self.redis.delete(user_key)
+        await self.revocation_log.remove([user_key])
+
+    # -- addresses a user signed in from (services.auth.lockout) -------------
+
+    def _known_key(self, user_id: str, address: str) -> str:
+        digest = hashlib.sha256(f"{user_id}|{address}".encode()).hexdigest()[:32]
+        return f"{self.prefix}:auth:known:{digest}"
+
+    async def remember_address(self, user_id: str, address: str, ttl_s: int) -> None:
+        await self.redis.set(self._known_key(user_id, address), b"1", ex=ttl_s)
+
+    async def address_known(self, user_id: str, address: str) -> bool:
+        return bool(await self.redis.exists(self._known_key(user_id, address)))
 
     # -- ephemeral records (challenges, e-mail codes) ------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pyotp
 
-from services.auth import sessions
+from services.auth import lockout, sessions
 from services.auth.mail import MailError
 from services.auth.models import (
     Accepted,
@@ -34,6 +34,7 @@ from services.auth.models import (
     TotpSetup,
     TwoFactorStatus,
 )
+from services.auth.notices import Notice, notify
 from services.auth.state import AuthService, Caller
 from services.auth.tokens import (
     digest,
@@ -52,6 +53,7 @@ CHALLENGE = "challenge"
 EMAIL_SETUP = "email-setup"
 SIX_DIGITS = re.compile(r"^\d{6}$")
 SECOND_FACTOR_AMR = ["pwd", "otp", "mfa"]
+CODE_RULE = "code_failures"
 
 User = Mapping[str, Any]
 
@@ -115,8 +117,9 @@ async def _check_totp(svc: AuthService, user: User, code: str) -> bool:
     return await svc.store.advance_totp_step(user["_id"], step)
 
 
-async def totp_setup(svc: AuthService, claims: Claims) -> TotpSetup:
-    user = await svc.own_user(claims)
+async def totp_setup(svc: AuthService, claims: Claims, password: str, caller: Caller) -> TotpSetup:
+    # The password again: a stolen access token alone cannot add an authenticator.
+    user = await _reauthenticate(svc, claims, password, caller)
     if user.get("totp_enabled"):
         raise ApiError(ErrorCode.CONFLICT, "TOTP is already on; turn it off first.")
     secret = pyotp.random_base32(32)
@@ -129,38 +132,44 @@ async def totp_setup(svc: AuthService, claims: Claims) -> TotpSetup:
     return TotpSetup(secret=secret, provisioning_uri=uri)
 
 
-async def totp_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryCodes:
+async def totp_confirm(
+    svc: AuthService, claims: Claims, code: str, caller: Caller
+) -> RecoveryCodes:
     user = await svc.own_user(claims)
     if user.get("totp_enabled"):
         raise ApiError(ErrorCode.CONFLICT, "TOTP is already on.")
     secret = _open_totp(svc, user, "totp_pending")
-    await _code_guard(svc, user["_id"])
+    await _reserve_code_attempt(svc, user["_id"])
     step = totp_step(secret, code, svc.now().timestamp())
     if step is None:
-        await svc.limiter.fail("code_failures", user["_id"])
-        raise _invalid_code()
+        raise _invalid_code()  # the attempt keeps its place: a failure
+    await svc.limiter.release(CODE_RULE, user["_id"])
     await svc.store.update_user(
         user["_id"],
         {"totp_enabled": True, "totp_secret": user["totp_pending"], "totp_last_step": step},
         unset=["totp_pending"],
     )
     log.info("totp enabled", extra={"user_id": user["_id"]})
-    return await _first_recovery_codes(svc, user)
+    codes = await _first_recovery_codes(svc, user)
+    await notify(svc, user, caller, Notice.TOTP_ON)
+    return codes
 
 
-async def totp_disable(svc: AuthService, claims: Claims, password: str) -> None:
-    user = await _reauthenticate(svc, claims, password)
+async def totp_disable(svc: AuthService, claims: Claims, password: str, caller: Caller) -> None:
+    user = await _reauthenticate(svc, claims, password, caller)
     await svc.store.update_user(
         user["_id"], {"totp_enabled": False, "totp_secret": None}, unset=["totp_pending"]
     )
     await _drop_codes_if_no_factor(svc, user["_id"])
+    if user.get("totp_enabled"):
+        await notify(svc, user, caller, Notice.TOTP_OFF)
 
 
 # -- e-mail codes ------------------------------------------------------------
 
 
-async def email_setup(svc: AuthService, claims: Claims) -> Accepted:
-    user = await svc.own_user(claims)
+async def email_setup(svc: AuthService, claims: Claims, password: str, caller: Caller) -> Accepted:
+    user = await _reauthenticate(svc, claims, password, caller)
     if user.get("email_2fa"):
         raise ApiError(ErrorCode.CONFLICT, "E-mail codes are already on.")
     await svc.limiter.hit("email_code_sends", user["_id"])
@@ -173,30 +182,37 @@ async def email_setup(svc: AuthService, claims: Claims) -> Accepted:
     return Accepted(message="A code is on its way to your e-mail address.")
 
 
-async def email_confirm(svc: AuthService, claims: Claims, code: str) -> RecoveryCodes:
+async def email_confirm(
+    svc: AuthService, claims: Claims, code: str, caller: Caller
+) -> RecoveryCodes:
     user = await svc.own_user(claims)
-    await _code_guard(svc, user["_id"])
     pending = await svc.store.eph_get(EMAIL_SETUP, user["_id"])
     if pending is None:
         raise _expired()
+    await _reserve_code_attempt(svc, user["_id"])
     attempts = await svc.store.eph_incr(EMAIL_SETUP, user["_id"], "attempts")
     if attempts is None or attempts > svc.config.challenge_max_attempts:
         await svc.store.eph_delete(EMAIL_SETUP, user["_id"])
+        await svc.limiter.release(CODE_RULE, user["_id"])
         raise _expired()
     if not same(pending["code"], digest(user["_id"], code.strip())):
-        await svc.limiter.fail("code_failures", user["_id"])
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
+    await svc.limiter.release(CODE_RULE, user["_id"])
     if not await svc.store.eph_delete(EMAIL_SETUP, user["_id"]):
         raise _expired()
     await svc.store.update_user(user["_id"], {"email_2fa": True})
     log.info("email 2fa enabled", extra={"user_id": user["_id"]})
-    return await _first_recovery_codes(svc, user)
+    codes = await _first_recovery_codes(svc, user)
+    await notify(svc, user, caller, Notice.EMAIL_ON)
+    return codes
 
 
-async def email_disable(svc: AuthService, claims: Claims, password: str) -> None:
-    user = await _reauthenticate(svc, claims, password)
+async def email_disable(svc: AuthService, claims: Claims, password: str, caller: Caller) -> None:
+    user = await _reauthenticate(svc, claims, password, caller)
     await svc.store.update_user(user["_id"], {"email_2fa": False})
     await _drop_codes_if_no_factor(svc, user["_id"])
+    if user.get("email_2fa"):
+        await notify(svc, user, caller, Notice.EMAIL_OFF)
 
 
 async def _mail(send: Any) -> None:
@@ -233,12 +249,26 @@ async def _first_recovery_codes(svc: AuthService, user: User) -> RecoveryCodes:
 
 
 async def regenerate_recovery_codes(
-    svc: AuthService, claims: Claims, password: str
+    svc: AuthService, claims: Claims, password: str, caller: Caller
 ) -> RecoveryCodes:
-    user = await _reauthenticate(svc, claims, password)
+    user = await _reauthenticate(svc, claims, password, caller)
     if not methods(user):
         raise ApiError(ErrorCode.CONFLICT, "Turn on a second factor first.")
-    return await _new_recovery_codes(svc, user["_id"])
+    codes = await _new_recovery_codes(svc, user["_id"])
+    await notify(svc, user, caller, Notice.RECOVERY_CODES)
+    return codes
+
+
+async def turn_off_all(svc: AuthService, user_id: str) -> None:
+    """Every second factor off, pending enrolments and recovery codes gone (a password reset)."""
+    await svc.store.update_user(
+        user_id,
+        {"totp_enabled": False, "totp_secret": None, "email_2fa": False},
+        unset=["totp_pending"],
+    )
+    await svc.store.eph_delete(EMAIL_SETUP, user_id)
+    await svc.store.delete_recovery_codes(user_id)
+    log.info("second factors turned off", extra={"user_id": user_id})
 
 
 async def _drop_codes_if_no_factor(svc: AuthService, user_id: str) -> None:
@@ -339,22 +369,26 @@ async def check_challenge(
     user_id = challenge["user_id"]
     if body.method not in challenge["methods"].split(","):
         raise ApiError(ErrorCode.BAD_REQUEST, "This second factor is not on for this account.")
-    await _code_guard(svc, user_id)
+    # Counted before the code is checked: of parallel guesses, at most the limit are tried.
+    await _reserve_code_attempt(svc, user_id)
     attempts = await svc.store.eph_incr(CHALLENGE, key, "attempts")
     if attempts is None or attempts > svc.config.challenge_max_attempts:
         await svc.store.eph_delete(CHALLENGE, key)
+        await svc.limiter.release(CODE_RULE, user_id)
         raise _expired()
     user = await svc.store.user_by_id(user_id)
     if user is None or user["blocked"]:
         await svc.store.eph_delete(CHALLENGE, key)
+        await svc.limiter.release(CODE_RULE, user_id)
         raise _expired()
     if not await _code_ok(svc, user, body, challenge):
-        await svc.limiter.fail("code_failures", user_id)
         svc.metrics.login_failures.labels("code").inc()
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
+    # The right code: the run of failures ends.
+    await svc.limiter.clear(CODE_RULE, user_id)
     if not await svc.store.eph_delete(CHALLENGE, key):
         raise _expired()  # a concurrent request completed it first
-    await svc.limiter.clear("code_failures", user_id)
+    await lockout.signed_in(svc, user_id, caller.ip)
     did = str(challenge.get("device_id") or "")
     return user, challenge.get("device") or None, int(did) if did.isdigit() else None
 
@@ -379,12 +413,14 @@ async def _code_ok(
 # -- helpers -------------------------------------------------------------------
 
 
-async def _code_guard(svc: AuthService, user_id: str) -> None:
-    await svc.limiter.check_locked("code_failures", user_id)
+async def _reserve_code_attempt(svc: AuthService, user_id: str) -> None:
+    """Take the attempt's place in the account's code-failure window before checking
+    anything (429 ``account_locked`` when full); a right code gives it back."""
+    await svc.limiter.reserve(CODE_RULE, user_id)
 
 
-async def _reauthenticate(svc: AuthService, claims: Claims, password: str) -> User:
+async def _reauthenticate(svc: AuthService, claims: Claims, password: str, caller: Caller) -> User:
     """Sensitive changes ask for the password again (under the login lockout)."""
     user = await svc.own_user(claims)
-    await svc.check_password(user["username"], user["password_hash"], password)
+    await lockout.verify_password(svc, user["username"], user, password, caller.ip)
     return user

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from services.common.config import Settings, settings_or_exit
+from services.common.config import ConfigError, Settings, exit_bad_config, settings_or_exit
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import json_response
 from services.common.logging import (
@@ -217,8 +217,15 @@ def base_app(
     return app
 
 
-def run_service(service: str, factory: Callable[[Settings], Awaitable[web.Application]]) -> None:
+def run_service(
+    service: str,
+    factory: Callable[[Settings], Awaitable[web.Application]],
+    check: Callable[[Settings], None] | None = None,
+) -> None:
     """Entry point: settings (or one clear line and exit 2), logging, uvloop, serve.
+
+    ``check`` is the service's own requirements on the settings (raising
+    ConfigError), refused the same way before anything starts.
 
     aiohttp's runner handles SIGTERM/SIGINT: it stops accepting, runs the
     app's on_shutdown hooks (gateways send ``reconnect`` there), then cleanup.
@@ -227,6 +234,11 @@ def run_service(service: str, factory: Callable[[Settings], Awaitable[web.Applic
     if settings.port is None:
         print(f"parley-{service}: bad configuration: PARLEY_PORT is required", flush=True)
         raise SystemExit(2)
+    if check is not None:
+        try:
+            check(settings)
+        except ConfigError as exc:
+            exit_bad_config(service, exc)
     setup_logging(service, settings.log_level, settings.log_format)
     loop: asyncio.AbstractEventLoop
     try:

@@ -8,7 +8,7 @@ Secrets are ``SecretStr``: they never appear in a repr, a log line or an error.
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Literal, NoReturn
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PARLEY_", extra="ignore", frozen=True, validate_default=True
     )
+
+    # "production" (the default) or "development": outside development the
+    # auth service refuses to start without key_encryption_secret.
+    env: Literal["production", "development"] = "production"
 
     # Where this process listens.
     host: str = "127.0.0.1"
@@ -56,8 +60,9 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = Field(default=900, ge=30, le=86400)
     refresh_token_ttl_s: int = Field(default=30 * 86400, ge=300)
     jwks_cache_s: int = Field(default=300, ge=1)
-    # Encrypts the auth service's signing keys at rest; None = stored unencrypted
-    # (the embedded default; production sets it from the secret store).
+    # Encrypts the auth service's signing keys and TOTP seeds at rest. Required
+    # unless env is "development" (then unset = stored unencrypted, with a
+    # warning); `make run` generates one into its data directory.
     key_encryption_secret: SecretStr | None = None
 
     # Gateway (limits are documented in docs/protocol.md).
@@ -122,5 +127,10 @@ def settings_or_exit(service: str, **overrides: object) -> Settings:
     try:
         return load_settings(**overrides)
     except ConfigError as exc:
-        print(f"parley-{service}: bad configuration: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_bad_config(service, exc)
+
+
+def exit_bad_config(service: str, exc: ConfigError) -> NoReturn:
+    """Print the one line that says what is wrong, and exit(2)."""
+    print(f"parley-{service}: bad configuration: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None

@@ -8,11 +8,13 @@ never hold an address, a username or an e-mail in clear). Two kinds of rule:
 
   - *request limits* (:meth:`RateLimiter.hit`): every attempt counts; the one
     over the limit gets 429 ``rate_limited``.
-  - *failure lockouts* (:meth:`RateLimiter.check_locked` before the work,
-    :meth:`RateLimiter.fail` after a failure, :meth:`RateLimiter.clear` on
-    success): once COUNT failures are counted in the window, every attempt is
-    refused with 429 ``account_locked`` until the window ends, so that
-    guessing stops even with the right answer.
+  - *failure lockouts* (:meth:`RateLimiter.reserve` before the work,
+    :meth:`RateLimiter.release` or :meth:`RateLimiter.clear` when it
+    succeeded): every attempt takes its place in the window atomically
+    *before* the work runs, and keeps it if it fails. Once COUNT attempts are
+    counted, every further one is refused with 429 ``account_locked`` until
+    the window ends, so that guessing stops even with the right answer, and
+    a burst of parallel guesses gets exactly COUNT tried, never more.
 
 - **token buckets** (:meth:`RateLimiter.take`): ``capacity`` tokens, one back
   every ``refill_s`` seconds; each event takes one or gets 429
@@ -29,8 +31,8 @@ object in one process (the sends of one WebSocket).
 With a :class:`RateLimitMetrics`, a limiter counts its refusals
 (``parley_rate_limit_refusals_total{service,rule,code}``: ``rate_limited`` or
 ``account_locked``) and the lockouts it starts
-(``parley_rate_limit_lockouts_total{service,rule}``: a failure that reaches
-a rule's count).
+(``parley_rate_limit_lockouts_total{service,rule}``: a reservation that
+fills a failure lockout's window).
 """
 
 from __future__ import annotations
@@ -114,6 +116,34 @@ return {allowed, wait}
 """
 
 
+# A failure lockout's window: take a place unless COUNT are taken. Returns
+# {allowed (0/1), seconds left in the window, places taken}.
+_RESERVE = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then
+  return {0, redis.call('TTL', KEYS[1]), count}
+end
+count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then
+  ttl = tonumber(ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return {1, ttl, count}
+"""
+
+# Give a place back (never below zero; the window's expiry is kept).
+_RELEASE = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count <= 1 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
+
 class RateLimitMetrics:
     """The counters of one service's limiters; ``rules`` are created at zero."""
 
@@ -165,6 +195,8 @@ class RateLimiter:
         self.prefix = f"{namespace}:rl"
         self.limits = limits
         self._bucket = redis.register_script(_TOKEN_BUCKET)
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
 
     def key(self, rule: str, ident: str) -> str:
         digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
@@ -189,14 +221,23 @@ class RateLimiter:
             self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(ttl)
 
-    async def check_locked(self, rule: str, ident: str, limit: Limit | None = None) -> None:
-        """Raise 429 ``account_locked`` while ``ident`` has used up its failures."""
+    async def reserve(self, rule: str, ident: str, limit: Limit | None = None) -> None:
+        """Take a place for one attempt in ``ident``'s window *before* making it.
+
+        Atomic (one script): of any number of concurrent calls, at most the
+        limit's COUNT get a place; the others get 429 ``account_locked``. A
+        failed attempt keeps its place (it is the failure count); one that
+        succeeded gives it back with :meth:`release` or :meth:`clear`.
+        """
         limit = limit or self.limits(rule)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(self.key(rule, ident))
-            pipe.ttl(self.key(rule, ident))
-            count, ttl = await pipe.execute()
-        if int(count or 0) >= limit.count:
+        allowed, ttl, taken = await self._reserve(
+            keys=[self.key(rule, ident)], args=[limit.count, limit.window_s]
+        )
+        if allowed and int(taken) == limit.count and self.metrics is not None:
+            # This attempt fills the window: the next is refused (a lockout starts,
+            # unless this one succeeds and gives its place back).
+            self.metrics.locked(rule)
+        if not allowed:
             self._refused(rule, ErrorCode.ACCOUNT_LOCKED)
             raise too_many(
                 max(int(ttl), 0) or limit.window_s,
@@ -204,12 +245,9 @@ class RateLimiter:
                 "Too many failed attempts; try again later.",
             )
 
-    async def fail(self, rule: str, ident: str, limit: Limit | None = None) -> None:
-        """Count a failure (see :meth:`check_locked`)."""
-        limit = limit or self.limits(rule)
-        count, _ = await self._count(self.key(rule, ident), limit.window_s)
-        if count == limit.count and self.metrics is not None:
-            self.metrics.locked(rule)
+    async def release(self, rule: str, ident: str) -> None:
+        """Give back a place taken by :meth:`reserve` (the attempt did not fail)."""
+        await self._release(keys=[self.key(rule, ident)])
 
     async def clear(self, rule: str, ident: str) -> None:
         """Forget ``ident``'s count (a success ends a run of failures)."""

@@ -25,7 +25,6 @@ it still unfinished ``REMOVAL_GRACE_S`` after the write.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -308,12 +307,4 @@ async def restore_revocations(keys: Keys) -> None:
 async def keep_revocations(keys: Keys) -> None:
     """For as long as the service runs: restore the revocations whenever Redis lost
     them (a restart of Redis empties it; the restored marker goes with it)."""
-    while True:
-        await asyncio.sleep(keys.config.revocation_check_s)
-        try:
-            if not await keys.store.revocations_present():
-                await restore_revocations(keys)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # Redis or MongoDB away: try again next round
-            log.warning("revocation check failed", extra={"error": repr(exc)})
+    await keys.store.revocation_log.keep(keys.config.revocation_check_s, "keys")

@@ -49,6 +49,7 @@ from pymongo.errors import BulkWriteError
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
+from services.common.revocations import RevocationLog
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class KeyStore:
         self.prefix = f"{settings.redis_prefix}:keys"
         # A removed device's tokens are refused for as long as a refresh token lives.
         self.revocation_ttl_s = settings.refresh_token_ttl_s
+        self.revocation_log = RevocationLog(self.revocations, redis, self._restored_key())
         self._link_create = redis.register_script(_LINK_CREATE)
         self._link_approve = redis.register_script(_LINK_APPROVE)
 
@@ -159,7 +161,7 @@ class KeyStore:
         Devices and prekeys need none beyond ``_id``: see :func:`device_key`.
         """
         await self.outbox.create_index([("due", ASCENDING)])
-        await self.revocations.create_index([("expires_at", ASCENDING)])
+        await self.revocation_log.ensure_indexes()
 
     # Accounts: the account key and its signed device list.
 
@@ -419,16 +421,12 @@ class KeyStore:
         """Refuse the device's tokens everywhere, for as long as a refresh token lives.
 
         Recorded in MongoDB first, so that a Redis restart cannot forget it
-        (:meth:`restore_revocations`).
+        (:meth:`restore_revocations`; services.common.revocations).
         """
-        key = self.revocation_key(user_id, device_id)
-        expires_at = time.time() + self.revocation_ttl_s
-        await self.revocations.update_one(
-            {"_id": key},
-            {"$set": {"user_id": user_id, "device_id": device_id, "expires_at": expires_at}},
-            upsert=True,
+        await self.revocation_log.add(
+            {self.revocation_key(user_id, device_id): {"user_id": user_id, "device_id": device_id}},
+            self.revocation_ttl_s,
         )
-        await self.redis.set(key, b"1", ex=self.revocation_ttl_s)
 
     async def device_revoked(self, user_id: str, device_id: int) -> bool:
         return bool(await self.redis.exists(self.revocation_key(user_id, device_id)))
@@ -436,35 +434,13 @@ class KeyStore:
     async def restore_revocations(self) -> int:
         """Put every live revocation back into Redis (after a restart); returns how many.
 
-        Reads only the revocations of the last refresh-token lifetime, and drops
-        the older ones. Then marks Redis as restored (:meth:`revocations_present`).
+        Drops the expired ones, then marks Redis as restored (:meth:`revocations_present`).
         """
-        now = time.time()
-        await self.revocations.delete_many({"expires_at": {"$lte": now}})
-        restored = 0
-        cursor = self.revocations.find({"expires_at": {"$gt": now}}, batch_size=500)
-        batch: list[Doc] = []
-        async for doc in cursor:
-            batch.append(doc)
-            if len(batch) >= 500:
-                restored += await self._restore(batch, now)
-                batch = []
-        restored += await self._restore(batch, now)
-        await self.redis.set(self._restored_key(), b"1")
-        return restored
-
-    async def _restore(self, docs: Sequence[Doc], now: float) -> int:
-        if not docs:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for doc in docs:
-                pipe.set(doc["_id"], b"1", ex=max(1, int(doc["expires_at"] - now)))
-            await pipe.execute()
-        return len(docs)
+        return await self.revocation_log.restore()
 
     async def revocations_present(self) -> bool:
         """False once Redis lost the restored marker (it restarted): restore again."""
-        return bool(await self.redis.exists(self._restored_key()))
+        return await self.revocation_log.present()
 
     async def broadcast(self, message: e.Revocation) -> None:
         """Tell every gateway (revocation channel): close a device's sockets, forget a list."""

@@ -35,6 +35,9 @@ async def cli(settings: Settings, *args: str, stdin: str = "") -> tuple[int, str
         "PARLEY_ARGON2_PARALLELISM": "1",
         "PARLEY_LOG_FORMAT": "console",
     }
+    if settings.key_encryption_secret is not None:
+        # The service's own: the CLI opens the same sealed keys.
+        env["PARLEY_KEY_ENCRYPTION_SECRET"] = settings.key_encryption_secret.get_secret_value()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.auth.cli", *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

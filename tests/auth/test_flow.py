@@ -32,7 +32,11 @@ async def test_signup_login_totp_refresh_logout(auth: AuthApi, settings: Setting
 
     # Enrol TOTP.
     _, setup = await auth.call(
-        "POST", "/auth/v1/2fa/totp/setup", token=user["access_token"], status=200
+        "POST",
+        "/auth/v1/2fa/totp/setup",
+        {"password": PASSWORD},
+        token=user["access_token"],
+        status=200,
     )
     assert setup["provisioning_uri"].startswith("otpauth://totp/Parley:")
     assert f"secret={setup['secret']}" in setup["provisioning_uri"]
@@ -106,7 +110,9 @@ async def test_signup_login_totp_refresh_logout(auth: AuthApi, settings: Setting
 async def test_email_codes_and_recovery_codes(auth: AuthApi) -> None:
     user = await auth.signup()
     token = user["access_token"]
-    await auth.call("POST", "/auth/v1/2fa/email/setup", token=token, status=202)
+    await auth.call(
+        "POST", "/auth/v1/2fa/email/setup", {"password": PASSWORD}, token=token, status=202
+    )
     [setup_mail] = await auth.mail_to(user["email"])
     assert "Confirm" in setup_mail
     _, codes = await auth.call(

@@ -29,7 +29,7 @@ class Metadata(OpenIDProviderMetadata):  # type: ignore[misc]
 
 
 def make_admin(system: System, username: str) -> None:
-    env = {**os.environ, **system.cfg.service_env(), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **system.auth_env(), "PYTHONPATH": str(ROOT)}
     subprocess.run(
         [sys.executable, "-m", "services.auth.cli", "grant-admin", username],
         env=env,

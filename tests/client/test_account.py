@@ -86,7 +86,7 @@ async def test_login_with_a_second_factor(make_client: MakeClient) -> None:
     alice = await make_client()
     assert alice.username
     await alice.access_token()
-    setup = await alice.api.request("POST", "/auth/v1/2fa/totp/setup")
+    setup = await alice.api.request("POST", "/auth/v1/2fa/totp/setup", json={"password": PASSWORD})
     totp = pyotp.TOTP(setup["secret"])
     codes = await alice.api.request("POST", "/auth/v1/2fa/totp/confirm", json={"code": totp.now()})
     assert codes["recovery_codes"]

@@ -40,6 +40,8 @@ def test_secrets_never_print() -> None:
         ({"PARLEY_PORT": "eighty"}, "PARLEY_PORT"),
         ({"PARLEY_PORT": "8999", "PARLEY_LOG_LEVEL": "LOUD"}, "PARLEY_LOG_LEVEL"),
         ({}, "PARLEY_PORT is required"),
+        ({"PARLEY_PORT": "8999"}, "PARLEY_KEY_ENCRYPTION_SECRET is required"),
+        ({"PARLEY_PORT": "8999", "PARLEY_ENV": "staging"}, "PARLEY_ENV"),
     ],
 )
 def test_service_refuses_bad_config_with_one_line(env: dict[str, str], needle: str) -> None:

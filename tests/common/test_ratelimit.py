@@ -3,6 +3,7 @@ and the in-process token bucket."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 
 import pytest
@@ -56,16 +57,45 @@ async def test_a_window_refuses_the_attempt_over_the_limit(limiter: RateLimiter)
 
 
 async def test_a_lockout_holds_until_cleared(limiter: RateLimiter) -> None:
-    await limiter.check_locked("failures", "alice")
-    await limiter.fail("failures", "alice")
-    await limiter.check_locked("failures", "alice")  # one failure of two: not yet
-    await limiter.fail("failures", "alice")
-    err = await refused(limiter.check_locked("failures", "alice"))
+    await limiter.reserve("failures", "alice")  # one failure of two: not yet
+    await limiter.reserve("failures", "alice")
+    err = await refused(limiter.reserve("failures", "alice"))
     assert (err.status, err.code.value) == (429, "account_locked")
     assert 1 <= err.details["retry_after"] <= 60
-    await limiter.check_locked("failures", "bob")
+    assert err.details == {"retry_after": int(err.headers["Retry-After"])}
+    await limiter.reserve("failures", "bob")
     await limiter.clear("failures", "alice")
-    await limiter.check_locked("failures", "alice")
+    await limiter.reserve("failures", "alice")
+
+
+async def test_a_released_place_is_given_back(limiter: RateLimiter) -> None:
+    """An attempt that succeeded does not count as a failure."""
+    await limiter.reserve("failures", "carol")
+    await limiter.release("failures", "carol")
+    await limiter.reserve("failures", "carol")
+    await limiter.reserve("failures", "carol")
+    await refused(limiter.reserve("failures", "carol"))
+    # Never below zero: releasing more than was taken changes nothing.
+    await limiter.release("failures", "dave")
+    await limiter.release("failures", "dave")
+    await limiter.reserve("failures", "dave")
+    await limiter.reserve("failures", "dave")
+    await refused(limiter.reserve("failures", "dave"))
+
+
+async def test_concurrent_reservations_never_exceed_the_limit(limiter: RateLimiter) -> None:
+    """Counted before the work, atomically: of 50 at once, exactly the limit go through."""
+
+    async def attempt() -> bool:
+        try:
+            await limiter.reserve("failures", "erin", Limit(10, 60))
+        except ApiError as exc:
+            assert exc.code.value == "account_locked"
+            return False
+        return True
+
+    results = await asyncio.gather(*(attempt() for _ in range(50)))
+    assert results.count(True) == 10
 
 
 async def test_keys_hold_no_ident_in_clear(limiter: RateLimiter, settings: Settings) -> None:
@@ -143,12 +173,12 @@ async def test_refusals_and_lockouts_are_counted(settings: Settings) -> None:
         await limiter.hit("login", "ip")
         await refused(limiter.hit("login", "ip"))
         assert value("parley_rate_limit_refusals_total", rule="login", code="rate_limited") == 1
-        await limiter.fail("failures", "bob")
+        await limiter.reserve("failures", "bob")
         assert value("parley_rate_limit_lockouts_total", rule="failures") == 0
-        await limiter.fail("failures", "bob")  # the second failure locks
-        await limiter.fail("failures", "bob")  # already locked: not a new lockout
+        await limiter.reserve("failures", "bob")  # the second attempt fills the window
         assert value("parley_rate_limit_lockouts_total", rule="failures") == 1
-        await refused(limiter.check_locked("failures", "bob"))
+        await refused(limiter.reserve("failures", "bob"))  # locked: not a new lockout
+        assert value("parley_rate_limit_lockouts_total", rule="failures") == 1
         assert (
             value("parley_rate_limit_refusals_total", rule="failures", code="account_locked") == 1
         )

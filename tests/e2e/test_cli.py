@@ -283,7 +283,7 @@ def test_cli_login_asks_for_the_second_factor(users: tuple[User, User], system: 
     token = str(
         call("/auth/v1/login", {"username": alice.name, "password": PASSWORD})["access_token"]
     )
-    totp = pyotp.TOTP(str(call("/auth/v1/2fa/totp/setup", {}, token)["secret"]))
+    totp = pyotp.TOTP(str(call("/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token)["secret"]))
     call("/auth/v1/2fa/totp/confirm", {"code": totp.now()}, token)
 
     child = alice.spawn("login", alice.name)

@@ -6,7 +6,16 @@ import pytest
 
 from services.keys.config import KeysConfig
 from tests.keys.conftest import EventLog, KeysApi, KeysFactory
-from tests.keys.keygen import DeviceKeys, b64, keys_digest, mlkem_pub, unb64, x25519_pub
+from tests.keys.keygen import (
+    AccountKeys,
+    DeviceKeys,
+    b64,
+    entry,
+    keys_digest,
+    mlkem_pub,
+    unb64,
+    x25519_pub,
+)
 
 ALICE = "alice"
 
@@ -319,3 +328,68 @@ async def test_a_listed_device_leaves_through_a_new_list_only(api: KeysApi) -> N
         assert (status, body["error"]["code"]) == (409, "conflict")
     assert await api.device_doc(ALICE, 1) == before
     assert await api.stored(ALICE, 1) == (3, 3)
+
+
+async def test_deleting_and_re_registering_never_installs_an_identity_silently(
+    api: KeysApi, events: EventLog
+) -> None:
+    """Issue #20: "deleting and re-registering a device installs a new identity without
+    a key_changed event". With signed device lists (docs/devices.md) no way of
+    deleting and re-registering gets a new identity in front of a contact
+    unannounced: a listed device can be neither deleted nor re-registered; one
+    removed by a signed list keeps its id revoked; a new install is a pending
+    device that nobody sees until a list signed by the account key (the key the
+    safety number is made of) names it; and only a new account key, which
+    contacts cannot check against anything, brings a different identity in
+    without that signature, and it is announced with ``key_changed``."""
+    first = await api.device(ALICE, 1, one_time=2, kem=2)
+    _, seen = await api.identity_of("bob", ALICE)
+    [listed] = seen["devices"]
+    assert listed["identity"]["signing_key"] == b64(first.signing_pub)
+
+    # Delete the listed device, by every route, then register a new identity under its id.
+    thief = DeviceKeys()
+    for status, body in [
+        await api.delete(ALICE, 1),
+        await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", ALICE),
+        await api.put_identity(ALICE, 1, thief.identity()),
+    ]:
+        assert (status, body["error"]["code"]) == (409, "conflict")
+    assert (await api.identity_of("bob", ALICE))[1] == seen
+    assert await events.settle(ALICE) == []
+
+    # Removed through a signed list: the id stays revoked, and nothing new appears.
+    second = await api.device(ALICE, 2)
+    await api.unlist(ALICE, 1)
+    status, body = await api.put_identity(ALICE, 1, thief.identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    _, seen = await api.identity_of("bob", ALICE)
+    assert [(d["device_id"], d["identity"]["signing_key"]) for d in seen["devices"]] == [
+        (2, b64(second.signing_pub))
+    ]
+
+    # A new install under a new id is pending: invisible, so no one encrypts to it...
+    fresh = DeviceKeys()
+    status, _ = await api.put_identity(ALICE, 3, fresh.identity())
+    assert status == 200
+    assert (await api.identity_of("bob", ALICE))[1] == seen
+    status, body = await api.claim("bob", ALICE)
+    assert [b["device_id"] for b in body["bundles"]] == [2]
+    # ...until a list signed by the unchanged account key names it (the safety
+    # number does not change: no key_changed; contacts check the signature).
+    await api.list_device(ALICE, 3, fresh)
+    _, seen = await api.identity_of("bob", ALICE)
+    assert [d["device_id"] for d in seen["devices"]] == [2, 3]
+    assert seen["account_key"] == api.account(ALICE).key.public
+    kinds = [e["type"] for e in await events.settle(ALICE)]
+    assert "device_removed" in kinds and "key_changed" not in kinds
+
+    # The one way around the account key's signature is a new account key:
+    # announced to every contact.
+    reinstall = DeviceKeys()
+    await api.put_identity(ALICE, 9, reinstall.identity())
+    new = AccountKeys()
+    status, _ = await api.put_account(ALICE, new.registration(ALICE, [entry(9, reinstall)]), did=9)
+    assert status == 200
+    got = await events.settle(ALICE)
+    assert {"type": "key_changed", "user_id": ALICE, "account_key": new.public} in got

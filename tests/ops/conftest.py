@@ -142,7 +142,9 @@ async def _second_factor_by_email(system: System, flow: Flow) -> None:
         flow.user_ids.append(body["user"]["user_id"])
         token = body["access_token"]
         flow.tokens += [token, body["refresh_token"]]
-        status, _ = await _http(http, "POST", f"{lb}/auth/v1/2fa/email/setup", token=token)
+        status, _ = await _http(
+            http, "POST", f"{lb}/auth/v1/2fa/email/setup", {"password": password}, token
+        )
         assert status == 202
         setup_code = code_in((await _mail_to(maildir, email, 0))[-1].split("\n\n", 1)[-1])
         flow.codes.append(setup_code)

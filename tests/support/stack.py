@@ -10,8 +10,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.stack import SERVERS, SERVICES, Processes, StackConfig
+from scripts.stack import SERVERS, SERVICES, Processes, StackConfig, command
 from services.common.config import Settings, load_settings
+
+# Not a secret: only the test stacks' throw-away databases are sealed with it.
+TEST_KEY_ENCRYPTION_SECRET = "test-only-key-encryption-secret-0123456789"
 
 
 def unique_prefix(kind: str = "t") -> str:
@@ -41,6 +44,8 @@ class Stack:
             "kafka_session_timeout_ms": 3000,
             "dependency_timeout_ms": 3000,
             "log_format": "console",
+            # Production's path: signing keys and TOTP seeds sealed (issue #20).
+            "key_encryption_secret": TEST_KEY_ENCRYPTION_SECRET,
         }
         base.update(overrides)
         return load_settings(**base)
@@ -110,6 +115,10 @@ class System:
 
     def restart(self, name: str) -> None:
         self.procs.start(name)
+
+    def auth_env(self) -> dict[str, str]:
+        """The auth service's environment, key-encryption secret included (for its CLI)."""
+        return command(self.cfg, "auth")[1]
 
 
 def start_system(stack: Stack) -> System:

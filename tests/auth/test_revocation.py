@@ -1,0 +1,130 @@
+"""Revocations survive a Redis restart (issue #20).
+
+Logout, a revoked session and a block are Redis keys that every service
+checks (services.common.auth.check_not_revoked). They lived only in Redis:
+after a Redis restart, revoked access tokens worked again until they expired
+(up to 15 minutes). Now the auth service also keeps them in MongoDB and puts
+them back into Redis at start and as soon as it sees that Redis lost them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.auth.app import create_app
+from services.auth.config import AuthSettings
+from services.common.config import Settings
+from services.common.state import STARTUP
+from tests.auth.conftest import ROOMY
+from tests.auth.helpers import AuthApi
+from tests.support.aio import eventually
+from tests.support.stack import Stack
+
+
+@pytest.fixture
+def auth_config() -> AuthSettings:
+    return AuthSettings.for_tests(**ROOMY, revocation_check_s=0.05)
+
+
+async def admin_token(auth: AuthApi) -> str:
+    admin = await auth.signup()
+    await auth.db["users"].update_one(
+        {"_id": admin["user"]["user_id"]}, {"$set": {"roles": ["user", "admin"]}}
+    )
+    return str((await auth.login(admin["user"]["username"]))["access_token"])
+
+
+async def revoke_some(auth: AuthApi) -> dict[str, str]:
+    """A logged-out session, a blocked user, and one blocked then unblocked."""
+    admin = await admin_token(auth)
+    out = await auth.signup()
+    await auth.call("POST", "/auth/v1/logout", token=out["access_token"], status=204)
+    blocked = await auth.signup()
+    again = await auth.signup()
+    for user in (blocked, again):
+        uid = user["user"]["user_id"]
+        await auth.call("POST", f"/auth/v1/admin/users/{uid}/block", {}, token=admin, status=200)
+    await auth.call(
+        "POST", f"/auth/v1/admin/users/{again['user']['user_id']}/unblock", token=admin, status=200
+    )
+    back = await auth.login(again["user"]["username"])
+    tokens = {
+        "logged_out": out["access_token"],
+        "blocked": blocked["access_token"],
+        "unblocked_again": back["access_token"],
+    }
+    assert await answers(auth, tokens) == EXPECTED
+    return tokens
+
+
+EXPECTED = {
+    "logged_out": (401, "token_revoked"),
+    "blocked": (401, "account_blocked"),
+    "unblocked_again": (200, "ok"),
+}
+
+
+async def answers(auth: AuthApi, tokens: dict[str, str]) -> dict[str, tuple[int, str]]:
+    out = {}
+    for name, token in tokens.items():
+        status, body = await auth.call("GET", "/auth/v1/me", token=token)
+        out[name] = (status, "ok" if status == 200 else body["error"]["code"])
+    return out
+
+
+async def forget_everything_in_redis(auth: AuthApi) -> None:
+    """What a Redis restart without persistence does to this test's keys."""
+    prefix = auth.service.settings.redis_prefix
+    keys = [k async for k in auth.redis.scan_iter(match=f"{prefix}:*")]
+    assert keys
+    await auth.redis.delete(*keys)
+
+
+async def test_a_starting_service_puts_the_revocations_back(
+    stack: Stack, settings: Settings, make_client: Any
+) -> None:
+    # This test's processes only restore at start (their periodic check is far off).
+    config = AuthSettings.for_tests(**ROOMY, revocation_check_s=300)
+
+    async def start() -> AuthApi:
+        client = await make_client(await create_app(settings, config))
+        await client.server.app[STARTUP].done.wait()
+        return AuthApi(client, stack.maildir)
+
+    auth = await start()
+    tokens = await revoke_some(auth)
+    # Kept in MongoDB too: one record per revoked session, one per blocked user.
+    kinds = sorted([d["kind"] async for d in auth.db["revocations"].find({})])
+    assert kinds.count("user") == 1  # the unblocked user's record is gone
+    assert kinds.count("session") >= 3
+    await forget_everything_in_redis(auth)
+    assert (await answers(auth, tokens))["logged_out"] == (200, "ok")  # what #20 found
+    # The next process to start restores them before it serves.
+    restarted = await start()
+    assert await answers(restarted, tokens) == EXPECTED
+    assert await answers(auth, tokens) == EXPECTED  # every process reads the same Redis
+
+
+async def test_a_running_service_restores_them_after_a_redis_restart(
+    auth: AuthApi, stack: Stack
+) -> None:
+    if stack.procs is None:
+        pytest.skip("the stack is not ours to restart (PARLEY_TEST_REUSE_STACK)")
+    tokens = await revoke_some(auth)
+    stack.procs.kill("redis")
+    stack.procs.start("redis")
+    # Redis comes back empty; the service notices and restores, without a restart of its own.
+    await eventually(lambda: answers(auth, tokens), lambda got: got == EXPECTED, timeout=20)
+
+
+async def test_expired_revocations_are_not_restored(auth: AuthApi) -> None:
+    store = auth.service.store
+    await store.revocations.insert_one(
+        {"_id": f"{auth.service.settings.redis_prefix}:revoked:sid:old", "kind": "session",
+         "user_id": "u", "expires_at": 1.0}
+    )  # fmt: skip
+    await store.revocation_log.restore()
+    assert await store.revocations.find_one({"_id": {"$regex": ":old$"}}) is None
+    assert not await auth.redis.exists(f"{auth.service.settings.redis_prefix}:revoked:sid:old")
