@@ -40,12 +40,31 @@ try {
   // (Chromium asks for /favicon.ico, which we do not have: a 404 that is no error of ours.)
   page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && errors.push(m.text()));
   page.on("response", (r) => r.status() >= 400 && !r.url().endsWith("/favicon.ico") && errors.push(`${r.status()} ${r.url()}`));
+  // The first, unfiltered page of users answers late (as on a server with many
+  // users): it must not overwrite the search the admin types meanwhile.
+  const unfiltered = /\/auth\/v1\/admin\/users\?limit=25$/;
+  await page.route(unfiltered, async (route) => {
+    // The real first page, late, and (as with thousands of users) without the target.
+    const real = await route.fetch();
+    const body = await real.json();
+    body.users = body.users.filter((u) => u.username !== env.TARGET);
+    await new Promise((r) => setTimeout(r, 1500));
+    await route.fulfill({ response: real, json: body });
+  });
+  const late = page.waitForResponse((r) => unfiltered.test(r.url()));
   step("admin signs in");
   await signIn(page, env.ADMIN_USER, env.ADMIN_PASSWORD, true);
   await page.waitForSelector("nav >> text=Audit log");
   await page.fill("#search", env.TARGET);
   await page.click("text=Search");
   await page.waitForSelector(`tr.clickable >> text=${env.TARGET}`);
+  await late;
+  // Let the page handle that answer (its body, then a render), then look again.
+  await page.evaluate(() => new Promise((r) => setTimeout(r, 0)));
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  if ((await page.locator("tr.clickable", { hasText: env.TARGET }).count()) !== 1) {
+    throw new Error("a late unfiltered page replaced the search results");
+  }
   await shot(page, "users");
   step("admin blocks the user");
   await page.click(`tr.clickable >> text=${env.TARGET}`);

@@ -1,4 +1,4 @@
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import type { AdminSession, AdminUser, Api, AuditEntry, OAuthClient } from "./api";
 import { ApiError } from "./api";
 import type { Navigate } from "./main";
@@ -24,14 +24,19 @@ export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [next, setNext] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
 
+  // Only the latest request may fill the table: the first (unfiltered) page can
+  // arrive after a search the admin typed meanwhile, and must not overwrite it.
+  const latest = useRef(0);
   const load = async (query: string, cursor?: string | null) => {
+    const ticket = ++latest.current;
     try {
       const page = await api.users(query, cursor);
-      setUsers(cursor ? [...users, ...page.users] : page.users);
+      if (ticket !== latest.current) return;
+      setUsers((shown) => (cursor ? [...shown, ...page.users] : page.users));
       setNext(page.next_cursor);
       setError(null);
     } catch (e) {
-      setError(e);
+      if (ticket === latest.current) setError(e);
     }
   };
   useEffect(() => void load(""), []);
