@@ -374,9 +374,14 @@ async def test_consumers_started_together_land_in_one_generation(
     class Listener(Count, ConsumerRebalanceListener):
         pass
 
+    # A long session: on a busy machine a missed heartbeat would expel a member and
+    # make it join again, which is not what this test is about.
     cs = [
         AIOKafkaConsumer(
-            bootstrap_servers=broker.bootstrap, group_id=group, session_timeout_ms=SESSION_MS
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=1_000,
         )
         for _ in range(n)
     ]
