@@ -7,7 +7,7 @@ import base64
 import contextlib
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -75,6 +75,9 @@ class Client:
         self.send_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
+        self.socket_token = ""  # the token the open socket was (re)authenticated with
+        self.refresh_lock = asyncio.Lock()
+        self.errors: Counter[str] = Counter()
 
     # Connection -----------------------------------------------------------------
     async def run(self) -> None:
@@ -114,8 +117,9 @@ class Client:
             soak.stack.ws_url, autoping=True, heartbeat=20.0, max_msg_size=0, compress=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
         )  # fmt: skip
+        token = self.account.token
         try:
-            await ws.send_str(f.encode(f.Auth(token=self.account.token)).decode())
+            await ws.send_str(f.encode(f.Auth(token=token)).decode())
             msg = await ws.receive(timeout=15)
             if msg.type != aiohttp.WSMsgType.TEXT:
                 raise RuntimeError(f"no ready: {msg.type!r} {ws.close_code}")
@@ -132,7 +136,11 @@ class Client:
             await ws.close()
             raise
         self.ws = ws
+        self.socket_token = token
         self.reader = asyncio.create_task(self._read(ws))
+        if self.account.token != token:
+            # The token was refreshed while this socket was authenticating.
+            soak.spawn(self.reauth())
 
     async def _drop(self) -> None:
         ws, self.ws = self.ws, None
@@ -295,7 +303,11 @@ class Client:
     def _error(self, frame: f.Error) -> None:
         soak = self.soak
         soak.count("error", frame.code)
+        self.errors[frame.code] += 1
         ident = frame.id or ""
+        if frame.code in ("token_expired", "invalid_token"):
+            # The socket's token ran out (an ack or a sync was refused): renew it.
+            soak.spawn(self.renew())
         if ident.isdigit() and int(ident) in self.unaccepted:
             # Refused (e.g. service_unavailable while a process is down): sent
             # again with the same id about a second from now.
@@ -350,8 +362,18 @@ class Client:
 
     async def reauth(self) -> None:
         """A fresh token on the open socket (docs/protocol.md, `auth`)."""
+        token = self.account.token
         with contextlib.suppress(ConnectionResetError, RuntimeError, OSError):
-            await self._send_control(f.Auth(token=self.account.token))
+            await self._send_control(f.Auth(token=token))
+            self.socket_token = token
+
+    async def renew(self) -> None:
+        """The socket's token was refused: use the current one, or refresh it."""
+        acc = self.account
+        if self.socket_token != acc.token and time.monotonic() - acc.got_at < acc.expires_in * 0.8:
+            await self.reauth()
+        else:
+            await self.soak.refresh(self, force=True)
 
 
 def b64decode(text: str) -> bytes:

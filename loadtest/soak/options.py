@@ -33,6 +33,7 @@ class Options:
     body_bytes: int = 162
     sample_every: float = 5.0
     drain_seconds: float = 300.0
+    idle_seconds: float = 60.0
     cheap_kdf: bool = False
     token_ttl: int | None = None
     results: Path | None = None
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    help="seconds between CPU samples")  # fmt: skip
     p.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
                    help="how long the end waits for acceptances and deliveries")  # fmt: skip
+    p.add_argument("--idle-seconds", type=float, default=d.idle_seconds,
+                   help="first measure the idle stack's CPU (sockets open)")  # fmt: skip
     p.add_argument("--cheap-kdf", action="store_true",
                    help="cheap argon2id for sign-ups (tests)")  # fmt: skip
     p.add_argument("--token-ttl", type=int, help="access token lifetime, s (default: make run's)")
@@ -81,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         kills=parse_kills(a.kills, p.error), resend_every=a.resend_every,
         resend_count=a.resend_count, retry_after=a.retry_after, ack_interval=a.ack_interval,
         body_bytes=a.body_bytes, sample_every=a.sample_every, drain_seconds=a.drain_seconds,
+        idle_seconds=a.idle_seconds,
         cheap_kdf=a.cheap_kdf, token_ttl=a.token_ttl, results=a.results, data_dir=a.data_dir,
         seed=a.seed,
     )  # fmt: skip

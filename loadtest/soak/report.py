@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ from typing import Any
 
 from loadtest.common import CLK_TCK, machine_seconds, percentile
 from scripts.run import PROCESSES
+
+CALM_S = 60.0  # how long after a kill a message counts as "during recovery"
 
 
 # CPU ----------------------------------------------------------------------------
@@ -125,9 +128,22 @@ def summarize(
     window_s: float,
     windows: int,
     kills: list[dict[str, Any]],
+    idle: Mapping[str, float] | None = None,
+    calm_s: float = CALM_S,
 ) -> dict[str, Any]:
-    """The per-window table and the totals (pure arithmetic on what was recorded)."""
+    """The per-window table, a per-minute series and the totals (pure arithmetic
+    on what was recorded).
+
+    ``idle``: each process's cores with every socket open and nothing sent;
+    ``..._above_idle`` divides only the CPU above that by the messages.
+    ``p99_calm``: messages composed ``calm_s`` or more after the last kill.
+    """
     wns = int(window_s * 1e9)
+    kill_ns = sorted(start_ns + int(k["at_s"] * 1e9) for k in kills)
+    calm_ns = int(calm_s * 1e9)
+
+    def calm(ns: int) -> bool:
+        return not any(0 <= ns - k < calm_ns for k in kill_ns)
 
     def window_of(ns: int) -> int:
         return (ns - start_ns) // wns
@@ -135,6 +151,9 @@ def summarize(
     rows: list[dict[str, Any]] = []
     counts = [Counter[str]() for _ in range(windows)]
     acc_ns: list[list[float]] = [[] for _ in range(windows)]
+    calm_acc: list[list[float]] = [[] for _ in range(windows)]
+    minutes = max(1, math.ceil(windows * window_s / 60 - 1e-9))
+    by_minute: list[list[float]] = [[] for _ in range(minutes)]
     e2e_ns: list[list[float]] = [[] for _ in range(windows)]
     delivered_in = [0] * windows
     for ns in ledger.delivered.values():
@@ -156,15 +175,23 @@ def summarize(
             e2e_ns[w].append(float(got - composed))
             if accepted_at is not None:
                 # The recipient may see it a moment before the sender sees `accepted`.
-                acc_ns[w].append(float(max(got - accepted_at, 0)))
+                took = float(max(got - accepted_at, 0))
+                acc_ns[w].append(took)
+                if calm(composed):
+                    calm_acc[w].append(took)
+                by_minute[min(max((composed - start_ns) // 60_000_000_000, 0), minutes - 1)].append(
+                    took
+                )
         if key in ledger.duplicates:
             row["duplicates"] += 1
     for w, row in enumerate(counts):
         acc = sorted(acc_ns[w])
         e2e = sorted(e2e_ns[w])
+        quiet = sorted(calm_acc[w])
         used = cpu.by_window[w]
         n = delivered_in[w]
         servers = sum(s for name, s in used.items() if name != "loadgen")
+        idle_servers = sum(c for name, c in (idle or {}).items() if name != "loadgen")
         seconds = window_s
         rows.append(
             {
@@ -176,6 +203,7 @@ def summarize(
                     "p50": _ms(percentile(acc, 50)),
                     "p99": _ms(percentile(acc, 99)),
                     "max": _ms(acc[-1] if acc else None),
+                    "p99_calm": _ms(percentile(quiet, 99)),
                 },
                 "send_to_delivery_ms": {
                     "p50": _ms(percentile(e2e, 50)),
@@ -188,6 +216,11 @@ def summarize(
                     name: round(s * 1e6 / n, 1) if n else None for name, s in sorted(used.items())
                 },
                 "server_cpu_us_per_msg": round(servers * 1e6 / n, 1) if n else None,
+                "server_cpu_us_per_msg_above_idle": (
+                    round((servers - idle_servers * seconds) * 1e6 / n, 1)
+                    if n and idle is not None
+                    else None
+                ),
                 "machine_cores_busy": round(cpu.machine[w] / seconds, 2),
                 "other_cores": round(
                     (cpu.machine[w] - cpu.interrupts[w] - sum(used.values())) / seconds, 2
@@ -218,8 +251,15 @@ def summarize(
             "max": _ms(acc_all[-1] if acc_all else None),
         },
     }
+    series = []
+    for m, values in enumerate(by_minute):
+        values.sort()
+        series.append({"minute": m, "samples": len(values), "p50": _ms(percentile(values, 50)),
+                       "p99": _ms(percentile(values, 99))})  # fmt: skip
     return {
         "windows": rows,
+        "per_minute_accept_to_delivery_ms": series,
+        "idle_cores": dict(idle) if idle is not None else None,
         "totals": totals,
         "lost_keys": [split_key(k) for k in lost[:200]],
         "duplicate_keys": [
@@ -241,15 +281,15 @@ def table(report: Mapping[str, Any]) -> str:
     """Markdown tables: messages and latency per window; CPU µs per message per window."""
     lines = [
         "| minutes | sent | accepted | delivered | lost | dup | acc→del p50 ms | p99 ms | max ms"
-        " | compose→del p99 ms | kills |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | p99 ms, >60 s after a kill | compose→del p99 ms | kills |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in report["windows"]:
         a, s = w["accept_to_delivery_ms"], w["send_to_delivery_ms"]
         lines.append(
             f"| {w['minutes'][0]:g}-{w['minutes'][1]:g} | {w['sent']} | {w['accepted']}"
             f" | {w['delivered']} | {w['lost']} | {w['duplicates']} | {a['p50']} | {a['p99']}"
-            f" | {a['max']} | {s['p99']} | {', '.join(w['kills']) or '-'} |"
+            f" | {a['max']} | {a.get('p99_calm')} | {s['p99']} | {', '.join(w['kills']) or '-'} |"
         )
     t = report["totals"]
     lines += [
@@ -264,8 +304,10 @@ def table(report: Mapping[str, Any]) -> str:
         "",
         "CPU µs per delivered message, per window (restarted processes counted from their start):",
         "",
-        "| minutes | " + " | ".join(PROCESS_COLUMNS) + " | servers | machine cores | other cores |",
-        "|---|" + "---|" * (len(PROCESS_COLUMNS) + 3),
+        "| minutes | "
+        + " | ".join(PROCESS_COLUMNS)
+        + " | servers | servers above idle | machine cores | other cores |",
+        "|---|" + "---|" * (len(PROCESS_COLUMNS) + 4),
     ]
     for w in report["windows"]:
         per = w["cpu_us_per_msg"]
@@ -273,9 +315,17 @@ def table(report: Mapping[str, Any]) -> str:
         lines.append(
             f"| {w['minutes'][0]:g}-{w['minutes'][1]:g} | "
             + " | ".join(cells)
-            + f" | {_cell(w['server_cpu_us_per_msg'])} | {w['machine_cores_busy']}"
+            + f" | {_cell(w['server_cpu_us_per_msg'])}"
+            f" | {_cell(w.get('server_cpu_us_per_msg_above_idle'))} | {w['machine_cores_busy']}"
             f" | {w['other_cores']} |"
         )
+    idle = report.get("idle_cores")
+    if idle:
+        lines += [
+            "",
+            "Idle (every socket open, nothing sent), cores: "
+            + ", ".join(f"{name} {idle[name]:.3f}" for name in PROCESS_COLUMNS if name in idle),
+        ]
     if report.get("kills"):
         lines += [
             "",

@@ -64,6 +64,7 @@ class Soak:
         self.stored = self.delivered_receipts = self.acks = 0
         self.refreshes = self.relogins = 0
         self.loadavg: list[list[float]] = []
+        self.idle: dict[str, float] | None = None
 
     def count(self, what: str, detail: str = "") -> None:
         self.counters[f"{what}:{detail}" if detail else what] += 1
@@ -80,14 +81,20 @@ class Soak:
         return int(self.elapsed() // self.window_s)
 
     # Accounts -------------------------------------------------------------------
-    async def http(self, method: str, path: str, body: Any, token: str | None = None) -> Any:
+    async def http(
+        self, method: str, path: str, body: Any, token: str | None = None, timeout: float = 60
+    ) -> Any:
         assert self.session is not None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with self.session.request(
             method, self.stack.lb + path, json=body, headers=headers,
-            timeout=aiohttp.ClientTimeout(total=60),
+            timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:  # fmt: skip
-            data = await resp.json(content_type=None) if resp.content_length != 0 else None
+            raw = await resp.read()
+            try:
+                data = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:  # e.g. HAProxy's own 503 page
+                data = raw[:200].decode(errors="replace")
             if resp.status >= 300:
                 raise HttpError(resp.status, data)
             return data
@@ -106,13 +113,23 @@ class Soak:
         return Account(username, user_id, token, tokens["refresh_token"], tokens["expires_in"])
 
     async def refresh(self, client: Client, force: bool = False) -> None:
-        """A new access token from the refresh token (a new login if that was refused)."""
+        """A new access token from the refresh token (a new login if that was refused).
+
+        One at a time per user: a refresh token is single-use, and using one
+        twice counts as reuse (the session is revoked)."""
+        async with client.refresh_lock:
+            await self._refresh(client, force)
+
+    async def _refresh(self, client: Client, force: bool) -> None:
         acc = client.account
-        if not force and time.monotonic() - acc.got_at < acc.expires_in * 0.5:
+        age = time.monotonic() - acc.got_at
+        if age < acc.expires_in * 0.5 and (not force or age < 5.0):
+            if force:
+                await client.reauth()  # refreshed a moment ago (by the other path)
             return
         try:
             tokens = await self.http(
-                "POST", "/auth/v1/token/refresh", {"refresh_token": acc.refresh_token}
+                "POST", "/auth/v1/token/refresh", {"refresh_token": acc.refresh_token}, timeout=15
             )
             self.refreshes += 1
         except HttpError as err:
@@ -126,11 +143,11 @@ class Soak:
                 tokens = await self.http("POST", "/auth/v1/login", {
                     "username": acc.username, "password": PASSWORD, "device_id": DEVICE,
                 })  # fmt: skip
-            except (HttpError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (HttpError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self.count("relogin_failed", type(exc).__name__)
                 return
             self.relogins += 1
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             self.count("refresh_failed", type(exc).__name__)
             return
         acc.token, acc.refresh_token = tokens["access_token"], tokens["refresh_token"]
@@ -152,9 +169,13 @@ class Soak:
             await asyncio.sleep(0.005)
 
     async def every(self, seconds: float, fn: Callable[[], Any]) -> None:
+        """Call ``fn`` every ``seconds``; a failure is counted, and the loop goes on."""
         while True:
             await asyncio.sleep(seconds)
-            await fn()
+            try:
+                await fn()
+            except Exception as exc:
+                self.count("loop_failed", f"{getattr(fn, '__name__', fn)}:{exc!r}"[:120])
 
     async def retry_all(self) -> None:
         for c in self.clients:
@@ -165,10 +186,15 @@ class Soak:
             await c.ack()
 
     async def refresh_all(self) -> None:
-        for c in self.clients:
-            await self.refresh(c)
+        # Side by side: one slow answer (a process being killed) delays no one else.
+        results = await asyncio.gather(
+            *(self.refresh(c) for c in self.clients), return_exceptions=True
+        )
+        for res in results:
+            if isinstance(res, Exception):
+                self.count("refresh_crashed", repr(res)[:100])
 
-    async def sample(self) -> None:
+    async def sample(self, into: CpuLedger | None = None, window: int | None = None) -> None:
         async with self.pid_lock:
             try:
                 pids = await asyncio.to_thread(self.stack.pids)
@@ -176,6 +202,9 @@ class Soak:
                 self.count("pids_failed", type(exc).__name__)
                 return
             pids["loadgen"] = os.getpid()
+            if into is not None and window is not None:
+                into.sample(window, pids)
+                return
             self.cpu.sample(self.window_now() if self.start_ns else -1, pids)
             if self.start_ns:
                 self.loadavg.append([round(self.elapsed(), 1), *os.getloadavg()])
@@ -257,6 +286,21 @@ class Soak:
             f" resent {self.resent_accepted}+{self.resent_unaccepted}"
             f" load {os.getloadavg()[0]:.2f}"
         )
+        now = time.monotonic()
+        for c in self.clients:
+            first = (
+                min(self.ledger.composed[c.idx << 32 | n] for n in c.unaccepted)
+                if c.unaccepted
+                else None
+            )
+            if first is not None and now - first / 1e9 > 30:
+                acc = c.account
+                self.log(
+                    f"  stuck client {c.idx}: {len(c.unaccepted)} unaccepted, oldest"
+                    f" {now - first / 1e9:.0f} s; ready {c.ready.is_set()} ws {c.ws is not None}"
+                    f" token age {now - acc.got_at:.0f} s, socket token current"
+                    f" {c.socket_token == acc.token}; errors {dict(c.errors)}"
+                )
 
     # The whole run ----------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -287,6 +331,14 @@ class Soak:
         for c in self.clients:
             c.task = asyncio.create_task(c.run())
         await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in self.clients)), 120)
+        if opts.idle_seconds > 0:
+            # The stack's cost with every socket open and nothing sent.
+            self.log(f"measuring the idle stack for {opts.idle_seconds:g} s")
+            idle = CpuLedger(1)
+            await self.sample(idle, -1)
+            await asyncio.sleep(opts.idle_seconds)
+            await self.sample(idle, 0)
+            self.idle = {n: round(s / opts.idle_seconds, 4) for n, s in idle.by_window[0].items()}
         await self.sample()  # the baseline of every process's CPU
         self.start_ns = time.monotonic_ns()
         until = self.start_ns + int(self.duration * 1e9)
@@ -318,7 +370,7 @@ class Soak:
             await asyncio.gather(*background, return_exceptions=True)
         report = summarize(
             self.ledger, self.cpu, start_ns=self.start_ns, window_s=self.window_s,
-            windows=self.windows, kills=self.kills,
+            windows=self.windows, kills=self.kills, idle=self.idle,
         )  # fmt: skip
         if report["totals"]["lost"] or report["totals"]["duplicates"]:
             report["forensics"] = await self.forensics(report)

@@ -56,7 +56,8 @@ def test_report_counts_each_message_in_the_window_it_was_composed() -> None:
     cpu.machine = [60.0, 30.0]
     cpu.interrupts = [6.0, 0.0]
     kills = [{"process": "gateway1", "at_s": 61.0}, {"process": "mongo", "at_s": 5.0}]
-    report = summarize(led, cpu, start_ns=start, window_s=60, windows=2, kills=kills)
+    idle = {"mongo": 0.001, "loadgen": 0.5}
+    report = summarize(led, cpu, start_ns=start, window_s=60, windows=2, kills=kills, idle=idle)
 
     w0, w1 = report["windows"]
     assert (w0["sent"], w0["accepted"], w0["delivered"], w0["lost"], w0["duplicates"]) == (
@@ -66,14 +67,26 @@ def test_report_counts_each_message_in_the_window_it_was_composed() -> None:
         2, 1, 2, 0, 1,
     )  # fmt: skip
     # accept -> delivery: 20 ms and 100 ms; a delivery seen before `accepted` counts 0.
-    assert w0["accept_to_delivery_ms"] == {"samples": 2, "p50": 20.0, "p99": 100.0, "max": 100.0}
+    assert w0["accept_to_delivery_ms"] == {
+        "samples": 2, "p50": 20.0, "p99": 100.0, "max": 100.0,
+        "p99_calm": 20.0,  # #2 was composed within a minute after the kill of mongo
+    }  # fmt: skip
     assert w1["accept_to_delivery_ms"]["p50"] == 0.0
+    assert w1["accept_to_delivery_ms"]["p99_calm"] is None  # composed 9 s after a kill
+    assert report["per_minute_accept_to_delivery_ms"] == [
+        {"minute": 0, "samples": 2, "p50": 20.0, "p99": 100.0},
+        {"minute": 1, "samples": 1, "p50": 0.0, "p99": 0.0},
+    ]
     assert w0["send_to_delivery_ms"] == {"p50": 25.0, "p99": 105.0}
     # CPU per message delivered *in* the window (2 in window 0, 1 in window 1).
     assert w0["delivered_in_window"] == 2 and w1["delivered_in_window"] == 1
     assert w0["cpu_us_per_msg"] == {"loadgen": 500_000.0, "mongo": 100_000.0}
     assert w0["server_cpu_us_per_msg"] == 100_000.0  # the load generator is not a server
     assert w1["server_cpu_us_per_msg"] == 100_000.0
+    # Above what the idle stack burns (mongo 0.001 cores = 0.06 s a window).
+    assert w0["server_cpu_us_per_msg_above_idle"] == 70_000.0
+    assert w1["server_cpu_us_per_msg_above_idle"] == 40_000.0
+    assert report["idle_cores"] == idle
     assert w0["machine_cores_busy"] == 1.0
     assert w0["other_cores"] == round((60 - 6 - 1.2) / 60, 2)
     assert w0["kills"] == ["mongo"] and w1["kills"] == ["gateway1"]
@@ -87,6 +100,7 @@ def test_report_counts_each_message_in_the_window_it_was_composed() -> None:
     assert report["duplicate_keys"] == [{"sender": 1, "n": 4, "seqs": [7, 9]}]
     text = table({**report, "kills": kills})
     assert "**lost 1**" in text and "**duplicates 1**" in text
+    assert "Idle (every socket open, nothing sent), cores: mongo 0.001" in text
 
 
 def test_kills_are_spread_over_the_run_and_name_real_processes() -> None:
@@ -109,7 +123,7 @@ def test_short_soak_with_a_kill_resends_and_token_refresh_loses_nothing(tmp_path
     cmd = [sys.executable, "-m", "loadtest.soak", "--minutes", "0.5", "--rate", "20",
            "--clients", "8", "--window-minutes", "0.25", "--kills", "gateway1",
            "--resend-every", "5", "--resend-count", "5", "--cheap-kdf", "--token-ttl", "30",
-           "--drain-seconds", "20", "--results", str(out)]  # fmt: skip
+           "--drain-seconds", "20", "--idle-seconds", "3", "--results", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=85, check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     report = orjson.loads(out.read_bytes())
@@ -119,6 +133,8 @@ def test_short_soak_with_a_kill_resends_and_token_refresh_loses_nothing(tmp_path
     assert t["sent"] == t["accepted"] == t["delivered"], t
     assert t["resent_accepted"] > 0  # same ids sent again after forced reconnects
     assert t["token_refreshes"] > 0
+    assert "error:token_expired" not in report["events"]  # every socket was re-authenticated
+    assert report["idle_cores"]["gateway1"] > 0
     [kill] = report["kills"]
     assert kill["process"] == "gateway1" and kill["new_pid"] not in (0, kill["pid"])
     assert kill["ready_s"] is not None
