@@ -134,7 +134,11 @@ def test_short_soak_with_a_kill_resends_and_token_refresh_loses_nothing(tmp_path
     assert t["resent_accepted"] > 0  # same ids sent again after forced reconnects
     assert t["token_refreshes"] > 0
     assert "error:token_expired" not in report["events"]  # every socket was re-authenticated
-    assert report["idle_cores"]["gateway1"] > 0
+    # The idle baseline was measured for every process (an idle gateway can use
+    # less than one clock tick in a short baseline: 0 is a valid reading).
+    assert {"gateway1", "delivery", "mongo", "kafka"} <= set(report["idle_cores"])
+    assert all(v >= 0 for v in report["idle_cores"].values())
+    assert sum(report["idle_cores"].values()) > 0
     [kill] = report["kills"]
     assert kill["process"] == "gateway1" and kill["new_pid"] not in (0, kill["pid"])
     assert kill["ready_s"] is not None
