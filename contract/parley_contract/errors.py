@@ -64,3 +64,5 @@ class ErrorCode(StrEnum):
     SEQ_NOT_ISSUED = "seq_not_issued"
     REAUTH_REQUIRED = "reauth_required"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    INBOX_FULL = "inbox_full"
+    TOO_MANY_PENDING = "too_many_pending"

@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     # to find the records at fault (an outage waits without counting).
     delivery_max_attempts: int = Field(default=3, ge=1, le=100)
     sync_page_max: int = Field(default=200, ge=1, le=1000)
+    # Inbox caps (docs/security.md): items waiting in one device inbox, and
+    # items from one sender waiting in it; past either, a send is refused
+    # (`inbox_full`, `too_many_pending`).
+    inbox_max_pending: int = Field(default=100_000, ge=1)
+    inbox_max_pending_per_sender: int = Field(default=10_000, ge=1)
+    # A gateway re-reads an inbox's counts at most this often while it is
+    # under half of both caps (0: on every send).
+    inbox_room_cache_s: float = Field(default=2.0, ge=0)
+    # Unacknowledged items older than this are deleted by the purge job,
+    # which runs every inbox_purge_interval_s.
+    inbox_expiry_s: int = Field(default=30 * 86400, ge=60)
+    inbox_purge_interval_s: float = Field(default=3600.0, gt=0)
 
     # Operations.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -59,6 +59,8 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.SEQ_NOT_ISSUED: 409,
     ErrorCode.REAUTH_REQUIRED: 401,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.INBOX_FULL: 429,
+    ErrorCode.TOO_MANY_PENDING: 429,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

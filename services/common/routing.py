@@ -21,6 +21,14 @@ def presence_key(prefix: str, user_id: str) -> str:
     return f"{prefix}:presence:{{{user_id}}}"
 
 
+def pending_key(prefix: str, inbox: str) -> str:
+    """A device inbox's waiting-item counts: field ``*`` (all), one field per sender."""
+    return f"{prefix}:pending:{{{inbox}}}"
+
+
+PENDING_ALL = "*"
+
+
 def gateway_channel(prefix: str, gateway_id: str) -> str:
     return f"{prefix}:gw:{{{gateway_id}}}"
 

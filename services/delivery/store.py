@@ -23,6 +23,13 @@ Collections (database ``<prefix>delivery``):
   out, and the highest acknowledged one (acks start their range there).
 - ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
   ``peer``'s identity key changes (upserted by ``_id``, read by ``peer``).
+
+In Redis, ``pending:{<inbox>}`` counts what waits in each device inbox (field
+``*``) and what each sender has waiting there (one field per sender): raised
+when an item is stored, lowered when it is acknowledged or expires. The
+gateways read it to refuse sends past the inbox caps (docs/security.md). The
+counts are a guard, not the record: after a Redis restart they start again
+from zero (MongoDB keeps every item), and they may run a batch behind.
 """
 
 from __future__ import annotations
@@ -43,13 +50,31 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.common.config import Settings
-from services.common.routing import gateway_channel, live_gateways, presence_key
+from services.common.routing import (
+    PENDING_ALL,
+    gateway_channel,
+    live_gateways,
+    pending_key,
+    presence_key,
+)
 
 DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
 DAY_S = 86400
 ID_CHUNK = 500
 
+
+# Add each (field, delta) pair of ARGV to the hash KEYS[1]; drop fields that reach
+# zero or less; keep the key for ARGV[1] seconds (items expire by then anyway).
+_COUNT_PENDING = """
+for i = 2, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 0
+"""
 
 Push = tuple[str, int | None, f.ServerFrames]
 """(user, device or None for all of them, frame): what :meth:`DeliveryStore.publish` sends."""
@@ -70,6 +95,7 @@ class DeliveryStore:
         self.contacts = db["contacts"]
         self.redis = redis
         self.prefix = settings.redis_prefix
+        self._count_pending = redis.register_script(_COUNT_PENDING)
 
     async def ensure_indexes(self) -> None:
         # The unique (from, client_id) index of 0.1 made every duplicate a table
@@ -301,7 +327,83 @@ class DeliveryStore:
             res = await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
             deleted += int(res.deleted_count)
         await self.counters.update_one({"_id": inbox}, {"$max": {"acked": last}})
+        await self.redis.delete(pending_key(self.prefix, inbox))
         return deleted
+
+    # Caps and expiry ----------------------------------------------------------
+    async def count_pending(self, docs: Iterable[dict[str, Any]], sign: int) -> None:
+        """Raise (``sign`` 1: stored) or lower (-1: acknowledged, expired) the waiting
+        counts of these items' inboxes: all items, and messages per sender."""
+        deltas: dict[str, Counter[str]] = {}
+        for doc in docs:
+            per = deltas.setdefault(doc["inbox"], Counter())
+            per[PENDING_ALL] += sign
+            if doc.get("kind", "message") == "message":
+                per[doc["from"]] += sign
+        if not deltas:
+            return
+        keep = self.settings.inbox_expiry_s + DAY_S
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox, per in deltas.items():
+                args: list[str | int] = [keep]
+                for field, delta in per.items():
+                    args += [field, delta]
+                await self._count_pending(keys=[pending_key(self.prefix, inbox)], args=args,
+                                          client=pipe)  # fmt: skip
+            await pipe.execute()
+
+    async def purge_expired(self, now: float | None = None, concurrency: int = 8) -> int:
+        """Delete unacknowledged items stored more than ``inbox_expiry_s`` ago; returns
+        how many.
+
+        Sequence numbers grow with time, so an inbox's expired items are the
+        oldest ones: walk each inbox from its ``acked`` watermark, delete
+        while items are expired (or missing), stop at the first one that is
+        not, and raise the watermark past what was deleted (a later resend of
+        an expired message is then a recognised duplicate, not a new item).
+        Every read is by primary key; the counters are one pass over a
+        collection with one document per device inbox.
+        """
+        cutoff = (time.time() if now is None else now) - self.settings.inbox_expiry_s
+        waiting = [
+            (d["_id"], int(d.get("acked", 0)), int(d.get("n", 0)))
+            async for d in self.counters.find({}, {"n": 1, "acked": 1})
+            if int(d.get("n", 0)) > int(d.get("acked", 0))
+        ]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(inbox: str, acked: int, last: int) -> int:
+            async with gate:
+                return await self._purge_inbox(inbox, acked, last, cutoff)
+
+        return sum(await asyncio.gather(*(one(*w) for w in waiting)))
+
+    async def _purge_inbox(self, inbox: str, acked: int, last: int, cutoff: float) -> int:
+        fields = {"stored_at": 1, "sent_at": 1, "from": 1, "kind": 1, "inbox": 1, "seq": 1}
+        expired: list[dict[str, Any]] = []
+        top, start, done = acked, acked, False
+        while start < last and not done:
+            stop = min(last, start + ID_CHUNK)
+            docs = await self._by_seq(inbox, start + 1, stop, {}, fields)
+            found = {int(d["seq"]): d for d in docs}
+            for seq in range(start + 1, stop + 1):
+                doc = found.get(seq)
+                if doc is None:
+                    continue  # a number a clash skipped: nothing to keep
+                if _stored_at(doc) >= cutoff:
+                    done = True
+                    break
+                expired.append(doc)
+                top = seq
+            start = stop
+        if not expired:
+            return 0
+        for i in range(0, len(expired), ID_CHUNK):
+            chunk = [d["_id"] for d in expired[i : i + ID_CHUNK]]
+            await self.inbox.delete_many({"_id": {"$in": chunk}})
+        await self.counters.update_one({"_id": inbox}, {"$max": {"acked": top}})
+        await self.count_pending(expired, -1)
+        return len(expired)
 
     # Reading and acknowledging ----------------------------------------------
     async def inbox_depths(self, inboxes: Iterable[str]) -> dict[str, int]:
@@ -489,6 +591,15 @@ def item_frame(doc: dict[str, Any]) -> f.InboxItem:
         conversation=doc.get("conversation"), commitment=doc.get("commitment"),
         sent_at=_int(doc.get("sent_at")),
     )  # fmt: skip
+
+
+def _stored_at(doc: dict[str, Any]) -> float:
+    """When an item was stored (items from before ``stored_at`` existed: when sent)."""
+    if doc.get("stored_at") is not None:
+        return float(doc["stored_at"])
+    if doc.get("sent_at") is not None:
+        return float(doc["sent_at"]) / 1000
+    return float("inf")  # unknown: never expired by guesswork
 
 
 def _int(value: Any) -> int | None:

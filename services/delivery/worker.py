@@ -87,6 +87,11 @@ class Worker:
             "1 while a batch waits for an unreachable MongoDB or Redis.",
             registry=registry,
         )
+        self.expired = Counter(
+            "parley_delivery_expired_total",
+            "Unacknowledged inbox items deleted by the expiry job (inbox_expiry_s).",
+            registry=registry,
+        )
         self.down: list[str] = []
         self.batch_size = Histogram(
             "parley_delivery_batch_size", "Records per processed batch.",
@@ -290,6 +295,7 @@ class Worker:
         now = time.time()
         items = [item_doc(env, now) for env in envs]
         stored = await self.store.store(items)
+        await self.store.count_pending([d for d in stored if not d.get("duplicate")], 1)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
         frames: list[Push] = []
         sent = [
@@ -405,11 +411,22 @@ class Worker:
         await asyncio.gather(*acks)
 
     async def _purge_loop(self) -> None:
+        """Every ``inbox_purge_interval_s``: drop old dedup collections, delete expired items."""
         while True:
-            try:
-                dropped = await self.store.drop_expired_dedup()
-                if dropped:
-                    log.info("dropped expired dedup records", extra={"collections": dropped})
-            except Exception as exc:
-                log.warning("dedup purge failed", extra={"error": repr(exc)})
-            await asyncio.sleep(3600)
+            await self.purge_once()
+            await asyncio.sleep(self.settings.inbox_purge_interval_s)
+
+    async def purge_once(self) -> None:
+        try:
+            dropped = await self.store.drop_expired_dedup()
+            if dropped:
+                log.info("dropped expired dedup records", extra={"collections": dropped})
+        except Exception as exc:
+            log.warning("dedup purge failed", extra={"error": repr(exc)})
+        try:
+            expired = await self.store.purge_expired()
+            self.expired.inc(expired)
+            if expired:
+                log.info("expired inbox items deleted", extra={"items": expired})
+        except Exception as exc:
+            log.warning("inbox expiry failed", extra={"error": repr(exc)})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from services.gateway.connection import Connection
 
 log = logging.getLogger(__name__)
+
+ROOMY_MAX = 100_000
 
 
 class DevicesChanged(ApiError):
@@ -101,6 +104,8 @@ class Hub:
         # (dropped with the user's last socket).
         self.buckets: dict[str, TokenBucket] = {}
         self.draining = False
+        # (inbox, sender) -> until when it is known to be far from the caps.
+        self._roomy: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.subscribed = asyncio.Event()
         gw = self.settings.gateway_id
@@ -219,9 +224,49 @@ class Hub:
             )
             for copy, owner in zip(frame.copies, owners, strict=True)
         ]
+        await self._check_room(user_id, [env.inbox for env in envs if env.to == recipient])
         log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": recipient})
         acks = [await self.store.enqueue(env) for env in envs]
         return envs[0].server_id, envs[0].conversation or "", acks
+
+    async def _check_room(self, sender: str, inboxes: list[str]) -> None:
+        """Refuse a send that would pass an inbox cap: ``inbox_full`` when a recipient
+        device's inbox holds ``inbox_max_pending`` items, ``too_many_pending`` when it
+        holds ``inbox_max_pending_per_sender`` of the sender's (docs/security.md).
+
+        Reads delivery's counts in Redis (one round trip), or remembers for
+        ``inbox_room_cache_s`` that an inbox was under half of both caps. If
+        Redis does not answer the send goes on: the caps guard the disk,
+        Kafka and MongoDB keep the message.
+        """
+        now = time.monotonic()
+        todo = [i for i in inboxes if self._roomy.get((i, sender), 0.0) <= now]
+        if not todo:
+            return
+        try:
+            counts = await self.store.pending_counts(todo, sender)
+        except RedisError as exc:
+            log.info("inbox caps not checked", extra={"error": repr(exc)})
+            return
+        s = self.settings
+        if len(self._roomy) > ROOMY_MAX:
+            self._roomy.clear()
+        for inbox, (total, mine) in zip(todo, counts, strict=True):
+            device = inbox.rpartition(".")[2]
+            if total >= s.inbox_max_pending:
+                raise ApiError(
+                    ErrorCode.INBOX_FULL,
+                    f"The recipient's device {device} has {total} messages waiting (the limit is "
+                    f"{s.inbox_max_pending}); try again once it has synced.",
+                )
+            if mine >= s.inbox_max_pending_per_sender:
+                raise ApiError(
+                    ErrorCode.TOO_MANY_PENDING,
+                    f"{mine} of your messages wait for the recipient's device {device} (the "
+                    f"limit is {s.inbox_max_pending_per_sender}); try again once it has synced.",
+                )
+            if 2 * total < s.inbox_max_pending and 2 * mine < s.inbox_max_pending_per_sender:
+                self._roomy[(inbox, sender)] = now + s.inbox_room_cache_s
 
     async def _check_copies(
         self, user_id: str, device: int, recipient: str, token: str, frame: f.Send

@@ -17,7 +17,13 @@ from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import kafka_headers, outgoing_headers
-from services.common.routing import gateway_channel, presence_key, presence_value
+from services.common.routing import (
+    PENDING_ALL,
+    gateway_channel,
+    pending_key,
+    presence_key,
+    presence_value,
+)
 
 
 class GatewayStore:
@@ -59,6 +65,15 @@ class GatewayStore:
                 pipe.hset(key, conn_id, value)
                 pipe.expire(key, self.settings.presence_ttl_s)
             await pipe.execute()
+
+    async def pending_counts(self, inboxes: list[str], sender: str) -> list[tuple[int, int]]:
+        """(all waiting items, items from ``sender``) in each device inbox, one round trip
+        (the counts delivery keeps: services/delivery/store.py)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                pipe.hmget(pending_key(self.prefix, inbox), [PENDING_ALL, sender])
+            rows = await pipe.execute()
+        return [(int(a or 0), int(b or 0)) for a, b in rows]
 
     # Kafka ------------------------------------------------------------------
     async def enqueue(self, envelope: e.MessageEnvelope) -> asyncio.Future[object]:

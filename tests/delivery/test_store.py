@@ -210,3 +210,57 @@ async def test_resends_against_a_large_inbox_are_primary_key_lookups(settings: S
     finally:
         await mongo.close()
         await redis.aclose()
+
+
+async def _pending(store: DeliveryStore, inbox: str) -> dict[str, int]:
+    from services.common.routing import pending_key
+
+    raw = await store.redis.hgetall(pending_key(store.prefix, inbox))
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+async def test_waiting_counts_follow_stores_acks_and_drops(store: DeliveryStore) -> None:
+    """What the gateways read to enforce the inbox caps (#20)."""
+    stored = await store.store([item("ann", n, sender="s1" if n < 3 else "s2") for n in range(5)])
+    await store.count_pending(stored, 1)
+    assert await _pending(store, "ann") == {"*": 5, "s1": 3, "s2": 2}
+    await store.count_pending(await ack(store, "ann", 3), -1)
+    assert await _pending(store, "ann") == {"*": 2, "s2": 2}  # s1's field is gone at zero
+    await store.drop_inbox("ann")
+    assert await _pending(store, "ann") == {}
+
+
+async def test_unacknowledged_items_expire_by_a_job_not_on_read(store: DeliveryStore) -> None:
+    """Expiry (30 days by default) deletes the oldest waiting items of every inbox.
+
+    Twenty thousand items in one inbox (a phone left in a drawer for a
+    month), the older half expired: the job deletes exactly those, in
+    primary-key chunks, moves the watermark past them, lowers the counts,
+    and leaves the rest and other inboxes alone; a resend of an expired
+    message is a recognised duplicate, not a new item.
+    """
+    expiry = store.settings.inbox_expiry_s
+    now = time.time()
+    old, new = 10_000, 10_000
+    for start in range(0, old + new, 1000):
+        batch = [item("drawer", n, cid=f"m{n}") for n in range(start, start + 1000)]
+        for it in batch:
+            n = int(it["client_id"][1:])
+            it["stored_at"] = now - expiry - 60 if n < old else now - 60
+        await store.count_pending(await store.store(batch), 1)
+    fresh = [{**item("other", n, cid=f"o{n}"), "stored_at": now} for n in range(3)]
+    await store.count_pending(await store.store(fresh), 1)
+    # Not on read: a page still shows the expired items until the job runs.
+    page, _ = await store.page("drawer", 0, 5)
+    assert [d["client_id"] for d in page] == ["m0", "m1", "m2", "m3", "m4"]
+
+    assert await store.purge_expired(now=now) == old
+    page, more = await store.page("drawer", 0, 5)
+    assert [d["client_id"] for d in page] == [f"m{n}" for n in range(old, old + 5)] and more
+    assert await store.inbox.count_documents({"inbox": "drawer"}) == new
+    assert await _pending(store, "drawer") == {"*": new, "s": new}
+    assert len((await store.page("other", 0, 10))[0]) == 3
+    assert await store.purge_expired(now=now) == 0  # nothing more, and idempotent
+    again = await store.store([item("drawer", 0, cid="m0")])
+    assert again[0]["duplicate"] is True and again[0].get("acked") is True
+    assert await store.inbox.count_documents({"inbox": "drawer"}) == new

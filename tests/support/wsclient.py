@@ -59,11 +59,17 @@ class WsClient:
 
     async def expect(self, op: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         """The next frame with this op (and fields); other frames are kept aside."""
+        return await self.expect_any((op,), timeout, **match)
+
+    async def expect_any(
+        self, ops: tuple[str, ...], timeout: float = 10.0, **match: Any
+    ) -> dict[str, Any]:
+        """The next frame with one of these ops (and fields); others are kept aside."""
         aside: list[dict[str, Any]] = []
         try:
             while True:
                 frame = await self.next(timeout)
-                if frame.get("op") == op and all(frame.get(k) == v for k, v in match.items()):
+                if frame.get("op") in ops and all(frame.get(k) == v for k, v in match.items()):
                     return frame
                 aside.append(frame)
         finally:
