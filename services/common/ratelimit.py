@@ -264,13 +264,22 @@ class RateLimiter:
         message: str = "Too many requests; slow down.",
     ) -> None:
         """Take a token from ``ident``'s bucket, or raise 429 ``rate_limited``."""
+        wait_s = await self._take(rule, ident, capacity, refill_s)
+        if wait_s is not None:
+            self._refused(rule, ErrorCode.RATE_LIMITED)
+            raise too_many(wait_s, message=message)
+
+    async def try_take(self, rule: str, ident: str, capacity: int, refill_s: float) -> bool:
+        """Take a token from ``ident``'s bucket if there is one; False (nothing taken) if not."""
+        return await self._take(rule, ident, capacity, refill_s) is None
+
+    async def _take(self, rule: str, ident: str, capacity: int, refill_s: float) -> float | None:
+        """None when a token was taken, else the seconds until the next one."""
         refill_ms = max(1, round(refill_s * 1000))
         allowed, wait_ms = await self._bucket(
             keys=[self.key(rule, ident)], args=[capacity, refill_ms]
         )
-        if not allowed:
-            self._refused(rule, ErrorCode.RATE_LIMITED)
-            raise too_many(int(wait_ms) / 1000, message=message)
+        return None if allowed else int(wait_ms) / 1000
 
     def _refused(self, rule: str, code: ErrorCode) -> None:
         if self.metrics is not None:

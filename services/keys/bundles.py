@@ -11,13 +11,22 @@ one-time ML-KEM prekey (or the last-resort one when they ran out). Each
 one-time prekey is taken with a single ``find_one_and_delete``, so no two
 claimers ever get the same one, however many claim at once.
 
-Claims are rate-limited per (claimer, target) pair with a token bucket in
-Redis (services.common.ratelimit): a pair starts with ``claim_burst`` tokens
-and gets one back every ``claim_refill_s`` seconds (defaults: 6, then one per
-100 s, i.e. 36 an hour). That is Signal's budget of 6 claims per 10 minutes
-per pair without its fixed window, so there is no double burst at a window's
-edge. Claims of one's own user (the other devices of the claimer) are not
-limited: draining one's own prekeys harms no one else.
+Three budgets, token buckets in Redis (services.common.ratelimit), keep
+claims from draining anyone's one-time prekeys (docs/security.md):
+
+- per (claimer, target) pair: ``claim_burst`` tokens, one back every
+  ``claim_refill_s`` (6, then 36 an hour): Signal's budget of 6 claims per 10
+  minutes per pair without its fixed window (no double burst at its edge);
+- per claimer, over all targets: ``claimer_burst`` / ``claimer_refill_s``
+  (60, then 360 an hour); past either, 429 ``rate_limited``;
+- per target, the one-time prekeys it hands out to others: ``one_time_burst``
+  / ``one_time_refill_s`` (30, then 60 an hour). Past it the claim still
+  succeeds, without one-time material (the signed prekey and the last-resort
+  ML-KEM prekey): many fresh accounts can neither empty a device's stock nor
+  keep others from starting a session with it.
+
+Claims of one's own user (the other devices of the claimer) are not limited:
+draining one's own prekeys harms no one else.
 """
 
 from __future__ import annotations
@@ -38,6 +47,12 @@ async def claim(
 ) -> models.Bundles:
     """One bundle per listed device of ``target`` (or per listed device in ``device_ids``)."""
     await _spend_claim(keys, claimer, target)
+    one_time = claimer == target or await keys.limiter.try_take(
+        "one-time", target, keys.config.one_time_burst, keys.config.one_time_refill_s
+    )
+    if not one_time:
+        keys.metrics.withheld.inc()
+        log.info("one-time prekeys withheld", extra={"user_id": target})
     account = await accounts.current(keys, target)
     listed = list(account.device_ids)
     if device_ids is not None:
@@ -47,7 +62,7 @@ async def claim(
     devices = await keys.store.get_devices(target, listed)
     bundles = []
     for device in devices:
-        bundle = await _claim_device(keys, target, device)
+        bundle = await _claim_device(keys, target, device, one_time)
         if bundle is not None:
             bundles.append(bundle)
     if not bundles:
@@ -55,15 +70,19 @@ async def claim(
             ErrorCode.PREKEYS_EXHAUSTED,
             "No device of this user has a signed prekey and an ML-KEM prekey to offer.",
         )
-    for claimed in bundles:
+    for claimed in bundles if one_time else ():
         await _notify_if_low(keys, target, claimed)
     return models.Bundles(**account.listed(), bundles=[b.bundle for b in bundles])
 
 
 async def _spend_claim(keys: Keys, claimer: str, target: str) -> None:
-    """A token for ``claimer`` claiming ``target``'s bundles, or 429 ``rate_limited``."""
+    """Tokens for ``claimer`` claiming ``target``'s bundles, or 429 ``rate_limited``."""
     if claimer == target:
         return
+    await keys.limiter.take(
+        "claims-by", claimer, keys.config.claimer_burst, keys.config.claimer_refill_s,
+        message="Too many bundle claims from this account; try again later.",
+    )  # fmt: skip
     await keys.limiter.take(
         "claims",
         # Length-prefixed so that no pair of ids can produce another pair's key.
@@ -85,8 +104,14 @@ class _Claimed:
         self.kem = not bundle.kem_prekey.last_resort
 
 
-async def _claim_device(keys: Keys, user_id: str, device: dict[str, Any]) -> _Claimed | None:
-    """Claim from one device; None (and nothing taken) if it cannot make a bundle."""
+async def _claim_device(
+    keys: Keys, user_id: str, device: dict[str, Any], one_time_ok: bool = True
+) -> _Claimed | None:
+    """Claim from one device; None (and nothing taken) if it cannot make a bundle.
+
+    Without ``one_time_ok`` no one-time prekey of either kind is taken: the
+    bundle has the last-resort ML-KEM prekey and no one-time X25519 prekey.
+    """
     signed = device.get("signed_prekey")
     if signed is None:
         return None
@@ -94,13 +119,17 @@ async def _claim_device(keys: Keys, user_id: str, device: dict[str, Any]) -> _Cl
     generation = int(device["generation"])
     # The KEM prekey first: without one (and no last resort) there is no
     # bundle, and a one-time X25519 prekey must not be wasted.
-    kem = await keys.store.claim_prekey(Kind.KEM, user_id, device_id, generation)
+    kem = None
+    if one_time_ok:
+        kem = await keys.store.claim_prekey(Kind.KEM, user_id, device_id, generation)
     last_resort = kem is None
     if kem is None:
         kem = device.get("last_resort")
         if kem is None:
             return None
-    one_time = await keys.store.claim_prekey(Kind.ONE_TIME, user_id, device_id, generation)
+    one_time = None
+    if one_time_ok:
+        one_time = await keys.store.claim_prekey(Kind.ONE_TIME, user_id, device_id, generation)
     bundle = models.Bundle(
         user_id=user_id,
         device_id=device_id,

@@ -45,6 +45,15 @@ class KeysConfig:
     # one token back every ``claim_refill_s`` seconds (36 per hour sustained).
     claim_burst: int = 6
     claim_refill_s: float = 100.0
+    # Claims by one claimer of all other users together: 60, then one every
+    # 10 s (360 an hour): scraping many users' bundles is refused.
+    claimer_burst: int = 60
+    claimer_refill_s: float = 10.0
+    # One-time prekeys a user hands out to others: 30, then one every 60 s
+    # (60 an hour). Past it, claims still succeed, with the signed prekey and
+    # the last-resort ML-KEM prekey only, so the stock cannot be drained.
+    one_time_burst: int = 30
+    one_time_refill_s: float = 60.0
     # Events not confirmed by Kafka are retried from the outbox this often.
     outbox_interval_s: float = 2.0
     # An outbox entry being sent is leased for this long before a retry.

@@ -10,7 +10,11 @@
   ML-KEM), observed at claim time from the estimates the claim reads anyway
   (exact counts when they say "low"); no scan, no periodic count.
 - ``parley_keys_prekeys_low_total``: ``prekeys_low`` events published.
-- the limiter's ``parley_rate_limit_refusals_total{service="keys",rule="claims",code}``.
+- ``parley_keys_one_time_withheld_total``: claims served without one-time
+  prekeys because the target's one-time budget was spent (someone claims
+  that user's bundles unusually often; not counted in ``bundles_claimed``).
+- the limiter's ``parley_rate_limit_refusals_total{service="keys",rule,code}``
+  (``claims``: per pair, ``claims-by``: per claimer).
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ STOCK_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 class KeysMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.limits = RateLimitMetrics(registry, "keys", ("claims",))
+        self.limits = RateLimitMetrics(registry, "keys", ("claims", "claims-by"))
+        self.withheld = Counter(
+            "parley_keys_one_time_withheld_total",
+            "Claims served without one-time prekeys: the target's one-time budget was spent.",
+            registry=registry,
+        )
         self.claimed = Counter(
             "parley_keys_bundles_claimed_total",
             "Prekey bundles handed out, by one-time X25519 prekey (yes/no) and ML-KEM prekey.",

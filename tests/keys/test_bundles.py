@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.keys.conftest import EventLog, KeysApi
+from services.keys.config import KeysConfig
+from tests.keys.conftest import EventLog, KeysApi, KeysFactory
 from tests.keys.keygen import DeviceKeys, entry, verify_bundle
 
 BOB = "bob"
@@ -63,7 +64,9 @@ async def test_exhaustion_falls_back_and_refill_restores(api: KeysApi) -> None:
     }
 
 
-async def test_fifty_concurrent_claimers_never_share_a_prekey(api: KeysApi) -> None:
+async def test_fifty_concurrent_claimers_never_share_a_prekey(make_keys: KeysFactory) -> None:
+    # The one-time budget per target is another test's (test_ratelimit.py).
+    api = await make_keys(KeysConfig(one_time_burst=1000))
     dev = DeviceKeys()
     one_time, kem = dev.one_time(30), dev.kem(40)
     await api.device(BOB, keys=dev)

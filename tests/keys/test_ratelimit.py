@@ -52,3 +52,35 @@ async def test_pairs_never_share_a_bucket_whatever_the_ids_contain(api: KeysApi)
         await api.claim("a:b", "c")
     assert (await api.claim("a:b", "c"))[0] == 429
     assert (await api.claim("a", "b:c"))[1]["error"]["code"] == "identity_not_found"
+
+
+async def test_many_fresh_accounts_cannot_drain_a_device(api: KeysApi) -> None:
+    """Before: only the pair was limited, so 100 accounts took 100 one-time prekeys
+    each of both kinds. Now a user hands out ``one_time_burst`` (30) one-time prekeys
+    to others, then serves bundles without one-time material: sessions can still
+    start, the stock is not drained (#20)."""
+    await api.device(BOB, one_time=100, kem=100)
+    one_time = []
+    for n in range(40):
+        status, body = await api.claim(f"fresh{n}", BOB)
+        assert status == 200
+        bundle = body["bundles"][0]
+        one_time.append(bundle["one_time_prekey"] is not None)
+        if bundle["one_time_prekey"] is None:
+            assert bundle["kem_prekey"]["last_resort"] is True
+            assert bundle["signed_prekey"]["key"]
+    assert one_time == [True] * 30 + [False] * 10
+    assert await api.stored(BOB) == (70, 70)
+    # The owner's own other devices are not held back.
+    await api.device(BOB, 2, one_time=5, kem=5)
+    status, body = await api.claim(BOB, BOB, "?device_ids=1")
+    assert status == 200 and body["bundles"][0]["one_time_prekey"] is not None
+
+
+async def test_one_claimer_cannot_scrape_many_users(api: KeysApi) -> None:
+    """60 claims by one account over all targets, then 429 (#20)."""
+    for n in range(60):
+        assert (await api.claim("scraper", f"user{n}"))[1]["error"]["code"] == "identity_not_found"
+    status, body = await api.claim("scraper", "user60")
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    assert "from this account" in body["error"]["message"]
