@@ -109,7 +109,7 @@ class ParleySystem:
         return self.lb.replace("http://", "ws://") + "/ws"
 
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 90.0) -> None:
-        urls = [f"{self.lb}/{s}/readyz" for s in ("auth", "keys", "delivery")]
+        urls = [self.cfg.url(s) + f"/{s}/readyz" for s in ("auth", "keys", "delivery")]
         urls += [self.cfg.url(g) + "/gateway/readyz" for g in ("gateway1", "gateway2")]
         await wait_ready(session, urls, timeout)
 

@@ -8,7 +8,8 @@ comes back on its own, as under a real supervisor. Each process logs to
 (spawned, exited, restarted) and the banner.
 
 This wrapper writes ``<data dir>/supervisord.conf``, starts supervisord, waits
-until every service's ``/readyz`` answers 200 *through HAProxy*, prints the
+until every service's ``/readyz`` answers 200 *through HAProxy* (its internal
+operators' port: ``/readyz`` is not served publicly), prints the
 URLs, and stops everything (exit 0) on:
 
 - Ctrl-C: the wrapper runs in its own process group, made the terminal's
@@ -182,15 +183,16 @@ class Terminal:
 
 
 def banner(cfg: StackConfig, conf: Path) -> None:
-    base = cfg.url("lb")
+    base, ops = cfg.url("lb"), cfg.url("ops")
     bin_dir = os.path.dirname(sys.executable)
     print("\n" + "=" * 64, flush=True)
     print(f"Parley is up. Load balancer: {base}", flush=True)
     print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
     for svc in ("auth", "keys", "gateway", "delivery"):
-        print(f"  {svc:9} {base}/{svc}/docs  (readyz: {base}/{svc}/readyz)", flush=True)
+        print(f"  {svc:9} {base}/{svc}/docs  (readyz: {ops}/{svc}/readyz)", flush=True)
     print(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)", flush=True)
-    print(f"  HAProxy stats: http://{cfg.host}:{cfg.stats_port}/stats", flush=True)
+    print(f"  HAProxy stats: {ops}/stats  (internal: also every /readyz and /metrics)",
+          flush=True)  # fmt: skip
     print(f"  Prometheus:  {cfg.url('prometheus')}  (alerts: {cfg.url('prometheus')}/alerts)",
           flush=True)  # fmt: skip
     print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
@@ -235,7 +237,7 @@ def main() -> int:
     for sig in FATAL_SIGNALS:
         signal.signal(sig, stop)
     try:
-        base = cfg.url("lb")
+        base = cfg.url("ops")  # HAProxy's internal port: /readyz is not public
         deadline = time.monotonic() + float(os.environ.get("PARLEY_START_TIMEOUT", "90"))
         pending = list(CHECKS)
         while pending and supervisor.poll() is None and not stopping:

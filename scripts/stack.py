@@ -77,6 +77,8 @@ class StackConfig:
             "kafka": f"{h}:{self.kafka_port}",
             "redis": f"redis://{h}:{self.redis_port}/0",
             "lb": f"http://{h}:{self.lb_port}",
+            # HAProxy's operators' port: stats, its exporter, every /readyz and /metrics.
+            "ops": f"http://{h}:{self.stats_port}",
             "auth": f"http://{h}:{self.auth_port}",
             "keys": f"http://{h}:{self.keys_port}",
             "gateway1": f"http://{h}:{self.gateway1_port}",

@@ -267,7 +267,7 @@ class Soak:
         for path in CHECKS:
             try:
                 async with self.session.get(
-                    self.stack.lb + path, timeout=aiohttp.ClientTimeout(total=3)
+                    self.stack.cfg.url("ops") + path, timeout=aiohttp.ClientTimeout(total=3)
                 ) as resp:
                     if resp.status != 200:
                         return False

@@ -32,7 +32,7 @@ from services.common.logging import (
     valid_request_id,
 )
 from services.common.metrics import HttpMetrics, metrics_handler, new_registry, route_name
-from services.common.openapi import Api, docs_page
+from services.common.openapi import Api, docs_csp, docs_page
 from services.common.state import CHECKS, MAX_BODY, REGISTRY, SERVICE, SETTINGS, STARTUP, Check
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,26 @@ def startup_middleware(operational: frozenset[str], timeout_s: float) -> Middlew
     return until_started
 
 
+# Set on every answer of every service unless the handler chose its own (the
+# web app and the OIDC pages set a CSP that allows their own assets). HAProxy
+# adds the same to its own answers (deploy/haproxy/haproxy.cfg); on AWS the
+# ALB adds nothing, so the services carry them themselves.
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+}
+
+
+async def security_headers(_: web.Request, resp: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        resp.headers.setdefault(name, value)
+
+
 def base_app(
     service: str,
     settings: Settings,
@@ -169,6 +189,7 @@ def base_app(
         ],
         client_max_size=settings.max_body_bytes,
     )
+    app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[CHECKS] = {}
@@ -207,10 +228,12 @@ def base_app(
         async def openapi_json(_: web.Request) -> web.Response:
             return json_response(doc)
 
-        page = docs_page(doc)
+        page, page_csp = docs_page(doc), docs_csp()
 
         async def docs(_: web.Request) -> web.Response:
-            return web.Response(text=page, content_type="text/html")
+            resp = web.Response(text=page, content_type="text/html")
+            resp.headers["Content-Security-Policy"] = page_csp
+            return resp
 
         app.router.add_get(f"{prefix}/openapi.json", openapi_json)
         app.router.add_get(f"{prefix}/docs", docs)

@@ -8,7 +8,9 @@ validates a body documents it.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import html
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -289,6 +291,21 @@ def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+DOCS_STYLE = (
+    "body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;text-align:left}"
+    "tr:nth-child(even){background:#f4f4f4}"
+)
+
+
+def docs_csp() -> str:
+    """The docs page's policy: nothing but its own inline style (by hash)."""
+    digest = base64.b64encode(hashlib.sha256(DOCS_STYLE.encode()).digest()).decode()
+    return (
+        f"default-src 'none'; style-src 'sha256-{digest}'; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    )
+
+
 def docs_page(doc: dict[str, Any]) -> str:
     """A self-contained HTML page listing every operation (no external assets)."""
     rows = []
@@ -304,8 +321,7 @@ def docs_page(doc: dict[str, Any]) -> str:
     title = html.escape(doc["info"]["title"])
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;text-align:left}"
-        "tr:nth-child(even){background:#f4f4f4}</style></head><body>"
+        f"<style>{DOCS_STYLE}</style></head><body>"
         f"<h1>{title} <small>{html.escape(doc['info']['version'])}</small></h1>"
         f"<p>{html.escape(doc['info'].get('description', ''))}</p>"
         "<p>Machine-readable: <a href='openapi.json'>openapi.json</a></p>"

@@ -330,6 +330,15 @@ def test_alb_routes_are_haproxys() -> None:
     # Rules are evaluated by priority: unique per enabled component.
     prios = [c["priority"] for c in enabled().values() if c["paths"]]
     assert len(prios) == len(set(prios))
+    # /metrics and /readyz are refused before any forwarding rule (#20), as
+    # HAProxy's public frontend does.
+    internal = mod["aws_lb_listener_rule"]["internal_only"]
+    assert internal["priority"] < min(prios)
+    assert internal["action"][0]["type"] == "fixed-response"
+    assert internal["action"][0]["fixed_response"][0]["status_code"] == "404"
+    assert set(internal["condition"][0]["path_pattern"][0]["values"]) >= {
+        "/*/metrics", "/*/readyz"
+    }  # fmt: skip
 
 
 def test_gateway_drains_before_it_is_killed() -> None:

@@ -61,7 +61,7 @@ class RunStack:
         return int(text) if text.isdigit() else 0
 
     def ready(self) -> bool:
-        return all(http_status(self.lb + path) == 200 for path in READY)
+        return all(http_status(self.cfg.url("ops") + path) == 200 for path in READY)
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,8 @@ class System:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         paths = ["/auth/readyz", "/keys/readyz", "/delivery/readyz"]
-        wait_until(lambda: all(http_status(self.lb + p) == 200 for p in paths), timeout)
+        ops = self.cfg.url("ops")  # readiness is on HAProxy's internal port
+        wait_until(lambda: all(http_status(ops + p) == 200 for p in paths), timeout)
         for gw in ("gateway1", "gateway2"):
             url = self.cfg.url(gw) + "/gateway/readyz"
             wait_until(lambda url=url: http_status(url) == 200, timeout)

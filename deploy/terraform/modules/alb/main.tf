@@ -203,6 +203,30 @@ resource "aws_lb_listener_rule" "this" {
   }
 }
 
+# Operators' paths are internal (HAProxy's stats port locally): Prometheus
+# scrapes the tasks directly and the target groups check /readyz on the
+# tasks, so the public listener answers 404 before any forwarding rule.
+resource "aws_lb_listener_rule" "internal_only" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 1
+
+  action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "application/json"
+      message_body = jsonencode({ error = { code = "not_found", message = "No such resource." } })
+      status_code  = "404"
+    }
+  }
+
+  condition {
+    path_pattern {
+      values = ["/*/metrics", "/*/metrics/", "/*/readyz", "/*/readyz/"]
+    }
+  }
+}
+
 resource "aws_route53_record" "api" {
   zone_id = var.route53_zone_id
   name    = var.domain_name
