@@ -42,6 +42,12 @@ class Topics:
     def all(self) -> list[str]:
         return [self.messages, self.events, self.dead_letters]
 
+    def configs(self, settings: Settings, name: str) -> dict[str, str]:
+        """A topic's configs at creation: the messages topic keeps ciphertext briefly."""
+        if name == self.messages:
+            return {"retention.ms": str(settings.kafka_message_retention_ms)}
+        return {}
+
 
 def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
     ms = settings.dependency_timeout_ms
@@ -125,9 +131,14 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> list[str]:
         missing = [n for n in names if n not in existing]
         if missing:
             try:
+                topics = Topics(settings)
                 await admin.create_topics(
-                    [NewTopic(n, settings.kafka_partitions, 1) for n in missing]
-                )
+                    [
+                        NewTopic(n, settings.kafka_partitions, 1,
+                                 topic_configs=topics.configs(settings, n))
+                        for n in missing
+                    ]
+                )  # fmt: skip
             except TopicAlreadyExistsError:
                 pass
             log.info("created kafka topics", extra={"topics": missing})

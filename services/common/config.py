@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = Field(default="parley.", pattern=r"^[A-Za-z0-9_.-]{0,40}$")
     kafka_partitions: int = Field(default=4, ge=1, le=1024)
+    # How long the messages topic keeps a record (its ciphertext): long enough
+    # to re-deliver after an outage, short enough that acknowledged messages
+    # do not linger (docs/delivery.md, "What is deleted when"). Applied when
+    # the topic is created.
+    kafka_message_retention_ms: int = Field(default=6 * 3600 * 1000, ge=60_000)
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000)
     # How long a fetch waits for data when there is none. Real Kafka and the
     # embedded broker answer as soon as a record arrives.

@@ -11,7 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.metadata import MetadataRequest
 
-from services.common.clients import ensure_topics
+from services.common.clients import Topics, ensure_topics
 from services.common.config import load_settings
 from tests.embedded.conftest import BrokerFactory
 from tests.support.kafka_broker import KafkaBroker, admin_client, consumer, create_topic, producer
@@ -48,6 +48,27 @@ async def test_the_services_ensure_topics_creates_only_what_is_missing(
     settings = load_settings(kafka_bootstrap=broker.bootstrap, kafka_partitions=2)
     assert await ensure_topics(settings, [topic, topic + ".b"]) == [topic, topic + ".b"]
     assert await ensure_topics(settings, [topic, topic + ".b"]) == []
+
+
+async def test_the_messages_topic_keeps_ciphertext_only_for_its_retention(
+    broker: KafkaBroker, topic: str
+) -> None:
+    """Before: created with the broker's default (24 h, or for ever on Kafka's), though
+    docs/client.md said the server deletes what was delivered (#20)."""
+    settings = load_settings(
+        kafka_bootstrap=broker.bootstrap, kafka_partitions=1, topic_prefix=topic + ".",
+        kafka_message_retention_ms=7_200_000,
+    )  # fmt: skip
+    topics = Topics(settings)
+    await ensure_topics(settings, topics.all())
+    async with admin_client(broker.bootstrap) as admin:
+        replies = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics.all()]
+        )
+    given = {res[3]: {e[0]: (e[1], e[3]) for e in res[4]} for r in replies for res in r.resources}
+    assert given[topics.messages]["retention.ms"] == ("7200000", 1)  # set on the topic
+    assert given[topics.events]["retention.ms"][1] != 1  # the broker's default
+    assert given[topics.dead_letters]["retention.ms"][1] != 1
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import os
 import ssl
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 TOPICS = ("messages", "events", "dead-letters")
@@ -25,6 +26,9 @@ async def main() -> None:
         )
     prefix = env.get("PARLEY_TOPIC_PREFIX", "parley.")
     partitions = int(env["PARLEY_KAFKA_PARTITIONS"])
+    # The messages topic keeps ciphertext only this long (services/common/config.py).
+    retention = env.get("PARLEY_KAFKA_MESSAGE_RETENTION_MS", str(6 * 3600 * 1000))
+    configs = {"messages": {"retention.ms": retention}}
     replication = int(env["KAFKA_REPLICATION_FACTOR"])
     admin = AIOKafkaAdminClient(**opts)
     await admin.start()
@@ -33,9 +37,19 @@ async def main() -> None:
         missing = [prefix + t for t in TOPICS if prefix + t not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+                await admin.create_topics(
+                    [
+                        NewTopic(prefix + t, partitions, replication,
+                                 topic_configs=configs.get(t, {}))
+                        for t in TOPICS if prefix + t in missing
+                    ]
+                )  # fmt: skip
             except TopicAlreadyExistsError:
                 pass
+        # A topic created before (or by hand) gets the retention too: MSK applies it.
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, prefix + t, c) for t, c in configs.items()]
+        )
         print(f"kafka-init: created {missing or 'nothing'}; topics {[prefix + t for t in TOPICS]}")
     finally:
         await admin.close()
