@@ -15,12 +15,17 @@ RUN python -m venv /opt/parley
 ENV PATH=/opt/parley/bin:$PATH
 
 WORKDIR /src
-# Dependencies first: this layer is rebuilt only when the pins change.
-COPY pyproject.toml requirements.lock ./
+# Dependencies first: this layer is rebuilt only when the pins change. Runtime
+# dependencies only (no `embedded` or `dev` extras), every download checked
+# against the lock's hashes.
+COPY requirements-runtime.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements-runtime.lock
+COPY pyproject.toml ./
 COPY services ./services
 COPY client/parley ./client/parley
-# Runtime dependencies only (no `embedded` or `dev` extras), pinned by the lock.
-RUN pip install --no-cache-dir -c requirements.lock .
+COPY contract/parley_contract ./contract/parley_contract
+# Parley itself: nothing fetched (no deps; the locked build backend).
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # --- runtime: the virtualenv on a clean slim base, as an unprivileged user ---
 FROM python:3.11-slim

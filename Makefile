@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 	@bash scripts/install.sh web
 
-$(STAMP): pyproject.toml requirements.lock scripts/install.sh
+$(STAMP): pyproject.toml requirements.lock requirements-tools.lock scripts/install.sh
 	bash scripts/install.sh
 	@touch $@
 
@@ -28,9 +28,17 @@ fmt: install
 typecheck: install
 	$(BIN)/mypy
 
-# Re-pin every dependency after changing pyproject.toml.
+# Re-pin after changing pyproject.toml (current pins are kept; delete a line of
+# the lock to upgrade it). Every lock carries the hashes of every file of each
+# pinned release, which every install checks (pip --require-hashes).
+UVC := $(BIN)/uv pip compile --quiet --generate-hashes --no-annotate --no-strip-extras \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
 lock: install
-	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check > requirements.lock
+	$(UVC) --python-version 3.11 pyproject.toml requirements-build.in --extra embedded --extra dev \
+	  -c requirements.lock -o requirements.lock
+	$(UVC) --python-version 3.11 pyproject.toml requirements-build.in \
+	  -c requirements.lock -o requirements-runtime.lock
+	$(UVC) --python-version 3.11.5 requirements-tools.in -c requirements-tools.lock -o requirements-tools.lock
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis

