@@ -456,6 +456,7 @@ def send(
         async with _client(opts) as client:
             news: list[Message] = []
             client.add_listener(lambda e: _on_background(e, news, client.username))
+            client.check_text(message)  # before connecting: fails at once
             await _with_status("Connecting...", client.connect())
 
             async def attempt(accept: bool) -> str:

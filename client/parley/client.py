@@ -322,6 +322,10 @@ class Client:
     def max_frame_bytes(self) -> int:
         return self.messenger.max_frame_bytes
 
+    def check_text(self, text: str) -> None:
+        """Raise at once for a text :meth:`send` would refuse (empty, far too large)."""
+        self.messenger.check_text(text)
+
     # -- messaging --------------------------------------------------------------------
     @property
     def ws_url(self) -> str:

@@ -319,6 +319,16 @@ class Messenger:
         self._outgoing.pop(found["client_id"], None)
         return found
 
+    def check_text(self, text: str) -> None:
+        """Refuse at once what cannot be sent: an empty or blank text, or one whose
+        base64 alone is over the frame limit (the exact check, on the encrypted frame,
+        is made before queuing: :class:`MessageTooLarge` either way)."""
+        if not text.strip():
+            raise ParleyError("The message is empty: there is nothing to send.")
+        limit = self.max_frame_bytes
+        if len(text.encode()) * 4 // 3 > limit:
+            raise MessageTooLarge(len(text.encode()) * 4 // 3, limit, limit * 3 // 4 - 2000)
+
     @property
     def max_frame_bytes(self) -> int:
         """The server's frame limit: from the last ``ready`` frame, else the default."""
@@ -695,11 +705,7 @@ class Messenger:
         for a contact the user had not verified: a verified contact's change needs
         :meth:`accept_identity` or :meth:`verify`.
         """
-        if not text.strip():
-            raise ParleyError("The message is empty: there is nothing to send.")
-        limit = self.max_frame_bytes
-        if len(text.encode()) * 4 // 3 > limit:  # base64 alone would not fit: fail early
-            raise MessageTooLarge(len(text.encode()) * 4 // 3, limit, limit * 3 // 4 - 2000)
+        self.check_text(text)
         peer_id, name = await self.resolve(username_or_id)
         if peer_id == self.account.user_id:
             raise ParleyError(
