@@ -7,8 +7,10 @@ is the end-to-end encryption library it builds on.
 from parley.client import Client
 from parley.errors import (
     ApiError,
+    MessageTooLarge,
     NotLoggedIn,
     ParleyError,
+    SafetyNumberChanged,
     ServerUnavailable,
     StoreError,
     UserNotFound,
@@ -18,8 +20,10 @@ from parley.errors import (
 __all__ = [
     "ApiError",
     "Client",
+    "MessageTooLarge",
     "NotLoggedIn",
     "ParleyError",
+    "SafetyNumberChanged",
     "ServerUnavailable",
     "StoreError",
     "UserNotFound",

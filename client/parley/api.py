@@ -39,8 +39,22 @@ _FRIENDLY = {
 }
 
 
-def friendly(code: str, message: str) -> str:
-    return _FRIENDLY.get(code, message)
+def friendly(code: str, message: str, details: Any = None) -> str:
+    """The message to show: ours for some codes, else the server's, followed by the
+    fields a validation error names (``details``: ``[{"field", "problem"}]``, see
+    docs/protocol.md "Errors"), so that the user learns which field and why."""
+    text = _FRIENDLY.get(code, message)
+    fields = [
+        f"{_FIELD_NAMES.get(str(d['field']), str(d['field']))}: {d['problem']}"
+        for d in details or ()
+        if isinstance(d, dict) and d.get("field") and d.get("problem")
+    ] if isinstance(details, list) else []  # fmt: skip
+    if fields:
+        text = f"{text.rstrip('.')} ({'; '.join(fields)})."
+    return text
+
+
+_FIELD_NAMES = {"email": "e-mail address", "username": "username", "password": "password"}
 
 
 class Api:
@@ -106,7 +120,7 @@ class Api:
                 )
             raise ApiError("http_error", f"Unexpected answer from the server (HTTP {status}).")
         code = str(err.get("code", "error"))
-        message = friendly(code, str(err.get("message", code)))
+        message = friendly(code, str(err.get("message", code)), err.get("details"))
         if code == "token_expired" and auth and retry and self.on_expired is not None:
             fresh = await self.on_expired()
             return await self.request(method, path, json=json, token=fresh, retry=False)

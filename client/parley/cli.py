@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
+import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +40,7 @@ from parley.client import (
     Receipt,
     SecondFactor,
 )
-from parley.errors import NotLoggedIn, ParleyError, WrongPassphrase
+from parley.errors import NotLoggedIn, ParleyError, SafetyNumberChanged, WrongPassphrase
 
 app = typer.Typer(
     name="parley",
@@ -96,16 +98,68 @@ def main(
 # -- helpers ---------------------------------------------------------------------------
 
 
+# The auth service's length rules (services/auth: PARLEY_AUTH_PASSWORD_MIN_LENGTH and
+# _MAX_LENGTH defaults), checked as soon as the password is typed; the list of common
+# passwords stays on the server.
+PASSWORD_MIN = 10
+PASSWORD_MAX = 256
+PASSPHRASE_MIN = 8  # the local passphrase (docs/client.md, "Local state")
+
+
+def _check_password(value: str) -> str:
+    """The account password's length rules, counted after NFKC as the server does."""
+    n = len(unicodedata.normalize("NFKC", value))
+    if n < PASSWORD_MIN:
+        raise typer.BadParameter(
+            f"The account password must have at least {PASSWORD_MIN} characters (this one has {n})."
+        )
+    if n > PASSWORD_MAX:
+        raise typer.BadParameter(
+            f"The account password must have at most {PASSWORD_MAX} characters (this one has {n})."
+        )
+    return value
+
+
+def _check_passphrase(value: str) -> str:
+    if len(value) < PASSPHRASE_MIN:
+        raise typer.BadParameter(
+            f"The local passphrase must have at least {PASSPHRASE_MIN} characters (this one "
+            f"has {len(value)})."
+        )
+    return value
+
+
+def _new_secret(label: str, check: Callable[[str], str]) -> str:
+    """A hidden prompt for a new secret, checked as soon as it is typed (click does not
+    show a hidden value's error), then asked again for confirmation."""
+    while True:
+        value = str(typer.prompt(label, hide_input=True))
+        try:
+            check(value)
+        except typer.BadParameter as exc:
+            err.print(f"[red]Error:[/] {escape(exc.message)}")
+            continue
+        if str(typer.prompt("Repeat for confirmation", hide_input=True)) == value:
+            return value
+        err.print("[red]Error:[/] the two entries do not match; try again.")
+
+
 def _passphrase(new: bool) -> str:
     env = os.environ.get("PARLEY_PASSPHRASE")
     if env:
+        if new:
+            try:
+                _check_passphrase(env)
+            except typer.BadParameter as exc:
+                raise ParleyError(f"PARLEY_PASSPHRASE: {exc.message}") from None
         return env
     if new:
         console.print(
             "Choose a passphrase for this device's local store (it encrypts your keys and "
-            "history on disk; it is never sent anywhere)."
+            f"history on disk; it is never sent anywhere; at least {PASSPHRASE_MIN} "
+            "characters)."
         )
-        return str(typer.prompt("Local passphrase", hide_input=True, confirmation_prompt=True))
+        return _new_secret("Local passphrase", _check_passphrase)
     return str(typer.prompt("Local passphrase", hide_input=True))
 
 
@@ -161,6 +215,10 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
         )
         console.print(f"New safety number: [bold]{event.safety_number}[/]")
         console.print(f"Compare it with {name} (in person, or by a call) before trusting it.")
+        console.print(
+            f"Sending to {name} is paused until you compare it (parley verify {name}) or "
+            f"accept the new key (parley accept-identity {name})."
+        )
     elif isinstance(event, DecryptFailed):
         console.print(
             f"[red]Could not decrypt a message from {escape(event.username)} "
@@ -237,9 +295,27 @@ def signup(
     """Create an account, generate this device's keys and publish them."""
     opts = _options(ctx)
     username = (username or typer.prompt("Username")).strip().lower()
-    email = email or typer.prompt("E-mail")
-    password = password or typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     directory = paths.account_dir(opts.home, opts.server, username)
+    if (directory / paths.STORE_FILE).exists():
+        err.print(
+            f"[red]Error:[/] the account {escape(username)} already exists on this machine "
+            f"for {opts.server} ({directory}): use it (parley -u {escape(username)} ..., or "
+            f"parley login {escape(username)}), or choose another username."
+        )
+        raise typer.Exit(1)
+    email = email or typer.prompt("E-mail")
+    if password is not None:
+        try:
+            _check_password(password)
+        except typer.BadParameter as exc:
+            err.print(f"[red]Error:[/] {escape(exc.message)}")
+            raise typer.Exit(1) from None
+    else:
+        console.print(
+            f"Choose the account password ({PASSWORD_MIN} to {PASSWORD_MAX} characters; "
+            "it is sent to the server)."
+        )
+        password = _new_secret("Password", _check_password)
 
     async def run() -> None:
         await _fresh_account(
@@ -361,18 +437,42 @@ def send(
     ctx: typer.Context,
     user: Annotated[str, typer.Argument(help="Recipient's username")],
     message: Annotated[str, typer.Argument(help="The message text")],
+    accept_new_identity: Annotated[
+        bool,
+        typer.Option(
+            "--accept-new-identity",
+            help="If the contact's safety number changed (and you had not verified them), "
+            "send to the new key without asking",
+        ),
+    ] = False,
 ) -> None:
     """Send one end-to-end-encrypted message."""
     opts = _options(ctx)
+    if not message.strip():
+        err.print("[red]Error:[/] the message is empty: there is nothing to send.")
+        raise typer.Exit(1)
 
     async def run() -> None:
         async with _client(opts) as client:
             news: list[Message] = []
             client.add_listener(lambda e: _on_background(e, news, client.username))
+            client.check_text(message)  # before connecting: fails at once
             await _with_status("Connecting...", client.connect())
-            client_id = await _with_status(
-                f"Encrypting and sending to {user}...", client.send(user, message, wait="accepted")
-            )
+
+            async def attempt(accept: bool) -> str:
+                return await _with_status(
+                    f"Encrypting and sending to {user}...",
+                    client.send(user, message, wait="accepted", accept_new_identity=accept),
+                )
+
+            try:
+                client_id = await attempt(accept_new_identity)
+            except SafetyNumberChanged as exc:
+                if exc.verified or not sys.stdin.isatty():
+                    raise
+                if not await _confirm_new_identity(exc):
+                    raise ParleyError("Nothing was sent.") from None
+                client_id = await attempt(True)
             stored = False
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError, ParleyError):
                 await asyncio.wait_for(_wait_status(client, client_id, "stored"), 10)
@@ -385,6 +485,23 @@ def send(
                 )
 
     _run(run())
+
+
+async def _confirm_new_identity(exc: SafetyNumberChanged) -> bool:
+    """Ask, in a terminal, before the first send to a contact's new (unverified) key."""
+    name = escape(exc.username)
+    console.print(f"[bold yellow]{name}'s safety number changed[/] since you last wrote.")
+    if exc.old_safety_number:
+        console.print(f"Old safety number: {exc.old_safety_number}")
+    console.print(f"New safety number: [bold]{exc.new_safety_number}[/]")
+    console.print(
+        "It may be a reinstall or a new phone, or someone in the middle. To be sure, "
+        f"compare the new number with {name} first (parley verify {name})."
+    )
+    answer = await _ask(
+        f"Send to {exc.username}'s new key anyway? [y/N]", default="", show_default=False
+    )
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _on_background(event: Event, news: list[Message], me: str | None) -> None:
@@ -526,22 +643,64 @@ async def _chat(opts: Options, user: str) -> None:
                     line = await session.prompt_async(f"{client.username}> ")
                 except (EOFError, KeyboardInterrupt):
                     break
-                line = line.strip()
-                if not line:
+                text = line.strip()
+                if not text:
+                    console.print("[yellow]Empty messages are not sent.[/] /help lists commands.")
                     continue
-                if line in ("/quit", "/exit", "/q"):
-                    break
-                if line == "/safety":
-                    _, number = await client.safety_number(peer_id)
-                    console.print(f"Safety number with {escape(name)}: [bold]{number}[/]")
+                if text.startswith("//"):
+                    text = text[1:]  # a literal leading slash
+                elif text.startswith("/"):
+                    command = text.split()[0].lower()
+                    if command in ("/quit", "/exit", "/q"):
+                        break
+                    if command == "/safety":
+                        _, number = await client.safety_number(peer_id)
+                        console.print(f"Safety number with {escape(name)}: [bold]{number}[/]")
+                    elif command in ("/help", "/?"):
+                        console.print(CHAT_HELP)
+                    else:
+                        console.print(
+                            f"[red]Unknown command {escape(command)}[/] (not sent). /help lists "
+                            "the commands; start with // to send a line that begins with /."
+                        )
                     continue
-                try:
-                    await client.send(peer_id, line, wait="accepted", timeout=15)
-                except TimeoutError:
-                    console.print("[yellow]Not yet accepted by the server; it will be resent.[/]")
-                except ParleyError as exc:
-                    console.print(f"[red]Error:[/] {escape(str(exc))}")
+                await _chat_send(client, session, peer_id, text)
             await client.mark_read(peer_id)
+
+
+CHAT_HELP = """Commands (anything else is sent as a message):
+  /help      this list
+  /safety    the safety number with this contact (compare it with theirs)
+  /quit      leave (also /exit, /q or Ctrl-D)
+  //text     send "/text" (a message that starts with a slash)"""
+
+
+async def _chat_send(client: Client, session: Any, peer_id: str, text: str) -> None:
+    accept = False
+    for _ in range(2):
+        try:
+            await client.send(
+                peer_id, text, wait="accepted", timeout=15, accept_new_identity=accept
+            )
+        except TimeoutError:
+            console.print("[yellow]Not yet accepted by the server; it will be resent.[/]")
+        except SafetyNumberChanged as exc:
+            if exc.verified or accept:
+                console.print(f"[red]Not sent:[/] {escape(str(exc))}")
+                return
+            console.print(
+                f"[bold yellow]{escape(exc.username)}'s safety number changed.[/] "
+                f"New safety number: [bold]{exc.new_safety_number}[/]"
+            )
+            answer = await session.prompt_async(f"Send to {exc.username}'s new key anyway? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                console.print("Not sent.")
+                return
+            accept = True
+            continue
+        except ParleyError as exc:
+            console.print(f"[red]Error:[/] {escape(str(exc))}")
+        return
 
 
 # -- keys and sessions -----------------------------------------------------------------------------
@@ -564,6 +723,112 @@ def safety_number(
         console.print(f"Safety number with [bold]{escape(name)}[/]:")
         console.print(f"[bold]{number}[/]")
         console.print("[dim]It is the same on both sides if no one is in the middle.[/]")
+
+    _run(run())
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="Contact's username")],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="The numbers match: mark verified without asking")
+    ] = False,
+) -> None:
+    """Compare the safety number with a contact and mark them verified: if their key
+    changes later, nothing is sent to them until you verify again (or accept it)."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            name, number = await client.safety_number(user)
+            if number is None:
+                raise ParleyError(f"{name} has no keys yet: nothing to verify.")
+            console.print(f"Safety number with [bold]{escape(name)}[/]:")
+            console.print(f"[bold]{number}[/]")
+            console.print(
+                f"Compare it with the one {escape(name)} sees (parley safety-number "
+                "<your name>), in person or by a call."
+            )
+            if not yes:
+                answer = await _ask("Do the numbers match? [y/N]", default="", show_default=False)
+                if answer.strip().lower() not in ("y", "yes"):
+                    raise ParleyError(f"{name} was not marked verified.")
+            await client.verify(user, number)
+        console.print(f"{escape(name)} is verified.")
+
+    _run(run())
+
+
+@app.command("accept-identity")
+def accept_identity(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="Contact's username")],
+) -> None:
+    """Accept a contact's changed identity key without comparing safety numbers:
+    sending to them resumes (they are no longer verified)."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            number = await client.accept_identity(user)
+        console.print(f"Accepted {escape(user)}'s current key (safety number {number}).")
+        console.print(f"[dim]Not verified: compare it with parley verify {escape(user)}.[/]")
+
+    _run(run())
+
+
+outbox_app = typer.Typer(
+    help="Messages waiting to be accepted by the server: list them, drop one.",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.callback()
+def outbox(ctx: typer.Context) -> None:
+    """Messages not yet accepted by the server (they are resent at every connect)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            waiting = client.outbox()
+            names = {p["user_id"]: p.get("username") for p in client.store.read().peers()}
+            limit = client.max_frame_bytes
+        if not waiting:
+            console.print("The outbox is empty.")
+            return
+        table = Table("id", "to", "size", "message")
+        for q in waiting:
+            text = str(q.get("text") or "")
+            size = f"{q['bytes']:,} B" + (" (too large)" if q["bytes"] > limit else "")
+            table.add_row(
+                str(q["client_id"])[:12],
+                escape(str(names.get(q["peer"]) or q["peer"])),
+                size,
+                escape(text if len(text) <= 40 else text[:39] + "…"),
+            )
+        console.print(table)
+        console.print("[dim]parley outbox drop ID removes one (it is never sent).[/]")
+
+    _run(run())
+
+
+@outbox_app.command("drop")
+def outbox_drop(
+    ctx: typer.Context,
+    client_id: Annotated[str, typer.Argument(help="The message's id (or its first characters)")],
+) -> None:
+    """Remove a message from the outbox without sending it."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            dropped = await client.drop_outbox(client_id.strip())
+        console.print(f"Dropped {dropped['client_id'][:12]} from the outbox; it will not be sent.")
 
     _run(run())
 

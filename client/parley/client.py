@@ -291,6 +291,17 @@ class Client:
     async def safety_number(self, username_or_id: str) -> tuple[str, str | None]:
         return await self.messenger.safety_number(username_or_id)
 
+    async def accept_identity(self, username_or_id: str) -> str | None:
+        """Accept a contact's changed identity key: sending to them resumes."""
+        return await self.messenger.accept_identity(username_or_id)
+
+    async def verify(self, username_or_id: str, safety_number: str) -> None:
+        """Mark a contact verified after comparing ``safety_number`` with them."""
+        await self.messenger.verify(username_or_id, safety_number)
+
+    def identity_status(self, peer_id: str) -> dict[str, Any]:
+        return self.messenger.identity_status(peer_id)
+
     def history(self, peer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.messenger.history(peer_id, limit)
 
@@ -302,6 +313,18 @@ class Client:
 
     def outbox(self) -> list[dict[str, Any]]:
         return self.messenger.outbox()
+
+    async def drop_outbox(self, client_id: str) -> dict[str, Any]:
+        """Remove a queued message (by id or unique prefix) without sending it."""
+        return await self.messenger.drop_outbox(client_id)
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self.messenger.max_frame_bytes
+
+    def check_text(self, text: str) -> None:
+        """Raise at once for a text :meth:`send` would refuse (empty, far too large)."""
+        self.messenger.check_text(text)
 
     # -- messaging --------------------------------------------------------------------
     @property
@@ -326,8 +349,23 @@ class Client:
         return await self.messenger.sync()
 
     async def send(
-        self, username_or_id: str, text: str, *, wait: str | None = "accepted", timeout: float = 30
+        self,
+        username_or_id: str,
+        text: str,
+        *,
+        wait: str | None = "accepted",
+        timeout: float = 30,
+        accept_new_identity: bool = False,
     ) -> str:
         """Encrypt ``text`` for a contact and send it; returns the client message id
-        (see :meth:`parley.messenger.Messenger.send`)."""
-        return await self.messenger.send(username_or_id, text, wait=wait, timeout=timeout)
+        (see :meth:`parley.messenger.Messenger.send`).  Raises
+        :class:`parley.SafetyNumberChanged` if the contact's identity changed and the
+        user has not accepted it (``accept_new_identity`` does, for an unverified
+        contact)."""
+        return await self.messenger.send(
+            username_or_id,
+            text,
+            wait=wait,
+            timeout=timeout,
+            accept_new_identity=accept_new_identity,
+        )

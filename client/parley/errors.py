@@ -6,8 +6,10 @@ from typing import Any
 
 __all__ = [
     "ApiError",
+    "MessageTooLarge",
     "NotLoggedIn",
     "ParleyError",
+    "SafetyNumberChanged",
     "ServerUnavailable",
     "StoreError",
     "UserNotFound",
@@ -50,3 +52,58 @@ class StoreError(ParleyError):
 
 class WrongPassphrase(StoreError):
     """The passphrase does not open the local store."""
+
+
+class SafetyNumberChanged(ParleyError):
+    """A contact's identity key changed and the user has not accepted the new one:
+    nothing is sent to them until :meth:`parley.Client.accept_identity` or
+    :meth:`parley.Client.verify` (docs/client.md, "Identity changes").
+
+    ``verified`` says whether the user had verified the previous key (a
+    user interface should then ask for a new comparison, not a "yes")."""
+
+    def __init__(
+        self,
+        user_id: str,
+        username: str,
+        old_safety_number: str | None,
+        new_safety_number: str,
+        *,
+        verified: bool,
+    ) -> None:
+        if verified:
+            advice = (
+                f"You had verified {username}; compare the new safety number with them "
+                f"(parley verify {username}) or accept it (parley accept-identity {username})."
+            )
+        else:
+            advice = (
+                f"Confirm that you want to send to the new key (parley send "
+                f"--accept-new-identity), or compare safety numbers first (parley verify "
+                f"{username})."
+            )
+        super().__init__(
+            f"{username}'s safety number changed: a reinstall, a new device, or someone in "
+            f"the middle. Nothing was sent. {advice}"
+        )
+        self.user_id = user_id
+        self.username = username
+        self.old_safety_number = old_safety_number
+        self.new_safety_number = new_safety_number
+        self.verified = verified
+
+
+class MessageTooLarge(ParleyError):
+    """The encrypted message would not fit in one WebSocket frame of the server
+    (``limit`` bytes, announced in ``ready``; 65,536 by default): nothing was sent
+    or queued.  ``max_text_bytes`` estimates how much text would fit."""
+
+    def __init__(self, size: int, limit: int, max_text_bytes: int) -> None:
+        super().__init__(
+            f"Message too long: encrypted for every device it goes to, it would be a "
+            f"{size:,}-byte frame, and the server accepts at most {limit:,} bytes per frame "
+            f"(here about {max(max_text_bytes, 0):,} bytes of text). Nothing was sent."
+        )
+        self.size = size
+        self.limit = limit
+        self.max_text_bytes = max_text_bytes

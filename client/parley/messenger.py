@@ -39,7 +39,14 @@ from parley.crypto import (
     commitment_from_message,
 )
 from parley.crypto.encoding import b64decode, b64encode
-from parley.errors import ApiError, NotLoggedIn, ParleyError, ServerUnavailable
+from parley.errors import (
+    ApiError,
+    MessageTooLarge,
+    NotLoggedIn,
+    ParleyError,
+    SafetyNumberChanged,
+    ServerUnavailable,
+)
 from parley.events import (
     ConnectionEvent,
     DecryptFailed,
@@ -57,6 +64,7 @@ from parley.store import Transaction
 log = logging.getLogger(__name__)
 
 ACK_DELAY = 0.2
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024  # the gateway's default (PARLEY_WS_MAX_FRAME_BYTES)
 _STATUS_RANK = {"queued": 0, "accepted": 1, "stored": 2, "delivered": 3}
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
@@ -178,6 +186,78 @@ class Messenger:
                 number = state.safety_number(self._my_account_key(), me)
         return name, number
 
+    # -- identity policy ------------------------------------------------------------------------
+    async def accept_identity(self, username_or_id: str) -> str | None:
+        """Accept a contact's new identity key without comparing safety numbers:
+        sending resumes (the contact is unverified).  Returns the safety number."""
+        peer_id, _ = await self.resolve(username_or_id)
+        async with self._store().transaction() as tx:
+            state = self._peer(tx, peer_id)
+            state.accept()
+            self._put_peer(tx, state)
+        me = self.account.user_id
+        assert me is not None
+        return state.safety_number(self._my_account_key(), me)
+
+    async def verify(self, username_or_id: str, safety_number: str) -> None:
+        """Mark a contact verified: ``safety_number`` is the one the user compared
+        with theirs (from :meth:`safety_number`); it must be the number of the key
+        we trust now, else nothing changes (the key changed meanwhile)."""
+        peer_id, name = await self.resolve(username_or_id)
+        me = self.account.user_id
+        assert me is not None
+        async with self._store().transaction() as tx:
+            state = self._peer(tx, peer_id)
+            current = state.safety_number(self._my_account_key(), me)
+            if state.account_key is None or current is None:
+                raise ParleyError(f"{name} has no keys yet: nothing to verify.")
+            if "".join(safety_number.split()) != "".join(current.split()):
+                raise ParleyError(
+                    f"{name}'s safety number changed while you were comparing it: "
+                    "compare the new one."
+                )
+            state.mark_verified(state.account_key)
+            self._put_peer(tx, state)
+
+    def identity_status(self, peer_id: str) -> dict[str, Any]:
+        """``{"verified": bool, "pending_change": bool, "was_verified": bool}`` for a
+        contact we know (all False for one we never exchanged keys with)."""
+        state = self._peer(self._store().read(), peer_id)
+        pending = state.pending_change or {}
+        return {
+            "verified": state.verified,
+            "pending_change": state.pending_change is not None,
+            "was_verified": bool(pending.get("was_verified")),
+        }
+
+    def _check_identity(self, state: PeerState, name: str | None) -> None:
+        """Raise :class:`SafetyNumberChanged` if the contact's identity changed and the
+        user has not accepted the new one."""
+        change = state.pending_change
+        if change is None:
+            return
+        me = self.account.user_id
+        assert me is not None
+        number = state.safety_number(self._my_account_key(), me)
+        assert number is not None
+        raise SafetyNumberChanged(
+            state.user_id,
+            name or state.username or state.user_id[:8],
+            change.get("old_safety_number"),
+            number,
+            verified=bool(change.get("was_verified")),
+        )
+
+    async def _identity_gate(self, peer_id: str, name: str | None, accept: bool) -> None:
+        state = self._peer(self._store().read(), peer_id)
+        change = state.pending_change
+        if change is not None and accept and not change.get("was_verified"):
+            async with self._store().transaction() as tx:
+                state = self._peer(tx, peer_id)
+                state.accept()
+                self._put_peer(tx, state)
+        self._check_identity(self._peer(self._store().read(), peer_id), name)
+
     # -- history --------------------------------------------------------------------------------
     def history(self, peer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self._store().read().history(peer_id, limit)
@@ -211,12 +291,55 @@ class Messenger:
                 tx.put(f"read:{self._ref(peer_id)}", entries[-1].get("at", 0))
 
     def outbox(self) -> list[dict[str, Any]]:
-        """Messages not yet accepted by the server: ``{"client_id", "peer", "text"}``."""
+        """Messages not yet accepted by the server:
+        ``{"client_id", "peer", "text", "bytes"}`` (``bytes``: the frame's size)."""
         return [
-            {"client_id": q["send"]["id"], "peer": q.get("peer"), "text": q.get("text")}
+            {
+                "client_id": q["send"]["id"],
+                "peer": q.get("peer"),
+                "text": q.get("text"),
+                "bytes": len(_frame_bytes(q["send"])),
+            }
             for q in self._store().read().queued()
             if isinstance(q.get("send"), dict)
         ]
+
+    async def drop_outbox(self, client_id: str) -> dict[str, Any]:
+        """Remove a message from the outbox (it is never sent); ``client_id`` may be a
+        unique prefix.  Its history entry is marked failed.  Returns the entry."""
+        matches = [q for q in self.outbox() if str(q["client_id"]).startswith(client_id)]
+        if not client_id or not matches:
+            raise ParleyError(f"No message {client_id!r} in the outbox (see `parley outbox`).")
+        if len(matches) > 1:
+            raise ParleyError(f"{client_id!r} matches several messages: give more of the id.")
+        found = matches[0]
+        async with self._store().transaction() as tx:
+            tx.unqueue(found["client_id"])
+            tx.update_message(found["client_id"], status="failed", error="dropped from the outbox")
+        self._outgoing.pop(found["client_id"], None)
+        return found
+
+    def check_text(self, text: str) -> None:
+        """Refuse at once what cannot be sent: an empty or blank text, or one whose
+        base64 alone is over the frame limit (the exact check, on the encrypted frame,
+        is made before queuing: :class:`MessageTooLarge` either way)."""
+        if not text.strip():
+            raise ParleyError("The message is empty: there is nothing to send.")
+        limit = self.max_frame_bytes
+        if len(text.encode()) * 4 // 3 > limit:
+            raise MessageTooLarge(len(text.encode()) * 4 // 3, limit, limit * 3 // 4 - 2000)
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The server's frame limit: from the last ``ready`` frame, else the default."""
+        ready = self.conn.ready_frame if self.conn is not None else None
+        if ready is not None and ready.limits is not None:
+            return int(ready.limits.max_frame_bytes)
+        with contextlib.suppress(ParleyError):
+            known = self._store().read().get("max_frame_bytes")
+            if isinstance(known, int) and known > 0:
+                return known
+        return DEFAULT_MAX_FRAME_BYTES
 
     # -- connection ------------------------------------------------------------------------------
     @property
@@ -260,6 +383,11 @@ class Messenger:
             self.conn = None
 
     async def _on_ready(self, ready: f.Ready) -> None:
+        if ready.limits is not None:
+            limit = int(ready.limits.max_frame_bytes)
+            if self._store().read().get("max_frame_bytes") != limit:
+                async with self._store().transaction() as tx:
+                    tx.put("max_frame_bytes", limit)  # for sends made while offline
         await self.sync()
         await self._resend()
         self._synced.set()
@@ -299,7 +427,22 @@ class Messenger:
 
     async def _resend(self) -> None:
         assert self.conn is not None
+        limit = self.max_frame_bytes
         for frame in self._queued():
+            size = len(f.encode(frame))
+            if size > limit:
+                # Queued before the size check existed: the server can never take it.
+                async with self._store().transaction() as tx:
+                    tx.unqueue(frame.id)
+                    tx.update_message(frame.id, status="failed", error="too large")
+                self.events.emit(
+                    ErrorEvent(
+                        "frame_too_large",
+                        f"A queued message ({size:,} bytes) is over the server's limit of "
+                        f"{limit:,} bytes per frame: it was removed from the outbox.",
+                    )
+                )
+                continue
             await self.conn.send(frame)
 
     async def _ack(self, seq: int) -> None:
@@ -508,7 +651,20 @@ class Messenger:
                 str(queued["peer"]), str(queued["text"]), client_id, refresh=True
             )
         except ParleyError as exc:
-            self.events.emit(ErrorEvent("devices_changed", f"Could not send again: {exc}"))
+            # Not sendable as it is (e.g. the contact's identity changed): it leaves the
+            # outbox as failed rather than waiting there for ever.
+            async with self._store().transaction() as tx:
+                if tx.unqueue(client_id):
+                    tx.update_message(client_id, status="failed", error=str(exc))
+            out = self._outgoing.pop(client_id, None)
+            if out is not None:
+                for fut in (out.accepted, out.stored):
+                    if not fut.done():
+                        fut.set_exception(exc)
+                        fut.exception()
+                self.events.emit(Receipt(client_id, out.peer_id, "failed", str(exc)))
+            if not isinstance(exc, SafetyNumberChanged):  # the caller of send has it
+                self.events.emit(ErrorEvent("devices_changed", f"Could not send again: {exc}"))
             return
         if self.conn is not None:
             with contextlib.suppress(ConnectionClosed):
@@ -523,7 +679,13 @@ class Messenger:
 
     # -- sending ------------------------------------------------------------------------------
     async def send(
-        self, username_or_id: str, text: str, *, wait: str | None = "accepted", timeout: float = 30
+        self,
+        username_or_id: str,
+        text: str,
+        *,
+        wait: str | None = "accepted",
+        timeout: float = 30,
+        accept_new_identity: bool = False,
     ) -> str:
         """Encrypt ``text`` for every device of a contact and for our own other devices,
         and send it; returns the client message id.
@@ -536,7 +698,14 @@ class Messenger:
         whose account key changed is warned about (:class:`KeyChanged`).  If the
         server says the device lists changed, the message is encrypted again
         for the current devices and resent with the same id (docs/devices.md).
+
+        Identity policy: if the contact's identity key changed since the user last
+        accepted or verified it, nothing is sent and :class:`SafetyNumberChanged`
+        is raised.  ``accept_new_identity=True`` accepts the change first, but only
+        for a contact the user had not verified: a verified contact's change needs
+        :meth:`accept_identity` or :meth:`verify`.
         """
+        self.check_text(text)
         peer_id, name = await self.resolve(username_or_id)
         if peer_id == self.account.user_id:
             raise ParleyError(
@@ -544,7 +713,9 @@ class Messenger:
                 "of everything you send."
             )
         client_id = uuid.uuid4().hex
-        frame = await self._encrypt(peer_id, text, client_id, name=name)
+        frame = await self._encrypt(
+            peer_id, text, client_id, name=name, accept_new_identity=accept_new_identity
+        )
         loop = asyncio.get_running_loop()
         out = _Outgoing(loop.create_future(), loop.create_future(), peer_id)
         self._outgoing[client_id] = out
@@ -560,7 +731,7 @@ class Messenger:
 
     async def _encrypt(
         self, peer_id: str, text: str, client_id: str, *, name: str | None = None,
-        refresh: bool = False,
+        refresh: bool = False, accept_new_identity: bool = False,
     ) -> f.Send:  # fmt: skip
         """Encrypt one message for every device it goes to and queue it in the outbox
         (replacing an earlier version of it: a resend after ``devices_changed``)."""
@@ -572,6 +743,7 @@ class Messenger:
             await self._refresh_peer(peer_id)
         if refresh or not self._peer(read, me).devices:
             await self._refresh_peer(me)
+        await self._identity_gate(peer_id, name, accept_new_identity)
         bundles: dict[tuple[str, int], PrekeyBundle] = {}
         for user in (peer_id, me):
             # A claim's answer carries the current list, which may name devices we
@@ -601,6 +773,9 @@ class Messenger:
         async with self._store().transaction() as tx:
             device = self.keys.device(tx)
             assert device is not None
+            # Checked again inside the transaction that encrypts: a key change seen
+            # by a claim above (or by another process) stops the message here.
+            self._check_identity(self._peer(tx, peer_id), name)
             for user in (peer_id, me):
                 state = self._peer(tx, user)
                 if user == peer_id and name is not None:
@@ -623,6 +798,12 @@ class Messenger:
             if not any(c.user == peer_id for c in copies):
                 raise ParleyError("That contact has no device to send to.")
             frame = f.Send(id=client_id, to=peer_id, copies=copies)
+            size, limit = len(f.encode(frame)), self.max_frame_bytes
+            if size > limit:
+                # Raised inside the transaction: the ratchet steps above are undone and
+                # nothing is queued (the server would refuse the frame).
+                per_copy = (size - limit) * 3 // (4 * len(copies)) + 1
+                raise MessageTooLarge(size, limit, len(plaintext) - per_copy)
             if not tx.has_message(client_id):
                 entry = {
                     "dir": "out",
@@ -644,6 +825,13 @@ SELF_PEER = "self_peer"
 
 class UntrustedKeys(ParleyError):
     """The directory's answer failed the checks against the signed device list."""
+
+
+def _frame_bytes(send: dict[str, Any]) -> bytes:
+    """The encoded size of a queued ``send`` frame (as the socket would send it)."""
+    with contextlib.suppress(msgspec.ValidationError, TypeError):
+        return f.encode(msgspec.convert({**send, "op": "send"}, f.Send))
+    return b""
 
 
 def _other_party(conversation: str | None, me: str) -> str | None:

@@ -10,6 +10,14 @@ device list signed by that key names it with exactly the identity it
 presents. A device the list does not name, or a list that does not verify,
 is refused whatever the key directory says.
 
+Identity-change policy (docs/client.md, "Identity changes"): a changed
+account key is recorded as a *pending change* (with the safety number of the
+last key the user accepted) and sending to the contact stops until the user
+accepts the new key (:meth:`PeerState.accept`) or compares safety numbers and
+marks it verified (:meth:`PeerState.mark_verified`). A contact whose
+previous key the user had verified is flagged so, and user interfaces ask
+for more than a "yes" then.
+
 Several sessions per device, newest first, as in Signal: when both sides
 start a session at the same moment, each receives the other's initial
 message. Each then keeps both sessions, sends on the one it used last, and
@@ -73,6 +81,11 @@ class PeerState:
     devices: dict[int, dict[str, str]] = field(default_factory=dict)
     """device id -> {"name", "signing_key", "dh_key"} from the verified device list."""
     sessions: dict[int, list[bytes]] = field(default_factory=dict)  # per device, newest first
+    verified_key: str | None = None
+    """The account key the user compared safety numbers for (``parley verify``)."""
+    pending_change: dict[str, Any] | None = None
+    """An account key change the user has not accepted yet:
+    ``{"old_key", "old_safety_number", "was_verified"}``; sending waits for it."""
 
     # -- persistence ------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +96,8 @@ class PeerState:
             "list_version": self.list_version,
             "devices": {str(d): e for d, e in self.devices.items()},
             "sessions": {str(d): [b64encode(s) for s in ss] for d, ss in self.sessions.items()},
+            "verified_key": self.verified_key,
+            "pending_change": self.pending_change,
         }
 
     @classmethod
@@ -97,6 +112,8 @@ class PeerState:
             list_version=int(obj.get("list_version") or 0),
             devices={int(d): dict(e) for d, e in (obj.get("devices") or {}).items()},
             sessions={int(d): [b64decode(s) for s in ss] for d, ss in sessions.items()},
+            verified_key=obj.get("verified_key"),
+            pending_change=obj.get("pending_change"),
         )
 
     # -- trust ------------------------------------------------------------------
@@ -108,6 +125,24 @@ class PeerState:
                 local_account_key, local_user_id, b64decode(self.account_key), self.user_id
             )
         )
+
+    @property
+    def verified(self) -> bool:
+        """The user compared safety numbers for the account key we trust now."""
+        return self.account_key is not None and self.verified_key == self.account_key
+
+    def accept(self) -> None:
+        """Accept the current account key without comparing safety numbers: sending
+        resumes; the contact is not verified (any more)."""
+        self.pending_change = None
+
+    def mark_verified(self, account_key: str) -> None:
+        """The user compared the safety number of ``account_key`` with the contact's:
+        it must still be the key we trust (not one that changed meanwhile)."""
+        if self.account_key is None or account_key != self.account_key:
+            raise UnknownDevice("the contact's identity changed while it was being verified")
+        self.verified_key = account_key
+        self.pending_change = None
 
     def trust(
         self,
@@ -129,12 +164,21 @@ class PeerState:
         changed: AccountChanged | None = None
         if self.account_key is not None and self.account_key != account_key:
             old = self.safety_number(local_account_key, local_user_id)
+            previous = self.account_key
             self.account_key = account_key
             new = self.safety_number(local_account_key, local_user_id)
             assert new is not None
             changed = AccountChanged(old, new)
             self.sessions = {}
             self.list_version = 0
+            if self.pending_change is None:
+                self.pending_change = {
+                    "old_key": previous,
+                    "old_safety_number": old,
+                    "was_verified": previous == self.verified_key,
+                }
+            elif self.pending_change.get("old_key") == account_key:
+                self.pending_change = None  # back to the key the user had accepted
         elif self.account_key is None:
             self.account_key = account_key
         if listing.version < self.list_version:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from parley import Client, ParleyError, SafetyNumberChanged
 from parley.client import KeyChanged, Message, Receipt
 
-from tests.client.conftest import MakeClient
+from tests.client.conftest import PASSWORD, MakeClient
 from tests.support.stack import System
 
 
@@ -116,9 +118,16 @@ async def test_reinstall_warns_the_contact_with_the_new_safety_number(
     assert warning.safety_number == new_number != old_number
     _, bobs_view = await bob2.safety_number(alice.username)
     assert bobs_view == new_number  # both sides show the same number
-    # Alice goes on with a new session to the new identity.
+    # Sending now needs an explicit acceptance (identity policy, #20).
+    with pytest.raises(SafetyNumberChanged) as refused:
+        await alice.send(bob.username, "not yet")
+    assert refused.value.old_safety_number == old_number
+    assert refused.value.new_safety_number == new_number and not refused.value.verified
+    assert alice.outbox() == []
+    assert not [e for e in alice.history(bob.user_id) if e.get("text") == "not yet"]
+    # Alice goes on with a new session to the new identity, once she accepts it.
     await bob2.connect()
-    await alice.send(bob.username, "after")
+    await alice.send(bob.username, "after", accept_new_identity=True)
     got = await bob2.next_event(Message)
     assert isinstance(got, Message) and got.text == "after"
     system = [e for e in alice.history(bob.user_id) if e["dir"] == "system"]
@@ -183,3 +192,71 @@ async def test_a_draining_gateway_sends_the_client_elsewhere(
     finally:
         system.restart(victim)
         system.wait_ready()
+
+
+async def _change_identity(make_client: MakeClient, username: str) -> Client:
+    """The directory now serves a new identity for ``username`` (an attacker's, as far
+    as the contact can tell): a new install registers it through the real API."""
+    other = await make_client(username, signup=False)
+    await other.login(username, PASSWORD, new_identity=True)
+    return other
+
+
+async def test_a_verified_contacts_new_key_blocks_sending_until_verified_again(
+    make_client: MakeClient,
+) -> None:
+    alice, bob = await make_client(), await make_client()
+    assert alice.username and bob.username and bob.user_id
+    await alice.connect()
+    await alice.send(bob.username, "hello")
+    _, number = await alice.safety_number(bob.username)
+    assert number is not None
+    await alice.verify(bob.username, number)
+    assert alice.identity_status(bob.user_id)["verified"]
+    await bob.close()
+    await _change_identity(make_client, bob.username)
+    warning = await alice.next_event(KeyChanged)
+    assert isinstance(warning, KeyChanged)
+    status = alice.identity_status(bob.user_id)
+    assert status == {"verified": False, "pending_change": True, "was_verified": True}
+    # A verified contact: the send-time flag is not enough.
+    for accept in (False, True):
+        with pytest.raises(SafetyNumberChanged) as refused:
+            await alice.send(bob.username, "to mallory?", accept_new_identity=accept)
+        assert refused.value.verified and refused.value.old_safety_number == number
+        assert "You had verified" in str(refused.value)
+    assert alice.outbox() == []
+    # Verifying with the old number does nothing; with the new one it resumes.
+    with pytest.raises(ParleyError, match="changed while you were comparing"):
+        await alice.verify(bob.username, number)
+    _, new_number = await alice.safety_number(bob.username)
+    assert new_number is not None and new_number != number
+    await alice.verify(bob.username, new_number)
+    assert alice.identity_status(bob.user_id)["verified"]
+    await alice.send(bob.username, "verified again")
+
+
+async def test_a_withheld_key_change_announcement_still_blocks_the_send(
+    make_client: MakeClient,
+) -> None:
+    """The server does not announce the change (no ``key_changed``): the send goes out
+    on the old sessions, the gateway answers ``devices_changed``, and the resend for
+    the new identity is refused instead of encrypted to it."""
+    alice, bob = await make_client(), await make_client()
+    assert alice.username and bob.username and bob.user_id
+
+    async def withheld(frame: object) -> None:
+        return None
+
+    alice.messenger._on_key_changed = withheld  # type: ignore[assignment,method-assign]
+    await alice.connect()
+    await alice.send(bob.username, "hello")
+    await bob.close()
+    await _change_identity(make_client, bob.username)
+    with pytest.raises(SafetyNumberChanged):
+        await alice.send(bob.username, "to mallory?", timeout=20)
+    assert alice.outbox() == []
+    failed = [e for e in alice.history(bob.user_id) if e.get("text") == "to mallory?"]
+    assert [e["status"] for e in failed] == ["failed"]
+    await alice.accept_identity(bob.username)
+    await alice.send(bob.username, "accepted")

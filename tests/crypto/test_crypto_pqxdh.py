@@ -154,6 +154,58 @@ def test_replayed_initial_message_without_one_time_material_is_refused() -> None
         Session.respond(Device.from_bytes(bob.to_bytes()), first)
 
 
+def test_a_replayed_initial_message_is_refused_after_thousands_of_others() -> None:
+    """The memory of handshakes without one-time material is not a count: 2,500 other
+    first contacts later (more than the old 2,000-entry window), the replay of the
+    first one is still refused, also after a save/restore of the device."""
+    bob = Device.generate()
+    bundle = claimed_bundle(bob, one_time=False, kem_one_time=False)
+    alice = Device.generate()
+    _, first = Session.initiate(alice, bundle, b"once")
+    Session.respond(bob, first)
+    initiator = Device.generate()  # many initiations from one device: each has its own EK_A
+    for _ in range(2500):
+        _, other = Session.initiate(initiator, bundle, b"x")
+        Session.respond(bob, other)
+    assert bob.remembered_base_key_count == 2501
+    with pytest.raises(ReplayedMessage):
+        Session.respond(bob, first)
+    restored = Device.from_bytes(bob.to_bytes())
+    with pytest.raises(ReplayedMessage):
+        Session.respond(restored, first)
+
+
+def test_replay_memory_lasts_as_long_as_the_signed_prekey() -> None:
+    """Remembered ephemeral keys go with their signed prekey: after one rotation the
+    replay is still refused as a replay; after the second the signed prekey is gone
+    and the message is refused as naming an unknown prekey (and memory is freed)."""
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    Session.respond(bob, first)
+    bob.rotate_signed_prekey()
+    with pytest.raises(ReplayedMessage):
+        Session.respond(bob, first)
+    with pytest.raises(ReplayedMessage):
+        Session.respond(Device.from_bytes(bob.to_bytes()), first)
+    bob.rotate_signed_prekey()
+    assert bob.remembered_base_key_count == 0
+    with pytest.raises(UnknownPrekey):
+        Session.respond(bob, first)
+
+
+def test_a_device_state_from_before_the_change_keeps_its_remembered_keys() -> None:
+    import json
+
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    Session.respond(bob, first)
+    state = json.loads(bob.to_bytes())
+    state["seen_base_keys"] = [k for keys in state["seen_base_keys"].values() for k in keys]
+    old = Device.from_bytes(json.dumps(state).encode())
+    with pytest.raises(ReplayedMessage):
+        Session.respond(old, first)
+
+
 def test_unknown_prekey_ids_are_refused() -> None:
     alice, bob = Device.generate(), Device.generate()
     bundle = claimed_bundle(bob)

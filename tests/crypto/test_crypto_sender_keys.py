@@ -12,13 +12,14 @@ from parley.crypto import (
     InvalidSignature,
     MalformedMessage,
     ReplayedMessage,
+    RetiredSenderKey,
     SessionMismatch,
     TooManySkippedMessages,
     UnknownSenderKey,
     commitment_from_message,
     verify_report,
 )
-from parley.crypto.sender_keys import MAX_SKIP
+from parley.crypto.sender_keys import MAX_CHAINS_PER_SENDER, MAX_RETIRED_CHAINS, MAX_SKIP
 from parley.crypto.wire import SenderKeyDistribution
 
 from tests.crypto.drbg import deterministic_random
@@ -186,3 +187,48 @@ def test_group_decrypt_message_gives_franking_data() -> None:
     received = bob.decrypt_message("m0", message)
     assert received.commitment == commitment_from_message(message)
     verify_report(received.plaintext, received.franking_key, received.commitment)
+
+
+def test_an_evicted_chain_cannot_be_rewound_by_its_old_distribution() -> None:
+    """After MAX_CHAINS_PER_SENDER rotations the first chain is evicted; processing its
+    old distribution message again would start it over and accept replays: refused."""
+    alice, bob = _group()
+    first_dist = alice.distribution_message()
+    old = alice.encrypt(b"old message")
+    assert bob.decrypt("m0", old) == b"old message"
+    for _ in range(MAX_CHAINS_PER_SENDER):
+        bob.process_distribution("m0", alice.rotate())
+    with pytest.raises(UnknownSenderKey):  # evicted
+        bob.decrypt("m0", old)
+    before = bob.to_bytes()
+    with pytest.raises(RetiredSenderKey, match="retired"):
+        bob.process_distribution("m0", first_dist)
+    assert isinstance(RetiredSenderKey("x"), ReplayedMessage)
+    assert bob.to_bytes() == before  # nothing taken
+    with pytest.raises(UnknownSenderKey):
+        bob.decrypt("m0", old)
+    # and it survives a save/restore
+    restored = GroupSession.from_bytes(bob.to_bytes())
+    with pytest.raises(RetiredSenderKey):
+        restored.process_distribution("m0", first_dist)
+    # the current chain still works
+    assert restored.decrypt("m0", alice.encrypt(b"new")) == b"new"
+
+
+def test_a_removed_members_chains_are_retired_and_the_memory_is_bounded() -> None:
+    alice, bob = _group()
+    dist = alice.distribution_message()
+    bob.remove_member("m0")
+    with pytest.raises(RetiredSenderKey):
+        bob.process_distribution("m0", dist)
+    # A member rotating many times: only the last MAX_RETIRED_CHAINS ids are kept.
+    carol = GroupSession.create("room-1")
+    dists = [carol.distribution_message()]
+    for _ in range(MAX_RETIRED_CHAINS + MAX_CHAINS_PER_SENDER):
+        dists.append(carol.rotate())
+    for d in dists:
+        bob.process_distribution("carol", d)
+    retired = bob._retired["carol"]
+    assert len(retired) == MAX_RETIRED_CHAINS
+    with pytest.raises(RetiredSenderKey):
+        bob.process_distribution("carol", dists[-MAX_CHAINS_PER_SENDER - 1])

@@ -5,7 +5,8 @@ alice and bob sign up; alice writes to bob while he is offline; bob logs in
 and reads it; they chat in real time (two interactive `parley chat` sessions
 at once); bob re-installs (wipes his local state, logs in again: a new
 identity key) and alice, still in her chat, is warned with the new safety
-number, which is the one bob's client shows.
+number, which is the one bob's client shows, and confirms before her first
+message to the new key.
 """
 
 from __future__ import annotations
@@ -196,9 +197,12 @@ def test_cli_offline_message_real_time_chat_and_key_change(users: tuple[User, Us
     out = bob.run("safety-number", alice.name)
     assert warned in out, "bob's client shows the number alice was warned with"
 
-    # Alice goes on (a new session with bob's new identity); bob reads it.
+    # Alice goes on (a new session with bob's new identity) once she confirms the
+    # first send to the new key (#20); bob reads it.
     after = f"after the change {secrets.token_hex(4)}"
     say(chat_a, after)
+    chat_a.expect(r"Send to \S+'s new key anyway\? \[y/N\]")
+    chat_a.sendline("y")
     chat_a.expect(f"{alice.name}>")
     out = bob.run("inbox")
     assert after.encode() in out

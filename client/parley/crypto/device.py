@@ -10,7 +10,11 @@ prekey are kept (an initial message built on the previous one may still be in
 flight after a rotation); one-time prekeys until they are used.  Initial
 messages that consume no one-time material (no one-time X25519 prekey and a
 last-resort KEM prekey) could be replayed, so their ephemeral keys are
-remembered (the last :data:`MAX_SEEN_BASE_KEYS`) and a repeat is rejected.
+remembered, under the signed prekey they were made with, for as long as that
+signed prekey is kept: a repeat is rejected (``ReplayedMessage``) while the
+signed prekey exists, and once it is retired any message made with it is
+refused anyway (``UnknownPrekey``).  The window is thus the signed prekey's
+lifetime, not a count of messages (docs/crypto.md, "PQXDH").
 """
 
 from __future__ import annotations
@@ -46,10 +50,9 @@ from parley.crypto.primitives import (
     system_random,
 )
 
-__all__ = ["DEFAULT_BATCH", "MAX_SEEN_BASE_KEYS", "Device", "KemPrekeyPrivate"]
+__all__ = ["DEFAULT_BATCH", "Device", "KemPrekeyPrivate"]
 
 DEFAULT_BATCH = 100
-MAX_SEEN_BASE_KEYS = 2000
 _STATE_VERSION = 1
 
 
@@ -112,7 +115,9 @@ class Device:
         self._kem: dict[int, KemPrekeyPrivate] = {}
         self._last_resort: list[int] = []  # previous..current
         self._next_kem_id = 1
-        self._seen_base_keys: dict[bytes, None] = {}
+        # signed prekey id -> ephemeral keys of the handshakes without one-time
+        # material made with it; dropped with the signed prekey.
+        self._seen_base_keys: dict[int, set[bytes]] = {}
 
     # ------------------------------------------------------------------ creation
 
@@ -153,6 +158,9 @@ class Device:
         self._next_signed_prekey_id = prekey_id + 1
         self._signed_prekeys = {
             i: k for i, k in self._signed_prekeys.items() if i in (previous, prekey_id)
+        }
+        self._seen_base_keys = {
+            i: keys for i, keys in self._seen_base_keys.items() if i in self._signed_prekeys
         }
         return self.signed_prekey()
 
@@ -244,12 +252,22 @@ class Device:
             raise UnknownPrekey(f"KEM prekey {prekey_id} was never issued")
         return entry
 
-    def _check_base_key(self, ephemeral_key: bytes) -> None:
-        if ephemeral_key in self._seen_base_keys:
+    def _check_base_key(self, signed_prekey_id: int, ephemeral_key: bytes) -> None:
+        if ephemeral_key in self._seen_base_keys.get(signed_prekey_id, ()):
             raise ReplayedMessage("initial message already processed")
 
+    @property
+    def remembered_base_key_count(self) -> int:
+        """Ephemeral keys remembered against replays (handshakes without one-time
+        material, for the signed prekeys still kept)."""
+        return sum(len(keys) for keys in self._seen_base_keys.values())
+
     def _consume(
-        self, one_time_prekey_id: int | None, kem: KemPrekeyPrivate, ephemeral_key: bytes
+        self,
+        one_time_prekey_id: int | None,
+        kem: KemPrekeyPrivate,
+        signed_prekey_id: int,
+        ephemeral_key: bytes,
     ) -> None:
         """Commit the use of prekeys after a successful handshake."""
         if one_time_prekey_id is not None:
@@ -257,9 +275,7 @@ class Device:
         if not kem.last_resort:
             del self._kem[kem.id]
         if one_time_prekey_id is None and kem.last_resort:
-            self._seen_base_keys[ephemeral_key] = None
-            while len(self._seen_base_keys) > MAX_SEEN_BASE_KEYS:
-                del self._seen_base_keys[next(iter(self._seen_base_keys))]
+            self._seen_base_keys.setdefault(signed_prekey_id, set()).add(ephemeral_key)
 
     def _identity_signing(self) -> Ed25519KeyPair:
         return self._signing
@@ -285,7 +301,10 @@ class Device:
             ],
             "last_resort": list(self._last_resort),
             "next_kem_id": self._next_kem_id,
-            "seen_base_keys": [b64encode(k) for k in self._seen_base_keys],
+            "seen_base_keys": {
+                str(i): sorted(b64encode(k) for k in keys)
+                for i, keys in sorted(self._seen_base_keys.items())
+            },
         }
 
     def to_bytes(self) -> bytes:
@@ -320,13 +339,22 @@ class Device:
                 )
             device._last_resort = [int(i) for i in obj["last_resort"]]
             device._next_kem_id = int(obj["next_kem_id"])
-            device._seen_base_keys = {b64decode(k, length=32): None for k in obj["seen_base_keys"]}
+            seen = obj["seen_base_keys"]
+            if isinstance(seen, list):
+                # Before #20: one list, not by signed prekey.  Keep those keys until
+                # the current signed prekey is retired (the older one goes first).
+                seen = {str(device._current_signed_prekey): seen}
+            device._seen_base_keys = {
+                int(i): {b64decode(k, length=32) for k in keys}
+                for i, keys in seen.items()
+                if int(i) in device._signed_prekeys
+            }
             if device._current_signed_prekey not in device._signed_prekeys or not all(
                 i in device._kem for i in device._last_resort
             ):
                 raise MalformedState("device state is inconsistent")
             return device
-        except (KeyError, TypeError, ValueError, MalformedBundle) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, MalformedBundle) as exc:
             raise MalformedState("device state does not parse") from exc
 
     @classmethod

@@ -89,6 +89,12 @@ class UnknownSenderKey(CryptoError):
     """A group message uses a sender key we have not received (or have dropped)."""
 
 
+class RetiredSenderKey(ReplayedMessage):
+    """A sender-key distribution message for a chain we already dropped (evicted by
+    newer chains of that member, or the member was removed): taking it again would
+    rewind the chain and let old group messages be replayed."""
+
+
 class FrankingMismatch(CryptoError):
     """A report's plaintext and franking key do not open its franking commitment."""
 

@@ -16,7 +16,10 @@ Receivers verify the signature first, then derive the key for the message's
 iteration: at most :data:`MAX_SKIP` (2000) iterations ahead, keeping at most
 :data:`MAX_SKIPPED_KEYS` (2000) skipped keys per chain (oldest evicted) and at
 most :data:`MAX_CHAINS_PER_SENDER` (5) chains per sender (older ones dropped;
-several exist around a rotation).  Decryption is transactional.
+several exist around a rotation).  Decryption is transactional.  The ids of
+dropped chains are remembered (the last :data:`MAX_RETIRED_CHAINS` per sender),
+and a distribution message for one of them is refused (``RetiredSenderKey``):
+taking it again would rewind the chain and let its old messages be replayed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from parley.crypto.wire import GroupMessage, SenderKeyDistribution, group_prefix
 
 __all__ = [
     "MAX_CHAINS_PER_SENDER",
+    "MAX_RETIRED_CHAINS",
     "MAX_SKIP",
     "MAX_SKIPPED_KEYS",
     "MESSAGE_INFO",
@@ -58,6 +62,7 @@ MESSAGE_INFO = b"parley-v1/sender-key/message-keys"
 MAX_SKIP = 2000
 MAX_SKIPPED_KEYS = 2000
 MAX_CHAINS_PER_SENDER = 5
+MAX_RETIRED_CHAINS = 1000
 _MESSAGE_KEYS = MessageKeyDeriver(MESSAGE_INFO)
 _U32 = struct.Struct(">I")
 

@@ -38,6 +38,7 @@ from parley.crypto.errors import (
     MalformedBundle,
     MalformedMessage,
     MalformedState,
+    RetiredSenderKey,
     SessionMismatch,
     UnknownSenderKey,
 )
@@ -50,6 +51,7 @@ from parley.crypto.primitives import (
 from parley.crypto.ratchet import RatchetState
 from parley.crypto.sender_keys import (
     MAX_CHAINS_PER_SENDER,
+    MAX_RETIRED_CHAINS,
     ReceiverChain,
     SenderChain,
     group_associated_data,
@@ -257,7 +259,7 @@ class Session:
         )
         kem = device._lookup_kem_prekey(section.kem_prekey_id)
         if one_time is None and kem.last_resort:
-            device._check_base_key(section.ephemeral_key)
+            device._check_base_key(section.signed_prekey_id, section.ephemeral_key)
         secret, ad = pqxdh.respond(
             device.dh_keypair, device.identity, section, signed_prekey, one_time, kem.pair()
         )
@@ -270,7 +272,9 @@ class Session:
             parsed.ciphertext,
             _commitment_check(parsed.commitment),
         )
-        device._consume(section.one_time_prekey_id, kem, section.ephemeral_key)
+        device._consume(
+            section.one_time_prekey_id, kem, section.signed_prekey_id, section.ephemeral_key
+        )
         session = cls(
             ratchet=ratchet,
             local_identity=device.identity,
@@ -376,7 +380,7 @@ class GroupSession:
     carried their distribution message belongs to.
     """
 
-    __slots__ = ("_own", "_receivers", "group_id", "rng")
+    __slots__ = ("_own", "_receivers", "_retired", "group_id", "rng")
 
     def __init__(
         self,
@@ -384,12 +388,15 @@ class GroupSession:
         own: SenderChain,
         receivers: dict[str, list[ReceiverChain]] | None = None,
         rng: RandomSource = system_random,
+        retired: dict[str, list[int]] | None = None,
     ) -> None:
         if not isinstance(group_id, str) or not group_id:
             raise ValueError("group_id must be a non-empty string")
         self.group_id = group_id
         self._own = own
         self._receivers: dict[str, list[ReceiverChain]] = receivers or {}
+        # member -> ids of chains dropped (evicted or the member removed), oldest first
+        self._retired: dict[str, list[int]] = retired or {}
         self.rng = rng
 
     @classmethod
@@ -413,7 +420,7 @@ class GroupSession:
     def remove_member(self, member: str) -> bytes:
         """Forget ``member``'s sender keys and rotate ours; return the new distribution
         message to send to the remaining members."""
-        self._receivers.pop(member, None)
+        self._retire(member, self._receivers.pop(member, []))
         return self.rotate()
 
     def members(self) -> list[str]:
@@ -428,11 +435,26 @@ class GroupSession:
         dist = SenderKeyDistribution.decode(message)
         if dist.group_id != self.group_id:
             raise SessionMismatch("distribution message is for another group")
-        chains = self._receivers.setdefault(member, [])
+        chains = self._receivers.get(member, [])
         if any(c.chain_id == dist.chain_id for c in chains):
             return
+        if dist.chain_id in self._retired.get(member, ()):
+            raise RetiredSenderKey(
+                f"sender key {dist.chain_id} of {member!r} was retired: refusing to take it "
+                "again (it would let old group messages be replayed); the member must "
+                "send a new sender key"
+            )
         chains.insert(0, ReceiverChain.from_distribution(dist))
+        self._receivers[member] = chains
+        self._retire(member, chains[MAX_CHAINS_PER_SENDER:])
         del chains[MAX_CHAINS_PER_SENDER:]
+
+    def _retire(self, member: str, chains: list[ReceiverChain]) -> None:
+        if not chains:
+            return
+        retired = self._retired.setdefault(member, [])
+        retired.extend(c.chain_id for c in chains if c.chain_id not in retired)
+        del retired[:-MAX_RETIRED_CHAINS]
 
     def decrypt(self, member: str, message: bytes) -> bytes:
         return self.decrypt_message(member, message).plaintext
@@ -458,6 +480,7 @@ class GroupSession:
             "receivers": {
                 member: [c.to_json() for c in chains] for member, chains in self._receivers.items()
             },
+            "retired": self._retired,
         }
         return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -471,6 +494,10 @@ class GroupSession:
                 str(member): [ReceiverChain.from_json(c) for c in chains]
                 for member, chains in obj["receivers"].items()
             }
-            return cls(obj["group_id"], SenderChain.from_json(obj["own"]), receivers, rng)
+            retired = {  # absent from states written before #20
+                str(member): [int(i) for i in ids]
+                for member, ids in (obj.get("retired") or {}).items()
+            }
+            return cls(obj["group_id"], SenderChain.from_json(obj["own"]), receivers, rng, retired)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedState("group state does not parse") from exc
