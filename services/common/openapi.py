@@ -75,6 +75,7 @@ class Api:
         params: dict[str, dict[str, Any]] | None = None,
         description: str | None = None,
         page_errors: Sequence[int] = (),
+        guard: Callable[[web.Request, Any], object] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler: ``handler(request, *, claims=..., body=...)``.
 
@@ -93,6 +94,10 @@ class Api:
         ``oauth_errors`` (status -> RFC 6749 error codes, answered as
         ``{"error", "error_description"}`` rather than the common error model)
         and ``page_errors`` (statuses answered with an HTML error page).
+
+        ``guard(request, claims)`` (with ``auth``) runs before the body is read:
+        a check of whose resource the path names, so that a caller who may not
+        touch it learns nothing from body validation either.
 
         ``params`` gives the JSON Schema of path and query parameters (a string
         when not given): the handler checks them itself and answers
@@ -135,6 +140,9 @@ class Api:
                     if role is not None and role not in claims.roles:
                         raise ApiError(ErrorCode.FORBIDDEN, f"This needs the {role} role.")
                     kwargs["claims"] = claims
+                    if guard is not None:
+                        # Whose resource it is comes before the body, too.
+                        guard(request, claims)
                 if body is not None:
                     kwargs["body"] = await parse_body(request, body)
                 result = await fn(request, **kwargs)

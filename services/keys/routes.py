@@ -91,6 +91,7 @@ def user_id_of(request: web.Request) -> str:
     response=models.IdentityRegistered,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=[_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.TOO_MANY_DEVICES, _E.CONFLICT, _E.FORBIDDEN],
     tags=["devices"],
 )
@@ -108,6 +109,7 @@ async def put_identity(
     status=204,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=_KEY_ERRORS,
     tags=["devices"],
 )
@@ -126,6 +128,7 @@ async def put_signed_prekey(
     status=201,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=_BATCH_ERRORS,
     tags=["devices"],
 )
@@ -144,6 +147,7 @@ async def post_one_time(
     status=201,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=_BATCH_ERRORS,
     tags=["devices"],
 )
@@ -161,6 +165,7 @@ async def post_kem(
     status=204,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=_KEY_ERRORS,
     tags=["devices"],
 )
@@ -175,6 +180,7 @@ async def put_last_resort(request: web.Request, claims: Claims, body: models.Kem
     response=models.Counts,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=[_E.DEVICE_NOT_FOUND, _E.FORBIDDEN],
     tags=["devices"],
 )
@@ -189,6 +195,7 @@ async def get_counts(request: web.Request, claims: Claims) -> models.Counts:
     response=models.KeysCheckResult,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=[_E.INVALID_KEY, _E.DEVICE_NOT_FOUND, _E.FORBIDDEN],
     tags=["devices"],
 )
@@ -205,6 +212,7 @@ async def post_check(
     status=204,
     auth=True,
     params={**_DEVICE},
+    guard=own_device,
     errors=[_E.DEVICE_NOT_FOUND, _E.FORBIDDEN, _E.CONFLICT],
     tags=["devices"],
 )
