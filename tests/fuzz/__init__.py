@@ -7,11 +7,7 @@
   refused for its shape (``validation_failed``), and any the document refuses
   that is accepted. Deterministic; ``PARLEY_FUZZ_EXAMPLES`` (default 10) sets
   the cases per operation.
-- ``test_websocket.py``: hypothesis over WebSocket frames (every op of the
-  contract, wrong types, missing and unknown fields, huge numbers, unicode,
-  binary frames): each is answered with the documented error code or close
-  code, nothing is stored, and another user's message still goes through.
-  ``PARLEY_FUZZ_WS_EXAMPLES`` sets the number of frame sequences.
+- ``test_mismatches.py``: one test for each mismatch the fuzzer found.
 - ``test_authz_matrix.py``: every operation of every document that needs a
   token x {no token, expired, another user's, a plain user's on an admin
   route, a blocked user's}: refused with a status the operation documents.
