@@ -31,6 +31,7 @@ from services.auth.store import DuplicateError
 from services.auth.tokens import new_id
 from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
+from services.common.http import int_schema, parse_int
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 50
 # What the list and audit routes say of their ``limit`` (OpenAPI).
 PAGE_SIZE_DOC = f"page size, 1-{MAX_PAGE} ({DEFAULT_PAGE})"
+MAX_QUERY = 100
+MAX_CURSOR = 64
+# The admin routes' query parameters, as documented and as checked (422 validation_failed).
+LIST_PARAMS: dict[str, dict[str, Any]] = {
+    "q": {"type": "string", "maxLength": MAX_QUERY},
+    "cursor": {"type": "string", "maxLength": MAX_CURSOR},
+    "limit": int_schema(1, MAX_PAGE),
+}
+AUDIT_PARAMS: dict[str, dict[str, Any]] = {
+    "target_id": {"type": "string", "maxLength": MAX_USER_ID},
+    "before": {"type": "string", "format": "date-time"},
+    "limit": int_schema(1, MAX_PAGE),
+}
 
 
 async def audit(
@@ -93,15 +107,7 @@ async def _target(svc: AuthService, user_id: str) -> dict[str, Any]:
 
 
 def page_size(raw: str | None, default: int = DEFAULT_PAGE) -> int:
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise ApiError(
-            ErrorCode.VALIDATION_FAILED,
-            f"limit is a whole number from 1 to {MAX_PAGE}.",
-            details=[{"field": "limit", "problem": f"must be 1..{MAX_PAGE}"}],
-        )
-    return int(raw)
+    return default if raw is None else parse_int(raw, "limit", 1, MAX_PAGE)
 
 
 async def list_users(
@@ -112,9 +118,9 @@ async def list_users(
     cursor: str | None,
     limit: int,
 ) -> AdminUserList:
-    if query is not None and len(query) > 100:
+    if query is not None and len(query) > MAX_QUERY:
         raise ApiError(ErrorCode.VALIDATION_FAILED, "The search is too long (100 at most).")
-    if cursor is not None and len(cursor) > 64:
+    if cursor is not None and len(cursor) > MAX_CURSOR:
         raise ApiError(ErrorCode.VALIDATION_FAILED, "Not a cursor from this API.")
     docs = await svc.store.list_users(query or None, cursor or None, limit + 1)
     more = len(docs) > limit

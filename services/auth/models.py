@@ -9,11 +9,33 @@ the handlers, which answer their own error codes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.config import JsonDict
 
 Role = Literal["user", "admin"]
+
+# The rules of services/auth/accounts.py, as the documents show them (the handlers
+# check them and answer invalid_username / validation_failed): a username is 3-32
+# ASCII letters, digits, '.', '_' or '-', starting with a letter, ending with a
+# letter or digit, without "..". Reserved names and 32 hex digits are refused too.
+USERNAME_SCHEMA: JsonDict = {"pattern": r"^[A-Za-z](\.?[A-Za-z0-9_-])*\.?[A-Za-z0-9]$"}
+USERNAME_FIELD: JsonDict = {**USERNAME_SCHEMA, "minLength": 3, "maxLength": 32}
+EMAIL_SCHEMA: JsonDict = {
+    "pattern": r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
+}
+# services/auth/oidc/clients.py check_redirect_uri: https, http on a loopback host, or a
+# native app's private-use scheme; no fragment. (A subset of what it accepts.)
+_URI_TAIL = r"(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?"
+REDIRECT_URI_SCHEMA: JsonDict = {
+    "pattern": r"^(https://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]{1,4})?"
+    + _URI_TAIL
+    + r"|http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,4})?"
+    + _URI_TAIL
+    + r"|[a-z][a-z0-9+-]*(\.[a-z0-9+-]+)+:/[A-Za-z0-9._~-]*)$"
+}
+RedirectUri = Annotated[str, Field(max_length=2000, json_schema_extra=REDIRECT_URI_SCHEMA)]
 
 
 class Request(BaseModel):
@@ -21,8 +43,11 @@ class Request(BaseModel):
 
 
 class SignupRequest(Request):
-    username: str = Field(min_length=1, max_length=64, description="3-32 of a-z 0-9 . _ -")
-    email: str = Field(min_length=3, max_length=254)
+    username: str = Field(
+        min_length=1, max_length=64, description="3-32 of a-z 0-9 . _ -",
+        json_schema_extra=USERNAME_FIELD,
+    )  # fmt: skip
+    email: str = Field(min_length=3, max_length=254, json_schema_extra=EMAIL_SCHEMA)
     password: str = Field(min_length=1, max_length=1024)
     device_id: int | None = Field(
         default=None, ge=1, le=2**31 - 1,
@@ -62,7 +87,7 @@ class ChangePasswordRequest(Request):
 
 
 class PasswordResetRequest(Request):
-    email: str = Field(min_length=3, max_length=254)
+    email: str = Field(min_length=3, max_length=254, json_schema_extra=EMAIL_SCHEMA)
 
 
 class PasswordResetConfirm(Request):
@@ -79,8 +104,13 @@ class PasswordRequest(Request):
 
 
 class AdminUserPatch(Request):
-    username: str | None = Field(default=None, min_length=1, max_length=64)
-    email: str | None = Field(default=None, min_length=3, max_length=254)
+    username: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        json_schema_extra=USERNAME_FIELD,
+    )  # fmt: skip
+    email: str | None = Field(
+        default=None, min_length=3, max_length=254, json_schema_extra=EMAIL_SCHEMA
+    )
     roles: list[Role] | None = Field(default=None, min_length=1, max_length=2)
 
 
@@ -222,11 +252,40 @@ GrantType = Literal["authorization_code", "refresh_token"]
 BOTH_GRANTS: tuple[GrantType, ...] = ("authorization_code", "refresh_token")
 
 
+# services/auth/oidc/clients.py ``_auth_method``: a public client has no secret, a
+# confidential one has one.
+_AUTH_METHOD_BY_TYPE: JsonDict = {
+    "allOf": [
+        {
+            "if": {"properties": {"type": {"const": "public"}}},
+            "then": {"properties": {"token_endpoint_auth_method": {"enum": ["none", None]}}},
+        },
+        {
+            "if": {"properties": {"type": {"const": "confidential"}}},
+            "then": {
+                "properties": {
+                    "token_endpoint_auth_method": {
+                        "enum": ["client_secret_basic", "client_secret_post", None]
+                    }
+                }
+            },
+        },
+    ]
+}
+
+
 class ClientCreate(Request):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_AUTH_METHOD_BY_TYPE)
+
     name: str = Field(min_length=1, max_length=100)
     type: ClientType
-    redirect_uris: list[str] = Field(min_length=1, max_length=10, description="Exact match")
-    post_logout_redirect_uris: list[str] = Field(default_factory=list, max_length=10)
+    redirect_uris: list[RedirectUri] = Field(
+        min_length=1, max_length=10, description="Exact match",
+        json_schema_extra={"uniqueItems": True},
+    )  # fmt: skip
+    post_logout_redirect_uris: list[RedirectUri] = Field(
+        default_factory=list, max_length=10, json_schema_extra={"uniqueItems": True}
+    )
     scopes: list[Scope] = Field(min_length=1, max_length=5, description="What it may ask for")
     token_endpoint_auth_method: AuthMethod | None = Field(
         default=None,
@@ -245,8 +304,12 @@ class ClientCreate(Request):
 
 class ClientPatch(Request):
     name: str | None = Field(default=None, min_length=1, max_length=100)
-    redirect_uris: list[str] | None = Field(default=None, min_length=1, max_length=10)
-    post_logout_redirect_uris: list[str] | None = Field(default=None, max_length=10)
+    redirect_uris: list[RedirectUri] | None = Field(
+        default=None, min_length=1, max_length=10, json_schema_extra={"uniqueItems": True}
+    )
+    post_logout_redirect_uris: list[RedirectUri] | None = Field(
+        default=None, max_length=10, json_schema_extra={"uniqueItems": True}
+    )
     scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=5)
     grant_types: list[GrantType] | None = Field(default=None, min_length=1, max_length=2)
     skip_consent: bool | None = None

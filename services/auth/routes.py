@@ -378,6 +378,7 @@ _ADMIN = {"auth": True, "role": "admin", "tags": ["admin"]}
         "cursor": "next_cursor of the previous page",
         "limit": admin.PAGE_SIZE_DOC,
     },
+    params=admin.LIST_PARAMS,
     **_ADMIN,
 )
 async def admin_list(request: web.Request, claims: Claims) -> AdminUserList:
@@ -460,6 +461,7 @@ async def admin_unblock(request: web.Request, claims: Claims) -> AdminUser:
         "before": "next_before of the previous page (ISO 8601)",
         "limit": admin.PAGE_SIZE_DOC,
     },
+    params=admin.AUDIT_PARAMS,
     **_ADMIN,
 )
 async def admin_audit(request: web.Request, claims: Claims) -> AuditList:

@@ -104,7 +104,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
         err = ApiError(code, status=exc.status)
-        return json_response(err.body(rid), status=exc.status)
+        # A 405 says which methods the resource has (RFC 9110, section 15.5.6).
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return json_response(err.body(rid), status=exc.status, headers=kept or None)
     except asyncio.CancelledError:
         raise
     except (RedisError, PyMongoError, KafkaError, ConnectionError) as exc:

@@ -32,6 +32,32 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
+def int_schema(lo: int, hi: int, description: str | None = None) -> dict[str, Any]:
+    """The OpenAPI schema of an integer parameter that :func:`query_int` reads."""
+    schema: dict[str, Any] = {"type": "integer", "minimum": lo, "maximum": hi}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def parse_int(raw: str, name: str, lo: int, hi: int) -> int:
+    """A path or query integer: ASCII digits only, in ``lo..hi``, or 422 ``validation_failed``."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(hi)):
+        value = int(raw)
+        if lo <= value <= hi:
+            return value
+    raise ApiError(
+        ErrorCode.VALIDATION_FAILED,
+        f"{name} must be an integer in {lo}..{hi}.",
+        details=[{"field": name, "problem": f"not an integer in {lo}..{hi}"}],
+    )
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    return default if raw is None else parse_int(raw, name, lo, hi)
+
+
 def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
     """The client address: the last X-Forwarded-For hop (added by our load
     balancer, the only one we trust), else the peer address."""

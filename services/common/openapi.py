@@ -12,6 +12,7 @@ import base64
 import functools
 import hashlib
 import html
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,9 @@ class Operation:
     form: type[BaseModel] | None = None
     produces: str = "application/json"
     oauth_errors: dict[int, Sequence[str]] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str | None = None
+    page_errors: Sequence[int] = ()
 
 
 class Api:
@@ -70,6 +74,10 @@ class Api:
         form: type[BaseModel] | None = None,
         produces: str = "application/json",
         oauth_errors: dict[int, Sequence[str]] | None = None,
+        params: dict[str, dict[str, Any]] | None = None,
+        description: str | None = None,
+        page_errors: Sequence[int] = (),
+        guard: Callable[[web.Request, Any], object] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler: ``handler(request, *, claims=..., body=...)``.
 
@@ -86,7 +94,18 @@ class Api:
         ``application/x-www-form-urlencoded`` body the handler reads itself),
         ``produces`` (the success media type, e.g. ``text/html`` for a page) and
         ``oauth_errors`` (status -> RFC 6749 error codes, answered as
-        ``{"error", "error_description"}`` rather than the common error model).
+        ``{"error", "error_description"}`` rather than the common error model)
+        and ``page_errors`` (statuses answered with an HTML error page).
+
+        ``guard(request, claims)`` (with ``auth``) runs before the body is read:
+        a check of whose resource the path names, so that a caller who may not
+        touch it learns nothing from body validation either.
+
+        ``params`` gives the JSON Schema of path and query parameters (a string
+        when not given): the handler checks them itself and answers
+        ``validation_failed`` (422, documented with them) for anything else. A
+        query parameter whose schema is an array is comma-separated (``style:
+        form``, ``explode: false``).
         """
 
         if role is not None and not auth:
@@ -108,6 +127,9 @@ class Api:
                 form,
                 produces,
                 dict(oauth_errors or {}),
+                dict(params or {}),
+                description,
+                tuple(page_errors),
             )
 
             @functools.wraps(fn)
@@ -120,6 +142,9 @@ class Api:
                     if role is not None and role not in claims.roles:
                         raise ApiError(ErrorCode.FORBIDDEN, f"This needs the {role} role.")
                     kwargs["claims"] = claims
+                    if guard is not None:
+                        # Whose resource it is comes before the body, too.
+                        guard(request, claims)
                 if body is not None:
                     kwargs["body"] = await parse_body(request, body)
                 result = await fn(request, **kwargs)
@@ -169,20 +194,23 @@ class Api:
                 "tags": list(op.tags),
                 "responses": {},
             }
+            if op.description:
+                item["description"] = op.description
             params = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": _param_schema(op, name)}
                 for name in _path_params(op.path)
             ]
-            params += [
-                {
+            for name, desc in op.query.items():
+                param: dict[str, Any] = {
                     "name": name,
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": _param_schema(op, name),
                     "description": desc,
                 }
-                for name, desc in op.query.items()
-            ]
+                if param["schema"].get("type") == "array":
+                    param.update(style="form", explode=False)
+                params.append(param)
             if params:
                 item["parameters"] = params
             if op.auth:
@@ -215,7 +243,16 @@ class Api:
                         "application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}
                     },
                 }
+            for st in op.page_errors:
+                item["responses"][str(st)] = {
+                    "description": "An HTML page saying what is wrong",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
             codes = [(code, http_status(code)) for code in op.errors]
+            if op.params:
+                codes.append(
+                    (ErrorCode.VALIDATION_FAILED, http_status(ErrorCode.VALIDATION_FAILED))
+                )
             if op.body is not None:
                 codes += [
                     (c, http_status(c))
@@ -279,6 +316,10 @@ _OAUTH_ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+def _param_schema(op: Operation, name: str) -> dict[str, Any]:
+    return dict(op.params.get(name, {"type": "string"}))
+
+
 def _path_params(path: str) -> list[str]:
     return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
 
@@ -306,6 +347,16 @@ def docs_csp() -> str:
     )
 
 
+_CODE = re.compile(r"`([^`]+)`")
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def _inline(text: str) -> str:
+    """The Markdown the documents use, as HTML: `code` spans and [text](link)s."""
+    out = _CODE.sub(r"<code>\1</code>", html.escape(text, quote=True))
+    return _LINK.sub(r'<a href="\2">\1</a>', out)
+
+
 def docs_page(doc: dict[str, Any]) -> str:
     """A self-contained HTML page listing every operation (no external assets)."""
     rows = []
@@ -314,7 +365,13 @@ def docs_page(doc: dict[str, Any]) -> str:
             codes = ", ".join(f"{st}" for st in op["responses"])
             rows.append(
                 f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(op['summary'])}</td>"
+                f"<td>{_inline(op['summary'])}"
+                + (
+                    f"<br><small>{_inline(op['description'])}</small>"
+                    if op.get("description")
+                    else ""
+                )
+                + "</td>"
                 f"<td>{'bearer' if op.get('security') else ''}</td>"
                 f"<td>{codes}</td></tr>"
             )
@@ -323,7 +380,7 @@ def docs_page(doc: dict[str, Any]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
         f"<style>{DOCS_STYLE}</style></head><body>"
         f"<h1>{title} <small>{html.escape(doc['info']['version'])}</small></h1>"
-        f"<p>{html.escape(doc['info'].get('description', ''))}</p>"
+        f"<p>{_inline(doc['info'].get('description', ''))}</p>"
         "<p>Machine-readable: <a href='openapi.json'>openapi.json</a></p>"
         "<table><tr><th>Method</th><th>Path</th><th>Summary</th><th>Auth</th><th>Responses</th></tr>"
         + "".join(rows)

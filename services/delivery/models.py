@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class InboxItem(BaseModel):
@@ -26,9 +26,14 @@ class InboxPage(BaseModel):
 
 
 class AckIn(BaseModel):
+    """Strict, like every request body: ``true`` is not a number, an unknown field is an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     seq: int = Field(
-        ge=0, description="Acknowledge every item with a sequence number up to this one."
-    )
+        ge=0, le=2**63 - 1,
+        description="Acknowledge every item with a sequence number up to this one.",
+    )  # fmt: skip
 
 
 class AckOut(BaseModel):

@@ -12,6 +12,7 @@ from parley_contract.envelopes import inbox_id
 
 from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode
+from services.common.http import int_schema, query_int
 from services.common.openapi import Api
 from services.common.state import SETTINGS
 from services.delivery.models import AckIn, AckOut, InboxPage
@@ -21,17 +22,12 @@ api = Api(
     "Parley delivery",
     "0.1.0",
     "A user's inbox of encrypted envelopes: page through what waits, acknowledge it. "
-    "Clients normally use these through the WebSocket (`sync`, `ack`).",
+    "Clients normally use these through the WebSocket (`sync`, `ack`; docs/protocol.md).",
 )
 
 
-def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 0 <= int(raw) <= hi:
-        raise ApiError(ErrorCode.VALIDATION_FAILED, f"`{name}` must be an integer in 0..{hi}.")
-    return int(raw)
+SEQ_MAX = 2**63 - 1
+PAGE_MAX = 1000
 
 
 @api.get(
@@ -39,14 +35,18 @@ def _int_param(request: web.Request, name: str, default: int, hi: int) -> int:
     summary="Page through the caller's waiting items, in sequence order",
     response=InboxPage,
     auth=True,
-    query={"after": "return items with a larger seq (default 0)", "limit": "page size"},
-    errors=[ErrorCode.VALIDATION_FAILED],
+    query={
+        "after": "return items with a larger seq (default 0)",
+        "limit": "page size (default 100), capped by the server's page size (PARLEY_SYNC_PAGE_MAX)",
+    },
+    params={"after": int_schema(0, SEQ_MAX), "limit": int_schema(1, PAGE_MAX)},
+    errors=[ErrorCode.DEVICE_REQUIRED],
     tags=["inbox"],
 )
 async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
     settings = request.app[SETTINGS]
-    after = _int_param(request, "after", 0, 2**62)
-    limit = _int_param(request, "limit", 100, settings.sync_page_max) or 1
+    after = query_int(request, "after", 0, 0, SEQ_MAX)
+    limit = min(query_int(request, "limit", 100, 1, PAGE_MAX), settings.sync_page_max)
     page = await request.app[INBOX].page(_inbox(claims), after, limit)
     # The contract's InboxPage, encoded once (the gateway decodes it as is).
     return web.Response(body=f.encode(page), content_type="application/json")
@@ -58,7 +58,7 @@ async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
     body=AckIn,
     response=AckOut,
     auth=True,
-    errors=[ErrorCode.SEQ_NOT_ISSUED],
+    errors=[ErrorCode.SEQ_NOT_ISSUED, ErrorCode.DEVICE_REQUIRED],
     tags=["inbox"],
 )
 async def inbox_ack(request: web.Request, claims: Claims, body: AckIn) -> dict[str, int]:

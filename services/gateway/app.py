@@ -44,5 +44,6 @@ async def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(drain)
+    # The same socket as /gateway/ws (documented there): the address clients use.
     app.router.add_get("/ws", websocket)
     return app

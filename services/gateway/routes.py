@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from services.common.errors import ErrorCode
 from services.common.http import client_ip
 from services.common.openapi import Api
 from services.common.state import SETTINGS
@@ -15,11 +16,23 @@ from services.gateway.state import HUB
 api = Api(
     "Parley gateway",
     "0.1.0",
-    "WebSocket gateway pods. The socket itself is at `/ws` and is described in "
-    "docs/protocol.md; this document covers the pod's HTTP endpoints.",
+    "WebSocket gateway pods: the socket (`/ws`, also `/gateway/ws`), whose frames are "
+    "described in [docs/protocol.md](docs/protocol.md), and the pod's HTTP endpoints.",
 )
 
 
+@api.get(
+    "/ws",
+    summary="Open the WebSocket (also at /ws): then send `auth`, see docs/protocol.md",
+    description="An HTTP/1.1 upgrade to a WebSocket (RFC 6455). Every frame afterwards is one "
+    "JSON object of the protocol in [docs/protocol.md](docs/protocol.md); errors on the socket "
+    "are `error` frames and close codes, not HTTP statuses. A request that is not a WebSocket "
+    "upgrade is answered 400 `bad_request`; a pod that is draining answers 503 "
+    "`service_unavailable`.",
+    status=101,
+    errors=[ErrorCode.BAD_REQUEST, ErrorCode.UNAVAILABLE],
+    tags=["websocket"],
+)
 async def websocket(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]

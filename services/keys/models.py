@@ -20,6 +20,12 @@ DEVICE_ID_MAX = 2**31 - 1
 VERSION_MAX = 2**31 - 1
 NAME_MAX = 64
 
+# 8 bytes in canonical unpadded base64url: 11 characters, the last one with its two
+# low bits clear (services/keys/verify.py, ``link_id``).
+LINK_ID_PATTERN = "^[A-Za-z0-9_-]{10}[AEIMQUYcgkosw048]$"
+# What services/keys/verify.py ``check_text`` allows in a name: no control character.
+NAME_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+
 PrekeyId = Annotated[int, Field(strict=True, ge=0, le=U32_MAX)]
 # Bounds on the encoded text only (1184 bytes of ML-KEM key are 1579 characters);
 # exact lengths are checked after decoding.
@@ -42,6 +48,7 @@ DeviceName = Annotated[
     Field(
         min_length=1,
         max_length=NAME_MAX,
+        pattern=NAME_PATTERN,
         description="1 to 64 characters (code points), no control characters",
     ),
 ]
@@ -105,7 +112,7 @@ class DeviceList(_Exact):
     """An account's devices, signed by its account key over
     ``b"parley-v1/device-list" || canonical JSON`` (docs/crypto.md)."""
 
-    user_id: Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)]
+    user_id: Annotated[str, Field(min_length=1, max_length=MAX_USER_ID, pattern=NAME_PATTERN)]
     version: Annotated[int, Field(strict=True, ge=1, le=VERSION_MAX)]
     devices: list[DeviceListEntry] = Field(
         description="In ascending device_id order, each id once."
@@ -124,7 +131,10 @@ class AccountRegistration(SignedDeviceList):
 
 
 class LinkCreate(_Model):
-    link_id: B64 = Field(description="8 random bytes, base64url (the start of the link code)")
+    link_id: str = Field(
+        pattern=LINK_ID_PATTERN,
+        description="8 random bytes, base64url (the start of the link code)",
+    )
     device_id: DeviceId
     name: DeviceName
 

@@ -14,10 +14,11 @@ docs/keys.md describes every route.
 from __future__ import annotations
 
 from aiohttp import web
+from parley_contract.frames import is_b64url
 
 from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
-from services.common.http import json_response
+from services.common.http import int_schema, json_response, parse_int
 from services.common.openapi import Api
 from services.keys import accounts, bundles, devices, links, models
 from services.keys.state import KEYS
@@ -40,16 +41,19 @@ _KEY_ERRORS = [_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.DEVICE_NOT_FOUND, _E.CON
 _BATCH_ERRORS = [*_KEY_ERRORS, _E.BATCH_TOO_LARGE, _E.DUPLICATE_PREKEY, _E.TOO_MANY_PREKEYS]
 
 
+# The path and query parameters, as documented and as checked (422 validation_failed).
+DEVICE_ID = int_schema(1, models.DEVICE_ID_MAX)
+USER_ID_PATTERN = "^[A-Za-z0-9_-]+$"  # a user id of the contract (parley_contract.frames.UserId)
+USER_ID = {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID, "pattern": USER_ID_PATTERN}
+LINK_ID = {"type": "string", "pattern": models.LINK_ID_PATTERN}
+_DEVICE = {"device_id": DEVICE_ID}
+_USER = {"user_id": USER_ID}
+_LINK = {"link_id": LINK_ID}
+MAX_WANTED = 100
+
+
 def _device_id(text: str, name: str = "device_id") -> int:
-    if text.isascii() and text.isdigit() and len(text) <= 10:
-        value = int(text)
-        if 1 <= value <= models.DEVICE_ID_MAX:
-            return value
-    raise ApiError(
-        _E.VALIDATION_FAILED,
-        f"{name} must be an integer in 1..{models.DEVICE_ID_MAX}.",
-        details=[{"field": name, "problem": "not a device id"}],
-    )
+    return parse_int(text, name, 1, models.DEVICE_ID_MAX)
 
 
 def device_id_of(request: web.Request) -> int:
@@ -71,7 +75,7 @@ def own_device(request: web.Request, claims: Claims) -> int:
 
 def user_id_of(request: web.Request) -> str:
     user_id = request.match_info["user_id"]
-    if not 0 < len(user_id) <= MAX_USER_ID or not user_id.isprintable():
+    if not 0 < len(user_id) <= MAX_USER_ID or not is_b64url(user_id):
         raise ApiError(
             _E.VALIDATION_FAILED,
             "Not a user id.",
@@ -86,6 +90,8 @@ def user_id_of(request: web.Request) -> str:
     body=models.Identity,
     response=models.IdentityRegistered,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=[_E.INVALID_KEY, _E.INVALID_SIGNATURE, _E.TOO_MANY_DEVICES, _E.CONFLICT, _E.FORBIDDEN],
     tags=["devices"],
 )
@@ -102,6 +108,8 @@ async def put_identity(
     body=models.SignedPrekey,
     status=204,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=_KEY_ERRORS,
     tags=["devices"],
 )
@@ -119,6 +127,8 @@ async def put_signed_prekey(
     response=models.Stored,
     status=201,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=_BATCH_ERRORS,
     tags=["devices"],
 )
@@ -136,6 +146,8 @@ async def post_one_time(
     response=models.Stored,
     status=201,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=_BATCH_ERRORS,
     tags=["devices"],
 )
@@ -152,6 +164,8 @@ async def post_kem(
     body=models.KemPrekey,
     status=204,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=_KEY_ERRORS,
     tags=["devices"],
 )
@@ -165,6 +179,8 @@ async def put_last_resort(request: web.Request, claims: Claims, body: models.Kem
     summary="How many one-time prekeys of each kind this device still has",
     response=models.Counts,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=[_E.DEVICE_NOT_FOUND, _E.FORBIDDEN],
     tags=["devices"],
 )
@@ -178,6 +194,8 @@ async def get_counts(request: web.Request, claims: Claims) -> models.Counts:
     body=models.KeysCheck,
     response=models.KeysCheckResult,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=[_E.INVALID_KEY, _E.DEVICE_NOT_FOUND, _E.FORBIDDEN],
     tags=["devices"],
 )
@@ -193,6 +211,8 @@ async def post_check(
     summary="Remove this pending device and all its keys (a listed one: publish a new list)",
     status=204,
     auth=True,
+    params={**_DEVICE},
+    guard=own_device,
     errors=[_E.DEVICE_NOT_FOUND, _E.FORBIDDEN, _E.CONFLICT],
     tags=["devices"],
 )
@@ -205,6 +225,7 @@ async def delete_device(request: web.Request, claims: Claims) -> None:
     summary="Remove a pending device of a user (the user themself or an admin)",
     status=204,
     auth=True,
+    params={**_USER, **_DEVICE},
     errors=[_E.FORBIDDEN, _E.DEVICE_NOT_FOUND, _E.CONFLICT],
     tags=["users"],
 )
@@ -220,6 +241,7 @@ async def delete_user_device(request: web.Request, claims: Claims) -> None:
     summary="A user's account key and signed device list",
     response=models.UserDevices,
     auth=True,
+    params={**_USER},
     errors=[_E.IDENTITY_NOT_FOUND],
     tags=["users"],
 )
@@ -240,15 +262,19 @@ async def get_devices(request: web.Request, claims: Claims) -> models.UserDevice
     ],
     tags=["users"],
     query={"device_id": "Only these devices (comma-separated device ids)."},
+    params={
+        **_USER,
+        "device_id": {"type": "array", "items": DEVICE_ID, "minItems": 1, "maxItems": MAX_WANTED},
+    },
 )
 async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
     target = user_id_of(request)
     wanted: set[int] | None = None
     if "device_id" in request.query:
         raw = request.query["device_id"].split(",")
-        if len(raw) > 100:
+        if len(raw) > MAX_WANTED:
             raise ApiError(_E.VALIDATION_FAILED, "Too many device ids.")
-        wanted = {_device_id(part.strip()) for part in raw}
+        wanted = {_device_id(part) for part in raw}
     result = await bundles.claim(request.app[KEYS], claims.user_id, target, wanted)
     # A claim consumes prekeys: nothing on the way may cache or replay it.
     return json_response(result, headers={"Cache-Control": "no-store"})
@@ -259,6 +285,7 @@ async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
     summary="Read a user's listed device identities without claiming anything",
     response=models.UserIdentities,
     auth=True,
+    params={**_USER},
     errors=[_E.IDENTITY_NOT_FOUND],
     tags=["users"],
 )
@@ -333,6 +360,7 @@ async def post_link(
     summary="Read a link of this account (and its approval, once there is one)",
     response=models.LinkState,
     auth=True,
+    params={**_LINK},
     errors=[_E.NOT_FOUND],
     tags=["links"],
 )
@@ -347,6 +375,7 @@ async def get_link(request: web.Request, claims: Claims) -> web.Response:
     body=models.LinkApproval,
     status=204,
     auth=True,
+    params={**_LINK},
     errors=[_E.NOT_FOUND, _E.INVALID_KEY, _E.FORBIDDEN, _E.CONFLICT],
     tags=["links"],
 )

@@ -193,6 +193,12 @@ class Provider:
             )
         except OAuth2Error as err:
             return self.error_response(request, oreq, err)
+        except ValueError:
+            # Authlib cannot even describe the refusal (control characters in a
+            # parameter it would quote): a request nobody can answer by redirect.
+            return pages.error_page(
+                request, self.cookies, 400, "invalid_request", "Not a valid authorization request."
+            )
         prompts = (data.get("prompt") or "").split()
         needs_login = login is None or ("login" in prompts and not fresh_login)
         max_age = data.get("max_age")

@@ -44,6 +44,9 @@ HTML = "text/html"
 PROTOCOL = ["oidc"]
 PAGES = ["oidc pages"]
 _ADMIN: dict[str, Any] = {"auth": True, "role": "admin", "tags": ["admin"]}
+# What a page may answer instead of its page: an HTML error page, or the form again
+# with the refusal (the error code of the common model, in the page).
+PAGE_ERRORS = (400, 401, 403, 404, 409, 422, 429)
 TOKEN_ERRORS = {
     400: [
         "invalid_request", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
@@ -134,6 +137,7 @@ _AUTHORIZE = {
     "summary": "Authorization endpoint (code flow, PKCE S256 required): signs in, asks consent, "
     "redirects with a code or an RFC 6749 error",
     "produces": HTML,
+    "page_errors": PAGE_ERRORS,
     "status": 302,
     "tags": PROTOCOL,
     "query": {
@@ -165,6 +169,7 @@ async def authorize_post(request: web.Request) -> web.Response:
     "/oauth2/authorize/resume",
     summary="Where the sign-in page returns to: the pending authorization request goes on",
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     status=302,
     tags=PAGES,
     query={"request": "the pending request's id"},
@@ -193,6 +198,7 @@ class ConsentForm(BaseModel):
     summary="The consent page's answer: allow (a code) or deny (access_denied)",
     form=ConsentForm,
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     status=302,
     tags=PAGES,
 )
@@ -382,6 +388,7 @@ _LOGOUT: dict[str, Any] = {
     "summary": "End session (RP-Initiated Logout 1.0): ends the sign-in session, and the "
     "id_token_hint's session; asks first without a hint",
     "produces": HTML,
+    "page_errors": PAGE_ERRORS,
     "tags": PROTOCOL,
     "query": {k: "RP-Initiated Logout 1.0 section 2" for k in END_SESSION_PARAMS},
 }
@@ -476,6 +483,7 @@ async def _pending_of(
     "/login",
     summary="The sign-in page (password, then the second factor if the account has one)",
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     tags=PAGES,
     query={"request": "a pending authorization request's id"},
 )
@@ -509,6 +517,7 @@ class LoginForm(BaseModel):
     summary="Sign in with username and password",
     form=LoginForm,
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
 async def login_submit(request: web.Request) -> web.Response:
@@ -582,6 +591,7 @@ class SecondFactorForm(BaseModel):
     summary="Answer the sign-in's second factor (or have a code e-mailed)",
     form=SecondFactorForm,
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
 async def login_2fa(request: web.Request) -> web.Response:
@@ -644,6 +654,7 @@ async def login_2fa(request: web.Request) -> web.Response:
     "/reset-password",
     summary="Password reset: ask for the e-mail",
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
 async def reset_page(request: web.Request) -> web.Response:
@@ -660,6 +671,7 @@ class ResetForm(BaseModel):
     summary="Password reset: e-mail a link (always the same answer)",
     form=ResetForm,
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
 async def reset_submit(request: web.Request) -> web.Response:
@@ -701,6 +713,7 @@ def _reset_confirm_page(
     "/reset-password/confirm",
     summary="Password reset: the e-mailed link lands here (choose a new password)",
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     tags=PAGES,
     query={"token": "the reset token from the e-mail"},
 )
@@ -729,6 +742,7 @@ class ResetConfirmForm(BaseModel):
     summary="Password reset: set the new password (every session ends)",
     form=ResetConfirmForm,
     produces=HTML,
+    page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
 async def reset_confirm_submit(request: web.Request) -> web.Response:
