@@ -7,6 +7,10 @@
   refused for its shape (``validation_failed``), and any the document refuses
   that is accepted. Deterministic; ``PARLEY_FUZZ_EXAMPLES`` (default 10) sets
   the cases per operation.
+- ``test_websocket.py``: Hypothesis over WebSocket frames (every op, wrong
+  types, missing fields, huge numbers, unicode, binary, oversized,
+  interleaved): documented error and close codes only, nothing stored, the
+  pod keeps serving others.
 - ``test_mismatches.py``: one test for each mismatch the fuzzer found.
 - ``test_authz_matrix.py``: every operation of every document that needs a
   token x {no token, expired, another user's, a plain user's on an admin
