@@ -71,14 +71,17 @@ class HotInbox:
         """
         if not docs:
             return set()
+        # In this order, so that a pipeline cut short (the process dies while
+        # sending it) never leaves an item the persister cannot see, nor a dedup
+        # record without its item: index entries, then each item before its record.
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
             for dedup, doc in docs:
                 inbox, seq = doc["inbox"], int(doc["seq"])
                 pipe.hsetnx(self.key(inbox), str(seq), orjson.dumps(doc))
                 pipe.set(self.dup_key(dedup), f"{seq}|{doc['server_id']}", ex=self.dedup_s)
-            pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
             results = await pipe.execute()
-        taken = [docs[i] for i in range(len(docs)) if not results[2 * i]]
+        taken = [docs[i] for i in range(len(docs)) if not results[1 + 2 * i]]
         if not taken:
             return set()
         async with self.redis.pipeline(transaction=False) as pipe:

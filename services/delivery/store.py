@@ -1,9 +1,15 @@
-"""All of the delivery service's I/O: the inbox in MongoDB, presence and routing in Redis.
+"""All of the delivery service's I/O: the hot inbox in Redis (services/delivery/hot.py),
+what waits in MongoDB, presence and routing in Redis.
+
+An item is stored in the hot inbox first (:meth:`DeliveryStore.store_hot`);
+only what is still unacknowledged after ``hot_persist_after_s`` is moved to
+MongoDB (:meth:`DeliveryStore.persist_due`). Pages read Redis, then MongoDB
+for the rest; acks delete from both.
 
 Collections (database ``<prefix>delivery``):
 
-- ``inbox``: one document per stored item (a message, or a ``key_changed``
-  notice) for one recipient: ``_id`` = ``"<user>|<seq, 16 digits>"``,
+- ``inbox``: one document per persisted item (a message, or a ``key_changed``
+  notice) for one device inbox: ``_id`` = ``"<inbox>|<seq, 16 digits>"``,
   ``server_id``, ``user``, ``seq`` (increasing per recipient, not dense),
   ``kind``, ``from``, ``client_id``, ``conversation``, ``body``,
   ``commitment``, ``sent_at``, ``acked``. With that ``_id``, "this user's
@@ -11,14 +17,9 @@ Collections (database ``<prefix>delivery``):
   the embedded server answers ``$in`` on ``_id`` from its index but scans the
   table for ranges and secondary-index equality (docs/embedded.md); on real
   MongoDB it is as cheap. An acknowledged item is deleted.
-- ``dedup_<day>``: one document per stored item, ``_id`` =
-  ``"<to>|<from>|<client_id>"`` (see :func:`dedup_key`), with the item's
-  ``seq`` and ``server_id``: the record that makes a resent or redelivered
-  message a no-op. A primary-key look-up, so it costs the same with ten
-  documents or ten million, on the embedded server and on MongoDB. One
-  collection per UTC day; a look-up reads the last ``DEDUP_DAYS`` of them, and
-  older ones are dropped whole (no scan, no TTL index that the embedded server
-  would only apply on read).
+- ``dedup_<day>``: the dedup records of versions before the hot inbox (now
+  in Redis for ``hot_dedup_s``); left to expire, dropped whole after
+  ``DEDUP_DAYS``.
 - ``counters``: ``{_id: user, n, acked}``: the last sequence number handed
   out, and the highest acknowledged one (acks start their range there).
 - ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
@@ -151,61 +152,6 @@ class DeliveryStore:
         return {u: now[u] - n + 1 for u, n in counts.items()}
 
     # Storing ----------------------------------------------------------------
-    async def store(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Store inbox items exactly once; returns the stored version of each, in order.
-
-        ``items`` carry ``user`` (the inbox), ``from``, ``client_id``,
-        ``server_id`` and the item's fields, without ``_id``/``seq``. An item
-        whose (``user``, ``from``, ``client_id``) was stored before (a client
-        resend, a redelivered record, a repeat inside the batch) is not stored
-        again: the earlier copy comes back with ``duplicate`` set, and
-        ``acked`` set when it was acknowledged since.
-
-        Every step is idempotent and every look-up is by primary key:
-
-        1. the dedup records (the *claims*) of the batch are read;
-        2. new items get sequence numbers and their claims are inserted
-           (a claim lost to a concurrent writer is read back and used);
-        3. inbox documents are inserted at the claimed numbers. A claim without
-           its inbox document (a crash between 2 and 3) is repaired here; an
-           inbox ``_id`` held by another message (overlapping reservations)
-           moves this message to a fresh number.
-        """
-        if not items:
-            return []
-        keys = [dedup_key(it["inbox"], it["from"], it["client_id"]) for it in items]
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            first.setdefault(key, i)
-        claims = await self._claims(list(first))
-        fresh = [k for k in first if k not in claims]
-        if fresh:
-            per_inbox = Counter(items[first[k]]["inbox"] for k in fresh)
-            next_seq = await self.reserve_many(dict(per_inbox))
-            now = time.time()
-            new_claims = []
-            for key in fresh:
-                item = items[first[key]]
-                seq = next_seq[item["inbox"]]
-                next_seq[item["inbox"]] = seq + 1
-                new_claims.append(
-                    {"_id": key, "inbox": item["inbox"], "seq": seq,
-                     "server_id": item["server_id"], "at": now}
-                )  # fmt: skip
-            lost = await self._insert_claims(new_claims)
-            claims.update({c["_id"]: c for c in new_claims if c["_id"] not in lost})
-            if lost:
-                claims.update(await self._claims(sorted(lost)))
-        stored = await self._materialise({k: (items[i], claims[k]) for k, i in first.items()},
-                                         known={k for k in first if k not in fresh})  # fmt: skip
-        out = []
-        for i, key in enumerate(keys):
-            doc = dict(stored[key])
-            if first[key] != i:
-                doc["duplicate"] = True
-            out.append(doc)
-        return out
-
     async def store_hot(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store inbox items exactly once, in the hot inbox (Redis); returns the stored
         version of each, in order, as :meth:`store` does.
@@ -318,89 +264,6 @@ class DeliveryStore:
             written += len(docs)
             if len(due) < batch:
                 return written, cutoff
-
-    async def _claims(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The claims of ``keys`` in every live dedup collection (newest wins)."""
-        if not keys:
-            return {}
-        chunks = [keys[i : i + ID_CHUNK] for i in range(0, len(keys), ID_CHUNK)]
-        colls = self._dedup_collections(time.time())
-        pages = await asyncio.gather(
-            *(c.find({"_id": {"$in": chunk}}).to_list(None) for c in colls for chunk in chunks)
-        )
-        found: dict[str, dict[str, Any]] = {}
-        for page in reversed(pages):  # oldest first, so the newest claim wins
-            found.update({doc["_id"]: doc for doc in page})
-        return found
-
-    async def _insert_claims(self, claims: list[dict[str, Any]]) -> set[str]:
-        """Insert claims into today's collection; returns the keys already claimed."""
-        lost: set[str] = set()
-        try:
-            await self._dedup_collections(time.time())[0].insert_many(claims, ordered=False)
-        except BulkWriteError as exc:
-            for err in exc.details.get("writeErrors", []):
-                if err.get("code") != DUPLICATE_KEY:
-                    raise
-                lost.add(claims[int(err["index"])]["_id"])
-        return lost
-
-    async def _materialise(
-        self, todo: dict[str, tuple[dict[str, Any], dict[str, Any]]], known: set[str]
-    ) -> dict[str, dict[str, Any]]:
-        """Make sure each claimed item has its inbox document; returns them by dedup key."""
-        result: dict[str, dict[str, Any]] = {}
-        # Claims found before this batch: is the inbox document there, and ours?
-        if known:
-            ids = {item_id(todo[k][1]["inbox"], int(todo[k][1]["seq"])): k for k in known}
-            present = {d["_id"]: d async for d in self.inbox.find({"_id": {"$in": list(ids)}})}
-            inboxes = list({todo[k][1]["inbox"] for k in known})
-            acked = {d["_id"]: int(d.get("acked", 0)) async for d in self.counters.find(
-                {"_id": {"$in": inboxes}}, {"acked": 1}
-            )}  # fmt: skip
-            for doc_id, key in ids.items():
-                item, claim = todo[key]
-                doc = present.get(doc_id)
-                if doc is not None and _same_message(doc, item):
-                    result[key] = {**doc, "duplicate": True}
-                elif doc is None and int(claim["seq"]) <= acked.get(claim["inbox"], 0):
-                    # Stored, delivered and acknowledged (then deleted) before.
-                    result[key] = {**_inbox_doc(item, claim), "duplicate": True, "acked": True}
-        pending = {k: v for k, v in todo.items() if k not in result}
-        for _attempt in range(8):
-            if not pending:
-                return result
-            docs = {k: _inbox_doc(item, claim) for k, (item, claim) in pending.items()}
-            clashes: set[str] = set()
-            try:
-                await self.inbox.insert_many(list(docs.values()), ordered=False)
-            except BulkWriteError as exc:
-                order = list(docs)
-                for err in exc.details.get("writeErrors", []):
-                    if err.get("code") != DUPLICATE_KEY:
-                        raise
-                    clashes.add(order[int(err["index"])])
-            for key in docs.keys() - clashes:
-                result[key] = docs[key]
-            moved: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-            if clashes:
-                held = {d["_id"]: d async for d in self.inbox.find(
-                    {"_id": {"$in": [docs[k]["_id"] for k in clashes]}}
-                )}  # fmt: skip
-                for key in clashes:
-                    item, claim = pending[key]
-                    holder = held.get(docs[key]["_id"])
-                    if holder is not None and _same_message(holder, item):
-                        result[key] = holder  # a concurrent writer stored this very message
-                        continue
-                    # Another message holds this number: take a fresh one atomically.
-                    seq = await self.reserve(claim["inbox"], 1)
-                    await self._dedup_collections(time.time())[0].update_one(
-                        {"_id": key}, {"$set": {**claim, "seq": seq}}, upsert=True
-                    )
-                    moved[key] = (item, {**claim, "seq": seq})
-            pending = moved
-        raise SequenceCollision(f"sequence numbers kept clashing for {sorted(pending)[:3]}")
 
     def _dedup_collections(self, now: float) -> list[AsyncCollection[dict[str, Any]]]:
         """Today's dedup collection first, then the previous days still kept."""
