@@ -47,26 +47,14 @@ async def main() -> None:
                 break
         pids = {name: _pid(name) for name in ("delivery", "gateway1")}
         out = {name: Path(tmp) / f"{name}.txt" for name in pids}
-        spies = [
-            await asyncio.create_subprocess_exec(
-                spy,
-                "record",
-                "--pid",
-                str(pid),
-                "--duration",
-                str(int(opts.seconds)),
-                "--rate",
-                "100",
-                "--format",
-                "raw",
-                "--output",
-                str(out[name]),
-                "--nonblocking",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            for name, pid in pids.items()
-        ]
+        spies = []
+        for name, pid in pids.items():
+            argv = [spy, "record", "--pid", str(pid), "--duration", str(int(opts.seconds)),
+                    "--rate", "100", "--format", "raw", "--output", str(out[name]),
+                    "--nonblocking"]  # fmt: skip
+            spies.append(await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            ))  # fmt: skip
         await asyncio.gather(*(s.wait() for s in spies))
         await bench.stderr.read()
         await bench.wait()
