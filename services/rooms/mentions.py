@@ -10,6 +10,9 @@ any case) or a user id (32 hex digits), as the auth service spells them:
   are punctuation (``@bob.`` and ``@bob-`` mention ``bob``), and a name
   followed by a letter or digit of any script, or by ``@``, is not one
   (``@bobé``, ``@bob@host``);
+- invisible format characters (zero-width spaces and joiners, direction
+  marks: Unicode category Cf) are dropped first, so ``@ali<ZWSP>ce``
+  mentions ``alice``, the name the reader sees, not ``ali``;
 - text is NFKC-normalised first, so full-width ``\uff20\uff42\uff4f\uff42`` mentions ``bob``;
 - nothing inside code is a mention: inline code spans (`` `@bob` ``, any
   run of backticks) and fenced blocks (``` ``` ``` or ``~~~``);
@@ -45,7 +48,8 @@ def _strip_code(text: str) -> str:
 
 def parse(text: str, limit: int = 100) -> list[str]:
     """The distinct mentions of ``text``: lower-case usernames or user ids, in order."""
-    plain = _strip_code(unicodedata.normalize("NFKC", text))
+    visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    plain = _strip_code(unicodedata.normalize("NFKC", visible))
     found: list[str] = []
     for m in _CANDIDATE.finditer(plain):
         start, end = m.span()
