@@ -24,6 +24,7 @@ from services.rooms.rooms import (
     member_of,
     out,
     require_open,
+    set_state,
     visible,
 )
 from services.rooms.state import Rooms
@@ -224,7 +225,7 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
     await _remove(rooms, room, member, user_id, removed=False)
     if member["role"] == "owner":
         # The last member left: nobody can manage the room any more; close it.
-        await rooms.store.set_room(room_id, {"owner": None, "state": "closed"})
+        await set_state(rooms, room, "closed", user_id, owner=None)
 
 
 async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:

@@ -134,19 +134,25 @@ async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpda
     if fields:
         await rooms.store.set_room(room_id, fields)
     if body.state is not None and body.state != room["state"]:
-        bumped = await rooms.store.bump_room(room_id, version=1)
-        held = await rooms.events.hold(
-            e.RoomStateChanged(
-                room_id=room_id, kind=room["kind"], version=int(bumped["version"]),
-                actor=user_id, at=now_ms(), state=body.state,
-            ),
-            Check("rooms", {"_id": room_id, "state": body.state}),
-        )  # fmt: skip
-        await rooms.store.set_room(room_id, {"state": body.state})
-        await rooms.events.release(held)
-        log.info("room state changed", extra={"room_id": room_id, "state": body.state})
+        await set_state(rooms, room, body.state, user_id)
     room = await rooms.store.get_room(room_id) or room
     return out(room, member)
+
+
+async def set_state(rooms: Rooms, room: Doc, state: str, actor: str, **more: Any) -> None:
+    """Close or open a room (with ``more`` fields set in the same write), announced."""
+    room_id = room["_id"]
+    bumped = await rooms.store.bump_room(room_id, version=1)
+    held = await rooms.events.hold(
+        e.RoomStateChanged(
+            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=actor,
+            at=now_ms(), state=state,  # type: ignore[arg-type]
+        ),
+        Check("rooms", {"_id": room_id, "state": state}),
+    )  # fmt: skip
+    await rooms.store.set_room(room_id, {"state": state, **more})
+    await rooms.events.release(held)
+    log.info("room state changed", extra={"room_id": room_id, "state": state})
 
 
 async def mine(rooms: Rooms, user_id: str, before: int | None, limit: int) -> models.RoomList:

@@ -201,3 +201,16 @@ async def test_concurrent_joins_make_one_membership(api: RoomsApi, events: Event
     seen = await events.settle(room)
     assert [e["type"] for e in seen] == ["room_created", "member_joined"]
     assert await api.rooms.store.outbox_size() == 0
+
+
+async def test_the_last_member_leaving_closes_the_room(api: RoomsApi, events: EventLog) -> None:
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+    assert (await api.leave(owner, room))[0] == 204
+    status, body = await api.get(bob, room)
+    assert (status, body["state"], body["owner"], body["members"]) == (200, "closed", None, 0)
+    assert (await api.join(bob, room))[1]["error"]["code"] == "room_closed"
+    seen = await events.settle(room)
+    assert [(e["type"], e.get("state")) for e in seen] == [
+        ("room_created", None), ("member_left", None), ("room_state_changed", "closed")
+    ]  # fmt: skip
