@@ -38,51 +38,71 @@ async def main() -> None:
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         assert bench.stderr is not None
-        while True:
-            line = (await bench.stderr.readline()).decode()
-            if not line:
-                raise SystemExit("the benchmark ended before its saturation phase")
-            print(line, end="", file=sys.stderr)
-            if "saturation:" in line:
-                break
-        pids = {name: _pid(name) for name in ("delivery", "gateway1")}
-        out = {name: Path(tmp) / f"{name}.txt" for name in pids}
-        spies = []
-        for name, pid in pids.items():
-            argv = [spy, "record", "--pid", str(pid), "--duration", str(int(opts.seconds)),
-                    "--rate", "100", "--format", "raw", "--output", str(out[name]),
-                    "--nonblocking"]  # fmt: skip
-            spies.append(await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-            ))  # fmt: skip
-        await asyncio.gather(*(s.wait() for s in spies))
-        await bench.stderr.read()
-        await bench.wait()
-        for name, path in out.items():
-            print(f"\n## {name}: top functions by CPU samples (saturation phase)\n")
-            print(summary(path.read_text(), opts.top))
+        try:
+            await _profile(bench, opts, spy, Path(tmp))
+        finally:
+            if bench.returncode is None:
+                bench.terminate()  # the benchmark stops its stack on SIGTERM
+                await bench.wait()
 
 
-def _pid(service: str) -> int:
-    """The process running ``scripts.stack exec <service>`` (newest)."""
-    found = []
+async def _profile(
+    bench: asyncio.subprocess.Process, opts: argparse.Namespace, spy: str, tmp: Path
+) -> None:
+    assert bench.stderr is not None
+    while True:
+        line = (await bench.stderr.readline()).decode()
+        if not line:
+            raise SystemExit("the benchmark ended before its saturation phase")
+        print(line, end="", file=sys.stderr)
+        if "saturation:" in line:
+            break
+    pids = {name: _pid(name, bench.pid) for name in ("delivery", "gateway1")}
+    out = {name: tmp / f"{name}.txt" for name in pids}
+    spies = []
+    for name, pid in pids.items():
+        argv = [spy, "record", "--pid", str(pid), "--duration", str(int(opts.seconds)),
+                "--rate", "100", "--format", "raw", "--output", str(out[name]),
+                "--nonblocking"]  # fmt: skip
+        spies.append(await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        ))  # fmt: skip
+    await asyncio.gather(*(s.wait() for s in spies))
+    await bench.stderr.read()
+    await bench.wait()
+    for name, path in out.items():
+        print(f"\n## {name}: top functions by CPU samples (saturation phase)\n")
+        print(summary(path.read_text(), opts.top))
+
+
+def _pid(service: str, ancestor: int) -> int:
+    """The process of the benchmark ``ancestor`` that runs ``service``."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            words = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        words = [c.decode(errors="replace") for c in cmd]
+        if not _descends(int(entry), ancestor):
+            continue
         if service == "delivery" and "services.delivery" in words:
-            found.append(int(entry))
-        elif service.startswith("gateway") and "services.gateway" in words:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-            if f"PARLEY_GATEWAY_ID=gw-{service[-1]}".encode() in env:
-                found.append(int(entry))
-    if not found:
-        raise SystemExit(f"no {service} process found")
-    return max(found)
+            return int(entry)
+        if "services.gateway" in words and f"PARLEY_GATEWAY_ID={service}".encode() in env:
+            return int(entry)
+    raise SystemExit(f"no {service} process found")
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 def summary(folded: str, top: int) -> str:
