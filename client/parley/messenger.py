@@ -106,6 +106,7 @@ class Messenger:
         self._ack_task: asyncio.Task[Any] | None = None
         self._ack_pending = 0
         self._synced = asyncio.Event()
+        self._syncing = 0  # syncs running: pushes then move neither last_seq nor acks
         self._names: dict[str, str] = {}
 
     # -- contacts -----------------------------------------------------------------------------
@@ -394,23 +395,36 @@ class Messenger:
 
     async def sync(self) -> int:
         """Page through the inbox after the last processed item; returns the number of
-        pages read (each acknowledged as a whole)."""
+        pages read (each acknowledged as a whole).
+
+        The cursor is the pages' own (``synced.last``), never the highest
+        ``seq`` seen: a message pushed while a page is read has a later
+        ``seq`` than the items still to page, and moving the cursor (or the
+        stored ``last_seq``, or a cumulative ack) past them would skip them
+        for good. While a sync runs, pushes neither move ``last_seq`` nor
+        send acks; each page's end does both.
+        """
         conn = self.conn
         if conn is None:
             raise ConnectionClosed("not connected")
         total = 0
-        while True:
+        self._syncing += 1
+        try:
             after = int(self._store().read().get("last_seq") or 0)
-            answer = await conn.request(f.Sync(after=after, limit=200), timeout=30)
-            if isinstance(answer, f.Error):
-                raise ServerUnavailable(f"Sync failed: {answer.message}")
-            if not isinstance(answer, f.Synced):
-                raise ServerUnavailable("Sync failed: unexpected answer.")
-            total += 1
-            if answer.last > after:
-                await self._ack(answer.last)
-            if not answer.more:
-                return total
+            while True:
+                answer = await conn.request(f.Sync(after=after, limit=200), timeout=30)
+                if isinstance(answer, f.Error):
+                    raise ServerUnavailable(f"Sync failed: {answer.message}")
+                if not isinstance(answer, f.Synced):
+                    raise ServerUnavailable("Sync failed: unexpected answer.")
+                total += 1
+                if answer.last > after:
+                    await self._ack(answer.last)
+                    after = answer.last
+                if not answer.more:
+                    return total
+        finally:
+            self._syncing -= 1
 
     async def _resync(self) -> None:
         try:
@@ -458,12 +472,14 @@ class Messenger:
         burst of messages costs the server one acknowledgement, not one each.  (During
         a sync, the page is acknowledged as a whole by :meth:`sync`.)"""
         self._ack_pending = max(self._ack_pending, seq)
-        if not self._synced.is_set() or (self._ack_task and not self._ack_task.done()):
+        if self._syncing or not self._synced.is_set():
+            return  # the sync acknowledges page by page (see sync)
+        if self._ack_task and not self._ack_task.done():
             return
 
         async def later() -> None:
             await asyncio.sleep(ACK_DELAY)
-            if self.conn is not None:
+            if self.conn is not None and not self._syncing:
                 with contextlib.suppress(ConnectionClosed):
                     await self.conn.send(f.Ack(seq=self._ack_pending))
 
@@ -543,7 +559,7 @@ class Messenger:
                         tx.put_bytes("device", device.to_bytes())
                     if not own:
                         event = Message(sender, name, text, entry["at"], server_id, seq)
-            if seq > int(tx.get("last_seq") or 0):
+            if not self._syncing and seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
         if event is not None:
             self.events.emit(event)
@@ -568,7 +584,7 @@ class Messenger:
                 await self._refresh_peer(peer_id)
         async with self._store().transaction() as tx:
             tx.has_message(server_id)
-            if seq > int(tx.get("last_seq") or 0):
+            if not self._syncing and seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
         if seq:
             self._ack_soon(seq)

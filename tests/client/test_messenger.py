@@ -260,3 +260,43 @@ async def test_a_withheld_key_change_announcement_still_blocks_the_send(
     assert [e["status"] for e in failed] == ["failed"]
     await alice.accept_identity(bob.username)
     await alice.send(bob.username, "accepted")
+
+
+async def test_a_push_during_a_long_sync_skips_nothing(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the sync's next page started after the highest seq seen, so a message
+    pushed while the first page was read (a later seq) made it skip the rest of
+    the inbox, and the cumulative ack then deleted what it skipped: 250 of 451
+    messages were lost. The pages now follow their own cursor."""
+    from parley import connection
+    from parley_contract import frames as f
+
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and alice.username and alice.user_id
+    await alice.connect()
+    texts = [f"waiting {i}" for i in range(450)]
+    for i in range(0, len(texts), 50):
+        await asyncio.gather(*(alice.send(bob.username, t, wait="stored")
+                               for t in texts[i : i + 50]))  # fmt: skip
+    request = connection.Connection.request
+    pushed: list[bool] = []
+
+    async def first_page_then_a_push(self: connection.Connection, frame: object,
+                                     timeout: float = 20.0) -> object:  # fmt: skip
+        answer = await request(self, frame, timeout)  # type: ignore[arg-type]
+        if isinstance(frame, f.Sync) and not pushed and self is bob.messenger.conn:
+            pushed.append(True)
+            await alice.send(bob.username or "", "pushed mid-sync", wait="stored")
+            # The push reaches bob's socket (and its handler) before the next page.
+            await bob.next_event(Message)
+        return answer
+
+    monkeypatch.setattr(connection.Connection, "request", first_page_then_a_push)
+    await bob.connect()
+    assert pushed
+    got = [e["text"] for e in bob.history(alice.user_id)]
+    assert sorted(got) == sorted([*texts, "pushed mid-sync"])
+    # Nothing is left on the server, and nothing was lost by the acks.
+    await bob.sync()
+    assert len(bob.history(alice.user_id)) == 451
