@@ -315,7 +315,7 @@ export class ParleyClient {
     const tokens = await api.signup(username, email, password, deviceId); // refused: no vault is made
     const client = new ParleyClient(await Vault.create(tokens.user.username, passphrase));
     await client.#loggedIn(tokens, deviceId);
-    await client.setup();
+    await client.setup({ newAccount: true });
     return client;
   }
 
@@ -455,7 +455,7 @@ export class ParleyClient {
 
   /** Make this device's keys on first use and publish them; make sure the directory
    * holds them; top up one-time prekeys; (first device) create the account's list. */
-  async setup(options: { newIdentity?: boolean } = {}): Promise<void> {
+  async setup(options: { newIdentity?: boolean; newAccount?: boolean } = {}): Promise<void> {
     await this.accessToken();
     const did = (this.account as AccountRow).device_id;
     let device = await this.#device(null);
@@ -472,12 +472,14 @@ export class ParleyClient {
     }
     await this.topUp();
     if (await this.accountKey()) return;
-    let exists = true;
-    try {
-      await this.api.userDevices(this.me);
-    } catch (error) {
-      if (!(error instanceof ApiError) || !['identity_not_found', 'user_not_found', 'not_found'].includes(error.code)) throw error;
-      exists = false;
+    let exists = !options.newAccount; // a new account has no devices: no need to ask
+    if (exists) {
+      try {
+        await this.api.userDevices(this.me);
+      } catch (error) {
+        if (!(error instanceof ApiError) || !['identity_not_found', 'user_not_found', 'not_found'].includes(error.code)) throw error;
+        exists = false;
+      }
     }
     if (exists && !options.newIdentity) {
       throw new NeedsLink(

@@ -379,7 +379,8 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
   const status = client.identityStatus(peer);
   const listRef = useRef<HTMLOListElement>(null);
   useEffect(() => {
-    listRef.current?.lastElementChild?.scrollIntoView({ block: 'end' });
+    const list = listRef.current;
+    if (list) list.scrollTop = list.scrollHeight; // the list scrolls, not the page
   }, [history.length, peer]);
   useEffect(() => {
     if (status.pendingChange) client.safetyNumber(peer).then(setNewNumber, () => undefined);
@@ -552,7 +553,17 @@ function App() {
     history.replaceState(null, '', `#${s}`);
     setScreen(s);
   };
-  if (client) return <Chat client={client} onLogout={() => setClient(null)} />;
+  if (client) {
+    return (
+      <Chat
+        client={client}
+        onLogout={() => {
+          setClient(null);
+          go('login');
+        }}
+      />
+    );
+  }
   if (screen === 'signup') return <Signup onClient={setClient} go={go} />;
   if (screen === 'reset') return <Reset go={go} />;
   return <Login onClient={setClient} go={go} />;
