@@ -199,6 +199,14 @@ try {
   await write(page, after);
   await py({ do: "expect", text: after });
 
+  step("a second tab of the same account is refused (two copies of the ratchet state would reuse keys)");
+  const tab = await ctx.newPage();
+  await tab.goto(`${env.LB}/`);
+  await logIn(tab);
+  await tab.getByRole("button", { name: "Log in" }).click();
+  await tab.waitForSelector("#form-error:has-text('another tab')", { timeout: T });
+  await tab.close();
+
   step("phone width");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForFunction(() => document.documentElement.scrollWidth <= 390);

@@ -136,6 +136,22 @@ export function otherParty(conversation: string | null | undefined, me: string):
   return (parts[1] === me ? parts[2] : parts[1]) as string;
 }
 
+/**
+ * One page at a time per account: two tabs would each ratchet from their own copy
+ * of the state and reuse message keys. A Web Lock held while the client is open.
+ */
+function holdAccountLock(username: string): Promise<() => void> {
+  return new Promise((resolve, reject) => {
+    void navigator.locks.request(`parley-chat:${username}`, { ifAvailable: true }, (lock) => {
+      if (lock === null) {
+        reject(new ParleyError('Parley is already open for this account in another tab or window: use that one.'));
+        return undefined;
+      }
+      return new Promise<void>((release) => resolve(release));
+    });
+  });
+}
+
 class Mutex {
   #tail: Promise<unknown> = Promise.resolve();
   run<T>(fn: () => Promise<T>): Promise<T> {
@@ -166,9 +182,15 @@ export class ParleyClient {
   #reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   #maxFrameBytes = DEFAULT_MAX_FRAME_BYTES;
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
+  #release: () => void = () => undefined;
 
   private constructor(vault: Vault) {
     this.vault = vault;
+  }
+
+  /** Give up this account's lock (after log-out): another tab may open it. */
+  release(): void {
+    this.#release();
   }
 
   // -- events ----------------------------------------------------------------------
@@ -313,10 +335,17 @@ export class ParleyClient {
     const api = new Api();
     const deviceId = randomDeviceId();
     const tokens = await api.signup(username, email, password, deviceId); // refused: no vault is made
-    const client = new ParleyClient(await Vault.create(tokens.user.username, passphrase));
-    await client.#loggedIn(tokens, deviceId);
-    await client.setup({ newAccount: true });
-    return client;
+    const release = await holdAccountLock(tokens.user.username);
+    try {
+      const client = new ParleyClient(await Vault.create(tokens.user.username, passphrase));
+      client.#release = release;
+      await client.#loggedIn(tokens, deviceId);
+      await client.setup({ newAccount: true });
+      return client;
+    } catch (error) {
+      release();
+      throw error;
+    }
   }
 
   /** Log in; `newIdentity` starts a new account identity on a browser that is not one
@@ -329,6 +358,23 @@ export class ParleyClient {
     options: { newIdentity?: boolean } = {},
   ): Promise<ParleyClient> {
     const name = username.trim().toLowerCase();
+    const release = await holdAccountLock(name);
+    try {
+      return await ParleyClient.#login(name, password, passphrase, secondFactor, options, release);
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  static async #login(
+    name: string,
+    password: string,
+    passphrase: string,
+    secondFactor: SecondFactorPrompt,
+    options: { newIdentity?: boolean },
+    release: () => void,
+  ): Promise<ParleyClient> {
     const existing = await Vault.exists(name);
     const vault = existing ? await Vault.open(name, passphrase) : null; // wrong passphrase: refused before the network
     const client = vault ? new ParleyClient(vault) : null;
@@ -355,19 +401,10 @@ export class ParleyClient {
     }
     const tokens = result;
     const c = client ?? new ParleyClient(await Vault.create(tokens.user.username, passphrase));
+    c.#release = release;
     await c.#loggedIn(tokens, deviceId);
     await c.setup(options);
     return c;
-  }
-
-  /** Open the local store of an account whose session is still valid (no password). */
-  static async resume(username: string, passphrase: string): Promise<ParleyClient> {
-    const client = new ParleyClient(await Vault.open(username, passphrase));
-    await client.#load();
-    if (!client.loggedIn) throw new ParleyError('This session has ended: log in again.');
-    client.api.token = client.account?.access_token ?? null;
-    await client.setup();
-    return client;
   }
 
   async #loggedIn(tokens: Tokens, deviceId: number): Promise<void> {
@@ -434,6 +471,7 @@ export class ParleyClient {
       tx.put('account', { ...row, access_token: null, refresh_token: null });
     });
     this.api.token = null;
+    this.release();
   }
 
   // -- keys ---------------------------------------------------------------------------
