@@ -48,11 +48,23 @@ async function write(page, text) {
   await page.waitForSelector(`#messages li.msg.out:has-text("${text}")`, { timeout: T });
 }
 
+// Wait for `selector`, or fail at once with the page's error line if one shows.
+async function expectScreen(page, selector) {
+  try {
+    await page.waitForSelector(`${selector}, #form-error`, { timeout: T });
+  } catch (e) {
+    throw new Error(`waiting for ${selector}; the page shows: ${(await page.innerText("body")).slice(0, 600)}`);
+  }
+  const error = await page.$("#form-error");
+  if (error) throw new Error(`the page says: ${await error.textContent()}`);
+}
+
 const incoming = (page, text) => page.waitForSelector(`#messages li.msg.in:has-text("${text}")`, { timeout: T });
 
-async function logIn(page) {
-  await page.getByLabel("Username").fill(me);
-  await page.getByLabel("Password", { exact: true }).fill(password);
+async function logIn(page, pw = password) {
+  await page.waitForSelector("#login"); // (log-out ends before the form shows)
+  await page.getByLabel("Username", { exact: true }).fill(me);
+  await page.getByLabel("Password", { exact: true }).fill(pw);
   await page.getByLabel("Local passphrase").fill(passphrase);
 }
 
@@ -106,6 +118,13 @@ try {
   const ctx = await browser.newContext({ viewport: { width: 1200, height: 780 } });
   const page = await ctx.newPage();
   const errors = [];
+  const wsErrors = []; // error frames the gateway sent the page
+  page.on("websocket", (ws) =>
+    ws.on("framereceived", ({ payload }) => {
+      const frame = JSON.parse(String(payload));
+      if (frame.op === "error") wsErrors.push(frame.code);
+    }),
+  );
   page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && errors.push(m.text()));
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("response", (r) => r.status() >= 400 && !r.url().endsWith("/favicon.ico") && errors.push(`${r.status()} ${r.url()}`));
@@ -118,7 +137,7 @@ try {
   }
 
   step("the browser user signs up");
-  await page.getByLabel("Username").fill(me);
+  await page.getByLabel("Username", { exact: true }).fill(me);
   await page.getByLabel("E-mail").fill(`${me}@example.test`);
   await page.getByLabel("Password", { exact: true }).fill(password);
   await page.getByLabel("Local passphrase").fill(passphrase);
@@ -199,6 +218,16 @@ try {
   await write(page, after);
   await py({ do: "expect", text: after });
 
+  step("Q links a second device: the gateway answers devices_changed, the browser encrypts for both");
+  await py({ who: "q", do: "link_second_device" });
+  await openConversation(page, env.Q_USER);
+  const toBoth = `to both of your devices ${env.TAG}`;
+  await write(page, toBoth);
+  await py({ who: "q", do: "expect", text: toBoth });
+  await py({ who: "q2", do: "expect", text: toBoth });
+  await page.waitForSelector(`#messages li.msg.out[data-status="delivered"]:has-text("${toBoth}")`, { timeout: T });
+  if (!wsErrors.includes("devices_changed")) throw new Error(`no devices_changed was answered: ${wsErrors}`);
+
   step("a second tab of the same account is refused (two copies of the ratchet state would reuse keys)");
   const tab = await ctx.newPage();
   await tab.goto(`${env.LB}/`);
@@ -206,6 +235,47 @@ try {
   await tab.getByRole("button", { name: "Log in" }).click();
   await tab.waitForSelector("#form-error:has-text('another tab')", { timeout: T });
   await tab.close();
+
+  step("password reset by e-mail; log in with the new password");
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.getByRole("button", { name: "Forgot your password?" }).click();
+  await page.getByLabel("E-mail").fill(`${me}@example.test`);
+  await page.getByRole("button", { name: "E-mail me a reset code" }).click();
+  await page.waitForSelector("#reset-sent");
+  const { token } = await py({ do: "reset_token", email: `${me}@example.test` });
+  const newPassword = `a new password ${env.TAG}`;
+  await page.getByLabel("Reset code from the mail").fill(token);
+  await page.getByLabel("New password", { exact: true }).fill(newPassword);
+  await page.getByRole("button", { name: "Set the new password" }).click();
+  await page.waitForSelector("text=Your password is changed", { timeout: T });
+  await shot(page, "chat-reset");
+  await page.getByRole("button", { name: "Back to log in" }).click();
+  await logIn(page, newPassword);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expectScreen(page, "#connection.connected");
+
+  step("two-factor: TOTP turned on; the log-in asks for a code, then takes a recovery code");
+  await py({ do: "enable_totp", username: me, password: newPassword });
+  await page.getByRole("button", { name: "Log out" }).click();
+  await logIn(page, newPassword);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expectScreen(page, "#second-factor");
+  await shot(page, "chat-second-factor");
+  const { code: totp } = await py({ do: "totp_code" });
+  await page.getByLabel("Code", { exact: true }).fill(totp);
+  await page.getByLabel("Code", { exact: true }).press("Enter");
+  await expectScreen(page, "#connection.connected");
+  await page.getByRole("button", { name: "Log out" }).click();
+  await logIn(page, newPassword);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expectScreen(page, "#second-factor");
+  await page.getByLabel("Method").selectOption("recovery");
+  const { code: recovery } = await py({ do: "recovery_code" });
+  await page.getByLabel("Code", { exact: true }).fill(recovery);
+  await page.getByRole("button", { name: "Continue" }).click();
+  await expectScreen(page, "#connection.connected");
+  await openConversation(page, env.P_USER);
+  await incoming(page, offline); // the history is still there, in the vault
 
   step("phone width");
   await page.setViewportSize({ width: 390, height: 844 });

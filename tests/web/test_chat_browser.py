@@ -15,7 +15,13 @@ stdin. The story (docs: web/chat/README.md, "Tests"):
 4. P reinstalls (a new account identity key): the browser warns, sending is
    blocked until the user compares the new number (it matches P's) and confirms;
    then a message reaches P's new install;
-5. IndexedDB, read raw, holds no plaintext: no message text, no private key, no
+5. Q links a second device: the browser's next message is refused with
+   ``devices_changed``, encrypted again for both devices, and both get it;
+6. a second tab of the account is refused; a password reset by e-mail (which
+   turns two-factor off, docs/auth.md) and a log-in with the new password; TOTP
+   turned on, a log-in that asks for its code, another with a recovery code
+   (the history is still there);
+7. IndexedDB, read raw, holds no plaintext: no message text, no private key, no
    token (the script opens the vault with the passphrase to know what to look
    for); and the server's stores hold no plaintext either (the scan of
    tests/e2e/test_no_plaintext.py over MongoDB, Kafka and Redis).
@@ -27,13 +33,19 @@ Screenshots land in the test's temporary directory; with
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import json
 import os
+import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pyotp
 import pytest
 from parley import Client
 from parley.client import Message, Receipt
@@ -41,6 +53,7 @@ from parley.store import KdfParams
 
 from scripts.stack import ROOT
 from tests.e2e.test_no_plaintext import kafka_blobs, mongo_blobs, redis_blobs
+from tests.support.aio import eventually
 from tests.support.secrets import forms
 from tests.support.stack import System
 
@@ -57,6 +70,18 @@ SHOTS = (
 )
 
 
+def reset_mails(maildir: Path, address: str) -> list[str]:
+    """The plain-text bodies of the mails to ``address`` in the stack's mail sink."""
+    safe = re.sub(r"[^A-Za-z0-9@._-]", "_", address)
+    out = []
+    for path in sorted(maildir.glob(f"*-{safe}.eml")):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        part = msg.get_body(preferencelist=("plain",))
+        if part is not None and "reset token" in part.get_content():
+            out.append(str(part.get_content()))
+    return out
+
+
 class PythonSide:
     """The SDK users the browser talks to, and the actions the script asks for."""
 
@@ -64,6 +89,8 @@ class PythonSide:
         self.system, self.tmp = system, tmp
         self.clients: dict[str, Client] = {}
         self.texts: list[str] = []  # every plaintext of the conversation, for the scans
+        self.totp = pyotp.TOTP(pyotp.random_base32())
+        self.recovery: list[str] = []
 
     async def make(self, who: str, username: str | None = None, *, signup: bool = True) -> Client:
         client = Client(
@@ -112,6 +139,43 @@ class PythonSide:
         if do == "verify":
             await client.verify(req["with"], req["number"])
             return {"status": client.identity_status((await client.resolve(req["with"]))[0])}
+        if do == "link_second_device":
+            # Q links a second install: the browser's list of Q's devices is stale now.
+            first = self.clients["q"]
+            assert first.username is not None
+            second = await self.make("q2", signup=False)
+            code = await second.link_device(first.username, PASSWORD)
+            await first.approve_device(code)
+            await second.wait_linked(timeout=30)
+            await second.connect()
+            return {}
+        if do == "enable_totp":
+            async with aiohttp.ClientSession(base_url=self.system.lb) as http:
+                login = {"username": req["username"], "password": req["password"]}
+                async with http.post("/auth/v1/login", json=login) as resp:
+                    token = (await resp.json())["access_token"]
+                auth = {"Authorization": f"Bearer {token}"}
+                body = {"password": req["password"]}
+                async with http.post("/auth/v1/2fa/totp/setup", json=body, headers=auth) as resp:
+                    self.totp = pyotp.TOTP((await resp.json())["secret"])
+                body = {"code": self.totp.now()}
+                async with http.post("/auth/v1/2fa/totp/confirm", json=body, headers=auth) as resp:
+                    self.recovery = list((await resp.json())["recovery_codes"])
+            return {}
+        if do == "totp_code":
+            # The confirmation used this time step's code; the next step's is accepted.
+            return {"code": self.totp.at(time.time() + 30)}
+        if do == "recovery_code":
+            return {"code": self.recovery.pop()}
+        if do == "reset_token":
+            mails = await eventually(
+                lambda: asyncio.to_thread(reset_mails, self.system.stack.maildir, req["email"]),
+                lambda found: len(found) > 0,
+                timeout=10,
+            )
+            token = re.search(r"reset token: (\S+)", mails[-1])
+            assert token, mails[-1]
+            return {"token": token.group(1)}
         if do == "reinstall":
             # P wipes the install and logs in again: a new account identity key.
             username = client.username
@@ -188,7 +252,7 @@ async def test_browser_and_python_users_chat_end_to_end(system: System, tmp_path
 
     # No plaintext at rest on the server after the browser's conversation.
     plaintexts = sorted(set(py.texts + browser_texts))
-    assert len(plaintexts) == 7  # 3 from Python, 4 from the browser
+    assert len(plaintexts) == 8  # 3 from Python, 5 from the browser
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     for where, blob in blobs:
         for text in plaintexts:
