@@ -1,6 +1,6 @@
 import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import type { Challenge } from './api.ts';
+import { Api, type Challenge } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import './style.css';
 
@@ -242,13 +242,9 @@ function Reset(props: { go: (s: Screen) => void }) {
         onSubmit={(e) => {
           e.preventDefault();
           setError('');
-          fetch('/auth/v1/password/reset', {
-            method: 'POST',
-            headers: { 'Content-Type': 'application/json' },
-            body: JSON.stringify({ email: v.email.trim() }),
-          }).then(
-            (r) => (r.ok ? setSent(true) : setError('The request was refused; try again later.')),
-            () => setError('Cannot reach the Parley server.'),
+          new Api().requestReset(v.email.trim()).then(
+            () => setSent(true),
+            (err: unknown) => setError(message(err)),
           );
         }}
       >
@@ -269,13 +265,10 @@ function Reset(props: { go: (s: Screen) => void }) {
           aria-labelledby="reset-confirm-title"
           onSubmit={(e) => {
             e.preventDefault();
-            fetch('/auth/v1/password/reset/confirm', {
-              method: 'POST',
-              headers: { 'Content-Type': 'application/json' },
-              body: JSON.stringify({ token: v.token.trim(), new_password: v.newPassword }),
-            }).then(
-              async (r) => (r.ok ? setDone(true) : setError(((await r.json()) as { error: { message: string } }).error.message)),
-              () => setError('Cannot reach the Parley server.'),
+            setError('');
+            new Api().confirmReset(v.token.trim(), v.newPassword).then(
+              () => setDone(true),
+              (err: unknown) => setError(message(err)),
             );
           }}
         >
