@@ -266,6 +266,10 @@ try {
   await page.getByLabel("Code", { exact: true }).press("Enter");
   await expectScreen(page, "#connection.connected");
   await page.getByRole("button", { name: "Log out" }).click();
+  // Eight days later (the page's clock only): the log-in rotates the week-old signed
+  // and last-resort prekeys and publishes them.
+  const { signed_prekey_id: spkBefore } = await py({ do: "browser_signed_prekey", user: me });
+  await page.clock.setFixedTime(Date.now() + 8 * 24 * 3600 * 1000);
   await logIn(page, newPassword);
   await page.getByRole("button", { name: "Log in" }).click();
   await expectScreen(page, "#second-factor");
@@ -276,6 +280,8 @@ try {
   await expectScreen(page, "#connection.connected");
   await openConversation(page, env.P_USER);
   await incoming(page, offline); // the history is still there, in the vault
+  const { signed_prekey_id: spkAfter } = await py({ do: "browser_signed_prekey", user: me });
+  if (spkAfter !== spkBefore + 1) throw new Error(`signed prekey ${spkBefore} -> ${spkAfter}: not rotated after a week`);
 
   step("phone width");
   await page.setViewportSize({ width: 390, height: 844 });

@@ -20,7 +20,8 @@ stdin. The story (docs: web/chat/README.md, "Tests"):
 6. a second tab of the account is refused; a password reset by e-mail (which
    turns two-factor off, docs/auth.md) and a log-in with the new password; TOTP
    turned on, a log-in that asks for its code, another with a recovery code
-   (the history is still there);
+   (the history is still there), eight days later by the page's clock: the
+   week-old signed prekey is rotated and published;
 7. IndexedDB, read raw, holds no plaintext: no message text, no private key, no
    token (the script opens the vault with the passphrase to know what to look
    for); and the server's stores hold no plaintext either (the scan of
@@ -176,6 +177,11 @@ class PythonSide:
             token = re.search(r"reset token: (\S+)", mails[-1])
             assert token, mails[-1]
             return {"token": token.group(1)}
+        if do == "browser_signed_prekey":
+            user_id, _ = await client.resolve(req["user"])
+            await client.access_token()
+            claimed = await client.api.claim_bundles(user_id)
+            return {"signed_prekey_id": claimed["bundles"][0]["signed_prekey"]["id"]}
         if do == "reinstall":
             # P wipes the install and logs in again: a new account identity key.
             username = client.username

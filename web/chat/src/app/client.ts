@@ -34,6 +34,7 @@ import { type PeerJson, PeerState } from './peers.ts';
 import { Vault } from './vault.ts';
 
 export const PREKEY_BATCH = 100;
+const PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000; // signed and last-resort prekeys, weekly
 const MAX_UPLOAD = 100;
 const TOKEN_MARGIN_MS = 120_000;
 const REAUTH_MS = 240_000;
@@ -177,6 +178,7 @@ export class ParleyClient {
   #chain: Promise<void> = Promise.resolve();
   #pending = new Map<string, (frame: W.Synced | W.Error) => void>();
   #ackPending = 0;
+  #acked = 0; // the highest seq acknowledged on this socket
   #ackTimer: ReturnType<typeof setTimeout> | null = null;
   #reauthTimer: ReturnType<typeof setInterval> | null = null;
   #reconnectTimer: ReturnType<typeof setTimeout> | null = null;
@@ -206,7 +208,7 @@ export class ParleyClient {
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer']) {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer', 'prekeys_rotated_at']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
@@ -501,7 +503,22 @@ export class ParleyClient {
     if (device === null) {
       const made = await Device.generate();
       device = made;
-      await this.#transaction(async (tx) => tx.put('device', b64encode(made.toBytes())));
+      await this.#transaction(async (tx) => {
+        tx.put('device', b64encode(made.toBytes()));
+        tx.put('prekeys_rotated_at', Date.now());
+      });
+    } else if (Date.now() - (this.#read<number>('prekeys_rotated_at') ?? 0) >= PREKEY_ROTATION_MS) {
+      // Weekly, as the Python client: new signed and last-resort prekeys (the previous
+      // ones are kept for initial messages in flight); the keys check below then
+      // finds the directory out of date and publishes them.
+      device = await this.#transaction(async (tx) => {
+        const current = (await this.#device(tx)) as Device;
+        await current.rotateSignedPrekey();
+        await current.rotateLastResortKemPrekey();
+        tx.put('device', b64encode(current.toBytes()));
+        tx.put('prekeys_rotated_at', Date.now());
+        return current;
+      });
     }
     if (fresh || !(await this.#directoryHolds(did, device))) {
       await this.api.putIdentity(did, device.publicIdentity());
@@ -782,6 +799,7 @@ export class ParleyClient {
     const ws = new WebSocket(url);
     this.#ws = ws;
     this.#synced = false;
+    this.#acked = 0;
     ws.onopen = () => ws.send(JSON.stringify({ op: 'auth', token } satisfies W.Auth));
     ws.onmessage = (ev: MessageEvent<string>) => {
       let frame: W.ServerFrame;
@@ -871,6 +889,7 @@ export class ParleyClient {
       this.connectionState = 'connected';
       await this.sync();
       this.#synced = true;
+      if (this.#ackPending > this.#acked) this.#ackSoon(this.#ackPending); // pushed during the sync
       this.#backoff = 500;
       for (const q of this.outbox()) if (this.#ws === ws) ws.send(JSON.stringify(q.send));
       if (this.#reauthTimer) clearInterval(this.#reauthTimer);
@@ -903,6 +922,7 @@ export class ParleyClient {
           if (answer.last > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', answer.last);
         });
         ws.send(JSON.stringify({ op: 'ack', seq: answer.last } satisfies W.Ack));
+        this.#acked = Math.max(this.#acked, answer.last);
       }
       if (!answer.more) return;
     }
@@ -913,7 +933,10 @@ export class ParleyClient {
     if (!this.#synced || this.#ackTimer !== null) return;
     this.#ackTimer = setTimeout(() => {
       this.#ackTimer = null;
-      if (this.#ws?.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify({ op: 'ack', seq: this.#ackPending } satisfies W.Ack));
+      if (this.#ws?.readyState === WebSocket.OPEN) {
+        this.#ws.send(JSON.stringify({ op: 'ack', seq: this.#ackPending } satisfies W.Ack));
+        this.#acked = Math.max(this.#acked, this.#ackPending);
+      }
     }, ACK_DELAY_MS);
   }
 
