@@ -188,6 +188,19 @@ try {
   await page.getByRole("button", { name: `Play message: ${offline.slice(0, 40)}` }).click();
   await shot(page, "chat-conversation");
 
+  step("a reload: the passphrase alone reopens the session (the vault holds the refresh token)");
+  await page.reload();
+  await page.waitForSelector("#login");
+  await page.getByLabel("Username", { exact: true }).fill(me);
+  await page.getByLabel("Local passphrase").fill(`not ${passphrase}`);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForSelector("#form-error:has-text('Wrong passphrase')", { timeout: T });
+  await page.getByLabel("Local passphrase").fill(passphrase);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expectScreen(page, "#connection.connected");
+  await openConversation(page, env.P_USER);
+  await incoming(page, offline);
+
   step("safety numbers match on both sides; each marks the other verified");
   await page.getByRole("button", { name: "Safety number" }).click();
   await page.waitForSelector("#safety-number:text-matches('^[0-9]{5}( [0-9]{5}){11}$')", { timeout: T });

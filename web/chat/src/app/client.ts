@@ -381,6 +381,15 @@ export class ParleyClient {
     const vault = existing ? await Vault.open(name, passphrase) : null; // wrong passphrase: refused before the network
     const client = vault ? new ParleyClient(vault) : null;
     if (client) await client.#load();
+    if (!password) {
+      // Reopen this browser's session (after a reload): the passphrase opened the
+      // vault, which holds the refresh token; no password is sent.
+      if (!client?.loggedIn) throw new ParleyError('Enter your password: this browser has no open session for this account.');
+      client.#release = release;
+      await client.accessToken(true);
+      await client.setup(options);
+      return client;
+    }
     const deviceId = client?.account?.device_id ?? randomDeviceId();
     const api = new Api();
     let result = await api.login(name, password, deviceId);

@@ -16,7 +16,16 @@ function useForm<T extends Record<string, string>>(initial: T): [T, (name: keyof
   return [values, bind];
 }
 
-function Field(props: { id: string; label: string; type?: 'text' | 'password' | 'email'; value: string; onInput: (e: Event) => void; autocomplete?: string; hint?: string }) {
+function Field(props: {
+  id: string;
+  label: string;
+  type?: 'text' | 'password' | 'email';
+  value: string;
+  onInput: (e: Event) => void;
+  autocomplete?: string;
+  hint?: string;
+  optional?: boolean;
+}) {
   return (
     <div class="field">
       <label for={props.id}>{props.label}</label>
@@ -28,7 +37,7 @@ function Field(props: { id: string; label: string; type?: 'text' | 'password' | 
         onInput={props.onInput}
         {...(props.autocomplete ? { autocomplete: props.autocomplete } : {})}
         {...(props.hint ? { 'aria-describedby': `${props.id}-hint` } : {})}
-        required
+        required={!props.optional}
       />
       {props.hint && (
         <small id={`${props.id}-hint`} class="hint">
@@ -145,7 +154,16 @@ function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => 
       >
         <h2 id="login-title">Log in</h2>
         <Field id="username" label="Username" value={v.username} onInput={bind('username')} autocomplete="username" />
-        <Field id="password" label="Password" type="password" value={v.password} onInput={bind('password')} autocomplete="current-password" />
+        <Field
+          id="password"
+          label="Password"
+          type="password"
+          value={v.password}
+          onInput={bind('password')}
+          autocomplete="current-password"
+          optional
+          hint="Leave it empty to reopen this browser's session (after a reload): the passphrase is enough."
+        />
         <Field
           id="passphrase"
           label="Local passphrase"
