@@ -78,6 +78,11 @@ function SecondFactor(props: { challenge: Challenge; onAnswer: (method: string, 
     >
       <h2 id="second-factor-title">Second factor</h2>
       <p>This account asks for a second factor.</p>
+      {props.challenge.email_code_sent && (
+        <p role="status" id="email-code-sent">
+          A code is on its way to your e-mail address.
+        </p>
+      )}
       <div class="field">
         <label for="method">Method</label>
         <select id="method" value={method} onChange={(e) => setMethod((e.target as HTMLSelectElement).value)}>
