@@ -195,8 +195,17 @@ try {
   await page.getByLabel("Local passphrase").fill(`not ${passphrase}`);
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForSelector("#form-error:has-text('Wrong passphrase')", { timeout: T });
-  await page.getByLabel("Local passphrase").fill(passphrase);
-  await page.getByRole("button", { name: "Log in" }).click();
+  // Keyboard only this time: Tab from the top of a fresh page, type, Enter.
+  await page.reload();
+  await page.waitForSelector("#login");
+  await page.keyboard.press("Tab");
+  if ((await page.evaluate(() => document.activeElement?.id)) !== "username") throw new Error("Tab does not reach the username first");
+  await page.keyboard.type(me);
+  await page.keyboard.press("Tab"); // the password: left empty
+  await page.keyboard.press("Tab");
+  if ((await page.evaluate(() => document.activeElement?.id)) !== "passphrase") throw new Error("Tab does not reach the passphrase");
+  await page.keyboard.type(passphrase);
+  await page.keyboard.press("Enter");
   await expectScreen(page, "#connection.connected");
   await openConversation(page, env.P_USER);
   await incoming(page, offline);
