@@ -1,7 +1,7 @@
 """The embedded MongoDB server's ceiling for delivery's work, measured alone.
 
 Runs the delivery store's own operations (``DeliveryStore``: reserve sequence
-numbers, ``insert_many`` the envelopes, group-committed acks) against a fresh
+numbers, store the envelopes in the hot inbox, group-committed acks) against a fresh
 nx-27017 on a free port, with no gateway, Kafka or HTTP in the way, in the
 same shape as the messaging benchmark (100 users in 50 pairs, batches of the
 size delivery sees at saturation). The figure is the most msgs/s that any
@@ -51,12 +51,13 @@ async def run(batches: int, batch: int, users: int, ack_every: int) -> dict[str,
                 for i in range(batch):
                     to = names[(b * batch + i) % users]
                     docs.append({
-                        "server_id": uuid.uuid4().hex, "user": to, "kind": "message",
+                        "server_id": uuid.uuid4().hex, "user": to, "inbox": to, "device": 1,
+                        "kind": "message",
                         "from": names[(b * batch + i + 1) % users],
                         "client_id": uuid.uuid4().hex, "conversation": "dm", "body": "x" * 216,
                         "commitment": None, "sent_at": 0, "stored_at": 0.0,
                     })  # fmt: skip
-                out = await store.store(docs)
+                out = await store.store_hot(docs)
                 for d in out:
                     top[d["user"]] = max(top.get(d["user"], 0), d["seq"])
                 stored += len(docs)

@@ -37,7 +37,10 @@ from pathlib import Path
 
 from scripts.stack import MONITORING, ROOT, SERVERS, SERVICES, StackConfig
 
-CHECKS = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz")
+CHECKS = (
+    "/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz",
+    "/rooms/readyz",
+)  # fmt: skip
 # Start order (supervisord priority): servers, services, the load balancer,
 # then Prometheus, which scrapes them all.
 PROCESSES = (
@@ -188,7 +191,7 @@ def banner(cfg: StackConfig, conf: Path) -> None:
     print("\n" + "=" * 64, flush=True)
     print(f"Parley is up. Load balancer: {base}", flush=True)
     print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
-    for svc in ("auth", "keys", "gateway", "delivery"):
+    for svc in ("auth", "keys", "gateway", "delivery", "rooms"):
         print(f"  {svc:9} {base}/{svc}/docs  (readyz: {ops}/{svc}/readyz)", flush=True)
     print(f"  Web client:  {base}/  (end-to-end-encrypted chat in the browser)", flush=True)
     print(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)", flush=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("mongo", "kafka", "redis", "smtp")
-SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web")
+SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web", "rooms")
 # Watches the others: started last by `make run`, on demand by the tests.
 MONITORING = ("prometheus",)
 # How often the embedded Prometheus scrapes and evaluates the alert rules.
@@ -48,6 +48,7 @@ class StackConfig:
     gateway2_port: int = 8104
     delivery_port: int = 8105
     web_port: int = 8106
+    rooms_port: int = 8107
     stats_port: int = 8404
     prometheus_port: int = 9090
     host: str = "127.0.0.1"
@@ -85,6 +86,7 @@ class StackConfig:
             "gateway2": f"http://{h}:{self.gateway2_port}",
             "delivery": f"http://{h}:{self.delivery_port}",
             "web": f"http://{h}:{self.web_port}",
+            "rooms": f"http://{h}:{self.rooms_port}",
             "prometheus": f"http://{h}:{self.prometheus_port}",
         }[what]
 
@@ -194,6 +196,7 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
             "GATEWAY2_ADDR": f"{cfg.host}:{cfg.gateway2_port}",
             "DELIVERY_ADDR": f"{cfg.host}:{cfg.delivery_port}",
             "WEB_ADDR": f"{cfg.host}:{cfg.web_port}",
+            "ROOMS_ADDR": f"{cfg.host}:{cfg.rooms_port}",
         }
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         return [haproxy, "-db", "-f", str(ROOT / "deploy/haproxy/haproxy.cfg")], env
@@ -234,6 +237,7 @@ def prometheus_config(cfg: StackConfig, interval: str = PROMETHEUS_INTERVAL) -> 
          [(cfg.gateway1_port, "gateway1"), (cfg.gateway2_port, "gateway2")]),
         ("delivery", "/delivery/metrics", [(cfg.delivery_port, None)]),
         ("web", "/web/metrics", [(cfg.web_port, None)]),
+        ("rooms", "/rooms/metrics", [(cfg.rooms_port, None)]),
         ("haproxy", "/metrics", [(cfg.stats_port, None)]),
         ("prometheus", "/metrics", [(cfg.prometheus_port, None)]),
     ]  # fmt: skip
@@ -335,7 +339,17 @@ def main(argv: list[str]) -> None:
         os.execvp(cmd[0], cmd)
     if argv == ["urls"]:
         cfg = StackConfig.from_env()
-        for name in ("lb", "auth", "keys", "gateway1", "gateway2", "delivery", "web", "prometheus"):
+        for name in (
+            "lb",
+            "auth",
+            "keys",
+            "gateway1",
+            "gateway2",
+            "delivery",
+            "web",
+            "rooms",
+            "prometheus",
+        ):
             print(f"{name:10} {cfg.url(name)}")
         return
     raise SystemExit("usage: python -m scripts.stack exec NAME | urls")

@@ -4,7 +4,9 @@ Kafka ``<prefix>messages`` (key: the recipient, the inbox owner; value:
 :data:`Envelope`) carries what delivery stores in inboxes: a message from a
 client (made by the gateway) or a ``key_changed`` notice for one contact
 (made by delivery's events consumer). ``<prefix>events`` (key: the user)
-carries :data:`Event` records from the key directory. ``<prefix>dead-letters``
+carries :data:`Event` records from the key directory. ``<prefix>rooms``
+(key: the room) carries :data:`RoomEvent` records from the rooms service:
+every change of a room's membership or state, in the room's order. ``<prefix>dead-letters``
 carries records a consumer could not process, unchanged, with ``dlq_*``
 headers (docs/delivery.md).
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -191,6 +193,88 @@ class DeviceRemovedEvent(_Event, tag="device_removed", kw_only=True):
 Event = PrekeysLowEvent | KeyChangedEvent | DeviceRemovedEvent
 
 
+# -- parley.rooms (from the rooms service) ---------------------------------------------
+
+RoomKind = Literal["private", "public"]
+RoomRole = Literal["owner", "moderator", "member"]
+
+
+class _RoomEvent(Struct, tag_field="type", kw_only=True):
+    """A change of a room (docs/rooms.md, "Events"). ``version`` is the room's
+    membership version after the change: it grows by one with each event of the
+    room, so a consumer applies a room's events in order and skips what it has
+    already applied (redelivery repeats an event with its ``event_id``)."""
+
+    room_id: str
+    kind: RoomKind
+    version: Annotated[int, Meta(ge=1)]
+    actor: str
+    """Who made the change (the member themself for joins and leaves)."""
+    at: Millis
+    event_id: str | None = None
+
+
+class RoomCreated(_RoomEvent, tag="room_created", kw_only=True):
+    """A new room; ``actor`` is its owner and first member."""
+
+
+class MemberJoined(_RoomEvent, tag="member_joined", kw_only=True):
+    """``user_id`` is a member now: joined a public room, or accepted an invitation."""
+
+    user_id: str
+    role: RoomRole
+    via: Literal["join", "invitation"]
+
+
+class MemberInvited(_RoomEvent, tag="member_invited", kw_only=True):
+    """``actor`` invited ``user_id`` (not a member until they accept)."""
+
+    user_id: str
+
+
+class InvitationDeclined(_RoomEvent, tag="invitation_declined", kw_only=True):
+    """``user_id`` declined an invitation (nothing changes for the members)."""
+
+    user_id: str
+
+
+class MemberLeft(_RoomEvent, tag="member_left", kw_only=True):
+    """``user_id`` left. In a private room every remaining device rotates its sender key."""
+
+    user_id: str
+
+
+class MemberRemoved(_RoomEvent, tag="member_removed", kw_only=True):
+    """``actor`` (owner or moderator) removed ``user_id``; rotate as for ``member_left``."""
+
+    user_id: str
+
+
+class RoleChanged(_RoomEvent, tag="role_changed", kw_only=True):
+    """``user_id`` has ``role`` now (promotion, demotion, transfer of ownership)."""
+
+    user_id: str
+    role: RoomRole
+
+
+class RoomStateChanged(_RoomEvent, tag="room_state_changed", kw_only=True):
+    """The room was closed (no new messages; history stays readable) or opened again."""
+
+    state: Literal["open", "closed"]
+
+
+RoomEvent = (
+    RoomCreated
+    | MemberJoined
+    | MemberInvited
+    | InvitationDeclined
+    | MemberLeft
+    | MemberRemoved
+    | RoleChanged
+    | RoomStateChanged
+)
+
+
 # -- Redis: routed frames and revocations -----------------------------------------------
 
 
@@ -254,6 +338,7 @@ _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
 _routed_decoder = msgspec.json.Decoder(RoutedRaw)
 _revocation_decoder = msgspec.json.Decoder(Revocation)
+_room_event_decoder = msgspec.json.Decoder(RoomEvent)
 
 DecodeError = (msgspec.ValidationError, msgspec.DecodeError)
 """What the decoders below raise for a record that does not fit the contract."""
@@ -279,6 +364,10 @@ def decode_revocation(data: bytes) -> Revocation:
     return _revocation_decoder.decode(data)
 
 
+def decode_room_event(data: bytes) -> RoomEvent:
+    return _room_event_decoder.decode(data)
+
+
 __all__ = [
     "ENVELOPE_VERSION",
     "DecodeError",
@@ -287,11 +376,22 @@ __all__ = [
     "DevicesChanged",
     "Envelope",
     "Event",
+    "InvitationDeclined",
     "KeyChangedEvent",
     "KeyChangedNotice",
+    "MemberInvited",
+    "MemberJoined",
+    "MemberLeft",
+    "MemberRemoved",
     "MessageEnvelope",
     "PrekeysLowEvent",
     "Revocation",
+    "RoleChanged",
+    "RoomCreated",
+    "RoomEvent",
+    "RoomKind",
+    "RoomRole",
+    "RoomStateChanged",
     "Routed",
     "RoutedRaw",
     "SessionRevoked",
@@ -300,6 +400,7 @@ __all__ = [
     "decode_envelope",
     "decode_event",
     "decode_revocation",
+    "decode_room_event",
     "decode_routed",
     "encode",
     "inbox_id",

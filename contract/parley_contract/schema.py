@@ -23,6 +23,7 @@ ROOTS: dict[str, Any] = {
     "InboxPage": f.InboxPage,
     "Envelope": e.Envelope,
     "Event": e.Event,
+    "RoomEvent": e.RoomEvent,
     "Routed": e.Routed,
     "Revocation": e.Revocation,
 }
@@ -41,8 +42,9 @@ def document() -> dict[str, Any]:
         "title": f"Parley wire contract, protocol version {PROTOCOL_VERSION}",
         "description": (
             "Generated from contract/parley_contract by `python -m parley_contract.schema`. "
-            "ClientFrame/ServerFrame: WebSocket frames (docs/protocol.md); Envelope, Event: "
-            "Kafka records; Routed, Revocation: Redis messages; InboxPage: delivery's HTTP page."
+            "ClientFrame/ServerFrame: WebSocket frames (docs/protocol.md); Envelope, Event, "
+            "RoomEvent: Kafka records; Routed, Revocation: Redis messages; InboxPage: "
+            "delivery's HTTP page."
         ),
         "$defs": defs,
     }

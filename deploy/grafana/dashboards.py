@@ -34,7 +34,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 HERE = Path(__file__).resolve().parent
 DS = DataSourceRef(type_val="prometheus", uid="prometheus")
 R = "$__rate_interval"
-SERVICES = ("auth", "keys", "gateway", "delivery", "web")
+SERVICES = ("auth", "keys", "gateway", "delivery", "web", "rooms")
 # Operational routes and the WebSocket (a "request" as long as its connection)
 # are left out of latency: they would hide the routes users wait for.
 NOT_TIMED = 'route!~"/ws|.*/(healthz|readyz|metrics)"'
@@ -185,7 +185,7 @@ def limits_panel(svc: str) -> P:
 
 
 def overview() -> dict[str, Any]:
-    up = 'up{job=~"auth|keys|gateway|delivery|web|haproxy"}'
+    up = 'up{job=~"auth|keys|gateway|delivery|web|rooms|haproxy"}'
     rows: list[Row] = [
         ("Health", [
             P("Targets up", "Scraped processes that answer, per job (gateway: one per pod).",
@@ -390,6 +390,31 @@ def delivery() -> dict[str, Any]:
     return build("parley-delivery", "Parley delivery", about, rows)
 
 
+def rooms() -> dict[str, Any]:
+    rows: list[Row] = [
+        http_row("rooms"),
+        ("Rooms", [
+            P("Membership changes", "Room events published per second, by type (joins, "
+              "invitations, leaves, removals, roles, state).",
+              (Q(f"sum by (change) (rate(parley_rooms_membership_changes_total[{R}]))",
+                 "{{change}}"),), "ops", width=8),
+            P("Public messages and mentions", "Messages posted to public rooms (stored, or a "
+              "resend answered with the original) and mention notifications, per second.",
+              (Q(f"sum by (result) (rate(parley_rooms_messages_total[{R}]))", "{{result}}"),
+               Q(f"sum(rate(parley_rooms_notifications_total[{R}]))", "notifications")),
+              "ops", width=8),
+            P("Event outbox", "Room events confirmed by Kafka at once, on a retry from the "
+              "outbox, or dropped (their change never committed), per second.",
+              (Q(f"sum by (path) (rate(parley_rooms_outbox_sent_total[{R}]))", "{{path}}"),),
+              "ops", width=8),
+            limits_panel("rooms"),
+        ]),
+        process_row("rooms"),
+    ]  # fmt: skip
+    about = "Rooms: membership changes, public messages, mentions, the event outbox."
+    return build("parley-rooms", "Parley rooms", about, rows)
+
+
 def web_apps() -> dict[str, Any]:
     rows: list[Row] = [http_row("web"), process_row("web")]
     about = "The browser apps' static files (the admin console at /admin/)."
@@ -458,6 +483,7 @@ DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "gateway.json": gateway,
     "delivery.json": delivery,
     "web.json": web_apps,
+    "rooms.json": rooms,
     "infrastructure.json": infrastructure,
 }
 

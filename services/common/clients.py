@@ -38,9 +38,11 @@ class Topics:
         self.events = f"{p}events"
         # Records a consumer could not process (docs/delivery.md, "Dead letters").
         self.dead_letters = f"{p}dead-letters"
+        # Membership and state changes of rooms, keyed by room (docs/rooms.md, "Events").
+        self.rooms = f"{p}rooms"
 
     def all(self) -> list[str]:
-        return [self.messages, self.events, self.dead_letters]
+        return [self.messages, self.events, self.dead_letters, self.rooms]
 
     def configs(self, settings: Settings, name: str) -> dict[str, str]:
         """A topic's configs at creation: the messages topic keeps ciphertext briefly."""

@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     # to find the records at fault (an outage waits without counting).
     delivery_max_attempts: int = Field(default=3, ge=1, le=100)
     sync_page_max: int = Field(default=200, ge=1, le=1000)
+    # The hot inbox (docs/delivery.md, "The hot path"): items still
+    # unacknowledged this long after they were stored move from Redis to
+    # MongoDB; the persister looks every hot_persist_interval_s, moving up to
+    # hot_persist_batch items per round trip. A resent or redelivered message
+    # is recognised in Redis for hot_dedup_s.
+    hot_persist_after_s: float = Field(default=5.0, ge=0, le=3600)
+    hot_persist_interval_s: float = Field(default=0.5, gt=0, le=60)
+    hot_persist_batch: int = Field(default=1000, ge=1, le=10_000)
+    hot_dedup_s: int = Field(default=86400, ge=60)
     # Inbox caps (docs/security.md): items waiting in one device inbox, and
     # items from one sender waiting in it; past either, a send is refused
     # (`inbox_full`, `too_many_pending`).

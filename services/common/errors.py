@@ -61,6 +61,16 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
     ErrorCode.INBOX_FULL: 429,
     ErrorCode.TOO_MANY_PENDING: 429,
+    ErrorCode.ROOM_NOT_FOUND: 404,
+    ErrorCode.ROOM_CLOSED: 409,
+    ErrorCode.ROOM_FULL: 409,
+    ErrorCode.NOT_A_MEMBER: 403,
+    ErrorCode.ALREADY_MEMBER: 409,
+    ErrorCode.INVITATION_NOT_FOUND: 404,
+    ErrorCode.CANNOT_TARGET_SELF: 422,
+    ErrorCode.CANNOT_REMOVE_OWNER: 403,
+    ErrorCode.OWNER_MUST_TRANSFER: 409,
+    ErrorCode.INVALID_TEXT: 422,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

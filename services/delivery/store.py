@@ -1,9 +1,15 @@
-"""All of the delivery service's I/O: the inbox in MongoDB, presence and routing in Redis.
+"""All of the delivery service's I/O: the hot inbox in Redis (services/delivery/hot.py),
+what waits in MongoDB, presence and routing in Redis.
+
+An item is stored in the hot inbox first (:meth:`DeliveryStore.store_hot`);
+only what is still unacknowledged after ``hot_persist_after_s`` is moved to
+MongoDB (:meth:`DeliveryStore.persist_due`). Pages read Redis, then MongoDB
+for the rest; acks delete from both.
 
 Collections (database ``<prefix>delivery``):
 
-- ``inbox``: one document per stored item (a message, or a ``key_changed``
-  notice) for one recipient: ``_id`` = ``"<user>|<seq, 16 digits>"``,
+- ``inbox``: one document per persisted item (a message, or a ``key_changed``
+  notice) for one device inbox: ``_id`` = ``"<inbox>|<seq, 16 digits>"``,
   ``server_id``, ``user``, ``seq`` (increasing per recipient, not dense),
   ``kind``, ``from``, ``client_id``, ``conversation``, ``body``,
   ``commitment``, ``sent_at``, ``acked``. With that ``_id``, "this user's
@@ -11,14 +17,9 @@ Collections (database ``<prefix>delivery``):
   the embedded server answers ``$in`` on ``_id`` from its index but scans the
   table for ranges and secondary-index equality (docs/embedded.md); on real
   MongoDB it is as cheap. An acknowledged item is deleted.
-- ``dedup_<day>``: one document per stored item, ``_id`` =
-  ``"<to>|<from>|<client_id>"`` (see :func:`dedup_key`), with the item's
-  ``seq`` and ``server_id``: the record that makes a resent or redelivered
-  message a no-op. A primary-key look-up, so it costs the same with ten
-  documents or ten million, on the embedded server and on MongoDB. One
-  collection per UTC day; a look-up reads the last ``DEDUP_DAYS`` of them, and
-  older ones are dropped whole (no scan, no TTL index that the embedded server
-  would only apply on read).
+- ``dedup_<day>``: the dedup records of versions before the hot inbox (now
+  in Redis for ``hot_dedup_s``); left to expire, dropped whole after
+  ``DEDUP_DAYS``.
 - ``counters``: ``{_id: user, n, acked}``: the last sequence number handed
   out, and the highest acknowledged one (acks start their range there).
 - ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
@@ -57,6 +58,7 @@ from services.common.routing import (
     pending_key,
     presence_key,
 )
+from services.delivery.hot import HotInbox
 
 DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
@@ -96,6 +98,7 @@ class DeliveryStore:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self._count_pending = redis.register_script(_COUNT_PENDING)
+        self.hot = HotInbox(redis, self.prefix, settings.hot_dedup_s)
 
     async def ensure_indexes(self) -> None:
         # The unique (from, client_id) index of 0.1 made every duplicate a table
@@ -149,25 +152,17 @@ class DeliveryStore:
         return {u: now[u] - n + 1 for u, n in counts.items()}
 
     # Storing ----------------------------------------------------------------
-    async def store(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Store inbox items exactly once; returns the stored version of each, in order.
+    async def store_hot(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store inbox items exactly once, in the hot inbox (Redis); returns the stored
+        version of each, in order, as :meth:`store` does.
 
-        ``items`` carry ``user`` (the inbox), ``from``, ``client_id``,
-        ``server_id`` and the item's fields, without ``_id``/``seq``. An item
-        whose (``user``, ``from``, ``client_id``) was stored before (a client
-        resend, a redelivered record, a repeat inside the batch) is not stored
-        again: the earlier copy comes back with ``duplicate`` set, and
-        ``acked`` set when it was acknowledged since.
-
-        Every step is idempotent and every look-up is by primary key:
-
-        1. the dedup records (the *claims*) of the batch are read;
-        2. new items get sequence numbers and their claims are inserted
-           (a claim lost to a concurrent writer is read back and used);
-        3. inbox documents are inserted at the claimed numbers. A claim without
-           its inbox document (a crash between 2 and 3) is repaired here; an
-           inbox ``_id`` held by another message (overlapping reservations)
-           moves this message to a fresh number.
+        MongoDB is touched once per batch (the sequence numbers, two round
+        trips whatever the batch's size); the items, their dedup records and
+        the persister's index go to Redis in one pipeline. A repeat of a
+        message seen within ``hot_dedup_s`` comes back with ``duplicate`` set
+        (and ``acked`` when it is no longer hot: acknowledged, or persisted and
+        left for sync). Kafka keeps the records until the items are persisted
+        or acknowledged (services/delivery/worker.py), so Redis may lose them.
         """
         if not items:
             return []
@@ -175,117 +170,100 @@ class DeliveryStore:
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        claims = await self._claims(list(first))
+        claims = await self.hot.claims(list(first))
+        result: dict[str, dict[str, Any]] = {}
+        if claims:
+            wanted: dict[str, list[int]] = {}
+            for key, (seq, _) in claims.items():
+                wanted.setdefault(items[first[key]]["inbox"], []).append(seq)
+            hot = await self.hot.get_many(wanted)
+            for key, (seq, server_id) in claims.items():
+                item = items[first[key]]
+                doc = hot.get(item["inbox"], {}).get(seq)
+                if doc is not None and _same_message(doc, item):
+                    result[key] = {**doc, "duplicate": True}
+                else:
+                    claim = {"inbox": item["inbox"], "seq": seq, "server_id": server_id}
+                    result[key] = {**_inbox_doc(item, claim), "duplicate": True, "acked": True}
         fresh = [k for k in first if k not in claims]
         if fresh:
             per_inbox = Counter(items[first[k]]["inbox"] for k in fresh)
             next_seq = await self.reserve_many(dict(per_inbox))
-            now = time.time()
-            new_claims = []
+            docs: list[tuple[str, dict[str, Any]]] = []
             for key in fresh:
                 item = items[first[key]]
                 seq = next_seq[item["inbox"]]
                 next_seq[item["inbox"]] = seq + 1
-                new_claims.append(
-                    {"_id": key, "inbox": item["inbox"], "seq": seq,
-                     "server_id": item["server_id"], "at": now}
-                )  # fmt: skip
-            lost = await self._insert_claims(new_claims)
-            claims.update({c["_id"]: c for c in new_claims if c["_id"] not in lost})
-            if lost:
-                claims.update(await self._claims(sorted(lost)))
-        stored = await self._materialise({k: (items[i], claims[k]) for k, i in first.items()},
-                                         known={k for k in first if k not in fresh})  # fmt: skip
+                claim = {"inbox": item["inbox"], "seq": seq, "server_id": item["server_id"]}
+                docs.append((key, _inbox_doc(item, claim)))
+            for _attempt in range(8):
+                clashes = await self.hot.put(docs, time.time())
+                for key, doc in docs:
+                    if key not in clashes:
+                        result[key] = doc
+                if not clashes:
+                    break
+                # Overlapping reservations (two consumers during a rebalance): the
+                # number is another message's; take fresh ones atomically.
+                docs = [
+                    (key, {**doc, "seq": (s := await self.reserve(doc["inbox"], 1)),
+                           "_id": item_id(doc["inbox"], s)})
+                    for key, doc in docs if key in clashes
+                ]  # fmt: skip
+            else:
+                raise SequenceCollision(f"sequence numbers kept clashing for {sorted(clashes)[:3]}")
         out = []
         for i, key in enumerate(keys):
-            doc = dict(stored[key])
+            doc = dict(result[key])
             if first[key] != i:
                 doc["duplicate"] = True
             out.append(doc)
         return out
 
-    async def _claims(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The claims of ``keys`` in every live dedup collection (newest wins)."""
-        if not keys:
-            return {}
-        chunks = [keys[i : i + ID_CHUNK] for i in range(0, len(keys), ID_CHUNK)]
-        colls = self._dedup_collections(time.time())
-        pages = await asyncio.gather(
-            *(c.find({"_id": {"$in": chunk}}).to_list(None) for c in colls for chunk in chunks)
-        )
-        found: dict[str, dict[str, Any]] = {}
-        for page in reversed(pages):  # oldest first, so the newest claim wins
-            found.update({doc["_id"]: doc for doc in page})
-        return found
+    async def persist_due(self, now: float | None = None) -> tuple[int, float | None]:
+        """Move hot items older than ``hot_persist_after_s`` to MongoDB.
 
-    async def _insert_claims(self, claims: list[dict[str, Any]]) -> set[str]:
-        """Insert claims into today's collection; returns the keys already claimed."""
-        lost: set[str] = set()
-        try:
-            await self._dedup_collections(time.time())[0].insert_many(claims, ordered=False)
-        except BulkWriteError as exc:
-            for err in exc.details.get("writeErrors", []):
-                if err.get("code") != DUPLICATE_KEY:
-                    raise
-                lost.add(claims[int(err["index"])]["_id"])
-        return lost
-
-    async def _materialise(
-        self, todo: dict[str, tuple[dict[str, Any], dict[str, Any]]], known: set[str]
-    ) -> dict[str, dict[str, Any]]:
-        """Make sure each claimed item has its inbox document; returns them by dedup key."""
-        result: dict[str, dict[str, Any]] = {}
-        # Claims found before this batch: is the inbox document there, and ours?
-        if known:
-            ids = {item_id(todo[k][1]["inbox"], int(todo[k][1]["seq"])): k for k in known}
-            present = {d["_id"]: d async for d in self.inbox.find({"_id": {"$in": list(ids)}})}
-            inboxes = list({todo[k][1]["inbox"] for k in known})
-            acked = {d["_id"]: int(d.get("acked", 0)) async for d in self.counters.find(
-                {"_id": {"$in": inboxes}}, {"acked": 1}
-            )}  # fmt: skip
-            for doc_id, key in ids.items():
-                item, claim = todo[key]
-                doc = present.get(doc_id)
-                if doc is not None and _same_message(doc, item):
-                    result[key] = {**doc, "duplicate": True}
-                elif doc is None and int(claim["seq"]) <= acked.get(claim["inbox"], 0):
-                    # Stored, delivered and acknowledged (then deleted) before.
-                    result[key] = {**_inbox_doc(item, claim), "duplicate": True, "acked": True}
-        pending = {k: v for k, v in todo.items() if k not in result}
-        for _attempt in range(8):
-            if not pending:
-                return result
-            docs = {k: _inbox_doc(item, claim) for k, (item, claim) in pending.items()}
-            clashes: set[str] = set()
-            try:
-                await self.inbox.insert_many(list(docs.values()), ordered=False)
-            except BulkWriteError as exc:
-                order = list(docs)
-                for err in exc.details.get("writeErrors", []):
-                    if err.get("code") != DUPLICATE_KEY:
+        Returns how many were written and, when nothing older is left, the
+        cutoff: every item stored before it is now in MongoDB or acknowledged
+        (what lets Kafka offsets be committed). Each item is inserted before it
+        leaves Redis (so a reader always finds it in one of the two), and after
+        it left, any copy at or below its inbox's ``acked`` watermark is deleted
+        again: an ack that raced the move (the ack path raises the watermark
+        first, then deletes wherever it finds the item) leaves nothing behind.
+        Several delivery processes may move the same items: inserts are
+        idempotent (the ``_id``).
+        """
+        cutoff = (time.time() if now is None else now) - self.settings.hot_persist_after_s
+        batch = self.settings.hot_persist_batch
+        written = 0
+        while True:
+            due = await self.hot.due(cutoff, batch)
+            if not due:
+                return written, cutoff
+            wanted: dict[str, list[int]] = {}
+            for inbox, seq in due:
+                wanted.setdefault(inbox, []).append(seq)
+            hot = await self.hot.get_many(wanted)
+            docs = [doc for per in hot.values() for doc in per.values()]
+            if docs:
+                try:
+                    await self.inbox.insert_many(docs, ordered=False)
+                except BulkWriteError as exc:
+                    if any(e.get("code") != DUPLICATE_KEY
+                           for e in exc.details.get("writeErrors", [])):  # fmt: skip
                         raise
-                    clashes.add(order[int(err["index"])])
-            for key in docs.keys() - clashes:
-                result[key] = docs[key]
-            moved: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-            if clashes:
-                held = {d["_id"]: d async for d in self.inbox.find(
-                    {"_id": {"$in": [docs[k]["_id"] for k in clashes]}}
+            await self.hot.remove(due)
+            if docs:
+                inboxes = list(hot)
+                acked = {d["_id"]: int(d.get("acked", 0)) async for d in self.counters.find(
+                    {"_id": {"$in": inboxes}}, {"acked": 1}
                 )}  # fmt: skip
-                for key in clashes:
-                    item, claim = pending[key]
-                    holder = held.get(docs[key]["_id"])
-                    if holder is not None and _same_message(holder, item):
-                        result[key] = holder  # a concurrent writer stored this very message
-                        continue
-                    # Another message holds this number: take a fresh one atomically.
-                    seq = await self.reserve(claim["inbox"], 1)
-                    await self._dedup_collections(time.time())[0].update_one(
-                        {"_id": key}, {"$set": {**claim, "seq": seq}}, upsert=True
-                    )
-                    moved[key] = (item, {**claim, "seq": seq})
-            pending = moved
-        raise SequenceCollision(f"sequence numbers kept clashing for {sorted(pending)[:3]}")
+                stale = [d["_id"] for d in docs if int(d["seq"]) <= acked.get(d["inbox"], 0)]
+                if stale:
+                    await self.inbox.delete_many({"_id": {"$in": stale}})
+            written += len(docs)
+            if len(due) < batch:
+                return written, cutoff
 
     def _dedup_collections(self, now: float) -> list[AsyncCollection[dict[str, Any]]]:
         """Today's dedup collection first, then the previous days still kept."""
@@ -328,6 +306,7 @@ class DeliveryStore:
             deleted += int(res.deleted_count)
         await self.counters.update_one({"_id": inbox}, {"$max": {"acked": last}})
         await self.redis.delete(pending_key(self.prefix, inbox))
+        await self.hot.drop(inbox, range(first, last + 1))
         return deleted
 
     # Caps and expiry ----------------------------------------------------------
@@ -431,12 +410,28 @@ class DeliveryStore:
         found: list[dict[str, Any]] = []
         while start < last and len(found) < limit:
             stop = min(last, start + limit)
-            docs = await self._by_seq(user, start + 1, stop, {"acked": False})
-            found.extend(docs)
+            seqs = list(range(start + 1, stop + 1))
+            # Hot first; what is not hot was persisted (it is inserted into
+            # MongoDB before it leaves Redis, so it is always in one of them).
+            hot = await self.hot.get(user, seqs)
+            found.extend(hot.values())
+            cold = [s for s in seqs if s not in hot]
+            if cold:
+                found.extend(await self._by_ids(user, cold, {"acked": False}))
             start = stop
         found.sort(key=lambda d: d["seq"])
         more = len(found) > limit or start < last
         return found[:limit], more
+
+    async def _by_ids(
+        self, user: str, seqs: list[int], extra: dict[str, Any], fields: Any = None
+    ) -> list[dict[str, Any]]:
+        ids = [item_id(user, s) for s in seqs]
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(ids), ID_CHUNK):
+            query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, **extra}
+            out.extend([d async for d in self.inbox.find(query, fields)])
+        return out
 
     async def _by_seq(
         self, user: str, first: int, last: int, extra: dict[str, Any], fields: Any = None
@@ -454,9 +449,11 @@ class DeliveryStore:
         return {d["_id"]: int(d.get("n", 0)) async for d in docs}
 
     async def acknowledge_many(self, targets: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
-        """Acknowledge for many users at once, in four round trips whatever their number.
+        """Acknowledge for many device inboxes at once: a few round trips whatever
+        their number (MongoDB: the counters, the watermarks, and only for items
+        no longer hot a find and a delete; Redis: a read and a delete).
 
-        Each user's range starts at its ``acked`` watermark; acknowledged items
+        Each inbox's range starts at its ``acked`` watermark; acknowledged items
         are deleted (their dedup records keep later resends out).
         """
         users = list(targets)
@@ -464,7 +461,6 @@ class DeliveryStore:
             d["_id"]: d
             async for d in self.counters.find({"_id": {"$in": users}}, {"acked": 1, "n": 1})
         }
-        ids: list[str] = []
         tops: dict[str, int] = {}
         for user, seq in targets.items():
             counter = counters.get(user, {})
@@ -472,27 +468,35 @@ class DeliveryStore:
             top = min(seq, int(counter.get("n", 0)))
             if top > floor:
                 tops[user] = top
-                ids.extend(item_id(user, s) for s in range(floor + 1, top + 1))
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
         if not tops:
             return acked
-        fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
-                  "client_id": 1, "kind": 1, "conversation": 1,
-                  "server_id": 1}  # fmt: skip
-        found: list[dict[str, Any]] = []
-        for i in range(0, len(ids), ID_CHUNK):
-            query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, "acked": False}
-            found.extend([d async for d in self.inbox.find(query, fields)])
-        for doc in sorted(found, key=lambda d: str(d["_id"])):
-            acked[doc["inbox"]].append(doc)
-        if found:
-            await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in found]}})
-        # Raise each watermark, never lower it (acks may race): $max is atomic.
-        # (Not a filter with $or: the embedded server drops the _id beside it.)
+        # The watermark first (never lowered: $max is atomic; not a filter with
+        # $or, which the embedded server drops beside the _id): from here no
+        # page returns these items, and the persister deletes any copy it writes
+        # at or below it (persist_due).
         await self.counters.bulk_write(
             [UpdateOne({"_id": u}, {"$max": {"acked": top}}) for u, top in tops.items()],
             ordered=False,
         )
+        ranges = {u: list(range(int(counters.get(u, {}).get("acked", 0)) + 1, top + 1))
+                  for u, top in tops.items()}  # fmt: skip
+        hot = await self.hot.get_many(ranges)
+        found: list[dict[str, Any]] = [d for per in hot.values() for d in per.values()]
+        cold = [item_id(u, s) for u, seqs in ranges.items() for s in seqs
+                if s not in hot.get(u, {})]  # fmt: skip
+        fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
+                  "client_id": 1, "kind": 1, "conversation": 1, "seq": 1,
+                  "server_id": 1}  # fmt: skip
+        stored: list[dict[str, Any]] = []
+        for i in range(0, len(cold), ID_CHUNK):
+            query = {"_id": {"$in": cold[i : i + ID_CHUNK]}, "acked": False}
+            stored.extend([d async for d in self.inbox.find(query, fields)])
+        if stored:
+            await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in stored]}})
+        await self.hot.remove((d["inbox"], int(d["seq"])) for d in found)
+        for doc in sorted(found + stored, key=lambda d: str(d["_id"])):
+            acked[doc["inbox"]].append(doc)
         return acked
 
     # Routing ----------------------------------------------------------------

@@ -1,12 +1,17 @@
 """The Kafka consumers of the delivery service.
 
-``messages``: each batch of envelopes is stored (exactly once per
-(recipient, sender, client id): :meth:`DeliveryStore.store`), pushed to the
-recipients' gateways and ``stored`` to the senders with one Redis pipeline,
-and only then committed. A worker that dies mid-batch leaves the batch
-uncommitted: the next owner of the partitions processes it again and the
-dedup records make the second copy a no-op (the frames are pushed again;
-clients drop a ``seq`` they have).
+``messages``: each batch of envelopes is stored in the hot inbox in Redis
+(exactly once per (recipient, sender, client id):
+:meth:`DeliveryStore.store_hot`), pushed to the recipients' gateways and
+``stored`` to the senders. Its offsets are committed only once every item of
+the batch is acknowledged or persisted to MongoDB (the persister,
+:meth:`Worker._persist_loop`, moves what waits longer than
+``hot_persist_after_s``): Kafka is the log of record until then. A worker
+that dies mid-batch, or a Redis that loses its data, leaves the batch
+uncommitted: it is consumed again (from the committed offsets) and the
+dedup records make a copy still known a no-op; a copy stored again after
+Redis lost them carries the same ``server_id``, which clients drop
+(docs/delivery.md, "The hot path").
 
 No record can hold up a partition for ever (:meth:`Worker._process`): while
 MongoDB or Redis is down the batch waits and retries without limit (nothing
@@ -25,9 +30,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from parley_contract import envelopes as e
 from parley_contract import frames as f
@@ -47,6 +53,14 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Handler: TypeAlias = Callable[[list[Record]], Awaitable[None]]
 
 
+@dataclass
+class Uncommitted:
+    """Batches a consumer processed but may not commit yet: (when stored, offsets)."""
+
+    batches: list[tuple[float, dict[TopicPartition, int]]] = field(default_factory=list)
+    rewinds: int = 0
+
+
 class Worker:
     def __init__(
         self,
@@ -63,6 +77,13 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self.running = asyncio.Event()
         self._known_pairs: set[tuple[str, str]] = set()
+        # Every hot item stored before this moment is persisted or acknowledged
+        # (the persister's last complete pass): batches older may be committed.
+        self.persisted_until = 0.0
+        # Bumped when Redis lost the hot inbox: consumers go back to their
+        # committed offsets.
+        self.rewinds = 0
+        self._beat = 0
         self.stored = Counter(
             "parley_delivery_stored_total", "Items stored in inboxes.", ["kind"], registry=registry
         )
@@ -90,6 +111,16 @@ class Worker:
         self.expired = Counter(
             "parley_delivery_expired_total",
             "Unacknowledged inbox items deleted by the expiry job (inbox_expiry_s).",
+            registry=registry,
+        )
+        self.persisted = Counter(
+            "parley_delivery_persisted_total",
+            "Hot inbox items moved to MongoDB (unacknowledged after hot_persist_after_s).",
+            registry=registry,
+        )
+        self.hot_lost = Counter(
+            "parley_delivery_hot_inbox_lost_total",
+            "Times Redis was found to have lost the hot inbox (consumers rewound to Kafka).",
             registry=registry,
         )
         self.down: list[str] = []
@@ -132,6 +163,7 @@ class Worker:
         self._tasks += [
             asyncio.create_task(self._run(self.topics.events, self.handle_events, "-events")),
             asyncio.create_task(self._purge_loop()),
+            asyncio.create_task(self._persist_loop()),
         ]
 
     def groups(self) -> dict[str, list[str]]:
@@ -157,7 +189,10 @@ class Worker:
                 if topic == self.topics.messages:
                     self.running.set()
                 delay = 0.2
-                await self._consume(consumer, handler)
+                if topic == self.topics.messages:
+                    await self._consume_messages(consumer, handler)
+                else:
+                    await self._consume(consumer, handler)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -185,6 +220,85 @@ class Worker:
                 log.info("commit failed after rebalance; batch will be redelivered")
             self.batch_size.observe(len(records))
             self.batch_seconds.observe(time.perf_counter() - start)
+
+    async def _consume_messages(self, consumer: AIOKafkaConsumer, handler: Handler) -> None:
+        """As :meth:`_consume`, committing a batch only once its items are safe in
+        MongoDB or acknowledged (``persisted_until`` passed the time it was stored);
+        after Redis lost the hot inbox, back to the committed offsets."""
+        pending = Uncommitted(rewinds=self.rewinds)
+        while True:
+            if pending.rewinds != self.rewinds:
+                await self._rewind(consumer, pending)
+            batches = await consumer.getmany(timeout_ms=200)
+            records = [r for part in batches.values() for r in part]
+            if records:
+                start = time.perf_counter()
+                await self._process(handler, records)
+                offsets: dict[TopicPartition, int] = {}
+                for r in records:
+                    tp = TopicPartition(r.topic, r.partition)
+                    offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+                pending.batches.append((time.time(), offsets))
+                self.batch_size.observe(len(records))
+                self.batch_seconds.observe(time.perf_counter() - start)
+            await self._commit_safe(consumer, pending)
+
+    async def _commit_safe(self, consumer: AIOKafkaConsumer, pending: Uncommitted) -> None:
+        ready = [b for b in pending.batches if b[0] <= self.persisted_until]
+        if not ready or pending.rewinds != self.rewinds:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for _, batch in ready:
+            for tp, off in batch.items():
+                offsets[tp] = max(offsets.get(tp, 0), off)
+        mine = consumer.assignment()
+        offsets = {tp: off for tp, off in offsets.items() if tp in mine}
+        pending.batches = pending.batches[len(ready) :]
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError:
+            # A rebalance took the partitions: their next owner redoes the batches.
+            log.info("commit failed after rebalance; batches will be redelivered")
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, pending: Uncommitted) -> None:
+        """Consume again from the committed offsets: what the lost hot inbox held."""
+        pending.batches.clear()
+        pending.rewinds = self.rewinds
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        log.warning("hot inbox lost: consuming again from the committed offsets")
+
+    async def _persist_loop(self) -> None:
+        """Move what waits in the hot inbox to MongoDB; notice when Redis lost it."""
+        while True:
+            try:
+                await self.persist_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("persister waiting", extra={"error": repr(exc)})
+            await asyncio.sleep(self.settings.hot_persist_interval_s)
+
+    async def persist_once(self) -> None:
+        beat = await self.store.hot.heartbeat()
+        if beat <= self._beat:
+            # The counter went back: Redis restarted empty or from an older
+            # snapshot. Nothing stored since the last complete pass may be there.
+            self._beat = beat
+            self.rewinds += 1
+            self.hot_lost.inc()
+            return
+        self._beat = beat
+        written, until = await self.store.persist_due()
+        self.persisted.inc(written)
+        if until is not None:
+            self.persisted_until = max(self.persisted_until, until)
 
     async def _process(self, handler: Handler, records: list[Record]) -> None:
         """Run a batch to the end; never gives up the partition and never blocks it for ever.
@@ -294,7 +408,7 @@ class Worker:
             return
         now = time.time()
         items = [item_doc(env, now) for env in envs]
-        stored = await self.store.store(items)
+        stored = await self.store.store_hot(items)
         await self.store.count_pending([d for d in stored if not d.get("duplicate")], 1)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
         frames: list[Push] = []

@@ -12,7 +12,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import Settings
-from services.delivery.store import DeliveryStore, item_id
+from services.delivery.store import DeliveryStore
 
 
 @pytest.fixture
@@ -46,8 +46,8 @@ async def test_sequence_numbers_are_reserved_in_blocks(store: DeliveryStore) -> 
 
 
 async def test_duplicates_return_the_earlier_copy(store: DeliveryStore) -> None:
-    first = await store.store([item("bob", 1, cid="x")])
-    again = await store.store([item("bob", 2, cid="x"), item("bob", 3, cid="y")])
+    first = await store.store_hot([item("bob", 1, cid="x")])
+    again = await store.store_hot([item("bob", 2, cid="x"), item("bob", 3, cid="y")])
     assert first[0]["seq"] == 1 and "duplicate" not in first[0]
     assert again[0]["seq"] == 1 and again[0]["duplicate"] is True
     assert again[0]["server_id"] == first[0]["server_id"]  # the original identity
@@ -59,7 +59,7 @@ async def test_duplicates_return_the_earlier_copy(store: DeliveryStore) -> None:
 
 
 async def test_a_repeat_inside_one_batch_is_stored_once(store: DeliveryStore) -> None:
-    out = await store.store([item("ida", cid="a"), item("ida", cid="a"), item("ida", cid="b")])
+    out = await store.store_hot([item("ida", cid="a"), item("ida", cid="a"), item("ida", cid="b")])
     assert [d["seq"] for d in out] == [1, 1, 2]
     assert [d.get("duplicate", False) for d in out] == [False, True, False]
     assert [d["client_id"] for d in (await store.page("ida", 0, 10))[0]] == ["a", "b"]
@@ -68,7 +68,7 @@ async def test_a_repeat_inside_one_batch_is_stored_once(store: DeliveryStore) ->
 async def test_the_same_client_id_from_two_senders_or_to_two_inboxes_is_two_messages(
     store: DeliveryStore,
 ) -> None:
-    out = await store.store(
+    out = await store.store_hot(
         [item("ann", sender="s1", cid="x"), item("ann", sender="s2", cid="x"),
          item("bea", sender="s1", cid="x")]
     )  # fmt: skip
@@ -78,7 +78,7 @@ async def test_the_same_client_id_from_two_senders_or_to_two_inboxes_is_two_mess
 
 
 async def test_acks_are_cumulative_idempotent_and_per_user(store: DeliveryStore) -> None:
-    await store.store([item("bob", s) for s in range(1, 6)] + [item("eve", 1, cid="e1")])
+    await store.store_hot([item("bob", s) for s in range(1, 6)] + [item("eve", 1, cid="e1")])
     assert [d["client_id"] for d in await ack(store, "bob", 3)] == ["c1", "c2", "c3"]
     assert await ack(store, "bob", 2) == []
     assert await ack(store, "bob", 3) == []
@@ -89,13 +89,13 @@ async def test_acks_are_cumulative_idempotent_and_per_user(store: DeliveryStore)
     # Bob's acks never touched Eve's inbox.
     assert [d["seq"] for d in (await store.page("eve", 0, 10))[0]] == [1]
     # The dedup record keeps a resend after the ack from being stored again.
-    again = await store.store([item("bob", 7, cid="c2")])
+    again = await store.store_hot([item("bob", 7, cid="c2")])
     assert again[0]["duplicate"] is True and again[0]["acked"] is True
     assert (await store.page("bob", 0, 10))[0] == []
 
 
 async def test_pages_follow_the_cursor(store: DeliveryStore) -> None:
-    await store.store([item("pat", s) for s in range(1, 8)])
+    await store.store_hot([item("pat", s) for s in range(1, 8)])
     await store.reserve("pat", 2)  # seq 8 and 9 never stored (a gap, as after a clash)
     page, more = await store.page("pat", 2, 3)
     assert [d["seq"] for d in page] == [3, 4, 5]
@@ -109,7 +109,7 @@ async def test_pages_follow_the_cursor(store: DeliveryStore) -> None:
 
 async def test_many_users_are_acknowledged_in_one_call(store: DeliveryStore) -> None:
     for user in ("ann", "ben", "cat"):
-        await store.store([item(user, s, cid=f"{user}{s}") for s in range(1, 4)])
+        await store.store_hot([item(user, s, cid=f"{user}{s}") for s in range(1, 4)])
     acked = await store.acknowledge_many({"ann": 2, "ben": 3, "cat": 0, "nobody": 5})
     assert [d["client_id"] for d in acked["ann"]] == ["ann1", "ann2"]
     assert [d["client_id"] for d in acked["ben"]] == ["ben1", "ben2", "ben3"]
@@ -122,24 +122,25 @@ async def test_a_taken_sequence_number_moves_the_new_message_instead_of_dropping
     store: DeliveryStore,
 ) -> None:
     """Two writers that reserved overlapping numbers (a rebalance overlap)."""
-    await store.store([item("zoe", cid="first")])
+    await store.store_hot([item("zoe", cid="first")])
     # Wind the counter back, as an overlapping reservation would see it.
     await store.counters.update_one({"_id": "zoe"}, {"$set": {"n": 0}})
-    out = await store.store([item("zoe", cid="second")])
+    out = await store.store_hot([item("zoe", cid="second")])
     assert out[0]["seq"] == 2
     page, _ = await store.page("zoe", 0, 10)
     assert [(d["seq"], d["client_id"]) for d in page] == [(1, "first"), (2, "second")]
     # The claim follows the message: a resend finds it at its new number.
-    again = await store.store([item("zoe", cid="second")])
+    again = await store.store_hot([item("zoe", cid="second")])
     assert again[0]["duplicate"] is True and again[0]["seq"] == 2
 
 
-async def test_a_claim_without_its_inbox_item_is_repaired(store: DeliveryStore) -> None:
-    """A worker killed between writing the dedup record and the inbox item."""
-    await store.store([item("kim", cid="a"), item("kim", cid="b")])
-    await store.inbox.delete_one({"_id": item_id("kim", 2)})
-    out = await store.store([item("kim", 9, cid="b")])
-    assert out[0]["seq"] == 2
+async def test_an_item_moved_to_mongodb_is_still_a_duplicate(store: DeliveryStore) -> None:
+    """A resend of an item the persister moved (no longer hot) is recognised and
+    not pushed again (``acked``: the device gets it by sync)."""
+    await store.store_hot([item("kim", cid="a"), item("kim", cid="b")])
+    await store.persist_due(now=time.time() + store.settings.hot_persist_after_s + 1)
+    out = await store.store_hot([item("kim", 9, cid="b")])
+    assert out[0]["seq"] == 2 and out[0]["duplicate"] is True
     page, _ = await store.page("kim", 0, 10)
     assert [(d["seq"], d["client_id"]) for d in page] == [(1, "a"), (2, "b")]
 
@@ -147,7 +148,9 @@ async def test_a_claim_without_its_inbox_item_is_repaired(store: DeliveryStore) 
 async def test_expired_dedup_collections_are_dropped_whole(store: DeliveryStore) -> None:
     from services.delivery.store import DAY_S, DEDUP_DAYS
 
-    await store.store([item("tom", s) for s in range(1, 4)])
+    # Written by versions before the hot inbox: dropped whole once expired.
+    await store.store_hot([item("tom", s) for s in range(1, 4)])
+    await store._dedup_collections(time.time())[0].insert_one({"_id": "tom|s|c1", "seq": 1})
     assert await store.drop_expired_dedup() == []  # today's is kept
     later = time.time() + (DEDUP_DAYS + 1) * DAY_S
     dropped = await store.drop_expired_dedup(now=later)
@@ -181,9 +184,11 @@ async def test_resends_against_a_large_inbox_are_primary_key_lookups(settings: S
 
     0.1 looked duplicates up with ``$or`` over (from, client_id), a table scan
     on the embedded server (500 keys: 139 s on a 63k-item inbox) that stalled
-    delivery for everyone. Every look-up of ``store`` and of acks is now by
-    primary key (``_id`` equality or ``$in``), so its cost does not grow with
-    the inbox: checked on every command the store sends.
+    delivery for everyone. Duplicates are now found in Redis, and every MongoDB
+    look-up of storing, persisting, acking and paging is by primary key (``_id``
+    equality or ``$in``), so its cost does not grow with the inbox: checked on
+    every command the store sends, with the whole inbox moved to MongoDB (an
+    offline device).
     """
     listener = FindFilters()
     mongo = AsyncMongoClient(settings.mongo_url, event_listeners=[listener], tz_aware=True)
@@ -193,12 +198,14 @@ async def test_resends_against_a_large_inbox_are_primary_key_lookups(settings: S
         users = [f"big{i}" for i in range(20)]
         total, batch = 30_000, 500
         for start in range(0, total, batch):
-            await store.store(
+            await store.store_hot(
                 [item(users[n % 20], n, cid=f"m{n}") for n in range(start, start + batch)]
             )
+        await store.persist_due(now=time.time() + settings.hot_persist_after_s + 1)
+        assert await store.inbox.count_documents({}) == total
         listener.filters.clear()
         resend = [item(users[n % 20], n, cid=f"m{n}") for n in range(0, total, total // 500)]
-        out = await store.store(resend)
+        out = await store.store_hot(resend)
         assert len(out) == 500 and all(d["duplicate"] is True for d in out)
         await store.acknowledge_many({u: 10 for u in users})
         await store.page(users[0], 0, 200)
@@ -221,7 +228,9 @@ async def _pending(store: DeliveryStore, inbox: str) -> dict[str, int]:
 
 async def test_waiting_counts_follow_stores_acks_and_drops(store: DeliveryStore) -> None:
     """What the gateways read to enforce the inbox caps (#20)."""
-    stored = await store.store([item("ann", n, sender="s1" if n < 3 else "s2") for n in range(5)])
+    stored = await store.store_hot(
+        [item("ann", n, sender="s1" if n < 3 else "s2") for n in range(5)]
+    )
     await store.count_pending(stored, 1)
     assert await _pending(store, "ann") == {"*": 5, "s1": 3, "s2": 2}
     await store.count_pending(await ack(store, "ann", 3), -1)
@@ -247,9 +256,11 @@ async def test_unacknowledged_items_expire_by_a_job_not_on_read(store: DeliveryS
         for it in batch:
             n = int(it["client_id"][1:])
             it["stored_at"] = now - expiry - 60 if n < old else now - 60
-        await store.count_pending(await store.store(batch), 1)
+        await store.count_pending(await store.store_hot(batch), 1)
     fresh = [{**item("other", n, cid=f"o{n}"), "stored_at": now} for n in range(3)]
-    await store.count_pending(await store.store(fresh), 1)
+    await store.count_pending(await store.store_hot(fresh), 1)
+    # Unacknowledged, all of it moved from the hot inbox to MongoDB long ago.
+    await store.persist_due(now=time.time() + store.settings.hot_persist_after_s + 1)
     # Not on read: a page still shows the expired items until the job runs.
     page, _ = await store.page("drawer", 0, 5)
     assert [d["client_id"] for d in page] == ["m0", "m1", "m2", "m3", "m4"]
@@ -261,6 +272,6 @@ async def test_unacknowledged_items_expire_by_a_job_not_on_read(store: DeliveryS
     assert await _pending(store, "drawer") == {"*": new, "s": new}
     assert len((await store.page("other", 0, 10))[0]) == 3
     assert await store.purge_expired(now=now) == 0  # nothing more, and idempotent
-    again = await store.store([item("drawer", 0, cid="m0")])
+    again = await store.store_hot([item("drawer", 0, cid="m0")])
     assert again[0]["duplicate"] is True and again[0].get("acked") is True
     assert await store.inbox.count_documents({"inbox": "drawer"}) == new

@@ -31,6 +31,7 @@ PARLEY = {
     "web": "web",
     "keys": "keys",
     "delivery": "delivery",
+    "rooms": "rooms",
     "gateway1": "gateway",
     "gateway2": "gateway",
 }
@@ -242,7 +243,7 @@ def test_parley_services_wait_for_their_servers(services: dict[str, dict[str, An
         if name != "auth":
             assert deps["kafka-init"]["condition"] == "service_completed_successfully", name
             assert deps["auth"]["condition"] == "service_healthy", name
-    for name in ("auth", "keys", "delivery"):
+    for name in ("auth", "keys", "delivery", "rooms"):
         assert depends_on(services[name])["mongo"]["condition"] == "service_healthy"
 
 
@@ -352,6 +353,7 @@ def test_haproxy_backends_reach_the_services_on_their_ports(
         "GATEWAY1_ADDR": "gateway1",
         "GATEWAY2_ADDR": "gateway2",
         "DELIVERY_ADDR": "delivery",
+        "ROOMS_ADDR": "rooms",
     }
     for var, target in backends.items():
         host, _, port = env[var].rpartition(":")

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from parley_contract import envelopes as e
 from pymongo import AsyncMongoClient
 
-from services.delivery.store import DAY_S, dedup_key
+from services.delivery.hot import HotInbox
+from services.delivery.store import dedup_key
 from tests.support.aio import eventually
 from tests.support.stack import System, http_status
 from tests.support.users import signup
@@ -178,16 +179,17 @@ async def test_poisoned_records_are_dead_lettered_and_the_rest_delivered(
     rcpt = await signup(system.lb)
     good = [env_for(rcpt.user_id, "s", f"g{i}") for i in range(20)]
     # A record that passes the contract but that the store cannot take (its
-    # dedup record is corrupt: a seq that is not a number), so that the
-    # bisecting retry must isolate it among good ones; and one that is not
-    # even JSON.
+    # dedup record in the hot inbox is corrupt: a seq that is not a number), so
+    # that the bisecting retry must isolate it among good ones; and one that is
+    # not even JSON.
     poison = env_for(rcpt.user_id, "s", "poison")
-    day = int(time.time() // DAY_S)
-    await db[f"dedup_{day}"].insert_one(
-        {"_id": dedup_key(e.inbox_id(rcpt.user_id, 1), "s", "poison"),
-         "inbox": e.inbox_id(rcpt.user_id, 1),
-         "seq": "corrupt", "server_id": "x"}
-    )  # fmt: skip
+    redis = aioredis.Redis.from_url(system.cfg.url("redis"))
+    hot = HotInbox(redis, system.prefix, 3600)
+    try:
+        dedup = dedup_key(e.inbox_id(rcpt.user_id, 1), "s", "poison")
+        await redis.set(hot.dup_key(dedup), "corrupt|x", ex=3600)
+    finally:
+        await redis.aclose()
     name = topic(system, "messages")
     key = e.inbox_id(rcpt.user_id, 1).encode()
     acks = [await kafka.send(name, e.encode(env), key=key) for env in good[:10]]

@@ -31,7 +31,7 @@ from tests.support.users import signup
 # while 700 messages go out at 10/s: minutes on a busy machine, not the default 120 s.
 pytestmark = pytest.mark.timeout(600)
 
-READY = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz")
+READY = ("/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/rooms/readyz")
 
 
 @dataclass

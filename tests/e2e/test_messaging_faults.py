@@ -90,6 +90,39 @@ async def test_kill_9_the_delivery_worker_mid_batch_loses_and_duplicates_nothing
     assert_exactly_once_in_order(receiver.bodies, "dkill", n)
 
 
+async def test_redis_losing_everything_mid_run_loses_and_duplicates_nothing(
+    system: System,
+) -> None:
+    """kill -9 of Redis (no persistence: the hot inbox, presence, dedup records all
+    gone) while a sender streams to an offline recipient (#13). Kafka still holds
+    every record not yet persisted or acknowledged; delivery notices the loss,
+    consumes again from its committed offsets, and the recipient gets every
+    accepted message once."""
+    alice, bob = await signup(system.lb), await signup(system.lb)
+    sender = Sender(system, alice, bob.user_id, "rkill")
+    n = 400
+    send = asyncio.create_task(sender.run(n, pace=0.005))
+    procs = system.stack.procs
+    assert procs is not None
+    await eventually(lambda: asyncio.sleep(0, len(sender.accepted)), lambda k: k >= 150)
+    procs.kill("redis")
+    procs.start("redis")
+    try:
+        await asyncio.wait_for(send, 120)
+    finally:
+        await sender.close()
+        system.wait_ready()
+    receiver = Receiver(system, bob)
+    try:
+        await receiver.sync()
+        await receiver.listen_until(n, timeout=120)
+    finally:
+        await receiver.close()
+    assert len(sender.accepted) == n
+    assert_exactly_once_in_order(receiver.bodies, "rkill", n)
+    print(f"\nredis loss: {receiver.restored} copies stored again (same server_id), dropped")
+
+
 async def test_redis_restart_rebuilds_presence_and_delivery_continues(system: System) -> None:
     alice, bob = await signup(system.lb), await signup(system.lb)
     ca = await WsClient.connect(system.ws_url, alice.token)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.stack import System, http_status
 
-SERVICES = ["auth", "keys", "gateway", "delivery"]
+SERVICES = ["auth", "keys", "gateway", "delivery", "rooms"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -55,7 +55,7 @@ def test_unknown_path_gets_the_error_model(system: System) -> None:
 INTERNAL = [
     "/auth/metrics", "/keys/readyz", "/gateway/metrics", "/delivery/readyz", "/web/metrics",
     "/auth/metrics/", "//auth/metrics", "/auth//readyz", "/AUTH/METRICS", "/auth/%6detrics",
-    "/delivery/%72eadyz",
+    "/delivery/%72eadyz", "/rooms/metrics", "/rooms/readyz",
 ]  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from tests.fuzz.conftest import Admin
 from tests.support.stack import System
 from tests.support.users import User, signup
 
-SERVICES = ["auth", "keys", "delivery", "gateway"]
+SERVICES = ["auth", "keys", "delivery", "gateway", "rooms"]
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 
@@ -84,7 +84,8 @@ async def test_every_protected_operation_refuses_who_may_not_call_it(
                         url = system.lb + fill(
                             path,
                             {"user_id": user.user_id, "device_id": "1", **values,
-                             "link_id": "AAAAAAAAAAA", "client_id": "x", "sid": "x", "user": "x"},
+                             "link_id": "AAAAAAAAAAA", "client_id": "x", "sid": "x", "user": "x",
+                             "room_id": "0" * 24},
                         )  # fmt: skip
                         headers = {"Authorization": f"Bearer {token}"} if token else {}
                         body = {} if method in {"post", "put", "patch"} else None

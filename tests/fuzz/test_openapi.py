@@ -25,7 +25,7 @@ from tests.fuzz.conftest import Admin, login
 from tests.support.stack import System
 from tests.support.users import User
 
-SERVICES = ["auth", "keys", "delivery", "gateway"]
+SERVICES = ["auth", "keys", "delivery", "gateway", "rooms"]
 EXAMPLES = int(os.environ.get("PARLEY_FUZZ_EXAMPLES", "10"))
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 

@@ -77,7 +77,9 @@ async def test_the_expiry_job_deletes_what_waited_too_long(messaging: Messaging)
     for n in range(3):
         assert (await _send(alice, f"x{n}", bob_id))["op"] == "stored"
     inbox = f"{bob_id}.1"
-    # The first two were stored 31 days ago.
+    # Unacknowledged, they move from the hot inbox to MongoDB (seconds later)...
+    await worker.store.persist_due(now=time.time() + worker.settings.hot_persist_after_s + 1)
+    # ... where the first two were stored 31 days ago.
     old = time.time() - 31 * 86400
     await worker.store.inbox.update_many(
         {"_id": {"$in": [f"{inbox}|{s:016d}" for s in (1, 2)]}}, {"$set": {"stored_at": old}}

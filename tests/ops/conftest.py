@@ -239,6 +239,25 @@ async def ops_flow(
             await alice.send(carol.username, secret(), wait="stored")
         for _ in range(20):  # and a burst more
             await bob.send(carol.username, secret())
+        # A public room: created, joined, a message mentioning alice, her notification.
+        async with aiohttp.ClientSession() as http:
+            lb, alice_token, bob_token = system.lb, flow.tokens[0], flow.tokens[2]
+            status, room = await _http(
+                http, "POST", f"{lb}/rooms/v1/rooms", {"name": "ops room", "kind": "public"},
+                alice_token,
+            )  # fmt: skip
+            assert status == 201, room
+            rooms = f"{lb}/rooms/v1/rooms/{room['room_id']}"
+            status, body = await _http(http, "POST", f"{rooms}/join", None, bob_token)
+            assert status == 200, body
+            status, body = await _http(
+                http, "POST", f"{rooms}/messages",
+                {"client_id": "ops-1", "text": f"hello @{alice.username}"}, bob_token,
+            )  # fmt: skip
+            assert status == 201 and body["mentions"] == [flow.user_ids[0]], body
+            status, body = await _http(http, "GET", f"{lb}/rooms/v1/notifications", None,
+                                       alice_token)  # fmt: skip
+            assert status == 200 and body["unread"] == 1, body
         # A socket with a bad token: an error frame and a close code.
         ws = await WsClient.connect(system.ws_url)
         await ws.send({"op": "auth", "id": "a1", "token": "not-a-token"})

@@ -40,15 +40,7 @@ MAY_BE_EMPTY = {
     "mongodb_": "mongodb_exporter runs only under docker-compose (the embedded server is nx-27017)",
     "redis_": "redis_exporter runs only under docker-compose",
 }
-JOBS = {"auth", "keys", "gateway", "delivery", "web", "haproxy", "prometheus"}
-# Panels the issue asks for that cannot exist yet, and why. Rooms (groups) are not
-# built: no service has a room route or metric, so there is no room panel to
-# query and the flow drives no room. test_rooms_are_not_built_yet fails the day a
-# room route appears, to have the panel and the flow's room added then.
-NOT_YET = {
-    "rooms": "rooms/groups are not built yet (MISSION.md, Messaging: groups/rooms); "
-    "no service serves a room route or exports a room metric",
-}
+JOBS = {"auth", "keys", "gateway", "delivery", "web", "rooms", "haproxy", "prometheus"}
 
 
 def panels() -> list[tuple[str, dict[str, Any]]]:
@@ -86,18 +78,17 @@ def test_the_dashboards_have_queries() -> None:
     assert len(queries()) > 50
 
 
-def test_rooms_are_not_built_yet() -> None:
-    """No room panel (NOT_YET): true only while no service has a room route."""
-    routes = []
-    for path in sorted((ROOT / "services").rglob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        routes += re.findall(r"""["'](/[^"'\s]*\b(?:rooms?|groups?)\b[^"'\s]*)["']""", text)
-    assert not routes, (
-        f"rooms exist now ({routes}): add their metrics, a room panel, and a room to the "
-        "ops flow (tests/ops/conftest.py), then drop NOT_YET['rooms']"
-    )
+def test_rooms_have_their_panels() -> None:
+    """Rooms exist (services/rooms): their metrics are on a dashboard, and the ops flow
+    drives a room so that every one of those panels returns series."""
     exprs = " ".join(e for _, e, _ in queries())
-    assert "room" not in exprs, NOT_YET["rooms"]
+    for metric in (
+        "parley_rooms_membership_changes_total",
+        "parley_rooms_messages_total",
+        "parley_rooms_notifications_total",
+        "parley_rooms_outbox_sent_total",
+    ):
+        assert metric in exprs, metric
 
 
 def test_every_target_is_scraped(prometheus: Prometheus) -> None:
@@ -194,6 +185,9 @@ def test_the_flow_is_measured(prometheus: Prometheus, ops_flow: Flow) -> None:
         "sum(parley_delivery_inbox_depth_count)": 1,
         "count(parley_kafka_consumer_lag)": 2,
         "sum(process_resident_memory_bytes)": 1,
+        'sum(parley_rooms_membership_changes_total{change="member_joined"})': 1,
+        'sum(parley_rooms_messages_total{result="stored"})': 1,
+        "sum(parley_rooms_notifications_total)": 1,
     }
 
     def moved() -> bool:

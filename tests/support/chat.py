@@ -80,7 +80,12 @@ def unb64(text: str) -> str:
 
 
 class Receiver:
-    """Pages through its inbox and takes pushes, counts each seq once, acks what it has seen.
+    """Pages through its inbox and takes pushes, counts each message once, acks what it has
+    seen.
+
+    Once means by ``seq`` and by ``server_id``, as docs/protocol.md asks of every
+    client: after Redis lost the hot inbox, a message may be stored again under
+    a new ``seq`` with the same ``server_id`` (``restored`` counts those).
 
     Pushes (the fast path) may arrive while it pages with later seqs than the
     page it is reading: they are taken, but the paging cursor follows the
@@ -91,6 +96,8 @@ class Receiver:
         self.system, self.user = system, user
         self.last = 0  # every seq up to here was seen (sync pages cover them)
         self.seen: set[int] = set()
+        self.server_ids: set[str] = set()
+        self.restored = 0
         self.bodies: list[str] = []
         self.client: WsClient | None = None
 
@@ -132,6 +139,10 @@ class Receiver:
     def take(self, frame: dict[str, Any]) -> None:
         if frame.get("op") == "message" and frame["seq"] not in self.seen:
             self.seen.add(frame["seq"])
+            if frame["server_id"] in self.server_ids:
+                self.restored += 1
+                return
+            self.server_ids.add(frame["server_id"])
             self.bodies.append(unb64(frame["body"]))
 
     async def listen_until(self, count: int, timeout: float = 60) -> None:

@@ -107,7 +107,7 @@ class System:
         return self.lb.replace("http://", "ws://") + "/ws"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        paths = ["/auth/readyz", "/keys/readyz", "/delivery/readyz"]
+        paths = ["/auth/readyz", "/keys/readyz", "/delivery/readyz", "/rooms/readyz"]
         ops = self.cfg.url("ops")  # readiness is on HAProxy's internal port
         wait_until(lambda: all(http_status(ops + p) == 200 for p in paths), timeout)
         for gw in ("gateway1", "gateway2"):
@@ -140,6 +140,7 @@ def start_system(stack: Stack) -> System:
         gateway2_port=ports.gateway2_port,
         delivery_port=ports.delivery_port,
         web_port=ports.web_port,
+        rooms_port=ports.rooms_port,
         extra_env={
             "PARLEY_DB_PREFIX": f"{prefix}_",
             "PARLEY_REDIS_PREFIX": prefix,

@@ -62,9 +62,9 @@ locals {
     }
 
     rooms = {
-      enabled           = false # until services/rooms lands
+      enabled           = true
       module            = "services.rooms"
-      port              = 8104
+      port              = 8107
       paths             = ["/rooms/*"]
       priority          = 40
       uses              = ["mongo", "redis", "kafka"]

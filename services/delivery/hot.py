@@ -1,0 +1,157 @@
+"""The hot inbox: new items live in Redis; MongoDB gets only what waits.
+
+Signal-Server's message cache, adapted (docs/delivery.md, "The hot path"):
+a stored item is written to its device inbox in Redis and pushed at once;
+most are acknowledged within milliseconds and never reach MongoDB. The
+persister moves what is still unacknowledged after ``hot_persist_after_s``
+to MongoDB in large batches. Kafka is the log of record in between: the
+delivery consumer commits a partition's offset only past records whose
+items are persisted or acknowledged, so losing Redis loses nothing that
+Kafka cannot give back (:class:`Epoch` notices the loss).
+
+Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
+
+- ``<p>:hot:{<inbox>}``: hash, sequence number -> the item (JSON);
+- ``<p>:hotidx``: sorted set, ``"<inbox>|<seq>"`` scored by when it was
+  stored: what the persister has to look at, oldest first;
+- ``<p>:hotdup:{<inbox>}|<from>|<client id>``: ``"<seq>|<server id>"`` for
+  ``hot_dedup_s``: a resent or redelivered message is recognised without
+  MongoDB;
+- ``<p>:hotbeat``: a counter every persister run increments; a value lower
+  than one seen before means Redis lost its data (restarted empty, or from
+  an older snapshot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+Doc = dict[str, Any]
+
+
+class HotInbox:
+    def __init__(self, redis: aioredis.Redis, prefix: str, dedup_s: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.dedup_s = dedup_s
+        self.index = f"{prefix}:hotidx"
+        self.beat = f"{prefix}:hotbeat"
+
+    def key(self, inbox: str) -> str:
+        return f"{self.prefix}:hot:{{{inbox}}}"
+
+    def dup_key(self, dedup_key: str) -> str:
+        return f"{self.prefix}:hotdup:{{{dedup_key.split('|', 1)[0]}}}|{dedup_key}"
+
+    # Dedup -------------------------------------------------------------------
+    async def claims(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        """The (seq, server id) recorded for each dedup key seen within the window."""
+        if not keys:
+            return {}
+        values = await self.redis.mget([self.dup_key(k) for k in keys])
+        out = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                seq, _, server_id = _text(value).partition("|")
+                out[key] = (int(seq), server_id)
+        return out
+
+    # Items -------------------------------------------------------------------
+    async def put(self, docs: list[tuple[str, Doc]], now: float) -> set[str]:
+        """Write items (with their dedup records and index entries) in one round trip.
+
+        Returns the dedup keys whose sequence number already held *another*
+        message (overlapping reservations): those were not written, and the
+        caller stores them again under fresh numbers (whose dedup record then
+        replaces the one written here).
+        """
+        if not docs:
+            return set()
+        # In this order, so that a pipeline cut short (the process dies while
+        # sending it) never leaves an item the persister cannot see, nor a dedup
+        # record without its item: index entries, then each item before its record.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
+            for dedup, doc in docs:
+                inbox, seq = doc["inbox"], int(doc["seq"])
+                pipe.hsetnx(self.key(inbox), str(seq), orjson.dumps(doc))
+                pipe.set(self.dup_key(dedup), f"{seq}|{doc['server_id']}", ex=self.dedup_s)
+            results = await pipe.execute()
+        taken = [docs[i] for i in range(len(docs)) if not results[1 + 2 * i]]
+        if not taken:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, doc in taken:
+                pipe.hget(self.key(doc["inbox"]), str(int(doc["seq"])))
+            held = await pipe.execute()
+        clashes = set()
+        for (dedup, doc), raw in zip(taken, held, strict=True):
+            other = orjson.loads(raw) if raw else {}
+            if (other.get("from"), other.get("client_id")) != (doc["from"], doc["client_id"]):
+                clashes.add(dedup)
+        return clashes
+
+    async def get(self, inbox: str, seqs: list[int]) -> dict[int, Doc]:
+        """The items of ``inbox`` among ``seqs`` that are hot."""
+        if not seqs:
+            return {}
+        values = await self.redis.hmget(self.key(inbox), [str(s) for s in seqs])
+        return {s: orjson.loads(v) for s, v in zip(seqs, values, strict=True) if v is not None}
+
+    async def get_many(self, wanted: dict[str, list[int]]) -> dict[str, dict[int, Doc]]:
+        """:meth:`get` for several inboxes in one round trip."""
+        inboxes = [i for i, seqs in wanted.items() if seqs]
+        if not inboxes:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                pipe.hmget(self.key(inbox), [str(s) for s in wanted[inbox]])
+            rows = await pipe.execute()
+        return {
+            inbox: {s: orjson.loads(v) for s, v in zip(wanted[inbox], row, strict=True) if v}
+            for inbox, row in zip(inboxes, rows, strict=True)
+        }
+
+    async def remove(self, items: Iterable[tuple[str, int]]) -> None:
+        """Forget items (acknowledged, persisted or dropped), one round trip."""
+        by_inbox: dict[str, list[str]] = {}
+        members = []
+        for inbox, seq in items:
+            by_inbox.setdefault(inbox, []).append(str(seq))
+            members.append(f"{inbox}|{seq}")
+        if not members:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox, fields in by_inbox.items():
+                pipe.hdel(self.key(inbox), *fields)
+            pipe.zrem(self.index, *members)
+            await pipe.execute()
+
+    async def drop(self, inbox: str, seqs: Iterable[int]) -> None:
+        members = [f"{inbox}|{s}" for s in seqs]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.key(inbox))
+            if members:
+                pipe.zrem(self.index, *members)
+            await pipe.execute()
+
+    # The persister's view ------------------------------------------------------
+    async def due(self, cutoff: float, limit: int) -> list[tuple[str, int]]:
+        """The oldest items stored at or before ``cutoff`` (at most ``limit``)."""
+        members = await self.redis.zrangebyscore(self.index, "-inf", cutoff, start=0, num=limit)
+        out = []
+        for m in members:
+            inbox, _, seq = _text(m).rpartition("|")
+            out.append((inbox, int(seq)))
+        return out
+
+    async def heartbeat(self) -> int:
+        return int(await self.redis.incr(self.beat))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,1 @@
+"""Rooms: public and private group rooms, membership, public timelines, mentions."""

@@ -1,0 +1,56 @@
+"""``create_app``: the rooms service's wiring."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.common.app import base_app
+from services.common.auth import use_token_verifier
+from services.common.clients import Topics
+from services.common.config import Settings
+from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
+from services.common.ratelimit import RateLimiter
+from services.common.state import REGISTRY
+from services.rooms.config import RoomsConfig
+from services.rooms.events import EventPublisher
+from services.rooms.metrics import RoomsMetrics
+from services.rooms.routes import api
+from services.rooms.state import ROOMS, Rooms
+from services.rooms.store import RoomStore
+from services.rooms.users import Users
+
+
+async def create_app(settings: Settings, config: RoomsConfig | None = None) -> web.Application:
+    config = config or RoomsConfig()
+    app = base_app("rooms", settings, prefix="/rooms", api=api)
+    db = use_mongo(app, settings, "rooms")
+    redis = use_redis(app, settings)
+    kafka = use_kafka_producer(app, settings, [Topics(settings).rooms])
+    use_token_verifier(app, settings)
+    store = RoomStore(db, kafka, settings)
+    metrics = RoomsMetrics(app[REGISTRY])
+    users = Users(settings, config.user_cache_s)
+    rooms = Rooms(
+        store=store,
+        config=config,
+        events=EventPublisher(store, config, metrics),
+        users=users,
+        limiter=RateLimiter(redis, f"{settings.redis_prefix}:rooms", metrics=metrics.limits),
+        metrics=metrics,
+    )
+    app[ROOMS] = rooms
+    use_startup(app, store.ensure_indexes)
+
+    async def background(_: web.Application) -> AsyncIterator[None]:
+        await users.start()
+        task = asyncio.create_task(rooms.events.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await users.close()
+
+    app.cleanup_ctx.append(background)
+    return app

@@ -1,0 +1,36 @@
+"""The rooms service's own configuration: its limits, in one place (docs/rooms.md, "Limits").
+
+Like the key directory's, they are constants of the service (clients are
+written against them); tests pass their own :class:`RoomsConfig` to
+``create_app(settings, config)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.ratelimit import Limit
+
+NAME_MAX = 100
+TOPIC_MAX = 500
+TEXT_MAX = 4000
+PAGE_MAX = 200
+MEMBERS_PAGE_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsConfig:
+    # Members of one room (joins and acceptances past it: ``room_full``).
+    max_members: int = 5000
+    # Rooms one user may create (``COUNT/SECONDS``; past it: ``rate_limited``).
+    create_limit: Limit = Limit(30, 3600)  # noqa: RUF009 (a frozen value)
+    # Messages one user may post, all rooms together (``rate_limited``).
+    post_limit: Limit = Limit(600, 60)  # noqa: RUF009 (a frozen value)
+    # Distinct @names of one message that are looked up (the rest stay text).
+    max_mentions: int = 20
+    # A user look-up (username -> id) is cached this long.
+    user_cache_s: float = 60.0
+    # Events not confirmed by Kafka are retried from the outbox this often.
+    outbox_interval_s: float = 2.0
+    # An outbox entry is held (or being sent) this long before a retry.
+    outbox_lease_s: float = 30.0

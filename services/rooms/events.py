@@ -1,0 +1,129 @@
+"""Events the rooms service publishes on ``<topic_prefix>rooms`` (docs/rooms.md, "Events").
+
+Each is a contract model (``parley_contract.envelopes.RoomEvent``), keyed by
+the room id so that one room's events keep their order in a partition, with
+the room's ``version`` after the change and an ``event_id`` that every
+redelivery repeats.
+
+Produced at least once, and never for a change that did not happen:
+
+1. :meth:`EventPublisher.hold` writes the event to the ``outbox`` collection
+   *before* the write that makes the change (held: due only after the lease),
+   with a ``check``: a query that matches (or must not match) once the change
+   is made;
+2. the change is written;
+3. :meth:`EventPublisher.release` produces it to Kafka and deletes the entry
+   after the broker's ack (:meth:`EventPublisher.drop` deletes it if the
+   change turned out not to be needed, e.g. a join that raced another).
+
+If the process dies between 1 and 3, or Kafka is away, the outbox loop of any
+replica finds the entry once its lease ends, runs its ``check``, and sends it
+if the change is there, or deletes it if the change never committed. A
+check that no longer holds because a later change undid this one (a member
+who left and joined again) drops the stale event: the later event, with a
+higher ``version``, says how things are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from bson import ObjectId
+from parley_contract import envelopes as e
+
+from services.common.logging import kafka_headers
+from services.rooms.config import RoomsConfig
+from services.rooms.metrics import RoomsMetrics
+from services.rooms.store import RoomStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Holds once the change is made: a document of ``coll`` matches ``query`` (or,
+    with ``exists=False``, none does)."""
+
+    coll: str
+    query: dict[str, Any]
+    exists: bool = True
+
+    def doc(self) -> dict[str, Any]:
+        return {"coll": self.coll, "query": self.query, "exists": self.exists}
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    entry: ObjectId
+    key: str
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    type: str
+
+
+class EventPublisher:
+    def __init__(self, store: RoomStore, config: RoomsConfig, metrics: RoomsMetrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+
+    async def hold(self, event: e.RoomEvent, check: Check) -> Held:
+        """Record the event before the change it announces (see the module doc)."""
+        with_id = msgspec.structs.replace(event, event_id=secrets.token_hex(12))
+        value = e.encode(with_id)
+        headers = kafka_headers()
+        entry = await self.store.outbox_add(
+            event.room_id, value, headers, check.doc(), due=time.time() + self.config.outbox_lease_s
+        )
+        kind = str(type(event).__struct_config__.tag)
+        return Held(entry, event.room_id, value, headers, kind)
+
+    async def release(self, held: Held) -> None:
+        """The change is made: send now (the outbox retries if this fails)."""
+        self.metrics.changes.labels(held.type).inc()
+        if await self.store.send_event(held.key, held.value, held.headers):
+            await self.store.outbox_delete(held.entry)
+            self.metrics.outbox.labels("direct").inc()
+
+    async def drop(self, held: Held) -> None:
+        """The change was not made after all: forget the event."""
+        await self.store.outbox_delete(held.entry)
+
+    async def drain_once(self) -> int:
+        """Send (or drop) every due outbox entry once; returns how many were sent."""
+        sent = 0
+        while (entry := await self.store.outbox_lease(self.config.outbox_lease_s)) is not None:
+            check = entry.get("check") or {}
+            if check and not await self.store.check(
+                str(check["coll"]), dict(check["query"]), bool(check["exists"])
+            ):
+                await self.store.outbox_delete(entry["_id"])
+                self.metrics.outbox.labels("dropped").inc()
+                continue
+            headers = [(str(k), str(v).encode()) for k, v in entry.get("headers", [])]
+            if not await self.store.send_event(entry["key"], entry["value"].encode(), headers):
+                break  # the broker is away: try again on the next round
+            await self.store.outbox_delete(entry["_id"])
+            self.metrics.outbox.labels("retry").inc()
+            sent += 1
+        return sent
+
+    async def run(self) -> None:
+        """Drain the outbox for as long as the service runs."""
+        while True:
+            await asyncio.sleep(self.config.outbox_interval_s)
+            try:
+                sent = await self.drain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox drain failed", extra={"error": repr(exc)})
+                continue
+            if sent:
+                log.info("outbox events sent", extra={"count": sent})

@@ -1,0 +1,353 @@
+"""Membership: join, invite, accept, decline, leave, remove, roles (docs/rooms.md).
+
+Every change is one event on ``<prefix>rooms`` (services.rooms.events), held
+in the outbox before the write that makes it. The write that commits a join
+is the insert of the member document (``"<room>|<user>"``, unique), so two
+concurrent joins of one user make one membership and one event; a leave or a
+removal deletes exactly the membership it read (its ``slot``), so a member
+who left and joined again is not removed by a late duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from parley_contract import envelopes as e
+
+from services.common.errors import ApiError, ErrorCode
+from services.rooms import models
+from services.rooms.config import MEMBERS_PAGE_MAX
+from services.rooms.events import Check
+from services.rooms.rooms import (
+    PRIVATE,
+    forbidden,
+    member_of,
+    out,
+    require_open,
+    set_state,
+    visible,
+)
+from services.rooms.state import Rooms
+from services.rooms.store import Doc, member_id, now_ms
+
+log = logging.getLogger(__name__)
+
+
+def membership(member: Doc) -> models.Membership:
+    return models.Membership(
+        room_id=member["room"], user_id=member["user"], role=member["role"],
+        joined_at=int(member["joined_at"]),
+    )  # fmt: skip
+
+
+def _no_member(user_id: str) -> ApiError:
+    return ApiError(
+        ErrorCode.USER_NOT_FOUND, "That user is not a member of this room.",
+        details={"user_id": user_id},
+    )  # fmt: skip
+
+
+def _self() -> ApiError:
+    return ApiError(ErrorCode.CANNOT_TARGET_SELF, "You cannot do this to yourself.")
+
+
+async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
+    """Make ``user_id`` a member (idempotent: an existing membership is returned)."""
+    store = rooms.store
+    room_id = room["_id"]
+    existing = await store.get_member(room_id, user_id)
+    if existing is not None:
+        return existing
+    if int(room.get("members", 0)) >= rooms.config.max_members:
+        raise ApiError(
+            ErrorCode.ROOM_FULL, f"A room has at most {rooms.config.max_members} members.",
+            details={"max": rooms.config.max_members},
+        )  # fmt: skip
+    bumped = await store.bump_room(room_id, version=1, slots=1, members=1)
+    slot = int(bumped["slots"])
+    n = await store.bump_user(user_id, "r")
+    await store.add_roster(room_id, slot, user_id)
+    await store.add_to_list(user_id, "r", n, room_id)
+    now = now_ms()
+    doc: Doc = {
+        "_id": member_id(room_id, user_id), "room": room_id, "user": user_id,
+        "role": "member", "slot": slot, "user_slot": n, "joined_at": now,
+    }  # fmt: skip
+    held = await rooms.events.hold(
+        e.MemberJoined(
+            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=user_id,
+            at=now, user_id=user_id, role="member", via=via,  # type: ignore[arg-type]
+        ),
+        Check("members", {"_id": doc["_id"], "slot": slot}),
+    )  # fmt: skip
+    if not await store.insert_member(doc):
+        # A concurrent join of the same user won: undo this one's traces.
+        await rooms.events.drop(held)
+        await store.bump_room(room_id, members=-1)
+        await store.forget_slots(room_id, user_id, slot, "r", n)
+        winner = await store.get_member(room_id, user_id)
+        if winner is None:  # it left again at once
+            raise _no_member(user_id)
+        return winner
+    await rooms.events.release(held)
+    log.info("member joined", extra={"room_id": room_id, "via": via})
+    return doc
+
+
+async def join(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
+    room, member, invitation = await visible(rooms, room_id, user_id)
+    if member is not None:
+        return membership(member)
+    if room["kind"] == PRIVATE:
+        assert invitation is not None  # visible() answered 404 otherwise
+        return await accept(rooms, user_id, room_id)
+    require_open(room)
+    return membership(await _add(rooms, room, user_id, "join"))
+
+
+async def accept(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
+    room, member, invitation = await visible(rooms, room_id, user_id)
+    store = rooms.store
+    if member is not None:
+        if invitation is not None:
+            await store.delete_invitation(room_id, user_id)
+        return membership(member)
+    if invitation is None:
+        raise ApiError(ErrorCode.INVITATION_NOT_FOUND, "You have no invitation to this room.")
+    require_open(room)
+    doc = await _add(rooms, room, user_id, "invitation")
+    gone = await store.delete_invitation(room_id, user_id)
+    if gone is not None:
+        await store.forget_slots(room_id, user_id, None, "i", int(gone["user_slot"]))
+    return membership(doc)
+
+
+async def decline(rooms: Rooms, user_id: str, room_id: str) -> None:
+    room, _, invitation = await visible(rooms, room_id, user_id)
+    if invitation is None:
+        raise ApiError(ErrorCode.INVITATION_NOT_FOUND, "You have no invitation to this room.")
+    store = rooms.store
+    bumped = await store.bump_room(room_id, version=1)
+    held = await rooms.events.hold(
+        e.InvitationDeclined(
+            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=user_id,
+            at=now_ms(), user_id=user_id,
+        ),
+        Check("invitations", {"_id": member_id(room_id, user_id)}, exists=False),
+    )  # fmt: skip
+    gone = await store.delete_invitation(room_id, user_id)
+    if gone is None:
+        await rooms.events.drop(held)  # declined concurrently
+        return
+    await store.forget_slots(room_id, user_id, None, "i", int(gone["user_slot"]))
+    await rooms.events.release(held)
+
+
+async def invite(
+    rooms: Rooms, user_id: str, token: str, room_id: str, body: models.InviteIn
+) -> models.Invitation:
+    room, member, _ = await visible(rooms, room_id, user_id)
+    member_of(member)
+    require_open(room)
+    target = await rooms.users.resolve(body.user, token)
+    if target is None:
+        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.", details={"user": body.user})
+    if target == user_id:
+        raise _self()
+    store = rooms.store
+    if await store.get_member(room_id, target) is not None:
+        raise ApiError(ErrorCode.ALREADY_MEMBER, "That user is a member already.")
+    existing = await store.get_invitation(room_id, target)
+    if existing is not None:
+        return _invitation(existing)
+    bumped = await store.bump_room(room_id, version=1)
+    n = await store.bump_user(target, "i")
+    await store.add_to_list(target, "i", n, room_id)
+    now = now_ms()
+    doc: Doc = {
+        "_id": member_id(room_id, target), "room": room_id, "user": target, "by": user_id,
+        "at": now, "user_slot": n,
+    }  # fmt: skip
+    held = await rooms.events.hold(
+        e.MemberInvited(
+            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=user_id,
+            at=now, user_id=target,
+        ),
+        Check("invitations", {"_id": doc["_id"], "user_slot": n}),
+    )  # fmt: skip
+    if not await store.insert_invitation(doc):
+        await rooms.events.drop(held)
+        await store.forget_slots(room_id, target, None, "i", n)
+        winner = await store.get_invitation(room_id, target)
+        if winner is None:
+            raise ApiError(ErrorCode.CONFLICT, "The invitation changed concurrently; try again.")
+        return _invitation(winner)
+    await rooms.events.release(held)
+    return _invitation(doc)
+
+
+def _invitation(doc: Doc) -> models.Invitation:
+    return models.Invitation(
+        room_id=doc["room"], user_id=doc["user"], invited_by=doc["by"], at=int(doc["at"])
+    )
+
+
+async def _remove(rooms: Rooms, room: Doc, member: Doc, actor: str, removed: bool) -> None:
+    store = rooms.store
+    room_id, user_id, slot = room["_id"], member["user"], int(member["slot"])
+    bumped = await store.bump_room(room_id, version=1)
+    cls = e.MemberRemoved if removed else e.MemberLeft
+    held = await rooms.events.hold(
+        cls(
+            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=actor,
+            at=now_ms(), user_id=user_id,
+        ),
+        Check("members", {"_id": member["_id"], "slot": slot}, exists=False),
+    )  # fmt: skip
+    if not await store.delete_member(room_id, user_id, slot):
+        await rooms.events.drop(held)  # left (or was removed) concurrently
+        return
+    await store.bump_room(room_id, members=-1)
+    await store.forget_slots(room_id, user_id, slot, "r", int(member["user_slot"]))
+    await rooms.events.release(held)
+    log.info("member removed" if removed else "member left", extra={"room_id": room_id})
+
+
+async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
+    room, member, _ = await visible(rooms, room_id, user_id)
+    member = member_of(member)
+    last = int(room.get("members", 0)) <= 1
+    if member["role"] == "owner" and not last:
+        raise ApiError(
+            ErrorCode.OWNER_MUST_TRANSFER,
+            "The owner leaves after making another member the owner (PUT .../owner).",
+        )
+    await _remove(rooms, room, member, user_id, removed=False)
+    if member["role"] == "owner":
+        # The last member left: nobody can manage the room any more; close it.
+        await set_state(rooms, room, "closed", user_id, owner=None)
+
+
+async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
+    room, member, _ = await visible(rooms, room_id, user_id)
+    actor = member_of(member)
+    if target == user_id:
+        raise _self()
+    if actor["role"] not in ("owner", "moderator"):
+        raise forbidden("Only the room's owner and moderators remove members.")
+    victim = await rooms.store.get_member(room_id, target)
+    if victim is None:
+        raise _no_member(target)
+    if victim["role"] == "owner":
+        raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, "Nobody removes a room's owner.")
+    if victim["role"] == "moderator" and actor["role"] != "owner":
+        raise forbidden("Only the owner removes a moderator.")
+    await _remove(rooms, room, victim, user_id, removed=True)
+
+
+async def _set_role(rooms: Rooms, room: Doc, member: Doc, role: str, actor: str) -> None:
+    store = rooms.store
+    room_id, user_id, slot = room["_id"], member["user"], int(member["slot"])
+    bumped = await store.bump_room(room_id, version=1)
+    held = await rooms.events.hold(
+        e.RoleChanged(
+            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=actor,
+            at=now_ms(), user_id=user_id, role=role,  # type: ignore[arg-type]
+        ),
+        Check("members", {"_id": member["_id"], "slot": slot, "role": role}),
+    )  # fmt: skip
+    if not await store.set_role(room_id, user_id, slot, role):
+        await rooms.events.drop(held)
+        raise _no_member(user_id)
+    await rooms.events.release(held)
+
+
+async def _owner_and_target(
+    rooms: Rooms, user_id: str, room_id: str, target: str
+) -> tuple[Doc, Doc]:
+    room, member, _ = await visible(rooms, room_id, user_id)
+    if member_of(member)["role"] != "owner":
+        raise forbidden("Only the room's owner changes roles.")
+    if target == user_id:
+        raise _self()
+    victim = await rooms.store.get_member(room_id, target)
+    if victim is None:
+        raise _no_member(target)
+    return room, victim
+
+
+async def set_moderator(
+    rooms: Rooms, user_id: str, room_id: str, target: str, moderator: bool
+) -> models.Membership:
+    room, victim = await _owner_and_target(rooms, user_id, room_id, target)
+    role = "moderator" if moderator else "member"
+    if victim["role"] != role:
+        await _set_role(rooms, room, victim, role, user_id)
+        victim = {**victim, "role": role}
+    return membership(victim)
+
+
+async def transfer(rooms: Rooms, user_id: str, room_id: str, target: str) -> models.Room:
+    room, victim = await _owner_and_target(rooms, user_id, room_id, target)
+    owner = await rooms.store.get_member(room_id, user_id)
+    assert owner is not None
+    await _set_role(rooms, room, victim, "owner", user_id)
+    await rooms.store.set_room(room_id, {"owner": target})
+    await _set_role(rooms, room, owner, "moderator", user_id)
+    room = await rooms.store.get_room(room_id) or room
+    return out(room, {**owner, "role": "moderator"})
+
+
+async def members(
+    rooms: Rooms, user_id: str, room_id: str, after: int, limit: int
+) -> models.MemberPage:
+    """The members in join order (anyone who may see the room)."""
+    room, _, _ = await visible(rooms, room_id, user_id)
+    store = rooms.store
+    last = int(room.get("slots", 0))
+    limit = min(limit, MEMBERS_PAGE_MAX)
+    found: list[Doc] = []
+    cursor = after
+    while cursor < last and len(found) < limit:
+        first = cursor + 1
+        end = min(last, cursor + (limit - len(found)))
+        cursor = end
+        entries = await store.roster_page(room_id, first, end)
+        docs = await store.get_members(room_id, [str(x["user"]) for x in entries])
+        for x in entries:
+            m = docs.get(str(x["user"]))
+            if m is not None and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1]):
+                found.append(m)
+    return models.MemberPage(
+        members=[
+            models.Member(user_id=m["user"], role=m["role"], joined_at=int(m["joined_at"]))
+            for m in found
+        ],
+        next_after=cursor if cursor < last else None,
+    )
+
+
+async def invitations(
+    rooms: Rooms, user_id: str, before: int | None, limit: int
+) -> models.InvitationList:
+    """The caller's pending invitations, newest first."""
+    store = rooms.store
+    total = int((await store.get_user(user_id)).get("i", 0))
+    found: list[Doc] = []
+    cursor = total if before is None else min(before - 1, total)
+    while cursor >= 1 and len(found) < limit:
+        ns = list(range(cursor, max(cursor - (limit - len(found)), 0), -1))
+        cursor -= len(ns)
+        entries = await store.list_entries(user_id, "i", ns)
+        docs = await store.get_invitations(user_id, [str(x["room"]) for x in entries])
+        found += [
+            d for x in entries if (d := docs.get(str(x["room"]))) is not None
+            and int(d["user_slot"]) == int(str(x["_id"]).rsplit("|", 1)[1])
+        ]  # fmt: skip
+    room_docs = await store.get_rooms([str(d["room"]) for d in found])
+    found = [d for d in found if d["room"] in room_docs]
+    return models.InvitationList(
+        invitations=[_invitation(d) for d in found],
+        rooms=[out(room_docs[d["room"]], None, True) for d in found],
+        next_before=cursor + 1 if cursor >= 1 else None,
+    )

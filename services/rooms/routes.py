@@ -1,0 +1,420 @@
+"""HTTP routes of the rooms service (thin: parse, call the logic, answer).
+
+Every route needs a token (the route decorator checks it before the body
+and hands the handler ``claims=``). docs/rooms.md describes every route.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.common.auth import MAX_USER_ID, Claims
+from services.common.errors import ApiError, ErrorCode
+from services.common.http import int_schema, query_int
+from services.common.openapi import Api
+from services.rooms import members, models, notifications, rooms, timeline
+from services.rooms.config import MEMBERS_PAGE_MAX, PAGE_MAX
+from services.rooms.state import ROOMS, Rooms
+
+api = Api(
+    "Parley rooms",
+    "0.1.0",
+    "Group rooms: `private` (end-to-end encrypted, visible to members and invitees only) "
+    "and `public` (server-readable, listed in the directory, with a timeline). Membership, "
+    "invitations, roles (owner, moderator, member), open/closed state, @mentions and "
+    "notifications. See docs/rooms.md.",
+)
+
+_E = ErrorCode
+ROOM = "/v1/rooms/{room_id}"
+SEQ_MAX = 2**53
+
+ROOM_ID = {"type": "string", "pattern": models.ROOM_ID_PATTERN}
+USER_ID = {
+    "type": "string", "minLength": 1, "maxLength": MAX_USER_ID,
+    "pattern": models.USER_ID_PATTERN,
+}  # fmt: skip
+_ROOM = {"room_id": ROOM_ID}
+_MEMBER = {"room_id": ROOM_ID, "user_id": USER_ID}
+_BEFORE = {"before": int_schema(1, SEQ_MAX), "limit": int_schema(1, PAGE_MAX)}
+_BEFORE_DOC = {
+    "before": "return items numbered below this (default: from the newest)",
+    "limit": f"page size (default 50, at most {PAGE_MAX})",
+}
+_SEEN = [_E.ROOM_NOT_FOUND]
+# Changes of membership: refused to non-members and in the ways docs/rooms.md lists.
+_MANAGE = [_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.CANNOT_TARGET_SELF,
+           _E.USER_NOT_FOUND]  # fmt: skip
+
+
+def svc(request: web.Request) -> Rooms:
+    return request.app[ROOMS]
+
+
+def room_id_of(request: web.Request) -> str:
+    room_id = request.match_info["room_id"]
+    if not rooms.ROOM_ID_RE.fullmatch(room_id):
+        raise ApiError(
+            _E.VALIDATION_FAILED, "Not a room id.",
+            details=[{"field": "room_id", "problem": "not a room id (24 hex digits)"}],
+        )  # fmt: skip
+    return room_id
+
+
+def user_id_of(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    ok = 0 < len(user_id) <= MAX_USER_ID and user_id.isascii()
+    if not ok or not all(c.isalnum() or c in "_-" for c in user_id):
+        raise ApiError(
+            _E.VALIDATION_FAILED, "Not a user id.",
+            details=[{"field": "user_id", "problem": "not a user id"}],
+        )  # fmt: skip
+    return user_id
+
+
+def _token(request: web.Request) -> str:
+    """The caller's bearer token (already verified), to look users up as the caller."""
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+
+def _before(request: web.Request) -> tuple[int | None, int]:
+    before = query_int(request, "before", 0, 1, SEQ_MAX) or None
+    return before, query_int(request, "limit", 50, 1, PAGE_MAX)
+
+
+# -- rooms ---------------------------------------------------------------------------------
+
+
+@api.post(
+    "/v1/rooms",
+    summary="Create a room (you are its owner)",
+    body=models.RoomCreate,
+    response=models.Room,
+    status=201,
+    auth=True,
+    errors=[_E.INVALID_TEXT, _E.RATE_LIMITED],
+    tags=["rooms"],
+)
+async def create_room(request: web.Request, claims: Claims, body: models.RoomCreate) -> models.Room:
+    return await rooms.create(svc(request), claims.user_id, body)
+
+
+@api.get(
+    "/v1/rooms",
+    summary="Your rooms, the most recently joined first",
+    response=models.RoomList,
+    auth=True,
+    query=_BEFORE_DOC,
+    params=_BEFORE,
+    tags=["rooms"],
+)
+async def my_rooms(request: web.Request, claims: Claims) -> models.RoomList:
+    before, limit = _before(request)
+    return await rooms.mine(svc(request), claims.user_id, before, limit)
+
+
+@api.get(
+    "/v1/directory",
+    summary="Public rooms in name order, optionally those whose name contains `q`",
+    response=models.DirectoryPage,
+    auth=True,
+    query={
+        "q": "a part of the name, any case (at most 100 characters)",
+        "after": "`next_after` of the previous page",
+        "limit": f"page size (default 50, at most {PAGE_MAX})",
+    },
+    params={
+        "q": {"type": "string", "maxLength": 100},
+        "after": {"type": "string", "maxLength": 400},
+        "limit": int_schema(1, PAGE_MAX),
+    },
+    tags=["rooms"],
+)
+async def directory(request: web.Request, claims: Claims) -> models.DirectoryPage:
+    q = request.query.get("q")
+    after = request.query.get("after", "")
+    if (q is not None and len(q) > 100) or len(after) > 400:
+        raise ApiError(
+            _E.VALIDATION_FAILED, "q or after is too long.",
+            details=[{"field": "q" if q and len(q) > 100 else "after", "problem": "too long"}],
+        )  # fmt: skip
+    limit = query_int(request, "limit", 50, 1, PAGE_MAX)
+    return await rooms.directory(svc(request), q, after, limit)
+
+
+@api.get(
+    ROOM,
+    summary="A room (404 for a private room you are neither a member of nor invited to)",
+    response=models.Room,
+    auth=True,
+    params=_ROOM,
+    errors=_SEEN,
+    tags=["rooms"],
+)
+async def get_room(request: web.Request, claims: Claims) -> models.Room:
+    return await rooms.get(svc(request), claims.user_id, room_id_of(request))
+
+
+@api.patch(
+    ROOM,
+    summary="Change the topic, or close / open the room (owner and moderators)",
+    body=models.RoomUpdate,
+    response=models.Room,
+    auth=True,
+    params=_ROOM,
+    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.INVALID_TEXT],
+    tags=["rooms"],
+)
+async def update_room(request: web.Request, claims: Claims, body: models.RoomUpdate) -> models.Room:
+    return await rooms.update(svc(request), claims.user_id, room_id_of(request), body)
+
+
+# -- membership ----------------------------------------------------------------------------
+
+
+@api.post(
+    ROOM + "/join",
+    summary="Join a public room (or accept an invitation to a private one)",
+    response=models.Membership,
+    auth=True,
+    params=_ROOM,
+    errors=[_E.ROOM_NOT_FOUND, _E.ROOM_CLOSED, _E.ROOM_FULL, _E.INVITATION_NOT_FOUND],
+    tags=["membership"],
+)
+async def join(request: web.Request, claims: Claims) -> models.Membership:
+    return await members.join(svc(request), claims.user_id, room_id_of(request))
+
+
+@api.post(
+    ROOM + "/leave",
+    summary="Leave a room (the owner hands the room over first, unless alone)",
+    status=204,
+    auth=True,
+    params=_ROOM,
+    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.OWNER_MUST_TRANSFER],
+    tags=["membership"],
+)
+async def leave(request: web.Request, claims: Claims) -> None:
+    await members.leave(svc(request), claims.user_id, room_id_of(request))
+
+
+@api.get(
+    ROOM + "/members",
+    summary="The members, in join order",
+    response=models.MemberPage,
+    auth=True,
+    query={
+        "after": "`next_after` of the previous page (default 0)",
+        "limit": f"page size (default 50, at most {MEMBERS_PAGE_MAX})",
+    },
+    params={
+        "room_id": ROOM_ID,
+        "after": int_schema(0, SEQ_MAX),
+        "limit": int_schema(1, MEMBERS_PAGE_MAX),
+    },
+    errors=_SEEN,
+    tags=["membership"],
+)
+async def list_members(request: web.Request, claims: Claims) -> models.MemberPage:
+    room_id = room_id_of(request)
+    after = query_int(request, "after", 0, 0, SEQ_MAX)
+    limit = query_int(request, "limit", 50, 1, MEMBERS_PAGE_MAX)
+    return await members.members(svc(request), claims.user_id, room_id, after, limit)
+
+
+@api.delete(
+    ROOM + "/members/{user_id}",
+    summary="Remove a member (owner; moderators remove plain members)",
+    status=204,
+    auth=True,
+    params=_MEMBER,
+    errors=[*_MANAGE, _E.CANNOT_REMOVE_OWNER],
+    tags=["membership"],
+)
+async def remove_member(request: web.Request, claims: Claims) -> None:
+    room_id = room_id_of(request)
+    await members.remove(svc(request), claims.user_id, room_id, user_id_of(request))
+
+
+@api.put(
+    ROOM + "/moderators/{user_id}",
+    summary="Make a member a moderator (owner)",
+    response=models.Membership,
+    auth=True,
+    params=_MEMBER,
+    errors=_MANAGE,
+    tags=["membership"],
+)
+async def promote(request: web.Request, claims: Claims) -> models.Membership:
+    room_id = room_id_of(request)
+    return await members.set_moderator(
+        svc(request), claims.user_id, room_id, user_id_of(request), True
+    )
+
+
+@api.delete(
+    ROOM + "/moderators/{user_id}",
+    summary="Make a moderator a plain member again (owner)",
+    response=models.Membership,
+    auth=True,
+    params=_MEMBER,
+    errors=_MANAGE,
+    tags=["membership"],
+)
+async def demote(request: web.Request, claims: Claims) -> models.Membership:
+    room_id = room_id_of(request)
+    return await members.set_moderator(
+        svc(request), claims.user_id, room_id, user_id_of(request), False
+    )
+
+
+@api.put(
+    ROOM + "/owner",
+    summary="Hand the room over to another member (owner); you become a moderator",
+    body=models.OwnerIn,
+    response=models.Room,
+    auth=True,
+    params=_ROOM,
+    errors=_MANAGE,
+    tags=["membership"],
+)
+async def transfer(request: web.Request, claims: Claims, body: models.OwnerIn) -> models.Room:
+    return await members.transfer(svc(request), claims.user_id, room_id_of(request), body.user_id)
+
+
+@api.post(
+    ROOM + "/invitations",
+    summary="Invite a user (by user id or username) to a room you are a member of",
+    body=models.InviteIn,
+    response=models.Invitation,
+    status=201,
+    auth=True,
+    params=_ROOM,
+    errors=[
+        _E.ROOM_NOT_FOUND,
+        _E.NOT_A_MEMBER,
+        _E.ROOM_CLOSED,
+        _E.USER_NOT_FOUND,
+        _E.CANNOT_TARGET_SELF,
+        _E.ALREADY_MEMBER,
+        _E.CONFLICT,
+    ],
+    tags=["membership"],
+)
+async def invite(request: web.Request, claims: Claims, body: models.InviteIn) -> models.Invitation:
+    room_id = room_id_of(request)
+    return await members.invite(svc(request), claims.user_id, _token(request), room_id, body)
+
+
+@api.post(
+    ROOM + "/invitation/accept",
+    summary="Accept your invitation: you become a member",
+    response=models.Membership,
+    auth=True,
+    params=_ROOM,
+    errors=[_E.ROOM_NOT_FOUND, _E.INVITATION_NOT_FOUND, _E.ROOM_CLOSED, _E.ROOM_FULL],
+    tags=["membership"],
+)
+async def accept(request: web.Request, claims: Claims) -> models.Membership:
+    return await members.accept(svc(request), claims.user_id, room_id_of(request))
+
+
+@api.post(
+    ROOM + "/invitation/decline",
+    summary="Decline your invitation",
+    status=204,
+    auth=True,
+    params=_ROOM,
+    errors=[_E.ROOM_NOT_FOUND, _E.INVITATION_NOT_FOUND],
+    tags=["membership"],
+)
+async def decline(request: web.Request, claims: Claims) -> None:
+    await members.decline(svc(request), claims.user_id, room_id_of(request))
+
+
+@api.get(
+    "/v1/invitations",
+    summary="Your pending invitations, newest first",
+    response=models.InvitationList,
+    auth=True,
+    query=_BEFORE_DOC,
+    params=_BEFORE,
+    tags=["membership"],
+)
+async def my_invitations(request: web.Request, claims: Claims) -> models.InvitationList:
+    before, limit = _before(request)
+    return await members.invitations(svc(request), claims.user_id, before, limit)
+
+
+# -- public rooms' timeline ----------------------------------------------------------------
+
+
+@api.post(
+    ROOM + "/messages",
+    summary="Post to a public room you are a member of (a resend returns the original)",
+    body=models.MessageIn,
+    response=models.PostResult,
+    status=201,
+    auth=True,
+    params=_ROOM,
+    errors=[
+        _E.ROOM_NOT_FOUND,
+        _E.NOT_A_MEMBER,
+        _E.FORBIDDEN,
+        _E.ROOM_CLOSED,
+        _E.INVALID_TEXT,
+        _E.RATE_LIMITED,
+    ],
+    tags=["timeline"],
+)
+async def post_message(
+    request: web.Request, claims: Claims, body: models.MessageIn
+) -> models.PostResult:
+    room_id = room_id_of(request)
+    return await timeline.post(svc(request), claims.user_id, _token(request), room_id, body)
+
+
+@api.get(
+    ROOM + "/messages",
+    summary="A public room's messages, newest first (anyone signed in)",
+    response=models.MessagePage,
+    auth=True,
+    query=_BEFORE_DOC,
+    params={**_ROOM, **_BEFORE},
+    errors=[_E.ROOM_NOT_FOUND, _E.FORBIDDEN],
+    tags=["timeline"],
+)
+async def messages(request: web.Request, claims: Claims) -> models.MessagePage:
+    room_id = room_id_of(request)
+    before, limit = _before(request)
+    return await timeline.page(svc(request), claims.user_id, room_id, before, limit)
+
+
+# -- notifications -------------------------------------------------------------------------
+
+
+@api.get(
+    "/v1/notifications",
+    summary="Your notifications (mentions), newest first, and how many are unread",
+    response=models.NotificationPage,
+    auth=True,
+    query=_BEFORE_DOC,
+    params=_BEFORE,
+    tags=["notifications"],
+)
+async def list_notifications(request: web.Request, claims: Claims) -> models.NotificationPage:
+    before, limit = _before(request)
+    return await notifications.page(svc(request), claims.user_id, before, limit)
+
+
+@api.post(
+    "/v1/notifications/read",
+    summary="Mark your notifications up to a number as read",
+    body=models.ReadIn,
+    response=models.Unread,
+    auth=True,
+    errors=[_E.SEQ_NOT_ISSUED],
+    tags=["notifications"],
+)
+async def mark_read(request: web.Request, claims: Claims, body: models.ReadIn) -> models.Unread:
+    return await notifications.mark_read(svc(request), claims.user_id, body.up_to)

@@ -1,0 +1,359 @@
+"""All of the rooms service's MongoDB and Kafka I/O (docs/rooms.md, "Storage").
+
+Collections (database ``<db_prefix>rooms``). Every hot read is by ``_id``,
+by equality or by a list of ids (``$in``): the embedded MongoDB server scans
+its tables for ranges and secondary-index equality, and answers ``_id``
+look-ups from its index (docs/embedded.md). Lists are therefore kept as
+numbered slots whose counter says how far to read:
+
+``rooms``          ``_id`` room id: name, topic, kind, state, owner, members
+                   (count), ``version`` (one more with each event), ``slots``
+                   (roster slots handed out), ``seq`` (messages handed out).
+``members``        ``_id`` ``"<room>|<user>"``: role, ``slot`` (its roster
+                   slot), ``user_slot`` (its slot in the user's room list),
+                   joined_at. The truth of membership.
+``roster``         ``_id`` ``"<room>|<slot>"``: user. A room's member list in
+                   join order; an entry counts only while the member document
+                   names the same slot (a leave, or a lost race, leaves holes).
+``invitations``    ``_id`` ``"<room>|<user>"``: by, at, ``user_slot``.
+``user_lists``     ``_id`` ``"<user>|<list>|<n>"`` (list ``r``: rooms,
+                   ``i``: invitations): room. A user's rooms, newest first;
+                   an entry counts only while the member (invitation)
+                   document names the same ``user_slot``.
+``users``          ``_id`` user: ``r``, ``i``, ``n`` (slots and notifications
+                   handed out), ``read`` (notifications read up to).
+``directory``      ``_id`` ``"<name key>|<room>"``: public rooms by name.
+``messages``       ``_id`` ``"<room>|<seq>"``: sender, client_id, text,
+                   mentions, sent_at (or ``hole: true``).
+``client_ids``     ``_id`` ``"<room>|<sender>|<client id>"``: seq (resends).
+``notifications``  ``_id`` ``"<user>|<n>"``: room, message, sender, excerpt.
+``outbox``         events not yet confirmed by Kafka (services.rooms.events).
+
+Numbers in ids are fixed-width decimals, so ids sort in numeric order. User
+and room ids hold no ``|``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from bson import ObjectId
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from services.common.clients import KafkaProducerHandle, Topics
+from services.common.config import Settings
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+
+# Ids read per $in query.
+ID_CHUNK = 500
+
+
+def _n(n: int) -> str:
+    return f"{n:012d}"
+
+
+def member_id(room_id: str, user_id: str) -> str:
+    return f"{room_id}|{user_id}"
+
+
+def roster_id(room_id: str, slot: int) -> str:
+    return f"{room_id}|{_n(slot)}"
+
+
+def list_id(user_id: str, kind: str, n: int) -> str:
+    return f"{user_id}|{kind}|{_n(n)}"
+
+
+def message_id(room_id: str, seq: int) -> str:
+    return f"{room_id}|{_n(seq)}"
+
+
+def client_key(room_id: str, sender: str, client_id: str) -> str:
+    return f"{room_id}|{sender}|{client_id}"
+
+
+def notification_id(user_id: str, n: int) -> str:
+    return f"{user_id}|{_n(n)}"
+
+
+def directory_id(name_key: str, room_id: str) -> str:
+    return f"{name_key}|{room_id}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RoomStore:
+    def __init__(self, db: AsyncDatabase[Doc], kafka: KafkaProducerHandle, settings: Settings):
+        self.db = db
+        self.rooms: AsyncCollection[Doc] = db["rooms"]
+        self.members: AsyncCollection[Doc] = db["members"]
+        self.roster: AsyncCollection[Doc] = db["roster"]
+        self.invitations: AsyncCollection[Doc] = db["invitations"]
+        self.user_lists: AsyncCollection[Doc] = db["user_lists"]
+        self.users: AsyncCollection[Doc] = db["users"]
+        self.directory: AsyncCollection[Doc] = db["directory"]
+        self.messages: AsyncCollection[Doc] = db["messages"]
+        self.client_ids: AsyncCollection[Doc] = db["client_ids"]
+        self.notifications: AsyncCollection[Doc] = db["notifications"]
+        self.outbox: AsyncCollection[Doc] = db["outbox"]
+        self.kafka = kafka
+        self.topic = Topics(settings).rooms
+        self.send_timeout_s = max(settings.dependency_timeout_ms, 5000) / 1000
+
+    async def ensure_indexes(self) -> None:
+        """The outbox's due time; everything else is found by ``_id``."""
+        await self.outbox.create_index([("due", ASCENDING)])
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _by_ids(self, coll: AsyncCollection[Doc], ids: Sequence[str]) -> dict[str, Doc]:
+        out: dict[str, Doc] = {}
+        for i in range(0, len(ids), ID_CHUNK):
+            chunk = list(ids[i : i + ID_CHUNK])
+            for doc in await coll.find({"_id": {"$in": chunk}}).to_list():
+                out[str(doc["_id"])] = doc
+        return out
+
+    async def _insert_new(self, coll: AsyncCollection[Doc], doc: Doc) -> bool:
+        """Insert; False if the ``_id`` is taken."""
+        try:
+            await coll.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def check(self, coll: str, query: Doc, exists: bool) -> bool:
+        """Does a document matching ``query`` exist (``exists``) or not? (outbox checks)"""
+        found = await self.db[coll].find_one(query, {"_id": 1})
+        return (found is not None) == exists
+
+    # -- rooms ---------------------------------------------------------------------------
+
+    async def insert_room(self, doc: Doc) -> None:
+        await self.rooms.insert_one(doc)
+
+    async def get_room(self, room_id: str) -> Doc | None:
+        return await self.rooms.find_one({"_id": room_id})
+
+    async def get_rooms(self, room_ids: Sequence[str]) -> dict[str, Doc]:
+        return await self._by_ids(self.rooms, room_ids)
+
+    async def bump_room(self, room_id: str, **inc: int) -> Doc:
+        """``$inc`` counters of a room (``version``, ``slots``, ``members``, ``seq``); the
+        room after."""
+        doc = await self.rooms.find_one_and_update(
+            {"_id": room_id}, {"$inc": inc}, return_document=ReturnDocument.AFTER
+        )
+        if doc is None:
+            raise LookupError(room_id)
+        return doc
+
+    async def set_room(self, room_id: str, fields: Doc) -> None:
+        await self.rooms.update_one({"_id": room_id}, {"$set": fields})
+
+    async def add_to_directory(self, key: str, room_id: str, name: str) -> None:
+        await self.directory.update_one(
+            {"_id": directory_id(key, room_id)},
+            {"$set": {"room_id": room_id, "name_key": key, "name": name}},
+            upsert=True,
+        )
+
+    async def search_directory(self, pattern: str | None, after: str, limit: int) -> list[Doc]:
+        """Directory entries after ``after`` in name order, whose key matches ``pattern``
+        (a regular expression already escaped), at most ``limit``."""
+        query: Doc = {"_id": {"$gt": after}}
+        if pattern is not None:
+            query["name_key"] = {"$regex": pattern}
+        cursor = self.directory.find(query).sort("_id", ASCENDING).limit(limit)
+        return await cursor.to_list()
+
+    # -- per-user counters ---------------------------------------------------------------
+
+    async def bump_user(self, user_id: str, field: str) -> int:
+        doc = await self.users.find_one_and_update(
+            {"_id": user_id}, {"$inc": {field: 1}}, upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+        assert doc is not None
+        return int(doc[field])
+
+    async def get_user(self, user_id: str) -> Doc:
+        return await self.users.find_one({"_id": user_id}) or {"_id": user_id}
+
+    async def mark_read(self, user_id: str, up_to: int) -> Doc:
+        doc = await self.users.find_one_and_update(
+            {"_id": user_id}, {"$max": {"read": up_to}}, upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+        assert doc is not None
+        return doc
+
+    # -- members, roster, user lists -----------------------------------------------------
+
+    async def get_member(self, room_id: str, user_id: str) -> Doc | None:
+        return await self.members.find_one({"_id": member_id(room_id, user_id)})
+
+    async def get_members(self, room_id: str, user_ids: Iterable[str]) -> dict[str, Doc]:
+        ids = [member_id(room_id, u) for u in user_ids]
+        return {str(d["user"]): d for d in (await self._by_ids(self.members, ids)).values()}
+
+    async def memberships(self, user_id: str, room_ids: Iterable[str]) -> dict[str, Doc]:
+        ids = [member_id(r, user_id) for r in room_ids]
+        return {str(d["room"]): d for d in (await self._by_ids(self.members, ids)).values()}
+
+    async def add_roster(self, room_id: str, slot: int, user_id: str) -> None:
+        await self.roster.insert_one({"_id": roster_id(room_id, slot), "user": user_id})
+
+    async def add_to_list(self, user_id: str, kind: str, n: int, room_id: str) -> None:
+        await self.user_lists.insert_one({"_id": list_id(user_id, kind, n), "room": room_id})
+
+    async def insert_member(self, doc: Doc) -> bool:
+        """The commit point of a join: False if the user is a member already."""
+        return await self._insert_new(self.members, doc)
+
+    async def delete_member(self, room_id: str, user_id: str, slot: int) -> bool:
+        """Remove exactly this membership (not a newer one made meanwhile)."""
+        result = await self.members.delete_one({"_id": member_id(room_id, user_id), "slot": slot})
+        return result.deleted_count == 1
+
+    async def set_role(self, room_id: str, user_id: str, slot: int, role: str) -> bool:
+        result = await self.members.update_one(
+            {"_id": member_id(room_id, user_id), "slot": slot}, {"$set": {"role": role}}
+        )
+        return result.matched_count == 1
+
+    async def forget_slots(self, room_id: str, user_id: str, slot: int | None,
+                           kind: str, user_slot: int | None) -> None:  # fmt: skip
+        """Drop a roster entry and a user-list entry (holes are skipped anyway)."""
+        if slot is not None:
+            await self.roster.delete_one({"_id": roster_id(room_id, slot)})
+        if user_slot is not None:
+            await self.user_lists.delete_one({"_id": list_id(user_id, kind, user_slot)})
+
+    async def roster_page(self, room_id: str, first: int, last: int) -> list[Doc]:
+        """Roster entries with slots ``first..last`` that exist, in slot order."""
+        ids = [roster_id(room_id, s) for s in range(first, last + 1)]
+        found = await self._by_ids(self.roster, ids)
+        return [found[i] for i in ids if i in found]
+
+    async def list_entries(self, user_id: str, kind: str, ns: Sequence[int]) -> list[Doc]:
+        ids = [list_id(user_id, kind, n) for n in ns]
+        found = await self._by_ids(self.user_lists, ids)
+        return [found[i] for i in ids if i in found]
+
+    # -- invitations ---------------------------------------------------------------------
+
+    async def get_invitation(self, room_id: str, user_id: str) -> Doc | None:
+        return await self.invitations.find_one({"_id": member_id(room_id, user_id)})
+
+    async def get_invitations(self, user_id: str, room_ids: Iterable[str]) -> dict[str, Doc]:
+        ids = [member_id(r, user_id) for r in room_ids]
+        return {str(d["room"]): d for d in (await self._by_ids(self.invitations, ids)).values()}
+
+    async def insert_invitation(self, doc: Doc) -> bool:
+        return await self._insert_new(self.invitations, doc)
+
+    async def delete_invitation(self, room_id: str, user_id: str) -> Doc | None:
+        return await self.invitations.find_one_and_delete({"_id": member_id(room_id, user_id)})
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def get_client_id(self, room_id: str, sender: str, client_id: str) -> Doc | None:
+        return await self.client_ids.find_one({"_id": client_key(room_id, sender, client_id)})
+
+    async def claim_client_id(self, room_id: str, sender: str, client_id: str, seq: int) -> bool:
+        """Record that (sender, client id) is message ``seq``; False if it was already."""
+        return await self._insert_new(
+            self.client_ids,
+            {"_id": client_key(room_id, sender, client_id), "seq": seq, "at": now_ms()},
+        )
+
+    async def insert_message(self, doc: Doc) -> bool:
+        """False if that seq is already written (a resend that raced, or a hole marker)."""
+        return await self._insert_new(self.messages, doc)
+
+    async def insert_messages(self, docs: list[Doc]) -> None:
+        """Many at once (tests and imports seed timelines this way)."""
+        for i in range(0, len(docs), ID_CHUNK):
+            await self.messages.insert_many(docs[i : i + ID_CHUNK], ordered=False)
+
+    async def get_message(self, room_id: str, seq: int) -> Doc | None:
+        return await self.messages.find_one({"_id": message_id(room_id, seq)})
+
+    async def messages_at(self, room_id: str, seqs: Sequence[int]) -> dict[int, Doc]:
+        found = await self._by_ids(self.messages, [message_id(room_id, s) for s in seqs])
+        return {int(d["seq"]): d for d in found.values()}
+
+    # -- notifications -------------------------------------------------------------------
+
+    async def insert_notifications(self, docs: list[Doc]) -> None:
+        if docs:
+            await self.notifications.insert_many(docs, ordered=False)
+
+    async def notifications_at(self, user_id: str, ns: Sequence[int]) -> dict[int, Doc]:
+        found = await self._by_ids(self.notifications, [notification_id(user_id, n) for n in ns])
+        return {int(d["n"]): d for d in found.values()}
+
+    # -- the outbox and Kafka ------------------------------------------------------------
+
+    async def outbox_add(self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]],
+                         check: Doc, due: float) -> ObjectId:  # fmt: skip
+        result = await self.outbox.insert_one(
+            {
+                "key": key,
+                "value": value.decode(),
+                "headers": [[k, v.decode()] for k, v in headers],
+                "check": check,
+                "due": due,
+                "attempts": 0,
+                "created_at": time.time(),
+            }
+        )
+        return ObjectId(result.inserted_id)
+
+    async def outbox_lease(self, lease_s: float) -> Doc | None:
+        now = time.time()
+        return await self.outbox.find_one_and_update(
+            {"due": {"$lte": now}},
+            {"$set": {"due": now + lease_s}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def outbox_delete(self, entry_id: ObjectId) -> None:
+        await self.outbox.delete_one({"_id": entry_id})
+
+    async def outbox_size(self) -> int:
+        reply = await self.db.command("count", self.outbox.name, query={})
+        return int(reply["n"])
+
+    async def send_event(
+        self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> bool:
+        """Produce one event and wait for Kafka's ack; False if it did not happen."""
+        producer = self.kafka.get()
+        if producer is None:
+            return False
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    self.topic, value=value, key=key.encode(), headers=list(headers)
+                ),
+                self.send_timeout_s,
+            )
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("event not sent", extra={"error": repr(exc), "topic": self.topic})
+            return False
+        return True

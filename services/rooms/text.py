@@ -1,0 +1,47 @@
+"""What JSON Schema cannot say about names, topics and messages: ``invalid_text``.
+
+Text is stored as sent after Unicode NFC normalisation (so that the same
+name typed on two keyboards is the same name). Refused: blank text where
+text is required, and control characters (C0, DEL, C1; in messages newline
+and tab are allowed), which would let one user rewrite another's terminal.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from services.common.errors import ApiError, ErrorCode
+
+_ALLOWED_IN_MESSAGES = frozenset("\n\t")
+
+
+def _has_control(text: str, allowed: frozenset[str]) -> bool:
+    return any((ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) and c not in allowed for c in text)
+
+
+def clean(text: str, field: str, *, required: bool, multiline: bool = False) -> str:
+    """``text`` in NFC, or 422 ``invalid_text`` naming ``field``."""
+    text = unicodedata.normalize("NFC", text)
+    if _has_control(text, _ALLOWED_IN_MESSAGES if multiline else frozenset()):
+        raise ApiError(
+            ErrorCode.INVALID_TEXT,
+            f"{field} contains control characters.",
+            details={"field": field, "problem": "control characters"},
+        )
+    if required and not text.strip():
+        raise ApiError(
+            ErrorCode.INVALID_TEXT,
+            f"{field} is blank.",
+            details={"field": field, "problem": "blank"},
+        )
+    return text
+
+
+def name_key(name: str) -> str:
+    """The directory's sort and search key: case-folded, spaces collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def excerpt(text: str, limit: int = 140) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,65 @@
+"""Who is ``@bob``? Asks the auth service (``GET /auth/v1/users/{user}``), with a cache.
+
+The look-up answers to a username or a user id, in any case, and returns the
+canonical user id; rooms never stores what a client wrote. Found users are
+cached for ``user_cache_s`` (usernames do not change); unknown ones are not
+cached, so a user who signs up is mentionable at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode
+from services.common.logging import outgoing_headers
+
+MAX_CACHED = 100_000
+
+
+class Users:
+    def __init__(self, settings: Settings, ttl_s: float) -> None:
+        self.base = settings.auth_url.rstrip("/")
+        self.ttl_s = ttl_s
+        self.timeout = aiohttp.ClientTimeout(total=max(settings.dependency_timeout_ms, 1000) / 1000)
+        self.session: aiohttp.ClientSession | None = None
+        self._known: dict[str, tuple[float, str]] = {}
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=self.timeout)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def resolve(self, ref: str, token: str) -> str | None:
+        """The user id of a username or id (any case, optional ``@``); None if nobody."""
+        key = ref.removeprefix("@").strip().lower()
+        now = time.monotonic()
+        hit = self._known.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        assert self.session is not None, "Users.start() was not called"
+        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
+        try:
+            async with self.session.get(f"{self.base}/auth/v1/users/{key}", headers=headers) as r:
+                if r.status == 404:
+                    return None
+                if r.status != 200:
+                    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot look users up now.")
+                body = await r.json()
+                user_id = str(body["user_id"])
+        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
+            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot look users up now.") from None
+        if len(self._known) >= MAX_CACHED:
+            self._known.clear()
+        self._known[key] = (now, user_id)
+        return user_id
+
+    async def resolve_many(self, refs: list[str], token: str) -> dict[str, str]:
+        """``{ref: user id}`` for the refs that name someone (looked up concurrently)."""
+        ids = await asyncio.gather(*(self.resolve(r, token) for r in refs))
+        return {r: u for r, u in zip(refs, ids, strict=True) if u is not None}

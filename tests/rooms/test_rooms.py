@@ -1,0 +1,216 @@
+"""Rooms and membership through the HTTP API, on the real embedded servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.rooms.conftest import EventLog, RoomsApi
+
+
+async def test_create_get_and_list_my_rooms(api: RoomsApi) -> None:
+    alice = api.user()
+    status, room = await api.create(alice, "Book Club", "public", topic="Novels")
+    assert status == 201, room
+    assert room["kind"] == "public" and room["state"] == "open"
+    assert room["owner"] == alice and room["role"] == "owner" and room["members"] == 1
+    assert (await api.get(alice, room["room_id"]))[1] == room
+    private = await api.room(alice, "private", "secret plans")
+    status, mine = await api.mine(alice)
+    assert status == 200
+    assert [r["room_id"] for r in mine["rooms"]] == [private, room["room_id"]]
+    assert mine["next_before"] is None
+    # Paged, newest first.
+    _, first = await api.mine(alice, "?limit=1")
+    assert [r["room_id"] for r in first["rooms"]] == [private]
+    _, second = await api.mine(alice, f"?limit=1&before={first['next_before']}")
+    assert [r["room_id"] for r in second["rooms"]] == [room["room_id"]]
+
+
+async def test_private_rooms_are_invisible_to_outsiders_everywhere(api: RoomsApi) -> None:
+    alice, eve = api.user(), api.user()
+    room = await api.room(alice, "private", "Hidden Gems")
+    public = await api.room(alice, "public", "Hidden Gems public")
+    for status, body in (
+        await api.get(eve, room),
+        await api.join(eve, room),
+        await api.members(eve, room),
+        await api.messages(eve, room),
+        await api.accept(eve, room),
+        await api.decline(eve, room),
+        await api.leave(eve, room),
+        await api.invite(eve, room, alice),
+        await api.patch(eve, room, {"state": "closed"}),
+        await api.remove(eve, room, alice),
+        await api.promote(eve, room, alice),
+        await api.post(eve, room, "hello"),
+    ):
+        assert (status, body["error"]["code"]) == (404, "room_not_found"), body
+    # Same answer as a room that does not exist.
+    assert (await api.get(eve, "0" * 24))[1]["error"]["code"] == "room_not_found"
+    _, directory = await api.directory(eve, "?q=hidden")
+    assert [r["room_id"] for r in directory["rooms"]] == [public]
+    assert (await api.mine(eve))[1]["rooms"] == []
+    assert (await api.invitations(eve))[1]["invitations"] == []
+
+
+async def test_public_room_join_members_and_leave(api: RoomsApi, events: EventLog) -> None:
+    owner, bob, carol = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    status, joined = await api.join(bob, room)
+    assert status == 200 and joined["role"] == "member"
+    assert (await api.join(bob, room))[1] == joined  # idempotent
+    await api.join(carol, room)
+    _, page = await api.members(owner, room)
+    assert [m["user_id"] for m in page["members"]] == [owner, bob, carol]
+    assert [m["role"] for m in page["members"]] == ["owner", "member", "member"]
+    assert (await api.get(bob, room))[1]["members"] == 3
+    assert (await api.leave(bob, room))[0] == 204
+    _, page = await api.members(carol, room)
+    assert [m["user_id"] for m in page["members"]] == [owner, carol]
+    assert (await api.get(carol, room))[1]["members"] == 2
+    assert (await api.mine(bob))[1]["rooms"] == []
+    # Joining again is a new membership at the end of the list.
+    await api.join(bob, room)
+    _, page = await api.members(carol, room, "?limit=2")
+    assert [m["user_id"] for m in page["members"]] == [owner, carol]
+    _, rest = await api.members(carol, room, f"?after={page['next_after']}")
+    assert [m["user_id"] for m in rest["members"]] == [bob] and rest["next_after"] is None
+    seen = await events.settle(room)
+    assert [(e["type"], e.get("user_id"), e["version"]) for e in seen] == [
+        ("room_created", None, 1),
+        ("member_joined", bob, 2),
+        ("member_joined", carol, 3),
+        ("member_left", bob, 4),
+        ("member_joined", bob, 5),
+    ]
+    assert all(e["event_id"] and e["kind"] == "public" for e in seen)
+    assert await api.rooms.store.outbox_size() == 0
+
+
+async def test_private_room_invite_accept_decline(api: RoomsApi, events: EventLog) -> None:
+    owner, bob, carol = api.user("owner" + api.user()[:6]), api.user(), api.user()
+    room = await api.room(owner, "private", "Plans")
+    status, inv = await api.invite(owner, room, api.username(bob))  # by username
+    assert status == 201 and inv["user_id"] == bob and inv["invited_by"] == owner
+    assert (await api.invite(owner, room, bob))[1] == inv  # again: the same invitation
+    # The invitee sees the room (to decide) and its invitation.
+    status, seen = await api.get(bob, room)
+    assert status == 200 and seen["invited"] is True and seen["role"] is None
+    _, pending = await api.invitations(bob)
+    assert [i["room_id"] for i in pending["invitations"]] == [room]
+    assert pending["rooms"][0]["name"] == "Plans"
+    status, member = await api.accept(bob, room)
+    assert status == 200 and member["role"] == "member"
+    assert (await api.invitations(bob))[1]["invitations"] == []
+    # Members invite too; carol declines.
+    await api.invite(bob, room, "@" + api.username(carol).upper())
+    assert (await api.decline(carol, room))[0] == 204
+    assert (await api.get(carol, room))[0] == 404
+    _, page = await api.members(owner, room)
+    assert [m["user_id"] for m in page["members"]] == [owner, bob]
+    seen = await events.settle(room)
+    assert [(e["type"], e.get("user_id")) for e in seen] == [
+        ("room_created", None),
+        ("member_invited", bob),
+        ("member_joined", bob),
+        ("member_invited", carol),
+        ("invitation_declined", carol),
+    ]
+    assert seen[2]["via"] == "invitation" and all(e["kind"] == "private" for e in seen)
+
+
+async def test_roles_removal_and_transfer(api: RoomsApi, events: EventLog) -> None:
+    owner, mod, bob, carol = (api.user() for _ in range(4))
+    room = await api.room(owner)
+    for u in (mod, bob, carol):
+        await api.join(u, room)
+    status, body = await api.promote(owner, room, mod)
+    assert (status, body["role"]) == (200, "moderator")
+    assert (await api.remove(mod, room, bob))[0] == 204
+    assert (await api.demote(owner, room, mod))[1]["role"] == "member"
+    status, body = await api.transfer(owner, room, carol)
+    assert status == 200 and body["owner"] == carol and body["role"] == "moderator"
+    _, page = await api.members(owner, room)
+    roles = {m["user_id"]: m["role"] for m in page["members"]}
+    assert roles == {owner: "moderator", mod: "member", carol: "owner"}
+    assert (await api.leave(owner, room))[0] == 204
+    seen = await events.settle(room)
+    assert [(e["type"], e.get("user_id"), e.get("role")) for e in seen][4:] == [
+        ("role_changed", mod, "moderator"),
+        ("member_removed", bob, None),
+        ("role_changed", mod, "member"),
+        ("role_changed", carol, "owner"),
+        ("role_changed", owner, "moderator"),
+        ("member_left", owner, None),
+    ]
+    assert seen[5]["actor"] == mod
+
+
+async def test_closed_room_keeps_history_and_refuses_new_things(api: RoomsApi) -> None:
+    owner, bob, carol = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    await api.join(bob, room)
+    assert (await api.post(bob, room, "before closing"))[0] == 201
+    status, body = await api.patch(owner, room, {"state": "closed", "topic": "archived"})
+    assert (status, body["state"], body["topic"]) == (200, "closed", "archived")
+    for status, body in (
+        await api.post(bob, room, "after closing"),
+        await api.join(carol, room),
+        await api.invite(owner, room, carol),
+    ):
+        assert (status, body["error"]["code"]) == (409, "room_closed"), body
+    _, page = await api.messages(carol, room)
+    assert [m["text"] for m in page["messages"]] == ["before closing"]
+    assert (await api.leave(bob, room))[0] == 204  # leaving is always possible
+    assert (await api.patch(owner, room, {"state": "open"}))[1]["state"] == "open"
+    assert (await api.join(carol, room))[0] == 200
+
+
+async def test_directory_search_and_paging(api: RoomsApi) -> None:
+    user = api.user()
+    tag = api.user()[:6]
+    names = [f"{tag} Alpha", f"{tag} beta", f"Zed {tag} gamma", f"{tag} ÉLAN", "unrelated"]
+    ids = {n: await api.room(user, "public", n) for n in names}
+    await api.room(user, "private", f"{tag} private")
+    _, page = await api.directory(user, f"?q={tag.upper()}")
+    assert [r["name"] for r in page["rooms"]] == [
+        f"{tag} Alpha", f"{tag} beta", f"{tag} ÉLAN", f"Zed {tag} gamma"
+    ]  # fmt: skip
+    _, page = await api.directory(user, f"?q={tag} é")
+    assert [r["room_id"] for r in page["rooms"]] == [ids[f"{tag} ÉLAN"]]
+    got: list[str] = []
+    after = ""
+    while True:
+        _, page = await api.directory(user, f"?q={tag}&limit=2&after={after}")
+        got += [r["name"] for r in page["rooms"]]
+        if page["next_after"] is None:
+            break
+        after = page["next_after"]
+    assert len(got) == 4 and len(set(got)) == 4
+
+
+async def test_concurrent_joins_make_one_membership(api: RoomsApi, events: EventLog) -> None:
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+    results = await asyncio.gather(*(api.join(bob, room) for _ in range(8)))
+    assert {s for s, _ in results} == {200}
+    assert len({b["joined_at"] for _, b in results}) == 1
+    assert (await api.get(owner, room))[1]["members"] == 2
+    _, page = await api.members(owner, room)
+    assert [m["user_id"] for m in page["members"]] == [owner, bob]
+    seen = await events.settle(room)
+    assert [e["type"] for e in seen] == ["room_created", "member_joined"]
+    assert await api.rooms.store.outbox_size() == 0
+
+
+async def test_the_last_member_leaving_closes_the_room(api: RoomsApi, events: EventLog) -> None:
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+    assert (await api.leave(owner, room))[0] == 204
+    status, body = await api.get(bob, room)
+    assert (status, body["state"], body["owner"], body["members"]) == (200, "closed", None, 0)
+    assert (await api.join(bob, room))[1]["error"]["code"] == "room_closed"
+    seen = await events.settle(room)
+    assert [(e["type"], e.get("state")) for e in seen] == [
+        ("room_created", None), ("member_left", None), ("room_state_changed", "closed")
+    ]  # fmt: skip
