@@ -24,15 +24,19 @@ web_install() {
   node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
     || { echo "install: Node.js 20.19+ is required for web/ (vite)" >&2; exit 1; }
   local stamp
-  stamp="$(cd web && find . -path ./node_modules -prune -o -path '*/node_modules' -prune -o -path '*/dist' -prune \
-    -o -name .build-stamp -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-64)"
+  # (web/chat's frame types are generated from the contract's schema: it counts too;
+  # what the build and the tests generate does not.)
+  stamp="$( (cd web && find . -path ./node_modules -prune -o -path '*/node_modules' -prune -o -path '*/dist' -prune \
+    -o -path '*/generated' -prune -o -path '*/.build' -prune -o -name __pycache__ -prune \
+    -o -name .build-stamp -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum; \
+    sha256sum ../contract/schema/parley.schema.json) | sha256sum | cut -c1-64)"
   if [ ! -d web/node_modules ] || [ ! -f web/node_modules/.parley-ci ] || \
      [ "$(cat web/node_modules/.parley-ci)" != "$(sha256sum web/package-lock.json | cut -c1-64)" ]; then
     echo "install: web packages (npm ci)"
     (cd web && npm ci --no-audit --no-fund --loglevel=error)
     sha256sum web/package-lock.json | cut -c1-64 > web/node_modules/.parley-ci
   fi
-  if [ ! -f web/admin/dist/index.html ] || [ "$(cat web/.build-stamp 2>/dev/null)" != "$stamp" ]; then
+  if [ ! -f web/admin/dist/index.html ] || [ ! -f web/chat/dist/index.html ] || [ "$(cat web/.build-stamp 2>/dev/null)" != "$stamp" ]; then
     echo "install: building web/ (npm run build)"
     (cd web && npm run build --silent >/dev/null)
     echo "$stamp" > web/.build-stamp

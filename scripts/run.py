@@ -193,6 +193,7 @@ def banner(cfg: StackConfig, conf: Path) -> None:
     print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
     for svc in ("auth", "keys", "gateway", "delivery", "rooms"):
         print(f"  {svc:9} {base}/{svc}/docs  (readyz: {ops}/{svc}/readyz)", flush=True)
+    print(f"  Web client:  {base}/  (end-to-end-encrypted chat in the browser)", flush=True)
     print(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)", flush=True)
     print(f"  HAProxy stats: {ops}/stats  (internal: also every /readyz and /metrics)",
           flush=True)  # fmt: skip

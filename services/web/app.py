@@ -1,5 +1,9 @@
 """``create_app``: serve the built browser apps (``web/<app>/dist``) with security headers.
 
+``/`` is the chat client (``web/chat/dist``): ``/`` and ``/index.html`` are its
+page, ``/assets/`` its content-hashed files. It routes itself in the URL's
+fragment (``#signup``), so no other path is needed. Its policy allows no other
+origin at all (``connect-src 'self'`` covers the same-origin WebSocket).
 ``/admin/`` is the admin console (``web/admin/dist``); any path under it that
 is not a file gets ``index.html`` (the single-page app routes itself).
 ``/admin/config.json`` tells the console where the provider is (the issuer,
@@ -31,6 +35,14 @@ def csp(settings: Settings) -> str:
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         f"connect-src 'self' {authority}; form-action 'self' {authority}; "
         "frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+    )
+
+
+def chat_csp() -> str:
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'self'; "
+        "object-src 'none'; worker-src 'none'"
     )
 
 
@@ -80,8 +92,34 @@ def app_routes(app: web.Application, name: str, client_id: str, settings: Settin
     app.router.add_get(prefix + "{tail:.*}", serve)
 
 
+def chat_routes(app: web.Application) -> None:
+    dist = Path(os.environ.get("WEB_ROOT", str(ROOT))) / "chat" / "dist"
+    policy = chat_csp()
+
+    async def page(_: web.Request) -> web.StreamResponse:
+        target = dist / "index.html"
+        if not target.is_file():
+            raise web.HTTPServiceUnavailable(text="web/chat is not built (make install builds it)")
+        resp = web.FileResponse(target)
+        resp.headers["Cache-Control"] = "no-cache"
+        return harden(resp, policy)
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        target = (dist / "assets" / request.match_info["tail"]).resolve()
+        if not target.is_relative_to((dist / "assets").resolve()) or not target.is_file():
+            raise web.HTTPNotFound()
+        resp = web.FileResponse(target)
+        resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return harden(resp, policy)
+
+    app.router.add_get("/", page)
+    app.router.add_get("/index.html", page)
+    app.router.add_get("/assets/{tail:.+}", asset)
+
+
 async def create_app(settings: Settings) -> web.Application:
     app = base_app("web", settings, prefix="/web")
     for name, client_id in APPS.items():
         app_routes(app, name, client_id, settings)
+    chat_routes(app)
     return app

@@ -130,7 +130,7 @@ def haproxy_routes() -> tuple[dict[str, set[str]], str]:
             else:
                 assert v.endswith("/"), f"path_beg {v}: expected a prefix ending in /"
                 patterns.add(v + "*")
-        acls[name] = patterns
+        acls.setdefault(name, set()).update(patterns)  # lines of one name are OR-ed
     routes: dict[str, set[str]] = {}
     for backend, cond in re.findall(r"^\s*use_backend\s+(\S+)\s+if\s+(.+)$", frontend, re.M):
         for acl in re.split(r"\s+or\s+|\s*\|\|\s*", cond.strip()):
@@ -312,8 +312,11 @@ def test_health_checks_use_the_services_own_endpoints() -> None:
 def test_alb_routes_are_haproxys() -> None:
     routes, default = haproxy_routes()
     # The browser apps (HAProxy's `web` backend locally) are S3 + CloudFront in
-    # production, not an ALB target (docs/admin.md).
-    routes.pop("web", None)
+    # production, not an ALB target (docs/admin.md): the chat client at / with its
+    # hashed files under /assets/ (#16), the admin console under /admin/. The
+    # default stays auth, as the ALB's default component.
+    web = routes.pop("web")
+    assert web == {"/", "/index.html", "/assets/*", "/admin", "/admin/*", "/web/*"}
     alb: dict[str, set[str]] = {n: set(c["paths"]) for n, c in enabled().items() if c["paths"]}
     assert alb == routes
     assert stack()["locals"]["default_component"] == default

@@ -86,7 +86,16 @@ def test_the_stats_page_and_exporter_are_only_on_the_internal_port(system: Syste
 
 
 @pytest.mark.parametrize(
-    "path", ["/auth/healthz", "/keys/docs", "/auth/v1/me", "/no/such/thing", "/admin/"]
+    "path",
+    [
+        "/auth/healthz",
+        "/keys/docs",
+        "/auth/v1/me",
+        "/no/such/thing",
+        "/admin/",
+        "/",
+        "/assets/no.js",
+    ],
 )
 def test_every_public_answer_carries_the_security_headers(system: System, path: str) -> None:
     """Before: none of them were set (#20). The docs page allows only its own style."""
@@ -98,7 +107,10 @@ def test_every_public_answer_carries_the_security_headers(system: System, path: 
     assert headers["X-Frame-Options"] == "DENY"
     csp = headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp
-    if path != "/admin/":
+    if path == "/":  # the web client (#16): its own origin only, nothing inline
+        assert csp.startswith("default-src 'self'; script-src 'self'; style-src 'self'")
+        assert "connect-src 'self';" in csp and "unsafe" not in csp and "http" not in csp
+    elif path != "/admin/":
         assert csp.startswith("default-src 'none'")
     if path == "/keys/docs":
         assert "style-src 'sha256-" in csp and "script-src" not in csp

@@ -7,7 +7,11 @@
  * prekeys (one-time and last-resort share one counter). Retention: the current
  * and the previous signed prekey and last-resort KEM prekey; one-time prekeys
  * until used. Initial messages that consume no one-time material have their
- * ephemeral keys remembered (the last MAX_SEEN_BASE_KEYS) so a repeat is refused.
+ * ephemeral keys remembered under the signed prekey they were made with, for as
+ * long as that signed prekey is kept: a repeat is refused (`ReplayedMessage`),
+ * and once the signed prekey is retired any message made with it is refused
+ * anyway (`UnknownPrekey`). The window is the signed prekey's lifetime, not a
+ * count of messages (docs/crypto.md, "PQXDH").
  *
  * `toBytes()` is byte-identical to Python's `Device.to_bytes()` for the same
  * state, and either side loads the other's.
@@ -46,7 +50,6 @@ import {
 import { Serial } from './serial.ts';
 
 export const DEFAULT_BATCH = 100;
-export const MAX_SEEN_BASE_KEYS = 2000;
 const STATE_VERSION = 1;
 const KEYS_CHECK_LABEL = utf8('parley-v1/keys-check');
 
@@ -101,7 +104,9 @@ export class Device {
   #kem = new Map<number, KemPrekeyPrivate>();
   #lastResort: number[] = [];
   #nextKemId = 1;
-  #seenBaseKeys = new Map<string, Uint8Array>();
+  // signed prekey id -> ephemeral keys (base64url) of the handshakes without
+  // one-time material made with it; dropped with the signed prekey.
+  #seenBaseKeys = new Map<number, Set<string>>();
 
   private constructor(signing: Ed25519KeyPair, dh: X25519KeyPair, dhSig: Uint8Array, rng: RandomSource) {
     this.#signing = signing;
@@ -168,6 +173,9 @@ export class Device {
     this.#nextSignedPrekeyId = id + 1;
     for (const key of [...this.#signedPrekeys.keys()]) {
       if (key !== previous && key !== id) this.#signedPrekeys.delete(key);
+    }
+    for (const key of [...this.#seenBaseKeys.keys()]) {
+      if (!this.#signedPrekeys.has(key)) this.#seenBaseKeys.delete(key);
     }
     return this.signedPrekey();
   }
@@ -280,20 +288,28 @@ export class Device {
   }
 
   /** @internal */
-  checkBaseKey(ephemeralKey: Uint8Array): void {
-    if (this.#seenBaseKeys.has(b64encode(ephemeralKey))) throw new ReplayedMessage('initial message already processed');
+  checkBaseKey(signedPrekeyId: number, ephemeralKey: Uint8Array): void {
+    if (this.#seenBaseKeys.get(signedPrekeyId)?.has(b64encode(ephemeralKey))) {
+      throw new ReplayedMessage('initial message already processed');
+    }
+  }
+
+  /** Ephemeral keys remembered against replays (handshakes without one-time
+   * material, for the signed prekeys still kept). */
+  get rememberedBaseKeyCount(): number {
+    let n = 0;
+    for (const keys of this.#seenBaseKeys.values()) n += keys.size;
+    return n;
   }
 
   /** @internal Commit the use of prekeys after a successful handshake. */
-  consume(oneTimePrekeyId: number | null, kem: KemPrekeyPrivate, ephemeralKey: Uint8Array): void {
+  consume(oneTimePrekeyId: number | null, kem: KemPrekeyPrivate, signedPrekeyId: number, ephemeralKey: Uint8Array): void {
     if (oneTimePrekeyId !== null) this.#oneTime.delete(oneTimePrekeyId);
     if (!kem.lastResort) this.#kem.delete(kem.id);
     if (oneTimePrekeyId === null && kem.lastResort) {
-      const key = b64encode(ephemeralKey);
-      if (!this.#seenBaseKeys.has(key)) this.#seenBaseKeys.set(key, ephemeralKey.slice());
-      while (this.#seenBaseKeys.size > MAX_SEEN_BASE_KEYS) {
-        this.#seenBaseKeys.delete(this.#seenBaseKeys.keys().next().value as string);
-      }
+      let keys = this.#seenBaseKeys.get(signedPrekeyId);
+      if (keys === undefined) this.#seenBaseKeys.set(signedPrekeyId, (keys = new Set()));
+      keys.add(b64encode(ephemeralKey));
     }
   }
 
@@ -330,7 +346,10 @@ export class Device {
       kem: [...this.#kem.values()].map((e) => [e.id, b64encode(e.seed), e.lastResort, b64encode(e.sig)]),
       last_resort: [...this.#lastResort],
       next_kem_id: this.#nextKemId,
-      seen_base_keys: [...this.#seenBaseKeys.values()].map((k) => b64encode(k)),
+      // As Python: {"<signed prekey id>": sorted keys}, ids ascending.
+      seen_base_keys: new Map(
+        [...this.#seenBaseKeys.entries()].sort(([a], [b]) => a - b).map(([i, keys]) => [String(i), [...keys].sort()]),
+      ),
     };
   }
 
@@ -381,11 +400,15 @@ export class Device {
       if (!Array.isArray(lastResort)) throw new MalformedState('device state: bad last_resort');
       device.#lastResort = lastResort.map(int);
       device.#nextKemId = int(need('next_kem_id'));
-      const seen = need('seen_base_keys');
-      if (!Array.isArray(seen)) throw new MalformedState('device state: bad seen_base_keys');
-      for (const k of seen) {
-        const key = b64decode(k, { length: 32 });
-        device.#seenBaseKeys.set(b64encode(key), key);
+      let seen = need('seen_base_keys');
+      // Before #20: one flat list, not by signed prekey. Keep those keys until
+      // the current signed prekey is retired (the older one goes first).
+      if (Array.isArray(seen)) seen = { [String(device.#currentSignedPrekey)]: seen };
+      if (typeof seen !== 'object' || seen === null) throw new MalformedState('device state: bad seen_base_keys');
+      for (const [id, keys] of Object.entries(seen as Record<string, unknown>)) {
+        if (!/^(0|[1-9][0-9]*)$/.test(id) || !Array.isArray(keys)) throw new MalformedState('device state: bad seen_base_keys');
+        const set = new Set(keys.map((k) => b64encode(b64decode(k, { length: 32 }))));
+        if (device.#signedPrekeys.has(Number(id))) device.#seenBaseKeys.set(Number(id), set);
       }
       if (
         !device.#signedPrekeys.has(device.#currentSignedPrekey) ||

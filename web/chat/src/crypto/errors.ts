@@ -47,6 +47,13 @@ export class ReplayedMessage extends CryptoError {
   override name = 'ReplayedMessage';
 }
 
+/** A sender-key distribution message for a chain already dropped (evicted by newer
+ * chains of that member, or the member was removed): taking it again would rewind
+ * the chain and let old group messages be replayed. */
+export class RetiredSenderKey extends ReplayedMessage {
+  override name = 'RetiredSenderKey';
+}
+
 /** The message would need more skipped message keys than the bound allows. */
 export class TooManySkippedMessages extends CryptoError {
   override name = 'TooManySkippedMessages';

@@ -37,6 +37,8 @@ export const MESSAGE_INFO = utf8('parley-v1/sender-key/message-keys');
 export const MAX_SKIP = 2000;
 export const MAX_SKIPPED_KEYS = 2000;
 export const MAX_CHAINS_PER_SENDER = 5;
+/** Ids of dropped chains remembered per sender (a distribution for one is refused). */
+export const MAX_RETIRED_CHAINS = 1000;
 const GROUP_LABEL = utf8('parley-v1/group');
 
 export function groupAssociatedData(groupId: string): Uint8Array {

@@ -27,6 +27,7 @@ import {
   IdentityChanged,
   MalformedMessage,
   MalformedState,
+  RetiredSenderKey,
   SessionMismatch,
   UnknownSenderKey,
 } from './errors.ts';
@@ -35,7 +36,7 @@ import * as franking from './franking.ts';
 import * as pqxdh from './pqxdh.ts';
 import { type RandomSource, mlkem768Encapsulate, requireBytes, sha256, systemRandom } from './primitives.ts';
 import { type PayloadCheck, RatchetState } from './ratchet.ts';
-import { MAX_CHAINS_PER_SENDER, ReceiverChain, SenderChain, groupAssociatedData } from './senderKeys.ts';
+import { MAX_CHAINS_PER_SENDER, MAX_RETIRED_CHAINS, ReceiverChain, SenderChain, groupAssociatedData } from './senderKeys.ts';
 import { Serial } from './serial.ts';
 import {
   HEADER_LEN,
@@ -229,7 +230,7 @@ export class Session {
       const signedPrekey = device.lookupSignedPrekey(section.signedPrekeyId);
       const oneTime = section.oneTimePrekeyId === null ? null : device.lookupOneTimePrekey(section.oneTimePrekeyId);
       const kem = device.lookupKemPrekey(section.kemPrekeyId);
-      if (oneTime === null && kem.lastResort) device.checkBaseKey(section.ephemeralKey);
+      if (oneTime === null && kem.lastResort) device.checkBaseKey(section.signedPrekeyId, section.ephemeralKey);
       const [secret, ad] = await pqxdh.respond(device.dhKeypair, device.identity, section, signedPrekey, oneTime, kem.pair());
       const ratchet = RatchetState.responder(secret, ad, signedPrekey, options.rng ?? device.rng);
       const payload = await ratchet.decrypt(
@@ -240,7 +241,7 @@ export class Session {
         parsed.ciphertext,
         commitmentCheck(parsed.commitment),
       );
-      device.consume(section.oneTimePrekeyId, kem, section.ephemeralKey);
+      device.consume(section.oneTimePrekeyId, kem, section.signedPrekeyId, section.ephemeralKey);
       const session = new Session({
         ratchet,
         localIdentity: device.identity,
@@ -361,13 +362,22 @@ export class GroupSession {
   readonly #serial = new Serial();
   #own: SenderChain;
   readonly #receivers: Map<string, ReceiverChain[]>;
+  // member -> ids of chains dropped (evicted, or the member removed), oldest first
+  readonly #retired: Map<string, number[]>;
 
   /** @internal Use {@link create} or {@link fromBytes}. */
-  constructor(groupId: string, own: SenderChain, receivers?: Map<string, ReceiverChain[]>, rng: RandomSource = systemRandom) {
+  constructor(
+    groupId: string,
+    own: SenderChain,
+    receivers?: Map<string, ReceiverChain[]>,
+    rng: RandomSource = systemRandom,
+    retired?: Map<string, number[]>,
+  ) {
     if (typeof groupId !== 'string' || groupId === '') throw new RangeError('group_id must be a non-empty string');
     this.groupId = groupId;
     this.#own = own;
     this.#receivers = receivers ?? new Map();
+    this.#retired = retired ?? new Map();
     this.rng = rng;
   }
 
@@ -400,6 +410,7 @@ export class GroupSession {
   /** Forget `member`'s sender keys and rotate ours; the new distribution message. */
   removeMember(member: string): Promise<Uint8Array> {
     return this.#serial.run(async () => {
+      this.#retire(member, this.#receivers.get(member) ?? []);
       this.#receivers.delete(member);
       return this.#rotate();
     });
@@ -422,15 +433,27 @@ export class GroupSession {
     return this.#serial.run(async () => {
       const dist = SenderKeyDistribution.decode(message);
       if (dist.groupId !== this.groupId) throw new SessionMismatch('distribution message is for another group');
-      let chains = this.#receivers.get(member);
-      if (chains === undefined) {
-        chains = [];
-        this.#receivers.set(member, chains);
-      }
+      const chains = this.#receivers.get(member) ?? [];
       if (chains.some((c) => c.chainId === dist.chainId)) return;
+      if (this.#retired.get(member)?.includes(dist.chainId)) {
+        throw new RetiredSenderKey(
+          `sender key ${dist.chainId} of ${JSON.stringify(member)} was retired: refusing to take it ` +
+            'again (it would let old group messages be replayed); the member must send a new sender key',
+        );
+      }
       chains.unshift(ReceiverChain.fromDistribution(dist));
+      this.#receivers.set(member, chains);
+      this.#retire(member, chains.slice(MAX_CHAINS_PER_SENDER));
       chains.splice(MAX_CHAINS_PER_SENDER);
     });
+  }
+
+  #retire(member: string, chains: ReceiverChain[]): void {
+    if (chains.length === 0) return;
+    let retired = this.#retired.get(member);
+    if (retired === undefined) this.#retired.set(member, (retired = []));
+    for (const c of chains) if (!retired.includes(c.chainId)) retired.push(c.chainId);
+    if (retired.length > MAX_RETIRED_CHAINS) retired.splice(0, retired.length - MAX_RETIRED_CHAINS);
   }
 
   async decrypt(member: string, message: Uint8Array): Promise<Uint8Array> {
@@ -461,6 +484,7 @@ export class GroupSession {
         ['group_id', this.groupId],
         ['own', this.#own.toJson() as StateJson],
         ['receivers', receivers],
+        ['retired', new Map<string, StateJson>([...this.#retired].map(([m, ids]) => [m, [...ids]]))],
       ]);
       return utf8(dumpsState(obj));
     });
@@ -485,7 +509,19 @@ export class GroupSession {
         if (!Array.isArray(chains)) throw new MalformedState('group state: bad chains');
         receivers.set(member, await Promise.all(chains.map((c) => ReceiverChain.fromJson(c))));
       }
-      return new GroupSession(groupId, await SenderChain.fromJson(obj['own']), receivers, options.rng ?? systemRandom);
+      // Absent from states written before #20.
+      const rawRetired = obj['retired'] ?? {};
+      if (typeof rawRetired !== 'object' || rawRetired === null || Array.isArray(rawRetired)) {
+        throw new MalformedState('group state: bad retired');
+      }
+      const retired = new Map<string, number[]>();
+      for (const [member, ids] of Object.entries(rawRetired as Record<string, unknown>)) {
+        if (!Array.isArray(ids) || !ids.every((i) => Number.isSafeInteger(i) && (i as number) >= 0)) {
+          throw new MalformedState('group state: bad retired ids');
+        }
+        retired.set(member, ids as number[]);
+      }
+      return new GroupSession(groupId, await SenderChain.fromJson(obj['own']), receivers, options.rng ?? systemRandom, retired);
     } catch (error) {
       if (error instanceof MalformedState) throw error;
       if (error instanceof CryptoError || error instanceof TypeError || error instanceof RangeError) {

@@ -1,0 +1,147 @@
+/** HTTP to the auth and key services, same origin (through the load balancer). */
+
+export class ApiError extends Error {
+  override name = 'ApiError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status: number,
+    readonly details?: unknown,
+  ) {
+    super(message);
+  }
+}
+
+export interface UserBrief {
+  user_id: string;
+  username: string;
+}
+
+export interface Tokens {
+  access_token: string;
+  refresh_token: string;
+  session_id: string;
+  user: UserBrief;
+}
+
+export interface Challenge {
+  second_factor_required: true;
+  challenge_id: string;
+  methods: ('totp' | 'email' | 'recovery')[];
+  email_code_sent?: boolean;
+}
+
+export interface Listed {
+  user_id: string;
+  account_key: string;
+  device_list: unknown;
+  signature: string;
+}
+
+export interface BundleJson {
+  user_id: string;
+  device_id: number;
+  identity: unknown;
+  signed_prekey: unknown;
+  one_time_prekey: unknown;
+  kem_prekey: unknown;
+}
+
+function describe(details: unknown): string {
+  if (!Array.isArray(details)) return '';
+  const parts = details
+    .map((d: { field?: string; message?: string }) => (d.field ? `${d.field}: ${d.message ?? 'invalid'}` : ''))
+    .filter(Boolean);
+  return parts.length ? ` (${parts.join('; ')})` : '';
+}
+
+export class Api {
+  token: string | null = null;
+
+  async request<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+    const headers: Record<string, string> = {};
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    if (auth && this.token) headers['Authorization'] = `Bearer ${this.token}`;
+    let resp: Response;
+    try {
+      resp = await fetch(path, { method, headers, body: body === undefined ? null : JSON.stringify(body), credentials: 'omit' });
+    } catch {
+      throw new ApiError('network', 'Cannot reach the Parley server.', 0);
+    }
+    if (resp.status === 204) return undefined as T;
+    let data: unknown = null;
+    try {
+      data = await resp.json();
+    } catch {
+      data = null;
+    }
+    if (!resp.ok) {
+      const err = (data as { error?: { code?: string; message?: string; details?: unknown } } | null)?.error;
+      const code = err?.code ?? `http_${resp.status}`;
+      throw new ApiError(code, (err?.message ?? resp.statusText) + describe(err?.details), resp.status, err?.details);
+    }
+    return data as T;
+  }
+
+  // -- auth
+  signup(username: string, email: string, password: string, deviceId: number): Promise<Tokens> {
+    return this.request('POST', '/auth/v1/signup', { username, email, password, device_id: deviceId }, false);
+  }
+  login(username: string, password: string, deviceId: number): Promise<Tokens | Challenge> {
+    return this.request('POST', '/auth/v1/login', { username, password, device: 'parley-web', device_id: deviceId }, false);
+  }
+  login2fa(challengeId: string, method: string, code: string): Promise<Tokens> {
+    return this.request('POST', '/auth/v1/login/2fa', { challenge_id: challengeId, method, code }, false);
+  }
+  sendEmailCode(challengeId: string): Promise<unknown> {
+    return this.request('POST', '/auth/v1/login/2fa/email', { challenge_id: challengeId }, false);
+  }
+  refresh(refreshToken: string): Promise<Tokens> {
+    return this.request('POST', '/auth/v1/token/refresh', { refresh_token: refreshToken }, false);
+  }
+  logout(): Promise<void> {
+    return this.request('POST', '/auth/v1/logout');
+  }
+  requestReset(email: string): Promise<unknown> {
+    return this.request('POST', '/auth/v1/password/reset', { email }, false);
+  }
+  confirmReset(token: string, newPassword: string): Promise<void> {
+    return this.request('POST', '/auth/v1/password/reset/confirm', { token, new_password: newPassword }, false);
+  }
+  user(usernameOrId: string): Promise<UserBrief> {
+    return this.request('GET', `/auth/v1/users/${encodeURIComponent(usernameOrId.toLowerCase())}`);
+  }
+
+  // -- keys
+  putIdentity(did: number, identity: unknown): Promise<unknown> {
+    return this.request('PUT', `/keys/v1/devices/${did}/identity`, identity);
+  }
+  putSignedPrekey(did: number, prekey: unknown): Promise<unknown> {
+    return this.request('PUT', `/keys/v1/devices/${did}/signed-prekey`, prekey);
+  }
+  putLastResort(did: number, prekey: unknown): Promise<unknown> {
+    return this.request('PUT', `/keys/v1/devices/${did}/kem-last-resort`, prekey);
+  }
+  uploadOneTime(did: number, prekeys: unknown[]): Promise<unknown> {
+    return this.request('POST', `/keys/v1/devices/${did}/one-time-prekeys`, { prekeys });
+  }
+  uploadKem(did: number, prekeys: unknown[]): Promise<unknown> {
+    return this.request('POST', `/keys/v1/devices/${did}/kem-prekeys`, { prekeys });
+  }
+  counts(did: number): Promise<{ one_time: number; kem_one_time: number }> {
+    return this.request('GET', `/keys/v1/devices/${did}/counts`);
+  }
+  async checkKeys(did: number, digest: string): Promise<boolean> {
+    const r = await this.request<{ match: boolean }>('POST', `/keys/v1/devices/${did}/check`, { digest });
+    return r.match;
+  }
+  claimBundles(userId: string, deviceIds: number[]): Promise<Listed & { bundles: BundleJson[] }> {
+    return this.request('GET', `/keys/v1/users/${encodeURIComponent(userId)}/bundles?device_id=${deviceIds.join(',')}`);
+  }
+  userDevices(userId: string): Promise<Listed> {
+    return this.request('GET', `/keys/v1/users/${encodeURIComponent(userId)}/devices`);
+  }
+  putAccount(accountKey: string, signed: unknown): Promise<unknown> {
+    return this.request('PUT', '/keys/v1/account', { account_key: accountKey, ...(signed as object) });
+  }
+}

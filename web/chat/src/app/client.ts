@@ -1,0 +1,1089 @@
+/**
+ * The browser client: account, this device's keys, contacts, the WebSocket,
+ * sending and receiving (the port of client/parley: account.py, keys.py,
+ * messenger.py). Protocol version 2 (docs/protocol.md, docs/devices.md): one
+ * ciphertext per device of the contact and of our other devices, `devices_changed`
+ * answered by encrypting again for the current lists, device lists verified with
+ * the account key trusted on first use.
+ *
+ * State lives in the encrypted vault (vault.ts). Every change runs in a
+ * transaction: the rows it changes are written together to IndexedDB, or none
+ * (a ratchet step, the history entry it produced, the prekeys consumed and the
+ * last sequence number processed go together), one transaction at a time.
+ */
+
+import {
+  AccountKey,
+  CryptoError,
+  Device,
+  DeviceEntry,
+  DeviceList,
+  PrekeyBundle,
+  ReplayedMessage,
+  Session,
+  SignedDeviceList,
+  b64decode,
+  b64encode,
+  commitmentFromMessage,
+  fromUtf8,
+  utf8,
+} from '../crypto/index.ts';
+import type * as W from '../generated/contract.ts';
+import { Api, ApiError, type Challenge, type Listed, type Tokens } from './api.ts';
+import { type PeerJson, PeerState } from './peers.ts';
+import { Vault } from './vault.ts';
+
+export const PREKEY_BATCH = 100;
+const PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000; // signed and last-resort prekeys, weekly
+const MAX_UPLOAD = 100;
+const TOKEN_MARGIN_MS = 120_000;
+const REAUTH_MS = 240_000;
+const ACK_DELAY_MS = 200;
+const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
+const STATUS_RANK: Record<string, number> = { queued: 0, accepted: 1, stored: 2, delivered: 3, failed: -1 };
+
+export class ParleyError extends Error {
+  override name = 'ParleyError';
+}
+
+export class NeedsLink extends ParleyError {
+  override name = 'NeedsLink';
+}
+
+/** The contact's identity key changed and the user has not accepted the new one. */
+export class SafetyNumberChanged extends ParleyError {
+  override name = 'SafetyNumberChanged';
+  constructor(
+    readonly userId: string,
+    readonly username: string,
+    readonly oldSafetyNumber: string | null,
+    readonly newSafetyNumber: string,
+    readonly verified: boolean,
+  ) {
+    super(`${username}'s safety number changed: sending is paused until you compare it or accept the new key.`);
+  }
+}
+
+export interface AccountRow {
+  user_id: string;
+  username: string;
+  device_id: number;
+  access_token: string | null;
+  refresh_token: string | null;
+  session_id: string | null;
+}
+
+export interface Contact {
+  user_id: string;
+  username: string;
+}
+
+export interface HistoryEntry {
+  dir: 'in' | 'out' | 'system';
+  kind: 'message' | 'error' | 'key_changed';
+  peer: string;
+  text: string;
+  at: number;
+  client_id?: string;
+  server_id?: string;
+  seq?: number;
+  status?: string;
+  devices?: Record<string, string>;
+  error?: string;
+}
+
+interface Queued {
+  send: W.Send;
+  peer: string;
+  text: string;
+}
+
+export type ClientEvent =
+  | { type: 'message'; peer: string; text: string }
+  | { type: 'receipt'; peer: string; clientId: string; status: string }
+  | { type: 'key_changed'; peer: string; username: string; safetyNumber: string; oldSafetyNumber: string | null }
+  | { type: 'connection'; state: 'connecting' | 'connected' | 'disconnected' | 'stopped'; detail: string | undefined }
+  | { type: 'error'; code: string; message: string }
+  | { type: 'changed' };
+
+export type SecondFactorPrompt = (challenge: Challenge) => Promise<{ method: string; code: string }>;
+
+type Tx = {
+  get<T>(name: string): T | undefined;
+  put(name: string, value: unknown): void;
+};
+
+function jwtExp(token: string): number {
+  try {
+    const part = (token.split('.')[1] as string).replace(/-/g, '+').replace(/_/g, '/');
+    return Number((JSON.parse(atob(part)) as { exp: number }).exp) * 1000;
+  } catch {
+    return 0;
+  }
+}
+
+function randomId(): string {
+  return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function randomDeviceId(): number {
+  return (crypto.getRandomValues(new Uint32Array(1))[0] as number) % (2 ** 31 - 2) + 1;
+}
+
+export function otherParty(conversation: string | null | undefined, me: string): string | null {
+  if (!conversation || !conversation.startsWith('dm:')) return null;
+  const parts = conversation.split(':');
+  if (parts.length !== 3 || !parts.slice(1).includes(me)) return null;
+  return (parts[1] === me ? parts[2] : parts[1]) as string;
+}
+
+/**
+ * One page at a time per account: two tabs would each ratchet from their own copy
+ * of the state and reuse message keys. A Web Lock held while the client is open.
+ */
+function holdAccountLock(username: string): Promise<() => void> {
+  return new Promise((resolve, reject) => {
+    void navigator.locks.request(`parley-chat:${username}`, { ifAvailable: true }, (lock) => {
+      if (lock === null) {
+        reject(new ParleyError('Parley is already open for this account in another tab or window: use that one.'));
+        return undefined;
+      }
+      return new Promise<void>((release) => resolve(release));
+    });
+  });
+}
+
+class Mutex {
+  #tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(fn, fn);
+    this.#tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+export class ParleyClient {
+  readonly api = new Api();
+  readonly vault: Vault;
+  readonly #cache = new Map<string, unknown>();
+  readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
+  readonly #seen = new Set<string>(); // server ids shown
+  readonly #mutex = new Mutex();
+  readonly #listeners = new Set<(e: ClientEvent) => void>();
+  #refreshing: Promise<string> | null = null;
+  #ws: WebSocket | null = null;
+  #running = false;
+  #synced = false;
+  #backoff = 500;
+  #chain: Promise<void> = Promise.resolve();
+  #pending = new Map<string, (frame: W.Synced | W.Error) => void>();
+  #ackPending = 0;
+  #acked = 0; // the highest seq acknowledged on this socket
+  #ackTimer: ReturnType<typeof setTimeout> | null = null;
+  #reauthTimer: ReturnType<typeof setInterval> | null = null;
+  #reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  #maxFrameBytes = DEFAULT_MAX_FRAME_BYTES;
+  connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
+  #release: () => void = () => undefined;
+
+  private constructor(vault: Vault) {
+    this.vault = vault;
+  }
+
+  /** Give up this account's lock (after log-out): another tab may open it. */
+  release(): void {
+    this.#release();
+  }
+
+  // -- events ----------------------------------------------------------------------
+  on(fn: (e: ClientEvent) => void): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  #emit(e: ClientEvent): void {
+    for (const fn of this.#listeners) fn(e);
+    if (e.type !== 'changed') for (const fn of this.#listeners) fn({ type: 'changed' });
+  }
+
+  // -- state -----------------------------------------------------------------------
+  async #load(): Promise<void> {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer', 'prekeys_rotated_at']) {
+      const value = await this.vault.get(name);
+      if (value !== undefined) this.#cache.set(name, value);
+    }
+    for (const contact of this.contacts()) {
+      const ref = await this.#ref(contact.user_id);
+      for (const name of [`peer:${ref}`, `history:${ref}`]) {
+        const value = await this.vault.get(name);
+        if (value !== undefined) this.#cache.set(name, value);
+      }
+      for (const e of this.history(contact.user_id)) if (e.server_id) this.#seen.add(e.server_id);
+    }
+  }
+
+  async #ref(userId: string): Promise<string> {
+    let ref = this.#refs.get(userId);
+    if (ref === undefined) {
+      ref = (await this.vault.ref('peer', userId)).slice('peer:'.length);
+      this.#refs.set(userId, ref);
+    }
+    return ref;
+  }
+
+  #read<T>(name: string): T | undefined {
+    return this.#cache.get(name) as T | undefined;
+  }
+
+  /** Run `fn` as one transaction: its writes reach IndexedDB together, or not at all. */
+  #transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+    return this.#mutex.run(async () => {
+      const staged = new Map<string, unknown>();
+      const tx: Tx = {
+        get: <V>(name: string) => {
+          const value = staged.has(name) ? staged.get(name) : this.#cache.get(name);
+          return value === undefined ? undefined : (structuredClone(value) as V);
+        },
+        put: (name, value) => void staged.set(name, value),
+      };
+      const result = await fn(tx);
+      if (staged.size) {
+        await this.vault.putMany(staged);
+        for (const [name, value] of staged) {
+          if (value === undefined) this.#cache.delete(name);
+          else this.#cache.set(name, structuredClone(value));
+        }
+      }
+      return result;
+    });
+  }
+
+  get account(): AccountRow | undefined {
+    return this.#read<AccountRow>('account');
+  }
+
+  get me(): string {
+    const account = this.account;
+    if (!account) throw new ParleyError('Not logged in.');
+    return account.user_id;
+  }
+
+  get loggedIn(): boolean {
+    return Boolean(this.account?.refresh_token);
+  }
+
+  contacts(): Contact[] {
+    return this.#read<Contact[]>('contacts') ?? [];
+  }
+
+  history(peerId: string): HistoryEntry[] {
+    const ref = this.#refs.get(peerId);
+    return ref === undefined ? [] : (this.#read<HistoryEntry[]>(`history:${ref}`) ?? []);
+  }
+
+  outbox(): Queued[] {
+    return Object.values(this.#read<Record<string, Queued>>('outbox') ?? {});
+  }
+
+  #peerRow(userId: string): string {
+    return userId === this.account?.user_id ? 'self_peer' : `peer:${this.#refs.get(userId) as string}`;
+  }
+
+  #peer(tx: Tx | null, userId: string): PeerState {
+    const name = this.#peerRow(userId);
+    const raw = tx ? tx.get<PeerJson>(name) : this.#read<PeerJson>(name);
+    return raw === undefined ? new PeerState(userId) : PeerState.fromJson(raw);
+  }
+
+  peer(userId: string): PeerState {
+    return this.#peer(null, userId);
+  }
+
+  #addHistory(tx: Tx, peerId: string, entry: HistoryEntry): void {
+    const name = `history:${this.#refs.get(peerId) as string}`;
+    const entries = tx.get<HistoryEntry[]>(name) ?? [];
+    entries.push(entry);
+    tx.put(name, entries);
+  }
+
+  #updateHistory(tx: Tx, peerId: string, clientId: string, change: (e: HistoryEntry) => void): void {
+    const name = `history:${this.#refs.get(peerId) as string}`;
+    const entries = tx.get<HistoryEntry[]>(name);
+    const entry = entries?.find((e) => e.client_id === clientId);
+    if (entries && entry) {
+      change(entry);
+      tx.put(name, entries);
+    }
+  }
+
+  async #ensureContact(userId: string, username?: string): Promise<void> {
+    await this.#ref(userId);
+    const known = this.contacts().find((c) => c.user_id === userId);
+    if (known && (!username || known.username === username)) return;
+    const name = username ?? (await this.api.user(userId).then((u) => u.username).catch(() => userId.slice(0, 8)));
+    await this.#transaction(async (tx) => {
+      const contacts = (tx.get<Contact[]>('contacts') ?? []).filter((c) => c.user_id !== userId);
+      contacts.push({ user_id: userId, username: name });
+      tx.put('contacts', contacts);
+    });
+  }
+
+  username(userId: string): string {
+    return this.contacts().find((c) => c.user_id === userId)?.username ?? userId.slice(0, 8);
+  }
+
+  // -- account -----------------------------------------------------------------------
+  static async signup(username: string, email: string, password: string, passphrase: string): Promise<ParleyClient> {
+    const api = new Api();
+    const deviceId = randomDeviceId();
+    const tokens = await api.signup(username, email, password, deviceId); // refused: no vault is made
+    const release = await holdAccountLock(tokens.user.username);
+    try {
+      const client = new ParleyClient(await Vault.create(tokens.user.username, passphrase));
+      client.#release = release;
+      await client.#loggedIn(tokens, deviceId);
+      await client.setup({ newAccount: true });
+      return client;
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  /** Log in; `newIdentity` starts a new account identity on a browser that is not one
+   * of the account's devices (contacts see a new safety number). */
+  static async login(
+    username: string,
+    password: string,
+    passphrase: string,
+    secondFactor: SecondFactorPrompt,
+    options: { newIdentity?: boolean } = {},
+  ): Promise<ParleyClient> {
+    const name = username.trim().toLowerCase();
+    const release = await holdAccountLock(name);
+    try {
+      return await ParleyClient.#login(name, password, passphrase, secondFactor, options, release);
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  static async #login(
+    name: string,
+    password: string,
+    passphrase: string,
+    secondFactor: SecondFactorPrompt,
+    options: { newIdentity?: boolean },
+    release: () => void,
+  ): Promise<ParleyClient> {
+    const existing = await Vault.exists(name);
+    const vault = existing ? await Vault.open(name, passphrase) : null; // wrong passphrase: refused before the network
+    const client = vault ? new ParleyClient(vault) : null;
+    if (client) await client.#load();
+    if (!password) {
+      // Reopen this browser's session (after a reload): the passphrase opened the
+      // vault, which holds the refresh token; no password is sent.
+      if (!client?.loggedIn) throw new ParleyError('Enter your password: this browser has no open session for this account.');
+      client.#release = release;
+      await client.accessToken(true);
+      await client.setup(options);
+      return client;
+    }
+    const deviceId = client?.account?.device_id ?? randomDeviceId();
+    const api = new Api();
+    let result = await api.login(name, password, deviceId);
+    let attempts = 0;
+    while ('second_factor_required' in result) {
+      const challenge: Challenge = result;
+      const { method, code } = await secondFactor(challenge);
+      if (method === 'email' && !code) {
+        await api.sendEmailCode(challenge.challenge_id);
+        result = { ...challenge, email_code_sent: true };
+        continue;
+      }
+      try {
+        result = await api.login2fa(challenge.challenge_id, method, code);
+      } catch (error) {
+        attempts += 1;
+        if (!(error instanceof ApiError) || error.code !== 'invalid_code' || attempts >= 5) throw error;
+        result = { ...challenge, email_code_sent: false };
+      }
+    }
+    const tokens = result;
+    const c = client ?? new ParleyClient(await Vault.create(tokens.user.username, passphrase));
+    c.#release = release;
+    await c.#loggedIn(tokens, deviceId);
+    await c.setup(options);
+    return c;
+  }
+
+  async #loggedIn(tokens: Tokens, deviceId: number): Promise<void> {
+    await this.#transaction(async (tx) => {
+      const previous = tx.get<AccountRow>('account');
+      if (previous && previous.user_id !== tokens.user.user_id) {
+        throw new ParleyError(`This browser's store for ${previous.username} belongs to another account.`);
+      }
+      tx.put('account', {
+        user_id: tokens.user.user_id,
+        username: tokens.user.username,
+        device_id: deviceId,
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        session_id: tokens.session_id,
+      } satisfies AccountRow);
+    });
+    this.api.token = tokens.access_token;
+  }
+
+  /** A valid access token, refreshed when it expires within two minutes. */
+  accessToken(force = false): Promise<string> {
+    if (this.#refreshing) return this.#refreshing;
+    const account = this.account;
+    if (!account?.refresh_token) return Promise.reject(new ParleyError('You are logged out: log in again.'));
+    if (!force && account.access_token && jwtExp(account.access_token) > Date.now() + TOKEN_MARGIN_MS) {
+      this.api.token = account.access_token;
+      return Promise.resolve(account.access_token);
+    }
+    this.#refreshing = (async () => {
+      try {
+        const tokens = await this.api.refresh(account.refresh_token as string);
+        await this.#transaction(async (tx) => {
+          const row = tx.get<AccountRow>('account') as AccountRow;
+          tx.put('account', { ...row, access_token: tokens.access_token, refresh_token: tokens.refresh_token });
+        });
+        this.api.token = tokens.access_token;
+        return tokens.access_token;
+      } catch (error) {
+        if (error instanceof ApiError && ['token_revoked', 'refresh_token_reused', 'invalid_token'].includes(error.code)) {
+          await this.#transaction(async (tx) => {
+            const row = tx.get<AccountRow>('account') as AccountRow;
+            tx.put('account', { ...row, access_token: null, refresh_token: null });
+          });
+        }
+        throw error;
+      } finally {
+        this.#refreshing = null;
+      }
+    })();
+    return this.#refreshing;
+  }
+
+  async logout(): Promise<void> {
+    this.close();
+    try {
+      await this.accessToken();
+      await this.api.logout();
+    } catch {
+      // the session may be gone already: forget the tokens anyway
+    }
+    await this.#transaction(async (tx) => {
+      const row = tx.get<AccountRow>('account') as AccountRow;
+      tx.put('account', { ...row, access_token: null, refresh_token: null });
+    });
+    this.api.token = null;
+    this.release();
+  }
+
+  // -- keys ---------------------------------------------------------------------------
+  async #device(tx: Tx | null): Promise<Device | null> {
+    const raw = tx ? tx.get<string>('device') : this.#read<string>('device');
+    return raw === undefined ? null : Device.fromBytes(b64decode(raw));
+  }
+
+  async accountKey(): Promise<AccountKey | null> {
+    const raw = this.#read<string>('account_key');
+    return raw === undefined ? null : AccountKey.fromSeed(b64decode(raw));
+  }
+
+  async #myAccountPublic(): Promise<Uint8Array> {
+    const key = await this.accountKey();
+    if (key === null) throw new ParleyError('This browser is not linked to its account yet.');
+    return key.public;
+  }
+
+  /** Make this device's keys on first use and publish them; make sure the directory
+   * holds them; top up one-time prekeys; (first device) create the account's list. */
+  async setup(options: { newIdentity?: boolean; newAccount?: boolean } = {}): Promise<void> {
+    await this.accessToken();
+    const did = (this.account as AccountRow).device_id;
+    let device = await this.#device(null);
+    const fresh = device === null;
+    if (device === null) {
+      const made = await Device.generate();
+      device = made;
+      await this.#transaction(async (tx) => {
+        tx.put('device', b64encode(made.toBytes()));
+        tx.put('prekeys_rotated_at', Date.now());
+      });
+    } else if (Date.now() - (this.#read<number>('prekeys_rotated_at') ?? 0) >= PREKEY_ROTATION_MS) {
+      // Weekly, as the Python client: new signed and last-resort prekeys (the previous
+      // ones are kept for initial messages in flight); the keys check below then
+      // finds the directory out of date and publishes them.
+      device = await this.#transaction(async (tx) => {
+        const current = (await this.#device(tx)) as Device;
+        await current.rotateSignedPrekey();
+        await current.rotateLastResortKemPrekey();
+        tx.put('device', b64encode(current.toBytes()));
+        tx.put('prekeys_rotated_at', Date.now());
+        return current;
+      });
+    }
+    if (fresh || !(await this.#directoryHolds(did, device))) {
+      await this.api.putIdentity(did, device.publicIdentity());
+      await this.api.putSignedPrekey(did, device.signedPrekey());
+      await this.api.putLastResort(did, device.lastResortKemPrekey());
+    }
+    await this.topUp();
+    if (await this.accountKey()) return;
+    let exists = !options.newAccount; // a new account has no devices: no need to ask
+    if (exists) {
+      try {
+        await this.api.userDevices(this.me);
+      } catch (error) {
+        if (!(error instanceof ApiError) || !['identity_not_found', 'user_not_found', 'not_found'].includes(error.code)) throw error;
+        exists = false;
+      }
+    }
+    if (exists && !options.newIdentity) {
+      throw new NeedsLink(
+        'This account already has devices and this browser is not one of them. ' +
+          'Link it from a device of the account, or start a new identity here (your contacts will see a new safety number).',
+      );
+    }
+    const accountKey = await AccountKey.generate();
+    const signed = await new DeviceList(this.me, 1, [DeviceEntry.of(did, 'parley-web', device.identity)]).sign(accountKey);
+    await this.#transaction(async (tx) => {
+      tx.put('account_key', b64encode(accountKey.seed()));
+      tx.put('device_list', signed.toJson());
+    });
+    await this.api.putAccount(b64encode(accountKey.public), signed.toJson());
+  }
+
+  async #directoryHolds(did: number, device: Device): Promise<boolean> {
+    try {
+      return await this.api.checkKeys(did, b64encode(await device.keysDigest()));
+    } catch (error) {
+      if (error instanceof ApiError && error.code === 'device_not_found') return false;
+      throw error;
+    }
+  }
+
+  /** Upload one-time X25519 and ML-KEM prekeys up to the batch size (private halves first). */
+  async topUp(): Promise<void> {
+    const did = (this.account as AccountRow).device_id;
+    const counts = await this.api.counts(did);
+    const needOt = Math.max(0, PREKEY_BATCH - counts.one_time);
+    const needKem = Math.max(0, PREKEY_BATCH - counts.kem_one_time);
+    if (!needOt && !needKem) return;
+    const [oneTime, kem] = await this.#transaction(async (tx) => {
+      const device = (await this.#device(tx)) as Device;
+      const ot = await device.generateOneTimePrekeys(needOt);
+      const k = await device.generateKemPrekeys(needKem);
+      tx.put('device', b64encode(device.toBytes()));
+      return [ot, k] as const;
+    });
+    for (let i = 0; i < oneTime.length; i += MAX_UPLOAD) await this.api.uploadOneTime(did, oneTime.slice(i, i + MAX_UPLOAD));
+    for (let i = 0; i < kem.length; i += MAX_UPLOAD) await this.api.uploadKem(did, kem.slice(i, i + MAX_UPLOAD));
+  }
+
+  // -- contacts and trust --------------------------------------------------------------
+  /** Add a contact by username (GET /auth/v1/users/{username}): their user id. */
+  async addContact(username: string): Promise<Contact> {
+    await this.accessToken();
+    const user = await this.api.user(username.trim());
+    if (user.user_id === this.me) throw new ParleyError('That is you: your other devices get a copy of everything you send.');
+    await this.#ensureContact(user.user_id, user.username);
+    try {
+      await this.#refreshPeer(user.user_id);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error; // no devices yet: fetched again at the first send
+    }
+    this.#emit({ type: 'changed' });
+    return { user_id: user.user_id, username: user.username };
+  }
+
+  async #refreshPeer(userId: string, answer?: Listed): Promise<PeerState> {
+    await this.accessToken();
+    const listed = answer ?? (await this.api.userDevices(userId));
+    const signed = SignedDeviceList.fromJson(listed);
+    const me = this.me;
+    const mine = await this.#myAccountPublic();
+    if (userId !== me) await this.#ensureContact(userId);
+    let warning: ClientEvent | null = null;
+    const state = await this.#transaction(async (tx) => {
+      const state = this.#peer(tx, userId);
+      if (userId !== me) state.username = this.username(userId);
+      const changed = await state.trust(listed.account_key, signed, mine, me);
+      if (changed !== null && userId !== me) {
+        const name = this.username(userId);
+        warning = { type: 'key_changed', peer: userId, username: name, safetyNumber: changed.newSafetyNumber, oldSafetyNumber: changed.oldSafetyNumber };
+        this.#addHistory(tx, userId, {
+          dir: 'system',
+          kind: 'key_changed',
+          peer: userId,
+          at: Date.now(),
+          text: `${name}'s safety number changed. New safety number: ${changed.newSafetyNumber}`,
+        });
+      }
+      tx.put(this.#peerRow(userId), state.toJson());
+      return state;
+    });
+    if (warning) this.#emit(warning);
+    return state;
+  }
+
+  /** The safety number with a contact (of the account key we trust; fetched if none yet). */
+  async safetyNumber(userId: string): Promise<string | null> {
+    const mine = await this.#myAccountPublic();
+    let state = this.peer(userId);
+    if (state.accountKey === null) state = await this.#refreshPeer(userId);
+    return state.safetyNumber(mine, this.me);
+  }
+
+  identityStatus(userId: string): { verified: boolean; pendingChange: boolean; wasVerified: boolean; oldSafetyNumber: string | null } {
+    const state = this.peer(userId);
+    return {
+      verified: state.verified,
+      pendingChange: state.pendingChange !== null,
+      wasVerified: Boolean(state.pendingChange?.was_verified),
+      oldSafetyNumber: state.pendingChange?.old_safety_number ?? null,
+    };
+  }
+
+  /** Accept a changed key without comparing: sending resumes, the contact is unverified. */
+  async acceptIdentity(userId: string): Promise<void> {
+    await this.#transaction(async (tx) => {
+      const state = this.#peer(tx, userId);
+      state.accept();
+      tx.put(this.#peerRow(userId), state.toJson());
+    });
+    this.#emit({ type: 'changed' });
+  }
+
+  /** The user compared `number` with the contact's: it must be the current key's. */
+  async verify(userId: string, number: string): Promise<void> {
+    const mine = await this.#myAccountPublic();
+    await this.#transaction(async (tx) => {
+      const state = this.#peer(tx, userId);
+      const current = await state.safetyNumber(mine, this.me);
+      if (state.accountKey === null || current === null) throw new ParleyError('This contact has no keys yet: nothing to verify.');
+      if (number.replace(/\s/g, '') !== current.replace(/\s/g, '')) {
+        throw new ParleyError("The safety number changed while you were comparing it: compare the new one.");
+      }
+      state.markVerified(state.accountKey);
+      tx.put(this.#peerRow(userId), state.toJson());
+    });
+    this.#emit({ type: 'changed' });
+  }
+
+  async #checkIdentity(state: PeerState): Promise<void> {
+    const change = state.pendingChange;
+    if (change === null) return;
+    const number = (await state.safetyNumber(await this.#myAccountPublic(), this.me)) as string;
+    throw new SafetyNumberChanged(state.userId, this.username(state.userId), change.old_safety_number, number, change.was_verified);
+  }
+
+  // -- sending ------------------------------------------------------------------------
+  get maxFrameBytes(): number {
+    return this.#maxFrameBytes;
+  }
+
+  /** Encrypt `text` for every device of the contact and our other devices, queue it
+   * and send it; returns the client message id. SafetyNumberChanged (nothing queued)
+   * while the contact's changed identity is not accepted. */
+  async send(peerId: string, text: string): Promise<string> {
+    if (!text.trim()) throw new ParleyError('The message is empty: there is nothing to send.');
+    const clientId = randomId();
+    const frame = await this.#encrypt(peerId, text, clientId, false);
+    this.#emit({ type: 'changed' });
+    this.#sendFrame(frame);
+    return clientId;
+  }
+
+  async #encrypt(peerId: string, text: string, clientId: string, refresh: boolean): Promise<W.Send> {
+    const me = this.me;
+    const myDevice = (this.account as AccountRow).device_id;
+    await this.#ensureContact(peerId);
+    if (refresh || this.peer(peerId).devices.size === 0) await this.#refreshPeer(peerId);
+    if (refresh || this.peer(me).devices.size === 0) await this.#refreshPeer(me);
+    await this.#checkIdentity(this.peer(peerId));
+    const bundles = new Map<string, PrekeyBundle>();
+    for (const user of [peerId, me]) {
+      for (let round = 0; round < 3; round++) {
+        const missing = this.peer(user)
+          .missingSessions()
+          .filter((d) => !(user === me && d === myDevice) && !bundles.has(`${user}.${d}`));
+        if (!missing.length) break;
+        const answer = await this.api.claimBundles(user, missing);
+        const state = await this.#refreshPeer(user, answer);
+        for (const raw of answer.bundles) {
+          const bundle = await PrekeyBundle.fromJson(raw);
+          state.checkDevice(raw.device_id, bundle.identity);
+          bundles.set(`${user}.${raw.device_id}`, bundle);
+        }
+      }
+    }
+    const plaintext = utf8(text);
+    return this.#transaction(async (tx) => {
+      const device = (await this.#device(tx)) as Device;
+      await this.#checkIdentity(this.#peer(tx, peerId)); // a change seen meanwhile stops it here
+      const copies: W.Copy[] = [];
+      for (const user of [peerId, me]) {
+        const state = this.#peer(tx, user);
+        for (const did of [...state.devices.keys()].sort((a, b) => a - b)) {
+          if (user === me && did === myDevice) continue;
+          let wire: Uint8Array;
+          if (state.hasSession(did)) {
+            wire = await state.encrypt(did, plaintext);
+          } else {
+            const bundle = bundles.get(`${user}.${did}`);
+            if (bundle === undefined) throw new ParleyError(`No keys for device ${did} of ${user}: try again.`);
+            const [session, initial] = await Session.initiate(device, bundle, plaintext);
+            await state.start(did, session);
+            wire = initial;
+          }
+          copies.push({ user, device: did, body: b64encode(wire), commitment: b64encode(commitmentFromMessage(wire)) });
+        }
+        tx.put(this.#peerRow(user), state.toJson());
+      }
+      if (!copies.some((c) => c.user === peerId)) throw new ParleyError('That contact has no device to send to.');
+      const frame: W.Send = { op: 'send', id: clientId, to: peerId, copies: copies as W.Send['copies'] };
+      const size = utf8(JSON.stringify(frame)).length;
+      if (size > this.#maxFrameBytes) {
+        throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
+      }
+      if (!this.history(peerId).some((e) => e.client_id === clientId)) {
+        this.#addHistory(tx, peerId, { dir: 'out', kind: 'message', peer: peerId, text, at: Date.now(), client_id: clientId, status: 'queued' });
+      }
+      const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
+      outbox[clientId] = { send: frame, peer: peerId, text };
+      tx.put('outbox', outbox);
+      return frame;
+    });
+  }
+
+  #sendFrame(frame: W.ClientFrame): void {
+    if (this.#ws !== null && this.#ws.readyState === WebSocket.OPEN && this.connectionState === 'connected') {
+      this.#ws.send(JSON.stringify(frame));
+    }
+  }
+
+  // -- the socket -----------------------------------------------------------------------
+  /** Open the WebSocket; on `ready` it syncs the inbox and resends the outbox; it
+   * reconnects by itself (backoff with jitter) until {@link close}. */
+  connect(): void {
+    if (this.#running) return;
+    this.#running = true;
+    void this.#open();
+  }
+
+  close(): void {
+    this.#running = false;
+    if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
+    if (this.#reauthTimer) clearInterval(this.#reauthTimer);
+    this.#ws?.close(1000);
+    this.#ws = null;
+    this.#state('stopped');
+  }
+
+  #state(state: ParleyClient['connectionState'], detail?: string): void {
+    this.connectionState = state;
+    this.#emit({ type: 'connection', state, detail });
+  }
+
+  async #open(force = false): Promise<void> {
+    if (!this.#running) return;
+    this.#state('connecting');
+    let token: string;
+    try {
+      token = await this.accessToken(force);
+    } catch (error) {
+      if (error instanceof ApiError && error.code === 'network') return this.#retry();
+      this.#running = false;
+      this.#state('stopped', String((error as Error).message));
+      return;
+    }
+    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+    const ws = new WebSocket(url);
+    this.#ws = ws;
+    this.#synced = false;
+    this.#acked = 0;
+    ws.onopen = () => ws.send(JSON.stringify({ op: 'auth', token } satisfies W.Auth));
+    ws.onmessage = (ev: MessageEvent<string>) => {
+      let frame: W.ServerFrame;
+      try {
+        frame = JSON.parse(ev.data) as W.ServerFrame;
+      } catch {
+        return;
+      }
+      this.#chain = this.#chain.then(() => this.#onFrame(ws, frame)).catch((error: unknown) => {
+        this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) });
+      });
+    };
+    ws.onclose = (ev) => {
+      if (this.#ws !== ws) return;
+      this.#ws = null;
+      if (this.#reauthTimer) clearInterval(this.#reauthTimer);
+      for (const resolve of this.#pending.values()) resolve({ op: 'error', code: 'closed', message: 'socket closed' } as W.Error);
+      this.#pending.clear();
+      if (!this.#running) return;
+      if (ev.code === 4003) {
+        this.#running = false;
+        this.#state('stopped', 'This session was ended (logged out elsewhere, or the account is blocked).');
+        return;
+      }
+      this.#state('disconnected');
+      if (ev.code === 4005 || ev.code === 4001) {
+        void this.#open(true);
+        return;
+      }
+      this.#retry();
+    };
+  }
+
+  #retry(): void {
+    if (!this.#running) return;
+    const delay = Math.random() * this.#backoff;
+    this.#backoff = Math.min(this.#backoff * 2, 30_000);
+    this.#reconnectTimer = setTimeout(() => void this.#open(), delay);
+  }
+
+  async #onFrame(ws: WebSocket, frame: W.ServerFrame): Promise<void> {
+    switch (frame.op) {
+      case 'ready':
+        if (this.connectionState !== 'connected') {
+          if (frame.limits) this.#maxFrameBytes = frame.limits.max_frame_bytes;
+          void this.#afterReady(ws);
+        }
+        return;
+      case 'message':
+        return this.#onMessage(frame);
+      case 'key_changed':
+        return this.#onKeyChanged(frame);
+      case 'accepted':
+      case 'stored':
+      case 'delivered':
+        return this.#onReceipt(frame);
+      case 'synced': {
+        const resolve = this.#pending.get(frame.id ?? '');
+        this.#pending.delete(frame.id ?? '');
+        resolve?.(frame);
+        return;
+      }
+      case 'error': {
+        const resolve = frame.id ? this.#pending.get(frame.id) : undefined;
+        if (resolve && frame.id) {
+          this.#pending.delete(frame.id);
+          return resolve(frame);
+        }
+        return this.#onError(frame);
+      }
+      case 'prekeys_low':
+        void this.topUp().catch((e: unknown) => this.#emit({ type: 'error', code: 'prekeys', message: `Could not upload new prekeys: ${String(e)}` }));
+        return;
+      case 'resync':
+        void this.sync().catch(() => undefined);
+        return;
+      case 'reconnect':
+        ws.close(1000);
+        return;
+      default:
+        return;
+    }
+  }
+
+  async #afterReady(ws: WebSocket): Promise<void> {
+    try {
+      this.connectionState = 'connected';
+      await this.sync();
+      this.#synced = true;
+      if (this.#ackPending > this.#acked) this.#ackSoon(this.#ackPending); // pushed during the sync
+      this.#backoff = 500;
+      for (const q of this.outbox()) if (this.#ws === ws) ws.send(JSON.stringify(q.send));
+      if (this.#reauthTimer) clearInterval(this.#reauthTimer);
+      this.#reauthTimer = setInterval(() => {
+        void this.accessToken(true).then((token) => {
+          if (this.#ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: 'auth', token } satisfies W.Auth));
+        });
+      }, REAUTH_MS);
+      this.#state('connected');
+    } catch (error) {
+      this.#emit({ type: 'error', code: 'sync', message: String((error as Error).message) });
+      ws.close(4000);
+    }
+  }
+
+  /** Page through the inbox after the last processed item, acknowledging each page. */
+  async sync(): Promise<void> {
+    for (;;) {
+      const ws = this.#ws;
+      if (ws === null) throw new ParleyError('not connected');
+      const after = this.#read<number>('last_seq') ?? 0;
+      const id = randomId();
+      const answer = await new Promise<W.Synced | W.Error>((resolve) => {
+        this.#pending.set(id, resolve);
+        ws.send(JSON.stringify({ op: 'sync', after, limit: 200, id } satisfies W.Sync));
+      });
+      if (answer.op === 'error') throw new ParleyError(`Sync failed: ${answer.message}`);
+      if (answer.last > after) {
+        await this.#transaction(async (tx) => {
+          if (answer.last > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', answer.last);
+        });
+        ws.send(JSON.stringify({ op: 'ack', seq: answer.last } satisfies W.Ack));
+        this.#acked = Math.max(this.#acked, answer.last);
+      }
+      if (!answer.more) return;
+    }
+  }
+
+  #ackSoon(seq: number): void {
+    this.#ackPending = Math.max(this.#ackPending, seq);
+    if (!this.#synced || this.#ackTimer !== null) return;
+    this.#ackTimer = setTimeout(() => {
+      this.#ackTimer = null;
+      if (this.#ws?.readyState === WebSocket.OPEN) {
+        this.#ws.send(JSON.stringify({ op: 'ack', seq: this.#ackPending } satisfies W.Ack));
+        this.#acked = Math.max(this.#acked, this.#ackPending);
+      }
+    }, ACK_DELAY_MS);
+  }
+
+  async #onMessage(frame: W.Message): Promise<void> {
+    const me = this.me;
+    const sender = frame.from;
+    const own = sender === me;
+    const peer = own ? otherParty(frame.conversation, me) : sender;
+    if (peer) await this.#ensureContact(peer);
+    if (!this.peer(sender).devices.has(frame.from_device)) {
+      try {
+        await this.#refreshPeer(sender); // a device we have not seen: its list first
+      } catch {
+        // decrypting below fails with UnknownDevice, and says so
+      }
+    }
+    let event: ClientEvent | null = null;
+    await this.#transaction(async (tx) => {
+      if (!this.#seen.has(frame.server_id)) {
+        const state = this.#peer(tx, sender);
+        const device = (await this.#device(tx)) as Device;
+        const entry: HistoryEntry = {
+          dir: own ? 'out' : 'in',
+          kind: 'message',
+          peer: peer ?? sender,
+          text: '',
+          at: frame.sent_at ?? Date.now(),
+          server_id: frame.server_id,
+          seq: frame.seq,
+        };
+        let wire: Uint8Array = new Uint8Array(0);
+        try {
+          wire = b64decode(frame.body);
+        } catch {
+          // an undecodable body is reported below as a failed decryption
+        }
+        try {
+          const incoming = await state.decrypt(device, frame.from_device, wire);
+          entry.text = fromUtf8(incoming.plaintext);
+          if (own) entry.status = 'sent';
+          if (peer) this.#addHistory(tx, peer, entry);
+          tx.put(this.#peerRow(sender), state.toJson());
+          if (incoming.newSession) tx.put('device', b64encode(device.toBytes()));
+          if (!own && peer) event = { type: 'message', peer, text: entry.text };
+        } catch (error) {
+          if (!(error instanceof ReplayedMessage) && (error instanceof CryptoError || error instanceof RangeError)) {
+            entry.kind = 'error';
+            entry.text = `[could not decrypt: ${error.name}]`;
+            if (peer) this.#addHistory(tx, peer, entry);
+            event = { type: 'error', code: 'decrypt_failed', message: `A message from ${this.username(sender)} could not be decrypted (${error.name}).` };
+          } else if (!(error instanceof ReplayedMessage)) {
+            throw error;
+          }
+        }
+      }
+      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+    });
+    this.#seen.add(frame.server_id);
+    if (event) this.#emit(event);
+    else this.#emit({ type: 'changed' });
+    this.#ackSoon(frame.seq);
+  }
+
+  async #onKeyChanged(frame: W.KeyChanged): Promise<void> {
+    if (this.contacts().some((c) => c.user_id === frame.user_id)) {
+      try {
+        await this.#refreshPeer(frame.user_id); // warns if the key is not the one we trust
+      } catch {
+        // the directory's answer does not verify: the next send refuses it
+      }
+    }
+    await this.#transaction(async (tx) => {
+      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+    });
+    if (frame.seq) this.#ackSoon(frame.seq);
+  }
+
+  async #onReceipt(frame: W.Accepted | W.Stored | W.Delivered): Promise<void> {
+    const status = frame.op;
+    if (frame.op !== 'accepted' && frame.to === this.me) return; // copies for our other devices
+    const queued = (this.#read<Record<string, Queued>>('outbox') ?? {})[frame.id];
+    const peer = queued?.peer ?? (frame.op === 'accepted' ? otherParty(frame.conversation, this.me) : frame.to);
+    if (!peer) return;
+    const rank = STATUS_RANK[status] as number;
+    await this.#transaction(async (tx) => {
+      if (status === 'accepted') {
+        const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
+        if (frame.id in outbox) {
+          delete outbox[frame.id];
+          tx.put('outbox', outbox);
+        }
+      }
+      this.#updateHistory(tx, peer, frame.id, (e) => {
+        if ((STATUS_RANK[e.status ?? 'queued'] ?? 0) < rank) e.status = status;
+        if (frame.op !== 'accepted') {
+          e.devices ??= {};
+          if ((STATUS_RANK[e.devices[String(frame.device)] ?? 'queued'] ?? 0) < rank) e.devices[String(frame.device)] = status;
+        }
+      });
+    });
+    this.#emit({ type: 'receipt', peer, clientId: frame.id, status });
+  }
+
+  async #onError(frame: W.Error): Promise<void> {
+    const { code, message } = frame;
+    const clientId = frame.id ?? null;
+    if (code === 'reauth_required') return;
+    const queued = clientId ? (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId] : undefined;
+    if (clientId && queued && code === 'devices_changed') {
+      // Someone linked or removed a device: encrypt for the current lists, same id.
+      try {
+        this.#sendFrame(await this.#encrypt(queued.peer, queued.text, clientId, true));
+      } catch (error) {
+        await this.#fail(clientId, queued.peer, String((error as Error).message));
+      }
+      return;
+    }
+    if (clientId && queued && (code === 'rate_limited' || code === 'service_unavailable')) {
+      setTimeout(() => {
+        const again = (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId];
+        if (again) this.#sendFrame(again.send);
+      }, 1000);
+      return;
+    }
+    if (clientId && queued) await this.#fail(clientId, queued.peer, message);
+    this.#emit({ type: 'error', code, message });
+  }
+
+  async #fail(clientId: string, peer: string, reason: string): Promise<void> {
+    await this.#transaction(async (tx) => {
+      const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
+      delete outbox[clientId];
+      tx.put('outbox', outbox);
+      this.#updateHistory(tx, peer, clientId, (e) => {
+        e.status = 'failed';
+        e.error = reason;
+      });
+    });
+    this.#emit({ type: 'receipt', peer, clientId, status: 'failed' });
+  }
+}

@@ -1,0 +1,588 @@
+import { render } from 'preact';
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { Api, type Challenge } from './api.ts';
+import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
+import './style.css';
+
+type Screen = 'login' | 'signup' | 'reset';
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function useForm<T extends Record<string, string>>(initial: T): [T, (name: keyof T) => (e: Event) => void] {
+  const [values, setValues] = useState(initial);
+  const bind = (name: keyof T) => (e: Event) => setValues((v) => ({ ...v, [name]: (e.target as HTMLInputElement).value }));
+  return [values, bind];
+}
+
+function Field(props: {
+  id: string;
+  label: string;
+  type?: 'text' | 'password' | 'email';
+  value: string;
+  onInput: (e: Event) => void;
+  autocomplete?: string;
+  hint?: string;
+  optional?: boolean;
+}) {
+  return (
+    <div class="field">
+      <label for={props.id}>{props.label}</label>
+      <input
+        id={props.id}
+        name={props.id}
+        type={(props.type ?? 'text') as 'text'}
+        value={props.value}
+        onInput={props.onInput}
+        {...(props.autocomplete ? { autocomplete: props.autocomplete } : {})}
+        {...(props.hint ? { 'aria-describedby': `${props.id}-hint` } : {})}
+        required={!props.optional}
+      />
+      {props.hint && (
+        <small id={`${props.id}-hint`} class="hint">
+          {props.hint}
+        </small>
+      )}
+    </div>
+  );
+}
+
+function Busy(props: { busy: boolean; label: string; id: string }) {
+  return (
+    <button id={props.id} type="submit" disabled={props.busy} aria-busy={props.busy}>
+      {props.busy ? 'Please wait…' : props.label}
+    </button>
+  );
+}
+
+function ErrorLine(props: { error: string }) {
+  return props.error ? (
+    <p class="error" role="alert" id="form-error">
+      {props.error}
+    </p>
+  ) : null;
+}
+
+function SecondFactor(props: { challenge: Challenge; onAnswer: (method: string, code: string) => void }) {
+  const [method, setMethod] = useState<string>(props.challenge.methods[0] ?? 'totp');
+  const [code, setCode] = useState('');
+  return (
+    <form
+      id="second-factor"
+      aria-labelledby="second-factor-title"
+      onSubmit={(e) => {
+        e.preventDefault();
+        props.onAnswer(method, code.trim());
+      }}
+    >
+      <h2 id="second-factor-title">Second factor</h2>
+      <p>This account asks for a second factor.</p>
+      {props.challenge.email_code_sent && (
+        <p role="status" id="email-code-sent">
+          A code is on its way to your e-mail address.
+        </p>
+      )}
+      <div class="field">
+        <label for="method">Method</label>
+        <select id="method" value={method} onChange={(e) => setMethod((e.target as HTMLSelectElement).value)}>
+          {props.challenge.methods.map((m) => (
+            <option value={m}>{m === 'totp' ? 'Authenticator app' : m === 'email' ? 'Code by e-mail' : 'Recovery code'}</option>
+          ))}
+        </select>
+      </div>
+      {method === 'email' && (
+        <button type="button" id="send-email-code" onClick={() => props.onAnswer('email', '')}>
+          E-mail me a code
+        </button>
+      )}
+      <Field id="code" label="Code" value={code} onInput={(e) => setCode((e.target as HTMLInputElement).value)} autocomplete="one-time-code" />
+      <button type="submit" id="code-submit">
+        Continue
+      </button>
+    </form>
+  );
+}
+
+function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => void }) {
+  const [v, bind] = useForm({ username: '', password: '', passphrase: '' });
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  const [challenge, setChallenge] = useState<{ c: Challenge; answer: (a: { method: string; code: string }) => void } | null>(null);
+  const [needsLink, setNeedsLink] = useState(false);
+
+  async function submit(newIdentity: boolean) {
+    setBusy(true);
+    setError('');
+    try {
+      const client = await ParleyClient.login(
+        v.username,
+        v.password,
+        v.passphrase,
+        (c) => new Promise((resolve) => setChallenge({ c, answer: resolve })),
+        { newIdentity },
+      );
+      props.onClient(client);
+    } catch (e) {
+      setChallenge(null);
+      if (e instanceof NeedsLink) setNeedsLink(true);
+      setError(message(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  if (challenge) {
+    return (
+      <main class="card">
+        <SecondFactor
+          challenge={challenge.c}
+          onAnswer={(method, code) => {
+            challenge.answer({ method, code });
+            if (code) setChallenge(null);
+          }}
+        />
+        <ErrorLine error={error} />
+      </main>
+    );
+  }
+  return (
+    <main class="card">
+      <h1>Parley</h1>
+      <form
+        id="login"
+        aria-labelledby="login-title"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void submit(false);
+        }}
+      >
+        <h2 id="login-title">Log in</h2>
+        <Field id="username" label="Username" value={v.username} onInput={bind('username')} autocomplete="username" />
+        <Field
+          id="password"
+          label="Password"
+          type="password"
+          value={v.password}
+          onInput={bind('password')}
+          autocomplete="current-password"
+          optional
+          hint="Leave it empty to reopen this browser's session (after a reload): the passphrase is enough."
+        />
+        <Field
+          id="passphrase"
+          label="Local passphrase"
+          type="password"
+          value={v.passphrase}
+          onInput={bind('passphrase')}
+          autocomplete="off"
+          hint="Encrypts your keys and history in this browser. It is never sent anywhere."
+        />
+        <Busy busy={busy} label="Log in" id="login-submit" />
+        <ErrorLine error={error} />
+        {needsLink && (
+          <button type="button" id="new-identity" onClick={() => void submit(true)}>
+            Start a new identity in this browser
+          </button>
+        )}
+      </form>
+      <nav aria-label="Other actions" class="links">
+        <button type="button" class="link" id="go-signup" onClick={() => props.go('signup')}>
+          Create an account
+        </button>
+        <button type="button" class="link" id="go-reset" onClick={() => props.go('reset')}>
+          Forgot your password?
+        </button>
+      </nav>
+    </main>
+  );
+}
+
+function Signup(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => void }) {
+  const [v, bind] = useForm({ username: '', email: '', password: '', passphrase: '' });
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  return (
+    <main class="card">
+      <h1>Parley</h1>
+      <form
+        id="signup"
+        aria-labelledby="signup-title"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (v.passphrase.length < 8) return setError('The local passphrase needs at least 8 characters.');
+          setBusy(true);
+          setError('');
+          ParleyClient.signup(v.username.trim(), v.email.trim(), v.password, v.passphrase)
+            .then(props.onClient, (err: unknown) => setError(message(err)))
+            .finally(() => setBusy(false));
+        }}
+      >
+        <h2 id="signup-title">Create an account</h2>
+        <Field id="username" label="Username" value={v.username} onInput={bind('username')} autocomplete="username" hint="3 to 32 of a-z 0-9 . _ -" />
+        <Field id="email" label="E-mail" type="email" value={v.email} onInput={bind('email')} autocomplete="email" />
+        <Field
+          id="password"
+          label="Password"
+          type="password"
+          value={v.password}
+          onInput={bind('password')}
+          autocomplete="new-password"
+          hint="10 to 256 characters; sent to the server."
+        />
+        <Field
+          id="passphrase"
+          label="Local passphrase"
+          type="password"
+          value={v.passphrase}
+          onInput={bind('passphrase')}
+          autocomplete="off"
+          hint="At least 8 characters. Encrypts your keys and history in this browser; never sent anywhere."
+        />
+        <Busy busy={busy} label="Create account" id="signup-submit" />
+        <ErrorLine error={error} />
+      </form>
+      <nav aria-label="Other actions" class="links">
+        <button type="button" class="link" id="go-login" onClick={() => props.go('login')}>
+          I have an account
+        </button>
+      </nav>
+    </main>
+  );
+}
+
+function Reset(props: { go: (s: Screen) => void }) {
+  const [v, bind] = useForm({ email: '', token: '', newPassword: '' });
+  const [sent, setSent] = useState(false);
+  const [done, setDone] = useState(false);
+  const [error, setError] = useState('');
+  return (
+    <main class="card">
+      <h1>Parley</h1>
+      <form
+        id="reset"
+        aria-labelledby="reset-title"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setError('');
+          new Api().requestReset(v.email.trim()).then(
+            () => setSent(true),
+            (err: unknown) => setError(message(err)),
+          );
+        }}
+      >
+        <h2 id="reset-title">Reset your password</h2>
+        <Field id="email" label="E-mail" type="email" value={v.email} onInput={bind('email')} autocomplete="email" />
+        <button type="submit" id="reset-submit">
+          E-mail me a reset code
+        </button>
+        {sent && (
+          <p role="status" id="reset-sent">
+            If an account has this address, a mail with a reset code is on its way.
+          </p>
+        )}
+      </form>
+      {sent && (
+        <form
+          id="reset-confirm"
+          aria-labelledby="reset-confirm-title"
+          onSubmit={(e) => {
+            e.preventDefault();
+            setError('');
+            new Api().confirmReset(v.token.trim(), v.newPassword).then(
+              () => setDone(true),
+              (err: unknown) => setError(message(err)),
+            );
+          }}
+        >
+          <h2 id="reset-confirm-title">Choose a new password</h2>
+          <Field id="token" label="Reset code from the mail" value={v.token} onInput={bind('token')} autocomplete="off" />
+          <Field id="new-password" label="New password" type="password" value={v.newPassword} onInput={bind('newPassword')} autocomplete="new-password" />
+          <button type="submit">Set the new password</button>
+          {done && <p role="status">Your password is changed: log in with it.</p>}
+        </form>
+      )}
+      <ErrorLine error={error} />
+      <nav aria-label="Other actions" class="links">
+        <button type="button" class="link" id="go-login" onClick={() => props.go('login')}>
+          Back to log in
+        </button>
+      </nav>
+    </main>
+  );
+}
+
+function speak(text: string) {
+  // Spoken by the browser on this device: the text never leaves it.
+  speechSynthesis.cancel();
+  speechSynthesis.speak(new SpeechSynthesisUtterance(text));
+}
+
+const STATUS_LABEL: Record<string, string> = {
+  queued: 'waiting to be sent',
+  accepted: 'sent',
+  stored: 'stored',
+  delivered: 'delivered',
+  failed: 'failed',
+};
+
+function Entry(props: { entry: HistoryEntry; name: string }) {
+  const e = props.entry;
+  const time = new Date(e.at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  if (e.dir === 'system') {
+    return (
+      <li class="system" role="note">
+        {e.text}
+      </li>
+    );
+  }
+  return (
+    <li class={`msg ${e.dir}${e.kind === 'error' ? ' failed' : ''}`} data-status={e.status ?? ''}>
+      <span class="who">{e.dir === 'out' ? 'You' : props.name}</span> <time>{time}</time>
+      <p class="text">{e.text}</p>
+      <div class="meta">
+        {e.dir === 'out' && e.status && (
+          <span class="status" aria-label={`status: ${STATUS_LABEL[e.status] ?? e.status}`}>
+            {STATUS_LABEL[e.status] ?? e.status}
+          </span>
+        )}
+        {e.kind === 'message' && (
+          <button type="button" class="play" aria-label={`Play message: ${e.text.slice(0, 40)}`} onClick={() => speak(e.text)}>
+            ▶ Play
+          </button>
+        )}
+      </div>
+    </li>
+  );
+}
+
+function Safety(props: { client: ParleyClient; peer: string; onClose: () => void }) {
+  const [number, setNumber] = useState<string | null>(null);
+  const [error, setError] = useState('');
+  const status = props.client.identityStatus(props.peer);
+  useEffect(() => {
+    props.client.safetyNumber(props.peer).then(setNumber, (e: unknown) => setError(message(e)));
+  }, [props.peer, status.pendingChange]);
+  return (
+    <section id="safety" aria-labelledby="safety-title" class="panel">
+      <h3 id="safety-title">Safety number with {props.client.username(props.peer)}</h3>
+      <p>Compare these digits with {props.client.username(props.peer)} in person or on a call. They are the same on both sides unless someone is in the middle.</p>
+      <p id="safety-number" class="number" aria-label={number ? `Safety number ${number}` : 'Safety number loading'}>
+        {number ?? '…'}
+      </p>
+      <p id="verified-state">{status.verified ? 'You have verified this contact.' : 'Not verified.'}</p>
+      {number && !status.verified && (
+        <button type="button" id="mark-verified" onClick={() => props.client.verify(props.peer, number).catch((e: unknown) => setError(message(e)))}>
+          They match: mark as verified
+        </button>
+      )}
+      <button type="button" id="close-safety" onClick={props.onClose}>
+        Close
+      </button>
+      <ErrorLine error={error} />
+    </section>
+  );
+}
+
+function Conversation(props: { client: ParleyClient; peer: string; version: number }) {
+  const { client, peer } = props;
+  const [text, setText] = useState('');
+  const [error, setError] = useState('');
+  const [showSafety, setShowSafety] = useState(false);
+  const [newNumber, setNewNumber] = useState<string | null>(null);
+  const name = client.username(peer);
+  const history = client.history(peer);
+  const status = client.identityStatus(peer);
+  const listRef = useRef<HTMLOListElement>(null);
+  useEffect(() => {
+    const list = listRef.current;
+    if (list) list.scrollTop = list.scrollHeight; // the list scrolls, not the page
+  }, [history.length, peer]);
+  useEffect(() => {
+    if (status.pendingChange) client.safetyNumber(peer).then(setNewNumber, () => undefined);
+  }, [status.pendingChange, peer, props.version]);
+  return (
+    <section class="conversation" aria-labelledby="conversation-title">
+      <header class="conv-head">
+        <h2 id="conversation-title">{name}</h2>
+        <button type="button" id="show-safety" aria-expanded={showSafety} onClick={() => setShowSafety(!showSafety)}>
+          Safety number
+        </button>
+      </header>
+      {status.pendingChange && (
+        <div id="key-warning" class="warning" role="alert">
+          <h3>{name}'s safety number changed</h3>
+          <p>
+            Their identity key is new: a reinstall, a new device, or someone in the middle. Sending to {name} is paused until you compare the new
+            number with them{status.wasVerified ? ' (you had verified them)' : ''} or accept the new key.
+          </p>
+          {status.oldSafetyNumber && <p>Old safety number: <span class="number">{status.oldSafetyNumber}</span></p>}
+          <p>
+            New safety number: <span class="number" id="new-safety-number">{newNumber ?? '…'}</span>
+          </p>
+          <button type="button" id="verify-new" disabled={!newNumber} onClick={() => newNumber && client.verify(peer, newNumber).catch((e: unknown) => setError(message(e)))}>
+            I compared it: they match
+          </button>
+          <button type="button" id="accept-new" onClick={() => client.acceptIdentity(peer).catch((e: unknown) => setError(message(e)))}>
+            Accept the new key without comparing
+          </button>
+        </div>
+      )}
+      {showSafety && <Safety client={client} peer={peer} onClose={() => setShowSafety(false)} />}
+      <ol id="messages" ref={listRef} aria-label={`Messages with ${name}`} aria-live="polite" aria-relevant="additions">
+        {history.map((e) => (
+          <Entry entry={e} name={name} />
+        ))}
+      </ol>
+      <form
+        id="composer"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setError('');
+          const sent = text;
+          client.send(peer, sent).then(
+            () => setText((t) => (t === sent ? '' : t)),
+            (err: unknown) => setError(err instanceof SafetyNumberChanged ? err.message : message(err)),
+          );
+        }}
+      >
+        <label for="message" class="visually-hidden">
+          Message to {name}
+        </label>
+        <input
+          id="message"
+          autocomplete="off"
+          value={text}
+          disabled={status.pendingChange}
+          placeholder={status.pendingChange ? 'Paused: the safety number changed' : `Message ${name}`}
+          onInput={(e) => setText((e.target as HTMLInputElement).value)}
+        />
+        <button type="submit" id="send" disabled={status.pendingChange || !text.trim()}>
+          Send
+        </button>
+      </form>
+      <ErrorLine error={error} />
+    </section>
+  );
+}
+
+function Chat(props: { client: ParleyClient; onLogout: () => void }) {
+  const { client } = props;
+  const [version, setVersion] = useState(0);
+  const [peer, setPeer] = useState<string | null>(null);
+  const [contact, setContact] = useState('');
+  const [error, setError] = useState('');
+  const [notice, setNotice] = useState('');
+  useEffect(() => {
+    const off = client.on((e: ClientEvent) => {
+      if (e.type === 'changed') setVersion((v) => v + 1);
+      else if (e.type === 'error') setNotice(e.message);
+      else if (e.type === 'message') setNotice(`New message from ${client.username(e.peer)}`);
+    });
+    client.connect();
+    return () => {
+      off();
+      client.close();
+    };
+  }, [client]);
+  const account = client.account;
+  const contacts = client.contacts();
+  const state = client.connectionState;
+  return (
+    <div class="chat">
+      <header class="top">
+        <span class="me">
+          Signed in as <strong id="me">{account?.username}</strong>
+        </span>
+        <span id="connection" class={`conn ${state}`} role="status">
+          {state === 'connected' ? 'Connected' : state === 'connecting' ? 'Connecting…' : state === 'stopped' ? 'Offline' : 'Reconnecting…'}
+        </span>
+        <button type="button" id="logout" onClick={() => client.logout().then(props.onLogout)}>
+          Log out
+        </button>
+      </header>
+      <p class="visually-hidden" role="status" aria-live="polite">
+        {notice}
+      </p>
+      <div class="layout">
+        <nav class="contacts" aria-labelledby="contacts-title">
+          <h2 id="contacts-title">Contacts</h2>
+          <form
+            id="add-contact"
+            onSubmit={(e) => {
+              e.preventDefault();
+              setError('');
+              client.addContact(contact).then(
+                (c) => {
+                  setContact('');
+                  setPeer(c.user_id);
+                },
+                (err: unknown) => setError(message(err)),
+              );
+            }}
+          >
+            <label for="contact">Add a contact by username</label>
+            <div class="row">
+              <input id="contact" value={contact} autocomplete="off" onInput={(e) => setContact((e.target as HTMLInputElement).value)} required />
+              <button type="submit" id="add-contact-submit">
+                Add
+              </button>
+            </div>
+          </form>
+          <ErrorLine error={error} />
+          <ul aria-label="Conversations">
+            {contacts.map((c) => {
+              const pending = client.identityStatus(c.user_id).pendingChange;
+              return (
+                <li>
+                  <button
+                    type="button"
+                    class={`contact${peer === c.user_id ? ' current' : ''}`}
+                    data-username={c.username}
+                    aria-current={peer === c.user_id ? 'true' : undefined}
+                    onClick={() => setPeer(c.user_id)}
+                  >
+                    {c.username}
+                    {pending && <span class="badge"> (safety number changed)</span>}
+                  </button>
+                </li>
+              );
+            })}
+          </ul>
+        </nav>
+        {peer ? (
+          <Conversation client={client} peer={peer} version={version} />
+        ) : (
+          <section class="conversation empty">
+            <p>Add a contact by username, or pick one, to start an end-to-end-encrypted conversation.</p>
+          </section>
+        )}
+      </div>
+    </div>
+  );
+}
+
+function App() {
+  const [client, setClient] = useState<ParleyClient | null>(null);
+  const [screen, setScreen] = useState<Screen>(location.hash === '#signup' ? 'signup' : location.hash === '#reset' ? 'reset' : 'login');
+  const go = (s: Screen) => {
+    history.replaceState(null, '', `#${s}`);
+    setScreen(s);
+  };
+  if (client) {
+    return (
+      <Chat
+        client={client}
+        onLogout={() => {
+          setClient(null);
+          go('login');
+        }}
+      />
+    );
+  }
+  if (screen === 'signup') return <Signup onClient={setClient} go={go} />;
+  if (screen === 'reset') return <Reset go={go} />;
+  return <Login onClient={setClient} go={go} />;
+}
+
+render(<App />, document.getElementById('app') as HTMLElement);
