@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from services.common.config import Settings
+from services.common.state import KAFKA
 from services.delivery.app import create_app as delivery_app
 from services.delivery.state import WORKER
 from services.gateway.app import create_app as gateway_app
@@ -59,6 +60,9 @@ async def messaging(issuer: TokenIssuer, make_client: Any) -> AsyncIterator[Mess
     for g in gateways:
         hub = g.server.app[HUB]
         await eventually(lambda hub=hub: _ready(hub.subscribed.is_set()), lambda ok: ok)
+        # The producer connects in the background: a send before it is up is
+        # refused (service_unavailable), which a test must not race.
+        await g.server.app[KAFKA].wait_ready(30)
     m = Messaging(settings, issuer, delivery, gateways, [])
     yield m
     for c in m.clients:

@@ -155,6 +155,11 @@ def start_system(stack: Stack) -> System:
             "PARLEY_ARGON2_PARALLELISM": "1",
             "PARLEY_LIMIT_SIGNUP_IP": "100000/3600",
             "PARLEY_LIMIT_LOGIN_IP": "100000/300",
+            # Resets, codes and refreshes too: the fuzzers call them hundreds of
+            # times from the same address, and later tests must not inherit that.
+            "PARLEY_LIMIT_RESET_IP": "100000/3600",
+            "PARLEY_LIMIT_CODE_IP": "100000/300",
+            "PARLEY_LIMIT_REFRESH_IP": "100000/60",
             "PARLEY_PRESENCE_REFRESH_S": "2",
             "PARLEY_KAFKA_LAG_INTERVAL_S": "1",
         },
