@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from services.common.clients import mongo_client, redis_client, service_db
-from services.common.config import Settings
 from services.delivery.store import DeliveryStore, item_id
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[DeliveryStore]:
-    mongo, redis = mongo_client(settings), redis_client(settings)
-    st = DeliveryStore(settings, service_db(mongo, settings, "delivery"), redis)
-    await st.ensure_indexes()
-    yield st
-    await mongo.close()
-    await redis.aclose()
-
-
-def item(inbox: str, n: int = 0, sender: str = "s", cid: str | None = None) -> dict[str, Any]:
-    return {
-        "server_id": uuid.uuid4().hex, "inbox": inbox, "user": inbox, "device": 1,
-        "kind": "message", "from": sender, "from_device": 1,
-        "client_id": cid or f"c{n}", "conversation": "dm", "body": f"b{n}",
-        "commitment": None, "sent_at": 0, "stored_at": time.time(),
-    }  # fmt: skip
+from tests.delivery.conftest import item
 
 
 def later(store: DeliveryStore) -> float:
@@ -126,3 +104,37 @@ async def test_a_sequence_number_taken_by_another_message_moves_the_new_one(
     assert out[0]["seq"] == 2 and out[0]["_id"] == item_id("eve", 2)
     page, _ = await store.page("eve", 0, 10)
     assert [(d["seq"], d["client_id"]) for d in page] == [(1, "a"), (2, "b")]
+
+
+async def test_a_large_hot_inbox_is_paged_acked_and_dropped_without_mongodb(
+    store: DeliveryStore,
+) -> None:
+    """Tens of thousands of items in one device's hot inbox (a device that reads
+    slowly, with the persister behind): every page, the cumulative ack of all of
+    them and a drop stay in Redis, in bounded commands; MongoDB holds nothing."""
+    n = 25_000
+    for start in range(0, n, 500):
+        await store.store_hot([item("big", i, cid=f"m{i}") for i in range(start, start + 500)])
+    seen = 0
+    after = 0
+    while True:
+        page, more = await store.page("big", after, 200)
+        seen += len(page)
+        if not page:
+            break
+        after = int(page[-1]["seq"])
+        if not more:
+            break
+    assert seen == n and after == n
+    acked = await store.acknowledge_many({"big": n})
+    assert len(acked["big"]) == n
+    assert await store.hot.redis.hlen(store.hot.key("big")) == 0
+    assert await store.hot.redis.zcard(store.hot.index) == 0
+    assert await in_mongo(store, "big") == []
+    # A second device inbox, dropped whole while 25,000 items wait.
+    for start in range(0, n, 500):
+        await store.store_hot([item("gone", i, cid=f"g{i}") for i in range(start, start + 500)])
+    await store.drop_inbox("gone")
+    assert await store.hot.redis.exists(store.hot.key("gone")) == 0
+    assert await store.hot.redis.zcard(store.hot.index) == 0
+    assert await store.page("gone", 0, 10) == ([], False)

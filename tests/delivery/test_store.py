@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from pymongo import AsyncMongoClient, monitoring
 
-from services.common.clients import mongo_client, redis_client, service_db
+from services.common.clients import redis_client, service_db
 from services.common.config import Settings
 from services.delivery.store import DeliveryStore
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[DeliveryStore]:
-    mongo, redis = mongo_client(settings), redis_client(settings)
-    st = DeliveryStore(settings, service_db(mongo, settings, "delivery"), redis)
-    await st.ensure_indexes()
-    yield st
-    await mongo.close()
-    await redis.aclose()
-
-
-def item(user: str, n: int = 0, sender: str = "s", cid: str | None = None) -> dict[str, Any]:
-    """An item as the worker hands it to ``store`` (no ``_id``/``seq`` yet)."""
-    return {
-        "server_id": uuid.uuid4().hex, "inbox": user, "user": user, "device": 1,
-        "kind": "message", "from": sender, "from_device": 1,
-        "client_id": cid or f"c{n}", "conversation": "dm", "body": f"b{n}",
-        "commitment": None, "sent_at": 0,
-    }  # fmt: skip
+from tests.delivery.conftest import item
 
 
 async def ack(store: DeliveryStore, user: str, seq: int) -> list[dict[str, Any]]:

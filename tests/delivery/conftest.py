@@ -1,0 +1,34 @@
+"""The delivery store against the real embedded MongoDB and Redis: its fixture and items."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from services.common.clients import mongo_client, redis_client, service_db
+from services.common.config import Settings
+from services.delivery.store import DeliveryStore
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[DeliveryStore]:
+    mongo, redis = mongo_client(settings), redis_client(settings)
+    st = DeliveryStore(settings, service_db(mongo, settings, "delivery"), redis)
+    await st.ensure_indexes()
+    yield st
+    await mongo.close()
+    await redis.aclose()
+
+
+def item(inbox: str, n: int = 0, sender: str = "s", cid: str | None = None) -> dict[str, Any]:
+    """An item as the worker hands it to ``store_hot`` (no ``_id``/``seq`` yet)."""
+    return {
+        "server_id": uuid.uuid4().hex, "inbox": inbox, "user": inbox, "device": 1,
+        "kind": "message", "from": sender, "from_device": 1,
+        "client_id": cid or f"c{n}", "conversation": "dm", "body": f"b{n}",
+        "commitment": None, "sent_at": 0, "stored_at": time.time(),
+    }  # fmt: skip
