@@ -31,7 +31,6 @@ import orjson
 import redis.asyncio as aioredis
 
 Doc = dict[str, Any]
-CHUNK = 1000  # fields or members per command: an inbox of 100,000 is 100 commands, not one
 
 
 class HotInbox:
@@ -128,19 +127,16 @@ class HotInbox:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for inbox, fields in by_inbox.items():
-                for i in range(0, len(fields), CHUNK):
-                    pipe.hdel(self.key(inbox), *fields[i : i + CHUNK])
-            for i in range(0, len(members), CHUNK):
-                pipe.zrem(self.index, *members[i : i + CHUNK])
+                pipe.hdel(self.key(inbox), *fields)
+            pipe.zrem(self.index, *members)
             await pipe.execute()
 
     async def drop(self, inbox: str, seqs: Iterable[int]) -> None:
-        """Forget a whole device inbox (the device left its account)."""
         members = [f"{inbox}|{s}" for s in seqs]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(self.key(inbox))
-            for i in range(0, len(members), CHUNK):
-                pipe.zrem(self.index, *members[i : i + CHUNK])
+            if members:
+                pipe.zrem(self.index, *members)
             await pipe.execute()
 
     # The persister's view ------------------------------------------------------

@@ -436,7 +436,12 @@ class DeliveryStore:
     async def _by_seq(
         self, user: str, first: int, last: int, extra: dict[str, Any], fields: Any = None
     ) -> list[dict[str, Any]]:
-        return await self._by_ids(user, list(range(first, last + 1)), extra, fields)
+        ids = [item_id(user, s) for s in range(first, last + 1)]
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(ids), ID_CHUNK):
+            query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, **extra}
+            out.extend([d async for d in self.inbox.find(query, fields)])
+        return out
 
     async def issued(self, inboxes: list[str]) -> dict[str, int]:
         """The last sequence number each inbox handed out (absent: none yet)."""
@@ -478,17 +483,17 @@ class DeliveryStore:
                   for u, top in tops.items()}  # fmt: skip
         hot = await self.hot.get_many(ranges)
         found: list[dict[str, Any]] = [d for per in hot.values() for d in per.values()]
+        cold = [item_id(u, s) for u, seqs in ranges.items() for s in seqs
+                if s not in hot.get(u, {})]  # fmt: skip
         fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
                   "client_id": 1, "kind": 1, "conversation": 1, "seq": 1,
                   "server_id": 1}  # fmt: skip
         stored: list[dict[str, Any]] = []
-        for u, seqs in ranges.items():
-            cold = [s for s in seqs if s not in hot.get(u, {})]
-            if cold:
-                stored.extend(await self._by_ids(u, cold, {"acked": False}, fields))
-        ids = [d["_id"] for d in stored]
-        for i in range(0, len(ids), ID_CHUNK):
-            await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
+        for i in range(0, len(cold), ID_CHUNK):
+            query = {"_id": {"$in": cold[i : i + ID_CHUNK]}, "acked": False}
+            stored.extend([d async for d in self.inbox.find(query, fields)])
+        if stored:
+            await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in stored]}})
         await self.hot.remove((d["inbox"], int(d["seq"])) for d in found)
         for doc in sorted(found + stored, key=lambda d: str(d["_id"])):
             acked[doc["inbox"]].append(doc)
