@@ -101,6 +101,7 @@ class StackConfig:
             "PARLEY_AUTH_URL": self.url("auth"),
             "PARLEY_KEYS_URL": self.url("keys"),
             "PARLEY_DELIVERY_URL": self.url("delivery"),
+            "PARLEY_ROOMS_URL": self.url("rooms"),
             "PARLEY_PUBLIC_URL": self.url("lb"),
             "PARLEY_HOST": self.host,
         }

@@ -35,6 +35,7 @@ from parley_contract.frames import (
     KeyChanged,
     Message,
     Millis,
+    RoomId,
     ServerFrames,
     UserId,
 )
@@ -76,7 +77,66 @@ class KeyChangedNotice(_Envelope, tag="key_changed", kw_only=True):
     account_key: str | None = None
 
 
-Envelope = MessageEnvelope | KeyChangedNotice
+class RoomCopy(_Envelope, tag="room_message", kw_only=True):
+    """One member device's copy of a private room's message: delivery's fan-out
+    (:class:`RoomEnvelope`) produces one per target inbox, keyed by the inbox."""
+
+    room: RoomId
+    from_device: DeviceId
+    body: Body
+    commitment: Commitment | None = None
+    mentions: list[UserId] = []
+
+
+Envelope = MessageEnvelope | KeyChangedNotice | RoomCopy
+
+
+class RoomEnvelope(Struct, kw_only=True):
+    """A private room's message on ``<prefix>room-messages`` (key: the room): one
+    record per message whatever the room's size. ``targets`` are the device inboxes
+    it goes to, resolved by the gateway from the membership and the device lists
+    when the message was accepted (the sending device excluded)."""
+
+    v: Version = ENVELOPE_VERSION
+    server_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    room: RoomId
+    from_: UserId = msgspec.field(name="from")
+    from_device: DeviceId
+    from_sid: str | None = None
+    client_id: ClientId
+    body: Body
+    commitment: Commitment | None = None
+    mentions: list[UserId] = []
+    sent_at: Millis
+    targets: list[str]
+
+
+def room_conversation(room: str) -> str:
+    return f"room:{room}"
+
+
+def room_server_id(room: str, sender: str, client_id: str) -> str:
+    """A room message's server id: the same for every copy and every resend."""
+    return hashlib.sha256(f"room|{room}|{sender}|{client_id}".encode()).hexdigest()[:32]
+
+
+def room_copies(env: RoomEnvelope) -> list[RoomCopy]:
+    """The per-inbox copies of a room message (dedup key: inbox, sender, ``room:client id``)."""
+    out = []
+    for inbox in dict.fromkeys(env.targets):
+        user, _, device = inbox.rpartition(".")
+        if not user or not device.isdigit():
+            continue
+        out.append(
+            RoomCopy(
+                server_id=env.server_id, to=user, to_device=int(device), from_=env.from_,
+                client_id=f"room:{env.room}:{env.client_id}",
+                conversation=room_conversation(env.room), sent_at=env.sent_at, room=env.room,
+                from_device=env.from_device, body=env.body, commitment=env.commitment,
+                mentions=list(env.mentions),
+            )
+        )  # fmt: skip
+    return out
 
 
 def conversation_id(a: str, b: str) -> str:
@@ -156,6 +216,12 @@ def item_frame(env: Envelope, seq: int) -> Message | KeyChanged:
             seq=seq, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
             body=env.body, conversation=env.conversation, commitment=env.commitment,
             sent_at=env.sent_at,
+        )  # fmt: skip
+    if isinstance(env, RoomCopy):
+        return Message(
+            seq=seq, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
+            body=env.body, conversation=env.conversation, commitment=env.commitment,
+            sent_at=env.sent_at, room=env.room, mentions=list(env.mentions) or None,
         )  # fmt: skip
     return KeyChanged(
         seq=seq, server_id=env.server_id, user_id=env.from_, account_key=env.account_key,
@@ -336,7 +402,8 @@ Revocation = SessionRevoked | UserBlocked | DeviceRevoked | DevicesChanged
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
-_routed_decoder = msgspec.json.Decoder(RoutedRaw)
+_routed_decoder = msgspec.json.Decoder(list[RoutedRaw] | RoutedRaw)
+_room_envelope_decoder = msgspec.json.Decoder(RoomEnvelope)
 _revocation_decoder = msgspec.json.Decoder(Revocation)
 _room_event_decoder = msgspec.json.Decoder(RoomEvent)
 
@@ -356,8 +423,13 @@ def decode_event(data: bytes) -> Event:
     return _event_decoder.decode(data)
 
 
-def decode_routed(data: bytes) -> RoutedRaw:
+def decode_routed(data: bytes) -> list[RoutedRaw] | RoutedRaw:
+    """One routed frame, or a list of them (a batch for one pod: one publish)."""
     return _routed_decoder.decode(data)
+
+
+def decode_room_envelope(data: bytes) -> RoomEnvelope:
+    return _room_envelope_decoder.decode(data)
 
 
 def decode_revocation(data: bytes) -> Revocation:
@@ -387,7 +459,9 @@ __all__ = [
     "PrekeysLowEvent",
     "Revocation",
     "RoleChanged",
+    "RoomCopy",
     "RoomCreated",
+    "RoomEnvelope",
     "RoomEvent",
     "RoomKind",
     "RoomRole",
@@ -400,6 +474,7 @@ __all__ = [
     "decode_envelope",
     "decode_event",
     "decode_revocation",
+    "decode_room_envelope",
     "decode_room_event",
     "decode_routed",
     "encode",
@@ -409,5 +484,8 @@ __all__ = [
     "message_envelope",
     "message_server_id",
     "new_server_id",
+    "room_conversation",
+    "room_copies",
+    "room_server_id",
     "routed",
 ]

@@ -49,6 +49,12 @@ Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 PageLimit = Annotated[int, Meta(ge=1, le=1000)]
 Millis = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 DeviceId = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+RoomId = Annotated[
+    str, Meta(min_length=24, max_length=24, extra_json_schema={"pattern": "^[0-9a-f]{24}$"},
+              description="A room's id: 24 lowercase hex digits (docs/rooms.md).")
+]  # fmt: skip
+MAX_ROOM_MENTIONS = 20
+_HEX = frozenset("0123456789abcdef")
 
 
 def is_b64url(value: str) -> bool:
@@ -120,6 +126,28 @@ class Send(ClientFrame, tag="send"):
         _check(len(seen) == len(self.copies), "copies", "one copy per device")
 
 
+class RoomSend(ClientFrame, tag="room_send"):
+    """A message to a private room: one sender-key ciphertext (``GroupSession``) for
+    every member device but the sending one (docs/rooms.md, "Private rooms")."""
+
+    id: ClientId
+    room: RoomId
+    body: Body
+    commitment: Commitment | None = None
+    mentions: Annotated[list[UserId], Meta(max_length=MAX_ROOM_MENTIONS)] = []
+    """Members the message mentions: routing metadata, visible to the server (docs/crypto.md)."""
+
+    def __post_init__(self) -> None:
+        _check(is_client_id(self.id), "id", "printable ASCII without spaces expected")
+        _check(set(self.room) <= _HEX, "room", "24 lowercase hex digits expected")
+        _check(is_b64url(self.body), "body", "base64url expected")
+        if self.commitment is not None:
+            _check(is_b64url(self.commitment), "commitment", "base64url expected")
+        for user in self.mentions:
+            _check(is_b64url(user), "mentions", "user ids expected")
+        _check(len(set(self.mentions)) == len(self.mentions), "mentions", "each user once")
+
+
 class Ack(ClientFrame, tag="ack"):
     """Cumulative: every item of mine up to ``seq`` is processed."""
 
@@ -153,7 +181,7 @@ def _check_id(value: str | None) -> None:
         _check(is_client_id(value), "id", "printable ASCII without spaces expected")
 
 
-ClientFrames = Auth | Send | Ack | Sync | Ping
+ClientFrames = Auth | Send | RoomSend | Ack | Sync | Ping
 
 
 # -- server → client ----------------------------------------------------------------------
@@ -223,6 +251,10 @@ class Message(ServerFrame, tag="message"):
     conversation: str | None = None
     commitment: str | None = None
     sent_at: int | None = None
+    room: str | None = None
+    """A private room's message (``conversation`` is ``room:<room>``): ``body`` is a
+    sender-key ciphertext, the same for every member device."""
+    mentions: list[str] | None = None
     kind: Literal["message"] = "message"
 
 
@@ -250,6 +282,36 @@ class PrekeysLow(ServerFrame, tag="prekeys_low"):
     kem_one_time: int
     threshold: int
     event_id: str | None = None
+
+
+class RoomPost(ServerFrame, tag="room_post"):
+    """A new message in a public room the user is a member of (live, not stored in the
+    inbox: the room's timeline is the record; read it with the rooms API)."""
+
+    room_id: str
+    seq: int
+    sender: str
+    client_id: str
+    text: str
+    mentions: list[str]
+    sent_at: int
+
+
+class Notification(ServerFrame, tag="notification"):
+    """A notification (a mention) was added to the user's list (``GET
+    /rooms/v1/notifications``): ``seq`` is its number there."""
+
+    seq: int
+    kind: str
+    room_id: str
+    room_name: str
+    sender: str
+    excerpt: str
+    at: int
+    message_seq: int | None = None
+    """A public room's message (its timeline ``seq``)."""
+    server_id: str | None = None
+    """A private room's message (the ``server_id`` of its ``message`` frame)."""
 
 
 class Synced(ServerFrame, tag="synced"):
@@ -306,6 +368,8 @@ ServerFrames = (
     | Message
     | KeyChanged
     | PrekeysLow
+    | RoomPost
+    | Notification
     | Synced
     | Pong
     | Reconnect
@@ -324,7 +388,7 @@ class InboxPage(Struct):
 
 
 CLIENT_OPS: tuple[str, ...] = tuple(
-    str(t.__struct_config__.tag) for t in (Auth, Send, Ack, Sync, Ping)
+    str(t.__struct_config__.tag) for t in (Auth, Send, RoomSend, Ack, Sync, Ping)
 )
 SERVER_OPS: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ServerFrames))
 

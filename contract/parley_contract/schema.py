@@ -22,6 +22,7 @@ ROOTS: dict[str, Any] = {
     "ServerFrame": f.ServerFrames,
     "InboxPage": f.InboxPage,
     "Envelope": e.Envelope,
+    "RoomEnvelope": e.RoomEnvelope,
     "Event": e.Event,
     "RoomEvent": e.RoomEvent,
     "Routed": e.Routed,

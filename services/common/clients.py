@@ -40,13 +40,15 @@ class Topics:
         self.dead_letters = f"{p}dead-letters"
         # Membership and state changes of rooms, keyed by room (docs/rooms.md, "Events").
         self.rooms = f"{p}rooms"
+        # Private rooms' messages, one record each, keyed by room (docs/rooms.md).
+        self.room_messages = f"{p}room-messages"
 
     def all(self) -> list[str]:
-        return [self.messages, self.events, self.dead_letters, self.rooms]
+        return [self.messages, self.events, self.dead_letters, self.rooms, self.room_messages]
 
     def configs(self, settings: Settings, name: str) -> dict[str, str]:
         """A topic's configs at creation: the messages topic keeps ciphertext briefly."""
-        if name == self.messages:
+        if name in (self.messages, self.room_messages):
             return {"retention.ms": str(settings.kafka_message_retention_ms)}
         return {}
 

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     auth_url: str = "http://127.0.0.1:8101"
     keys_url: str = "http://127.0.0.1:8102"
     delivery_url: str = "http://127.0.0.1:8105"
+    rooms_url: str = "http://127.0.0.1:8107"
 
     # Tokens.
     jwt_issuer: str = "parley"

@@ -9,12 +9,21 @@ Cluster keeps one user's keys on one shard):
 - ``<p>:presence:{<user>}``: hash, connection id -> ``<gateway id>|<unix ms>``,
   refreshed by the hosting gateway; entries older than the presence TTL are stale.
 - ``<p>:gw:{<gateway id>}``: the pub/sub channel of one gateway pod; messages
-  are ``parley_contract.envelopes.Routed``.
+  are ``parley_contract.envelopes.Routed``, or a list of them (a batch: one
+  publish per pod whatever the number of frames, :func:`publish`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+from parley_contract import envelopes as e
+from parley_contract import frames as f
+
+Push = tuple[str, int | None, f.ServerFrames]
+"""(user, device or None for all of them, frame): what :func:`publish` sends."""
 
 
 def presence_key(prefix: str, user_id: str) -> str:
@@ -46,3 +55,58 @@ def live_gateways(entries: dict[bytes, bytes], ttl_s: float, now_ms: int | None 
         if ts.isdigit() and now - int(ts) <= ttl_s * 1000:
             live.add(gw)
     return live
+
+
+async def gateways_of(
+    redis: aioredis.Redis, prefix: str, ttl_s: float, users: Iterable[str]
+) -> dict[str, set[str]]:
+    """The live gateways of each user who has one (one round trip)."""
+    users = list(dict.fromkeys(users))
+    if not users:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for user in users:
+            pipe.hgetall(presence_key(prefix, user))
+        results = await pipe.execute()
+    return {u: live_gateways(r, ttl_s) for u, r in zip(users, results, strict=True) if r}
+
+
+async def publish(redis: aioredis.Redis, prefix: str, ttl_s: float, frames: list[Push]) -> int:
+    """Push frames to the sockets of (user, device) — every device of the user when
+    device is None — on every gateway hosting the user: two round trips, and one
+    PUBLISH per gateway pod whatever the number of frames (a JSON list of routed
+    frames). Each frame is encoded once; the gateways forward it as it is.
+    Returns how many (frame, pod) pairs were published.
+    """
+    if not frames:
+        return 0
+    where = await gateways_of(redis, prefix, ttl_s, (u for u, _, _ in frames))
+    batches: dict[str, list[bytes]] = {}
+    for user, device, frame in frames:
+        gateways = where.get(user, ())
+        if not gateways:
+            continue
+        data = e.encode(e.routed(user, device, frame))
+        for gw in gateways:
+            batches.setdefault(gw, []).append(data)
+    if not batches:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for gw, items in batches.items():
+            payload = items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"
+            pipe.publish(gateway_channel(prefix, gw), payload)
+        await pipe.execute()
+    return sum(len(items) for items in batches.values())
+
+
+__all__ = [
+    "PENDING_ALL",
+    "Push",
+    "gateway_channel",
+    "gateways_of",
+    "live_gateways",
+    "pending_key",
+    "presence_key",
+    "presence_value",
+    "publish",
+]

@@ -68,7 +68,7 @@ class Inbox:
                         (d["from"], d.get("from_device"), receipt(d))
                         for docs in acked.values()
                         for d in docs
-                        if d.get("kind") == "message"
+                        if d.get("kind") == "message" and not d.get("room")
                     ]
                 )
             except Exception as exc:

@@ -50,14 +50,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
 
+from services.common import routing
 from services.common.config import Settings
-from services.common.routing import (
-    PENDING_ALL,
-    gateway_channel,
-    live_gateways,
-    pending_key,
-    presence_key,
-)
+from services.common.routing import PENDING_ALL, Push, pending_key
 from services.delivery.hot import HotInbox
 
 DUPLICATE_KEY = 11000
@@ -77,9 +72,6 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return 0
 """
-
-Push = tuple[str, int | None, f.ServerFrames]
-"""(user, device or None for all of them, frame): what :meth:`DeliveryStore.publish` sends."""
 
 
 class SequenceCollision(Exception):
@@ -501,38 +493,13 @@ class DeliveryStore:
 
     # Routing ----------------------------------------------------------------
     async def gateways_of(self, users: Iterable[str]) -> dict[str, set[str]]:
-        users = list(dict.fromkeys(users))
-        if not users:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.hgetall(presence_key(self.prefix, user))
-            results = await pipe.execute()
-        ttl = self.settings.presence_ttl_s
-        return {u: live_gateways(r, ttl) for u, r in zip(users, results, strict=True) if r}
+        return await routing.gateways_of(
+            self.redis, self.prefix, self.settings.presence_ttl_s, users
+        )
 
     async def publish(self, frames: list[Push]) -> int:
-        """Push frames to the sockets of (user, device) — every device of the user when
-        device is None — on every gateway hosting the user; one round trip.
-
-        Each frame is encoded once, here; the gateways forward it as it is.
-        """
-        if not frames:
-            return 0
-        where = await self.gateways_of(u for u, _, _ in frames)
-        count = Counter[str]()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user, device, frame in frames:
-                gateways = where.get(user, ())
-                if not gateways:
-                    continue
-                data = e.encode(e.routed(user, device, frame))
-                for gw in gateways:
-                    pipe.publish(gateway_channel(self.prefix, gw), data)
-                    count[gw] += 1
-            if count:
-                await pipe.execute()
-        return sum(count.values())
+        """Push frames to their users' sockets (services.common.routing.publish)."""
+        return await routing.publish(self.redis, self.prefix, self.settings.presence_ttl_s, frames)
 
 
 def item_id(inbox: str, seq: int) -> str:
@@ -576,6 +543,11 @@ def item_doc(env: e.Envelope, stored_at: float) -> dict[str, Any]:
         doc.update(
             kind="message", from_device=env.from_device, body=env.body, commitment=env.commitment
         )
+    elif isinstance(env, e.RoomCopy):
+        doc.update(
+            kind="message", from_device=env.from_device, body=env.body,
+            commitment=env.commitment, room=env.room, mentions=list(env.mentions),
+        )  # fmt: skip
     else:
         doc.update(kind="key_changed", account_key=env.account_key)
     return doc
@@ -593,7 +565,8 @@ def item_frame(doc: dict[str, Any]) -> f.InboxItem:
         seq=int(doc["seq"]), server_id=doc["server_id"], from_=doc["from"],
         from_device=int(doc.get("from_device") or 1), body=doc.get("body") or "",
         conversation=doc.get("conversation"), commitment=doc.get("commitment"),
-        sent_at=_int(doc.get("sent_at")),
+        sent_at=_int(doc.get("sent_at")), room=doc.get("room"),
+        mentions=list(doc["mentions"]) if doc.get("mentions") else None,
     )  # fmt: skip
 
 

@@ -20,6 +20,14 @@ servers answer is split until the records at fault are found, and those go to
 the dead-letter topic with the reason, counted in
 ``parley_delivery_dead_letters_total``; the partition moves on.
 
+``room-messages``: a private room's message (one record, keyed by the room)
+is fanned out: one copy per target device inbox, produced to ``messages``
+keyed by the inbox, and the record is committed once the broker holds them
+all. A worker that dies in between leaves it uncommitted; the copies made
+again are the same (inbox, sender, client id) and the dedup drops them, so
+every member device gets the message once. A room's records are fanned out
+in order (one partition), so every member sees a room's messages in one order.
+
 ``events``: ``prekeys_low`` is pushed to the device's user; ``key_changed``
 is stored as a notice in every contact's inbox and pushed.
 """
@@ -42,7 +50,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.clients import KafkaProducerHandle, Topics, ensure_topics, kafka_consumer
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
-from services.delivery.store import DeliveryStore, Push, item_doc, item_frame
+from services.common.routing import Push
+from services.delivery.store import DeliveryStore, item_doc, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +157,12 @@ class Worker:
             buckets=(0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000), registry=registry,
         )  # fmt: skip
         self._next_depth_sample = 0.0
-        for topic in (self.topics.messages, self.topics.events):
+        self.fanned_out = Counter(
+            "parley_delivery_room_copies_total",
+            "Copies of private rooms' messages produced for member device inboxes.",
+            registry=registry,
+        )
+        for topic in (self.topics.messages, self.topics.events, self.topics.room_messages):
             for reason in ("malformed", "failed"):
                 self.dead_letters.labels(topic, reason)
 
@@ -162,13 +176,20 @@ class Worker:
         ]
         self._tasks += [
             asyncio.create_task(self._run(self.topics.events, self.handle_events, "-events")),
+            asyncio.create_task(
+                self._run(self.topics.room_messages, self.handle_room_messages, "-rooms")
+            ),
             asyncio.create_task(self._purge_loop()),
             asyncio.create_task(self._persist_loop()),
         ]
 
     def groups(self) -> dict[str, list[str]]:
         """The consumer groups this worker runs and their topics (for the lag metric)."""
-        return {self.group: [self.topics.messages], self.group + "-events": [self.topics.events]}
+        return {
+            self.group: [self.topics.messages],
+            self.group + "-events": [self.topics.events],
+            self.group + "-rooms": [self.topics.room_messages],
+        }
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -425,8 +446,8 @@ class Worker:
                 self.stored.labels(doc.get("kind", "message")).inc()
             if not doc.get("acked"):
                 frames.append((doc["user"], doc["device"], item_frame(doc)))
-            if doc.get("kind") != "message":
-                continue
+            if doc.get("kind") != "message" or doc.get("room"):
+                continue  # room messages: `accepted` only (docs/rooms.md)
             receipt = f.Stored(
                 id=doc["client_id"], server_id=doc["server_id"],
                 conversation=doc.get("conversation"), to=doc["user"], device=doc["device"],
@@ -470,6 +491,30 @@ class Worker:
         if len(self._known_pairs) > KNOWN_PAIRS_MAX:
             self._known_pairs.clear()
         self._known_pairs.update(fresh)
+
+    # Rooms ------------------------------------------------------------------
+    async def handle_room_messages(self, records: list[Record]) -> None:
+        """Fan each room message out to its target inboxes (one copy each, on
+        ``messages``); returns once the broker holds every copy."""
+        producer = await self.producer.wait_ready(30)
+        acks = []
+        for record in records:
+            try:
+                env = e.decode_room_envelope(record.value or b"")
+            except e.DecodeError:
+                self.rejected.inc()
+                await self._dead_letter(record, "malformed", None)
+                continue
+            headers = record.headers or kafka_headers()
+            for copy in e.room_copies(env):
+                acks.append(
+                    await producer.send(
+                        self.topics.messages, e.encode(copy), key=copy.inbox.encode(),
+                        headers=list(headers),
+                    )
+                )  # fmt: skip
+        await asyncio.gather(*acks)
+        self.fanned_out.inc(len(acks))
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[Record]) -> None:

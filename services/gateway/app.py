@@ -15,6 +15,7 @@ from services.common.deps import use_kafka_producer, use_redis
 from services.common.state import REGISTRY, VERIFIER
 from services.gateway.directory import DeviceLists, Directory
 from services.gateway.hub import Hub
+from services.gateway.rooms import RoomMembers
 from services.gateway.routes import api, websocket
 from services.gateway.state import HUB
 from services.gateway.store import GatewayStore
@@ -29,9 +30,10 @@ async def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         store = GatewayStore(settings, redis, kafka, http)
+        devices = DeviceLists(settings, http)
         hub = Hub(
-            store, app[REGISTRY], app[VERIFIER], Directory(settings, http),
-            DeviceLists(settings, http),
+            store, app[REGISTRY], app[VERIFIER], Directory(settings, http), devices,
+            RoomMembers(settings, http, devices),
         )  # fmt: skip
         app[HUB] = hub
         await hub.start()

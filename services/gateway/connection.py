@@ -241,7 +241,7 @@ class Connection:
                 break
 
     async def _handle(self, frame: f.ClientFrames) -> None:
-        if isinstance(frame, f.Send):
+        if isinstance(frame, f.Send | f.RoomSend):
             await self._send(frame)
         elif isinstance(frame, f.Ack):
             self._ack(frame)
@@ -282,7 +282,7 @@ class Connection:
         assert self.token is not None
         return self.token
 
-    async def _send(self, frame: f.Send) -> None:
+    async def _send(self, frame: f.Send | f.RoomSend) -> None:
         assert self.user_id is not None
         if not self.hub.bucket(self.user_id).take():
             self.violations += 1
@@ -294,9 +294,11 @@ class Connection:
         assert self.user_id is not None and self.sid is not None and self.device_id is not None
         await self.in_flight.acquire()
         try:
-            server_id, conversation, acks = await self.hub.submit(
-                self.user_id, self.device_id, self.sid, self._token(), frame
-            )
+            args = (self.user_id, self.device_id, self.sid, self._token())
+            if isinstance(frame, f.RoomSend):
+                server_id, conversation, acks = await self.hub.submit_room(*args, frame)
+            else:
+                server_id, conversation, acks = await self.hub.submit(*args, frame)
         except BaseException:
             self.in_flight.release()
             raise

@@ -32,6 +32,7 @@ from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.ratelimit import TokenBucket
 from services.gateway.directory import DeviceLists, Directory
+from services.gateway.rooms import RoomMembers
 from services.gateway.store import GatewayStore
 
 if TYPE_CHECKING:
@@ -91,8 +92,10 @@ class Hub:
         verifier: TokenVerifier,
         directory: Directory,
         devices: DeviceLists,
+        rooms: RoomMembers,
     ) -> None:
         self.store = store
+        self.rooms = rooms
         self.settings = store.settings
         self.verifier = verifier
         self.directory = directory
@@ -228,6 +231,21 @@ class Hub:
         log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": recipient})
         acks = [await self.store.enqueue(env) for env in envs]
         return envs[0].server_id, envs[0].conversation or "", acks
+
+    async def submit_room(
+        self, user_id: str, device: int, sid: str, token: str, frame: f.RoomSend
+    ) -> tuple[str, str, list[asyncio.Future[object]]]:
+        """Produce a private room's message: one record for the whole room, keyed by
+        the room (delivery fans it out, docs/rooms.md); returns as :meth:`submit`."""
+        targets = await self.rooms.targets(frame.room, user_id, device, token)
+        env = e.RoomEnvelope(
+            server_id=e.room_server_id(frame.room, user_id, frame.id), room=frame.room,
+            from_=user_id, from_device=device, from_sid=sid, client_id=frame.id,
+            body=frame.body, commitment=frame.commitment, mentions=list(frame.mentions),
+            sent_at=e.now_ms(), targets=targets,
+        )  # fmt: skip
+        ack = await self.store.enqueue_room(env)
+        return env.server_id, e.room_conversation(frame.room), [ack]
 
     async def _check_room(self, sender: str, inboxes: list[str]) -> None:
         """Refuse a send that would pass an inbox cap: ``inbox_full`` when a recipient
@@ -410,14 +428,18 @@ class Hub:
     def _route(self, data: bytes) -> None:
         self.routed.inc()
         try:
-            routed = e.decode_routed(data)
+            decoded = e.decode_routed(data)
         except e.DecodeError:
             log.warning("dropping a malformed routed frame")
             return
-        frame = bytes(routed.frame)
-        for conn in list(self.local(routed.to)):
-            if routed.device is None or conn.device_id == routed.device:
-                conn.push_encoded(routed.op, frame)
+        for routed in decoded if isinstance(decoded, list) else (decoded,):
+            conns = self.by_user.get(routed.to)
+            if not conns:
+                continue
+            frame = bytes(routed.frame)
+            for conn in list(conns):
+                if routed.device is None or conn.device_id == routed.device:
+                    conn.push_encoded(routed.op, frame)
 
     async def _revoke(self, data: bytes) -> None:
         try:

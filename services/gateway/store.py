@@ -40,6 +40,7 @@ class GatewayStore:
         self.http = http
         self.prefix = settings.redis_prefix
         self.topic = Topics(settings).messages
+        self.room_topic = Topics(settings).room_messages
         self.delivery = settings.delivery_url.rstrip("/")
         self.channel = gateway_channel(self.prefix, settings.gateway_id)
 
@@ -97,6 +98,21 @@ class GatewayStore:
                 key=envelope.inbox.encode(),
                 headers=kafka_headers(),
             )
+            return ack
+        except KafkaError:
+            raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.") from None
+
+    async def enqueue_room(self, envelope: e.RoomEnvelope) -> asyncio.Future[object]:
+        """Hand a private room's message to the producer: one record on
+        ``room-messages``, keyed by the room (its messages keep one order)."""
+        producer = self.kafka.get()
+        if producer is None:
+            raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.")
+        try:
+            ack: asyncio.Future[object] = await producer.send(
+                self.room_topic, e.encode(envelope), key=envelope.room.encode(),
+                headers=kafka_headers(),
+            )  # fmt: skip
             return ack
         except KafkaError:
             raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.") from None

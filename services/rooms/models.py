@@ -106,6 +106,10 @@ class Room(_Out):
     created_at: int = Field(description="Unix milliseconds")
     role: Role | None = Field(description="The caller's role, or none if not a member")
     invited: bool = Field(description="The caller has an invitation to this room")
+    version: int = Field(
+        description="Grows with every change of membership or state: a client that saw it "
+        "change re-reads the members (private rooms: rotate the sender key when one left)"
+    )
 
 
 class RoomList(_Out):

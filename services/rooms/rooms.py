@@ -82,6 +82,7 @@ def out(room: Doc, member: Doc | None = None, invited: bool = False) -> models.R
         created_at=int(room["created_at"]),
         role=None if member is None else member["role"],
         invited=invited,
+        version=int(room.get("version", 1)),
     )
 
 

@@ -97,6 +97,12 @@ def test_every_server_frame_round_trips() -> None:
         f.Message(seq=3, server_id="s", from_="a", from_device=1, body="QQ", sent_at=1),
         f.KeyChanged(seq=4, server_id="s", user_id="a", account_key="aw"),
         f.PrekeysLow(user_id="u", device_id=1, one_time=1, kem_one_time=2, threshold=10),
+        f.Message(seq=5, server_id="s", from_="a", from_device=1, body="QQ", room="r",
+                  conversation="room:r", mentions=["b"]),
+        f.RoomPost(room_id="r", seq=1, sender="a", client_id="c", text="hi @b",
+                   mentions=["b"], sent_at=1),
+        f.Notification(seq=1, kind="mention", room_id="r", room_name="general", sender="a",
+                       excerpt="hi @b", at=1, message_seq=1),
         f.Synced(last=4, more=False, id="x"),
         f.Pong(id="p"),
         f.Reconnect(reason="server_shutting_down"),
@@ -132,6 +138,49 @@ def test_envelopes_and_routed_frames_round_trip() -> None:
     assert f.decode_server_frame(bytes(raw.frame)) == e.item_frame(env, 9)
     with pytest.raises(e.DecodeError):
         e.decode_envelope(b'{"kind": "message", "v": 2}')  # a version we do not know
+    # A batch for one pod is a list of routed frames.
+    batch = e.decode_routed(b"[" + e.encode(routed) + b"," + e.encode(routed) + b"]")
+    assert isinstance(batch, list) and [r.to for r in batch] == ["b", "b"]
+
+
+def test_a_room_message_is_one_record_and_one_copy_per_target_inbox() -> None:
+    room = "0123456789abcdef01234567"
+    env = e.RoomEnvelope(server_id=e.room_server_id(room, "a", "c"), room=room, from_="a",
+                         from_device=1, client_id="c", body="QQ", sent_at=1, mentions=["b"],
+                         targets=["b.1", "b.2", "a.2", "b.1", "bogus"])  # fmt: skip
+    assert e.decode_room_envelope(e.encode(env)) == env
+    copies = e.room_copies(env)
+    assert [c.inbox for c in copies] == ["b.1", "b.2", "a.2"]  # once each, malformed dropped
+    for copy in copies:
+        assert e.decode_envelope(e.encode(copy)) == copy
+        assert copy.server_id == env.server_id and copy.conversation == f"room:{room}"
+        frame = e.item_frame(copy, 4)
+        assert frame.room == room and frame.mentions == ["b"]
+    # Resends share the server id; another room or sender does not.
+    assert e.room_server_id(room, "a", "c") == env.server_id
+    assert e.room_server_id(room, "b", "c") != env.server_id
+    assert e.room_server_id("f" * 24, "a", "c") != env.server_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"op":"room_send","id":"m","room":"0123456789ABCDEF01234567","body":"QQ"}', "room"),
+        (b'{"op":"room_send","id":"m","room":"0123","body":"QQ"}', "room"),
+        (b'{"op":"room_send","id":"m","room":"0123456789abcdef01234567","body":"Q Q"}', "body"),
+        (b'{"op":"room_send","id":"m","room":"0123456789abcdef01234567","body":"QQ",'
+         b'"mentions":["b","b"]}', "mentions"),
+        (b'{"op":"room_send","id":"m","room":"0123456789abcdef01234567","body":"QQ",'
+         b'"mentions":["a b"]}', "mentions"),
+        (b'{"op":"room_send","id":"m","room":"0123456789abcdef01234567","body":"QQ",'
+         b'"to":"b"}', "to"),
+    ],
+)  # fmt: skip
+def test_bad_room_sends_fail_with_the_field_at_fault(raw: bytes, field: str) -> None:
+    with pytest.raises(f.FrameError) as info:
+        f.decode_client_frame(raw)
+    assert info.value.code == ErrorCode.VALIDATION_FAILED
+    assert info.value.details is not None and field in info.value.details[0].field
 
 
 # -- docs/protocol.md ------------------------------------------------------------------------

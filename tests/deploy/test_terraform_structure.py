@@ -169,6 +169,8 @@ def code_calls(name: str) -> set[str]:
         calls.add("keys")
     if "delivery_url" in src:
         calls.add("delivery")
+    if "rooms_url" in src:
+        calls.add("rooms")
     calls.discard(name)  # auth verifies its own tokens in-process
     return calls
 

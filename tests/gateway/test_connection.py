@@ -37,7 +37,7 @@ class StuckSocket:
 async def test_full_outbound_queue_closes_the_socket_with_4008() -> None:
     settings = load_settings(ws_outbound_queue=8)
     store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
-    hub = Hub(store, CollectorRegistry(), None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None, None)  # type: ignore[arg-type]
     ws = StuckSocket()
     conn = Connection(ws, hub)  # type: ignore[arg-type]
     conn._writer = asyncio.create_task(conn.writer())

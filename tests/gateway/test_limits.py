@@ -98,7 +98,7 @@ async def test_the_send_limit_is_shared_by_a_users_sockets(issuer: Any, make_cli
 async def test_the_outbound_queue_is_bounded_by_bytes() -> None:
     settings = load_settings(ws_outbound_queue=1000, ws_outbound_queue_bytes=64 * 1024)
     store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
-    hub = Hub(store, CollectorRegistry(), None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None, None)  # type: ignore[arg-type]
     ws = StuckSocket()
     conn = Connection(ws, hub)  # type: ignore[arg-type]
     conn._writer = asyncio.create_task(conn.writer())

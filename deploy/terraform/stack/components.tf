@@ -89,7 +89,7 @@ locals {
       paths    = ["/ws", "/gateway/*"]
       priority = 10
       uses     = ["redis", "kafka"]
-      calls    = ["auth", "keys", "delivery"]
+      calls    = ["auth", "keys", "delivery", "rooms"]
       scaling  = "connections"
       cpu      = 1024
       memory   = 2048

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-TOPICS = ("messages", "events", "dead-letters", "rooms")
+TOPICS = ("messages", "events", "dead-letters", "rooms", "room-messages")
 
 
 async def main() -> None:
@@ -28,7 +28,7 @@ async def main() -> None:
     partitions = int(env["PARLEY_KAFKA_PARTITIONS"])
     # The messages topic keeps ciphertext only this long (services/common/config.py).
     retention = env.get("PARLEY_KAFKA_MESSAGE_RETENTION_MS", str(6 * 3600 * 1000))
-    configs = {"messages": {"retention.ms": retention}}
+    configs = {"messages": {"retention.ms": retention}, "room-messages": {"retention.ms": retention}}
     replication = int(env["KAFKA_REPLICATION_FACTOR"])
     admin = AIOKafkaAdminClient(**opts)
     await admin.start()

@@ -18,6 +18,7 @@ locals {
     PARLEY_AUTH_URL                = "http://auth.${local.namespace}:${local.components.auth.port}"
     PARLEY_KEYS_URL                = "http://keys.${local.namespace}:${local.components.keys.port}"
     PARLEY_DELIVERY_URL            = "http://delivery.${local.namespace}:${local.components.delivery.port}"
+    PARLEY_ROOMS_URL               = "http://rooms.${local.namespace}:${local.components.rooms.port}"
     PARLEY_SMTP_HOST               = var.smtp_host
     PARLEY_SMTP_PORT               = tostring(var.smtp_port)
     PARLEY_SMTP_TLS                = "true"

@@ -1,0 +1,115 @@
+"""Who a private room's message goes to: the rooms service's membership and the key
+directory's device lists, as the sender may see them (docs/rooms.md, "Private rooms").
+
+The room itself is read on every ``room_send`` (one primary-key read at the
+rooms service): whether the sender is a member now, whether the room is
+open, and its ``version``. The member list is cached per (room, version):
+any change of membership or state raises the version, so a cached list is
+never used after a member left. Device lists come from :class:`DeviceLists`
+(cached briefly, forgotten when a user's devices change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from parley_contract import envelopes as e
+
+from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode
+from services.common.logging import outgoing_headers
+from services.gateway.directory import DeviceLists
+
+MEMBER_PAGE = 500
+MAX_CACHED_ROOMS = 10_000
+ROSTER_TTL_S = 300.0
+DEVICE_LOOKUPS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    version: int
+    members: tuple[str, ...]
+    at: float
+
+
+class RoomMembers:
+    def __init__(
+        self, settings: Settings, session: aiohttp.ClientSession, devices: DeviceLists
+    ) -> None:
+        self.base = settings.rooms_url.rstrip("/")
+        self.session = session
+        self.devices = devices
+        self._rosters: dict[str, Roster] = {}
+
+    async def targets(self, room_id: str, user_id: str, device: int, token: str) -> list[str]:
+        """The device inboxes a message from ``user_id``'s ``device`` to ``room_id`` goes
+        to: every device of every member but the sending one. Refuses with the
+        rooms service's codes: ``room_not_found`` (no such room, or a private
+        room the sender is not in), ``not_a_member``, ``room_closed``, and
+        ``forbidden`` for a public room (its messages are posted over HTTP)."""
+        room = await self._get(f"/rooms/v1/rooms/{room_id}", token)
+        if room.get("role") is None:
+            raise ApiError(ErrorCode.NOT_A_MEMBER, "Join the room (accept its invitation) first.")
+        if room.get("kind") != "private":
+            raise ApiError(
+                ErrorCode.FORBIDDEN,
+                "A public room's messages are posted with POST /rooms/v1/rooms/{room_id}/messages.",
+            )
+        if room.get("state") != "open":
+            raise ApiError(ErrorCode.ROOM_CLOSED, "The room is closed: no new messages.")
+        members = await self._members(room_id, int(room.get("version", 0)), token)
+        lists = await self._device_lists(members, token)
+        return [
+            e.inbox_id(member, d)
+            for member, devices in zip(members, lists, strict=True)
+            for d in sorted(devices)
+            if (member, d) != (user_id, device)
+        ]
+
+    async def _members(self, room_id: str, version: int, token: str) -> tuple[str, ...]:
+        now = time.monotonic()
+        hit = self._rosters.get(room_id)
+        if hit is not None and hit.version == version and now - hit.at < ROSTER_TTL_S:
+            return hit.members
+        members: list[str] = []
+        after: Any = None
+        while True:
+            query = f"?limit={MEMBER_PAGE}" + (f"&after={after}" if after is not None else "")
+            page = await self._get(f"/rooms/v1/rooms/{room_id}/members{query}", token)
+            members.extend(str(m["user_id"]) for m in page.get("members", []))
+            after = page.get("next_after")
+            if after is None:
+                break
+        if len(self._rosters) >= MAX_CACHED_ROOMS:
+            self._rosters.clear()
+        roster = Roster(version, tuple(dict.fromkeys(members)), now)
+        self._rosters[room_id] = roster
+        return roster.members
+
+    async def _device_lists(self, members: tuple[str, ...], token: str) -> list[frozenset[int]]:
+        gate = asyncio.Semaphore(DEVICE_LOOKUPS)
+
+        async def one(user: str) -> frozenset[int]:
+            async with gate:
+                return await self.devices.get(user, token)
+
+        return list(await asyncio.gather(*(one(m) for m in members)))
+
+    async def _get(self, path: str, token: str) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
+        try:
+            async with self.session.get(self.base + path, headers=headers) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status == 200 and isinstance(body, dict):
+                    return body
+                code = (body or {}).get("error", {}).get("code") if isinstance(body, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the room now.") from None
+        if code == ErrorCode.ROOM_NOT_FOUND.value or resp.status == 404:
+            raise ApiError(ErrorCode.ROOM_NOT_FOUND, "No such room.")
+        raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the room now.")
