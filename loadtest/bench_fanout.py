@@ -178,7 +178,7 @@ class ParleyMember(Receiver):
         self.accepted[cid] = fut
         frame = {"op": "room_send", "id": cid, "room": room, "body": body_for(n, size)}
         await self.ws.send_str(orjson.dumps(frame).decode())
-        answer = await fut
+        answer = await asyncio.wait_for(fut, 60)
         if answer["op"] != "accepted":
             raise RuntimeError(f"room_send refused: {answer}")
 
@@ -235,7 +235,7 @@ class SioMember(Receiver):
         self.acks[ack_id] = fut
         payload = orjson.dumps(["send", {"n": n, "body": body_for(n, size)}]).decode()
         await self.ws.send_str(f"42{ack_id}{payload}")
-        await fut
+        await asyncio.wait_for(fut, 60)
 
     async def ack(self) -> None:
         return None
@@ -303,6 +303,7 @@ async def run_phases(
         n = next(counter)
         warm.sent(n)
         await sender.send(room, n, opts.body_bytes)
+    log("  warm-up: sent")
     await drain(warm)
     log(f"  warm-up: {warm.received} member-messages, {warm.incomplete} incomplete")
 
@@ -368,8 +369,8 @@ async def bench_parley(opts: Options, data_dir: Path, log: Any) -> dict[str, Any
     system.procs = Processes(system.cfg)
     system.start()
     try:
-        connector = aiohttp.TCPConnector(limit=64)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        # No connection limit: every member's WebSocket holds one.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             await system.wait_ready(session)
             log(f"parley: signing up {opts.members} users")
             accounts = await system.sign_up(session, opts.members)
@@ -418,9 +419,10 @@ async def bench_socketio(opts: Options, data_dir: Path, log: Any) -> dict[str, A
     peers = start_peers(data_dir / "sio", cfg.url("redis"),
                         [ports.gateway1_port, ports.gateway2_port], "fanout")  # fmt: skip
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             members = [SioMember() for _ in range(opts.members)]
             await _connect_all(members, session, peers.urls)
+            log(f"socketio: {len(members)} connected")
             pids = {**peers.pids(), "redis": procs.procs["redis"].pid}
             try:
                 return await run_phases(opts, members, "r", pids, log)
