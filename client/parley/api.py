@@ -36,6 +36,9 @@ _FRIENDLY = {
     "identity_not_found": "This user has not set up encryption keys yet "
     "(they must log in with a Parley client once).",
     "prekeys_exhausted": "This user's device has no keys left to start a conversation.",
+    "cannot_target_self": "You cannot do that to yourself (to leave a room, leave it).",
+    "room_not_found": "No such room (or it is private and you are not in it).",
+    "not_a_member": "You are not a member of this room.",
 }
 
 

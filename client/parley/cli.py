@@ -435,7 +435,7 @@ def whoami(ctx: typer.Context) -> None:
 @app.command()
 def send(
     ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="Recipient's username")],
+    user: Annotated[str, typer.Argument(help="Recipient's username, or '#room'")],
     message: Annotated[str, typer.Argument(help="The message text")],
     accept_new_identity: Annotated[
         bool,
@@ -446,11 +446,14 @@ def send(
         ),
     ] = False,
 ) -> None:
-    """Send one end-to-end-encrypted message."""
+    """Send one end-to-end-encrypted message (to a contact, or to '#room')."""
     opts = _options(ctx)
     if not message.strip():
         err.print("[red]Error:[/] the message is empty: there is nothing to send.")
         raise typer.Exit(1)
+    if cli_rooms.is_room(user):
+        _run(cli_rooms.room_send(opts, user, message))
+        return
 
     async def run() -> None:
         async with _client(opts) as client:
@@ -578,11 +581,19 @@ def _print_entry(entry: dict[str, Any], peer_name: str, me: str | None) -> None:
 @app.command()
 def history(
     ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="Contact's username")],
+    user: Annotated[str, typer.Argument(help="Contact's username, or '#room'")],
     limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    before: Annotated[
+        int | None,
+        typer.Option("--before", help="A public room: the page before this message number"),
+    ] = None,
 ) -> None:
-    """Show the stored conversation with a contact (no network)."""
+    """Show the stored conversation with a contact (no network), or a room's messages
+    (a private room's as this device stored them; a public room's timeline, paged)."""
     opts = _options(ctx)
+    if cli_rooms.is_room(user):
+        _run(cli_rooms.room_history(opts, user, limit, before))
+        return
 
     async def run() -> None:
         async with _client(opts) as client:
@@ -601,11 +612,15 @@ def history(
 @app.command()
 def chat(
     ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="Contact's username")],
+    user: Annotated[str, typer.Argument(help="Contact's username, or '#room'")],
 ) -> None:
     """Chat interactively: incoming messages appear as they arrive while you type.
-    /quit (or Ctrl-D) leaves; /safety shows the safety number."""
+    /help lists the commands; /quit (or Ctrl-D) leaves.  In a room ('#name'):
+    /members, /invite USER, /leave."""
     opts = _options(ctx)
+    if cli_rooms.is_room(user):
+        _run(cli_rooms.room_chat(opts, user))
+        return
     _run(_chat(opts, user))
 
 
@@ -993,3 +1008,7 @@ def sessions(
         console.print(table)
 
     _run(run())
+
+
+# Rooms: ``parley rooms ...`` and '#room' in send/history/chat (registered on ``app``).
+from parley import cli_rooms  # noqa: E402
