@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from parley import ApiError, Client, ParleyError
 from parley.crypto import UnknownSenderKey
-from parley.crypto.encoding import b64decode
+from parley.crypto.encoding import b64decode, b64encode
 from parley.events import DecryptFailed, Event, Message, RoomMessage
+from parley.messenger import encode_control
 from parley.rooms import member_key, room_conversation
 from parley_contract import frames as f
 
@@ -244,3 +245,35 @@ async def test_room_errors_are_clear(device: NewDevice) -> None:
     with pytest.raises(ApiError) as unknown:
         await a.rooms.send("#no-such-room-" + secrets.token_hex(3), "hi")
     assert unknown.value.code == "room_not_found"
+
+
+async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_key_comes(
+    device: NewDevice,
+) -> None:
+    """The normal order (key pairwise first, accepted, then the room message) makes this
+    rare; here alice's client is made to send them the other way round."""
+    alice = await device(username("pa"), first=True)
+    bob = await device(username("pb"), first=True)
+    for c in (alice, bob):
+        await c.connect()
+    room = await alice.rooms.create(f"late {secrets.token_hex(3)}")
+    rid = room["room_id"]
+    assert bob.username and bob.user_id
+    await alice.rooms.invite(rid, bob.username)
+    await bob.rooms.accept(rid)
+    async with alice.store.transaction() as tx:
+        session = alice.rooms.group(tx, rid)
+        dist = session.distribution_message()  # the chain at iteration 0
+        alice.rooms._put_group(tx, session)
+    frame = await alice.rooms._encrypt(rid, "sent before its key", [])
+    await alice.messenger.submit(frame, room_conversation(rid))
+    await eventually(lambda: asyncio.sleep(0, bob.rooms.pending(rid)), lambda k: k == 1)
+    assert bob.history(room_conversation(rid)) == []
+    key = encode_control({"t": "skd", "room": rid, "d": b64encode(dist)})
+    await alice.messenger.send_control(bob.user_id, key)
+    event = await bob.next_event(RoomMessage, timeout=30)
+    assert isinstance(event, RoomMessage) and event.text == "sent before its key"
+    assert bob.rooms.pending(rid) == 0
+    assert [e["text"] for e in bob.history(room_conversation(rid))] == ["sent before its key"]
+    # The key travelled as a control payload: never a chat line in the 1:1 history.
+    assert bob.history(alice.user_id or "") == []
