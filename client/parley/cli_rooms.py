@@ -1,6 +1,6 @@
 """``parley rooms ...``, and rooms in ``parley chat|send|history '#room'``.
 
-Registered on the CLI's app by :mod:`parley.cli` (imported at its end).  A
+``rooms_app`` is added to the CLI's app by :mod:`parley.cli`.  A
 room is named ``#name`` (any case, among your rooms) or by its id.
 """
 
@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from parley.cli import (
+from parley.cli_support import (
     Options,
     _client,
     _options,
@@ -20,7 +20,6 @@ from parley.cli import (
     _run,
     _time,
     _with_status,
-    app,
     console,
 )
 from parley.client import (
@@ -39,7 +38,6 @@ rooms_app = typer.Typer(
     "member, members, notifications.",
     no_args_is_help=True,
 )
-app.add_typer(rooms_app, name="rooms")
 
 RoomArg = Annotated[str, typer.Argument(help="The room: #name (one of yours) or its id")]
 UserArg = Annotated[str, typer.Argument(help="A username")]
