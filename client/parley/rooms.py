@@ -63,6 +63,8 @@ ROOM_ID = re.compile(r"[0-9a-f]{24}")
 DEVICE_RECHECK_S = 30.0
 """Members' device lists are read again before a send when the room's version changed,
 or when they were last read longer ago than this (a member linked a device)."""
+DISTRIBUTE_AT_ONCE = 8
+"""Pairwise sender-key sends in flight at once (each waits for its ``accepted``)."""
 MAX_PENDING = 1000
 """Room messages kept per room while their sender key has not arrived."""
 MAX_MENTIONS = 20
@@ -414,8 +416,11 @@ class Rooms:
             # for them (a pairwise send always covers the sender's other devices).
             users = [next(u for u in members if u != me)]
         payload = encode_control({"t": "skd", "room": room_id, "d": b64encode(dist)})
-        for user in users:
-            await self.messenger.send_control(user, payload)
+        gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
+
+        async def give(user: str) -> None:
+            async with gate:
+                await self.messenger.send_control(user, payload)
             self.distributions += 1
             async with self._store().transaction() as tx:
                 state = self._state(tx, room_id)
@@ -427,6 +432,11 @@ class Rooms:
                 }
                 state.has_key = sorted(set(state.has_key) | got)
                 self._put_state(tx, room_id, state)
+
+        results = await asyncio.gather(*(give(u) for u in users), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the others' keys are recorded; the next send retries
 
     async def _mentions(self, text: str, members: list[str]) -> list[str]:
         """User ids of the room's members that ``text`` @mentions (not ours)."""

@@ -277,3 +277,62 @@ async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_
     assert [e["text"] for e in bob.history(room_conversation(rid))] == ["sent before its key"]
     # The key travelled as a control payload: never a chat line in the 1:1 history.
     assert bob.history(alice.user_id or "") == []
+
+
+async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: NewDevice) -> None:
+    """A room of 12 members: the first send (11 pairwise keys), 20 sends on the chain,
+    a removal and the rotated send.  Figures are printed (`pytest -s`), not asserted."""
+    size, burst = 12, 20
+    owner = await device(username("so"), first=True)
+    others = [await device(username(f"s{i}-"), first=True) for i in range(size - 1)]
+    room = await owner.rooms.create(f"size {secrets.token_hex(3)}")
+    rid = room["room_id"]
+    for c in [owner, *others]:
+        await c.connect()
+    for c in others:
+        assert c.username
+        await owner.rooms.invite(rid, c.username)
+        await c.rooms.accept(rid)
+
+    async def everyone_has(n: int, clients: list[Client]) -> None:
+        for c in clients:
+            await eventually(
+                lambda c=c: asyncio.sleep(0, len(room_texts(c, rid))), lambda k: k >= n, 120
+            )
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await owner.rooms.send(rid, "first")
+    t1 = loop.time()
+    await everyone_has(1, others)
+    t2 = loop.time()
+    assert owner.rooms.distributions == size - 1
+    for i in range(burst):
+        await owner.rooms.send(rid, f"m{i}")
+    t3 = loop.time()
+    await everyone_has(1 + burst, others)
+    t4 = loop.time()
+    assert owner.rooms.distributions == size - 1, "keys sent again without a change"
+    gone = others.pop()
+    assert gone.username
+    await owner.rooms.remove(rid, gone.username)
+    t5 = loop.time()
+    await owner.rooms.send(rid, "after")
+    t6 = loop.time()
+    await everyone_has(2 + burst, others)
+    t7 = loop.time()
+    assert owner.rooms.rotations == 1
+    assert owner.rooms.distributions == (size - 1) + (size - 2)
+    assert len(room_texts(gone, rid)) == 1 + burst
+    for c in others:
+        texts = [e["text"] for e in room_texts(c, rid)]
+        assert texts == ["first", *[f"m{i}" for i in range(burst)], "after"]
+    print(
+        f"\nprivate room of {size} members (one device each), through HAProxy:\n"
+        f"  first send with {size - 1} pairwise sender keys: {(t1 - t0) * 1000:.0f} ms; "
+        f"decrypted by all {size - 1} others {(t2 - t1) * 1000:.0f} ms later\n"
+        f"  {burst} sends on the chain: {(t3 - t2) * 1000 / burst:.0f} ms each "
+        f"(to accepted); the last decrypted by all {(t4 - t3) * 1000:.0f} ms later\n"
+        f"  after a removal: rotated send with {size - 2} keys {(t6 - t5) * 1000:.0f} ms; "
+        f"decrypted by all {(t7 - t6) * 1000:.0f} ms later"
+    )
