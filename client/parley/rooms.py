@@ -354,8 +354,15 @@ class Rooms:
             raise ParleyError("Connect first: a private room's message needs the socket.")
         lock = self._locks.setdefault(room_id, asyncio.Lock())
         async with lock:
-            members = await self.member_ids(room_id)
-            await self._distribute(room_id, int(room.get("version", 0)), members)
+            version = int(room.get("version", 0))
+            seen = self._state(self._store().read(), room_id)
+            # Every membership change raises the version: an unchanged one means the
+            # members we saw at our last send are still the members.
+            if seen.version_seen == version and seen.members_seen:
+                members = seen.members_seen
+            else:
+                members = await self.member_ids(room_id)
+            await self._distribute(room_id, version, members)
             mentions = await self._mentions(text, members)
             frame = await self._encrypt(room_id, text, mentions)
         return await self.messenger.submit(
