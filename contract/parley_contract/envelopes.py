@@ -77,18 +77,29 @@ class KeyChangedNotice(_Envelope, tag="key_changed", kw_only=True):
     account_key: str | None = None
 
 
-class RoomCopy(_Envelope, tag="room_message", kw_only=True):
-    """One member device's copy of a private room's message: delivery's fan-out
-    (:class:`RoomEnvelope`) produces one per target inbox, keyed by the inbox."""
+class RoomCopies(Struct, tag="room_copies", tag_field="kind", kw_only=True):
+    """A private room's message for several device inboxes whose keys all map to the
+    partition it is produced to: delivery's fan-out (:class:`RoomEnvelope`) groups a
+    message's target inboxes by partition, so each inbox is still written only by
+    its partition's consumer, in order, with a handful of records per message
+    instead of one per member device. Each inbox's dedup key is (inbox, ``from``,
+    ``client_id``)."""
 
+    v: Version = ENVELOPE_VERSION
+    server_id: Annotated[str, Meta(min_length=1, max_length=64)]
     room: RoomId
+    from_: UserId = msgspec.field(name="from")
     from_device: DeviceId
+    client_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    conversation: str
+    sent_at: Millis | None = None
     body: Body
     commitment: Commitment | None = None
     mentions: list[UserId] = []
+    inboxes: list[str]
 
 
-Envelope = MessageEnvelope | KeyChangedNotice | RoomCopy
+Envelope = MessageEnvelope | KeyChangedNotice | RoomCopies
 
 
 class RoomEnvelope(Struct, kw_only=True):
@@ -120,22 +131,23 @@ def room_server_id(room: str, sender: str, client_id: str) -> str:
     return hashlib.sha256(f"room|{room}|{sender}|{client_id}".encode()).hexdigest()[:32]
 
 
-def room_copies(env: RoomEnvelope) -> list[RoomCopy]:
-    """The per-inbox copies of a room message (dedup key: inbox, sender, ``room:client id``)."""
+def room_copies(env: RoomEnvelope, inboxes: list[str]) -> RoomCopies:
+    """The copies of a room message for ``inboxes`` (one record)."""
+    return RoomCopies(
+        server_id=env.server_id, room=env.room, from_=env.from_, from_device=env.from_device,
+        client_id=f"room:{env.room}:{env.client_id}", conversation=room_conversation(env.room),
+        sent_at=env.sent_at, body=env.body, commitment=env.commitment,
+        mentions=list(env.mentions), inboxes=inboxes,
+    )  # fmt: skip
+
+
+def room_targets(env: RoomEnvelope) -> list[str]:
+    """The target inboxes, once each, in order; malformed ids dropped."""
     out = []
     for inbox in dict.fromkeys(env.targets):
         user, _, device = inbox.rpartition(".")
-        if not user or not device.isdigit():
-            continue
-        out.append(
-            RoomCopy(
-                server_id=env.server_id, to=user, to_device=int(device), from_=env.from_,
-                client_id=f"room:{env.room}:{env.client_id}",
-                conversation=room_conversation(env.room), sent_at=env.sent_at, room=env.room,
-                from_device=env.from_device, body=env.body, commitment=env.commitment,
-                mentions=list(env.mentions),
-            )
-        )  # fmt: skip
+        if user and device.isdigit() and int(device) >= 1:
+            out.append(inbox)
     return out
 
 
@@ -209,19 +221,13 @@ def key_changed_notice(
     )
 
 
-def item_frame(env: Envelope, seq: int) -> Message | KeyChanged:
+def item_frame(env: MessageEnvelope | KeyChangedNotice, seq: int) -> Message | KeyChanged:
     """The frame an inbox item is pushed or synced as."""
     if isinstance(env, MessageEnvelope):
         return Message(
             seq=seq, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
             body=env.body, conversation=env.conversation, commitment=env.commitment,
             sent_at=env.sent_at,
-        )  # fmt: skip
-    if isinstance(env, RoomCopy):
-        return Message(
-            seq=seq, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
-            body=env.body, conversation=env.conversation, commitment=env.commitment,
-            sent_at=env.sent_at, room=env.room, mentions=list(env.mentions) or None,
         )  # fmt: skip
     return KeyChanged(
         seq=seq, server_id=env.server_id, user_id=env.from_, account_key=env.account_key,
@@ -459,7 +465,7 @@ __all__ = [
     "PrekeysLowEvent",
     "Revocation",
     "RoleChanged",
-    "RoomCopy",
+    "RoomCopies",
     "RoomCreated",
     "RoomEnvelope",
     "RoomEvent",
@@ -487,5 +493,6 @@ __all__ = [
     "room_conversation",
     "room_copies",
     "room_server_id",
+    "room_targets",
     "routed",
 ]

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio.retry import Retry
@@ -27,6 +28,15 @@ from services.common.config import Settings
 from services.common.retry import retry
 
 log = logging.getLogger(__name__)
+
+
+def key_partition(key: bytes, partitions: Iterable[int]) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client and
+    aiokafka's ``DefaultPartitioner``) picks for ``key``: delivery's room fan-out
+    produces to it explicitly, so that an inbox's room copies land where its 1:1
+    copies do (one consumer writes each inbox)."""
+    ordered = sorted(partitions)
+    return int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
 
 
 class Topics:

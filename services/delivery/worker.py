@@ -47,15 +47,23 @@ from parley_contract import envelopes as e
 from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.clients import KafkaProducerHandle, Topics, ensure_topics, kafka_consumer
+from services.common.clients import (
+    KafkaProducerHandle,
+    Topics,
+    ensure_topics,
+    kafka_consumer,
+    key_partition,
+)
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import Push
-from services.delivery.store import DeliveryStore, item_doc, item_frame
+from services.delivery.store import DeliveryStore, item_docs, item_frame
 
 log = logging.getLogger(__name__)
 
 KNOWN_PAIRS_MAX = 200_000
+ROOM_COPIES_MAX = 500
+"""Inboxes per fan-out record (about 20 KB of ids besides the body)."""
 DEPTH_SAMPLE_S = 5.0
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -428,7 +436,7 @@ class Worker:
         if not envs:
             return
         now = time.time()
-        items = [item_doc(env, now) for env in envs]
+        items = [doc for env in envs for doc in item_docs(env, now)]
         stored = await self.store.store_hot(items)
         await self.store.count_pending([d for d in stored if not d.get("duplicate")], 1)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
@@ -494,10 +502,15 @@ class Worker:
 
     # Rooms ------------------------------------------------------------------
     async def handle_room_messages(self, records: list[Record]) -> None:
-        """Fan each room message out to its target inboxes (one copy each, on
-        ``messages``); returns once the broker holds every copy."""
+        """Fan each room message out: its target inboxes grouped by the ``messages``
+        partition their key maps to (the one the gateway's 1:1 copies for the same
+        inbox go to), one :class:`~parley_contract.envelopes.RoomCopies` record per
+        partition (and per ``ROOM_COPIES_MAX`` inboxes); returns once the broker
+        holds them all."""
         producer = await self.producer.wait_ready(30)
+        partitions = await producer.partitions_for(self.topics.messages)
         acks = []
+        copies = 0
         for record in records:
             try:
                 env = e.decode_room_envelope(record.value or b"")
@@ -505,16 +518,22 @@ class Worker:
                 self.rejected.inc()
                 await self._dead_letter(record, "malformed", None)
                 continue
-            headers = record.headers or kafka_headers()
-            for copy in e.room_copies(env):
-                acks.append(
-                    await producer.send(
-                        self.topics.messages, e.encode(copy), key=copy.inbox.encode(),
-                        headers=list(headers),
-                    )
-                )  # fmt: skip
+            headers = list(record.headers or kafka_headers())
+            groups: dict[int, list[str]] = {}
+            for inbox in e.room_targets(env):
+                groups.setdefault(key_partition(inbox.encode(), partitions), []).append(inbox)
+            for partition, inboxes in sorted(groups.items()):
+                for i in range(0, len(inboxes), ROOM_COPIES_MAX):
+                    value = e.encode(e.room_copies(env, inboxes[i : i + ROOM_COPIES_MAX]))
+                    acks.append(
+                        await producer.send(
+                            self.topics.messages, value, key=env.room.encode(),
+                            partition=partition, headers=headers,
+                        )
+                    )  # fmt: skip
+            copies += sum(len(v) for v in groups.values())
         await asyncio.gather(*acks)
-        self.fanned_out.inc(len(acks))
+        self.fanned_out.inc(copies)
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[Record]) -> None:

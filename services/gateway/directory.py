@@ -49,17 +49,20 @@ class Directory:
         return canonical
 
 
-DEVICE_LIST_TTL_S = 5.0
+DEVICE_LIST_TTL_S = 300.0
 
 
 class DeviceLists:
-    """Each user's current device ids, from the key directory, cached briefly.
+    """Each user's current device ids, from the key directory, cached.
 
     A cached list is forgotten when the key directory announces a change
-    (``devices_changed`` on the broadcast channel, see :class:`Hub`) and after
-    ``DEVICE_LIST_TTL_S`` in any case; a send that disagrees with a cached list
-    asks again before refusing (:meth:`current`), so a stale cache never
-    refuses a good send.
+    (``devices_changed`` on the broadcast channel, see :class:`Hub`), all of
+    them when the pod lost that channel for a while (a notice may be gone),
+    and after ``DEVICE_LIST_TTL_S`` in any case. A 1:1 send that disagrees
+    with a cached list asks again before refusing, so a stale cache never
+    refuses a good send. A private room's fan-out reads the lists of all its
+    members (a thousand look-ups for a room of a thousand): with a TTL of
+    seconds the key directory would serve them again and again.
     """
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
@@ -69,6 +72,16 @@ class DeviceLists:
 
     def forget(self, user_id: str) -> None:
         self._cache.pop(user_id, None)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def peek(self, user_id: str) -> frozenset[int] | None:
+        """The cached list, if it is still fresh (no I/O)."""
+        hit = self._cache.get(user_id)
+        if hit is not None and time.monotonic() - hit[0] < DEVICE_LIST_TTL_S:
+            return hit[1]
+        return None
 
     async def get(self, user_id: str, token: str, *, fresh: bool = False) -> frozenset[int]:
         now = time.monotonic()

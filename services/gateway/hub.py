@@ -400,8 +400,10 @@ class Hub:
                 self.subscribed.set()
                 if lost:
                     # Frames routed here while the channel was down are gone:
-                    # every client pages through its inbox again.
+                    # every client pages through its inbox again; so are
+                    # `devices_changed` notices: forget every cached device list.
                     lost = False
+                    self.devices.clear()
                     for conn in [c for s in self.by_user.values() for c in s]:
                         conn.push(f.Resync(reason="routing_restored"))
                 delay = 0.1
@@ -446,8 +448,8 @@ class Hub:
             event = e.decode_revocation(data)
         except e.DecodeError:
             return
+        self.devices.forget(event.user_id)  # whatever happened to the user, ask again
         if isinstance(event, e.DevicesChanged):
-            self.devices.forget(event.user_id)
             return
         blocked = isinstance(event, e.UserBlocked)
         code = ErrorCode.ACCOUNT_BLOCKED if blocked else ErrorCode.TOKEN_REVOKED

@@ -92,13 +92,21 @@ class RoomMembers:
         return roster.members
 
     async def _device_lists(self, members: tuple[str, ...], token: str) -> list[frozenset[int]]:
-        gate = asyncio.Semaphore(DEVICE_LOOKUPS)
+        """Each member's devices: from the cache without a task per member when it has
+        them (the common case), else looked up, ``DEVICE_LOOKUPS`` at a time."""
+        lists = [self.devices.peek(m) for m in members]
+        missing = [i for i, devices in enumerate(lists) if devices is None]
+        if missing:
+            gate = asyncio.Semaphore(DEVICE_LOOKUPS)
 
-        async def one(user: str) -> frozenset[int]:
-            async with gate:
-                return await self.devices.get(user, token)
+            async def one(user: str) -> frozenset[int]:
+                async with gate:
+                    return await self.devices.get(user, token)
 
-        return list(await asyncio.gather(*(one(m) for m in members)))
+            found = await asyncio.gather(*(one(members[i]) for i in missing))
+            for i, devices in zip(missing, found, strict=True):
+                lists[i] = devices
+        return [devices or frozenset() for devices in lists]
 
     async def _get(self, path: str, token: str) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}

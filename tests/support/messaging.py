@@ -47,7 +47,17 @@ class Messaging:
 
 @pytest.fixture
 async def messaging(issuer: TokenIssuer, make_client: Any) -> AsyncIterator[Messaging]:
-    settings = issuer.settings.model_copy(update={"ws_sends_per_s": 1000.0, "ws_send_burst": 1000})
+    m = await start_messaging(issuer, make_client)
+    yield m
+    for c in m.clients:
+        await c.close()
+
+
+async def start_messaging(issuer: TokenIssuer, make_client: Any, **extra: Any) -> Messaging:
+    """Delivery and two gateway pods (``extra``: more settings, e.g. ``rooms_url``)."""
+    settings = issuer.settings.model_copy(
+        update={"ws_sends_per_s": 1000.0, "ws_send_burst": 1000, **extra}
+    )
     delivery = await make_client(await delivery_app(settings))
     await eventually(
         lambda: _ready(delivery.server.app[WORKER].running.is_set()), lambda ok: ok, timeout=30
@@ -63,10 +73,7 @@ async def messaging(issuer: TokenIssuer, make_client: Any) -> AsyncIterator[Mess
         # The producer connects in the background: a send before it is up is
         # refused (service_unavailable), which a test must not race.
         await g.server.app[KAFKA].wait_ready(30)
-    m = Messaging(settings, issuer, delivery, gateways, [])
-    yield m
-    for c in m.clients:
-        await c.close()
+    return Messaging(settings, issuer, delivery, gateways, [])
 
 
 async def _ready(value: bool) -> bool:

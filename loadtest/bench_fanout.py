@@ -1,0 +1,522 @@
+"""Room fan-out benchmark: a private room of N members against python-socketio room emits.
+
+``python -m loadtest.bench_fanout [--members 1000 --seconds 10] [--json]``
+
+It starts the whole Parley system on its embedded servers (as
+loadtest/bench_messaging.py does), signs N users up, puts them all in one
+private room (invitations accepted through HAProxy) and opens one WebSocket
+per member through HAProxy (leastconn spreads them over both gateways). One
+member sends `room_send` frames; every other member receives each one as a
+`message` (one Kafka record per message, fanned out by delivery to every
+member's device inbox, pushed through one Redis publish per gateway pod per
+batch) and acknowledges what it has, as a client does. The peer: two
+python-socketio 5.x processes sharing the same Redis through
+``AsyncRedisManager`` (loadtest/socketio_peer.py), N clients in one room,
+the sender's ``send`` event emitted to the room; nothing stored.
+
+For each system:
+
+1. saturation: the sender keeps ``window`` messages in flight (sent, not yet
+   at every member); member-messages/s = messages received by members per
+   second of the measured window;
+2. paced: half the saturation rate, open loop; latency is send -> the last
+   member received it, p50/p99;
+3. in both: every message must reach every member exactly once (lost and
+   duplicate member-messages are counted), and the CPU time of every server
+   process over the window, per member-message.
+
+docs/BENCHMARKS.md ("Room fan-out") has the figures and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from loadtest.bench_messaging import Options as MessagingOptions
+from loadtest.bench_messaging import ParleySystem
+from loadtest.common import Account, CpuMeter, percentile
+from loadtest.socketio_peer import start_peers
+from scripts.stack import Processes, StackConfig
+
+PARLEY_PROCS = ("mongo", "kafka", "redis", "haproxy", "auth", "keys", "rooms", "gateway1",
+                "gateway2", "delivery")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Options:
+    members: int = 1000
+    seconds: float = 10.0
+    window: int = 8
+    body_bytes: int = 160
+    ack_interval: float = 0.25
+    systems: tuple[str, ...] = ("parley", "socketio")
+    drain_s: float = 60.0
+
+
+# Bookkeeping shared by both systems ----------------------------------------------------
+@dataclass
+class Phase:
+    name: str
+    expected: int  # receivers per message
+    sent_at: dict[int, float] = field(default_factory=dict)
+    remaining: dict[int, int] = field(default_factory=dict)
+    last_at: dict[int, float] = field(default_factory=dict)
+    received: int = 0
+    in_window: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    window: tuple[float, float] = (0.0, 0.0)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def sent(self, n: int) -> None:
+        self.sent_at[n] = time.perf_counter()
+        self.remaining[n] = self.expected
+
+    def got(self, n: int, seen: set[int]) -> None:
+        now = time.perf_counter()
+        if n in seen:
+            self.duplicates += 1
+            return
+        seen.add(n)
+        left = self.remaining.get(n)
+        if left is None:
+            return  # a message of an earlier phase
+        self.received += 1
+        if self.window[0] <= now <= self.window[1]:
+            self.in_window += 1
+        self.remaining[n] = left - 1
+        if left == 1:
+            self.last_at[n] = now
+            self.done.set()
+
+    @property
+    def incomplete(self) -> int:
+        return sum(1 for left in self.remaining.values() if left > 0)
+
+
+class Receiver:
+    """One member: knows which message numbers it has seen in the current phase."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.phase: Phase | None = None
+
+    def on(self, n: int) -> None:
+        if self.phase is not None:
+            self.phase.got(n, self.seen)
+
+
+def body_for(n: int, size: int) -> str:
+    raw = f"{n:012d}".encode() + b"x" * max(size * 3 // 4 - 12, 0)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def number_of(body: str) -> int:
+    return int(base64.urlsafe_b64decode(body[:16]))
+
+
+# Parley ----------------------------------------------------------------------------------
+class ParleyMember(Receiver):
+    def __init__(self, account: Account) -> None:
+        super().__init__()
+        self.account = account
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.gateway = ""
+        self.max_seq = 0
+        self.acked = 0
+        self.accepted: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
+        ws = await session.ws_connect(url, max_msg_size=0, compress=0)
+        await ws.send_str(orjson.dumps({"op": "auth", "token": self.account.token}).decode())
+        ready = orjson.loads((await ws.receive(timeout=30)).data)
+        assert ready["op"] == "ready", ready
+        self.gateway = ready["gateway"]
+        self.ws = ws
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            frame = orjson.loads(msg.data)
+            op = frame.get("op")
+            if op == "message":
+                self.max_seq = max(self.max_seq, frame["seq"])
+                self.on(number_of(frame["body"]))
+            elif op in ("accepted", "error"):
+                fut = self.accepted.pop(frame.get("id", ""), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(frame)
+
+    async def ack(self) -> None:
+        if self.ws is not None and self.max_seq > self.acked:
+            self.acked = self.max_seq
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_str(f'{{"op":"ack","seq":{self.acked}}}')
+
+    async def send(self, room: str, n: int, size: int) -> None:
+        assert self.ws is not None
+        cid = f"f{n}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.accepted[cid] = fut
+        frame = {"op": "room_send", "id": cid, "room": room, "body": body_for(n, size)}
+        await self.ws.send_str(orjson.dumps(frame).decode())
+        answer = await fut
+        if answer["op"] != "accepted":
+            raise RuntimeError(f"room_send refused: {answer}")
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class SioMember(Receiver):
+    """A socket.io client speaking Engine.IO 4 over a WebSocket (what the JS client sends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.acks: dict[int, asyncio.Future[None]] = {}
+        self.next_ack = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
+        ws = await session.ws_connect(url, max_msg_size=0, compress=0)
+        opened = (await ws.receive(timeout=30)).data
+        assert opened.startswith("0"), opened
+        await ws.send_str("40")
+        joined = (await ws.receive(timeout=30)).data
+        assert joined.startswith("40"), joined
+        self.ws = ws
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data: str = msg.data
+            if data == "2":
+                await self.ws.send_str("3")
+            elif data.startswith("42"):
+                event, payload = orjson.loads(data[2:])
+                if event == "message":
+                    self.on(int(payload["n"]))
+            elif data.startswith("43"):
+                ack_id = int(data[2 : data.index("[")])
+                fut = self.acks.pop(ack_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    async def send(self, _room: str, n: int, size: int) -> None:
+        assert self.ws is not None
+        self.next_ack += 1
+        ack_id = self.next_ack
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks[ack_id] = fut
+        payload = orjson.dumps(["send", {"n": n, "body": body_for(n, size)}]).decode()
+        await self.ws.send_str(f"42{ack_id}{payload}")
+        await fut
+
+    async def ack(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
+# The run -----------------------------------------------------------------------------------
+Member = ParleyMember | SioMember
+
+
+async def run_phases(
+    opts: Options, members: list[Any], room: str, pids: dict[str, int], log: Any
+) -> dict[str, Any]:
+    sender, receivers = members[0], members[1:]
+    counter = iter(range(1, 10**9))
+    stop_acks = asyncio.Event()
+
+    async def ack_loop() -> None:
+        while not stop_acks.is_set():
+            await asyncio.gather(*(m.ack() for m in receivers))
+            await asyncio.sleep(opts.ack_interval)
+
+    acker = asyncio.create_task(ack_loop())
+
+    def begin(name: str) -> Phase:
+        phase = Phase(name, len(receivers))
+        for m in receivers:
+            m.seen = set()
+            m.phase = phase
+        return phase
+
+    async def drain(phase: Phase) -> None:
+        deadline = time.monotonic() + opts.drain_s
+        while phase.incomplete and time.monotonic() < deadline:
+            phase.done.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(phase.done.wait(), 1.0)
+
+    def result(phase: Phase, meter: CpuMeter, seconds: float) -> dict[str, Any]:
+        lat = sorted(phase.last_at[n] - phase.sent_at[n] for n in phase.last_at)
+        lost = sum(max(left, 0) for left in phase.remaining.values())
+        per_msg = phase.in_window or 1
+        return {
+            "messages": len(phase.sent_at),
+            "member_messages_per_s": round(phase.in_window / seconds, 1),
+            "room_messages_per_s": round(phase.in_window / seconds / len(receivers), 2),
+            "p50_ms": _ms(percentile(lat, 0.50)),
+            "p99_ms": _ms(percentile(lat, 0.99)),
+            "lost": lost,
+            "duplicates": phase.duplicates,
+            "cpu_us_per_member_message": {
+                name: round(used * 1e6 / per_msg, 1) for name, used in meter.used.items()
+            },
+            "cpu_us_total": round(sum(meter.used.values()) * 1e6 / per_msg, 1),
+        }
+
+    # Warm-up: a few messages all the way.
+    warm = begin("warmup")
+    for _ in range(5):
+        n = next(counter)
+        warm.sent(n)
+        await sender.send(room, n, opts.body_bytes)
+    await drain(warm)
+    log(f"  warm-up: {warm.received} member-messages, {warm.incomplete} incomplete")
+
+    # Saturation: `window` messages in flight.
+    sat = begin("saturation")
+    meter = CpuMeter(pids)
+    t0 = time.perf_counter() + 1.0
+    sat.window = (t0, t0 + opts.seconds)
+    started = False
+    while time.perf_counter() < sat.window[1]:
+        if not started and time.perf_counter() >= t0:
+            meter.start()
+            started = True
+        if sat.incomplete >= opts.window:
+            sat.done.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sat.done.wait(), 0.5)
+            continue
+        n = next(counter)
+        sat.sent(n)
+        await sender.send(room, n, opts.body_bytes)
+    meter.stop()
+    await drain(sat)
+    out = {"saturation": result(sat, meter, opts.seconds)}
+    log(f"  saturation: {out['saturation']}")
+
+    # Paced at half the saturation rate (room messages per second).
+    rate = max(out["saturation"]["room_messages_per_s"] / 2, 0.5)
+    paced = begin("paced")
+    meter = CpuMeter(pids)
+    t0 = time.perf_counter()
+    paced.window = (t0, t0 + opts.seconds + opts.drain_s)
+    meter.start()
+    i = 0
+    while (now := time.perf_counter()) < t0 + opts.seconds:
+        due = t0 + i / rate
+        if now < due:
+            await asyncio.sleep(due - now)
+        n = next(counter)
+        paced.sent(n)
+        asyncio.get_running_loop().create_task(sender.send(room, n, opts.body_bytes))
+        i += 1
+    await drain(paced)
+    meter.stop()
+    out["paced"] = result(paced, meter, opts.seconds)
+    out["paced"]["rate_room_messages_per_s"] = round(rate, 2)
+    log(f"  paced: {out['paced']}")
+    stop_acks.set()
+    await acker
+    return out
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 1)
+
+
+async def bench_parley(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
+    mopts = replace(MessagingOptions(), clients=opts.members)
+    system = ParleySystem(data_dir / "parley", mopts)
+    # All sockets come from one address (the one change to the defaults besides
+    # bench_messaging's send rate and sign-up limits).
+    system.cfg = system.cfg.with_env(PARLEY_WS_MAX_SOCKETS_PER_ADDRESS=str(4 * opts.members))
+    system.procs = Processes(system.cfg)
+    system.start()
+    try:
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await system.wait_ready(session)
+            log(f"parley: signing up {opts.members} users")
+            accounts = await system.sign_up(session, opts.members)
+            owner = accounts[0]
+            room = await _call(session, "POST", f"{system.lb}/rooms/v1/rooms", owner.token,
+                               {"name": "fan-out", "kind": "private"})  # fmt: skip
+            rid = room["room_id"]
+            gate = asyncio.Semaphore(16)
+
+            async def join(acc: Account) -> None:
+                async with gate:
+                    await _call(session, "POST", f"{system.lb}/rooms/v1/rooms/{rid}/invitations",
+                                owner.token, {"user": acc.user_id})  # fmt: skip
+                    await _call(
+                        session,
+                        "POST",
+                        f"{system.lb}/rooms/v1/rooms/{rid}/invitation/accept",
+                        acc.token,
+                    )
+
+            t = time.perf_counter()
+            await asyncio.gather(*(join(a) for a in accounts[1:]))
+            log(f"parley: {opts.members - 1} joined in {time.perf_counter() - t:.1f} s")
+            members = [ParleyMember(a) for a in accounts]
+            await _connect_all(members, session, [system.ws_url])
+            spread: dict[str, int] = {}
+            for m in members:
+                spread[m.gateway] = spread.get(m.gateway, 0) + 1
+            log(f"parley: sockets per gateway {spread}")
+            pids = {n: system.procs.procs[n].pid for n in PARLEY_PROCS}
+            try:
+                out = await run_phases(opts, members, rid, pids, log)
+            finally:
+                await asyncio.gather(*(m.close() for m in members))
+            out["gateways"] = spread
+            return out
+    finally:
+        system.stop()
+
+
+async def bench_socketio(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
+    cfg = StackConfig.free_ports(data_dir / "sio")
+    procs = Processes(cfg)
+    procs.start("redis")
+    ports = StackConfig.free_ports(data_dir / "sio-ports")
+    peers = start_peers(data_dir / "sio", cfg.url("redis"),
+                        [ports.gateway1_port, ports.gateway2_port], "fanout")  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as session:
+            members = [SioMember() for _ in range(opts.members)]
+            await _connect_all(members, session, peers.urls)
+            pids = {**peers.pids(), "redis": procs.procs["redis"].pid}
+            try:
+                return await run_phases(opts, members, "r", pids, log)
+            finally:
+                await asyncio.gather(*(m.close() for m in members))
+    finally:
+        peers.stop()
+        procs.stop_all()
+
+
+async def _connect_all(members: list[Any], session: aiohttp.ClientSession, urls: list[str]) -> None:
+    gate = asyncio.Semaphore(50)
+
+    async def one(i: int, m: Any) -> None:
+        async with gate:
+            await m.connect(session, urls[i % len(urls)])
+
+    await asyncio.gather(*(one(i, m) for i, m in enumerate(members)))
+
+
+async def _call(session: aiohttp.ClientSession, method: str, url: str, token: str,
+                body: Any = None) -> Any:  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
+    async with session.request(method, url, json=body, headers=headers) as resp:
+        is_json = resp.content_type == "application/json"
+        data = await resp.json(loads=orjson.loads) if is_json else None
+        if resp.status not in (200, 201):
+            raise RuntimeError(f"{method} {url} failed ({resp.status}): {data}")
+        return data
+
+
+async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "members": opts.members,
+        "seconds": opts.seconds,
+        "window": opts.window,
+    }
+    if "socketio" in opts.systems:
+        log("socketio: two processes, AsyncRedisManager")
+        results["socketio"] = await bench_socketio(opts, data_dir, log)
+    if "parley" in opts.systems:
+        results["parley"] = await bench_parley(opts, data_dir, log)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"Run {results['when']}: a room of {results['members']} members, "
+        f"{results['seconds']} s per phase, window {results['window']}.",
+        "",
+        "| system | phase | member-msgs/s | room msgs/s | p50 ms | p99 ms | lost | dup "
+        "| server CPU µs per member-msg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for system in ("parley", "socketio"):
+        if system not in results:
+            continue
+        for phase in ("saturation", "paced"):
+            r = results[system][phase]
+            cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_us_per_member_message"].items() if v)
+            lines.append(
+                f"| {system} | {phase} | {r['member_messages_per_s']} | "
+                f"{r['room_messages_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['lost']} | "
+                f"{r['duplicates']} | {r['cpu_us_total']} ({cpu}) |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=Options.members)
+    parser.add_argument("--seconds", type=float, default=Options.seconds)
+    parser.add_argument("--window", type=int, default=Options.window)
+    parser.add_argument("--systems", default=",".join(Options.systems))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    opts = Options(members=args.members, seconds=args.seconds, window=args.window,
+                   systems=tuple(args.systems.split(",")))  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="parley-fanout-"))
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        from loadtest.bench_messaging import _loop_factory
+
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            results = runner.run(bench(opts, tmp, log))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(table(results))
+
+
+if __name__ == "__main__":
+    main()

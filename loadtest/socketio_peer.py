@@ -1,0 +1,113 @@
+"""The peer a user would pick instead for rooms: python-socketio 5.x room emits.
+
+Two processes of this server share one Redis through ``AsyncRedisManager``
+(socket.io's own way to scale out); every client that connects enters the
+room ``r``; a ``send`` event is emitted to the room (every member but the
+sender, on both processes) and acknowledged to the sender. No storage, no
+authentication, no encryption: what python-socketio gives for a room.
+
+Tuned as its documentation suggests for throughput: uvloop, the aiohttp
+server, WebSocket transport only, no logging.
+
+Run one process: ``python -m loadtest.socketio_peer --port 9101 --redis redis://...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from scripts.stack import ROOT, wait_port
+
+ROOM = "r"
+
+
+def create_app(redis_url: str, channel: str) -> web.Application:
+    mgr = socketio.AsyncRedisManager(redis_url, channel=channel)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp", client_manager=mgr, transports=["websocket"],
+        logger=False, engineio_logger=False, cors_allowed_origins=[],
+    )  # fmt: skip
+
+    @sio.event
+    async def connect(sid: str, environ: Any, auth: Any = None) -> None:
+        await sio.enter_room(sid, ROOM)
+
+    @sio.event
+    async def send(sid: str, data: Any) -> str:
+        await sio.emit("message", data, room=ROOM, skip_sid=sid)
+        return "ok"
+
+    app = web.Application()
+    sio.attach(app)
+    return app
+
+
+@dataclass
+class PeerCluster:
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    urls: list[str] = field(default_factory=list)
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.procs.items()}
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def start_peers(data_dir: Path, redis_url: str, ports: list[int], channel: str) -> PeerCluster:
+    cluster = PeerCluster()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, port in enumerate(ports, 1):
+            name = f"sio{i}"
+            argv = [sys.executable, "-m", "loadtest.socketio_peer", "--port", str(port),
+                    "--redis", redis_url, "--channel", channel]  # fmt: skip
+            with open(data_dir / f"{name}.out", "ab") as log:
+                cluster.procs[name] = subprocess.Popen(
+                    argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                    stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            wait_port("127.0.0.1", port)
+            cluster.urls.append(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--channel", default="parley-bench-sio")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - non-Linux platforms
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(create_app(args.redis, args.channel), host=args.host, port=args.port, loop=loop,
+                print=None, access_log=None)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
