@@ -550,7 +550,13 @@ class Rooms:
                     tx.put(self._key("room_pending", room_id), pending)
             return None
         except ReplayedMessage:
-            return None
+            if keep:
+                return None  # a repeat of one we have read
+            # Its key came, but from a later point of the chain: it was sent before
+            # this device was given the sender's key (a device linked meanwhile).
+            entry.update(kind="error", text="[sent before this device had the sender's key]")
+            tx.add_message(conv, entry, ref=str(item["server_id"]))
+            return DecryptFailed(sender, name, "sent before this device had the key")
         except (CryptoError, ValueError) as exc:
             entry.update(kind="error", text=f"[could not decrypt: {type(exc).__name__}]")
             tx.add_message(conv, entry, ref=str(item["server_id"]))

@@ -261,20 +261,26 @@ async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_
     assert bob.username and bob.user_id
     await alice.rooms.invite(rid, bob.username)
     await bob.rooms.accept(rid)
+    too_early = await alice.rooms._encrypt(rid, "older than the key bob will get", [])
     async with alice.store.transaction() as tx:
         session = alice.rooms.group(tx, rid)
-        dist = session.distribution_message()  # the chain at iteration 0
+        dist = session.distribution_message()  # the chain at iteration 1
         alice.rooms._put_group(tx, session)
     frame = await alice.rooms._encrypt(rid, "sent before its key", [])
-    await alice.messenger.submit(frame, room_conversation(rid))
-    await eventually(lambda: asyncio.sleep(0, bob.rooms.pending(rid)), lambda k: k == 1)
+    for sent in (too_early, frame):
+        await alice.messenger.submit(sent, room_conversation(rid))
+    await eventually(lambda: asyncio.sleep(0, bob.rooms.pending(rid)), lambda k: k == 2)
     assert bob.history(room_conversation(rid)) == []
     key = encode_control({"t": "skd", "room": rid, "d": b64encode(dist)})
     await alice.messenger.send_control(bob.user_id, key)
     event = await bob.next_event(RoomMessage, timeout=30)
     assert isinstance(event, RoomMessage) and event.text == "sent before its key"
     assert bob.rooms.pending(rid) == 0
-    assert [e["text"] for e in bob.history(room_conversation(rid))] == ["sent before its key"]
+    # The one from before the key's point in the chain cannot open: it says so.
+    assert [e["text"] for e in bob.history(room_conversation(rid))] == [
+        "[sent before this device had the sender's key]",
+        "sent before its key",
+    ]
     # The key travelled as a control payload: never a chat line in the 1:1 history.
     assert bob.history(alice.user_id or "") == []
 
