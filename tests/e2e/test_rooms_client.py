@@ -115,8 +115,14 @@ async def test_private_room_every_device_decrypts_once_and_a_removed_member_read
     taps = {id(c): Tap(c) for c in everyone}
     for c in everyone:
         await c.connect()
-    # HAProxy spreads the four sockets over both gateway pods (leastconn).
-    gateways = {c._conn.ready_frame.gateway for c in everyone}
+    # HAProxy spreads the sockets over both gateway pods (leastconn); sockets other
+    # tests left open may tilt it, so reconnect one until both pods have some.
+    for _ in range(10):
+        gateways = {c._conn.ready_frame.gateway for c in everyone}
+        if len(gateways) == 2:
+            break
+        await everyone[-1].messenger.disconnect()
+        await everyone[-1].connect()
     assert len(gateways) == 2, gateways
 
     room = await a1.rooms.create(f"team {secrets.token_hex(3)}")
