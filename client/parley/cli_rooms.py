@@ -244,7 +244,12 @@ def rooms_notifications(
             for n in items:
                 mark = " " if n.get("read") else "*"
                 name = await client.messenger._name_of(str(n["sender"]))
-                where = f" (message {n['message_seq']})" if n.get("message_seq") else ""
+                where = ""
+                if n.get("message_seq"):  # a public room's: the page that ends with it
+                    where = (
+                        f" (parley history '#{escape(n['room_name'])}' "
+                        f"--before {int(n['message_seq']) + 1})"
+                    )
                 console.print(
                     f"{mark} [dim]{_time(n.get('at'))}[/] [bold]{escape(name)}[/] mentioned you "
                     f"in #{escape(n['room_name'])}{where}: {escape(n.get('excerpt', ''))}"
@@ -335,8 +340,9 @@ async def room_chat(opts: Options, target: str) -> None:
                         client.username,
                     )  # fmt: skip
             elif isinstance(event, RoomNotification):
+                who = client.messenger._names.get(event.sender, event.sender[:8])
                 console.print(
-                    f"[bold yellow]@ {escape(event.sender[:8])} mentioned you in "
+                    f"[bold yellow]@ {escape(who)} mentioned you in "
                     f"#{escape(event.room_name)}:[/] {escape(event.excerpt)}"
                 )
             elif isinstance(event, Message):

@@ -80,6 +80,11 @@ def test_cli_public_room_create_join_post_and_page_history(users: tuple[User, Us
     # Bob's mention of alice is one of her notifications.
     out = alice.run("rooms", "notifications", "--read").decode()
     assert f"{bob.name} mentioned you in #{room}" in out and "have a look" in out
+    # ... with the command that shows it: the page that ends with that message.
+    jump = re.search(r"parley history '#[^']+' --before (\d+)", out)
+    assert jump is not None
+    out = alice.run("history", f"#{room}", "-n", "1", "--before", jump.group(1)).decode()
+    assert "have a look" in out
     assert "0 unread" in alice.run("rooms", "notifications").decode()
 
 
