@@ -380,11 +380,16 @@ class Rooms:
         stale = state.version_seen != version or (
             time.time() - state.devices_read_at > DEVICE_RECHECK_S
         )
-        for user in members:
-            if stale or not self.messenger._peer(read, user).devices:
-                await self.messenger._refresh_peer(user)
+        refresh = [u for u in members if stale or not self.messenger._peer(read, u).devices]
         if me not in members:
-            await self.messenger._refresh_peer(me)
+            refresh.append(me)
+        gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
+
+        async def read_list(user: str) -> None:
+            async with gate:
+                await self.messenger._refresh_peer(user)
+
+        await asyncio.gather(*(read_list(u) for u in refresh))
 
         def targets(tx: Transaction) -> set[str]:
             return {
