@@ -311,7 +311,15 @@ class Rooms:
         messages come from the local store (what this device decrypted); a public
         room's from its timeline, a page of ``limit`` before ``before`` (a ``seq``);
         pass ``next_before`` back for the page before (``None``: the first message)."""
-        room = await self.resolve(ref, directory=True)
+        try:
+            room = await self.resolve(ref, directory=True)
+        except RoomNotFound:
+            # A private room left (or that removed us): what this device stored stays.
+            key = ref.strip().removeprefix("#")
+            kept = self._store().read().history(room_conversation(key), limit)
+            if not ROOM_ID.fullmatch(key) or not kept:
+                raise
+            room = {"room_id": key, "name": key, "kind": "private", "role": None}
         room_id = str(room["room_id"])
         if room.get("kind") == "private":
             entries = self._store().read().history(room_conversation(room_id), limit)

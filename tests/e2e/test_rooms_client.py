@@ -245,6 +245,9 @@ async def test_room_errors_are_clear(device: NewDevice) -> None:
         assert left.value.code == "room_not_found"
     assert b.outbox() == []
     assert [e["text"] for e in b.history(room_conversation(rid))] == ["hello before leaving"]
+    # What this device stored of the room it left stays readable by the room's id.
+    page = await b.rooms.history(rid)
+    assert [e["text"] for e in page["messages"]] == ["hello before leaving"]
     # An empty message and an unknown room.
     with pytest.raises(ParleyError):
         await a.rooms.send(rid, "   ")
