@@ -294,7 +294,10 @@ class Processes:
 
     def start(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
         argv, extra = command(self.cfg, name)
-        env = {**os.environ, **extra, "PYTHONPATH": str(ROOT)}
+        # This checkout's contract and client, not the ones the shared venv's editable
+        # installs point at (another worktree's): services and contract must match.
+        path = os.pathsep.join(str(p) for p in (ROOT, ROOT / "contract", ROOT / "client"))
+        env = {**os.environ, **extra, "PYTHONPATH": path}
         log = open(self.cfg.data_dir / f"{name}.out", "ab")
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -36,6 +36,9 @@ _FRIENDLY = {
     "identity_not_found": "This user has not set up encryption keys yet "
     "(they must log in with a Parley client once).",
     "prekeys_exhausted": "This user's device has no keys left to start a conversation.",
+    "cannot_target_self": "You cannot do that to yourself (to leave a room, leave it).",
+    "room_not_found": "No such room (or it is private and you are not in it).",
+    "not_a_member": "You are not a member of this room.",
 }
 
 
@@ -281,3 +284,98 @@ class Api:
         result = await self.request("GET", f"/keys/v1/users/{quote(user_id, safe='')}/identity")
         devices: list[dict[str, Any]] = result["devices"]
         return devices
+
+    # -- rooms (docs/rooms.md) -------------------------------------------------------
+    async def create_room(self, name: str, kind: str, topic: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "kind": kind}
+        if topic:
+            body["topic"] = topic
+        result: dict[str, Any] = await self.request("POST", "/rooms/v1/rooms", json=body)
+        return result
+
+    async def rooms(self, before: Any = None, limit: int = 200) -> dict[str, Any]:
+        query = f"?limit={limit}" + (f"&before={quote(str(before))}" if before is not None else "")
+        result: dict[str, Any] = await self.request("GET", f"/rooms/v1/rooms{query}")
+        return result
+
+    async def room(self, room_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/rooms/v1/rooms/{_room(room_id)}")
+        return result
+
+    async def directory(self, q: str = "", after: Any = None, limit: int = 50) -> dict[str, Any]:
+        query = f"?limit={limit}" + (f"&q={quote(q)}" if q else "")
+        if after is not None:
+            query += f"&after={quote(str(after))}"
+        result: dict[str, Any] = await self.request("GET", f"/rooms/v1/directory{query}")
+        return result
+
+    async def join_room(self, room_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", f"/rooms/v1/rooms/{_room(room_id)}/join"
+        )
+        return result
+
+    async def leave_room(self, room_id: str) -> None:
+        await self.request("POST", f"/rooms/v1/rooms/{_room(room_id)}/leave")
+
+    async def room_members(self, room_id: str, after: Any = None) -> dict[str, Any]:
+        query = "?limit=500" + (f"&after={quote(str(after))}" if after is not None else "")
+        result: dict[str, Any] = await self.request(
+            "GET", f"/rooms/v1/rooms/{_room(room_id)}/members{query}"
+        )
+        return result
+
+    async def remove_member(self, room_id: str, user_id: str) -> None:
+        await self.request(
+            "DELETE", f"/rooms/v1/rooms/{_room(room_id)}/members/{quote(user_id, safe='')}"
+        )
+
+    async def invite(self, room_id: str, user: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", f"/rooms/v1/rooms/{_room(room_id)}/invitations", json={"user": user}
+        )
+        return result
+
+    async def accept_invitation(self, room_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", f"/rooms/v1/rooms/{_room(room_id)}/invitation/accept"
+        )
+        return result
+
+    async def decline_invitation(self, room_id: str) -> None:
+        await self.request("POST", f"/rooms/v1/rooms/{_room(room_id)}/invitation/decline")
+
+    async def invitations(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/rooms/v1/invitations?limit=200")
+        return result
+
+    async def post_room_message(self, room_id: str, client_id: str, text: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", f"/rooms/v1/rooms/{_room(room_id)}/messages",
+            json={"client_id": client_id, "text": text},
+        )  # fmt: skip
+        return result
+
+    async def room_messages(
+        self, room_id: str, before: int | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        query = f"?limit={limit}" + (f"&before={before}" if before is not None else "")
+        result: dict[str, Any] = await self.request(
+            "GET", f"/rooms/v1/rooms/{_room(room_id)}/messages{query}"
+        )
+        return result
+
+    async def notifications(self, before: int | None = None, limit: int = 50) -> dict[str, Any]:
+        query = f"?limit={limit}" + (f"&before={before}" if before is not None else "")
+        result: dict[str, Any] = await self.request("GET", f"/rooms/v1/notifications{query}")
+        return result
+
+    async def read_notifications(self, up_to: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", "/rooms/v1/notifications/read", json={"up_to": up_to}
+        )
+        return result
+
+
+def _room(room_id: str) -> str:
+    return quote(room_id, safe="")

@@ -6,7 +6,9 @@ A thin front over three parts, each with its own module and tests:
 - :class:`parley.keys.Keys`: this device's keys, uploads, top-ups, rotation,
   contacts' bundles;
 - :class:`parley.messenger.Messenger`: the socket, the outbox, receipts,
-  sending and receiving, history.
+  sending and receiving, history;
+- :class:`parley.rooms.Rooms` (``client.rooms``): rooms, and private rooms'
+  sender-key encryption.
 
 They share one encrypted local store (:mod:`parley.store`), one HTTP client
 (:mod:`parley.api`) and one :class:`parley.events.EventBus`::
@@ -42,9 +44,12 @@ from parley.events import (
     KeyChanged,
     Message,
     Receipt,
+    RoomMessage,
+    RoomNotification,
 )
 from parley.keys import PREKEY_BATCH, PREKEY_ROTATION_S, Keys, NeedsLink, PendingDevice
 from parley.messenger import Messenger
+from parley.rooms import Rooms
 from parley.store import KdfParams, Store, Transaction
 
 __all__ = [
@@ -58,6 +63,8 @@ __all__ = [
     "NeedsLink",
     "PendingDevice",
     "Receipt",
+    "RoomMessage",
+    "RoomNotification",
     "SecondFactor",
 ]
 
@@ -102,6 +109,9 @@ class Client:
             self.server, self.api, lambda: self.store, self.account, self.keys, self.bus,
             self._spawn, backoff=(backoff_start, backoff_max), reauth_every=reauth_every,
         )  # fmt: skip
+        self.rooms = Rooms(self.api, lambda: self.store, self.account, self.messenger, self.bus)
+        """Rooms: create, list, invite, join, leave, members, send, history,
+        notifications (:class:`parley.rooms.Rooms`, docs/client.md "Rooms")."""
 
     # -- lifecycle ------------------------------------------------------------------
     async def open(self) -> Client:

@@ -22,6 +22,8 @@ __all__ = [
     "KeyChanged",
     "Message",
     "Receipt",
+    "RoomMessage",
+    "RoomNotification",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,38 @@ class Message(Event):
     sent_at: int
     server_id: str
     seq: int
+
+
+@dataclass(frozen=True)
+class RoomMessage(Event):
+    """A message in a room: a private room's (decrypted; ``server_id`` set) or a public
+    room's live post (``seq`` is its timeline number).  ``own``: sent by another
+    device of this account."""
+
+    room_id: str
+    sender_id: str
+    username: str
+    text: str
+    sent_at: int
+    server_id: str | None
+    seq: int | None
+    mentions: tuple[str, ...] = ()
+    public: bool = False
+    own: bool = False
+
+
+@dataclass(frozen=True)
+class RoomNotification(Event):
+    """A mention of you in a room (the list is ``Client.notifications``)."""
+
+    seq: int
+    room_id: str
+    room_name: str
+    sender: str
+    excerpt: str
+    at: int
+    message_seq: int | None = None
+    server_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from parley_contract import frames as f
@@ -108,6 +109,7 @@ class Messenger:
         self._synced = asyncio.Event()
         self._syncing = 0  # syncs running: pushes then move neither last_seq nor acks
         self._names: dict[str, str] = {}
+        self.room_hook: RoomHook | None = None
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -294,16 +296,20 @@ class Messenger:
     def outbox(self) -> list[dict[str, Any]]:
         """Messages not yet accepted by the server:
         ``{"client_id", "peer", "text", "bytes"}`` (``bytes``: the frame's size)."""
-        return [
-            {
-                "client_id": q["send"]["id"],
-                "peer": q.get("peer"),
-                "text": q.get("text"),
-                "bytes": len(_frame_bytes(q["send"])),
-            }
-            for q in self._store().read().queued()
-            if isinstance(q.get("send"), dict)
-        ]
+        out = []
+        for q in self._store().read().queued():
+            op = "send" if isinstance(q.get("send"), dict) else "room_send"
+            if not isinstance(q.get(op), dict):
+                continue
+            out.append(
+                {
+                    "client_id": q[op]["id"],
+                    "peer": q.get("peer"),
+                    "text": q.get("text") if not q.get("control") else "[room key]",
+                    "bytes": len(_frame_bytes(q[op], op)),
+                }
+            )
+        return out
 
     async def drop_outbox(self, client_id: str) -> dict[str, Any]:
         """Remove a message from the outbox (it is never sent); ``client_id`` may be a
@@ -326,6 +332,8 @@ class Messenger:
         is made before queuing: :class:`MessageTooLarge` either way)."""
         if not text.strip():
             raise ParleyError("The message is empty: there is nothing to send.")
+        if text.startswith(CONTROL_MARK):
+            raise ParleyError("A message may not start with a NUL character.")
         limit = self.max_frame_bytes
         if len(text.encode()) * 4 // 3 > limit:
             raise MessageTooLarge(len(text.encode()) * 4 // 3, limit, limit * 3 // 4 - 2000)
@@ -432,11 +440,15 @@ class Messenger:
         except (ParleyError, TimeoutError) as exc:  # the socket went away: ready syncs again
             log.info("resync failed: %s", exc)
 
-    def _queued(self) -> list[f.Send]:
-        out = []
+    def _queued(self) -> list[f.Send | f.RoomSend]:
+        out: list[f.Send | f.RoomSend] = []
         for raw in self._store().read().queued():
             with contextlib.suppress(msgspec.ValidationError, KeyError, TypeError):
-                out.append(msgspec.convert({**raw["send"], "op": "send"}, f.Send))
+                if "room_send" in raw:
+                    out.append(msgspec.convert({**raw["room_send"], "op": "room_send"},
+                                               f.RoomSend))  # fmt: skip
+                else:
+                    out.append(msgspec.convert({**raw["send"], "op": "send"}, f.Send))
         return out
 
     async def _resend(self) -> None:
@@ -487,8 +499,12 @@ class Messenger:
 
     # -- incoming ------------------------------------------------------------------------------
     async def _on_frame(self, frame: f.ServerFrames) -> None:
-        if isinstance(frame, f.Message):
+        if isinstance(frame, f.Message) and frame.room is not None and self.room_hook:
+            await self.room_hook.on_room_message(frame)
+        elif isinstance(frame, f.Message):
             await self._on_message(frame)
+        elif isinstance(frame, f.RoomPost | f.Notification) and self.room_hook:
+            await self.room_hook.on_room_frame(frame)
         elif isinstance(frame, f.KeyChanged):
             await self._on_key_changed(frame)
         elif isinstance(frame, f.Accepted | f.Stored | f.Delivered):
@@ -510,6 +526,7 @@ class Messenger:
         peer = _other_party(frame.conversation, me) if own else sender
         name = await self._name_of(peer) if peer else sender[:8]
         event: Event | None = None
+        later: list[Event] = []
         try:
             wire = b64decode(frame.body)
         except ValueError:
@@ -547,6 +564,16 @@ class Messenger:
                         tx.add_message(peer, entry, ref=server_id)
                     self._put_peer(tx, state)
                     event = DecryptFailed(peer or sender, name, type(exc).__name__)
+                control = None if incoming is None else parse_control(incoming.message.plaintext)
+                if incoming is not None and control is not None:
+                    # A room's sender key (or another control payload): never a chat line.
+                    if self.room_hook is not None:
+                        later = self.room_hook.on_control(tx, sender, frame.from_device, control)
+                    tx.add_message(CONTROL_CONV, {"kind": "control"}, ref=server_id)
+                    self._put_peer(tx, state)
+                    if incoming.new_session:
+                        tx.put_bytes("device", device.to_bytes())
+                    incoming = None
                 if incoming is not None:
                     text = incoming.message.plaintext.decode("utf-8", errors="replace")
                     entry.update(kind="message", text=text)
@@ -563,6 +590,8 @@ class Messenger:
                 tx.put("last_seq", seq)
         if event is not None:
             self.events.emit(event)
+        for late in later:
+            self.events.emit(late)
         self._ack_soon(seq)
 
     def _system_entry(self, peer_id: str, warning: KeyChanged) -> dict[str, Any]:
@@ -662,10 +691,12 @@ class Messenger:
         )
         if queued is None:
             return
+        control = queued.get("control")
         try:
             frame = await self._encrypt(
-                str(queued["peer"]), str(queued["text"]), client_id, refresh=True
-            )
+                str(queued["peer"]), str(queued.get("text") or ""), client_id, refresh=True,
+                payload=None if control is None else b64decode(str(control)),
+            )  # fmt: skip
         except ParleyError as exc:
             # Not sendable as it is (e.g. the contact's identity changed): it leaves the
             # outbox as failed rather than waiting there for ever.
@@ -732,8 +763,25 @@ class Messenger:
         frame = await self._encrypt(
             peer_id, text, client_id, name=name, accept_new_identity=accept_new_identity
         )
+        return await self.submit(frame, peer_id, wait=wait, timeout=timeout)
+
+    async def send_control(self, peer_id: str, payload: bytes, timeout: float = 30) -> str:
+        """Send a control payload (:func:`encode_control`, e.g. a room's sender key) to
+        every device of ``peer_id`` (a user id) and our other devices, over the pairwise
+        sessions; waits for ``accepted``.  Nothing enters the history."""
+        client_id = uuid.uuid4().hex
+        frame = await self._encrypt(peer_id, "", client_id, payload=payload)
+        return await self.submit(frame, peer_id, wait="accepted", timeout=timeout)
+
+    async def submit(
+        self, frame: f.Send | f.RoomSend, peer: str, *, wait: str | None = "accepted",
+        timeout: float = 30,
+    ) -> str:  # fmt: skip
+        """Send a frame already queued in the outbox; wait for its ``accepted`` (or
+        ``stored``) answer if asked to.  Returns its client id."""
+        client_id = frame.id
         loop = asyncio.get_running_loop()
-        out = _Outgoing(loop.create_future(), loop.create_future(), peer_id)
+        out = _Outgoing(loop.create_future(), loop.create_future(), peer)
         self._outgoing[client_id] = out
         if self.conn is not None:
             with contextlib.suppress(ConnectionClosed):
@@ -747,10 +795,12 @@ class Messenger:
 
     async def _encrypt(
         self, peer_id: str, text: str, client_id: str, *, name: str | None = None,
-        refresh: bool = False, accept_new_identity: bool = False,
+        refresh: bool = False, accept_new_identity: bool = False, payload: bytes | None = None,
     ) -> f.Send:  # fmt: skip
         """Encrypt one message for every device it goes to and queue it in the outbox
-        (replacing an earlier version of it: a resend after ``devices_changed``)."""
+        (replacing an earlier version of it: a resend after ``devices_changed``).
+        With ``payload`` (a control payload) that is what is encrypted, and no
+        history entry is made."""
         me = self.account.user_id
         assert me is not None
         my_device = self.keys.known_device_id()
@@ -784,7 +834,7 @@ class Messenger:
                         "The key directory served keys that the account's signed device "
                         f"list does not vouch for ({exc}): nothing was sent."
                     ) from exc
-        plaintext = text.encode()
+        plaintext = text.encode() if payload is None else payload
         copies: list[f.Copy] = []
         async with self._store().transaction() as tx:
             device = self.keys.device(tx)
@@ -820,7 +870,7 @@ class Messenger:
                 # nothing is queued (the server would refuse the frame).
                 per_copy = (size - limit) * 3 // (4 * len(copies)) + 1
                 raise MessageTooLarge(size, limit, len(plaintext) - per_copy)
-            if not tx.has_message(client_id):
+            if payload is None and not tx.has_message(client_id):
                 entry = {
                     "dir": "out",
                     "kind": "message",
@@ -831,8 +881,11 @@ class Messenger:
                     "status": "queued",
                 }
                 tx.add_message(peer_id, entry, ref=client_id)
-            tx.queue(client_id, {"send": msgspec.to_builtins(frame), "peer": peer_id,
-                                 "text": text})  # fmt: skip
+            queued: dict[str, Any] = {"send": msgspec.to_builtins(frame), "peer": peer_id,
+                                      "text": text}  # fmt: skip
+            if payload is not None:
+                queued.update(text=None, control=b64encode(payload))
+            tx.queue(client_id, queued)
         return frame
 
 
@@ -843,11 +896,48 @@ class UntrustedKeys(ParleyError):
     """The directory's answer failed the checks against the signed device list."""
 
 
-def _frame_bytes(send: dict[str, Any]) -> bytes:
-    """The encoded size of a queued ``send`` frame (as the socket would send it)."""
+def _frame_bytes(send: dict[str, Any], op: str = "send") -> bytes:
+    """The encoded size of a queued ``send`` (``room_send``) frame, as the socket would
+    send it."""
+    kind: type[f.Send | f.RoomSend] = f.Send if op == "send" else f.RoomSend
     with contextlib.suppress(msgspec.ValidationError, TypeError):
-        return f.encode(msgspec.convert({**send, "op": "send"}, f.Send))
+        return f.encode(msgspec.convert({**send, "op": op}, kind))
     return b""
+
+
+CONTROL_MARK = "\x00"
+CONTROL_PREFIX = b"\x00parley-control\x00"
+"""Plaintexts that start with this are control payloads (JSON after it), never chat
+lines: the SDK refuses texts that start with NUL, so no message can look like one."""
+CONTROL_CONV = "control:"
+"""The hidden history "conversation" that records control payloads' server ids (dedup)."""
+
+
+def encode_control(obj: dict[str, Any]) -> bytes:
+    return CONTROL_PREFIX + json.dumps(obj, separators=(",", ":")).encode()
+
+
+def parse_control(plaintext: bytes) -> dict[str, Any] | None:
+    """The control payload in a decrypted plaintext, or None for a chat message."""
+    if not plaintext.startswith(CONTROL_PREFIX):
+        return None
+    try:
+        obj = json.loads(plaintext[len(CONTROL_PREFIX) :])
+    except ValueError:
+        return {"t": "invalid"}
+    return obj if isinstance(obj, dict) else {"t": "invalid"}
+
+
+class RoomHook(Protocol):
+    """What the messenger hands to the rooms part (:class:`parley.rooms.Rooms`)."""
+
+    async def on_room_message(self, frame: f.Message) -> None: ...
+
+    async def on_room_frame(self, frame: f.RoomPost | f.Notification) -> None: ...
+
+    def on_control(
+        self, tx: Transaction, sender: str, device: int, control: dict[str, Any]
+    ) -> list[Event]: ...
 
 
 def _other_party(conversation: str | None, me: str) -> str | None:

@@ -42,7 +42,9 @@ class User:
             "TERM": "xterm",
             "COLUMNS": "200",
             "PROMPT_TOOLKIT_NO_CPR": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")]),
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT), str(ROOT / "client"), str(ROOT / "contract")]
+            ),
         }
         self.env.pop("PARLEY_PASSPHRASE", None)
         self.passphrase = f"local {secrets.token_hex(4)} passphrase"

@@ -1,7 +1,9 @@
 """The server stores nothing readable.
 
 After a conversation through the real system (real-time messages, and
-messages still waiting, unacknowledged, in an offline user's inbox), scan
+messages still waiting, unacknowledged, in an offline user's inbox), and a
+private room's (sender-key messages, their keys distributed pairwise, some
+waiting in an offline member's inbox), scan
 every document of every MongoDB database with the system's prefix, every
 record of every Kafka topic with the prefix and every Redis key with the
 prefix, and find none of the plaintexts sent, nor any base64 form of them.
@@ -21,7 +23,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from parley import Client
-from parley.client import Message
+from parley.client import Message, RoomMessage
 from parley.store import KdfParams
 from pymongo import MongoClient
 
@@ -130,6 +132,7 @@ async def test_no_plaintext_in_mongo_kafka_or_redis(system: System, tmp_path: Pa
         await c.signup(username, PASSWORD, f"{username}@example.test")
         clients.append(c)
     alice, bob, carol = clients
+    room_id = ""
     try:
         assert alice.username and bob.username and carol.username
         await alice.connect()
@@ -142,6 +145,15 @@ async def test_no_plaintext_in_mongo_kafka_or_redis(system: System, tmp_path: Pa
         for _ in range(3):  # carol is offline: these wait in her inbox
             await alice.send(carol.username, secret(), wait="stored")
         await bob.send(carol.username, secret(), wait="stored")
+        # A private room of the three: carol (offline) gets its messages later.
+        room = await alice.rooms.create(f"np room {secrets.token_hex(3)}")
+        room_id = room["room_id"]
+        for member in (bob, carol):
+            await alice.rooms.invite(room["room_id"], member.username)
+            await member.rooms.accept(room["room_id"])
+        for sender, receiver in ((alice, bob), (bob, alice), (alice, bob)):
+            await sender.rooms.send(room["room_id"], secret())
+            assert isinstance(await receiver.next_event(RoomMessage), RoomMessage)
     finally:
         for c in clients:
             await c.close()
@@ -159,7 +171,11 @@ async def test_no_plaintext_in_mongo_kafka_or_redis(system: System, tmp_path: Pa
     for store in ("mongo", "kafka", "redis"):
         seen = [w for w, b in blobs if w.startswith(store) and str(ids[2]).encode() in b]
         assert seen, f"the scan of {store} found no trace of carol at all"
-    assert len(plaintexts) == 10
+    # ... the room's messages included: their records on Kafka, and the copies that wait
+    # for carol in her inbox (the hot inbox in Redis, or MongoDB).
+    room_seen = {w.split()[0] for w, b in blobs if f"room:{room_id}".encode() in b}
+    assert "kafka" in room_seen and room_seen & {"redis", "mongo"}, room_seen
+    assert len(plaintexts) == 13
 
 
 def test_the_needles_find_a_plaintext_hidden_in_base64_at_any_offset() -> None:

@@ -1,0 +1,421 @@
+"""``parley rooms ...``, and rooms in ``parley chat|send|history '#room'``.
+
+``rooms_app`` is added to the CLI's app by :mod:`parley.cli`.  A
+room is named ``#name`` (any case, among your rooms) or by its id.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from parley.cli_support import (
+    Options,
+    _client,
+    _options,
+    _print_event,
+    _run,
+    _time,
+    _with_status,
+    console,
+)
+from parley.client import (
+    Client,
+    ConnectionEvent,
+    Event,
+    Message,
+    Receipt,
+    RoomMessage,
+    RoomNotification,
+)
+from parley.errors import ParleyError
+
+rooms_app = typer.Typer(
+    help="Rooms: create, list, find, invite, accept or decline, join, leave, remove a "
+    "member, members, notifications.",
+    no_args_is_help=True,
+)
+
+RoomArg = Annotated[str, typer.Argument(help="The room: #name (one of yours) or its id")]
+UserArg = Annotated[str, typer.Argument(help="A username")]
+
+
+@rooms_app.command("create")
+def rooms_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The room's name")],
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public/--private",
+            help="Public: server-readable, listed in the directory, anyone may join. "
+            "Private (default): end-to-end encrypted, by invitation only.",
+        ),
+    ] = False,
+    topic: Annotated[str | None, typer.Option("--topic")] = None,
+) -> None:
+    """Create a room; you are its owner."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            name_ = name.strip().removeprefix("#")
+            room = await client.rooms.create(name_, public=public, topic=topic)
+        kind = "public" if public else "private (end-to-end encrypted)"
+        console.print(f"Created {kind} room [bold]#{escape(room['name'])}[/] ({room['room_id']}).")
+
+    _run(run())
+
+
+@rooms_app.command("list")
+def rooms_list(ctx: typer.Context) -> None:
+    """Your rooms, and the rooms you are invited to."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            mine = await client.rooms.mine()
+            invited = await client.rooms.invitations()
+        if not mine and not invited:
+            console.print("You are in no room yet (parley rooms create NAME, or join one).")
+            return
+        table = Table("room", "kind", "your role", "members", "state", "id")
+        for r in mine:
+            table.add_row(
+                f"#{escape(r['name'])}", r["kind"], r.get("role") or "", str(r["members"]),
+                r["state"], r["room_id"],
+            )  # fmt: skip
+        for r in invited:
+            table.add_row(
+                f"#{escape(r['name'])}", r["kind"], "invited", str(r.get("members", "")),
+                r.get("state", ""), r["room_id"],
+            )  # fmt: skip
+        console.print(table)
+        if invited:
+            console.print("[dim]parley rooms accept '#name' (or decline) answers an invitation.[/]")
+
+    _run(run())
+
+
+@rooms_app.command("directory")
+def rooms_directory(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="A part of the name")] = "",
+) -> None:
+    """Public rooms (anyone may join them)."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            found = await client.rooms.directory(query.strip().removeprefix("#"))
+        if not found:
+            console.print("No public room matches.")
+            return
+        table = Table("room", "members", "topic", "id")
+        for r in found:
+            table.add_row(
+                f"#{escape(r['name'])}", str(r["members"]), escape(r.get("topic") or ""),
+                r["room_id"],
+            )  # fmt: skip
+        console.print(table)
+
+    _run(run())
+
+
+def _simple(ctx: typer.Context, work: Any) -> None:
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            console.print(await work(client))
+
+    _run(run())
+
+
+@rooms_app.command("invite")
+def rooms_invite(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
+    """Invite a user to a room."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.resolve(room)
+        await client.rooms.invite(found["room_id"], user)
+        return f"Invited {escape(user)} to #{escape(found['name'])}."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("accept")
+def rooms_accept(ctx: typer.Context, room: RoomArg) -> None:
+    """Accept an invitation: you become a member."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.resolve(room, invited=True)
+        await client.rooms.accept(found["room_id"])
+        return f"You are now a member of #{escape(found['name'])}."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("decline")
+def rooms_decline(ctx: typer.Context, room: RoomArg) -> None:
+    """Decline an invitation."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.resolve(room, invited=True)
+        await client.rooms.decline(found["room_id"])
+        return f"Declined the invitation to #{escape(found['name'])}."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("join")
+def rooms_join(ctx: typer.Context, room: RoomArg) -> None:
+    """Join a public room (see parley rooms directory)."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.resolve(room, invited=True, directory=True)
+        await client.rooms.join(found["room_id"])
+        return f"You joined #{escape(found['name'])}."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("leave")
+def rooms_leave(ctx: typer.Context, room: RoomArg) -> None:
+    """Leave a room."""
+
+    async def work(client: Client) -> str:
+        left = await client.rooms.leave(room)
+        return f"You left #{escape(left['name'])}."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("remove")
+def rooms_remove(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
+    """Remove a member (owner and moderators)."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.resolve(room)
+        await client.rooms.remove(found["room_id"], user)
+        return f"Removed {escape(user)} from #{escape(found['name'])}."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("members")
+def rooms_members(ctx: typer.Context, room: RoomArg) -> None:
+    """A room's members, in join order."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            members = await client.rooms.members(room)
+        console.print(_members_table(members))
+
+    _run(run())
+
+
+def _members_table(members: list[dict[str, Any]]) -> Table:
+    table = Table("member", "role", "joined")
+    for m in members:
+        table.add_row(escape(str(m["username"])), m["role"], _time(m.get("joined_at")))
+    return table
+
+
+@rooms_app.command("notifications")
+def rooms_notifications(
+    ctx: typer.Context,
+    read: Annotated[bool, typer.Option("--read", help="Then mark them all read")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+) -> None:
+    """Your mentions in rooms, newest first."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            page = await client.rooms.notifications(limit=limit)
+            items = page.get("notifications", [])
+            if not items:
+                console.print("No notifications.")
+            for n in items:
+                mark = " " if n.get("read") else "*"
+                name = await client.messenger._name_of(str(n["sender"]))
+                where = ""
+                if n.get("message_seq"):  # a public room's: the page that ends with it
+                    where = (
+                        f" (parley history '#{escape(n['room_name'])}' "
+                        f"--before {int(n['message_seq']) + 1})"
+                    )
+                console.print(
+                    f"{mark} [dim]{_time(n.get('at'))}[/] [bold]{escape(name)}[/] mentioned you "
+                    f"in #{escape(n['room_name'])}{where}: {escape(n.get('excerpt', ''))}"
+                )
+            unread = int(page.get("unread", 0))
+            if read and items:
+                unread = await client.rooms.mark_notifications_read(int(items[0]["seq"]))
+            console.print(f"[dim]{unread} unread.[/]")
+
+    _run(run())
+
+
+# -- '#room' in send, history and chat ------------------------------------------------------
+
+
+def is_room(target: str) -> bool:
+    return target.startswith("#")
+
+
+async def room_send(opts: Options, target: str, message: str) -> None:
+    async with _client(opts) as client:
+        client.check_text(message)
+        room = await client.rooms.resolve(target)
+        if room.get("kind") == "private":
+            await _with_status("Connecting...", client.connect())
+        sending = client.rooms.send(room["room_id"], message)
+        await _with_status(f"Sending to #{room['name']}...", sending)
+        how = "end-to-end encrypted" if room.get("kind") == "private" else "public"
+        console.print(f"Message sent to [bold]#{escape(room['name'])}[/] ({how}).")
+
+
+def _print_room_entry(entry: dict[str, Any], me: str | None) -> None:
+    at = _time(entry.get("at"))
+    text = escape(str(entry.get("text", "")))
+    seq = f"[dim]#{entry['seq']}[/] " if entry.get("seq") and "server_id" not in entry else ""
+    if entry.get("kind") == "error":
+        console.print(f"[dim]{at}[/] [red]{escape(str(entry.get('username') or '?'))}: {text}[/]")
+    elif entry.get("dir") == "out":
+        console.print(f"{seq}[dim]{at}[/] [bold green]{escape(me or 'me')}[/]: {text}")
+    else:
+        name = escape(str(entry.get("username") or str(entry.get("sender", ""))[:8]))
+        console.print(f"{seq}[dim]{at}[/] [bold cyan]{name}[/]: {text}")
+
+
+async def room_history(opts: Options, target: str, limit: int, before: int | None) -> None:
+    async with _client(opts) as client:
+        page = await client.rooms.history(target, limit=limit, before=before)
+        room = page["room"]
+        if not page["messages"]:
+            console.print(f"No messages in #{escape(room['name'])} yet.")
+        for entry in page["messages"]:
+            _print_room_entry(entry, client.username)
+        if page["next_before"] is not None:
+            console.print(
+                f"[dim]Older messages: parley history '#{escape(room['name'])}' "
+                f"--before {page['next_before']}[/]"
+            )
+
+
+ROOM_CHAT_HELP = """Commands (anything else is sent to the room):
+  /help            this list
+  /members         who is in the room
+  /invite <user>   invite someone
+  /leave           leave the room (and this chat)
+  /quit            close the chat (also /exit, /q or Ctrl-D); you stay in the room
+  //text           send "/text" (a message that starts with a slash)
+@name in a message mentions a member (they are notified)."""
+
+
+async def room_chat(opts: Options, target: str) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    async with _client(opts) as client:
+        room = await client.rooms.resolve(target)
+        if room.get("role") is None:
+            raise ParleyError(f"You are not a member of #{room['name']}.")
+        rid, name = str(room["room_id"]), str(room["name"])
+
+        def show(event: Event) -> None:
+            if isinstance(event, RoomMessage):
+                if event.room_id != rid:
+                    console.print(f"[dim](new message in another room from {event.username})[/]")
+                elif not (event.public and event.own):
+                    _print_room_entry(
+                        {"at": event.sent_at, "text": event.text, "username": event.username,
+                         "dir": "out" if event.own else "in"},
+                        client.username,
+                    )  # fmt: skip
+            elif isinstance(event, RoomNotification):
+                who = client.messenger._names.get(event.sender, event.sender[:8])
+                console.print(
+                    f"[bold yellow]@ {escape(who)} mentioned you in "
+                    f"#{escape(event.room_name)}:[/] {escape(event.excerpt)}"
+                )
+            elif isinstance(event, Message):
+                console.print(f"[dim](new message from {escape(event.username)})[/]")
+            elif isinstance(event, Receipt):
+                if event.status == "failed":
+                    console.print(f"[red]Not sent:[/] {escape(event.detail)}")
+            elif isinstance(event, ConnectionEvent) and event.state == "connected":
+                console.print("[dim]Connected.[/]")
+            else:
+                _print_event(event, client.username)
+
+        session: PromptSession[str] = PromptSession()
+        with patch_stdout(raw=True):
+            await _with_status("Connecting...", client.connect())
+            page = await client.rooms.history(rid, limit=20)
+            for entry in page["messages"]:
+                _print_room_entry(entry, client.username)
+            client.add_listener(show)
+            kind = "end-to-end encrypted" if room.get("kind") == "private" else "public"
+            console.print(
+                f"In [bold]#{escape(name)}[/] ({kind}). Type a message and press Enter; "
+                "/help lists commands."
+            )
+            while True:
+                try:
+                    line = await session.prompt_async(f"{client.username} #{name}> ")
+                except (EOFError, KeyboardInterrupt):
+                    break
+                text = line.strip()
+                if not text:
+                    console.print("[yellow]Empty messages are not sent.[/] /help lists commands.")
+                    continue
+                if text.startswith("//"):
+                    text = text[1:]
+                elif text.startswith("/"):
+                    if await _room_command(client, rid, name, text):
+                        break
+                    continue
+                try:
+                    await client.rooms.send(rid, text, timeout=15)
+                except TimeoutError:
+                    console.print("[yellow]Not yet accepted by the server; it will be resent.[/]")
+                except ParleyError as exc:
+                    console.print(f"[red]Error:[/] {escape(str(exc))}")
+
+
+async def _room_command(client: Client, rid: str, name: str, text: str) -> bool:
+    """Run a chat command; True to leave the chat."""
+    command, _, arg = text.partition(" ")
+    command, arg = command.lower(), arg.strip()
+    try:
+        if command in ("/quit", "/exit", "/q"):
+            return True
+        if command in ("/help", "/?"):
+            console.print(ROOM_CHAT_HELP)
+        elif command == "/members":
+            console.print(_members_table(await client.rooms.members(rid)))
+        elif command == "/invite":
+            if not arg:
+                console.print("[red]Error:[/] /invite needs a username: /invite <user>.")
+            else:
+                await client.rooms.invite(rid, arg)
+                console.print(f"Invited {escape(arg)} to #{escape(name)}.")
+        elif command == "/leave":
+            await client.rooms.leave(rid)
+            console.print(f"You left #{escape(name)}.")
+            return True
+        else:
+            console.print(
+                f"[red]Unknown command {escape(command)}[/] (not sent). /help lists the "
+                "commands; start with // to send a line that begins with /."
+            )
+    except ParleyError as exc:
+        console.print(f"[red]Error:[/] {escape(str(exc))}")
+    return False

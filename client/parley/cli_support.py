@@ -1,0 +1,233 @@
+"""Shared pieces of the ``parley`` CLI (:mod:`parley.cli`, :mod:`parley.cli_rooms`):
+the consoles, the options, opening the account's store, running a command and
+printing its errors, spinners and prompts, how events look."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import unicodedata
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
+
+from parley import paths
+from parley.client import (
+    Client,
+    ConnectionEvent,
+    DecryptFailed,
+    ErrorEvent,
+    Event,
+    KeyChanged,
+    Message,
+    SecondFactor,
+)
+from parley.errors import NotLoggedIn, ParleyError, WrongPassphrase
+
+# NO_COLOR (no-color.org): plain text, no styles at all (also handy for scripts).
+_PLAIN = bool(os.environ.get("NO_COLOR"))
+console = Console(highlight=False, color_system=None if _PLAIN else "auto")
+err = Console(stderr=True, highlight=False, color_system=None if _PLAIN else "auto")
+T = TypeVar("T")
+
+
+@dataclass
+class Options:
+    server: str
+    home: Path
+    user: str | None
+
+
+def _options(ctx: typer.Context) -> Options:
+    opts: Options = ctx.obj
+    return opts
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+# The auth service's length rules (services/auth: PARLEY_AUTH_PASSWORD_MIN_LENGTH and
+# _MAX_LENGTH defaults), checked as soon as the password is typed; the list of common
+# passwords stays on the server.
+PASSWORD_MIN = 10
+PASSWORD_MAX = 256
+PASSPHRASE_MIN = 8  # the local passphrase (docs/client.md, "Local state")
+
+
+def _check_password(value: str) -> str:
+    """The account password's length rules, counted after NFKC as the server does."""
+    n = len(unicodedata.normalize("NFKC", value))
+    if n < PASSWORD_MIN:
+        raise typer.BadParameter(
+            f"The account password must have at least {PASSWORD_MIN} characters (this one has {n})."
+        )
+    if n > PASSWORD_MAX:
+        raise typer.BadParameter(
+            f"The account password must have at most {PASSWORD_MAX} characters (this one has {n})."
+        )
+    return value
+
+
+def _check_passphrase(value: str) -> str:
+    if len(value) < PASSPHRASE_MIN:
+        raise typer.BadParameter(
+            f"The local passphrase must have at least {PASSPHRASE_MIN} characters (this one "
+            f"has {len(value)})."
+        )
+    return value
+
+
+def _new_secret(label: str, check: Callable[[str], str]) -> str:
+    """A hidden prompt for a new secret, checked as soon as it is typed (click does not
+    show a hidden value's error), then asked again for confirmation."""
+    while True:
+        value = str(typer.prompt(label, hide_input=True))
+        try:
+            check(value)
+        except typer.BadParameter as exc:
+            err.print(f"[red]Error:[/] {escape(exc.message)}")
+            continue
+        if str(typer.prompt("Repeat for confirmation", hide_input=True)) == value:
+            return value
+        err.print("[red]Error:[/] the two entries do not match; try again.")
+
+
+def _passphrase(new: bool) -> str:
+    env = os.environ.get("PARLEY_PASSPHRASE")
+    if env:
+        if new:
+            try:
+                _check_passphrase(env)
+            except typer.BadParameter as exc:
+                raise ParleyError(f"PARLEY_PASSPHRASE: {exc.message}") from None
+        return env
+    if new:
+        console.print(
+            "Choose a passphrase for this device's local store (it encrypts your keys and "
+            f"history on disk; it is never sent anywhere; at least {PASSPHRASE_MIN} "
+            "characters)."
+        )
+        return _new_secret("Local passphrase", _check_passphrase)
+    return str(typer.prompt("Local passphrase", hide_input=True))
+
+
+def _account_dir(opts: Options, username: str | None = None) -> Path:
+    name = username or opts.user or paths.current_user(opts.home, opts.server)
+    if not name:
+        raise NotLoggedIn("No account yet: run `parley signup` or `parley login` first.")
+    return paths.account_dir(opts.home, opts.server, name)
+
+
+def _client(opts: Options, username: str | None = None, *, create: bool = False) -> Client:
+    directory = _account_dir(opts, username)
+    exists = (directory / paths.STORE_FILE).exists()
+    if not exists and not create:
+        raise NotLoggedIn(
+            f"No local account {directory.name!r} for {opts.server}: run `parley login` first."
+        )
+    return Client(opts.server, data_dir=directory, passphrase=_passphrase(new=not exists))
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except WrongPassphrase:
+        err.print("[red]Error:[/] wrong passphrase for the local store.")
+    except ParleyError as exc:
+        err.print(f"[red]Error:[/] {escape(str(exc))}")
+    except TimeoutError:
+        err.print("[red]Error:[/] the server did not answer in time.")
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+    raise typer.Exit(1)
+
+
+def _time(ms: int | None) -> str:
+    if not ms:
+        return "--:--"
+    return datetime.fromtimestamp(ms / 1000).strftime("%H:%M")
+
+
+def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
+    """How events look on screen (every command that connects shows them)."""
+    if isinstance(event, Message):
+        console.print(
+            f"[dim]{_time(event.sent_at)}[/] [bold cyan]{escape(event.username)}[/]: "
+            f"{escape(event.text)}"
+        )
+    elif isinstance(event, KeyChanged):
+        name = escape(event.username)
+        console.print(
+            f"[bold yellow]Warning: {name}'s safety number changed.[/] Their identity key is "
+            "new: a reinstall, a new device, or someone in the middle."
+        )
+        console.print(f"New safety number: [bold]{event.safety_number}[/]")
+        console.print(f"Compare it with {name} (in person, or by a call) before trusting it.")
+        console.print(
+            f"Sending to {name} is paused until you compare it (parley verify {name}) or "
+            f"accept the new key (parley accept-identity {name})."
+        )
+    elif isinstance(event, DecryptFailed):
+        console.print(
+            f"[red]Could not decrypt a message from {escape(event.username)} "
+            f"({event.reason}).[/] It may have been sent to an earlier install of yours."
+        )
+    elif isinstance(event, ErrorEvent):
+        console.print(f"[red]Error:[/] {escape(event.message)}")
+    elif isinstance(event, ConnectionEvent):
+        if event.state == "reconnecting":
+            console.print(f"[dim]Connection lost; reconnecting {event.detail}...[/]")
+        elif event.state == "failed":
+            console.print(f"[red]Disconnected:[/] {escape(event.detail)}")
+
+
+async def _second_factor(challenge: SecondFactor) -> tuple[str, str]:
+    methods = challenge.methods
+    method = methods[0]
+    if len(methods) > 1:
+        method = await _ask(
+            f"Second factor ({'/'.join(methods)})",
+            default="totp" if "totp" in methods else methods[0],
+        )
+        if method not in methods:
+            raise ParleyError(f"Choose one of: {', '.join(methods)}.")
+    if method == "email" and not challenge.email_code_sent:
+        return "email", ""  # the client asks the server to e-mail a code, then asks again
+    prompts = {
+        "totp": "Code from your authenticator app",
+        "email": "Code from the e-mail we sent",
+        "recovery": "Recovery code",
+    }
+    code = await _ask(prompts.get(method, "Code"))
+    return method, code.strip()
+
+
+_status: list[Status] = []
+
+
+async def _with_status(message: str, work: Awaitable[T]) -> T:
+    """Show a spinner while ``work`` runs (prompts pause it: see :func:`_ask`)."""
+    with console.status(message) as status:
+        _status.append(status)
+        try:
+            return await work
+        finally:
+            _status.remove(status)
+
+
+async def _ask(text: str, **kwargs: Any) -> str:
+    """A prompt in the middle of slow work: stop the spinner while the user types."""
+    for status in _status:
+        status.stop()
+    try:
+        return str(await asyncio.to_thread(typer.prompt, text, **kwargs))
+    finally:
+        for status in _status:
+            status.start()

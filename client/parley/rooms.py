@@ -1,0 +1,639 @@
+"""Rooms in the client: membership over the rooms API, and private rooms' end-to-end
+encryption with sender keys (docs/client.md "Rooms", docs/crypto.md "Sender keys in
+rooms").
+
+Public rooms are server-readable: their messages are posted to, and read from,
+the rooms service's timeline; new posts and mention notifications may also
+arrive live (``room_post``, ``notification`` frames).
+
+Private rooms: every device keeps one :class:`~parley.crypto.GroupSession` per
+room (group id = the room id), holding its own sender chain and the chains of
+the other member devices (keyed ``"<user id>:<device id>"``, the sender of the
+pairwise session that carried them). Before a ``room_send``:
+
+1. the room (its ``version``) and its members are read;
+2. if a member that was there at this device's last send is gone (left or was
+   removed), or a device that had our sender key is gone, the chain is
+   **rotated** and nobody has the new one yet;
+3. every member device that lacks the current chain gets its distribution
+   message in an ordinary pairwise ``send`` whose plaintext is a control payload
+   (:func:`parley.messenger.encode_control`, ``{"t": "skd", "room", "d"}``); those
+   sends are ``accepted`` before the room message goes out, so in every inbox
+   the key comes before the message (same inbox partition, earlier offset);
+4. the text is encrypted once with the chain and sent as ``room_send``, with
+   the user ids of the members it @mentions.
+
+A room message whose sender key has not arrived is kept (sealed in the store)
+and decrypted when the key comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from parley_contract import frames as f
+
+from parley.account import Account, StoreRef
+from parley.api import Api
+from parley.crypto import (
+    CryptoError,
+    GroupSession,
+    ReplayedMessage,
+    UnknownSenderKey,
+    commitment_from_message,
+)
+from parley.crypto.encoding import b64decode, b64encode
+from parley.errors import ApiError, MessageTooLarge, ParleyError
+from parley.events import DecryptFailed, Event, EventBus, RoomMessage, RoomNotification
+from parley.messenger import Messenger, encode_control
+from parley.store import Transaction
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEVICE_RECHECK_S", "RoomNotFound", "Rooms", "member_key", "room_conversation"]
+
+ROOM_ID = re.compile(r"[0-9a-f]{24}")
+DEVICE_RECHECK_S = 30.0
+"""Members' device lists are read again before a send when the room's version changed,
+or when they were last read longer ago than this (a member linked a device)."""
+DISTRIBUTE_AT_ONCE = 8
+"""Pairwise sender-key sends in flight at once (each waits for its ``accepted``)."""
+MAX_PENDING = 1000
+"""Room messages kept per room while their sender key has not arrived."""
+MAX_MENTIONS = 20
+_MENTION = re.compile(r"(?<![\w@./])@([A-Za-z0-9._-]{1,64})")
+
+
+class RoomNotFound(ApiError):
+    """No such room among yours (or the server does not show it to you)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("room_not_found", message, 404)
+
+
+def room_conversation(room_id: str) -> str:
+    """The local history's conversation of a room (as the server names it)."""
+    return f"room:{room_id}"
+
+
+def member_key(user_id: str, device_id: int) -> str:
+    """The name of a member device in a :class:`GroupSession`."""
+    return f"{user_id}:{device_id}"
+
+
+@dataclass
+class _RoomState:
+    """What a device remembers of a private room between sends."""
+
+    members_seen: list[str]
+    version_seen: int
+    has_key: list[str]  # member devices that got the current chain
+    chain_id: int | None
+    devices_read_at: float
+
+    @classmethod
+    def from_json(cls, obj: Any) -> _RoomState:
+        obj = obj or {}
+        return cls(
+            members_seen=list(obj.get("members_seen") or []),
+            version_seen=int(obj.get("version_seen", -1)),
+            has_key=list(obj.get("has_key") or []),
+            chain_id=obj.get("chain_id"),
+            devices_read_at=float(obj.get("devices_read_at") or 0.0),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "members_seen": self.members_seen,
+            "version_seen": self.version_seen,
+            "has_key": self.has_key,
+            "chain_id": self.chain_id,
+            "devices_read_at": self.devices_read_at,
+        }
+
+
+class Rooms:
+    """Rooms for one account on one device (``Client.rooms``)."""
+
+    def __init__(
+        self, api: Api, store: StoreRef, account: Account, messenger: Messenger, events: EventBus
+    ) -> None:
+        self.api = api
+        self._store = store
+        self.account = account
+        self.messenger = messenger
+        self.events = events
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.rotations = 0  # sender keys rotated by this process (tests and metrics)
+        self.distributions = 0  # pairwise sends of sender keys by this process
+        messenger.room_hook = self
+
+    # -- store keys (opaque: the file does not show room ids) -----------------------------
+    def _key(self, kind: str, room_id: str) -> str:
+        return f"{kind}:{self._store().ref(kind, room_id)}"
+
+    def group(self, tx: Transaction, room_id: str) -> GroupSession:
+        """This device's sender-key state for a room (made on first use)."""
+        raw = tx.get_bytes(self._key("group", room_id))
+        return GroupSession.create(room_id) if raw is None else GroupSession.from_bytes(raw)
+
+    def _put_group(self, tx: Transaction, session: GroupSession) -> None:
+        tx.put_bytes(self._key("group", session.group_id), session.to_bytes())
+
+    def _state(self, tx: Transaction, room_id: str) -> _RoomState:
+        return _RoomState.from_json(tx.get(self._key("room", room_id)))
+
+    def _put_state(self, tx: Transaction, room_id: str, state: _RoomState) -> None:
+        tx.put(self._key("room", room_id), state.to_json())
+
+    # -- the rooms API --------------------------------------------------------------------
+    async def _token(self) -> None:
+        await self.account.access_token()
+
+    async def create(
+        self, name: str, *, public: bool = False, topic: str | None = None
+    ) -> dict[str, Any]:
+        """Create a room (private unless ``public``); you are its owner."""
+        await self._token()
+        return await self.api.create_room(name, "public" if public else "private", topic)
+
+    async def mine(self) -> list[dict[str, Any]]:
+        """Your rooms, the most recently joined first."""
+        await self._token()
+        out: list[dict[str, Any]] = []
+        before: Any = None
+        while True:
+            page = await self.api.rooms(before)
+            out.extend(page.get("rooms", []))
+            before = page.get("next_before")
+            if before is None:
+                return out
+
+    async def directory(self, query: str = "", limit: int = 50) -> list[dict[str, Any]]:
+        """Public rooms whose name contains ``query``, in name order."""
+        await self._token()
+        page = await self.api.directory(query, limit=limit)
+        rooms: list[dict[str, Any]] = page.get("rooms", [])
+        return rooms
+
+    async def invitations(self) -> list[dict[str, Any]]:
+        """Rooms you are invited to (each room with ``invited_by``)."""
+        await self._token()
+        answer = await self.api.invitations()
+        by_room = {i["room_id"]: i for i in answer.get("invitations", [])}
+        return [
+            {**r, "invited_by": by_room.get(r["room_id"], {}).get("invited_by")}
+            for r in answer.get("rooms", [])
+        ]
+
+    async def resolve(
+        self, ref: str, *, invited: bool = False, directory: bool = False
+    ) -> dict[str, Any]:
+        """A room by id or by name (``#name`` or ``name``, any case) among your rooms;
+        with ``invited`` also among your invitations, with ``directory`` among public
+        rooms.  Raises :class:`RoomNotFound`, or :class:`ParleyError` if several of
+        your rooms have that name (give the id)."""
+        key = ref.strip().removeprefix("#").strip()
+        if not key:
+            raise ParleyError("Give a room's name (#name) or id.")
+        await self._token()
+        if ROOM_ID.fullmatch(key):
+            try:
+                return await self.api.room(key)
+            except ApiError as exc:
+                if exc.code == "room_not_found":
+                    raise RoomNotFound(
+                        f"No room {key} (or it is private and you are not in it)."
+                    ) from None
+                raise
+        folded = key.casefold()
+        found = [r for r in await self.mine() if str(r.get("name", "")).casefold() == folded]
+        if not found and invited:
+            found = [r for r in await self.invitations() if str(r.get("name")).casefold() == folded]
+        if not found and directory:
+            found = [
+                r for r in await self.directory(key, 200)
+                if str(r.get("name")).casefold() == folded
+            ]  # fmt: skip
+        if len(found) > 1:
+            ids = ", ".join(str(r["room_id"]) for r in found)
+            raise ParleyError(f"Several rooms are called #{key}: give the id of one ({ids}).")
+        if not found:
+            where = "your rooms" + (" or invitations" if invited else "")
+            raise RoomNotFound(f"No room #{key} among {where}.")
+        room = found[0]
+        if "kind" not in room or "version" not in room:
+            room = await self.api.room(str(room["room_id"]))
+        return room
+
+    async def invite(self, ref: str, user: str) -> dict[str, Any]:
+        room = await self.resolve(ref)
+        return await self.api.invite(room["room_id"], user.strip().removeprefix("@"))
+
+    async def accept(self, ref: str) -> dict[str, Any]:
+        room = await self.resolve(ref, invited=True)
+        return await self.api.accept_invitation(room["room_id"])
+
+    async def decline(self, ref: str) -> None:
+        room = await self.resolve(ref, invited=True)
+        await self.api.decline_invitation(room["room_id"])
+
+    async def join(self, ref: str) -> dict[str, Any]:
+        """Join a public room (a private one: accept its invitation)."""
+        room = await self.resolve(ref, invited=True, directory=True)
+        return await self.api.join_room(room["room_id"])
+
+    async def leave(self, ref: str) -> dict[str, Any]:
+        room = await self.resolve(ref)
+        await self.api.leave_room(room["room_id"])
+        return room
+
+    async def remove(self, ref: str, user: str) -> None:
+        room = await self.resolve(ref)
+        user_id, _ = await self.messenger.resolve(user.strip().removeprefix("@"))
+        await self.api.remove_member(room["room_id"], user_id)
+
+    async def member_ids(self, room_id: str) -> list[str]:
+        out: list[str] = []
+        after: Any = None
+        while True:
+            page = await self.api.room_members(room_id, after)
+            out.extend(str(m["user_id"]) for m in page.get("members", []))
+            after = page.get("next_after")
+            if after is None:
+                return list(dict.fromkeys(out))
+
+    async def members(self, ref: str) -> list[dict[str, Any]]:
+        """The members (``user_id``, ``username``, ``role``, ``joined_at``), in join order."""
+        room = await self.resolve(ref)
+        out: list[dict[str, Any]] = []
+        after: Any = None
+        while True:
+            page = await self.api.room_members(room["room_id"], after)
+            out.extend(page.get("members", []))
+            after = page.get("next_after")
+            if after is None:
+                break
+        for m in out:
+            m["username"] = await self.messenger._name_of(str(m["user_id"]))
+        return out
+
+    # -- notifications ----------------------------------------------------------------------
+    async def notifications(self, before: int | None = None, limit: int = 50) -> dict[str, Any]:
+        """``{"notifications": [...] newest first, "unread", "next_before"}``."""
+        await self._token()
+        return await self.api.notifications(before, limit)
+
+    async def mark_notifications_read(self, up_to: int | None = None) -> int:
+        """Mark notifications read up to ``up_to`` (default: all); returns the unread count."""
+        await self._token()
+        if up_to is None:
+            page = await self.api.notifications(None, 1)
+            items = page.get("notifications", [])
+            if not items:
+                return int(page.get("unread", 0))
+            up_to = int(items[0]["seq"])
+        answer = await self.api.read_notifications(up_to)
+        return int(answer.get("unread", 0))
+
+    # -- history ----------------------------------------------------------------------------
+    async def history(
+        self, ref: str, *, limit: int = 50, before: int | None = None
+    ) -> dict[str, Any]:
+        """``{"room", "messages" (oldest first), "next_before"}``.  A private room's
+        messages come from the local store (what this device decrypted); a public
+        room's from its timeline, a page of ``limit`` before ``before`` (a ``seq``);
+        pass ``next_before`` back for the page before (``None``: the first message)."""
+        try:
+            room = await self.resolve(ref, directory=True)
+        except RoomNotFound:
+            # A private room left (or that removed us): what this device stored stays.
+            key = ref.strip().removeprefix("#")
+            kept = self._store().read().history(room_conversation(key), limit)
+            if not ROOM_ID.fullmatch(key) or not kept:
+                raise
+            room = {"room_id": key, "name": key, "kind": "private", "role": None}
+        room_id = str(room["room_id"])
+        if room.get("kind") == "private":
+            entries = self._store().read().history(room_conversation(room_id), limit)
+            return {"room": room, "messages": entries, "next_before": None}
+        page = await self.api.room_messages(room_id, before, limit)
+        me = self.account.user_id
+        messages = []
+        for m in reversed(page.get("messages", [])):
+            messages.append(
+                {
+                    "dir": "out" if m["sender"] == me else "in",
+                    "kind": "message",
+                    "sender": m["sender"],
+                    "username": await self.messenger._name_of(str(m["sender"])),
+                    "text": m["text"],
+                    "at": m["sent_at"],
+                    "seq": m["seq"],
+                    "mentions": m.get("mentions") or [],
+                }
+            )
+        return {"room": room, "messages": messages, "next_before": page.get("next_before")}
+
+    # -- sending ----------------------------------------------------------------------------
+    async def send(
+        self, ref: str, text: str, *, wait: str | None = "accepted", timeout: float = 30
+    ) -> str:
+        """Send ``text`` to a room; returns the client id.  A public room's message is
+        posted to its timeline; a private room's is encrypted with this device's sender
+        key (distributed or rotated first as needed) and sent as ``room_send``."""
+        self.messenger.check_text(text)
+        room = await self.resolve(ref)
+        room_id = str(room["room_id"])
+        if room.get("role") is None:
+            raise ApiError("not_a_member", f"You are not a member of #{room.get('name')}.", 403)
+        if room.get("kind") != "private":
+            client_id = uuid.uuid4().hex
+            await self.api.post_room_message(room_id, client_id, text)
+            return client_id
+        if not self.messenger.connected:
+            raise ParleyError("Connect first: a private room's message needs the socket.")
+        lock = self._locks.setdefault(room_id, asyncio.Lock())
+        async with lock:
+            version = int(room.get("version", 0))
+            seen = self._state(self._store().read(), room_id)
+            # Every membership change raises the version: an unchanged one means the
+            # members we saw at our last send are still the members.
+            if seen.version_seen == version and seen.members_seen:
+                members = seen.members_seen
+            else:
+                members = await self.member_ids(room_id)
+            await self._distribute(room_id, version, members)
+            mentions = await self._mentions(text, members)
+            frame = await self._encrypt(room_id, text, mentions)
+        return await self.messenger.submit(
+            frame, room_conversation(room_id), wait=wait, timeout=timeout
+        )
+
+    async def _distribute(self, room_id: str, version: int, members: list[str]) -> None:
+        """Rotate if someone left, then give the current sender key to every member
+        device that lacks it (pairwise, each send ``accepted`` before we go on)."""
+        me = self.account.user_id
+        assert me is not None
+        my_device = self.messenger.keys.known_device_id()
+        read = self._store().read()
+        state = self._state(read, room_id)
+        stale = state.version_seen != version or (
+            time.time() - state.devices_read_at > DEVICE_RECHECK_S
+        )
+        refresh = [u for u in members if stale or not self.messenger._peer(read, u).devices]
+        if me not in members:
+            refresh.append(me)
+        gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
+
+        async def read_list(user: str) -> None:
+            async with gate:
+                await self.messenger._refresh_peer(user)
+
+        await asyncio.gather(*(read_list(u) for u in refresh))
+
+        def targets(tx: Transaction) -> set[str]:
+            return {
+                member_key(user, d)
+                for user in {*members, me}
+                for d in self.messenger._peer(tx, user).devices
+                if (user, d) != (me, my_device)
+            }
+
+        async with self._store().transaction() as tx:
+            state = self._state(tx, room_id)
+            session = self.group(tx, room_id)
+            now = targets(tx)
+            departed = set(state.members_seen) - set(members)
+            lost_devices = set(state.has_key) - now
+            if state.chain_id != session.chain_id:
+                state.has_key = []
+            elif departed or lost_devices:
+                session.rotate()
+                self.rotations += 1
+                state.has_key = []
+            state.chain_id = session.chain_id
+            state.members_seen = list(members)
+            state.version_seen = version
+            if stale:
+                state.devices_read_at = time.time()
+            self._put_group(tx, session)
+            self._put_state(tx, room_id, state)
+            lacking = now - set(state.has_key)
+            dist = session.distribution_message()
+        if not lacking:
+            return
+        users = sorted({k.rsplit(":", 1)[0] for k in lacking} - {me})
+        if not users and len(members) > 1:
+            # Only our own other devices lack it: a send to any member carries copies
+            # for them (a pairwise send always covers the sender's other devices).
+            users = [next(u for u in members if u != me)]
+        payload = encode_control({"t": "skd", "room": room_id, "d": b64encode(dist)})
+        gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
+
+        async def give(user: str) -> None:
+            async with gate:
+                await self.messenger.send_control(user, payload)
+            self.distributions += 1
+            async with self._store().transaction() as tx:
+                state = self._state(tx, room_id)
+                got = {
+                    member_key(u, d)
+                    for u in (user, me)
+                    for d in self.messenger._peer(tx, u).devices
+                    if (u, d) != (me, my_device)
+                }
+                state.has_key = sorted(set(state.has_key) | got)
+                self._put_state(tx, room_id, state)
+
+        results = await asyncio.gather(*(give(u) for u in users), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the others' keys are recorded; the next send retries
+
+    async def _mentions(self, text: str, members: list[str]) -> list[str]:
+        """User ids of the room's members that ``text`` @mentions (not ours)."""
+        me = self.account.user_id
+        found: list[str] = []
+        for raw in dict.fromkeys(m.rstrip("._-") for m in _MENTION.findall(text)):
+            if len(found) >= MAX_MENTIONS or not raw:
+                break
+            if raw.lower() in members:
+                user_id = raw.lower()
+            else:
+                try:
+                    user_id, _ = await self.messenger.resolve(raw)
+                except ApiError:
+                    continue  # "@home" is just text
+            if user_id in members and user_id != me and user_id not in found:
+                found.append(user_id)
+        return found
+
+    async def _encrypt(self, room_id: str, text: str, mentions: list[str]) -> f.RoomSend:
+        client_id = uuid.uuid4().hex
+        conv = room_conversation(room_id)
+        async with self._store().transaction() as tx:
+            session = self.group(tx, room_id)
+            body = session.encrypt(text.encode())
+            frame = f.RoomSend(
+                id=client_id, room=room_id, body=b64encode(body),
+                commitment=b64encode(commitment_from_message(body)), mentions=mentions,
+            )  # fmt: skip
+            size, limit = len(f.encode(frame)), self.messenger.max_frame_bytes
+            if size > limit:
+                raise MessageTooLarge(size, limit, len(text.encode()) - (size - limit))
+            self._put_group(tx, session)
+            entry = {
+                "dir": "out", "kind": "message", "peer": conv, "room": room_id,
+                "sender": self.account.user_id, "text": text, "at": int(time.time() * 1000),
+                "client_id": client_id, "status": "queued", "mentions": mentions,
+            }  # fmt: skip
+            tx.add_message(conv, entry, ref=client_id)
+            tx.queue(
+                client_id,
+                {"room_send": msgspec.to_builtins(frame), "peer": conv, "text": text},
+            )
+        return frame
+
+    # -- receiving --------------------------------------------------------------------------
+    async def on_room_message(self, frame: f.Message) -> None:
+        """A private room's message: decrypt with the sender device's chain, or keep it
+        until that chain's key arrives."""
+        room_id = str(frame.room)
+        seq, sender, server_id = frame.seq, frame.from_, frame.server_id
+        me = self.account.user_id
+        own = sender == me
+        name = await self.messenger._name_of(sender) if not own else (self.account.username or "")
+        events: list[Event] = []
+        async with self._store().transaction() as tx:
+            if not tx.has_message(server_id):
+                item = {
+                    "server_id": server_id, "seq": seq, "from": sender,
+                    "device": frame.from_device, "body": frame.body,
+                    "sent_at": frame.sent_at, "mentions": frame.mentions or [],
+                }  # fmt: skip
+                session = self.group(tx, room_id)
+                event = self._open(tx, session, room_id, item, name, keep=True)
+                self._put_group(tx, session)
+                if event is not None:
+                    events.append(event)
+            if not self.messenger._syncing and seq > int(tx.get("last_seq") or 0):
+                tx.put("last_seq", seq)
+        for event in events:
+            self.events.emit(event)
+        self.messenger._ack_soon(seq)
+
+    def _open(
+        self,
+        tx: Transaction,
+        session: GroupSession,
+        room_id: str,
+        item: dict[str, Any],
+        name: str,
+        *,
+        keep: bool,
+    ) -> Event | None:
+        """Decrypt one room message into the history; returns its event.  Without the
+        sender's key it is kept pending (``keep``) and None is returned."""
+        me = self.account.user_id
+        sender = str(item["from"])
+        own = sender == me
+        conv = room_conversation(room_id)
+        entry: dict[str, Any] = {
+            "dir": "out" if own else "in", "peer": conv, "room": room_id, "sender": sender,
+            "username": name, "at": int(item.get("sent_at") or time.time() * 1000),
+            "server_id": item["server_id"], "seq": item["seq"], "device": item["device"],
+            "mentions": list(item.get("mentions") or []),
+        }  # fmt: skip
+        try:
+            wire = b64decode(str(item["body"]))
+            message = session.decrypt_message(member_key(sender, int(item["device"])), wire)
+        except UnknownSenderKey:
+            if keep:
+                pending = tx.get(self._key("room_pending", room_id)) or []
+                if all(p["server_id"] != item["server_id"] for p in pending):
+                    pending = [*pending, {**item, "name": name}][-MAX_PENDING:]
+                    tx.put(self._key("room_pending", room_id), pending)
+            return None
+        except ReplayedMessage:
+            if keep:
+                return None  # a repeat of one we have read
+            # Its key came, but from a later point of the chain: it was sent before
+            # this device was given the sender's key (a device linked meanwhile).
+            entry.update(kind="error", text="[sent before this device had the sender's key]")
+            tx.add_message(conv, entry, ref=str(item["server_id"]))
+            return DecryptFailed(sender, name, "sent before this device had the key")
+        except (CryptoError, ValueError) as exc:
+            entry.update(kind="error", text=f"[could not decrypt: {type(exc).__name__}]")
+            tx.add_message(conv, entry, ref=str(item["server_id"]))
+            return DecryptFailed(sender, name, type(exc).__name__)
+        text = message.plaintext.decode("utf-8", errors="replace")
+        entry.update(kind="message", text=text)
+        if own:
+            entry["status"] = "sent"
+        tx.add_message(conv, entry, ref=str(item["server_id"]))
+        return RoomMessage(
+            room_id, sender, name, text, entry["at"], str(item["server_id"]), int(item["seq"]),
+            tuple(entry["mentions"]), public=False, own=own,
+        )  # fmt: skip
+
+    def on_control(
+        self, tx: Transaction, sender: str, device: int, control: dict[str, Any]
+    ) -> list[Event]:
+        """A control payload from a pairwise session (inside its transaction): a room
+        sender key is stored, and the room's pending messages it opens are decrypted."""
+        room_id = control.get("room")
+        if control.get("t") != "skd" or not isinstance(room_id, str):
+            log.info("ignoring an unknown control payload from %s", sender)
+            return []
+        session = self.group(tx, room_id)
+        try:
+            session.process_distribution(member_key(sender, device), b64decode(str(control["d"])))
+        except (CryptoError, ValueError, KeyError) as exc:
+            log.warning("refused a sender key from %s:%s: %s", sender, device, exc)
+            return []
+        events: list[Event] = []
+        pending = tx.get(self._key("room_pending", room_id)) or []
+        still = []
+        for item in pending:
+            if (item["from"], int(item["device"])) != (sender, device):
+                still.append(item)
+                continue
+            event = self._open(tx, session, room_id, item, str(item.get("name", "")), keep=False)
+            if event is not None:
+                events.append(event)
+            elif not tx.has_message(str(item["server_id"])):
+                still.append(item)  # another chain of the sender's: its key may come later
+        if len(still) != len(pending):
+            tx.put(self._key("room_pending", room_id), still)
+        self._put_group(tx, session)
+        return events
+
+    def pending(self, room_id: str) -> int:
+        """Room messages kept until their sender key arrives."""
+        return len(self._store().read().get(self._key("room_pending", room_id)) or [])
+
+    async def on_room_frame(self, frame: f.RoomPost | f.Notification) -> None:
+        if isinstance(frame, f.RoomPost):
+            name = await self.messenger._name_of(frame.sender)
+            self.events.emit(
+                RoomMessage(
+                    frame.room_id, frame.sender, name, frame.text, frame.sent_at, None,
+                    frame.seq, tuple(frame.mentions), public=True,
+                    own=frame.sender == self.account.user_id,
+                )
+            )  # fmt: skip
+        else:
+            self.events.emit(
+                RoomNotification(
+                    frame.seq, frame.room_id, frame.room_name, frame.sender, frame.excerpt,
+                    frame.at, frame.message_seq, frame.server_id,
+                )
+            )  # fmt: skip

@@ -1,0 +1,82 @@
+"""Pure logic of the rooms part (parley/rooms.py, the control payloads in
+parley/messenger.py); the rooms against the real system are in
+tests/e2e/test_rooms_client.py and tests/e2e/test_cli_rooms.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from parley import Client, ParleyError
+from parley.crypto import GroupSession, UnknownSenderKey
+from parley.events import RoomMessage, RoomNotification
+from parley.messenger import CONTROL_PREFIX, encode_control, parse_control
+from parley.rooms import member_key, room_conversation
+from parley_contract import frames as f
+
+from tests.client.conftest import CHEAP_KDF
+
+
+def test_a_control_payload_round_trips_and_a_chat_line_is_never_one() -> None:
+    payload = {"t": "skd", "room": "a" * 24, "d": "AAAA"}
+    assert parse_control(encode_control(payload)) == payload
+    for text in ("hello", '{"t": "skd"}', "parley-control", "\u0000"):
+        assert parse_control(text.encode()) is None
+    assert parse_control(CONTROL_PREFIX + b"not json") == {"t": "invalid"}
+    assert parse_control(CONTROL_PREFIX + b"[1, 2]") == {"t": "invalid"}
+
+
+def test_the_sdk_refuses_text_that_could_pass_for_a_control_payload(tmp_path: Path) -> None:
+    client = Client("http://127.0.0.1:9", data_dir=tmp_path, passphrase="test passphrase")
+    with pytest.raises(ParleyError, match="NUL"):
+        client.check_text(CONTROL_PREFIX.decode() + '{"t": "skd"}')
+    client.check_text("a line with a \u0000 inside is text")
+
+
+def test_names() -> None:
+    assert room_conversation("0" * 24) == "room:" + "0" * 24
+    assert member_key("u" * 32, 7) == "u" * 32 + ":7"
+
+
+def test_a_rotated_chain_is_unreadable_with_the_old_key_and_readable_with_the_new() -> None:
+    """What the client's rotation rests on, in memory: a member who had the old chain
+    cannot read the new one; those given the new distribution can."""
+    room = "f" * 24
+    alice, kept, removed = (GroupSession.create(room) for _ in range(3))
+    first = alice.distribution_message()
+    for member in (kept, removed):
+        member.process_distribution(member_key("alice", 1), first)
+    before = alice.encrypt(b"before")
+    assert removed.decrypt(member_key("alice", 1), before) == b"before"
+    kept.decrypt(member_key("alice", 1), before)
+    second = alice.rotate()
+    kept.process_distribution(member_key("alice", 1), second)
+    after = alice.encrypt(b"after")
+    assert kept.decrypt(member_key("alice", 1), after) == b"after"
+    with pytest.raises(UnknownSenderKey):
+        removed.decrypt(member_key("alice", 1), after)
+
+
+async def test_live_room_frames_become_events(tmp_path: Path) -> None:
+    """``room_post`` and ``notification`` frames (pushed live by the rooms service) are
+    turned into RoomMessage and RoomNotification events."""
+    async with Client(
+        "http://127.0.0.1:9", data_dir=tmp_path, passphrase="test passphrase", kdf=CHEAP_KDF
+    ) as client:
+        sender = "b" * 32
+        await client.messenger._on_frame(
+            f.RoomPost(room_id="c" * 24, seq=7, sender=sender, client_id="x1", text="hi all",
+                       mentions=[], sent_at=1_700_000_000_000)
+        )  # fmt: skip
+        post = await client.next_event(RoomMessage, timeout=1)
+        assert isinstance(post, RoomMessage)
+        assert (post.room_id, post.seq, post.text, post.public, post.server_id) == (
+            "c" * 24, 7, "hi all", True, None,
+        )  # fmt: skip
+        await client.messenger._on_frame(
+            f.Notification(seq=3, kind="mention", room_id="c" * 24, room_name="town",
+                           sender=sender, excerpt="@you look", at=1, message_seq=7)
+        )  # fmt: skip
+        note = await client.next_event(RoomNotification, timeout=1)
+        assert isinstance(note, RoomNotification)
+        assert (note.seq, note.room_name, note.message_seq) == (3, "town", 7)

@@ -1,0 +1,123 @@
+"""Rooms through the `parley` CLI, driven as a user drives it (real processes under a
+pty, through HAProxy): a public room created, joined, posted to and paged through;
+a private room chatted in by two interactive `parley chat '#room'` sessions with
+the room commands; and the errors a user meets, in words."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.e2e.test_cli import User, signup
+from tests.support.stack import System
+
+
+@pytest.fixture
+def users(system: System, tmp_path: Path) -> Iterator[tuple[User, User]]:
+    tag = secrets.token_hex(3)
+    alice = User(system, tmp_path / "alice", f"ralice{tag}")
+    bob = User(system, tmp_path / "bob", f"rbob{tag}")
+    signup(alice)
+    signup(bob)
+    yield alice, bob
+    alice.close()
+    bob.close()
+
+
+def fails(user: User, *args: str, expect: str) -> None:
+    """A command that must fail (exit 1) with ``expect`` in its words."""
+    child = user.spawn(*args)
+    child.expect("Local passphrase: ")
+    child.sendline(user.passphrase)
+    child.expect(expect)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+
+
+def open_room_chat(user: User, room: str) -> pexpect.spawn:
+    chat = user.spawn("chat", f"#{room}")
+    chat.expect("Local passphrase: ")
+    chat.sendline(user.passphrase)
+    chat.expect(f"In #{room}")
+    chat.expect(f"{user.name} #{room}>")
+    return chat
+
+
+def test_cli_public_room_create_join_post_and_page_history(users: tuple[User, User]) -> None:
+    alice, bob = users
+    room = f"town{secrets.token_hex(3)}"
+    out = alice.run("rooms", "create", room, "--public", "--topic", "all welcome")
+    assert f"Created public room #{room}".encode() in out
+    assert room.encode() in bob.run("rooms", "directory", room)
+    assert f"You joined #{room}".encode() in bob.run("rooms", "join", f"#{room}")
+    members = bob.run("rooms", "members", f"#{room}")
+    assert alice.name.encode() in members and bob.name.encode() in members
+    texts = [f"post {i} {secrets.token_hex(2)}" for i in range(5)]
+    for text in texts:
+        assert f"Message sent to #{room}".encode() in alice.run("send", f"#{room}", text)
+    bob.run("send", f"#{room}", f"@{alice.name} have a look")
+    # Paging from the newest back to the first, two at a time, by the hint it prints.
+    seen: list[str] = []
+    args = ["history", f"#{room}", "-n", "2"]
+    pages = 0
+    while True:
+        out = bob.run(*args).decode()
+        pages += 1
+        page = re.findall(r"post \d [0-9a-f]{4}", out)
+        seen = page + seen
+        hint = re.search(r"--before (\d+)", out)
+        if hint is None:
+            break
+        args = ["history", f"#{room}", "-n", "2", "--before", hint.group(1)]
+    assert seen == texts
+    assert pages == 3
+    # Bob's mention of alice is one of her notifications.
+    out = alice.run("rooms", "notifications", "--read").decode()
+    assert f"{bob.name} mentioned you in #{room}" in out and "have a look" in out
+    # ... with the command that shows it: the page that ends with that message.
+    jump = re.search(r"parley history '#[^']+' --before (\d+)", out)
+    assert jump is not None
+    out = alice.run("history", f"#{room}", "-n", "1", "--before", jump.group(1)).decode()
+    assert "have a look" in out
+    assert "0 unread" in alice.run("rooms", "notifications").decode()
+
+
+def test_cli_private_room_chat_commands_and_errors(users: tuple[User, User]) -> None:
+    alice, bob = users
+    room = f"crew{secrets.token_hex(3)}"
+    assert b"private (end-to-end encrypted)" in alice.run("rooms", "create", room)
+    fails(alice, "rooms", "invite", f"#{room}", alice.name, expect="You cannot do that to yourself")
+    alice.run("rooms", "invite", f"#{room}", bob.name)
+    assert b"invited" in bob.run("rooms", "list")
+    bob.run("rooms", "accept", f"#{room}")
+
+    a = open_room_chat(alice, room)
+    b = open_room_chat(bob, room)
+    a.sendline("/help")
+    for command in ("/help", "/members", "/invite <user>", "/leave", "/quit"):
+        a.expect_exact(command)
+    a.sendline("/shout hello")
+    a.expect("Unknown command /shout")
+    a.sendline("hello crew, encrypted")
+    b.expect(f"{alice.name}: hello crew, encrypted")
+    b.sendline(f"@{alice.name} got it")
+    a.expect(f"{bob.name}: @{alice.name} got it")
+    a.sendline("/members")
+    a.expect(bob.name)
+    b.sendline("/leave")
+    b.expect(f"You left #{room}")
+    b.expect(pexpect.EOF)
+    a.sendline("/quit")
+    a.expect(pexpect.EOF)
+    # Nothing of the unknown command was sent; the history is the two messages.
+    out = alice.run("history", f"#{room}").decode()
+    assert "hello crew, encrypted" in out and "got it" in out and "/shout" not in out
+    assert bob.name.encode() not in alice.run("rooms", "members", f"#{room}")
+    fails(bob, "send", f"#{room}", "am I still in?", expect=f"No room #{room} among your rooms")
+    fails(bob, "chat", f"#{room}", expect=f"No room #{room}")

@@ -1,0 +1,353 @@
+"""Rooms through the SDK, end to end through HAProxy (issue #14, docs/client.md "Rooms").
+
+Real SDK clients (one per device, each with its own store) against every
+service: a private room's messages encrypted with sender keys, distributed over
+the pairwise sessions and rotated when a member is removed; and the clear
+errors for what cannot be done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from parley import ApiError, Client, ParleyError
+from parley.crypto import UnknownSenderKey
+from parley.crypto.encoding import b64decode, b64encode
+from parley.events import DecryptFailed, Event, Message, RoomMessage
+from parley.messenger import encode_control
+from parley.rooms import member_key, room_conversation
+from parley_contract import frames as f
+
+from tests.client.conftest import CHEAP_KDF, PASSWORD
+from tests.support.aio import eventually
+from tests.support.stack import System
+
+NewDevice = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def device(system: System, tmp_path: Path) -> AsyncIterator[NewDevice]:
+    """``await device(username, first=True)`` signs up; otherwise links a new device of
+    ``username``, approved by ``approver``."""
+    clients: list[Client] = []
+
+    async def make(username: str, *, first: bool = False, approver: Client | None = None) -> Client:
+        client = Client(
+            system.lb, data_dir=tmp_path / username / secrets.token_hex(4),
+            passphrase="test passphrase", kdf=CHEAP_KDF, backoff_start=0.1, backoff_max=1.0,
+        )  # fmt: skip
+        await client.open()
+        clients.append(client)
+        if first:
+            await client.signup(username, PASSWORD, f"{username}@example.test")
+            return client
+        assert approver is not None
+        code = await client.link_device(username, PASSWORD)
+        waiting = asyncio.create_task(client.wait_linked(60))
+        await approver.approve_device(code)
+        await waiting
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def username(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+def room_texts(client: Client, room_id: str) -> list[dict[str, Any]]:
+    return client.history(room_conversation(room_id))
+
+
+async def all_texts(client: Client, room_id: str, n: int, timeout: float = 60) -> list[str]:
+    """The room's texts on this device once it has ``n`` messages (fails on more)."""
+
+    async def probe() -> list[dict[str, Any]]:
+        return room_texts(client, room_id)
+
+    entries = await eventually(probe, lambda es: len(es) >= n, timeout=timeout)
+    assert all(e.get("kind") == "message" for e in entries), entries
+    return [str(e["text"]) for e in entries]
+
+
+def received_order(client: Client, room_id: str) -> list[str]:
+    """The texts this device got from the server (not the ones it sent), in order."""
+    return [str(e["text"]) for e in room_texts(client, room_id) if e.get("server_id")]
+
+
+def same_relative_order(a: list[str], b: list[str]) -> bool:
+    common = set(a) & set(b)
+    return [t for t in a if t in common] == [t for t in b if t in common]
+
+
+class Tap:
+    """Every event and every room frame a client sees (it goes on to the client)."""
+
+    def __init__(self, client: Client) -> None:
+        self.events: list[Event] = []
+        self.frames: list[f.Message] = []
+        client.add_listener(self.events.append)
+        handler = client.rooms.on_room_message
+
+        async def tap(frame: f.Message) -> None:
+            self.frames.append(frame)
+            await handler(frame)
+
+        client.rooms.on_room_message = tap  # type: ignore[method-assign]
+
+
+async def test_private_room_every_device_decrypts_once_and_a_removed_member_reads_nothing_after(
+    device: NewDevice,
+) -> None:
+    a_name, b_name, c_name = username("ra"), username("rb"), username("rc")
+    a1 = await device(a_name, first=True)
+    a2 = await device(a_name, approver=a1)
+    bob = await device(b_name, first=True)
+    carol = await device(c_name, first=True)
+    everyone = [a1, a2, bob, carol]
+    taps = {id(c): Tap(c) for c in everyone}
+    for c in everyone:
+        await c.connect()
+    # HAProxy spreads the sockets over both gateway pods (leastconn); sockets other
+    # tests left open may tilt it, so reconnect one until both pods have some.
+    for _ in range(10):
+        gateways = {c._conn.ready_frame.gateway for c in everyone}
+        if len(gateways) == 2:
+            break
+        await everyone[-1].messenger.disconnect()
+        await everyone[-1].connect()
+    assert len(gateways) == 2, gateways
+
+    room = await a1.rooms.create(f"team {secrets.token_hex(3)}")
+    rid = room["room_id"]
+    assert room["kind"] == "private"
+    await a1.rooms.invite(rid, b_name)
+    await a1.rooms.invite(f"#{room['name']}", c_name)
+    await bob.rooms.accept(rid)
+    await carol.rooms.accept(f"#{room['name']}")
+
+    # Both ways, one after another, then all four devices at once.
+    expected: list[str] = []
+    senders = [("a1", a1), ("bob", bob), ("carol", carol), ("a2", a2)]
+    for i in range(2):
+        for tag, client in senders:
+            text = f"{tag} says {i} to @{b_name if tag != 'bob' else c_name}"
+            await client.rooms.send(rid, text)
+            expected.append(text)
+
+    async def burst(tag: str, client: Client) -> list[str]:
+        out = []
+        for i in range(3):
+            text = f"{tag} burst {i}"
+            await client.rooms.send(rid, text)
+            out.append(text)
+        return out
+
+    for sent in await asyncio.gather(*(burst(t, c) for t, c in senders)):
+        expected += sent
+    n = len(expected)
+    for c in everyone:
+        got = await all_texts(c, rid, n)
+        assert sorted(got) == sorted(expected), "a device lost or doubled a message"
+        assert c.rooms.pending(rid) == 0
+    # Exactly once: one RoomMessage event per message received, no decrypt failure.
+    for c in everyone:
+        events = taps[id(c)].events
+        assert not [e for e in events if isinstance(e, DecryptFailed)]
+        got_ids = [e.server_id for e in events if isinstance(e, RoomMessage) and e.room_id == rid]
+        assert len(got_ids) == len(set(got_ids)) == len(received_order(c, rid))
+    # One order: what the server delivered, every device got in the same order.
+    orders = [received_order(c, rid) for c in everyone]
+    for a in orders:
+        for b in orders:
+            assert same_relative_order(a, b)
+    # Mentions travel as routing metadata: bob's user id on the messages naming him.
+    mentioned = [x for x in room_texts(bob, rid) if f"@{b_name}" in str(x["text"])]
+    assert mentioned and all(bob.user_id in x["mentions"] for x in mentioned)
+
+    # Carol is removed. The others' next messages go under new sender keys.
+    carol_frames = len(taps[id(carol)].frames)
+    await a1.rooms.remove(rid, c_name)
+    rotations = {id(c): c.rooms.rotations for c in (a1, a2, bob)}
+    after = []
+    for tag, client in (("bob", bob), ("a2", a2), ("a1", a1)):
+        text = f"after removal from {tag} {secrets.token_hex(4)}"
+        await client.rooms.send(rid, text)
+        after.append(text)
+    for c in (a1, a2, bob):
+        assert c.rooms.rotations == rotations[id(c)] + 1, "no new sender key after the removal"
+        assert set((await all_texts(c, rid, n + 3))[n:]) == set(after)
+    # The server fans out to carol no more: a 1:1 message sent after the room's
+    # messages reached everyone else lands in her inbox after any copy of them would.
+    sentinel = f"sentinel {secrets.token_hex(4)}"
+    await bob.send(c_name, sentinel, wait="stored")
+    msg = await carol.next_event(Message, timeout=60)
+    assert isinstance(msg, Message) and msg.text == sentinel
+    assert len(taps[id(carol)].frames) == carol_frames, "carol still gets the room's messages"
+    assert len(room_texts(carol, rid)) == n
+    assert carol.rooms.pending(rid) == 0
+    # And the ciphertexts themselves (as the others received them) do not open with
+    # anything carol's client holds: the new chains were never given to her.
+    late = [
+        (fr, text)
+        for c in (a1, a2, bob)
+        for fr in taps[id(c)].frames
+        if (text := _text_of(c, fr)) in after
+    ]
+    assert {text for _, text in late} == set(after)
+    async with carol.store.transaction() as tx:
+        session = carol.rooms.group(tx, rid)
+        for fr, _ in late:
+            with pytest.raises(UnknownSenderKey):
+                session.decrypt_message(member_key(fr.from_, fr.from_device), b64decode(fr.body))
+    # Carol can no longer send to it: the room does not exist for her.
+    with pytest.raises(ApiError) as refused:
+        await carol.rooms.send(rid, "still here?")
+    assert refused.value.code == "room_not_found"
+
+
+def _text_of(client: Client, frame: f.Message) -> str:
+    """The text a received frame became in its receiver's history."""
+    for e in client.history(room_conversation(str(frame.room))):
+        if e.get("server_id") == frame.server_id:
+            return str(e.get("text"))
+    return ""
+
+
+async def test_room_errors_are_clear(device: NewDevice) -> None:
+    a = await device(username("ea"), first=True)
+    b = await device(username("eb"), first=True)
+    await a.connect()
+    await b.connect()
+    room = await a.rooms.create(f"errs {secrets.token_hex(3)}")
+    rid = room["room_id"]
+    # Inviting yourself.
+    with pytest.raises(ApiError) as self_invite:
+        await a.rooms.invite(rid, str(a.username))
+    assert self_invite.value.code == "cannot_target_self"
+    # Sending to a room you left: by name it is not among your rooms any more, by id
+    # the server does not show it to you; nothing is stored or queued.
+    assert b.username
+    await a.rooms.invite(rid, b.username)
+    await b.rooms.accept(rid)
+    await b.rooms.send(rid, "hello before leaving")
+    await b.rooms.leave(rid)
+    for ref in (rid, f"#{room['name']}"):
+        with pytest.raises(ApiError) as left:
+            await b.rooms.send(ref, "am I still here?")
+        assert left.value.code == "room_not_found"
+    assert b.outbox() == []
+    assert [e["text"] for e in b.history(room_conversation(rid))] == ["hello before leaving"]
+    # What this device stored of the room it left stays readable by the room's id.
+    page = await b.rooms.history(rid)
+    assert [e["text"] for e in page["messages"]] == ["hello before leaving"]
+    # An empty message and an unknown room.
+    with pytest.raises(ParleyError):
+        await a.rooms.send(rid, "   ")
+    with pytest.raises(ApiError) as unknown:
+        await a.rooms.send("#no-such-room-" + secrets.token_hex(3), "hi")
+    assert unknown.value.code == "room_not_found"
+
+
+async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_key_comes(
+    device: NewDevice,
+) -> None:
+    """The normal order (key pairwise first, accepted, then the room message) makes this
+    rare; here alice's client is made to send them the other way round."""
+    alice = await device(username("pa"), first=True)
+    bob = await device(username("pb"), first=True)
+    for c in (alice, bob):
+        await c.connect()
+    room = await alice.rooms.create(f"late {secrets.token_hex(3)}")
+    rid = room["room_id"]
+    assert bob.username and bob.user_id
+    await alice.rooms.invite(rid, bob.username)
+    await bob.rooms.accept(rid)
+    too_early = await alice.rooms._encrypt(rid, "older than the key bob will get", [])
+    async with alice.store.transaction() as tx:
+        session = alice.rooms.group(tx, rid)
+        dist = session.distribution_message()  # the chain at iteration 1
+        alice.rooms._put_group(tx, session)
+    frame = await alice.rooms._encrypt(rid, "sent before its key", [])
+    for sent in (too_early, frame):
+        await alice.messenger.submit(sent, room_conversation(rid))
+    await eventually(lambda: asyncio.sleep(0, bob.rooms.pending(rid)), lambda k: k == 2)
+    assert bob.history(room_conversation(rid)) == []
+    key = encode_control({"t": "skd", "room": rid, "d": b64encode(dist)})
+    await alice.messenger.send_control(bob.user_id, key)
+    event = await bob.next_event(RoomMessage, timeout=30)
+    assert isinstance(event, RoomMessage) and event.text == "sent before its key"
+    assert bob.rooms.pending(rid) == 0
+    # The one from before the key's point in the chain cannot open: it says so.
+    assert [e["text"] for e in bob.history(room_conversation(rid))] == [
+        "[sent before this device had the sender's key]",
+        "sent before its key",
+    ]
+    # The key travelled as a control payload: never a chat line in the 1:1 history.
+    assert bob.history(alice.user_id or "") == []
+
+
+async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: NewDevice) -> None:
+    """A room of 12 members: the first send (11 pairwise keys), 20 sends on the chain,
+    a removal and the rotated send.  Figures are printed (`pytest -s`), not asserted."""
+    size, burst = 12, 20
+    owner = await device(username("so"), first=True)
+    others = [await device(username(f"s{i}-"), first=True) for i in range(size - 1)]
+    room = await owner.rooms.create(f"size {secrets.token_hex(3)}")
+    rid = room["room_id"]
+    for c in [owner, *others]:
+        await c.connect()
+    for c in others:
+        assert c.username
+        await owner.rooms.invite(rid, c.username)
+        await c.rooms.accept(rid)
+
+    async def everyone_has(n: int, clients: list[Client]) -> None:
+        for c in clients:
+            await eventually(
+                lambda c=c: asyncio.sleep(0, len(room_texts(c, rid))), lambda k: k >= n, 120
+            )
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await owner.rooms.send(rid, "first")
+    t1 = loop.time()
+    await everyone_has(1, others)
+    t2 = loop.time()
+    assert owner.rooms.distributions == size - 1
+    for i in range(burst):
+        await owner.rooms.send(rid, f"m{i}")
+    t3 = loop.time()
+    await everyone_has(1 + burst, others)
+    t4 = loop.time()
+    assert owner.rooms.distributions == size - 1, "keys sent again without a change"
+    gone = others.pop()
+    assert gone.username
+    await owner.rooms.remove(rid, gone.username)
+    t5 = loop.time()
+    await owner.rooms.send(rid, "after")
+    t6 = loop.time()
+    await everyone_has(2 + burst, others)
+    t7 = loop.time()
+    assert owner.rooms.rotations == 1
+    assert owner.rooms.distributions == (size - 1) + (size - 2)
+    assert len(room_texts(gone, rid)) == 1 + burst
+    for c in others:
+        texts = [e["text"] for e in room_texts(c, rid)]
+        assert texts == ["first", *[f"m{i}" for i in range(burst)], "after"]
+    print(
+        f"\nprivate room of {size} members (one device each), through HAProxy:\n"
+        f"  first send with {size - 1} pairwise sender keys: {(t1 - t0) * 1000:.0f} ms; "
+        f"decrypted by all {size - 1} others {(t2 - t1) * 1000:.0f} ms later\n"
+        f"  {burst} sends on the chain: {(t3 - t2) * 1000 / burst:.0f} ms each "
+        f"(to accepted); the last decrypted by all {(t4 - t3) * 1000:.0f} ms later\n"
+        f"  after a removal: rotated send with {size - 2} keys {(t6 - t5) * 1000:.0f} ms; "
+        f"decrypted by all {(t7 - t6) * 1000:.0f} ms later"
+    )
