@@ -237,7 +237,7 @@ class Hub:
     ) -> tuple[str, str, list[asyncio.Future[object]]]:
         """Produce a private room's message: one record for the whole room, keyed by
         the room (delivery fans it out, docs/rooms.md); returns as :meth:`submit`."""
-        targets = await self.rooms.targets(frame.room, user_id, device, token)
+        targets = await self.rooms.targets(frame.room, user_id, device, token, frame.mentions)
         env = e.RoomEnvelope(
             server_id=e.room_server_id(frame.room, user_id, frame.id), room=frame.room,
             from_=user_id, from_device=device, from_sid=sid, client_id=frame.id,

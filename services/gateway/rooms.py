@@ -46,12 +46,16 @@ class RoomMembers:
         self.devices = devices
         self._rosters: dict[str, Roster] = {}
 
-    async def targets(self, room_id: str, user_id: str, device: int, token: str) -> list[str]:
+    async def targets(
+        self, room_id: str, user_id: str, device: int, token: str, mentions: list[str]
+    ) -> list[str]:
         """The device inboxes a message from ``user_id``'s ``device`` to ``room_id`` goes
         to: every device of every member but the sending one. Refuses with the
         rooms service's codes: ``room_not_found`` (no such room, or a private
         room the sender is not in), ``not_a_member``, ``room_closed``, and
-        ``forbidden`` for a public room (its messages are posted over HTTP)."""
+        ``forbidden`` for a public room (its messages are posted over HTTP), and
+        ``validation_failed`` when ``mentions`` names anyone who is not a member
+        (a mention notifies its user and names the room)."""
         room = await self._get(f"/rooms/v1/rooms/{room_id}", token)
         if room.get("role") is None:
             raise ApiError(ErrorCode.NOT_A_MEMBER, "Join the room (accept its invitation) first.")
@@ -63,6 +67,12 @@ class RoomMembers:
         if room.get("state") != "open":
             raise ApiError(ErrorCode.ROOM_CLOSED, "The room is closed: no new messages.")
         members = await self._members(room_id, int(room.get("version", 0)), token)
+        strangers = set(mentions) - set(members)
+        if strangers:
+            raise ApiError(
+                ErrorCode.VALIDATION_FAILED, "Only members of the room can be mentioned.",
+                details=[{"field": "mentions", "problem": f"not a member: {sorted(strangers)[0]}"}],
+            )  # fmt: skip
         lists = await self._device_lists(members, token)
         return [
             e.inbox_id(member, d)

@@ -190,6 +190,11 @@ async def test_bad_room_sends_are_refused_and_store_nothing(world: RoomWorld) ->
         await ws.send(room_send("bad", target, "eA"))
         err = await ws.expect("error", id="bad")
         assert err["code"] == code, (user, target, err)
+    # Mentions are routing metadata the server acts on: members only.
+    ws = await world.connect(owner, pod=1)
+    await ws.send(room_send("who", room, "eA", mentions=[member, outsider]))
+    err = await ws.expect("error", id="who")
+    assert err["code"] == "validation_failed" and err["details"][0]["field"] == "mentions"
     status, _ = await world.call("PATCH", f"/rooms/{room}", owner, {"state": "closed"})
     assert status == 200
     ws = await world.connect(owner, pod=1)
