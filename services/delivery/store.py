@@ -45,7 +45,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from parley_contract import envelopes as e
 from parley_contract import frames as f
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
@@ -53,6 +53,8 @@ from pymongo.errors import BulkWriteError, OperationFailure
 from services.common import routing
 from services.common.config import Settings
 from services.common.routing import PENDING_ALL, Push, pending_key
+from services.delivery.counters import Counter as InboxCounter
+from services.delivery.counters import InboxCounters
 from services.delivery.hot import HotInbox
 
 DUPLICATE_KEY = 11000
@@ -91,6 +93,7 @@ class DeliveryStore:
         self.prefix = settings.redis_prefix
         self._count_pending = redis.register_script(_COUNT_PENDING)
         self.hot = HotInbox(redis, self.prefix, settings.hot_dedup_s)
+        self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
 
     async def ensure_indexes(self) -> None:
         # The unique (from, client_id) index of 0.1 made every duplicate a table
@@ -116,32 +119,19 @@ class DeliveryStore:
         )
         return [n for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
 
-    # Sequence numbers -------------------------------------------------------
+    # Sequence numbers (in Redis: services/delivery/counters.py) -------------
     async def reserve(self, user: str, count: int) -> int:
-        """Reserve ``count`` sequence numbers for ``user``; returns the first."""
-        doc = await self.counters.find_one_and_update(
-            {"_id": user}, {"$inc": {"n": count}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        assert doc is not None
-        return int(doc["n"]) - count + 1
+        """Reserve ``count`` sequence numbers for the inbox ``user``; returns the first."""
+        return await self.ctr.reserve(user, count)
 
     async def reserve_many(self, counts: dict[str, int]) -> dict[str, int]:
-        """Reserve numbers for many users in two round trips; returns each user's first.
+        """Reserve numbers for many inboxes in one round trip; returns each one's first.
 
-        Optimistic: a concurrent reservation for the same user between the
-        increment and the read (two consumers overlapping during a rebalance)
-        makes two batches compute overlapping numbers. :meth:`store` notices
-        the clash on the inbox ``_id`` and moves the later message to a number
-        reserved atomically with :meth:`reserve`.
+        Atomic (``HINCRBY``): two consumers overlapping during a rebalance get
+        different numbers. :meth:`store_hot` still checks that a number holds
+        no other message (a counter seeded again after Redis lost its data).
         """
-        await self.counters.bulk_write(
-            [UpdateOne({"_id": u}, {"$inc": {"n": n}}, upsert=True) for u, n in counts.items()],
-            ordered=False,
-        )
-        now = {d["_id"]: int(d["n"]) async for d in self.counters.find(
-            {"_id": {"$in": list(counts)}}, {"n": 1}
-        )}  # fmt: skip
-        return {u: now[u] - n + 1 for u, n in counts.items()}
+        return await self.ctr.reserve_many(counts)
 
     # Storing ----------------------------------------------------------------
     async def store_hot(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -246,10 +236,7 @@ class DeliveryStore:
                         raise
             await self.hot.remove(due)
             if docs:
-                inboxes = list(hot)
-                acked = {d["_id"]: int(d.get("acked", 0)) async for d in self.counters.find(
-                    {"_id": {"$in": inboxes}}, {"acked": 1}
-                )}  # fmt: skip
+                acked = {i: c.acked for i, c in (await self.ctr.get(hot)).items()}
                 stale = [d["_id"] for d in docs if int(d["seq"]) <= acked.get(d["inbox"], 0)]
                 if stale:
                     await self.inbox.delete_many({"_id": {"$in": stale}})
@@ -287,18 +274,19 @@ class DeliveryStore:
 
     async def drop_inbox(self, inbox: str) -> int:
         """Delete every waiting item of a device inbox (the device left its account)."""
-        counter = await self.counters.find_one({"_id": inbox}, {"n": 1, "acked": 1})
-        if counter is None:
+        counter = (await self.ctr.get([inbox]))[inbox]
+        if counter.n <= counter.acked:
             return 0
-        first, last = int(counter.get("acked", 0)) + 1, int(counter.get("n", 0))
-        ids = [item_id(inbox, s) for s in range(first, last + 1)]
+        first, last = counter.acked + 1, counter.n
+        numbers = counter.numbers(first, last)
+        ids = [item_id(inbox, s) for s in numbers]
         deleted = 0
         for i in range(0, len(ids), ID_CHUNK):
             res = await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
             deleted += int(res.deleted_count)
-        await self.counters.update_one({"_id": inbox}, {"$max": {"acked": last}})
+        await self.ctr.raise_acked({inbox: last})
         await self.redis.delete(pending_key(self.prefix, inbox))
-        await self.hot.drop(inbox, range(first, last + 1))
+        await self.hot.drop(inbox, numbers)
         return deleted
 
     # Caps and expiry ----------------------------------------------------------
@@ -332,29 +320,32 @@ class DeliveryStore:
         while items are expired (or missing), stop at the first one that is
         not, and raise the watermark past what was deleted (a later resend of
         an expired message is then a recognised duplicate, not a new item).
-        Every read is by primary key; the counters are one pass over a
-        collection with one document per device inbox.
+        Every read is by primary key; the inboxes to look at are one pass over
+        the counters' checkpoints (one document per device inbox), read again
+        from Redis.
         """
         cutoff = (time.time() if now is None else now) - self.settings.inbox_expiry_s
-        waiting = [
-            (d["_id"], int(d.get("acked", 0)), int(d.get("n", 0)))
-            async for d in self.counters.find({}, {"n": 1, "acked": 1})
+        await self.ctr.checkpoint()  # every inbox changed since the last run is listed
+        saved = [
+            d["_id"] async for d in self.counters.find({}, {"n": 1, "acked": 1})
             if int(d.get("n", 0)) > int(d.get("acked", 0))
-        ]
+        ]  # fmt: skip
+        current = await self.ctr.get(saved) if saved else {}
+        waiting = [(i, c) for i, c in current.items() if c.n > c.acked]
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(inbox: str, acked: int, last: int) -> int:
+        async def one(inbox: str, counter: InboxCounter) -> int:
             async with gate:
-                return await self._purge_inbox(inbox, acked, last, cutoff)
+                return await self._purge_inbox(inbox, counter, cutoff)
 
         return sum(await asyncio.gather(*(one(*w) for w in waiting)))
 
-    async def _purge_inbox(self, inbox: str, acked: int, last: int, cutoff: float) -> int:
+    async def _purge_inbox(self, inbox: str, counter: InboxCounter, cutoff: float) -> int:
         fields = {"stored_at": 1, "sent_at": 1, "from": 1, "kind": 1, "inbox": 1, "seq": 1}
         expired: list[dict[str, Any]] = []
-        top, start, done = acked, acked, False
-        while start < last and not done:
-            stop = min(last, start + ID_CHUNK)
+        top, start, done = counter.acked, counter.acked, False
+        while (start := counter.skip(start)) < counter.n and not done:
+            stop = counter.stop(start, ID_CHUNK)
             docs = await self._by_seq(inbox, start + 1, stop, {}, fields)
             found = {int(d["seq"]): d for d in docs}
             for seq in range(start + 1, stop + 1):
@@ -372,7 +363,7 @@ class DeliveryStore:
         for i in range(0, len(expired), ID_CHUNK):
             chunk = [d["_id"] for d in expired[i : i + ID_CHUNK]]
             await self.inbox.delete_many({"_id": {"$in": chunk}})
-        await self.counters.update_one({"_id": inbox}, {"$max": {"acked": top}})
+        await self.ctr.raise_acked({inbox: top})
         await self.count_pending(expired, -1)
         return len(expired)
 
@@ -384,8 +375,7 @@ class DeliveryStore:
         An upper bound (sequence numbers are not dense), for the metrics.
         """
         ids = list(dict.fromkeys(inboxes))[:ID_CHUNK]
-        docs = self.counters.find({"_id": {"$in": ids}}, {"n": 1, "acked": 1})
-        return {d["_id"]: max(int(d.get("n", 0)) - int(d.get("acked", 0)), 0) async for d in docs}
+        return {i: max(c.n - c.acked, 0) for i, c in (await self.ctr.get(ids)).items()}
 
     async def page(self, user: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Waiting items with ``seq > after``, in order, and whether more may wait.
@@ -394,14 +384,12 @@ class DeliveryStore:
         from the user's counter, and the embedded server serves ``$in`` on the
         primary key from its index but scans the table for a range.
         """
-        counter = await self.counters.find_one({"_id": user}, {"n": 1, "acked": 1})
-        if counter is None:
-            return [], False
-        last = int(counter.get("n", 0))
-        start = max(after, int(counter.get("acked", 0)))
+        counter = (await self.ctr.get([user]))[user]
+        last = counter.n
+        start = max(after, counter.acked)
         found: list[dict[str, Any]] = []
-        while start < last and len(found) < limit:
-            stop = min(last, start + limit)
+        while (start := counter.skip(start)) < last and len(found) < limit:
+            stop = counter.stop(start, limit)
             seqs = list(range(start + 1, stop + 1))
             # Hot first; what is not hot was persisted (it is inserted into
             # MongoDB before it leaves Redis, so it is always in one of them).
@@ -437,42 +425,30 @@ class DeliveryStore:
 
     async def issued(self, inboxes: list[str]) -> dict[str, int]:
         """The last sequence number each inbox handed out (absent: none yet)."""
-        docs = self.counters.find({"_id": {"$in": inboxes}}, {"n": 1})
-        return {d["_id"]: int(d.get("n", 0)) async for d in docs}
+        return {i: c.n for i, c in (await self.ctr.get(inboxes)).items()}
 
     async def acknowledge_many(self, targets: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
         """Acknowledge for many device inboxes at once: a few round trips whatever
-        their number (MongoDB: the counters, the watermarks, and only for items
-        no longer hot a find and a delete; Redis: a read and a delete).
+        their number (Redis: the watermarks, the items, their deletion; MongoDB,
+        only for items no longer hot: a find and a delete).
 
-        Each inbox's range starts at its ``acked`` watermark; acknowledged items
-        are deleted (their dedup records keep later resends out).
+        Each inbox's watermark is raised first (atomically, never lowered, never
+        past the last number issued: services/delivery/counters.py); from then
+        no page returns these items, and the persister deletes any copy it
+        writes at or below it (persist_due). The range from the old watermark
+        to the new one is this call's alone to delete; acknowledged items are
+        deleted (their dedup records keep later resends out).
         """
         users = list(targets)
-        counters = {
-            d["_id"]: d
-            async for d in self.counters.find({"_id": {"$in": users}}, {"acked": 1, "n": 1})
-        }
-        tops: dict[str, int] = {}
-        for user, seq in targets.items():
-            counter = counters.get(user, {})
-            floor = int(counter.get("acked", 0))
-            top = min(seq, int(counter.get("n", 0)))
-            if top > floor:
-                tops[user] = top
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
-        if not tops:
+        before = await self.ctr.raise_acked(targets)
+        ranges = {
+            u: c.numbers(c.acked + 1, min(targets[u], c.n))
+            for u, c in before.items()
+            if min(targets[u], c.n) > c.acked
+        }
+        if not ranges:
             return acked
-        # The watermark first (never lowered: $max is atomic; not a filter with
-        # $or, which the embedded server drops beside the _id): from here no
-        # page returns these items, and the persister deletes any copy it writes
-        # at or below it (persist_due).
-        await self.counters.bulk_write(
-            [UpdateOne({"_id": u}, {"$max": {"acked": top}}) for u, top in tops.items()],
-            ordered=False,
-        )
-        ranges = {u: list(range(int(counters.get(u, {}).get("acked", 0)) + 1, top + 1))
-                  for u, top in tops.items()}  # fmt: skip
         hot = await self.hot.get_many(ranges)
         found: list[dict[str, Any]] = [d for per in hot.values() for d in per.values()]
         cold = [item_id(u, s) for u, seqs in ranges.items() for s in seqs

@@ -325,6 +325,7 @@ class Worker:
             return
         self._beat = beat
         written, until = await self.store.persist_due()
+        await self.store.ctr.checkpoint()
         self.persisted.inc(written)
         if until is not None:
             self.persisted_until = max(self.persisted_until, until)

@@ -99,7 +99,7 @@ async def test_a_sequence_number_taken_by_another_message_moves_the_new_one(
 ) -> None:
     """Overlapping reservations (two consumers during a rebalance) never overwrite."""
     await store.store_hot([item("eve", 1, cid="a")])
-    await store.counters.update_one({"_id": "eve"}, {"$set": {"n": 0}})  # a stale counter
+    await store.redis.hset(store.ctr.key("eve"), "n", 0)  # a counter seeded too low
     out = await store.store_hot([item("eve", 2, cid="b")])
     assert out[0]["seq"] == 2 and out[0]["_id"] == item_id("eve", 2)
     page, _ = await store.page("eve", 0, 10)

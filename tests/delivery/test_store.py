@@ -102,7 +102,7 @@ async def test_a_taken_sequence_number_moves_the_new_message_instead_of_dropping
     """Two writers that reserved overlapping numbers (a rebalance overlap)."""
     await store.store_hot([item("zoe", cid="first")])
     # Wind the counter back, as an overlapping reservation would see it.
-    await store.counters.update_one({"_id": "zoe"}, {"$set": {"n": 0}})
+    await store.redis.hset(store.ctr.key("zoe"), "n", 0)
     out = await store.store_hot([item("zoe", cid="second")])
     assert out[0]["seq"] == 2
     page, _ = await store.page("zoe", 0, 10)

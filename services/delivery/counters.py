@@ -1,0 +1,254 @@
+"""Each device inbox's counters in Redis: the last sequence number handed out (``n``)
+and the acknowledgement watermark (``acked``), with checkpoints in MongoDB.
+
+Every stored item takes a number and every ack raises a watermark: kept in
+MongoDB, that was one write per inbox per batch and per ack flush, the
+largest cost left on the hot path (a room of 1,000 members: 1,000 updates per
+message). In Redis they are one atomic command each (``HINCRBY``, and a
+script that raises ``acked`` and returns the range it covered).
+
+Keys (``<p>`` = the Redis prefix):
+
+- ``<p>:ctr:{<inbox>}``: hash ``n``, ``acked`` (and ``sf``, ``st`` after a
+  loss: the numbers ``sf + 1 .. st`` were skipped, see below);
+- ``<p>:ctrdirty``: set of the inboxes changed since the last checkpoint;
+- ``<p>:ctrbase``: what a counter missing from Redis starts above (see below).
+
+**Checkpoints.** The persister copies the changed counters to MongoDB's
+``counters`` collection (``$max``) on every run (``hot_persist_interval_s``):
+MongoDB is never more than a run behind.
+
+**Redis losing its data.** A counter missing from Redis is seeded from its
+checkpoint. Numbers handed out after the last checkpoint could be reused
+and a client that already saw them would drop the new items as repeats; so
+when Redis lost its data (``ctrbase`` missing while MongoDB records that
+counters were started before) every seeded counter starts ``GAP`` above its
+checkpoint, past anything one inbox can be handed in a persister run.
+Sequence numbers are not dense (docs/protocol.md); every walk over an
+inbox's numbers (pages, acks, expiry, a dropped device) steps over the
+skipped ones (:meth:`Counter.numbers`, :meth:`Counter.skip`). On a first start (nothing
+recorded in MongoDB) counters start at 0; an upgrade from counters kept in
+MongoDB starts from them exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import redis.asyncio as aioredis
+from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+
+GAP = 1_000_000_000
+CHECKPOINT_BATCH = 2000
+
+
+class Counter(NamedTuple):
+    """An inbox's counters: ``n`` handed out, ``acked``, and the numbers skipped after
+    Redis lost its data (``skip_from + 1 .. skip_to``; none when equal)."""
+
+    n: int
+    acked: int
+    skip_from: int = 0
+    skip_to: int = 0
+
+    def skip(self, after: int) -> int:
+        """Where a walk that has covered everything up to ``after`` goes on from."""
+        return self.skip_to if self.skip_from <= after < self.skip_to else after
+
+    def stop(self, after: int, limit: int) -> int:
+        """The end of the next chunk of at most ``limit`` numbers after ``after``."""
+        end = min(self.n, after + limit)
+        return min(end, self.skip_from) if after < self.skip_from < end else end
+
+    def numbers(self, first: int, last: int) -> list[int]:
+        """``first .. last`` without the skipped numbers."""
+        if self.skip_to <= self.skip_from or last <= self.skip_from or first > self.skip_to:
+            return list(range(first, last + 1))
+        return list(range(first, self.skip_from + 1)) + list(
+            range(max(first, self.skip_to + 1), last + 1)
+        )
+
+
+# Returns the new n, or -1 when the counter is not in Redis (seed it first).
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'n', ARGV[1])
+"""
+
+# Sets n, acked and the skipped range when the counter is missing (the first
+# seeding wins).
+_SEED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'n', ARGV[1], 'acked', ARGV[2], 'sf', ARGV[3], 'st', ARGV[1])
+return 1
+"""
+
+# Raises acked to min(ARGV[1], n); returns {acked before, n, sf, st}, or -1 when missing.
+_ACK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'sf', 'st')
+local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+local top = math.min(tonumber(ARGV[1]), n)
+if top > acked then redis.call('HSET', KEYS[1], 'acked', top) end
+return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
+"""
+
+
+class InboxCounters:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        checkpoints: AsyncCollection[dict[str, Any]],
+        meta: AsyncCollection[dict[str, Any]],
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.checkpoints = checkpoints
+        self.meta = meta
+        self.dirty = f"{prefix}:ctrdirty"
+        self.base_key = f"{prefix}:ctrbase"
+        self._reserve = redis.register_script(_RESERVE)
+        self._seed_one = redis.register_script(_SEED)
+        self._ack = redis.register_script(_ACK)
+
+    def key(self, inbox: str) -> str:
+        return f"{self.prefix}:ctr:{{{inbox}}}"
+
+    # Numbers ------------------------------------------------------------------
+    async def reserve_many(self, counts: dict[str, int]) -> dict[str, int]:
+        """Reserve ``count`` numbers for each inbox (atomic); returns each one's first."""
+        if not counts:
+            return {}
+        first: dict[str, int] = {}
+        todo = dict(counts)
+        for _ in range(3):
+            inboxes = list(todo)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for inbox in inboxes:
+                    await self._reserve(keys=[self.key(inbox)], args=[todo[inbox]], client=pipe)
+                pipe.sadd(self.dirty, *inboxes)
+                results = await pipe.execute()
+            missing = []
+            for inbox, top in zip(inboxes, results, strict=False):
+                if int(top) < 0:
+                    missing.append(inbox)
+                else:
+                    first[inbox] = int(top) - todo[inbox] + 1
+            if not missing:
+                return first
+            await self._seed(missing)
+            todo = {i: todo[i] for i in missing}
+        raise RuntimeError(f"inbox counters could not be seeded: {sorted(todo)[:3]}")
+
+    async def reserve(self, inbox: str, count: int) -> int:
+        return (await self.reserve_many({inbox: count}))[inbox]
+
+    async def get(self, inboxes: Iterable[str]) -> dict[str, Counter]:
+        """Each inbox's counters (seeded from its checkpoint when missing)."""
+        inboxes = list(dict.fromkeys(inboxes))
+        out: dict[str, Counter] = {}
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for inbox in inboxes:
+                    pipe.hmget(self.key(inbox), ["n", "acked", "sf", "st"])
+                rows = await pipe.execute()
+            missing = []
+            for inbox, (n, acked, sf, st) in zip(inboxes, rows, strict=True):
+                if n is None:
+                    missing.append(inbox)
+                else:
+                    out[inbox] = Counter(int(n), int(acked or 0), int(sf or 0), int(st or 0))
+            if not missing:
+                break
+            await self._seed(missing)
+            inboxes = missing
+        return out
+
+    async def raise_acked(self, tops: dict[str, int]) -> dict[str, Counter]:
+        """Raise each inbox's ``acked`` to its top (never past ``n``, never down);
+        returns the counters as they were: ``acked + 1 .. min(top, n)`` is this
+        call's to delete (concurrent acks never cover a number twice)."""
+        out: dict[str, Counter] = {}
+        todo = dict(tops)
+        for _ in range(2):
+            inboxes = list(todo)
+            if not inboxes:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for inbox in inboxes:
+                    await self._ack(keys=[self.key(inbox)], args=[todo[inbox]], client=pipe)
+                pipe.sadd(self.dirty, *inboxes)
+                results = await pipe.execute()
+            missing = []
+            for inbox, res in zip(inboxes, results, strict=False):
+                if isinstance(res, list):
+                    acked, n, sf, st = (int(x) for x in res)
+                    out[inbox] = Counter(n, acked, sf, st)
+                else:
+                    missing.append(inbox)
+            await self._seed(missing)
+            todo = {i: todo[i] for i in missing}
+        return out
+
+    # Seeding and checkpoints ---------------------------------------------------
+    async def _base(self) -> int:
+        value = await self.redis.get(self.base_key)
+        if value is not None:
+            return int(value)
+        # No marker in Redis: a first start, or Redis lost its data.
+        started = await self.meta.find_one({"_id": "counters"})
+        base = 0 if started is None else GAP
+        if started is None:
+            await self.meta.update_one(
+                {"_id": "counters"}, {"$setOnInsert": {"since": time.time()}}, upsert=True
+            )
+        await self.redis.set(self.base_key, base, nx=True)
+        return int(await self.redis.get(self.base_key) or base)
+
+    async def _seed(self, inboxes: list[str]) -> None:
+        if not inboxes:
+            return
+        base = await self._base()
+        saved = {
+            d["_id"]: (int(d.get("n", 0)), int(d.get("acked", 0)))
+            async for d in self.checkpoints.find({"_id": {"$in": inboxes}}, {"n": 1, "acked": 1})
+        }
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                n, acked = saved.get(inbox, (0, 0))
+                floor = max(n, acked)
+                await self._seed_one(
+                    keys=[self.key(inbox)], args=[floor + base, acked, floor], client=pipe
+                )
+            await pipe.execute()
+
+    async def checkpoint(self) -> int:
+        """Copy the counters changed since the last run to MongoDB; returns how many."""
+        written = 0
+        while True:
+            raw = await self.redis.spop(self.dirty, CHECKPOINT_BATCH)
+            inboxes = [r.decode() if isinstance(r, bytes) else str(r) for r in raw or []]
+            if not inboxes:
+                return written
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for inbox in inboxes:
+                        pipe.hmget(self.key(inbox), ["n", "acked"])
+                    rows = await pipe.execute()
+                ops = [
+                    UpdateOne({"_id": inbox},
+                              {"$max": {"n": int(n), "acked": int(acked or 0)}}, upsert=True)
+                    for inbox, (n, acked) in zip(inboxes, rows, strict=True) if n is not None
+                ]  # fmt: skip
+                if ops:
+                    await self.checkpoints.bulk_write(ops, ordered=False)
+            except BaseException:
+                await self.redis.sadd(self.dirty, *inboxes)  # the next run tries again
+                raise
+            written += len(inboxes)
+            if len(inboxes) < CHECKPOINT_BATCH:
+                return written

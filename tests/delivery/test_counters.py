@@ -1,0 +1,85 @@
+"""Inbox counters in Redis with checkpoints in MongoDB (services/delivery/counters.py):
+numbers start at 1, are never handed out twice, survive Redis losing its data by
+jumping past anything it may have handed out, and an upgrade from counters kept
+in MongoDB goes on from them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.delivery.counters import GAP, Counter
+from services.delivery.store import DeliveryStore
+
+from .conftest import item
+
+
+async def _lose_redis(store: DeliveryStore) -> None:
+    """What a Redis restart without persistence leaves of this store: nothing."""
+    keys = [k async for k in store.redis.scan_iter(match=f"{store.prefix}:*", count=10_000)]
+    if keys:
+        await store.redis.delete(*keys)
+
+
+async def test_numbers_start_at_one_and_checkpoints_reach_mongodb(store: DeliveryStore) -> None:
+    out = await store.store_hot([item("ann", i) for i in range(3)])
+    assert [d["seq"] for d in out] == [1, 2, 3]
+    assert await store.counters.count_documents({}) == 0  # not before a checkpoint
+    assert await store.ctr.checkpoint() == 1
+    assert await store.counters.find_one({"_id": "ann"}) == {"_id": "ann", "n": 3, "acked": 0}
+    acked = await store.acknowledge_many({"ann": 2})
+    assert [d["seq"] for d in acked["ann"]] == [1, 2]
+    await store.ctr.checkpoint()
+    assert (await store.counters.find_one({"_id": "ann"}) or {})["acked"] == 2
+
+
+async def test_concurrent_reservations_never_share_a_number(store: DeliveryStore) -> None:
+    firsts = await asyncio.gather(*(store.reserve("bea", 5) for _ in range(40)))
+    numbers = [f + k for f in firsts for k in range(5)]
+    assert sorted(numbers) == list(range(1, 201))
+
+
+async def test_concurrent_acks_cover_each_number_once(store: DeliveryStore) -> None:
+    await store.store_hot([item("cat", i) for i in range(50)])
+    results = await asyncio.gather(*(store.acknowledge_many({"cat": s}) for s in range(1, 51)))
+    seqs = [d["seq"] for r in results for d in r["cat"]]
+    assert sorted(seqs) == list(range(1, 51))
+
+
+async def test_after_redis_lost_its_data_numbers_jump_past_what_it_handed_out(
+    store: DeliveryStore,
+) -> None:
+    await store.store_hot([item("dan", i) for i in range(5)])
+    await store.ctr.checkpoint()  # n = 5 in MongoDB
+    await store.store_hot([item("dan", i) for i in range(5, 9)])  # 6..9, never checkpointed
+    await store.acknowledge_many({"dan": 7})
+    await _lose_redis(store)
+    # The messages come back from Kafka (same client ids: no dedup record any more).
+    again = await store.store_hot([item("dan", i) for i in range(5, 9)])
+    seqs = [d["seq"] for d in again]
+    assert seqs == list(range(5 + GAP + 1, 5 + GAP + 5)), "a number at or below 9 again"
+    # An inbox nobody used before the loss starts past the gap too: its numbers
+    # cannot be told apart from ones lost with Redis.
+    assert (await store.store_hot([item("eli", 0)]))[0]["seq"] == GAP + 1
+    # A client's ack of a number it saw before the loss is not "never issued".
+    assert (await store.issued(["dan"]))["dan"] >= 9
+    page, _ = await store.page("dan", 0, 10)
+    assert [d["seq"] for d in page] == seqs
+
+
+async def test_an_upgrade_goes_on_from_the_counters_kept_in_mongodb(store: DeliveryStore) -> None:
+    # Before this version: counters in MongoDB only, nothing in Redis, no marker.
+    await store.counters.insert_one({"_id": "fay", "n": 41, "acked": 40})
+    out = await store.store_hot([item("fay", 0)])
+    assert out[0]["seq"] == 42
+    page, _ = await store.page("fay", 0, 10)
+    assert [d["seq"] for d in page] == [42]
+
+
+def test_walks_step_over_the_numbers_skipped_after_a_loss() -> None:
+    c = Counter(n=GAP + 12, acked=3, skip_from=10, skip_to=GAP + 10)
+    assert c.numbers(4, GAP + 12) == [4, 5, 6, 7, 8, 9, 10, GAP + 11, GAP + 12]
+    assert c.numbers(GAP + 11, GAP + 12) == [GAP + 11, GAP + 12]
+    assert c.skip(10) == GAP + 10 and c.skip(9) == 9 and c.skip(GAP + 10) == GAP + 10
+    assert c.stop(3, 100) == 10 and c.stop(GAP + 10, 100) == GAP + 12
+    plain = Counter(n=8, acked=0)
+    assert plain.numbers(1, 8) == list(range(1, 9)) and plain.skip(5) == 5
