@@ -274,7 +274,8 @@ async def me(svc: AuthService, claims: Claims) -> MeResponse:
 
 def preferences_of(user: dict[str, Any]) -> Preferences:
     """A user's preferences; a preference never set has its default (mention e-mails on)."""
-    return Preferences(mention_emails=user.get("mention_emails", True) is not False)
+    # Truthiness, not `is False`: the embedded MongoDB stores a $set boolean as 0/1.
+    return Preferences(mention_emails=bool(user.get("mention_emails", True)))
 
 
 async def preferences(svc: AuthService, claims: Claims) -> Preferences:

@@ -147,7 +147,7 @@ class Notifier:
         user = await self.store.user(user_id)
         if user is None or user.get("blocked"):
             self.metrics.digests.labels("gone").inc()
-        elif user.get("mention_emails", True) is False:
+        elif not user.get("mention_emails", True):  # 0/1 on the embedded server
             self.metrics.digests.labels("unsubscribed").inc()
         elif items:
             senders = await self.store.usernames(i["sender"] for i in items)
