@@ -128,3 +128,47 @@ async def test_mentions_reach_sockets_lists_and_one_email_digest(system: System)
             assert len(mails(maildir, f"{carol.username}@example.test")) == 1
         finally:
             await ws.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_private_room_mention_through_the_gateway(system: System) -> None:
+    """``room_send`` with ``mentions``: the gateway's one record per message, delivery's
+    fan-out and the rooms service's consumer. The connected member gets the message and a
+    notification pointing at the same ``server_id``; an offline member gets a digest
+    without the message's text; a non-member named in ``mentions`` gets nothing."""
+    alice, bob, carol, eve = [await signup(system.lb, p) for p in ("pa", "pb", "pc", "pe")]
+    maildir = system.stack.maildir
+    async with aiohttp.ClientSession() as http:
+        room = await call(http, system, "POST", "/rooms/v1/rooms", alice,
+                          {"name": "e2e secret", "kind": "private"}, expect=201)  # fmt: skip
+        rid = room["room_id"]
+        for u in (bob, carol):
+            await call(http, system, "POST", f"/rooms/v1/rooms/{rid}/invitations", alice,
+                       {"user": u.user_id}, expect=201)  # fmt: skip
+            await call(http, system, "POST", f"/rooms/v1/rooms/{rid}/invitation/accept", u)
+        a = await WsClient.connect(system.ws_url, alice.token)
+        b = await WsClient.connect(system.ws_url, bob.token)
+        try:
+            await a.send({"op": "room_send", "id": "p1", "room": rid, "body": "c2VjcmV0",
+                          "mentions": [bob.user_id, carol.user_id, eve.user_id]})  # fmt: skip
+            msg = await b.expect("message", room=rid, timeout=20)
+            assert msg["mentions"] == [bob.user_id, carol.user_id, eve.user_id]
+            note = await b.expect("notification", room_id=rid, timeout=20)
+            assert note["server_id"] == msg["server_id"] and note["message_seq"] is None
+            assert note["excerpt"] == "mentioned you" and note["room_name"] == "e2e secret"
+            page = await call(http, system, "GET", "/rooms/v1/notifications", bob)
+            assert page["notifications"][0]["server_id"] == msg["server_id"]
+
+            [digest] = await eventually(
+                lambda: _value(mails(maildir, f"{carol.username}@example.test")),
+                lambda ms: len(ms) >= 1, timeout=30,
+            )  # fmt: skip
+            body = digest.get_content().replace("\r\n", "\n")
+            assert f"- @{alice.username} mentioned you in e2e secret (private)\n" in body
+            assert "c2VjcmV0" not in body
+            # Eve is not a member: no notification (carol's digest came after her record).
+            page = await call(http, system, "GET", "/rooms/v1/notifications", eve)
+            assert page["notifications"] == [] and page["unread"] == 0
+        finally:
+            await a.close()
+            await b.close()
