@@ -199,6 +199,8 @@ def banner(cfg: StackConfig, conf: Path) -> None:
           flush=True)  # fmt: skip
     print(f"  Prometheus:  {cfg.url('prometheus')}  (alerts: {cfg.url('prometheus')}/alerts)",
           flush=True)  # fmt: skip
+    print(f"  Notifier:    {cfg.url('notifier')}/notifier/readyz  (mention e-mail digests)",
+          flush=True)  # fmt: skip
     print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
     print(f"  Logs:        {cfg.data_dir / 'log'}/<process>.log", flush=True)
     print(f"  Processes:   {bin_dir}/supervisorctl -c {conf} status", flush=True)

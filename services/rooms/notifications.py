@@ -15,6 +15,7 @@ user has read everything up to ``users.read`` (moved forward only, by
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from parley_contract import frames as f
@@ -58,8 +59,7 @@ async def _announce(rooms: Rooms, docs: list[Doc], kind: Kind) -> None:
     ]
     await rooms.store.insert_notifications(docs)
     rooms.metrics.notifications.inc(len(docs))
-    for h in held:
-        await rooms.events.release(h)
+    await asyncio.gather(*(rooms.events.release(h) for h in held))
     await rooms.pusher.send([(d["user"], None, frame(d)) for d in docs], "notification")
 
 
