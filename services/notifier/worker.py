@@ -56,6 +56,7 @@ class Notifier:
         self.group = f"{settings.topic_prefix}notifier"
         self.interval_s = settings.notifier_digest_interval_s
         self.consuming = asyncio.Event()
+        self.lease_s = DIGEST_LEASE_S
         self._tasks: list[asyncio.Task[None]] = []
 
     def groups(self) -> dict[str, list[str]]:
@@ -137,7 +138,7 @@ class Notifier:
     async def send_due(self) -> int:
         """Send every digest that is due; how many were sent."""
         sent = 0
-        while (digest := await self.store.lease_due(DIGEST_LEASE_S)) is not None:
+        while (digest := await self.store.lease_due(self.lease_s)) is not None:
             sent += await self.send_digest(digest)
         return sent
 

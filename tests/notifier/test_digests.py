@@ -88,3 +88,23 @@ async def test_a_connected_user_gets_no_mail(harness: Harness, messaging: Messag
 
 async def _value(x: float) -> float:
     return x
+
+
+async def test_a_digest_the_smtp_server_refuses_is_sent_when_it_answers(
+    harness: Harness,
+) -> None:
+    """Nothing is lost while SMTP is away: the digest keeps its mentions and is tried
+    again when its lease ends."""
+    notifier = harness.notifier
+    good = notifier.settings
+    notifier.lease_s = 0.5
+    notifier.settings = good.model_copy(update={"smtp_port": 1})  # nothing listens there
+    bob, alice = await harness.user(), await harness.user()
+    await harness.produce(notice(bob["_id"], 1, alice["_id"]), notice(bob["_id"], 2, alice["_id"]))
+    await eventually(lambda: _value(harness.count("digests", "failed")), lambda n: n >= 1)
+    assert harness.mails(bob["email"]) == []
+    assert await notifier.store.pending.count_documents({"user": bob["_id"]}) == 2
+    notifier.settings = good
+    [mail] = await harness.until_mails(bob["email"], 1)
+    assert mail["Subject"] == "Parley: 2 new mentions"
+    assert harness.count("digests", "sent") == 1
