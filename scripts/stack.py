@@ -267,6 +267,11 @@ def prometheus_config(cfg: StackConfig, interval: str = PROMETHEUS_INTERVAL) -> 
     return "\n".join(lines) + "\n"
 
 
+# This checkout's code first, its contract and client too (as pytest's `pythonpath`):
+# a virtualenv shared by several checkouts has the contract installed from one of them.
+PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in (".", "contract", "client"))
+
+
 def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -298,7 +303,7 @@ class Processes:
 
     def start(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
         argv, extra = command(self.cfg, name)
-        env = {**os.environ, **extra, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **extra, "PYTHONPATH": PYTHONPATH}
         log = open(self.cfg.data_dir / f"{name}.out", "ab")
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()

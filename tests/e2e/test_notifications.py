@@ -151,6 +151,8 @@ async def test_a_private_room_mention_through_the_gateway(system: System) -> Non
         try:
             await a.send({"op": "room_send", "id": "p1", "room": rid, "body": "c2VjcmV0",
                           "mentions": [bob.user_id, carol.user_id, eve.user_id]})  # fmt: skip
+            reply = await a.expect_any(("accepted", "error"), timeout=20)
+            assert reply["op"] == "accepted", reply
             msg = await b.expect("message", room=rid, timeout=20)
             assert msg["mentions"] == [bob.user_id, carol.user_id, eve.user_id]
             note = await b.expect("notification", room_id=rid, timeout=20)
