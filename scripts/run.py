@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from scripts.stack import MONITORING, ROOT, SERVERS, SERVICES, StackConfig
+from scripts.stack import MONITORING, PYTHONPATH, ROOT, SERVERS, SERVICES, StackConfig
 
 CHECKS = (
     "/auth/readyz", "/keys/readyz", "/gateway/readyz", "/delivery/readyz", "/web/readyz",
@@ -199,6 +199,8 @@ def banner(cfg: StackConfig, conf: Path) -> None:
           flush=True)  # fmt: skip
     print(f"  Prometheus:  {cfg.url('prometheus')}  (alerts: {cfg.url('prometheus')}/alerts)",
           flush=True)  # fmt: skip
+    print(f"  Notifier:    {cfg.url('notifier')}/notifier/readyz  (mention e-mail digests)",
+          flush=True)  # fmt: skip
     print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
     print(f"  Logs:        {cfg.data_dir / 'log'}/<process>.log", flush=True)
     print(f"  Processes:   {bin_dir}/supervisorctl -c {conf} status", flush=True)
@@ -217,7 +219,7 @@ def main() -> int:
     conf.write_text(supervisord_conf(cfg, sys.executable))
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": PYTHONPATH,
         "PYTHONUNBUFFERED": "1",
         "PARLEY_DATA_DIR": str(cfg.data_dir),
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("mongo", "kafka", "redis", "smtp")
-SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web", "rooms")
+SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web", "rooms", "notifier")
 # Watches the others: started last by `make run`, on demand by the tests.
 MONITORING = ("prometheus",)
 # How often the embedded Prometheus scrapes and evaluates the alert rules.
@@ -49,6 +49,7 @@ class StackConfig:
     delivery_port: int = 8105
     web_port: int = 8106
     rooms_port: int = 8107
+    notifier_port: int = 8108
     stats_port: int = 8404
     prometheus_port: int = 9090
     host: str = "127.0.0.1"
@@ -87,6 +88,8 @@ class StackConfig:
             "delivery": f"http://{h}:{self.delivery_port}",
             "web": f"http://{h}:{self.web_port}",
             "rooms": f"http://{h}:{self.rooms_port}",
+            # No public routes: its /notifier/healthz, /readyz and /metrics only.
+            "notifier": f"http://{h}:{self.notifier_port}",
             "prometheus": f"http://{h}:{self.prometheus_port}",
         }[what]
 
@@ -239,6 +242,7 @@ def prometheus_config(cfg: StackConfig, interval: str = PROMETHEUS_INTERVAL) -> 
         ("delivery", "/delivery/metrics", [(cfg.delivery_port, None)]),
         ("web", "/web/metrics", [(cfg.web_port, None)]),
         ("rooms", "/rooms/metrics", [(cfg.rooms_port, None)]),
+        ("notifier", "/notifier/metrics", [(cfg.notifier_port, None)]),
         ("haproxy", "/metrics", [(cfg.stats_port, None)]),
         ("prometheus", "/metrics", [(cfg.prometheus_port, None)]),
     ]  # fmt: skip
@@ -261,6 +265,11 @@ def prometheus_config(cfg: StackConfig, interval: str = PROMETHEUS_INTERVAL) -> 
             if gateway_id is not None:
                 lines += ["        labels:", f"          gateway_id: {gateway_id}"]
     return "\n".join(lines) + "\n"
+
+
+# This checkout's code first, its contract and client too (as pytest's `pythonpath`):
+# a virtualenv shared by several checkouts has the contract installed from one of them.
+PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in (".", "contract", "client"))
 
 
 def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
@@ -294,10 +303,7 @@ class Processes:
 
     def start(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
         argv, extra = command(self.cfg, name)
-        # This checkout's contract and client, not the ones the shared venv's editable
-        # installs point at (another worktree's): services and contract must match.
-        path = os.pathsep.join(str(p) for p in (ROOT, ROOT / "contract", ROOT / "client"))
-        env = {**os.environ, **extra, "PYTHONPATH": path}
+        env = {**os.environ, **extra, "PYTHONPATH": PYTHONPATH}
         log = open(self.cfg.data_dir / f"{name}.out", "ab")
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -352,6 +358,7 @@ def main(argv: list[str]) -> None:
             "delivery",
             "web",
             "rooms",
+            "notifier",
             "prometheus",
         ):
             print(f"{name:10} {cfg.url(name)}")

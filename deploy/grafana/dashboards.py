@@ -34,7 +34,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 HERE = Path(__file__).resolve().parent
 DS = DataSourceRef(type_val="prometheus", uid="prometheus")
 R = "$__rate_interval"
-SERVICES = ("auth", "keys", "gateway", "delivery", "web", "rooms")
+SERVICES = ("auth", "keys", "gateway", "delivery", "web", "rooms", "notifier")
 # Operational routes and the WebSocket (a "request" as long as its connection)
 # are left out of latency: they would hide the routes users wait for.
 NOT_TIMED = 'route!~"/ws|.*/(healthz|readyz|metrics)"'
@@ -185,7 +185,7 @@ def limits_panel(svc: str) -> P:
 
 
 def overview() -> dict[str, Any]:
-    up = 'up{job=~"auth|keys|gateway|delivery|web|rooms|haproxy"}'
+    up = 'up{job=~"auth|keys|gateway|delivery|web|rooms|notifier|haproxy"}'
     rows: list[Row] = [
         ("Health", [
             P("Targets up", "Scraped processes that answer, per job (gateway: one per pod).",
@@ -408,11 +408,41 @@ def rooms() -> dict[str, Any]:
               (Q(f"sum by (path) (rate(parley_rooms_outbox_sent_total[{R}]))", "{{path}}"),),
               "ops", width=8),
             limits_panel("rooms"),
+            P("Live frames", "room_post and notification frames published to gateway pods "
+              "(frame x pod) or failed (Redis unreachable: best effort), per second.",
+              (Q(f"sum by (kind, result) (rate(parley_rooms_pushed_total[{R}]))",
+                 "{{kind}} {{result}}"),), "ops"),
+            P("Private rooms' mentions", "Private rooms' message records consumed for their "
+              "mentions: a notification made, nothing to do, or malformed, per second.",
+              (Q(f"sum by (result) (rate(parley_rooms_room_messages_total[{R}]))",
+                 "{{result}}"),), "ops"),
         ]),
         process_row("rooms"),
     ]  # fmt: skip
     about = "Rooms: membership changes, public messages, mentions, the event outbox."
     return build("parley-rooms", "Parley rooms", about, rows)
+
+
+def notifier() -> dict[str, Any]:
+    rows: list[Row] = [
+        ("Mention e-mails", [
+            P("Notices", "Mention notices consumed per second: kept for a digest (no "
+              "connected device), skipped (a device was connected), redelivered, malformed.",
+              (Q(f"sum by (result) (rate(parley_notifier_notices_total[{R}]))", "{{result}}"),),
+              "ops", width=8),
+            P("Digests", "Digest e-mails sent, dropped (unsubscribed, user gone) or failed "
+              "(SMTP; tried again), and the mentions they listed, per second.",
+              (Q(f"sum by (result) (rate(parley_notifier_digests_total[{R}]))", "{{result}}"),
+               Q(f"sum(rate(parley_notifier_mentions_emailed_total[{R}]))", "mentions")),
+              "ops", width=8),
+            P("Consumer lag", "Notices the notifier has still to read.",
+              (Q('sum(max by (topic, partition) '
+                 '(parley_kafka_consumer_lag{group=~".*notifier"}))', "lag"),), width=8),
+        ]),
+        process_row("notifier"),
+    ]  # fmt: skip
+    about = "The notifier: mention notices consumed and e-mail digests sent."
+    return build("parley-notifier", "Parley notifier", about, rows)
 
 
 def web_apps() -> dict[str, Any]:
@@ -484,6 +514,7 @@ DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "delivery.json": delivery,
     "web.json": web_apps,
     "rooms.json": rooms,
+    "notifier.json": notifier,
     "infrastructure.json": infrastructure,
 }
 

@@ -23,6 +23,8 @@ from services.auth.models import (
     MeResponse,
     PasswordResetConfirm,
     PasswordResetRequest,
+    Preferences,
+    PreferencesPatch,
     SignupRequest,
     TokenResponse,
     UserPublic,
@@ -268,6 +270,26 @@ async def me(svc: AuthService, claims: Claims) -> MeResponse:
         created_at=user["created_at"],
         two_factor=await twofactor.status(svc, user),
     )
+
+
+def preferences_of(user: dict[str, Any]) -> Preferences:
+    """A user's preferences; a preference never set has its default (mention e-mails on)."""
+    # Truthiness, not `is False`: the embedded MongoDB stores a $set boolean as 0/1.
+    return Preferences(mention_emails=bool(user.get("mention_emails", True)))
+
+
+async def preferences(svc: AuthService, claims: Claims) -> Preferences:
+    return preferences_of(await svc.own_user(claims))
+
+
+async def set_preferences(svc: AuthService, claims: Claims, body: PreferencesPatch) -> Preferences:
+    """Change the preferences the body names; the others stay as they are. The notifier
+    reads ``mention_emails`` from the user document (docs/notifier.md)."""
+    user = await svc.own_user(claims)
+    changes = body.model_dump(exclude_none=True)
+    if changes:
+        user = await svc.store.update_user(user["_id"], changes) or user
+    return preferences_of(user)
 
 
 async def lookup(svc: AuthService, username_or_id: str) -> UserPublic:

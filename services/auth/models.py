@@ -114,6 +114,14 @@ class AdminUserPatch(Request):
     roles: list[Role] | None = Field(default=None, min_length=1, max_length=2)
 
 
+class PreferencesPatch(Request):
+    mention_emails: bool | None = Field(
+        default=None,
+        description="E-mail a digest of @mentions while no device of yours is connected"
+        " (false: unsubscribe)",
+    )
+
+
 class BlockRequest(Request):
     reason: str | None = Field(default=None, max_length=500)
 
@@ -165,6 +173,13 @@ class MeResponse(BaseModel):
     roles: list[str]
     created_at: datetime
     two_factor: TwoFactorStatus
+
+
+class Preferences(BaseModel):
+    mention_emails: bool = Field(
+        description="A digest of @mentions is e-mailed while no device is connected"
+        " (docs/notifier.md)"
+    )
 
 
 class SessionInfo(BaseModel):

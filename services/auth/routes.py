@@ -32,6 +32,8 @@ from services.auth.models import (
     PasswordRequest,
     PasswordResetConfirm,
     PasswordResetRequest,
+    Preferences,
+    PreferencesPatch,
     RecoveryCodes,
     RefreshRequest,
     Revoked,
@@ -201,6 +203,32 @@ async def password_reset_confirm(request: web.Request, body: PasswordResetConfir
 )
 async def me(request: web.Request, claims: Claims) -> MeResponse:
     return await accounts.me(svc(request), claims)
+
+
+@api.get(
+    "/v1/me/preferences",
+    summary="The caller's preferences (mention e-mails)",
+    response=Preferences,
+    auth=True,
+    tags=["accounts"],
+)
+async def get_preferences(request: web.Request, claims: Claims) -> Preferences:
+    return await accounts.preferences(svc(request), claims)
+
+
+@api.patch(
+    "/v1/me/preferences",
+    summary="Change the caller's preferences; `mention_emails: false` unsubscribes from"
+    " mention e-mails",
+    body=PreferencesPatch,
+    response=Preferences,
+    auth=True,
+    tags=["accounts"],
+)
+async def patch_preferences(
+    request: web.Request, claims: Claims, body: PreferencesPatch
+) -> Preferences:
+    return await accounts.set_preferences(svc(request), claims, body)
 
 
 @api.get(

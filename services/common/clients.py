@@ -52,9 +52,14 @@ class Topics:
         self.rooms = f"{p}rooms"
         # Private rooms' messages, one record each, keyed by room (docs/rooms.md).
         self.room_messages = f"{p}room-messages"
+        # Mention notifications, keyed by user, for the notifier (docs/notifier.md).
+        self.notifications = f"{p}notifications"
 
     def all(self) -> list[str]:
-        return [self.messages, self.events, self.dead_letters, self.rooms, self.room_messages]
+        return [
+            self.messages, self.events, self.dead_letters, self.rooms, self.room_messages,
+            self.notifications,
+        ]  # fmt: skip
 
     def configs(self, settings: Settings, name: str) -> dict[str, str]:
         """A topic's configs at creation: the messages topic keeps ciphertext briefly."""

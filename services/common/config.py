@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     inbox_expiry_s: int = Field(default=30 * 86400, ge=60)
     inbox_purge_interval_s: float = Field(default=3600.0, gt=0)
 
+    # Notifier (docs/notifier.md): mentions of a user with no connected device
+    # are collected for this long from the first one, then sent in one e-mail;
+    # at most one digest per user per interval. Due digests are looked for
+    # every notifier_tick_s.
+    notifier_digest_interval_s: float = Field(default=900.0, ge=1, le=7 * 86400)
+    notifier_tick_s: float = Field(default=5.0, gt=0, le=600)
+
     # Operations.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -17,8 +17,10 @@ from services.common.state import REGISTRY
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
 from services.rooms.metrics import RoomsMetrics
+from services.rooms.push import Pusher
+from services.rooms.room_messages import RoomMessages
 from services.rooms.routes import api
-from services.rooms.state import ROOMS, Rooms
+from services.rooms.state import ROOM_MESSAGES, ROOMS, Rooms
 from services.rooms.store import RoomStore
 from services.rooms.users import Users
 
@@ -28,7 +30,8 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
     app = base_app("rooms", settings, prefix="/rooms", api=api)
     db = use_mongo(app, settings, "rooms")
     redis = use_redis(app, settings)
-    kafka = use_kafka_producer(app, settings, [Topics(settings).rooms])
+    topics = Topics(settings)
+    kafka = use_kafka_producer(app, settings, [topics.rooms, topics.notifications])
     use_token_verifier(app, settings)
     store = RoomStore(db, kafka, settings)
     metrics = RoomsMetrics(app[REGISTRY])
@@ -40,16 +43,20 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
         users=users,
         limiter=RateLimiter(redis, f"{settings.redis_prefix}:rooms", metrics=metrics.limits),
         metrics=metrics,
+        pusher=Pusher(redis, settings, metrics),
     )
     app[ROOMS] = rooms
+    consumer = RoomMessages(rooms, settings)
+    app[ROOM_MESSAGES] = consumer
     use_startup(app, store.ensure_indexes)
 
     async def background(_: web.Application) -> AsyncIterator[None]:
         await users.start()
-        task = asyncio.create_task(rooms.events.run())
+        tasks = [asyncio.create_task(rooms.events.run()), asyncio.create_task(consumer.run())]
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await users.close()
 
     app.cleanup_ctx.append(background)

@@ -1,4 +1,5 @@
-"""Events the rooms service publishes on ``<topic_prefix>rooms`` (docs/rooms.md, "Events").
+"""Events the rooms service publishes on ``<topic_prefix>rooms`` (docs/rooms.md, "Events"),
+and mention notices on ``<topic_prefix>notifications`` (the same outbox).
 
 Each is a contract model (``parley_contract.envelopes.RoomEvent``), keyed by
 the room id so that one room's events keep their order in a partition, with
@@ -38,11 +39,15 @@ from bson import ObjectId
 from parley_contract import envelopes as e
 
 from services.common.logging import kafka_headers
+from services.common.notices import MentionNotice, encode_notice
 from services.rooms.config import RoomsConfig
 from services.rooms.metrics import RoomsMetrics
 from services.rooms.store import RoomStore
 
 log = logging.getLogger(__name__)
+
+# The type of a held mention notice (``<prefix>notifications``), beside the room events'.
+NOTICE = "mention_notice"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class Held:
     value: bytes
     headers: list[tuple[str, bytes]]
     type: str
+    topic: str | None = None  # <prefix>rooms
 
 
 class EventPublisher:
@@ -84,10 +90,22 @@ class EventPublisher:
         kind = str(type(event).__struct_config__.tag)
         return Held(entry, event.room_id, value, headers, kind)
 
+    async def hold_notice(self, notice: MentionNotice, check: Check) -> Held:
+        """The same for a mention notice on ``<prefix>notifications`` (key: the user),
+        held before the notification it announces is written."""
+        value = encode_notice(notice)
+        headers = kafka_headers()
+        entry = await self.store.outbox_add(
+            notice.user, value, headers, check.doc(),
+            due=time.time() + self.config.outbox_lease_s, topic=self.store.notices_topic,
+        )  # fmt: skip
+        return Held(entry, notice.user, value, headers, NOTICE, self.store.notices_topic)
+
     async def release(self, held: Held) -> None:
         """The change is made: send now (the outbox retries if this fails)."""
-        self.metrics.changes.labels(held.type).inc()
-        if await self.store.send_event(held.key, held.value, held.headers):
+        if held.type != NOTICE:
+            self.metrics.changes.labels(held.type).inc()
+        if await self.store.send_event(held.key, held.value, held.headers, held.topic):
             await self.store.outbox_delete(held.entry)
             self.metrics.outbox.labels("direct").inc()
 
@@ -107,7 +125,10 @@ class EventPublisher:
                 self.metrics.outbox.labels("dropped").inc()
                 continue
             headers = [(str(k), str(v).encode()) for k, v in entry.get("headers", [])]
-            if not await self.store.send_event(entry["key"], entry["value"].encode(), headers):
+            topic = entry.get("topic")
+            if not await self.store.send_event(
+                entry["key"], entry["value"].encode(), headers, topic
+            ):
                 break  # the broker is away: try again on the next round
             await self.store.outbox_delete(entry["_id"])
             self.metrics.outbox.labels("retry").inc()

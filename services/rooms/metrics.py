@@ -8,6 +8,10 @@
 - ``parley_rooms_outbox_sent_total{path}``: events confirmed by Kafka, at once
   (``direct``) or by the outbox loop (``retry``); ``dropped`` counts held
   entries whose change never committed.
+- ``parley_rooms_pushed_total{kind,result}``: live frames (``room_post``,
+  ``notification``) published to gateway pods, or ``failed``.
+- ``parley_rooms_room_messages_total{result}``: private rooms' message records
+  consumed for their mentions (``notified``, ``ignored``, ``malformed``).
 - the limiter's ``parley_rate_limit_refusals_total{service="rooms",rule,code}``.
 """
 
@@ -46,6 +50,23 @@ class RoomsMetrics:
             "Room events handled by the outbox: sent at once, sent on retry, or dropped.",
             ["path"], registry=registry,
         )  # fmt: skip
+        self.pushed = Counter(
+            "parley_rooms_pushed_total",
+            "Live frames to connected sockets, by kind (room_post, notification) and result"
+            " (published: frame x gateway pod; failed: frames not published).",
+            ["kind", "result"], registry=registry,
+        )  # fmt: skip
+        self.room_messages = Counter(
+            "parley_rooms_room_messages_total",
+            "Private rooms' message records consumed for mentions, by result (notified: a"
+            " notification made; ignored: no member mentioned or already notified; malformed).",
+            ["result"], registry=registry,
+        )  # fmt: skip
+        for kind in ("room_post", "notification"):
+            for result in ("published", "failed"):
+                self.pushed.labels(kind, result)
+        for result in ("notified", "ignored", "malformed"):
+            self.room_messages.labels(result)
         for change in CHANGES:
             self.changes.labels(change)
         for result in ("stored", "duplicate"):

@@ -189,9 +189,19 @@ class Notification(_Out):
     kind: Literal["mention"]
     room_id: str
     room_name: str
-    message_seq: int = Field(description="The message to jump to (its `seq` in the room)")
+    message_seq: int | None = Field(
+        description="A public room's message to jump to (its `seq` in the room); null for a"
+        " private room's"
+    )
+    server_id: str | None = Field(
+        default=None,
+        description="A private room's message (the `server_id` of its `message` frame);"
+        " null for a public room's",
+    )
     sender: str
-    excerpt: str = Field(description="The start of the message")
+    excerpt: str = Field(
+        description='The start of the message; "mentioned you" for a private room\'s'
+    )
     at: int
     read: bool
 

@@ -1,5 +1,12 @@
 """Mention notifications: a list per user, newest first, with an unread count.
 
+A notification is made by a mention in a public room's message (the server
+parses the text) or in a private room's (the client names the mentioned
+users; :mod:`services.rooms.room_messages`). Each is announced twice: a
+``notification`` frame to the user's connected sockets (best effort), and a
+``MentionNotice`` on ``<prefix>notifications`` for the notifier (through the
+outbox: at least once).
+
 Each notification takes the user's next number (``users.n``, one ``$inc``)
 and is stored as ``"<user>|<n>"``; reading is a list of primary keys. The
 user has read everything up to ``users.read`` (moved forward only, by
@@ -8,15 +15,57 @@ user has read everything up to ``users.read`` (moved forward only, by
 
 from __future__ import annotations
 
+import asyncio
+from typing import Literal
+
+from parley_contract import frames as f
+
 from services.common.errors import ApiError, ErrorCode
+from services.common.notices import MentionNotice
 from services.rooms import models, text
 from services.rooms.config import PAGE_MAX
+from services.rooms.events import Check
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, notification_id
 
+Kind = Literal["public", "private"]
+
+# The excerpt of a private room's mention: the server cannot read the message.
+PRIVATE_EXCERPT = "mentioned you"
+
+
+def _notice(doc: Doc, kind: Kind) -> MentionNotice:
+    return MentionNotice(
+        user=doc["user"], n=int(doc["n"]), room_id=doc["room"], room_name=doc["room_name"],
+        kind=kind, sender=doc["sender"], excerpt=doc["excerpt"], at=int(doc["at"]),
+        message_seq=doc.get("message_seq"), server_id=doc.get("server_id"),
+    )  # fmt: skip
+
+
+def frame(doc: Doc) -> f.Notification:
+    return f.Notification(
+        seq=int(doc["n"]), kind="mention", room_id=doc["room"], room_name=doc["room_name"],
+        sender=doc["sender"], excerpt=doc["excerpt"], at=int(doc["at"]),
+        message_seq=doc.get("message_seq"), server_id=doc.get("server_id"),
+    )  # fmt: skip
+
+
+async def _announce(rooms: Rooms, docs: list[Doc], kind: Kind) -> None:
+    """Write notifications, each with its notice for the notifier held in the outbox
+    first (sent once the notification is there), then push the frames."""
+    held = [
+        await rooms.events.hold_notice(_notice(d, kind), Check("notifications", {"_id": d["_id"]}))
+        for d in docs
+    ]
+    await rooms.store.insert_notifications(docs)
+    rooms.metrics.notifications.inc(len(docs))
+    await asyncio.gather(*(rooms.events.release(h) for h in held))
+    await rooms.pusher.send([(d["user"], None, frame(d)) for d in docs], "notification")
+
 
 async def mentioned(rooms: Rooms, room: Doc, msg: Doc, users: list[str]) -> None:
-    """One notification per mentioned user (the sender excluded by the caller)."""
+    """One notification per mentioned user of a public room's message (the sender
+    excluded by the caller)."""
     store = rooms.store
     docs = []
     for user_id in users:
@@ -29,8 +78,29 @@ async def mentioned(rooms: Rooms, room: Doc, msg: Doc, users: list[str]) -> None
                 "at": msg["sent_at"],
             }
         )  # fmt: skip
-    await store.insert_notifications(docs)
-    rooms.metrics.notifications.inc(len(docs))
+    if docs:
+        await _announce(rooms, docs, "public")
+
+
+async def mentioned_private(
+    rooms: Rooms, room: Doc, server_id: str, sender: str, sent_at: int, user_id: str
+) -> bool:
+    """The notification of a private room's mention of ``user_id`` (a member, not the
+    sender), made once per (user, message) however often the record comes back.
+    True if it was made now."""
+    store = rooms.store
+    n = await store.mention_claim(user_id, server_id)
+    if n is None:
+        n = await store.claim_mention(user_id, server_id, await store.bump_user(user_id, "n"))
+    if await store.notifications_at(user_id, [n]):
+        return False  # made already (its notice went through the outbox then)
+    doc = {
+        "_id": notification_id(user_id, n), "user": user_id, "n": n, "kind": "mention",
+        "room": room["_id"], "room_name": room["name"], "server_id": server_id,
+        "sender": sender, "excerpt": PRIVATE_EXCERPT, "at": sent_at,
+    }  # fmt: skip
+    await _announce(rooms, [doc], "private")
+    return True
 
 
 async def page(
@@ -46,7 +116,8 @@ async def page(
     items = [
         models.Notification(
             seq=n, kind="mention", room_id=d["room"], room_name=d["room_name"],
-            message_seq=int(d["message_seq"]), sender=d["sender"], excerpt=d["excerpt"],
+            message_seq=d.get("message_seq"), server_id=d.get("server_id"),
+            sender=d["sender"], excerpt=d["excerpt"],
             at=int(d["at"]), read=n <= read,
         )
         for n in seqs if (d := docs.get(n)) is not None

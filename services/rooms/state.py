@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -10,8 +11,12 @@ from services.common.ratelimit import RateLimiter
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
 from services.rooms.metrics import RoomsMetrics
+from services.rooms.push import Pusher
 from services.rooms.store import RoomStore
 from services.rooms.users import Users
+
+if TYPE_CHECKING:
+    from services.rooms.room_messages import RoomMessages
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +28,9 @@ class Rooms:
     # Room creation and posting limits: <redis_prefix>:rooms:rl:<create|post>:<hash>.
     limiter: RateLimiter
     metrics: RoomsMetrics
+    # Live frames to connected sockets (room_post, notification).
+    pusher: Pusher
 
 
 ROOMS: web.AppKey[Rooms] = web.AppKey("rooms", Rooms)
+ROOM_MESSAGES: web.AppKey[RoomMessages] = web.AppKey("room_messages")

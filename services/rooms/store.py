@@ -27,7 +27,10 @@ numbered slots whose counter says how far to read:
                    mentions, sent_at (or ``hole: true``).
 ``client_ids``     ``_id`` ``"<room>|<sender>|<client id>"``: seq (resends).
 ``notifications``  ``_id`` ``"<user>|<n>"``: room, message, sender, excerpt.
-``outbox``         events not yet confirmed by Kafka (services.rooms.events).
+``mention_claims`` ``_id`` ``"<user>|<server id>"``: ``n``, the notification a
+                   private room's mention made (redelivery makes no other).
+``outbox``         events and notices not yet confirmed by Kafka
+                   (services.rooms.events).
 
 Numbers in ids are fixed-width decimals, so ids sort in numeric order. User
 and room ids hold no ``|``.
@@ -109,8 +112,10 @@ class RoomStore:
         self.client_ids: AsyncCollection[Doc] = db["client_ids"]
         self.notifications: AsyncCollection[Doc] = db["notifications"]
         self.outbox: AsyncCollection[Doc] = db["outbox"]
+        self.mention_claims: AsyncCollection[Doc] = db["mention_claims"]
         self.kafka = kafka
         self.topic = Topics(settings).rooms
+        self.notices_topic = Topics(settings).notifications
         self.send_timeout_s = max(settings.dependency_timeout_ms, 5000) / 1000
 
     async def ensure_indexes(self) -> None:
@@ -303,6 +308,26 @@ class RoomStore:
         if docs:
             await self.notifications.insert_many(docs, ordered=False)
 
+    async def insert_notification(self, doc: Doc) -> bool:
+        """One notification; False if its ``_id`` is already written."""
+        return await self._insert_new(self.notifications, doc)
+
+    async def mention_claim(self, user_id: str, server_id: str) -> int | None:
+        """The notification number a private-room mention (of ``user_id`` by message
+        ``server_id``) was given, if it was."""
+        doc = await self.mention_claims.find_one({"_id": f"{user_id}|{server_id}"})
+        return None if doc is None else int(doc["n"])
+
+    async def claim_mention(self, user_id: str, server_id: str, n: int) -> int:
+        """Record that the mention is notification ``n``; the number it has if another
+        consumer recorded it first."""
+        key = f"{user_id}|{server_id}"
+        if await self._insert_new(self.mention_claims, {"_id": key, "n": n, "at": now_ms()}):
+            return n
+        doc = await self.mention_claims.find_one({"_id": key})
+        assert doc is not None
+        return int(doc["n"])
+
     async def notifications_at(self, user_id: str, ns: Sequence[int]) -> dict[int, Doc]:
         found = await self._by_ids(self.notifications, [notification_id(user_id, n) for n in ns])
         return {int(d["n"]): d for d in found.values()}
@@ -310,9 +335,10 @@ class RoomStore:
     # -- the outbox and Kafka ------------------------------------------------------------
 
     async def outbox_add(self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]],
-                         check: Doc, due: float) -> ObjectId:  # fmt: skip
+                         check: Doc, due: float, topic: str | None = None) -> ObjectId:  # fmt: skip
         result = await self.outbox.insert_one(
             {
+                "topic": topic or self.topic,
                 "key": key,
                 "value": value.decode(),
                 "headers": [[k, v.decode()] for k, v in headers],
@@ -340,20 +366,21 @@ class RoomStore:
         return int(reply["n"])
 
     async def send_event(
-        self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]]
-    ) -> bool:
-        """Produce one event and wait for Kafka's ack; False if it did not happen."""
+        self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]],
+        topic: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Produce one record (to ``<prefix>rooms`` unless ``topic``) and wait for Kafka's
+        ack; False if it did not happen."""
         producer = self.kafka.get()
+        topic = topic or self.topic
         if producer is None:
             return False
         try:
             await asyncio.wait_for(
-                producer.send_and_wait(
-                    self.topic, value=value, key=key.encode(), headers=list(headers)
-                ),
+                producer.send_and_wait(topic, value=value, key=key.encode(), headers=list(headers)),
                 self.send_timeout_s,
             )
         except (KafkaError, TimeoutError) as exc:
-            log.warning("event not sent", extra={"error": repr(exc), "topic": self.topic})
+            log.warning("event not sent", extra={"error": repr(exc), "topic": topic})
             return False
         return True

@@ -10,6 +10,9 @@ loser marks its number as a hole (``hole: true``), which pages skip, and
 answers with the winner's message. A number taken by a process that died
 before writing its message stays a hole too.
 
+A stored message is pushed to the room's connected members as a ``room_post``
+frame (best effort, :mod:`services.rooms.push`); a resend is not pushed again.
+
 Private rooms have no server timeline: their messages are end-to-end
 encrypted and travel through the gateway (``forbidden`` here).
 """
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import logging
 
+from parley_contract import frames as f
+
 from services.common.errors import ApiError, ErrorCode
-from services.rooms import mentions, models, notifications, text
+from services.rooms import mentions, models, notifications, push, text
 from services.rooms.config import PAGE_MAX
 from services.rooms.rooms import PRIVATE, member_of, require_open, visible
 from services.rooms.state import Rooms
@@ -40,6 +45,14 @@ def _private() -> ApiError:
 
 def message(doc: Doc) -> models.RoomMessage:
     return models.RoomMessage(
+        room_id=doc["room"], seq=int(doc["seq"]), sender=doc["sender"],
+        client_id=doc["client_id"], text=doc["text"], mentions=list(doc.get("mentions", [])),
+        sent_at=int(doc["sent_at"]),
+    )  # fmt: skip
+
+
+def post_frame(doc: Doc) -> f.RoomPost:
+    return f.RoomPost(
         room_id=doc["room"], seq=int(doc["seq"]), sender=doc["sender"],
         client_id=doc["client_id"], text=doc["text"], mentions=list(doc.get("mentions", [])),
         sent_at=int(doc["sent_at"]),
@@ -99,6 +112,7 @@ async def post(
     await store.insert_message(doc)
     rooms.metrics.messages.labels("stored").inc()
     await notifications.mentioned(rooms, room, doc, [u for u in mentioned if u != user_id])
+    await push.room_post(rooms.store, rooms.pusher, room, post_frame(doc))
     return models.PostResult(**message(doc).model_dump(), duplicate=False)
 
 

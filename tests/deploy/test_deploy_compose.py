@@ -32,6 +32,7 @@ PARLEY = {
     "keys": "keys",
     "delivery": "delivery",
     "rooms": "rooms",
+    "notifier": "notifier",
     "gateway1": "gateway",
     "gateway2": "gateway",
 }

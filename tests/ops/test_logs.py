@@ -19,7 +19,7 @@ from tests.ops.conftest import Flow
 from tests.support.secrets import forms
 from tests.support.stack import System
 
-SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web", "rooms")
+SERVICES = ("auth", "keys", "gateway1", "gateway2", "delivery", "web", "rooms", "notifier")
 
 
 def log_files(system: System) -> list[Path]:

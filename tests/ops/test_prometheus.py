@@ -40,7 +40,7 @@ MAY_BE_EMPTY = {
     "mongodb_": "mongodb_exporter runs only under docker-compose (the embedded server is nx-27017)",
     "redis_": "redis_exporter runs only under docker-compose",
 }
-JOBS = {"auth", "keys", "gateway", "delivery", "web", "rooms", "haproxy", "prometheus"}
+JOBS = {"auth", "keys", "gateway", "delivery", "web", "rooms", "notifier", "haproxy", "prometheus"}
 
 
 def panels() -> list[tuple[str, dict[str, Any]]]:

@@ -22,7 +22,10 @@ from services.common.state import KAFKA, STARTUP
 from services.rooms.app import create_app
 from services.rooms.config import RoomsConfig
 from services.rooms.state import ROOMS, Rooms
+from tests.support.messaging import Messaging, messaging
 from tests.support.tokens import TokenIssuer
+
+__all__ = ["Messaging", "messaging"]
 
 # Generous limits: the tests of the limits themselves pass their own.
 TEST_CONFIG = RoomsConfig(create_limit=Limit(10_000, 3600), post_limit=Limit(100_000, 60))
@@ -216,4 +219,33 @@ async def events(api: RoomsApi) -> AsyncIterator[EventLog]:
     topic = Topics(settings).rooms
     consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
     yield EventLog(consumer, api)
+    await consumer.stop()
+
+
+class RecordLog:
+    """A per-test topic read from the start without a consumer group (raw values)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.records: list[tuple[bytes | None, bytes]] = []
+
+    async def until(self, accept: Callable[[list[bytes]], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not accept([v for _, v in self.records]):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such records after {timeout}s; got {self.records!r}")
+            batches = await self.consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                self.records += [(r.key, r.value or b"") for r in records]
+
+
+@pytest.fixture
+async def notices(api: RoomsApi) -> AsyncIterator[RecordLog]:
+    """``<prefix>notifications``: the mention notices the service produced."""
+    settings = api.settings
+    consumer = kafka_consumer(settings, (), group_id=None)  # type: ignore[arg-type]
+    await consumer.start()
+    topic = Topics(settings).notifications
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
+    yield RecordLog(consumer)
     await consumer.stop()

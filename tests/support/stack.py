@@ -110,8 +110,9 @@ class System:
         paths = ["/auth/readyz", "/keys/readyz", "/delivery/readyz", "/rooms/readyz"]
         ops = self.cfg.url("ops")  # readiness is on HAProxy's internal port
         wait_until(lambda: all(http_status(ops + p) == 200 for p in paths), timeout)
-        for gw in ("gateway1", "gateway2"):
-            url = self.cfg.url(gw) + "/gateway/readyz"
+        for name in ("gateway1", "gateway2", "notifier"):
+            module = "gateway" if name.startswith("gateway") else name
+            url = self.cfg.url(name) + f"/{module}/readyz"
             wait_until(lambda url=url: http_status(url) == 200, timeout)
 
     def restart(self, name: str) -> None:
@@ -141,6 +142,7 @@ def start_system(stack: Stack) -> System:
         delivery_port=ports.delivery_port,
         web_port=ports.web_port,
         rooms_port=ports.rooms_port,
+        notifier_port=ports.notifier_port,
         extra_env={
             "PARLEY_DB_PREFIX": f"{prefix}_",
             "PARLEY_REDIS_PREFIX": prefix,
@@ -162,6 +164,9 @@ def start_system(stack: Stack) -> System:
             "PARLEY_LIMIT_REFRESH_IP": "100000/60",
             "PARLEY_PRESENCE_REFRESH_S": "2",
             "PARLEY_KAFKA_LAG_INTERVAL_S": "1",
+            # Mention digests (docs/notifier.md): short, so that a test sees one.
+            "PARLEY_NOTIFIER_DIGEST_INTERVAL_S": "4",
+            "PARLEY_NOTIFIER_TICK_S": "0.25",
         },
     )
     procs = Processes(cfg)

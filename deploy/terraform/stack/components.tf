@@ -125,14 +125,16 @@ locals {
       topic             = "${local.topic_prefix}messages"
     }
 
+    # Mention e-mail digests (docs/notifier.md). No ALB paths; it reads the auth
+    # service's users (read only: its bounded context) and sends over SMTP.
     notifier = {
-      enabled           = false # until services/notifier lands
+      enabled           = true
       module            = "services.notifier"
-      port              = 8106
+      port              = 8108
       paths             = []
       priority          = 0
       uses              = ["mongo", "redis", "kafka", "smtp"]
-      calls             = ["auth"]
+      calls             = []
       scaling           = "kafka_lag"
       cpu               = 512
       memory            = 1024
@@ -143,7 +145,7 @@ locals {
       unique_id_prefix  = ""
       published_metrics = []
       consumer_group    = "${local.topic_prefix}notifier"
-      topic             = "${local.topic_prefix}events"
+      topic             = "${local.topic_prefix}notifications"
     }
   }
 

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-TOPICS = ("messages", "events", "dead-letters", "rooms", "room-messages")
+TOPICS = ("messages", "events", "dead-letters", "rooms", "room-messages", "notifications")
 
 
 async def main() -> None:

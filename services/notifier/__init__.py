@@ -1,0 +1,1 @@
+"""The notifier: e-mail digests of @mentions to users with no connected device."""

@@ -1,0 +1,124 @@
+"""All of the notifier's MongoDB I/O (docs/notifier.md, "Storage").
+
+Its own database, ``<db_prefix>notifier``:
+
+``pending``  ``_id`` ``"<user>|<n>"`` (``n``: the notification's number in the
+             user's list, 12 digits): a mention waiting for the user's next
+             digest. Its ``_id`` makes a redelivered notice a no-op.
+``digests``  ``_id`` user: ``due`` (Unix s, indexed), ``lo`` / ``hi`` (the
+             lowest and highest ``n`` pending). One per user with mentions
+             waiting; made by the first mention (due one interval later),
+             deleted when the digest is sent.
+
+And the auth service's ``users`` (``<db_prefix>auth``), **read only**: the
+e-mail address, the username and the ``mention_emails`` preference (the
+notifier is part of the auth service's bounded context; see the doc).
+Every read is by ``_id``; the one range query (``due``) is over the users
+with a digest waiting, not over all users.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from services.common.notices import MentionNotice
+
+Doc = dict[str, Any]
+
+ID_CHUNK = 500
+
+
+def pending_id(user_id: str, n: int) -> str:
+    return f"{user_id}|{n:012d}"
+
+
+class NotifierStore:
+    def __init__(self, db: AsyncDatabase[Doc], auth_db: AsyncDatabase[Doc]) -> None:
+        self.db = db
+        self.pending: AsyncCollection[Doc] = db["pending"]
+        self.digests: AsyncCollection[Doc] = db["digests"]
+        self.users: AsyncCollection[Doc] = auth_db["users"]
+
+    async def ensure_indexes(self) -> None:
+        await self.digests.create_index([("due", ASCENDING)])
+
+    async def _by_ids(
+        self, coll: AsyncCollection[Doc], ids: list[str], fields: Doc | None = None
+    ) -> dict[str, Doc]:
+        out: dict[str, Doc] = {}
+        for i in range(0, len(ids), ID_CHUNK):
+            query = {"_id": {"$in": ids[i : i + ID_CHUNK]}}
+            for doc in await coll.find(query, fields).to_list():
+                out[str(doc["_id"])] = doc
+        return out
+
+    async def add(self, notice: MentionNotice, interval_s: float) -> bool:
+        """Keep a mention for the user's digest; False if it is already kept."""
+        doc = {
+            "_id": pending_id(notice.user, notice.n), "user": notice.user, "n": notice.n,
+            "room_id": notice.room_id, "room_name": notice.room_name, "kind": notice.kind,
+            "sender": notice.sender, "excerpt": notice.excerpt, "at": notice.at,
+            "message_seq": notice.message_seq, "server_id": notice.server_id,
+        }  # fmt: skip
+        try:
+            await self.pending.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        # The first mention since the last digest sets when the next is due.
+        await self.digests.update_one(
+            {"_id": notice.user},
+            {
+                "$setOnInsert": {"due": time.time() + interval_s},
+                "$min": {"lo": notice.n},
+                "$max": {"hi": notice.n},
+            },
+            upsert=True,
+        )
+        return True
+
+    async def lease_due(self, lease_s: float) -> Doc | None:
+        """A digest that is due, held for ``lease_s`` (another replica skips it)."""
+        now = time.time()
+        return await self.digests.find_one_and_update(
+            {"due": {"$lte": now}},
+            {"$set": {"due": now + lease_s}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def pending_of(self, user_id: str, lo: int, hi: int) -> list[Doc]:
+        """The user's waiting mentions numbered ``lo..hi``, oldest first."""
+        ids = [pending_id(user_id, n) for n in range(lo, hi + 1)]
+        found = await self._by_ids(self.pending, ids)
+        return [found[i] for i in ids if i in found]
+
+    async def finish(self, digest: Doc, done: list[Doc], interval_s: float) -> None:
+        """The digest is sent (or dropped): forget its mentions; the next digest is
+        at least ``interval_s`` away if more came in meanwhile."""
+        ids = [str(d["_id"]) for d in done]
+        for i in range(0, len(ids), ID_CHUNK):
+            await self.pending.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
+        gone = await self.digests.delete_one({"_id": digest["_id"], "hi": digest["hi"]})
+        if gone.deleted_count == 0:
+            await self.digests.update_one(
+                {"_id": digest["_id"]}, {"$set": {"due": time.time() + interval_s}}
+            )
+
+    # -- the auth service's users (read only) ---------------------------------------------
+
+    async def user(self, user_id: str) -> Doc | None:
+        return await self.users.find_one(
+            {"_id": user_id},
+            {"email": 1, "username": 1, "mention_emails": 1, "blocked": 1},
+        )
+
+    async def usernames(self, user_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(user_ids))
+        docs = await self._by_ids(self.users, ids, {"username": 1})
+        return {k: str(d["username"]) for k, d in docs.items()}

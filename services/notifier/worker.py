@@ -1,0 +1,182 @@
+"""The notifier's two loops (docs/notifier.md).
+
+**Notices** (consumer group ``<prefix>notifier`` on ``<prefix>notifications``,
+keyed by user): a mention of a user with no live presence entry (no
+connected device on any gateway, read from Redis in one pipeline per batch)
+is kept for the user's digest; a mention of a connected user is not (the
+``notification`` frame reached them). Offsets are committed after the batch
+is stored; a redelivered notice is recognised by its ``(user, n)``.
+
+**Digests** (every ``notifier_tick_s``): a user's first kept mention makes a
+digest due ``notifier_digest_interval_s`` later; when it is due, one e-mail
+lists every mention kept until then, to the address and under the preference
+the auth service holds for the user (read at sending time: an unsubscribe
+takes effect for digests not yet sent). Mentions arriving later start the
+next interval, so a user gets at most one digest per interval. A digest is
+leased while it is sent; if the SMTP server refuses it, it is tried again
+when the lease ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import CommitFailedError
+
+from services.common.clients import Topics, ensure_topics, kafka_consumer
+from services.common.config import Settings
+from services.common.notices import MentionNotice, decode_notice
+from services.common.routing import gateways_of
+from services.notifier import mail
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.store import Doc, NotifierStore
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 500
+# How long a digest being sent is held before another attempt (or replica) may take it.
+DIGEST_LEASE_S = 60.0
+
+
+class Notifier:
+    def __init__(
+        self, settings: Settings, store: NotifierStore, redis: aioredis.Redis,
+        metrics: NotifierMetrics,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.store = store
+        self.redis = redis
+        self.metrics = metrics
+        self.topic = Topics(settings).notifications
+        self.group = f"{settings.topic_prefix}notifier"
+        self.interval_s = settings.notifier_digest_interval_s
+        self.consuming = asyncio.Event()
+        self.lease_s = DIGEST_LEASE_S
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def groups(self) -> dict[str, list[str]]:
+        return {self.group: [self.topic]}
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._consume_loop()),
+            asyncio.create_task(self._digest_loop()),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- notices -----------------------------------------------------------------------
+
+    async def handle(self, notices: list[MentionNotice]) -> None:
+        online = await gateways_of(
+            self.redis, self.settings.redis_prefix, self.settings.presence_ttl_s,
+            (n.user for n in notices),
+        )  # fmt: skip
+        for notice in notices:
+            if online.get(notice.user):
+                self.metrics.notices.labels("online").inc()
+            elif await self.store.add(notice, self.interval_s):
+                self.metrics.notices.labels("queued").inc()
+            else:
+                self.metrics.notices.labels("duplicate").inc()
+
+    async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        notices = []
+        for r in records:
+            try:
+                notices.append(decode_notice(r.value or b""))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("malformed notice skipped", extra={"offset": r.offset})
+                self.metrics.notices.labels("malformed").inc()
+        if notices:
+            await self.handle(notices)
+
+    async def _consume_loop(self) -> None:
+        delay = 0.2
+        while True:
+            consumer: AIOKafkaConsumer | None = None
+            try:
+                await ensure_topics(self.settings, [self.topic])
+                consumer = kafka_consumer(
+                    self.settings, [self.topic], self.group, max_poll_records=BATCH_MAX
+                )
+                await consumer.start()
+                self.consuming.set()
+                delay = 0.2
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500)
+                    records = [r for part in batches.values() for r in part]
+                    if not records:
+                        continue
+                    await self.process(records)
+                    try:
+                        await consumer.commit()
+                    except CommitFailedError:
+                        log.info("commit failed after rebalance; batch will be redelivered")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Nothing past what was stored is committed: the batch comes again.
+                log.warning("notices consumer restarting", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                self.consuming.clear()
+                if consumer is not None:
+                    await consumer.stop()
+
+    # -- digests -----------------------------------------------------------------------
+
+    async def send_due(self) -> int:
+        """Send every digest that is due; how many were sent."""
+        sent = 0
+        while (digest := await self.store.lease_due(self.lease_s)) is not None:
+            sent += await self.send_digest(digest)
+        return sent
+
+    async def send_digest(self, digest: Doc) -> int:
+        user_id = str(digest["_id"])
+        items = await self.store.pending_of(user_id, int(digest["lo"]), int(digest["hi"]))
+        user = await self.store.user(user_id)
+        if user is None or user.get("blocked"):
+            self.metrics.digests.labels("gone").inc()
+        elif not user.get("mention_emails", True):  # 0/1 on the embedded server
+            self.metrics.digests.labels("unsubscribed").inc()
+        elif items:
+            senders = await self.store.usernames(i["sender"] for i in items)
+            subject, text = mail.digest(
+                str(user["username"]), items, senders, self.settings.public_url
+            )
+            try:
+                await mail.send(self.settings, str(user["email"]), subject, text)
+            except mail.MailError:
+                self.metrics.digests.labels("failed").inc()
+                return 0  # the lease ends, and the digest is tried again
+            self.metrics.digests.labels("sent").inc()
+            self.metrics.mentions.inc(len(items))
+            log.info("digest sent", extra={"user_id": user_id, "mentions": len(items)})
+            await self.store.finish(digest, items, self.interval_s)
+            return 1
+        await self.store.finish(digest, items, self.interval_s)
+        return 0
+
+    async def _digest_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.send_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("digest round failed", extra={"error": repr(exc)})
+            await asyncio.sleep(
+                max(self.settings.notifier_tick_s - (time.monotonic() - started), 0.05)
+            )

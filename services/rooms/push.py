@@ -1,0 +1,83 @@
+"""Real-time frames from the rooms service to connected sockets (docs/rooms.md, "Live frames").
+
+Best effort: the timeline and the notification list are the record, a frame
+only says "look now". A user with no live presence entry gets nothing (no
+Redis publish at all); a failure to reach Redis is logged and counted, never
+an error for the request that caused it.
+
+Cost for a room of ``m`` members: the roster is read in pages of
+``ROSTER_PAGE`` slots (two ``$in`` reads of primary keys per page: the
+roster entries and their member documents), then one Redis pipeline reads
+every member's presence and one ``PUBLISH`` per gateway pod carries all the
+frames for that pod (:func:`services.common.routing.publish`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+from parley_contract import frames as f
+from redis.exceptions import RedisError
+
+from services.common.config import Settings
+from services.common.routing import Push, publish
+from services.rooms.metrics import RoomsMetrics
+from services.rooms.store import Doc, RoomStore
+
+log = logging.getLogger(__name__)
+
+# Roster slots read per round trip when a public room's post is pushed.
+ROSTER_PAGE = 500
+
+
+class Pusher:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, metrics: RoomsMetrics) -> None:
+        self.redis = redis
+        self.prefix = settings.redis_prefix
+        self.ttl_s = settings.presence_ttl_s
+        self.timeout_s = max(settings.dependency_timeout_ms / 1000, 1.0)
+        self.metrics = metrics
+
+    async def send(self, frames: list[Push], kind: str) -> int:
+        """Publish ``frames`` to their users' gateways; how many (frame, pod) pairs went."""
+        if not frames:
+            return 0
+        try:
+            sent = await asyncio.wait_for(
+                publish(self.redis, self.prefix, self.ttl_s, frames), self.timeout_s
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("frames not pushed", extra={"error": repr(exc), "kind": kind})
+            self.metrics.pushed.labels(kind, "failed").inc(len(frames))
+            return 0
+        self.metrics.pushed.labels(kind, "published").inc(sent)
+        return sent
+
+
+async def members_of(store: RoomStore, room: Doc) -> list[str]:
+    """Every member of the room, in join order, read page by page from the roster."""
+    room_id = str(room["_id"])
+    last = int(room.get("slots", 0))
+    users: list[str] = []
+    for first in range(1, last + 1, ROSTER_PAGE):
+        entries = await store.roster_page(room_id, first, min(last, first + ROSTER_PAGE - 1))
+        docs = await store.get_members(room_id, [str(x["user"]) for x in entries])
+        for x in entries:
+            m = docs.get(str(x["user"]))
+            # An entry counts while the member document names its slot (docs/rooms.md).
+            if m is not None and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1]):
+                users.append(str(x["user"]))
+    return users
+
+
+async def room_post(store: RoomStore, pusher: Pusher, room: Doc, frame: f.RoomPost) -> int:
+    """A public room's new message to every connected member (the sender's other
+    devices too: they show what was sent from elsewhere)."""
+    try:
+        users = await members_of(store, room)
+    except Exception as exc:  # best effort: the post is stored whatever happens here
+        log.warning("room members not read for a push", extra={"error": repr(exc)})
+        return 0
+    return await pusher.send([(u, None, frame) for u in users], "room_post")

@@ -1,0 +1,110 @@
+"""The notifier: mentions of users with no connected device become one e-mail digest per
+user per interval, sent over SMTP to the real sink; connected, unsubscribed and blocked
+users get none; a redelivered or malformed notice changes nothing."""
+
+from __future__ import annotations
+
+import time
+
+from services.notifier.store import pending_id
+from tests.notifier.conftest import INTERVAL_S, Harness, notice
+from tests.support.aio import eventually
+from tests.support.messaging import Messaging
+
+
+async def test_several_mentions_in_one_interval_make_one_digest(harness: Harness) -> None:
+    bob = await harness.user()
+    alice = await harness.user()
+    carol = await harness.user()
+    first = [
+        notice(bob["_id"], 1, alice["_id"]),
+        notice(bob["_id"], 2, carol["_id"], kind="private", room_name="plans",
+               excerpt="mentioned you", message_seq=None, server_id="s" * 32),
+        notice(bob["_id"], 3, alice["_id"]),
+    ]  # fmt: skip
+    # Notice 2 twice (a redelivery) and a record that is not a notice at all.
+    await harness.produce(first[0], first[1], b"{not a notice", first[1], first[2])
+
+    [mail] = await harness.until_mails(bob["email"], 1)
+    assert mail["Subject"] == "Parley: 3 new mentions"
+    body = mail.get_content().replace("\r\n", "\n")
+    assert body.startswith(f"Hello {bob['username']},")
+    assert f"- @{alice['username']} mentioned you in general: message 1 for you" in body
+    # A private room's mention carries no text: the server cannot read it.
+    assert f"- @{carol['username']} mentioned you in plans (private)\n" in body
+    assert f"- @{alice['username']} mentioned you in general: message 3 for you" in body
+    assert body.count("mentioned you in") == 3
+    assert '"mention_emails": false' in body  # how to unsubscribe
+    assert harness.count("notices", "duplicate") == 1
+    assert harness.count("notices", "malformed") == 1
+    assert harness.count("digests", "sent") == 1
+
+    # The next mention starts the next interval: its digest is a second e-mail with it
+    # alone, due one interval after it arrived (never sooner).
+    before = time.time()
+    await harness.produce(notice(bob["_id"], 4, carol["_id"], excerpt="later"))
+    digests = harness.notifier.store.digests
+    doc = await eventually(lambda: digests.find_one({"_id": bob["_id"]}), bool, timeout=20)
+    assert doc["due"] >= before + INTERVAL_S
+    mails = await harness.until_mails(bob["email"], 2)
+    second = mails[1]
+    assert second["Subject"] == f"Parley: @{carol['username']} mentioned you in general"
+    assert second.get_content().count("mentioned you in") == 1
+    assert "later" in second.get_content()
+    # Everything sent is forgotten.
+    assert await harness.notifier.store.pending.count_documents({"user": bob["_id"]}) == 0
+    assert await digests.find_one({"_id": bob["_id"]}) is None
+
+
+async def test_unsubscribed_and_blocked_users_get_no_mail(harness: Harness) -> None:
+    alice = await harness.user()
+    quiet = await harness.user(mention_emails=False)
+    blocked = await harness.user(blocked=True)
+    await harness.produce(notice(quiet["_id"], 1, alice["_id"]),
+                          notice(blocked["_id"], 1, alice["_id"]))  # fmt: skip
+    await eventually(
+        lambda: _value(harness.count("digests", "unsubscribed") + harness.count("digests", "gone")),
+        lambda n: n == 2,
+    )
+    assert harness.mails(quiet["email"]) == [] and harness.mails(blocked["email"]) == []
+    store = harness.notifier.store
+    assert await store.pending.find_one({"_id": pending_id(quiet["_id"], 1)}) is None
+    assert harness.count("digests", "sent") == 0
+
+
+async def test_a_connected_user_gets_no_mail(harness: Harness, messaging: Messaging) -> None:
+    """Presence is the gateways' (real pods here, sharing the notifier's Redis prefix)."""
+    alice = await harness.user()
+    online = await harness.user()
+    offline = await harness.user()
+    await messaging.connect(online["_id"], pod=1)
+    await harness.produce(notice(online["_id"], 1, alice["_id"]),
+                          notice(offline["_id"], 1, alice["_id"]))  # fmt: skip
+    await harness.until_mails(offline["email"], 1)
+    await eventually(lambda: _value(harness.count("notices", "online")), lambda n: n == 1)
+    assert harness.mails(online["email"]) == []
+    assert await harness.notifier.store.digests.find_one({"_id": online["_id"]}) is None
+
+
+async def _value(x: float) -> float:
+    return x
+
+
+async def test_a_digest_the_smtp_server_refuses_is_sent_when_it_answers(
+    harness: Harness,
+) -> None:
+    """Nothing is lost while SMTP is away: the digest keeps its mentions and is tried
+    again when its lease ends."""
+    notifier = harness.notifier
+    good = notifier.settings
+    notifier.lease_s = 0.5
+    notifier.settings = good.model_copy(update={"smtp_port": 1})  # nothing listens there
+    bob, alice = await harness.user(), await harness.user()
+    await harness.produce(notice(bob["_id"], 1, alice["_id"]), notice(bob["_id"], 2, alice["_id"]))
+    await eventually(lambda: _value(harness.count("digests", "failed")), lambda n: n >= 1)
+    assert harness.mails(bob["email"]) == []
+    assert await notifier.store.pending.count_documents({"user": bob["_id"]}) == 2
+    notifier.settings = good
+    [mail] = await harness.until_mails(bob["email"], 1)
+    assert mail["Subject"] == "Parley: 2 new mentions"
+    assert harness.count("digests", "sent") == 1

@@ -1,0 +1,149 @@
+"""Live frames from the rooms service: ``room_post`` to a public room's connected members
+and ``notification`` for a mention, through two real gateway pods (Redis presence and
+pub/sub), and the mention notices on ``<prefix>notifications`` for the notifier."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from parley_contract import frames as f
+
+from services.common.notices import decode_notice
+from services.common.routing import gateway_channel
+from services.common.state import REDIS
+from services.rooms import push
+from services.rooms.store import member_id, now_ms, roster_id
+from tests.rooms.conftest import RecordLog, RoomsApi
+from tests.support.messaging import Messaging
+
+
+async def test_a_post_reaches_connected_members_and_a_mention_its_user(
+    api: RoomsApi, messaging: Messaging, notices: RecordLog
+) -> None:
+    alice, bob, carol, dave = (api.user() for _ in range(4))
+    room = await api.room(alice, name="town square")
+    for u in (bob, carol):
+        assert (await api.join(u, room))[0] == 200
+    other = await api.room(dave, name="elsewhere")  # dave is not in `room`
+    a = await messaging.connect(alice, pod=1)
+    b = await messaging.connect(bob, pod=0)
+    d = await messaging.connect(dave, pod=0)
+    # carol is a member with no socket: nothing is published for her.
+
+    status, msg = await api.post(alice, room, f"hello @{api.username(bob)} and @nobody")
+    assert status == 201, msg
+    post = await b.expect("room_post", room_id=room)
+    assert post == {
+        "op": "room_post", "room_id": room, "seq": msg["seq"], "sender": alice,
+        "client_id": msg["client_id"], "text": msg["text"], "mentions": [bob],
+        "sent_at": msg["sent_at"],
+    }  # fmt: skip
+    note = await b.expect("notification")
+    assert note["room_id"] == room and note["room_name"] == "town square"
+    assert note["message_seq"] == msg["seq"] and note["server_id"] is None
+    assert note["sender"] == alice and note["kind"] == "mention"
+    assert note["excerpt"].startswith("hello @")
+    status, page = await api.notifications(bob)
+    assert status == 200 and page["notifications"][0]["seq"] == note["seq"]
+    # The sender's own sockets get the post (her other devices show it) but no notification.
+    assert (await a.expect("room_post", room_id=room))["seq"] == msg["seq"]
+
+    # Dave is not a member: a later post in his own room is the first frame he gets
+    # (one gateway channel delivers in order, so an earlier room_post would be ahead).
+    assert (await api.post(dave, other, "mine"))[0] == 201
+    first = await d.expect_any(("room_post", "notification"))
+    assert first["room_id"] == other
+    assert not [x for x in a.drain() if x["op"] == "notification"]
+
+    # A resend is answered with the original and not pushed again: the next post is next.
+    assert (await api.post(alice, room, "again", client_id=msg["client_id"]))[1]["duplicate"]
+    status, second = await api.post(alice, room, "second")
+    assert (await b.expect("room_post", room_id=room))["seq"] == second["seq"]
+
+    # The notifier's notice: one per notification, keyed by the user.
+    await notices.until(lambda vs: len(vs) >= 1)
+    notice = decode_notice(notices.records[0][1])
+    assert notices.records[0][0] == bob.encode()
+    assert (notice.user, notice.n, notice.kind, notice.room_id) == (
+        bob,
+        note["seq"],
+        "public",
+        room,
+    )
+    assert notice.message_seq == msg["seq"] and notice.sender == alice
+    assert len(notices.records) == 1
+
+
+async def seed_members(api: RoomsApi, room: str, users: list[str]) -> None:
+    """Members in the service's own layout (a join is ~8 writes; 1,000 through the API
+    is tests/e2e/test_rooms.py's job): member documents, roster slots, the counters."""
+    store = api.rooms.store
+    start = int((await store.get_room(room) or {})["slots"])
+    members, roster = [], []
+    for i, u in enumerate(users, start=start + 1):
+        members.append({"_id": member_id(room, u), "room": room, "user": u, "role": "member",
+                        "slot": i, "user_slot": None, "joined_at": now_ms()})  # fmt: skip
+        roster.append({"_id": roster_id(room, i), "user": u})
+    await store.members.insert_many(members)
+    await store.roster.insert_many(roster)
+    await store.bump_room(room, slots=len(users), members=len(users))
+
+
+async def test_a_room_of_1000_members_one_publish_per_gateway_pod(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    owner = api.user()
+    room = await api.room(owner, name="big")
+    crowd = [api.user() for _ in range(999)]
+    await seed_members(api, room, crowd)
+    # One who left (its roster entry stays behind, as after a crash) is not a member.
+    gone = crowd[500]
+    await api.rooms.store.members.delete_one({"_id": member_id(room, gone)})
+    members = await push.members_of(api.rooms.store, await api.rooms.store.get_room(room) or {})
+    assert members == [owner, *crowd[:500], *crowd[501:]]
+
+    online = {crowd[0]: 0, crowd[998]: 1, owner: 0}
+    sockets = {u: await messaging.connect(u, pod=pod) for u, pod in online.items()}
+    left = await messaging.connect(gone, pod=1)
+    redis = api.client.server.app[REDIS]
+    prefix = api.settings.redis_prefix
+    channels: dict[str, list[Any]] = {"gw-a": [], "gw-b": []}
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(*(gateway_channel(prefix, g) for g in channels))
+    try:
+        status, msg = await api.post(owner, room, "to everyone")
+        assert status == 201, msg
+        for u, ws in sockets.items():
+            assert (await ws.expect("room_post", room_id=room))["seq"] == msg["seq"], u
+
+        async def collect() -> None:
+            while sum(len(v) for v in channels.values()) < 2:
+                m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if m is not None:
+                    channels[m["channel"].decode().rsplit("{", 1)[1][:-1]].append(m["data"])
+
+        await asyncio.wait_for(collect(), 10)
+        # One PUBLISH per pod: pod a hosts two of the three members (a list of two
+        # routed frames), pod b one.
+        a, b = (orjson.loads(channels[g][0]) for g in ("gw-a", "gw-b"))
+        assert isinstance(a, list) and sorted(r["to"] for r in a) == sorted([crowd[0], owner])
+        assert b["to"] == crowd[998] and b["frame"]["seq"] == msg["seq"]
+        # Only three (frame, pod) pairs were published for 999 members.
+        pushed = api.rooms.metrics.pushed.labels("room_post", "published")._value.get()
+        assert pushed == 3
+    finally:
+        await pubsub.aclose()
+    assert not [x for x in left.drain() if x.get("room_id") == room]
+
+
+async def test_a_push_that_cannot_reach_redis_is_counted_not_raised(make_rooms: Any) -> None:
+    """Best effort: the timeline is the record. (A post needs Redis for its rate limit,
+    so the push itself is called here, on a service whose Redis is unreachable.)"""
+    api = await make_rooms(redis_url="redis://127.0.0.1:1/0", dependency_timeout_ms=300)
+    user = api.user()
+    frame = f.RoomPost(room_id="f" * 24, seq=1, sender=user, client_id="c", text="t",
+                       mentions=[], sent_at=1)  # fmt: skip
+    assert await api.rooms.pusher.send([(user, None, frame)], "room_post") == 0
+    assert api.rooms.metrics.pushed.labels("room_post", "failed")._value.get() == 1
