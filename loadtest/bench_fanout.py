@@ -287,8 +287,8 @@ async def run_phases(
             "messages": len(phase.sent_at),
             "member_messages_per_s": round(phase.in_window / seconds, 1),
             "room_messages_per_s": round(phase.in_window / seconds / len(receivers), 2),
-            "p50_ms": _ms(percentile(lat, 0.50)),
-            "p99_ms": _ms(percentile(lat, 0.99)),
+            "p50_ms": _ms(percentile(lat, 50)),
+            "p99_ms": _ms(percentile(lat, 99)),
             "lost": lost,
             "duplicates": phase.duplicates,
             "cpu_us_per_member_message": {

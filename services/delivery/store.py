@@ -20,8 +20,9 @@ Collections (database ``<prefix>delivery``):
 - ``dedup_<day>``: the dedup records of versions before the hot inbox (now
   in Redis for ``hot_dedup_s``); left to expire, dropped whole after
   ``DEDUP_DAYS``.
-- ``counters``: ``{_id: user, n, acked}``: the last sequence number handed
-  out, and the highest acknowledged one (acks start their range there).
+- ``counters``: ``{_id: inbox, n, acked}``: checkpoints of the inbox counters,
+  which live in Redis (services/delivery/counters.py): the last sequence
+  number handed out, and the highest acknowledged one.
 - ``contacts``: ``{_id: "<peer>|<user>", user, peer}``: who to warn when
   ``peer``'s identity key changes (upserted by ``_id``, read by ``peer``).
 
