@@ -24,7 +24,7 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -33,9 +33,38 @@ import redis.asyncio as aioredis
 Doc = dict[str, Any]
 
 
+# KEYS[1] the inbox's hash, KEYS[2] its waiting counts, KEYS[2 + i] item i's dedup
+# record; ARGV[1] dedup TTL, ARGV[2] how long to keep the counts, ARGV[3] 1 to count,
+# then per item: seq, the item (JSON), its dedup record's value, the sender's count
+# field ('' for a notice). Returns the (1-based) items whose number held another item.
+_PUT = """
+local clashed = {}
+local wrote = 0
+for i = 1, #KEYS - 2 do
+  local a = 3 + (i - 1) * 4
+  if redis.call('HSETNX', KEYS[1], ARGV[a + 1], ARGV[a + 2]) == 1 then
+    redis.call('SET', KEYS[2 + i], ARGV[a + 3], 'EX', ARGV[1])
+    if ARGV[3] == '1' then
+      redis.call('HINCRBY', KEYS[2], '*', 1)
+      if ARGV[a + 4] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[a + 4], 1) end
+      wrote = wrote + 1
+    end
+  else
+    clashed[#clashed + 1] = i
+  end
+end
+if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return clashed
+"""
+
+PendingCounts = Callable[[str], tuple[str, int]]
+"""An inbox -> (the key of its waiting counts, how long to keep it in seconds)."""
+
+
 class HotInbox:
     def __init__(self, redis: aioredis.Redis, prefix: str, dedup_s: int) -> None:
         self.redis = redis
+        self._put = redis.register_script(_PUT)
         self.prefix = prefix
         self.dedup_s = dedup_s
         self.index = f"{prefix}:hotidx"
@@ -61,27 +90,48 @@ class HotInbox:
         return out
 
     # Items -------------------------------------------------------------------
-    async def put(self, docs: list[tuple[str, Doc]], now: float) -> set[str]:
-        """Write items (with their dedup records and index entries) in one round trip.
+    async def put(
+        self, docs: list[tuple[str, Doc]], now: float, pending: PendingCounts | None = None
+    ) -> set[str]:
+        """Write items (with their dedup records and index entries): one command for
+        the index, then one script per device inbox whatever its number of items.
 
-        Returns the dedup keys whose sequence number already held *another*
-        message (overlapping reservations): those were not written, and the
-        caller stores them again under fresh numbers (whose dedup record then
-        replaces the one written here).
+        The script writes each item whose number is free (``HSETNX``), then its
+        dedup record, and raises the inbox's waiting counts (``pending``: the
+        key of each inbox and how long to keep it) for what it wrote. Returns
+        the dedup keys whose sequence number already held *another* message
+        (overlapping reservations): those were not written, and the caller
+        stores them again under fresh numbers (whose dedup record then replaces
+        the one written here).
         """
         if not docs:
             return set()
+        by_inbox: dict[str, list[tuple[str, Doc]]] = {}
+        for dedup, doc in docs:
+            by_inbox.setdefault(doc["inbox"], []).append((dedup, doc))
         # In this order, so that a pipeline cut short (the process dies while
         # sending it) never leaves an item the persister cannot see, nor a dedup
-        # record without its item: index entries, then each item before its record.
+        # record without its item: index entries, then each inbox's items with
+        # their records (the script writes a record after its item).
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
-            for dedup, doc in docs:
-                inbox, seq = doc["inbox"], int(doc["seq"])
-                pipe.hsetnx(self.key(inbox), str(seq), orjson.dumps(doc))
-                pipe.set(self.dup_key(dedup), f"{seq}|{doc['server_id']}", ex=self.dedup_s)
+            inboxes = list(by_inbox)
+            for inbox in inboxes:
+                items = by_inbox[inbox]
+                count_key, keep = pending(inbox) if pending else ("", 0)
+                keys = [self.key(inbox), count_key or self.key(inbox)]
+                args: list[str | int | bytes] = [self.dedup_s, keep, 1 if count_key else 0]
+                for dedup, doc in items:
+                    keys.append(self.dup_key(dedup))
+                    field = doc["from"] if doc.get("kind", "message") == "message" else ""
+                    args += [int(doc["seq"]), orjson.dumps(doc),
+                             f"{int(doc['seq'])}|{doc['server_id']}", field]  # fmt: skip
+                await self._put(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
-        taken = [docs[i] for i in range(len(docs)) if not results[1 + 2 * i]]
+        taken: list[tuple[str, Doc]] = []
+        for inbox, clashed in zip(inboxes, results[1:], strict=True):
+            items = by_inbox[inbox]
+            taken += [items[int(i) - 1] for i in clashed or []]
         if not taken:
             return set()
         async with self.redis.pipeline(transaction=False) as pipe:

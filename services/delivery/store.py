@@ -139,9 +139,11 @@ class DeliveryStore:
         """Store inbox items exactly once, in the hot inbox (Redis); returns the stored
         version of each, in order, as :meth:`store` does.
 
-        MongoDB is touched once per batch (the sequence numbers, two round
-        trips whatever the batch's size); the items, their dedup records and
-        the persister's index go to Redis in one pipeline. A repeat of a
+        Redis only, four round trips whatever the batch's size: the dedup
+        records, the sequence numbers (one ``HINCRBY`` per inbox), then one
+        pipeline with the persister's index and one script per device inbox
+        that writes its items, their dedup records and its waiting counts
+        (:meth:`count_pending`'s, raised for what was written). A repeat of a
         message seen within ``hot_dedup_s`` comes back with ``duplicate`` set
         (and ``acked`` when it is no longer hot: acknowledged, or persisted and
         left for sync). Kafka keeps the records until the items are persisted
@@ -180,7 +182,7 @@ class DeliveryStore:
                 claim = {"inbox": item["inbox"], "seq": seq, "server_id": item["server_id"]}
                 docs.append((key, _inbox_doc(item, claim)))
             for _attempt in range(8):
-                clashes = await self.hot.put(docs, time.time())
+                clashes = await self.hot.put(docs, time.time(), self._pending_of)
                 for key, doc in docs:
                     if key not in clashes:
                         result[key] = doc
@@ -291,6 +293,10 @@ class DeliveryStore:
         return deleted
 
     # Caps and expiry ----------------------------------------------------------
+    def _pending_of(self, inbox: str) -> tuple[str, int]:
+        """Where an inbox's waiting counts live and how long they are kept."""
+        return pending_key(self.prefix, inbox), self.settings.inbox_expiry_s + DAY_S
+
     async def count_pending(self, docs: Iterable[dict[str, Any]], sign: int) -> None:
         """Raise (``sign`` 1: stored) or lower (-1: acknowledged, expired) the waiting
         counts of these items' inboxes: all items, and messages per sender."""

@@ -439,7 +439,6 @@ class Worker:
         now = time.time()
         items = [doc for env in envs for doc in item_docs(env, now)]
         stored = await self.store.store_hot(items)
-        await self.store.count_pending([d for d in stored if not d.get("duplicate")], 1)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
         frames: list[Push] = []
         sent = [
