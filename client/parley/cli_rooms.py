@@ -6,7 +6,8 @@ room is named ``#name`` (any case, among your rooms) or by its id.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -32,6 +33,9 @@ from parley.client import (
     RoomNotification,
 )
 from parley.errors import ParleyError
+
+if TYPE_CHECKING:
+    from prompt_toolkit.completion import Completer, Completion
 
 rooms_app = typer.Typer(
     help="Rooms: create, list, find, invite, accept or decline, join, leave, remove a "
@@ -316,7 +320,34 @@ ROOM_CHAT_HELP = """Commands (anything else is sent to the room):
   /leave           leave the room (and this chat)
   /quit            close the chat (also /exit, /q or Ctrl-D); you stay in the room
   //text           send "/text" (a message that starts with a slash)
-@name in a message mentions a member (they are notified)."""
+@name in a message mentions a member (they are notified); Tab completes @name
+and /commands."""
+
+
+ROOM_COMMANDS = ("/help", "/members", "/invite", "/leave", "/quit")
+
+
+def room_completer(names: Callable[[], Iterable[str]]) -> Completer:
+    """Tab completion in a room's chat: ``@`` + the start of a member's username
+    (any case) completes it; a ``/`` at the start of the line completes a command."""
+    from prompt_toolkit.completion import Completer, Completion
+
+    class RoomCompleter(Completer):
+        def get_completions(self, document: Any, complete_event: Any) -> Iterator[Completion]:
+            before = document.text_before_cursor
+            word = before.split()[-1] if before and not before[-1].isspace() else ""
+            if word.startswith("@"):
+                typed = word[1:].lower()
+                for name in sorted(set(names()), key=str.lower):
+                    if name.lower().startswith(typed):
+                        yield Completion("@" + name + " ", start_position=-len(word),
+                                         display="@" + name)  # fmt: skip
+            elif before.startswith("/") and " " not in before:
+                for command in ROOM_COMMANDS:
+                    if command.startswith(before.lower()):
+                        yield Completion(command, start_position=-len(before))
+
+    return RoomCompleter()
 
 
 async def room_chat(opts: Options, target: str) -> None:
@@ -355,9 +386,23 @@ async def room_chat(opts: Options, target: str) -> None:
             else:
                 _print_event(event, client.username)
 
-        session: PromptSession[str] = PromptSession()
+        members: list[str] = []
+
+        async def load_members() -> None:
+            try:
+                found = await client.rooms.members(rid)
+                me = client.username
+                members[:] = [str(m["username"]) for m in found
+                              if m.get("username") and m["username"] != me]  # fmt: skip
+            except ParleyError:
+                pass  # completion is a convenience: the chat works without it
+
+        session: PromptSession[str] = PromptSession(
+            completer=room_completer(lambda: members), complete_while_typing=False
+        )
         with patch_stdout(raw=True):
             await _with_status("Connecting...", client.connect())
+            await load_members()
             page = await client.rooms.history(rid, limit=20)
             for entry in page["messages"]:
                 _print_room_entry(entry, client.username)
@@ -381,6 +426,7 @@ async def room_chat(opts: Options, target: str) -> None:
                 elif text.startswith("/"):
                     if await _room_command(client, rid, name, text):
                         break
+                    await load_members()  # /invite, /members: who is in the room now
                     continue
                 try:
                     await client.rooms.send(rid, text, timeout=15)

@@ -80,3 +80,27 @@ async def test_live_room_frames_become_events(tmp_path: Path) -> None:
         note = await client.next_event(RoomNotification, timeout=1)
         assert isinstance(note, RoomNotification)
         assert (note.seq, note.room_name, note.message_seq) == (3, "town", 7)
+
+
+def test_the_room_chat_completes_member_names_and_commands() -> None:
+    from parley.cli_rooms import room_completer
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    members = ["alice", "Albert", "bob"]
+    completer = room_completer(lambda: members)
+
+    def complete(text: str) -> list[str]:
+        doc = Document(text, len(text))
+        return [c.text for c in completer.get_completions(doc, CompleteEvent())]
+
+    assert complete("hi @al") == ["@Albert ", "@alice "]  # any case, sorted
+    assert complete("hi @B") == ["@bob "]
+    assert complete("hi @zed") == []
+    assert complete("@") == ["@Albert ", "@alice ", "@bob "]
+    assert complete("no mention here") == []
+    assert complete("/in") == ["/invite"]
+    assert complete("/") == ["/help", "/members", "/invite", "/leave", "/quit"]
+    assert complete("/invite al") == []  # arguments are not commands
+    members.append("alfred")  # the list is read at each completion
+    assert complete("@alf") == ["@alfred "]
