@@ -34,7 +34,7 @@ MongoDB starts from them exactly.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -97,6 +97,49 @@ return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
 """
 
 
+# Acknowledges up to ARGV[1] in one device inbox: raises acked (as _ACK), then takes
+# every hot item of the range out of the inbox's hash and lowers its waiting counts.
+# KEYS[1] counter, KEYS[2] hot hash, KEYS[3] waiting counts. Returns -1 when the
+# counter is missing, else {acked before, n, sf, st, item JSON...}.
+_ACK_HOT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'sf', 'st')
+local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+local sf, st = tonumber(v[3] or '0'), tonumber(v[4] or '0')
+local top = math.min(tonumber(ARGV[1]), n)
+local out = {acked, n, sf, st}
+if top <= acked then return out end
+redis.call('HSET', KEYS[1], 'acked', top)
+local s = acked + 1
+while s <= top do
+  if s > sf and s <= st then s = st + 1 end
+  if s > top then break end
+  local stop = math.min(top, s + 499)
+  if sf >= s and sf < stop then stop = sf end
+  local fields = {}
+  for k = s, stop do fields[#fields + 1] = tostring(k) end
+  local got = redis.call('HMGET', KEYS[2], unpack(fields))
+  local gone = {}
+  for i = 1, #fields do
+    if got[i] then
+      out[#out + 1] = got[i]
+      gone[#gone + 1] = fields[i]
+      local doc = cjson.decode(got[i])
+      if redis.call('HINCRBY', KEYS[3], '*', -1) <= 0 then redis.call('HDEL', KEYS[3], '*') end
+      if (doc['kind'] or 'message') == 'message' and type(doc['from']) == 'string' then
+        if redis.call('HINCRBY', KEYS[3], doc['from'], -1) <= 0 then
+          redis.call('HDEL', KEYS[3], doc['from'])
+        end
+      end
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
+  s = stop + 1
+end
+return out
+"""
+
+
 class InboxCounters:
     def __init__(
         self,
@@ -114,6 +157,7 @@ class InboxCounters:
         self._reserve = redis.register_script(_RESERVE)
         self._seed_one = redis.register_script(_SEED)
         self._ack = redis.register_script(_ACK)
+        self._ack_hot = redis.register_script(_ACK_HOT)
 
     def key(self, inbox: str) -> str:
         return f"{self.prefix}:ctr:{{{inbox}}}"
@@ -188,6 +232,38 @@ class InboxCounters:
                 if isinstance(res, list):
                     acked, n, sf, st = (int(x) for x in res)
                     out[inbox] = Counter(n, acked, sf, st)
+                else:
+                    missing.append(inbox)
+            await self._seed(missing)
+            todo = {i: todo[i] for i in missing}
+        return out
+
+    async def ack_hot(
+        self, tops: dict[str, int], hot_key: Callable[[str], str], count_key: Callable[[str], str]
+    ) -> dict[str, tuple[Counter, list[bytes]]]:
+        """:meth:`raise_acked`, and in the same script per inbox take the range's hot
+        items out of the inbox (``hot_key``) and lower its waiting counts
+        (``count_key``): one command per inbox. Returns the counters as they
+        were and the hot items taken (JSON)."""
+        out: dict[str, tuple[Counter, list[bytes]]] = {}
+        todo = dict(tops)
+        for _ in range(2):
+            inboxes = list(todo)
+            if not inboxes:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for inbox in inboxes:
+                    await self._ack_hot(
+                        keys=[self.key(inbox), hot_key(inbox), count_key(inbox)],
+                        args=[todo[inbox]], client=pipe,
+                    )  # fmt: skip
+                pipe.sadd(self.dirty, *inboxes)
+                results = await pipe.execute()
+            missing = []
+            for inbox, res in zip(inboxes, results, strict=False):
+                if isinstance(res, list):
+                    acked, n, sf, st = (int(x) for x in res[:4])
+                    out[inbox] = (Counter(n, acked, sf, st), list(res[4:]))
                 else:
                     missing.append(inbox)
             await self._seed(missing)

@@ -62,7 +62,6 @@ class Inbox:
                             targets[user] = max(seq, targets.get(user, 0))
                 acked = await self.store.acknowledge_many(targets)
                 self.acked.inc(sum(len(docs) for docs in acked.values()))
-                await self.store.count_pending([d for ds in acked.values() for d in ds], -1)
                 await self.store.publish(
                     [
                         (d["from"], d.get("from_device"), receipt(d))

@@ -181,6 +181,12 @@ class HotInbox:
             pipe.zrem(self.index, *members)
             await pipe.execute()
 
+    async def unindex(self, items: Iterable[tuple[str, int]]) -> None:
+        """Take items out of the persister's index (their inbox no longer holds them)."""
+        members = [f"{inbox}|{seq}" for inbox, seq in items]
+        for i in range(0, len(members), 1000):
+            await self.redis.zrem(self.index, *members[i : i + 1000])
+
     async def drop(self, inbox: str, seqs: Iterable[int]) -> None:
         members = [f"{inbox}|{s}" for s in seqs]
         async with self.redis.pipeline(transaction=False) as pipe:

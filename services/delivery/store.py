@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from parley_contract import envelopes as e
 from parley_contract import frames as f
@@ -440,26 +441,29 @@ class DeliveryStore:
         only for items no longer hot: a find and a delete).
 
         Each inbox's watermark is raised first (atomically, never lowered, never
-        past the last number issued: services/delivery/counters.py); from then
-        no page returns these items, and the persister deletes any copy it
-        writes at or below it (persist_due). The range from the old watermark
-        to the new one is this call's alone to delete; acknowledged items are
-        deleted (their dedup records keep later resends out).
+        past the last number issued: services/delivery/counters.py), in the same
+        script as its hot items are taken out and its waiting counts lowered;
+        from then no page returns these items, and the persister deletes any
+        copy it writes at or below it (persist_due). The range from the old
+        watermark to the new one is this call's alone to delete; acknowledged
+        items are deleted (their dedup records keep later resends out), and
+        their waiting counts lowered.
         """
         users = list(targets)
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
-        before = await self.ctr.raise_acked(targets)
-        ranges = {
-            u: c.numbers(c.acked + 1, min(targets[u], c.n))
-            for u, c in before.items()
-            if min(targets[u], c.n) > c.acked
-        }
-        if not ranges:
-            return acked
-        hot = await self.hot.get_many(ranges)
-        found: list[dict[str, Any]] = [d for per in hot.values() for d in per.values()]
-        cold = [item_id(u, s) for u, seqs in ranges.items() for s in seqs
-                if s not in hot.get(u, {})]  # fmt: skip
+        before = await self.ctr.ack_hot(
+            targets, self.hot.key, lambda inbox: pending_key(self.prefix, inbox)
+        )
+        found: list[dict[str, Any]] = []
+        cold: list[str] = []
+        for u, (c, raw) in before.items():
+            top = min(targets[u], c.n)
+            if top <= c.acked:
+                continue
+            docs = [orjson.loads(r) for r in raw]
+            found += docs
+            have = {int(d["seq"]) for d in docs}
+            cold += [item_id(u, s) for s in c.numbers(c.acked + 1, top) if s not in have]
         fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
                   "client_id": 1, "kind": 1, "conversation": 1, "seq": 1,
                   "server_id": 1}  # fmt: skip
@@ -469,7 +473,9 @@ class DeliveryStore:
             stored.extend([d async for d in self.inbox.find(query, fields)])
         if stored:
             await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in stored]}})
-        await self.hot.remove((d["inbox"], int(d["seq"])) for d in found)
+            await self.count_pending(stored, -1)  # the script counted the hot ones
+        if found:
+            await self.hot.unindex((d["inbox"], int(d["seq"])) for d in found)
         for doc in sorted(found + stored, key=lambda d: str(d["_id"])):
             acked[doc["inbox"]].append(doc)
         return acked

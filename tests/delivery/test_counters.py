@@ -64,6 +64,10 @@ async def test_after_redis_lost_its_data_numbers_jump_past_what_it_handed_out(
     assert (await store.issued(["dan"]))["dan"] >= 9
     page, _ = await store.page("dan", 0, 10)
     assert [d["seq"] for d in page] == seqs
+    # Acknowledging across the skipped numbers takes exactly the items there are.
+    acked = await store.acknowledge_many({"dan": seqs[-1]})
+    assert [d["seq"] for d in acked["dan"]] == seqs
+    assert (await store.page("dan", 0, 10))[0] == []
 
 
 async def test_an_upgrade_goes_on_from_the_counters_kept_in_mongodb(store: DeliveryStore) -> None:
@@ -83,3 +87,19 @@ def test_walks_step_over_the_numbers_skipped_after_a_loss() -> None:
     assert c.stop(3, 100) == 10 and c.stop(GAP + 10, 100) == GAP + 12
     plain = Counter(n=8, acked=0)
     assert plain.numbers(1, 8) == list(range(1, 9)) and plain.skip(5) == 5
+
+
+async def test_an_ack_over_hot_and_persisted_items_deletes_and_uncounts_each_once(
+    store: DeliveryStore,
+) -> None:
+    from services.common.routing import pending_key
+
+    await store.store_hot([item("gus", i, sender="s1" if i % 2 else "s2") for i in range(6)])
+    # The first four wait long enough to be moved to MongoDB; two stay hot.
+    await store.persist_due(now=10**10)
+    await store.store_hot([item("gus", i, sender="s1") for i in range(6, 8)])
+    acked = await store.acknowledge_many({"gus": 7})
+    assert [d["seq"] for d in acked["gus"]] == list(range(1, 8))
+    assert await store.inbox.count_documents({"inbox": "gus"}) == 0
+    raw = await store.redis.hgetall(pending_key(store.prefix, "gus"))
+    assert {k.decode(): int(v) for k, v in raw.items()} == {"*": 1, "s1": 1}  # seq 8 waits
