@@ -97,6 +97,8 @@ async def test_kill_9_delivery_mid_fan_out_to_200_members_loses_and_duplicates_n
                 system.restart("delivery")
         finally:
             await ws.close()
+        # HAProxy answers 503 for the inbox until the restarted worker is ready.
+        await asyncio.to_thread(system.wait_ready)
         assert len(accepted) == MESSAGES
         wanted = {b64(f"fan-{i}") for i in range(MESSAGES)}
 
