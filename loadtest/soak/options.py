@@ -15,7 +15,7 @@ from scripts.run import PROCESSES
 # and the database in the middle of the run, the load balancer late.
 KILL_ORDER = (
     "gateway1", "delivery", "kafka", "auth", "redis", "gateway2",
-    "mongo", "keys", "rooms", "haproxy", "web", "smtp", "prometheus",
+    "mongo", "keys", "rooms", "haproxy", "web", "smtp", "prometheus", "notifier",
 )  # fmt: skip
 
 

@@ -149,12 +149,17 @@ async def test_a_private_room_mention_through_the_gateway(system: System) -> Non
         a = await WsClient.connect(system.ws_url, alice.token)
         b = await WsClient.connect(system.ws_url, bob.token)
         try:
+            # A non-member named in `mentions` is refused by the gateway: nothing is sent.
+            await a.send({"op": "room_send", "id": "p0", "room": rid, "body": "c2VjcmV0",
+                          "mentions": [bob.user_id, eve.user_id]})  # fmt: skip
+            refused = await a.expect_any(("accepted", "error"), timeout=20)
+            assert refused["op"] == "error" and refused["code"] == "validation_failed", refused
             await a.send({"op": "room_send", "id": "p1", "room": rid, "body": "c2VjcmV0",
-                          "mentions": [bob.user_id, carol.user_id, eve.user_id]})  # fmt: skip
+                          "mentions": [bob.user_id, carol.user_id]})  # fmt: skip
             reply = await a.expect_any(("accepted", "error"), timeout=20)
             assert reply["op"] == "accepted", reply
             msg = await b.expect("message", room=rid, timeout=20)
-            assert msg["mentions"] == [bob.user_id, carol.user_id, eve.user_id]
+            assert msg["mentions"] == [bob.user_id, carol.user_id]
             note = await b.expect("notification", room_id=rid, timeout=20)
             assert note["server_id"] == msg["server_id"] and note["message_seq"] is None
             assert note["excerpt"] == "mentioned you" and note["room_name"] == "e2e secret"
