@@ -198,23 +198,27 @@ class RelayCluster:
                 proc.wait()
         self.procs.clear()
 
+    def spawn(self, data_dir: Path, name: str, argv: list[str], port: int, url: str) -> None:
+        """Start one server process (``python -m ...``), logged to ``<name>.out``, and
+        wait for its port; ``url`` is how clients reach it."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with open(data_dir / f"{name}.out", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", *argv], cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_port("127.0.0.1", port)
+        self.urls.append(url)
+
 
 def start_relays(data_dir: Path, redis_url: str, count: int = 2) -> RelayCluster:
     cluster = RelayCluster()
     ports = StackConfig.free_ports(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         for i, port in enumerate((ports.gateway1_port, ports.gateway2_port)[:count], 1):
-            name = f"relay{i}"
-            argv = [sys.executable, "-m", "loadtest.relay_baseline", "--id", name,
-                    "--host", "127.0.0.1", "--port", str(port), "--redis", redis_url]  # fmt: skip
-            with open(data_dir / f"{name}.out", "ab") as log:
-                cluster.procs[name] = subprocess.Popen(
-                    argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                    stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
-            wait_port("127.0.0.1", port)
-            cluster.urls.append(f"ws://127.0.0.1:{port}/ws")
+            argv = ["loadtest.relay_baseline", "--id", f"relay{i}", "--host", "127.0.0.1",
+                    "--port", str(port), "--redis", redis_url]  # fmt: skip
+            cluster.spawn(data_dir, f"relay{i}", argv, port, f"ws://127.0.0.1:{port}/ws")
     except BaseException:
         cluster.stop()
         raise

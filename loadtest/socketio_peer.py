@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import socketio
 from aiohttp import web
 
-from scripts.stack import ROOT, wait_port
+from loadtest.relay_baseline import RelayCluster
 
 ROOM = "r"
 
@@ -52,39 +48,15 @@ def create_app(redis_url: str, channel: str) -> web.Application:
     return app
 
 
-@dataclass
-class PeerCluster:
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    urls: list[str] = field(default_factory=list)
-
-    def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.procs.items()}
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def start_peers(data_dir: Path, redis_url: str, ports: list[int], channel: str) -> PeerCluster:
-    cluster = PeerCluster()
-    data_dir.mkdir(parents=True, exist_ok=True)
+def start_peers(data_dir: Path, redis_url: str, ports: list[int], channel: str) -> RelayCluster:
+    """Two (or more) peer processes, as loadtest/relay_baseline.py starts its relays."""
+    cluster = RelayCluster()
     try:
         for i, port in enumerate(ports, 1):
-            name = f"sio{i}"
-            argv = [sys.executable, "-m", "loadtest.socketio_peer", "--port", str(port),
-                    "--redis", redis_url, "--channel", channel]  # fmt: skip
-            with open(data_dir / f"{name}.out", "ab") as log:
-                cluster.procs[name] = subprocess.Popen(
-                    argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                    stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
-            wait_port("127.0.0.1", port)
-            cluster.urls.append(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+            argv = ["loadtest.socketio_peer", "--port", str(port), "--redis", redis_url,
+                    "--channel", channel]  # fmt: skip
+            url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+            cluster.spawn(data_dir, f"sio{i}", argv, port, url)
     except BaseException:
         cluster.stop()
         raise
