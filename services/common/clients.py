@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -224,3 +224,48 @@ class KafkaProducerHandle:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.producer is not None:
             await self.producer.stop()
+
+
+async def consume_forever(
+    settings: Settings,
+    topic: str,
+    group: str,
+    process: Callable[[list[Any]], Awaitable[None]],
+    running: asyncio.Event,
+    max_poll_records: int,
+) -> None:
+    """Consume ``topic`` in ``group`` for as long as the task runs, committing each
+    batch after ``process`` returned. Any failure restarts the consumer (with
+    backoff) from the committed offsets: nothing unprocessed is ever committed.
+    ``running`` is set while a consumer is up."""
+    from aiokafka.errors import CommitFailedError
+
+    delay = 0.2
+    while True:
+        consumer: AIOKafkaConsumer | None = None
+        try:
+            await ensure_topics(settings, [topic])
+            consumer = kafka_consumer(settings, [topic], group, max_poll_records=max_poll_records)
+            await consumer.start()
+            running.set()
+            delay = 0.2
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                records = [r for part in batches.values() for r in part]
+                if not records:
+                    continue
+                await process(records)
+                try:
+                    await consumer.commit()
+                except CommitFailedError:
+                    log.info("commit failed after rebalance; batch will be redelivered")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            running.clear()
+            if consumer is not None:
+                await consumer.stop()

@@ -25,10 +25,9 @@ import time
 
 import msgspec
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import CommitFailedError
+from aiokafka import ConsumerRecord
 
-from services.common.clients import Topics, ensure_topics, kafka_consumer
+from services.common.clients import Topics, consume_forever
 from services.common.config import Settings
 from services.common.notices import MentionNotice, decode_notice
 from services.common.routing import gateways_of
@@ -100,38 +99,9 @@ class Notifier:
             await self.handle(notices)
 
     async def _consume_loop(self) -> None:
-        delay = 0.2
-        while True:
-            consumer: AIOKafkaConsumer | None = None
-            try:
-                await ensure_topics(self.settings, [self.topic])
-                consumer = kafka_consumer(
-                    self.settings, [self.topic], self.group, max_poll_records=BATCH_MAX
-                )
-                await consumer.start()
-                self.consuming.set()
-                delay = 0.2
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500)
-                    records = [r for part in batches.values() for r in part]
-                    if not records:
-                        continue
-                    await self.process(records)
-                    try:
-                        await consumer.commit()
-                    except CommitFailedError:
-                        log.info("commit failed after rebalance; batch will be redelivered")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Nothing past what was stored is committed: the batch comes again.
-                log.warning("notices consumer restarting", extra={"error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                self.consuming.clear()
-                if consumer is not None:
-                    await consumer.stop()
+        await consume_forever(
+            self.settings, self.topic, self.group, self.process, self.consuming, BATCH_MAX
+        )
 
     # -- digests -----------------------------------------------------------------------
 

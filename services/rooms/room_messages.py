@@ -22,11 +22,10 @@ import asyncio
 import logging
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import CommitFailedError
+from aiokafka import ConsumerRecord
 from parley_contract import envelopes as e
 
-from services.common.clients import Topics, ensure_topics, kafka_consumer
+from services.common.clients import Topics, consume_forever
 from services.common.config import Settings
 from services.common.logging import request_id_from_kafka, request_id_var
 from services.rooms import notifications
@@ -83,34 +82,6 @@ class RoomMessages:
     async def run(self) -> None:
         """Consume for as long as the service runs; a failure restarts the consumer from
         the committed offsets (nothing is committed that was not processed)."""
-        delay = 0.2
-        while True:
-            consumer: AIOKafkaConsumer | None = None
-            try:
-                await ensure_topics(self.settings, [self.topic])
-                consumer = kafka_consumer(
-                    self.settings, [self.topic], self.group, max_poll_records=BATCH_MAX
-                )
-                await consumer.start()
-                self.running.set()
-                delay = 0.2
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500)
-                    records = [r for part in batches.values() for r in part]
-                    if not records:
-                        continue
-                    await self.process(records)
-                    try:
-                        await consumer.commit()
-                    except CommitFailedError:
-                        log.info("commit failed after rebalance; batch will be redelivered")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("room-messages consumer restarting", extra={"error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                self.running.clear()
-                if consumer is not None:
-                    await consumer.stop()
+        await consume_forever(
+            self.settings, self.topic, self.group, self.process, self.running, BATCH_MAX
+        )
