@@ -151,7 +151,7 @@ def code_uses(name: str) -> set[str]:
         uses.add("mongo")
     if "use_redis(" in src:
         uses.add("redis")
-    if "use_kafka_producer(" in src or "kafka_consumer(" in src:
+    if "use_kafka_producer(" in src or "kafka_consumer(" in src or "consume_forever(" in src:
         uses.add("kafka")
     if "smtp_host" in src:
         uses.add("smtp")
