@@ -264,7 +264,9 @@ class ParleyUser(HttpUser):
                     resp.failure(f"{resp.status_code} {resp.text[:200]}")
                     return None
                 answer = resp.json()
-        peer = peer or PeerState(user_id)
+        # The GET yielded: the other greenlet (reader or task) may have made this
+        # contact meanwhile, with a session in it; never replace it with a new one.
+        peer = self.peers.get(user_id) or PeerState(user_id)
         peer.trust(
             str(answer["account_key"]), SignedDeviceList.from_json(answer),
             self.account_key.public, self.user_id,

@@ -38,7 +38,9 @@ async def test_unknown_targets_count_too(api: KeysApi) -> None:
 
 
 async def test_the_bucket_refills(make_keys: KeysFactory) -> None:
-    api = await make_keys(KeysConfig(claim_burst=2, claim_refill_s=0.2))
+    # A token every 2 s: long enough that three claims in a row never see a
+    # refill, even on a slow machine.
+    api = await make_keys(KeysConfig(claim_burst=2, claim_refill_s=2.0))
     await api.device(BOB, one_time=5, kem=5)
     assert (await api.claim("alice", BOB))[0] == 200
     assert (await api.claim("alice", BOB))[0] == 200
