@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from scripts.stack import PYTHONPATH
 from services.common.auth import (
     TokenVerifier,
     check_not_revoked,
@@ -34,6 +35,8 @@ async def cli(settings: Settings, *args: str, stdin: str = "") -> tuple[int, str
         "PARLEY_ARGON2_MEMORY_KIB": "8",
         "PARLEY_ARGON2_PARALLELISM": "1",
         "PARLEY_LOG_FORMAT": "console",
+        # This checkout's code and contract, as the service under test runs them.
+        "PYTHONPATH": PYTHONPATH,
     }
     if settings.key_encryption_secret is not None:
         # The service's own: the CLI opens the same sealed keys.
@@ -80,7 +83,7 @@ async def test_no_open_endpoint_makes_an_admin(auth: AuthApi, settings: Settings
         assert (status, err["error"]["code"]) == (403, "forbidden"), path
     _, me = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
     assert me["roles"] == ["user"]
-    assert await auth.db["audit_log"].count_documents({}) == 0
+    assert await auth.audit.count_documents({}) == 0
 
 
 async def test_cli_refuses_bad_or_duplicate_admins(auth: AuthApi, settings: Settings) -> None:
@@ -93,8 +96,8 @@ async def test_cli_refuses_bad_or_duplicate_admins(auth: AuthApi, settings: Sett
     args = ["create-admin", "--username", name, "--email", f"{name}@example.test"]
     code, out = await cli(settings, *args, "--password-stdin", stdin="password123\n")
     assert code == 1 and "weak_password" in out
-    code, _ = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
-    assert code == 0
+    code, out = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0, out
     code, out = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
     assert code == 1 and "username_taken" in out
 
@@ -223,7 +226,7 @@ async def test_block_revokes_everything_and_is_heard_on_redis(
     fresh = await auth.login(victim["user"]["username"])
     await auth.call("GET", "/auth/v1/me", token=fresh["access_token"], status=200)
 
-    entries = [d async for d in auth.db["audit_log"].find({"target_id": uid})]
+    entries = [d async for d in auth.audit.find({"target_id": uid})]
     assert sorted(e["action"] for e in entries) == ["user.block", "user.unblock"]
     block = next(e for e in entries if e["action"] == "user.block")
     assert block["actor_id"] == admin["user"]["user_id"]
