@@ -10,7 +10,7 @@ where it applies, the state before and after.
 
 **Append-only.** This module is the only code that touches the collection, and
 it has no update or delete path: an entry is inserted once and then only read
-(``tests/rooms/test_audit.py`` checks that :class:`AuditLog` offers nothing
+(``tests/common/test_audit.py`` checks that :class:`AuditLog` offers nothing
 else). Nobody edits history; an operator who must purge entries (a retention
 rule) does it in the database, outside the services.
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from scripts.stack import PYTHONPATH
+from services.common.audit import Actor, AuditLog, Entry
 from services.common.auth import (
     TokenVerifier,
     check_not_revoked,
@@ -250,3 +251,45 @@ async def test_grant_admin_and_rotate_keys_from_the_cli(auth: AuthApi, settings:
     assert before["keys"][0]["kid"] in {k["kid"] for k in after["keys"]}
     code, out = await cli(settings, "keys")
     assert code == 0 and "signing" in out and "published" in out
+
+
+async def test_the_audit_route_filters_and_pages_the_shared_log(
+    auth: AuthApi, admin: dict[str, Any]
+) -> None:
+    token, own = admin["access_token"], admin["user"]["user_id"]
+    victim = (await auth.signup())["user"]["user_id"]
+    for _ in range(3):
+        await auth.call("GET", f"/auth/v1/admin/users/{victim}", token=token, status=200)
+    await auth.call("POST", f"/auth/v1/admin/users/{victim}/block", {"reason": "x"}, token=token,
+                    status=200)  # fmt: skip
+    # Another service's entry, in the same log.
+    await AuditLog(auth.service.audit.coll.database, "rooms").record(
+        Entry(Actor(own, "admin"), "room.close", "room", "0" * 24)
+    )
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        _, page = await auth.call(
+            "GET", f"/auth/v1/admin/audit?target_id={victim}&limit=2{cursor}", token=token,
+            status=200,
+        )  # fmt: skip
+        seen += [e["action"] for e in page["entries"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert seen == ["user.block", "user.view", "user.view", "user.view"]
+
+    _, page = await auth.call("GET", "/auth/v1/admin/audit?action=user.block", token=token,
+                              status=200)  # fmt: skip
+    assert [(e["target_id"], e["target_type"], e["service"], e["actor_role"])
+            for e in page["entries"]] == [(victim, "user", "auth", "admin")]  # fmt: skip
+    _, page = await auth.call("GET", f"/auth/v1/admin/audit?service=rooms&actor_id={own}",
+                              token=token, status=200)  # fmt: skip
+    assert [e["action"] for e in page["entries"]] == ["room.close"]
+    before = await auth.audit.count_documents({})
+    for query, field in (("cursor=nope", "cursor"), ("action=Room!", "action"),
+                         ("before=yesterday", "before"), ("service=" + "x" * 40, "service")):  # fmt: skip
+        status, err = await auth.call("GET", f"/auth/v1/admin/audit?{query}", token=token)
+        assert (status, err["error"]["code"]) == (422, "validation_failed"), query
+        assert err["error"]["details"][0]["field"] == field
+    assert await auth.audit.count_documents({}) == before
