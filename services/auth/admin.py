@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -253,7 +254,11 @@ async def audit_log(
     docs = await svc.audit.page(filters, limit + 1)
     more = len(docs) > limit
     docs = docs[:limit]
-    await audit(svc, claims, "audit.read", caller, filters.target_id)
+    # What was read is in details: the entry is about the log, not about a target.
+    await audit(
+        svc, claims, "audit.read", caller, None,
+        filters={k: v for k, v in asdict(filters).items() if v is not None},
+    )  # fmt: skip
     return AuditList(
         entries=[
             AuditEntry(

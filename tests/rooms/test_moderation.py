@@ -4,9 +4,11 @@ and admins, each a kept revision; what members see (markers, live frames); who m
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from typing import Any
 
-from services.rooms.store import message_id
+from services.rooms.store import message_id, revision_id
 from tests.rooms.conftest import EventLog, RoomsApi
 from tests.support.messaging import Messaging
 
@@ -329,3 +331,65 @@ async def test_every_admin_route_refuses_non_admins_and_404s_unknown_rooms(api: 
             assert (status, err["error"]["code"]) == (404, "room_not_found"), (method, path)
     assert await api.snapshot() == before
     assert await audit_of(api) == audit_before
+
+
+async def test_concurrent_changes_claim_one_revision_each_and_a_dead_writers_claim_is_applied(
+    api: RoomsApi,
+) -> None:
+    owner = api.user()
+    room = await api.room(owner, name="race")
+    store = api.rooms.store
+    # A message stored before revisions existed (no `rev`), as seeded timelines are.
+    assert (await api.post(owner, room, "seed"))[0] == 201
+    await store.messages.update_one({"_id": message_id(room, 1)}, {"$unset": {"rev": ""}})
+
+    results = await asyncio.gather(*(edit(api, owner, room, 1, f"take {i}") for i in range(6)))
+    won = [body for status, body in results if status == 200]
+    assert won and all(s in (200, 409) for s, _ in results)
+    assert all(b["error"]["code"] == "conflict" for s, b in results if s == 409)
+    doc = await store.get_message(room, 1)
+    assert doc is not None and doc["rev"] == 1 + len(won)
+    revisions = await store.revisions_of(room, 1, 10)
+    assert [r["rev"] for r in revisions] == list(range(1, len(won) + 2))
+    assert revisions[0]["text"] == "seed" and revisions[-1]["text"] == doc["text"]
+
+    # A writer that died after claiming its revision: the next change applies the claim
+    # and answers conflict; the one after goes on from there.
+    rev = int(doc["rev"])
+    claim = {**revisions[-1], "_id": revision_id(room, 1, rev + 1), "rev": rev + 1,
+             "text": "claimed", "at": doc["edited_at"] + 1}  # fmt: skip
+    assert await store.insert_revision(claim)
+    status, err = await edit(api, owner, room, 1, "next")
+    assert (status, err["error"]["code"]) == (409, "conflict")
+    assert (await api.messages(owner, room))[1]["messages"][0]["text"] == "claimed"
+    status, out = await edit(api, owner, room, 1, "next")
+    assert (status, out["rev"]) == (200, rev + 2)
+
+
+async def test_admins_page_through_thousands_of_rooms(api: RoomsApi) -> None:
+    boss = admin(api)
+    tag = secrets.token_hex(4)
+    seeded = [
+        {"_id": f"{tag}{i:016x}", "name": f"{tag} room {i}", "name_key": f"{tag} room {i}",
+         "topic": "", "kind": "private" if i % 3 else "public", "state": "open",
+         "owner": None, "members": 0, "version": 1, "slots": 0, "seq": 0, "created_at": 1}
+        for i in range(3000)
+    ]  # fmt: skip
+    for i in range(0, len(seeded), 500):
+        await api.rooms.store.rooms.insert_many(seeded[i : i + 500])
+    seen: list[str] = []
+    cursor = ""
+    pages = 0
+    while True:
+        status, page = await api.call(
+            "GET", f"/v1/admin/rooms?q={tag}&kind=private&limit=200&cursor={cursor}", boss
+        )
+        assert status == 200, page
+        seen += [r["room_id"] for r in page["rooms"]]
+        pages += 1
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert seen == sorted(d["_id"] for d in seeded if d["kind"] == "private")
+    assert pages == 10
+    assert len(await audit_of(api, action="room.list")) == pages
