@@ -183,8 +183,9 @@ def _original(doc: Doc) -> Doc:
     return {
         "_id": revision_id(room_id, seq, 1), "room": room_id, "seq": seq, "rev": 1,
         "text": doc["text"], "mentions": list(doc.get("mentions", [])), "marker": None,
-        "by": doc.get("posted_by") or doc["sender"], "role": "admin" if doc.get("posted_by")
-        else "author", "at": int(doc["sent_at"]), "reason": None,
+        "by": doc.get("posted_by") or doc["sender"],
+        "role": doc.get("posted_role") or ("admin" if doc.get("posted_by") else "author"),
+        "at": int(doc["sent_at"]), "reason": None,
     }  # fmt: skip
 
 

@@ -414,6 +414,26 @@ async def messages(request: web.Request, claims: Claims) -> models.MessagePage:
     return await timeline.page(svc(request), claims.user_id, room_id, before, limit)
 
 
+@api.post(
+    ROOM + "/moderator/messages",
+    summary="Post as the room's moderator (sender `moderator`; owner and moderators; closed "
+    "rooms too)",
+    body=models.MessageIn,
+    response=models.PostResult,
+    status=201,
+    auth=True,
+    params=_ROOM,
+    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.INVALID_TEXT],
+    tags=["timeline"],
+)
+async def post_as_moderator(
+    request: web.Request, claims: Claims, body: models.MessageIn
+) -> models.PostResult:
+    return await timeline.post_as_moderator(
+        svc(request), claims.user_id, _token(request), room_id_of(request), body, ip_of(request)
+    )
+
+
 @api.patch(
     ROOM + "/messages/{seq}",
     summary="Edit a message: your own (marked `edited`), or, as the room's owner or a "

@@ -23,6 +23,7 @@ import logging
 
 from parley_contract import frames as f
 
+from services.common.audit import Actor, Entry
 from services.common.errors import ApiError, ErrorCode
 from services.rooms import mentions, models, notifications, push, text
 from services.rooms.config import PAGE_MAX
@@ -43,8 +44,9 @@ def _private() -> ApiError:
     )
 
 
-# The sender of what an admin posts as the room's moderator (not a user id: those are
-# 32 hex digits); the admin's own id is kept in ``posted_by`` and the audit log.
+# The sender of what an admin, or the room's owner or a moderator, posts as the room's
+# moderator (not a user id: those are 32 hex digits); who it was is kept in
+# ``posted_by`` / ``posted_role`` and the audit log, not shown to members.
 MODERATOR = "moderator"
 
 
@@ -106,11 +108,29 @@ async def post(
     return await store_post(rooms, room, user_id, user_id, token, body)
 
 
+async def post_as_moderator(
+    rooms: Rooms, user_id: str, token: str, room_id: str, body: models.MessageIn,
+    ip: str | None = None,
+) -> models.PostResult:  # fmt: skip
+    """The room's owner or a moderator posts as the room's moderator (closed rooms too)."""
+    room, member, _ = await visible(rooms, room_id, user_id)
+    if room["kind"] == PRIVATE:
+        raise _private()
+    role = member_of(member)["role"]
+    if role not in ("owner", "moderator"):
+        raise ApiError(
+            ErrorCode.FORBIDDEN, "Only the room's owner and moderators post as its moderator."
+        )
+    return await store_post(rooms, room, MODERATOR, user_id, token, body, role, ip)
+
+
 async def store_post(
-    rooms: Rooms, room: Doc, sender: str, poster: str, token: str, body: models.MessageIn
-) -> models.PostResult:
-    """Store and announce a post of ``sender`` (a member, or :data:`MODERATOR` for an
-    admin ``poster``: no membership, no limit, closed rooms too)."""
+    rooms: Rooms, room: Doc, sender: str, poster: str, token: str, body: models.MessageIn,
+    role: str = "author", ip: str | None = None,
+) -> models.PostResult:  # fmt: skip
+    """Store and announce a post of ``sender``: a member, or :data:`MODERATOR` for a
+    ``poster`` in ``role`` (``admin``, ``owner``, ``moderator``: no post limit, closed
+    rooms too; audited once, resends not)."""
     room_id = room["_id"]
     store = rooms.store
     as_moderator = sender == MODERATOR
@@ -118,7 +138,7 @@ async def store_post(
     key = f"{MODERATOR}:{poster}" if as_moderator else sender
     draft: Doc = {"room": room_id, "sender": sender, "client_id": body.client_id}
     if as_moderator:
-        draft["posted_by"] = poster
+        draft.update(posted_by=poster, posted_role=role)
     seen = await store.get_client_id(room_id, key, body.client_id)
     if seen is not None:
         return await _original(rooms, room_id, int(seen["seq"]), {**draft, "text": body.text})
@@ -143,6 +163,14 @@ async def store_post(
     rooms.metrics.messages.labels("stored").inc()
     await notifications.mentioned(rooms, room, doc, [u for u in mentioned if u != sender])
     await push.room_post(rooms.store, rooms.pusher, room, post_frame(doc))
+    if as_moderator:
+        await rooms.audit.record(
+            Entry(
+                actor=Actor(poster, role), action="message.post", target_type="message",
+                target_id=f"{room_id}/{seq}", details={"room_id": room_id, "seq": seq},
+                after={"text": content}, ip=ip,
+            )
+        )  # fmt: skip
     return models.PostResult(**message(doc).model_dump(), duplicate=False)
 
 
