@@ -335,6 +335,19 @@ class RoomStateChanged(_RoomEvent, tag="room_state_changed", kw_only=True):
     state: Literal["open", "closed"]
 
 
+class RoomKindChanged(_RoomEvent, tag="room_kind_changed", kw_only=True):
+    """An admin switched the room's kind; ``kind`` is the new one. Public → private:
+    from now on messages are end-to-end encrypted (members' devices make and share
+    sender keys); private → public: new messages go to the server's timeline, and no
+    past ciphertext becomes readable (the server never had its keys)."""
+
+    previous: RoomKind
+
+
+class RoomDeleted(_RoomEvent, tag="room_deleted", kw_only=True):
+    """An admin deleted the room: it exists for nobody any more (admins aside)."""
+
+
 RoomEvent = (
     RoomCreated
     | MemberJoined
@@ -344,6 +357,8 @@ RoomEvent = (
     | MemberRemoved
     | RoleChanged
     | RoomStateChanged
+    | RoomKindChanged
+    | RoomDeleted
 )
 
 
@@ -467,9 +482,11 @@ __all__ = [
     "RoleChanged",
     "RoomCopies",
     "RoomCreated",
+    "RoomDeleted",
     "RoomEnvelope",
     "RoomEvent",
     "RoomKind",
+    "RoomKindChanged",
     "RoomRole",
     "RoomStateChanged",
     "Routed",

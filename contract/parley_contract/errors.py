@@ -77,3 +77,6 @@ class ErrorCode(StrEnum):
     CANNOT_REMOVE_OWNER = "cannot_remove_owner"
     OWNER_MUST_TRANSFER = "owner_must_transfer"
     INVALID_TEXT = "invalid_text"
+    # Moderation of public rooms' messages (docs/moderation.md).
+    MESSAGE_NOT_FOUND = "message_not_found"
+    MESSAGE_REMOVED = "message_removed"

@@ -314,6 +314,40 @@ class Notification(ServerFrame, tag="notification"):
     """A private room's message (the ``server_id`` of its ``message`` frame)."""
 
 
+MessageMarker = Literal[
+    "edited", "edited_by_moderator", "removed_by_moderator", "deleted_by_author"
+]
+
+
+class RoomMessageChanged(ServerFrame, tag="room_message_changed"):
+    """A public room's message changed (docs/moderation.md): show ``text`` (empty once
+    removed or deleted) with the ``marker``; ``rev`` grows with every change, so a
+    client keeps the highest it has seen. The timeline holds the same (``GET
+    /rooms/v1/rooms/{room_id}/messages``)."""
+
+    room_id: str
+    seq: int
+    rev: int
+    marker: MessageMarker
+    text: str
+    mentions: list[str]
+    at: int
+
+
+class RoomChanged(ServerFrame, tag="room_changed"):
+    """An admin changed the room (docs/moderation.md): ``change`` is ``kind`` (the room is
+    ``kind`` now: private means end-to-end encrypted from now on), ``state`` (closed or
+    opened), ``member_removed`` (``user_id`` is no longer a member) or ``deleted``."""
+
+    room_id: str
+    change: Literal["kind", "state", "member_removed", "deleted"]
+    kind: str
+    state: str
+    version: int
+    at: int
+    user_id: str | None = None
+
+
 class Synced(ServerFrame, tag="synced"):
     """End of a sync page: ``last`` is the seq of the last item sent (or ``after``)."""
 
@@ -370,6 +404,8 @@ ServerFrames = (
     | PrekeysLow
     | RoomPost
     | Notification
+    | RoomMessageChanged
+    | RoomChanged
     | Synced
     | Pong
     | Reconnect

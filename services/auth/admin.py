@@ -2,7 +2,7 @@
 
 Only callers whose access token carries the ``admin`` role get here (the
 route decorator checks ``role="admin"``). Every admin action, reads included,
-is written to the ``audit_log`` collection with who, what, when, from where; a
+is written to the shared audit log (services.common.audit) with who, what, when, from where; a
 role change or a block ends the target's sessions so that no token keeps the
 old rights.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from services.auth.models import (
 )
 from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
-from services.auth.tokens import new_id
+from services.common.audit import ACTION_RE, CURSOR_RE, Actor, Entry, Filters
 from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import int_schema, parse_int
@@ -49,7 +50,12 @@ LIST_PARAMS: dict[str, dict[str, Any]] = {
 }
 AUDIT_PARAMS: dict[str, dict[str, Any]] = {
     "target_id": {"type": "string", "maxLength": MAX_USER_ID},
+    "actor_id": {"type": "string", "maxLength": MAX_USER_ID},
+    "action": {"type": "string", "maxLength": 64, "pattern": "^" + ACTION_RE.pattern + "$"},
+    "target_type": {"type": "string", "maxLength": 32},
+    "service": {"type": "string", "maxLength": 32},
     "before": {"type": "string", "format": "date-time"},
+    "cursor": {"type": "string", "pattern": "^" + CURSOR_RE.pattern + "$"},
     "limit": int_schema(1, MAX_PAGE),
 }
 
@@ -60,26 +66,31 @@ async def audit(
     action: str,
     caller: Caller | None,
     target_id: str | None = None,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
     **details: Any,
 ) -> None:
+    """One entry in the shared audit log (services.common.audit): an admin (``Claims``)
+    or a tool (``"cli"``, as an operator) did ``action`` to ``target_id``."""
     if isinstance(actor, Claims):
         user = await svc.store.user_by_id(actor.sub)
-        actor_id, actor_name = actor.sub, (user["username"] if user else actor.sub)
+        who = Actor(actor.sub, "admin", user["username"] if user else None)
     else:
-        actor_id, actor_name = actor, actor
-    await svc.store.insert_audit(
-        {
-            "_id": new_id(),
-            "at": svc.now(),
-            "actor_id": actor_id,
-            "actor": actor_name,
-            "action": action,
-            "target_id": target_id,
-            "details": details,
-            "request_id": caller.request_id if caller else None,
-            "ip": caller.ip if caller else None,
-        }
-    )
+        who = Actor(actor, "operator")
+    if before is not None:
+        details.update(before=before, after=after)
+    if target_id is None and isinstance(details.get("client_id"), str):
+        target_id = details["client_id"]
+    target_type = action.split(".", 1)[0] if target_id else None
+    await svc.audit.record(
+        Entry(
+            actor=who, action=action, target_type=target_type,
+            target_id=target_id, details=details, before=before, after=after,
+            ip=caller.ip if caller else None, request_id=caller.request_id if caller else None,
+        ),
+        now_ms=int(svc.now().timestamp() * 1000),
+    )  # fmt: skip
 
 
 async def _view(svc: AuthService, user: Mapping[str, Any]) -> AdminUser:
@@ -236,32 +247,71 @@ async def audit_log(
     svc: AuthService,
     claims: Claims,
     caller: Caller,
-    target_id: str | None,
-    before: datetime | None,
+    filters: Filters,
     limit: int,
 ) -> AuditList:
-    if target_id is not None and len(target_id) > MAX_USER_ID:
-        raise ApiError(ErrorCode.VALIDATION_FAILED, "Not a user id.")
-    docs = await svc.store.audit_entries(target_id, before, limit + 1)
+    """A page of the shared audit log, newest first (every service's entries)."""
+    docs = await svc.audit.page(filters, limit + 1)
     more = len(docs) > limit
     docs = docs[:limit]
-    await audit(svc, claims, "audit.read", caller, target_id)
+    # What was read is in details: the entry is about the log, not about a target.
+    await audit(
+        svc, claims, "audit.read", caller, None,
+        filters={k: v for k, v in asdict(filters).items() if v is not None},
+    )  # fmt: skip
     return AuditList(
         entries=[
             AuditEntry(
                 id=d["_id"],
                 at=d["at"],
                 actor_id=d["actor_id"],
-                actor=d["actor"],
+                actor=d.get("actor") or d["actor_id"],
                 action=d["action"],
                 target_id=d.get("target_id"),
                 details=d.get("details") or {},
                 request_id=d.get("request_id"),
                 ip=d.get("ip"),
+                service=d.get("service") or "auth",
+                actor_role=d.get("actor_role"),
+                target_type=d.get("target_type"),
+                before=d.get("before"),
+                after=d.get("after"),
             )
             for d in docs
         ],
         next_before=docs[-1]["at"] if more and docs else None,
+        next_cursor=str(docs[-1]["_id"]) if more and docs else None,
+    )
+
+
+def audit_filters(query: Mapping[str, str]) -> Filters:
+    """The audit route's filters, checked (422 ``validation_failed`` naming the field)."""
+
+    def bad(name: str, problem: str) -> ApiError:
+        return ApiError(
+            ErrorCode.VALIDATION_FAILED, f"{name}: {problem}.",
+            details=[{"field": name, "problem": problem}],
+        )  # fmt: skip
+
+    for name in ("target_id", "actor_id", "target_type", "service", "action"):
+        value = query.get(name)
+        if value is not None and len(value) > AUDIT_PARAMS[name]["maxLength"]:
+            raise bad(name, "too long")
+    action = query.get("action")
+    if action is not None and not ACTION_RE.fullmatch(action):
+        raise bad("action", "not an action or a prefix of one (`room.`)")
+    cursor = query.get("cursor")
+    if cursor is not None and not CURSOR_RE.fullmatch(cursor):
+        raise bad("cursor", "not a cursor from this API")
+    before = parse_before(query.get("before"))
+    return Filters(
+        actor_id=query.get("actor_id") or None,
+        action_prefix=action or None,
+        target_type=query.get("target_type") or None,
+        target_id=query.get("target_id") or None,
+        service=query.get("service") or None,
+        before_ms=None if before is None else int(before.timestamp() * 1000),
+        cursor=cursor,
     )
 
 

@@ -238,20 +238,37 @@ class AdminUserList(BaseModel):
 
 
 class AuditEntry(BaseModel):
+    """One entry of the shared audit log (services.common.audit), from any service."""
+
     id: str
     at: datetime
     actor_id: str
-    actor: str
-    action: str
+    actor: str = Field(description="The actor's username where known, else the actor id")
+    action: str = Field(description="`<target>.<verb>`, e.g. `user.block`, `room.close`")
     target_id: str | None
-    details: dict[str, Any]
+    details: dict[str, Any] = Field(
+        description="What else the action names; `before` and `after` are repeated here"
+    )
     request_id: str | None
     ip: str | None
+    service: str = Field(default="auth", description="The service that wrote the entry")
+    actor_role: str | None = Field(
+        default=None, description="`admin`, `owner` or `moderator` of a room, `operator` (CLI)"
+    )
+    target_type: str | None = Field(default=None, description="`user`, `room`, `message`, ...")
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
 
 
 class AuditList(BaseModel):
     entries: list[AuditEntry]
-    next_before: datetime | None
+    next_before: datetime | None = Field(
+        description="Older entries: pass as `before` (kept for old clients; `next_cursor` "
+        "never skips entries of the same millisecond)"
+    )
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; none at the end"
+    )
 
 
 class Jwks(BaseModel):

@@ -481,12 +481,17 @@ async def admin_unblock(request: web.Request, claims: Claims) -> AdminUser:
 
 @api.get(
     "/v1/admin/audit",
-    summary="The audit log, newest first",
+    summary="The audit log of every service, newest first (filters combine)",
     response=AuditList,
     errors=[E.FORBIDDEN],
     query={
-        "target_id": "only entries about this user",
-        "before": "next_before of the previous page (ISO 8601)",
+        "target_id": "only entries about this target (a user id, a room id, ...)",
+        "actor_id": "only entries by this actor",
+        "action": "only actions starting with this (`room.` or `user.block`)",
+        "target_type": "only entries about this kind of target (`user`, `room`, `message`)",
+        "service": "only entries written by this service (`auth`, `rooms`)",
+        "before": "only entries older than this (ISO 8601); `next_before` of the previous page",
+        "cursor": "`next_cursor` of the previous page (wins over `before`)",
         "limit": admin.PAGE_SIZE_DOC,
     },
     params=admin.AUDIT_PARAMS,
@@ -498,8 +503,7 @@ async def admin_audit(request: web.Request, claims: Claims) -> AuditList:
         svc(request),
         claims,
         caller(request),
-        q.get("target_id"),
-        admin.parse_before(q.get("before")),
+        admin.audit_filters(q),
         admin.page_size(q.get("limit")),
     )
 

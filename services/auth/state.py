@@ -26,6 +26,7 @@ from services.auth.secretbox import SecretBox
 from services.auth.signing import Clock, KeyRing, utcnow
 from services.auth.store import AuthStore
 from services.auth.tokens import AccessTokens
+from services.common.audit import AuditLog
 from services.common.auth import Claims
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
@@ -68,6 +69,8 @@ class AuthService:
     tokens: AccessTokens
     limiter: RateLimiter
     mailer: Mailer
+    # The one audit log of all services (services.common.audit), as the auth service.
+    audit: AuditLog
     clock: Clock = utcnow
     metrics: AuthMetrics = field(default_factory=lambda: AuthMetrics(CollectorRegistry()))
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -113,6 +116,7 @@ class AuthService:
                 redis, f"{settings.redis_prefix}:auth", config.limit, metrics.limits
             ),
             mailer=Mailer(settings, metrics.emails),
+            audit=AuditLog.of(db, settings, "auth"),
             clock=clock,
             metrics=metrics,
         )
@@ -121,6 +125,7 @@ class AuthService:
         """Indexes, revocations back in Redis, signing keys: the start-up work
         (``create_app`` retries it)."""
         await self.store.ensure_indexes()
+        await self.audit.ensure_indexes()
         restored = await self.store.revocation_log.restore()
         if restored:
             log.info("revocations restored", extra={"count": restored})

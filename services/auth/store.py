@@ -8,7 +8,7 @@ MongoDB collections (database ``<db_prefix>auth``):
 - ``recovery_codes``: ``_id`` = SHA-256 of user id and code; single use.
 - ``password_resets``: ``_id`` = SHA-256 of the reset token; single use.
 - ``signing_keys``: Ed25519 keys (``_id`` = kid), private half sealed at rest.
-- ``audit_log``: every admin action: who, what, when.
+- (the audit log is the shared one of services.common.audit, database ``<db_prefix>audit``)
 - ``oauth_clients``: OpenID Connect clients (``_id`` = client id), secret hashed.
 - ``oauth_codes``: authorization codes (``_id`` = SHA-256 of the code); single use.
 - ``oauth_consents``: what a user let a client have (``_id`` = user id + client id).
@@ -106,7 +106,6 @@ class AuthStore:
         self.recovery_codes: AsyncCollection[Doc] = db["recovery_codes"]
         self.password_resets: AsyncCollection[Doc] = db["password_resets"]
         self.signing_keys: AsyncCollection[Doc] = db["signing_keys"]
-        self.audit: AsyncCollection[Doc] = db["audit_log"]
         self.clients: AsyncCollection[Doc] = db["oauth_clients"]
         self.codes: AsyncCollection[Doc] = db["oauth_codes"]
         self.consents: AsyncCollection[Doc] = db["oauth_consents"]
@@ -125,8 +124,6 @@ class AuthStore:
         await self.recovery_codes.create_index("user_id")
         await self.password_resets.create_index("user_id")
         await self.signing_keys.create_index("generation", unique=True)
-        await self.audit.create_index([("at", DESCENDING)])
-        await self.audit.create_index("target_id")
         await self.revocation_log.ensure_indexes()
         # Space reclamation only: expiry is enforced in code.
         for coll in (self.refresh_tokens, self.password_resets, self.sessions, self.codes):
@@ -307,22 +304,6 @@ class AuthStore:
     async def delete_signing_keys(self, kids: Sequence[str]) -> None:
         if kids:
             await self.signing_keys.delete_many({"_id": {"$in": list(kids)}})
-
-    # -- audit log ----------------------------------------------------------
-
-    async def insert_audit(self, doc: Doc) -> None:
-        await self.audit.insert_one(doc)
-
-    async def audit_entries(
-        self, target_id: str | None, before: datetime | None, limit: int
-    ) -> list[Doc]:
-        flt: Doc = {}
-        if target_id:
-            flt["target_id"] = target_id
-        if before is not None:
-            flt["at"] = {"$lt": before}
-        cursor = self.audit.find(flt).sort("at", DESCENDING).limit(limit)
-        return [_times(doc) async for doc in cursor]
 
     # -- revocation (Redis keys read by every service, and the channel) ----
 

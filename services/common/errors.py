@@ -71,6 +71,8 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANNOT_REMOVE_OWNER: 403,
     ErrorCode.OWNER_MUST_TRANSFER: 409,
     ErrorCode.INVALID_TEXT: 422,
+    ErrorCode.MESSAGE_NOT_FOUND: 404,
+    ErrorCode.MESSAGE_REMOVED: 409,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

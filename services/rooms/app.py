@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.common.app import base_app
+from services.common.audit import AuditLog
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
@@ -44,11 +45,17 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
         limiter=RateLimiter(redis, f"{settings.redis_prefix}:rooms", metrics=metrics.limits),
         metrics=metrics,
         pusher=Pusher(redis, settings, metrics),
+        audit=AuditLog.of(db, settings, "rooms"),
     )
     app[ROOMS] = rooms
     consumer = RoomMessages(rooms, settings)
     app[ROOM_MESSAGES] = consumer
-    use_startup(app, store.ensure_indexes)
+
+    async def start() -> None:
+        await store.ensure_indexes()
+        await rooms.audit.ensure_indexes()
+
+    use_startup(app, start)
 
     async def background(_: web.Application) -> AsyncIterator[None]:
         await users.start()

@@ -14,6 +14,7 @@ from services.common.ratelimit import Limit
 NAME_MAX = 100
 TOPIC_MAX = 500
 TEXT_MAX = 4000
+REASON_MAX = 500
 PAGE_MAX = 200
 MEMBERS_PAGE_MAX = 500
 

@@ -20,6 +20,7 @@ from services.rooms.config import MEMBERS_PAGE_MAX
 from services.rooms.events import Check
 from services.rooms.rooms import (
     PRIVATE,
+    deleted,
     forbidden,
     member_of,
     out,
@@ -192,7 +193,7 @@ def _invitation(doc: Doc) -> models.Invitation:
     )
 
 
-async def _remove(rooms: Rooms, room: Doc, member: Doc, actor: str, removed: bool) -> None:
+async def remove_member(rooms: Rooms, room: Doc, member: Doc, actor: str, removed: bool) -> None:
     store = rooms.store
     room_id, user_id, slot = room["_id"], member["user"], int(member["slot"])
     bumped = await store.bump_room(room_id, version=1)
@@ -222,7 +223,7 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
             ErrorCode.OWNER_MUST_TRANSFER,
             "The owner leaves after making another member the owner (PUT .../owner).",
         )
-    await _remove(rooms, room, member, user_id, removed=False)
+    await remove_member(rooms, room, member, user_id, removed=False)
     if member["role"] == "owner":
         # The last member left: nobody can manage the room any more; close it.
         await set_state(rooms, room, "closed", user_id, owner=None)
@@ -242,7 +243,7 @@ async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
         raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, "Nobody removes a room's owner.")
     if victim["role"] == "moderator" and actor["role"] != "owner":
         raise forbidden("Only the owner removes a moderator.")
-    await _remove(rooms, room, victim, user_id, removed=True)
+    await remove_member(rooms, room, victim, user_id, removed=True)
 
 
 async def _set_role(rooms: Rooms, room: Doc, member: Doc, role: str, actor: str) -> None:
@@ -303,6 +304,11 @@ async def members(
 ) -> models.MemberPage:
     """The members in join order (anyone who may see the room)."""
     room, _, _ = await visible(rooms, room_id, user_id)
+    return await member_page(rooms, room, after, limit)
+
+
+async def member_page(rooms: Rooms, room: Doc, after: int, limit: int) -> models.MemberPage:
+    room_id = room["_id"]
     store = rooms.store
     last = int(room.get("slots", 0))
     limit = min(limit, MEMBERS_PAGE_MAX)
@@ -345,7 +351,7 @@ async def invitations(
             and int(d["user_slot"]) == int(str(x["_id"]).rsplit("|", 1)[1])
         ]  # fmt: skip
     room_docs = await store.get_rooms([str(d["room"]) for d in found])
-    found = [d for d in found if d["room"] in room_docs]
+    found = [d for d in found if d["room"] in room_docs and not deleted(room_docs[d["room"]])]
     return models.InvitationList(
         invitations=[_invitation(d) for d in found],
         rooms=[out(room_docs[d["room"]], None, True) for d in found],

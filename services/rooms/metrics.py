@@ -37,7 +37,8 @@ class RoomsMetrics:
         )  # fmt: skip
         self.messages = Counter(
             "parley_rooms_messages_total",
-            "Messages posted to public rooms, by result (stored, duplicate).",
+            "Messages posted to public rooms, by result (stored, duplicate), and their changes"
+            " (edited, edited_by_moderator, removed_by_moderator, deleted_by_author).",
             ["result"], registry=registry,
         )  # fmt: skip
         self.notifications = Counter(

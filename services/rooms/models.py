@@ -13,11 +13,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import MAX_USER_ID
-from services.rooms.config import NAME_MAX, TEXT_MAX, TOPIC_MAX
+from services.rooms.config import NAME_MAX, REASON_MAX, TEXT_MAX, TOPIC_MAX
 
 Kind = Literal["private", "public"]
 Role = Literal["owner", "moderator", "member"]
 State = Literal["open", "closed"]
+Marker = Literal["edited", "edited_by_moderator", "removed_by_moderator", "deleted_by_author"]
+ChangeRole = Literal["author", "owner", "moderator", "admin"]
 
 USER_ID_PATTERN = "^[A-Za-z0-9_-]+$"
 ROOM_ID_PATTERN = "^[0-9a-f]{24}$"
@@ -84,6 +86,34 @@ class MessageIn(_In):
         description=f"1 to {TEXT_MAX} characters, not blank; no control characters but "
         "newline and tab. @username and @<user id> mention members.",
     )  # fmt: skip
+
+
+class MessageEdit(_In):
+    text: str = Field(
+        min_length=1, max_length=TEXT_MAX,
+        description=f"The new text: 1 to {TEXT_MAX} characters, not blank (as a post)",
+    )  # fmt: skip
+
+
+class ModeratorEdit(MessageEdit):
+    reason: str | None = Field(
+        default=None, max_length=REASON_MAX, description="Why (kept in the revision and the "
+        "audit log, not shown to members)",
+    )  # fmt: skip
+
+
+class HideIn(_In):
+    reason: str | None = Field(
+        default=None, max_length=REASON_MAX, description="Why (kept in the revision and the "
+        "audit log, not shown to members)",
+    )  # fmt: skip
+
+
+class KindIn(_In):
+    kind: Kind = Field(
+        description="`private`: end-to-end encrypted from now on; `public`: server-readable "
+        "from now on (past ciphertext stays unreadable)"
+    )
 
 
 class ReadIn(_In):
@@ -171,6 +201,13 @@ class RoomMessage(_Out):
     text: str
     mentions: list[str] = Field(description="User ids of the members the text mentions")
     sent_at: int
+    rev: int = Field(default=1, description="1 for the original; one more with each change")
+    marker: Marker | None = Field(
+        default=None,
+        description="How the message changed (none: as sent). Removed or deleted: `text` is "
+        "empty and `mentions` too; the original is kept for admins (docs/moderation.md)",
+    )
+    edited_at: int | None = Field(default=None, description="When it last changed (Unix ms)")
 
 
 class PostResult(RoomMessage):
@@ -214,3 +251,54 @@ class NotificationPage(_Out):
 
 class Unread(_Out):
     unread: int
+
+
+# Admin views (docs/moderation.md): metadata only, private rooms included.
+
+
+class AdminRoom(_Out):
+    room_id: str
+    name: str
+    topic: str
+    kind: Kind
+    state: State
+    owner: str | None
+    members: int
+    created_at: int
+    created_by: str | None
+    version: int
+    messages: int = Field(
+        description="Public timeline numbers handed out (0 for a room "
+        "that was always private: the server holds none of its messages)"
+    )
+    deleted_at: int | None = Field(description="When an admin deleted it (Unix ms), or none")
+
+
+class AdminRoomPage(_Out):
+    rooms: list[AdminRoom] = Field(description="In room id order")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class Revision(_Out):
+    rev: int = Field(description="1 is the original")
+    text: str
+    mentions: list[str]
+    marker: Marker | None = Field(description="None for the original")
+    by: str = Field(
+        description="Who made this revision (a user id; `moderator` posts are "
+        "made by the admin named here)"
+    )
+    role: ChangeRole
+    at: int
+    reason: str | None
+
+
+class RevisionHistory(_Out):
+    room_id: str
+    seq: int
+    sender: str
+    current: RoomMessage = Field(description="What members see now")
+    revisions: list[Revision] = Field(
+        description="Oldest first; only the original (rev 1, from the message itself) when it "
+        "never changed"
+    )

@@ -72,6 +72,24 @@ async def members_of(store: RoomStore, room: Doc) -> list[str]:
     return users
 
 
+async def to_members(
+    store: RoomStore,
+    pusher: Pusher,
+    room: Doc,
+    frame: f.ServerFrames,
+    kind: str,
+    also: tuple[str, ...] = (),
+) -> int:
+    """One frame to every connected member (and to ``also``: a member just removed)."""
+    try:
+        users = await members_of(store, room)
+    except Exception as exc:  # best effort: the change is stored whatever happens here
+        log.warning("room members not read for a push", extra={"error": repr(exc)})
+        return 0
+    users += [u for u in also if u not in users]
+    return await pusher.send([(u, None, frame) for u in users], kind)
+
+
 async def room_post(store: RoomStore, pusher: Pusher, room: Doc, frame: f.RoomPost) -> int:
     """A public room's new message to every connected member (the sender's other
     devices too: they show what was sent from elsewhere)."""

@@ -29,7 +29,7 @@ from services.common.clients import Topics, consume_forever
 from services.common.config import Settings
 from services.common.logging import request_id_from_kafka, request_id_var
 from services.rooms import notifications
-from services.rooms.rooms import PRIVATE
+from services.rooms.rooms import PRIVATE, deleted
 from services.rooms.state import Rooms
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class RoomMessages:
             return 0
         store = self.rooms.store
         room = await store.get_room(env.room)
-        if room is None or room["kind"] != PRIVATE:
+        if room is None or room["kind"] != PRIVATE or deleted(room):
             return 0
         members = await store.get_members(env.room, wanted)
         made = 0

@@ -48,7 +48,7 @@ async def visible(rooms: Rooms, room_id: str, user_id: str) -> tuple[Doc, Doc | 
     """(room, the caller's membership, the caller's invitation) of a room the caller
     may see; 404 ``room_not_found`` otherwise (private rooms: members and invitees)."""
     room = await rooms.store.get_room(room_id)
-    if room is None:
+    if room is None or deleted(room):
         raise not_found()
     member = await rooms.store.get_member(room_id, user_id)
     invitation = None
@@ -57,6 +57,11 @@ async def visible(rooms: Rooms, room_id: str, user_id: str) -> tuple[Doc, Doc | 
         if room["kind"] == PRIVATE and invitation is None:
             raise not_found()
     return room, member, invitation
+
+
+def deleted(room: Doc) -> bool:
+    """An admin deleted the room: it exists for nobody but admins (docs/moderation.md)."""
+    return room.get("deleted_at") is not None
 
 
 def member_of(member: Doc | None) -> Doc:
@@ -172,7 +177,10 @@ async def mine(rooms: Rooms, user_id: str, before: int | None, limit: int) -> mo
             and int(m["user_slot"]) == int(str(x["_id"]).rsplit("|", 1)[1])
         ]  # fmt: skip
         docs = await store.get_rooms([str(m["room"]) for m in live])
-        found += [(docs[m["room"]], m) for m in live if m["room"] in docs]
+        found += [
+            (docs[m["room"]], m) for m in live
+            if m["room"] in docs and not deleted(docs[m["room"]])
+        ]  # fmt: skip
     return models.RoomList(
         rooms=[out(r, m) for r, m in found], next_before=cursor + 1 if cursor >= 1 else None
     )
@@ -194,7 +202,7 @@ async def directory(
             room_id=r["_id"], name=r["name"], topic=r.get("topic", ""),
             members=max(int(r.get("members", 0)), 0), state=r["state"],
         )
-        for x in entries if (r := docs.get(str(x["room_id"]))) is not None
+        for x in entries if (r := docs.get(str(x["room_id"]))) is not None and not deleted(r)
     ]  # fmt: skip
     return models.DirectoryPage(
         rooms=listed, next_after=str(entries[-1]["_id"]) if more and entries else None

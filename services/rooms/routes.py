@@ -6,13 +6,15 @@ and hands the handler ``claims=``). docs/rooms.md describes every route.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
-from services.common.http import int_schema, query_int
+from services.common.http import client_ip, int_schema, query_int
 from services.common.openapi import Api
-from services.rooms import members, models, notifications, rooms, timeline
+from services.rooms import admin, members, models, moderation, notifications, rooms, timeline
 from services.rooms.config import MEMBERS_PAGE_MAX, PAGE_MAX
 from services.rooms.state import ROOMS, Rooms
 
@@ -35,6 +37,7 @@ USER_ID = {
     "pattern": models.USER_ID_PATTERN,
 }  # fmt: skip
 _ROOM = {"room_id": ROOM_ID}
+_MESSAGE = {"room_id": ROOM_ID, "seq": int_schema(1, SEQ_MAX)}
 _MEMBER = {"room_id": ROOM_ID, "user_id": USER_ID}
 _BEFORE = {"before": int_schema(1, SEQ_MAX), "limit": int_schema(1, PAGE_MAX)}
 _BEFORE_DOC = {
@@ -43,6 +46,11 @@ _BEFORE_DOC = {
 }
 _SEEN = [_E.ROOM_NOT_FOUND]
 # Changes of membership: refused to non-members and in the ways docs/rooms.md lists.
+# Changes of a message (docs/moderation.md).
+_CHANGE = [_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.MESSAGE_NOT_FOUND,
+           _E.MESSAGE_REMOVED, _E.CONFLICT]  # fmt: skip
+_ADMIN_CHANGE = [_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.MESSAGE_NOT_FOUND, _E.MESSAGE_REMOVED,
+                 _E.CONFLICT]  # fmt: skip
 _MANAGE = [_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.CANNOT_TARGET_SELF,
            _E.USER_NOT_FOUND]  # fmt: skip
 
@@ -70,6 +78,22 @@ def user_id_of(request: web.Request) -> str:
             details=[{"field": "user_id", "problem": "not a user id"}],
         )  # fmt: skip
     return user_id
+
+
+def seq_of(request: web.Request) -> int:
+    raw = request.match_info["seq"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16 or not 1 <= int(raw) <= SEQ_MAX:
+        raise ApiError(
+            _E.VALIDATION_FAILED, "Not a message number.",
+            details=[{"field": "seq", "problem": f"an integer from 1 to {SEQ_MAX}"}],
+        )  # fmt: skip
+    return int(raw)
+
+
+def ip_of(request: web.Request) -> str:
+    """The caller's address for the audit log: the last X-Forwarded-For hop (added by
+    our load balancer), else the peer."""
+    return client_ip(request, True)
 
 
 def _token(request: web.Request) -> str:
@@ -388,6 +412,316 @@ async def messages(request: web.Request, claims: Claims) -> models.MessagePage:
     room_id = room_id_of(request)
     before, limit = _before(request)
     return await timeline.page(svc(request), claims.user_id, room_id, before, limit)
+
+
+@api.post(
+    ROOM + "/moderator/messages",
+    summary="Post as the room's moderator (sender `moderator`; owner and moderators; closed "
+    "rooms too)",
+    body=models.MessageIn,
+    response=models.PostResult,
+    status=201,
+    auth=True,
+    params=_ROOM,
+    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.INVALID_TEXT],
+    tags=["timeline"],
+)
+async def post_as_moderator(
+    request: web.Request, claims: Claims, body: models.MessageIn
+) -> models.PostResult:
+    return await timeline.post_as_moderator(
+        svc(request), claims.user_id, _token(request), room_id_of(request), body, ip_of(request)
+    )
+
+
+@api.patch(
+    ROOM + "/messages/{seq}",
+    summary="Edit a message: your own (marked `edited`), or, as the room's owner or a "
+    "moderator, a member's (marked `edited_by_moderator`); every version is kept",
+    body=models.MessageEdit,
+    response=models.RoomMessage,
+    auth=True,
+    params=_MESSAGE,
+    errors=[
+        _E.ROOM_NOT_FOUND,
+        _E.NOT_A_MEMBER,
+        _E.FORBIDDEN,
+        _E.MESSAGE_NOT_FOUND,
+        _E.MESSAGE_REMOVED,
+        _E.ROOM_CLOSED,
+        _E.INVALID_TEXT,
+        _E.CONFLICT,
+    ],
+    tags=["timeline"],
+)
+async def edit_message(
+    request: web.Request, claims: Claims, body: models.MessageEdit
+) -> models.RoomMessage:
+    room_id, seq = room_id_of(request), seq_of(request)
+    change = moderation.Change(moderation.EDIT, claims.user_id, "", body.text, None,
+                               ip_of(request))  # fmt: skip
+    return await moderation.by_member(
+        svc(request), claims.user_id, _token(request), room_id, seq, change
+    )
+
+
+@api.delete(
+    ROOM + "/messages/{seq}",
+    summary="Delete your own message (`deleted_by_author`), or, as the room's owner or a "
+    "moderator, remove a member's (`removed_by_moderator`); the original is kept",
+    response=models.RoomMessage,
+    auth=True,
+    params=_MESSAGE,
+    errors=[
+        _E.ROOM_NOT_FOUND,
+        _E.NOT_A_MEMBER,
+        _E.FORBIDDEN,
+        _E.MESSAGE_NOT_FOUND,
+        _E.MESSAGE_REMOVED,
+        _E.CONFLICT,
+    ],
+    tags=["timeline"],
+)
+async def delete_message(request: web.Request, claims: Claims) -> models.RoomMessage:
+    room_id, seq = room_id_of(request), seq_of(request)
+    change = moderation.Change(moderation.REMOVE, claims.user_id, "", None, None, ip_of(request))
+    return await moderation.by_member(
+        svc(request), claims.user_id, _token(request), room_id, seq, change
+    )
+
+
+# -- admin (docs/moderation.md) -------------------------------------------------------------
+
+_ADMIN: dict[str, Any] = {"auth": True, "role": "admin", "tags": ["admin"]}
+ADMIN_ROOM = "/v1/admin/rooms/{room_id}"
+ROOM_CURSOR = {"type": "string", "pattern": "^$|" + models.ROOM_ID_PATTERN}
+
+
+@api.get(
+    "/v1/admin/rooms",
+    summary="Every room, private ones included (metadata only), in id order",
+    response=models.AdminRoomPage,
+    query={
+        "q": "a part of the name, any case (at most 100 characters)",
+        "kind": "`private` or `public`",
+        "state": "`open` or `closed`",
+        "cursor": "`next_cursor` of the previous page",
+        "limit": f"page size (default 50, at most {PAGE_MAX})",
+    },
+    params={
+        "q": {"type": "string", "maxLength": 100},
+        "kind": {"type": "string", "enum": ["private", "public"]},
+        "state": {"type": "string", "enum": ["open", "closed"]},
+        "cursor": ROOM_CURSOR,
+        "limit": int_schema(1, PAGE_MAX),
+    },
+    errors=[_E.FORBIDDEN],
+    **_ADMIN,
+)
+async def admin_rooms(request: web.Request, claims: Claims) -> models.AdminRoomPage:
+    q = request.query
+    problems = []
+    if len(q.get("q", "")) > 100:
+        problems.append({"field": "q", "problem": "too long"})
+    for name, allowed in (("kind", ("private", "public")), ("state", ("open", "closed"))):
+        if name in q and q[name] not in allowed:
+            problems.append({"field": name, "problem": "one of " + ", ".join(allowed)})
+    cursor = q.get("cursor", "")
+    if cursor and not rooms.ROOM_ID_RE.fullmatch(cursor):
+        problems.append({"field": "cursor", "problem": "not a cursor from this API"})
+    if problems:
+        raise ApiError(_E.VALIDATION_FAILED, "Bad query parameters.", details=problems)
+    limit = query_int(request, "limit", 50, 1, PAGE_MAX)
+    return await admin.list_rooms(
+        svc(request), claims, ip_of(request), q.get("q"), q.get("kind"), q.get("state"),
+        cursor, limit,
+    )  # fmt: skip
+
+
+@api.get(
+    ADMIN_ROOM,
+    summary="A room's metadata (deleted ones too)",
+    response=models.AdminRoom,
+    params=_ROOM,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_room(request: web.Request, claims: Claims) -> models.AdminRoom:
+    return await admin.get_room(svc(request), claims, ip_of(request), room_id_of(request))
+
+
+@api.get(
+    ADMIN_ROOM + "/members",
+    summary="A room's members, in join order",
+    response=models.MemberPage,
+    query={
+        "after": "`next_after` of the previous page (default 0)",
+        "limit": f"page size (default 50, at most {MEMBERS_PAGE_MAX})",
+    },
+    params={
+        "room_id": ROOM_ID,
+        "after": int_schema(0, SEQ_MAX),
+        "limit": int_schema(1, MEMBERS_PAGE_MAX),
+    },
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_members(request: web.Request, claims: Claims) -> models.MemberPage:
+    room_id = room_id_of(request)
+    after = query_int(request, "after", 0, 0, SEQ_MAX)
+    limit = query_int(request, "limit", 50, 1, MEMBERS_PAGE_MAX)
+    return await admin.room_members(svc(request), claims, ip_of(request), room_id, after, limit)
+
+
+@api.post(
+    ADMIN_ROOM + "/close",
+    summary="Close a room: no new messages or members; members are told (`room_changed`)",
+    response=models.AdminRoom,
+    params=_ROOM,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT],
+    **_ADMIN,
+)
+async def admin_close(request: web.Request, claims: Claims) -> models.AdminRoom:
+    return await admin.set_room_state(
+        svc(request), claims, ip_of(request), room_id_of(request), "closed"
+    )
+
+
+@api.post(
+    ADMIN_ROOM + "/reopen",
+    summary="Reopen a closed room; members are told (`room_changed`)",
+    response=models.AdminRoom,
+    params=_ROOM,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT],
+    **_ADMIN,
+)
+async def admin_reopen(request: web.Request, claims: Claims) -> models.AdminRoom:
+    return await admin.set_room_state(
+        svc(request), claims, ip_of(request), room_id_of(request), "open"
+    )
+
+
+@api.put(
+    ADMIN_ROOM + "/kind",
+    summary="Switch a room public ↔ private (private: end-to-end encrypted from now on; "
+    "public: past ciphertext stays unreadable); members are told (`room_changed`)",
+    body=models.KindIn,
+    response=models.AdminRoom,
+    params=_ROOM,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT],
+    **_ADMIN,
+)
+async def admin_kind(request: web.Request, claims: Claims, body: models.KindIn) -> models.AdminRoom:
+    return await admin.set_kind(
+        svc(request), claims, ip_of(request), room_id_of(request), body.kind
+    )
+
+
+@api.delete(
+    ADMIN_ROOM + "/members/{user_id}",
+    summary="Remove any member (the owner too); members are told (`room_changed`)",
+    status=204,
+    params=_MEMBER,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.USER_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_remove(request: web.Request, claims: Claims) -> None:
+    room_id = room_id_of(request)
+    await admin.remove(svc(request), claims, ip_of(request), room_id, user_id_of(request))
+
+
+@api.delete(
+    ADMIN_ROOM,
+    summary="Delete a room: it is gone for everyone (its records stay for admins)",
+    status=204,
+    params=_ROOM,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_delete(request: web.Request, claims: Claims) -> None:
+    await admin.delete(svc(request), claims, ip_of(request), room_id_of(request))
+
+
+@api.post(
+    ADMIN_ROOM + "/messages",
+    summary="Post to a public room as its moderator (sender `moderator`; closed rooms too)",
+    body=models.MessageIn,
+    response=models.PostResult,
+    status=201,
+    params=_ROOM,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.INVALID_TEXT],
+    **_ADMIN,
+)
+async def admin_post(
+    request: web.Request, claims: Claims, body: models.MessageIn
+) -> models.PostResult:
+    return await admin.post(
+        svc(request), claims, ip_of(request), _token(request), room_id_of(request), body
+    )
+
+
+@api.patch(
+    ADMIN_ROOM + "/messages/{seq}",
+    summary="Edit any message of a room's timeline (marked `edited_by_moderator`)",
+    body=models.ModeratorEdit,
+    response=models.RoomMessage,
+    params=_MESSAGE,
+    errors=[
+        _E.FORBIDDEN,
+        _E.ROOM_NOT_FOUND,
+        _E.MESSAGE_NOT_FOUND,
+        _E.MESSAGE_REMOVED,
+        _E.INVALID_TEXT,
+        _E.CONFLICT,
+    ],
+    **_ADMIN,
+)
+async def admin_edit(
+    request: web.Request, claims: Claims, body: models.ModeratorEdit
+) -> models.RoomMessage:
+    return await admin.change(
+        svc(request), claims, ip_of(request), _token(request), room_id_of(request),
+        seq_of(request), moderation.EDIT, body.text, body.reason,
+    )  # fmt: skip
+
+
+@api.post(
+    ADMIN_ROOM + "/messages/{seq}/hide",
+    summary="Hide (censor) any message of a room's timeline (`removed_by_moderator`); the "
+    "original is kept",
+    body=models.HideIn,
+    response=models.RoomMessage,
+    params=_MESSAGE,
+    errors=[
+        _E.FORBIDDEN,
+        _E.ROOM_NOT_FOUND,
+        _E.MESSAGE_NOT_FOUND,
+        _E.MESSAGE_REMOVED,
+        _E.CONFLICT,
+    ],
+    **_ADMIN,
+)
+async def admin_hide(
+    request: web.Request, claims: Claims, body: models.HideIn
+) -> models.RoomMessage:
+    return await admin.change(
+        svc(request), claims, ip_of(request), _token(request), room_id_of(request),
+        seq_of(request), moderation.REMOVE, None, body.reason,
+    )  # fmt: skip
+
+
+@api.get(
+    ADMIN_ROOM + "/messages/{seq}/revisions",
+    summary="Every revision of a message, the original first",
+    response=models.RevisionHistory,
+    params=_MESSAGE,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.MESSAGE_NOT_FOUND],
+    **_ADMIN,
+)
+async def admin_revisions(request: web.Request, claims: Claims) -> models.RevisionHistory:
+    return await admin.revisions(
+        svc(request), claims, ip_of(request), room_id_of(request), seq_of(request)
+    )
 
 
 # -- notifications -------------------------------------------------------------------------

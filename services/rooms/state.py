@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from services.common.audit import AuditLog
 from services.common.ratelimit import RateLimiter
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
@@ -28,8 +29,11 @@ class Rooms:
     # Room creation and posting limits: <redis_prefix>:rooms:rl:<create|post>:<hash>.
     limiter: RateLimiter
     metrics: RoomsMetrics
-    # Live frames to connected sockets (room_post, notification).
+    # Live frames to connected sockets (room_post, notification, room_message_changed,
+    # room_changed).
     pusher: Pusher
+    # The one audit log of all services (services.common.audit), as the rooms service.
+    audit: AuditLog
 
 
 ROOMS: web.AppKey[Rooms] = web.AppKey("rooms", Rooms)

@@ -26,6 +26,10 @@ numbered slots whose counter says how far to read:
 ``messages``       ``_id`` ``"<room>|<seq>"``: sender, client_id, text,
                    mentions, sent_at (or ``hole: true``).
 ``client_ids``     ``_id`` ``"<room>|<sender>|<client id>"``: seq (resends).
+``revisions``      ``_id`` ``"<room>|<seq>|<rev>"``: every version of a public
+                   room's message once it changed (rev 1 is the original),
+                   with who changed it, in which role, when and why
+                   (services.rooms.moderation). Never updated or deleted.
 ``notifications``  ``_id`` ``"<user>|<n>"``: room, message, sender, excerpt.
 ``mention_claims`` ``_id`` ``"<user>|<server id>"``: ``n``, the notification a
                    private room's mention made (redelivery makes no other).
@@ -86,6 +90,10 @@ def client_key(room_id: str, sender: str, client_id: str) -> str:
     return f"{room_id}|{sender}|{client_id}"
 
 
+def revision_id(room_id: str, seq: int, rev: int) -> str:
+    return f"{room_id}|{_n(seq)}|{rev:06d}"
+
+
 def notification_id(user_id: str, n: int) -> str:
     return f"{user_id}|{_n(n)}"
 
@@ -110,6 +118,7 @@ class RoomStore:
         self.directory: AsyncCollection[Doc] = db["directory"]
         self.messages: AsyncCollection[Doc] = db["messages"]
         self.client_ids: AsyncCollection[Doc] = db["client_ids"]
+        self.revisions: AsyncCollection[Doc] = db["revisions"]
         self.notifications: AsyncCollection[Doc] = db["notifications"]
         self.outbox: AsyncCollection[Doc] = db["outbox"]
         self.mention_claims: AsyncCollection[Doc] = db["mention_claims"]
@@ -175,6 +184,15 @@ class RoomStore:
             {"$set": {"room_id": room_id, "name_key": key, "name": name}},
             upsert=True,
         )
+
+    async def remove_from_directory(self, key: str, room_id: str) -> None:
+        await self.directory.delete_one({"_id": directory_id(key, room_id)})
+
+    async def all_rooms(self, query: Doc, after: str, limit: int) -> list[Doc]:
+        """Every room (admins), in id order after ``after``, matching ``query``: a scan,
+        acceptable for an admin's search (docs/moderation.md)."""
+        cursor = self.rooms.find({**query, "_id": {"$gt": after}}).sort("_id", ASCENDING)
+        return await cursor.limit(limit).to_list()
 
     async def search_directory(self, pattern: str | None, after: str, limit: int) -> list[Doc]:
         """Directory entries after ``after`` in name order, whose key matches ``pattern``
@@ -301,6 +319,32 @@ class RoomStore:
     async def messages_at(self, room_id: str, seqs: Sequence[int]) -> dict[int, Doc]:
         found = await self._by_ids(self.messages, [message_id(room_id, s) for s in seqs])
         return {int(d["seq"]): d for d in found.values()}
+
+    async def init_rev(self, room_id: str, seq: int) -> None:
+        """A message written before revisions existed gets ``rev: 1`` (``$max``: never
+        lowers a later revision written concurrently)."""
+        await self.messages.update_one({"_id": message_id(room_id, seq)}, {"$max": {"rev": 1}})
+
+    async def set_message(self, room_id: str, seq: int, rev: int, fields: Doc) -> bool:
+        """Move a message from revision ``rev`` to ``fields`` (which name the next); False
+        if it is not at ``rev`` any more (another change won)."""
+        result = await self.messages.update_one(
+            {"_id": message_id(room_id, seq), "rev": rev}, {"$set": fields}
+        )
+        return result.matched_count == 1
+
+    async def insert_revision(self, doc: Doc) -> bool:
+        """Claim a revision number with its content; False if it is taken."""
+        return await self._insert_new(self.revisions, doc)
+
+    async def get_revision(self, room_id: str, seq: int, rev: int) -> Doc | None:
+        return await self.revisions.find_one({"_id": revision_id(room_id, seq, rev)})
+
+    async def revisions_of(self, room_id: str, seq: int, last: int) -> list[Doc]:
+        """Revisions 1..``last`` that exist, oldest first (``$in`` of their ids)."""
+        ids = [revision_id(room_id, seq, r) for r in range(1, last + 1)]
+        found = await self._by_ids(self.revisions, ids)
+        return [found[i] for i in ids if i in found]
 
     # -- notifications -------------------------------------------------------------------
 

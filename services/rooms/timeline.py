@@ -23,6 +23,7 @@ import logging
 
 from parley_contract import frames as f
 
+from services.common.audit import Actor, Entry
 from services.common.errors import ApiError, ErrorCode
 from services.rooms import mentions, models, notifications, push, text
 from services.rooms.config import PAGE_MAX
@@ -43,11 +44,26 @@ def _private() -> ApiError:
     )
 
 
+# The sender of what an admin, or the room's owner or a moderator, posts as the room's
+# moderator (not a user id: those are 32 hex digits); who it was is kept in
+# ``posted_by`` / ``posted_role`` and the audit log, not shown to members.
+MODERATOR = "moderator"
+
+
 def message(doc: Doc) -> models.RoomMessage:
+    edited = doc.get("edited_at")
     return models.RoomMessage(
         room_id=doc["room"], seq=int(doc["seq"]), sender=doc["sender"],
         client_id=doc["client_id"], text=doc["text"], mentions=list(doc.get("mentions", [])),
-        sent_at=int(doc["sent_at"]),
+        sent_at=int(doc["sent_at"]), rev=int(doc.get("rev", 1)), marker=doc.get("marker"),
+        edited_at=None if edited is None else int(edited),
+    )  # fmt: skip
+
+
+def changed_frame(doc: Doc) -> f.RoomMessageChanged:
+    return f.RoomMessageChanged(
+        room_id=doc["room"], seq=int(doc["seq"]), rev=int(doc["rev"]), marker=doc["marker"],
+        text=doc["text"], mentions=list(doc.get("mentions", [])), at=int(doc["edited_at"]),
     )  # fmt: skip
 
 
@@ -59,7 +75,7 @@ def post_frame(doc: Doc) -> f.RoomPost:
     )  # fmt: skip
 
 
-async def _mentioned(rooms: Rooms, room_id: str, body: str, token: str) -> list[str]:
+async def mentioned_members(rooms: Rooms, room_id: str, body: str, token: str) -> list[str]:
     """User ids of the members the text mentions, in order of appearance."""
     names = mentions.parse(body, rooms.config.max_mentions)
     if not names:
@@ -89,40 +105,90 @@ async def post(
     if room["kind"] == PRIVATE:
         raise _private()
     member_of(member)
+    return await store_post(rooms, room, user_id, user_id, token, body)
+
+
+async def post_as_moderator(
+    rooms: Rooms, user_id: str, token: str, room_id: str, body: models.MessageIn,
+    ip: str | None = None,
+) -> models.PostResult:  # fmt: skip
+    """The room's owner or a moderator posts as the room's moderator (closed rooms too)."""
+    room, member, _ = await visible(rooms, room_id, user_id)
+    if room["kind"] == PRIVATE:
+        raise _private()
+    role = member_of(member)["role"]
+    if role not in ("owner", "moderator"):
+        raise ApiError(
+            ErrorCode.FORBIDDEN, "Only the room's owner and moderators post as its moderator."
+        )
+    return await store_post(rooms, room, MODERATOR, user_id, token, body, role, ip)
+
+
+async def store_post(
+    rooms: Rooms, room: Doc, sender: str, poster: str, token: str, body: models.MessageIn,
+    role: str = "author", ip: str | None = None,
+) -> models.PostResult:  # fmt: skip
+    """Store and announce a post of ``sender``: a member, or :data:`MODERATOR` for a
+    ``poster`` in ``role`` (``admin``, ``owner``, ``moderator``: no post limit, closed
+    rooms too; audited once, resends not)."""
+    room_id = room["_id"]
     store = rooms.store
-    draft: Doc = {"room": room_id, "sender": user_id, "client_id": body.client_id}
-    seen = await store.get_client_id(room_id, user_id, body.client_id)
+    as_moderator = sender == MODERATOR
+    # Resends are recognised per poster: two admins' same client id are two messages.
+    key = f"{MODERATOR}:{poster}" if as_moderator else sender
+    draft: Doc = {"room": room_id, "sender": sender, "client_id": body.client_id}
+    if as_moderator:
+        draft.update(posted_by=poster, posted_role=role)
+    seen = await store.get_client_id(room_id, key, body.client_id)
     if seen is not None:
         return await _original(rooms, room_id, int(seen["seq"]), {**draft, "text": body.text})
-    require_open(room)
+    if not as_moderator:
+        require_open(room)
     content = text.clean(body.text, "text", required=True, multiline=True)
-    await rooms.limiter.hit("post", user_id, rooms.config.post_limit)
-    mentioned = await _mentioned(rooms, room_id, content, token)
-    draft.update(text=content, mentions=mentioned, sent_at=now_ms())
+    if not as_moderator:
+        await rooms.limiter.hit("post", poster, rooms.config.post_limit)
+    mentioned = await mentioned_members(rooms, room_id, content, token)
+    draft.update(text=content, mentions=mentioned, sent_at=now_ms(), rev=1)
     seq = int((await store.bump_room(room_id, seq=1))["seq"])
-    if not await store.claim_client_id(room_id, user_id, body.client_id, seq):
+    if not await store.claim_client_id(room_id, key, body.client_id, seq):
         # A copy of this message raced us and took the client id: ours is a hole.
         await store.insert_message(
             {"_id": message_id(room_id, seq), "room": room_id, "seq": seq, "hole": True}
         )
-        seen = await store.get_client_id(room_id, user_id, body.client_id)
+        seen = await store.get_client_id(room_id, key, body.client_id)
         assert seen is not None
         return await _original(rooms, room_id, int(seen["seq"]), draft)
     doc = {**draft, "_id": message_id(room_id, seq), "seq": seq}
     await store.insert_message(doc)
     rooms.metrics.messages.labels("stored").inc()
-    await notifications.mentioned(rooms, room, doc, [u for u in mentioned if u != user_id])
+    await notifications.mentioned(rooms, room, doc, [u for u in mentioned if u != sender])
     await push.room_post(rooms.store, rooms.pusher, room, post_frame(doc))
+    if as_moderator:
+        await rooms.audit.record(
+            Entry(
+                actor=Actor(poster, role), action="message.post", target_type="message",
+                target_id=f"{room_id}/{seq}", details={"room_id": room_id, "seq": seq},
+                after={"text": content}, ip=ip,
+            )
+        )  # fmt: skip
     return models.PostResult(**message(doc).model_dump(), duplicate=False)
 
 
 async def page(
     rooms: Rooms, user_id: str, room_id: str, before: int | None, limit: int
 ) -> models.MessagePage:
-    """Messages before ``before`` (default: the newest), newest first."""
-    room, _, _ = await visible(rooms, room_id, user_id)
-    if room["kind"] == PRIVATE:
+    """Messages before ``before`` (default: the newest), newest first. A room an admin
+    made private keeps the public timeline it had, readable by its members only."""
+    room, member, _ = await visible(rooms, room_id, user_id)
+    if room["kind"] == PRIVATE and (member is None or not int(room.get("seq", 0))):
         raise _private()
+    return await timeline_page(rooms, room, before, limit)
+
+
+async def timeline_page(
+    rooms: Rooms, room: Doc, before: int | None, limit: int
+) -> models.MessagePage:
+    room_id = room["_id"]
     limit = min(limit, PAGE_MAX)
     head = int(room.get("seq", 0))
     cursor = head if before is None else min(before - 1, head)

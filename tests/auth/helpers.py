@@ -50,6 +50,11 @@ class AuthApi:
         return self.app[DB]
 
     @property
+    def audit(self) -> Any:
+        """The shared audit log's collection (services.common.audit)."""
+        return self.service.audit.coll
+
+    @property
     def redis(self) -> Any:
         return self.app[REDIS]
 

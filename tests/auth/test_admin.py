@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
+from scripts.stack import PYTHONPATH
+from services.common.audit import Actor, AuditLog, Entry
 from services.common.auth import (
     TokenVerifier,
     check_not_revoked,
@@ -34,6 +36,8 @@ async def cli(settings: Settings, *args: str, stdin: str = "") -> tuple[int, str
         "PARLEY_ARGON2_MEMORY_KIB": "8",
         "PARLEY_ARGON2_PARALLELISM": "1",
         "PARLEY_LOG_FORMAT": "console",
+        # This checkout's code and contract, as the service under test runs them.
+        "PYTHONPATH": PYTHONPATH,
     }
     if settings.key_encryption_secret is not None:
         # The service's own: the CLI opens the same sealed keys.
@@ -80,7 +84,7 @@ async def test_no_open_endpoint_makes_an_admin(auth: AuthApi, settings: Settings
         assert (status, err["error"]["code"]) == (403, "forbidden"), path
     _, me = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
     assert me["roles"] == ["user"]
-    assert await auth.db["audit_log"].count_documents({}) == 0
+    assert await auth.audit.count_documents({}) == 0
 
 
 async def test_cli_refuses_bad_or_duplicate_admins(auth: AuthApi, settings: Settings) -> None:
@@ -93,8 +97,8 @@ async def test_cli_refuses_bad_or_duplicate_admins(auth: AuthApi, settings: Sett
     args = ["create-admin", "--username", name, "--email", f"{name}@example.test"]
     code, out = await cli(settings, *args, "--password-stdin", stdin="password123\n")
     assert code == 1 and "weak_password" in out
-    code, _ = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
-    assert code == 0
+    code, out = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0, out
     code, out = await cli(settings, *args, "--password-stdin", stdin=PASSWORD + "\n")
     assert code == 1 and "username_taken" in out
 
@@ -223,7 +227,7 @@ async def test_block_revokes_everything_and_is_heard_on_redis(
     fresh = await auth.login(victim["user"]["username"])
     await auth.call("GET", "/auth/v1/me", token=fresh["access_token"], status=200)
 
-    entries = [d async for d in auth.db["audit_log"].find({"target_id": uid})]
+    entries = [d async for d in auth.audit.find({"target_id": uid})]
     assert sorted(e["action"] for e in entries) == ["user.block", "user.unblock"]
     block = next(e for e in entries if e["action"] == "user.block")
     assert block["actor_id"] == admin["user"]["user_id"]
@@ -247,3 +251,45 @@ async def test_grant_admin_and_rotate_keys_from_the_cli(auth: AuthApi, settings:
     assert before["keys"][0]["kid"] in {k["kid"] for k in after["keys"]}
     code, out = await cli(settings, "keys")
     assert code == 0 and "signing" in out and "published" in out
+
+
+async def test_the_audit_route_filters_and_pages_the_shared_log(
+    auth: AuthApi, admin: dict[str, Any]
+) -> None:
+    token, own = admin["access_token"], admin["user"]["user_id"]
+    victim = (await auth.signup())["user"]["user_id"]
+    for _ in range(3):
+        await auth.call("GET", f"/auth/v1/admin/users/{victim}", token=token, status=200)
+    await auth.call("POST", f"/auth/v1/admin/users/{victim}/block", {"reason": "x"}, token=token,
+                    status=200)  # fmt: skip
+    # Another service's entry, in the same log.
+    await AuditLog(auth.service.audit.coll.database, "rooms").record(
+        Entry(Actor(own, "admin"), "room.close", "room", "0" * 24)
+    )
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        _, page = await auth.call(
+            "GET", f"/auth/v1/admin/audit?target_id={victim}&limit=2{cursor}", token=token,
+            status=200,
+        )  # fmt: skip
+        seen += [e["action"] for e in page["entries"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert seen == ["user.block", "user.view", "user.view", "user.view"]
+
+    _, page = await auth.call("GET", "/auth/v1/admin/audit?action=user.block", token=token,
+                              status=200)  # fmt: skip
+    assert [(e["target_id"], e["target_type"], e["service"], e["actor_role"])
+            for e in page["entries"]] == [(victim, "user", "auth", "admin")]  # fmt: skip
+    _, page = await auth.call("GET", f"/auth/v1/admin/audit?service=rooms&actor_id={own}",
+                              token=token, status=200)  # fmt: skip
+    assert [e["action"] for e in page["entries"]] == ["room.close"]
+    before = await auth.audit.count_documents({})
+    for query, field in (("cursor=nope", "cursor"), ("action=Room!", "action"),
+                         ("before=yesterday", "before"), ("service=" + "x" * 40, "service")):  # fmt: skip
+        status, err = await auth.call("GET", f"/auth/v1/admin/audit?{query}", token=token)
+        assert (status, err["error"]["code"]) == (422, "validation_failed"), query
+        assert err["error"]["details"][0]["field"] == field
+    assert await auth.audit.count_documents({}) == before

@@ -9,7 +9,7 @@ import sys
 
 import aiohttp
 
-from scripts.stack import ROOT
+from scripts.stack import PYTHONPATH, ROOT
 from tests.support.stack import System
 from tests.support.users import signup
 from tests.support.wsclient import WsClient
@@ -17,7 +17,7 @@ from tests.support.wsclient import WsClient
 
 def create_admin(system: System, username: str, password: str) -> None:
     """The first admin comes from the CLI, run against the system's own database."""
-    env = {**os.environ, **system.auth_env(), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **system.auth_env(), "PYTHONPATH": PYTHONPATH}
     proc = subprocess.run(
         [sys.executable, "-m", "services.auth.cli", "create-admin", "--username", username,
          "--email", f"{username}@example.test", "--password-stdin"],

@@ -1,0 +1,271 @@
+"""Admins over rooms: list and search every room, view one and its members, close and
+reopen, switch public ↔ private, remove a member, delete; and over public rooms'
+messages: post as the room's moderator, edit, remove, read every revision
+(docs/moderation.md).
+
+Only callers whose token carries the ``admin`` role get here (the route decorator
+checks ``role="admin"``). Admins see private rooms' **metadata** only: the server
+holds no readable message of theirs. Every action, reads included, is written once
+to the shared audit log (services.common.audit), after it succeeded: a refused
+request changes nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from parley_contract import envelopes as e
+from parley_contract import frames as f
+
+from services.common.audit import Actor, Entry
+from services.common.auth import Claims
+from services.common.errors import ApiError, ErrorCode
+from services.rooms import members, models, moderation, push, text, timeline
+from services.rooms.config import MEMBERS_PAGE_MAX, PAGE_MAX
+from services.rooms.events import Check
+from services.rooms.rooms import PRIVATE, PUBLIC, deleted, not_found, set_state
+from services.rooms.state import Rooms
+from services.rooms.store import Doc, now_ms
+
+log = logging.getLogger(__name__)
+
+
+def _actor(claims: Claims) -> Actor:
+    return Actor(claims.user_id, "admin")
+
+
+async def _audit(
+    rooms: Rooms, claims: Claims, ip: str | None, action: str, target_id: str | None,
+    *, target_type: str = "room", before: Doc | None = None, after: Doc | None = None,
+    **details: Any,
+) -> None:  # fmt: skip
+    await rooms.audit.record(
+        Entry(
+            actor=_actor(claims), action=action, target_type=target_type if target_id else None,
+            target_id=target_id, details=details, before=before, after=after, ip=ip,
+        )
+    )  # fmt: skip
+
+
+def view(room: Doc) -> models.AdminRoom:
+    at = room.get("deleted_at")
+    return models.AdminRoom(
+        room_id=room["_id"], name=room["name"], topic=room.get("topic", ""), kind=room["kind"],
+        state=room["state"], owner=room.get("owner"), members=max(int(room.get("members", 0)), 0),
+        created_at=int(room["created_at"]), created_by=room.get("created_by"),
+        version=int(room.get("version", 1)), messages=int(room.get("seq", 0)),
+        deleted_at=None if at is None else int(at),
+    )  # fmt: skip
+
+
+async def _room(rooms: Rooms, room_id: str, *, live: bool = True) -> Doc:
+    """The room (404 ``room_not_found``); ``live``: not deleted either."""
+    room = await rooms.store.get_room(room_id)
+    if room is None or (live and deleted(room)):
+        raise not_found()
+    return room
+
+
+def _unchanged(what: str) -> ApiError:
+    return ApiError(ErrorCode.CONFLICT, f"The room is {what} already: nothing to change.")
+
+
+async def _tell(rooms: Rooms, room: Doc, change: str, also: tuple[str, ...] = (),
+                user_id: str | None = None) -> None:  # fmt: skip
+    """A ``room_changed`` frame to the room's connected members (best effort)."""
+    frame = f.RoomChanged(
+        room_id=room["_id"], change=change, kind=room["kind"], state=room["state"],  # type: ignore[arg-type]
+        version=int(room.get("version", 1)), at=now_ms(), user_id=user_id,
+    )  # fmt: skip
+    await push.to_members(rooms.store, rooms.pusher, room, frame, "room_changed", also)
+
+
+# -- rooms ----------------------------------------------------------------------------------
+
+
+async def list_rooms(
+    rooms: Rooms, claims: Claims, ip: str | None, q: str | None, kind: str | None,
+    state: str | None, cursor: str, limit: int,
+) -> models.AdminRoomPage:  # fmt: skip
+    """Every room, private ones included (metadata), in id order; ``q`` a part of the
+    name, any case."""
+    query: Doc = {}
+    if q is not None and (key := text.name_key(q)):
+        query["name_key"] = {"$regex": re.escape(key)}
+    if kind is not None:
+        query["kind"] = kind
+    if state is not None:
+        query["state"] = state
+    limit = min(limit, PAGE_MAX)
+    docs = await rooms.store.all_rooms(query, cursor, limit + 1)
+    more = len(docs) > limit
+    docs = docs[:limit]
+    await _audit(rooms, claims, ip, "room.list", None, q=q, kind=kind, state=state, cursor=cursor)
+    return models.AdminRoomPage(
+        rooms=[view(d) for d in docs], next_cursor=str(docs[-1]["_id"]) if more else None
+    )
+
+
+async def get_room(rooms: Rooms, claims: Claims, ip: str | None, room_id: str) -> models.AdminRoom:
+    room = await _room(rooms, room_id, live=False)
+    await _audit(rooms, claims, ip, "room.view", room_id)
+    return view(room)
+
+
+async def room_members(
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, after: int, limit: int
+) -> models.MemberPage:
+    room = await _room(rooms, room_id, live=False)
+    page = await members.member_page(rooms, room, after, min(limit, MEMBERS_PAGE_MAX))
+    await _audit(rooms, claims, ip, "room.members", room_id, page_after=after)
+    return page
+
+
+async def set_room_state(
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, state: str
+) -> models.AdminRoom:
+    """Close (``closed``) or reopen (``open``) a room."""
+    room = await _room(rooms, room_id)
+    if room["state"] == state:
+        raise _unchanged(state)
+    await set_state(rooms, room, state, claims.user_id)
+    room = await _room(rooms, room_id)
+    action = "room.close" if state == "closed" else "room.reopen"
+    await _audit(rooms, claims, ip, action, room_id, before={"state": "closed" if state == "open"
+                 else "open"}, after={"state": state})  # fmt: skip
+    await _tell(rooms, room, "state")
+    return view(room)
+
+
+async def set_kind(
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, kind: str
+) -> models.AdminRoom:
+    """Public → private: end-to-end encrypted from now on (no new posts over HTTP; the
+    public timeline so far stays, readable by members only; out of the directory).
+    Private → public: posts over HTTP from now on, listed in the directory; past
+    ciphertext stays ciphertext (the server never had its keys)."""
+    room = await _room(rooms, room_id)
+    previous = str(room["kind"])
+    if previous == kind:
+        raise _unchanged(kind)
+    store = rooms.store
+    bumped = await store.bump_room(room_id, version=1)
+    held = await rooms.events.hold(
+        e.RoomKindChanged(
+            room_id=room_id, kind=kind, version=int(bumped["version"]),  # type: ignore[arg-type]
+            actor=claims.user_id, at=now_ms(), previous=previous,  # type: ignore[arg-type]
+        ),
+        Check("rooms", {"_id": room_id, "kind": kind}),
+    )  # fmt: skip
+    await store.set_room(room_id, {"kind": kind, "kind_changed_at": now_ms()})
+    key = room.get("name_key") or text.name_key(room["name"])
+    if kind == PUBLIC:
+        await store.add_to_directory(key, room_id, room["name"])
+    else:
+        await store.remove_from_directory(key, room_id)
+    await rooms.events.release(held)
+    room = await _room(rooms, room_id)
+    await _audit(rooms, claims, ip, "room.kind", room_id, before={"kind": previous},
+                 after={"kind": kind})  # fmt: skip
+    log.info("room kind changed", extra={"room_id": room_id, "kind": kind})
+    await _tell(rooms, room, "kind")
+    return view(room)
+
+
+async def remove(rooms: Rooms, claims: Claims, ip: str | None, room_id: str, user_id: str) -> None:
+    """Remove any member, the owner included (the room then has no owner: admins and
+    moderators manage it; docs/moderation.md)."""
+    room = await _room(rooms, room_id)
+    victim = await rooms.store.get_member(room_id, user_id)
+    if victim is None:
+        raise ApiError(
+            ErrorCode.USER_NOT_FOUND, "That user is not a member of this room.",
+            details={"user_id": user_id},
+        )  # fmt: skip
+    await members.remove_member(rooms, room, victim, claims.user_id, removed=True)
+    if victim["role"] == "owner":
+        await rooms.store.set_room(room_id, {"owner": None})
+    room = await _room(rooms, room_id)
+    await _audit(rooms, claims, ip, "room.remove_member", room_id,
+                 before={"user_id": user_id, "role": victim["role"]}, after=None)  # fmt: skip
+    await _tell(rooms, room, "member_removed", also=(user_id,), user_id=user_id)
+
+
+async def delete(rooms: Rooms, claims: Claims, ip: str | None, room_id: str) -> None:
+    """Delete a room: it answers ``room_not_found`` to everyone from now on. Its records
+    (members, public timeline and revisions) stay for admins and the audit trail."""
+    room = await _room(rooms, room_id)
+    store = rooms.store
+    bumped = await store.bump_room(room_id, version=1)
+    at = now_ms()
+    held = await rooms.events.hold(
+        e.RoomDeleted(
+            room_id=room_id, kind=room["kind"], version=int(bumped["version"]),
+            actor=claims.user_id, at=at,
+        ),
+        Check("rooms", {"_id": room_id, "deleted_at": at}),
+    )  # fmt: skip
+    await store.set_room(room_id, {"deleted_at": at})
+    if room["kind"] == PUBLIC:
+        await store.remove_from_directory(room.get("name_key") or text.name_key(room["name"]),
+                                          room_id)  # fmt: skip
+    await rooms.events.release(held)
+    await _audit(rooms, claims, ip, "room.delete", room_id,
+                 before={"name": room["name"], "kind": room["kind"], "state": room["state"],
+                         "members": int(room.get("members", 0))},
+                 after={"deleted_at": at})  # fmt: skip
+    log.info("room deleted", extra={"room_id": room_id})
+    await _tell(rooms, {**bumped, "deleted_at": at}, "deleted")
+
+
+# -- messages of public rooms ---------------------------------------------------------------
+
+
+async def _timeline_room(rooms: Rooms, room_id: str, *, live: bool = True) -> Doc:
+    room = await _room(rooms, room_id, live=live)
+    if room["kind"] == PRIVATE and not int(room.get("seq", 0)):
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            "Private rooms are end-to-end encrypted: the server holds no message to moderate.",
+        )
+    return room
+
+
+async def post(
+    rooms: Rooms, claims: Claims, ip: str | None, token: str, room_id: str,
+    body: models.MessageIn,
+) -> models.PostResult:  # fmt: skip
+    """Post as the room's moderator (sender ``moderator``): public rooms, closed ones too."""
+    room = await _room(rooms, room_id)
+    if room["kind"] == PRIVATE:
+        raise ApiError(
+            ErrorCode.FORBIDDEN, "Private rooms are end-to-end encrypted: an admin cannot post."
+        )
+    return await timeline.store_post(
+        rooms, room, timeline.MODERATOR, claims.user_id, token, body, "admin", ip
+    )
+
+
+async def change(
+    rooms: Rooms, claims: Claims, ip: str | None, token: str, room_id: str, seq: int,
+    action: str, new_text: str | None, reason: str | None,
+) -> models.RoomMessage:  # fmt: skip
+    """Edit or remove any message of a room's timeline (audited by moderation.apply)."""
+    room = await _timeline_room(rooms, room_id)
+    doc = await moderation.message_of(rooms, room_id, seq)
+    return await moderation.apply(
+        rooms, room, doc,
+        moderation.Change(action, claims.user_id, "admin", new_text, reason, ip), token,
+    )  # fmt: skip
+
+
+async def revisions(
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, seq: int
+) -> models.RevisionHistory:
+    room = await _timeline_room(rooms, room_id, live=False)
+    out = await moderation.history(rooms, room, seq)
+    await _audit(rooms, claims, ip, "message.revisions", f"{room_id}/{seq}",
+                 target_type="message", room_id=room_id, seq=seq)  # fmt: skip
+    return out

@@ -1,0 +1,405 @@
+"""Moderation of public rooms' messages: edits and removals by authors, room moderators
+and admins, each a kept revision; what members see (markers, live frames); who may not
+(docs/moderation.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from services.rooms.store import message_id, revision_id
+from tests.rooms.conftest import EventLog, RoomsApi
+from tests.support.messaging import Messaging
+
+
+def admin(api: RoomsApi) -> str:
+    """A user whose token carries the admin role."""
+    user_id = api.user()
+    api.tokens[user_id] = api.issuer.token(user_id, roles=("user", "admin"))
+    return user_id
+
+
+async def audit_of(api: RoomsApi, **query: Any) -> list[dict[str, Any]]:
+    return await api.rooms.audit.coll.find(query).sort("_id", 1).to_list()
+
+
+async def edit(api: RoomsApi, user: str, room: str, seq: int, text: str) -> tuple[int, Any]:
+    return await api.call("PATCH", f"/v1/rooms/{room}/messages/{seq}", user, {"text": text})
+
+
+async def delete(api: RoomsApi, user: str, room: str, seq: int) -> tuple[int, Any]:
+    return await api.call("DELETE", f"/v1/rooms/{room}/messages/{seq}", user)
+
+
+async def test_every_change_is_a_revision_and_members_see_the_marker(api: RoomsApi) -> None:
+    owner, mod, alice, bob = (api.user() for _ in range(4))
+    boss = admin(api)
+    room = await api.room(owner, name="agora")
+    for u in (mod, alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    assert (await api.promote(owner, room, mod))[0] == 200
+    _, m1 = await api.post(alice, room, "first draft")
+    _, m2 = await api.post(alice, room, "rude words")
+    _, m3 = await api.post(bob, room, "mine to delete")
+    _, m4 = await api.post(owner, room, "the owner speaks")
+
+    # The author edits: rev 2, "edited"; the same text again changes nothing.
+    status, out = await edit(api, alice, room, m1["seq"], "second draft")
+    assert status == 200, out
+    assert (out["text"], out["rev"], out["marker"]) == ("second draft", 2, "edited")
+    assert out["edited_at"] >= m1["sent_at"]
+    assert (await edit(api, alice, room, m1["seq"], "second draft"))[1]["rev"] == 2
+
+    # A moderator edits a member's message; then its author may not any more.
+    status, out = await edit(api, mod, room, m1["seq"], "moderated draft")
+    assert (status, out["marker"], out["rev"]) == (200, "edited_by_moderator", 3)
+    status, err = await edit(api, alice, room, m1["seq"], "back to mine")
+    assert (status, err["error"]["code"]) == (403, "forbidden")
+
+    # An admin hides one (no membership needed): empty text, the marker.
+    status, out = await api.call(
+        "POST", f"/v1/admin/rooms/{room}/messages/{m2['seq']}/hide", boss, {"reason": "abuse"}
+    )
+    assert status == 200, out
+    assert (out["text"], out["mentions"], out["marker"]) == ("", [], "removed_by_moderator")
+    # The author deletes their own.
+    status, out = await delete(api, bob, room, m3["seq"])
+    assert (status, out["marker"], out["text"]) == (200, "deleted_by_author", "")
+
+    # History pages show the current revision with its marker.
+    _, page = await api.messages(bob, room)
+    shown = {m["seq"]: (m["text"], m["marker"]) for m in page["messages"]}
+    assert shown == {
+        m1["seq"]: ("moderated draft", "edited_by_moderator"),
+        m2["seq"]: ("", "removed_by_moderator"),
+        m3["seq"]: ("", "deleted_by_author"),
+        m4["seq"]: ("the owner speaks", None),
+    }
+
+    # Admins read every revision, the original first, with who and why.
+    status, hist = await api.call(
+        "GET", f"/v1/admin/rooms/{room}/messages/{m1['seq']}/revisions", boss
+    )
+    assert status == 200, hist
+    assert [(r["rev"], r["text"], r["marker"], r["by"], r["role"]) for r in hist["revisions"]] == [
+        (1, "first draft", None, alice, "author"),
+        (2, "second draft", "edited", alice, "author"),
+        (3, "moderated draft", "edited_by_moderator", mod, "moderator"),
+    ]
+    assert hist["current"]["rev"] == 3 and hist["sender"] == alice
+    _, hist = await api.call("GET", f"/v1/admin/rooms/{room}/messages/{m2['seq']}/revisions", boss)
+    assert [(r["text"], r["reason"], r["role"]) for r in hist["revisions"]] == [
+        ("rude words", None, "author"), ("", "abuse", "admin"),
+    ]  # fmt: skip
+    # A message that never changed: its original alone.
+    _, hist = await api.call("GET", f"/v1/admin/rooms/{room}/messages/{m4['seq']}/revisions", boss)
+    assert [r["text"] for r in hist["revisions"]] == ["the owner speaks"]
+
+    # Moderator and admin changes are audited once each; authors' are not.
+    entries = await audit_of(api, target_type="message")
+    assert [(e["action"], e["actor_id"], e["actor_role"]) for e in entries] == [
+        ("message.edit", mod, "moderator"),
+        ("message.remove", boss, "admin"),
+        ("message.revisions", boss, "admin"),
+        ("message.revisions", boss, "admin"),
+        ("message.revisions", boss, "admin"),
+    ]
+    assert entries[0]["before"] == {"text": "second draft", "marker": "edited"}
+    assert entries[0]["after"] == {"text": "moderated draft", "marker": "edited_by_moderator"}
+    assert entries[1]["service"] == "rooms" and entries[1]["request_id"]
+
+
+async def test_who_may_not_change_a_message_changes_nothing(api: RoomsApi) -> None:
+    owner, mod, mod2, alice, bob, outsider = (api.user() for _ in range(6))
+    room = await api.room(owner, name="rules")
+    for u in (mod, mod2, alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    for m in (mod, mod2):
+        assert (await api.promote(owner, room, m))[0] == 200
+    _, by_alice = await api.post(alice, room, "hello")
+    _, by_owner = await api.post(owner, room, "owner's")
+    _, by_mod2 = await api.post(mod2, room, "mod2's")
+    _, removed = await api.post(alice, room, "bye")
+    assert (await delete(api, alice, room, removed["seq"]))[0] == 200
+    private = await api.room(owner, kind="private", name="secret")
+    before = await api.snapshot()
+
+    cases = [
+        (edit(api, bob, room, by_alice["seq"], "hijack"), 403, "forbidden"),  # not author/mod
+        (delete(api, bob, room, by_alice["seq"]), 403, "forbidden"),
+        (edit(api, mod, room, by_owner["seq"], "x"), 403, "forbidden"),  # the owner's
+        (edit(api, mod, room, by_mod2["seq"], "x"), 403, "forbidden"),  # another moderator's
+        (edit(api, outsider, room, by_alice["seq"], "x"), 403, "not_a_member"),
+        (edit(api, alice, room, 999, "x"), 404, "message_not_found"),
+        (edit(api, alice, room, removed["seq"], "again"), 409, "message_removed"),
+        (delete(api, owner, room, removed["seq"]), 409, "message_removed"),
+        (edit(api, alice, room, by_alice["seq"], "  "), 422, "invalid_text"),
+        (edit(api, alice, room, by_alice["seq"], "a\x00b"), 422, "invalid_text"),
+        (edit(api, alice, "f" * 24, 1, "x"), 404, "room_not_found"),
+        (edit(api, alice, private, 1, "x"), 404, "room_not_found"),
+        (edit(api, owner, private, 1, "x"), 403, "forbidden"),
+        (api.call("PATCH", f"/v1/rooms/{room}/messages/0", alice, {"text": "x"}), 422,
+         "validation_failed"),
+        (api.call("PATCH", f"/v1/rooms/{room}/messages/1", alice, {"text": "x", "y": 1}), 422,
+         "validation_failed"),
+    ]  # fmt: skip
+    for call, status, code in cases:
+        got, body = await call
+        assert (got, body["error"]["code"]) == (status, code), body
+    # Closed: the author may not edit, moderators still moderate.
+    assert (await api.patch(owner, room, {"state": "closed"}))[0] == 200
+    before = await api.snapshot()
+    got, body = await edit(api, alice, room, by_alice["seq"], "late")
+    assert (got, body["error"]["code"]) == (409, "room_closed")
+    assert await api.snapshot() == before
+    assert (await delete(api, mod, room, by_alice["seq"]))[1]["marker"] == "removed_by_moderator"
+    assert await audit_of(api, action="message.edit") == []
+
+
+async def test_admins_over_rooms(api: RoomsApi, events: EventLog) -> None:
+    owner, alice = api.user(), api.user()
+    boss = admin(api)
+    pub = await api.room(owner, name="Harbour Town")
+    priv = await api.room(owner, kind="private", name="harbour crew")
+    assert (await api.join(alice, pub))[0] == 200
+    assert (await api.post(alice, pub, "ahoy"))[0] == 201
+
+    # List and search every room, private ones too (metadata only), paged.
+    _, page = await api.call("GET", "/v1/admin/rooms?q=HARBOUR&limit=1", boss)
+    assert len(page["rooms"]) == 1 and page["next_cursor"]
+    _, rest = await api.call("GET", f"/v1/admin/rooms?q=harbour&cursor={page['next_cursor']}",
+                             boss)  # fmt: skip
+    found = {r["room_id"]: r for r in page["rooms"] + rest["rooms"]}
+    assert set(found) == {pub, priv} and rest["next_cursor"] is None
+    assert found[priv]["kind"] == "private" and found[pub]["messages"] == 1
+    _, only = await api.call("GET", "/v1/admin/rooms?q=harbour&kind=private", boss)
+    assert [r["room_id"] for r in only["rooms"]] == [priv]
+    _, view = await api.call("GET", f"/v1/admin/rooms/{priv}", boss)
+    assert view["owner"] == owner and view["members"] == 1 and view["deleted_at"] is None
+    _, members = await api.call("GET", f"/v1/admin/rooms/{pub}/members", boss)
+    assert [m["user_id"] for m in members["members"]] == [owner, alice]
+
+    # Close and reopen; twice is a conflict that changes nothing.
+    assert (await api.call("POST", f"/v1/admin/rooms/{pub}/close", boss))[1]["state"] == "closed"
+    status, err = await api.post(alice, pub, "anyone?")
+    assert (status, err["error"]["code"]) == (409, "room_closed")
+    snap = await api.snapshot()
+    status, err = await api.call("POST", f"/v1/admin/rooms/{pub}/close", boss)
+    assert (status, err["error"]["code"]) == (409, "conflict")
+    assert await api.snapshot() == snap
+    assert (await api.call("POST", f"/v1/admin/rooms/{pub}/reopen", boss))[1]["state"] == "open"
+
+    # Public -> private: out of the directory, no posts over HTTP, the old timeline
+    # readable by members only.
+    status, view = await api.call("PUT", f"/v1/admin/rooms/{pub}/kind", boss, {"kind": "private"})
+    assert (status, view["kind"]) == (200, "private")
+    _, directory = await api.directory(alice, "?q=harbour")
+    assert directory["rooms"] == []
+    status, err = await api.post(alice, pub, "plain text?")
+    assert (status, err["error"]["code"]) == (403, "forbidden")
+    assert (await api.messages(alice, pub))[1]["messages"][0]["text"] == "ahoy"
+    assert (await api.messages(api.user(), pub))[0] == 404
+    # ... and back: in the directory again, posts over HTTP again.
+    assert (await api.call("PUT", f"/v1/admin/rooms/{pub}/kind", boss, {"kind": "public"}))[
+        0
+    ] == 200
+    assert [r["room_id"] for r in (await api.directory(alice, "?q=harbour"))[1]["rooms"]] == [pub]
+    assert (await api.post(alice, pub, "back in public"))[0] == 201
+
+    # Remove a member, the owner too (the room then has none); delete the private room.
+    assert (await api.call("DELETE", f"/v1/admin/rooms/{pub}/members/{owner}", boss))[0] == 204
+    assert (await api.get(alice, pub))[1]["owner"] is None
+    assert (await api.call("DELETE", f"/v1/admin/rooms/{priv}", boss))[0] == 204
+    assert (await api.get(owner, priv))[0] == 404
+    assert priv not in [r["room_id"] for r in (await api.mine(owner))[1]["rooms"]]
+    _, view = await api.call("GET", f"/v1/admin/rooms/{priv}", boss)
+    assert view["deleted_at"] is not None
+    status, err = await api.call("DELETE", f"/v1/admin/rooms/{priv}", boss)
+    assert (status, err["error"]["code"]) == (404, "room_not_found")
+
+    # Every action in the audit log exactly once, by the admin, with before and after.
+    entries = await audit_of(api, target_type="room")
+    assert [e["action"] for e in entries] == [
+        "room.view", "room.members", "room.close", "room.reopen", "room.kind", "room.kind",
+        "room.remove_member", "room.delete", "room.view",
+    ]  # fmt: skip
+    assert all(e["actor_id"] == boss and e["actor_role"] == "admin" for e in entries)
+    kinds = [(e["before"], e["after"]) for e in entries if e["action"] == "room.kind"]
+    assert kinds == [({"kind": "public"}, {"kind": "private"}),
+                     ({"kind": "private"}, {"kind": "public"})]  # fmt: skip
+    assert len(await audit_of(api, action="room.list")) == 3
+
+    # The events say it too.
+    got = await events.settle(pub)
+    assert [(e["type"], e.get("kind")) for e in got if e["type"] in (
+        "room_kind_changed", "room_state_changed")] == [
+        ("room_state_changed", "public"), ("room_state_changed", "public"),
+        ("room_kind_changed", "private"), ("room_kind_changed", "public"),
+    ]  # fmt: skip
+    assert "room_deleted" in [e["type"] for e in await events.settle(priv)]
+
+
+async def test_an_admin_posts_as_the_rooms_moderator(api: RoomsApi) -> None:
+    owner, alice = api.user(), api.user()
+    boss = admin(api)
+    room = await api.room(owner, name="news")
+    assert (await api.join(alice, room))[0] == 200
+    body = {"client_id": "notice-1", "text": f"Be kind, @{api.username(alice)}"}
+    status, out = await api.call("POST", f"/v1/admin/rooms/{room}/messages", boss, body)
+    assert status == 201, out
+    assert out["sender"] == "moderator" and out["mentions"] == [alice]
+    again = await api.call("POST", f"/v1/admin/rooms/{room}/messages", boss, body)
+    assert again[1]["duplicate"] is True and again[1]["seq"] == out["seq"]
+    stored = await api.rooms.store.messages.find_one({"_id": message_id(room, out["seq"])})
+    assert stored is not None and stored["posted_by"] == boss
+    # The room's owner may not change what an admin posted as moderator.
+    status, err = await edit(api, owner, room, out["seq"], "mine now")
+    assert (status, err["error"]["code"]) == (403, "forbidden")
+    # The owner (or a moderator) may post as the room's moderator too; members may not.
+    url = f"/v1/rooms/{room}/moderator/messages"
+    status, err = await api.call("POST", url, alice, {"client_id": "x", "text": "I rule"})
+    assert (status, err["error"]["code"]) == (403, "forbidden")
+    status, mine = await api.call("POST", url, owner, {"client_id": "rules", "text": "Rules."})
+    assert (status, mine["sender"]) == (201, "moderator")
+    _, hist = await api.call("GET", f"/v1/admin/rooms/{room}/messages/{mine['seq']}/revisions",
+                             boss)  # fmt: skip
+    assert [(r["by"], r["role"]) for r in hist["revisions"]] == [(owner, "owner")]
+    posts = await audit_of(api, action="message.post")
+    assert [(e["actor_id"], e["actor_role"]) for e in posts] == [(boss, "admin"), (owner, "owner")]
+
+
+async def test_members_see_changes_live(api: RoomsApi, messaging: Messaging) -> None:
+    owner, alice = api.user(), api.user()
+    boss = admin(api)
+    room = await api.room(owner, name="live")
+    assert (await api.join(alice, room))[0] == 200
+    sock = await messaging.connect(alice, pod=0)
+    _, msg = await api.post(owner, room, "live text")
+    await sock.expect("room_post", room_id=room)
+    status, _ = await api.call("PATCH", f"/v1/admin/rooms/{room}/messages/{msg['seq']}", boss,
+                               {"text": "cleaned", "reason": "spam link"})  # fmt: skip
+    assert status == 200
+    frame = await sock.expect("room_message_changed", room_id=room)
+    assert frame == {
+        "op": "room_message_changed", "room_id": room, "seq": msg["seq"], "rev": 2,
+        "marker": "edited_by_moderator", "text": "cleaned", "mentions": [], "at": frame["at"],
+    }  # fmt: skip
+    assert (await api.call("PUT", f"/v1/admin/rooms/{room}/kind", boss, {"kind": "private"}))[
+        0
+    ] == 200
+    changed = await sock.expect("room_changed", room_id=room)
+    assert (changed["change"], changed["kind"], changed["state"]) == ("kind", "private", "open")
+    assert (await api.call("DELETE", f"/v1/admin/rooms/{room}/members/{alice}", boss))[0] == 204
+    removed = await sock.expect("room_changed", room_id=room)
+    assert (removed["change"], removed["user_id"]) == ("member_removed", alice)
+
+
+def admin_routes(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, operation) of every route the document says needs the admin role."""
+    return [
+        (method.upper(), path, op)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if op.get("x-required-role") == "admin"
+    ]
+
+
+def example_body(doc: dict[str, Any], op: dict[str, Any]) -> Any:
+    """A body of the right shape: the role is checked first, but be fair anyway."""
+    ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+    if ref is None:
+        return None
+    schema = doc["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
+    samples = {"text": "hello", "client_id": "c1", "kind": "private", "reason": "r"}
+    return {k: samples.get(k, "x") for k in schema.get("required", [])}
+
+
+async def test_every_admin_route_refuses_non_admins_and_404s_unknown_rooms(api: RoomsApi) -> None:
+    """Table-driven from the OpenAPI document: a new admin route is covered at once."""
+    owner, alice = api.user(), api.user()
+    boss = admin(api)
+    room = await api.room(owner, name="target")
+    assert (await api.join(alice, room))[0] == 200
+    _, msg = await api.post(alice, room, "text")
+    status, doc = await api.call("GET", "/openapi.json", owner)
+    assert status == 200
+    routes = admin_routes(doc)
+    assert len(routes) >= 11 and all(p.startswith("/rooms/v1/admin/") for _, p, _ in routes)
+    before = await api.snapshot()
+    audit_before = await audit_of(api)
+    for method, path, op in routes:
+        url = path.removeprefix("/rooms").format(room_id=room, user_id=alice, seq=msg["seq"])
+        body = example_body(doc, op)
+        for caller in (owner, alice):  # the room's owner is no admin either
+            status, err = await api.call(method, url, caller, body)
+            assert (status, err["error"]["code"]) == (403, "forbidden"), (method, path)
+            assert "403" in op["responses"], (method, path)
+        if "{room_id}" in path:
+            url = path.removeprefix("/rooms").format(room_id="0" * 24, user_id=alice, seq=1)
+            status, err = await api.call(method, url, boss, body)
+            assert (status, err["error"]["code"]) == (404, "room_not_found"), (method, path)
+    assert await api.snapshot() == before
+    assert await audit_of(api) == audit_before
+
+
+async def test_concurrent_changes_claim_one_revision_each_and_a_dead_writers_claim_is_applied(
+    api: RoomsApi,
+) -> None:
+    owner = api.user()
+    room = await api.room(owner, name="race")
+    store = api.rooms.store
+    # A message stored before revisions existed (no `rev`), as seeded timelines are.
+    assert (await api.post(owner, room, "seed"))[0] == 201
+    await store.messages.update_one({"_id": message_id(room, 1)}, {"$unset": {"rev": ""}})
+
+    results = await asyncio.gather(*(edit(api, owner, room, 1, f"take {i}") for i in range(6)))
+    won = [body for status, body in results if status == 200]
+    assert won and all(s in (200, 409) for s, _ in results)
+    assert all(b["error"]["code"] == "conflict" for s, b in results if s == 409)
+    doc = await store.get_message(room, 1)
+    assert doc is not None and doc["rev"] == 1 + len(won)
+    revisions = await store.revisions_of(room, 1, 10)
+    assert [r["rev"] for r in revisions] == list(range(1, len(won) + 2))
+    assert revisions[0]["text"] == "seed" and revisions[-1]["text"] == doc["text"]
+
+    # A writer that died after claiming its revision: the next change applies the claim
+    # and answers conflict; the one after goes on from there.
+    rev = int(doc["rev"])
+    claim = {**revisions[-1], "_id": revision_id(room, 1, rev + 1), "rev": rev + 1,
+             "text": "claimed", "at": doc["edited_at"] + 1}  # fmt: skip
+    assert await store.insert_revision(claim)
+    status, err = await edit(api, owner, room, 1, "next")
+    assert (status, err["error"]["code"]) == (409, "conflict")
+    assert (await api.messages(owner, room))[1]["messages"][0]["text"] == "claimed"
+    status, out = await edit(api, owner, room, 1, "next")
+    assert (status, out["rev"]) == (200, rev + 2)
+
+
+async def test_admins_page_through_thousands_of_rooms(api: RoomsApi) -> None:
+    boss = admin(api)
+    tag = secrets.token_hex(4)
+    seeded = [
+        {"_id": f"{tag}{i:016x}", "name": f"{tag} room {i}", "name_key": f"{tag} room {i}",
+         "topic": "", "kind": "private" if i % 3 else "public", "state": "open",
+         "owner": None, "members": 0, "version": 1, "slots": 0, "seq": 0, "created_at": 1}
+        for i in range(3000)
+    ]  # fmt: skip
+    for i in range(0, len(seeded), 500):
+        await api.rooms.store.rooms.insert_many(seeded[i : i + 500])
+    seen: list[str] = []
+    cursor = ""
+    pages = 0
+    while True:
+        status, page = await api.call(
+            "GET", f"/v1/admin/rooms?q={tag}&kind=private&limit=200&cursor={cursor}", boss
+        )
+        assert status == 200, page
+        seen += [r["room_id"] for r in page["rooms"]]
+        pages += 1
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert seen == sorted(d["_id"] for d in seeded if d["kind"] == "private")
+    assert pages == 10
+    assert len(await audit_of(api, action="room.list")) == pages
