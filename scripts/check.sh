@@ -6,4 +6,4 @@ BIN=.venv/bin
 echo "== ruff check";  $BIN/ruff check .
 echo "== ruff format"; $BIN/ruff format --check --quiet .
 echo "== mypy";        $BIN/mypy
-echo "== pytest";      $BIN/python -m pytest -n 2 --dist loadfile --durations=25 "$@"
+echo "== pytest";      $BIN/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@"

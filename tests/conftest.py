@@ -12,6 +12,29 @@ from services.common.config import Settings
 from tests.support.stack import Stack, System, start_stack, start_system
 from tests.support.tokens import TokenIssuer
 
+# The longest files (measured with --durations), started first: the two xdist
+# workers take one file at a time (scripts/check.sh), so the long ones overlap
+# instead of one running alone at the end. The rest keep their order.
+LONGEST_FIRST = (
+    "tests/e2e/test_delivery_liveness.py",
+    "tests/e2e/test_make_run.py",
+    "tests/e2e/test_cli_hardening.py",
+    "tests/fuzz/test_openapi.py",
+    "tests/loadtest/test_soak.py",
+    "tests/loadtest/test_bench_smoke.py",
+    "tests/e2e/test_cli_rooms.py",
+    "tests/e2e/test_rooms.py",
+    "tests/e2e/test_messaging_faults.py",
+    "tests/web/test_chat_browser.py",
+    "tests/web/test_chat_suite.py",
+    "tests/embedded/test_kafka_size.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

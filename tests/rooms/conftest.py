@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 import uuid
@@ -211,15 +212,24 @@ class EventLog:
         ]
 
 
-@pytest.fixture
-async def events(api: RoomsApi) -> AsyncIterator[EventLog]:
+@contextlib.asynccontextmanager
+async def event_log(api: RoomsApi) -> AsyncIterator[EventLog]:
+    """The rooms topic of ``api``'s prefix, read from the start."""
     settings = api.settings
     consumer = kafka_consumer(settings, (), group_id=None)  # type: ignore[arg-type]
     await consumer.start()
-    topic = Topics(settings).rooms
-    consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
-    yield EventLog(consumer, api)
-    await consumer.stop()
+    try:
+        topic = Topics(settings).rooms
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
+        yield EventLog(consumer, api)
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def events(api: RoomsApi) -> AsyncIterator[EventLog]:
+    async with event_log(api) as log:
+        yield log
 
 
 class RecordLog:

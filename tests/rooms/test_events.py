@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
 from parley_contract import envelopes as e
 
 from services.rooms.config import RoomsConfig
 from services.rooms.events import Check
 from services.rooms.store import member_id, now_ms
-from tests.rooms.conftest import TEST_CONFIG, EventLog, RoomsApi, RoomsFactory
+from tests.rooms.conftest import TEST_CONFIG, EventLog, RoomsApi, RoomsFactory, event_log
 
 # Entries are due at once and the loop stays out of the way: the test drains by hand.
 MANUAL = RoomsConfig(
     create_limit=TEST_CONFIG.create_limit, post_limit=TEST_CONFIG.post_limit,
     outbox_lease_s=0.0, outbox_interval_s=3600.0,
 )  # fmt: skip
+
+
+@pytest.fixture
+async def manual(make_rooms: RoomsFactory) -> AsyncIterator[EventLog]:
+    """The only rooms instance of the test (no other one's outbox loop drains behind
+    its back), with its event log."""
+    async with event_log(await make_rooms(MANUAL)) as log:
+        yield log
 
 
 async def test_every_event_decodes_with_the_contract(api: RoomsApi, events: EventLog) -> None:
@@ -36,10 +47,9 @@ async def test_every_event_decodes_with_the_contract(api: RoomsApi, events: Even
 
 
 async def test_an_event_whose_change_never_happened_is_dropped(
-    make_rooms: RoomsFactory, events: EventLog
+    manual: EventLog,
 ) -> None:
-    api = await make_rooms(MANUAL)
-    events.api = api
+    api, events = manual.api, manual
     owner, ghost = api.user(), api.user()
     room = await api.room(owner)
     # A join that died after holding its event and before its write.
@@ -54,10 +64,9 @@ async def test_an_event_whose_change_never_happened_is_dropped(
 
 
 async def test_an_event_whose_writer_died_after_the_change_is_sent(
-    make_rooms: RoomsFactory, events: EventLog
+    manual: EventLog,
 ) -> None:
-    api = await make_rooms(MANUAL)
-    events.api = api
+    api, events = manual.api, manual
     owner = api.user()
     room = await api.room(owner)
     # The state change was written, but the process died before sending its event.
@@ -76,10 +85,9 @@ async def test_an_event_whose_writer_died_after_the_change_is_sent(
 
 
 async def test_events_wait_in_the_outbox_while_kafka_is_away(
-    make_rooms: RoomsFactory, events: EventLog
+    manual: EventLog,
 ) -> None:
-    api = await make_rooms(MANUAL)
-    events.api = api
+    api, events = manual.api, manual
     owner, bob = api.user(), api.user()
     room = await api.room(owner)
     store = api.rooms.store
