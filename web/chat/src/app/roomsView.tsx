@@ -37,7 +37,7 @@ export function RoomList(props: { client: ParleyClient; current: string | null; 
       },
       (e: unknown) => setError(message(e)),
     );
-  }, [reload]);
+  }, [reload, props.current]);
   useEffect(() => client.on((e: ClientEvent) => void (e.type === 'room_changed' && again())), [client]);
   const act = (what: Promise<unknown>, done: string, then?: () => void) => {
     setError('');
