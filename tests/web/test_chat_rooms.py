@@ -71,7 +71,9 @@ class PythonSide:
             user_id, _ = await r.resolve(req["user"])
             session = r.rooms.group(r.store.read(), req["room"])
             state = json.loads(session.to_bytes())
-            chains = sum(len(c) for m, c in state["receivers"].items() if m.startswith(f"{user_id}:"))
+            chains = sum(
+                len(c) for m, c in state["receivers"].items() if m.startswith(f"{user_id}:")
+            )
             return {"chains": chains}
         raise AssertionError(f"unknown action {req!r}")
 

@@ -128,7 +128,7 @@ export function distributionUsers(lacking: Set<string>, members: string[], me: s
   return users;
 }
 
-const MENTION = /(?<![\w@./])@([A-Za-z0-9._-]{1,64})/g;
+const MENTION = /(?<![\p{L}\p{N}_@./])@([A-Za-z0-9._-]{1,64})/gu;
 
 /** The @names in a text (rooms.py _MENTION, trailing ._- dropped, each once). */
 export function mentionNames(text: string): string[] {
