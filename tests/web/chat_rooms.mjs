@@ -87,8 +87,9 @@ try {
     await expect(a.page, `p[role=status]:has-text("Invited ${who}.")`);
   }
   await py({ do: "accept", room });
-  await b.page.getByRole("button", { name: "Refresh rooms" }).click();
-  await b.page.getByRole("button", { name: `Accept the invitation to #${priv}` }).click();
+  // B with the keyboard only: focus a control, press Enter.
+  await b.page.getByRole("button", { name: "Refresh rooms" }).press("Enter");
+  await b.page.getByRole("button", { name: `Accept the invitation to #${priv}` }).press("Enter");
   await expect(b.page, `#conversation-title:text-is("#${priv}")`);
 
   step("A writes: B and R read it (A's sender key goes to both over new pairwise sessions)");
@@ -125,12 +126,20 @@ try {
   await createRoom(a.page, pub, "public");
   await b.page.getByLabel("Find public rooms").fill(pub);
   await b.page.getByLabel("Find public rooms").press("Enter");
-  await b.page.getByRole("button", { name: `Join #${pub}` }).click();
+  await b.page.getByRole("button", { name: `Join #${pub}` }).press("Enter");
   await expect(b.page, `#conversation-title:text-is("#${pub}")`);
+  // Focus lands on the room's title; Tab goes on to its controls in order.
+  const focused = () => b.page.evaluate(() => document.activeElement?.id);
+  if ((await focused()) !== "conversation-title") throw new Error(`focus is on ${await focused()}, not the room`);
+  await b.page.keyboard.press("Tab");
+  if ((await focused()) !== "leave-room") throw new Error(`Tab from the title reaches ${await focused()}`);
+  await b.page.keyboard.press("Tab");
+  if ((await focused()) !== "invitee") throw new Error(`the second Tab reaches ${await focused()}`);
   await expect(b.page, "#room-kind-note:has-text('Public room')");
   const post = `a public post ${env.TAG}`;
   await write(a.page, pub, post, false);
   await sees(b.page, post);
+  await b.page.screenshot({ path: path.join(env.SHOTS, "chat-room-public.png") });
 
   step("phone width: no horizontal scroll in a room");
   await b.page.setViewportSize({ width: 390, height: 844 });
@@ -145,6 +154,8 @@ try {
     );
     throw new Error(`horizontal scroll at 390 px: ${wide.join(", ")}`);
   }
+  await b.page.locator("#conversation-title").scrollIntoViewIfNeeded();
+  await b.page.screenshot({ path: path.join(env.SHOTS, "chat-room-phone.png") });
 
   const errors = [...a.errors, ...b.errors];
   if (errors.length) throw new Error(`console errors: ${errors.join("; ")}`);

@@ -40,7 +40,7 @@ from tests.support.stack import System
 
 WEB = ROOT / "web"
 DOC_SHOTS = WEB / "images"
-SHOTS = ("chat-room",)
+SHOTS = ("chat-room", "chat-room-public", "chat-room-phone")
 
 
 class PythonSide:

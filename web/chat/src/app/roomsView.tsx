@@ -104,15 +104,16 @@ export function RoomList(props: { client: ParleyClient; current: string | null; 
         <label for="room-name">New room name</label>
         <input id="room-name" value={name} autocomplete="off" required onInput={(e) => setName((e.target as HTMLInputElement).value)} />
         <label for="room-kind">Kind</label>
-        <div class="row">
-          <select id="room-kind" value={kind} onChange={(e) => setKind((e.target as HTMLSelectElement).value as 'private' | 'public')}>
-            <option value="private">Private (end-to-end encrypted)</option>
-            <option value="public">Public (readable by the server)</option>
-          </select>
-          <button type="submit" id="create-room-submit">
-            Create room
-          </button>
-        </div>
+        <select id="room-kind" value={kind} aria-describedby="room-kind-hint" onChange={(e) => setKind((e.target as HTMLSelectElement).value as 'private' | 'public')}>
+          <option value="private">Private (encrypted)</option>
+          <option value="public">Public</option>
+        </select>
+        <small id="room-kind-hint" class="hint">
+          Private: end-to-end encrypted, by invitation. Public: in the directory, readable by the server.
+        </small>
+        <button type="submit" id="create-room-submit">
+          Create room
+        </button>
       </form>
       <form
         id="find-rooms"
@@ -136,7 +137,7 @@ export function RoomList(props: { client: ParleyClient; current: string | null; 
           {found.length === 0 && <li>No public room has that in its name.</li>}
           {found.map((r) => (
             <li class="found" data-room-name={r.name}>
-              #{r.name} ({r.members ?? 0} members)
+              #{r.name} ({r.members ?? 0} {r.members === 1 ? 'member' : 'members'})
               {rooms.some((m) => m.room_id === r.room_id) ? (
                 <button type="button" class="small secondary" onClick={() => props.onOpen(r)}>
                   Open
@@ -188,6 +189,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
   const [names, setNames] = useState<Record<string, string>>({});
   const [busy, setBusy] = useState(false);
   const listRef = useRef<HTMLOListElement>(null);
+  const titleRef = useRef<HTMLHeadingElement>(null);
   const id = props.room.room_id;
   const isPublic = room.kind === 'public';
   const merge = (more: RoomMessage[]) =>
@@ -202,6 +204,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
     setNextBefore(null);
     setError('');
     setStatus('');
+    titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
     client.room(id).then(setRoom, () => undefined);
     if (props.room.kind === 'public') {
       client.timeline(id, null).then(
@@ -239,7 +242,9 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
     <section class="conversation" aria-labelledby="conversation-title" data-room-id={id}>
       <header class="conv-head">
         <div>
-          <h2 id="conversation-title">{title}</h2>
+          <h2 id="conversation-title" tabIndex={-1} ref={titleRef}>
+            {title}
+          </h2>
           <p class="hint" id="room-kind-note">
             {isPublic ? 'Public room: the server can read its messages.' : 'Private room: end-to-end encrypted with sender keys.'}
           </p>
