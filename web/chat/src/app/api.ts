@@ -79,6 +79,7 @@ export interface RoomMessage {
   text: string;
   mentions: string[];
   sent_at: number;
+  rev?: number;
   marker?: string | null;
 }
 

@@ -141,6 +141,7 @@ export type ClientEvent =
   | { type: 'error'; code: string; message: string }
   | { type: 'room_message'; room: string; sender: string; text: string }
   | { type: 'room_post'; post: W.RoomPost }
+  | { type: 'room_message_changed'; change: W.RoomMessageChanged }
   | { type: 'room_changed'; room: string }
   | { type: 'changed' };
 
@@ -1296,6 +1297,9 @@ export class ParleyClient {
         return frame.room ? this.#onRoomMessage(frame, frame.room) : this.#onMessage(frame);
       case 'room_post':
         this.#emit({ type: 'room_post', post: frame });
+        return;
+      case 'room_message_changed':
+        this.#emit({ type: 'room_message_changed', change: frame });
         return;
       case 'room_changed':
         this.#emit({ type: 'room_changed', room: frame.room_id });

@@ -163,11 +163,28 @@ function time(at: number): string {
   return new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 }
 
-function Line(props: { dir: string; who: string; at: number; text: string; status?: string | undefined; failed?: boolean; seq?: number | undefined }) {
+const MARKER: Record<string, string> = {
+  edited: 'edited',
+  edited_by_moderator: 'edited by a moderator',
+  removed_by_moderator: 'removed by a moderator',
+  deleted_by_author: 'deleted by its author',
+};
+
+function Line(props: {
+  dir: string;
+  who: string;
+  at: number;
+  text: string;
+  status?: string | undefined;
+  failed?: boolean;
+  seq?: number | undefined;
+  marker?: string | null | undefined;
+}) {
   return (
     <li class={`msg ${props.dir}${props.failed ? ' failed' : ''}`} data-status={props.status ?? ''} {...(props.seq ? { 'data-seq': props.seq } : {})}>
       <span class="who">{props.who}</span> <time>{time(props.at)}</time>
       <p class="text">{props.text}</p>
+      {props.marker && <p class="hint marker">({MARKER[props.marker] ?? props.marker})</p>}
       {props.dir === 'out' && props.status && (
         <div class="meta">
           <span class="status">{props.status === 'queued' ? 'waiting to be sent' : props.status === 'accepted' ? 'sent' : props.status}</span>
@@ -195,7 +212,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
   const merge = (more: RoomMessage[]) =>
     setTimeline((old) => {
       const by = new Map(old.map((m) => [m.seq, m]));
-      for (const m of more) by.set(m.seq, m);
+      for (const m of more) if ((by.get(m.seq)?.rev ?? 0) <= (m.rev ?? 1)) by.set(m.seq, m);
       return [...by.values()].sort((a, b) => a.seq - b.seq);
     });
   useEffect(() => {
@@ -218,7 +235,11 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       client.openRoom(id).catch((e: unknown) => setError(message(e)));
     }
     return client.on((e: ClientEvent) => {
-      if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, marker: null }]);
+      if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
+      if (e.type === 'room_message_changed' && e.change.room_id === id) {
+        const c = e.change; // keep the highest revision (docs/moderation.md)
+        setTimeline((old) => old.map((m) => (m.seq === c.seq && (m.rev ?? 1) < c.rev ? { ...m, text: c.text, mentions: c.mentions, rev: c.rev, marker: c.marker } : m)));
+      }
       if (e.type === 'room_changed' && e.room === id) client.room(id).then(setRoom, () => props.onLeft());
     });
   }, [id]);
@@ -226,7 +247,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
   const senders = isPublic ? timeline.map((m) => m.sender) : history.map((e) => e.sender ?? '');
   useEffect(() => {
     for (const s of new Set(senders)) {
-      if (s && !(s in names)) void client.nameOf(s).then((n) => setNames((old) => ({ ...old, [s]: n })));
+      if (s && s !== 'moderator' && !(s in names)) void client.nameOf(s).then((n) => setNames((old) => ({ ...old, [s]: n })));
     }
   }, [senders.join(',')]);
   const count = isPublic ? timeline.length : history.length;
@@ -310,7 +331,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       )}
       <ol id="messages" ref={listRef} aria-label={`Messages in ${title}`} aria-live="polite" aria-relevant="additions">
         {isPublic
-          ? timeline.map((m) => <Line dir={m.sender === me ? 'out' : 'in'} who={who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} />)
+          ? timeline.map((m) => <Line dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker} />)
           : history.map((e) => <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} />)}
       </ol>
       <form
