@@ -157,6 +157,30 @@ try {
   await b.page.locator("#conversation-title").scrollIntoViewIfNeeded();
   await b.page.screenshot({ path: path.join(env.SHOTS, "chat-room-phone.png") });
 
+  step("A's IndexedDB: every row sealed, no room text, no room id in a row name");
+  const rows = await a.page.evaluate(async () => {
+    const req = (r) => new Promise((resolve, reject) => { r.onsuccess = () => resolve(r.result); r.onerror = () => reject(r.error); });
+    const out = [];
+    for (const { name } of await indexedDB.databases()) {
+      const db = await req(indexedDB.open(name));
+      for (const storeName of db.objectStoreNames) {
+        const store = db.transaction(storeName).objectStore(storeName);
+        const [keys, values] = [await req(store.getAllKeys()), await req(store.getAll())];
+        const plain = (v) => v instanceof Uint8Array ? btoa(String.fromCharCode(...v)) : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)])) : v;
+        keys.forEach((k, i) => out.push({ key: String(k), value: plain(values[i]) }));
+      }
+      db.close();
+    }
+    return out;
+  });
+  if (rows.length < 10) throw new Error(`only ${rows.length} IndexedDB rows read`);
+  for (const row of rows) {
+    if (!row.key.endsWith("/meta") && Object.keys(row.value).sort().join(",") !== "ct,iv") throw new Error(`row ${row.key} is not sealed`);
+    if (row.key.includes(room)) throw new Error(`row name ${row.key} shows the room id`);
+  }
+  const raw = JSON.stringify(rows);
+  for (const text of sent) if (raw.includes(text)) throw new Error(`IndexedDB holds "${text}" in the clear`);
+
   const errors = [...a.errors, ...b.errors];
   if (errors.length) throw new Error(`console errors: ${errors.join("; ")}`);
   console.log(`TEXTS ${JSON.stringify(sent)}`);
