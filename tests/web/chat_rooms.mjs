@@ -130,7 +130,9 @@ try {
   await expect(b.page, `#conversation-title:text-is("#${pub}")`);
   // Focus lands on the room's title; Tab goes on to its controls in order.
   const focused = () => b.page.evaluate(() => document.activeElement?.id);
-  if ((await focused()) !== "conversation-title") throw new Error(`focus is on ${await focused()}, not the room`);
+  await b.page.waitForFunction(() => document.activeElement?.id === "conversation-title", null, { timeout: 5000 }).catch(async () => {
+    throw new Error(`focus is on ${await focused()}, not the room`);
+  });
   await b.page.keyboard.press("Tab");
   if ((await focused()) !== "leave-room") throw new Error(`Tab from the title reaches ${await focused()}`);
   await b.page.keyboard.press("Tab");

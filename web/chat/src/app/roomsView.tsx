@@ -1,7 +1,7 @@
 /** The room screens: the rooms list (mine, invitations, the public directory, a new
  * room) and a room (a private room's end-to-end-encrypted conversation, or a public
  * room's server-readable timeline with paging). */
-import { useEffect, useRef, useState } from 'preact/hooks';
+import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import type { Room, RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 
@@ -215,25 +215,27 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       for (const m of more) if ((by.get(m.seq)?.rev ?? 0) <= (m.rev ?? 1)) by.set(m.seq, m);
       return [...by.values()].sort((a, b) => a.seq - b.seq);
     });
-  useEffect(() => {
+  useLayoutEffect(() => {
     setRoom(props.room);
     setTimeline([]);
     setNextBefore(null);
     setError('');
     setStatus('');
     titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
-    client.room(id).then(setRoom, () => undefined);
-    if (props.room.kind === 'public') {
-      client.timeline(id, null).then(
-        (page) => {
+    // The room itself first: a directory entry or an invitation may not say its kind.
+    client
+      .room(id)
+      .then(async (full) => {
+        setRoom(full);
+        if (full.kind === 'public') {
+          const page = await client.timeline(id, null);
           merge(page.messages);
           setNextBefore(page.nextBefore);
-        },
-        (e: unknown) => setError(message(e)),
-      );
-    } else {
-      client.openRoom(id).catch((e: unknown) => setError(message(e)));
-    }
+        } else {
+          await client.openRoom(id);
+        }
+      })
+      .catch((e: unknown) => setError(message(e)));
     return client.on((e: ClientEvent) => {
       if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
       if (e.type === 'room_message_changed' && e.change.room_id === id) {
