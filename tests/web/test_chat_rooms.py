@@ -6,16 +6,20 @@ browser contexts, A and B; when the story needs the Python user R it prints a
 ``PY {json}`` line and waits for this test's ``OK {json}`` (or ``ERR text``):
 
 1. A creates a private room in the page and invites B and R by username; R accepts
-   (SDK), B accepts in the page;
+   (SDK), B accepts in the page (keyboard only);
 2. A, B and R each write once: every one reads the other two (sender keys
    distributed over the pairwise sessions as control payloads, both ways between
    the TypeScript and the Python implementation);
 3. B leaves: A's next message rotates its sender key (R then holds two chains of
    A's device) and still reaches R;
-4. A creates a public room; B finds it in the directory and joins; A's post shows
-   in B's page.
+4. A creates a public room; B finds it in the directory and joins (focus lands on
+   the room, Tab goes on in order); A's post shows in B's page; no horizontal
+   scroll at 390 px;
+5. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
 
 No plaintext of the private room is in MongoDB, Kafka or Redis afterwards.
+Screenshots as test_chat_browser.py takes them (``PARLEY_UPDATE_SCREENSHOTS=1``
+replaces web/images/chat-room*.png).
 """
 
 from __future__ import annotations
