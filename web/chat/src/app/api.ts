@@ -55,6 +55,36 @@ function describe(details: unknown): string {
   return parts.length ? ` (${parts.join('; ')})` : '';
 }
 
+/** A room as the rooms service answers it (docs/rooms.md). */
+export interface Room {
+  room_id: string;
+  name: string;
+  topic?: string | null;
+  kind: 'public' | 'private';
+  state: string;
+  owner?: string;
+  members?: number;
+  role: string | null;
+  invited?: boolean;
+  version?: number;
+  invited_by?: string | null;
+}
+
+/** A public room's timeline message. */
+export interface RoomMessage {
+  room_id: string;
+  seq: number;
+  sender: string;
+  client_id: string;
+  text: string;
+  mentions: string[];
+  sent_at: number;
+  rev?: number;
+  marker?: string | null;
+}
+
+const roomPath = (roomId: string) => `/rooms/v1/rooms/${encodeURIComponent(roomId)}`;
+
 export class Api {
   token: string | null = null;
 
@@ -143,5 +173,46 @@ export class Api {
   }
   putAccount(accountKey: string, signed: unknown): Promise<unknown> {
     return this.request('PUT', '/keys/v1/account', { account_key: accountKey, ...(signed as object) });
+  }
+
+  // -- rooms (docs/rooms.md; the same calls as client/parley/api.py)
+  createRoom(name: string, kind: 'public' | 'private'): Promise<Room> {
+    return this.request('POST', '/rooms/v1/rooms', { name, kind });
+  }
+  rooms(before?: unknown): Promise<{ rooms: Room[]; next_before: unknown }> {
+    return this.request('GET', `/rooms/v1/rooms?limit=200${before == null ? '' : `&before=${encodeURIComponent(String(before))}`}`);
+  }
+  room(roomId: string): Promise<Room> {
+    return this.request('GET', roomPath(roomId));
+  }
+  directory(q: string, limit = 50): Promise<{ rooms: Room[]; next_after: unknown }> {
+    return this.request('GET', `/rooms/v1/directory?limit=${limit}${q ? `&q=${encodeURIComponent(q)}` : ''}`);
+  }
+  joinRoom(roomId: string): Promise<unknown> {
+    return this.request('POST', `${roomPath(roomId)}/join`);
+  }
+  leaveRoom(roomId: string): Promise<void> {
+    return this.request('POST', `${roomPath(roomId)}/leave`);
+  }
+  roomMembers(roomId: string, after?: unknown): Promise<{ members: { user_id: string; role: string }[]; next_after: unknown }> {
+    return this.request('GET', `${roomPath(roomId)}/members?limit=500${after == null ? '' : `&after=${encodeURIComponent(String(after))}`}`);
+  }
+  invite(roomId: string, user: string): Promise<unknown> {
+    return this.request('POST', `${roomPath(roomId)}/invitations`, { user });
+  }
+  acceptInvitation(roomId: string): Promise<unknown> {
+    return this.request('POST', `${roomPath(roomId)}/invitation/accept`);
+  }
+  declineInvitation(roomId: string): Promise<void> {
+    return this.request('POST', `${roomPath(roomId)}/invitation/decline`);
+  }
+  invitations(): Promise<{ invitations: { room_id: string; invited_by: string }[]; rooms: Room[] }> {
+    return this.request('GET', '/rooms/v1/invitations?limit=200');
+  }
+  postRoomMessage(roomId: string, clientId: string, text: string): Promise<RoomMessage> {
+    return this.request('POST', `${roomPath(roomId)}/messages`, { client_id: clientId, text });
+  }
+  roomMessages(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; next_before: number | null }> {
+    return this.request('GET', `${roomPath(roomId)}/messages?limit=${limit}${before == null ? '' : `&before=${before}`}`);
   }
 }

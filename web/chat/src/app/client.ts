@@ -17,11 +17,13 @@ import {
   CryptoError,
   Device,
   DeviceEntry,
+  GroupSession,
   DeviceList,
   PrekeyBundle,
   ReplayedMessage,
   Session,
   SignedDeviceList,
+  UnknownSenderKey,
   b64decode,
   b64encode,
   commitmentFromMessage,
@@ -29,8 +31,23 @@ import {
   utf8,
 } from '../crypto/index.ts';
 import type * as W from '../generated/contract.ts';
-import { Api, ApiError, type Challenge, type Listed, type Tokens } from './api.ts';
+import { Api, ApiError, type Challenge, type Listed, type Room, type RoomMessage, type Tokens } from './api.ts';
 import { type PeerJson, PeerState } from './peers.ts';
+import {
+  MAX_MENTIONS,
+  MAX_PENDING,
+  ROOM_ID,
+  type RoomState,
+  distributionUsers,
+  isStale,
+  memberKey,
+  mentionNames,
+  parseControl,
+  planDistribution,
+  roomConversation,
+  roomState,
+  skdPayload,
+} from './rooms.ts';
 import { Vault } from './vault.ts';
 
 export const PREKEY_BATCH = 100;
@@ -44,6 +61,12 @@ const STATUS_RANK: Record<string, number> = { queued: 0, accepted: 1, stored: 2,
 
 export class ParleyError extends Error {
   override name = 'ParleyError';
+}
+
+function checkText(text: string): void {
+  if (!text.trim()) throw new ParleyError('The message is empty: there is nothing to send.');
+  // Plaintexts that start with NUL are control payloads (rooms.ts CONTROL_PREFIX).
+  if (text.startsWith('\x00')) throw new ParleyError('A message cannot start with a NUL character.');
 }
 
 export class NeedsLink extends ParleyError {
@@ -90,12 +113,24 @@ export interface HistoryEntry {
   status?: string;
   devices?: Record<string, string>;
   error?: string;
+  sender?: string; // rooms: who wrote it
 }
 
 interface Queued {
-  send: W.Send;
-  peer: string;
+  send: W.Send | W.RoomSend;
+  peer: string; // a user id, or a room's conversation (room:<id>)
   text: string;
+  control?: string; // a control payload (base64url) instead of a text: never in the history
+}
+
+/** A private room's message kept until its sender's key arrives (rooms.py pending). */
+interface PendingRoomMessage {
+  server_id: string;
+  seq: number;
+  from: string;
+  device: number;
+  body: string;
+  sent_at: number | null;
 }
 
 export type ClientEvent =
@@ -104,6 +139,10 @@ export type ClientEvent =
   | { type: 'key_changed'; peer: string; username: string; safetyNumber: string; oldSafetyNumber: string | null }
   | { type: 'connection'; state: 'connecting' | 'connected' | 'disconnected' | 'stopped'; detail: string | undefined }
   | { type: 'error'; code: string; message: string }
+  | { type: 'room_message'; room: string; sender: string; text: string }
+  | { type: 'room_post'; post: W.RoomPost }
+  | { type: 'room_message_changed'; change: W.RoomMessageChanged }
+  | { type: 'room_changed'; room: string }
   | { type: 'changed' };
 
 export type SecondFactorPrompt = (challenge: Challenge) => Promise<{ method: string; code: string }>;
@@ -183,6 +222,9 @@ export class ParleyClient {
   #reauthTimer: ReturnType<typeof setInterval> | null = null;
   #reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   #maxFrameBytes = DEFAULT_MAX_FRAME_BYTES;
+  readonly #waiting = new Map<string, { resolve: () => void; reject: (e: Error) => void }>(); // client id -> its accepted
+  readonly #roomLocks = new Map<string, Mutex>();
+  readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
   #release: () => void = () => undefined;
 
@@ -208,7 +250,7 @@ export class ParleyClient {
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer', 'prekeys_rotated_at']) {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
@@ -219,6 +261,14 @@ export class ParleyClient {
         if (value !== undefined) this.#cache.set(name, value);
       }
       for (const e of this.history(contact.user_id)) if (e.server_id) this.#seen.add(e.server_id);
+    }
+    for (const roomId of this.#read<string[]>('rooms_known') ?? []) {
+      const ref = await this.#ref(roomConversation(roomId));
+      for (const name of [`history:${ref}`, `group:${ref}`, `room:${ref}`, `room_pending:${ref}`]) {
+        const value = await this.vault.get(name);
+        if (value !== undefined) this.#cache.set(name, value);
+      }
+      for (const e of this.history(roomConversation(roomId))) if (e.server_id) this.#seen.add(e.server_id);
     }
   }
 
@@ -329,7 +379,17 @@ export class ParleyClient {
   }
 
   username(userId: string): string {
-    return this.contacts().find((c) => c.user_id === userId)?.username ?? userId.slice(0, 8);
+    return this.contacts().find((c) => c.user_id === userId)?.username ?? this.#names.get(userId) ?? userId.slice(0, 8);
+  }
+
+  /** A user's name (a contact's, or asked once of the server). */
+  async nameOf(userId: string): Promise<string> {
+    const known = this.contacts().find((c) => c.user_id === userId)?.username ?? this.#names.get(userId);
+    if (known !== undefined) return known;
+    await this.accessToken();
+    const name = await this.api.user(userId).then((u) => u.username, () => userId.slice(0, 8));
+    this.#names.set(userId, name);
+    return name;
   }
 
   // -- account -----------------------------------------------------------------------
@@ -693,7 +753,7 @@ export class ParleyClient {
    * and send it; returns the client message id. SafetyNumberChanged (nothing queued)
    * while the contact's changed identity is not accepted. */
   async send(peerId: string, text: string): Promise<string> {
-    if (!text.trim()) throw new ParleyError('The message is empty: there is nothing to send.');
+    checkText(text);
     const clientId = randomId();
     const frame = await this.#encrypt(peerId, text, clientId, false);
     this.#emit({ type: 'changed' });
@@ -701,7 +761,7 @@ export class ParleyClient {
     return clientId;
   }
 
-  async #encrypt(peerId: string, text: string, clientId: string, refresh: boolean): Promise<W.Send> {
+  async #encrypt(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array): Promise<W.Send> {
     const me = this.me;
     const myDevice = (this.account as AccountRow).device_id;
     await this.#ensureContact(peerId);
@@ -724,7 +784,7 @@ export class ParleyClient {
         }
       }
     }
-    const plaintext = utf8(text);
+    const plaintext = payload ?? utf8(text);
     return this.#transaction(async (tx) => {
       const device = (await this.#device(tx)) as Device;
       await this.#checkIdentity(this.#peer(tx, peerId)); // a change seen meanwhile stops it here
@@ -753,14 +813,390 @@ export class ParleyClient {
       if (size > this.#maxFrameBytes) {
         throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
       }
-      if (!this.history(peerId).some((e) => e.client_id === clientId)) {
+      if (payload === undefined && !this.history(peerId).some((e) => e.client_id === clientId)) {
         this.#addHistory(tx, peerId, { dir: 'out', kind: 'message', peer: peerId, text, at: Date.now(), client_id: clientId, status: 'queued' });
       }
       const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
-      outbox[clientId] = { send: frame, peer: peerId, text };
+      outbox[clientId] = payload === undefined ? { send: frame, peer: peerId, text } : { send: frame, peer: peerId, text: '', control: b64encode(payload) };
       tx.put('outbox', outbox);
       return frame;
     });
+  }
+
+  // -- rooms (client/parley/rooms.py) -----------------------------------------------------
+  /** My rooms (the most recently joined first) and the rooms I am invited to. */
+  async rooms(): Promise<{ rooms: Room[]; invitations: Room[] }> {
+    await this.accessToken();
+    const rooms: Room[] = [];
+    let before: unknown = null;
+    do {
+      const page = await this.api.rooms(before);
+      rooms.push(...page.rooms);
+      before = page.next_before;
+    } while (before !== null && before !== undefined);
+    const invited = await this.api.invitations();
+    const by = new Map(invited.invitations.map((i) => [i.room_id, i.invited_by]));
+    return { rooms, invitations: invited.rooms.map((r) => ({ ...r, invited_by: by.get(r.room_id) ?? null })) };
+  }
+
+  /** Public rooms whose name contains `query`, in name order. */
+  async directory(query: string): Promise<Room[]> {
+    await this.accessToken();
+    return (await this.api.directory(query.trim())).rooms;
+  }
+
+  async room(roomId: string): Promise<Room> {
+    await this.accessToken();
+    return this.api.room(roomId);
+  }
+
+  async createRoom(name: string, kind: 'public' | 'private'): Promise<Room> {
+    await this.accessToken();
+    const room = await this.api.createRoom(name.trim(), kind);
+    this.#emit({ type: 'changed' });
+    return room;
+  }
+
+  async joinRoom(roomId: string): Promise<void> {
+    await this.accessToken();
+    await this.api.joinRoom(roomId);
+    this.#emit({ type: 'changed' });
+  }
+
+  async acceptInvitation(roomId: string): Promise<void> {
+    await this.accessToken();
+    await this.api.acceptInvitation(roomId);
+    this.#emit({ type: 'changed' });
+  }
+
+  async declineInvitation(roomId: string): Promise<void> {
+    await this.accessToken();
+    await this.api.declineInvitation(roomId);
+    this.#emit({ type: 'changed' });
+  }
+
+  async leaveRoom(roomId: string): Promise<void> {
+    await this.accessToken();
+    await this.api.leaveRoom(roomId);
+    this.#emit({ type: 'changed' });
+  }
+
+  async invite(roomId: string, user: string): Promise<void> {
+    await this.accessToken();
+    await this.api.invite(roomId, user.trim().replace(/^@/, ''));
+  }
+
+  /** A page of a public room's timeline, oldest first; `before` from the previous page. */
+  async timeline(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; nextBefore: number | null }> {
+    await this.accessToken();
+    const page = await this.api.roomMessages(roomId, before, limit);
+    return { messages: [...page.messages].reverse(), nextBefore: page.next_before };
+  }
+
+  /** What this device decrypted of a private room (its history is local only). */
+  roomHistory(roomId: string): HistoryEntry[] {
+    return this.history(roomConversation(roomId));
+  }
+
+  /** Room messages kept until their sender's key arrives. */
+  roomPending(roomId: string): number {
+    const ref = this.#refs.get(roomConversation(roomId));
+    return ref === undefined ? 0 : (this.#read<PendingRoomMessage[]>(`room_pending:${ref}`) ?? []).length;
+  }
+
+  /** Make the rows of a room known (its row names are keyed HMACs, as a contact's). */
+  async openRoom(roomId: string): Promise<void> {
+    if (!ROOM_ID.test(roomId)) throw new ParleyError('Not a room id.');
+    await this.#ref(roomConversation(roomId));
+    if (!(this.#read<string[]>('rooms_known') ?? []).includes(roomId)) {
+      await this.#transaction(async (tx) => this.#knowRoom(tx, roomId));
+    }
+  }
+
+  #knowRoom(tx: Tx, roomId: string): void {
+    const known = tx.get<string[]>('rooms_known') ?? [];
+    if (!known.includes(roomId)) tx.put('rooms_known', [...known, roomId]);
+  }
+
+  #roomRow(kind: 'group' | 'room' | 'room_pending', roomId: string): string {
+    return `${kind}:${this.#refs.get(roomConversation(roomId)) as string}`;
+  }
+
+  async #group(tx: Tx, roomId: string): Promise<GroupSession> {
+    const raw = tx.get<string>(this.#roomRow('group', roomId));
+    return raw === undefined ? GroupSession.create(roomId) : GroupSession.fromBytes(b64decode(raw));
+  }
+
+  async #putGroup(tx: Tx, session: GroupSession): Promise<void> {
+    tx.put(this.#roomRow('group', session.groupId), b64encode(await session.toBytes()));
+  }
+
+  /** Wait for the `accepted` of a frame sent with `clientId`. */
+  #accepted(clientId: string, timeoutMs = 30_000): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiting.delete(clientId);
+        reject(new ParleyError('The server did not accept the message in time: it waits in the outbox.'));
+      }, timeoutMs);
+      this.#waiting.set(clientId, {
+        resolve: () => (clearTimeout(timer), resolve()),
+        reject: (e) => (clearTimeout(timer), reject(e)),
+      });
+    });
+  }
+
+  /** Send a control payload (a room's sender key) to every device of `userId` and our
+   * other devices over the pairwise sessions; resolves at its `accepted`. */
+  async #sendControl(userId: string, payload: Uint8Array): Promise<void> {
+    const clientId = randomId();
+    const frame = await this.#encrypt(userId, '', clientId, false, payload);
+    const accepted = this.#accepted(clientId);
+    this.#sendFrame(frame);
+    await accepted;
+  }
+
+  /** Send `text` to a room. A public room's message is posted to its timeline; a
+   * private room's is encrypted with this device's sender key (distributed, or
+   * rotated first, as client/parley/rooms.py does) and sent as `room_send`;
+   * resolves at its `accepted`. */
+  async sendRoom(roomId: string, text: string): Promise<string> {
+    checkText(text);
+    const room = await this.room(roomId);
+    if (room.role === null || room.role === undefined) throw new ParleyError(`You are not a member of #${room.name}.`);
+    if (room.kind !== 'private') {
+      const clientId = randomId();
+      await this.api.postRoomMessage(roomId, clientId, text);
+      return clientId;
+    }
+    if (this.connectionState !== 'connected') throw new ParleyError("Not connected: a private room's message needs the socket.");
+    await this.openRoom(roomId);
+    let lock = this.#roomLocks.get(roomId);
+    if (lock === undefined) this.#roomLocks.set(roomId, (lock = new Mutex()));
+    const frame = await lock.run(async () => {
+      const version = room.version ?? 0;
+      const seen = roomState(this.#read<RoomState>(this.#roomRow('room', roomId)));
+      // Every membership change raises the version: an unchanged one means the members
+      // we saw at our last send are still the members.
+      const members = seen.version_seen === version && seen.members_seen.length ? seen.members_seen : await this.#memberIds(roomId);
+      await this.#distribute(roomId, version, members);
+      const mentions = await this.#mentions(text, members);
+      return this.#encryptRoom(roomId, text, mentions);
+    });
+    this.#emit({ type: 'changed' });
+    const accepted = this.#accepted(frame.id);
+    this.#sendFrame(frame);
+    await accepted;
+    return frame.id;
+  }
+
+  async #memberIds(roomId: string): Promise<string[]> {
+    const out: string[] = [];
+    let after: unknown = null;
+    do {
+      const page = await this.api.roomMembers(roomId, after);
+      out.push(...page.members.map((m) => m.user_id));
+      after = page.next_after;
+    } while (after !== null && after !== undefined);
+    return [...new Set(out)];
+  }
+
+  /** Rotate if someone left (or a device that had our key is gone), then give the
+   * current sender key to every member device that lacks it, pairwise, each send
+   * `accepted` before we go on (rooms.py `_distribute`). */
+  async #distribute(roomId: string, version: number, members: string[]): Promise<void> {
+    const me = this.me;
+    const myDevice = (this.account as AccountRow).device_id;
+    const stale = isStale(roomState(this.#read<RoomState>(this.#roomRow('room', roomId))), version, Date.now());
+    const refresh = members.filter((u) => stale || this.peer(u).devices.size === 0);
+    if (!members.includes(me)) refresh.push(me);
+    await Promise.all(refresh.map((u) => this.#refreshPeer(u)));
+    const targets = (tx: Tx, users: Iterable<string>): Set<string> => {
+      const out = new Set<string>();
+      for (const user of new Set(users)) {
+        for (const d of this.#peer(tx, user).devices.keys()) if (!(user === me && d === myDevice)) out.add(memberKey(user, d));
+      }
+      return out;
+    };
+    const { lacking, dist } = await this.#transaction(async (tx) => {
+      const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
+      const session = await this.#group(tx, roomId);
+      const now = targets(tx, [...members, me]);
+      const plan = planDistribution(state, session.chainId, members, version, now);
+      if (plan.rotate) await session.rotate();
+      plan.state.chain_id = session.chainId;
+      if (stale) plan.state.devices_read_at = Date.now() / 1000;
+      await this.#putGroup(tx, session);
+      tx.put(this.#roomRow('room', roomId), plan.state);
+      this.#knowRoom(tx, roomId);
+      const has = new Set(plan.state.has_key);
+      return { lacking: new Set([...now].filter((k) => !has.has(k))), dist: b64encode(await session.distributionMessage()) };
+    });
+    if (lacking.size === 0) return;
+    const payload = skdPayload(roomId, dist);
+    const results = await Promise.allSettled(
+      distributionUsers(lacking, members, me).map(async (user) => {
+        await this.#sendControl(user, payload);
+        await this.#transaction(async (tx) => {
+          const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
+          state.has_key = [...new Set([...state.has_key, ...targets(tx, [user, me])])].sort();
+          tx.put(this.#roomRow('room', roomId), state);
+        });
+      }),
+    );
+    for (const r of results) if (r.status === 'rejected') throw r.reason; // the others' are recorded; the next send retries
+  }
+
+  /** User ids of the room's members that `text` @mentions (not ours). */
+  async #mentions(text: string, members: string[]): Promise<string[]> {
+    const found: string[] = [];
+    for (const raw of mentionNames(text)) {
+      if (found.length >= MAX_MENTIONS) break;
+      let userId = raw.toLowerCase();
+      if (!members.includes(userId)) {
+        try {
+          userId = (await this.api.user(raw)).user_id;
+        } catch {
+          continue; // "@home" is just text
+        }
+      }
+      if (members.includes(userId) && userId !== this.me && !found.includes(userId)) found.push(userId);
+    }
+    return found;
+  }
+
+  async #encryptRoom(roomId: string, text: string, mentions: string[]): Promise<W.RoomSend> {
+    const clientId = randomId();
+    const conv = roomConversation(roomId);
+    return this.#transaction(async (tx) => {
+      const session = await this.#group(tx, roomId);
+      const body = await session.encrypt(utf8(text));
+      const frame: W.RoomSend = {
+        op: 'room_send',
+        id: clientId,
+        room: roomId,
+        body: b64encode(body),
+        commitment: b64encode(commitmentFromMessage(body)),
+        mentions: mentions as NonNullable<W.RoomSend['mentions']>,
+      };
+      const size = utf8(JSON.stringify(frame)).length;
+      if (size > this.#maxFrameBytes) {
+        throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
+      }
+      await this.#putGroup(tx, session);
+      this.#addHistory(tx, conv, { dir: 'out', kind: 'message', peer: conv, sender: this.me, text, at: Date.now(), client_id: clientId, status: 'queued' });
+      const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
+      outbox[clientId] = { send: frame, peer: conv, text };
+      tx.put('outbox', outbox);
+      return frame;
+    });
+  }
+
+  /** A private room's message: decrypted with the sender device's chain, or kept until
+   * that chain's key arrives (rooms.py `on_room_message`). */
+  async #onRoomMessage(frame: W.Message, roomId: string): Promise<void> {
+    let event: ClientEvent | null = null;
+    if (ROOM_ID.test(roomId)) {
+      await this.openRoom(roomId);
+      await this.#transaction(async (tx) => {
+        if (!this.#seen.has(frame.server_id)) {
+          const item: PendingRoomMessage = {
+            server_id: frame.server_id,
+            seq: frame.seq,
+            from: frame.from,
+            device: frame.from_device,
+            body: frame.body,
+            sent_at: frame.sent_at ?? null,
+          };
+          const session = await this.#group(tx, roomId);
+          event = await this.#openRoomMessage(tx, session, roomId, item, true);
+          await this.#putGroup(tx, session);
+        }
+        if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+      });
+    }
+    this.#seen.add(frame.server_id);
+    if (event) this.#emit(event);
+    else this.#emit({ type: 'changed' });
+    this.#ackSoon(frame.seq);
+  }
+
+  /** Decrypt one room message into the history; its event. Without the sender's key
+   * it is kept pending (`keep`) and null is returned (rooms.py `_open`). */
+  async #openRoomMessage(tx: Tx, session: GroupSession, roomId: string, item: PendingRoomMessage, keep: boolean): Promise<ClientEvent | null> {
+    const own = item.from === this.me;
+    const conv = roomConversation(roomId);
+    const entry: HistoryEntry = {
+      dir: own ? 'out' : 'in',
+      kind: 'message',
+      peer: conv,
+      sender: item.from,
+      text: '',
+      at: item.sent_at ?? Date.now(),
+      server_id: item.server_id,
+      seq: item.seq,
+    };
+    try {
+      const message = await session.decryptMessage(memberKey(item.from, item.device), b64decode(item.body));
+      entry.text = fromUtf8(message.plaintext);
+      if (own) entry.status = 'sent';
+      this.#addHistory(tx, conv, entry);
+      return { type: 'room_message', room: roomId, sender: item.from, text: entry.text };
+    } catch (error) {
+      if (error instanceof UnknownSenderKey) {
+        if (keep) {
+          const pending = tx.get<PendingRoomMessage[]>(this.#roomRow('room_pending', roomId)) ?? [];
+          if (pending.every((p) => p.server_id !== item.server_id)) {
+            tx.put(this.#roomRow('room_pending', roomId), [...pending, item].slice(-MAX_PENDING));
+          }
+        }
+        return null;
+      }
+      if (error instanceof ReplayedMessage) {
+        if (keep) return null; // a repeat of one we have read
+        // Its key came, but from a later point of the chain: sent before this device had it.
+        entry.kind = 'error';
+        entry.text = "[sent before this device had the sender's key]";
+      } else if (error instanceof CryptoError || error instanceof RangeError) {
+        entry.kind = 'error';
+        entry.text = `[could not decrypt: ${error.name}]`;
+      } else {
+        throw error;
+      }
+      this.#addHistory(tx, conv, entry);
+      return { type: 'error', code: 'decrypt_failed', message: `A room message from ${this.username(item.from)} could not be decrypted.` };
+    }
+  }
+
+  /** A control payload from a pairwise session (inside its transaction): a room's
+   * sender key is stored, and the pending messages it opens are decrypted
+   * (rooms.py `on_control`). */
+  async #onControl(tx: Tx, sender: string, device: number, control: Record<string, unknown>): Promise<ClientEvent[]> {
+    const roomId = control['room'];
+    if (control['t'] !== 'skd' || typeof roomId !== 'string' || !ROOM_ID.test(roomId)) return [];
+    await this.#ref(roomConversation(roomId));
+    this.#knowRoom(tx, roomId);
+    const session = await this.#group(tx, roomId);
+    try {
+      await session.processDistribution(memberKey(sender, device), b64decode(String(control['d'])));
+    } catch (error) {
+      if (error instanceof CryptoError || error instanceof RangeError || error instanceof TypeError) return [];
+      throw error;
+    }
+    const events: ClientEvent[] = [];
+    const pending = tx.get<PendingRoomMessage[]>(this.#roomRow('room_pending', roomId)) ?? [];
+    const still: PendingRoomMessage[] = [];
+    for (const item of pending) {
+      if (item.from !== sender || item.device !== device) {
+        still.push(item);
+        continue;
+      }
+      const event = await this.#openRoomMessage(tx, session, roomId, item, false);
+      if (event !== null) events.push(event);
+      else if (!this.history(roomConversation(roomId)).some((e) => e.server_id === item.server_id)) still.push(item); // another chain's
+    }
+    if (still.length !== pending.length) tx.put(this.#roomRow('room_pending', roomId), still);
+    await this.#putGroup(tx, session);
+    return events;
   }
 
   #sendFrame(frame: W.ClientFrame): void {
@@ -858,7 +1294,16 @@ export class ParleyClient {
         }
         return;
       case 'message':
-        return this.#onMessage(frame);
+        return frame.room ? this.#onRoomMessage(frame, frame.room) : this.#onMessage(frame);
+      case 'room_post':
+        this.#emit({ type: 'room_post', post: frame });
+        return;
+      case 'room_message_changed':
+        this.#emit({ type: 'room_message_changed', change: frame });
+        return;
+      case 'room_changed':
+        this.#emit({ type: 'room_changed', room: frame.room_id });
+        return;
       case 'key_changed':
         return this.#onKeyChanged(frame);
       case 'accepted':
@@ -963,6 +1408,7 @@ export class ParleyClient {
       }
     }
     let event: ClientEvent | null = null;
+    let roomEvents: ClientEvent[] = [];
     await this.#transaction(async (tx) => {
       if (!this.#seen.has(frame.server_id)) {
         const state = this.#peer(tx, sender);
@@ -984,6 +1430,15 @@ export class ParleyClient {
         }
         try {
           const incoming = await state.decrypt(device, frame.from_device, wire);
+          const control = parseControl(incoming.plaintext);
+          if (control !== null) {
+            // A room's sender key (or another control payload): never a chat line.
+            roomEvents = await this.#onControl(tx, sender, frame.from_device, control);
+            tx.put(this.#peerRow(sender), state.toJson());
+            if (incoming.newSession) tx.put('device', b64encode(device.toBytes()));
+            if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+            return;
+          }
           entry.text = fromUtf8(incoming.plaintext);
           if (own) entry.status = 'sent';
           if (peer) this.#addHistory(tx, peer, entry);
@@ -1004,6 +1459,7 @@ export class ParleyClient {
       if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
     });
     this.#seen.add(frame.server_id);
+    for (const e of roomEvents) this.#emit(e);
     if (event) this.#emit(event);
     else this.#emit({ type: 'changed' });
     this.#ackSoon(frame.seq);
@@ -1030,6 +1486,7 @@ export class ParleyClient {
     const peer = queued?.peer ?? (frame.op === 'accepted' ? otherParty(frame.conversation, this.me) : frame.to);
     if (!peer) return;
     const rank = STATUS_RANK[status] as number;
+    if (status === 'accepted') await this.#ref(peer);
     await this.#transaction(async (tx) => {
       if (status === 'accepted') {
         const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
@@ -1046,6 +1503,10 @@ export class ParleyClient {
         }
       });
     });
+    if (status === 'accepted') {
+      this.#waiting.get(frame.id)?.resolve();
+      this.#waiting.delete(frame.id);
+    }
     this.#emit({ type: 'receipt', peer, clientId: frame.id, status });
   }
 
@@ -1057,7 +1518,8 @@ export class ParleyClient {
     if (clientId && queued && code === 'devices_changed') {
       // Someone linked or removed a device: encrypt for the current lists, same id.
       try {
-        this.#sendFrame(await this.#encrypt(queued.peer, queued.text, clientId, true));
+        const payload = queued.control === undefined ? undefined : b64decode(queued.control);
+        this.#sendFrame(await this.#encrypt(queued.peer, queued.text, clientId, true, payload));
       } catch (error) {
         await this.#fail(clientId, queued.peer, String((error as Error).message));
       }
@@ -1075,6 +1537,8 @@ export class ParleyClient {
   }
 
   async #fail(clientId: string, peer: string, reason: string): Promise<void> {
+    this.#waiting.get(clientId)?.reject(new ParleyError(reason));
+    this.#waiting.delete(clientId);
     await this.#transaction(async (tx) => {
       const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
       delete outbox[clientId];

@@ -1,7 +1,8 @@
 import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { Api, type Challenge } from './api.ts';
+import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
+import { RoomList, RoomView } from './roomsView.tsx';
 import './style.css';
 
 type Screen = 'login' | 'signup' | 'reset';
@@ -469,7 +470,16 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
 function Chat(props: { client: ParleyClient; onLogout: () => void }) {
   const { client } = props;
   const [version, setVersion] = useState(0);
-  const [peer, setPeer] = useState<string | null>(null);
+  const [peer, setPeerState] = useState<string | null>(null);
+  const [room, setRoom] = useState<Room | null>(null);
+  const setPeer = (p: string | null) => {
+    setRoom(null);
+    setPeerState(p);
+  };
+  const openRoom = (r: Room | null) => {
+    setPeerState(null);
+    setRoom(r);
+  };
   const [contact, setContact] = useState('');
   const [error, setError] = useState('');
   const [notice, setNotice] = useState('');
@@ -478,6 +488,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
       if (e.type === 'changed') setVersion((v) => v + 1);
       else if (e.type === 'error') setNotice(e.message);
       else if (e.type === 'message') setNotice(`New message from ${client.username(e.peer)}`);
+      else if (e.type === 'room_message') setNotice(`New message in a room from ${client.username(e.sender)}`);
     });
     client.connect();
     return () => {
@@ -549,12 +560,15 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
               );
             })}
           </ul>
+          <RoomList client={client} current={room?.room_id ?? null} onOpen={openRoom} />
         </nav>
-        {peer ? (
+        {room ? (
+          <RoomView client={client} room={room} version={version} onLeft={() => openRoom(null)} />
+        ) : peer ? (
           <Conversation client={client} peer={peer} version={version} />
         ) : (
           <section class="conversation empty">
-            <p>Add a contact by username, or pick one, to start an end-to-end-encrypted conversation.</p>
+            <p>Add a contact by username, or pick one, to start an end-to-end-encrypted conversation; or open, create or find a room.</p>
           </section>
         )}
       </div>

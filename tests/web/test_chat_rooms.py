@@ -1,0 +1,164 @@
+"""Rooms in the web client, end to end: two browser users and a Python SDK user,
+through HAProxy (web/chat/README.md, "Tests").
+
+tests/web/chat_rooms.mjs drives Debian's Chromium (playwright-core) with two
+browser contexts, A and B; when the story needs the Python user R it prints a
+``PY {json}`` line and waits for this test's ``OK {json}`` (or ``ERR text``):
+
+1. A creates a private room in the page and invites B and R by username; R accepts
+   (SDK), B accepts in the page (keyboard only);
+2. A, B and R each write once: every one reads the other two (sender keys
+   distributed over the pairwise sessions as control payloads, both ways between
+   the TypeScript and the Python implementation);
+3. B leaves: A's next message rotates its sender key (R then holds two chains of
+   A's device) and still reaches R;
+4. A creates a public room; B finds it in the directory and joins (focus lands on
+   the room, Tab goes on in order); A's post shows in B's page; no horizontal
+   scroll at 390 px;
+5. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
+
+No plaintext of the private room is in MongoDB, Kafka or Redis afterwards.
+Screenshots as test_chat_browser.py takes them (``PARLEY_UPDATE_SCREENSHOTS=1``
+replaces web/images/chat-room*.png).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from parley import Client
+from parley.events import RoomMessage
+from parley.store import KdfParams
+
+from scripts.stack import ROOT
+from tests.e2e.test_no_plaintext import kafka_blobs, mongo_blobs, redis_blobs
+from tests.support.secrets import forms
+from tests.support.stack import System
+
+WEB = ROOT / "web"
+DOC_SHOTS = WEB / "images"
+SHOTS = ("chat-room", "chat-room-public", "chat-room-phone")
+
+
+class PythonSide:
+    """The SDK user R, and what the script asks of it."""
+
+    def __init__(self, client: Client) -> None:
+        self.r = client
+        self.texts: list[str] = []
+
+    async def act(self, req: dict[str, Any]) -> dict[str, Any]:
+        r, do = self.r, req["do"]
+        if do == "accept":
+            await r.rooms.accept(req["room"])
+            return {}
+        if do == "send":
+            self.texts.append(req["text"])
+            await r.rooms.send(req["room"], req["text"])
+            return {}
+        if do == "expect":
+            while True:
+                event = await r.next_event(RoomMessage, timeout=30)
+                assert isinstance(event, RoomMessage)
+                if event.text == req["text"]:
+                    assert event.room_id == req["room"] and not event.public
+                    return {"from": event.username}
+        if do == "chains":
+            # How many sender-key chains of `user`'s devices R holds for the room.
+            user_id, _ = await r.resolve(req["user"])
+            session = r.rooms.group(r.store.read(), req["room"])
+            state = json.loads(session.to_bytes())
+            chains = sum(
+                len(c) for m, c in state["receivers"].items() if m.startswith(f"{user_id}:")
+            )
+            return {"chains": chains}
+        raise AssertionError(f"unknown action {req!r}")
+
+
+@pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists() or shutil.which("node") is None,
+    reason="needs Debian's chromium and node (scripts/install.sh installs them)",
+)
+async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Path) -> None:
+    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
+    update = os.environ.get("PARLEY_UPDATE_SCREENSHOTS") == "1"
+    shots = DOC_SHOTS if update else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    tag = secrets.token_hex(4)
+    r = Client(
+        system.lb,
+        data_dir=tmp_path / "r",
+        passphrase="test passphrase",
+        kdf=KdfParams(n=2**10, r=8, p=1),
+        backoff_start=0.1,
+        backoff_max=1.0,
+    )
+    await r.open()
+    await r.signup(f"pyr{tag}", "correct horse battery staple", f"pyr{tag}@example.test")
+    await r.connect()
+    py = PythonSide(r)
+    env = {
+        **os.environ,
+        "LB": system.lb,
+        "WEB_DIR": str(WEB),
+        "SHOTS": str(shots),
+        "A_USER": f"weba{tag}",
+        "B_USER": f"webb{tag}",
+        "R_USER": str(r.username),
+        "TAG": tag,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(ROOT / "tests" / "web" / "chat_rooms.mjs"),
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    log: list[str] = []
+    browser_texts: list[str] = []
+    try:
+
+        async def converse() -> None:
+            assert proc.stdin is not None and proc.stdout is not None
+            while line := (await proc.stdout.readline()).decode():
+                log.append(line.rstrip())
+                if line.startswith("PY "):
+                    try:
+                        answer = "OK " + json.dumps(await py.act(json.loads(line[3:])))
+                    except Exception as exc:  # told to the script, which fails with it
+                        answer = f"ERR {type(exc).__name__}: {exc}"
+                    proc.stdin.write(answer.encode() + b"\n")
+                    await proc.stdin.drain()
+                elif line.startswith("TEXTS "):
+                    browser_texts.extend(json.loads(line[6:]))
+
+        await asyncio.wait_for(converse(), timeout=150)
+        code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await r.close()
+    output = "\n".join(log)
+    assert code == 0, output[-6000:]
+    assert "chat rooms: ok" in output, output[-3000:]
+    for name in SHOTS:
+        assert (shots / f"{name}.png").stat().st_size > 5000, name
+
+    # The private room's texts are nowhere on the server in the clear.
+    plaintexts = sorted(set(py.texts + browser_texts))
+    assert len(plaintexts) == 4  # A twice, B once, R once
+    blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
+    for where, blob in blobs:
+        for text in plaintexts:
+            for form in forms(text):
+                assert form not in blob, f"{text!r} readable in {where} (as {form!r})"

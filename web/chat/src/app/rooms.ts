@@ -1,0 +1,141 @@
+/**
+ * Rooms' pure rules, the same as client/parley/rooms.py and client/parley/messenger.py
+ * (docs/crypto.md "Sender keys in rooms"): the control payload that carries a sender
+ * key over a pairwise session, member names in a GroupSession, the per-room state a
+ * device keeps between sends, and when its sender key is rotated. ParleyClient
+ * (client.ts) does the I/O around them.
+ */
+
+import { fromUtf8, utf8 } from '../crypto/index.ts';
+
+/** Plaintexts that start with these bytes are control payloads (JSON after them),
+ * never chat lines (messenger.py CONTROL_PREFIX). */
+export const CONTROL_PREFIX = utf8('\x00parley-control\x00');
+
+/** Members' device lists are read again before a send when the room's version changed
+ * or when they were last read longer ago than this (rooms.py DEVICE_RECHECK_S). */
+export const DEVICE_RECHECK_MS = 30_000;
+/** Room messages kept per room while their sender key has not arrived. */
+export const MAX_PENDING = 1000;
+export const MAX_MENTIONS = 20;
+
+export const ROOM_ID = /^[0-9a-f]{24}$/;
+
+/** The history "conversation" of a room (as the server names it). */
+export function roomConversation(roomId: string): string {
+  return `room:${roomId}`;
+}
+
+/** The name of a member device in a GroupSession. */
+export function memberKey(userId: string, deviceId: number): string {
+  return `${userId}:${deviceId}`;
+}
+
+/** `json.dumps(obj, separators=(",", ":"))` as Python writes it (ensure_ascii: every
+ * code unit outside space..~ escaped as \uXXXX, lower-case hex). */
+export function pythonJson(value: unknown): string {
+  return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** messenger.encode_control. */
+export function encodeControl(obj: Record<string, unknown>): Uint8Array {
+  const body = utf8(pythonJson(obj));
+  const out = new Uint8Array(CONTROL_PREFIX.length + body.length);
+  out.set(CONTROL_PREFIX);
+  out.set(body, CONTROL_PREFIX.length);
+  return out;
+}
+
+/** messenger.parse_control: the control payload in a decrypted plaintext, or null for a
+ * chat message (`{"t": "invalid"}` for a control prefix without a JSON object). */
+export function parseControl(plaintext: Uint8Array): Record<string, unknown> | null {
+  if (plaintext.length < CONTROL_PREFIX.length || !CONTROL_PREFIX.every((b, i) => plaintext[i] === b)) return null;
+  try {
+    const obj: unknown = JSON.parse(fromUtf8(plaintext.subarray(CONTROL_PREFIX.length)));
+    return typeof obj === 'object' && obj !== null && !Array.isArray(obj) ? (obj as Record<string, unknown>) : { t: 'invalid' };
+  } catch {
+    return { t: 'invalid' };
+  }
+}
+
+/** The sender-key distribution payload: `{"t": "skd", "room", "d"}`. */
+export function skdPayload(roomId: string, distribution: string): Uint8Array {
+  return encodeControl({ t: 'skd', room: roomId, d: distribution });
+}
+
+/** What a device remembers of a private room between sends (rooms.py _RoomState). */
+export interface RoomState {
+  members_seen: string[];
+  version_seen: number;
+  has_key: string[]; // member devices that got the current chain
+  chain_id: number | null;
+  devices_read_at: number; // seconds, as Python's time.time()
+}
+
+export function roomState(obj: Partial<RoomState> | undefined): RoomState {
+  return {
+    members_seen: [...(obj?.members_seen ?? [])],
+    version_seen: obj?.version_seen ?? -1,
+    has_key: [...(obj?.has_key ?? [])],
+    chain_id: obj?.chain_id ?? null,
+    devices_read_at: obj?.devices_read_at ?? 0,
+  };
+}
+
+/** Whether the members' device lists must be read again before a send. */
+export function isStale(state: RoomState, version: number, nowMs: number): boolean {
+  return state.version_seen !== version || nowMs - state.devices_read_at * 1000 > DEVICE_RECHECK_MS;
+}
+
+/**
+ * The decision of rooms.py `_distribute`, inside its transaction: given the state,
+ * the session's chain id, the current members and the member devices that should
+ * hold our key (`targets`, our own sending device excluded), whether to rotate, the
+ * new state (before the rotation's chain id is known: the caller sets `chain_id`),
+ * and which devices lack the key.
+ */
+export function planDistribution(
+  state: RoomState,
+  chainId: number,
+  members: string[],
+  version: number,
+  targets: Set<string>,
+): { rotate: boolean; state: RoomState } {
+  const next = roomState(state);
+  const departed = state.members_seen.some((m) => !members.includes(m));
+  const lostDevices = state.has_key.some((k) => !targets.has(k));
+  let rotate = false;
+  if (state.chain_id !== chainId) {
+    next.has_key = [];
+  } else if (departed || lostDevices) {
+    rotate = true;
+    next.has_key = [];
+  }
+  next.members_seen = [...members];
+  next.version_seen = version;
+  return { rotate, state: next };
+}
+
+/** The users to send the distribution to, given the devices that lack it (rooms.py:
+ * every other user among them, sorted; if only our own other devices lack it, any
+ * other member, since a pairwise send always covers the sender's other devices). */
+export function distributionUsers(lacking: Set<string>, members: string[], me: string): string[] {
+  const users = [...new Set([...lacking].map((k) => k.slice(0, k.lastIndexOf(':'))))].filter((u) => u !== me).sort();
+  if (users.length === 0 && members.length > 1) {
+    const other = members.find((u) => u !== me);
+    if (other !== undefined) return [other];
+  }
+  return users;
+}
+
+const MENTION = /(?<![\p{L}\p{N}_@./])@([A-Za-z0-9._-]{1,64})/gu;
+
+/** The @names in a text (rooms.py _MENTION, trailing ._- dropped, each once). */
+export function mentionNames(text: string): string[] {
+  const out: string[] = [];
+  for (const m of text.matchAll(MENTION)) {
+    const raw = (m[1] as string).replace(/[._-]+$/, '');
+    if (raw && !out.includes(raw)) out.push(raw);
+  }
+  return out;
+}

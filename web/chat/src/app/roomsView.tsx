@@ -1,0 +1,372 @@
+/** The room screens: the rooms list (mine, invitations, the public directory, a new
+ * room) and a room (a private room's end-to-end-encrypted conversation, or a public
+ * room's server-readable timeline with paging). */
+import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
+import type { Room, RoomMessage } from './api.ts';
+import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function ErrorLine(props: { error: string; id: string }) {
+  return props.error ? (
+    <p class="error" role="alert" id={props.id}>
+      {props.error}
+    </p>
+  ) : null;
+}
+
+export function RoomList(props: { client: ParleyClient; current: string | null; onOpen: (room: Room) => void }) {
+  const { client } = props;
+  const [rooms, setRooms] = useState<Room[]>([]);
+  const [invitations, setInvitations] = useState<Room[]>([]);
+  const [reload, setReload] = useState(0);
+  const [name, setName] = useState('');
+  const [kind, setKind] = useState<'private' | 'public'>('private');
+  const [query, setQuery] = useState('');
+  const [found, setFound] = useState<Room[] | null>(null);
+  const [error, setError] = useState('');
+  const [status, setStatus] = useState('');
+  const again = () => setReload((r) => r + 1);
+  useEffect(() => {
+    client.rooms().then(
+      (r) => {
+        setRooms(r.rooms);
+        setInvitations(r.invitations);
+      },
+      (e: unknown) => setError(message(e)),
+    );
+  }, [reload, props.current]);
+  useEffect(() => client.on((e: ClientEvent) => void (e.type === 'room_changed' && again())), [client]);
+  const act = (what: Promise<unknown>, done: string, then?: () => void) => {
+    setError('');
+    what.then(
+      () => {
+        setStatus(done);
+        again();
+        then?.();
+      },
+      (e: unknown) => setError(message(e)),
+    );
+  };
+  return (
+    <section class="rooms" aria-labelledby="rooms-title">
+      <div class="conv-head">
+        <h2 id="rooms-title">Rooms</h2>
+        <button type="button" id="refresh-rooms" class="small" onClick={again}>
+          Refresh rooms
+        </button>
+      </div>
+      <ul aria-label="Your rooms" id="room-list">
+        {rooms.map((r) => (
+          <li>
+            <button
+              type="button"
+              class={`contact room${props.current === r.room_id ? ' current' : ''}`}
+              data-room-name={r.name}
+              aria-current={props.current === r.room_id ? 'true' : undefined}
+              onClick={() => props.onOpen(r)}
+            >
+              #{r.name} <span class="kind">({r.kind})</span>
+            </button>
+          </li>
+        ))}
+      </ul>
+      {invitations.length > 0 && (
+        <>
+          <h3 id="invitations-title">Invitations</h3>
+          <ul aria-labelledby="invitations-title" id="invitations">
+            {invitations.map((r) => (
+              <li class="invitation" data-room-name={r.name}>
+                #{r.name}
+                {r.invited_by ? ` (from ${client.username(r.invited_by)})` : ''}
+                <div class="row">
+                  <button type="button" class="small" aria-label={`Accept the invitation to #${r.name}`} onClick={() => act(client.acceptInvitation(r.room_id), `You joined #${r.name}.`, () => props.onOpen(r))}>
+                    Accept
+                  </button>
+                  <button type="button" class="small secondary" aria-label={`Decline the invitation to #${r.name}`} onClick={() => act(client.declineInvitation(r.room_id), `Declined #${r.name}.`)}>
+                    Decline
+                  </button>
+                </div>
+              </li>
+            ))}
+          </ul>
+        </>
+      )}
+      <form
+        id="create-room"
+        onSubmit={(e) => {
+          e.preventDefault();
+          act(client.createRoom(name, kind).then(props.onOpen), `Room #${name.trim()} created.`, () => setName(''));
+        }}
+      >
+        <label for="room-name">New room name</label>
+        <input id="room-name" value={name} autocomplete="off" required onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+        <label for="room-kind">Kind</label>
+        <select id="room-kind" value={kind} aria-describedby="room-kind-hint" onChange={(e) => setKind((e.target as HTMLSelectElement).value as 'private' | 'public')}>
+          <option value="private">Private (encrypted)</option>
+          <option value="public">Public</option>
+        </select>
+        <small id="room-kind-hint" class="hint">
+          Private: end-to-end encrypted, by invitation. Public: in the directory, readable by the server.
+        </small>
+        <button type="submit" id="create-room-submit">
+          Create room
+        </button>
+      </form>
+      <form
+        id="find-rooms"
+        role="search"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setError('');
+          client.directory(query).then(setFound, (err: unknown) => setError(message(err)));
+        }}
+      >
+        <label for="room-query">Find public rooms</label>
+        <div class="row">
+          <input id="room-query" value={query} autocomplete="off" onInput={(e) => setQuery((e.target as HTMLInputElement).value)} />
+          <button type="submit" id="find-rooms-submit">
+            Search
+          </button>
+        </div>
+      </form>
+      {found && (
+        <ul aria-label="Public rooms found" id="directory">
+          {found.length === 0 && <li>No public room has that in its name.</li>}
+          {found.map((r) => (
+            <li class="found" data-room-name={r.name}>
+              #{r.name} ({r.members ?? 0} {r.members === 1 ? 'member' : 'members'})
+              {rooms.some((m) => m.room_id === r.room_id) ? (
+                <button type="button" class="small secondary" onClick={() => props.onOpen(r)}>
+                  Open
+                </button>
+              ) : (
+                <button type="button" class="small" aria-label={`Join #${r.name}`} onClick={() => act(client.joinRoom(r.room_id), `You joined #${r.name}.`, () => props.onOpen(r))}>
+                  Join
+                </button>
+              )}
+            </li>
+          ))}
+        </ul>
+      )}
+      <p role="status" class="hint" id="rooms-status">
+        {status}
+      </p>
+      <ErrorLine error={error} id="rooms-error" />
+    </section>
+  );
+}
+
+function time(at: number): string {
+  return new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+const MARKER: Record<string, string> = {
+  edited: 'edited',
+  edited_by_moderator: 'edited by a moderator',
+  removed_by_moderator: 'removed by a moderator',
+  deleted_by_author: 'deleted by its author',
+};
+
+function Line(props: {
+  dir: string;
+  who: string;
+  at: number;
+  text: string;
+  status?: string | undefined;
+  failed?: boolean;
+  seq?: number | undefined;
+  marker?: string | null | undefined;
+}) {
+  return (
+    <li class={`msg ${props.dir}${props.failed ? ' failed' : ''}`} data-status={props.status ?? ''} {...(props.seq ? { 'data-seq': props.seq } : {})}>
+      <span class="who">{props.who}</span> <time>{time(props.at)}</time>
+      <p class="text">{props.text}</p>
+      {props.marker && <p class="hint marker">({MARKER[props.marker] ?? props.marker})</p>}
+      {props.dir === 'out' && props.status && (
+        <div class="meta">
+          <span class="status">{props.status === 'queued' ? 'waiting to be sent' : props.status === 'accepted' ? 'sent' : props.status}</span>
+        </div>
+      )}
+    </li>
+  );
+}
+
+export function RoomView(props: { client: ParleyClient; room: Room; version: number; onLeft: () => void }) {
+  const { client } = props;
+  const [room, setRoom] = useState<Room>(props.room);
+  const [text, setText] = useState('');
+  const [invitee, setInvitee] = useState('');
+  const [error, setError] = useState('');
+  const [status, setStatus] = useState('');
+  const [timeline, setTimeline] = useState<RoomMessage[]>([]);
+  const [nextBefore, setNextBefore] = useState<number | null>(null);
+  const [names, setNames] = useState<Record<string, string>>({});
+  const [busy, setBusy] = useState(false);
+  const listRef = useRef<HTMLOListElement>(null);
+  const titleRef = useRef<HTMLHeadingElement>(null);
+  const id = props.room.room_id;
+  const isPublic = room.kind === 'public';
+  const merge = (more: RoomMessage[]) =>
+    setTimeline((old) => {
+      const by = new Map(old.map((m) => [m.seq, m]));
+      for (const m of more) if ((by.get(m.seq)?.rev ?? 0) <= (m.rev ?? 1)) by.set(m.seq, m);
+      return [...by.values()].sort((a, b) => a.seq - b.seq);
+    });
+  useLayoutEffect(() => {
+    setRoom(props.room);
+    setTimeline([]);
+    setNextBefore(null);
+    setError('');
+    setStatus('');
+    titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
+    // The room itself first: a directory entry or an invitation may not say its kind.
+    client
+      .room(id)
+      .then(async (full) => {
+        setRoom(full);
+        if (full.kind === 'public') {
+          const page = await client.timeline(id, null);
+          merge(page.messages);
+          setNextBefore(page.nextBefore);
+        } else {
+          await client.openRoom(id);
+        }
+      })
+      .catch((e: unknown) => setError(message(e)));
+    return client.on((e: ClientEvent) => {
+      if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
+      if (e.type === 'room_message_changed' && e.change.room_id === id) {
+        const c = e.change; // keep the highest revision (docs/moderation.md)
+        setTimeline((old) => old.map((m) => (m.seq === c.seq && (m.rev ?? 1) < c.rev ? { ...m, text: c.text, mentions: c.mentions, rev: c.rev, marker: c.marker } : m)));
+      }
+      if (e.type === 'room_changed' && e.room === id) client.room(id).then(setRoom, () => props.onLeft());
+    });
+  }, [id]);
+  const history: HistoryEntry[] = isPublic ? [] : client.roomHistory(id);
+  const senders = isPublic ? timeline.map((m) => m.sender) : history.map((e) => e.sender ?? '');
+  useEffect(() => {
+    for (const s of new Set(senders)) {
+      if (s && s !== 'moderator' && !(s in names)) void client.nameOf(s).then((n) => setNames((old) => ({ ...old, [s]: n })));
+    }
+  }, [senders.join(',')]);
+  const count = isPublic ? timeline.length : history.length;
+  useEffect(() => {
+    const list = listRef.current;
+    if (list) list.scrollTop = list.scrollHeight;
+  }, [count, id]);
+  const me = client.me;
+  const who = (sender: string | undefined) => (sender === me ? 'You' : (names[sender ?? ''] ?? client.username(sender ?? '')));
+  const pending = isPublic ? 0 : client.roomPending(id);
+  const title = `#${room.name}`;
+  return (
+    <section class="conversation" aria-labelledby="conversation-title" data-room-id={id}>
+      <header class="conv-head">
+        <div>
+          <h2 id="conversation-title" tabIndex={-1} ref={titleRef}>
+            {title}
+          </h2>
+          <p class="hint" id="room-kind-note">
+            {isPublic ? 'Public room: the server can read its messages.' : 'Private room: end-to-end encrypted with sender keys.'}
+          </p>
+        </div>
+        <button
+          type="button"
+          id="leave-room"
+          class="secondary"
+          onClick={() => {
+            setError('');
+            client.leaveRoom(id).then(props.onLeft, (e: unknown) => setError(message(e)));
+          }}
+        >
+          Leave room
+        </button>
+      </header>
+      <form
+        id="invite"
+        class="row"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setError('');
+          const user = invitee;
+          client.invite(id, user).then(
+            () => {
+              setInvitee('');
+              setStatus(`Invited ${user.trim()}.`);
+            },
+            (err: unknown) => setError(message(err)),
+          );
+        }}
+      >
+        <label for="invitee" class="visually-hidden">
+          Invite to {title} by username
+        </label>
+        <input id="invitee" value={invitee} autocomplete="off" required placeholder="Invite by username" onInput={(e) => setInvitee((e.target as HTMLInputElement).value)} />
+        <button type="submit" id="invite-submit">
+          Invite
+        </button>
+      </form>
+      {isPublic && nextBefore !== null && (
+        <button
+          type="button"
+          id="older"
+          class="secondary"
+          onClick={() =>
+            client.timeline(id, nextBefore).then(
+              (page) => {
+                merge(page.messages);
+                setNextBefore(page.nextBefore);
+              },
+              (e: unknown) => setError(message(e)),
+            )
+          }
+        >
+          Load earlier messages
+        </button>
+      )}
+      {pending > 0 && (
+        <p class="hint" role="status" id="room-pending">
+          {pending} message{pending === 1 ? '' : 's'} wait for their sender's key.
+        </p>
+      )}
+      <ol id="messages" ref={listRef} aria-label={`Messages in ${title}`} aria-live="polite" aria-relevant="additions">
+        {isPublic
+          ? timeline.map((m) => <Line dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker} />)
+          : history.map((e) => <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} />)}
+      </ol>
+      <form
+        id="composer"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setError('');
+          setBusy(true);
+          const sent = text;
+          client
+            .sendRoom(id, sent)
+            .then(
+              async () => {
+                setText((t) => (t === sent ? '' : t));
+                if (isPublic) merge((await client.timeline(id, null, 20)).messages);
+              },
+              (err: unknown) => setError(message(err)),
+            )
+            .finally(() => setBusy(false));
+        }}
+      >
+        <label for="message" class="visually-hidden">
+          Message to {title}
+        </label>
+        <input id="message" autocomplete="off" value={text} placeholder={`Message ${title}`} onInput={(e) => setText((e.target as HTMLInputElement).value)} />
+        <button type="submit" id="send" disabled={busy || !text.trim()} aria-busy={busy}>
+          Send
+        </button>
+      </form>
+      <p role="status" class="hint">
+        {status}
+      </p>
+      <ErrorLine error={error} id="room-error" />
+    </section>
+  );
+}

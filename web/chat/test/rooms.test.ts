@@ -1,0 +1,134 @@
+// Rooms' pure rules (src/app/rooms.ts) against client/parley: the control payload that
+// carries a room's sender key, byte for byte with vectors made by the Python client
+// (fixtures/make_rooms_vectors.py), and the distribution/rotation decision of
+// client/parley/rooms.py `_distribute`.
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+
+import {
+  CONTROL_PREFIX,
+  type RoomState,
+  distributionUsers,
+  encodeControl,
+  isStale,
+  memberKey,
+  mentionNames,
+  parseControl,
+  planDistribution,
+  pythonJson,
+  roomState,
+  skdPayload,
+} from '../src/app/rooms.ts';
+import { b64decode, b64encode, fromUtf8 } from '../src/crypto/encoding.ts';
+import { GroupSession } from '../src/crypto/session.ts';
+
+interface Vectors {
+  room: string;
+  member: string;
+  skd_payload: string;
+  messages: { body: string; text: string }[];
+  odd_object: Record<string, unknown>;
+  odd_payload: string;
+  parse: { plaintext: string; control: unknown }[];
+}
+
+const V = JSON.parse(readFileSync(new URL('./fixtures/rooms_vectors.json', import.meta.url), 'utf8')) as Vectors;
+
+describe('control payloads (messenger.encode_control / parse_control)', () => {
+  it('starts with the NUL-framed prefix', () => {
+    expect(fromUtf8(CONTROL_PREFIX)).toBe('\x00parley-control\x00');
+  });
+
+  it("re-encodes Python's sender-key payload byte for byte", () => {
+    const control = parseControl(b64decode(V.skd_payload)) as { t: string; room: string; d: string };
+    expect(control.t).toBe('skd');
+    expect(control.room).toBe(V.room);
+    expect(b64encode(skdPayload(control.room, control.d))).toBe(V.skd_payload);
+  });
+
+  it('writes JSON as json.dumps(separators=(",", ":")) does, ensure_ascii included', () => {
+    expect(b64encode(encodeControl(V.odd_object))).toBe(V.odd_payload);
+    expect(pythonJson({ a: 'é' })).toBe('{"a":"\\u00e9"}');
+  });
+
+  it('parses as Python does: chat text null, a broken or non-object payload "invalid"', () => {
+    for (const c of V.parse) expect(parseControl(b64decode(c.plaintext))).toEqual(c.control);
+  });
+
+  it("takes Python's distribution and decrypts Python's group messages of that chain", async () => {
+    const control = parseControl(b64decode(V.skd_payload)) as { room: string; d: string };
+    const session = await GroupSession.create(V.room);
+    await session.processDistribution(V.member, b64decode(control.d));
+    for (const m of V.messages) expect(fromUtf8(await session.decrypt(V.member, b64decode(m.body)))).toBe(m.text);
+  });
+
+  it('a TypeScript distribution goes the other way through the same payload', async () => {
+    const sender = await GroupSession.create(V.room);
+    const payload = skdPayload(V.room, b64encode(await sender.distributionMessage()));
+    const control = parseControl(payload) as { d: string };
+    const receiver = await GroupSession.create(V.room);
+    await receiver.processDistribution(memberKey('u1', 3), b64decode(control.d));
+    const wire = await sender.encrypt(new TextEncoder().encode('to the room'));
+    expect(fromUtf8(await receiver.decrypt('u1:3', wire))).toBe('to the room');
+  });
+});
+
+describe('distribution and rotation (rooms.py _distribute)', () => {
+  const A = 'a'.repeat(32);
+  const B = 'b'.repeat(32);
+  const C = 'c'.repeat(32);
+  const targets = (...keys: string[]) => new Set(keys);
+  const state = (s: Partial<RoomState>): RoomState => roomState(s);
+
+  it('first send: nobody has the key, no rotation', () => {
+    const plan = planDistribution(state({}), 42, [A, B], 1, targets(`${B}:1`, `${A}:2`));
+    expect(plan).toEqual({ rotate: false, state: { members_seen: [A, B], version_seen: 1, has_key: [], chain_id: null, devices_read_at: 0 } });
+  });
+
+  it('unchanged members: the devices that have the key keep it', () => {
+    const plan = planDistribution(state({ members_seen: [A, B], version_seen: 1, has_key: [`${B}:1`], chain_id: 42 }), 42, [A, B], 1, targets(`${B}:1`));
+    expect(plan.rotate).toBe(false);
+    expect(plan.state.has_key).toEqual([`${B}:1`]);
+  });
+
+  it('someone joined: no rotation (they get the current chain)', () => {
+    const plan = planDistribution(state({ members_seen: [A, B], version_seen: 1, has_key: [`${B}:1`], chain_id: 42 }), 42, [A, B, C], 2, targets(`${B}:1`, `${C}:1`));
+    expect(plan.rotate).toBe(false);
+    expect(plan.state.has_key).toEqual([`${B}:1`]);
+  });
+
+  it('someone left or was removed: rotate, nobody has the new chain', () => {
+    const plan = planDistribution(state({ members_seen: [A, B, C], version_seen: 2, has_key: [`${B}:1`, `${C}:1`], chain_id: 42 }), 42, [A, C], 3, targets(`${C}:1`));
+    expect(plan.rotate).toBe(true);
+    expect(plan.state.has_key).toEqual([]);
+    expect(plan.state.members_seen).toEqual([A, C]);
+  });
+
+  it('a device that had the key is gone: rotate', () => {
+    const plan = planDistribution(state({ members_seen: [A, B], version_seen: 1, has_key: [`${B}:1`, `${B}:2`], chain_id: 42 }), 42, [A, B], 1, targets(`${B}:1`));
+    expect(plan.rotate).toBe(true);
+  });
+
+  it('the chain changed elsewhere (another state): the record is reset, no second rotation', () => {
+    const plan = planDistribution(state({ members_seen: [A, B, C], has_key: [`${B}:1`], chain_id: 7 }), 42, [A, B], 1, targets(`${B}:1`));
+    expect(plan.rotate).toBe(false);
+    expect(plan.state.has_key).toEqual([]);
+  });
+
+  it('sends to every other user that lacks it, sorted; only our own devices: any other member', () => {
+    expect(distributionUsers(new Set([`${C}:1`, `${B}:4`, `${B}:5`, `${A}:2`]), [A, B, C], A)).toEqual([B, C]);
+    expect(distributionUsers(new Set([`${A}:2`]), [A, C, B], A)).toEqual([C]);
+    expect(distributionUsers(new Set([`${A}:2`]), [A], A)).toEqual([]);
+  });
+
+  it('device lists are read again when the version changed or after 30 s', () => {
+    const s = state({ version_seen: 4, devices_read_at: 1000 });
+    expect(isStale(s, 4, 1_010_000)).toBe(false);
+    expect(isStale(s, 5, 1_010_000)).toBe(true);
+    expect(isStale(s, 4, 1_031_000)).toBe(true);
+  });
+
+  it('@mentions as rooms.py finds them', () => {
+    expect(mentionNames('hi @bob, @carol. and @bob again; mail a@b.c @x_-')).toEqual(['bob', 'carol', 'x']);
+  });
+});
