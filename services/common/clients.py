@@ -135,6 +135,22 @@ def kafka_consumer(
     return AIOKafkaConsumer(*topics, **opts)
 
 
+# How long a group consumer may take to leave its group on shutdown. aiokafka's
+# stop() waits for a JoinGroup in flight, which a broker holds until the group's
+# rebalance ends (up to the rebalance timeout, minutes): a service that stops, or a
+# consumer that restarts, must not hang on that. The broker notices the member
+# gone when its session times out.
+CONSUMER_STOP_S = 10.0
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer, timeout: float = CONSUMER_STOP_S) -> None:
+    """Stop a group consumer, giving up after ``timeout`` seconds (logged)."""
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout)
+    except TimeoutError:
+        log.warning("kafka consumer did not stop in time", extra={"timeout_s": timeout})
+
+
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> list[str]:
     """Create the topics that are missing (explicitly: auto-create is not relied on).
 
@@ -268,4 +284,4 @@ async def consume_forever(
         finally:
             running.clear()
             if consumer is not None:
-                await consumer.stop()
+                await stop_consumer(consumer)

@@ -53,6 +53,7 @@ from services.common.clients import (
     ensure_topics,
     kafka_consumer,
     key_partition,
+    stop_consumer,
 )
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
@@ -232,7 +233,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
             finally:
                 if consumer is not None:
-                    await consumer.stop()
+                    await stop_consumer(consumer)
 
     async def _consume(self, consumer: AIOKafkaConsumer, handler: Handler) -> None:
         while True:
