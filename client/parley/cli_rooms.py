@@ -22,6 +22,7 @@ from parley.cli_support import (
     _time,
     _with_status,
     console,
+    removed_by,
 )
 from parley.client import (
     Client,
@@ -291,6 +292,15 @@ def _print_room_entry(entry: dict[str, Any], me: str | None) -> None:
     seq = f"[dim]#{entry['seq']}[/] " if entry.get("seq") and "server_id" not in entry else ""
     if entry.get("kind") == "error":
         console.print(f"[dim]{at}[/] [red]{escape(str(entry.get('username') or '?'))}: {text}[/]")
+    elif entry.get("kind") == "removed":
+        who = (
+            escape(me or "me")
+            if entry.get("dir") == "out"
+            else escape(str(entry.get("username") or str(entry.get("sender", ""))[:8]))
+        )
+        console.print(
+            f"[dim]{at}[/] [dim italic]{who}: message {removed_by(entry.get('removed_by'))}[/]"
+        )
     elif entry.get("dir") == "out":
         console.print(f"{seq}[dim]{at}[/] [bold green]{escape(me or 'me')}[/]: {text}")
     else:
