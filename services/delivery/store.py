@@ -95,7 +95,7 @@ class DeliveryStore:
         self.prefix = settings.redis_prefix
         self._count_pending = redis.register_script(_COUNT_PENDING)
         self.hot = HotInbox(
-            redis, self.prefix, settings.hot_dedup_s, locator_s=settings.inbox_expiry_s + DAY_S
+            redis, self.prefix, settings.hot_dedup_s, locator_s=settings.message_removal_window_s
         )
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
 
@@ -316,6 +316,15 @@ class DeliveryStore:
                 deleted += 1
                 await self.count_pending([doc], -1)
         return deleted
+
+    async def restore_gone(self, since_ms: int) -> int:
+        """Mark again the messages removed since ``since_ms`` (Redis lost the marks: a
+        replay from Kafka must not store their copies again); returns how many."""
+        tombstones = self.db["tombstones"]
+        ids = [str(d["_id"]) async for d in tombstones.find({"at": {"$gte": since_ms}}, {"_id": 1})]
+        for server_id in ids:
+            await self.hot.mark_gone(server_id, self.settings.inbox_expiry_s + DAY_S)
+        return len(ids)
 
     # Caps and expiry ----------------------------------------------------------
     def _pending_of(self, inbox: str) -> tuple[str, int]:

@@ -322,6 +322,10 @@ class Worker:
         if beat <= self._beat:
             # The counter went back: Redis restarted empty or from an older
             # snapshot. Nothing stored since the last complete pass may be there.
+            # What Kafka may replay must not bring removed messages back (first: if
+            # MongoDB does not answer, the next run notices the loss again).
+            retention_ms = self.settings.kafka_message_retention_ms
+            await self.store.restore_gone(int(time.time() * 1000) - retention_ms)
             self._beat = beat
             self.rewinds += 1
             self.hot_lost.inc()

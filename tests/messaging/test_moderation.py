@@ -21,7 +21,11 @@ from services.delivery.store import item_id
 from tests.support.aio import eventually
 from tests.support.wsclient import WsClient, send_frame
 
+from . import test_rooms
 from .conftest import Messaging
+from .test_rooms import RoomWorld, room_send
+
+world = test_rooms.world  # the rooms service with delivery and two gateways (a fixture)
 
 
 def uid() -> str:
@@ -249,3 +253,48 @@ async def test_a_removed_message_is_not_stored_again_nor_resurrected_by_the_pers
     worker = messaging.delivery.server.app[WORKER]
     kept = await worker._moderate([{**doc, "_id": None}])
     assert kept == []
+
+
+async def test_a_room_message_is_franked_reportable_and_removable_like_a_direct_one(
+    world: RoomWorld,
+) -> None:
+    """Private rooms' copies take the same item path: each member's copy has its own tag
+    (the member as recipient), and unsending removes every member's copy."""
+    api = Api(world.m)
+    store = world.m.delivery.server.app[WORKER].store
+    alice, bob, carol = uid(), uid(), uid()
+    room = await world.private_room(alice, [bob, carol])
+    a1 = await world.connect(alice)
+    b1 = await world.connect(bob, pod=1)
+    text, fk = b"room abuse", secrets.token_bytes(32)
+    commitment = b64(franking.commit(text, fk))
+    await a1.send(room_send("g1", room, b64(b"ct" + text), commitment=commitment))
+    server_id = (await a1.expect("accepted", id="g1"))["server_id"]
+    msg = await b1.expect("message", server_id=server_id)
+    assert msg["room"] == room and msg["franking_tag"]
+    # Bob's tag is bob's: carol cannot report with it, bob can.
+    status, answer = await api.call("POST", "/reports", carol, report_of(msg, text, fk))
+    assert (status, answer["error"]["code"]) == (422, "invalid_franking_tag")
+    status, filed = await api.call("POST", "/reports", bob, report_of(msg, text, fk))
+    assert status == 201, filed
+    status, report = await api.call("GET", f"/admin/reports/{filed['id']}", uid(), admin=True)
+    assert report["room"] == room and report["text"] == text.decode()
+
+    # Carol is offline: her copy waits, and goes when alice unsends.
+    inbox = f"{carol}.1"
+    assert [d["server_id"] for d in (await store.hot.get(inbox, list(range(1, 9)))).values()] == [
+        server_id
+    ]
+    status, removed = await api.call("DELETE", f"/messages/{server_id}", alice)
+    assert status == 200 and removed["inboxes"] == 3  # bob, carol, alice's sending device
+    tomb = await b1.expect("tombstone", server_id=server_id)
+    assert tomb["conversation"] == f"room:{room}"
+
+    async def carols() -> list[str]:
+        return [d["kind"] for d in (await store.hot.get(inbox, list(range(1, 9)))).values()]
+
+    await eventually(carols, lambda kinds: kinds == ["tombstone"])
+    # Redis lost its marks: they come back from MongoDB's record of the removal.
+    await store.redis.delete(store.hot.gone_key(server_id))
+    assert await store.restore_gone(0) >= 1
+    assert await store.hot.gone([server_id]) == {server_id}
