@@ -421,7 +421,7 @@ def history(
     (a private room's as this device stored them; a public room's timeline, paged)."""
     opts = _options(ctx)
     if cli_rooms.is_room(user):
-        _run(cli_rooms.room_history(opts, user, limit, before))
+        _run(cli_rooms.room_history(opts, user, limit, before, ids))
         return
 
     async def run() -> None:
@@ -440,13 +440,16 @@ def history(
 
 _MESSAGE_HELP = (
     "The message: its id as `parley history USER --ids` shows it (at least 4 characters), "
-    "or 'last' with --with"
+    "or 'last' with --with; a private room's message needs --with '#room'"
 )
 
 
 async def _peer(client: Client, user: str | None) -> str | None:
+    """The conversation ``--with`` names: a contact's id, or ``room:<id>`` for '#room'."""
     if user is None:
         return None
+    if cli_rooms.is_room(user):
+        return f"room:{(await client.rooms.resolve(user))['room_id']}"
     known = [p for p in client.store.read().peers() if user.lower() in (p.get("username"),
              p["user_id"])]  # fmt: skip
     return str(known[0]["user_id"]) if known else (await client.resolve(user))[0]
@@ -457,7 +460,7 @@ def report(
     ctx: typer.Context,
     message: Annotated[str, typer.Argument(help=_MESSAGE_HELP)],
     user: Annotated[
-        str | None, typer.Option("--with", help="The contact the message came from")
+        str | None, typer.Option("--with", help="The contact (or '#room') it came from")
     ] = None,
 ) -> None:
     """Report a message you received to the server's admins. Its text goes with the
