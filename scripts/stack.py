@@ -130,17 +130,22 @@ def _free_ports(n: int) -> list[int]:
 
 SECRET_VAR = "PARLEY_KEY_ENCRYPTION_SECRET"
 SECRET_FILE = "key-encryption-secret"
+FRANKING_VAR = "PARLEY_FRANKING_KEY"
+FRANKING_FILE = "franking-key"
 
 
-def local_secret(data_dir: Path) -> str:
-    """The embedded stack's key-encryption secret: made on first start, then reused.
+def local_secret(data_dir: Path, name: str = SECRET_FILE) -> str:
+    """One of the embedded stack's secrets: made on first start, then reused.
 
-    Written to ``<data dir>/key-encryption-secret`` (mode 0600), so that the
-    auth service's signing keys and TOTP seeds, sealed with it, open again at
-    every later start (a lost file means new signing keys and re-enrolled
-    authenticators: delete ``var/`` and start over).
+    Written to ``<data dir>/<name>`` (mode 0600). ``key-encryption-secret``:
+    the auth service's signing keys and TOTP seeds, sealed with it, open again
+    at every later start (a lost file means new signing keys and re-enrolled
+    authenticators: delete ``var/`` and start over). ``franking-key``: the
+    delivery service's franking tags and tombstone signatures
+    (docs/moderation-messages.md); a lost file only means that messages
+    delivered before cannot be reported any more.
     """
-    path = data_dir / SECRET_FILE
+    path = data_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -226,6 +231,8 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
         if module == "auth" and SECRET_VAR not in os.environ and SECRET_VAR not in env:
             # The auth service refuses to start without one outside development.
             env[SECRET_VAR] = local_secret(d)
+        if module == "delivery" and FRANKING_VAR not in os.environ and FRANKING_VAR not in env:
+            env[FRANKING_VAR] = local_secret(d, FRANKING_FILE)
         return [py, "-m", f"services.{module}"], env
     raise SystemExit(f"unknown process {name!r}")
 

@@ -38,6 +38,7 @@ from parley.cli_support import (
     _with_status,
     console,
     err,
+    removed_by,
 )
 from parley.client import (
     Client,
@@ -50,6 +51,7 @@ from parley.client import (
     Receipt,
 )
 from parley.errors import ParleyError, SafetyNumberChanged
+from parley.moderation import entry_server_id
 
 app = typer.Typer(
     name="parley",
@@ -374,10 +376,22 @@ def inbox(
     _run(run())
 
 
-def _print_entry(entry: dict[str, Any], peer_name: str, me: str | None) -> None:
+def _print_entry(
+    entry: dict[str, Any], peer_name: str, me: str | None, ids: str | None = None
+) -> None:
+    """One history line; ``ids`` (your user id) puts each message's short id in front
+    (what `parley report` and `parley unsend` take)."""
     at = _time(entry.get("at"))
+    if ids is not None:
+        sid = entry_server_id(entry, ids) if entry.get("kind") in ("message", "removed") else None
+        at = f"{sid[:8] if sid else ' ' * 8} {at}"
     text = escape(str(entry.get("text", "")))
-    if entry.get("dir") == "out":
+    if entry.get("kind") == "removed":
+        who = escape(me or "me") if entry.get("dir") == "out" else escape(peer_name)
+        console.print(
+            f"[dim]{at}[/] [dim italic]{who}: message {removed_by(entry.get('removed_by'))}[/]"
+        )
+    elif entry.get("dir") == "out":
         status = entry.get("status", "")
         console.print(
             f"[dim]{at}[/] [bold green]{escape(me or 'me')}[/]: {text} [dim]({status})[/]"
@@ -399,12 +413,15 @@ def history(
         int | None,
         typer.Option("--before", help="A public room: the page before this message number"),
     ] = None,
+    ids: Annotated[
+        bool, typer.Option("--ids", help="Show each message's id (for report and unsend)")
+    ] = False,
 ) -> None:
     """Show the stored conversation with a contact (no network), or a room's messages
     (a private room's as this device stored them; a public room's timeline, paged)."""
     opts = _options(ctx)
     if cli_rooms.is_room(user):
-        _run(cli_rooms.room_history(opts, user, limit, before))
+        _run(cli_rooms.room_history(opts, user, limit, before, ids))
         return
 
     async def run() -> None:
@@ -416,7 +433,65 @@ def history(
             ]
             peer_id, name = (known[0]["user_id"], user) if known else await client.resolve(user)
             for entry in client.history(peer_id, limit):
-                _print_entry(entry, name, client.username)
+                _print_entry(entry, name, client.username, client.user_id if ids else None)
+
+    _run(run())
+
+
+_MESSAGE_HELP = (
+    "The message: its id as `parley history USER --ids` shows it (at least 4 characters), "
+    "or 'last' with --with; a private room's message needs --with '#room'"
+)
+
+
+async def _peer(client: Client, user: str | None) -> str | None:
+    """The conversation ``--with`` names: a contact's id, or ``room:<id>`` for '#room'."""
+    if user is None:
+        return None
+    if cli_rooms.is_room(user):
+        return f"room:{(await client.rooms.resolve(user))['room_id']}"
+    known = [p for p in client.store.read().peers() if user.lower() in (p.get("username"),
+             p["user_id"])]  # fmt: skip
+    return str(known[0]["user_id"]) if known else (await client.resolve(user))[0]
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    message: Annotated[str, typer.Argument(help=_MESSAGE_HELP)],
+    user: Annotated[
+        str | None, typer.Option("--with", help="The contact (or '#room') it came from")
+    ] = None,
+) -> None:
+    """Report a message you received to the server's admins. Its text goes with the
+    report (and only that message's), with the proof that it is what the sender sent."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            peer = await _peer(client, user)
+            answer = await _with_status("Reporting...", client.report(message, peer))
+        again = " (you had reported it already)" if answer.get("duplicate") else ""
+        console.print(f"Reported{again}: the admins will review it (report {answer['id'][:8]}).")
+
+    _run(run())
+
+
+@app.command()
+def unsend(
+    ctx: typer.Context,
+    message: Annotated[str, typer.Argument(help=_MESSAGE_HELP)],
+    user: Annotated[str | None, typer.Option("--with", help="The contact you sent it to")] = None,
+) -> None:
+    """Delete a message you sent, for everyone: it is removed from the server and every
+    device of the conversation shows "removed" instead."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            peer = await _peer(client, user)
+            await _with_status("Removing...", client.unsend(message, peer))
+        console.print("Message removed: every device of the conversation will hide it.")
 
     _run(run())
 
@@ -483,6 +558,8 @@ async def _chat(opts: Options, user: str) -> None:
                     if command == "/safety":
                         _, number = await client.safety_number(peer_id)
                         console.print(f"Safety number with {escape(name)}: [bold]{number}[/]")
+                    elif command in ("/report", "/unsend"):
+                        await _chat_moderate(client, peer_id, command, text.split()[1:])
                     elif command in ("/help", "/?"):
                         console.print(CHAT_HELP)
                     else:
@@ -495,9 +572,24 @@ async def _chat(opts: Options, user: str) -> None:
             await client.mark_read(peer_id)
 
 
+async def _chat_moderate(client: Client, peer_id: str, command: str, args: list[str]) -> None:
+    """/report [ID] (default: their last message), /unsend [ID] (default: your last)."""
+    try:
+        if command == "/report":
+            answer = await client.report(args[0] if args else "last-in", peer_id)
+            console.print(f"Reported to the admins (report {answer['id'][:8]}).")
+        else:
+            await client.unsend(args[0] if args else "last-out", peer_id)
+            console.print("Removing it for everyone...")
+    except ParleyError as exc:
+        console.print(f"[red]Error:[/] {escape(str(exc))}")
+
+
 CHAT_HELP = """Commands (anything else is sent as a message):
   /help      this list
   /safety    the safety number with this contact (compare it with theirs)
+  /report [ID]  report their last message (or message ID) to the admins
+  /unsend [ID]  delete your last message (or message ID) for everyone
   /quit      leave (also /exit, /q or Ctrl-D)
   //text     send "/text" (a message that starts with a slash)"""
 

@@ -22,6 +22,7 @@ from parley.cli_support import (
     _time,
     _with_status,
     console,
+    removed_by,
 )
 from parley.client import (
     Client,
@@ -33,6 +34,7 @@ from parley.client import (
     RoomNotification,
 )
 from parley.errors import ParleyError
+from parley.moderation import entry_server_id
 
 if TYPE_CHECKING:
     from prompt_toolkit.completion import Completer, Completion
@@ -285,12 +287,24 @@ async def room_send(opts: Options, target: str, message: str) -> None:
         console.print(f"Message sent to [bold]#{escape(room['name'])}[/] ({how}).")
 
 
-def _print_room_entry(entry: dict[str, Any], me: str | None) -> None:
+def _print_room_entry(entry: dict[str, Any], me: str | None, ids: str | None = None) -> None:
     at = _time(entry.get("at"))
+    if ids is not None:  # your user id: each private-room message's short id in front
+        sid = entry_server_id(entry, ids) if entry.get("kind") in ("message", "removed") else None
+        at = f"{sid[:8] if sid else ' ' * 8} {at}"
     text = escape(str(entry.get("text", "")))
     seq = f"[dim]#{entry['seq']}[/] " if entry.get("seq") and "server_id" not in entry else ""
     if entry.get("kind") == "error":
         console.print(f"[dim]{at}[/] [red]{escape(str(entry.get('username') or '?'))}: {text}[/]")
+    elif entry.get("kind") == "removed":
+        who = (
+            escape(me or "me")
+            if entry.get("dir") == "out"
+            else escape(str(entry.get("username") or str(entry.get("sender", ""))[:8]))
+        )
+        console.print(
+            f"[dim]{at}[/] [dim italic]{who}: message {removed_by(entry.get('removed_by'))}[/]"
+        )
     elif entry.get("dir") == "out":
         console.print(f"{seq}[dim]{at}[/] [bold green]{escape(me or 'me')}[/]: {text}")
     else:
@@ -298,14 +312,16 @@ def _print_room_entry(entry: dict[str, Any], me: str | None) -> None:
         console.print(f"{seq}[dim]{at}[/] [bold cyan]{name}[/]: {text}")
 
 
-async def room_history(opts: Options, target: str, limit: int, before: int | None) -> None:
+async def room_history(
+    opts: Options, target: str, limit: int, before: int | None, ids: bool = False
+) -> None:
     async with _client(opts) as client:
         page = await client.rooms.history(target, limit=limit, before=before)
         room = page["room"]
         if not page["messages"]:
             console.print(f"No messages in #{escape(room['name'])} yet.")
         for entry in page["messages"]:
-            _print_room_entry(entry, client.username)
+            _print_room_entry(entry, client.username, client.user_id if ids else None)
         if page["next_before"] is not None:
             console.print(
                 f"[dim]Older messages: parley history '#{escape(room['name'])}' "

@@ -27,6 +27,7 @@ from parley.client import (
     Event,
     KeyChanged,
     Message,
+    MessageRemoved,
     SecondFactor,
 )
 from parley.errors import NotLoggedIn, ParleyError, WrongPassphrase
@@ -179,6 +180,9 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
             f"[red]Could not decrypt a message from {escape(event.username)} "
             f"({event.reason}).[/] It may have been sent to an earlier install of yours."
         )
+    elif isinstance(event, MessageRemoved):
+        if peer is None or event.peer_id == peer:
+            console.print(f"[dim italic]A message was {removed_by(event.by)}.[/]")
     elif isinstance(event, ErrorEvent):
         console.print(f"[red]Error:[/] {escape(event.message)}")
     elif isinstance(event, ConnectionEvent):
@@ -186,6 +190,11 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
             console.print(f"[dim]Connection lost; reconnecting {event.detail}...[/]")
         elif event.state == "failed":
             console.print(f"[red]Disconnected:[/] {escape(event.detail)}")
+
+
+def removed_by(by: object) -> str:
+    """How a tombstone's remover reads: "removed by its sender" / "removed by an admin"."""
+    return "removed by an admin" if by == "admin" else "removed by its sender"
 
 
 async def _second_factor(challenge: SecondFactor) -> tuple[str, str]:

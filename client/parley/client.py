@@ -43,12 +43,14 @@ from parley.events import (
     EventBus,
     KeyChanged,
     Message,
+    MessageRemoved,
     Receipt,
     RoomMessage,
     RoomNotification,
 )
 from parley.keys import PREKEY_BATCH, PREKEY_ROTATION_S, Keys, NeedsLink, PendingDevice
 from parley.messenger import Messenger
+from parley.moderation import Moderation
 from parley.rooms import Rooms
 from parley.store import KdfParams, Store, Transaction
 
@@ -60,6 +62,7 @@ __all__ = [
     "Event",
     "KeyChanged",
     "Message",
+    "MessageRemoved",
     "NeedsLink",
     "PendingDevice",
     "Receipt",
@@ -109,6 +112,9 @@ class Client:
             self.server, self.api, lambda: self.store, self.account, self.keys, self.bus,
             self._spawn, backoff=(backoff_start, backoff_max), reauth_every=reauth_every,
         )  # fmt: skip
+        self.moderation = Moderation(self.api, lambda: self.store, self.account, self.bus)
+        """Reports, unsend, tombstones (:class:`parley.moderation.Moderation`)."""
+        self.messenger.moderation = self.moderation
         self.rooms = Rooms(self.api, lambda: self.store, self.account, self.messenger, self.bus)
         """Rooms: create, list, invite, join, leave, members, send, history,
         notifications (:class:`parley.rooms.Rooms`, docs/client.md "Rooms")."""
@@ -317,6 +323,18 @@ class Client:
 
     def conversations(self) -> list[dict[str, Any]]:
         return self.messenger.conversations()
+
+    async def report(self, message: str, peer_id: str | None = None) -> dict[str, Any]:
+        """Report a message you received (its server id, or a prefix of at least 4
+        characters; ``last`` with ``peer_id``) to the server's admins: its plaintext and
+        franking key go with it, so the server can verify what was said. Returns
+        ``{id, state, duplicate}`` (docs/moderation-messages.md)."""
+        return await self.moderation.report(message, peer_id)
+
+    async def unsend(self, message: str, peer_id: str | None = None) -> dict[str, Any]:
+        """Remove a message you sent (server id or prefix; ``last`` with ``peer_id``) from
+        every inbox: each device of the conversation gets a signed tombstone."""
+        return await self.moderation.unsend(message, peer_id)
 
     async def mark_read(self, peer_id: str) -> None:
         await self.messenger.mark_read(peer_id)

@@ -21,6 +21,7 @@ __all__ = [
     "EventBus",
     "KeyChanged",
     "Message",
+    "MessageRemoved",
     "Receipt",
     "RoomMessage",
     "RoomNotification",
@@ -42,6 +43,16 @@ class Message(Event):
     sent_at: int
     server_id: str
     seq: int
+
+
+@dataclass(frozen=True)
+class MessageRemoved(Event):
+    """A message was removed by its sender or an admin (a verified tombstone): show
+    "removed" instead (``peer_id`` is the contact, or ``room:<id>``)."""
+
+    peer_id: str
+    server_id: str
+    by: str
 
 
 @dataclass(frozen=True)

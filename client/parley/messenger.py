@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import msgspec
 from parley_contract import frames as f
+from parley_contract.envelopes import message_server_id
 
 from parley.account import Account, StoreRef
 from parley.api import Api
@@ -59,6 +60,7 @@ from parley.events import (
     Receipt,
 )
 from parley.keys import Keys
+from parley.moderation import Moderation, alias_key, report_fields
 from parley.peers import PeerState
 from parley.store import Transaction
 
@@ -110,6 +112,7 @@ class Messenger:
         self._syncing = 0  # syncs running: pushes then move neither last_seq nor acks
         self._names: dict[str, str] = {}
         self.room_hook: RoomHook | None = None
+        self.moderation: Moderation | None = None
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -507,6 +510,8 @@ class Messenger:
             await self.room_hook.on_room_frame(frame)
         elif isinstance(frame, f.KeyChanged):
             await self._on_key_changed(frame)
+        elif isinstance(frame, f.Tombstone):
+            await self._on_tombstone(frame)
         elif isinstance(frame, f.Accepted | f.Stored | f.Delivered):
             await self._on_receipt(frame)
         elif isinstance(frame, f.Error):
@@ -579,6 +584,13 @@ class Messenger:
                     entry.update(kind="message", text=text)
                     if own:
                         entry["status"] = "sent"
+                    else:
+                        decrypted = incoming.message
+                        report = report_fields(
+                            frame, decrypted.franking_key, decrypted.plaintext, text
+                        )
+                        if report is not None:
+                            entry["report"] = report
                     if peer:
                         tx.add_message(peer, entry, ref=server_id)
                     self._put_peer(tx, state)
@@ -617,6 +629,22 @@ class Messenger:
                 tx.put("last_seq", seq)
         if seq:
             self._ack_soon(seq)
+
+    async def _on_tombstone(self, frame: f.Tombstone) -> None:
+        """A message was removed: once its signature verifies, hide it (the history
+        entry becomes a "removed" marker; docs/moderation-messages.md)."""
+        valid = self.moderation is not None and await self.moderation.verify(frame)
+        event: Event | None = None
+        marker = f"tombstone:{frame.server_id}"
+        async with self._store().transaction() as tx:
+            if valid and self.moderation is not None and not tx.has_message(marker):
+                event = self.moderation.apply(tx, frame)
+                tx.add_message(CONTROL_CONV, {"kind": "control"}, ref=marker)
+            if not self._syncing and frame.seq > int(tx.get("last_seq") or 0):
+                tx.put("last_seq", frame.seq)
+        if event is not None:
+            self.events.emit(event)
+        self._ack_soon(frame.seq)
 
     async def _on_receipt(self, frame: f.Accepted | f.Stored | f.Delivered) -> None:
         """``accepted`` once; ``stored``/``delivered`` per device: the message counts as
@@ -881,6 +909,7 @@ class Messenger:
                     "status": "queued",
                 }
                 tx.add_message(peer_id, entry, ref=client_id)
+                tx.put(alias_key(message_server_id(me, client_id)), client_id)
             queued: dict[str, Any] = {"send": msgspec.to_builtins(frame), "peer": peer_id,
                                       "text": text}  # fmt: skip
             if payload is not None:

@@ -39,6 +39,7 @@ from typing import Any
 
 import msgspec
 from parley_contract import frames as f
+from parley_contract.envelopes import room_server_id
 
 from parley.account import Account, StoreRef
 from parley.api import Api
@@ -53,6 +54,7 @@ from parley.crypto.encoding import b64decode, b64encode
 from parley.errors import ApiError, MessageTooLarge, ParleyError
 from parley.events import DecryptFailed, Event, EventBus, RoomMessage, RoomNotification
 from parley.messenger import Messenger, encode_control
+from parley.moderation import alias_key, report_fields
 from parley.store import Transaction
 
 log = logging.getLogger(__name__)
@@ -496,6 +498,8 @@ class Rooms:
                 "client_id": client_id, "status": "queued", "mentions": mentions,
             }  # fmt: skip
             tx.add_message(conv, entry, ref=client_id)
+            tx.put(alias_key(room_server_id(room_id, str(self.account.user_id), client_id)),
+                   client_id)  # fmt: skip
             tx.queue(
                 client_id,
                 {"room_send": msgspec.to_builtins(frame), "peer": conv, "text": text},
@@ -518,6 +522,8 @@ class Rooms:
                     "server_id": server_id, "seq": seq, "from": sender,
                     "device": frame.from_device, "body": frame.body,
                     "sent_at": frame.sent_at, "mentions": frame.mentions or [],
+                    "conversation": frame.conversation, "commitment": frame.commitment,
+                    "franking_tag": frame.franking_tag,
                 }  # fmt: skip
                 session = self.group(tx, room_id)
                 event = self._open(tx, session, room_id, item, name, keep=True)
@@ -578,6 +584,16 @@ class Rooms:
         entry.update(kind="message", text=text)
         if own:
             entry["status"] = "sent"
+        elif item.get("franking_tag"):
+            frame = f.Message(
+                seq=int(item["seq"]), server_id=str(item["server_id"]), from_=sender,
+                from_device=int(item["device"]), body="-", conversation=item.get("conversation"),
+                commitment=item.get("commitment"), sent_at=item.get("sent_at"),
+                franking_tag=item.get("franking_tag"),
+            )  # fmt: skip
+            report = report_fields(frame, message.franking_key, message.plaintext, text)
+            if report is not None:
+                entry["report"] = report
         tx.add_message(conv, entry, ref=str(item["server_id"]))
         return RoomMessage(
             room_id, sender, name, text, entry["at"], str(item["server_id"]), int(item["seq"]),

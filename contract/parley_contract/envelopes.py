@@ -37,6 +37,7 @@ from parley_contract.frames import (
     Millis,
     RoomId,
     ServerFrames,
+    Tombstone,
     UserId,
 )
 
@@ -77,6 +78,21 @@ class KeyChangedNotice(_Envelope, tag="key_changed", kw_only=True):
     account_key: str | None = None
 
 
+class TombstoneNotice(_Envelope, tag="tombstone", kw_only=True):
+    """A removed message's tombstone for one device inbox (made by delivery when the
+    sender or an admin removes the message; docs/delivery.md, "Tombstones").
+
+    ``server_id`` and ``from`` are the removed message's; ``client_id`` is
+    ``tombstone:<server_id>`` (its dedup key); ``target_seq`` is where the message's
+    copy was stored in this inbox (None: the inbox never held one, e.g. the sending
+    device). The consumer deletes that copy, then stores the tombstone."""
+
+    by: Literal["sender", "admin"]
+    kid: Annotated[str, Meta(min_length=1, max_length=32)]
+    signature: Annotated[str, Meta(min_length=1, max_length=200)]
+    target_seq: Annotated[int, Meta(ge=1)] | None = None
+
+
 class RoomCopies(Struct, tag="room_copies", tag_field="kind", kw_only=True):
     """A private room's message for several device inboxes whose keys all map to the
     partition it is produced to: delivery's fan-out (:class:`RoomEnvelope`) groups a
@@ -99,7 +115,7 @@ class RoomCopies(Struct, tag="room_copies", tag_field="kind", kw_only=True):
     inboxes: list[str]
 
 
-Envelope = MessageEnvelope | KeyChangedNotice | RoomCopies
+Envelope = MessageEnvelope | KeyChangedNotice | TombstoneNotice | RoomCopies
 
 
 class RoomEnvelope(Struct, kw_only=True):
@@ -221,8 +237,15 @@ def key_changed_notice(
     )
 
 
-def item_frame(env: MessageEnvelope | KeyChangedNotice, seq: int) -> Message | KeyChanged:
+def item_frame(
+    env: MessageEnvelope | KeyChangedNotice | TombstoneNotice, seq: int
+) -> Message | KeyChanged | Tombstone:
     """The frame an inbox item is pushed or synced as."""
+    if isinstance(env, TombstoneNotice):
+        return Tombstone(
+            seq=seq, server_id=env.server_id, from_=env.from_, conversation=env.conversation,
+            by=env.by, at=env.sent_at or 0, kid=env.kid, signature=env.signature,
+        )  # fmt: skip
     if isinstance(env, MessageEnvelope):
         return Message(
             seq=seq, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
@@ -492,6 +515,7 @@ __all__ = [
     "Routed",
     "RoutedRaw",
     "SessionRevoked",
+    "TombstoneNotice",
     "UserBlocked",
     "conversation_id",
     "decode_envelope",

@@ -80,3 +80,11 @@ class ErrorCode(StrEnum):
     # Moderation of public rooms' messages (docs/moderation.md).
     MESSAGE_NOT_FOUND = "message_not_found"
     MESSAGE_REMOVED = "message_removed"
+    # Moderation of end-to-end encrypted messages: reports and tombstones
+    # (docs/moderation-messages.md; message_not_found above, too).
+    INVALID_FRANKING_TAG = "invalid_franking_tag"
+    FRANKING_MISMATCH = "franking_mismatch"
+    NOT_RECIPIENT = "not_recipient"
+    REPORT_NOT_FOUND = "report_not_found"
+    REPORT_RESOLVED = "report_resolved"
+    NOT_SENDER = "not_sender"

@@ -255,6 +255,10 @@ class Message(ServerFrame, tag="message"):
     """A private room's message (``conversation`` is ``room:<room>``): ``body`` is a
     sender-key ciphertext, the same for every member device."""
     mentions: list[str] | None = None
+    franking_tag: str | None = None
+    """The server's reporting tag (``<key id>.<base64url HMAC>``, docs/crypto.md "Message
+    franking"): set when the copy carries a ``commitment``. Keep it with the message to
+    report it (``POST /delivery/v1/reports``)."""
     kind: Literal["message"] = "message"
 
 
@@ -271,6 +275,43 @@ class KeyChanged(ServerFrame, tag="key_changed"):
     from_: str | None = msgspec.field(default=None, name="from")
     conversation: str | None = None
     kind: Literal["key_changed"] = "key_changed"
+
+
+class Tombstone(ServerFrame, tag="tombstone"):
+    """A message was removed (by its sender or by an admin): hide it and show "removed".
+
+    Stored in the inbox like a message and acknowledged with ``ack``. ``signature`` is
+    the delivery service's Ed25519 signature (key ``kid``, published at ``GET
+    /delivery/v1/moderation/keys``) over :func:`tombstone_signed_bytes`; a client
+    ignores a tombstone that does not verify (docs/crypto.md, "Tombstones")."""
+
+    seq: int
+    server_id: str
+    """The removed message's ``server_id``."""
+    from_: str = msgspec.field(name="from")
+    """Who sent the removed message."""
+    conversation: str | None
+    by: Literal["sender", "admin"]
+    at: int
+    kid: str
+    signature: str
+    kind: Literal["tombstone"] = "tombstone"
+
+
+TOMBSTONE_CONTEXT = b"parley-v1/tombstone\x00"
+
+
+def tombstone_signed_bytes(
+    *, kid: str, server_id: str, sender: str, conversation: str | None, by: str, at: int
+) -> bytes:
+    """What a tombstone's signature covers: a context, then each field as a 4-byte
+    big-endian length and its UTF-8 bytes (``at`` in decimal, a missing conversation
+    as the empty string)."""
+    out = bytearray(TOMBSTONE_CONTEXT)
+    for value in (kid, server_id, sender, conversation or "", by, str(int(at))):
+        raw = value.encode()
+        out += len(raw).to_bytes(4, "big") + raw
+    return bytes(out)
 
 
 class PrekeysLow(ServerFrame, tag="prekeys_low"):
@@ -401,6 +442,7 @@ ServerFrames = (
     | Delivered
     | Message
     | KeyChanged
+    | Tombstone
     | PrekeysLow
     | RoomPost
     | Notification
@@ -412,7 +454,7 @@ ServerFrames = (
     | Resync
     | Error
 )
-InboxItem = Message | KeyChanged
+InboxItem = Message | KeyChanged | Tombstone
 """What an inbox holds and a sync page returns (also over HTTP)."""
 
 

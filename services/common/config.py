@@ -119,6 +119,23 @@ class Settings(BaseSettings):
     inbox_expiry_s: int = Field(default=30 * 86400, ge=60)
     inbox_purge_interval_s: float = Field(default=3600.0, gt=0)
 
+    # Moderation of end-to-end encrypted messages (docs/moderation-messages.md):
+    # the secret that the franking tags' HMAC key and the tombstones' Ed25519
+    # signing key are derived from (HKDF, one label each), and its key id, which
+    # every tag and tombstone names. Rotate by giving a new secret and id and
+    # moving the old pair to franking_retired_keys ("<id>:<secret>,..."): tags
+    # made under a retired key still verify, its public key stays published.
+    # Unset: a random key per process (with a warning), so reports of messages
+    # stored before a restart fail; `make run` generates one into its data dir.
+    franking_key: SecretStr | None = None
+    franking_key_id: str = Field(default="1", pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    franking_retired_keys: SecretStr | None = None
+    # How long after it was stored a message can still be removed (unsend, or an
+    # admin's tombstone): its locator (which device inboxes got a copy, where) is
+    # kept this long in Redis, about 100 bytes per copy. Like other messengers'
+    # "delete for everyone", a window; reports do not depend on it.
+    message_removal_window_s: int = Field(default=2 * 86400, ge=60)
+
     # Notifier (docs/notifier.md): mentions of a user with no connected device
     # are collected for this long from the first one, then sent in one e-mail;
     # at most one digest per user per interval. Due digests are looked for

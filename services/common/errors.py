@@ -73,6 +73,12 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_TEXT: 422,
     ErrorCode.MESSAGE_NOT_FOUND: 404,
     ErrorCode.MESSAGE_REMOVED: 409,
+    ErrorCode.INVALID_FRANKING_TAG: 422,
+    ErrorCode.FRANKING_MISMATCH: 422,
+    ErrorCode.NOT_RECIPIENT: 403,
+    ErrorCode.REPORT_NOT_FOUND: 404,
+    ErrorCode.REPORT_RESOLVED: 409,
+    ErrorCode.NOT_SENDER: 403,
 }
 
 _MESSAGES: dict[ErrorCode, str] = {

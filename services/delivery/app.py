@@ -14,8 +14,11 @@ from services.common.consumer_lag import ConsumerLag
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.state import CHECKS, REGISTRY
 from services.delivery.handlers import Inbox
+from services.delivery.moderation import Moderation
+from services.delivery.moderation_keys import ModerationKeys
+from services.delivery.moderation_store import ModerationStore
 from services.delivery.routes import api
-from services.delivery.state import INBOX, WORKER
+from services.delivery.state import INBOX, MODERATION, WORKER
 from services.delivery.store import DeliveryStore
 from services.delivery.worker import Worker
 
@@ -28,7 +31,10 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     use_token_verifier(app, settings)
     store = DeliveryStore(settings, db, redis)
     app[INBOX] = Inbox(store, app[REGISTRY])
-    worker = Worker(settings, store, app[REGISTRY], producer)
+    keys = ModerationKeys(settings)
+    mstore = ModerationStore(db)
+    app[MODERATION] = Moderation(settings, store, mstore, keys, producer)
+    worker = Worker(settings, store, app[REGISTRY], producer, keys)
     app[WORKER] = worker
     lag = ConsumerLag(settings, app[REGISTRY], worker.groups())
 
@@ -43,6 +49,7 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     async def start() -> None:
         # Indexes first (retried until MongoDB answers), then the consumers.
         await store.ensure_indexes()
+        await mstore.ensure_indexes()
         if run_worker:
             await worker.start()
 

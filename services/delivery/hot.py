@@ -19,7 +19,15 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
   MongoDB;
 - ``<p>:hotbeat``: a counter every persister run increments; a value lower
   than one seen before means Redis lost its data (restarted empty, or from
-  an older snapshot).
+  an older snapshot);
+- ``<p>:loc:{<server id>}``: hash, device inbox -> the seq its copy of the
+  message took (and ``_from``, ``_fd``, ``_conv``: the sender, the sending
+  device, the conversation), kept ``locator_s``: where a tombstone must go
+  (docs/delivery.md, "Tombstones");
+- ``<p>:gone:{<server id>}``: set when a message is removed: a copy that
+  arrives later (a room's fan-out under way, a replay) is not stored;
+- ``<p>:rm:{<inbox>}``: hash, seq -> server id of the copies removed from the
+  inbox: the persister deletes again any it moved to MongoDB meanwhile.
 """
 
 from __future__ import annotations
@@ -57,14 +65,40 @@ if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 return clashed
 """
 
+# Remove one item (a tombstoned message's copy): KEYS[1] the inbox's hash, KEYS[2] its
+# waiting counts, KEYS[3] its removal markers; ARGV[1] seq, ARGV[2] the message's server
+# id, ARGV[3] how long to keep the marker. The marker is written first (the persister
+# reads it after it inserted), then the item goes if it is still that message's copy.
+# Returns 1 when an item was taken out.
+_REMOVE = """
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local doc = cjson.decode(raw)
+if doc['server_id'] ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HINCRBY', KEYS[2], '*', -1) <= 0 then redis.call('HDEL', KEYS[2], '*') end
+if (doc['kind'] or 'message') == 'message' and type(doc['from']) == 'string' then
+  if redis.call('HINCRBY', KEYS[2], doc['from'], -1) <= 0 then
+    redis.call('HDEL', KEYS[2], doc['from'])
+  end
+end
+return 1
+"""
+
 PendingCounts = Callable[[str], tuple[str, int]]
 """An inbox -> (the key of its waiting counts, how long to keep it in seconds)."""
 
 
 class HotInbox:
-    def __init__(self, redis: aioredis.Redis, prefix: str, dedup_s: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, dedup_s: int, locator_s: int = 31 * 86400
+    ) -> None:
         self.redis = redis
         self._put = redis.register_script(_PUT)
+        self._remove = redis.register_script(_REMOVE)
+        self.locator_s = locator_s
         self.prefix = prefix
         self.dedup_s = dedup_s
         self.index = f"{prefix}:hotidx"
@@ -72,6 +106,15 @@ class HotInbox:
 
     def key(self, inbox: str) -> str:
         return f"{self.prefix}:hot:{{{inbox}}}"
+
+    def loc_key(self, server_id: str) -> str:
+        return f"{self.prefix}:loc:{{{server_id}}}"
+
+    def gone_key(self, server_id: str) -> str:
+        return f"{self.prefix}:gone:{{{server_id}}}"
+
+    def rm_key(self, inbox: str) -> str:
+        return f"{self.prefix}:rm:{{{inbox}}}"
 
     def dup_key(self, dedup_key: str) -> str:
         return f"{self.prefix}:hotdup:{{{dedup_key.split('|', 1)[0]}}}|{dedup_key}"
@@ -115,6 +158,12 @@ class HotInbox:
         # their records (the script writes a record after its item).
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
+            # Where each message's copies are, before the copies themselves (a
+            # pipeline cut short leaves no copy a tombstone cannot find).
+            locators = _locators(d for _, d in docs)
+            for server_id, fields in locators.items():
+                pipe.hset(self.loc_key(server_id), mapping=fields)
+                pipe.expire(self.loc_key(server_id), self.locator_s)
             inboxes = list(by_inbox)
             for inbox in inboxes:
                 items = by_inbox[inbox]
@@ -129,7 +178,7 @@ class HotInbox:
                 await self._put(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
         taken: list[tuple[str, Doc]] = []
-        for inbox, clashed in zip(inboxes, results[1:], strict=True):
+        for inbox, clashed in zip(inboxes, results[1 + 2 * len(locators) :], strict=True):
             items = by_inbox[inbox]
             taken += [items[int(i) - 1] for i in clashed or []]
         if not taken:
@@ -195,6 +244,53 @@ class HotInbox:
                 pipe.zrem(self.index, *members)
             await pipe.execute()
 
+    # Tombstones ----------------------------------------------------------------
+    async def locate(self, server_id: str) -> dict[str, str]:
+        """A message's locator (inbox -> seq, and the ``_`` fields); empty when unknown."""
+        raw = await self.redis.hgetall(self.loc_key(server_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def mark_gone(self, server_id: str, keep_s: int) -> None:
+        await self.redis.set(self.gone_key(server_id), 1, ex=keep_s)
+
+    async def gone(self, server_ids: Iterable[str]) -> set[str]:
+        """Which of these messages were removed (one round trip)."""
+        ids = list(dict.fromkeys(server_ids))
+        if not ids:
+            return set()
+        values = await self.redis.mget([self.gone_key(s) for s in ids])
+        return {s for s, v in zip(ids, values, strict=True) if v is not None}
+
+    async def remove_messages(
+        self, items: list[tuple[str, int, str]], counts: PendingCounts, marker_s: int
+    ) -> list[tuple[str, int]]:
+        """Take removed messages' copies ``(inbox, seq, server id)`` out of the hot inbox
+        (and lower the waiting counts), leaving a marker for the persister; returns
+        those that were hot."""
+        if not items:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox, seq, server_id in items:
+                await self._remove(
+                    keys=[self.key(inbox), counts(inbox)[0], self.rm_key(inbox)],
+                    args=[seq, server_id, marker_s], client=pipe,
+                )  # fmt: skip
+            results = await pipe.execute()
+        taken = [(i, s) for (i, s, _), r in zip(items, results, strict=True) if int(r) == 1]
+        await self.unindex(taken)
+        return taken
+
+    async def removed(self, docs: list[Doc]) -> list[Doc]:
+        """Of these items (just moved to MongoDB), those whose message was removed."""
+        if not docs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for d in docs:
+                pipe.hget(self.rm_key(d["inbox"]), str(int(d["seq"])))
+            marks = await pipe.execute()
+        return [d for d, m in zip(docs, marks, strict=True)
+                if m is not None and _text(m) == d.get("server_id")]  # fmt: skip
+
     # The persister's view ------------------------------------------------------
     async def due(self, cutoff: float, limit: int) -> list[tuple[str, int]]:
         """The oldest items stored at or before ``cutoff`` (at most ``limit``)."""
@@ -207,6 +303,20 @@ class HotInbox:
 
     async def heartbeat(self) -> int:
         return int(await self.redis.incr(self.beat))
+
+
+def _locators(docs: Iterable[Doc]) -> dict[str, dict[Any, Any]]:
+    """Each message's locator fields from its copies in a batch (messages only)."""
+    out: dict[str, dict[Any, Any]] = {}
+    for d in docs:
+        if d.get("kind", "message") != "message":
+            continue
+        fields = out.setdefault(d["server_id"], {
+            "_from": d["from"], "_fd": int(d.get("from_device") or 1),
+            "_conv": d.get("conversation") or "",
+        })  # fmt: skip
+        fields[d["inbox"]] = int(d["seq"])
+    return out
 
 
 def _text(value: object) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -38,3 +40,91 @@ class AckIn(BaseModel):
 
 class AckOut(BaseModel):
     acked: int
+
+
+# -- moderation (docs/moderation-messages.md) -------------------------------------------
+
+_B64 = r"^[A-Za-z0-9_-]*$"
+
+
+class ReportIn(BaseModel):
+    """A recipient's report: what its ``message`` frame carried, and the plaintext and
+    franking key its decryption gave (base64url without padding)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    server_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+    sender: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    sender_device: int = Field(ge=1, le=2**31 - 1)
+    sent_at: int = Field(ge=0, le=2**63 - 1)
+    conversation: str | None = Field(default=None, max_length=200)
+    commitment: str = Field(min_length=1, max_length=128, pattern=_B64)
+    franking_tag: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+    franking_key: str = Field(min_length=1, max_length=128, pattern=_B64)
+    plaintext: str = Field(min_length=1, max_length=48 * 1024, pattern=_B64)
+
+
+class ReportOut(BaseModel):
+    id: str
+    state: str
+    duplicate: bool = Field(description="This reporter had reported this message already.")
+
+
+class Resolution(BaseModel):
+    note: str
+    by: str
+    at: int
+
+
+class Report(BaseModel):
+    """A report as admins see it: the verified plaintext (``text``) included."""
+
+    id: str
+    state: str = Field(description="`open`, `actioned` or `dismissed`")
+    server_id: str
+    conversation: str | None
+    room: str | None
+    sender: str
+    sender_device: int
+    sent_at: int
+    reporter: str
+    reporter_device: int | None
+    text: str
+    created_at: int
+    resolution: Resolution | None
+
+
+class ReportsPage(BaseModel):
+    reports: list[Report]
+    next: str | None = Field(description="Pass as `after` for the next page; null at the end.")
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    state: Literal["actioned", "dismissed"]
+    note: str = Field(default="", max_length=2000)
+
+
+class RemoveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field(default="", max_length=500, description="For the record (never sent).")
+
+
+class Removed(BaseModel):
+    server_id: str
+    by: str
+    at: int
+    inboxes: int = Field(description="Device inboxes a tombstone was sent to.")
+
+
+class ModerationKey(BaseModel):
+    kid: str
+    alg: str
+    public_key: str = Field(description="Raw Ed25519 public key, base64url")
+    current: bool
+
+
+class ModerationKeys(BaseModel):
+    keys: list[ModerationKey]

@@ -12,17 +12,33 @@ from parley_contract.envelopes import inbox_id
 
 from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode
-from services.common.http import int_schema, query_int
+from services.common.http import int_schema, json_response, query_int
 from services.common.openapi import Api
 from services.common.state import SETTINGS
-from services.delivery.models import AckIn, AckOut, InboxPage
-from services.delivery.state import INBOX
+from services.delivery.models import (
+    AckIn,
+    AckOut,
+    InboxPage,
+    ModerationKeys,
+    Removed,
+    RemoveIn,
+    Report,
+    ReportIn,
+    ReportOut,
+    ReportsPage,
+    ResolveIn,
+)
+from services.delivery.moderation_store import REPORT_STATES
+from services.delivery.state import INBOX, MODERATION
 
 api = Api(
     "Parley delivery",
     "0.1.0",
     "A user's inbox of encrypted envelopes: page through what waits, acknowledge it. "
-    "Clients normally use these through the WebSocket (`sync`, `ack`; docs/protocol.md).",
+    "Clients normally use these through the WebSocket (`sync`, `ack`; docs/protocol.md). "
+    "Moderation of end-to-end encrypted messages: verifiable reports (message franking), "
+    "removal with signed tombstones, and the admins' report queue "
+    "(docs/moderation-messages.md).",
 )
 
 
@@ -73,3 +89,154 @@ def _inbox(claims: Claims) -> str:
             "This session is not bound to a device: log in with a device id to use messaging.",
         )
     return inbox_id(claims.sub, claims.did)
+
+
+# -- moderation (docs/moderation-messages.md) ---------------------------------------------
+
+_SERVER_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_REPORT_ID = {"type": "string", "pattern": "^[0-9a-f]{28}$"}
+REPORTS_PAGE_MAX = 100
+
+
+def _path_id(request: web.Request, name: str, length: int) -> str:
+    value = request.match_info[name]
+    if len(value) != length or any(c not in "0123456789abcdef" for c in value):
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED, f"Not a {name}.",
+            details=[{"field": name, "problem": f"{length} lowercase hex digits expected"}],
+        )  # fmt: skip
+    return value
+
+
+@api.post(
+    "/v1/reports",
+    summary="Report a message you received: its plaintext, franking key and reporting tag",
+    description=(
+        "The tag must verify for the message's metadata with you as its recipient, and the "
+        "plaintext and franking key must open the sender's commitment; then the report is "
+        "filed for admins with the verified plaintext (201). Reporting the same message "
+        "again answers the first report (200, `duplicate` true) and stores nothing."
+    ),
+    body=ReportIn,
+    response=ReportOut,
+    status=201,
+    auth=True,
+    errors=[
+        ErrorCode.INVALID_FRANKING_TAG,
+        ErrorCode.FRANKING_MISMATCH,
+        ErrorCode.NOT_RECIPIENT,
+        ErrorCode.CANNOT_TARGET_SELF,
+    ],
+    tags=["moderation"],
+)
+async def file_report(request: web.Request, claims: Claims, body: ReportIn) -> web.Response:
+    out = await request.app[MODERATION].report(claims, body)
+    return json_response(out, status=200 if out["duplicate"] else 201)
+
+
+@api.delete(
+    "/v1/messages/{server_id}",
+    summary="Remove a message you sent (unsend): signed tombstones replace its copies",
+    response=Removed,
+    auth=True,
+    params={"server_id": _SERVER_ID},
+    errors=[ErrorCode.MESSAGE_NOT_FOUND, ErrorCode.NOT_SENDER],
+    tags=["moderation"],
+)
+async def unsend(request: web.Request, claims: Claims) -> dict[str, object]:
+    server_id = _path_id(request, "server_id", 32)
+    return await request.app[MODERATION].remove(claims, server_id, "sender")
+
+
+@api.get(
+    "/v1/moderation/keys",
+    summary="The keys that sign tombstones (Ed25519, by key id): clients verify with them",
+    response=ModerationKeys,
+    tags=["moderation"],
+)
+async def moderation_keys(request: web.Request) -> dict[str, object]:
+    return {"keys": request.app[MODERATION].keys.public_keys()}
+
+
+@api.get(
+    "/v1/admin/reports",
+    summary="The report queue, in filing order (admins)",
+    response=ReportsPage,
+    auth=True,
+    role="admin",
+    query={
+        "state": "only reports in this state (`open`, `actioned`, `dismissed`)",
+        "after": "the `next` of the previous page",
+        "limit": f"page size (default 50, at most {REPORTS_PAGE_MAX})",
+    },
+    params={
+        "state": {"type": "string", "enum": list(REPORT_STATES)},
+        "after": _REPORT_ID,
+        "limit": int_schema(1, REPORTS_PAGE_MAX),
+    },
+    tags=["moderation"],
+)
+async def list_reports(request: web.Request, claims: Claims) -> dict[str, object]:
+    state = request.query.get("state")
+    if state is not None and state not in REPORT_STATES:
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED, "Unknown state.",
+            details=[{"field": "state", "problem": f"one of {list(REPORT_STATES)}"}],
+        )  # fmt: skip
+    after = request.query.get("after")
+    if after is not None and (len(after) != 28 or any(c not in "0123456789abcdef" for c in after)):
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED, "Not a report id.",
+            details=[{"field": "after", "problem": "28 lowercase hex digits expected"}],
+        )  # fmt: skip
+    limit = query_int(request, "limit", 50, 1, REPORTS_PAGE_MAX)
+    return await request.app[MODERATION].reports(state, after, limit)
+
+
+@api.get(
+    "/v1/admin/reports/{report_id}",
+    summary="One report, with the verified plaintext (admins)",
+    response=Report,
+    auth=True,
+    role="admin",
+    params={"report_id": _REPORT_ID},
+    errors=[ErrorCode.REPORT_NOT_FOUND],
+    tags=["moderation"],
+)
+async def get_report(request: web.Request, claims: Claims) -> dict[str, object]:
+    return await request.app[MODERATION].get_report(_path_id(request, "report_id", 28))
+
+
+@api.post(
+    "/v1/admin/reports/{report_id}/resolve",
+    summary="Close an open report as actioned or dismissed, with a note (admins)",
+    body=ResolveIn,
+    response=Report,
+    auth=True,
+    role="admin",
+    params={"report_id": _REPORT_ID},
+    errors=[ErrorCode.REPORT_NOT_FOUND, ErrorCode.REPORT_RESOLVED],
+    tags=["moderation"],
+)
+async def resolve_report(
+    request: web.Request, claims: Claims, body: ResolveIn
+) -> dict[str, object]:
+    report_id = _path_id(request, "report_id", 28)
+    return await request.app[MODERATION].resolve(claims, report_id, body.state, body.note)
+
+
+@api.post(
+    "/v1/admin/messages/{server_id}/remove",
+    summary="Remove any message (admins): signed tombstones replace its copies",
+    description="The admin never sees the message: only its id and metadata are used.",
+    body=RemoveIn,
+    response=Removed,
+    auth=True,
+    role="admin",
+    params={"server_id": _SERVER_ID},
+    errors=[ErrorCode.MESSAGE_NOT_FOUND],
+    tags=["moderation"],
+)
+async def admin_remove(request: web.Request, claims: Claims, body: RemoveIn) -> dict[str, object]:
+    server_id = _path_id(request, "server_id", 32)
+    return await request.app[MODERATION].remove(claims, server_id, "admin", body.reason)

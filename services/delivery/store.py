@@ -94,7 +94,9 @@ class DeliveryStore:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self._count_pending = redis.register_script(_COUNT_PENDING)
-        self.hot = HotInbox(redis, self.prefix, settings.hot_dedup_s)
+        self.hot = HotInbox(
+            redis, self.prefix, settings.hot_dedup_s, locator_s=settings.message_removal_window_s
+        )
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
 
     async def ensure_indexes(self) -> None:
@@ -244,6 +246,11 @@ class DeliveryStore:
                 stale = [d["_id"] for d in docs if int(d["seq"]) <= acked.get(d["inbox"], 0)]
                 if stale:
                     await self.inbox.delete_many({"_id": {"$in": stale}})
+                # Copies of messages removed meanwhile (a tombstone that raced the
+                # move: it marks the copy before deleting it anywhere).
+                gone = [d["_id"] for d in await self.hot.removed(docs)]
+                if gone:
+                    await self.inbox.delete_many({"_id": {"$in": gone}})
             written += len(docs)
             if len(due) < batch:
                 return written, cutoff
@@ -292,6 +299,32 @@ class DeliveryStore:
         await self.redis.delete(pending_key(self.prefix, inbox))
         await self.hot.drop(inbox, numbers)
         return deleted
+
+    async def remove_copies(self, items: list[tuple[str, int, str]]) -> int:
+        """Delete removed messages' copies ``(inbox, seq, server id)`` wherever they
+        are: the hot inbox (marked first, for the persister), then MongoDB (by primary
+        key, only if it is still that message's unacknowledged copy). Returns how many
+        copies were deleted; their waiting counts are lowered."""
+        keep = self.settings.hot_dedup_s
+        hot = set(await self.hot.remove_messages(items, self._pending_of, keep))
+        deleted = len(hot)
+        cold = [(i, s, sid) for i, s, sid in items if (i, s) not in hot]
+        for inbox, seq, server_id in cold:
+            query = {"_id": item_id(inbox, seq), "server_id": server_id, "acked": False}
+            doc = await self.inbox.find_one(query, {"inbox": 1, "from": 1, "kind": 1})
+            if doc is not None and (await self.inbox.delete_one(query)).deleted_count:
+                deleted += 1
+                await self.count_pending([doc], -1)
+        return deleted
+
+    async def restore_gone(self, since_ms: int) -> int:
+        """Mark again the messages removed since ``since_ms`` (Redis lost the marks: a
+        replay from Kafka must not store their copies again); returns how many."""
+        tombstones = self.db["tombstones"]
+        ids = [str(d["_id"]) async for d in tombstones.find({"at": {"$gte": since_ms}}, {"_id": 1})]
+        for server_id in ids:
+            await self.hot.mark_gone(server_id, self.settings.inbox_expiry_s + DAY_S)
+        return len(ids)
 
     # Caps and expiry ----------------------------------------------------------
     def _pending_of(self, inbox: str) -> tuple[str, int]:
@@ -546,6 +579,11 @@ def item_docs(env: e.Envelope, stored_at: float) -> list[dict[str, Any]]:
         doc.update(
             kind="message", from_device=env.from_device, body=env.body, commitment=env.commitment
         )
+    elif isinstance(env, e.TombstoneNotice):
+        doc.update(
+            kind="tombstone", by=env.by, kid=env.kid, signature=env.signature,
+            target_seq=env.target_seq,
+        )  # fmt: skip
     else:
         doc.update(kind="key_changed", account_key=env.account_key)
     return [doc]
@@ -559,12 +597,19 @@ def item_frame(doc: dict[str, Any]) -> f.InboxItem:
             account_key=doc.get("account_key"), sent_at=_int(doc.get("sent_at")),
             from_=doc["from"],
         )  # fmt: skip
+    if doc.get("kind") == "tombstone":
+        return f.Tombstone(
+            seq=int(doc["seq"]), server_id=doc["server_id"], from_=doc["from"],
+            conversation=doc.get("conversation"), by=doc["by"], at=int(doc.get("sent_at") or 0),
+            kid=doc["kid"], signature=doc["signature"],
+        )  # fmt: skip
     return f.Message(
         seq=int(doc["seq"]), server_id=doc["server_id"], from_=doc["from"],
         from_device=int(doc.get("from_device") or 1), body=doc.get("body") or "",
         conversation=doc.get("conversation"), commitment=doc.get("commitment"),
         sent_at=_int(doc.get("sent_at")), room=doc.get("room"),
         mentions=list(doc["mentions"]) if doc.get("mentions") else None,
+        franking_tag=doc.get("franking_tag"),
     )  # fmt: skip
 
 

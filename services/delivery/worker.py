@@ -58,6 +58,7 @@ from services.common.clients import (
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import Push
+from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DeliveryStore, item_docs, item_frame
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,11 @@ class Worker:
         store: DeliveryStore,
         registry: CollectorRegistry,
         producer: KafkaProducerHandle,
+        keys: ModerationKeys | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.keys = keys or ModerationKeys(settings)
         self.producer = producer
         self.topics = Topics(settings)
         self.group = f"{settings.topic_prefix}delivery"
@@ -320,6 +323,10 @@ class Worker:
         if beat <= self._beat:
             # The counter went back: Redis restarted empty or from an older
             # snapshot. Nothing stored since the last complete pass may be there.
+            # What Kafka may replay must not bring removed messages back (first: if
+            # MongoDB does not answer, the next run notices the loss again).
+            retention_ms = self.settings.kafka_message_retention_ms
+            await self.store.restore_gone(int(time.time() * 1000) - retention_ms)
             self._beat = beat
             self.rewinds += 1
             self.hot_lost.inc()
@@ -439,6 +446,7 @@ class Worker:
             return
         now = time.time()
         items = [doc for env in envs for doc in item_docs(env, now)]
+        items = await self._moderate(items)
         stored = await self.store.store_hot(items)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
         frames: list[Push] = []
@@ -465,6 +473,32 @@ class Worker:
         self.pushed.inc(await self.store.publish(frames))
         self._observe_latency(sent)
         await self._sample_depth([d["inbox"] for d in stored])
+
+    async def _moderate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Before a batch is stored: tag each message copy with a commitment (its
+        reporting tag), leave out copies of messages removed already (a room's fan-out
+        still under way, a replay), and delete the copies tombstones in the batch
+        remove (docs/delivery.md, "Tombstones")."""
+        messages = [d for d in items if d.get("kind") == "message"]
+        for d in messages:
+            if d.get("commitment") and d.get("sent_at") is not None:
+                d["franking_tag"] = self.keys.tag(TaggedFields(
+                    commitment=d["commitment"], server_id=d["server_id"], sender=d["from"],
+                    sender_device=int(d.get("from_device") or 1), recipient=d["user"],
+                    sent_at=int(d["sent_at"]), conversation=d.get("conversation"),
+                ))  # fmt: skip
+        gone = await self.store.hot.gone(d["server_id"] for d in messages)
+        if gone:
+            log.info("copies of removed messages left out", extra={"messages": len(gone)})
+            items = [d for d in items if d.get("kind") != "message" or d["server_id"] not in gone]
+        removals = [
+            (d["inbox"], int(d["target_seq"]), d["server_id"])
+            for d in items
+            if d.get("kind") == "tombstone" and d.get("target_seq")
+        ]
+        if removals:
+            await self.store.remove_copies(removals)
+        return items
 
     def _observe_latency(self, sent_at: list[Any]) -> None:
         now_ms = time.time() * 1000

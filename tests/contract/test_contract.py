@@ -96,6 +96,10 @@ def test_every_server_frame_round_trips() -> None:
         f.Delivered(id="a", server_id="s", conversation="dm:a:b", to="b", device=2),
         f.Message(seq=3, server_id="s", from_="a", from_device=1, body="QQ", sent_at=1),
         f.KeyChanged(seq=4, server_id="s", user_id="a", account_key="aw"),
+        f.Message(seq=6, server_id="s", from_="a", from_device=1, body="QQ", commitment="Qw",
+                  franking_tag="1.QUJD"),
+        f.Tombstone(seq=7, server_id="s", from_="a", conversation="dm:a:b", by="admin", at=1,
+                    kid="1", signature="c2ln"),
         f.PrekeysLow(user_id="u", device_id=1, one_time=1, kem_one_time=2, threshold=10),
         f.Message(seq=5, server_id="s", from_="a", from_device=1, body="QQ", room="r",
                   conversation="room:r", mentions=["b"]),
@@ -145,6 +149,21 @@ def test_envelopes_and_routed_frames_round_trip() -> None:
     # A batch for one pod is a list of routed frames.
     batch = e.decode_routed(b"[" + e.encode(routed) + b"," + e.encode(routed) + b"]")
     assert isinstance(batch, list) and [r.to for r in batch] == ["b", "b"]
+
+
+def test_a_tombstone_notice_becomes_its_frame_and_the_signed_bytes_are_unambiguous() -> None:
+    env = e.TombstoneNotice(server_id="s", to="b", to_device=2, from_="a", client_id="tombstone:s",
+                            conversation="dm:a:b", sent_at=5, by="sender", kid="1",
+                            signature="c2ln", target_seq=3)  # fmt: skip
+    assert e.decode_envelope(e.encode(env)) == env
+    frame = e.item_frame(env, 9)
+    assert frame == f.Tombstone(seq=9, server_id="s", from_="a", conversation="dm:a:b",
+                                by="sender", at=5, kid="1", signature="c2ln")  # fmt: skip
+    one = f.tombstone_signed_bytes(kid="1", server_id="ab", sender="c", conversation=None,
+                                   by="admin", at=5)  # fmt: skip
+    two = f.tombstone_signed_bytes(kid="1", server_id="a", sender="bc", conversation=None,
+                                   by="admin", at=5)  # fmt: skip
+    assert one != two and one.startswith(f.TOMBSTONE_CONTEXT)
 
 
 def test_a_room_message_is_one_record_and_copies_name_their_inboxes() -> None:

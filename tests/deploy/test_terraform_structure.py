@@ -157,6 +157,8 @@ def code_uses(name: str) -> set[str]:
         uses.add("smtp")
     if "key_encryption_secret" in src:
         uses.add("key_encryption_secret")
+    if "franking_key" in src:
+        uses.add("franking_key")
     return uses
 
 
@@ -491,7 +493,12 @@ def test_secret_settings_reach_tasks_only_as_secrets() -> None:
         for name, field in Settings.model_fields.items()
         if "SecretStr" in str(field.annotation)
     }
-    assert secret_fields == {"PARLEY_KEY_ENCRYPTION_SECRET", "PARLEY_SMTP_PASSWORD"}
+    assert secret_fields == {
+        "PARLEY_KEY_ENCRYPTION_SECRET",
+        "PARLEY_SMTP_PASSWORD",
+        "PARLEY_FRANKING_KEY",
+        "PARLEY_FRANKING_RETIRED_KEYS",
+    }
     # Connection strings carry credentials too.
     must_be_secret = secret_fields | {"PARLEY_MONGO_URL", "PARLEY_REDIS_URL"}
     assert must_be_secret <= catalog

@@ -18,7 +18,7 @@ from tests.support.stack import System
 from tests.support.users import signup
 from tests.support.wsclient import WsClient
 
-SERVICES = ("auth", "rooms")
+SERVICES = ("auth", "rooms", "delivery")
 
 
 async def call(http: aiohttp.ClientSession, method: str, url: str, token: str,
@@ -107,7 +107,7 @@ async def test_a_non_admin_gets_403_on_every_admin_route(system: System) -> None
     lb = system.lb
     user = await signup(lb, "n")
     samples = {"room_id": "0" * 24, "user_id": user.user_id, "seq": "1", "sid": "x",
-               "client_id": "c"}  # fmt: skip
+               "client_id": "c", "report_id": "0" * 28, "server_id": "0" * 32}  # fmt: skip
     checked = 0
     async with aiohttp.ClientSession() as http:
         for service in SERVICES:

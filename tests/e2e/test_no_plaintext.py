@@ -6,7 +6,9 @@ private room's (sender-key messages, their keys distributed pairwise, some
 waiting in an offline member's inbox), scan
 every document of every MongoDB database with the system's prefix, every
 record of every Kafka topic with the prefix and every Redis key with the
-prefix, and find none of the plaintexts sent, nor any base64 form of them.
+prefix, and find none of the plaintexts sent, nor any base64 form of them, with one
+exception on purpose: the message a recipient reported, in the reports collection
+(docs/moderation-messages.md).
 A positive control (the users' ids, which the server must know) proves
 that the scan does reach the data.
 """
@@ -139,9 +141,14 @@ async def test_no_plaintext_in_mongo_kafka_or_redis(system: System, tmp_path: Pa
         await bob.connect()
         for _ in range(3):  # real time, both ways (acknowledged: bodies deleted)
             await alice.send(bob.username, secret())
-            assert isinstance(await bob.next_event(Message), Message)
+            got = await bob.next_event(Message)
+            assert isinstance(got, Message)
             await bob.send(alice.username, secret())
             assert isinstance(await alice.next_event(Message), Message)
+        # Bob reports alice's last message: its plaintext is stored on purpose, for the
+        # admins, in the reports collection and nowhere else.
+        await bob.report(got.server_id)
+        reported = got.text
         for _ in range(3):  # carol is offline: these wait in her inbox
             await alice.send(carol.username, secret(), wait="stored")
         await bob.send(carol.username, secret(), wait="stored")
@@ -160,10 +167,15 @@ async def test_no_plaintext_in_mongo_kafka_or_redis(system: System, tmp_path: Pa
 
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     needles = {p: forms(p) for p in plaintexts}
+    reports = f"mongo {system.prefix}_delivery.reports"
     for where, blob in blobs:
         for plaintext, variants in needles.items():
+            if plaintext == reported and where == reports:
+                continue  # reported: stored on purpose (docs/moderation-messages.md)
             for v in variants:
                 assert v not in blob, f"{plaintext!r} readable in {where} (as {v!r})"
+    # ... and the reported one is there (the scan reaches the reports).
+    assert any(w == reports and reported.encode() in b for w, b in blobs)
 
     # Positive control: the scan reaches the data the server must hold.
     ids = [c.user_id for c in clients]

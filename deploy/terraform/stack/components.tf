@@ -110,7 +110,7 @@ locals {
       port              = 8105
       paths             = ["/delivery/*"]
       priority          = 50
-      uses              = ["mongo", "redis", "kafka"]
+      uses              = ["mongo", "redis", "kafka", "franking_key"]
       calls             = ["auth"]
       scaling           = "kafka_lag"
       cpu               = 1024

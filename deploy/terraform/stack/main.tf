@@ -165,3 +165,31 @@ resource "aws_secretsmanager_secret_version" "key_encryption" {
     ignore_changes = [secret_string]
   }
 }
+
+# The delivery service's franking secret (docs/moderation-messages.md): the
+# franking tags' HMAC key and the tombstones' signing key derive from it. JSON:
+# "key" (PARLEY_FRANKING_KEY) and "retired" (PARLEY_FRANKING_RETIRED_KEYS,
+# "id:secret,..." of former keys whose tags still verify).
+resource "random_password" "franking" {
+  length  = 48
+  special = false
+}
+
+resource "aws_secretsmanager_secret" "franking" {
+  #checkov:skip=CKV2_AWS_57:Rotating it means moving the old key to "retired" under a new key id (docs/configuration.md); done by hand with a new version, not by a rotation Lambda.
+  name                    = "${local.name}/franking-key"
+  description             = "PARLEY_FRANKING_KEY and PARLEY_FRANKING_RETIRED_KEYS: franking tags and tombstone signatures"
+  kms_key_id              = module.kms.key_arn
+  recovery_window_in_days = 7
+  tags                    = local.tags
+}
+
+resource "aws_secretsmanager_secret_version" "franking" {
+  secret_id     = aws_secretsmanager_secret.franking.id
+  secret_string = jsonencode({ key = random_password.franking.result, retired = "" })
+
+  # Rotated by hand (docs/configuration.md); terraform does not put it back.
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}

@@ -57,5 +57,6 @@ output "secret_arns" {
     redis_url             = module.redis.url_secret_arn
     kafka_scram           = module.kafka.scram_secret_arn
     key_encryption_secret = aws_secretsmanager_secret.key_encryption.arn
+    franking_key          = aws_secretsmanager_secret.franking.arn
   }
 }

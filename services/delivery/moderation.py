@@ -1,0 +1,234 @@
+"""Moderation of end-to-end encrypted messages: verifiable reports and tombstones.
+
+docs/moderation-messages.md has the rules; docs/crypto.md the cryptography.
+
+**Reports.** A recipient reveals one message: its plaintext and franking key,
+with the metadata and the reporting tag its ``message`` frame carried. The
+tag must verify for those fields *and the reporter as the recipient*, and the
+plaintext and key must open the sender's commitment; then the report is
+filed, with the verified plaintext, for admins. Anything else is refused with
+its code and nothing is stored.
+
+**Tombstones.** The sender of a message, or an admin, removes it by its
+server id. Its locator (services/delivery/hot.py) says which device inboxes
+got a copy and where; the removal is recorded once, the message marked gone
+(a copy arriving later is not stored), and one signed ``tombstone`` envelope
+per inbox is produced on the ``messages`` topic, keyed by the inbox, like any
+item: that inbox's consumer deletes the copy (Redis and MongoDB) and stores
+the tombstone, which the devices get live or on their next sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any, Literal
+
+from parley_contract import envelopes as e
+
+from services.common.auth import Claims
+from services.common.clients import KafkaProducerHandle, Topics
+from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode
+from services.common.logging import kafka_headers
+from services.delivery.moderation_keys import (
+    CommitmentMismatch,
+    ModerationKeys,
+    TaggedFields,
+    TagInvalid,
+    open_commitment,
+    unb64url,
+)
+from services.delivery.moderation_store import ModerationStore
+from services.delivery.store import DAY_S, DeliveryStore
+
+log = logging.getLogger(__name__)
+
+Remover = Literal["sender", "admin"]
+
+
+async def audit_admin_action(
+    claims: Claims, action: str, target: str, before: Any = None, after: Any = None
+) -> None:
+    """THE audit call site of this service's admin actions (report resolved, message
+    removed by an admin). AUDIT: wire services/common/audit.py here (who = claims.sub,
+    what = action, target, when, request id, before/after). Never pass plaintext."""
+    log.info("admin action", extra={"action": action, "target": target, "admin": claims.sub})
+
+
+class Moderation:
+    def __init__(
+        self,
+        settings: Settings,
+        store: DeliveryStore,
+        mstore: ModerationStore,
+        keys: ModerationKeys,
+        producer: KafkaProducerHandle,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.mstore = mstore
+        self.keys = keys
+        self.producer = producer
+        self.topics = Topics(settings)
+
+    # Reports ------------------------------------------------------------------
+    async def report(self, claims: Claims, body: Any) -> dict[str, Any]:
+        """Verify and file a report (``body``: models.ReportIn); returns ``{id, state,
+        duplicate}``. A second report of one message by one reporter is the first one
+        (``duplicate`` true, nothing new stored)."""
+        me = claims.sub
+        if body.sender == me:
+            raise ApiError(ErrorCode.CANNOT_TARGET_SELF, "You cannot report your own message.")
+        conversation = body.conversation
+        parties = conversation[3:].split(":") if conversation else []
+        if conversation and conversation.startswith("dm:") and me not in parties:
+            raise ApiError(
+                ErrorCode.NOT_RECIPIENT,
+                "You are not a party to that conversation: only a recipient can report it.",
+            )
+        fields = TaggedFields(
+            commitment=body.commitment, server_id=body.server_id, sender=body.sender,
+            sender_device=body.sender_device, recipient=me, sent_at=body.sent_at,
+            conversation=conversation,
+        )  # fmt: skip
+        try:
+            kid = self.keys.check_tag(body.franking_tag, fields)
+        except TagInvalid:
+            raise ApiError(
+                ErrorCode.INVALID_FRANKING_TAG,
+                "The reporting tag does not match this message as delivered to you.",
+            ) from None
+        try:
+            plaintext = unb64url(body.plaintext)
+            open_commitment(plaintext, unb64url(body.franking_key), unb64url(body.commitment))
+        except (ValueError, CommitmentMismatch):
+            raise ApiError(
+                ErrorCode.FRANKING_MISMATCH,
+                "The plaintext and franking key do not open the message's commitment.",
+            ) from None
+        now = e.now_ms()
+        doc = {
+            "_id": e.new_server_id(),
+            "key": hashlib.sha256(f"{me}|{body.server_id}".encode()).hexdigest(),
+            "state": "open",
+            "server_id": body.server_id,
+            "conversation": conversation,
+            "room": conversation[5:] if conversation and conversation.startswith("room:") else None,
+            "sender": body.sender,
+            "sender_device": body.sender_device,
+            "sent_at": body.sent_at,
+            "reporter": me,
+            "reporter_device": claims.did,
+            "commitment": body.commitment,
+            "kid": kid,
+            "text": plaintext.decode("utf-8", errors="replace"),
+            "plaintext": body.plaintext,
+            "created_at": now,
+            "resolution": None,
+        }
+        filed, duplicate = await self.mstore.file_report(doc)
+        log.info("report filed", extra={"report": filed["_id"], "duplicate": duplicate})
+        return {"id": filed["_id"], "state": filed["state"], "duplicate": duplicate}
+
+    async def reports(self, state: str | None, after: str | None, limit: int) -> dict[str, Any]:
+        docs, more = await self.mstore.reports_page(state, after, limit)
+        return {
+            "reports": [report_view(d) for d in docs],
+            "next": docs[-1]["_id"] if more and docs else None,
+        }
+
+    async def get_report(self, report_id: str) -> dict[str, Any]:
+        doc = await self.mstore.report(report_id)
+        if doc is None:
+            raise ApiError(ErrorCode.REPORT_NOT_FOUND, "No such report.")
+        return report_view(doc)
+
+    async def resolve(
+        self, claims: Claims, report_id: str, state: str, note: str
+    ) -> dict[str, Any]:
+        before = await self.mstore.report(report_id)
+        if before is None:
+            raise ApiError(ErrorCode.REPORT_NOT_FOUND, "No such report.")
+        doc = await self.mstore.resolve(report_id, state, note, claims.sub, e.now_ms())
+        if doc is None:
+            raise ApiError(ErrorCode.REPORT_RESOLVED, "The report was resolved already.")
+        await audit_admin_action(
+            claims, "report.resolve", report_id, {"state": before["state"]},
+            {"state": state, "note": note},
+        )  # fmt: skip
+        return report_view(doc)
+
+    # Tombstones ---------------------------------------------------------------
+    async def remove(
+        self, claims: Claims, server_id: str, by: Remover, reason: str = ""
+    ) -> dict[str, Any]:
+        """Remove a message (by its sender, or an admin): see the module's docstring.
+        Idempotent: removing it again sends the same tombstones again."""
+        loc = await self.store.hot.locate(server_id)
+        if not loc:
+            raise ApiError(
+                ErrorCode.MESSAGE_NOT_FOUND,
+                "No message with that id is known (or it is older than the inbox expiry).",
+            )
+        sender = loc["_from"]
+        if by == "sender" and sender != claims.sub:
+            raise ApiError(ErrorCode.NOT_SENDER, "Only the sender (or an admin) can remove it.")
+        conversation = loc.get("_conv") or None
+        at = e.now_ms()
+        kid, signature = self.keys.sign_tombstone(
+            server_id=server_id, sender=sender, conversation=conversation, by=by, at=at
+        )
+        targets = {k: int(v) for k, v in loc.items() if not k.startswith("_")}
+        record, existed = await self.mstore.record_tombstone({
+            "_id": server_id, "by": by, "actor": claims.sub, "sender": sender,
+            "conversation": conversation, "at": at, "kid": kid, "signature": signature,
+            "reason": reason, "inboxes": len(targets),
+        })  # fmt: skip
+        if existed:  # the same tombstone again (same signature: the dedup knows it)
+            by, at = record["by"], int(record["at"])
+            kid, signature = record["kid"], record["signature"]
+        await self.store.hot.mark_gone(server_id, self.settings.inbox_expiry_s + DAY_S)
+        sending = e.inbox_id(sender, int(loc.get("_fd") or 1))
+        inboxes: dict[str, int | None] = {sending: None, **targets}
+        producer = await self.producer.wait_ready(30)
+        acks = []
+        for inbox, seq in inboxes.items():
+            user, _, device = inbox.rpartition(".")
+            env = e.TombstoneNotice(
+                server_id=server_id, to=user, to_device=int(device), from_=sender,
+                client_id=f"tombstone:{server_id}", conversation=conversation, sent_at=at,
+                by=by, kid=kid, signature=signature, target_seq=seq,
+            )  # fmt: skip
+            acks.append(
+                await producer.send(
+                    self.topics.messages, e.encode(env), key=inbox.encode(),
+                    headers=kafka_headers(),
+                )
+            )  # fmt: skip
+        await asyncio.gather(*acks)
+        if by == "admin" and not existed:
+            after = {"by": by, "reason": reason, "inboxes": len(inboxes)}
+            await audit_admin_action(claims, "message.remove", server_id, None, after)
+        log.info("message removed", extra={"message_id": server_id, "by": by})
+        return {"server_id": server_id, "by": by, "at": at, "inboxes": len(inboxes)}
+
+
+def report_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """A report as admins see it (the verified plaintext included)."""
+    return {
+        "id": doc["_id"],
+        "state": doc["state"],
+        "server_id": doc["server_id"],
+        "conversation": doc.get("conversation"),
+        "room": doc.get("room"),
+        "sender": doc["sender"],
+        "sender_device": int(doc["sender_device"]),
+        "sent_at": int(doc["sent_at"]),
+        "reporter": doc["reporter"],
+        "reporter_device": doc.get("reporter_device"),
+        "text": doc["text"],
+        "created_at": int(doc["created_at"]),
+        "resolution": doc.get("resolution"),
+    }

@@ -1,0 +1,300 @@
+"""Moderation of end-to-end encrypted messages, on the real embedded servers (delivery
+and two gateway pods in-process): verifiable reports (franking tags) and tombstones.
+
+docs/moderation-messages.md; docs/crypto.md, "Message franking" and "Tombstones".
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+import uuid
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from parley.crypto import franking
+from parley_contract.frames import tombstone_signed_bytes
+
+from services.delivery.state import WORKER
+from services.delivery.store import item_id
+from tests.support.aio import eventually
+from tests.support.wsclient import WsClient, send_frame
+
+from . import test_rooms
+from .conftest import Messaging
+from .test_rooms import RoomWorld, room_send
+
+world = test_rooms.world  # the rooms service with delivery and two gateways (a fixture)
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Api:
+    def __init__(self, m: Messaging) -> None:
+        self.m = m
+
+    async def call(
+        self, method: str, path: str, user: str, body: Any = None, admin: bool = False
+    ) -> tuple[int, Any]:
+        roles = ("user", "admin") if admin else ("user",)
+        token = self.m.issuer.token(user, did=1, roles=roles)
+        resp = await self.m.delivery.request(
+            method, "/delivery/v1" + path, json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        return resp.status, await resp.json() if resp.content_type == "application/json" else None
+
+
+async def send_franked(
+    alice: WsClient, bob_id: str, client_id: str, text: bytes
+) -> tuple[bytes, str]:
+    """Send a message whose copies carry a real commitment; returns (fk, server id)."""
+    fk = secrets.token_bytes(32)
+    commitment = b64(franking.commit(text, fk))
+    await alice.send(send_frame(client_id, bob_id, b64(b"ct" + text), commitment=commitment))
+    accepted = await alice.expect("accepted", id=client_id)
+    return fk, str(accepted["server_id"])
+
+
+def report_of(msg: dict[str, Any], text: bytes, fk: bytes, **changes: Any) -> dict[str, Any]:
+    body = {
+        "server_id": msg["server_id"], "sender": msg["from"], "sender_device": msg["from_device"],
+        "sent_at": msg["sent_at"], "conversation": msg["conversation"],
+        "commitment": msg["commitment"], "franking_tag": msg["franking_tag"],
+        "franking_key": b64(fk), "plaintext": b64(text),
+    }  # fmt: skip
+    body.update(changes)
+    return body
+
+
+async def test_a_report_is_verified_queued_and_resolved_and_bad_ones_store_nothing(
+    messaging: Messaging,
+) -> None:
+    api = Api(messaging)
+    alice_id, bob_id, carol_id, admin_id = uid(), uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    text = b"you will regret this, " + secrets.token_hex(4).encode()
+    fk, server_id = await send_franked(alice, bob_id, "abuse-1", text)
+    msg = await bob.expect("message", server_id=server_id)
+    kid, _, mac = str(msg["franking_tag"]).partition(".")
+    assert kid == "1" and len(unb64(mac)) == 32
+
+    async def open_count() -> int:
+        status, page = await api.call("GET", "/admin/reports?limit=100", admin_id, admin=True)
+        assert status == 200, page
+        return sum(1 for r in page["reports"] if r["server_id"] == server_id)
+
+    # Refused, with a stable code each, and nothing stored.
+    bad = [
+        (bob_id, report_of(msg, text + b"!", fk), 422, "franking_mismatch"),
+        (bob_id, report_of(msg, text, secrets.token_bytes(32)), 422, "franking_mismatch"),
+        (bob_id, report_of(msg, text, fk, sent_at=msg["sent_at"] + 1), 422, "invalid_franking_tag"),
+        (bob_id, report_of(msg, text, fk, franking_tag="1." + b64(secrets.token_bytes(32))), 422,
+         "invalid_franking_tag"),
+        (bob_id, report_of(msg, text, fk, franking_tag="9." + mac), 422, "invalid_franking_tag"),
+        (carol_id, report_of(msg, text, fk), 403, "not_recipient"),
+        (alice_id, report_of(msg, text, fk), 422, "cannot_target_self"),
+    ]  # fmt: skip
+    for who, body, status, code in bad:
+        got, answer = await api.call("POST", "/reports", who, body)
+        assert (got, answer["error"]["code"]) == (status, code), body
+    assert await open_count() == 0
+
+    status, filed = await api.call("POST", "/reports", bob_id, report_of(msg, text, fk))
+    assert status == 201 and filed["state"] == "open" and filed["duplicate"] is False
+    status, again = await api.call("POST", "/reports", bob_id, report_of(msg, text, fk))
+    assert status == 200 and again == {**filed, "duplicate": True}
+    assert await open_count() == 1
+
+    status, report = await api.call("GET", f"/admin/reports/{filed['id']}", admin_id, admin=True)
+    assert status == 200
+    assert report["text"] == text.decode() and report["sender"] == alice_id
+    assert report["reporter"] == bob_id and report["state"] == "open"
+    status, page = await api.call("GET", "/admin/reports?state=open", admin_id, admin=True)
+    assert filed["id"] in [r["id"] for r in page["reports"]]
+
+    # Admins only; the queue moves once.
+    status, answer = await api.call("GET", "/admin/reports", bob_id)
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    path = f"/admin/reports/{filed['id']}/resolve"
+    status, answer = await api.call("POST", path, bob_id, {"state": "dismissed"})
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    status, done = await api.call(
+        "POST", path, admin_id, {"state": "actioned", "note": "warned"}, admin=True
+    )
+    assert status == 200 and done["state"] == "actioned"
+    assert done["resolution"]["note"] == "warned" and done["resolution"]["by"] == admin_id
+    status, answer = await api.call("POST", path, admin_id, {"state": "dismissed"}, admin=True)
+    assert (status, answer["error"]["code"]) == (409, "report_resolved")
+    status, page = await api.call("GET", "/admin/reports?state=open", admin_id, admin=True)
+    assert filed["id"] not in [r["id"] for r in page["reports"]]
+    status, answer = await api.call("GET", "/admin/reports/" + "0" * 28, admin_id, admin=True)
+    assert (status, answer["error"]["code"]) == (404, "report_not_found")
+
+
+async def test_unsend_deletes_the_copies_from_redis_and_mongodb_and_leaves_tombstones(
+    messaging: Messaging,
+) -> None:
+    api = Api(messaging)
+    store = messaging.delivery.server.app[WORKER].store
+    alice_id, bob_id, eve_id = uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    messaging.issuer.users.add(bob_id)
+    ids = []
+    for i in range(3):
+        _, server_id = await send_franked(alice, bob_id, f"u{i}", f"text {i}".encode())
+        await alice.expect("stored", id=f"u{i}")
+        ids.append(server_id)
+        if i == 1:
+            # The first two move to MongoDB; the third stays in the hot inbox (Redis).
+            await store.persist_due(now=time.time() + 3600)
+    inbox = f"{bob_id}.1"
+    cold = [d async for d in store.inbox.find({"user": bob_id})]
+    assert {d["server_id"] for d in cold} == set(ids[:2])
+    seq_of = {d["server_id"]: int(d["seq"]) for d in cold}
+    hot = await store.hot.get(inbox, list(range(1, 10)))
+    seq_of.update({d["server_id"]: s for s, d in hot.items()})
+
+    status, answer = await api.call("DELETE", f"/messages/{ids[0]}", eve_id)
+    assert (status, answer["error"]["code"]) == (403, "not_sender")
+    status, answer = await api.call("DELETE", "/messages/" + "f" * 32, alice_id)
+    assert (status, answer["error"]["code"]) == (404, "message_not_found")
+    for server_id in (ids[0], ids[2]):
+        status, removed = await api.call("DELETE", f"/messages/{server_id}", alice_id)
+        assert status == 200 and removed["by"] == "sender", removed
+
+    async def copies() -> tuple[set[str], set[str]]:
+        in_mongo = {d["server_id"] async for d in store.inbox.find({"user": bob_id})}
+        in_redis = {d["server_id"] for d in (await store.hot.get(inbox, list(range(1, 20)))).values()
+                    if d.get("kind") == "message"}  # fmt: skip
+        return in_mongo, in_redis
+
+    await eventually(copies, lambda c: c == ({ids[1]}, set()))
+    assert await store.inbox.find_one({"_id": item_id(inbox, seq_of[ids[0]])}) is None
+
+    # Bob syncs: the message that stayed, and a signed tombstone for each removed one.
+    status, keys = await api.call("GET", "/moderation/keys", bob_id)
+    public = {k["kid"]: Ed25519PublicKey.from_public_bytes(unb64(k["public_key"]))
+              for k in keys["keys"]}  # fmt: skip
+    bob = await messaging.connect(bob_id, pod=1)
+    await bob.send({"op": "sync", "id": "s", "after": 0})
+    frames = []
+    while (frame := await bob.next())["op"] != "synced":
+        frames.append(frame)
+    assert [f["server_id"] for f in frames if f["op"] == "message"] == [ids[1]]
+    tombs = [f for f in frames if f["op"] == "tombstone"]
+    assert sorted(t["server_id"] for t in tombs) == sorted([ids[0], ids[2]])
+    for t in tombs:
+        assert t["by"] == "sender" and t["from"] == alice_id
+        public[t["kid"]].verify(unb64(t["signature"]), tombstone_signed_bytes(
+            kid=t["kid"], server_id=t["server_id"], sender=t["from"],
+            conversation=t["conversation"], by=t["by"], at=t["at"],
+        ))  # fmt: skip
+    # The sending device gets the tombstone too (live), as the record of the removal.
+    live = await alice.expect("tombstone", server_id=ids[0])
+    assert live["by"] == "sender"
+
+
+async def test_an_admin_removes_a_read_message_and_the_reader_is_told_live(
+    messaging: Messaging,
+) -> None:
+    api = Api(messaging)
+    alice_id, bob_id, admin_id = uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    _, server_id = await send_franked(alice, bob_id, "a1", b"spam spam")
+    msg = await bob.expect("message", server_id=server_id)
+    await bob.send({"op": "ack", "seq": msg["seq"]})
+    await alice.expect("delivered", id="a1")
+    status, answer = await api.call("POST", f"/admin/messages/{server_id}/remove", bob_id, {})
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    path = f"/admin/messages/{server_id}/remove"
+    status, removed = await api.call("POST", path, admin_id, {"reason": "spam"}, admin=True)
+    assert status == 200 and removed["by"] == "admin"
+    tomb = await bob.expect("tombstone", server_id=server_id)
+    assert tomb["by"] == "admin" and tomb["from"] == alice_id
+    # Removing again is the same tombstone (stored once per inbox).
+    status, again = await api.call("POST", path, admin_id, {}, admin=True)
+    assert status == 200 and again["at"] == removed["at"]
+
+
+async def test_a_removed_message_is_not_stored_again_nor_resurrected_by_the_persister(
+    messaging: Messaging,
+) -> None:
+    api = Api(messaging)
+    store = messaging.delivery.server.app[WORKER].store
+    alice_id, bob_id = uid(), uid()
+    alice = await messaging.connect(alice_id)
+    messaging.issuer.users.add(bob_id)
+    _, server_id = await send_franked(alice, bob_id, "r1", b"oops")
+    await alice.expect("stored", id="r1")
+    inbox = f"{bob_id}.1"
+    (seq, doc), *_ = (await store.hot.get(inbox, list(range(1, 5)))).items()
+    status, _ = await api.call("DELETE", f"/messages/{server_id}", alice_id)
+    assert status == 200
+    await eventually(lambda: store.hot.get(inbox, [seq]), lambda got: got == {})
+    # The persister read the copy before the tombstone took it out of Redis, and
+    # writes it now: it deletes it again (the tombstone marked it first).
+    await store.hot.put([("race", doc)], time.time() - 3600)
+    await store.persist_due()
+    assert await store.inbox.find_one({"_id": item_id(inbox, seq)}) is None
+    # A copy that arrives after the removal (a replay) is not stored.
+    worker = messaging.delivery.server.app[WORKER]
+    kept = await worker._moderate([{**doc, "_id": None}])
+    assert kept == []
+
+
+async def test_a_room_message_is_franked_reportable_and_removable_like_a_direct_one(
+    world: RoomWorld,
+) -> None:
+    """Private rooms' copies take the same item path: each member's copy has its own tag
+    (the member as recipient), and unsending removes every member's copy."""
+    api = Api(world.m)
+    store = world.m.delivery.server.app[WORKER].store
+    alice, bob, carol = uid(), uid(), uid()
+    room = await world.private_room(alice, [bob, carol])
+    a1 = await world.connect(alice)
+    b1 = await world.connect(bob, pod=1)
+    text, fk = b"room abuse", secrets.token_bytes(32)
+    commitment = b64(franking.commit(text, fk))
+    await a1.send(room_send("g1", room, b64(b"ct" + text), commitment=commitment))
+    server_id = (await a1.expect("accepted", id="g1"))["server_id"]
+    msg = await b1.expect("message", server_id=server_id)
+    assert msg["room"] == room and msg["franking_tag"]
+    # Bob's tag is bob's: carol cannot report with it, bob can.
+    status, answer = await api.call("POST", "/reports", carol, report_of(msg, text, fk))
+    assert (status, answer["error"]["code"]) == (422, "invalid_franking_tag")
+    status, filed = await api.call("POST", "/reports", bob, report_of(msg, text, fk))
+    assert status == 201, filed
+    status, report = await api.call("GET", f"/admin/reports/{filed['id']}", uid(), admin=True)
+    assert report["room"] == room and report["text"] == text.decode()
+
+    # Carol is offline: her copy waits, and goes when alice unsends.
+    inbox = f"{carol}.1"
+    assert [d["server_id"] for d in (await store.hot.get(inbox, list(range(1, 9)))).values()] == [
+        server_id
+    ]
+    status, removed = await api.call("DELETE", f"/messages/{server_id}", alice)
+    assert status == 200 and removed["inboxes"] == 3  # bob, carol, alice's sending device
+    tomb = await b1.expect("tombstone", server_id=server_id)
+    assert tomb["conversation"] == f"room:{room}"
+
+    async def carols() -> list[str]:
+        return [d["kind"] for d in (await store.hot.get(inbox, list(range(1, 9)))).values()]
+
+    await eventually(carols, lambda kinds: kinds == ["tombstone"])
+    # Redis lost its marks: they come back from MongoDB's record of the removal.
+    await store.redis.delete(store.hot.gone_key(server_id))
+    assert await store.restore_gone(0) >= 1
+    assert await store.hot.gone([server_id]) == {server_id}
