@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.common.app import base_app
+from services.common.audit import AuditLog
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
@@ -33,7 +34,9 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     app[INBOX] = Inbox(store, app[REGISTRY])
     keys = ModerationKeys(settings)
     mstore = ModerationStore(db)
-    app[MODERATION] = Moderation(settings, store, mstore, keys, producer)
+    app[MODERATION] = Moderation(
+        settings, store, mstore, keys, producer, AuditLog.of(db, settings, "delivery")
+    )
     worker = Worker(settings, store, app[REGISTRY], producer, keys)
     app[WORKER] = worker
     lag = ConsumerLag(settings, app[REGISTRY], worker.groups())

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from parley_contract import envelopes as e
 
+from services.common.audit import Actor, AuditLog, Entry
 from services.common.auth import Claims
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
@@ -48,15 +49,6 @@ log = logging.getLogger(__name__)
 Remover = Literal["sender", "admin"]
 
 
-async def audit_admin_action(
-    claims: Claims, action: str, target: str, before: Any = None, after: Any = None
-) -> None:
-    """THE audit call site of this service's admin actions (report resolved, message
-    removed by an admin). AUDIT: wire services/common/audit.py here (who = claims.sub,
-    what = action, target, when, request id, before/after). Never pass plaintext."""
-    log.info("admin action", extra={"action": action, "target": target, "admin": claims.sub})
-
-
 class Moderation:
     def __init__(
         self,
@@ -65,13 +57,29 @@ class Moderation:
         mstore: ModerationStore,
         keys: ModerationKeys,
         producer: KafkaProducerHandle,
+        audit: AuditLog,
     ) -> None:
+        self.audit = audit
         self.settings = settings
         self.store = store
         self.mstore = mstore
         self.keys = keys
         self.producer = producer
         self.topics = Topics(settings)
+
+    async def _audit(
+        self, claims: Claims, ip: str | None, action: str, target_type: str, target_id: str,
+        *, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
+        **details: Any,
+    ) -> None:  # fmt: skip
+        """One entry in the shared audit log (services/common/audit.py) per admin action,
+        reads included; never a message's plaintext (a report's text stays out)."""
+        await self.audit.record(
+            Entry(
+                actor=Actor(claims.sub, "admin"), action=action, target_type=target_type,
+                target_id=target_id, details=details, before=before, after=after, ip=ip,
+            )
+        )  # fmt: skip
 
     # Reports ------------------------------------------------------------------
     async def report(self, claims: Claims, body: Any) -> dict[str, Any]:
@@ -132,21 +140,31 @@ class Moderation:
         log.info("report filed", extra={"report": filed["_id"], "duplicate": duplicate})
         return {"id": filed["_id"], "state": filed["state"], "duplicate": duplicate}
 
-    async def reports(self, state: str | None, after: str | None, limit: int) -> dict[str, Any]:
+    async def reports(
+        self, claims: Claims, ip: str | None, state: str | None, after: str | None, limit: int
+    ) -> dict[str, Any]:
         docs, more = await self.mstore.reports_page(state, after, limit)
+        await self._audit(
+            claims, ip, "report.list", "reports", state or "all",
+            state=state, cursor=after, returned=len(docs),
+        )  # fmt: skip
         return {
             "reports": [report_view(d) for d in docs],
             "next": docs[-1]["_id"] if more and docs else None,
         }
 
-    async def get_report(self, report_id: str) -> dict[str, Any]:
+    async def get_report(self, claims: Claims, ip: str | None, report_id: str) -> dict[str, Any]:
         doc = await self.mstore.report(report_id)
         if doc is None:
             raise ApiError(ErrorCode.REPORT_NOT_FOUND, "No such report.")
+        await self._audit(
+            claims, ip, "report.view", "report", report_id,
+            server_id=doc["server_id"], sender=doc["sender"], reporter=doc["reporter"],
+        )  # fmt: skip
         return report_view(doc)
 
     async def resolve(
-        self, claims: Claims, report_id: str, state: str, note: str
+        self, claims: Claims, ip: str | None, report_id: str, state: str, note: str
     ) -> dict[str, Any]:
         before = await self.mstore.report(report_id)
         if before is None:
@@ -154,16 +172,17 @@ class Moderation:
         doc = await self.mstore.resolve(report_id, state, note, claims.sub, e.now_ms())
         if doc is None:
             raise ApiError(ErrorCode.REPORT_RESOLVED, "The report was resolved already.")
-        await audit_admin_action(
-            claims, "report.resolve", report_id, {"state": before["state"]},
-            {"state": state, "note": note},
+        await self._audit(
+            claims, ip, "report.resolve", "report", report_id,
+            before={"state": before["state"]}, after={"state": state, "note": note},
         )  # fmt: skip
         return report_view(doc)
 
     # Tombstones ---------------------------------------------------------------
     async def remove(
-        self, claims: Claims, server_id: str, by: Remover, reason: str = ""
-    ) -> dict[str, Any]:
+        self, claims: Claims, server_id: str, by: Remover, reason: str = "",
+        ip: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """Remove a message (by its sender, or an admin): see the module's docstring.
         Idempotent: removing it again sends the same tombstones again."""
         loc = await self.store.hot.locate(server_id)
@@ -210,7 +229,7 @@ class Moderation:
         await asyncio.gather(*acks)
         if by == "admin" and not existed:
             after = {"by": by, "reason": reason, "inboxes": len(inboxes)}
-            await audit_admin_action(claims, "message.remove", server_id, None, after)
+            await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
         log.info("message removed", extra={"message_id": server_id, "by": by})
         return {"server_id": server_id, "by": by, "at": at, "inboxes": len(inboxes)}
 

@@ -12,7 +12,7 @@ from parley_contract.envelopes import inbox_id
 
 from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode
-from services.common.http import int_schema, json_response, query_int
+from services.common.http import client_ip, int_schema, json_response, query_int
 from services.common.openapi import Api
 from services.common.state import SETTINGS
 from services.delivery.models import (
@@ -96,6 +96,11 @@ def _inbox(claims: Claims) -> str:
 _SERVER_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _REPORT_ID = {"type": "string", "pattern": "^[0-9a-f]{28}$"}
 REPORTS_PAGE_MAX = 100
+
+
+def _ip(request: web.Request) -> str:
+    """The caller's address for the audit log (HAProxy sets X-Forwarded-For)."""
+    return client_ip(request, True)
 
 
 def _path_id(request: web.Request, name: str, length: int) -> str:
@@ -190,7 +195,7 @@ async def list_reports(request: web.Request, claims: Claims) -> dict[str, object
             details=[{"field": "after", "problem": "28 lowercase hex digits expected"}],
         )  # fmt: skip
     limit = query_int(request, "limit", 50, 1, REPORTS_PAGE_MAX)
-    return await request.app[MODERATION].reports(state, after, limit)
+    return await request.app[MODERATION].reports(claims, _ip(request), state, after, limit)
 
 
 @api.get(
@@ -204,7 +209,8 @@ async def list_reports(request: web.Request, claims: Claims) -> dict[str, object
     tags=["moderation"],
 )
 async def get_report(request: web.Request, claims: Claims) -> dict[str, object]:
-    return await request.app[MODERATION].get_report(_path_id(request, "report_id", 28))
+    report_id = _path_id(request, "report_id", 28)
+    return await request.app[MODERATION].get_report(claims, _ip(request), report_id)
 
 
 @api.post(
@@ -222,7 +228,8 @@ async def resolve_report(
     request: web.Request, claims: Claims, body: ResolveIn
 ) -> dict[str, object]:
     report_id = _path_id(request, "report_id", 28)
-    return await request.app[MODERATION].resolve(claims, report_id, body.state, body.note)
+    moderation = request.app[MODERATION]
+    return await moderation.resolve(claims, _ip(request), report_id, body.state, body.note)
 
 
 @api.post(
@@ -239,4 +246,5 @@ async def resolve_report(
 )
 async def admin_remove(request: web.Request, claims: Claims, body: RemoveIn) -> dict[str, object]:
     server_id = _path_id(request, "server_id", 32)
-    return await request.app[MODERATION].remove(claims, server_id, "admin", body.reason)
+    moderation = request.app[MODERATION]
+    return await moderation.remove(claims, server_id, "admin", body.reason, _ip(request))

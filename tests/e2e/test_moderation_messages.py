@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from parley import Client
@@ -141,6 +143,19 @@ async def test_reports_are_verified_and_removals_reach_every_device(
         assert entry["kind"] == "removed" and entry["text"] == "" and entry["report"] is None
         await alice.next_event(MessageRemoved)
         assert [e["kind"] for e in alice.history(bob.user_id)] == ["removed"]
+
+        # Each admin action is in the one audit log once (read through auth), and no
+        # entry holds the reported plaintext.
+        async with aiohttp.ClientSession(headers=admin) as http:
+            token = admin["Authorization"].removeprefix("Bearer ")
+            admin_id = jwt.decode(token, options={"verify_signature": False})["sub"]
+            url = f"{system.lb}/auth/v1/admin/audit?service=delivery&actor_id={admin_id}"
+            async with http.get(url) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+        mine = sorted((x["action"], x["target_id"]) for x in orjson.loads(text)["entries"])
+        assert mine == [("message.remove", got.server_id), ("report.list", "open")]
+        assert said not in text
     finally:
         for c in (alice, bob, carol):
             await c.close()
