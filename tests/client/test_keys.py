@@ -43,13 +43,14 @@ async def test_prekeys_low_makes_the_device_upload_more(make_client: MakeClient)
         other = await make_client()
         await other.send(bob.username, "hi", wait=None)
 
-    async def probe() -> int:
-        return int((await bob.api.counts(bob.device_id))["one_time"])
+    async def probe() -> tuple[int, int]:
+        counts = await bob.api.counts(bob.device_id)
+        return int(counts["one_time"]), int(counts["kem_one_time"])
 
     from tests.support.aio import eventually
 
-    await eventually(probe, lambda n: n == 11, timeout=30)
-    assert (await bob.api.counts(bob.device_id))["kem_one_time"] == 11
+    # Two uploads (X25519, then ML-KEM prekeys): wait for both.
+    await eventually(probe, lambda n: n == (11, 11), timeout=30)
 
 
 async def test_weekly_prekey_rotation_keeps_sessions_in_flight_working(
