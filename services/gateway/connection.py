@@ -66,7 +66,9 @@ class Connection:
         self._closing = False
         self.expires_at = 0.0
         """When the token this socket last authenticated with expires (epoch seconds)."""
-        self._expiry: asyncio.Task[None] | None = None
+        # A timer, not a task per socket: an idle socket holds as little as it can.
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     # Outbound ---------------------------------------------------------------
     def push(self, frame: f.ServerFrames) -> None:
@@ -211,7 +213,7 @@ class Connection:
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
         self.device_id = claims.did
         self.expires_at = float(claims.exp)
-        self._expiry = asyncio.create_task(self._expire())
+        self._arm_expiry()
         user_id_var.set(claims.sub)  # every line about this socket carries it
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
         try:
@@ -258,25 +260,33 @@ class Connection:
             self.expires_at = max(self.expires_at, float(claims.exp))
             self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=False))
 
-    async def _expire(self) -> None:
+    def _arm_expiry(self) -> None:
         """Close the socket when its token expires, unless an `auth` frame renewed it.
 
         A socket must not outlive the token that opened it (a stolen token
         would otherwise keep a socket for as long as it stays open): at
         ``exp`` the client gets ``reauth_required`` and close 4005, and
         reconnects with a fresh token. Clients renew in place (``auth`` again)
-        before that, which moves ``expires_at``.
+        before that, which moves ``expires_at``: the timer then fires early and
+        sets itself again.
         """
-        while True:
-            left = self.expires_at - time.time()
-            if left <= 0:
-                break
-            await asyncio.sleep(left)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        left = max(0.0, self.expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(left, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
         if self._closing:
+            return
+        if self.expires_at - time.time() > 0:
+            self._arm_expiry()  # renewed meanwhile
             return
         expired = "The access token expired: reconnect with a fresh one (or renew it in place)."
         self.error(ApiError(ErrorCode.REAUTH_REQUIRED, expired))
-        await self.close(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
+        self._closer = asyncio.create_task(
+            self.close(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
+        )
 
     def _token(self) -> str:
         assert self.token is not None
