@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import {
   type ReportFields,
   type TombstoneFrame,
+  messageServerId,
   removedText,
   reportBody,
   reportFields,
@@ -24,7 +25,7 @@ interface ReportCase {
   fields: ReportFields;
 }
 const V = JSON.parse(readFileSync(new URL('./fixtures/moderation_vectors.json', import.meta.url), 'utf8')) as {
-  public_key: string; tombstones: TombstoneCase[]; reports: ReportCase[];
+  public_key: string; tombstones: TombstoneCase[]; reports: ReportCase[]; server_ids: [string, string, string][];
 };
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 const unhex = (h: string) => new Uint8Array(Buffer.from(h, 'hex'));
@@ -71,5 +72,11 @@ describe('reports', () => {
     ]);
     expect(body.plaintext).toBe(Buffer.from(unhex(utf.plaintext_hex)).toString('base64url'));
     expect(reportBody('s1', raw.fields, raw.text).plaintext).toBe(raw.fields.plaintext);
+  });
+});
+
+describe('server ids', () => {
+  it.each(V.server_ids)('message_server_id(%s, %s)', async (sender, clientId, expected) => {
+    expect(await messageServerId(sender, clientId)).toBe(expected);
   });
 });

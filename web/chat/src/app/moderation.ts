@@ -11,7 +11,7 @@
  */
 
 import { b64decode, b64encode, concat, fromUtf8, u32, utf8 } from '../crypto/encoding.ts';
-import { ed25519Verify } from '../crypto/primitives.ts';
+import { ed25519Verify, sha256 } from '../crypto/primitives.ts';
 
 export const TOMBSTONE_CONTEXT = utf8('parley-v1/tombstone\x00');
 
@@ -125,4 +125,11 @@ export function displayText(plaintext: Uint8Array): string {
   } catch {
     return new TextDecoder().decode(plaintext);
   }
+}
+
+/** A 1:1 message's server id, as `message_server_id` in contract/parley_contract/envelopes.py:
+ * the first 32 hex digits of SHA-256("<sender>|<client id>"). */
+export async function messageServerId(sender: string, clientId: string): Promise<string> {
+  const digest = await sha256(utf8(`${sender}|${clientId}`));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('').slice(0, 32);
 }
