@@ -164,8 +164,11 @@ try {
   await reported.getByRole("button", { name: /^Report message/ }).focus();
   await page.keyboard.press("Enter");
   await reported.getByText("admins will see this message's text").waitFor({ timeout: T });
-  await page.keyboard.press("Enter"); // the confirmation's button has the focus
-  await reported.locator(".mod-note", { hasText: "Reported" }).waitFor({ timeout: T });
+  await reported.getByRole("button", { name: "Report to admins" }).focus();
+  await page.keyboard.press("Enter");
+  await reported.locator(".mod-note").waitFor({ timeout: T });
+  const note = await reported.locator(".mod-note").innerText();
+  if (note !== "Reported") throw new Error(`the report failed: ${note}`);
   const { texts: queued } = await py({ do: "admin_reports" });
   if (!queued.includes(toReport)) throw new Error(`not in the admins' queue: ${JSON.stringify(queued)}`);
 

@@ -339,9 +339,9 @@ function Actions(props: { client: ParleyClient; peer: string; entry: HistoryEntr
     if (!e.server_id || e.status === 'queued' || e.status === 'failed') return null;
     return (
       <>
-        <button type="button" class="unsend" disabled={busy} aria-label={`Unsend message: ${e.text.slice(0, 40)}`}
+        <button type="button" class="unsend" disabled={busy} aria-label={`Remove for everyone: ${e.text.slice(0, 40)}`}
           onClick={() => { setBusy(true); client.unsend(e).then(() => setNote('Removing…'), failed).finally(() => setBusy(false)); }}>
-          Unsend
+          Remove for everyone
         </button>
         {note && <span class="mod-note" role="status">{note}</span>}
       </>
