@@ -156,6 +156,30 @@ try {
   await py({ do: "expect", text: reply });
   await page.waitForSelector(`#messages li.msg.out[data-status="delivered"]:has-text("${reply}")`, { timeout: T });
 
+  step("the browser reports a message from P (keyboard, behind a confirmation): the admins' queue holds its text");
+  const toReport = `report this one ${env.TAG}`;
+  await py({ do: "send", to: me, text: toReport, track: false });
+  const reported = page.locator(`#messages li.msg.in:has-text("${toReport}")`);
+  await reported.waitFor({ timeout: T });
+  await reported.getByRole("button", { name: /^Report message/ }).focus();
+  await page.keyboard.press("Enter");
+  await reported.getByText("admins will see this message's text").waitFor({ timeout: T });
+  await reported.getByRole("button", { name: "Report to admins" }).focus();
+  await page.keyboard.press("Enter");
+  await reported.locator(".mod-note").waitFor({ timeout: T });
+  const note = await reported.locator(".mod-note").innerText();
+  if (note !== "Reported") throw new Error(`the report failed: ${note}`);
+  const { texts: queued } = await py({ do: "admin_reports" });
+  if (!queued.includes(toReport)) throw new Error(`not in the admins' queue: ${JSON.stringify(queued)}`);
+
+  step("P unsends a message: the browser verifies the tombstone and shows it removed");
+  const oops = `sent by mistake ${env.TAG}`;
+  const { client_id: oopsId } = await py({ do: "send", to: me, text: oops });
+  await incoming(page, oops);
+  await py({ do: "unsend", client_id: oopsId });
+  await page.waitForSelector(`#messages li.msg.in.removed:has-text("Message removed by its sender")`, { timeout: T });
+  if ((await page.locator(`#messages li:has-text("${oops}")`).count()) !== 0) throw new Error("the unsent text is still shown");
+
   step("the browser adds Q by username and writes first (the browser starts PQXDH); Q answers");
   await page.getByLabel("Add a contact by username").fill(env.Q_USER);
   await page.getByLabel("Add a contact by username").press("Enter");

@@ -48,6 +48,7 @@ import {
   roomState,
   skdPayload,
 } from './rooms.ts';
+import { displayText, messageServerId, type ReportFields, removedText, reportBody, reportFields, verifyTombstone } from './moderation.ts';
 import { Vault } from './vault.ts';
 
 export const PREKEY_BATCH = 100;
@@ -103,7 +104,7 @@ export interface Contact {
 
 export interface HistoryEntry {
   dir: 'in' | 'out' | 'system';
-  kind: 'message' | 'error' | 'key_changed';
+  kind: 'message' | 'error' | 'key_changed' | 'removed';
   peer: string;
   text: string;
   at: number;
@@ -114,6 +115,9 @@ export interface HistoryEntry {
   devices?: Record<string, string>;
   error?: string;
   sender?: string; // rooms: who wrote it
+  report?: ReportFields; // a received message: what reporting it needs (moderation.ts)
+  removed_by?: 'sender' | 'admin'; // a tombstone removed it (its text is gone)
+  reported?: string; // the report's id, once reported
 }
 
 interface Queued {
@@ -143,6 +147,7 @@ export type ClientEvent =
   | { type: 'room_post'; post: W.RoomPost }
   | { type: 'room_message_changed'; change: W.RoomMessageChanged }
   | { type: 'room_changed'; room: string }
+  | { type: 'removed'; peer: string; serverId: string; by: 'sender' | 'admin' }
   | { type: 'changed' };
 
 export type SecondFactorPrompt = (challenge: Challenge) => Promise<{ method: string; code: string }>;
@@ -206,6 +211,7 @@ export class ParleyClient {
   readonly vault: Vault;
   readonly #cache = new Map<string, unknown>();
   readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
+  #modKeys: Map<string, string> | null = null; // moderation keys (kid -> Ed25519 key)
   readonly #seen = new Set<string>(); // server ids shown
   readonly #mutex = new Mutex();
   readonly #listeners = new Set<(e: ClientEvent) => void>();
@@ -814,7 +820,8 @@ export class ParleyClient {
         throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
       }
       if (payload === undefined && !this.history(peerId).some((e) => e.client_id === clientId)) {
-        this.#addHistory(tx, peerId, { dir: 'out', kind: 'message', peer: peerId, text, at: Date.now(), client_id: clientId, status: 'queued' });
+        const serverId = await messageServerId(this.me, clientId);
+        this.#addHistory(tx, peerId, { dir: 'out', kind: 'message', peer: peerId, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
       }
       const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
       outbox[clientId] = payload === undefined ? { send: frame, peer: peerId, text } : { send: frame, peer: peerId, text: '', control: b64encode(payload) };
@@ -1306,6 +1313,8 @@ export class ParleyClient {
         return;
       case 'key_changed':
         return this.#onKeyChanged(frame);
+      case 'tombstone':
+        return this.#onTombstone(frame);
       case 'accepted':
       case 'stored':
       case 'delivered':
@@ -1439,8 +1448,12 @@ export class ParleyClient {
             if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
             return;
           }
-          entry.text = fromUtf8(incoming.plaintext);
+          entry.text = displayText(incoming.plaintext);
           if (own) entry.status = 'sent';
+          else {
+            const report = reportFields(frame, incoming.frankingKey, incoming.plaintext, entry.text);
+            if (report) entry.report = report;
+          }
           if (peer) this.#addHistory(tx, peer, entry);
           tx.put(this.#peerRow(sender), state.toJson());
           if (incoming.newSession) tx.put('device', b64encode(device.toBytes()));
@@ -1463,6 +1476,78 @@ export class ParleyClient {
     if (event) this.#emit(event);
     else this.#emit({ type: 'changed' });
     this.#ackSoon(frame.seq);
+  }
+
+  // -- moderation (client/parley/moderation.py; docs/moderation-messages.md) --------------
+  /** The delivery service's published tombstone keys (kid -> base64url Ed25519 key). */
+  async #moderationKeys(kid: string): Promise<Map<string, string>> {
+    if (this.#modKeys === null || !this.#modKeys.has(kid)) {
+      const answer = await this.api.request<{ keys: { kid: string; public_key: string }[] }>('GET', '/delivery/v1/moderation/keys');
+      this.#modKeys = new Map(answer.keys.map((k) => [k.kid, k.public_key]));
+    }
+    return this.#modKeys;
+  }
+
+  /** A message was removed: once its signature verifies, its history entry becomes a
+   * "removed" marker and its text (and report fields) leave this device. A tombstone
+   * that does not verify is ignored (and acknowledged). */
+  async #onTombstone(frame: W.Tombstone): Promise<void> {
+    let valid = false;
+    try {
+      valid = await verifyTombstone({ ...frame, kind: 'tombstone' }, await this.#moderationKeys(frame.kid));
+    } catch {
+      valid = false; // the keys could not be fetched: as if forged (the sync brings it again)
+    }
+    const removed: ClientEvent[] = [];
+    await this.#transaction(async (tx) => {
+      if (valid) {
+        for (const [peerId, ref] of this.#refs) {
+          const name = `history:${ref}`;
+          const entries = tx.get<HistoryEntry[]>(name);
+          const entry = entries?.find((e) => e.server_id === frame.server_id && e.kind === 'message');
+          if (!entries || !entry) continue;
+          entry.kind = 'removed';
+          entry.removed_by = frame.by;
+          entry.text = removedText(frame.by);
+          delete entry.report;
+          tx.put(name, entries);
+          removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
+        }
+      }
+      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+    });
+    for (const e of removed) this.#emit(e);
+    if (removed.length === 0) this.#emit({ type: 'changed' });
+    this.#ackSoon(frame.seq);
+  }
+
+  /** Remove a message this device sent, from every inbox and device (tombstones follow). */
+  async unsend(entry: HistoryEntry): Promise<void> {
+    if (entry.dir !== 'out' || entry.kind !== 'message' || !entry.server_id) throw new ParleyError('Only a message you sent can be unsent.');
+    await this.accessToken();
+    await this.api.request('DELETE', `/delivery/v1/messages/${encodeURIComponent(entry.server_id)}`);
+  }
+
+  /** Report a received message to the server's admins (its text is revealed to them,
+   * nothing else); returns the report's id. */
+  async report(peerId: string, entry: HistoryEntry): Promise<{ id: string; state?: string; duplicate?: boolean }> {
+    if (entry.dir !== 'in') throw new ParleyError('Only a message you received can be reported.');
+    if (entry.kind === 'removed') throw new ParleyError('That message was removed; it can no longer be reported.');
+    if (!entry.report || !entry.server_id) throw new ParleyError('That message cannot be reported (the server gave it no tag).');
+    await this.accessToken();
+    const answer = await this.api.request<{ id: string; state?: string; duplicate?: boolean }>('POST', '/delivery/v1/reports', reportBody(entry.server_id, entry.report, entry.text));
+    const serverId = entry.server_id;
+    await this.#transaction(async (tx) => {
+      const name = `history:${this.#refs.get(peerId) as string}`;
+      const entries = tx.get<HistoryEntry[]>(name);
+      const found = entries?.find((e) => e.server_id === serverId);
+      if (entries && found) {
+        found.reported = answer.id;
+        tx.put(name, entries);
+      }
+    });
+    this.#emit({ type: 'changed' });
+    return answer;
   }
 
   async #onKeyChanged(frame: W.KeyChanged): Promise<void> {

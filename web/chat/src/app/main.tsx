@@ -1,6 +1,6 @@
 import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { Api, type Challenge, type Room } from './api.ts';
+import { Api, ApiError, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import { RoomList, RoomView } from './roomsView.tsx';
 import './style.css';
@@ -327,7 +327,51 @@ const STATUS_LABEL: Record<string, string> = {
   failed: 'failed',
 };
 
-function Entry(props: { entry: HistoryEntry; name: string }) {
+/** Unsend (own) or report (received) one message: native buttons, so Tab and Enter reach them. */
+function Actions(props: { client: ParleyClient; peer: string; entry: HistoryEntry }) {
+  const { client, peer, entry: e } = props;
+  const [confirming, setConfirming] = useState(false);
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState('');
+  const failed = (err: unknown) => setNote(err instanceof ApiError ? `Failed: ${err.code}` : `Failed: ${message(err)}`);
+  if (e.kind !== 'message') return null;
+  if (e.dir === 'out') {
+    if (!e.server_id || e.status === 'queued' || e.status === 'failed') return null;
+    return (
+      <>
+        <button type="button" class="unsend" disabled={busy} aria-label={`Remove for everyone: ${e.text.slice(0, 40)}`}
+          onClick={() => { setBusy(true); client.unsend(e).then(() => setNote('Removing…'), failed).finally(() => setBusy(false)); }}>
+          Remove for everyone
+        </button>
+        {note && <span class="mod-note" role="status">{note}</span>}
+      </>
+    );
+  }
+  if (e.dir !== 'in' || !e.report) return null;
+  if (e.reported) return <span class="mod-note reported" role="status">Reported</span>;
+  return (
+    <>
+      {!confirming && (
+        <button type="button" class="report" aria-label={`Report message: ${e.text.slice(0, 40)}`} onClick={() => setConfirming(true)}>
+          Report
+        </button>
+      )}
+      {confirming && (
+        <span class="report-confirm" role="group" aria-label="Confirm the report">
+          <span>The server's admins will see this message's text (and only this message). Report it?</span>{' '}
+          <button type="button" class="report-yes" disabled={busy} autoFocus
+            onClick={() => { setBusy(true); client.report(peer, e).then(() => { setConfirming(false); setNote('Reported'); }, failed).finally(() => setBusy(false)); }}>
+            Report to admins
+          </button>{' '}
+          <button type="button" class="report-no" onClick={() => setConfirming(false)}>Cancel</button>
+        </span>
+      )}
+      {note && <span class="mod-note" role="status">{note}</span>}
+    </>
+  );
+}
+
+function Entry(props: { entry: HistoryEntry; name: string; client: ParleyClient; peer: string }) {
   const e = props.entry;
   const time = new Date(e.at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   if (e.dir === 'system') {
@@ -338,7 +382,7 @@ function Entry(props: { entry: HistoryEntry; name: string }) {
     );
   }
   return (
-    <li class={`msg ${e.dir}${e.kind === 'error' ? ' failed' : ''}`} data-status={e.status ?? ''}>
+    <li class={`msg ${e.dir}${e.kind === 'error' ? ' failed' : ''}${e.kind === 'removed' ? ' removed' : ''}`} data-status={e.status ?? ''} data-server-id={e.server_id ?? ''}>
       <span class="who">{e.dir === 'out' ? 'You' : props.name}</span> <time>{time}</time>
       <p class="text">{e.text}</p>
       <div class="meta">
@@ -352,6 +396,7 @@ function Entry(props: { entry: HistoryEntry; name: string }) {
             ▶ Play
           </button>
         )}
+        <Actions client={props.client} peer={props.peer} entry={e} />
       </div>
     </li>
   );
@@ -432,7 +477,7 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
       {showSafety && <Safety client={client} peer={peer} onClose={() => setShowSafety(false)} />}
       <ol id="messages" ref={listRef} aria-label={`Messages with ${name}`} aria-live="polite" aria-relevant="additions">
         {history.map((e) => (
-          <Entry entry={e} name={name} />
+          <Entry entry={e} name={name} client={client} peer={peer} />
         ))}
       </ol>
       <form
@@ -485,7 +530,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
   const [notice, setNotice] = useState('');
   useEffect(() => {
     const off = client.on((e: ClientEvent) => {
-      if (e.type === 'changed') setVersion((v) => v + 1);
+      if (e.type === 'changed' || e.type === 'removed') setVersion((v) => v + 1);
       else if (e.type === 'error') setNotice(e.message);
       else if (e.type === 'message') setNotice(`New message from ${client.username(e.peer)}`);
       else if (e.type === 'room_message') setNotice(`New message in a room from ${client.username(e.sender)}`);

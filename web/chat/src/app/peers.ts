@@ -175,7 +175,7 @@ export class PeerState {
 
   /** Decrypt with whichever session the message belongs to; an initial message
    * makes a new session (and consumes prekeys of `device`). Nothing changes on error. */
-  async decrypt(device: Device, fromDevice: number, wire: Uint8Array): Promise<{ plaintext: Uint8Array; newSession: boolean }> {
+  async decrypt(device: Device, fromDevice: number, wire: Uint8Array): Promise<{ plaintext: Uint8Array; frankingKey: Uint8Array; newSession: boolean }> {
     let replayed: CryptoError | null = null;
     let last: CryptoError | null = null;
     const sessions = this.sessions.get(fromDevice) ?? [];
@@ -185,7 +185,7 @@ export class PeerState {
         const message = await session.decryptMessage(wire);
         sessions.splice(index, 1);
         sessions.unshift(b64encode(await session.toBytes()));
-        return { plaintext: message.plaintext, newSession: false };
+        return { plaintext: message.plaintext, frankingKey: message.frankingKey, newSession: false };
       } catch (error) {
         if (error instanceof ReplayedMessage) replayed = error;
         else if (error instanceof CryptoError) last = error;
@@ -195,16 +195,16 @@ export class PeerState {
     if (replayed !== null) throw replayed;
     if (!isInitialMessage(wire)) throw last ?? new CryptoError('no session with this device');
     let session: Session;
-    let plaintext: Uint8Array;
+    let received: { plaintext: Uint8Array; frankingKey: Uint8Array };
     try {
-      [session, plaintext] = await Session.respond(device, wire);
+      [session, received] = await Session.respondMessage(device, wire);
     } catch (error) {
       if (error instanceof PrekeyReused) throw new ReplayedMessage(error.message);
       throw error;
     }
     this.checkDevice(fromDevice, session.peerIdentity);
     await this.push(fromDevice, session);
-    return { plaintext, newSession: true };
+    return { plaintext: received.plaintext, frankingKey: received.frankingKey, newSession: true };
   }
 
   private async push(deviceId: number, session: Session): Promise<void> {

@@ -1,0 +1,135 @@
+/**
+ * Reports, unsend and tombstones: the pure rules of client/parley/moderation.py
+ * (docs/moderation-messages.md, docs/crypto.md "Message franking").
+ *
+ * - {@link tombstoneSignedBytes}: what a tombstone's Ed25519 signature covers, byte for
+ *   byte as `tombstone_signed_bytes` in contract/parley_contract/frames.py;
+ * - {@link verifyTombstone}: checks a `tombstone` frame against the keys published at
+ *   `GET /delivery/v1/moderation/keys` (a forged one is ignored by the caller);
+ * - {@link reportFields} / {@link reportBody}: what is kept per received message so it
+ *   can be reported, and the exact `POST /delivery/v1/reports` body the SDK sends.
+ */
+
+import { b64decode, b64encode, concat, fromUtf8, u32, utf8 } from '../crypto/encoding.ts';
+import { ed25519Verify, sha256 } from '../crypto/primitives.ts';
+
+export const TOMBSTONE_CONTEXT = utf8('parley-v1/tombstone\x00');
+
+export interface TombstoneFields {
+  kid: string;
+  server_id: string;
+  sender: string;
+  conversation: string | null | undefined;
+  by: string;
+  at: number;
+}
+
+/** A context, then each field as a 4-byte big-endian length and its UTF-8 bytes (`at`
+ * in decimal, a missing conversation as the empty string). */
+export function tombstoneSignedBytes(t: TombstoneFields): Uint8Array {
+  if (!Number.isSafeInteger(t.at)) throw new TypeError('tombstone at: not an integer');
+  const parts: Uint8Array[] = [TOMBSTONE_CONTEXT];
+  for (const value of [t.kid, t.server_id, t.sender, t.conversation ?? '', t.by, String(t.at)]) {
+    const raw = utf8(value);
+    parts.push(u32(raw.length), raw);
+  }
+  return concat(...parts);
+}
+
+/** A `tombstone` frame as the server sends it (`from` is the removed message's sender). */
+export interface TombstoneFrame {
+  kind: 'tombstone';
+  seq: number;
+  server_id: string;
+  from: string;
+  conversation: string | null;
+  by: 'sender' | 'admin';
+  at: number;
+  kid: string;
+  signature: string;
+}
+
+/** True if the frame's signature verifies under the published key `kid` (keys: kid →
+ * base64url raw Ed25519 public key). Unknown kid, bad encoding or signature: false. */
+export async function verifyTombstone(frame: TombstoneFrame, keys: ReadonlyMap<string, string>): Promise<boolean> {
+  const key = keys.get(frame.kid);
+  if (key === undefined || (frame.by !== 'sender' && frame.by !== 'admin')) return false;
+  try {
+    const message = tombstoneSignedBytes({
+      kid: frame.kid, server_id: frame.server_id, sender: frame.from,
+      conversation: frame.conversation, by: frame.by, at: frame.at,
+    });
+    await ed25519Verify(b64decode(key, { field: 'key', length: 32 }), b64decode(frame.signature, { field: 'signature', length: 64 }), message);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The text that replaces a removed message. */
+export function removedText(by: 'sender' | 'admin'): string {
+  return by === 'admin' ? 'Message removed by an admin' : 'Message removed by its sender';
+}
+
+/** What a report of a received message needs, kept (encrypted) with its history entry. */
+export interface ReportFields {
+  sender: string;
+  sender_device: number;
+  sent_at: number;
+  conversation: string | null;
+  commitment: string;
+  franking_tag: string;
+  franking_key: string;
+  /** Only when the plaintext is not valid UTF-8: its exact bytes (base64url). */
+  plaintext?: string;
+}
+
+/** The metadata of a received `message` frame that a report uses. */
+export interface ReceivedMeta {
+  from: string;
+  from_device: number;
+  sent_at?: number | null;
+  conversation?: string | null;
+  commitment?: string | null;
+  franking_tag?: string | null;
+}
+
+/** As `report_fields` in client/parley/moderation.py; null: the server gave no tag, the
+ * message cannot be reported. */
+export function reportFields(
+  frame: ReceivedMeta,
+  frankingKey: Uint8Array,
+  plaintext: Uint8Array,
+  text: string,
+): ReportFields | null {
+  if (!frame.franking_tag || !frame.commitment || frame.sent_at === null || frame.sent_at === undefined) return null;
+  const out: ReportFields = {
+    sender: frame.from, sender_device: frame.from_device, sent_at: frame.sent_at,
+    conversation: frame.conversation ?? null, commitment: frame.commitment,
+    franking_tag: frame.franking_tag, franking_key: b64encode(frankingKey),
+  };
+  if (b64encode(utf8(text)) !== b64encode(plaintext)) out.plaintext = b64encode(plaintext);
+  return out;
+}
+
+/** The `POST /delivery/v1/reports` body, as `Moderation.report` in the SDK builds it. */
+export function reportBody(serverId: string, fields: ReportFields, text: string): Record<string, unknown> {
+  const { plaintext, ...rest } = fields;
+  return { ...rest, server_id: serverId, plaintext: plaintext || b64encode(utf8(text)) };
+}
+
+/** Decode the text of a received plaintext as the SDK shows it (invalid bytes replaced). */
+export function displayText(plaintext: Uint8Array): string {
+  try {
+    return fromUtf8(plaintext);
+  } catch {
+    return new TextDecoder().decode(plaintext);
+  }
+}
+
+/** A 1:1 message's server id, as `message_server_id` in contract/parley_contract/envelopes.py:
+ * the first 32 hex digits of SHA-256("<sender>|<client id>"). */
+export async function messageServerId(sender: string, clientId: string): Promise<string> {
+  const digest = await sha256(utf8(`${sender}|${clientId}`));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('').slice(0, 32);
+}
