@@ -21,6 +21,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,11 @@ class Connection:
         self.device_id: int | None = None
         self.sid: str | None = None
         self.token: str | None = None
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(self.limits.outbound_queue)
+        # Frames waiting for the socket, at most ``outbound_queue`` of them. A writer
+        # task exists only while some wait (most idle sockets have none): an idle
+        # socket holds no task and no queue object (docs/BENCHMARKS.md, "Idle
+        # connections").
+        self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         """Bytes waiting in ``queue``: bounded too (``outbound_queue_bytes``), since
         1,000 frames of 64 KiB would be 64 MiB per socket."""
@@ -79,12 +84,10 @@ class Connection:
         """Queue an already encoded frame (routed from delivery: forwarded as is)."""
         if self._closing:
             return
-        try:
-            if self.queued_bytes + len(data) > self.limits.outbound_queue_bytes:
-                raise asyncio.QueueFull
-            self.queue.put_nowait(data)
-            self.queued_bytes += len(data)
-        except asyncio.QueueFull:
+        if (
+            len(self.queue) >= self.limits.outbound_queue
+            or self.queued_bytes + len(data) > self.limits.outbound_queue_bytes
+        ):
             log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
             self.hub.count_error(ErrorCode.SLOW_CONSUMER)
             self._closing = True
@@ -92,6 +95,10 @@ class Connection:
                 self.close(f.CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False)
             )
             return
+        self.queue.append(data)
+        self.queued_bytes += len(data)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self.writer())
         self.hub.count_out(op)
 
     def error(self, err: ApiError, answers: str | None = None) -> None:
@@ -104,36 +111,37 @@ class Connection:
         task.add_done_callback(self._pending.discard)
 
     async def writer(self) -> None:
-        while True:
-            data = await self.queue.get()
-            if data is None:
-                return
-            self.queued_bytes -= len(data)
-            try:
-                await self.ws.send_frame(data, WSMsgType.TEXT)
-            except (ConnectionResetError, RuntimeError):
-                return
+        """Send what waits, in order, then end (the next push starts another)."""
+        try:
+            while self.queue:
+                data = self.queue.popleft()
+                self.queued_bytes -= len(data)
+                try:
+                    await self.ws.send_frame(data, WSMsgType.TEXT)
+                except (ConnectionResetError, RuntimeError):
+                    self.queue.clear()
+                    self.queued_bytes = 0
+                    return
+        finally:
+            self._writer = None
 
     async def close(self, code: int, reason: str, flush: bool = True) -> None:
         self._closing = True
         writer = self._writer
         if flush and writer is not None:
-            # Let queued frames (an error, `reconnect`) reach the client first.
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(None)
+            # Let queued frames (an error, `reconnect`) reach the client first: no
+            # frame is queued from now on, so the writer ends once they are out.
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(writer), 1.0)
         await self.ws.close(code=code, message=reason.encode()[:120])
 
     # Inbound ----------------------------------------------------------------
     async def serve(self, address: str = "unknown") -> None:
-        writer = self._writer = asyncio.create_task(self.writer())
         try:
             self.hub.open_address(address)
         except ApiError as err:
             self.error(err)
             await self.close(f.CLOSE_TOO_MANY, err.code.value)
-            writer.cancel()
             return
         self.address = address
         try:
@@ -157,11 +165,11 @@ class Connection:
                     await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
             for task in list(self._pending):
                 task.cancel()
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(None)
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(writer, 2.0)
-            writer.cancel()
+            self._closing = True  # nothing more is queued: the writer (if any) ends
+            writer = self._writer
+            if writer is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(writer, 2.0)
 
     def _read(self, msg: WSMessage) -> f.ClientFrames | None:
         """Parse one WebSocket message; None (after an error frame) when it is unusable."""
