@@ -30,7 +30,9 @@ from parley.client import (
     Event,
     Message,
     Receipt,
+    RoomChanged,
     RoomMessage,
+    RoomMessageChanged,
     RoomNotification,
 )
 from parley.errors import ParleyError
@@ -287,12 +289,31 @@ async def room_send(opts: Options, target: str, message: str) -> None:
         console.print(f"Message sent to [bold]#{escape(room['name'])}[/] ({how}).")
 
 
+# How a changed public-room message is shown (docs/moderation.md).
+MARKERS = {
+    "edited": "[dim](edited)[/]",
+    "edited_by_moderator": "[dim](edited by moderator)[/]",
+    "removed_by_moderator": "[dim italic]\\[removed by moderator][/]",
+    "deleted_by_author": "[dim italic]\\[deleted by author][/]",
+}
+
+
+def _marked(text: str, marker: str | None) -> str:
+    """``text`` (already escaped) with its marker: a removal replaces it."""
+    shown = MARKERS.get(marker or "")
+    if shown is None:
+        return text
+    if marker in ("removed_by_moderator", "deleted_by_author"):
+        return shown
+    return f"{text} {shown}"
+
+
 def _print_room_entry(entry: dict[str, Any], me: str | None, ids: str | None = None) -> None:
     at = _time(entry.get("at"))
     if ids is not None:  # your user id: each private-room message's short id in front
         sid = entry_server_id(entry, ids) if entry.get("kind") in ("message", "removed") else None
         at = f"{sid[:8] if sid else ' ' * 8} {at}"
-    text = escape(str(entry.get("text", "")))
+    text = _marked(escape(str(entry.get("text", ""))), entry.get("marker"))
     seq = f"[dim]#{entry['seq']}[/] " if entry.get("seq") and "server_id" not in entry else ""
     if entry.get("kind") == "error":
         console.print(f"[dim]{at}[/] [red]{escape(str(entry.get('username') or '?'))}: {text}[/]")
@@ -334,13 +355,15 @@ ROOM_CHAT_HELP = """Commands (anything else is sent to the room):
   /members         who is in the room
   /invite <user>   invite someone
   /leave           leave the room (and this chat)
+  /edit <#n> <text>  edit your message #n (a public room's; shown as "edited")
+  /delete <#n>     delete your message #n (a public room's)
   /quit            close the chat (also /exit, /q or Ctrl-D); you stay in the room
   //text           send "/text" (a message that starts with a slash)
 @name in a message mentions a member (they are notified); Tab completes @name
 and /commands."""
 
 
-ROOM_COMMANDS = ("/help", "/members", "/invite", "/leave", "/quit")
+ROOM_COMMANDS = ("/help", "/members", "/invite", "/leave", "/edit", "/delete", "/quit")
 
 
 def room_completer(names: Callable[[], Iterable[str]]) -> Completer:
@@ -383,9 +406,18 @@ async def room_chat(opts: Options, target: str) -> None:
                 elif not (event.public and event.own):
                     _print_room_entry(
                         {"at": event.sent_at, "text": event.text, "username": event.username,
-                         "dir": "out" if event.own else "in"},
+                         "dir": "out" if event.own else "in", "seq": event.seq},
                         client.username,
                     )  # fmt: skip
+                elif event.seq is not None:  # your own post: its number, for /edit, /delete
+                    console.print(f"[dim]#{event.seq} posted.[/]")
+            elif isinstance(event, RoomMessageChanged):
+                if event.room_id == rid:
+                    text = _marked(escape(event.text), event.marker)
+                    console.print(f"[dim]#{event.seq} is now:[/] {text}")
+            elif isinstance(event, RoomChanged):
+                if event.room_id == rid:
+                    console.print(f"[bold yellow]{_room_change(event)}[/]")
             elif isinstance(event, RoomNotification):
                 who = client.messenger._names.get(event.sender, event.sender[:8])
                 console.print(
@@ -452,6 +484,27 @@ async def room_chat(opts: Options, target: str) -> None:
                     console.print(f"[red]Error:[/] {escape(str(exc))}")
 
 
+def _room_change(event: RoomChanged) -> str:
+    if event.change == "kind" and event.kind == "private":
+        return ("An admin made this room private: new messages are end-to-end encrypted; "
+                "earlier ones stay as they were.")  # fmt: skip
+    if event.change == "kind":
+        return ("An admin made this room public: new messages are readable by the server; "
+                "earlier encrypted ones stay unreadable to it.")  # fmt: skip
+    if event.change == "state":
+        return f"The room is {event.state} now."
+    if event.change == "deleted":
+        return "An admin deleted this room."
+    return "A member was removed from this room."
+
+
+def _seq_arg(arg: str) -> tuple[int, str] | None:
+    """``#12 rest`` or ``12 rest`` -> (12, "rest"); None if it does not start with one."""
+    first, _, rest = arg.partition(" ")
+    digits = first.removeprefix("#")
+    return (int(digits), rest.strip()) if digits.isdigit() else None
+
+
 async def _room_command(client: Client, rid: str, name: str, text: str) -> bool:
     """Run a chat command; True to leave the chat."""
     command, _, arg = text.partition(" ")
@@ -473,6 +526,17 @@ async def _room_command(client: Client, rid: str, name: str, text: str) -> bool:
             await client.rooms.leave(rid)
             console.print(f"You left #{escape(name)}.")
             return True
+        elif command in ("/edit", "/delete"):
+            parsed = _seq_arg(arg)
+            if parsed is None or (command == "/edit" and not parsed[1]):
+                usage = "/edit <#n> <new text>" if command == "/edit" else "/delete <#n>"
+                console.print(f"[red]Error:[/] {command} needs a message number: {usage}.")
+            elif command == "/edit":
+                await client.rooms.edit(rid, parsed[0], parsed[1])
+                console.print(f"Edited #{parsed[0]}.")
+            else:
+                await client.rooms.delete(rid, parsed[0])
+                console.print(f"Deleted #{parsed[0]}.")
         else:
             console.print(
                 f"[red]Unknown command {escape(command)}[/] (not sent). /help lists the "

@@ -45,7 +45,9 @@ from parley.events import (
     Message,
     MessageRemoved,
     Receipt,
+    RoomChanged,
     RoomMessage,
+    RoomMessageChanged,
     RoomNotification,
 )
 from parley.keys import PREKEY_BATCH, PREKEY_ROTATION_S, Keys, NeedsLink, PendingDevice
@@ -66,7 +68,9 @@ __all__ = [
     "NeedsLink",
     "PendingDevice",
     "Receipt",
+    "RoomChanged",
     "RoomMessage",
+    "RoomMessageChanged",
     "RoomNotification",
     "SecondFactor",
 ]

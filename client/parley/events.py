@@ -23,7 +23,9 @@ __all__ = [
     "Message",
     "MessageRemoved",
     "Receipt",
+    "RoomChanged",
     "RoomMessage",
+    "RoomMessageChanged",
     "RoomNotification",
 ]
 
@@ -71,6 +73,34 @@ class RoomMessage(Event):
     mentions: tuple[str, ...] = ()
     public: bool = False
     own: bool = False
+
+
+@dataclass(frozen=True)
+class RoomMessageChanged(Event):
+    """A public room's message was edited or removed (docs/moderation.md): show ``text``
+    (empty once removed or deleted) with ``marker`` (``edited``,
+    ``edited_by_moderator``, ``removed_by_moderator``, ``deleted_by_author``)."""
+
+    room_id: str
+    seq: int
+    rev: int
+    marker: str
+    text: str
+    at: int
+
+
+@dataclass(frozen=True)
+class RoomChanged(Event):
+    """An admin changed a room: ``change`` is ``kind`` (``kind`` says what it is now:
+    new messages go end-to-end encrypted to a private room, to the timeline of a
+    public one; past messages stay as they were), ``state``, ``member_removed`` or
+    ``deleted``."""
+
+    room_id: str
+    change: str
+    kind: str
+    state: str
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)

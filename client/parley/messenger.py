@@ -506,7 +506,10 @@ class Messenger:
             await self.room_hook.on_room_message(frame)
         elif isinstance(frame, f.Message):
             await self._on_message(frame)
-        elif isinstance(frame, f.RoomPost | f.Notification) and self.room_hook:
+        elif (
+            isinstance(frame, f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged)
+            and self.room_hook
+        ):
             await self.room_hook.on_room_frame(frame)
         elif isinstance(frame, f.KeyChanged):
             await self._on_key_changed(frame)
@@ -962,7 +965,9 @@ class RoomHook(Protocol):
 
     async def on_room_message(self, frame: f.Message) -> None: ...
 
-    async def on_room_frame(self, frame: f.RoomPost | f.Notification) -> None: ...
+    async def on_room_frame(
+        self, frame: f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged
+    ) -> None: ...
 
     def on_control(
         self, tx: Transaction, sender: str, device: int, control: dict[str, Any]

@@ -52,7 +52,15 @@ from parley.crypto import (
 )
 from parley.crypto.encoding import b64decode, b64encode
 from parley.errors import ApiError, MessageTooLarge, ParleyError
-from parley.events import DecryptFailed, Event, EventBus, RoomMessage, RoomNotification
+from parley.events import (
+    DecryptFailed,
+    Event,
+    EventBus,
+    RoomChanged,
+    RoomMessage,
+    RoomMessageChanged,
+    RoomNotification,
+)
 from parley.messenger import Messenger, encode_control
 from parley.moderation import alias_key, report_fields
 from parley.store import Transaction
@@ -340,9 +348,39 @@ class Rooms:
                     "at": m["sent_at"],
                     "seq": m["seq"],
                     "mentions": m.get("mentions") or [],
+                    "marker": m.get("marker"),
                 }
             )
         return {"room": room, "messages": messages, "next_before": page.get("next_before")}
+
+    # -- changing a public room's message -------------------------------------------------
+    async def edit(self, ref: str, seq: int, text: str) -> dict[str, Any]:
+        """Edit a public room's message (``seq``): your own (marked ``edited``), or, as
+        the room's owner or a moderator, a member's. Every version is kept."""
+        self.messenger.check_text(text)
+        room_id = await self._public_id(ref)
+        result: dict[str, Any] = await self.api.request(
+            "PATCH", f"/rooms/v1/rooms/{room_id}/messages/{int(seq)}", json={"text": text}
+        )
+        return result
+
+    async def delete(self, ref: str, seq: int) -> dict[str, Any]:
+        """Delete your own public-room message (``deleted_by_author``), or, as the room's
+        owner or a moderator, remove a member's; the original is kept for admins."""
+        room_id = await self._public_id(ref)
+        result: dict[str, Any] = await self.api.request(
+            "DELETE", f"/rooms/v1/rooms/{room_id}/messages/{int(seq)}"
+        )
+        return result
+
+    async def _public_id(self, ref: str) -> str:
+        room = await self.resolve(ref)
+        if room.get("kind") == "private":
+            raise ParleyError(
+                "A private room's messages are end-to-end encrypted: the server cannot "
+                "change them; remove one of yours with unsend."
+            )
+        return str(room["room_id"])
 
     # -- sending ----------------------------------------------------------------------------
     async def send(
@@ -636,8 +674,20 @@ class Rooms:
         """Room messages kept until their sender key arrives."""
         return len(self._store().read().get(self._key("room_pending", room_id)) or [])
 
-    async def on_room_frame(self, frame: f.RoomPost | f.Notification) -> None:
-        if isinstance(frame, f.RoomPost):
+    async def on_room_frame(
+        self, frame: f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged
+    ) -> None:
+        if isinstance(frame, f.RoomMessageChanged):
+            self.events.emit(
+                RoomMessageChanged(
+                    frame.room_id, frame.seq, frame.rev, str(frame.marker), frame.text, frame.at
+                )
+            )
+        elif isinstance(frame, f.RoomChanged):
+            self.events.emit(
+                RoomChanged(frame.room_id, frame.change, frame.kind, frame.state, frame.user_id)
+            )
+        elif isinstance(frame, f.RoomPost):
             name = await self.messenger._name_of(frame.sender)
             self.events.emit(
                 RoomMessage(

@@ -121,3 +121,40 @@ def test_cli_private_room_chat_commands_and_errors(users: tuple[User, User]) -> 
     assert bob.name.encode() not in alice.run("rooms", "members", f"#{room}")
     fails(bob, "send", f"#{room}", "am I still in?", expect=f"No room #{room} among your rooms")
     fails(bob, "chat", f"#{room}", expect=f"No room #{room}")
+
+
+def test_cli_public_room_edit_and_delete_show_markers_live_and_in_history(
+    users: tuple[User, User],
+) -> None:
+    alice, bob = users
+    room = f"square{secrets.token_hex(3)}"
+    alice.run("rooms", "create", room, "--public")
+    bob.run("rooms", "join", f"#{room}")
+    a = open_room_chat(alice, room)
+    b = open_room_chat(bob, room)
+    a.sendline("first draft")
+    a.expect(r"#(\d+) posted\.")
+    first = int(a.match.group(1))
+    b.expect(f"{alice.name}: first draft")
+    a.sendline(f"/edit #{first} final words")
+    a.expect(f"Edited #{first}")
+    b.expect(rf"#{first} is now: final words \(edited\)")
+    a.sendline("a slip")
+    a.expect(r"#(\d+) posted\.")
+    slip = int(a.match.group(1))
+    b.expect(f"{alice.name}: a slip")
+    a.sendline(f"/delete {slip}")
+    a.expect(f"Deleted #{slip}")
+    b.expect(rf"#{slip} is now: \[deleted by author\]")
+    # Someone else's message: refused with the server's words, nothing changed.
+    b.sendline(f"/edit #{first} not yours")
+    b.expect("Error:")
+    b.sendline("/edit")
+    b.expect("needs a message number")
+    a.sendline("/quit")
+    a.expect(pexpect.EOF)
+    b.sendline("/quit")
+    b.expect(pexpect.EOF)
+    out = bob.run("history", f"#{room}").decode()
+    assert "final words (edited)" in out and "[deleted by author]" in out
+    assert "first draft" not in out and "a slip" not in out and "not yours" not in out
