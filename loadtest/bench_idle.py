@@ -132,9 +132,7 @@ async def in_parallel(n: int, limit: int, one: object) -> None:
     await asyncio.gather(*(run(i) for i in range(n)))
 
 
-async def hold(
-    system: str, pid: int, n: int, opener: object, settle: float, idle: float
-) -> Result:
+async def hold(system: str, pid: int, n: int, opener: object, settle: float, idle: float) -> Result:
     """Measure ``pid`` before and after ``n`` sockets opened by ``opener(i)``."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
