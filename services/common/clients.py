@@ -239,7 +239,12 @@ class KafkaProducerHandle:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.producer is not None:
-            await self.producer.stop()
+            # Bounded like a consumer's stop: a broker that does not answer must not
+            # hold a stopping service (what was not acked was never `accepted`).
+            try:
+                await asyncio.wait_for(self.producer.stop(), CONSUMER_STOP_S)
+            except TimeoutError:
+                log.warning("kafka producer did not stop in time")
 
 
 async def consume_forever(
