@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from parley_contract import frames as f
-from parley_contract.envelopes import message_server_id, room_server_id
+from parley_contract.envelopes import conversation_id, message_server_id, room_server_id
 
 from parley.account import Account
 from parley.api import Api
@@ -76,10 +77,8 @@ class Moderation:
         assert me is not None
         ref = ref.strip().lower()
         tx = self._store().read()
-        if peer_id is not None:
-            entries = tx.history(peer_id)
-        else:
-            entries = [e for p in tx.peers() for e in tx.history(str(p["user_id"]))]
+        peers = [peer_id] if peer_id is not None else [str(p["user_id"]) for p in tx.peers()]
+        entries = [{"peer": peer, **e} for peer in peers for e in tx.history(peer)]
         found: list[tuple[str, dict[str, Any]]] = []
         for entry in entries:
             if entry.get("kind") not in ("message", "removed"):
@@ -127,8 +126,22 @@ class Moderation:
         server_id, entry = self.find(ref, peer_id)
         if entry.get("dir") != "out":
             raise ParleyError("Only a message you sent can be unsent.")
+        me = self.account.user_id
+        assert me is not None
+        client_id = entry.get("client_id")
+        if not client_id or entry_server_id({**entry, "server_id": None}, me) != server_id:
+            raise ParleyError("This device does not know that message's client id.")
+        room, peer = entry.get("room"), str(entry["peer"])
+        conversation = (
+            f"room:{room}"
+            if room
+            else peer
+            if peer.startswith("room:")
+            else conversation_id(me, peer)
+        )
+        query = urlencode({"client_id": str(client_id), "conversation": conversation})
         answer: dict[str, Any] = await self.api.request(
-            "DELETE", f"/delivery/v1/messages/{server_id}"
+            "DELETE", f"/delivery/v1/messages/{server_id}?{query}"
         )
         return answer
 

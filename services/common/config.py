@@ -130,11 +130,6 @@ class Settings(BaseSettings):
     franking_key: SecretStr | None = None
     franking_key_id: str = Field(default="1", pattern=r"^[A-Za-z0-9_-]{1,16}$")
     franking_retired_keys: SecretStr | None = None
-    # How long after it was stored a message can still be removed (unsend, or an
-    # admin's tombstone): its locator (which device inboxes got a copy, where) is
-    # kept this long in Redis, about 100 bytes per copy. Like other messengers'
-    # "delete for everyone", a window; reports do not depend on it.
-    message_removal_window_s: int = Field(default=2 * 86400, ge=60)
 
     # Notifier (docs/notifier.md): mentions of a user with no connected device
     # are collected for this long from the first one, then sent in one e-mail;

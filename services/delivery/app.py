@@ -18,6 +18,7 @@ from services.delivery.handlers import Inbox
 from services.delivery.moderation import Moderation
 from services.delivery.moderation_keys import ModerationKeys
 from services.delivery.moderation_store import ModerationStore
+from services.delivery.parties import Parties
 from services.delivery.routes import api
 from services.delivery.state import INBOX, MODERATION, WORKER
 from services.delivery.store import DeliveryStore
@@ -34,8 +35,9 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     app[INBOX] = Inbox(store, app[REGISTRY])
     keys = ModerationKeys(settings)
     mstore = ModerationStore(db)
+    parties = Parties(settings)
     app[MODERATION] = Moderation(
-        settings, store, mstore, keys, producer, AuditLog.of(db, settings, "delivery")
+        settings, store, mstore, keys, producer, AuditLog.of(db, settings, "delivery"), parties
     )
     worker = Worker(settings, store, app[REGISTRY], producer, keys)
     app[WORKER] = worker
@@ -44,6 +46,7 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     async def stop_worker(_: web.Application) -> AsyncIterator[None]:
         yield
         await worker.stop()
+        await parties.close()
 
     # Before the start-up work: cleanup runs in reverse, so the work is
     # cancelled before the worker stops (it cannot start it afterwards).

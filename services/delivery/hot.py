@@ -20,10 +20,6 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 - ``<p>:hotbeat``: a counter every persister run increments; a value lower
   than one seen before means Redis lost its data (restarted empty, or from
   an older snapshot);
-- ``<p>:loc:{<server id>}``: hash, device inbox -> the seq its copy of the
-  message took (and ``_from``, ``_fd``, ``_conv``: the sender, the sending
-  device, the conversation), kept ``locator_s``: where a tombstone must go
-  (docs/delivery.md, "Tombstones");
 - ``<p>:gone:{<server id>}``: set when a message is removed: a copy that
   arrives later (a room's fan-out under way, a replay) is not stored;
 - ``<p>:rm:{<inbox>}``: hash, seq -> server id of the copies removed from the
@@ -33,6 +29,7 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -65,40 +62,65 @@ if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 return clashed
 """
 
-# Remove one item (a tombstoned message's copy): KEYS[1] the inbox's hash, KEYS[2] its
-# waiting counts, KEYS[3] its removal markers; ARGV[1] seq, ARGV[2] the message's server
-# id, ARGV[3] how long to keep the marker. The marker is written first (the persister
-# reads it after it inserted), then the item goes if it is still that message's copy.
-# Returns 1 when an item was taken out.
+# Remove a tombstoned message's copy from one inbox: KEYS[1] the inbox's hash, KEYS[2]
+# its waiting counts, KEYS[3] its removal markers; ARGV[1] the copy's seq ('' when not
+# known: the hash is searched for it), ARGV[2] the message's server id, ARGV[3] how long
+# to keep the marker, ARGV[4] its sender (a copy from anyone else is left alone). The
+# marker is written first (the persister reads it after it inserted), then the item
+# goes. Returns the seq of the item taken out, 0 when there was none.
 _REMOVE = """
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local seq = ARGV[1]
+local raw = nil
+if seq == '' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if string.find(all[i + 1], ARGV[2], 1, true) then
+      local d = cjson.decode(all[i + 1])
+      if d['server_id'] == ARGV[2] and (d['kind'] or 'message') == 'message' then
+        seq, raw = all[i], all[i + 1]
+        break
+      end
+    end
+  end
+  if not raw then return 0 end
+else
+  raw = redis.call('HGET', KEYS[1], seq)
+end
+redis.call('HSET', KEYS[3], seq, ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 local doc = cjson.decode(raw)
-if doc['server_id'] ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
+if doc['server_id'] ~= ARGV[2] or doc['from'] ~= ARGV[4] then return 0 end
+redis.call('HDEL', KEYS[1], seq)
 if redis.call('HINCRBY', KEYS[2], '*', -1) <= 0 then redis.call('HDEL', KEYS[2], '*') end
-if (doc['kind'] or 'message') == 'message' and type(doc['from']) == 'string' then
+if (doc['kind'] or 'message') == 'message' then
   if redis.call('HINCRBY', KEYS[2], doc['from'], -1) <= 0 then
     redis.call('HDEL', KEYS[2], doc['from'])
   end
 end
-return 1
+return tonumber(seq)
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """A removed message's copy to delete from one device inbox: its seq when known."""
+
+    inbox: str
+    seq: int | None
+    server_id: str
+    sender: str
+
 
 PendingCounts = Callable[[str], tuple[str, int]]
 """An inbox -> (the key of its waiting counts, how long to keep it in seconds)."""
 
 
 class HotInbox:
-    def __init__(
-        self, redis: aioredis.Redis, prefix: str, dedup_s: int, locator_s: int = 31 * 86400
-    ) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, dedup_s: int) -> None:
         self.redis = redis
         self._put = redis.register_script(_PUT)
         self._remove = redis.register_script(_REMOVE)
-        self.locator_s = locator_s
         self.prefix = prefix
         self.dedup_s = dedup_s
         self.index = f"{prefix}:hotidx"
@@ -106,9 +128,6 @@ class HotInbox:
 
     def key(self, inbox: str) -> str:
         return f"{self.prefix}:hot:{{{inbox}}}"
-
-    def loc_key(self, server_id: str) -> str:
-        return f"{self.prefix}:loc:{{{server_id}}}"
 
     def gone_key(self, server_id: str) -> str:
         return f"{self.prefix}:gone:{{{server_id}}}"
@@ -158,12 +177,6 @@ class HotInbox:
         # their records (the script writes a record after its item).
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
-            # Where each message's copies are, before the copies themselves (a
-            # pipeline cut short leaves no copy a tombstone cannot find).
-            locators = _locators(d for _, d in docs)
-            for server_id, fields in locators.items():
-                pipe.hset(self.loc_key(server_id), mapping=fields)
-                pipe.expire(self.loc_key(server_id), self.locator_s)
             inboxes = list(by_inbox)
             for inbox in inboxes:
                 items = by_inbox[inbox]
@@ -178,7 +191,7 @@ class HotInbox:
                 await self._put(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
         taken: list[tuple[str, Doc]] = []
-        for inbox, clashed in zip(inboxes, results[1 + 2 * len(locators) :], strict=True):
+        for inbox, clashed in zip(inboxes, results[1:], strict=True):
             items = by_inbox[inbox]
             taken += [items[int(i) - 1] for i in clashed or []]
         if not taken:
@@ -245,11 +258,6 @@ class HotInbox:
             await pipe.execute()
 
     # Tombstones ----------------------------------------------------------------
-    async def locate(self, server_id: str) -> dict[str, str]:
-        """A message's locator (inbox -> seq, and the ``_`` fields); empty when unknown."""
-        raw = await self.redis.hgetall(self.loc_key(server_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
-
     async def mark_gone(self, server_id: str, keep_s: int) -> None:
         await self.redis.set(self.gone_key(server_id), 1, ex=keep_s)
 
@@ -262,23 +270,25 @@ class HotInbox:
         return {s for s, v in zip(ids, values, strict=True) if v is not None}
 
     async def remove_messages(
-        self, items: list[tuple[str, int, str]], counts: PendingCounts, marker_s: int
-    ) -> list[tuple[str, int]]:
-        """Take removed messages' copies ``(inbox, seq, server id)`` out of the hot inbox
-        (and lower the waiting counts), leaving a marker for the persister; returns
-        those that were hot."""
+        self, items: list[Removal], counts: PendingCounts, marker_s: int
+    ) -> list[Removal]:
+        """Take removed messages' copies out of the hot inbox (and lower the waiting
+        counts), leaving a marker for the persister; returns those that were hot. A
+        removal without a seq searches its inbox's hash, which holds only what arrived
+        in the last ``hot_persist_after_s``."""
         if not items:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for inbox, seq, server_id in items:
+            for r in items:
                 await self._remove(
-                    keys=[self.key(inbox), counts(inbox)[0], self.rm_key(inbox)],
-                    args=[seq, server_id, marker_s], client=pipe,
+                    keys=[self.key(r.inbox), counts(r.inbox)[0], self.rm_key(r.inbox)],
+                    args=["" if r.seq is None else r.seq, r.server_id, marker_s, r.sender],
+                    client=pipe,
                 )  # fmt: skip
             results = await pipe.execute()
-        taken = [(i, s) for (i, s, _), r in zip(items, results, strict=True) if int(r) == 1]
-        await self.unindex(taken)
-        return taken
+        taken = [(r, int(n)) for r, n in zip(items, results, strict=True) if int(n)]
+        await self.unindex((r.inbox, n) for r, n in taken)
+        return [r for r, _ in taken]
 
     async def removed(self, docs: list[Doc]) -> list[Doc]:
         """Of these items (just moved to MongoDB), those whose message was removed."""
@@ -303,20 +313,6 @@ class HotInbox:
 
     async def heartbeat(self) -> int:
         return int(await self.redis.incr(self.beat))
-
-
-def _locators(docs: Iterable[Doc]) -> dict[str, dict[Any, Any]]:
-    """Each message's locator fields from its copies in a batch (messages only)."""
-    out: dict[str, dict[Any, Any]] = {}
-    for d in docs:
-        if d.get("kind", "message") != "message":
-            continue
-        fields = out.setdefault(d["server_id"], {
-            "_from": d["from"], "_fd": int(d.get("from_device") or 1),
-            "_conv": d.get("conversation") or "",
-        })  # fmt: skip
-        fields[d["inbox"]] = int(d["seq"])
-    return out
 
 
 def _text(value: object) -> str:

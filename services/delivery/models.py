@@ -106,10 +106,26 @@ class ResolveIn(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
+CONVERSATION_PATTERN = r"^(dm:[A-Za-z0-9_-]+:[A-Za-z0-9_-]+|room:[0-9a-f]{24})$"
+
+
 class RemoveIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     reason: str = Field(default="", max_length=500, description="For the record (never sent).")
+    sender: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The message's sender, when no report of it was filed",
+    )
+    conversation: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^(dm:[A-Za-z0-9_-]+:[A-Za-z0-9_-]+|room:[0-9a-f]{24})$",
+        description="Its conversation (`dm:<a>:<b>` or `room:<id>`), when no report was filed",
+    )
 
 
 class Removed(BaseModel):

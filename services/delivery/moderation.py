@@ -9,13 +9,17 @@ plaintext and key must open the sender's commitment; then the report is
 filed, with the verified plaintext, for admins. Anything else is refused with
 its code and nothing is stored.
 
-**Tombstones.** The sender of a message, or an admin, removes it by its
-server id. Its locator (services/delivery/hot.py) says which device inboxes
-got a copy and where; the removal is recorded once, the message marked gone
-(a copy arriving later is not stored), and one signed ``tombstone`` envelope
-per inbox is produced on the ``messages`` topic, keyed by the inbox, like any
-item: that inbox's consumer deletes the copy (Redis and MongoDB) and stores
-the tombstone, which the devices get live or on their next sync.
+**Tombstones.** The sender of a message (proved by its client id: the server
+id hashes the two), or an admin (from a report of it), removes it by its server
+id. No record of where its copies went is kept (a per-message record would cost
+Redis memory for every message ever sent): the conversation names its users, the
+key directory their devices now (services/delivery/parties.py). The removal is
+recorded once, the message marked gone (a copy arriving later is not stored),
+and one signed ``tombstone`` envelope per device inbox is produced on the
+``messages`` topic, keyed by the inbox, like any item: that inbox's consumer
+deletes the copy if one waits (the hot inbox is searched, MongoDB queried by
+``server_id``) and stores the tombstone, which the devices get live or on their
+next sync.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from services.delivery.moderation_keys import (
     unb64url,
 )
 from services.delivery.moderation_store import ModerationStore
+from services.delivery.parties import Parties, parties_of
 from services.delivery.store import DAY_S, DeliveryStore
 
 log = logging.getLogger(__name__)
@@ -58,8 +63,10 @@ class Moderation:
         keys: ModerationKeys,
         producer: KafkaProducerHandle,
         audit: AuditLog,
+        parties: Parties,
     ) -> None:
         self.audit = audit
+        self.parties = parties
         self.settings = settings
         self.store = store
         self.mstore = mstore
@@ -179,46 +186,73 @@ class Moderation:
         return report_view(doc)
 
     # Tombstones ---------------------------------------------------------------
-    async def remove(
-        self, claims: Claims, server_id: str, by: Remover, reason: str = "",
-        ip: str | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        """Remove a message (by its sender, or an admin): see the module's docstring.
-        Idempotent: removing it again sends the same tombstones again."""
-        loc = await self.store.hot.locate(server_id)
-        if not loc:
+    async def unsend(
+        self, claims: Claims, token: str, server_id: str, client_id: str, conversation: str
+    ) -> dict[str, Any]:
+        """The sender removes their message. The server id is a hash of (sender, client
+        id) (and the room, for a room's message), so giving the client id proves who sent
+        it; the conversation must be one of the caller's (a room they can still see)."""
+        _, room = parties_of(conversation)
+        if server_id != (
+            e.room_server_id(room, claims.sub, client_id)
+            if room
+            else e.message_server_id(claims.sub, client_id)
+        ):
+            raise ApiError(ErrorCode.NOT_SENDER, "Only the sender (or an admin) can remove it.")
+        users = await self.parties.users(conversation, token, admin=False)
+        if claims.sub not in users:
+            raise ApiError(ErrorCode.NOT_RECIPIENT, "That conversation is not one of yours.")
+        return await self._remove(claims, token, server_id, claims.sub, conversation, users,
+                                  "sender")  # fmt: skip
+
+    async def admin_remove(
+        self, claims: Claims, token: str, server_id: str, body: Any, ip: str | None
+    ) -> dict[str, Any]:
+        """An admin removes a message (``body``: models.RemoveIn): its sender and
+        conversation come from a report of it, or from the body when none was filed."""
+        report = await self.mstore.report_of(server_id)
+        sender = report["sender"] if report else body.sender
+        conversation = report.get("conversation") if report else body.conversation
+        if not sender or not conversation:
             raise ApiError(
                 ErrorCode.MESSAGE_NOT_FOUND,
-                "No message with that id is known (or it is older than the inbox expiry).",
+                "No report names that message: give its sender and conversation.",
             )
-        sender = loc["_from"]
-        if by == "sender" and sender != claims.sub:
-            raise ApiError(ErrorCode.NOT_SENDER, "Only the sender (or an admin) can remove it.")
-        conversation = loc.get("_conv") or None
+        users = await self.parties.users(conversation, token, admin=True)
+        return await self._remove(claims, token, server_id, sender, conversation, users,
+                                  "admin", body.reason, ip)  # fmt: skip
+
+    async def _remove(
+        self, claims: Claims, token: str, server_id: str, sender: str, conversation: str,
+        users: list[str], by: Remover, reason: str = "", ip: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Record the removal once, mark the message gone (a copy that arrives later is
+        not stored), and send one signed tombstone per device inbox of the
+        conversation's users (see the module's docstring). Idempotent: removing it again
+        sends the same tombstones again."""
         at = e.now_ms()
         kid, signature = self.keys.sign_tombstone(
             server_id=server_id, sender=sender, conversation=conversation, by=by, at=at
         )
-        targets = {k: int(v) for k, v in loc.items() if not k.startswith("_")}
+        inboxes = await self.parties.inboxes(list(dict.fromkeys([sender, *users])), token)
         record, existed = await self.mstore.record_tombstone({
             "_id": server_id, "by": by, "actor": claims.sub, "sender": sender,
             "conversation": conversation, "at": at, "kid": kid, "signature": signature,
-            "reason": reason, "inboxes": len(targets),
+            "reason": reason, "inboxes": len(inboxes),
         })  # fmt: skip
         if existed:  # the same tombstone again (same signature: the dedup knows it)
-            by, at = record["by"], int(record["at"])
+            by, at, sender = record["by"], int(record["at"]), record["sender"]
+            conversation = record["conversation"]
             kid, signature = record["kid"], record["signature"]
         await self.store.hot.mark_gone(server_id, self.settings.inbox_expiry_s + DAY_S)
-        sending = e.inbox_id(sender, int(loc.get("_fd") or 1))
-        inboxes: dict[str, int | None] = {sending: None, **targets}
         producer = await self.producer.wait_ready(30)
         acks = []
-        for inbox, seq in inboxes.items():
+        for inbox in inboxes:
             user, _, device = inbox.rpartition(".")
             env = e.TombstoneNotice(
                 server_id=server_id, to=user, to_device=int(device), from_=sender,
                 client_id=f"tombstone:{server_id}", conversation=conversation, sent_at=at,
-                by=by, kid=kid, signature=signature, target_seq=seq,
+                by=by, kid=kid, signature=signature, target_seq=None,
             )  # fmt: skip
             acks.append(
                 await producer.send(

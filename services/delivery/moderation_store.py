@@ -30,6 +30,7 @@ class ModerationStore:
 
     async def ensure_indexes(self) -> None:
         await self.reports.create_index([("key", ASCENDING)], unique=True)
+        await self.reports.create_index([("server_id", ASCENDING)])
 
     # Reports ------------------------------------------------------------------
     async def file_report(self, doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -62,6 +63,10 @@ class ModerationStore:
 
     async def report(self, report_id: str) -> dict[str, Any] | None:
         return await self.reports.find_one({"_id": report_id})
+
+    async def report_of(self, server_id: str) -> dict[str, Any] | None:
+        """The first report filed of a message, if any."""
+        return await self.reports.find_one({"server_id": server_id}, sort=[("_id", ASCENDING)])
 
     async def resolve(
         self, report_id: str, state: str, note: str, by: str, at: int

@@ -9,13 +9,15 @@ from __future__ import annotations
 from aiohttp import web
 from parley_contract import frames as f
 from parley_contract.envelopes import inbox_id
+from parley_contract.frames import is_client_id
 
-from services.common.auth import Claims
+from services.common.auth import Claims, bearer_token
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import client_ip, int_schema, json_response, query_int
 from services.common.openapi import Api
 from services.common.state import SETTINGS
 from services.delivery.models import (
+    CONVERSATION_PATTERN,
     AckIn,
     AckOut,
     InboxPage,
@@ -94,6 +96,9 @@ def _inbox(claims: Claims) -> str:
 # -- moderation (docs/moderation-messages.md) ---------------------------------------------
 
 _SERVER_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_CLIENT_ID_MAX = 64
+_CLIENT_ID = {"type": "string", "minLength": 1, "maxLength": _CLIENT_ID_MAX, "pattern": "^[!-~]+$"}
+_CONVERSATION = {"type": "string", "pattern": CONVERSATION_PATTERN}
 _REPORT_ID = {"type": "string", "pattern": "^[0-9a-f]{28}$"}
 REPORTS_PAGE_MAX = 100
 
@@ -101,6 +106,22 @@ REPORTS_PAGE_MAX = 100
 def _ip(request: web.Request) -> str:
     """The caller's address for the audit log (HAProxy sets X-Forwarded-For)."""
     return client_ip(request, True)
+
+
+def _invalid(field: str, problem: str) -> ApiError:
+    return ApiError(
+        ErrorCode.VALIDATION_FAILED, f"Not a valid {field}.",
+        details=[{"field": field, "problem": problem}],
+    )  # fmt: skip
+
+
+def _query_text(request: web.Request, name: str, max_len: int) -> str:
+    value = request.query.get(name)
+    if not value:
+        raise _invalid(name, "required")
+    if len(value) > max_len:
+        raise _invalid(name, f"at most {max_len} characters")
+    return value
 
 
 def _path_id(request: web.Request, name: str, length: int) -> str:
@@ -142,15 +163,29 @@ async def file_report(request: web.Request, claims: Claims, body: ReportIn) -> w
 @api.delete(
     "/v1/messages/{server_id}",
     summary="Remove a message you sent (unsend): signed tombstones replace its copies",
+    description=(
+        "The client id proves you sent it (the server id is a hash of sender and client "
+        "id); the tombstones go to every current device of the conversation's users."
+    ),
     response=Removed,
     auth=True,
-    params={"server_id": _SERVER_ID},
-    errors=[ErrorCode.MESSAGE_NOT_FOUND, ErrorCode.NOT_SENDER],
+    query={
+        "client_id": "the id your device gave the message when it sent it",
+        "conversation": "its conversation: `dm:<a>:<b>` (sorted user ids) or `room:<id>`",
+    },
+    params={"server_id": _SERVER_ID, "client_id": _CLIENT_ID, "conversation": _CONVERSATION},
+    errors=[ErrorCode.NOT_SENDER, ErrorCode.NOT_RECIPIENT, ErrorCode.ROOM_NOT_FOUND],
     tags=["moderation"],
 )
 async def unsend(request: web.Request, claims: Claims) -> dict[str, object]:
     server_id = _path_id(request, "server_id", 32)
-    return await request.app[MODERATION].remove(claims, server_id, "sender")
+    client_id = _query_text(request, "client_id", _CLIENT_ID_MAX)
+    if not is_client_id(client_id):
+        raise _invalid("client_id", "printable ASCII without spaces expected")
+    conversation = _query_text(request, "conversation", 200)
+    return await request.app[MODERATION].unsend(
+        claims, bearer_token(request), server_id, client_id, conversation
+    )
 
 
 @api.get(
@@ -235,16 +270,21 @@ async def resolve_report(
 @api.post(
     "/v1/admin/messages/{server_id}/remove",
     summary="Remove any message (admins): signed tombstones replace its copies",
-    description="The admin never sees the message: only its id and metadata are used.",
+    description=(
+        "The admin never sees the message: only its id and metadata are used. Its sender "
+        "and conversation come from a report of it, or from the body when none was filed."
+    ),
     body=RemoveIn,
     response=Removed,
     auth=True,
     role="admin",
     params={"server_id": _SERVER_ID},
-    errors=[ErrorCode.MESSAGE_NOT_FOUND],
+    errors=[ErrorCode.MESSAGE_NOT_FOUND, ErrorCode.ROOM_NOT_FOUND],
     tags=["moderation"],
 )
 async def admin_remove(request: web.Request, claims: Claims, body: RemoveIn) -> dict[str, object]:
     server_id = _path_id(request, "server_id", 32)
     moderation = request.app[MODERATION]
-    return await moderation.remove(claims, server_id, "admin", body.reason, _ip(request))
+    return await moderation.admin_remove(
+        claims, bearer_token(request), server_id, body, _ip(request)
+    )

@@ -57,7 +57,7 @@ from services.common.config import Settings
 from services.common.routing import PENDING_ALL, Push, pending_key
 from services.delivery.counters import Counter as InboxCounter
 from services.delivery.counters import InboxCounters
-from services.delivery.hot import HotInbox
+from services.delivery.hot import HotInbox, Removal
 
 DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
@@ -94,9 +94,7 @@ class DeliveryStore:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self._count_pending = redis.register_script(_COUNT_PENDING)
-        self.hot = HotInbox(
-            redis, self.prefix, settings.hot_dedup_s, locator_s=settings.message_removal_window_s
-        )
+        self.hot = HotInbox(redis, self.prefix, settings.hot_dedup_s)
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
 
     async def ensure_indexes(self) -> None:
@@ -106,6 +104,8 @@ class DeliveryStore:
         with contextlib.suppress(OperationFailure):
             await self.inbox.drop_index("from_1_client_id_1")
         await self.contacts.create_index([("peer", ASCENDING)])
+        # A tombstone finds the copies that wait in MongoDB by their message's id.
+        await self.inbox.create_index([("server_id", ASCENDING)])
 
     async def ping(self) -> list[str]:
         """Which of this store's servers do not answer now (empty when both do)."""
@@ -300,22 +300,34 @@ class DeliveryStore:
         await self.hot.drop(inbox, numbers)
         return deleted
 
-    async def remove_copies(self, items: list[tuple[str, int, str]]) -> int:
-        """Delete removed messages' copies ``(inbox, seq, server id)`` wherever they
-        are: the hot inbox (marked first, for the persister), then MongoDB (by primary
-        key, only if it is still that message's unacknowledged copy). Returns how many
-        copies were deleted; their waiting counts are lowered."""
+    async def remove_copies(self, items: list[Removal]) -> int:
+        """Delete removed messages' copies wherever they are: the hot inbox (marked
+        first, for the persister), then MongoDB (one query for all that were not hot,
+        by ``server_id``; only a copy still unacknowledged, from the message's sender).
+        Returns how many copies were deleted; their waiting counts are lowered."""
         keep = self.settings.hot_dedup_s
-        hot = set(await self.hot.remove_messages(items, self._pending_of, keep))
-        deleted = len(hot)
-        cold = [(i, s, sid) for i, s, sid in items if (i, s) not in hot]
-        for inbox, seq, server_id in cold:
-            query = {"_id": item_id(inbox, seq), "server_id": server_id, "acked": False}
-            doc = await self.inbox.find_one(query, {"inbox": 1, "from": 1, "kind": 1})
-            if doc is not None and (await self.inbox.delete_one(query)).deleted_count:
-                deleted += 1
-                await self.count_pending([doc], -1)
-        return deleted
+        hot = await self.hot.remove_messages(items, self._pending_of, keep)
+        cold = {(r.inbox, r.server_id): r.sender for r in items if r not in hot}
+        if not cold:
+            return len(hot)
+        query = {
+            "server_id": {"$in": sorted({sid for _, sid in cold})},
+            "inbox": {"$in": sorted({inbox for inbox, _ in cold})},
+            "acked": False,
+        }
+        fields = {"inbox": 1, "from": 1, "kind": 1, "server_id": 1}
+        found = [
+            d async for d in self.inbox.find(query, fields)
+            if cold.get((d["inbox"], d["server_id"])) == d.get("from")
+            and d.get("kind", "message") == "message"
+        ]  # fmt: skip
+        if not found:
+            return len(hot)
+        result = await self.inbox.delete_many(
+            {"_id": {"$in": [d["_id"] for d in found]}, "acked": False}
+        )
+        await self.count_pending(found, -1)
+        return len(hot) + int(result.deleted_count)
 
     async def restore_gone(self, since_ms: int) -> int:
         """Mark again the messages removed since ``since_ms`` (Redis lost the marks: a

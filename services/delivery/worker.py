@@ -58,6 +58,7 @@ from services.common.clients import (
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import Push
+from services.delivery.hot import Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DeliveryStore, item_docs, item_frame
 
@@ -478,7 +479,7 @@ class Worker:
         """Before a batch is stored: tag each message copy with a commitment (its
         reporting tag), leave out copies of messages removed already (a room's fan-out
         still under way, a replay), and delete the copies tombstones in the batch
-        remove (docs/delivery.md, "Tombstones")."""
+        remove (docs/delivery.md, "Reports and tombstones")."""
         messages = [d for d in items if d.get("kind") == "message"]
         for d in messages:
             if d.get("commitment") and d.get("sent_at") is not None:
@@ -492,10 +493,11 @@ class Worker:
             log.info("copies of removed messages left out", extra={"messages": len(gone)})
             items = [d for d in items if d.get("kind") != "message" or d["server_id"] not in gone]
         removals = [
-            (d["inbox"], int(d["target_seq"]), d["server_id"])
+            Removal(d["inbox"], int(d["target_seq"]) if d.get("target_seq") else None,
+                    d["server_id"], d["from"])
             for d in items
-            if d.get("kind") == "tombstone" and d.get("target_seq")
-        ]
+            if d.get("kind") == "tombstone"
+        ]  # fmt: skip
         if removals:
             await self.store.remove_copies(removals)
         return items

@@ -12,8 +12,9 @@ from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
+from services.common.devices import DeviceLists
 from services.common.state import REGISTRY, VERIFIER
-from services.gateway.directory import DeviceLists, Directory
+from services.gateway.directory import Directory
 from services.gateway.hub import Hub
 from services.gateway.rooms import RoomMembers
 from services.gateway.routes import api, websocket

@@ -29,9 +29,10 @@ from redis.exceptions import RedisError
 
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
 from services.common.config import Settings
+from services.common.devices import DeviceLists
 from services.common.errors import ApiError, ErrorCode
 from services.common.ratelimit import TokenBucket
-from services.gateway.directory import DeviceLists, Directory
+from services.gateway.directory import Directory
 from services.gateway.rooms import RoomMembers
 from services.gateway.store import GatewayStore
 

@@ -20,11 +20,9 @@ import aiohttp
 from parley_contract import envelopes as e
 
 from services.common.config import Settings
+from services.common.devices import DeviceLists, member_ids, rooms_get
 from services.common.errors import ApiError, ErrorCode
-from services.common.logging import outgoing_headers
-from services.gateway.directory import DeviceLists
 
-MEMBER_PAGE = 500
 MAX_CACHED_ROOMS = 10_000
 ROSTER_TTL_S = 300.0
 DEVICE_LOOKUPS = 32
@@ -86,18 +84,12 @@ class RoomMembers:
         hit = self._rosters.get(room_id)
         if hit is not None and hit.version == version and now - hit.at < ROSTER_TTL_S:
             return hit.members
-        members: list[str] = []
-        after: Any = None
-        while True:
-            query = f"?limit={MEMBER_PAGE}" + (f"&after={after}" if after is not None else "")
-            page = await self._get(f"/rooms/v1/rooms/{room_id}/members{query}", token)
-            members.extend(str(m["user_id"]) for m in page.get("members", []))
-            after = page.get("next_after")
-            if after is None:
-                break
+        members = await member_ids(
+            lambda path: self._get(path, token), f"/rooms/v1/rooms/{room_id}/members"
+        )
         if len(self._rosters) >= MAX_CACHED_ROOMS:
             self._rosters.clear()
-        roster = Roster(version, tuple(dict.fromkeys(members)), now)
+        roster = Roster(version, tuple(members), now)
         self._rosters[room_id] = roster
         return roster.members
 
@@ -119,15 +111,4 @@ class RoomMembers:
         return [devices or frozenset() for devices in lists]
 
     async def _get(self, path: str, token: str) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
-        try:
-            async with self.session.get(self.base + path, headers=headers) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status == 200 and isinstance(body, dict):
-                    return body
-                code = (body or {}).get("error", {}).get("code") if isinstance(body, dict) else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the room now.") from None
-        if code == ErrorCode.ROOM_NOT_FOUND.value or resp.status == 404:
-            raise ApiError(ErrorCode.ROOM_NOT_FOUND, "No such room.")
-        raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the room now.")
+        return await rooms_get(self.session, self.base + path, token)

@@ -11,9 +11,11 @@ import secrets
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from parley.crypto import franking
+from parley_contract.envelopes import conversation_id
 from parley_contract.frames import tombstone_signed_bytes
 
 from services.delivery.state import WORKER
@@ -64,6 +66,12 @@ async def send_franked(
     await alice.send(send_frame(client_id, bob_id, b64(b"ct" + text), commitment=commitment))
     accepted = await alice.expect("accepted", id=client_id)
     return fk, str(accepted["server_id"])
+
+
+def unsend_path(server_id: str, client_id: str, conversation: str) -> str:
+    return f"/messages/{server_id}?" + urlencode(
+        {"client_id": client_id, "conversation": conversation}
+    )
 
 
 def report_of(msg: dict[str, Any], text: bytes, fk: bytes, **changes: Any) -> dict[str, Any]:
@@ -166,13 +174,32 @@ async def test_unsend_deletes_the_copies_from_redis_and_mongodb_and_leaves_tombs
     hot = await store.hot.get(inbox, list(range(1, 10)))
     seq_of.update({d["server_id"]: s for s, d in hot.items()})
 
-    status, answer = await api.call("DELETE", f"/messages/{ids[0]}", eve_id)
-    assert (status, answer["error"]["code"]) == (403, "not_sender")
-    status, answer = await api.call("DELETE", "/messages/" + "f" * 32, alice_id)
-    assert (status, answer["error"]["code"]) == (404, "message_not_found")
-    for server_id in (ids[0], ids[2]):
-        status, removed = await api.call("DELETE", f"/messages/{server_id}", alice_id)
+    conv = conversation_id(alice_id, bob_id)
+    refused = [
+        (eve_id, unsend_path(ids[0], "u0", conv), 403, "not_sender"),
+        (alice_id, unsend_path("f" * 32, "u0", conv), 403, "not_sender"),
+        (alice_id, unsend_path(ids[0], "u1", conv), 403, "not_sender"),
+        (alice_id, unsend_path(ids[0], "u0", conversation_id(bob_id, eve_id)), 403,
+         "not_recipient"),
+        (alice_id, f"/messages/{ids[0]}?conversation={conv}", 422, "validation_failed"),
+        (alice_id, f"/messages/{ids[0]}?client_id=u0", 422, "validation_failed"),
+        (alice_id, unsend_path(ids[0], "u0", f"dm:{bob_id}:{alice_id}"[::-1]), 422,
+         "validation_failed"),
+        (alice_id, unsend_path(ids[0], "u 0", conv), 422, "validation_failed"),
+        (alice_id, unsend_path(ids[0], "u0", "room:nope"), 422, "validation_failed"),
+    ]  # fmt: skip
+    for who, path, code, error in refused:
+        status, answer = await api.call("DELETE", path, who)
+        assert (status, answer["error"]["code"]) == (code, error), path
+    # Nothing changed: every copy still waits.
+    assert {d["server_id"] async for d in store.inbox.find({"user": bob_id})} == set(ids[:2])
+    assert len(await store.hot.get(inbox, list(range(1, 10)))) == 1
+    for server_id, client_id in ((ids[0], "u0"), (ids[2], "u2")):
+        status, removed = await api.call(
+            "DELETE", unsend_path(server_id, client_id, conv), alice_id
+        )
         assert status == 200 and removed["by"] == "sender", removed
+        assert removed["inboxes"] == 2  # every device of the two: alice.1, bob.1
 
     async def copies() -> tuple[set[str], set[str]]:
         in_mongo = {d["server_id"] async for d in store.inbox.find({"user": bob_id})}
@@ -220,12 +247,20 @@ async def test_an_admin_removes_a_read_message_and_the_reader_is_told_live(
     status, answer = await api.call("POST", f"/admin/messages/{server_id}/remove", bob_id, {})
     assert (status, answer["error"]["code"]) == (403, "forbidden")
     path = f"/admin/messages/{server_id}/remove"
-    status, removed = await api.call("POST", path, admin_id, {"reason": "spam"}, admin=True)
+    # No report names it: the admin gives its sender and conversation.
+    status, answer = await api.call("POST", path, admin_id, {"reason": "spam"}, admin=True)
+    assert (status, answer["error"]["code"]) == (404, "message_not_found")
+    conv = conversation_id(alice_id, bob_id)
+    body = {"reason": "spam", "sender": alice_id, "conversation": conv}
+    status, answer = await api.call("POST", path, admin_id, {**body, "conversation": "dm:x"},
+                                    admin=True)  # fmt: skip
+    assert (status, answer["error"]["code"]) == (422, "validation_failed")
+    status, removed = await api.call("POST", path, admin_id, body, admin=True)
     assert status == 200 and removed["by"] == "admin"
     tomb = await bob.expect("tombstone", server_id=server_id)
     assert tomb["by"] == "admin" and tomb["from"] == alice_id
     # Removing again is the same tombstone (stored once per inbox).
-    status, again = await api.call("POST", path, admin_id, {}, admin=True)
+    status, again = await api.call("POST", path, admin_id, body, admin=True)
     assert status == 200 and again["at"] == removed["at"]
 
 
@@ -241,7 +276,8 @@ async def test_a_removed_message_is_not_stored_again_nor_resurrected_by_the_pers
     await alice.expect("stored", id="r1")
     inbox = f"{bob_id}.1"
     (seq, doc), *_ = (await store.hot.get(inbox, list(range(1, 5)))).items()
-    status, _ = await api.call("DELETE", f"/messages/{server_id}", alice_id)
+    path = unsend_path(server_id, "r1", conversation_id(alice_id, bob_id))
+    status, _ = await api.call("DELETE", path, alice_id)
     assert status == 200
     await eventually(lambda: store.hot.get(inbox, [seq]), lambda got: got == {})
     # The persister read the copy before the tombstone took it out of Redis, and
@@ -285,8 +321,8 @@ async def test_a_room_message_is_franked_reportable_and_removable_like_a_direct_
     assert [d["server_id"] for d in (await store.hot.get(inbox, list(range(1, 9)))).values()] == [
         server_id
     ]
-    status, removed = await api.call("DELETE", f"/messages/{server_id}", alice)
-    assert status == 200 and removed["inboxes"] == 3  # bob, carol, alice's sending device
+    status, removed = await api.call("DELETE", unsend_path(server_id, "g1", f"room:{room}"), alice)
+    assert status == 200 and removed["inboxes"] == 3  # every member device: alice, bob, carol
     tomb = await b1.expect("tombstone", server_id=server_id)
     assert tomb["conversation"] == f"room:{room}"
 

@@ -180,6 +180,21 @@ try {
   await page.waitForSelector(`#messages li.msg.in.removed:has-text("Message removed by its sender")`, { timeout: T });
   if ((await page.locator(`#messages li:has-text("${oops}")`).count()) !== 0) throw new Error("the unsent text is still shown");
 
+  step("the browser removes its own message for everyone: P's device verifies the tombstone");
+  const takeBack = `the browser takes this back ${env.TAG}`;
+  await write(page, takeBack);
+  await py({ do: "expect", text: takeBack });
+  const own = page.locator(`#messages li.msg.out:has-text("${takeBack}")`);
+  const ownId = await own.getAttribute("data-server-id");
+  await own.getByRole("button", { name: /^Remove for everyone/ }).click();
+  await page.waitForSelector(`#messages li.msg.out.removed[data-server-id="${ownId}"], #messages li.msg.out .mod-note:has-text("Failed")`, { timeout: T });
+  if ((await own.locator(".mod-note").count()) && (await own.locator(".mod-note").innerText()).startsWith("Failed")) {
+    throw new Error(`unsend failed: ${await own.locator(".mod-note").innerText()}`);
+  }
+  const removed = await py({ do: "expect_removed", server_id: ownId });
+  if (removed.by !== "sender") throw new Error(`unexpected removal: ${JSON.stringify(removed)}`);
+  if ((await page.locator(`#messages li:has-text("${takeBack}")`).count()) !== 0) throw new Error("the removed text is still shown");
+
   step("the browser adds Q by username and writes first (the browser starts PQXDH); Q answers");
   await page.getByLabel("Add a contact by username").fill(env.Q_USER);
   await page.getByLabel("Add a contact by username").press("Enter");

@@ -50,6 +50,7 @@ import pyotp
 import pytest
 from parley import Client
 from parley.client import Message, Receipt
+from parley.events import MessageRemoved
 from parley.store import KdfParams
 
 from scripts.stack import ROOT
@@ -125,6 +126,12 @@ class PythonSide:
             return {"client_id": cid}
         if do == "unsend":
             return await client.unsend(req["client_id"])
+        if do == "expect_removed":  # a tombstone this device verified, for that message
+            while True:
+                removed = await client.next_event(MessageRemoved, timeout=30)
+                assert isinstance(removed, MessageRemoved)
+                if removed.server_id == req["server_id"]:
+                    return {"by": removed.by, "peer": removed.peer_id}
         if do == "admin_reports":  # the open reports of messages this Python user sent
             headers = {"Authorization": f"Bearer {await admin_token(self.system)}"}
             async with aiohttp.ClientSession(headers=headers) as http:
@@ -270,7 +277,7 @@ async def test_browser_and_python_users_chat_end_to_end(system: System, tmp_path
 
     # No plaintext at rest on the server after the browser's conversation.
     plaintexts = sorted(set(py.texts + browser_texts))
-    assert len(plaintexts) == 9  # 4 from Python (one unsent), 5 from the browser
+    assert len(plaintexts) == 10  # 4 from Python (one unsent), 6 from the browser (one unsent)
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     for where, blob in blobs:
         for text in plaintexts:

@@ -1524,8 +1524,14 @@ export class ParleyClient {
   /** Remove a message this device sent, from every inbox and device (tombstones follow). */
   async unsend(entry: HistoryEntry): Promise<void> {
     if (entry.dir !== 'out' || entry.kind !== 'message' || !entry.server_id) throw new ParleyError('Only a message you sent can be unsent.');
+    if (!entry.client_id) throw new ParleyError('This device does not know that message\'s client id.');
+    const me = this.me;
+    // The client id proves we sent it (the server id hashes it); the conversation says
+    // whose devices get the tombstones (docs/moderation-messages.md).
+    const conversation = entry.peer.startsWith('room:') ? entry.peer : `dm:${[me, entry.peer].sort().join(':')}`;
+    const query = new URLSearchParams({ client_id: entry.client_id, conversation });
     await this.accessToken();
-    await this.api.request('DELETE', `/delivery/v1/messages/${encodeURIComponent(entry.server_id)}`);
+    await this.api.request('DELETE', `/delivery/v1/messages/${encodeURIComponent(entry.server_id)}?${query}`);
   }
 
   /** Report a received message to the server's admins (its text is revealed to them,

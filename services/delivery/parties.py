@@ -1,0 +1,82 @@
+"""Where a removed message's tombstones go: every current device of the conversation's
+parties (docs/delivery.md, "Reports and tombstones").
+
+Delivery keeps no per-message record of who got a copy: a conversation names its
+parties (``dm:<a>:<b>``: the two users; ``room:<id>``: the room's members, read from
+the rooms service), and the key directory lists their devices now. Read with the
+caller's token, fresh (a removal is rare; a device added a minute ago must not be
+missed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+from parley_contract import envelopes as e
+
+from services.common.config import Settings
+from services.common.devices import DeviceLists, member_ids, rooms_get
+from services.common.errors import ApiError, ErrorCode
+
+DEVICE_LOOKUPS = 16
+ROOM_ID = re.compile("[0-9a-f]{24}")  # services/rooms/models.py
+
+
+def parties_of(conversation: str) -> tuple[list[str], str | None]:
+    """A conversation's users (``dm:``) or its room (``room:``); ``validation_failed``
+    for anything else."""
+    kind, _, rest = conversation.partition(":")
+    if kind == "dm":
+        users = rest.split(":")
+        if len(users) == 2 and all(users) and e.conversation_id(*users) == conversation:
+            return users, None
+    elif kind == "room" and ROOM_ID.fullmatch(rest):
+        return [], rest
+    raise ApiError(
+        ErrorCode.VALIDATION_FAILED, "Not a conversation.",
+        details=[{"field": "conversation", "problem": "dm:<a>:<b> or room:<id> expected"}],
+    )  # fmt: skip
+
+
+class Parties:
+    """Made with the app, its HTTP session opened on first use (inside the loop)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rooms = settings.rooms_url.rstrip("/")
+        self._http: tuple[aiohttp.ClientSession, DeviceLists] | None = None
+
+    def _client(self) -> tuple[aiohttp.ClientSession, DeviceLists]:
+        if self._http is None:
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+            self._http = (session, DeviceLists(self.settings, session))
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http[0].close()
+            self._http = None
+
+    async def users(self, conversation: str, token: str, *, admin: bool) -> list[str]:
+        """The users of a conversation: a room's members as the caller may read them
+        (an admin through the admins' route); ``room_not_found`` otherwise."""
+        users, room = parties_of(conversation)
+        if room is None:
+            return users
+        path = f"/rooms/v1/{'admin/' if admin else ''}rooms/{room}/members"
+        session, _ = self._client()
+        return await member_ids(lambda p: rooms_get(session, self.rooms + p, token), path)
+
+    async def inboxes(self, users: list[str], token: str) -> list[str]:
+        """Every current device inbox of these users, in order."""
+        gate = asyncio.Semaphore(DEVICE_LOOKUPS)
+        _, devices = self._client()
+
+        async def one(user: str) -> frozenset[int]:
+            async with gate:
+                return await devices.get(user, token, fresh=True)
+
+        lists = await asyncio.gather(*(one(u) for u in users))
+        return [e.inbox_id(u, d) for u, ds in zip(users, lists, strict=True) for d in sorted(ds)]
