@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 import orjson
 from pymongo import AsyncMongoClient
 
@@ -190,6 +191,29 @@ class DeliveryBatches:
         }
 
 
+class RedisCommands:
+    """Redis commands over a window (``INFO commandstats``): how many the servers send."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = aioredis.Redis.from_url(url)
+        self._start: dict[str, int] = {}
+
+    async def _read(self) -> dict[str, int]:
+        stats = await self.redis.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    async def start(self) -> None:
+        self._start = await self._read()
+
+    async def stop(self) -> dict[str, Any]:
+        end = await self._read()
+        d = {k: v - self._start.get(k, 0) for k, v in end.items() if v > self._start.get(k, 0)}
+        return {"redis_commands": dict(sorted(d.items(), key=lambda kv: -kv[1]))}
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
 class InboxSize:
     """How many documents delivery's inbox holds (acked ones stay as tombstones)."""
 
@@ -285,14 +309,16 @@ async def bench_parley(
         async with aiohttp.ClientSession() as session:
             batches = DeliveryBatches(session, parley.cfg.url("delivery") + "/delivery/metrics")
             inbox = InboxSize(parley.cfg.url("mongo"), f"{parley.prefix}_delivery")
+            commands = RedisCommands(parley.cfg.url("redis"))
             gen = LoadGenerator(
-                accounts, [parley.ws_url], body_bytes=opts.body_bytes,
-                durable=True, ack_interval=opts.ack_interval, probes=[batches, inbox],
+                accounts, [parley.ws_url], body_bytes=opts.body_bytes, durable=True,
+                ack_interval=opts.ack_interval, probes=[batches, inbox, commands],
             )  # fmt: skip
             try:
                 phases = await run_phases(gen, {**parley.pids(), **self_pid}, opts, log)
             finally:
                 await inbox.close()
+                await commands.close()
         return _system(gen, phases)
     finally:
         await asyncio.to_thread(parley.stop)
@@ -355,6 +381,7 @@ def table(results: dict[str, Any]) -> str:
         row("  acks sent", lambda s, ph=ph: s[ph]["acks"])
         row("  delivery batch: records / ms", lambda s, ph=ph: _batch(s[ph]))
         row("  inbox documents at the end", lambda s, ph=ph: s[ph]["inbox_documents"])
+        row("  Redis commands per msg (top 6)", lambda s, ph=ph: _commands(s[ph]))
         row("  machine busy cores", lambda s, ph=ph: s[ph]["machine_cores_busy"])
         row("    interrupts (loopback networking)", lambda s, ph=ph: s[ph]["interrupt_cores"])
         row("    other processes on the machine", lambda s, ph=ph: s[ph]["unattributed_cores"])
@@ -379,6 +406,16 @@ def _batch(ph: dict[str, Any]) -> str | None:
     if "delivery_mean_batch_records" not in ph:
         return None
     return f"{ph['delivery_mean_batch_records']} / {ph['delivery_mean_batch_ms']}"
+
+
+def _commands(ph: dict[str, Any]) -> str | None:
+    calls = ph.get("redis_commands")
+    n = ph.get("delivered_per_s", 0) * ph.get("seconds", 0)
+    if not calls or not n:
+        return None
+    total = sum(calls.values()) / n
+    top = " ".join(f"{k}:{v / n:.1f}" for k, v in list(calls.items())[:6])
+    return f"{total:.1f} ({top})"
 
 
 def _pair(lat: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """Where the servers' time goes under load: py-spy on delivery and a gateway.
 
-    .venv/bin/python -m loadtest.profile_messaging [--seconds 20] [--top 25]
+    .venv/bin/python -m loadtest.profile_messaging [--seconds 20] [--top 25] [--rate 300]
 
-Runs ``loadtest.bench_messaging --only parley`` (saturation, then paced) and,
-once its saturation phase starts, samples the delivery process and gateway1
+Runs ``loadtest.bench_messaging --only parley`` (saturation, then paced; with
+``--rate``, the paced phase alone at that rate) and, once that phase starts, samples the delivery process and gateway1
 with py-spy (``record --format raw``: folded stacks, 100 Hz, idle frames
 left out) for the length of the phase. Prints, per process, the functions
 with the most samples on the CPU: *self* (the function itself) and
@@ -28,13 +28,15 @@ async def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="saturation phase length")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--rate", type=float, help="profile a paced phase at this rate instead")
     opts = p.parse_args()
+    paced = ["--paced-only", "--rate", str(opts.rate)] if opts.rate else []
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         bench = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "loadtest.bench_messaging", "--only", "parley",
             "--clients", str(opts.clients), "--seconds", str(opts.seconds),
-            "--data-dir", str(Path(tmp) / "stack"),
+            "--data-dir", str(Path(tmp) / "stack"), *paced,
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         assert bench.stderr is not None
@@ -55,7 +57,7 @@ async def _profile(
         if not line:
             raise SystemExit("the benchmark ended before its saturation phase")
         print(line, end="", file=sys.stderr)
-        if "saturation:" in line:
+        if ("paced:" if opts.rate else "saturation:") in line:
             break
     pids = {name: _pid(name, bench.pid) for name in ("delivery", "gateway1")}
     out = {name: tmp / f"{name}.txt" for name in pids}
@@ -71,7 +73,8 @@ async def _profile(
     await bench.stderr.read()
     await bench.wait()
     for name, path in out.items():
-        print(f"\n## {name}: top functions by CPU samples (saturation phase)\n")
+        phase = f"paced phase, {opts.rate:g} msgs/s" if opts.rate else "saturation phase"
+        print(f"\n## {name}: top functions by CPU samples ({phase})\n")
         print(summary(path.read_text(), opts.top))
 
 

@@ -24,6 +24,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common import scripts
 from services.common.config import Settings
 from services.common.retry import retry
 
@@ -100,6 +101,8 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         # fresh connection instead of failing the request.
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # Lua scripts loaded on every new connection (services/common/scripts.py).
+        redis_connect_func=scripts.on_connect,
     )
 
 

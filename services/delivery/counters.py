@@ -41,6 +41,8 @@ import redis.asyncio as aioredis
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
+from services.common import scripts
+
 GAP = 1_000_000_000
 CHECKPOINT_BATCH = 2000
 
@@ -154,10 +156,10 @@ class InboxCounters:
         self.meta = meta
         self.dirty = f"{prefix}:ctrdirty"
         self.base_key = f"{prefix}:ctrbase"
-        self._reserve = redis.register_script(_RESERVE)
-        self._seed_one = redis.register_script(_SEED)
-        self._ack = redis.register_script(_ACK)
-        self._ack_hot = redis.register_script(_ACK_HOT)
+        self._reserve = scripts.register(redis, _RESERVE)
+        self._seed_one = scripts.register(redis, _SEED)
+        self._ack = scripts.register(redis, _ACK)
+        self._ack_hot = scripts.register(redis, _ACK_HOT)
 
     def key(self, inbox: str) -> str:
         return f"{self.prefix}:ctr:{{{inbox}}}"
@@ -173,7 +175,7 @@ class InboxCounters:
             inboxes = list(todo)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for inbox in inboxes:
-                    await self._reserve(keys=[self.key(inbox)], args=[todo[inbox]], client=pipe)
+                    await scripts.queue(pipe, self._reserve, [self.key(inbox)], [todo[inbox]])
                 pipe.sadd(self.dirty, *inboxes)
                 results = await pipe.execute()
             missing = []
@@ -224,7 +226,7 @@ class InboxCounters:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
                 for inbox in inboxes:
-                    await self._ack(keys=[self.key(inbox)], args=[todo[inbox]], client=pipe)
+                    await scripts.queue(pipe, self._ack, [self.key(inbox)], [todo[inbox]])
                 pipe.sadd(self.dirty, *inboxes)
                 results = await pipe.execute()
             missing = []
@@ -253,10 +255,8 @@ class InboxCounters:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
                 for inbox in inboxes:
-                    await self._ack_hot(
-                        keys=[self.key(inbox), hot_key(inbox), count_key(inbox)],
-                        args=[todo[inbox]], client=pipe,
-                    )  # fmt: skip
+                    keys = [self.key(inbox), hot_key(inbox), count_key(inbox)]
+                    await scripts.queue(pipe, self._ack_hot, keys, [todo[inbox]])
                 pipe.sadd(self.dirty, *inboxes)
                 results = await pipe.execute()
             missing = []
@@ -297,9 +297,8 @@ class InboxCounters:
             for inbox in inboxes:
                 n, acked = saved.get(inbox, (0, 0))
                 floor = max(n, acked)
-                await self._seed_one(
-                    keys=[self.key(inbox)], args=[floor + base, acked, floor], client=pipe
-                )
+                args = [floor + base, acked, floor]
+                await scripts.queue(pipe, self._seed_one, [self.key(inbox)], args)
             await pipe.execute()
 
     async def checkpoint(self) -> int:

@@ -35,6 +35,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from services.common import scripts
+
 Doc = dict[str, Any]
 
 
@@ -119,8 +121,8 @@ PendingCounts = Callable[[str], tuple[str, int]]
 class HotInbox:
     def __init__(self, redis: aioredis.Redis, prefix: str, dedup_s: int) -> None:
         self.redis = redis
-        self._put = redis.register_script(_PUT)
-        self._remove = redis.register_script(_REMOVE)
+        self._put = scripts.register(redis, _PUT)
+        self._remove = scripts.register(redis, _REMOVE)
         self.prefix = prefix
         self.dedup_s = dedup_s
         self.index = f"{prefix}:hotidx"
@@ -150,6 +152,23 @@ class HotInbox:
                 seq, _, server_id = _text(value).partition("|")
                 out[key] = (int(seq), server_id)
         return out
+
+    async def claims_and_gone(
+        self, keys: list[str], server_ids: Iterable[str]
+    ) -> tuple[dict[str, tuple[int, str]], set[str]]:
+        """:meth:`claims` and :meth:`gone` in one round trip (a batch's first)."""
+        ids = list(dict.fromkeys(server_ids))
+        names = [self.dup_key(k) for k in keys] + [self.gone_key(s) for s in ids]
+        if not names:
+            return {}, set()
+        values = await self.redis.mget(names)
+        claims = {}
+        for key, value in zip(keys, values[: len(keys)], strict=True):
+            if value is not None:
+                seq, _, server_id = _text(value).partition("|")
+                claims[key] = (int(seq), server_id)
+        gone = {s for s, v in zip(ids, values[len(keys) :], strict=True) if v is not None}
+        return claims, gone
 
     # Items -------------------------------------------------------------------
     async def put(
@@ -188,7 +207,7 @@ class HotInbox:
                     field = doc["from"] if doc.get("kind", "message") == "message" else ""
                     args += [int(doc["seq"]), orjson.dumps(doc),
                              f"{int(doc['seq'])}|{doc['server_id']}", field]  # fmt: skip
-                await self._put(keys=keys, args=args, client=pipe)
+                await scripts.queue(pipe, self._put, keys, args)
             results = await pipe.execute()
         taken: list[tuple[str, Doc]] = []
         for inbox, clashed in zip(inboxes, results[1:], strict=True):
@@ -280,11 +299,9 @@ class HotInbox:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in items:
-                await self._remove(
-                    keys=[self.key(r.inbox), counts(r.inbox)[0], self.rm_key(r.inbox)],
-                    args=["" if r.seq is None else r.seq, r.server_id, marker_s, r.sender],
-                    client=pipe,
-                )  # fmt: skip
+                keys = [self.key(r.inbox), counts(r.inbox)[0], self.rm_key(r.inbox)]
+                args = ["" if r.seq is None else r.seq, r.server_id, marker_s, r.sender]
+                await scripts.queue(pipe, self._remove, keys, args)
             results = await pipe.execute()
         taken = [(r, int(n)) for r, n in zip(items, results, strict=True) if int(n)]
         await self.unindex((r.inbox, n) for r, n in taken)

@@ -52,7 +52,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from services.common import routing
+from services.common import routing, scripts
 from services.common.config import Settings
 from services.common.routing import PENDING_ALL, Push, pending_key
 from services.delivery.counters import Counter as InboxCounter
@@ -93,7 +93,7 @@ class DeliveryStore:
         self.contacts = db["contacts"]
         self.redis = redis
         self.prefix = settings.redis_prefix
-        self._count_pending = redis.register_script(_COUNT_PENDING)
+        self._count_pending = scripts.register(redis, _COUNT_PENDING)
         self.hot = HotInbox(redis, self.prefix, settings.hot_dedup_s)
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
 
@@ -138,7 +138,9 @@ class DeliveryStore:
         return await self.ctr.reserve_many(counts)
 
     # Storing ----------------------------------------------------------------
-    async def store_hot(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def store_hot(
+        self, items: list[dict[str, Any]], claims: dict[str, tuple[int, str]] | None = None
+    ) -> list[dict[str, Any]]:
         """Store inbox items exactly once, in the hot inbox (Redis); returns the stored
         version of each, in order, as :meth:`store` does.
 
@@ -151,6 +153,8 @@ class DeliveryStore:
         (and ``acked`` when it is no longer hot: acknowledged, or persisted and
         left for sync). Kafka keeps the records until the items are persisted
         or acknowledged (services/delivery/worker.py), so Redis may lose them.
+        ``claims``: the dedup records of these items' keys (:func:`dedup_key`),
+        when the caller read them already (:meth:`HotInbox.claims_and_gone`).
         """
         if not items:
             return []
@@ -158,7 +162,10 @@ class DeliveryStore:
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        claims = await self.hot.claims(list(first))
+        if claims is None:
+            claims = await self.hot.claims(list(first))
+        else:
+            claims = {k: claims[k] for k in first if k in claims}
         result: dict[str, dict[str, Any]] = {}
         if claims:
             wanted: dict[str, list[int]] = {}
@@ -360,8 +367,8 @@ class DeliveryStore:
                 args: list[str | int] = [keep]
                 for field, delta in per.items():
                     args += [field, delta]
-                await self._count_pending(keys=[pending_key(self.prefix, inbox)], args=args,
-                                          client=pipe)  # fmt: skip
+                key = pending_key(self.prefix, inbox)
+                await scripts.queue(pipe, self._count_pending, [key], args)
             await pipe.execute()
 
     async def purge_expired(self, now: float | None = None, concurrency: int = 8) -> int:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -60,7 +61,7 @@ from services.common.logging import kafka_headers, request_id_from_kafka, reques
 from services.common.routing import Push
 from services.delivery.hot import Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
-from services.delivery.store import DeliveryStore, item_docs, item_frame
+from services.delivery.store import DeliveryStore, dedup_key, item_docs, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ Handler: TypeAlias = Callable[[list[Record]], Awaitable[None]]
 class Uncommitted:
     """Batches a consumer processed but may not commit yet: (when stored, offsets)."""
 
-    batches: list[tuple[float, dict[TopicPartition, int]]] = field(default_factory=list)
+    batches: deque[tuple[float, dict[TopicPartition, int]]] = field(default_factory=deque)
     rewinds: int = 0
 
 
@@ -278,16 +279,17 @@ class Worker:
             await self._commit_safe(consumer, pending)
 
     async def _commit_safe(self, consumer: AIOKafkaConsumer, pending: Uncommitted) -> None:
-        ready = [b for b in pending.batches if b[0] <= self.persisted_until]
-        if not ready or pending.rewinds != self.rewinds:
+        # Oldest first: the ready ones are a prefix (no walk over all that wait).
+        if pending.rewinds != self.rewinds:
             return
         offsets: dict[TopicPartition, int] = {}
-        for _, batch in ready:
-            for tp, off in batch.items():
+        while pending.batches and pending.batches[0][0] <= self.persisted_until:
+            for tp, off in pending.batches.popleft()[1].items():
                 offsets[tp] = max(offsets.get(tp, 0), off)
+        if not offsets:
+            return
         mine = consumer.assignment()
         offsets = {tp: off for tp, off in offsets.items() if tp in mine}
-        pending.batches = pending.batches[len(ready) :]
         if not offsets:
             return
         try:
@@ -447,8 +449,8 @@ class Worker:
             return
         now = time.time()
         items = [doc for env in envs for doc in item_docs(env, now)]
-        items = await self._moderate(items)
-        stored = await self.store.store_hot(items)
+        items, claims = await self._moderate(items)
+        stored = await self.store.store_hot(items, claims)
         await self._remember_contacts([d for d in stored if d["kind"] == "message"])
         frames: list[Push] = []
         sent = [
@@ -475,11 +477,14 @@ class Worker:
         self._observe_latency(sent)
         await self._sample_depth([d["inbox"] for d in stored])
 
-    async def _moderate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _moderate(
+        self, items: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, tuple[int, str]]]:
         """Before a batch is stored: tag each message copy with a commitment (its
         reporting tag), leave out copies of messages removed already (a room's fan-out
         still under way, a replay), and delete the copies tombstones in the batch
-        remove (docs/delivery.md, "Reports and tombstones")."""
+        remove (docs/delivery.md, "Reports and tombstones"). Returns the items to
+        store and their dedup records (read with the removal marks)."""
         messages = [d for d in items if d.get("kind") == "message"]
         for d in messages:
             if d.get("commitment") and d.get("sent_at") is not None:
@@ -488,7 +493,11 @@ class Worker:
                     sender_device=int(d.get("from_device") or 1), recipient=d["user"],
                     sent_at=int(d["sent_at"]), conversation=d.get("conversation"),
                 ))  # fmt: skip
-        gone = await self.store.hot.gone(d["server_id"] for d in messages)
+        # The items' dedup records come in the same round trip (store_hot's first).
+        keys = [dedup_key(d["inbox"], d["from"], d["client_id"]) for d in items]
+        claims, gone = await self.store.hot.claims_and_gone(
+            keys, (d["server_id"] for d in messages)
+        )
         if gone:
             log.info("copies of removed messages left out", extra={"messages": len(gone)})
             items = [d for d in items if d.get("kind") != "message" or d["server_id"] not in gone]
@@ -500,7 +509,7 @@ class Worker:
         ]  # fmt: skip
         if removals:
             await self.store.remove_copies(removals)
-        return items
+        return items, claims
 
     def _observe_latency(self, sent_at: list[Any]) -> None:
         now_ms = time.time() * 1000
