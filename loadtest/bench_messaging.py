@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 import orjson
+import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
 from loadtest.common import Account, CpuMeter, LoadGenerator, PhaseResult, wait_ready

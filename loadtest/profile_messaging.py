@@ -3,10 +3,11 @@
     .venv/bin/python -m loadtest.profile_messaging [--seconds 20] [--top 25] [--rate 300]
 
 Runs ``loadtest.bench_messaging --only parley`` (saturation, then paced; with
-``--rate``, the paced phase alone at that rate) and, once that phase starts, samples the delivery process and gateway1
-with py-spy (``record --format raw``: folded stacks, 100 Hz, idle frames
-left out) for the length of the phase. Prints, per process, the functions
-with the most samples on the CPU: *self* (the function itself) and
+``--rate``, the paced phase alone at that rate) and, once that phase starts,
+samples the delivery process and gateway1 with py-spy (``record --format
+raw``: folded stacks, 100 Hz, idle frames left out) for the length of the
+phase. Prints, per process, the functions with the most samples on the CPU:
+*self* (the function itself) and
 *total* (it or what it calls), as shares of the process's samples. Root
 (ptrace) is needed, as for any py-spy of another process.
 """
