@@ -48,7 +48,7 @@ import orjson
 
 from loadtest.bench_messaging import Options as MessagingOptions
 from loadtest.bench_messaging import ParleySystem
-from loadtest.common import Account, CpuMeter, percentile
+from loadtest.common import Account, CpuMeter, engineio_events, percentile
 from loadtest.socketio_peer import start_peers
 from scripts.stack import Processes, StackConfig
 
@@ -211,19 +211,11 @@ class SioMember(Receiver):
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data: str = msg.data
-            if data == "2":
-                await self.ws.send_str("3")
-            elif data.startswith("42"):
-                event, payload = orjson.loads(data[2:])
-                if event == "message":
-                    self.on(int(payload["n"]))
-            elif data.startswith("43"):
-                ack_id = int(data[2 : data.index("[")])
-                fut = self.acks.pop(ack_id, None)
+        async for event, payload in engineio_events(self.ws):
+            if event == "message":
+                self.on(int(payload["n"]))
+            elif event == "ack":
+                fut = self.acks.pop(int(payload), None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
 

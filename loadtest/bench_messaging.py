@@ -1,11 +1,13 @@
-"""Messaging benchmark: Parley's durable path against a raw Redis pub/sub relay.
+"""Messaging benchmark: Parley's durable path against a raw Redis pub/sub relay and
+python-socketio (the peer a user would pick instead: two processes on one Redis).
 
 ``python -m loadtest.bench_messaging [--clients N --seconds S ...] [--json]``
 
 It starts its own embedded stack (MongoDB, Kafka, Redis, SMTP) and the whole
 Parley system (auth, keys, two gateways, delivery, HAProxy) on free loopback
 ports, signs up N users through the auth service, and opens N WebSockets
-through HAProxy. Then, for Parley and for the relay baseline in turn:
+through HAProxy. Then, for Parley, the relay baseline and python-socketio in
+turn (each on its own Redis; the two others store nothing):
 
 1. saturation: every sender sends as fast as the protocol lets it (a window
    of messages in flight, within the announced rate limit); delivered msgs/s
@@ -40,8 +42,16 @@ import orjson
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
-from loadtest.common import Account, CpuMeter, LoadGenerator, PhaseResult, wait_ready
+from loadtest.common import (
+    Account,
+    CpuMeter,
+    LoadGenerator,
+    PhaseResult,
+    SioClient,
+    wait_ready,
+)
 from loadtest.relay_baseline import start_relays
+from loadtest.socketio_peer import start_peers
 from scripts.stack import SERVERS, SERVICES, Processes, StackConfig
 from tests.keys.keygen import AccountKeys, DeviceKeys, entry
 
@@ -61,7 +71,7 @@ class Options:
     ack_interval: float = 0.25
     sends_per_s: float = 1000.0
     send_burst: int = 1000
-    systems: tuple[str, ...] = ("parley", "relay")
+    systems: tuple[str, ...] = ("parley", "relay", "socketio")
     # Devices per Parley account: each message is one send with a copy per device
     # of the recipient and of the sender's other devices (docs/devices.md).
     devices: int = 1
@@ -289,8 +299,34 @@ async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
         finally:
             await asyncio.to_thread(cluster.stop)
             await asyncio.to_thread(relay_redis.stop_all)
+    if "socketio" in opts.systems:
+        results["systems"]["socketio"] = await bench_socketio(opts, data_dir, log, self_pid)
     results["targets"] = targets(results["systems"])
     return results
+
+
+async def bench_socketio(
+    opts: Options, data_dir: Path, log: Any, self_pid: dict[str, int]
+) -> dict[str, Any]:
+    """python-socketio 5.x, two processes on one Redis (``AsyncRedisManager``), each user
+    in its own room: the peer a user would pick instead (loadtest/socketio_peer.py)."""
+    sio_redis = Processes(StackConfig.free_ports(data_dir / "sio"))
+    await asyncio.to_thread(sio_redis.start, "redis")
+    ports = StackConfig.free_ports(data_dir / "sio-ports")
+    cluster = await asyncio.to_thread(
+        start_peers, data_dir / "sio", sio_redis.cfg.url("redis"),
+        [ports.gateway1_port, ports.gateway2_port], "messaging",
+    )  # fmt: skip
+    try:
+        log("python-socketio (two processes, AsyncRedisManager):")
+        accounts = [Account(f"s{i}", f"s{i}") for i in range(opts.clients)]
+        gen = LoadGenerator(accounts, cluster.urls, body_bytes=opts.body_bytes,
+                            durable=False, client_class=SioClient)  # fmt: skip
+        pids = {**cluster.pids(), "redis": sio_redis.procs["redis"].pid, **self_pid}
+        return _system(gen, await run_phases(gen, pids, opts, log))
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(sio_redis.stop_all)
 
 
 async def bench_parley(
@@ -348,6 +384,16 @@ def targets(systems: dict[str, Any]) -> dict[str, Any]:
         ratio = p["saturation"]["delivered_per_s"] / max(r["saturation"]["delivered_per_s"], 1e-9)
         out["throughput_ratio"] = round(ratio, 3)
         out["at_least_half_of_relay"] = ratio >= 0.5
+    sio = systems.get("socketio")
+    if p is not None and sio is not None and "saturation" in p and "saturation" in sio:
+        ratio = p["saturation"]["delivered_per_s"] / max(sio["saturation"]["delivered_per_s"], 1)
+        out["ratio_to_socketio"] = round(ratio, 3)
+        out["at_least_1_5x_socketio"] = ratio >= 1.5
+    if p is not None and sio is not None and "paced" in p and "paced" in sio:
+        cpu = p["paced"]["server_cpu_us_per_msg"] or 1e9
+        out["paced_cpu_within_1_5x_socketio"] = cpu <= 1.5 * (
+            sio["paced"]["server_cpu_us_per_msg"] or 0
+        )
     return out
 
 
@@ -450,7 +496,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, bool]:
     p.add_argument("--send-burst", type=int, default=d.send_burst)
     p.add_argument("--devices", type=int, default=d.devices,
                    help="devices per Parley account (each message: a copy per device)")  # fmt: skip
-    p.add_argument("--only", choices=("parley", "relay"), help="run one system only")
+    p.add_argument("--only", choices=("parley", "relay", "socketio"), help="run one system only")
     p.add_argument("--paced-only", action="store_true",
                    help="skip the saturation phase (needs --rate)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="keep logs and data here (default: a temp dir)")
@@ -464,7 +510,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, bool]:
     opts = Options(
         clients=a.clients, seconds=a.seconds, warmup=a.warmup, window=a.window, rate=a.rate,
         body_bytes=a.body_bytes, ack_interval=a.ack_interval, sends_per_s=a.sends_per_s,
-        send_burst=a.send_burst, systems=(a.only,) if a.only else ("parley", "relay"),
+        send_burst=a.send_burst, systems=(a.only,) if a.only else d.systems,
         saturation=not a.paced_only, data_dir=a.data_dir, devices=a.devices,
     )  # fmt: skip
     return opts, a.json, a.quiet

@@ -30,7 +30,7 @@ import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -306,11 +306,7 @@ class Client:
     async def send_message(self) -> None:
         assert self.ws is not None and self.peer is not None
         gen = self.gen
-        n = self.n = self.n + 1
-        header = HEADER.pack(gen.phase_id, 0, self.idx, n, time.monotonic_ns())
-        body = b64url(header) + gen.padding
-        self.outstanding += 1
-        gen.result.sent += 1
+        n, body = self._next()
         to = self.peer.account.user_id
         if gen.protocol == 1:
             await self.ws.send_str(f'{{"op":"send","id":"{n}","to":"{to}","body":"{body}"}}')
@@ -325,6 +321,15 @@ class Client:
             )
         copies = self.copies.replace("{body}", body)
         await self.ws.send_str(f'{{"op":"send","id":"{n}","to":"{to}","copies":[{copies}]}}')
+
+    def _next(self) -> tuple[int, str]:
+        """The next message's number and body (its header: phase, sender, number, time)."""
+        gen = self.gen
+        n = self.n = self.n + 1
+        header = HEADER.pack(gen.phase_id, 0, self.idx, n, time.monotonic_ns())
+        self.outstanding += 1
+        gen.result.sent += 1
+        return n, b64url(header) + gen.padding
 
     async def saturate(self, window: int) -> None:
         gen = self.gen
@@ -476,6 +481,61 @@ class Client:
                 return
 
 
+async def engineio_events(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[tuple[str, Any]]:
+    """A socket.io connection's events as ``(name, payload)``, and its acknowledgements
+    as ``("ack", id)``; Engine.IO pings are answered on the way."""
+    async for msg in ws:
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            continue
+        data: str = msg.data
+        if data == "2":
+            await ws.send_str("3")
+        elif data.startswith("42"):
+            event, payload = orjson.loads(data[2:])
+            yield str(event), payload
+        elif data.startswith("43"):
+            yield "ack", data[2 : data.index("[")]
+
+
+class SioClient(Client):
+    """The same user on python-socketio (loadtest/socketio_peer.py): Engine.IO 4 over a
+    WebSocket, as the JavaScript client speaks it. ``send`` is an event with an
+    acknowledgement (the ``accepted``); the recipient gets a ``message`` event with
+    the same body. Nothing is stored, so nothing is acknowledged or synced."""
+
+    async def connect(self, session: aiohttp.ClientSession) -> None:
+        ws = await session.ws_connect(self.url, max_msg_size=0, compress=0)
+        opened = (await ws.receive(timeout=30)).data
+        if not str(opened).startswith("0"):
+            raise RuntimeError(f"client {self.idx}: expected an Engine.IO open, got {opened!r}")
+        await ws.send_str("40" + orjson.dumps({"user": self.account.user_id}).decode())
+        joined = (await ws.receive(timeout=30)).data
+        if not str(joined).startswith("40"):
+            raise RuntimeError(f"client {self.idx}: expected a socket.io connect, got {joined!r}")
+        self.gateway = self.url.split("/")[2]
+        self.ws = ws
+        self.reader = asyncio.create_task(self._read())
+
+    async def send_message(self) -> None:
+        assert self.ws is not None and self.peer is not None
+        n, body = self._next()
+        to = self.peer.account.user_id
+        await self.ws.send_str(f'42{n}["send",{{"to":"{to}","body":"{body}"}}]')
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for event, payload in engineio_events(self.ws):
+            if event == "message":
+                self._on_message(payload)
+            elif event == "ack":
+                self._on_accepted({"id": payload})
+        if not self.closed:
+            self.gen.disconnects += 1
+
+    async def ack(self, upto: int | None = None) -> None:
+        return None
+
+
 class Probe(Protocol):
     """Something else to read at the start and the end of each measured window."""
 
@@ -497,12 +557,15 @@ class LoadGenerator:
         ack_interval: float = 0.25,
         probes: Iterable[Probe] = (),
         protocol: int = 2,
+        client_class: type[Client] = Client,
     ) -> None:
         if len(accounts) < 2 or len(accounts) % 2:
             raise ValueError("clients come in pairs: give an even number of at least 2")
         if body_bytes < HEADER.size or body_bytes % 3:
             raise ValueError(f"body_bytes must be a multiple of 3, at least {HEADER.size}")
-        self.clients = [Client(self, i, acc, urls[i % len(urls)]) for i, acc in enumerate(accounts)]
+        self.clients = [
+            client_class(self, i, acc, urls[i % len(urls)]) for i, acc in enumerate(accounts)
+        ]
         for a, b in zip(self.clients[::2], self.clients[1::2], strict=True):
             a.peer, b.peer = b, a
         self.protocol = protocol

@@ -1,10 +1,13 @@
-"""The peer a user would pick instead for rooms: python-socketio 5.x room emits.
+"""The peer a user would pick instead: python-socketio 5.x emits, for rooms and 1:1.
 
 Two processes of this server share one Redis through ``AsyncRedisManager``
-(socket.io's own way to scale out); every client that connects enters the
-room ``r``; a ``send`` event is emitted to the room (every member but the
-sender, on both processes) and acknowledged to the sender. No storage, no
-authentication, no encryption: what python-socketio gives for a room.
+(socket.io's own way to scale out). Every client that connects enters the
+room ``r`` and, when its connect payload names a ``user``, that user's own
+room. A ``send`` event with a ``to`` is emitted to that user's room (a 1:1
+message, loadtest/bench_messaging.py); without one, to the room ``r`` (every
+member but the sender, on both processes: loadtest/bench_fanout.py). Either
+way the sender gets the event's acknowledgement. No storage, no
+authentication, no encryption: what python-socketio gives.
 
 Tuned as its documentation suggests for throughput: uvloop, the aiohttp
 server, WebSocket transport only, no logging.
@@ -37,10 +40,16 @@ def create_app(redis_url: str, channel: str) -> web.Application:
     @sio.event
     async def connect(sid: str, environ: Any, auth: Any = None) -> None:
         await sio.enter_room(sid, ROOM)
+        if isinstance(auth, dict) and isinstance(auth.get("user"), str):
+            await sio.enter_room(sid, "u:" + auth["user"])
 
     @sio.event
     async def send(sid: str, data: Any) -> str:
-        await sio.emit("message", data, room=ROOM, skip_sid=sid)
+        to = data.get("to") if isinstance(data, dict) else None
+        if isinstance(to, str):
+            await sio.emit("message", data, room="u:" + to)
+        else:
+            await sio.emit("message", data, room=ROOM, skip_sid=sid)
         return "ok"
 
     app = web.Application()

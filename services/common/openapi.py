@@ -46,6 +46,7 @@ class Operation:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str | None = None
     page_errors: Sequence[int] = ()
+    required_query: frozenset[str] = frozenset()
 
 
 class Api:
@@ -78,6 +79,7 @@ class Api:
         description: str | None = None,
         page_errors: Sequence[int] = (),
         guard: Callable[[web.Request, Any], object] | None = None,
+        required_query: Sequence[str] = (),
     ) -> Callable[[Handler], Handler]:
         """Register a handler: ``handler(request, *, claims=..., body=...)``.
 
@@ -105,7 +107,8 @@ class Api:
         when not given): the handler checks them itself and answers
         ``validation_failed`` (422, documented with them) for anything else. A
         query parameter whose schema is an array is comma-separated (``style:
-        form``, ``explode: false``).
+        form``, ``explode: false``). Query parameters are optional but those in
+        ``required_query``.
         """
 
         if role is not None and not auth:
@@ -130,6 +133,7 @@ class Api:
                 dict(params or {}),
                 description,
                 tuple(page_errors),
+                frozenset(required_query),
             )
 
             @functools.wraps(fn)
@@ -204,7 +208,7 @@ class Api:
                 param: dict[str, Any] = {
                     "name": name,
                     "in": "query",
-                    "required": False,
+                    "required": name in op.required_query,
                     "schema": _param_schema(op, name),
                     "description": desc,
                 }

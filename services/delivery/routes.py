@@ -174,6 +174,7 @@ async def file_report(request: web.Request, claims: Claims, body: ReportIn) -> w
         "conversation": "its conversation: `dm:<a>:<b>` (sorted user ids) or `room:<id>`",
     },
     params={"server_id": _SERVER_ID, "client_id": _CLIENT_ID, "conversation": _CONVERSATION},
+    required_query=("client_id", "conversation"),
     errors=[ErrorCode.NOT_SENDER, ErrorCode.NOT_RECIPIENT, ErrorCode.ROOM_NOT_FOUND],
     tags=["moderation"],
 )

@@ -167,7 +167,7 @@ def code_calls(name: str) -> set[str]:
     calls = set()
     if "use_token_verifier(" in src or "auth_url" in src:
         calls.add("auth")
-    if "keys_url" in src:
+    if "keys_url" in src or "DeviceLists(" in src:  # services/common/devices.py
         calls.add("keys")
     if "delivery_url" in src:
         calls.add("delivery")

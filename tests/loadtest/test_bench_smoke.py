@@ -21,14 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.stack
 
 
-def test_tiny_run_of_both_systems_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+def test_tiny_run_of_every_system_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "loadtest.bench_messaging", "--clients", "4", "--seconds", "1",
            "--warmup", "0.3", "--json", "--quiet", "--data-dir", str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=110, check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     results = orjson.loads(proc.stdout)
 
-    assert set(results["systems"]) == {"parley", "relay"}
+    assert set(results["systems"]) == {"parley", "relay", "socketio"}
     for name, system in results["systems"].items():
         assert system["disconnects"] == 0, name
         for phase in ("saturation", "paced"):
@@ -52,9 +52,11 @@ def test_tiny_run_of_both_systems_loses_and_duplicates_nothing(tmp_path: Path) -
     assert set(results["systems"]["relay"]["paced"]["cpu_s"]) == {
         "relay1", "relay2", "redis", "loadgen",
     }  # fmt: skip
-    assert {"throughput_ratio", "p99_under_50ms", "zero_loss_zero_duplicates"} <= set(
-        results["targets"]
-    )
+    assert set(results["systems"]["socketio"]["paced"]["cpu_s"]) == {
+        "sio1", "sio2", "redis", "loadgen",
+    }  # fmt: skip
+    assert {"throughput_ratio", "p99_under_50ms", "zero_loss_zero_duplicates",
+            "ratio_to_socketio", "paced_cpu_within_1_5x_socketio"} <= set(results["targets"])  # fmt: skip
 
 
 def test_two_devices_per_account_every_copy_reaches_every_device_once(tmp_path: Path) -> None:

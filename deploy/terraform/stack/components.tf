@@ -111,7 +111,7 @@ locals {
       paths             = ["/delivery/*"]
       priority          = 50
       uses              = ["mongo", "redis", "kafka", "franking_key"]
-      calls             = ["auth"]
+      calls             = ["auth", "keys", "rooms"] # tombstones: devices and members
       scaling           = "kafka_lag"
       cpu               = 1024
       memory            = 2048
