@@ -86,6 +86,14 @@ class Phase:
         self.sent_at[n] = time.perf_counter()
         self.remaining[n] = self.expected
 
+    def refused(self, n: int, why: BaseException) -> None:
+        """Never accepted (the send failed): not owed to anyone, counted apart."""
+        self.errors += 1
+        self.remaining.pop(n, None)
+        self.sent_at.pop(n, None)
+        print(f"send {n} not accepted: {why!r}", file=sys.stderr)
+        self.done.set()
+
     def got(self, n: int, seen: set[int]) -> None:
         now = time.perf_counter()
         if n in seen:
@@ -151,9 +159,17 @@ class ParleyMember(Receiver):
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
+        try:
+            await self._read_frames()
+        except Exception as exc:
+            print(f"member reader failed: {exc!r}", file=sys.stderr)
+            raise
+
+    async def _read_frames(self) -> None:
         assert self.ws is not None
         async for msg in self.ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
+                print(f"member socket: {msg.type} {msg.data!r} {msg.extra!r}", file=sys.stderr)
                 continue
             frame = orjson.loads(msg.data)
             op = frame.get("op")
@@ -164,6 +180,8 @@ class ParleyMember(Receiver):
                 fut = self.accepted.pop(frame.get("id", ""), None)
                 if fut is not None and not fut.done():
                     fut.set_result(frame)
+        if self.ws.close_code is not None and self.ws.close_code != 1000:
+            print(f"member socket closed: {self.ws.close_code} {self.ws.extra!r}", file=sys.stderr)
 
     async def ack(self) -> None:
         if self.ws is not None and self.max_seq > self.acked:
@@ -283,6 +301,7 @@ async def run_phases(
             "p99_ms": _ms(percentile(lat, 99)),
             "lost": lost,
             "duplicates": phase.duplicates,
+            "not_accepted": phase.errors,
             "cpu_us_per_member_message": {
                 name: round(used * 1e6 / per_msg, 1) for name, used in meter.used.items()
             },
@@ -322,6 +341,14 @@ async def run_phases(
     out = {"saturation": result(sat, meter, opts.seconds)}
     log(f"  saturation: {out['saturation']}")
 
+    async def send(phase: Phase, n: int) -> None:
+        try:
+            await sender.send(room, n, opts.body_bytes)
+        except Exception as exc:
+            phase.refused(n, exc)
+
+    sends: list[asyncio.Task[None]] = []
+
     # Paced at half the saturation rate (room messages per second).
     rate = max(out["saturation"]["room_messages_per_s"] / 2, 0.5)
     paced = begin("paced")
@@ -336,8 +363,9 @@ async def run_phases(
             await asyncio.sleep(due - now)
         n = next(counter)
         paced.sent(n)
-        asyncio.get_running_loop().create_task(sender.send(room, n, opts.body_bytes))
+        sends.append(asyncio.create_task(send(paced, n)))
         i += 1
+    await asyncio.gather(*sends)
     await drain(paced)
     meter.stop()
     out["paced"] = result(paced, meter, opts.seconds)
@@ -476,9 +504,11 @@ def table(results: dict[str, Any]) -> str:
         for phase in ("saturation", "paced"):
             r = results[system][phase]
             cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_us_per_member_message"].items() if v)
+            refused = f" ({r['not_accepted']} not accepted)" if r.get("not_accepted") else ""
             lines.append(
                 f"| {system} | {phase} | {r['member_messages_per_s']} | "
-                f"{r['room_messages_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['lost']} | "
+                f"{r['room_messages_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['lost']}"
+                f"{refused} | "
                 f"{r['duplicates']} | {r['cpu_us_total']} ({cpu}) |"
             )
     return "\n".join(lines)
