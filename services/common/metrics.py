@@ -17,13 +17,15 @@ here; the gateway times connections itself (``parley_gateway_connection_seconds`
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -32,13 +34,55 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
 def new_registry() -> CollectorRegistry:
-    """A fresh registry with the process, platform and GC collectors on it."""
+    """A fresh registry with the process, platform and GC collectors on it, and the
+    collector's pauses (:func:`time_gc`)."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    time_gc(registry)
     return registry
+
+
+class _GcPauses:
+    """``parley_gc_pause_seconds{generation}``: how long each garbage collection held
+    the process (and its event loop): a full collection of a large heap takes tens
+    of milliseconds, and every request and frame in flight waits that long. One
+    ``gc`` callback per process; every registry of the process shows it."""
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(
+            "parley_gc_pause_seconds", "Garbage-collector pauses, by generation.",
+            ["generation"], buckets=GC_BUCKETS, registry=None,
+        )  # fmt: skip
+        self._by_gen = [self.histogram.labels(str(g)) for g in range(3)]
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            gen = min(int(info.get("generation", 0)), 2)
+            self._by_gen[gen].observe(time.perf_counter() - self._started)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.histogram.collect()
+
+
+_GC_PAUSES: _GcPauses | None = None
+
+
+def time_gc(registry: CollectorRegistry) -> None:
+    """Show the process's garbage-collector pauses in ``registry``."""
+    global _GC_PAUSES
+    if _GC_PAUSES is None:
+        _GC_PAUSES = _GcPauses()
+    registry.register(_GC_PAUSES)
 
 
 class HttpMetrics:

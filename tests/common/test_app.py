@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -146,6 +147,18 @@ async def test_metrics_carry_the_process_collector(client: Any) -> None:
     text = await (await client.get("/test/metrics")).text()
     for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
         assert f"\n{name} " in text, name
+
+
+async def test_metrics_time_the_garbage_collectors_pauses(client: Any) -> None:
+    def full_collections(text: str) -> float:
+        line = next(x for x in text.splitlines()
+                    if x.startswith('parley_gc_pause_seconds_count{generation="2"}'))  # fmt: skip
+        return float(line.rsplit(" ", 1)[1])
+
+    before = full_collections(await (await client.get("/test/metrics")).text())
+    gc.collect()
+    after = full_collections(await (await client.get("/test/metrics")).text())
+    assert after >= before + 1
 
 
 async def test_one_access_line_per_request_without_the_query(
