@@ -201,6 +201,44 @@ class DeliveryBatches:
         }
 
 
+class GcPauses:
+    """The servers' garbage-collector pauses over a window (``parley_gc_pause_seconds``
+    from each one's /metrics): how many, how long in all, and the longest bucket."""
+
+    def __init__(self, session: aiohttp.ClientSession, urls: dict[str, str]) -> None:
+        self.session = session
+        self.urls = urls
+        self._start: dict[str, dict[str, float]] = {}
+
+    async def _read(self, url: str) -> dict[str, float]:
+        async with self.session.get(url) as resp:
+            text = await resp.text()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("parley_gc_pause_seconds_"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    async def start(self) -> None:
+        self._start = {n: await self._read(u) for n, u in self.urls.items()}
+
+    async def stop(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, url in self.urls.items():
+            end, start = await self._read(url), self._start.get(name, {})
+            d = {k: v - start.get(k, 0.0) for k, v in end.items()}
+            count = sum(v for k, v in d.items() if k.startswith("parley_gc_pause_seconds_count"))
+            total = sum(v for k, v in d.items() if k.startswith("parley_gc_pause_seconds_sum"))
+            over = {b: sum(v for k, v in d.items() if "_bucket" in k and f'le="{b}"' in k)
+                    for b in ("0.01", "0.025", "0.05")}  # fmt: skip
+            out[name] = {
+                "pauses": int(count), "ms": round(total * 1000, 1),
+                "over_10ms": int(count - over["0.01"]), "over_50ms": int(count - over["0.05"]),
+            }  # fmt: skip
+        return {"gc": out}
+
+
 class RedisCommands:
     """Redis commands over a window (``INFO commandstats``): how many the servers send."""
 
@@ -346,9 +384,12 @@ async def bench_parley(
             batches = DeliveryBatches(session, parley.cfg.url("delivery") + "/delivery/metrics")
             inbox = InboxSize(parley.cfg.url("mongo"), f"{parley.prefix}_delivery")
             commands = RedisCommands(parley.cfg.url("redis"))
+            gc_urls = {n: f"{parley.cfg.url(n)}/{n.rstrip('12')}/metrics"
+                       for n in ("delivery", "gateway1", "gateway2")}  # fmt: skip
             gen = LoadGenerator(
                 accounts, [parley.ws_url], body_bytes=opts.body_bytes, durable=True,
-                ack_interval=opts.ack_interval, probes=[batches, inbox, commands],
+                ack_interval=opts.ack_interval,
+                probes=[batches, inbox, commands, GcPauses(session, gc_urls)],
             )  # fmt: skip
             try:
                 phases = await run_phases(gen, {**parley.pids(), **self_pid}, opts, log)
@@ -428,6 +469,7 @@ def table(results: dict[str, Any]) -> str:
         row("  delivery batch: records / ms", lambda s, ph=ph: _batch(s[ph]))
         row("  inbox documents at the end", lambda s, ph=ph: s[ph]["inbox_documents"])
         row("  Redis commands per msg (top 6)", lambda s, ph=ph: _commands(s[ph]))
+        row("  GC pauses: n / ms / over 10 ms", lambda s, ph=ph: _gc(s[ph]))
         row("  machine busy cores", lambda s, ph=ph: s[ph]["machine_cores_busy"])
         row("    interrupts (loopback networking)", lambda s, ph=ph: s[ph]["interrupt_cores"])
         row("    other processes on the machine", lambda s, ph=ph: s[ph]["unattributed_cores"])
@@ -462,6 +504,13 @@ def _commands(ph: dict[str, Any]) -> str | None:
     total = sum(calls.values()) / n
     top = " ".join(f"{k}:{v / n:.1f}" for k, v in list(calls.items())[:6])
     return f"{total:.1f} ({top})"
+
+
+def _gc(ph: dict[str, Any]) -> str | None:
+    gc = ph.get("gc")
+    if not gc:
+        return None
+    return ", ".join(f"{n} {g['pauses']}/{g['ms']}/{g['over_10ms']}" for n, g in gc.items())
 
 
 def _pair(lat: dict[str, Any]) -> str:

@@ -44,6 +44,9 @@ async def test_a_room_message_is_reported_and_unsent_from_the_sdk(make_client: M
     assert isinstance(removed, MessageRemoved) and removed.peer_id == conv
     entry = next(e for e in bob.history(conv) if e.get("server_id") == got.server_id)
     assert (entry["kind"], entry["text"], entry["removed_by"]) == ("removed", "", "sender")
+    # Alice's own device gets its tombstone too (from another inbox: in no set order).
+    mine = await alice.next_event(MessageRemoved)
+    assert isinstance(mine, MessageRemoved) and mine.server_id == got.server_id
     assert [e["kind"] for e in alice.history(conv)] == ["removed"]
     with pytest.raises(ParleyError, match="removed"):
         await bob.report(got.server_id, conv)
