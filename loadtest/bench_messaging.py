@@ -181,6 +181,8 @@ class DeliveryBatches:
             name, _, value = line.partition(" ")
             if name.startswith("parley_delivery_batch_") and name.endswith(("_sum", "_count")):
                 out[name] = float(value)
+            elif name.startswith("parley_delivery_e2e_latency_seconds_bucket"):
+                out[name] = float(value)
         return out
 
     async def start(self) -> None:
@@ -192,13 +194,21 @@ class DeliveryBatches:
         batches = d.get("parley_delivery_batch_size_count", 0.0)
         if not batches:
             return {"delivery_batches": 0}
+        # Accepted (the gateway's clock) -> pushed by delivery: the share of the
+        # latency spent before the push, as cumulative shares per bucket.
+        buckets = {k.split('le="')[1].split('"')[0]: v for k, v in d.items() if "e2e" in k}
+        total = buckets.get("+Inf", 0.0)
         return {
             "delivery_batches": int(batches),
             "delivery_mean_batch_records": round(d["parley_delivery_batch_size_sum"] / batches, 1),
             "delivery_mean_batch_ms": round(
                 1000 * d.get("parley_delivery_batch_seconds_sum", 0.0) / batches, 1
             ),
-        }
+            "accepted_to_pushed_within_ms": {
+                str(round(float(le) * 1000)): round(v / total, 3)
+                for le, v in buckets.items() if le != "+Inf" and total and float(le) <= 0.1
+            },
+        }  # fmt: skip
 
 
 class GcPauses:

@@ -9,6 +9,7 @@ balancer routes by that prefix without rewriting paths).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -242,6 +243,20 @@ def base_app(
     return app
 
 
+async def _freeze_heap(_: web.Application) -> None:
+    """Move everything made while starting (modules, clients, the app) to the
+    collector's permanent generation: a full collection no longer walks it.
+
+    Measured at 300 msgs/s (docs/BENCHMARKS.md): each process had a
+    generation-2 pause over 50 ms every ten seconds or so, the size of the
+    p99; with the heap frozen none went over 10 ms, and the time spent
+    collecting halved. Only the real service processes do this (tests build
+    many apps in one process and would keep their garbage)."""
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen", extra={"frozen_objects": gc.get_freeze_count()})
+
+
 def run_service(
     service: str,
     factory: Callable[[Settings], Awaitable[web.Application]],
@@ -274,8 +289,14 @@ def run_service(
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     log.info("starting", extra={"port": settings.port})
+
+    async def build() -> web.Application:
+        app = await factory(settings)
+        app.on_startup.append(_freeze_heap)  # last: after the clients were made
+        return app
+
     web.run_app(
-        factory(settings),
+        build(),
         host=settings.host,
         port=settings.port,
         loop=loop,
