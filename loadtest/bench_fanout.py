@@ -181,7 +181,8 @@ class ParleyMember(Receiver):
                 if fut is not None and not fut.done():
                     fut.set_result(frame)
         if self.ws.close_code is not None and self.ws.close_code != 1000:
-            print(f"member socket closed: {self.ws.close_code} {self.ws.extra!r}", file=sys.stderr)
+            print(f"member socket closed: {self.ws.close_code} {self.ws.exception()!r}",
+                  file=sys.stderr)  # fmt: skip
 
     async def ack(self) -> None:
         if self.ws is not None and self.max_seq > self.acked:
