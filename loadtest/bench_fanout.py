@@ -48,7 +48,7 @@ import orjson
 
 from loadtest.bench_messaging import Options as MessagingOptions
 from loadtest.bench_messaging import ParleySystem
-from loadtest.common import Account, CpuMeter, engineio_events, percentile
+from loadtest.common import Account, CpuMeter, engineio_events, percentile, tune_gc
 from loadtest.socketio_peer import start_peers
 from scripts.stack import Processes, StackConfig
 
@@ -516,6 +516,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_gc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=Options.members)
     parser.add_argument("--seconds", type=float, default=Options.seconds)

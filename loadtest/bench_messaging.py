@@ -48,6 +48,7 @@ from loadtest.common import (
     LoadGenerator,
     PhaseResult,
     SioClient,
+    tune_gc,
     wait_ready,
 )
 from loadtest.relay_baseline import start_relays
@@ -600,6 +601,7 @@ def run(opts: Options, log: Any = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_gc()
     opts, as_json, quiet = parse_args(argv)
 
     def log(msg: str) -> None:

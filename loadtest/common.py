@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import math
 import os
 import struct
@@ -37,11 +38,23 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from services.common.app import GC_THRESHOLDS
+
 # phase, spare byte, sender index, message number, send time (monotonic ns): 18 bytes,
 # so that its base64url (24 characters) needs no padding.
 HEADER = struct.Struct("<BBIIq")
 HEADER_CHARS = 24
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def tune_gc() -> None:
+    """The collector as every Parley service runs it (services/common/app.py: the
+    start-up heap frozen, a young collection every 10,000 containers): the load
+    generator, the relay and the python-socketio peer get it too, so that no
+    system's latency carries collector pauses the others are spared."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def b64url(data: bytes) -> str:

@@ -34,6 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
+from loadtest.common import tune_gc
 from scripts.stack import ROOT, StackConfig, wait_port
 
 PRESENCE = "relay:presence:{}"
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - non-Linux platforms
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    tune_gc()
     web.run_app(
         create_app(args.id, args.redis),
         host=args.host,

@@ -25,6 +25,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from loadtest.common import tune_gc
 from loadtest.relay_baseline import RelayCluster
 
 ROOM = "r"
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - non-Linux platforms
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    tune_gc()
     web.run_app(create_app(args.redis, args.channel), host=args.host, port=args.port, loop=loop,
                 print=None, access_log=None)  # fmt: skip
 
