@@ -111,6 +111,10 @@ class Messenger:
         self._synced = asyncio.Event()
         self._syncing = 0  # syncs running: pushes then move neither last_seq nor acks
         self._names: dict[str, str] = {}
+        # One encryption at a time per peer: concurrent first sends to a new contact
+        # would each claim its bundles (a one-time prekey each, and the directory's
+        # claim limit) although one session serves them all.
+        self._peer_locks: dict[str, asyncio.Lock] = {}
         self.room_hook: RoomHook | None = None
         self.moderation: Moderation | None = None
 
@@ -825,6 +829,19 @@ class Messenger:
         return client_id
 
     async def _encrypt(
+        self, peer_id: str, text: str, client_id: str, *, name: str | None = None,
+        refresh: bool = False, accept_new_identity: bool = False, payload: bytes | None = None,
+    ) -> f.Send:  # fmt: skip
+        """:meth:`_encrypt_now`, one at a time per peer: the first send to a new contact
+        claims and makes the sessions, the ones waiting behind it find them."""
+        lock = self._peer_locks.setdefault(peer_id, asyncio.Lock())
+        async with lock:
+            return await self._encrypt_now(
+                peer_id, text, client_id, name=name, refresh=refresh,
+                accept_new_identity=accept_new_identity, payload=payload,
+            )  # fmt: skip
+
+    async def _encrypt_now(
         self, peer_id: str, text: str, client_id: str, *, name: str | None = None,
         refresh: bool = False, accept_new_identity: bool = False, payload: bytes | None = None,
     ) -> f.Send:  # fmt: skip

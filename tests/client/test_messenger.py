@@ -300,3 +300,28 @@ async def test_a_push_during_a_long_sync_skips_nothing(
     # Nothing is left on the server, and nothing was lost by the acks.
     await bob.sync()
     assert len(bob.history(alice.user_id)) == 451
+
+
+async def test_concurrent_first_sends_to_a_new_contact_claim_its_keys_once(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty sends at once to someone never written to: one bundle claim (one
+    one-time prekey), not one per send (which drained the prekeys and ran into the
+    key directory's claim limit); every message arrives."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and bob.user_id and alice.user_id
+    await alice.connect()
+    claims: list[str] = []
+    claim = alice.messenger.keys.claim
+
+    async def counted(user_id: str, device_ids: list[int]) -> dict[str, object]:
+        claims.append(user_id)
+        return await claim(user_id, device_ids)
+
+    monkeypatch.setattr(alice.messenger.keys, "claim", counted)
+    texts = [f"hello {i}" for i in range(50)]
+    await asyncio.gather(*(alice.send(bob.username, t, wait="stored") for t in texts))
+    assert claims.count(bob.user_id) == 1
+    await bob.connect()
+    await bob.sync()
+    assert sorted(e["text"] for e in bob.history(alice.user_id)) == sorted(texts)
