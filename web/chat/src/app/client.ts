@@ -230,6 +230,7 @@ export class ParleyClient {
   #maxFrameBytes = DEFAULT_MAX_FRAME_BYTES;
   readonly #waiting = new Map<string, { resolve: () => void; reject: (e: Error) => void }>(); // client id -> its accepted
   readonly #roomLocks = new Map<string, Mutex>();
+  readonly #peerLocks = new Map<string, Mutex>();
   readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
   #release: () => void = () => undefined;
@@ -767,7 +768,16 @@ export class ParleyClient {
     return clientId;
   }
 
-  async #encrypt(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array): Promise<W.Send> {
+  /** One encryption at a time per contact (client/parley/messenger.py does the same):
+   * concurrent first sends to a new contact would each claim its bundles, spending a
+   * one-time prekey each, although one session serves them all. */
+  #encrypt(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array): Promise<W.Send> {
+    let lock = this.#peerLocks.get(peerId);
+    if (lock === undefined) this.#peerLocks.set(peerId, (lock = new Mutex()));
+    return lock.run(() => this.#encryptNow(peerId, text, clientId, refresh, payload));
+  }
+
+  async #encryptNow(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array): Promise<W.Send> {
     const me = this.me;
     const myDevice = (this.account as AccountRow).device_id;
     await this.#ensureContact(peerId);
