@@ -147,6 +147,7 @@ class ParleyMember(Receiver):
         self.max_seq = 0
         self.acked = 0
         self.accepted: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.ops: dict[str, int] = {}  # frames received, by op
         self.task: asyncio.Task[None] | None = None
 
     async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
@@ -173,6 +174,7 @@ class ParleyMember(Receiver):
                 continue
             frame = orjson.loads(msg.data)
             op = frame.get("op")
+            self.ops[op] = self.ops.get(op, 0) + 1
             if op == "message":
                 self.max_seq = max(self.max_seq, frame["seq"])
                 self.on(number_of(frame["body"]))
@@ -181,8 +183,8 @@ class ParleyMember(Receiver):
                 if fut is not None and not fut.done():
                     fut.set_result(frame)
         if self.ws.close_code is not None and self.ws.close_code != 1000:
-            print(f"member socket closed: {self.ws.close_code} {self.ws.exception()!r}",
-                  file=sys.stderr)  # fmt: skip
+            print(f"member socket closed: {self.ws.close_code} {self.ws.exception()!r}, "
+                  f"frames it had: {self.ops}", file=sys.stderr)  # fmt: skip
 
     async def ack(self) -> None:
         if self.ws is not None and self.max_seq > self.acked:

@@ -67,7 +67,9 @@ class Inbox:
                         (d["from"], d.get("from_device"), receipt(d))
                         for docs in acked.values()
                         for d in docs
-                        if d.get("kind") == "message" and not d.get("room")
+                        if d.get("kind") == "message"
+                        and not d.get("room")
+                        and not str(d.get("conversation") or "").startswith("room:")
                     ]
                 )
             except Exception as exc:

@@ -516,9 +516,12 @@ class DeliveryStore:
             found += docs
             have = {int(d["seq"]) for d in docs}
             cold += [item_id(u, s) for s in c.numbers(c.acked + 1, top) if s not in have]
+        # ``room`` too: a private room's copy gets no `delivered` receipt (without it
+        # a persisted copy looked like a 1:1 message, and a room's sender got one
+        # receipt per member: a flood that closed its socket as a slow consumer).
         fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
                   "client_id": 1, "kind": 1, "conversation": 1, "seq": 1,
-                  "server_id": 1}  # fmt: skip
+                  "server_id": 1, "room": 1}  # fmt: skip
         stored: list[dict[str, Any]] = []
         for i in range(0, len(cold), ID_CHUNK):
             query = {"_id": {"$in": cold[i : i + ID_CHUNK]}, "acked": False}
