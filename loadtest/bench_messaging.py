@@ -301,6 +301,14 @@ async def run_phases(
     log(f"  connected {len(gen.clients)} clients: {dict(gen.gateways())}")
     try:
         warm = await gen.warm_up()
+        # A system that stores nothing drops what it cannot route yet (python-socketio's
+        # Redis manager subscribes in the background after start): warm it up again,
+        # a few times, before calling that a loss. Parley must get it right at once.
+        for _ in range(5 if not gen.durable else 0):
+            if not warm.lost:
+                break
+            await asyncio.sleep(1.0)
+            warm = await gen.warm_up()
         if warm.lost:
             raise RuntimeError(f"warm-up lost {warm.lost} messages: {warm.summary()}")
         phases: dict[str, PhaseResult] = {}
