@@ -143,15 +143,7 @@ class HotInbox:
     # Dedup -------------------------------------------------------------------
     async def claims(self, keys: list[str]) -> dict[str, tuple[int, str]]:
         """The (seq, server id) recorded for each dedup key seen within the window."""
-        if not keys:
-            return {}
-        values = await self.redis.mget([self.dup_key(k) for k in keys])
-        out = {}
-        for key, value in zip(keys, values, strict=True):
-            if value is not None:
-                seq, _, server_id = _text(value).partition("|")
-                out[key] = (int(seq), server_id)
-        return out
+        return (await self.claims_and_gone(keys, ()))[0]
 
     async def claims_and_gone(
         self, keys: list[str], server_ids: Iterable[str]
