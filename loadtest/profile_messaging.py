@@ -1,9 +1,12 @@
 """Where the servers' time goes under load: py-spy on delivery and a gateway.
 
     .venv/bin/python -m loadtest.profile_messaging [--seconds 20] [--top 25] [--rate 300]
+    .venv/bin/python -m loadtest.profile_messaging --fanout 1000 [--seconds 10]
 
 Runs ``loadtest.bench_messaging --only parley`` (saturation, then paced; with
-``--rate``, the paced phase alone at that rate) and, once that phase starts,
+``--rate``, the paced phase alone at that rate), or with ``--fanout N``
+``loadtest.bench_fanout --systems parley --members N`` (its saturation phase),
+and, once that phase starts,
 samples the delivery process and gateway1 with py-spy (``record --format
 raw``: folded stacks, 100 Hz, idle frames left out) for the length of the
 phase. Prints, per process, the functions with the most samples on the CPU:
@@ -30,14 +33,22 @@ async def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--rate", type=float, help="profile a paced phase at this rate instead")
+    p.add_argument(
+        "--fanout", type=int, metavar="MEMBERS", help="profile a room fan-out's saturation instead"
+    )
     opts = p.parse_args()
     paced = ["--paced-only", "--rate", str(opts.rate)] if opts.rate else []
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as tmp:
+        if opts.fanout:
+            argv = ["loadtest.bench_fanout", "--systems", "parley", "--members", str(opts.fanout),
+                    "--seconds", str(opts.seconds)]  # fmt: skip
+        else:
+            argv = ["loadtest.bench_messaging", "--only", "parley", "--clients", str(opts.clients),
+                    "--seconds", str(opts.seconds), "--data-dir", str(Path(tmp) / "stack"),
+                    *paced]  # fmt: skip
         bench = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest.bench_messaging", "--only", "parley",
-            "--clients", str(opts.clients), "--seconds", str(opts.seconds),
-            "--data-dir", str(Path(tmp) / "stack"), *paced,
+            sys.executable, "-m", *argv,
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         assert bench.stderr is not None
@@ -58,7 +69,10 @@ async def _profile(
         if not line:
             raise SystemExit("the benchmark ended before its saturation phase")
         print(line, end="", file=sys.stderr)
-        if ("paced:" if opts.rate else "saturation:") in line:
+        if opts.fanout:
+            if "warm-up:" in line and "incomplete" in line:
+                break  # the saturation phase starts now
+        elif ("paced:" if opts.rate else "saturation:") in line:
             break
     pids = {name: _pid(name, bench.pid) for name in ("delivery", "gateway1")}
     out = {name: tmp / f"{name}.txt" for name in pids}
@@ -75,6 +89,8 @@ async def _profile(
     await bench.wait()
     for name, path in out.items():
         phase = f"paced phase, {opts.rate:g} msgs/s" if opts.rate else "saturation phase"
+        if opts.fanout:
+            phase = f"fan-out to {opts.fanout} members, saturation"
         print(f"\n## {name}: top functions by CPU samples ({phase})\n")
         print(summary(path.read_text(), opts.top))
 
