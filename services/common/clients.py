@@ -8,7 +8,9 @@ at import time; services call these from their ``create_app``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -31,13 +33,28 @@ from services.common.retry import retry
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _key_hash(key: bytes) -> int:
+    """murmur2 of a key, remembered: aiokafka's is pure Python (about 5 % of delivery's
+    time in a room fan-out, 3 % of a gateway's at saturation, docs/BENCHMARKS.md), and
+    the keys (inbox ids, rooms) repeat."""
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
 def key_partition(key: bytes, partitions: Iterable[int]) -> int:
     """The partition Kafka's default partitioner (murmur2, as the Java client and
     aiokafka's ``DefaultPartitioner``) picks for ``key``: delivery's room fan-out
     produces to it explicitly, so that an inbox's room copies land where its 1:1
     copies do (one consumer writes each inbox)."""
     ordered = sorted(partitions)
-    return int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
+    return int(ordered[_key_hash(key) % len(ordered)])
+
+
+def partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's ``DefaultPartitioner`` with the key's hash remembered (same choice)."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
 class Topics:
@@ -114,6 +131,7 @@ def kafka_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         # idempotency keys make a redelivered record harmless (docs/embedded.md).
         "enable_idempotence": False,
         "linger_ms": 1,
+        "partitioner": partitioner,
         "request_timeout_ms": max(settings.dependency_timeout_ms, 5000),
         "client_id": "parley",
     }

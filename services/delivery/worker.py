@@ -451,7 +451,10 @@ class Worker:
         items = [doc for env in envs for doc in item_docs(env, now)]
         items, claims = await self._moderate(items)
         stored = await self.store.store_hot(items, claims)
-        await self._remember_contacts([d for d in stored if d["kind"] == "message"])
+        # A room's copies add no contact: its members exchanged sender keys 1:1 first.
+        await self._remember_contacts(
+            [d for d in stored if d["kind"] == "message" and not d.get("room")]
+        )
         frames: list[Push] = []
         sent = [
             d.get("sent_at")

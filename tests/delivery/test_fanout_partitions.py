@@ -7,7 +7,7 @@ import uuid
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.common.clients import key_partition
+from services.common.clients import key_partition, partitioner
 
 
 def test_key_partition_is_the_default_partitioners_choice() -> None:
@@ -16,3 +16,14 @@ def test_key_partition_is_the_default_partitioners_choice() -> None:
         for _ in range(500):
             key = f"{uuid.uuid4().hex}.{n}".encode()
             assert key_partition(key, set(parts)) == DefaultPartitioner()(key, parts, parts)
+
+
+def test_the_producers_partitioner_chooses_as_the_default_one() -> None:
+    for n in (1, 3, 12):
+        parts = list(range(n))
+        for _ in range(200):
+            key = f"{uuid.uuid4().hex}.{n}".encode()
+            expected = DefaultPartitioner()(key, parts, parts)
+            assert partitioner(key, parts, parts) == expected
+            assert partitioner(key, parts, parts) == expected  # remembered, same choice
+    assert partitioner(None, [0, 1, 2], [1]) == 1  # no key: an available partition
