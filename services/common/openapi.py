@@ -86,7 +86,9 @@ class Api:
         With ``auth``, the caller's token is verified (and its revocation and
         ``role`` checked) before anything else, the body included, and the
         handler receives the verified :class:`~services.common.auth.Claims`
-        as ``claims=``: this is the only place a token is checked. With
+        as ``claims=``: this is the only place a request's token is checked (a
+        route whose body carries many devices' tokens, a gateway's batch of
+        acks, checks them with ``authenticate_each``). With
         ``body``, it receives the parsed model as ``body=``.
 
         A handler may return a web.StreamResponse, a pydantic model or plain data

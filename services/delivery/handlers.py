@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from parley_contract import frames as f
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common.errors import ApiError, ErrorCode
 from services.delivery.store import DeliveryStore, item_frame
@@ -25,6 +25,11 @@ class Inbox:
         self.store = store
         self.acked = Counter(
             "parley_delivery_acked_total", "Inbox items acknowledged (delivered) and deleted.",
+            registry=registry or CollectorRegistry(),
+        )  # fmt: skip
+        self.batch_acks = Histogram(
+            "parley_delivery_ack_batch_size", "Acks per POST /v1/inbox/acks (a gateway's batch).",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
             registry=registry or CollectorRegistry(),
         )  # fmt: skip
         self._pending: dict[str, list[tuple[int, asyncio.Future[int]]]] = {}

@@ -42,6 +42,52 @@ class AckOut(BaseModel):
     acked: int
 
 
+ACKS_MAX = 24
+TOKEN_MAX = 2048
+"""A call of ``ACKS_MAX`` acks with tokens this long fits inside the body limit (64 KiB),
+and so does one ack too many (refused ``validation_failed``, not ``payload_too_large``).
+Access tokens are about 600 bytes; a gateway acks a longer one alone
+(``POST /v1/inbox/ack``)."""
+
+
+class TokenAck(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str = Field(
+        min_length=1, max_length=TOKEN_MAX,
+        description="The access token of the device whose inbox this acknowledges.",
+    )  # fmt: skip
+    seq: int = Field(
+        ge=0, le=2**63 - 1,
+        description="Acknowledge every item with a sequence number up to this one.",
+    )  # fmt: skip
+
+
+class AcksIn(BaseModel):
+    """Many devices' acks in one call: a gateway's sockets, taken together."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    acks: list[TokenAck] = Field(min_length=1, max_length=ACKS_MAX)
+
+
+class AckError(BaseModel):
+    code: str
+    message: str
+
+
+class AckResult(BaseModel):
+    """One ack's outcome: ``acked`` as `POST /v1/inbox/ack` answers, or the ``error``
+    it would have answered (an invalid or revoked token, ``seq_not_issued``)."""
+
+    acked: int | None = None
+    error: AckError | None = None
+
+
+class AcksOut(BaseModel):
+    results: list[AckResult] = Field(description="One per ack, in the order they came.")
+
+
 # -- moderation (docs/moderation-messages.md) -------------------------------------------
 
 _B64 = r"^[A-Za-z0-9_-]*$"

@@ -6,12 +6,15 @@ handler ``claims=``: a user reads and acknowledges only their own inbox.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiohttp import web
 from parley_contract import frames as f
 from parley_contract.envelopes import inbox_id
 from parley_contract.frames import is_client_id
 
-from services.common.auth import Claims, bearer_token
+from services.common.auth import Claims, authenticate_each, bearer_token
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import client_ip, int_schema, json_response, query_int
 from services.common.openapi import Api
@@ -20,6 +23,8 @@ from services.delivery.models import (
     CONVERSATION_PATTERN,
     AckIn,
     AckOut,
+    AcksIn,
+    AcksOut,
     InboxPage,
     ModerationKeys,
     Removed,
@@ -81,6 +86,41 @@ async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
 )
 async def inbox_ack(request: web.Request, claims: Claims, body: AckIn) -> dict[str, int]:
     return {"acked": await request.app[INBOX].ack(_inbox(claims), body.seq)}
+
+
+@api.post(
+    "/v1/inbox/acks",
+    summary="Acknowledge several devices' inboxes at once, each with its own token",
+    description=(
+        "What a gateway sends for its sockets' acks, taken together: one call instead of "
+        'one per socket (docs/delivery.md, "Acks"). Each ack is authenticated by its '
+        "own access token, exactly as `POST /v1/inbox/ack` would authenticate it, and "
+        "answered on its own: a bad token or an unissued sequence number fails that ack "
+        "alone, and changes nothing for it."
+    ),
+    body=AcksIn,
+    response=AcksOut,
+    errors=[ErrorCode.PAYLOAD_TOO_LARGE],
+    tags=["inbox"],
+)
+async def inbox_acks(request: web.Request, body: AcksIn) -> dict[str, list[dict[str, Any]]]:
+    inbox = request.app[INBOX]
+    inbox.batch_acks.observe(len(body.acks))
+    verified = await authenticate_each(request.app, [a.token for a in body.acks])
+
+    async def one(claims: Claims | ApiError, seq: int) -> dict[str, Any]:
+        try:
+            if isinstance(claims, ApiError):
+                raise claims
+            return {"acked": await inbox.ack(_inbox(claims), seq)}
+        except ApiError as err:
+            return {"error": {"code": err.code.value, "message": err.message}}
+
+    # Together, so that one flush of the inbox takes them all (handlers.Inbox).
+    results = await asyncio.gather(
+        *(one(c, a.seq) for c, a in zip(verified, body.acks, strict=True))
+    )
+    return {"results": list(results)}
 
 
 def _inbox(claims: Claims) -> str:
