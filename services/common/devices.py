@@ -57,20 +57,18 @@ class DeviceLists:
         hit = self._cache.get(user_id)
         if hit is not None and not fresh and now - hit[0] < DEVICE_LIST_TTL_S:
             return hit[1]
-        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
-        try:
-            async with self.session.get(
-                f"{self.base}/keys/v1/users/{user_id}/devices", headers=headers
-            ) as resp:
-                if resp.status == 404:
-                    devices: frozenset[int] = frozenset()
-                elif resp.status != 200:
-                    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the device list now.")
-                else:
-                    body = await resp.json()
-                    devices = frozenset(int(d["device_id"]) for d in body["devices"])
-        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
-            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the device list now.") from None
+        unavailable = "Cannot read the device list now."
+        url = f"{self.base}/keys/v1/users/{user_id}/devices"
+        status, body = await get_as(self.session, url, token, unavailable)
+        if status == 404:
+            devices: frozenset[int] = frozenset()
+        elif status != 200:
+            raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
+        else:
+            try:
+                devices = frozenset(int(d["device_id"]) for d in body["devices"])
+            except (KeyError, TypeError, ValueError):
+                raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         self._cache[user_id] = (now, devices)
@@ -95,15 +93,40 @@ async def member_ids(get: Callable[[str], Awaitable[dict[str, Any]]], path: str)
 async def rooms_get(session: aiohttp.ClientSession, url: str, token: str) -> dict[str, Any]:
     """GET a rooms service route as the caller: its JSON object, or ``room_not_found``
     (no such room, or one the caller may not see) or ``unavailable``."""
+    status, body = await get_as(session, url, token, "Cannot read the room now.")
+    if status == 200 and isinstance(body, dict):
+        return body
+    code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+    if code == ErrorCode.ROOM_NOT_FOUND.value or status == 404:
+        raise ApiError(ErrorCode.ROOM_NOT_FOUND, "No such room.")
+    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the room now.")
+
+
+async def user_id_of(
+    session: aiohttp.ClientSession, auth_url: str, ref: str, token: str, unavailable: str
+) -> str | None:
+    """The canonical user id the auth service gives for ``ref`` (a user id or a username,
+    any case), None when nobody has it, ``unavailable`` when it cannot be asked."""
+    status, body = await get_as(session, f"{auth_url}/auth/v1/users/{ref}", token, unavailable)
+    if status == 404:
+        return None
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("user_id"), str):
+        return str(body["user_id"])
+    raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
+
+
+async def get_as(
+    session: aiohttp.ClientSession, url: str, token: str, unavailable: str
+) -> tuple[int, Any]:
+    """GET ``url`` as the caller (with their token): the status and the JSON body (None
+    when the body is not JSON); ``unavailable`` when the service does not answer."""
     headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
     try:
         async with session.get(url, headers=headers) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status == 200 and isinstance(body, dict):
-                return body
-            code = (body or {}).get("error", {}).get("code") if isinstance(body, dict) else None
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the room now.") from None
-    if code == ErrorCode.ROOM_NOT_FOUND.value or resp.status == 404:
-        raise ApiError(ErrorCode.ROOM_NOT_FOUND, "No such room.")
-    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the room now.")
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = None
+            return resp.status, body
+    except (aiohttp.ClientError, TimeoutError):
+        raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None

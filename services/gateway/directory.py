@@ -7,8 +7,8 @@ import time
 import aiohttp
 
 from services.common.config import Settings
+from services.common.devices import user_id_of
 from services.common.errors import ApiError, ErrorCode
-from services.common.logging import outgoing_headers
 
 MAX_CACHED = 100_000
 
@@ -30,19 +30,11 @@ class Directory:
         seen = self._known.get(user_id)
         if seen is not None and now - seen[0] < self.ttl:
             return seen[1]
-        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
-        try:
-            async with self.session.get(
-                f"{self.base}/auth/v1/users/{user_id}", headers=headers
-            ) as resp:
-                if resp.status == 404:
-                    raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "No such recipient.")
-                if resp.status != 200:
-                    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot check the recipient now.")
-                body = await resp.json()
-                canonical = str(body["user_id"])
-        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
-            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot check the recipient now.") from None
+        canonical = await user_id_of(
+            self.session, self.base, user_id, token, "Cannot check the recipient now."
+        )
+        if canonical is None:
+            raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "No such recipient.")
         if len(self._known) >= MAX_CACHED:
             self._known.clear()
         self._known[user_id] = (now, canonical)

@@ -14,8 +14,7 @@ import time
 import aiohttp
 
 from services.common.config import Settings
-from services.common.errors import ApiError, ErrorCode
-from services.common.logging import outgoing_headers
+from services.common.devices import user_id_of
 
 MAX_CACHED = 100_000
 
@@ -43,17 +42,9 @@ class Users:
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
         assert self.session is not None, "Users.start() was not called"
-        headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
-        try:
-            async with self.session.get(f"{self.base}/auth/v1/users/{key}", headers=headers) as r:
-                if r.status == 404:
-                    return None
-                if r.status != 200:
-                    raise ApiError(ErrorCode.UNAVAILABLE, "Cannot look users up now.")
-                body = await r.json()
-                user_id = str(body["user_id"])
-        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
-            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot look users up now.") from None
+        user_id = await user_id_of(self.session, self.base, key, token, "Cannot look users up now.")
+        if user_id is None:
+            return None
         if len(self._known) >= MAX_CACHED:
             self._known.clear()
         self._known[key] = (now, user_id)
