@@ -130,7 +130,7 @@ def kafka_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         # The embedded broker has no idempotent producers (no InitProducerId); our
         # idempotency keys make a redelivered record harmless (docs/embedded.md).
         "enable_idempotence": False,
-        "linger_ms": 1,
+        "linger_ms": settings.kafka_linger_ms,
         "partitioner": partitioner,
         "request_timeout_ms": max(settings.dependency_timeout_ms, 5000),
         "client_id": "parley",
@@ -150,6 +150,7 @@ def kafka_consumer(
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(settings.kafka_session_timeout_ms // 3, 300),
         "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "fetch_min_bytes": settings.kafka_fetch_min_bytes,
         "client_id": "parley",
     }
     opts.update(overrides)

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # no latency; a short one costs idle fetches (20 ms: 50 a second per
     # consumer, a tenth of a core between delivery and the broker at rest).
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
+    # A fetch is answered once this many bytes wait (or at the wait above); and a
+    # producer waits this long to fill a batch. Larger batches cost less per
+    # message and add up to the wait in latency (docs/BENCHMARKS.md, "Messaging").
+    kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=16 * 1024 * 1024)
+    kafka_linger_ms: int = Field(default=1, ge=0, le=1000)
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)
     smtp_from: str = "Parley <no-reply@parley.invalid>"
