@@ -443,6 +443,34 @@ Revocation = SessionRevoked | UserBlocked | DeviceRevoked | DevicesChanged
 
 # -- codecs --------------------------------------------------------------------------------
 
+# -- notifications (rooms -> notifier, ``<prefix>notifications``, key: the user) --------
+
+
+class MentionNotice(Struct, kw_only=True, frozen=True):
+    """A mention notification: the rooms service produces one per notification it
+    creates (through its outbox: at least once, never for one that was not stored);
+    the notifier e-mails digests to users with no connected device (docs/notifier.md).
+    Decoding is strict: an unknown version is refused, not guessed."""
+
+    v: Literal[1] = 1
+    user: str
+    """Who was mentioned (the record's key)."""
+    n: int
+    """The notification's number in the user's list (``GET /rooms/v1/notifications``):
+    ``(user, n)`` names it, so a redelivered notice is recognised."""
+    room_id: str
+    room_name: str
+    kind: Literal["public", "private"]
+    sender: str
+    excerpt: str
+    """The start of a public room's message; a fixed text for a private room (the
+    server cannot read its messages)."""
+    at: int
+    """When the message was sent (Unix ms)."""
+    message_seq: int | None = None
+    server_id: str | None = None
+
+
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
@@ -450,6 +478,7 @@ _routed_decoder = msgspec.json.Decoder(list[RoutedRaw] | RoutedRaw)
 _room_envelope_decoder = msgspec.json.Decoder(RoomEnvelope)
 _revocation_decoder = msgspec.json.Decoder(Revocation)
 _room_event_decoder = msgspec.json.Decoder(RoomEvent)
+_notice_decoder = msgspec.json.Decoder(MentionNotice)
 
 DecodeError = (msgspec.ValidationError, msgspec.DecodeError)
 """What the decoders below raise for a record that does not fit the contract."""
@@ -484,6 +513,10 @@ def decode_room_event(data: bytes) -> RoomEvent:
     return _room_event_decoder.decode(data)
 
 
+def decode_notice(data: bytes) -> MentionNotice:
+    return _notice_decoder.decode(data)
+
+
 __all__ = [
     "ENVELOPE_VERSION",
     "DecodeError",
@@ -499,6 +532,7 @@ __all__ = [
     "MemberJoined",
     "MemberLeft",
     "MemberRemoved",
+    "MentionNotice",
     "MessageEnvelope",
     "PrekeysLowEvent",
     "Revocation",
@@ -520,6 +554,7 @@ __all__ = [
     "conversation_id",
     "decode_envelope",
     "decode_event",
+    "decode_notice",
     "decode_revocation",
     "decode_room_envelope",
     "decode_room_event",

@@ -23,12 +23,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from parley_contract.envelopes import MentionNotice
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
-
-from services.common.notices import MentionNotice
 
 Doc = dict[str, Any]
 

@@ -26,10 +26,10 @@ import time
 import msgspec
 import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord
+from parley_contract.envelopes import MentionNotice, decode_notice
 
 from services.common.clients import Topics, consume_forever
 from services.common.config import Settings
-from services.common.notices import MentionNotice, decode_notice
 from services.common.routing import gateways_of
 from services.notifier import mail
 from services.notifier.metrics import NotifierMetrics

@@ -37,9 +37,10 @@ from typing import Any
 import msgspec
 from bson import ObjectId
 from parley_contract import envelopes as e
+from parley_contract.envelopes import MentionNotice
+from parley_contract.envelopes import encode as encode_notice
 
 from services.common.logging import kafka_headers
-from services.common.notices import MentionNotice, encode_notice
 from services.rooms.config import RoomsConfig
 from services.rooms.metrics import RoomsMetrics
 from services.rooms.store import RoomStore

@@ -19,9 +19,9 @@ import asyncio
 from typing import Literal
 
 from parley_contract import frames as f
+from parley_contract.envelopes import MentionNotice
 
 from services.common.errors import ApiError, ErrorCode
-from services.common.notices import MentionNotice
 from services.rooms import models, text
 from services.rooms.config import PAGE_MAX
 from services.rooms.events import Check

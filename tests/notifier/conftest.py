@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from parley_contract.envelopes import MentionNotice
+from parley_contract.envelopes import encode as encode_notice
 
 from services.common.clients import Topics, kafka_producer, service_db
 from services.common.config import Settings
-from services.common.notices import MentionNotice, encode_notice
 from services.common.state import MONGO, STARTUP
 from services.notifier.app import create_app
 from services.notifier.state import NOTIFIER

@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 from parley_contract import frames as f
+from parley_contract.envelopes import decode_notice
 
-from services.common.notices import decode_notice
 from services.common.routing import gateway_channel
 from services.common.state import REDIS
 from services.rooms import push

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from services.common.notices import MentionNotice, decode_notice
+from parley_contract.envelopes import MentionNotice, decode_notice
+
 from services.rooms.events import Check
 from services.rooms.store import notification_id, now_ms
 from tests.rooms.conftest import RecordLog, RoomsFactory

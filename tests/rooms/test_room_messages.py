@@ -8,9 +8,9 @@ import secrets
 
 from aiokafka import AIOKafkaProducer
 from parley_contract import envelopes as e
+from parley_contract.envelopes import decode_notice
 
 from services.common.clients import Topics, kafka_producer
-from services.common.notices import decode_notice
 from services.rooms.notifications import PRIVATE_EXCERPT
 from services.rooms.state import ROOM_MESSAGES
 from tests.rooms.conftest import RecordLog, RoomsApi
