@@ -32,6 +32,7 @@ from services.common.config import Settings
 from services.common.devices import DeviceLists
 from services.common.errors import ApiError, ErrorCode
 from services.common.ratelimit import TokenBucket
+from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
 from services.gateway.rooms import RoomMembers
 from services.gateway.store import GatewayStore
@@ -111,6 +112,8 @@ class Hub:
         # (inbox, sender) -> until when it is known to be far from the caps.
         self._roomy: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # When each socket's token expires: one timer for the pod, not one per socket.
+        self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
         self.subscribed = asyncio.Event()
         gw = self.settings.gateway_id
         self.connections = Gauge(
@@ -163,6 +166,7 @@ class Hub:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._expiries.close()
 
     async def drain(self) -> None:
         """SIGTERM: tell every client to reconnect (to another pod) and close.
@@ -385,6 +389,15 @@ class Hub:
 
     def local(self, user_id: str) -> set[Connection]:
         return self.by_user.get(user_id, set())
+
+    def track_expiry(self, conn: Connection, was: float | None = None) -> None:
+        """Call ``conn.expired()`` at ``conn.expires_at`` (moved from ``was`` if set)."""
+        if was is not None:
+            self._expiries.discard(conn, was)
+        self._expiries.add(conn, conn.expires_at)
+
+    def untrack_expiry(self, conn: Connection) -> None:
+        self._expiries.discard(conn, conn.expires_at)
 
     # Redis channel ----------------------------------------------------------
     async def _listen(self) -> None:
