@@ -46,6 +46,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
+    # The 101's headers are on the wire: an idle socket need not keep them (with the
+    # security headers, ~1.4 KB each; docs/BENCHMARKS.md, "Idle connections").
+    ws.headers.clear()
     hub.connects.inc()
     opened = time.monotonic()
     conn = Connection(ws, hub)
