@@ -10,7 +10,7 @@ from services.common.errors import ErrorCode
 from services.common.http import client_ip
 from services.common.openapi import Api
 from services.common.state import SETTINGS
-from services.gateway.connection import Connection
+from services.gateway.connection import Connection, slim
 from services.gateway.state import HUB
 
 api = Api(
@@ -46,9 +46,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
-    # The 101's headers are on the wire: an idle socket need not keep them (with the
-    # security headers, ~1.4 KB each; docs/BENCHMARKS.md, "Idle connections").
-    ws.headers.clear()
+    slim(ws)
     hub.connects.inc()
     opened = time.monotonic()
     conn = Connection(ws, hub)
