@@ -67,8 +67,8 @@ class Connection:
     # "Idle connections"): no instance dict, and the outbound queue, the set of
     # pending tasks and the waiter for a send slot exist only while they are used.
     __slots__ = (
-        "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_closer", "_closing", "_pending",
-        "_sending", "_slot_free", "_writer", "conn_id", "device_id", "expires_at", "hub",
+        "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_cid", "_closer", "_closing",
+        "_pending", "_sending", "_slot_free", "_writer", "device_id", "expires_at", "hub",
         "limits", "queue", "queued_bytes", "sid", "token", "user_id", "violations", "ws",
     )  # fmt: skip
 
@@ -76,7 +76,7 @@ class Connection:
         self.ws = ws
         self.hub = hub
         self.limits = hub.limits
-        self.conn_id = secrets.token_hex(8)
+        self._cid = secrets.randbits(64)  # an int (40 B), not its 16 hex digits (65 B)
         self.user_id: str | None = None
         self.device_id: int | None = None
         self.sid: str | None = None
@@ -102,6 +102,11 @@ class Connection:
         """When the token this socket last authenticated with expires (epoch seconds);
         the hub closes the socket then (one timer per pod, not one per socket)."""
         self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def conn_id(self) -> str:
+        """This socket's id in its user's presence hash (16 hex digits)."""
+        return f"{self._cid:016x}"
 
     # Outbound ---------------------------------------------------------------
     def push(self, frame: f.ServerFrames) -> None:
