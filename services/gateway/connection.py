@@ -40,29 +40,58 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_SENDS = 256
 
+# What every aiohttp WebSocket writer makes for itself and an idle socket can share:
+# the masking source (a partial of the one module-level Random all writers already
+# share; a server never masks) and the set that keeps compression tasks alive
+# (there are none: compress=False). One of each for the pod, ~480 bytes per socket.
+_WRITER_SHARED: dict[str, object] = {}
+
+
+def slim(ws: web.WebSocketResponse) -> None:
+    """Drop what a prepared WebSocket keeps and an idle one does not need.
+
+    The 101's headers are on the wire and nothing reads them again (the
+    middlewares look at a prepared response's status only): ~1.4 KB with the
+    security headers. The writer's masking source and task set are shared.
+    Nothing changes for the socket (docs/BENCHMARKS.md, "Idle connections").
+    """
+    ws.headers.clear()
+    writer = getattr(ws, "_writer", None)
+    for name in ("get_random_bits", "_background_tasks"):
+        if hasattr(writer, name):
+            setattr(writer, name, _WRITER_SHARED.setdefault(name, getattr(writer, name)))
+
 
 class Connection:
+    # What an idle socket holds is what a pod's memory is made of (docs/BENCHMARKS.md,
+    # "Idle connections"): no instance dict, and the outbound queue, the set of
+    # pending tasks and the waiter for a send slot exist only while they are used.
+    __slots__ = (
+        "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_cid", "_closer", "_closing",
+        "_pending", "_sending", "_slot_free", "_writer", "device_id", "expires_at", "hub",
+        "limits", "queue", "queued_bytes", "sid", "token", "user_id", "violations", "ws",
+    )  # fmt: skip
+
     def __init__(self, ws: web.WebSocketResponse, hub: Hub) -> None:
         self.ws = ws
         self.hub = hub
         self.limits = hub.limits
-        self.conn_id = secrets.token_hex(8)
+        self._cid = secrets.randbits(64)  # an int (40 B), not its 16 hex digits (65 B)
         self.user_id: str | None = None
         self.device_id: int | None = None
         self.sid: str | None = None
         self.token: str | None = None
-        # Frames waiting for the socket, at most ``outbound_queue`` of them. A writer
-        # task exists only while some wait (most idle sockets have none): an idle
-        # socket holds no task and no queue object (docs/BENCHMARKS.md, "Idle
-        # connections").
-        self.queue: deque[bytes] = deque()
+        # Frames waiting for the socket, at most ``outbound_queue`` of them. The queue
+        # and a writer task exist only while some wait (most idle sockets have none).
+        self.queue: deque[bytes] | None = None
         self.queued_bytes = 0
         """Bytes waiting in ``queue``: bounded too (``outbound_queue_bytes``), since
         1,000 frames of 64 KiB would be 64 MiB per socket."""
-        self.address = "unknown"
         self.violations = 0
-        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT_SENDS)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._sending = 0
+        """Sends submitted and not yet accepted by the broker (``MAX_IN_FLIGHT_SENDS``)."""
+        self._slot_free: asyncio.Future[None] | None = None
+        self._pending: set[asyncio.Task[None]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._ack_target = 0
         self._ack_posted = 0
@@ -70,10 +99,14 @@ class Connection:
         self._ack_task: asyncio.Task[None] | None = None
         self._closing = False
         self.expires_at = 0.0
-        """When the token this socket last authenticated with expires (epoch seconds)."""
-        # A timer, not a task per socket: an idle socket holds as little as it can.
-        self._expiry: asyncio.TimerHandle | None = None
+        """When the token this socket last authenticated with expires (epoch seconds);
+        the hub closes the socket then (one timer per pod, not one per socket)."""
         self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def conn_id(self) -> str:
+        """This socket's id in its user's presence hash (16 hex digits)."""
+        return f"{self._cid:016x}"
 
     # Outbound ---------------------------------------------------------------
     def push(self, frame: f.ServerFrames) -> None:
@@ -84,8 +117,11 @@ class Connection:
         """Queue an already encoded frame (routed from delivery: forwarded as is)."""
         if self._closing:
             return
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
         if (
-            len(self.queue) >= self.limits.outbound_queue
+            len(queue) >= self.limits.outbound_queue
             or self.queued_bytes + len(data) > self.limits.outbound_queue_bytes
         ):
             log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
@@ -95,7 +131,7 @@ class Connection:
                 self.close(f.CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False)
             )
             return
-        self.queue.append(data)
+        queue.append(data)
         self.queued_bytes += len(data)
         if self._writer is None:
             self._writer = asyncio.create_task(self.writer())
@@ -107,23 +143,35 @@ class Connection:
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        if self._pending is None:
+            self._pending = set()
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        pending = self._pending
+        if pending is not None:
+            pending.discard(task)
+            if not pending:
+                self._pending = None
 
     async def writer(self) -> None:
         """Send what waits, in order, then end (the next push starts another)."""
+        queue = self.queue
         try:
-            while self.queue:
-                data = self.queue.popleft()
+            while queue:
+                data = queue.popleft()
                 self.queued_bytes -= len(data)
                 try:
                     await self.ws.send_frame(data, WSMsgType.TEXT)
                 except (ConnectionResetError, RuntimeError):
-                    self.queue.clear()
+                    queue.clear()
                     self.queued_bytes = 0
                     return
         finally:
             self._writer = None
+            if not queue and self.queue is queue:
+                self.queue = None  # an empty deque is still ~760 bytes
 
     async def close(self, code: int, reason: str, flush: bool = True) -> None:
         self._closing = True
@@ -143,11 +191,25 @@ class Connection:
             self.error(err)
             await self.close(f.CLOSE_TOO_MANY, err.code.value)
             return
-        self.address = address
         try:
             if await self._authenticate():
+                # The frame loop is here, not in a method of its own: one coroutine
+                # frame fewer held by every idle socket.
                 try:
-                    await self._loop()
+                    async for msg in self.ws:
+                        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                            continue
+                        request_id_var.set(new_request_id())
+                        frame = self._read(msg)
+                        if frame is None:
+                            continue
+                        self.hub.count_in(str(type(frame).__struct_config__.tag))
+                        try:
+                            await self._handle(frame)
+                        except ApiError as err:
+                            self.error(err, frame.id)
+                        if self._closing:
+                            break
                 finally:
                     await self.hub.unregister(self)
         except (RedisError, OSError) as exc:
@@ -157,13 +219,13 @@ class Connection:
             await self.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
         finally:
             self.hub.close_address(address)
-            if self._expiry is not None:
-                self._expiry.cancel()
+            if self.expires_at:
+                self.hub.untrack_expiry(self)
             if self._ack_task is not None and not self._ack_task.done():
                 # Let the last ack land: the client may not come back to repeat it.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
-            for task in list(self._pending):
+            for task in list(self._pending or ()):
                 task.cancel()
             self._closing = True  # nothing more is queued: the writer (if any) ends
             writer = self._writer
@@ -221,7 +283,7 @@ class Connection:
         self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
         self.device_id = claims.did
         self.expires_at = float(claims.exp)
-        self._arm_expiry()
+        self.hub.track_expiry(self)
         user_id_var.set(claims.sub)  # every line about this socket carries it
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
         try:
@@ -233,22 +295,6 @@ class Connection:
             return False
         self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=True))
         return True
-
-    async def _loop(self) -> None:
-        async for msg in self.ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            request_id_var.set(new_request_id())
-            frame = self._read(msg)
-            if frame is None:
-                continue
-            self.hub.count_in(str(type(frame).__struct_config__.tag))
-            try:
-                await self._handle(frame)
-            except ApiError as err:
-                self.error(err, frame.id)
-            if self._closing:
-                break
 
     async def _handle(self, frame: f.ClientFrames) -> None:
         if isinstance(frame, f.Send | f.RoomSend):
@@ -265,30 +311,24 @@ class Connection:
             if claims.sub != self.user_id or claims.did != self.device_id:
                 raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user's device.")
             self.sid, self.token = claims.sid, frame.token
-            self.expires_at = max(self.expires_at, float(claims.exp))
+            if claims.exp > self.expires_at:
+                was, self.expires_at = self.expires_at, float(claims.exp)
+                self.hub.track_expiry(self, was)
             self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=False))
 
-    def _arm_expiry(self) -> None:
-        """Close the socket when its token expires, unless an `auth` frame renewed it.
+    def expired(self) -> None:
+        """The hub's call at ``expires_at``: close the socket unless an `auth` renewed it.
 
         A socket must not outlive the token that opened it (a stolen token
         would otherwise keep a socket for as long as it stays open): at
         ``exp`` the client gets ``reauth_required`` and close 4005, and
         reconnects with a fresh token. Clients renew in place (``auth`` again)
-        before that, which moves ``expires_at``: the timer then fires early and
-        sets itself again.
+        before that, which moves ``expires_at`` and the hub's deadline with it.
         """
-        if self._expiry is not None:
-            self._expiry.cancel()
-        left = max(0.0, self.expires_at - time.time())
-        self._expiry = asyncio.get_running_loop().call_later(left, self._expired)
-
-    def _expired(self) -> None:
-        self._expiry = None
         if self._closing:
             return
         if self.expires_at - time.time() > 0:
-            self._arm_expiry()  # renewed meanwhile
+            self.hub.track_expiry(self)  # renewed meanwhile
             return
         expired = "The access token expired: reconnect with a fresh one (or renew it in place)."
         self.error(ApiError(ErrorCode.REAUTH_REQUIRED, expired))
@@ -310,7 +350,7 @@ class Connection:
                 return
             raise ApiError(ErrorCode.RATE_LIMITED, "Too many messages; slow down.")
         assert self.user_id is not None and self.sid is not None and self.device_id is not None
-        await self.in_flight.acquire()
+        await self._take_send_slot()
         try:
             args = (self.user_id, self.device_id, self.sid, self._token())
             if isinstance(frame, f.RoomSend):
@@ -318,9 +358,26 @@ class Connection:
             else:
                 server_id, conversation, acks = await self.hub.submit(*args, frame)
         except BaseException:
-            self.in_flight.release()
+            self._free_send_slot()
             raise
         self._spawn(self._accepted(acks, frame.id, server_id, conversation))
+
+    async def _take_send_slot(self) -> None:
+        """Wait until fewer than ``MAX_IN_FLIGHT_SENDS`` sends wait for the broker.
+
+        A counter and, only while the frame loop waits, a future: what an
+        ``asyncio.Semaphore`` would do for this one waiter, without one per socket.
+        """
+        while self._sending >= MAX_IN_FLIGHT_SENDS:
+            self._slot_free = asyncio.get_running_loop().create_future()
+            await self._slot_free
+        self._sending += 1
+
+    def _free_send_slot(self) -> None:
+        self._sending -= 1
+        waiter, self._slot_free = self._slot_free, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _accepted(
         self, acks: list[asyncio.Future[object]], client_id: str, server_id: str,
@@ -333,7 +390,7 @@ class Connection:
             self.error(ApiError(ErrorCode.UNAVAILABLE, "The message was not accepted."), client_id)
             return
         finally:
-            self.in_flight.release()
+            self._free_send_slot()
         self.push(f.Accepted(id=client_id, server_id=server_id, conversation=conversation))
 
     def _ack(self, frame: f.Ack) -> None:

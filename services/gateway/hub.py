@@ -32,6 +32,7 @@ from services.common.config import Settings
 from services.common.devices import DeviceLists
 from services.common.errors import ApiError, ErrorCode
 from services.common.ratelimit import TokenBucket
+from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
 from services.gateway.rooms import RoomMembers
 from services.gateway.store import GatewayStore
@@ -102,7 +103,9 @@ class Hub:
         self.directory = directory
         self.devices = devices
         self.limits = Limits.from_settings(self.settings)
-        self.by_user: dict[str, set[Connection]] = defaultdict(set)
+        # A tuple per user, not a set: most users have one socket on a pod (a tuple of
+        # one is 48 bytes, an empty set 216), and a user has few (``sockets_per_user``).
+        self.by_user: dict[str, tuple[Connection, ...]] = {}
         self.by_address: dict[str, int] = defaultdict(int)
         # One send bucket per user on this pod, shared by all their sockets
         # (dropped with the user's last socket).
@@ -111,6 +114,8 @@ class Hub:
         # (inbox, sender) -> until when it is known to be far from the caps.
         self._roomy: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # When each socket's token expires: one timer for the pod, not one per socket.
+        self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
         self.subscribed = asyncio.Event()
         gw = self.settings.gateway_id
         self.connections = Gauge(
@@ -165,6 +170,7 @@ class Hub:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._expiries.close()
 
     async def drain(self) -> None:
         """SIGTERM: tell every client to reconnect (to another pod) and close.
@@ -378,7 +384,7 @@ class Hub:
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 "Too many open connections for this account; close one first.",
             )
-        self.by_user[conn.user_id].add(conn)
+        self.by_user[conn.user_id] = (*self.local(conn.user_id), conn)
         await self.store.add_presence(conn.user_id, conn.conn_id)
 
     async def unregister(self, conn: Connection) -> None:
@@ -386,15 +392,26 @@ class Hub:
             return
         conns = self.by_user.get(conn.user_id)
         if conns is not None:
-            conns.discard(conn)
-            if not conns:
+            rest = tuple(c for c in conns if c is not conn)
+            if rest:
+                self.by_user[conn.user_id] = rest
+            else:
                 del self.by_user[conn.user_id]
                 self.buckets.pop(conn.user_id, None)
         with contextlib.suppress(RedisError, OSError):
             await self.store.remove_presence(conn.user_id, conn.conn_id)
 
-    def local(self, user_id: str) -> set[Connection]:
-        return self.by_user.get(user_id, set())
+    def local(self, user_id: str) -> tuple[Connection, ...]:
+        return self.by_user.get(user_id, ())
+
+    def track_expiry(self, conn: Connection, was: float | None = None) -> None:
+        """Call ``conn.expired()`` at ``conn.expires_at`` (moved from ``was`` if set)."""
+        if was is not None:
+            self._expiries.discard(conn, was)
+        self._expiries.add(conn, conn.expires_at)
+
+    def untrack_expiry(self, conn: Connection) -> None:
+        self._expiries.discard(conn, conn.expires_at)
 
     # Redis channel ----------------------------------------------------------
     async def _listen(self) -> None:
@@ -450,7 +467,7 @@ class Hub:
             if not conns:
                 continue
             frame = bytes(routed.frame)
-            for conn in list(conns):
+            for conn in conns:  # a tuple: a push that closes a socket does not change it
                 if routed.device is None or conn.device_id == routed.device:
                     conn.push_encoded(routed.op, frame)
 

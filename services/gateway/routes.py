@@ -10,7 +10,7 @@ from services.common.errors import ErrorCode
 from services.common.http import client_ip
 from services.common.openapi import Api
 from services.common.state import SETTINGS
-from services.gateway.connection import Connection
+from services.gateway.connection import Connection, slim
 from services.gateway.state import HUB
 
 api = Api(
@@ -46,6 +46,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
+    slim(ws)
     hub.connects.inc()
     opened = time.monotonic()
     conn = Connection(ws, hub)

@@ -57,3 +57,24 @@ async def test_full_outbound_queue_closes_the_socket_with_4008() -> None:
 
 async def _value(v: Any) -> Any:
     return v
+
+
+class ReadingSocket(StuckSocket):
+    async def send_frame(self, data: bytes, opcode: Any) -> None:
+        self.sent += 1
+
+
+async def test_an_idle_socket_keeps_no_queue_once_its_frames_are_sent() -> None:
+    settings = load_settings()
+    store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None, None)  # type: ignore[arg-type]
+    ws = ReadingSocket()
+    conn = Connection(ws, hub)  # type: ignore[arg-type]
+    assert conn.queue is None and conn._pending is None
+    for i in range(3):
+        conn.push(Message(seq=i, server_id="s", from_="u", from_device=1, body="x"))
+    assert conn.queue is not None and len(conn.queue) == 3
+    await eventually(lambda: _value(conn._writer), lambda w: w is None, timeout=5)
+    assert ws.sent == 3
+    assert conn.queue is None and conn.queued_bytes == 0
+    assert not hasattr(conn, "__dict__")
