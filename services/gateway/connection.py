@@ -40,27 +40,6 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_SENDS = 256
 
-# What every aiohttp WebSocket writer makes for itself and an idle socket can share:
-# the masking source (a partial of the one module-level Random all writers already
-# share; a server never masks) and the set that keeps compression tasks alive
-# (there are none: compress=False). One of each for the pod, ~480 bytes per socket.
-_WRITER_SHARED: dict[str, object] = {}
-
-
-def slim(ws: web.WebSocketResponse) -> None:
-    """Drop what a prepared WebSocket keeps and an idle one does not need.
-
-    The 101's headers are on the wire and nothing reads them again (the
-    middlewares look at a prepared response's status only): ~1.4 KB with the
-    security headers. The writer's masking source and task set are shared.
-    Nothing changes for the socket (docs/BENCHMARKS.md, "Idle connections").
-    """
-    ws.headers.clear()
-    writer = getattr(ws, "_writer", None)
-    for name in ("get_random_bits", "_background_tasks"):
-        if hasattr(writer, name):
-            setattr(writer, name, _WRITER_SHARED.setdefault(name, getattr(writer, name)))
-
 
 class Connection:
     # What an idle socket holds is what a pod's memory is made of (docs/BENCHMARKS.md,
