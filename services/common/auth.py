@@ -178,12 +178,15 @@ class TokenVerifier:
                 return
             self.load_jwks(jwks)
 
-    async def verify(self, token: str) -> Claims:
+    async def verify(self, token: str, *, remember: bool = True) -> Claims:
         """Verify a token, or answer from the cache of tokens already verified.
 
         The cache is keyed by the exact token string, whose signature was
-        checked, and an entry is used only until the token's own expiry; a
-        gateway or delivery process sees the same token on every ack and sync.
+        checked, and an entry is used only until the token's own expiry;
+        delivery sees the same token on every ack and sync. ``remember=False``
+        leaves a token it verifies out of the cache: a gateway verifies a
+        socket's token once, and an entry per open socket would be half a
+        kilobyte each (docs/BENCHMARKS.md, "Idle connections").
         """
         cached = self._verified.get(token)
         if cached is not None:
@@ -191,6 +194,8 @@ class TokenVerifier:
                 return cached
             del self._verified[token]
         claims = await self._verify(token)
+        if not remember:
+            return claims
         if len(self._verified) >= VERIFIED_CACHE_MAX:
             self._verified.clear()
         self._verified[token] = claims

@@ -190,7 +190,7 @@ class Hub:
     # What a socket asks of the pod ------------------------------------------
     async def verify(self, token: str) -> Claims:
         """A token's claims, checked against the JWKS and the revocations."""
-        claims = await self.verifier.verify(token)
+        claims = await self.verifier.verify(token, remember=False)
         await check_not_revoked(self.store.redis, self.settings.redis_prefix, claims)
         return claims
 

@@ -259,5 +259,10 @@ async def test_verified_tokens_are_cached_only_until_they_expire(issuer: Any) ->
         with pytest.raises(ApiError) as info:
             await verifier.verify(issuer.token("cached-user", ttl=-60))
         assert info.value.code == "token_expired"
+        # remember=False (a gateway's sockets): verified, not kept; a cached one is served.
+        once = issuer.token("socket-user", ttl=60)
+        assert (await verifier.verify(once, remember=False)).sub == "socket-user"
+        assert once not in verifier._verified
+        assert await verifier.verify(token, remember=False) is verifier._verified[token]
     finally:
         await verifier.close()
