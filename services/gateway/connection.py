@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import new_request_id, request_id_var, user_id_var
+from services.gateway.wire import text_frames
 
 if TYPE_CHECKING:
     from services.gateway.hub import Hub
@@ -48,12 +49,17 @@ class Connection:
     __slots__ = (
         "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_cid", "_closer", "_closing",
         "_pending", "_sending", "_slot_free", "_writer", "device_id", "expires_at", "hub",
-        "limits", "queue", "queued_bytes", "sid", "token", "user_id", "violations", "ws",
+        "limits", "queue", "queued_bytes", "sid", "token", "transport", "user_id", "violations",
+        "ws",
     )  # fmt: skip
 
-    def __init__(self, ws: web.WebSocketResponse, hub: Hub) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, hub: Hub, transport: asyncio.Transport | None = None
+    ) -> None:
         self.ws = ws
         self.hub = hub
+        self.transport = transport
+        """The socket's connection, when frames that wait together may go out in one write."""
         self.limits = hub.limits
         self._cid = secrets.randbits(64)  # an int (40 B), not its 16 hex digits (65 B)
         self.user_id: str | None = None
@@ -103,18 +109,20 @@ class Connection:
             len(queue) >= self.limits.outbound_queue
             or self.queued_bytes + len(data) > self.limits.outbound_queue_bytes
         ):
-            log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
-            self.hub.count_error(ErrorCode.SLOW_CONSUMER)
-            self._closing = True
-            self._spawn(
-                self.close(f.CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False)
-            )
+            self._slow_consumer()
             return
         queue.append(data)
         self.queued_bytes += len(data)
         if self._writer is None:
             self._writer = asyncio.create_task(self.writer())
         self.hub.count_out(op)
+
+    def _slow_consumer(self) -> None:
+        """Close a socket whose client does not read fast enough (it resyncs on reconnect)."""
+        log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
+        self.hub.count_error(ErrorCode.SLOW_CONSUMER)
+        self._closing = True
+        self._spawn(self.close(f.CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False))
 
     def error(self, err: ApiError, answers: str | None = None) -> None:
         self.hub.count_error(err.code)
@@ -139,6 +147,10 @@ class Connection:
         queue = self.queue
         try:
             while queue:
+                if len(queue) > 1 and self.transport is not None:
+                    if not self._write_all(queue, self.transport):
+                        return
+                    continue
                 data = queue.popleft()
                 self.queued_bytes -= len(data)
                 try:
@@ -151,6 +163,26 @@ class Connection:
             self._writer = None
             if not queue and self.queue is queue:
                 self.queue = None  # an empty deque is still ~760 bytes
+
+    def _write_all(self, queue: deque[bytes], transport: asyncio.Transport) -> bool:
+        """Write every waiting frame with one system call (services/gateway/wire.py), not
+        one each; False once the socket cannot take more.
+
+        What the transport holds is bounded as the queue is: a client that lets
+        more than ``outbound_queue_bytes`` wait there is a slow consumer.
+        """
+        if transport.is_closing() or self.ws.closed:
+            queue.clear()
+            self.queued_bytes = 0
+            return False
+        frames = list(queue)
+        queue.clear()
+        self.queued_bytes = 0
+        transport.write(text_frames(frames))
+        if transport.get_write_buffer_size() > self.limits.outbound_queue_bytes:
+            self._slow_consumer()
+            return False
+        return True
 
     async def close(self, code: int, reason: str, flush: bool = True) -> None:
         self._closing = True

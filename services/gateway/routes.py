@@ -52,7 +52,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws.headers.clear()
     hub.connects.inc()
     opened = time.monotonic()
-    conn = Connection(ws, hub)
+    # With its transport, frames that wait together go out in one write (wire.py).
+    conn = Connection(ws, hub, request.transport)
     # The pods sit behind the load balancer, whose X-Forwarded-For hop is the client.
     await conn.serve(client_ip(request, trust_forwarded_for=True))
     hub.count_disconnect(ws.close_code, time.monotonic() - opened)

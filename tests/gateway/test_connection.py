@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from parley_contract.frames import CLOSE_SLOW_CONSUMER, Message
 from prometheus_client import CollectorRegistry
 
@@ -78,3 +79,68 @@ async def test_an_idle_socket_keeps_no_queue_once_its_frames_are_sent() -> None:
     assert ws.sent == 3
     assert conn.queue is None and conn.queued_bytes == 0
     assert not hasattr(conn, "__dict__")
+
+
+class StuckTransport:
+    """A connection whose peer stopped reading: everything written stays buffered."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.writes = 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.buffer += data
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.buffer)
+
+
+def _frames(buffer: bytes) -> list[bytes]:
+    """The payloads of back-to-back unmasked text frames."""
+    out, i = [], 0
+    while i < len(buffer):
+        assert buffer[i] == 0x81
+        n, i = buffer[i + 1], i + 2
+        if n == 126:
+            n, i = int.from_bytes(buffer[i : i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(buffer[i : i + 8], "big"), i + 8
+        out.append(bytes(buffer[i : i + n]))
+        i += n
+    return out
+
+
+async def test_frames_that_wait_together_go_out_in_one_write_and_stay_bounded() -> None:
+    settings = load_settings(ws_outbound_queue_bytes=64 * 1024)
+    store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None, None)  # type: ignore[arg-type]
+    ws = StuckSocket()
+    ws.closed = False  # type: ignore[attr-defined]
+    transport = StuckTransport()
+    conn = Connection(ws, hub, transport)  # type: ignore[arg-type]
+    try:
+        pushed = []
+        for burst in range(100):
+            for i in range(10):  # ten frames wait together: one write
+                frame = Message(seq=burst * 10 + i, server_id="s", from_="u", from_device=1,
+                                body="x" * 1000)  # fmt: skip
+                conn.push(frame)
+                pushed.append(frame)
+            await asyncio.sleep(0)
+            if ws.closed_with is not None:
+                break
+        await eventually(lambda: _value(ws.closed_with), lambda code: code is not None, timeout=5)
+        assert ws.closed_with == CLOSE_SLOW_CONSUMER
+        # Bounded: what waits in the transport passed the limit by at most one burst.
+        assert len(transport.buffer) <= 64 * 1024 + 10 * 1200
+        written = _frames(bytes(transport.buffer))
+        assert [orjson.loads(p)["seq"] for p in written] == [f.seq for f in pushed[: len(written)]]
+        assert transport.writes < len(written)  # several frames per write
+        assert ws.sent == 0
+    finally:
+        if conn._writer is not None:
+            conn._writer.cancel()
