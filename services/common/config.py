@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     hot_persist_after_s: float = Field(default=5.0, ge=0, le=3600)
     hot_persist_interval_s: float = Field(default=0.5, gt=0, le=60)
     hot_persist_batch: int = Field(default=1000, ge=1, le=10_000)
+    # The inbox counters (Redis) are copied to MongoDB at most this often: one
+    # upsert per inbox that moved (docs/delivery.md, "Inbox counters").
+    counters_checkpoint_s: float = Field(default=5.0, gt=0, le=3600)
     hot_dedup_s: int = Field(default=86400, ge=60)
     # Inbox caps (docs/security.md): items waiting in one device inbox, and
     # items from one sender waiting in it; past either, a send is refused

@@ -15,15 +15,15 @@ Keys (``<p>`` = the Redis prefix):
 - ``<p>:ctrbase``: what a counter missing from Redis starts above (see below).
 
 **Checkpoints.** The persister copies the changed counters to MongoDB's
-``counters`` collection (``$max``) on every run (``hot_persist_interval_s``):
-MongoDB is never more than a run behind.
+``counters`` collection (``$max``) every ``counters_checkpoint_s`` (5 s):
+MongoDB is never further behind than that.
 
 **Redis losing its data.** A counter missing from Redis is seeded from its
 checkpoint. Numbers handed out after the last checkpoint could be reused
 and a client that already saw them would drop the new items as repeats; so
 when Redis lost its data (``ctrbase`` missing while MongoDB records that
 counters were started before) every seeded counter starts ``GAP`` above its
-checkpoint, past anything one inbox can be handed in a persister run.
+checkpoint, past anything one inbox can be handed between two checkpoints.
 Sequence numbers are not dense (docs/protocol.md); every walk over an
 inbox's numbers (pages, acks, expiry, a dropped device) steps over the
 skipped ones (:meth:`Counter.numbers`, :meth:`Counter.skip`). On a first start (nothing

@@ -100,3 +100,27 @@ async def test_redis_losing_the_hot_inbox_loses_no_accepted_message(
 
 async def _value(counter: object) -> float:
     return float(counter._value.get())  # type: ignore[attr-defined]
+
+
+async def test_counters_reach_mongodb_at_most_every_checkpoint_interval(
+    messaging: Messaging,
+) -> None:
+    worker = messaging.delivery.server.app[WORKER]
+    worker.settings = worker.settings.model_copy(update={"counters_checkpoint_s": 3600})
+    counters = worker.store.counters
+    alice = await messaging.connect(uid(), pod=0)
+    bob, carol = uid(), uid()
+    for user in (bob, carol):
+        messaging.issuer.users.add(user)
+    await alice.send(send_frame("m1", bob, "Ym9keQ"))
+    await alice.expect("stored", id="m1")
+    worker._next_checkpoint = 0.0  # due now
+    await worker.persist_once()
+    assert await counters.count_documents({"_id": f"{bob}.1"}) == 1
+    await alice.send(send_frame("m2", carol, "Ym9keQ"))
+    await alice.expect("stored", id="m2")
+    await worker.persist_once()  # within the interval: not copied yet
+    assert await counters.count_documents({"_id": f"{carol}.1"}) == 0
+    worker._next_checkpoint = 0.0  # the interval is over
+    await worker.persist_once()
+    assert await counters.count_documents({"_id": f"{carol}.1"}) == 1
