@@ -187,11 +187,14 @@ class GatewayStore:
                 results = _acks_decoder.decode(raw).results
                 if len(results) != len(batch):
                     raise ApiError(ErrorCode.UNAVAILABLE, "The inbox answered nonsense.")
-            except (ApiError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except BaseException as exc:
+                # Whatever went wrong, no socket waits for ever for its ack's answer.
                 err = exc if isinstance(exc, ApiError) else ApiError(ErrorCode.UNAVAILABLE)
                 for _, _, done in batch:
                     if not done.done():
                         done.set_exception(err)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 continue
             for (_, _, done), result in zip(batch, results, strict=True):
                 if done.done():

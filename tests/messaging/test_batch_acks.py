@@ -174,3 +174,20 @@ async def test_a_socket_with_a_token_too_long_for_a_batch_acks_alone(messaging: 
     await sock.send({"op": "ack", "id": "a", "seq": seq})
     await sender.expect("delivered", id="m")
     assert _calls(messaging)[0] == calls_before  # not through the batch call
+
+
+async def test_acks_while_delivery_is_unreachable_are_answered_unavailable(
+    messaging: Messaging,
+) -> None:
+    users = [uid() for _ in range(3)]
+    sockets = [await messaging.connect(u, pod=1) for u in users]
+    store = messaging.hub(1).store
+    reachable, store.delivery = store.delivery, "http://127.0.0.1:9"  # nothing listens there
+    try:
+        for i, sock in enumerate(sockets):
+            await sock.send({"op": "ack", "id": f"a{i}", "seq": 1})
+        for i, sock in enumerate(sockets):
+            err = await sock.expect("error", id=f"a{i}")
+            assert err["code"] == "service_unavailable"
+    finally:
+        store.delivery = reachable
