@@ -14,6 +14,15 @@ from services.common.state import MAX_BODY
 M = TypeVar("M", bound=BaseModel)
 
 
+ACKS_PER_CALL = 24
+ACK_TOKEN_MAX = 2048
+"""``POST /delivery/v1/inbox/acks``: at most ``ACKS_PER_CALL`` acks, tokens of at most
+``ACK_TOKEN_MAX`` bytes (delivery refuses more; a gateway sends no more). A call that
+size fits inside the body limit (64 KiB), and so does one ack too many (refused
+``validation_failed``, not ``payload_too_large``). Access tokens are about 600 bytes;
+a gateway acks a longer one alone (``POST /v1/inbox/ack``)."""
+
+
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.common.http import ACK_TOKEN_MAX, ACKS_PER_CALL
+
 
 class InboxItem(BaseModel):
     op: str = Field(description="`message` or `key_changed`")
@@ -42,19 +44,11 @@ class AckOut(BaseModel):
     acked: int
 
 
-ACKS_MAX = 24
-TOKEN_MAX = 2048
-"""A call of ``ACKS_MAX`` acks with tokens this long fits inside the body limit (64 KiB),
-and so does one ack too many (refused ``validation_failed``, not ``payload_too_large``).
-Access tokens are about 600 bytes; a gateway acks a longer one alone
-(``POST /v1/inbox/ack``)."""
-
-
 class TokenAck(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     token: str = Field(
-        min_length=1, max_length=TOKEN_MAX,
+        min_length=1, max_length=ACK_TOKEN_MAX,
         description="The access token of the device whose inbox this acknowledges.",
     )  # fmt: skip
     seq: int = Field(
@@ -68,7 +62,7 @@ class AcksIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    acks: list[TokenAck] = Field(min_length=1, max_length=ACKS_MAX)
+    acks: list[TokenAck] = Field(min_length=1, max_length=ACKS_PER_CALL)
 
 
 class AckError(BaseModel):

@@ -333,18 +333,10 @@ class Hub:
         await self.store.ack(token, seq)
 
     def count_in(self, op: str) -> None:
-        child = self._in_by_op.get(op)
-        if child is None:
-            child = self._in_by_op[op] = self.frames_in.labels(op)
-        child.inc()
+        _by_op(self._in_by_op, self.frames_in, op).inc()
 
     def count_out(self, op: str) -> None:
-        # A child per op, looked up once: ``labels()`` on every frame was 3 % of a
-        # gateway's time at saturation (docs/BENCHMARKS.md).
-        child = self._out_by_op.get(op)
-        if child is None:
-            child = self._out_by_op[op] = self.frames_out.labels(op)
-        child.inc()
+        _by_op(self._out_by_op, self.frames_out, op).inc()
 
     def count_error(self, code: ErrorCode) -> None:
         self.errors.labels(code.value).inc()
@@ -506,6 +498,15 @@ class Hub:
                 await self._refresh()
             except (RedisError, OSError) as exc:
                 log.warning("presence refresh failed", extra={"error": repr(exc)})
+
+
+def _by_op(children: dict[str, Counter], metric: Counter, op: str) -> Counter:
+    """``metric.labels(op)``, looked up once per op: ``labels()`` on every frame was 3 %
+    of a gateway's time at saturation (docs/BENCHMARKS.md)."""
+    child = children.get(op)
+    if child is None:
+        child = children[op] = metric.labels(op)
+    return child
 
 
 def _owner(written: str, to: str, recipient: str, sender: str) -> str | None:

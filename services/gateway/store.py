@@ -16,6 +16,7 @@ from parley_contract import frames as f
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
+from services.common.http import ACK_TOKEN_MAX, ACKS_PER_CALL
 from services.common.logging import kafka_headers, outgoing_headers
 from services.common.routing import (
     PENDING_ALL,
@@ -213,12 +214,9 @@ class GatewayStore:
                 done.set_exception(_answered(result.error.code, result.error.message))
 
 
-ACKS_PER_CALL = 24
 ACK_CALLS = 8
 """Ack calls a pod keeps in flight: a pod of 500 sockets acknowledging every 0.25 s
 needs about 80 calls a second, which one call at a time would queue."""
-ACK_TOKEN_MAX = 2048
-"""Delivery's limits on ``POST /delivery/v1/inbox/acks`` (services/delivery/models.py)."""
 
 
 class _AckError(msgspec.Struct):

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.aio import eventually
-from tests.support.chat import b64
+from tests.support.chat import b64, inbox_items
 from tests.support.stack import System
 from tests.support.users import User, signup
 from tests.support.wsclient import WsClient, send_frame
@@ -37,21 +37,9 @@ async def _send_all(system: System, alice: User, to: str, n: int) -> dict[str, d
 
 
 async def _waiting(http: aiohttp.ClientSession, system: System, bob: User) -> list[dict[str, Any]]:
-    """Everything in bob's inbox (read over HTTP: nothing is acknowledged)."""
-    items: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        async with http.get(
-            f"{system.lb}/delivery/v1/inbox", params={"after": str(after), "limit": "500"},
-            headers={"Authorization": f"Bearer {bob.token}"},
-        ) as resp:  # fmt: skip
-            if resp.status != 200:
-                return []  # delivery is coming back: ask again
-            page = await resp.json()
-        items += page["messages"]
-        if not page["more"] or not page["messages"]:
-            return items
-        after = page["messages"][-1]["seq"]
+    """Everything in bob's inbox (read over HTTP: nothing is acknowledged); nothing while
+    delivery is coming back."""
+    return await inbox_items(http, system.lb, bob.token) or []
 
 
 async def test_kill_9_delivery_mid_removal_every_confirmed_removal_reaches_the_inbox_once(

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.aio import eventually
-from tests.support.chat import b64, unb64
+from tests.support.chat import b64, inbox_items, unb64
 from tests.support.stack import System
 from tests.support.users import User, signup
 from tests.support.wsclient import WsClient
@@ -41,15 +41,9 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, token: str,
 
 async def inbox(http: aiohttp.ClientSession, lb: str, user: User) -> list[dict[str, Any]]:
     """Every item waiting in the member's device inbox, by HTTP pages."""
-    items: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = await call(http, "GET", f"{lb}/delivery/v1/inbox?after={after}&limit=200",
-                          user.token)  # fmt: skip
-        items.extend(page["messages"])
-        if not page["messages"] or not page["more"]:
-            return items
-        after = page["messages"][-1]["seq"]
+    items = await inbox_items(http, lb, user.token)
+    assert items is not None, "the inbox did not answer"
+    return items
 
 
 async def test_kill_9_delivery_mid_fan_out_to_200_members_loses_and_duplicates_nothing(

@@ -38,6 +38,16 @@ def _calls(messaging: Messaging) -> tuple[float, float]:
     return count, total
 
 
+async def _one_waiting(messaging: Messaging) -> tuple[WsClient, str]:
+    """A sender's socket and a recipient (bob) with one message ("m") waiting for him."""
+    alice, bob = uid(), uid()
+    messaging.issuer.users.add(bob)
+    sender = await messaging.connect(alice)
+    await sender.send(send_frame("m", bob, "Ym9keQ"))
+    await sender.expect("stored", id="m")
+    return sender, bob
+
+
 async def test_each_ack_of_a_batch_is_authenticated_and_answered_on_its_own(
     messaging: Messaging,
 ) -> None:
@@ -79,11 +89,7 @@ async def test_each_ack_of_a_batch_is_authenticated_and_answered_on_its_own(
 
 
 async def test_a_bad_batch_is_refused_whole_and_changes_nothing(messaging: Messaging) -> None:
-    alice, bob = uid(), uid()
-    messaging.issuer.users.add(bob)
-    sender = await messaging.connect(alice)
-    await sender.send(send_frame("m", bob, "Ym9keQ"))
-    await sender.expect("stored", id="m")
+    sender, bob = await _one_waiting(messaging)
     token = messaging.issuer.token(bob, did=1)
     seq = (await _page(messaging, token))[0]["seq"]
     for body in (
@@ -108,7 +114,7 @@ async def test_sockets_acking_together_share_calls_and_each_hears_its_own_outcom
     messaging: Messaging,
 ) -> None:
     sender_id = uid()
-    users = [uid() for _ in range(30)]
+    users = [uid() for _ in range(250)]  # more than 8 calls of 24 carry at once
     for user in users:
         messaging.issuer.users.add(user)
     sender = await messaging.connect(sender_id, pod=0)
@@ -159,11 +165,7 @@ async def test_a_gateway_splits_its_acks_to_fit_deliverys_body_limit(messaging: 
 
 
 async def test_a_socket_with_a_token_too_long_for_a_batch_acks_alone(messaging: Messaging) -> None:
-    alice, bob = uid(), uid()
-    messaging.issuer.users.add(bob)
-    sender = await messaging.connect(alice)
-    await sender.send(send_frame("m", bob, "Ym9keQ"))
-    await sender.expect("stored", id="m")
+    sender, bob = await _one_waiting(messaging)
     long_token = messaging.issuer.token(bob, did=1, padding="p" * 2100)
     assert len(long_token) > 2048
     sock = await WsClient.connect(messaging.ws_url(1), long_token)

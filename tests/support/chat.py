@@ -177,3 +177,24 @@ def assert_exactly_once_in_order(bodies: list[str], tag: str, n: int) -> None:
     expected = [f"{tag}-{i}" for i in range(n)]
     assert len(bodies) == len(set(bodies)), "a message arrived twice"
     assert sorted(bodies, key=lambda b: int(b.rsplit("-", 1)[1])) == expected, "a message was lost"
+
+
+async def inbox_items(
+    http: aiohttp.ClientSession, lb: str, token: str
+) -> list[dict[str, Any]] | None:
+    """Everything waiting in the token's device inbox, paged over HTTP through the load
+    balancer (nothing is acknowledged); None while the inbox does not answer."""
+    items: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        async with http.get(
+            f"{lb}/delivery/v1/inbox", params={"after": str(after), "limit": "200"},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:  # fmt: skip
+            if resp.status != 200:
+                return None
+            page = await resp.json()
+        items += page["messages"]
+        if not page["messages"] or not page["more"]:
+            return items
+        after = page["messages"][-1]["seq"]
