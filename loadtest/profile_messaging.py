@@ -36,6 +36,7 @@ async def main() -> None:
     p.add_argument(
         "--fanout", type=int, metavar="MEMBERS", help="profile a room fan-out's saturation instead"
     )
+    p.add_argument("--keep", type=Path, help="also copy the raw folded stacks into this directory")
     opts = p.parse_args()
     paced = ["--paced-only", "--rate", str(opts.rate)] if opts.rate else []
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -93,6 +94,9 @@ async def _profile(
             phase = f"fan-out to {opts.fanout} members, saturation"
         print(f"\n## {name}: top functions by CPU samples ({phase})\n")
         print(summary(path.read_text(), opts.top))
+        if opts.keep:
+            opts.keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, opts.keep / path.name)
 
 
 def _pid(service: str, ancestor: int) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 from parley_contract import envelopes as e
@@ -57,6 +58,17 @@ def live_gateways(entries: dict[bytes, bytes], ttl_s: float, now_ms: int | None 
     return live
 
 
+def queue_presence(pipe: aioredis.client.Pipeline, prefix: str, users: list[str]) -> None:
+    """Queue the presence reads of ``users`` (distinct) on ``pipe``."""
+    for user in users:
+        pipe.hgetall(presence_key(prefix, user))
+
+
+def presence_of(users: list[str], results: list[Any], ttl_s: float) -> dict[str, set[str]]:
+    """The live gateways of each user who has one, from :func:`queue_presence`'s results."""
+    return {u: live_gateways(r, ttl_s) for u, r in zip(users, results, strict=True) if r}
+
+
 async def gateways_of(
     redis: aioredis.Redis, prefix: str, ttl_s: float, users: Iterable[str]
 ) -> dict[str, set[str]]:
@@ -65,22 +77,31 @@ async def gateways_of(
     if not users:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
-        for user in users:
-            pipe.hgetall(presence_key(prefix, user))
+        queue_presence(pipe, prefix, users)
         results = await pipe.execute()
-    return {u: live_gateways(r, ttl_s) for u, r in zip(users, results, strict=True) if r}
+    return presence_of(users, results, ttl_s)
 
 
-async def publish(redis: aioredis.Redis, prefix: str, ttl_s: float, frames: list[Push]) -> int:
+async def publish(
+    redis: aioredis.Redis,
+    prefix: str,
+    ttl_s: float,
+    frames: list[Push],
+    where: dict[str, set[str]] | None = None,
+) -> int:
     """Push frames to the sockets of (user, device) — every device of the user when
     device is None — on every gateway hosting the user: two round trips, and one
     PUBLISH per gateway pod whatever the number of frames (a JSON list of routed
     frames). Each frame is encoded once; the gateways forward it as it is.
+    ``where``: the frames' users' gateways when the caller read them already
+    (after storing what the frames announce: a socket that connects later
+    syncs it), which saves the first round trip.
     Returns how many (frame, pod) pairs were published.
     """
     if not frames:
         return 0
-    where = await gateways_of(redis, prefix, ttl_s, (u for u, _, _ in frames))
+    if where is None:
+        where = await gateways_of(redis, prefix, ttl_s, (u for u, _, _ in frames))
     batches: dict[str, list[bytes]] = {}
     for user, device, frame in frames:
         gateways = where.get(user, ())
@@ -107,6 +128,8 @@ __all__ = [
     "live_gateways",
     "pending_key",
     "presence_key",
+    "presence_of",
     "presence_value",
     "publish",
+    "queue_presence",
 ]

@@ -172,23 +172,41 @@ class InboxCounters:
         first: dict[str, int] = {}
         todo = dict(counts)
         for _ in range(3):
-            inboxes = list(todo)
             async with self.redis.pipeline(transaction=False) as pipe:
-                for inbox in inboxes:
-                    await scripts.queue(pipe, self._reserve, [self.key(inbox)], [todo[inbox]])
-                pipe.sadd(self.dirty, *inboxes)
+                inboxes = await self.queue_reserve(pipe, todo)
                 results = await pipe.execute()
-            missing = []
-            for inbox, top in zip(inboxes, results, strict=False):
-                if int(top) < 0:
-                    missing.append(inbox)
-                else:
-                    first[inbox] = int(top) - todo[inbox] + 1
+            missing = self.read_reserve(inboxes, todo, results, first)
             if not missing:
                 return first
             await self._seed(missing)
             todo = {i: todo[i] for i in missing}
         raise RuntimeError(f"inbox counters could not be seeded: {sorted(todo)[:3]}")
+
+    async def queue_reserve(
+        self, pipe: aioredis.client.Pipeline, counts: dict[str, int]
+    ) -> list[str]:
+        """Queue :meth:`reserve_many`'s commands on ``pipe`` (``len(counts) + 1`` of them);
+        returns the inboxes in the order queued."""
+        inboxes = list(counts)
+        for inbox in inboxes:
+            await scripts.queue(pipe, self._reserve, [self.key(inbox)], [counts[inbox]])
+        if inboxes:
+            pipe.sadd(self.dirty, *inboxes)
+        return inboxes
+
+    @staticmethod
+    def read_reserve(
+        inboxes: list[str], counts: dict[str, int], results: list[Any], first: dict[str, int]
+    ) -> list[str]:
+        """Each inbox's first reserved number into ``first``, from the results of
+        :meth:`queue_reserve`; returns the inboxes whose counter is missing (to seed)."""
+        missing = []
+        for inbox, top in zip(inboxes, results, strict=False):
+            if int(top) < 0:
+                missing.append(inbox)
+            else:
+                first[inbox] = int(top) - counts[inbox] + 1
+        return missing
 
     async def reserve(self, inbox: str, count: int) -> int:
         return (await self.reserve_many({inbox: count}))[inbox]

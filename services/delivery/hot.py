@@ -148,12 +148,22 @@ class HotInbox:
     async def claims_and_gone(
         self, keys: list[str], server_ids: Iterable[str]
     ) -> tuple[dict[str, tuple[int, str]], set[str]]:
-        """:meth:`claims` and :meth:`gone` in one round trip (a batch's first)."""
+        """:meth:`claims` and :meth:`gone` in one round trip."""
         ids = list(dict.fromkeys(server_ids))
-        names = [self.dup_key(k) for k in keys] + [self.gone_key(s) for s in ids]
+        names = self.claim_names(keys, ids)
         if not names:
             return {}, set()
-        values = await self.redis.mget(names)
+        return self.read_claims(keys, ids, await self.redis.mget(names))
+
+    def claim_names(self, keys: list[str], ids: list[str]) -> list[str]:
+        """The Redis keys :meth:`claims_and_gone` reads (with ``MGET``): the dedup
+        records of ``keys``, then the removal marks of the (distinct) ``ids``."""
+        return [self.dup_key(k) for k in keys] + [self.gone_key(s) for s in ids]
+
+    def read_claims(
+        self, keys: list[str], ids: list[str], values: list[Any]
+    ) -> tuple[dict[str, tuple[int, str]], set[str]]:
+        """:meth:`claims_and_gone`'s answer from the values of :meth:`claim_names`."""
         claims = {}
         for key, value in zip(keys, values[: len(keys)], strict=True):
             if value is not None:
@@ -164,8 +174,12 @@ class HotInbox:
 
     # Items -------------------------------------------------------------------
     async def put(
-        self, docs: list[tuple[str, Doc]], now: float, pending: PendingCounts | None = None
-    ) -> set[str]:
+        self,
+        docs: list[tuple[str, Doc]],
+        now: float,
+        pending: PendingCounts | None = None,
+        after: Callable[[aioredis.client.Pipeline], None] | None = None,
+    ) -> tuple[set[str], list[Any]]:
         """Write items (with their dedup records and index entries): one command for
         the index, then one script per device inbox whatever its number of items.
 
@@ -175,10 +189,12 @@ class HotInbox:
         the dedup keys whose sequence number already held *another* message
         (overlapping reservations): those were not written, and the caller
         stores them again under fresh numbers (whose dedup record then replaces
-        the one written here).
+        the one written here). Also returns the results of what ``after``
+        queued at the end of the same pipeline: Redis runs a pipeline's
+        commands in order, so those read what the scripts wrote.
         """
         if not docs:
-            return set()
+            return set(), []
         by_inbox: dict[str, list[tuple[str, Doc]]] = {}
         for dedup, doc in docs:
             by_inbox.setdefault(doc["inbox"], []).append((dedup, doc))
@@ -200,13 +216,16 @@ class HotInbox:
                     args += [int(doc["seq"]), orjson.dumps(doc),
                              f"{int(doc['seq'])}|{doc['server_id']}", field]  # fmt: skip
                 await scripts.queue(pipe, self._put, keys, args)
+            if after is not None:
+                after(pipe)
             results = await pipe.execute()
+        tail = results[1 + len(inboxes) :]
         taken: list[tuple[str, Doc]] = []
-        for inbox, clashed in zip(inboxes, results[1:], strict=True):
+        for inbox, clashed in zip(inboxes, results[1 : 1 + len(inboxes)], strict=True):
             items = by_inbox[inbox]
             taken += [items[int(i) - 1] for i in clashed or []]
         if not taken:
-            return set()
+            return set(), tail
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, doc in taken:
                 pipe.hget(self.key(doc["inbox"]), str(int(doc["seq"])))
@@ -216,7 +235,7 @@ class HotInbox:
             other = orjson.loads(raw) if raw else {}
             if (other.get("from"), other.get("client_id")) != (doc["from"], doc["client_id"]):
                 clashes.add(dedup)
-        return clashes
+        return clashes, tail
 
     async def get(self, inbox: str, seqs: list[int]) -> dict[int, Doc]:
         """The items of ``inbox`` among ``seqs`` that are hot."""

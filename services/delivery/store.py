@@ -138,15 +138,51 @@ class DeliveryStore:
         return await self.ctr.reserve_many(counts)
 
     # Storing ----------------------------------------------------------------
+    async def claims_and_numbers(
+        self, items: list[dict[str, Any]], server_ids: Iterable[str]
+    ) -> tuple[dict[str, tuple[int, str]], set[str], dict[str, int]]:
+        """A batch's first round trip: the items' dedup records
+        (:meth:`HotInbox.claims_and_gone`, with the removal marks of
+        ``server_ids``) and, taken before knowing which items are repeats,
+        numbers for all of them (each inbox's first; :meth:`store_hot` uses them for
+        the fresh ones). A repeat's number goes unused: sequence numbers are not
+        dense (docs/protocol.md), and repeats are rare. An inbox whose counter is
+        missing gets none here (:meth:`store_hot` seeds it and reserves then).
+        """
+        keys = [dedup_key(d["inbox"], d["from"], d["client_id"]) for d in items]
+        ids = list(dict.fromkeys(server_ids))
+        names = self.hot.claim_names(keys, ids)
+        counts = dict(Counter(d["inbox"] for d in items))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if names:
+                pipe.mget(names)
+            inboxes = await self.ctr.queue_reserve(pipe, counts)
+            results = await pipe.execute()
+        claims, gone = self.hot.read_claims(keys, ids, results[0]) if names else ({}, set())
+        numbers: dict[str, int] = {}
+        self.ctr.read_reserve(inboxes, counts, results[1 if names else 0 :], numbers)
+        return claims, gone, numbers
+
     async def store_hot(
         self, items: list[dict[str, Any]], claims: dict[str, tuple[int, str]] | None = None
     ) -> list[dict[str, Any]]:
+        """:meth:`store_and_route` without numbers taken before or presence read."""
+        return (await self.store_and_route(items, claims))[0]
+
+    async def store_and_route(
+        self,
+        items: list[dict[str, Any]],
+        claims: dict[str, tuple[int, str]] | None = None,
+        numbers: dict[str, int] | None = None,
+        route: Iterable[str] = (),
+    ) -> tuple[list[dict[str, Any]], dict[str, set[str]] | None]:
         """Store inbox items exactly once, in the hot inbox (Redis); returns the stored
         version of each, in order, as :meth:`store` does.
 
-        Redis only, four round trips whatever the batch's size: the dedup
-        records, the sequence numbers (one ``HINCRBY`` per inbox), then one
-        pipeline with the persister's index and one script per device inbox
+        Redis only, three round trips whatever the batch's size (one when the
+        caller read the first two's answers already: :meth:`claims_and_numbers`):
+        the dedup records, the sequence numbers (one ``HINCRBY`` per inbox),
+        then one pipeline with the persister's index and one script per device inbox
         that writes its items, their dedup records and its waiting counts
         (:meth:`count_pending`'s, raised for what was written). A repeat of a
         message seen within ``hot_dedup_s`` comes back with ``duplicate`` set
@@ -154,10 +190,16 @@ class DeliveryStore:
         left for sync). Kafka keeps the records until the items are persisted
         or acknowledged (services/delivery/worker.py), so Redis may lose them.
         ``claims``: the dedup records of these items' keys (:func:`dedup_key`),
-        when the caller read them already (:meth:`HotInbox.claims_and_gone`).
+        when the caller read them already (:meth:`HotInbox.claims_and_gone`);
+        ``numbers``: each inbox's first number reserved for all of its items
+        (:meth:`claims_and_numbers`), which saves the second round trip.
+        ``route``: users whose gateways are read at the end of the pipeline that
+        writes the items, after them (what :func:`routing.publish` takes as
+        ``where``; None when the items took a second write, after a clash).
         """
         if not items:
-            return []
+            return [], None
+        users = list(dict.fromkeys(route))
         keys = [dedup_key(it["inbox"], it["from"], it["client_id"]) for it in items]
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
@@ -181,9 +223,13 @@ class DeliveryStore:
                     claim = {"inbox": item["inbox"], "seq": seq, "server_id": server_id}
                     result[key] = {**_inbox_doc(item, claim), "duplicate": True, "acked": True}
         fresh = [k for k in first if k not in claims]
+        where: dict[str, set[str]] | None = None
         if fresh:
             per_inbox = Counter(items[first[k]]["inbox"] for k in fresh)
-            next_seq = await self.reserve_many(dict(per_inbox))
+            next_seq = {i: numbers[i] for i in per_inbox if numbers and i in numbers}
+            missing = {i: c for i, c in per_inbox.items() if i not in next_seq}
+            if missing:
+                next_seq.update(await self.reserve_many(missing))
             docs: list[tuple[str, dict[str, Any]]] = []
             for key in fresh:
                 item = items[first[key]]
@@ -191,8 +237,18 @@ class DeliveryStore:
                 next_seq[item["inbox"]] = seq + 1
                 claim = {"inbox": item["inbox"], "seq": seq, "server_id": item["server_id"]}
                 docs.append((key, _inbox_doc(item, claim)))
-            for _attempt in range(8):
-                clashes = await self.hot.put(docs, time.time(), self._pending_of)
+
+            def read_presence(pipe: aioredis.client.Pipeline) -> None:
+                routing.queue_presence(pipe, self.prefix, users)
+
+            for attempt in range(8):
+                clashes, tail = await self.hot.put(
+                    docs, time.time(), self._pending_of, read_presence if users else None
+                )
+                if attempt == 0 and users:
+                    where = routing.presence_of(users, tail, self.settings.presence_ttl_s)
+                if clashes:
+                    where = None  # read before the items stored again below
                 for key, doc in docs:
                     if key not in clashes:
                         result[key] = doc
@@ -213,7 +269,7 @@ class DeliveryStore:
             if first[key] != i:
                 doc["duplicate"] = True
             out.append(doc)
-        return out
+        return out, where
 
     async def persist_due(self, now: float | None = None) -> tuple[int, float | None]:
         """Move hot items older than ``hot_persist_after_s`` to MongoDB.
@@ -541,9 +597,11 @@ class DeliveryStore:
             self.redis, self.prefix, self.settings.presence_ttl_s, users
         )
 
-    async def publish(self, frames: list[Push]) -> int:
+    async def publish(self, frames: list[Push], where: dict[str, set[str]] | None = None) -> int:
         """Push frames to their users' sockets (services.common.routing.publish)."""
-        return await routing.publish(self.redis, self.prefix, self.settings.presence_ttl_s, frames)
+        return await routing.publish(
+            self.redis, self.prefix, self.settings.presence_ttl_s, frames, where
+        )
 
 
 def item_id(inbox: str, seq: int) -> str:

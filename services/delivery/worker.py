@@ -61,7 +61,7 @@ from services.common.logging import kafka_headers, request_id_from_kafka, reques
 from services.common.routing import Push
 from services.delivery.hot import Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
-from services.delivery.store import DeliveryStore, dedup_key, item_docs, item_frame
+from services.delivery.store import DeliveryStore, item_docs, item_frame
 
 log = logging.getLogger(__name__)
 
@@ -455,8 +455,12 @@ class Worker:
             return
         now = time.time()
         items = [doc for env in envs for doc in item_docs(env, now)]
-        items, claims = await self._moderate(items)
-        stored = await self.store.store_hot(items, claims)
+        items, claims, numbers = await self._moderate(items)
+        # The users the frames below go to: their gateways are read in the pipeline
+        # that stores the items (after them), not in a round trip of their own.
+        route = [u for d in items for u in ((d["user"], d["from"]) if d.get("kind") == "message"
+                                            and not d.get("room") else (d["user"],))]  # fmt: skip
+        stored, where = await self.store.store_and_route(items, claims, numbers, route)
         # A room's copies add no contact: its members exchanged sender keys 1:1 first.
         await self._remember_contacts(
             [d for d in stored if d["kind"] == "message" and not d.get("room")]
@@ -482,18 +486,19 @@ class Worker:
                 conversation=doc.get("conversation"), to=doc["user"], device=doc["device"],
             )  # fmt: skip
             frames.append((doc["from"], doc.get("from_device"), receipt))
-        self.pushed.inc(await self.store.publish(frames))
+        self.pushed.inc(await self.store.publish(frames, where))
         self._observe_latency(sent)
         await self._sample_depth([d["inbox"] for d in stored])
 
     async def _moderate(
         self, items: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], dict[str, tuple[int, str]]]:
+    ) -> tuple[list[dict[str, Any]], dict[str, tuple[int, str]], dict[str, int]]:
         """Before a batch is stored: tag each message copy with a commitment (its
         reporting tag), leave out copies of messages removed already (a room's fan-out
         still under way, a replay), and delete the copies tombstones in the batch
         remove (docs/delivery.md, "Reports and tombstones"). Returns the items to
-        store and their dedup records (read with the removal marks)."""
+        store, their dedup records (read with the removal marks) and their inboxes'
+        first reserved numbers (taken in the same round trip)."""
         messages = [d for d in items if d.get("kind") == "message"]
         for d in messages:
             if d.get("commitment") and d.get("sent_at") is not None:
@@ -502,10 +507,9 @@ class Worker:
                     sender_device=int(d.get("from_device") or 1), recipient=d["user"],
                     sent_at=int(d["sent_at"]), conversation=d.get("conversation"),
                 ))  # fmt: skip
-        # The items' dedup records come in the same round trip (store_hot's first).
-        keys = [dedup_key(d["inbox"], d["from"], d["client_id"]) for d in items]
-        claims, gone = await self.store.hot.claims_and_gone(
-            keys, (d["server_id"] for d in messages)
+        # The items' dedup records and numbers come in the same round trip.
+        claims, gone, numbers = await self.store.claims_and_numbers(
+            items, (d["server_id"] for d in messages)
         )
         if gone:
             log.info("copies of removed messages left out", extra={"messages": len(gone)})
@@ -518,7 +522,7 @@ class Worker:
         ]  # fmt: skip
         if removals:
             await self.store.remove_copies(removals)
-        return items, claims
+        return items, claims, numbers
 
     def _observe_latency(self, sent_at: list[Any]) -> None:
         now_ms = time.time() * 1000

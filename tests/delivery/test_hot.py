@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.delivery.store import DeliveryStore, item_id
+from services.common.routing import presence_key, presence_value
+from services.delivery.store import DeliveryStore, dedup_key, item_id
 from tests.delivery.conftest import item
 
 
@@ -138,3 +139,36 @@ async def test_a_large_hot_inbox_is_paged_acked_and_dropped_without_mongodb(
     assert await store.hot.redis.exists(store.hot.key("gone")) == 0
     assert await store.hot.redis.zcard(store.hot.index) == 0
     assert await store.page("gone", 0, 10) == ([], False)
+
+
+async def test_a_batch_reads_its_repeats_and_takes_its_numbers_in_one_round_trip(
+    store: DeliveryStore,
+) -> None:
+    """A batch's first round trip reads its dedup records and reserves numbers for all
+    of its items (a repeat's goes unused: numbers are not dense); an inbox whose
+    counter is missing gets none there and is seeded on the way. The pipeline that
+    writes the items reads their users' gateways, after them."""
+    await store.store_hot([item("fay", 1, cid="x")])
+    batch = [item("fay", 2, cid="x"), item("fay", 3, cid="y"), item("gus", 4)]
+    claims, gone, numbers = await store.claims_and_numbers(batch, [batch[1]["server_id"]])
+    assert set(claims) == {dedup_key("fay", "s", "x")} and gone == set()
+    assert numbers == {"fay": 2}  # gus has no counter yet
+    await store.redis.hset(presence_key(store.prefix, "fay"), "c1", presence_value("gw-a"))
+    out, where = await store.store_and_route(batch, claims, numbers, ["fay", "gus", "fay"])
+    assert [d["seq"] for d in out] == [1, 2, 1] and out[0]["duplicate"] is True
+    assert where == {"fay": {"gw-a"}}
+    later_one = await store.store_hot([item("fay", 5, cid="z")])
+    assert later_one[0]["seq"] == 4  # 3 was reserved for the repeat and left unused
+    page, _ = await store.page("fay", 0, 10)
+    assert [d["seq"] for d in page] == [1, 2, 4]
+
+
+async def test_items_stored_again_after_a_clash_are_routed_by_a_fresh_read(
+    store: DeliveryStore,
+) -> None:
+    """Numbers that clash (a counter seeded too low) are stored again under fresh ones:
+    the gateways read before that second write are not returned."""
+    await store.store_hot([item("hal", 1, cid="a")])
+    await store.redis.hset(store.ctr.key("hal"), "n", 0)  # the next number is taken
+    out, where = await store.store_and_route([item("hal", 2, cid="b")], route=["hal"])
+    assert out[0]["seq"] == 2 and where is None

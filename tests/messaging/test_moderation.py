@@ -287,7 +287,7 @@ async def test_a_removed_message_is_not_stored_again_nor_resurrected_by_the_pers
     assert await store.inbox.find_one({"_id": item_id(inbox, seq)}) is None
     # A copy that arrives after the removal (a replay) is not stored.
     worker = messaging.delivery.server.app[WORKER]
-    kept, _ = await worker._moderate([{**doc, "_id": None}])
+    kept, _, _ = await worker._moderate([{**doc, "_id": None}])
     assert kept == []
 
 
