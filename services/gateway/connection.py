@@ -25,16 +25,18 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from aiokafka.errors import KafkaError
 from parley_contract import frames as f
 from redis.exceptions import RedisError
 
 from services.common.errors import ApiError, ErrorCode
+from services.common.http import client_ip
 from services.common.logging import new_request_id, request_id_var, user_id_var
 from services.gateway.wire import text_frames
 
 if TYPE_CHECKING:
+    from services.common.state import Handler
     from services.gateway.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -195,54 +197,82 @@ class Connection:
         await self.ws.close(code=code, message=reason.encode()[:120])
 
     # Inbound ----------------------------------------------------------------
-    async def serve(self, address: str = "unknown") -> None:
+    @classmethod
+    async def live(cls, request: web.Request, handshake: Handler, hub: Hub) -> web.StreamResponse:
+        """A socket's whole life: its handshake, then its frames until it closes.
+
+        ``handshake`` is the route's handler inside the services' middlewares
+        (services/common/app.py, ``serve_sockets``): it answers 101, or refuses
+        the upgrade with an HTTP answer that is returned as it is. Once it has
+        returned, the middlewares are done with the request; the socket is
+        served here, in one coroutine frame (the frame loop is inlined, not a
+        method of its own): what every idle socket holds (docs/BENCHMARKS.md,
+        "Idle connections").
+        """
+        ws = await handshake(request)
+        if not isinstance(ws, web.WebSocketResponse) or not ws.prepared:
+            return ws
+        opened = time.monotonic()
+        # With its transport, frames that wait together go out in one write (wire.py).
+        conn = cls(ws, hub, request.transport)
+        # The pods sit behind the load balancer, whose X-Forwarded-For hop is the client.
+        address = client_ip(request, trust_forwarded_for=True)
         try:
-            self.hub.open_address(address)
+            hub.open_address(address)
         except ApiError as err:
-            self.error(err)
-            await self.close(f.CLOSE_TOO_MANY, err.code.value)
-            return
+            conn.error(err)
+            await conn.close(f.CLOSE_TOO_MANY, err.code.value)
+            hub.count_disconnect(ws.close_code, time.monotonic() - opened)
+            return ws
         try:
-            if await self._authenticate():
-                # The frame loop is here, not in a method of its own: one coroutine
-                # frame fewer held by every idle socket.
+            if await conn._authenticate():
                 try:
-                    async for msg in self.ws:
+                    async for msg in ws:
                         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                             continue
                         request_id_var.set(new_request_id())
-                        frame = self._read(msg)
+                        frame = conn._read(msg)
                         if frame is None:
                             continue
-                        self.hub.count_in(str(type(frame).__struct_config__.tag))
+                        hub.count_in(str(type(frame).__struct_config__.tag))
                         try:
-                            await self._handle(frame)
+                            await conn._handle(frame)
                         except ApiError as err:
-                            self.error(err, frame.id)
-                        if self._closing:
+                            conn.error(err, frame.id)
+                        if conn._closing:
                             break
                 finally:
-                    await self.hub.unregister(self)
+                    await hub.unregister(conn)
         except (RedisError, OSError) as exc:
             # Redis went away under this socket: the client reconnects and resyncs.
             log.warning("closing a socket after a redis error", extra={"error": repr(exc)})
-            self.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
-            await self.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
+            conn.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
+            await conn.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
+        except Exception:
+            # Past the handshake the error middleware no longer sees the socket.
+            log.exception("unhandled error", extra={"path": request.path})
+            await conn.close(WSCloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL.value, flush=False)
         finally:
-            self.hub.close_address(address)
-            if self.expires_at:
-                self.hub.untrack_expiry(self)
-            if self._ack_task is not None and not self._ack_task.done():
-                # Let the last ack land: the client may not come back to repeat it.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
-            for task in list(self._pending or ()):
-                task.cancel()
-            self._closing = True  # nothing more is queued: the writer (if any) ends
-            writer = self._writer
-            if writer is not None:
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(writer, 2.0)
+            await conn._end(address)
+        hub.count_disconnect(ws.close_code, time.monotonic() - opened)
+        return ws
+
+    async def _end(self, address: str) -> None:
+        """What a socket leaves on its pod, dropped once it is done."""
+        self.hub.close_address(address)
+        if self.expires_at:
+            self.hub.untrack_expiry(self)
+        if self._ack_task is not None and not self._ack_task.done():
+            # Let the last ack land: the client may not come back to repeat it.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
+        for task in list(self._pending or ()):
+            task.cancel()
+        self._closing = True  # nothing more is queued: the writer (if any) ends
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(writer, 2.0)
 
     def _read(self, msg: WSMessage) -> f.ClientFrames | None:
         """Parse one WebSocket message; None (after an error frame) when it is unusable."""
