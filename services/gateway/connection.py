@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import client_ip
 from services.common.logging import new_request_id, request_id_var, user_id_var
-from services.gateway.wire import text_frames
+from services.gateway.wire import PING, text_frames
 
 if TYPE_CHECKING:
     from services.common.state import Handler
@@ -50,9 +50,9 @@ class Connection:
     # pending tasks and the waiter for a send slot exist only while they are used.
     __slots__ = (
         "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_cid", "_closer", "_closing",
-        "_pending", "_sending", "_slot_free", "_writer", "device_id", "expires_at", "hub",
-        "limits", "queue", "queued_bytes", "sid", "token", "transport", "user_id", "violations",
-        "ws",
+        "_pending", "_sending", "_slot_free", "_writer", "beat", "device_id", "expires_at",
+        "heard", "hub", "limits", "queue", "queued_bytes", "sid", "token", "transport", "user_id",
+        "violations", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -89,6 +89,11 @@ class Connection:
         """When the token this socket last authenticated with expires (epoch seconds);
         the hub closes the socket then (one timer per pod, not one per socket)."""
         self._closer: asyncio.Task[None] | None = None
+        self.heard = 0.0
+        """When a frame (any, pings and pongs too) last came from the client (monotonic
+        seconds): the pod's heartbeat pings a socket that has been silent for long
+        (services/gateway/heartbeat.py)."""
+        self.beat = 0.0
 
     @property
     def conn_id(self) -> str:
@@ -196,6 +201,19 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(writer), 1.0)
         await self.ws.close(code=code, message=reason.encode()[:120])
 
+    def ping(self) -> None:
+        """The pod's heartbeat: a ping, written as it is (wire.py), without a task."""
+        transport = self.transport
+        if transport is not None and not self.ws.closed and not transport.is_closing():
+            transport.write(PING)
+
+    def abort(self) -> None:
+        """The pod's heartbeat: the ping went unanswered, the client is gone. Drop the
+        connection as aiohttp's own heartbeat does: no close frame, close code 1006."""
+        transport = self.transport
+        if transport is not None and not self.ws.closed:
+            transport.close()
+
     # Inbound ----------------------------------------------------------------
     @classmethod
     async def live(cls, request: web.Request, handshake: Handler, hub: Hub) -> web.StreamResponse:
@@ -215,6 +233,7 @@ class Connection:
         opened = time.monotonic()
         # With its transport, frames that wait together go out in one write (wire.py).
         conn = cls(ws, hub, request.transport)
+        hub.heartbeat.add(conn)
         # The pods sit behind the load balancer, whose X-Forwarded-For hop is the client.
         address = client_ip(request, trust_forwarded_for=True)
         try:
@@ -228,7 +247,11 @@ class Connection:
             if await conn._authenticate():
                 try:
                     async for msg in ws:
+                        conn.heard = time.monotonic()
                         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                            if msg.type is WSMsgType.PING:  # aiohttp's autoping is off
+                                with contextlib.suppress(ConnectionError):  # closing
+                                    await ws.pong(msg.data)
                             continue
                         request_id_var.set(new_request_id())
                         frame = conn._read(msg)
@@ -253,12 +276,13 @@ class Connection:
             log.exception("unhandled error", extra={"path": request.path})
             await conn.close(WSCloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL.value, flush=False)
         finally:
+            hub.count_disconnect(ws.close_code, time.monotonic() - opened)
             await conn._end(address)
-        hub.count_disconnect(ws.close_code, time.monotonic() - opened)
         return ws
 
     async def _end(self, address: str) -> None:
         """What a socket leaves on its pod, dropped once it is done."""
+        self.hub.heartbeat.discard(self)
         self.hub.close_address(address)
         if self.expires_at:
             self.hub.untrack_expiry(self)
@@ -295,9 +319,20 @@ class Connection:
             self.error(ApiError.from_frame_error(exc), f.frame_id(data))
             return None
 
+    async def _receive(self) -> WSMessage:
+        """The next message that is not a ping or a pong (pings are answered here)."""
+        while True:
+            msg = await self.ws.receive()
+            self.heard = time.monotonic()
+            if msg.type is WSMsgType.PING:
+                with contextlib.suppress(ConnectionError):  # closing: the next receive says so
+                    await self.ws.pong(msg.data)
+            elif msg.type is not WSMsgType.PONG:
+                return msg
+
     async def _authenticate(self) -> bool:
         try:
-            msg = await asyncio.wait_for(self.ws.receive(), self.limits.auth_timeout_s)
+            msg = await asyncio.wait_for(self._receive(), self.limits.auth_timeout_s)
         except TimeoutError:
             self.error(ApiError(ErrorCode.AUTH_TIMEOUT, "Authenticate within the time limit."))
             await self.close(f.CLOSE_AUTH_TIMEOUT, ErrorCode.AUTH_TIMEOUT.value)

@@ -34,6 +34,7 @@ from services.common.errors import ApiError, ErrorCode
 from services.common.ratelimit import TokenBucket
 from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
+from services.gateway.heartbeat import Heartbeat
 from services.gateway.rooms import RoomMembers
 from services.gateway.store import GatewayStore
 
@@ -116,6 +117,8 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         # When each socket's token expires: one timer for the pod, not one per socket.
         self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
+        # Pings for silent sockets, on one schedule for the pod (not aiohttp's per socket).
+        self.heartbeat: Heartbeat[Connection] = Heartbeat(self.settings.ws_heartbeat_s)
         self.subscribed = asyncio.Event()
         gw = self.settings.gateway_id
         self.connections = Gauge(
@@ -171,6 +174,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._expiries.close()
+        self.heartbeat.close()
 
     async def drain(self) -> None:
         """SIGTERM: tell every client to reconnect (to another pod) and close.

@@ -40,7 +40,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if hub.draining:
         raise web.HTTPServiceUnavailable()
     ws = web.WebSocketResponse(
-        heartbeat=settings.ws_heartbeat_s,
+        # Pings and pongs come to the socket's frame loop: the pod's heartbeat
+        # (services/gateway/heartbeat.py) instead of aiohttp's timers per socket.
+        heartbeat=None,
+        autoping=False,
         # aiohttp closes (1009) past 4x the limit; up to it we answer frame_too_large.
         max_msg_size=4 * settings.ws_max_frame_bytes,
         compress=False,
