@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_SENDS = 256
 
+_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+"""What ends a socket's frame loop (as it ends ``async for`` over the socket)."""
+
 
 class Connection:
     # What an idle socket holds is what a pod's memory is made of (docs/BENCHMARKS.md,
@@ -246,9 +249,14 @@ class Connection:
         try:
             if await conn._authenticate():
                 try:
-                    async for msg in ws:
+                    # ``receive()``, not ``async for``: no ``__anext__`` coroutine held
+                    # by every idle socket while it waits.
+                    while True:
+                        msg = await ws.receive()
                         conn.heard = time.monotonic()
                         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                            if msg.type in _ENDS:
+                                break
                             if msg.type is WSMsgType.PING:  # aiohttp's autoping is off
                                 with contextlib.suppress(ConnectionError):  # closing
                                     await ws.pong(msg.data)
