@@ -65,6 +65,10 @@ class Limits:
     """What a socket may do (docs/protocol.md, "Limits")."""
 
     max_frame_bytes: int
+    max_message_bytes: int
+    """What aiohttp reads of one message before it closes the socket (1009): 4x the
+    frame limit, up to which a socket is answered ``frame_too_large``. One int for
+    the pod, not one made per socket."""
     sends_per_s: float
     send_burst: int
     auth_timeout_s: float
@@ -77,6 +81,7 @@ class Limits:
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(
             max_frame_bytes=settings.ws_max_frame_bytes,
+            max_message_bytes=4 * settings.ws_max_frame_bytes,
             sends_per_s=settings.ws_sends_per_s,
             send_burst=settings.ws_send_burst,
             auth_timeout_s=settings.ws_auth_timeout_s,

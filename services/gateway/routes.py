@@ -8,7 +8,7 @@ from aiohttp import web
 
 from services.common.errors import ErrorCode
 from services.common.openapi import Api
-from services.common.state import SETTINGS, Handler
+from services.common.state import Handler
 from services.gateway.connection import Connection
 from services.gateway.state import HUB
 
@@ -34,9 +34,7 @@ api = Api(
 )
 async def websocket(request: web.Request) -> web.StreamResponse:
     """The handshake, inside the middlewares; the socket's life is ``socket_life``'s."""
-    app = request.app
-    settings = app[SETTINGS]
-    hub = app[HUB]
+    hub = request.app[HUB]
     if hub.draining:
         raise web.HTTPServiceUnavailable()
     ws = web.WebSocketResponse(
@@ -45,7 +43,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         heartbeat=None,
         autoping=False,
         # aiohttp closes (1009) past 4x the limit; up to it we answer frame_too_large.
-        max_msg_size=4 * settings.ws_max_frame_bytes,
+        max_msg_size=hub.limits.max_message_bytes,
         compress=False,
     )
     await ws.prepare(request)
