@@ -78,15 +78,11 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     user_token = user_id_var.set(None)  # a keep-alive connection serves many callers
     start = time.perf_counter()
     status = 500
-    socket = False
     try:
         response = await handler(request)
         status = response.status
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = rid
-        # A socket's life goes on in this task after its handshake (serve_sockets):
-        # its lines keep the handshake's request id until it sets its own.
-        socket = isinstance(response, web.WebSocketResponse) and response.prepared
         return response
     except web.HTTPException as exc:
         status = exc.status
@@ -104,9 +100,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
                     "duration_ms": round((time.perf_counter() - start) * 1000, 1),
                 },
             )
-        if not socket:
-            user_id_var.reset(user_token)
-            request_id_var.reset(token)
+        user_id_var.reset(user_token)
+        request_id_var.reset(token)
 
 
 @web.middleware
@@ -192,7 +187,8 @@ def serve_sockets(app: web.Application, handler: Handler, life: SocketLife) -> N
     is called as ``life(request, handshake)``, with ``handshake`` the handler
     inside the middlewares (request id and access line, metrics, errors,
     start-up wait); it awaits that first, then serves the socket outside them
-    in the same task, and returns the handshake's response.
+    in the same task (with the context variables the middlewares set reset:
+    the socket sets its own), and returns the handshake's response.
 
     So an open socket holds neither the middlewares' coroutine frames nor the
     handler's (~2 KB per socket, docs/BENCHMARKS.md, "Idle connections"), and

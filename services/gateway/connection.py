@@ -353,6 +353,15 @@ class Connection:
             return False
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             return False
+        # The `auth` frame's own request id, like every frame's; not kept past it: an idle
+        # socket's context holds its user id only (docs/BENCHMARKS.md, "Idle connections").
+        rid = request_id_var.set(new_request_id())
+        try:
+            return await self._authenticate_with(msg)
+        finally:
+            request_id_var.reset(rid)
+
+    async def _authenticate_with(self, msg: WSMessage) -> bool:
         frame = self._read(msg)
         if frame is None:
             await self.close(f.CLOSE_AUTH_FAILED, ErrorCode.AUTH_REQUIRED.value)

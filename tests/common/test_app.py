@@ -296,14 +296,14 @@ async def test_a_socket_is_logged_and_counted_at_its_handshake_and_served_past_i
         assert (lines[0].route, lines[0].status, lines[0].request_id) == ("/test/ws", 101, "sock-1")  # type: ignore[attr-defined]
         text = await (await client.get("/test/metrics")).text()
         assert 'route="/test/ws",service="test",status="101"} 1.0' in text
-        # The life holds no middleware's frame, and its lines keep the handshake's id.
+        # The life holds no middleware's frame, nor the request id they set.
         (task,) = lives
         held = _awaiting(task.get_coro())
         assert "life" in held
         assert not held & {"request_id_middleware", "metrics_middleware", "error_middleware",
                            "until_started", "handshake"}  # fmt: skip
         await ws.send_str("hi")
-        assert (await ws.receive_str()) == "hi (sock-1)"
+        assert (await ws.receive_str()) == "hi (None)"
         await ws.close()
     # A refused upgrade is an HTTP answer through the error model, as before.
     resp = await client.get("/test/ws?refuse=1")
