@@ -49,11 +49,21 @@ S = TypeVar("S", bound=Beating)
 
 
 class Heartbeat(Generic[S]):
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    """``visit(sock)``, if given, is called each time the schedule looks at a socket:
+    at least once every :attr:`longest_gap` seconds while it is beating."""
+
+    def __init__(
+        self,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        visit: Callable[[S], None] | None = None,
+    ) -> None:
         self.interval = interval
         self.timeout = interval / 2  # as aiohttp's: an unanswered ping closes after this
         self._clock = clock
+        self._visit = visit
         tick = min(1.0, interval / 20)
+        self.longest_gap = interval + tick
         self._silent: Deadlines[S] = Deadlines(self._silent_for_long, clock, tick)
         self._pinged: Deadlines[S] = Deadlines(self._ping_unanswered, clock, tick)
 
@@ -73,6 +83,8 @@ class Heartbeat(Generic[S]):
         self._pinged.close()
 
     def _silent_for_long(self, sock: S) -> None:
+        if self._visit is not None:
+            self._visit(sock)
         due = sock.heard + self.interval
         now = self._clock()
         if due > now:  # heard from since it was filed: the ping moves
@@ -85,6 +97,8 @@ class Heartbeat(Generic[S]):
         sock.ping()
 
     def _ping_unanswered(self, sock: S) -> None:
+        if self._visit is not None:
+            self._visit(sock)
         if sock.heard:  # a pong, or any frame, since the ping
             sock.beat = sock.heard + self.interval
             self._silent.add(sock, sock.beat)

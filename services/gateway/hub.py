@@ -123,7 +123,12 @@ class Hub:
         # When each socket's token expires: one timer for the pod, not one per socket.
         self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
         # Pings for silent sockets, on one schedule for the pod (not aiohttp's per socket).
-        self.heartbeat: Heartbeat[Connection] = Heartbeat(self.settings.ws_heartbeat_s)
+        # It looks at every socket at least once per interval: a socket joins the expiry
+        # schedule only once its token ends before the next look (``track_expiry``).
+        self.heartbeat: Heartbeat[Connection] = Heartbeat(
+            self.settings.ws_heartbeat_s, visit=self.track_expiry
+        )
+        self._expiry_horizon = self.heartbeat.longest_gap + 2.0
         self.subscribed = asyncio.Event()
         gw = self.settings.gateway_id
         self.connections = Gauge(
@@ -406,10 +411,16 @@ class Hub:
         return self.by_user.get(user_id, ())
 
     def track_expiry(self, conn: Connection, was: float | None = None) -> None:
-        """Call ``conn.expired()`` at ``conn.expires_at`` (moved from ``was`` if set)."""
+        """Call ``conn.expired()`` at ``conn.expires_at`` (moved from ``was`` if set).
+
+        Only a token that ends before the heartbeat's next look at the socket is
+        filed now (the heartbeat calls this on every look): most sockets are in
+        one pod schedule at a time, not two (docs/BENCHMARKS.md, "Idle connections").
+        """
         if was is not None:
             self._expiries.discard(conn, was)
-        self._expiries.add(conn, conn.expires_at)
+        if conn.expires_at and conn.expires_at - time.time() <= self._expiry_horizon:
+            self._expiries.add(conn, conn.expires_at)
 
     def untrack_expiry(self, conn: Connection) -> None:
         self._expiries.discard(conn, conn.expires_at)

@@ -1,6 +1,7 @@
 """The pod's heartbeat (services/gateway/heartbeat.py): one schedule for every socket,
 with aiohttp's timing: a ping after ``ws_heartbeat_s`` without a frame from the
-client, the connection dropped (1006) half of that after an unanswered ping."""
+client, the connection dropped (1006) half of that after an unanswered ping. It
+also files a socket for its token's expiry once that comes before its next look."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+from parley_contract.frames import CLOSE_REAUTH
 
 from services.common.state import KAFKA
 from services.gateway.app import create_app
 from services.gateway.heartbeat import Heartbeat
 from services.gateway.state import HUB
 from tests.support.aio import eventually
+from tests.support.wsclient import WsClient
 
 
 def uid() -> str:
@@ -150,3 +153,20 @@ async def test_a_client_that_answers_pings_stays_open(issuer: Any, make_client: 
         assert len(hub.local(user)) == 1
         await ws.close()
     await eventually(lambda: _value(hub.local(user)), lambda conns: conns == (), timeout=10)
+
+
+async def test_a_token_that_outlives_the_next_look_joins_the_expiry_schedule_later(
+    issuer: Any, make_client: Any
+) -> None:
+    gw, url = await _gateway(issuer, make_client)
+    hub = gw.server.app[HUB]
+    user = uid()
+    client = await WsClient.connect(url, issuer.token(user, did=1, ttl=4))  # answers pings
+    (conn,) = hub.local(user)
+    # Not filed yet: the token ends after the heartbeat's next look at the socket.
+    assert len(hub._expiries) == 0
+    err = await client.expect("error", timeout=30)
+    assert err["code"] == "reauth_required"
+    assert time.time() >= conn.expires_at
+    assert await client.wait_closed(timeout=30) == CLOSE_REAUTH
+    await client.close()
