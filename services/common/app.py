@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -171,16 +172,19 @@ def sockets_middleware(lives: dict[Handler, SocketLife]) -> Middleware:
 
     @web.middleware
     def sockets(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-        life = lives.get(request.match_info.handler)
-        if life is None:
-            return handler(request)
-        return life(request, handler)
+        if lives:  # only a service with socket routes looks
+            # The route's handler may wrap the one given (an Api operation does).
+            life = lives.get(inspect.unwrap(request.match_info.handler))
+            if life is not None:
+                return life(request, handler)
+        return handler(request)
 
     return sockets
 
 
 def serve_sockets(app: web.Application, handler: Handler, life: SocketLife) -> None:
-    """Serve the sockets opened through ``handler``'s routes with ``life``.
+    """Serve the sockets opened through ``handler``'s routes with ``life``: every
+    route whose handler is ``handler`` or wraps it (``functools.wraps``).
 
     ``handler`` does the handshake: it runs inside the middlewares and returns
     a prepared ``web.WebSocketResponse`` (101) or refuses the upgrade. ``life``
@@ -195,7 +199,7 @@ def serve_sockets(app: web.Application, handler: Handler, life: SocketLife) -> N
     its access line and request metric are written at the handshake (status
     101, the handshake's duration), not when it closes.
     """
-    app[SOCKET_LIVES][handler] = life
+    app[SOCKET_LIVES][inspect.unwrap(handler)] = life
 
 
 # Set on every answer of every service unless the handler chose its own (the

@@ -240,7 +240,6 @@ class Connection:
         opened = time.monotonic()
         # With its transport, frames that wait together go out in one write (wire.py).
         conn = cls(ws, hub, request.transport)
-        hub.heartbeat.add(conn)
         # The pods sit behind the load balancer, whose X-Forwarded-For hop is the client.
         # Interned: the sockets from one address share one string (the key they are
         # counted under), not a copy each held by their frame.
@@ -252,6 +251,7 @@ class Connection:
             await conn.close(f.CLOSE_TOO_MANY, err.code.value)
             hub.count_disconnect(ws.close_code, time.monotonic() - opened)
             return ws
+        hub.heartbeat.add(conn)
         try:
             if await conn._authenticate():
                 try:

@@ -257,9 +257,13 @@ def test_a_role_without_auth_is_refused_when_the_route_is_declared() -> None:
 
 
 def socket_app(lives: list[Any]) -> web.Application:
-    """An app with a socket route: its life echoes text frames until the client closes."""
-    app = base_app("test", load_settings(), prefix="/test")
+    """An app with a socket route: its life echoes text frames until the client closes.
 
+    The route is there twice: as an Api operation (which wraps the handler) and as is.
+    """
+    api = Api("Sockets", "1.0")
+
+    @api.get("/ws", summary="A socket", status=101)
     async def handshake(request: web.Request) -> web.StreamResponse:
         if request.query.get("refuse"):
             raise ApiError(ErrorCode.FORBIDDEN)
@@ -276,7 +280,8 @@ def socket_app(lives: list[Any]) -> web.Application:
             await ws.send_str(f"{msg.data} ({request_id_var.get()})")
         return ws
 
-    app.router.add_get("/test/ws", handshake)
+    app = base_app("test", load_settings(), prefix="/test", api=api)
+    app.router.add_get("/test/ws-plain", handshake)
     serve_sockets(app, handshake, life)
     return app
 
@@ -305,6 +310,11 @@ async def test_a_socket_is_logged_and_counted_at_its_handshake_and_served_past_i
         await ws.send_str("hi")
         assert (await ws.receive_str()) == "hi (None)"
         await ws.close()
+        # The route added with the handler as it is: the same life.
+        async with client.ws_connect("/test/ws-plain") as plain:
+            await plain.send_str("too")
+            assert (await plain.receive_str()) == "too (None)"
+        assert len(lives) == 2
     # A refused upgrade is an HTTP answer through the error model, as before.
     resp = await client.get("/test/ws?refuse=1")
     assert resp.status == 403
