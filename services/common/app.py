@@ -1,15 +1,17 @@
 """The application factory every service builds on.
 
 ``base_app`` gives a service its middlewares (request id, metrics, error
-model), ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and
-``/docs`` under the service's path prefix (``/auth``, ``/keys`` ...; the load
-balancer routes by that prefix without rewriting paths).
+model), its socket routes (:func:`serve_sockets`), ``/healthz``, ``/readyz``,
+``/metrics``, ``/openapi.json`` and ``/docs`` under the service's path prefix
+(``/auth``, ``/keys`` ...; the load balancer routes by that prefix without
+rewriting paths).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,11 +36,21 @@ from services.common.logging import (
 )
 from services.common.metrics import HttpMetrics, metrics_handler, new_registry, route_name
 from services.common.openapi import Api, docs_csp, docs_page
-from services.common.state import CHECKS, MAX_BODY, REGISTRY, SERVICE, SETTINGS, STARTUP, Check
+from services.common.state import (
+    CHECKS,
+    MAX_BODY,
+    REGISTRY,
+    SERVICE,
+    SETTINGS,
+    SOCKET_LIVES,
+    STARTUP,
+    Check,
+    Handler,
+    SocketLife,
+)
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {
     404: ErrorCode.NOT_FOUND,
@@ -149,6 +161,47 @@ def startup_middleware(operational: frozenset[str], timeout_s: float) -> Middlew
     return until_started
 
 
+def sockets_middleware(lives: dict[Handler, SocketLife]) -> Middleware:
+    """The outermost middleware: a socket route's request is handed to its life
+    (:func:`serve_sockets`), which awaits the other middlewares for the handshake only.
+
+    Not a coroutine function: it returns the awaitable it is given (the
+    middlewares' chain, or the life), so that it holds no frame of its own for
+    as long as a socket is open (docs/BENCHMARKS.md, "Idle connections").
+    """
+
+    @web.middleware
+    def sockets(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        if lives:  # only a service with socket routes looks
+            # The route's handler may wrap the one given (an Api operation does).
+            life = lives.get(inspect.unwrap(request.match_info.handler))
+            if life is not None:
+                return life(request, handler)
+        return handler(request)
+
+    return sockets
+
+
+def serve_sockets(app: web.Application, handler: Handler, life: SocketLife) -> None:
+    """Serve the sockets opened through ``handler``'s routes with ``life``: every
+    route whose handler is ``handler`` or wraps it (``functools.wraps``).
+
+    ``handler`` does the handshake: it runs inside the middlewares and returns
+    a prepared ``web.WebSocketResponse`` (101) or refuses the upgrade. ``life``
+    is called as ``life(request, handshake)``, with ``handshake`` the handler
+    inside the middlewares (request id and access line, metrics, errors,
+    start-up wait); it awaits that first, then serves the socket outside them
+    in the same task (with the context variables the middlewares set reset:
+    the socket sets its own), and returns the handshake's response.
+
+    So an open socket holds neither the middlewares' coroutine frames nor the
+    handler's (~2 KB per socket, docs/BENCHMARKS.md, "Idle connections"), and
+    its access line and request metric are written at the handshake (status
+    101, the handshake's duration), not when it closes.
+    """
+    app[SOCKET_LIVES][inspect.unwrap(handler)] = life
+
+
 # Set on every answer of every service unless the handler chose its own (the
 # web app and the OIDC pages set a CSP that allows their own assets). HAProxy
 # adds the same to its own answers (deploy/haproxy/haproxy.cfg); on AWS the
@@ -182,8 +235,10 @@ def base_app(
     operational = frozenset(
         f"{prefix}/{name}" for name in ("healthz", "readyz", "metrics", "openapi.json", "docs")
     )
+    lives: dict[Handler, SocketLife] = {}
     app = web.Application(
         middlewares=[
+            sockets_middleware(lives),
             request_id_middleware,
             http_metrics.middleware(),
             error_middleware,
@@ -197,6 +252,7 @@ def base_app(
     app[REGISTRY] = registry
     app[CHECKS] = {}
     app[SERVICE] = service
+    app[SOCKET_LIVES] = lives
     app[MAX_BODY] = settings.max_body_bytes
     started = time.time()
 

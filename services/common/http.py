@@ -75,7 +75,13 @@ def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
         hops = [h.strip() for v in values for h in v.split(",") if h.strip()]
         if hops:
             return hops[-1][:64]
-    return request.remote or "unknown"
+    # The transport's peer, not ``request.remote``: that caches the peer on the
+    # request, which a WebSocket keeps for its whole life (~200 bytes a socket).
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, list | tuple):
+        return str(peer[0])
+    return str(peer) if peer else "unknown"
 
 
 async def read_json(request: web.Request) -> Any:

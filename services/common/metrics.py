@@ -10,9 +10,10 @@ The latency buckets suit every HTTP route we serve: reads and writes answer in
 milliseconds (1 ms .. 100 ms), password checks (argon2) take a few hundred
 milliseconds, and a request that waits for a dependency is cut at
 ``PARLEY_DEPENDENCY_TIMEOUT_MS`` (5 s by default: the 5 s and 10 s buckets
-catch it). A WebSocket upgrade (``/ws``) is a "request" that lasts as long as
-its connection: it is counted in ``parley_http_requests_total`` but not timed
-here; the gateway times connections itself (``parley_gateway_connection_seconds``).
+catch it). A WebSocket upgrade (``/ws``) is counted in
+``parley_http_requests_total`` (status 101) once its handshake is answered
+(services/common/app.py, ``serve_sockets``), but not timed here; the gateway
+times connections itself (``parley_gateway_connection_seconds``).
 """
 
 from __future__ import annotations

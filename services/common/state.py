@@ -30,12 +30,17 @@ if TYPE_CHECKING:
 # A readiness check: returns when the dependency answers, raises when it does not.
 Check = Callable[[], Awaitable[Any]]
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What serves a socket route for the socket's whole life (services.common.app.serve_sockets).
+SocketLife = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
 # Set by ``base_app``.
 SERVICE: web.AppKey[str] = web.AppKey("service", str)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
 CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("checks", dict)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+SOCKET_LIVES: web.AppKey[dict[Handler, SocketLife]] = web.AppKey("socket_lives", dict)
 
 # Set by the ``use_*`` helpers of services.common.deps.
 MONGO: web.AppKey[AsyncMongoClient[dict[str, Any]]] = web.AppKey("mongo")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from services.common.app import base_app
+from services.common.app import base_app, serve_sockets
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
@@ -17,7 +17,7 @@ from services.common.state import REGISTRY, VERIFIER
 from services.gateway.directory import Directory
 from services.gateway.hub import Hub
 from services.gateway.rooms import RoomMembers
-from services.gateway.routes import api, websocket
+from services.gateway.routes import api, socket_life, websocket
 from services.gateway.state import HUB
 from services.gateway.store import GatewayStore
 
@@ -49,4 +49,5 @@ async def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(drain)
     # The same socket as /gateway/ws (documented there): the address clients use.
     app.router.add_get("/ws", websocket)
+    serve_sockets(app, websocket, socket_life)
     return app

@@ -20,26 +20,33 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import sys
 import time
 from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from aiokafka.errors import KafkaError
 from parley_contract import frames as f
 from redis.exceptions import RedisError
 
 from services.common.errors import ApiError, ErrorCode
+from services.common.http import client_ip
 from services.common.logging import new_request_id, request_id_var, user_id_var
-from services.gateway.wire import text_frames
+from services.gateway import packed
+from services.gateway.wire import PING, text_frames
 
 if TYPE_CHECKING:
+    from services.common.state import Handler
     from services.gateway.hub import Hub
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_SENDS = 256
+
+_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+"""What ends a socket's frame loop (as it ends ``async for`` over the socket)."""
 
 
 class Connection:
@@ -48,9 +55,9 @@ class Connection:
     # pending tasks and the waiter for a send slot exist only while they are used.
     __slots__ = (
         "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_cid", "_closer", "_closing",
-        "_pending", "_sending", "_slot_free", "_writer", "device_id", "expires_at", "hub",
-        "limits", "queue", "queued_bytes", "sid", "token", "transport", "user_id", "violations",
-        "ws",
+        "_pending", "_sending", "_slot_free", "_token_body", "_token_head", "_writer", "beat",
+        "device_id", "expires_at", "heard", "hub", "limits", "queue", "queued_bytes", "sid",
+        "transport", "user_id", "violations", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -65,7 +72,9 @@ class Connection:
         self.user_id: str | None = None
         self.device_id: int | None = None
         self.sid: str | None = None
-        self.token: str | None = None
+        # The access token, packed (services/gateway/packed.py): a third less memory.
+        self._token_head: str | None = None
+        self._token_body = b""
         # Frames waiting for the socket, at most ``outbound_queue`` of them. The queue
         # and a writer task exist only while some wait (most idle sockets have none).
         self.queue: deque[bytes] | None = None
@@ -87,6 +96,11 @@ class Connection:
         """When the token this socket last authenticated with expires (epoch seconds);
         the hub closes the socket then (one timer per pod, not one per socket)."""
         self._closer: asyncio.Task[None] | None = None
+        self.heard = 0.0
+        """When a frame (any, pings and pongs too) last came from the client (monotonic
+        seconds): the pod's heartbeat pings a socket that has been silent for long
+        (services/gateway/heartbeat.py)."""
+        self.beat = 0.0
 
     @property
     def conn_id(self) -> str:
@@ -194,55 +208,109 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(writer), 1.0)
         await self.ws.close(code=code, message=reason.encode()[:120])
 
+    def ping(self) -> None:
+        """The pod's heartbeat: a ping, written as it is (wire.py), without a task."""
+        transport = self.transport
+        if transport is not None and not self.ws.closed and not transport.is_closing():
+            transport.write(PING)
+
+    def abort(self) -> None:
+        """The pod's heartbeat: the ping went unanswered, the client is gone. Drop the
+        connection as aiohttp's own heartbeat does: no close frame, close code 1006."""
+        transport = self.transport
+        if transport is not None and not self.ws.closed:
+            transport.close()
+
     # Inbound ----------------------------------------------------------------
-    async def serve(self, address: str = "unknown") -> None:
+    @classmethod
+    async def live(cls, request: web.Request, handshake: Handler, hub: Hub) -> web.StreamResponse:
+        """A socket's whole life: its handshake, then its frames until it closes.
+
+        ``handshake`` is the route's handler inside the services' middlewares
+        (services/common/app.py, ``serve_sockets``): it answers 101, or refuses
+        the upgrade with an HTTP answer that is returned as it is. Once it has
+        returned, the middlewares are done with the request; the socket is
+        served here, in one coroutine frame (the frame loop is inlined, not a
+        method of its own): what every idle socket holds (docs/BENCHMARKS.md,
+        "Idle connections").
+        """
+        ws = await handshake(request)
+        if not isinstance(ws, web.WebSocketResponse) or not ws.prepared:
+            return ws
+        opened = time.monotonic()
+        # With its transport, frames that wait together go out in one write (wire.py).
+        conn = cls(ws, hub, request.transport)
+        # The pods sit behind the load balancer, whose X-Forwarded-For hop is the client.
+        # Interned: the sockets from one address share one string (the key they are
+        # counted under), not a copy each held by their frame.
+        address = sys.intern(client_ip(request, trust_forwarded_for=True))
         try:
-            self.hub.open_address(address)
+            hub.open_address(address)
         except ApiError as err:
-            self.error(err)
-            await self.close(f.CLOSE_TOO_MANY, err.code.value)
-            return
+            conn.error(err)
+            await conn.close(f.CLOSE_TOO_MANY, err.code.value)
+            hub.count_disconnect(ws.close_code, time.monotonic() - opened)
+            return ws
+        hub.heartbeat.add(conn)
         try:
-            if await self._authenticate():
-                # The frame loop is here, not in a method of its own: one coroutine
-                # frame fewer held by every idle socket.
+            if await conn._authenticate():
                 try:
-                    async for msg in self.ws:
+                    # ``receive()``, not ``async for``: no ``__anext__`` coroutine held
+                    # by every idle socket while it waits.
+                    while True:
+                        msg = await ws.receive()
+                        conn.heard = time.monotonic()
                         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                            if msg.type in _ENDS:
+                                break
+                            if msg.type is WSMsgType.PING:  # aiohttp's autoping is off
+                                with contextlib.suppress(ConnectionError):  # closing
+                                    await ws.pong(msg.data)
                             continue
                         request_id_var.set(new_request_id())
-                        frame = self._read(msg)
+                        frame = conn._read(msg)
                         if frame is None:
                             continue
-                        self.hub.count_in(str(type(frame).__struct_config__.tag))
+                        hub.count_in(str(type(frame).__struct_config__.tag))
                         try:
-                            await self._handle(frame)
+                            await conn._handle(frame)
                         except ApiError as err:
-                            self.error(err, frame.id)
-                        if self._closing:
+                            conn.error(err, frame.id)
+                        if conn._closing:
                             break
                 finally:
-                    await self.hub.unregister(self)
+                    await hub.unregister(conn)
         except (RedisError, OSError) as exc:
             # Redis went away under this socket: the client reconnects and resyncs.
             log.warning("closing a socket after a redis error", extra={"error": repr(exc)})
-            self.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
-            await self.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
+            conn.error(ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable; reconnect."))
+            await conn.close(f.CLOSE_TRY_AGAIN, ErrorCode.UNAVAILABLE.value)
+        except Exception:
+            # Past the handshake the error middleware no longer sees the socket.
+            log.exception("unhandled error", extra={"path": request.path})
+            await conn.close(WSCloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL.value, flush=False)
         finally:
-            self.hub.close_address(address)
-            if self.expires_at:
-                self.hub.untrack_expiry(self)
-            if self._ack_task is not None and not self._ack_task.done():
-                # Let the last ack land: the client may not come back to repeat it.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
-            for task in list(self._pending or ()):
-                task.cancel()
-            self._closing = True  # nothing more is queued: the writer (if any) ends
-            writer = self._writer
-            if writer is not None:
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(writer, 2.0)
+            hub.count_disconnect(ws.close_code, time.monotonic() - opened)
+            await conn._end(address)
+        return ws
+
+    async def _end(self, address: str) -> None:
+        """What a socket leaves on its pod, dropped once it is done."""
+        self.hub.heartbeat.discard(self)
+        self.hub.close_address(address)
+        if self.expires_at:
+            self.hub.untrack_expiry(self)
+        if self._ack_task is not None and not self._ack_task.done():
+            # Let the last ack land: the client may not come back to repeat it.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
+        for task in list(self._pending or ()):
+            task.cancel()
+        self._closing = True  # nothing more is queued: the writer (if any) ends
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(writer, 2.0)
 
     def _read(self, msg: WSMessage) -> f.ClientFrames | None:
         """Parse one WebSocket message; None (after an error frame) when it is unusable."""
@@ -265,15 +333,35 @@ class Connection:
             self.error(ApiError.from_frame_error(exc), f.frame_id(data))
             return None
 
+    async def _receive(self) -> WSMessage:
+        """The next message that is not a ping or a pong (pings are answered here)."""
+        while True:
+            msg = await self.ws.receive()
+            self.heard = time.monotonic()
+            if msg.type is WSMsgType.PING:
+                with contextlib.suppress(ConnectionError):  # closing: the next receive says so
+                    await self.ws.pong(msg.data)
+            elif msg.type is not WSMsgType.PONG:
+                return msg
+
     async def _authenticate(self) -> bool:
         try:
-            msg = await asyncio.wait_for(self.ws.receive(), self.limits.auth_timeout_s)
+            msg = await asyncio.wait_for(self._receive(), self.limits.auth_timeout_s)
         except TimeoutError:
             self.error(ApiError(ErrorCode.AUTH_TIMEOUT, "Authenticate within the time limit."))
             await self.close(f.CLOSE_AUTH_TIMEOUT, ErrorCode.AUTH_TIMEOUT.value)
             return False
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             return False
+        # The `auth` frame's own request id, like every frame's; not kept past it: an idle
+        # socket's context holds its user id only (docs/BENCHMARKS.md, "Idle connections").
+        rid = request_id_var.set(new_request_id())
+        try:
+            return await self._authenticate_with(msg)
+        finally:
+            request_id_var.reset(rid)
+
+    async def _authenticate_with(self, msg: WSMessage) -> bool:
         frame = self._read(msg)
         if frame is None:
             await self.close(f.CLOSE_AUTH_FAILED, ErrorCode.AUTH_REQUIRED.value)
@@ -291,7 +379,8 @@ class Connection:
             self.error(err, getattr(frame, "id", None))
             await self.close(f.CLOSE_AUTH_FAILED, err.code.value)
             return False
-        self.user_id, self.sid, self.token = claims.sub, claims.sid, frame.token
+        self.user_id, self.sid = claims.sub, claims.sid
+        self._token_head, self._token_body = packed.pack(frame.token)
         self.device_id = claims.did
         self.expires_at = float(claims.exp)
         self.hub.track_expiry(self)
@@ -321,7 +410,8 @@ class Connection:
             claims = await self.hub.verify(frame.token)
             if claims.sub != self.user_id or claims.did != self.device_id:
                 raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user's device.")
-            self.sid, self.token = claims.sid, frame.token
+            self.sid = claims.sid
+            self._token_head, self._token_body = packed.pack(frame.token)
             if claims.exp > self.expires_at:
                 was, self.expires_at = self.expires_at, float(claims.exp)
                 self.hub.track_expiry(self, was)
@@ -348,8 +438,9 @@ class Connection:
         )
 
     def _token(self) -> str:
-        assert self.token is not None
-        return self.token
+        """The access token this socket last authenticated with, for a call made for it."""
+        assert self._token_head is not None
+        return packed.unpack(self._token_head, self._token_body)
 
     async def _send(self, frame: f.Send | f.RoomSend) -> None:
         assert self.user_id is not None

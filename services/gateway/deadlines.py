@@ -2,9 +2,10 @@
 
 A timer handle costs an idle socket about 540 bytes (the handle, the event
 loop's timer and its C struct, the bound callback); a place in a set costs it
-a few dozen (docs/BENCHMARKS.md, "Idle connections"). Deadlines are whole
-seconds (a token's ``exp`` is one), so sockets that expire in the same second
-share one set, and the pod arms a single timer for the earliest second.
+a few dozen (docs/BENCHMARKS.md, "Idle connections"). Deadlines are rounded
+up to whole ticks (a second by default: a token's ``exp`` is whole seconds),
+so sockets due in the same tick share one set, and the pod arms a single
+timer for the earliest tick.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ T = TypeVar("T", bound=Hashable)
 
 
 class Deadlines(Generic[T]):
-    """Calls ``due(item)`` once the wall clock reaches the deadline given for it."""
+    """Calls ``due(item)`` once ``clock`` (the wall clock by default) reaches the
+    deadline given for it, rounded up to a whole ``tick`` (seconds)."""
 
-    def __init__(self, due: Callable[[T], None], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, due: Callable[[T], None], clock: Callable[[], float] = time.time, tick: float = 1.0
+    ) -> None:
         self._due = due
         self._clock = clock
-        self._at: dict[int, set[T]] = {}
-        self._seconds: list[int] = []  # a heap of the keys of ``_at``
+        self._tick = tick
+        self._at: dict[int, set[T]] = {}  # items by tick (the deadline // tick, rounded up)
+        self._ticks: list[int] = []  # a heap of the keys of ``_at``
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for: int | None = None
 
@@ -34,41 +39,41 @@ class Deadlines(Generic[T]):
         return sum(len(items) for items in self._at.values())
 
     def add(self, item: T, when: float) -> None:
-        """Call ``due(item)`` at ``when`` (epoch seconds, rounded up to a whole second)."""
-        second = math.ceil(when)
-        items = self._at.get(second)
+        """Call ``due(item)`` at ``when`` (``clock`` seconds, rounded up to a whole tick)."""
+        tick = math.ceil(when / self._tick)
+        items = self._at.get(tick)
         if items is None:
-            items = self._at[second] = set()
-            heapq.heappush(self._seconds, second)
-            if self._armed_for is None or second < self._armed_for:
-                self._arm(second)
+            items = self._at[tick] = set()
+            heapq.heappush(self._ticks, tick)
+            if self._armed_for is None or tick < self._armed_for:
+                self._arm(tick)
         items.add(item)
 
     def discard(self, item: T, when: float) -> None:
         """Forget ``item``'s deadline ``when`` (as given to :meth:`add`), if it is still set."""
-        items = self._at.get(math.ceil(when))
+        items = self._at.get(math.ceil(when / self._tick))
         if items is not None:
-            items.discard(item)  # an emptied second is dropped when it comes
+            items.discard(item)  # an emptied tick is dropped when it comes
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._armed_for = None
         self._at.clear()
-        self._seconds.clear()
+        self._ticks.clear()
 
-    def _arm(self, second: int) -> None:
+    def _arm(self, tick: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(0.0, second - self._clock())
+        delay = max(0.0, tick * self._tick - self._clock())
         self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
-        self._armed_for = second
+        self._armed_for = tick
 
     def _fire(self) -> None:
         self._timer = self._armed_for = None
         now = self._clock()
-        while self._seconds and self._seconds[0] <= now:
-            for item in self._at.pop(heapq.heappop(self._seconds), ()):
-                self._due(item)  # may add the item again, for a later second
-        if self._seconds and self._armed_for != self._seconds[0]:
-            self._arm(self._seconds[0])
+        while self._ticks and self._ticks[0] * self._tick <= now:
+            for item in self._at.pop(heapq.heappop(self._ticks), ()):
+                self._due(item)  # may add the item again, for a later tick
+        if self._ticks and self._armed_for != self._ticks[0]:
+            self._arm(self._ticks[0])

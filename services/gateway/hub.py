@@ -34,6 +34,7 @@ from services.common.errors import ApiError, ErrorCode
 from services.common.ratelimit import TokenBucket
 from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
+from services.gateway.heartbeat import Heartbeat
 from services.gateway.rooms import RoomMembers
 from services.gateway.store import GatewayStore
 
@@ -64,6 +65,10 @@ class Limits:
     """What a socket may do (docs/protocol.md, "Limits")."""
 
     max_frame_bytes: int
+    max_message_bytes: int
+    """What aiohttp reads of one message before it closes the socket (1009): 4x the
+    frame limit, up to which a socket is answered ``frame_too_large``. One int for
+    the pod, not one made per socket."""
     sends_per_s: float
     send_burst: int
     auth_timeout_s: float
@@ -76,6 +81,7 @@ class Limits:
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(
             max_frame_bytes=settings.ws_max_frame_bytes,
+            max_message_bytes=4 * settings.ws_max_frame_bytes,
             sends_per_s=settings.ws_sends_per_s,
             send_burst=settings.ws_send_burst,
             auth_timeout_s=settings.ws_auth_timeout_s,
@@ -116,6 +122,13 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         # When each socket's token expires: one timer for the pod, not one per socket.
         self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
+        # Pings for silent sockets, on one schedule for the pod (not aiohttp's per socket).
+        # It looks at every socket at least once per interval: a socket joins the expiry
+        # schedule only once its token ends before the next look (``track_expiry``).
+        self.heartbeat: Heartbeat[Connection] = Heartbeat(
+            self.settings.ws_heartbeat_s, visit=self.track_expiry
+        )
+        self._expiry_horizon = self.heartbeat.longest_gap + 2.0
         self.subscribed = asyncio.Event()
         gw = self.settings.gateway_id
         self.connections = Gauge(
@@ -171,6 +184,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._expiries.close()
+        self.heartbeat.close()
 
     async def drain(self) -> None:
         """SIGTERM: tell every client to reconnect (to another pod) and close.
@@ -397,10 +411,16 @@ class Hub:
         return self.by_user.get(user_id, ())
 
     def track_expiry(self, conn: Connection, was: float | None = None) -> None:
-        """Call ``conn.expired()`` at ``conn.expires_at`` (moved from ``was`` if set)."""
+        """Call ``conn.expired()`` at ``conn.expires_at`` (moved from ``was`` if set).
+
+        Only a token that ends before the heartbeat's next look at the socket is
+        filed now (the heartbeat calls this on every look): most sockets are in
+        one pod schedule at a time, not two (docs/BENCHMARKS.md, "Idle connections").
+        """
         if was is not None:
             self._expiries.discard(conn, was)
-        self._expiries.add(conn, conn.expires_at)
+        if conn.expires_at and conn.expires_at - time.time() <= self._expiry_horizon:
+            self._expiries.add(conn, conn.expires_at)
 
     def untrack_expiry(self, conn: Connection) -> None:
         self._expiries.discard(conn, conn.expires_at)

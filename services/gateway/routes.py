@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Awaitable
 
 from aiohttp import web
 
 from services.common.errors import ErrorCode
-from services.common.http import client_ip
 from services.common.openapi import Api
-from services.common.state import SETTINGS
+from services.common.state import Handler
 from services.gateway.connection import Connection
 from services.gateway.state import HUB
 
@@ -34,15 +33,17 @@ api = Api(
     tags=["websocket"],
 )
 async def websocket(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    settings = app[SETTINGS]
-    hub = app[HUB]
+    """The handshake, inside the middlewares; the socket's life is ``socket_life``'s."""
+    hub = request.app[HUB]
     if hub.draining:
         raise web.HTTPServiceUnavailable()
     ws = web.WebSocketResponse(
-        heartbeat=settings.ws_heartbeat_s,
+        # Pings and pongs come to the socket's frame loop: the pod's heartbeat
+        # (services/gateway/heartbeat.py) instead of aiohttp's timers per socket.
+        heartbeat=None,
+        autoping=False,
         # aiohttp closes (1009) past 4x the limit; up to it we answer frame_too_large.
-        max_msg_size=4 * settings.ws_max_frame_bytes,
+        max_msg_size=hub.limits.max_message_bytes,
         compress=False,
     )
     await ws.prepare(request)
@@ -51,10 +52,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # an idle socket need not keep (docs/BENCHMARKS.md, "Idle connections").
     ws.headers.clear()
     hub.connects.inc()
-    opened = time.monotonic()
-    # With its transport, frames that wait together go out in one write (wire.py).
-    conn = Connection(ws, hub, request.transport)
-    # The pods sit behind the load balancer, whose X-Forwarded-For hop is the client.
-    await conn.serve(client_ip(request, trust_forwarded_for=True))
-    hub.count_disconnect(ws.close_code, time.monotonic() - opened)
     return ws
+
+
+def socket_life(request: web.Request, handshake: Handler) -> Awaitable[web.StreamResponse]:
+    """A socket opened through ``websocket``, served outside the middlewares
+    (services/common/app.py, ``serve_sockets``). Not a coroutine function: the
+    socket's one frame is ``Connection.live``'s."""
+    return Connection.live(request, handshake, request.app[HUB])

@@ -1,4 +1,4 @@
-"""WebSocket text frames written back to back: several frames, one write.
+"""WebSocket text frames written back to back: several frames, one write; and a ping.
 
 aiohttp writes every frame with its own ``transport.write`` (a system call
 each). When several frames wait for one socket (a routed batch, a sync page),
@@ -15,6 +15,9 @@ import struct
 from collections.abc import Iterable
 
 _TEXT = 0x81  # FIN + opcode 1 (text)
+
+PING = bytes((0x89, 0))
+"""A ping without payload (FIN + opcode 9): the pod's heartbeat (heartbeat.py)."""
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
@@ -10,11 +11,13 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.common.app import base_app
+from services.common.app import base_app, serve_sockets
 from services.common.config import load_settings
 from services.common.errors import ApiError, ErrorCode
+from services.common.logging import request_id_var
 from services.common.openapi import Api
 from services.common.state import CHECKS
+from tests.support.aio import eventually
 
 STORED: web.AppKey[list[str]] = web.AppKey("stored", list)
 
@@ -251,3 +254,81 @@ def test_a_role_without_auth_is_refused_when_the_route_is_declared() -> None:
     api = Api("Wrong", "1.0")
     with pytest.raises(ValueError, match="auth=True"):
         api.get("/v1/x", summary="X", role="admin")
+
+
+def socket_app(lives: list[Any]) -> web.Application:
+    """An app with a socket route: its life echoes text frames until the client closes.
+
+    The route is there twice: as an Api operation (which wraps the handler) and as is.
+    """
+    api = Api("Sockets", "1.0")
+
+    @api.get("/ws", summary="A socket", status=101)
+    async def handshake(request: web.Request) -> web.StreamResponse:
+        if request.query.get("refuse"):
+            raise ApiError(ErrorCode.FORBIDDEN)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        return ws
+
+    async def life(request: web.Request, handshake: Any) -> web.StreamResponse:
+        ws = await handshake(request)
+        if not isinstance(ws, web.WebSocketResponse):
+            return ws
+        lives.append(asyncio.current_task())
+        async for msg in ws:
+            await ws.send_str(f"{msg.data} ({request_id_var.get()})")
+        return ws
+
+    app = base_app("test", load_settings(), prefix="/test", api=api)
+    app.router.add_get("/test/ws-plain", handshake)
+    serve_sockets(app, handshake, life)
+    return app
+
+
+async def test_a_socket_is_logged_and_counted_at_its_handshake_and_served_past_it(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    lives: list[Any] = []
+    client = await make_client(socket_app(lives))
+    with caplog.at_level("INFO", logger="parley.access"):
+        ws = await client.ws_connect("/test/ws", headers={"X-Request-ID": "sock-1"})
+        # Open, and already logged and counted: the middlewares are done with it.
+        lines = await eventually(
+            lambda: _value([r for r in caplog.records if r.name == "parley.access"]),
+            lambda found: len(found) == 1,
+        )
+        assert (lines[0].route, lines[0].status, lines[0].request_id) == ("/test/ws", 101, "sock-1")  # type: ignore[attr-defined]
+        text = await (await client.get("/test/metrics")).text()
+        assert 'route="/test/ws",service="test",status="101"} 1.0' in text
+        # The life holds no middleware's frame, nor the request id they set.
+        (task,) = lives
+        held = _awaiting(task.get_coro())
+        assert "life" in held
+        assert not held & {"request_id_middleware", "metrics_middleware", "error_middleware",
+                           "until_started", "handshake"}  # fmt: skip
+        await ws.send_str("hi")
+        assert (await ws.receive_str()) == "hi (None)"
+        await ws.close()
+        # The route added with the handler as it is: the same life.
+        async with client.ws_connect("/test/ws-plain") as plain:
+            await plain.send_str("too")
+            assert (await plain.receive_str()) == "too (None)"
+        assert len(lives) == 2
+    # A refused upgrade is an HTTP answer through the error model, as before.
+    resp = await client.get("/test/ws?refuse=1")
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "forbidden"
+
+
+async def _value(v: Any) -> Any:
+    return v
+
+
+def _awaiting(coro: Any) -> set[str]:
+    """The names of the coroutines a suspended coroutine waits through."""
+    names = set()
+    while coro is not None and hasattr(coro, "cr_code"):
+        names.add(coro.cr_code.co_name)
+        coro = coro.cr_await
+    return names
