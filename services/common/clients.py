@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import scripts
 from services.common.config import Settings
+from services.common.fastredis import FastRedis
 from services.common.retry import retry
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,10 @@ def service_db(
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
+    """A Redis client whose plain commands and non-transactional pipelines share one
+    pipelined connection (services/common/fastredis.py)."""
     timeout = settings.dependency_timeout_ms / 1000
-    return aioredis.Redis.from_url(
+    return FastRedis.from_url(
         settings.redis_url,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,

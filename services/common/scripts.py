@@ -47,6 +47,11 @@ async def queue(
 _LOADED: set[str] = set()
 
 
+def texts() -> list[bytes | str]:
+    """Every script registered in this process (what a new connection loads)."""
+    return list(_TEXTS.values())
+
+
 async def on_connect(conn: Any) -> None:
     """A new connection: the usual handshake, then every registered script loaded."""
     await conn.on_connect()

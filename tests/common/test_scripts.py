@@ -40,7 +40,14 @@ async def test_a_pipeline_runs_a_script_in_one_round_trip_and_survives_a_lost_ca
         fresh = scripts.register(redis, _INCR_BY + " -- " + uuid.uuid4().hex)
         assert await redis.script_exists(fresh.sha) == [False]
         scripts._LOADED.add(fresh.sha)  # as if loaded before the "restart"
+        # The server drops every connection of this client: redis-py's pooled ones
+        # and the shared one plain commands and pipelines use (fastredis.py).
         await redis.connection_pool.disconnect()
+        other = redis_client(settings)
+        try:
+            await other.client_kill_filter(_id=await redis.client_id())
+        finally:
+            await other.aclose()
         async with redis.pipeline(transaction=False) as pipe:
             await scripts.queue(pipe, fresh, [key], [4])
             assert await pipe.execute() == [10]

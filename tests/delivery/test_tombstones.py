@@ -42,7 +42,9 @@ async def test_removing_copies_from_an_inbox_of_twenty_thousand_deletes_exactly_
         for it in batch:
             it["stored_at"] = now - 3600
         await store.store_hot(batch)
-    await store.persist_due(now=now + store.settings.hot_persist_after_s + 1)
+    # The persister's index scores an item by when it was stored (now, not its
+    # ``stored_at``): everything stored so far is due a moment after the last store.
+    await store.persist_due(now=time.time() + store.settings.hot_persist_after_s + 0.001)
     fresh = [item(inbox, n, sender="ann", cid=f"h{n}") for n in range(HOT)]
     await store.store_hot(fresh)
     cold_docs = {d["client_id"]: d async for d in store.inbox.find({"inbox": inbox})}

@@ -1,0 +1,250 @@
+"""The shared pipelined Redis connection (services/common/fastredis.py), on the real Redis.
+
+What the services get from ``redis_client`` must answer exactly as redis-py
+does (same shapes, same exception classes), share one connection among
+concurrent callers without mixing up their replies, survive a caller that
+is cancelled and a connection the server drops, and give up on a server
+that stops answering, but not on one that answers slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import hiredis
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.common import scripts
+from services.common.clients import redis_client
+from services.common.config import Settings
+from services.common.fastredis import FastPipeline, FastRedis
+
+
+@pytest.fixture
+async def fast(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = redis_client(settings)
+    assert isinstance(client, FastRedis)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def plain(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def _everything(r: aioredis.Redis, k: str) -> list[object]:
+    """One of each command shape the services use, direct and in a pipeline."""
+    out: list[object] = [
+        await r.set(f"{k}:s", "v", ex=60),
+        await r.get(f"{k}:s"),
+        await r.get(f"{k}:missing"),
+        await r.hset(f"{k}:h", mapping={"a": 1, "b": "two"}),
+        await r.hgetall(f"{k}:h"),
+        await r.hgetall(f"{k}:nothing"),
+        await r.hmget(f"{k}:h", ["a", "zz"]),
+        await r.hincrby(f"{k}:h", "a", 5),
+        await r.zadd(f"{k}:z", {"x": 1.5, "y": 2}),
+        await r.zrangebyscore(f"{k}:z", "-inf", "+inf", withscores=True),
+        await r.sadd(f"{k}:set", "p", "q"),
+        await r.smembers(f"{k}:set"),
+        await r.exists(f"{k}:s", f"{k}:missing"),
+        await r.expire(f"{k}:h", 60),
+        await r.mget([f"{k}:s", f"{k}:missing"]),
+        await r.incr(f"{k}:n"),
+        await r.ping(),
+        await r.publish(f"{k}:channel", b"nobody listens"),
+        await r.delete(f"{k}:n"),
+    ]
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.hgetall(f"{k}:h")
+        pipe.zadd(f"{k}:z", {"x": 3})
+        pipe.set(f"{k}:s2", "w")
+        pipe.mget([f"{k}:s", f"{k}:s2"])
+        pipe.exists(f"{k}:s2")
+        pipe.smembers(f"{k}:set")
+        out.append(await pipe.execute())
+    return out
+
+
+async def test_replies_have_redis_pys_shapes(
+    fast: aioredis.Redis, plain: aioredis.Redis, settings: Settings
+) -> None:
+    base = f"{settings.redis_prefix}:shapes"
+    got = await _everything(fast, f"{base}:fast")
+    want = await _everything(plain, f"{base}:plain")
+    assert got == want
+    assert got[4] == {b"a": b"1", b"b": b"two"} and got[16] is True  # HGETALL, PING
+
+
+async def test_error_replies_are_redis_pys_exceptions_and_leave_the_connection_usable(
+    fast: aioredis.Redis, settings: Settings
+) -> None:
+    k = f"{settings.redis_prefix}:errors"
+    await fast.set(k, "a string")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await fast.hgetall(k)
+    with pytest.raises(NoScriptError):
+        await fast.evalsha("0" * 40, 0)
+    async with fast.pipeline(transaction=False) as pipe:
+        assert isinstance(pipe, FastPipeline)
+        pipe.get(k)
+        pipe.hgetall(k)
+        pipe.get(k)
+        with pytest.raises(ResponseError, match=r"Command # 2 \(HGETALL"):
+            await pipe.execute()
+    async with fast.pipeline(transaction=False) as pipe:
+        pipe.get(k)
+        pipe.lpush(k, "x")
+        pipe.get(k)
+        first, error, last = await pipe.execute(raise_on_error=False)
+    assert first == last == b"a string" and isinstance(error, ResponseError)
+    assert await fast.get(k) == b"a string"  # nothing written by the failed command
+
+
+async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(
+    fast: aioredis.Redis, settings: Settings
+) -> None:
+    k = f"{settings.redis_prefix}:many"
+
+    async def one(i: int) -> tuple[int, list[object]]:
+        async with fast.pipeline(transaction=False) as pipe:
+            for j in range(i % 7 + 1):
+                pipe.set(f"{k}:{i}:{j}", f"{i}.{j}")
+                pipe.get(f"{k}:{i}:{j}")
+            pipe.client_id()
+            return i, await pipe.execute()
+
+    results = await asyncio.gather(*(one(i) for i in range(300)), fast.client_id())
+    ids = set()
+    for i, replies in results[:-1]:  # type: ignore[misc]
+        *pairs, cid = replies
+        assert pairs[1::2] == [f"{i}.{j}".encode() for j in range(i % 7 + 1)]
+        ids.add(cid)
+    ids.add(results[-1])
+    assert len(ids) == 1, "every caller on the one shared connection"
+
+
+async def test_a_cancelled_caller_does_not_shift_the_next_callers_replies(
+    fast: aioredis.Redis, settings: Settings
+) -> None:
+    k = f"{settings.redis_prefix}:cancel"
+    await fast.set(k, "after")
+
+    async def big() -> list[object]:
+        async with fast.pipeline(transaction=False) as pipe:
+            for i in range(20_000):
+                pipe.set(f"{k}:{i}", i)
+            return await pipe.execute()
+
+    task = asyncio.create_task(big())
+    await asyncio.sleep(0)  # it has written its commands; no reply has been read
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await fast.get(k) == b"after"
+    assert await fast.get(f"{k}:19999") == b"19999"  # the cancelled commands did run
+
+
+async def test_a_dropped_connection_is_made_again_with_the_scripts_loaded(
+    fast: aioredis.Redis, plain: aioredis.Redis, settings: Settings
+) -> None:
+    key = f"{settings.redis_prefix}:dropped"
+    script = scripts.register(
+        fast, "return redis.call('INCRBY', KEYS[1], 3) -- " + uuid.uuid4().hex
+    )
+    before = await fast.client_id()
+    await plain.client_kill_filter(_id=before)  # the server drops the shared connection
+    # Registered since the connection was made; never loaded by this process: the
+    # new connection loads every registered script before its first command.
+    scripts._LOADED.add(script.sha)
+    async with fast.pipeline(transaction=False) as pipe:
+        await scripts.queue(pipe, script, [key], [])
+        pipe.client_id()
+        three, after = await pipe.execute()
+    assert three == 3 and after != before
+
+
+async def _server(answer: float | None) -> tuple[asyncio.Server, int]:
+    """A fake Redis that answers ``+OK`` to each command ``answer`` seconds apart,
+    or never (None)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader()
+        try:
+            while data := await reader.read(65536):
+                parser.feed(data)
+                while parser.gets() is not False:
+                    if answer is None:
+                        continue
+                    await asyncio.sleep(answer)
+                    writer.write(b"+OK\r\n")
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_server_that_stops_answering_times_out() -> None:
+    server, port = await _server(answer=None)
+    r = FastRedis.from_url(
+        f"redis://127.0.0.1:{port}", socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await r.set("k", "v")
+        assert loop.time() - started < 2.0
+    finally:
+        await r.aclose()
+        server.close()
+
+
+async def test_a_server_that_answers_slowly_but_steadily_does_not_time_out() -> None:
+    server, port = await _server(answer=0.05)
+    r = FastRedis.from_url(
+        f"redis://127.0.0.1:{port}", socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(12):  # 0.6 s of answers, three times the timeout
+                pipe.set(f"k{i}", i)
+            assert await pipe.execute() == [True] * 12
+    finally:
+        await r.aclose()
+        server.close()
+
+
+async def test_no_server_is_a_connection_error() -> None:
+    server, port = await _server(answer=0)
+    server.close()
+    await server.wait_closed()
+    r = FastRedis.from_url(f"redis://127.0.0.1:{port}", retry=Retry(NoBackoff(), 1))
+    try:
+        with pytest.raises(RedisConnectionError):
+            await r.get("k")
+    finally:
+        await r.aclose()
+
+
+async def test_transactions_still_go_through_redis_py(
+    fast: aioredis.Redis, settings: Settings
+) -> None:
+    k = f"{settings.redis_prefix}:multi"
+    async with fast.pipeline(transaction=True) as pipe:
+        assert not isinstance(pipe, FastPipeline)
+        pipe.incr(k)
+        pipe.incr(k)
+        assert await pipe.execute() == [1, 2]
