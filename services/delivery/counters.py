@@ -33,6 +33,7 @@ MongoDB starts from them exactly.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -160,6 +161,7 @@ class InboxCounters:
         self._seed_one = scripts.register(redis, _SEED)
         self._ack = scripts.register(redis, _ACK)
         self._ack_hot = scripts.register(redis, _ACK_HOT)
+        self._base_lock = asyncio.Lock()
 
     def key(self, inbox: str) -> str:
         return f"{self.prefix}:ctr:{{{inbox}}}"
@@ -290,6 +292,18 @@ class InboxCounters:
 
     # Seeding and checkpoints ---------------------------------------------------
     async def _base(self) -> int:
+        value = await self.redis.get(self.base_key)
+        if value is not None:
+            return int(value)
+        # One decision at a time in this process: a second seeder that read the
+        # marker missing would find the first one's record in MongoDB before its
+        # marker reached Redis, take that for a loss and start every counter past
+        # GAP. (Two processes racing on a first start can still do that: numbers
+        # are not dense, so that costs nothing but the jump.)
+        async with self._base_lock:
+            return await self._decide_base()
+
+    async def _decide_base(self) -> int:
         value = await self.redis.get(self.base_key)
         if value is not None:
             return int(value)
