@@ -45,6 +45,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import redis.asyncio as aioredis
 
 from loadtest.bench_messaging import Options as MessagingOptions
 from loadtest.bench_messaging import ParleySystem
@@ -424,14 +425,32 @@ async def bench_parley(opts: Options, data_dir: Path, log: Any) -> dict[str, Any
                 spread[m.gateway] = spread.get(m.gateway, 0) + 1
             log(f"parley: sockets per gateway {spread}")
             pids = {n: system.procs.procs[n].pid for n in PARLEY_PROCS}
+            redis = aioredis.Redis(port=system.cfg.redis_port)
+            before = await redis.info("commandstats")
             try:
                 out = await run_phases(opts, members, rid, pids, log)
             finally:
                 await asyncio.gather(*(m.close() for m in members))
+            out["redis_commands"] = _commands_since(before, await redis.info("commandstats"))
+            await redis.aclose()
             out["gateways"] = spread
             return out
     finally:
         system.stop()
+
+
+def _commands_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Redis's own time by command over the phases (``INFO commandstats``): calls and
+    µs, the costliest first (what the server spends its ``redis`` CPU on)."""
+    rows = []
+    for name, stat in after.items():
+        was = before.get(name, {})
+        calls = int(stat["calls"]) - int(was.get("calls", 0))
+        usec = int(stat["usec"]) - int(was.get("usec", 0))
+        if calls:
+            rows.append((usec, calls, name.removeprefix("cmdstat_")))
+    rows.sort(reverse=True)
+    return {name: {"calls": calls, "usec": usec} for usec, calls, name in rows[:12]}
 
 
 async def bench_socketio(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
@@ -514,6 +533,14 @@ def table(results: dict[str, Any]) -> str:
                 f"{refused} | "
                 f"{r['duplicates']} | {r['cpu_us_total']} ({cpu}) |"
             )
+    if "redis_commands" in results.get("parley", {}):
+        got = 5 + sum(results["parley"][p]["messages"] for p in ("saturation", "paced"))  # +warm-up
+        member_msgs = max(got * (results["members"] - 1), 1)
+        lines += ["", "Parley's Redis, every phase (`INFO commandstats`), per member-message:", "",
+                  "| command | calls | µs |", "|---|---|---|"]  # fmt: skip
+        for name, st in results["parley"]["redis_commands"].items():
+            lines.append(f"| {name} | {st['calls'] / member_msgs:.3f} | "
+                         f"{st['usec'] / member_msgs:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -23,8 +23,49 @@ import redis.asyncio as aioredis
 from parley_contract import envelopes as e
 from parley_contract import frames as f
 
+from services.common import scripts
+
 Push = tuple[str, int | None, f.ServerFrames]
 """(user, device or None for all of them, frame): what :func:`publish` sends."""
+
+# Routing in one round trip: KEYS the presence hashes of the frames' users; ARGV[1]
+# now (ms), ARGV[2] the presence TTL (ms), ARGV[3] the channel name up to the gateway
+# id, then per frame its user's index in KEYS and the encoded frame. Publishes each
+# live gateway's frames as one message (the frame, or a JSON list of them), as
+# :func:`publish` does from Python; returns the number of (frame, gateway) pairs. The
+# presence keys are on as many shards as users: one Redis, not a Cluster
+# (docs/deployment.md).
+_ROUTE = scripts.define("""
+local now, ttl, chan = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local live = {}
+for i = 1, #KEYS do
+  local gws = {}
+  local all = redis.call('HGETALL', KEYS[i])
+  for j = 2, #all, 2 do
+    local gw, ts = string.match(all[j], '^([^|]*)|(%d+)$')
+    if gw and now - tonumber(ts) <= ttl then gws[gw] = true end
+  end
+  live[i] = gws
+end
+local batches, order, n = {}, {}, 0
+for a = 4, #ARGV, 2 do
+  for gw in pairs(live[tonumber(ARGV[a])]) do
+    local b = batches[gw]
+    if not b then
+      b = {}
+      batches[gw] = b
+      order[#order + 1] = gw
+    end
+    b[#b + 1] = ARGV[a + 1]
+    n = n + 1
+  end
+end
+for _, gw in ipairs(order) do
+  local b = batches[gw]
+  redis.call('PUBLISH', chan .. gw .. '}', #b == 1 and b[1] or '[' .. table.concat(b, ',') .. ']')
+end
+return n
+""")
 
 
 def presence_key(prefix: str, user_id: str) -> str:
@@ -90,18 +131,19 @@ async def publish(
     where: dict[str, set[str]] | None = None,
 ) -> int:
     """Push frames to the sockets of (user, device) — every device of the user when
-    device is None — on every gateway hosting the user: two round trips, and one
-    PUBLISH per gateway pod whatever the number of frames (a JSON list of routed
-    frames). Each frame is encoded once; the gateways forward it as it is.
-    ``where``: the frames' users' gateways when the caller read them already
-    (after storing what the frames announce: a socket that connects later
-    syncs it), which saves the first round trip.
+    device is None — on every gateway hosting the user: one round trip (a script
+    reads the users' presence and publishes), and one PUBLISH per gateway pod
+    whatever the number of frames (a JSON list of routed frames). Each frame is
+    encoded once; the gateways forward it as it is. ``where``: the frames'
+    users' gateways when the caller read them already (after storing what the
+    frames announce: a socket that connects later syncs it): then the publishes
+    alone, from here.
     Returns how many (frame, pod) pairs were published.
     """
     if not frames:
         return 0
     if where is None:
-        where = await gateways_of(redis, prefix, ttl_s, (u for u, _, _ in frames))
+        return await _route(redis, prefix, ttl_s, frames)
     batches: dict[str, list[bytes]] = {}
     for user, device, frame in frames:
         gateways = where.get(user, ())
@@ -118,6 +160,20 @@ async def publish(
             pipe.publish(gateway_channel(prefix, gw), payload)
         await pipe.execute()
     return sum(len(items) for items in batches.values())
+
+
+async def _route(redis: aioredis.Redis, prefix: str, ttl_s: float, frames: list[Push]) -> int:
+    """:func:`publish` without ``where``: the presence read and the publishes in one
+    script (one round trip instead of two)."""
+    users: dict[str, int] = {}
+    args: list[Any] = [int(time.time() * 1000), int(ttl_s * 1000), f"{prefix}:gw:{{"]
+    for user, device, frame in frames:
+        args += [users.setdefault(user, len(users) + 1), e.encode(e.routed(user, device, frame))]
+    keys = [presence_key(prefix, u) for u in users]
+    async with redis.pipeline(transaction=False) as pipe:
+        await scripts.queue_sha(pipe, redis, _ROUTE, keys, args)
+        (pairs,) = await pipe.execute()
+    return int(pairs)
 
 
 __all__ = [

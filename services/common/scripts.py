@@ -18,6 +18,7 @@ Only ``SCRIPT FLUSH`` on a live server would leave a pipeline to fail with
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,28 @@ async def queue(
 
 
 _LOADED: set[str] = set()
+
+
+def define(text: str) -> str:
+    """A script known by its text alone (for module-level functions that take the
+    client as an argument): returns its SHA; :func:`queue_sha` calls it."""
+    sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324  # Redis names scripts so
+    _TEXTS.setdefault(sha, text)
+    return sha
+
+
+async def queue_sha(
+    pipe: aioredis.client.Pipeline,
+    redis: aioredis.Redis,
+    sha: str,
+    keys: Sequence[Any],
+    args: Sequence[Any],
+) -> None:
+    """:func:`queue` for a script from :func:`define` (loaded once per process)."""
+    if sha not in _LOADED:
+        await redis.script_load(_TEXTS[sha])
+        _LOADED.add(sha)
+    pipe.evalsha(sha, len(keys), *keys, *args)
 
 
 def texts() -> list[bytes | str]:

@@ -102,13 +102,17 @@ return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
 
 # Acknowledges up to ARGV[1] in one device inbox: raises acked (as _ACK), then takes
 # every hot item of the range out of the inbox's hash and lowers its waiting counts.
-# KEYS[1] counter, KEYS[2] hot hash, KEYS[3] waiting counts. Returns -1 when the
-# counter is missing, else {acked before, n, sf, st, item JSON...}.
+# KEYS[1] counter, KEYS[2] hot hash, KEYS[3] waiting counts, KEYS[4] (optional) the
+# persister's index, whose "<ARGV[3]>|<seq>" entries of the items taken go too.
+# ARGV[2] '1': an ack past n changes nothing and returns {-2, n} (the caller refuses
+# it: never issued). Returns -1 when the counter is missing, else
+# {acked before, n, sf, st, item JSON...}.
 _ACK_HOT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'sf', 'st')
 local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
 local sf, st = tonumber(v[3] or '0'), tonumber(v[4] or '0')
+if ARGV[2] == '1' and tonumber(ARGV[1]) > n then return {-2, n} end
 local top = math.min(tonumber(ARGV[1]), n)
 local out = {acked, n, sf, st}
 if top <= acked then return out end
@@ -136,7 +140,14 @@ while s <= top do
       end
     end
   end
-  if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[2], unpack(gone))
+    if KEYS[4] then
+      local members = {}
+      for i = 1, #gone do members[i] = ARGV[3] .. '|' .. gone[i] end
+      redis.call('ZREM', KEYS[4], unpack(members))
+    end
+  end
   s = stop + 1
 end
 return out
@@ -261,12 +272,21 @@ class InboxCounters:
         return out
 
     async def ack_hot(
-        self, tops: dict[str, int], hot_key: Callable[[str], str], count_key: Callable[[str], str]
+        self,
+        tops: dict[str, int],
+        hot_key: Callable[[str], str],
+        count_key: Callable[[str], str],
+        index: str = "",
+        over: dict[str, int] | None = None,
     ) -> dict[str, tuple[Counter, list[bytes]]]:
         """:meth:`raise_acked`, and in the same script per inbox take the range's hot
-        items out of the inbox (``hot_key``) and lower its waiting counts
-        (``count_key``): one command per inbox. Returns the counters as they
-        were and the hot items taken (JSON)."""
+        items out of the inbox (``hot_key``) and out of the persister's ``index``
+        (when given) and lower its waiting counts (``count_key``): one command per
+        inbox. Returns the counters as they were and the hot items taken (JSON).
+
+        ``over``: when given, an inbox whose top is past the last number it
+        issued is left as it is and put in ``over`` with that number (the
+        caller refuses those acks) instead of being acknowledged up to it."""
         out: dict[str, tuple[Counter, list[bytes]]] = {}
         todo = dict(tops)
         for _ in range(2):
@@ -274,14 +294,21 @@ class InboxCounters:
             if not inboxes:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
+                strict = "1" if over is not None else "0"
                 for inbox in inboxes:
                     keys = [self.key(inbox), hot_key(inbox), count_key(inbox)]
-                    await scripts.queue(pipe, self._ack_hot, keys, [todo[inbox]])
+                    if index:
+                        keys.append(index)
+                    args = [todo[inbox], strict, inbox]
+                    await scripts.queue(pipe, self._ack_hot, keys, args)
                 pipe.sadd(self.dirty, *inboxes)
                 results = await pipe.execute()
             missing = []
             for inbox, res in zip(inboxes, results, strict=False):
-                if isinstance(res, list):
+                if isinstance(res, list) and int(res[0]) == -2:
+                    assert over is not None
+                    over[inbox] = int(res[1])
+                elif isinstance(res, list):
                     acked, n, sf, st = (int(x) for x in res[:4])
                     out[inbox] = (Counter(n, acked, sf, st), list(res[4:]))
                 else:

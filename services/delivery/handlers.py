@@ -16,9 +16,10 @@ class Inbox:
     """Pages and acknowledgements of users' inboxes.
 
     Acks are group-committed: those that arrive while a flush is running are
-    taken together by the next one (one read of the counters, one of the
-    items, one update, one watermark write, one Redis pipeline), so the
-    store's work grows with the number of flushes, not of acks.
+    taken together by the next one (one Redis pipeline: per inbox one script
+    that checks the number was issued, raises the watermark and takes the
+    items out; then the receipts' routing and publish), so the store's work
+    grows with the number of flushes, not of acks.
     """
 
     def __init__(self, store: DeliveryStore, registry: CollectorRegistry | None = None) -> None:
@@ -57,15 +58,23 @@ class Inbox:
         while self._pending:
             batch, self._pending = self._pending, {}
             try:
-                issued = await self.store.issued(list(batch))
-                targets: dict[str, int] = {}
-                for user, acks in batch.items():
-                    for seq, fut in acks:
-                        if seq > issued.get(user, 0):
-                            fut.set_exception(_not_issued(seq))
-                        else:
-                            targets[user] = max(seq, targets.get(user, 0))
-                acked = await self.store.acknowledge_many(targets)
+                # Each inbox up to its highest ack; an inbox where that is past the
+                # last number issued is left alone (``over``): its acks past that
+                # number are refused and the rest go again (a second round trip
+                # only then).
+                targets = {user: max(seq for seq, _ in acks) for user, acks in batch.items()}
+                over: dict[str, int] = {}
+                acked = await self.store.acknowledge_many(targets, over)
+                if over:
+                    again: dict[str, int] = {}
+                    for user, issued in over.items():
+                        for seq, fut in batch[user]:
+                            if seq > issued:
+                                fut.set_exception(_not_issued(seq))
+                            else:
+                                again[user] = max(seq, again.get(user, 0))
+                    if again:
+                        acked.update(await self.store.acknowledge_many(again))
                 self.acked.inc(sum(len(docs) for docs in acked.values()))
                 await self.store.publish(
                     [

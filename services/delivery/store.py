@@ -543,7 +543,9 @@ class DeliveryStore:
         """The last sequence number each inbox handed out (absent: none yet)."""
         return {i: c.n for i, c in (await self.ctr.get(inboxes)).items()}
 
-    async def acknowledge_many(self, targets: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    async def acknowledge_many(
+        self, targets: dict[str, int], over: dict[str, int] | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
         """Acknowledge for many device inboxes at once: a few round trips whatever
         their number (Redis: the watermarks, the items, their deletion; MongoDB,
         only for items no longer hot: a find and a delete).
@@ -555,13 +557,20 @@ class DeliveryStore:
         copy it writes at or below it (persist_due). The range from the old
         watermark to the new one is this call's alone to delete; acknowledged
         items are deleted (their dedup records keep later resends out), and
-        their waiting counts lowered.
+        their waiting counts lowered. The same script takes the hot items out of
+        the persister's index.
+
+        ``over``: when given, an inbox whose target is past the last number it
+        issued is not acknowledged at all and lands in ``over`` with that
+        number (:class:`services.delivery.handlers.Inbox` refuses those acks
+        with ``seq_not_issued``): the check costs no round trip of its own.
         """
         users = list(targets)
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
         before = await self.ctr.ack_hot(
-            targets, self.hot.key, lambda inbox: pending_key(self.prefix, inbox)
-        )
+            targets, self.hot.key, lambda inbox: pending_key(self.prefix, inbox),
+            self.hot.index, over,
+        )  # fmt: skip
         found: list[dict[str, Any]] = []
         cold: list[str] = []
         for u, (c, raw) in before.items():
@@ -585,8 +594,6 @@ class DeliveryStore:
         if stored:
             await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in stored]}})
             await self.count_pending(stored, -1)  # the script counted the hot ones
-        if found:
-            await self.hot.unindex((d["inbox"], int(d["seq"])) for d in found)
         for doc in sorted(found + stored, key=lambda d: str(d["_id"])):
             acked[doc["inbox"]].append(doc)
         return acked

@@ -29,8 +29,10 @@ async def test_new_items_live_in_redis_and_never_reach_mongodb_when_acknowledged
     assert await in_mongo(store, "ann") == []
     page, more = await store.page("ann", 0, 10)
     assert [d["client_id"] for d in page] == [f"c{n}" for n in range(5)] and not more
+    assert len(await store.hot.due(time.time() + 1, 100)) == 5  # the persister's to look at
     acked = await store.acknowledge_many({"ann": 5})
     assert [d["client_id"] for d in acked["ann"]] == [f"c{n}" for n in range(5)]
+    assert await store.hot.due(time.time() + 1, 100) == []  # the ack's script took them out
     assert await store.persist_due(now=later(store)) == (0, pytest.approx(time.time() + 1, abs=5))
     assert await in_mongo(store, "ann") == []  # nothing ever written there
     assert await store.page("ann", 0, 10) == ([], False)
@@ -172,3 +174,19 @@ async def test_items_stored_again_after_a_clash_are_routed_by_a_fresh_read(
     await store.redis.hset(store.ctr.key("hal"), "n", 0)  # the next number is taken
     out, where = await store.store_and_route([item("hal", 2, cid="b")], route=["hal"])
     assert out[0]["seq"] == 2 and where is None
+
+
+async def test_an_ack_past_the_last_number_issued_changes_nothing_when_checked(
+    store: DeliveryStore,
+) -> None:
+    await store.store_hot([item("ida", n) for n in range(3)])
+    over: dict[str, int] = {}
+    acked = await store.acknowledge_many({"ida": 4, "new": 1}, over)
+    assert over == {"ida": 3, "new": 0} and acked == {"ida": [], "new": []}
+    page, _ = await store.page("ida", 0, 10)
+    assert [d["seq"] for d in page] == [1, 2, 3]  # nothing acknowledged
+    assert len(await store.hot.due(time.time() + 1, 100)) == 3
+    # Within what was issued: acknowledged as usual, and ``over`` stays empty.
+    over = {}
+    acked = await store.acknowledge_many({"ida": 2}, over)
+    assert over == {} and [d["seq"] for d in acked["ida"]] == [1, 2]
