@@ -499,6 +499,7 @@ def table(results: dict[str, Any]) -> str:
         for proc in procs:
             row(f"    {proc}", lambda s, ph=ph, p=proc: _cpu(s[ph], p))
         row("    all servers (not loadgen)", lambda s, ph=ph: s[ph]["server_cpu_us_per_msg"])
+        row("  wake-ups per delivered msg", lambda s, ph=ph: _wakes(s[ph]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))) for r in rows]  # fmt: skip
@@ -523,6 +524,15 @@ def _commands(ph: dict[str, Any]) -> str | None:
     total = sum(calls.values()) / n
     top = " ".join(f"{k}:{v / n:.1f}" for k, v in list(calls.items())[:6])
     return f"{total:.1f} ({top})"
+
+
+def _wakes(ph: dict[str, Any]) -> str | None:
+    """Servers' voluntary context switches per message: the total, then the top five."""
+    w = {n: v for n, v in (ph.get("wakeups_per_msg") or {}).items() if v and n != "loadgen"}
+    if not w:
+        return None
+    top = sorted(w.items(), key=lambda kv: -kv[1])[:5]
+    return f"{sum(w.values()):.1f} (" + " ".join(f"{n}:{v}" for n, v in top) + ")"
 
 
 def _gc(ph: dict[str, Any]) -> str | None:

@@ -92,6 +92,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def wakeups(pid: int) -> int:
+    """Times a process (all its threads) went to sleep and was woken: its voluntary
+    context switches, from /proc. At a low rate each costs ~100 µs of CPU on this
+    VM (loadtest/bench_hop.py), so it is what a message's hops cost."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def machine_seconds() -> tuple[float, float]:
     """CPU time the whole machine spent busy (all cores, every process and the kernel),
     and the part of it spent in interrupts (mostly loopback networking here)."""
@@ -111,6 +124,8 @@ class CpuMeter:
         self.used: dict[str, float] = {}
         self.machine = 0.0
         self.interrupts = 0.0
+        self._woke: dict[str, int] = {}
+        self.wakeups: dict[str, int] = {}
 
     def _sample(self) -> dict[str, float]:
         out = {}
@@ -119,16 +134,26 @@ class CpuMeter:
                 out[name] = cpu_seconds(pid)
         return out
 
+    def _wakes(self) -> dict[str, int]:
+        out = {}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                out[name] = wakeups(pid)
+        return out
+
     def start(self) -> None:
         self._start = self._sample()
+        self._woke = self._wakes()
         self._machine = machine_seconds()
         self.used = {}
 
     def stop(self) -> dict[str, float]:
         end = self._sample()
+        woke = self._wakes()
         busy, irq = machine_seconds()
         self.machine, self.interrupts = busy - self._machine[0], irq - self._machine[1]
         self.used = {n: end[n] - self._start[n] for n in end if n in self._start}
+        self.wakeups = {n: woke[n] - self._woke[n] for n in woke if n in self._woke}
         return self.used
 
 
@@ -157,6 +182,7 @@ class PhaseResult:
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    wakeups: dict[str, int] = field(default_factory=dict)
     machine_cpu_s: float = 0.0
     interrupt_cpu_s: float = 0.0
     probes: dict[str, Any] = field(default_factory=dict)
@@ -207,6 +233,10 @@ class PhaseResult:
                 for n, s in self.cpu_s.items()
             },
             "cpu_us_per_msg": per_msg,
+            "wakeups_per_msg": {
+                n: round(w / self.window_received, 2) if self.window_received else None
+                for n, w in self.wakeups.items()
+            },
             "server_cpu_us_per_msg": (
                 round(sum(self.cpu_s[n] for n in servers) * 1e6 / self.window_received, 1)
                 if self.window_received
@@ -719,6 +749,7 @@ class LoadGenerator:
         self.measuring = False
         self.result.seconds = time.monotonic() - t0
         self.result.cpu_s = meter.stop()
+        self.result.wakeups = meter.wakeups
         self.result.machine_cpu_s = meter.machine
         self.result.interrupt_cpu_s = meter.interrupts
         for probe in self.probes:
