@@ -11,6 +11,9 @@ Cluster keeps one user's keys on one shard):
 - ``<p>:gw:{<gateway id>}``: the pub/sub channel of one gateway pod; messages
   are ``parley_contract.envelopes.Routed``, or a list of them (a batch: one
   publish per pod whatever the number of frames, :func:`publish`).
+
+(:func:`publish`'s routing script reads several users' presence keys: it
+assumes one Redis, not a Cluster, as docs/deployment.md says the services do.)
 """
 
 from __future__ import annotations

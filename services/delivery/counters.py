@@ -102,8 +102,9 @@ return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
 
 # Acknowledges up to ARGV[1] in one device inbox: raises acked (as _ACK), then takes
 # every hot item of the range out of the inbox's hash and lowers its waiting counts.
-# KEYS[1] counter, KEYS[2] hot hash, KEYS[3] waiting counts, KEYS[4] (optional) the
-# persister's index, whose "<ARGV[3]>|<seq>" entries of the items taken go too.
+# KEYS[1] counter, KEYS[2] hot hash, KEYS[3] waiting counts, KEYS[4] the persister's
+# index, whose "<ARGV[3]>|<seq>" entries of the items taken go too, KEYS[5] the set of
+# counters changed since the last checkpoint (ARGV[3] joins it when acked moves).
 # ARGV[2] '1': an ack past n changes nothing and returns {-2, n} (the caller refuses
 # it: never issued). Returns -1 when the counter is missing, else
 # {acked before, n, sf, st, item JSON...}.
@@ -117,6 +118,7 @@ local top = math.min(tonumber(ARGV[1]), n)
 local out = {acked, n, sf, st}
 if top <= acked then return out end
 redis.call('HSET', KEYS[1], 'acked', top)
+redis.call('SADD', KEYS[5], ARGV[3])
 local s = acked + 1
 while s <= top do
   if s > sf and s <= st then s = st + 1 end
@@ -142,11 +144,9 @@ while s <= top do
   end
   if #gone > 0 then
     redis.call('HDEL', KEYS[2], unpack(gone))
-    if KEYS[4] then
-      local members = {}
-      for i = 1, #gone do members[i] = ARGV[3] .. '|' .. gone[i] end
-      redis.call('ZREM', KEYS[4], unpack(members))
-    end
+    local members = {}
+    for i = 1, #gone do members[i] = ARGV[3] .. '|' .. gone[i] end
+    redis.call('ZREM', KEYS[4], unpack(members))
   end
   s = stop + 1
 end
@@ -276,13 +276,14 @@ class InboxCounters:
         tops: dict[str, int],
         hot_key: Callable[[str], str],
         count_key: Callable[[str], str],
-        index: str = "",
+        index: str,
         over: dict[str, int] | None = None,
     ) -> dict[str, tuple[Counter, list[bytes]]]:
         """:meth:`raise_acked`, and in the same script per inbox take the range's hot
         items out of the inbox (``hot_key``) and out of the persister's ``index``
-        (when given) and lower its waiting counts (``count_key``): one command per
-        inbox. Returns the counters as they were and the hot items taken (JSON).
+        and lower its waiting counts (``count_key``): one command per inbox (which
+        marks the counter for the next checkpoint only if its watermark moved).
+        Returns the counters as they were and the hot items taken (JSON).
 
         ``over``: when given, an inbox whose top is past the last number it
         issued is left as it is and put in ``over`` with that number (the
@@ -296,12 +297,9 @@ class InboxCounters:
             async with self.redis.pipeline(transaction=False) as pipe:
                 strict = "1" if over is not None else "0"
                 for inbox in inboxes:
-                    keys = [self.key(inbox), hot_key(inbox), count_key(inbox)]
-                    if index:
-                        keys.append(index)
+                    keys = [self.key(inbox), hot_key(inbox), count_key(inbox), index, self.dirty]
                     args = [todo[inbox], strict, inbox]
                     await scripts.queue(pipe, self._ack_hot, keys, args)
-                pipe.sadd(self.dirty, *inboxes)
                 results = await pipe.execute()
             missing = []
             for inbox, res in zip(inboxes, results, strict=False):

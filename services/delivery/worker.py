@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -466,17 +466,23 @@ class Worker:
             [d for d in stored if d["kind"] == "message" and not d.get("room")]
         )
         frames: list[Push] = []
-        sent = [
-            d.get("sent_at")
+        # The latency once per message, not per copy (a room's 1,000 copies share it).
+        sent = {
+            d["server_id"]: d.get("sent_at")
             for d in stored
             if d.get("kind") == "message" and not d.get("duplicate")
-        ]
+        }
+        kinds: dict[str, int] = {}
+        repeats = 0
+        debug = log.isEnabledFor(logging.DEBUG)
         for doc in stored:
-            log.debug("stored", extra={"message_id": doc.get("server_id"), "to": doc["user"]})
+            if debug:
+                log.debug("stored", extra={"message_id": doc.get("server_id"), "to": doc["user"]})
             if doc.pop("duplicate", False):
-                self.duplicates.inc()
+                repeats += 1
             else:
-                self.stored.labels(doc.get("kind", "message")).inc()
+                kind = doc.get("kind", "message")
+                kinds[kind] = kinds.get(kind, 0) + 1
             if not doc.get("acked"):
                 frames.append((doc["user"], doc["device"], item_frame(doc)))
             if doc.get("kind") != "message" or doc.get("room"):
@@ -486,8 +492,12 @@ class Worker:
                 conversation=doc.get("conversation"), to=doc["user"], device=doc["device"],
             )  # fmt: skip
             frames.append((doc["from"], doc.get("from_device"), receipt))
+        if repeats:
+            self.duplicates.inc(repeats)
+        for kind, n in kinds.items():
+            self.stored.labels(kind).inc(n)
         self.pushed.inc(await self.store.publish(frames, where))
-        self._observe_latency(sent)
+        self._observe_latency(sent.values())
         await self._sample_depth([d["inbox"] for d in stored])
 
     async def _moderate(
@@ -524,7 +534,7 @@ class Worker:
             await self.store.remove_copies(removals)
         return items, claims, numbers
 
-    def _observe_latency(self, sent_at: list[Any]) -> None:
+    def _observe_latency(self, sent_at: Iterable[Any]) -> None:
         now_ms = time.time() * 1000
         for ms in sent_at:
             if ms is not None:
