@@ -86,7 +86,10 @@ class Connection:
         """Sends submitted and not yet accepted by the broker (``MAX_IN_FLIGHT_SENDS``)."""
         self._slot_free: asyncio.Future[None] | None = None
         self._pending: set[asyncio.Task[None]] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | asyncio.Handle | None = None
+        """What writes the queue: a callback once the loop comes back (with the
+        socket's transport; uvloop's handles are not ``asyncio.Handle``), else a
+        task (tests without one)."""
         self._ack_target = 0
         self._ack_posted = 0
         self._ack_id: str | None = None
@@ -128,7 +131,12 @@ class Connection:
         queue.append(data)
         self.queued_bytes += len(data)
         if self._writer is None:
-            self._writer = asyncio.create_task(self.writer())
+            if self.transport is not None:
+                # What waits when the loop comes back goes out in one write, from a
+                # callback: no task and no coroutine per push.
+                self._writer = asyncio.get_running_loop().call_soon(self._flush)
+            else:
+                self._writer = asyncio.create_task(self.writer())
         self.hub.count_out(op)
 
     def _slow_consumer(self) -> None:
@@ -178,6 +186,16 @@ class Connection:
             if not queue and self.queue is queue:
                 self.queue = None  # an empty deque is still ~760 bytes
 
+    def _flush(self) -> None:
+        """Write every waiting frame (the callback :meth:`push_encoded` schedules)."""
+        self._writer = None
+        queue, transport = self.queue, self.transport
+        if queue:
+            assert transport is not None
+            self._write_all(queue, transport)
+        if self.queue is queue:
+            self.queue = None  # an empty deque is still ~760 bytes
+
     def _write_all(self, queue: deque[bytes], transport: asyncio.Transport) -> bool:
         """Write every waiting frame with one system call (services/gateway/wire.py), not
         one each; False once the socket cannot take more.
@@ -201,7 +219,13 @@ class Connection:
     async def close(self, code: int, reason: str, flush: bool = True) -> None:
         self._closing = True
         writer = self._writer
-        if flush and writer is not None:
+        if writer is not None and not isinstance(writer, asyncio.Task):  # the callback
+            writer.cancel()
+            if flush:
+                self._flush()  # queued frames (an error, `reconnect`) first
+            else:
+                self._writer = None
+        elif flush and writer is not None:
             # Let queued frames (an error, `reconnect`) reach the client first: no
             # frame is queued from now on, so the writer ends once they are out.
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -308,7 +332,10 @@ class Connection:
             task.cancel()
         self._closing = True  # nothing more is queued: the writer (if any) ends
         writer = self._writer
-        if writer is not None:
+        if writer is not None and not isinstance(writer, asyncio.Task):  # the callback
+            writer.cancel()
+            self._flush()
+        elif writer is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(writer, 2.0)
 
