@@ -23,16 +23,14 @@ import argparse
 import asyncio
 import multiprocessing
 import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-import hiredis
 import redis.asyncio as aioredis
 import uvloop
 
-from scripts.stack import Processes, StackConfig
+from loadtest.bench_redis_client import RawRedis, pack
+from loadtest.common import embedded_redis
 
 
 def _reader(port: int) -> None:
@@ -51,30 +49,6 @@ async def _cpu_per_call(fn: Callable[[], Awaitable[None]], n: int, gap: float) -
     return (time.process_time() - start) / n * 1e6
 
 
-class _Raw(asyncio.Protocol):
-    """A bare RESP client: hiredis parses, one future per reply."""
-
-    def __init__(self) -> None:
-        self.reader = hiredis.Reader()
-        self.waiting: list[asyncio.Future[object]] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # uvloop's is not an asyncio.Transport subclass
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while (reply := self.reader.gets()) is not False:
-            self.waiting.pop(0).set_result(reply)
-
-
-def _pack(*args: str | int) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
 async def _redis_rows(port: int, n: int, gap: float) -> dict[str, float]:
     rows: dict[str, float] = {}
     for label, kw in (("redis-py", {}), ("redis-py, socket timeout", {"socket_timeout": 5.0})):
@@ -91,19 +65,15 @@ async def _redis_rows(port: int, n: int, gap: float) -> dict[str, float]:
         rows[f"{label}: pipeline, back to back"] = await _cpu_per_call(pipeline, n, 0)
         rows[f"{label}: pipeline, one every gap"] = await _cpu_per_call(pipeline, n // 2, gap)
         await client.aclose()
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(_Raw, "127.0.0.1", port)
-    payload = _pack("HINCRBY", "a", "x", 1) + _pack("EXISTS", "b") + _pack("HMGET", "c", 1, 2)
+    raw_redis = await RawRedis.connect(port)
+    payload = pack([("HINCRBY", "a", "x", 1), ("EXISTS", "b"), ("HMGET", "c", 1, 2)])
 
     async def raw() -> None:
-        futures = [loop.create_future() for _ in range(3)]
-        proto.waiting += futures
-        transport.write(payload)
-        await asyncio.gather(*futures)
+        await raw_redis.call(payload, 3)
 
     rows["raw protocol: pipeline, back to back"] = await _cpu_per_call(raw, n, 0)
     rows["raw protocol: pipeline, one every gap"] = await _cpu_per_call(raw, n // 2, gap)
-    transport.close()
+    raw_redis.transport.close()
     return rows
 
 
@@ -135,14 +105,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=3000, help="calls per back-to-back row")
     p.add_argument("--gap-ms", type=float, default=3.0, help="the pause of the idle rows")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = StackConfig.free_ports(Path(tmp))
-        procs = Processes(cfg)
-        procs.start("redis")
-        try:
-            rows = uvloop.run(run(args.n, args.gap_ms / 1000, cfg.redis_port))
-        finally:
-            procs.stop_all()
+    with embedded_redis() as port:
+        rows = uvloop.run(run(args.n, args.gap_ms / 1000, port))
     print(f"CPU µs of this process per call (gap {args.gap_ms:g} ms):")
     for label, us in rows.items():
         print(f"  {label:52} {us:8.1f}")

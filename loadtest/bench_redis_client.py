@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -35,7 +33,7 @@ import uvloop
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from scripts.stack import Processes, StackConfig
+from loadtest.common import embedded_redis
 from services.common.fastredis import FastRedis
 
 _SCRIPT = (
@@ -43,15 +41,16 @@ _SCRIPT = (
 )
 
 
-class _Raw(asyncio.Protocol):
-    """The floor: commands packed by hiredis, replies parsed by one hiredis.Reader."""
+class RawRedis(asyncio.Protocol):
+    """The floor: commands packed by hiredis, replies parsed by one hiredis.Reader,
+    one future per call (no redis-py at all). Also loadtest/bench_hop.py's."""
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
         self.waiting: list[tuple[asyncio.Future[list[Any]], list[Any], int]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport: Any = transport  # uvloop's is not an asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -64,6 +63,22 @@ class _Raw(asyncio.Protocol):
                 got.append(reply)
             self.waiting.pop(0)
             fut.set_result(got)
+
+    def call(self, payload: bytes, n: int) -> asyncio.Future[list[Any]]:
+        """Write ``n`` packed commands; the future gets their replies."""
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((fut, [], n))
+        self.transport.write(payload)
+        return fut
+
+    @classmethod
+    async def connect(cls, port: int) -> RawRedis:
+        _, proto = await asyncio.get_running_loop().create_connection(cls, "127.0.0.1", port)
+        return proto
+
+
+def pack(cmds: list[tuple[Any, ...]]) -> bytes:
+    return b"".join(hiredis.pack_command(c) for c in cmds)  # type: ignore[attr-defined]
 
 
 def _commands(n: int, sha: str) -> list[tuple[Any, ...]]:
@@ -116,19 +131,15 @@ async def run(port: int, n: int, reps: int, with_coredis: bool) -> dict[str, dic
         row["one command"] = await _per_command(get, reps * 100, 1)
         await client.aclose()
 
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(_Raw, "127.0.0.1", port)
+    raw_redis = await RawRedis.connect(port)
     row = rows.setdefault("bare protocol + hiredis (floor)", {})
     for shape, cmds in [*shapes.items(), ("one command", [("GET", "b:k")])]:
 
         async def raw(cmds: list[Any] = cmds) -> object:
-            fut: asyncio.Future[list[Any]] = loop.create_future()
-            proto.waiting.append((fut, [], len(cmds)))
-            transport.write(b"".join(hiredis.pack_command(c) for c in cmds))  # type: ignore[attr-defined]
-            return await fut
+            return await raw_redis.call(pack(cmds), len(cmds))
 
         row[shape] = await _per_command(raw, reps * (100 if len(cmds) == 1 else 1), len(cmds))
-    transport.close()
+    raw_redis.transport.close()
 
     if with_coredis:
         import coredis  # type: ignore[import-not-found]  # not a dependency
@@ -157,14 +168,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--coredis", action="store_true", help="add coredis (when installed)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = StackConfig.free_ports(Path(tmp))
-        procs = Processes(cfg)
-        procs.start("redis")
-        try:
-            rows = uvloop.run(run(cfg.redis_port, args.n, args.reps, args.coredis))
-        finally:
-            procs.stop_all()
+    with embedded_redis() as port:
+        rows = uvloop.run(run(port, args.n, args.reps, args.coredis))
     shapes = list(next(iter(rows.values())))
     print("CPU µs of the calling process per command")
     print(f"| client | {' | '.join(shapes)} |")

@@ -29,15 +29,18 @@ import gc
 import math
 import os
 import struct
+import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
 
+from scripts.stack import Processes, StackConfig
 from services.common.app import GC_THRESHOLDS
 
 # phase, spare byte, sender index, message number, send time (monotonic ns): 18 bytes,
@@ -83,7 +86,24 @@ async def wait_ready(session: aiohttp.ClientSession, urls: Iterable[str], timeou
             await asyncio.sleep(0.1)
 
 
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[int]:
+    """A fresh embedded redis-server of its own (for the benchmarks of one piece);
+    yields its port and stops it after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = StackConfig.free_ports(Path(tmp))
+        procs = Processes(cfg)
+        procs.start("redis")
+        try:
+            yield cfg.redis_port
+        finally:
+            procs.stop_all()
+
+
 # CPU accounting ---------------------------------------------------------------
+T = TypeVar("T")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far, from /proc."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -127,29 +147,23 @@ class CpuMeter:
         self._woke: dict[str, int] = {}
         self.wakeups: dict[str, int] = {}
 
-    def _sample(self) -> dict[str, float]:
+    def _sample(self, read: Callable[[int], T]) -> dict[str, T]:
+        """``read`` of every process still running."""
         out = {}
         for name, pid in self.pids.items():
             with contextlib.suppress(OSError):
-                out[name] = cpu_seconds(pid)
-        return out
-
-    def _wakes(self) -> dict[str, int]:
-        out = {}
-        for name, pid in self.pids.items():
-            with contextlib.suppress(OSError):
-                out[name] = wakeups(pid)
+                out[name] = read(pid)
         return out
 
     def start(self) -> None:
-        self._start = self._sample()
-        self._woke = self._wakes()
+        self._start = self._sample(cpu_seconds)
+        self._woke = self._sample(wakeups)
         self._machine = machine_seconds()
         self.used = {}
 
     def stop(self) -> dict[str, float]:
-        end = self._sample()
-        woke = self._wakes()
+        end = self._sample(cpu_seconds)
+        woke = self._sample(wakeups)
         busy, irq = machine_seconds()
         self.machine, self.interrupts = busy - self._machine[0], irq - self._machine[1]
         self.used = {n: end[n] - self._start[n] for n in end if n in self._start}

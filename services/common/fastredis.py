@@ -207,9 +207,9 @@ class FastRedis(aioredis.Redis):
         if self._lock is None or self._lock_loop is not loop:
             self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
-            wire = self._wire
-            if wire is not None and wire.error is None and self._wire_loop is loop:
-                return wire
+            current = self._wire
+            if current is not None and current.error is None and self._wire_loop is loop:
+                return current
             self._drop()
             kw = self.connection_pool.connection_kwargs
             timeout = self._timeout
@@ -222,8 +222,7 @@ class FastRedis(aioredis.Redis):
                         kw.get("host") or "localhost",
                         int(kw.get("port") or 6379),
                     )
-                _, proto = await asyncio.wait_for(made, self._connect_timeout)
-                wire = proto
+                _, wire = await asyncio.wait_for(made, self._connect_timeout)
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"Error connecting to Redis: {exc!r}") from exc
             hello: list[tuple[Any, ...]] = []

@@ -173,10 +173,7 @@ async def _route(redis: aioredis.Redis, prefix: str, ttl_s: float, frames: list[
     for user, device, frame in frames:
         args += [users.setdefault(user, len(users) + 1), e.encode(e.routed(user, device, frame))]
     keys = [presence_key(prefix, u) for u in users]
-    async with redis.pipeline(transaction=False) as pipe:
-        await scripts.queue_sha(pipe, redis, _ROUTE, keys, args)
-        (pairs,) = await pipe.execute()
-    return int(pairs)
+    return int(await scripts.call(redis, _ROUTE, keys, args))
 
 
 __all__ = [

@@ -28,32 +28,25 @@ from redis.commands.core import AsyncScript
 _TEXTS: dict[str, bytes | str] = {}  # sha -> text of every script queued in this process
 
 
+def define(text: str) -> str:
+    """Remember a script (for :func:`on_connect` and FastRedis's connection), by its
+    text alone; returns its SHA (what Redis names it by)."""
+    sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324  # Redis names scripts so
+    _TEXTS.setdefault(sha, text)
+    return sha
+
+
 def register(redis: aioredis.Redis, text: str) -> AsyncScript:
-    """``redis.register_script``, remembered for :func:`on_connect`."""
-    script = redis.register_script(text)
-    _TEXTS.setdefault(script.sha, text)
-    return script
+    """``redis.register_script``, remembered (:func:`define`)."""
+    define(text)
+    return redis.register_script(text)
 
 
 async def queue(
     pipe: aioredis.client.Pipeline, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
 ) -> None:
     """Add a call of ``script`` to ``pipe`` by SHA (loading it once per process)."""
-    if script.sha not in _LOADED:
-        await script.registered_client.script_load(script.script)
-        _LOADED.add(script.sha)
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-
-_LOADED: set[str] = set()
-
-
-def define(text: str) -> str:
-    """A script known by its text alone (for module-level functions that take the
-    client as an argument): returns its SHA; :func:`queue_sha` calls it."""
-    sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324  # Redis names scripts so
-    _TEXTS.setdefault(sha, text)
-    return sha
+    await queue_sha(pipe, script.registered_client, script.sha, keys, args)  # type: ignore[arg-type]
 
 
 async def queue_sha(
@@ -63,11 +56,26 @@ async def queue_sha(
     keys: Sequence[Any],
     args: Sequence[Any],
 ) -> None:
-    """:func:`queue` for a script from :func:`define` (loaded once per process)."""
+    """:func:`queue` for a script from :func:`define`, with the client to load it by."""
+    await _load_once(redis, sha)
+    pipe.evalsha(sha, len(keys), *keys, *args)
+
+
+async def call(redis: aioredis.Redis, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """One call of a script from :func:`define`, outside any pipeline."""
+    await _load_once(redis, sha)
+    return await redis.evalsha(sha, len(keys), *keys, *args)
+
+
+_LOADED: set[str] = set()
+
+
+async def _load_once(redis: aioredis.Redis, sha: str) -> None:
+    """``SCRIPT LOAD`` the first time this process uses a script (new connections
+    load every one they know: :func:`on_connect`)."""
     if sha not in _LOADED:
         await redis.script_load(_TEXTS[sha])
         _LOADED.add(sha)
-    pipe.evalsha(sha, len(keys), *keys, *args)
 
 
 def texts() -> list[bytes | str]:

@@ -539,10 +539,6 @@ class DeliveryStore:
             out.extend([d async for d in self.inbox.find(query, fields)])
         return out
 
-    async def issued(self, inboxes: list[str]) -> dict[str, int]:
-        """The last sequence number each inbox handed out (absent: none yet)."""
-        return {i: c.n for i, c in (await self.ctr.get(inboxes)).items()}
-
     async def acknowledge_many(
         self, targets: dict[str, int], over: dict[str, int] | None = None
     ) -> dict[str, list[dict[str, Any]]]:
@@ -599,11 +595,6 @@ class DeliveryStore:
         return acked
 
     # Routing ----------------------------------------------------------------
-    async def gateways_of(self, users: Iterable[str]) -> dict[str, set[str]]:
-        return await routing.gateways_of(
-            self.redis, self.prefix, self.settings.presence_ttl_s, users
-        )
-
     async def publish(self, frames: list[Push], where: dict[str, set[str]] | None = None) -> int:
         """Push frames to their users' sockets (services.common.routing.publish)."""
         return await routing.publish(
