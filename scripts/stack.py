@@ -115,17 +115,52 @@ class StackConfig:
         return replace(self, extra_env={**self.extra_env, **extra})
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+# Ports handed out by this process, never handed out twice.
+_GIVEN: set[int] = set()
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now, below the kernel's ephemeral range.
+
+    A port the kernel picked for ``bind(0)`` comes from the ephemeral range,
+    which is also where every outgoing connection's source port comes from:
+    between the probe's close and the server's bind (or while a killed server
+    is down), a client's connection can take it, and the server's bind fails
+    with "address already in use". Ports below the range are never given to
+    outgoing connections, so only another listener could take one, and the
+    random pick keeps parallel test workers apart.
+    """
+    lo, _ = _ephemeral_range()
+    floor = 10_000
+    if lo - floor < 4 * n:  # an unusual range: fall back to the kernel's pick
+        floor, lo = 0, 0
+    pick = secrets.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < n:
+        if lo:
+            port = pick.randrange(floor, lo)
+            if port in _GIVEN:
+                continue
+        else:
+            port = 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            ports.append(port)
+    return ports
 
 
 SECRET_VAR = "PARLEY_KEY_ENCRYPTION_SECRET"
