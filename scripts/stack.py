@@ -115,12 +115,12 @@ class StackConfig:
         return replace(self, extra_env={**self.extra_env, **extra})
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _ephemeral_floor() -> int:
+    """The first port of the kernel's range for outgoing connections' source ports."""
     try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 # Ports handed out by this process, never handed out twice.
@@ -138,7 +138,7 @@ def _free_ports(n: int) -> list[int]:
     outgoing connections, so only another listener could take one, and the
     random pick keeps parallel test workers apart.
     """
-    lo, _ = _ephemeral_range()
+    lo = _ephemeral_floor()
     floor = 10_000
     if lo - floor < 4 * n:  # an unusual range: fall back to the kernel's pick
         floor, lo = 0, 0
