@@ -191,7 +191,7 @@ class InboxCounters:
             missing = self.read_reserve(inboxes, todo, results, first)
             if not missing:
                 return first
-            await self._seed(missing)
+            await self.seed(missing)
             todo = {i: todo[i] for i in missing}
         raise RuntimeError(f"inbox counters could not be seeded: {sorted(todo)[:3]}")
 
@@ -241,7 +241,7 @@ class InboxCounters:
                     out[inbox] = Counter(int(n), int(acked or 0), int(sf or 0), int(st or 0))
             if not missing:
                 break
-            await self._seed(missing)
+            await self.seed(missing)
             inboxes = missing
         return out
 
@@ -267,7 +267,7 @@ class InboxCounters:
                     out[inbox] = Counter(n, acked, sf, st)
                 else:
                     missing.append(inbox)
-            await self._seed(missing)
+            await self.seed(missing)
             todo = {i: todo[i] for i in missing}
         return out
 
@@ -311,7 +311,7 @@ class InboxCounters:
                     out[inbox] = (Counter(n, acked, sf, st), list(res[4:]))
                 else:
                     missing.append(inbox)
-            await self._seed(missing)
+            await self.seed(missing)
             todo = {i: todo[i] for i in missing}
         return out
 
@@ -342,7 +342,7 @@ class InboxCounters:
         await self.redis.set(self.base_key, base, nx=True)
         return int(await self.redis.get(self.base_key) or base)
 
-    async def _seed(self, inboxes: list[str]) -> None:
+    async def seed(self, inboxes: list[str]) -> None:
         if not inboxes:
             return
         base = await self._base()

@@ -35,6 +35,7 @@ is stored as a notice in every contact's inbox and pushed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -59,6 +60,7 @@ from services.common.clients import (
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import Push
+from services.delivery.fanout import RoomFanout
 from services.delivery.hot import Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DeliveryStore, item_docs, item_frame
@@ -95,6 +97,7 @@ class Worker:
         self.store = store
         self.keys = keys or ModerationKeys(settings)
         self.producer = producer
+        self.fanout = RoomFanout(store, self.keys)
         self.topics = Topics(settings)
         self.group = f"{settings.topic_prefix}delivery"
         self._tasks: list[asyncio.Task[None]] = []
@@ -451,9 +454,41 @@ class Worker:
                 await self._dead_letter(record, "malformed", None)
             else:
                 envs.append(env)
-        if not envs:
-            return
         now = time.time()
+        # A room's copies go through one script per record (services/delivery/fanout.py),
+        # the rest as below; consecutive runs of each, in the batch's order.
+        for rooms, run in itertools.groupby(envs, key=lambda env: isinstance(env, e.RoomCopies)):
+            if rooms:
+                await self._store_room_copies([c for c in run if isinstance(c, e.RoomCopies)], now)
+            else:
+                await self._store_items(list(run), now)
+
+    async def _store_room_copies(self, envs: list[e.RoomCopies], now: float) -> None:
+        stored = repeats = pushed = 0
+        for env in envs:
+            done = await self.fanout.put(env, now)
+            if done.removed:
+                log.info(
+                    "copies of a removed message left out", extra={"message_id": env.server_id}
+                )
+            if done.skipped:
+                extra = {"message_id": env.server_id, "inboxes": done.skipped}
+                log.warning("malformed inbox ids left out", extra=extra)
+            stored, repeats, pushed = (
+                stored + done.stored,
+                repeats + done.repeats,
+                pushed + done.pushed,
+            )
+            if done.stored:
+                self._observe_latency([env.sent_at])
+        if stored:
+            self.stored.labels("message").inc(stored)
+        if repeats:
+            self.duplicates.inc(repeats)
+        self.pushed.inc(pushed)
+        await self._sample_depth([i for env in envs for i in env.inboxes])
+
+    async def _store_items(self, envs: list[e.Envelope], now: float) -> None:
         items = [doc for env in envs for doc in item_docs(env, now)]
         items, claims, numbers = await self._moderate(items)
         # The users the frames below go to: their gateways are read in the pipeline

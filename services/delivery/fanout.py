@@ -1,0 +1,239 @@
+"""A private room's copies stored, and pushed, by one Redis script per record.
+
+A :class:`~parley_contract.envelopes.RoomCopies` record holds one room message
+for up to ``ROOM_COPIES_MAX`` member device inboxes. Through the path every
+other item takes (:meth:`DeliveryStore.store_and_route`), each of those
+inboxes cost Python a dict, a JSON item, a dedup key, a frame and half a dozen
+Redis commands to pack: that per-member work was most of delivery's time in a
+room's fan-out (docs/BENCHMARKS.md, "Room fan-out"). Here Python sends the
+message's common part once and four short strings per inbox (the inbox, its
+user, its device and the copy's reporting tag, the one thing that must be
+computed per copy), and one script (:data:`_ROOM_PUT`) does, per inbox, what the
+general path does, with the same keys and values (services/delivery/hot.py,
+services/delivery/counters.py):
+
+- a copy already recorded for (inbox, sender, client id) is a repeat: it is
+  pushed again while it is still hot (not yet acknowledged nor persisted), and
+  otherwise left alone;
+- otherwise the copy takes the inbox's next number (``HINCRBY``, then the next
+  again while a number holds another item: a counter seeded again after Redis
+  lost its data), is written with its dedup record, its persister index entry
+  and its waiting counts, and its counter joins the next checkpoint;
+- an inbox whose counter is not in Redis is returned: it is seeded from its
+  MongoDB checkpoint (:class:`~services.delivery.counters.InboxCounters`) and
+  the script runs again for those inboxes alone;
+- a message removed already (its ``gone`` mark) stores nothing.
+
+Then the same script reads each member's presence and publishes each live
+gateway's frames as one message (what :func:`services.common.routing.publish`
+sends: a JSON list of routed frames), so a record costs one round trip.
+The script is atomic: a worker that dies mid fan-out leaves each record stored
+for all its inboxes or for none, and the record, uncommitted, comes again.
+
+The script builds names from the prefix and writes keys it was not passed:
+one Redis, not a Cluster, as docs/deployment.md says the services need.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from parley_contract import envelopes as e
+from parley_contract import frames as f
+
+from services.common import scripts
+from services.delivery.moderation_keys import ModerationKeys, TaggedFields
+from services.delivery.store import DAY_S, DeliveryStore
+
+# ARGV: 1 prefix, 2 now (the index's score), 3 dedup TTL, 4 waiting counts' TTL,
+# 5 now (ms), 6 presence TTL (ms), 7 the dedup key's tail ("|<from>|<client id>"),
+# 8 server id, 9 sender, 10 the item's common fields (JSON from its first comma),
+# 11-15 the routed frame's pieces around the user, device, seq and tag, then per inbox:
+# inbox, user, device, reporting tag ('' for none).
+# Returns {-1} when the message was removed, else {stored, repeats, (frame, gateway)
+# pairs published, inboxes whose counter is missing...}.
+_ROOM_PUT = scripts.define("""
+local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local tail, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local r1, r2, r3, r4, r5 = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
+if redis.call('EXISTS', p .. ':gone:{' .. server_id .. '}') == 1 then return {-1} end
+local index, dirty = p .. ':hotidx', p .. ':ctrdirty'
+local stored, repeats, missing = 0, 0, {}
+local live, batches, order, pairs = {}, {}, {}, 0
+for a = 16, #ARGV, 4 do
+  local inbox, user, device, tag = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local hot = p .. ':hot:{' .. inbox .. '}'
+  local dup = p .. ':hotdup:{' .. inbox .. '}|' .. inbox .. tail
+  local seq = nil
+  local held = redis.call('GET', dup)
+  if held then
+    repeats = repeats + 1
+    local s, sid = string.match(held, '^(%d+)|(.*)$')
+    if s then
+      local raw = redis.call('HGET', hot, s)
+      if raw and string.find(raw, '"server_id":"' .. sid .. '"', 1, true) then seq = s end
+    end
+  else
+    local ctr = p .. ':ctr:{' .. inbox .. '}'
+    if redis.call('EXISTS', ctr) == 0 then
+      missing[#missing + 1] = inbox
+    else
+      local tagged = tag == '' and '' or (',"franking_tag":"' .. tag .. '"')
+      local head = '{"inbox":"' .. inbox .. '","user":"' .. user .. '","device":' .. device
+      local n = redis.call('HINCRBY', ctr, 'n', 1)
+      while redis.call('HSETNX', hot, n, head .. ',"seq":' .. n .. ',"_id":"' .. inbox
+          .. '|' .. string.format('%016d', n) .. '"' .. tagged .. common) == 0 do
+        n = redis.call('HINCRBY', ctr, 'n', 1)
+      end
+      redis.call('SET', dup, n .. '|' .. server_id, 'EX', dedup_s)
+      redis.call('ZADD', index, now, inbox .. '|' .. n)
+      redis.call('SADD', dirty, inbox)
+      local counts = p .. ':pending:{' .. inbox .. '}'
+      redis.call('HINCRBY', counts, '*', 1)
+      redis.call('HINCRBY', counts, sender, 1)
+      redis.call('EXPIRE', counts, keep)
+      stored = stored + 1
+      seq = n
+    end
+  end
+  if seq then
+    local gws = live[user]
+    if not gws then
+      gws = {}
+      local all = redis.call('HGETALL', p .. ':presence:{' .. user .. '}')
+      for j = 2, #all, 2 do
+        local gw, ts = string.match(all[j], '^([^|]*)|(%d+)$')
+        if gw and now_ms - tonumber(ts) <= ttl then gws[#gws + 1] = gw end
+      end
+      live[user] = gws
+    end
+    if #gws > 0 then
+      local frame = r1 .. user .. r2 .. device .. r3 .. seq .. r4 .. tag .. r5
+      for _, gw in ipairs(gws) do
+        local b = batches[gw]
+        if not b then
+          b = {}
+          batches[gw] = b
+          order[#order + 1] = gw
+        end
+        b[#b + 1] = frame
+        pairs = pairs + 1
+      end
+    end
+  end
+end
+for _, gw in ipairs(order) do
+  local b = batches[gw]
+  redis.call('PUBLISH', p .. ':gw:{' .. gw .. '}', '[' .. table.concat(b, ',') .. ']')
+end
+local out = {stored, repeats, pairs}
+for i = 1, #missing do out[#out + 1] = missing[i] end
+return out
+""")
+
+_INBOX = re.compile(r"([A-Za-z0-9_-]{1,64})\.([1-9][0-9]{0,8})")
+"""A device inbox id whose parts need no escaping in JSON nor in a Redis key."""
+_USER, _DEVICE, _SEQ, _TAG = "@@u@@", -7_777_777_771, -7_777_777_772, "@@t@@"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStored:
+    """What one record's fan-out did."""
+
+    stored: int = 0
+    repeats: int = 0
+    pushed: int = 0
+    removed: bool = False
+    """The message was removed already: nothing stored."""
+    skipped: int = 0
+    """Inbox ids the script could not take as they are (malformed): left out."""
+
+
+class RoomFanout:
+    def __init__(self, store: DeliveryStore, keys: ModerationKeys) -> None:
+        self.store = store
+        self.keys = keys
+        self.settings = store.settings
+
+    async def put(self, env: e.RoomCopies, now: float) -> RoomStored:
+        """Store and push ``env``'s copies (at most three round trips when counters
+        have to be seeded, one otherwise)."""
+        members: list[tuple[str, str, str]] = []
+        skipped = 0
+        for inbox in env.inboxes:
+            m = _INBOX.fullmatch(inbox)
+            if m is None:
+                skipped += 1
+            else:
+                members.append((inbox, m.group(1), m.group(2)))
+        tagged = env.commitment is not None and env.sent_at is not None
+        head = self._head(env, now, tagged)
+        total = RoomStored(skipped=skipped)
+        for _ in range(3):
+            args: list[Any] = [*head]
+            for inbox, user, device in members:
+                args += [inbox, user, device, self._tag(env, user) if tagged else ""]
+            out = await scripts.call(self.store.redis, _ROOM_PUT, [], args)
+            if int(out[0]) == -1:
+                return RoomStored(removed=True, skipped=skipped)
+            total = RoomStored(
+                stored=total.stored + int(out[0]), repeats=total.repeats + int(out[1]),
+                pushed=total.pushed + int(out[2]), skipped=skipped,
+            )  # fmt: skip
+            missing = {m.decode() if isinstance(m, bytes) else str(m) for m in out[3:]}
+            if not missing:
+                return total
+            await self.store.ctr.seed(sorted(missing))
+            members = [m for m in members if m[0] in missing]
+        raise RuntimeError(f"inbox counters could not be seeded: {sorted(missing)[:3]}")
+
+    def _head(self, env: e.RoomCopies, now: float, tagged: bool) -> list[Any]:
+        """The script's arguments before the inboxes."""
+        common = {
+            "server_id": env.server_id, "from": env.from_, "client_id": env.client_id,
+            "conversation": env.conversation, "sent_at": env.sent_at, "stored_at": now,
+            "kind": "message", "from_device": env.from_device, "body": env.body,
+            "commitment": env.commitment, "room": env.room, "mentions": list(env.mentions),
+            "acked": False,
+        }  # fmt: skip
+        frame = f.Message(
+            seq=_SEQ, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
+            body=env.body, conversation=env.conversation, commitment=env.commitment,
+            sent_at=env.sent_at, room=env.room, mentions=list(env.mentions) or None,
+            franking_tag=_TAG if tagged else None,
+        )  # fmt: skip
+        routed = e.encode(e.routed(_USER, _DEVICE, frame)).decode()
+        parts = re.split(f"({re.escape(_USER)}|{_DEVICE}|{_SEQ}|{re.escape(_TAG)})", routed)
+        found = parts[1::2]
+        assert found == [_USER, str(_DEVICE), str(_SEQ), *([_TAG] if tagged else [])], routed
+        pieces = parts[0::2] + [""] * (not tagged)  # untagged: '' (the tag) then ''
+        settings = self.settings
+        return [
+            settings.redis_prefix,
+            now,
+            settings.hot_dedup_s,
+            settings.inbox_expiry_s + DAY_S,
+            int(time.time() * 1000),
+            settings.presence_ttl_s * 1000,
+            f"|{env.from_}|{env.client_id}",
+            env.server_id,
+            env.from_,
+            "," + orjson.dumps(common).decode()[1:],
+            *pieces,
+        ]
+
+    def _tag(self, env: e.RoomCopies, user: str) -> str:
+        assert env.commitment is not None and env.sent_at is not None
+        return self.keys.tag(TaggedFields(
+            commitment=env.commitment, server_id=env.server_id, sender=env.from_,
+            sender_device=int(env.from_device or 1), recipient=user, sent_at=int(env.sent_at),
+            conversation=env.conversation,
+        ))  # fmt: skip
+
+
+__all__ = ["RoomFanout", "RoomStored"]

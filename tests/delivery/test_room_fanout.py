@@ -1,0 +1,189 @@
+"""A room's copies stored by one script per record (services/delivery/fanout.py) are the
+items and frames the general path (``store_and_route``) makes, exactly once each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from parley_contract import envelopes as e
+
+from services.common import routing
+from services.common.config import Settings
+from services.delivery.fanout import RoomFanout
+from services.delivery.moderation_keys import ModerationKeys, TaggedFields
+from services.delivery.store import DeliveryStore, item_docs, item_frame
+
+
+def copies(inboxes: list[str], commitment: str | None = "c0mm1tment") -> e.RoomCopies:
+    room = uuid.uuid4().hex[:24]
+    return e.RoomCopies(
+        server_id=uuid.uuid4().hex, room=room, from_="alice", from_device=2,
+        client_id=f"room:{room}:{uuid.uuid4().hex}", conversation=f"room:{room}",
+        sent_at=int(time.time() * 1000), body="Y2lwaGVydGV4dA", commitment=commitment,
+        mentions=["bob"], inboxes=inboxes,
+    )  # fmt: skip
+
+
+def users(n: int) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    return [f"u{tag}{i}" for i in range(n)]
+
+
+async def hot_items(store: DeliveryStore, inbox: str) -> dict[int, dict[str, Any]]:
+    raw = await store.redis.hgetall(store.hot.key(inbox))
+    return {int(k): orjson.loads(v) for k, v in raw.items()}
+
+
+class Channel:
+    """A gateway pod's channel, listened to."""
+
+    def __init__(self, store: DeliveryStore, gateway: str) -> None:
+        self.pubsub = store.redis.pubsub()
+        self.name = routing.gateway_channel(store.prefix, gateway)
+
+    async def __aenter__(self) -> Channel:
+        await self.pubsub.subscribe(self.name)
+        while (await self.pubsub.get_message(timeout=1.0)) is None:
+            pass  # the subscription's confirmation
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pubsub.aclose()
+
+    async def frames(self) -> list[bytes]:
+        msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+        assert msg is not None, "nothing published"
+        return [orjson.dumps(x) for x in orjson.loads(msg["data"])]
+
+
+async def online(store: DeliveryStore, user: str, gateway: str) -> None:
+    key = routing.presence_key(store.prefix, user)
+    await store.redis.hset(key, uuid.uuid4().hex, routing.presence_value(gateway))
+
+
+@pytest.mark.parametrize("commitment", ["c0mm1tment", None])
+async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
+    store: DeliveryStore, settings: Settings, commitment: str | None
+) -> None:
+    keys = ModerationKeys(settings)
+    fan = RoomFanout(store, keys)
+    a, b = users(2)
+    env = copies([f"{a}.1", f"{b}.3"], commitment)
+    gateway = uuid.uuid4().hex[:8]
+    await online(store, a, gateway)  # b is offline: stored, not pushed
+    now = time.time()
+    async with Channel(store, gateway) as chan:
+        done = await fan.put(env, now)
+        pushed = await chan.frames()
+    assert (done.stored, done.repeats, done.pushed, done.removed) == (2, 0, 1, False)
+
+    # What the general path would store for a's copy (tagged as the worker tags it).
+    expected = item_docs(env, now)[0]
+    if commitment:
+        expected["franking_tag"] = keys.tag(TaggedFields(
+            commitment=commitment, server_id=env.server_id, sender="alice", sender_device=2,
+            recipient=a, sent_at=int(env.sent_at or 0), conversation=env.conversation,
+        ))  # fmt: skip
+    [(seq, doc)] = (await hot_items(store, f"{a}.1")).items()
+    assert seq == 1
+    assert doc == {**expected, "_id": f"{a}.1|{1:016d}", "seq": 1, "acked": False}
+    assert pushed == [e.encode(e.routed(a, 1, item_frame(doc)))]
+    [(seq_b, doc_b)] = (await hot_items(store, f"{b}.3")).items()
+    assert (doc_b["user"], doc_b["device"], doc_b["inbox"]) == (b, 3, f"{b}.3")
+
+    # The rest of the copy's state, as store_and_route leaves it.
+    assert await store.hot.claims([f"{a}.1|alice|{env.client_id}"]) == {
+        f"{a}.1|alice|{env.client_id}": (1, env.server_id)
+    }
+    assert (f"{a}.1", 1) in await store.hot.due(now, 10_000)
+    counts = await store.redis.hgetall(routing.pending_key(store.prefix, f"{a}.1"))
+    assert counts == {b"*": b"1", b"alice": b"1"}
+    assert f"{a}.1".encode() in await store.redis.smembers(store.ctr.dirty)
+    assert (await store.ctr.get([f"{a}.1"]))[f"{a}.1"].n == 1
+
+
+async def test_a_repeat_is_stored_once_and_pushed_again_while_hot(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    fan = RoomFanout(store, ModerationKeys(settings))
+    members = users(3)
+    env = copies([f"{u}.1" for u in members])
+    gateway = uuid.uuid4().hex[:8]
+    for u in members:
+        await online(store, u, gateway)
+    async with Channel(store, gateway) as chan:
+        first = await fan.put(env, time.time())
+        once = await chan.frames()
+        # The first member acknowledged theirs: a repeat pushes only the two still hot.
+        await store.hot.remove([(f"{members[0]}.1", 1)])
+        again = await fan.put(env, time.time())
+        twice = await chan.frames()
+    assert (first.stored, first.repeats, first.pushed) == (3, 0, 3)
+    assert (again.stored, again.repeats, again.pushed) == (0, 3, 2)
+    assert twice == once[1:]
+    for u in members[1:]:
+        assert list(await hot_items(store, f"{u}.1")) == [1]
+        assert (await store.ctr.get([f"{u}.1"]))[f"{u}.1"].n == 1
+
+
+async def test_numbers_follow_the_inbox_and_skip_one_held_by_another_item(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    fan = RoomFanout(store, ModerationKeys(settings))
+    [u] = users(1)
+    inbox = f"{u}.1"
+    await store.ctr.reserve(inbox, 4)  # 1..4 handed out (1:1 messages)
+    # Number 5 holds an item already (a counter seeded again after a loss).
+    await store.redis.hset(store.hot.key(inbox), "5", orjson.dumps({"server_id": "other"}))
+    done = await fan.put(copies([inbox]), time.time())
+    assert done.stored == 1
+    items = await hot_items(store, inbox)
+    assert sorted(items) == [5, 6] and items[6]["seq"] == 6 and items[5] == {"server_id": "other"}
+
+
+async def test_a_missing_counter_is_seeded_from_its_checkpoint(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    fan = RoomFanout(store, ModerationKeys(settings))
+    fresh, known = (f"{u}.1" for u in users(2))
+    await store.counters.update_one({"_id": known}, {"$set": {"n": 40, "acked": 40}}, upsert=True)
+    await store.ctr.reserve(fresh, 1)
+    await store.redis.delete(store.ctr.key(known))
+    done = await fan.put(copies([fresh, known]), time.time())
+    assert done.stored == 2
+    assert list(await hot_items(store, fresh)) == [2]
+    [seq] = list(await hot_items(store, known))
+    assert seq > 40
+
+
+async def test_a_removed_message_and_malformed_inboxes_store_nothing(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    fan = RoomFanout(store, ModerationKeys(settings))
+    [u] = users(1)
+    env = copies([f"{u}.1"])
+    await store.hot.mark_gone(env.server_id, 60)
+    assert (await fan.put(env, time.time())).removed
+    assert await hot_items(store, f"{u}.1") == {}
+    bad = copies([f"{u}.2", 'x".1', "a b.1", f"{u}.0", f"{u}.01", f"{u}"])
+    done = await fan.put(bad, time.time())
+    assert (done.stored, done.skipped) == (1, 5)
+    assert await hot_items(store, 'x".1') == {}
+
+
+async def test_a_thousand_members_in_one_call(store: DeliveryStore, settings: Settings) -> None:
+    fan = RoomFanout(store, ModerationKeys(settings))
+    members = [f"{u}.{d}" for u in users(500) for d in (1, 2)]
+    for inbox in members:
+        await store.ctr.reserve(inbox, 1)
+    done, again = await asyncio.gather(
+        fan.put(copies(members), time.time()), fan.put(copies(members), time.time())
+    )
+    assert done.stored == again.stored == 1000
+    numbers = [sorted(await hot_items(store, i)) for i in members[:50]]
+    assert all(n == [2, 3] for n in numbers)
