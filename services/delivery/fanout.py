@@ -136,7 +136,7 @@ for i = 1, #missing do out[#out + 1] = missing[i] end
 return out
 """)
 
-_INBOX = re.compile(r"([A-Za-z0-9_-]{1,64})\.([1-9][0-9]{0,8})")
+_INBOX = re.compile(r"([A-Za-z0-9_-]{1,64})\.([1-9][0-9]{0,9})")
 """A device inbox id whose parts need no escaping in JSON nor in a Redis key."""
 _USER, _DEVICE, _SEQ, _TAG = "@@u@@", -7_777_777_771, -7_777_777_772, "@@t@@"
 
@@ -150,40 +150,40 @@ class RoomStored:
     pushed: int = 0
     removed: bool = False
     """The message was removed already: nothing stored."""
-    skipped: int = 0
-    """Inbox ids the script could not take as they are (malformed): left out."""
+    odd: tuple[str, ...] = ()
+    """Inbox ids the script does not take as they are (characters JSON or a key name
+    would need escaped, or no device): not stored here (the caller stores them)."""
 
 
 class RoomFanout:
     def __init__(self, store: DeliveryStore, keys: ModerationKeys) -> None:
         self.store = store
         self.keys = keys
-        self.settings = store.settings
 
     async def put(self, env: e.RoomCopies, now: float) -> RoomStored:
         """Store and push ``env``'s copies (at most three round trips when counters
         have to be seeded, one otherwise)."""
         members: list[tuple[str, str, str]] = []
-        skipped = 0
+        odd: list[str] = []
         for inbox in env.inboxes:
             m = _INBOX.fullmatch(inbox)
             if m is None:
-                skipped += 1
+                odd.append(inbox)
             else:
                 members.append((inbox, m.group(1), m.group(2)))
         tagged = env.commitment is not None and env.sent_at is not None
         head = self._head(env, now, tagged)
-        total = RoomStored(skipped=skipped)
+        total = RoomStored(odd=tuple(odd))
         for _ in range(3):
             args: list[Any] = [*head]
             for inbox, user, device in members:
                 args += [inbox, user, device, self._tag(env, user) if tagged else ""]
             out = await scripts.call(self.store.redis, _ROOM_PUT, [], args)
             if int(out[0]) == -1:
-                return RoomStored(removed=True, skipped=skipped)
+                return RoomStored(removed=True, odd=tuple(odd))
             total = RoomStored(
                 stored=total.stored + int(out[0]), repeats=total.repeats + int(out[1]),
-                pushed=total.pushed + int(out[2]), skipped=skipped,
+                pushed=total.pushed + int(out[2]), odd=tuple(odd),
             )  # fmt: skip
             missing = {m.decode() if isinstance(m, bytes) else str(m) for m in out[3:]}
             if not missing:
@@ -212,7 +212,7 @@ class RoomFanout:
         found = parts[1::2]
         assert found == [_USER, str(_DEVICE), str(_SEQ), *([_TAG] if tagged else [])], routed
         pieces = parts[0::2] + [""] * (not tagged)  # untagged: '' (the tag) then ''
-        settings = self.settings
+        settings = self.store.settings
         return [
             settings.redis_prefix,
             now,

@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from parley_contract import envelopes as e
@@ -465,15 +466,17 @@ class Worker:
 
     async def _store_room_copies(self, envs: list[e.RoomCopies], now: float) -> None:
         stored = repeats = pushed = 0
+        odd: list[e.Envelope] = []
         for env in envs:
             done = await self.fanout.put(env, now)
             if done.removed:
                 log.info(
                     "copies of a removed message left out", extra={"message_id": env.server_id}
                 )
-            if done.skipped:
-                extra = {"message_id": env.server_id, "inboxes": done.skipped}
-                log.warning("malformed inbox ids left out", extra=extra)
+            if done.odd:
+                # Ids the script does not take as they are (none that Parley makes):
+                # the general path stores them, escaping what needs it.
+                odd.append(msgspec.structs.replace(env, inboxes=list(done.odd)))
             stored, repeats, pushed = (
                 stored + done.stored,
                 repeats + done.repeats,
@@ -486,6 +489,8 @@ class Worker:
         if repeats:
             self.duplicates.inc(repeats)
         self.pushed.inc(pushed)
+        if odd:
+            await self._store_items(odd, now)
         await self._sample_depth([i for env in envs for i in env.inboxes])
 
     async def _store_items(self, envs: list[e.Envelope], now: float) -> None:

@@ -10,13 +10,16 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import ConsumerRecord
 from parley_contract import envelopes as e
+from prometheus_client import CollectorRegistry
 
 from services.common import routing
 from services.common.config import Settings
 from services.delivery.fanout import RoomFanout
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DeliveryStore, item_docs, item_frame
+from services.delivery.worker import Worker
 
 
 def copies(inboxes: list[str], commitment: str | None = "c0mm1tment") -> e.RoomCopies:
@@ -73,7 +76,7 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
     keys = ModerationKeys(settings)
     fan = RoomFanout(store, keys)
     a, b = users(2)
-    env = copies([f"{a}.1", f"{b}.3"], commitment)
+    env = copies([f"{a}.1", f"{b}.{2**31 - 1}"], commitment)
     gateway = uuid.uuid4().hex[:8]
     await online(store, a, gateway)  # b is offline: stored, not pushed
     now = time.time()
@@ -93,8 +96,8 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
     assert seq == 1
     assert doc == {**expected, "_id": f"{a}.1|{1:016d}", "seq": 1, "acked": False}
     assert pushed == [e.encode(e.routed(a, 1, item_frame(doc)))]
-    [(seq_b, doc_b)] = (await hot_items(store, f"{b}.3")).items()
-    assert (doc_b["user"], doc_b["device"], doc_b["inbox"]) == (b, 3, f"{b}.3")
+    [doc_b] = (await hot_items(store, f"{b}.{2**31 - 1}")).values()
+    assert (doc_b["user"], doc_b["device"]) == (b, 2**31 - 1)  # device ids take 10 digits
 
     # The rest of the copy's state, as store_and_route leaves it.
     assert await store.hot.claims([f"{a}.1|alice|{env.client_id}"]) == {
@@ -172,7 +175,7 @@ async def test_a_removed_message_and_malformed_inboxes_store_nothing(
     assert await hot_items(store, f"{u}.1") == {}
     bad = copies([f"{u}.2", 'x".1', "a b.1", f"{u}.0", f"{u}.01", f"{u}"])
     done = await fan.put(bad, time.time())
-    assert (done.stored, done.skipped) == (1, 5)
+    assert (done.stored, len(done.odd)) == (1, 5)
     assert await hot_items(store, 'x".1') == {}
 
 
@@ -187,3 +190,37 @@ async def test_a_thousand_members_in_one_call(store: DeliveryStore, settings: Se
     assert done.stored == again.stored == 1000
     numbers = [sorted(await hot_items(store, i)) for i in members[:50]]
     assert all(n == [2, 3] for n in numbers)
+
+
+def record(env: e.Envelope, offset: int) -> Any:
+    value = e.encode(env)
+    return ConsumerRecord("t", 0, offset, 0, 0, b"k", value, None, 0, len(value), ())
+
+
+async def test_the_worker_keeps_the_batch_order_and_stores_odd_ids_the_general_way(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    worker = Worker(settings, store, CollectorRegistry(), None)  # type: ignore[arg-type]
+    [u] = users(1)
+    inbox = f"{u}.1"
+    odd = f"{u}.x.1"  # a user id with a dot: not one Parley makes, stored all the same
+    first, last = copies([inbox, odd]), copies([inbox])
+    direct = e.MessageEnvelope(
+        server_id=uuid.uuid4().hex, from_="carol", from_device=1, to=u, to_device=1,
+        client_id="d1", conversation=e.conversation_id("carol", u),
+        sent_at=int(time.time() * 1000), body="Ym9keQ",
+    )  # fmt: skip
+    batch = [record(first, 1), record(direct, 2), record(last, 3)]
+    await worker.handle_messages(batch)
+    items = await hot_items(store, inbox)
+    assert [items[s]["server_id"] for s in sorted(items)] == [
+        first.server_id,
+        direct.server_id,
+        last.server_id,
+    ]
+    [kept] = (await hot_items(store, odd)).values()
+    assert (kept["user"], kept["device"], kept["server_id"]) == (f"{u}.x", 1, first.server_id)
+    # Consumed again (a worker died before committing): nothing stored twice.
+    await worker.handle_messages(batch)
+    assert len(await hot_items(store, inbox)) == 3
+    assert len(await hot_items(store, odd)) == 1
