@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,7 @@ local tail, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local r1, r2, r3, r4, r5 = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
 if redis.call('EXISTS', p .. ':gone:{' .. server_id .. '}') == 1 then return {-1} end
 local index, dirty = p .. ':hotidx', p .. ':ctrdirty'
-local stored, repeats, missing = 0, 0, {}
+local stored, repeats, missing, entries, changed = 0, 0, {}, {}, {}
 local live, batches, order, pairs = {}, {}, {}, 0
 for a = 16, #ARGV, 4 do
   local inbox, user, device, tag = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
@@ -80,19 +81,23 @@ for a = 16, #ARGV, 4 do
     end
   else
     local ctr = p .. ':ctr:{' .. inbox .. '}'
-    if redis.call('EXISTS', ctr) == 0 then
+    local n = redis.call('HINCRBY', ctr, 'n', 1)
+    -- A counter is never without 'acked' (seeded with it): 1 and none is a counter
+    -- that was missing, which this call just made: undone, to be seeded.
+    if n == 1 and redis.call('HEXISTS', ctr, 'acked') == 0 then
+      redis.call('DEL', ctr)
       missing[#missing + 1] = inbox
     else
       local tagged = tag == '' and '' or (',"franking_tag":"' .. tag .. '"')
       local head = '{"inbox":"' .. inbox .. '","user":"' .. user .. '","device":' .. device
-      local n = redis.call('HINCRBY', ctr, 'n', 1)
       while redis.call('HSETNX', hot, n, head .. ',"seq":' .. n .. ',"_id":"' .. inbox
           .. '|' .. string.format('%016d', n) .. '"' .. tagged .. common) == 0 do
         n = redis.call('HINCRBY', ctr, 'n', 1)
       end
       redis.call('SET', dup, n .. '|' .. server_id, 'EX', dedup_s)
-      redis.call('ZADD', index, now, inbox .. '|' .. n)
-      redis.call('SADD', dirty, inbox)
+      entries[#entries + 1] = now
+      entries[#entries + 1] = inbox .. '|' .. n
+      changed[#changed + 1] = inbox
       local counts = p .. ':pending:{' .. inbox .. '}'
       redis.call('HINCRBY', counts, '*', 1)
       redis.call('HINCRBY', counts, sender, 1)
@@ -126,6 +131,10 @@ for a = 16, #ARGV, 4 do
       end
     end
   end
+end
+if #changed > 0 then
+  redis.call('ZADD', index, unpack(entries))
+  redis.call('SADD', dirty, unpack(changed))
 end
 for _, gw in ipairs(order) do
   local b = batches[gw]
@@ -163,21 +172,22 @@ class RoomFanout:
     async def put(self, env: e.RoomCopies, now: float) -> RoomStored:
         """Store and push ``env``'s copies (at most three round trips when counters
         have to be seeded, one otherwise)."""
-        members: list[tuple[str, str, str]] = []
+        tag = self._tagger(env)
+        members: list[tuple[str, str, str, str]] = []
         odd: list[str] = []
         for inbox in env.inboxes:
             m = _INBOX.fullmatch(inbox)
             if m is None:
                 odd.append(inbox)
             else:
-                members.append((inbox, m.group(1), m.group(2)))
-        tagged = env.commitment is not None and env.sent_at is not None
-        head = self._head(env, now, tagged)
+                user = m.group(1)
+                members.append((inbox, user, m.group(2), tag(user) if tag else ""))
+        head = self._head(env, now, tag is not None)
         total = RoomStored(odd=tuple(odd))
         for _ in range(3):
             args: list[Any] = [*head]
-            for inbox, user, device in members:
-                args += [inbox, user, device, self._tag(env, user) if tagged else ""]
+            for member in members:
+                args += member
             out = await scripts.call(self.store.redis, _ROOM_PUT, [], args)
             if int(out[0]) == -1:
                 return RoomStored(removed=True, odd=tuple(odd))
@@ -227,11 +237,14 @@ class RoomFanout:
             *pieces,
         ]
 
-    def _tag(self, env: e.RoomCopies, user: str) -> str:
-        assert env.commitment is not None and env.sent_at is not None
-        return self.keys.tag(TaggedFields(
+    def _tagger(self, env: e.RoomCopies) -> Callable[[str], str] | None:
+        """Each member's reporting tag (as the general path tags a copy), or None when
+        the message carries no commitment."""
+        if env.commitment is None or env.sent_at is None:
+            return None
+        return self.keys.tagger(TaggedFields(
             commitment=env.commitment, server_id=env.server_id, sender=env.from_,
-            sender_device=int(env.from_device or 1), recipient=user, sent_at=int(env.sent_at),
+            sender_device=int(env.from_device or 1), recipient="", sent_at=int(env.sent_at),
             conversation=env.conversation,
         ))  # fmt: skip
 

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -92,11 +93,14 @@ class TaggedFields:
     conversation: str | None
 
     def encode(self, kid: str) -> bytes:
-        parts = (
-            kid, self.commitment, self.server_id, self.sender, str(int(self.sender_device)),
-            self.recipient, str(int(self.sent_at)), self.conversation or "",
-        )  # fmt: skip
-        return TAG_CONTEXT + b"".join(_lp(p) for p in parts)
+        head, tail = self.around_recipient(kid)
+        return head + _lp(self.recipient) + tail
+
+    def around_recipient(self, kid: str) -> tuple[bytes, bytes]:
+        """What :meth:`encode` puts before the recipient and after it."""
+        before = (kid, self.commitment, self.server_id, self.sender, str(int(self.sender_device)))
+        after = (str(int(self.sent_at)), self.conversation or "")
+        return TAG_CONTEXT + b"".join(map(_lp, before)), b"".join(map(_lp, after))
 
 
 class ModerationKeys:
@@ -131,6 +135,21 @@ class ModerationKeys:
         """The reporting tag of one copy, under the current key."""
         mac = hmac.new(self._tag_keys[self.kid], fields.encode(self.kid), hashlib.sha256)
         return f"{self.kid}.{b64url(mac.digest())}"
+
+    def tagger(self, fields: TaggedFields) -> Callable[[str], str]:
+        """:meth:`tag` for many recipients of one message (a room's members; the
+        ``recipient`` of ``fields`` is not used): the MAC of what the copies share is
+        computed once, then finished per recipient."""
+        head, tail = fields.around_recipient(self.kid)
+        shared = hmac.new(self._tag_keys[self.kid], head, hashlib.sha256)
+        prefix = f"{self.kid}."
+
+        def tag(recipient: str) -> str:
+            mac = shared.copy()
+            mac.update(_lp(recipient) + tail)
+            return prefix + b64url(mac.digest())
+
+        return tag
 
     def check_tag(self, tag: str, fields: TaggedFields) -> str:
         """Return the key id if ``tag`` is this server's tag of ``fields``; else

@@ -55,6 +55,16 @@ def test_a_tag_verifies_only_for_the_fields_it_was_made_for() -> None:
             k.check_tag(bad, FIELDS)
 
 
+def test_a_rooms_tagger_makes_each_members_tag() -> None:
+    k = keys()
+    tag = k.tagger(replace(FIELDS, recipient="ignored"))
+    for member in ("bob", "carol", "b", "x" * 64):
+        made = tag(member)
+        assert made == k.tag(replace(FIELDS, recipient=member))
+        assert k.check_tag(made, replace(FIELDS, recipient=member)) == "1"
+    assert tag("bob") == tag("bob") != tag("carol")  # the shared state is not consumed
+
+
 def test_keys_rotate_by_id_and_retired_ones_still_verify() -> None:
     old = keys("2025", "old-secret-" * 3)
     new = keys("2026", "new-secret-" * 3, retired="2025:" + "old-secret-" * 3)
