@@ -9,10 +9,11 @@ room's fan-out (docs/BENCHMARKS.md, "Room fan-out"). Here Python sends the
 message's common part once and four short strings per inbox (the inbox, its
 user, its device and the copy's reporting tag, the one thing that must be
 computed per copy), and one script (:data:`_ROOM_PUT`) does, per inbox, what the
-general path does, with the same keys and values (services/delivery/hot.py,
-services/delivery/counters.py):
+general path does, with the same keys and values but for the dedup records
+(services/delivery/hot.py, services/delivery/counters.py):
 
-- a copy already recorded for (inbox, sender, client id) is a repeat: it is
+- a copy already recorded for (inbox, sender, client id) (in the message's
+  dedup hash, :func:`room_dedup_key`: one key per message) is a repeat: it is
   pushed again while it is still hot (not yet acknowledged nor persisted), and
   otherwise left alone;
 - otherwise the copy takes the inbox's next number (``HINCRBY``, then the next
@@ -51,7 +52,7 @@ from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DAY_S, DeliveryStore
 
 # ARGV: 1 prefix, 2 now (the index's score), 3 dedup TTL, 4 waiting counts' TTL,
-# 5 now (ms), 6 presence TTL (ms), 7 the dedup key's tail ("|<from>|<client id>"),
+# 5 now (ms), 6 presence TTL (ms), 7 the message's dedup hash (inbox -> "<seq>|<server id>"),
 # 8 server id, 9 sender, 10 the item's common fields (JSON from its first comma),
 # 11-15 the routed frame's pieces around the user, device, seq and tag, then per inbox:
 # inbox, user, device, reporting tag ('' for none).
@@ -60,18 +61,20 @@ from services.delivery.store import DAY_S, DeliveryStore
 _ROOM_PUT = scripts.define("""
 local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local tail, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local dups, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local r1, r2, r3, r4, r5 = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
 if redis.call('EXISTS', p .. ':gone:{' .. server_id .. '}') == 1 then return {-1} end
 local index, dirty = p .. ':hotidx', p .. ':ctrdirty'
-local stored, repeats, missing, entries, changed = 0, 0, {}, {}, {}
+local stored, repeats, missing, entries, changed, claims = 0, 0, {}, {}, {}, {}
+local inboxes = {}
+for a = 16, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
+local helds = redis.call('HMGET', dups, unpack(inboxes))
 local live, batches, order, pairs = {}, {}, {}, 0
 for a = 16, #ARGV, 4 do
   local inbox, user, device, tag = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local hot = p .. ':hot:{' .. inbox .. '}'
-  local dup = p .. ':hotdup:{' .. inbox .. '}|' .. inbox .. tail
   local seq = nil
-  local held = redis.call('GET', dup)
+  local held = helds[(a - 12) / 4]
   if held then
     repeats = repeats + 1
     local s, sid = string.match(held, '^(%d+)|(.*)$')
@@ -94,7 +97,8 @@ for a = 16, #ARGV, 4 do
           .. '|' .. string.format('%016d', n) .. '"' .. tagged .. common) == 0 do
         n = redis.call('HINCRBY', ctr, 'n', 1)
       end
-      redis.call('SET', dup, n .. '|' .. server_id, 'EX', dedup_s)
+      claims[#claims + 1] = inbox
+      claims[#claims + 1] = n .. '|' .. server_id
       entries[#entries + 1] = now
       entries[#entries + 1] = inbox .. '|' .. n
       changed[#changed + 1] = inbox
@@ -133,6 +137,8 @@ for a = 16, #ARGV, 4 do
   end
 end
 if #changed > 0 then
+  redis.call('HSET', dups, unpack(claims))
+  redis.call('EXPIRE', dups, dedup_s)
   redis.call('ZADD', index, unpack(entries))
   redis.call('SADD', dirty, unpack(changed))
 end
@@ -144,6 +150,13 @@ local out = {stored, repeats, pairs}
 for i = 1, #missing do out[#out + 1] = missing[i] end
 return out
 """)
+
+
+def room_dedup_key(prefix: str, sender: str, client_id: str) -> str:
+    """A room message's dedup records: hash, member device inbox -> ``<seq>|<server id>``
+    of its copy there (one key per message, not one per copy)."""
+    return f"{prefix}:roomdup:{{{sender}|{client_id}}}"
+
 
 _INBOX = re.compile(r"([A-Za-z0-9_-]{1,64})\.([1-9][0-9]{0,9})")
 """A device inbox id whose parts need no escaping in JSON nor in a Redis key."""
@@ -182,8 +195,10 @@ class RoomFanout:
             else:
                 user = m.group(1)
                 members.append((inbox, user, m.group(2), tag(user) if tag else ""))
-        head = self._head(env, now, tag is not None)
         total = RoomStored(odd=tuple(odd))
+        if not members:
+            return total
+        head = self._head(env, now, tag is not None)
         for _ in range(3):
             args: list[Any] = [*head]
             for member in members:
@@ -230,7 +245,7 @@ class RoomFanout:
             settings.inbox_expiry_s + DAY_S,
             int(time.time() * 1000),
             settings.presence_ttl_s * 1000,
-            f"|{env.from_}|{env.client_id}",
+            room_dedup_key(settings.redis_prefix, env.from_, env.client_id),
             env.server_id,
             env.from_,
             "," + orjson.dumps(common).decode()[1:],

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common import routing
 from services.common.config import Settings
-from services.delivery.fanout import RoomFanout
+from services.delivery.fanout import RoomFanout, room_dedup_key
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DeliveryStore, item_docs, item_frame
 from services.delivery.worker import Worker
@@ -100,9 +100,9 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
     assert (doc_b["user"], doc_b["device"]) == (b, 2**31 - 1)  # device ids take 10 digits
 
     # The rest of the copy's state, as store_and_route leaves it.
-    assert await store.hot.claims([f"{a}.1|alice|{env.client_id}"]) == {
-        f"{a}.1|alice|{env.client_id}": (1, env.server_id)
-    }
+    claims = await store.redis.hgetall(room_dedup_key(store.prefix, "alice", env.client_id))
+    assert claims == {f"{a}.1".encode(): f"1|{env.server_id}".encode(),
+                      f"{b}.{2**31 - 1}".encode(): f"1|{env.server_id}".encode()}  # fmt: skip
     assert (f"{a}.1", 1) in await store.hot.due(now, 10_000)
     counts = await store.redis.hgetall(routing.pending_key(store.prefix, f"{a}.1"))
     assert counts == {b"*": b"1", b"alice": b"1"}
