@@ -411,6 +411,21 @@ class RoutedRaw(Struct):
     frame: msgspec.Raw
 
 
+class RoomPush(Struct):
+    """A private room message's copies for one pod's members, on the pod's room channel
+    (services/common/routing.py): the ``message`` frame once, cut where each copy
+    differs, and per copy its user, device, seq and reporting tag ('' for none). The
+    pod sends member ``(user, device, seq, tag)`` the frame
+    ``frame[0] + seq + frame[1] + tag + frame[2]`` (:meth:`frame_of`)."""
+
+    frame: tuple[str, str, str]
+    to: list[tuple[str, int, int, str]]
+
+    def frame_of(self, seq: int, tag: str) -> bytes:
+        head, mid, tail = self.frame
+        return f"{head}{seq}{mid}{tag}{tail}".encode()
+
+
 def routed(to: str, device: int | None, frame: ServerFrames) -> Routed:
     return Routed(to=to, device=device, op=str(type(frame).__struct_config__.tag), frame=frame)
 
@@ -475,6 +490,7 @@ _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
 _routed_decoder = msgspec.json.Decoder(list[RoutedRaw] | RoutedRaw)
+_room_push_decoder = msgspec.json.Decoder(RoomPush)
 _room_envelope_decoder = msgspec.json.Decoder(RoomEnvelope)
 _revocation_decoder = msgspec.json.Decoder(Revocation)
 _room_event_decoder = msgspec.json.Decoder(RoomEvent)
@@ -499,6 +515,10 @@ def decode_event(data: bytes) -> Event:
 def decode_routed(data: bytes) -> list[RoutedRaw] | RoutedRaw:
     """One routed frame, or a list of them (a batch for one pod: one publish)."""
     return _routed_decoder.decode(data)
+
+
+def decode_room_push(data: bytes) -> RoomPush:
+    return _room_push_decoder.decode(data)
 
 
 def decode_room_envelope(data: bytes) -> RoomEnvelope:
@@ -544,6 +564,7 @@ __all__ = [
     "RoomEvent",
     "RoomKind",
     "RoomKindChanged",
+    "RoomPush",
     "RoomRole",
     "RoomStateChanged",
     "Routed",
@@ -558,6 +579,7 @@ __all__ = [
     "decode_revocation",
     "decode_room_envelope",
     "decode_room_event",
+    "decode_room_push",
     "decode_routed",
     "encode",
     "inbox_id",

@@ -10,7 +10,11 @@ Cluster keeps one user's keys on one shard):
   refreshed by the hosting gateway; entries older than the presence TTL are stale.
 - ``<p>:gw:{<gateway id>}``: the pub/sub channel of one gateway pod; messages
   are ``parley_contract.envelopes.Routed``, or a list of them (a batch: one
-  publish per pod whatever the number of frames, :func:`publish`).
+  publish per pod whatever the number of frames, :func:`publish`);
+- ``<p>:gwroom:{<gateway id>}``: the pod's room channel: a private room
+  message's copies for the pod's members, the frame once
+  (``parley_contract.envelopes.RoomPush``, published by
+  services/delivery/fanout.py).
 
 (:func:`publish`'s routing script reads several users' presence keys: it
 assumes one Redis, not a Cluster, as docs/deployment.md says the services do.)
@@ -85,6 +89,10 @@ PENDING_ALL = "*"
 
 def gateway_channel(prefix: str, gateway_id: str) -> str:
     return f"{prefix}:gw:{{{gateway_id}}}"
+
+
+def room_channel(prefix: str, gateway_id: str) -> str:
+    return f"{prefix}:gwroom:{{{gateway_id}}}"
 
 
 def presence_value(gateway_id: str, now_ms: int | None = None) -> str:
@@ -188,4 +196,5 @@ __all__ = [
     "presence_value",
     "publish",
     "queue_presence",
+    "room_channel",
 ]

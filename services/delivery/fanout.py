@@ -25,9 +25,12 @@ general path does, with the same keys and values but for the dedup records
   the script runs again for those inboxes alone;
 - a message removed already (its ``gone`` mark) stores nothing.
 
-Then the same script reads each member's presence and publishes each live
-gateway's frames as one message (what :func:`services.common.routing.publish`
-sends: a JSON list of routed frames), so a record costs one round trip.
+Then the same script reads each member's presence and publishes one message to
+each live gateway's room channel (:func:`services.common.routing.room_channel`):
+the ``message`` frame once, cut where the copies differ, and each copy's user,
+device, seq and tag (:class:`parley_contract.envelopes.RoomPush`); the pod
+splices each member's frame. A record costs one round trip, and Redis copies
+the body once per pod, not once per member.
 The script is atomic: a worker that dies mid fan-out leaves each record stored
 for all its inboxes or for none, and the record, uncommitted, comes again.
 
@@ -54,7 +57,7 @@ from services.delivery.store import DAY_S, DeliveryStore
 # ARGV: 1 prefix, 2 now (the index's score), 3 dedup TTL, 4 waiting counts' TTL,
 # 5 now (ms), 6 presence TTL (ms), 7 the message's dedup hash (inbox -> "<seq>|<server id>"),
 # 8 server id, 9 sender, 10 the item's common fields (JSON from its first comma),
-# 11-15 the routed frame's pieces around the user, device, seq and tag, then per inbox:
+# 11 what a pod's room push starts with (up to its list of copies), then per inbox:
 # inbox, user, device, reporting tag ('' for none).
 # Returns {-1} when the message was removed, else {stored, repeats, (frame, gateway)
 # pairs published, inboxes whose counter is missing...}.
@@ -62,19 +65,19 @@ _ROOM_PUT = scripts.define("""
 local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local dups, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local r1, r2, r3, r4, r5 = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
+local push = ARGV[11]
 if redis.call('EXISTS', p .. ':gone:{' .. server_id .. '}') == 1 then return {-1} end
 local index, dirty = p .. ':hotidx', p .. ':ctrdirty'
 local stored, repeats, missing, entries, changed, claims = 0, 0, {}, {}, {}, {}
 local inboxes = {}
-for a = 16, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
+for a = 12, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
 local helds = redis.call('HMGET', dups, unpack(inboxes))
 local live, batches, order, pairs = {}, {}, {}, 0
-for a = 16, #ARGV, 4 do
+for a = 12, #ARGV, 4 do
   local inbox, user, device, tag = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local hot = p .. ':hot:{' .. inbox .. '}'
   local seq = nil
-  local held = helds[(a - 12) / 4]
+  local held = helds[(a - 8) / 4]
   if held then
     repeats = repeats + 1
     local s, sid = string.match(held, '^(%d+)|(.*)$')
@@ -122,7 +125,7 @@ for a = 16, #ARGV, 4 do
       live[user] = gws
     end
     if #gws > 0 then
-      local frame = r1 .. user .. r2 .. device .. r3 .. seq .. r4 .. tag .. r5
+      local copy = '["' .. user .. '",' .. device .. ',' .. seq .. ',"' .. tag .. '"]'
       for _, gw in ipairs(gws) do
         local b = batches[gw]
         if not b then
@@ -130,7 +133,7 @@ for a = 16, #ARGV, 4 do
           batches[gw] = b
           order[#order + 1] = gw
         end
-        b[#b + 1] = frame
+        b[#b + 1] = copy
         pairs = pairs + 1
       end
     end
@@ -144,7 +147,7 @@ if #changed > 0 then
 end
 for _, gw in ipairs(order) do
   local b = batches[gw]
-  redis.call('PUBLISH', p .. ':gw:{' .. gw .. '}', '[' .. table.concat(b, ',') .. ']')
+  redis.call('PUBLISH', p .. ':gwroom:{' .. gw .. '}', push .. table.concat(b, ',') .. ']}')
 end
 local out = {stored, repeats, pairs}
 for i = 1, #missing do out[#out + 1] = missing[i] end
@@ -160,7 +163,7 @@ def room_dedup_key(prefix: str, sender: str, client_id: str) -> str:
 
 _INBOX = re.compile(r"([A-Za-z0-9_-]{1,64})\.([1-9][0-9]{0,9})")
 """A device inbox id whose parts need no escaping in JSON nor in a Redis key."""
-_USER, _DEVICE, _SEQ, _TAG = "@@u@@", -7_777_777_771, -7_777_777_772, "@@t@@"
+_SEQ, _TAG = -7_777_777_772, "@@t@@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +235,11 @@ class RoomFanout:
             sent_at=env.sent_at, room=env.room, mentions=list(env.mentions) or None,
             franking_tag=_TAG if tagged else None,
         )  # fmt: skip
-        routed = e.encode(e.routed(_USER, _DEVICE, frame)).decode()
-        parts = re.split(f"({re.escape(_USER)}|{_DEVICE}|{_SEQ}|{re.escape(_TAG)})", routed)
-        found = parts[1::2]
-        assert found == [_USER, str(_DEVICE), str(_SEQ), *([_TAG] if tagged else [])], routed
-        pieces = parts[0::2] + [""] * (not tagged)  # untagged: '' (the tag) then ''
+        encoded = e.encode(frame).decode()
+        head, _, rest = encoded.partition(str(_SEQ))
+        mid, _, tail = rest.partition(_TAG) if tagged else (rest, "", "")
+        assert _TAG not in tail and str(_SEQ) not in tail, encoded
+        push = b'{"frame":' + orjson.dumps((head, mid, tail)) + b',"to":['
         settings = self.store.settings
         return [
             settings.redis_prefix,
@@ -249,7 +252,7 @@ class RoomFanout:
             env.server_id,
             env.from_,
             "," + orjson.dumps(common).decode()[1:],
-            *pieces,
+            push,
         ]
 
     def _tagger(self, env: e.RoomCopies) -> Callable[[str], str] | None:

@@ -428,13 +428,14 @@ class Hub:
     # Redis channel ----------------------------------------------------------
     async def _listen(self) -> None:
         channel = self.store.channel.encode()
+        rooms = self.store.room_channel.encode()
         revocations = revocation_channel(self.settings.redis_prefix).encode()
         delay = 0.1
         lost = False
         while True:
             pubsub = self.store.redis.pubsub()
             try:
-                await pubsub.subscribe(channel, revocations)
+                await pubsub.subscribe(channel, rooms, revocations)
                 # Re-record presence at once: after a Redis restart it is empty.
                 await self._refresh()
                 self.subscribed.set()
@@ -453,6 +454,8 @@ class Hub:
                         continue
                     if msg["channel"] == channel:
                         self._route(msg["data"])
+                    elif msg["channel"] == rooms:
+                        self._route_room(msg["data"])
                     elif msg["channel"] == revocations:
                         await self._revoke(msg["data"])
             except asyncio.CancelledError:
@@ -482,6 +485,24 @@ class Hub:
             for conn in conns:  # a tuple: a push that closes a socket does not change it
                 if routed.device is None or conn.device_id == routed.device:
                     conn.push_encoded(routed.op, frame)
+
+    def _route_room(self, data: bytes) -> None:
+        """A private room message's copies for this pod's members (a
+        :class:`~parley_contract.envelopes.RoomPush`): each member's frame spliced."""
+        self.routed.inc()
+        try:
+            push = e.decode_room_push(data)
+        except e.DecodeError:
+            log.warning("dropping a malformed room push")
+            return
+        for user, device, seq, tag in push.to:
+            conns = self.by_user.get(user)
+            if not conns:
+                continue
+            frame = push.frame_of(seq, tag)
+            for conn in conns:
+                if conn.device_id == device:
+                    conn.push_encoded("message", frame)
 
     async def _revoke(self, data: bytes) -> None:
         try:

@@ -47,7 +47,7 @@ class Channel:
 
     def __init__(self, store: DeliveryStore, gateway: str) -> None:
         self.pubsub = store.redis.pubsub()
-        self.name = routing.gateway_channel(store.prefix, gateway)
+        self.name = routing.room_channel(store.prefix, gateway)
 
     async def __aenter__(self) -> Channel:
         await self.pubsub.subscribe(self.name)
@@ -58,10 +58,12 @@ class Channel:
     async def __aexit__(self, *exc: object) -> None:
         await self.pubsub.aclose()
 
-    async def frames(self) -> list[bytes]:
+    async def frames(self) -> list[tuple[str, int, bytes]]:
+        """The next push's copies: (user, device, the frame the pod sends)."""
         msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
         assert msg is not None, "nothing published"
-        return [orjson.dumps(x) for x in orjson.loads(msg["data"])]
+        push = e.decode_room_push(msg["data"])
+        return [(user, device, push.frame_of(seq, tag)) for user, device, seq, tag in push.to]
 
 
 async def online(store: DeliveryStore, user: str, gateway: str) -> None:
@@ -95,7 +97,7 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
     [(seq, doc)] = (await hot_items(store, f"{a}.1")).items()
     assert seq == 1
     assert doc == {**expected, "_id": f"{a}.1|{1:016d}", "seq": 1, "acked": False}
-    assert pushed == [e.encode(e.routed(a, 1, item_frame(doc)))]
+    assert pushed == [(a, 1, e.encode(item_frame(doc)))]
     [doc_b] = (await hot_items(store, f"{b}.{2**31 - 1}")).values()
     assert (doc_b["user"], doc_b["device"]) == (b, 2**31 - 1)  # device ids take 10 digits
 
