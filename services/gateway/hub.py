@@ -151,7 +151,7 @@ class Hub:
             registry=registry,
         )
         self.routed = Counter(
-            "parley_gateway_routed_total", "Frames received on the pod's Redis channel.",
+            "parley_gateway_routed_total", "Messages received on the pod's Redis channels.",
             registry=registry,
         )  # fmt: skip
         self.capacity = Gauge(
