@@ -108,7 +108,8 @@ return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
 # counters changed since the last checkpoint (ARGV[3] joins it when acked moves).
 # ARGV[2] '1': an ack past n changes nothing and returns {-2, n} (the caller refuses
 # it: never issued). Returns -1 when the counter is missing, else
-# {acked before, n, sf, st, item JSON...}.
+# {acked before, n, sf, st, item...}: an item's JSON, or the seq alone of a private
+# room's copy.
 _ACK_HOT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'sf', 'st')
@@ -132,7 +133,12 @@ while s <= top do
   local gone = {}
   for i = 1, #fields do
     if got[i] then
-      out[#out + 1] = got[i]
+      -- A private room's copy earns no receipt: its seq alone (no JSON to copy back).
+      if string.find(got[i], '"room":"', 1, true) then
+        out[#out + 1] = tonumber(fields[i])
+      else
+        out[#out + 1] = got[i]
+      end
       gone[#gone + 1] = fields[i]
       -- The fields by pattern, not cjson.decode: a quote inside a JSON string is
       -- escaped, so '"kind":"' and '"from":"' after '{' or ',' can only be keys.
@@ -288,17 +294,18 @@ class InboxCounters:
         count_key: Callable[[str], str],
         index: str,
         over: dict[str, int] | None = None,
-    ) -> dict[str, tuple[Counter, list[bytes]]]:
+    ) -> dict[str, tuple[Counter, list[bytes | int]]]:
         """:meth:`raise_acked`, and in the same script per inbox take the range's hot
         items out of the inbox (``hot_key``) and out of the persister's ``index``
         and lower its waiting counts (``count_key``): one command per inbox (which
         marks the counter for the next checkpoint only if its watermark moved).
-        Returns the counters as they were and the hot items taken (JSON).
+        Returns the counters as they were and the hot items taken: each one's JSON,
+        or for a private room's copy (which earns no receipt) its seq alone.
 
         ``over``: when given, an inbox whose top is past the last number it
         issued is left as it is and put in ``over`` with that number (the
         caller refuses those acks) instead of being acknowledged up to it."""
-        out: dict[str, tuple[Counter, list[bytes]]] = {}
+        out: dict[str, tuple[Counter, list[bytes | int]]] = {}
         todo = dict(tops)
         for _ in range(2):
             inboxes = list(todo)

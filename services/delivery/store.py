@@ -573,7 +573,7 @@ class DeliveryStore:
             top = min(targets[u], c.n)
             if top <= c.acked:
                 continue
-            docs = [orjson.loads(r) for r in raw]
+            docs = [orjson.loads(r) if isinstance(r, bytes) else _room_copy(u, r) for r in raw]
             found += docs
             have = {int(d["seq"]) for d in docs}
             cold += [item_id(u, s) for s in c.numbers(c.acked + 1, top) if s not in have]
@@ -614,6 +614,13 @@ def dedup_key(inbox: str, sender: str, client_id: str) -> str:
     comes last, so the key is unambiguous.
     """
     return f"{inbox}|{sender}|{client_id}"
+
+
+def _room_copy(inbox: str, seq: int) -> dict[str, Any]:
+    """What an ack needs of a private room's hot copy (the ack script returns its seq
+    alone): it is counted, and earns no receipt."""
+    return {"_id": item_id(inbox, seq), "inbox": inbox, "seq": seq, "kind": "message",
+            "room": True}  # fmt: skip
 
 
 def _same_message(doc: dict[str, Any], item: dict[str, Any]) -> bool:

@@ -112,7 +112,7 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
     assert (await store.ctr.get([f"{a}.1"]))[f"{a}.1"].n == 1
     # Acknowledged: the item, its index entry and its counts go.
     acked = await store.acknowledge_many({f"{a}.1": 1})
-    assert [d["server_id"] for d in acked[f"{a}.1"]] == [env.server_id]
+    assert [(d["seq"], bool(d["room"])) for d in acked[f"{a}.1"]] == [(1, True)]
     assert await hot_items(store, f"{a}.1") == {}
     assert await store.redis.hgetall(routing.pending_key(store.prefix, f"{a}.1")) == {}
     assert (f"{a}.1", 1) not in await store.hot.due(now, 10_000)
