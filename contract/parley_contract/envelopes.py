@@ -490,7 +490,7 @@ _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
 _routed_decoder = msgspec.json.Decoder(list[RoutedRaw] | RoutedRaw)
-_room_push_decoder = msgspec.json.Decoder(RoomPush)
+_room_push_decoder = msgspec.json.Decoder(list[RoomPush])
 _room_envelope_decoder = msgspec.json.Decoder(RoomEnvelope)
 _revocation_decoder = msgspec.json.Decoder(Revocation)
 _room_event_decoder = msgspec.json.Decoder(RoomEvent)
@@ -517,7 +517,8 @@ def decode_routed(data: bytes) -> list[RoutedRaw] | RoutedRaw:
     return _routed_decoder.decode(data)
 
 
-def decode_room_push(data: bytes) -> RoomPush:
+def decode_room_push(data: bytes) -> list[RoomPush]:
+    """What a pod's room channel carries: a list of pushes (a batch's room messages)."""
     return _room_push_decoder.decode(data)
 
 

@@ -25,12 +25,15 @@ general path does, with the same keys and values but for the dedup records
   the script runs again for those inboxes alone;
 - a message removed already (its ``gone`` mark) stores nothing.
 
-Then the same script reads each member's presence and publishes one message to
-each live gateway's room channel (:func:`services.common.routing.room_channel`):
-the ``message`` frame once, cut where the copies differ, and each copy's user,
-device, seq and tag (:class:`parley_contract.envelopes.RoomPush`); the pod
-splices each member's frame. A record costs one round trip, and Redis copies
-the body once per pod, not once per member.
+Then the same script reads each member's presence and returns, for each live
+gateway, one :class:`parley_contract.envelopes.RoomPush`: the ``message`` frame
+once, cut where the copies differ, and each copy's user, device, seq and tag;
+the pod splices each member's frame. The worker publishes the pushes of all the
+records of a batch together, one message per gateway's room channel
+(:meth:`RoomFanout.publish`), so that a member's copies of several messages
+reach its socket in one write (one publish per record made one write per
+member per message: HAProxy and the gateways paid for each). A record costs
+one round trip, and Redis copies a body once per pod, not once per member.
 The script is atomic: a worker that dies mid fan-out leaves each record stored
 for all its inboxes or for none, and the record, uncommitted, comes again.
 
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +54,7 @@ from parley_contract import envelopes as e
 from parley_contract import frames as f
 
 from services.common import scripts
+from services.common.routing import room_channel
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DAY_S, DeliveryStore
 
@@ -59,8 +63,9 @@ from services.delivery.store import DAY_S, DeliveryStore
 # 8 server id, 9 sender, 10 the item's common fields (JSON from its first comma),
 # 11 what a pod's room push starts with (up to its list of copies), then per inbox:
 # inbox, user, device, reporting tag ('' for none).
-# Returns {-1} when the message was removed, else {stored, repeats, (frame, gateway)
-# pairs published, inboxes whose counter is missing...}.
+# Returns {-1} when the message was removed, else {stored, repeats, (copy, gateway)
+# pairs to push, the number of inboxes whose counter is missing, those inboxes..., then
+# per live gateway: its id, its room push (JSON)}.
 _ROOM_PUT = scripts.define("""
 local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -145,12 +150,12 @@ if #changed > 0 then
   redis.call('ZADD', index, unpack(entries))
   redis.call('SADD', dirty, unpack(changed))
 end
-for _, gw in ipairs(order) do
-  local b = batches[gw]
-  redis.call('PUBLISH', p .. ':gwroom:{' .. gw .. '}', push .. table.concat(b, ',') .. ']}')
-end
-local out = {stored, repeats, pairs}
+local out = {stored, repeats, pairs, #missing}
 for i = 1, #missing do out[#out + 1] = missing[i] end
+for _, gw in ipairs(order) do
+  out[#out + 1] = gw
+  out[#out + 1] = push .. table.concat(batches[gw], ',') .. ']}'
+end
 return out
 """)
 
@@ -175,6 +180,8 @@ class RoomStored:
     pushed: int = 0
     removed: bool = False
     """The message was removed already: nothing stored."""
+    pushes: tuple[tuple[str, bytes], ...] = ()
+    """(gateway id, a RoomPush for its members) to publish (:meth:`RoomFanout.publish`)."""
     odd: tuple[str, ...] = ()
     """Inbox ids the script does not take as they are (characters JSON or a key name
     would need escaped, or no device): not stored here (the caller stores them)."""
@@ -209,16 +216,35 @@ class RoomFanout:
             out = await scripts.call(self.store.redis, _ROOM_PUT, [], args)
             if int(out[0]) == -1:
                 return RoomStored(removed=True, odd=tuple(odd))
+            n = int(out[3])
+            missing = {_text(m) for m in out[4 : 4 + n]}
+            tail = out[4 + n :]
+            pushes = [(_text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2)]
             total = RoomStored(
                 stored=total.stored + int(out[0]), repeats=total.repeats + int(out[1]),
                 pushed=total.pushed + int(out[2]), odd=tuple(odd),
+                pushes=total.pushes + tuple(pushes),
             )  # fmt: skip
-            missing = {m.decode() if isinstance(m, bytes) else str(m) for m in out[3:]}
             if not missing:
                 return total
             await self.store.ctr.seed(sorted(missing))
             members = [m for m in members if m[0] in missing]
         raise RuntimeError(f"inbox counters could not be seeded: {sorted(missing)[:3]}")
+
+    async def publish(self, pushes: Iterable[tuple[str, bytes]]) -> None:
+        """One ``PUBLISH`` per gateway of every push for it (a JSON list of
+        RoomPush): the copies of several room messages for one member reach its
+        socket in one write."""
+        by_gateway: dict[str, list[bytes]] = {}
+        for gw, body in pushes:
+            by_gateway.setdefault(gw, []).append(body)
+        if not by_gateway:
+            return
+        prefix = self.store.settings.redis_prefix
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for gw, bodies in by_gateway.items():
+                pipe.publish(room_channel(prefix, gw), b"[" + b",".join(bodies) + b"]")
+            await pipe.execute()
 
     def _head(self, env: e.RoomCopies, now: float, tagged: bool) -> list[Any]:
         """The script's arguments before the inboxes."""
@@ -265,6 +291,10 @@ class RoomFanout:
             sender_device=int(env.from_device or 1), recipient="", sent_at=int(env.sent_at),
             conversation=env.conversation,
         ))  # fmt: skip
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["RoomFanout", "RoomStored"]

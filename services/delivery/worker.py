@@ -467,6 +467,7 @@ class Worker:
     async def _store_room_copies(self, envs: list[e.RoomCopies], now: float) -> None:
         stored = repeats = pushed = 0
         odd: list[e.Envelope] = []
+        pushes: list[tuple[str, bytes]] = []
         for env in envs:
             done = await self.fanout.put(env, now)
             if done.removed:
@@ -482,12 +483,14 @@ class Worker:
                 repeats + done.repeats,
                 pushed + done.pushed,
             )
+            pushes += done.pushes
             if done.stored:
                 self._observe_latency([env.sent_at])
         if stored:
             self.stored.labels("message").inc(stored)
         if repeats:
             self.duplicates.inc(repeats)
+        await self.fanout.publish(pushes)
         self.pushed.inc(pushed)
         if odd:
             await self._store_items(odd, now)

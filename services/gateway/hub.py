@@ -487,22 +487,23 @@ class Hub:
                     conn.push_encoded(routed.op, frame)
 
     def _route_room(self, data: bytes) -> None:
-        """A private room message's copies for this pod's members (a
+        """Private room messages' copies for this pod's members (a list of
         :class:`~parley_contract.envelopes.RoomPush`): each member's frame spliced."""
         self.routed.inc()
         try:
-            push = e.decode_room_push(data)
+            pushes = e.decode_room_push(data)
         except e.DecodeError:
             log.warning("dropping a malformed room push")
             return
-        for user, device, seq, tag in push.to:
-            conns = self.by_user.get(user)
-            if not conns:
-                continue
-            frame = push.frame_of(seq, tag)
-            for conn in conns:
-                if conn.device_id == device:
-                    conn.push_encoded("message", frame)
+        for push in pushes:
+            for user, device, seq, tag in push.to:
+                conns = self.by_user.get(user)
+                if not conns:
+                    continue
+                frame = push.frame_of(seq, tag)
+                for conn in conns:
+                    if conn.device_id == device:
+                        conn.push_encoded("message", frame)
 
     async def _revoke(self, data: bytes) -> None:
         try:

@@ -62,8 +62,9 @@ class Channel:
         """The next push's copies: (user, device, the frame the pod sends)."""
         msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
         assert msg is not None, "nothing published"
-        push = e.decode_room_push(msg["data"])
-        return [(user, device, push.frame_of(seq, tag)) for user, device, seq, tag in push.to]
+        return [(user, device, push.frame_of(seq, tag))
+                for push in e.decode_room_push(msg["data"])
+                for user, device, seq, tag in push.to]  # fmt: skip
 
 
 async def online(store: DeliveryStore, user: str, gateway: str) -> None:
@@ -84,6 +85,7 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
     now = time.time()
     async with Channel(store, gateway) as chan:
         done = await fan.put(env, now)
+        await fan.publish(done.pushes)
         pushed = await chan.frames()
     assert (done.stored, done.repeats, done.pushed, done.removed) == (2, 0, 1, False)
 
@@ -129,10 +131,12 @@ async def test_a_repeat_is_stored_once_and_pushed_again_while_hot(
         await online(store, u, gateway)
     async with Channel(store, gateway) as chan:
         first = await fan.put(env, time.time())
+        await fan.publish(first.pushes)
         once = await chan.frames()
         # The first member acknowledged theirs: a repeat pushes only the two still hot.
         await store.hot.remove([(f"{members[0]}.1", 1)])
         again = await fan.put(env, time.time())
+        await fan.publish(again.pushes)
         twice = await chan.frames()
     assert (first.stored, first.repeats, first.pushed) == (3, 0, 3)
     assert (again.stored, again.repeats, again.pushed) == (0, 3, 2)
@@ -161,12 +165,19 @@ async def test_a_missing_counter_is_seeded_from_its_checkpoint(
     store: DeliveryStore, settings: Settings
 ) -> None:
     fan = RoomFanout(store, ModerationKeys(settings))
-    fresh, known = (f"{u}.1" for u in users(2))
+    people = users(2)
+    fresh, known = (f"{u}.1" for u in people)
+    for u in people:
+        await online(store, u, "gw-seed")
     await store.counters.update_one({"_id": known}, {"$set": {"n": 40, "acked": 40}}, upsert=True)
     await store.ctr.reserve(fresh, 1)
     await store.redis.delete(store.ctr.key(known))
     done = await fan.put(copies([fresh, known]), time.time())
     assert done.stored == 2
+    # The second call's pushes (the seeded inbox) join the first one's.
+    pushed = [(gw, c[0]) for gw, body in done.pushes for p in e.decode_room_push(b"[" + body + b"]")
+              for c in p.to]  # fmt: skip
+    assert sorted(pushed) == sorted(("gw-seed", u) for u in people)
     assert list(await hot_items(store, fresh)) == [2]
     [seq] = list(await hot_items(store, known))
     assert seq > 40
