@@ -40,6 +40,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.common import scripts
 from services.common.auth import (
     Claims,
     device_revocation_key,
@@ -81,10 +82,6 @@ def _times(doc: Doc | None) -> Doc | None:
         for key in TIME_FIELDS.intersection(doc):
             doc[key] = _as_datetime(doc[key])
     return doc
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class DuplicateError(Exception):
@@ -362,7 +359,7 @@ class AuthStore:
         raw = await self.redis.hgetall(self._eph_key(kind, ident))
         if not raw:
             return None
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {scripts.text(k): scripts.text(v) for k, v in raw.items()}
 
     async def eph_update(self, kind: str, ident: str, fields: Mapping[str, str]) -> bool:
         """Set fields of a record that still exists (keeps its expiry)."""

@@ -86,6 +86,11 @@ def texts() -> list[bytes | str]:
 async def on_connect(conn: Any) -> None:
     """A new connection: the usual handshake, then every registered script loaded."""
     await conn.on_connect()
-    for text in list(_TEXTS.values()):
-        await conn.send_command("SCRIPT", "LOAD", text)
+    for body in list(_TEXTS.values()):
+        await conn.send_command("SCRIPT", "LOAD", body)
         await conn.read_response()
+
+
+def text(value: object) -> str:
+    """A Redis reply (bytes, or str from a client that decodes) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -380,7 +380,7 @@ class InboxCounters:
         written = 0
         while True:
             raw = await self.redis.spop(self.dirty, CHECKPOINT_BATCH)
-            inboxes = [r.decode() if isinstance(r, bytes) else str(r) for r in raw or []]
+            inboxes = [scripts.text(r) for r in raw or []]
             if not inboxes:
                 return written
             try:

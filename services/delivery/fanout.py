@@ -54,7 +54,7 @@ from parley_contract import envelopes as e
 from parley_contract import frames as f
 
 from services.common import scripts
-from services.common.routing import room_channel
+from services.common.routing import LIVE_GATEWAYS_LUA, room_channel
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DAY_S, DeliveryStore
 
@@ -66,7 +66,9 @@ from services.delivery.store import DAY_S, DeliveryStore
 # Returns {-1} when the message was removed, else {stored, repeats, (copy, gateway)
 # pairs to push, the number of inboxes whose counter is missing, those inboxes..., then
 # per live gateway: its id, its room push (JSON)}.
-_ROOM_PUT = scripts.define("""
+_ROOM_PUT = scripts.define(
+    LIVE_GATEWAYS_LUA
+    + """
 local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local dups, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -121,12 +123,7 @@ for a = 12, #ARGV, 4 do
   if seq then
     local gws = live[user]
     if not gws then
-      gws = {}
-      local all = redis.call('HGETALL', p .. ':presence:{' .. user .. '}')
-      for j = 2, #all, 2 do
-        local gw, ts = string.match(all[j], '^([^|]*)|(%d+)$')
-        if gw and now_ms - tonumber(ts) <= ttl then gws[#gws + 1] = gw end
-      end
+      gws = live_gateways(p .. ':presence:{' .. user .. '}', now_ms, ttl)
       live[user] = gws
     end
     if #gws > 0 then
@@ -157,7 +154,8 @@ for _, gw in ipairs(order) do
   out[#out + 1] = push .. table.concat(batches[gw], ',') .. ']}'
 end
 return out
-""")
+"""
+)
 
 
 def room_dedup_key(prefix: str, sender: str, client_id: str) -> str:
@@ -217,9 +215,9 @@ class RoomFanout:
             if int(out[0]) == -1:
                 return RoomStored(removed=True, odd=tuple(odd))
             n = int(out[3])
-            missing = {_text(m) for m in out[4 : 4 + n]}
+            missing = {scripts.text(m) for m in out[4 : 4 + n]}
             tail = out[4 + n :]
-            pushes = [(_text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2)]
+            pushes = [(scripts.text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2)]
             total = RoomStored(
                 stored=total.stored + int(out[0]), repeats=total.repeats + int(out[1]),
                 pushed=total.pushed + int(out[2]), odd=tuple(odd),
@@ -291,10 +289,6 @@ class RoomFanout:
             sender_device=int(env.from_device or 1), recipient="", sent_at=int(env.sent_at),
             conversation=env.conversation,
         ))  # fmt: skip
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["RoomFanout", "RoomStored"]

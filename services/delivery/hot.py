@@ -167,7 +167,7 @@ class HotInbox:
         claims = {}
         for key, value in zip(keys, values[: len(keys)], strict=True):
             if value is not None:
-                seq, _, server_id = _text(value).partition("|")
+                seq, _, server_id = scripts.text(value).partition("|")
                 claims[key] = (int(seq), server_id)
         gone = {s for s, v in zip(ids, values[len(keys) :], strict=True) if v is not None}
         return claims, gone
@@ -327,7 +327,7 @@ class HotInbox:
                 pipe.hget(self.rm_key(d["inbox"]), str(int(d["seq"])))
             marks = await pipe.execute()
         return [d for d, m in zip(docs, marks, strict=True)
-                if m is not None and _text(m) == d.get("server_id")]  # fmt: skip
+                if m is not None and scripts.text(m) == d.get("server_id")]  # fmt: skip
 
     # The persister's view ------------------------------------------------------
     async def due(self, cutoff: float, limit: int) -> list[tuple[str, int]]:
@@ -335,13 +335,9 @@ class HotInbox:
         members = await self.redis.zrangebyscore(self.index, "-inf", cutoff, start=0, num=limit)
         out = []
         for m in members:
-            inbox, _, seq = _text(m).rpartition("|")
+            inbox, _, seq = scripts.text(m).rpartition("|")
             out.append((inbox, int(seq)))
         return out
 
     async def heartbeat(self) -> int:
         return int(await self.redis.incr(self.beat))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -478,13 +478,8 @@ class Hub:
             log.warning("dropping a malformed routed frame")
             return
         for routed in decoded if isinstance(decoded, list) else (decoded,):
-            conns = self.by_user.get(routed.to)
-            if not conns:
-                continue
-            frame = bytes(routed.frame)
-            for conn in conns:  # a tuple: a push that closes a socket does not change it
-                if routed.device is None or conn.device_id == routed.device:
-                    conn.push_encoded(routed.op, frame)
+            if routed.to in self.by_user:
+                self._push_to(routed.to, routed.device, routed.op, bytes(routed.frame))
 
     def _route_room(self, data: bytes) -> None:
         """Private room messages' copies for this pod's members (a list of
@@ -497,13 +492,16 @@ class Hub:
             return
         for push in pushes:
             for user, device, seq, tag in push.to:
-                conns = self.by_user.get(user)
-                if not conns:
-                    continue
-                frame = push.frame_of(seq, tag)
-                for conn in conns:
-                    if conn.device_id == device:
-                        conn.push_encoded("message", frame)
+                if user in self.by_user:
+                    self._push_to(user, device, "message", push.frame_of(seq, tag))
+
+    def _push_to(self, user: str, device: int | None, op: str, frame: bytes) -> None:
+        """Push an encoded frame to ``user``'s sockets on this pod: the one of
+        ``device``, or all of them when it is None."""
+        # A tuple: a push that closes a socket does not change it.
+        for conn in self.by_user.get(user, ()):
+            if device is None or conn.device_id == device:
+                conn.push_encoded(op, frame)
 
     async def _revoke(self, data: bytes) -> None:
         try:

@@ -46,6 +46,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from services.common import scripts
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
@@ -464,7 +465,7 @@ class KeyStore:
     async def get_link(self, user_id: str, link_id: str) -> Doc | None:
         reply = await self.redis.hgetall(self._link_key(user_id, link_id))
         # The client answers bytes (decode_responses=False).
-        raw = {_text(k): _text(v) for k, v in reply.items()}
+        raw = {scripts.text(k): scripts.text(v) for k, v in reply.items()}
         if "device_id" not in raw:
             return None
         return {
@@ -528,7 +529,3 @@ class KeyStore:
             log.warning("event not sent", extra={"error": repr(exc), "topic": self.topic})
             return False
         return True
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
