@@ -23,7 +23,9 @@ general path does, with the same keys and values but for the dedup records
 - an inbox whose counter is not in Redis is returned: it is seeded from its
   MongoDB checkpoint (:class:`~services.delivery.counters.InboxCounters`) and
   the script runs again for those inboxes alone;
-- a message removed already (its ``gone`` mark) stores nothing.
+- a message removed already (its ``gone`` mark) stores nothing, and so does a
+  record whose writer's mark is not what it expects (Redis lost its data:
+  :data:`~services.delivery.hot.GUARD`).
 
 Then the same script reads each member's presence and returns, for each live
 gateway, one :class:`parley_contract.envelopes.RoomPush`: the ``message`` frame
@@ -55,20 +57,26 @@ from parley_contract import frames as f
 
 from services.common import scripts
 from services.common.routing import LIVE_GATEWAYS_LUA, room_channel
+from services.delivery.hot import GUARD_LUA, guard_args, refused
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DAY_S, DeliveryStore
 
 # ARGV: 1 prefix, 2 now (the index's score), 3 dedup TTL, 4 waiting counts' TTL,
 # 5 now (ms), 6 presence TTL (ms), 7 the message's dedup hash (inbox -> "<seq>|<server id>"),
 # 8 server id, 9 sender, 10 the item's common fields (JSON from its first comma),
-# 11 what a pod's room push starts with (up to its list of copies), then per inbox:
-# inbox, user, device, reporting tag ('' for none).
-# Returns {-1} when the message was removed, else {stored, repeats, (copy, gateway)
+# 11 what a pod's room push starts with (up to its list of copies), 12 and 13 the
+# writer's mark and the value it expects (hot.GUARD), then per inbox: inbox, user,
+# device, reporting tag ('' for none).
+# Returns {-2, the guard's answer} when the mark refused the write, {-1} when the
+# message was removed (nothing written in both cases), else {stored, repeats, (copy, gateway)
 # pairs to push, the number of inboxes whose counter is missing, those inboxes..., then
 # per live gateway: its id, its room push (JSON)}.
 _ROOM_PUT = scripts.define(
     LIVE_GATEWAYS_LUA
+    + GUARD_LUA
     + """
+local refused = guard(ARGV[12], ARGV[13])
+if refused ~= 0 then return {-2, refused} end
 local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local dups, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -77,14 +85,14 @@ if redis.call('EXISTS', p .. ':gone:{' .. server_id .. '}') == 1 then return {-1
 local index, dirty = p .. ':hotidx', p .. ':ctrdirty'
 local stored, repeats, missing, entries, changed, claims = 0, 0, {}, {}, {}, {}
 local inboxes = {}
-for a = 12, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
+for a = 14, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
 local helds = redis.call('HMGET', dups, unpack(inboxes))
 local live, batches, order, pairs = {}, {}, {}, 0
-for a = 12, #ARGV, 4 do
+for a = 14, #ARGV, 4 do
   local inbox, user, device, tag = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local hot = p .. ':hot:{' .. inbox .. '}'
   local seq = nil
-  local held = helds[(a - 8) / 4]
+  local held = helds[(a - 10) / 4]
   if held then
     repeats = repeats + 1
     local s, sid = string.match(held, '^(%d+)|(.*)$')
@@ -212,6 +220,8 @@ class RoomFanout:
             for member in members:
                 args += member
             out = await scripts.call(self.store.redis, _ROOM_PUT, [], args)
+            if int(out[0]) == -2:
+                refused(out[1])
             if int(out[0]) == -1:
                 return RoomStored(removed=True, odd=tuple(odd))
             n = int(out[3])
@@ -277,6 +287,7 @@ class RoomFanout:
             env.from_,
             "," + orjson.dumps(common).decode()[1:],
             push,
+            *guard_args(),
         ]
 
     def _tagger(self, env: e.RoomCopies) -> Callable[[str], str] | None:

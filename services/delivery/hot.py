@@ -7,7 +7,8 @@ persister moves what is still unacknowledged after ``hot_persist_after_s``
 to MongoDB in large batches. Kafka is the log of record in between: the
 delivery consumer commits a partition's offset only past records whose
 items are persisted or acknowledged, so losing Redis loses nothing that
-Kafka cannot give back (:class:`Epoch` notices the loss).
+Kafka cannot give back (the persister's ``hotbeat`` and each writer's mark,
+:data:`GUARD`, notice the loss).
 
 Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 
@@ -20,6 +21,9 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 - ``<p>:hotbeat``: a counter every persister run increments; a value lower
   than one seen before means Redis lost its data (restarted empty, or from
   an older snapshot);
+- ``<p>:hotmark:{<process>}``: a delivery process's mark, the number of
+  losses it has noticed; every write of an item checks it first
+  (:data:`GUARD`);
 - ``<p>:gone:{<server id>}``: set when a message is removed: a copy that
   arrives later (a room's fan-out under way, a replay) is not stored;
 - ``<p>:rm:{<inbox>}``: hash, seq -> server id of the copies removed from the
@@ -29,6 +33,7 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,16 +44,70 @@ from services.common import scripts
 
 Doc = dict[str, Any]
 
+GUARD: ContextVar[tuple[str, str] | None] = ContextVar("parley_hot_guard", default=None)
+"""(the key of the writing process's mark, the value this writer expects in it), set
+by a delivery consumer around each batch (services/delivery/worker.py), or None: no
+check.
+
+Kafka gives back what Redis lost only if nothing is stored after the loss
+before the records that were lost: a batch stored into an empty Redis first
+would take numbers ahead of the replayed ones, and a member would see the
+room's messages (a conversation's) out of order. The persister's ``hotbeat``
+notices a loss within a pass (half a second); a consumer may store a batch
+meanwhile. So every script that writes items checks the mark in the same
+atomic step (:data:`GUARD_LUA`): when it is not what the consumer expects,
+nothing is written and :class:`HotInboxLost` is raised; the consumer then
+goes back to its committed offsets (and the first to see the mark gone
+records the loss and sets it again)."""
+
+GUARD_LUA = """
+local function guard(key, want)
+  if key == '' then return 0 end
+  local have = redis.call('GET', key)
+  if have == want then return 0 end
+  if have then return 1 end
+  return 2
+end
+"""
+"""``guard(mark key, expected value)``: 0 when a write may go on (or no key), 1 when
+the mark holds another value, 2 when it is missing. A script's text starts with it."""
+
+
+class HotInboxLost(Exception):
+    """A write refused: the process's mark is not what the writer expected (Redis
+    lost its data, or another consumer of the process noticed a loss first)."""
+
+    def __init__(self, missing: bool) -> None:
+        super().__init__("the hot inbox's mark is missing" if missing else "the mark moved on")
+        self.missing = missing
+
+
+def guard_args() -> list[str]:
+    """The two script arguments of :data:`GUARD` ('' and '' for none)."""
+    g = GUARD.get()
+    return [g[0], g[1]] if g is not None else ["", ""]
+
+
+def refused(code: object) -> None:
+    """Raise :class:`HotInboxLost` for :data:`GUARD_LUA`'s non-zero answer."""
+    raise HotInboxLost(missing=int(code) == 2)  # type: ignore[call-overload]
+
 
 # KEYS[1] the inbox's hash, KEYS[2] its waiting counts, KEYS[2 + i] item i's dedup
 # record; ARGV[1] dedup TTL, ARGV[2] how long to keep the counts, ARGV[3] 1 to count,
-# then per item: seq, the item (JSON), its dedup record's value, the sender's count
-# field ('' for a notice). Returns the (1-based) items whose number held another item.
-_PUT = """
+# ARGV[4] and ARGV[5] the writer's mark and the value it expects (GUARD), then per
+# item: seq, the item (JSON), its dedup record's value, the sender's count field ('' for
+# a notice). Returns the (1-based) items whose number held another item, or {-1, the
+# guard's answer} when the mark refused the write (nothing written).
+_PUT = (
+    GUARD_LUA
+    + """
+local refused = guard(ARGV[4], ARGV[5])
+if refused ~= 0 then return {-1, refused} end
 local clashed = {}
 local wrote = 0
 for i = 1, #KEYS - 2 do
-  local a = 3 + (i - 1) * 4
+  local a = 5 + (i - 1) * 4
   if redis.call('HSETNX', KEYS[1], ARGV[a + 1], ARGV[a + 2]) == 1 then
     redis.call('SET', KEYS[2 + i], ARGV[a + 3], 'EX', ARGV[1])
     if ARGV[3] == '1' then
@@ -63,6 +122,7 @@ end
 if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 return clashed
 """
+)
 
 # Remove a tombstoned message's copy from one inbox: KEYS[1] the inbox's hash, KEYS[2]
 # its waiting counts, KEYS[3] its removal markers; ARGV[1] the copy's seq ('' when not
@@ -202,6 +262,7 @@ class HotInbox:
         # sending it) never leaves an item the persister cannot see, nor a dedup
         # record without its item: index entries, then each inbox's items with
         # their records (the script writes a record after its item).
+        guarded = guard_args()
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
             inboxes = list(by_inbox)
@@ -209,7 +270,9 @@ class HotInbox:
                 items = by_inbox[inbox]
                 count_key, keep = pending(inbox) if pending else ("", 0)
                 keys = [self.key(inbox), count_key or self.key(inbox)]
-                args: list[str | int | bytes] = [self.dedup_s, keep, 1 if count_key else 0]
+                args: list[str | int | bytes] = [
+                    self.dedup_s, keep, 1 if count_key else 0, *guarded
+                ]  # fmt: skip
                 for dedup, doc in items:
                     keys.append(self.dup_key(dedup))
                     field = doc["from"] if doc.get("kind", "message") == "message" else ""
@@ -222,6 +285,8 @@ class HotInbox:
         tail = results[1 + len(inboxes) :]
         taken: list[tuple[str, Doc]] = []
         for inbox, clashed in zip(inboxes, results[1 : 1 + len(inboxes)], strict=True):
+            if clashed and int(clashed[0]) == -1:
+                refused(clashed[1])  # the batch goes again, from the committed offsets
             items = by_inbox[inbox]
             taken += [items[int(i) - 1] for i in clashed or []]
         if not taken:
@@ -339,5 +404,13 @@ class HotInbox:
             out.append((inbox, int(seq)))
         return out
 
-    async def heartbeat(self) -> int:
-        return int(await self.redis.incr(self.beat))
+    async def heartbeat(self, mark: str = "", mark_ttl_s: int = 0) -> int:
+        """Count a persister run; keeps ``mark`` (a writer's, :data:`GUARD`) from expiring
+        while it exists (never makes it: a missing mark is a loss)."""
+        if not mark:
+            return int(await self.redis.incr(self.beat))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(self.beat)
+            pipe.expire(mark, mark_ttl_s)
+            beat, _ = await pipe.execute()
+        return int(beat)

@@ -11,7 +11,9 @@ that dies mid-batch, or a Redis that loses its data, leaves the batch
 uncommitted: it is consumed again (from the committed offsets) and the
 dedup records make a copy still known a no-op; a copy stored again after
 Redis lost them carries the same ``server_id``, which clients drop
-(docs/delivery.md, "The hot path").
+(docs/delivery.md, "The hot path"). After a loss nothing is stored before
+what was lost is consumed again (each write checks the process's mark:
+:data:`~services.delivery.hot.GUARD`), so inboxes keep the records' order.
 
 No record can hold up a partition for ever (:meth:`Worker._process`): while
 MongoDB or Redis is down the batch waits and retries without limit (nothing
@@ -38,6 +40,7 @@ import asyncio
 import itertools
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,7 +65,7 @@ from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import Push
 from services.delivery.fanout import RoomFanout
-from services.delivery.hot import Removal
+from services.delivery.hot import GUARD, HotInboxLost, Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DeliveryStore, item_docs, item_frame
 
@@ -72,6 +75,9 @@ KNOWN_PAIRS_MAX = 200_000
 ROOM_COPIES_MAX = 500
 """Inboxes per fan-out record (about 20 KB of ids besides the body)."""
 DEPTH_SAMPLE_S = 5.0
+MARK_TTL_S = 86_400
+"""How long a process's hot-inbox mark outlives its last persister run (a mark that
+expired reads as a loss: a replay, which the dedup records make harmless)."""
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Handler: TypeAlias = Callable[[list[Record]], Awaitable[None]]
@@ -111,6 +117,11 @@ class Worker:
         # committed offsets.
         self.rewinds = 0
         self._beat = 0
+        # This process's mark in Redis (hot.GUARD): ``rewinds`` while Redis keeps
+        # what this process wrote; missing (or another number) once it lost it.
+        self.mark = f"{settings.redis_prefix}:hotmark:{{{uuid.uuid4().hex}}}"
+        self._armed = False
+        self._mark_lock = asyncio.Lock()
         self._next_checkpoint = 0.0
         self.stored = Counter(
             "parley_delivery_stored_total", "Items stored in inboxes.", ["kind"], registry=registry
@@ -266,6 +277,7 @@ class Worker:
         MongoDB or acknowledged (``persisted_until`` passed the time it was stored);
         after Redis lost the hot inbox, back to the committed offsets."""
         pending = Uncommitted(rewinds=self.rewinds)
+        await self._arm()
         while True:
             if pending.rewinds != self.rewinds:
                 await self._rewind(consumer, pending)
@@ -273,7 +285,15 @@ class Worker:
             records = [r for part in batches.values() for r in part]
             if records:
                 start = time.perf_counter()
-                await self._process(handler, records)
+                GUARD.set((self.mark, str(pending.rewinds)))
+                try:
+                    await self._process(handler, records)
+                except HotInboxLost as exc:
+                    # Nothing of it stored since Redis lost its data: the batch goes
+                    # again, after what was lost, from the committed offsets.
+                    await self._mark_lost(exc)
+                    await self._rewind(consumer, pending)
+                    continue
                 offsets: dict[TopicPartition, int] = {}
                 for r in records:
                     tp = TopicPartition(r.topic, r.partition)
@@ -315,6 +335,36 @@ class Worker:
                 consumer.seek(tp, committed)
         log.warning("hot inbox lost: consuming again from the committed offsets")
 
+    async def _mark_lost(self, exc: HotInboxLost) -> None:
+        """A write found the mark not as its consumer expected: unless another consumer
+        has set it again since, Redis lost its data: record the loss, set the mark."""
+        async with self._mark_lock:
+            have = await self.store.redis.get(self.mark)
+            if have is not None and int(have) == self.rewinds:
+                return  # set again since this consumer's batch began: rewind alone
+            log.warning("a write found the hot inbox lost", extra={"missing": exc.missing})
+            await self._hot_inbox_lost()
+
+    async def _arm(self) -> None:
+        """Set this process's mark, once, before its first write (raises while Redis is
+        unreachable: the consumer starts again)."""
+        async with self._mark_lock:
+            if not self._armed:
+                await self.store.redis.set(self.mark, self.rewinds, ex=MARK_TTL_S)
+                self._armed = True
+
+    async def _hot_inbox_lost(self) -> None:
+        """Redis lost what this process stored: consumers go back to their committed
+        offsets, and the mark is set to the new count (under ``_mark_lock``)."""
+        # What Kafka may replay must not bring removed messages back (first: if
+        # MongoDB does not answer, the next write or run notices the loss again).
+        retention_ms = self.settings.kafka_message_retention_ms
+        await self.store.restore_gone(int(time.time() * 1000) - retention_ms)
+        self.rewinds += 1
+        self.hot_lost.inc()
+        self._beat = 0  # the new Redis's hotbeat starts again: not a second loss
+        await self.store.redis.set(self.mark, self.rewinds, ex=MARK_TTL_S)
+
     async def _persist_loop(self) -> None:
         """Move what waits in the hot inbox to MongoDB; notice when Redis lost it."""
         while True:
@@ -327,17 +377,14 @@ class Worker:
             await asyncio.sleep(self.settings.hot_persist_interval_s)
 
     async def persist_once(self) -> None:
-        beat = await self.store.hot.heartbeat()
+        beat = await self.store.hot.heartbeat(self.mark if self._armed else "", MARK_TTL_S)
         if beat <= self._beat:
             # The counter went back: Redis restarted empty or from an older
             # snapshot. Nothing stored since the last complete pass may be there.
-            # What Kafka may replay must not bring removed messages back (first: if
-            # MongoDB does not answer, the next run notices the loss again).
-            retention_ms = self.settings.kafka_message_retention_ms
-            await self.store.restore_gone(int(time.time() * 1000) - retention_ms)
+            async with self._mark_lock:
+                await self._hot_inbox_lost()
+                self._armed = True
             self._beat = beat
-            self.rewinds += 1
-            self.hot_lost.inc()
             return
         self._beat = beat
         written, until = await self.store.persist_due()
@@ -376,7 +423,7 @@ class Worker:
         while True:
             try:
                 await handler(records)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, HotInboxLost):
                 raise
             except Exception as exc:
                 down = await self.store.ping()

@@ -1,13 +1,17 @@
-"""A private room of 200 members through HAProxy: kill -9 the delivery worker in the
-middle of fanning messages out; after its restart every member device has every
-accepted message exactly once (docs/rooms.md, "Private rooms")."""
+"""A private room of 200 members through HAProxy: kill -9 the delivery worker, or Redis
+(no persistence: every hot inbox, counter, dedup record and presence entry gone), in
+the middle of fanning messages out; after the restart every member device has every
+accepted message exactly once (docs/rooms.md, "Private rooms"; docs/delivery.md,
+"Redis lost its data")."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.support.aio import eventually
 from tests.support.chat import b64, inbox_items, unb64
@@ -46,8 +50,16 @@ async def inbox(http: aiohttp.ClientSession, lb: str, user: User) -> list[dict[s
     return items
 
 
-async def test_kill_9_delivery_mid_fan_out_to_200_members_loses_and_duplicates_nothing(
-    system: System,
+def kill_and_restart(system: System, victim: str) -> None:
+    procs = system.stack.procs
+    assert procs is not None
+    procs.kill(victim)
+    procs.start(victim)
+
+
+@pytest.mark.parametrize("victim", ["delivery", "redis"])
+async def test_kill_9_mid_fan_out_to_200_members_loses_and_duplicates_nothing(
+    system: System, victim: str
 ) -> None:
     lb = system.lb
     owner = await signup(lb, "own")
@@ -74,21 +86,28 @@ async def test_kill_9_delivery_mid_fan_out_to_200_members_loses_and_duplicates_n
                     while cid not in accepted:
                         await ws.send({"op": "room_send", "id": cid, "room": rid,
                                        "body": b64(cid)})  # fmt: skip
-                        frame = await ws.expect_any(("accepted", "error"), timeout=30, id=cid)
-                        if frame["op"] == "accepted":
-                            accepted[cid] = frame["server_id"]
-                        else:  # Kafka briefly busy: the same id again is safe
-                            await asyncio.sleep(0.1)
+                        # Kafka or Redis briefly away (an error, or no answer): the
+                        # same id again is safe.
+                        with contextlib.suppress(TimeoutError):
+                            frame = await ws.expect_any(("accepted", "error"), timeout=10, id=cid)
+                            if frame["op"] == "accepted":
+                                accepted[cid] = frame["server_id"]
+                                break
+                        await asyncio.sleep(0.1)
                     await asyncio.sleep(0.02)
 
             sending = asyncio.create_task(send_all())
             # Kill once part of the stream is accepted: fan-outs are in flight.
             await eventually(lambda: asyncio.sleep(0, len(accepted)), lambda k: k >= 8)
-            system.procs.kill("delivery")
-            try:
+            if victim == "delivery":
+                system.procs.kill("delivery")
+                try:
+                    await asyncio.wait_for(sending, 120)
+                finally:
+                    system.restart("delivery")
+            else:
+                await asyncio.to_thread(kill_and_restart, system, victim)
                 await asyncio.wait_for(sending, 120)
-            finally:
-                system.restart("delivery")
         finally:
             await ws.close()
         # HAProxy answers 503 for the inbox until the restarted worker is ready.
@@ -105,12 +124,17 @@ async def test_kill_9_delivery_mid_fan_out_to_200_members_loses_and_duplicates_n
 
         inboxes = await bounded(len(members), lambda i: complete(members[i]))
     for user, items in zip(members, inboxes, strict=True):
-        bodies = [i["body"] for i in items if i.get("room") == rid]
         seqs = [i["seq"] for i in items]
-        # Stored once each: no seq twice, no message twice.
-        assert len(seqs) == len(set(seqs)), user.username
-        assert sorted(bodies) == sorted(wanted), (user.username, len(bodies))
-        assert {i["server_id"] for i in items} == set(accepted.values())
+        assert len(seqs) == len(set(seqs)), user.username  # no seq twice
+        # Once per message: by server_id, as docs/protocol.md asks of every client
+        # (after Redis lost a hot inbox, a copy may be stored again under a new seq
+        # with the same server_id; a client keeps the first).
+        firsts: dict[str, str] = {}
+        for item in sorted(items, key=lambda i: i["seq"]):
+            if item.get("room") == rid:
+                firsts.setdefault(item["server_id"], unb64(item["body"]))
+        assert set(firsts) == set(accepted.values()), (user.username, len(firsts))
         # One order: the room's, which is the order the owner sent them in.
-        in_order = [unb64(b) for b in bodies]
-        assert in_order == [f"fan-{i}" for i in range(MESSAGES)], user.username
+        assert list(firsts.values()) == [f"fan-{i}" for i in range(MESSAGES)], user.username
+        if victim == "delivery":  # Redis kept the dedup records: nothing stored twice
+            assert len(items) == MESSAGES, (user.username, len(items))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -96,6 +97,45 @@ async def test_redis_losing_the_hot_inbox_loses_no_accepted_message(
     # Stored again once, not twice (the same item may come both pushed and synced:
     # the same seq, which clients drop).
     assert len({i["seq"] for i in items}) == 20
+
+
+async def test_nothing_is_stored_after_a_loss_before_what_was_lost(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The persister is kept from noticing the loss: the next write must. Without
+    the mark, a batch stored into the emptied Redis would take numbers ahead of
+    the lost ones' replay (bob would read r10 before r0), or, with no persister
+    to notice, r0..r9 would never come back."""
+    worker = messaging.delivery.server.app[WORKER]
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
+
+    async def asleep() -> None:
+        return None
+
+    monkeypatch.setattr(worker, "persist_once", asleep)
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    alice = await messaging.connect(alice_id, pod=0)
+    for n in range(10):
+        await alice.send(send_frame(f"o{n}", bob_id, f"bzA{n}"))
+        await alice.expect("stored", id=f"o{n}")
+    redis = worker.store.redis
+    keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
+    await redis.delete(*keys)
+    lost = worker.hot_lost._value.get()
+    for n in range(10, 20):
+        await alice.send(send_frame(f"o{n}", bob_id, f"bzA{n}"))
+        await alice.expect("accepted", id=f"o{n}")
+    await eventually(lambda: _value(worker.hot_lost), lambda v: v == lost + 1)
+    bob = await messaging.connect(bob_id, pod=1)
+    items = await eventually(lambda: synced(bob, uuid.uuid4().hex[:8]),
+                             lambda got: len({i["server_id"] for i in got}) == 20)  # fmt: skip
+    firsts: dict[str, str] = {}
+    for item in sorted(items, key=lambda i: int(str(i["seq"]))):
+        firsts.setdefault(str(item["server_id"]), str(item["body"]))
+    # Once each, in the order sent: the lost ten before the ten sent after the loss.
+    assert list(firsts.values()) == [f"bzA{n}" for n in range(20)]
+    assert worker.hot_lost._value.get() == lost + 1
 
 
 async def _value(counter: object) -> float:
