@@ -20,6 +20,7 @@ from services.delivery.fanout import RoomFanout, room_dedup_key
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DeliveryStore, item_docs, item_frame
 from services.delivery.worker import Worker
+from tests.delivery.conftest import item
 
 
 def copies(inboxes: list[str], commitment: str | None = "c0mm1tment") -> e.RoomCopies:
@@ -209,6 +210,40 @@ async def test_a_thousand_members_in_one_call(store: DeliveryStore, settings: Se
     assert done.stored == again.stored == 1000
     numbers = [sorted(await hot_items(store, i)) for i in members[:50]]
     assert all(n == [2, 3] for n in numbers)
+
+
+async def test_a_copy_into_an_inbox_of_twenty_thousand_items(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """A member whose device has not read for a long time: 10,000 items moved to
+    MongoDB, 10,000 still hot. The room's copy takes the number after them, pages
+    after them, and a cumulative ack of the 20,001 clears the inbox; the other 999
+    members' copies are unaffected by the big one."""
+    fan = RoomFanout(store, ModerationKeys(settings))
+    members = [f"{u}.1" for u in users(1000)]
+    big, user = members[0], members[0].split(".")[0]
+    n = 20_000
+    for start in range(0, n, 500):
+        batch = [{**item(big, i, cid=f"m{i}"), "user": user} for i in range(start, start + 500)]
+        await store.store_hot(batch)
+        if start + 500 == n // 2:  # the first half waited long enough: in MongoDB
+            await store.persist_due(now=time.time() + settings.hot_persist_after_s + 1)
+    assert await store.inbox.count_documents({"inbox": big}) == n // 2
+    env = copies(members)
+    done = await fan.put(env, time.time())
+    assert (done.stored, done.repeats) == (1000, 0)
+    assert set(await hot_items(store, big)) == set(range(n // 2 + 1, n + 2))
+    assert [list(await hot_items(store, m)) for m in members[1:50]] == [[1]] * 49
+    page, more = await store.page(big, n - 5, 200)
+    assert [d["seq"] for d in page] == [*range(n - 4, n + 1), n + 1] and not more
+    assert page[-1]["server_id"] == env.server_id and page[-1]["room"] == env.room
+    # A replay is recognised for every member, the big one included.
+    again = await fan.put(env, time.time())
+    assert (again.stored, again.repeats) == (0, 1000)
+    acked = await store.acknowledge_many({big: n + 1})
+    assert len(acked[big]) == n + 1
+    assert await store.page(big, 0, 10) == ([], False)
+    assert await store.inbox.count_documents({"inbox": big}) == 0
 
 
 def record(env: e.Envelope, offset: int) -> Any:
