@@ -3,20 +3,16 @@ and the pod keeps serving everyone else. Nothing is stored for a refused frame."
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
 
 from services.common.state import KAFKA
+from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def still_serving(messaging: Messaging) -> None:

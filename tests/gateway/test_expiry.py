@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from parley.connection import Connection
@@ -11,12 +10,9 @@ from parley_contract import frames as f
 from parley_contract.frames import CLOSE_REAUTH
 
 from tests.support.aio import eventually
+from tests.support.users import uid
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _now() -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import aiohttp
@@ -19,11 +18,8 @@ from services.gateway.app import create_app
 from services.gateway.heartbeat import Heartbeat
 from services.gateway.state import HUB
 from tests.support.aio import eventually
+from tests.support.users import uid
 from tests.support.wsclient import WsClient
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _value(v: Any) -> Any:

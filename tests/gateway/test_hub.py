@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_REVOKED
 
@@ -11,13 +9,10 @@ from services.common.auth import revocation_channel
 from services.common.routing import presence_key
 from services.common.state import REDIS
 from tests.support.aio import eventually
+from tests.support.users import uid
 from tests.support.wsclient import WsClient
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def publish_revocation(messaging: Messaging, event: dict[str, str]) -> None:

@@ -5,13 +5,9 @@ The gateway sheds per-socket objects that an idle socket does not use.
 
 from __future__ import annotations
 
-import uuid
+from tests.support.users import uid
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def test_idle_sockets_hold_no_queue_task_set_or_headers(

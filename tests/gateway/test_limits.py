@@ -4,7 +4,6 @@ outbound queues bounded by bytes as well as frames (#20)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from parley_contract.frames import CLOSE_SLOW_CONSUMER, CLOSE_TOO_MANY, Message
@@ -17,13 +16,10 @@ from services.gateway.connection import Connection
 from services.gateway.hub import Hub
 from services.gateway.store import GatewayStore
 from tests.support.aio import eventually
+from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from .test_connection import StuckSocket
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _gateway(issuer: Any, make_client: Any, **limits: Any) -> tuple[Any, str]:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
+from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _waiting(client: WsClient, sync_id: str) -> list[dict[str, object]]:

@@ -4,18 +4,14 @@ authenticated by its own token and answered on its own (docs/delivery.md, "Acks"
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from services.common.auth import Claims, revocation_keys
 from services.common.state import REDIS, REGISTRY
+from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _page(messaging: Messaging, token: str) -> list[dict[str, Any]]:

@@ -9,15 +9,10 @@ nothing is stored, and room comes back as the device acknowledges.
 
 from __future__ import annotations
 
-import uuid
-
+from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _send(client: WsClient, cid: str, to: str) -> dict[str, object]:

@@ -3,18 +3,13 @@ key_changed (revocations: tests/gateway/test_hub.py)."""
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 
 from services.common.clients import Topics, kafka_producer
+from tests.support.users import uid
 from tests.support.wsclient import send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def produce_event(messaging: Messaging, event: dict[str, object]) -> None:

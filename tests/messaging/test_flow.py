@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
+from tests.support.users import uid
 from tests.support.wsclient import send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def test_message_crosses_pods_in_real_time_with_receipts(messaging: Messaging) -> None:

@@ -18,13 +18,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.common.clients import Topics
 from services.delivery.state import WORKER
 from tests.support.aio import eventually
+from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def committed(messaging: Messaging) -> int:

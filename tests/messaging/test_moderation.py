@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-import uuid
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +20,7 @@ from parley_contract.frames import tombstone_signed_bytes
 from services.delivery.state import WORKER
 from services.delivery.store import item_id
 from tests.support.aio import eventually
+from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from . import test_rooms
@@ -28,10 +28,6 @@ from .conftest import Messaging
 from .test_rooms import RoomWorld, room_send
 
 world = test_rooms.world  # the rooms service with delivery and two gateways (a fixture)
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def b64(raw: bytes) -> str:

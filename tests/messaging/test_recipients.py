@@ -7,15 +7,10 @@ an inbox nobody reads (#20).
 
 from __future__ import annotations
 
-import uuid
-
+from tests.support.users import uid
 from tests.support.wsclient import send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _synced_bodies(messaging: Messaging, user: str, device: int = 1) -> list[str]:

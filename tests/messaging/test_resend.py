@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 from parley_contract.envelopes import message_server_id
 
+from tests.support.users import uid
 from tests.support.wsclient import send_frame
 
 from .conftest import Messaging
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def test_a_resend_is_answered_with_the_original_server_id_and_stored_once(

@@ -7,7 +7,6 @@ rooms"; docs/protocol.md, "Private rooms").
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +24,10 @@ from services.rooms.config import RoomsConfig
 from tests.support.aio import eventually
 from tests.support.messaging import Messaging, start_messaging
 from tests.support.tokens import TokenIssuer
+from tests.support.users import uid
 from tests.support.wsclient import WsClient
 
 CONFIG = RoomsConfig(create_limit=Limit(10_000, 3600), post_limit=Limit(100_000, 60))
-
-
-def uid() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass

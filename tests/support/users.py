@@ -9,6 +9,7 @@ addressed to the user (``devices_changed``), as it would for a real client.
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,11 @@ import aiohttp
 from tests.keys.keygen import AccountKeys, DeviceKeys, entry
 
 DEVICE = 1
+
+
+def uid() -> str:
+    """A fresh user id (12 hex digits) for tests that make tokens of their own."""
+    return uuid.uuid4().hex[:12]
 
 
 @dataclass
