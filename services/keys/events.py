@@ -24,8 +24,6 @@ a partition) and the ``request_id`` header carries the request that caused it.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import secrets
 import time
 
@@ -33,10 +31,9 @@ import msgspec
 from parley_contract import envelopes as e
 
 from services.common.logging import kafka_headers
+from services.common.outbox import drain_forever, entry_headers
 from services.keys.config import KeysConfig
 from services.keys.store import KeyStore
-
-log = logging.getLogger(__name__)
 
 
 def prekeys_low(
@@ -73,33 +70,23 @@ class EventPublisher:
         """Record an encoded event, then try to send it now; the outbox retries if that fails."""
         headers = kafka_headers()
         # Leased from the start, so that the drain loop leaves it to us for now.
-        entry = await self.store.outbox_add(
+        entry = await self.store.outbox.add(
             key, value, headers, due=time.time() + self.config.outbox_lease_s
         )
         if await self.store.send_event(key, value, headers):
-            await self.store.outbox_delete(entry)
+            await self.store.outbox.delete(entry)
 
     async def drain_once(self) -> int:
         """Send every due outbox entry once; returns how many were confirmed."""
         sent = 0
-        while (entry := await self.store.outbox_lease(self.config.outbox_lease_s)) is not None:
-            headers = [(str(k), str(v).encode()) for k, v in entry.get("headers", [])]
+        while (entry := await self.store.outbox.lease(self.config.outbox_lease_s)) is not None:
+            headers = entry_headers(entry)
             if not await self.store.send_event(entry["key"], entry["value"].encode(), headers):
                 break  # the broker is away: try again on the next round
-            await self.store.outbox_delete(entry["_id"])
+            await self.store.outbox.delete(entry["_id"])
             sent += 1
         return sent
 
     async def run(self) -> None:
         """Drain the outbox for as long as the service runs."""
-        while True:
-            await asyncio.sleep(self.config.outbox_interval_s)
-            try:
-                sent = await self.drain_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox drain failed", extra={"error": repr(exc)})
-                continue
-            if sent:
-                log.info("outbox events sent", extra={"count": sent})
+        await drain_forever(self.drain_once, self.config.outbox_interval_s)

@@ -39,9 +39,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
-from bson import ObjectId
 from parley_contract import envelopes as e
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -50,6 +49,7 @@ from services.common import scripts
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
+from services.common.outbox import Outbox
 from services.common.revocations import RevocationLog
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class KeyStore:
             Kind.ONE_TIME: db["one_time_prekeys"],
             Kind.KEM: db["kem_prekeys"],
         }
-        self.outbox: AsyncCollection[Doc] = db["outbox"]
+        self.outbox = Outbox(db["outbox"])
         self.accounts: AsyncCollection[Doc] = db["accounts"]
         self.revocations: AsyncCollection[Doc] = db["revocations"]
         self.redis = redis
@@ -161,7 +161,7 @@ class KeyStore:
 
         Devices and prekeys need none beyond ``_id``: see :func:`device_key`.
         """
-        await self.outbox.create_index([("due", ASCENDING)])
+        await self.outbox.ensure_indexes()
         await self.revocation_log.ensure_indexes()
 
     # Accounts: the account key and its signed device list.
@@ -480,36 +480,6 @@ class KeyStore:
         return int(await self._link_approve(keys=[self._link_key(user_id, link_id)], args=[sealed]))
 
     # Events: the outbox and Kafka.
-
-    async def outbox_add(
-        self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]], due: float
-    ) -> ObjectId:
-        result = await self.outbox.insert_one(
-            {
-                "key": key,
-                "value": value.decode(),
-                "headers": [[k, v.decode()] for k, v in headers],
-                "due": due,
-                "attempts": 0,
-                "created_at": time.time(),
-            }
-        )
-        return ObjectId(result.inserted_id)
-
-    async def outbox_lease(self, lease_s: float) -> Doc | None:
-        """Take the next due entry for ``lease_s`` seconds (so one replica sends it)."""
-        now = time.time()
-        return await self.outbox.find_one_and_update(
-            {"due": {"$lte": now}},
-            {"$set": {"due": now + lease_s}, "$inc": {"attempts": 1}},
-            return_document=ReturnDocument.AFTER,
-        )
-
-    async def outbox_delete(self, entry_id: ObjectId) -> None:
-        await self.outbox.delete_one({"_id": entry_id})
-
-    async def outbox_size(self) -> int:
-        return await self._count(self.outbox, {})
 
     async def send_event(
         self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]]

@@ -27,8 +27,6 @@ higher ``version``, says how things are.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -41,11 +39,10 @@ from parley_contract.envelopes import MentionNotice
 from parley_contract.envelopes import encode as encode_notice
 
 from services.common.logging import kafka_headers
+from services.common.outbox import drain_forever, entry_headers
 from services.rooms.config import RoomsConfig
 from services.rooms.metrics import RoomsMetrics
 from services.rooms.store import RoomStore
-
-log = logging.getLogger(__name__)
 
 # The type of a held mention notice (``<prefix>notifications``), beside the room events'.
 NOTICE = "mention_notice"
@@ -85,9 +82,10 @@ class EventPublisher:
         with_id = msgspec.structs.replace(event, event_id=secrets.token_hex(12))
         value = e.encode(with_id)
         headers = kafka_headers()
-        entry = await self.store.outbox_add(
-            event.room_id, value, headers, check.doc(), due=time.time() + self.config.outbox_lease_s
-        )
+        entry = await self.store.outbox.add(
+            event.room_id, value, headers, due=time.time() + self.config.outbox_lease_s,
+            check=check.doc(), topic=self.store.topic,
+        )  # fmt: skip
         kind = str(type(event).__struct_config__.tag)
         return Held(entry, event.room_id, value, headers, kind)
 
@@ -96,9 +94,9 @@ class EventPublisher:
         held before the notification it announces is written."""
         value = encode_notice(notice)
         headers = kafka_headers()
-        entry = await self.store.outbox_add(
-            notice.user, value, headers, check.doc(),
-            due=time.time() + self.config.outbox_lease_s, topic=self.store.notices_topic,
+        entry = await self.store.outbox.add(
+            notice.user, value, headers, due=time.time() + self.config.outbox_lease_s,
+            check=check.doc(), topic=self.store.notices_topic,
         )  # fmt: skip
         return Held(entry, notice.user, value, headers, NOTICE, self.store.notices_topic)
 
@@ -107,45 +105,35 @@ class EventPublisher:
         if held.type != NOTICE:
             self.metrics.changes.labels(held.type).inc()
         if await self.store.send_event(held.key, held.value, held.headers, held.topic):
-            await self.store.outbox_delete(held.entry)
+            await self.store.outbox.delete(held.entry)
             self.metrics.outbox.labels("direct").inc()
 
     async def drop(self, held: Held) -> None:
         """The change was not made after all: forget the event."""
-        await self.store.outbox_delete(held.entry)
+        await self.store.outbox.delete(held.entry)
 
     async def drain_once(self) -> int:
         """Send (or drop) every due outbox entry once; returns how many were sent."""
         sent = 0
-        while (entry := await self.store.outbox_lease(self.config.outbox_lease_s)) is not None:
+        while (entry := await self.store.outbox.lease(self.config.outbox_lease_s)) is not None:
             check = entry.get("check") or {}
             if check and not await self.store.check(
                 str(check["coll"]), dict(check["query"]), bool(check["exists"])
             ):
-                await self.store.outbox_delete(entry["_id"])
+                await self.store.outbox.delete(entry["_id"])
                 self.metrics.outbox.labels("dropped").inc()
                 continue
-            headers = [(str(k), str(v).encode()) for k, v in entry.get("headers", [])]
+            headers = entry_headers(entry)
             topic = entry.get("topic")
             if not await self.store.send_event(
                 entry["key"], entry["value"].encode(), headers, topic
             ):
                 break  # the broker is away: try again on the next round
-            await self.store.outbox_delete(entry["_id"])
+            await self.store.outbox.delete(entry["_id"])
             self.metrics.outbox.labels("retry").inc()
             sent += 1
         return sent
 
     async def run(self) -> None:
         """Drain the outbox for as long as the service runs."""
-        while True:
-            await asyncio.sleep(self.config.outbox_interval_s)
-            try:
-                sent = await self.drain_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox drain failed", extra={"error": repr(exc)})
-                continue
-            if sent:
-                log.info("outbox events sent", extra={"count": sent})
+        await drain_forever(self.drain_once, self.config.outbox_interval_s)

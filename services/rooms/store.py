@@ -49,7 +49,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -57,6 +56,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
+from services.common.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class RoomStore:
         self.client_ids: AsyncCollection[Doc] = db["client_ids"]
         self.revisions: AsyncCollection[Doc] = db["revisions"]
         self.notifications: AsyncCollection[Doc] = db["notifications"]
-        self.outbox: AsyncCollection[Doc] = db["outbox"]
+        self.outbox = Outbox(db["outbox"])
         self.mention_claims: AsyncCollection[Doc] = db["mention_claims"]
         self.kafka = kafka
         self.topic = Topics(settings).rooms
@@ -129,7 +129,7 @@ class RoomStore:
 
     async def ensure_indexes(self) -> None:
         """The outbox's due time; everything else is found by ``_id``."""
-        await self.outbox.create_index([("due", ASCENDING)])
+        await self.outbox.ensure_indexes()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -376,38 +376,7 @@ class RoomStore:
         found = await self._by_ids(self.notifications, [notification_id(user_id, n) for n in ns])
         return {int(d["n"]): d for d in found.values()}
 
-    # -- the outbox and Kafka ------------------------------------------------------------
-
-    async def outbox_add(self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]],
-                         check: Doc, due: float, topic: str | None = None) -> ObjectId:  # fmt: skip
-        result = await self.outbox.insert_one(
-            {
-                "topic": topic or self.topic,
-                "key": key,
-                "value": value.decode(),
-                "headers": [[k, v.decode()] for k, v in headers],
-                "check": check,
-                "due": due,
-                "attempts": 0,
-                "created_at": time.time(),
-            }
-        )
-        return ObjectId(result.inserted_id)
-
-    async def outbox_lease(self, lease_s: float) -> Doc | None:
-        now = time.time()
-        return await self.outbox.find_one_and_update(
-            {"due": {"$lte": now}},
-            {"$set": {"due": now + lease_s}, "$inc": {"attempts": 1}},
-            return_document=ReturnDocument.AFTER,
-        )
-
-    async def outbox_delete(self, entry_id: ObjectId) -> None:
-        await self.outbox.delete_one({"_id": entry_id})
-
-    async def outbox_size(self) -> int:
-        reply = await self.db.command("count", self.outbox.name, query={})
-        return int(reply["n"])
+    # -- Kafka (the outbox: services/common/outbox.py) ----------------------------------------
 
     async def send_event(
         self, key: str, value: bytes, headers: Sequence[tuple[str, bytes]],

@@ -26,12 +26,12 @@ async def test_an_unconfirmed_event_is_sent_by_the_drain(
         status, body = await api.put_account("bob", new.registration("bob", []))
         assert (status, body) == (200, {"version": 1, "created": False, "changed": True})
     # key_changed, and device 1's removal.
-    assert await store.outbox_size() == 2
+    assert await store.outbox.size() == 2
     assert await events.settle("bob") == []
     # Leased to the request that tried first; once the lease is over, the drain sends them.
-    await store.outbox.update_many({}, {"$set": {"due": 0.0}})
+    await store.outbox.coll.update_many({}, {"$set": {"due": 0.0}})
     assert await api.keys.events.drain_once() == 2
-    assert await store.outbox_size() == 0
+    assert await store.outbox.size() == 0
     assert await events.settle("bob") == [
         {"type": "key_changed", "user_id": "bob", "account_key": new.public},
         {"type": "device_removed", "user_id": "bob", "device_id": 1},
@@ -53,7 +53,7 @@ async def test_a_redelivered_event_keeps_its_event_id(
     monkeypatch.setattr(store, "send_event", acked_but_not_recorded)
     await api.keys.events.publish(ev.prekeys_low("bob", 1, 0, 0, 10))
     monkeypatch.undo()
-    await store.outbox.update_many({}, {"$set": {"due": 0.0}})
+    await store.outbox.coll.update_many({}, {"$set": {"due": 0.0}})
     assert await api.keys.events.drain_once() == 1
     await events.settle("bob")
     ids = [r[1]["event_id"] for r in events.records if r[1]["type"] == "prekeys_low"]
@@ -64,14 +64,14 @@ async def test_the_drain_leaves_entries_while_the_broker_is_away(
     api: KeysApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = api.keys.store
-    await store.outbox_add("bob", b'{"type":"x","user_id":"bob"}', [], due=0.0)
+    await store.outbox.add("bob", b'{"type":"x","user_id":"bob"}', [], due=0.0)
 
     async def broker_away(*_: object) -> bool:
         return False
 
     monkeypatch.setattr(store, "send_event", broker_away)
     assert await api.keys.events.drain_once() == 0
-    entry = await store.outbox.find_one({})
+    entry = await store.outbox.coll.find_one({})
     assert entry is not None and entry["attempts"] == 1 and entry["due"] > 0
 
 
@@ -79,7 +79,7 @@ async def test_sent_events_leave_no_outbox_entry(api: KeysApi, events: EventLog)
     await api.device("bob")
     await api.put_account("bob", AccountKeys().registration("bob", []), request_id="rid-reset")
     assert [e["type"] for e in await events.settle("bob")] == ["key_changed", "device_removed"]
-    assert await api.keys.store.outbox_size() == 0
+    assert await api.keys.store.outbox.size() == 0
     for key, value, headers in events.records[-3:-1]:
         assert key == b"bob" and ("request_id", b"rid-reset") in headers, value
 

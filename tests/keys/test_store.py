@@ -17,7 +17,7 @@ async def test_indexes_are_created_idempotently(api: KeysApi) -> None:
     store = api.keys.store
     await store.ensure_indexes()
     await store.ensure_indexes()
-    info = await store.outbox.index_information()
+    info = await store.outbox.coll.index_information()
     assert any([k for k, _ in v["key"]] == ["due"] for v in info.values())
 
 

@@ -123,7 +123,7 @@ async def test_membership_mistakes(api: RoomsApi, events: EventLog) -> None:
         "room_created", "member_joined", "member_joined", "role_changed",
         "member_joined", "role_changed",
     ]  # fmt: skip
-    assert await api.rooms.store.outbox_size() == 0
+    assert await api.rooms.store.outbox.size() == 0
 
 
 async def test_message_mistakes(api: RoomsApi) -> None:

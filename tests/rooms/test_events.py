@@ -59,7 +59,7 @@ async def test_an_event_whose_change_never_happened_is_dropped(
         Check("members", {"_id": member_id(room, ghost), "slot": 99}),
     )  # fmt: skip
     assert await api.rooms.events.drain_once() == 0
-    assert await api.rooms.store.outbox_size() == 0
+    assert await api.rooms.store.outbox.size() == 0
     assert [x["type"] for x in await events.settle(room)] == ["room_created"]
 
 
@@ -77,7 +77,7 @@ async def test_an_event_whose_writer_died_after_the_change_is_sent(
     )  # fmt: skip
     await api.rooms.store.set_room(room, {"state": "closed"})
     assert await api.rooms.events.drain_once() == 1
-    assert await api.rooms.store.outbox_size() == 0
+    assert await api.rooms.store.outbox.size() == 0
     seen = await events.settle(room)
     assert [(x["type"], x.get("state")) for x in seen] == [
         ("room_created", None), ("room_state_changed", "closed")
@@ -99,12 +99,12 @@ async def test_events_wait_in_the_outbox_while_kafka_is_away(
     store.send_event = broker_away  # type: ignore[method-assign]
     try:
         assert (await api.join(bob, room))[0] == 200
-        assert await store.outbox_size() == 1
+        assert await store.outbox.size() == 1
         assert await api.rooms.events.drain_once() == 0
     finally:
         store.send_event = real  # type: ignore[method-assign]
     assert await api.rooms.events.drain_once() == 1
-    assert await store.outbox_size() == 0
+    assert await store.outbox.size() == 0
     seen = await events.settle(room)
     assert [(x["type"], x.get("user_id")) for x in seen] == [
         ("room_created", None), ("member_joined", bob)

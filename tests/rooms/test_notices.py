@@ -28,12 +28,12 @@ async def test_a_notice_waits_while_kafka_is_away_then_goes_once(
     try:
         status, msg = await api.post(alice, room, f"hi @{api.username(bob)}")
         assert status == 201 and msg["mentions"] == [bob]
-        assert await store.outbox_size() == 1  # the notice, held
+        assert await store.outbox.size() == 1  # the notice, held
         assert await api.rooms.events.drain_once() == 0
     finally:
         store.send_event = real  # type: ignore[method-assign]
     assert await api.rooms.events.drain_once() == 1
-    assert await store.outbox_size() == 0
+    assert await store.outbox.size() == 0
     await notices.until(lambda vs: len(vs) >= 1)
     [(key, value)] = notices.records
     notice = decode_notice(value)
@@ -55,5 +55,5 @@ async def test_a_notice_whose_notification_was_never_written_is_dropped(
         Check("notifications", {"_id": notification_id(bob, 7)}),
     )  # fmt: skip
     assert await api.rooms.events.drain_once() == 0
-    assert await api.rooms.store.outbox_size() == 0
+    assert await api.rooms.store.outbox.size() == 0
     assert api.rooms.metrics.outbox.labels("dropped")._value.get() == 1

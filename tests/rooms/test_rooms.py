@@ -84,7 +84,7 @@ async def test_public_room_join_members_and_leave(api: RoomsApi, events: EventLo
         ("member_joined", bob, 5),
     ]
     assert all(e["event_id"] and e["kind"] == "public" for e in seen)
-    assert await api.rooms.store.outbox_size() == 0
+    assert await api.rooms.store.outbox.size() == 0
 
 
 async def test_private_room_invite_accept_decline(api: RoomsApi, events: EventLog) -> None:
@@ -200,7 +200,7 @@ async def test_concurrent_joins_make_one_membership(api: RoomsApi, events: Event
     assert [m["user_id"] for m in page["members"]] == [owner, bob]
     seen = await events.settle(room)
     assert [e["type"] for e in seen] == ["room_created", "member_joined"]
-    assert await api.rooms.store.outbox_size() == 0
+    assert await api.rooms.store.outbox.size() == 0
 
 
 async def test_the_last_member_leaving_closes_the_room(api: RoomsApi, events: EventLog) -> None:
