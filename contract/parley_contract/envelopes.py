@@ -412,11 +412,11 @@ class RoutedRaw(Struct):
 
 
 class RoomPush(Struct):
-    """A private room message's copies for one pod's members, on the pod's room channel
-    (services/common/routing.py): the ``message`` frame once, cut where each copy
-    differs, and per copy its user, device, seq and reporting tag ('' for none). The
-    pod sends member ``(user, device, seq, tag)`` the frame
-    ``frame[0] + seq + frame[1] + tag + frame[2]`` (:meth:`frame_of`)."""
+    """A private room message's copies for its members, on the room channel every pod
+    subscribes to (services/common/routing.py): the ``message`` frame once, cut where
+    each copy differs, and per copy its user, device, seq and reporting tag ('' for
+    none). A pod sends each member ``(user, device, seq, tag)`` it holds a socket of
+    the frame ``frame[0] + seq + frame[1] + tag + frame[2]`` (:meth:`frame_of`)."""
 
     frame: tuple[str, str, str]
     to: list[tuple[str, int, int, str]]

@@ -11,10 +11,11 @@ Cluster keeps one user's keys on one shard):
 - ``<p>:gw:{<gateway id>}``: the pub/sub channel of one gateway pod; messages
   are ``parley_contract.envelopes.Routed``, or a list of them (a batch: one
   publish per pod whatever the number of frames, :func:`publish`);
-- ``<p>:gwroom:{<gateway id>}``: the pod's room channel: a private room
-  message's copies for the pod's members, the frame once
+- ``<p>:gwroom``: the room channel, which every pod subscribes to: private
+  room messages' copies for all their members, each frame once
   (``parley_contract.envelopes.RoomPush``, published by
-  services/delivery/fanout.py).
+  services/delivery/fanout.py); a pod pushes the copies of the members it
+  holds a socket of.
 
 (:func:`publish`'s routing script reads several users' presence keys: it
 assumes one Redis, not a Cluster, as docs/deployment.md says the services do.)
@@ -101,8 +102,8 @@ def gateway_channel(prefix: str, gateway_id: str) -> str:
     return f"{prefix}:gw:{{{gateway_id}}}"
 
 
-def room_channel(prefix: str, gateway_id: str) -> str:
-    return f"{prefix}:gwroom:{{{gateway_id}}}"
+def room_channel(prefix: str) -> str:
+    return f"{prefix}:gwroom"
 
 
 def presence_value(gateway_id: str, now_ms: int | None = None) -> str:

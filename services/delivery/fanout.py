@@ -27,15 +27,19 @@ general path does, with the same keys and values but for the dedup records
   record whose writer's mark is not what it expects (Redis lost its data:
   :data:`~services.delivery.hot.GUARD`).
 
-Then the same script reads each member's presence and returns, for each live
-gateway, one :class:`parley_contract.envelopes.RoomPush`: the ``message`` frame
-once, cut where the copies differ, and each copy's user, device, seq and tag;
-the pod splices each member's frame. The worker publishes the pushes of all the
-records of a batch together, one message per gateway's room channel
+Then the same script returns one :class:`parley_contract.envelopes.RoomPush`
+for the record: the ``message`` frame once, cut where the copies differ, and
+each copy's user, device, seq and tag. It reads no presence: every gateway pod
+gets the push (on the room channel they all subscribe to) and splices the
+frames of the members it holds a socket of, a dictionary look-up per copy;
+reading each member's presence hash in the script was a fifth of its time,
+spent in the one Redis every pod shares (docs/BENCHMARKS.md, "Room
+fan-out"), where the pods' look-ups scale out with them. The worker
+publishes the pushes of all the records of a batch together, one message
 (:meth:`RoomFanout.publish`), so that a member's copies of several messages
 reach its socket in one write (one publish per record made one write per
 member per message: HAProxy and the gateways paid for each). A record costs
-one round trip, and Redis copies a body once per pod, not once per member.
+one round trip.
 The script is atomic: a worker that dies mid fan-out leaves each record stored
 for all its inboxes or for none, and the record, uncommitted, comes again.
 
@@ -46,8 +50,7 @@ one Redis, not a Cluster, as docs/deployment.md says the services need.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,43 +59,40 @@ from parley_contract import envelopes as e
 from parley_contract import frames as f
 
 from services.common import scripts
-from services.common.routing import LIVE_GATEWAYS_LUA, room_channel
+from services.common.routing import room_channel
 from services.delivery.hot import GUARD_LUA, guard_args, refused
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.store import DAY_S, DeliveryStore
 
 # ARGV: 1 prefix, 2 now (the index's score), 3 dedup TTL, 4 waiting counts' TTL,
-# 5 now (ms), 6 presence TTL (ms), 7 the message's dedup hash (inbox -> "<seq>|<server id>"),
-# 8 server id, 9 sender, 10 the item's common fields (JSON from its first comma),
-# 11 what a pod's room push starts with (up to its list of copies), 12 and 13 the
-# writer's mark and the value it expects (hot.GUARD), then per inbox: inbox, user,
-# device, reporting tag ('' for none).
+# 5 the message's dedup hash (inbox -> "<seq>|<server id>"), 6 server id, 7 sender,
+# 8 the item's common fields (JSON from its first comma), 9 what the room push starts
+# with (up to its list of copies), 10 and 11 the writer's mark and the value it expects
+# (hot.GUARD), then per inbox: inbox, user, device, reporting tag ('' for none).
 # Returns {-2, the guard's answer} when the mark refused the write, {-1} when the
-# message was removed (nothing written in both cases), else {stored, repeats, (copy, gateway)
-# pairs to push, the number of inboxes whose counter is missing, those inboxes..., then
-# per live gateway: its id, its room push (JSON)}.
+# message was removed (nothing written in both cases), else {stored, repeats, copies
+# to push, the number of inboxes whose counter is missing, those inboxes..., then the
+# room push (JSON) when there are copies to push}.
 _ROOM_PUT = scripts.define(
-    LIVE_GATEWAYS_LUA
-    + GUARD_LUA
+    GUARD_LUA
     + """
-local refused = guard(ARGV[12], ARGV[13])
+local refused = guard(ARGV[10], ARGV[11])
 if refused ~= 0 then return {-2, refused} end
 local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now_ms, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local dups, server_id, sender, common = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local push = ARGV[11]
+local dups, server_id, sender, common = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local push = ARGV[9]
 if redis.call('EXISTS', p .. ':gone:{' .. server_id .. '}') == 1 then return {-1} end
 local index, dirty = p .. ':hotidx', p .. ':ctrdirty'
 local stored, repeats, missing, entries, changed, claims = 0, 0, {}, {}, {}, {}
 local inboxes = {}
-for a = 14, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
+for a = 12, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
 local helds = redis.call('HMGET', dups, unpack(inboxes))
-local live, batches, order, pairs = {}, {}, {}, 0
-for a = 14, #ARGV, 4 do
+local copies = {}
+for a = 12, #ARGV, 4 do
   local inbox, user, device, tag = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local hot = p .. ':hot:{' .. inbox .. '}'
   local seq = nil
-  local held = helds[(a - 10) / 4]
+  local held = helds[(a - 8) / 4]
   if held then
     repeats = repeats + 1
     local s, sid = string.match(held, '^(%d+)|(.*)$')
@@ -129,24 +129,7 @@ for a = 14, #ARGV, 4 do
     end
   end
   if seq then
-    local gws = live[user]
-    if not gws then
-      gws = live_gateways(p .. ':presence:{' .. user .. '}', now_ms, ttl)
-      live[user] = gws
-    end
-    if #gws > 0 then
-      local copy = '["' .. user .. '",' .. device .. ',' .. seq .. ',"' .. tag .. '"]'
-      for _, gw in ipairs(gws) do
-        local b = batches[gw]
-        if not b then
-          b = {}
-          batches[gw] = b
-          order[#order + 1] = gw
-        end
-        b[#b + 1] = copy
-        pairs = pairs + 1
-      end
-    end
+    copies[#copies + 1] = '["' .. user .. '",' .. device .. ',' .. seq .. ',"' .. tag .. '"]'
   end
 end
 if #changed > 0 then
@@ -155,12 +138,9 @@ if #changed > 0 then
   redis.call('ZADD', index, unpack(entries))
   redis.call('SADD', dirty, unpack(changed))
 end
-local out = {stored, repeats, pairs, #missing}
+local out = {stored, repeats, #copies, #missing}
 for i = 1, #missing do out[#out + 1] = missing[i] end
-for _, gw in ipairs(order) do
-  out[#out + 1] = gw
-  out[#out + 1] = push .. table.concat(batches[gw], ',') .. ']}'
-end
+if #copies > 0 then out[#out + 1] = push .. table.concat(copies, ',') .. ']}' end
 return out
 """
 )
@@ -186,8 +166,8 @@ class RoomStored:
     pushed: int = 0
     removed: bool = False
     """The message was removed already: nothing stored."""
-    pushes: tuple[tuple[str, bytes], ...] = ()
-    """(gateway id, a RoomPush for its members) to publish (:meth:`RoomFanout.publish`)."""
+    pushes: tuple[bytes, ...] = ()
+    """RoomPushes to publish (:meth:`RoomFanout.publish`)."""
     odd: tuple[str, ...] = ()
     """Inbox ids the script does not take as they are (characters JSON or a key name
     would need escaped, or no device): not stored here (the caller stores them)."""
@@ -226,12 +206,11 @@ class RoomFanout:
                 return RoomStored(removed=True, odd=tuple(odd))
             n = int(out[3])
             missing = {scripts.text(m) for m in out[4 : 4 + n]}
-            tail = out[4 + n :]
-            pushes = [(scripts.text(tail[i]), bytes(tail[i + 1])) for i in range(0, len(tail), 2)]
+            pushes = tuple(bytes(body) for body in out[4 + n :])
             total = RoomStored(
                 stored=total.stored + int(out[0]), repeats=total.repeats + int(out[1]),
                 pushed=total.pushed + int(out[2]), odd=tuple(odd),
-                pushes=total.pushes + tuple(pushes),
+                pushes=total.pushes + pushes,
             )  # fmt: skip
             if not missing:
                 return total
@@ -239,20 +218,13 @@ class RoomFanout:
             members = [m for m in members if m[0] in missing]
         raise RuntimeError(f"inbox counters could not be seeded: {sorted(missing)[:3]}")
 
-    async def publish(self, pushes: Iterable[tuple[str, bytes]]) -> None:
-        """One ``PUBLISH`` per gateway of every push for it (a JSON list of
-        RoomPush): the copies of several room messages for one member reach its
-        socket in one write."""
-        by_gateway: dict[str, list[bytes]] = {}
-        for gw, body in pushes:
-            by_gateway.setdefault(gw, []).append(body)
-        if not by_gateway:
-            return
-        prefix = self.store.settings.redis_prefix
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for gw, bodies in by_gateway.items():
-                pipe.publish(room_channel(prefix, gw), b"[" + b",".join(bodies) + b"]")
-            await pipe.execute()
+    async def publish(self, pushes: Sequence[bytes]) -> None:
+        """One ``PUBLISH`` of every push (a JSON list of RoomPush) to every gateway pod:
+        the copies of several room messages for one member reach its socket in one
+        write."""
+        if pushes:
+            channel = room_channel(self.store.settings.redis_prefix)
+            await self.store.redis.publish(channel, b"[" + b",".join(pushes) + b"]")
 
     def _head(self, env: e.RoomCopies, now: float, tagged: bool) -> list[Any]:
         """The script's arguments before the inboxes."""
@@ -280,8 +252,6 @@ class RoomFanout:
             now,
             settings.hot_dedup_s,
             settings.inbox_expiry_s + DAY_S,
-            int(time.time() * 1000),
-            settings.presence_ttl_s * 1000,
             room_dedup_key(settings.redis_prefix, env.from_, env.client_id),
             env.server_id,
             env.from_,

@@ -514,7 +514,7 @@ class Worker:
     async def _store_room_copies(self, envs: list[e.RoomCopies], now: float) -> None:
         stored = repeats = pushed = 0
         odd: list[e.Envelope] = []
-        pushes: list[tuple[str, bytes]] = []
+        pushes: list[bytes] = []
         for env in envs:
             done = await self.fanout.put(env, now)
             if done.removed:

@@ -45,7 +45,7 @@ class GatewayStore:
         self.room_topic = Topics(settings).room_messages
         self.delivery = settings.delivery_url.rstrip("/")
         self.channel = gateway_channel(self.prefix, settings.gateway_id)
-        self.room_channel = room_channel(self.prefix, settings.gateway_id)
+        self.room_channel = room_channel(self.prefix)
         self._acks: list[tuple[str, int, asyncio.Future[None]]] = []
         self._ack_calls: set[asyncio.Task[None]] = set()
 
