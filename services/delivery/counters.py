@@ -111,6 +111,17 @@ return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
 # {acked before, n, sf, st, item...}: an item's JSON, or the seq alone of a private
 # room's copy.
 _ACK_HOT = """
+-- A string field of an item's JSON by plain search, not cjson.decode nor a pattern
+-- (both cost more than the rest of the ack: docs/BENCHMARKS.md, "Room fan-out").
+-- Every quote inside a JSON string is escaped (preceded by a backslash), so
+-- '"kind":"' (a quote right after 'd') can only be a key: its first match is it.
+-- The items hold no nested objects.
+local function field(s, key)
+  local i = string.find(s, key, 1, true)
+  if not i then return nil end
+  local from = i + #key
+  return string.sub(s, from, string.find(s, '"', from, true) - 1)
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'sf', 'st')
 local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
@@ -140,11 +151,9 @@ while s <= top do
         out[#out + 1] = got[i]
       end
       gone[#gone + 1] = fields[i]
-      -- The fields by pattern, not cjson.decode: a quote inside a JSON string is
-      -- escaped, so '"kind":"' and '"from":"' after '{' or ',' can only be keys.
-      local kind = string.match(got[i], '[{,]"kind":"([^"]*)"')
+      local kind = field(got[i], '"kind":"')
       if (kind or 'message') == 'message' then
-        local from = string.match(got[i], '[{,]"from":"([^"]*)"')
+        local from = field(got[i], '"from":"')
         if from then per[from] = (per[from] or 0) + 1 end
       end
     end

@@ -103,3 +103,26 @@ async def test_an_ack_over_hot_and_persisted_items_deletes_and_uncounts_each_onc
     assert await store.inbox.count_documents({"inbox": "gus"}) == 0
     raw = await store.redis.hgetall(pending_key(store.prefix, "gus"))
     assert {k.decode(): int(v) for k, v in raw.items()} == {"*": 1, "s1": 1}  # seq 8 waits
+
+
+async def test_an_ack_reads_each_items_sender_and_kind_whatever_its_text(
+    store: DeliveryStore,
+) -> None:
+    """The ack script finds an item's kind and sender by plain search in its JSON: text
+    that looks like those keys inside a value (a client id may hold quotes) is escaped
+    there and never taken for them."""
+    from services.common.routing import pending_key
+
+    tricky = item("hal", 0, sender="s1", cid='x","from":"s2","kind":"key_changed')
+    notice = {**item("hal", 1, sender="s3", cid="n1"), "kind": "key_changed"}
+    quoted = item("hal", 2, sender="s2", cid='"kind":"message"')
+    await store.store_hot([tricky, notice, quoted])
+    key = pending_key(store.prefix, "hal")
+    raw = await store.redis.hgetall(key)
+    assert {k.decode(): int(v) for k, v in raw.items()} == {"*": 3, "s1": 1, "s2": 1}
+    acked = await store.acknowledge_many({"hal": 2})
+    assert [d["client_id"] for d in acked["hal"]] == [tricky["client_id"], "n1"]
+    raw = await store.redis.hgetall(key)
+    assert {k.decode(): int(v) for k, v in raw.items()} == {"*": 1, "s2": 1}
+    await store.acknowledge_many({"hal": 3})
+    assert await store.redis.hgetall(key) == {}
