@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -42,12 +42,12 @@ def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
 
 
-def key_partition(key: bytes, partitions: Iterable[int]) -> int:
+def key_partition(key: bytes, ordered: Sequence[int]) -> int:
     """The partition Kafka's default partitioner (murmur2, as the Java client and
-    aiokafka's ``DefaultPartitioner``) picks for ``key``: delivery's room fan-out
+    aiokafka's ``DefaultPartitioner``) picks for ``key`` among ``ordered`` (a topic's
+    partitions, sorted: sort them once for many keys): delivery's room fan-out
     produces to it explicitly, so that an inbox's room copies land where its 1:1
     copies do (one consumer writes each inbox)."""
-    ordered = sorted(partitions)
     return int(ordered[_key_hash(key) % len(ordered)])
 
 

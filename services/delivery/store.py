@@ -567,16 +567,18 @@ class DeliveryStore:
             targets, self.hot.key, lambda inbox: pending_key(self.prefix, inbox),
             self.hot.index, over,
         )  # fmt: skip
-        found: list[dict[str, Any]] = []
         cold: list[str] = []
         for u, (c, raw) in before.items():
             top = min(targets[u], c.n)
             if top <= c.acked:
                 continue
+            # In seq order (the script's); a room copy as its seq alone.
             docs = [orjson.loads(r) if isinstance(r, bytes) else _room_copy(u, r) for r in raw]
-            found += docs
-            have = {int(d["seq"]) for d in docs}
-            cold += [item_id(u, s) for s in c.numbers(c.acked + 1, top) if s not in have]
+            acked[u] = docs
+            numbers = c.numbers(c.acked + 1, top)
+            if len(docs) < len(numbers):  # some were persisted: in MongoDB
+                have = {int(d["seq"]) for d in docs}
+                cold += [item_id(u, s) for s in numbers if s not in have]
         # ``room`` too: a private room's copy gets no `delivered` receipt (without it
         # a persisted copy looked like a 1:1 message, and a room's sender got one
         # receipt per member: a flood that closed its socket as a slow consumer).
@@ -590,8 +592,10 @@ class DeliveryStore:
         if stored:
             await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in stored]}})
             await self.count_pending(stored, -1)  # the script counted the hot ones
-        for doc in sorted(found + stored, key=lambda d: str(d["_id"])):
-            acked[doc["inbox"]].append(doc)
+            for doc in stored:
+                acked[doc["inbox"]].append(doc)
+            for inbox in {d["inbox"] for d in stored}:
+                acked[inbox].sort(key=lambda d: int(d["seq"]))
         return acked
 
     # Routing ----------------------------------------------------------------
@@ -619,8 +623,7 @@ def dedup_key(inbox: str, sender: str, client_id: str) -> str:
 def _room_copy(inbox: str, seq: int) -> dict[str, Any]:
     """What an ack needs of a private room's hot copy (the ack script returns its seq
     alone): it is counted, and earns no receipt."""
-    return {"_id": item_id(inbox, seq), "inbox": inbox, "seq": seq, "kind": "message",
-            "room": True}  # fmt: skip
+    return {"inbox": inbox, "seq": seq, "kind": "message", "room": True}
 
 
 def _same_message(doc: dict[str, Any], item: dict[str, Any]) -> bool:

@@ -667,7 +667,7 @@ class Worker:
         partition (and per ``ROOM_COPIES_MAX`` inboxes); returns once the broker
         holds them all."""
         producer = await self.producer.wait_ready(30)
-        partitions = await producer.partitions_for(self.topics.messages)
+        partitions = sorted(await producer.partitions_for(self.topics.messages))
         acks = []
         copies = 0
         for record in records:
