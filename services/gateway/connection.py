@@ -113,12 +113,16 @@ class Connection:
     # Outbound ---------------------------------------------------------------
     def push(self, frame: f.ServerFrames) -> None:
         """Queue a frame for this socket (encoded here, once)."""
-        self.push_encoded(str(type(frame).__struct_config__.tag), f.encode(frame))
+        op = str(type(frame).__struct_config__.tag)
+        if self.push_encoded(f.encode(frame)):
+            self.hub.count_out(op)
 
-    def push_encoded(self, op: str, data: bytes) -> None:
-        """Queue an already encoded frame (routed from delivery: forwarded as is)."""
+    def push_encoded(self, data: bytes) -> bool:
+        """Queue an already encoded frame (routed from delivery: forwarded as is); False
+        when it was not (the socket is closing, or too slow: then closed). The caller
+        counts it (``Hub.count_out``: once for many, on the routing path)."""
         if self._closing:
-            return
+            return False
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
@@ -127,7 +131,7 @@ class Connection:
             or self.queued_bytes + len(data) > self.limits.outbound_queue_bytes
         ):
             self._slow_consumer()
-            return
+            return False
         queue.append(data)
         self.queued_bytes += len(data)
         if self._writer is None:
@@ -137,7 +141,7 @@ class Connection:
                 self._writer = asyncio.get_running_loop().call_soon(self._flush)
             else:
                 self._writer = asyncio.create_task(self.writer())
-        self.hub.count_out(op)
+        return True
 
     def _slow_consumer(self) -> None:
         """Close a socket whose client does not read fast enough (it resyncs on reconnect)."""

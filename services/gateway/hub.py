@@ -349,8 +349,9 @@ class Hub:
     def count_in(self, op: str) -> None:
         _by_op(self._in_by_op, self.frames_in, op).inc()
 
-    def count_out(self, op: str) -> None:
-        _by_op(self._out_by_op, self.frames_out, op).inc()
+    def count_out(self, op: str, n: int = 1) -> None:
+        if n:
+            _by_op(self._out_by_op, self.frames_out, op).inc(n)
 
     def count_error(self, code: ErrorCode) -> None:
         self.errors.labels(code.value).inc()
@@ -479,7 +480,8 @@ class Hub:
             return
         for routed in decoded if isinstance(decoded, list) else (decoded,):
             if routed.to in self.by_user:
-                self._push_to(routed.to, routed.device, routed.op, bytes(routed.frame))
+                pushed = self._push_to(routed.to, routed.device, bytes(routed.frame))
+                self.count_out(routed.op, pushed)
 
     def _route_room(self, data: bytes) -> None:
         """Private room messages' copies for this pod's members (a list of
@@ -490,18 +492,22 @@ class Hub:
         except e.DecodeError:
             log.warning("dropping a malformed room push")
             return
+        pushed = 0
         for push in pushes:
             for user, device, seq, tag in push.to:
                 if user in self.by_user:
-                    self._push_to(user, device, "message", push.frame_of(seq, tag))
+                    pushed += self._push_to(user, device, push.frame_of(seq, tag))
+        self.count_out("message", pushed)  # once: a counter's lock per copy showed up
 
-    def _push_to(self, user: str, device: int | None, op: str, frame: bytes) -> None:
+    def _push_to(self, user: str, device: int | None, frame: bytes) -> int:
         """Push an encoded frame to ``user``'s sockets on this pod: the one of
-        ``device``, or all of them when it is None."""
+        ``device``, or all of them when it is None; returns how many took it."""
+        pushed = 0
         # A tuple: a push that closes a socket does not change it.
         for conn in self.by_user.get(user, ()):
-            if device is None or conn.device_id == device:
-                conn.push_encoded(op, frame)
+            if (device is None or conn.device_id == device) and conn.push_encoded(frame):
+                pushed += 1
+        return pushed
 
     async def _revoke(self, data: bytes) -> None:
         try:
