@@ -36,21 +36,6 @@ from services.common import scripts
 Push = tuple[str, int | None, f.ServerFrames]
 """(user, device or None for all of them, frame): what :func:`publish` sends."""
 
-LIVE_GATEWAYS_LUA = """
-local function live_gateways(key, now_ms, ttl_ms)
-  local gws = {}
-  local all = redis.call('HGETALL', key)
-  for j = 2, #all, 2 do
-    local gw, ts = string.match(all[j], '^([^|]*)|(%d+)$')
-    if gw and now_ms - tonumber(ts) <= ttl_ms then gws[#gws + 1] = gw end
-  end
-  return gws
-end
-"""
-"""Lua for the scripts that read presence (:func:`live_gateways` in Lua): a function
-``live_gateways(presence key, now ms, TTL ms)`` -> the list of the gateways that
-host a live connection. A script's text starts with it."""
-
 # Routing in one round trip: KEYS the presence hashes of the frames' users; ARGV[1]
 # now (ms), ARGV[2] the presence TTL (ms), ARGV[3] the channel name up to the gateway
 # id, then per frame its user's index in KEYS and the encoded frame. Publishes each
@@ -58,15 +43,22 @@ host a live connection. A script's text starts with it."""
 # :func:`publish` does from Python; returns the number of (frame, gateway) pairs. The
 # presence keys are on as many shards as users: one Redis, not a Cluster
 # (docs/deployment.md).
-_ROUTE = scripts.define(
-    LIVE_GATEWAYS_LUA
-    + """
+_ROUTE = scripts.define("""
 local now, ttl, chan = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local live = {}
-for i = 1, #KEYS do live[i] = live_gateways(KEYS[i], now, ttl) end
+for i = 1, #KEYS do
+  local gws = {}
+  local all = redis.call('HGETALL', KEYS[i])
+  for j = 2, #all, 2 do
+    local gw, ts = string.match(all[j], '^([^|]*)|(%d+)$')
+    -- A set: a user's sockets on one pod get the frame from one publish.
+    if gw and now - tonumber(ts) <= ttl then gws[gw] = true end
+  end
+  live[i] = gws
+end
 local batches, order, n = {}, {}, 0
 for a = 4, #ARGV, 2 do
-  for _, gw in ipairs(live[tonumber(ARGV[a])]) do
+  for gw in pairs(live[tonumber(ARGV[a])]) do
     local b = batches[gw]
     if not b then
       b = {}
@@ -82,8 +74,7 @@ for _, gw in ipairs(order) do
   redis.call('PUBLISH', chan .. gw .. '}', #b == 1 and b[1] or '[' .. table.concat(b, ',') .. ']')
 end
 return n
-"""
-)
+""")
 
 
 def presence_key(prefix: str, user_id: str) -> str:
@@ -196,7 +187,6 @@ async def _route(redis: aioredis.Redis, prefix: str, ttl_s: float, frames: list[
 
 
 __all__ = [
-    "LIVE_GATEWAYS_LUA",
     "PENDING_ALL",
     "Push",
     "gateway_channel",

@@ -135,3 +135,21 @@ async def test_a_stale_device_list_is_refused_with_the_current_one_and_nothing_i
     assert synced["more"] is False
     bodies = [f["body"] for f in bob1.drain() if f["op"] == "message"]
     assert bodies in ([], ["Z29vZA"])  # the pushed copy may be re-sent by the sync
+
+
+async def test_a_users_two_sockets_on_one_pod_get_each_receipt_once(messaging: Messaging) -> None:
+    """Two sockets of one user on one pod: presence names that pod twice; the routing
+    script publishes there once (a `delivered` receipt takes that path)."""
+    alice_id, bob_id = uid(), uid()
+    first = await messaging.connect(alice_id, pod=0)
+    second = await messaging.connect(alice_id, pod=0)
+    bob = await messaging.connect(bob_id, pod=1)
+    await first.send(send_frame("twice", bob_id, "Y2lwaGVydGV4dA"))
+    msg = await bob.expect("message")
+    await bob.send({"op": "ack", "seq": msg["seq"]})
+    for client in (first, second):
+        await client.expect("delivered", id="twice")
+    for client in (first, second):  # a round trip later, no second copy waits
+        await client.send({"op": "ping", "id": "after"})
+        await client.expect("pong", id="after")
+        assert [f for f in client.drain() if f["op"] == "delivered"] == []
