@@ -128,7 +128,7 @@ local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
 local sf, st = tonumber(v[3] or '0'), tonumber(v[4] or '0')
 if ARGV[2] == '1' and tonumber(ARGV[1]) > n then return {-2, n} end
 local top = math.min(tonumber(ARGV[1]), n)
-local out, per = {acked, n, sf, st}, {}
+local out, per, uncount = {acked, n, sf, st}, {}, 0
 if top <= acked then return out end
 redis.call('HSET', KEYS[1], 'acked', top)
 redis.call('SADD', KEYS[5], ARGV[3])
@@ -144,17 +144,23 @@ while s <= top do
   local gone = {}
   for i = 1, #fields do
     if got[i] then
-      -- A private room's copy earns no receipt: its seq alone (no JSON to copy back).
+      local counted = true
+      -- A private room's copy earns no receipt: its seq alone (no JSON to copy back);
+      -- one the room script stored was not counted (older ones were).
       if string.find(got[i], '"room":"', 1, true) then
         out[#out + 1] = tonumber(fields[i])
+        counted = not string.find(got[i], '"uncounted":true', 1, true)
       else
         out[#out + 1] = got[i]
       end
       gone[#gone + 1] = fields[i]
-      local kind = field(got[i], '"kind":"')
-      if (kind or 'message') == 'message' then
-        local from = field(got[i], '"from":"')
-        if from then per[from] = (per[from] or 0) + 1 end
+      if counted then
+        uncount = uncount + 1
+        local kind = field(got[i], '"kind":"')
+        if (kind or 'message') == 'message' then
+          local from = field(got[i], '"from":"')
+          if from then per[from] = (per[from] or 0) + 1 end
+        end
       end
     end
   end
@@ -166,9 +172,8 @@ while s <= top do
   end
   s = stop + 1
 end
-local taken = #out - 4
-if taken > 0 then
-  per['*'] = taken
+if uncount > 0 then
+  per['*'] = uncount
   for field, count in pairs(per) do
     if redis.call('HINCRBY', KEYS[3], field, -count) <= 0 then
       redis.call('HDEL', KEYS[3], field)

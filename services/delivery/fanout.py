@@ -18,8 +18,11 @@ general path does, with the same keys and values but for the dedup records
   otherwise left alone;
 - otherwise the copy takes the inbox's next number (``HINCRBY``, then the next
   again while a number holds another item: a counter seeded again after Redis
-  lost its data), is written with its dedup record, its persister index entry
-  and its waiting counts, and its counter joins the next checkpoint;
+  lost its data), is written with its dedup record and its persister index
+  entry, and its counter joins the next checkpoint. It is not counted in the
+  inbox's waiting counts (the 1:1 caps': a room's copies do not fill a
+  member's inbox for direct messages) and says so (``"uncounted": true``), so
+  that whatever takes it out (an ack, a removal, expiry) does not lower them;
 - an inbox whose counter is not in Redis is returned: it is seeded from its
   MongoDB checkpoint (:class:`~services.delivery.counters.InboxCounters`) and
   the script runs again for those inboxes alone;
@@ -62,13 +65,13 @@ from services.common import scripts
 from services.common.routing import room_channel
 from services.delivery.hot import GUARD_LUA, guard_args, refused
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
-from services.delivery.store import DAY_S, DeliveryStore
+from services.delivery.store import DeliveryStore
 
-# ARGV: 1 prefix, 2 now (the index's score), 3 dedup TTL, 4 waiting counts' TTL,
-# 5 the message's dedup hash (inbox -> "<seq>|<server id>"), 6 server id, 7 sender,
-# 8 the item's common fields (JSON from its first comma), 9 what the room push starts
-# with (up to its list of copies), 10 and 11 the writer's mark and the value it expects
-# (hot.GUARD), then per inbox: inbox, user, device, reporting tag ('' for none).
+# ARGV: 1 prefix, 2 now (the index's score), 3 dedup TTL, 4 the message's dedup hash
+# (inbox -> "<seq>|<server id>"), 5 server id, 6 the item's common fields (JSON from
+# its first comma), 7 what the room push starts with (up to its list of copies), 8 and
+# 9 the writer's mark and the value it expects (hot.GUARD), then per inbox: inbox,
+# user, device, reporting tag ('' for none).
 # Returns {-2, the guard's answer} when the mark refused the write, {-1} when the
 # message was removed (nothing written in both cases), else {stored, repeats, copies
 # to push, the number of inboxes whose counter is missing, those inboxes..., then the
@@ -76,23 +79,22 @@ from services.delivery.store import DAY_S, DeliveryStore
 _ROOM_PUT = scripts.define(
     GUARD_LUA
     + """
-local refused = guard(ARGV[10], ARGV[11])
+local refused = guard(ARGV[8], ARGV[9])
 if refused ~= 0 then return {-2, refused} end
-local p, now, dedup_s, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local dups, server_id, sender, common = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local push = ARGV[9]
+local p, now, dedup_s = ARGV[1], ARGV[2], ARGV[3]
+local dups, server_id, common, push = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('EXISTS', p .. ':gone:{' .. server_id .. '}') == 1 then return {-1} end
 local index, dirty = p .. ':hotidx', p .. ':ctrdirty'
 local stored, repeats, missing, entries, changed, claims = 0, 0, {}, {}, {}, {}
 local inboxes = {}
-for a = 12, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
+for a = 10, #ARGV, 4 do inboxes[#inboxes + 1] = ARGV[a] end
 local helds = redis.call('HMGET', dups, unpack(inboxes))
 local copies = {}
-for a = 12, #ARGV, 4 do
+for a = 10, #ARGV, 4 do
   local inbox, user, device, tag = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local hot = p .. ':hot:{' .. inbox .. '}'
   local seq = nil
-  local held = helds[(a - 8) / 4]
+  local held = helds[(a - 6) / 4]
   if held then
     repeats = repeats + 1
     local s, sid = string.match(held, '^(%d+)|(.*)$')
@@ -120,10 +122,6 @@ for a = 12, #ARGV, 4 do
       entries[#entries + 1] = now
       entries[#entries + 1] = inbox .. '|' .. n
       changed[#changed + 1] = inbox
-      local counts = p .. ':pending:{' .. inbox .. '}'
-      redis.call('HINCRBY', counts, '*', 1)
-      redis.call('HINCRBY', counts, sender, 1)
-      redis.call('EXPIRE', counts, keep)
       stored = stored + 1
       seq = n
     end
@@ -233,7 +231,7 @@ class RoomFanout:
             "conversation": env.conversation, "sent_at": env.sent_at, "stored_at": now,
             "kind": "message", "from_device": env.from_device, "body": env.body,
             "commitment": env.commitment, "room": env.room, "mentions": list(env.mentions),
-            "acked": False,
+            "acked": False, "uncounted": True,
         }  # fmt: skip
         frame = f.Message(
             seq=_SEQ, server_id=env.server_id, from_=env.from_, from_device=env.from_device,
@@ -251,10 +249,8 @@ class RoomFanout:
             settings.redis_prefix,
             now,
             settings.hot_dedup_s,
-            settings.inbox_expiry_s + DAY_S,
             room_dedup_key(settings.redis_prefix, env.from_, env.client_id),
             env.server_id,
-            env.from_,
             "," + orjson.dumps(common).decode()[1:],
             push,
             *guard_args(),

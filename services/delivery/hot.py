@@ -154,6 +154,7 @@ if not raw then return 0 end
 local doc = cjson.decode(raw)
 if doc['server_id'] ~= ARGV[2] or doc['from'] ~= ARGV[4] then return 0 end
 redis.call('HDEL', KEYS[1], seq)
+if doc['uncounted'] then return tonumber(seq) end
 if redis.call('HINCRBY', KEYS[2], '*', -1) <= 0 then redis.call('HDEL', KEYS[2], '*') end
 if (doc['kind'] or 'message') == 'message' then
   if redis.call('HINCRBY', KEYS[2], doc['from'], -1) <= 0 then

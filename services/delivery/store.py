@@ -378,7 +378,7 @@ class DeliveryStore:
             "inbox": {"$in": sorted({inbox for inbox, _ in cold})},
             "acked": False,
         }
-        fields = {"inbox": 1, "from": 1, "kind": 1, "server_id": 1}
+        fields = {"inbox": 1, "from": 1, "kind": 1, "server_id": 1, "uncounted": 1}
         found = [
             d async for d in self.inbox.find(query, fields)
             if cold.get((d["inbox"], d["server_id"])) == d.get("from")
@@ -408,9 +408,12 @@ class DeliveryStore:
 
     async def count_pending(self, docs: Iterable[dict[str, Any]], sign: int) -> None:
         """Raise (``sign`` 1: stored) or lower (-1: acknowledged, expired) the waiting
-        counts of these items' inboxes: all items, and messages per sender."""
+        counts of these items' inboxes: all items, and messages per sender; an item
+        marked ``uncounted`` (a private room's copy) is left out of them."""
         deltas: dict[str, Counter[str]] = {}
         for doc in docs:
+            if doc.get("uncounted"):
+                continue  # a room's copy (services/delivery/fanout.py)
             per = deltas.setdefault(doc["inbox"], Counter())
             per[PENDING_ALL] += sign
             if doc.get("kind", "message") == "message":
@@ -457,7 +460,8 @@ class DeliveryStore:
         return sum(await asyncio.gather(*(one(*w) for w in waiting)))
 
     async def _purge_inbox(self, inbox: str, counter: InboxCounter, cutoff: float) -> int:
-        fields = {"stored_at": 1, "sent_at": 1, "from": 1, "kind": 1, "inbox": 1, "seq": 1}
+        fields = {"stored_at": 1, "sent_at": 1, "from": 1, "kind": 1, "inbox": 1, "seq": 1,
+                  "uncounted": 1}  # fmt: skip
         expired: list[dict[str, Any]] = []
         top, start, done = counter.acked, counter.acked, False
         while (start := counter.skip(start)) < counter.n and not done:
@@ -584,7 +588,7 @@ class DeliveryStore:
         # receipt per member: a flood that closed its socket as a slow consumer).
         fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
                   "client_id": 1, "kind": 1, "conversation": 1, "seq": 1,
-                  "server_id": 1, "room": 1}  # fmt: skip
+                  "server_id": 1, "room": 1, "uncounted": 1}  # fmt: skip
         stored: list[dict[str, Any]] = []
         for i in range(0, len(cold), ID_CHUNK):
             query = {"_id": {"$in": cold[i : i + ID_CHUNK]}, "acked": False}

@@ -93,7 +93,9 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
         ))  # fmt: skip
     [(seq, doc)] = (await hot_items(store, f"{a}.1")).items()
     assert seq == 1
-    assert doc == {**expected, "_id": f"{a}.1|{1:016d}", "seq": 1, "acked": False}
+    # The general path's item, marked as not counted in the 1:1 caps' waiting counts.
+    assert doc == {**expected, "_id": f"{a}.1|{1:016d}", "seq": 1, "acked": False,
+                   "uncounted": True}  # fmt: skip
     [doc_b] = (await hot_items(store, f"{b}.{2**31 - 1}")).values()
     assert (doc_b["user"], doc_b["device"]) == (b, 2**31 - 1)  # device ids take 10 digits
     assert pushed == [(a, 1, e.encode(item_frame(doc))),
@@ -104,11 +106,10 @@ async def test_a_copy_is_the_item_and_frame_the_general_path_makes(
     assert claims == {f"{a}.1".encode(): f"1|{env.server_id}".encode(),
                       f"{b}.{2**31 - 1}".encode(): f"1|{env.server_id}".encode()}  # fmt: skip
     assert (f"{a}.1", 1) in await store.hot.due(now, 10_000)
-    counts = await store.redis.hgetall(routing.pending_key(store.prefix, f"{a}.1"))
-    assert counts == {b"*": b"1", b"alice": b"1"}
+    assert await store.redis.hgetall(routing.pending_key(store.prefix, f"{a}.1")) == {}
     assert f"{a}.1".encode() in await store.redis.smembers(store.ctr.dirty)
     assert (await store.ctr.get([f"{a}.1"]))[f"{a}.1"].n == 1
-    # Acknowledged: the item, its index entry and its counts go.
+    # Acknowledged: the item and its index entry go; the counts stay as they were.
     acked = await store.acknowledge_many({f"{a}.1": 1})
     assert [(d["seq"], bool(d["room"])) for d in acked[f"{a}.1"]] == [(1, True)]
     assert await hot_items(store, f"{a}.1") == {}
@@ -268,3 +269,46 @@ async def test_the_worker_keeps_the_batch_order_and_stores_odd_ids_the_general_w
     await worker.handle_messages(batch)
     assert len(await hot_items(store, inbox)) == 3
     assert len(await hot_items(store, odd)) == 1
+
+
+async def test_a_rooms_copies_leave_the_waiting_counts_alone_however_they_go(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """The 1:1 caps' waiting counts: a room copy stored by the script is not counted,
+    and taking it out (an ack, a removal, hot or persisted) lowers nothing; a room copy
+    stored before (counted, unmarked) and 1:1 items are uncounted as before."""
+    from services.delivery.hot import Removal
+
+    fan = RoomFanout(store, ModerationKeys(settings))
+    [u] = users(1)
+    inbox = f"{u}.1"
+    key = routing.pending_key(store.prefix, inbox)
+
+    async def counts() -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in (await store.redis.hgetall(key)).items()}
+
+    # 1: a 1:1 message; 2: a room copy from before (counted, no mark); 3-6: room copies.
+    await store.store_hot([{**item(inbox, 0, sender="dan", cid="d0"), "user": u}])
+    legacy = {**item(inbox, 1, sender="alice", cid="old"), "user": u, "room": "r" * 24}
+    await store.store_hot([legacy])
+    envs = [copies([inbox]) for _ in range(4)]
+    for env in envs:
+        await fan.put(env, time.time())
+    assert await counts() == {"*": 2, "dan": 1, "alice": 1}
+    # Removed while hot (seq 3), and once persisted (seq 4): nothing to lower.
+    await store.remove_copies([Removal(inbox, 3, envs[0].server_id, "alice")])
+    await store.persist_due(now=time.time() + settings.hot_persist_after_s + 1)
+    await store.remove_copies([Removal(inbox, None, envs[1].server_id, "alice")])
+    assert await counts() == {"*": 2, "dan": 1, "alice": 1}
+    await store.store_hot([{**item(inbox, 7, sender="dan", cid="d7"), "user": u}])
+    assert await counts() == {"*": 3, "dan": 2, "alice": 1}
+    # Acknowledged (1-6, all persisted by now): only the two counted ones lower them.
+    acked = await store.acknowledge_many({inbox: 6})
+    assert [d["seq"] for d in acked[inbox]] == [1, 2, 5, 6]
+    assert await counts() == {"*": 1, "dan": 1}
+    # A hot room copy (8) acknowledged with a hot 1:1 item (7): one lowered.
+    await fan.put(copies([inbox]), time.time())
+    await store.store_hot([{**item(inbox, 9, sender="dan", cid="d9"), "user": u}])
+    assert await counts() == {"*": 2, "dan": 2}
+    await store.acknowledge_many({inbox: 8})
+    assert await counts() == {"*": 1, "dan": 1}
