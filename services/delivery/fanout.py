@@ -162,6 +162,8 @@ class RoomStored:
     stored: int = 0
     repeats: int = 0
     pushed: int = 0
+    """Copies in its push (stored now, or repeats still hot), whether or not a pod
+    holds a socket of their member."""
     removed: bool = False
     """The message was removed already: nothing stored."""
     pushes: tuple[bytes, ...] = ()
