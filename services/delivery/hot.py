@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import redis.asyncio as aioredis
@@ -88,9 +88,9 @@ def guard_args() -> list[str]:
     return [g[0], g[1]] if g is not None else ["", ""]
 
 
-def refused(code: object) -> None:
+def refused(code: Any) -> NoReturn:
     """Raise :class:`HotInboxLost` for :data:`GUARD_LUA`'s non-zero answer."""
-    raise HotInboxLost(missing=int(code) == 2)  # type: ignore[call-overload]
+    raise HotInboxLost(missing=int(code) == 2)
 
 
 # KEYS[1] the inbox's hash, KEYS[2] its waiting counts, KEYS[2 + i] item i's dedup
@@ -287,7 +287,9 @@ class HotInbox:
         taken: list[tuple[str, Doc]] = []
         for inbox, clashed in zip(inboxes, results[1 : 1 + len(inboxes)], strict=True):
             if clashed and int(clashed[0]) == -1:
-                refused(clashed[1])  # the batch goes again, from the committed offsets
+                # The batch goes again, from the committed offsets. The index entries
+                # the pipeline wrote first point at nothing: the persister drops them.
+                refused(clashed[1])
             items = by_inbox[inbox]
             taken += [items[int(i) - 1] for i in clashed or []]
         if not taken:

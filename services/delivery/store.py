@@ -626,7 +626,7 @@ def dedup_key(inbox: str, sender: str, client_id: str) -> str:
 
 def _room_copy(inbox: str, seq: int) -> dict[str, Any]:
     """What an ack needs of a private room's hot copy (the ack script returns its seq
-    alone): it is counted, and earns no receipt."""
+    alone): it counts as acknowledged, and earns no receipt."""
     return {"inbox": inbox, "seq": seq, "kind": "message", "room": True}
 
 

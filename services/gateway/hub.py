@@ -484,8 +484,9 @@ class Hub:
                 self.count_out(routed.op, pushed)
 
     def _route_room(self, data: bytes) -> None:
-        """Private room messages' copies for this pod's members (a list of
-        :class:`~parley_contract.envelopes.RoomPush`): each member's frame spliced."""
+        """Private room messages' copies for all their members (a list of
+        :class:`~parley_contract.envelopes.RoomPush`, on the channel every pod gets):
+        each member device this pod holds a socket of gets its frame, spliced."""
         self.routed.inc()
         try:
             pushes = e.decode_room_push(data)

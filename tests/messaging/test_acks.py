@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.support.users import uid
-from tests.support.wsclient import WsClient, send_frame
+from tests.support.wsclient import WsClient
 
 from .conftest import Messaging
 
@@ -20,9 +20,7 @@ async def test_an_ack_past_the_last_issued_seq_is_refused_and_nothing_is_acknowl
     alice_id, bob_id = uid(), uid()
     messaging.issuer.users.add(bob_id)
     alice = await messaging.connect(alice_id, pod=0)
-    for i in range(2):
-        await alice.send(send_frame(f"a{i}", bob_id, f"bXNn{i}"))
-        await alice.expect("stored", id=f"a{i}")
+    await alice.send_stored(bob_id, [(f"a{i}", f"bXNn{i}") for i in range(2)])
     bob = await messaging.connect(bob_id, pod=1)
     waiting = await _waiting(bob, "before")
     last = max(int(str(m["seq"])) for m in waiting)

@@ -41,10 +41,7 @@ async def test_offline_recipient_gets_everything_in_order_exactly_once(
     alice = await messaging.connect(alice_id)
     messaging.issuer.users.add(bob_id)
     n = 30
-    for i in range(n):
-        await alice.send(send_frame(f"c{i}", bob_id, f"bXNn{i:03d}"))
-    for i in range(n):
-        await alice.expect("stored", id=f"c{i}")
+    await alice.send_stored(bob_id, [(f"c{i}", f"bXNn{i:03d}") for i in range(n)])
 
     bob = await messaging.connect(bob_id, pod=1)
     got: list[dict[str, object]] = []

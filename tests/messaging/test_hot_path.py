@@ -51,9 +51,7 @@ async def test_offsets_wait_for_the_persister_and_acks(messaging: Messaging) -> 
     messaging.issuer.users.add(bob_id)
     alice = await messaging.connect(alice_id, pod=0)
     before = await committed(messaging)
-    for n in range(5):
-        await alice.send(send_frame(f"m{n}", bob_id, "Ym9keQ"))
-        await alice.expect("stored", id=f"m{n}")
+    await alice.send_stored(bob_id, [(f"m{n}", "Ym9keQ") for n in range(5)])
     await worker.persist_once()
     assert await committed(messaging) == before  # hot, not persisted: not committed
     # Persisted (an hour later, for the persister): now they may be committed.
@@ -113,9 +111,7 @@ async def test_nothing_is_stored_after_a_loss_before_what_was_lost(
     alice_id, bob_id = uid(), uid()
     messaging.issuer.users.add(bob_id)
     alice = await messaging.connect(alice_id, pod=0)
-    for n in range(10):
-        await alice.send(send_frame(f"o{n}", bob_id, f"bzA{n}"))
-        await alice.expect("stored", id=f"o{n}")
+    await alice.send_stored(bob_id, [(f"o{n}", f"bzA{n}") for n in range(10)])
     redis = worker.store.redis
     keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
     await redis.delete(*keys)

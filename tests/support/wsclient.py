@@ -76,6 +76,13 @@ class WsClient:
             for f in aside:
                 self.frames.put_nowait(f)
 
+    async def send_stored(self, to: str, messages: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Send ``to`` one message per (client id, body), then wait for each one's
+        ``stored`` receipt; returns the receipts."""
+        for client_id, body in messages:
+            await self.send(send_frame(client_id, to, body))
+        return [await self.expect("stored", id=client_id) for client_id, _ in messages]
+
     def drain(self) -> list[dict[str, Any]]:
         out = []
         while not self.frames.empty():
