@@ -14,6 +14,13 @@ python-socketio 5.x processes sharing the same Redis through
 ``AsyncRedisManager`` (loadtest/socketio_peer.py), N clients in one room,
 the sender's ``send`` event emitted to the room; nothing stored.
 
+``--systems parley-public`` runs the same phases on a public room: the owner
+posts over HTTP (``POST /rooms/v1/rooms/{id}/messages``, as ten members in
+turn: one user may post 600 a minute), the rooms service stores the post in
+the room's timeline and publishes one ``room_post`` frame with the member
+list for every gateway pod; members acknowledge nothing (the timeline is the
+record).
+
 For each system:
 
 1. saturation: the sender keeps ``window`` messages in flight (sent, not yet
@@ -179,6 +186,8 @@ class ParleyMember(Receiver):
             if op == "message":
                 self.max_seq = max(self.max_seq, frame["seq"])
                 self.on(number_of(frame["body"]))
+            elif op == "room_post":  # a public room's: its timeline is the record, no ack
+                self.on(number_of(frame["text"]))
             elif op in ("accepted", "error"):
                 fut = self.accepted.pop(frame.get("id", ""), None)
                 if fut is not None and not fut.done():
@@ -209,6 +218,27 @@ class ParleyMember(Receiver):
             await self.ws.close()
         if self.task is not None:
             self.task.cancel()
+
+
+class PublicPoster:
+    """Posts to a public room over HTTP through HAProxy (``POST .../messages``), in
+    turn as several members: one user may post 600 a minute (docs/rooms.md)."""
+
+    def __init__(self, session: aiohttp.ClientSession, lb: str, tokens: list[str]) -> None:
+        self.session, self.lb, self.tokens = session, lb, tokens
+        self.turn = 0
+
+    async def send(self, room: str, n: int, size: int) -> None:
+        self.turn += 1
+        token = self.tokens[self.turn % len(self.tokens)]
+        body = {"client_id": f"f{n}", "text": body_for(n, size)}
+        await _call(self.session, "POST", f"{self.lb}/rooms/v1/rooms/{room}/messages", token, body)
+
+    async def ack(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 class SioMember(Receiver):
@@ -384,7 +414,13 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 1)
 
 
-async def bench_parley(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
+async def bench_parley(
+    opts: Options, data_dir: Path, log: Any, kind: str = "private"
+) -> dict[str, Any]:
+    """A private room (``room_send`` over the sender's socket, fanned out by
+    delivery into every member device's inbox, acknowledged) or a public one
+    (``POST .../messages`` to the rooms service, one ``room_post`` frame to every
+    member's sockets, nothing per member stored)."""
     mopts = replace(MessagingOptions(), clients=opts.members)
     system = ParleySystem(data_dir / "parley", mopts)
     # All sockets come from one address (the one change to the defaults besides
@@ -400,12 +436,16 @@ async def bench_parley(opts: Options, data_dir: Path, log: Any) -> dict[str, Any
             accounts = await system.sign_up(session, opts.members)
             owner = accounts[0]
             room = await _call(session, "POST", f"{system.lb}/rooms/v1/rooms", owner.token,
-                               {"name": "fan-out", "kind": "private"})  # fmt: skip
+                               {"name": "fan-out", "kind": kind})  # fmt: skip
             rid = room["room_id"]
             gate = asyncio.Semaphore(16)
 
             async def join(acc: Account) -> None:
                 async with gate:
+                    if kind == "public":
+                        url = f"{system.lb}/rooms/v1/rooms/{rid}/join"
+                        await _call(session, "POST", url, acc.token)
+                        return
                     await _call(session, "POST", f"{system.lb}/rooms/v1/rooms/{rid}/invitations",
                                 owner.token, {"user": acc.user_id})  # fmt: skip
                     await _call(
@@ -418,12 +458,17 @@ async def bench_parley(opts: Options, data_dir: Path, log: Any) -> dict[str, Any
             t = time.perf_counter()
             await asyncio.gather(*(join(a) for a in accounts[1:]))
             log(f"parley: {opts.members - 1} joined in {time.perf_counter() - t:.1f} s")
-            members = [ParleyMember(a) for a in accounts]
-            await _connect_all(members, session, [system.ws_url])
+            members: list[Any] = [ParleyMember(a) for a in accounts]
+            if kind == "public":  # the owner posts as ten members in turn; no socket
+                members[0] = PublicPoster(session, system.lb, [a.token for a in accounts[:10]])
+                await _connect_all(members[1:], session, [system.ws_url])
+            else:
+                await _connect_all(members, session, [system.ws_url])
             spread: dict[str, int] = {}
             for m in members:
-                spread[m.gateway] = spread.get(m.gateway, 0) + 1
-            log(f"parley: sockets per gateway {spread}")
+                if isinstance(m, ParleyMember):
+                    spread[m.gateway] = spread.get(m.gateway, 0) + 1
+            log(f"parley ({kind}): sockets per gateway {spread}")
             pids = {n: system.procs.procs[n].pid for n in PARLEY_PROCS}
             redis = aioredis.Redis(port=system.cfg.redis_port)
             before = await redis.info("commandstats")
@@ -508,6 +553,8 @@ async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
         results["socketio"] = await bench_socketio(opts, data_dir, log)
     if "parley" in opts.systems:
         results["parley"] = await bench_parley(opts, data_dir, log)
+    if "parley-public" in opts.systems:
+        results["parley-public"] = await bench_parley(opts, data_dir / "public", log, "public")
     return results
 
 
@@ -520,7 +567,7 @@ def table(results: dict[str, Any]) -> str:
         "| server CPU µs per member-msg |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for system in ("parley", "socketio"):
+    for system in ("parley", "parley-public", "socketio"):
         if system not in results:
             continue
         for phase in ("saturation", "paced"):
@@ -533,12 +580,14 @@ def table(results: dict[str, Any]) -> str:
                 f"{refused} | "
                 f"{r['duplicates']} | {r['cpu_us_total']} ({cpu}) |"
             )
-    if "redis_commands" in results.get("parley", {}):
-        got = 5 + sum(results["parley"][p]["messages"] for p in ("saturation", "paced"))  # +warm-up
+    for system in ("parley", "parley-public"):
+        if "redis_commands" not in results.get(system, {}):
+            continue
+        got = 5 + sum(results[system][p]["messages"] for p in ("saturation", "paced"))  # +warm-up
         member_msgs = max(got * (results["members"] - 1), 1)
-        lines += ["", "Parley's Redis, every phase (`INFO commandstats`), per member-message:", "",
-                  "| command | calls | µs |", "|---|---|---|"]  # fmt: skip
-        for name, st in results["parley"]["redis_commands"].items():
+        lines += ["", f"{system}'s Redis, every phase (`INFO commandstats`), per member-message:",
+                  "", "| command | calls | µs |", "|---|---|---|"]  # fmt: skip
+        for name, st in results[system]["redis_commands"].items():
             lines.append(f"| {name} | {st['calls'] / member_msgs:.3f} | "
                          f"{st['usec'] / member_msgs:.2f} |")  # fmt: skip
     return "\n".join(lines)

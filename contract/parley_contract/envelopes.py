@@ -426,6 +426,30 @@ class RoomPush(Struct):
         return f"{head}{seq}{mid}{tag}{tail}".encode()
 
 
+class Multicast(Struct):
+    """One frame for every socket of each user in ``to``, on the room channel every pod
+    subscribes to (services/common/routing.py): a room-wide frame (a public room's
+    post, a room's change) published once for all pods, whatever the room's size,
+    and with no presence read. A pod pushes it to the users of ``to`` it holds a
+    socket of."""
+
+    op: str
+    to: list[str]
+    frame: ServerFrames
+
+
+class MulticastRaw(Struct):
+    """The gateway's view of :class:`Multicast`: the frame stays encoded, sent as is."""
+
+    op: str
+    to: list[str]
+    frame: msgspec.Raw
+
+
+def multicast(to: list[str], frame: ServerFrames) -> Multicast:
+    return Multicast(op=str(type(frame).__struct_config__.tag), to=to, frame=frame)
+
+
 def routed(to: str, device: int | None, frame: ServerFrames) -> Routed:
     return Routed(to=to, device=device, op=str(type(frame).__struct_config__.tag), frame=frame)
 
@@ -490,7 +514,7 @@ _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
 _routed_decoder = msgspec.json.Decoder(list[RoutedRaw] | RoutedRaw)
-_room_push_decoder = msgspec.json.Decoder(list[RoomPush])
+_room_push_decoder = msgspec.json.Decoder(list[RoomPush] | MulticastRaw)
 _room_envelope_decoder = msgspec.json.Decoder(RoomEnvelope)
 _revocation_decoder = msgspec.json.Decoder(Revocation)
 _room_event_decoder = msgspec.json.Decoder(RoomEvent)
@@ -517,8 +541,9 @@ def decode_routed(data: bytes) -> list[RoutedRaw] | RoutedRaw:
     return _routed_decoder.decode(data)
 
 
-def decode_room_push(data: bytes) -> list[RoomPush]:
-    """What a pod's room channel carries: a list of pushes (a batch's room messages)."""
+def decode_room_push(data: bytes) -> list[RoomPush] | MulticastRaw:
+    """What the room channel carries: a list of pushes (a batch's private room
+    messages), or one room-wide frame for a list of users."""
     return _room_push_decoder.decode(data)
 
 
@@ -555,6 +580,8 @@ __all__ = [
     "MemberRemoved",
     "MentionNotice",
     "MessageEnvelope",
+    "Multicast",
+    "MulticastRaw",
     "PrekeysLowEvent",
     "Revocation",
     "RoleChanged",
@@ -588,6 +615,7 @@ __all__ = [
     "key_changed_notice",
     "message_envelope",
     "message_server_id",
+    "multicast",
     "new_server_id",
     "room_conversation",
     "room_copies",

@@ -14,8 +14,9 @@ Cluster keeps one user's keys on one shard):
 - ``<p>:gwroom``: the room channel, which every pod subscribes to: private
   room messages' copies for all their members, each frame once
   (``parley_contract.envelopes.RoomPush``, published by
-  services/delivery/fanout.py); a pod pushes the copies of the members it
-  holds a socket of.
+  services/delivery/fanout.py), and room-wide frames for a list of users
+  (``parley_contract.envelopes.Multicast``, :func:`multicast`: a public room's
+  post, a room's change); a pod pushes to the users it holds a socket of.
 
 (:func:`publish`'s routing script reads several users' presence keys: it
 assumes one Redis, not a Cluster, as docs/deployment.md says the services do.)
@@ -175,6 +176,31 @@ async def publish(
     return sum(len(items) for items in batches.values())
 
 
+# Users per multicast message: a room of 100,000 members is 50 publishes of ~100 KB,
+# not one of 5 MB that every pod must take in at once.
+MULTICAST_USERS = 2000
+
+
+async def multicast(
+    redis: aioredis.Redis, prefix: str, users: list[str], frame: f.ServerFrames
+) -> int:
+    """Push one frame to every socket of each of ``users`` (distinct), wherever they
+    are connected: published on the room channel every pod subscribes to, the frame
+    encoded once, ``MULTICAST_USERS`` users per message, one round trip, and no
+    presence read (a room of 1,000 members would be 1,000 presence hashes). Each pod
+    pushes it to the users it holds a socket of; one with none of them drops it.
+    Returns how many (frame, subscriber) pairs Redis delivered (its ``PUBLISH``
+    counts)."""
+    if not users:
+        return 0
+    channel = room_channel(prefix)
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(0, len(users), MULTICAST_USERS):
+            pipe.publish(channel, e.encode(e.multicast(users[i : i + MULTICAST_USERS], frame)))
+        counts = await pipe.execute()
+    return sum(int(n) for n in counts)
+
+
 async def _route(redis: aioredis.Redis, prefix: str, ttl_s: float, frames: list[Push]) -> int:
     """:func:`publish` without ``where``: the presence read and the publishes in one
     script (one round trip instead of two)."""
@@ -192,6 +218,7 @@ __all__ = [
     "gateway_channel",
     "gateways_of",
     "live_gateways",
+    "multicast",
     "pending_key",
     "presence_key",
     "presence_of",

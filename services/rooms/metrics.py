@@ -9,7 +9,8 @@
   (``direct``) or by the outbox loop (``retry``); ``dropped`` counts held
   entries whose change never committed.
 - ``parley_rooms_pushed_total{kind,result}``: live frames (``room_post``,
-  ``notification``) published to gateway pods, or ``failed``.
+  ``notification``, ...) published, counted once per gateway pod that
+  received them, or ``failed``.
 - ``parley_rooms_room_messages_total{result}``: private rooms' message records
   consumed for their mentions (``notified``, ``ignored``, ``malformed``).
 - the limiter's ``parley_rate_limit_refusals_total{service="rooms",rule,code}``.

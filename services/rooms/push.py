@@ -5,24 +5,27 @@ only says "look now". A user with no live presence entry gets nothing (no
 Redis publish at all); a failure to reach Redis is logged and counted, never
 an error for the request that caused it.
 
-Cost for a room of ``m`` members: the roster is read in pages of
-``ROSTER_PAGE`` slots (two ``$in`` reads of primary keys per page: the
-roster entries and their member documents), then one Redis pipeline reads
-every member's presence and one ``PUBLISH`` per gateway pod carries all the
-frames for that pod (:func:`services.common.routing.publish`).
+Cost of a room-wide frame for a room of ``m`` members: the roster is read in
+pages of ``ROSTER_PAGE`` slots (two ``$in`` reads of primary keys per page:
+the roster entries and their member documents), then the frame goes out once
+with the member list on the room channel every gateway pod subscribes to
+(:func:`services.common.routing.multicast`: no presence read, one publish per
+2,000 members); each pod pushes it to the members it holds a socket of.
+A notification is one user's: routed by presence (:meth:`Pusher.send`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import redis.asyncio as aioredis
 from parley_contract import frames as f
 from redis.exceptions import RedisError
 
 from services.common.config import Settings
-from services.common.routing import Push, publish
+from services.common.routing import Push, multicast, publish
 from services.rooms.metrics import RoomsMetrics
 from services.rooms.store import Doc, RoomStore
 
@@ -44,13 +47,23 @@ class Pusher:
         """Publish ``frames`` to their users' gateways; how many (frame, pod) pairs went."""
         if not frames:
             return 0
+        return await self._publish(
+            publish(self.redis, self.prefix, self.ttl_s, frames), kind, len(frames)
+        )
+
+    async def send_all(self, users: list[str], frame: f.ServerFrames, kind: str) -> int:
+        """Publish one frame for every socket of each of ``users`` (a room-wide frame:
+        :func:`~services.common.routing.multicast`); how many (frame, pod) pairs went."""
+        if not users:
+            return 0
+        return await self._publish(multicast(self.redis, self.prefix, users, frame), kind, 1)
+
+    async def _publish(self, call: Awaitable[int], kind: str, frames: int) -> int:
         try:
-            sent = await asyncio.wait_for(
-                publish(self.redis, self.prefix, self.ttl_s, frames), self.timeout_s
-            )
+            sent = await asyncio.wait_for(call, self.timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("frames not pushed", extra={"error": repr(exc), "kind": kind})
-            self.metrics.pushed.labels(kind, "failed").inc(len(frames))
+            self.metrics.pushed.labels(kind, "failed").inc(frames)
             return 0
         self.metrics.pushed.labels(kind, "published").inc(sent)
         return sent
@@ -87,7 +100,7 @@ async def to_members(
         log.warning("room members not read for a push", extra={"error": repr(exc)})
         return 0
     users += [u for u in also if u not in users]
-    return await pusher.send([(u, None, frame) for u in users], kind)
+    return await pusher.send_all(users, frame, kind)
 
 
 async def room_post(store: RoomStore, pusher: Pusher, room: Doc, frame: f.RoomPost) -> int:
@@ -98,4 +111,4 @@ async def room_post(store: RoomStore, pusher: Pusher, room: Doc, frame: f.RoomPo
     except Exception as exc:  # best effort: the post is stored whatever happens here
         log.warning("room members not read for a push", extra={"error": repr(exc)})
         return 0
-    return await pusher.send([(u, None, frame) for u in users], "room_post")
+    return await pusher.send_all(users, frame, "room_post")

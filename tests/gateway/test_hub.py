@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from parley_contract import envelopes as e
+from parley_contract import frames as f
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_REVOKED
 
 from services.common.auth import revocation_channel
@@ -91,3 +92,30 @@ async def test_a_room_push_reaches_each_member_device_on_the_pod_it_is_connected
         await client.send({"op": "ping", "id": "p"})
         await client.expect("pong", id="p")
         assert [f for f in client.drain() if f["op"] == "message"] == []
+
+
+async def test_a_multicast_reaches_every_socket_of_each_listed_user_once(
+    messaging: Messaging,
+) -> None:
+    """A room-wide frame on the same channel: every socket of each listed user, on
+    whichever pod holds it (two on one pod included), once; others get nothing, and
+    a malformed message on the channel is dropped without harm."""
+    ann, ben, cat, dan = uid(), uid(), uid(), uid()
+    ann1 = await messaging.connect(ann, pod=0)
+    ann2 = await messaging.connect(ann, pod=0, did=2)
+    ben1 = await messaging.connect(ben, pod=1)
+    dan1 = await messaging.connect(dan, pod=1)
+    redis = messaging.gateways[0].server.app[REDIS]
+    channel = room_channel(messaging.settings.redis_prefix)
+    await redis.publish(channel, b'{"op":"room_post","to":"not a list"}')
+    room = "f" * 24
+    post = f.RoomPost(room_id=room, seq=4, sender=cat, client_id="c", text="hi @all",
+                      mentions=[], sent_at=1)  # fmt: skip
+    await redis.publish(channel, e.encode(e.multicast([ann, ben, cat], post)))
+    for client in (ann1, ann2, ben1):
+        got = await client.expect("room_post")
+        assert (got["room_id"], got["seq"], got["text"]) == (room, 4, "hi @all")
+    for client in (ann1, ann2, ben1, dan1):  # once each, and nothing for dan
+        await client.send({"op": "ping", "id": "p"})
+        await client.expect("pong", id="p")
+        assert [x for x in client.drain() if x["op"] == "room_post"] == []

@@ -11,7 +11,8 @@ import orjson
 from parley_contract import frames as f
 from parley_contract.envelopes import decode_notice
 
-from services.common.routing import gateway_channel
+from services.common import routing
+from services.common.routing import gateway_channel, room_channel
 from services.common.state import REDIS
 from services.rooms import push
 from services.rooms.store import member_id, now_ms, roster_id
@@ -91,7 +92,7 @@ async def seed_members(api: RoomsApi, room: str, users: list[str]) -> None:
     await store.bump_room(room, slots=len(users), members=len(users))
 
 
-async def test_a_room_of_1000_members_one_publish_per_gateway_pod(
+async def test_a_room_of_1000_members_one_publish_for_every_pod_and_no_presence_read(
     api: RoomsApi, messaging: Messaging
 ) -> None:
     owner = api.user()
@@ -106,36 +107,70 @@ async def test_a_room_of_1000_members_one_publish_per_gateway_pod(
 
     online = {crowd[0]: 0, crowd[998]: 1, owner: 0}
     sockets = {u: await messaging.connect(u, pod=pod) for u, pod in online.items()}
+    two = await messaging.connect(crowd[0], pod=1)  # a second socket of one member
     left = await messaging.connect(gone, pod=1)
     redis = api.client.server.app[REDIS]
     prefix = api.settings.redis_prefix
-    channels: dict[str, list[Any]] = {"gw-a": [], "gw-b": []}
+    seen: list[bytes] = []
     pubsub = redis.pubsub()
-    await pubsub.subscribe(*(gateway_channel(prefix, g) for g in channels))
+    await pubsub.subscribe(
+        room_channel(prefix), *(gateway_channel(prefix, g) for g in ("gw-a", "gw-b"))
+    )
     try:
+        before = await redis.info("commandstats")
         status, msg = await api.post(owner, room, "to everyone")
         assert status == 201, msg
-        for u, ws in sockets.items():
+        for u, ws in [*sockets.items(), (crowd[0], two)]:
             assert (await ws.expect("room_post", room_id=room))["seq"] == msg["seq"], u
+        after = await redis.info("commandstats")
+
+        def calls(name: str) -> int:
+            return int(after.get(name, {}).get("calls", 0)) - int(
+                before.get(name, {}).get("calls", 0)
+            )
 
         async def collect() -> None:
-            while sum(len(v) for v in channels.values()) < 2:
+            while not seen:
                 m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if m is not None:
-                    channels[m["channel"].decode().rsplit("{", 1)[1][:-1]].append(m["data"])
+                    assert m["channel"] == room_channel(prefix).encode(), m["channel"]
+                    seen.append(m["data"])
 
         await asyncio.wait_for(collect(), 10)
-        # One PUBLISH per pod: pod a hosts two of the three members (a list of two
-        # routed frames), pod b one.
-        a, b = (orjson.loads(channels[g][0]) for g in ("gw-a", "gw-b"))
-        assert isinstance(a, list) and sorted(r["to"] for r in a) == sorted([crowd[0], owner])
-        assert b["to"] == crowd[998] and b["frame"]["seq"] == msg["seq"]
-        # Only three (frame, pod) pairs were published for 999 members.
+        # One PUBLISH on the room channel for every pod: the frame once, the 999
+        # members' ids; nothing on the pods' own channels and no presence read.
+        cast = orjson.loads(seen[0])
+        assert cast["op"] == "room_post" and cast["frame"]["seq"] == msg["seq"]
+        assert cast["to"] == members
+        assert calls("cmdstat_hgetall") == 0 and calls("cmdstat_publish") == 1
+        # Redis delivered it to three subscribers: the two pods and this test.
         pushed = api.rooms.metrics.pushed.labels("room_post", "published")._value.get()
         assert pushed == 3
     finally:
         await pubsub.aclose()
     assert not [x for x in left.drain() if x.get("room_id") == room]
+
+
+async def test_a_room_of_2500_members_is_multicast_in_pieces(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    """``MULTICAST_USERS`` users per message: every member's socket still gets the
+    post once, the last piece's members included."""
+    owner = api.user()
+    room = await api.room(owner, name="bigger")
+    crowd = [api.user() for _ in range(2499)]
+    await seed_members(api, room, crowd)
+    assert routing.MULTICAST_USERS < 2500
+    online = [crowd[0], crowd[1998], crowd[1999], crowd[2498]]
+    sockets = [await messaging.connect(u, pod=i % 2) for i, u in enumerate(online)]
+    status, msg = await api.post(owner, room, "to more")
+    assert status == 201, msg
+    for ws in sockets:
+        assert (await ws.expect("room_post", room_id=room))["seq"] == msg["seq"]
+    status, second = await api.post(owner, room, "next")
+    for ws in sockets:
+        # The next frame each gets is the next post: the first came once.
+        assert (await ws.expect_any(("room_post",)))["seq"] == second["seq"]
 
 
 async def test_a_push_that_cannot_reach_redis_is_counted_not_raised(make_rooms: Any) -> None:
