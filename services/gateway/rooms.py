@@ -3,17 +3,15 @@ directory's device lists, as the sender may see them (docs/rooms.md, "Private ro
 
 The room itself is read on every ``room_send`` (one primary-key read at the
 rooms service): whether the sender is a member now, whether the room is
-open, and its ``version``. The member list is cached per (room, version):
-any change of membership or state raises the version, so a cached list is
-never used after a member left. Device lists come from :class:`DeviceLists`
-(cached briefly, forgotten when a user's devices change).
+open, its ``version`` and member count. The member list is cached by those
+two (:class:`~services.common.rosters.RosterCache`: a list read in the middle
+of a join or a leave is never kept). Device lists come from
+:class:`DeviceLists` (cached briefly, forgotten when a user's devices change).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,17 +20,9 @@ from parley_contract import envelopes as e
 from services.common.config import Settings
 from services.common.devices import DeviceLists, member_ids, rooms_get
 from services.common.errors import ApiError, ErrorCode
+from services.common.rosters import RosterCache
 
-MAX_CACHED_ROOMS = 10_000
-ROSTER_TTL_S = 300.0
 DEVICE_LOOKUPS = 32
-
-
-@dataclass(frozen=True, slots=True)
-class Roster:
-    version: int
-    members: tuple[str, ...]
-    at: float
 
 
 class RoomMembers:
@@ -42,7 +32,7 @@ class RoomMembers:
         self.base = settings.rooms_url.rstrip("/")
         self.session = session
         self.devices = devices
-        self._rosters: dict[str, Roster] = {}
+        self._rosters = RosterCache()
 
     async def targets(
         self, room_id: str, user_id: str, device: int, token: str, mentions: list[str]
@@ -64,7 +54,9 @@ class RoomMembers:
             )
         if room.get("state") != "open":
             raise ApiError(ErrorCode.ROOM_CLOSED, "The room is closed: no new messages.")
-        members = await self._members(room_id, int(room.get("version", 0)), token)
+        members = await self._members(
+            room_id, int(room.get("version", 0)), int(room.get("members", -1)), token
+        )
         strangers = set(mentions) - set(members)
         if strangers:
             raise ApiError(
@@ -79,19 +71,14 @@ class RoomMembers:
             if (member, d) != (user_id, device)
         ]
 
-    async def _members(self, room_id: str, version: int, token: str) -> tuple[str, ...]:
-        now = time.monotonic()
-        hit = self._rosters.get(room_id)
-        if hit is not None and hit.version == version and now - hit.at < ROSTER_TTL_S:
-            return hit.members
+    async def _members(self, room_id: str, version: int, count: int, token: str) -> tuple[str, ...]:
+        hit = self._rosters.get(room_id, version, count)
+        if hit is not None:
+            return hit
         members = await member_ids(
             lambda path: self._get(path, token), f"/rooms/v1/rooms/{room_id}/members"
         )
-        if len(self._rosters) >= MAX_CACHED_ROOMS:
-            self._rosters.clear()
-        roster = Roster(version, tuple(members), now)
-        self._rosters[room_id] = roster
-        return roster.members
+        return self._rosters.put(room_id, version, count, members)
 
     async def _device_lists(self, members: tuple[str, ...], token: str) -> list[frozenset[int]]:
         """Each member's devices: from the cache without a task per member when it has

@@ -25,6 +25,7 @@ from parley_contract import frames as f
 from redis.exceptions import RedisError
 
 from services.common.config import Settings
+from services.common.rosters import RosterCache
 from services.common.routing import Push, multicast, publish
 from services.rooms.metrics import RoomsMetrics
 from services.rooms.store import Doc, RoomStore
@@ -42,6 +43,9 @@ class Pusher:
         self.ttl_s = settings.presence_ttl_s
         self.timeout_s = max(settings.dependency_timeout_ms / 1000, 1.0)
         self.metrics = metrics
+        # Member lists of the rooms pushed to (a public room's post read 4 MongoDB
+        # pages of 500 ids for 1,000 members, every post).
+        self.rosters = RosterCache()
 
     async def send(self, frames: list[Push], kind: str) -> int:
         """Publish ``frames`` to their users' gateways; how many (frame, pod) pairs went."""
@@ -69,9 +73,14 @@ class Pusher:
         return sent
 
 
-async def members_of(store: RoomStore, room: Doc) -> list[str]:
-    """Every member of the room, in join order, read page by page from the roster."""
+async def members_of(store: RoomStore, room: Doc, cache: RosterCache | None = None) -> list[str]:
+    """Every member of the room, in join order, read page by page from the roster, or
+    from ``cache`` when it holds the list of the room as ``room`` (read before) says
+    it is (docs/rooms.md, "Member lists")."""
     room_id = str(room["_id"])
+    version, count = int(room.get("version", 0)), int(room.get("members", -1))
+    if cache is not None and (hit := cache.get(room_id, version, count)) is not None:
+        return list(hit)
     last = int(room.get("slots", 0))
     users: list[str] = []
     for first in range(1, last + 1, ROSTER_PAGE):
@@ -82,6 +91,8 @@ async def members_of(store: RoomStore, room: Doc) -> list[str]:
             # An entry counts while the member document names its slot (docs/rooms.md).
             if m is not None and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1]):
                 users.append(str(x["user"]))
+    if cache is not None:
+        cache.put(room_id, version, count, users)
     return users
 
 
@@ -95,7 +106,7 @@ async def to_members(
 ) -> int:
     """One frame to every connected member (and to ``also``: a member just removed)."""
     try:
-        users = await members_of(store, room)
+        users = await members_of(store, room, pusher.rosters)
     except Exception as exc:  # best effort: the change is stored whatever happens here
         log.warning("room members not read for a push", extra={"error": repr(exc)})
         return 0
@@ -107,7 +118,7 @@ async def room_post(store: RoomStore, pusher: Pusher, room: Doc, frame: f.RoomPo
     """A public room's new message to every connected member (the sender's other
     devices too: they show what was sent from elsewhere)."""
     try:
-        users = await members_of(store, room)
+        users = await members_of(store, room, pusher.rosters)
     except Exception as exc:  # best effort: the post is stored whatever happens here
         log.warning("room members not read for a push", extra={"error": repr(exc)})
         return 0

@@ -182,3 +182,54 @@ async def test_a_push_that_cannot_reach_redis_is_counted_not_raised(make_rooms: 
                        mentions=[], sent_at=1)  # fmt: skip
     assert await api.rooms.pusher.send([(user, None, frame)], "room_post") == 0
     assert api.rooms.metrics.pushed.labels("room_post", "failed")._value.get() == 1
+
+
+async def test_posts_during_a_join_and_a_leave_reach_exactly_the_members(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    """A join or a leave is several writes (version, then membership, then count); a
+    post in between reads a list that is stale under the new version, and the
+    member-list cache must not keep it: the next post goes to who is a member then.
+    The writes are made here one at a time, as the service makes them."""
+    owner, stay, joiner, leaver = (api.user() for _ in range(4))
+    room = await api.room(owner, name="changing")
+    for u in (stay, leaver):
+        assert (await api.join(u, room))[0] == 200
+    store = api.rooms.store
+    ws = {u: await messaging.connect(u, pod=i % 2) for i, u in enumerate((stay, joiner, leaver))}
+
+    async def post(text: str) -> int:
+        status, msg = await api.post(owner, room, text)
+        assert status == 201, msg
+        assert (await ws[stay].expect("room_post", room_id=room))["seq"] == msg["seq"]
+        return int(msg["seq"])
+
+    await post("warm")  # the list is cached now
+    ws[leaver].drain()
+    # A leave, up to its membership's deletion: the version is raised, the count not
+    # yet lowered. A post now still reaches the leaver (the leave is not done).
+    slot = int((await store.get_member(room, leaver) or {})["slot"])
+    await store.bump_room(room, version=1)
+    first = await post("during the leave")
+    assert (await ws[leaver].expect("room_post", room_id=room))["seq"] == first
+    assert await store.delete_member(room, leaver, slot)
+    await store.bump_room(room, members=-1)
+    await post("after the leave")
+    # A join, up to its roster slot: version and count raised, no membership yet.
+    bumped = await store.bump_room(room, version=1, slots=1, members=1)
+    await post("during the join")
+    await store.add_roster(room, int(bumped["slots"]), joiner)
+    await store.members.insert_one(
+        {"_id": member_id(room, joiner), "room": room, "user": joiner, "role": "member",
+         "slot": int(bumped["slots"]), "user_slot": None, "joined_at": now_ms()}
+    )  # fmt: skip
+    after = await post("after both")
+    last = await post("and again")  # now from the cache: the same members
+    # The joiner's first posts are the two after the join.
+    assert (await ws[joiner].expect("room_post", room_id=room))["seq"] == after
+    assert (await ws[joiner].expect("room_post", room_id=room))["seq"] == last
+    # The leaver's next room frame is one of its own room's: none of `room`'s after
+    # the leave (the room channel delivers in publish order).
+    own = await api.room(leaver, name="own")
+    assert (await api.post(leaver, own, "mine"))[0] == 201
+    assert (await ws[leaver].expect_any(("room_post",)))["room_id"] == own
