@@ -7,11 +7,15 @@ import { describe, expect, it } from 'vitest';
 import {
   type ReportFields,
   type TombstoneFrame,
+  type RoomItem,
   messageServerId,
   removedText,
   reportBody,
   reportFields,
+  roomMessageMeta,
+  roomServerId,
   tombstoneSignedBytes,
+  unsendPath,
   verifyTombstone,
 } from '../src/app/moderation.ts';
 
@@ -24,8 +28,11 @@ interface ReportCase {
   frame: { from: string; from_device: number; sent_at: number; conversation: string; commitment: string; franking_tag: string };
   fields: ReportFields;
 }
+interface RoomReportCase { plaintext_hex: string; text: string; franking_key: string; item: RoomItem; fields: ReportFields }
+interface UnsendCase { me: string; entry: { dir: string; kind: string; peer: string; client_id: string }; path: string }
 const V = JSON.parse(readFileSync(new URL('./fixtures/moderation_vectors.json', import.meta.url), 'utf8')) as {
   public_key: string; tombstones: TombstoneCase[]; reports: ReportCase[]; server_ids: [string, string, string][];
+  room_reports: RoomReportCase[]; room_server_ids: [string, string, string, string][]; unsends: UnsendCase[];
 };
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 const unhex = (h: string) => new Uint8Array(Buffer.from(h, 'hex'));
@@ -78,5 +85,46 @@ describe('reports', () => {
 describe('server ids', () => {
   it.each(V.server_ids)('message_server_id(%s, %s)', async (sender, clientId, expected) => {
     expect(await messageServerId(sender, clientId)).toBe(expected);
+  });
+});
+
+describe('private rooms: reports', () => {
+  it.each(V.room_reports)('a room message keeps the fields rooms.py `_open` keeps ($text)', (c) => {
+    const fk = new Uint8Array(Buffer.from(c.franking_key, 'base64url'));
+    expect(reportFields(roomMessageMeta(c.item), fk, unhex(c.plaintext_hex), c.text)).toEqual(c.fields);
+  });
+  it('the body of a room report names the room and the sending device', () => {
+    const c = V.room_reports[0]!;
+    const body = reportBody('r1', c.fields, c.text);
+    expect(body).toMatchObject({ conversation: c.item.conversation, sender: 'carol', sender_device: 3, server_id: 'r1' });
+    expect(body.plaintext).toBe(Buffer.from(unhex(c.plaintext_hex)).toString('base64url'));
+  });
+  it('a room message stored before its tag was kept (an old pending item) cannot be reported', () => {
+    const c = V.room_reports[0]!;
+    const { franking_tag: _, commitment: __, ...old } = c.item;
+    expect(reportFields(roomMessageMeta(old), new Uint8Array(32), unhex(c.plaintext_hex), c.text)).toBeNull();
+  });
+});
+
+describe('unsend', () => {
+  it.each(V.room_server_ids)('room_server_id(%s, %s, %s)', async (room, sender, clientId, expected) => {
+    expect(await roomServerId(room, sender, clientId)).toBe(expected);
+  });
+  it.each(V.unsends)('the request is the SDK\'s ($entry.peer)', async (c) => {
+    expect(await unsendPath(c.me, c.entry)).toBe(c.path);
+  });
+  it('a kept server id must be the one the client id gives', async () => {
+    const c = V.unsends[2]!;
+    const serverId = decodeURIComponent(c.path.split('/')[4]!.split('?')[0]!);
+    expect(await unsendPath(c.me, { ...c.entry, server_id: serverId })).toBe(c.path);
+    await expect(unsendPath(c.me, { ...c.entry, server_id: '0'.repeat(32) })).rejects.toThrow(/client id/);
+    await expect(unsendPath('mallory', { ...c.entry, server_id: serverId })).rejects.toThrow(/client id/);
+  });
+  it('only a message this device sent', async () => {
+    const c = V.unsends[2]!;
+    await expect(unsendPath(c.me, { ...c.entry, dir: 'in' })).rejects.toThrow('Only a message you sent can be unsent.');
+    await expect(unsendPath(c.me, { ...c.entry, kind: 'removed' })).rejects.toThrow('Only a message you sent can be unsent.');
+    const { client_id: _, ...noId } = c.entry;
+    await expect(unsendPath(c.me, noId)).rejects.toThrow("This device does not know that message's client id.");
   });
 });

@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import {
   CONTROL_PREFIX,
   type RoomState,
+  canEditPost,
   distributionUsers,
   encodeControl,
   isStale,
@@ -19,7 +20,10 @@ import {
   roomState,
   skdPayload,
 } from '../src/app/rooms.ts';
-import { b64decode, b64encode, fromUtf8 } from '../src/crypto/encoding.ts';
+import { reportBody, reportFields, roomMessageMeta } from '../src/app/moderation.ts';
+import { b64decode, b64encode, fromUtf8, utf8 } from '../src/crypto/encoding.ts';
+import { FrankingMismatch } from '../src/crypto/errors.ts';
+import { commitmentFromMessage, verifyReport } from '../src/crypto/franking.ts';
 import { GroupSession } from '../src/crypto/session.ts';
 
 interface Vectors {
@@ -130,5 +134,41 @@ describe('distribution and rotation (rooms.py _distribute)', () => {
 
   it('@mentions as rooms.py finds them', () => {
     expect(mentionNames('hi @bob, @carol. and @bob again; mail a@b.c @x_-')).toEqual(['bob', 'carol', 'x']);
+  });
+});
+
+describe('reporting a private room message (what the server checks of it)', () => {
+  it('the kept fields open the commitment the sender sent with its room_send', async () => {
+    const sender = await GroupSession.create(V.room);
+    const receiver = await GroupSession.create(V.room);
+    await receiver.processDistribution(memberKey('s1', 2), await sender.distributionMessage());
+    const wire = await sender.encrypt(utf8('report me, room'));
+    const sent = b64encode(commitmentFromMessage(wire)); // the room_send frame's commitment
+    const got = await receiver.decryptMessage('s1:2', wire);
+    const item = { from: 's1', device: 2, sent_at: 1764700000000, conversation: `room:${V.room}`, commitment: sent, franking_tag: 'dGFn' };
+    const fields = reportFields(roomMessageMeta(item), got.frankingKey, got.plaintext, 'report me, room');
+    expect(fields).not.toBeNull();
+    const body = reportBody('sid', fields!, 'report me, room');
+    const [pt, fk, cm] = [body.plaintext, body.franking_key, body.commitment].map((v) => b64decode(String(v)));
+    await expect(verifyReport(pt!, fk!, cm!)).resolves.toBeUndefined();
+    // A changed text does not open it: the server answers franking_mismatch.
+    await expect(verifyReport(utf8('something else'), fk!, cm!)).rejects.toBeInstanceOf(FrankingMismatch);
+  });
+});
+
+describe('editing your own public-room post (services/rooms/moderation.py by_member)', () => {
+  it('the author, as sent or after their own edit', () => {
+    expect(canEditPost({ sender: 'me' }, 'me')).toBe(true);
+    expect(canEditPost({ sender: 'me', marker: null }, 'me')).toBe(true);
+    expect(canEditPost({ sender: 'me', marker: 'edited' }, 'me')).toBe(true);
+  });
+  it('not somebody else\'s, nor the room moderator\'s', () => {
+    expect(canEditPost({ sender: 'other' }, 'me')).toBe(false);
+    expect(canEditPost({ sender: 'moderator' }, 'me')).toBe(false);
+  });
+  it('not once removed, deleted, or changed by a moderator', () => {
+    for (const marker of ['removed_by_moderator', 'deleted_by_author', 'edited_by_moderator']) {
+      expect(canEditPost({ sender: 'me', marker }, 'me')).toBe(false);
+    }
   });
 });

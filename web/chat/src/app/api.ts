@@ -212,6 +212,9 @@ export class Api {
   postRoomMessage(roomId: string, clientId: string, text: string): Promise<RoomMessage> {
     return this.request('POST', `${roomPath(roomId)}/messages`, { client_id: clientId, text });
   }
+  editRoomMessage(roomId: string, seq: number, text: string): Promise<RoomMessage> {
+    return this.request('PATCH', `${roomPath(roomId)}/messages/${seq}`, { text });
+  }
   roomMessages(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; next_before: number | null }> {
     return this.request('GET', `${roomPath(roomId)}/messages?limit=${limit}${before == null ? '' : `&before=${before}`}`);
   }

@@ -27,7 +27,6 @@ import {
   b64decode,
   b64encode,
   commitmentFromMessage,
-  fromUtf8,
   utf8,
 } from '../crypto/index.ts';
 import type * as W from '../generated/contract.ts';
@@ -48,7 +47,18 @@ import {
   roomState,
   skdPayload,
 } from './rooms.ts';
-import { displayText, messageServerId, type ReportFields, removedText, reportBody, reportFields, verifyTombstone } from './moderation.ts';
+import {
+  displayText,
+  messageServerId,
+  type ReportFields,
+  removedText,
+  reportBody,
+  reportFields,
+  roomMessageMeta,
+  roomServerId,
+  unsendPath,
+  verifyTombstone,
+} from './moderation.ts';
 import { Vault } from './vault.ts';
 
 export const PREKEY_BATCH = 100;
@@ -127,7 +137,8 @@ interface Queued {
   control?: string; // a control payload (base64url) instead of a text: never in the history
 }
 
-/** A private room's message kept until its sender's key arrives (rooms.py pending). */
+/** A private room's message kept until its sender's key arrives (rooms.py pending);
+ * with what a report of it needs (kept sealed in the vault, as the rest). */
 interface PendingRoomMessage {
   server_id: string;
   seq: number;
@@ -135,6 +146,9 @@ interface PendingRoomMessage {
   device: number;
   body: string;
   sent_at: number | null;
+  conversation?: string | null;
+  commitment?: string | null;
+  franking_tag?: string | null;
 }
 
 export type ClientEvent =
@@ -1084,6 +1098,7 @@ export class ParleyClient {
   async #encryptRoom(roomId: string, text: string, mentions: string[]): Promise<W.RoomSend> {
     const clientId = randomId();
     const conv = roomConversation(roomId);
+    const serverId = await roomServerId(roomId, this.me, clientId); // what unsend and tombstones name
     return this.#transaction(async (tx) => {
       const session = await this.#group(tx, roomId);
       const body = await session.encrypt(utf8(text));
@@ -1100,7 +1115,8 @@ export class ParleyClient {
         throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
       }
       await this.#putGroup(tx, session);
-      this.#addHistory(tx, conv, { dir: 'out', kind: 'message', peer: conv, sender: this.me, text, at: Date.now(), client_id: clientId, status: 'queued' });
+      this.#addHistory(tx, conv, { dir: 'out', kind: 'message', peer: conv, sender: this.me, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
+      this.#seen.add(serverId);
       const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
       outbox[clientId] = { send: frame, peer: conv, text };
       tx.put('outbox', outbox);
@@ -1123,6 +1139,9 @@ export class ParleyClient {
             device: frame.from_device,
             body: frame.body,
             sent_at: frame.sent_at ?? null,
+            conversation: frame.conversation ?? null,
+            commitment: frame.commitment ?? null,
+            franking_tag: frame.franking_tag ?? null,
           };
           const session = await this.#group(tx, roomId);
           event = await this.#openRoomMessage(tx, session, roomId, item, true);
@@ -1154,8 +1173,13 @@ export class ParleyClient {
     };
     try {
       const message = await session.decryptMessage(memberKey(item.from, item.device), b64decode(item.body));
-      entry.text = fromUtf8(message.plaintext);
+      entry.text = displayText(message.plaintext); // as Python's errors="replace"
       if (own) entry.status = 'sent';
+      else {
+        // What reporting it needs, as rooms.py `_open` keeps it (null: the server gave no tag).
+        const report = reportFields(roomMessageMeta(item), message.frankingKey, message.plaintext, entry.text);
+        if (report) entry.report = report;
+      }
       this.#addHistory(tx, conv, entry);
       return { type: 'room_message', room: roomId, sender: item.from, text: entry.text };
     } catch (error) {
@@ -1531,17 +1555,27 @@ export class ParleyClient {
     this.#ackSoon(frame.seq);
   }
 
-  /** Remove a message this device sent, from every inbox and device (tombstones follow). */
+  /** Remove a message this device sent (1:1 or a private room's), from every inbox and
+   * device (tombstones follow, to this device too). */
   async unsend(entry: HistoryEntry): Promise<void> {
-    if (entry.dir !== 'out' || entry.kind !== 'message' || !entry.server_id) throw new ParleyError('Only a message you sent can be unsent.');
-    if (!entry.client_id) throw new ParleyError('This device does not know that message\'s client id.');
-    const me = this.me;
-    // The client id proves we sent it (the server id hashes it); the conversation says
-    // whose devices get the tombstones (docs/moderation-messages.md).
-    const conversation = entry.peer.startsWith('room:') ? entry.peer : `dm:${[me, entry.peer].sort().join(':')}`;
-    const query = new URLSearchParams({ client_id: entry.client_id, conversation });
+    let path: string;
+    try {
+      // The client id proves we sent it (the server id hashes it); the conversation says
+      // whose devices get the tombstones (docs/moderation-messages.md).
+      path = await unsendPath(this.me, entry);
+    } catch (error) {
+      throw new ParleyError((error as Error).message);
+    }
     await this.accessToken();
-    await this.api.request('DELETE', `/delivery/v1/messages/${encodeURIComponent(entry.server_id)}?${query}`);
+    await this.api.request('DELETE', path);
+  }
+
+  /** Edit your own post in a public room (`PATCH .../messages/{seq}`, marked `edited`;
+   * the server keeps every version). Returns the message's new revision. */
+  async editRoomPost(roomId: string, seq: number, text: string): Promise<RoomMessage> {
+    checkText(text);
+    await this.accessToken();
+    return this.api.editRoomMessage(roomId, seq, text);
   }
 
   /** Report a received message to the server's admins (its text is revealed to them,

@@ -1,7 +1,8 @@
 import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { Api, ApiError, type Challenge, type Room } from './api.ts';
+import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
+import { MessageActions } from './messageActions.tsx';
 import { RoomList, RoomView } from './roomsView.tsx';
 import './style.css';
 
@@ -327,50 +328,6 @@ const STATUS_LABEL: Record<string, string> = {
   failed: 'failed',
 };
 
-/** Unsend (own) or report (received) one message: native buttons, so Tab and Enter reach them. */
-function Actions(props: { client: ParleyClient; peer: string; entry: HistoryEntry }) {
-  const { client, peer, entry: e } = props;
-  const [confirming, setConfirming] = useState(false);
-  const [busy, setBusy] = useState(false);
-  const [note, setNote] = useState('');
-  const failed = (err: unknown) => setNote(err instanceof ApiError ? `Failed: ${err.code}` : `Failed: ${message(err)}`);
-  if (e.kind !== 'message') return null;
-  if (e.dir === 'out') {
-    if (!e.server_id || e.status === 'queued' || e.status === 'failed') return null;
-    return (
-      <>
-        <button type="button" class="unsend" disabled={busy} aria-label={`Remove for everyone: ${e.text.slice(0, 40)}`}
-          onClick={() => { setBusy(true); client.unsend(e).then(() => setNote('Removing…'), failed).finally(() => setBusy(false)); }}>
-          Remove for everyone
-        </button>
-        {note && <span class="mod-note" role="status">{note}</span>}
-      </>
-    );
-  }
-  if (e.dir !== 'in' || !e.report) return null;
-  if (e.reported) return <span class="mod-note reported" role="status">Reported</span>;
-  return (
-    <>
-      {!confirming && (
-        <button type="button" class="report" aria-label={`Report message: ${e.text.slice(0, 40)}`} onClick={() => setConfirming(true)}>
-          Report
-        </button>
-      )}
-      {confirming && (
-        <span class="report-confirm" role="group" aria-label="Confirm the report">
-          <span>The server's admins will see this message's text (and only this message). Report it?</span>{' '}
-          <button type="button" class="report-yes" disabled={busy} autoFocus
-            onClick={() => { setBusy(true); client.report(peer, e).then(() => { setConfirming(false); setNote('Reported'); }, failed).finally(() => setBusy(false)); }}>
-            Report to admins
-          </button>{' '}
-          <button type="button" class="report-no" onClick={() => setConfirming(false)}>Cancel</button>
-        </span>
-      )}
-      {note && <span class="mod-note" role="status">{note}</span>}
-    </>
-  );
-}
-
 function Entry(props: { entry: HistoryEntry; name: string; client: ParleyClient; peer: string }) {
   const e = props.entry;
   const time = new Date(e.at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
@@ -396,7 +353,7 @@ function Entry(props: { entry: HistoryEntry; name: string; client: ParleyClient;
             ▶ Play
           </button>
         )}
-        <Actions client={props.client} peer={props.peer} entry={e} />
+        <MessageActions client={props.client} peer={props.peer} entry={e} />
       </div>
     </li>
   );

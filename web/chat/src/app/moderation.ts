@@ -6,8 +6,11 @@
  *   byte as `tombstone_signed_bytes` in contract/parley_contract/frames.py;
  * - {@link verifyTombstone}: checks a `tombstone` frame against the keys published at
  *   `GET /delivery/v1/moderation/keys` (a forged one is ignored by the caller);
- * - {@link reportFields} / {@link reportBody}: what is kept per received message so it
- *   can be reported, and the exact `POST /delivery/v1/reports` body the SDK sends.
+ * - {@link reportFields} / {@link reportBody}: what is kept per received message (1:1 or
+ *   private room, {@link roomMessageMeta}) so it can be reported, and the exact
+ *   `POST /delivery/v1/reports` body the SDK sends;
+ * - {@link unsendPath}: the `DELETE /delivery/v1/messages/...` of `Moderation.unsend`
+ *   (1:1 and private rooms), with {@link messageServerId} / {@link roomServerId}.
  */
 
 import { b64decode, b64encode, concat, fromUtf8, u32, utf8 } from '../crypto/encoding.ts';
@@ -127,9 +130,64 @@ export function displayText(plaintext: Uint8Array): string {
   }
 }
 
+/** A private room's message as the client keeps it until it is decrypted (the fields
+ * of its `message` frame that `_open` in client/parley/rooms.py reads). */
+export interface RoomItem {
+  from: string;
+  device: number;
+  sent_at: number | null;
+  conversation?: string | null | undefined;
+  commitment?: string | null | undefined;
+  franking_tag?: string | null | undefined;
+}
+
+/** The report metadata of a private room's message: what rooms.py `_open` rebuilds as a
+ * `Message` frame before `report_fields`. */
+export function roomMessageMeta(item: RoomItem): ReceivedMeta {
+  return {
+    from: item.from, from_device: item.device, sent_at: item.sent_at,
+    conversation: item.conversation ?? null, commitment: item.commitment ?? null,
+    franking_tag: item.franking_tag ?? null,
+  };
+}
+
+/** A sent message as the history keeps it: what unsending it needs. */
+export interface SentEntry {
+  dir: string;
+  kind: string;
+  peer: string; // a user id, or a room's conversation (`room:<id>`)
+  client_id?: string | undefined;
+  server_id?: string | undefined;
+}
+
+/** The path of `DELETE /delivery/v1/messages/{server_id}?client_id=&conversation=` that
+ * unsends `entry`, as `Moderation.unsend` in the SDK builds it: the client id proves
+ * the sender (the server id is derived from it: {@link messageServerId} for 1:1,
+ * {@link roomServerId} for a room), the conversation says whose devices get the
+ * tombstones. Throws (with the SDK's messages) for what cannot be unsent. */
+export async function unsendPath(me: string, entry: SentEntry): Promise<string> {
+  if (entry.dir !== 'out' || entry.kind !== 'message') throw new Error('Only a message you sent can be unsent.');
+  const clientId = entry.client_id;
+  if (!clientId) throw new Error("This device does not know that message's client id.");
+  const room = entry.peer.startsWith('room:') ? entry.peer.slice(5) : null;
+  const derived = room === null ? await messageServerId(me, clientId) : await roomServerId(room, me, clientId);
+  if (entry.server_id && entry.server_id !== derived) throw new Error("This device does not know that message's client id.");
+  const conversation = room === null ? `dm:${[me, entry.peer].sort().join(':')}` : entry.peer;
+  const query = new URLSearchParams({ client_id: clientId, conversation });
+  return `/delivery/v1/messages/${encodeURIComponent(derived)}?${query}`;
+}
+
 /** A 1:1 message's server id, as `message_server_id` in contract/parley_contract/envelopes.py:
  * the first 32 hex digits of SHA-256("<sender>|<client id>"). */
 export async function messageServerId(sender: string, clientId: string): Promise<string> {
   const digest = await sha256(utf8(`${sender}|${clientId}`));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('').slice(0, 32);
+}
+
+/** A private room's message server id, as `room_server_id` in
+ * contract/parley_contract/envelopes.py: the first 32 hex digits of
+ * SHA-256("room|<room>|<sender>|<client id>"). */
+export async function roomServerId(room: string, sender: string, clientId: string): Promise<string> {
+  const digest = await sha256(utf8(`room|${room}|${sender}|${clientId}`));
   return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('').slice(0, 32);
 }

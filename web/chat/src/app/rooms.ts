@@ -139,3 +139,21 @@ export function mentionNames(text: string): string[] {
   }
   return out;
 }
+
+/** A public room's message as far as editing it goes (the timeline's `sender`,
+ * `marker`). */
+export interface PostState {
+  sender: string;
+  marker?: string | null | undefined;
+}
+
+/** Markers after which the author can no longer edit a post (services/rooms/moderation.py
+ * `by_member`: a removed or deleted message changes no more, and a moderator's edit
+ * stays as they left it). */
+const FINAL_FOR_AUTHOR = new Set(['removed_by_moderator', 'deleted_by_author', 'edited_by_moderator']);
+
+/** Whether `me` may edit this public-room post as its author (`PATCH .../messages/{seq}`,
+ * marked `edited`); the server still refuses it in a closed room (`room_closed`). */
+export function canEditPost(post: PostState, me: string): boolean {
+  return post.sender === me && !FINAL_FOR_AUTHOR.has(post.marker ?? '');
+}

@@ -1,9 +1,12 @@
 /** The room screens: the rooms list (mine, invitations, the public directory, a new
  * room) and a room (a private room's end-to-end-encrypted conversation, or a public
  * room's server-readable timeline with paging). */
+import type { ComponentChildren } from 'preact';
 import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import type { Room, RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
+import { failure, MessageActions } from './messageActions.tsx';
+import { canEditPost } from './rooms.ts';
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -179,18 +182,66 @@ function Line(props: {
   failed?: boolean;
   seq?: number | undefined;
   marker?: string | null | undefined;
+  serverId?: string | undefined;
+  removed?: boolean;
+  children?: ComponentChildren;
 }) {
+  const status = props.dir === 'out' && props.status;
   return (
-    <li class={`msg ${props.dir}${props.failed ? ' failed' : ''}`} data-status={props.status ?? ''} {...(props.seq ? { 'data-seq': props.seq } : {})}>
+    <li
+      class={`msg ${props.dir}${props.failed ? ' failed' : ''}${props.removed ? ' removed' : ''}`}
+      data-status={props.status ?? ''}
+      {...(props.seq ? { 'data-seq': props.seq } : {})}
+      {...(props.serverId ? { 'data-server-id': props.serverId } : {})}
+    >
       <span class="who">{props.who}</span> <time>{time(props.at)}</time>
       <p class="text">{props.text}</p>
       {props.marker && <p class="hint marker">({MARKER[props.marker] ?? props.marker})</p>}
-      {props.dir === 'out' && props.status && (
+      {(status || props.children) && (
         <div class="meta">
-          <span class="status">{props.status === 'queued' ? 'waiting to be sent' : props.status === 'accepted' ? 'sent' : props.status}</span>
+          {status && <span class="status">{status === 'queued' ? 'waiting to be sent' : status === 'accepted' ? 'sent' : status}</span>}
+          {props.children}
         </div>
       )}
     </li>
+  );
+}
+
+/** "Edit" on your own public-room post: the text in a labelled field, saved with
+ * `PATCH .../messages/{seq}` (marked "edited"); the server's refusal is shown. */
+function EditPost(props: { client: ParleyClient; post: RoomMessage; onEdited: (m: RoomMessage) => void }) {
+  const { client, post } = props;
+  const [editing, setEditing] = useState(false);
+  const [text, setText] = useState(post.text);
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState('');
+  const field = `edit-${post.seq}`;
+  return (
+    <>
+      {!editing && (
+        <button type="button" class="edit" aria-label={`Edit your message: ${post.text.slice(0, 40)}`}
+          onClick={() => { setText(post.text); setNote(''); setEditing(true); }}>
+          Edit
+        </button>
+      )}
+      {editing && (
+        <form class="edit-form row" onSubmit={(e) => {
+          e.preventDefault();
+          setBusy(true);
+          setNote('');
+          client.editRoomPost(post.room_id, post.seq, text).then(
+            (m) => { props.onEdited(m); setEditing(false); setNote('Edited'); },
+            (err: unknown) => setNote(failure(err)),
+          ).finally(() => setBusy(false));
+        }}>
+          <label for={field} class="visually-hidden">Edit your message</label>
+          <input id={field} class="edit-text" value={text} autocomplete="off" autoFocus onInput={(e) => setText((e.target as HTMLInputElement).value)} />
+          <button type="submit" class="edit-save small" disabled={busy || !text.trim()} aria-busy={busy}>Save</button>
+          <button type="button" class="edit-cancel small secondary" onClick={() => setEditing(false)}>Cancel</button>
+        </form>
+      )}
+      {note && <span class="mod-note" role="status">{note}</span>}
+    </>
   );
 }
 
@@ -333,8 +384,16 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       )}
       <ol id="messages" ref={listRef} aria-label={`Messages in ${title}`} aria-live="polite" aria-relevant="additions">
         {isPublic
-          ? timeline.map((m) => <Line dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker} />)
-          : history.map((e) => <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} />)}
+          ? timeline.map((m) => (
+              <Line dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker}>
+                {canEditPost(m, me) && room.state === 'open' && <EditPost client={client} post={m} onEdited={(edited) => merge([edited])} />}
+              </Line>
+            ))
+          : history.map((e) => (
+              <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} removed={e.kind === 'removed'} serverId={e.server_id}>
+                <MessageActions client={client} peer={`room:${id}`} entry={e} />
+              </Line>
+            ))}
       </ol>
       <form
         id="composer"
