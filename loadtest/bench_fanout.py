@@ -32,6 +32,10 @@ For each system:
    duplicate member-messages are counted), and the CPU time of every server
    process over the window, per member-message.
 
+``--systems socketio-lb`` runs the peer with HAProxy in front of its two
+processes (HTTP mode, ``leastconn``), as a deployment of two needs and as
+Parley's sockets always are; HAProxy's CPU counts as the peer's.
+
 docs/BENCHMARKS.md ("Room fan-out") has the figures and the command.
 """
 
@@ -498,13 +502,20 @@ def _commands_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     return {name: {"calls": calls, "usec": usec} for usec, calls, name in rows[:12]}
 
 
-async def bench_socketio(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
+async def bench_socketio(
+    opts: Options, data_dir: Path, log: Any, behind_lb: bool = False
+) -> dict[str, Any]:
+    """python-socketio's two processes, their clients connected to them directly, or
+    through HAProxy (``behind_lb``: as a deployment of two needs, and as Parley's
+    sockets are; its CPU is then counted with theirs)."""
     cfg = StackConfig.free_ports(data_dir / "sio")
     procs = Processes(cfg)
     procs.start("redis")
     ports = StackConfig.free_ports(data_dir / "sio-ports")
     peers = start_peers(data_dir / "sio", cfg.url("redis"),
                         [ports.gateway1_port, ports.gateway2_port], "fanout")  # fmt: skip
+    if behind_lb:
+        peers.front_with_haproxy(data_dir / "sio")
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             members = [SioMember() for _ in range(opts.members)]
@@ -551,6 +562,9 @@ async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
     if "socketio" in opts.systems:
         log("socketio: two processes, AsyncRedisManager")
         results["socketio"] = await bench_socketio(opts, data_dir, log)
+    if "socketio-lb" in opts.systems:
+        log("socketio-lb: two processes, AsyncRedisManager, behind HAProxy")
+        results["socketio-lb"] = await bench_socketio(opts, data_dir / "lb", log, behind_lb=True)
     if "parley" in opts.systems:
         results["parley"] = await bench_parley(opts, data_dir, log)
     if "parley-public" in opts.systems:
@@ -567,7 +581,7 @@ def table(results: dict[str, Any]) -> str:
         "| server CPU µs per member-msg |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for system in ("parley", "parley-public", "socketio"):
+    for system in ("parley", "parley-public", "socketio", "socketio-lb"):
         if system not in results:
             continue
         for phase in ("saturation", "paced"):

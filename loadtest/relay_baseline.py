@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
@@ -210,6 +212,30 @@ class RelayCluster:
             )  # fmt: skip
         wait_port("127.0.0.1", port)
         self.urls.append(url)
+
+    def front_with_haproxy(self, data_dir: Path) -> None:
+        """Put HAProxy in front of the processes, as any deployment of more than one
+        needs (Parley's own sockets pass through it): HTTP mode, ``leastconn``, the
+        timeouts of deploy/haproxy/haproxy.cfg; clients then connect to it alone."""
+        first = urlsplit(self.urls[0])
+        ports = [urlsplit(u).port for u in self.urls]
+        lb = StackConfig.free_ports(data_dir / "lb").lb_port
+        servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1))
+        cfg = data_dir / "haproxy.cfg"
+        cfg.write_text(
+            "global\n    maxconn 8000\n"
+            "defaults\n    mode http\n    option forwardfor\n    timeout connect 2s\n"
+            "    timeout client 60s\n    timeout server 60s\n    timeout tunnel 1h\n"
+            f"frontend public\n    bind 127.0.0.1:{lb}\n    default_backend peers\n"
+            f"backend peers\n    balance leastconn\n{servers}\n"
+        )
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        with open(data_dir / "haproxy.out", "ab") as log:
+            self.procs["haproxy"] = subprocess.Popen(
+                [haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_port("127.0.0.1", lb)
+        self.urls = [first._replace(netloc=f"127.0.0.1:{lb}").geturl()]
 
 
 def start_relays(data_dir: Path, redis_url: str, count: int = 2) -> RelayCluster:
