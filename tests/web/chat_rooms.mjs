@@ -2,76 +2,16 @@
 // driven by playwright-core) and the Python SDK user R, through HAProxy. Run by
 // tests/web/test_chat_rooms.py, which answers the "PY {json}" lines (see its story).
 // Env: LB, WEB_DIR, SHOTS, A_USER, B_USER, R_USER, TAG.
-import { createRequire } from "node:module";
 import path from "node:path";
-import readline from "node:readline";
+import { createRoom, expect, finish, invite, launch, py, sees, step, T, user as signUp, write as writeLine } from "./chat_rooms_lib.mjs";
 
 const env = process.env;
-const require = createRequire(path.join(env.WEB_DIR, "package.json"));
-const { chromium } = require("playwright-core");
-
-const replies = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function py(request) {
-  console.log(`PY ${JSON.stringify(request)}`);
-  const { value, done } = await replies.next();
-  if (done) throw new Error("the test closed stdin");
-  if (!value.startsWith("OK ")) throw new Error(`python side: ${value}`);
-  return JSON.parse(value.slice(3));
-}
-const t0 = Date.now();
-const step = (msg) => console.log(`step (${((Date.now() - t0) / 1000).toFixed(1)} s): ${msg}`);
-const T = 30_000;
 const sent = []; // the private room's texts the browsers wrote
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
-
-// Fail at once with what the page says if an error line shows instead of `selector`.
-async function expect(page, selector) {
-  try {
-    await page.waitForSelector(`${selector}, .error[role=alert]`, { timeout: T });
-  } catch (e) {
-    throw new Error(`waiting for ${selector}; the page shows: ${(await page.innerText("body")).slice(0, 800)}`);
-  }
-  const error = await page.$(".error[role=alert]");
-  if (error) throw new Error(`the page says: ${await error.textContent()}`);
-}
-
-async function user(name) {
-  const ctx = await browser.newContext({ viewport: { width: 1200, height: 820 } });
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && errors.push(`${name}: ${m.text()}`));
-  page.on("pageerror", (e) => errors.push(`${name}: ${e}`));
-  await page.goto(`${env.LB}/#signup`);
-  await page.getByLabel("Username", { exact: true }).fill(name);
-  await page.getByLabel("E-mail").fill(`${name}@example.test`);
-  await page.getByLabel("Password", { exact: true }).fill(`browser password ${env.TAG}!`);
-  await page.getByLabel("Local passphrase").fill(`local passphrase ${env.TAG}`);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page, "#connection.connected");
-  return { ctx, page, errors };
-}
-
-// Keyboard only: type in the labelled field and press Enter.
+const browser = await launch();
+const user = (name) => signUp(browser, name);
 async function write(page, room, text, priv = true) {
-  const field = page.getByLabel(`Message to #${room}`);
-  await field.fill(text);
-  await field.press("Enter");
   if (priv) sent.push(text);
-  await expect(page, `#messages li.msg.out:has-text("${text}")`);
-}
-const sees = (page, text) => expect(page, `#messages li.msg.in:has-text("${text}")`);
-
-async function createRoom(page, name, kind) {
-  await page.getByLabel("New room name").fill(name);
-  await page.getByLabel("Kind").selectOption(kind);
-  await page.getByRole("button", { name: "Create room" }).click();
-  await expect(page, `#conversation-title:text-is("#${name}")`);
-  return page.getAttribute("section[data-room-id]", "data-room-id");
+  await writeLine(page, room, text);
 }
 
 try {
@@ -81,11 +21,7 @@ try {
   step("A creates a private room and invites B and R by username");
   const priv = `priv${env.TAG}`;
   const room = await createRoom(a.page, priv, "private");
-  for (const who of [env.B_USER, env.R_USER]) {
-    await a.page.getByLabel(`Invite to #${priv} by username`).fill(who);
-    await a.page.getByLabel(`Invite to #${priv} by username`).press("Enter");
-    await expect(a.page, `p[role=status]:has-text("Invited ${who}.")`);
-  }
+  for (const who of [env.B_USER, env.R_USER]) await invite(a.page, priv, who);
   await py({ do: "accept", room });
   // B with the keyboard only: focus a control, press Enter.
   await b.page.getByRole("button", { name: "Refresh rooms" }).press("Enter");
@@ -189,7 +125,5 @@ try {
   step("done");
   console.log("chat rooms: ok");
 } finally {
-  await browser.close();
-  replies.return?.();
-  process.stdin.destroy();
+  await finish(browser);
 }

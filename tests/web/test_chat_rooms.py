@@ -20,6 +20,15 @@ browser contexts, A and B; when the story needs the Python user R it prints a
 No plaintext of the private room is in MongoDB, Kafka or Redis afterwards.
 Screenshots as test_chat_browser.py takes them (``PARLEY_UPDATE_SCREENSHOTS=1``
 replaces web/images/chat-room*.png).
+
+tests/web/chat_rooms_moderation.mjs (``test_browser_reports_unsends_and_edits_in_rooms``),
+browser user A and R in a private room, then a public one
+(docs/moderation-messages.md): A reports R's message from the page and the admins'
+queue holds it, verified, with the room and A as the reporter; A removes its own
+message for everyone and R's client shows it removed (text gone); R unsends one and
+A's page shows it removed; A edits its own public post (a refused edit shows its
+error first) and the timeline holds the new text, marked ``edited``; R's post has no
+Edit. Both scripts share tests/web/chat_rooms_lib.mjs.
 """
 
 from __future__ import annotations
@@ -32,12 +41,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from parley import Client
-from parley.events import RoomMessage
+from parley.events import MessageRemoved, RoomMessage
 from parley.store import KdfParams
+from parley_contract.envelopes import room_server_id
 
 from scripts.stack import ROOT
+from tests.e2e.test_moderation_messages import admin_token
 from tests.e2e.test_no_plaintext import kafka_blobs, mongo_blobs, redis_blobs
 from tests.support.secrets import forms
 from tests.support.stack import System
@@ -48,10 +60,11 @@ SHOTS = ("chat-room", "chat-room-public", "chat-room-phone")
 
 
 class PythonSide:
-    """The SDK user R, and what the script asks of it."""
+    """The SDK user R, and what the scripts ask of it."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, system: System) -> None:
         self.r = client
+        self.system = system
         self.texts: list[str] = []
 
     async def act(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +73,40 @@ class PythonSide:
             await r.rooms.accept(req["room"])
             return {}
         if do == "send":
-            self.texts.append(req["text"])
+            if req.get("track", True):  # a reported text is, by design, kept for the admins
+                self.texts.append(req["text"])
+            client_id = await r.rooms.send(req["room"], req["text"])
+            assert r.user_id is not None
+            return {"client_id": client_id,
+                    "server_id": room_server_id(req["room"], r.user_id, client_id)}  # fmt: skip
+        if do == "unsend":
+            await r.unsend(req["client_id"], f"room:{req['room']}")
+            return {}
+        if do == "expect_removed":  # a verified tombstone, and what R's history shows now
+            while True:
+                removed = await r.next_event(MessageRemoved, timeout=30)
+                assert isinstance(removed, MessageRemoved)
+                if removed.server_id == req["server_id"]:
+                    break
+            assert removed.peer_id == f"room:{req['room']}"
+            history = r.store.read().history(f"room:{req['room']}")
+            [entry] = [e for e in history if e.get("server_id") == req["server_id"]]
+            return {"by": removed.by, "kind": entry["kind"], "text": entry["text"]}
+        if do == "admin_report":  # the report of that message by that user, as admins see it
+            report = await find_report(self.system, req["server_id"])
+            reporter, _ = await r.resolve(req["reporter"])
+            assert report["text"] == req["text"], report
+            assert report["room"] == req["room"], report
+            assert report["conversation"] == f"room:{req['room']}", report
+            assert (report["sender"], report["reporter"]) == (r.user_id, reporter), report
+            assert report["state"] == "open", report
+            return {}
+        if do == "public_post":
+            page = await r.rooms.history(req["room"], limit=50)
+            [post] = [m for m in page["messages"] if m["seq"] == req["seq"]]
+            return {"text": post["text"], "marker": post["marker"]}
+        if do == "join_and_post":
+            await r.rooms.join(req["room"])
             await r.rooms.send(req["room"], req["text"])
             return {}
         if do == "expect":
@@ -82,16 +128,25 @@ class PythonSide:
         raise AssertionError(f"unknown action {req!r}")
 
 
-@pytest.mark.skipif(
-    not Path("/usr/bin/chromium").exists() or shutil.which("node") is None,
-    reason="needs Debian's chromium and node (scripts/install.sh installs them)",
-)
-async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Path) -> None:
-    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
-    update = os.environ.get("PARLEY_UPDATE_SCREENSHOTS") == "1"
-    shots = DOC_SHOTS if update else tmp_path / "shots"
-    shots.mkdir(parents=True, exist_ok=True)
-    tag = secrets.token_hex(4)
+async def find_report(system: System, server_id: str) -> dict[str, Any]:
+    """The open report of ``server_id`` in the admins' queue (every page read)."""
+    headers = {"Authorization": f"Bearer {await admin_token(system)}"}
+    after: str | None = None
+    async with aiohttp.ClientSession(headers=headers) as http:
+        while True:
+            query = "state=open&limit=100" + (f"&after={after}" if after else "")
+            async with http.get(f"{system.lb}/delivery/v1/admin/reports?{query}") as resp:
+                assert resp.status == 200, await resp.text()
+                page = await resp.json()
+            for report in page["reports"]:
+                if report["server_id"] == server_id:
+                    return dict(report)
+            after = page["next"]
+            if after is None:
+                raise AssertionError(f"no open report of {server_id} in the admins' queue")
+
+
+async def python_user(system: System, tmp_path: Path, tag: str) -> Client:
     r = Client(
         system.lb,
         data_dir=tmp_path / "r",
@@ -103,21 +158,18 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
     await r.open()
     await r.signup(f"pyr{tag}", "correct horse battery staple", f"pyr{tag}@example.test")
     await r.connect()
-    py = PythonSide(r)
-    env = {
-        **os.environ,
-        "LB": system.lb,
-        "WEB_DIR": str(WEB),
-        "SHOTS": str(shots),
-        "A_USER": f"weba{tag}",
-        "B_USER": f"webb{tag}",
-        "R_USER": str(r.username),
-        "TAG": tag,
-    }
+    return r
+
+
+async def run_script(
+    script: str, env: dict[str, str], py: PythonSide, timeout: float
+) -> tuple[str, list[str]]:
+    """Run a browser script, answering its ``PY`` lines with ``py``; its output and the
+    texts it reported on ``TEXTS`` lines. Fails with the output if the script does."""
     proc = await asyncio.create_subprocess_exec(
         "node",
-        str(ROOT / "tests" / "web" / "chat_rooms.mjs"),
-        env=env,
+        str(ROOT / "tests" / "web" / script),
+        env={**os.environ, "WEB_DIR": str(WEB), **env},
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -141,15 +193,44 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
                 elif line.startswith("TEXTS "):
                     browser_texts.extend(json.loads(line[6:]))
 
-        await asyncio.wait_for(converse(), timeout=150)
+        await asyncio.wait_for(converse(), timeout=timeout)
         code = await proc.wait()
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        await r.close()
     output = "\n".join(log)
     assert code == 0, output[-6000:]
+    return output, browser_texts
+
+
+BROWSER = pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists() or shutil.which("node") is None,
+    reason="needs Debian's chromium and node (scripts/install.sh installs them)",
+)
+
+
+@BROWSER
+async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Path) -> None:
+    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
+    update = os.environ.get("PARLEY_UPDATE_SCREENSHOTS") == "1"
+    shots = DOC_SHOTS if update else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    tag = secrets.token_hex(4)
+    r = await python_user(system, tmp_path, tag)
+    py = PythonSide(r, system)
+    env = {
+        "LB": system.lb,
+        "SHOTS": str(shots),
+        "A_USER": f"weba{tag}",
+        "B_USER": f"webb{tag}",
+        "R_USER": str(r.username),
+        "TAG": tag,
+    }
+    try:
+        output, browser_texts = await run_script("chat_rooms.mjs", env, py, timeout=150)
+    finally:
+        await r.close()
     assert "chat rooms: ok" in output, output[-3000:]
     for name in SHOTS:
         assert (shots / f"{name}.png").stat().st_size > 5000, name
@@ -162,3 +243,17 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
         for text in plaintexts:
             for form in forms(text):
                 assert form not in blob, f"{text!r} readable in {where} (as {form!r})"
+
+
+@BROWSER
+async def test_browser_reports_unsends_and_edits_in_rooms(system: System, tmp_path: Path) -> None:
+    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
+    tag = secrets.token_hex(4)
+    r = await python_user(system, tmp_path, tag)
+    py = PythonSide(r, system)
+    env = {"LB": system.lb, "A_USER": f"webm{tag}", "R_USER": str(r.username), "TAG": tag}
+    try:
+        output, _ = await run_script("chat_rooms_moderation.mjs", env, py, timeout=120)
+    finally:
+        await r.close()
+    assert "chat rooms moderation: ok" in output, output[-3000:]

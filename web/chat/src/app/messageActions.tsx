@@ -6,8 +6,9 @@ import { useState } from 'preact/hooks';
 import { ApiError } from './api.ts';
 import type { HistoryEntry, ParleyClient } from './client.ts';
 
+/** What a refused action shows: the server's code and its message. */
 export function failure(err: unknown): string {
-  return err instanceof ApiError ? `Failed: ${err.code}` : `Failed: ${err instanceof Error ? err.message : String(err)}`;
+  return err instanceof ApiError ? `Failed (${err.code}): ${err.message}` : `Failed: ${err instanceof Error ? err.message : String(err)}`;
 }
 
 /** `peer`: the contact's user id, or the room's conversation (`room:<id>`). */
