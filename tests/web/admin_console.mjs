@@ -2,44 +2,15 @@
 // an admin signs in through the provider's pages, blocks a user and finds it in the
 // audit log; a non-admin is refused. Screenshots go to SHOTS (docs/admin/).
 // Run by tests/web/test_admin_console.py with LB, WEB_DIR, SHOTS, ADMIN_*, TARGET, PLAIN_*.
-import { createRequire } from "node:module";
-import path from "node:path";
+import { launch, shot, signIn, step, watchErrors } from "./admin_browser.mjs";
 
 const env = process.env;
-const require = createRequire(path.join(env.WEB_DIR, "package.json"));
-const { chromium } = require("playwright-core");
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
-const shot = (page, name) => page.screenshot({ path: path.join(env.SHOTS, `${name}.png`) });
-const step = (msg) => console.log(`step: ${msg}`);
-
-async function signIn(page, username, password, screenshot) {
-  await page.goto(`${env.LB}/admin/`);
-  await page.click("#sign-in");
-  try {
-    await page.waitForURL(/\/auth\/login/, { timeout: 15000 });
-  } catch (e) {
-    console.log(`at ${page.url()}: ${(await page.content()).slice(0, 800)}`);
-    throw e;
-  }
-  await page.fill("#username", username);
-  await page.fill("#password", password);
-  if (screenshot) await shot(page, "sign-in");
-  await page.click("button[type=submit]");
-  await page.waitForURL(/\/admin\//);
-}
+const browser = await launch();
 
 try {
   const admin = await browser.newContext({ viewport: { width: 1280, height: 760 } });
   const page = await admin.newPage();
-  const errors = [];
-  // (Chromium asks for /favicon.ico, which we do not have: a 404 that is no error of ours.)
-  page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && errors.push(m.text()));
-  page.on("response", (r) => r.status() >= 400 && !r.url().endsWith("/favicon.ico") && errors.push(`${r.status()} ${r.url()}`));
+  const errors = watchErrors(page, []);
   // The first, unfiltered page of users answers late (as on a server with many
   // users): it must not overwrite the search the admin types meanwhile.
   const unfiltered = /\/auth\/v1\/admin\/users\?limit=25$/;

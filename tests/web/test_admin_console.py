@@ -1,49 +1,76 @@
-"""The admin console end to end in Chromium (tests/web/admin_console.mjs), through HAProxy.
+"""The admin console end to end in Chromium (tests/web/admin_*.mjs), through HAProxy.
 
 An admin signs in through the provider's pages, blocks a user and sees it in
 the audit log; a non-admin is refused by the console, and the admin API
-answers 403 to their token. Screenshots land in the test's temporary directory;
-with ``PARLEY_UPDATE_SCREENSHOTS=1`` they replace docs/admin/*.png (docs/admin.md).
+answers 403 to their token. An admin moderates a public room (hides a message,
+closes the room, removes a member) and works a real report (verified plaintext,
+removal of the message, resolution with a note); the API's state and the audit
+log say it happened. Screenshots land in the test's temporary directory; with
+``PARLEY_UPDATE_SCREENSHOTS=1`` they replace docs/admin/*.png (docs/admin.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from parley.client import Message, MessageRemoved
 
 from scripts.stack import ROOT
 from tests.auth.helpers import bearer
 from tests.auth.test_oidc_through_lb import admin_token, make_admin
+from tests.e2e.test_moderation_messages import user as sdk_user
 from tests.support.stack import System
-from tests.support.users import signup
+from tests.support.users import User, signup
 
 WEB = ROOT / "web"
 DOC_SHOTS = ROOT / "docs" / "admin"
 
-
-@pytest.mark.skipif(
+needs_browser = pytest.mark.skipif(
     not Path("/usr/bin/chromium").exists() or shutil.which("node") is None,
     reason="needs Debian's chromium and node (scripts/install.sh installs them)",
 )
+
+
+def screenshots(tmp_path: Path) -> Path:
+    """docs/admin/ with PARLEY_UPDATE_SCREENSHOTS=1, else the test's own directory."""
+    assert (WEB / "admin" / "dist" / "index.html").exists(), "make install builds web/admin"
+    update = os.environ.get("PARLEY_UPDATE_SCREENSHOTS") == "1"
+    shots = DOC_SHOTS if update else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+async def run_script(script: str, env: dict[str, str], ok: str) -> None:
+    run = await asyncio.to_thread(
+        subprocess.run,
+        ["node", str(ROOT / "tests" / "web" / script)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ok in run.stdout, run.stdout
+
+
+@needs_browser
 async def test_admin_blocks_a_user_in_the_console_and_a_non_admin_is_refused(
     system: System, tmp_path: Path
 ) -> None:
-    update = os.environ.get("PARLEY_UPDATE_SCREENSHOTS") == "1"
-    shots = DOC_SHOTS if update else tmp_path / "shots"
-    assert (WEB / "admin" / "dist" / "index.html").exists(), "make install builds web/admin"
+    shots = screenshots(tmp_path)
     admin = await signup(system.lb, "adm")
     make_admin(system, admin.username)
     target = await signup(system.lb, "tgt")
     plain = await signup(system.lb, "usr")
-    shots.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
         "LB": system.lb,
         "WEB_DIR": str(WEB),
         "SHOTS": str(shots),
@@ -53,16 +80,7 @@ async def test_admin_blocks_a_user_in_the_console_and_a_non_admin_is_refused(
         "PLAIN_USER": plain.username,
         "PLAIN_PASSWORD": plain.password,
     }
-    run = await asyncio.to_thread(
-        subprocess.run,
-        ["node", str(ROOT / "tests" / "web" / "admin_console.mjs")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "admin console: ok" in run.stdout
+    await run_script("admin_console.mjs", env, "admin console: ok")
 
     token = await admin_token(system, admin)
     async with httpx.AsyncClient(base_url=system.lb) as http:
@@ -79,4 +97,137 @@ async def test_admin_blocks_a_user_in_the_console_and_a_non_admin_is_refused(
         refused = await http.get("/auth/v1/admin/users", headers=bearer(plain.token))
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
     for name in ("sign-in", "users", "user", "audit", "refused"):
+        assert (shots / f"{name}.png").stat().st_size > 5000
+
+
+async def _post(http: httpx.AsyncClient, room_id: str, who: User, text: str) -> httpx.Response:
+    body = {"client_id": secrets.token_hex(6), "text": text}
+    return await http.post(
+        f"/rooms/v1/rooms/{room_id}/messages", json=body, headers=bearer(who.token)
+    )
+
+
+@needs_browser
+@pytest.mark.timeout(180)
+async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
+    system: System, tmp_path: Path
+) -> None:
+    shots = screenshots(tmp_path)
+    admin = await signup(system.lb, "adm")
+    make_admin(system, admin.username)
+    owner, member = await signup(system.lb, "own"), await signup(system.lb, "mem")
+    tag = secrets.token_hex(3)
+    spam = f"cheap pills at pills{tag}.example"
+    async with httpx.AsyncClient(base_url=system.lb) as http:
+        # Three rooms named with the tag (one private); the plaza has a member and posts.
+        made = {}
+        for name, kind in ((f"plaza {tag}", "public"), (f"help desk {tag}", "public"),
+                           (f"team {tag}", "private")):  # fmt: skip
+            resp = await http.post("/rooms/v1/rooms", json={"name": name, "kind": kind},
+                                   headers=bearer(owner.token))  # fmt: skip
+            assert resp.status_code == 201, resp.text
+            made[name] = resp.json()["room_id"]
+        room_id = made[f"plaza {tag}"]
+        resp = await http.post(f"/rooms/v1/rooms/{room_id}/join", headers=bearer(member.token))
+        assert resp.status_code == 200, resp.text
+        assert (await _post(http, room_id, owner, "welcome to the plaza")).status_code == 201
+        resp = await _post(http, room_id, member, spam)
+        assert resp.status_code == 201, resp.text
+        spam_seq = resp.json()["seq"]
+        assert (await _post(http, room_id, owner, "please keep it friendly")).status_code == 201
+
+    # A real report: alice's message to bob, reported by bob's client (franking).
+    alice = await sdk_user(system, tmp_path, "alice")
+    bob = await sdk_user(system, tmp_path, "bob")
+    try:
+        assert alice.user_id and alice.username and bob.user_id and bob.username
+        await alice.connect()
+        await bob.connect()
+        said = f"send me your password or else {tag}"
+        await alice.send(bob.username, said)
+        got = await bob.next_event(Message)
+        assert isinstance(got, Message) and got.text == said
+        filed = await bob.report(got.server_id[:8])
+        assert filed["state"] == "open"
+
+        note = f"warned the sender ({tag})"
+        env = {
+            "LB": system.lb,
+            "WEB_DIR": str(WEB),
+            "SHOTS": str(shots),
+            "ADMIN_USER": admin.username,
+            "ADMIN_PASSWORD": admin.password,
+            "TAG": tag,
+            "ROOM_NAME": f"plaza {tag}",
+            "ROOM_ID": room_id,
+            "PRIVATE_ROOM_ID": made[f"team {tag}"],
+            "OWNER_NAME": owner.username,
+            "MEMBER_ID": member.user_id,
+            "MEMBER_NAME": member.username,
+            "SPAM_SEQ": str(spam_seq),
+            "SPAM_TEXT": spam,
+            "HIDE_REASON": "spam (browser test)",
+            "REPORT_ID": filed["id"],
+            "REPORT_TEXT": said,
+            "SENDER_NAME": alice.username,
+            "REPORTER_NAME": bob.username,
+            "REMOVE_REASON": "threats (browser test)",
+            "NOTE": note,
+        }
+        await run_script("admin_moderation.mjs", env, "admin moderation: ok")
+
+        # Bob's device is told the message is gone, by an admin.
+        removed = await bob.next_event(MessageRemoved)
+        assert isinstance(removed, MessageRemoved)
+        assert (removed.server_id, removed.by) == (got.server_id, "admin")
+    finally:
+        for c in (alice, bob):
+            await c.close()
+
+    token = await admin_token(system, admin)
+    async with httpx.AsyncClient(base_url=system.lb, headers=bearer(token)) as http:
+        room = (await http.get(f"/rooms/v1/admin/rooms/{room_id}")).json()
+        assert (room["state"], room["members"]) == ("closed", 1)
+        # The room takes no post now.
+        refused = await _post(http, room_id, owner, "anyone here?")
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "room_closed"
+        members = (await http.get(f"/rooms/v1/admin/rooms/{room_id}/members")).json()
+        assert [m["user_id"] for m in members["members"]] == [owner.user_id]
+        history = (
+            await http.get(f"/rooms/v1/admin/rooms/{room_id}/messages/{spam_seq}/revisions")
+        ).json()
+        assert [(r["rev"], r["text"], r["marker"], r["reason"], r["by"])
+                for r in history["revisions"]] == [
+            (1, spam, None, None, member.user_id),
+            (2, "", "removed_by_moderator", "spam (browser test)", admin.user_id),
+        ]  # fmt: skip
+        report = (await http.get(f"/delivery/v1/admin/reports/{filed['id']}")).json()
+        assert report["state"] == "actioned"
+        assert (report["resolution"]["note"], report["resolution"]["by"]) == (note, admin.user_id)
+
+        # Each change is in the audit log once, by this admin (the stale tab's refused
+        # dismissal wrote nothing).
+        resp = await http.get(
+            "/auth/v1/admin/audit", params={"actor_id": admin.user_id, "limit": "100"}
+        )
+        assert resp.status_code == 200, resp.text
+        entries = resp.json()["entries"]
+        changes = Counter(
+            (e["service"], e["action"], e["target_id"])
+            for e in entries
+            if not e["action"].endswith((".list", ".view", ".members", ".revisions", ".read"))
+        )
+        assert changes == Counter({
+            ("rooms", "message.remove", f"{room_id}/{spam_seq}"): 1,
+            ("rooms", "room.close", room_id): 1,
+            ("rooms", "room.remove_member", room_id): 1,
+            ("delivery", "message.remove", got.server_id): 1,
+            ("delivery", "report.resolve", filed["id"]): 1,
+        }), changes  # fmt: skip
+        by_action = {e["action"]: e for e in entries if e["service"] != "auth"}
+        assert by_action["room.remove_member"]["before"]["user_id"] == member.user_id
+        assert by_action["report.resolve"]["after"] == {"state": "actioned", "note": note}
+        # Reading the report's plaintext is audited too.
+        assert any(e["action"] == "report.view" and e["target_id"] == filed["id"] for e in entries)
+    for name in ("rooms", "room", "reports", "report"):
         assert (shots / f"{name}.png").stat().st_size > 5000

@@ -1,4 +1,5 @@
-// The admin API of the auth service (docs/auth.md); errors carry a stable code.
+// The admin APIs of the auth, rooms and delivery services (docs/auth.md,
+// docs/moderation.md, docs/moderation-messages.md); errors carry a stable code.
 export class ApiError extends Error {
   constructor(
     public status: number,
@@ -47,9 +48,104 @@ export interface AuditEntry {
   actor: string;
   action: string;
   target_id: string | null;
+  target_type: string | null;
+  service: string;
   details: Record<string, unknown>;
+  before: Record<string, unknown> | null;
+  after: Record<string, unknown> | null;
   request_id: string | null;
   ip: string | null;
+}
+
+// Rooms (services/rooms/models.py). Times are Unix milliseconds.
+export type RoomKind = "private" | "public";
+export type RoomState = "open" | "closed";
+
+export interface AdminRoom {
+  room_id: string;
+  name: string;
+  topic: string;
+  kind: RoomKind;
+  state: RoomState;
+  owner: string | null;
+  members: number;
+  created_at: number;
+  created_by: string | null;
+  version: number;
+  messages: number;
+  deleted_at: number | null;
+}
+
+export interface RoomMember {
+  user_id: string;
+  role: "owner" | "moderator" | "member";
+  joined_at: number;
+}
+
+export type Marker = "edited" | "edited_by_moderator" | "removed_by_moderator" | "deleted_by_author";
+
+export interface RoomMessage {
+  room_id: string;
+  seq: number;
+  sender: string;
+  client_id: string;
+  text: string;
+  mentions: string[];
+  sent_at: number;
+  rev: number;
+  marker: Marker | null;
+  edited_at: number | null;
+}
+
+export interface Revision {
+  rev: number;
+  text: string;
+  mentions: string[];
+  marker: Marker | null;
+  by: string;
+  role: string;
+  at: number;
+  reason: string | null;
+}
+
+export interface RevisionHistory {
+  room_id: string;
+  seq: number;
+  sender: string;
+  current: RoomMessage;
+  revisions: Revision[];
+}
+
+export interface RoomFilter {
+  q: string;
+  kind: "" | RoomKind;
+  state: "" | RoomState;
+}
+
+// Reports of end-to-end encrypted messages (services/delivery/models.py).
+export type ReportState = "open" | "actioned" | "dismissed";
+
+export interface Report {
+  id: string;
+  state: ReportState;
+  server_id: string;
+  conversation: string | null;
+  room: string | null;
+  sender: string;
+  sender_device: number;
+  sent_at: number;
+  reporter: string;
+  reporter_device: number | null;
+  text: string;
+  created_at: number;
+  resolution: { note: string; by: string; at: number } | null;
+}
+
+export interface Removed {
+  server_id: string;
+  by: string;
+  at: number;
+  inboxes: number;
 }
 
 export interface OAuthClient {
@@ -66,19 +162,26 @@ export interface OAuthClient {
 export class Api {
   constructor(private token: () => string | undefined) {}
 
-  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  /** A call to the auth service's admin API (`path` below /auth/v1/admin). */
+  call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.request<T>(method, `/auth/v1/admin${path}`, body);
+  }
+
+  /** A call to any service through the load balancer; an error answer throws ApiError. */
+  async request<T>(method: string, url: string, body?: unknown): Promise<T> {
     const headers: Record<string, string> = { Authorization: `Bearer ${this.token() ?? ""}` };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    const resp = await fetch(`/auth/v1/admin${path}`, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    let resp: Response;
+    try {
+      resp = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (e) {
+      throw new ApiError(0, "network", `The server did not answer (${e instanceof Error ? e.message : String(e)}).`);
+    }
     if (resp.status === 204) return undefined as T;
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) {
       const err = data?.error ?? {};
-      throw new ApiError(resp.status, err.code ?? "internal", err.message ?? resp.statusText);
+      throw new ApiError(resp.status, err.code ?? "internal", err.message ?? `HTTP ${resp.status} ${resp.statusText}`);
     }
     return data as T;
   }
@@ -119,4 +222,90 @@ export class Api {
   createClient(body: unknown) {
     return this.call<OAuthClient>("POST", "/clients", body);
   }
+
+  /** A user's public name (any signed-in caller may look one up; not an admin read). */
+  username(userId: string) {
+    return this.request<{ user_id: string; username: string }>("GET", `/auth/v1/users/${encodeURIComponent(userId)}`);
+  }
+  /** Audit entries filtered by the API (actor_id, action, target_type, target_id, service). */
+  auditFor(filters: Record<string, string>, limit = 20) {
+    const params = new URLSearchParams({ ...filters, limit: String(limit) });
+    return this.call<{ entries: AuditEntry[] }>("GET", `/audit?${params}`);
+  }
+
+  // Rooms (docs/moderation.md, "Admin routes").
+  rooms(filter: RoomFilter, cursor?: string | null) {
+    const params = new URLSearchParams({ limit: "50" });
+    if (filter.q) params.set("q", filter.q);
+    if (filter.kind) params.set("kind", filter.kind);
+    if (filter.state) params.set("state", filter.state);
+    if (cursor) params.set("cursor", cursor);
+    return this.request<{ rooms: AdminRoom[]; next_cursor: string | null }>("GET", `${ROOMS}?${params}`);
+  }
+  room(id: string) {
+    return this.request<AdminRoom>("GET", roomUrl(id));
+  }
+  members(id: string, after?: number | null) {
+    const params = new URLSearchParams({ limit: "50" });
+    if (after) params.set("after", String(after));
+    return this.request<{ members: RoomMember[]; next_after: number | null }>("GET", `${roomUrl(id)}/members?${params}`);
+  }
+  closeRoom(id: string) {
+    return this.request<AdminRoom>("POST", `${roomUrl(id)}/close`);
+  }
+  reopenRoom(id: string) {
+    return this.request<AdminRoom>("POST", `${roomUrl(id)}/reopen`);
+  }
+  setKind(id: string, kind: RoomKind) {
+    return this.request<AdminRoom>("PUT", `${roomUrl(id)}/kind`, { kind });
+  }
+  removeMember(id: string, userId: string) {
+    return this.request<void>("DELETE", `${roomUrl(id)}/members/${encodeURIComponent(userId)}`);
+  }
+  deleteRoom(id: string) {
+    return this.request<void>("DELETE", roomUrl(id));
+  }
+  /** A public room's timeline, newest first: the members' route (admins have no timeline read of their own). */
+  timeline(id: string, before?: number | null) {
+    const params = new URLSearchParams({ limit: "20" });
+    if (before) params.set("before", String(before));
+    return this.request<{ messages: RoomMessage[]; next_before: number | null }>(
+      "GET",
+      `/rooms/v1/rooms/${encodeURIComponent(id)}/messages?${params}`,
+    );
+  }
+  postAsModerator(id: string, text: string) {
+    const clientId = `admin-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+    return this.request<RoomMessage>("POST", `${roomUrl(id)}/messages`, { client_id: clientId, text });
+  }
+  hideMessage(id: string, seq: number, reason: string) {
+    return this.request<RoomMessage>("POST", `${roomUrl(id)}/messages/${seq}/hide`, { reason: reason || null });
+  }
+  editMessage(id: string, seq: number, text: string, reason: string) {
+    return this.request<RoomMessage>("PATCH", `${roomUrl(id)}/messages/${seq}`, { text, reason: reason || null });
+  }
+  revisions(id: string, seq: number) {
+    return this.request<RevisionHistory>("GET", `${roomUrl(id)}/messages/${seq}/revisions`);
+  }
+
+  // Reports (docs/moderation-messages.md).
+  reports(state: "" | ReportState, after?: string | null) {
+    const params = new URLSearchParams({ limit: "50" });
+    if (state) params.set("state", state);
+    if (after) params.set("after", after);
+    return this.request<{ reports: Report[]; next: string | null }>("GET", `${REPORTS}?${params}`);
+  }
+  report(id: string) {
+    return this.request<Report>("GET", `${REPORTS}/${encodeURIComponent(id)}`);
+  }
+  resolve(id: string, state: "actioned" | "dismissed", note: string) {
+    return this.request<Report>("POST", `${REPORTS}/${encodeURIComponent(id)}/resolve`, { state, note });
+  }
+  removeMessage(serverId: string, reason: string) {
+    return this.request<Removed>("POST", `/delivery/v1/admin/messages/${encodeURIComponent(serverId)}/remove`, { reason });
+  }
 }
+
+const ROOMS = "/rooms/v1/admin/rooms";
+const REPORTS = "/delivery/v1/admin/reports";
+const roomUrl = (id: string) => `${ROOMS}/${encodeURIComponent(id)}`;

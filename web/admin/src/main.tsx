@@ -4,6 +4,8 @@ import type { User, UserManager } from "oidc-client-ts";
 import { Api } from "./api";
 import { BASE, isAdmin, loadConfig, userManager } from "./auth";
 import { AuditPage, ClientsPage, UserPage, UsersPage } from "./pages";
+import { ReportPage, ReportsPage } from "./reports";
+import { RoomPage, RoomsPage } from "./rooms";
 import "./style.css";
 
 export type Navigate = (path: string) => void;
@@ -90,6 +92,10 @@ function App() {
   if (page[0] === "users" && page[1]) body = <UserPage api={api} id={page[1]} navigate={navigate} />;
   else if (page[0] === "audit") body = <AuditPage api={api} navigate={navigate} />;
   else if (page[0] === "clients") body = <ClientsPage api={api} />;
+  else if (page[0] === "rooms" && page[1]) body = <RoomPage key={page[1]} api={api} id={page[1]} navigate={navigate} />;
+  else if (page[0] === "rooms") body = <RoomsPage api={api} navigate={navigate} />;
+  else if (page[0] === "reports" && page[1]) body = <ReportPage key={page[1]} api={api} id={page[1]} navigate={navigate} />;
+  else if (page[0] === "reports") body = <ReportsPage api={api} navigate={navigate} />;
   else body = <UsersPage api={api} navigate={navigate} />;
 
   const link = (to: string, label: string) => (
@@ -110,9 +116,9 @@ function App() {
         <p class="brand">Parley admin</p>
         {link("", "Users")}
         {link("audit", "Audit log")}
+        {link("rooms", "Rooms")}
+        {link("reports", "Reports")}
         {link("clients", "Apps (OpenID clients)")}
-        <span class="soon" title="Arrives with the rooms service">Rooms (coming with the rooms service)</span>
-        <span class="soon" title="Arrives with moderation">Reports (coming with moderation)</span>
         <div class="me">
           <span>{String(user.profile["preferred_username"] ?? "")}</span>
           <button class="secondary" onClick={() => mgr.signoutRedirect({ id_token_hint: user.id_token })}>

@@ -1,22 +1,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { AdminSession, AdminUser, Api, AuditEntry, OAuthClient } from "./api";
-import { ApiError } from "./api";
 import type { Navigate } from "./main";
-
-function when(iso: string | null): string {
-  return iso ? new Date(iso).toLocaleString() : "–";
-}
-
-function Problem({ error }: { error: unknown }) {
-  if (!error) return null;
-  const code = error instanceof ApiError ? error.code : "internal";
-  const msg = error instanceof Error ? error.message : String(error);
-  return (
-    <p class="error" role="alert" data-code={code}>
-      {msg} <small>({code})</small>
-    </p>
-  );
-}
+import { Link, Problem, when } from "./ui";
 
 export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [q, setQ] = useState("");
@@ -231,6 +216,7 @@ export function AuditPage({ api, navigate }: { api: Api; navigate: Navigate }) {
           <tr>
             <th>When</th>
             <th>Who</th>
+            <th>Service</th>
             <th>Action</th>
             <th>Target</th>
             <th>Details</th>
@@ -241,15 +227,10 @@ export function AuditPage({ api, navigate }: { api: Api; navigate: Navigate }) {
             <tr key={a.id}>
               <td>{when(a.at)}</td>
               <td>{a.actor}</td>
+              <td>{a.service}</td>
               <td><code>{a.action}</code></td>
               <td>
-                {a.target_id ? (
-                  <a href={`/admin/users/${a.target_id}`} onClick={(e) => (e.preventDefault(), navigate(`users/${a.target_id}`))}>
-                    {a.target_id.slice(0, 8)}…
-                  </a>
-                ) : (
-                  "–"
-                )}
+                <Target entry={a} navigate={navigate} />
               </td>
               <td class="details">{Object.keys(a.details).length ? JSON.stringify(a.details) : ""}</td>
             </tr>
@@ -259,6 +240,24 @@ export function AuditPage({ api, navigate }: { api: Api; navigate: Navigate }) {
       {next && <button class="secondary" onClick={() => void load(next)}>Older</button>}
     </section>
   );
+}
+
+/** An audit entry's target, linked to its page where the console has one. */
+function Target({ entry, navigate }: { entry: AuditEntry; navigate: Navigate }) {
+  const id = entry.target_id;
+  if (!id) return <>–</>;
+  const short = id.length > 12 ? `${id.slice(0, 8)}…` : id;
+  const type = entry.target_type ?? (entry.action.startsWith("user.") ? "user" : null);
+  // A public room's message is "<room>/<seq>": its room's page shows the timeline.
+  const to =
+    type === "user" ? `users/${id}` : type === "room" ? `rooms/${id}` : type === "report" ? `reports/${id}` : type === "message" && id.includes("/") ? `rooms/${id.split("/")[0]}` : null;
+  const label = (
+    <span title={id}>
+      {type && type !== "user" ? `${type} ` : ""}
+      {short}
+    </span>
+  );
+  return to ? <Link to={to} navigate={navigate}>{label}</Link> : label;
 }
 
 export function ClientsPage({ api }: { api: Api }) {

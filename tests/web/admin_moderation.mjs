@@ -1,0 +1,127 @@
+// Rooms and reports in the admin console, in a real browser (Debian's Chromium,
+// driven by playwright-core), through HAProxy: an admin finds a room, hides a
+// message, closes the room and removes a member; then works a real report: the queue,
+// the verified plaintext, removes the message, resolves it with a note, and a second
+// tab that went stale is shown the API's refusal. Screenshots go to SHOTS.
+// Run by tests/web/test_admin_console.py (see there for the environment it passes).
+import { launch, shot, signIn, step, watchErrors } from "./admin_browser.mjs";
+
+const env = process.env;
+const browser = await launch();
+
+async function count(locator, n, what) {
+  const seen = await locator.count();
+  if (seen !== n) throw new Error(`${what}: ${seen} shown, ${n} expected`);
+}
+
+try {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await ctx.newPage();
+  const errors = watchErrors(page, []);
+  step("admin signs in");
+  await signIn(page, env.ADMIN_USER, env.ADMIN_PASSWORD, false);
+  await page.click("nav >> text=Rooms");
+  await page.waitForSelector("h1:has-text('Rooms')");
+
+  step("finds the rooms by name, then the public ones");
+  await page.fill("#room-search", env.TAG);
+  await page.click("button:has-text('Search')");
+  const plaza = page.locator(`#rooms tr[data-room-id="${env.ROOM_ID}"]`);
+  await page.locator(`#rooms tr[data-room-id="${env.PRIVATE_ROOM_ID}"]`).waitFor();
+  await plaza.locator(`text=${env.OWNER_NAME}`).waitFor(); // the owner by name, not by id
+  await count(page.locator("#rooms tbody tr"), 3, "rooms named with the tag");
+  await shot(page, "rooms");
+  await page.selectOption("#room-kind", "public");
+  await page.locator(`#rooms tr[data-room-id="${env.PRIVATE_ROOM_ID}"]`).waitFor({ state: "detached" });
+  await count(page.locator("#rooms tbody tr"), 2, "public rooms named with the tag");
+
+  step("opens the room: members and timeline");
+  await plaza.locator("a").first().click();
+  await page.waitForSelector(`h1:has-text("${env.ROOM_NAME}")`);
+  await page.locator(`#member-${env.MEMBER_ID}`).locator(`text=${env.MEMBER_NAME}`).waitFor();
+  const spam = page.locator(`#msg-${env.SPAM_SEQ}`);
+  await spam.locator(`text=${env.SPAM_TEXT}`).waitFor();
+
+  step("hides a message, with a reason");
+  await spam.locator(".moderate").click();
+  await page.fill("#msg-reason", env.HIDE_REASON);
+  await page.click("#hide");
+  await page.click("#hide-yes");
+  await page.waitForSelector(`#msg-${env.SPAM_SEQ}[data-marker="removed_by_moderator"]`);
+  // The history keeps the original and says why it changed.
+  await page.locator(".revisions").locator(`text=${env.SPAM_TEXT}`).waitFor();
+  await page.locator(".revisions").locator(`text=${env.HIDE_REASON}`).waitFor();
+  if ((await spam.locator("td.text").textContent()).includes(env.SPAM_TEXT)) {
+    throw new Error("the hidden message's text is still shown on the timeline");
+  }
+
+  step("closes the room");
+  await page.click("#close");
+  await page.waitForSelector("#room-state >> text=closed");
+  await page.waitForSelector("#reopen");
+
+  step("removes a member, after a confirmation");
+  await page.click(`#remove-${env.MEMBER_ID}`);
+  await page.waitForSelector(`#remove-${env.MEMBER_ID}-yes`);
+  await page.click(`#remove-${env.MEMBER_ID}-yes`);
+  await page.waitForSelector(`#member-${env.MEMBER_ID}`, { state: "detached" });
+  await page.waitForSelector("[role=status] >> text=Member removed.");
+  await page.waitForSelector("h2:has-text('Members (1)')");
+  await shot(page, "room", true);
+
+  step("the report queue shows the report, with names and the plaintext");
+  await page.click("nav >> text=Reports");
+  const row = page.locator(`#reports tr[data-report-id="${env.REPORT_ID}"]`);
+  await row.waitFor();
+  await row.locator(`text=${env.REPORT_TEXT}`).waitFor();
+  await row.locator(`text=${env.SENDER_NAME}`).waitFor();
+  await row.locator(`text=${env.REPORTER_NAME}`).waitFor();
+  await shot(page, "reports");
+
+  step("opens the report");
+  await row.locator("a").first().click();
+  await page.waitForSelector("#report-text");
+  const shown = (await page.textContent("#report-text")).trim();
+  if (shown !== env.REPORT_TEXT) throw new Error(`report text: ${JSON.stringify(shown)}`);
+  await page.waitForSelector("#state:has-text('open')");
+  await shot(page, "report", true);
+
+  step("a second tab opens the same report (it will go stale)");
+  const [stale] = await Promise.all([
+    ctx.waitForEvent("page"),
+    page.evaluate(() => void window.open(window.location.href, "_blank")),
+  ]);
+  // Its refused resolution is the one error answer this script expects.
+  watchErrors(stale, errors, (r) => r.status() === 409 && r.url().endsWith("/resolve"));
+  await stale.waitForSelector("#dismissed");
+
+  step("removes the reported message, after a confirmation");
+  await page.fill("#remove-reason", env.REMOVE_REASON);
+  await page.click("#remove-message");
+  await page.click("#remove-message-yes");
+  await page.waitForSelector("[role=status] >> text=Message removed: a signed tombstone went to");
+  await page.waitForSelector(`#removed >> text=${env.REMOVE_REASON}`);
+
+  step("resolves the report as actioned, with a note");
+  await page.fill("#note", env.NOTE);
+  await page.click("#actioned");
+  await page.waitForSelector("#state:has-text('actioned')");
+  await page.locator("#resolution").locator(`text=${env.NOTE}`).waitFor();
+  await page.locator("#resolution").locator(`text=${env.ADMIN_USER}`).waitFor();
+
+  step("the stale tab tries to dismiss it and is shown why it cannot");
+  await stale.fill("#note", "not so bad");
+  await stale.click("#dismissed");
+  const refusal = stale.locator(".error[data-code=report_resolved]");
+  await refusal.waitFor();
+  if (!(await refusal.textContent()).includes("resolved already")) {
+    throw new Error(`refusal shown: ${await refusal.textContent()}`);
+  }
+  await stale.close();
+
+  if (errors.length) throw new Error(`console errors: ${errors.join("; ")}`);
+  await ctx.close();
+  console.log("admin moderation: ok");
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,142 @@
+// Pieces every page uses: times, the API's errors, confirmations, user names.
+import type { ComponentChildren } from "preact";
+import { useEffect, useState } from "preact/hooks";
+import type { Api } from "./api";
+import { ApiError } from "./api";
+import { BASE } from "./auth";
+import type { Navigate } from "./main";
+
+/** An ISO 8601 string (auth) or Unix milliseconds (rooms, delivery), in the admin's locale. */
+export function when(t: string | number | null | undefined): string {
+  return t === null || t === undefined ? "–" : new Date(t).toLocaleString();
+}
+
+/** An error as the API gave it: its message and its stable code. */
+export function Problem({ error }: { error: unknown }) {
+  if (!error) return null;
+  const code = error instanceof ApiError ? error.code : "internal";
+  const msg = error instanceof Error ? error.message : String(error);
+  return (
+    <p class="error" role="alert" data-code={code}>
+      {msg} <small>({code})</small>
+    </p>
+  );
+}
+
+/** A link inside the console (a real href, so it opens in a new tab too). */
+export function Link({ to, navigate, children, id }: { to: string; navigate: Navigate; children: ComponentChildren; id?: string }) {
+  return (
+    <a
+      id={id}
+      href={BASE + to}
+      onClick={(e) => {
+        if (e.ctrlKey || e.metaKey || e.shiftKey) return;
+        e.preventDefault();
+        e.stopPropagation();
+        navigate(to);
+      }}
+    >
+      {children}
+    </a>
+  );
+}
+
+/**
+ * A button for an action that is hard to undo: the first click asks, in place, and
+ * only "Yes" does it. `id` names the button; the confirming one is `<id>-yes`.
+ */
+export function Confirm({
+  id,
+  label,
+  question,
+  yes,
+  onConfirm,
+  danger = true,
+  disabled = false,
+}: {
+  id: string;
+  label: string;
+  question: ComponentChildren;
+  yes: string;
+  onConfirm: () => Promise<unknown> | void;
+  danger?: boolean;
+  disabled?: boolean;
+}) {
+  const [asking, setAsking] = useState(false);
+  const [busy, setBusy] = useState(false);
+  if (!asking)
+    return (
+      <button type="button" id={id} class={danger ? "danger" : ""} disabled={disabled} onClick={() => setAsking(true)}>
+        {label}
+      </button>
+    );
+  return (
+    <span class="confirm" role="group">
+      <span>{question}</span>
+      <button
+        type="button"
+        id={`${id}-yes`}
+        class={danger ? "danger" : ""}
+        disabled={busy}
+        onClick={async () => {
+          setBusy(true);
+          try {
+            await onConfirm();
+          } finally {
+            setBusy(false);
+            setAsking(false);
+          }
+        }}
+      >
+        {yes}
+      </button>
+      <button type="button" class="secondary" onClick={() => setAsking(false)}>
+        Cancel
+      </button>
+    </span>
+  );
+}
+
+// User ids → usernames, looked up once per page load (GET /auth/v1/users/{id}).
+const names = new Map<string, Promise<string>>();
+
+function nameOf(api: Api, userId: string): Promise<string> {
+  let name = names.get(userId);
+  if (!name) {
+    name = api.username(userId).then((u) => u.username);
+    names.set(userId, name);
+    // A failed look-up is tried again on the next page that shows the user.
+    name.catch(() => names.delete(userId));
+  }
+  return name;
+}
+
+/**
+ * A user by name, linking to their page. The API gives user ids; a user that no longer
+ * exists (or a failed look-up) shows the id, with the reason as its title.
+ */
+export function UserName({ api, id, navigate }: { api: Api; id: string | null; navigate: Navigate }) {
+  const [name, setName] = useState<string | null>(null);
+  const [failed, setFailed] = useState<string | null>(null);
+  useEffect(() => {
+    if (!id) return;
+    let live = true;
+    setName(null);
+    setFailed(null);
+    nameOf(api, id).then(
+      (n) => live && setName(n),
+      (e) => live && setFailed(e instanceof Error ? e.message : String(e)),
+    );
+    return () => {
+      live = false;
+    };
+  }, [id]);
+  if (!id) return <span class="muted">–</span>;
+  return (
+    <span class="user" data-user-id={id} title={failed ? `${id}: ${failed}` : id}>
+      <Link to={`users/${id}`} navigate={navigate}>
+        {name ?? (failed ? <code>{id}</code> : <span class="muted">{id.slice(0, 8)}…</span>)}
+      </Link>
+    </span>
+  );
+}
