@@ -1,6 +1,7 @@
 """Rooms through HAProxy with real accounts and tokens, at the sizes real users reach:
-a public room of 1,000 members joining and being listed, and a timeline of more than
-10,000 messages paged to the end (docs/rooms.md, "Sizes")."""
+a public room of 1,000 members joining, being listed and getting live posts on 160
+sockets while 100 leave, and a timeline of more than 10,000 messages paged to the end
+(docs/rooms.md, "Sizes")."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pymongo import AsyncMongoClient
 
 from services.rooms.store import message_id
 from tests.support.stack import System
+from tests.support.wsclient import WsClient
 
 MEMBERS = 1000
 SEEDED = 10_000
@@ -46,8 +48,13 @@ class Http:
 
     async def signup(self, prefix: str) -> Account:
         name = f"{prefix}{secrets.token_hex(5)}"
-        body = {"username": name, "email": f"{name}@example.test",
-                "password": "correct horse " + secrets.token_hex(8)}  # fmt: skip
+        # A session bound to a device: its token opens a socket.
+        body = {
+            "username": name,
+            "email": f"{name}@example.test",
+            "password": "correct horse " + secrets.token_hex(8),
+            "device_id": 1,
+        }
         status, out = await self.call("POST", "/auth/v1/signup", None, body)
         assert status in (200, 201), out
         return Account(out["user"]["user_id"], name, out["access_token"])
@@ -105,13 +112,22 @@ async def test_a_room_of_a_thousand_members(system: System, http: Http) -> None:
     t3 = time.perf_counter()
     assert len(listed) == MEMBERS and len(set(listed)) == MEMBERS
     assert set(listed) == {owner.user_id, *(u.user_id for u in users)}
-    # A hundred leave; the list and the count follow.
-    leavers = users[:100]
-    left = await bounded(
-        len(leavers),
-        lambda i: http.call("POST", f"/rooms/v1/rooms/{rid}/leave", leavers[i].token),
+    # Live posts at this size: 160 members' sockets through HAProxy (both pods), 40 of
+    # them about to leave; every one gets the post once.
+    watched = [*users[:40], *users[100:220]]
+    sockets = await bounded(
+        len(watched), lambda i: WsClient.connect(system.ws_url, watched[i].token)
     )
-    assert {s for s, _ in left} == {204}
+    try:
+        _, first = await http.call("POST", f"/rooms/v1/rooms/{rid}/messages", owner.token,
+                                   {"client_id": "big-1", "text": "to all 1,000"}, expect=201)  # fmt: skip
+        for ws in sockets:
+            assert (await ws.expect("room_post", room_id=rid))["seq"] == first["seq"]
+        await _after_the_leaves(http, owner, rid, users, sockets)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    # The hundred who left: the list and the count follow.
+    leavers = users[:100]
     _, got = await http.call("GET", f"/rooms/v1/rooms/{rid}", owner.token, expect=200)
     assert got["members"] == MEMBERS - 100
     remaining: list[str] = []
@@ -133,6 +149,35 @@ async def test_a_room_of_a_thousand_members(system: System, http: Http) -> None:
         f"{CONCURRENCY} at a time); {MEMBERS} members listed in {pages} pages "
         f"in {(t3 - t2) * 1000:.0f} ms"
     )
+
+
+async def _after_the_leaves(
+    http: Http, owner: Account, rid: str, users: list[Account], sockets: list[WsClient]
+) -> None:
+    """The first 100 of ``users`` leave; the next post reaches the 120 watched
+    stayers once and none of the 40 watched leavers, whose next room frame is one
+    of a room they joined after (a pod gets the rooms service's frames in the order
+    they were published)."""
+    left = await bounded(
+        100, lambda i: http.call("POST", f"/rooms/v1/rooms/{rid}/leave", users[i].token)
+    )
+    assert {s for s, _ in left} == {204}
+    _, post = await http.call("POST", f"/rooms/v1/rooms/{rid}/messages", owner.token,
+                              {"client_id": "big-2", "text": "after the leaves"}, expect=201)  # fmt: skip
+    for ws in sockets[40:]:
+        assert (await ws.expect("room_post", room_id=rid))["seq"] == post["seq"]
+    _, other = await http.call("POST", "/rooms/v1/rooms", owner.token,
+                               {"name": f"Elsewhere {secrets.token_hex(3)}", "kind": "public"},
+                               expect=201)  # fmt: skip
+    oid = other["room_id"]
+    joined = await bounded(
+        40, lambda i: http.call("POST", f"/rooms/v1/rooms/{oid}/join", users[i].token)
+    )
+    assert {s for s, _ in joined} == {200}
+    await http.call("POST", f"/rooms/v1/rooms/{oid}/messages", owner.token,
+                    {"client_id": "other-1", "text": "elsewhere"}, expect=201)  # fmt: skip
+    for ws in sockets[:40]:
+        assert (await ws.expect("room_post"))["room_id"] == oid
 
 
 @pytest.mark.timeout(900)
