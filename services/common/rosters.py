@@ -70,6 +70,3 @@ class RosterCache:
             self._rosters.clear()
         self._rosters[room_id] = _Roster(version, count, kept, time.monotonic())
         return kept
-
-    def forget(self, room_id: str) -> None:
-        self._rosters.pop(room_id, None)
