@@ -528,7 +528,7 @@ function MessageTools({
                   <UserName api={api} id={r.by} navigate={navigate} /> <span class="muted">({r.role})</span>
                 </td>
                 <td class="text">
-                  {r.text} {r.marker && <span class="badge marker">{MARKERS[r.marker]}</span>}
+                  {r.text} {r.marker && <span class={gone(r.marker) ? "badge bad marker" : "badge marker"}>{MARKERS[r.marker]}</span>}
                 </td>
                 <td>{r.reason ?? ""}</td>
               </tr>
