@@ -1,6 +1,7 @@
 // Rooms and reports in the admin console, in a real browser (Debian's Chromium,
 // driven by playwright-core), through HAProxy: an admin finds a room, hides a
-// message, closes the room and removes a member; then works a real report: the queue,
+// message, closes the room, removes a member, posts as the room's moderator and
+// deletes another room; then works a real report: the queue,
 // the verified plaintext, removes the message, resolves it with a note, and a second
 // tab that went stale is shown the API's refusal. Screenshots go to SHOTS.
 // Run by tests/web/test_admin_console.py (see there for the environment it passes).
@@ -67,7 +68,25 @@ try {
   await page.waitForSelector(`#member-${env.MEMBER_ID}`, { state: "detached" });
   await page.waitForSelector("[role=status] >> text=Member removed.");
   await page.waitForSelector("h2:has-text('Members (1)')");
+
+  step("posts as the room's moderator (a closed room takes it)");
+  await page.fill("#post-text", env.NOTICE);
+  await page.click("button:has-text('Post')");
+  await page.locator("#timeline tbody tr").first().locator(`text=${env.NOTICE}`).waitFor();
+  await page.locator("#timeline tbody tr").first().locator(".badge:has-text('moderator')").waitFor();
   await shot(page, "room", true);
+
+  step("deletes another room, after a confirmation");
+  await page.click("text=← Rooms");
+  await page.fill("#room-search", env.TAG);
+  await page.click("button:has-text('Search')");
+  await page.locator(`#rooms tr[data-room-id="${env.DOOMED_ROOM_ID}"] a`).first().click();
+  await page.click("#delete");
+  await page.waitForSelector("#delete-yes");
+  await page.click("#delete-yes");
+  await page.waitForSelector("#room-state >> text=deleted");
+  await page.waitForSelector("[role=status] >> text=Deleted.");
+  if (await page.locator("#close, #reopen, #delete").count()) throw new Error("a deleted room still offers actions");
 
   step("the report queue shows the report, with names and the plaintext");
   await page.click("nav >> text=Reports");

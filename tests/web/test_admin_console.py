@@ -161,6 +161,8 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
             "ROOM_NAME": f"plaza {tag}",
             "ROOM_ID": room_id,
             "PRIVATE_ROOM_ID": made[f"team {tag}"],
+            "DOOMED_ROOM_ID": made[f"help desk {tag}"],
+            "NOTICE": f"closed for a clean-up ({tag})",
             "OWNER_NAME": owner.username,
             "MEMBER_ID": member.user_id,
             "MEMBER_NAME": member.username,
@@ -191,6 +193,18 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         # The room takes no post now.
         refused = await _post(http, room_id, owner, "anyone here?")
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "room_closed"
+        # The moderator's post is the newest message.
+        newest = (
+            await http.get(f"/rooms/v1/rooms/{room_id}/messages", params={"limit": "1"})
+        ).json()
+        assert [(m["sender"], m["text"]) for m in newest["messages"]] == [
+            ("moderator", f"closed for a clean-up ({tag})")
+        ]
+        # The deleted room is gone for its owner, and kept for admins.
+        doomed = made[f"help desk {tag}"]
+        gone = await http.get(f"/rooms/v1/rooms/{doomed}", headers=bearer(owner.token))
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "room_not_found"
+        assert (await http.get(f"/rooms/v1/admin/rooms/{doomed}")).json()["deleted_at"]
         members = (await http.get(f"/rooms/v1/admin/rooms/{room_id}/members")).json()
         assert [m["user_id"] for m in members["members"]] == [owner.user_id]
         history = (
@@ -221,6 +235,8 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
             ("rooms", "message.remove", f"{room_id}/{spam_seq}"): 1,
             ("rooms", "room.close", room_id): 1,
             ("rooms", "room.remove_member", room_id): 1,
+            ("rooms", "message.post", f"{room_id}/{newest['messages'][0]['seq']}"): 1,
+            ("rooms", "room.delete", doomed): 1,
             ("delivery", "message.remove", got.server_id): 1,
             ("delivery", "report.resolve", filed["id"]): 1,
         }), changes  # fmt: skip
