@@ -248,9 +248,11 @@ function Target({ entry, navigate }: { entry: AuditEntry; navigate: Navigate }) 
   if (!id) return <>–</>;
   const short = id.length > 12 ? `${id.slice(0, 8)}…` : id;
   const type = entry.target_type ?? (entry.action.startsWith("user.") ? "user" : null);
-  // A public room's message is "<room>/<seq>": its room's page shows the timeline.
-  const to =
-    type === "user" ? `users/${id}` : type === "room" ? `rooms/${id}` : type === "report" ? `reports/${id}` : type === "message" && id.includes("/") ? `rooms/${id.split("/")[0]}` : null;
+  const pages: Record<string, string> = { user: `users/${id}`, room: `rooms/${id}`, report: `reports/${id}` };
+  // A public room's message is "<room>/<seq>": its room's page shows the timeline
+  // (an end-to-end encrypted message is a bare server id, with no page).
+  if (type === "message" && id.includes("/")) pages["message"] = `rooms/${id.split("/")[0]}`;
+  const to = type ? pages[type] : undefined;
   const label = (
     <span title={id}>
       {type && type !== "user" ? `${type} ` : ""}
