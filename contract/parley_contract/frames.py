@@ -176,12 +176,33 @@ class Ping(ClientFrame, tag="ping"):
         _check_id(self.id)
 
 
+TYPING_EVERY_S = 2
+"""The fastest one device may say again that it is typing in one room
+(``rate_limited``): clients repeat ``typing`` every 3 s or so while typing."""
+TYPING_TTL_S = 6
+"""How long a client shows a member typing after their last ``typing`` notice."""
+
+
+class Typing(ClientFrame, tag="typing"):
+    """I am typing in ``room`` (``typing``), or stopped (the draft was sent or cleared):
+    a hint for the room's members, not stored, seen by the server (docs/crypto.md).
+    Sent again every few seconds while typing, at most every ``TYPING_EVERY_S``."""
+
+    room: RoomId
+    typing: bool = True
+    id: ClientId | None = None
+
+    def __post_init__(self) -> None:
+        _check(set(self.room) <= _HEX, "room", "24 lowercase hex digits expected")
+        _check_id(self.id)
+
+
 def _check_id(value: str | None) -> None:
     if value is not None:
         _check(is_client_id(value), "id", "printable ASCII without spaces expected")
 
 
-ClientFrames = Auth | Send | RoomSend | Ack | Sync | Ping
+ClientFrames = Auth | Send | RoomSend | Ack | Sync | Ping | Typing
 
 
 # -- server → client ----------------------------------------------------------------------
@@ -389,6 +410,17 @@ class RoomChanged(ServerFrame, tag="room_changed"):
     user_id: str | None = None
 
 
+class TypingNotice(ServerFrame, tag="typing"):
+    """``user``'s ``device`` is typing in ``room_id`` (``typing``), or stopped: show it
+    for ``TYPING_TTL_S`` unless a new notice comes. Every socket of every member
+    gets it, the typer's own user's included (a client skips its own)."""
+
+    room_id: str
+    user: str
+    device: int
+    typing: bool
+
+
 class Synced(ServerFrame, tag="synced"):
     """End of a sync page: ``last`` is the seq of the last item sent (or ``after``)."""
 
@@ -448,6 +480,7 @@ ServerFrames = (
     | Notification
     | RoomMessageChanged
     | RoomChanged
+    | TypingNotice
     | Synced
     | Pong
     | Reconnect
@@ -465,9 +498,7 @@ class InboxPage(Struct):
     more: bool
 
 
-CLIENT_OPS: tuple[str, ...] = tuple(
-    str(t.__struct_config__.tag) for t in (Auth, Send, RoomSend, Ack, Sync, Ping)
-)
+CLIENT_OPS: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ClientFrames))
 SERVER_OPS: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in get_args(ServerFrames))
 
 # -- WebSocket close codes (4000-4999 are the application's) ----------------------------

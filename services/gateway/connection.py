@@ -436,6 +436,9 @@ class Connection:
             await self._sync(frame)
         elif isinstance(frame, f.Ping):
             self.push(f.Pong(id=frame.id))
+        elif isinstance(frame, f.Typing):
+            assert self.user_id is not None and self.device_id is not None
+            await self.hub.typing(self.user_id, self.device_id, self._token(), frame)
         elif isinstance(frame, f.Auth):
             # Re-authentication with a fresh token for the same user keeps the socket.
             claims = await self.hub.verify(frame.token)

@@ -27,6 +27,7 @@ from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
+from services.common import routing
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
 from services.common.config import Settings
 from services.common.devices import DeviceLists
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROOMY_MAX = 100_000
+# Typing devices remembered before the stale ones are dropped.
+TYPING_KEPT = 100_000
 
 
 class DevicesChanged(ApiError):
@@ -119,6 +122,8 @@ class Hub:
         self.draining = False
         # (inbox, sender) -> until when it is known to be far from the caps.
         self._roomy: dict[tuple[str, str], float] = {}
+        # (user, device, room) -> when it last said it is typing there (monotonic).
+        self._typing: dict[tuple[str, int, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # When each socket's token expires: one timer for the pod, not one per socket.
         self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
@@ -269,6 +274,39 @@ class Hub:
         )  # fmt: skip
         ack = await self.store.enqueue_room(env)
         return env.server_id, e.room_conversation(frame.room), [ack]
+
+    async def typing(self, user_id: str, device: int, token: str, frame: f.Typing) -> None:
+        """Tell a room's members that ``user_id``'s ``device`` is typing there, or
+        stopped (docs/rooms.md, "Typing"): one multicast on the room channel, the
+        members read as for a ``room_send`` (a member now, the room open). At most
+        one ``typing`` per ``TYPING_EVERY_S`` per device and room (``rate_limited``);
+        a stop with no start in the last ``TYPING_TTL_S`` has nothing to stop."""
+        key = (user_id, device, frame.room)
+        now = time.monotonic()
+        last = self._typing.get(key)
+        if frame.typing and last is not None and now - last < f.TYPING_EVERY_S:
+            raise ApiError(
+                ErrorCode.RATE_LIMITED,
+                f"Say you are typing at most every {f.TYPING_EVERY_S} s in a room.",
+            )
+        if not frame.typing and (last is None or now - last > f.TYPING_TTL_S):
+            self._typing.pop(key, None)
+            return
+        members = await self.rooms.members(frame.room, token)
+        if frame.typing:
+            if len(self._typing) >= TYPING_KEPT:
+                self._typing = {k: t for k, t in self._typing.items() if now - t <= f.TYPING_TTL_S}
+            self._typing[key] = now
+        else:
+            del self._typing[key]
+        notice = f.TypingNotice(
+            room_id=frame.room, user=user_id, device=device, typing=frame.typing
+        )
+        try:
+            await routing.multicast(self.store.redis, self.store.prefix, list(members), notice)
+        except (RedisError, OSError) as exc:
+            log.warning("typing notice not published", extra={"error": repr(exc)})
+            raise ApiError(ErrorCode.UNAVAILABLE, "Temporarily unavailable.") from exc
 
     async def _check_room(self, sender: str, inboxes: list[str]) -> None:
         """Refuse a send that would pass an inbox cap: ``inbox_full`` when a recipient

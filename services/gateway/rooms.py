@@ -44,19 +44,7 @@ class RoomMembers:
         ``forbidden`` for a public room (its messages are posted over HTTP), and
         ``validation_failed`` when ``mentions`` names anyone who is not a member
         (a mention notifies its user and names the room)."""
-        room = await self._get(f"/rooms/v1/rooms/{room_id}", token)
-        if room.get("role") is None:
-            raise ApiError(ErrorCode.NOT_A_MEMBER, "Join the room (accept its invitation) first.")
-        if room.get("kind") != "private":
-            raise ApiError(
-                ErrorCode.FORBIDDEN,
-                "A public room's messages are posted with POST /rooms/v1/rooms/{room_id}/messages.",
-            )
-        if room.get("state") != "open":
-            raise ApiError(ErrorCode.ROOM_CLOSED, "The room is closed: no new messages.")
-        members = await self._members(
-            room_id, int(room.get("version", 0)), int(room.get("members", -1)), token
-        )
+        members = await self.members(room_id, token, private=True)
         strangers = set(mentions) - set(members)
         if strangers:
             raise ApiError(
@@ -70,6 +58,24 @@ class RoomMembers:
             for d in sorted(devices)
             if (member, d) != (user_id, device)
         ]
+
+    async def members(self, room_id: str, token: str, private: bool = False) -> tuple[str, ...]:
+        """The members of an open room the token's user is a member of now (the room
+        is read on every call: one primary-key read at the rooms service), refused
+        as :meth:`targets` says; ``private``: a private room only (``forbidden``)."""
+        room = await self._get(f"/rooms/v1/rooms/{room_id}", token)
+        if room.get("role") is None:
+            raise ApiError(ErrorCode.NOT_A_MEMBER, "Join the room (accept its invitation) first.")
+        if private and room.get("kind") != "private":
+            raise ApiError(
+                ErrorCode.FORBIDDEN,
+                "A public room's messages are posted with POST /rooms/v1/rooms/{room_id}/messages.",
+            )
+        if room.get("state") != "open":
+            raise ApiError(ErrorCode.ROOM_CLOSED, "The room is closed: no new messages.")
+        return await self._members(
+            room_id, int(room.get("version", 0)), int(room.get("members", -1)), token
+        )
 
     async def _members(self, room_id: str, version: int, count: int, token: str) -> tuple[str, ...]:
         hit = self._rosters.get(room_id, version, count)

@@ -111,6 +111,7 @@ def test_every_server_frame_round_trips() -> None:
                              mentions=[], at=2),
         f.RoomChanged(room_id="r", change="kind", kind="private", state="open", version=3,
                       at=2),
+        f.TypingNotice(room_id="r", user="a", device=2, typing=True),
         f.Synced(last=4, more=False, id="x"),
         f.Pong(id="p"),
         f.Reconnect(reason="server_shutting_down"),

@@ -20,14 +20,12 @@ from parley_contract.frames import tombstone_signed_bytes
 from services.delivery.state import WORKER
 from services.delivery.store import item_id
 from tests.support.aio import eventually
+from tests.support.room_world import RoomWorld
 from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
-from . import test_rooms
 from .conftest import Messaging
-from .test_rooms import RoomWorld, room_send
-
-world = test_rooms.world  # the rooms service with delivery and two gateways (a fixture)
+from .test_rooms import room_send
 
 
 def b64(raw: bytes) -> str:
