@@ -86,7 +86,31 @@ try {
   await py({ do: "join_and_post", room: pubId, text: `r posts too ${env.TAG}` });
   const rLine = a.page.locator(`#messages li.msg.in:has-text("r posts too ${env.TAG}")`);
   await rLine.waitFor({ timeout: T });
-  if (await rLine.getByRole("button", { name: /^Edit/ }).count()) throw new Error("Edit offered on someone else's post");
+  if (await rLine.getByRole("button", { name: /^(Edit|Delete)/ }).count()) throw new Error("Edit or Delete offered on someone else's post");
+  const rSeq = Number(await rLine.getAttribute("data-seq"));
+
+  step("A deletes its own post, after a confirmation (a cancel first): removed in A's page and in the timeline R reads");
+  await editedLine.getByRole("button", { name: /^Delete your message/ }).click();
+  const confirm = editedLine.getByRole("group", { name: "Confirm the deletion" });
+  await confirm.getByText("Delete this message for everyone").waitFor({ timeout: T });
+  await confirm.getByRole("button", { name: "Cancel" }).click();
+  // Keyboard only from here: the focus goes back to Delete, then to the confirming button.
+  await a.page.waitForSelector(`#messages li[data-seq="${seq}"] button.delete:focus`, { timeout: T });
+  await a.page.keyboard.press("Enter");
+  await a.page.waitForSelector(`#messages li[data-seq="${seq}"] button.delete-yes:focus`, { timeout: T });
+  await a.page.keyboard.press("Enter");
+  await a.page.waitForSelector(`#messages li.msg.out.removed[data-seq="${seq}"] .marker:text-is("(deleted by its author)"), #messages li[data-seq="${seq}"] .mod-note:has-text("Failed")`, { timeout: T });
+  const deleteFailed = editedLine.locator(".mod-note:has-text('Failed')");
+  if (await deleteFailed.count()) throw new Error(`delete failed: ${await deleteFailed.innerText()}`);
+  if ((await editedLine.innerText()).includes(edited)) throw new Error("the deleted text is still shown");
+  if (await editedLine.getByRole("button").count()) throw new Error("a deleted post still offers actions");
+  const gone = await py({ do: "public_post", room: pubId, seq });
+  if (gone.text !== "" || gone.marker !== "deleted_by_author") throw new Error(`R reads ${JSON.stringify(gone)}`);
+
+  step("R deletes its own post (SDK): A's page shows it removed, live (room_message_changed)");
+  await py({ do: "delete_post", room: pubId, seq: rSeq });
+  await expect(a.page, `#messages li.msg.in.removed[data-seq="${rSeq}"] .marker:text-is("(deleted by its author)")`);
+  if ((await a.page.locator(`#messages li:has-text("r posts too ${env.TAG}")`).count()) !== 0) throw new Error("R's deleted text is still in A's page");
 
   if (a.errors.length) throw new Error(`console errors: ${a.errors.join("; ")}`);
   step("done");

@@ -28,7 +28,10 @@ queue holds it, verified, with the room and A as the reporter; A removes its own
 message for everyone and R's client shows it removed (text gone); R unsends one and
 A's page shows it removed; A edits its own public post (a refused edit shows its
 error first) and the timeline holds the new text, marked ``edited``; R's post has no
-Edit. Both scripts share tests/web/chat_rooms_lib.mjs.
+Edit and no Delete; A deletes its own post after a confirmation (cancelled once): the
+page shows it removed and the timeline R reads holds it empty, ``deleted_by_author``;
+R deletes its own post and A's page shows it removed live (``room_message_changed``).
+Both scripts share tests/web/chat_rooms_lib.mjs.
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ class PythonSide:
             page = await r.rooms.history(req["room"], limit=50)
             [post] = [m for m in page["messages"] if m["seq"] == req["seq"]]
             return {"text": post["text"], "marker": post["marker"]}
+        if do == "delete_post":  # R deletes its own public post
+            deleted = await r.rooms.delete(req["room"], req["seq"])
+            assert deleted["marker"] == "deleted_by_author", deleted
+            return {}
         if do == "join_and_post":
             await r.rooms.join(req["room"])
             await r.rooms.send(req["room"], req["text"])

@@ -8,9 +8,12 @@ import { describe, expect, it } from 'vitest';
 import {
   CONTROL_PREFIX,
   type RoomState,
+  applyPostChange,
+  canDeletePost,
   canEditPost,
   distributionUsers,
   encodeControl,
+  isRemovedPost,
   isStale,
   memberKey,
   mentionNames,
@@ -170,5 +173,50 @@ describe('editing your own public-room post (services/rooms/moderation.py by_mem
     for (const marker of ['removed_by_moderator', 'deleted_by_author', 'edited_by_moderator']) {
       expect(canEditPost({ sender: 'me', marker }, 'me')).toBe(false);
     }
+  });
+});
+
+describe('deleting your own public-room post (services/rooms/moderation.py by_member)', () => {
+  it('the author, as sent, after their own edit, and after a moderator\'s edit', () => {
+    expect(canDeletePost({ sender: 'me' }, 'me')).toBe(true);
+    expect(canDeletePost({ sender: 'me', marker: null }, 'me')).toBe(true);
+    expect(canDeletePost({ sender: 'me', marker: 'edited' }, 'me')).toBe(true);
+    // The server refuses the author's edit then, not the deletion.
+    expect(canDeletePost({ sender: 'me', marker: 'edited_by_moderator' }, 'me')).toBe(true);
+    expect(canEditPost({ sender: 'me', marker: 'edited_by_moderator' }, 'me')).toBe(false);
+  });
+  it('not somebody else\'s, nor the room moderator\'s', () => {
+    expect(canDeletePost({ sender: 'other' }, 'me')).toBe(false);
+    expect(canDeletePost({ sender: 'other', marker: 'edited' }, 'me')).toBe(false);
+    expect(canDeletePost({ sender: 'moderator' }, 'me')).toBe(false);
+  });
+  it('not once removed or deleted (the server answers message_removed)', () => {
+    for (const marker of ['removed_by_moderator', 'deleted_by_author']) {
+      expect(canDeletePost({ sender: 'me', marker }, 'me')).toBe(false);
+      expect(isRemovedPost({ marker })).toBe(true);
+    }
+    for (const marker of [null, undefined, 'edited', 'edited_by_moderator']) expect(isRemovedPost({ marker })).toBe(false);
+  });
+});
+
+describe('a room_message_changed frame in the timeline (the highest rev wins)', () => {
+  const post = (seq: number, text: string, rev?: number) => ({ seq, text, mentions: [] as string[], sender: 'me', ...(rev ? { rev } : {}), marker: null as string | null });
+  const timeline = [post(1, 'first'), post(2, 'second, edited', 2)];
+  const deleted = { seq: 2, rev: 3, text: '', mentions: [], marker: 'deleted_by_author' };
+  it('a deletion empties the text and marks the post removed; the others stay as they are', () => {
+    const after = applyPostChange(timeline, deleted);
+    expect(after[1]).toEqual({ ...timeline[1], text: '', rev: 3, marker: 'deleted_by_author' });
+    expect(isRemovedPost(after[1]!)).toBe(true);
+    expect(canDeletePost(after[1]!, 'me')).toBe(false);
+    expect(after[0]).toBe(timeline[0]);
+  });
+  it('an older or the same revision changes nothing (a frame after the answer, or twice)', () => {
+    const after = applyPostChange(timeline, deleted);
+    expect(applyPostChange(after, { seq: 2, rev: 2, text: 'second, edited', mentions: [], marker: 'edited' })).toEqual(after);
+    expect(applyPostChange(after, deleted)).toEqual(after);
+  });
+  it('a post never changed has rev 1: its first change is rev 2', () => {
+    const after = applyPostChange(timeline, { seq: 1, rev: 2, text: '', mentions: [], marker: 'removed_by_moderator' });
+    expect(after[0]).toMatchObject({ text: '', rev: 2, marker: 'removed_by_moderator' });
   });
 });

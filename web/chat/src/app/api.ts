@@ -215,6 +215,9 @@ export class Api {
   editRoomMessage(roomId: string, seq: number, text: string): Promise<RoomMessage> {
     return this.request('PATCH', `${roomPath(roomId)}/messages/${seq}`, { text });
   }
+  deleteRoomMessage(roomId: string, seq: number): Promise<RoomMessage> {
+    return this.request('DELETE', `${roomPath(roomId)}/messages/${seq}`);
+  }
   roomMessages(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; next_before: number | null }> {
     return this.request('GET', `${roomPath(roomId)}/messages?limit=${limit}${before == null ? '' : `&before=${before}`}`);
   }

@@ -1578,6 +1578,14 @@ export class ParleyClient {
     return this.api.editRoomMessage(roomId, seq, text);
   }
 
+  /** Delete your own post in a public room (`DELETE .../messages/{seq}`, marked
+   * `deleted_by_author`; its text is gone for members, the original kept for admins).
+   * Returns the message's new revision (empty text). */
+  async deleteRoomPost(roomId: string, seq: number): Promise<RoomMessage> {
+    await this.accessToken();
+    return this.api.deleteRoomMessage(roomId, seq);
+  }
+
   /** Report a received message to the server's admins (its text is revealed to them,
    * nothing else); returns the report's id. */
   async report(peerId: string, entry: HistoryEntry): Promise<{ id: string; state?: string; duplicate?: boolean }> {

@@ -157,3 +157,41 @@ const FINAL_FOR_AUTHOR = new Set(['removed_by_moderator', 'deleted_by_author', '
 export function canEditPost(post: PostState, me: string): boolean {
   return post.sender === me && !FINAL_FOR_AUTHOR.has(post.marker ?? '');
 }
+
+/** Markers of a post that is gone (services/rooms/moderation.py `_refuse_removed`):
+ * its text is empty, it changes no more (`message_removed`). */
+const REMOVED = new Set(['removed_by_moderator', 'deleted_by_author']);
+
+/** Whether a public-room post was removed by a moderator or deleted by its author. */
+export function isRemovedPost(post: Pick<PostState, 'marker'>): boolean {
+  return REMOVED.has(post.marker ?? '');
+}
+
+/** Whether `me` may delete this public-room post as its author (`DELETE
+ * .../messages/{seq}`, marked `deleted_by_author`): one's own, not once removed or
+ * deleted; after a moderator's edit and in a closed room too (the server allows both:
+ * services/rooms/moderation.py `by_member` checks the room's state for edits only). */
+export function canDeletePost(post: PostState, me: string): boolean {
+  return post.sender === me && !isRemovedPost(post);
+}
+
+/** A change of a public-room message (a `room_message_changed` frame, or the answer
+ * to an edit or a deletion) as far as the timeline goes. */
+export interface PostChange {
+  seq: number;
+  rev: number;
+  text: string;
+  mentions: string[];
+  marker?: string | null | undefined;
+}
+
+/** The timeline with `change` applied to its message, if the change is newer than what
+ * is shown (clients keep the highest `rev`: docs/moderation.md); otherwise unchanged. */
+export function applyPostChange<T extends { seq: number; rev?: number | undefined; text: string; mentions: string[]; marker?: string | null | undefined }>(
+  timeline: T[],
+  change: PostChange,
+): T[] {
+  return timeline.map((m) =>
+    m.seq === change.seq && (m.rev ?? 1) < change.rev ? { ...m, text: change.text, mentions: change.mentions, rev: change.rev, marker: change.marker ?? null } : m,
+  );
+}

@@ -6,7 +6,7 @@ import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import type { Room, RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
-import { canEditPost } from './rooms.ts';
+import { applyPostChange, canDeletePost, canEditPost, isRemovedPost } from './rooms.ts';
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -195,7 +195,7 @@ function Line(props: {
       {...(props.serverId ? { 'data-server-id': props.serverId } : {})}
     >
       <span class="who">{props.who}</span> <time>{time(props.at)}</time>
-      <p class="text">{props.text}</p>
+      {(props.text || !props.removed) && <p class="text">{props.text}</p>}
       {props.marker && <p class="hint marker">({MARKER[props.marker] ?? props.marker})</p>}
       {(status || props.children) && (
         <div class="meta">
@@ -239,6 +239,52 @@ function EditPost(props: { client: ParleyClient; post: RoomMessage; onEdited: (m
           <button type="submit" class="edit-save small" disabled={busy || !text.trim()} aria-busy={busy}>Save</button>
           <button type="button" class="edit-cancel small secondary" onClick={() => setEditing(false)}>Cancel</button>
         </form>
+      )}
+      {note && <span class="mod-note" role="status">{note}</span>}
+    </>
+  );
+}
+
+/** "Delete" on your own public-room post, behind a confirmation: `DELETE
+ * .../messages/{seq}`; the answer (empty text, marked "deleted by its author") replaces
+ * the line. The server's refusal is shown by the post. */
+function DeletePost(props: { client: ParleyClient; post: RoomMessage; onDeleted: (m: RoomMessage) => void }) {
+  const { client, post } = props;
+  const [confirming, setConfirming] = useState<boolean | null>(null); // null: never opened
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState('');
+  const yes = useRef<HTMLButtonElement>(null);
+  const ask = useRef<HTMLButtonElement>(null);
+  // The focus goes to the confirming button, and back to "Delete" on Cancel (keyboard
+  // users stay where they were; `autofocus` works once per page only).
+  useLayoutEffect(() => {
+    if (confirming) yes.current?.focus();
+    else if (confirming === false) ask.current?.focus();
+  }, [confirming]);
+  return (
+    <>
+      {!confirming && (
+        <button type="button" class="delete" ref={ask} aria-label={`Delete your message: ${post.text.slice(0, 40)}`}
+          onClick={() => { setNote(''); setConfirming(true); }}>
+          Delete
+        </button>
+      )}
+      {confirming && (
+        <span class="delete-confirm" role="group" aria-label="Confirm the deletion">
+          <span>Delete this message for everyone in the room? Members will see it as deleted (the server's admins keep the original).</span>{' '}
+          <button type="button" class="delete-yes small" disabled={busy} aria-busy={busy} ref={yes}
+            onClick={() => {
+              setBusy(true);
+              setNote('');
+              client.deleteRoomPost(post.room_id, post.seq).then(
+                (m) => { setConfirming(false); props.onDeleted(m); },
+                (err: unknown) => setNote(failure(err)),
+              ).finally(() => setBusy(false));
+            }}>
+            Delete for everyone
+          </button>{' '}
+          <button type="button" class="delete-no small secondary" onClick={() => setConfirming(false)}>Cancel</button>
+        </span>
       )}
       {note && <span class="mod-note" role="status">{note}</span>}
     </>
@@ -291,7 +337,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
       if (e.type === 'room_message_changed' && e.change.room_id === id) {
         const c = e.change; // keep the highest revision (docs/moderation.md)
-        setTimeline((old) => old.map((m) => (m.seq === c.seq && (m.rev ?? 1) < c.rev ? { ...m, text: c.text, mentions: c.mentions, rev: c.rev, marker: c.marker } : m)));
+        setTimeline((old) => applyPostChange(old, c));
       }
       if (e.type === 'room_changed' && e.room === id) client.room(id).then(setRoom, () => props.onLeft());
     });
@@ -385,8 +431,9 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       <ol id="messages" ref={listRef} aria-label={`Messages in ${title}`} aria-live="polite" aria-relevant="additions">
         {isPublic
           ? timeline.map((m) => (
-              <Line dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker}>
+              <Line key={m.seq} dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker} removed={isRemovedPost(m)}>
                 {canEditPost(m, me) && room.state === 'open' && <EditPost client={client} post={m} onEdited={(edited) => merge([edited])} />}
+                {canDeletePost(m, me) && room.role != null && <DeletePost client={client} post={m} onDeleted={(deleted) => merge([deleted])} />}
               </Line>
             ))
           : history.map((e) => (
