@@ -500,13 +500,20 @@ def unsend(
 def chat(
     ctx: typer.Context,
     user: Annotated[str, typer.Argument(help="Contact's username, or '#room'")],
+    no_typing: Annotated[
+        bool,
+        typer.Option(
+            "--no-typing",
+            help="In a room: do not tell its members (and the server) when you type.",
+        ),
+    ] = False,
 ) -> None:
     """Chat interactively: incoming messages appear as they arrive while you type.
     /help lists the commands; /quit (or Ctrl-D) leaves.  In a room ('#name'):
-    /members, /invite USER, /leave."""
+    /members, /invite USER, /leave; who is typing shows at the right of the prompt."""
     opts = _options(ctx)
     if cli_rooms.is_room(user):
-        _run(cli_rooms.room_chat(opts, user))
+        _run(cli_rooms.room_chat(opts, user, tell_typing=not no_typing))
         return
     _run(_chat(opts, user))
 

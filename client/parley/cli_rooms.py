@@ -6,10 +6,13 @@ room is named ``#name`` (any case, among your rooms) or by its id.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from parley_contract import frames as f
 from rich.markup import escape
 from rich.table import Table
 
@@ -34,6 +37,7 @@ from parley.client import (
     RoomMessage,
     RoomMessageChanged,
     RoomNotification,
+    Typing,
 )
 from parley.errors import ParleyError
 from parley.moderation import entry_server_id
@@ -389,7 +393,65 @@ def room_completer(names: Callable[[], Iterable[str]]) -> Completer:
     return RoomCompleter()
 
 
-async def room_chat(opts: Options, target: str) -> None:
+class TypingLine:
+    """Who is typing in the room, shown at the right of the prompt's line (a toolbar
+    under it needs a terminal that reports its cursor position): each name until
+    ``TYPING_TTL_S`` after their last notice (the prompt redraws every second)."""
+
+    def __init__(self) -> None:
+        self.until: dict[str, tuple[str, float]] = {}
+
+    def on(self, event: Typing) -> None:
+        if event.typing:
+            self.until[event.user_id] = (event.username, time.monotonic() + f.TYPING_TTL_S)
+        else:
+            self.until.pop(event.user_id, None)
+
+    def text(self) -> str:
+        now = time.monotonic()
+        names = sorted(name for name, until in self.until.values() if until > now)
+        if not names:
+            return ""
+        if len(names) > 3:
+            return f"{len(names)} people are typing..."
+        return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} typing..."
+
+
+class TypingSaid:
+    """Says ``typing`` for this device while the user types a message (not a
+    /command): at most every ``EVERY_S``, and a stop when the line is sent."""
+
+    EVERY_S = 3.0
+
+    def __init__(self, client: Client, room_id: str) -> None:
+        self.client, self.room_id = client, room_id
+        self.said = 0.0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def changed(self, text: str) -> None:
+        now = time.monotonic()
+        if text and not text.startswith("/") and now - self.said >= self.EVERY_S:
+            self.said = now
+            self._spawn(True)
+
+    def sent(self) -> None:
+        if self.said and time.monotonic() - self.said <= f.TYPING_TTL_S:
+            self._spawn(False)
+        self.said = 0.0
+
+    def _spawn(self, typing: bool) -> None:
+        task = asyncio.ensure_future(self._say(typing))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _say(self, typing: bool) -> None:
+        try:
+            await self.client.rooms.typing(self.room_id, typing)
+        except ParleyError:
+            pass  # a hint: not connected right now, nothing to tell
+
+
+async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
 
@@ -398,9 +460,18 @@ async def room_chat(opts: Options, target: str) -> None:
         if room.get("role") is None:
             raise ParleyError(f"You are not a member of #{room['name']}.")
         rid, name = str(room["room_id"]), str(room["name"])
+        typists = TypingLine()
+        redraw: list[Callable[[], None]] = []
 
         def show(event: Event) -> None:
-            if isinstance(event, RoomMessage):
+            if isinstance(event, Typing):
+                if event.room_id == rid:
+                    typists.on(event)
+                    for again in redraw:
+                        again()
+            elif isinstance(event, RoomMessage):
+                if event.room_id == rid:  # whoever wrote it has stopped typing
+                    typists.until.pop(event.sender_id, None)
                 if event.room_id != rid:
                     console.print(f"[dim](new message in another room from {event.username})[/]")
                 elif not (event.public and event.own):
@@ -446,8 +517,13 @@ async def room_chat(opts: Options, target: str) -> None:
                 pass  # completion is a convenience: the chat works without it
 
         session: PromptSession[str] = PromptSession(
-            completer=room_completer(lambda: members), complete_while_typing=False
-        )
+            completer=room_completer(lambda: members), complete_while_typing=False,
+            rprompt=lambda: typists.text(), refresh_interval=1.0,
+        )  # fmt: skip
+        redraw.append(session.app.invalidate)
+        said = TypingSaid(client, rid)
+        if tell_typing:
+            session.default_buffer.on_text_changed += lambda buf: said.changed(buf.text)
         with patch_stdout(raw=True):
             await _with_status("Connecting...", client.connect())
             await load_members()
@@ -465,6 +541,7 @@ async def room_chat(opts: Options, target: str) -> None:
                     line = await session.prompt_async(f"{client.username} #{name}> ")
                 except (EOFError, KeyboardInterrupt):
                     break
+                said.sent()
                 text = line.strip()
                 if not text:
                     console.print("[yellow]Empty messages are not sent.[/] /help lists commands.")

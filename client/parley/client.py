@@ -49,6 +49,7 @@ from parley.events import (
     RoomMessage,
     RoomMessageChanged,
     RoomNotification,
+    Typing,
 )
 from parley.keys import PREKEY_BATCH, PREKEY_ROTATION_S, Keys, NeedsLink, PendingDevice
 from parley.messenger import Messenger
@@ -73,6 +74,7 @@ __all__ = [
     "RoomMessageChanged",
     "RoomNotification",
     "SecondFactor",
+    "Typing",
 ]
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "RoomMessage",
     "RoomMessageChanged",
     "RoomNotification",
+    "Typing",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,18 @@ class RoomChanged(Event):
     kind: str
     state: str
     user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Typing(Event):
+    """A member's device is typing in a room (``typing``), or stopped: show it until
+    ``TYPING_TTL_S`` (6 s) after the last such event (``parley_contract.frames``)."""
+
+    room_id: str
+    user_id: str
+    username: str
+    device: int
+    typing: bool
 
 
 @dataclass(frozen=True)

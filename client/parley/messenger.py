@@ -64,6 +64,9 @@ from parley.moderation import Moderation, alias_key, report_fields
 from parley.peers import PeerState
 from parley.store import Transaction
 
+RoomFrame = f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged | f.TypingNotice
+"""The rooms service's live frames and typing notices, for :class:`RoomHook`."""
+
 log = logging.getLogger(__name__)
 
 ACK_DELAY = 0.2
@@ -510,10 +513,7 @@ class Messenger:
             await self.room_hook.on_room_message(frame)
         elif isinstance(frame, f.Message):
             await self._on_message(frame)
-        elif (
-            isinstance(frame, f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged)
-            and self.room_hook
-        ):
+        elif isinstance(frame, RoomFrame) and self.room_hook:
             await self.room_hook.on_room_frame(frame)
         elif isinstance(frame, f.KeyChanged):
             await self._on_key_changed(frame)
@@ -982,9 +982,7 @@ class RoomHook(Protocol):
 
     async def on_room_message(self, frame: f.Message) -> None: ...
 
-    async def on_room_frame(
-        self, frame: f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged
-    ) -> None: ...
+    async def on_room_frame(self, frame: RoomFrame) -> None: ...
 
     def on_control(
         self, tx: Transaction, sender: str, device: int, control: dict[str, Any]

@@ -60,8 +60,9 @@ from parley.events import (
     RoomMessage,
     RoomMessageChanged,
     RoomNotification,
+    Typing,
 )
-from parley.messenger import Messenger, encode_control
+from parley.messenger import Messenger, RoomFrame, encode_control
 from parley.moderation import alias_key, report_fields
 from parley.store import Transaction
 
@@ -78,6 +79,7 @@ DISTRIBUTE_AT_ONCE = 8
 MAX_PENDING = 1000
 """Room messages kept per room while their sender key has not arrived."""
 MAX_MENTIONS = 20
+_ROOM_ID = re.compile(r"[0-9a-f]{24}")
 _MENTION = re.compile(r"(?<![\w@./])@([A-Za-z0-9._-]{1,64})")
 
 
@@ -417,6 +419,17 @@ class Rooms:
             frame, room_conversation(room_id), wait=wait, timeout=timeout
         )
 
+    async def typing(self, ref: str, typing: bool = True) -> None:
+        """Tell the room's members this device is typing there (``typing``: call it
+        again every ~3 s while the user types, at most every 2 s), or stopped
+        (``typing=False``, when the draft is sent or cleared). A hint, not stored; the
+        server sees it (docs/crypto.md). The gateway answers a refusal with an error
+        event (``not_a_member``, ``room_closed``, ``rate_limited``)."""
+        room_id = ref if _ROOM_ID.fullmatch(ref) else str((await self.resolve(ref))["room_id"])
+        if self.messenger.conn is None or not self.messenger.connected:
+            raise ParleyError("Connect first: typing is said on the socket.")
+        await self.messenger.conn.send(f.Typing(room=room_id, typing=typing))
+
     async def _distribute(self, room_id: str, version: int, members: list[str]) -> None:
         """Rotate if someone left, then give the current sender key to every member
         device that lacks it (pairwise, each send ``accepted`` before we go on)."""
@@ -674,9 +687,7 @@ class Rooms:
         """Room messages kept until their sender key arrives."""
         return len(self._store().read().get(self._key("room_pending", room_id)) or [])
 
-    async def on_room_frame(
-        self, frame: f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged
-    ) -> None:
+    async def on_room_frame(self, frame: RoomFrame) -> None:
         if isinstance(frame, f.RoomMessageChanged):
             self.events.emit(
                 RoomMessageChanged(
@@ -687,6 +698,12 @@ class Rooms:
             self.events.emit(
                 RoomChanged(frame.room_id, frame.change, frame.kind, frame.state, frame.user_id)
             )
+        elif isinstance(frame, f.TypingNotice):
+            if frame.user != self.account.user_id:  # our own other devices: not news
+                name = await self.messenger._name_of(frame.user)
+                self.events.emit(
+                    Typing(frame.room_id, frame.user, name, frame.device, frame.typing)
+                )
         elif isinstance(frame, f.RoomPost):
             name = await self.messenger._name_of(frame.sender)
             self.events.emit(

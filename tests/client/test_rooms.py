@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from parley import Client, ParleyError
+from parley import Client, ParleyError, cli_rooms
+from parley.cli_rooms import TypingLine
 from parley.crypto import GroupSession, UnknownSenderKey
-from parley.events import RoomMessage, RoomNotification
+from parley.events import RoomMessage, RoomNotification, Typing
 from parley.messenger import CONTROL_PREFIX, encode_control, parse_control
 from parley.rooms import member_key, room_conversation
 from parley_contract import frames as f
@@ -80,6 +81,45 @@ async def test_live_room_frames_become_events(tmp_path: Path) -> None:
         note = await client.next_event(RoomNotification, timeout=1)
         assert isinstance(note, RoomNotification)
         assert (note.seq, note.room_name, note.message_seq) == (3, "town", 7)
+
+
+async def test_typing_notices_become_events_but_not_ones_own(tmp_path: Path) -> None:
+    async with Client(
+        "http://127.0.0.1:9", data_dir=tmp_path, passphrase="test passphrase", kdf=CHEAP_KDF
+    ) as client:
+        room = "c" * 24
+        client.account.user_id = "a" * 32  # as if signed in
+        own = f.TypingNotice(room_id=room, user="a" * 32, device=2, typing=True)
+        await client.messenger._on_frame(own)  # another device of mine: not news
+        other = "b" * 32
+        for on in (True, False):
+            await client.messenger._on_frame(
+                f.TypingNotice(room_id=room, user=other, device=1, typing=on)
+            )
+        got = [await client.next_event(Typing, timeout=1) for _ in range(2)]
+        assert [(e.room_id, e.user_id, e.device, e.typing) for e in got] == [
+            (room, other, 1, True), (room, other, 1, False),
+        ]  # fmt: skip
+
+
+def test_who_is_typing_shows_under_the_prompt_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(cli_rooms.time, "monotonic", lambda: now[0])
+    line = TypingLine()
+    assert line.text() == ""
+    line.on(Typing("r", "u1", "ann", 1, True))
+    assert line.text() == "ann is typing..."
+    line.on(Typing("r", "u2", "bob", 1, True))
+    assert line.text() == "ann, bob are typing..."
+    line.on(Typing("r", "u1", "ann", 1, False))
+    assert line.text() == "bob is typing..."
+    now[0] += f.TYPING_TTL_S + 0.1  # no notice since: bob stopped without saying so
+    assert line.text() == ""
+    for i in range(5):
+        line.on(Typing("r", f"x{i}", f"n{i}", 1, True))
+    assert line.text() == "5 people are typing..."
 
 
 def test_the_room_chat_completes_member_names_and_commands() -> None:

@@ -104,7 +104,10 @@ def test_cli_private_room_chat_commands_and_errors(users: tuple[User, User]) -> 
         a.expect_exact(command)
     a.sendline("/shout hello")
     a.expect("Unknown command /shout")
-    a.sendline("hello crew, encrypted")
+    # Typing shows at the right of the other's prompt while alice types, before she sends.
+    a.send("hello crew")
+    b.expect(f"{alice.name} is typing")
+    a.sendline(", encrypted")
     b.expect(f"{alice.name}: hello crew, encrypted")
     b.sendline(f"@{alice.name} got it")
     a.expect(f"{bob.name}: @{alice.name} got it")

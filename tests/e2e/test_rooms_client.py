@@ -18,7 +18,7 @@ import pytest
 from parley import ApiError, Client, ParleyError
 from parley.crypto import UnknownSenderKey
 from parley.crypto.encoding import b64decode, b64encode
-from parley.events import DecryptFailed, Event, Message, RoomMessage
+from parley.events import DecryptFailed, Event, Message, RoomMessage, Typing
 from parley.messenger import encode_control
 from parley.rooms import member_key, room_conversation
 from parley_contract import frames as f
@@ -351,3 +351,24 @@ async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: Ne
         f"  after a removal: rotated send with {size - 2} keys {(t6 - t5) * 1000:.0f} ms; "
         f"decrypted by all {(t7 - t6) * 1000:.0f} ms later"
     )
+
+
+async def test_typing_reaches_the_other_members_through_haproxy(device: NewDevice) -> None:
+    a = await device(username("ta"), first=True)
+    b = await device(username("tb"), first=True)
+    await a.connect()
+    await b.connect()
+    room = await a.rooms.create(f"typing {secrets.token_hex(3)}")
+    rid = room["room_id"]
+    assert b.username
+    await a.rooms.invite(rid, b.username)
+    await b.rooms.accept(rid)
+    await a.rooms.typing(f"#{room['name']}")
+    started = await b.next_event(Typing, timeout=10)
+    assert isinstance(started, Typing)
+    assert (started.room_id, started.user_id, started.username, started.typing) == (
+        rid, a.user_id, a.username, True,
+    )  # fmt: skip
+    await a.rooms.typing(rid, False)
+    stopped = await b.next_event(Typing, timeout=10)
+    assert isinstance(stopped, Typing) and not stopped.typing
