@@ -31,7 +31,14 @@ error first) and the timeline holds the new text, marked ``edited``; R's post ha
 Edit and no Delete; A deletes its own post after a confirmation (cancelled once): the
 page shows it removed and the timeline R reads holds it empty, ``deleted_by_author``;
 R deletes its own post and A's page shows it removed live (``room_message_changed``).
-Both scripts share tests/web/chat_rooms_lib.mjs.
+
+tests/web/chat_rooms_typing.mjs (``test_browser_typing_in_rooms``), browser user A and
+R in a private room, then a public one (docs/protocol.md, "Typing"): A types in the
+composer without sending and R's SDK gets a ``Typing`` event from A's user; clearing
+the draft sends the stop, as sending a message does; R says it types and A's page
+shows "R is typing…" in a polite live region until R's message arrives; with "Let
+members see when I type" off, R gets A's post and no typing.
+The scripts share tests/web/chat_rooms_lib.mjs.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from typing import Any
 import aiohttp
 import pytest
 from parley import Client
-from parley.events import MessageRemoved, RoomMessage
+from parley.events import MessageRemoved, RoomMessage, Typing
 from parley.store import KdfParams
 from parley_contract.envelopes import room_server_id
 
@@ -111,6 +118,31 @@ class PythonSide:
         if do == "delete_post":  # R deletes its own public post
             deleted = await r.rooms.delete(req["room"], req["seq"])
             assert deleted["marker"] == "deleted_by_author", deleted
+            return {}
+        if do == "typing":  # R says it types in the room
+            await r.rooms.typing(req["room"])
+            return {}
+        if do == "expect_typing":  # the next typing R sees is this user's, in this room
+            event = await r.next_event(Typing, timeout=15)
+            assert isinstance(event, Typing)
+            user_id, name = await r.resolve(req["user"])
+            got = (event.room_id, event.user_id, event.username, event.typing)
+            assert got == (req["room"], user_id, name, req["typing"]), got
+            return {}
+        if do == "expect_no_typing":  # this text arrives, with no typing said before it
+            while True:
+                message = await r.next_event(RoomMessage, timeout=30)
+                assert isinstance(message, RoomMessage)
+                if message.text == req["text"]:
+                    break
+            # A typing notice goes out on the typer's socket before its message, and
+            # reaches R first: one said would be buffered by now.
+            with pytest.raises(TimeoutError):
+                said = await r.next_event(Typing, timeout=0.1)
+                raise AssertionError(f"typing said with the setting off: {said}")
+            return {}
+        if do == "join":
+            await r.rooms.join(req["room"])
             return {}
         if do == "join_and_post":
             await r.rooms.join(req["room"])
@@ -264,3 +296,17 @@ async def test_browser_reports_unsends_and_edits_in_rooms(system: System, tmp_pa
     finally:
         await r.close()
     assert "chat rooms moderation: ok" in output, output[-3000:]
+
+
+@BROWSER
+async def test_browser_typing_in_rooms(system: System, tmp_path: Path) -> None:
+    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
+    tag = secrets.token_hex(4)
+    r = await python_user(system, tmp_path, tag)
+    py = PythonSide(r, system)
+    env = {"LB": system.lb, "A_USER": f"webt{tag}", "R_USER": str(r.username), "TAG": tag}
+    try:
+        output, _ = await run_script("chat_rooms_typing.mjs", env, py, timeout=90)
+    finally:
+        await r.close()
+    assert "chat rooms typing: ok" in output, output[-3000:]

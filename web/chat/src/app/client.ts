@@ -59,6 +59,7 @@ import {
   unsendPath,
   verifyTombstone,
 } from './moderation.ts';
+import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
 
 export const PREKEY_BATCH = 100;
@@ -161,8 +162,18 @@ export type ClientEvent =
   | { type: 'room_post'; post: W.RoomPost }
   | { type: 'room_message_changed'; change: W.RoomMessageChanged }
   | { type: 'room_changed'; room: string }
+  | { type: 'typing'; room: string }
   | { type: 'removed'; peer: string; serverId: string; by: 'sender' | 'admin' }
   | { type: 'changed' };
+
+/** This browser's preferences for the account (the vault's `settings` row). */
+export interface Settings {
+  /** Say `typing` in rooms while the user writes (default on). */
+  tell_typing?: boolean;
+}
+
+/** The ids of `typing` frames: a refusal of one (`rate_limited`...) is not news. */
+const TYPING_ID = 'typing-';
 
 export type SecondFactorPrompt = (challenge: Challenge) => Promise<{ method: string; code: string }>;
 
@@ -246,6 +257,9 @@ export class ParleyClient {
   readonly #roomLocks = new Map<string, Mutex>();
   readonly #peerLocks = new Map<string, Mutex>();
   readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
+  readonly #typists = new TypingBoard(); // who types in which room (typing notices)
+  readonly #drafts = new Map<string, TypingThrottle>(); // room id -> when to say we type there
+  #typingFrames = 0;
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
   #release: () => void = () => undefined;
 
@@ -265,13 +279,16 @@ export class ParleyClient {
   }
 
   #emit(e: ClientEvent): void {
+    // Whoever wrote in a room has stopped typing there.
+    if (e.type === 'room_message') this.#typists.wrote(e.room, e.sender);
+    else if (e.type === 'room_post') this.#typists.wrote(e.post.room_id, e.post.sender);
     for (const fn of this.#listeners) fn(e);
     if (e.type !== 'changed') for (const fn of this.#listeners) fn({ type: 'changed' });
   }
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known']) {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known', 'settings']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
@@ -341,6 +358,23 @@ export class ParleyClient {
 
   get loggedIn(): boolean {
     return Boolean(this.account?.refresh_token);
+  }
+
+  settings(): Settings {
+    return this.#read<Settings>('settings') ?? {};
+  }
+
+  /** Whether rooms' members are told when this user types (docs/protocol.md, "Typing"). */
+  get tellTyping(): boolean {
+    return this.settings().tell_typing ?? true;
+  }
+
+  /** Turn typing notices on or off (kept in the vault); off says a stop where a start
+   * was said. */
+  async setTellTyping(on: boolean): Promise<void> {
+    await this.#transaction(async (tx) => tx.put('settings', { ...(tx.get<Settings>('settings') ?? {}), tell_typing: on }));
+    if (!on) for (const room of this.#drafts.keys()) this.draftDone(room);
+    this.#emit({ type: 'changed' });
   }
 
   contacts(): Contact[] {
@@ -929,6 +963,37 @@ export class ParleyClient {
     return this.history(roomConversation(roomId));
   }
 
+  // -- typing (docs/protocol.md "Typing"; src/app/typing.ts) -------------------------------
+  /** The room's draft is now `text`: say `typing` (at most every 3 s) while it holds
+   * something, `typing: false` once it is cleared; nothing if the user said not to. */
+  draftChanged(roomId: string, text: string): void {
+    let draft = this.#drafts.get(roomId);
+    if (draft === undefined) this.#drafts.set(roomId, (draft = new TypingThrottle()));
+    if (!this.tellTyping && text.trim() !== '') return;
+    this.#sayTyping(roomId, draft.changed(text, Date.now()));
+  }
+
+  /** The room's draft was sent, or left: `typing: false` if a start was said. */
+  draftDone(roomId: string): void {
+    this.#sayTyping(roomId, this.#drafts.get(roomId)?.done(Date.now()) ?? null);
+  }
+
+  #sayTyping(roomId: string, say: 'start' | 'stop' | null): void {
+    if (say === null) return;
+    this.#typingFrames += 1;
+    this.#sendFrame({ op: 'typing', room: roomId, typing: say === 'start', id: `${TYPING_ID}${this.#typingFrames}` } satisfies W.Typing);
+  }
+
+  /** The members typing in the room now (user ids, never ours). */
+  typists(roomId: string): string[] {
+    return this.#typists.typists(roomId, Date.now());
+  }
+
+  /** When the next typist of the room expires (ms since the epoch), or null. */
+  typingExpiry(roomId: string): number | null {
+    return this.#typists.nextExpiry(roomId, Date.now());
+  }
+
   /** Room messages kept until their sender's key arrives. */
   roomPending(roomId: string): number {
     const ref = this.#refs.get(roomConversation(roomId));
@@ -1345,6 +1410,11 @@ export class ParleyClient {
       case 'room_changed':
         this.#emit({ type: 'room_changed', room: frame.room_id });
         return;
+      case 'typing':
+        if (frame.user === this.me) return; // our own devices' (the server sends them too)
+        this.#typists.on(frame.room_id, frame.user, frame.device, frame.typing, Date.now());
+        this.#emit({ type: 'typing', room: frame.room_id });
+        return;
       case 'key_changed':
         return this.#onKeyChanged(frame);
       case 'tombstone':
@@ -1657,6 +1727,7 @@ export class ParleyClient {
     const { code, message } = frame;
     const clientId = frame.id ?? null;
     if (code === 'reauth_required') return;
+    if (clientId?.startsWith(TYPING_ID)) return; // a hint refused (rate_limited, room_closed...): nothing to tell
     const queued = clientId ? (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId] : undefined;
     if (clientId && queued && code === 'devices_changed') {
       // Someone linked or removed a device: encrypt for the current lists, same id.

@@ -469,6 +469,38 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
   );
 }
 
+/** This browser's preferences for the account, kept in its encrypted store. */
+function Settings(props: { client: ParleyClient }) {
+  const { client } = props;
+  const [error, setError] = useState('');
+  return (
+    <section class="settings" aria-labelledby="settings-title">
+      <h2 id="settings-title">Settings</h2>
+      <label class="check" for="tell-typing">
+        <input
+          id="tell-typing"
+          type="checkbox"
+          checked={client.tellTyping}
+          aria-describedby="tell-typing-hint"
+          onChange={(e) => {
+            setError('');
+            client.setTellTyping((e.target as HTMLInputElement).checked).catch((err: unknown) => setError(message(err)));
+          }}
+        />
+        Let members see when I type
+      </label>
+      <small id="tell-typing-hint" class="hint">
+        While you write in a room, its members see "… is typing"; the server sees it too, in private rooms as well.
+      </small>
+      {error && (
+        <p class="error" role="alert" id="settings-error">
+          {error}
+        </p>
+      )}
+    </section>
+  );
+}
+
 function Chat(props: { client: ParleyClient; onLogout: () => void }) {
   const { client } = props;
   const [version, setVersion] = useState(0);
@@ -563,6 +595,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
             })}
           </ul>
           <RoomList client={client} current={room?.room_id ?? null} onOpen={openRoom} />
+          <Settings client={client} />
         </nav>
         {room ? (
           <RoomView client={client} room={room} version={version} onLeft={() => openRoom(null)} />

@@ -7,6 +7,7 @@ import type { Room, RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
 import { applyPostChange, canDeletePost, canEditPost, isRemovedPost } from './rooms.ts';
+import { typingText } from './typing.ts';
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -302,6 +303,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
   const [nextBefore, setNextBefore] = useState<number | null>(null);
   const [names, setNames] = useState<Record<string, string>>({});
   const [busy, setBusy] = useState(false);
+  const [, setTick] = useState(0); // shown again when a typist expires
   const listRef = useRef<HTMLOListElement>(null);
   const titleRef = useRef<HTMLHeadingElement>(null);
   const id = props.room.room_id;
@@ -333,7 +335,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
         }
       })
       .catch((e: unknown) => setError(message(e)));
-    return client.on((e: ClientEvent) => {
+    const off = client.on((e: ClientEvent) => {
       if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
       if (e.type === 'room_message_changed' && e.change.room_id === id) {
         const c = e.change; // keep the highest revision (docs/moderation.md)
@@ -341,14 +343,26 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       }
       if (e.type === 'room_changed' && e.room === id) client.room(id).then(setRoom, () => props.onLeft());
     });
+    return () => {
+      off();
+      client.draftDone(id); // leaving the room with a draft: members stop seeing us type
+    };
   }, [id]);
   const history: HistoryEntry[] = isPublic ? [] : client.roomHistory(id);
   const senders = isPublic ? timeline.map((m) => m.sender) : history.map((e) => e.sender ?? '');
+  const typists = client.typists(id);
   useEffect(() => {
-    for (const s of new Set(senders)) {
+    for (const s of new Set([...senders, ...typists])) {
       if (s && s !== 'moderator' && !(s in names)) void client.nameOf(s).then((n) => setNames((old) => ({ ...old, [s]: n })));
     }
-  }, [senders.join(',')]);
+  }, [senders.join(','), typists.join(',')]);
+  useEffect(() => {
+    // Each typist shows until 6 s after their last notice: render again when one expires.
+    const next = client.typingExpiry(id);
+    if (next === null) return undefined;
+    const timer = setTimeout(() => setTick((t) => t + 1), Math.max(0, next - Date.now()) + 20);
+    return () => clearTimeout(timer);
+  });
   const count = isPublic ? timeline.length : history.length;
   useEffect(() => {
     const list = listRef.current;
@@ -357,6 +371,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
   const me = client.me;
   const who = (sender: string | undefined) => (sender === me ? 'You' : (names[sender ?? ''] ?? client.username(sender ?? '')));
   const pending = isPublic ? 0 : client.roomPending(id);
+  const typing = typingText(typists.map((u) => names[u] ?? client.username(u)));
   const title = `#${room.name}`;
   return (
     <section class="conversation" aria-labelledby="conversation-title" data-room-id={id}>
@@ -449,6 +464,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
           setError('');
           setBusy(true);
           const sent = text;
+          client.draftDone(id);
           client
             .sendRoom(id, sent)
             .then(
@@ -464,11 +480,24 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
         <label for="message" class="visually-hidden">
           Message to {title}
         </label>
-        <input id="message" autocomplete="off" value={text} placeholder={`Message ${title}`} onInput={(e) => setText((e.target as HTMLInputElement).value)} />
+        <input
+          id="message"
+          autocomplete="off"
+          value={text}
+          placeholder={`Message ${title}`}
+          onInput={(e) => {
+            const draft = (e.target as HTMLInputElement).value;
+            setText(draft);
+            client.draftChanged(id, draft);
+          }}
+        />
         <button type="submit" id="send" disabled={busy || !text.trim()} aria-busy={busy}>
           Send
         </button>
       </form>
+      <p id="typing" class="hint typing" aria-live="polite" aria-atomic="true">
+        {typing}
+      </p>
       <p role="status" class="hint">
         {status}
       </p>
