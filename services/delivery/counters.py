@@ -9,8 +9,9 @@ script that raises ``acked`` and returns the range it covered).
 
 Keys (``<p>`` = the Redis prefix):
 
-- ``<p>:ctr:{<inbox>}``: hash ``n``, ``acked`` (and ``sf``, ``st`` after a
-  loss: the numbers ``sf + 1 .. st`` were skipped, see below);
+- ``<p>:ctr:{<inbox>}``: hash ``n``, ``acked`` (and ``g`` after a loss: the
+  ranges of numbers skipped, ``"f:t,..."`` for ``f + 1 .. t``, see below; a
+  counter seeded by an earlier version has one range as ``sf``, ``st``);
 - ``<p>:ctrdirty``: set of the inboxes changed since the last checkpoint;
 - ``<p>:ctrbase``: what a counter missing from Redis starts above (see below).
 
@@ -26,7 +27,10 @@ counters were started before) every seeded counter starts ``GAP`` above its
 checkpoint, past anything one inbox can be handed between two checkpoints.
 Sequence numbers are not dense (docs/protocol.md); every walk over an
 inbox's numbers (pages, acks, expiry, a dropped device) steps over the
-skipped ones (:meth:`Counter.numbers`, :meth:`Counter.skip`). On a first start (nothing
+skipped ones (:meth:`Counter.numbers`, :meth:`Counter.skip`). Every loss's
+range is kept (with the checkpoint, written with the jump before a number
+past it is handed out): after a second loss, a walk from a watermark below
+the first range must still step over it. On a first start (nothing
 recorded in MongoDB) counters start at 0; an upgrade from counters kept in
 MongoDB starts from them exactly.
 """
@@ -49,30 +53,58 @@ CHECKPOINT_BATCH = 2000
 
 
 class Counter(NamedTuple):
-    """An inbox's counters: ``n`` handed out, ``acked``, and the numbers skipped after
-    Redis lost its data (``skip_from + 1 .. skip_to``; none when equal)."""
+    """An inbox's counters: ``n`` handed out, ``acked``, and the ranges of numbers
+    skipped after Redis lost its data: ``(f, t)`` skips ``f + 1 .. t``, ascending,
+    one per loss the inbox lived through with something still waiting below it."""
 
     n: int
     acked: int
-    skip_from: int = 0
-    skip_to: int = 0
+    gaps: tuple[tuple[int, int], ...] = ()
 
     def skip(self, after: int) -> int:
         """Where a walk that has covered everything up to ``after`` goes on from."""
-        return self.skip_to if self.skip_from <= after < self.skip_to else after
+        for f, t in self.gaps:  # ascending: a jump never lands inside an earlier gap
+            if f <= after < t:
+                after = t
+        return after
 
     def stop(self, after: int, limit: int) -> int:
         """The end of the next chunk of at most ``limit`` numbers after ``after``."""
         end = min(self.n, after + limit)
-        return min(end, self.skip_from) if after < self.skip_from < end else end
+        for f, _ in self.gaps:
+            if after < f < end:
+                return f
+        return end
 
     def numbers(self, first: int, last: int) -> list[int]:
         """``first .. last`` without the skipped numbers."""
-        if self.skip_to <= self.skip_from or last <= self.skip_from or first > self.skip_to:
-            return list(range(first, last + 1))
-        return list(range(first, self.skip_from + 1)) + list(
-            range(max(first, self.skip_to + 1), last + 1)
-        )
+        out: list[int] = []
+        at = first - 1
+        while at < last:
+            at = self.skip(at)
+            if at >= last:
+                break
+            stop = self.stop(at, last - at) if at < self.n else last
+            stop = min(max(stop, at + 1), last)
+            out.extend(range(at + 1, stop + 1))
+            at = stop
+        return out
+
+
+def parse_gaps(raw: Any, sf: Any = None, st: Any = None) -> tuple[tuple[int, int], ...]:
+    """The skipped ranges as Redis keeps them: ``"f:t,f:t"`` (field ``g``), or the one
+    range of a counter seeded before there could be several (fields ``sf``, ``st``)."""
+    if raw:
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        pairs = (p.split(":") for p in text.split(",") if p)
+        return tuple(sorted((int(f), int(t)) for f, t in pairs if int(t) > int(f)))
+    if sf is not None and st is not None and int(st) > int(sf):
+        return ((int(sf), int(st)),)
+    return ()
+
+
+def format_gaps(gaps: Iterable[tuple[int, int]]) -> str:
+    return ",".join(f"{f}:{t}" for f, t in sorted(gaps))
 
 
 # Returns the new n, or -1 when the counter is not in Redis (seed it first).
@@ -85,18 +117,20 @@ return redis.call('HINCRBY', KEYS[1], 'n', ARGV[1])
 # seeding wins).
 _SEED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'n', ARGV[1], 'acked', ARGV[2], 'sf', ARGV[3], 'st', ARGV[1])
+redis.call('HSET', KEYS[1], 'n', ARGV[1], 'acked', ARGV[2], 'g', ARGV[3])
 return 1
 """
 
-# Raises acked to min(ARGV[1], n); returns {acked before, n, sf, st}, or -1 when missing.
+# Raises acked to min(ARGV[1], n); returns {acked before, n, gaps}, or -1 when missing.
 _ACK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'sf', 'st')
+local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'g', 'sf', 'st')
 local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
 local top = math.min(tonumber(ARGV[1]), n)
 if top > acked then redis.call('HSET', KEYS[1], 'acked', top) end
-return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
+local g = v[3] or ''
+if g == '' and v[4] and v[5] then g = v[4] .. ':' .. v[5] end
+return {acked, n, g}
 """
 
 
@@ -108,7 +142,7 @@ return {acked, n, tonumber(v[3] or '0'), tonumber(v[4] or '0')}
 # counters changed since the last checkpoint (ARGV[3] joins it when acked moves).
 # ARGV[2] '1': an ack past n changes nothing and returns {-2, n} (the caller refuses
 # it: never issued). Returns -1 when the counter is missing, else
-# {acked before, n, sf, st, item...}: an item's JSON, or the seq alone of a private
+# {acked before, n, gaps, item...}: an item's JSON, or the seq alone of a private
 # room's copy.
 _ACK_HOT = """
 -- A string field of an item's JSON by plain search, not cjson.decode nor a pattern
@@ -123,21 +157,29 @@ local function field(s, key)
   return string.sub(s, from, string.find(s, '"', from, true) - 1)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'sf', 'st')
+local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'g', 'sf', 'st')
 local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-local sf, st = tonumber(v[3] or '0'), tonumber(v[4] or '0')
+local g = v[3] or ''
+if g == '' and v[4] and v[5] then g = v[4] .. ':' .. v[5] end
+-- The skipped ranges, ascending: (f, t) skips f + 1 .. t.
+local gaps = {}
+for f, t in string.gmatch(g, '(%d+):(%d+)') do gaps[#gaps + 1] = {tonumber(f), tonumber(t)} end
 if ARGV[2] == '1' and tonumber(ARGV[1]) > n then return {-2, n} end
 local top = math.min(tonumber(ARGV[1]), n)
-local out, per, uncount = {acked, n, sf, st}, {}, 0
+local out, per, uncount = {acked, n, g}, {}, 0
 if top <= acked then return out end
 redis.call('HSET', KEYS[1], 'acked', top)
 redis.call('SADD', KEYS[5], ARGV[3])
 local s = acked + 1
 while s <= top do
-  if s > sf and s <= st then s = st + 1 end
+  for _, gap in ipairs(gaps) do
+    if s > gap[1] and s <= gap[2] then s = gap[2] + 1 end
+  end
   if s > top then break end
   local stop = math.min(top, s + 499)
-  if sf >= s and sf < stop then stop = sf end
+  for _, gap in ipairs(gaps) do
+    if gap[1] >= s and gap[1] < stop then stop = gap[1] break end
+  end
   local fields = {}
   for k = s, stop do fields[#fields + 1] = tostring(k) end
   local got = redis.call('HMGET', KEYS[2], unpack(fields))
@@ -261,14 +303,14 @@ class InboxCounters:
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for inbox in inboxes:
-                    pipe.hmget(self.key(inbox), ["n", "acked", "sf", "st"])
+                    pipe.hmget(self.key(inbox), ["n", "acked", "g", "sf", "st"])
                 rows = await pipe.execute()
             missing = []
-            for inbox, (n, acked, sf, st) in zip(inboxes, rows, strict=True):
+            for inbox, (n, acked, g, sf, st) in zip(inboxes, rows, strict=True):
                 if n is None:
                     missing.append(inbox)
                 else:
-                    out[inbox] = Counter(int(n), int(acked or 0), int(sf or 0), int(st or 0))
+                    out[inbox] = Counter(int(n), int(acked or 0), parse_gaps(g, sf, st))
             if not missing:
                 break
             await self.seed(missing)
@@ -293,8 +335,7 @@ class InboxCounters:
             missing = []
             for inbox, res in zip(inboxes, results, strict=False):
                 if isinstance(res, list):
-                    acked, n, sf, st = (int(x) for x in res)
-                    out[inbox] = Counter(n, acked, sf, st)
+                    out[inbox] = Counter(int(res[1]), int(res[0]), parse_gaps(res[2]))
                 else:
                     missing.append(inbox)
             await self.seed(missing)
@@ -338,8 +379,8 @@ class InboxCounters:
                     assert over is not None
                     over[inbox] = int(res[1])
                 elif isinstance(res, list):
-                    acked, n, sf, st = (int(x) for x in res[:4])
-                    out[inbox] = (Counter(n, acked, sf, st), list(res[4:]))
+                    counter = Counter(int(res[1]), int(res[0]), parse_gaps(res[2]))
+                    out[inbox] = (counter, list(res[3:]))
                 else:
                     missing.append(inbox)
             await self.seed(missing)
@@ -378,14 +419,40 @@ class InboxCounters:
             return
         base = await self._base()
         saved = {
-            d["_id"]: (int(d.get("n", 0)), int(d.get("acked", 0)))
-            async for d in self.checkpoints.find({"_id": {"$in": inboxes}}, {"n": 1, "acked": 1})
+            d["_id"]: (int(d.get("n", 0)), int(d.get("acked", 0)), parse_gaps(d.get("g")))
+            async for d in self.checkpoints.find(
+                {"_id": {"$in": inboxes}}, {"n": 1, "acked": 1, "g": 1}
+            )
         }
+        seeded: dict[str, str] = {}
+        for inbox in inboxes:
+            n, acked, gaps = saved.get(inbox, (0, 0, ()))
+            floor = max(n, acked)
+            # Every skipped range a walk from ``acked`` could meet: the ones kept with
+            # the checkpoint (earlier losses) and this loss's; those wholly below
+            # ``acked`` are behind every walk.
+            kept = [(f, t) for f, t in gaps if t > acked and f < floor]
+            if base:
+                kept.append((floor, floor + base))
+            seeded[inbox] = format_gaps(kept)
+        # The ranges and the jump are in MongoDB before a number past them is handed
+        # out: a second loss must not forget them (a walk would then step through a
+        # billion numbers, and numbers handed out since the jump could be reused).
+        ranged = [
+            UpdateOne(
+                {"_id": inbox},
+                {"$set": {"g": seeded[inbox]},
+                 "$max": {"n": max(saved.get(inbox, (0, 0, ()))[:2]) + base}},
+                upsert=True,
+            )
+            for inbox in inboxes
+        ] if base else []  # fmt: skip
+        if ranged:
+            await self.checkpoints.bulk_write(ranged, ordered=False)
         async with self.redis.pipeline(transaction=False) as pipe:
             for inbox in inboxes:
-                n, acked = saved.get(inbox, (0, 0))
-                floor = max(n, acked)
-                args = [floor + base, acked, floor]
+                n, acked, _ = saved.get(inbox, (0, 0, ()))
+                args = [max(n, acked) + base, acked, seeded[inbox]]
                 await scripts.queue(pipe, self._seed_one, [self.key(inbox)], args)
             await pipe.execute()
 

@@ -80,13 +80,47 @@ async def test_an_upgrade_goes_on_from_the_counters_kept_in_mongodb(store: Deliv
 
 
 def test_walks_step_over_the_numbers_skipped_after_a_loss() -> None:
-    c = Counter(n=GAP + 12, acked=3, skip_from=10, skip_to=GAP + 10)
+    c = Counter(n=GAP + 12, acked=3, gaps=((10, GAP + 10),))
     assert c.numbers(4, GAP + 12) == [4, 5, 6, 7, 8, 9, 10, GAP + 11, GAP + 12]
     assert c.numbers(GAP + 11, GAP + 12) == [GAP + 11, GAP + 12]
     assert c.skip(10) == GAP + 10 and c.skip(9) == 9 and c.skip(GAP + 10) == GAP + 10
     assert c.stop(3, 100) == 10 and c.stop(GAP + 10, 100) == GAP + 12
     plain = Counter(n=8, acked=0)
     assert plain.numbers(1, 8) == list(range(1, 9)) and plain.skip(5) == 5
+    # Two losses: two ranges, both stepped over.
+    two = Counter(n=2 * GAP + 20, acked=0, gaps=((5, GAP + 5), (GAP + 8, 2 * GAP + 8)))
+    assert two.numbers(1, 2 * GAP + 10) == [1, 2, 3, 4, 5, GAP + 6, GAP + 7, GAP + 8,
+                                            2 * GAP + 9, 2 * GAP + 10]  # fmt: skip
+    assert two.skip(5) == GAP + 5 and two.skip(GAP + 8) == 2 * GAP + 8
+    assert two.stop(0, 100) == 5 and two.stop(GAP + 5, 100) == GAP + 8
+
+
+async def test_after_two_losses_a_page_and_an_ack_step_over_both_skipped_ranges(
+    store: DeliveryStore,
+) -> None:
+    """A member who acknowledged nothing since before the first loss: the first loss's
+    range must not be forgotten at the second (a page then walked a billion numbers
+    in chunks, and the ack script walked them inside Redis)."""
+    await store.store_hot([item("hal", i) for i in range(3)])  # 1..3
+    await store.persist_due(now=10**10)  # waiting in MongoDB
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    second = await store.store_hot([item("hal", i) for i in range(3, 5)])
+    assert [d["seq"] for d in second] == [3 + GAP + 1, 3 + GAP + 2]
+    await store.persist_due(now=10**10)
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    third = await store.store_hot([item("hal", 5)])
+    assert [d["seq"] for d in third] == [3 + 2 * GAP + 3]
+    assert (await store.ctr.get(["hal"]))["hal"].gaps == (
+        (3, 3 + GAP), (3 + GAP + 2, 3 + 2 * GAP + 2),
+    )  # fmt: skip
+    wanted = [1, 2, 3, 3 + GAP + 1, 3 + GAP + 2, 3 + 2 * GAP + 3]
+    page, more = await asyncio.wait_for(store.page("hal", 0, 10), 10)
+    assert [d["seq"] for d in page] == wanted and not more
+    acked = await asyncio.wait_for(store.acknowledge_many({"hal": wanted[-1]}), 10)
+    assert sorted(d["seq"] for d in acked["hal"]) == wanted
+    assert (await store.page("hal", 0, 10))[0] == []
 
 
 async def test_an_ack_over_hot_and_persisted_items_deletes_and_uncounts_each_once(
