@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from services.delivery.counters import GAP, Counter
 from services.delivery.store import DeliveryStore
 
@@ -160,3 +163,30 @@ async def test_an_ack_reads_each_items_sender_and_kind_whatever_its_text(
     assert {k.decode(): int(v) for k, v in raw.items()} == {"*": 1, "s2": 1}
     await store.acknowledge_many({"hal": 3})
     assert await store.redis.hgetall(key) == {}
+
+
+@given(
+    cuts=st.lists(st.integers(0, 120), min_size=0, max_size=6),
+    first=st.integers(1, 130),
+    span=st.integers(0, 60),
+    n_extra=st.integers(0, 10),
+)
+def test_walks_match_a_plain_filter_whatever_the_ranges(
+    cuts: list[int], first: int, span: int, n_extra: int
+) -> None:
+    """``numbers``, and a page-style walk with ``skip``/``stop``, give exactly the
+    numbers outside every skipped range, for any ranges (disjoint, ascending)."""
+    points = sorted(set(cuts))
+    gaps = tuple((points[i], points[i + 1]) for i in range(0, len(points) - 1, 2))
+    n = (points[-1] if points else 0) + n_extra
+    c = Counter(n=n, acked=0, gaps=gaps)
+    skipped = {k for f, t in gaps for k in range(f + 1, t + 1)}
+    last = min(first + span, n)
+    assert c.numbers(first, last) == [k for k in range(first, last + 1) if k not in skipped]
+    walked, start = [], first - 1
+    while (start := c.skip(start)) < n:
+        stop = c.stop(start, 7)
+        assert stop > start
+        walked.extend(range(start + 1, stop + 1))
+        start = stop
+    assert walked == [k for k in range(first, n + 1) if k not in skipped]
