@@ -1,4 +1,5 @@
 /** HTTP to the auth and key services, same origin (through the load balancer). */
+import type { NoticePage } from './notifications.ts';
 
 export class ApiError extends Error {
   override name = 'ApiError';
@@ -138,6 +139,12 @@ export class Api {
   confirmReset(token: string, newPassword: string): Promise<void> {
     return this.request('POST', '/auth/v1/password/reset/confirm', { token, new_password: newPassword }, false);
   }
+  preferences(): Promise<{ mention_emails: boolean }> {
+    return this.request('GET', '/auth/v1/me/preferences');
+  }
+  setPreferences(changes: { mention_emails?: boolean }): Promise<{ mention_emails: boolean }> {
+    return this.request('PATCH', '/auth/v1/me/preferences', changes);
+  }
   user(usernameOrId: string): Promise<UserBrief> {
     return this.request('GET', `/auth/v1/users/${encodeURIComponent(usernameOrId.toLowerCase())}`);
   }
@@ -217,6 +224,12 @@ export class Api {
   }
   deleteRoomMessage(roomId: string, seq: number): Promise<RoomMessage> {
     return this.request('DELETE', `${roomPath(roomId)}/messages/${seq}`);
+  }
+  notifications(before: number | null, limit = 50): Promise<NoticePage> {
+    return this.request('GET', `/rooms/v1/notifications?limit=${limit}${before == null ? '' : `&before=${before}`}`);
+  }
+  readNotifications(upTo: number): Promise<{ unread: number }> {
+    return this.request('POST', '/rooms/v1/notifications/read', { up_to: upTo });
   }
   roomMessages(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; next_before: number | null }> {
     return this.request('GET', `${roomPath(roomId)}/messages?limit=${limit}${before == null ? '' : `&before=${before}`}`);

@@ -32,6 +32,7 @@ import {
 import type * as W from '../generated/contract.ts';
 import { Api, ApiError, type Challenge, type Listed, type Room, type RoomMessage, type Tokens } from './api.ts';
 import { type PeerJson, PeerState } from './peers.ts';
+import type { NoticePage } from './notifications.ts';
 import {
   MAX_MENTIONS,
   MAX_PENDING,
@@ -163,6 +164,7 @@ export type ClientEvent =
   | { type: 'room_message_changed'; change: W.RoomMessageChanged }
   | { type: 'room_changed'; room: string }
   | { type: 'typing'; room: string }
+  | { type: 'notification'; notice: W.Notification }
   | { type: 'removed'; peer: string; serverId: string; by: 'sender' | 'admin' }
   | { type: 'changed' };
 
@@ -958,6 +960,30 @@ export class ParleyClient {
     return { messages: [...page.messages].reverse(), nextBefore: page.next_before };
   }
 
+  // -- mention notifications (docs/rooms.md "Mentions") ---------------------------------
+  /** A page of my notifications, newest first, with the unread count. */
+  async notifications(before: number | null, limit = 50): Promise<NoticePage> {
+    await this.accessToken();
+    return this.api.notifications(before, limit);
+  }
+
+  /** Mark my notifications up to `upTo` read (the server's mark moves forward only). */
+  async readNotifications(upTo: number): Promise<number> {
+    await this.accessToken();
+    return (await this.api.readNotifications(upTo)).unread;
+  }
+
+  /** The account's mention e-mail preference (the auth service's, every browser's). */
+  async mentionEmails(): Promise<boolean> {
+    await this.accessToken();
+    return (await this.api.preferences()).mention_emails;
+  }
+
+  async setMentionEmails(on: boolean): Promise<boolean> {
+    await this.accessToken();
+    return (await this.api.setPreferences({ mention_emails: on })).mention_emails;
+  }
+
   /** What this device decrypted of a private room (its history is local only). */
   roomHistory(roomId: string): HistoryEntry[] {
     return this.history(roomConversation(roomId));
@@ -1409,6 +1435,9 @@ export class ParleyClient {
         return;
       case 'room_changed':
         this.#emit({ type: 'room_changed', room: frame.room_id });
+        return;
+      case 'notification':
+        this.#emit({ type: 'notification', notice: frame });
         return;
       case 'typing':
         if (frame.user === this.me) return; // our own devices' (the server sends them too)

@@ -3,6 +3,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import { MessageActions } from './messageActions.tsx';
+import { type NoticeTarget, Notifications } from './notificationsView.tsx';
 import { RoomList, RoomView } from './roomsView.tsx';
 import './style.css';
 
@@ -473,6 +474,12 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
 function Settings(props: { client: ParleyClient }) {
   const { client } = props;
   const [error, setError] = useState('');
+  // The account's mention e-mail preference lives in the auth service (every browser's).
+  const [mails, setMails] = useState<boolean | null>(null);
+  const [mailsBusy, setMailsBusy] = useState(false);
+  useEffect(() => {
+    client.mentionEmails().then(setMails, (err: unknown) => setError(`Mention e-mails: ${message(err)}`));
+  }, [client]);
   return (
     <section class="settings" aria-labelledby="settings-title">
       <h2 id="settings-title">Settings</h2>
@@ -492,6 +499,33 @@ function Settings(props: { client: ParleyClient }) {
       <small id="tell-typing-hint" class="hint">
         While you write in a room, its members see "… is typing"; the server sees it too, in private rooms as well.
       </small>
+      <label class="check" for="mention-emails">
+        <input
+          id="mention-emails"
+          type="checkbox"
+          checked={mails ?? false}
+          disabled={mails === null || mailsBusy}
+          aria-busy={mailsBusy}
+          aria-describedby="mention-emails-hint"
+          onChange={(e) => {
+            const on = (e.target as HTMLInputElement).checked;
+            setError('');
+            setMails(on); // shown at once; the server's answer (or the old value) follows
+            setMailsBusy(true);
+            client
+              .setMentionEmails(on)
+              .then(setMails, (err: unknown) => {
+                setMails(!on);
+                setError(`Mention e-mails: ${message(err)}`);
+              })
+              .finally(() => setMailsBusy(false));
+          }}
+        />
+        E-mail me when I am mentioned while I am away
+      </label>
+      <small id="mention-emails-hint" class="hint">
+        A digest of @mentions, at most one e-mail per 15 minutes, while none of your devices is connected. For the account, in every browser.
+      </small>
       {error && (
         <p class="error" role="alert" id="settings-error">
           {error}
@@ -506,13 +540,20 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
   const [version, setVersion] = useState(0);
   const [peer, setPeerState] = useState<string | null>(null);
   const [room, setRoom] = useState<Room | null>(null);
+  const [focus, setFocus] = useState<{ seq: number; n: number } | null>(null); // a mentioned post to show
   const setPeer = (p: string | null) => {
     setRoom(null);
+    setFocus(null);
     setPeerState(p);
   };
   const openRoom = (r: Room | null) => {
     setPeerState(null);
+    setFocus(null);
     setRoom(r);
+  };
+  const openNotice = (t: NoticeTarget) => {
+    openRoom(room?.room_id === t.room.room_id ? room : t.room);
+    if (t.seq !== null) setFocus({ seq: t.seq, n: Date.now() });
   };
   const [contact, setContact] = useState('');
   const [error, setError] = useState('');
@@ -551,6 +592,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
       </p>
       <div class="layout">
         <nav class="contacts" aria-labelledby="contacts-title">
+          <Notifications client={client} onOpen={openNotice} />
           <h2 id="contacts-title">Contacts</h2>
           <form
             id="add-contact"
@@ -598,7 +640,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
           <Settings client={client} />
         </nav>
         {room ? (
-          <RoomView client={client} room={room} version={version} onLeft={() => openRoom(null)} />
+          <RoomView client={client} room={room} version={version} highlight={focus} onLeft={() => openRoom(null)} />
         ) : peer ? (
           <Conversation client={client} peer={peer} version={version} />
         ) : (

@@ -185,12 +185,13 @@ function Line(props: {
   marker?: string | null | undefined;
   serverId?: string | undefined;
   removed?: boolean;
+  lit?: boolean;
   children?: ComponentChildren;
 }) {
   const status = props.dir === 'out' && props.status;
   return (
     <li
-      class={`msg ${props.dir}${props.failed ? ' failed' : ''}${props.removed ? ' removed' : ''}`}
+      class={`msg ${props.dir}${props.failed ? ' failed' : ''}${props.removed ? ' removed' : ''}${props.lit ? ' highlight' : ''}`}
       data-status={props.status ?? ''}
       {...(props.seq ? { 'data-seq': props.seq } : {})}
       {...(props.serverId ? { 'data-server-id': props.serverId } : {})}
@@ -292,7 +293,13 @@ function DeletePost(props: { client: ParleyClient; post: RoomMessage; onDeleted:
   );
 }
 
-export function RoomView(props: { client: ParleyClient; room: Room; version: number; onLeft: () => void }) {
+export function RoomView(props: {
+  client: ParleyClient;
+  room: Room;
+  version: number;
+  highlight?: { seq: number; n: number } | null; // a post to show (from a mention)
+  onLeft: () => void;
+}) {
   const { client } = props;
   const [room, setRoom] = useState<Room>(props.room);
   const [text, setText] = useState('');
@@ -305,6 +312,9 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
   const [busy, setBusy] = useState(false);
   const [, setTick] = useState(0); // shown again when a typist expires
   const listRef = useRef<HTMLOListElement>(null);
+  const [lit, setLit] = useState<number | null>(null);
+  const [readyFor, setReadyFor] = useState<string | null>(null); // the room whose first page is in
+  const shown = useRef<number | null>(null); // the highlight request already shown
   const titleRef = useRef<HTMLHeadingElement>(null);
   const id = props.room.room_id;
   const isPublic = room.kind === 'public';
@@ -318,6 +328,8 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
     setRoom(props.room);
     setTimeline([]);
     setNextBefore(null);
+    setReadyFor(null);
+    setLit(null);
     setError('');
     setStatus('');
     titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
@@ -330,6 +342,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
           const page = await client.timeline(id, null);
           merge(page.messages);
           setNextBefore(page.nextBefore);
+          setReadyFor(id);
         } else {
           await client.openRoom(id);
         }
@@ -368,6 +381,21 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
     const list = listRef.current;
     if (list) list.scrollTop = list.scrollHeight;
   }, [count, id]);
+  // A mention opened from the list: its post scrolled to and marked, once it is loaded.
+  const want = props.highlight;
+  const ready = readyFor === id; // not the previous room's, in the render that switches rooms
+  useEffect(() => {
+    if (!want || shown.current === want.n || !isPublic || !ready) return;
+    const line = listRef.current?.querySelector(`li[data-seq="${want.seq}"]`);
+    shown.current = want.n;
+    if (line) {
+      line.scrollIntoView({ block: 'center' });
+      setLit(want.seq);
+    } else {
+      setLit(null);
+      setStatus('That message is not in the loaded part of the timeline: "Load earlier messages" goes back.');
+    }
+  }, [want?.n, ready, isPublic]);
   const me = client.me;
   const who = (sender: string | undefined) => (sender === me ? 'You' : (names[sender ?? ''] ?? client.username(sender ?? '')));
   const pending = isPublic ? 0 : client.roomPending(id);
@@ -446,7 +474,7 @@ export function RoomView(props: { client: ParleyClient; room: Room; version: num
       <ol id="messages" ref={listRef} aria-label={`Messages in ${title}`} aria-live="polite" aria-relevant="additions">
         {isPublic
           ? timeline.map((m) => (
-              <Line key={m.seq} dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker} removed={isRemovedPost(m)}>
+              <Line key={m.seq} dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker} removed={isRemovedPost(m)} lit={lit === m.seq}>
                 {canEditPost(m, me) && room.state === 'open' && <EditPost client={client} post={m} onEdited={(edited) => merge([edited])} />}
                 {canDeletePost(m, me) && room.role != null && <DeletePost client={client} post={m} onDeleted={(deleted) => merge([deleted])} />}
               </Line>
