@@ -309,6 +309,12 @@ class Api:
         result: dict[str, Any] = await self.request("GET", f"/rooms/v1/directory{query}")
         return result
 
+    async def update_room(self, room_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PATCH", f"/rooms/v1/rooms/{_room(room_id)}", json=fields
+        )
+        return result
+
     async def join_room(self, room_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(
             "POST", f"/rooms/v1/rooms/{_room(room_id)}/join"

@@ -218,6 +218,35 @@ def rooms_remove(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
     _simple(ctx, work)
 
 
+@rooms_app.command("set")
+def rooms_set(
+    ctx: typer.Context,
+    room: RoomArg,
+    name: Annotated[str | None, typer.Option("--name", help="Rename the room")] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="A new topic ('' clears it)")] = None,
+    close: Annotated[
+        bool, typer.Option("--close", help="No new messages or members; history stays")
+    ] = False,
+    reopen: Annotated[bool, typer.Option("--open", help="Open a closed room again")] = False,
+) -> None:
+    """Rename a room, change its topic, or close / open it (owner and moderators)."""
+    if close and reopen:
+        raise typer.BadParameter("--close or --open, not both.")
+    state = "closed" if close else "open" if reopen else None
+
+    async def work(client: Client) -> str:
+        was = await client.rooms.resolve(room)
+        now = await client.rooms.update(was["room_id"], name=name, topic=topic, state=state)
+        said = [f"renamed #{escape(was['name'])} to #{escape(now['name'])}"] if name else []
+        if topic is not None:
+            said.append("topic set" if now.get("topic") else "topic cleared")
+        if state is not None:
+            said.append("closed" if now["state"] == "closed" else "open")
+        return f"#{escape(now['name'])}: {', '.join(said)}."
+
+    _simple(ctx, work)
+
+
 @rooms_app.command("members")
 def rooms_members(ctx: typer.Context, room: RoomArg) -> None:
     """A room's members, in join order."""

@@ -245,6 +245,24 @@ class Rooms:
             room = await self.api.room(str(room["room_id"]))
         return room
 
+    async def update(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        topic: str | None = None,
+        state: str | None = None,
+    ) -> dict[str, Any]:
+        """Rename the room, change its topic, or close it (``state="closed"``: no new
+        messages or members, history readable) or open it again: the owner and
+        moderators. Returns the room as it is now."""
+        fields = {k: v for k, v in (("name", name), ("topic", topic), ("state", state))
+                  if v is not None}  # fmt: skip
+        if not fields:
+            raise ParleyError("Nothing to change: give a name, a topic or a state.")
+        room = await self.resolve(ref)
+        return await self.api.update_room(str(room["room_id"]), fields)
+
     async def invite(self, ref: str, user: str) -> dict[str, Any]:
         room = await self.resolve(ref)
         return await self.api.invite(room["room_id"], user.strip().removeprefix("@"))

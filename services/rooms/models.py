@@ -61,6 +61,10 @@ class RoomCreate(_In):
 
 
 class RoomUpdate(_In):
+    name: str | None = Field(
+        default=None, min_length=1, max_length=NAME_MAX,
+        description=f"A new name: 1 to {NAME_MAX} characters, not blank, no control characters",
+    )  # fmt: skip
     topic: str | None = Field(default=None, max_length=TOPIC_MAX)
     state: State | None = Field(
         default=None, description="`closed`: no new messages or members; history stays readable"

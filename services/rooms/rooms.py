@@ -130,15 +130,26 @@ async def get(rooms: Rooms, user_id: str, room_id: str) -> models.Room:
 
 
 async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpdate) -> models.Room:
-    """Topic and state: the owner and moderators."""
+    """Name, topic and state: the owner and moderators."""
     room, member, _ = await visible(rooms, room_id, user_id)
     if member_of(member)["role"] not in ("owner", "moderator"):
-        raise forbidden("Only the room's owner and moderators change its topic or state.")
+        raise forbidden("Only the room's owner and moderators change its name, topic or state.")
     fields: dict[str, Any] = {}
     if body.topic is not None:
         fields["topic"] = text.clean(body.topic, "topic", required=False)
+    old_key = room.get("name_key") or text.name_key(room["name"])
+    if body.name is not None:
+        name = text.clean(body.name, "name", required=True)
+        fields.update(name=name, name_key=text.name_key(name))
+    public = room["kind"] == PUBLIC
+    if public and "name" in fields:
+        # The directory's new entry first, the old one last: a crash in between
+        # leaves an entry that no longer matches the room's name_key (not listed).
+        await rooms.store.add_to_directory(fields["name_key"], room_id, fields["name"])
     if fields:
         await rooms.store.set_room(room_id, fields)
+    if public and "name" in fields and fields["name_key"] != old_key:
+        await rooms.store.remove_from_directory(old_key, room_id)
     if body.state is not None and body.state != room["state"]:
         await set_state(rooms, room, body.state, user_id)
     room = await rooms.store.get_room(room_id) or room
@@ -202,7 +213,10 @@ async def directory(
             room_id=r["_id"], name=r["name"], topic=r.get("topic", ""),
             members=max(int(r.get("members", 0)), 0), state=r["state"],
         )
-        for x in entries if (r := docs.get(str(x["room_id"]))) is not None and not deleted(r)
+        for x in entries
+        if (r := docs.get(str(x["room_id"]))) is not None and not deleted(r)
+        # An entry a rename left behind (renamed, or renamed while crashing) is stale.
+        and (r.get("name_key") or text.name_key(r["name"])) == x.get("name_key")
     ]  # fmt: skip
     return models.DirectoryPage(
         rooms=listed, next_after=str(entries[-1]["_id"]) if more and entries else None

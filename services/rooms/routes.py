@@ -181,7 +181,7 @@ async def get_room(request: web.Request, claims: Claims) -> models.Room:
 
 @api.patch(
     ROOM,
-    summary="Change the topic, or close / open the room (owner and moderators)",
+    summary="Rename the room, change its topic, or close / open it (owner and moderators)",
     body=models.RoomUpdate,
     response=models.Room,
     auth=True,

@@ -161,3 +161,21 @@ def test_cli_public_room_edit_and_delete_show_markers_live_and_in_history(
     out = bob.run("history", f"#{room}").decode()
     assert "final words (edited)" in out and "[deleted by author]" in out
     assert "first draft" not in out and "a slip" not in out and "not yours" not in out
+
+
+def test_cli_room_settings_rename_topic_close_and_who_may(users: tuple[User, User]) -> None:
+    alice, bob = users
+    room = f"plaza{secrets.token_hex(3)}"
+    renamed = f"forum{secrets.token_hex(3)}"
+    alice.run("rooms", "create", room, "--public")
+    bob.run("rooms", "join", f"#{room}")
+    out = alice.run("rooms", "set", f"#{room}", "--name", renamed, "--topic", "rules: be kind")
+    assert f"renamed #{room} to #{renamed}".encode() in out and b"topic set" in out
+    listed = bob.run("rooms", "directory", renamed).decode()
+    assert renamed in listed and "be kind" in listed and room not in listed
+    fails(bob, "rooms", "set", f"#{renamed}", "--close", expect="owner and moderators")
+    fails(alice, "rooms", "set", f"#{renamed}", expect="Nothing to change")
+    assert b"closed" in alice.run("rooms", "set", f"#{renamed}", "--close")
+    fails(bob, "send", f"#{renamed}", "anyone?", expect="closed")
+    assert b"open" in alice.run("rooms", "set", f"#{renamed}", "--open")
+    assert f"Message sent to #{renamed}".encode() in bob.run("send", f"#{renamed}", "back")

@@ -117,6 +117,14 @@ async def test_membership_mistakes(api: RoomsApi, events: EventLog) -> None:
     await refused(api, api.patch(bob, public, {"state": "closed"}), 403, "forbidden")
     await refused(api, api.patch(owner, public, {"state": "gone"}), 422, "validation_failed")
     await refused(api, api.patch(owner, public, {"topic": "\x00"}), 422, "invalid_text")
+    # Renaming: the same rules as a new room's name; owner and moderators only.
+    await refused(api, api.patch(bob, public, {"name": "mine now"}), 403, "forbidden")
+    await refused(api, api.patch(eve, private, {"name": "peek"}), 404, "room_not_found")
+    for bad, status, code in (("", 422, "validation_failed"), ("x" * 101, 422, "validation_failed"),
+                              ("   ", 422, "invalid_text"), ("bell\x07", 422, "invalid_text")):  # fmt: skip
+        await refused(api, api.patch(owner, public, {"name": bad}), status, code)
+    bad_both = api.patch(owner, public, {"name": "fine", "topic": "\x00"})
+    await refused(api, bad_both, 422, "invalid_text")  # nothing of it stored
 
     seen = await events.settle(public)
     assert [e["type"] for e in seen] == [

@@ -189,6 +189,33 @@ async def test_directory_search_and_paging(api: RoomsApi) -> None:
     assert len(got) == 4 and len(set(got)) == 4
 
 
+async def test_renaming_a_room_everywhere_it_is_listed(api: RoomsApi) -> None:
+    owner, mod, member = api.user(), api.user(), api.user()
+    tag = api.user()[:6]
+    public = await api.room(owner, "public", f"{tag} old square")
+    for u in (mod, member):
+        assert (await api.join(u, public))[0] == 200
+    assert (await api.promote(owner, public, mod))[0] == 200
+    status, room = await api.patch(mod, public, {"name": f"{tag} New Square"})
+    assert status == 200 and room["name"] == f"{tag} New Square", room
+    assert (await api.get(member, public))[1]["name"] == f"{tag} New Square"
+    _, found = await api.directory(member, f"?q={tag} new")
+    assert [r["room_id"] for r in found["rooms"]] == [public]
+    _, gone = await api.directory(member, f"?q={tag} old")
+    assert gone["rooms"] == []
+    # Only the case changes: one directory entry, the new spelling.
+    assert (await api.patch(owner, public, {"name": f"{tag} NEW SQUARE"}))[0] == 200
+    _, found = await api.directory(member, f"?q={tag}")
+    assert [r["name"] for r in found["rooms"]] == [f"{tag} NEW SQUARE"]
+    # A private room is renamed for its members; outsiders still see nothing.
+    private = await api.room(owner, "private", f"{tag} crew")
+    assert (await api.patch(owner, private, {"name": f"{tag} band"}))[0] == 200
+    _, mine = await api.mine(owner)
+    assert {r["room_id"]: r["name"] for r in mine["rooms"]}[private] == f"{tag} band"
+    _, nothing = await api.directory(member, f"?q={tag} band")
+    assert nothing["rooms"] == []
+
+
 async def test_concurrent_joins_make_one_membership(api: RoomsApi, events: EventLog) -> None:
     owner, bob = api.user(), api.user()
     room = await api.room(owner)
