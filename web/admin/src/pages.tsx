@@ -1,29 +1,14 @@
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import type { AdminSession, AdminUser, Api, AuditEntry, OAuthClient } from "./api";
 import type { Navigate } from "./main";
-import { Link, Problem, when } from "./ui";
+import { Link, Problem, usePagedList, when } from "./ui";
 
 export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [q, setQ] = useState("");
-  const [users, setUsers] = useState<AdminUser[]>([]);
-  const [next, setNext] = useState<string | null>(null);
-  const [error, setError] = useState<unknown>(null);
-
-  // Only the latest request may fill the table: the first (unfiltered) page can
-  // arrive after a search the admin typed meanwhile, and must not overwrite it.
-  const latest = useRef(0);
-  const load = async (query: string, cursor?: string | null) => {
-    const ticket = ++latest.current;
-    try {
-      const page = await api.users(query, cursor);
-      if (ticket !== latest.current) return;
-      setUsers((shown) => (cursor ? [...shown, ...page.users] : page.users));
-      setNext(page.next_cursor);
-      setError(null);
-    } catch (e) {
-      if (ticket === latest.current) setError(e);
-    }
-  };
+  const { items: users, next, error, load } = usePagedList(async (query: string, cursor?: string | null) => {
+    const page = await api.users(query, cursor);
+    return { items: page.users, next: page.next_cursor };
+  });
   useEffect(() => void load(""), []);
 
   return (

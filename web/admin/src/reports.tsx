@@ -1,10 +1,10 @@
 // Reports of end-to-end encrypted messages (docs/moderation-messages.md): the queue,
 // one report with the plaintext its reporter revealed (verified by franking), its
 // resolution, and the removal of the reported message (signed tombstones).
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import type { Api, AuditEntry, Report, ReportState } from "./api";
 import type { Navigate } from "./main";
-import { Confirm, Link, Problem, UserName, when } from "./ui";
+import { Confirm, Link, Problem, UserName, usePagedList, when } from "./ui";
 
 function StateBadge({ state, id }: { state: ReportState; id?: string }) {
   return (
@@ -28,24 +28,10 @@ function Where({ report, navigate }: { report: Report; navigate: Navigate }) {
 
 export function ReportsPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [state, setState] = useState<"" | ReportState>("open");
-  const [reports, setReports] = useState<Report[]>([]);
-  const [next, setNext] = useState<string | null>(null);
-  const [loaded, setLoaded] = useState(false);
-  const [error, setError] = useState<unknown>(null);
-  const latest = useRef(0);
-  const load = async (s: "" | ReportState, after?: string | null) => {
-    const ticket = ++latest.current;
-    try {
-      const page = await api.reports(s, after);
-      if (ticket !== latest.current) return;
-      setReports((shown) => (after ? [...shown, ...page.reports] : page.reports));
-      setNext(page.next);
-      setError(null);
-      setLoaded(true);
-    } catch (e) {
-      if (ticket === latest.current) setError(e);
-    }
-  };
+  const { items: reports, next, loaded, error, load } = usePagedList(async (s: "" | ReportState, after?: string | null) => {
+    const page = await api.reports(s, after);
+    return { items: page.reports, next: page.next };
+  });
   useEffect(() => void load(state), []);
 
   return (

@@ -1,9 +1,9 @@
 // Rooms: every room (private ones as metadata only), one room, its members and the
 // admin actions of docs/moderation.md; a public room's timeline and its messages' moderation.
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import type { AdminRoom, Api, Marker, RevisionHistory, RoomFilter, RoomMember, RoomMessage } from "./api";
 import type { Navigate } from "./main";
-import { Confirm, Link, Problem, UserName, when } from "./ui";
+import { Confirm, Link, Problem, UserName, usePagedList, when } from "./ui";
 
 const MARKERS: Record<Marker, string> = {
   edited: "edited",
@@ -28,26 +28,10 @@ function RoomBadges({ room }: { room: AdminRoom }) {
 
 export function RoomsPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [filter, setFilter] = useState<RoomFilter>({ q: "", kind: "", state: "" });
-  const [rooms, setRooms] = useState<AdminRoom[]>([]);
-  const [next, setNext] = useState<string | null>(null);
-  const [loaded, setLoaded] = useState(false);
-  const [error, setError] = useState<unknown>(null);
-
-  // As on Users: only the latest request may fill the table.
-  const latest = useRef(0);
-  const load = async (f: RoomFilter, cursor?: string | null) => {
-    const ticket = ++latest.current;
-    try {
-      const page = await api.rooms(f, cursor);
-      if (ticket !== latest.current) return;
-      setRooms((shown) => (cursor ? [...shown, ...page.rooms] : page.rooms));
-      setNext(page.next_cursor);
-      setError(null);
-      setLoaded(true);
-    } catch (e) {
-      if (ticket === latest.current) setError(e);
-    }
-  };
+  const { items: rooms, next, loaded, error, load } = usePagedList(async (f: RoomFilter, cursor?: string | null) => {
+    const page = await api.rooms(f, cursor);
+    return { items: page.rooms, next: page.next_cursor };
+  });
   useEffect(() => void load(filter), []);
   const refilter = (change: Partial<RoomFilter>) => {
     const f = { ...filter, ...change };

@@ -1,6 +1,6 @@
 // Pieces every page uses: times, the API's errors, confirmations, user names.
 import type { ComponentChildren } from "preact";
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import type { Api } from "./api";
 import { ApiError } from "./api";
 import { BASE } from "./auth";
@@ -139,4 +139,37 @@ export function UserName({ api, id, navigate }: { api: Api; id: string | null; n
       </Link>
     </span>
   );
+}
+
+/** A page of a list, as the admin APIs answer: the items and where the next page starts. */
+export interface Paged<T> {
+  items: T[];
+  next: string | null;
+}
+
+/**
+ * A paged list (Users, Rooms, Reports): ``load(query)`` fills it, ``load(query, next)``
+ * adds the next page. Only the latest request may fill it: the first (unfiltered) page
+ * can arrive after a search the admin typed meanwhile, and must not overwrite it.
+ */
+export function usePagedList<Q, T>(fetch: (query: Q, cursor?: string | null) => Promise<Paged<T>>) {
+  const [items, setItems] = useState<T[]>([]);
+  const [next, setNext] = useState<string | null>(null);
+  const [loaded, setLoaded] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  const latest = useRef(0);
+  const load = async (query: Q, cursor?: string | null) => {
+    const ticket = ++latest.current;
+    try {
+      const page = await fetch(query, cursor);
+      if (ticket !== latest.current) return;
+      setItems((shown) => (cursor ? [...shown, ...page.items] : page.items));
+      setNext(page.next);
+      setError(null);
+      setLoaded(true);
+    } catch (e) {
+      if (ticket === latest.current) setError(e);
+    }
+  };
+  return { items, next, loaded, error, load };
 }
