@@ -13,14 +13,14 @@ is on by default and turning it off is what ``GET /auth/v1/me/preferences`` says
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from parley import Client
 
 from tests.support.stack import System
-from tests.web.test_chat_rooms import BROWSER, WEB, PythonSide, python_user, run_script
+from tests.web.test_chat_rooms import BROWSER, PythonSide, browser_scenario
 
 
 class MentionSide(PythonSide):
@@ -58,14 +58,7 @@ class MentionSide(PythonSide):
 
 @BROWSER
 async def test_browser_mention_notifications(system: System, tmp_path: Path) -> None:
-    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
-    tag = secrets.token_hex(4)
-    a_user = f"webn{tag}"
-    r = await python_user(system, tmp_path, tag)
-    py = MentionSide(r, system, a_user=a_user, a_password=f"browser password {tag}!")
-    env = {"LB": system.lb, "A_USER": a_user, "R_USER": str(r.username), "TAG": tag}
-    try:
-        output, _ = await run_script("chat_notifications.mjs", env, py, timeout=90)
-    finally:
-        await r.close()
-    assert "chat notifications: ok" in output, output[-3000:]
+    def side(r: Client, a_user: str, tag: str) -> PythonSide:
+        return MentionSide(r, system, a_user=a_user, a_password=f"browser password {tag}!")
+
+    await browser_scenario(system, tmp_path, "chat_notifications.mjs", "webn", 90, side)

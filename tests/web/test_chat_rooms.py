@@ -48,6 +48,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,29 +285,32 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
                 assert form not in blob, f"{text!r} readable in {where} (as {form!r})"
 
 
-@BROWSER
-async def test_browser_reports_unsends_and_edits_in_rooms(system: System, tmp_path: Path) -> None:
+async def browser_scenario(
+    system: System, tmp_path: Path, script: str, prefix: str, timeout: float,
+    side: Callable[[Client, str, str], PythonSide] | None = None,
+) -> None:  # fmt: skip
+    """The browser user ``<prefix><tag>`` runs ``script`` against a Python SDK user R,
+    whose side answers the script's ``PY`` lines (``side(R, browser user, tag)``,
+    :class:`PythonSide` by default); the script must end with ``<what>: ok``."""
     assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
     tag = secrets.token_hex(4)
+    a_user = f"{prefix}{tag}"
     r = await python_user(system, tmp_path, tag)
-    py = PythonSide(r, system)
-    env = {"LB": system.lb, "A_USER": f"webm{tag}", "R_USER": str(r.username), "TAG": tag}
+    py = side(r, a_user, tag) if side is not None else PythonSide(r, system)
+    env = {"LB": system.lb, "A_USER": a_user, "R_USER": str(r.username), "TAG": tag}
     try:
-        output, _ = await run_script("chat_rooms_moderation.mjs", env, py, timeout=120)
+        output, _ = await run_script(script, env, py, timeout=timeout)
     finally:
         await r.close()
-    assert "chat rooms moderation: ok" in output, output[-3000:]
+    done = script.removesuffix(".mjs").replace("_", " ") + ": ok"
+    assert done in output, output[-3000:]
+
+
+@BROWSER
+async def test_browser_reports_unsends_and_edits_in_rooms(system: System, tmp_path: Path) -> None:
+    await browser_scenario(system, tmp_path, "chat_rooms_moderation.mjs", "webm", timeout=120)
 
 
 @BROWSER
 async def test_browser_typing_in_rooms(system: System, tmp_path: Path) -> None:
-    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
-    tag = secrets.token_hex(4)
-    r = await python_user(system, tmp_path, tag)
-    py = PythonSide(r, system)
-    env = {"LB": system.lb, "A_USER": f"webt{tag}", "R_USER": str(r.username), "TAG": tag}
-    try:
-        output, _ = await run_script("chat_rooms_typing.mjs", env, py, timeout=90)
-    finally:
-        await r.close()
-    assert "chat rooms typing: ok" in output, output[-3000:]
+    await browser_scenario(system, tmp_path, "chat_rooms_typing.mjs", "webt", timeout=90)
