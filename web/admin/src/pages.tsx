@@ -18,10 +18,13 @@ export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
         class="row"
         onSubmit={(e) => {
           e.preventDefault();
-          void load(q);
+          // The field as it is now, not as of the last render (see Rooms).
+          const typed = (e.currentTarget.elements.namedItem("q") as HTMLInputElement).value;
+          setQ(typed);
+          void load(typed);
         }}
       >
-        <input id="search" placeholder="Username or e-mail prefix" value={q} onInput={(e) => setQ(e.currentTarget.value)} />
+        <input id="search" name="q" placeholder="Username or e-mail prefix" value={q} onInput={(e) => setQ(e.currentTarget.value)} />
         <button type="submit">Search</button>
       </form>
       <Problem error={error} />

@@ -50,11 +50,14 @@ export function RoomsPage({ api, navigate }: { api: Api; navigate: Navigate }) {
         class="row"
         onSubmit={(e) => {
           e.preventDefault();
-          void load(filter);
+          // The field as it is now: a search typed and submitted before the page
+          // re-rendered would otherwise go out with the text of the render before.
+          refilter({ q: (e.currentTarget.elements.namedItem("q") as HTMLInputElement).value });
         }}
       >
         <input
           id="room-search"
+          name="q"
           placeholder="A part of the name"
           maxLength={100}
           value={filter.q}
