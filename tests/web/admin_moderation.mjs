@@ -10,9 +10,17 @@ import { launch, shot, signIn, step, watchErrors } from "./admin_browser.mjs";
 const env = process.env;
 const browser = await launch();
 
-async function count(locator, n, what) {
-  const seen = await locator.count();
-  if (seen !== n) throw new Error(`${what}: ${seen} shown, ${n} expected`);
+// Waits until the table shows exactly n rows: a search's answer replaces the rows of
+// the list shown before it, which may already hold the rows a step waited for.
+async function count(page, selector, n, what) {
+  try {
+    await page.waitForFunction(([sel, want]) => document.querySelectorAll(sel).length === want,
+                               [selector, n], { timeout: 15000 });
+  } catch {
+    const seen = await page.locator(selector).count();
+    const shown = await page.locator("[role=alert]").allTextContents();
+    throw new Error(`${what}: ${seen} shown, ${n} expected; the page says: ${JSON.stringify(shown)}`);
+  }
 }
 
 try {
@@ -30,11 +38,11 @@ try {
   const plaza = page.locator(`#rooms tr[data-room-id="${env.ROOM_ID}"]`);
   await page.locator(`#rooms tr[data-room-id="${env.PRIVATE_ROOM_ID}"]`).waitFor();
   await plaza.locator(`text=${env.OWNER_NAME}`).waitFor(); // the owner by name, not by id
-  await count(page.locator("#rooms tbody tr"), 3, "rooms named with the tag");
+  await count(page, "#rooms tbody tr", 3, "rooms named with the tag");
   await shot(page, "rooms");
   await page.selectOption("#room-kind", "public");
   await page.locator(`#rooms tr[data-room-id="${env.PRIVATE_ROOM_ID}"]`).waitFor({ state: "detached" });
-  await count(page.locator("#rooms tbody tr"), 2, "public rooms named with the tag");
+  await count(page, "#rooms tbody tr", 2, "public rooms named with the tag");
 
   step("opens the room: members and timeline");
   await plaza.locator("a").first().click();
