@@ -190,3 +190,31 @@ def test_walks_match_a_plain_filter_whatever_the_ranges(
         walked.extend(range(start + 1, stop + 1))
         start = stop
     assert walked == [k for k in range(first, n + 1) if k not in skipped]
+
+
+async def test_a_20000_item_inbox_through_two_losses_pages_and_acks_in_full(
+    store: DeliveryStore,
+) -> None:
+    """At the size an offline member's inbox reaches: 20,000 items, 15,000 of them
+    waiting in MongoDB across two losses, paged to the end and acknowledged at once."""
+    for start in range(0, 10_000, 2_000):
+        await store.store_hot([item("ida", i) for i in range(start, start + 2_000)])
+    await store.persist_due(now=10**10)
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    await store.store_hot([item("ida", i) for i in range(10_000, 15_000)])
+    await store.persist_due(now=10**10)
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    await store.store_hot([item("ida", i) for i in range(15_000, 20_000)])  # hot
+    seen: list[int] = []
+    after, more = 0, True
+    while more:
+        page, more = await asyncio.wait_for(store.page("ida", after, 200), 10)
+        seen += [d["seq"] for d in page]
+        after = seen[-1]
+    assert len(seen) == 20_000 and seen == sorted(set(seen))
+    assert seen[10_000] == 10_000 + GAP + 1 and seen[15_000] == 15_000 + 2 * GAP + 1
+    acked = await asyncio.wait_for(store.acknowledge_many({"ida": seen[-1]}), 60)
+    assert len(acked["ida"]) == 20_000
+    assert (await store.page("ida", 0, 10))[0] == []
