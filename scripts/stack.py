@@ -123,6 +123,23 @@ def _ephemeral_floor() -> int:
         return 32768
 
 
+def _worker_share(floor: int, lo: int) -> tuple[int, int]:
+    """A pytest-xdist worker's own slice of ``[floor, lo)``.
+
+    Each worker remembers what it handed out, but not what the others did: two
+    workers could pick the same free port a moment apart, and the second
+    server's bind fails while the first one answers for it. Slices keep them
+    apart (a command a test runs inherits its worker's slice).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not lo or not worker.startswith("gw") or count < 2:
+        return floor, lo
+    index = int(worker[2:]) % count
+    width = (lo - floor) // count
+    return floor + index * width, floor + (index + 1) * width
+
+
 # Ports handed out by this process, never handed out twice.
 _GIVEN: set[int] = set()
 
@@ -142,6 +159,7 @@ def _free_ports(n: int) -> list[int]:
     floor = 10_000
     if lo - floor < 4 * n:  # an unusual range: fall back to the kernel's pick
         floor, lo = 0, 0
+    floor, lo = _worker_share(floor, lo)
     pick = secrets.SystemRandom()
     ports: list[int] = []
     while len(ports) < n:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+from pathlib import Path
 
 from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.embedded.conftest import BrokerFactory
-from tests.support.kafka_broker import admin_client, consumer, create_topic, producer, read_all
+from tests.support.kafka_broker import (
+    KafkaBroker,
+    admin_client,
+    consumer,
+    create_topic,
+    producer,
+    read_all,
+)
 
 
 async def test_kill_9_loses_nothing_acknowledged_and_keeps_every_offset(
@@ -140,3 +149,22 @@ async def test_a_second_broker_cannot_open_the_same_data_dir(make_broker: Broker
     else:  # pragma: no cover - the assertion below reports it
         second.stop()
         raise AssertionError("two brokers opened one data directory")
+
+
+async def test_a_port_another_server_took_is_not_taken_for_the_broker(
+    make_broker: BrokerFactory, tmp_path: Path
+) -> None:
+    """The test helper waits for its own broker, not for any listener on the port."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    with squatter:
+        b = KafkaBroker(tmp_path / "data")
+        b.port = squatter.getsockname()[1]  # free when picked, taken before the bind
+        b.start()
+        try:
+            assert b.port != squatter.getsockname()[1]
+            assert "address already in use" in b.output()
+            await create_topic(b.bootstrap, "here", 1)  # answered by our broker
+        finally:
+            b.stop()

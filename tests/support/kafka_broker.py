@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ class KafkaBroker:
         self.args = list(args)
         self.port = _free_ports(1)[0]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_once = False
 
     @property
     def bootstrap(self) -> str:
@@ -40,6 +40,21 @@ class KafkaBroker:
         return self.data_dir.parent / f"{self.data_dir.name}.out"
 
     def start(self) -> KafkaBroker:
+        """Start the broker and wait until *it* listens.
+
+        A listener on the port is not proof: the port was free when it was picked,
+        but another worker's server can take it before our bind. That server then
+        answers for us (until its test stops it) while ours exits with "address
+        already in use". So wait for our broker's own "listening" line; on a first
+        start that lost its port, try another one.
+        """
+        for _ in range(5):
+            if self._start_once():
+                return self
+            self.port = _free_ports(1)[0]  # taken by someone else: only before our first start
+        raise RuntimeError(f"broker did not start:\n{self.output()[-3000:]}")
+
+    def _start_once(self) -> bool:
         argv = [
             sys.executable,
             "-m",
@@ -53,17 +68,27 @@ class KafkaBroker:
             *self.args,
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        seen = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
+        ready = f"listening on 127.0.0.1:{self.port},".encode()
         deadline = time.monotonic() + 30
-        while not _listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(seen)
+                said = f.read()
+            if ready in said:
+                self.started_once = True
+                return True
+            exited = self.proc.poll() is not None
+            if exited or time.monotonic() > deadline:
                 self.proc.kill()
                 self.proc.wait()
                 self.proc = None
+                if exited and b"address already in use" in said and not self.started_once:
+                    return False
                 raise RuntimeError(f"broker did not start:\n{self.output()[-3000:]}")
             time.sleep(0.02)
-        return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
@@ -80,14 +105,6 @@ class KafkaBroker:
 
     def segments(self, topic: str, partition: int) -> list[Path]:
         return sorted((self.data_dir / "topics" / topic / str(partition)).glob("*.log"))
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 @asynccontextmanager
