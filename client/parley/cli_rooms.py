@@ -601,6 +601,9 @@ def _room_change(event: RoomChanged) -> str:
         return f"The room is {event.state} now."
     if event.change == "deleted":
         return "An admin deleted this room."
+    if event.change == "settings":
+        topic = f" Topic: {escape(event.topic)}" if event.topic else " No topic."
+        return f"The room is #{escape(event.name or '')} now.{topic}"
     return "A member was removed from this room."
 
 

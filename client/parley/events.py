@@ -92,16 +92,19 @@ class RoomMessageChanged(Event):
 
 @dataclass(frozen=True)
 class RoomChanged(Event):
-    """An admin changed a room: ``change`` is ``kind`` (``kind`` says what it is now:
-    new messages go end-to-end encrypted to a private room, to the timeline of a
-    public one; past messages stay as they were), ``state``, ``member_removed`` or
-    ``deleted``."""
+    """A room changed: ``change`` is ``kind`` (an admin made it ``kind``: new messages
+    go end-to-end encrypted to a private room, to the timeline of a public one; past
+    messages stay as they were), ``state``, ``member_removed`` (``user_id``),
+    ``deleted``, or ``settings`` (``user_id`` renamed it or set its topic: ``name``
+    and ``topic`` are what it has now)."""
 
     room_id: str
     change: str
     kind: str
     state: str
     user_id: str | None = None
+    name: str | None = None
+    topic: str | None = None
 
 
 @dataclass(frozen=True)

@@ -714,7 +714,15 @@ class Rooms:
             )
         elif isinstance(frame, f.RoomChanged):
             self.events.emit(
-                RoomChanged(frame.room_id, frame.change, frame.kind, frame.state, frame.user_id)
+                RoomChanged(
+                    frame.room_id,
+                    frame.change,
+                    frame.kind,
+                    frame.state,
+                    frame.user_id,
+                    frame.name,
+                    frame.topic,
+                )
             )
         elif isinstance(frame, f.TypingNotice):
             if frame.user != self.account.user_id:  # our own other devices: not news

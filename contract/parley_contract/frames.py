@@ -397,17 +397,21 @@ class RoomMessageChanged(ServerFrame, tag="room_message_changed"):
 
 
 class RoomChanged(ServerFrame, tag="room_changed"):
-    """An admin changed the room (docs/moderation.md): ``change`` is ``kind`` (the room is
-    ``kind`` now: private means end-to-end encrypted from now on), ``state`` (closed or
-    opened), ``member_removed`` (``user_id`` is no longer a member) or ``deleted``."""
+    """The room changed (docs/rooms.md, docs/moderation.md): ``change`` is ``kind`` (an
+    admin made it ``kind``: private means end-to-end encrypted from now on), ``state``
+    (closed or opened), ``member_removed`` (``user_id`` is no longer a member),
+    ``deleted``, or ``settings`` (its owner or a moderator, ``user_id``, renamed it or
+    set its topic: ``name`` and ``topic`` are the room's now)."""
 
     room_id: str
-    change: Literal["kind", "state", "member_removed", "deleted"]
+    change: Literal["kind", "state", "member_removed", "deleted", "settings"]
     kind: str
     state: str
     version: int
     at: int
     user_id: str | None = None
+    name: str | None = None
+    topic: str | None = None
 
 
 class TypingNotice(ServerFrame, tag="typing"):

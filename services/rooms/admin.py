@@ -17,7 +17,6 @@ import re
 from typing import Any
 
 from parley_contract import envelopes as e
-from parley_contract import frames as f
 
 from services.common.audit import Actor, Entry
 from services.common.auth import Claims
@@ -75,11 +74,7 @@ def _unchanged(what: str) -> ApiError:
 async def _tell(rooms: Rooms, room: Doc, change: str, also: tuple[str, ...] = (),
                 user_id: str | None = None) -> None:  # fmt: skip
     """A ``room_changed`` frame to the room's connected members (best effort)."""
-    frame = f.RoomChanged(
-        room_id=room["_id"], change=change, kind=room["kind"], state=room["state"],  # type: ignore[arg-type]
-        version=int(room.get("version", 1)), at=now_ms(), user_id=user_id,
-    )  # fmt: skip
-    await push.to_members(rooms.store, rooms.pusher, room, frame, "room_changed", also)
+    await push.room_changed(rooms.store, rooms.pusher, room, change, also, user_id)
 
 
 # -- rooms ----------------------------------------------------------------------------------

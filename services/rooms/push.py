@@ -28,7 +28,7 @@ from services.common.config import Settings
 from services.common.rosters import RosterCache
 from services.common.routing import Push, multicast, publish
 from services.rooms.metrics import RoomsMetrics
-from services.rooms.store import Doc, RoomStore
+from services.rooms.store import Doc, RoomStore, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,25 @@ async def to_members(
         return 0
     users += [u for u in also if u not in users]
     return await pusher.send_all(users, frame, kind)
+
+
+async def room_changed(
+    store: RoomStore,
+    pusher: Pusher,
+    room: Doc,
+    change: str,
+    also: tuple[str, ...] = (),
+    user_id: str | None = None,
+) -> int:
+    """A ``room_changed`` frame about ``room`` (as it is now) to its connected members."""
+    settings = change == "settings"
+    frame = f.RoomChanged(
+        room_id=room["_id"], change=change, kind=room["kind"], state=room["state"],  # type: ignore[arg-type]
+        version=int(room.get("version", 1)), at=now_ms(), user_id=user_id,
+        name=room["name"] if settings else None,
+        topic=room.get("topic", "") if settings else None,
+    )  # fmt: skip
+    return await to_members(store, pusher, room, frame, "room_changed", also)
 
 
 async def room_post(store: RoomStore, pusher: Pusher, room: Doc, frame: f.RoomPost) -> int:

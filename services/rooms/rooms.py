@@ -15,7 +15,7 @@ from typing import Any
 from parley_contract import envelopes as e
 
 from services.common.errors import ApiError, ErrorCode
-from services.rooms import models, text
+from services.rooms import models, push, text
 from services.rooms.config import PAGE_MAX
 from services.rooms.events import Check
 from services.rooms.state import Rooms
@@ -150,9 +150,17 @@ async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpda
         await rooms.store.set_room(room_id, fields)
     if public and "name" in fields and fields["name_key"] != old_key:
         await rooms.store.remove_from_directory(old_key, room_id)
-    if body.state is not None and body.state != room["state"]:
-        await set_state(rooms, room, body.state, user_id)
+    changed_state = body.state is not None and body.state != room["state"]
+    if changed_state:
+        await set_state(rooms, room, str(body.state), user_id)
+    renamed = fields.get("name", room["name"]) != room["name"]
+    retopiced = fields.get("topic", room.get("topic", "")) != room.get("topic", "")
     room = await rooms.store.get_room(room_id) or room
+    # Members see it at once (the web client reads the room again; the CLI says it).
+    if renamed or retopiced:
+        await push.room_changed(rooms.store, rooms.pusher, room, "settings", user_id=user_id)
+    if changed_state:
+        await push.room_changed(rooms.store, rooms.pusher, room, "state")
     return out(room, member)
 
 

@@ -169,13 +169,18 @@ def test_cli_room_settings_rename_topic_close_and_who_may(users: tuple[User, Use
     renamed = f"forum{secrets.token_hex(3)}"
     alice.run("rooms", "create", room, "--public")
     bob.run("rooms", "join", f"#{room}")
+    chat = open_room_chat(bob, room)  # bob watches: each change is told live
     out = alice.run("rooms", "set", f"#{room}", "--name", renamed, "--topic", "rules: be kind")
     assert f"renamed #{room} to #{renamed}".encode() in out and b"topic set" in out
+    chat.expect(f"The room is #{renamed} now. Topic: rules: be kind")
     listed = bob.run("rooms", "directory", renamed).decode()
     assert renamed in listed and "be kind" in listed and room not in listed
     fails(bob, "rooms", "set", f"#{renamed}", "--close", expect="owner and moderators")
     fails(alice, "rooms", "set", f"#{renamed}", expect="Nothing to change")
     assert b"closed" in alice.run("rooms", "set", f"#{renamed}", "--close")
+    chat.expect("The room is closed now.")
+    chat.sendline("/quit")
+    chat.expect(pexpect.EOF)
     fails(bob, "send", f"#{renamed}", "anyone?", expect="closed")
     assert b"open" in alice.run("rooms", "set", f"#{renamed}", "--open")
     assert f"Message sent to #{renamed}".encode() in bob.run("send", f"#{renamed}", "back")

@@ -295,6 +295,29 @@ async def test_members_see_changes_live(api: RoomsApi, messaging: Messaging) -> 
     assert (removed["change"], removed["user_id"]) == ("member_removed", alice)
 
 
+async def test_members_see_a_rename_a_topic_and_a_close_live(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    owner, alice = api.user(), api.user()
+    room = await api.room(owner, name="old name")
+    assert (await api.join(alice, room))[0] == 200
+    sock = await messaging.connect(alice, pod=0)
+    assert (await api.patch(owner, room, {"name": "new name", "topic": "be kind"}))[0] == 200
+    changed = await sock.expect("room_changed", room_id=room)
+    assert {k: changed[k] for k in ("change", "name", "topic", "user_id", "state")} == {
+        "change": "settings", "name": "new name", "topic": "be kind", "user_id": owner,
+        "state": "open",
+    }  # fmt: skip
+    # The same name again changes nothing and tells nothing: the next frame is the topic's.
+    assert (await api.patch(owner, room, {"name": "new name"}))[0] == 200
+    assert (await api.patch(owner, room, {"topic": ""}))[0] == 200
+    cleared = await sock.expect("room_changed", room_id=room)
+    assert (cleared["change"], cleared["name"], cleared["topic"]) == ("settings", "new name", "")
+    assert (await api.patch(owner, room, {"state": "closed"}))[0] == 200
+    closed = await sock.expect("room_changed", room_id=room)
+    assert (closed["change"], closed["state"], closed["name"]) == ("state", "closed", None)
+
+
 def admin_routes(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, operation) of every route the document says needs the admin role."""
     return [
