@@ -261,9 +261,12 @@ def rooms_members(ctx: typer.Context, room: RoomArg) -> None:
 
 
 def _members_table(members: list[dict[str, Any]]) -> Table:
-    table = Table("member", "role", "joined")
+    table = Table("member", "role", "joined", "now")
     for m in members:
-        table.add_row(escape(str(m["username"])), m["role"], _time(m.get("joined_at")))
+        table.add_row(
+            escape(str(m["username"])), m["role"], _time(m.get("joined_at")),
+            "[green]online[/]" if m.get("online") else "",
+        )  # fmt: skip
     return table
 
 

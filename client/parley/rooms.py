@@ -301,7 +301,8 @@ class Rooms:
                 return list(dict.fromkeys(out))
 
     async def members(self, ref: str) -> list[dict[str, Any]]:
-        """The members (``user_id``, ``username``, ``role``, ``joined_at``), in join order."""
+        """The members (``user_id``, ``username``, ``role``, ``joined_at``, ``online``: a
+        device of theirs is connected and they show it), in join order."""
         room = await self.resolve(ref)
         out: list[dict[str, Any]] = []
         after: Any = None

@@ -273,9 +273,13 @@ async def me(svc: AuthService, claims: Claims) -> MeResponse:
 
 
 def preferences_of(user: dict[str, Any]) -> Preferences:
-    """A user's preferences; a preference never set has its default (mention e-mails on)."""
+    """A user's preferences; a preference never set has its default (mention e-mails on,
+    presence shown)."""
     # Truthiness, not `is False`: the embedded MongoDB stores a $set boolean as 0/1.
-    return Preferences(mention_emails=bool(user.get("mention_emails", True)))
+    return Preferences(
+        mention_emails=bool(user.get("mention_emails", True)),
+        show_presence=bool(user.get("show_presence", True)),
+    )
 
 
 async def preferences(svc: AuthService, claims: Claims) -> Preferences:
@@ -284,7 +288,8 @@ async def preferences(svc: AuthService, claims: Claims) -> Preferences:
 
 async def set_preferences(svc: AuthService, claims: Claims, body: PreferencesPatch) -> Preferences:
     """Change the preferences the body names; the others stay as they are. The notifier
-    reads ``mention_emails`` from the user document (docs/notifier.md)."""
+    reads ``mention_emails`` from the user document (docs/notifier.md), the rooms
+    service ``show_presence`` (docs/rooms.md)."""
     user = await svc.own_user(claims)
     changes = body.model_dump(exclude_none=True)
     if changes:

@@ -120,6 +120,11 @@ class PreferencesPatch(Request):
         description="E-mail a digest of @mentions while no device of yours is connected"
         " (false: unsubscribe)",
     )
+    show_presence: bool | None = Field(
+        default=None,
+        description="Show the members of your rooms when a device of yours is connected"
+        " (false: you always look offline)",
+    )
 
 
 class BlockRequest(Request):
@@ -179,6 +184,10 @@ class Preferences(BaseModel):
     mention_emails: bool = Field(
         description="A digest of @mentions is e-mailed while no device is connected"
         " (docs/notifier.md)"
+    )
+    show_presence: bool = Field(
+        description="Members of your rooms see you online while a device of yours is"
+        ' connected (docs/rooms.md, "Presence")'
     )
 
 

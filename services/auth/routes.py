@@ -207,7 +207,7 @@ async def me(request: web.Request, claims: Claims) -> MeResponse:
 
 @api.get(
     "/v1/me/preferences",
-    summary="The caller's preferences (mention e-mails)",
+    summary="The caller's preferences (mention e-mails, presence)",
     response=Preferences,
     auth=True,
     tags=["accounts"],
@@ -219,7 +219,7 @@ async def get_preferences(request: web.Request, claims: Claims) -> Preferences:
 @api.patch(
     "/v1/me/preferences",
     summary="Change the caller's preferences; `mention_emails: false` unsubscribes from"
-    " mention e-mails",
+    " mention e-mails, `show_presence: false` hides when you are online",
     body=PreferencesPatch,
     response=Preferences,
     auth=True,

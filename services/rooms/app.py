@@ -10,14 +10,15 @@ from aiohttp import web
 from services.common.app import base_app
 from services.common.audit import AuditLog
 from services.common.auth import use_token_verifier
-from services.common.clients import Topics
+from services.common.clients import Topics, service_db
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.ratelimit import RateLimiter
-from services.common.state import REGISTRY
+from services.common.state import MONGO, REGISTRY
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
 from services.rooms.metrics import RoomsMetrics
+from services.rooms.presence import Presence
 from services.rooms.push import Pusher
 from services.rooms.room_messages import RoomMessages
 from services.rooms.routes import api
@@ -46,6 +47,8 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
         metrics=metrics,
         pusher=Pusher(redis, settings, metrics),
         audit=AuditLog.of(db, settings, "rooms"),
+        # The auth service's users, read only: the presence preference.
+        presence=Presence(redis, settings, service_db(app[MONGO], settings, "auth")["users"]),
     )
     app[ROOMS] = rooms
     consumer = RoomMessages(rooms, settings)

@@ -324,9 +324,15 @@ async def member_page(rooms: Rooms, room: Doc, after: int, limit: int) -> models
             m = docs.get(str(x["user"]))
             if m is not None and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1]):
                 found.append(m)
+    online = await rooms.presence.online([str(m["user"]) for m in found])
     return models.MemberPage(
         members=[
-            models.Member(user_id=m["user"], role=m["role"], joined_at=int(m["joined_at"]))
+            models.Member(
+                user_id=m["user"],
+                role=m["role"],
+                joined_at=int(m["joined_at"]),
+                online=m["user"] in online,
+            )
             for m in found
         ],
         next_after=cursor if cursor < last else None,

@@ -170,6 +170,10 @@ class Member(_Out):
     user_id: str
     role: Role
     joined_at: int
+    online: bool = Field(
+        description="A device of the member's is connected now, and the member shows it"
+        ' (`show_presence`, the auth service\'s preferences; docs/rooms.md, "Presence")'
+    )
 
 
 class MemberPage(_Out):

@@ -12,6 +12,7 @@ from services.common.ratelimit import RateLimiter
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
 from services.rooms.metrics import RoomsMetrics
+from services.rooms.presence import Presence
 from services.rooms.push import Pusher
 from services.rooms.store import RoomStore
 from services.rooms.users import Users
@@ -34,6 +35,8 @@ class Rooms:
     pusher: Pusher
     # The one audit log of all services (services.common.audit), as the rooms service.
     audit: AuditLog
+    # Who of a page of members is online (services/rooms/presence.py).
+    presence: Presence
 
 
 ROOMS: web.AppKey[Rooms] = web.AppKey("rooms", Rooms)

@@ -112,7 +112,7 @@ def test_cli_private_room_chat_commands_and_errors(users: tuple[User, User]) -> 
     b.sendline(f"@{alice.name} got it")
     a.expect(f"{bob.name}: @{alice.name} got it")
     a.sendline("/members")
-    a.expect(bob.name)
+    a.expect(rf"{bob.name}\W.*online")  # bob is in the chat: connected
     b.sendline("/leave")
     b.expect(f"You left #{room}")
     b.expect(pexpect.EOF)

@@ -61,12 +61,11 @@ async def test_mentions_reach_sockets_lists_and_one_email_digest(system: System)
     maildir = system.stack.maildir
     async with aiohttp.ClientSession() as http:
         # Dave unsubscribes; the preference is the auth service's.
-        assert await call(http, system, "GET", "/auth/v1/me/preferences", dave) == {
-            "mention_emails": True
-        }
+        prefs = await call(http, system, "GET", "/auth/v1/me/preferences", dave)
+        assert prefs["mention_emails"] is True
         off = await call(http, system, "PATCH", "/auth/v1/me/preferences", dave,
                          {"mention_emails": False})  # fmt: skip
-        assert off == {"mention_emails": False}
+        assert off["mention_emails"] is False
         room = await call(http, system, "POST", "/rooms/v1/rooms", alice,
                           {"name": "e2e mentions", "kind": "public"}, expect=201)  # fmt: skip
         rid = room["room_id"]

@@ -1,0 +1,65 @@
+"""Presence in a room's member list (docs/rooms.md, "Presence"): who has a socket now,
+unless they hide it; through real gateway pods, Redis and MongoDB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.rooms.conftest import RoomsApi
+from tests.support.aio import eventually
+from tests.support.messaging import Messaging
+
+
+async def online(api: RoomsApi, room: str, viewer: str) -> dict[str, bool]:
+    status, page = await api.call("GET", f"/v1/rooms/{room}/members?limit=200", viewer)
+    assert status == 200, page
+    return {m["user_id"]: m["online"] for m in page["members"]}
+
+
+async def test_the_member_list_says_who_is_online_unless_they_hide_it(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    owner, alice, bob = api.user(), api.user(), api.user()
+    room = await api.room(owner, name="presence")
+    for u in (alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    assert await online(api, room, owner) == {owner: False, alice: False, bob: False}
+    # Alice connects two devices (on two pods); bob one.
+    a1 = await messaging.connect(alice, pod=0)
+    a2 = await messaging.connect(alice, pod=1, did=2)
+    b = await messaging.connect(bob, pod=1)
+    assert await online(api, room, owner) == {owner: False, alice: True, bob: True}
+    # Bob hides it (the auth service's preference, on its users document): offline to all.
+    auth_users: Any = api.rooms.presence.users
+    await auth_users.update_one({"_id": bob}, {"$set": {"show_presence": 0}}, upsert=True)
+    assert await online(api, room, alice) == {owner: False, alice: True, bob: False}
+    await auth_users.update_one({"_id": bob}, {"$set": {"show_presence": 1}})
+    assert (await online(api, room, alice))[bob] is True
+    # Gone when every socket is: alice closes one, still online; then the other.
+    await a1.close()
+    await b.close()
+    await eventually(lambda: online(api, room, owner), lambda o: not o[bob])
+    assert (await online(api, room, owner))[alice] is True
+    await a2.close()
+    await eventually(lambda: online(api, room, owner), lambda o: not o[alice])
+
+
+async def test_a_large_room_s_member_pages_each_say_who_is_online(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    owner = api.user()
+    room = await api.room(owner, kind="public", name="big presence")
+    users = [api.user() for _ in range(450)]
+    for u in users:
+        assert (await api.join(u, room))[0] == 200
+    here = users[::50]  # 9 members spread over the three pages
+    for i, u in enumerate(here):
+        await messaging.connect(u, pod=i % 2)
+    seen: dict[str, bool] = {}
+    after: Any = 0
+    while after is not None:
+        _, page = await api.call("GET", f"/v1/rooms/{room}/members?limit=200&after={after}", owner)
+        seen.update({m["user_id"]: m["online"] for m in page["members"]})
+        after = page["next_after"]
+    assert len(seen) == 451
+    assert {u for u, on in seen.items() if on} == set(here)
