@@ -71,6 +71,23 @@ export interface Room {
   invited_by?: string | null;
 }
 
+/** The account's preferences (the auth service's, every browser's; docs/auth.md). */
+export interface Preferences {
+  /** A digest of @mentions is e-mailed while no device is connected. */
+  mention_emails: boolean;
+  /** Members of my rooms see me online while a device of mine is connected. */
+  show_presence: boolean;
+}
+
+/** A room's member as the members list answers it (docs/rooms.md, "Presence"). */
+export interface RoomMember {
+  user_id: string;
+  role: 'owner' | 'moderator' | 'member';
+  joined_at: number;
+  /** A device of the member's is connected now, and the member shows it. */
+  online: boolean;
+}
+
 /** A public room's timeline message. */
 export interface RoomMessage {
   room_id: string;
@@ -139,10 +156,10 @@ export class Api {
   confirmReset(token: string, newPassword: string): Promise<void> {
     return this.request('POST', '/auth/v1/password/reset/confirm', { token, new_password: newPassword }, false);
   }
-  preferences(): Promise<{ mention_emails: boolean }> {
+  preferences(): Promise<Preferences> {
     return this.request('GET', '/auth/v1/me/preferences');
   }
-  setPreferences(changes: { mention_emails?: boolean }): Promise<{ mention_emails: boolean }> {
+  setPreferences(changes: Partial<Preferences>): Promise<Preferences> {
     return this.request('PATCH', '/auth/v1/me/preferences', changes);
   }
   user(usernameOrId: string): Promise<UserBrief> {
@@ -201,7 +218,7 @@ export class Api {
   leaveRoom(roomId: string): Promise<void> {
     return this.request('POST', `${roomPath(roomId)}/leave`);
   }
-  roomMembers(roomId: string, after?: unknown): Promise<{ members: { user_id: string; role: string }[]; next_after: unknown }> {
+  roomMembers(roomId: string, after?: unknown): Promise<{ members: RoomMember[]; next_after: unknown }> {
     return this.request('GET', `${roomPath(roomId)}/members?limit=500${after == null ? '' : `&after=${encodeURIComponent(String(after))}`}`);
   }
   invite(roomId: string, user: string): Promise<unknown> {

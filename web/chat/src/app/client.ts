@@ -30,7 +30,7 @@ import {
   utf8,
 } from '../crypto/index.ts';
 import type * as W from '../generated/contract.ts';
-import { Api, ApiError, type Challenge, type Listed, type Room, type RoomMessage, type Tokens } from './api.ts';
+import { Api, ApiError, type Challenge, type Listed, type Preferences, type Room, type RoomMember, type RoomMessage, type Tokens } from './api.ts';
 import { type PeerJson, PeerState } from './peers.ts';
 import type { NoticePage } from './notifications.ts';
 import {
@@ -437,6 +437,44 @@ export class ParleyClient {
 
   username(userId: string): string {
     return this.contacts().find((c) => c.user_id === userId)?.username ?? this.#names.get(userId) ?? userId.slice(0, 8);
+  }
+
+  /** The names of `userIds`: the known ones (contacts', or asked before) at once, the
+   * others asked of the server once each (as `nameOf`), a few at a time; given to
+   * `onNames` in batches as they come, so that a long list fills in as it goes. */
+  async namesOf(userIds: Iterable<string>, onNames: (names: Record<string, string>) => void, parallel = 6): Promise<void> {
+    const contacts = new Map(this.contacts().map((c) => [c.user_id, c.username]));
+    const account = this.account;
+    if (account) contacts.set(account.user_id, account.username);
+    const known: Record<string, string> = {};
+    const unknown: string[] = [];
+    for (const id of new Set(userIds)) {
+      const name = contacts.get(id) ?? this.#names.get(id);
+      if (name === undefined) unknown.push(id);
+      else known[id] = name;
+    }
+    if (Object.keys(known).length) onNames(known);
+    let batch: Record<string, string> = {};
+    let size = 0;
+    let flushed = Date.now();
+    const flush = () => {
+      if (size === 0) return;
+      onNames(batch);
+      batch = {};
+      size = 0;
+      flushed = Date.now();
+    };
+    let next = 0;
+    const worker = async () => {
+      while (next < unknown.length) {
+        const id = unknown[next++] as string;
+        batch[id] = await this.nameOf(id);
+        size += 1;
+        if (size >= 50 || Date.now() - flushed > 250) flush();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(parallel, unknown.length) }, worker));
+    flush();
   }
 
   /** A user's name (a contact's, or asked once of the server). */
@@ -982,6 +1020,35 @@ export class ParleyClient {
   async setMentionEmails(on: boolean): Promise<boolean> {
     await this.accessToken();
     return (await this.api.setPreferences({ mention_emails: on })).mention_emails;
+  }
+
+  /** The account's preferences (mention e-mails, presence): the auth service's, the
+   * same in every browser. */
+  async preferences(): Promise<Preferences> {
+    await this.accessToken();
+    return this.api.preferences();
+  }
+
+  /** Whether members of my rooms see me online while a device of mine is connected
+   * (`show_presence`; off: I always look offline). The server's answer. */
+  async setShowPresence(on: boolean): Promise<boolean> {
+    await this.accessToken();
+    return (await this.api.setPreferences({ show_presence: on })).show_presence;
+  }
+
+  /** Every member of the room in join order (`role`, and `online`: a device of theirs
+   * is connected and they show it), every page read. Presence is never pushed: ask
+   * again to see it now. */
+  async roomMembers(roomId: string): Promise<RoomMember[]> {
+    await this.accessToken();
+    const by = new Map<string, RoomMember>();
+    let after: unknown = null;
+    do {
+      const page = await this.api.roomMembers(roomId, after);
+      for (const m of page.members) by.set(m.user_id, m);
+      after = page.next_after;
+    } while (after !== null && after !== undefined);
+    return [...by.values()];
   }
 
   /** What this device decrypted of a private room (its history is local only). */

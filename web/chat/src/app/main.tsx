@@ -474,11 +474,20 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
 function Settings(props: { client: ParleyClient }) {
   const { client } = props;
   const [error, setError] = useState('');
-  // The account's mention e-mail preference lives in the auth service (every browser's).
+  // The account's preferences (mention e-mails, presence) live in the auth service
+  // (every browser's): read once, each toggle saved on its own.
   const [mails, setMails] = useState<boolean | null>(null);
   const [mailsBusy, setMailsBusy] = useState(false);
+  const [presence, setPresence] = useState<boolean | null>(null);
+  const [presenceBusy, setPresenceBusy] = useState(false);
   useEffect(() => {
-    client.mentionEmails().then(setMails, (err: unknown) => setError(`Mention e-mails: ${message(err)}`));
+    client.preferences().then(
+      (p) => {
+        setMails(p.mention_emails);
+        setPresence(p.show_presence);
+      },
+      (err: unknown) => setError(`Preferences: ${message(err)}`),
+    );
   }, [client]);
   return (
     <section class="settings" aria-labelledby="settings-title">
@@ -525,6 +534,33 @@ function Settings(props: { client: ParleyClient }) {
       </label>
       <small id="mention-emails-hint" class="hint">
         A digest of @mentions, at most one e-mail per 15 minutes, while none of your devices is connected. For the account, in every browser.
+      </small>
+      <label class="check" for="show-presence">
+        <input
+          id="show-presence"
+          type="checkbox"
+          checked={presence ?? false}
+          disabled={presence === null || presenceBusy}
+          aria-busy={presenceBusy}
+          aria-describedby="show-presence-hint"
+          onChange={(e) => {
+            const on = (e.target as HTMLInputElement).checked;
+            setError('');
+            setPresence(on); // shown at once; the server's answer (or the old value) follows
+            setPresenceBusy(true);
+            client
+              .setShowPresence(on)
+              .then(setPresence, (err: unknown) => {
+                setPresence(!on);
+                setError(`Show when I'm online: ${message(err)}`);
+              })
+              .finally(() => setPresenceBusy(false));
+          }}
+        />
+        Show when I'm online
+      </label>
+      <small id="show-presence-hint" class="hint">
+        Members of your rooms see you online while one of your devices is connected. Off: you always look offline. For the account, in every browser.
       </small>
       {error && (
         <p class="error" role="alert" id="settings-error">

@@ -3,7 +3,7 @@
  * room's server-readable timeline with paging). */
 import type { ComponentChildren } from 'preact';
 import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
-import type { Room, RoomMessage } from './api.ts';
+import type { Room, RoomMember, RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
 import { applyPostChange, canDeletePost, canEditPost, isRemovedPost } from './rooms.ts';
@@ -293,6 +293,120 @@ function DeletePost(props: { client: ParleyClient; post: RoomMessage; onDeleted:
   );
 }
 
+/** "Members": the room's members, each with their name, role and whether they are online
+ * now. Read (every page, once) when opened, on "Refresh members", and when the room changes
+ * (`room_changed`); presence is not pushed, so the list is as of its last read. */
+function Members(props: { client: ParleyClient; roomId: string; title: string; count?: number | undefined }) {
+  const { client, roomId } = props;
+  const [open, setOpen] = useState(false);
+  const [members, setMembers] = useState<RoomMember[] | null>(null);
+  const [names, setNames] = useState<Record<string, string>>({});
+  const [loading, setLoading] = useState(false);
+  const [error, setError] = useState('');
+  const [reads, setReads] = useState(0); // raised to read the list again
+  const [answers, setAnswers] = useState(0); // the reads shown so far (data-reads: for tests)
+  const latest = useRef(0); // the read whose answer counts (an older one's is dropped)
+  const alive = useRef(true);
+  const again = () => setReads((n) => n + 1);
+  useEffect(
+    () => () => {
+      alive.current = false;
+    },
+    [],
+  );
+  useEffect(() => client.on((e: ClientEvent) => void (e.type === 'room_changed' && e.room === roomId && again())), [client, roomId]);
+  useEffect(() => {
+    if (!open) return;
+    const n = ++latest.current;
+    setLoading(true);
+    setError('');
+    client.roomMembers(roomId).then(
+      (list) => {
+        if (!alive.current || n !== latest.current) return;
+        setMembers(list);
+        setAnswers((k) => k + 1);
+        setLoading(false);
+        client
+          .namesOf(
+            list.map((m) => m.user_id),
+            (more) => alive.current && setNames((old) => ({ ...old, ...more })),
+          )
+          .catch(() => undefined); // logged out meanwhile: the short ids stay
+      },
+      (e: unknown) => {
+        if (!alive.current || n !== latest.current) return;
+        setError(message(e));
+        setLoading(false);
+      },
+    );
+  }, [open, reads, roomId]);
+  const me = client.account?.user_id;
+  const count = members?.length ?? props.count;
+  const online = members?.filter((m) => m.online).length ?? 0;
+  const summary = loading
+    ? 'Reading the members…'
+    : members
+      ? `${members.length} ${members.length === 1 ? 'member' : 'members'}, ${online} online.`
+      : '';
+  return (
+    <div class="members">
+      <button
+        type="button"
+        id="members-toggle"
+        class="secondary small"
+        aria-expanded={open}
+        aria-controls={open ? 'members-panel' : undefined}
+        onClick={() => setOpen((o) => !o)}
+      >
+        Members{count === undefined ? '' : ` (${count})`}
+      </button>
+      {open && (
+        <section id="members-panel" class="panel members-panel" aria-labelledby="members-title">
+          <div class="conv-head">
+            <h3 id="members-title">Members of {props.title}</h3>
+            <button type="button" id="refresh-members" class="small secondary" aria-busy={loading} onClick={again}>
+              Refresh members
+            </button>
+          </div>
+          <p role="status" class="hint" id="members-summary">
+            {summary}
+          </p>
+          {members && (
+            <ul id="member-list" aria-label={`Members of ${props.title}`} aria-busy={loading} data-reads={answers}>
+              {members.map((m) => (
+                <li
+                  key={m.user_id}
+                  class={`member${m.online ? ' online' : ''}`}
+                  data-user-id={m.user_id}
+                  data-username={names[m.user_id] ?? ''}
+                  data-role={m.role}
+                  data-online={m.online ? 'true' : 'false'}
+                >
+                  <span class="member-name">
+                    {names[m.user_id] ?? client.username(m.user_id)}
+                    {m.user_id === me ? ' (you)' : ''}
+                  </span>
+                  <span class="role">
+                    <span class="visually-hidden">, </span>
+                    {m.role}
+                  </span>
+                  {m.online && (
+                    <span class="presence">
+                      <span class="dot" aria-hidden="true" />
+                      <span class="visually-hidden">, </span>online
+                    </span>
+                  )}
+                </li>
+              ))}
+            </ul>
+          )}
+          <ErrorLine error={error} id="members-error" />
+        </section>
+      )}
+    </div>
+  );
+}
+
 export function RoomView(props: {
   client: ParleyClient;
   room: Room;
@@ -424,6 +538,7 @@ export function RoomView(props: {
           Leave room
         </button>
       </header>
+      <Members key={id} client={client} roomId={id} title={title} count={room.members} />
       <form
         id="invite"
         class="row"
