@@ -11,14 +11,18 @@ pushed when someone comes or goes: a client asks again when it shows the list.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from pymongo.asynchronous.collection import AsyncCollection
+from redis.exceptions import RedisError
 
 from services.common.config import Settings
 from services.common.routing import gateways_of
+
+log = logging.getLogger(__name__)
 
 
 class Presence:
@@ -31,9 +35,14 @@ class Presence:
         self.users = users  # the auth service's, read only
 
     async def online(self, user_ids: Sequence[str]) -> set[str]:
-        """The users of ``user_ids`` who are online and show it."""
-        live = [u for u, gws in (await gateways_of(self.redis, self.prefix, self.ttl_s,
-                                                   user_ids)).items() if gws]  # fmt: skip
+        """The users of ``user_ids`` who are online and show it; nobody when Redis does
+        not answer (the member list is served anyway: presence is a hint)."""
+        try:
+            where = await gateways_of(self.redis, self.prefix, self.ttl_s, user_ids)
+        except (RedisError, OSError) as exc:
+            log.warning("presence not read", extra={"error": repr(exc)})
+            return set()
+        live = [u for u, gws in where.items() if gws]
         if not live:
             return set()
         # Truthiness, as the auth service reads it: the embedded server stores 0/1.
