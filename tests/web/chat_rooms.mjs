@@ -72,7 +72,9 @@ try {
   await b.page.keyboard.press("Tab");
   if ((await focused()) !== "leave-room") throw new Error(`Tab from the title reaches ${await focused()}`);
   await b.page.keyboard.press("Tab");
-  if ((await focused()) !== "invitee") throw new Error(`the second Tab reaches ${await focused()}`);
+  if ((await focused()) !== "members-toggle") throw new Error(`the second Tab reaches ${await focused()}`);
+  await b.page.keyboard.press("Tab");
+  if ((await focused()) !== "invitee") throw new Error(`the third Tab reaches ${await focused()}`);
   await expect(b.page, "#room-kind-note:has-text('Public room')");
   const post = `a public post ${env.TAG}`;
   await write(a.page, pub, post, false);
