@@ -37,6 +37,7 @@ import {
   MAX_MENTIONS,
   MAX_PENDING,
   ROOM_ID,
+  type HeldState,
   type RoomState,
   distributionUsers,
   isStale,
@@ -165,6 +166,7 @@ export type ClientEvent =
   | { type: 'room_changed'; room: string }
   | { type: 'typing'; room: string }
   | { type: 'notification'; notice: W.Notification }
+  | { type: 'show_message'; room: string } // a room's view is asked to show a message (takeShowRequest)
   | { type: 'removed'; peer: string; serverId: string; by: 'sender' | 'admin' }
   | { type: 'changed' };
 
@@ -262,6 +264,8 @@ export class ParleyClient {
   readonly #typists = new TypingBoard(); // who types in which room (typing notices)
   readonly #drafts = new Map<string, TypingThrottle>(); // room id -> when to say we type there
   #typingFrames = 0;
+  #show: { room: string; serverId: string; n: number } | null = null; // a private room's message to show
+  #shows = 0;
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
   #release: () => void = () => undefined;
 
@@ -1091,6 +1095,31 @@ export class ParleyClient {
   roomPending(roomId: string): number {
     const ref = this.#refs.get(roomConversation(roomId));
     return ref === undefined ? 0 : (this.#read<PendingRoomMessage[]>(`room_pending:${ref}`) ?? []).length;
+  }
+
+  /** Where this browser holds a private room's message (the `server_id` of its `message`
+   * frame, which the history entries keep): decrypted, waiting for its sender's key, or
+   * not at all (it came before this device was a member, or the history was cleared). */
+  roomMessageState(roomId: string, serverId: string): HeldState {
+    if (this.roomHistory(roomId).some((e) => e.server_id === serverId)) return 'held';
+    const ref = this.#refs.get(roomConversation(roomId));
+    const pending = ref === undefined ? [] : (this.#read<PendingRoomMessage[]>(`room_pending:${ref}`) ?? []);
+    return pending.some((p) => p.server_id === serverId) ? 'pending' : 'absent';
+  }
+
+  /** Ask the room's view to show one of its private messages (a mention opened from the
+   * list names it by `server_id`): kept until the view of that room takes it. */
+  showRoomMessage(roomId: string, serverId: string): void {
+    this.#show = { room: roomId, serverId, n: ++this.#shows };
+    this.#emit({ type: 'show_message', room: roomId });
+  }
+
+  /** The message the room's view was asked to show, once (null: none for this room). */
+  takeShowRequest(roomId: string): { serverId: string; n: number } | null {
+    const show = this.#show;
+    if (show === null || show.room !== roomId) return null;
+    this.#show = null;
+    return { serverId: show.serverId, n: show.n };
   }
 
   /** Make the rows of a room known (its row names are keyed HMACs, as a contact's). */

@@ -1,5 +1,6 @@
 /** Mentions in the sidebar: a button with the unread count, and the list (`GET
- * /rooms/v1/notifications`, live `notification` frames) whose entries open their room.
+ * /rooms/v1/notifications`, live `notification` frames) whose entries open their room
+ * at the message that mentions the user (roomsView.tsx RoomView finds and highlights it).
  * The rules (merging, counting, what a read sends) are in notifications.ts. */
 import { useEffect, useState } from 'preact/hooks';
 import type { Room } from './api.ts';
@@ -28,7 +29,9 @@ function when(at: number): string {
   return today ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 }
 
-/** What opening an entry asks of the page: this room, and the public message to show. */
+/** What opening an entry asks of the page: this room, and the public message to show
+ * (a private room's, named by its `server_id`, goes through ParleyClient.showRoomMessage:
+ * its room's view finds it in this browser's history). */
 export interface NoticeTarget {
   room: Room;
   seq: number | null;
@@ -65,6 +68,7 @@ export function Notifications(props: { client: ParleyClient; onOpen: (target: No
     setState(next);
     if (upTo !== null) void read(upTo);
     const kind = n.message_seq != null ? 'public' : 'private';
+    if (kind === 'private' && n.server_id) client.showRoomMessage(n.room_id, n.server_id);
     props.onOpen({ room: { room_id: n.room_id, name: n.room_name, kind, state: 'open', role: null }, seq: n.message_seq ?? null });
   };
   return (

@@ -195,3 +195,102 @@ export function applyPostChange<T extends { seq: number; rev?: number | undefine
     m.seq === change.seq && (m.rev ?? 1) < change.rev ? { ...m, text: change.text, mentions: change.mentions, rev: change.rev, marker: change.marker ?? null } : m,
   );
 }
+
+// -- a mention opened from the list (roomsView.tsx RoomView) ------------------------------
+
+/** Jumping to a public room's post that is not loaded reads the timeline back from where
+ * "Load earlier messages" would go on, in pages of this many (services/rooms PAGE_MAX)... */
+export const JUMP_PAGE = 200;
+/** ...and gives up after this many pages or messages read (then: not found). */
+export const JUMP_MAX_PAGES = 50;
+export const JUMP_MAX_MESSAGES = 10_000;
+
+/** A page of a public room's timeline as ParleyClient.timeline gives it. */
+export interface TimelinePage<T> {
+  messages: T[];
+  nextBefore: number | null;
+}
+
+/** Where post `seq` was looked for: `found`; or not, because the loaded part of the
+ * timeline covers its place and it is not there (`missing`: no such post), because
+ * the limits were reached first (`limit`), or because the search was called off
+ * (`stopped`: another room, another jump). `read`: the messages read on the way. */
+export interface FindResult {
+  outcome: 'found' | 'missing' | 'limit' | 'stopped';
+  pages: number;
+  read: number;
+}
+
+/**
+ * Look for post `seq` of a public room whose view holds `loaded` (every post from the
+ * newest down to `nextBefore`, exclusive; null: down to the start). A post newer than
+ * every loaded one (its live frame missed) is looked for in the newest page
+ * (`read(null)`); an older one in the pages before `nextBefore`, read one after the other
+ * (`read(before)`, the "Load earlier messages" call) until one holds it, the start is
+ * reached, or `maxPages` / `maxMessages` are. Each page is handed to `onPage` as it
+ * comes (`older`: it continues the loaded part, so its `nextBefore` is where "Load
+ * earlier messages" goes on now); `stop()` is asked after each.
+ */
+export async function findPost<T extends { seq: number }>(opts: {
+  seq: number;
+  loaded: readonly T[];
+  nextBefore: number | null;
+  read: (before: number | null) => Promise<TimelinePage<T>>;
+  onPage: (page: TimelinePage<T>, older: boolean) => void;
+  stop?: () => boolean;
+  maxPages?: number;
+  maxMessages?: number;
+}): Promise<FindResult> {
+  const { seq, read, onPage } = opts;
+  const maxPages = opts.maxPages ?? JUMP_MAX_PAGES;
+  const maxMessages = opts.maxMessages ?? JUMP_MAX_MESSAGES;
+  const stop = opts.stop ?? (() => false);
+  const result = (outcome: FindResult['outcome'], pages: number, count: number): FindResult => ({ outcome, pages, read: count });
+  if (opts.loaded.some((m) => m.seq === seq)) return result('found', 0, 0);
+  const newest = Math.max(0, ...opts.loaded.map((m) => m.seq));
+  if (seq > newest) {
+    const page = await read(null);
+    if (stop()) return result('stopped', 1, page.messages.length);
+    onPage(page, false);
+    return result(page.messages.some((m) => m.seq === seq) ? 'found' : 'missing', 1, page.messages.length);
+  }
+  let before = opts.nextBefore;
+  let pages = 0;
+  let count = 0;
+  for (;;) {
+    // The loaded part goes down to `before`: a post at or above it would be there.
+    if (before === null || seq >= before) return result('missing', pages, count);
+    if (pages >= maxPages || count >= maxMessages) return result('limit', pages, count);
+    const page = await read(before);
+    pages += 1;
+    count += page.messages.length;
+    if (stop()) return result('stopped', pages, count);
+    onPage(page, true);
+    if (page.messages.some((m) => m.seq === seq)) return result('found', pages, count);
+    // A page that does not go further back (not the server's way) ends the search.
+    before = page.nextBefore !== null && page.nextBefore >= before ? null : page.nextBefore;
+  }
+}
+
+/** The room's status line after looking for a mentioned public post (empty: found, or
+ * called off). */
+export function findNote(result: FindResult): string {
+  if (result.outcome === 'missing') return 'That message is not in the room\'s timeline any more.';
+  if (result.outcome === 'limit') {
+    return `That message was not found in the ${result.read} earlier messages read: "Load earlier messages" goes further back.`;
+  }
+  return '';
+}
+
+/** Where this browser holds a private room's message: decrypted in its history
+ * (`held`), waiting for its sender's key (`pending`), or not at all (`absent`). */
+export type HeldState = 'held' | 'pending' | 'absent';
+
+/** The room's status line for a mentioned private-room message that cannot be shown. */
+export function heldNote(state: HeldState): string {
+  if (state === 'pending') return "That message is on this browser but cannot be read yet: it waits for its sender's key.";
+  if (state === 'absent') {
+    return 'That message is not on this browser: a private room\'s history is kept on each device, and this one did not receive it (it may have been sent before this browser joined the room).';
+  }
+  return '';
+}

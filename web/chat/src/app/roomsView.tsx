@@ -6,7 +6,7 @@ import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import type { Room, RoomMember, RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
-import { applyPostChange, canDeletePost, canEditPost, isRemovedPost } from './rooms.ts';
+import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
 import { typingText } from './typing.ts';
 
 function message(error: unknown): string {
@@ -427,8 +427,14 @@ export function RoomView(props: {
   const [, setTick] = useState(0); // shown again when a typist expires
   const listRef = useRef<HTMLOListElement>(null);
   const [lit, setLit] = useState<number | null>(null);
-  const [readyFor, setReadyFor] = useState<string | null>(null); // the room whose first page is in
+  const [readyFor, setReadyFor] = useState<string | null>(null); // the room whose first page (public) or rows (private) are in
   const shown = useRef<number | null>(null); // the highlight request already shown
+  const [jumpTo, setJumpTo] = useState<number | null>(null); // a public post to scroll to once it is shown
+  const [finding, setFinding] = useState(false); // earlier pages are read to find a mentioned post
+  const search = useRef(0); // the current search: another room or another mention calls it off
+  const [showWant, setShowWant] = useState<{ serverId: string; n: number } | null>(null); // a private message to show
+  const [litId, setLitId] = useState<string | null>(null); // the private message highlighted (server_id)
+  const noted = useRef(''); // what the status line says of the private message not shown yet
   const titleRef = useRef<HTMLHeadingElement>(null);
   const id = props.room.room_id;
   const isPublic = room.kind === 'public';
@@ -444,6 +450,12 @@ export function RoomView(props: {
     setNextBefore(null);
     setReadyFor(null);
     setLit(null);
+    setJumpTo(null);
+    setFinding(false);
+    search.current += 1;
+    setShowWant(null);
+    setLitId(null);
+    noted.current = '';
     setError('');
     setStatus('');
     titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
@@ -459,6 +471,7 @@ export function RoomView(props: {
           setReadyFor(id);
         } else {
           await client.openRoom(id);
+          setReadyFor(id);
         }
       })
       .catch((e: unknown) => setError(message(e)));
@@ -495,21 +508,88 @@ export function RoomView(props: {
     const list = listRef.current;
     if (list) list.scrollTop = list.scrollHeight;
   }, [count, id]);
-  // A mention opened from the list: its post scrolled to and marked, once it is loaded.
+  // A mention opened from the list: its post scrolled to and marked. A public post not
+  // loaded yet is looked for in earlier pages (rooms.ts findPost), each merged as it comes.
   const want = props.highlight;
   const ready = readyFor === id; // not the previous room's, in the render that switches rooms
   useEffect(() => {
     if (!want || shown.current === want.n || !isPublic || !ready) return;
-    const line = listRef.current?.querySelector(`li[data-seq="${want.seq}"]`);
     shown.current = want.n;
+    const target = want.seq;
+    const run = ++search.current;
+    setLit(null);
+    if (timeline.some((m) => m.seq === target)) {
+      setJumpTo(target);
+      return;
+    }
+    setFinding(true);
+    setStatus('Looking for that message in earlier messages…');
+    findPost({
+      seq: target,
+      loaded: timeline,
+      nextBefore,
+      read: (before) => client.timeline(id, before, JUMP_PAGE),
+      onPage: (page, older) => {
+        merge(page.messages);
+        if (older) setNextBefore(page.nextBefore);
+      },
+      stop: () => search.current !== run,
+    })
+      .then(
+        (result) => {
+          if (search.current !== run) return;
+          setStatus(findNote(result));
+          if (result.outcome === 'found') setJumpTo(target);
+        },
+        (e: unknown) => {
+          if (search.current !== run) return;
+          setStatus('');
+          setError(message(e));
+        },
+      )
+      .finally(() => search.current === run && setFinding(false));
+  }, [want?.n, ready, isPublic]);
+  useEffect(() => {
+    // After the scroll to the newest line above: the post found is shown instead.
+    if (jumpTo === null) return;
+    const line = listRef.current?.querySelector(`li[data-seq="${jumpTo}"]`);
+    if (!line) return; // not rendered yet
+    line.scrollIntoView({ block: 'center' });
+    setLit(jumpTo);
+    setJumpTo(null);
+  }, [jumpTo, timeline]);
+  // A private room's mention names its message by `server_id`: shown if this browser holds
+  // it (its history is local), or said why not; one that arrives later is shown then.
+  useEffect(() => {
+    const take = () => {
+      const asked = client.takeShowRequest(id);
+      if (asked) {
+        setLitId(null);
+        setShowWant(asked);
+      }
+    };
+    take();
+    return client.on((e: ClientEvent) => void (e.type === 'show_message' && e.room === id && take()));
+  }, [id]);
+  const held = !isPublic && showWant ? client.roomMessageState(id, showWant.serverId) : null;
+  useEffect(() => {
+    if (!showWant || isPublic || !ready || held === null) return;
+    const line = held === 'held' ? listRef.current?.querySelector(`li[data-server-id="${CSS.escape(showWant.serverId)}"]`) : null;
     if (line) {
       line.scrollIntoView({ block: 'center' });
-      setLit(want.seq);
-    } else {
-      setLit(null);
-      setStatus('That message is not in the loaded part of the timeline: "Load earlier messages" goes back.');
+      setLitId(showWant.serverId);
+      setShowWant(null);
+      const said = noted.current;
+      if (said) setStatus((s) => (s === said ? '' : s));
+      noted.current = '';
+    } else if (held !== 'held') {
+      const note = heldNote(held);
+      if (note !== noted.current) {
+        noted.current = note;
+        setStatus(note);
+      }
     }
-  }, [want?.n, ready, isPublic]);
+  }, [showWant?.n, ready, isPublic, held, count]);
   const me = client.me;
   const who = (sender: string | undefined) => (sender === me ? 'You' : (names[sender ?? ''] ?? client.username(sender ?? '')));
   const pending = isPublic ? 0 : client.roomPending(id);
@@ -568,6 +648,8 @@ export function RoomView(props: {
           type="button"
           id="older"
           class="secondary"
+          disabled={finding}
+          aria-busy={finding}
           onClick={() =>
             client.timeline(id, nextBefore).then(
               (page) => {
@@ -595,7 +677,7 @@ export function RoomView(props: {
               </Line>
             ))
           : history.map((e) => (
-              <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} removed={e.kind === 'removed'} serverId={e.server_id}>
+              <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} removed={e.kind === 'removed'} serverId={e.server_id} lit={litId !== null && litId === e.server_id}>
                 <MessageActions client={client} peer={`room:${id}`} entry={e} />
               </Line>
             ))}
@@ -641,7 +723,7 @@ export function RoomView(props: {
       <p id="typing" class="hint typing" aria-live="polite" aria-atomic="true">
         {typing}
       </p>
-      <p role="status" class="hint">
+      <p role="status" class="hint" id="room-status">
         {status}
       </p>
       <ErrorLine error={error} id="room-error" />

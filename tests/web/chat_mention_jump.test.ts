@@ -1,0 +1,237 @@
+// A mention opened from the list, the pure rules of web/chat/src/app/rooms.ts: a public
+// room's post looked for in earlier pages of its timeline (findPost, against a server
+// paging as services/rooms/timeline.py `timeline_page` does), and what the room's
+// status line says when a post or a private room's message cannot be shown.
+//
+// Vitest, run by tests/web/test_chat_mention_jump.py (`npx vitest run --root
+// ../../tests/web chat_mention_jump` from web/chat).
+import { describe, expect, it } from 'vitest';
+
+import {
+  findNote,
+  findPost,
+  heldNote,
+  JUMP_MAX_MESSAGES,
+  JUMP_MAX_PAGES,
+  JUMP_PAGE,
+  type TimelinePage,
+} from '../../web/chat/src/app/rooms.ts';
+
+interface Post {
+  seq: number;
+  text: string;
+  marker?: string | null;
+}
+
+/** A room whose posts are 1..head but the `holes` (a seq with no post), paged as the
+ * rooms service does: newest first from `before` − 1, handed back oldest first (as
+ * ParleyClient.timeline does), `nextBefore` where the next older page starts. */
+function room(head: number, holes: number[] = [], markers: Record<number, string> = {}) {
+  const calls: (number | null)[] = [];
+  const read = async (before: number | null, limit = JUMP_PAGE): Promise<TimelinePage<Post>> => {
+    calls.push(before);
+    let cursor = before === null ? head : Math.min(before - 1, head);
+    const found: Post[] = [];
+    while (cursor >= 1 && found.length < limit) {
+      if (!holes.includes(cursor)) found.push({ seq: cursor, text: `post ${cursor}`, marker: markers[cursor] ?? null });
+      cursor -= 1;
+    }
+    return { messages: found.reverse(), nextBefore: cursor >= 1 ? cursor + 1 : null };
+  };
+  return { read, calls };
+}
+
+/** What the room's view holds after opening: the newest page of 50. */
+async function opened(r: ReturnType<typeof room>) {
+  const first = await r.read(null, 50);
+  r.calls.length = 0;
+  return first;
+}
+
+/** findPost with the view's merge: the posts the view holds afterwards, and where
+ * "Load earlier messages" goes on. */
+async function find(r: ReturnType<typeof room>, seq: number, extra: { maxPages?: number; maxMessages?: number; stop?: () => boolean } = {}) {
+  const first = await opened(r);
+  const view = new Map(first.messages.map((m) => [m.seq, m]));
+  let nextBefore = first.nextBefore;
+  const pages: boolean[] = [];
+  const result = await findPost({
+    seq,
+    loaded: first.messages,
+    nextBefore,
+    read: (before) => r.read(before),
+    onPage: (page, older) => {
+      pages.push(older);
+      for (const m of page.messages) view.set(m.seq, m);
+      if (older) nextBefore = page.nextBefore;
+    },
+    ...extra,
+  });
+  return { result, view, nextBefore, pages };
+}
+
+describe('findPost: a public post not loaded is looked for in earlier pages', () => {
+  it('the limits are 50 pages of 200 (the rooms service\'s PAGE_MAX), 10,000 messages', () => {
+    expect([JUMP_PAGE, JUMP_MAX_PAGES, JUMP_MAX_MESSAGES]).toEqual([200, 50, 10_000]);
+  });
+
+  it('a post already loaded is found without a request', async () => {
+    const r = room(120);
+    const { result, pages } = await find(r, 100);
+    expect(result).toEqual({ outcome: 'found', pages: 0, read: 0 });
+    expect(r.calls).toEqual([]);
+    expect(pages).toEqual([]);
+  });
+
+  it('an older one: pages read back from where "Load earlier messages" goes on until one holds it', async () => {
+    const r = room(1000); // loaded: 951..1000
+    const { result, view, nextBefore, pages } = await find(r, 5);
+    expect(r.calls).toEqual([951, 751, 551, 351, 151]);
+    expect(result).toEqual({ outcome: 'found', pages: 5, read: 950 }); // 4 × 200 + the last 150
+    expect(pages).toEqual([true, true, true, true, true]);
+    expect(view.has(5) && view.has(1) && view.size === 1000).toBe(true); // no gap
+    expect(nextBefore).toBeNull(); // that page reached the start: nothing earlier
+  });
+
+  it('the page holding it is the last one read, and "Load earlier messages" goes on from there', async () => {
+    const r = room(1000);
+    const { result, nextBefore, view } = await find(r, 700);
+    expect(r.calls).toEqual([951, 751]);
+    expect(result.outcome).toBe('found');
+    expect(nextBefore).toBe(551);
+    expect(Math.min(...view.keys())).toBe(551);
+  });
+
+  it('a post deleted or removed by a moderator is still in the timeline (with its marker) and is found', async () => {
+    const r = room(300, [], { 10: 'removed_by_moderator', 11: 'deleted_by_author' });
+    for (const seq of [10, 11]) {
+      const { result, view } = await find(r, seq);
+      expect(result.outcome).toBe('found');
+      expect(view.get(seq)?.marker).toBe(seq === 10 ? 'removed_by_moderator' : 'deleted_by_author');
+    }
+  });
+
+  it('no such post (a hole): missing once the loaded part covers its place, nothing more read', async () => {
+    const r = room(1000, [600]);
+    const { result } = await find(r, 600);
+    expect(result.outcome).toBe('missing');
+    expect(r.calls).toEqual([951, 751]); // 751 took it down to 551: not read further
+  });
+
+  it('a hole inside the first page: missing at once', async () => {
+    const r = room(100, [80]);
+    const { result } = await find(r, 80);
+    expect(result).toEqual({ outcome: 'missing', pages: 0, read: 0 });
+    expect(r.calls).toEqual([]);
+  });
+
+  it('the start reached without it: missing', async () => {
+    const r = room(260, [1, 2, 3]);
+    const { result, nextBefore } = await find(r, 2);
+    expect(result.outcome).toBe('missing');
+    expect(r.calls).toEqual([211, 11]);
+    expect(nextBefore).toBeNull();
+  });
+
+  it('a room of one page: nothing earlier to read', async () => {
+    const r = room(30, [7]);
+    const { result } = await find(r, 7);
+    expect(result.outcome).toBe('missing');
+    expect(r.calls).toEqual([]);
+  });
+
+  it('gives up after 50 pages, 10,000 messages read, and says so', async () => {
+    const r = room(20_000);
+    const { result, nextBefore } = await find(r, 3);
+    expect(result).toEqual({ outcome: 'limit', pages: 50, read: 10_000 });
+    expect(r.calls.length).toBe(50);
+    expect(nextBefore).toBe(19_951 - 10_000); // "Load earlier messages" goes on from there
+    expect(findNote(result)).toBe('That message was not found in the 10000 earlier messages read: "Load earlier messages" goes further back.');
+  });
+
+  it('gives up at the first of the two limits reached', async () => {
+    const byPages = room(5000);
+    expect((await find(byPages, 1, { maxPages: 3 })).result).toEqual({ outcome: 'limit', pages: 3, read: 600 });
+    expect(byPages.calls.length).toBe(3);
+    const byMessages = room(5000);
+    expect((await find(byMessages, 1, { maxMessages: 450 })).result).toEqual({ outcome: 'limit', pages: 3, read: 600 });
+    const found = room(5000);
+    expect((await find(found, 4400, { maxPages: 3 })).result.outcome).toBe('found'); // within the limits
+  });
+
+  it('a post newer than every loaded one (its live frame missed): the newest page is read again', async () => {
+    const r = room(200);
+    const first = await r.read(null, 50); // the view opened at 151..200
+    r.calls.length = 0;
+    const grown = room(230);
+    const pages: boolean[] = [];
+    const result = await findPost({
+      seq: 220,
+      loaded: first.messages,
+      nextBefore: first.nextBefore,
+      read: (before) => grown.read(before),
+      onPage: (_page, older) => pages.push(older),
+    });
+    expect(result.outcome).toBe('found');
+    expect(grown.calls).toEqual([null]);
+    expect(pages).toEqual([false]); // not a continuation: "Load earlier messages" stays where it was
+  });
+
+  it('an empty room when opened: the newest page is read', async () => {
+    const grown = room(3);
+    const result = await findPost({ seq: 2, loaded: [], nextBefore: null, read: (b) => grown.read(b), onPage: () => undefined });
+    expect(result.outcome).toBe('found');
+  });
+
+  it('called off (another room, another mention): stops after the page in flight, which is not merged', async () => {
+    const r = room(1000);
+    let reads = 0;
+    const { result, pages } = await find(r, 5, { stop: () => ++reads >= 2 });
+    expect(result.outcome).toBe('stopped');
+    expect(r.calls.length).toBe(2);
+    expect(pages).toEqual([true]); // the first page only
+    expect(findNote(result)).toBe('');
+  });
+
+  it('a page that does not go further back ends the search (no endless loop)', async () => {
+    let calls = 0;
+    const result = await findPost<Post>({
+      seq: 5,
+      loaded: [{ seq: 100, text: 'x' }],
+      nextBefore: 100,
+      read: async () => {
+        calls += 1;
+        return { messages: [], nextBefore: 100 };
+      },
+      onPage: () => undefined,
+    });
+    expect(result.outcome).toBe('missing');
+    expect(calls).toBe(1);
+  });
+
+  it('a failed read rejects (the view shows the error)', async () => {
+    await expect(
+      findPost<Post>({
+        seq: 5,
+        loaded: [{ seq: 100, text: 'x' }],
+        nextBefore: 100,
+        read: () => Promise.reject(new Error('rate_limited')),
+        onPage: () => undefined,
+      }),
+    ).rejects.toThrow('rate_limited');
+  });
+});
+
+describe('what the status line says', () => {
+  it('of a public post', () => {
+    expect(findNote({ outcome: 'found', pages: 2, read: 400 })).toBe('');
+    expect(findNote({ outcome: 'missing', pages: 1, read: 10 })).toBe("That message is not in the room's timeline any more.");
+    expect(findNote({ outcome: 'limit', pages: 50, read: 10_000 })).toContain('not found in the 10000 earlier messages read');
+  });
+
+  it("of a private room's message this browser holds, waits for, or never got", () => {
+    expect(heldNote('held')).toBe('');
+    expect(heldNote('pending')).toBe("That message is on this browser but cannot be read yet: it waits for its sender's key.");
+    expect(heldNote('absent')).toMatch(/^That message is not on this browser: .* sent before this browser joined the room\)\.$/);
+  });
+});
