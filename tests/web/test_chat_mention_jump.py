@@ -14,20 +14,15 @@ private room with that message (matched by the ``server_id`` the notification na
 scrolled into view and highlighted.
 
 The pure rules (how earlier pages are read, the limits, what the status line says)
-are tests/web/chat_mention_jump.test.ts, run with Vitest by the first test here.
+are web/chat/test/mentionJump.test.ts, with web/chat's other unit tests (`npm run
+test:node`, run by tests/web/test_chat_suite.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from scripts.stack import ROOT
 from tests.support.stack import System
@@ -56,27 +51,6 @@ class JumpSide(PythonSide):
                 await r.rooms.send(req["room"], text)
             return {}
         return await super().act(req)
-
-
-@pytest.mark.skipif(
-    shutil.which("npx") is None or not (ROOT / "web" / "node_modules" / "vitest").is_dir(),
-    reason="needs node and web/'s packages (scripts/install.sh installs them)",
-)
-async def test_mention_jump_rules() -> None:
-    env = {**os.environ, "NO_COLOR": "1", "CI": "1"}
-    run = await asyncio.to_thread(
-        subprocess.run,
-        ["npx", "vitest", "run", "--root", "../../tests/web", "chat_mention_jump"],
-        cwd=CHAT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-6000:]
-    tests = re.search(r"Tests\s+(\d+) passed \((\d+)\)", out)
-    assert tests and tests.group(1) == tests.group(2) and int(tests.group(1)) >= 15, out[-3000:]
 
 
 @BROWSER

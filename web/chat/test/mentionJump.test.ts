@@ -3,8 +3,7 @@
 // paging as services/rooms/timeline.py `timeline_page` does), and what the room's
 // status line says when a post or a private room's message cannot be shown.
 //
-// Vitest, run by tests/web/test_chat_mention_jump.py (`npx vitest run --root
-// ../../tests/web chat_mention_jump` from web/chat).
+// Vitest, with the rest of web/chat's unit tests (`npm run test:node`).
 import { describe, expect, it } from 'vitest';
 
 import {
@@ -15,7 +14,7 @@ import {
   JUMP_MAX_PAGES,
   JUMP_PAGE,
   type TimelinePage,
-} from '../../web/chat/src/app/rooms.ts';
+} from '../src/app/rooms.ts';
 
 interface Post {
   seq: number;
