@@ -312,8 +312,8 @@ class Rooms:
             after = page.get("next_after")
             if after is None:
                 break
-        for m in out:
-            m["username"] = await self.messenger._name_of(str(m["user_id"]))
+        for m in out:  # the server names them (a gone account: asked, as a sender is)
+            m["username"] = m.get("username") or await self.messenger._name_of(str(m["user_id"]))
         return out
 
     # -- notifications ----------------------------------------------------------------------

@@ -324,7 +324,7 @@ async def member_page(rooms: Rooms, room: Doc, after: int, limit: int) -> models
             m = docs.get(str(x["user"]))
             if m is not None and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1]):
                 found.append(m)
-    online = await rooms.presence.online([str(m["user"]) for m in found])
+    names, online = await rooms.presence.facts([str(m["user"]) for m in found])
     return models.MemberPage(
         members=[
             models.Member(
@@ -332,6 +332,7 @@ async def member_page(rooms: Rooms, room: Doc, after: int, limit: int) -> models
                 role=m["role"],
                 joined_at=int(m["joined_at"]),
                 online=m["user"] in online,
+                username=names.get(m["user"]),
             )
             for m in found
         ],

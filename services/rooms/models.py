@@ -174,6 +174,9 @@ class Member(_Out):
         description="A device of the member's is connected now, and the member shows it"
         ' (`show_presence`, the auth service\'s preferences; docs/rooms.md, "Presence")'
     )
+    username: str | None = Field(
+        default=None, description="The member's username now (none: the account is gone)"
+    )
 
 
 class MemberPage(_Out):

@@ -4,13 +4,15 @@ Online: the user has a live socket on some gateway pod (the presence hash the
 gateways keep in Redis, entries younger than ``presence_ttl_s``), and has not
 hidden it (``show_presence: false`` in the auth service's preferences, read from
 its users collection as the notifier reads ``mention_emails``). A page of ``m``
-members costs one Redis pipeline of ``m`` ``HGETALL`` and, when someone is
-online, one MongoDB ``$in`` read of the online ones' preference. Nothing is
+members costs one Redis pipeline of ``m`` ``HGETALL`` and, side by side, one
+MongoDB ``$in`` read of their usernames and preference (the member list
+carries the names, so a client asks none of them one by one). Nothing is
 pushed when someone comes or goes: a client asks again when it shows the list.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -34,22 +36,33 @@ class Presence:
         self.ttl_s = settings.presence_ttl_s
         self.users = users  # the auth service's, read only
 
-    async def online(self, user_ids: Sequence[str]) -> set[str]:
-        """The users of ``user_ids`` who are online and show it; nobody when Redis does
-        not answer (the member list is served anyway: presence is a hint)."""
+    async def facts(self, user_ids: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+        """The usernames of ``user_ids`` (those the auth service still has) and who of
+        them is online and shows it: one MongoDB read and one Redis pipeline, side by
+        side (a client then asks no name of a member list's users one by one)."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}, set()
+
+        async def users() -> dict[str, Any]:
+            cursor = self.users.find({"_id": {"$in": ids}}, {"username": 1, "show_presence": 1})
+            return {str(d["_id"]): d async for d in cursor}
+
+        docs, live = await asyncio.gather(users(), self._live(ids))
+        names = {u: str(d["username"]) for u, d in docs.items() if d.get("username")}
+        # Truthiness, as the auth service reads it: the embedded server stores 0/1.
+        shown = {u for u in live if bool((docs.get(u) or {}).get("show_presence", True))}
+        return names, shown
+
+    async def _live(self, user_ids: Sequence[str]) -> set[str]:
         try:
             where = await gateways_of(self.redis, self.prefix, self.ttl_s, user_ids)
         except (RedisError, OSError) as exc:
             log.warning("presence not read", extra={"error": repr(exc)})
             return set()
-        live = [u for u, gws in where.items() if gws]
-        if not live:
-            return set()
-        # Truthiness, as the auth service reads it: the embedded server stores 0/1.
-        hidden = {
-            str(d["_id"])
-            async for d in self.users.find(
-                {"_id": {"$in": live}, "show_presence": {"$in": [False, 0]}}, {"_id": 1}
-            )
-        }
-        return {u for u in live if u not in hidden}
+        return {u for u, gws in where.items() if gws}
+
+    async def online(self, user_ids: Sequence[str]) -> set[str]:
+        """The users of ``user_ids`` who are online and show it; nobody when Redis does
+        not answer (the member list is served anyway: presence is a hint)."""
+        return (await self.facts(user_ids))[1]

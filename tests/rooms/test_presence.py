@@ -69,3 +69,23 @@ async def test_presence_that_cannot_be_read_is_nobody_not_an_error(make_rooms: A
     """A hint: with Redis away the member list still answers, everyone offline."""
     api = await make_rooms(redis_url="redis://127.0.0.1:1/0", dependency_timeout_ms=300)
     assert await api.rooms.presence.online([api.user(), api.user()]) == set()
+
+
+async def test_the_member_list_names_its_members_as_the_auth_service_has_them(
+    api: RoomsApi,
+) -> None:
+    owner, alice, gone = api.user(), api.user(), api.user()
+    room = await api.room(owner, name="names")
+    for u in (alice, gone):
+        assert (await api.join(u, room))[0] == 200
+    auth_users: Any = api.rooms.presence.users
+    await auth_users.insert_many([{"_id": owner, "username": "olga"},
+                                  {"_id": alice, "username": "alice"}])  # fmt: skip
+    status, page = await api.call("GET", f"/v1/rooms/{room}/members", alice)
+    assert status == 200, page
+    names = {m["user_id"]: m["username"] for m in page["members"]}
+    assert names == {owner: "olga", alice: "alice", gone: None}  # an account gone: no name
+    # Renamed by an admin: the list says the new name at once.
+    await auth_users.update_one({"_id": alice}, {"$set": {"username": "alicia"}})
+    _, page = await api.call("GET", f"/v1/rooms/{room}/members", owner)
+    assert {m["user_id"]: m["username"] for m in page["members"]}[alice] == "alicia"
