@@ -77,6 +77,7 @@ try {
   step("A opens Members: A (owner) and R online, S (moderator) offline, by name; one read of one page");
   const toggle = a.page.getByRole("button", { name: /^Members/ });
   if ((await toggle.getAttribute("aria-expanded")) !== "false") throw new Error("the member list is open before it is asked for");
+  const namesBefore = lookups.length;
   await toggle.click();
   await expect(a.page, '#members-toggle[aria-expanded="true"]');
   await members(a.page, { [env.A_USER]: ["owner", true], [env.R_USER]: ["member", true], [s]: ["moderator", false] });
@@ -84,6 +85,8 @@ try {
   const mine = await a.page.textContent(`#member-list li[data-username="${env.A_USER}"] .member-name`);
   if (mine !== `${env.A_USER} (you)`) throw new Error(`A's own row says ${JSON.stringify(mine)}`);
   if (reads.length !== 1) throw new Error(`${reads.length} reads of the member list on opening it: ${reads.join(", ")}`);
+  // The server names the members (S is nobody A knows): no name asked of it one by one.
+  if (lookups.length !== namesBefore) throw new Error(`names asked for the list: ${lookups.slice(namesBefore).join(", ")}`);
   const asked = lookups.length;
 
   step("R hides its presence (PATCH preferences): after 'Refresh members' R shows offline; no name asked again");

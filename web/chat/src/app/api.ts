@@ -86,6 +86,8 @@ export interface RoomMember {
   joined_at: number;
   /** A device of the member's is connected now, and the member shows it. */
   online: boolean;
+  /** The member's username now (null: the account is gone). */
+  username?: string | null;
 }
 
 /** A public room's timeline message. */

@@ -1049,7 +1049,11 @@ export class ParleyClient {
     let after: unknown = null;
     do {
       const page = await this.api.roomMembers(roomId, after);
-      for (const m of page.members) by.set(m.user_id, m);
+      for (const m of page.members) {
+        by.set(m.user_id, m);
+        // The server names the members: no look-up per member for the list.
+        if (m.username) this.#names.set(m.user_id, m.username);
+      }
       after = page.next_after;
     } while (after !== null && after !== undefined);
     return [...by.values()];
