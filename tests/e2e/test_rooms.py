@@ -123,6 +123,23 @@ async def test_a_room_of_a_thousand_members(system: System, http: Http) -> None:
                                    {"client_id": "big-1", "text": "to all 1,000"}, expect=201)  # fmt: skip
         for ws in sockets:
             assert (await ws.expect("room_post", room_id=rid))["seq"] == first["seq"]
+        # Presence at this size: the 160 with a socket are online, the other 840 not;
+        # every member named as they signed up (two pages of 500).
+        online: set[str] = set()
+        names: dict[str, str] = {}
+        after = 0
+        while True:
+            _, page = await http.call(
+                "GET", f"/rooms/v1/rooms/{rid}/members?after={after}&limit=500", owner.token,
+                expect=200,
+            )  # fmt: skip
+            online |= {m["user_id"] for m in page["members"] if m["online"]}
+            names |= {m["user_id"]: m["username"] for m in page["members"]}
+            if page["next_after"] is None:
+                break
+            after = page["next_after"]
+        assert online == {u.user_id for u in watched}
+        assert names == {a.user_id: a.username for a in (owner, *users)}
         await _after_the_leaves(http, owner, rid, users, sockets)
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets))
