@@ -470,6 +470,52 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
   );
 }
 
+/** One of the account's preferences (the auth service's): shown at once when changed,
+ * then the server's answer, or the old value back and the error. */
+function AccountToggle(props: {
+  id: string;
+  value: boolean | null;
+  set: (on: boolean) => void;
+  save: (on: boolean) => Promise<boolean>;
+  name: string;
+  hint: string;
+  onError: (text: string) => void;
+  children: string;
+}) {
+  const [busy, setBusy] = useState(false);
+  return (
+    <>
+      <label class="check" for={props.id}>
+        <input
+          id={props.id}
+          type="checkbox"
+          checked={props.value ?? false}
+          disabled={props.value === null || busy}
+          aria-busy={busy}
+          aria-describedby={`${props.id}-hint`}
+          onChange={(e) => {
+            const on = (e.target as HTMLInputElement).checked;
+            props.onError('');
+            props.set(on);
+            setBusy(true);
+            props
+              .save(on)
+              .then(props.set, (err: unknown) => {
+                props.set(!on);
+                props.onError(`${props.name}: ${message(err)}`);
+              })
+              .finally(() => setBusy(false));
+          }}
+        />
+        {props.children}
+      </label>
+      <small id={`${props.id}-hint`} class="hint">
+        {props.hint}
+      </small>
+    </>
+  );
+}
+
 /** This browser's preferences for the account, kept in its encrypted store. */
 function Settings(props: { client: ParleyClient }) {
   const { client } = props;
@@ -477,9 +523,7 @@ function Settings(props: { client: ParleyClient }) {
   // The account's preferences (mention e-mails, presence) live in the auth service
   // (every browser's): read once, each toggle saved on its own.
   const [mails, setMails] = useState<boolean | null>(null);
-  const [mailsBusy, setMailsBusy] = useState(false);
   const [presence, setPresence] = useState<boolean | null>(null);
-  const [presenceBusy, setPresenceBusy] = useState(false);
   useEffect(() => {
     client.preferences().then(
       (p) => {
@@ -508,60 +552,28 @@ function Settings(props: { client: ParleyClient }) {
       <small id="tell-typing-hint" class="hint">
         While you write in a room, its members see "… is typing"; the server sees it too, in private rooms as well.
       </small>
-      <label class="check" for="mention-emails">
-        <input
-          id="mention-emails"
-          type="checkbox"
-          checked={mails ?? false}
-          disabled={mails === null || mailsBusy}
-          aria-busy={mailsBusy}
-          aria-describedby="mention-emails-hint"
-          onChange={(e) => {
-            const on = (e.target as HTMLInputElement).checked;
-            setError('');
-            setMails(on); // shown at once; the server's answer (or the old value) follows
-            setMailsBusy(true);
-            client
-              .setMentionEmails(on)
-              .then(setMails, (err: unknown) => {
-                setMails(!on);
-                setError(`Mention e-mails: ${message(err)}`);
-              })
-              .finally(() => setMailsBusy(false));
-          }}
-        />
+      <AccountToggle
+        id="mention-emails"
+        value={mails}
+        set={setMails}
+        save={(on) => client.setMentionEmails(on)}
+        name="Mention e-mails"
+        onError={setError}
+        hint="A digest of @mentions, at most one e-mail per 15 minutes, while none of your devices is connected. For the account, in every browser."
+      >
         E-mail me when I am mentioned while I am away
-      </label>
-      <small id="mention-emails-hint" class="hint">
-        A digest of @mentions, at most one e-mail per 15 minutes, while none of your devices is connected. For the account, in every browser.
-      </small>
-      <label class="check" for="show-presence">
-        <input
-          id="show-presence"
-          type="checkbox"
-          checked={presence ?? false}
-          disabled={presence === null || presenceBusy}
-          aria-busy={presenceBusy}
-          aria-describedby="show-presence-hint"
-          onChange={(e) => {
-            const on = (e.target as HTMLInputElement).checked;
-            setError('');
-            setPresence(on); // shown at once; the server's answer (or the old value) follows
-            setPresenceBusy(true);
-            client
-              .setShowPresence(on)
-              .then(setPresence, (err: unknown) => {
-                setPresence(!on);
-                setError(`Show when I'm online: ${message(err)}`);
-              })
-              .finally(() => setPresenceBusy(false));
-          }}
-        />
+      </AccountToggle>
+      <AccountToggle
+        id="show-presence"
+        value={presence}
+        set={setPresence}
+        save={(on) => client.setShowPresence(on)}
+        name="Show when I'm online"
+        onError={setError}
+        hint="Members of your rooms see you online while one of your devices is connected. Off: you always look offline. For the account, in every browser."
+      >
         Show when I'm online
-      </label>
-      <small id="show-presence-hint" class="hint">
-        Members of your rooms see you online while one of your devices is connected. Off: you always look offline. For the account, in every browser.
-      </small>
+      </AccountToggle>
       {error && (
         <p class="error" role="alert" id="settings-error">
           {error}
