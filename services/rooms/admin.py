@@ -118,9 +118,15 @@ async def room_members(
     return page
 
 
+def _why(reason: str | None) -> dict[str, str]:
+    """The admin's reason, for the audit entry's details (none given: no field)."""
+    return {"reason": reason} if reason else {}
+
+
 async def set_room_state(
-    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, state: str
-) -> models.AdminRoom:
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, state: str,
+    reason: str | None = None,
+) -> models.AdminRoom:  # fmt: skip
     """Close (``closed``) or reopen (``open``) a room."""
     room = await _room(rooms, room_id)
     if room["state"] == state:
@@ -129,14 +135,15 @@ async def set_room_state(
     room = await _room(rooms, room_id)
     action = "room.close" if state == "closed" else "room.reopen"
     await _audit(rooms, claims, ip, action, room_id, before={"state": "closed" if state == "open"
-                 else "open"}, after={"state": state})  # fmt: skip
+                 else "open"}, after={"state": state}, **_why(reason))  # fmt: skip
     await _tell(rooms, room, "state")
     return view(room)
 
 
 async def set_kind(
-    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, kind: str
-) -> models.AdminRoom:
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, kind: str,
+    reason: str | None = None,
+) -> models.AdminRoom:  # fmt: skip
     """Public → private: end-to-end encrypted from now on (no new posts over HTTP; the
     public timeline so far stays, readable by members only; out of the directory).
     Private → public: posts over HTTP from now on, listed in the directory; past
@@ -163,13 +170,16 @@ async def set_kind(
     await rooms.events.release(held)
     room = await _room(rooms, room_id)
     await _audit(rooms, claims, ip, "room.kind", room_id, before={"kind": previous},
-                 after={"kind": kind})  # fmt: skip
+                 after={"kind": kind}, **_why(reason))  # fmt: skip
     log.info("room kind changed", extra={"room_id": room_id, "kind": kind})
     await _tell(rooms, room, "kind")
     return view(room)
 
 
-async def remove(rooms: Rooms, claims: Claims, ip: str | None, room_id: str, user_id: str) -> None:
+async def remove(
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, user_id: str,
+    reason: str | None = None,
+) -> None:  # fmt: skip
     """Remove any member, the owner included (the room then has no owner: admins and
     moderators manage it; docs/moderation.md)."""
     room = await _room(rooms, room_id)
@@ -184,11 +194,14 @@ async def remove(rooms: Rooms, claims: Claims, ip: str | None, room_id: str, use
         await rooms.store.set_room(room_id, {"owner": None})
     room = await _room(rooms, room_id)
     await _audit(rooms, claims, ip, "room.remove_member", room_id,
-                 before={"user_id": user_id, "role": victim["role"]}, after=None)  # fmt: skip
+                 before={"user_id": user_id, "role": victim["role"]}, after=None,
+                 **_why(reason))  # fmt: skip
     await _tell(rooms, room, "member_removed", also=(user_id,), user_id=user_id)
 
 
-async def delete(rooms: Rooms, claims: Claims, ip: str | None, room_id: str) -> None:
+async def delete(
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, reason: str | None = None
+) -> None:
     """Delete a room: it answers ``room_not_found`` to everyone from now on. Its records
     (members, public timeline and revisions) stay for admins and the audit trail."""
     room = await _room(rooms, room_id)
@@ -210,7 +223,7 @@ async def delete(rooms: Rooms, claims: Claims, ip: str | None, room_id: str) -> 
     await _audit(rooms, claims, ip, "room.delete", room_id,
                  before={"name": room["name"], "kind": room["kind"], "state": room["state"],
                          "members": int(room.get("members", 0))},
-                 after={"deleted_at": at})  # fmt: skip
+                 after={"deleted_at": at}, **_why(reason))  # fmt: skip
     log.info("room deleted", extra={"room_id": room_id})
     await _tell(rooms, {**bumped, "deleted_at": at}, "deleted")
 

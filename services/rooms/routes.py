@@ -39,6 +39,25 @@ USER_ID = {
 _ROOM = {"room_id": ROOM_ID}
 _MESSAGE = {"room_id": ROOM_ID, "seq": int_schema(1, SEQ_MAX)}
 _MEMBER = {"room_id": ROOM_ID, "user_id": USER_ID}
+# An admin's reason for a room action, kept in the audit log's entry.
+REASON_MAX = 500
+_REASON_Q = {"reason": f"why, for the audit log (optional, at most {REASON_MAX} characters)"}
+_REASON_P = {"reason": {"type": "string", "maxLength": REASON_MAX}}
+
+
+def reason_of(request: web.Request) -> str | None:
+    """The ``reason`` query parameter, checked before anything changes."""
+    raw = request.query.get("reason")
+    if raw is None or not raw.strip():
+        return None
+    if len(raw) > REASON_MAX:
+        raise ApiError(
+            _E.VALIDATION_FAILED, f"reason: at most {REASON_MAX} characters.",
+            details=[{"field": "reason", "problem": "too long"}],
+        )  # fmt: skip
+    return raw.strip()
+
+
 _BEFORE = {"before": int_schema(1, SEQ_MAX), "limit": int_schema(1, PAGE_MAX)}
 _BEFORE_DOC = {
     "before": "return items numbered below this (default: from the newest)",
@@ -577,13 +596,14 @@ async def admin_members(request: web.Request, claims: Claims) -> models.MemberPa
     ADMIN_ROOM + "/close",
     summary="Close a room: no new messages or members; members are told (`room_changed`)",
     response=models.AdminRoom,
-    params=_ROOM,
-    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT],
+    query=_REASON_Q,
+    params={**_ROOM, **_REASON_P},
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT, _E.VALIDATION_FAILED],
     **_ADMIN,
 )
 async def admin_close(request: web.Request, claims: Claims) -> models.AdminRoom:
     return await admin.set_room_state(
-        svc(request), claims, ip_of(request), room_id_of(request), "closed"
+        svc(request), claims, ip_of(request), room_id_of(request), "closed", reason_of(request)
     )
 
 
@@ -591,13 +611,14 @@ async def admin_close(request: web.Request, claims: Claims) -> models.AdminRoom:
     ADMIN_ROOM + "/reopen",
     summary="Reopen a closed room; members are told (`room_changed`)",
     response=models.AdminRoom,
-    params=_ROOM,
-    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT],
+    query=_REASON_Q,
+    params={**_ROOM, **_REASON_P},
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT, _E.VALIDATION_FAILED],
     **_ADMIN,
 )
 async def admin_reopen(request: web.Request, claims: Claims) -> models.AdminRoom:
     return await admin.set_room_state(
-        svc(request), claims, ip_of(request), room_id_of(request), "open"
+        svc(request), claims, ip_of(request), room_id_of(request), "open", reason_of(request)
     )
 
 
@@ -607,13 +628,14 @@ async def admin_reopen(request: web.Request, claims: Claims) -> models.AdminRoom
     "public: past ciphertext stays unreadable); members are told (`room_changed`)",
     body=models.KindIn,
     response=models.AdminRoom,
-    params=_ROOM,
-    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT],
+    query=_REASON_Q,
+    params={**_ROOM, **_REASON_P},
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.CONFLICT, _E.VALIDATION_FAILED],
     **_ADMIN,
 )
 async def admin_kind(request: web.Request, claims: Claims, body: models.KindIn) -> models.AdminRoom:
     return await admin.set_kind(
-        svc(request), claims, ip_of(request), room_id_of(request), body.kind
+        svc(request), claims, ip_of(request), room_id_of(request), body.kind, reason_of(request)
     )
 
 
@@ -621,25 +643,28 @@ async def admin_kind(request: web.Request, claims: Claims, body: models.KindIn) 
     ADMIN_ROOM + "/members/{user_id}",
     summary="Remove any member (the owner too); members are told (`room_changed`)",
     status=204,
-    params=_MEMBER,
-    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.USER_NOT_FOUND],
+    query=_REASON_Q,
+    params={**_MEMBER, **_REASON_P},
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.USER_NOT_FOUND, _E.VALIDATION_FAILED],
     **_ADMIN,
 )
 async def admin_remove(request: web.Request, claims: Claims) -> None:
-    room_id = room_id_of(request)
-    await admin.remove(svc(request), claims, ip_of(request), room_id, user_id_of(request))
+    room_id, reason = room_id_of(request), reason_of(request)
+    await admin.remove(svc(request), claims, ip_of(request), room_id, user_id_of(request), reason)
 
 
 @api.delete(
     ADMIN_ROOM,
     summary="Delete a room: it is gone for everyone (its records stay for admins)",
     status=204,
-    params=_ROOM,
-    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND],
+    query=_REASON_Q,
+    params={**_ROOM, **_REASON_P},
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.VALIDATION_FAILED],
     **_ADMIN,
 )
 async def admin_delete(request: web.Request, claims: Claims) -> None:
-    await admin.delete(svc(request), claims, ip_of(request), room_id_of(request))
+    reason = reason_of(request)
+    await admin.delete(svc(request), claims, ip_of(request), room_id_of(request), reason)
 
 
 @api.post(

@@ -318,6 +318,44 @@ async def test_members_see_a_rename_a_topic_and_a_close_live(
     assert (closed["change"], closed["state"], closed["name"]) == ("state", "closed", None)
 
 
+async def test_an_admin_s_reason_is_kept_in_the_audit_log_and_a_bad_one_changes_nothing(
+    api: RoomsApi,
+) -> None:
+    owner, alice = api.user(), api.user()
+    boss = admin(api)
+    room = await api.room(owner, name="reasons")
+    assert (await api.join(alice, room))[0] == 200
+    base = f"/v1/admin/rooms/{room}"
+    # Too long: refused before anything changes, nothing audited.
+    long = "x" * 501
+    for method, path, body in (
+        ("POST", f"{base}/close", None), ("PUT", f"{base}/kind", {"kind": "private"}),
+        ("DELETE", f"{base}/members/{alice}", None), ("DELETE", base, None),
+    ):  # fmt: skip
+        status, err = await api.call(method, f"{path}?reason={long}", boss, body)
+        assert (status, err["error"]["code"]) == (422, "validation_failed"), (path, err)
+        assert err["error"]["details"] == [{"field": "reason", "problem": "too long"}]
+    _, now = await api.get(owner, room)
+    assert (now["state"], now["kind"], now["members"]) == ("open", "public", 2)
+    assert (
+        await audit_of(api, target_id=room, action={"$regex": "^room\\.(close|kind|delete|remove)"})
+        == []
+    )
+    # Given, it is in the entry; not given (or blank), the entry has none.
+    why = "spam wave, closing for the night"
+    status, _ = await api.call("POST", f"{base}/close?reason={why}", boss)
+    assert status == 200
+    status, _ = await api.call("POST", f"{base}/reopen?reason=%20", boss)
+    assert status == 200
+    assert (await api.call("DELETE", f"{base}/members/{alice}?reason=ban%20evasion", boss))[
+        0
+    ] == 204
+    entries = {e["action"]: e for e in await audit_of(api, target_id=room)}
+    assert entries["room.close"]["details"]["reason"] == why
+    assert "reason" not in entries["room.reopen"]["details"]
+    assert entries["room.remove_member"]["details"]["reason"] == "ban evasion"
+
+
 def admin_routes(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, operation) of every route the document says needs the admin role."""
     return [
