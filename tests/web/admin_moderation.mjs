@@ -64,7 +64,8 @@ try {
     throw new Error("the hidden message's text is still shown on the timeline");
   }
 
-  step("closes the room");
+  step("closes the room, with a reason for the audit log");
+  await page.fill("#room-reason", "raid, closed for the night (browser test)");
   await page.click("#close");
   await page.waitForSelector("#room-state >> text=closed");
   await page.waitForSelector("#reopen");

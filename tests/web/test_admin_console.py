@@ -242,6 +242,10 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         }), changes  # fmt: skip
         by_action = {e["action"]: e for e in entries if e["service"] != "auth"}
         assert by_action["room.remove_member"]["before"]["user_id"] == member.user_id
+        # The reason typed on the room's page went with its actions (close, then removal).
+        why = "raid, closed for the night (browser test)"
+        assert by_action["room.close"]["details"]["reason"] == why
+        assert by_action["room.remove_member"]["details"]["reason"] == why
         assert by_action["report.resolve"]["after"] == {"state": "actioned", "note": note}
         # Reading the report's plaintext is audited too.
         assert any(e["action"] == "report.view" and e["target_id"] == filed["id"] for e in entries)

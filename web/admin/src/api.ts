@@ -250,20 +250,21 @@ export class Api {
     if (after) params.set("after", String(after));
     return this.request<{ members: RoomMember[]; next_after: number | null }>("GET", `${roomUrl(id)}/members?${params}`);
   }
-  closeRoom(id: string) {
-    return this.request<AdminRoom>("POST", `${roomUrl(id)}/close`);
+  // `reason` (optional): why, kept in the audit entry (docs/moderation.md).
+  closeRoom(id: string, reason = "") {
+    return this.request<AdminRoom>("POST", `${roomUrl(id)}/close${why(reason)}`);
   }
-  reopenRoom(id: string) {
-    return this.request<AdminRoom>("POST", `${roomUrl(id)}/reopen`);
+  reopenRoom(id: string, reason = "") {
+    return this.request<AdminRoom>("POST", `${roomUrl(id)}/reopen${why(reason)}`);
   }
-  setKind(id: string, kind: RoomKind) {
-    return this.request<AdminRoom>("PUT", `${roomUrl(id)}/kind`, { kind });
+  setKind(id: string, kind: RoomKind, reason = "") {
+    return this.request<AdminRoom>("PUT", `${roomUrl(id)}/kind${why(reason)}`, { kind });
   }
-  removeMember(id: string, userId: string) {
-    return this.request<void>("DELETE", `${roomUrl(id)}/members/${encodeURIComponent(userId)}`);
+  removeMember(id: string, userId: string, reason = "") {
+    return this.request<void>("DELETE", `${roomUrl(id)}/members/${encodeURIComponent(userId)}${why(reason)}`);
   }
-  deleteRoom(id: string) {
-    return this.request<void>("DELETE", roomUrl(id));
+  deleteRoom(id: string, reason = "") {
+    return this.request<void>("DELETE", `${roomUrl(id)}${why(reason)}`);
   }
   /** A public room's timeline, newest first: the members' route (admins have no timeline read of their own). */
   timeline(id: string, before?: number | null) {
@@ -308,4 +309,9 @@ export class Api {
 
 const ROOMS = "/rooms/v1/admin/rooms";
 const REPORTS = "/delivery/v1/admin/reports";
+/** The `?reason=` of a room action, or nothing when none is given. */
+function why(reason: string): string {
+  return reason.trim() ? `?${new URLSearchParams({ reason: reason.trim() })}` : "";
+}
+
 const roomUrl = (id: string) => `${ROOMS}/${encodeURIComponent(id)}`;

@@ -125,6 +125,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
   const [nextMembers, setNextMembers] = useState<number | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [notice, setNotice] = useState("");
+  const [reason, setReason] = useState(""); // for the room actions (the audit log)
 
   const refresh = async () => {
     try {
@@ -235,16 +236,20 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
         <>
           <h2>Actions</h2>
           <p class="muted small">
-            These actions take no reason: the audit log records who did what and when. Members are told at once
-            (<code>room_changed</code>).
+            The audit log records who did what and when, and the reason below if you give one. Members are told at
+            once (<code>room_changed</code>).
           </p>
+          <label for="room-reason">
+            Reason (optional, for the audit log)
+            <input id="room-reason" maxLength={500} value={reason} onInput={(e) => setReason(e.currentTarget.value)} />
+          </label>
           <div class="actions">
             {room.state === "open" ? (
-              <button id="close" onClick={() => void act(() => api.closeRoom(id), "Closed: no new messages or members.")}>
+              <button id="close" onClick={() => void act(() => api.closeRoom(id, reason), "Closed: no new messages or members.")}>
                 Close
               </button>
             ) : (
-              <button id="reopen" onClick={() => void act(() => api.reopenRoom(id), "Reopened.")}>
+              <button id="reopen" onClick={() => void act(() => api.reopenRoom(id, reason), "Reopened.")}>
                 Reopen
               </button>
             )}
@@ -258,14 +263,14 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
                   ? "Messages are end-to-end encrypted from now on; what was posted while public stays readable by members only."
                   : "New messages are server-readable from now on; past encrypted messages stay unreadable."
               }
-              onConfirm={() => act(() => api.setKind(id, other), `Now ${other}.`)}
+              onConfirm={() => act(() => api.setKind(id, other, reason), `Now ${other}.`)}
             />
             <Confirm
               id="delete"
               label="Delete room"
               yes="Yes, delete it"
               question={`Delete “${room.name}” for everyone? The console cannot undo it.`}
-              onConfirm={() => act(() => api.deleteRoom(id), "Deleted.")}
+              onConfirm={() => act(() => api.deleteRoom(id, reason), "Deleted.")}
             />
           </div>
         </>
@@ -302,7 +307,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
                           ? "Remove this member? The others' devices change keys: they read nothing sent afterwards."
                           : "Remove this member from the room?"
                     }
-                    onConfirm={() => act(() => api.removeMember(id, m.user_id), "Member removed.")}
+                    onConfirm={() => act(() => api.removeMember(id, m.user_id, reason), "Member removed.")}
                   />
                 )}
               </td>
