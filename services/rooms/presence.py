@@ -39,7 +39,8 @@ class Presence:
     async def facts(self, user_ids: Sequence[str]) -> tuple[dict[str, str], set[str]]:
         """The usernames of ``user_ids`` (those the auth service still has) and who of
         them is online and shows it: one MongoDB read and one Redis pipeline, side by
-        side (a client then asks no name of a member list's users one by one)."""
+        side (a client then asks no name of a member list's users one by one). Nobody
+        is online when Redis does not answer: the list is served anyway."""
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return {}, set()
@@ -61,8 +62,3 @@ class Presence:
             log.warning("presence not read", extra={"error": repr(exc)})
             return set()
         return {u for u, gws in where.items() if gws}
-
-    async def online(self, user_ids: Sequence[str]) -> set[str]:
-        """The users of ``user_ids`` who are online and show it; nobody when Redis does
-        not answer (the member list is served anyway: presence is a hint)."""
-        return (await self.facts(user_ids))[1]

@@ -68,7 +68,7 @@ async def test_a_large_room_s_member_pages_each_say_who_is_online(
 async def test_presence_that_cannot_be_read_is_nobody_not_an_error(make_rooms: Any) -> None:
     """A hint: with Redis away the member list still answers, everyone offline."""
     api = await make_rooms(redis_url="redis://127.0.0.1:1/0", dependency_timeout_ms=300)
-    assert await api.rooms.presence.online([api.user(), api.user()]) == set()
+    assert await api.rooms.presence.facts([api.user(), api.user()]) == ({}, set())
 
 
 async def test_the_member_list_names_its_members_as_the_auth_service_has_them(
