@@ -41,10 +41,15 @@ SecondFactorPrompt = Callable[[SecondFactor], Awaitable[tuple[str, str]]]
 
 def _jwt_exp(token: str) -> float:
     """The ``exp`` of a JWT, unverified (only to decide when to refresh)."""
+    return _jwt_claim(token, "exp")
+
+
+def _jwt_claim(token: str, name: str) -> float:
+    """A number claim of a JWT, unverified (0 when it has none)."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"])
+        return float(claims[name])
     except (IndexError, ValueError, KeyError, TypeError):
         return 0.0
 
@@ -139,6 +144,11 @@ class Account:
                     "access_token": tokens["access_token"],
                     "refresh_token": tokens["refresh_token"],
                     "session_id": tokens.get("session_id"),
+                    # When this device was set up, in the server's time (its first
+                    # token's): it reads rooms' logs from then (docs/client.md, "Rooms").
+                    "linked_at": int(previous.get("linked_at") or 0)
+                    if previous
+                    else int(_jwt_claim(str(tokens["access_token"]), "iat") * 1000),
                 },
             )
         self.user_id = str(user["user_id"])

@@ -362,6 +362,16 @@ class Api:
         )  # fmt: skip
         return result
 
+    async def room_log(
+        self, room_id: str, after: int, since: int = 0, limit: int = 200
+    ) -> dict[str, Any]:
+        """A page of a private room's log (``{"room", "messages", "next", "more"}``)."""
+        query = f"?after={after}&since={since}&limit={limit}"
+        result: dict[str, Any] = await self.request(
+            "GET", f"/delivery/v1/rooms/{_room(room_id)}/log{query}"
+        )
+        return result
+
     async def room_messages(
         self, room_id: str, before: int | None = None, limit: int = 50
     ) -> dict[str, Any]:

@@ -410,6 +410,8 @@ class Messenger:
         await self.sync()
         await self._resend()
         self._synced.set()
+        if self.room_hook is not None:
+            await self.room_hook.sync_rooms()
 
     async def sync(self) -> int:
         """Page through the inbox after the last processed item; returns the number of
@@ -447,6 +449,8 @@ class Messenger:
     async def _resync(self) -> None:
         try:
             await self.sync()
+            if self.room_hook is not None:
+                await self.room_hook.sync_rooms()
         except (ParleyError, TimeoutError) as exc:  # the socket went away: ready syncs again
             log.info("resync failed: %s", exc)
 
@@ -509,8 +513,12 @@ class Messenger:
 
     # -- incoming ------------------------------------------------------------------------------
     async def _on_frame(self, frame: f.ServerFrames) -> None:
-        if isinstance(frame, f.Message) and frame.room is not None and self.room_hook:
-            await self.room_hook.on_room_message(frame)
+        if isinstance(frame, f.RoomMessage):
+            if self.room_hook:
+                await self.room_hook.on_room_message(frame)
+        elif isinstance(frame, f.Message) and frame.room is not None:
+            # A room's copy in this device's inbox (protocol 2): rooms have logs now.
+            self._ack_soon(frame.seq)
         elif isinstance(frame, f.Message):
             await self._on_message(frame)
         elif isinstance(frame, RoomFrame) and self.room_hook:
@@ -980,7 +988,9 @@ def parse_control(plaintext: bytes) -> dict[str, Any] | None:
 class RoomHook(Protocol):
     """What the messenger hands to the rooms part (:class:`parley.rooms.Rooms`)."""
 
-    async def on_room_message(self, frame: f.Message) -> None: ...
+    async def on_room_message(self, frame: f.RoomMessage) -> None: ...
+
+    async def sync_rooms(self) -> int: ...
 
     async def on_room_frame(self, frame: RoomFrame) -> None: ...
 

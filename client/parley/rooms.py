@@ -79,6 +79,8 @@ DISTRIBUTE_AT_ONCE = 8
 MAX_PENDING = 1000
 """Room messages kept per room while their sender key has not arrived."""
 MAX_MENTIONS = 20
+LOG_PAGE = 200
+"""Messages per page when a room's log is read."""
 _ROOM_ID = re.compile(r"[0-9a-f]{24}")
 _MENTION = re.compile(r"(?<![\w@./])@([A-Za-z0-9._-]{1,64})")
 
@@ -145,6 +147,12 @@ class Rooms:
         self._locks: dict[str, asyncio.Lock] = {}
         self.rotations = 0  # sender keys rotated by this process (tests and metrics)
         self.distributions = 0  # pairwise sends of sender keys by this process
+        # Each room's cursor (:meth:`_seen`), numbers seen above it, and its log reads.
+        self._cursors: dict[str, int] = {}
+        self._above: dict[str, set[int]] = {}
+        self._reading: dict[str, asyncio.Task[int]] = {}
+        self._saving: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         messenger.room_hook = self
 
     # -- store keys (opaque: the file does not show room ids) -----------------------------
@@ -577,34 +585,137 @@ class Rooms:
         return frame
 
     # -- receiving --------------------------------------------------------------------------
-    async def on_room_message(self, frame: f.Message) -> None:
-        """A private room's message: decrypt with the sender device's chain, or keep it
-        until that chain's key arrives."""
-        room_id = str(frame.room)
-        seq, sender, server_id = frame.seq, frame.from_, frame.server_id
-        me = self.account.user_id
-        own = sender == me
-        name = await self.messenger._name_of(sender) if not own else (self.account.username or "")
+    async def on_room_message(self, frame: f.RoomMessage) -> None:
+        """A private room's message, pushed or read from its log: decrypt it with the
+        sender device's chain (or keep it until that chain's key arrives), and move
+        this device's place in the room's log (:meth:`_seen`)."""
+        await self._take(frame.room, [frame])
+        self._seen(frame.room, [frame.seq])
+
+    async def _take(self, room_id: str, frames: list[f.RoomMessage]) -> None:
+        me, device = self.account.user_id, self.messenger.keys.known_device_id()
+        names = {
+            fr.from_: (self.account.username or "")
+            if fr.from_ == me
+            else await self.messenger._name_of(fr.from_)
+            for fr in frames
+        }
         events: list[Event] = []
         async with self._store().transaction() as tx:
-            if not tx.has_message(server_id):
+            session: GroupSession | None = None
+            for frame in frames:
+                if (frame.from_, frame.from_device) == (me, device):
+                    continue  # this device's own: in the history since it was sent
+                if tx.has_message(frame.server_id):
+                    continue  # pushed and read from the log: once
                 item = {
-                    "server_id": server_id, "seq": seq, "from": sender,
+                    "server_id": frame.server_id, "seq": frame.seq, "from": frame.from_,
                     "device": frame.from_device, "body": frame.body,
                     "sent_at": frame.sent_at, "mentions": frame.mentions or [],
-                    "conversation": frame.conversation, "commitment": frame.commitment,
+                    "conversation": room_conversation(room_id), "commitment": frame.commitment,
                     "franking_tag": frame.franking_tag,
                 }  # fmt: skip
-                session = self.group(tx, room_id)
-                event = self._open(tx, session, room_id, item, name, keep=True)
-                self._put_group(tx, session)
+                session = session or self.group(tx, room_id)
+                event = self._open(tx, session, room_id, item, names[frame.from_], keep=True)
                 if event is not None:
                     events.append(event)
-            if not self.messenger._syncing and seq > int(tx.get("last_seq") or 0):
-                tx.put("last_seq", seq)
+            if session is not None:
+                self._put_group(tx, session)
         for event in events:
             self.events.emit(event)
-        self.messenger._ack_soon(seq)
+
+    # -- this device's place in each room's log ---------------------------------------------
+    def cursor(self, room_id: str) -> int:
+        """The room log's number up to which this device has every message."""
+        return int(self._store().read().get(self._key("room_cursor", room_id)) or 0)
+
+    def _seen(self, room_id: str, seqs: list[int], upto: int = 0) -> None:
+        """Numbers of the room's log this device has now (``upto``: a page of the log
+        covered everything up to it). The cursor moves only through numbers with none
+        missing below them (the log's numbers have no gaps): one seen above a gap waits
+        until the gap is read from the log, and a gap starts a read of the log."""
+        above = self._above.setdefault(room_id, set())
+        cursor = max(self._cursors.get(room_id, 0), self.cursor(room_id), upto)
+        above.update(s for s in seqs if s > cursor)
+        while cursor + 1 in above:
+            cursor += 1
+        above.difference_update([s for s in above if s <= cursor])
+        if cursor > self._cursors.get(room_id, 0):
+            self._cursors[room_id] = cursor
+            self._spawn_save(room_id)
+        if above and room_id not in self._reading:
+            # A push was lost, or a message was removed (left out of pushes): read it.
+            self._start_read(room_id, again=True)
+
+    def _start_read(self, room_id: str, *, again: bool) -> asyncio.Task[int]:
+        task = asyncio.get_running_loop().create_task(self._read_log(room_id, again=again))
+        self._reading[room_id] = task
+        return task
+
+    def _spawn_save(self, room_id: str) -> None:
+        if room_id in self._saving:
+            return
+
+        async def save() -> None:
+            await asyncio.sleep(0)  # several frames of one read: one write
+            self._saving.discard(room_id)
+            cursor = self._cursors[room_id]
+            async with self._store().transaction() as tx:
+                key = self._key("room_cursor", room_id)
+                if cursor > int(tx.get(key) or 0):
+                    tx.put(key, cursor)
+
+        self._saving.add(room_id)
+        self._tasks.add(task := asyncio.get_running_loop().create_task(save()))
+        task.add_done_callback(self._tasks.discard)
+
+    async def read_log(self, room_id: str) -> int:
+        """Read the room's log from this device's cursor to its end (one read at a time
+        per room: a read running is awaited, then one more is made); how many
+        messages came."""
+        running = self._reading.get(room_id)
+        if running is not None:
+            await asyncio.wait([running])
+        return await self._start_read(room_id, again=False)
+
+    async def _read_log(self, room_id: str, *, again: bool) -> int:
+        got = 0
+        try:
+            await self._token()
+            since = int((self._store().read().get("account") or {}).get("linked_at") or 0)
+            after = max(self._cursors.get(room_id, 0), self.cursor(room_id))
+            while True:
+                page = await self.api.room_log(room_id, after, since, LOG_PAGE)
+                frames = [msgspec.convert(m, f.RoomMessage) for m in page.get("messages", [])]
+                await self._take(room_id, frames)
+                got += len(frames)
+                after = max(after, int(page.get("next", after)))
+                self._seen(room_id, [fr.seq for fr in frames], upto=after)
+                if not page.get("more"):
+                    break
+        except ApiError as exc:
+            if exc.code in ("room_not_found", "not_a_member"):
+                self._above.pop(room_id, None)  # a room this device's user is in no more
+            else:
+                log.info("could not read room %s's log: %s", room_id, exc)
+        except (ParleyError, TimeoutError, OSError) as exc:
+            log.info("could not read room %s's log: %s", room_id, exc)
+        finally:
+            if self._reading.get(room_id) is asyncio.current_task():
+                del self._reading[room_id]
+        if again and self._above.get(room_id):
+            # Pushed while the last page was read, above a number still missing: once more.
+            self._start_read(room_id, again=False)
+        return got
+
+    async def sync_rooms(self) -> int:
+        """Read every private room's log from this device's cursor (on connect, and when
+        the server lost pushes); how many messages came."""
+        got = 0
+        for room in await self.mine():
+            if room.get("kind") == "private":
+                got += await self.read_log(str(room["room_id"]))
+        return got
 
     def _open(
         self,

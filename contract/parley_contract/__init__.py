@@ -19,6 +19,6 @@ The schema of every model is exported to ``contract/schema/`` (generated;
 
 from parley_contract.errors import ErrorCode
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 __all__ = ["PROTOCOL_VERSION", "ErrorCode"]

@@ -283,6 +283,27 @@ class Message(ServerFrame, tag="message"):
     kind: Literal["message"] = "message"
 
 
+class RoomMessage(ServerFrame, tag="room_message"):
+    """A private room's message (protocol 3): pushed to every socket of every member,
+    and read again from the room's log (``GET /delivery/v1/rooms/{room}/log``).
+    ``seq`` is its number in the room's log, the same for every member device and
+    never an inbox's: it is not acknowledged (a device keeps its own place in each
+    room's log). ``body`` is a sender-key ciphertext."""
+
+    room: str
+    seq: int
+    server_id: str
+    from_: str = msgspec.field(name="from")
+    from_device: int
+    body: str
+    sent_at: int
+    commitment: str | None = None
+    mentions: list[str] | None = None
+    franking_tag: str | None = None
+    """The server's reporting tag of the message as delivered to the room (not to
+    one member: docs/crypto.md "Message franking")."""
+
+
 class KeyChanged(ServerFrame, tag="key_changed"):
     """A contact's account identity key changed (a reset, not a new device): warn,
     show the new safety number."""
@@ -477,6 +498,7 @@ ServerFrames = (
     | Stored
     | Delivered
     | Message
+    | RoomMessage
     | KeyChanged
     | Tombstone
     | PrekeysLow
@@ -499,6 +521,18 @@ class InboxPage(Struct):
     """A page of an inbox (delivery's HTTP API; the gateway turns it into frames)."""
 
     messages: list[InboxItem]
+    more: bool
+
+
+class RoomLogPage(Struct):
+    """A page of a private room's log, oldest first (delivery's HTTP API,
+    ``GET /delivery/v1/rooms/{room}/log``): the messages after ``after`` that the
+    caller may read (removed ones left out), ``next`` the number to read after next
+    (the last one the page looked at), and ``more`` when there may be more."""
+
+    room: str
+    messages: list[RoomMessage]
+    next: int
     more: bool
 
 

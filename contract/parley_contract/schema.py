@@ -21,6 +21,7 @@ ROOTS: dict[str, Any] = {
     "ClientFrame": f.ClientFrames,
     "ServerFrame": f.ServerFrames,
     "InboxPage": f.InboxPage,
+    "RoomLogPage": f.RoomLogPage,
     "Envelope": e.Envelope,
     "RoomEnvelope": e.RoomEnvelope,
     "Event": e.Event,
@@ -44,8 +45,8 @@ def document() -> dict[str, Any]:
         "description": (
             "Generated from contract/parley_contract by `python -m parley_contract.schema`. "
             "ClientFrame/ServerFrame: WebSocket frames (docs/protocol.md); Envelope, Event, "
-            "RoomEvent: Kafka records; Routed, Revocation: Redis messages; InboxPage: "
-            "delivery's HTTP page."
+            "RoomEvent: Kafka records; Routed, Revocation: Redis messages; InboxPage, "
+            "RoomLogPage: delivery's HTTP pages."
         ),
         "$defs": defs,
     }

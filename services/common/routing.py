@@ -193,12 +193,19 @@ async def multicast(
     counts)."""
     if not users:
         return 0
-    channel = room_channel(prefix)
     async with redis.pipeline(transaction=False) as pipe:
-        for i in range(0, len(users), MULTICAST_USERS):
-            pipe.publish(channel, e.encode(e.multicast(users[i : i + MULTICAST_USERS], frame)))
+        queue_multicast(pipe, prefix, users, frame)
         counts = await pipe.execute()
     return sum(int(n) for n in counts)
+
+
+def queue_multicast(
+    pipe: aioredis.client.Pipeline, prefix: str, users: list[str], frame: f.ServerFrames
+) -> None:
+    """Queue :func:`multicast`'s publishes on ``pipe`` (several frames in one round trip)."""
+    channel = room_channel(prefix)
+    for i in range(0, len(users), MULTICAST_USERS):
+        pipe.publish(channel, e.encode(e.multicast(users[i : i + MULTICAST_USERS], frame)))
 
 
 async def _route(redis: aioredis.Redis, prefix: str, ttl_s: float, frames: list[Push]) -> int:

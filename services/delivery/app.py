@@ -20,7 +20,7 @@ from services.delivery.moderation_keys import ModerationKeys
 from services.delivery.moderation_store import ModerationStore
 from services.delivery.parties import Parties
 from services.delivery.routes import api
-from services.delivery.state import INBOX, MODERATION, WORKER
+from services.delivery.state import INBOX, MODERATION, ROOM_LOG, WORKER
 from services.delivery.store import DeliveryStore
 from services.delivery.worker import Worker
 
@@ -41,6 +41,7 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     )
     worker = Worker(settings, store, app[REGISTRY], producer, keys)
     app[WORKER] = worker
+    app[ROOM_LOG] = worker.room_log
     lag = ConsumerLag(settings, app[REGISTRY], worker.groups())
 
     async def stop_worker(_: web.Application) -> AsyncIterator[None]:
@@ -56,6 +57,7 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
         # Indexes first (retried until MongoDB answers), then the consumers.
         await store.ensure_indexes()
         await mstore.ensure_indexes()
+        await worker.room_log.ensure_indexes()
         if run_worker:
             await worker.start()
 

@@ -29,6 +29,31 @@ class InboxPage(BaseModel):
     more: bool
 
 
+class RoomLogMessage(BaseModel):
+    """The ``room_message`` frame (docs/protocol.md, "Rooms")."""
+
+    op: Literal["room_message"] = "room_message"
+    room: str
+    seq: int = Field(description="Its number in the room's log (1, 2, 3, ...)")
+    server_id: str
+    from_: str = Field(alias="from")
+    from_device: int
+    body: str = Field(description="Sender-key ciphertext, base64url")
+    sent_at: int
+    commitment: str | None = None
+    mentions: list[str] | None = None
+    franking_tag: str | None = Field(
+        default=None, description="The reporting tag of the message as delivered to the room"
+    )
+
+
+class RoomLogPage(BaseModel):
+    room: str
+    messages: list[RoomLogMessage] = Field(description="Oldest first; removed messages left out")
+    next: int = Field(description="Pass as `after` for the next page (the last number looked at)")
+    more: bool
+
+
 class AckIn(BaseModel):
     """Strict, like every request body: ``true`` is not a number, an unknown field is an error."""
 

@@ -47,6 +47,7 @@ from services.delivery.moderation_keys import (
 )
 from services.delivery.moderation_store import ModerationStore
 from services.delivery.parties import Parties, parties_of
+from services.delivery.room_log import RoomLog, room_tag_fields
 from services.delivery.store import DAY_S, DeliveryStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Moderation:
         self.keys = keys
         self.producer = producer
         self.topics = Topics(settings)
+        self.room_log = RoomLog(store, keys)
 
     async def _audit(
         self, claims: Claims, ip: str | None, action: str, target_type: str, target_id: str,
@@ -103,7 +105,13 @@ class Moderation:
                 ErrorCode.NOT_RECIPIENT,
                 "You are not a party to that conversation: only a recipient can report it.",
             )
-        fields = TaggedFields(
+        room = conversation[5:] if conversation and conversation.startswith("room:") else None
+        # A private room's message has one tag for the room, not one per member (its log
+        # holds it once: services/delivery/room_log.py).
+        fields = room_tag_fields(
+            commitment=body.commitment, server_id=body.server_id, sender=body.sender,
+            sender_device=body.sender_device, sent_at=body.sent_at, room=room,
+        ) if room else TaggedFields(
             commitment=body.commitment, server_id=body.server_id, sender=body.sender,
             sender_device=body.sender_device, recipient=me, sent_at=body.sent_at,
             conversation=conversation,
@@ -130,7 +138,7 @@ class Moderation:
             "state": "open",
             "server_id": body.server_id,
             "conversation": conversation,
-            "room": conversation[5:] if conversation and conversation.startswith("room:") else None,
+            "room": room,
             "sender": body.sender,
             "sender_device": body.sender_device,
             "sent_at": body.sent_at,
@@ -245,6 +253,8 @@ class Moderation:
             conversation = record["conversation"]
             kid, signature = record["kid"], record["signature"]
         await self.store.hot.mark_gone(server_id, self.settings.inbox_expiry_s + DAY_S)
+        if conversation.startswith("room:"):
+            await self.room_log.blank([server_id])  # after the mark (room_log.py, "Removal")
         producer = await self.producer.wait_ready(30)
         acks = []
         for inbox in inboxes:

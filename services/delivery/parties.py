@@ -69,6 +69,23 @@ class Parties:
         session, _ = self._client()
         return await member_ids(lambda p: rooms_get(session, self.rooms + p, token), path)
 
+    async def joined_at(self, room_id: str, token: str) -> int:
+        """When the caller joined ``room_id``, a private room (Unix ms), read fresh from
+        the rooms service: ``room_not_found`` (no such room, or a private one the caller
+        may not see), ``not_a_member`` (invited, or a member no more), ``forbidden`` for
+        a public room."""
+        session, _ = self._client()
+        room = await rooms_get(session, f"{self.rooms}/rooms/v1/rooms/{room_id}", token)
+        if room.get("kind") != "private":
+            raise ApiError(
+                ErrorCode.FORBIDDEN,
+                "A public room's history is its timeline: GET /rooms/v1/rooms/{room_id}/messages.",
+            )
+        joined = room.get("joined_at")
+        if room.get("role") is None or not isinstance(joined, int):
+            raise ApiError(ErrorCode.NOT_A_MEMBER, "Only the room's members read its log.")
+        return joined
+
     async def inboxes(self, users: list[str], token: str) -> list[str]:
         """Every current device inbox of these users, in order."""
         gate = asyncio.Semaphore(DEVICE_LOOKUPS)

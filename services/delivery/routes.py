@@ -34,9 +34,10 @@ from services.delivery.models import (
     ReportOut,
     ReportsPage,
     ResolveIn,
+    RoomLogPage,
 )
 from services.delivery.moderation_store import REPORT_STATES
-from services.delivery.state import INBOX, MODERATION
+from services.delivery.state import INBOX, MODERATION, ROOM_LOG
 
 api = Api(
     "Parley delivery",
@@ -72,6 +73,47 @@ async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
     limit = min(query_int(request, "limit", 100, 1, PAGE_MAX), settings.sync_page_max)
     page = await request.app[INBOX].page(_inbox(claims), after, limit)
     # The contract's InboxPage, encoded once (the gateway decodes it as is).
+    return web.Response(body=f.encode(page), content_type="application/json")
+
+
+@api.get(
+    "/v1/rooms/{room_id}/log",
+    summary="Page through a private room's log: the messages after a number, oldest first",
+    description=(
+        "A private room's messages are stored once, in the room's log, numbered 1, 2, 3, "
+        '... (docs/rooms.md, "The room log"); they are pushed live as `room_message` '
+        "frames and read here after a device was away. A page holds only what was stored "
+        "since the caller joined the room and since `since`. A public room's history is its "
+        "timeline (`GET /rooms/v1/rooms/{room_id}/messages`)."
+    ),
+    response=RoomLogPage,
+    auth=True,
+    query={
+        "after": "return messages with a larger number (default 0)",
+        "since": "only messages stored at or after this time (Unix ms; default 0): a device "
+        "linked later reads from its link",
+        "limit": "page size (default 100), capped by the server's page size",
+    },
+    params={
+        "room_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+        "after": int_schema(0, SEQ_MAX),
+        "since": int_schema(0, SEQ_MAX),
+        "limit": int_schema(1, PAGE_MAX),
+    },
+    errors=[ErrorCode.ROOM_NOT_FOUND, ErrorCode.NOT_A_MEMBER, ErrorCode.FORBIDDEN],
+    tags=["rooms"],
+)
+async def room_log_page(request: web.Request, claims: Claims) -> web.Response:
+    settings = request.app[SETTINGS]
+    room_id = _path_id(request, "room_id", 24)
+    after = query_int(request, "after", 0, 0, SEQ_MAX)
+    since = query_int(request, "since", 0, 0, SEQ_MAX)
+    limit = min(query_int(request, "limit", 100, 1, PAGE_MAX), settings.sync_page_max)
+    joined_at = await request.app[MODERATION].parties.joined_at(room_id, bearer_token(request))
+    messages, last, more = await request.app[ROOM_LOG].page(
+        room_id, after, max(since, joined_at), limit
+    )
+    page = f.RoomLogPage(room=room_id, messages=messages, next=last, more=more)
     return web.Response(body=f.encode(page), content_type="application/json")
 
 

@@ -58,15 +58,15 @@ from services.common.clients import (
     Topics,
     ensure_topics,
     kafka_consumer,
-    key_partition,
     stop_consumer,
 )
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
-from services.common.routing import Push
+from services.common.routing import Push, queue_multicast
 from services.delivery.fanout import RoomFanout
 from services.delivery.hot import GUARD, HotInboxLost, Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
+from services.delivery.room_log import RoomLog
 from services.delivery.store import DeliveryStore, item_docs, item_frame
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class Worker:
         self.keys = keys or ModerationKeys(settings)
         self.producer = producer
         self.fanout = RoomFanout(store, self.keys)
+        self.room_log = RoomLog(store, self.keys)
         self.topics = Topics(settings)
         self.group = f"{settings.topic_prefix}delivery"
         self._tasks: list[asyncio.Task[None]] = []
@@ -188,8 +189,8 @@ class Worker:
         )  # fmt: skip
         self._next_depth_sample = 0.0
         self.fanned_out = Counter(
-            "parley_delivery_room_copies_total",
-            "Copies of private rooms' messages produced for member device inboxes.",
+            "parley_delivery_room_messages_total",
+            "Private rooms' messages stored in their rooms' logs and pushed to their members.",
             registry=registry,
         )
         for topic in (self.topics.messages, self.topics.events, self.topics.room_messages):
@@ -661,38 +662,34 @@ class Worker:
 
     # Rooms ------------------------------------------------------------------
     async def handle_room_messages(self, records: list[Record]) -> None:
-        """Fan each room message out: its target inboxes grouped by the ``messages``
-        partition their key maps to (the one the gateway's 1:1 copies for the same
-        inbox go to), one :class:`~parley_contract.envelopes.RoomCopies` record per
-        partition (and per ``ROOM_COPIES_MAX`` inboxes); returns once the broker
-        holds them all."""
-        producer = await self.producer.wait_ready(30)
-        partitions = sorted(await producer.partitions_for(self.topics.messages))
-        acks = []
-        copies = 0
+        """Store each room message once in its room's log and push it to the room's
+        members (services/delivery/room_log.py); returns once the batch is stored,
+        so that its offsets may be committed."""
+        envs: list[e.RoomEnvelope] = []
         for record in records:
             try:
-                env = e.decode_room_envelope(record.value or b"")
+                envs.append(e.decode_room_envelope(record.value or b""))
             except e.DecodeError:
                 self.rejected.inc()
                 await self._dead_letter(record, "malformed", None)
-                continue
-            headers = list(record.headers or kafka_headers())
-            groups: dict[int, list[str]] = {}
-            for inbox in e.room_targets(env):
-                groups.setdefault(key_partition(inbox.encode(), partitions), []).append(inbox)
-            for partition, inboxes in sorted(groups.items()):
-                for i in range(0, len(inboxes), ROOM_COPIES_MAX):
-                    value = e.encode(e.room_copies(env, inboxes[i : i + ROOM_COPIES_MAX]))
-                    acks.append(
-                        await producer.send(
-                            self.topics.messages, value, key=env.room.encode(),
-                            partition=partition, headers=headers,
-                        )
-                    )  # fmt: skip
-            copies += sum(len(v) for v in groups.values())
-        await asyncio.gather(*acks)
-        self.fanned_out.inc(copies)
+        if not envs:
+            return
+        done = await self.room_log.append(envs, time.time())
+        if done.stored:
+            self.stored.labels("message").inc(done.stored)
+        if done.repeats:
+            self.duplicates.inc(done.repeats)
+        if done.removed:
+            log.info("removed room messages left out", extra={"messages": done.removed})
+        pushes = done.pushes or []
+        prefix = self.settings.redis_prefix
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for users, frame in pushes:
+                queue_multicast(pipe, prefix, users, frame)
+            await pipe.execute()
+        self.pushed.inc(len(pushes))
+        self.fanned_out.inc(len(pushes))
+        self._observe_latency([env.sent_at for env in envs])
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[Record]) -> None:
@@ -767,3 +764,10 @@ class Worker:
                 log.info("expired inbox items deleted", extra={"items": expired})
         except Exception as exc:
             log.warning("inbox expiry failed", extra={"error": repr(exc)})
+        try:
+            cutoff = time.time() - self.settings.inbox_expiry_s
+            expired = await self.room_log.purge_expired(cutoff)
+            if expired:
+                log.info("expired room log entries deleted", extra={"items": expired})
+        except Exception as exc:
+            log.warning("room log expiry failed", extra={"error": repr(exc)})

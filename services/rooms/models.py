@@ -139,6 +139,9 @@ class Room(_Out):
     members: int = Field(description="How many members the room has")
     created_at: int = Field(description="Unix milliseconds")
     role: Role | None = Field(description="The caller's role, or none if not a member")
+    joined_at: int | None = Field(
+        default=None, description="When the caller joined (Unix ms), none if not a member"
+    )
     invited: bool = Field(description="The caller has an invitation to this room")
     version: int = Field(
         description="Grows with every change of membership or state: a client that saw it "

@@ -86,6 +86,7 @@ def out(room: Doc, member: Doc | None = None, invited: bool = False) -> models.R
         members=max(int(room.get("members", 0)), 0),
         created_at=int(room["created_at"]),
         role=None if member is None else member["role"],
+        joined_at=None if member is None else int(member["joined_at"]),
         invited=invited,
         version=int(room.get("version", 1)),
     )

@@ -1,15 +1,19 @@
-"""Private rooms' messages: one `room_send`, one Kafka record, one copy per member device.
+"""Private rooms' messages: one `room_send`, one Kafka record, one entry in the room's
+log, one push to every member socket (docs/rooms.md, "The room log").
 
 The rooms service, delivery and two gateway pods in-process on the real embedded
-servers; the members' sockets are spread over both pods (docs/rooms.md, "Private
-rooms"; docs/protocol.md, "Private rooms").
+servers; the members' sockets are spread over both pods.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from services.delivery.state import WORKER
+from parley_contract import envelopes as e
+
+from services.delivery.room_log import RoomLog
+from services.delivery.state import MODERATION, ROOM_LOG, WORKER
 from tests.support.aio import eventually
 from tests.support.room_world import RoomWorld
 from tests.support.users import uid
@@ -20,11 +24,24 @@ def room_send(client_id: str, room: str, body: str, **extra: Any) -> dict[str, A
     return {"op": "room_send", "id": client_id, "room": room, "body": body, **extra}
 
 
-async def messages(ws: WsClient, n: int) -> list[dict[str, Any]]:
-    return [await ws.expect("message") for _ in range(n)]
+async def room_messages(ws: WsClient, n: int) -> list[dict[str, Any]]:
+    return [await ws.expect("room_message") for _ in range(n)]
 
 
-async def test_one_send_reaches_every_member_device_once_across_pods(world: RoomWorld) -> None:
+async def whole_log(world: RoomWorld, room: str, user: str, **query: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = int(query.pop("after", 0))
+    while True:
+        status, page = await world.log(room, user, after=after, **query)
+        assert status == 200, page
+        out += page["messages"]
+        assert page["next"] >= after
+        after = page["next"]
+        if not page["more"]:
+            return out
+
+
+async def test_one_send_reaches_every_member_socket_once_across_pods(world: RoomWorld) -> None:
     alice, bob, carol = uid(), uid(), uid()
     world.m.issuer.devices[alice] = [1, 2]
     world.m.issuer.devices[bob] = [1, 2]
@@ -40,68 +57,66 @@ async def test_one_send_reaches_every_member_device_once_across_pods(world: Room
     await a1.send(room_send("r1", room, "Z3JvdXA", mentions=[bob]))
     accepted = await a1.expect("accepted", id="r1")
     assert accepted["conversation"] == f"room:{room}"
-    got = {}
-    for name, ws in (("a2", a2), ("b1", b1), ("b2", b2), ("c1", c1)):
-        msg = await ws.expect("message")
-        assert msg["room"] == room and msg["conversation"] == f"room:{room}"
+    # Every socket of every member, the sending one too (its client skips its own).
+    for ws in (a1, a2, b1, b2, c1):
+        msg = await ws.expect("room_message")
+        assert msg["room"] == room and msg["seq"] == 1
         assert msg["body"] == "Z3JvdXA" and msg["from"] == alice and msg["from_device"] == 1
         assert msg["server_id"] == accepted["server_id"] and msg["mentions"] == [bob]
-        got[name] = msg
-    # One record, one copy per device but the sending one; no per-device receipts.
-    assert worker.fanned_out._value.get() - before == 4
-    await b1.send({"op": "ping", "id": "p"})
-    await b1.expect("pong", id="p")
+    # One message stored once; no inbox item, no per-device receipt.
+    assert worker.fanned_out._value.get() - before == 1
+    await b1.send({"op": "sync", "id": "s", "after": 0})
+    await b1.expect("synced", id="s")
+    assert [f for f in b1.drain() if f["op"] in ("stored", "delivered", "message")] == []
     assert [f for f in a1.drain() if f["op"] in ("stored", "delivered", "message")] == []
 
-    # The other way, from a member's second device: the sender's own device 1 gets it.
     await b2.send(room_send("r2", room, "YmFjaw"))
     await b2.expect("accepted", id="r2")
-    for ws in (a1, a2, b1, c1):
-        msg = await ws.expect("message", body="YmFjaw")
-        assert msg["from"] == bob and msg["from_device"] == 2 and msg["mentions"] is None
+    for ws in (a1, a2, b1, b2, c1):
+        msg = await ws.expect("room_message", body="YmFjaw")
+        assert msg["from"] == bob and msg["from_device"] == 2 and msg["seq"] == 2
+        assert msg["mentions"] is None
+    log = await whole_log(world, room, carol)
+    assert [(m["seq"], m["body"]) for m in log] == [(1, "Z3JvdXA"), (2, "YmFjaw")]
 
 
-async def test_every_member_device_sees_the_rooms_messages_in_one_order(world: RoomWorld) -> None:
+async def test_every_member_sees_the_rooms_messages_in_one_order(world: RoomWorld) -> None:
     users = [uid() for _ in range(4)]
     room = await world.private_room(users[0], users[1:])
     socks = [await world.connect(u, pod=i % 2) for i, u in enumerate(users)]
     n = 40
-    # Two senders interleave; each member device must see one and the same order.
+    # Two senders interleave; the log numbers the messages 1..n, one order for all.
     for i in range(n):
-        sender = socks[i % 2]
-        await sender.send(room_send(f"o{i}", room, f"bXNn{i:03d}"))
+        await socks[i % 2].send(room_send(f"o{i}", room, f"bXNn{i:03d}"))
     for i in range(n):
         await socks[i % 2].expect("accepted", id=f"o{i}")
-    # A client shows its inbox in seq order (pushes may reach it in another order:
-    # this test's helper sets frames aside while it waits for others).
     orders = []
-    for k, ws in enumerate(socks):
-        expected = n // 2 if k < 2 else n  # a sender does not get its own messages
-        got = sorted(await messages(ws, expected), key=lambda g: g["seq"])
-        assert len({g["seq"] for g in got}) == expected
+    for ws in socks:
+        got = sorted(await room_messages(ws, n), key=lambda g: g["seq"])
+        assert [g["seq"] for g in got] == list(range(1, n + 1))
         orders.append([g["body"] for g in got])
-    full = orders[2]
-    assert orders[3] == full and len(set(full)) == n
-    # Each sender's own messages are in the order it sent them, everywhere.
-    for k in (0, 1):
-        assert [b for b in full if int(b[4:]) % 2 == k] == [f"bXNn{i:03d}" for i in range(k, n, 2)]
-        assert orders[k] == [b for b in full if int(b[4:]) % 2 != k]
+    assert all(o == orders[0] for o in orders) and len(set(orders[0])) == n
+    for k in (0, 1):  # each sender's messages in the order it sent them
+        assert [b for b in orders[0] if int(b[4:]) % 2 == k] == [
+            f"bXNn{i:03d}" for i in range(k, n, 2)
+        ]
+    assert [m["body"] for m in await whole_log(world, room, users[3])] == orders[0]
 
 
-async def test_a_resend_is_stored_once_per_inbox(world: RoomWorld) -> None:
+async def test_a_resend_is_stored_once(world: RoomWorld) -> None:
     alice, bob = uid(), uid()
     room = await world.private_room(alice, [bob])
     a = await world.connect(alice)
+    b = await world.connect(bob, pod=1)
     worker = world.m.delivery.server.app[WORKER]
     for _ in range(3):
         await a.send(room_send("same", room, "b25jZQ"))
         await a.expect("accepted", id="same")
-    # Three records fanned out; the second and third copies are recognised.
     await eventually(lambda: _value(worker.duplicates._value.get()), lambda n: n >= 2, timeout=20)
-    b = await world.connect(bob, pod=1)
-    await b.send({"op": "sync", "id": "s", "after": 0})
-    await b.expect("synced", id="s")
-    assert len([f for f in b.drain() if f["op"] == "message"]) == 1
+    # A repeat is pushed again (its push may have been lost): the same number each time.
+    pushed = await room_messages(b, 3)
+    assert {(m["seq"], m["server_id"]) for m in pushed} == {(1, pushed[0]["server_id"])}
+    assert [m["body"] for m in await whole_log(world, room, bob)] == ["b25jZQ"]
 
 
 async def test_bad_room_sends_are_refused_and_store_nothing(world: RoomWorld) -> None:
@@ -126,7 +141,6 @@ async def test_bad_room_sends_are_refused_and_store_nothing(world: RoomWorld) ->
         await ws.send(room_send("bad", target, "eA"))
         err = await ws.expect("error", id="bad")
         assert err["code"] == code, (user, target, err)
-    # Mentions are routing metadata the server acts on: members only.
     ws = await world.connect(owner, pod=1)
     await ws.send(room_send("who", room, "eA", mentions=[member, outsider]))
     err = await ws.expect("error", id="who")
@@ -136,35 +150,92 @@ async def test_bad_room_sends_are_refused_and_store_nothing(world: RoomWorld) ->
     ws = await world.connect(owner, pod=1)
     await ws.send(room_send("closed", room, "eA"))
     assert (await ws.expect("error", id="closed"))["code"] == "room_closed"
-    # Nothing reached any member's inbox.
-    m = await world.connect(member, pod=1)
-    await m.send({"op": "sync", "id": "s", "after": 0})
-    await m.expect("synced", id="s")
-    assert [f for f in m.drain() if f["op"] == "message"] == []
+    # Nothing in the room's log (a closed room's history stays readable).
+    assert await whole_log(world, room, member) == []
+    assert await world.m.delivery.server.app[ROOM_LOG].head(room) == 0
 
 
-async def test_a_removed_member_gets_nothing_sent_after_removal(world: RoomWorld) -> None:
+async def test_reading_the_log_checks_who_asks_and_what(world: RoomWorld) -> None:
+    owner, member, outsider, invitee = uid(), uid(), uid(), uid()
+    room = await world.private_room(owner, [member])
+    world.m.issuer.users.update({outsider, invitee})
+    status, _ = await world.call("POST", f"/rooms/{room}/invitations", owner, {"user": invitee})
+    assert status == 201
+    status, public = await world.call("POST", "/rooms", owner, {"name": "pub", "kind": "public"})
+    assert status == 201
+    o = await world.connect(owner)
+    await o.send(room_send("one", room, "b25l"))
+    await o.expect("accepted", id="one")
+    await eventually(lambda: world.log(room, member), lambda r: r[0] == 200 and r[1]["messages"])
+    cases = [
+        (outsider, room, {}, 404, "room_not_found"),
+        (invitee, room, {}, 403, "not_a_member"),
+        (owner, "0" * 24, {}, 404, "room_not_found"),
+        (owner, public["room_id"], {}, 403, "forbidden"),
+        (owner, "not-a-room", {}, 422, "validation_failed"),
+        (owner, room, {"after": -1}, 422, "validation_failed"),
+        (owner, room, {"after": "x"}, 422, "validation_failed"),
+        (owner, room, {"limit": 0}, 422, "validation_failed"),
+        (owner, room, {"limit": 1001}, 422, "validation_failed"),
+        (owner, room, {"since": -5}, 422, "validation_failed"),
+    ]
+    for user, target, query, status, code in cases:
+        got_status, body = await world.log(target, user, **query)
+        assert (got_status, body["error"]["code"]) == (status, code), (user, target, query, body)
+    status, page = await world.log(room, member)
+    assert status == 200 and [m["body"] for m in page["messages"]] == ["b25l"]
+    assert page["messages"][0]["op"] == "room_message" and page["next"] == 1
+
+
+async def test_a_member_reads_only_what_was_stored_since_they_joined(world: RoomWorld) -> None:
+    owner, early, late = uid(), uid(), uid()
+    room = await world.private_room(owner, [early])
+    o = await world.connect(owner)
+    for i in range(5):
+        await o.send(room_send(f"b{i}", room, f"YmVmb3Jl{i}"))
+        await o.expect("accepted", id=f"b{i}")
+    await eventually(lambda: whole_log(world, room, early), lambda ms: len(ms) == 5)
+    await world.add(room, owner, late)
+    for i in range(3):
+        await o.send(room_send(f"a{i}", room, f"YWZ0ZXI{i}"))
+        await o.expect("accepted", id=f"a{i}")
+    await eventually(lambda: whole_log(world, room, early), lambda ms: len(ms) == 8)
+    mine = await whole_log(world, room, late)
+    assert [m["body"] for m in mine] == [f"YWZ0ZXI{i}" for i in range(3)]
+    assert [m["seq"] for m in mine] == [6, 7, 8]
+    # `since`: a device linked later reads from its link.
+    all_of_it = await whole_log(world, room, early)
+    cut = all_of_it[6]["sent_at"]
+    status, page = await world.log(room, early, since=cut + 60_000)
+    assert status == 200 and page["messages"] == [] and not page["more"]
+    # Paging: small pages cover everything once, in order.
+    paged = await whole_log(world, room, early, limit=3)
+    assert [m["seq"] for m in paged] == list(range(1, 9))
+
+
+async def test_a_removed_member_reads_and_gets_nothing_sent_after_removal(world: RoomWorld) -> None:
     owner, stays, removed = uid(), uid(), uid()
     room = await world.private_room(owner, [stays, removed])
     o = await world.connect(owner)
     s = await world.connect(stays, pod=1)
     r = await world.connect(removed, pod=1)
     await o.send(room_send("before", room, "YmVmb3Jl"))
-    await r.expect("message", body="YmVmb3Jl")
-    await s.expect("message", body="YmVmb3Jl")
+    await r.expect("room_message", body="YmVmb3Jl")
+    await s.expect("room_message", body="YmVmb3Jl")
     status, _ = await world.call("DELETE", f"/rooms/{room}/members/{removed}", owner)
     assert status == 204
     await o.send(room_send("after", room, "YWZ0ZXI"))
-    await s.expect("message", body="YWZ0ZXI")
-    # The fan-out of "after" is done (the remaining member has it): the removed
-    # member's inbox holds only "before".
-    await r.send({"op": "sync", "id": "s", "after": 0})
-    await r.expect("synced", id="s")
-    bodies = [f["body"] for f in r.drain() if f["op"] == "message"]
-    assert "YWZ0ZXI" not in bodies and set(bodies) <= {"YmVmb3Jl"}
+    await s.expect("room_message", body="YWZ0ZXI")
+    await r.send({"op": "ping", "id": "p"})
+    await r.expect("pong", id="p")
+    assert [f for f in r.drain() if f["op"] == "room_message"] == []
+    status, body = await world.log(room, removed)
+    assert status == 404 and body["error"]["code"] == "room_not_found"
 
 
-async def test_an_offline_member_device_gets_the_rooms_messages_on_sync(world: RoomWorld) -> None:
+async def test_an_offline_member_device_reads_the_rooms_messages_from_the_log(
+    world: RoomWorld,
+) -> None:
     alice, bob = uid(), uid()
     world.m.issuer.devices[bob] = [1, 3]
     room = await world.private_room(alice, [bob])
@@ -173,21 +244,65 @@ async def test_an_offline_member_device_gets_the_rooms_messages_on_sync(world: R
         await a.send(room_send(f"x{i}", room, f"b2ZmbGluZQ{i}"))
     for i in range(25):
         await a.expect("accepted", id=f"x{i}")
+    got = await eventually(lambda: whole_log(world, room, bob), lambda ms: len(ms) >= 25)
+    assert [m["body"] for m in got] == [f"b2ZmbGluZQ{i}" for i in range(25)]
+    assert [m["seq"] for m in got] == list(range(1, 26))
+
+
+async def test_a_removed_message_keeps_its_number_and_leaves_the_log(world: RoomWorld) -> None:
+    alice, bob = uid(), uid()
+    room = await world.private_room(alice, [bob])
+    a = await world.connect(alice)
+    for i in range(3):
+        await a.send(room_send(f"m{i}", room, f"bXNn{i}"))
+        await a.expect("accepted", id=f"m{i}")
+    await eventually(lambda: whole_log(world, room, bob), lambda ms: len(ms) == 3)
+    server_id = e.room_server_id(room, alice, "m2")
+    headers = {"Authorization": f"Bearer {world.m.issuer.token(alice)}"}
+    resp = await world.m.delivery.delete(
+        f"/delivery/v1/messages/{server_id}",
+        params={"client_id": "m2", "conversation": f"room:{room}"}, headers=headers,
+    )  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    status, page = await world.log(room, bob)
+    assert [m["body"] for m in page["messages"]] == ["bXNn0", "bXNn1"]
+    assert page["next"] == 3  # the removed one is covered: a reader goes on after it
+    doc = await world.m.delivery.server.app[ROOM_LOG].log.find_one({"server_id": server_id})
+    assert doc is not None and doc["gone"] and doc["body"] == ""
+    # A copy of the removed message that comes again stores nothing and is not pushed.
+    b = await world.connect(bob, pod=1)
+    await a.send(room_send("m2", room, "bXNn2"))
+    await a.expect("accepted", id="m2")
+    await a.send(room_send("m3", room, "bXNn3"))
+    await a.expect("accepted", id="m3")
+    msg = await b.expect("room_message")
+    assert (msg["body"], msg["seq"]) == ("bXNn3", 4)
+    assert world.m.delivery.server.app[MODERATION].room_log.log is not None
+
+
+async def test_writers_racing_for_one_room_number_it_without_gaps(world: RoomWorld) -> None:
+    """Two writers (a consumer that lost its partition and the one that took it) append
+    to one room at once: every message once, numbered 1..n, no number twice."""
+    room = "ab" * 12
     worker = world.m.delivery.server.app[WORKER]
-    b3 = await world.connect(bob, 3, pod=1)
+    logs = [worker.room_log, RoomLog(worker.store, worker.keys)]
+    users = [uid(), uid()]
 
-    seen: dict[int, str] = {}
+    def env(i: int) -> e.RoomEnvelope:
+        return e.RoomEnvelope(
+            server_id=e.room_server_id(room, users[0], f"c{i}"), room=room, from_=users[0],
+            from_device=1, client_id=f"c{i}", body=f"Ym9keQ{i}", sent_at=e.now_ms(),
+            targets=[f"{users[1]}.1"],
+        )  # fmt: skip
 
-    async def synced() -> dict[int, str]:
-        # A client keeps one copy per seq (pushes that raced the sync repeat some).
-        await b3.send({"op": "sync", "id": "s", "after": 0, "limit": 100})
-        await b3.expect("synced", id="s")
-        seen.update({f["seq"]: f["body"] for f in b3.drain() if f["op"] == "message"})
-        return seen
-
-    got = await eventually(synced, lambda ms: len(ms) >= 25, timeout=20)
-    assert [got[s] for s in sorted(got)] == [f"b2ZmbGluZQ{i}" for i in range(25)]
-    assert worker.fanned_out._value.get() >= 50
+    envs = [env(i) for i in range(60)]
+    # Each writer takes the batches in order, as a consumer would; they overlap.
+    await asyncio.gather(*(
+        log.append(envs[i : i + 10], 0.0) for log in logs for i in range(0, 60, 10)
+    ))  # fmt: skip
+    docs = [d async for d in logs[0].log.find({"room": room}).sort("_id", 1)]
+    assert [d["seq"] for d in docs] == list(range(1, 61))
+    assert len({d["server_id"] for d in docs}) == 60
 
 
 async def _value(v: float) -> float:

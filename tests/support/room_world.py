@@ -39,6 +39,15 @@ class RoomWorld:
         raw = await resp.read()
         return resp.status, (orjson.loads(raw) if raw else None)
 
+    async def log(self, room: str, user: str, **query: Any) -> tuple[int, Any]:
+        """``GET /delivery/v1/rooms/{room}/log`` as ``user``."""
+        headers = {"Authorization": f"Bearer {self.m.issuer.token(user)}"}
+        resp = await self.m.delivery.get(
+            f"/delivery/v1/rooms/{room}/log", headers=headers, params={k: str(v) for k, v in query.items()}
+        )
+        raw = await resp.read()
+        return resp.status, (orjson.loads(raw) if raw else None)
+
     async def private_room(self, owner: str, members: list[str]) -> str:
         status, room = await self.call("POST", "/rooms", owner, {"name": "team", "kind": "private"})
         assert status == 201, room

@@ -34,7 +34,7 @@ class WsClient:
             except BaseException:
                 await client.close()
                 raise
-            assert ready["protocol"] == 2
+            assert ready["protocol"] == 3
             client.ready = ready
         return client
 
