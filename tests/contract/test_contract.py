@@ -103,6 +103,8 @@ def test_every_server_frame_round_trips() -> None:
         f.PrekeysLow(user_id="u", device_id=1, one_time=1, kem_one_time=2, threshold=10),
         f.Message(seq=5, server_id="s", from_="a", from_device=1, body="QQ", room="r",
                   conversation="room:r", mentions=["b"]),
+        f.RoomMessage(room="r", seq=1, server_id="s", from_="a", from_device=2, body="QQ",
+                      sent_at=1, commitment="Qw", mentions=["b"], franking_tag="1.QUJD"),
         f.RoomPost(room_id="r", seq=1, sender="a", client_id="c", text="hi @b",
                    mentions=["b"], sent_at=1),
         f.Notification(seq=1, kind="mention", room_id="r", room_name="general", sender="a",

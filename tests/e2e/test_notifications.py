@@ -157,7 +157,7 @@ async def test_a_private_room_mention_through_the_gateway(system: System) -> Non
                           "mentions": [bob.user_id, carol.user_id]})  # fmt: skip
             reply = await a.expect_any(("accepted", "error"), timeout=20)
             assert reply["op"] == "accepted", reply
-            msg = await b.expect("message", room=rid, timeout=20)
+            msg = await b.expect("room_message", room=rid, timeout=20)
             assert msg["mentions"] == [bob.user_id, carol.user_id]
             note = await b.expect("notification", room_id=rid, timeout=20)
             assert note["server_id"] == msg["server_id"] and note["message_seq"] is None

@@ -71,7 +71,7 @@ def unsend_path(server_id: str, client_id: str, conversation: str) -> str:
 def report_of(msg: dict[str, Any], text: bytes, fk: bytes, **changes: Any) -> dict[str, Any]:
     body = {
         "server_id": msg["server_id"], "sender": msg["from"], "sender_device": msg["from_device"],
-        "sent_at": msg["sent_at"], "conversation": msg["conversation"],
+        "sent_at": msg["sent_at"], "conversation": msg.get("conversation"),
         "commitment": msg["commitment"], "franking_tag": msg["franking_tag"],
         "franking_key": b64(fk), "plaintext": b64(text),
     }  # fmt: skip
@@ -289,11 +289,12 @@ async def test_a_removed_message_is_not_stored_again_nor_resurrected_by_the_pers
     assert kept == []
 
 
-async def test_a_room_message_is_franked_reportable_and_removable_like_a_direct_one(
+async def test_a_room_message_is_franked_for_the_room_reportable_and_removable(
     world: RoomWorld,
 ) -> None:
-    """Private rooms' copies take the same item path: each member's copy has its own tag
-    (the member as recipient), and unsending removes every member's copy."""
+    """A private room's message is stored once (its room's log): its reporting tag is the
+    room's, not a member's, and unsending blanks its entry and sends a tombstone to every
+    member device's inbox."""
     api = Api(world.m)
     store = world.m.delivery.server.app[WORKER].store
     alice, bob, carol = uid(), uid(), uid()
@@ -304,25 +305,34 @@ async def test_a_room_message_is_franked_reportable_and_removable_like_a_direct_
     commitment = b64(franking.commit(text, fk))
     await a1.send(room_send("g1", room, b64(b"ct" + text), commitment=commitment))
     server_id = (await a1.expect("accepted", id="g1"))["server_id"]
-    msg = await b1.expect("message", server_id=server_id)
+    msg = await b1.expect("room_message", server_id=server_id)
     assert msg["room"] == room and msg["franking_tag"]
-    # Bob's tag is bob's: carol cannot report with it, bob can.
-    status, answer = await api.call("POST", "/reports", carol, report_of(msg, text, fk))
-    assert (status, answer["error"]["code"]) == (422, "invalid_franking_tag")
-    status, filed = await api.call("POST", "/reports", bob, report_of(msg, text, fk))
+    conv = {"conversation": f"room:{room}"}
+    # The tag binds the message as delivered to the room: another sender device, time or
+    # room does not verify; any member holding it (and the plaintext) can report.
+    for bad in ({"sender_device": 2}, {"sent_at": msg["sent_at"] + 1},
+                {"conversation": f"room:{'ab' * 12}"}):  # fmt: skip
+        status, answer = await api.call(
+            "POST", "/reports", bob, report_of(msg, text, fk, **{**conv, **bad})
+        )
+        assert (status, answer["error"]["code"]) == (422, "invalid_franking_tag"), bad
+    status, filed = await api.call("POST", "/reports", bob, report_of(msg, text, fk, **conv))
     assert status == 201, filed
+    status, again = await api.call("POST", "/reports", carol, report_of(msg, text, fk, **conv))
+    assert status == 201 and again["id"] != filed["id"]
     status, report = await api.call("GET", f"/admin/reports/{filed['id']}", uid(), admin=True)
     assert report["room"] == room and report["text"] == text.decode()
 
-    # Carol is offline: her copy waits, and goes when alice unsends.
-    inbox = f"{carol}.1"
-    assert [d["server_id"] for d in (await store.hot.get(inbox, list(range(1, 9)))).values()] == [
-        server_id
-    ]
+    # Carol is offline: the log holds the message for her; unsending takes it out.
+    status, page = await world.log(room, carol)
+    assert [m["server_id"] for m in page["messages"]] == [server_id]
     status, removed = await api.call("DELETE", unsend_path(server_id, "g1", f"room:{room}"), alice)
     assert status == 200 and removed["inboxes"] == 3  # every member device: alice, bob, carol
     tomb = await b1.expect("tombstone", server_id=server_id)
     assert tomb["conversation"] == f"room:{room}"
+    status, page = await world.log(room, carol)
+    assert page["messages"] == [] and page["next"] == 1
+    inbox = f"{carol}.1"
 
     async def carols() -> list[str]:
         return [d["kind"] for d in (await store.hot.get(inbox, list(range(1, 9)))).values()]
