@@ -94,12 +94,10 @@ class TombstoneNotice(_Envelope, tag="tombstone", kw_only=True):
 
 
 class RoomCopies(Struct, tag="room_copies", tag_field="kind", kw_only=True):
-    """A private room's message for several device inboxes whose keys all map to the
-    partition it is produced to: delivery's fan-out (:class:`RoomEnvelope`) groups a
-    message's target inboxes by partition, so each inbox is still written only by
-    its partition's consumer, in order, with a handful of records per message
-    instead of one per member device. Each inbox's dedup key is (inbox, ``from``,
-    ``client_id``)."""
+    """Protocol 2's copies of a private room's message for several device inboxes, on
+    ``messages``: no longer made (a room's message is stored once, in its room's
+    log), still read, so that records produced before an upgrade reach the log
+    (:func:`room_envelope_of`)."""
 
     v: Version = ENVELOPE_VERSION
     server_id: Annotated[str, Meta(min_length=1, max_length=64)]
@@ -147,13 +145,16 @@ def room_server_id(room: str, sender: str, client_id: str) -> str:
     return hashlib.sha256(f"room|{room}|{sender}|{client_id}".encode()).hexdigest()[:32]
 
 
-def room_copies(env: RoomEnvelope, inboxes: list[str]) -> RoomCopies:
-    """The copies of a room message for ``inboxes`` (one record)."""
-    return RoomCopies(
-        server_id=env.server_id, room=env.room, from_=env.from_, from_device=env.from_device,
-        client_id=f"room:{env.room}:{env.client_id}", conversation=room_conversation(env.room),
-        sent_at=env.sent_at, body=env.body, commitment=env.commitment,
-        mentions=list(env.mentions), inboxes=inboxes,
+def room_envelope_of(copies: RoomCopies) -> RoomEnvelope:
+    """The room message a protocol 2 :class:`RoomCopies` record carries (its inboxes
+    as targets; its client id without the ``room:<room>:`` it was given)."""
+    prefix = f"room:{copies.room}:"
+    client_id = copies.client_id.removeprefix(prefix)
+    return RoomEnvelope(
+        server_id=copies.server_id, room=copies.room, from_=copies.from_,
+        from_device=copies.from_device, client_id=client_id or copies.client_id,
+        body=copies.body, commitment=copies.commitment, mentions=list(copies.mentions),
+        sent_at=copies.sent_at or now_ms(), targets=list(copies.inboxes),
     )  # fmt: skip
 
 
@@ -411,21 +412,6 @@ class RoutedRaw(Struct):
     frame: msgspec.Raw
 
 
-class RoomPush(Struct):
-    """A private room message's copies for its members, on the room channel every pod
-    subscribes to (services/common/routing.py): the ``message`` frame once, cut where
-    each copy differs, and per copy its user, device, seq and reporting tag ('' for
-    none). A pod sends each member ``(user, device, seq, tag)`` it holds a socket of
-    the frame ``frame[0] + seq + frame[1] + tag + frame[2]`` (:meth:`frame_of`)."""
-
-    frame: tuple[str, str, str]
-    to: list[tuple[str, int, int, str]]
-
-    def frame_of(self, seq: int, tag: str) -> bytes:
-        head, mid, tail = self.frame
-        return f"{head}{seq}{mid}{tag}{tail}".encode()
-
-
 class Multicast(Struct):
     """One frame for every socket of each user in ``to``, on the room channel every pod
     subscribes to (services/common/routing.py): a room-wide frame (a public room's
@@ -514,7 +500,7 @@ _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
 _routed_decoder = msgspec.json.Decoder(list[RoutedRaw] | RoutedRaw)
-_room_push_decoder = msgspec.json.Decoder(list[RoomPush] | MulticastRaw)
+_room_push_decoder = msgspec.json.Decoder(MulticastRaw)
 _room_envelope_decoder = msgspec.json.Decoder(RoomEnvelope)
 _revocation_decoder = msgspec.json.Decoder(Revocation)
 _room_event_decoder = msgspec.json.Decoder(RoomEvent)
@@ -541,9 +527,8 @@ def decode_routed(data: bytes) -> list[RoutedRaw] | RoutedRaw:
     return _routed_decoder.decode(data)
 
 
-def decode_room_push(data: bytes) -> list[RoomPush] | MulticastRaw:
-    """What the room channel carries: a list of pushes (a batch's private room
-    messages), or one room-wide frame for a list of users."""
+def decode_room_push(data: bytes) -> MulticastRaw:
+    """What the room channel carries: one room-wide frame for a list of users."""
     return _room_push_decoder.decode(data)
 
 
@@ -592,7 +577,6 @@ __all__ = [
     "RoomEvent",
     "RoomKind",
     "RoomKindChanged",
-    "RoomPush",
     "RoomRole",
     "RoomStateChanged",
     "Routed",
@@ -618,7 +602,7 @@ __all__ = [
     "multicast",
     "new_server_id",
     "room_conversation",
-    "room_copies",
+    "room_envelope_of",
     "room_server_id",
     "room_targets",
     "routed",

@@ -11,12 +11,10 @@ Cluster keeps one user's keys on one shard):
 - ``<p>:gw:{<gateway id>}``: the pub/sub channel of one gateway pod; messages
   are ``parley_contract.envelopes.Routed``, or a list of them (a batch: one
   publish per pod whatever the number of frames, :func:`publish`);
-- ``<p>:gwroom``: the room channel, which every pod subscribes to: private
-  room messages' copies for all their members, each frame once
-  (``parley_contract.envelopes.RoomPush``, published by
-  services/delivery/fanout.py), and room-wide frames for a list of users
-  (``parley_contract.envelopes.Multicast``, :func:`multicast`: a public room's
-  post, a room's change); a pod pushes to the users it holds a socket of.
+- ``<p>:gwroom``: the room channel, which every pod subscribes to: room-wide
+  frames for a list of users (``parley_contract.envelopes.Multicast``,
+  :func:`multicast`: a private room's message, a public room's post, a room's
+  change); a pod pushes to the users it holds a socket of.
 
 (:func:`publish`'s routing script reads several users' presence keys: it
 assumes one Redis, not a Cluster, as docs/deployment.md says the services do.)

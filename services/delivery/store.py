@@ -643,19 +643,7 @@ def _inbox_doc(item: dict[str, Any], claim: dict[str, Any]) -> dict[str, Any]:
 def item_docs(env: e.Envelope, stored_at: float) -> list[dict[str, Any]]:
     """The inbox documents of an envelope, one per device inbox it is for (without
     ``_id``/``seq``: :meth:`DeliveryStore.store_hot` adds them)."""
-    if isinstance(env, e.RoomCopies):
-        common = {
-            "server_id": env.server_id, "from": env.from_, "client_id": env.client_id,
-            "conversation": env.conversation, "sent_at": env.sent_at, "stored_at": stored_at,
-            "kind": "message", "from_device": env.from_device, "body": env.body,
-            "commitment": env.commitment, "room": env.room, "mentions": list(env.mentions),
-        }  # fmt: skip
-        docs = []
-        for inbox in env.inboxes:
-            user, _, device = inbox.rpartition(".")
-            if user and device.isdigit():
-                docs.append({"inbox": inbox, "user": user, "device": int(device), **common})
-        return docs
+    assert not isinstance(env, e.RoomCopies), "a room's message goes to its room's log"
     doc: dict[str, Any] = {
         "inbox": env.inbox,
         "user": env.to,

@@ -23,12 +23,12 @@ the dead-letter topic with the reason, counted in
 ``parley_delivery_dead_letters_total``; the partition moves on.
 
 ``room-messages``: a private room's message (one record, keyed by the room)
-is fanned out: one copy per target device inbox, produced to ``messages``
-keyed by the inbox, and the record is committed once the broker holds them
-all. A worker that dies in between leaves it uncommitted; the copies made
-again are the same (inbox, sender, client id) and the dedup drops them, so
-every member device gets the message once. A room's records are fanned out
-in order (one partition), so every member sees a room's messages in one order.
+is stored once, in its room's log in MongoDB, and pushed once to the room's
+members (services/delivery/room_log.py); the record is committed once its
+batch is stored. A worker that dies in between leaves it uncommitted; the
+record consumed again finds its message stored (its ``server_id``) and pushes
+it again, so every member has the message once. A room's records are stored in
+order (one partition), and the log numbers them: one order for every member.
 
 ``events``: ``prekeys_low`` is pushed to the device's user; ``key_changed``
 is stored as a notice in every contact's inbox and pushed.
@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from parley_contract import envelopes as e
@@ -63,7 +62,6 @@ from services.common.clients import (
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import Push, queue_multicast
-from services.delivery.fanout import RoomFanout
 from services.delivery.hot import GUARD, HotInboxLost, Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.room_log import RoomLog
@@ -72,8 +70,6 @@ from services.delivery.store import DeliveryStore, item_docs, item_frame
 log = logging.getLogger(__name__)
 
 KNOWN_PAIRS_MAX = 200_000
-ROOM_COPIES_MAX = 500
-"""Inboxes per fan-out record (about 20 KB of ids besides the body)."""
 DEPTH_SAMPLE_S = 5.0
 MARK_TTL_S = 86_400
 """How long a process's hot-inbox mark outlives its last persister run (a mark that
@@ -104,7 +100,6 @@ class Worker:
         self.store = store
         self.keys = keys or ModerationKeys(settings)
         self.producer = producer
-        self.fanout = RoomFanout(store, self.keys)
         self.room_log = RoomLog(store, self.keys)
         self.topics = Topics(settings)
         self.group = f"{settings.topic_prefix}delivery"
@@ -504,45 +499,14 @@ class Worker:
             else:
                 envs.append(env)
         now = time.time()
-        # A room's copies go through one script per record (services/delivery/fanout.py),
-        # the rest as below; consecutive runs of each, in the batch's order.
+        # Protocol 2's copies of a room's message (produced before an upgrade) go to the
+        # room's log, the rest as below; consecutive runs of each, in the batch's order.
         for rooms, run in itertools.groupby(envs, key=lambda env: isinstance(env, e.RoomCopies)):
             if rooms:
-                await self._store_room_copies([c for c in run if isinstance(c, e.RoomCopies)], now)
+                legacy = [e.room_envelope_of(c) for c in run if isinstance(c, e.RoomCopies)]
+                await self._to_room_logs(legacy)
             else:
                 await self._store_items(list(run), now)
-
-    async def _store_room_copies(self, envs: list[e.RoomCopies], now: float) -> None:
-        stored = repeats = pushed = 0
-        odd: list[e.Envelope] = []
-        pushes: list[bytes] = []
-        for env in envs:
-            done = await self.fanout.put(env, now)
-            if done.removed:
-                log.info(
-                    "copies of a removed message left out", extra={"message_id": env.server_id}
-                )
-            if done.odd:
-                # Ids the script does not take as they are (none that Parley makes):
-                # the general path stores them, escaping what needs it.
-                odd.append(msgspec.structs.replace(env, inboxes=list(done.odd)))
-            stored, repeats, pushed = (
-                stored + done.stored,
-                repeats + done.repeats,
-                pushed + done.pushed,
-            )
-            pushes += done.pushes
-            if done.stored:
-                self._observe_latency([env.sent_at])
-        if stored:
-            self.stored.labels("message").inc(stored)
-        if repeats:
-            self.duplicates.inc(repeats)
-        await self.fanout.publish(pushes)
-        self.pushed.inc(pushed)
-        if odd:
-            await self._store_items(odd, now)
-        await self._sample_depth([i for env in envs for i in env.inboxes])
 
     async def _store_items(self, envs: list[e.Envelope], now: float) -> None:
         items = [doc for env in envs for doc in item_docs(env, now)]
@@ -672,6 +636,9 @@ class Worker:
             except e.DecodeError:
                 self.rejected.inc()
                 await self._dead_letter(record, "malformed", None)
+        await self._to_room_logs(envs)
+
+    async def _to_room_logs(self, envs: list[e.RoomEnvelope]) -> None:
         if not envs:
             return
         done = await self.room_log.append(envs, time.time())

@@ -522,30 +522,22 @@ class Hub:
                 self.count_out(routed.op, pushed)
 
     def _route_room(self, data: bytes) -> None:
-        """What the channel every pod gets carries: private room messages' copies for
-        all their members (a list of :class:`~parley_contract.envelopes.RoomPush`):
-        each member device this pod holds a socket of gets its frame, spliced; or a
-        room-wide frame for a list of users (:class:`~parley_contract.envelopes.
-        Multicast`): every socket of each of them here gets it as it is."""
+        """What the channel every pod gets carries: a room-wide frame for a list of users
+        (:class:`~parley_contract.envelopes.Multicast`: a private room's message, a
+        public room's post, a room's change): every socket of each of them here gets
+        it as it is."""
         self.routed.inc()
         try:
-            pushes = e.decode_room_push(data)
+            push = e.decode_room_push(data)
         except e.DecodeError:
             log.warning("dropping a malformed room push")
             return
         pushed = 0
-        if isinstance(pushes, e.MulticastRaw):
-            frame, by_user = bytes(pushes.frame), self.by_user
-            for user in pushes.to:
-                if user in by_user:
-                    pushed += self._push_to(user, None, frame)
-            self.count_out(pushes.op, pushed)
-            return
-        for push in pushes:
-            for user, device, seq, tag in push.to:
-                if user in self.by_user:
-                    pushed += self._push_to(user, device, push.frame_of(seq, tag))
-        self.count_out("message", pushed)  # once: a counter's lock per copy showed up
+        frame, by_user = bytes(push.frame), self.by_user
+        for user in push.to:
+            if user in by_user:
+                pushed += self._push_to(user, None, frame)
+        self.count_out(push.op, pushed)
 
     def _push_to(self, user: str, device: int | None, frame: bytes) -> int:
         """Push an encoded frame to ``user``'s sockets on this pod: the one of

@@ -22,6 +22,7 @@ def record(value: bytes, offset: int = 1) -> Any:
 class FakeStore:
     def __init__(self) -> None:
         self.down: list[list[str]] = []
+        self.db: dict[str, Any] = {"room_log": None}  # the room log: not used here
 
     async def ping(self) -> list[str]:
         return self.down.pop(0) if self.down else []

@@ -66,34 +66,6 @@ async def test_presence_is_recorded_and_removed(messaging: Messaging) -> None:
     assert not hub.local(user)
 
 
-async def test_a_room_push_reaches_each_member_device_on_the_pod_it_is_connected_to(
-    messaging: Messaging,
-) -> None:
-    """Every pod gets every room push; each sends the copies of the sockets it holds,
-    to that device alone, and none for members connected nowhere."""
-    ann, ben, cat = uid(), uid(), uid()
-    ann1 = await messaging.connect(ann, pod=0)
-    ann2 = await messaging.connect(ann, pod=1, did=2)
-    ben1 = await messaging.connect(ben, pod=1)
-    room = uid()
-    frame = (f'{{"op":"message","room":"{room}","seq":', ',"franking_tag":"', '"}')
-    pushes = [
-        e.RoomPush(frame=frame, to=[(ann, 1, 7, "t1"), (ben, 1, 3, "t2"), (cat, 1, 9, "t3")]),
-        e.RoomPush(frame=frame, to=[(ann, 2, 8, "")]),
-    ]
-    redis = messaging.gateways[0].server.app[REDIS]
-    await redis.publish(room_channel(messaging.settings.redis_prefix), e.encode(pushes))
-    got = {}
-    for name, client in (("ann1", ann1), ("ann2", ann2), ("ben1", ben1)):
-        frame_in = await client.expect("message")
-        got[name] = (frame_in["seq"], frame_in["franking_tag"])
-    assert got == {"ann1": (7, "t1"), "ann2": (8, ""), "ben1": (3, "t2")}
-    for client in (ann1, ann2, ben1):  # one copy each: a ping answered, nothing before it
-        await client.send({"op": "ping", "id": "p"})
-        await client.expect("pong", id="p")
-        assert [f for f in client.drain() if f["op"] == "message"] == []
-
-
 async def test_a_multicast_reaches_every_socket_of_each_listed_user_once(
     messaging: Messaging,
 ) -> None:
