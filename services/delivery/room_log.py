@@ -12,20 +12,31 @@ Before this log every member device's copy was an inbox item, numbered,
 indexed, acknowledged and deleted one by one: 35 to 62 µs of server CPU per
 member-message (docs/BENCHMARKS.md, "Overlapping sends").
 
-Order and visibility. A message's number is the room's last number plus one,
-read from the log itself (the greatest ``_id`` of the room, ``"<room>|<seq,
-16 digits>"``), and the insert of that ``_id`` is what claims it: two writers
-that read the same last number cannot both insert it (the loser reads again).
-So a number becomes visible only after every smaller one is: a device that
-read up to ``seq`` n and goes on from n misses nothing, whatever writer was
-slow (a consumer that lost its partitions mid-batch included).
+Every read is by primary key (the embedded MongoDB server scans the table for
+ranges and for secondary indexes, docs/embedded.md): an entry's ``_id`` is
+``"<room>|<seq, 16 digits>"``, and since numbers have no gaps a page is the
+ids after the reader's number, read with ``$in``.
 
-Once per message. ``server_id`` (a hash of the room, the sender and the
-client id, :func:`parley_contract.envelopes.room_server_id`) has a unique
-index: a record consumed again (a worker killed before its commit) or a
-resend finds its message stored, takes no second number, and is pushed again
-(a push may have been lost with the worker): a device that gets a frame twice
-keeps it once (its ``server_id``).
+Order and visibility. A message's number is the room's last number plus one,
+and the insert of that ``_id`` is what claims it: two writers that found the
+same last number cannot both insert it (the loser looks again). The last
+number is found from ``room_heads`` (``_id`` the room, ``n`` a number the log
+has reached, raised with ``$max`` after each insert) and a look at the ids
+just after it. So a number is written only after the one before it exists,
+and becomes visible only after it: a device that read up to ``seq`` n and goes
+on from n misses nothing, whatever writer was slow.
+
+Once per message. ``room_log_ids`` (``_id`` the message's ``server_id``, a hash
+of the room, the sender and the client id) is written before the entry and
+names its number once the entry is in. A record consumed again (a worker
+killed before its commit) or a resend finds it, and its entry: it takes no
+second number and is pushed again (a push may have been lost with the
+worker; a device that gets a frame twice keeps it once). One whose entry is
+not there (the worker died between the two writes) is written now. Only two
+writers handling the same record at the same moment (a consumer that lost
+its partition mid-batch, and the one that took it) could both write its
+entry: the same ``server_id`` under two numbers, which clients drop as they
+drop any ``server_id`` they have (docs/protocol.md).
 
 Removal. A removed message (``<p>:gone:{<server id>}``, set before its
 tombstones are sent, services/delivery/moderation.py) keeps its number with
@@ -37,13 +48,15 @@ Who reads what. The log route asks the rooms service, with the caller's
 token, whether the caller is a member of the room (a private room they are not
 in is ``room_not_found``, as everywhere) and since when: a page holds only
 messages stored since the member joined (``joined_at``), and since the
-``since`` the device gives (a device linked later asks from its link).
+``since`` the device gives (a device linked later asks from its link); the
+first number stored since then is found by bisection over the ids.
 Entries older than ``inbox_expiry_s`` are deleted by the expiry job, as
-unacknowledged inbox items are.
+unacknowledged inbox items are, from each room's oldest (``low``) up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +64,7 @@ from typing import Any
 
 from parley_contract import envelopes as e
 from parley_contract import frames as f
-from pymongo import ASCENDING, DESCENDING
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
@@ -64,6 +77,9 @@ Doc = dict[str, Any]
 
 # Attempts at numbering a room's batch when other writers keep taking its numbers.
 _ROUNDS = 8
+# Ids looked at per read when the last number is looked for, and per expiry step.
+_PROBE = 32
+_PURGE = 500
 
 
 def entry_id(room: str, seq: int) -> str:
@@ -86,11 +102,11 @@ class RoomLog:
         self.store = store
         self.keys = keys
         self.log: AsyncCollection[Doc] = store.db["room_log"]
+        self.ids: AsyncCollection[Doc] = store.db["room_log_ids"]
+        self.heads: AsyncCollection[Doc] = store.db["room_heads"]
 
     async def ensure_indexes(self) -> None:
-        await self.log.create_index("server_id", unique=True)
-        await self.log.create_index([("room", ASCENDING), ("stored_at", ASCENDING)])
-        await self.log.create_index("stored_at")
+        """Nothing beyond ``_id``: every read is by primary key."""
 
     # Writing ----------------------------------------------------------------
     async def append(self, envs: Sequence[e.RoomEnvelope], now: float) -> Appended:
@@ -102,20 +118,16 @@ class RoomLog:
         by_id: dict[str, e.RoomEnvelope] = {}
         for env in envs:
             by_id.setdefault(env.server_id, env)  # a record twice in one batch: once
-        docs = await self._existing(list(by_id))
+        docs = await self._stored(list(by_id.values()))
+        out.repeats = len(docs)
         fresh: dict[str, list[e.RoomEnvelope]] = {}
         for sid, env in by_id.items():
-            if sid in docs:
-                out.repeats += 1
-            else:
+            if sid not in docs:
                 fresh.setdefault(env.room, []).append(env)
         for room, todo in fresh.items():
             for doc in await self._insert(room, todo, now):
-                if doc["server_id"] in docs:
-                    out.repeats += 1
-                else:
-                    out.stored += 1
                 docs[doc["server_id"]] = doc
+                out.stored += 1
         _, gone = await self.store.hot.claims_and_gone([], list(docs))
         if gone:
             await self.blank(sorted(gone))
@@ -128,46 +140,102 @@ class RoomLog:
             out.pushes.append((_members(env), frame_of(entry)))
         return out
 
-    async def _existing(self, server_ids: list[str]) -> dict[str, Doc]:
+    async def _stored(self, envs: list[e.RoomEnvelope]) -> dict[str, Doc]:
+        """The entries of those of ``envs`` already in their logs (by server id), found
+        through their ``room_log_ids`` records; a record whose entry is not there (its
+        writer died in between) does not count."""
+        records = await self._records([env.server_id for env in envs])
+        wanted = [entry_id(r["room"], int(r["seq"])) for r in records.values() if r.get("seq")]
+        if not wanted:
+            return {}
         found: dict[str, Doc] = {}
-        async for doc in self.log.find({"server_id": {"$in": server_ids}}):
-            found[doc["server_id"]] = doc
+        async for doc in self.log.find({"_id": {"$in": wanted}}):
+            if doc["server_id"] in records:
+                found[doc["server_id"]] = doc
         return found
 
+    async def _records(self, server_ids: list[str]) -> dict[str, Doc]:
+        return {r["_id"]: r async for r in self.ids.find({"_id": {"$in": server_ids}})}
+
     async def _insert(self, room: str, envs: list[e.RoomEnvelope], now: float) -> list[Doc]:
-        """Number and insert one room's new messages; returns their entries (an entry
-        another writer stored meanwhile is returned as it stored it)."""
+        """Number and insert one room's new messages; returns their entries."""
+        with contextlib.suppress(BulkWriteError):  # records there already: theirs is lost
+            await self.ids.insert_many(
+                [{"_id": env.server_id, "room": room, "seq": 0} for env in envs], ordered=False
+            )
         stored: list[Doc] = []
         todo = list(envs)
         for _ in range(_ROUNDS):
-            last = await self.head(room)
+            last, tail = await self._tail(room)
+            # A message of ``todo`` in the tail was written by a writer that died (or
+            # is at work) before naming its number: it is stored.
+            theirs = {d["server_id"]: d for d in tail}
+            done = [theirs[env.server_id] for env in todo if env.server_id in theirs]
+            if done:
+                await self._numbered(room, done)
+                stored += done
+                todo = [env for env in todo if env.server_id not in theirs]
+                if not todo:
+                    return stored
+            # ... and one whose record names a number was stored and numbered by another
+            # writer since this batch began (read after the tail: one that raised the
+            # head had named the number before).
+            named = await self._stored(todo)
+            if named:
+                stored += named.values()
+                todo = [env for env in todo if env.server_id not in named]
+                if not todo:
+                    return stored
             batch = [self._doc(env, last + i + 1, now) for i, env in enumerate(todo)]
+            first = len(batch)
             try:
                 await self.log.insert_many(batch, ordered=True)
-                return stored + batch
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors") or []
-                first = int(errors[0]["index"]) if errors else 0
-                if any(int(err.get("code", 0)) != 11000 for err in errors):
+                if not errors or any(int(err.get("code", 0)) != 11000 for err in errors):
                     raise
-            # The entries before the first error are in; from there another writer took
-            # the number, or stored the message: read again and go on.
+                first = int(errors[0]["index"])  # the entries before it are in
             stored += batch[:first]
-            rest = todo[first:]
-            taken = await self._existing([env.server_id for env in rest])
-            stored += list(taken.values())
-            todo = [env for env in rest if env.server_id not in taken]
+            todo = todo[first:]
+            if batch[:first]:
+                await self._numbered(room, batch[:first])
             if not todo:
                 return stored
+            # Another writer took the number: look for the last one again and go on.
         raise RuntimeError(f"room {room}: no number after {_ROUNDS} tries")
+
+    async def _numbered(self, room: str, docs: list[Doc]) -> None:
+        """Name the numbers of new entries in their id records, and raise the room's head."""
+        await self.ids.bulk_write(
+            [UpdateOne({"_id": d["server_id"]}, {"$set": {"seq": d["seq"]}}) for d in docs],
+            ordered=False,
+        )
+        await self.heads.update_one(
+            {"_id": room}, {"$max": {"n": int(docs[-1]["seq"])}}, upsert=True
+        )
 
     async def head(self, room: str) -> int:
         """The room's last number (0: an empty log)."""
-        doc = await self.log.find_one(
-            {"_id": {"$gt": f"{room}|", "$lt": f"{room}|~"}}, {"_id": 1},
-            sort=[("_id", DESCENDING)],
-        )  # fmt: skip
-        return 0 if doc is None else int(doc["_id"].rpartition("|")[2])
+        return (await self._tail(room))[0]
+
+    async def _tail(self, room: str) -> tuple[int, list[Doc]]:
+        """The room's last number, and the entries past its head's ``n``: the head's
+        ``n``, then the ids after it, ``_PROBE`` at a time, while they are all there.
+        Those entries are the ones whose writer has not named their numbers yet (it
+        is at work, or died in between)."""
+        doc = await self.heads.find_one({"_id": room})
+        last = int(doc.get("n", 0)) if doc else 0
+        tail: list[Doc] = []
+        while True:
+            ids = [entry_id(room, last + i) for i in range(1, _PROBE + 1)]
+            have = {d["_id"]: d async for d in self.log.find({"_id": {"$in": ids}})}
+            k = 0
+            while k < _PROBE and ids[k] in have:
+                tail.append(have[ids[k]])
+                k += 1
+            last += k
+            if k < _PROBE:
+                return last, tail
 
     def _doc(self, env: e.RoomEnvelope, seq: int, now: float) -> Doc:
         doc: Doc = {
@@ -186,20 +254,47 @@ class RoomLog:
 
     async def blank(self, server_ids: Sequence[str]) -> int:
         """Take the bodies of removed messages out of their rooms' logs (their numbers
-        stay); how many entries changed."""
-        if not server_ids:
+        stay); how many entries there were."""
+        records = await self._records(list(server_ids))
+        ids = [entry_id(r["room"], int(r["seq"])) for r in records.values() if r.get("seq")]
+        if not ids:
             return 0
         res = await self.log.update_many(
-            {"server_id": {"$in": list(server_ids)}, "gone": {"$ne": True}},
+            {"_id": {"$in": ids}},
             {"$set": {"gone": True, "body": "", "mentions": []},
              "$unset": {"commitment": "", "franking_tag": ""}},
         )  # fmt: skip
-        return int(res.modified_count)
+        return int(res.matched_count)
 
     async def purge_expired(self, cutoff: float) -> int:
-        """Delete entries stored before ``cutoff`` (seconds)."""
-        res = await self.log.delete_many({"stored_at": {"$lt": cutoff}})
-        return int(res.deleted_count)
+        """Delete the entries stored before ``cutoff`` (seconds), each room's oldest
+        first; how many."""
+        deleted = 0
+        async for head in self.heads.find({}):
+            room, low, n = head["_id"], int(head.get("low") or 1), int(head.get("n", 0))
+            start = low
+            while start <= n:
+                ids = [entry_id(room, s) for s in range(start, min(start + _PURGE, n + 1))]
+                docs = {d["_id"]: d async for d in self.log.find(
+                    {"_id": {"$in": ids}}, {"stored_at": 1, "server_id": 1})}  # fmt: skip
+                old = []
+                for i in ids:
+                    d = docs.get(i)
+                    if d is not None and float(d["stored_at"]) >= cutoff:
+                        break
+                    old.append(i)
+                if old:
+                    await self.log.delete_many({"_id": {"$in": old}})
+                    sids = [docs[i]["server_id"] for i in old if i in docs]
+                    if sids:
+                        await self.ids.delete_many({"_id": {"$in": sids}})
+                    deleted += sum(1 for i in old if i in docs)
+                    start += len(old)
+                if len(old) < len(ids):
+                    break
+            if start != low:
+                await self.heads.update_one({"_id": room}, {"$max": {"low": start}})
+        return deleted
 
     # Reading ----------------------------------------------------------------
     async def page(
@@ -210,23 +305,45 @@ class RoomLog:
         last one this page looked at) and whether there may be more."""
         start = after
         if since_ms > 0:
-            first = await self.log.find_one(
-                {"room": room, "stored_at": {"$gte": since_ms / 1000}}, {"seq": 1},
-                sort=[("stored_at", ASCENDING)],
-            )  # fmt: skip
-            if first is None:
-                return [], max(after, await self.head(room)), False
-            start = max(after, int(first["seq"]) - 1)
-        docs = [
-            d async for d in self.log.find(
-                {"_id": {"$gt": entry_id(room, start), "$lt": f"{room}|~"}},
-                sort=[("_id", ASCENDING)], limit=limit + 1,
-            )
-        ]  # fmt: skip
-        more = len(docs) > limit
-        docs = docs[:limit]
-        last = int(docs[-1]["seq"]) if docs else start
-        return [frame_of(d) for d in docs if not d.get("gone")], last, more
+            start = await self._first_since(room, after, since_ms / 1000) - 1
+        low = await self._low(room)
+        start = max(start, low - 1)
+        ids = [entry_id(room, start + i) for i in range(1, limit + 2)]
+        docs = {d["_id"]: d async for d in self.log.find({"_id": {"$in": ids}})}
+        got: list[Doc] = []
+        for i in ids[:limit]:
+            d = docs.get(i)
+            if d is None:
+                break  # the end of the log (numbers have no gaps)
+            got.append(d)
+        more = len(got) == limit and ids[limit] in docs
+        last = int(got[-1]["seq"]) if got else start
+        return [frame_of(d) for d in got if not d.get("gone")], max(last, after), more
+
+    async def _low(self, room: str) -> int:
+        doc = await self.heads.find_one({"_id": room})
+        return int(doc.get("low") or 1) if doc else 1
+
+    async def _first_since(self, room: str, after: int, since: float) -> int:
+        """The first number after ``after`` stored at or after ``since`` (seconds), by
+        bisection over the ids (a missing entry: expired, older; or past the end)."""
+
+        async def stored_at(seq: int) -> float | None:
+            doc = await self.log.find_one({"_id": entry_id(room, seq)}, {"stored_at": 1})
+            return None if doc is None else float(doc["stored_at"])
+
+        first = await stored_at(after + 1)
+        if first is None or first >= since:
+            return after + 1
+        lo, hi = after + 1, await self.head(room) + 1  # lo is before since; hi is not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            at = await stored_at(mid)
+            if at is not None and at >= since:
+                hi = mid
+            else:
+                lo = mid
+        return hi
 
 
 def room_tag_fields(

@@ -7,12 +7,10 @@ servers; the members' sockets are spread over both pods.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from parley_contract import envelopes as e
 
-from services.delivery.room_log import RoomLog
 from services.delivery.state import MODERATION, ROOM_LOG, WORKER
 from tests.support.aio import eventually
 from tests.support.room_world import RoomWorld
@@ -278,31 +276,6 @@ async def test_a_removed_message_keeps_its_number_and_leaves_the_log(world: Room
     msg = await b.expect("room_message")
     assert (msg["body"], msg["seq"]) == ("bXNn3", 4)
     assert world.m.delivery.server.app[MODERATION].room_log.log is not None
-
-
-async def test_writers_racing_for_one_room_number_it_without_gaps(world: RoomWorld) -> None:
-    """Two writers (a consumer that lost its partition and the one that took it) append
-    to one room at once: every message once, numbered 1..n, no number twice."""
-    room = "ab" * 12
-    worker = world.m.delivery.server.app[WORKER]
-    logs = [worker.room_log, RoomLog(worker.store, worker.keys)]
-    users = [uid(), uid()]
-
-    def env(i: int) -> e.RoomEnvelope:
-        return e.RoomEnvelope(
-            server_id=e.room_server_id(room, users[0], f"c{i}"), room=room, from_=users[0],
-            from_device=1, client_id=f"c{i}", body=f"Ym9keQ{i}", sent_at=e.now_ms(),
-            targets=[f"{users[1]}.1"],
-        )  # fmt: skip
-
-    envs = [env(i) for i in range(60)]
-    # Each writer takes the batches in order, as a consumer would; they overlap.
-    await asyncio.gather(*(
-        log.append(envs[i : i + 10], 0.0) for log in logs for i in range(0, 60, 10)
-    ))  # fmt: skip
-    docs = [d async for d in logs[0].log.find({"room": room}).sort("_id", 1)]
-    assert [d["seq"] for d in docs] == list(range(1, 61))
-    assert len({d["server_id"] for d in docs}) == 60
 
 
 async def _value(v: float) -> float:

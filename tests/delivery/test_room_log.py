@@ -1,0 +1,164 @@
+"""The room log against the real embedded MongoDB and Redis (services/delivery/room_log.py):
+numbers without gaps, once per message across a crash between its writes, pages by
+primary key, `since` found by bisection, expiry from the oldest, at log sizes a busy
+room reaches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from parley_contract import envelopes as e
+
+from services.common.config import Settings
+from services.delivery.moderation_keys import ModerationKeys
+from services.delivery.room_log import RoomLog, entry_id
+from services.delivery.store import DeliveryStore
+
+
+def room_id() -> str:
+    return uuid.uuid4().hex[:24]
+
+
+def env(room: str, i: int, sender: str = "alice") -> e.RoomEnvelope:
+    return e.RoomEnvelope(
+        server_id=e.room_server_id(room, sender, f"c{i}"), room=room, from_=sender,
+        from_device=1, client_id=f"c{i}", body=f"Ym9keQ{i}", sent_at=e.now_ms(),
+        targets=["bob.1", "carol.1", "carol.2"],
+    )  # fmt: skip
+
+
+def make(store: DeliveryStore, settings: Settings) -> RoomLog:
+    return RoomLog(store, ModerationKeys(settings))
+
+
+async def test_numbers_have_no_gaps_and_each_message_is_stored_once(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    log, room = make(store, settings), room_id()
+    done = await log.append([env(room, i) for i in range(5)], time.time())
+    assert (done.stored, done.repeats) == (5, 0)
+    assert [fr.seq for _, fr in done.pushes or []] == [1, 2, 3, 4, 5]
+    # Pushed to the members (the targets' users) and the sender's other sockets.
+    assert (done.pushes or [])[0][0] == ["alice", "bob", "carol"]
+    # The same records again (a worker killed before its commit), and new ones.
+    again = await log.append([env(room, i) for i in range(3, 8)], time.time())
+    assert (again.stored, again.repeats) == (3, 2)
+    assert [fr.seq for _, fr in again.pushes or []] == [4, 5, 6, 7, 8]
+    assert await log.head(room) == 8
+    messages, last, more = await log.page(room, 0, 0, 100)
+    assert [m.seq for m in messages] == list(range(1, 9)) and (last, more) == (8, False)
+    assert len({m.server_id for m in messages}) == 8
+
+
+async def test_a_writer_killed_between_its_writes_leaves_nothing_twice(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """The entry is in but its id record names no number (the writer died before it
+    could): the record consumed again finds the entry past the head and names it."""
+    log, room = make(store, settings), room_id()
+    await log.append([env(room, 0)], time.time())
+    lost = env(room, 1)
+    await log.ids.insert_one({"_id": lost.server_id, "room": room, "seq": 0})
+    await log.log.insert_one(log._doc(lost, 2, time.time()))  # no _numbered: killed here
+    done = await log.append([lost, env(room, 2)], time.time())
+    assert [fr.seq for _, fr in done.pushes or []] == [2, 3]
+    messages, _, _ = await log.page(room, 0, 0, 100)
+    assert [m.server_id for m in messages] == [
+        env(room, 0).server_id, lost.server_id, env(room, 2).server_id,
+    ]  # fmt: skip
+    assert (await log.ids.find_one({"_id": lost.server_id}) or {})["seq"] == 2
+
+
+async def test_the_last_number_is_found_past_a_head_left_behind(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    log, room = make(store, settings), room_id()
+    await log.append([env(room, i) for i in range(100)], time.time())
+    await log.heads.update_one({"_id": room}, {"$set": {"n": 3}})  # its raise was lost
+    assert await log.head(room) == 100
+    done = await log.append([env(room, 100)], time.time())
+    assert [fr.seq for _, fr in done.pushes or []] == [101]
+
+
+async def test_pages_of_a_big_log_read_by_primary_key(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """A log of 20,000 messages: pages from anywhere, the end, `since` by bisection."""
+    log, room = make(store, settings), room_id()
+    n, step = 20_000, 2_000
+    t0 = time.time() - 3600
+    for k in range(0, n, step):
+        # Stored over an hour: message i at t0 + i * 0.18 s.
+        docs = [log._doc(env(room, i), i + 1, t0 + i * 0.18) for i in range(k, k + step)]
+        await log.log.insert_many(docs)
+    await log.heads.update_one({"_id": room}, {"$max": {"n": n}}, upsert=True)
+    messages, last, more = await log.page(room, 12_345, 0, 200)
+    assert [m.seq for m in messages] == list(range(12_346, 12_546)) and (last, more) == (
+        12_545,
+        True,
+    )
+    messages, last, more = await log.page(room, n - 10, 0, 200)
+    assert [m.seq for m in messages] == list(range(n - 9, n + 1)) and (last, more) == (n, False)
+    messages, last, more = await log.page(room, n, 0, 200)
+    assert (messages, last, more) == ([], n, False)
+    # Joined (or linked) when message 15,001 was stored: nothing before it is read.
+    since_ms = int((t0 + 15_000 * 0.18) * 1000)
+    messages, last, more = await log.page(room, 0, since_ms, 50)
+    assert messages[0].seq == 15_001 and last == 15_050 and more
+    messages, _, _ = await log.page(room, 16_000, since_ms, 10)
+    assert messages[0].seq == 16_001  # past it already: from the cursor
+    messages, last, more = await log.page(room, 0, int(time.time() * 1000) + 60_000, 50)
+    assert (messages, last, more) == ([], n, False)
+
+
+async def test_removed_messages_keep_their_numbers_and_leave_pages(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    log, room = make(store, settings), room_id()
+    envs = [env(room, i) for i in range(4)]
+    await log.append(envs[:2], time.time())
+    # Removed before its record is consumed (its mark set first): stored blank, not pushed.
+    await store.hot.mark_gone(envs[2].server_id, 3600)
+    done = await log.append(envs[2:], time.time())
+    assert (done.removed, [fr.seq for _, fr in done.pushes or []]) == (1, [4])
+    assert await log.blank([envs[0].server_id]) == 1
+    messages, last, more = await log.page(room, 0, 0, 100)
+    assert [m.seq for m in messages] == [2, 4] and (last, more) == (4, False)
+    messages, last, more = await log.page(room, 0, 0, 1)
+    assert (messages, last, more) == ([], 1, True)  # a reader goes on past it
+
+
+async def test_expiry_deletes_each_rooms_oldest_first(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    log, room = make(store, settings), room_id()
+    now = time.time()
+    old = [log._doc(env(room, i), i + 1, now - 100 * 86400) for i in range(600)]
+    await log.log.insert_many(old)
+    await log.ids.insert_many([{"_id": d["server_id"], "room": room, "seq": d["seq"]} for d in old])
+    await log.heads.update_one({"_id": room}, {"$max": {"n": 600}}, upsert=True)
+    await log.append([env(room, 600), env(room, 601)], now)
+    assert await log.purge_expired(now - 30 * 86400) >= 600
+    messages, last, more = await log.page(room, 0, 0, 100)
+    assert [m.seq for m in messages] == [601, 602] and (last, more) == (602, False)
+    assert await log.ids.find_one({"_id": old[0]["server_id"]}) is None
+    assert (await log.heads.find_one({"_id": room}) or {})["low"] == 601
+    assert await log.purge_expired(now - 30 * 86400) == 0
+
+
+async def test_two_writers_racing_store_each_message_once(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """A consumer that lost its partition mid-batch and the one that took it write the
+    same records at once."""
+    logs, room = [make(store, settings), make(store, settings)], room_id()
+    envs = [env(room, i) for i in range(60)]
+    await asyncio.gather(*(
+        log.append(envs[i : i + 10], time.time()) for log in logs for i in range(0, 60, 10)
+    ))  # fmt: skip
+    messages, _, _ = await logs[0].page(room, 0, 0, 1000)
+    assert [m.seq for m in messages] == list(range(1, 61))
+    assert len({m.server_id for m in messages}) == 60
+    assert entry_id(room, 1) == f"{room}|{1:016d}"
