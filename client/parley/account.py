@@ -54,6 +54,16 @@ def _jwt_claim(token: str, name: str) -> float:
         return 0.0
 
 
+def _linked_at(token: str) -> int:
+    """When a device is set up, in the server's time (Unix ms): its first token's
+    ``iat``, which is in whole seconds, refined within that second by this clock
+    (never moved out of it: a clock that is off changes it by under a second)."""
+    iat_ms = int(_jwt_claim(token, "iat") * 1000)
+    if not iat_ms:
+        return 0
+    return min(max(int(time.time() * 1000), iat_ms), iat_ms + 999)
+
+
 class Account:
     def __init__(self, server: str, api: Api, store: StoreRef, events: EventBus) -> None:
         self.server = server
@@ -148,7 +158,7 @@ class Account:
                     # token's): it reads rooms' logs from then (docs/client.md, "Rooms").
                     "linked_at": int(previous.get("linked_at") or 0)
                     if previous
-                    else int(_jwt_claim(str(tokens["access_token"]), "iat") * 1000),
+                    else _linked_at(str(tokens["access_token"])),
                 },
             )
         self.user_id = str(user["user_id"])

@@ -147,10 +147,11 @@ class Rooms:
         self._locks: dict[str, asyncio.Lock] = {}
         self.rotations = 0  # sender keys rotated by this process (tests and metrics)
         self.distributions = 0  # pairwise sends of sender keys by this process
-        # Each room's cursor (:meth:`_seen`), numbers seen above it, and its log reads.
+        # Each room's cursor (:meth:`_seen`), its log reads, and the rooms whose read
+        # under way must read again when it ends.
         self._cursors: dict[str, int] = {}
-        self._above: dict[str, set[int]] = {}
         self._reading: dict[str, asyncio.Task[int]] = {}
+        self._again: set[str] = set()
         self._saving: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         messenger.room_hook = self
@@ -586,11 +587,20 @@ class Rooms:
 
     # -- receiving --------------------------------------------------------------------------
     async def on_room_message(self, frame: f.RoomMessage) -> None:
-        """A private room's message, pushed or read from its log: decrypt it with the
-        sender device's chain (or keep it until that chain's key arrives), and move
-        this device's place in the room's log (:meth:`_seen`)."""
-        await self._take(frame.room, [frame])
-        self._seen(frame.room, [frame.seq])
+        """A private room's pushed message: the next one after this device's cursor is
+        decrypted with the sender device's chain (or kept until that chain's key
+        arrives) and moves the cursor; one further ahead means some are missing (a
+        push lost, a message removed): the log is read from the cursor, which brings
+        it too, in the room's order; one at or below the cursor is a repeat."""
+        room_id = frame.room
+        cursor = self._cursor_now(room_id)
+        if frame.seq > cursor + 1:
+            self._read_soon(room_id)
+            return
+        if frame.seq <= cursor:
+            return
+        await self._take(room_id, [frame])
+        self._seen(room_id, frame.seq)
 
     async def _take(self, room_id: str, frames: list[f.RoomMessage]) -> None:
         me, device = self.account.user_id, self.messenger.keys.known_device_id()
@@ -629,26 +639,26 @@ class Rooms:
         """The room log's number up to which this device has every message."""
         return int(self._store().read().get(self._key("room_cursor", room_id)) or 0)
 
-    def _seen(self, room_id: str, seqs: list[int], upto: int = 0) -> None:
-        """Numbers of the room's log this device has now (``upto``: a page of the log
-        covered everything up to it). The cursor moves only through numbers with none
-        missing below them (the log's numbers have no gaps): one seen above a gap waits
-        until the gap is read from the log, and a gap starts a read of the log."""
-        above = self._above.setdefault(room_id, set())
-        cursor = max(self._cursors.get(room_id, 0), self.cursor(room_id), upto)
-        above.update(s for s in seqs if s > cursor)
-        while cursor + 1 in above:
-            cursor += 1
-        above.difference_update([s for s in above if s <= cursor])
-        if cursor > self._cursors.get(room_id, 0):
-            self._cursors[room_id] = cursor
-            self._spawn_save(room_id)
-        if above and room_id not in self._reading:
-            # A push was lost, or a message was removed (left out of pushes): read it.
-            self._start_read(room_id, again=True)
+    def _cursor_now(self, room_id: str) -> int:
+        return max(self._cursors.get(room_id, 0), self.cursor(room_id))
 
-    def _start_read(self, room_id: str, *, again: bool) -> asyncio.Task[int]:
-        task = asyncio.get_running_loop().create_task(self._read_log(room_id, again=again))
+    def _seen(self, room_id: str, upto: int) -> None:
+        """This device has every message of the room up to ``upto``: move its cursor."""
+        if upto > self._cursor_now(room_id):
+            self._cursors[room_id] = upto
+            self._spawn_save(room_id)
+
+    def _read_soon(self, room_id: str) -> None:
+        """Read the room's log from the cursor: now, or again after the read under way
+        (which may have passed the end before the message that asks was stored)."""
+        running = self._reading.get(room_id)
+        if running is None or running.done():
+            self._start_read(room_id)
+        else:
+            self._again.add(room_id)
+
+    def _start_read(self, room_id: str) -> asyncio.Task[int]:
+        task = asyncio.get_running_loop().create_task(self._read_log(room_id))
         self._reading[room_id] = task
         return task
 
@@ -671,41 +681,37 @@ class Rooms:
 
     async def read_log(self, room_id: str) -> int:
         """Read the room's log from this device's cursor to its end (one read at a time
-        per room: a read running is awaited, then one more is made); how many
+        per room: a read under way is awaited, then one more is made); how many
         messages came."""
         running = self._reading.get(room_id)
-        if running is not None:
+        if running is not None and not running.done():
             await asyncio.wait([running])
-        return await self._start_read(room_id, again=False)
+        return await self._start_read(room_id)
 
-    async def _read_log(self, room_id: str, *, again: bool) -> int:
+    async def _read_log(self, room_id: str) -> int:
         got = 0
         try:
             await self._token()
             since = int((self._store().read().get("account") or {}).get("linked_at") or 0)
-            after = max(self._cursors.get(room_id, 0), self.cursor(room_id))
             while True:
-                page = await self.api.room_log(room_id, after, since, LOG_PAGE)
-                frames = [msgspec.convert(m, f.RoomMessage) for m in page.get("messages", [])]
-                await self._take(room_id, frames)
-                got += len(frames)
-                after = max(after, int(page.get("next", after)))
-                self._seen(room_id, [fr.seq for fr in frames], upto=after)
-                if not page.get("more"):
-                    break
+                self._again.discard(room_id)
+                after = self._cursor_now(room_id)
+                while True:
+                    page = await self.api.room_log(room_id, after, since, LOG_PAGE)
+                    frames = [msgspec.convert(m, f.RoomMessage) for m in page["messages"]]
+                    await self._take(room_id, frames)
+                    got += len(frames)
+                    after = max(after, int(page.get("next", after)))
+                    self._seen(room_id, after)
+                    if not page.get("more"):
+                        break
+                if room_id not in self._again:
+                    return got
         except ApiError as exc:
-            if exc.code in ("room_not_found", "not_a_member"):
-                self._above.pop(room_id, None)  # a room this device's user is in no more
-            else:
+            if exc.code not in ("room_not_found", "not_a_member"):
                 log.info("could not read room %s's log: %s", room_id, exc)
         except (ParleyError, TimeoutError, OSError) as exc:
             log.info("could not read room %s's log: %s", room_id, exc)
-        finally:
-            if self._reading.get(room_id) is asyncio.current_task():
-                del self._reading[room_id]
-        if again and self._above.get(room_id):
-            # Pushed while the last page was read, above a number still missing: once more.
-            self._start_read(room_id, again=False)
         return got
 
     async def sync_rooms(self) -> int:
