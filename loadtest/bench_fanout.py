@@ -7,9 +7,10 @@ loadtest/bench_messaging.py does), signs N users up, puts them all in one
 private room (invitations accepted through HAProxy) and opens one WebSocket
 per member through HAProxy (leastconn spreads them over both gateways). One
 member sends `room_send` frames; every other member receives each one as a
-`message` (one Kafka record per message, fanned out by delivery to every
-member's device inbox, pushed through one Redis publish per gateway pod per
-batch) and acknowledges what it has, as a client does. The peer: two
+`room_message` (one Kafka record per message, stored once by delivery in the
+room's log and published once, with the member list, on the channel every
+gateway pod reads); nothing is acknowledged (a device keeps its place in the
+room's log itself: docs/rooms.md, "The room log"). The peer: two
 python-socketio 5.x processes sharing the same Redis through
 ``AsyncRedisManager`` (loadtest/socketio_peer.py), N clients in one room,
 the sender's ``send`` event emitted to the room; nothing stored.
@@ -188,7 +189,9 @@ class ParleyMember(Receiver):
             frame = orjson.loads(msg.data)
             op = frame.get("op")
             self.ops[op] = self.ops.get(op, 0) + 1
-            if op == "message":
+            if op == "room_message":  # a private room's: its log is the record, no ack
+                self.on(number_of(frame["body"]))
+            elif op == "message":
                 self.max_seq = max(self.max_seq, frame["seq"])
                 self.on(number_of(frame["body"]))
             elif op == "room_post":  # a public room's: its timeline is the record, no ack
@@ -435,8 +438,8 @@ def _ms(x: float | None) -> float | None:
 async def bench_parley(
     opts: Options, data_dir: Path, log: Any, kind: str = "private"
 ) -> dict[str, Any]:
-    """A private room (``room_send`` over the sender's socket, fanned out by
-    delivery into every member device's inbox, acknowledged) or a public one
+    """A private room (``room_send`` over the sender's socket, stored once in the
+    room's log and pushed to every member) or a public one
     (``POST .../messages`` to the rooms service, one ``room_post`` frame to every
     member's sockets, nothing per member stored)."""
     mopts = replace(MessagingOptions(), clients=opts.members)

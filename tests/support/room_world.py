@@ -43,7 +43,9 @@ class RoomWorld:
         """``GET /delivery/v1/rooms/{room}/log`` as ``user``."""
         headers = {"Authorization": f"Bearer {self.m.issuer.token(user)}"}
         resp = await self.m.delivery.get(
-            f"/delivery/v1/rooms/{room}/log", headers=headers, params={k: str(v) for k, v in query.items()}
+            f"/delivery/v1/rooms/{room}/log",
+            headers=headers,
+            params={k: str(v) for k, v in query.items()},
         )
         raw = await resp.read()
         return resp.status, (orjson.loads(raw) if raw else None)
