@@ -117,10 +117,14 @@ class Connection:
         if self.push_encoded(f.encode(frame)):
             self.hub.count_out(op)
 
-    def push_encoded(self, data: bytes) -> bool:
+    def push_encoded(self, data: bytes, delay: float = 0.0) -> bool:
         """Queue an already encoded frame (routed from delivery: forwarded as is); False
         when it was not (the socket is closing, or too slow: then closed). The caller
-        counts it (``Hub.count_out``: once for many, on the routing path)."""
+        counts it (``Hub.count_out``: once for many, on the routing path).
+
+        ``delay``: the write may wait that long, for the frames that follow (a busy
+        room's) to go in the same write; a frame without one that comes meanwhile
+        brings the write forward to now."""
         if self._closing:
             return False
         queue = self.queue
@@ -134,13 +138,20 @@ class Connection:
             return False
         queue.append(data)
         self.queued_bytes += len(data)
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             if self.transport is not None:
                 # What waits when the loop comes back goes out in one write, from a
                 # callback: no task and no coroutine per push.
-                self._writer = asyncio.get_running_loop().call_soon(self._flush)
+                loop = asyncio.get_running_loop()
+                self._writer = (
+                    loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
+                )
             else:
                 self._writer = asyncio.create_task(self.writer())
+        elif not delay and isinstance(writer, asyncio.TimerHandle):
+            writer.cancel()
+            self._writer = asyncio.get_running_loop().call_soon(self._flush)
         return True
 
     def _slow_consumer(self) -> None:
@@ -215,6 +226,9 @@ class Connection:
         queue.clear()
         self.queued_bytes = 0
         transport.write(text_frames(frames))
+        hub = self.hub
+        hub.socket_writes += 1
+        hub.frames_written += len(frames)
         if transport.get_write_buffer_size() > self.limits.outbound_queue_bytes:
             self._slow_consumer()
             return False

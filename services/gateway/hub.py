@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ from parley_contract import PROTOCOL_VERSION
 from parley_contract import envelopes as e
 from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from services.common import routing
@@ -79,6 +82,8 @@ class Limits:
     outbound_queue_bytes: int
     sockets_per_user: int
     sockets_per_address: int
+    room_write_delay_s: float
+    room_coalesce_users: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -92,6 +97,8 @@ class Limits:
             outbound_queue_bytes=settings.ws_outbound_queue_bytes,
             sockets_per_user=settings.ws_max_sockets_per_user,
             sockets_per_address=settings.ws_max_sockets_per_address,
+            room_write_delay_s=settings.ws_room_write_delay_ms / 1000,
+            room_coalesce_users=settings.ws_room_coalesce_users,
         )
 
 
@@ -171,6 +178,11 @@ class Hub:
             "parley_gateway_disconnects_total", "WebSockets closed, by close code.",
             ["code"], registry=registry,
         )  # fmt: skip
+        # Socket writes and the frames they carried (plain ints: a counter's lock per
+        # write showed up), exported by :class:`_Writes`.
+        self.socket_writes = 0
+        self.frames_written = 0
+        registry.register(_Writes(self))
         self.connection_seconds = Histogram(
             "parley_gateway_connection_seconds", "How long WebSockets stayed open.",
             buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600),
@@ -534,18 +546,23 @@ class Hub:
             return
         pushed = 0
         frame, by_user = bytes(push.frame), self.by_user
+        # A big room's frame waits a little on each socket for the room's next ones:
+        # one write, one HAProxy relay and one client read for several frames.
+        limits = self.limits
+        delay = limits.room_write_delay_s if len(push.to) >= limits.room_coalesce_users else 0.0
         for user in push.to:
             if user in by_user:
-                pushed += self._push_to(user, None, frame)
+                pushed += self._push_to(user, None, frame, delay)
         self.count_out(push.op, pushed)
 
-    def _push_to(self, user: str, device: int | None, frame: bytes) -> int:
+    def _push_to(self, user: str, device: int | None, frame: bytes, delay: float = 0.0) -> int:
         """Push an encoded frame to ``user``'s sockets on this pod: the one of
-        ``device``, or all of them when it is None; returns how many took it."""
+        ``device``, or all of them when it is None; returns how many took it.
+        ``delay``: it may wait that long for more (:meth:`Connection.push_encoded`)."""
         pushed = 0
         # A tuple: a push that closes a socket does not change it.
         for conn in self.by_user.get(user, ()):
-            if (device is None or conn.device_id == device) and conn.push_encoded(frame):
+            if (device is None or conn.device_id == device) and conn.push_encoded(frame, delay):
                 pushed += 1
         return pushed
 
@@ -584,6 +601,25 @@ class Hub:
                 await self._refresh()
             except (RedisError, OSError) as exc:
                 log.warning("presence refresh failed", extra={"error": repr(exc)})
+
+
+class _Writes(Collector):
+    """``parley_gateway_socket_writes_total`` and ``parley_gateway_frames_written_total``:
+    frames per write is how much the sockets' writes are batched."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterable[Metric]:
+        writes = CounterMetricFamily(
+            "parley_gateway_socket_writes", "Writes to client sockets (each one system call)."
+        )
+        writes.add_metric([], self.hub.socket_writes)
+        frames = CounterMetricFamily(
+            "parley_gateway_frames_written", "Frames those writes carried."
+        )
+        frames.add_metric([], self.hub.frames_written)
+        return [writes, frames]
 
 
 def _by_op(children: dict[str, Counter], metric: Counter, op: str) -> Counter:

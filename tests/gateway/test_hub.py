@@ -66,6 +66,45 @@ async def test_presence_is_recorded_and_removed(messaging: Messaging) -> None:
     assert not hub.local(user)
 
 
+async def test_a_big_rooms_frames_go_out_together_and_a_direct_one_at_once(
+    messaging: Messaging,
+) -> None:
+    """Frames for a room of at least ``ws_room_coalesce_users`` wait up to
+    ``ws_room_write_delay_ms`` on each socket: published together, they leave in one
+    write. A frame of a small room, or a direct one, is written at once and takes
+    what waits with it."""
+    settings = messaging.settings
+    assert settings.ws_room_write_delay_ms > 0 and settings.ws_room_coalesce_users > 1
+    ann = uid()
+    ann1 = await messaging.connect(ann, pod=0)
+    hub = messaging.hub(0)
+    redis = messaging.gateways[0].server.app[REDIS]
+    channel = room_channel(settings.redis_prefix)
+    big = [ann, *(uid() for _ in range(settings.ws_room_coalesce_users - 1))]
+
+    def post(seq: int, to: list[str]) -> bytes:
+        frame = f.RoomPost(room_id="f" * 24, seq=seq, sender=big[1], client_id=f"c{seq}",
+                           text=f"m{seq}", mentions=[], sent_at=1)  # fmt: skip
+        return e.encode(e.multicast(to, frame))
+
+    writes = hub.socket_writes
+    async with redis.pipeline(transaction=False) as pipe:
+        for seq in range(1, 6):
+            pipe.publish(channel, post(seq, big))
+        await pipe.execute()
+    assert [(await ann1.expect("room_post"))["seq"] for _ in range(5)] == [1, 2, 3, 4, 5]
+    assert hub.socket_writes - writes == 1  # five frames, one write
+
+    # A small room's frame does not wait, and brings a big room's waiting one with it.
+    writes = hub.socket_writes
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.publish(channel, post(6, big))
+        pipe.publish(channel, post(7, [ann]))
+        await pipe.execute()
+    assert [(await ann1.expect("room_post"))["seq"] for _ in range(2)] == [6, 7]
+    assert hub.socket_writes - writes == 1
+
+
 async def test_a_multicast_reaches_every_socket_of_each_listed_user_once(
     messaging: Messaging,
 ) -> None:
