@@ -20,23 +20,25 @@ ids after the reader's number, read with ``$in``.
 Order and visibility. A message's number is the room's last number plus one,
 and the insert of that ``_id`` is what claims it: two writers that found the
 same last number cannot both insert it (the loser looks again). The last
-number is found from ``room_heads`` (``_id`` the room, ``n`` a number the log
-has reached, raised with ``$max`` after each insert) and a look at the ids
-just after it. So a number is written only after the one before it exists,
-and becomes visible only after it: a device that read up to ``seq`` n and goes
-on from n misses nothing, whatever writer was slow.
+number is the one this process last wrote (or, for a room it has not written
+to, ``room_heads.n``, saved every ``_PROBE`` numbers) plus the ids after it
+that exist, looked at ``_PROBE`` at a time. So a number is written only after
+the one before it exists, and becomes visible only after it: a device that
+read up to ``seq`` n and goes on from n misses nothing, whatever writer was
+slow.
 
-Once per message. ``room_log_ids`` (``_id`` the message's ``server_id``, a hash
-of the room, the sender and the client id) is written before the entry and
-names its number once the entry is in. A record consumed again (a worker
-killed before its commit) or a resend finds it, and its entry: it takes no
-second number and is pushed again (a push may have been lost with the
-worker; a device that gets a frame twice keeps it once). One whose entry is
-not there (the worker died between the two writes) is written now. Only two
-writers handling the same record at the same moment (a consumer that lost
-its partition mid-batch, and the one that took it) could both write its
-entry: the same ``server_id`` under two numbers, which clients drop as they
-drop any ``server_id`` they have (docs/protocol.md).
+Once per message, in three round trips. ``room_log_ids`` (``_id`` the
+message's ``server_id``, a hash of the room, the sender and the client id) is
+inserted first, naming the number the writer plans; then the entries, in
+order. A record consumed again (a worker killed before its commit) or a resend
+finds its id record taken and its entry where the record says: it takes no
+second number and is pushed again (a push may have been lost with the worker;
+a device that gets a frame twice keeps it once). A record whose entry is not
+there (the worker died between the two writes) is written now, and its record
+made to say where. Only two writers handling the same record at the same
+moment (a consumer that lost its partition mid-batch, and the one that took
+it) can both store it: the same ``server_id`` under two numbers, which clients
+drop as they drop any ``server_id`` they have (docs/protocol.md).
 
 Removal. A removed message (``<p>:gone:{<server id>}``, set before its
 tombstones are sent, services/delivery/moderation.py) keeps its number with
@@ -56,7 +58,6 @@ unacknowledged inbox items are, from each room's oldest (``low``) up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ _ROUNDS = 8
 # Ids looked at per read when the last number is looked for, and per expiry step.
 _PROBE = 32
 _PURGE = 500
+_HEADS_KEPT = 100_000
 
 
 def entry_id(room: str, seq: int) -> str:
@@ -104,6 +106,10 @@ class RoomLog:
         self.log: AsyncCollection[Doc] = store.db["room_log"]
         self.ids: AsyncCollection[Doc] = store.db["room_log_ids"]
         self.heads: AsyncCollection[Doc] = store.db["room_heads"]
+        # The last number this process knows of each room it wrote to, and the last one
+        # it saved in ``room_heads`` (insertion order: the oldest rooms are dropped).
+        self._heads: dict[str, int] = {}
+        self._saved: dict[str, int] = {}
 
     async def ensure_indexes(self) -> None:
         """Nothing beyond ``_id``: every read is by primary key."""
@@ -115,77 +121,52 @@ class RoomLog:
         out = Appended(pushes=[])
         if not envs:
             return out
-        by_id: dict[str, e.RoomEnvelope] = {}
+        by_room: dict[str, dict[str, e.RoomEnvelope]] = {}
         for env in envs:
-            by_id.setdefault(env.server_id, env)  # a record twice in one batch: once
-        docs = await self._stored(list(by_id.values()))
-        out.repeats = len(docs)
-        fresh: dict[str, list[e.RoomEnvelope]] = {}
-        for sid, env in by_id.items():
-            if sid not in docs:
-                fresh.setdefault(env.room, []).append(env)
-        for room, todo in fresh.items():
-            for doc in await self._insert(room, todo, now):
-                docs[doc["server_id"]] = doc
-                out.stored += 1
+            by_room.setdefault(env.room, {}).setdefault(env.server_id, env)  # once a batch
+        docs: dict[str, Doc] = {}
+        for room, todo in by_room.items():
+            stored, repeats = await self._append_room(room, list(todo.values()), now)
+            out.stored += len(stored)
+            out.repeats += len(repeats)
+            docs.update((d["server_id"], d) for d in (*stored, *repeats))
         _, gone = await self.store.hot.claims_and_gone([], list(docs))
         if gone:
             await self.blank(sorted(gone))
             out.removed = len(gone)
         assert out.pushes is not None
-        for sid, env in by_id.items():
-            entry = docs.get(sid)
-            if entry is None or sid in gone or entry.get("gone"):
-                continue
-            out.pushes.append((_members(env), frame_of(entry)))
+        for todo in by_room.values():
+            for sid, env in todo.items():
+                entry = docs.get(sid)
+                if entry is None or sid in gone or entry.get("gone"):
+                    continue
+                out.pushes.append((_members(env), frame_of(entry)))
         return out
 
-    async def _stored(self, envs: list[e.RoomEnvelope]) -> dict[str, Doc]:
-        """The entries of those of ``envs`` already in their logs (by server id), found
-        through their ``room_log_ids`` records; a record whose entry is not there (its
-        writer died in between) does not count."""
-        records = await self._records([env.server_id for env in envs])
-        wanted = [entry_id(r["room"], int(r["seq"])) for r in records.values() if r.get("seq")]
-        if not wanted:
-            return {}
-        found: dict[str, Doc] = {}
-        async for doc in self.log.find({"_id": {"$in": wanted}}):
-            if doc["server_id"] in records:
-                found[doc["server_id"]] = doc
-        return found
-
-    async def _records(self, server_ids: list[str]) -> dict[str, Doc]:
-        return {r["_id"]: r async for r in self.ids.find({"_id": {"$in": server_ids}})}
-
-    async def _insert(self, room: str, envs: list[e.RoomEnvelope], now: float) -> list[Doc]:
-        """Number and insert one room's new messages; returns their entries."""
-        with contextlib.suppress(BulkWriteError):  # records there already: theirs is lost
-            await self.ids.insert_many(
-                [{"_id": env.server_id, "room": room, "seq": 0} for env in envs], ordered=False
-            )
+    async def _append_room(
+        self, room: str, envs: list[e.RoomEnvelope], now: float
+    ) -> tuple[list[Doc], list[Doc]]:
+        """Number and store one room's messages; returns (the entries stored now, those
+        of messages stored before). Three round trips when nothing is in the way: the
+        ids after the last number this process knows (:meth:`_tail`), the id records
+        with their planned numbers, the entries."""
+        last = await self._tail(room)
+        planned = {env.server_id: last + i + 1 for i, env in enumerate(envs)}
+        taken = await self._claim(room, planned)
+        repeats: list[Doc] = []
+        todo = envs
+        stale: set[str] = set()  # records that name no entry of theirs
+        if taken:
+            # Records there already (a record consumed again, a resend): stored when the
+            # entry they name holds their message; otherwise its writer died in between.
+            found = await self._entries_of(taken)
+            repeats = list(found.values())
+            todo = [env for env in envs if env.server_id not in found]
+            stale = set(taken) - set(found)
         stored: list[Doc] = []
-        todo = list(envs)
         for _ in range(_ROUNDS):
-            last, tail = await self._tail(room)
-            # A message of ``todo`` in the tail was written by a writer that died (or
-            # is at work) before naming its number: it is stored.
-            theirs = {d["server_id"]: d for d in tail}
-            done = [theirs[env.server_id] for env in todo if env.server_id in theirs]
-            if done:
-                await self._numbered(room, done)
-                stored += done
-                todo = [env for env in todo if env.server_id not in theirs]
-                if not todo:
-                    return stored
-            # ... and one whose record names a number was stored and numbered by another
-            # writer since this batch began (read after the tail: one that raised the
-            # head had named the number before).
-            named = await self._stored(todo)
-            if named:
-                stored += named.values()
-                todo = [env for env in todo if env.server_id not in named]
-                if not todo:
-                    return stored
+            if not todo:
+                break
             batch = [self._doc(env, last + i + 1, now) for i, env in enumerate(todo)]
             first = len(batch)
             try:
@@ -195,47 +176,96 @@ class RoomLog:
                 if not errors or any(int(err.get("code", 0)) != 11000 for err in errors):
                     raise
                 first = int(errors[0]["index"])  # the entries before it are in
-            stored += batch[:first]
-            todo = todo[first:]
-            if batch[:first]:
-                await self._numbered(room, batch[:first])
-            if not todo:
-                return stored
-            # Another writer took the number: look for the last one again and go on.
-        raise RuntimeError(f"room {room}: no number after {_ROUNDS} tries")
+            done, todo = batch[:first], todo[first:]
+            stored += done
+            moved = [
+                UpdateOne({"_id": d["server_id"]}, {"$set": {"seq": d["seq"]}})
+                for d in done
+                if d["server_id"] in stale or planned.get(d["server_id"]) != d["seq"]
+            ]
+            if moved:  # not where their records said: say where they are
+                await self.ids.bulk_write(moved, ordered=False)
+            if done:
+                self._advance(room, int(done[-1]["seq"]))
+            if todo:
+                # Another writer took the number: look for the last one again and go on.
+                self._heads.pop(room, None)
+                last = await self._tail(room)
+        else:
+            raise RuntimeError(f"room {room}: no number after {_ROUNDS} tries")
+        await self._save_head(room)
+        return stored, repeats
 
-    async def _numbered(self, room: str, docs: list[Doc]) -> None:
-        """Name the numbers of new entries in their id records, and raise the room's head."""
-        await self.ids.bulk_write(
-            [UpdateOne({"_id": d["server_id"]}, {"$set": {"seq": d["seq"]}}) for d in docs],
-            ordered=False,
-        )
-        await self.heads.update_one(
-            {"_id": room}, {"$max": {"n": int(docs[-1]["seq"])}}, upsert=True
-        )
+    async def _claim(self, room: str, planned: dict[str, int]) -> list[str]:
+        """Insert the id records (server id -> planned number); the server ids that had
+        one already."""
+        try:
+            await self.ids.insert_many(
+                [{"_id": sid, "room": room, "seq": seq} for sid, seq in planned.items()],
+                ordered=False,
+            )
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if any(int(err.get("code", 0)) != 11000 for err in errors):
+                raise
+            ids = list(planned)
+            return [ids[int(err["index"])] for err in errors]
+        return []
+
+    async def _entries_of(self, server_ids: list[str]) -> dict[str, Doc]:
+        """The entries the id records of ``server_ids`` name, when they hold them."""
+        records = await self._records(server_ids)
+        wanted = [entry_id(r["room"], int(r["seq"])) for r in records.values() if r.get("seq")]
+        if not wanted:
+            return {}
+        found: dict[str, Doc] = {}
+        async for doc in self.log.find({"_id": {"$in": wanted}}):
+            if doc["server_id"] in records and entry_id(doc["room"], int(doc["seq"])) == (
+                entry_id(records[doc["server_id"]]["room"], int(records[doc["server_id"]]["seq"]))
+            ):
+                found[doc["server_id"]] = doc
+        return found
+
+    async def _records(self, server_ids: list[str]) -> dict[str, Doc]:
+        return {r["_id"]: r async for r in self.ids.find({"_id": {"$in": server_ids}})}
+
+    def _advance(self, room: str, n: int) -> None:
+        if n > self._heads.get(room, 0):
+            self._heads[room] = n
+            if len(self._heads) > _HEADS_KEPT:
+                self._heads.pop(next(iter(self._heads)))
+
+    async def _save_head(self, room: str) -> None:
+        """Raise the room's ``room_heads.n`` when this process's head is ``_PROBE`` or
+        more past what it last saved (the head only spares a reader ids to look at)."""
+        n = self._heads.get(room, 0)
+        if n - self._saved.get(room, 0) >= _PROBE:
+            await self.heads.update_one({"_id": room}, {"$max": {"n": n}}, upsert=True)
+            self._saved[room] = n
+            if len(self._saved) > _HEADS_KEPT:
+                self._saved.pop(next(iter(self._saved)))
 
     async def head(self, room: str) -> int:
         """The room's last number (0: an empty log)."""
-        return (await self._tail(room))[0]
+        return await self._tail(room)
 
-    async def _tail(self, room: str) -> tuple[int, list[Doc]]:
-        """The room's last number, and the entries past its head's ``n``: the head's
-        ``n``, then the ids after it, ``_PROBE`` at a time, while they are all there.
-        Those entries are the ones whose writer has not named their numbers yet (it
-        is at work, or died in between)."""
-        doc = await self.heads.find_one({"_id": room})
-        last = int(doc.get("n", 0)) if doc else 0
-        tail: list[Doc] = []
+    async def _tail(self, room: str) -> int:
+        """The room's last number: from the last one this process wrote (or the room's
+        ``room_heads.n``), the ids after it that exist, ``_PROBE`` at a time."""
+        last = self._heads.get(room)
+        if last is None:
+            doc = await self.heads.find_one({"_id": room})
+            last = int(doc.get("n", 0)) if doc else 0
         while True:
             ids = [entry_id(room, last + i) for i in range(1, _PROBE + 1)]
-            have = {d["_id"]: d async for d in self.log.find({"_id": {"$in": ids}})}
+            have = {d["_id"] async for d in self.log.find({"_id": {"$in": ids}}, {"_id": 1})}
             k = 0
             while k < _PROBE and ids[k] in have:
-                tail.append(have[ids[k]])
                 k += 1
             last += k
             if k < _PROBE:
-                return last, tail
+                self._advance(room, last)
+                return last
 
     def _doc(self, env: e.RoomEnvelope, seq: int, now: float) -> Doc:
         doc: Doc = {
