@@ -5,8 +5,10 @@
 It starts the whole Parley system on its embedded servers (as
 loadtest/bench_messaging.py does), signs N users up, puts them all in one
 private room (invitations accepted through HAProxy) and opens one WebSocket
-per member through HAProxy (leastconn spreads them over both gateways). One
-member sends `room_send` frames; every other member receives each one as a
+per member through HAProxy (leastconn spreads them over both gateways). Fifty
+members send `room_send` frames in turn (`PrivateSenders`: one socket's sends
+are checked and produced one after another, as one user's are); every member
+receives each one as a
 `room_message` (one Kafka record per message, stored once by delivery in the
 room's log and published once, with the member list, on the channel every
 gateway pod reads); nothing is acknowledged (a device keeps its place in the
@@ -249,6 +251,29 @@ class PublicPoster:
         return None
 
 
+class PrivateSenders:
+    """Sends ``room_send`` over several members' sockets in turn (they receive the
+    room's messages too, their own included: a private room's message is pushed to
+    every socket of every member). One socket's sends are checked and produced one
+    after another by its gateway (the room read from the rooms service, then the
+    record to Kafka), so one sender is bounded by that round trip, as one user is;
+    a busy room has many senders, as the public room's poster posts as 50."""
+
+    def __init__(self, owner: ParleyMember, senders: list[ParleyMember]) -> None:
+        self.owner, self.senders = owner, senders
+        self.turn = 0
+
+    async def send(self, room: str, n: int, size: int) -> None:
+        self.turn += 1
+        await self.senders[self.turn % len(self.senders)].send(room, n, size)
+
+    async def ack(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.owner.close()
+
+
 class SioMember(Receiver):
     """A socket.io client speaking Engine.IO 4 over a WebSocket (what the JS client sends)."""
 
@@ -485,6 +510,7 @@ async def bench_parley(
                 await _connect_all(members[1:], session, [system.ws_url])
             else:
                 await _connect_all(members, session, [system.ws_url])
+                members[0] = PrivateSenders(members[0], members[1:51])
             spread: dict[str, int] = {}
             for m in members:
                 if isinstance(m, ParleyMember):
