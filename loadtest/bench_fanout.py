@@ -510,12 +510,13 @@ async def bench_parley(
                 await _connect_all(members[1:], session, [system.ws_url])
             else:
                 await _connect_all(members, session, [system.ws_url])
-                members[0] = PrivateSenders(members[0], members[1:51])
             spread: dict[str, int] = {}
             for m in members:
                 if isinstance(m, ParleyMember):
                     spread[m.gateway] = spread.get(m.gateway, 0) + 1
             log(f"parley ({kind}): sockets per gateway {spread}")
+            if kind != "public":  # 50 members send in turn (the owner's socket: a member's)
+                members[0] = PrivateSenders(members[0], members[1:51])
             pids = {n: system.procs.procs[n].pid for n in PARLEY_PROCS}
             redis = aioredis.Redis(port=system.cfg.redis_port)
             before = await redis.info("commandstats")
