@@ -3,7 +3,7 @@
 // tests/web/test_chat_rooms.py, which answers the "PY {json}" lines (see its story).
 // Env: LB, WEB_DIR, SHOTS, A_USER, B_USER, R_USER, TAG.
 import path from "node:path";
-import { createRoom, expect, finish, invite, launch, py, sees, step, T, user as signUp, write as writeLine } from "./chat_rooms_lib.mjs";
+import { createRoom, expect, finish, invite, launch, logIn, logOut, py, sees, step, T, user as signUp, write as writeLine } from "./chat_rooms_lib.mjs";
 
 const env = process.env;
 const sent = []; // the private room's texts the browsers wrote
@@ -46,6 +46,50 @@ try {
   await sees(a.page, fromR);
   await sees(b.page, fromR);
   await a.page.screenshot({ path: path.join(env.SHOTS, "chat-room.png") });
+
+  step("B is away while A and R write; back, B reads them from the room's log, each once");
+  // What B's page asks of the room's log (its `after`: the cursor it reads from).
+  const logReads = [];
+  b.page.on("request", (req) => {
+    const url = new URL(req.url());
+    if (url.pathname === `/delivery/v1/rooms/${room}/log`) logReads.push(Number(url.searchParams.get("after")));
+  });
+  await logOut(b.page);
+  const away = [`while b was away, from a ${env.TAG}`, `a second one while b was away ${env.TAG}`];
+  for (const text of away) {
+    await write(a.page, priv, text);
+    await expect(a.page, `#messages li.msg.out[data-status="accepted"]:has-text("${text}")`); // in the room's log
+  }
+  const awayR = `r writes while b is away ${env.TAG}`;
+  await py({ do: "send", room, text: awayR });
+  logReads.length = 0;
+  await logIn(b.page, env.B_USER);
+  await b.page.locator(`button.room[data-room-name="${priv}"]`).click();
+  await expect(b.page, `#conversation-title:text-is("#${priv}")`);
+  const missed = [...away, awayR];
+  const once = async (page, texts) => {
+    for (const text of texts) {
+      await expect(page, `#messages li.msg:has-text("${text}")`);
+      const n = await page.locator(`#messages li.msg:has-text("${text}")`).count();
+      if (n !== 1) throw new Error(`"${text}" shows ${n} times`);
+    }
+  };
+  await once(b.page, [fromA, fromB, fromR, ...missed]);
+  // Nothing pushed while B was away: only the log holds them. B's cursor was 3 (three
+  // messages read live), the log holds six now.
+  if (logReads[0] !== 3) throw new Error(`B read the room's log after ${JSON.stringify(logReads)}, not after 3`);
+  step("B reloads: the cursor in the vault reads the log from 6, nothing shows twice");
+  logReads.length = 0;
+  await b.page.reload();
+  await b.page.waitForSelector("#login");
+  await b.page.getByLabel("Username", { exact: true }).fill(env.B_USER);
+  await b.page.getByLabel("Local passphrase").fill(`local passphrase ${env.TAG}`);
+  await b.page.getByRole("button", { name: "Log in" }).click();
+  await expect(b.page, "#connection.connected");
+  await b.page.locator(`button.room[data-room-name="${priv}"]`).click();
+  await once(b.page, [fromA, fromB, fromR, ...missed]);
+  for (let i = 0; i < 50 && logReads.length === 0; i++) await b.page.waitForTimeout(100);
+  if (JSON.stringify(logReads) !== "[6]") throw new Error(`after the reload B read the room's log after ${JSON.stringify(logReads)}, not 6`);
 
   step("B leaves: A's next message rotates A's sender key and reaches R");
   await b.page.getByRole("button", { name: "Leave room" }).click();

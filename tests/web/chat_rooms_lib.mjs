@@ -1,6 +1,7 @@
 // What the rooms' browser scripts share (chat_rooms.mjs, chat_rooms_moderation.mjs):
 // the "PY {json}" dialogue with the pytest side, Debian's Chromium, a browser user
-// signed up in its own context, and the page helpers. Env: LB, WEB_DIR, TAG.
+// signed up in its own context (logged out and in again), and the page helpers.
+// Env: LB, WEB_DIR, TAG.
 import { createRequire } from "node:module";
 import path from "node:path";
 import readline from "node:readline";
@@ -65,6 +66,22 @@ export async function user(browser, name) {
   await page.getByRole("button", { name: "Create account" }).click();
   await expect(page, "#connection.connected");
   return { ctx, page, errors };
+}
+
+/** Log out of the page, back to the log-in form. */
+export async function logOut(page) {
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.waitForSelector("#login", { timeout: T });
+}
+
+/** Log in again in a page whose browser has the user's store (the password and the
+ * passphrase of `user`), until the socket is connected. */
+export async function logIn(page, name) {
+  await page.getByLabel("Username", { exact: true }).fill(name);
+  await page.getByLabel("Password", { exact: true }).fill(`browser password ${env.TAG}!`);
+  await page.getByLabel("Local passphrase").fill(`local passphrase ${env.TAG}`);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expect(page, "#connection.connected");
 }
 
 /** Keyboard only: type in the room's labelled field and press Enter; the line shows. */

@@ -10,12 +10,16 @@ browser contexts, A and B; when the story needs the Python user R it prints a
 2. A, B and R each write once: every one reads the other two (sender keys
    distributed over the pairwise sessions as control payloads, both ways between
    the TypeScript and the Python implementation);
-3. B leaves: A's next message rotates its sender key (R then holds two chains of
+3. B logs out; A writes twice and R once; B logs in again and reads the three from
+   the room's log (GET /delivery/v1/rooms/{id}/log after B's cursor, 3: nothing of a
+   private room is in a device's inbox now), each exactly once; after a reload B reads
+   the log from the cursor kept in its vault (6), and nothing shows twice;
+4. B leaves: A's next message rotates its sender key (R then holds two chains of
    A's device) and still reaches R;
-4. A creates a public room; B finds it in the directory and joins (focus lands on
+5. A creates a public room; B finds it in the directory and joins (focus lands on
    the room, Tab goes on in order); A's post shows in B's page; no horizontal
    scroll at 390 px;
-5. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
+6. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
 
 No plaintext of the private room is in MongoDB, Kafka or Redis afterwards.
 Screenshots as test_chat_browser.py takes them (``PARLEY_UPDATE_SCREENSHOTS=1``
@@ -277,7 +281,7 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
 
     # The private room's texts are nowhere on the server in the clear.
     plaintexts = sorted(set(py.texts + browser_texts))
-    assert len(plaintexts) == 4  # A twice, B once, R once
+    assert len(plaintexts) == 7  # A four times, B once, R twice
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     for where, blob in blobs:
         for text in plaintexts:

@@ -1,5 +1,7 @@
 /** HTTP to the auth and key services, same origin (through the load balancer). */
+import type * as W from '../generated/contract.ts';
 import type { NoticePage } from './notifications.ts';
+import type { LogPage } from './rooms.ts';
 
 export class ApiError extends Error {
   override name = 'ApiError';
@@ -101,6 +103,12 @@ export interface RoomMessage {
   sent_at: number;
   rev?: number;
   marker?: string | null;
+}
+
+/** A page of a private room's log (`GET /delivery/v1/rooms/{id}/log`, docs/protocol.md
+ * "Private rooms"): its messages in the shape of the `room_message` frame. */
+export interface RoomLogPage extends LogPage<W.RoomMessage> {
+  room: string;
 }
 
 const roomPath = (roomId: string) => `/rooms/v1/rooms/${encodeURIComponent(roomId)}`;
@@ -249,6 +257,11 @@ export class Api {
   }
   readNotifications(upTo: number): Promise<{ unread: number }> {
     return this.request('POST', '/rooms/v1/notifications/read', { up_to: upTo });
+  }
+  /** A page of a private room's log: the messages after `after`, stored since `since`
+   * (Unix ms; and since we joined), oldest first. */
+  roomLog(roomId: string, after: number, since: number, limit: number): Promise<RoomLogPage> {
+    return this.request('GET', `/delivery/v1/rooms/${encodeURIComponent(roomId)}/log?after=${after}&since=${since}&limit=${limit}`);
   }
   roomMessages(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; next_before: number | null }> {
     return this.request('GET', `${roomPath(roomId)}/messages?limit=${limit}${before == null ? '' : `&before=${before}`}`);

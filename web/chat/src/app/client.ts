@@ -1,10 +1,11 @@
 /**
  * The browser client: account, this device's keys, contacts, the WebSocket,
  * sending and receiving (the port of client/parley: account.py, keys.py,
- * messenger.py). Protocol version 2 (docs/protocol.md, docs/devices.md): one
+ * messenger.py, rooms.py). Protocol version 3 (docs/protocol.md, docs/devices.md): one
  * ciphertext per device of the contact and of our other devices, `devices_changed`
  * answered by encrypting again for the current lists, device lists verified with
- * the account key trusted on first use.
+ * the account key trusted on first use; a private room's messages pushed once as
+ * `room_message` and read again from the room's log after a cursor kept per room.
  *
  * State lives in the encrypted vault (vault.ts). Every change runs in a
  * transaction: the rows it changes are written together to IndexedDB, or none
@@ -30,15 +31,29 @@ import {
   utf8,
 } from '../crypto/index.ts';
 import type * as W from '../generated/contract.ts';
-import { Api, ApiError, type Challenge, type Listed, type Preferences, type Room, type RoomMember, type RoomMessage, type Tokens } from './api.ts';
+import {
+  Api,
+  ApiError,
+  type Challenge,
+  type Listed,
+  type Preferences,
+  type Room,
+  type RoomLogPage,
+  type RoomMember,
+  type RoomMessage,
+  type Tokens,
+} from './api.ts';
 import { type PeerJson, PeerState } from './peers.ts';
 import type { NoticePage } from './notifications.ts';
 import {
+  LOG_PAGE,
   MAX_MENTIONS,
   MAX_PENDING,
   ROOM_ID,
+  RoomLogs,
   type HeldState,
   type RoomState,
+  aboveCursor,
   distributionUsers,
   isStale,
   memberKey,
@@ -108,6 +123,9 @@ export interface AccountRow {
   access_token: string | null;
   refresh_token: string | null;
   session_id: string | null;
+  /** When this device was set up, in the server's time (Unix ms; 0: unknown): it reads
+   * rooms' logs from then (docs/protocol.md "Private rooms", `since`). */
+  linked_at?: number;
 }
 
 export interface Contact {
@@ -186,13 +204,27 @@ type Tx = {
   put(name: string, value: unknown): void;
 };
 
-function jwtExp(token: string): number {
+function jwtClaim(token: string, name: string): number {
   try {
     const part = (token.split('.')[1] as string).replace(/-/g, '+').replace(/_/g, '/');
-    return Number((JSON.parse(atob(part)) as { exp: number }).exp) * 1000;
+    const value = Number((JSON.parse(atob(part)) as Record<string, unknown>)[name]);
+    return Number.isFinite(value) ? value : 0;
   } catch {
     return 0;
   }
+}
+
+function jwtExp(token: string): number {
+  return jwtClaim(token, 'exp') * 1000;
+}
+
+/** When a device is set up, in the server's time (Unix ms): its first token's `iat`,
+ * which is in whole seconds, refined within that second by this clock (never moved out
+ * of it), as account.py `_linked_at`; 0 when the token says nothing. */
+function linkedAt(token: string): number {
+  const iat = Math.floor(jwtClaim(token, 'iat') * 1000);
+  if (!iat) return 0;
+  return Math.min(Math.max(Date.now(), iat), iat + 999);
 }
 
 function randomId(): string {
@@ -266,6 +298,13 @@ export class ParleyClient {
   #typingFrames = 0;
   #show: { room: string; serverId: string; n: number } | null = null; // a private room's message to show
   #shows = 0;
+  /** Each private room's cursor in its log, and its reads (rooms.ts RoomLogs). */
+  readonly #logs = new RoomLogs<W.RoomMessage>({
+    cursor: (room) => this.roomCursor(room),
+    take: (room, messages, upto) => this.#takeRoomMessages(room, messages, upto),
+    page: (room, after) => this.#roomLogPage(room, after),
+    failed: (room, error) => this.#roomLogFailed(room, error),
+  });
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
   #release: () => void = () => undefined;
 
@@ -308,7 +347,7 @@ export class ParleyClient {
     }
     for (const roomId of this.#read<string[]>('rooms_known') ?? []) {
       const ref = await this.#ref(roomConversation(roomId));
-      for (const name of [`history:${ref}`, `group:${ref}`, `room:${ref}`, `room_pending:${ref}`]) {
+      for (const name of [`history:${ref}`, `group:${ref}`, `room:${ref}`, `room_pending:${ref}`, `room_cursor:${ref}`]) {
         const value = await this.vault.get(name);
         if (value !== undefined) this.#cache.set(name, value);
       }
@@ -590,6 +629,8 @@ export class ParleyClient {
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
         session_id: tokens.session_id,
+        // Set once, when this browser's store is made: rooms' logs are read from then.
+        linked_at: previous ? (previous.linked_at ?? 0) : linkedAt(tokens.access_token),
       } satisfies AccountRow);
     });
     this.api.token = tokens.access_token;
@@ -1140,7 +1181,7 @@ export class ParleyClient {
     if (!known.includes(roomId)) tx.put('rooms_known', [...known, roomId]);
   }
 
-  #roomRow(kind: 'group' | 'room' | 'room_pending', roomId: string): string {
+  #roomRow(kind: 'group' | 'room' | 'room_pending' | 'room_cursor', roomId: string): string {
     return `${kind}:${this.#refs.get(roomConversation(roomId)) as string}`;
   }
 
@@ -1315,36 +1356,109 @@ export class ParleyClient {
     });
   }
 
-  /** A private room's message: decrypted with the sender device's chain, or kept until
-   * that chain's key arrives (rooms.py `on_room_message`). */
-  async #onRoomMessage(frame: W.Message, roomId: string): Promise<void> {
-    let event: ClientEvent | null = null;
-    if (ROOM_ID.test(roomId)) {
-      await this.openRoom(roomId);
-      await this.#transaction(async (tx) => {
-        if (!this.#seen.has(frame.server_id)) {
-          const item: PendingRoomMessage = {
-            server_id: frame.server_id,
-            seq: frame.seq,
-            from: frame.from,
-            device: frame.from_device,
-            body: frame.body,
-            sent_at: frame.sent_at ?? null,
-            conversation: frame.conversation ?? null,
-            commitment: frame.commitment ?? null,
-            franking_tag: frame.franking_tag ?? null,
-          };
-          const session = await this.#group(tx, roomId);
-          event = await this.#openRoomMessage(tx, session, roomId, item, true);
-          await this.#putGroup(tx, session);
-        }
-        if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
-      });
-    }
-    this.#seen.add(frame.server_id);
-    if (event) this.#emit(event);
-    else this.#emit({ type: 'changed' });
+  /** The room log's number up to which this device has every message of the room
+   * (0: none yet, or a room this browser does not know). */
+  roomCursor(roomId: string): number {
+    const ref = this.#refs.get(roomConversation(roomId));
+    return ref === undefined ? 0 : (this.#read<number>(`room_cursor:${ref}`) ?? 0);
+  }
+
+  /** A private room's pushed message (never acknowledged: its `seq` is the room log's):
+   * the next one after the cursor is taken, a repeat dropped, one further ahead makes
+   * the log be read from the cursor (rooms.py `on_room_message`). */
+  async #onRoomPush(frame: W.RoomMessage): Promise<void> {
+    if (!ROOM_ID.test(frame.room)) return;
+    await this.openRoom(frame.room);
+    await this.#logs.push(frame.room, frame);
+  }
+
+  /** A room's copy in this device's inbox (protocol 2; the server sends none now): an
+   * inbox item like any other, acknowledged and dropped (rooms have logs). */
+  async #onInboxRoomCopy(frame: W.Message): Promise<void> {
+    await this.#transaction(async (tx) => {
+      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+    });
     this.#ackSoon(frame.seq);
+  }
+
+  /** Take a room's messages (a push, or a page of its log) and move its cursor to `upto`,
+   * in one transaction with the sender-key steps and the history: each message above
+   * the cursor is decrypted with its sender device's chain, or kept until that chain's
+   * key arrives; this device's own are in the history since they were sent, and one
+   * already held (same `server_id`) is not taken twice (rooms.py `_take`). */
+  async #takeRoomMessages(roomId: string, frames: W.RoomMessage[], upto: number): Promise<void> {
+    const me = this.me;
+    const myDevice = (this.account as AccountRow).device_id;
+    const events: ClientEvent[] = [];
+    await this.#transaction(async (tx) => {
+      const row = this.#roomRow('room_cursor', roomId);
+      const cursor = tx.get<number>(row) ?? 0;
+      let session: GroupSession | null = null;
+      for (const frame of aboveCursor(cursor, frames)) {
+        if (frame.from === me && frame.from_device === myDevice) continue;
+        if (this.#seen.has(frame.server_id)) continue;
+        const item: PendingRoomMessage = {
+          server_id: frame.server_id,
+          seq: frame.seq,
+          from: frame.from,
+          device: frame.from_device,
+          body: frame.body,
+          sent_at: frame.sent_at,
+          conversation: roomConversation(roomId),
+          commitment: frame.commitment ?? null,
+          franking_tag: frame.franking_tag ?? null,
+        };
+        session ??= await this.#group(tx, roomId);
+        const event = await this.#openRoomMessage(tx, session, roomId, item, true);
+        if (event !== null) events.push(event);
+      }
+      if (session !== null) await this.#putGroup(tx, session);
+      if (upto > cursor) tx.put(row, upto);
+    });
+    for (const frame of frames) this.#seen.add(frame.server_id);
+    for (const e of events) this.#emit(e);
+    if (events.length === 0 && frames.length > 0) this.#emit({ type: 'changed' });
+  }
+
+  async #roomLogPage(roomId: string, after: number): Promise<RoomLogPage> {
+    await this.accessToken();
+    const since = this.account?.linked_at ?? 0;
+    return this.api.roomLog(roomId, after, since, LOG_PAGE);
+  }
+
+  #roomLogFailed(roomId: string, error: unknown): void {
+    // Not (or no longer) in the room: nothing to read. Anything else: the next push
+    // that leaves a gap, or the next connect, reads again.
+    if (error instanceof ApiError && ['room_not_found', 'not_a_member', 'forbidden'].includes(error.code)) return;
+    if (error instanceof ApiError && error.code === 'network') return;
+    this.#emit({ type: 'error', code: 'room_log', message: `Could not read a private room's messages: ${String((error as Error).message ?? error)}` });
+  }
+
+  /** Read a private room's log from this device's cursor to its end (one read per room
+   * at a time); how many messages its pages held. */
+  async readRoomLog(roomId: string): Promise<number> {
+    await this.openRoom(roomId);
+    return this.#logs.read(roomId);
+  }
+
+  /** Read the log of every private room I am a member of from its cursor (after the
+   * inbox sync when the socket is ready, and on `resync`; rooms.py `sync_rooms`). */
+  async syncRooms(): Promise<number> {
+    await this.accessToken();
+    const ids: string[] = [];
+    let before: unknown = null;
+    do {
+      const page = await this.api.rooms(before);
+      for (const r of page.rooms) if (r.kind === 'private' && ROOM_ID.test(r.room_id)) ids.push(r.room_id);
+      before = page.next_before;
+    } while (before !== null && before !== undefined);
+    let got = 0;
+    let next = 0;
+    const worker = async () => {
+      while (next < ids.length) got += await this.readRoomLog(ids[next++] as string);
+    };
+    await Promise.all(Array.from({ length: Math.min(4, ids.length) }, worker));
+    return got;
   }
 
   /** Decrypt one room message into the history; its event. Without the sender's key
@@ -1526,7 +1640,9 @@ export class ParleyClient {
         }
         return;
       case 'message':
-        return frame.room ? this.#onRoomMessage(frame, frame.room) : this.#onMessage(frame);
+        return frame.room ? this.#onInboxRoomCopy(frame) : this.#onMessage(frame);
+      case 'room_message':
+        return this.#onRoomPush(frame);
       case 'room_post':
         this.#emit({ type: 'room_post', post: frame });
         return;
@@ -1570,7 +1686,10 @@ export class ParleyClient {
         void this.topUp().catch((e: unknown) => this.#emit({ type: 'error', code: 'prekeys', message: `Could not upload new prekeys: ${String(e)}` }));
         return;
       case 'resync':
-        void this.sync().catch(() => undefined);
+        // The server lost frames it meant to push: the inbox, then every room's log.
+        void this.sync()
+          .then(() => this.syncRooms())
+          .catch(() => undefined);
         return;
       case 'reconnect':
         ws.close(1000);
@@ -1598,6 +1717,16 @@ export class ParleyClient {
     } catch (error) {
       this.#emit({ type: 'error', code: 'sync', message: String((error as Error).message) });
       ws.close(4000);
+      return;
+    }
+    // Then what the private rooms' logs hold after each cursor (the sender keys came
+    // through the inbox first); pushes are taken meanwhile.
+    try {
+      await this.syncRooms();
+    } catch (error) {
+      if (this.#ws === ws && !(error instanceof ApiError && error.code === 'network')) {
+        this.#emit({ type: 'error', code: 'room_log', message: `Could not read your rooms: ${String((error as Error).message)}` });
+      }
     }
   }
 

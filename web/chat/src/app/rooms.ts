@@ -2,8 +2,9 @@
  * Rooms' pure rules, the same as client/parley/rooms.py and client/parley/messenger.py
  * (docs/crypto.md "Sender keys in rooms"): the control payload that carries a sender
  * key over a pairwise session, member names in a GroupSession, the per-room state a
- * device keeps between sends, and when its sender key is rotated. ParleyClient
- * (client.ts) does the I/O around them.
+ * device keeps between sends, when its sender key is rotated, and the cursor a device
+ * keeps in each private room's log (RoomLogs). ParleyClient (client.ts) does the I/O
+ * around them.
  */
 
 import { fromUtf8, utf8 } from '../crypto/index.ts';
@@ -293,4 +294,110 @@ export function heldNote(state: HeldState): string {
     return 'That message is not on this browser: a private room\'s history is kept on each device, and this one did not receive it (it may have been sent before this browser joined the room).';
   }
   return '';
+}
+
+// -- a private room's log and this device's cursor in it (rooms.py on_room_message, read_log) --
+
+/** Messages asked for per page of a room's log (rooms.py LOG_PAGE). */
+export const LOG_PAGE = 200;
+
+/** A page of a private room's log (`GET /delivery/v1/rooms/{id}/log`): the messages after
+ * `after`, oldest first, removed ones left out; `next`, the number the page covered up to
+ * (removed ones included): where the cursor goes; `more`, whether there may be more. */
+export interface LogPage<M> {
+  messages: M[];
+  next: number;
+  more: boolean;
+}
+
+/** What a pushed `room_message` numbered `seq` is to a device whose cursor is `cursor`:
+ * the `next` one (take it, the cursor moves to it), a `repeat` (at or below the cursor:
+ * drop it), or a `gap` (further ahead: some are missing, a push lost or a message
+ * removed; leave it and read the log after the cursor, which brings it too, in order). */
+export function pushKind(cursor: number, seq: number): 'next' | 'repeat' | 'gap' {
+  if (seq <= cursor) return 'repeat';
+  return seq === cursor + 1 ? 'next' : 'gap';
+}
+
+/** The messages of a push or a page that are still to take: those above the cursor
+ * (one at or below it was taken already, pushed while the page was read, say). */
+export function aboveCursor<M extends { seq: number }>(cursor: number, messages: readonly M[]): M[] {
+  return messages.filter((m) => m.seq > cursor);
+}
+
+/** What {@link RoomLogs} asks of the client. */
+export interface RoomLogIo<M> {
+  /** The room's cursor: the number up to which this device has every message. */
+  cursor(room: string): number;
+  /** Take `messages` (those above the cursor; each decrypted, or kept until its sender's
+   * key comes) and move the cursor to `upto` if that is further, together. */
+  take(room: string, messages: M[], upto: number): Promise<void>;
+  /** A page of the room's log after `after`. */
+  page(room: string, after: number): Promise<LogPage<M>>;
+  /** A read of the room's log failed (it stops; the next push or sync reads again). */
+  failed(room: string, error: unknown): void;
+}
+
+/**
+ * Each private room's cursor rule (docs/protocol.md "Private rooms"; the SDK's
+ * client/parley/rooms.py): a push numbered cursor + 1 is taken and moves the cursor; one
+ * at or below it is a repeat; one further ahead starts a read of the log after the
+ * cursor, page by page, each page taken and the cursor moved to its `next`, until a page
+ * says no `more`. One read per room at a time: a read asked for while one runs (a gap
+ * pushed meanwhile, a sync) makes it read once more when it ends, since it may have
+ * passed the log's end before the message that asks was stored.
+ */
+export class RoomLogs<M extends { seq: number }> {
+  readonly #reading = new Map<string, Promise<number>>();
+  readonly #again = new Set<string>();
+
+  constructor(private readonly io: RoomLogIo<M>) {}
+
+  /** A pushed message: taken, dropped, or a read of the log started. */
+  async push(room: string, message: M): Promise<'next' | 'repeat' | 'gap'> {
+    const kind = pushKind(this.io.cursor(room), message.seq);
+    if (kind === 'next') await this.io.take(room, [message], message.seq);
+    else if (kind === 'gap') void this.read(room);
+    return kind;
+  }
+
+  /** Whether a read of the room's log is under way. */
+  reading(room: string): boolean {
+    return this.#reading.has(room);
+  }
+
+  /** Read the room's log from the cursor to its end (or once more after the read under
+   * way); how many messages the pages held. Never rejects: a failure goes to `failed`. */
+  read(room: string): Promise<number> {
+    const running = this.#reading.get(room);
+    if (running !== undefined) {
+      this.#again.add(room);
+      return running;
+    }
+    const task = this.#read(room).finally(() => this.#reading.delete(room));
+    this.#reading.set(room, task);
+    return task;
+  }
+
+  async #read(room: string): Promise<number> {
+    let got = 0;
+    try {
+      do {
+        this.#again.delete(room);
+        let after = this.io.cursor(room);
+        for (;;) {
+          const page = await this.io.page(room, after);
+          await this.io.take(room, page.messages, page.next);
+          got += page.messages.length;
+          const next = Math.max(after, page.next, this.io.cursor(room));
+          if (!page.more || next <= after) break; // a page that does not go on ends it
+          after = next;
+        }
+      } while (this.#again.has(room));
+    } catch (error) {
+      this.#again.delete(room);
+      this.io.failed(room, error);
+    }
+    return got;
+  }
 }
