@@ -89,10 +89,11 @@ class Settings(BaseSettings):
     ws_max_sockets_per_user: int = Field(default=16, ge=1)
     ws_max_sockets_per_address: int = Field(default=256, ge=1)
     ws_heartbeat_s: float = Field(default=30.0, gt=0)
-    # A room-wide frame (a private room's message, a public room's post) for at least
-    # ws_room_coalesce_users users waits up to this long on each socket, so that the
-    # room's next frames go out in the same write (docs/gateway.md, "Routing").
-    ws_room_write_delay_ms: float = Field(default=20.0, ge=0, le=1000)
+    # While big rooms are busy, a room-wide frame (a private room's message, a public
+    # room's post) for at least ws_room_coalesce_users users waits up to this long on
+    # each socket, so that the next ones go out in the same write (docs/gateway.md,
+    # "Routing"; docs/BENCHMARKS.md, "The room log"). 0: every frame at once.
+    ws_room_write_delay_ms: float = Field(default=100.0, ge=0, le=1000)
     ws_room_coalesce_users: int = Field(default=64, ge=1)
     presence_ttl_s: int = Field(default=60, ge=5)
     presence_refresh_s: float = Field(default=20.0, gt=0)

@@ -182,6 +182,7 @@ class Hub:
         # write showed up), exported by :class:`_Writes`.
         self.socket_writes = 0
         self.frames_written = 0
+        self._last_room_push = 0.0  # when a big room's frame last came (time.monotonic)
         registry.register(_Writes(self))
         self.connection_seconds = Histogram(
             "parley_gateway_connection_seconds", "How long WebSockets stayed open.",
@@ -546,10 +547,16 @@ class Hub:
             return
         pushed = 0
         frame, by_user = bytes(push.frame), self.by_user
-        # A big room's frame waits a little on each socket for the room's next ones:
-        # one write, one HAProxy relay and one client read for several frames.
-        limits = self.limits
-        delay = limits.room_write_delay_s if len(push.to) >= limits.room_coalesce_users else 0.0
+        # While big rooms are busy (a room frame came less than the delay ago), a big
+        # room's frame waits a little on each socket for the next ones: one write, one
+        # HAProxy relay and one client read for several frames. A quiet room's first
+        # frame goes at once.
+        limits, now = self.limits, time.monotonic()
+        delay = 0.0
+        if len(push.to) >= limits.room_coalesce_users:
+            if now - self._last_room_push < limits.room_write_delay_s:
+                delay = limits.room_write_delay_s
+            self._last_room_push = now
         for user in push.to:
             if user in by_user:
                 pushed += self._push_to(user, None, frame, delay)
