@@ -66,6 +66,12 @@ class DevicesChanged(ApiError):
         return msgspec.structs.replace(super().frame(answers), devices=self.lists)
 
 
+ROOM_BUSY_S = 1.0
+"""Big rooms are busy on a pod while their frames come less than this apart: then
+each waits ``ws_room_write_delay_ms`` on a socket for the next ones (a delivery batch
+of room messages comes at once, and the next a batch's time later)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a socket may do (docs/protocol.md, "Limits")."""
@@ -547,14 +553,14 @@ class Hub:
             return
         pushed = 0
         frame, by_user = bytes(push.frame), self.by_user
-        # While big rooms are busy (a room frame came less than the delay ago), a big
+        # While big rooms are busy (a big room's frame came less than BUSY_S ago), a big
         # room's frame waits a little on each socket for the next ones: one write, one
-        # HAProxy relay and one client read for several frames. A quiet room's first
-        # frame goes at once.
+        # HAProxy relay and one client read for several frames. After a quiet second,
+        # the first frame goes at once.
         limits, now = self.limits, time.monotonic()
         delay = 0.0
         if len(push.to) >= limits.room_coalesce_users:
-            if now - self._last_room_push < limits.room_write_delay_s:
+            if now - self._last_room_push < ROOM_BUSY_S:
                 delay = limits.room_write_delay_s
             self._last_room_push = now
         for user in push.to:
