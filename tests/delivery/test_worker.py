@@ -6,6 +6,7 @@ The same rules run against the real servers in tests/e2e/test_delivery_liveness.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -22,7 +23,7 @@ def record(value: bytes, offset: int = 1) -> Any:
 class FakeStore:
     def __init__(self) -> None:
         self.down: list[list[str]] = []
-        self.db: dict[str, Any] = {"room_log": None}  # the room log: not used here
+        self.db: dict[str, Any] = defaultdict(lambda: None)  # the room log's: not used here
 
     async def ping(self) -> list[str]:
         return self.down.pop(0) if self.down else []
