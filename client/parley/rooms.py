@@ -147,13 +147,10 @@ class Rooms:
         self._locks: dict[str, asyncio.Lock] = {}
         self.rotations = 0  # sender keys rotated by this process (tests and metrics)
         self.distributions = 0  # pairwise sends of sender keys by this process
-        # Each room's cursor (:meth:`_seen`), its log reads, and the rooms whose read
-        # under way must read again when it ends.
-        self._cursors: dict[str, int] = {}
+        # Each room's log read under way, and the rooms whose read must go again when
+        # it ends (a gap seen meanwhile).
         self._reading: dict[str, asyncio.Task[int]] = {}
         self._again: set[str] = set()
-        self._saving: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         messenger.room_hook = self
 
     # -- store keys (opaque: the file does not show room ids) -----------------------------
@@ -593,16 +590,18 @@ class Rooms:
         push lost, a message removed): the log is read from the cursor, which brings
         it too, in the room's order; one at or below the cursor is a repeat."""
         room_id = frame.room
-        cursor = self._cursor_now(room_id)
+        cursor = self.cursor(room_id)
         if frame.seq > cursor + 1:
             self._read_soon(room_id)
             return
         if frame.seq <= cursor:
             return
-        await self._take(room_id, [frame])
-        self._seen(room_id, frame.seq)
+        await self._take(room_id, [frame], upto=frame.seq)
 
-    async def _take(self, room_id: str, frames: list[f.RoomMessage]) -> None:
+    async def _take(self, room_id: str, frames: list[f.RoomMessage], upto: int) -> None:
+        """Keep ``frames`` (decrypted, or sealed until their key comes) and move the
+        room's cursor to ``upto``, in one transaction: this device has every message
+        of the room up to it."""
         me, device = self.account.user_id, self.messenger.keys.known_device_id()
         names = {
             fr.from_: (self.account.username or "")
@@ -631,6 +630,9 @@ class Rooms:
                     events.append(event)
             if session is not None:
                 self._put_group(tx, session)
+            key = self._key("room_cursor", room_id)
+            if upto > int(tx.get(key) or 0):
+                tx.put(key, upto)
         for event in events:
             self.events.emit(event)
 
@@ -638,15 +640,6 @@ class Rooms:
     def cursor(self, room_id: str) -> int:
         """The room log's number up to which this device has every message."""
         return int(self._store().read().get(self._key("room_cursor", room_id)) or 0)
-
-    def _cursor_now(self, room_id: str) -> int:
-        return max(self._cursors.get(room_id, 0), self.cursor(room_id))
-
-    def _seen(self, room_id: str, upto: int) -> None:
-        """This device has every message of the room up to ``upto``: move its cursor."""
-        if upto > self._cursor_now(room_id):
-            self._cursors[room_id] = upto
-            self._spawn_save(room_id)
 
     def _read_soon(self, room_id: str) -> None:
         """Read the room's log from the cursor: now, or again after the read under way
@@ -661,23 +654,6 @@ class Rooms:
         task = asyncio.get_running_loop().create_task(self._read_log(room_id))
         self._reading[room_id] = task
         return task
-
-    def _spawn_save(self, room_id: str) -> None:
-        if room_id in self._saving:
-            return
-
-        async def save() -> None:
-            await asyncio.sleep(0)  # several frames of one read: one write
-            self._saving.discard(room_id)
-            cursor = self._cursors[room_id]
-            async with self._store().transaction() as tx:
-                key = self._key("room_cursor", room_id)
-                if cursor > int(tx.get(key) or 0):
-                    tx.put(key, cursor)
-
-        self._saving.add(room_id)
-        self._tasks.add(task := asyncio.get_running_loop().create_task(save()))
-        task.add_done_callback(self._tasks.discard)
 
     async def read_log(self, room_id: str) -> int:
         """Read the room's log from this device's cursor to its end (one read at a time
@@ -695,14 +671,13 @@ class Rooms:
             since = int((self._store().read().get("account") or {}).get("linked_at") or 0)
             while True:
                 self._again.discard(room_id)
-                after = self._cursor_now(room_id)
+                after = self.cursor(room_id)
                 while True:
                     page = await self.api.room_log(room_id, after, since, LOG_PAGE)
                     frames = [msgspec.convert(m, f.RoomMessage) for m in page["messages"]]
-                    await self._take(room_id, frames)
-                    got += len(frames)
                     after = max(after, int(page.get("next", after)))
-                    self._seen(room_id, after)
+                    await self._take(room_id, frames, upto=after)
+                    got += len(frames)
                     if not page.get("more"):
                         break
                 if room_id not in self._again:

@@ -57,7 +57,6 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
         # Indexes first (retried until MongoDB answers), then the consumers.
         await store.ensure_indexes()
         await mstore.ensure_indexes()
-        await worker.room_log.ensure_indexes()
         if run_worker:
             await worker.start()
 

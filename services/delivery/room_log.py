@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parley_contract import envelopes as e
@@ -95,7 +95,7 @@ class Appended:
     stored: int = 0
     repeats: int = 0
     removed: int = 0
-    pushes: list[tuple[list[str], f.RoomMessage]] | None = None
+    pushes: list[tuple[list[str], f.RoomMessage]] = field(default_factory=list)
     """(member users, frame) to push: the new messages and the repeats still there."""
 
 
@@ -111,14 +111,11 @@ class RoomLog:
         self._heads: dict[str, int] = {}
         self._saved: dict[str, int] = {}
 
-    async def ensure_indexes(self) -> None:
-        """Nothing beyond ``_id``: every read is by primary key."""
-
     # Writing ----------------------------------------------------------------
     async def append(self, envs: Sequence[e.RoomEnvelope], now: float) -> Appended:
         """Store ``envs`` (in order: a room's records come from one partition) in their
         rooms' logs; what to push for them."""
-        out = Appended(pushes=[])
+        out = Appended()
         if not envs:
             return out
         by_room: dict[str, dict[str, e.RoomEnvelope]] = {}
@@ -134,7 +131,6 @@ class RoomLog:
         if gone:
             await self.blank(sorted(gone))
             out.removed = len(gone)
-        assert out.pushes is not None
         for todo in by_room.values():
             for sid, env in todo.items():
                 entry = docs.get(sid)
@@ -220,9 +216,8 @@ class RoomLog:
             return {}
         found: dict[str, Doc] = {}
         async for doc in self.log.find({"_id": {"$in": wanted}}):
-            if doc["server_id"] in records and entry_id(doc["room"], int(doc["seq"])) == (
-                entry_id(records[doc["server_id"]]["room"], int(records[doc["server_id"]]["seq"]))
-            ):
+            record = records.get(doc["server_id"])
+            if record is not None and int(record["seq"]) == int(doc["seq"]):
                 found[doc["server_id"]] = doc
         return found
 
@@ -239,7 +234,7 @@ class RoomLog:
         """Raise the room's ``room_heads.n`` when this process's head is ``_PROBE`` or
         more past what it last saved (the head only spares a reader ids to look at)."""
         n = self._heads.get(room, 0)
-        if n - self._saved.get(room, 0) >= _PROBE:
+        if room not in self._saved or n - self._saved[room] >= _PROBE:
             await self.heads.update_one({"_id": room}, {"$max": {"n": n}}, upsert=True)
             self._saved[room] = n
             if len(self._saved) > _HEADS_KEPT:
@@ -298,27 +293,26 @@ class RoomLog:
 
     async def purge_expired(self, cutoff: float) -> int:
         """Delete the entries stored before ``cutoff`` (seconds), each room's oldest
-        first; how many."""
+        (``room_heads.low``) first, up to the first one that is not expired or not
+        there (the end of the log: numbers have no gaps); how many."""
         deleted = 0
         async for head in self.heads.find({}):
-            room, low, n = head["_id"], int(head.get("low") or 1), int(head.get("n", 0))
-            start = low
-            while start <= n:
-                ids = [entry_id(room, s) for s in range(start, min(start + _PURGE, n + 1))]
+            room = head["_id"]
+            low = start = int(head.get("low") or 1)
+            while True:
+                ids = [entry_id(room, s) for s in range(start, start + _PURGE)]
                 docs = {d["_id"]: d async for d in self.log.find(
                     {"_id": {"$in": ids}}, {"stored_at": 1, "server_id": 1})}  # fmt: skip
                 old = []
                 for i in ids:
                     d = docs.get(i)
-                    if d is not None and float(d["stored_at"]) >= cutoff:
+                    if d is None or float(d["stored_at"]) >= cutoff:
                         break
-                    old.append(i)
+                    old.append(d)
                 if old:
-                    await self.log.delete_many({"_id": {"$in": old}})
-                    sids = [docs[i]["server_id"] for i in old if i in docs]
-                    if sids:
-                        await self.ids.delete_many({"_id": {"$in": sids}})
-                    deleted += sum(1 for i in old if i in docs)
+                    await self.log.delete_many({"_id": {"$in": [d["_id"] for d in old]}})
+                    await self.ids.delete_many({"_id": {"$in": [d["server_id"] for d in old]}})
+                    deleted += len(old)
                     start += len(old)
                 if len(old) < len(ids):
                     break

@@ -648,7 +648,7 @@ class Worker:
             self.duplicates.inc(done.repeats)
         if done.removed:
             log.info("removed room messages left out", extra={"messages": done.removed})
-        pushes = done.pushes or []
+        pushes = done.pushes
         prefix = self.settings.redis_prefix
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for users, frame in pushes:

@@ -39,13 +39,13 @@ async def test_numbers_have_no_gaps_and_each_message_is_stored_once(
     log, room = make(store, settings), room_id()
     done = await log.append([env(room, i) for i in range(5)], time.time())
     assert (done.stored, done.repeats) == (5, 0)
-    assert [fr.seq for _, fr in done.pushes or []] == [1, 2, 3, 4, 5]
+    assert [fr.seq for _, fr in done.pushes] == [1, 2, 3, 4, 5]
     # Pushed to the members (the targets' users) and the sender's other sockets.
-    assert (done.pushes or [])[0][0] == ["alice", "bob", "carol"]
+    assert (done.pushes)[0][0] == ["alice", "bob", "carol"]
     # The same records again (a worker killed before its commit), and new ones.
     again = await log.append([env(room, i) for i in range(3, 8)], time.time())
     assert (again.stored, again.repeats) == (3, 2)
-    assert [fr.seq for _, fr in again.pushes or []] == [4, 5, 6, 7, 8]
+    assert [fr.seq for _, fr in again.pushes] == [4, 5, 6, 7, 8]
     assert await log.head(room) == 8
     messages, last, more = await log.page(room, 0, 0, 100)
     assert [m.seq for m in messages] == list(range(1, 9)) and (last, more) == (8, False)
@@ -70,7 +70,7 @@ async def test_a_writer_killed_between_its_writes_leaves_nothing_twice(
     fresh = make(store, settings)  # the process that takes the partition over
     done = await fresh.append([done_before, lost, env(room, 3)], time.time())
     assert (done.stored, done.repeats) == (2, 1)
-    pushed = {fr.server_id: fr.seq for _, fr in done.pushes or []}
+    pushed = {fr.server_id: fr.seq for _, fr in done.pushes}
     assert pushed == {done_before.server_id: 2, lost.server_id: 3, env(room, 3).server_id: 4}
     messages, last, more = await fresh.page(room, 0, 0, 100)
     assert [m.server_id for m in messages] == [
@@ -82,7 +82,7 @@ async def test_a_writer_killed_between_its_writes_leaves_nothing_twice(
     late = env(room, 9)
     await fresh.ids.insert_one({"_id": late.server_id, "room": room, "seq": 4})
     done = await fresh.append([late], time.time())
-    assert [fr.seq for _, fr in done.pushes or []] == [5]
+    assert [fr.seq for _, fr in done.pushes] == [5]
     assert (await fresh.ids.find_one({"_id": late.server_id}) or {})["seq"] == 5
 
 
@@ -94,7 +94,7 @@ async def test_the_last_number_is_found_past_a_head_left_behind(
     await log.heads.update_one({"_id": room}, {"$set": {"n": 3}})  # its raise was lost
     assert await log.head(room) == 100
     done = await log.append([env(room, 100)], time.time())
-    assert [fr.seq for _, fr in done.pushes or []] == [101]
+    assert [fr.seq for _, fr in done.pushes] == [101]
 
 
 async def test_pages_of_a_big_log_read_by_primary_key(
@@ -137,7 +137,7 @@ async def test_removed_messages_keep_their_numbers_and_leave_pages(
     # Removed before its record is consumed (its mark set first): stored blank, not pushed.
     await store.hot.mark_gone(envs[2].server_id, 3600)
     done = await log.append(envs[2:], time.time())
-    assert (done.removed, [fr.seq for _, fr in done.pushes or []]) == (1, [4])
+    assert (done.removed, [fr.seq for _, fr in done.pushes]) == (1, [4])
     assert await log.blank([envs[0].server_id]) == 1
     messages, last, more = await log.page(room, 0, 0, 100)
     assert [m.seq for m in messages] == [2, 4] and (last, more) == (4, False)
@@ -161,6 +161,13 @@ async def test_expiry_deletes_each_rooms_oldest_first(
     assert await log.ids.find_one({"_id": old[0]["server_id"]}) is None
     assert (await log.heads.find_one({"_id": room}) or {})["low"] == 601
     assert await log.purge_expired(now - 30 * 86400) == 0
+    # A room of a few messages (fewer than a head is saved for) expires too, all of it.
+    small = room_id()
+    await log.append([env(small, i) for i in range(3)], now - 100 * 86400)
+    assert await log.purge_expired(now - 30 * 86400) == 3
+    assert (await log.page(small, 0, 0, 100))[0] == []
+    done = await log.append([env(small, 3)], now)  # the log goes on after them
+    assert [fr.seq for _, fr in done.pushes] == [4]
 
 
 async def test_two_writers_racing_lose_nothing_and_number_without_gaps(

@@ -26,6 +26,14 @@ async def room_messages(ws: WsClient, n: int) -> list[dict[str, Any]]:
     return [await ws.expect("room_message") for _ in range(n)]
 
 
+async def send_accepted(ws: WsClient, room: str, bodies: dict[str, str]) -> None:
+    """``room_send`` each (client id -> body) and wait until every one is accepted."""
+    for cid, body in bodies.items():
+        await ws.send(room_send(cid, room, body))
+    for cid in bodies:
+        await ws.expect("accepted", id=cid)
+
+
 async def whole_log(world: RoomWorld, room: str, user: str, **query: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     after = int(query.pop("after", 0))
@@ -189,14 +197,10 @@ async def test_a_member_reads_only_what_was_stored_since_they_joined(world: Room
     owner, early, late = uid(), uid(), uid()
     room = await world.private_room(owner, [early])
     o = await world.connect(owner)
-    for i in range(5):
-        await o.send(room_send(f"b{i}", room, f"YmVmb3Jl{i}"))
-        await o.expect("accepted", id=f"b{i}")
+    await send_accepted(o, room, {f"b{i}": f"YmVmb3Jl{i}" for i in range(5)})
     await eventually(lambda: whole_log(world, room, early), lambda ms: len(ms) == 5)
     await world.add(room, owner, late)
-    for i in range(3):
-        await o.send(room_send(f"a{i}", room, f"YWZ0ZXI{i}"))
-        await o.expect("accepted", id=f"a{i}")
+    await send_accepted(o, room, {f"a{i}": f"YWZ0ZXI{i}" for i in range(3)})
     await eventually(lambda: whole_log(world, room, early), lambda ms: len(ms) == 8)
     mine = await whole_log(world, room, late)
     assert [m["body"] for m in mine] == [f"YWZ0ZXI{i}" for i in range(3)]
@@ -238,10 +242,7 @@ async def test_an_offline_member_device_reads_the_rooms_messages_from_the_log(
     world.m.issuer.devices[bob] = [1, 3]
     room = await world.private_room(alice, [bob])
     a = await world.connect(alice)
-    for i in range(25):
-        await a.send(room_send(f"x{i}", room, f"b2ZmbGluZQ{i}"))
-    for i in range(25):
-        await a.expect("accepted", id=f"x{i}")
+    await send_accepted(a, room, {f"x{i}": f"b2ZmbGluZQ{i}" for i in range(25)})
     got = await eventually(lambda: whole_log(world, room, bob), lambda ms: len(ms) >= 25)
     assert [m["body"] for m in got] == [f"b2ZmbGluZQ{i}" for i in range(25)]
     assert [m["seq"] for m in got] == list(range(1, 26))
@@ -251,9 +252,7 @@ async def test_a_removed_message_keeps_its_number_and_leaves_the_log(world: Room
     alice, bob = uid(), uid()
     room = await world.private_room(alice, [bob])
     a = await world.connect(alice)
-    for i in range(3):
-        await a.send(room_send(f"m{i}", room, f"bXNn{i}"))
-        await a.expect("accepted", id=f"m{i}")
+    await send_accepted(a, room, {f"m{i}": f"bXNn{i}" for i in range(3)})
     await eventually(lambda: whole_log(world, room, bob), lambda ms: len(ms) == 3)
     server_id = e.room_server_id(room, alice, "m2")
     headers = {"Authorization": f"Bearer {world.m.issuer.token(alice)}"}
