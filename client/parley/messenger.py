@@ -706,7 +706,7 @@ class Messenger:
         if client_id and code == "devices_changed":
             # Someone linked or removed a device: encrypt for the current devices and
             # send again with the same id (nothing was stored).
-            self._spawn(self._redo(client_id))
+            self._spawn(self._redo(client_id, frame.devices))
             return
         queued = False
         if client_id:
@@ -727,38 +727,52 @@ class Messenger:
             self.events.emit(Receipt(client_id, out.peer_id, "failed", message))
         self.events.emit(ErrorEvent(code, message))
 
-    async def _redo(self, client_id: str) -> None:
+    async def _redo(self, client_id: str, lists: list[f.DeviceList] | None = None) -> None:
         queued = next(
-            (q for q in self._store().read().queued() if q.get("send", {}).get("id") == client_id),
+            (
+                q for q in self._store().read().queued()
+                if (q.get("send") or q.get("room_send") or {}).get("id") == client_id
+            ),
             None,
-        )
+        )  # fmt: skip
         if queued is None:
             return
-        control = queued.get("control")
+        frame: f.Send | f.RoomSend
         try:
-            frame = await self._encrypt(
-                str(queued["peer"]), str(queued.get("text") or ""), client_id, refresh=True,
-                payload=None if control is None else b64decode(str(control)),
-            )  # fmt: skip
+            if "room_send" in queued:
+                if self.room_hook is None:
+                    return
+                frame = await self.room_hook.redo_room_send(client_id, queued, lists or [])
+            else:
+                control = queued.get("control")
+                frame = await self._encrypt(
+                    str(queued["peer"]), str(queued.get("text") or ""), client_id, refresh=True,
+                    payload=None if control is None else b64decode(str(control)),
+                )  # fmt: skip
         except ParleyError as exc:
             # Not sendable as it is (e.g. the contact's identity changed): it leaves the
             # outbox as failed rather than waiting there for ever.
-            async with self._store().transaction() as tx:
-                if tx.unqueue(client_id):
-                    tx.update_message(client_id, status="failed", error=str(exc))
-            out = self._outgoing.pop(client_id, None)
-            if out is not None:
-                for fut in (out.accepted, out.stored):
-                    if not fut.done():
-                        fut.set_exception(exc)
-                        fut.exception()
-                self.events.emit(Receipt(client_id, out.peer_id, "failed", str(exc)))
+            await self.fail_queued(client_id, exc)
             if not isinstance(exc, SafetyNumberChanged):  # the caller of send has it
                 self.events.emit(ErrorEvent("devices_changed", f"Could not send again: {exc}"))
             return
         if self.conn is not None:
             with contextlib.suppress(ConnectionClosed):
                 await self.conn.send(frame)
+
+    async def fail_queued(self, client_id: str, exc: Exception) -> None:
+        """A queued message that cannot be sent leaves the outbox as failed; whoever
+        waits for its ``accepted`` gets ``exc``."""
+        async with self._store().transaction() as tx:
+            if tx.unqueue(client_id):
+                tx.update_message(client_id, status="failed", error=str(exc))
+        out = self._outgoing.pop(client_id, None)
+        if out is not None:
+            for fut in (out.accepted, out.stored):
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()
+            self.events.emit(Receipt(client_id, out.peer_id, "failed", str(exc)))
 
     async def _resend_later(self, client_id: str, delay: float = 1.0) -> None:
         await asyncio.sleep(delay)
@@ -993,6 +1007,10 @@ class RoomHook(Protocol):
     async def sync_rooms(self) -> int: ...
 
     async def on_room_frame(self, frame: RoomFrame) -> None: ...
+
+    async def redo_room_send(
+        self, client_id: str, queued: dict[str, Any], lists: list[f.DeviceList]
+    ) -> f.RoomSend: ...
 
     def on_control(
         self, tx: Transaction, sender: str, device: int, control: dict[str, Any]

@@ -72,6 +72,8 @@ __all__ = ["DEVICE_RECHECK_S", "RoomNotFound", "Rooms", "member_key", "room_conv
 
 ROOM_ID = re.compile(r"[0-9a-f]{24}")
 DEVICE_RECHECK_S = 30.0
+REDO_MAX = 3
+"""Times one room message is encrypted again after ``devices_changed`` before it fails."""
 """Members' device lists are read again before a send when the room's version changed,
 or when they were last read longer ago than this (a member linked a device)."""
 DISTRIBUTE_AT_ONCE = 8
@@ -439,7 +441,7 @@ class Rooms:
                 members = await self.member_ids(room_id)
             await self._distribute(room_id, version, members)
             mentions = await self._mentions(text, members)
-            frame = await self._encrypt(room_id, text, mentions)
+            frame = await self._encrypt(room_id, text, mentions, members)
         return await self.messenger.submit(
             frame, room_conversation(room_id), wait=wait, timeout=timeout
         )
@@ -554,15 +556,79 @@ class Rooms:
                 found.append(user_id)
         return found
 
-    async def _encrypt(self, room_id: str, text: str, mentions: list[str]) -> f.RoomSend:
-        client_id = uuid.uuid4().hex
+    async def redo_room_send(
+        self, client_id: str, queued: dict[str, Any], lists: list[f.DeviceList]
+    ) -> f.RoomSend:
+        """The gateway refused a ``room_send`` with ``devices_changed``: the room's member
+        devices are not the ones this device gave its sender key to (a device linked or
+        removed, a member joined). The lists that differ from ours are read again from
+        the key directory (signed: the error's lists only say which), the key goes to
+        the devices that lack it, and the text is encrypted again, a new step of the
+        chain (a device given the key now cannot read the old ciphertext), to be sent
+        with the same id: nothing was stored. At most ``REDO_MAX`` times for one id."""
+        room_id = str(queued["room_send"]["room"])
+        redo = int(queued.get("redo", 0)) + 1
+        if redo > REDO_MAX:
+            raise ParleyError(
+                f"The room's devices kept changing ({REDO_MAX} tries): the message was not sent."
+            )
+        me = self.account.user_id
+        assert me is not None
+        my_device = self.messenger.keys.known_device_id()
+        async with self._locks.setdefault(room_id, asyncio.Lock()):
+            room = await self.resolve(room_id)
+            if room.get("role") is None:
+                raise ParleyError(
+                    "You are no longer a member of the room: the message was not sent."
+                )
+            read = self._store().read()
+
+            def known(user: str) -> set[int]:
+                devices = set(self.messenger._peer(read, user).devices)
+                return devices - {my_device} if user == me else devices
+
+            behind = [dl.user for dl in lists if set(dl.devices) != known(dl.user)]
+            gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
+
+            async def read_list(user: str) -> None:
+                async with gate:
+                    await self.messenger._refresh_peer(user)
+
+            await asyncio.gather(*(read_list(u) for u in behind))
+            members = await self.member_ids(room_id)
+            await self._distribute(room_id, int(room.get("version", 0)), members)
+            mentions = [m for m in queued.get("mentions") or [] if m in members]
+            return await self._encrypt(
+                room_id, str(queued.get("text") or ""), mentions, members,
+                client_id=client_id, redo=redo,
+            )  # fmt: skip
+
+    async def _encrypt(
+        self, room_id: str, text: str, mentions: list[str], members: list[str],
+        *, client_id: str | None = None, redo: int = 0,
+    ) -> f.RoomSend:  # fmt: skip
+        """Encrypt ``text`` with this device's chain and queue the ``room_send`` in the
+        outbox (again with ``client_id``: a resend after ``devices_changed``). Its
+        ``device_digest`` names the member devices as this device knows them now,
+        which :meth:`_distribute` has just given the chain to."""
+        client_id = client_id or uuid.uuid4().hex
         conv = room_conversation(room_id)
+        me = self.account.user_id
+        assert me is not None
+        my_device = self.messenger.keys.known_device_id()
         async with self._store().transaction() as tx:
             session = self.group(tx, room_id)
             body = session.encrypt(text.encode())
+            digest = f.device_digest(
+                (user, d)
+                for user in {*members, me}
+                for d in self.messenger._peer(tx, user).devices
+                if (user, d) != (me, my_device)
+            )
             frame = f.RoomSend(
                 id=client_id, room=room_id, body=b64encode(body),
                 commitment=b64encode(commitment_from_message(body)), mentions=mentions,
+                device_digest=digest,
             )  # fmt: skip
             size, limit = len(f.encode(frame)), self.messenger.max_frame_bytes
             if size > limit:
@@ -578,8 +644,9 @@ class Rooms:
                    client_id)  # fmt: skip
             tx.queue(
                 client_id,
-                {"room_send": msgspec.to_builtins(frame), "peer": conv, "text": text},
-            )
+                {"room_send": msgspec.to_builtins(frame), "peer": conv, "text": text,
+                 "mentions": mentions, "redo": redo},
+            )  # fmt: skip
         return frame
 
     # -- receiving --------------------------------------------------------------------------

@@ -13,7 +13,10 @@ Reading: :func:`decode_client_frame` (the gateway) and
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -55,6 +58,20 @@ RoomId = Annotated[
 ]  # fmt: skip
 MAX_ROOM_MENTIONS = 20
 _HEX = frozenset("0123456789abcdef")
+DeviceDigest = Annotated[
+    str, Meta(min_length=22, max_length=22, extra_json_schema={"pattern": "^[A-Za-z0-9_-]+$"},
+              description="device_digest(): 16 bytes of SHA-256, base64url without padding.")
+]  # fmt: skip
+
+
+def device_digest(devices: Iterable[tuple[str, int]]) -> str:
+    """A private room's member devices as one short string (``room_send.device_digest``):
+    SHA-256 over the sorted ``"<user id>:<device id>"`` lines (joined by ``\n``, UTF-8),
+    its first 16 bytes in base64url without padding. Every member device but the
+    sending one, the sender's own other devices included."""
+    lines = sorted(f"{user}:{int(device)}" for user, device in devices)
+    digest = hashlib.sha256("\n".join(lines).encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def is_b64url(value: str) -> bool:
@@ -136,10 +153,17 @@ class RoomSend(ClientFrame, tag="room_send"):
     commitment: Commitment | None = None
     mentions: Annotated[list[UserId], Meta(max_length=MAX_ROOM_MENTIONS)] = []
     """Members the message mentions: routing metadata, visible to the server (docs/crypto.md)."""
+    device_digest: DeviceDigest | None = None
+    """:func:`device_digest` of the member devices the sender gave its sender key to:
+    the gateway refuses the message (``devices_changed``) when the room's member
+    devices are others, so a device linked a moment ago is never sent a message it
+    cannot read (docs/rooms.md, "Private rooms")."""
 
     def __post_init__(self) -> None:
         _check(is_client_id(self.id), "id", "printable ASCII without spaces expected")
         _check(set(self.room) <= _HEX, "room", "24 lowercase hex digits expected")
+        if self.device_digest is not None:
+            _check(is_b64url(self.device_digest), "device_digest", "base64url expected")
         _check(is_b64url(self.body), "body", "base64url expected")
         if self.commitment is not None:
             _check(is_b64url(self.commitment), "commitment", "base64url expected")

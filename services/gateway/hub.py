@@ -21,7 +21,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import msgspec
 from parley_contract import PROTOCOL_VERSION
 from parley_contract import envelopes as e
 from parley_contract import frames as f
@@ -39,7 +38,7 @@ from services.common.ratelimit import TokenBucket
 from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
 from services.gateway.heartbeat import Heartbeat
-from services.gateway.rooms import RoomMembers
+from services.gateway.rooms import DevicesChanged, RoomMembers
 from services.gateway.store import GatewayStore
 
 if TYPE_CHECKING:
@@ -50,20 +49,6 @@ log = logging.getLogger(__name__)
 ROOMY_MAX = 100_000
 # Typing devices remembered before the stale ones are dropped.
 TYPING_KEPT = 100_000
-
-
-class DevicesChanged(ApiError):
-    """A send's copies do not match the current device lists: nothing was produced."""
-
-    def __init__(self, lists: list[f.DeviceList]) -> None:
-        super().__init__(
-            ErrorCode.DEVICES_CHANGED,
-            "The device lists changed: encrypt for the current devices and send again.",
-        )
-        self.lists = lists
-
-    def frame(self, answers: str | None = None) -> f.Error:
-        return msgspec.structs.replace(super().frame(answers), devices=self.lists)
 
 
 ROOM_BUSY_S = 1.0
@@ -284,7 +269,9 @@ class Hub:
     ) -> tuple[str, str, list[asyncio.Future[object]]]:
         """Produce a private room's message: one record for the whole room, keyed by
         the room (delivery fans it out, docs/rooms.md); returns as :meth:`submit`."""
-        targets = await self.rooms.targets(frame.room, user_id, device, token, frame.mentions)
+        targets = await self.rooms.targets(
+            frame.room, user_id, device, token, frame.mentions, frame.device_digest
+        )
         env = e.RoomEnvelope(
             server_id=e.room_server_id(frame.room, user_id, frame.id), room=frame.room,
             from_=user_id, from_device=device, from_sid=sid, client_id=frame.id,

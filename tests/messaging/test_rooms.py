@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from parley_contract import envelopes as e
+from parley_contract import frames as f
 
 from services.delivery.state import MODERATION, ROOM_LOG, WORKER
 from tests.support.aio import eventually
@@ -159,6 +160,65 @@ async def test_bad_room_sends_are_refused_and_store_nothing(world: RoomWorld) ->
     # Nothing in the room's log (a closed room's history stays readable).
     assert await whole_log(world, room, member) == []
     assert await world.m.delivery.server.app[ROOM_LOG].head(room) == 0
+
+
+async def test_a_send_for_other_member_devices_is_refused_with_the_current_lists(
+    world: RoomWorld,
+) -> None:
+    """``device_digest`` names the member devices the sender gave its key to; the gateway
+    refuses a message whose digest is not the room's member devices (``devices_changed``
+    with every member's current list) and stores nothing, so a device linked a moment
+    ago is never sent a message it cannot read (docs/rooms.md, "Private rooms")."""
+    alice, bob, carol = uid(), uid(), uid()
+    world.m.issuer.devices[alice] = [1, 2]
+    world.m.issuer.devices[bob] = [1, 2]
+    room = await world.private_room(alice, [bob, carol])
+    ws = await world.connect(alice, 1, pod=0)
+    everyone = [(alice, 2), (bob, 1), (bob, 2), (carol, 1)]
+
+    await ws.send(room_send("right", room, "eA", device_digest=f.device_digest(everyone)))
+    await ws.expect("accepted", id="right")
+
+    # Carol linked a device and the pod's cached list is behind (its notice lost): the
+    # lists are read again before a send that names the new device is refused.
+    world.m.issuer.devices[carol] = [1, 2]
+    everyone.append((carol, 2))
+    await ws.send(room_send("fresh", room, "eA", device_digest=f.device_digest(everyone)))
+    await ws.expect("accepted", id="fresh")
+
+    # A sender that missed a device: refused with the current lists, nothing stored.
+    await ws.send(room_send("behind", room, "eA", device_digest=f.device_digest(everyone[:-1])))
+    err = await ws.expect("error", id="behind")
+    assert err["code"] == "devices_changed"
+    assert err["devices"] == [
+        {"user": alice, "devices": [2]},
+        {"user": bob, "devices": [1, 2]},
+        {"user": carol, "devices": [1, 2]},
+    ]
+
+    # Bob links a device; the key directory's notice clears the pods' lists.
+    world.m.issuer.devices[bob] = [1, 2, 3]
+    for pod in (0, 1):
+        world.m.hub(pod).devices.forget(bob)
+    await ws.send(room_send("stale", room, "eA", device_digest=f.device_digest(everyone)))
+    err = await ws.expect("error", id="stale")
+    assert err["code"] == "devices_changed"
+    assert {"user": bob, "devices": [1, 2, 3]} in err["devices"]
+    everyone.append((bob, 3))
+    await ws.send(room_send("stale", room, "eA", device_digest=f.device_digest(everyone)))
+    await ws.expect("accepted", id="stale")
+
+    for bad in ("short", "=" * 22, "x" * 23):
+        await ws.send(room_send("bad", room, "eA", device_digest=bad))
+        err = await ws.expect("error", id="bad")
+        assert err["code"] == "validation_failed", bad
+        assert err["details"][0]["field"] == "device_digest", err
+    # Three stored, in order; the refused ones left nothing.
+    log = await whole_log(world, room, bob)
+    assert [m["seq"] for m in log] == [1, 2, 3]
+    assert [m["server_id"] for m in log] == [
+        e.room_server_id(room, alice, cid) for cid in ("right", "fresh", "stale")
+    ]
 
 
 async def test_reading_the_log_checks_who_asks_and_what(world: RoomWorld) -> None:
