@@ -61,6 +61,7 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
+from parley_contract import frames as f
 
 from loadtest.bench_messaging import Options as MessagingOptions
 from loadtest.bench_messaging import ParleySystem
@@ -165,6 +166,7 @@ class ParleyMember(Receiver):
         self.accepted: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.ops: dict[str, int] = {}  # frames received, by op
         self.task: asyncio.Task[None] | None = None
+        self.digest: str | None = None  # device_digest of the room's other member devices
 
     async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
         ws = await session.ws_connect(url, max_msg_size=0, compress=0)
@@ -218,6 +220,8 @@ class ParleyMember(Receiver):
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.accepted[cid] = fut
         frame = {"op": "room_send", "id": cid, "room": room, "body": body_for(n, size)}
+        if self.digest is not None:
+            frame["device_digest"] = self.digest
         await self.ws.send_str(orjson.dumps(frame).decode())
         answer = await asyncio.wait_for(fut, 60)
         if answer["op"] != "accepted":
@@ -259,9 +263,16 @@ class PrivateSenders:
     record to Kafka), so one sender is bounded by that round trip, as one user is;
     a busy room has many senders, as the public room's poster posts as 50."""
 
-    def __init__(self, owner: ParleyMember, senders: list[ParleyMember]) -> None:
+    def __init__(
+        self, owner: ParleyMember, senders: list[ParleyMember], devices: list[tuple[str, int]]
+    ) -> None:
         self.owner, self.senders = owner, senders
         self.turn = 0
+        # Each sender names the member devices it "gave its key to", as a client does
+        # (docs/protocol.md, "Private rooms"): the gateway checks it on every send.
+        for s in senders:
+            me = (s.account.user_id, s.account.device_id)
+            s.digest = f.device_digest(d for d in devices if d != me)
 
     async def send(self, room: str, n: int, size: int) -> None:
         self.turn += 1
@@ -516,7 +527,12 @@ async def bench_parley(
                     spread[m.gateway] = spread.get(m.gateway, 0) + 1
             log(f"parley ({kind}): sockets per gateway {spread}")
             if kind != "public":  # 50 members send in turn (the owner's socket: a member's)
-                members[0] = PrivateSenders(members[0], members[1:51])
+                devices = [
+                    (a.user_id, d)
+                    for a in accounts
+                    for d in (a.device_id, *(o[0] for o in a.others))
+                ]
+                members[0] = PrivateSenders(members[0], members[1:51], devices)
             pids = {n: system.procs.procs[n].pid for n in PARLEY_PROCS}
             redis = aioredis.Redis(port=system.cfg.redis_port)
             before = await redis.info("commandstats")
