@@ -20,6 +20,7 @@ from services.common.auth import JWKS_PATH, TokenVerifier
 from services.common.config import Settings
 from services.common.deps import use_mongo, use_redis, use_startup
 from services.common.state import REGISTRY, VERIFIER
+from services.common.tasks import cancel_all
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
@@ -56,8 +57,7 @@ async def create_app(
         # Revoked sessions and blocked users back into Redis whenever it lost them.
         keeper = asyncio.create_task(service.keep_revocations())
         yield
-        keeper.cancel()
-        await asyncio.gather(keeper, return_exceptions=True)
+        await cancel_all([keeper])
         await service.drain()
 
     app.cleanup_ctx.append(drain)

@@ -30,6 +30,7 @@ from services.common import scripts
 from services.common.config import Settings
 from services.common.fastredis import FastRedis
 from services.common.retry import retry
+from services.common.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +262,7 @@ class KafkaProducerHandle:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_all([self._task])
         if self.producer is not None:
             # Bounded like a consumer's stop: a broker that does not answer must not
             # hold a stopping service (what was not acked was never `accepted`).

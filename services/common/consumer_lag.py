@@ -32,6 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.config import Settings
+from services.common.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ class ConsumerLag:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_all([self._task])
         await self._close()
 
     async def _loop(self) -> None:

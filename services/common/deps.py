@@ -19,6 +19,7 @@ from services.common.clients import KafkaProducerHandle, mongo_client, redis_cli
 from services.common.config import Settings
 from services.common.startup import CHECK_NAME, Startup
 from services.common.state import CHECKS, DB, KAFKA, MONGO, REDIS, SERVICE, STARTUP
+from services.common.tasks import cancel_all
 
 
 def use_mongo(
@@ -87,8 +88,7 @@ def use_startup(app: web.Application, work: Callable[[], Awaitable[None]]) -> St
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(startup.run())
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_all([task])
 
     app.cleanup_ctx.append(lifecycle)
     return startup

@@ -62,6 +62,7 @@ from services.common.clients import (
 from services.common.config import Settings
 from services.common.logging import kafka_headers, request_id_from_kafka, request_id_var
 from services.common.routing import Push, queue_multicast
+from services.common.tasks import cancel_all
 from services.delivery.hot import GUARD, HotInboxLost, Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
 from services.delivery.room_log import RoomLog
@@ -218,9 +219,7 @@ class Worker:
         }
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
 
     async def _run(self, topic: str, handler: Handler, suffix: str) -> None:
         delay = 0.2

@@ -35,6 +35,7 @@ from services.common.config import Settings
 from services.common.devices import DeviceLists
 from services.common.errors import ApiError, ErrorCode
 from services.common.ratelimit import TokenBucket
+from services.common.tasks import cancel_all
 from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
 from services.gateway.heartbeat import Heartbeat
@@ -189,9 +190,7 @@ class Hub:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._expiries.close()
         self.heartbeat.close()
 

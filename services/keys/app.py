@@ -14,6 +14,7 @@ from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.ratelimit import RateLimiter
 from services.common.state import REGISTRY
+from services.common.tasks import cancel_all
 from services.keys.accounts import keep_revocations, restore_revocations
 from services.keys.config import MIN_BODY_BYTES, KeysConfig
 from services.keys.events import EventPublisher
@@ -58,9 +59,7 @@ async def create_app(settings: Settings, config: KeysConfig | None = None) -> we
             asyncio.create_task(keep_revocations(keys)),
         ]
         yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
 
     app.cleanup_ctx.append(background)
     return app

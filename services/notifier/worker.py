@@ -31,6 +31,7 @@ from parley_contract.envelopes import MentionNotice, decode_notice
 from services.common.clients import Topics, consume_forever
 from services.common.config import Settings
 from services.common.routing import gateways_of
+from services.common.tasks import cancel_all
 from services.notifier import mail
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.store import Doc, NotifierStore
@@ -68,9 +69,7 @@ class Notifier:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
 
     # -- notices -----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.ratelimit import RateLimiter
 from services.common.state import MONGO, REGISTRY
+from services.common.tasks import cancel_all
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
 from services.rooms.metrics import RoomsMetrics
@@ -64,9 +65,7 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
         await users.start()
         tasks = [asyncio.create_task(rooms.events.run()), asyncio.create_task(consumer.run())]
         yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         await users.close()
 
     app.cleanup_ctx.append(background)
