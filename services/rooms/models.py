@@ -156,6 +156,22 @@ class RoomList(_Out):
     )
 
 
+LOOKUP_MAX = 500
+
+
+class RoomLookup(_In):
+    rooms: list[Annotated[str, Field(pattern=ROOM_ID_PATTERN)]] = Field(
+        min_length=1, max_length=LOOKUP_MAX,
+        description=f"1 to {LOOKUP_MAX} room ids",
+    )  # fmt: skip
+
+
+class RoomLookupResult(_Out):
+    rooms: list[Room] = Field(
+        description="Those of the rooms asked for that you are a member of, in no order"
+    )
+
+
 class DirectoryEntry(_Out):
     room_id: str
     name: str

@@ -206,6 +206,19 @@ async def mine(rooms: Rooms, user_id: str, before: int | None, limit: int) -> mo
     )
 
 
+async def lookup(rooms: Rooms, user_id: str, room_ids: list[str]) -> models.RoomLookupResult:
+    """The rooms of ``room_ids`` the caller is a member of, as :func:`get` shows them (two
+    ``$in`` reads, whatever their number: delivery reads many rooms' logs at once with
+    it). A room the caller is not in (invited only, left, never, no such room, deleted)
+    is left out, as ``get`` would refuse it."""
+    store = rooms.store
+    members = await store.memberships(user_id, dict.fromkeys(room_ids))
+    docs = await store.get_rooms(list(members))
+    return models.RoomLookupResult(
+        rooms=[out(docs[r], m) for r, m in members.items() if r in docs and not deleted(docs[r])]
+    )
+
+
 async def directory(
     rooms: Rooms, query: str | None, after: str, limit: int
 ) -> models.DirectoryPage:

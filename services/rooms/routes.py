@@ -156,6 +156,20 @@ async def my_rooms(request: web.Request, claims: Claims) -> models.RoomList:
     return await rooms.mine(svc(request), claims.user_id, before, limit)
 
 
+@api.post(
+    "/v1/lookup",
+    summary="Your membership in each of several rooms (those you are not a member of are left out)",
+    body=models.RoomLookup,
+    response=models.RoomLookupResult,
+    auth=True,
+    tags=["rooms"],
+)
+async def lookup_rooms(
+    request: web.Request, claims: Claims, body: models.RoomLookup
+) -> models.RoomLookupResult:
+    return await rooms.lookup(svc(request), claims.user_id, body.rooms)
+
+
 @api.get(
     "/v1/directory",
     summary="Public rooms in name order, optionally those whose name contains `q`",

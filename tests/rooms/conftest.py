@@ -88,6 +88,9 @@ class RoomsApi:
     async def get(self, user: str, room: str) -> tuple[int, Any]:
         return await self.call("GET", f"/v1/rooms/{room}", user)
 
+    async def lookup(self, user: str, rooms: Any) -> tuple[int, Any]:
+        return await self.call("POST", "/v1/lookup", user, {"rooms": rooms})
+
     async def mine(self, user: str, query: str = "") -> tuple[int, Any]:
         return await self.call("GET", f"/v1/rooms{query}", user)
 

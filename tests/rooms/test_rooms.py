@@ -53,6 +53,38 @@ async def test_private_rooms_are_invisible_to_outsiders_everywhere(api: RoomsApi
     assert (await api.invitations(eve))[1]["invitations"] == []
 
 
+async def test_lookup_shows_only_the_rooms_you_are_a_member_of(api: RoomsApi) -> None:
+    """``POST /rooms/v1/lookup``: several rooms in one call, each as ``GET`` shows it
+    to a member; every room the caller is not in is left out (an outsider learns
+    nothing of a private room), and bad bodies are refused whole."""
+    alice, bob, eve = api.user(), api.user(), api.user()
+    private = await api.room(alice, "private", "lookup private")
+    public = await api.room(alice, "public", "lookup public")
+    invited = await api.room(alice, "private", "lookup invited")
+    left = await api.room(alice, "public", "lookup left")
+    for room in (private, invited):
+        assert (await api.invite(alice, room, bob))[0] == 201
+    assert (await api.accept(bob, private))[0] == 200
+    for room in (public, left):
+        assert (await api.join(bob, room))[0] == 200
+    assert (await api.leave(bob, left))[0] == 204
+    asked = [private, public, invited, left, "0" * 24, private]
+    status, body = await api.lookup(bob, asked)
+    assert status == 200, body
+    got = {r["room_id"]: r for r in body["rooms"]}
+    assert sorted(got) == sorted([private, public])
+    for room in (private, public):
+        assert got[room] == (await api.get(bob, room))[1]
+    assert got[private]["kind"] == "private" and got[private]["joined_at"] > 0
+    assert (await api.lookup(eve, asked))[1] == {"rooms": []}
+    assert len((await api.lookup(alice, asked))[1]["rooms"]) == 4
+    many = [f"{i:024x}" for i in range(500)]
+    assert (await api.lookup(bob, [private, *many[1:]]))[1]["rooms"][0]["room_id"] == private
+    for bad in ([], [*many, private], ["nothex" * 4], [1], "x", None):
+        status, body = await api.lookup(bob, bad)
+        assert (status, body["error"]["code"]) == (422, "validation_failed"), (bad, body)
+
+
 async def test_public_room_join_members_and_leave(api: RoomsApi, events: EventLog) -> None:
     owner, bob, carol = api.user(), api.user(), api.user()
     room = await api.room(owner)
