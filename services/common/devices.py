@@ -116,13 +116,15 @@ async def user_id_of(
 
 
 async def get_as(
-    session: aiohttp.ClientSession, url: str, token: str, unavailable: str
+    session: aiohttp.ClientSession, url: str, token: str, unavailable: str, json: Any = None
 ) -> tuple[int, Any]:
-    """GET ``url`` as the caller (with their token): the status and the JSON body (None
-    when the body is not JSON); ``unavailable`` when the service does not answer."""
+    """GET ``url`` as the caller (with their token), or POST ``json`` to it: the status and
+    the JSON body (None when the body is not JSON); ``unavailable`` when the service
+    does not answer."""
     headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
     try:
-        async with session.get(url, headers=headers) as resp:
+        method = "GET" if json is None else "POST"
+        async with session.request(method, url, headers=headers, json=json) as resp:
             try:
                 body = await resp.json(content_type=None)
             except ValueError:

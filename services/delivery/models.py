@@ -54,6 +54,49 @@ class RoomLogPage(BaseModel):
     more: bool
 
 
+ROOM_LOGS_MAX = 100
+
+
+class RoomLogAsk(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    room: str = Field(pattern="^[0-9a-f]{24}$", description="A private room's id")
+    after: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="Return messages with a larger number"
+    )
+
+
+class RoomLogsIn(BaseModel):
+    """Strict, like every request body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    rooms: list[RoomLogAsk] = Field(
+        min_length=1, max_length=ROOM_LOGS_MAX,
+        description=f"1 to {ROOM_LOGS_MAX} rooms, each once, with the number to read after",
+    )  # fmt: skip
+    since: int = Field(
+        default=0, ge=0, le=2**63 - 1,
+        description="Only messages stored at or after this time (Unix ms): a device linked "
+        "later reads from its link",
+    )  # fmt: skip
+    limit: int = Field(
+        default=50, ge=1, le=1000,
+        description="Messages per room at most (capped by the server's page size)",
+    )  # fmt: skip
+
+
+class RoomLogs(BaseModel):
+    pages: list[RoomLogPage] = Field(
+        description="A page of each room you may read, in the order asked; `more`: read on "
+        "with `GET /delivery/v1/rooms/{room_id}/log`"
+    )
+    refused: list[str] = Field(
+        description="The rooms asked for that you cannot read: no such room, not a member "
+        "(invited only, left, removed), or a public room"
+    )
+
+
 class AckIn(BaseModel):
     """Strict, like every request body: ``true`` is not a number, an unknown field is an error."""
 

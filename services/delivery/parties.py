@@ -17,7 +17,7 @@ import aiohttp
 from parley_contract import envelopes as e
 
 from services.common.config import Settings
-from services.common.devices import DeviceLists, member_ids, rooms_get
+from services.common.devices import DeviceLists, get_as, member_ids, rooms_get
 from services.common.errors import ApiError, ErrorCode
 
 DEVICE_LOOKUPS = 16
@@ -85,6 +85,23 @@ class Parties:
         if room.get("role") is None or not isinstance(joined, int):
             raise ApiError(ErrorCode.NOT_A_MEMBER, "Only the room's members read its log.")
         return joined
+
+    async def joined_private(self, room_ids: list[str], token: str) -> dict[str, int]:
+        """Of ``room_ids``, the private rooms the caller is a member of, and when they
+        joined each (Unix ms): one call to the rooms service (``POST /rooms/v1/lookup``,
+        two reads by id there), whatever their number."""
+        session, _ = self._client()
+        status, body = await get_as(
+            session, f"{self.rooms}/rooms/v1/lookup", token, "Cannot read the rooms now.",
+            json={"rooms": room_ids},
+        )  # fmt: skip
+        if status != 200 or not isinstance(body, dict):
+            raise ApiError(ErrorCode.UNAVAILABLE, "Cannot read the rooms now.")
+        return {
+            str(r["room_id"]): int(r["joined_at"])
+            for r in body.get("rooms", [])
+            if r.get("kind") == "private" and isinstance(r.get("joined_at"), int)
+        }
 
     async def inboxes(self, users: list[str], token: str) -> list[str]:
         """Every current device inbox of these users, in order."""

@@ -58,6 +58,7 @@ unacknowledged inbox items are, from each room's oldest (``low``) up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ Doc = dict[str, Any]
 _ROUNDS = 8
 # Ids looked at per read when the last number is looked for, and per expiry step.
 _PROBE = 32
+_PAGES_AT_ONCE = 8
 _PURGE = 500
 _HEADS_KEPT = 100_000
 
@@ -343,6 +345,43 @@ class RoomLog:
         more = len(got) == limit and ids[limit] in docs
         last = int(got[-1]["seq"]) if got else start
         return [frame_of(d) for d in got if not d.get("gone")], max(last, after), more
+
+    async def pages(
+        self, asks: list[tuple[str, int, int]], limit: int
+    ) -> list[tuple[list[f.RoomMessage], int, bool]]:
+        """:meth:`page` for many rooms at once (``(room, after, since_ms)`` each), in the
+        order asked. A device that connects reads every private room it is in, and
+        most have nothing new: one ``$in`` of each room's next id and one of their
+        heads answer those; only the rooms with news are paged one by one
+        (``_PAGES_AT_ONCE`` at a time)."""
+        nexts = [entry_id(room, after + 1) for room, after, _ in asks]
+        found = {
+            d["_id"]: d
+            async for d in self.log.find({"_id": {"$in": nexts}}, {"_id": 1, "stored_at": 1})
+        }
+        quiet = [i for i, next_id in enumerate(nexts) if next_id not in found]
+        heads = {
+            d["_id"]: d
+            async for d in self.heads.find({"_id": {"$in": [asks[i][0] for i in quiet]}})
+        } if quiet else {}  # fmt: skip
+        out: list[tuple[list[f.RoomMessage], int, bool] | None] = [None] * len(asks)
+        for i in quiet:
+            room, after, _ = asks[i]
+            # No entry after ``after``: the log ends there (numbers have no gaps), unless
+            # it was expired (``low`` is past it): that room is paged as usual.
+            if int(heads.get(room, {}).get("low") or 1) <= after + 1:
+                out[i] = ([], after, False)
+        gate = asyncio.Semaphore(_PAGES_AT_ONCE)
+
+        async def one(i: int) -> None:
+            room, after, since_ms = asks[i]
+            async with gate:
+                out[i] = await self.page(room, after, since_ms, limit)
+
+        await asyncio.gather(*(one(i) for i, page in enumerate(out) if page is None))
+        pages = [page for page in out if page is not None]
+        assert len(pages) == len(asks)
+        return pages
 
     async def _low(self, room: str) -> int:
         doc = await self.heads.find_one({"_id": room})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from parley_contract import frames as f
 from parley_contract.envelopes import inbox_id
@@ -35,6 +36,8 @@ from services.delivery.models import (
     ReportsPage,
     ResolveIn,
     RoomLogPage,
+    RoomLogs,
+    RoomLogsIn,
 )
 from services.delivery.moderation_store import REPORT_STATES
 from services.delivery.state import INBOX, MODERATION, ROOM_LOG
@@ -115,6 +118,45 @@ async def room_log_page(request: web.Request, claims: Claims) -> web.Response:
     )
     page = f.RoomLogPage(room=room_id, messages=messages, next=last, more=more)
     return web.Response(body=f.encode(page), content_type="application/json")
+
+
+@api.post(
+    "/v1/rooms/logs",
+    summary="Read many private rooms' logs at once: a page of each after its number",
+    description=(
+        "What a device does after connecting: every private room it is in, read from its "
+        'place (docs/protocol.md, "Private rooms"). One call to the rooms service and two '
+        "reads by id answer the rooms with nothing new, whatever their number; the others "
+        "get a page each, as `GET /delivery/v1/rooms/{room_id}/log` gives it."
+    ),
+    body=RoomLogsIn,
+    response=RoomLogs,
+    auth=True,
+    tags=["rooms"],
+)
+async def room_logs(request: web.Request, claims: Claims, body: RoomLogsIn) -> web.Response:
+    settings = request.app[SETTINGS]
+    ids = [ask.room for ask in body.rooms]
+    if len(set(ids)) != len(ids):
+        raise ApiError(
+            ErrorCode.VALIDATION_FAILED, "Ask for each room once.",
+            details=[{"field": "rooms", "problem": "a room asked for twice"}],
+        )  # fmt: skip
+    joined = await request.app[MODERATION].parties.joined_private(ids, bearer_token(request))
+    limit = min(body.limit, settings.sync_page_max)
+    asks = [
+        (a.room, a.after, max(body.since, joined[a.room])) for a in body.rooms if a.room in joined
+    ]
+    found = await request.app[ROOM_LOG].pages(asks, limit)
+    pages = [
+        f.RoomLogPage(room=room, messages=messages, next=last, more=more)
+        for (room, _, _), (messages, last, more) in zip(asks, found, strict=True)
+    ]
+    refused = [room for room in ids if room not in joined]
+    return web.Response(
+        body=msgspec.json.encode({"pages": pages, "refused": refused}),
+        content_type="application/json",
+    )
 
 
 @api.post(

@@ -221,6 +221,77 @@ async def test_a_send_for_other_member_devices_is_refused_with_the_current_lists
     ]
 
 
+async def test_many_rooms_logs_are_read_in_one_call(world: RoomWorld) -> None:
+    """``POST /delivery/v1/rooms/logs``, what a device does on connecting: a page of each
+    private room it may read, in the order asked, and the rest named as refused; a
+    room with nothing new answers an empty page at its number; an expired start
+    pages from the log's oldest entry. 100 rooms (the most one call takes), three
+    with messages."""
+    alice, bob = uid(), uid()
+    rooms = [await world.private_room(alice, [bob]) for _ in range(97)]
+    outside = await world.private_room(alice, [])
+    status, public = await world.call("POST", "/rooms", alice, {"name": "p", "kind": "public"})
+    assert status == 201
+    invited = await world.private_room(alice, [])
+    world.m.issuer.users.add(bob)
+    status, _ = await world.call("POST", f"/rooms/{invited}/invitations", alice, {"user": bob})
+    assert status == 201
+    ws = await world.connect(alice)
+    for i, room in enumerate(rooms[:3]):
+        await send_accepted(ws, room, {f"m{i}-{n}": "eA" for n in range(1 + i)})
+    for i, room in enumerate(rooms[:3]):
+        await eventually(lambda r=room: world.m.delivery.server.app[ROOM_LOG].head(r),
+                         lambda h, i=i: h == 1 + i)  # fmt: skip
+    strangers = [outside, public["room_id"], invited]
+    asked = [*rooms, *strangers]
+    body = {"rooms": [{"room": r, "after": 0} for r in asked]}
+    status, got = await world.logs(bob, body)
+    assert status == 200, got
+    assert [p["room"] for p in got["pages"]] == rooms
+    assert [len(p["messages"]) for p in got["pages"][:4]] == [1, 2, 3, 0]
+    assert [p["next"] for p in got["pages"][:4]] == [1, 2, 3, 0]
+    assert all(p == {"room": r, "messages": [], "next": 0, "more": False}
+               for p, r in zip(got["pages"][3:], rooms[3:], strict=True))  # fmt: skip
+    assert got["refused"] == strangers
+    msg = got["pages"][2]["messages"][0]
+    assert msg["op"] == "room_message" and msg["seq"] == 1 and msg["from"] == alice
+
+    # From a number, a page at a time, since a time (a device linked later).
+    status, got = await world.logs(
+        bob, {"rooms": [{"room": rooms[2], "after": 1}, {"room": rooms[1]}], "limit": 1}
+    )
+    assert status == 200, got
+    assert [(p["next"], p["more"]) for p in got["pages"]] == [(2, True), (1, True)]
+    assert [m["seq"] for m in got["pages"][0]["messages"]] == [2]
+    status, got = await world.logs(bob, {"rooms": [{"room": rooms[2]}], "since": 2**41})
+    assert status == 200 and got["pages"][0]["messages"] == [], got
+
+    # The first two entries of rooms[2] expired: reading from 0 starts at the oldest.
+    log = world.m.delivery.server.app[ROOM_LOG]
+    await log.log.delete_many({"_id": {"$in": [f"{rooms[2]}|{n:016d}" for n in (1, 2)]}})
+    await log.heads.update_one({"_id": rooms[2]}, {"$set": {"low": 3}}, upsert=True)
+    status, got = await world.logs(bob, {"rooms": [{"room": rooms[2]}, {"room": rooms[3]}]})
+    assert status == 200, got
+    assert [m["seq"] for m in got["pages"][0]["messages"]] == [3]
+    assert got["pages"][1]["messages"] == []
+
+    one = {"room": rooms[0], "after": 0}
+    for bad in (
+        {"rooms": []},
+        {"rooms": [one, one]},
+        {"rooms": [{"room": f"{i:024x}"} for i in range(101)]},
+        {"rooms": [{"room": "nothex"}]},
+        {"rooms": [{"room": rooms[0], "after": -1}]},
+        {"rooms": [one], "limit": 0},
+        {"rooms": [one], "extra": 1},
+        {"rooms": [{"room": rooms[0], "after": "1"}]},
+    ):
+        status, err = await world.logs(bob, bad)
+        assert (status, err["error"]["code"]) == (422, "validation_failed"), (bad, err)
+    status, err = await world.logs(None, {"rooms": [one]})
+    assert status == 401, err
+
+
 async def test_reading_the_log_checks_who_asks_and_what(world: RoomWorld) -> None:
     owner, member, outsider, invitee = uid(), uid(), uid(), uid()
     room = await world.private_room(owner, [member])

@@ -50,6 +50,17 @@ class RoomWorld:
         raw = await resp.read()
         return resp.status, (orjson.loads(raw) if raw else None)
 
+    async def logs(self, user: str | None, body: Any) -> tuple[int, Any]:
+        """``POST /delivery/v1/rooms/logs`` as ``user`` (None: no token)."""
+        headers = {"Content-Type": "application/json"}
+        if user is not None:
+            headers["Authorization"] = f"Bearer {self.m.issuer.token(user)}"
+        resp = await self.m.delivery.post(
+            "/delivery/v1/rooms/logs", headers=headers, data=orjson.dumps(body)
+        )
+        raw = await resp.read()
+        return resp.status, (orjson.loads(raw) if raw else None)
+
     async def private_room(self, owner: str, members: list[str]) -> str:
         status, room = await self.call("POST", "/rooms", owner, {"name": "team", "kind": "private"})
         assert status == 201, room
