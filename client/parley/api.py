@@ -372,6 +372,18 @@ class Api:
         )
         return result
 
+    async def room_logs(
+        self, cursors: dict[str, int], since: int = 0, limit: int = 50
+    ) -> dict[str, Any]:
+        """A page of each of several private rooms' logs (at most 100 rooms; ``cursors``:
+        room id -> the number to read after): ``{"pages": [...], "refused": [room id]}``."""
+        body = {
+            "rooms": [{"room": _room(r), "after": after} for r, after in cursors.items()],
+            "since": since, "limit": limit,
+        }  # fmt: skip
+        result: dict[str, Any] = await self.request("POST", "/delivery/v1/rooms/logs", json=body)
+        return result
+
     async def room_messages(
         self, room_id: str, before: int | None = None, limit: int = 50
     ) -> dict[str, Any]:
