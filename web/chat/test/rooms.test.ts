@@ -1,7 +1,8 @@
 // Rooms' pure rules (src/app/rooms.ts) against client/parley: the control payload that
 // carries a room's sender key, byte for byte with vectors made by the Python client
 // (fixtures/make_rooms_vectors.py), and the distribution/rotation decision of
-// client/parley/rooms.py `_distribute`.
+// client/parley/rooms.py `_distribute`, and the member devices a room_send names
+// (`device_digest`, vectors from parley_contract.frames.device_digest).
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
@@ -11,10 +12,13 @@ import {
   applyPostChange,
   canDeletePost,
   canEditPost,
+  deviceDigest,
   distributionUsers,
   encodeControl,
   isRemovedPost,
   isStale,
+  listsBehind,
+  memberDevice,
   memberKey,
   mentionNames,
   parseControl,
@@ -137,6 +141,67 @@ describe('distribution and rotation (rooms.py _distribute)', () => {
 
   it('@mentions as rooms.py finds them', () => {
     expect(mentionNames('hi @bob, @carol. and @bob again; mail a@b.c @x_-')).toEqual(['bob', 'carol', 'x']);
+  });
+});
+
+describe('the member devices a room_send names (device_digest, rooms.py redo_room_send)', () => {
+  const A = 'a'.repeat(32);
+  const B = 'b'.repeat(32);
+
+  it("is parley_contract's device_digest: the protocol's vectors", async () => {
+    expect(await deviceDigest([['bob', 2], ['alice', 1]])).toBe('lst1BTtiSu2mW1grUJGc0g');
+    expect(await deviceDigest([])).toBe('47DEQpj8HBSa-_TImW-5JA');
+    expect((await deviceDigest([['bob', 2]])).length).toBe(22);
+  });
+
+  it('does not depend on the order given; lines sort as strings, as Python sorts them', async () => {
+    const devices: [string, number][] = [[A, 2], [A, 10], [B, 1]];
+    const want = 'M_AbR7lrj_fOVQzCCHeMMw'; // device_digest([(A, 2), (A, 10), (B, 1)]): "A:10" before "A:2"
+    expect(await deviceDigest(devices)).toBe(want);
+    expect(await deviceDigest([...devices].reverse())).toBe(want);
+    expect(await deviceDigest([devices[1]!, devices[2]!, devices[0]!])).toBe(want);
+    expect(await deviceDigest(new Map(devices.map(([u, d]) => [`${u}.${d}`, [u, d] as [string, number]])).values())).toBe(want);
+    expect(await deviceDigest([...devices, [B, 3]])).not.toBe(want); // a device linked: another digest
+    // From the member names #distribute works with.
+    expect(await deviceDigest(devices.map(([u, d]) => memberDevice(memberKey(u, d))))).toBe(want);
+    expect(memberDevice(memberKey(A, 2147483646))).toEqual([A, 2147483646]);
+  });
+
+  it('reads again the lists that differ from ours: a device more or less, a member we never read', () => {
+    const known: Record<string, number[]> = { [A]: [1, 2], [B]: [1] };
+    const ours = (user: string) => known[user] ?? [];
+    // Ours: A's devices but the sending one (1), as the gateway lists them.
+    expect(listsBehind([{ user: A, devices: [2] }, { user: B, devices: [1] }], ours, A, 1)).toEqual([]);
+    expect(listsBehind([{ user: A, devices: [2] }, { user: B, devices: [1, 4] }], ours, A, 1)).toEqual([B]);
+    expect(listsBehind([{ user: A, devices: [2] }, { user: B, devices: [] }], ours, A, 1)).toEqual([B]);
+    expect(listsBehind([{ user: A, devices: [2] }, { user: B, devices: [4] }], ours, A, 1)).toEqual([B]);
+    expect(listsBehind([{ user: 'carol', devices: [1] }, { user: A, devices: [2] }], ours, A, 1)).toEqual(['carol']);
+    // Our own other device linked (3), or one removed (2).
+    expect(listsBehind([{ user: A, devices: [2, 3] }, { user: B, devices: [1] }], ours, A, 1)).toEqual([A]);
+    expect(listsBehind([{ user: A, devices: [] }], ours, A, 1)).toEqual([A]);
+    // Sorted, each once; the order of the devices does not matter.
+    expect(listsBehind([{ user: B, devices: [9] }, { user: A, devices: [3] }, { user: B, devices: [8] }], ours, A, 1)).toEqual([A, B]);
+    expect(listsBehind([{ user: A, devices: [2] }, { user: B, devices: [1] }], (u) => [...ours(u)].reverse(), A, 1)).toEqual([]);
+  });
+
+  it('a device given the key after a refusal reads only the message encrypted again', async () => {
+    // A sends from device 1; B's device 1 has A's chain; B links device 2, A has not read it.
+    const sender = await GroupSession.create(V.room);
+    const b1 = await GroupSession.create(V.room);
+    await b1.processDistribution(memberKey(A, 1), await sender.distributionMessage());
+    const first = await sender.encrypt(utf8('hello'));
+    const sent = await deviceDigest([[B, 1]]);
+    const gateway = [{ user: A, devices: [] as number[] }, { user: B, devices: [1, 2] }];
+    expect(sent).not.toBe(await deviceDigest([[B, 1], [B, 2]])); // devices_changed, nothing stored
+    expect(listsBehind(gateway, () => [1], A, 1)).toEqual([B]); // A knows A:1 (itself) and B:1
+    // B's list read again: device 2 gets the current chain, the text is encrypted again.
+    const b2 = await GroupSession.create(V.room);
+    await b2.processDistribution(memberKey(A, 1), await sender.distributionMessage());
+    const again = await sender.encrypt(utf8('hello'));
+    expect(await deviceDigest([[B, 2], [B, 1]])).toBe(await deviceDigest([[B, 1], [B, 2]]));
+    await expect(b2.decrypt(memberKey(A, 1), first)).rejects.toThrow(); // the old ciphertext: an earlier step
+    expect(fromUtf8(await b2.decrypt(memberKey(A, 1), again))).toBe('hello');
+    expect(fromUtf8(await b1.decrypt(memberKey(A, 1), again))).toBe('hello');
   });
 });
 

@@ -49,13 +49,17 @@ import {
   LOG_PAGE,
   MAX_MENTIONS,
   MAX_PENDING,
+  REDO_MAX,
   ROOM_ID,
   RoomLogs,
   type HeldState,
   type RoomState,
   aboveCursor,
+  deviceDigest,
   distributionUsers,
   isStale,
+  listsBehind,
+  memberDevice,
   memberKey,
   mentionNames,
   parseControl,
@@ -156,6 +160,9 @@ interface Queued {
   peer: string; // a user id, or a room's conversation (room:<id>)
   text: string;
   control?: string; // a control payload (base64url) instead of a text: never in the history
+  /** A `room_send`: the times it was encrypted again after `devices_changed` (rooms.py
+   * `redo`, at most REDO_MAX); its room and mentions are the frame's. */
+  redo?: number;
 }
 
 /** A private room's message kept until its sender's key arrives (rooms.py pending);
@@ -1233,23 +1240,81 @@ export class ParleyClient {
     }
     if (this.connectionState !== 'connected') throw new ParleyError("Not connected: a private room's message needs the socket.");
     await this.openRoom(roomId);
-    let lock = this.#roomLocks.get(roomId);
-    if (lock === undefined) this.#roomLocks.set(roomId, (lock = new Mutex()));
-    const frame = await lock.run(async () => {
+    const frame = await this.#roomLock(roomId).run(async () => {
       const version = room.version ?? 0;
-      const seen = roomState(this.#read<RoomState>(this.#roomRow('room', roomId)));
-      // Every membership change raises the version: an unchanged one means the members
-      // we saw at our last send are still the members.
-      const members = seen.version_seen === version && seen.members_seen.length ? seen.members_seen : await this.#memberIds(roomId);
-      await this.#distribute(roomId, version, members);
+      const members = await this.#roomMembers(roomId, version);
+      const keyed = await this.#distribute(roomId, version, members);
       const mentions = await this.#mentions(text, members);
-      return this.#encryptRoom(roomId, text, mentions);
+      return this.#encryptRoom(roomId, text, mentions, keyed);
     });
     this.#emit({ type: 'changed' });
+    // A `devices_changed` answer sends the message again with the same id (#redoRoom):
+    // this waits for the last answer, `accepted` or a failure.
     const accepted = this.#accepted(frame.id);
     this.#sendFrame(frame);
     await accepted;
     return frame.id;
+  }
+
+  /** One send (or redo) at a time per room: the chain, its distribution and the room's
+   * state change together. */
+  #roomLock(roomId: string): Mutex {
+    let lock = this.#roomLocks.get(roomId);
+    if (lock === undefined) this.#roomLocks.set(roomId, (lock = new Mutex()));
+    return lock;
+  }
+
+  /** The room's members at `version`: every membership change raises the version, so an
+   * unchanged one means the members we saw at our last send are still the members;
+   * otherwise they are read again. */
+  async #roomMembers(roomId: string, version: number): Promise<string[]> {
+    const seen = roomState(this.#read<RoomState>(this.#roomRow('room', roomId)));
+    return seen.version_seen === version && seen.members_seen.length ? seen.members_seen : this.#memberIds(roomId);
+  }
+
+  /**
+   * The gateway refused a `room_send` with `devices_changed` (rooms.py `redo_room_send`):
+   * the room's member devices are not the ones this device gave its sender key to (a
+   * device linked or removed, a member joined). Nothing was stored. Under the room's
+   * lock: the lists that differ from ours are read again from the key directory (signed:
+   * the error's `lists` only say which), the members if the room's version moved, the
+   * key goes to the member devices that lack it (#distribute), and the text is encrypted
+   * again, a new step of the chain (a device given the key now cannot read the old
+   * ciphertext), and sent with the same id, replacing the outbox entry. At most
+   * REDO_MAX times for one id; then, or if it cannot be done, the message fails.
+   */
+  async #redoRoom(clientId: string, lists: W.DeviceList[]): Promise<void> {
+    const first = (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId];
+    if (first === undefined || first.send.op !== 'room_send') return;
+    const roomId = first.send.room;
+    try {
+      const frame = await this.#roomLock(roomId).run(async () => {
+        // Read again under the lock: it may have been accepted, failed or redone meanwhile.
+        const queued = (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId];
+        if (queued === undefined || queued.send.op !== 'room_send') return null;
+        const redo = (queued.redo ?? 0) + 1;
+        if (redo > REDO_MAX) throw new ParleyError(`The room's devices kept changing (${REDO_MAX} tries): the message was not sent.`);
+        const room = await this.room(roomId);
+        if (room.role === null || room.role === undefined) {
+          throw new ParleyError(`You are no longer a member of #${room.name}: the message was not sent.`);
+        }
+        const me = this.me;
+        const myDevice = (this.account as AccountRow).device_id;
+        const behind = listsBehind(lists, (user) => this.peer(user).devices.keys(), me, myDevice);
+        await Promise.all(behind.map((user) => this.#refreshPeer(user)));
+        const version = room.version ?? 0;
+        const members = await this.#roomMembers(roomId, version);
+        const keyed = await this.#distribute(roomId, version, members);
+        // The server refuses a mention of someone who is no longer a member.
+        const mentions = (queued.send.mentions ?? []).filter((m) => members.includes(m));
+        return this.#encryptRoom(roomId, queued.text, mentions, keyed, { clientId, redo });
+      });
+      if (frame === null) return;
+      this.#emit({ type: 'changed' });
+      this.#sendFrame(frame); // not connected: it goes out with the outbox at the next connect
+    } catch (error) {
+      await this.#fail(clientId, first.peer, String((error as Error).message));
+    }
   }
 
   async #memberIds(roomId: string): Promise<string[]> {
@@ -1265,8 +1330,10 @@ export class ParleyClient {
 
   /** Rotate if someone left (or a device that had our key is gone), then give the
    * current sender key to every member device that lacks it, pairwise, each send
-   * `accepted` before we go on (rooms.py `_distribute`). */
-  async #distribute(roomId: string, version: number, members: string[]): Promise<void> {
+   * `accepted` before we go on (rooms.py `_distribute`). Returns the member devices
+   * (memberKey) as read here: every device of every member and of ours but this one,
+   * those the key is meant for, which the `room_send` names (`device_digest`). */
+  async #distribute(roomId: string, version: number, members: string[]): Promise<Set<string>> {
     const me = this.me;
     const myDevice = (this.account as AccountRow).device_id;
     const stale = isStale(roomState(this.#read<RoomState>(this.#roomRow('room', roomId))), version, Date.now());
@@ -1280,7 +1347,7 @@ export class ParleyClient {
       }
       return out;
     };
-    const { lacking, dist } = await this.#transaction(async (tx) => {
+    const { now, lacking, dist } = await this.#transaction(async (tx) => {
       const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
       const session = await this.#group(tx, roomId);
       const now = targets(tx, [...members, me]);
@@ -1292,9 +1359,9 @@ export class ParleyClient {
       tx.put(this.#roomRow('room', roomId), plan.state);
       this.#knowRoom(tx, roomId);
       const has = new Set(plan.state.has_key);
-      return { lacking: new Set([...now].filter((k) => !has.has(k))), dist: b64encode(await session.distributionMessage()) };
+      return { now, lacking: new Set([...now].filter((k) => !has.has(k))), dist: b64encode(await session.distributionMessage()) };
     });
-    if (lacking.size === 0) return;
+    if (lacking.size === 0) return now;
     const payload = skdPayload(roomId, dist);
     const results = await Promise.allSettled(
       distributionUsers(lacking, members, me).map(async (user) => {
@@ -1307,6 +1374,7 @@ export class ParleyClient {
       }),
     );
     for (const r of results) if (r.status === 'rejected') throw r.reason; // the others' are recorded; the next send retries
+    return now;
   }
 
   /** User ids of the room's members that `text` @mentions (not ours). */
@@ -1327,10 +1395,20 @@ export class ParleyClient {
     return found;
   }
 
-  async #encryptRoom(roomId: string, text: string, mentions: string[]): Promise<W.RoomSend> {
-    const clientId = randomId();
+  /** Encrypt `text` with this device's chain and queue the `room_send` in the outbox
+   * (rooms.py `_encrypt`); `keyed`: the member devices #distribute has just given the
+   * chain to (under the same room lock), named in `device_digest`; `again`: the same
+   * message encrypted again after `devices_changed`, its id kept and its one history
+   * entry left as it is. */
+  async #encryptRoom(roomId: string, text: string, mentions: string[], keyed: Set<string>, again?: { clientId: string; redo: number }): Promise<W.RoomSend> {
+    const clientId = again?.clientId ?? randomId();
     const conv = roomConversation(roomId);
-    const serverId = await roomServerId(roomId, this.me, clientId); // what unsend and tombstones name
+    const me = this.me;
+    const serverId = await roomServerId(roomId, me, clientId); // what unsend and tombstones name
+    // The set #distribute worked from, not the peer rows as they are now: a device read
+    // meanwhile (another send's refresh) may lack the key, and must make the gateway
+    // refuse the message (then the redo gives it the key) rather than accept it unreadable.
+    const digest = await deviceDigest([...keyed].map(memberDevice));
     return this.#transaction(async (tx) => {
       const session = await this.#group(tx, roomId);
       const body = await session.encrypt(utf8(text));
@@ -1341,16 +1419,19 @@ export class ParleyClient {
         body: b64encode(body),
         commitment: b64encode(commitmentFromMessage(body)),
         mentions: mentions as NonNullable<W.RoomSend['mentions']>,
+        device_digest: digest,
       };
       const size = utf8(JSON.stringify(frame)).length;
       if (size > this.#maxFrameBytes) {
         throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
       }
       await this.#putGroup(tx, session);
-      this.#addHistory(tx, conv, { dir: 'out', kind: 'message', peer: conv, sender: this.me, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
+      if (!this.history(conv).some((e) => e.client_id === clientId)) {
+        this.#addHistory(tx, conv, { dir: 'out', kind: 'message', peer: conv, sender: me, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
+      }
       this.#seen.add(serverId);
       const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
-      outbox[clientId] = { send: frame, peer: conv, text };
+      outbox[clientId] = { send: frame, peer: conv, text, redo: again?.redo ?? 0 };
       tx.put('outbox', outbox);
       return frame;
     });
@@ -1987,6 +2068,15 @@ export class ParleyClient {
     if (code === 'reauth_required') return;
     if (clientId?.startsWith(TYPING_ID)) return; // a hint refused (rate_limited, room_closed...): nothing to tell
     const queued = clientId ? (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId] : undefined;
+    if (clientId && queued && code === 'devices_changed' && queued.send.op === 'room_send') {
+      // A room's member devices are not those our key went to: give it, encrypt again,
+      // same id. Not awaited: the redo waits for the `accepted` of the key's pairwise
+      // sends, which come through the frame chain this handler runs in.
+      void this.#redoRoom(clientId, frame.devices ?? []).catch((error: unknown) => {
+        this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) });
+      });
+      return;
+    }
     if (clientId && queued && code === 'devices_changed') {
       // Someone linked or removed a device: encrypt for the current lists, same id.
       try {

@@ -2,12 +2,14 @@
  * Rooms' pure rules, the same as client/parley/rooms.py and client/parley/messenger.py
  * (docs/crypto.md "Sender keys in rooms"): the control payload that carries a sender
  * key over a pairwise session, member names in a GroupSession, the per-room state a
- * device keeps between sends, when its sender key is rotated, and the cursor a device
- * keeps in each private room's log (RoomLogs). ParleyClient (client.ts) does the I/O
- * around them.
+ * device keeps between sends, when its sender key is rotated, the member devices a
+ * message names (`device_digest`) and which lists to read again when the gateway says
+ * they changed, and the cursor a device keeps in each private room's log (RoomLogs).
+ * ParleyClient (client.ts) does the I/O around them.
  */
 
-import { fromUtf8, utf8 } from '../crypto/index.ts';
+import { b64encode, fromUtf8, utf8 } from '../crypto/index.ts';
+import { sha256 } from '../crypto/primitives.ts';
 
 /** Plaintexts that start with these bytes are control payloads (JSON after them),
  * never chat lines (messenger.py CONTROL_PREFIX). */
@@ -30,6 +32,12 @@ export function roomConversation(roomId: string): string {
 /** The name of a member device in a GroupSession. */
 export function memberKey(userId: string, deviceId: number): string {
   return `${userId}:${deviceId}`;
+}
+
+/** The user and device of a member name (memberKey's inverse: user ids hold no ':'). */
+export function memberDevice(key: string): [string, number] {
+  const at = key.lastIndexOf(':');
+  return [key.slice(0, at), Number(key.slice(at + 1))];
 }
 
 /** `json.dumps(obj, separators=(",", ":"))` as Python writes it (ensure_ascii: every
@@ -115,6 +123,47 @@ export function planDistribution(
   next.members_seen = [...members];
   next.version_seen = version;
   return { rotate, state: next };
+}
+
+/** Times one room message is encrypted again after `devices_changed` before it fails
+ * (rooms.py REDO_MAX). */
+export const REDO_MAX = 3;
+
+/**
+ * A private room's member devices as one short string, `room_send.device_digest`
+ * (parley_contract.frames.device_digest): SHA-256 over the sorted `"<user id>:<device id>"`
+ * lines joined by `\n`, in UTF-8, its first 16 bytes in base64url without padding. The
+ * devices are those the sender's current chain went to: every device of every member,
+ * the sender's own user included, but the sending device. The gateway refuses a message
+ * whose digest is not that of the members' devices as it knows them (`devices_changed`).
+ */
+export async function deviceDigest(devices: Iterable<[string, number]>): Promise<string> {
+  // Plain string order, as Python's sorted(): user ids are ASCII, device ids decimal.
+  const lines = [...devices].map(([user, device]) => `${user}:${device}`).sort();
+  return b64encode((await sha256(utf8(lines.join('\n')))).subarray(0, 16));
+}
+
+/**
+ * The users whose device list in a `devices_changed` answer to a `room_send` is not the
+ * one this device holds (rooms.py `redo_room_send`): their lists are read again from the
+ * key directory, signed (the error's lists only say which to read). `known(user)`: the
+ * devices this device knows for the user; for `me` the sending device is left out, as
+ * the gateway leaves it out of the sender's own list. Sorted, each once.
+ */
+export function listsBehind(
+  lists: readonly { user: string; devices: readonly number[] }[],
+  known: (user: string) => Iterable<number>,
+  me: string,
+  myDevice: number,
+): string[] {
+  const behind = new Set<string>();
+  for (const { user, devices } of lists) {
+    const mine = new Set(known(user));
+    if (user === me) mine.delete(myDevice);
+    const theirs = new Set(devices);
+    if (mine.size !== theirs.size || [...theirs].some((d) => !mine.has(d))) behind.add(user);
+  }
+  return [...behind].sort();
 }
 
 /** The users to send the distribution to, given the devices that lack it (rooms.py:
