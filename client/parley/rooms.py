@@ -441,9 +441,9 @@ class Rooms:
                 members = seen.members_seen
             else:
                 members = await self.member_ids(room_id)
-            await self._distribute(room_id, version, members)
+            keyed = await self._distribute(room_id, version, members)
             mentions = await self._mentions(text, members)
-            frame = await self._encrypt(room_id, text, mentions, members)
+            frame = await self._encrypt(room_id, text, mentions, keyed)
         return await self.messenger.submit(
             frame, room_conversation(room_id), wait=wait, timeout=timeout
         )
@@ -459,9 +459,11 @@ class Rooms:
             raise ParleyError("Connect first: typing is said on the socket.")
         await self.messenger.conn.send(f.Typing(room=room_id, typing=typing))
 
-    async def _distribute(self, room_id: str, version: int, members: list[str]) -> None:
+    async def _distribute(self, room_id: str, version: int, members: list[str]) -> set[str]:
         """Rotate if someone left, then give the current sender key to every member
-        device that lacks it (pairwise, each send ``accepted`` before we go on)."""
+        device that lacks it (pairwise, each send ``accepted`` before we go on).
+        Returns the member devices it worked from (``member_key``s: every device of
+        every member and of ours but this one), which the ``room_send`` names."""
         me = self.account.user_id
         assert me is not None
         my_device = self.messenger.keys.known_device_id()
@@ -511,7 +513,7 @@ class Rooms:
             lacking = now - set(state.has_key)
             dist = session.distribution_message()
         if not lacking:
-            return
+            return now
         users = sorted({k.rsplit(":", 1)[0] for k in lacking} - {me})
         if not users and len(members) > 1:
             # Only our own other devices lack it: a send to any member carries copies
@@ -539,6 +541,7 @@ class Rooms:
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the others' keys are recorded; the next send retries
+        return now
 
     async def _mentions(self, text: str, members: list[str]) -> list[str]:
         """User ids of the room's members that ``text`` @mentions (not ours)."""
@@ -598,35 +601,32 @@ class Rooms:
 
             await asyncio.gather(*(read_list(u) for u in behind))
             members = await self.member_ids(room_id)
-            await self._distribute(room_id, int(room.get("version", 0)), members)
+            keyed = await self._distribute(room_id, int(room.get("version", 0)), members)
             mentions = [m for m in queued.get("mentions") or [] if m in members]
             return await self._encrypt(
-                room_id, str(queued.get("text") or ""), mentions, members,
+                room_id, str(queued.get("text") or ""), mentions, keyed,
                 client_id=client_id, redo=redo,
             )  # fmt: skip
 
     async def _encrypt(
-        self, room_id: str, text: str, mentions: list[str], members: list[str],
+        self, room_id: str, text: str, mentions: list[str], keyed: set[str],
         *, client_id: str | None = None, redo: int = 0,
     ) -> f.RoomSend:  # fmt: skip
         """Encrypt ``text`` with this device's chain and queue the ``room_send`` in the
         outbox (again with ``client_id``: a resend after ``devices_changed``). Its
-        ``device_digest`` names the member devices as this device knows them now,
-        which :meth:`_distribute` has just given the chain to."""
+        ``device_digest`` names ``keyed``, the member devices :meth:`_distribute` has
+        just given the chain to (under the room's lock), not the device lists as they
+        are now: one read meanwhile (a 1:1 send's refresh) may name a device without
+        the key, and then the gateway must refuse the message, not take it
+        unreadable."""
         client_id = client_id or uuid.uuid4().hex
         conv = room_conversation(room_id)
-        me = self.account.user_id
-        assert me is not None
-        my_device = self.messenger.keys.known_device_id()
+        digest = f.device_digest(
+            (user, int(device)) for user, _, device in (k.rpartition(":") for k in keyed)
+        )
         async with self._store().transaction() as tx:
             session = self.group(tx, room_id)
             body = session.encrypt(text.encode())
-            digest = f.device_digest(
-                (user, d)
-                for user in {*members, me}
-                for d in self.messenger._peer(tx, user).devices
-                if (user, d) != (me, my_device)
-            )
             frame = f.RoomSend(
                 id=client_id, room=room_id, body=b64encode(body),
                 commitment=b64encode(commitment_from_message(body)), mentions=mentions,

@@ -330,16 +330,14 @@ async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_
     assert bob.username and bob.user_id
     await alice.rooms.invite(rid, bob.username)
     await bob.rooms.accept(rid)
-    # Alice knows bob's devices (her messages name them: device_digest) but sends the
-    # room messages before his key.
-    await alice.messenger._refresh_peer(bob.user_id)
-    members = [alice.user_id or "", bob.user_id]
-    too_early = await alice.rooms._encrypt(rid, "older than the key bob will get", [], members)
+    # Alice's messages name bob's device (device_digest) but go before his key.
+    keyed = {member_key(bob.user_id, bob.messenger.keys.known_device_id())}
+    too_early = await alice.rooms._encrypt(rid, "older than the key bob will get", [], keyed)
     async with alice.store.transaction() as tx:
         session = alice.rooms.group(tx, rid)
         dist = session.distribution_message()  # the chain at iteration 1
         alice.rooms._put_group(tx, session)
-    frame = await alice.rooms._encrypt(rid, "sent before its key", [], members)
+    frame = await alice.rooms._encrypt(rid, "sent before its key", [], keyed)
     for sent in (too_early, frame):
         await alice.messenger.submit(sent, room_conversation(rid))
     await eventually(lambda: asyncio.sleep(0, bob.rooms.pending(rid)), lambda k: k == 2)
