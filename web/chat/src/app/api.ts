@@ -1,7 +1,7 @@
 /** HTTP to the auth and key services, same origin (through the load balancer). */
 import type * as W from '../generated/contract.ts';
 import type { NoticePage } from './notifications.ts';
-import type { LogPage } from './rooms.ts';
+import type { LogAsk, LogPage, LogPages } from './rooms.ts';
 
 export class ApiError extends Error {
   override name = 'ApiError';
@@ -109,6 +109,13 @@ export interface RoomMessage {
  * "Private rooms"): its messages in the shape of the `room_message` frame. */
 export interface RoomLogPage extends LogPage<W.RoomMessage> {
   room: string;
+}
+
+/** The answer to `POST /delivery/v1/rooms/logs` (docs/protocol.md "Private rooms"): a page
+ * of each room asked for that the caller may read, in the order asked, and the ids of
+ * the others (no such room, not a member, a public room). */
+export interface RoomLogsAnswer extends LogPages<W.RoomMessage> {
+  pages: RoomLogPage[];
 }
 
 const roomPath = (roomId: string) => `/rooms/v1/rooms/${encodeURIComponent(roomId)}`;
@@ -262,6 +269,17 @@ export class Api {
    * (Unix ms; and since we joined), oldest first. */
   roomLog(roomId: string, after: number, since: number, limit: number): Promise<RoomLogPage> {
     return this.request('GET', `/delivery/v1/rooms/${encodeURIComponent(roomId)}/log?after=${after}&since=${since}&limit=${limit}`);
+  }
+  /** A page of each of several private rooms' logs in one call (1 to 100 rooms, each
+   * once; `cursors`: each room with the number to read after): the messages stored since
+   * `since` (Unix ms; and since we joined), at most `limit` (1 to 1000) per room. A page
+   * that says `more` is read on with {@link roomLog}. */
+  roomLogs(cursors: readonly LogAsk[], since: number, limit: number): Promise<RoomLogsAnswer> {
+    return this.request('POST', '/delivery/v1/rooms/logs', {
+      rooms: cursors.map(({ room, after }) => ({ room, after })),
+      since,
+      limit,
+    });
   }
   roomMessages(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; next_before: number | null }> {
     return this.request('GET', `${roomPath(roomId)}/messages?limit=${limit}${before == null ? '' : `&before=${before}`}`);

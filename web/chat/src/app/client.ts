@@ -39,6 +39,7 @@ import {
   type Preferences,
   type Room,
   type RoomLogPage,
+  type RoomLogsAnswer,
   type RoomMember,
   type RoomMessage,
   type Tokens,
@@ -53,6 +54,7 @@ import {
   ROOM_ID,
   RoomLogs,
   type HeldState,
+  type LogAsk,
   type RoomState,
   aboveCursor,
   deviceDigest,
@@ -310,7 +312,9 @@ export class ParleyClient {
     cursor: (room) => this.roomCursor(room),
     take: (room, messages, upto) => this.#takeRoomMessages(room, messages, upto),
     page: (room, after) => this.#roomLogPage(room, after),
+    pages: (asks) => this.#roomLogPages(asks),
     failed: (room, error) => this.#roomLogFailed(room, error),
+    batchFailed: (rooms, error) => this.#roomLogsFailed(rooms, error),
   });
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
   #release: () => void = () => undefined;
@@ -1507,12 +1511,30 @@ export class ParleyClient {
     return this.api.roomLog(roomId, after, since, LOG_PAGE);
   }
 
+  /** A page of each of these rooms' logs in one call (`POST /delivery/v1/rooms/logs`),
+   * with the same `since` as a room's own read. */
+  async #roomLogPages(asks: LogAsk[]): Promise<RoomLogsAnswer> {
+    await this.accessToken();
+    const since = this.account?.linked_at ?? 0;
+    return this.api.roomLogs(asks, since, LOG_PAGE);
+  }
+
   #roomLogFailed(roomId: string, error: unknown): void {
     // Not (or no longer) in the room: nothing to read. Anything else: the next push
     // that leaves a gap, or the next connect, reads again.
     if (error instanceof ApiError && ['room_not_found', 'not_a_member', 'forbidden'].includes(error.code)) return;
     if (error instanceof ApiError && error.code === 'network') return;
     this.#emit({ type: 'error', code: 'room_log', message: `Could not read a private room's messages: ${String((error as Error).message ?? error)}` });
+  }
+
+  #roomLogsFailed(rooms: string[], error: unknown): void {
+    // Those rooms were not read: the next connect (or resync) reads them again.
+    if (error instanceof ApiError && error.code === 'network') return;
+    this.#emit({
+      type: 'error',
+      code: 'room_log',
+      message: `Could not read the messages of ${rooms.length} private room${rooms.length === 1 ? '' : 's'}: ${String((error as Error).message ?? error)}`,
+    });
   }
 
   /** Read a private room's log from this device's cursor to its end (one read per room
@@ -1523,7 +1545,9 @@ export class ParleyClient {
   }
 
   /** Read the log of every private room I am a member of from its cursor (after the
-   * inbox sync when the socket is ready, and on `resync`; rooms.py `sync_rooms`). */
+   * inbox sync when the socket is ready, and on `resync`; rooms.py `sync_rooms`): 100
+   * rooms a call (`POST /delivery/v1/rooms/logs`), a room with more than a page read on
+   * alone, a room being read already left out (rooms.ts `RoomLogs.sync`). */
   async syncRooms(): Promise<number> {
     await this.accessToken();
     const ids: string[] = [];
@@ -1533,13 +1557,8 @@ export class ParleyClient {
       for (const r of page.rooms) if (r.kind === 'private' && ROOM_ID.test(r.room_id)) ids.push(r.room_id);
       before = page.next_before;
     } while (before !== null && before !== undefined);
-    let got = 0;
-    let next = 0;
-    const worker = async () => {
-      while (next < ids.length) got += await this.readRoomLog(ids[next++] as string);
-    };
-    await Promise.all(Array.from({ length: Math.min(4, ids.length) }, worker));
-    return got;
+    for (const id of ids) await this.openRoom(id); // its vault rows (and cursor) known
+    return this.#logs.sync(ids);
   }
 
   /** Decrypt one room message into the history; its event. Without the sender's key

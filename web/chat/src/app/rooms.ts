@@ -374,6 +374,27 @@ export function aboveCursor<M extends { seq: number }>(cursor: number, messages:
   return messages.filter((m) => m.seq > cursor);
 }
 
+/** Rooms whose logs one `POST /delivery/v1/rooms/logs` reads (the server's most; rooms.py
+ * LOGS_AT_ONCE). */
+export const LOGS_AT_ONCE = 100;
+/** Rooms that go on reading their logs alone at the same time after a batch (those whose
+ * page said `more`). */
+export const READS_AT_ONCE = 4;
+
+/** One room of a batch read: its id and the number to read after (its cursor). */
+export interface LogAsk {
+  room: string;
+  after: number;
+}
+
+/** The answer to a batch read (`POST /delivery/v1/rooms/logs`): a page of each room the
+ * device may read, in the order asked (each as one room's read gives it, with its
+ * `room`), and the ids of those it may not read (no such room, not a member, public). */
+export interface LogPages<M> {
+  pages: (LogPage<M> & { room: string })[];
+  refused: string[];
+}
+
 /** What {@link RoomLogs} asks of the client. */
 export interface RoomLogIo<M> {
   /** The room's cursor: the number up to which this device has every message. */
@@ -383,8 +404,13 @@ export interface RoomLogIo<M> {
   take(room: string, messages: M[], upto: number): Promise<void>;
   /** A page of the room's log after `after`. */
   page(room: string, after: number): Promise<LogPage<M>>;
+  /** A page of each of these rooms' logs after its `after`, in one call (at most
+   * {@link LOGS_AT_ONCE} rooms, each once). */
+  pages(asks: LogAsk[]): Promise<LogPages<M>>;
   /** A read of the room's log failed (it stops; the next push or sync reads again). */
   failed(room: string, error: unknown): void;
+  /** A batch read failed: none of its rooms was read (the next sync reads them). */
+  batchFailed(rooms: string[], error: unknown): void;
 }
 
 /**
@@ -395,6 +421,14 @@ export interface RoomLogIo<M> {
  * says no `more`. One read per room at a time: a read asked for while one runs (a gap
  * pushed meanwhile, a sync) makes it read once more when it ends, since it may have
  * passed the log's end before the message that asks was stored.
+ *
+ * A sync ({@link RoomLogs.sync}) reads many rooms' first pages in one call
+ * ({@link LOGS_AT_ONCE} rooms a call): a room being read already is left out, and each
+ * room asked for counts as being read from the call until its page is taken (and, when
+ * it says `more` or a read was asked for meanwhile, until it has been read on alone to
+ * the log's end), so a batch page and a room's own read never run side by side. Every
+ * page, a batch's or a room's own, is taken through `take`, which skips what is at or
+ * below the cursor and never moves it back.
  */
 export class RoomLogs<M extends { seq: number }> {
   readonly #reading = new Map<string, Promise<number>>();
@@ -410,7 +444,7 @@ export class RoomLogs<M extends { seq: number }> {
     return kind;
   }
 
-  /** Whether a read of the room's log is under way. */
+  /** Whether a read of the room's log is under way (its own, or a batch's). */
   reading(room: string): boolean {
     return this.#reading.has(room);
   }
@@ -426,6 +460,96 @@ export class RoomLogs<M extends { seq: number }> {
     const task = this.#read(room).finally(() => this.#reading.delete(room));
     this.#reading.set(room, task);
     return task;
+  }
+
+  /**
+   * Read these rooms' logs from their cursors (on connect, and on `resync`; rooms.py
+   * `sync_rooms`): the list (each room once) in chunks of {@link LOGS_AT_ONCE}, one
+   * `pages` call a chunk, one after the other, for the rooms of the chunk not being read
+   * at that moment. Each page is taken in the order of the answer and the cursor moved
+   * to its `next`; a room whose page says `more` is read on alone (`page`, as a gap
+   * would read it), at most {@link READS_AT_ONCE} at a time; a refused room is left as
+   * it is. A failed call goes to `batchFailed` and its chunk is skipped, cursors
+   * unchanged (the next connect or resync reads them). How many messages came; never
+   * rejects.
+   */
+  async sync(rooms: readonly string[]): Promise<number> {
+    const all = [...new Set(rooms)];
+    let got = 0;
+    for (let i = 0; i < all.length; i += LOGS_AT_ONCE) {
+      const chunk = all.slice(i, i + LOGS_AT_ONCE).filter((room) => !this.#reading.has(room));
+      if (chunk.length > 0) got += await this.#batch(chunk);
+    }
+    return got;
+  }
+
+  /** Mark the room as being read until the returned function is called (with how many
+   * messages its read brought, what a `read` asked for meanwhile resolves to). */
+  #hold(room: string): (got: number) => void {
+    let done: (got: number) => void = () => undefined;
+    const held = new Promise<number>((resolve) => (done = resolve));
+    this.#reading.set(room, held);
+    return (got) => {
+      if (this.#reading.get(room) === held) this.#reading.delete(room);
+      done(got);
+    };
+  }
+
+  async #batch(chunk: string[]): Promise<number> {
+    // The cursors asked from, and each room held from now (before the call goes out).
+    const asks = chunk.map((room) => ({ room, after: this.io.cursor(room) }));
+    const held = new Map(asks.map(({ room, after }) => [room, { after, release: this.#hold(room) }]));
+    const letGo = () => {
+      for (const [room, { release }] of held) {
+        this.#again.delete(room);
+        release(0);
+      }
+      held.clear();
+    };
+    let answer: LogPages<M>;
+    try {
+      answer = await this.io.pages(asks);
+    } catch (error) {
+      letGo();
+      this.io.batchFailed(chunk, error);
+      return 0;
+    }
+    let got = 0;
+    const readOn: { room: string; release: (got: number) => void; taken: number }[] = [];
+    for (const page of answer.pages) {
+      const ask = held.get(page.room);
+      if (ask === undefined) continue; // not asked for (or a second page of a room)
+      held.delete(page.room);
+      try {
+        await this.io.take(page.room, page.messages, page.next);
+      } catch (error) {
+        this.#again.delete(page.room);
+        ask.release(0);
+        this.io.failed(page.room, error);
+        continue;
+      }
+      got += page.messages.length;
+      const next = Math.max(ask.after, page.next, this.io.cursor(page.room));
+      // Read on alone: the log has more (a page that does not go on has not), or a read
+      // was asked for while the call ran (a gap pushed meanwhile).
+      if ((page.more && next > ask.after) || this.#again.has(page.room)) {
+        readOn.push({ room: page.room, release: ask.release, taken: page.messages.length });
+      } else {
+        ask.release(page.messages.length);
+      }
+    }
+    letGo(); // refused (or left out of the answer): nothing read, the cursor as it was
+    let at = 0;
+    const worker = async () => {
+      while (at < readOn.length) {
+        const { room, release, taken } = readOn[at++] as (typeof readOn)[number];
+        const more = await this.#read(room);
+        got += more;
+        release(taken + more);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(READS_AT_ONCE, readOn.length) }, worker));
+    return got;
   }
 
   async #read(room: string): Promise<number> {
