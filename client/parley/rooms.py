@@ -82,9 +82,9 @@ MAX_PENDING = 1000
 """Room messages kept per room while their sender key has not arrived."""
 MAX_MENTIONS = 20
 LOG_PAGE = 200
+"""Messages per page when a room's log is read."""
 LOGS_AT_ONCE = 100
 """Rooms whose logs one ``POST /delivery/v1/rooms/logs`` reads (the server's most)."""
-"""Messages per page when a room's log is read."""
 _ROOM_ID = re.compile(r"[0-9a-f]{24}")
 _MENTION = re.compile(r"(?<![\w@./])@([A-Za-z0-9._-]{1,64})")
 

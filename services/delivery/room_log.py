@@ -333,7 +333,12 @@ class RoomLog:
         if since_ms > 0:
             start = await self._first_since(room, after, since_ms / 1000) - 1
         low = await self._low(room)
-        start = max(start, low - 1)
+        return await self._page_from(room, max(start, low - 1), after, limit)
+
+    async def _page_from(
+        self, room: str, start: int, after: int, limit: int
+    ) -> tuple[list[f.RoomMessage], int, bool]:
+        """:meth:`page` once its first number (``start`` + 1) is known: one ``$in``."""
         ids = [entry_id(room, start + i) for i in range(1, limit + 2)]
         docs = {d["_id"]: d async for d in self.log.find({"_id": {"$in": ids}})}
         got: list[Doc] = []
@@ -375,8 +380,14 @@ class RoomLog:
 
         async def one(i: int) -> None:
             room, after, since_ms = asks[i]
+            # The next entry exists and was stored since ``since``: the page starts
+            # there (one read); else the page finds its start (expiry, bisection).
+            first = found.get(nexts[i])
             async with gate:
-                out[i] = await self.page(room, after, since_ms, limit)
+                if first is not None and float(first["stored_at"]) * 1000 >= since_ms:
+                    out[i] = await self._page_from(room, after, after, limit)
+                else:
+                    out[i] = await self.page(room, after, since_ms, limit)
 
         await asyncio.gather(*(one(i) for i, page in enumerate(out) if page is None))
         pages = [page for page in out if page is not None]

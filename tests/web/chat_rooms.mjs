@@ -48,11 +48,17 @@ try {
   await a.page.screenshot({ path: path.join(env.SHOTS, "chat-room.png") });
 
   step("B is away while A and R write; back, B reads them from the room's log, each once");
-  // What B's page asks of the room's log (its `after`: the cursor it reads from).
+  // What B's page asks of the room's log (its `after`: the cursor it reads from), alone
+  // or with its other rooms (on connect: POST /delivery/v1/rooms/logs).
   const logReads = [];
   b.page.on("request", (req) => {
     const url = new URL(req.url());
     if (url.pathname === `/delivery/v1/rooms/${room}/log`) logReads.push(Number(url.searchParams.get("after")));
+    if (url.pathname === "/delivery/v1/rooms/logs") {
+      for (const ask of JSON.parse(req.postData() ?? "{}").rooms ?? []) {
+        if (ask.room === room) logReads.push(Number(ask.after ?? 0));
+      }
+    }
   });
   await logOut(b.page);
   const away = [`while b was away, from a ${env.TAG}`, `a second one while b was away ${env.TAG}`];

@@ -11,7 +11,7 @@ browser contexts, A and B; when the story needs the Python user R it prints a
    distributed over the pairwise sessions as control payloads, both ways between
    the TypeScript and the Python implementation);
 3. B logs out; A writes twice and R once; B logs in again and reads the three from
-   the room's log (GET /delivery/v1/rooms/{id}/log after B's cursor, 3: nothing of a
+   the room's log (POST /delivery/v1/rooms/logs with B's cursor, 3: nothing of a
    private room is in a device's inbox now), each exactly once; after a reload B reads
    the log from the cursor kept in its vault (6), and nothing shows twice;
 4. B leaves: A's next message rotates its sender key (R then holds two chains of
