@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -145,6 +146,7 @@ async def _phase(
     # Every device starts at the end of every log (as one that synced before).
     cursors = [dict.fromkeys(rooms, 0) for _ in range(opts.devices)]
     await asyncio.gather(*(_batched(session, lb, reader.token, c) for c in cursors))
+    expected = dict(cursors[0])
     walls: list[float] = []
     calls = 0
     meter = CpuMeter(pids)
@@ -162,6 +164,11 @@ async def _phase(
         calls += sum(await asyncio.gather(*(one(c) for c in cursors)))
         for name, sec in meter.stop().items():
             cpu[name] = cpu.get(name, 0.0) + sec
+        # Every device read exactly the new message of each room with news.
+        for room in rooms[: opts.news]:
+            expected[room] += 1
+        if any(c != expected for c in cursors):
+            raise RuntimeError(f"{how.__name__}: a device's cursors are not the logs' ends")
     syncs = opts.devices * opts.rounds
     walls.sort()
     return {
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     news = min(a.news, a.rooms, PER_OWNER)
     opts = Options(rooms=a.rooms, devices=a.devices, rounds=a.rounds, news=news)
     with tempfile.TemporaryDirectory(prefix="parley-room-sync-") as tmp:
-        result = asyncio.run(run(opts, Path(tmp), lambda m: print(m, flush=True)))
+        result = asyncio.run(run(opts, Path(tmp), lambda m: print(m, file=sys.stderr, flush=True)))
     if a.json:
         print(json.dumps(result, indent=2))
         return
