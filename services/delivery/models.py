@@ -73,7 +73,8 @@ class RoomLogsIn(BaseModel):
 
     rooms: list[RoomLogAsk] = Field(
         min_length=1, max_length=ROOM_LOGS_MAX,
-        description=f"1 to {ROOM_LOGS_MAX} rooms, each once, with the number to read after",
+        description=f"1 to {ROOM_LOGS_MAX} rooms, each with the number to read after (a room "
+        "asked for twice is answered twice)",
     )  # fmt: skip
     since: int = Field(
         default=0, ge=0, le=2**63 - 1,

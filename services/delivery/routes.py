@@ -137,11 +137,6 @@ async def room_log_page(request: web.Request, claims: Claims) -> web.Response:
 async def room_logs(request: web.Request, claims: Claims, body: RoomLogsIn) -> web.Response:
     settings = request.app[SETTINGS]
     ids = [ask.room for ask in body.rooms]
-    if len(set(ids)) != len(ids):
-        raise ApiError(
-            ErrorCode.VALIDATION_FAILED, "Ask for each room once.",
-            details=[{"field": "rooms", "problem": "a room asked for twice"}],
-        )  # fmt: skip
     joined = await request.app[MODERATION].parties.joined_private(ids, bearer_token(request))
     limit = min(body.limit, settings.sync_page_max)
     asks = [
