@@ -120,6 +120,10 @@ async def room_log_page(request: web.Request, claims: Claims) -> web.Response:
     return web.Response(body=f.encode(page), content_type="application/json")
 
 
+ROOM_LOGS_MESSAGES = 5000
+"""Messages one ``POST /delivery/v1/rooms/logs`` answers at most, all rooms together."""
+
+
 @api.post(
     "/v1/rooms/logs",
     summary="Read many private rooms' logs at once: a page of each after its number",
@@ -127,7 +131,9 @@ async def room_log_page(request: web.Request, claims: Claims) -> web.Response:
         "What a device does after connecting: every private room it is in, read from its "
         'place (docs/protocol.md, "Private rooms"). One call to the rooms service and two '
         "reads by id answer the rooms with nothing new, whatever their number; the others "
-        "get a page each, as `GET /delivery/v1/rooms/{room_id}/log` gives it."
+        "get a page each, as `GET /delivery/v1/rooms/{room_id}/log` gives it. One answer "
+        "holds at most 5,000 messages: `limit` is cut to 5,000 divided by the number of "
+        "rooms asked for."
     ),
     body=RoomLogsIn,
     response=RoomLogs,
@@ -138,7 +144,10 @@ async def room_logs(request: web.Request, claims: Claims, body: RoomLogsIn) -> w
     settings = request.app[SETTINGS]
     ids = [ask.room for ask in body.rooms]
     joined = await request.app[MODERATION].parties.joined_private(ids, bearer_token(request))
-    limit = min(body.limit, settings.sync_page_max)
+    # One answer holds at most ROOM_LOGS_MESSAGES messages, shared among the rooms asked
+    # for (a room with more says `more`, and is read on alone).
+    share = max(1, ROOM_LOGS_MESSAGES // len(body.rooms))
+    limit = min(body.limit, settings.sync_page_max, share)
     asks = [
         (a.room, a.after, max(body.since, joined[a.room])) for a in body.rooms if a.room in joined
     ]

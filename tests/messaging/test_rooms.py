@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from parley_contract import envelopes as e
 from parley_contract import frames as f
 
+from services.delivery import routes as delivery_routes
 from services.delivery.state import MODERATION, ROOM_LOG, WORKER
 from tests.support.aio import eventually
 from tests.support.room_world import RoomWorld
@@ -221,7 +223,9 @@ async def test_a_send_for_other_member_devices_is_refused_with_the_current_lists
     ]
 
 
-async def test_many_rooms_logs_are_read_in_one_call(world: RoomWorld) -> None:
+async def test_many_rooms_logs_are_read_in_one_call(
+    world: RoomWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``POST /delivery/v1/rooms/logs``, what a device does on connecting: a page of each
     private room it may read, in the order asked, and the rest named as refused; a
     room with nothing new answers an empty page at its number; an expired start
@@ -255,6 +259,19 @@ async def test_many_rooms_logs_are_read_in_one_call(world: RoomWorld) -> None:
     assert got["refused"] == strangers
     msg = got["pages"][2]["messages"][0]
     assert msg["op"] == "room_message" and msg["seq"] == 1 and msg["from"] == alice
+
+    # One answer's messages are bounded, shared among the rooms: 200 for 100 rooms is 2
+    # a room, and a room with more says so.
+    monkeypatch.setattr(delivery_routes, "ROOM_LOGS_MESSAGES", 200)
+    status, got = await world.logs(bob, {**body, "limit": 1000})
+    assert status == 200, got
+    assert [(len(p["messages"]), p["next"], p["more"]) for p in got["pages"][:4]] == [
+        (1, 1, False),
+        (2, 2, False),
+        (2, 2, True),
+        (0, 0, False),
+    ]
+    monkeypatch.undo()
 
     # A room asked for twice is answered twice, each from its own number.
     status, got = await world.logs(
