@@ -72,10 +72,11 @@ __all__ = ["DEVICE_RECHECK_S", "RoomNotFound", "Rooms", "member_key", "room_conv
 
 ROOM_ID = re.compile(r"[0-9a-f]{24}")
 DEVICE_RECHECK_S = 30.0
+"""Members' device lists are read again before a send when the room's version changed,
+or when they were last read longer ago than this (a member linked a device: the gateway
+refuses a message its key has not reached, ``devices_changed``, see REDO_MAX)."""
 REDO_MAX = 3
 """Times one room message is encrypted again after ``devices_changed`` before it fails."""
-"""Members' device lists are read again before a send when the room's version changed,
-or when they were last read longer ago than this (a member linked a device)."""
 DISTRIBUTE_AT_ONCE = 8
 """Pairwise sender-key sends in flight at once (each waits for its ``accepted``)."""
 MAX_PENDING = 1000
