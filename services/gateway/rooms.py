@@ -27,10 +27,10 @@ from services.common.rosters import RosterCache
 
 DEVICE_LOOKUPS = 32
 DIGESTS_KEPT = 10_000
+"""(room, sending device) pairs whose last member-device digest is remembered."""
 REFRESH_EVERY_S = 10.0
 """A room's member device lists are read again (not from the cache) at most this often,
 when a ``room_send``'s digest disagrees with them."""
-"""(room, sending device) pairs whose last member-device digest is remembered."""
 
 
 class DevicesChanged(ApiError):
