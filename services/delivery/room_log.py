@@ -81,8 +81,9 @@ Doc = dict[str, Any]
 _ROUNDS = 8
 # Ids looked at per read when the last number is looked for, and per expiry step.
 _PROBE = 32
-_PAGES_AT_ONCE = 8
 _PURGE = 500
+# Rooms with news a batched read (``pages``) pages at once.
+_PAGES_AT_ONCE = 8
 _HEADS_KEPT = 100_000
 
 
