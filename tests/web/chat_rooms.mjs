@@ -97,6 +97,23 @@ try {
   for (let i = 0; i < 50 && logReads.length === 0; i++) await b.page.waitForTimeout(100);
   if (JSON.stringify(logReads) !== "[6]") throw new Error(`after the reload B read the room's log after ${JSON.stringify(logReads)}, not 6`);
 
+  step("R links a second device: A's next message reaches it at once");
+  // A's page names the member devices its key went to (device_digest). If it read R's
+  // devices less than 30 s ago it does not know the new one: the gateway refuses the
+  // message (devices_changed), A gives the new device the key, encrypts the text again
+  // and resends it with the same id. Either way the new device reads it, once.
+  const seen = a.framesSent.length;
+  await py({ do: "link" });
+  const forNew = `for r's new device ${env.TAG}`;
+  await write(a.page, priv, forNew);
+  await py({ do: "expect_on_new", room, text: forNew });
+  await sees(b.page, forNew);
+  const roomSends = a.framesSent.slice(seen).filter((p) => p.startsWith("{")).map((p) => JSON.parse(p)).filter((f) => f.op === "room_send" && f.room === room);
+  if (roomSends.length === 0 || roomSends.some((f) => typeof f.device_digest !== "string")) throw new Error(`A's room_send frames: ${JSON.stringify(roomSends)}`);
+  const tries = roomSends.filter((f) => f.id === roomSends.at(-1).id);
+  if (tries.length > 1 && new Set(tries.map((f) => f.body)).size !== tries.length) throw new Error("a resend after devices_changed was not encrypted again");
+  console.log(`room_send tries for the message after the link: ${tries.length}`);
+
   step("B leaves: A's next message rotates A's sender key and reaches R");
   await b.page.getByRole("button", { name: "Leave room" }).click();
   await b.page.waitForSelector(`button.room[data-room-name="${priv}"]`, { state: "detached", timeout: T });

@@ -58,6 +58,9 @@ export async function user(browser, name) {
   const errors = [];
   page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && errors.push(`${name}: ${m.text()}`));
   page.on("pageerror", (e) => errors.push(`${name}: ${e}`));
+  // Every frame the page's sockets send (text), for scripts that look at the protocol.
+  const framesSent = [];
+  page.on("websocket", (ws) => ws.on("framesent", (ev) => typeof ev.payload === "string" && framesSent.push(ev.payload)));
   await page.goto(`${env.LB}/#signup`);
   await page.getByLabel("Username", { exact: true }).fill(name);
   await page.getByLabel("E-mail").fill(`${name}@example.test`);
@@ -65,7 +68,7 @@ export async function user(browser, name) {
   await page.getByLabel("Local passphrase").fill(`local passphrase ${env.TAG}`);
   await page.getByRole("button", { name: "Create account" }).click();
   await expect(page, "#connection.connected");
-  return { ctx, page, errors };
+  return { ctx, page, errors, framesSent };
 }
 
 /** Log out of the page, back to the log-in form. */

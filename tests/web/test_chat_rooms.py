@@ -14,12 +14,19 @@ browser contexts, A and B; when the story needs the Python user R it prints a
    the room's log (POST /delivery/v1/rooms/logs with B's cursor, 3: nothing of a
    private room is in a device's inbox now), each exactly once; after a reload B reads
    the log from the cursor kept in its vault (6), and nothing shows twice;
-4. B leaves: A's next message rotates its sender key (R then holds two chains of
+4. R links a second device (SDK); A's next message reaches it at once. A's page read
+   R's devices less than 30 s before (in a normal run), so it names only R's first
+   device in ``device_digest``: the gateway refuses (``devices_changed``), A gives the
+   new device its key, encrypts the text again and resends it with the same id (a
+   resend's body is checked to be new; the number of tries is printed with ``-s``:
+   2, or 1 on a machine slow enough that A read the lists again first). Either way
+   R's new device shows that one message, nothing left sealed;
+5. B leaves: A's next message rotates its sender key (R then holds two chains of
    A's device) and still reaches R;
-5. A creates a public room; B finds it in the directory and joins (focus lands on
+6. A creates a public room; B finds it in the directory and joins (focus lands on
    the room, Tab goes on in order); A's post shows in B's page; no horizontal
    scroll at 390 px;
-6. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
+7. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
 
 No plaintext of the private room is in MongoDB, Kafka or Redis afterwards.
 Screenshots as test_chat_browser.py takes them (``PARLEY_UPDATE_SCREENSHOTS=1``
@@ -77,10 +84,12 @@ SHOTS = ("chat-room", "chat-room-public", "chat-room-phone")
 class PythonSide:
     """The SDK user R, and what the scripts ask of it."""
 
-    def __init__(self, client: Client, system: System) -> None:
+    def __init__(self, client: Client, system: System, tmp: Path | None = None) -> None:
         self.r = client
         self.system = system
         self.texts: list[str] = []
+        self.tmp = tmp
+        self.r2: Client | None = None  # R's second device, once linked
 
     async def act(self, req: dict[str, Any]) -> dict[str, Any]:
         r, do = self.r, req["do"]
@@ -160,6 +169,26 @@ class PythonSide:
                 if event.text == req["text"]:
                     assert event.room_id == req["room"] and not event.public
                     return {"from": event.username}
+        if do == "link":  # R links a second device (approved by the first) and connects it
+            assert self.tmp is not None and r.username is not None
+            r2 = self.r2 = await sdk_client(self.tmp / "r2", self.system.lb)
+            code = await r2.link_device(r.username, PASSWORD)
+            waiting = asyncio.create_task(r2.wait_linked(60))
+            await r.approve_device(code)
+            await waiting
+            await r2.connect()
+            return {}
+        if do == "expect_on_new":  # R's second device decrypts this text, nothing left sealed
+            assert self.r2 is not None
+            while True:
+                event = await self.r2.next_event(RoomMessage, timeout=30)
+                assert isinstance(event, RoomMessage)
+                if event.text == req["text"]:
+                    break
+            assert self.r2.rooms.pending(req["room"]) == 0
+            texts = [e["text"] for e in self.r2.history(f"room:{req['room']}")]
+            assert texts == [req["text"]], texts  # linked after the rest: only this one
+            return {}
         if do == "chains":
             # How many sender-key chains of `user`'s devices R holds for the room.
             user_id, _ = await r.resolve(req["user"])
@@ -190,17 +219,21 @@ async def find_report(system: System, server_id: str) -> dict[str, Any]:
                 raise AssertionError(f"no open report of {server_id} in the admins' queue")
 
 
+PASSWORD = "correct horse battery staple"
+
+
+async def sdk_client(data_dir: Path, lb: str) -> Client:
+    client = Client(
+        lb, data_dir=data_dir, passphrase="test passphrase",
+        kdf=KdfParams(n=2**10, r=8, p=1), backoff_start=0.1, backoff_max=1.0,
+    )  # fmt: skip
+    await client.open()
+    return client
+
+
 async def python_user(system: System, tmp_path: Path, tag: str) -> Client:
-    r = Client(
-        system.lb,
-        data_dir=tmp_path / "r",
-        passphrase="test passphrase",
-        kdf=KdfParams(n=2**10, r=8, p=1),
-        backoff_start=0.1,
-        backoff_max=1.0,
-    )
-    await r.open()
-    await r.signup(f"pyr{tag}", "correct horse battery staple", f"pyr{tag}@example.test")
+    r = await sdk_client(tmp_path / "r", system.lb)
+    await r.signup(f"pyr{tag}", PASSWORD, f"pyr{tag}@example.test")
     await r.connect()
     return r
 
@@ -262,7 +295,7 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
     shots.mkdir(parents=True, exist_ok=True)
     tag = secrets.token_hex(4)
     r = await python_user(system, tmp_path, tag)
-    py = PythonSide(r, system)
+    py = PythonSide(r, system, tmp_path)
     env = {
         "LB": system.lb,
         "SHOTS": str(shots),
@@ -274,14 +307,20 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
     try:
         output, browser_texts = await run_script("chat_rooms.mjs", env, py, timeout=150)
     finally:
+        if py.r2 is not None:
+            await py.r2.close()
         await r.close()
     assert "chat rooms: ok" in output, output[-3000:]
+    # R's linked device read A's next message (refused first, then resent, when A had read
+    # R's devices in the last 30 s; printed with -s).
+    [tries] = [ln for ln in output.splitlines() if ln.startswith("room_send tries")]
+    print(tries)
     for name in SHOTS:
         assert (shots / f"{name}.png").stat().st_size > 5000, name
 
     # The private room's texts are nowhere on the server in the clear.
     plaintexts = sorted(set(py.texts + browser_texts))
-    assert len(plaintexts) == 7  # A four times, B once, R twice
+    assert len(plaintexts) == 8  # A five times, B once, R twice
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     for where, blob in blobs:
         for text in plaintexts:
