@@ -771,22 +771,40 @@ class Rooms:
             chunk = [r for r in private[i : i + LOGS_AT_ONCE] if not self._busy(r)]
             if not chunk:
                 continue
+            # The rooms of the call are being read until their pages are taken: a gap
+            # pushed meanwhile waits for the call (``_read_soon``: ``_again``), then
+            # reads once from the new cursor, not beside it.
+            batch = asyncio.get_running_loop().create_task(self._read_batch(chunk))
+            for room_id in chunk:
+                self._reading[room_id] = batch
             try:
-                await self._token()
-                since = int((self._store().read().get("account") or {}).get("linked_at") or 0)
-                answer = await self.api.room_logs(
-                    {r: self.cursor(r) for r in chunk}, since, LOG_PAGE
-                )
-            except (ParleyError, TimeoutError, OSError) as exc:
-                log.info("could not read the rooms' logs: %s", exc)
-                continue
-            for page in answer.get("pages", []):
-                room_id = str(page["room"])
-                frames = [msgspec.convert(m, f.RoomMessage) for m in page["messages"]]
-                await self._take(room_id, frames, upto=int(page.get("next", 0)))
-                got += len(frames)
-                if page.get("more"):
-                    got += await self.read_log(room_id)
+                got += await batch
+            finally:
+                for room_id in chunk:
+                    if self._reading.get(room_id) is batch:
+                        del self._reading[room_id]
+            for room_id in [r for r in chunk if r in self._again]:
+                got += await self.read_log(room_id)
+        return got
+
+    async def _read_batch(self, chunk: list[str]) -> int:
+        """One ``POST /delivery/v1/rooms/logs`` for ``chunk``, its pages taken; a room
+        with more than its page is marked to read on alone (``_again``)."""
+        try:
+            await self._token()
+            since = int((self._store().read().get("account") or {}).get("linked_at") or 0)
+            answer = await self.api.room_logs({r: self.cursor(r) for r in chunk}, since, LOG_PAGE)
+        except (ParleyError, TimeoutError, OSError) as exc:
+            log.info("could not read the rooms' logs: %s", exc)
+            return 0
+        got = 0
+        for page in answer.get("pages", []):
+            room_id = str(page["room"])
+            frames = [msgspec.convert(m, f.RoomMessage) for m in page["messages"]]
+            await self._take(room_id, frames, upto=int(page.get("next", 0)))
+            got += len(frames)
+            if page.get("more"):
+                self._again.add(room_id)
         return got
 
     def _busy(self, room_id: str) -> bool:

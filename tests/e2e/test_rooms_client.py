@@ -281,6 +281,50 @@ async def test_a_member_away_reads_the_rooms_log_once_and_a_gap_is_read_again(
     assert len(room_texts(alice, rid)) == 44  # one history entry for the message sent twice
 
 
+async def test_a_gap_during_a_batched_log_read_waits_for_it(device: NewDevice) -> None:
+    """On connect a device reads its rooms' logs 100 rooms a call; a room in that call is
+    being read until its page is taken, so a push that shows a gap meanwhile does not
+    start a read beside it: one read follows the call, from the new cursor."""
+    alice = await device(username("ga"), first=True)
+    b_name = username("gb")
+    bob = await device(b_name, first=True)
+    await alice.connect()
+    rid = (await alice.rooms.create(f"gap {secrets.token_hex(3)}"))["room_id"]
+    await alice.rooms.invite(rid, b_name)
+    await bob.rooms.accept(rid)
+    for i in range(3):
+        await alice.rooms.send(rid, f"batched {i}")
+    pushed = msgspec.convert((await bob.api.room_log(rid, 2, 0, 10))["messages"][0], f.RoomMessage)
+    assert pushed.seq == 3
+
+    release, entered = asyncio.Event(), asyncio.Event()
+    batch, one_room = bob.api.room_logs, bob.api.room_log
+    singles: list[int] = []
+
+    async def slow_batch(*args: Any, **kw: Any) -> dict[str, Any]:
+        entered.set()
+        await release.wait()
+        return await batch(*args, **kw)
+
+    async def counted(room_id: str, after: int, *args: Any, **kw: Any) -> dict[str, Any]:
+        singles.append(after)
+        return await one_room(room_id, after, *args, **kw)
+
+    bob.api.room_logs = slow_batch  # type: ignore[method-assign]
+    bob.api.room_log = counted  # type: ignore[method-assign]
+    syncing = asyncio.create_task(bob.rooms.sync_rooms())
+    await asyncio.wait_for(entered.wait(), 30)
+    await bob.rooms.on_room_message(pushed)  # seq 3 with the cursor at 0: a gap
+    # Marked to read again after the call; no read of its own was started beside it.
+    assert rid in bob.rooms._again and singles == []
+    release.set()
+    assert await asyncio.wait_for(syncing, 30) == 3
+    assert singles == [3]  # once, after the call, from the cursor the call left
+    assert bob.rooms.cursor(rid) == 3 and bob.rooms.pending(rid) == 3  # sealed: no key yet
+    await bob.connect()  # the inbox brings alice's key: the three open, once each
+    assert await all_texts(bob, rid, 3) == [f"batched {i}" for i in range(3)]
+
+
 async def test_room_errors_are_clear(device: NewDevice) -> None:
     a = await device(username("ea"), first=True)
     b = await device(username("eb"), first=True)
