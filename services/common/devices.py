@@ -59,7 +59,7 @@ class DeviceLists:
             return hit[1]
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
-        status, body = await get_as(self.session, url, token, unavailable)
+        status, body = await call_as(self.session, url, token, unavailable)
         if status == 404:
             devices: frozenset[int] = frozenset()
         elif status != 200:
@@ -93,7 +93,7 @@ async def member_ids(get: Callable[[str], Awaitable[dict[str, Any]]], path: str)
 async def rooms_get(session: aiohttp.ClientSession, url: str, token: str) -> dict[str, Any]:
     """GET a rooms service route as the caller: its JSON object, or ``room_not_found``
     (no such room, or one the caller may not see) or ``unavailable``."""
-    status, body = await get_as(session, url, token, "Cannot read the room now.")
+    status, body = await call_as(session, url, token, "Cannot read the room now.")
     if status == 200 and isinstance(body, dict):
         return body
     code = body.get("error", {}).get("code") if isinstance(body, dict) else None
@@ -107,7 +107,7 @@ async def user_id_of(
 ) -> str | None:
     """The canonical user id the auth service gives for ``ref`` (a user id or a username,
     any case), None when nobody has it, ``unavailable`` when it cannot be asked."""
-    status, body = await get_as(session, f"{auth_url}/auth/v1/users/{ref}", token, unavailable)
+    status, body = await call_as(session, f"{auth_url}/auth/v1/users/{ref}", token, unavailable)
     if status == 404:
         return None
     if status == 200 and isinstance(body, dict) and isinstance(body.get("user_id"), str):
@@ -115,12 +115,12 @@ async def user_id_of(
     raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
 
 
-async def get_as(
+async def call_as(
     session: aiohttp.ClientSession, url: str, token: str, unavailable: str, json: Any = None
 ) -> tuple[int, Any]:
-    """GET ``url`` as the caller (with their token), or POST ``json`` to it: the status and
-    the JSON body (None when the body is not JSON); ``unavailable`` when the service
-    does not answer."""
+    """GET ``url`` as the caller (with their token), or POST ``json`` to it when given:
+    the status and the JSON body (None when the body is not JSON); ``unavailable`` when
+    the service does not answer."""
     headers = {"Authorization": f"Bearer {token}", **outgoing_headers()}
     try:
         method = "GET" if json is None else "POST"

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from parley_contract.errors import ErrorCode
-from parley_contract.frames import Error, FieldError, FrameError
+from parley_contract.frames import DeviceList, Error, FieldError, FrameError
 
-__all__ = ["ApiError", "ErrorCode", "http_status"]
+__all__ = ["ApiError", "DevicesChanged", "ErrorCode", "http_status"]
 
 
 _STATUS: dict[ErrorCode, int] = {
@@ -140,3 +141,19 @@ class ApiError(Exception):
         if exc.details is not None:
             details = [{"field": d.field, "problem": d.problem} for d in exc.details]
         return cls(exc.code, exc.message, details=details)
+
+
+class DevicesChanged(ApiError):
+    """A send's copies (1:1), or the member devices a room message's sender key was
+    given to (``room_send.device_digest``), are not the current devices: nothing was
+    produced; ``lists`` are the current ones."""
+
+    def __init__(self, lists: list[DeviceList]) -> None:
+        super().__init__(
+            ErrorCode.DEVICES_CHANGED,
+            "The device lists changed: encrypt for the current devices and send again.",
+        )
+        self.lists = lists
+
+    def frame(self, answers: str | None = None) -> Error:
+        return msgspec.structs.replace(super().frame(answers), devices=self.lists)

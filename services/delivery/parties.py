@@ -17,7 +17,7 @@ import aiohttp
 from parley_contract import envelopes as e
 
 from services.common.config import Settings
-from services.common.devices import DeviceLists, get_as, member_ids, rooms_get
+from services.common.devices import DeviceLists, call_as, member_ids, rooms_get
 from services.common.errors import ApiError, ErrorCode
 
 DEVICE_LOOKUPS = 16
@@ -91,7 +91,7 @@ class Parties:
         joined each (Unix ms): one call to the rooms service (``POST /rooms/v1/lookup``,
         two reads by id there), whatever their number."""
         session, _ = self._client()
-        status, body = await get_as(
+        status, body = await call_as(
             session, f"{self.rooms}/rooms/v1/lookup", token, "Cannot read the rooms now.",
             json={"rooms": room_ids},
         )  # fmt: skip

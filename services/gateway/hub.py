@@ -33,13 +33,13 @@ from services.common import routing
 from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
 from services.common.config import Settings
 from services.common.devices import DeviceLists
-from services.common.errors import ApiError, ErrorCode
+from services.common.errors import ApiError, DevicesChanged, ErrorCode
 from services.common.ratelimit import TokenBucket
 from services.common.tasks import cancel_all
 from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
 from services.gateway.heartbeat import Heartbeat
-from services.gateway.rooms import DevicesChanged, RoomMembers
+from services.gateway.rooms import RoomMembers
 from services.gateway.store import GatewayStore
 
 if TYPE_CHECKING:

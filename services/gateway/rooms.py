@@ -16,13 +16,12 @@ import time
 from typing import Any
 
 import aiohttp
-import msgspec
 from parley_contract import envelopes as e
 from parley_contract import frames as f
 
 from services.common.config import Settings
 from services.common.devices import DeviceLists, member_ids, rooms_get
-from services.common.errors import ApiError, ErrorCode
+from services.common.errors import ApiError, DevicesChanged, ErrorCode
 from services.common.rosters import RosterCache
 
 DEVICE_LOOKUPS = 32
@@ -31,22 +30,6 @@ DIGESTS_KEPT = 10_000
 REFRESH_EVERY_S = 10.0
 """A room's member device lists are read again (not from the cache) at most this often,
 when a ``room_send``'s digest disagrees with them."""
-
-
-class DevicesChanged(ApiError):
-    """A send's copies (1:1), or the member devices a room message's sender key was
-    given to (``room_send.device_digest``), are not the current devices: nothing was
-    produced; ``lists`` are the current ones."""
-
-    def __init__(self, lists: list[f.DeviceList]) -> None:
-        super().__init__(
-            ErrorCode.DEVICES_CHANGED,
-            "The device lists changed: encrypt for the current devices and send again.",
-        )
-        self.lists = lists
-
-    def frame(self, answers: str | None = None) -> f.Error:
-        return msgspec.structs.replace(super().frame(answers), devices=self.lists)
 
 
 class RoomMembers:

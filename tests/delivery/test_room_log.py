@@ -127,6 +127,16 @@ async def test_pages_of_a_big_log_read_by_primary_key(
     messages, last, more = await log.page(room, 0, int(time.time() * 1000) + 60_000, 50)
     assert (messages, last, more) == ([], n, False)
 
+    # Many rooms at once (a device reconnecting, ``POST .../rooms/logs``): the same pages,
+    # a quiet room and the log's end answered without paging, on this big log too.
+    quiet = room_id()
+    asks = [(room, 12_345, 0), (quiet, 0, 0), (room, 0, since_ms), (room, n, 0),
+            (room, n - 10, 0), (room, 100, since_ms)]  # fmt: skip
+    got = await log.pages(asks, 200)
+    assert got == [await log.page(*ask, 200) for ask in asks]
+    assert got[1] == ([], 0, False) and got[3] == ([], n, False)
+    assert got[2][0][0].seq == 15_001 and got[5][0][0].seq == 15_001
+
 
 async def test_removed_messages_keep_their_numbers_and_leave_pages(
     store: DeliveryStore, settings: Settings
