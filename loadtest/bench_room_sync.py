@@ -51,17 +51,28 @@ class Options:
 
 
 async def _send_news(ws: aiohttp.ClientWebSocketResponse, rooms: list[str], tag: str) -> None:
-    """One ``room_send`` to each room, each ``accepted`` before the next."""
+    """One ``room_send`` to each room, each ``accepted`` before the next; returns once
+    every one is in its room's log (``accepted`` says it is in Kafka; the sender's own
+    socket gets the ``room_message`` once delivery stored it)."""
+    stored: set[str] = set()  # server ids of this round's messages seen pushed
+    wanted: set[str] = set()
     for i, room in enumerate(rooms):
         cid = f"{tag}-{i}"
         frame = {"op": "room_send", "id": cid, "room": room, "body": body_for(i, 64)}
         await ws.send_str(orjson.dumps(frame).decode())
         while True:
             answer = orjson.loads((await ws.receive(timeout=30)).data)
-            if answer.get("id") == cid:
+            if answer.get("op") == "room_message":
+                stored.add(answer["server_id"])
+            elif answer.get("id") == cid:
                 if answer["op"] != "accepted":
                     raise RuntimeError(f"room_send refused: {answer}")
+                wanted.add(answer["server_id"])
                 break
+    while not stored >= wanted:
+        answer = orjson.loads((await ws.receive(timeout=30)).data)
+        if answer.get("op") == "room_message":
+            stored.add(answer["server_id"])
 
 
 async def _per_room(
