@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import msgspec
 from parley_contract import frames as f
-from parley_contract.envelopes import message_server_id
+from parley_contract.envelopes import conversation_id, message_server_id
 
 from parley.account import Account, StoreRef
 from parley.api import Api
@@ -279,7 +279,11 @@ class Messenger:
         """Every contact with its last message and unread count, newest first."""
         read = self._store().read()
         out = []
-        for peer in read.peers():
+        me = self.account.user_id
+        peers = list(read.peers())
+        if me is not None and read.history(me, 1):  # notes to self
+            peers.append({"user_id": me, "username": self.account.username})
+        for peer in peers:
             entries = read.history(peer["user_id"])
             seen = read.get(f"read:{self._ref(peer['user_id'])}") or 0
             unread = [e for e in entries if e.get("dir") == "in" and e.get("at", 0) > seen]
@@ -664,10 +668,16 @@ class Messenger:
     async def _on_receipt(self, frame: f.Accepted | f.Stored | f.Delivered) -> None:
         """``accepted`` once; ``stored``/``delivered`` per device: the message counts as
         stored (delivered) when the first of the recipient's devices has (acked) it.
-        Receipts about the copies for our own other devices are not news."""
+        Receipts about the copies for our own other devices are not news, but in a
+        note to ourselves those devices are the recipient."""
         client_id = frame.id
         status = str(type(frame).__struct_config__.tag)
-        if not isinstance(frame, f.Accepted) and frame.to == self.account.user_id:
+        me = self.account.user_id
+        if (
+            not isinstance(frame, f.Accepted)
+            and frame.to == me
+            and frame.conversation != conversation_id(str(me), str(me))
+        ):
             return
         out = self._outgoing.get(client_id)
         rank = _STATUS_RANK.get(status, 0)
@@ -792,7 +802,9 @@ class Messenger:
         accept_new_identity: bool = False,
     ) -> str:
         """Encrypt ``text`` for every device of a contact and for our own other devices,
-        and send it; returns the client message id.
+        and send it; returns the client message id. To our own username it is a note
+        to self: it goes to our other devices (there must be one), as a contact's
+        message would, and they acknowledge it as its recipients.
 
         ``wait``: ``"accepted"`` (default; durable in the server's log),
         ``"stored"`` (in one of the recipient's inboxes) or ``None``.  Without a
@@ -811,11 +823,6 @@ class Messenger:
         """
         self.check_text(text)
         peer_id, name = await self.resolve(username_or_id)
-        if peer_id == self.account.user_id:
-            raise ParleyError(
-                "Messages to yourself are not supported: your other devices get a copy "
-                "of everything you send."
-            )
         client_id = uuid.uuid4().hex
         frame = await self._encrypt(
             peer_id, text, client_id, name=name, accept_new_identity=accept_new_identity
@@ -875,13 +882,15 @@ class Messenger:
         assert me is not None
         my_device = self.keys.known_device_id()
         read = self._store().read()
-        if refresh or not self._peer(read, peer_id).devices:
+        if peer_id != me and (refresh or not self._peer(read, peer_id).devices):
             await self._refresh_peer(peer_id)
-        if refresh or not self._peer(read, me).devices:
-            await self._refresh_peer(me)
+        mine = set(self._peer(read, me).devices)
+        if refresh or not mine or (peer_id == me and not mine - {my_device}):
+            await self._refresh_peer(me)  # (a note to self: a device linked since?)
         await self._identity_gate(peer_id, name, accept_new_identity)
         bundles: dict[tuple[str, int], PrekeyBundle] = {}
-        for user in (peer_id, me):
+        users = (me,) if peer_id == me else (peer_id, me)  # a note to self: our devices
+        for user in users:
             # A claim's answer carries the current list, which may name devices we
             # did not know of yet: claim for those too (a few rounds at most).
             for _round in range(3):
@@ -912,7 +921,7 @@ class Messenger:
             # Checked again inside the transaction that encrypts: a key change seen
             # by a claim above (or by another process) stops the message here.
             self._check_identity(self._peer(tx, peer_id), name)
-            for user in (peer_id, me):
+            for user in users:
                 state = self._peer(tx, user)
                 if user == peer_id and name is not None:
                     state.username = name
@@ -932,7 +941,11 @@ class Messenger:
                     )  # fmt: skip
                 self._put_peer(tx, state)
             if not any(c.user == peer_id for c in copies):
-                raise ParleyError("That contact has no device to send to.")
+                raise ParleyError(
+                    "A note to yourself goes to your other devices, and this is the only one."
+                    if peer_id == me
+                    else "That contact has no device to send to."
+                )
             frame = f.Send(id=client_id, to=peer_id, copies=copies)
             size, limit = len(f.encode(frame)), self.max_frame_bytes
             if size > limit:

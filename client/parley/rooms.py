@@ -515,11 +515,9 @@ class Rooms:
             dist = session.distribution_message()
         if not lacking:
             return now
-        users = sorted({k.rsplit(":", 1)[0] for k in lacking} - {me})
-        if not users and len(members) > 1:
-            # Only our own other devices lack it: a send to any member carries copies
-            # for them (a pairwise send always covers the sender's other devices).
-            users = [next(u for u in members if u != me)]
+        # A pairwise send always covers our other devices too; when only they lack
+        # the key (we are alone in the room, or just linked one) it is a note to self.
+        users = sorted({k.rsplit(":", 1)[0] for k in lacking} - {me}) or [me]
         payload = encode_control({"t": "skd", "room": room_id, "d": b64encode(dist)})
         gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
 

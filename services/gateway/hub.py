@@ -238,9 +238,6 @@ class Hub:
         with the current lists.
         """
         recipient = await self.directory.require_user(frame.to, token)
-        if recipient == user_id:
-            raise ApiError(ErrorCode.BAD_REQUEST, "Send to another user; your other devices "
-                           "get their copies with every message you send.")  # fmt: skip
         owners = await self._check_copies(user_id, device, recipient, token, frame)
         sent_at = e.now_ms()
         envs = [
@@ -373,13 +370,17 @@ class Hub:
             wanted[user].add(copy.device)
             owners.append(user)
         for fresh in (False, True):
-            lists = {
-                recipient: await self.devices.get(recipient, token, fresh=fresh),
-                user_id: await self.devices.get(user_id, token, fresh=fresh) - {device},
-            }
+            lists = {recipient: await self.devices.get(recipient, token, fresh=fresh)}
+            # A note to yourself (``to`` is the sender) goes to the other devices only.
+            lists[user_id] = await self.devices.get(user_id, token, fresh=fresh) - {device}
             if wanted[recipient] == lists[recipient] and wanted[user_id] == lists[user_id]:
                 return owners
         if not lists[recipient]:
+            if recipient == user_id:
+                raise ApiError(
+                    ErrorCode.RECIPIENT_NOT_FOUND,
+                    "A note to yourself goes to your other devices, and you have none.",
+                )
             raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "That user has no device yet.")
         raise DevicesChanged([f.DeviceList(user=u, devices=sorted(d)) for u, d in lists.items()])
 

@@ -121,6 +121,37 @@ async def test_every_message_reaches_every_device_once_and_safety_numbers_hold(
         assert len(got) == len(set(got)) == 3
 
 
+async def test_a_note_to_self_reaches_my_other_devices_and_is_delivered(
+    device: NewDevice,
+) -> None:
+    """``send`` to your own username: your other devices get it (and say so), the
+    sending device keeps it once; with no other device it is refused, nothing sent."""
+    alice_name = username("alice")
+    a1 = await device(alice_name, first=True)
+    await a1.connect()
+    assert a1.user_id
+    with pytest.raises(ParleyError, match="other devices"):
+        await a1.send(alice_name, "nobody to tell", wait="accepted")
+    assert a1.history(a1.user_id) == [] and a1.outbox() == []
+
+    a2 = await device(alice_name, approver=a1, name="alice laptop")
+    await a2.connect()
+    await a1.send(alice_name, "buy milk", wait="stored")
+    assert await texts(a2, a1.user_id, 1) == ["buy milk"]
+    mine = await eventually(
+        lambda: asyncio.sleep(0, a1.history(a1.user_id or "")),
+        lambda es: len(es) == 1 and es[0].get("status") == "delivered",
+        timeout=60,
+    )
+    assert mine[0]["text"] == "buy milk" and mine[0]["dir"] == "out"
+    assert mine[0]["devices"] == {str(a2.device_id): "delivered"}
+    await a2.send(alice_name, "and eggs", wait="stored")
+    assert await texts(a1, a1.user_id, 2) == ["buy milk", "and eggs"]
+    assert await texts(a2, a1.user_id, 2) == ["buy milk", "and eggs"]
+    assert [c["user_id"] for c in a1.conversations()] == [a1.user_id]
+    assert [c["username"] for c in a2.conversations()] == [alice_name]
+
+
 async def test_a_removed_device_gets_nothing_more_and_its_token_is_refused(
     device: NewDevice, system: System
 ) -> None:

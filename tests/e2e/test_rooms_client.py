@@ -281,6 +281,35 @@ async def test_a_member_away_reads_the_rooms_log_once_and_a_gap_is_read_again(
     assert len(room_texts(alice, rid)) == 44  # one history entry for the message sent twice
 
 
+async def test_alone_in_a_private_room_my_other_device_reads_what_i_write(
+    device: NewDevice,
+) -> None:
+    """Nobody else in the room yet: the sender key goes to the writer's other devices
+    in a note to self (docs/rooms.md), so they read the room from its first message,
+    and the member who joins next reads what follows."""
+    a_name = username("sa")
+    a1 = await device(a_name, first=True)
+    a2 = await device(a_name, approver=a1)
+    await a1.connect()
+    await a2.connect()
+    rid = (await a1.rooms.create(f"alone {secrets.token_hex(3)}"))["room_id"]
+    await a1.rooms.send(rid, "first, alone")
+    assert a1.rooms.distributions == 1  # one note to self, to a2
+    assert await all_texts(a2, rid, 1) == ["first, alone"]
+    assert a2.rooms.pending(rid) == 0
+    await a1.rooms.send(rid, "second, alone")
+    assert a1.rooms.distributions == 1  # a2 has the key: nothing more to give
+    assert await all_texts(a2, rid, 2) == ["first, alone", "second, alone"]
+    b_name = username("sb")
+    bob = await device(b_name, first=True)
+    await bob.connect()
+    await a2.rooms.invite(rid, b_name)
+    await bob.rooms.accept(rid)
+    await a2.rooms.send(rid, "bob is here")
+    assert await all_texts(bob, rid, 1) == ["bob is here"]
+    assert (await all_texts(a1, rid, 3))[-1] == "bob is here"
+
+
 async def test_a_gap_during_a_batched_log_read_waits_for_it(device: NewDevice) -> None:
     """On connect a device reads its rooms' logs 100 rooms a call; a room in that call is
     being read until its page is taken, so a push that shows a gap meanwhile does not

@@ -150,3 +150,52 @@ async def test_a_users_two_sockets_on_one_pod_get_each_receipt_once(messaging: M
         await client.send({"op": "ping", "id": "after"})
         await client.expect("pong", id="after")
         assert [f for f in client.drain() if f["op"] == "delivered"] == []
+
+
+async def test_a_note_to_self_goes_to_the_senders_other_devices_only(
+    messaging: Messaging,
+) -> None:
+    """``to`` is the sender: the copies cover exactly its other devices, which get it
+    as recipients (their acks earn `stored`/`delivered`); with no other device, or a
+    copy for the sending device, nothing is stored."""
+    alice_id = uid()
+    messaging.issuer.devices[alice_id] = [1, 2]
+    a1 = await messaging.connect(alice_id, pod=0)
+    a2 = await messaging.connect(alice_id, pod=1, did=2)
+    for frame, code, lists in [
+        # a copy for the sending device itself
+        (send_frame("n0", alice_id, "bm90ZQ", devices=(1, 2)), "devices_changed", [2]),
+        # a device alice does not have
+        (send_frame("n1", alice_id, "bm90ZQ", devices=(2, 3)), "devices_changed", [2]),
+    ]:
+        await a1.send(frame)
+        err = await a1.expect("error", id=frame["id"])
+        assert err["code"] == code
+        assert {d["user"]: sorted(d["devices"]) for d in err["devices"]} == {alice_id: lists}
+
+    await a1.send(send_frame("n2", alice_id, "bm90ZQ", devices=(2,)))
+    accepted = await a1.expect("accepted", id="n2")
+    msg = await a2.expect("message")
+    assert (msg["from"], msg["from_device"], msg["body"]) == (alice_id, 1, "bm90ZQ")
+    assert msg["conversation"] == f"dm:{alice_id}:{alice_id}"
+    assert msg["server_id"] == accepted["server_id"]
+    stored = await a1.expect("stored", id="n2")
+    assert (stored["to"], stored["device"]) == (alice_id, 2)
+    await a2.send({"op": "ack", "seq": msg["seq"]})
+    delivered = await a1.expect("delivered", id="n2")
+    assert (delivered["to"], delivered["device"]) == (alice_id, 2)
+    # Nothing reached the sending device's own inbox, and the refused notes went nowhere.
+    await a1.send({"op": "sync", "id": "own", "after": 0})
+    await a1.expect("synced", id="own")
+    assert [f for f in a1.drain() if f["op"] == "message"] == []
+    await a2.send({"op": "sync", "id": "other", "after": 0})
+    await a2.expect("synced", id="other")
+    assert [f for f in a2.drain() if f["op"] == "message"] == []
+
+    # An account with one device has no one to write a note to.
+    solo_id = uid()
+    solo = await messaging.connect(solo_id)
+    await solo.send(send_frame("n3", solo_id, "bm90ZQ", devices=(1,)))
+    err = await solo.expect("error", id="n3")
+    assert err["code"] == "recipient_not_found"
+    assert "other devices" in err["message"]
