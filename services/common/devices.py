@@ -27,7 +27,8 @@ class DeviceLists:
     A cached list is forgotten when the key directory announces a change
     (``devices_changed`` on the broadcast channel, see :class:`Hub`), all of
     them when the pod lost that channel for a while (a notice may be gone),
-    and after ``DEVICE_LIST_TTL_S`` in any case. A 1:1 send that disagrees
+    and after ``DEVICE_LIST_TTL_S`` in any case (but an expired list still answers
+    while the key directory cannot, unless ``fresh`` is asked). A 1:1 send that disagrees
     with a cached list asks again before refusing, so a stale cache never
     refuses a good send. A private room's fan-out reads the lists of all its
     members (a thousand look-ups for a room of a thousand): with a TTL of
@@ -59,16 +60,23 @@ class DeviceLists:
             return hit[1]
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
-        status, body = await call_as(self.session, url, token, unavailable)
-        if status == 404:
-            devices: frozenset[int] = frozenset()
-        elif status != 200:
-            raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
-        else:
-            try:
-                devices = frozenset(int(d["device_id"]) for d in body["devices"])
-            except (KeyError, TypeError, ValueError):
-                raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+        try:
+            status, body = await call_as(self.session, url, token, unavailable)
+            if status == 404:
+                devices: frozenset[int] = frozenset()
+            elif status != 200:
+                raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
+            else:
+                try:
+                    devices = frozenset(int(d["device_id"]) for d in body["devices"])
+                except (KeyError, TypeError, ValueError):
+                    raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+        except ApiError:
+            if hit is not None and not fresh:
+                # The key directory (or its MongoDB) is down: no device can be linked
+                # or removed meanwhile, so the last list read is still the list.
+                return hit[1]
+            raise
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         self._cache[user_id] = (now, devices)

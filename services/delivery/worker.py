@@ -71,6 +71,8 @@ from services.delivery.store import DeliveryStore, item_docs, item_frame
 log = logging.getLogger(__name__)
 
 KNOWN_PAIRS_MAX = 200_000
+PAIRS_TODO_MAX = 100_000  # pairs waiting for MongoDB (a few MB at most)
+CONTACTS_BATCH = 1_000
 DEPTH_SAMPLE_S = 5.0
 MARK_TTL_S = 86_400
 """How long a process's hot-inbox mark outlives its last persister run (a mark that
@@ -107,6 +109,10 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self.running = asyncio.Event()
         self._known_pairs: set[tuple[str, str]] = set()
+        # Pairs stored but not yet recorded in MongoDB (an ordered set), written
+        # beside the batches, never in their way (_flush_contacts).
+        self._pairs_todo: dict[tuple[str, str], None] = {}
+        self._contacts_task: asyncio.Task[None] | None = None
         # Every hot item stored before this moment is persisted or acknowledged
         # (the persister's last complete pass): batches older may be committed.
         self.persisted_until = 0.0
@@ -152,6 +158,12 @@ class Worker:
         self.persisted = Counter(
             "parley_delivery_persisted_total",
             "Hot inbox items moved to MongoDB (unacknowledged after hot_persist_after_s).",
+            registry=registry,
+        )
+        self.persist_failures = Counter(
+            "parley_delivery_persist_failures_total",
+            "Persister runs that failed (MongoDB or Redis did not answer): what waits "
+            "stays in Redis and Kafka until a run succeeds.",
             registry=registry,
         )
         self.hot_lost = Counter(
@@ -219,7 +231,7 @@ class Worker:
         }
 
     async def stop(self) -> None:
-        await cancel_all(self._tasks)
+        await cancel_all([*self._tasks, *filter(None, [self._contacts_task])])
 
     async def _run(self, topic: str, handler: Handler, suffix: str) -> None:
         delay = 0.2
@@ -368,7 +380,9 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.persist_failures.inc()
                 log.info("persister waiting", extra={"error": repr(exc)})
+            self._flush_contacts_soon()
             await asyncio.sleep(self.settings.hot_persist_interval_s)
 
     async def persist_once(self) -> None:
@@ -516,9 +530,7 @@ class Worker:
                                             and not d.get("room") else (d["user"],))]  # fmt: skip
         stored, where = await self.store.store_and_route(items, claims, numbers, route)
         # A room's copies add no contact: its members exchanged sender keys 1:1 first.
-        await self._remember_contacts(
-            [d for d in stored if d["kind"] == "message" and not d.get("room")]
-        )
+        self._remember_contacts([d for d in stored if d["kind"] == "message" and not d.get("room")])
         frames: list[Push] = []
         # The latency once per message, not per copy (a room's 1,000 copies share it).
         sent = {
@@ -607,21 +619,46 @@ class Worker:
         for depth in depths.values():
             self.inbox_depth.observe(depth)
 
-    async def _remember_contacts(self, docs: list[dict[str, Any]]) -> None:
-        """Record who talks to whom, skipping pairs this worker recorded recently."""
+    def _remember_contacts(self, docs: list[dict[str, Any]]) -> None:
+        """Record who talks to whom (whom to tell of a key change), skipping pairs this
+        worker recorded recently: in the background, so that a first message between
+        two users is not held up by MongoDB (down, it would stall the partition)."""
         pairs = set()
         for d in docs:
             if d["user"] == d["from"]:
-                continue  # a copy for the sender's own other device
+                continue  # a copy for the sender's own other device (or a note to self)
             pairs.add((d["inbox"], d["from"]))
             pairs.add((e.inbox_id(d["from"], int(d.get("from_device") or 1)), d["user"]))
-        fresh = [p for p in pairs if p not in self._known_pairs]
+        fresh = [p for p in pairs if p not in self._known_pairs and p not in self._pairs_todo]
         if not fresh:
             return
-        await self.store.remember_contacts(fresh)
-        if len(self._known_pairs) > KNOWN_PAIRS_MAX:
-            self._known_pairs.clear()
-        self._known_pairs.update(fresh)
+        room = PAIRS_TODO_MAX - len(self._pairs_todo)
+        if room < len(fresh):
+            # MongoDB has been down for long: these pairs are recorded with their
+            # next message after this worker's cache forgets them (or a restart).
+            log.warning("contacts not recorded", extra={"pairs": len(fresh) - max(room, 0)})
+        self._pairs_todo.update(dict.fromkeys(fresh[: max(room, 0)]))
+        self._flush_contacts_soon()
+
+    def _flush_contacts_soon(self) -> None:
+        if self._pairs_todo and (self._contacts_task is None or self._contacts_task.done()):
+            self._contacts_task = asyncio.create_task(self._flush_contacts())
+
+    async def _flush_contacts(self) -> None:
+        """Write the pending pairs, a bulk write at a time; on a failure they wait for
+        the persister's next pass (:meth:`_persist_loop` calls again)."""
+        while self._pairs_todo:
+            batch = list(self._pairs_todo)[:CONTACTS_BATCH]
+            try:
+                await self.store.remember_contacts(batch)
+            except Exception as exc:
+                log.info("contacts waiting", extra={"error": repr(exc)})
+                return
+            for pair in batch:
+                del self._pairs_todo[pair]
+            if len(self._known_pairs) > KNOWN_PAIRS_MAX:
+                self._known_pairs.clear()
+            self._known_pairs.update(batch)
 
     # Rooms ------------------------------------------------------------------
     async def handle_room_messages(self, records: list[Record]) -> None:

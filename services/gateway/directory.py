@@ -1,4 +1,6 @@
-"""Does a recipient exist? Asks the auth service, with a small positive cache."""
+"""Does a recipient exist? Asks the auth service, with a small positive cache; an
+expired entry still answers while the auth service cannot (docs/gateway.md,
+"When MongoDB is down")."""
 
 from __future__ import annotations
 
@@ -30,9 +32,16 @@ class Directory:
         seen = self._known.get(user_id)
         if seen is not None and now - seen[0] < self.ttl:
             return seen[1]
-        canonical = await user_id_of(
-            self.session, self.base, user_id, token, "Cannot check the recipient now."
-        )
+        try:
+            canonical = await user_id_of(
+                self.session, self.base, user_id, token, "Cannot check the recipient now."
+            )
+        except ApiError as exc:
+            if exc.code is ErrorCode.UNAVAILABLE and seen is not None:
+                # The auth service (or its MongoDB) is down: an id it once vouched
+                # for stays good, and the hot path needs nothing else from it.
+                return seen[1]
+            raise
         if canonical is None:
             raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "No such recipient.")
         if len(self._known) >= MAX_CACHED:

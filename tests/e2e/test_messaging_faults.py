@@ -1,10 +1,15 @@
 """Messaging end to end through HAProxy, with faults: kill -9 a gateway or the
-delivery worker mid-flight, restart Redis. Nothing accepted is lost or duplicated."""
+delivery worker mid-flight, restart Redis, kill MongoDB. Nothing accepted is lost
+or duplicated."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
+
+import aiohttp
+from pymongo import AsyncMongoClient
 
 from tests.support.aio import eventually
 from tests.support.chat import Receiver, Sender, assert_exactly_once_in_order, b64, unb64
@@ -159,3 +164,101 @@ async def test_redis_restart_rebuilds_presence_and_delivery_continues(system: Sy
         await ca.close()
         await cb.close()
         system.wait_ready()
+
+
+async def delivery_metric(system: System, name: str) -> float:
+    """A counter of the delivery process, read from its own /metrics."""
+    url = system.cfg.url("delivery") + "/delivery/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " "))  # fmt: skip
+
+
+async def test_mongodb_killed_mid_run_loses_and_duplicates_nothing(system: System) -> None:
+    """kill -9 of MongoDB, the store of what waits (#13), while a sender streams to an
+    offline recipient, and kept down until the persister has failed to move what
+    waited past ``hot_persist_after_s``: sends go on being accepted (the hot path is
+    Redis and Kafka), nothing is dropped from the hot inbox nor committed past in
+    Kafka, and connected users go on chatting (a first message between two users
+    too); once MongoDB is back the persister moves it all, the recipient gets every
+    accepted message once, in order, from MongoDB and Redis together, and the new
+    pair of contacts is recorded."""
+    alice, bob = await signup(system.lb), await signup(system.lb)
+    carol, dave = await signup(system.lb), await signup(system.lb)
+    cc = await WsClient.connect(system.ws_url, carol.token)
+    cd = await WsClient.connect(system.ws_url, dave.token)
+    erin = await signup(system.lb)
+    ce = await WsClient.connect(system.ws_url, erin.token)
+    await cc.send(send_frame("to-erin", erin.user_id, b64("hi erin")))
+    await ce.send({"op": "ack", "seq": (await ce.expect("message"))["seq"]})
+    # dave's pod looks erin up (a send refused for its copies: nothing stored, and
+    # delivery has never seen the two talk).
+    await cd.send(send_frame("look", erin.user_id, b64("x"), devices=(1, 2)))
+    assert (await cd.expect("error", id="look"))["code"] == "devices_changed"
+    await cc.send(send_frame("before", dave.user_id, b64("hi")))
+    await cd.send({"op": "ack", "seq": (await cd.expect("message"))["seq"]})
+    await cc.expect("delivered", id="before")
+    sender = Sender(system, alice, bob.user_id, "mkill")
+    n = 300
+    persisted = await delivery_metric(system, "parley_delivery_persisted_total")
+    failed = await delivery_metric(system, "parley_delivery_persist_failures_total")
+    send = asyncio.create_task(sender.run(n, pace=0.025))  # under the send limit
+    procs = system.stack.procs
+    assert procs is not None
+    await eventually(lambda: asyncio.sleep(0, len(sender.accepted)), lambda k: k >= 100)
+    procs.kill("mongo")
+    try:
+        # MongoDB is down: every message is still accepted, and the persister, once
+        # the first ones waited long enough, fails (and keeps them).
+        await asyncio.wait_for(send, 120)
+        await eventually(
+            lambda: delivery_metric(system, "parley_delivery_persist_failures_total"),
+            lambda k: k > failed,
+            timeout=60,
+        )
+        ready = system.cfg.url("ops") + "/delivery/readyz"
+        assert await asyncio.to_thread(http_status, ready) == 503
+        # Two connected users chat on meanwhile: pushed, acknowledged, `delivered`.
+        await cc.send(send_frame("during", dave.user_id, b64("still here")))
+        got = await cd.expect("message", timeout=20)
+        assert unb64(got["body"]) == "still here"
+        await cd.send({"op": "ack", "seq": got["seq"]})
+        await cc.expect("delivered", id="during", timeout=20)
+        # A first message between two users too: whom to tell of a key change is
+        # recorded once MongoDB is back, not in the message's way.
+        await cd.send(send_frame("first", erin.user_id, b64("hello erin")))
+        got = await ce.expect("message", timeout=20)
+        assert unb64(got["body"]) == "hello erin"
+    finally:
+        procs.start("mongo")
+        for c in (cc, cd, ce):
+            await c.close()
+        await sender.close()
+        system.wait_ready()
+    assert len(sender.accepted) == n
+    # Back: what waited is moved to MongoDB (bob has been offline for seconds).
+    await eventually(
+        lambda: delivery_metric(system, "parley_delivery_persisted_total"),
+        lambda k: k >= persisted + 100,
+        timeout=60,
+    )
+    receiver = Receiver(system, bob)
+    try:
+        await receiver.sync()
+        await receiver.listen_until(n, timeout=120)
+    finally:
+        await receiver.close()
+    assert_exactly_once_in_order(receiver.bodies, "mkill", n)
+    # dave and erin are recorded as contacts (whom to tell of a key change), late.
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(system.stack.cfg.url("mongo"))
+    try:
+        contacts = mongo[f"{system.prefix}_delivery"]["contacts"]
+        wanted = {f"{dave.user_id}|{erin.user_id}.1", f"{erin.user_id}|{dave.user_id}.1"}
+
+        async def recorded() -> int:
+            return await contacts.count_documents({"_id": {"$in": sorted(wanted)}})
+
+        await eventually(recorded, lambda k: k == 2, timeout=30)
+    finally:
+        await mongo.close()

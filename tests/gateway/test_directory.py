@@ -1,0 +1,92 @@
+"""The gateway's look-ups of recipients and device lists when the auth service or the
+key directory cannot answer (their MongoDB is down): an entry read before, even an
+expired one, still answers; nothing read before is ``unavailable``."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from services.common import devices as dev
+from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode
+from services.gateway.directory import Directory
+from tests.conftest import ClientFactory
+
+
+class Upstream:
+    """The auth and keys routes the gateway asks, answering 503 while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.calls = 0
+        self.devices = [1, 2]
+        self.app = web.Application()
+        self.app.router.add_get("/auth/v1/users/{ref}", self.user)
+        self.app.router.add_get("/keys/v1/users/{ref}/devices", self.device_list)
+
+    async def user(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.down:
+            return web.json_response({"error": {"code": "unavailable"}}, status=503)
+        ref = request.match_info["ref"]
+        if ref == "nobody":
+            return web.json_response({"error": {"code": "user_not_found"}}, status=404)
+        return web.json_response({"user_id": ref.lower()})
+
+    async def device_list(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.down:
+            return web.json_response({"error": {"code": "unavailable"}}, status=503)
+        return web.json_response({"devices": [{"device_id": d} for d in self.devices]})
+
+
+@pytest.fixture
+async def upstream(
+    make_client: ClientFactory, settings: Settings
+) -> tuple[Upstream, Settings, aiohttp.ClientSession]:
+    up = Upstream()
+    client = await make_client(up.app)
+    base = str(client.make_url("")).rstrip("/")
+    s = settings.model_copy(update={"auth_url": base, "keys_url": base, "recipient_cache_s": 0})
+    return up, s, client.session
+
+
+async def test_a_recipient_seen_before_is_still_known_while_auth_is_down(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession],
+) -> None:
+    up, settings, session = upstream
+    directory = Directory(settings, session)
+    assert await directory.require_user("Alice", "t") == "alice"
+    up.down = True
+    # Expired (a zero TTL) and the service down: the id it vouched for still answers.
+    assert await directory.require_user("Alice", "t") == "alice"
+    assert up.calls == 2  # it did ask first
+    with pytest.raises(ApiError) as exc:
+        await directory.require_user("bob", "t")  # never seen: cannot be checked
+    assert exc.value.code is ErrorCode.UNAVAILABLE
+    up.down = False
+    with pytest.raises(ApiError) as exc:
+        await directory.require_user("nobody", "t")
+    assert exc.value.code is ErrorCode.RECIPIENT_NOT_FOUND
+
+
+async def test_a_device_list_read_before_answers_while_the_key_directory_is_down(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    up, settings, session = upstream
+    monkeypatch.setattr(dev, "DEVICE_LIST_TTL_S", 0.0)
+    lists = dev.DeviceLists(settings, session)
+    assert await lists.get("alice", "t") == {1, 2}
+    up.down, up.devices = True, [1, 2, 3]
+    assert await lists.get("alice", "t") == {1, 2}
+    # A fresh read (asked before refusing a send) is never served from the cache.
+    with pytest.raises(ApiError) as exc:
+        await lists.get("alice", "t", fresh=True)
+    assert exc.value.code is ErrorCode.UNAVAILABLE
+    with pytest.raises(ApiError):
+        await lists.get("bob", "t")
+    up.down = False
+    assert await lists.get("alice", "t") == {1, 2, 3}
