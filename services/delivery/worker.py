@@ -634,8 +634,8 @@ class Worker:
             return
         room = PAIRS_TODO_MAX - len(self._pairs_todo)
         if room < len(fresh):
-            # MongoDB has been down for long: these pairs are recorded with their
-            # next message after this worker's cache forgets them (or a restart).
+            # MongoDB has been down for long: these pairs are left for their next
+            # message (neither known nor pending, they are taken again then).
             log.warning("contacts not recorded", extra={"pairs": len(fresh) - max(room, 0)})
         self._pairs_todo.update(dict.fromkeys(fresh[: max(room, 0)]))
         self._flush_contacts_soon()
