@@ -1,6 +1,6 @@
 """Messaging end to end through HAProxy, with faults: kill -9 a gateway or the
-delivery worker mid-flight, restart Redis, kill MongoDB. Nothing accepted is lost
-or duplicated."""
+delivery worker mid-flight, restart Redis, kill MongoDB, kill the Kafka broker.
+Nothing accepted is lost or duplicated."""
 
 from __future__ import annotations
 
@@ -262,3 +262,42 @@ async def test_mongodb_killed_mid_run_loses_and_duplicates_nothing(system: Syste
         await eventually(recorded, lambda k: k == 2, timeout=30)
     finally:
         await mongo.close()
+
+
+async def test_kafka_killed_mid_run_loses_and_duplicates_nothing(system: System) -> None:
+    """kill -9 of the broker, the log of record, while a sender streams to a connected
+    recipient that acknowledges as it goes: sends the broker did not acknowledge are
+    refused or time out and the sender resends them (same ids); once it is back the
+    producers and consumers reconnect by themselves, and the recipient gets every
+    accepted message once, in order."""
+    alice, bob = await signup(system.lb), await signup(system.lb)
+    receiver = Receiver(system, bob)
+    await receiver.sync()
+    listening = asyncio.create_task(receiver.listen_until(300, timeout=240))
+    sender = Sender(system, alice, bob.user_id, "kkill")
+    n = 300
+    send = asyncio.create_task(sender.run(n, pace=0.025))  # under the send limit
+    procs = system.stack.procs
+    assert procs is not None
+    try:
+        await eventually(lambda: asyncio.sleep(0, len(sender.accepted)), lambda k: k >= 100)
+        procs.kill("kafka")
+        # Down: nothing more is accepted (the gateway answers with an error, or
+        # nothing until the producer's timeout).
+        at_kill = len(sender.accepted)
+        ready = system.cfg.url("ops") + "/delivery/readyz"
+        await eventually(
+            lambda: asyncio.to_thread(http_status, ready), lambda s: s == 503, timeout=60
+        )
+        assert len(sender.accepted) <= at_kill + 5  # in flight when it died
+        procs.start("kafka")
+        await asyncio.wait_for(send, 240)
+        await listening
+    finally:
+        send.cancel()
+        listening.cancel()
+        await sender.close()
+        await receiver.close()
+        system.wait_ready()
+    assert len(sender.accepted) == n
+    assert_exactly_once_in_order(receiver.bodies, "kkill", n)
