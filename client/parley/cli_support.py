@@ -29,6 +29,7 @@ from parley.client import (
     Message,
     MessageRemoved,
     SecondFactor,
+    SentElsewhere,
 )
 from parley.errors import NotLoggedIn, ParleyError, WrongPassphrase
 
@@ -163,6 +164,12 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
             f"[dim]{_time(event.sent_at)}[/] [bold cyan]{escape(event.username)}[/]: "
             f"{escape(event.text)}"
         )
+    elif isinstance(event, SentElsewhere):
+        if peer is None or event.peer_id == peer:
+            console.print(
+                f"[dim]{_time(event.sent_at)}[/] [bold green]{escape(me or 'me')}[/] "
+                f"[dim](device {event.device})[/]: {escape(event.text)}"
+            )
     elif isinstance(event, KeyChanged):
         name = escape(event.username)
         console.print(

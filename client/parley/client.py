@@ -49,6 +49,7 @@ from parley.events import (
     RoomMessage,
     RoomMessageChanged,
     RoomNotification,
+    SentElsewhere,
     Typing,
 )
 from parley.keys import PREKEY_BATCH, PREKEY_ROTATION_S, Keys, NeedsLink, PendingDevice
@@ -74,6 +75,7 @@ __all__ = [
     "RoomMessageChanged",
     "RoomNotification",
     "SecondFactor",
+    "SentElsewhere",
     "Typing",
 ]
 

@@ -27,6 +27,7 @@ __all__ = [
     "RoomMessage",
     "RoomMessageChanged",
     "RoomNotification",
+    "SentElsewhere",
     "Typing",
 ]
 
@@ -46,6 +47,19 @@ class Message(Event):
     sent_at: int
     server_id: str
     seq: int
+
+
+@dataclass(frozen=True)
+class SentElsewhere(Event):
+    """A message this account sent from another of its devices, as it reaches this one:
+    ``peer_id`` is the conversation's other party (our own id for a note to self),
+    ``device`` the device it was written on."""
+
+    peer_id: str
+    text: str
+    sent_at: int
+    server_id: str
+    device: int
 
 
 @dataclass(frozen=True)

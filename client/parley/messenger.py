@@ -58,6 +58,7 @@ from parley.events import (
     KeyChanged,
     Message,
     Receipt,
+    SentElsewhere,
 )
 from parley.keys import Keys
 from parley.moderation import Moderation, alias_key, report_fields
@@ -617,6 +618,8 @@ class Messenger:
                         tx.put_bytes("device", device.to_bytes())
                     if not own:
                         event = Message(sender, name, text, entry["at"], server_id, seq)
+                    elif peer:
+                        event = SentElsewhere(peer, text, entry["at"], server_id, frame.from_device)
             if not self._syncing and seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
         if event is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from parley import Client, NotLoggedIn, ParleyError
+from parley.events import SentElsewhere
 
 from tests.client.conftest import CHEAP_KDF, PASSWORD
 from tests.support.aio import eventually
@@ -138,6 +139,9 @@ async def test_a_note_to_self_reaches_my_other_devices_and_is_delivered(
     await a2.connect()
     await a1.send(alice_name, "buy milk", wait="stored")
     assert await texts(a2, a1.user_id, 1) == ["buy milk"]
+    shown = await a2.next_event(SentElsewhere, timeout=30)  # what a live view shows
+    assert isinstance(shown, SentElsewhere)
+    assert (shown.peer_id, shown.text, shown.device) == (a1.user_id, "buy milk", a1.device_id)
     mine = await eventually(
         lambda: asyncio.sleep(0, a1.history(a1.user_id or "")),
         lambda es: len(es) == 1 and es[0].get("status") == "delivered",
