@@ -12,7 +12,14 @@ import aiohttp
 from pymongo import AsyncMongoClient
 
 from tests.support.aio import eventually
-from tests.support.chat import Receiver, Sender, assert_exactly_once_in_order, b64, unb64
+from tests.support.chat import (
+    Receiver,
+    Sender,
+    assert_exactly_once_in_order,
+    b64,
+    receive_all,
+    unb64,
+)
 from tests.support.stack import System, http_status
 from tests.support.users import signup
 from tests.support.wsclient import WsClient, send_frame
@@ -86,12 +93,7 @@ async def test_kill_9_the_delivery_worker_mid_batch_loses_and_duplicates_nothing
     finally:
         system.restart("delivery")
         await sender.close()
-    receiver = Receiver(system, bob)
-    try:
-        await receiver.sync()
-        await receiver.listen_until(n, timeout=90)
-    finally:
-        await receiver.close()
+    receiver = await receive_all(system, bob, n, timeout=90)
     assert_exactly_once_in_order(receiver.bodies, "dkill", n)
 
 
@@ -117,12 +119,7 @@ async def test_redis_losing_everything_mid_run_loses_and_duplicates_nothing(
     finally:
         await sender.close()
         system.wait_ready()
-    receiver = Receiver(system, bob)
-    try:
-        await receiver.sync()
-        await receiver.listen_until(n, timeout=120)
-    finally:
-        await receiver.close()
+    receiver = await receive_all(system, bob, n, timeout=120)
     assert len(sender.accepted) == n
     assert_exactly_once_in_order(receiver.bodies, "rkill", n)
     print(f"\nredis loss: {receiver.restored} copies stored again (same server_id), dropped")
@@ -243,12 +240,7 @@ async def test_mongodb_killed_mid_run_loses_and_duplicates_nothing(system: Syste
         lambda k: k >= persisted + 100,
         timeout=60,
     )
-    receiver = Receiver(system, bob)
-    try:
-        await receiver.sync()
-        await receiver.listen_until(n, timeout=120)
-    finally:
-        await receiver.close()
+    receiver = await receive_all(system, bob, n, timeout=120)
     assert_exactly_once_in_order(receiver.bodies, "mkill", n)
     # dave and erin are recorded as contacts (whom to tell of a key change), late.
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(system.stack.cfg.url("mongo"))

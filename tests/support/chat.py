@@ -79,6 +79,18 @@ def unb64(text: str) -> str:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
 
 
+async def receive_all(system: System, user: User, n: int, timeout: float = 120) -> Receiver:
+    """Connect as ``user``, page through the inbox and take pushes until ``n`` messages
+    came (each once), then close: the receiver, for its ``bodies``."""
+    receiver = Receiver(system, user)
+    try:
+        await receiver.sync()
+        await receiver.listen_until(n, timeout=timeout)
+    finally:
+        await receiver.close()
+    return receiver
+
+
 class Receiver:
     """Pages through its inbox and takes pushes, counts each message once, acks what it has
     seen.
