@@ -154,6 +154,12 @@ async def test_a_note_to_self_reaches_my_other_devices_and_is_delivered(
     assert await texts(a2, a1.user_id, 2) == ["buy milk", "and eggs"]
     assert [c["user_id"] for c in a1.conversations()] == [a1.user_id]
     assert [c["username"] for c in a2.conversations()] == [alice_name]
+    # A third device: a1's list is behind, the gateway says so, a1 sends again.
+    a3 = await device(alice_name, approver=a2, name="alice tablet")
+    await a3.connect()
+    await a1.send(alice_name, "and bread", wait="stored")
+    assert await texts(a3, a1.user_id, 1) == ["and bread"]
+    assert (await texts(a2, a1.user_id, 3))[-1] == "and bread"
 
 
 async def test_a_removed_device_gets_nothing_more_and_its_token_is_refused(
