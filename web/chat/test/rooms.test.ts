@@ -126,10 +126,16 @@ describe('distribution and rotation (rooms.py _distribute)', () => {
     expect(plan.state.has_key).toEqual([]);
   });
 
-  it('sends to every other user that lacks it, sorted; only our own devices: any other member', () => {
-    expect(distributionUsers(new Set([`${C}:1`, `${B}:4`, `${B}:5`, `${A}:2`]), [A, B, C], A)).toEqual([B, C]);
-    expect(distributionUsers(new Set([`${A}:2`]), [A, C, B], A)).toEqual([C]);
-    expect(distributionUsers(new Set([`${A}:2`]), [A], A)).toEqual([]);
+  it('sends to every other user that lacks it, sorted (their sends cover our other devices)', () => {
+    expect(distributionUsers(new Set([`${C}:1`, `${B}:4`, `${B}:5`, `${A}:2`]), A)).toEqual([B, C]);
+    expect(distributionUsers(new Set([`${B}:4`]), A)).toEqual([B]);
+  });
+
+  it('only our own other devices lack it (alone in the room, or a device just linked): one note to self', () => {
+    // rooms.py: `sorted({lacking users} - {me}) or [me]`; not a send to another member,
+    // which did nothing while alone in the room.
+    expect(distributionUsers(new Set([`${A}:2`]), A)).toEqual([A]);
+    expect(distributionUsers(new Set([`${A}:2`, `${A}:3`]), A)).toEqual([A]);
   });
 
   it('device lists are read again when the version changed or after 30 s', () => {

@@ -22,7 +22,6 @@ import {
   DeviceList,
   PrekeyBundle,
   ReplayedMessage,
-  Session,
   SignedDeviceList,
   UnknownSenderKey,
   b64decode,
@@ -82,6 +81,18 @@ import {
   unsendPath,
   verifyTombstone,
 } from './moderation.ts';
+import {
+  type ConversationItem,
+  conversationList,
+  encryptCopies,
+  listsToRead,
+  MissingKeys,
+  otherParty,
+  receiptCounts,
+  sendRefusal,
+  sendUsers,
+  targetDevices,
+} from './direct.ts';
 import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
 
@@ -244,12 +255,7 @@ function randomDeviceId(): number {
   return (crypto.getRandomValues(new Uint32Array(1))[0] as number) % (2 ** 31 - 2) + 1;
 }
 
-export function otherParty(conversation: string | null | undefined, me: string): string | null {
-  if (!conversation || !conversation.startsWith('dm:')) return null;
-  const parts = conversation.split(':');
-  if (parts.length !== 3 || !parts.slice(1).includes(me)) return null;
-  return (parts[1] === me ? parts[2] : parts[1]) as string;
-}
+export { otherParty };
 
 /**
  * One page at a time per account: two tabs would each ratchet from their own copy
@@ -356,6 +362,14 @@ export class ParleyClient {
       }
       for (const e of this.history(contact.user_id)) if (e.server_id) this.#seen.add(e.server_id);
     }
+    const account = this.account;
+    if (account) {
+      // Notes to self: our own conversation, which is no contact's.
+      const name = `history:${await this.#ref(account.user_id)}`;
+      const history = await this.vault.get(name);
+      if (history !== undefined) this.#cache.set(name, history);
+      for (const e of this.history(account.user_id)) if (e.server_id) this.#seen.add(e.server_id);
+    }
     for (const roomId of this.#read<string[]>('rooms_known') ?? []) {
       const ref = await this.#ref(roomConversation(roomId));
       for (const name of [`history:${ref}`, `group:${ref}`, `room:${ref}`, `room_pending:${ref}`, `room_cursor:${ref}`]) {
@@ -437,6 +451,14 @@ export class ParleyClient {
     return this.#read<Contact[]>('contacts') ?? [];
   }
 
+  /** The conversations to list: ours (notes to self) first when it has history or
+   * `open` is ours, then the contacts'. */
+  conversations(open: string | null = null): ConversationItem[] {
+    const account = this.account;
+    const me = account ? { user_id: account.user_id, username: account.username } : null;
+    return conversationList(this.contacts(), me, me !== null && (open === me.user_id || this.history(me.user_id).length > 0));
+  }
+
   history(peerId: string): HistoryEntry[] {
     const ref = this.#refs.get(peerId);
     return ref === undefined ? [] : (this.#read<HistoryEntry[]>(`history:${ref}`) ?? []);
@@ -490,6 +512,7 @@ export class ParleyClient {
   }
 
   username(userId: string): string {
+    if (userId === this.account?.user_id) return this.account.username;
     return this.contacts().find((c) => c.user_id === userId)?.username ?? this.#names.get(userId) ?? userId.slice(0, 8);
   }
 
@@ -803,7 +826,12 @@ export class ParleyClient {
   async addContact(username: string): Promise<Contact> {
     await this.accessToken();
     const user = await this.api.user(username.trim());
-    if (user.user_id === this.me) throw new ParleyError('That is you: your other devices get a copy of everything you send.');
+    if (user.user_id === this.me) {
+      // Our own conversation: notes to self, for our other devices (not a contact).
+      await this.#ref(user.user_id);
+      this.#emit({ type: 'changed' });
+      return { user_id: user.user_id, username: user.username };
+    }
     await this.#ensureContact(user.user_id, user.username);
     try {
       await this.#refreshPeer(user.user_id);
@@ -902,7 +930,9 @@ export class ParleyClient {
 
   /** Encrypt `text` for every device of the contact and our other devices, queue it
    * and send it; returns the client message id. SafetyNumberChanged (nothing queued)
-   * while the contact's changed identity is not accepted. */
+   * while the contact's changed identity is not accepted. To our own id it is a note
+   * to self, for our other devices only: refused (nothing queued or kept) when this is
+   * the account's only device (direct.ts). */
   async send(peerId: string, text: string): Promise<string> {
     checkText(text);
     const clientId = randomId();
@@ -924,16 +954,17 @@ export class ParleyClient {
   async #encryptNow(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array): Promise<W.Send> {
     const me = this.me;
     const myDevice = (this.account as AccountRow).device_id;
-    await this.#ensureContact(peerId);
-    if (refresh || this.peer(peerId).devices.size === 0) await this.#refreshPeer(peerId);
-    if (refresh || this.peer(me).devices.size === 0) await this.#refreshPeer(me);
+    if (peerId === me) await this.#ref(me); // a note to self: our own conversation, no contact
+    else await this.#ensureContact(peerId);
+    // A note to self with no other device of ours known reads our list first: a device
+    // may have been linked since (direct.ts listsToRead).
+    for (const user of listsToRead(peerId, me, myDevice, refresh, (u) => this.peer(u).devices.keys())) await this.#refreshPeer(user);
     await this.#checkIdentity(this.peer(peerId));
+    const users = sendUsers(peerId, me);
     const bundles = new Map<string, PrekeyBundle>();
-    for (const user of [peerId, me]) {
+    for (const user of users) {
       for (let round = 0; round < 3; round++) {
-        const missing = this.peer(user)
-          .missingSessions()
-          .filter((d) => !(user === me && d === myDevice) && !bundles.has(`${user}.${d}`));
+        const missing = targetDevices(user, this.peer(user).missingSessions(), me, myDevice).filter((d) => !bundles.has(`${user}.${d}`));
         if (!missing.length) break;
         const answer = await this.api.claimBundles(user, missing);
         const state = await this.#refreshPeer(user, answer);
@@ -948,26 +979,16 @@ export class ParleyClient {
     return this.#transaction(async (tx) => {
       const device = (await this.#device(tx)) as Device;
       await this.#checkIdentity(this.#peer(tx, peerId)); // a change seen meanwhile stops it here
-      const copies: W.Copy[] = [];
-      for (const user of [peerId, me]) {
-        const state = this.#peer(tx, user);
-        for (const did of [...state.devices.keys()].sort((a, b) => a - b)) {
-          if (user === me && did === myDevice) continue;
-          let wire: Uint8Array;
-          if (state.hasSession(did)) {
-            wire = await state.encrypt(did, plaintext);
-          } else {
-            const bundle = bundles.get(`${user}.${did}`);
-            if (bundle === undefined) throw new ParleyError(`No keys for device ${did} of ${user}: try again.`);
-            const [session, initial] = await Session.initiate(device, bundle, plaintext);
-            await state.start(did, session);
-            wire = initial;
-          }
-          copies.push({ user, device: did, body: b64encode(wire), commitment: b64encode(commitmentFromMessage(wire)) });
-        }
-        tx.put(this.#peerRow(user), state.toJson());
+      const states = new Map(users.map((user) => [user, this.#peer(tx, user)]));
+      let copies: W.Copy[];
+      try {
+        copies = await encryptCopies(peerId, me, myDevice, device, plaintext, (user) => states.get(user) as PeerState, bundles);
+      } catch (error) {
+        throw error instanceof MissingKeys ? new ParleyError(error.message) : error;
       }
-      if (!copies.some((c) => c.user === peerId)) throw new ParleyError('That contact has no device to send to.');
+      const refused = sendRefusal(copies, peerId, me);
+      if (refused !== null) throw new ParleyError(refused); // nothing is kept: the transaction is dropped
+      for (const [user, state] of states) tx.put(this.#peerRow(user), state.toJson());
       const frame: W.Send = { op: 'send', id: clientId, to: peerId, copies: copies as W.Send['copies'] };
       const size = utf8(JSON.stringify(frame)).length;
       if (size > this.#maxFrameBytes) {
@@ -1220,7 +1241,8 @@ export class ParleyClient {
   }
 
   /** Send a control payload (a room's sender key) to every device of `userId` and our
-   * other devices over the pairwise sessions; resolves at its `accepted`. */
+   * other devices over the pairwise sessions (`userId` ours: a note to self, for our
+   * other devices only); resolves at its `accepted`. */
   async #sendControl(userId: string, payload: Uint8Array): Promise<void> {
     const clientId = randomId();
     const frame = await this.#encrypt(userId, '', clientId, false, payload);
@@ -1334,7 +1356,8 @@ export class ParleyClient {
 
   /** Rotate if someone left (or a device that had our key is gone), then give the
    * current sender key to every member device that lacks it, pairwise, each send
-   * `accepted` before we go on (rooms.py `_distribute`). Returns the member devices
+   * `accepted` before we go on (rooms.py `_distribute`); when only our own other devices
+   * lack it, in a note to self (rooms.ts distributionUsers). Returns the member devices
    * (memberKey) as read here: every device of every member and of ours but this one,
    * those the key is meant for, which the `room_send` names (`device_digest`). */
   async #distribute(roomId: string, version: number, members: string[]): Promise<Set<string>> {
@@ -1368,7 +1391,7 @@ export class ParleyClient {
     if (lacking.size === 0) return now;
     const payload = skdPayload(roomId, dist);
     const results = await Promise.allSettled(
-      distributionUsers(lacking, members, me).map(async (user) => {
+      distributionUsers(lacking, me).map(async (user) => {
         await this.#sendControl(user, payload);
         await this.#transaction(async (tx) => {
           const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
@@ -1869,8 +1892,11 @@ export class ParleyClient {
     const me = this.me;
     const sender = frame.from;
     const own = sender === me;
+    // A copy of what we sent from another device goes to the conversation it names:
+    // a contact's, or ours (`dm:<me>:<me>`, a note to self), which is no contact.
     const peer = own ? otherParty(frame.conversation, me) : sender;
-    if (peer) await this.#ensureContact(peer);
+    if (peer === me) await this.#ref(me);
+    else if (peer) await this.#ensureContact(peer);
     if (!this.peer(sender).devices.has(frame.from_device)) {
       try {
         await this.#refreshPeer(sender); // a device we have not seen: its list first
@@ -2052,7 +2078,9 @@ export class ParleyClient {
 
   async #onReceipt(frame: W.Accepted | W.Stored | W.Delivered): Promise<void> {
     const status = frame.op;
-    if (frame.op !== 'accepted' && frame.to === this.me) return; // copies for our other devices
+    // About the copies our other devices get of what we sent to a contact: not news (in a
+    // note to self those devices are its recipients: direct.ts receiptCounts).
+    if (!receiptCounts(frame, this.me)) return;
     const queued = (this.#read<Record<string, Queued>>('outbox') ?? {})[frame.id];
     const peer = queued?.peer ?? (frame.op === 'accepted' ? otherParty(frame.conversation, this.me) : frame.to);
     if (!peer) return;

@@ -2,6 +2,7 @@ import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
+import { NOTE_TO_SELF } from './direct.ts';
 import { MessageActions } from './messageActions.tsx';
 import { type NoticeTarget, Notifications } from './notificationsView.tsx';
 import { RoomList, RoomView } from './roomsView.tsx';
@@ -394,7 +395,8 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
   const [error, setError] = useState('');
   const [showSafety, setShowSafety] = useState(false);
   const [newNumber, setNewNumber] = useState<string | null>(null);
-  const name = client.username(peer);
+  const self = peer === client.me; // notes to self: for our other devices
+  const name = self ? NOTE_TO_SELF : client.username(peer);
   const history = client.history(peer);
   const status = client.identityStatus(peer);
   const listRef = useRef<HTMLOListElement>(null);
@@ -409,10 +411,13 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
     <section class="conversation" aria-labelledby="conversation-title">
       <header class="conv-head">
         <h2 id="conversation-title">{name}</h2>
-        <button type="button" id="show-safety" aria-expanded={showSafety} onClick={() => setShowSafety(!showSafety)}>
-          Safety number
-        </button>
+        {!self && (
+          <button type="button" id="show-safety" aria-expanded={showSafety} onClick={() => setShowSafety(!showSafety)}>
+            Safety number
+          </button>
+        )}
       </header>
+      {self && <p class="hint">Notes to self go to your other devices (not to this one), end-to-end encrypted.</p>}
       {status.pendingChange && (
         <div id="key-warning" class="warning" role="alert">
           <h3>{name}'s safety number changed</h3>
@@ -433,7 +438,7 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
         </div>
       )}
       {showSafety && <Safety client={client} peer={peer} onClose={() => setShowSafety(false)} />}
-      <ol id="messages" ref={listRef} aria-label={`Messages with ${name}`} aria-live="polite" aria-relevant="additions">
+      <ol id="messages" ref={listRef} aria-label={self ? 'Notes to self' : `Messages with ${name}`} aria-live="polite" aria-relevant="additions">
         {history.map((e) => (
           <Entry entry={e} name={name} client={client} peer={peer} />
         ))}
@@ -451,14 +456,14 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
         }}
       >
         <label for="message" class="visually-hidden">
-          Message to {name}
+          {self ? 'Note to your other devices' : `Message to ${name}`}
         </label>
         <input
           id="message"
           autocomplete="off"
           value={text}
           disabled={status.pendingChange}
-          placeholder={status.pendingChange ? 'Paused: the safety number changed' : `Message ${name}`}
+          placeholder={status.pendingChange ? 'Paused: the safety number changed' : self ? 'A note to your other devices' : `Message ${name}`}
           onInput={(e) => setText((e.target as HTMLInputElement).value)}
         />
         <button type="submit" id="send" disabled={status.pendingChange || !text.trim()}>
@@ -620,7 +625,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
     };
   }, [client]);
   const account = client.account;
-  const contacts = client.contacts();
+  const conversations = client.conversations(peer);
   const state = client.connectionState;
   return (
     <div class="chat">
@@ -666,8 +671,8 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
           </form>
           <ErrorLine error={error} />
           <ul aria-label="Conversations">
-            {contacts.map((c) => {
-              const pending = client.identityStatus(c.user_id).pendingChange;
+            {conversations.map((c) => {
+              const pending = !c.self && client.identityStatus(c.user_id).pendingChange;
               return (
                 <li>
                   <button
@@ -677,7 +682,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
                     aria-current={peer === c.user_id ? 'true' : undefined}
                     onClick={() => setPeer(c.user_id)}
                   >
-                    {c.username}
+                    {c.self ? NOTE_TO_SELF : c.username}
                     {pending && <span class="badge"> (safety number changed)</span>}
                   </button>
                 </li>
@@ -693,7 +698,10 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
           <Conversation client={client} peer={peer} version={version} />
         ) : (
           <section class="conversation empty">
-            <p>Add a contact by username, or pick one, to start an end-to-end-encrypted conversation; or open, create or find a room.</p>
+            <p>
+              Add a contact by username, or pick one, to start an end-to-end-encrypted conversation (your own username: notes to your other
+              devices); or open, create or find a room.
+            </p>
           </section>
         )}
       </div>

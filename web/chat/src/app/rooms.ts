@@ -166,16 +166,14 @@ export function listsBehind(
   return [...behind].sort();
 }
 
-/** The users to send the distribution to, given the devices that lack it (rooms.py:
- * every other user among them, sorted; if only our own other devices lack it, any
- * other member, since a pairwise send always covers the sender's other devices). */
-export function distributionUsers(lacking: Set<string>, members: string[], me: string): string[] {
+/** The users to send the distribution to, given the member devices that lack it
+ * (rooms.py `_distribute`): every other user among them, sorted, since a pairwise send
+ * always covers our other devices too; when only our own other devices lack it (we are
+ * alone in the room, or just linked one), ourselves: one note to self, which goes to
+ * them alone. */
+export function distributionUsers(lacking: Set<string>, me: string): string[] {
   const users = [...new Set([...lacking].map((k) => k.slice(0, k.lastIndexOf(':'))))].filter((u) => u !== me).sort();
-  if (users.length === 0 && members.length > 1) {
-    const other = members.find((u) => u !== me);
-    if (other !== undefined) return [other];
-  }
-  return users;
+  return users.length ? users : [me];
 }
 
 const MENTION = /(?<![\p{L}\p{N}_@./])@([A-Za-z0-9._-]{1,64})/gu;
