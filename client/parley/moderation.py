@@ -78,6 +78,8 @@ class Moderation:
         ref = ref.strip().lower()
         tx = self._store().read()
         peers = [peer_id] if peer_id is not None else [str(p["user_id"]) for p in tx.peers()]
+        if peer_id is None and tx.history(me, 1):
+            peers.append(me)  # notes to self
         entries = [{"peer": peer, **e} for peer in peers for e in tx.history(peer)]
         found: list[tuple[str, dict[str, Any]]] = []
         for entry in entries:
@@ -212,5 +214,5 @@ def _peer_of(frame: f.Tombstone, me: str | None) -> str | None:
         return conv
     if conv.startswith("dm:"):
         others = [p for p in conv[3:].split(":") if p != me]
-        return others[0] if others else None
+        return others[0] if others else me  # ``dm:<me>:<me>``: a note to self
     return None

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from parley import Client, NotLoggedIn, ParleyError
-from parley.events import SentElsewhere
+from parley.events import MessageRemoved, SentElsewhere
 
 from tests.client.conftest import CHEAP_KDF, PASSWORD
 from tests.support.aio import eventually
@@ -160,6 +160,13 @@ async def test_a_note_to_self_reaches_my_other_devices_and_is_delivered(
     await a1.send(alice_name, "and bread", wait="stored")
     assert await texts(a3, a1.user_id, 1) == ["and bread"]
     assert (await texts(a2, a1.user_id, 3))[-1] == "and bread"
+    # Unsent: every other device shows it removed.
+    bread = next(e for e in a1.history(a1.user_id) if e.get("text") == "and bread")
+    await a1.unsend(str(bread["client_id"])[:8])
+    for other in (a2, a3):
+        removed = await other.next_event(MessageRemoved, timeout=30)
+        assert isinstance(removed, MessageRemoved) and removed.peer_id == a1.user_id
+    assert [e["kind"] for e in a3.history(a1.user_id)] == ["removed"]
 
 
 async def test_a_removed_device_gets_nothing_more_and_its_token_is_refused(
