@@ -1,5 +1,6 @@
 /** HTTP to the auth and key services, same origin (through the load balancer). */
 import type * as W from '../generated/contract.ts';
+import type { LinkState } from './devices.ts';
 import type { NoticePage } from './notifications.ts';
 import type { LogAsk, LogPage, LogPages } from './rooms.ts';
 
@@ -214,6 +215,23 @@ export class Api {
   }
   putAccount(accountKey: string, signed: unknown): Promise<unknown> {
     return this.request('PUT', '/keys/v1/account', { account_key: accountKey, ...(signed as object) });
+  }
+  /** The next version of this account's device list (docs/devices.md; dropped devices
+   * are removed): `conflict` unless it is the current version + 1. */
+  putDeviceList(signed: unknown): Promise<unknown> {
+    return this.request('PUT', '/keys/v1/device-list', signed);
+  }
+  /** Post a link for this (pending) device, to be approved by another device. */
+  createLink(linkId: string, deviceId: number, name: string): Promise<unknown> {
+    return this.request('POST', '/keys/v1/links', { link_id: linkId, device_id: deviceId, name });
+  }
+  /** A link of this account, with its approval once there is one. */
+  getLink(linkId: string): Promise<LinkState> {
+    return this.request('GET', `/keys/v1/links/${encodeURIComponent(linkId)}`);
+  }
+  /** Approve a link: the account key sealed for the new device (once). */
+  approveLink(linkId: string, sealed: string): Promise<void> {
+    return this.request('PUT', `/keys/v1/links/${encodeURIComponent(linkId)}/approval`, { sealed });
   }
 
   // -- rooms (docs/rooms.md; the same calls as client/parley/api.py)

@@ -20,6 +20,7 @@ import {
   DeviceEntry,
   GroupSession,
   DeviceList,
+  type LinkRequest,
   PrekeyBundle,
   ReplayedMessage,
   SignedDeviceList,
@@ -93,6 +94,25 @@ import {
   sendUsers,
   targetDevices,
 } from './direct.ts';
+import {
+  type DeviceRow,
+  type KeyDirectory,
+  type PendingDevice,
+  type WaitOptions,
+  approveLink,
+  awaitApproval,
+  defaultDeviceName,
+  deviceName,
+  deviceRows,
+  fingerprint,
+  namesDevice,
+  openApproval,
+  publishList,
+  readPending,
+  removing,
+  startLink,
+  verifyOwnList,
+} from './devices.ts';
 import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
 
@@ -324,6 +344,9 @@ export class ParleyClient {
   });
   connectionState: 'connecting' | 'connected' | 'disconnected' | 'stopped' = 'disconnected';
   #release: () => void = () => undefined;
+  /** A link in progress on this (new) device: its request (`E`: never stored), name and
+   * fingerprint. */
+  #link: { request: LinkRequest; name: string; fingerprint: string } | null = null;
 
   private constructor(vault: Vault) {
     this.vault = vault;
@@ -623,6 +646,17 @@ export class ParleyClient {
       return client;
     }
     const deviceId = client?.account?.device_id ?? randomDeviceId();
+    const tokens = await ParleyClient.#authenticate(name, password, deviceId, secondFactor);
+    const c = client ?? new ParleyClient(await Vault.create(tokens.user.username, passphrase));
+    c.#release = release;
+    await c.#loggedIn(tokens, deviceId);
+    await c.setup(options);
+    return c;
+  }
+
+  /** `POST /auth/v1/login` as device `deviceId`, with the second factor when the
+   * server asks (a wrong code asked again, up to five times): the tokens. */
+  static async #authenticate(name: string, password: string, deviceId: number, secondFactor: SecondFactorPrompt): Promise<Tokens> {
     const api = new Api();
     let result = await api.login(name, password, deviceId);
     let attempts = 0;
@@ -642,12 +676,113 @@ export class ParleyClient {
         result = { ...challenge, email_code_sent: false };
       }
     }
-    const tokens = result;
-    const c = client ?? new ParleyClient(await Vault.create(tokens.user.username, passphrase));
-    c.#release = release;
-    await c.#loggedIn(tokens, deviceId);
-    await c.setup(options);
-    return c;
+    return result;
+  }
+
+  /**
+   * Link this browser to an existing account as a new device (keys.py `start_link`;
+   * docs/devices.md "Linking a new device"): log in (password, second factor), make and
+   * publish this device's keys as a *pending* device, and post a link; show
+   * {@link linkCode} (and {@link linking}: its name and fingerprint), then {@link waitLinked} until a device
+   * of the account approves it. This browser's store for the account is reused when it
+   * has one that is not linked yet (a log-in that was told to link, say).
+   */
+  static async linkDevice(
+    username: string,
+    password: string,
+    passphrase: string,
+    secondFactor: SecondFactorPrompt,
+    name?: string,
+  ): Promise<ParleyClient> {
+    const who = username.trim().toLowerCase();
+    const release = await holdAccountLock(who);
+    try {
+      const existing = await Vault.exists(who);
+      const vault = existing ? await Vault.open(who, passphrase) : null; // wrong passphrase: refused before the network
+      const client = vault ? new ParleyClient(vault) : null;
+      if (client) {
+        await client.#load();
+        if (client.#read<string>('account_key') !== undefined) {
+          throw new ParleyError('This browser is a device of this account already: log in instead.');
+        }
+      }
+      const deviceId = client?.account?.device_id ?? randomDeviceId();
+      const tokens = await ParleyClient.#authenticate(who, password, deviceId, secondFactor);
+      const c = client ?? new ParleyClient(await Vault.create(tokens.user.username, passphrase));
+      c.#release = release;
+      await c.#loggedIn(tokens, deviceId);
+      await c.accessToken();
+      const device = await c.#ensureDeviceKeys(deviceId);
+      const deviceLabel = deviceName(name, defaultDeviceName(globalThis.navigator?.platform));
+      c.#link = { request: await startLink(c.#directory(), deviceId, deviceLabel), name: deviceLabel, fingerprint: fingerprint(device.identity.signingKey) };
+      return c;
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  /** The link code of {@link linkDevice} to enter on a device of the account (null when
+   * no link is in progress). */
+  get linkCode(): string | null {
+    return this.#link?.request.code ?? null;
+  }
+
+  /** The pending link's device name and this device's fingerprint (the approving device
+   * shows the same, to compare). */
+  get linking(): { name: string; fingerprint: string; deviceId: number } | null {
+    const link = this.#link;
+    return link && this.account ? { name: link.name, fingerprint: link.fingerprint, deviceId: this.account.device_id } : null;
+  }
+
+  /**
+   * Wait until a device of the account approves {@link linkCode} (keys.py `finish_link`):
+   * open the approval with `E` (the account key, for this account), keep the key, read
+   * the account's list and check it is signed by it and names this device's keys (else
+   * the key is dropped again and linking failed). `E` is forgotten either way.
+   */
+  async waitLinked(options: WaitOptions = {}): Promise<void> {
+    const link = this.#link;
+    if (link === null) throw new ParleyError('No link in progress: start linking first.');
+    const sealed = await awaitApproval(this.#directory(), link.request, options);
+    const device = (await this.#device(null)) as Device;
+    const did = (this.account as AccountRow).device_id;
+    const accountKey = await openApproval(link.request, device.identity.signingKey, sealed, this.me);
+    await this.#transaction(async (tx) => tx.put('account_key', b64encode(accountKey.seed())));
+    const unlink = () =>
+      this.#transaction(async (tx) => {
+        tx.put('account_key', undefined);
+        tx.put('device_list', undefined);
+      });
+    let signed: SignedDeviceList | null;
+    try {
+      signed = await this.refreshOwnList();
+    } catch (error) {
+      await unlink(); // not linked until the list says so (the approval can be read again)
+      throw error;
+    }
+    if (signed === null || !namesDevice(signed, did, device.identity.signingKey)) {
+      await unlink();
+      throw new ParleyError('The device list does not name this device: the link failed.');
+    }
+    this.#link = null; // E is forgotten
+  }
+
+  /** The key directory's calls, each with a valid access token (a link is waited for up
+   * to 10 minutes, longer than a token lives). */
+  #directory(): KeyDirectory {
+    const api = this.api;
+    const fresh = async <T>(call: () => Promise<T>): Promise<T> => {
+      await this.accessToken();
+      return call();
+    };
+    return {
+      userDevices: (userId) => fresh(() => api.userDevices(userId)),
+      putDeviceList: (signed) => fresh(() => api.putDeviceList(signed)),
+      createLink: (linkId, deviceId, name) => fresh(() => api.createLink(linkId, deviceId, name)),
+      getLink: (linkId) => fresh(() => api.getLink(linkId)),
+      approveLink: (linkId, sealed) => fresh(() => api.approveLink(linkId, sealed)),
+    };
   }
 
   async #loggedIn(tokens: Tokens, deviceId: number): Promise<void> {
@@ -741,6 +876,37 @@ export class ParleyClient {
   async setup(options: { newIdentity?: boolean; newAccount?: boolean } = {}): Promise<void> {
     await this.accessToken();
     const did = (this.account as AccountRow).device_id;
+    const device = await this.#ensureDeviceKeys(did);
+    if (await this.accountKey()) return;
+    let exists = !options.newAccount; // a new account has no devices: no need to ask
+    if (exists) {
+      try {
+        await this.api.userDevices(this.me);
+      } catch (error) {
+        if (!(error instanceof ApiError) || !['identity_not_found', 'user_not_found', 'not_found'].includes(error.code)) throw error;
+        exists = false;
+      }
+    }
+    if (exists && !options.newIdentity) {
+      throw new NeedsLink(
+        'This account already has devices and this browser is not one of them. ' +
+          'Link it from a device of the account ("Link this browser to an existing account"), or start a new identity here (your contacts will see a new safety number).',
+      );
+    }
+    const accountKey = await AccountKey.generate();
+    const signed = await new DeviceList(this.me, 1, [DeviceEntry.of(did, 'parley-web', device.identity)]).sign(accountKey);
+    await this.#transaction(async (tx) => {
+      tx.put('account_key', b64encode(accountKey.seed()));
+      tx.put('device_list', signed.toJson());
+    });
+    await this.api.putAccount(b64encode(accountKey.public), signed.toJson());
+  }
+
+  /** This device's keys, made on first use and published (private halves first); the
+   * directory's copy checked (keys check) and published again if it differs; week-old
+   * signed and last-resort prekeys rotated; one-time prekeys topped up (keys.py
+   * `_ensure_device_keys`). */
+  async #ensureDeviceKeys(did: number): Promise<Device> {
     let device = await this.#device(null);
     const fresh = device === null;
     if (device === null) {
@@ -769,29 +935,68 @@ export class ParleyClient {
       await this.api.putLastResort(did, device.lastResortKemPrekey());
     }
     await this.topUp();
-    if (await this.accountKey()) return;
-    let exists = !options.newAccount; // a new account has no devices: no need to ask
-    if (exists) {
-      try {
-        await this.api.userDevices(this.me);
-      } catch (error) {
-        if (!(error instanceof ApiError) || !['identity_not_found', 'user_not_found', 'not_found'].includes(error.code)) throw error;
-        exists = false;
-      }
-    }
-    if (exists && !options.newIdentity) {
-      throw new NeedsLink(
-        'This account already has devices and this browser is not one of them. ' +
-          'Link it from a device of the account, or start a new identity here (your contacts will see a new safety number).',
-      );
-    }
-    const accountKey = await AccountKey.generate();
-    const signed = await new DeviceList(this.me, 1, [DeviceEntry.of(did, 'parley-web', device.identity)]).sign(accountKey);
-    await this.#transaction(async (tx) => {
-      tx.put('account_key', b64encode(accountKey.seed()));
-      tx.put('device_list', signed.toJson());
-    });
-    await this.api.putAccount(b64encode(accountKey.public), signed.toJson());
+    return device;
+  }
+
+  // -- the account's devices (keys.py; docs/devices.md) ---------------------------------
+  /** The list this device holds (null: not linked yet). */
+  ownList(): SignedDeviceList | null {
+    const raw = this.#read<unknown>('device_list');
+    return raw === undefined ? null : SignedDeviceList.fromJson(raw);
+  }
+
+  /** Read the account's current list, verify it with our account key, keep it
+   * (keys.py `refresh_own_list`); null when this device has no account key. */
+  async refreshOwnList(): Promise<SignedDeviceList | null> {
+    const accountKey = await this.accountKey();
+    if (accountKey === null) return null;
+    await this.accessToken();
+    const answer = await this.api.userDevices(this.me);
+    const signed = await verifyOwnList(answer, accountKey, this.me, this.ownList());
+    await this.#transaction(async (tx) => tx.put('device_list', signed.toJson()));
+    return signed;
+  }
+
+  /** This account's devices, from the verified list: id, name, fingerprint, and which
+   * is this one (keys.py `devices`). */
+  async devices(): Promise<DeviceRow[]> {
+    const signed = await this.refreshOwnList();
+    return signed === null ? [] : deviceRows(signed, (this.account as AccountRow).device_id);
+  }
+
+  /** Sign and publish the next list made by `change` (keys.py `_publish_list`). */
+  async #publishList(change: (devices: readonly DeviceEntry[]) => DeviceEntry[]): Promise<SignedDeviceList> {
+    const accountKey = await this.accountKey();
+    if (accountKey === null) throw new NeedsLink('This browser is not linked to the account.');
+    const signed = await publishList(
+      accountKey,
+      this.me,
+      async () => (await this.refreshOwnList()) as SignedDeviceList,
+      (next) => this.#directory().putDeviceList(next.toJson()),
+      async (next) => this.#transaction(async (tx) => tx.put('device_list', next.toJson())),
+      change,
+    );
+    this.#emit({ type: 'changed' });
+    return signed;
+  }
+
+  /** What a link code asks to link: the new device's name and fingerprint. */
+  async pendingDevice(code: string): Promise<PendingDevice> {
+    return (await readPending(this.#directory(), code)).pending;
+  }
+
+  /** Link the device that shows `code` (keys.py `approve`): `confirm` sees its name and
+   * fingerprint first; then the next list names it and it gets the account key, sealed. */
+  async approveDevice(code: string, confirm: (pending: PendingDevice) => Promise<boolean>): Promise<PendingDevice> {
+    const accountKey = await this.accountKey();
+    if (accountKey === null) throw new NeedsLink('This browser is not linked to the account.');
+    return approveLink(this.#directory(), code, accountKey, this.me, confirm, (change) => this.#publishList(change));
+  }
+
+  /** Remove a device of this account (keys.py `remove`): a list without it, signed; its
+   * tokens stop working and its inbox is dropped. Never the only device. */
+  async removeDevice(deviceId: number): Promise<void> {
+    await this.#publishList(removing(deviceId));
   }
 
   async #directoryHolds(did: number, device: Device): Promise<boolean> {

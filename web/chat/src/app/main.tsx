@@ -2,13 +2,15 @@ import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
+import { defaultDeviceName } from './devices.ts';
+import { DevicesView } from './devicesView.tsx';
 import { NOTE_TO_SELF } from './direct.ts';
 import { MessageActions } from './messageActions.tsx';
 import { type NoticeTarget, Notifications } from './notificationsView.tsx';
 import { RoomList, RoomView } from './roomsView.tsx';
 import './style.css';
 
-type Screen = 'login' | 'signup' | 'reset';
+type Screen = 'login' | 'signup' | 'reset' | 'link';
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -185,17 +187,159 @@ function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => 
         <Busy busy={busy} label="Log in" id="login-submit" />
         <ErrorLine error={error} />
         {needsLink && (
-          <button type="button" id="new-identity" onClick={() => void submit(true)}>
-            Start a new identity in this browser
-          </button>
+          <div class="links">
+            <button type="button" id="link-instead" onClick={() => props.go('link')}>
+              Link this browser instead
+            </button>
+            <button type="button" class="secondary" id="new-identity" onClick={() => void submit(true)}>
+              Start a new identity in this browser
+            </button>
+          </div>
         )}
       </form>
       <nav aria-label="Other actions" class="links">
+        <button type="button" class="link" id="go-link" onClick={() => props.go('link')}>
+          Link this browser to an existing account
+        </button>
         <button type="button" class="link" id="go-signup" onClick={() => props.go('signup')}>
           Create an account
         </button>
         <button type="button" class="link" id="go-reset" onClick={() => props.go('reset')}>
           Forgot your password?
+        </button>
+      </nav>
+    </main>
+  );
+}
+
+/** "Link this browser to an existing account" (docs/devices.md, "Linking a new
+ * device"; `parley devices link`): log in as a new device of the account, show the link
+ * code with this device's name and fingerprint, and wait until a device of the account
+ * approves it; then this browser is a device like the others, its history starting now. */
+function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => void }) {
+  const [v, bind] = useForm({ username: '', password: '', passphrase: '', name: defaultDeviceName(navigator.platform) });
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  const [challenge, setChallenge] = useState<{ c: Challenge; answer: (a: { method: string; code: string }) => void } | null>(null);
+  const [waiting, setWaiting] = useState<{ client: ParleyClient; stop: AbortController } | null>(null);
+  const stopped = useRef(false);
+  useEffect(
+    () => () => {
+      stopped.current = true;
+    },
+    [],
+  );
+
+  async function start() {
+    setBusy(true);
+    setError('');
+    let client: ParleyClient | null = null;
+    try {
+      client = await ParleyClient.linkDevice(
+        v.username,
+        v.password,
+        v.passphrase,
+        (c) => new Promise((resolve) => setChallenge({ c, answer: resolve })),
+        v.name,
+      );
+      setChallenge(null);
+      const stop = new AbortController();
+      setWaiting({ client, stop });
+      await client.waitLinked({ signal: stop.signal });
+      if (!stopped.current) props.onClient(client);
+    } catch (e) {
+      setChallenge(null);
+      if (!stopped.current) setError(message(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  function cancel() {
+    const w = waiting;
+    setWaiting(null);
+    setError('');
+    if (w) {
+      w.stop.abort();
+      void w.client.logout(); // ends this session; the keys stay in this browser for the next try
+    }
+  }
+
+  if (challenge) {
+    return (
+      <main class="card">
+        <SecondFactor
+          challenge={challenge.c}
+          onAnswer={(method, code) => {
+            challenge.answer({ method, code });
+            if (code) setChallenge(null);
+          }}
+        />
+        <ErrorLine error={error} />
+      </main>
+    );
+  }
+  const linking = waiting?.client.linking;
+  if (waiting && linking) {
+    return (
+      <main class="card">
+        <h1>Parley</h1>
+        <section id="link-waiting" aria-labelledby="link-waiting-title">
+          <h2 id="link-waiting-title">Approve this browser on another device</h2>
+          <p>On a device already linked to {waiting.client.account?.username}, open Devices and enter this code (in the terminal: <code>parley devices approve CODE</code>):</p>
+          <p id="link-code" class="number code" aria-label="Link code">
+            {waiting.client.linkCode}
+          </p>
+          <p>
+            The other device shows this browser as <strong id="link-device-name">{linking.name}</strong> (device {linking.deviceId}) with the
+            fingerprint <span class="number" id="link-fingerprint">{linking.fingerprint}</span>: approve only if they match.
+          </p>
+          <p class="hint">The code expires after 10 minutes. This browser's history starts once it is linked: earlier messages stay on your other devices.</p>
+          {!error && (
+            <p role="status" id="link-status">
+              Waiting for the approval…
+            </p>
+          )}
+          <ErrorLine error={error} />
+          <button type="button" class="secondary" id="link-cancel" onClick={cancel}>
+            {error ? 'Back' : 'Cancel'}
+          </button>
+        </section>
+      </main>
+    );
+  }
+  return (
+    <main class="card">
+      <h1>Parley</h1>
+      <form
+        id="link-form"
+        aria-labelledby="link-title"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (v.passphrase.length < 8) return setError('The local passphrase needs at least 8 characters.');
+          void start();
+        }}
+      >
+        <h2 id="link-title">Link this browser to an existing account</h2>
+        <p class="hint">This browser becomes another device of your account, approved from a device you already use.</p>
+        <Field id="username" label="Username" value={v.username} onInput={bind('username')} autocomplete="username" />
+        <Field id="password" label="Password" type="password" value={v.password} onInput={bind('password')} autocomplete="current-password" />
+        <Field
+          id="passphrase"
+          label="Local passphrase"
+          type="password"
+          value={v.passphrase}
+          onInput={bind('passphrase')}
+          autocomplete="off"
+          hint="At least 8 characters. Encrypts this browser's keys and history; never sent anywhere."
+        />
+        <Field id="device-name" label="Name of this device" value={v.name} onInput={bind('name')} autocomplete="off" hint="Shown in your devices list (up to 64 characters)." />
+        <Busy busy={busy} label="Show the link code" id="link-submit" />
+        <ErrorLine error={error} />
+      </form>
+      <nav aria-label="Other actions" class="links">
+        <button type="button" class="link" id="go-login" onClick={() => props.go('login')}>
+          Back to log in
         </button>
       </nav>
     </main>
@@ -593,15 +737,18 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
   const [version, setVersion] = useState(0);
   const [peer, setPeerState] = useState<string | null>(null);
   const [room, setRoom] = useState<Room | null>(null);
+  const [devices, setDevices] = useState(false); // "Devices" open in the main area
   const [focus, setFocus] = useState<{ seq: number; n: number } | null>(null); // a mentioned post to show
   const setPeer = (p: string | null) => {
     setRoom(null);
     setFocus(null);
+    setDevices(false);
     setPeerState(p);
   };
   const openRoom = (r: Room | null) => {
     setPeerState(null);
     setFocus(null);
+    setDevices(false);
     setRoom(r);
   };
   const openNotice = (t: NoticeTarget) => {
@@ -636,6 +783,9 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
         <span id="connection" class={`conn ${state}`} role="status">
           {state === 'connected' ? 'Connected' : state === 'connecting' ? 'Connecting…' : state === 'stopped' ? 'Offline' : 'Reconnecting…'}
         </span>
+        <button type="button" id="devices-toggle" class="secondary" aria-expanded={devices} onClick={() => setDevices(!devices)}>
+          Devices
+        </button>
         <button type="button" id="logout" onClick={() => client.logout().then(props.onLogout)}>
           Log out
         </button>
@@ -692,7 +842,9 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
           <RoomList client={client} current={room?.room_id ?? null} onOpen={openRoom} />
           <Settings client={client} />
         </nav>
-        {room ? (
+        {devices ? (
+          <DevicesView client={client} />
+        ) : room ? (
           <RoomView client={client} room={room} version={version} highlight={focus} onLeft={() => openRoom(null)} />
         ) : peer ? (
           <Conversation client={client} peer={peer} version={version} />
@@ -711,7 +863,9 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
 
 function App() {
   const [client, setClient] = useState<ParleyClient | null>(null);
-  const [screen, setScreen] = useState<Screen>(location.hash === '#signup' ? 'signup' : location.hash === '#reset' ? 'reset' : 'login');
+  const [screen, setScreen] = useState<Screen>(
+    location.hash === '#signup' ? 'signup' : location.hash === '#reset' ? 'reset' : location.hash === '#link' ? 'link' : 'login',
+  );
   const go = (s: Screen) => {
     history.replaceState(null, '', `#${s}`);
     setScreen(s);
@@ -729,6 +883,7 @@ function App() {
   }
   if (screen === 'signup') return <Signup onClient={setClient} go={go} />;
   if (screen === 'reset') return <Reset go={go} />;
+  if (screen === 'link') return <LinkDevice onClient={setClient} go={go} />;
   return <Login onClient={setClient} go={go} />;
 }
 
