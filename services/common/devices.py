@@ -19,6 +19,8 @@ MAX_CACHED = 100_000
 MEMBER_PAGE = 500
 
 DEVICE_LIST_TTL_S = 300.0
+STALE_RETRY_S = 10.0
+"""An expired list served while the key directory cannot answer is asked again after this."""
 
 
 class DeviceLists:
@@ -74,7 +76,9 @@ class DeviceLists:
         except ApiError:
             if hit is not None and not fresh:
                 # The key directory (or its MongoDB) is down: no device can be linked
-                # or removed meanwhile, so the last list read is still the list.
+                # or removed meanwhile, so the last list read is still the list. Asked
+                # again in STALE_RETRY_S, not by every send.
+                self._cache[user_id] = (now - DEVICE_LIST_TTL_S + STALE_RETRY_S, hit[1])
                 return hit[1]
             raise
         if len(self._cache) >= MAX_CACHED:

@@ -13,6 +13,8 @@ from services.common.devices import user_id_of
 from services.common.errors import ApiError, ErrorCode
 
 MAX_CACHED = 100_000
+STALE_RETRY_S = 10.0
+"""An expired entry served while the auth service cannot answer is asked again after this."""
 
 
 class Directory:
@@ -39,7 +41,10 @@ class Directory:
         except ApiError as exc:
             if exc.code is ErrorCode.UNAVAILABLE and seen is not None:
                 # The auth service (or its MongoDB) is down: an id it once vouched
-                # for stays good, and the hot path needs nothing else from it.
+                # for stays good, and the hot path needs nothing else from it. Asked
+                # again in STALE_RETRY_S, not by every send (each ask waits out the
+                # service's timeout).
+                self._known[user_id] = (now - self.ttl + STALE_RETRY_S, seen[1])
                 return seen[1]
             raise
         if canonical is None:

@@ -11,6 +11,7 @@ from aiohttp import web
 from services.common import devices as dev
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
+from services.gateway import directory as dirs
 from services.gateway.directory import Directory
 from tests.conftest import ClientFactory
 
@@ -63,6 +64,9 @@ async def test_a_recipient_seen_before_is_still_known_while_auth_is_down(
     # Expired (a zero TTL) and the service down: the id it vouched for still answers.
     assert await directory.require_user("Alice", "t") == "alice"
     assert up.calls == 2  # it did ask first
+    # ... and not again by the next send (each ask waits out the service's timeout).
+    assert await directory.require_user("Alice", "t") == "alice"
+    assert up.calls == 2
     with pytest.raises(ApiError) as exc:
         await directory.require_user("bob", "t")  # never seen: cannot be checked
     assert exc.value.code is ErrorCode.UNAVAILABLE
@@ -82,11 +86,33 @@ async def test_a_device_list_read_before_answers_while_the_key_directory_is_down
     assert await lists.get("alice", "t") == {1, 2}
     up.down, up.devices = True, [1, 2, 3]
     assert await lists.get("alice", "t") == {1, 2}
+    calls = up.calls
+    assert await lists.get("alice", "t") == {1, 2}  # not asked again at once
+    assert up.calls == calls
     # A fresh read (asked before refusing a send) is never served from the cache.
     with pytest.raises(ApiError) as exc:
         await lists.get("alice", "t", fresh=True)
     assert exc.value.code is ErrorCode.UNAVAILABLE
     with pytest.raises(ApiError):
         await lists.get("bob", "t")
+
+
+async def test_once_the_key_directory_is_back_the_list_is_read_again(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    up, settings, session = upstream
+    monkeypatch.setattr(dev, "DEVICE_LIST_TTL_S", 0.0)
+    monkeypatch.setattr(dev, "STALE_RETRY_S", 0.0)  # asked again at the next send
+    monkeypatch.setattr(dirs, "STALE_RETRY_S", 0.0)
+    lists, directory = dev.DeviceLists(settings, session), Directory(settings, session)
+    assert await lists.get("alice", "t") == {1, 2}
+    assert await directory.require_user("Alice", "t") == "alice"
+    up.down, up.devices = True, [1, 2, 3]
+    assert await lists.get("alice", "t") == {1, 2}
+    assert await directory.require_user("Alice", "t") == "alice"
     up.down = False
+    calls = up.calls
     assert await lists.get("alice", "t") == {1, 2, 3}
+    assert await directory.require_user("Alice", "t") == "alice"
+    assert up.calls == calls + 2
