@@ -44,7 +44,17 @@ try {
   await page.getByLabel("Name of this device").fill(name);
   await page.getByRole("button", { name: "Show the link code" }).click();
   await expect(page, "#link-code");
+  const firstCode = (await text(page, "#link-code")).trim();
+  const deviceId = Number(await text(page, "#link-device-id"));
+
+  step("Cancel goes back to the form; the next try shows a new code for the same device");
+  await page.getByRole("button", { name: "Cancel" }).click();
+  await expect(page, "#link-form");
+  await page.getByRole("button", { name: "Show the link code" }).click();
+  await expect(page, "#link-code");
   const code = (await text(page, "#link-code")).trim();
+  if (code === firstCode) throw new Error("the second try shows the first code again");
+  if (Number(await text(page, "#link-device-id")) !== deviceId) throw new Error(`the second try is device ${await text(page, "#link-device-id")}, not ${deviceId}`);
   const fingerprint = (await text(page, "#link-fingerprint")).trim();
   if (!/^[A-Za-z0-9_-]{54}$/.test(code)) throw new Error(`the link code reads ${JSON.stringify(code)}`);
   if ((await text(page, "#link-device-name")) !== name) throw new Error(`the page names this device ${await text(page, "#link-device-name")}`);
@@ -52,7 +62,7 @@ try {
 
   step("P (Python) approves the code: it is shown the same name and fingerprint; the page goes on signed in");
   const shown = await py({ do: "approve", code });
-  if (shown.name !== name || shown.fingerprint !== fingerprint) {
+  if (shown.name !== name || shown.fingerprint !== fingerprint || shown.device_id !== deviceId) {
     throw new Error(`P was shown ${JSON.stringify(shown)}, the page says ${JSON.stringify({ name, fingerprint })}`);
   }
   await expect(page, "#connection.connected");

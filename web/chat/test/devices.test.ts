@@ -17,6 +17,7 @@ import { ApiError, type Listed } from '../src/app/api.ts';
 import {
   DeviceError,
   type KeyDirectory,
+  LinkCancelled,
   type LinkState,
   NotApproved,
   PUBLISH_ATTEMPTS,
@@ -368,7 +369,7 @@ describe('waiting for the approval', () => {
     const stop = new AbortController();
     const cancelled = awaitApproval(dir, request, { pollMs: 60_000, signal: stop.signal });
     setTimeout(() => stop.abort(), 10);
-    await expect(cancelled).rejects.toThrow('Linking was cancelled.');
+    await expect(cancelled).rejects.toBeInstanceOf(LinkCancelled);
   });
 });
 

@@ -47,6 +47,11 @@ export class DeviceError extends Error {
   override name = 'DeviceError';
 }
 
+/** {@link awaitApproval} was called off (its signal aborted). */
+export class LinkCancelled extends DeviceError {
+  override name = 'LinkCancelled';
+}
+
 /** The user did not approve the device that was shown. */
 export class NotApproved extends DeviceError {
   override name = 'NotApproved';
@@ -225,7 +230,7 @@ export async function awaitApproval(dir: KeyDirectory, request: LinkRequest, opt
   const linkId = b64encode(request.linkId);
   const deadline = now() + timeoutMs;
   for (;;) {
-    if (signal?.aborted) throw new DeviceError('Linking was cancelled.');
+    if (signal?.aborted) throw new LinkCancelled('Linking was cancelled.');
     const link = await dir.getLink(linkId);
     if (link.approval) return b64decode(link.approval.sealed, { field: 'sealed' });
     if (now() > deadline) throw new DeviceError('The link code was not approved in time.');
@@ -289,8 +294,7 @@ export async function approveLink(
   if (link.device_id !== shown.device_id || link.identity.signing_key !== shown.identity.signing_key || link.identity.dh_key !== shown.identity.dh_key) {
     throw new DeviceError("The new device's keys changed after they were shown: not approved. Compare again.");
   }
-  const identity = await PublicIdentity.fromJson(link.identity);
-  await identity.verify(); // its DH key is signed by its signing key
+  const identity = await PublicIdentity.fromJson(link.identity); // its DH key signed by its signing key, or InvalidSignature
   const entry = new DeviceEntry(pending.device_id, pending.name || 'new device', identity.signingKey, identity.dhKey);
   await publish(adding(entry));
   const sealed = await sealForNewDevice(ePub, linkId, entry.signingKey, linkPayload(me, accountKey));

@@ -2,7 +2,7 @@ import { render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
-import { defaultDeviceName } from './devices.ts';
+import { LinkCancelled, defaultDeviceName } from './devices.ts';
 import { DevicesView } from './devicesView.tsx';
 import { NOTE_TO_SELF } from './direct.ts';
 import { MessageActions } from './messageActions.tsx';
@@ -222,6 +222,7 @@ function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen
   const [error, setError] = useState('');
   const [challenge, setChallenge] = useState<{ c: Challenge; answer: (a: { method: string; code: string }) => void } | null>(null);
   const [waiting, setWaiting] = useState<{ client: ParleyClient; stop: AbortController } | null>(null);
+  const [leaving, setLeaving] = useState(false);
   const stopped = useRef(false);
   useEffect(
     () => () => {
@@ -233,9 +234,8 @@ function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen
   async function start() {
     setBusy(true);
     setError('');
-    let client: ParleyClient | null = null;
     try {
-      client = await ParleyClient.linkDevice(
+      const client = await ParleyClient.linkDevice(
         v.username,
         v.password,
         v.passphrase,
@@ -249,20 +249,23 @@ function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen
       if (!stopped.current) props.onClient(client);
     } catch (e) {
       setChallenge(null);
-      if (!stopped.current) setError(message(e));
+      if (!stopped.current && !(e instanceof LinkCancelled)) setError(message(e)); // Cancel: back to the form, quietly
     } finally {
       setBusy(false);
     }
   }
 
-  function cancel() {
+  /** Stop waiting and end this session (the keys stay in this browser for the next try,
+   * which shows a new code); back to the form once the session is closed. */
+  async function cancel() {
     const w = waiting;
+    if (!w) return;
+    setLeaving(true);
+    w.stop.abort();
+    await w.client.logout().catch(() => undefined);
+    setLeaving(false);
     setWaiting(null);
     setError('');
-    if (w) {
-      w.stop.abort();
-      void w.client.logout(); // ends this session; the keys stay in this browser for the next try
-    }
   }
 
   if (challenge) {
@@ -287,11 +290,11 @@ function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen
         <section id="link-waiting" aria-labelledby="link-waiting-title">
           <h2 id="link-waiting-title">Approve this browser on another device</h2>
           <p>On a device already linked to {waiting.client.account?.username}, open Devices and enter this code (in the terminal: <code>parley devices approve CODE</code>):</p>
-          <p id="link-code" class="number code" aria-label="Link code">
+          <p id="link-code" class="number code">
             {waiting.client.linkCode}
           </p>
           <p>
-            The other device shows this browser as <strong id="link-device-name">{linking.name}</strong> (device {linking.deviceId}) with the
+            The other device shows this browser as <strong id="link-device-name">{linking.name}</strong> (device <span id="link-device-id">{linking.deviceId}</span>) with the
             fingerprint <span class="number" id="link-fingerprint">{linking.fingerprint}</span>: approve only if they match.
           </p>
           <p class="hint">The code expires after 10 minutes. This browser's history starts once it is linked: earlier messages stay on your other devices.</p>
@@ -301,7 +304,7 @@ function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen
             </p>
           )}
           <ErrorLine error={error} />
-          <button type="button" class="secondary" id="link-cancel" onClick={cancel}>
+          <button type="button" class="secondary" id="link-cancel" disabled={leaving} onClick={() => void cancel()}>
             {error ? 'Back' : 'Cancel'}
           </button>
         </section>
