@@ -2,7 +2,8 @@
 // approving (then removing) a new Python device: Debian's Chromium driven by
 // playwright-core, through HAProxy. Run by tests/web/test_chat_devices.py, which answers
 // the "PY {json}" lines (P, Q and P2 are its SDK clients; see its story).
-// Env: LB, WEB_DIR, P_USER, Q_USER, P_PASSWORD, TAG.
+// Env: LB, WEB_DIR, SHOTS, P_USER, Q_USER, P_PASSWORD, TAG.
+import path from "node:path";
 import { expect, finish, launch, py, step, T } from "./chat_rooms_lib.mjs";
 
 const env = process.env;
@@ -59,6 +60,7 @@ try {
   if (!/^[A-Za-z0-9_-]{54}$/.test(code)) throw new Error(`the link code reads ${JSON.stringify(code)}`);
   if ((await text(page, "#link-device-name")) !== name) throw new Error(`the page names this device ${await text(page, "#link-device-name")}`);
   await expect(page, "#link-status:has-text('Waiting for the approval')");
+  await page.screenshot({ path: path.join(env.SHOTS, "chat-link.png") });
 
   step("P (Python) approves the code: it is shown the same name and fingerprint; the page goes on signed in");
   const shown = await py({ do: "approve", code });
@@ -112,12 +114,17 @@ try {
   await page.getByLabel("Code shown by the new device").fill(p2.code);
   await page.getByLabel("Code shown by the new device").press("Enter");
   await expect(page, "#pending-device");
+  await page.screenshot({ path: path.join(env.SHOTS, "chat-devices.png") });
   const pendingName = await text(page, "#pending-name");
   const pendingPrint = await text(page, "#pending-fingerprint");
   if (pendingName !== p2Name || pendingPrint !== p2.fingerprint) {
     throw new Error(`the browser shows ${pendingName} / ${pendingPrint}; P2 is ${p2Name} / ${p2.fingerprint}`);
   }
-  await page.getByRole("button", { name: "Approve", exact: true }).click();
+  // Keyboard: the focus is on what to compare (not on Approve); Tab reaches Approve.
+  await page.waitForFunction(() => document.activeElement?.id === "pending-title", null, { timeout: 5000 });
+  await page.keyboard.press("Tab");
+  if ((await page.evaluate(() => document.activeElement?.id)) !== "approve-yes") throw new Error("Tab from the pending device does not reach Approve");
+  await page.keyboard.press("Enter");
   await expect(page, `#devices-status:has-text("Linked ${p2Name} (device ${p2.device_id}).")`);
   const { devices: p2Sees } = await py({ do: "p2_linked" });
   if (p2Sees.length !== 3 || !p2Sees.includes(p2.device_id) || !p2Sees.includes(shown.device_id)) throw new Error(`P2 lists ${p2Sees}`);

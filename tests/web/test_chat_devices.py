@@ -101,6 +101,8 @@ class DevicesSide(PythonSide):
 async def test_browser_as_a_second_device(system: System, tmp_path: Path) -> None:
     assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
     tag = secrets.token_hex(4)
+    shots = tmp_path / "shots"
+    shots.mkdir()
     p = await sdk_client(tmp_path / "p", system.lb)
     q = await sdk_client(tmp_path / "q", system.lb)
     side = DevicesSide(p, q, system, tmp_path)
@@ -110,6 +112,7 @@ async def test_browser_as_a_second_device(system: System, tmp_path: Path) -> Non
         await asyncio.gather(p.connect(), q.connect())
         env = {
             "LB": system.lb,
+            "SHOTS": str(shots),
             "P_USER": f"pyp{tag}",
             "Q_USER": f"pyq{tag}",
             "P_PASSWORD": PASSWORD,
@@ -124,3 +127,5 @@ async def test_browser_as_a_second_device(system: System, tmp_path: Path) -> Non
                 await client.close()
     assert "chat devices: ok" in output, output[-3000:]
     print("\n".join(ln for ln in output.splitlines() if ln.startswith("step ")))  # with -s
+    for name in ("chat-link", "chat-devices"):
+        assert (shots / f"{name}.png").stat().st_size > 5000, name

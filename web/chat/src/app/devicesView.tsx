@@ -22,7 +22,9 @@ export function DevicesView(props: { client: ParleyClient }) {
   const [pending, setPending] = useState<{ device: PendingDevice; answer: (yes: boolean) => void } | null>(null);
   const [removing, setRemoving] = useState<DeviceRow | null>(null);
   const titleRef = useRef<HTMLHeadingElement>(null);
+  const pendingRef = useRef<HTMLHeadingElement>(null);
   useEffect(() => titleRef.current?.focus(), []);
+  useEffect(() => pendingRef.current?.focus(), [pending]);
   useEffect(() => {
     client.devices().then(setRows, (e: unknown) => setError(`Devices: ${message(e)}`));
   }, [client, reload]);
@@ -145,14 +147,15 @@ export function DevicesView(props: { client: ParleyClient }) {
       </form>
       {pending && (
         <div id="pending-device" class="warning" role="group" aria-labelledby="pending-title">
-          <h3 id="pending-title">
+          {/* Focus on what to compare (not on Approve: Enter must not approve unread). */}
+          <h3 id="pending-title" tabIndex={-1} ref={pendingRef}>
             Link <span id="pending-name">{pending.device.name || 'new device'}</span> (device {pending.device.device_id}) to this account?
           </h3>
           <p>
             Fingerprint: <span class="number" id="pending-fingerprint">{pending.device.fingerprint}</span>
           </p>
           <p>Approve only if the new device shows the same name and fingerprint. It gets your account key and receives your messages from now on.</p>
-          <button type="button" id="approve-yes" autoFocus onClick={() => pending.answer(true)}>
+          <button type="button" id="approve-yes" onClick={() => pending.answer(true)}>
             Approve
           </button>
           <button type="button" class="secondary" id="approve-no" onClick={() => pending.answer(false)}>
