@@ -105,6 +105,16 @@ try {
   await py({ do: "send", from: "p", to: env.P_USER, text: noteP });
   await expect(page, `#messages li.msg:has-text("${noteP}")`);
 
+  step("after a reload the passphrase alone reopens the linked browser, its history there");
+  await page.reload();
+  await page.waitForSelector("#login", { timeout: T });
+  await page.getByLabel("Username", { exact: true }).fill(env.P_USER);
+  await page.getByLabel("Local passphrase").fill(`local passphrase ${env.TAG}`);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expect(page, "#connection.connected");
+  await open(page, env.P_USER);
+  await expect(page, `#messages li.msg:has-text("${noteP}")`);
+
   step("a new Python install P2 asks to be linked; the browser's Devices view shows it and approves it");
   const p2Name = `p2 terminal ${env.TAG}`;
   const p2 = await py({ do: "link_p2", name: p2Name });

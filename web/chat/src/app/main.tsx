@@ -873,6 +873,12 @@ function App() {
     history.replaceState(null, '', `#${s}`);
     setScreen(s);
   };
+  // Signed in: the fragment of the screen that did it goes, so that a reload offers the
+  // log-in (a linked browser is not asked to link again).
+  const signedIn = (c: ParleyClient) => {
+    history.replaceState(null, '', location.pathname + location.search);
+    setClient(c);
+  };
   if (client) {
     return (
       <Chat
@@ -884,10 +890,10 @@ function App() {
       />
     );
   }
-  if (screen === 'signup') return <Signup onClient={setClient} go={go} />;
+  if (screen === 'signup') return <Signup onClient={signedIn} go={go} />;
   if (screen === 'reset') return <Reset go={go} />;
-  if (screen === 'link') return <LinkDevice onClient={setClient} go={go} />;
-  return <Login onClient={setClient} go={go} />;
+  if (screen === 'link') return <LinkDevice onClient={signedIn} go={go} />;
+  return <Login onClient={signedIn} go={go} />;
 }
 
 render(<App />, document.getElementById('app') as HTMLElement);
