@@ -29,10 +29,12 @@ from parley.account import Account, StoreRef
 from parley.api import Api
 from parley.crypto import (
     AccountKey,
+    CryptoError,
     Device,
     DeviceEntry,
     DeviceList,
     LinkRequest,
+    PublicIdentity,
     SignedDeviceList,
     parse_link_code,
     seal_for_new_device,
@@ -374,16 +376,20 @@ class Keys:
 
     async def pending(self, code: str) -> PendingDevice:
         """On an existing device: what a link code asks to link (show it before approving)."""
+        return (await self._read_link(code))[0]
+
+    async def _read_link(self, code: str) -> tuple[PendingDevice, dict[str, Any]]:
         link_id, _ = parse_link_code(code)
         await self.account.access_token()
         link = await self.api.get_link(b64encode(link_id))
         identity = link["identity"]
-        return PendingDevice(
+        pending = PendingDevice(
             link_id=b64encode(link_id),
             device_id=int(link["device_id"]),
             name=str(link.get("name") or ""),
             fingerprint=fingerprint(b64decode(identity["signing_key"])),
         )
+        return pending, link
 
     async def approve(
         self, code: str, confirm: Callable[[PendingDevice], Awaitable[bool]] | None = None
@@ -394,16 +400,29 @@ class Keys:
         if account_key is None:
             raise NeedsLink("This device is not linked to the account.")
         link_id, e_pub = parse_link_code(code)
-        pending = await self.pending(code)
+        pending, shown = await self._read_link(code)
         if confirm is not None and not await confirm(pending):
             raise ParleyError("Not approved.")
+        # Read again (the user may have taken minutes): it must still name the device and
+        # keys that were shown, or a directory could show one fingerprint and get other
+        # keys into the signed list.
         link = await self.api.get_link(pending.link_id)
-        identity = link["identity"]
+        if (link.get("device_id"), link.get("identity")) != (
+            shown.get("device_id"),
+            shown.get("identity"),
+        ):
+            raise ParleyError(
+                "The new device's keys changed after they were shown: not approved. Compare again."
+            )
+        try:
+            identity = PublicIdentity.from_json(link["identity"])  # its DH key signed by it
+        except CryptoError as exc:
+            raise ParleyError(f"The new device's keys are not valid ({exc}).") from exc
         entry = DeviceEntry(
             device_id=pending.device_id,
             name=pending.name or "new device",
-            signing_key=b64decode(identity["signing_key"]),
-            dh_key=b64decode(identity["dh_key"]),
+            signing_key=identity.signing_key,
+            dh_key=identity.dh_key,
         )
 
         def change(devices: list[DeviceEntry]) -> list[DeviceEntry]:

@@ -169,6 +169,48 @@ async def test_a_note_to_self_reaches_my_other_devices_and_is_delivered(
     assert [e["kind"] for e in a3.history(a1.user_id)] == ["removed"]
 
 
+async def test_keys_swapped_after_they_were_shown_are_not_approved(
+    device: NewDevice, tmp_path: Path, system: System
+) -> None:
+    """A directory shows the approving device one new device's keys, then hands other
+    keys (mallory's) to the approval: refused, and the account's list is unchanged."""
+    alice_name = username("alice")
+    a1 = await device(alice_name, first=True)
+    mallory = await device(username("mallory"), first=True)
+    before = {d["device_id"] for d in await a1.devices()}
+    new = Client(
+        system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF
+    )
+    await new.open()
+    try:
+        code = await new.link_device(alice_name, PASSWORD)
+        real_get_link = a1.api.get_link
+        reads = 0
+        forged = (await mallory.api.claim_bundles(mallory.user_id or "", None))["bundles"][0]
+
+        async def swapping(link_id: str) -> dict[str, Any]:
+            nonlocal reads
+            reads += 1
+            link = await real_get_link(link_id)
+            if reads > 1:  # after the user compared the first answer
+                link["identity"] = forged["identity"]
+            return link
+
+        a1.api.get_link = swapping  # type: ignore[method-assign]
+        shown = []
+
+        async def confirm(pending: Any) -> bool:
+            shown.append(pending)
+            return True
+
+        with pytest.raises(ParleyError, match="changed after they were shown"):
+            await a1.approve_device(code, confirm)
+        assert len(shown) == 1 and reads == 2
+        assert {d["device_id"] for d in await a1.devices()} == before
+    finally:
+        await new.close()
+
+
 async def test_a_removed_device_gets_nothing_more_and_its_token_is_refused(
     device: NewDevice, system: System
 ) -> None:
