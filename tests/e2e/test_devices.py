@@ -178,9 +178,7 @@ async def test_keys_swapped_after_they_were_shown_are_not_approved(
     a1 = await device(alice_name, first=True)
     mallory = await device(username("mallory"), first=True)
     before = {d["device_id"] for d in await a1.devices()}
-    new = Client(
-        system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF
-    )
+    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
     await new.open()
     try:
         code = await new.link_device(alice_name, PASSWORD)
