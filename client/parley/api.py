@@ -275,6 +275,9 @@ class Api:
         )
         return result
 
+    async def cancel_link(self, link_id: str) -> None:
+        await self.request("DELETE", f"/keys/v1/links/{quote(link_id, safe='')}")
+
     async def approve_link(self, link_id: str, sealed: str) -> None:
         await self.request(
             "PUT", f"/keys/v1/links/{quote(link_id, safe='')}/approval", json={"sealed": sealed}

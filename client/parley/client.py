@@ -246,7 +246,13 @@ class Client:
         """Wait until an existing device approves the link code of :meth:`link_device`."""
         if self._link is None:
             raise ParleyError("No link in progress: call link_device first.")
-        await self.keys.finish_link(self._link, timeout)
+        try:
+            await self.keys.finish_link(self._link, timeout)
+        except asyncio.CancelledError:
+            # Given up (Ctrl-C): the code is withdrawn, not left approvable.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.keys.cancel_link(self._link), 5)
+            raise
         self._link = None
 
     async def approve_device(

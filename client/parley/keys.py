@@ -17,6 +17,7 @@ account key: contacts see a new safety number).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -343,6 +344,13 @@ class Keys:
         )
         return request
 
+    async def cancel_link(self, request: LinkRequest) -> None:
+        """On the new device: withdraw the link (its user gave up), so that its code can
+        no longer be approved. Best effort: an expired link is gone already, and an
+        approved one stays (``conflict``) for another device to remove."""
+        with contextlib.suppress(ParleyError):
+            await self.api.cancel_link(b64encode(request.link_id))
+
     async def finish_link(self, request: LinkRequest, timeout: float = 600.0) -> None:
         """On the new device: wait for the approval, open it, check the list names us."""
         device = self.device()
@@ -354,6 +362,7 @@ class Keys:
             if link.get("approval"):
                 break
             if time.monotonic() > deadline:
+                await self.cancel_link(request)
                 raise ParleyError("The link code was not approved in time.")
             await asyncio.sleep(LINK_POLL_S)
         sealed = b64decode(link["approval"]["sealed"])

@@ -76,6 +76,29 @@ async def read(keys: Keys, claims: Claims, link_id: str) -> models.LinkState:
     return _state(link, device)
 
 
+async def cancel(keys: Keys, claims: Claims, link_id: str) -> None:
+    """Delete a link, by the device that posted it (its user cancelled linking): its
+    code can no longer be approved. An approved link stays (open it, or remove the
+    device from another one)."""
+    link_id = verify.link_id(link_id)
+    user_id = claims.user_id
+    link = await keys.store.get_link(user_id, link_id)
+    if link is None:
+        raise _not_found()
+    if claims.did is not None and claims.did != link["device_id"]:
+        raise ApiError(ErrorCode.FORBIDDEN, "Only the device that posted a link cancels it.")
+    done = await keys.store.cancel_link(user_id, link_id)
+    if done < 0:
+        raise _not_found()  # expired meanwhile
+    if done == 0:
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "This link was approved already: open the approval, or remove the device "
+            "from another one.",
+        )
+    log.info("link cancelled", extra={"user_id": user_id, "device_id": link["device_id"]})
+
+
 async def approve(keys: Keys, claims: Claims, link_id: str, body: models.LinkApproval) -> None:
     """Store the approval (opaque to the server), once, from another device."""
     link_id = verify.link_id(link_id)

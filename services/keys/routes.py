@@ -369,6 +369,19 @@ async def get_link(request: web.Request, claims: Claims) -> web.Response:
     return json_response(state, headers={"Cache-Control": "no-store"})
 
 
+@api.delete(
+    LINKS + "/{link_id}",
+    summary="Cancel a link (the device that posted it): its code can no longer be approved",
+    status=204,
+    auth=True,
+    params={**_LINK},
+    errors=[_E.NOT_FOUND, _E.FORBIDDEN, _E.CONFLICT],
+    tags=["links"],
+)
+async def delete_link(request: web.Request, claims: Claims) -> None:
+    await links.cancel(request.app[KEYS], claims, request.match_info["link_id"])
+
+
 @api.put(
     LINKS + "/{link_id}/approval",
     summary="Approve a link: the sealed account key for the new device (once)",

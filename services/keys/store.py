@@ -124,6 +124,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('HSETNX', KEYS[1], 'approval', ARGV[1])
 """
 
+_LINK_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'approval') == 1 then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
 
 class KeyStore:
     def __init__(
@@ -153,6 +159,7 @@ class KeyStore:
         self.revocation_log = RevocationLog(self.revocations, redis, self._restored_key())
         self._link_create = redis.register_script(_LINK_CREATE)
         self._link_approve = redis.register_script(_LINK_APPROVE)
+        self._link_cancel = redis.register_script(_LINK_CANCEL)
 
     # Indexes.
 
@@ -478,6 +485,10 @@ class KeyStore:
     async def approve_link(self, user_id: str, link_id: str, sealed: str) -> int:
         """1: approved; 0: it already was; -1: no such live link."""
         return int(await self._link_approve(keys=[self._link_key(user_id, link_id)], args=[sealed]))
+
+    async def cancel_link(self, user_id: str, link_id: str) -> int:
+        """1: deleted; 0: it was approved meanwhile (kept); -1: no such live link."""
+        return int(await self._link_cancel(keys=[self._link_key(user_id, link_id)]))
 
     # Events: the outbox and Kafka.
 

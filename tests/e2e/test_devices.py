@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from parley import Client, NotLoggedIn, ParleyError
+from parley import ApiError, Client, NotLoggedIn, ParleyError
 from parley.events import MessageRemoved, SentElsewhere
 
 from tests.client.conftest import CHEAP_KDF, PASSWORD
@@ -204,6 +204,29 @@ async def test_keys_swapped_after_they_were_shown_are_not_approved(
         with pytest.raises(ParleyError, match="changed after they were shown"):
             await a1.approve_device(code, confirm)
         assert len(shown) == 1 and reads == 2
+        assert {d["device_id"] for d in await a1.devices()} == before
+    finally:
+        await new.close()
+
+
+async def test_a_link_given_up_cannot_be_approved_later(
+    device: NewDevice, tmp_path: Path, system: System
+) -> None:
+    """The new device stops waiting (its time ran out; Ctrl-C does the same): its code
+    is withdrawn, so an approval later finds nothing, and the list is unchanged."""
+    alice_name = username("alice")
+    a1 = await device(alice_name, first=True)
+    before = {d["device_id"] for d in await a1.devices()}
+    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
+    await new.open()
+    try:
+        code = await new.link_device(alice_name, PASSWORD)
+        assert (await a1.keys.pending(code)).device_id == new.device_id  # it is there
+        with pytest.raises(ParleyError, match="not approved in time"):
+            await new.wait_linked(timeout=0.1)
+        with pytest.raises(ApiError) as exc:
+            await a1.approve_device(code)
+        assert exc.value.code == "not_found"
         assert {d["device_id"] for d in await a1.devices()} == before
     finally:
         await new.close()

@@ -210,3 +210,38 @@ async def test_the_approver_lists_the_device_with_the_identity_it_saw(
     status, reply = await api.put_device_list(ALICE, acct.next(ALICE, wrong), did=did)
     assert (status, reply["error"]["code"]) == (422, "invalid_key")
     assert reply["error"]["details"]["device_id"] == NEW
+
+
+async def test_the_new_device_cancels_its_link_and_the_code_is_no_longer_approvable(
+    api: KeysApi,
+) -> None:
+    await _setup(api)
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    path = f"/v1/links/{link_id}"
+    # Nobody else cancels it: another device of the account, another user, a bad id.
+    for user, did, status, code in [
+        (ALICE, 1, 403, "forbidden"),
+        ("mallory", NEW, 404, "not_found"),
+    ]:
+        got, reply = await api.call("DELETE", path, user, did=did)
+        assert (got, reply["error"]["code"]) == (status, code), (user, did)
+    got, reply = await api.call("DELETE", "/v1/links/not-a-link-id", ALICE, did=NEW)
+    assert (got, reply["error"]["code"]) == (422, "validation_failed")
+    assert (await api.get_link(ALICE, link_id))[0] == 200  # all of that changed nothing
+    # Its own device does; then it is gone for reading and approving.
+    assert await api.call("DELETE", path, ALICE, did=NEW) == (204, None)
+    status, reply = await api.get_link(ALICE, link_id, did=1)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    status, reply = await api.approve(ALICE, link_id, _sealed(), did=1)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    status, reply = await api.call("DELETE", path, ALICE, did=NEW)
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    # An approved link is not cancelled: its approval stays to be opened.
+    approved = _link_id()
+    assert (await _post(api, approved))[0] == 201
+    sealed = _sealed()
+    assert (await api.approve(ALICE, approved, sealed, did=1))[0] == 204
+    status, reply = await api.call("DELETE", f"/v1/links/{approved}", ALICE, did=NEW)
+    assert (status, reply["error"]["code"]) == (409, "conflict")
+    assert (await api.get_link(ALICE, approved, did=NEW))[1]["approval"] == {"sealed": sealed}

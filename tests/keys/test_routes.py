@@ -26,6 +26,7 @@ async def test_openapi_lists_every_route(api: KeysApi) -> None:
         ("PUT", "/keys/v1/device-list"),
         ("POST", "/keys/v1/links"),
         ("GET", "/keys/v1/links/{link_id}"),
+        ("DELETE", "/keys/v1/links/{link_id}"),
         ("PUT", "/keys/v1/links/{link_id}/approval"),
     }
     claim = doc["paths"]["/keys/v1/users/{user_id}/bundles"]["get"]

@@ -125,6 +125,14 @@ class FakeDirectory implements KeyDirectory {
     return structuredClone(link);
   }
 
+  async cancelLink(linkId: string): Promise<void> {
+    this.calls.push('cancelLink');
+    const link = this.links.get(linkId);
+    if (link === undefined) throw new ApiError('not_found', 'No such link', 404);
+    if (link.approval !== null) throw new ApiError('conflict', 'already approved', 409);
+    this.links.delete(linkId);
+  }
+
   async approveLink(linkId: string, sealed: string): Promise<void> {
     this.calls.push('approveLink');
     const link = this.links.get(linkId);
@@ -359,17 +367,22 @@ describe('waiting for the approval', () => {
     expect(b64encode(sealed)).toBe(dir.links.get(b64encode(request.linkId))?.approval?.sealed);
   });
 
-  it('gives up after the timeout, and at once when cancelled', async () => {
-    const { dir } = await account();
+  it('gives up after the timeout, and at once when cancelled, withdrawing the code', async () => {
+    const { dir, key, publish } = await account();
     const request = await startLink(dir, 2, 'phone');
     let clock = 0;
     const late = awaitApproval(dir, request, { timeoutMs: 10_000, pollMs: 1000, now: () => clock, sleep: async (ms) => void (clock += ms) });
     await expect(late).rejects.toThrow('The link code was not approved in time.');
     expect(clock).toBe(11_000); // a last read at the deadline, then past it (keys.py: `now > deadline`)
+    expect(dir.links.has(b64encode(request.linkId))).toBe(false); // withdrawn: nothing to approve
+    await expect(approveLink(dir, request.code, key, ME, yes, publish)).rejects.toMatchObject({ code: 'not_found' });
+    const again = await startLink(dir, 2, 'phone');
     const stop = new AbortController();
-    const cancelled = awaitApproval(dir, request, { pollMs: 60_000, signal: stop.signal });
+    const cancelled = awaitApproval(dir, again, { pollMs: 60_000, signal: stop.signal });
     setTimeout(() => stop.abort(), 10);
     await expect(cancelled).rejects.toBeInstanceOf(LinkCancelled);
+    expect(dir.links.has(b64encode(again.linkId))).toBe(false);
+    expect(dir.calls.filter((c) => c === 'cancelLink')).toHaveLength(2);
   });
 });
 

@@ -229,6 +229,10 @@ export class Api {
   getLink(linkId: string): Promise<LinkState> {
     return this.request('GET', `/keys/v1/links/${encodeURIComponent(linkId)}`);
   }
+  /** Withdraw this device's link (linking given up): its code can no longer be approved. */
+  cancelLink(linkId: string): Promise<void> {
+    return this.request('DELETE', `/keys/v1/links/${encodeURIComponent(linkId)}`);
+  }
   /** Approve a link: the account key sealed for the new device (once). */
   approveLink(linkId: string, sealed: string): Promise<void> {
     return this.request('PUT', `/keys/v1/links/${encodeURIComponent(linkId)}/approval`, { sealed });

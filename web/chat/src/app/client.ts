@@ -782,6 +782,7 @@ export class ParleyClient {
       createLink: (linkId, deviceId, name) => fresh(() => api.createLink(linkId, deviceId, name)),
       getLink: (linkId) => fresh(() => api.getLink(linkId)),
       approveLink: (linkId, sealed) => fresh(() => api.approveLink(linkId, sealed)),
+      cancelLink: (linkId) => fresh(() => api.cancelLink(linkId)),
     };
   }
 

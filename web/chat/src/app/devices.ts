@@ -73,6 +73,7 @@ export interface KeyDirectory {
   createLink(linkId: string, deviceId: number, name: string): Promise<unknown>;
   getLink(linkId: string): Promise<LinkState>;
   approveLink(linkId: string, sealed: string): Promise<void>;
+  cancelLink(linkId: string): Promise<void>;
 }
 
 /** A device waiting to be linked, as an existing device shows it before approving. */
@@ -229,11 +230,20 @@ export async function awaitApproval(dir: KeyDirectory, request: LinkRequest, opt
   const { timeoutMs = LINK_TIMEOUT_MS, pollMs = LINK_POLL_MS, signal, now = Date.now, sleep = pause } = options;
   const linkId = b64encode(request.linkId);
   const deadline = now() + timeoutMs;
+  // Given up (cancelled, or out of time): the code is withdrawn, not left approvable
+  // (keys.py `cancel_link`; best effort: an expired link is gone, an approved one stays).
+  const withdraw = () => dir.cancelLink(linkId).catch(() => undefined);
   for (;;) {
-    if (signal?.aborted) throw new LinkCancelled('Linking was cancelled.');
+    if (signal?.aborted) {
+      await withdraw();
+      throw new LinkCancelled('Linking was cancelled.');
+    }
     const link = await dir.getLink(linkId);
     if (link.approval) return b64decode(link.approval.sealed, { field: 'sealed' });
-    if (now() > deadline) throw new DeviceError('The link code was not approved in time.');
+    if (now() > deadline) {
+      await withdraw();
+      throw new DeviceError('The link code was not approved in time.');
+    }
     await sleep(pollMs, signal);
   }
 }
