@@ -53,7 +53,9 @@ async def create(keys: Keys, claims: Claims, body: models.LinkCreate) -> models.
     if account is not None and body.device_id in account.device_ids:
         raise ApiError(
             ErrorCode.CONFLICT,
-            "This device is already in the account's device list.",
+            "This device is already in the account's device list. If it never finished "
+            "linking (closed after the approval), remove it from another device and link "
+            "it again.",
             details={"device_id": body.device_id},
         )
     await keys.limiter.hit("links", user_id, keys.config.link_limit)
