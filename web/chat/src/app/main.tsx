@@ -70,6 +70,25 @@ function ErrorLine(props: { error: string }) {
   ) : null;
 }
 
+/** A second factor the server asked for, and where its answer goes. */
+type PendingChallenge = { c: Challenge; answer: (a: { method: string; code: string }) => void };
+
+/** The page that asks for a second factor (signing in, or linking this browser). */
+function SecondFactorCard(props: { pending: PendingChallenge; done: () => void; error: string }) {
+  return (
+    <main class="card">
+      <SecondFactor
+        challenge={props.pending.c}
+        onAnswer={(method, code) => {
+          props.pending.answer({ method, code });
+          if (code) props.done();
+        }}
+      />
+      <ErrorLine error={props.error} />
+    </main>
+  );
+}
+
 function SecondFactor(props: { challenge: Challenge; onAnswer: (method: string, code: string) => void }) {
   const [method, setMethod] = useState<string>(props.challenge.methods[0] ?? 'totp');
   const [code, setCode] = useState('');
@@ -114,7 +133,7 @@ function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => 
   const [v, bind] = useForm({ username: '', password: '', passphrase: '' });
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState('');
-  const [challenge, setChallenge] = useState<{ c: Challenge; answer: (a: { method: string; code: string }) => void } | null>(null);
+  const [challenge, setChallenge] = useState<PendingChallenge | null>(null);
   const [needsLink, setNeedsLink] = useState(false);
 
   async function submit(newIdentity: boolean) {
@@ -138,20 +157,7 @@ function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => 
     }
   }
 
-  if (challenge) {
-    return (
-      <main class="card">
-        <SecondFactor
-          challenge={challenge.c}
-          onAnswer={(method, code) => {
-            challenge.answer({ method, code });
-            if (code) setChallenge(null);
-          }}
-        />
-        <ErrorLine error={error} />
-      </main>
-    );
-  }
+  if (challenge) return <SecondFactorCard pending={challenge} done={() => setChallenge(null)} error={error} />;
   return (
     <main class="card">
       <h1>Parley</h1>
@@ -220,7 +226,7 @@ function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen
   const [v, bind] = useForm({ username: '', password: '', passphrase: '', name: defaultDeviceName(navigator.platform) });
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState('');
-  const [challenge, setChallenge] = useState<{ c: Challenge; answer: (a: { method: string; code: string }) => void } | null>(null);
+  const [challenge, setChallenge] = useState<PendingChallenge | null>(null);
   const [waiting, setWaiting] = useState<{ client: ParleyClient; stop: AbortController } | null>(null);
   const [leaving, setLeaving] = useState(false);
   const stopped = useRef(false);
@@ -268,20 +274,7 @@ function LinkDevice(props: { onClient: (c: ParleyClient) => void; go: (s: Screen
     setError('');
   }
 
-  if (challenge) {
-    return (
-      <main class="card">
-        <SecondFactor
-          challenge={challenge.c}
-          onAnswer={(method, code) => {
-            challenge.answer({ method, code });
-            if (code) setChallenge(null);
-          }}
-        />
-        <ErrorLine error={error} />
-      </main>
-    );
-  }
+  if (challenge) return <SecondFactorCard pending={challenge} done={() => setChallenge(null)} error={error} />;
   const linking = waiting?.client.linking;
   if (waiting && linking) {
     return (
