@@ -14,13 +14,11 @@ import aiohttp
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import outgoing_headers
+from services.common.stale import STALE_RETRY_S, StaleWhileDown
 
-MAX_CACHED = 100_000
 MEMBER_PAGE = 500
 
 DEVICE_LIST_TTL_S = 300.0
-STALE_RETRY_S = 10.0
-"""An expired list served while the key directory cannot answer is asked again after this."""
 
 
 class DeviceLists:
@@ -30,36 +28,34 @@ class DeviceLists:
     (``devices_changed`` on the broadcast channel, see :class:`Hub`), all of
     them when the pod lost that channel for a while (a notice may be gone),
     and after ``DEVICE_LIST_TTL_S`` in any case (but an expired list still answers
-    while the key directory cannot, unless ``fresh`` is asked). A 1:1 send that disagrees
-    with a cached list asks again before refusing, so a stale cache never
-    refuses a good send. A private room's fan-out reads the lists of all its
-    members (a thousand look-ups for a room of a thousand): with a TTL of
+    while the key directory cannot, unless ``fresh`` is asked: :class:`StaleWhileDown`).
+    A 1:1 send that disagrees with a cached list asks again before refusing, so a
+    stale cache never refuses a good send. A private room's fan-out reads the lists
+    of all its members (a thousand look-ups for a room of a thousand): with a TTL of
     seconds the key directory would serve them again and again.
     """
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
         self.base = settings.keys_url.rstrip("/")
         self.session = session
-        self._cache: dict[str, tuple[float, frozenset[int]]] = {}
+        self._cache = StaleWhileDown[frozenset[int]](DEVICE_LIST_TTL_S, STALE_RETRY_S)
 
     def forget(self, user_id: str) -> None:
-        self._cache.pop(user_id, None)
+        self._cache.forget(user_id)
 
     def clear(self) -> None:
         self._cache.clear()
 
     def peek(self, user_id: str) -> frozenset[int] | None:
         """The cached list, if it is still fresh (no I/O)."""
-        hit = self._cache.get(user_id)
-        if hit is not None and time.monotonic() - hit[0] < DEVICE_LIST_TTL_S:
-            return hit[1]
-        return None
+        return self._cache.get(user_id, time.monotonic())
 
     async def get(self, user_id: str, token: str, *, fresh: bool = False) -> frozenset[int]:
         now = time.monotonic()
-        hit = self._cache.get(user_id)
-        if hit is not None and not fresh and now - hit[0] < DEVICE_LIST_TTL_S:
-            return hit[1]
+        if not fresh:
+            hit = self._cache.get(user_id, now)
+            if hit is not None:
+                return hit
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
         try:
@@ -73,17 +69,14 @@ class DeviceLists:
                     devices = frozenset(int(d["device_id"]) for d in body["devices"])
                 except (KeyError, TypeError, ValueError):
                     raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
-        except ApiError:
-            if hit is not None and not fresh:
-                # The key directory (or its MongoDB) is down: no device can be linked
-                # or removed meanwhile, so the last list read is still the list. Asked
-                # again in STALE_RETRY_S, not by every send.
-                self._cache[user_id] = (now - DEVICE_LIST_TTL_S + STALE_RETRY_S, hit[1])
-                return hit[1]
-            raise
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-        self._cache[user_id] = (now, devices)
+        except ApiError as exc:
+            # The key directory (or its MongoDB) is down: no device can be linked or
+            # removed meanwhile, so the last list read is still the list.
+            hit = None if fresh else self._cache.stale(user_id, now, exc)
+            if hit is None:
+                raise
+            return hit
+        self._cache.put(user_id, now, devices)
         return devices
 
 

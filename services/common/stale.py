@@ -1,0 +1,75 @@
+"""A cache of what another service said, that still answers while that service cannot
+(docs/gateway.md, "When MongoDB is down").
+
+The rule, for the gateway's recipients (auth service) and device lists (key
+directory): an entry answers for ``ttl_s`` after it was read; once expired it is
+read again, and if the service is unavailable (``ErrorCode.UNAVAILABLE``) the
+expired value still answers and the entry is asked for again only ``retry_s``
+later, not by every call (each ask waits out the service's timeout). What was
+never read, or was forgotten, cannot be served stale.
+
+The callers read the clock once per look-up and pass it (``now``, from
+``time.monotonic()``), so an entry read or served stale counts from before its ask.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from services.common.errors import ApiError, ErrorCode
+
+V = TypeVar("V")
+
+MAX_ENTRIES = 100_000
+STALE_RETRY_S = 10.0
+"""An expired entry served while its service cannot answer is asked for again after this."""
+
+
+class StaleWhileDown(Generic[V]):
+    """Values by key, each fresh for ``ttl_s``, served expired while their service is
+    down; at most ``max_entries`` of them (all forgotten when full). A value is never
+    None: None means "not here"."""
+
+    __slots__ = ("_entries", "max_entries", "retry_s", "ttl_s")
+
+    def __init__(self, ttl_s: float, retry_s: float, max_entries: int = MAX_ENTRIES) -> None:
+        self.ttl_s = ttl_s
+        self.retry_s = retry_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, V]] = {}  # key: (expires at, value)
+
+    def get(self, key: str, now: float) -> V | None:
+        """The value of ``key`` if it has not expired at ``now`` (no I/O)."""
+        hit = self._entries.get(key)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        return None
+
+    def put(self, key: str, now: float, value: V) -> None:
+        """Keep ``value``, read at ``now``, for ``ttl_s``."""
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (now + self.ttl_s, value)
+
+    def stale(self, key: str, now: float, error: ApiError) -> V | None:
+        """What to answer for ``key`` when asking its service at ``now`` failed with
+        ``error``: the last value read, expired or not, if the service is
+        ``unavailable`` (then asked for again ``retry_s`` after ``now``, unless another
+        call read it meanwhile); None for another error or a key never read."""
+        if error.code is not ErrorCode.UNAVAILABLE:
+            return None
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if hit[0] <= now:
+            self._entries[key] = (now + self.retry_s, hit[1])
+        return hit[1]
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
