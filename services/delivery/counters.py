@@ -13,7 +13,11 @@ Keys (``<p>`` = the Redis prefix):
   ranges of numbers skipped, ``"f:t,..."`` for ``f + 1 .. t``, see below; a
   counter seeded by an earlier version has one range as ``sf``, ``st``);
 - ``<p>:ctrdirty``: set of the inboxes changed since the last checkpoint;
-- ``<p>:ctrbase``: what a counter missing from Redis starts above (see below).
+- ``<p>:ctrbase``: what a counter missing from Redis starts above (see below);
+- ``<p>:ctrfloor``: where an inbox with no checkpoint starts (see below);
+- ``<p>:ctrall``: present once every counter MongoDB holds is in Redis too (a
+  missing counter is then a new inbox: no MongoDB read, see below);
+- ``<p>:ctrwarm``: the process copying the checkpoints into Redis (a lock).
 
 **Checkpoints.** The persister copies the changed counters to MongoDB's
 ``counters`` collection (``$max``) every ``counters_checkpoint_s`` (5 s):
@@ -33,12 +37,32 @@ past it is handed out): after a second loss, a walk from a watermark below
 the first range must still step over it. On a first start (nothing
 recorded in MongoDB) counters start at 0; an upgrade from counters kept in
 MongoDB starts from them exactly.
+
+**An inbox with no checkpoint** starts at ``ctrfloor``: 0 on a first start, and
+after the L-th loss MongoDB records, ``L * GAP`` (the range below it skipped). Its
+numbers may have been handed out before the loss without reaching a checkpoint;
+a floor that grows with every loss is past them whether or not its jump reached
+MongoDB (see the next paragraph).
+
+**New inboxes without MongoDB.** Seeding a counter reads its checkpoint, so while
+MongoDB is down the first item to an inbox Redis does not hold would hold up its
+batch and its partition. So after a loss (or on an upgrade) the persister copies
+every checkpoint into Redis (:meth:`InboxCounters.warm`, once per Redis lifetime,
+one process at a time) and then sets ``ctrall``; from then on a counter missing
+from Redis is an inbox that never had one: it starts at ``ctrfloor`` in Redis
+alone, and its jump reaches MongoDB with the next checkpoint (which carries the
+skipped ranges too). A first start with nothing in MongoDB sets ``ctrall`` at
+once. This holds while Redis keeps every key it was given (no eviction:
+``maxmemory-policy noeviction``) or loses them all (a restart); a counter's hash
+costs ~100 bytes, so every inbox's is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -50,6 +74,12 @@ from services.common import scripts
 
 GAP = 1_000_000_000
 CHECKPOINT_BATCH = 2000
+WARM_LOCK_S = 60
+"""How long the lock of a process copying the checkpoints into Redis lasts without
+news from it (it is renewed every page)."""
+
+
+Gaps = tuple[tuple[int, int], ...]
 
 
 class Counter(NamedTuple):
@@ -226,6 +256,36 @@ return out
 """
 
 
+# A first start or a loss: sets ctrbase, ctrfloor (and ctrall) unless another process
+# decided first; returns what was decided. KEYS: ctrbase, ctrfloor, ctrall.
+_DECIDE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+  if ARGV[3] == '1' then redis.call('SET', KEYS[3], '1') end
+end
+return redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+"""
+
+# The end of a copy of every checkpoint into Redis: ctrall, if the lock is still this
+# copy's (a Redis that restarted since holds neither). KEYS: ctrwarm, ctrall.
+_WARMED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], '1')
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class Base(NamedTuple):
+    """What this Redis lifetime's seeds start from: ``base`` above a checkpoint,
+    ``floor`` for an inbox with none, ``complete`` once every checkpoint is in Redis."""
+
+    base: int
+    floor: int
+    complete: bool
+
+
 class InboxCounters:
     def __init__(
         self,
@@ -240,6 +300,11 @@ class InboxCounters:
         self.meta = meta
         self.dirty = f"{prefix}:ctrdirty"
         self.base_key = f"{prefix}:ctrbase"
+        self.floor_key = f"{prefix}:ctrfloor"
+        self.all_key = f"{prefix}:ctrall"
+        self.warm_key = f"{prefix}:ctrwarm"
+        self._decide = scripts.register(redis, _DECIDE)
+        self._warmed = scripts.register(redis, _WARMED)
         self._reserve = scripts.register(redis, _RESERVE)
         self._seed_one = scripts.register(redis, _SEED)
         self._ack = scripts.register(redis, _ACK)
@@ -388,73 +453,136 @@ class InboxCounters:
         return out
 
     # Seeding and checkpoints ---------------------------------------------------
-    async def _base(self) -> int:
-        value = await self.redis.get(self.base_key)
-        if value is not None:
-            return int(value)
-        # One decision at a time in this process: a second seeder that read the
-        # marker missing would find the first one's record in MongoDB before its
-        # marker reached Redis, take that for a loss and start every counter past
-        # GAP. (Two processes racing on a first start can still do that: numbers
-        # are not dense, so that costs nothing but the jump.)
-        async with self._base_lock:
-            return await self._decide_base()
+    async def _base(self) -> Base:
+        values = await self.redis.mget([self.base_key, self.floor_key, self.all_key])
+        if values[0] is None:
+            # One decision at a time in this process: a second seeder that read the
+            # marker missing would find the first one's record in MongoDB before its
+            # marker reached Redis, take that for a loss and start every counter past
+            # GAP. (Two processes racing on a first start can still do that: numbers
+            # are not dense, so that costs nothing but the jump.)
+            async with self._base_lock:
+                values = await self.redis.mget([self.base_key, self.floor_key, self.all_key])
+                if values[0] is None:
+                    values = await self._decide_base()
+        base = int(values[0] or 0)
+        # A marker set before there was a floor: its base is past everything.
+        floor = base if values[1] is None else int(values[1])
+        return Base(base, floor, values[2] is not None)
 
-    async def _decide_base(self) -> int:
-        value = await self.redis.get(self.base_key)
-        if value is not None:
-            return int(value)
+    async def _decide_base(self) -> list[Any]:
         # No marker in Redis: a first start, or Redis lost its data.
         started = await self.meta.find_one({"_id": "counters"})
-        base = 0 if started is None else GAP
         if started is None:
+            base = floor = 0
+            # Nothing to read back (unless counters kept in MongoDB by an older version).
+            complete = await self.checkpoints.find_one({}, {"_id": 1}) is None
             await self.meta.update_one(
                 {"_id": "counters"}, {"$setOnInsert": {"since": time.time()}}, upsert=True
             )
-        await self.redis.set(self.base_key, base, nx=True)
-        return int(await self.redis.get(self.base_key) or base)
+        else:
+            losses = await self.meta.find_one_and_update(
+                {"_id": "counters"}, {"$inc": {"losses": 1}}, return_document=True
+            )
+            base, floor, complete = GAP, GAP * int((losses or {}).get("losses", 1)), False
+        keys = [self.base_key, self.floor_key, self.all_key]
+        return list(await self._decide(keys, [base, floor, "1" if complete else "0"]))
 
     async def seed(self, inboxes: list[str]) -> None:
         if not inboxes:
             return
-        base = await self._base()
+        at = await self._base()
+        if at.complete:
+            # Every counter MongoDB holds is in Redis: these inboxes are new. Their
+            # floor and its range reach MongoDB with the next checkpoint.
+            await self._seed(inboxes, {}, at)
+            return
         saved = {
             d["_id"]: (int(d.get("n", 0)), int(d.get("acked", 0)), parse_gaps(d.get("g")))
             async for d in self.checkpoints.find(
                 {"_id": {"$in": inboxes}}, {"n": 1, "acked": 1, "g": 1}
             )
         }
-        seeded: dict[str, str] = {}
+        await self._seed(inboxes, saved, at)
+
+    async def _seed(
+        self, inboxes: list[str], saved: dict[str, tuple[int, int, Gaps]], at: Base
+    ) -> None:
+        """Put ``inboxes``' counters in Redis (where missing), from their checkpoints
+        (``saved``) past this lifetime's base, or at its floor when they have none."""
+        seeded: dict[str, tuple[int, int, str]] = {}
         for inbox in inboxes:
-            n, acked, gaps = saved.get(inbox, (0, 0, ()))
+            if inbox not in saved:
+                seeded[inbox] = (at.floor, 0, format_gaps([(0, at.floor)] if at.floor else []))
+                continue
+            n, acked, gaps = saved[inbox]
             floor = max(n, acked)
             # Every skipped range a walk from ``acked`` could meet: the ones kept with
             # the checkpoint (earlier losses) and this loss's; those wholly below
             # ``acked`` are behind every walk.
             kept = [(f, t) for f, t in gaps if t > acked and f < floor]
-            if base:
-                kept.append((floor, floor + base))
-            seeded[inbox] = format_gaps(kept)
+            if at.base:
+                kept.append((floor, floor + at.base))
+            seeded[inbox] = (floor + at.base, acked, format_gaps(kept))
         # The ranges and the jump are in MongoDB before a number past them is handed
         # out: a second loss must not forget them (a walk would then step through a
         # billion numbers, and numbers handed out since the jump could be reused).
+        # A new inbox's wait for the next checkpoint: the next loss's floor is past it.
         ranged = [
-            UpdateOne(
-                {"_id": inbox},
-                {"$set": {"g": seeded[inbox]},
-                 "$max": {"n": max(saved.get(inbox, (0, 0, ()))[:2]) + base}},
-                upsert=True,
-            )
-            for inbox in inboxes
-        ] if base else []  # fmt: skip
+            UpdateOne({"_id": inbox}, {"$set": {"g": seeded[inbox][2]},
+                                       "$max": {"n": seeded[inbox][0]}}, upsert=True)
+            for inbox in inboxes if seeded[inbox][2] and (inbox in saved or not at.complete)
+        ]  # fmt: skip
         if ranged:
             await self.checkpoints.bulk_write(ranged, ordered=False)
         async with self.redis.pipeline(transaction=False) as pipe:
             for inbox in inboxes:
-                n, acked, _ = saved.get(inbox, (0, 0, ()))
-                args = [max(n, acked) + base, acked, seeded[inbox]]
-                await scripts.queue(pipe, self._seed_one, [self.key(inbox)], args)
+                await scripts.queue(pipe, self._seed_one, [self.key(inbox)], seeded[inbox])
+            if at.complete:
+                pipe.sadd(self.dirty, *inboxes)
             await pipe.execute()
+
+    async def warm(self, page: int = CHECKPOINT_BATCH) -> int:
+        """Copy every checkpoint whose counter Redis lacks into Redis, then set
+        ``ctrall`` (see the module's doc); returns how many were copied. Does nothing
+        once ``ctrall`` is set or while another process copies."""
+        if await self.redis.exists(self.all_key):
+            return 0
+        token = uuid.uuid4().hex
+        if not await self.redis.set(self.warm_key, token, nx=True, ex=WARM_LOCK_S):
+            return 0
+        copied, last = 0, None
+        try:
+            while True:
+                at = await self._base()
+                query: dict[str, Any] = {} if last is None else {"_id": {"$gt": last}}
+                docs = (
+                    await self.checkpoints.find(query, {"n": 1, "acked": 1, "g": 1})
+                    .sort("_id", 1)
+                    .limit(page)
+                    .to_list()
+                )
+                if not docs:
+                    break
+                last = docs[-1]["_id"]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for d in docs:
+                        pipe.exists(self.key(d["_id"]))
+                    pipe.expire(self.warm_key, WARM_LOCK_S)
+                    found = await pipe.execute()
+                saved = {
+                    d["_id"]: (int(d.get("n", 0)), int(d.get("acked", 0)), parse_gaps(d.get("g")))
+                    for d, there in zip(docs, found, strict=False) if not there
+                }  # fmt: skip
+                if saved:
+                    await self._seed(list(saved), saved, at._replace(complete=False))
+                    copied += len(saved)
+            await self._warmed([self.warm_key, self.all_key], [token])
+        except BaseException:
+            with contextlib.suppress(Exception):  # else it expires
+                await self.redis.delete(self.warm_key)
+            raise
+        return copied
 
     async def checkpoint(self) -> int:
         """Copy the counters changed since the last run to MongoDB; returns how many."""
@@ -467,12 +595,15 @@ class InboxCounters:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for inbox in inboxes:
-                        pipe.hmget(self.key(inbox), ["n", "acked"])
+                        pipe.hmget(self.key(inbox), ["n", "acked", "g"])
                     rows = await pipe.execute()
+                # The skipped ranges too: a counter seeded without MongoDB (a new inbox
+                # once every checkpoint is in Redis) has its range nowhere else.
                 ops = [
                     UpdateOne({"_id": inbox},
-                              {"$max": {"n": int(n), "acked": int(acked or 0)}}, upsert=True)
-                    for inbox, (n, acked) in zip(inboxes, rows, strict=True) if n is not None
+                              {"$max": {"n": int(n), "acked": int(acked or 0)},
+                               **({"$set": {"g": scripts.text(g)}} if g else {})}, upsert=True)
+                    for inbox, (n, acked, g) in zip(inboxes, rows, strict=True) if n is not None
                 ]  # fmt: skip
                 if ops:
                     await self.checkpoints.bulk_write(ops, ordered=False)

@@ -113,6 +113,7 @@ class Worker:
         # beside the batches, never in their way (_flush_contacts).
         self._pairs_todo: dict[tuple[str, str], None] = {}
         self._contacts_task: asyncio.Task[None] | None = None
+        self._warm_task: asyncio.Task[None] | None = None
         # Every hot item stored before this moment is persisted or acknowledged
         # (the persister's last complete pass): batches older may be committed.
         self.persisted_until = 0.0
@@ -231,7 +232,7 @@ class Worker:
         }
 
     async def stop(self) -> None:
-        await cancel_all([*self._tasks, *filter(None, [self._contacts_task])])
+        await cancel_all([*self._tasks, *filter(None, [self._contacts_task, self._warm_task])])
 
     async def _run(self, topic: str, handler: Handler, suffix: str) -> None:
         delay = 0.2
@@ -403,6 +404,7 @@ class Worker:
             # seeded after a Redis loss starts above covers any interval.
             await self.store.ctr.checkpoint()
             self._next_checkpoint = time.monotonic() + self.settings.counters_checkpoint_s
+            self._warm_soon()
         self.persisted.inc(written)
         if until is not None:
             self.persisted_until = max(self.persisted_until, until)
@@ -639,6 +641,22 @@ class Worker:
             log.warning("contacts not recorded", extra={"pairs": len(fresh) - max(room, 0)})
         self._pairs_todo.update(dict.fromkeys(fresh[: max(room, 0)]))
         self._flush_contacts_soon()
+
+    def _warm_soon(self) -> None:
+        """Copy the counters' checkpoints into Redis after a loss, beside the persister
+        (one read of a flag once done): a first item to an inbox then waits for
+        MongoDB only while the copy is not complete (services/delivery/counters.py)."""
+        if self._warm_task is None or self._warm_task.done():
+            self._warm_task = asyncio.create_task(self._warm())
+
+    async def _warm(self) -> None:
+        try:
+            copied = await self.store.ctr.warm()
+        except Exception as exc:
+            log.info("counters not copied into Redis yet", extra={"error": repr(exc)})
+            return
+        if copied:
+            log.info("counters copied into Redis", extra={"count": copied})
 
     def _flush_contacts_soon(self) -> None:
         if self._pairs_todo and (self._contacts_task is None or self._contacts_task.done()):

@@ -6,11 +6,17 @@ in MongoDB goes on from them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pymongo import AsyncMongoClient
+from pymongo.errors import ServerSelectionTimeoutError
 
-from services.delivery.counters import GAP, Counter
+from services.delivery.counters import GAP, Counter, InboxCounters
 from services.delivery.store import DeliveryStore
 
 from .conftest import item
@@ -218,3 +224,69 @@ async def test_a_20000_item_inbox_through_two_losses_pages_and_acks_in_full(
     acked = await asyncio.wait_for(store.acknowledge_many({"ida": seen[-1]}), 60)
     assert len(acked["ida"]) == 20_000
     assert (await store.page("ida", 0, 10))[0] == []
+
+
+@contextlib.asynccontextmanager
+async def _without_mongodb(store: DeliveryStore) -> AsyncIterator[InboxCounters]:
+    """The store's counters as they are while MongoDB is down: the same Redis, and a
+    MongoDB client whose server never answers (a port nothing listens on)."""
+    down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    )
+    try:
+        yield InboxCounters(store.redis, store.prefix, down.x.counters, down.x.meta)
+    finally:
+        await down.close()
+
+
+async def test_a_first_start_seeds_new_inboxes_without_mongodb(store: DeliveryStore) -> None:
+    assert [d["seq"] for d in await store.store_hot([item("jan", 0)])] == [1]
+    async with _without_mongodb(store) as ctr:
+        assert await asyncio.wait_for(ctr.reserve("kim", 2), 5) == 1
+    assert (await store.ctr.get(["kim"]))["kim"] == Counter(n=2, acked=0)
+
+
+async def test_after_a_loss_the_checkpoints_are_copied_so_no_first_item_waits_for_mongodb(
+    store: DeliveryStore,
+) -> None:
+    """Redis lost its data, then MongoDB goes down: once the persister has copied the
+    checkpoints into Redis, neither an inbox that had items before the loss nor a new
+    one needs MongoDB to number its first item; the new one's jump reaches MongoDB
+    with the next checkpoint, and a second loss numbers nothing twice."""
+    await store.store_hot([item("lea", i) for i in range(3)])
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    async with _without_mongodb(store) as ctr:
+        # Before the copy, a counter missing from Redis is read from its checkpoint.
+        with pytest.raises(ServerSelectionTimeoutError):
+            await store.store_hot([item("zed", 0)])  # decides this lifetime's base
+            await ctr.reserve("lea", 1)
+        assert await store.ctr.warm() == 1
+        assert await store.ctr.warm() == 0  # done: one read of the flag
+        assert await asyncio.wait_for(ctr.reserve("lea", 1), 5) == 3 + GAP + 1
+        assert await asyncio.wait_for(ctr.reserve("max", 2), 5) == GAP + 1
+    assert await store.ctr.checkpoint() >= 2
+    saved = await store.counters.find_one({"_id": "max"})
+    assert saved == {"_id": "max", "n": GAP + 2, "acked": 0, "g": f"0:{GAP}"}
+    # A counter started after the loss and not checkpointed before the next one: the
+    # next loss's floor is past whatever it handed out.
+    await store.store_hot([item("ned", 0)])  # GAP + 1, only in Redis
+    await _lose_redis(store)
+    again = await store.store_hot([item("ned", 1), item("max", 9), item("lea", 9)])
+    assert [d["seq"] for d in again] == [2 * GAP + 1, 2 * GAP + 3, 3 + 2 * GAP + 2]
+    page, _ = await store.page("max", 0, 10)
+    assert [d["seq"] for d in page] == [2 * GAP + 3]
+
+
+async def test_an_upgrade_copies_the_counters_kept_in_mongodb_before_trusting_redis(
+    store: DeliveryStore,
+) -> None:
+    await store.counters.insert_many(
+        [{"_id": f"old{i}", "n": 10 + i, "acked": 5} for i in range(2 * 3 + 1)]
+    )
+    assert (await store.store_hot([item("old0", 0)]))[0]["seq"] == 11  # read from MongoDB
+    assert await store.ctr.warm(page=3) == 6  # the rest, three pages and a bit
+    async with _without_mongodb(store) as ctr:
+        assert await asyncio.wait_for(ctr.reserve("old6", 1), 5) == 17
+        assert await asyncio.wait_for(ctr.reserve("new", 1), 5) == 1
+    assert (await store.ctr.get(["old3"]))["old3"] == Counter(n=13, acked=5)

@@ -1,5 +1,6 @@
 """Messaging end to end through HAProxy, with faults: kill -9 a gateway or the
-delivery worker mid-flight, restart Redis, kill MongoDB, kill the Kafka broker.
+delivery worker mid-flight, restart Redis, kill MongoDB (after a Redis loss too),
+kill the Kafka broker.
 Nothing accepted is lost or duplicated."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
 from tests.support.aio import eventually
@@ -253,6 +255,71 @@ async def test_mongodb_killed_mid_run_loses_and_duplicates_nothing(system: Syste
 
         await eventually(recorded, lambda k: k == 2, timeout=30)
     finally:
+        await mongo.close()
+
+
+async def test_after_redis_lost_everything_a_mongodb_outage_holds_up_no_first_item(
+    system: System,
+) -> None:
+    """Redis restarted empty, then MongoDB killed. The first item to an inbox Redis no
+    longer held (gina's, numbered before the loss) or never held (fred's, a device
+    that never had one) was numbered from MongoDB's checkpoints, so it waited, and
+    its whole partition with it, for MongoDB. Once delivery has copied the
+    checkpoints back into Redis (``ctrall`` says so), both arrive while MongoDB is
+    down, and fred's new counter reaches MongoDB once it is back."""
+    carol, gina, fred = [await signup(system.lb) for _ in range(3)]
+    procs = system.stack.procs
+    assert procs is not None
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(system.stack.cfg.url("mongo"))
+    redis = aioredis.Redis.from_url(system.stack.cfg.url("redis"))
+    counters = mongo[f"{system.prefix}_delivery"]["counters"]
+    clients: list[WsClient] = []
+    try:
+        cc = await WsClient.connect(system.ws_url, carol.token)
+        cg = await WsClient.connect(system.ws_url, gina.token)
+        clients += [cc, cg]
+        await cc.send(send_frame("before", gina.user_id, b64("hi")))
+        await cg.send({"op": "ack", "seq": (await cg.expect("message"))["seq"]})
+        await eventually(
+            lambda: counters.find_one({"_id": f"{gina.user_id}.1"}), lambda d: d is not None
+        )
+        procs.kill("redis")
+        procs.start("redis")
+        system.wait_ready()
+        await eventually(
+            lambda: redis.exists(f"{system.prefix}:ctrall"), lambda k: k == 1, timeout=60
+        )
+        for c in clients:
+            await c.close()
+        cc = await WsClient.connect(system.ws_url, carol.token)
+        cg = await WsClient.connect(system.ws_url, gina.token)
+        cf = await WsClient.connect(system.ws_url, fred.token)
+        clients = [cc, cg, cf]
+        # carol's pod reads both recipients (sends refused for their copies: nothing
+        # stored), so it can route to them while the auth service cannot answer.
+        for who, cid in ((gina, "look-g"), (fred, "look-f")):
+            await cc.send(send_frame(cid, who.user_id, b64("x"), devices=(1, 2)))
+            assert (await cc.expect("error", id=cid))["code"] == "devices_changed"
+        procs.kill("mongo")
+        try:
+            for who, ws, cid in ((gina, cg, "to-gina"), (fred, cf, "to-fred")):
+                await cc.send(send_frame(cid, who.user_id, b64(f"during {cid}")))
+                got = await ws.expect("message", timeout=20)
+                assert unb64(got["body"]) == f"during {cid}"
+                await ws.send({"op": "ack", "seq": got["seq"]})
+                await cc.expect("delivered", id=cid, timeout=20)
+        finally:
+            procs.start("mongo")
+            system.wait_ready()
+        # fred's counter, started in Redis alone, reaches MongoDB with its skipped range.
+        saved = await eventually(
+            lambda: counters.find_one({"_id": f"{fred.user_id}.1"}), lambda d: d is not None
+        )
+        assert saved is not None and saved["acked"] == saved["n"] and saved.get("g")
+    finally:
+        for c in clients:
+            await c.close()
+        await redis.aclose()
         await mongo.close()
 
 
