@@ -290,3 +290,24 @@ async def test_an_upgrade_copies_the_counters_kept_in_mongodb_before_trusting_re
         assert await asyncio.wait_for(ctr.reserve("old6", 1), 5) == 17
         assert await asyncio.wait_for(ctr.reserve("new", 1), 5) == 1
     assert (await store.ctr.get(["old3"]))["old3"] == Counter(n=13, acked=5)
+
+
+async def test_thirty_thousand_checkpoints_are_copied_back_after_a_loss(
+    store: DeliveryStore,
+) -> None:
+    """At the size a deployment reaches (30,000 device inboxes): after a loss every
+    one of them is in Redis again, from its checkpoint and past the jump, and none
+    needs MongoDB for its next number."""
+    inboxes = 30_000
+    await store.store_hot([item("seed", 0)])  # a first start: the base is decided
+    await store.counters.insert_many(
+        [{"_id": f"u{i}.1", "n": i % 50 + 1, "acked": i % 50} for i in range(inboxes)]
+    )
+    await _lose_redis(store)
+    assert await asyncio.wait_for(store.ctr.warm(), 120) == inboxes
+    got = await store.ctr.get([f"u{i}.1" for i in range(0, inboxes, 997)])
+    assert all(
+        c.n == i % 50 + 1 + GAP for i, c in zip(range(0, inboxes, 997), got.values(), strict=True)
+    )
+    async with _without_mongodb(store) as ctr:
+        assert await asyncio.wait_for(ctr.reserve(f"u{inboxes - 1}.1", 1), 5) == 50 + GAP + 1
