@@ -56,6 +56,10 @@ class DeviceLists:
             hit = self._cache.get(user_id, now)
             if hit is not None:
                 return hit
+            # The key directory did not answer an ask less than STALE_RETRY_S ago.
+            hit = self._cache.down(now, user_id)
+            if hit is not None:
+                return hit
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
         try:

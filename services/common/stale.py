@@ -8,6 +8,14 @@ expired value still answers and the entry is asked for again only ``retry_s``
 later, not by every call (each ask waits out the service's timeout). What was
 never read, or was forgotten, cannot be served stale.
 
+While the service is down, what can be served stale is not asked for at all: after
+an ask failed, :meth:`StaleWhileDown.down` holds for ``retry_s`` (per cache, so per
+pod and service) and every expired entry answers at once, instead of each waiting
+out the service's timeout (seconds while MongoDB does not answer) once per
+``retry_s``. What cannot be served stale (a key never read, a ``fresh`` read) is
+still asked: nothing is lost by trying, and the first answer (:meth:`put`) ends
+``down`` at once.
+
 The callers read the clock once per look-up and pass it (``now``, from
 ``time.monotonic()``), so an entry read or served stale counts from before its ask.
 """
@@ -30,13 +38,14 @@ class StaleWhileDown(Generic[V]):
     down; at most ``max_entries`` of them (all forgotten when full). A value is never
     None: None means "not here"."""
 
-    __slots__ = ("_entries", "max_entries", "retry_s", "ttl_s")
+    __slots__ = ("_down_until", "_entries", "max_entries", "retry_s", "ttl_s")
 
     def __init__(self, ttl_s: float, retry_s: float, max_entries: int = MAX_ENTRIES) -> None:
         self.ttl_s = ttl_s
         self.retry_s = retry_s
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, V]] = {}  # key: (expires at, value)
+        self._down_until = float("-inf")
 
     def get(self, key: str, now: float) -> V | None:
         """The value of ``key`` if it has not expired at ``now`` (no I/O)."""
@@ -45,8 +54,18 @@ class StaleWhileDown(Generic[V]):
             return hit[1]
         return None
 
+    def down(self, now: float, key: str) -> V | None:
+        """For ``retry_s`` after an ask failed with ``unavailable``, until one succeeds:
+        the last value of ``key`` read, expired or not, to answer without asking; None
+        otherwise (ask)."""
+        if now >= self._down_until:
+            return None
+        hit = self._entries.get(key)
+        return None if hit is None else hit[1]
+
     def put(self, key: str, now: float, value: V) -> None:
-        """Keep ``value``, read at ``now``, for ``ttl_s``."""
+        """Keep ``value``, read at ``now``, for ``ttl_s`` (the service answers: not down)."""
+        self._down_until = float("-inf")
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key] = (now + self.ttl_s, value)
@@ -58,6 +77,7 @@ class StaleWhileDown(Generic[V]):
         call read it meanwhile); None for another error or a key never read."""
         if error.code is not ErrorCode.UNAVAILABLE:
             return None
+        self._down_until = now + self.retry_s
         hit = self._entries.get(key)
         if hit is None:
             return None

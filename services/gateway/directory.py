@@ -27,13 +27,13 @@ class Directory:
         keyed by what it returns, never by what the client wrote.
         """
         now = time.monotonic()
-        known = self._known.get(user_id, now)
+        # Fresh, or the auth service did not answer an ask less than STALE_RETRY_S ago.
+        known = self._known.get(user_id, now) or self._known.down(now, user_id)
         if known is not None:
             return known
+        unavailable = "Cannot check the recipient now."
         try:
-            canonical = await user_id_of(
-                self.session, self.base, user_id, token, "Cannot check the recipient now."
-            )
+            canonical = await user_id_of(self.session, self.base, user_id, token, unavailable)
         except ApiError as exc:
             # The auth service (or its MongoDB) is down: an id it once vouched for
             # stays good, and the hot path needs nothing else from it.

@@ -60,3 +60,27 @@ def test_the_cache_is_bounded() -> None:
     assert cache.get("3", 0.0) == 3
     cache.clear()
     assert len(cache) == 0
+
+
+def test_after_a_failed_ask_what_can_be_served_stale_is_not_asked_for_retry_s() -> None:
+    """One failed ask says the service is down: every expired entry answers at once
+    instead of each waiting out the service's timeout; what was never read is still
+    asked, and the first answer ends it."""
+    cache = StaleWhileDown[str](ttl_s=60.0, retry_s=10.0)
+    cache.put("a", 100.0, "alice")
+    cache.put("b", 100.0, "bob")
+    assert cache.down(200.0, "b") is None  # nothing failed yet: ask
+    assert cache.stale("a", 200.0, DOWN) == "alice"
+    assert cache.down(200.0, "b") == "bob" and cache.down(209.9, "b") == "bob"
+    assert cache.down(205.0, "c") is None  # never read: ask
+    assert cache.down(210.0, "b") is None  # retry_s later: ask again
+    assert cache.stale("c", 210.0, DOWN) is None and cache.down(215.0, "b") == "bob"
+    cache.put("c", 216.0, "carol")  # it answered: up again
+    assert cache.down(216.0, "b") is None
+
+
+def test_another_error_does_not_say_the_service_is_down() -> None:
+    cache = StaleWhileDown[str](ttl_s=60.0, retry_s=10.0)
+    cache.put("a", 0.0, "alice")
+    assert cache.stale("x", 100.0, ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "no")) is None
+    assert cache.down(100.0, "a") is None

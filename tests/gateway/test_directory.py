@@ -116,3 +116,38 @@ async def test_once_the_key_directory_is_back_the_list_is_read_again(
     assert await lists.get("alice", "t") == {1, 2, 3}
     assert await directory.require_user("Alice", "t") == "alice"
     assert up.calls == calls + 2
+
+
+async def test_while_a_service_is_down_expired_entries_answer_without_asking(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each ask waits out the service's timeout while its MongoDB does not answer: after
+    one failed ask, the other expired recipients and lists answer without an ask
+    (until STALE_RETRY_S passed or an ask succeeded); what has nothing to answer with
+    (never read, or a fresh read) is still asked, and refused."""
+    up, settings, session = upstream
+    monkeypatch.setattr(dev, "DEVICE_LIST_TTL_S", 0.0)
+    directory, lists = Directory(settings, session), dev.DeviceLists(settings, session)
+    for user in ("alice", "bob"):
+        assert await directory.require_user(user, "t") == user
+        assert await lists.get(user, "t") == {1, 2}
+    up.down = True
+    calls = up.calls
+    assert await directory.require_user("alice", "t") == "alice"  # asked: failed
+    assert await lists.get("alice", "t") == {1, 2}  # asked: failed
+    assert up.calls == calls + 2
+    assert await directory.require_user("bob", "t") == "bob"
+    assert await lists.get("bob", "t") == {1, 2}
+    assert up.calls == calls + 2  # not asked
+    for refused in (directory.require_user("carol", "t"), lists.get("carol", "t"),
+                    lists.get("bob", "t", fresh=True)):  # fmt: skip
+        with pytest.raises(ApiError) as exc:
+            await refused
+        assert exc.value.code is ErrorCode.UNAVAILABLE
+    assert up.calls == calls + 5
+    # Back: the first answer ends it, and the expired entries are read again.
+    up.down, up.devices = False, [1, 2, 3]
+    assert await directory.require_user("carol", "t") == "carol"
+    assert await lists.get("carol", "t") == {1, 2, 3}
+    assert await lists.get("bob", "t") == {1, 2, 3}
