@@ -1,6 +1,6 @@
 """A private room of 200 members through HAProxy: kill -9 the delivery worker, Redis (no
-persistence: every dedup record and presence entry gone) or the gateway pod half the
-members are connected to, in the middle of sending messages; after the restart every
+persistence: every dedup record and presence entry gone), MongoDB, or the gateway pod
+half the members are connected to, in the middle of sending messages; after the restart every
 member reads every accepted message exactly once from the room's log, in the room's
 order (docs/rooms.md, "The room log")."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.aio import eventually
 from tests.support.chat import b64, unb64
-from tests.support.stack import System
+from tests.support.stack import System, http_status
 from tests.support.users import User, signup
 from tests.support.wsclient import WsClient
 
@@ -145,6 +145,37 @@ async def test_kill_9_mid_fan_out_to_200_members_loses_and_duplicates_nothing(
             else:
                 await asyncio.to_thread(kill_and_restart, system, victim)
                 await asyncio.wait_for(sending, 120)
+        finally:
+            await ws.close()
+        await assert_every_log_complete(system, http, members, rid, accepted)
+
+
+async def test_mongodb_killed_mid_fan_out_to_200_members_loses_and_duplicates_nothing(
+    system: System,
+) -> None:
+    """kill -9 of MongoDB (the room log's store, and the rooms service's) while the owner
+    streams to 200 members, kept down until delivery says it waits for it: sends are
+    refused while the room cannot be read (the owner sends the same id again), what
+    was accepted waits in Kafka; once MongoDB is back every member reads every
+    accepted message once, in the room's order."""
+    async with aiohttp.ClientSession() as http:
+        owner, members, rid = await private_room(http, system.lb)
+        ws = await WsClient.connect(system.ws_url, owner.token)
+        accepted: dict[str, str] = {}
+        try:
+            sending = asyncio.create_task(send_all(ws, rid, accepted))
+            await eventually(lambda: asyncio.sleep(0, len(accepted)), lambda k: k >= 8)
+            infra = system.stack.procs
+            assert infra is not None
+            infra.kill("mongo")
+            try:
+                ready = system.cfg.url("ops") + "/delivery/readyz"
+                await eventually(
+                    lambda: asyncio.to_thread(http_status, ready), lambda s: s == 503, timeout=60
+                )
+            finally:
+                infra.start("mongo")
+            await asyncio.wait_for(sending, 180)
         finally:
             await ws.close()
         await assert_every_log_complete(system, http, members, rid, accepted)
