@@ -6,11 +6,13 @@ room's message with them; delivery sends a removed message's tombstones with the
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
+from services.common import scripts
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import outgoing_headers
@@ -19,6 +21,48 @@ from services.common.stale import STALE_RETRY_S, StaleWhileDown
 MEMBER_PAGE = 500
 
 DEVICE_LIST_TTL_S = 300.0
+COPY_TTL_S = 7 * 86_400
+"""How long the key directory's copy of a device list in Redis outlives its last write."""
+
+# The key directory's copy of a user's device list, for the gateways to read while it
+# cannot answer (docs/gateway.md, "When MongoDB is down"): written with the account's
+# generation, which every write of the list raises, and never over a newer one (a
+# read that raced a change cannot put the older list back). KEYS[1] the copy; ARGV
+# the generation, the device ids ("1,2"), the TTL in seconds.
+_COPY_LIST = """
+local have = redis.call('HGET', KEYS[1], 'gen')
+if have and tonumber(have) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'devices', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def list_copy_key(redis_prefix: str, user_id: str) -> str:
+    return f"{redis_prefix}:devlist:{{{user_id}}}"
+
+
+class ListCopies:
+    """The device lists' copies in Redis: the key directory writes, gateways read."""
+
+    def __init__(self, redis: aioredis.Redis, redis_prefix: str) -> None:
+        self.redis = redis
+        self.prefix = redis_prefix
+        self._write = scripts.register(redis, _COPY_LIST)
+
+    async def write(self, user_id: str, generation: int, devices: Iterable[int]) -> None:
+        listed = ",".join(str(d) for d in sorted(devices))
+        await self._write([list_copy_key(self.prefix, user_id)], [generation, listed, COPY_TTL_S])
+
+    async def read(self, user_id: str) -> frozenset[int] | None:
+        """The copy, or None (none, or Redis did not answer either)."""
+        try:
+            raw = await self.redis.hget(list_copy_key(self.prefix, user_id), "devices")
+        except aioredis.RedisError:
+            return None
+        if raw is None:
+            return None
+        return frozenset(int(d) for d in scripts.text(raw).split(",") if d)
 
 
 class DeviceLists:
@@ -35,10 +79,16 @@ class DeviceLists:
     seconds the key directory would serve them again and again.
     """
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        copies: ListCopies | None = None,
+    ) -> None:
         self.base = settings.keys_url.rstrip("/")
         self.session = session
         self._cache = StaleWhileDown[frozenset[int]](DEVICE_LIST_TTL_S, STALE_RETRY_S)
+        self._copies = copies
 
     def forget(self, user_id: str) -> None:
         self._cache.forget(user_id)
@@ -56,8 +106,11 @@ class DeviceLists:
             hit = self._cache.get(user_id, now)
             if hit is not None:
                 return hit
-            # The key directory did not answer an ask less than STALE_RETRY_S ago.
+            # The key directory did not answer an ask less than STALE_RETRY_S ago: the
+            # list read before, or the key directory's copy.
             hit = self._cache.down(now, user_id)
+            if hit is None and self._cache.is_down(now):
+                hit = await self._copy(user_id, now)
             if hit is not None:
                 return hit
         unavailable = "Cannot read the device list now."
@@ -77,11 +130,19 @@ class DeviceLists:
             # The key directory (or its MongoDB) is down: no device can be linked or
             # removed meanwhile, so the last list read is still the list.
             hit = None if fresh else self._cache.stale(user_id, now, exc)
+            if hit is None and not fresh and self._cache.is_down(now):
+                hit = await self._copy(user_id, now)
             if hit is None:
                 raise
             return hit
         self._cache.put(user_id, now, devices)
         return devices
+
+    async def _copy(self, user_id: str, now: float) -> frozenset[int] | None:
+        """The key directory's copy in Redis (a list this pod never read), if any."""
+        if self._copies is None:
+            return None
+        return await self._cache.from_copy(user_id, now, self._copies.read)
 
 
 async def member_ids(get: Callable[[str], Awaitable[dict[str, Any]]], path: str) -> list[str]:

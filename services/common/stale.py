@@ -12,9 +12,15 @@ While the service is down, what can be served stale is not asked for at all: aft
 an ask failed, :meth:`StaleWhileDown.down` holds for ``retry_s`` (per cache, so per
 pod and service) and every expired entry answers at once, instead of each waiting
 out the service's timeout (seconds while MongoDB does not answer) once per
-``retry_s``. What cannot be served stale (a key never read, a ``fresh`` read) is
-still asked: nothing is lost by trying, and the first answer (:meth:`put`) ends
-``down`` at once.
+``retry_s``. What cannot be served stale (a key never read and without a shared
+copy, below; a ``fresh`` read) is still asked: nothing is lost by trying, and the
+first answer (:meth:`put`) ends ``down`` at once.
+
+**A shared copy.** What a pod never read has nothing to be served stale from, so a
+pod started (or a socket moved to a pod) during the outage could not route to
+anyone. So the callers also keep a copy in Redis that every pod can read
+(:meth:`StaleWhileDown.from_copy`): read only while the service is down, and then
+kept as an expired entry (served while it stays down, asked for after).
 
 The callers read the clock once per look-up and pass it (``now``, from
 ``time.monotonic()``), so an entry read or served stale counts from before its ask.
@@ -22,6 +28,7 @@ The callers read the clock once per look-up and pass it (``now``, from
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from services.common.errors import ApiError, ErrorCode
@@ -62,6 +69,23 @@ class StaleWhileDown(Generic[V]):
             return None
         hit = self._entries.get(key)
         return None if hit is None else hit[1]
+
+    def is_down(self, now: float) -> bool:
+        """Whether an ask failed with ``unavailable`` less than ``retry_s`` ago (and none
+        succeeded since)."""
+        return now < self._down_until
+
+    async def from_copy(
+        self, key: str, now: float, read: Callable[[str], Awaitable[V | None]]
+    ) -> V | None:
+        """While the service is down: ``key``'s shared copy (``read``), kept as an
+        expired entry (served by :meth:`down` while the service stays down)."""
+        value = await read(key)
+        if value is not None:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (now, value)
+        return value
 
     def put(self, key: str, now: float, value: V) -> None:
         """Keep ``value``, read at ``now``, for ``ttl_s`` (the service answers: not down)."""

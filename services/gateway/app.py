@@ -12,7 +12,7 @@ from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
-from services.common.devices import DeviceLists
+from services.common.devices import DeviceLists, ListCopies
 from services.common.state import REGISTRY, VERIFIER
 from services.gateway.directory import Directory
 from services.gateway.hub import Hub
@@ -31,9 +31,9 @@ async def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         store = GatewayStore(settings, redis, kafka, http)
-        devices = DeviceLists(settings, http)
+        devices = DeviceLists(settings, http, ListCopies(redis, settings.redis_prefix))
         hub = Hub(
-            store, app[REGISTRY], app[VERIFIER], Directory(settings, http), devices,
+            store, app[REGISTRY], app[VERIFIER], Directory(settings, http, redis), devices,
             RoomMembers(settings, http, devices),
         )  # fmt: skip
         app[HUB] = hub

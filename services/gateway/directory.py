@@ -1,24 +1,43 @@
 """Does a recipient exist? Asks the auth service, with a small positive cache; an
 expired entry still answers while the auth service cannot (docs/gateway.md,
-"When MongoDB is down"; the rule is :class:`StaleWhileDown`'s)."""
+"When MongoDB is down"; the rule is :class:`StaleWhileDown`'s).
+
+A user id the auth service vouched for is also noted in Redis (``<p>:known:{<id>}``,
+for ``KNOWN_TTL_S``), so that a pod that never looked it up (started, or reached by
+a reconnecting socket, during the outage) can still route to it. Only a canonical id
+is noted (it never changes hands); a username's owner is asked for every time.
+"""
 
 from __future__ import annotations
 
 import time
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from services.common.config import Settings
-from services.common.devices import user_id_of
+from services.common.devices import COPY_TTL_S, user_id_of
 from services.common.errors import ApiError, ErrorCode
 from services.common.stale import STALE_RETRY_S, StaleWhileDown
 
+KNOWN_TTL_S = COPY_TTL_S
+
 
 class Directory:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        redis: aioredis.Redis | None = None,
+    ) -> None:
         self.base = settings.auth_url.rstrip("/")
         self.session = session
+        self.redis = redis
+        self.prefix = settings.redis_prefix
         self._known = StaleWhileDown[str](settings.recipient_cache_s, STALE_RETRY_S)
+
+    def _key(self, user_id: str) -> str:
+        return f"{self.prefix}:known:{{{user_id}}}"
 
     async def require_user(self, user_id: str, token: str) -> str:
         """The canonical user id of a recipient (the auth service's ``user_id``).
@@ -29,6 +48,8 @@ class Directory:
         now = time.monotonic()
         # Fresh, or the auth service did not answer an ask less than STALE_RETRY_S ago.
         known = self._known.get(user_id, now) or self._known.down(now, user_id)
+        if known is None and self._known.is_down(now):
+            known = await self._known.from_copy(user_id, now, self._noted)
         if known is not None:
             return known
         unavailable = "Cannot check the recipient now."
@@ -38,10 +59,26 @@ class Directory:
             # The auth service (or its MongoDB) is down: an id it once vouched for
             # stays good, and the hot path needs nothing else from it.
             known = self._known.stale(user_id, now, exc)
+            if known is None and self._known.is_down(now):
+                known = await self._known.from_copy(user_id, now, self._noted)
             if known is None:
                 raise
             return known
         if canonical is None:
             raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "No such recipient.")
         self._known.put(user_id, now, canonical)
+        if canonical == user_id and self.redis is not None:
+            try:
+                await self.redis.set(self._key(user_id), 1, ex=KNOWN_TTL_S)
+            except aioredis.RedisError:
+                pass  # only the note for other pods is lost
         return canonical
+
+    async def _noted(self, user_id: str) -> str | None:
+        """``user_id`` if a pod noted the auth service vouching for it."""
+        if self.redis is None:
+            return None
+        try:
+            return user_id if await self.redis.exists(self._key(user_id)) else None
+        except aioredis.RedisError:
+            return None

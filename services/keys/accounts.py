@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 from parley_contract import envelopes as e
 from pymongo.errors import DuplicateKeyError
 
@@ -115,6 +117,7 @@ async def current(keys: Keys, user_id: str) -> Account:
 
 async def user_devices(keys: Keys, user_id: str) -> models.UserDevices:
     account = await current(keys, user_id)
+    await _copy(keys, user_id, account.generation, account.device_ids)
     listed = account.listed()
     return models.UserDevices(
         **listed,
@@ -219,6 +222,7 @@ async def register(
             except DuplicateKeyError:
                 continue  # registered concurrently: compare with that one
             log.info("account key registered", extra={"user_id": user_id})
+            await _copy(keys, user_id, 1, listed.device_ids)
             await store.broadcast(e.DevicesChanged(user_id=user_id))
             return models.AccountRegistered(version=1, created=True, changed=False)
         dropped = {d for d in old.device_ids if d not in listed.devices}
@@ -230,6 +234,7 @@ async def register(
         log.info("account key reset", extra={"user_id": user_id, "removed": sorted(dropped)})
         await keys.events.publish(events.key_changed(user_id, body.account_key))
         await _finish_removals(keys, user_id, old.generation + 1, removing)
+        await _copy(keys, user_id, old.generation + 1, listed.device_ids)
         await store.broadcast(e.DevicesChanged(user_id=user_id))
         return models.AccountRegistered(version=1, created=False, changed=True)
     raise _conflict()
@@ -271,9 +276,20 @@ async def update_list(
             extra={"user_id": user_id, "version": listed.version, "removed": sorted(dropped)},
         )
         await _finish_removals(keys, user_id, account.generation + 1, removing)
+        await _copy(keys, user_id, account.generation + 1, listed.device_ids)
         await store.broadcast(e.DevicesChanged(user_id=user_id))
         return models.DeviceListUpdated(version=listed.version, removed=sorted(dropped))
     raise _conflict()
+
+
+async def _copy(keys: Keys, user_id: str, generation: int, devices: Iterable[int]) -> None:
+    """The list's copy in Redis, which the gateways read while this service cannot answer
+    (:class:`~services.common.devices.ListCopies`; never over a newer generation's).
+    Best effort: a Redis that does not answer costs the copy, not the request."""
+    try:
+        await keys.store.copies.write(user_id, generation, devices)
+    except aioredis.RedisError as exc:
+        log.warning("device list copy not written", extra={"user_id": user_id, "error": repr(exc)})
 
 
 async def _finish_removals(

@@ -49,6 +49,7 @@ from services.common import scripts
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
 from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
+from services.common.devices import ListCopies
 from services.common.outbox import Outbox
 from services.common.revocations import RevocationLog
 
@@ -157,6 +158,8 @@ class KeyStore:
         # A removed device's tokens are refused for as long as a refresh token lives.
         self.revocation_ttl_s = settings.refresh_token_ttl_s
         self.revocation_log = RevocationLog(self.revocations, redis, self._restored_key())
+        # The device lists' copies the gateways read while MongoDB is down.
+        self.copies = ListCopies(redis, settings.redis_prefix)
         self._link_create = redis.register_script(_LINK_CREATE)
         self._link_approve = redis.register_script(_LINK_APPROVE)
         self._link_cancel = redis.register_script(_LINK_CANCEL)

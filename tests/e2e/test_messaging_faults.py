@@ -323,6 +323,54 @@ async def test_after_redis_lost_everything_a_mongodb_outage_holds_up_no_first_it
         await mongo.close()
 
 
+async def test_gateways_restarted_while_mongodb_is_down_route_between_users_they_never_saw(
+    system: System,
+) -> None:
+    """Both gateway pods restarted (kill -9) while MongoDB is down: they hold nothing in
+    their caches, and the auth service and the key directory cannot answer. What
+    other pods noted in Redis (a user id the auth service vouched for) and the key
+    directory's copies of the device lists route alice's and bob's messages:
+    pushed, acknowledged, ``delivered``, both ways."""
+    alice, bob = await signup(system.lb), await signup(system.lb)
+    procs, infra = system.procs, system.stack.procs
+    assert infra is not None
+    clients: list[WsClient] = []
+    try:
+        for sender, to, cid in ((alice, bob, "a1"), (bob, alice, "b1")):
+            ws = await WsClient.connect(system.ws_url, sender.token)
+            rx = await WsClient.connect(system.ws_url, to.token)
+            clients += [ws, rx]
+            await ws.send(send_frame(cid, to.user_id, b64("before")))
+            await rx.send({"op": "ack", "seq": (await rx.expect("message"))["seq"]})
+            await ws.expect("delivered", id=cid)
+        for c in clients:
+            await c.close()
+        infra.kill("mongo")
+        try:
+            for gw in ("gateway1", "gateway2"):
+                procs.kill(gw)
+                system.restart(gw)
+                ready = system.cfg.url(gw) + "/gateway/readyz"
+                await eventually(
+                    lambda u=ready: asyncio.to_thread(http_status, u), lambda s: s == 200
+                )
+            ca = await WsClient.connect(system.ws_url, alice.token)
+            cb = await WsClient.connect(system.ws_url, bob.token)
+            clients = [ca, cb]
+            for ws, rx, to, cid in ((ca, cb, bob, "a2"), (cb, ca, alice, "b2")):
+                await ws.send(send_frame(cid, to.user_id, b64(f"during {cid}")))
+                got = await rx.expect("message", timeout=20)
+                assert unb64(got["body"]) == f"during {cid}"
+                await rx.send({"op": "ack", "seq": got["seq"]})
+                await ws.expect("delivered", id=cid, timeout=20)
+        finally:
+            infra.start("mongo")
+            system.wait_ready()
+    finally:
+        for c in clients:
+            await c.close()
+
+
 async def test_kafka_killed_mid_run_loses_and_duplicates_nothing(system: System) -> None:
     """kill -9 of the broker, the log of record, while a sender streams to a connected
     recipient that acknowledges as it goes: sends the broker did not acknowledge are

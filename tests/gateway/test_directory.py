@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from services.common import devices as dev
+from services.common.clients import redis_client
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.gateway import directory as dirs
@@ -151,3 +152,41 @@ async def test_while_a_service_is_down_expired_entries_answer_without_asking(
     assert await directory.require_user("carol", "t") == "carol"
     assert await lists.get("carol", "t") == {1, 2, 3}
     assert await lists.get("bob", "t") == {1, 2, 3}
+
+
+async def test_a_pod_that_never_read_a_recipient_routes_to_it_from_the_copies_in_redis(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession],
+) -> None:
+    """A pod started (or reached by a reconnecting socket) while auth and keys cannot
+    answer has nothing to serve stale: it reads what another pod noted (a user id the
+    auth service vouched for) and the key directory's copy of the device list."""
+    up, settings, session = upstream
+    redis = redis_client(settings)
+    try:
+        copies = dev.ListCopies(redis, settings.redis_prefix)
+        one = Directory(settings, session, redis), dev.DeviceLists(settings, session, copies)
+        two = Directory(settings, session, redis), dev.DeviceLists(settings, session, copies)
+        assert await one[0].require_user("alice", "t") == "alice"
+        assert await one[0].require_user("Bob", "t") == "bob"  # a spelling: not noted
+        await copies.write("alice", 4, [1, 2])  # what the key directory keeps
+        up.down = True
+        calls = up.calls
+        assert await two[0].require_user("alice", "t") == "alice"  # asked: failed
+        assert await two[1].get("alice", "t") == {1, 2}  # asked: failed
+        assert up.calls == calls + 2
+        # Kept like an entry served stale: not asked again, not read again.
+        assert await two[0].require_user("alice", "t") == "alice"
+        assert await two[1].get("alice", "t") == {1, 2}
+        assert up.calls == calls + 2
+        for refused in (two[0].require_user("Bob", "t"), two[0].require_user("carol", "t"),
+                        two[1].get("carol", "t"), two[1].get("alice", "t", fresh=True)):  # fmt: skip
+            with pytest.raises(ApiError) as exc:
+                await refused
+            assert exc.value.code is ErrorCode.UNAVAILABLE
+        # Back: what was never read (and a fresh read) is asked, and what it says wins.
+        up.down, up.devices = False, [1, 2, 3]
+        assert await two[0].require_user("Bob", "t") == "bob"
+        assert await two[1].get("alice", "t", fresh=True) == {1, 2, 3}
+        assert await two[1].get("alice", "t") == {1, 2, 3}
+    finally:
+        await redis.aclose()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.common.devices import list_copy_key
 from services.keys import accounts, models, verify
 from services.keys.config import KeysConfig
 from tests.keys.conftest import Broadcasts, EventLog, KeysApi, KeysFactory
@@ -463,3 +464,37 @@ async def test_unknown_users_have_no_list(api: KeysApi, reader: str) -> None:
     await api.device("dave", 1, listed=False)  # pending devices do not make an account
     status, reply = await api.call("GET", f"/v1/users/dave/{reader}", "bob")
     assert (status, reply["error"]["code"]) == (404, "identity_not_found")
+
+
+# --------------------------------------------------------------------------- the copy in Redis
+
+
+async def test_every_list_is_copied_to_redis_for_the_gateways_and_never_put_back_older(
+    api: KeysApi,
+) -> None:
+    """The gateways read a user's device ids from Redis while this service cannot answer
+    (docs/gateway.md, "When MongoDB is down"): each write leaves its list there, and a
+    read that raced a write cannot put the older list back (the generation decides)."""
+    copies = api.keys.store.copies
+    assert await copies.read(ALICE) is None
+    await api.device(ALICE, 1)
+    assert await copies.read(ALICE) == {1}
+    await api.device(ALICE, 2)
+    assert await copies.read(ALICE) == {1, 2}
+    assert await api.unlist(ALICE, 1) == {"version": 3, "removed": [1]}
+    assert await copies.read(ALICE) == {2}
+    account = await accounts.get(api.keys, ALICE)
+    assert account is not None
+    # A read that began before the last write finishes after it: its older list stays out.
+    await copies.write(ALICE, account.generation - 1, [1, 2])
+    assert await copies.read(ALICE) == {2}
+    # A copy lost (Redis restarted) comes back with the next read of the list.
+    await api.keys.store.redis.delete(list_copy_key(api.settings.redis_prefix, ALICE))
+    assert (await api.devices_of("bob", ALICE))[0] == 200
+    assert await copies.read(ALICE) == {2}
+    # A reset to a new account key (the generation goes on) replaces it too.
+    fresh = await api.device(ALICE, 9, listed=False)
+    new = AccountKeys()
+    status, _ = await api.put_account(ALICE, new.registration(ALICE, [entry(9, fresh)]), did=9)
+    assert status == 200
+    assert await copies.read(ALICE) == {9}
