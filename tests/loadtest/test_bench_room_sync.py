@@ -28,4 +28,7 @@ def test_tiny_room_sync_run_reads_every_room_each_way() -> None:
     for way in ("per_room", "batched"):
         r = results[way]
         assert r["wall_ms_p99"] >= r["wall_ms_p50"] > 0, r
-        assert r["server_cpu_ms_per_sync"] > 0 and r["cpu_ms_per_sync"]["delivery"] > 0, r
+    # CPU is read in clock ticks (10 ms): the four batched syncs may take less than one
+    # tick of delivery's time, the 120 per-room calls take several.
+    per_room = results["per_room"]
+    assert per_room["server_cpu_ms_per_sync"] > 0 and per_room["cpu_ms_per_sync"]["delivery"] > 0
