@@ -137,6 +137,8 @@ class KeyRing:
         self._keys: list[SigningKey] = []
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._failed_at: float | None = None  # the last re-read MongoDB did not answer
+        self._retry: asyncio.Task[None] | None = None
 
     def _parse(self, doc: Mapping[str, Any]) -> SigningKey:
         private: Ed25519PrivateKey | None = None
@@ -200,14 +202,36 @@ class KeyRing:
         return next(k.kid for k in self._keys if k.generation == generation)
 
     async def keys(self) -> list[SigningKey]:
-        if time.monotonic() - self._loaded_at >= self.reload_s:
+        """The key set, re-read every ``reload_s``. While MongoDB does not answer, the set
+        known answers at once: after a failed re-read the next ones are tried beside the
+        requests (one at a time, ``reload_s`` apart), not by each request, which would
+        wait out the server-selection timeout every time (a gateway's JWKS fetch, 5 s,
+        would give up first: a pod started during the outage could verify no token)."""
+        now = time.monotonic()
+        if now - self._loaded_at >= self.reload_s:
+            if self._keys and self._failed_at is not None:
+                idle = self._retry is None or self._retry.done()
+                if idle and now - self._failed_at >= self.reload_s:
+                    self._failed_at = now
+                    self._retry = asyncio.create_task(self._reload_beside())
+                return self._keys
             try:
                 await self.reload()
             except Exception:
                 if not self._keys:
                     raise
+                self._failed_at = time.monotonic()
                 log.exception("cannot re-read signing keys; using the cached set")
         return self._keys
+
+    async def _reload_beside(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:
+            self._failed_at = time.monotonic()
+            log.warning("cannot re-read signing keys yet", extra={"error": repr(exc)})
+        else:
+            self._failed_at = None
 
     async def signer(self) -> SigningKey:
         key = active(await self.keys(), self.clock())
@@ -226,5 +250,8 @@ class KeyRing:
         keys = await self.keys()
         keep, drop = published(keys, self.clock(), self.token_ttl)
         if drop:
-            await self.store.delete_signing_keys([k.kid for k in drop])
+            try:
+                await self.store.delete_signing_keys([k.kid for k in drop])
+            except Exception as exc:  # MongoDB down: deleted by a later request
+                log.warning("expired signing keys not deleted yet", extra={"error": repr(exc)})
         return {"keys": [k.public_jwk for k in keep]}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 import pytest
 from pydantic import SecretStr
+from pymongo import AsyncMongoClient
 
 from services.auth.app import create_app
 from services.auth.config import AuthSettings
@@ -190,3 +192,40 @@ async def test_requests_wait_for_start_and_readiness_says_so(
     resp = await client.post("/auth/v1/login", json={"username": "abc", "password": "x"})
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "service_unavailable"
+
+
+async def test_while_mongodb_is_down_the_known_keys_answer_at_once(
+    stack: Any, settings: Settings
+) -> None:
+    """A re-read MongoDB does not answer waits out the server-selection timeout once;
+    after it the known keys answer at once (a gateway's JWKS fetch gives up after 5 s),
+    and the re-reads go on beside the requests."""
+    mongo, redis = mongo_client(settings), redis_client(settings)
+    quick = AsyncMongoClient("mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200")
+    slow = AsyncMongoClient("mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=60000")
+    try:
+        store = AuthStore(service_db(mongo, settings, "auth"), redis, settings.redis_prefix)
+        ring = KeyRing(
+            store, SecretBox(None), token_ttl_s=900, max_age_s=2 * 86400, reload_s=0,
+            activation_delay_s=60,
+        )  # fmt: skip
+        await ring.reload()
+        known = [k.kid for k in await ring.keys()]
+        ring.store = AuthStore(service_db(quick, settings, "auth"), redis, settings.redis_prefix)
+        assert [k.kid for k in await ring.keys()] == known  # waited for the timeout once
+        # Now a re-read would wait a minute: the keys answer without it, and the JWKS too.
+        ring.store = AuthStore(service_db(slow, settings, "auth"), redis, settings.redis_prefix)
+        assert [k.kid for k in await asyncio.wait_for(ring.keys(), 10)] == known
+        jwks = await asyncio.wait_for(ring.jwks(), 10)
+        assert [k["kid"] for k in jwks["keys"]] == known
+        # ... while the re-read goes on beside them.
+        retry = ring._retry
+        assert retry is not None and not retry.done()
+        retry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retry
+    finally:
+        await quick.close()
+        await slow.close()
+        await redis.aclose()
+        await mongo.close()
