@@ -23,7 +23,7 @@ from tests.support.chat import (
     unb64,
 )
 from tests.support.stack import System, http_status
-from tests.support.users import signup
+from tests.support.users import User, signup
 from tests.support.wsclient import WsClient, send_frame
 
 
@@ -174,6 +174,16 @@ async def delivery_metric(system: System, name: str) -> float:
                if line.startswith(name + " "))  # fmt: skip
 
 
+async def exchange(ws: WsClient, rx: WsClient, to: User, cid: str, timeout: float = 20) -> None:
+    """``cid`` from ``ws`` to ``to`` (connected as ``rx``): pushed, acknowledged, and
+    ``delivered`` back to the sender."""
+    await ws.send(send_frame(cid, to.user_id, b64(f"text {cid}")))
+    got = await rx.expect("message", timeout=timeout)
+    assert unb64(got["body"]) == f"text {cid}"
+    await rx.send({"op": "ack", "seq": got["seq"]})
+    await ws.expect("delivered", id=cid, timeout=timeout)
+
+
 async def test_mongodb_killed_mid_run_loses_and_duplicates_nothing(system: System) -> None:
     """kill -9 of MongoDB, the store of what waits (#13), while a sender streams to an
     offline recipient, and kept down until the persister has failed to move what
@@ -302,12 +312,8 @@ async def test_after_redis_lost_everything_a_mongodb_outage_holds_up_no_first_it
             assert (await cc.expect("error", id=cid))["code"] == "devices_changed"
         procs.kill("mongo")
         try:
-            for who, ws, cid in ((gina, cg, "to-gina"), (fred, cf, "to-fred")):
-                await cc.send(send_frame(cid, who.user_id, b64(f"during {cid}")))
-                got = await ws.expect("message", timeout=20)
-                assert unb64(got["body"]) == f"during {cid}"
-                await ws.send({"op": "ack", "seq": got["seq"]})
-                await cc.expect("delivered", id=cid, timeout=20)
+            await exchange(cc, cg, gina, "to-gina")
+            await exchange(cc, cf, fred, "to-fred")
         finally:
             procs.start("mongo")
             system.wait_ready()
@@ -340,9 +346,7 @@ async def test_gateways_restarted_while_mongodb_is_down_route_between_users_they
             ws = await WsClient.connect(system.ws_url, sender.token)
             rx = await WsClient.connect(system.ws_url, to.token)
             clients += [ws, rx]
-            await ws.send(send_frame(cid, to.user_id, b64("before")))
-            await rx.send({"op": "ack", "seq": (await rx.expect("message"))["seq"]})
-            await ws.expect("delivered", id=cid)
+            await exchange(ws, rx, to, cid)
         for c in clients:
             await c.close()
         infra.kill("mongo")
@@ -357,12 +361,8 @@ async def test_gateways_restarted_while_mongodb_is_down_route_between_users_they
             ca = await WsClient.connect(system.ws_url, alice.token)
             cb = await WsClient.connect(system.ws_url, bob.token)
             clients = [ca, cb]
-            for ws, rx, to, cid in ((ca, cb, bob, "a2"), (cb, ca, alice, "b2")):
-                await ws.send(send_frame(cid, to.user_id, b64(f"during {cid}")))
-                got = await rx.expect("message", timeout=20)
-                assert unb64(got["body"]) == f"during {cid}"
-                await rx.send({"op": "ack", "seq": got["seq"]})
-                await ws.expect("delivered", id=cid, timeout=20)
+            await exchange(ca, cb, bob, "a2")
+            await exchange(cb, ca, alice, "b2")
         finally:
             infra.start("mongo")
             system.wait_ready()
