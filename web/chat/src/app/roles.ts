@@ -1,0 +1,103 @@
+/**
+ * Roles in rooms, the pure rules: who may do what to whom, given a role (the server's
+ * checks in services/rooms: members.py `remove`, `set_moderator`, `transfer`; rooms.py
+ * `update`; moderation.py `by_member`; docs/rooms.md "Roles"). The page shows a button
+ * only where these say the server would allow it; the server still decides, and its
+ * refusal is shown as it comes (roomsView.tsx).
+ */
+
+export type Role = 'owner' | 'moderator' | 'member';
+
+/** A role as the rooms service names it, or null (not a member, or a name unknown here). */
+export function roleOf(value: string | null | undefined): Role | null {
+  return value === 'owner' || value === 'moderator' || value === 'member' ? value : null;
+}
+
+/** Whether `mine` may close and reopen the room (and change its name and topic): the
+ * owner and moderators (`PATCH /rooms/v1/rooms/{id}`). */
+export function canManageRoom(mine: string | null | undefined): boolean {
+  const role = roleOf(mine);
+  return role === 'owner' || role === 'moderator';
+}
+
+/** What may be done to one member from the members list. */
+export interface MemberActions {
+  /** Make a plain member a moderator (`PUT .../moderators/{user}`): the owner. */
+  promote: boolean;
+  /** Make a moderator a plain member again (`DELETE .../moderators/{user}`): the owner. */
+  demote: boolean;
+  /** Remove from the room (`DELETE .../members/{user}`): the owner removes anyone but
+   * themself; a moderator removes plain members; nobody removes the owner. */
+  remove: boolean;
+  /** Hand the room over (`PUT .../owner`): the owner, to any other member; the owner
+   * then becomes a moderator. */
+  handOver: boolean;
+}
+
+const NOTHING: MemberActions = { promote: false, demote: false, remove: false, handOver: false };
+
+/** What `me`, whose role in the room is `mine`, may do to `target` (nobody targets
+ * themself: `cannot_target_self`, leave instead). */
+export function memberActions(mine: string | null | undefined, me: string, target: { user_id: string; role: string }): MemberActions {
+  const role = roleOf(mine);
+  const theirs = roleOf(target.role);
+  if (target.user_id === me || role === null || role === 'member' || theirs === null || theirs === 'owner') return NOTHING;
+  if (role === 'moderator') return { ...NOTHING, remove: theirs === 'member' };
+  return { promote: theirs === 'member', demote: theirs === 'moderator', remove: true, handOver: true };
+}
+
+/** A public room's post as far as removing it goes. */
+export interface PostOwner {
+  sender: string; // a user id, or `moderator` (posted as the room's moderator)
+  marker?: string | null | undefined;
+}
+
+/** The sender the timeline shows for what was posted as the room's moderator. */
+export const MODERATOR_SENDER = 'moderator';
+
+const GONE = new Set(['removed_by_moderator', 'deleted_by_author']);
+
+/**
+ * Whether `me` (role `mine`) may remove someone else's public-room post as the room's
+ * owner or a moderator (`DELETE .../messages/{seq}`, marked `removed_by_moderator`; a
+ * closed room too). Not one's own (that is "Delete"), not one removed or deleted
+ * already, not what was posted as the room's moderator (admins change those). A
+ * moderator removes plain members' and former members' posts, not the owner's nor
+ * another moderator's: `authorRole` is the author's role now (null: not a member any
+ * more; undefined: not known yet, and then a moderator is not offered it).
+ */
+export function canRemovePost(post: PostOwner, me: string, mine: string | null | undefined, authorRole: Role | null | undefined): boolean {
+  const role = roleOf(mine);
+  if (role !== 'owner' && role !== 'moderator') return false;
+  if (post.sender === me || post.sender === MODERATOR_SENDER || GONE.has(post.marker ?? '')) return false;
+  if (role === 'owner') return true;
+  return authorRole === null || authorRole === 'member';
+}
+
+/** Why a room's composer is disabled (null: it is not): a closed room takes no new
+ * messages (`room_closed`), and only members write. */
+export function composerBlock(room: { state: string; role: string | null | undefined }): string | null {
+  if (room.state === 'closed') return 'This room is closed: nobody can post until its owner or a moderator reopens it. Its history stays readable.';
+  if (roleOf(room.role) === null) return 'You are not a member of this room.';
+  return null;
+}
+
+/** Whether the invitation field is offered: a member of an open room
+ * (invitations are refused in a closed room: `room_closed`). */
+export function canInvite(room: { state: string; role: string | null | undefined }): boolean {
+  return room.state !== 'closed' && roleOf(room.role) !== null;
+}
+
+/** What the status line says after a member action that the server accepted. */
+export function memberActionDone(action: keyof MemberActions, name: string, room: string): string {
+  switch (action) {
+    case 'promote':
+      return `${name} is now a moderator of ${room}.`;
+    case 'demote':
+      return `${name} is no longer a moderator of ${room}.`;
+    case 'remove':
+      return `${name} was removed from ${room}.`;
+    case 'handOver':
+      return `${name} is now the owner of ${room}; you are a moderator.`;
+  }
+}
