@@ -93,6 +93,14 @@ export interface RoomMember {
   username?: string | null;
 }
 
+/** A membership as the rooms service answers a role change (docs/rooms.md). */
+export interface Membership {
+  room_id: string;
+  user_id: string;
+  role: 'owner' | 'moderator' | 'member';
+  joined_at: number;
+}
+
 /** A public room's timeline message. */
 export interface RoomMessage {
   room_id: string;
@@ -259,6 +267,22 @@ export class Api {
   }
   roomMembers(roomId: string, after?: unknown): Promise<{ members: RoomMember[]; next_after: unknown }> {
     return this.request('GET', `${roomPath(roomId)}/members?limit=500${after == null ? '' : `&after=${encodeURIComponent(String(after))}`}`);
+  }
+  /** Close or reopen the room, rename it or set its topic (owner and moderators). */
+  updateRoom(roomId: string, changes: { state?: 'open' | 'closed'; name?: string; topic?: string }): Promise<Room> {
+    return this.request('PATCH', roomPath(roomId), changes);
+  }
+  /** Remove a member (the owner anyone but themself; moderators plain members). */
+  removeMember(roomId: string, userId: string): Promise<void> {
+    return this.request('DELETE', `${roomPath(roomId)}/members/${encodeURIComponent(userId)}`);
+  }
+  /** Make a member a moderator (`on`) or a plain member again (the owner). */
+  setModerator(roomId: string, userId: string, on: boolean): Promise<Membership> {
+    return this.request(on ? 'PUT' : 'DELETE', `${roomPath(roomId)}/moderators/${encodeURIComponent(userId)}`);
+  }
+  /** Hand the room over to another member (the owner, who becomes a moderator). */
+  handOver(roomId: string, userId: string): Promise<Room> {
+    return this.request('PUT', `${roomPath(roomId)}/owner`, { user_id: userId });
   }
   invite(roomId: string, user: string): Promise<unknown> {
     return this.request('POST', `${roomPath(roomId)}/invitations`, { user });

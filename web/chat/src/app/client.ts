@@ -36,6 +36,7 @@ import {
   ApiError,
   type Challenge,
   type Listed,
+  type Membership,
   type Preferences,
   type Room,
   type RoomLogPage,
@@ -1274,6 +1275,50 @@ export class ParleyClient {
     await this.api.invite(roomId, user.trim().replace(/^@/, ''));
   }
 
+  // -- roles and the room's state (docs/rooms.md "Roles"; the rules: roles.ts) ----------
+  // The server tells the other members of a close or reopen (`room_changed`, change
+  // `state`) but not of a role change or a removal by the owner or a moderator; after
+  // each of these that succeeds here, this page is told `room_changed` as if the frame
+  // had come, so that it goes the way of a change seen from elsewhere: the room and its
+  // members read again. A private room's sender key needs nothing more: the removal
+  // raised the room's version, so the next send from any member device (this one
+  // included) reads the members again, finds someone gone and rotates its chain before
+  // it sends (#distribute, rooms.ts planDistribution), as after a leave.
+
+  /** Close (`closed`) or reopen (`open`) the room: the owner and moderators. The room as
+   * it is now. */
+  async setRoomState(roomId: string, state: 'open' | 'closed'): Promise<Room> {
+    await this.accessToken();
+    const room = await this.api.updateRoom(roomId, { state });
+    this.#emit({ type: 'room_changed', room: roomId });
+    return room;
+  }
+
+  /** Remove a member from the room (the owner: anyone but themself; a moderator: a
+   * plain member). */
+  async removeMember(roomId: string, userId: string): Promise<void> {
+    await this.accessToken();
+    await this.api.removeMember(roomId, userId);
+    this.#emit({ type: 'room_changed', room: roomId });
+  }
+
+  /** Make a member a moderator (`on`), or a moderator a plain member (the owner). */
+  async setModerator(roomId: string, userId: string, on: boolean): Promise<Membership> {
+    await this.accessToken();
+    const membership = await this.api.setModerator(roomId, userId, on);
+    this.#emit({ type: 'room_changed', room: roomId });
+    return membership;
+  }
+
+  /** Hand the room over to another member (the owner, who becomes a moderator); the
+   * room as it is now (our role in it: `moderator`). */
+  async handOver(roomId: string, userId: string): Promise<Room> {
+    await this.accessToken();
+    const room = await this.api.handOver(roomId, userId);
+    this.#emit({ type: 'room_changed', room: roomId });
+    return room;
+  }
+
   /** A page of a public room's timeline, oldest first; `before` from the previous page. */
   async timeline(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; nextBefore: number | null }> {
     await this.accessToken();
@@ -2239,8 +2284,10 @@ export class ParleyClient {
   }
 
   /** Delete your own post in a public room (`DELETE .../messages/{seq}`, marked
-   * `deleted_by_author`; its text is gone for members, the original kept for admins).
-   * Returns the message's new revision (empty text). */
+   * `deleted_by_author`), or, as the room's owner or a moderator, remove a member's (the
+   * same route, marked `removed_by_moderator`: roles.ts canRemovePost); its text is gone
+   * for members, the original kept for admins. Returns the message's new revision
+   * (empty text). */
   async deleteRoomPost(roomId: string, seq: number): Promise<RoomMessage> {
     await this.accessToken();
     return this.api.deleteRoomMessage(roomId, seq);

@@ -6,6 +6,7 @@ import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import type { Room, RoomMember, RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
+import { canInvite, canManageRoom, canRemovePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
 import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
 import { typingText } from './typing.ts';
 
@@ -72,7 +73,7 @@ export function RoomList(props: { client: ParleyClient; current: string | null; 
               aria-current={props.current === r.room_id ? 'true' : undefined}
               onClick={() => props.onOpen(r)}
             >
-              #{r.name} <span class="kind">({r.kind})</span>
+              #{r.name} <span class="kind">({r.kind}{r.state === 'closed' ? ', closed' : ''})</span>
             </button>
           </li>
         ))}
@@ -247,18 +248,42 @@ function EditPost(props: { client: ParleyClient; post: RoomMessage; onEdited: (m
   );
 }
 
-/** "Delete" on your own public-room post, behind a confirmation: `DELETE
- * .../messages/{seq}`; the answer (empty text, marked "deleted by its author") replaces
- * the line. The server's refusal is shown by the post. */
-function DeletePost(props: { client: ParleyClient; post: RoomMessage; onDeleted: (m: RoomMessage) => void }) {
+/** What "Delete" (your own post, `deleted_by_author`) and "Remove" (someone else's, as
+ * the room's owner or a moderator: `removed_by_moderator`) say and are called. */
+const REMOVAL = {
+  own: {
+    button: 'Delete',
+    cls: 'delete',
+    label: (_who: string, text: string) => `Delete your message: ${text}`,
+    group: 'Confirm the deletion',
+    ask: "Delete this message for everyone in the room? Members will see it as deleted (the server's admins keep the original).",
+    yes: 'Delete for everyone',
+  },
+  moderator: {
+    button: 'Remove',
+    cls: 'remove-post',
+    label: (who: string, text: string) => `Remove ${who}'s message: ${text}`,
+    group: 'Confirm the removal',
+    ask: "Remove this message for everyone in the room? Members will see it as removed by a moderator (the server's admins keep the original).",
+    yes: 'Remove for everyone',
+  },
+} as const;
+
+/** "Delete" on your own public-room post, or "Remove" on a member's as the room's owner
+ * or a moderator (roles.ts canRemovePost), behind a confirmation: `DELETE
+ * .../messages/{seq}`; the answer (empty text, marked "deleted by its author" or
+ * "removed by a moderator") replaces the line. The server's refusal is shown by the post
+ * and nothing changes. */
+function PostRemoval(props: { client: ParleyClient; post: RoomMessage; mode: keyof typeof REMOVAL; who: string; onRemoved: (m: RoomMessage) => void }) {
   const { client, post } = props;
+  const say = REMOVAL[props.mode];
   const [confirming, setConfirming] = useState<boolean | null>(null); // null: never opened
   const [busy, setBusy] = useState(false);
   const [note, setNote] = useState('');
   const yes = useRef<HTMLButtonElement>(null);
   const ask = useRef<HTMLButtonElement>(null);
-  // The focus goes to the confirming button, and back to "Delete" on Cancel (keyboard
-  // users stay where they were; `autofocus` works once per page only).
+  // The focus goes to the confirming button, and back to the first button on Cancel
+  // (keyboard users stay where they were; `autofocus` works once per page only).
   useLayoutEffect(() => {
     if (confirming) yes.current?.focus();
     else if (confirming === false) ask.current?.focus();
@@ -266,26 +291,26 @@ function DeletePost(props: { client: ParleyClient; post: RoomMessage; onDeleted:
   return (
     <>
       {!confirming && (
-        <button type="button" class="delete" ref={ask} aria-label={`Delete your message: ${post.text.slice(0, 40)}`}
+        <button type="button" class={say.cls} ref={ask} aria-label={say.label(props.who, post.text.slice(0, 40))}
           onClick={() => { setNote(''); setConfirming(true); }}>
-          Delete
+          {say.button}
         </button>
       )}
       {confirming && (
-        <span class="delete-confirm" role="group" aria-label="Confirm the deletion">
-          <span>Delete this message for everyone in the room? Members will see it as deleted (the server's admins keep the original).</span>{' '}
-          <button type="button" class="delete-yes small" disabled={busy} aria-busy={busy} ref={yes}
+        <span class={`${say.cls}-confirm`} role="group" aria-label={say.group}>
+          <span>{say.ask}</span>{' '}
+          <button type="button" class={`${say.cls}-yes small`} disabled={busy} aria-busy={busy} ref={yes}
             onClick={() => {
               setBusy(true);
               setNote('');
               client.deleteRoomPost(post.room_id, post.seq).then(
-                (m) => { setConfirming(false); props.onDeleted(m); },
+                (m) => { setConfirming(false); props.onRemoved(m); },
                 (err: unknown) => setNote(failure(err)),
               ).finally(() => setBusy(false));
             }}>
-            Delete for everyone
+            {say.yes}
           </button>{' '}
-          <button type="button" class="delete-no small secondary" onClick={() => setConfirming(false)}>Cancel</button>
+          <button type="button" class={`${say.cls}-no small secondary`} onClick={() => setConfirming(false)}>Cancel</button>
         </span>
       )}
       {note && <span class="mod-note" role="status">{note}</span>}
@@ -293,16 +318,153 @@ function DeletePost(props: { client: ParleyClient; post: RoomMessage; onDeleted:
   );
 }
 
+/** An inline confirmation: what will happen, the confirming button (focused when it
+ * shows) and Cancel. */
+function Confirm(props: { label: string; text: string; yes: string; cls: string; busy: boolean; onYes: () => void; onNo: () => void }) {
+  const yes = useRef<HTMLButtonElement>(null);
+  useLayoutEffect(() => yes.current?.focus(), []);
+  return (
+    <span class={`confirm ${props.cls}-confirm`} role="group" aria-label={props.label}>
+      <span>{props.text}</span>{' '}
+      <button type="button" class={`${props.cls}-yes small`} ref={yes} disabled={props.busy} aria-busy={props.busy} onClick={props.onYes}>
+        {props.yes}
+      </button>{' '}
+      <button type="button" class={`${props.cls}-no small secondary`} onClick={props.onNo}>
+        Cancel
+      </button>
+    </span>
+  );
+}
+
+/** What a member action asks before it is made (null: made at once). */
+function confirmText(action: keyof MemberActions, name: string, room: Room): { text: string; yes: string } | null {
+  const title = `#${room.name}`;
+  if (action === 'remove') {
+    return {
+      text:
+        room.kind === 'private'
+          ? `Remove ${name} from ${title}? They will no longer get its messages: each member's next message goes out under a new key.`
+          : `Remove ${name} from ${title}? Their posts stay. A public room is open to anyone: they can join it again.`,
+      yes: 'Remove',
+    };
+  }
+  if (action === 'handOver') return { text: `Hand ${title} over to ${name}? They become its owner; you become a moderator, and only they can make you the owner again.`, yes: 'Hand over' };
+  return null;
+}
+
+/** One member's buttons in the members list, as the viewer's role allows (roles.ts
+ * memberActions): "Make moderator" / "Remove as moderator" and "Make owner" for the
+ * owner, "Remove" for the owner and (plain members only) moderators. A refusal shows its
+ * code and message by the member, and nothing changes. */
+function MemberButtons(props: { client: ParleyClient; room: Room; member: RoomMember; name: string; me: string; onDone: (said: string, room?: Room) => void }) {
+  const { client, room, member, name } = props;
+  const can = memberActions(room.role, props.me, member);
+  const [confirming, setConfirming] = useState<keyof MemberActions | null>(null);
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState('');
+  const box = useRef<HTMLSpanElement>(null);
+  const [back, setBack] = useState<string | null>(null); // the button a Cancel goes back to (its class)
+  useLayoutEffect(() => {
+    if (back === null || confirming) return;
+    box.current?.querySelector<HTMLButtonElement>(`button.${back}`)?.focus();
+    setBack(null);
+  }, [back, confirming]);
+  if (!can.promote && !can.demote && !can.remove && !can.handOver) return null;
+  const run = (action: keyof MemberActions) => {
+    setBusy(true);
+    setNote('');
+    const id = room.room_id;
+    const call: Promise<Room | undefined> =
+      action === 'promote' || action === 'demote'
+        ? client.setModerator(id, member.user_id, action === 'promote').then(() => undefined)
+        : action === 'remove'
+          ? client.removeMember(id, member.user_id).then(() => undefined)
+          : client.handOver(id, member.user_id);
+    call.then(
+      (now) => {
+        setConfirming(null);
+        props.onDone(memberActionDone(action, name, `#${room.name}`), now);
+      },
+      (err: unknown) => setNote(failure(err)),
+    ).finally(() => setBusy(false));
+  };
+  const ask = (action: keyof MemberActions) => {
+    setNote('');
+    if (confirmText(action, name, room)) setConfirming(action);
+    else run(action);
+  };
+  const asked = confirming ? confirmText(confirming, name, room) : null;
+  return (
+    <span class="member-actions" ref={box}>
+      {asked && confirming ? (
+        <Confirm
+          label={confirming === 'remove' ? `Confirm removing ${name}` : `Confirm handing the room over to ${name}`}
+          cls={confirming === 'remove' ? 'remove-member' : 'hand-over'}
+          text={asked.text}
+          yes={asked.yes}
+          busy={busy}
+          onYes={() => run(confirming)}
+          onNo={() => {
+            setBack(confirming === 'remove' ? 'remove-member' : 'hand-over');
+            setConfirming(null);
+          }}
+        />
+      ) : (
+        <>
+          {can.promote && (
+            <button type="button" class="promote small secondary" disabled={busy} aria-label={`Make ${name} a moderator`} onClick={() => ask('promote')}>
+              Make moderator
+            </button>
+          )}
+          {can.demote && (
+            <button type="button" class="demote small secondary" disabled={busy} aria-label={`Remove ${name} as moderator`} onClick={() => ask('demote')}>
+              Remove as moderator
+            </button>
+          )}
+          {can.handOver && (
+            <button type="button" class="hand-over small secondary" disabled={busy} aria-label={`Make ${name} the owner of #${room.name}`} onClick={() => ask('handOver')}>
+              Make owner
+            </button>
+          )}
+          {can.remove && (
+            <button type="button" class="remove-member small secondary" disabled={busy} aria-label={`Remove ${name} from #${room.name}`} onClick={() => ask('remove')}>
+              Remove
+            </button>
+          )}
+        </>
+      )}
+      {note && (
+        <span class="mod-note member-note" role="alert">
+          {note}
+        </span>
+      )}
+    </span>
+  );
+}
+
 /** "Members": the room's members, each with their name, role and whether they are online
- * now. Read (every page, once) when opened, on "Refresh members", and when the room changes
- * (`room_changed`); presence is not pushed, so the list is as of its last read. */
-function Members(props: { client: ParleyClient; roomId: string; title: string; count?: number | undefined }) {
-  const { client, roomId } = props;
+ * now, and the buttons the viewer's role allows (MemberButtons). Read (every page, once)
+ * when opened, on "Refresh members" (with the room: one's own role may have changed), and
+ * when the room changes (`room_changed`, or a change made from this page); presence is not
+ * pushed, so the list is as of its last read. `alwaysRead`: read it even while closed (a
+ * moderator's public room, whose posts' authors' roles say which posts they may
+ * remove); `onList` gets each list read. */
+function Members(props: {
+  client: ParleyClient;
+  room: Room;
+  title: string;
+  alwaysRead: boolean;
+  onList: (list: RoomMember[]) => void;
+  onRoom: (room: Room) => void;
+}) {
+  const { client, room } = props;
+  const roomId = room.room_id;
   const [open, setOpen] = useState(false);
   const [members, setMembers] = useState<RoomMember[] | null>(null);
   const [names, setNames] = useState<Record<string, string>>({});
   const [loading, setLoading] = useState(false);
   const [error, setError] = useState('');
+  const [done, setDone] = useState(''); // what the last member action did
   const [reads, setReads] = useState(0); // raised to read the list again
   const [answers, setAnswers] = useState(0); // the reads shown so far (data-reads: for tests)
   const latest = useRef(0); // the read whose answer counts (an older one's is dropped)
@@ -315,8 +477,9 @@ function Members(props: { client: ParleyClient; roomId: string; title: string; c
     [],
   );
   useEffect(() => client.on((e: ClientEvent) => void (e.type === 'room_changed' && e.room === roomId && again())), [client, roomId]);
+  const reading = open || props.alwaysRead;
   useEffect(() => {
-    if (!open) return;
+    if (!reading) return;
     const n = ++latest.current;
     setLoading(true);
     setError('');
@@ -324,6 +487,7 @@ function Members(props: { client: ParleyClient; roomId: string; title: string; c
       (list) => {
         if (!alive.current || n !== latest.current) return;
         setMembers(list);
+        props.onList(list);
         setAnswers((k) => k + 1);
         setLoading(false);
         client
@@ -339,15 +503,16 @@ function Members(props: { client: ParleyClient; roomId: string; title: string; c
         setLoading(false);
       },
     );
-  }, [open, reads, roomId]);
-  const me = client.account?.user_id;
-  const count = members?.length ?? props.count;
+  }, [reading, reads, roomId]);
+  const me = client.account?.user_id ?? '';
+  const count = members?.length ?? room.members;
   const online = members?.filter((m) => m.online).length ?? 0;
   const summary = loading
     ? 'Reading the members…'
     : members
       ? `${members.length} ${members.length === 1 ? 'member' : 'members'}, ${online} online.`
       : '';
+  const nameOf = (userId: string) => names[userId] ?? client.username(userId);
   return (
     <div class="members">
       <button
@@ -364,7 +529,17 @@ function Members(props: { client: ParleyClient; roomId: string; title: string; c
         <section id="members-panel" class="panel members-panel" aria-labelledby="members-title">
           <div class="conv-head">
             <h3 id="members-title">Members of {props.title}</h3>
-            <button type="button" id="refresh-members" class="small secondary" aria-busy={loading} onClick={again}>
+            <button
+              type="button"
+              id="refresh-members"
+              class="small secondary"
+              aria-busy={loading}
+              onClick={() => {
+                again();
+                // One's own role may have changed elsewhere (the server tells no role change).
+                client.room(roomId).then(props.onRoom, () => undefined);
+              }}
+            >
               Refresh members
             </button>
           </div>
@@ -383,7 +558,7 @@ function Members(props: { client: ParleyClient; roomId: string; title: string; c
                   data-online={m.online ? 'true' : 'false'}
                 >
                   <span class="member-name">
-                    {names[m.user_id] ?? client.username(m.user_id)}
+                    {nameOf(m.user_id)}
                     {m.user_id === me ? ' (you)' : ''}
                   </span>
                   <span class="role">
@@ -396,12 +571,90 @@ function Members(props: { client: ParleyClient; roomId: string; title: string; c
                       <span class="visually-hidden">, </span>online
                     </span>
                   )}
+                  <MemberButtons
+                    key={`${m.user_id}:${m.role}:${room.role ?? ''}`}
+                    client={client}
+                    room={room}
+                    member={m}
+                    name={nameOf(m.user_id)}
+                    me={me}
+                    onDone={(said, now) => {
+                      setDone(said);
+                      if (now) props.onRoom(now);
+                    }}
+                  />
                 </li>
               ))}
             </ul>
           )}
+          <p role="status" class="hint" id="members-status">
+            {done}
+          </p>
           <ErrorLine error={error} id="members-error" />
         </section>
+      )}
+    </div>
+  );
+}
+
+/** "Close room" (behind a confirmation) or "Reopen room", for the owner and moderators
+ * (roles.ts canManageRoom): `PATCH /rooms/v1/rooms/{id}` `{"state"}`. Every member's page
+ * hears of it (`room_changed`, change `state`). A refusal shows its code and message and
+ * nothing changes. */
+function RoomStateControl(props: { client: ParleyClient; room: Room; onRoom: (room: Room) => void }) {
+  const { client, room } = props;
+  const [confirming, setConfirming] = useState(false);
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState('');
+  const closeButton = useRef<HTMLButtonElement>(null);
+  useEffect(() => {
+    setConfirming(false);
+    setNote('');
+  }, [room.room_id]);
+  if (!canManageRoom(room.role)) return null;
+  const closed = room.state === 'closed';
+  const set = (state: 'open' | 'closed') => {
+    setBusy(true);
+    setNote('');
+    client
+      .setRoomState(room.room_id, state)
+      .then(
+        (now) => {
+          setConfirming(false);
+          props.onRoom(now);
+        },
+        (err: unknown) => setNote(failure(err)),
+      )
+      .finally(() => setBusy(false));
+  };
+  return (
+    <div class="room-state-control">
+      {closed ? (
+        <button type="button" id="reopen-room" class="secondary" disabled={busy} aria-busy={busy} onClick={() => set('open')}>
+          Reopen room
+        </button>
+      ) : confirming ? (
+        <Confirm
+          label={`Confirm closing #${room.name}`}
+          cls="close-room"
+          text={`Close #${room.name}? Nobody can post, join or be invited until it is reopened; members can still read it and leave.`}
+          yes="Close room"
+          busy={busy}
+          onYes={() => set('closed')}
+          onNo={() => {
+            setConfirming(false);
+            setTimeout(() => closeButton.current?.focus());
+          }}
+        />
+      ) : (
+        <button type="button" id="close-room" class="secondary" ref={closeButton} onClick={() => { setNote(''); setConfirming(true); }}>
+          Close room
+        </button>
+      )}
+      {note && (
+        <span class="mod-note" id="room-state-note" role="alert">
+          {note}
+        </span>
       )}
     </div>
   );
@@ -436,7 +689,17 @@ export function RoomView(props: {
   const [litId, setLitId] = useState<string | null>(null); // the private message highlighted (server_id)
   const noted = useRef(''); // what the status line says of the private message not shown yet
   const titleRef = useRef<HTMLHeadingElement>(null);
+  const [roomRead, setRoomRead] = useState<string | null>(null); // the room read from the server (its role and state are known)
+  const [roster, setRoster] = useState<{ room: string; roles: Map<string, Role | null> } | null>(null); // members' roles, once read
   const id = props.room.room_id;
+  const current = useRef(id);
+  current.current = id;
+  /** A room read or changed: shown if it is still the open one. */
+  const takeRoom = (r: Room) => {
+    if (r.room_id !== current.current) return;
+    setRoom(r);
+    setRoomRead(r.room_id);
+  };
   const isPublic = room.kind === 'public';
   const merge = (more: RoomMessage[]) =>
     setTimeline((old) => {
@@ -458,12 +721,14 @@ export function RoomView(props: {
     noted.current = '';
     setError('');
     setStatus('');
+    setRoomRead(null);
+    setRoster(null);
     titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
     // The room itself first: a directory entry or an invitation may not say its kind.
     client
       .room(id)
       .then(async (full) => {
-        setRoom(full);
+        takeRoom(full);
         if (full.kind === 'public') {
           const page = await client.timeline(id, null);
           merge(page.messages);
@@ -481,7 +746,7 @@ export function RoomView(props: {
         const c = e.change; // keep the highest revision (docs/moderation.md)
         setTimeline((old) => applyPostChange(old, c));
       }
-      if (e.type === 'room_changed' && e.room === id) client.room(id).then(setRoom, () => props.onLeft());
+      if (e.type === 'room_changed' && e.room === id) client.room(id).then(takeRoom, () => current.current === id && props.onLeft());
     });
     return () => {
       off();
@@ -595,33 +860,63 @@ export function RoomView(props: {
   const pending = isPublic ? 0 : client.roomPending(id);
   const typing = typingText(typists.map((u) => names[u] ?? client.username(u)));
   const title = `#${room.name}`;
+  // Until the room is read, the list's copy may not say our role (a mention's): nothing
+  // is blocked on a guess.
+  const block = roomRead === id ? composerBlock(room) : null;
+  const inviting = roomRead !== id || canInvite(room);
+  const closed = room.state === 'closed';
+  useEffect(() => {
+    if (block !== null) client.draftDone(id); // a draft left in a room that closed: no longer typing
+  }, [block, id]);
+  // A post's author's role: from the member list once read; the owner is known before.
+  const roles = roster?.room === id ? roster.roles : null;
+  const authorRole = (sender: string): Role | null | undefined => (roles ? (roles.get(sender) ?? null) : sender === room.owner ? 'owner' : undefined);
   return (
     <section class="conversation" aria-labelledby="conversation-title" data-room-id={id}>
       <header class="conv-head">
         <div>
           <h2 id="conversation-title" tabIndex={-1} ref={titleRef}>
             {title}
+            {closed && (
+              <span class="room-closed-badge" id="room-closed-badge">
+                {' '}
+                (closed)
+              </span>
+            )}
           </h2>
           <p class="hint" id="room-kind-note">
             {isPublic ? 'Public room: the server can read its messages.' : 'Private room: end-to-end encrypted with sender keys.'}
+            {roomRead === id && roleOf(room.role) ? ` You are its ${room.role}.` : ''}
           </p>
         </div>
-        <button
-          type="button"
-          id="leave-room"
-          class="secondary"
-          onClick={() => {
-            setError('');
-            client.leaveRoom(id).then(props.onLeft, (e: unknown) => setError(message(e)));
-          }}
-        >
-          Leave room
-        </button>
+        <div class="room-actions">
+          <RoomStateControl client={client} room={room} onRoom={takeRoom} />
+          <button
+            type="button"
+            id="leave-room"
+            class="secondary"
+            onClick={() => {
+              setError('');
+              client.leaveRoom(id).then(props.onLeft, (e: unknown) => setError(message(e)));
+            }}
+          >
+            Leave room
+          </button>
+        </div>
       </header>
-      <Members key={id} client={client} roomId={id} title={title} count={room.members} />
+      <Members
+        key={id}
+        client={client}
+        room={room}
+        title={title}
+        alwaysRead={isPublic && roomRead === id && roleOf(room.role) === 'moderator'}
+        onList={(list) => setRoster({ room: id, roles: new Map(list.map((m) => [m.user_id, roleOf(m.role)])) })}
+        onRoom={takeRoom}
+      />
       <form
         id="invite"
         class="row"
+        aria-disabled={!inviting}
         onSubmit={(e) => {
           e.preventDefault();
           setError('');
@@ -638,8 +933,17 @@ export function RoomView(props: {
         <label for="invitee" class="visually-hidden">
           Invite to {title} by username
         </label>
-        <input id="invitee" value={invitee} autocomplete="off" required placeholder="Invite by username" onInput={(e) => setInvitee((e.target as HTMLInputElement).value)} />
-        <button type="submit" id="invite-submit">
+        <input
+          id="invitee"
+          value={invitee}
+          autocomplete="off"
+          required
+          disabled={!inviting}
+          aria-describedby={!inviting && block ? 'composer-blocked' : undefined}
+          placeholder="Invite by username"
+          onInput={(e) => setInvitee((e.target as HTMLInputElement).value)}
+        />
+        <button type="submit" id="invite-submit" disabled={!inviting}>
           Invite
         </button>
       </form>
@@ -673,7 +977,10 @@ export function RoomView(props: {
           ? timeline.map((m) => (
               <Line key={m.seq} dir={m.sender === me ? 'out' : 'in'} who={m.sender === 'moderator' ? 'Moderator' : who(m.sender)} at={m.sent_at} text={m.text} seq={m.seq} marker={m.marker} removed={isRemovedPost(m)} lit={lit === m.seq}>
                 {canEditPost(m, me) && room.state === 'open' && <EditPost client={client} post={m} onEdited={(edited) => merge([edited])} />}
-                {canDeletePost(m, me) && room.role != null && <DeletePost client={client} post={m} onDeleted={(deleted) => merge([deleted])} />}
+                {canDeletePost(m, me) && room.role != null && <PostRemoval client={client} post={m} mode="own" who="You" onRemoved={(deleted) => merge([deleted])} />}
+                {canRemovePost(m, me, room.role, authorRole(m.sender)) && (
+                  <PostRemoval client={client} post={m} mode="moderator" who={who(m.sender)} onRemoved={(removed) => merge([removed])} />
+                )}
               </Line>
             ))
           : history.map((e) => (
@@ -682,10 +989,16 @@ export function RoomView(props: {
               </Line>
             ))}
       </ol>
+      {block && (
+        <p class="hint blocked" id="composer-blocked" role="status">
+          {block}
+        </p>
+      )}
       <form
         id="composer"
         onSubmit={(e) => {
           e.preventDefault();
+          if (block) return;
           setError('');
           setBusy(true);
           const sent = text;
@@ -709,14 +1022,16 @@ export function RoomView(props: {
           id="message"
           autocomplete="off"
           value={text}
-          placeholder={`Message ${title}`}
+          disabled={block !== null}
+          aria-describedby={block ? 'composer-blocked' : undefined}
+          placeholder={closed ? `${title} is closed` : `Message ${title}`}
           onInput={(e) => {
             const draft = (e.target as HTMLInputElement).value;
             setText(draft);
             client.draftChanged(id, draft);
           }}
         />
-        <button type="submit" id="send" disabled={busy || !text.trim()} aria-busy={busy}>
+        <button type="submit" id="send" disabled={busy || !text.trim() || block !== null} aria-busy={busy}>
           Send
         </button>
       </form>
