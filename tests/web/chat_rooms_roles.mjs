@@ -1,0 +1,200 @@
+// Roles and the room's state from the web client: two browser users, A (the owner) and
+// B, and the Python SDK user R, through HAProxy. Run by tests/web/test_chat_rooms_roles.py,
+// which answers the "PY {json}" lines (see its story). Env: LB, WEB_DIR, A_USER, B_USER,
+// R_USER, TAG.
+import path from "node:path";
+import { createRoom, expect, finish, invite, launch, py, sees, step, T, user as signUp, write } from "./chat_rooms_lib.mjs";
+
+const env = process.env;
+const browser = await launch();
+const user = (name) => signUp(browser, name);
+/** A screenshot into SHOTS, when the test asks for them. */
+const shot = (page, name) => env.SHOTS && page.screenshot({ path: path.join(env.SHOTS, `${name}.png`) });
+
+/** A member's row in the open members list. */
+const row = (page, name) => page.locator(`#member-list li.member[data-username="${name}"]`);
+
+/** Open the members list (if it is not) and wait until it shows `want` ({name: role}),
+ * exactly those members. */
+async function members(page, want) {
+  const toggle = page.locator("#members-toggle");
+  if ((await toggle.getAttribute("aria-expanded")) !== "true") await toggle.click();
+  try {
+    await page.waitForFunction(
+      (w) => {
+        const items = [...document.querySelectorAll("#member-list li.member")];
+        return items.length === Object.keys(w).length && items.every((li) => w[li.dataset.username ?? ""] === li.dataset.role);
+      },
+      want,
+      { timeout: T },
+    );
+  } catch {
+    const shown = await page.$$eval("#member-list li.member", (items) => items.map((li) => [li.dataset.username, li.dataset.role]));
+    throw new Error(`the member list never shows ${JSON.stringify(want)}: it shows ${JSON.stringify(shown)}`);
+  }
+}
+
+/** The names of the action buttons in a member's row. */
+const buttonsOf = (page, name) => row(page, name).locator(".member-actions button").allInnerTexts();
+
+/** Fail unless the page's status line for member actions says `text`. */
+async function said(page, text) {
+  await page.locator(`#members-status:text-is("${text}")`).waitFor({ timeout: T });
+}
+
+/** The `send` frames (pairwise: a sender key's distribution) a page sent to `userId`
+ * among `frames`. */
+const sendsTo = (frames, userId) => frames.map((f) => JSON.parse(f)).filter((f) => f.op === "send" && f.to === userId).length;
+const roomSends = (frames) => frames.map((f) => JSON.parse(f)).filter((f) => f.op === "room_send").length;
+
+try {
+  step("A and B sign up; A creates a private room and invites B and R; R accepts (SDK), B in the page");
+  const [a, b] = await Promise.all([user(env.A_USER), user(env.B_USER)]);
+  const priv = `roles${env.TAG}`;
+  const room = await createRoom(a.page, priv, "private");
+  for (const who of [env.B_USER, env.R_USER]) await invite(a.page, priv, who);
+  await py({ do: "accept", room });
+  await b.page.getByRole("button", { name: "Refresh rooms" }).click();
+  await b.page.getByRole("button", { name: `Accept the invitation to #${priv}` }).click();
+  await expect(b.page, `#conversation-title:text-is("#${priv}")`);
+
+  step("A and B write once each: everyone has everyone's sender key");
+  const fromA = `a opens the room ${env.TAG}`;
+  await write(a.page, priv, fromA);
+  await sees(b.page, fromA);
+  await py({ do: "expect", room, text: fromA });
+  const fromB = `b answers ${env.TAG}`;
+  await write(b.page, priv, fromB);
+  await sees(a.page, fromB);
+  await py({ do: "expect", room, text: fromB });
+
+  step("B, a plain member, sees the members and their roles, and no button to manage them or the room");
+  await members(b.page, { [env.A_USER]: "owner", [env.B_USER]: "member", [env.R_USER]: "member" });
+  if ((await b.page.locator("#member-list .member-actions button").count()) !== 0) throw new Error("a plain member is offered member actions");
+  if (await b.page.locator("#close-room").count()) throw new Error("a plain member is offered Close room");
+
+  step("A, the owner: buttons on B and R, none on A; A makes B a moderator");
+  await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "member", [env.R_USER]: "member" });
+  const offered = await buttonsOf(a.page, env.B_USER);
+  if (JSON.stringify(offered) !== JSON.stringify(["Make moderator", "Make owner", "Remove"])) throw new Error(`the owner is offered ${offered} on B`);
+  if ((await row(a.page, env.A_USER).locator("button").count()) !== 0) throw new Error("the owner is offered actions on themself");
+  const aId = await row(a.page, env.A_USER).getAttribute("data-user-id");
+  const bId = await row(a.page, env.B_USER).getAttribute("data-user-id");
+  const rId = await row(a.page, env.R_USER).getAttribute("data-user-id");
+  await a.page.getByRole("button", { name: `Make ${env.B_USER} a moderator` }).click();
+  await said(a.page, `${env.B_USER} is now a moderator of #${priv}.`);
+  await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "moderator", [env.R_USER]: "member" });
+  if (JSON.stringify(await buttonsOf(a.page, env.B_USER)) !== JSON.stringify(["Remove as moderator", "Make owner", "Remove"])) throw new Error("the owner's buttons on a moderator");
+
+  step("B refreshes: B is a moderator, may close the room and remove R, not A");
+  await b.page.getByRole("button", { name: "Refresh members" }).click();
+  await members(b.page, { [env.A_USER]: "owner", [env.B_USER]: "moderator", [env.R_USER]: "member" });
+  await b.page.locator("#close-room").waitFor({ timeout: T });
+  if (JSON.stringify(await buttonsOf(b.page, env.R_USER)) !== JSON.stringify(["Remove"])) throw new Error(`a moderator is offered ${await buttonsOf(b.page, env.R_USER)} on R`);
+  if ((await row(b.page, env.A_USER).locator("button").count()) !== 0) throw new Error("a moderator is offered actions on the owner");
+
+  step("A makes B a plain member again; B's page, not told, tries to remove R: the refusal shows and nothing changes");
+  await a.page.getByRole("button", { name: `Remove ${env.B_USER} as moderator` }).click();
+  await said(a.page, `${env.B_USER} is no longer a moderator of #${priv}.`);
+  await b.page.getByRole("button", { name: `Remove ${env.R_USER} from #${priv}` }).click();
+  const confirmB = row(b.page, env.R_USER).getByRole("group", { name: `Confirm removing ${env.R_USER}` });
+  await confirmB.getByText("each member's next message goes out under a new key").waitFor({ timeout: T });
+  await confirmB.getByRole("button", { name: "Remove" }).click();
+  const refusal = row(b.page, env.R_USER).locator(".member-note");
+  await refusal.waitFor({ timeout: T });
+  const refused = await refusal.innerText();
+  if (!refused.startsWith("Failed (forbidden): ")) throw new Error(`B's removal of R: ${refused}`);
+  await members(b.page, { [env.A_USER]: "owner", [env.B_USER]: "moderator", [env.R_USER]: "member" }); // as it was
+  await shot(b.page, "chat-room-refused");
+  await confirmB.getByRole("button", { name: "Cancel" }).click();
+
+  step("A removes R (after a confirmation): R is gone from A's list, and R can no longer send");
+  await a.page.getByRole("button", { name: `Remove ${env.R_USER} from #${priv}` }).click();
+  const confirmA = row(a.page, env.R_USER).getByRole("group", { name: `Confirm removing ${env.R_USER}` });
+  await confirmA.getByRole("button", { name: "Remove" }).waitFor({ timeout: T });
+  await shot(a.page, "chat-room-members");
+  await confirmA.getByRole("button", { name: "Remove" }).click();
+  await said(a.page, `${env.R_USER} was removed from #${priv}.`);
+  await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "member" });
+  await py({ do: "send_refused", room, text: `r tries after removal ${env.TAG}` });
+
+  step("A writes: its sender key is rotated first (a new chain to B, nothing to R); B reads it");
+  let before = a.framesSent.length;
+  const afterRemoval = `a after r was removed ${env.TAG}`;
+  await write(a.page, priv, afterRemoval);
+  await sees(b.page, afterRemoval);
+  let frames = a.framesSent.slice(before);
+  if (sendsTo(frames, bId) !== 1 || sendsTo(frames, rId) !== 0 || roomSends(frames) !== 1) {
+    throw new Error(`A's frames after the removal: ${sendsTo(frames, bId)} to B, ${sendsTo(frames, rId)} to R, ${roomSends(frames)} room_send`);
+  }
+
+  step("B, told of nothing, writes: it finds R gone at its send and rotates too; A reads it");
+  before = b.framesSent.length;
+  const fromBAfter = `b after r was removed ${env.TAG}`;
+  await write(b.page, priv, fromBAfter);
+  await sees(a.page, fromBAfter);
+  frames = b.framesSent.slice(before);
+  if (sendsTo(frames, aId) !== 1 || sendsTo(frames, rId) !== 0) {
+    throw new Error("B did not rotate its sender key after R's removal");
+  }
+
+  step("A closes the room: both pages show it closed, B's composer is disabled with the reason");
+  await a.page.locator("#close-room").click();
+  await a.page.getByRole("group", { name: `Confirm closing #${priv}` }).getByRole("button", { name: "Close room" }).click();
+  for (const page of [a.page, b.page]) {
+    await page.locator("#room-closed-badge").waitFor({ timeout: T });
+    await page.locator("#composer-blocked:has-text('This room is closed')").waitFor({ timeout: T });
+    if (!(await page.locator("#message").isDisabled()) || !(await page.locator("#send").isDisabled())) throw new Error("the composer of a closed room is enabled");
+    if ((await page.locator("#message").getAttribute("aria-describedby")) !== "composer-blocked") throw new Error("the disabled composer does not say why");
+  }
+  await a.page.locator("#reopen-room").waitFor({ timeout: T });
+  await shot(b.page, "chat-room-closed");
+  await a.page.locator(`button.room[data-room-name="${priv}"]:has-text("closed")`).waitFor({ timeout: T });
+
+  step("A reopens it: B's composer comes back at once; B writes and A reads it");
+  await a.page.locator("#reopen-room").click();
+  await b.page.locator("#message:not([disabled])").waitFor({ timeout: T });
+  if (await b.page.locator("#room-closed-badge, #composer-blocked").count()) throw new Error("B's page still shows the room closed");
+  const reopened = `b writes after the reopening ${env.TAG}`;
+  await write(b.page, priv, reopened);
+  await sees(a.page, reopened);
+
+  step("a public room: B joins from the directory and posts; A (owner) removes B's post; both pages show it removed");
+  const pub = `rolespub${env.TAG}`;
+  const pubId = await createRoom(a.page, pub, "public");
+  await b.page.getByLabel("Find public rooms").fill(pub);
+  await b.page.getByRole("button", { name: "Search" }).click();
+  await b.page.getByRole("button", { name: `Join #${pub}` }).click();
+  await expect(b.page, `#conversation-title:text-is("#${pub}")`);
+  const post = `b posts in public ${env.TAG}`;
+  await write(b.page, pub, post);
+  const aLine = a.page.locator(`#messages li.msg.in:has-text("${post}")`);
+  await aLine.waitFor({ timeout: T });
+  const seq = Number(await aLine.getAttribute("data-seq"));
+  const bLine = b.page.locator(`#messages li.msg.out[data-seq="${seq}"]`);
+  if (await bLine.locator("button.remove-post").count()) throw new Error("B is offered a moderator's Remove on its own post");
+  await aLine.getByRole("button", { name: `Remove ${env.B_USER}'s message: ${post}` }).click();
+  await aLine.getByRole("group", { name: "Confirm the removal" }).getByRole("button", { name: "Remove for everyone" }).click();
+  await expect(a.page, `#messages li.msg.in.removed[data-seq="${seq}"] .marker:text-is("(removed by a moderator)")`);
+  await expect(b.page, `#messages li.msg.out.removed[data-seq="${seq}"] .marker:text-is("(removed by a moderator)")`);
+  for (const line of [aLine, bLine]) if ((await line.count()) && (await line.innerText()).includes(post)) throw new Error("the removed text is still shown");
+  await shot(a.page, "chat-room-post-removed");
+  const stored = await py({ do: "public_post", room: pubId, seq });
+  if (stored.text !== "" || stored.marker !== "removed_by_moderator") throw new Error(`the timeline holds ${JSON.stringify(stored)}`);
+
+  step("A hands the public room over to B (after a confirmation): A is a moderator, B the owner");
+  await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "member" });
+  await a.page.getByRole("button", { name: `Make ${env.B_USER} the owner of #${pub}` }).click();
+  await row(a.page, env.B_USER).getByRole("group", { name: `Confirm handing the room over to ${env.B_USER}` }).getByRole("button", { name: "Hand over" }).click();
+  await said(a.page, `${env.B_USER} is now the owner of #${pub}; you are a moderator.`);
+  await members(a.page, { [env.A_USER]: "moderator", [env.B_USER]: "owner" });
+  await a.page.locator("#room-kind-note:has-text('You are its moderator.')").waitFor({ timeout: T });
+  if ((await a.page.locator("#member-list .member-actions button").count()) !== 0) throw new Error("the old owner, now a moderator, is offered actions on the owner");
+
+  const errors = [...a.errors, ...b.errors];
+  if (errors.length) throw new Error(`console errors: ${errors.join("; ")}`);
+  step("done");
+  console.log("chat rooms roles: ok");
+} finally {
+  await finish(browser);
+}

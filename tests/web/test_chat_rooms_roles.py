@@ -1,0 +1,76 @@
+"""Roles and a room's state in the web client, end to end: two browser users and a
+Python SDK user, through HAProxy (docs/rooms.md "Roles"; web/chat/README.md, "Tests").
+
+tests/web/chat_rooms_roles.mjs drives Debian's Chromium (playwright-core) with two
+browser contexts, A and B; R is the Python user, answering the script's ``PY`` lines
+(tests/web/test_chat_rooms.py's dialogue):
+
+1. A creates a private room and invites B and R; R accepts (SDK), B in the page; A and
+   B write once each (everyone holds everyone's sender key);
+2. B, a plain member, sees every member's role and no button to manage members or the
+   room; A, the owner, has "Make moderator", "Make owner" and "Remove" on B and R and
+   nothing on itself, and makes B a moderator;
+3. B refreshes the list: B is a moderator, is offered "Close room" and "Remove" on R
+   (a plain member), nothing on A (the owner);
+4. A makes B a plain member again; B's page is not told (the server pushes no role
+   change), B tries to remove R: the page shows ``Failed (forbidden): ...`` by R and the
+   list stays as it was;
+5. A removes R after a confirmation: R leaves A's list, and R's SDK can no longer send
+   (``RoomNotFound``). A writes: A's page sends a new sender key to B (a rotation) and
+   nothing to R before the ``room_send``; B reads it. B, told of nothing, writes: B
+   finds R gone at its send and rotates too (a new key to A, nothing to R);
+6. A closes the room (after a confirmation): both pages show it closed at once (B's by
+   the ``room_changed`` frame), B's composer and Send are disabled and say why; A
+   reopens it, B's composer comes back, B writes and A reads;
+7. a public room: B joins from the directory and posts; A removes B's post as the
+   owner (after a confirmation): both pages show it "removed by a moderator" (B's live),
+   and the timeline R reads holds it empty, ``removed_by_moderator``;
+8. A hands the public room over to B (after a confirmation): A is a moderator, B the
+   owner, and A is offered nothing on B.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from parley.rooms import RoomNotFound
+
+from tests.support.stack import System
+from tests.web.test_chat_rooms import BROWSER, WEB, PythonSide, python_user, run_script
+
+
+class RolesSide(PythonSide):
+    """R, plus: a send that the server must refuse (R was removed)."""
+
+    async def act(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req["do"] == "send_refused":
+            try:
+                await self.r.rooms.send(req["room"], req["text"])
+            except RoomNotFound as exc:
+                return {"refused": str(exc)}
+            raise AssertionError("a removed member sent to the room")
+        return await super().act(req)
+
+
+@BROWSER
+async def test_browser_manages_roles_and_closes_rooms(system: System, tmp_path: Path) -> None:
+    assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
+    tag = secrets.token_hex(4)
+    r = await python_user(system, tmp_path, tag)
+    env = {
+        "LB": system.lb,
+        "A_USER": f"wroa{tag}",
+        "B_USER": f"wrob{tag}",
+        "R_USER": str(r.username),
+        "TAG": tag,
+        "SHOTS": os.environ.get("PARLEY_ROLES_SHOTS", ""),  # a directory: screenshots there
+    }
+    try:
+        output, _ = await run_script("chat_rooms_roles.mjs", env, RolesSide(r, system), timeout=90)
+    finally:
+        await r.close()
+    assert "chat rooms roles: ok" in output, output[-3000:]
+    print("\n".join(line for line in output.splitlines() if line.startswith("step ")))
