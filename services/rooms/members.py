@@ -15,7 +15,7 @@ import logging
 from parley_contract import envelopes as e
 
 from services.common.errors import ApiError, ErrorCode
-from services.rooms import models
+from services.rooms import models, push
 from services.rooms.config import MEMBERS_PAGE_MAX
 from services.rooms.events import Check
 from services.rooms.rooms import (
@@ -244,9 +244,16 @@ async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
     if victim["role"] == "moderator" and actor["role"] != "owner":
         raise forbidden("Only the owner removes a moderator.")
     await remove_member(rooms, room, victim, user_id, removed=True)
+    # Told at once, as when an admin removes someone: the members, and the one removed.
+    room = await rooms.store.get_room(room_id) or room
+    await push.room_changed(rooms.store, rooms.pusher, room, "member_removed", (target,), target)
 
 
-async def _set_role(rooms: Rooms, room: Doc, member: Doc, role: str, actor: str) -> None:
+async def _set_role(
+    rooms: Rooms, room: Doc, member: Doc, role: str, actor: str, was: str | None = None
+) -> None:
+    """``member``'s role is ``role`` now (announced); ``was``: only if it is that now
+    (else ``forbidden``: it changed since it was read)."""
     store = rooms.store
     room_id, user_id, slot = room["_id"], member["user"], int(member["slot"])
     bumped = await store.bump_room(room_id, version=1)
@@ -257,8 +264,10 @@ async def _set_role(rooms: Rooms, room: Doc, member: Doc, role: str, actor: str)
         ),
         Check("members", {"_id": member["_id"], "slot": slot, "role": role}),
     )  # fmt: skip
-    if not await store.set_role(room_id, user_id, slot, role):
+    if not await store.set_role(room_id, user_id, slot, role, was=was):
         await rooms.events.drop(held)
+        if was is not None and await store.get_member(room_id, user_id) is not None:
+            raise forbidden("Only the room's owner changes roles.")
         raise _no_member(user_id)
     await rooms.events.release(held)
 
@@ -292,9 +301,13 @@ async def transfer(rooms: Rooms, user_id: str, room_id: str, target: str) -> mod
     room, victim = await _owner_and_target(rooms, user_id, room_id, target)
     owner = await rooms.store.get_member(room_id, user_id)
     assert owner is not None
+    # The owner steps down first, and only while still the owner: of two hand-overs at
+    # once exactly one gets past this write (the other is refused), where promoting
+    # first let both through and left two owners. A crash right after it leaves the
+    # room with no owner rather than two (docs/rooms.md, "Roles").
+    await _set_role(rooms, room, owner, "moderator", user_id, was="owner")
     await _set_role(rooms, room, victim, "owner", user_id)
     await rooms.store.set_room(room_id, {"owner": target})
-    await _set_role(rooms, room, owner, "moderator", user_id)
     room = await rooms.store.get_room(room_id) or room
     return out(room, {**owner, "role": "moderator"})
 

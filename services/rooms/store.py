@@ -252,10 +252,14 @@ class RoomStore:
         result = await self.members.delete_one({"_id": member_id(room_id, user_id), "slot": slot})
         return result.deleted_count == 1
 
-    async def set_role(self, room_id: str, user_id: str, slot: int, role: str) -> bool:
-        result = await self.members.update_one(
-            {"_id": member_id(room_id, user_id), "slot": slot}, {"$set": {"role": role}}
-        )
+    async def set_role(
+        self, room_id: str, user_id: str, slot: int, role: str, was: str | None = None
+    ) -> bool:
+        """Set the member's role (``was``: only if it is that now)."""
+        match: Doc = {"_id": member_id(room_id, user_id), "slot": slot}
+        if was is not None:
+            match["role"] = was
+        result = await self.members.update_one(match, {"$set": {"role": role}})
         return result.matched_count == 1
 
     async def forget_slots(self, room_id: str, user_id: str, slot: int | None,

@@ -295,6 +295,22 @@ async def test_members_see_changes_live(api: RoomsApi, messaging: Messaging) -> 
     assert (removed["change"], removed["user_id"]) == ("member_removed", alice)
 
 
+async def test_a_member_removed_by_the_owner_and_the_others_are_told_live(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    """As when an admin removes someone: ``member_removed`` to the members' sockets and
+    to the one removed (who otherwise learnt it at their next send)."""
+    owner, alice, bob = api.user(), api.user(), api.user()
+    room = await api.room(owner, name="removals")
+    for u in (alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    gone, stays = await messaging.connect(alice, pod=0), await messaging.connect(bob, pod=1)
+    assert (await api.remove(owner, room, alice))[0] == 204
+    for sock in (gone, stays):
+        removed = await sock.expect("room_changed", room_id=room)
+        assert (removed["change"], removed["user_id"]) == ("member_removed", alice)
+
+
 async def test_members_see_a_rename_a_topic_and_a_close_live(
     api: RoomsApi, messaging: Messaging
 ) -> None:

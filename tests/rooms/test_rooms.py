@@ -171,11 +171,27 @@ async def test_roles_removal_and_transfer(api: RoomsApi, events: EventLog) -> No
         ("role_changed", mod, "moderator"),
         ("member_removed", bob, None),
         ("role_changed", mod, "member"),
+        ("role_changed", owner, "moderator"),  # the owner steps down first
         ("role_changed", carol, "owner"),
-        ("role_changed", owner, "moderator"),
         ("member_left", owner, None),
     ]
     assert seen[5]["actor"] == mod
+
+
+async def test_two_hand_overs_at_once_leave_one_owner(api: RoomsApi) -> None:
+    """The owner hands the room to two members at the same moment (a double click, two
+    devices): one hand-over wins, the other is refused, and the room has one owner."""
+    for _ in range(5):
+        owner, bob, carol = api.user(), api.user(), api.user()
+        room = await api.room(owner)
+        for u in (bob, carol):
+            await api.join(u, room)
+        results = await asyncio.gather(api.transfer(owner, room, bob),
+                                       api.transfer(owner, room, carol))  # fmt: skip
+        assert sorted(status for status, _ in results) == [200, 403], results
+        _, page = await api.members(bob, room)
+        roles = sorted(m["role"] for m in page["members"])
+        assert roles == ["member", "moderator", "owner"], page
 
 
 async def test_closed_room_keeps_history_and_refuses_new_things(api: RoomsApi) -> None:
