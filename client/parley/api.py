@@ -339,6 +339,19 @@ class Api:
             "DELETE", f"/rooms/v1/rooms/{_room(room_id)}/members/{quote(user_id, safe='')}"
         )
 
+    async def set_moderator(self, room_id: str, user_id: str, moderator: bool) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PUT" if moderator else "DELETE",
+            f"/rooms/v1/rooms/{_room(room_id)}/moderators/{quote(user_id, safe='')}",
+        )
+        return result
+
+    async def hand_over(self, room_id: str, user_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PUT", f"/rooms/v1/rooms/{_room(room_id)}/owner", json={"user_id": user_id}
+        )
+        return result
+
     async def invite(self, room_id: str, user: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(
             "POST", f"/rooms/v1/rooms/{_room(room_id)}/invitations", json={"user": user}

@@ -218,6 +218,36 @@ def rooms_remove(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
     _simple(ctx, work)
 
 
+@rooms_app.command("moderator")
+def rooms_moderator(
+    ctx: typer.Context,
+    room: RoomArg,
+    user: UserArg,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Make them a plain member again.")
+    ] = False,
+) -> None:
+    """Make a member a moderator, or a plain member again (the owner only)."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.set_moderator(room, user, moderator=not remove)
+        role = "a plain member" if remove else "a moderator"
+        return f"{escape(user)} is {role} of #{escape(found['name'])} now."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("owner")
+def rooms_owner(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
+    """Hand the room over to a member (the owner only; you become a moderator)."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.hand_over(room, user)
+        return f"{escape(user)} owns #{escape(found['name'])} now; you are a moderator."
+
+    _simple(ctx, work)
+
+
 @rooms_app.command("set")
 def rooms_set(
     ctx: typer.Context,
@@ -520,7 +550,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                     console.print(f"[dim]#{event.seq} is now:[/] {text}")
             elif isinstance(event, RoomChanged):
                 if event.room_id == rid:
-                    console.print(f"[bold yellow]{_room_change(event)}[/]")
+                    console.print(f"[bold yellow]{_room_change(event, client.user_id)}[/]")
             elif isinstance(event, RoomNotification):
                 who = client.messenger._names.get(event.sender, event.sender[:8])
                 console.print(
@@ -593,7 +623,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                     console.print(f"[red]Error:[/] {escape(str(exc))}")
 
 
-def _room_change(event: RoomChanged) -> str:
+def _room_change(event: RoomChanged, me: str | None) -> str:
     if event.change == "kind" and event.kind == "private":
         return ("An admin made this room private: new messages are end-to-end encrypted; "
                 "earlier ones stay as they were.")  # fmt: skip
@@ -607,7 +637,16 @@ def _room_change(event: RoomChanged) -> str:
     if event.change == "settings":
         topic = f" Topic: {escape(event.topic)}" if event.topic else " No topic."
         return f"The room is #{escape(event.name or '')} now.{topic}"
-    return "A member was removed from this room."
+    you = event.user_id == me
+    who = "You" if you else escape(event.username or "A member")
+    if event.change == "role" and event.role == "owner":
+        return f"{who} {'are' if you else 'is'} the room's owner now (the old owner a moderator)."
+    if event.change == "role":
+        role = "a moderator" if event.role == "moderator" else "a plain member"
+        return f"{who} {'are' if you else 'is'} {role} now."
+    if event.change == "member_left":
+        return f"{who} left the room."
+    return f"{who} {'were' if you else 'was'} removed from this room."
 
 
 def _seq_arg(arg: str) -> tuple[int, str] | None:

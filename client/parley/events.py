@@ -109,8 +109,10 @@ class RoomChanged(Event):
     """A room changed: ``change`` is ``kind`` (an admin made it ``kind``: new messages
     go end-to-end encrypted to a private room, to the timeline of a public one; past
     messages stay as they were), ``state``, ``member_removed`` (``user_id``),
-    ``deleted``, or ``settings`` (``user_id`` renamed it or set its topic: ``name``
-    and ``topic`` are what it has now)."""
+    ``member_left`` (``user_id``), ``role`` (``user_id`` is ``role`` now; after a
+    hand-over, ``owner``, the old owner a moderator), ``deleted``, or ``settings``
+    (``user_id`` renamed it or set its topic: ``name`` and ``topic`` are what it has
+    now). ``username``: ``user_id``'s."""
 
     room_id: str
     change: str
@@ -119,6 +121,8 @@ class RoomChanged(Event):
     user_id: str | None = None
     name: str | None = None
     topic: str | None = None
+    role: str | None = None
+    username: str | None = None
 
 
 @dataclass(frozen=True)

@@ -297,9 +297,25 @@ class Rooms:
         return room
 
     async def remove(self, ref: str, user: str) -> None:
+        room, user_id = await self._room_and_user(ref, user)
+        await self.api.remove_member(room["room_id"], user_id)
+
+    async def set_moderator(self, ref: str, user: str, moderator: bool = True) -> dict[str, Any]:
+        """Make a member a moderator, or (``moderator=False``) a plain member again (the
+        owner only); returns the room."""
+        room, user_id = await self._room_and_user(ref, user)
+        await self.api.set_moderator(room["room_id"], user_id, moderator)
+        return room
+
+    async def hand_over(self, ref: str, user: str) -> dict[str, Any]:
+        """Make a member the owner (the owner only; the owner becomes a moderator)."""
+        room, user_id = await self._room_and_user(ref, user)
+        return await self.api.hand_over(room["room_id"], user_id)
+
+    async def _room_and_user(self, ref: str, user: str) -> tuple[dict[str, Any], str]:
         room = await self.resolve(ref)
         user_id, _ = await self.messenger.resolve(user.strip().removeprefix("@"))
-        await self.api.remove_member(room["room_id"], user_id)
+        return room, user_id
 
     async def member_ids(self, room_id: str) -> list[str]:
         out: list[str] = []
@@ -918,17 +934,14 @@ class Rooms:
                 )
             )
         elif isinstance(frame, f.RoomChanged):
+            who = frame.user_id
             self.events.emit(
                 RoomChanged(
-                    frame.room_id,
-                    frame.change,
-                    frame.kind,
-                    frame.state,
-                    frame.user_id,
-                    frame.name,
-                    frame.topic,
+                    frame.room_id, frame.change, frame.kind, frame.state, who, frame.name,
+                    frame.topic, frame.role,
+                    None if who is None else await self.messenger._name_of(who),
                 )
-            )
+            )  # fmt: skip
         elif isinstance(frame, f.TypingNotice):
             if frame.user != self.account.user_id:  # our own other devices: not news
                 name = await self.messenger._name_of(frame.user)

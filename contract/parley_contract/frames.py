@@ -445,11 +445,14 @@ class RoomChanged(ServerFrame, tag="room_changed"):
     """The room changed (docs/rooms.md, docs/moderation.md): ``change`` is ``kind`` (an
     admin made it ``kind``: private means end-to-end encrypted from now on), ``state``
     (closed or opened), ``member_removed`` (``user_id`` is no longer a member),
+    ``member_left`` (``user_id`` left), ``role`` (``user_id``'s role is ``role`` now:
+    ``owner`` after a hand-over, whose old owner is a moderator now),
     ``deleted``, or ``settings`` (its owner or a moderator, ``user_id``, renamed it or
     set its topic: ``name`` and ``topic`` are the room's now)."""
 
     room_id: str
-    change: Literal["kind", "state", "member_removed", "deleted", "settings"]
+    change: Literal["kind", "state", "member_removed", "member_left", "role", "deleted",
+                    "settings"]  # fmt: skip
     kind: str
     state: str
     version: int
@@ -457,6 +460,7 @@ class RoomChanged(ServerFrame, tag="room_changed"):
     user_id: str | None = None
     name: str | None = None
     topic: str | None = None
+    role: str | None = None
 
 
 class TypingNotice(ServerFrame, tag="typing"):

@@ -224,6 +224,7 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
             "The owner leaves after making another member the owner (PUT .../owner).",
         )
     await remove_member(rooms, room, member, user_id, removed=False)
+    await _tell(rooms, room_id, "member_left", user_id)
     if member["role"] == "owner":
         # The last member left: nobody can manage the room any more; close it.
         await set_state(rooms, room, "closed", user_id, owner=None)
@@ -244,9 +245,17 @@ async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
     if victim["role"] == "moderator" and actor["role"] != "owner":
         raise forbidden("Only the owner removes a moderator.")
     await remove_member(rooms, room, victim, user_id, removed=True)
-    # Told at once, as when an admin removes someone: the members, and the one removed.
-    room = await rooms.store.get_room(room_id) or room
-    await push.room_changed(rooms.store, rooms.pusher, room, "member_removed", (target,), target)
+    await _tell(rooms, room_id, "member_removed", target)
+
+
+async def _tell(
+    rooms: Rooms, room_id: str, change: str, user_id: str, role: str | None = None
+) -> None:
+    """``room_changed`` about ``user_id`` to the members and to ``user_id`` (who may have
+    just left): told at once, as an admin's removal is."""
+    room = await rooms.store.get_room(room_id)
+    if room is not None:
+        await push.room_changed(rooms.store, rooms.pusher, room, change, (user_id,), user_id, role)
 
 
 async def _set_role(
@@ -294,6 +303,7 @@ async def set_moderator(
     if victim["role"] != role:
         await _set_role(rooms, room, victim, role, user_id)
         victim = {**victim, "role": role}
+        await _tell(rooms, room_id, "role", target, role)
     return membership(victim)
 
 
@@ -308,6 +318,7 @@ async def transfer(rooms: Rooms, user_id: str, room_id: str, target: str) -> mod
     await _set_role(rooms, room, owner, "moderator", user_id, was="owner")
     await _set_role(rooms, room, victim, "owner", user_id)
     await rooms.store.set_room(room_id, {"owner": target})
+    await _tell(rooms, room_id, "role", target, "owner")
     room = await rooms.store.get_room(room_id) or room
     return out(room, {**owner, "role": "moderator"})
 

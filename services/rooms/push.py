@@ -121,6 +121,7 @@ async def room_changed(
     change: str,
     also: tuple[str, ...] = (),
     user_id: str | None = None,
+    role: str | None = None,
 ) -> int:
     """A ``room_changed`` frame about ``room`` (as it is now) to its connected members."""
     settings = change == "settings"
@@ -128,7 +129,7 @@ async def room_changed(
         room_id=room["_id"], change=change, kind=room["kind"], state=room["state"],  # type: ignore[arg-type]
         version=int(room.get("version", 1)), at=now_ms(), user_id=user_id,
         name=room["name"] if settings else None,
-        topic=room.get("topic", "") if settings else None,
+        topic=room.get("topic", "") if settings else None, role=role,
     )  # fmt: skip
     return await to_members(store, pusher, room, frame, "room_changed", also)
 

@@ -184,3 +184,39 @@ def test_cli_room_settings_rename_topic_close_and_who_may(users: tuple[User, Use
     fails(bob, "send", f"#{renamed}", "anyone?", expect="closed")
     assert b"open" in alice.run("rooms", "set", f"#{renamed}", "--open")
     assert f"Message sent to #{renamed}".encode() in bob.run("send", f"#{renamed}", "back")
+
+
+def test_cli_room_roles_and_removal_are_told_live(
+    system: System, users: tuple[User, User], tmp_path: Path
+) -> None:
+    """The owner makes bob a moderator, hands him the room, and bob (now the owner)
+    removes carol: carol's and bob's `parley chat` say each change as it happens, in
+    words, and a hand-over by someone who is no longer the owner is refused."""
+    alice, bob = users
+    carol = User(system, tmp_path / "carol", f"rcarol{secrets.token_hex(3)}")
+    signup(carol)
+    try:
+        room = f"guild{secrets.token_hex(3)}"
+        alice.run("rooms", "create", room, "--public")
+        bob.run("rooms", "join", f"#{room}")
+        carol.run("rooms", "join", f"#{room}")
+        b, c = open_room_chat(bob, room), open_room_chat(carol, room)
+        out = alice.run("rooms", "moderator", f"#{room}", bob.name)
+        assert f"{bob.name} is a moderator of #{room} now".encode() in out
+        b.expect("You are a moderator now.")
+        c.expect(f"{bob.name} is a moderator now.")
+        out = alice.run("rooms", "owner", f"#{room}", bob.name)
+        assert f"{bob.name} owns #{room} now".encode() in out
+        b.expect("You are the room's owner now")
+        c.expect(f"{bob.name} is the room's owner now")
+        fails(alice, "rooms", "owner", f"#{room}", carol.name, expect="owner")
+        bob.run("rooms", "remove", f"#{room}", carol.name)
+        c.expect("You were removed from this room.")
+        b.expect(f"{carol.name} was removed from this room.")
+        for chat in (b, c):
+            chat.sendline("/quit")
+            chat.expect(pexpect.EOF)
+        members = bob.run("rooms", "members", f"#{room}").decode()
+        assert carol.name not in members and alice.name in members
+    finally:
+        carol.close()

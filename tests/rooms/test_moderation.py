@@ -295,20 +295,36 @@ async def test_members_see_changes_live(api: RoomsApi, messaging: Messaging) -> 
     assert (removed["change"], removed["user_id"]) == ("member_removed", alice)
 
 
-async def test_a_member_removed_by_the_owner_and_the_others_are_told_live(
+async def test_members_see_roles_removals_and_leaves_live(
     api: RoomsApi, messaging: Messaging
 ) -> None:
-    """As when an admin removes someone: ``member_removed`` to the members' sockets and
-    to the one removed (who otherwise learnt it at their next send)."""
-    owner, alice, bob = api.user(), api.user(), api.user()
+    """Role changes, a removal by the owner and a leave are told as an admin's removal is:
+    ``room_changed`` to the members' sockets and to the member concerned (the one removed
+    or gone learnt it at their next send otherwise)."""
+    owner, alice, bob, carol = api.user(), api.user(), api.user(), api.user()
     room = await api.room(owner, name="removals")
-    for u in (alice, bob):
+    for u in (alice, bob, carol):
         assert (await api.join(u, room))[0] == 200
     gone, stays = await messaging.connect(alice, pod=0), await messaging.connect(bob, pod=1)
-    assert (await api.remove(owner, room, alice))[0] == 204
-    for sock in (gone, stays):
-        removed = await sock.expect("room_changed", room_id=room)
-        assert (removed["change"], removed["user_id"]) == ("member_removed", alice)
+    left = await messaging.connect(carol, pod=0)
+
+    async def told(socks: tuple[Any, ...], change: str, user: str, role: str | None) -> None:
+        for sock in socks:
+            frame = await sock.expect("room_changed", room_id=room)
+            assert (frame["change"], frame["user_id"], frame["role"]) == (change, user, role)
+
+    assert (await api.promote(owner, room, bob))[0] == 200
+    await told((gone, stays, left), "role", bob, "moderator")
+    assert (await api.remove(bob, room, alice))[0] == 204
+    await told((gone, stays, left), "member_removed", alice, None)
+    assert (await api.leave(carol, room))[0] == 204
+    await told((stays, left), "member_left", carol, None)
+    assert (await api.transfer(owner, room, bob))[0] == 200
+    await told((stays,), "role", bob, "owner")
+    # The same role again changes nothing and tells nothing: the next frame is another's.
+    assert (await api.promote(bob, room, owner))[1]["role"] == "moderator"
+    assert (await api.demote(bob, room, owner))[1]["role"] == "member"
+    await told((stays,), "role", owner, "member")
 
 
 async def test_members_see_a_rename_a_topic_and_a_close_live(
