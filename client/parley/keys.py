@@ -41,6 +41,7 @@ from parley.crypto import (
     seal_for_new_device,
 )
 from parley.crypto.encoding import b64decode, b64encode
+from parley.crypto.linking import LINK_ID_LEN
 from parley.errors import ApiError, ParleyError
 from parley.events import ErrorEvent, EventBus
 from parley.store import Transaction
@@ -334,15 +335,47 @@ class Keys:
 
     # -- linking --------------------------------------------------------------------------
     async def start_link(self, name: str | None = None) -> LinkRequest:
-        """On the new device: publish it as pending; returns the link (show its code)."""
+        """On the new device: publish it as pending; returns the link (show its code).
+
+        The link (its id and ephemeral key) is kept in the store until it is finished
+        or withdrawn: a link this install started before, and that the directory still
+        holds, is taken up again with the same code. So an install that died after
+        another device approved it (it is listed, but never opened the account key)
+        opens the approval when it is run again, instead of being a listed device
+        without the key that must be removed and linked again."""
         await self.account.access_token()
         did = await self.device_id()
         await self._ensure_device_keys(did)
+        saved = self._saved_link()
+        if saved is not None:
+            try:
+                await self.api.get_link(b64encode(saved.link_id))
+                return saved
+            except ApiError as exc:
+                if exc.code != "not_found":
+                    raise
+            self._forget_link()  # expired or withdrawn: a new one
         request = LinkRequest.generate()
-        await self.api.create_link(
-            b64encode(request.link_id), did, (name or default_device_name())[:64]
-        )
+        async with self._store().transaction() as tx:
+            tx.put_bytes("pending_link", request.link_id + request.private_bytes())
+        try:
+            await self.api.create_link(
+                b64encode(request.link_id), did, (name or default_device_name())[:64]
+            )
+        except BaseException:
+            self._forget_link()
+            raise
         return request
+
+    def _saved_link(self) -> LinkRequest | None:
+        raw = self._store().read().get_bytes("pending_link")
+        if raw is None or len(raw) != LINK_ID_LEN + 32:
+            return None
+        return LinkRequest.from_private(raw[:LINK_ID_LEN], raw[LINK_ID_LEN:])
+
+    def _forget_link(self) -> None:
+        with self._store().transaction_sync() as tx:
+            tx.delete("pending_link")
 
     async def cancel_link(self, request: LinkRequest) -> None:
         """On the new device: withdraw the link (its user gave up), so that its code can
@@ -350,6 +383,7 @@ class Keys:
         approved one stays (``conflict``) for another device to remove."""
         with contextlib.suppress(ParleyError):
             await self.api.cancel_link(b64encode(request.link_id))
+        self._forget_link()
 
     async def finish_link(self, request: LinkRequest, timeout: float = 600.0) -> None:
         """On the new device: wait for the approval, open it, check the list names us."""
@@ -368,10 +402,12 @@ class Keys:
         sealed = b64decode(link["approval"]["sealed"])
         payload = json.loads(request.open(device.identity.signing_key, sealed))
         if payload.get("user_id") != self._me():
+            self._forget_link()  # approved: it cannot be approved again
             raise ParleyError("The approval is for another account.")
         account_key = AccountKey.from_seed(b64decode(payload["account_key"]))
         async with self._store().transaction() as tx:
             tx.put_bytes("account_key", account_key.seed())
+            tx.delete("pending_link")  # opened: done with
         signed = await self.refresh_own_list()
         assert signed is not None
         me = self.known_device_id()

@@ -232,6 +232,42 @@ async def test_a_link_given_up_cannot_be_approved_later(
         await new.close()
 
 
+async def test_a_new_device_that_died_after_its_approval_finishes_the_link_when_run_again(
+    device: NewDevice, tmp_path: Path, system: System
+) -> None:
+    """The new install is approved, then dies before it opened the account key (it is
+    listed, but cannot read anything). Run again on the same store, it takes its link
+    up again (the same code), opens the approval and is a working device, instead of
+    being refused as already listed."""
+    alice_name, bob_name = username("alice"), username("bob")
+    a1 = await device(alice_name, first=True)
+    bob = await device(bob_name, first=True)
+    store = tmp_path / "new"
+    first = Client(system.lb, data_dir=store, passphrase="test passphrase", kdf=CHEAP_KDF)
+    await first.open()
+    try:
+        code = await first.link_device(alice_name, PASSWORD)
+        did = first.device_id
+        await a1.approve_device(code)
+    finally:
+        await first.close()  # dies: never waited for the approval
+    again = Client(system.lb, data_dir=store, passphrase="test passphrase", kdf=CHEAP_KDF)
+    await again.open()
+    try:
+        assert await again.link_device(alice_name, PASSWORD) == code
+        await again.wait_linked(timeout=10)
+        assert again.keys.linked() and again.device_id == did
+        for c in (again, bob):
+            await c.connect()
+        await bob.send(alice_name, "to every device of alice", wait="stored")
+        assert bob.user_id is not None
+        assert await texts(again, bob.user_id, 1) == ["to every device of alice"]
+        # Done with: a later link (after a removal, say) starts a new one.
+        assert again.keys._saved_link() is None
+    finally:
+        await again.close()
+
+
 async def test_a_removed_device_gets_nothing_more_and_its_token_is_refused(
     device: NewDevice, system: System
 ) -> None:
