@@ -72,9 +72,9 @@ def _unchanged(what: str) -> ApiError:
 
 
 async def _tell(rooms: Rooms, room: Doc, change: str, also: tuple[str, ...] = (),
-                user_id: str | None = None) -> None:  # fmt: skip
+                user_id: str | None = None, role: str | None = None) -> None:  # fmt: skip
     """A ``room_changed`` frame to the room's connected members (best effort)."""
-    await push.room_changed(rooms.store, rooms.pusher, room, change, also, user_id)
+    await push.room_changed(rooms.store, rooms.pusher, room, change, also, user_id, role)
 
 
 # -- rooms ----------------------------------------------------------------------------------
@@ -197,6 +197,35 @@ async def remove(
                  before={"user_id": user_id, "role": victim["role"]}, after=None,
                  **_why(reason))  # fmt: skip
     await _tell(rooms, room, "member_removed", also=(user_id,), user_id=user_id)
+
+
+async def set_owner(
+    rooms: Rooms, claims: Claims, ip: str | None, room_id: str, user_id: str,
+    reason: str | None = None,
+) -> models.AdminRoom:  # fmt: skip
+    """Make a member the room's owner: a room whose owner an admin removed, or left
+    without one by a hand-over cut short (docs/rooms.md, "Roles"), or whose owner is
+    gone. The owner there was, if any, becomes a moderator."""
+    room = await _room(rooms, room_id)
+    target = await rooms.store.get_member(room_id, user_id)
+    if target is None:
+        raise ApiError(
+            ErrorCode.USER_NOT_FOUND, "That user is not a member of this room.",
+            details={"user_id": user_id},
+        )  # fmt: skip
+    if target["role"] == "owner":
+        raise _unchanged("owned by that member")
+    before = room.get("owner")
+    previous = await rooms.store.get_member(room_id, before) if before else None
+    if previous is not None and previous["role"] == "owner":
+        await members.set_role(rooms, room, previous, "moderator", claims.user_id)
+    await members.set_role(rooms, room, target, "owner", claims.user_id)
+    await rooms.store.set_room(room_id, {"owner": user_id})
+    room = await _room(rooms, room_id)
+    await _audit(rooms, claims, ip, "room.owner", room_id, before={"owner": before},
+                 after={"owner": user_id}, **_why(reason))  # fmt: skip
+    await _tell(rooms, room, "role", also=(user_id,), user_id=user_id, role="owner")
+    return view(room)
 
 
 async def delete(

@@ -258,7 +258,7 @@ async def _tell(
         await push.room_changed(rooms.store, rooms.pusher, room, change, (user_id,), user_id, role)
 
 
-async def _set_role(
+async def set_role(
     rooms: Rooms, room: Doc, member: Doc, role: str, actor: str, was: str | None = None
 ) -> None:
     """``member``'s role is ``role`` now (announced); ``was``: only if it is that now
@@ -301,7 +301,7 @@ async def set_moderator(
     room, victim = await _owner_and_target(rooms, user_id, room_id, target)
     role = "moderator" if moderator else "member"
     if victim["role"] != role:
-        await _set_role(rooms, room, victim, role, user_id)
+        await set_role(rooms, room, victim, role, user_id)
         victim = {**victim, "role": role}
         await _tell(rooms, room_id, "role", target, role)
     return membership(victim)
@@ -315,8 +315,8 @@ async def transfer(rooms: Rooms, user_id: str, room_id: str, target: str) -> mod
     # once exactly one gets past this write (the other is refused), where promoting
     # first let both through and left two owners. A crash right after it leaves the
     # room with no owner rather than two (docs/rooms.md, "Roles").
-    await _set_role(rooms, room, owner, "moderator", user_id, was="owner")
-    await _set_role(rooms, room, victim, "owner", user_id)
+    await set_role(rooms, room, owner, "moderator", user_id, was="owner")
+    await set_role(rooms, room, victim, "owner", user_id)
     await rooms.store.set_room(room_id, {"owner": target})
     await _tell(rooms, room_id, "role", target, "owner")
     room = await rooms.store.get_room(room_id) or room

@@ -667,6 +667,26 @@ async def admin_remove(request: web.Request, claims: Claims) -> None:
     await admin.remove(svc(request), claims, ip_of(request), room_id, user_id_of(request), reason)
 
 
+@api.put(
+    ADMIN_ROOM + "/owner",
+    summary="Make a member the owner (a room left without one, or whose owner is gone); "
+    "the owner there was becomes a moderator; members are told (`room_changed`)",
+    body=models.OwnerIn,
+    response=models.AdminRoom,
+    query=_REASON_Q,
+    params={**_ROOM, **_REASON_P},
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.USER_NOT_FOUND, _E.CONFLICT, _E.VALIDATION_FAILED],
+    **_ADMIN,
+)
+async def admin_owner(
+    request: web.Request, claims: Claims, body: models.OwnerIn
+) -> models.AdminRoom:
+    return await admin.set_owner(
+        svc(request), claims, ip_of(request), room_id_of(request), body.user_id,
+        reason_of(request),
+    )  # fmt: skip
+
+
 @api.delete(
     ADMIN_ROOM,
     summary="Delete a room: it is gone for everyone (its records stay for admins)",

@@ -496,3 +496,45 @@ async def test_admins_page_through_thousands_of_rooms(api: RoomsApi) -> None:
     assert seen == sorted(d["_id"] for d in seeded if d["kind"] == "private")
     assert pages == 10
     assert len(await audit_of(api, action="room.list")) == pages
+
+
+async def test_an_admin_names_an_owner_for_a_room_left_without_one(
+    api: RoomsApi, messaging: Messaging
+) -> None:
+    """An admin removed the owner (the room has none), then names a member the owner:
+    audited, told live, and the new owner manages the room; naming another then makes
+    the first one a moderator. A non-member, the same owner again, or a non-admin
+    change nothing."""
+    owner, alice, bob = api.user(), api.user(), api.user()
+    boss = admin(api)
+    room = await api.room(owner, name="orphan")
+    for u in (alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    base = f"/v1/admin/rooms/{room}"
+    assert (await api.call("DELETE", f"{base}/members/{owner}", boss))[0] == 204
+    sock = await messaging.connect(bob, pod=0)
+    refusals = (
+        (await api.call("PUT", f"{base}/owner", alice, {"user_id": alice}), 403, "forbidden"),
+        (await api.call("PUT", f"{base}/owner", boss, {"user_id": owner}), 404, "user_not_found"),
+        (await api.call("PUT", f"{base}/owner", boss, {"user_id": "x y"}), 422,
+         "validation_failed"),
+    )  # fmt: skip
+    for (status, body), want_status, code in refusals:
+        assert (status, body["error"]["code"]) == (want_status, code), body
+    status, view = await api.call(
+        "PUT", f"{base}/owner?reason=owner+left", boss, {"user_id": alice}
+    )
+    assert (status, view["owner"]) == (200, alice)
+    frame = await sock.expect("room_changed", room_id=room)
+    assert (frame["change"], frame["user_id"], frame["role"]) == ("role", alice, "owner")
+    assert (await api.promote(alice, room, bob))[1]["role"] == "moderator"  # she manages it
+    status, body = await api.call("PUT", f"{base}/owner", boss, {"user_id": alice})
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    assert (await api.call("PUT", f"{base}/owner", boss, {"user_id": bob}))[0] == 200
+    _, page = await api.members(bob, room)
+    assert {m["user_id"]: m["role"] for m in page["members"]} == {alice: "moderator", bob: "owner"}
+    audited = await audit_of(api, action="room.owner")
+    assert [(e["before"], e["after"]) for e in audited] == [
+        ({"owner": None}, {"owner": alice}), ({"owner": alice}, {"owner": bob}),
+    ]  # fmt: skip
+    assert audited[0]["details"] == {"reason": "owner left"}
