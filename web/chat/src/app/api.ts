@@ -54,7 +54,7 @@ export interface BundleJson {
 function describe(details: unknown): string {
   if (!Array.isArray(details)) return '';
   const parts = details
-    .map((d: { field?: string; message?: string }) => (d.field ? `${d.field}: ${d.message ?? 'invalid'}` : ''))
+    .map((d: { field?: string; problem?: string; message?: string }) => (d.field ? `${d.field}: ${d.problem ?? d.message ?? 'invalid'}` : ''))
     .filter(Boolean);
   return parts.length ? ` (${parts.join('; ')})` : '';
 }
