@@ -6,7 +6,9 @@
 // Python's `Keys.approve` sealed and published opened and checked as a browser on a new
 // device does (fixtures/make_devices_vectors.py); the refusals (not approved, keys
 // changed after they were shown, another account, a list that does not name us,
-// another account key, an older list), publishing on a race, removing, waiting.
+// another account key, an older list), publishing on a race, removing, waiting;
+// renaming and removing (this device too) as Python's `Keys.rename` and `Keys.remove` do,
+// list for list and signature for signature, and what the devices list offers.
 //
 // Vitest, with the rest of web/chat's unit tests (`npm run test:node`).
 import { readFileSync } from 'node:fs';
@@ -25,6 +27,7 @@ import {
   approveLink,
   awaitApproval,
   defaultDeviceName,
+  deviceActions,
   deviceName,
   deviceRows,
   fingerprint,
@@ -34,6 +37,7 @@ import {
   publishList,
   readPending,
   removing,
+  renaming,
   startLink,
   verifyOwnList,
 } from '../src/app/devices.ts';
@@ -59,6 +63,9 @@ interface Vectors {
   old_signing_key: string;
   old_fingerprint: string;
   directory: Listed;
+  /** What Python's old device did next (Keys.rename, Keys.remove), in order: the list
+   * it published, or the refusal's message. */
+  changes: { do: 'rename' | 'remove'; device_id: number; name: string; signed?: { device_list: unknown; signature: string }; error?: string }[];
   sealed: string;
   payload: string;
 }
@@ -338,7 +345,7 @@ describe('publishing the next list (keys.py _publish_list, remove)', () => {
     expect(dir.calls.filter((c) => c === 'putDeviceList')).toHaveLength(1);
   });
 
-  it('removes another device, never an unknown one or the last', async () => {
+  it('removes another device or this one, never an unknown one or the last', async () => {
     const { key, second, dir, publish } = await account();
     await publish((devices) => [...devices, DeviceEntry.of(2, 'phone', second.identity)]);
     const signed = await publish(removing(2));
@@ -348,6 +355,69 @@ describe('publishing the next list (keys.py _publish_list, remove)', () => {
     await expect(publish(removing(1))).rejects.toThrow("This is the account's only device.");
     expect(dir.version).toBe(3);
     expect(key).toBeDefined();
+  });
+});
+
+describe("renaming and removing as Python's Keys.rename and Keys.remove (fixtures/make_devices_vectors.py)", () => {
+  it('publishes the same lists, byte for byte, and refuses with the same messages', async () => {
+    const key = await AccountKey.fromSeed(b64decode(V.account_seed));
+    const dir = new FakeDirectory(V.user_id, key, SignedDeviceList.fromJson(V.directory));
+    const publish = (change: (devices: readonly DeviceEntry[]) => DeviceEntry[]) =>
+      publishList(
+        key,
+        V.user_id,
+        async () => verifyOwnList(await dir.userDevices(V.user_id), key, V.user_id, null),
+        (next) => dir.putDeviceList(next.toJson()),
+        async () => undefined,
+        change,
+      );
+    expect(V.changes.map((c) => c.do)).toContain('rename');
+    for (const change of V.changes) {
+      const run = publish(change.do === 'rename' ? renaming(change.device_id, change.name) : removing(change.device_id));
+      if (change.error !== undefined) {
+        const version = dir.version;
+        await expect(run, `${change.do} ${change.device_id} ${JSON.stringify(change.name)}`).rejects.toThrow(change.error);
+        expect(dir.version).toBe(version); // nothing published
+        continue;
+      }
+      await run;
+      // Ed25519 is deterministic: the same signature is the same signed bytes.
+      expect(dir.signed, `${change.do} ${change.device_id}`).toEqual(change.signed);
+    }
+    // The cut name is 64 code points (not UTF-16 units), the spaces of the other kept.
+    const last = V.changes.find((c) => c.do === 'rename' && c.signed)?.signed as { device_list: { devices: { name: string }[] } };
+    expect(last.device_list.devices.map((d) => [...d.name].length)).toContain(64);
+  });
+});
+
+describe('what the devices list offers (deviceActions)', () => {
+  const row = (device_id: number, this_device = false) => ({ device_id, name: `d${device_id}`, this_device, fingerprint: '' });
+  it('renames every device, this one too; removes any while another is left, this one as "this browser"', () => {
+    const rows = [row(1, true), row(2), row(3)];
+    expect(deviceActions(rows[0] as (typeof rows)[0], rows)).toEqual({ rename: true, remove: true, removesThis: true });
+    expect(deviceActions(rows[1] as (typeof rows)[0], rows)).toEqual({ rename: true, remove: true, removesThis: false });
+  });
+
+  it("never removes the account's only device", () => {
+    const only = [row(1, true)];
+    expect(deviceActions(only[0] as (typeof only)[0], only)).toEqual({ rename: true, remove: false, removesThis: false });
+  });
+
+  it('offers nothing on a row the list does not hold', () => {
+    expect(deviceActions(row(9), [row(1, true), row(2)])).toEqual({ rename: false, remove: false, removesThis: false });
+  });
+});
+
+describe('renaming (keys.py rename)', () => {
+  it('renames any listed device, this one too, never an unknown one; a bad name publishes nothing', async () => {
+    const { dir, publish } = await account();
+    const signed = await publish(renaming(1, 'desk 🖥'));
+    expect(signed.deviceList.get(1)?.name).toBe('desk 🖥');
+    expect(SignedDeviceList.fromJson(dir.signed).deviceList.get(1)?.name).toBe('desk 🖥');
+    await expect(publish(renaming(7, 'x'))).rejects.toThrow('No device 7 in this account.');
+    await expect(publish(renaming(1, ''))).rejects.toThrow('name: expected a string of 1 to 64 characters');
+    await expect(publish(renaming(1, 'tab\there'))).rejects.toThrow('name: control characters are not allowed');
+    expect(dir.version).toBe(2);
   });
 });
 

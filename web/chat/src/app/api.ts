@@ -82,6 +82,48 @@ export interface Preferences {
   show_presence: boolean;
 }
 
+/** One of the account's live sessions (`GET /auth/v1/sessions`; docs/auth.md). */
+export interface SessionInfo {
+  session_id: string;
+  created_at: string;
+  last_used_at: string;
+  expires_at: string;
+  /** The label the log-in gave (`parley-web`, `parley-cli`), null for a sign-up or a
+   * log-in without one. */
+  device: string | null;
+  user_agent: string | null;
+  ip: string | null;
+  /** The session of the token that asked. */
+  current: boolean;
+}
+
+/** Which second factors are on (`GET /auth/v1/2fa`, and `two_factor` in `/me`). */
+export interface TwoFactorStatus {
+  totp: boolean;
+  email: boolean;
+  recovery_codes_left: number;
+}
+
+/** The caller's account (`GET /auth/v1/me`). */
+export interface Me {
+  user_id: string;
+  username: string;
+  email: string;
+  roles: string[];
+  created_at: string;
+  two_factor: TwoFactorStatus;
+}
+
+/** TOTP enrolment started (`POST /auth/v1/2fa/totp/setup`): the base32 secret and the
+ * `otpauth://` URI an authenticator app takes. */
+export interface TotpSetup {
+  secret: string;
+  provisioning_uri: string;
+  algorithm: string;
+  digits: number;
+  period: number;
+}
+
 /** A room's member as the members list answers it (docs/rooms.md, "Presence"). */
 export interface RoomMember {
   user_id: string;
@@ -187,6 +229,46 @@ export class Api {
   }
   setPreferences(changes: Partial<Preferences>): Promise<Preferences> {
     return this.request('PATCH', '/auth/v1/me/preferences', changes);
+  }
+  me(): Promise<Me> {
+    return this.request('GET', '/auth/v1/me');
+  }
+  /** The account's live sessions (`current` marks this one). */
+  sessions(): Promise<{ sessions: SessionInfo[] }> {
+    return this.request('GET', '/auth/v1/sessions');
+  }
+  /** End one of the account's sessions (`session_not_found` for one that is not). */
+  revokeSession(sid: string): Promise<void> {
+    return this.request('DELETE', `/auth/v1/sessions/${encodeURIComponent(sid)}`);
+  }
+  /** End every session of the account but this one: how many were ended. */
+  revokeOtherSessions(): Promise<{ revoked: number }> {
+    return this.request('DELETE', '/auth/v1/sessions');
+  }
+  totpSetup(password: string): Promise<TotpSetup> {
+    return this.request('POST', '/auth/v1/2fa/totp/setup', { password });
+  }
+  /** The first code of the authenticator: TOTP is on; the recovery codes (none when
+   * another factor was on already: they were shown then). */
+  totpConfirm(code: string): Promise<{ recovery_codes: string[] }> {
+    return this.request('POST', '/auth/v1/2fa/totp/confirm', { code });
+  }
+  totpDisable(password: string): Promise<void> {
+    return this.request('POST', '/auth/v1/2fa/totp/disable', { password });
+  }
+  /** A code is mailed to the account's address (202). */
+  emailSetup(password: string): Promise<{ message: string }> {
+    return this.request('POST', '/auth/v1/2fa/email/setup', { password });
+  }
+  emailConfirm(code: string): Promise<{ recovery_codes: string[] }> {
+    return this.request('POST', '/auth/v1/2fa/email/confirm', { code });
+  }
+  emailDisable(password: string): Promise<void> {
+    return this.request('POST', '/auth/v1/2fa/email/disable', { password });
+  }
+  /** New recovery codes: the old ones stop working. */
+  newRecoveryCodes(password: string): Promise<{ recovery_codes: string[] }> {
+    return this.request('POST', '/auth/v1/2fa/recovery-codes', { password });
   }
   user(usernameOrId: string): Promise<UserBrief> {
     return this.request('GET', `/auth/v1/users/${encodeURIComponent(usernameOrId.toLowerCase())}`);

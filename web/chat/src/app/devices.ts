@@ -1,7 +1,7 @@
 /**
  * The account's devices: linking a new one and managing the list (docs/devices.md,
  * "Linking a new device", "Removing a device"), the rules of client/parley/keys.py
- * (`Keys.devices`, `refresh_own_list`, `_publish_list`, `remove`, `start_link`,
+ * (`Keys.devices`, `refresh_own_list`, `_publish_list`, `rename`, `remove`, `start_link`,
  * `finish_link`, `pending`, `approve`) that need neither the vault nor the page.
  * ParleyClient (client.ts) keeps the rows (`account_key`, `device_list`) and calls these
  * with the key directory (api.ts) as {@link KeyDirectory}.
@@ -153,7 +153,8 @@ export function adding(entry: DeviceEntry): (devices: readonly DeviceEntry[]) =>
   return (devices) => [...devices.filter((d) => d.deviceId !== entry.deviceId), entry];
 }
 
-/** The list's change that removes `deviceId` (keys.py `remove`): never the last device. */
+/** The list's change that removes `deviceId` (keys.py `remove`), another device or this
+ * one: never an unknown one, never the last. */
 export function removing(deviceId: number): (devices: readonly DeviceEntry[]) => DeviceEntry[] {
   return (devices) => {
     const kept = devices.filter((d) => d.deviceId !== deviceId);
@@ -161,6 +162,28 @@ export function removing(deviceId: number): (devices: readonly DeviceEntry[]) =>
     if (kept.length === 0) throw new DeviceError("This is the account's only device.");
     return kept;
   };
+}
+
+/** The list's change that renames `deviceId` (keys.py `rename`): an unknown device is
+ * refused; the name is cut to its first 64 characters (code points), as Python's
+ * `name[:64]`, and otherwise taken as given: the list's entry then refuses an empty one
+ * or one with a control character (`MalformedDeviceList`, as `DeviceEntry` does in
+ * Python), before anything is signed. Any listed device, this one included. */
+export function renaming(deviceId: number, name: string): (devices: readonly DeviceEntry[]) => DeviceEntry[] {
+  return (devices) => {
+    if (devices.every((d) => d.deviceId !== deviceId)) throw new DeviceError(`No device ${deviceId} in this account.`);
+    const cut = [...name].slice(0, NAME_MAX).join('');
+    return devices.map((d) => (d.deviceId === deviceId ? new DeviceEntry(d.deviceId, cut, d.signingKey, d.dhKey) : d));
+  };
+}
+
+/** What the devices list offers on a row: Rename on every device (this one too), Remove
+ * on every device while the account has another one (never its only device: keys.py
+ * `remove`); on this device Remove is "Remove this browser", which signs it out. */
+export function deviceActions(row: DeviceRow, rows: readonly DeviceRow[]): { rename: boolean; remove: boolean; removesThis: boolean } {
+  const listed = rows.some((r) => r.device_id === row.device_id);
+  const remove = listed && rows.length > 1;
+  return { rename: listed, remove, removesThis: remove && row.this_device };
 }
 
 /**
