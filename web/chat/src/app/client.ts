@@ -111,9 +111,11 @@ import {
   publishList,
   readPending,
   removing,
+  renaming,
   startLink,
   verifyOwnList,
 } from './devices.ts';
+import { revokeOutcome } from './sessions.ts';
 import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
 
@@ -140,6 +142,12 @@ export class NeedsLink extends ParleyError {
   override name = 'NeedsLink';
 }
 
+/** This browser was removed from the account's devices ("Remove this browser"): it can
+ * be linked again (a new device, a new store) or start a new identity, not log in. */
+export class DeviceRemoved extends NeedsLink {
+  override name = 'DeviceRemoved';
+}
+
 /** The contact's identity key changed and the user has not accepted the new one. */
 export class SafetyNumberChanged extends ParleyError {
   override name = 'SafetyNumberChanged';
@@ -164,6 +172,9 @@ export interface AccountRow {
   /** When this device was set up, in the server's time (Unix ms; 0: unknown): it reads
    * rooms' logs from then (docs/protocol.md "Private rooms", `since`). */
   linked_at?: number;
+  /** When this browser removed itself from the account's devices (Unix ms): its tokens
+   * and keys are gone, its history is kept; it can only be linked again. */
+  removed_at?: number;
 }
 
 export interface Contact {
@@ -270,6 +281,16 @@ function linkedAt(token: string): number {
 
 function randomId(): string {
   return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** What a log-in in a browser that removed itself from the account is told. */
+function removedError(account: AccountRow): DeviceRemoved {
+  const day = new Date(account.removed_at as number).toISOString().slice(0, 10);
+  return new DeviceRemoved(
+    `This browser was removed from ${account.username}'s devices on ${day}: it can no longer log in as that device. ` +
+      'Link it again from a device of the account ("Link this browser to an existing account"): it starts as a new device, ' +
+      'and the old history kept in this browser is replaced.',
+  );
 }
 
 function randomDeviceId(): number {
@@ -635,8 +656,13 @@ export class ParleyClient {
   ): Promise<ParleyClient> {
     const existing = await Vault.exists(name);
     const vault = existing ? await Vault.open(name, passphrase) : null; // wrong passphrase: refused before the network
-    const client = vault ? new ParleyClient(vault) : null;
+    let client = vault ? new ParleyClient(vault) : null;
     if (client) await client.#load();
+    if (client?.account?.removed_at) {
+      // This browser removed itself from the account: it is no device of it any more.
+      if (!options.newIdentity) throw removedError(client.account);
+      client = null; // a new identity starts a new store (the old one is replaced once signed in)
+    }
     if (!password) {
       // Reopen this browser's session (after a reload): the passphrase opened the
       // vault, which holds the refresh token; no password is sent.
@@ -700,10 +726,13 @@ export class ParleyClient {
     try {
       const existing = await Vault.exists(who);
       const vault = existing ? await Vault.open(who, passphrase) : null; // wrong passphrase: refused before the network
-      const client = vault ? new ParleyClient(vault) : null;
+      let client = vault ? new ParleyClient(vault) : null;
       if (client) {
         await client.#load();
-        if (client.#read<string>('account_key') !== undefined) {
+        // Removed from the account before: linked again as a new device, in a new store
+        // (the old one, with its history, is replaced once the log-in succeeds).
+        if (client.account?.removed_at) client = null;
+        else if (client.#read<string>('account_key') !== undefined) {
           throw new ParleyError('This browser is a device of this account already: log in instead.');
         }
       }
@@ -848,12 +877,48 @@ export class ParleyClient {
     } catch {
       // the session may be gone already: forget the tokens anyway
     }
+    await this.#signedOut();
+  }
+
+  /** Signed out here: the socket closed, the tokens forgotten (keys and history stay),
+   * the account's lock given up. `also` writes more in the same transaction. */
+  async #signedOut(also: (tx: Tx) => void = () => undefined): Promise<void> {
+    this.close();
     await this.#transaction(async (tx) => {
       const row = tx.get<AccountRow>('account') as AccountRow;
       tx.put('account', { ...row, access_token: null, refresh_token: null });
+      also(tx);
     });
     this.api.token = null;
     this.release();
+  }
+
+  // -- sessions and two-step verification (the auth service; docs/auth.md) -------------
+  /** The API with a fresh access token, for the auth service's account calls (sessions,
+   * two-step verification), whose answers and refusals the settings show as they are. */
+  async authApi(): Promise<Api> {
+    await this.accessToken();
+    return this.api;
+  }
+
+  /** The session of this browser's tokens. */
+  get sessionId(): string | null {
+    return this.account?.session_id ?? null;
+  }
+
+  /** End one of the account's sessions (`DELETE /auth/v1/sessions/{sid}`). This browser's
+   * own: it is then signed out here, as by "Log out" (`signed_out`). A refusal
+   * (`session_not_found`...) changes nothing here. */
+  async revokeSession(sid: string): Promise<'signed_out' | 'ended'> {
+    const outcome = revokeOutcome(sid, this.sessionId);
+    await (await this.authApi()).revokeSession(sid);
+    if (outcome === 'signed_out') await this.#signedOut();
+    return outcome;
+  }
+
+  /** End every session of the account but this browser's: how many were ended. */
+  async signOutEverywhereElse(): Promise<number> {
+    return (await (await this.authApi()).revokeOtherSessions()).revoked;
   }
 
   // -- keys ---------------------------------------------------------------------------
@@ -999,6 +1064,31 @@ export class ParleyClient {
    * tokens stop working and its inbox is dropped. Never the only device. */
   async removeDevice(deviceId: number): Promise<void> {
     await this.#publishList(removing(deviceId));
+  }
+
+  /** Rename a device of this account, this one or another (keys.py `rename`): the next
+   * list with the new name (its first 64 characters), signed. */
+  async renameDevice(deviceId: number, name: string): Promise<void> {
+    await this.#publishList(renaming(deviceId, name));
+  }
+
+  /**
+   * Remove this browser from the account's devices (`parley devices remove` of its own id:
+   * keys.py `remove`): the next list without it, signed, never the only device. The key
+   * directory then ends this device's tokens and drops its keys and inbox. A refusal
+   * changes nothing. Then this browser is signed out and keeps no key of the account: the
+   * tokens, the account key, this device's keys and the outbox (which can no longer go
+   * out) leave the store in one transaction; the history stays, sealed with the local
+   * passphrase, and the store says it was removed (a log-in then says so, and linking
+   * starts a new store).
+   */
+  async removeThisDevice(): Promise<void> {
+    await this.#publishList(removing((this.account as AccountRow).device_id));
+    await this.#signedOut((tx) => {
+      const row = tx.get<AccountRow>('account') as AccountRow;
+      tx.put('account', { ...row, access_token: null, refresh_token: null, removed_at: Date.now() });
+      for (const name of ['account_key', 'device_list', 'device', 'prekeys_rotated_at', 'outbox']) tx.put(name, undefined);
+    });
   }
 
   async #directoryHolds(did: number, device: Device): Promise<boolean> {

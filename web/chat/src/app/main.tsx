@@ -1,13 +1,13 @@
-import { render } from 'preact';
+import { type ComponentChildren, render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import { LinkCancelled, defaultDeviceName } from './devices.ts';
-import { DevicesView } from './devicesView.tsx';
 import { NOTE_TO_SELF } from './direct.ts';
 import { MessageActions } from './messageActions.tsx';
 import { type NoticeTarget, Notifications } from './notificationsView.tsx';
 import { RoomList, RoomView } from './roomsView.tsx';
+import { AccountSettingsLinks, SettingsPanel, type SettingsTab } from './settingsView.tsx';
 import './style.css';
 
 type Screen = 'login' | 'signup' | 'reset' | 'link';
@@ -129,7 +129,7 @@ function SecondFactor(props: { challenge: Challenge; onAnswer: (method: string, 
   );
 }
 
-function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => void }) {
+function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => void; notice?: string }) {
   const [v, bind] = useForm({ username: '', password: '', passphrase: '' });
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState('');
@@ -170,6 +170,11 @@ function Login(props: { onClient: (c: ParleyClient) => void; go: (s: Screen) => 
         }}
       >
         <h2 id="login-title">Log in</h2>
+        {props.notice && (
+          <p role="status" id="signed-out-notice" class="notice">
+            {props.notice}
+          </p>
+        )}
         <Field id="username" label="Username" value={v.username} onInput={bind('username')} autocomplete="username" />
         <Field
           id="password"
@@ -662,7 +667,7 @@ function AccountToggle(props: {
 }
 
 /** This browser's preferences for the account, kept in its encrypted store. */
-function Settings(props: { client: ParleyClient }) {
+function Settings(props: { client: ParleyClient; children?: ComponentChildren }) {
   const { client } = props;
   const [error, setError] = useState('');
   // The account's preferences (mention e-mails, presence) live in the auth service
@@ -719,6 +724,7 @@ function Settings(props: { client: ParleyClient }) {
       >
         Show when I'm online
       </AccountToggle>
+      {props.children}
       {error && (
         <p class="error" role="alert" id="settings-error">
           {error}
@@ -728,23 +734,23 @@ function Settings(props: { client: ParleyClient }) {
   );
 }
 
-function Chat(props: { client: ParleyClient; onLogout: () => void }) {
+function Chat(props: { client: ParleyClient; onLogout: (notice?: string) => void }) {
   const { client } = props;
   const [version, setVersion] = useState(0);
   const [peer, setPeerState] = useState<string | null>(null);
   const [room, setRoom] = useState<Room | null>(null);
-  const [devices, setDevices] = useState(false); // "Devices" open in the main area
+  const [panel, setPanel] = useState<SettingsTab | null>(null); // the account's settings open in the main area
   const [focus, setFocus] = useState<{ seq: number; n: number } | null>(null); // a mentioned post to show
   const setPeer = (p: string | null) => {
     setRoom(null);
     setFocus(null);
-    setDevices(false);
+    setPanel(null);
     setPeerState(p);
   };
   const openRoom = (r: Room | null) => {
     setPeerState(null);
     setFocus(null);
-    setDevices(false);
+    setPanel(null);
     setRoom(r);
   };
   const openNotice = (t: NoticeTarget) => {
@@ -779,10 +785,10 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
         <span id="connection" class={`conn ${state}`} role="status">
           {state === 'connected' ? 'Connected' : state === 'connecting' ? 'Connecting…' : state === 'stopped' ? 'Offline' : 'Reconnecting…'}
         </span>
-        <button type="button" id="devices-toggle" class="secondary" aria-expanded={devices} onClick={() => setDevices(!devices)}>
+        <button type="button" id="devices-toggle" class="secondary" aria-expanded={panel === 'devices'} onClick={() => setPanel(panel === 'devices' ? null : 'devices')}>
           Devices
         </button>
-        <button type="button" id="logout" onClick={() => client.logout().then(props.onLogout)}>
+        <button type="button" id="logout" onClick={() => client.logout().then(() => props.onLogout())}>
           Log out
         </button>
       </header>
@@ -836,10 +842,12 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
             })}
           </ul>
           <RoomList client={client} current={room?.room_id ?? null} onOpen={openRoom} />
-          <Settings client={client} />
+          <Settings client={client}>
+            <AccountSettingsLinks current={panel} onOpen={setPanel} />
+          </Settings>
         </nav>
-        {devices ? (
-          <DevicesView client={client} />
+        {panel ? (
+          <SettingsPanel client={client} tab={panel} onTab={setPanel} onSignedOut={props.onLogout} />
         ) : room ? (
           <RoomView client={client} room={room} version={version} highlight={focus} onLeft={() => openRoom(null)} />
         ) : peer ? (
@@ -859,6 +867,7 @@ function Chat(props: { client: ParleyClient; onLogout: () => void }) {
 
 function App() {
   const [client, setClient] = useState<ParleyClient | null>(null);
+  const [notice, setNotice] = useState(''); // what the log-in page says after a sign-out from the settings
   const [screen, setScreen] = useState<Screen>(
     location.hash === '#signup' ? 'signup' : location.hash === '#reset' ? 'reset' : location.hash === '#link' ? 'link' : 'login',
   );
@@ -870,14 +879,16 @@ function App() {
   // log-in (a linked browser is not asked to link again).
   const signedIn = (c: ParleyClient) => {
     history.replaceState(null, '', location.pathname + location.search);
+    setNotice('');
     setClient(c);
   };
   if (client) {
     return (
       <Chat
         client={client}
-        onLogout={() => {
+        onLogout={(text?: string) => {
           setClient(null);
+          setNotice(text ?? '');
           go('login');
         }}
       />
@@ -886,7 +897,7 @@ function App() {
   if (screen === 'signup') return <Signup onClient={signedIn} go={go} />;
   if (screen === 'reset') return <Reset go={go} />;
   if (screen === 'link') return <LinkDevice onClient={signedIn} go={go} />;
-  return <Login onClient={signedIn} go={go} />;
+  return <Login onClient={signedIn} go={go} notice={notice} />;
 }
 
 render(<App />, document.getElementById('app') as HTMLElement);
