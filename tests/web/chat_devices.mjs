@@ -142,7 +142,9 @@ try {
   if ((await page.locator("#device-list li.device").count()) !== 3) throw new Error(`the list shows: ${await text(page, "#device-list")}`);
 
   step("the browser removes P2 (after a confirmation); P's list has two devices");
-  if (await page.locator(`#device-list li.device[data-device-id="${shown.device_id}"] button`).count()) throw new Error("this device has a Remove button");
+  // This device's row offers Rename and "Remove this browser" (chat_settings.mjs removes it), not another device's Remove.
+  const own = (await page.locator(`#device-list li.device[data-device-id="${shown.device_id}"] button`).allInnerTexts()).map((t) => t.trim());
+  if (own.join("|") !== "Rename|Remove this browser") throw new Error(`this device's buttons: ${own}`);
   await page.getByRole("button", { name: `Remove ${p2Name} (device ${p2.device_id})` }).click();
   await page.getByRole("button", { name: "Remove device" }).click();
   await expect(page, `#devices-status:has-text("Removed ${p2Name}")`);
