@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     SECOND_FACTOR_REQUIRED = "second_factor_required"
     REFRESH_TOKEN_REUSED = "refresh_token_reused"
     SESSION_NOT_FOUND = "session_not_found"
+    DEVICE_REMOVED = "device_removed"
     USER_NOT_FOUND = "user_not_found"
     # Keys.
     INVALID_SIGNATURE = "invalid_signature"

@@ -176,6 +176,8 @@ async def login(
     svc: AuthService, body: LoginRequest, caller: Caller
 ) -> TokenResponse | ChallengeResponse:
     user = await check_login(svc, body.username, body.password, caller)
+    # Before a second factor is asked for: it would be answered for nothing.
+    await sessions.refuse_removed(svc, user["_id"], body.device_id)
     if twofactor.methods(user):
         return await twofactor.begin_login(svc, user, caller, body.device, body.device_id)
     return await sessions.start(svc, user, ["pwd"], caller, body.device, body.device_id)

@@ -197,6 +197,7 @@ class SessionInfo(BaseModel):
     last_used_at: datetime
     expires_at: datetime
     device: str | None
+    device_id: int | None = None
     user_agent: str | None
     ip: str | None
     current: bool

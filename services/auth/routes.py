@@ -103,7 +103,7 @@ async def signup(request: web.Request, body: SignupRequest) -> TokenResponse:
     body=LoginRequest,
     response=LoginResponse,
     tags=["accounts"],
-    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_BLOCKED, E.ACCOUNT_LOCKED, *LIMITED],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_BLOCKED, E.ACCOUNT_LOCKED, E.DEVICE_REMOVED, *LIMITED],
 )
 async def login(request: web.Request, body: LoginRequest) -> LoginResponse:
     return LoginResponse(await accounts.login(svc(request), body, caller(request)))
@@ -115,7 +115,14 @@ async def login(request: web.Request, body: LoginRequest) -> LoginResponse:
     body=SecondFactorRequest,
     response=TokenResponse,
     tags=["accounts"],
-    errors=[E.INVALID_CODE, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED, E.BAD_REQUEST, *LIMITED],
+    errors=[
+        E.INVALID_CODE,
+        E.CHALLENGE_EXPIRED,
+        E.ACCOUNT_LOCKED,
+        E.BAD_REQUEST,
+        E.DEVICE_REMOVED,
+        *LIMITED,
+    ],
 )
 async def login_2fa(request: web.Request, body: SecondFactorRequest) -> TokenResponse:
     return await twofactor.complete_login(svc(request), body, caller(request))

@@ -33,8 +33,20 @@ async def start(
     device_id: int | None = None,
 ) -> TokenResponse:
     """Open a session for a user who has fully authenticated; the first tokens."""
+    await refuse_removed(svc, user["_id"], device_id)
     sid = await open_session(svc, user, amr, caller, device, device_id=device_id)
     return await _issue(svc, user, sid, list(amr), device_id)
+
+
+async def refuse_removed(svc: AuthService, user_id: str, device_id: int | None) -> None:
+    """``device_removed`` for a device the key directory removed from the account: a
+    session of it would get tokens every service refuses."""
+    if device_id and await svc.store.device_revoked(user_id, device_id):
+        raise ApiError(
+            ErrorCode.DEVICE_REMOVED,
+            "This device was removed from the account: link it again as a new device.",
+            details={"device_id": device_id},
+        )
 
 
 async def open_session(
@@ -198,7 +210,21 @@ async def revoke_own(svc: AuthService, claims: Claims, sid: str) -> None:
 
 
 async def list_own(svc: AuthService, claims: Claims) -> SessionList:
-    docs = await svc.store.live_sessions(claims.sub, svc.now())
+    """The caller's live sessions. A session of a device the key directory removed is
+    ended here (its tokens are refused everywhere already; nothing else could end it:
+    the device's own token is refused, and the key directory does not call this
+    service), so the list shows only sessions that can still be used."""
+    now = svc.now()
+    docs = await svc.store.live_sessions(claims.sub, now)
+    removed = await svc.store.devices_revoked(
+        claims.sub, {int(d["device_id"]) for d in docs if d.get("device_id")}
+    )
+    live = []
+    for d in docs:
+        if d.get("device_id") and int(d["device_id"]) in removed:
+            await svc.store.revoke_session(d["_id"], now, "device_removed", claims.sub)
+        else:
+            live.append(d)
     return SessionList(
         sessions=[
             SessionInfo(
@@ -207,10 +233,11 @@ async def list_own(svc: AuthService, claims: Claims) -> SessionList:
                 last_used_at=d["last_used_at"],
                 expires_at=d["expires_at"],
                 device=d.get("device"),
+                device_id=int(d["device_id"]) if d.get("device_id") else None,
                 user_agent=d.get("user_agent"),
                 ip=d.get("ip"),
                 current=d["_id"] == claims.sid,
             )
-            for d in docs
+            for d in live
         ]
     )

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -325,6 +325,17 @@ class AuthStore:
     async def device_revoked(self, user_id: str, device_id: int) -> bool:
         """Was this device removed from its account (set by the key directory)?"""
         return bool(await self.redis.exists(device_revocation_key(self.prefix, user_id, device_id)))
+
+    async def devices_revoked(self, user_id: str, device_ids: Iterable[int]) -> set[int]:
+        """Which of these devices were removed from the account (one round trip)."""
+        ids = sorted(device_ids)
+        if not ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for did in ids:
+                pipe.exists(device_revocation_key(self.prefix, user_id, did))
+            found = await pipe.execute()
+        return {did for did, there in zip(ids, found, strict=True) if there}
 
     async def clear_user_blocked(self, user_id: str) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")

@@ -82,7 +82,9 @@ def _invalid_code(left: int | None = None) -> ApiError:
     return ApiError(ErrorCode.INVALID_CODE, "The code is not right.", details=details)
 
 
-def _expired() -> ApiError:
+def _expired(enrolment: bool = False) -> ApiError:
+    if enrolment:
+        return ApiError(ErrorCode.CHALLENGE_EXPIRED, "This code has expired; ask for a new one.")
     return ApiError(ErrorCode.CHALLENGE_EXPIRED, "This sign-in attempt has expired; log in again.")
 
 
@@ -188,18 +190,18 @@ async def email_confirm(
     user = await svc.own_user(claims)
     pending = await svc.store.eph_get(EMAIL_SETUP, user["_id"])
     if pending is None:
-        raise _expired()
+        raise _expired(enrolment=True)
     await _reserve_code_attempt(svc, user["_id"])
     attempts = await svc.store.eph_incr(EMAIL_SETUP, user["_id"], "attempts")
     if attempts is None or attempts > svc.config.challenge_max_attempts:
         await svc.store.eph_delete(EMAIL_SETUP, user["_id"])
         await svc.limiter.release(CODE_RULE, user["_id"])
-        raise _expired()
+        raise _expired(enrolment=True)
     if not same(pending["code"], digest(user["_id"], code.strip())):
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
     await svc.limiter.release(CODE_RULE, user["_id"])
     if not await svc.store.eph_delete(EMAIL_SETUP, user["_id"]):
-        raise _expired()
+        raise _expired(enrolment=True)
     await svc.store.update_user(user["_id"], {"email_2fa": True})
     log.info("email 2fa enabled", extra={"user_id": user["_id"]})
     codes = await _first_recovery_codes(svc, user)

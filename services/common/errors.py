@@ -31,6 +31,7 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_TOKEN: 401,
     ErrorCode.TOKEN_EXPIRED: 401,
     ErrorCode.TOKEN_REVOKED: 401,
+    ErrorCode.DEVICE_REMOVED: 403,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.INVALID_CREDENTIALS: 401,
     ErrorCode.ACCOUNT_BLOCKED: 403,

@@ -97,6 +97,14 @@ class AuthApi:
         )
         return body
 
+    async def login_device(self, username: str, device_id: int, status: int = 200) -> Any:
+        """A login bound to ``device_id`` (as a device of the account logs in)."""
+        _, body = await self.call(
+            "POST", "/auth/v1/login",
+            {"username": username, "password": PASSWORD, "device_id": device_id}, status=status,
+        )  # fmt: skip
+        return body
+
     async def refresh(self, refresh_token: str, status: int = 200) -> Any:
         _, body = await self.call(
             "POST", "/auth/v1/token/refresh", {"refresh_token": refresh_token}, status=status

@@ -8,7 +8,7 @@ import time
 import orjson
 import pyotp
 
-from services.common.auth import TokenVerifier, revocation_channel
+from services.common.auth import TokenVerifier, device_revocation_key, revocation_channel
 from services.common.config import Settings
 from tests.auth.helpers import PASSWORD, AuthApi, code_in, unique_name
 from tests.support.aio import eventually
@@ -339,3 +339,33 @@ async def test_user_lookup_by_username_or_id(auth: AuthApi) -> None:
     assert (status, err["error"]["code"]) == (404, "user_not_found")
     status, err = await auth.call("GET", f"/auth/v1/users/{name}")
     assert (status, err["error"]["code"]) == (401, "unauthenticated")
+
+
+async def test_a_removed_device_cannot_log_in_and_its_sessions_end(auth: AuthApi) -> None:
+    """The key directory removed device 2 (its revocation key is set, as
+    services/keys does): a login as device 2 is refused with ``device_removed`` before
+    any second factor is asked, and its sessions leave the owner's list (ended:
+    nothing else could end them)."""
+    user = await auth.signup()
+    name, uid = user["user"]["username"], user["user"]["user_id"]
+    one = await auth.login_device(name, 1)
+    two = await auth.login_device(name, 2)
+    _, listing = await auth.call("GET", "/auth/v1/sessions", token=one["access_token"])
+    by_sid = {s["session_id"]: s["device_id"] for s in listing["sessions"]}
+    assert by_sid == {user["session_id"]: None, one["session_id"]: 1, two["session_id"]: 2}
+    prefix = auth.service.settings.redis_prefix
+    await auth.redis.set(device_revocation_key(prefix, uid, 2), "1", ex=3600)
+    status, err = await auth.call(
+        "POST", "/auth/v1/login", {"username": name, "password": PASSWORD, "device_id": 2}
+    )
+    assert (status, err["error"]["code"]) == (403, "device_removed"), err
+    assert err["error"]["details"] == {"device_id": 2}
+    _, listing = await auth.call("GET", "/auth/v1/sessions", token=one["access_token"])
+    assert {s["session_id"] for s in listing["sessions"]} == {user["session_id"], one["session_id"]}
+    session = await auth.service.store.sessions.find_one({"_id": two["session_id"]})
+    assert session is not None and session["revoked_reason"] == "device_removed"
+    assert (await auth.refresh(two["refresh_token"], status=401))["error"][
+        "code"
+    ] == "token_revoked"
+    # Device 1 logs in as before.
+    assert (await auth.login_device(name, 1))["session_id"]
