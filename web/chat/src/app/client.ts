@@ -1366,11 +1366,12 @@ export class ParleyClient {
   }
 
   // -- roles and the room's state (docs/rooms.md "Roles"; the rules: roles.ts) ----------
-  // The server tells the other members of a close or reopen (`room_changed`, change
-  // `state`) but not of a role change or a removal by the owner or a moderator; after
-  // each of these that succeeds here, this page is told `room_changed` as if the frame
-  // had come, so that it goes the way of a change seen from elsewhere: the room and its
-  // members read again. A private room's sender key needs nothing more: the removal
+  // The server tells every member of a close or reopen (`room_changed`, change `state`),
+  // a role change (`role`), a removal (`member_removed`) and a leave (`member_left`);
+  // after each of these that succeeds here, this page is also told `room_changed` at
+  // once (its own socket's frame may come a moment later), so that it goes the way of a
+  // change seen from elsewhere: the room and its members read again. A private room's
+  // sender key needs nothing more: the removal
   // raised the room's version, so the next send from any member device (this one
   // included) reads the members again, finds someone gone and rotates its chain before
   // it sends (#distribute, rooms.ts planDistribution), as after a leave.
