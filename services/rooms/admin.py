@@ -67,6 +67,17 @@ async def _room(rooms: Rooms, room_id: str, *, live: bool = True) -> Doc:
     return room
 
 
+async def _member(rooms: Rooms, room_id: str, user_id: str) -> Doc:
+    """The member ``user_id`` of the room (404 ``user_not_found``)."""
+    member = await rooms.store.get_member(room_id, user_id)
+    if member is None:
+        raise ApiError(
+            ErrorCode.USER_NOT_FOUND, "That user is not a member of this room.",
+            details={"user_id": user_id},
+        )  # fmt: skip
+    return member
+
+
 def _unchanged(what: str) -> ApiError:
     return ApiError(ErrorCode.CONFLICT, f"The room is {what} already: nothing to change.")
 
@@ -183,12 +194,7 @@ async def remove(
     """Remove any member, the owner included (the room then has no owner: admins and
     moderators manage it; docs/moderation.md)."""
     room = await _room(rooms, room_id)
-    victim = await rooms.store.get_member(room_id, user_id)
-    if victim is None:
-        raise ApiError(
-            ErrorCode.USER_NOT_FOUND, "That user is not a member of this room.",
-            details={"user_id": user_id},
-        )  # fmt: skip
+    victim = await _member(rooms, room_id, user_id)
     await members.remove_member(rooms, room, victim, claims.user_id, removed=True)
     if victim["role"] == "owner":
         await rooms.store.set_room(room_id, {"owner": None})
@@ -207,12 +213,7 @@ async def set_owner(
     without one by a hand-over cut short (docs/rooms.md, "Roles"), or whose owner is
     gone. The owner there was, if any, becomes a moderator."""
     room = await _room(rooms, room_id)
-    target = await rooms.store.get_member(room_id, user_id)
-    if target is None:
-        raise ApiError(
-            ErrorCode.USER_NOT_FOUND, "That user is not a member of this room.",
-            details={"user_id": user_id},
-        )  # fmt: skip
+    target = await _member(rooms, room_id, user_id)
     if target["role"] == "owner":
         raise _unchanged("owned by that member")
     before = room.get("owner")
