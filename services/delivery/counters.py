@@ -538,7 +538,9 @@ class InboxCounters:
         async with self.redis.pipeline(transaction=False) as pipe:
             for inbox in inboxes:
                 await scripts.queue(pipe, self._seed_one, [self.key(inbox)], seeded[inbox])
-            if at.complete:
+            if at.complete and at.floor:
+                # Their jump reaches MongoDB with the next checkpoint (from 0: nothing to
+                # record until a number is handed out, which marks it then).
                 pipe.sadd(self.dirty, *inboxes)
             await pipe.execute()
 

@@ -311,3 +311,14 @@ async def test_thirty_thousand_checkpoints_are_copied_back_after_a_loss(
     )
     async with _without_mongodb(store) as ctr:
         assert await asyncio.wait_for(ctr.reserve(f"u{inboxes - 1}.1", 1), 5) == 50 + GAP + 1
+
+
+async def test_reading_a_new_inbox_hands_out_nothing_and_records_nothing(
+    store: DeliveryStore,
+) -> None:
+    """A device that syncs or acknowledges before it ever had an item: its counter is
+    made in Redis, and nothing reaches MongoDB (no number was handed out)."""
+    await store.store_hot([item("pat", 0)])  # a first start: every counter is in Redis
+    assert (await store.ctr.get(["quinn"]))["quinn"] == Counter(n=0, acked=0)
+    await store.ctr.checkpoint()
+    assert await store.counters.find_one({"_id": "quinn"}) is None
