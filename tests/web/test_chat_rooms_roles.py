@@ -12,9 +12,8 @@ browser contexts, A and B; R is the Python user, answering the script's ``PY`` l
    nothing on itself, and makes B a moderator;
 3. B refreshes the list: B is a moderator, is offered "Close room" and "Remove" on R
    (a plain member), nothing on A (the owner);
-4. A makes B a plain member again; B's page is not told (the server pushes no role
-   change), B tries to remove R: the page shows ``Failed (forbidden): ...`` by R and the
-   list stays as it was;
+4. B opens the removal of R, and A makes B a plain member meanwhile: B's page is told at
+   once (``room_changed`` ``role``), shows B a member and offers nothing any more;
 5. A removes R after a confirmation: R leaves A's list, and R's SDK can no longer send
    (``RoomNotFound``). A writes: A's page sends a new sender key to B (a rotation) and
    nothing to R before the ``room_send``; B reads it. B, told of nothing, writes: B
