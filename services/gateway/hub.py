@@ -27,6 +27,8 @@ from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.common import routing
@@ -481,6 +483,12 @@ class Hub:
             pubsub = self.store.redis.pubsub()
             try:
                 await pubsub.subscribe(channel, rooms, revocations)
+                # redis-py's pub/sub reconnects and re-subscribes by itself after an
+                # error, silently: a Redis restart went unnoticed here (no `resync`,
+                # presence back only with the next refresh, frames routed meanwhile
+                # lost). No retries on this connection: the error comes to this loop.
+                if pubsub.connection is not None:
+                    pubsub.connection.retry = Retry(NoBackoff(), 0)
                 # Re-record presence at once: after a Redis restart it is empty.
                 await self._refresh()
                 self.subscribed.set()

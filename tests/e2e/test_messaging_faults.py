@@ -165,6 +165,31 @@ async def test_redis_restart_rebuilds_presence_and_delivery_continues(system: Sy
         system.wait_ready()
 
 
+async def test_a_redis_restart_tells_every_socket_to_sync_and_routes_at_once(
+    system: System,
+) -> None:
+    """Redis restarted empty: frames routed to a pod while its channel was down are gone,
+    and so is presence. Every pod must notice (redis-py's pub/sub reconnects and
+    re-subscribes by itself, silently), tell each socket to `sync` (`resync`) and record
+    presence again at once, so a message sent once, right after, is pushed."""
+    alice, bob = await signup(system.lb), await signup(system.lb)
+    ca = await WsClient.connect(system.ws_url, alice.token)
+    cb = await WsClient.connect(system.ws_url, bob.token)
+    procs = system.stack.procs
+    assert procs is not None
+    try:
+        procs.kill("redis")
+        procs.start("redis")
+        for c in (ca, cb):
+            frame = await c.expect("resync", timeout=30)
+            assert frame["reason"] == "routing_restored"
+        await exchange(ca, cb, bob, "once-after-restart", timeout=10)
+    finally:
+        await ca.close()
+        await cb.close()
+        system.wait_ready()
+
+
 async def delivery_metric(system: System, name: str) -> float:
     """A counter of the delivery process, read from its own /metrics."""
     url = system.cfg.url("delivery") + "/delivery/metrics"
