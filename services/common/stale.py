@@ -82,17 +82,18 @@ class StaleWhileDown(Generic[V]):
         expired entry (served by :meth:`down` while the service stays down)."""
         value = await read(key)
         if value is not None:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[key] = (now, value)
+            self._keep(key, now, value)
         return value
 
     def put(self, key: str, now: float, value: V) -> None:
         """Keep ``value``, read at ``now``, for ``ttl_s`` (the service answers: not down)."""
         self._down_until = float("-inf")
+        self._keep(key, now + self.ttl_s, value)
+
+    def _keep(self, key: str, expires: float, value: V) -> None:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[key] = (now + self.ttl_s, value)
+        self._entries[key] = (expires, value)
 
     def stale(self, key: str, now: float, error: ApiError) -> V | None:
         """What to answer for ``key`` when asking its service at ``now`` failed with
