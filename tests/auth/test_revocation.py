@@ -107,11 +107,11 @@ async def test_a_starting_service_puts_the_revocations_back(
     assert await answers(auth, tokens) == EXPECTED  # every process reads the same Redis
 
 
+@pytest.mark.kills_servers
 async def test_a_running_service_restores_them_after_a_redis_restart(
     auth: AuthApi, stack: Stack
 ) -> None:
-    if stack.procs is None:
-        pytest.skip("the stack is not ours to restart (PARLEY_TEST_REUSE_STACK)")
+    assert stack.procs is not None
     tokens = await revoke_some(auth)
     stack.procs.kill("redis")
     stack.procs.start("redis")

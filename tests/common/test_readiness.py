@@ -32,6 +32,7 @@ async def readyz(client: Any) -> tuple[int, dict[str, Any]]:
     return resp.status, await resp.json()
 
 
+@pytest.mark.kills_servers
 @pytest.mark.parametrize(
     ("server", "check"), [("redis", "redis"), ("kafka", "kafka"), ("mongo", "mongodb")]
 )

@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
@@ -98,6 +99,7 @@ async def test_kill_9_the_delivery_worker_mid_batch_loses_and_duplicates_nothing
     assert_exactly_once_in_order(receiver.bodies, "dkill", n)
 
 
+@pytest.mark.kills_servers
 async def test_redis_losing_everything_mid_run_loses_and_duplicates_nothing(
     system: System,
 ) -> None:
@@ -126,6 +128,7 @@ async def test_redis_losing_everything_mid_run_loses_and_duplicates_nothing(
     print(f"\nredis loss: {receiver.restored} copies stored again (same server_id), dropped")
 
 
+@pytest.mark.kills_servers
 async def test_a_redis_restart_tells_every_socket_to_sync_and_routes_at_once(
     system: System,
 ) -> None:
@@ -184,6 +187,7 @@ async def exchange(ws: WsClient, rx: WsClient, to: User, cid: str, timeout: floa
     await ws.expect("delivered", id=cid, timeout=timeout)
 
 
+@pytest.mark.kills_servers
 async def test_mongodb_killed_mid_run_loses_and_duplicates_nothing(system: System) -> None:
     """kill -9 of MongoDB, the store of what waits (#13), while a sender streams to an
     offline recipient, and kept down until the persister has failed to move what
@@ -268,6 +272,7 @@ async def test_mongodb_killed_mid_run_loses_and_duplicates_nothing(system: Syste
         await mongo.close()
 
 
+@pytest.mark.kills_servers
 async def test_after_redis_lost_everything_a_mongodb_outage_holds_up_no_first_item(
     system: System,
 ) -> None:
@@ -329,6 +334,7 @@ async def test_after_redis_lost_everything_a_mongodb_outage_holds_up_no_first_it
         await mongo.close()
 
 
+@pytest.mark.kills_servers
 async def test_gateways_restarted_while_mongodb_is_down_route_between_users_they_never_saw(
     system: System,
 ) -> None:
@@ -371,6 +377,7 @@ async def test_gateways_restarted_while_mongodb_is_down_route_between_users_they
             await c.close()
 
 
+@pytest.mark.kills_servers
 async def test_kafka_killed_mid_run_loses_and_duplicates_nothing(system: System) -> None:
     """kill -9 of the broker, the log of record, while a sender streams to a connected
     recipient that acknowledges as it goes: sends the broker did not acknowledge are

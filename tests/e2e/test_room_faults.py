@@ -141,7 +141,10 @@ async def mongodb_outage(system: System) -> None:
         infra.start("mongo")
 
 
-@pytest.mark.parametrize("victim", ["delivery", "redis", "mongo"])
+@pytest.mark.parametrize(
+    "victim", ["delivery", pytest.param("redis", marks=pytest.mark.kills_servers),
+               pytest.param("mongo", marks=pytest.mark.kills_servers)],
+)  # fmt: skip
 async def test_kill_9_mid_fan_out_to_200_members_loses_and_duplicates_nothing(
     system: System, victim: str
 ) -> None:
