@@ -130,10 +130,22 @@ class Connection:
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
-        if (
-            len(queue) >= self.limits.outbound_queue
-            or self.queued_bytes + len(data) > self.limits.outbound_queue_bytes
-        ):
+        transport = self.transport
+        if transport is not None:
+            # The queue holds only what came since the loop last turned (or a room's
+            # short delay): frames the client has not been offered yet. A burst (the
+            # receipts of one ack of thousands, a sync page) is no sign of a slow
+            # reader; what it has not read, here and in the transport, is.
+            over = (
+                self.queued_bytes + len(data) + transport.get_write_buffer_size()
+                > self.limits.outbound_queue_bytes
+            )
+        else:
+            over = (
+                len(queue) >= self.limits.outbound_queue
+                or self.queued_bytes + len(data) > self.limits.outbound_queue_bytes
+            )
+        if over:
             self._slow_consumer()
             return False
         queue.append(data)

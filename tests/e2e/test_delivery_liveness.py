@@ -223,3 +223,57 @@ async def test_poisoned_records_are_dead_lettered_and_the_rest_delivered(
     assert orjson.loads(reasons[b"failed"].value)["client_id"] == "poison"
     assert dict(reasons[b"failed"].headers)["dlq_error"] == b"ValueError"
     assert dict(reasons[b"failed"].headers)["dlq_source"].startswith(name.encode() + b"/")
+
+
+async def test_an_ack_of_thousands_keeps_the_senders_socket_and_brings_every_receipt(
+    system: System, kafka: AIOKafkaProducer
+) -> None:
+    """One ack that covers thousands of one sender's messages (a device back from a
+    long absence acks what it read) releases that many `delivered` receipts to the
+    sender's socket in one burst. The gateway once counted such a burst against a
+    slow reader's frame limit (1,000) and closed the sender (4008); a burst is
+    bounded by bytes only (docs/gateway.md, "Backpressure")."""
+    n = 3_000
+    alice, bob = await signup(system.lb), await signup(system.lb)
+    ca = await WsClient.connect(system.ws_url, alice.token)
+    cb: WsClient | None = None
+    try:
+        await produce(
+            kafka, system, [env_for(bob.user_id, alice.user_id, f"a{i}") for i in range(n)]
+        )
+        stored = 0
+        while stored < n:
+            frame = await ca.next(timeout=120)
+            stored += frame["op"] == "stored"
+        cb = await WsClient.connect(system.ws_url, bob.token)
+        seqs: list[int] = []
+        after, page = 0, 0
+        while True:  # read everything without acknowledging any of it
+            await cb.send({"op": "sync", "id": f"p{page}", "after": after, "limit": 200})
+            done = await cb.expect("synced", id=f"p{page}", timeout=30)
+            after, page = int(done["last"]), page + 1
+            if not done["more"]:
+                break
+        seqs = [m["seq"] for m in cb.drain() if m["op"] == "message"]
+        assert len(set(seqs)) == n
+        await cb.send({"op": "ack", "seq": max(seqs)})
+        delivered: set[str] = set()
+        while len(delivered) < n:
+            try:
+                frame = await ca.next(timeout=60)
+            except TimeoutError:
+                raise AssertionError(
+                    f"{len(delivered)} receipts of {n}; the sender's socket closed with "
+                    f"{ca.close_code}"
+                ) from None
+            assert frame["op"] == "delivered", frame
+            delivered.add(frame["id"])
+        assert delivered == {f"a{i}" for i in range(n)}
+        # The sender's socket is still open and in use.
+        assert not ca.closed.is_set()
+        await ca.send(send_frame("after", bob.user_id, _b64("after")))
+        await ca.expect("accepted", id="after")
+    finally:
+        await ca.close()
+        if cb is not None:
+            await cb.close()

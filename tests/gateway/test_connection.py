@@ -144,3 +144,46 @@ async def test_frames_that_wait_together_go_out_in_one_write_and_stay_bounded() 
     finally:
         if conn._writer is not None:
             conn._writer.cancel()
+
+
+class FakeTransport:
+    """A socket's transport: what was written, and what the kernel has not taken."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_a_burst_in_one_turn_of_the_loop_is_no_slow_reader() -> None:
+    """5,000 frames pushed before the loop turns (the receipts of one large ack) all go
+    out in one write: the frame limit (1,000) bounds a queue that waits on a slow
+    reader, not what the client has not been offered yet. Bytes the client has not
+    read (the transport's buffer) still close it."""
+    settings = load_settings()
+    store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None, None)  # type: ignore[arg-type]
+    ws, transport = ReadingSocket(), FakeTransport()
+    ws.closed = False  # type: ignore[attr-defined]
+    conn = Connection(ws, hub, transport)  # type: ignore[arg-type]
+    frame = Message(seq=1, server_id="s", from_="u", from_device=1, body="x" * 100)
+    for _ in range(5 * settings.ws_outbound_queue):
+        conn.push(frame)
+    assert ws.closed_with is None and conn.queue is not None
+    await eventually(lambda: _value(conn.queue), lambda q: q is None, timeout=5)
+    assert transport.written > 5 * settings.ws_outbound_queue * 100
+    assert hub.errors.labels("slow_consumer")._value.get() == 0
+
+    transport.buffered = settings.ws_outbound_queue_bytes  # the client stopped reading
+    conn.push(frame)
+    await eventually(lambda: _value(ws.closed_with), lambda code: code is not None, timeout=5)
+    assert ws.closed_with == CLOSE_SLOW_CONSUMER
+    assert hub.errors.labels("slow_consumer")._value.get() == 1
