@@ -10,7 +10,15 @@ way the sender gets the event's acknowledgement. No storage, no
 authentication, no encryption: what python-socketio gives.
 
 Tuned as its documentation suggests for throughput: uvloop, the aiohttp
-server, WebSocket transport only, no logging.
+server, WebSocket transport only, no logging. And a Redis connection pool
+large enough for the emits in flight (``redis_options``): redis-py 8 caps a
+pool at 100 connections, every emit holds one for its ``PUBLISH``, and a
+saturated process has up to ~800 in flight; past the cap redis-py raises and
+python-socketio builds a new Redis client and retries, for each emit that
+met the cap. That churn (a new connection pool, and redis-py reading its own
+version from the package metadata for each new connection) took one process
+to a full core and the peer to a third of its throughput: the "outlier" of
+the 2026-12-04 benchmark runs (docs/BENCHMARKS.md).
 
 Run one process: ``python -m loadtest.socketio_peer --port 9101 --redis redis://...``.
 """
@@ -29,10 +37,14 @@ from loadtest.common import tune_gc
 from loadtest.relay_baseline import RelayCluster
 
 ROOM = "r"
+REDIS_POOL = 2048
+"""Connections one process may open to Redis (redis-py 8's default is 100)."""
 
 
 def create_app(redis_url: str, channel: str) -> web.Application:
-    mgr = socketio.AsyncRedisManager(redis_url, channel=channel)
+    mgr = socketio.AsyncRedisManager(
+        redis_url, channel=channel, redis_options={"max_connections": REDIS_POOL}
+    )
     sio = socketio.AsyncServer(
         async_mode="aiohttp", client_manager=mgr, transports=["websocket"],
         logger=False, engineio_logger=False, cors_allowed_origins=[],
