@@ -77,6 +77,7 @@ class ErrorCode(StrEnum):
     CANNOT_TARGET_SELF = "cannot_target_self"
     CANNOT_REMOVE_OWNER = "cannot_remove_owner"
     OWNER_MUST_TRANSFER = "owner_must_transfer"
+    BANNED = "banned"
     INVALID_TEXT = "invalid_text"
     # Moderation of public rooms' messages (docs/moderation.md).
     MESSAGE_NOT_FOUND = "message_not_found"

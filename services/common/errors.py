@@ -72,6 +72,7 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANNOT_TARGET_SELF: 422,
     ErrorCode.CANNOT_REMOVE_OWNER: 403,
     ErrorCode.OWNER_MUST_TRANSFER: 409,
+    ErrorCode.BANNED: 403,
     ErrorCode.INVALID_TEXT: 422,
     ErrorCode.MESSAGE_NOT_FOUND: 404,
     ErrorCode.MESSAGE_REMOVED: 409,

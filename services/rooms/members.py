@@ -1,4 +1,4 @@
-"""Membership: join, invite, accept, decline, leave, remove, roles (docs/rooms.md).
+"""Membership: join, invite, accept, decline, leave, remove, ban, roles (docs/rooms.md).
 
 Every change is one event on ``<prefix>rooms`` (services.rooms.events), held
 in the outbox before the write that makes it. The write that commits a join
@@ -6,6 +6,10 @@ is the insert of the member document (``"<room>|<user>"``, unique), so two
 concurrent joins of one user make one membership and one event; a leave or a
 removal deletes exactly the membership it read (its ``slot``), so a member
 who left and joined again is not removed by a late duplicate.
+
+A ban is written before the membership it ends is removed, and a join (or an
+acceptance) reads the bans again after its own write: of a ban and a join at
+once, one of them sees the other, and the banned user is not left a member.
 """
 
 from __future__ import annotations
@@ -95,6 +99,25 @@ async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
     return doc
 
 
+def _banned() -> ApiError:
+    return ApiError(ErrorCode.BANNED, "You are banned from this room.")
+
+
+async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
+    """:func:`_add`, unless ``user_id`` is banned: checked before, and again after the
+    write (a ban written meanwhile found no member to remove: this undoes the join)."""
+    store = rooms.store
+    room_id = room["_id"]
+    if await store.get_ban(room_id, user_id) is not None:
+        raise _banned()
+    doc = await _add(rooms, room, user_id, via)
+    ban = await store.get_ban(room_id, user_id)
+    if ban is not None:
+        await remove_member(rooms, room, doc, str(ban["by"]), removed=True)
+        raise _banned()
+    return doc
+
+
 async def join(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
     room, member, invitation = await visible(rooms, room_id, user_id)
     if member is not None:
@@ -103,7 +126,7 @@ async def join(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
         assert invitation is not None  # visible() answered 404 otherwise
         return await accept(rooms, user_id, room_id)
     require_open(room)
-    return membership(await _add(rooms, room, user_id, "join"))
+    return membership(await _admit(rooms, room, user_id, "join"))
 
 
 async def accept(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
@@ -116,7 +139,7 @@ async def accept(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
     if invitation is None:
         raise ApiError(ErrorCode.INVITATION_NOT_FOUND, "You have no invitation to this room.")
     require_open(room)
-    doc = await _add(rooms, room, user_id, "invitation")
+    doc = await _admit(rooms, room, user_id, "invitation")
     gone = await store.delete_invitation(room_id, user_id)
     if gone is not None:
         await store.forget_slots(room_id, user_id, None, "i", int(gone["user_slot"]))
@@ -158,6 +181,11 @@ async def invite(
     store = rooms.store
     if await store.get_member(room_id, target) is not None:
         raise ApiError(ErrorCode.ALREADY_MEMBER, "That user is a member already.")
+    if await store.get_ban(room_id, target) is not None:
+        raise ApiError(
+            ErrorCode.BANNED,
+            "That user is banned from this room; the owner or a moderator lifts the ban first.",
+        )
     existing = await store.get_invitation(room_id, target)
     if existing is not None:
         return _invitation(existing)
@@ -246,6 +274,75 @@ async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
         raise forbidden("Only the owner removes a moderator.")
     await remove_member(rooms, room, victim, user_id, removed=True)
     await _tell(rooms, room_id, "member_removed", target)
+
+
+async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str) -> models.Ban:
+    """Ban ``target`` (a member or not) from the room: a member is removed (as by
+    :func:`remove`, with the same rules), an invitation withdrawn, and joining,
+    accepting and being invited are refused (``banned``) until :func:`unban`. Again:
+    the same ban."""
+    room, member, _ = await visible(rooms, room_id, user_id)
+    actor = member_of(member)
+    if target == user_id:
+        raise _self()
+    if actor["role"] not in ("owner", "moderator"):
+        raise forbidden("Only the room's owner and moderators ban users.")
+    store = rooms.store
+    victim = await store.get_member(room_id, target)
+    if victim is not None:
+        if victim["role"] == "owner":
+            raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, "Nobody bans a room's owner.")
+        if victim["role"] == "moderator" and actor["role"] != "owner":
+            raise forbidden("Only the owner bans a moderator.")
+    elif await rooms.users.resolve(target, token) != target:
+        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.", details={"user_id": target})
+    doc: Doc = {
+        "_id": member_id(room_id, target), "room": room_id, "user": target, "by": user_id,
+        "at": now_ms(),
+    }  # fmt: skip
+    if not await store.insert_ban(doc):
+        doc = await store.get_ban(room_id, target) or doc  # banned already (or at once)
+    # The ban first, then what it ends (a join that raced it reads the ban after its write).
+    if victim is not None:
+        await remove_member(rooms, room, victim, user_id, removed=True)
+        await _tell(rooms, room_id, "member_removed", target)
+    gone = await store.delete_invitation(room_id, target)
+    if gone is not None:
+        await store.forget_slots(room_id, target, None, "i", int(gone["user_slot"]))
+    log.info("user banned", extra={"room_id": room_id})
+    return _ban(doc)
+
+
+async def unban(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
+    """Lift a ban: ``target`` may join (or be invited) again."""
+    _, member, _ = await visible(rooms, room_id, user_id)
+    if member_of(member)["role"] not in ("owner", "moderator"):
+        raise forbidden("Only the room's owner and moderators lift bans.")
+    if await rooms.store.delete_ban(room_id, target) is None:
+        raise ApiError(
+            ErrorCode.USER_NOT_FOUND, "That user is not banned from this room.",
+            details={"user_id": target},
+        )  # fmt: skip
+    log.info("ban lifted", extra={"room_id": room_id})
+
+
+async def bans(rooms: Rooms, user_id: str, room_id: str, after: str, limit: int) -> models.BanPage:
+    """The room's bans in user id order (the owner and moderators)."""
+    _, member, _ = await visible(rooms, room_id, user_id)
+    if member_of(member)["role"] not in ("owner", "moderator"):
+        raise forbidden("Only the room's owner and moderators see its bans.")
+    docs = await rooms.store.ban_page(room_id, after, limit + 1)
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return models.BanPage(
+        bans=[_ban(d) for d in docs], next_after=str(docs[-1]["user"]) if more else None
+    )
+
+
+def _ban(doc: Doc) -> models.Ban:
+    return models.Ban(
+        room_id=doc["room"], user_id=doc["user"], banned_by=doc["by"], at=int(doc["at"])
+    )
 
 
 async def _tell(

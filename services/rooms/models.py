@@ -217,6 +217,18 @@ class Invitation(_Out):
     at: int
 
 
+class Ban(_Out):
+    room_id: str
+    user_id: str
+    banned_by: str
+    at: int
+
+
+class BanPage(_Out):
+    bans: list[Ban]
+    next_after: str | None = Field(description="Pass as `after` for the next page; none at the end")
+
+
 class InvitationList(_Out):
     invitations: list[Invitation]
     rooms: list[Room] = Field(description="The rooms the invitations are to, in the same order")

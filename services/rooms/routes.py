@@ -235,7 +235,7 @@ async def update_room(request: web.Request, claims: Claims, body: models.RoomUpd
     response=models.Membership,
     auth=True,
     params=_ROOM,
-    errors=[_E.ROOM_NOT_FOUND, _E.ROOM_CLOSED, _E.ROOM_FULL, _E.INVITATION_NOT_FOUND],
+    errors=[_E.ROOM_NOT_FOUND, _E.ROOM_CLOSED, _E.ROOM_FULL, _E.INVITATION_NOT_FOUND, _E.BANNED],
     tags=["membership"],
 )
 async def join(request: web.Request, claims: Claims) -> models.Membership:
@@ -291,6 +291,64 @@ async def list_members(request: web.Request, claims: Claims) -> models.MemberPag
 async def remove_member(request: web.Request, claims: Claims) -> None:
     room_id = room_id_of(request)
     await members.remove(svc(request), claims.user_id, room_id, user_id_of(request))
+
+
+@api.put(
+    ROOM + "/bans/{user_id}",
+    summary="Ban a user (owner and moderators, as for a removal): a member is removed, an "
+    "invitation withdrawn; joining, accepting and invitations are refused (`banned`)",
+    response=models.Ban,
+    auth=True,
+    params=_MEMBER,
+    errors=[*_MANAGE, _E.CANNOT_REMOVE_OWNER],
+    tags=["membership"],
+)
+async def ban(request: web.Request, claims: Claims) -> models.Ban:
+    room_id, target = room_id_of(request), user_id_of(request)
+    return await members.ban(svc(request), claims.user_id, _token(request), room_id, target)
+
+
+@api.delete(
+    ROOM + "/bans/{user_id}",
+    summary="Lift a ban (owner and moderators)",
+    status=204,
+    auth=True,
+    params=_MEMBER,
+    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.USER_NOT_FOUND],
+    tags=["membership"],
+)
+async def unban(request: web.Request, claims: Claims) -> None:
+    room_id, target = room_id_of(request), user_id_of(request)
+    await members.unban(svc(request), claims.user_id, room_id, target)
+
+
+@api.get(
+    ROOM + "/bans",
+    summary="The room's bans, in user id order (owner and moderators)",
+    response=models.BanPage,
+    auth=True,
+    query={
+        "after": "`next_after` of the previous page (default: from the start)",
+        "limit": f"page size (default 50, at most {MEMBERS_PAGE_MAX})",
+    },
+    params={
+        "room_id": ROOM_ID,
+        "after": {"type": "string", "maxLength": MAX_USER_ID},
+        "limit": int_schema(1, MEMBERS_PAGE_MAX),
+    },
+    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.VALIDATION_FAILED],
+    tags=["membership"],
+)
+async def list_bans(request: web.Request, claims: Claims) -> models.BanPage:
+    room_id = room_id_of(request)
+    after = request.query.get("after", "")
+    if len(after) > MAX_USER_ID:
+        raise ApiError(
+            _E.VALIDATION_FAILED, "Not a user id.",
+            details=[{"field": "after", "problem": "not a user id"}],
+        )  # fmt: skip
+    limit = query_int(request, "limit", 50, 1, MEMBERS_PAGE_MAX)
+    return await members.bans(svc(request), claims.user_id, room_id, after, limit)
 
 
 @api.put(
@@ -354,6 +412,7 @@ async def transfer(request: web.Request, claims: Claims, body: models.OwnerIn) -
         _E.USER_NOT_FOUND,
         _E.CANNOT_TARGET_SELF,
         _E.ALREADY_MEMBER,
+        _E.BANNED,
         _E.CONFLICT,
     ],
     tags=["membership"],
@@ -369,7 +428,7 @@ async def invite(request: web.Request, claims: Claims, body: models.InviteIn) ->
     response=models.Membership,
     auth=True,
     params=_ROOM,
-    errors=[_E.ROOM_NOT_FOUND, _E.INVITATION_NOT_FOUND, _E.ROOM_CLOSED, _E.ROOM_FULL],
+    errors=[_E.ROOM_NOT_FOUND, _E.INVITATION_NOT_FOUND, _E.ROOM_CLOSED, _E.ROOM_FULL, _E.BANNED],
     tags=["membership"],
 )
 async def accept(request: web.Request, claims: Claims) -> models.Membership:

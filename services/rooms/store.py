@@ -16,6 +16,8 @@ numbered slots whose counter says how far to read:
                    join order; an entry counts only while the member document
                    names the same slot (a leave, or a lost race, leaves holes).
 ``invitations``    ``_id`` ``"<room>|<user>"``: by, at, ``user_slot``.
+``bans``           ``_id`` ``"<room>|<user>"``: room, user, by, at. Who may not
+                   join, accept or be invited (a room's list pages by ``_id``).
 ``user_lists``     ``_id`` ``"<user>|<list>|<n>"`` (list ``r``: rooms,
                    ``i``: invitations): room. A user's rooms, newest first;
                    an entry counts only while the member (invitation)
@@ -113,6 +115,7 @@ class RoomStore:
         self.members: AsyncCollection[Doc] = db["members"]
         self.roster: AsyncCollection[Doc] = db["roster"]
         self.invitations: AsyncCollection[Doc] = db["invitations"]
+        self.bans: AsyncCollection[Doc] = db["bans"]
         self.user_lists: AsyncCollection[Doc] = db["user_lists"]
         self.users: AsyncCollection[Doc] = db["users"]
         self.directory: AsyncCollection[Doc] = db["directory"]
@@ -280,6 +283,23 @@ class RoomStore:
         ids = [list_id(user_id, kind, n) for n in ns]
         found = await self._by_ids(self.user_lists, ids)
         return [found[i] for i in ids if i in found]
+
+    # -- bans ----------------------------------------------------------------------------
+
+    async def get_ban(self, room_id: str, user_id: str) -> Doc | None:
+        return await self.bans.find_one({"_id": member_id(room_id, user_id)})
+
+    async def insert_ban(self, doc: Doc) -> bool:
+        return await self._insert_new(self.bans, doc)
+
+    async def delete_ban(self, room_id: str, user_id: str) -> Doc | None:
+        return await self.bans.find_one_and_delete({"_id": member_id(room_id, user_id)})
+
+    async def ban_page(self, room_id: str, after: str, limit: int) -> list[Doc]:
+        """A room's bans in user id order, after ``after``: an ``_id`` range (``}``
+        follows ``|``), as the directory pages; read by moderators only."""
+        query: Doc = {"_id": {"$gt": member_id(room_id, after), "$lt": room_id + "}"}}
+        return await self.bans.find(query).sort("_id", ASCENDING).limit(limit).to_list()
 
     # -- invitations ---------------------------------------------------------------------
 

@@ -112,6 +112,15 @@ class RoomsApi:
     async def remove(self, user: str, room: str, target: str) -> tuple[int, Any]:
         return await self.call("DELETE", f"/v1/rooms/{room}/members/{target}", user)
 
+    async def ban(self, user: str, room: str, target: str) -> tuple[int, Any]:
+        return await self.call("PUT", f"/v1/rooms/{room}/bans/{target}", user)
+
+    async def unban(self, user: str, room: str, target: str) -> tuple[int, Any]:
+        return await self.call("DELETE", f"/v1/rooms/{room}/bans/{target}", user)
+
+    async def bans(self, user: str, room: str, query: str = "") -> tuple[int, Any]:
+        return await self.call("GET", f"/v1/rooms/{room}/bans{query}", user)
+
     async def promote(self, user: str, room: str, target: str) -> tuple[int, Any]:
         return await self.call("PUT", f"/v1/rooms/{room}/moderators/{target}", user)
 

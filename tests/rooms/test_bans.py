@@ -1,0 +1,134 @@
+"""Bans (docs/rooms.md, "Bans"): a removal that sticks. The owner or a moderator bans
+a user, member or not; a member is removed, an invitation withdrawn, and joining,
+accepting and being invited are refused with ``banned`` until the ban is lifted.
+Every refusal changes nothing; a ban and a join at once never leave a banned member."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.rooms.conftest import EventLog, RoomsApi
+from tests.rooms.test_bad_input import refused
+
+
+async def member_ids(api: RoomsApi, user: str, room: str) -> set[str]:
+    status, page = await api.members(user, room)
+    assert status == 200, page
+    return {m["user_id"] for m in page["members"]}
+
+
+async def test_a_banned_member_is_removed_and_cannot_join_until_the_ban_is_lifted(
+    api: RoomsApi, events: EventLog
+) -> None:
+    owner, mod, bob = (api.user() for _ in range(3))
+    room = await api.room(owner)
+    for u in (mod, bob):
+        await api.join(u, room)
+    await api.promote(owner, room, mod)
+
+    status, ban = await api.ban(mod, room, bob)
+    assert status == 200, ban
+    assert (ban["room_id"], ban["user_id"], ban["banned_by"]) == (room, bob, mod)
+    assert bob not in await member_ids(api, owner, room)
+    # Again: the same ban (the first one's author and time).
+    assert await api.ban(owner, room, bob) == (200, ban)
+
+    await refused(api, api.join(bob, room), 403, "banned")
+    await refused(api, api.bans(bob, room), 403, "not_a_member")
+    status, page = await api.bans(mod, room)
+    assert (status, page) == (200, {"bans": [ban], "next_after": None})
+
+    assert (await api.unban(owner, room, bob))[0] == 204
+    await refused(api, api.unban(owner, room, bob), 404, "user_not_found")
+    assert (await api.join(bob, room))[0] == 200
+    assert bob in await member_ids(api, owner, room)
+
+    seen = await events.settle(room)
+    assert [(e["type"], e.get("user_id")) for e in seen if e.get("user_id") == bob] == [
+        ("member_joined", bob),
+        ("member_removed", bob),
+        ("member_joined", bob),
+    ]
+    removed = next(e for e in seen if e["type"] == "member_removed")
+    assert removed["actor"] == mod
+
+
+async def test_a_ban_withdraws_an_invitation_and_refuses_the_next(api: RoomsApi) -> None:
+    owner, carol, dave = (api.user() for _ in range(3))
+    room = await api.room(owner, "private")
+    await api.invite(owner, room, dave)
+    await api.accept(dave, room)
+    assert (await api.invite(dave, room, carol))[0] == 201
+
+    assert (await api.ban(owner, room, carol))[0] == 200
+    _, pending = await api.invitations(carol)
+    assert pending["invitations"] == []
+    # The private room is invisible again to her, as to any outsider.
+    await refused(api, api.accept(carol, room), 404, "room_not_found")
+    await refused(api, api.join(carol, room), 404, "room_not_found")
+    await refused(api, api.invite(dave, room, carol), 403, "banned")
+
+    assert (await api.unban(owner, room, carol))[0] == 204
+    assert (await api.invite(dave, room, carol))[0] == 201
+    assert (await api.accept(carol, room))[0] == 200
+
+
+async def test_who_may_ban_whom(api: RoomsApi) -> None:
+    owner, mod, mod2, bob, carol = (api.user() for _ in range(5))
+    room = await api.room(owner)
+    for u in (mod, mod2, bob, carol):
+        await api.join(u, room)
+    for m in (mod, mod2):
+        await api.promote(owner, room, m)
+    outsider = api.user()
+
+    await refused(api, api.ban(mod, room, owner), 403, "cannot_remove_owner")
+    await refused(api, api.ban(mod, room, mod2), 403, "forbidden")
+    await refused(api, api.ban(bob, room, carol), 403, "forbidden")
+    await refused(api, api.ban(outsider, room, carol), 403, "not_a_member")
+    await refused(api, api.ban(mod, room, mod), 422, "cannot_target_self")
+    await refused(api, api.ban(mod, room, "nobody" + "0" * 26), 404, "user_not_found")
+    await refused(api, api.ban(mod, room, "not a user"), 422, "validation_failed")
+    await refused(api, api.bans(bob, room), 403, "forbidden")
+    await refused(api, api.unban(bob, room, carol), 403, "forbidden")
+    await refused(api, api.bans(mod, room, "?limit=0"), 422, "validation_failed")
+
+    # The owner bans a moderator; a moderator bans someone who never joined.
+    assert (await api.ban(owner, room, mod2))[0] == 200
+    assert (await api.ban(mod, room, outsider))[0] == 200
+    await refused(api, api.join(outsider, room), 403, "banned")
+    assert await member_ids(api, owner, room) == {owner, mod, bob, carol}
+
+
+async def test_bans_page_in_user_id_order(api: RoomsApi) -> None:
+    owner = api.user()
+    room = await api.room(owner)
+    banned = sorted(api.user() for _ in range(5))
+    for u in banned:
+        assert (await api.ban(owner, room, u))[0] == 200
+    got: list[str] = []
+    query = "?limit=2"
+    while True:
+        status, page = await api.bans(owner, room, query)
+        assert status == 200 and len(page["bans"]) <= 2, page
+        got += [b["user_id"] for b in page["bans"]]
+        if page["next_after"] is None:
+            break
+        query = f"?limit=2&after={page['next_after']}"
+    assert got == banned
+    # Another room's bans are its own.
+    other = await api.room(owner, name="other")
+    assert (await api.bans(owner, other))[1]["bans"] == []
+
+
+async def test_a_ban_and_a_join_at_once_never_leave_a_banned_member(api: RoomsApi) -> None:
+    owner = api.user()
+    room = await api.room(owner)
+    users = [api.user() for _ in range(12)]
+    results = await asyncio.gather(
+        *(call for u in users for call in (api.join(u, room), api.ban(owner, room, u)))
+    )
+    assert all(status in (200, 403) for status, _ in results), results
+    assert await member_ids(api, owner, room) == {owner}
+    for u in users:
+        await refused(api, api.join(u, room), 403, "banned")
