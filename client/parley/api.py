@@ -339,6 +339,21 @@ class Api:
             "DELETE", f"/rooms/v1/rooms/{_room(room_id)}/members/{quote(user_id, safe='')}"
         )
 
+    async def ban(self, room_id: str, user_id: str, ban: bool = True) -> dict[str, Any] | None:
+        """Ban ``user_id`` from the room (the ban), or lift the ban (None)."""
+        result: dict[str, Any] | None = await self.request(
+            "PUT" if ban else "DELETE",
+            f"/rooms/v1/rooms/{_room(room_id)}/bans/{quote(user_id, safe='')}",
+        )
+        return result
+
+    async def bans(self, room_id: str, after: str | None = None) -> dict[str, Any]:
+        query = "?limit=500" + (f"&after={quote(after, safe='')}" if after else "")
+        result: dict[str, Any] = await self.request(
+            "GET", f"/rooms/v1/rooms/{_room(room_id)}/bans{query}"
+        )
+        return result
+
     async def set_moderator(self, room_id: str, user_id: str, moderator: bool) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(
             "PUT" if moderator else "DELETE",

@@ -218,6 +218,46 @@ def rooms_remove(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
     _simple(ctx, work)
 
 
+@rooms_app.command("ban")
+def rooms_ban(
+    ctx: typer.Context,
+    room: RoomArg,
+    user: UserArg,
+    lift: Annotated[bool, typer.Option("--lift", help="Lift the ban instead.")] = False,
+) -> None:
+    """Ban a user (removed if a member; no joining or invitations until the ban is
+    lifted), or lift a ban (owner and moderators)."""
+
+    async def work(client: Client) -> str:
+        found = await client.rooms.ban(room, user, ban=not lift)
+        if lift:
+            return f"{escape(user)} may join #{escape(found['name'])} again."
+        return f"Banned {escape(user)} from #{escape(found['name'])}."
+
+    _simple(ctx, work)
+
+
+@rooms_app.command("bans")
+def rooms_bans(ctx: typer.Context, room: RoomArg) -> None:
+    """Who is banned from a room (owner and moderators)."""
+    opts = _options(ctx)
+
+    async def run() -> None:
+        async with _client(opts) as client:
+            bans = await client.rooms.bans(room)
+        if not bans:
+            console.print("Nobody is banned from this room.")
+            return
+        table = Table("user", "banned by", "since")
+        for b in bans:
+            table.add_row(
+                escape(str(b["username"])), escape(str(b["banned_by_username"])), _time(b["at"])
+            )
+        console.print(table)
+
+    _run(run())
+
+
 @rooms_app.command("moderator")
 def rooms_moderator(
     ctx: typer.Context,

@@ -300,6 +300,31 @@ class Rooms:
         room, user_id = await self._room_and_user(ref, user)
         await self.api.remove_member(room["room_id"], user_id)
 
+    async def ban(self, ref: str, user: str, ban: bool = True) -> dict[str, Any]:
+        """Ban a user from the room (removed if a member; joining, accepting and
+        invitations refused until the ban is lifted), or (``ban=False``) lift the ban
+        (the owner and moderators); returns the room."""
+        room, user_id = await self._room_and_user(ref, user)
+        await self.api.ban(room["room_id"], user_id, ban)
+        return room
+
+    async def bans(self, ref: str) -> list[dict[str, Any]]:
+        """The room's bans (the owner and moderators), each with the banned user's and
+        the banner's ``username``."""
+        room = await self.resolve(ref)
+        found: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            page = await self.api.bans(room["room_id"], after)
+            found += page["bans"]
+            after = page.get("next_after")
+            if not after:
+                break
+        for ban in found:
+            ban["username"] = await self.messenger._name_of(ban["user_id"])
+            ban["banned_by_username"] = await self.messenger._name_of(ban["banned_by"])
+        return found
+
     async def set_moderator(self, ref: str, user: str, moderator: bool = True) -> dict[str, Any]:
         """Make a member a moderator, or (``moderator=False``) a plain member again (the
         owner only); returns the room."""

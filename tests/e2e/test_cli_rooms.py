@@ -191,7 +191,9 @@ def test_cli_room_roles_and_removal_are_told_live(
 ) -> None:
     """The owner makes bob a moderator, hands him the room, and bob (now the owner)
     removes carol: carol's and bob's `parley chat` say each change as it happens, in
-    words, and a hand-over by someone who is no longer the owner is refused."""
+    words, and a hand-over by someone who is no longer the owner is refused. Carol
+    joins again (a removal is not a ban); bob bans her, she cannot join, he lists the
+    ban and lifts it, and she joins."""
     alice, bob = users
     carol = User(system, tmp_path / "carol", f"rcarol{secrets.token_hex(3)}")
     signup(carol)
@@ -218,5 +220,19 @@ def test_cli_room_roles_and_removal_are_told_live(
             chat.expect(pexpect.EOF)
         members = bob.run("rooms", "members", f"#{room}").decode()
         assert carol.name not in members and alice.name in members
+        # A removal is not a ban: carol joins again. A ban sticks until it is lifted.
+        carol.run("rooms", "join", f"#{room}")
+        out = bob.run("rooms", "ban", f"#{room}", carol.name)
+        assert f"Banned {carol.name} from #{room}".encode() in out
+        fails(carol, "rooms", "join", f"#{room}", expect="banned")
+        assert b"Nobody is banned" not in bob.run("rooms", "bans", f"#{room}")
+        listed = bob.run("rooms", "bans", f"#{room}").decode()
+        assert carol.name in listed and bob.name in listed
+        fails(carol, "rooms", "bans", f"#{room}", expect="among your rooms")
+        out = bob.run("rooms", "ban", f"#{room}", carol.name, "--lift")
+        assert f"{carol.name} may join #{room} again".encode() in out
+        assert b"Nobody is banned" in bob.run("rooms", "bans", f"#{room}")
+        carol.run("rooms", "join", f"#{room}")
+        assert carol.name in bob.run("rooms", "members", f"#{room}").decode()
     finally:
         carol.close()
