@@ -68,15 +68,17 @@ try {
   await sees(a.page, fromB);
   await py({ do: "expect", room, text: fromB });
 
-  step("B, a plain member, sees the members and their roles, and no button to manage them or the room");
+  step("B, a plain member, sees the members and their roles, and no button to manage them or the room, nor the bans");
   await members(b.page, { [env.A_USER]: "owner", [env.B_USER]: "member", [env.R_USER]: "member" });
   if ((await b.page.locator("#member-list .member-actions button").count()) !== 0) throw new Error("a plain member is offered member actions");
   if (await b.page.locator("#close-room").count()) throw new Error("a plain member is offered Close room");
+  if (await b.page.locator("#bans").count()) throw new Error("a plain member is shown the room's bans");
 
-  step("A, the owner: buttons on B and R, none on A; A makes B a moderator");
+  step("A, the owner: buttons on B and R, none on A, and no one banned; A makes B a moderator");
   await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "member", [env.R_USER]: "member" });
   const offered = await buttonsOf(a.page, env.B_USER);
-  if (JSON.stringify(offered) !== JSON.stringify(["Make moderator", "Make owner", "Remove"])) throw new Error(`the owner is offered ${offered} on B`);
+  if (JSON.stringify(offered) !== JSON.stringify(["Make moderator", "Make owner", "Remove", "Ban"])) throw new Error(`the owner is offered ${offered} on B`);
+  await a.page.locator("#bans #bans-empty").waitFor({ timeout: T });
   if ((await row(a.page, env.A_USER).locator("button").count()) !== 0) throw new Error("the owner is offered actions on themself");
   const aId = await row(a.page, env.A_USER).getAttribute("data-user-id");
   const bId = await row(a.page, env.B_USER).getAttribute("data-user-id");
@@ -84,13 +86,14 @@ try {
   await a.page.getByRole("button", { name: `Make ${env.B_USER} a moderator` }).click();
   await said(a.page, `${env.B_USER} is now a moderator of #${priv}.`);
   await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "moderator", [env.R_USER]: "member" });
-  if (JSON.stringify(await buttonsOf(a.page, env.B_USER)) !== JSON.stringify(["Remove as moderator", "Make owner", "Remove"])) throw new Error("the owner's buttons on a moderator");
+  if (JSON.stringify(await buttonsOf(a.page, env.B_USER)) !== JSON.stringify(["Remove as moderator", "Make owner", "Remove", "Ban"])) throw new Error("the owner's buttons on a moderator");
 
-  step("B refreshes: B is a moderator, may close the room and remove R, not A");
+  step("B refreshes: B is a moderator, may close the room, remove and ban R, not A, and sees the bans");
   await b.page.getByRole("button", { name: "Refresh members" }).click();
   await members(b.page, { [env.A_USER]: "owner", [env.B_USER]: "moderator", [env.R_USER]: "member" });
   await b.page.locator("#close-room").waitFor({ timeout: T });
-  if (JSON.stringify(await buttonsOf(b.page, env.R_USER)) !== JSON.stringify(["Remove"])) throw new Error(`a moderator is offered ${await buttonsOf(b.page, env.R_USER)} on R`);
+  if (JSON.stringify(await buttonsOf(b.page, env.R_USER)) !== JSON.stringify(["Remove", "Ban"])) throw new Error(`a moderator is offered ${await buttonsOf(b.page, env.R_USER)} on R`);
+  await b.page.locator("#bans #bans-empty").waitFor({ timeout: T });
   if ((await row(b.page, env.A_USER).locator("button").count()) !== 0) throw new Error("a moderator is offered actions on the owner");
 
   step("B opens the removal of R; A makes B a plain member meanwhile: B's page is told at once (room_changed role) and offers nothing any more");
@@ -105,6 +108,7 @@ try {
     env.R_USER, { timeout: T },
   );
   if ((await b.page.locator("#close-room").count()) !== 0) throw new Error("a plain member is still offered to close the room");
+  await b.page.locator("#bans").waitFor({ state: "detached", timeout: T });
   await shot(b.page, "chat-room-demoted");
 
   step("A removes R (after a confirmation): R is gone from A's list, and R can no longer send");
@@ -180,6 +184,40 @@ try {
   await shot(a.page, "chat-room-post-removed");
   const stored = await py({ do: "public_post", room: pubId, seq });
   if (stored.text !== "" || stored.marker !== "removed_by_moderator") throw new Error(`the timeline holds ${JSON.stringify(stored)}`);
+
+  step("A bans B from the public room (after a confirmation): B leaves A's member list and is listed under Banned users; B's page says B is no member");
+  await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "member" });
+  await a.page.getByRole("button", { name: `Ban ${env.B_USER} from #${pub}` }).click();
+  const confirmBan = row(a.page, env.B_USER).getByRole("group", { name: `Confirm banning ${env.B_USER}` });
+  await confirmBan.getByText("until the ban is lifted").waitFor({ timeout: T });
+  await confirmBan.getByRole("button", { name: "Ban", exact: true }).click();
+  await said(a.page, `${env.B_USER} was banned from #${pub}.`);
+  await members(a.page, { [env.A_USER]: "owner" });
+  const banned = a.page.locator(`#ban-list li.ban[data-username="${env.B_USER}"]`);
+  await banned.waitFor({ timeout: T });
+  if ((await a.page.locator("#ban-list li.ban").count()) !== 1) throw new Error(`Banned users lists ${await a.page.locator("#ban-list li.ban").allInnerTexts()}`);
+  if ((await banned.getAttribute("data-user-id")) !== bId || (await banned.locator(".member-name").innerText()) !== env.B_USER) throw new Error("the ban is not shown by B's name");
+  if (!(await banned.locator(".ban-by").innerText()).includes("banned by you")) throw new Error("the ban does not say who banned");
+  await shot(a.page, "chat-room-banned");
+  await b.page.locator("#composer-blocked:text-is('You are not a member of this room.')").waitFor({ timeout: T });
+
+  step("B joins the public room again from the directory: refused, the page shows the server's banned message");
+  await b.page.getByRole("button", { name: "Refresh rooms" }).click();
+  await b.page.getByRole("button", { name: "Search" }).click();
+  await b.page.getByRole("button", { name: `Join #${pub}` }).click();
+  await b.page.locator("#rooms-error").waitFor({ timeout: T });
+  const refusal = await b.page.locator("#rooms-error").innerText();
+  if (!/\bbanned\b/.test(refusal)) throw new Error(`the refused join says ${JSON.stringify(refusal)}`);
+
+  step("A lifts the ban: Banned users is empty; B joins from the directory and is a member again");
+  await banned.getByRole("button", { name: `Lift the ban on ${env.B_USER}` }).click();
+  await said(a.page, `The ban on ${env.B_USER} was lifted: they may join #${pub} again.`);
+  await a.page.locator("#bans #bans-empty").waitFor({ timeout: T });
+  if (await a.page.locator("#ban-list li").count()) throw new Error("Banned users still lists someone after the lift");
+  await b.page.getByRole("button", { name: `Join #${pub}` }).click();
+  await expect(b.page, "#room-kind-note:has-text('You are its member.')");
+  await b.page.locator("#message:not([disabled])").waitFor({ timeout: T });
+  await a.page.getByRole("button", { name: "Refresh members" }).click();
 
   step("A hands the public room over to B (after a confirmation): A is a moderator, B the owner");
   await members(a.page, { [env.A_USER]: "owner", [env.B_USER]: "member" });

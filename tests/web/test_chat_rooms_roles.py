@@ -1,5 +1,6 @@
-"""Roles and a room's state in the web client, end to end: two browser users and a
-Python SDK user, through HAProxy (docs/rooms.md "Roles"; web/chat/README.md, "Tests").
+"""Roles, bans and a room's state in the web client, end to end: two browser users and
+a Python SDK user, through HAProxy (docs/rooms.md "Roles", "A ban"; web/chat/README.md,
+"Tests").
 
 tests/web/chat_rooms_roles.mjs drives Debian's Chromium (playwright-core) with two
 browser contexts, A and B; R is the Python user, answering the script's ``PY`` lines
@@ -8,12 +9,14 @@ browser contexts, A and B; R is the Python user, answering the script's ``PY`` l
 1. A creates a private room and invites B and R; R accepts (SDK), B in the page; A and
    B write once each (everyone holds everyone's sender key);
 2. B, a plain member, sees every member's role and no button to manage members or the
-   room; A, the owner, has "Make moderator", "Make owner" and "Remove" on B and R and
-   nothing on itself, and makes B a moderator;
-3. B refreshes the list: B is a moderator, is offered "Close room" and "Remove" on R
-   (a plain member), nothing on A (the owner);
+   room, and no "Banned users"; A, the owner, has "Make moderator", "Make owner",
+   "Remove" and "Ban" on B and R and nothing on itself, sees nobody banned, and makes B
+   a moderator;
+3. B refreshes the list: B is a moderator, is offered "Close room", and "Remove" and
+   "Ban" on R (a plain member), nothing on A (the owner), and sees "Banned users";
 4. B opens the removal of R, and A makes B a plain member meanwhile: B's page is told at
-   once (``room_changed`` ``role``), shows B a member and offers nothing any more;
+   once (``room_changed`` ``role``), shows B a member and offers nothing any more (nor
+   the bans);
 5. A removes R after a confirmation: R leaves A's list, and R's SDK can no longer send
    (``RoomNotFound``). A writes: A's page sends a new sender key to B (a rotation) and
    nothing to R before the ``room_send``; B reads it. B, told of nothing, writes: B
@@ -24,7 +27,12 @@ browser contexts, A and B; R is the Python user, answering the script's ``PY`` l
 7. a public room: B joins from the directory and posts; A removes B's post as the
    owner (after a confirmation): both pages show it "removed by a moderator" (B's live),
    and the timeline R reads holds it empty, ``removed_by_moderator``;
-8. A hands the public room over to B (after a confirmation): A is a moderator, B the
+8. A bans B from the public room (after a confirmation): B leaves A's member list and
+   is listed by name under "Banned users", B's page says B is no member; B's join from
+   the directory is refused, the page showing the server's ``banned`` message. A lifts
+   the ban: the list is empty, and B joins from the directory again (B's open view of
+   the room reads it again: a member);
+9. A hands the public room over to B (after a confirmation): A is a moderator, B the
    owner, and A is offered nothing on B.
 """
 

@@ -1,13 +1,15 @@
 // Roles in rooms, the pure rules of src/app/roles.ts, against the server's checks in
-// services/rooms (members.py `remove`, `set_moderator`, `transfer`; rooms.py `update`;
-// moderation.py `by_member`; docs/rooms.md "Roles"): the page offers a button only where
-// the server would take the request.
+// services/rooms (members.py `remove`, `ban`, `bans`, `set_moderator`, `transfer`;
+// rooms.py `update`; moderation.py `by_member`; docs/rooms.md "Roles", "A ban"): the page
+// offers a button only where the server would take the request.
 import { describe, expect, it } from 'vitest';
 
-import { canInvite, canManageRoom, canRemovePost, composerBlock, memberActionDone, memberActions, roleOf } from '../src/app/roles.ts';
+import { banLifted, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, memberActionDone, memberActions, roleOf } from '../src/app/roles.ts';
+import { readBans } from '../src/app/rooms.ts';
 
 const ME = 'me';
 const member = (user_id: string, role: string) => ({ user_id, role });
+const NOTHING = { promote: false, demote: false, remove: false, handOver: false, ban: false };
 
 describe('roleOf', () => {
   it('knows the three roles and nothing else', () => {
@@ -29,27 +31,27 @@ describe('canManageRoom: close and reopen (PATCH .../rooms/{id} state)', () => {
 
 describe('memberActions', () => {
   it('gives the owner every action on a plain member', () => {
-    expect(memberActions('owner', ME, member('bob', 'member'))).toEqual({ promote: true, demote: false, remove: true, handOver: true });
+    expect(memberActions('owner', ME, member('bob', 'member'))).toEqual({ promote: true, demote: false, remove: true, handOver: true, ban: true });
   });
 
-  it('gives the owner demote, remove and hand over on a moderator, not promote', () => {
-    expect(memberActions('owner', ME, member('mod', 'moderator'))).toEqual({ promote: false, demote: true, remove: true, handOver: true });
+  it('gives the owner demote, remove, ban and hand over on a moderator, not promote', () => {
+    expect(memberActions('owner', ME, member('mod', 'moderator'))).toEqual({ promote: false, demote: true, remove: true, handOver: true, ban: true });
   });
 
-  it('lets a moderator remove plain members only (only the owner removes a moderator), and change no role', () => {
-    expect(memberActions('moderator', ME, member('bob', 'member'))).toEqual({ promote: false, demote: false, remove: true, handOver: false });
-    expect(memberActions('moderator', ME, member('mod', 'moderator'))).toEqual({ promote: false, demote: false, remove: false, handOver: false });
+  it('lets a moderator remove and ban plain members only (only the owner removes or bans a moderator), and change no role', () => {
+    expect(memberActions('moderator', ME, member('bob', 'member'))).toEqual({ promote: false, demote: false, remove: true, handOver: false, ban: true });
+    expect(memberActions('moderator', ME, member('mod', 'moderator'))).toEqual(NOTHING);
   });
 
   it('offers nothing on the owner (cannot_remove_owner; roles are the owner\'s)', () => {
     for (const mine of ['owner', 'moderator', 'member']) {
-      expect(memberActions(mine, ME, member('boss', 'owner'))).toEqual({ promote: false, demote: false, remove: false, handOver: false });
+      expect(memberActions(mine, ME, member('boss', 'owner'))).toEqual(NOTHING);
     }
   });
 
   it('offers nothing on oneself (cannot_target_self: leave instead)', () => {
     for (const mine of ['owner', 'moderator', 'member']) {
-      expect(memberActions(mine, ME, member(ME, mine))).toEqual({ promote: false, demote: false, remove: false, handOver: false });
+      expect(memberActions(mine, ME, member(ME, mine))).toEqual(NOTHING);
     }
   });
 
@@ -64,9 +66,83 @@ describe('memberActions', () => {
 
   it('follows a hand-over: the old owner, now a moderator, keeps only the removal of plain members', () => {
     // services/rooms members.py transfer: the new owner's old role goes, the old owner becomes a moderator.
-    expect(memberActions('moderator', ME, member('new', 'owner'))).toEqual({ promote: false, demote: false, remove: false, handOver: false });
+    expect(memberActions('moderator', ME, member('new', 'owner'))).toEqual(NOTHING);
     expect(memberActions('moderator', ME, member('bob', 'member')).remove).toBe(true);
-    expect(memberActions('owner', 'new', member(ME, 'moderator'))).toEqual({ promote: false, demote: true, remove: true, handOver: true });
+    expect(memberActions('owner', 'new', member(ME, 'moderator'))).toEqual({ promote: false, demote: true, remove: true, handOver: true, ban: true });
+  });
+});
+
+describe('who may ban whom (PUT .../bans/{user}: the removal\'s rules)', () => {
+  // services/rooms members.py `ban`: owner and moderators only (forbidden), nobody bans the
+  // owner (cannot_remove_owner), only the owner bans a moderator (forbidden), nobody bans
+  // themself (cannot_target_self).
+  const roles = ['owner', 'moderator', 'member', null, 'admin'] as const;
+  const targets = ['owner', 'moderator', 'member', 'guest'] as const;
+  const allowed = new Set(['owner>moderator', 'owner>member', 'moderator>member']);
+
+  it('is exactly the owner on moderators and members, and a moderator on plain members', () => {
+    for (const mine of roles) {
+      for (const theirs of targets) {
+        const may = memberActions(mine, ME, member('them', theirs)).ban;
+        expect(may, `${mine} bans a ${theirs}`).toBe(allowed.has(`${mine}>${theirs}`));
+      }
+    }
+  });
+
+  it('is offered on exactly the members the viewer may remove', () => {
+    for (const mine of roles) {
+      for (const theirs of targets) {
+        const can = memberActions(mine, ME, member('them', theirs));
+        expect(can.ban, `${mine} on a ${theirs}`).toBe(can.remove);
+      }
+      const self = memberActions(mine, ME, member(ME, mine ?? 'member'));
+      expect(self.ban).toBe(false); // cannot_target_self
+      expect(self.remove).toBe(false);
+    }
+  });
+
+  it('lets the owner and moderators, nobody else, list bans and lift them', () => {
+    expect(canManageBans('owner')).toBe(true);
+    expect(canManageBans('moderator')).toBe(true);
+    for (const other of ['member', null, undefined, 'admin']) expect(canManageBans(other)).toBe(false); // forbidden / not_a_member
+  });
+
+  it('says what a ban and a lift did', () => {
+    expect(memberActionDone('ban', 'bob', '#r')).toBe('bob was banned from #r.');
+    expect(banLifted('bob', '#r')).toBe('The ban on bob was lifted: they may join #r again.');
+  });
+});
+
+describe('readBans: every page of GET .../bans', () => {
+  const ban = (user_id: string) => ({ room_id: 'r', user_id, banned_by: ME, at: 1 });
+
+  it('follows next_after from the start to null', async () => {
+    const pages: Record<string, { bans: ReturnType<typeof ban>[]; next_after: string | null }> = {
+      '': { bans: [ban('a'), ban('b')], next_after: 'b' },
+      b: { bans: [ban('c'), ban('d')], next_after: 'd' },
+      d: { bans: [ban('e')], next_after: null },
+    };
+    const asked: (string | null)[] = [];
+    const all = await readBans(async (after) => {
+      asked.push(after);
+      return pages[after ?? ''] as (typeof pages)[string];
+    });
+    expect(asked).toEqual([null, 'b', 'd']);
+    expect(all.map((b) => b.user_id)).toEqual(['a', 'b', 'c', 'd', 'e']);
+  });
+
+  it('reads one page when there are none, or few', async () => {
+    expect(await readBans(async () => ({ bans: [], next_after: null }))).toEqual([]);
+  });
+
+  it('never loops on a page that does not go on, and keeps each user once', async () => {
+    let reads = 0;
+    const all = await readBans(async () => {
+      reads += 1;
+      return { bans: [ban('a')], next_after: 'a' };
+    });
+    expect(reads).toBe(2); // from the start, then from `a`: answered `a` again, it ends
+    expect(all.map((b) => b.user_id)).toEqual(['a']);
   });
 });
 
@@ -129,5 +205,6 @@ describe('memberActionDone', () => {
     expect(memberActionDone('demote', 'bob', '#r')).toBe('bob is no longer a moderator of #r.');
     expect(memberActionDone('remove', 'bob', '#r')).toBe('bob was removed from #r.');
     expect(memberActionDone('handOver', 'bob', '#r')).toBe('bob is now the owner of #r; you are a moderator.');
+    expect(memberActionDone('ban', 'bob', '#r')).toBe('bob was banned from #r.');
   });
 });

@@ -143,6 +143,16 @@ export interface Membership {
   joined_at: number;
 }
 
+/** A room's ban (`PUT .../bans/{user_id}`, `GET .../bans`; docs/rooms.md "A ban"). */
+export interface RoomBan {
+  room_id: string;
+  user_id: string;
+  /** Who banned them (the owner or a moderator). */
+  banned_by: string;
+  /** When (Unix ms). */
+  at: number;
+}
+
 /** A public room's timeline message. */
 export interface RoomMessage {
   room_id: string;
@@ -357,6 +367,21 @@ export class Api {
   /** Remove a member (the owner anyone but themself; moderators plain members). */
   removeMember(roomId: string, userId: string): Promise<void> {
     return this.request('DELETE', `${roomPath(roomId)}/members/${encodeURIComponent(userId)}`);
+  }
+  /** Ban a user from the room (owner and moderators, the removal's rules): a member is
+   * removed, an invitation withdrawn, and joining, accepting and invitations are refused
+   * (`banned`) until the ban is lifted. */
+  banUser(roomId: string, userId: string): Promise<RoomBan> {
+    return this.request('PUT', `${roomPath(roomId)}/bans/${encodeURIComponent(userId)}`);
+  }
+  /** Lift a ban (owner and moderators; `user_not_found` when they are not banned). */
+  liftBan(roomId: string, userId: string): Promise<void> {
+    return this.request('DELETE', `${roomPath(roomId)}/bans/${encodeURIComponent(userId)}`);
+  }
+  /** A page of the room's bans in user id order (owner and moderators); `next_after`:
+   * where the next page starts, null at the end. */
+  roomBans(roomId: string, after?: string | null, limit = 500): Promise<{ bans: RoomBan[]; next_after: string | null }> {
+    return this.request('GET', `${roomPath(roomId)}/bans?limit=${limit}${after == null ? '' : `&after=${encodeURIComponent(after)}`}`);
   }
   /** Make a member a moderator (`on`) or a plain member again (the owner). */
   setModerator(roomId: string, userId: string, on: boolean): Promise<Membership> {

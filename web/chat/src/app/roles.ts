@@ -32,9 +32,13 @@ export interface MemberActions {
   /** Hand the room over (`PUT .../owner`): the owner, to any other member; the owner
    * then becomes a moderator. */
   handOver: boolean;
+  /** Ban from the room (`PUT .../bans/{user}`): removed, and refused (`banned`) when they
+   * join, accept or are invited until the ban is lifted. The removal's rules exactly
+   * (services/rooms members.py `ban`): whoever may remove a member may ban them. */
+  ban: boolean;
 }
 
-const NOTHING: MemberActions = { promote: false, demote: false, remove: false, handOver: false };
+const NOTHING: MemberActions = { promote: false, demote: false, remove: false, handOver: false, ban: false };
 
 /** What `me`, whose role in the room is `mine`, may do to `target` (nobody targets
  * themself: `cannot_target_self`, leave instead). */
@@ -42,8 +46,16 @@ export function memberActions(mine: string | null | undefined, me: string, targe
   const role = roleOf(mine);
   const theirs = roleOf(target.role);
   if (target.user_id === me || role === null || role === 'member' || theirs === null || theirs === 'owner') return NOTHING;
-  if (role === 'moderator') return { ...NOTHING, remove: theirs === 'member' };
-  return { promote: theirs === 'member', demote: theirs === 'moderator', remove: true, handOver: true };
+  const remove = role === 'owner' || theirs === 'member'; // a moderator: plain members only
+  const ban = remove; // a ban is the removal that sticks: the same rules
+  if (role === 'moderator') return { ...NOTHING, remove, ban };
+  return { promote: theirs === 'member', demote: theirs === 'moderator', remove, handOver: true, ban };
+}
+
+/** Whether `mine` sees the room's bans and lifts them (`GET .../bans`, `DELETE
+ * .../bans/{user}`): the owner and moderators, as for closing the room. */
+export function canManageBans(mine: string | null | undefined): boolean {
+  return canManageRoom(mine);
 }
 
 /** A public room's post as far as removing it goes. */
@@ -99,5 +111,12 @@ export function memberActionDone(action: keyof MemberActions, name: string, room
       return `${name} was removed from ${room}.`;
     case 'handOver':
       return `${name} is now the owner of ${room}; you are a moderator.`;
+    case 'ban':
+      return `${name} was banned from ${room}.`;
   }
+}
+
+/** What the status line says once a ban is lifted. */
+export function banLifted(name: string, room: string): string {
+  return `The ban on ${name} was lifted: they may join ${room} again.`;
 }

@@ -572,3 +572,37 @@ export class RoomLogs<M extends { seq: number }> {
     return got;
   }
 }
+
+// -- a room's bans (roomsView.tsx Members; docs/rooms.md "A ban") ---------------------------
+
+/** Bans read per page (`GET .../bans`: at most 500, as member pages). */
+export const BANS_PAGE = 500;
+/** Pages read at most for one list (a million bans: far beyond any room). */
+export const BANS_MAX_PAGES = 2000;
+
+/**
+ * Every ban of a room, every page read: `read(after)` is `GET .../bans?after=`, from the
+ * start (`null`) and then from each page's `next_after` until it is null. Each user once,
+ * in the server's order (user ids); a page whose `next_after` does not go further on (not
+ * the server's way) ends the list rather than reading it forever.
+ */
+export async function readBans<B extends { user_id: string }>(
+  read: (after: string | null) => Promise<{ bans: B[]; next_after?: string | null | undefined }>,
+  maxPages = BANS_MAX_PAGES,
+): Promise<B[]> {
+  const out: B[] = [];
+  const seen = new Set<string>();
+  let after: string | null = null;
+  for (let pages = 0; pages < maxPages; pages++) {
+    const page = await read(after);
+    for (const ban of page.bans) {
+      if (seen.has(ban.user_id)) continue;
+      seen.add(ban.user_id);
+      out.push(ban);
+    }
+    const next = page.next_after ?? null;
+    if (next === null || (after !== null && next <= after)) break;
+    after = next;
+  }
+  return out;
+}

@@ -3,11 +3,11 @@
  * room's server-readable timeline with paging). */
 import type { ComponentChildren } from 'preact';
 import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
-import type { Room, RoomMember, RoomMessage } from './api.ts';
+import { ApiError, type Room, type RoomBan, type RoomMember, type RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
-import { canInvite, canManageRoom, canRemovePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
-import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
+import { banLifted, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
+import { applyPostChange, BANS_PAGE, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE, readBans } from './rooms.ts';
 import { typingText } from './typing.ts';
 
 function message(error: unknown): string {
@@ -348,15 +348,64 @@ function confirmText(action: keyof MemberActions, name: string, room: Room): { t
       yes: 'Remove',
     };
   }
+  if (action === 'ban') {
+    return {
+      text:
+        `Ban ${name} from ${title}? They are removed, and cannot join it, accept an invitation to it or be invited again until the ban is lifted (under "Banned users").` +
+        (room.kind === 'private' ? " Each member's next message goes out under a new key." : ' Their posts stay.'),
+      yes: 'Ban',
+    };
+  }
   if (action === 'handOver') return { text: `Hand ${title} over to ${name}? They become its owner; you become a moderator, and only they can make you the owner again.`, yes: 'Hand over' };
   return null;
 }
 
+/** How a confirmation is named, and the class of the button it stands for (focused
+ * again on Cancel). */
+const CONFIRMED: Partial<Record<keyof MemberActions, { label: (name: string) => string; cls: string }>> = {
+  remove: { label: (name) => `Confirm removing ${name}`, cls: 'remove-member' },
+  ban: { label: (name) => `Confirm banning ${name}`, cls: 'ban-member' },
+  handOver: { label: (name) => `Confirm handing the room over to ${name}`, cls: 'hand-over' },
+};
+
+// -- bans (docs/rooms.md "A ban"): the rooms service's calls, with a fresh access token
+// as ParleyClient's own calls have (client.ts has no ban calls of its own).
+
+/** Ban a user from the room (the owner and moderators, under the removal's rules). */
+async function banUser(client: ParleyClient, roomId: string, userId: string): Promise<RoomBan> {
+  await client.accessToken();
+  return client.api.banUser(roomId, userId);
+}
+
+/** Lift a ban (the owner and moderators). */
+async function liftBan(client: ParleyClient, roomId: string, userId: string): Promise<void> {
+  await client.accessToken();
+  await client.api.liftBan(roomId, userId);
+}
+
+/** Every ban of the room, every page read (the owner and moderators). */
+async function roomBans(client: ParleyClient, roomId: string): Promise<RoomBan[]> {
+  return readBans(async (after) => {
+    await client.accessToken();
+    return client.api.roomBans(roomId, after, BANS_PAGE);
+  });
+}
+
 /** One member's buttons in the members list, as the viewer's role allows (roles.ts
  * memberActions): "Make moderator" / "Remove as moderator" and "Make owner" for the
- * owner, "Remove" for the owner and (plain members only) moderators. A refusal shows its
- * code and message by the member, and nothing changes. */
-function MemberButtons(props: { client: ParleyClient; room: Room; member: RoomMember; name: string; me: string; onDone: (said: string, room?: Room) => void }) {
+ * owner, "Remove" and "Ban" for the owner and (plain members only) moderators. A refusal
+ * shows its code and message by the member, and nothing changes. `onDone`: what the
+ * action did, the room as the server answered it (a hand-over), and whether the lists
+ * must be read again from here (a ban: made outside ParleyClient, which tells the page
+ * of the other actions itself, `room_changed`). */
+function MemberButtons(props: {
+  client: ParleyClient;
+  room: Room;
+  member: RoomMember;
+  name: string;
+  me: string;
+  onDone: (said: string, room: Room | undefined, reread: boolean) => void;
+}) {
   const { client, room, member, name } = props;
   const can = memberActions(room.role, props.me, member);
   const [confirming, setConfirming] = useState<keyof MemberActions | null>(null);
@@ -369,7 +418,7 @@ function MemberButtons(props: { client: ParleyClient; room: Room; member: RoomMe
     box.current?.querySelector<HTMLButtonElement>(`button.${back}`)?.focus();
     setBack(null);
   }, [back, confirming]);
-  if (!can.promote && !can.demote && !can.remove && !can.handOver) return null;
+  if (!Object.values(can).some(Boolean)) return null;
   const run = (action: keyof MemberActions) => {
     setBusy(true);
     setNote('');
@@ -379,11 +428,13 @@ function MemberButtons(props: { client: ParleyClient; room: Room; member: RoomMe
         ? client.setModerator(id, member.user_id, action === 'promote').then(() => undefined)
         : action === 'remove'
           ? client.removeMember(id, member.user_id).then(() => undefined)
-          : client.handOver(id, member.user_id);
+          : action === 'ban'
+            ? banUser(client, id, member.user_id).then(() => undefined)
+            : client.handOver(id, member.user_id);
     call.then(
       (now) => {
         setConfirming(null);
-        props.onDone(memberActionDone(action, name, `#${room.name}`), now);
+        props.onDone(memberActionDone(action, name, `#${room.name}`), now, action === 'ban');
       },
       (err: unknown) => setNote(failure(err)),
     ).finally(() => setBusy(false));
@@ -394,18 +445,19 @@ function MemberButtons(props: { client: ParleyClient; room: Room; member: RoomMe
     else run(action);
   };
   const asked = confirming ? confirmText(confirming, name, room) : null;
+  const named = confirming ? CONFIRMED[confirming] : undefined;
   return (
     <span class="member-actions" ref={box}>
-      {asked && confirming ? (
+      {asked && confirming && named ? (
         <Confirm
-          label={confirming === 'remove' ? `Confirm removing ${name}` : `Confirm handing the room over to ${name}`}
-          cls={confirming === 'remove' ? 'remove-member' : 'hand-over'}
+          label={named.label(name)}
+          cls={named.cls}
           text={asked.text}
           yes={asked.yes}
           busy={busy}
           onYes={() => run(confirming)}
           onNo={() => {
-            setBack(confirming === 'remove' ? 'remove-member' : 'hand-over');
+            setBack(named.cls);
             setConfirming(null);
           }}
         />
@@ -431,6 +483,11 @@ function MemberButtons(props: { client: ParleyClient; room: Room; member: RoomMe
               Remove
             </button>
           )}
+          {can.ban && (
+            <button type="button" class="ban-member small secondary" disabled={busy} aria-label={`Ban ${name} from #${room.name}`} onClick={() => ask('ban')}>
+              Ban
+            </button>
+          )}
         </>
       )}
       {note && (
@@ -442,13 +499,63 @@ function MemberButtons(props: { client: ParleyClient; room: Room; member: RoomMe
   );
 }
 
+/** One banned user in "Banned users": their name, who banned them and when, and "Lift
+ * ban" (`DELETE .../bans/{user}`, made at once: it only lets them join again). A refusal
+ * shows its code and message by the row, and nothing changes. */
+function BanRow(props: { client: ParleyClient; room: Room; ban: RoomBan; name: string; username: string; by: string; onLifted: (said: string) => void }) {
+  const { client, room, ban, name } = props;
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState('');
+  return (
+    <li class="ban" data-user-id={ban.user_id} data-username={props.username}>
+      <span class="member-name">{name}</span>
+      <span class="ban-by">
+        <span class="visually-hidden">, </span>banned by {props.by}, <time dateTime={new Date(ban.at).toISOString()}>{new Date(ban.at).toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' })}</time>
+      </span>
+      <span class="member-actions">
+        <button
+          type="button"
+          class="lift-ban small secondary"
+          disabled={busy}
+          aria-busy={busy}
+          aria-label={`Lift the ban on ${name}`}
+          onClick={() => {
+            setBusy(true);
+            setNote('');
+            liftBan(client, room.room_id, ban.user_id)
+              .then(
+                () => props.onLifted(banLifted(name, `#${room.name}`)),
+                (err: unknown) => setNote(failure(err)),
+              )
+              .finally(() => setBusy(false));
+          }}
+        >
+          Lift ban
+        </button>
+      </span>
+      {note && (
+        <span class="mod-note member-note" role="alert">
+          {note}
+        </span>
+      )}
+    </li>
+  );
+}
+
+/** Refusals of `GET .../bans` that say our role changed (made a plain member, removed):
+ * the list goes, and the room is read again (its role hides the section). */
+const NOT_MINE = new Set(['forbidden', 'not_a_member', 'room_not_found']);
+
 /** "Members": the room's members, each with their name, role and whether they are online
  * now, and the buttons the viewer's role allows (MemberButtons). Read (every page, once)
  * when opened, on "Refresh members" (with the room: one's own role may have changed), and
  * when the room changes (`room_changed`, or a change made from this page); presence is not
  * pushed, so the list is as of its last read. `alwaysRead`: read it even while closed (a
  * moderator's public room, whose posts' authors' roles say which posts they may
- * remove); `onList` gets each list read. */
+ * remove); `onList` gets each list read. For the owner and moderators (roles.ts
+ * canManageBans) the panel also lists the room's bans ("Banned users", every page of
+ * `GET .../bans`, read with the members), each with "Lift ban"; after a ban or a lift
+ * both lists and the room are read again. */
 function Members(props: {
   client: ParleyClient;
   room: Room;
@@ -478,6 +585,52 @@ function Members(props: {
   );
   useEffect(() => client.on((e: ClientEvent) => void (e.type === 'room_changed' && e.room === roomId && again())), [client, roomId]);
   const reading = open || props.alwaysRead;
+  const manage = canManageBans(room.role);
+  const [bans, setBans] = useState<RoomBan[] | null>(null);
+  const [bansLoading, setBansLoading] = useState(false);
+  const [bansError, setBansError] = useState('');
+  const [banReads, setBanReads] = useState(0); // the ban lists shown so far (data-reads: for tests)
+  const latestBans = useRef(0);
+  /** Both lists and the room read again (after a ban or a lift made here). */
+  const rereadAll = () => {
+    again();
+    client.room(roomId).then(props.onRoom, () => undefined);
+  };
+  useEffect(() => {
+    const n = ++latestBans.current;
+    if (!open || !manage) {
+      setBans(null);
+      setBansLoading(false);
+      setBansError('');
+      return;
+    }
+    setBansLoading(true);
+    setBansError('');
+    roomBans(client, roomId).then(
+      (list) => {
+        if (!alive.current || n !== latestBans.current) return;
+        setBans(list);
+        setBanReads((k) => k + 1);
+        setBansLoading(false);
+        client
+          .namesOf(
+            list.flatMap((b) => [b.user_id, b.banned_by]),
+            (more) => alive.current && setNames((old) => ({ ...old, ...more })),
+          )
+          .catch(() => undefined); // logged out meanwhile: the short ids stay
+      },
+      (e: unknown) => {
+        if (!alive.current || n !== latestBans.current) return;
+        setBansLoading(false);
+        if (e instanceof ApiError && NOT_MINE.has(e.code)) {
+          setBans(null);
+          client.room(roomId).then(props.onRoom, () => undefined);
+        } else {
+          setBansError(message(e));
+        }
+      },
+    );
+  }, [open, manage, reads, roomId]);
   useEffect(() => {
     if (!reading) return;
     const n = ++latest.current;
@@ -578,14 +731,46 @@ function Members(props: {
                     member={m}
                     name={nameOf(m.user_id)}
                     me={me}
-                    onDone={(said, now) => {
+                    onDone={(said, now, reread) => {
                       setDone(said);
                       if (now) props.onRoom(now);
+                      if (reread) rereadAll();
                     }}
                   />
                 </li>
               ))}
             </ul>
+          )}
+          {manage && (
+            <section id="bans" class="bans" aria-labelledby="bans-title" aria-busy={bansLoading} data-reads={banReads}>
+              <h4 id="bans-title">Banned users</h4>
+              {bans === null ? (
+                bansLoading && <p class="hint">Reading the bans…</p>
+              ) : bans.length === 0 ? (
+                <p class="hint" id="bans-empty">
+                  Nobody is banned from {props.title}.
+                </p>
+              ) : (
+                <ul id="ban-list" aria-label={`Banned from ${props.title}`}>
+                  {bans.map((b) => (
+                    <BanRow
+                      key={b.user_id}
+                      client={client}
+                      room={room}
+                      ban={b}
+                      name={nameOf(b.user_id)}
+                      username={names[b.user_id] ?? ''}
+                      by={b.banned_by === me ? 'you' : nameOf(b.banned_by)}
+                      onLifted={(said) => {
+                        setDone(said);
+                        rereadAll();
+                      }}
+                    />
+                  ))}
+                </ul>
+              )}
+              <ErrorLine error={bansError} id="bans-error" />
+            </section>
           )}
           <p role="status" class="hint" id="members-status">
             {done}
@@ -753,6 +938,16 @@ export function RoomView(props: {
       client.draftDone(id); // leaving the room with a draft: members stop seeing us type
     };
   }, [id]);
+  // The open room opened again (joined from the directory while it shows, after a removal
+  // or a lifted ban; picked in the list): our role may have changed, and the server tells
+  // no join, so the room is read again.
+  const given = useRef(props.room);
+  useEffect(() => {
+    const before = given.current;
+    given.current = props.room;
+    if (before === props.room || before.room_id !== props.room.room_id) return;
+    client.room(id).then(takeRoom, (e: unknown) => current.current === id && setError(message(e)));
+  }, [props.room]);
   const history: HistoryEntry[] = isPublic ? [] : client.roomHistory(id);
   const senders = isPublic ? timeline.map((m) => m.sender) : history.map((e) => e.sender ?? '');
   const typists = client.typists(id);
