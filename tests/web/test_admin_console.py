@@ -2,10 +2,11 @@
 
 An admin signs in through the provider's pages, blocks a user and sees it in
 the audit log; a non-admin is refused by the console, and the admin API
-answers 403 to their token. An admin moderates a public room (hides a message,
-closes the room, removes a member) and works a real report (verified plaintext,
-removal of the message, resolution with a note); the API's state and the audit
-log say it happened. Screenshots land in the test's temporary directory; with
+answers 403 to their token. An admin moderates a public room (makes a member its
+owner, and a stale tab doing it again is refused; hides a message, closes the room,
+removes a member) and works a real report (verified plaintext, removal of the
+message, resolution with a note); the API's state and the audit log say it happened.
+Screenshots land in the test's temporary directory; with
 ``PARLEY_UPDATE_SCREENSHOTS=1`` they replace docs/admin/*.png (docs/admin.md).
 """
 
@@ -116,6 +117,7 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
     admin = await signup(system.lb, "adm")
     make_admin(system, admin.username)
     owner, member = await signup(system.lb, "own"), await signup(system.lb, "mem")
+    heir = await signup(system.lb, "hei")  # made the plaza's owner in the console
     tag = secrets.token_hex(3)
     spam = f"cheap pills at pills{tag}.example"
     async with httpx.AsyncClient(base_url=system.lb) as http:
@@ -128,8 +130,9 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
             assert resp.status_code == 201, resp.text
             made[name] = resp.json()["room_id"]
         room_id = made[f"plaza {tag}"]
-        resp = await http.post(f"/rooms/v1/rooms/{room_id}/join", headers=bearer(member.token))
-        assert resp.status_code == 200, resp.text
+        for joiner in (member, heir):
+            resp = await http.post(f"/rooms/v1/rooms/{room_id}/join", headers=bearer(joiner.token))
+            assert resp.status_code == 200, resp.text
         assert (await _post(http, room_id, owner, "welcome to the plaza")).status_code == 201
         resp = await _post(http, room_id, member, spam)
         assert resp.status_code == 201, resp.text
@@ -164,6 +167,10 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
             "DOOMED_ROOM_ID": made[f"help desk {tag}"],
             "NOTICE": f"closed for a clean-up ({tag})",
             "OWNER_NAME": owner.username,
+            "OWNER_ID": owner.user_id,
+            "HEIR_ID": heir.user_id,
+            "HEIR_NAME": heir.username,
+            "OWNER_REASON": "the owner left the project (browser test)",
             "MEMBER_ID": member.user_id,
             "MEMBER_NAME": member.username,
             "SPAM_SEQ": str(spam_seq),
@@ -189,7 +196,7 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
     token = await admin_token(system, admin)
     async with httpx.AsyncClient(base_url=system.lb, headers=bearer(token)) as http:
         room = (await http.get(f"/rooms/v1/admin/rooms/{room_id}")).json()
-        assert (room["state"], room["members"]) == ("closed", 1)
+        assert (room["state"], room["members"], room["owner"]) == ("closed", 2, heir.user_id)
         # The room takes no post now.
         refused = await _post(http, room_id, owner, "anyone here?")
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "room_closed"
@@ -205,8 +212,12 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         gone = await http.get(f"/rooms/v1/rooms/{doomed}", headers=bearer(owner.token))
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "room_not_found"
         assert (await http.get(f"/rooms/v1/admin/rooms/{doomed}")).json()["deleted_at"]
+        # The heir owns the plaza; its former owner is a moderator; the member is gone.
         members = (await http.get(f"/rooms/v1/admin/rooms/{room_id}/members")).json()
-        assert [m["user_id"] for m in members["members"]] == [owner.user_id]
+        assert {m["user_id"]: m["role"] for m in members["members"]} == {
+            owner.user_id: "moderator",
+            heir.user_id: "owner",
+        }
         history = (
             await http.get(f"/rooms/v1/admin/rooms/{room_id}/messages/{spam_seq}/revisions")
         ).json()
@@ -219,8 +230,8 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         assert report["state"] == "actioned"
         assert (report["resolution"]["note"], report["resolution"]["by"]) == (note, admin.user_id)
 
-        # Each change is in the audit log once, by this admin (the stale tab's refused
-        # dismissal wrote nothing).
+        # Each change is in the audit log once, by this admin (the stale tabs' refused
+        # hand-over and dismissal wrote nothing).
         resp = await http.get(
             "/auth/v1/admin/audit", params={"actor_id": admin.user_id, "limit": "100"}
         )
@@ -233,6 +244,7 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         )
         assert changes == Counter({
             ("rooms", "message.remove", f"{room_id}/{spam_seq}"): 1,
+            ("rooms", "room.owner", room_id): 1,
             ("rooms", "room.close", room_id): 1,
             ("rooms", "room.remove_member", room_id): 1,
             ("rooms", "message.post", f"{room_id}/{newest['messages'][0]['seq']}"): 1,
@@ -242,6 +254,12 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         }), changes  # fmt: skip
         by_action = {e["action"]: e for e in entries if e["service"] != "auth"}
         assert by_action["room.remove_member"]["before"]["user_id"] == member.user_id
+        made_owner = by_action["room.owner"]
+        assert (made_owner["before"], made_owner["after"]) == (
+            {"owner": owner.user_id},
+            {"owner": heir.user_id},
+        )
+        assert made_owner["details"]["reason"] == "the owner left the project (browser test)"
         # The reason typed on the room's page went with its actions (close, then removal).
         why = "raid, closed for the night (browser test)"
         assert by_action["room.close"]["details"]["reason"] == why

@@ -263,6 +263,10 @@ export class Api {
   removeMember(id: string, userId: string, reason = "") {
     return this.request<void>("DELETE", `${roomUrl(id)}/members/${encodeURIComponent(userId)}${why(reason)}`);
   }
+  /** Make a member the owner; the owner there was (if any) becomes a moderator. */
+  setOwner(id: string, userId: string, reason = "") {
+    return this.request<AdminRoom>("PUT", `${roomUrl(id)}/owner${why(reason)}`, { user_id: userId });
+  }
   deleteRoom(id: string, reason = "") {
     return this.request<void>("DELETE", `${roomUrl(id)}${why(reason)}`);
   }

@@ -198,7 +198,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
         <dt>Topic</dt>
         <dd>{room.topic || <span class="muted">none</span>}</dd>
         <dt>Owner</dt>
-        <dd>{room.owner ? <UserName api={api} id={room.owner} navigate={navigate} /> : <span class="muted">none (admins and moderators manage it)</span>}</dd>
+        <dd id="room-owner">{room.owner ? <UserName api={api} id={room.owner} navigate={navigate} /> : <span class="muted">none (admins and moderators manage it)</span>}</dd>
         <dt>Created</dt>
         <dd>
           {when(room.created_at)}
@@ -292,24 +292,40 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
               <td>
                 <UserName api={api} id={m.user_id} navigate={navigate} />
               </td>
-              <td>{m.role}</td>
+              <td class="role">{m.role}</td>
               <td>{when(m.joined_at)}</td>
               <td>
-                {!deleted && (
-                  <Confirm
-                    id={`remove-${m.user_id}`}
-                    label="Remove"
-                    yes="Yes, remove"
-                    question={
-                      m.role === "owner"
-                        ? "Remove the owner? The room is left without one."
-                        : room.kind === "private"
-                          ? "Remove this member? The others' devices change keys: they read nothing sent afterwards."
-                          : "Remove this member from the room?"
-                    }
-                    onConfirm={() => act(() => api.removeMember(id, m.user_id, reason), "Member removed.")}
-                  />
-                )}
+                <div class="actions">
+                  {!deleted && m.role !== "owner" && (
+                    <Confirm
+                      id={`owner-${m.user_id}`}
+                      danger={false}
+                      label="Make owner"
+                      yes="Yes, make owner"
+                      question={
+                        room.owner
+                          ? "Make this member the owner? The current owner becomes a moderator; the members are told."
+                          : "Make this member the owner of this room, which has none? The members are told."
+                      }
+                      onConfirm={() => act(() => api.setOwner(id, m.user_id, reason), "Owner changed.")}
+                    />
+                  )}
+                  {!deleted && (
+                    <Confirm
+                      id={`remove-${m.user_id}`}
+                      label="Remove"
+                      yes="Yes, remove"
+                      question={
+                        m.role === "owner"
+                          ? "Remove the owner? The room is left without one."
+                          : room.kind === "private"
+                            ? "Remove this member? The others' devices change keys: they read nothing sent afterwards."
+                            : "Remove this member from the room?"
+                      }
+                      onConfirm={() => act(() => api.removeMember(id, m.user_id, reason), "Member removed.")}
+                    />
+                  )}
+                </div>
               </td>
             </tr>
           ))}
