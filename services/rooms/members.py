@@ -258,20 +258,37 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
         await set_state(rooms, room, "closed", user_id, owner=None)
 
 
-async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
-    room, member, _ = await visible(rooms, room_id, user_id)
+def _manager(member: Doc | None, what: str) -> Doc:
+    """The caller's membership, if it is the owner's or a moderator's (else refused)."""
     actor = member_of(member)
+    if actor["role"] not in ("owner", "moderator"):
+        raise forbidden(f"Only the room's owner and moderators {what}.")
+    return actor
+
+
+async def _removable(
+    rooms: Rooms, user_id: str, room_id: str, target: str, verb: str
+) -> tuple[Doc, Doc | None]:
+    """The room and ``target``'s membership (None: not a member), once ``user_id`` may
+    remove (``verb``: or ban) them: the owner or a moderator, never the owner, a
+    moderator only by the owner, nobody themself."""
+    room, member, _ = await visible(rooms, room_id, user_id)
+    actor = _manager(member, f"{verb} members")
     if target == user_id:
         raise _self()
-    if actor["role"] not in ("owner", "moderator"):
-        raise forbidden("Only the room's owner and moderators remove members.")
     victim = await rooms.store.get_member(room_id, target)
+    if victim is not None:
+        if victim["role"] == "owner":
+            raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, f"Nobody {verb}s a room's owner.")
+        if victim["role"] == "moderator" and actor["role"] != "owner":
+            raise forbidden(f"Only the owner {verb}s a moderator.")
+    return room, victim
+
+
+async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
+    room, victim = await _removable(rooms, user_id, room_id, target, "remove")
     if victim is None:
         raise _no_member(target)
-    if victim["role"] == "owner":
-        raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, "Nobody removes a room's owner.")
-    if victim["role"] == "moderator" and actor["role"] != "owner":
-        raise forbidden("Only the owner removes a moderator.")
     await remove_member(rooms, room, victim, user_id, removed=True)
     await _tell(rooms, room_id, "member_removed", target)
 
@@ -281,20 +298,9 @@ async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str)
     :func:`remove`, with the same rules), an invitation withdrawn, and joining,
     accepting and being invited are refused (``banned``) until :func:`unban`. Again:
     the same ban."""
-    room, member, _ = await visible(rooms, room_id, user_id)
-    actor = member_of(member)
-    if target == user_id:
-        raise _self()
-    if actor["role"] not in ("owner", "moderator"):
-        raise forbidden("Only the room's owner and moderators ban users.")
+    room, victim = await _removable(rooms, user_id, room_id, target, "ban")
     store = rooms.store
-    victim = await store.get_member(room_id, target)
-    if victim is not None:
-        if victim["role"] == "owner":
-            raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, "Nobody bans a room's owner.")
-        if victim["role"] == "moderator" and actor["role"] != "owner":
-            raise forbidden("Only the owner bans a moderator.")
-    elif await rooms.users.resolve(target, token) != target:
+    if victim is None and await rooms.users.resolve(target, token) != target:
         raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.", details={"user_id": target})
     doc: Doc = {
         "_id": member_id(room_id, target), "room": room_id, "user": target, "by": user_id,
@@ -316,8 +322,7 @@ async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str)
 async def unban(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
     """Lift a ban: ``target`` may join (or be invited) again."""
     _, member, _ = await visible(rooms, room_id, user_id)
-    if member_of(member)["role"] not in ("owner", "moderator"):
-        raise forbidden("Only the room's owner and moderators lift bans.")
+    _manager(member, "lift bans")
     if await rooms.store.delete_ban(room_id, target) is None:
         raise ApiError(
             ErrorCode.USER_NOT_FOUND, "That user is not banned from this room.",
@@ -329,8 +334,7 @@ async def unban(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
 async def bans(rooms: Rooms, user_id: str, room_id: str, after: str, limit: int) -> models.BanPage:
     """The room's bans in user id order (the owner and moderators)."""
     _, member, _ = await visible(rooms, room_id, user_id)
-    if member_of(member)["role"] not in ("owner", "moderator"):
-        raise forbidden("Only the room's owner and moderators see its bans.")
+    _manager(member, "see its bans")
     docs = await rooms.store.ban_page(room_id, after, limit + 1)
     more = len(docs) > limit
     docs = docs[:limit]
