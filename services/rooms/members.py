@@ -308,8 +308,11 @@ async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str)
     }  # fmt: skip
     if not await store.insert_ban(doc):
         doc = await store.get_ban(room_id, target) or doc  # banned already (or at once)
-    # The ban first, then what it ends (a join that raced it reads the ban after its write).
-    if victim is not None:
+    # The ban first, then the membership read again and ended: a join writes its
+    # membership and then reads the ban, so one of the two sees the other's write (the
+    # membership read before the ban may predate a join that raced it).
+    victim = await store.get_member(room_id, target)
+    if victim is not None and victim["role"] != "owner":
         await remove_member(rooms, room, victim, user_id, removed=True)
         await _tell(rooms, room_id, "member_removed", target)
     gone = await store.delete_invitation(room_id, target)
