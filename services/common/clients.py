@@ -12,7 +12,7 @@ import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -177,6 +177,49 @@ async def stop_consumer(consumer: AIOKafkaConsumer, timeout: float = CONSUMER_ST
         log.warning("kafka consumer did not stop in time", extra={"timeout_s": timeout})
 
 
+KafkaClient = TypeVar("KafkaClient", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
+
+# How long a cancelled start may go on to finish its bootstrap (milliseconds against
+# a broker that answers). Past it, the start is cancelled where it is: a consumer's
+# start also waits for its group's assignment, which can take a rebalance.
+START_GRACE_S = 2.0
+
+
+async def _close_kafka(client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient) -> None:
+    try:
+        close = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
+        await asyncio.wait_for(close, CONSUMER_STOP_S)
+    except TimeoutError:
+        log.warning("kafka client did not close in time", extra={"timeout": CONSUMER_STOP_S})
+
+
+async def started(client: KafkaClient) -> KafkaClient:
+    """``client.start()``, leaving nothing open when the start fails or is cancelled.
+
+    aiokafka's bootstrap holds its first connection in a local variable while the
+    metadata request is in flight, and closes it on a timeout or broker error but
+    not on a cancellation: a task cancelled there (a service stopping, a consumer
+    restarting) leaks a live connection that only the garbage collector closes,
+    with a ``ResourceWarning`` (tests/common/test_kafka_start.py shows it). So the
+    start runs shielded: a cancellation lets it go on for up to ``START_GRACE_S``,
+    closes the client, and then propagates. A start that fails closes the client
+    too, so the caller never holds a half-started one.
+    """
+    start = asyncio.ensure_future(client.start())
+    try:
+        await asyncio.shield(start)
+    except asyncio.CancelledError:
+        await asyncio.wait([start], timeout=START_GRACE_S)
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        await _close_kafka(client)
+        raise
+    except BaseException:
+        await _close_kafka(client)
+        raise
+    return client
+
+
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> list[str]:
     """Create the topics that are missing (explicitly: auto-create is not relied on).
 
@@ -186,7 +229,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> list[str]:
         bootstrap_servers=settings.kafka_bootstrap,
         request_timeout_ms=max(settings.dependency_timeout_ms, 5000),
     )
-    await admin.start()
+    await started(admin)
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
@@ -231,15 +274,9 @@ class KafkaProducerHandle:
 
     async def _connect(self) -> AIOKafkaProducer:
         """One attempt: create our topics if missing, start a producer."""
-        producer = kafka_producer(self.settings)
-        try:
-            if self.topics:
-                await ensure_topics(self.settings, self.topics)
-            await producer.start()
-        except Exception:
-            await producer.stop()
-            raise
-        return producer
+        if self.topics:
+            await ensure_topics(self.settings, self.topics)
+        return await started(kafka_producer(self.settings))
 
     async def wait_ready(self, timeout: float | None = None) -> AIOKafkaProducer:
         await asyncio.wait_for(self._ready.wait(), timeout)
@@ -292,7 +329,7 @@ async def consume_forever(
         try:
             await ensure_topics(settings, [topic])
             consumer = kafka_consumer(settings, [topic], group, max_poll_records=max_poll_records)
-            await consumer.start()
+            await started(consumer)
             running.set()
             delay = 0.2
             while True:

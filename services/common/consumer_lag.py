@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.common.clients import started
 from services.common.config import Settings
 from services.common.tasks import cancel_all
 
@@ -97,20 +98,16 @@ class ConsumerLag:
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         timeout = max(self.settings.dependency_timeout_ms, 5000)
         if self._admin is None:
-            admin = AIOKafkaAdminClient(
+            self._admin = await started(AIOKafkaAdminClient(
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 request_timeout_ms=timeout, client_id="parley-lag",
-            )  # fmt: skip
-            await admin.start()
-            self._admin = admin
+            ))  # fmt: skip
         if self._consumer is None:
             # No group: it only asks for offsets, it never joins or commits.
-            consumer = AIOKafkaConsumer(
+            self._consumer = await started(AIOKafkaConsumer(
                 bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
                 request_timeout_ms=timeout, client_id="parley-lag",
-            )  # fmt: skip
-            await consumer.start()
-            self._consumer = consumer
+            ))  # fmt: skip
         return self._admin, self._consumer
 
     async def _close(self) -> None:

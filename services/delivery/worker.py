@@ -57,6 +57,7 @@ from services.common.clients import (
     Topics,
     ensure_topics,
     kafka_consumer,
+    started,
     stop_consumer,
 )
 from services.common.config import Settings
@@ -244,7 +245,7 @@ class Worker:
                     self.settings, [topic], self.group + suffix,
                     max_poll_records=self.settings.delivery_batch_max,
                 )  # fmt: skip
-                await consumer.start()
+                await started(consumer)
                 if topic == self.topics.messages:
                     self.running.set()
                 delay = 0.2
