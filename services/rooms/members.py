@@ -182,10 +182,7 @@ async def invite(
     if await store.get_member(room_id, target) is not None:
         raise ApiError(ErrorCode.ALREADY_MEMBER, "That user is a member already.")
     if await store.get_ban(room_id, target) is not None:
-        raise ApiError(
-            ErrorCode.BANNED,
-            "That user is banned from this room; the owner or a moderator lifts the ban first.",
-        )
+        raise _banned_target()
     existing = await store.get_invitation(room_id, target)
     if existing is not None:
         return _invitation(existing)
@@ -211,8 +208,23 @@ async def invite(
         if winner is None:
             raise ApiError(ErrorCode.CONFLICT, "The invitation changed concurrently; try again.")
         return _invitation(winner)
+    if await store.get_ban(room_id, target) is not None:
+        # Banned meanwhile: a ban writes itself and then withdraws the invitation, and
+        # this read follows the invitation's write, so one of the two withdraws it.
+        await rooms.events.drop(held)
+        gone = await store.delete_invitation(room_id, target)
+        if gone is not None:
+            await store.forget_slots(room_id, target, None, "i", n)
+        raise _banned_target()
     await rooms.events.release(held)
     return _invitation(doc)
+
+
+def _banned_target() -> ApiError:
+    return ApiError(
+        ErrorCode.BANNED,
+        "That user is banned from this room; the owner or a moderator lifts the ban first.",
+    )
 
 
 def _invitation(doc: Doc) -> models.Invitation:

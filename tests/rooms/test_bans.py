@@ -140,3 +140,27 @@ async def test_a_ban_and_a_join_at_once_never_leave_a_banned_member(api: RoomsAp
         assert await member_ids(api, owner, room) == {owner}
     for u in users:
         await refused(api, api.join(u, rooms[0]), 403, "banned")
+
+
+async def test_an_invitation_and_a_ban_at_once_never_leave_an_invitation(api: RoomsApi) -> None:
+    # As above for invitations to private rooms: 48 (invite, ban) pairs at once.
+    owner = api.user()
+    rooms = [await api.room(owner, kind="private", name=f"p{i}") for i in range(4)]
+    users = [api.user() for _ in range(12)]
+    results = await asyncio.gather(
+        *(
+            call
+            for room in rooms
+            for u in users
+            for call in (api.invite(owner, room, u), api.ban(owner, room, u))
+        )
+    )
+    assert all(status in (200, 201, 403) for status, _ in results), results
+    refusals = [body for status, body in results if status == 403]
+    assert all(body["error"]["code"] == "banned" for body in refusals), refusals
+    for u in users:
+        status, pending = await api.invitations(u)
+        assert (status, pending["invitations"]) == (200, []), (u, pending)
+        await refused(api, api.accept(u, rooms[0]), 404, "room_not_found")
+    snapshot = await api.snapshot()
+    assert snapshot.get("invitations", []) == []
