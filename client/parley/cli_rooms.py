@@ -357,7 +357,7 @@ def rooms_notifications(
                 console.print("No notifications.")
             for n in items:
                 mark = " " if n.get("read") else "*"
-                name = await client.messenger._name_of(str(n["sender"]))
+                name = await client.messenger.name_of(str(n["sender"]))
                 where = ""
                 if n.get("message_seq"):  # a public room's: the page that ends with it
                     where = (

@@ -130,7 +130,10 @@ class Messenger:
         self._names[found["user_id"]] = found["username"]
         return str(found["user_id"]), str(found["username"])
 
-    async def _name_of(self, user_id: str) -> str:
+    async def name_of(self, user_id: str) -> str:
+        """``user_id``'s username, as shown: remembered, from the local store's contact,
+        or looked up at the auth service; its first 8 characters when it cannot be
+        looked up (offline)."""
         if user_id in self._names:
             return self._names[user_id]
         with contextlib.suppress(ParleyError):
@@ -168,7 +171,7 @@ class Messenger:
         signed = SignedDeviceList.from_json(answer)
         me = self.account.user_id
         assert me is not None
-        name = user_id if user_id == me else await self._name_of(user_id)
+        name = user_id if user_id == me else await self.name_of(user_id)
         warning: KeyChanged | None = None
         async with self._store().transaction() as tx:
             state = self._peer(tx, user_id)
@@ -549,7 +552,7 @@ class Messenger:
         assert me is not None
         own = sender == me  # a copy of what we sent from another device
         peer = _other_party(frame.conversation, me) if own else sender
-        name = await self._name_of(peer) if peer else sender[:8]
+        name = await self.name_of(peer) if peer else sender[:8]
         event: Event | None = None
         later: list[Event] = []
         try:

@@ -321,8 +321,8 @@ class Rooms:
             if not after:
                 break
         for ban in found:
-            ban["username"] = await self.messenger._name_of(ban["user_id"])
-            ban["banned_by_username"] = await self.messenger._name_of(ban["banned_by"])
+            ban["username"] = await self.messenger.name_of(ban["user_id"])
+            ban["banned_by_username"] = await self.messenger.name_of(ban["banned_by"])
         return found
 
     async def set_moderator(self, ref: str, user: str, moderator: bool = True) -> dict[str, Any]:
@@ -365,7 +365,7 @@ class Rooms:
             if after is None:
                 break
         for m in out:  # the server names them (a gone account: asked, as a sender is)
-            m["username"] = m.get("username") or await self.messenger._name_of(str(m["user_id"]))
+            m["username"] = m.get("username") or await self.messenger.name_of(str(m["user_id"]))
         return out
 
     # -- notifications ----------------------------------------------------------------------
@@ -416,7 +416,7 @@ class Rooms:
                     "dir": "out" if m["sender"] == me else "in",
                     "kind": "message",
                     "sender": m["sender"],
-                    "username": await self.messenger._name_of(str(m["sender"])),
+                    "username": await self.messenger.name_of(str(m["sender"])),
                     "text": m["text"],
                     "at": m["sent_at"],
                     "seq": m["seq"],
@@ -715,7 +715,7 @@ class Rooms:
         names = {
             fr.from_: (self.account.username or "")
             if fr.from_ == me
-            else await self.messenger._name_of(fr.from_)
+            else await self.messenger.name_of(fr.from_)
             for fr in frames
         }
         events: list[Event] = []
@@ -964,17 +964,17 @@ class Rooms:
                 RoomChanged(
                     frame.room_id, frame.change, frame.kind, frame.state, who, frame.name,
                     frame.topic, frame.role,
-                    None if who is None else await self.messenger._name_of(who),
+                    None if who is None else await self.messenger.name_of(who),
                 )
             )  # fmt: skip
         elif isinstance(frame, f.TypingNotice):
             if frame.user != self.account.user_id:  # our own other devices: not news
-                name = await self.messenger._name_of(frame.user)
+                name = await self.messenger.name_of(frame.user)
                 self.events.emit(
                     Typing(frame.room_id, frame.user, name, frame.device, frame.typing)
                 )
         elif isinstance(frame, f.RoomPost):
-            name = await self.messenger._name_of(frame.sender)
+            name = await self.messenger.name_of(frame.sender)
             self.events.emit(
                 RoomMessage(
                     frame.room_id, frame.sender, name, frame.text, frame.sent_at, None,
