@@ -13,6 +13,7 @@ from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
 from services.common.devices import DeviceLists, ListCopies
+from services.common.room_gate import RoomGate
 from services.common.state import REGISTRY, VERIFIER
 from services.gateway.directory import Directory
 from services.gateway.hub import Hub
@@ -34,7 +35,7 @@ async def create_app(settings: Settings) -> web.Application:
         devices = DeviceLists(settings, http, ListCopies(redis, settings.redis_prefix))
         hub = Hub(
             store, app[REGISTRY], app[VERIFIER], Directory(settings, http, redis), devices,
-            RoomMembers(settings, http, devices),
+            RoomMembers(settings, http, devices, RoomGate(redis, settings.redis_prefix)),
         )  # fmt: skip
         app[HUB] = hub
         await hub.start()

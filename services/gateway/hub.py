@@ -296,7 +296,7 @@ class Hub:
         if not frame.typing and (last is None or now - last > f.TYPING_TTL_S):
             self._typing.pop(key, None)
             return
-        members = await self.rooms.members(frame.room, token)
+        members = await self.rooms.members(frame.room, user_id, token)
         if frame.typing:
             if len(self._typing) >= TYPING_KEPT:
                 self._typing = {k: t for k, t in self._typing.items() if now - t <= f.TYPING_TTL_S}

@@ -1,11 +1,15 @@
 """Who a private room's message goes to: the rooms service's membership and the key
 directory's device lists, as the sender may see them (docs/rooms.md, "Private rooms").
 
-The room itself is read on every ``room_send`` (one primary-key read at the
-rooms service): whether the sender is a member now, whether the room is
-open, its ``version`` and member count. The member list is cached by those
-two (:class:`~services.common.rosters.RosterCache`: a list read in the middle
-of a join or a leave is never kept). Device lists come from
+The room itself (whether the sender is a member now, whether the room is
+open, its ``version`` and member count) is read from the rooms service and
+kept per (room, sender) under the room's send gate, a token in Redis that the
+rooms service replaces after every change to the room
+(:mod:`services.common.room_gate`): a ``room_send`` reads the gate (one Redis
+round trip) and asks the rooms service again only when the token moved. The
+member list is cached by ``version`` and member count
+(:class:`~services.common.rosters.RosterCache`: a list read in the middle of a
+join or a leave is never kept). Device lists come from
 :class:`DeviceLists` (cached briefly, forgotten when a user's devices change).
 """
 
@@ -18,10 +22,12 @@ from typing import Any
 import aiohttp
 from parley_contract import envelopes as e
 from parley_contract import frames as f
+from redis.exceptions import RedisError
 
 from services.common.config import Settings
 from services.common.devices import DeviceLists, member_ids, rooms_get
 from services.common.errors import ApiError, DevicesChanged, ErrorCode
+from services.common.room_gate import RoomGate
 from services.common.rosters import RosterCache
 
 DEVICE_LOOKUPS = 32
@@ -30,15 +36,23 @@ DIGESTS_KEPT = 10_000
 REFRESH_EVERY_S = 10.0
 """A room's member device lists are read again (not from the cache) at most this often,
 when a ``room_send``'s digest disagrees with them."""
+ROOMS_KEPT = 10_000
+"""(room, sender) pairs whose room is kept under its gate."""
+ROOM_KEPT_S = 30.0
+"""The longest a kept room is used, whatever its gate says: the bound on a stale copy
+if the rooms service could not move a gate (Redis away at that moment)."""
 
 
 class RoomMembers:
     def __init__(
-        self, settings: Settings, session: aiohttp.ClientSession, devices: DeviceLists
-    ) -> None:
+        self, settings: Settings, session: aiohttp.ClientSession, devices: DeviceLists,
+        gate: RoomGate | None = None,
+    ) -> None:  # fmt: skip
         self.base = settings.rooms_url.rstrip("/")
         self.session = session
         self.devices = devices
+        self.gate = gate
+        self._rooms: dict[tuple[str, str], tuple[bytes, float, dict[str, Any]]] = {}
         self._rosters = RosterCache()
         self._digests: dict[tuple[str, str, int], tuple[int, str]] = {}
         self._refreshed: dict[str, float] = {}
@@ -59,7 +73,7 @@ class RoomMembers:
         went to; other than these targets' (:func:`~parley_contract.frames.device_digest`),
         the message is refused with :class:`DevicesChanged` and every member's
         current devices (the sender's without the sending one)."""
-        members = await self.members(room_id, token, private=True)
+        members = await self.members(room_id, user_id, token, private=True)
         strangers = set(mentions) - set(members)
         if strangers:
             raise ApiError(
@@ -106,11 +120,13 @@ class RoomMembers:
         self._digests[key] = (seen, digest)
         return digest
 
-    async def members(self, room_id: str, token: str, private: bool = False) -> tuple[str, ...]:
-        """The members of an open room the token's user is a member of now (the room
-        is read on every call: one primary-key read at the rooms service), refused
-        as :meth:`targets` says; ``private``: a private room only (``forbidden``)."""
-        room = await self._get(f"/rooms/v1/rooms/{room_id}", token)
+    async def members(
+        self, room_id: str, user_id: str, token: str, private: bool = False
+    ) -> tuple[str, ...]:
+        """The members of an open room ``user_id`` (the token's user) is a member of now
+        (:meth:`room`), refused as :meth:`targets` says; ``private``: a private room
+        only (``forbidden``)."""
+        room = await self.room(room_id, user_id, token)
         if room.get("role") is None:
             raise ApiError(ErrorCode.NOT_A_MEMBER, "Join the room (accept its invitation) first.")
         if private and room.get("kind") != "private":
@@ -123,6 +139,29 @@ class RoomMembers:
         return await self._members(
             room_id, int(room.get("version", 0)), int(room.get("members", -1)), token
         )
+
+    async def room(self, room_id: str, user_id: str, token: str) -> dict[str, Any]:
+        """The room as ``user_id`` sees it now: kept under its gate while the gate holds
+        the token read before the rooms service was asked (a member's view of an
+        open room only: a refusal is asked again each time)."""
+        gate = None
+        if self.gate is not None:
+            try:
+                gate = await self.gate.read(room_id)
+            except (RedisError, OSError):
+                gate = None  # read the room every time until Redis answers
+        key, now = (room_id, user_id), time.monotonic()
+        kept = self._rooms.get(key)
+        if gate is not None and kept is not None and kept[0] == gate and now < kept[1]:
+            return kept[2]
+        room = await self._get(f"/rooms/v1/rooms/{room_id}", token)
+        if gate is not None and room.get("role") is not None and room.get("state") == "open":
+            if len(self._rooms) >= ROOMS_KEPT:
+                self._rooms.clear()
+            self._rooms[key] = (gate, now + ROOM_KEPT_S, room)
+        else:
+            self._rooms.pop(key, None)
+        return room
 
     async def _members(self, room_id: str, version: int, count: int, token: str) -> tuple[str, ...]:
         hit = self._rosters.get(room_id, version, count)

@@ -14,6 +14,7 @@ from services.common.clients import Topics, service_db
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.ratelimit import RateLimiter
+from services.common.room_gate import RoomGate
 from services.common.state import MONGO, REGISTRY
 from services.common.tasks import cancel_all
 from services.rooms.config import RoomsConfig
@@ -42,7 +43,7 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
     rooms = Rooms(
         store=store,
         config=config,
-        events=EventPublisher(store, config, metrics),
+        events=EventPublisher(store, config, metrics, RoomGate(redis, settings.redis_prefix)),
         users=users,
         limiter=RateLimiter(redis, f"{settings.redis_prefix}:rooms", metrics=metrics.limits),
         metrics=metrics,

@@ -27,6 +27,7 @@ higher ``version``, says how things are.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -37,12 +38,16 @@ from bson import ObjectId
 from parley_contract import envelopes as e
 from parley_contract.envelopes import MentionNotice
 from parley_contract.envelopes import encode as encode_notice
+from redis.exceptions import RedisError
 
 from services.common.logging import kafka_headers
 from services.common.outbox import drain_forever, entry_headers
+from services.common.room_gate import RoomGate
 from services.rooms.config import RoomsConfig
 from services.rooms.metrics import RoomsMetrics
 from services.rooms.store import RoomStore
+
+log = logging.getLogger(__name__)
 
 # The type of a held mention notice (``<prefix>notifications``), beside the room events'.
 NOTICE = "mention_notice"
@@ -72,10 +77,25 @@ class Held:
 
 
 class EventPublisher:
-    def __init__(self, store: RoomStore, config: RoomsConfig, metrics: RoomsMetrics) -> None:
+    def __init__(
+        self, store: RoomStore, config: RoomsConfig, metrics: RoomsMetrics,
+        gate: RoomGate | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.config = config
         self.metrics = metrics
+        self.gate = gate
+
+    async def _bump(self, room_id: str) -> None:
+        """The room's send gate moves on (services/common/room_gate.py): after the change,
+        before its answer and its event. Redis away: logged; the gateways' kept copies
+        then last at most their own time limit (``ROOM_KEPT_S``)."""
+        if self.gate is None:
+            return
+        try:
+            await self.gate.bump(room_id)
+        except (RedisError, OSError) as exc:
+            log.warning("room gate not moved", extra={"room_id": room_id, "error": repr(exc)})
 
     async def hold(self, event: e.RoomEvent, check: Check) -> Held:
         """Record the event before the change it announces (see the module doc)."""
@@ -104,6 +124,7 @@ class EventPublisher:
         """The change is made: send now (the outbox retries if this fails)."""
         if held.type != NOTICE:
             self.metrics.changes.labels(held.type).inc()
+            await self._bump(held.key)
         if await self.store.send_event(held.key, held.value, held.headers, held.topic):
             await self.store.outbox.delete(held.entry)
             self.metrics.outbox.labels("direct").inc()
@@ -125,6 +146,8 @@ class EventPublisher:
                 continue
             headers = entry_headers(entry)
             topic = entry.get("topic")
+            if topic != self.store.notices_topic:
+                await self._bump(str(entry["key"]))  # a change made, its answer maybe not
             if not await self.store.send_event(
                 entry["key"], entry["value"].encode(), headers, topic
             ):

@@ -13,6 +13,7 @@ import pytest
 from parley_contract import envelopes as e
 from parley_contract import frames as f
 
+from services.common.state import REGISTRY
 from services.delivery import routes as delivery_routes
 from services.delivery.state import MODERATION, ROOM_LOG, WORKER
 from tests.support.aio import eventually
@@ -126,6 +127,66 @@ async def test_a_resend_is_stored_once(world: RoomWorld) -> None:
     pushed = await room_messages(b, 3)
     assert {(m["seq"], m["server_id"]) for m in pushed} == {(1, pushed[0]["server_id"])}
     assert [m["body"] for m in await whole_log(world, room, bob)] == ["b25jZQ"]
+
+
+def room_reads(world: RoomWorld) -> float:
+    """How many times the rooms service answered ``GET /rooms/v1/rooms/{room_id}``."""
+    total = 0.0
+    for metric in world.rooms.server.app[REGISTRY].collect():
+        for sample in metric.samples:
+            labels = sample.labels
+            if (
+                sample.name == "parley_http_requests_total"
+                and labels.get("method") == "GET"
+                and labels.get("route", "").endswith("/rooms/{room_id}")
+            ):
+                total += sample.value
+    return total
+
+
+async def test_the_room_is_read_again_only_after_it_changes(world: RoomWorld) -> None:
+    """The gateway keeps the room under its send gate (docs/rooms.md, "The send gate"):
+    read once, then again only after a change, and a removal or a close holds from
+    the sender's next message after the change's answer."""
+    owner, bob, carol = uid(), uid(), uid()
+    room = await world.private_room(owner, [bob, carol])
+    b = await world.connect(bob)
+    o = await world.connect(owner, pod=1)
+    await send_accepted(b, room, {"k0": "YQ"})
+    reads = room_reads(world)
+    await send_accepted(b, room, {f"k{i}": "YQ" for i in range(1, 6)})
+    assert room_reads(world) == reads  # five messages, no read
+
+    # Another member leaves: the gate moves, the next message reads the room once.
+    assert (await world.call("POST", f"/rooms/{room}/leave", carol))[0] == 204
+    await send_accepted(b, room, {"k6": "YQ", "k7": "YQ"})
+    assert room_reads(world) == reads + 1
+
+    # Redis lost the gate (a restart): a new one, which no kept copy carries.
+    gate = world.m.hub(0).rooms.gate
+    await gate.redis.delete(gate.key(room))
+    await send_accepted(b, room, {"k8": "YQ", "k9": "YQ"})
+    assert room_reads(world) == reads + 2
+
+    # The owner closes the room: the owner's next message (on the other pod, its copy
+    # kept too) and bob's are refused.
+    await send_accepted(o, room, {"o1": "YQ"})
+    status, body = await world.call("PATCH", f"/rooms/{room}", owner, {"state": "closed"})
+    assert status == 200, body
+    for ws, cid in ((o, "o2"), (b, "k10")):
+        await ws.send(room_send(cid, room, "YQ"))
+        assert (await ws.expect("error", id=cid))["code"] == "room_closed"
+    status, body = await world.call("PATCH", f"/rooms/{room}", owner, {"state": "open"})
+    assert status == 200, body
+    await send_accepted(b, room, {"k11": "YQ"})
+
+    # Bob is removed: his very next message is refused (a private room he is no
+    # longer in is one he cannot see).
+    assert (await world.call("DELETE", f"/rooms/{room}/members/{bob}", owner))[0] == 204
+    await b.send(room_send("k12", room, "YQ"))
+    assert (await b.expect("error", id="k12"))["code"] == "room_not_found"
+    # Only the twelve accepted messages are in the room's log (k0-k9, o1, k11).
+    assert len(await whole_log(world, room, owner)) == 12
 
 
 async def test_bad_room_sends_are_refused_and_store_nothing(world: RoomWorld) -> None:
