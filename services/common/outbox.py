@@ -71,9 +71,12 @@ def entry_headers(entry: Doc) -> list[tuple[str, bytes]]:
     return [(str(k), str(v).encode()) for k, v in entry.get("headers", [])]
 
 
-async def drain_forever(drain_once: Callable[[], Awaitable[int]], interval_s: float) -> None:
+async def drain_forever(
+    drain_once: Callable[[], Awaitable[int]], interval_s: float, what: str = "outbox events"
+) -> None:
     """Every ``interval_s``: ``drain_once`` (sends what is due; returns how many), for as
-    long as the task runs; a failed round is logged and the next one tries again."""
+    long as the task runs; a failed round is logged and the next one tries again.
+    ``what``: what a round deals with, for the logs."""
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -81,10 +84,10 @@ async def drain_forever(drain_once: Callable[[], Awaitable[int]], interval_s: fl
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("outbox drain failed", extra={"error": repr(exc)})
+            log.warning("drain failed", extra={"what": what, "error": repr(exc)})
             continue
         if sent:
-            log.info("outbox events sent", extra={"count": sent})
+            log.info("drained", extra={"what": what, "count": sent})
 
 
 __all__ = ["Outbox", "drain_forever", "entry_headers"]

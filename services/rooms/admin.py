@@ -217,6 +217,8 @@ async def set_owner(
     if target["role"] == "owner":
         raise _unchanged("owned by that member")
     before = room.get("owner")
+    # An admin's choice ends a hand-over a killed process left half done.
+    await rooms.store.end_handover(room_id)
     previous = await rooms.store.get_member(room_id, before) if before else None
     if previous is not None and previous["role"] == "owner":
         await members.set_role(rooms, room, previous, "moderator", claims.user_id)

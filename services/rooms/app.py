@@ -13,10 +13,12 @@ from services.common.auth import use_token_verifier
 from services.common.clients import Topics, service_db
 from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
+from services.common.outbox import drain_forever
 from services.common.ratelimit import RateLimiter
 from services.common.room_gate import RoomGate
 from services.common.state import MONGO, REGISTRY
 from services.common.tasks import cancel_all
+from services.rooms import members
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
 from services.rooms.metrics import RoomsMetrics
@@ -64,7 +66,14 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
 
     async def background(_: web.Application) -> AsyncIterator[None]:
         await users.start()
-        tasks = [asyncio.create_task(rooms.events.run()), asyncio.create_task(consumer.run())]
+        handovers = drain_forever(
+            lambda: members.finish_handovers(rooms, config.outbox_lease_s),
+            config.outbox_interval_s, "hand-overs",
+        )  # fmt: skip
+        tasks = [
+            asyncio.create_task(rooms.events.run()), asyncio.create_task(consumer.run()),
+            asyncio.create_task(handovers),
+        ]  # fmt: skip
         yield
         await cancel_all(tasks)
         await users.close()

@@ -424,19 +424,75 @@ async def set_moderator(
 
 
 async def transfer(rooms: Rooms, user_id: str, room_id: str, target: str) -> models.Room:
-    room, victim = await _owner_and_target(rooms, user_id, room_id, target)
-    owner = await rooms.store.get_member(room_id, user_id)
+    room, _ = await _owner_and_target(rooms, user_id, room_id, target)
+    store = rooms.store
+    owner = await store.get_member(room_id, user_id)
     assert owner is not None
+    # Recorded first: a process killed in the middle leaves the record, and
+    # finish_handovers completes the hand-over (docs/rooms.md, "Roles").
+    if not await store.begin_handover(room_id, user_id, target, now_ms()):
+        raise ApiError(
+            ErrorCode.CONFLICT, "Another hand-over of this room is under way; try again."
+        )
     # The owner steps down first, and only while still the owner: of two hand-overs at
     # once exactly one gets past this write (the other is refused), where promoting
-    # first let both through and left two owners. A crash right after it leaves the
-    # room with no owner rather than two (docs/rooms.md, "Roles").
-    await set_role(rooms, room, owner, "moderator", user_id, was="owner")
-    await set_role(rooms, room, victim, "owner", user_id)
-    await rooms.store.set_room(room_id, {"owner": target})
-    await _tell(rooms, room_id, "role", target, "owner")
-    room = await rooms.store.get_room(room_id) or room
+    # first let both through and left two owners.
+    try:
+        await set_role(rooms, room, owner, "moderator", user_id, was="owner")
+    except ApiError:
+        await store.end_handover(room_id)
+        raise
+    try:
+        await _complete_handover(rooms, room, user_id, target)
+    except ApiError:
+        # The new owner left in the meantime: the owner stays the owner.
+        await _complete_handover(rooms, room, user_id, user_id)
+        raise
+    room = await store.get_room(room_id) or room
     return out(room, {**owner, "role": "moderator"})
+
+
+async def _complete_handover(rooms: Rooms, room: Doc, by: str, to: str) -> None:
+    """The rest of a hand-over from ``by`` (stepped down) to ``to``: ``to`` is the owner,
+    the room's ``owner`` field says so, the record is gone, the members are told."""
+    store, room_id = rooms.store, room["_id"]
+    target = await store.get_member(room_id, to)
+    if target is None:
+        raise _no_member(to)
+    if target["role"] != "owner":
+        await set_role(rooms, room, target, "owner", by)
+    await store.set_room(room_id, {"owner": to})
+    await store.end_handover(room_id)
+    await _tell(rooms, room_id, "role", to, "owner")
+
+
+async def finish_handovers(rooms: Rooms, older_than_s: float, limit: int = 100) -> int:
+    """Complete the hand-overs a killed process left half done (recorded more than
+    ``older_than_s`` ago): to the member it named; if they left meanwhile, back to
+    the owner who began it (if still a member; else the room is left without an
+    owner, for an admin to name one). Returns how many were finished."""
+    store = rooms.store
+    done = 0
+    for rec in await store.stale_handovers(now_ms() - int(older_than_s * 1000), limit):
+        room_id, by, to = str(rec["_id"]), str(rec["by"]), str(rec["to"])
+        room = await store.get_room(room_id)
+        if room is None:
+            await store.end_handover(room_id)
+            continue
+        old = await store.get_member(room_id, by)
+        if await store.get_member(room_id, to) is not None:
+            if old is not None and old["role"] == "owner":  # killed before it stepped down
+                await set_role(rooms, room, old, "moderator", by, was="owner")
+            await _complete_handover(rooms, room, by, to)
+            log.warning("hand-over finished after a failure", extra={"room_id": room_id})
+        elif old is not None:
+            await _complete_handover(rooms, room, by, by)
+            log.warning("hand-over undone: its new owner left", extra={"room_id": room_id})
+        else:
+            await store.end_handover(room_id)
+            log.warning("hand-over left no owner", extra={"room_id": room_id})
+        done += 1
+    return done
 
 
 async def members(

@@ -385,12 +385,13 @@ async def demote(request: web.Request, claims: Claims) -> models.Membership:
 
 @api.put(
     ROOM + "/owner",
-    summary="Hand the room over to another member (owner); you become a moderator",
+    summary="Hand the room over to another member (owner); you become a moderator "
+    "(`conflict`: another hand-over of the room is under way)",
     body=models.OwnerIn,
     response=models.Room,
     auth=True,
     params=_ROOM,
-    errors=_MANAGE,
+    errors=[*_MANAGE, _E.CONFLICT],
     tags=["membership"],
 )
 async def transfer(request: web.Request, claims: Claims, body: models.OwnerIn) -> models.Room:

@@ -125,6 +125,7 @@ class RoomStore:
         self.notifications: AsyncCollection[Doc] = db["notifications"]
         self.outbox = Outbox(db["outbox"])
         self.mention_claims: AsyncCollection[Doc] = db["mention_claims"]
+        self.handovers: AsyncCollection[Doc] = db["handovers"]
         self.kafka = kafka
         self.topic = Topics(settings).rooms
         self.notices_topic = Topics(settings).notifications
@@ -156,6 +157,22 @@ class RoomStore:
         """Does a document matching ``query`` exist (``exists``) or not? (outbox checks)"""
         found = await self.db[coll].find_one(query, {"_id": 1})
         return (found is not None) == exists
+
+    # -- hand-overs under way (members.transfer) -------------------------------------------
+
+    async def begin_handover(self, room_id: str, by: str, to: str, at: int) -> bool:
+        """Record a hand-over before its first write; False: one is under way."""
+        return await self._insert_new(
+            self.handovers, {"_id": room_id, "by": by, "to": to, "at": at}
+        )
+
+    async def end_handover(self, room_id: str) -> None:
+        await self.handovers.delete_one({"_id": room_id})
+
+    async def stale_handovers(self, before_ms: int, limit: int) -> list[Doc]:
+        """Hand-overs begun before ``before_ms`` and never ended (a process killed in the
+        middle): a scan of a collection that holds only the hand-overs under way."""
+        return await self.handovers.find({"at": {"$lt": before_ms}}).limit(limit).to_list()
 
     # -- rooms ---------------------------------------------------------------------------
 
