@@ -292,7 +292,8 @@ async def change(
     rooms: Rooms, claims: Claims, ip: str | None, token: str, room_id: str, seq: int,
     action: str, new_text: str | None, reason: str | None,
 ) -> models.RoomMessage:  # fmt: skip
-    """Edit or remove any message of a room's timeline (audited by moderation.apply)."""
+    """Edit, remove or restore any message of a room's timeline (audited by
+    moderation.apply)."""
     room = await _timeline_room(rooms, room_id)
     doc = await moderation.message_of(rooms, room_id, seq)
     return await moderation.apply(

@@ -149,6 +149,16 @@ def hide(
     _call("POST", _room(room_id) + f"/messages/{seq}/hide", {"reason": reason})
 
 
+@app.command("restore")
+def restore(
+    room_id: str,
+    seq: int,
+    reason: Annotated[str | None, typer.Option(help="Why (kept, not shown).")] = None,
+) -> None:
+    """Undo a removal of a public room's message: it is as it was before it."""
+    _call("POST", _room(room_id) + f"/messages/{seq}/restore", {"reason": reason})
+
+
 @app.command("revisions")
 def revisions(room_id: str, seq: int) -> None:
     """Every revision of a message, the original first."""

@@ -107,6 +107,8 @@ class ModeratorEdit(MessageEdit):
 
 
 class HideIn(_In):
+    """The body of an admin's hide or restore."""
+
     reason: str | None = Field(
         default=None, max_length=REASON_MAX, description="Why (kept in the revision and the "
         "audit log, not shown to members)",

@@ -41,13 +41,14 @@ log = logging.getLogger(__name__)
 
 EDIT = "edit"
 REMOVE = "remove"
+RESTORE = "restore"
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one request asks for: an edit (``text``) or a removal, by whom, as what."""
 
-    action: str  # EDIT or REMOVE
+    action: str  # EDIT, REMOVE or RESTORE
     by: str  # the user id of whoever makes it
     role: str  # author, owner, moderator or admin
     text: str | None = None
@@ -103,6 +104,14 @@ async def by_member(
         raise forbidden("Private rooms are end-to-end encrypted: the server holds no message.")
     member = member_of(member)
     doc = await message_of(rooms, room_id, seq)
+    if change.action == RESTORE:
+        # Undoing a removal is a moderator's, under the removal's rules: not the
+        # author's (their own deletion is final), not over an admin's removal.
+        removal = await _removal(rooms, room_id, doc)
+        role = await _role_over(rooms, room, member, doc)
+        if removal.get("role") == "admin":
+            raise forbidden("An admin removed this message; admins restore it.")
+        return await apply(rooms, room, doc, replace(change, role=role), token)
     _refuse_removed(doc)
     if doc["sender"] == user_id:
         role = "author"
@@ -115,6 +124,22 @@ async def by_member(
     return await apply(rooms, room, doc, replace(change, role=role), token)
 
 
+async def _removal(rooms: Rooms, room_id: str, doc: Doc) -> Doc:
+    """The revision that removed ``doc`` (a moderator's or an admin's removal); a message
+    not so removed is ``conflict``: there is nothing to restore."""
+    rev = int(doc.get("rev", 1))
+    removal = None
+    if doc.get("marker") == "removed_by_moderator" and rev > 1:
+        removal = await rooms.store.get_revision(room_id, int(doc["seq"]), rev)
+    if removal is None:
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "Only a message a moderator or an admin removed is restored; this one was not "
+            "(its author's own deletion is final).",
+        )
+    return removal
+
+
 def _marker(change: Change) -> str:
     if change.role == "author":
         return "edited" if change.action == EDIT else "deleted_by_author"
@@ -124,17 +149,32 @@ def _marker(change: Change) -> str:
 async def apply(
     rooms: Rooms, room: Doc, doc: Doc, change: Change, token: str
 ) -> models.RoomMessage:
-    """Make the change (a new revision), push it, audit it unless the author made it."""
-    _refuse_removed(doc)
+    """Make the change (a new revision), push it, audit it unless the author made it.
+    A restore's revision repeats the one before the removal (its text, mentions and
+    marker): the message is as it was, and the removal stays in its history."""
     store = rooms.store
     room_id, seq = str(room["_id"]), int(doc["seq"])
+    marker: str | None
+    if change.action == RESTORE:
+        await _removal(rooms, room_id, doc)
+        before = await store.get_revision(room_id, seq, int(doc["rev"]) - 1)
+        if before is None:
+            raise conflict()
+        content, mentions, marker = (
+            before["text"],
+            list(before.get("mentions", [])),
+            before["marker"],
+        )
+    else:
+        _refuse_removed(doc)
+        marker = _marker(change)
     if change.action == EDIT:
         assert change.text is not None
         content = text.clean(change.text, "text", required=True, multiline=True)
         if content == doc["text"]:
             return timeline.message(doc)  # nothing changes: no revision
         mentions = await timeline.mentioned_members(rooms, room_id, content, token)
-    else:
+    elif change.action == REMOVE:
         content, mentions = "", []
     rev = int(doc.get("rev", 0))
     if rev < 1:
@@ -143,7 +183,6 @@ async def apply(
     if rev == 1:
         await store.insert_revision(_original(doc))  # idempotent: the original, once
     now = now_ms()
-    marker = _marker(change)
     claim: Doc = {
         "_id": revision_id(room_id, seq, rev + 1), "room": room_id, "seq": seq, "rev": rev + 1,
         "text": content, "mentions": mentions, "marker": marker, "by": change.by,
@@ -162,7 +201,7 @@ async def apply(
         await rooms.audit.record(
             Entry(
                 actor=Actor(change.by, change.role),
-                action="message.edit" if change.action == EDIT else "message.remove",
+                action=f"message.{change.action}",
                 target_type="message", target_id=f"{room_id}/{seq}",
                 details={"room_id": room_id, "seq": seq, "rev": rev + 1, "marker": marker,
                          "sender": doc["sender"], "reason": change.reason},
@@ -170,7 +209,7 @@ async def apply(
                 after={"text": content, "marker": marker}, ip=change.ip,
             )
         )  # fmt: skip
-    rooms.metrics.messages.labels(marker).inc()
+    rooms.metrics.messages.labels("restored" if change.action == RESTORE else marker).inc()
     log.info("message changed", extra={"room_id": room_id, "seq": seq, "marker": marker})
     await push.to_members(
         store, rooms.pusher, room, timeline.changed_frame(updated), "room_message_changed"

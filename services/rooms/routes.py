@@ -583,6 +583,30 @@ async def delete_message(request: web.Request, claims: Claims) -> models.RoomMes
     )
 
 
+@api.post(
+    ROOM + "/messages/{seq}/restore",
+    summary="Undo a removal (the room's owner or a moderator, under the removal's rules): "
+    "the message is as it was before it, and the removal stays in its history",
+    response=models.RoomMessage,
+    auth=True,
+    params=_MESSAGE,
+    errors=[
+        _E.ROOM_NOT_FOUND,
+        _E.NOT_A_MEMBER,
+        _E.FORBIDDEN,
+        _E.MESSAGE_NOT_FOUND,
+        _E.CONFLICT,
+    ],
+    tags=["timeline"],
+)
+async def restore_message(request: web.Request, claims: Claims) -> models.RoomMessage:
+    room_id, seq = room_id_of(request), seq_of(request)
+    change = moderation.Change(moderation.RESTORE, claims.user_id, "", None, None, ip_of(request))
+    return await moderation.by_member(
+        svc(request), claims.user_id, _token(request), room_id, seq, change
+    )
+
+
 # -- admin (docs/moderation.md) -------------------------------------------------------------
 
 _ADMIN: dict[str, Any] = {"auth": True, "role": "admin", "tags": ["admin"]}
@@ -826,6 +850,25 @@ async def admin_hide(
     return await admin.change(
         svc(request), claims, ip_of(request), _token(request), room_id_of(request),
         seq_of(request), moderation.REMOVE, None, body.reason,
+    )  # fmt: skip
+
+
+@api.post(
+    ADMIN_ROOM + "/messages/{seq}/restore",
+    summary="Undo a removal (`removed_by_moderator`, a moderator's or an admin's): the "
+    "message is as it was before it, and the removal stays in its history",
+    body=models.HideIn,
+    response=models.RoomMessage,
+    params=_MESSAGE,
+    errors=[_E.FORBIDDEN, _E.ROOM_NOT_FOUND, _E.MESSAGE_NOT_FOUND, _E.CONFLICT],
+    **_ADMIN,
+)
+async def admin_restore(
+    request: web.Request, claims: Claims, body: models.HideIn
+) -> models.RoomMessage:
+    return await admin.change(
+        svc(request), claims, ip_of(request), _token(request), room_id_of(request),
+        seq_of(request), moderation.RESTORE, None, body.reason,
     )  # fmt: skip
 
 

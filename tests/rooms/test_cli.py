@@ -32,6 +32,9 @@ async def test_an_admin_hides_and_closes_from_the_command_line(api: RoomsApi) ->
     code, out, err = await cli(api, token, "hide", room, str(msg["seq"]), "--reason", "spam")
     assert code == 0, err
     assert '"marker": "removed_by_moderator"' in out and token not in out + err
+    code, out, err = await cli(api, token, "restore", room, str(msg["seq"]))
+    assert code == 0 and '"text": "spam spam"' in out, err
+    assert (await cli(api, token, "restore", room, str(msg["seq"])))[0] == 1  # nothing to undo
     assert (await cli(api, token, "close", room))[0] == 0
     code, _, err = await cli(api, token, "close", room)
     assert code == 1 and "error: conflict" in err

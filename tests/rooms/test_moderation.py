@@ -538,3 +538,94 @@ async def test_an_admin_names_an_owner_for_a_room_left_without_one(
         ({"owner": None}, {"owner": alice}), ({"owner": alice}, {"owner": bob}),
     ]  # fmt: skip
     assert audited[0]["details"] == {"reason": "owner left"}
+
+
+async def restore(api: RoomsApi, user: str, room: str, seq: int) -> tuple[int, Any]:
+    return await api.call("POST", f"/v1/rooms/{room}/messages/{seq}/restore", user)
+
+
+async def test_a_removal_is_undone_by_a_restore_and_stays_in_the_history(
+    api: RoomsApi,
+) -> None:
+    owner, mod, alice, bob = (api.user() for _ in range(4))
+    boss = admin(api)
+    room = await api.room(owner, name="forum")
+    for u in (mod, alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    assert (await api.promote(owner, room, mod))[0] == 200
+    _, m1 = await api.post(alice, room, "hello @" + "x" * 3)
+    _, m2 = await api.post(alice, room, "edited then removed")
+    _, m3 = await api.post(bob, room, "removed by an admin")
+    assert (await edit(api, alice, room, m2["seq"], "edited once"))[0] == 200
+
+    # A moderator removes two of alice's, then restores them: each as it was before
+    # the removal (text, mentions, marker), a new revision, the removal kept.
+    for m in (m1, m2):
+        assert (await delete(api, mod, room, m["seq"]))[1]["marker"] == "removed_by_moderator"
+    status, out = await restore(api, mod, room, m1["seq"])
+    assert status == 200, out
+    assert (out["text"], out["marker"], out["rev"]) == (m1["text"], None, 3)
+    assert out["mentions"] == m1["mentions"]
+    status, out = await restore(api, owner, room, m2["seq"])
+    assert (status, out["text"], out["marker"], out["rev"]) == (200, "edited once", "edited", 4)
+    _, hist = await api.call("GET", f"/v1/admin/rooms/{room}/messages/{m2['seq']}/revisions", boss)
+    assert [(r["text"], r["marker"], r["role"]) for r in hist["revisions"]] == [
+        ("edited then removed", None, "author"),
+        ("edited once", "edited", "author"),
+        ("", "removed_by_moderator", "moderator"),
+        ("edited once", "edited", "owner"),
+    ]
+    _, page = await api.messages(bob, room)
+    shown = {m["seq"]: m["text"] for m in page["messages"]}
+    assert shown[m1["seq"]] == m1["text"] and shown[m2["seq"]] == "edited once"
+
+    # An admin's removal is an admin's to undo; the admin does, with a reason.
+    hide = f"/v1/admin/rooms/{room}/messages/{m3['seq']}"
+    assert (await api.call("POST", hide + "/hide", boss, {"reason": "spam?"}))[0] == 200
+    status, err = await restore(api, owner, room, m3["seq"])
+    assert (status, err["error"]["code"]) == (403, "forbidden"), err
+    status, out = await api.call("POST", hide + "/restore", boss, {"reason": "not spam"})
+    assert (status, out["text"], out["marker"]) == (200, "removed by an admin", None), out
+    entries = await audit_of(api, action="message.restore")
+    assert [(e["actor_id"], e["details"]["reason"]) for e in entries] == [
+        (mod, None), (owner, None), (boss, "not spam"),
+    ]  # fmt: skip
+
+
+async def test_bad_restores_are_refused_and_change_nothing(api: RoomsApi) -> None:
+    owner, mod, alice, bob = (api.user() for _ in range(4))
+    boss = admin(api)
+    room = await api.room(owner, name="forum")
+    for u in (mod, alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    assert (await api.promote(owner, room, mod))[0] == 200
+    _, kept = await api.post(alice, room, "never removed")
+    _, own = await api.post(alice, room, "deleted by its author")
+    _, removed = await api.post(alice, room, "removed by the owner")
+    _, mods = await api.post(mod, room, "a moderator's, removed by the owner")
+    assert (await delete(api, alice, room, own["seq"]))[0] == 200
+    assert (await delete(api, owner, room, removed["seq"]))[0] == 200
+    assert (await delete(api, owner, room, mods["seq"]))[0] == 200
+    before = await api.snapshot()
+    for call, status, code in (
+        (restore(api, mod, room, kept["seq"]), 409, "conflict"),  # nothing to restore
+        (restore(api, owner, room, own["seq"]), 409, "conflict"),  # the author's deletion
+        (restore(api, alice, room, own["seq"]), 409, "conflict"),
+        (restore(api, alice, room, removed["seq"]), 403, "forbidden"),  # a plain member
+        (restore(api, mod, room, mods["seq"]), 403, "forbidden"),  # a moderator's message
+        (restore(api, bob, room, 999), 404, "message_not_found"),
+        (restore(api, api.user(), room, removed["seq"]), 403, "not_a_member"),
+        (
+            api.call("POST", f"/v1/admin/rooms/{room}/messages/{own['seq']}/restore", boss, {}),
+            409,
+            "conflict",
+        ),
+        (
+            api.call("POST", f"/v1/admin/rooms/{room}/messages/{removed['seq']}/restore", bob, {}),
+            403,
+            "forbidden",
+        ),
+    ):
+        got, body = await call
+        assert (got, body["error"]["code"]) == (status, code), body
+    assert await api.snapshot() == before
