@@ -462,14 +462,18 @@ ROOM_CHAT_HELP = """Commands (anything else is sent to the room):
   /invite <user>   invite someone
   /leave           leave the room (and this chat)
   /edit <#n> <text>  edit your message #n (a public room's; shown as "edited")
-  /delete <#n>     delete your message #n (a public room's)
+  /delete <#n>     delete your message #n (a public room's); as owner or
+                   moderator, remove a member's
+  /restore <#n>    as owner or moderator, undo the removal of message #n
   /quit            close the chat (also /exit, /q or Ctrl-D); you stay in the room
   //text           send "/text" (a message that starts with a slash)
 @name in a message mentions a member (they are notified); Tab completes @name
 and /commands."""
 
 
-ROOM_COMMANDS = ("/help", "/members", "/invite", "/leave", "/edit", "/delete", "/quit")
+ROOM_COMMANDS = (
+    "/help", "/members", "/invite", "/leave", "/edit", "/delete", "/restore", "/quit",
+)  # fmt: skip
 
 
 def room_completer(names: Callable[[], Iterable[str]]) -> Completer:
@@ -717,17 +721,20 @@ async def _room_command(client: Client, rid: str, name: str, text: str) -> bool:
             await client.rooms.leave(rid)
             console.print(f"You left #{escape(name)}.")
             return True
-        elif command in ("/edit", "/delete"):
+        elif command in ("/edit", "/delete", "/restore"):
             parsed = _seq_arg(arg)
             if parsed is None or (command == "/edit" and not parsed[1]):
-                usage = "/edit <#n> <new text>" if command == "/edit" else "/delete <#n>"
+                usage = "/edit <#n> <new text>" if command == "/edit" else f"{command} <#n>"
                 console.print(f"[red]Error:[/] {command} needs a message number: {usage}.")
             elif command == "/edit":
                 await client.rooms.edit(rid, parsed[0], parsed[1])
                 console.print(f"Edited #{parsed[0]}.")
-            else:
+            elif command == "/delete":
                 await client.rooms.delete(rid, parsed[0])
                 console.print(f"Deleted #{parsed[0]}.")
+            else:
+                await client.rooms.restore(rid, parsed[0])
+                console.print(f"Restored #{parsed[0]}.")
         else:
             console.print(
                 f"[red]Unknown command {escape(command)}[/] (not sent). /help lists the "

@@ -92,14 +92,15 @@ class RoomMessage(Event):
 
 @dataclass(frozen=True)
 class RoomMessageChanged(Event):
-    """A public room's message was edited or removed (docs/moderation.md): show ``text``
-    (empty once removed or deleted) with ``marker`` (``edited``,
-    ``edited_by_moderator``, ``removed_by_moderator``, ``deleted_by_author``)."""
+    """A public room's message was edited, removed or restored (docs/moderation.md):
+    show ``text`` (empty once removed or deleted) with ``marker`` (``edited``,
+    ``edited_by_moderator``, ``removed_by_moderator``, ``deleted_by_author``; None: a
+    restored message never edited)."""
 
     room_id: str
     seq: int
     rev: int
-    marker: str
+    marker: str | None
     text: str
     at: int
 

@@ -446,6 +446,16 @@ class Rooms:
         )
         return result
 
+    async def restore(self, ref: str, seq: int) -> dict[str, Any]:
+        """As the room's owner or a moderator, undo the removal of a member's public-room
+        message (``removed_by_moderator``): it is as it was before, and the removal stays
+        in its history. An author's own deletion is final (``conflict``)."""
+        room_id = await self._public_id(ref)
+        result: dict[str, Any] = await self.api.request(
+            "POST", f"/rooms/v1/rooms/{room_id}/messages/{int(seq)}/restore"
+        )
+        return result
+
     async def _public_id(self, ref: str) -> str:
         room = await self.resolve(ref)
         if room.get("kind") == "private":
@@ -955,7 +965,7 @@ class Rooms:
         if isinstance(frame, f.RoomMessageChanged):
             self.events.emit(
                 RoomMessageChanged(
-                    frame.room_id, frame.seq, frame.rev, str(frame.marker), frame.text, frame.at
+                    frame.room_id, frame.seq, frame.rev, frame.marker, frame.text, frame.at
                 )
             )
         elif isinstance(frame, f.RoomChanged):

@@ -430,12 +430,13 @@ class RoomMessageChanged(ServerFrame, tag="room_message_changed"):
     """A public room's message changed (docs/moderation.md): show ``text`` (empty once
     removed or deleted) with the ``marker``; ``rev`` grows with every change, so a
     client keeps the highest it has seen. The timeline holds the same (``GET
-    /rooms/v1/rooms/{room_id}/messages``)."""
+    /rooms/v1/rooms/{room_id}/messages``). A removal undone (restored) shows the
+    message as it was before it: its marker then, null for one never edited."""
 
     room_id: str
     seq: int
     rev: int
-    marker: MessageMarker
+    marker: MessageMarker | None
     text: str
     mentions: list[str]
     at: int

@@ -141,7 +141,7 @@ def test_the_room_chat_completes_member_names_and_commands() -> None:
     assert complete("no mention here") == []
     assert complete("/in") == ["/invite"]
     assert complete("/") == [
-        "/help", "/members", "/invite", "/leave", "/edit", "/delete", "/quit"
+        "/help", "/members", "/invite", "/leave", "/edit", "/delete", "/restore", "/quit"
     ]  # fmt: skip
     assert complete("/invite al") == []  # arguments are not commands
     members.append("alfred")  # the list is read at each completion

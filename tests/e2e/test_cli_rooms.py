@@ -154,12 +154,25 @@ def test_cli_public_room_edit_and_delete_show_markers_live_and_in_history(
     b.expect("Error:")
     b.sendline("/edit")
     b.expect("needs a message number")
+    # The owner removes bob's message and undoes it: bob sees it gone, then back.
+    b.sendline("spam? no, a link")
+    b.expect(r"#(\d+) posted\.")
+    link = int(b.match.group(1))
+    a.sendline(f"/delete #{link}")
+    a.expect(f"Deleted #{link}")
+    b.expect(rf"#{link} is now: \[removed by moderator\]")
+    a.sendline(f"/restore #{link}")
+    a.expect(f"Restored #{link}")
+    b.expect(rf"#{link} is now: spam\? no, a link")
+    a.sendline(f"/restore #{slip}")  # an author's own deletion is final
+    a.expect("Error:")
     a.sendline("/quit")
     a.expect(pexpect.EOF)
     b.sendline("/quit")
     b.expect(pexpect.EOF)
     out = bob.run("history", f"#{room}").decode()
     assert "final words (edited)" in out and "[deleted by author]" in out
+    assert "spam? no, a link" in out
     assert "first draft" not in out and "a slip" not in out and "not yours" not in out
 
 
