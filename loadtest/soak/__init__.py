@@ -44,8 +44,11 @@ p50/p99/max and the compose → delivery p99, the kills, and each process's
 CPU (utime + stime from /proc, pids from supervisord, a restarted process
 counted from its start) per message delivered in the window. Totals: lost
 (accepted, never delivered; must be 0), duplicates (one message id stored
-under two sequence numbers; must be 0), repeats of one ``seq`` (allowed by
-the protocol, counted), resends, reconnects, errors by code. The exit status
+under two sequence numbers and two server ids: a client that drops a server
+id it has would show it twice; must be 0), copies stored again under the same
+server id (after Redis lost the hot inbox, docs/delivery.md "Duplicates";
+clients drop them; counted), repeats of one ``seq`` (allowed by the
+protocol, counted), resends, reconnects, errors by code. The exit status
 is 1 if anything was lost or duplicated, 2 if the harness itself failed.
 
 docs/BENCHMARKS.md ("Soak (issue #10)") has the figures and the command.

@@ -297,8 +297,9 @@ class Client:
             soak.ledger.foreign += 1
             return
         soak.ledger.deliver(
-            sender << 32 | n, frame.seq, now, via_sync=self.syncing, final=self.final
-        )
+            sender << 32 | n, frame.seq, frame.server_id, now,
+            via_sync=self.syncing, final=self.final,
+        )  # fmt: skip
 
     def _error(self, frame: f.Error) -> None:
         soak = self.soak

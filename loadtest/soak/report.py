@@ -100,11 +100,19 @@ class Ledger:
     by_sync: int = 0  # delivered first by a sync page rather than a push
     by_final_sync: int = 0  # ... by the last sync at the end
     foreign: int = 0  # a message that is not one of ours
+    server_of: dict[int, str] = field(default_factory=dict)  # key -> its server_id
+    # key -> other seqs under the same server_id: the message stored again after Redis
+    # lost the hot inbox (docs/delivery.md, "Duplicates"); a client drops a server_id
+    # it has (docs/protocol.md), as the SDK and the browser client do.
+    restored: dict[int, list[int]] = field(default_factory=dict)
 
-    def deliver(self, key: int, seq: int, now: int, *, via_sync: bool, final: bool) -> None:
+    def deliver(
+        self, key: int, seq: int, server_id: str, now: int, *, via_sync: bool, final: bool
+    ) -> None:
         known = self.seq_of.get(key)
         if known is None:
             self.seq_of[key] = seq
+            self.server_of[key] = server_id
             self.delivered[key] = now
             if via_sync:
                 self.by_sync += 1
@@ -112,6 +120,9 @@ class Ledger:
                 self.by_final_sync += 1
         elif known == seq:
             self.repeats += 1
+        elif server_id == self.server_of[key]:
+            if seq not in self.restored.setdefault(key, []):
+                self.restored[key].append(seq)
         elif seq not in self.duplicates.setdefault(key, []):
             self.duplicates[key].append(seq)
 
@@ -239,6 +250,7 @@ def summarize(
         "delivered": len(delivered),
         "lost": len(lost),
         "duplicates": len(ledger.duplicates),
+        "restored_copies": sum(len(seqs) for seqs in ledger.restored.values()),
         "never_accepted": len(set(ledger.composed) - accepted),
         "delivered_never_accepted": len(delivered - accepted),
         "repeated_pushes": ledger.repeats,
@@ -296,6 +308,8 @@ def table(report: Mapping[str, Any]) -> str:
         "",
         f"Totals: sent {t['sent']}, accepted {t['accepted']}, delivered {t['delivered']},"
         f" **lost {t['lost']}**, **duplicates {t['duplicates']}**;"
+        f" stored again after a Redis loss (same server_id, dropped by clients)"
+        f" {t['restored_copies']};"
         f" never accepted {t['never_accepted']}; repeated pushes {t['repeated_pushes']};"
         f" resent (accepted ids) {t.get('resent_accepted')}, resent (unaccepted)"
         f" {t.get('resent_unaccepted')}; reconnects {t.get('reconnects')}"

@@ -282,7 +282,8 @@ class Soak:
             f"[{self.elapsed():7.1f}s] composed {len(led.composed)} accepted {len(led.accepted)}"
             f" delivered {len(led.delivered)} unaccepted {pending}"
             f" missing {len(led.accepted) - len(set(led.accepted) & set(led.delivered))}"
-            f" dup {len(led.duplicates)} reconnects {self.reconnects}"
+            f" dup {len(led.duplicates)} restored {sum(map(len, led.restored.values()))}"
+            f" reconnects {self.reconnects}"
             f" resent {self.resent_accepted}+{self.resent_unaccepted}"
             f" load {os.getloadavg()[0]:.2f}"
         )

@@ -38,18 +38,21 @@ def test_report_counts_each_message_in_the_window_it_was_composed() -> None:
     led.accepted[key(0, 1)] = start + 1 * S + 5_000_000
     led.accepted[key(0, 2)] = start + 30 * S + 5_000_000
     led.accepted[key(0, 3)] = start + 59 * S + 5_000_000
-    led.deliver(key(0, 1), 1, start + 1 * S + 25_000_000, via_sync=False, final=False)
-    led.deliver(key(0, 2), 2, start + 30 * S + 105_000_000, via_sync=True, final=False)
-    # Window 1 (60-120 s): #4 delivered under two seqs (a duplicate) and pushed
-    # twice under its first seq (a repeat, allowed); #5 never accepted, delivered
-    # before the run ended but after this window (its CPU goes nowhere).
+    led.deliver(key(0, 1), 1, "s01", start + 1 * S + 25_000_000, via_sync=False, final=False)
+    led.deliver(key(0, 2), 2, "s02", start + 30 * S + 105_000_000, via_sync=True, final=False)
+    # Window 1 (60-120 s): #4 delivered under two seqs and two server ids (a
+    # duplicate) and pushed twice under its first seq (a repeat, allowed); #5 never
+    # accepted, delivered before the run ended but after this window (its CPU goes
+    # nowhere), and stored again under its server id (after a Redis loss: counted
+    # apart, a client drops it).
     led.composed[key(1, 4)] = start + 70 * S
     led.accepted[key(1, 4)] = start + 70 * S + 2_000_000
-    led.deliver(key(1, 4), 7, start + 70 * S + 1_000_000, via_sync=False, final=False)
-    led.deliver(key(1, 4), 7, start + 71 * S, via_sync=False, final=False)
-    led.deliver(key(1, 4), 9, start + 72 * S, via_sync=False, final=True)
+    led.deliver(key(1, 4), 7, "s14", start + 70 * S + 1_000_000, via_sync=False, final=False)
+    led.deliver(key(1, 4), 7, "s14", start + 71 * S, via_sync=False, final=False)
+    led.deliver(key(1, 4), 9, "other", start + 72 * S, via_sync=False, final=True)
     led.composed[key(1, 5)] = start + 119 * S
-    led.deliver(key(1, 5), 10, start + 125 * S, via_sync=False, final=True)
+    led.deliver(key(1, 5), 10, "s15", start + 125 * S, via_sync=False, final=True)
+    led.deliver(key(1, 5), 12, "s15", start + 126 * S, via_sync=False, final=True)
 
     cpu = CpuLedger(2)
     cpu.by_window = [{"mongo": 0.2, "loadgen": 1.0}, {"mongo": 0.1}]
@@ -93,6 +96,7 @@ def test_report_counts_each_message_in_the_window_it_was_composed() -> None:
 
     t = report["totals"]
     assert (t["sent"], t["accepted"], t["delivered"], t["lost"], t["duplicates"]) == (5, 4, 4, 1, 1)
+    assert t["restored_copies"] == 1  # #5 again under its server id: not a duplicate
     assert t["never_accepted"] == 1 and t["delivered_never_accepted"] == 1
     assert t["repeated_pushes"] == 1
     assert t["delivered_by_sync"] == 1 and t["delivered_by_final_sync"] == 1
