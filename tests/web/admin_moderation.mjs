@@ -1,6 +1,7 @@
 // Rooms and reports in the admin console, in a real browser (Debian's Chromium,
 // driven by playwright-core), through HAProxy: an admin finds a room, makes a member
-// its owner (a second tab that went stale is refused), hides a message, closes the
+// its owner (a second tab that went stale is refused), hides a message and restores
+// it (never offered for a message its author deleted or one not removed), closes the
 // room, removes a member, posts as the room's moderator and
 // deletes another room; then works a real report: the queue,
 // the verified plaintext, removes the message, resolves it with a note, and a second
@@ -110,8 +111,15 @@ try {
   if (await staleRoom.locator("[role=status]").count()) throw new Error("the stale tab reports a change");
   await staleRoom.close();
 
+  step("no restore for a message its author deleted, nor for one never removed");
+  await page.locator(`#msg-${env.DELETED_SEQ}[data-marker="deleted_by_author"] .moderate`).click();
+  await page.locator(".panel >> text=Deleted by its author").waitFor();
+  if (await page.locator("#restore, #hide").count()) throw new Error("a message its author deleted offers restore or hide");
+  await spam.locator(".moderate").click(); // opens its panel in place of the other's
+  await page.waitForSelector("#hide");
+  if (await page.locator("#restore").count()) throw new Error("a message never removed offers restore");
+
   step("hides a message, with a reason");
-  await spam.locator(".moderate").click();
   await page.fill("#msg-reason", env.HIDE_REASON);
   await page.click("#hide");
   await page.click("#hide-yes");
@@ -122,6 +130,30 @@ try {
   if ((await spam.locator("td.text").textContent()).includes(env.SPAM_TEXT)) {
     throw new Error("the hidden message's text is still shown on the timeline");
   }
+
+  step("restores it, with a reason, after a confirmation");
+  await page.waitForSelector("#restore");
+  if (await page.inputValue("#msg-reason")) throw new Error("the hide's reason is offered for the restore");
+  if (await page.locator("#hide").count()) throw new Error("a hidden message offers hide");
+  await page.fill("#msg-reason", env.RESTORE_REASON);
+  await page.click("#restore");
+  const asked = await page.locator(".panel .confirm").textContent();
+  if (!asked.includes("as it was before its removal")) throw new Error(`the confirmation says: ${JSON.stringify(asked)}`);
+  await page.click("#restore-yes");
+  await page.waitForSelector("[role=status] >> text=Restored.");
+  await page.waitForSelector(`#msg-${env.SPAM_SEQ}[data-marker=""]`);
+  await spam.locator("td.text").locator(`text=${env.SPAM_TEXT}`).waitFor();
+  // The history: the original, the removal with its reason, then the restore with its.
+  await count(page, ".revisions tbody tr", 3, "revisions after the restore");
+  const revs = (await page.locator(".revisions tbody tr").allTextContents()).map((t) => t.replace(/\s+/g, " "));
+  const has = (i, ...parts) => parts.every((p) => revs[i].includes(p));
+  if (!has(0, env.SPAM_TEXT) || revs[0].includes("restored") || !has(1, "removed by a moderator", env.HIDE_REASON)
+      || !has(2, env.SPAM_TEXT, "restored", env.RESTORE_REASON)) {
+    throw new Error(`history after the restore: ${JSON.stringify(revs)}`);
+  }
+  await page.waitForSelector("#hide");
+  if (await page.locator("#restore").count()) throw new Error("a restored message offers restore");
+  if (await page.locator("[role=alert]").count()) throw new Error(`error shown: ${await page.textContent("[role=alert]")}`);
 
   step("closes the room, with a reason for the audit log");
   await page.fill("#room-reason", "raid, closed for the night (browser test)");

@@ -3,8 +3,8 @@
 An admin signs in through the provider's pages, blocks a user and sees it in
 the audit log; a non-admin is refused by the console, and the admin API
 answers 403 to their token. An admin moderates a public room (makes a member its
-owner, and a stale tab doing it again is refused; hides a message, closes the room,
-removes a member) and works a real report (verified plaintext, removal of the
+owner, and a stale tab doing it again is refused; hides a message and restores it,
+closes the room, removes a member) and works a real report (verified plaintext, removal of the
 message, resolution with a note); the API's state and the audit log say it happened.
 Screenshots land in the test's temporary directory; with
 ``PARLEY_UPDATE_SCREENSHOTS=1`` they replace docs/admin/*.png (docs/admin.md).
@@ -137,6 +137,14 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         resp = await _post(http, room_id, member, spam)
         assert resp.status_code == 201, resp.text
         spam_seq = resp.json()["seq"]
+        # A message its author deleted: the console offers no restore for it.
+        resp = await _post(http, room_id, member, f"oops, wrong room {tag}")
+        assert resp.status_code == 201, resp.text
+        deleted_seq = resp.json()["seq"]
+        resp = await http.delete(
+            f"/rooms/v1/rooms/{room_id}/messages/{deleted_seq}", headers=bearer(member.token)
+        )
+        assert resp.status_code == 200 and resp.json()["marker"] == "deleted_by_author", resp.text
         assert (await _post(http, room_id, owner, "please keep it friendly")).status_code == 201
 
     # A real report: alice's message to bob, reported by bob's client (franking).
@@ -176,6 +184,8 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
             "SPAM_SEQ": str(spam_seq),
             "SPAM_TEXT": spam,
             "HIDE_REASON": "spam (browser test)",
+            "RESTORE_REASON": "not spam after all (browser test)",
+            "DELETED_SEQ": str(deleted_seq),
             "REPORT_ID": filed["id"],
             "REPORT_TEXT": said,
             "SENDER_NAME": alice.username,
@@ -225,7 +235,16 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
                 for r in history["revisions"]] == [
             (1, spam, None, None, member.user_id),
             (2, "", "removed_by_moderator", "spam (browser test)", admin.user_id),
+            (3, spam, None, "not spam after all (browser test)", admin.user_id),
         ]  # fmt: skip
+        # Restored: members read its text again.
+        shown = (
+            await http.get(
+                f"/rooms/v1/rooms/{room_id}/messages",
+                params={"before": str(spam_seq + 1), "limit": "1"},
+            )
+        ).json()["messages"]
+        assert [(m["seq"], m["text"], m["marker"]) for m in shown] == [(spam_seq, spam, None)]
         report = (await http.get(f"/delivery/v1/admin/reports/{filed['id']}")).json()
         assert report["state"] == "actioned"
         assert (report["resolution"]["note"], report["resolution"]["by"]) == (note, admin.user_id)
@@ -244,6 +263,7 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         )
         assert changes == Counter({
             ("rooms", "message.remove", f"{room_id}/{spam_seq}"): 1,
+            ("rooms", "message.restore", f"{room_id}/{spam_seq}"): 1,
             ("rooms", "room.owner", room_id): 1,
             ("rooms", "room.close", room_id): 1,
             ("rooms", "room.remove_member", room_id): 1,
@@ -254,6 +274,12 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         }), changes  # fmt: skip
         by_action = {e["action"]: e for e in entries if e["service"] != "auth"}
         assert by_action["room.remove_member"]["before"]["user_id"] == member.user_id
+        restored = by_action["message.restore"]
+        assert restored["details"]["reason"] == "not spam after all (browser test)"
+        assert (restored["before"], restored["after"]) == (
+            {"text": "", "marker": "removed_by_moderator"},
+            {"text": spam, "marker": None},
+        )
         made_owner = by_action["room.owner"]
         assert (made_owner["before"], made_owner["after"]) == (
             {"owner": owner.user_id},

@@ -286,6 +286,10 @@ export class Api {
   hideMessage(id: string, seq: number, reason: string) {
     return this.request<RoomMessage>("POST", `${roomUrl(id)}/messages/${seq}/hide`, { reason: reason || null });
   }
+  /** Undo a moderator's or an admin's removal: the message as it was before it (409 `conflict` otherwise). */
+  restoreMessage(id: string, seq: number, reason = "") {
+    return this.request<RoomMessage>("POST", `${roomUrl(id)}/messages/${seq}/restore`, { reason: reason || null });
+  }
   editMessage(id: string, seq: number, text: string, reason: string) {
     return this.request<RoomMessage>("PATCH", `${roomUrl(id)}/messages/${seq}`, { text, reason: reason || null });
   }

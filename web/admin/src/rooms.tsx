@@ -1,7 +1,7 @@
 // Rooms: every room (private ones as metadata only), one room, its members and the
 // admin actions of docs/moderation.md; a public room's timeline and its messages' moderation.
 import { useEffect, useState } from "preact/hooks";
-import type { AdminRoom, Api, Marker, RevisionHistory, RoomFilter, RoomMember, RoomMessage } from "./api";
+import type { AdminRoom, Api, Marker, Revision, RevisionHistory, RoomFilter, RoomMember, RoomMessage } from "./api";
 import type { Navigate } from "./main";
 import { Confirm, Link, Problem, UserName, usePagedList, when } from "./ui";
 
@@ -12,6 +12,9 @@ const MARKERS: Record<Marker, string> = {
   deleted_by_author: "deleted by its author",
 };
 const gone = (m: Marker | null) => m === "removed_by_moderator" || m === "deleted_by_author";
+/** A revision that undid a removal: a removed message changes only by a restore. */
+const restores = (r: Revision, before: Revision | undefined) =>
+  before?.marker === "removed_by_moderator" && !gone(r.marker);
 
 function RoomBadges({ room }: { room: AdminRoom }) {
   return (
@@ -420,7 +423,7 @@ function Timeline({ api, room, navigate }: { api: Api; room: AdminRoom; navigate
               </td>
               <td>
                 <button class="secondary moderate" onClick={() => setOpen(open === m.seq ? null : m.seq)}>
-                  {open === m.seq ? "Collapse" : gone(m.marker) ? "History" : "Moderate"}
+                  {open === m.seq ? "Collapse" : m.marker === "deleted_by_author" ? "History" : "Moderate"}
                 </button>
               </td>
             </tr>,
@@ -443,7 +446,11 @@ function Timeline({ api, room, navigate }: { api: Api; room: AdminRoom; navigate
   );
 }
 
-/** One message: every revision (the original first), and hide or edit with a reason. */
+/**
+ * One message: every revision (the original first); hide or edit it with a reason, or
+ * restore it with a reason when a moderator or an admin removed it (an author's own
+ * deletion is final).
+ */
 function MessageTools({
   api,
   room,
@@ -462,6 +469,8 @@ function MessageTools({
   const [reason, setReason] = useState("");
   const [text, setText] = useState(message.text);
   const [notice, setNotice] = useState("");
+  // A restore brings back a text the panel never had when it opened on the removed message.
+  useEffect(() => setText(message.text), [message.seq, message.rev]);
   const loadHistory = async () => {
     try {
       setHistory(await api.revisions(room.room_id, message.seq));
@@ -475,11 +484,19 @@ function MessageTools({
     try {
       onChanged(await what());
       setError(null);
+      setReason(""); // each reason goes with one change (a hide's is not the restore's)
       setNotice(done);
     } catch (e) {
       setError(e);
     }
   };
+
+  const reasonField = (
+    <label>
+      Reason (kept in the history and the audit log, not shown to members)
+      <input id="msg-reason" maxLength={500} value={reason} onInput={(e) => setReason(e.currentTarget.value)} />
+    </label>
+  );
 
   return (
     <div class="panel">
@@ -489,12 +506,25 @@ function MessageTools({
         </p>
       )}
       <Problem error={error} />
+      {message.marker === "removed_by_moderator" && (
+        <div class="grid">
+          {reasonField}
+          <Confirm
+            id="restore"
+            danger={false}
+            label="Restore message"
+            yes="Yes, restore it"
+            question="Members see it again as it was before its removal; the removal stays in the history."
+            onConfirm={() => change(() => api.restoreMessage(room.room_id, message.seq, reason), "Restored.")}
+          />
+        </div>
+      )}
+      {message.marker === "deleted_by_author" && (
+        <p class="muted small">Deleted by its author: that is final, it cannot be restored.</p>
+      )}
       {!gone(message.marker) && (
         <div class="grid">
-          <label>
-            Reason (kept in the history and the audit log, not shown to members)
-            <input id="msg-reason" maxLength={500} value={reason} onInput={(e) => setReason(e.currentTarget.value)} />
-          </label>
+          {reasonField}
           <Confirm
             id="hide"
             label="Hide message"
@@ -528,7 +558,7 @@ function MessageTools({
             </tr>
           </thead>
           <tbody>
-            {history.revisions.map((r) => (
+            {history.revisions.map((r, i) => (
               <tr key={r.rev}>
                 <td>{r.rev}</td>
                 <td>{when(r.at)}</td>
@@ -536,7 +566,8 @@ function MessageTools({
                   <UserName api={api} id={r.by} navigate={navigate} /> <span class="muted">({r.role})</span>
                 </td>
                 <td class="text">
-                  {r.text} {r.marker && <span class={gone(r.marker) ? "badge bad marker" : "badge marker"}>{MARKERS[r.marker]}</span>}
+                  {r.text} {r.marker && <span class={gone(r.marker) ? "badge bad marker" : "badge marker"}>{MARKERS[r.marker]}</span>}{" "}
+                  {restores(r, history.revisions[i - 1]) && <span class="badge marker restored">restored</span>}
                 </td>
                 <td>{r.reason ?? ""}</td>
               </tr>
