@@ -24,16 +24,23 @@ browser contexts, A and B; R is the Python user, answering the script's ``PY`` l
 6. A closes the room (after a confirmation): both pages show it closed at once (B's by
    the ``room_changed`` frame), B's composer and Send are disabled and say why; A
    reopens it, B's composer comes back, B writes and A reads;
-7. a public room: B joins from the directory and posts; A removes B's post as the
+7. a public room: A's "Ban a user" form refuses an unknown username (the look-up's
+   ``user_not_found``) and A's own (``cannot_target_self``), each shown by the form as
+   an alert with its code, no confirmation asked, the field kept and nothing listed or
+   read again; A bans B, who never joined, by username: asked first ("Confirm banning
+   B", "not a member", the focus on its button), then B is listed under "Banned users"
+   and the field is emptied and focused; B's join from the directory is refused
+   (``banned``); A lifts the ban;
+8. B joins from the directory and posts; A removes B's post as the
    owner (after a confirmation): both pages show it "removed by a moderator" (B's live),
    and the timeline R reads holds it empty, ``removed_by_moderator``;
-8. A bans B from the public room (after a confirmation): B leaves A's member list and
+9. A bans B from the public room (after a confirmation): B leaves A's member list and
    is listed by name under "Banned users", B's page says B is no member; B's join from
    the directory is refused, the page showing the server's ``banned`` message. A lifts
    the ban: the list is empty, and B joins from the directory again (B's open view of
    the room reads it again: a member);
-9. A hands the public room over to B (after a confirmation): A is a moderator, B the
-   owner, and A is offered nothing on B.
+10. A hands the public room over to B (after a confirmation): A is a moderator, B the
+    owner, and A is offered nothing on B.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 // services/rooms (members.py `remove`, `ban`, `bans`, `set_moderator`, `transfer`;
 // rooms.py `update`; moderation.py `by_member`; docs/rooms.md "Roles", "A ban"): the page
 // offers a button only where the server would take the request.
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
-import { banLifted, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, memberActionDone, memberActions, roleOf } from '../src/app/roles.ts';
-import { readBans } from '../src/app/rooms.ts';
+import { Api } from '../src/app/api.ts';
+import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, memberActionDone, memberActions, roleOf } from '../src/app/roles.ts';
+import { BANS_PAGE, readBans } from '../src/app/rooms.ts';
 
 const ME = 'me';
 const member = (user_id: string, role: string) => ({ user_id, role });
@@ -206,5 +207,98 @@ describe('memberActionDone', () => {
     expect(memberActionDone('remove', 'bob', '#r')).toBe('bob was removed from #r.');
     expect(memberActionDone('handOver', 'bob', '#r')).toBe('bob is now the owner of #r; you are a moderator.');
     expect(memberActionDone('ban', 'bob', '#r')).toBe('bob was banned from #r.');
+  });
+});
+
+describe('banQuery: what the "Ban a user" field names', () => {
+  it('is the name or id as typed, trimmed, without a leading @ (as an invitation takes it)', () => {
+    expect(banQuery('bob')).toBe('bob');
+    expect(banQuery('  Bob.Smith  ')).toBe('Bob.Smith'); // the auth service looks names up in any case
+    expect(banQuery('@bob')).toBe('bob');
+    expect(banQuery(' @ bob ')).toBe('bob');
+    expect(banQuery('0123456789abcdef0123456789abcdef')).toBe('0123456789abcdef0123456789abcdef'); // a user id
+    expect(banQuery('b@b')).toBe('b@b'); // only a leading @ goes: the look-up refuses the rest
+  });
+
+  it('is empty for nothing (nothing is looked up)', () => {
+    for (const nothing of ['', '   ', '@', ' @ ']) expect(banQuery(nothing)).toBe('');
+  });
+});
+
+describe('banQuestion: what a ban asks first', () => {
+  const priv = { name: 'r', kind: 'private' };
+  const pub = { name: 'p', kind: 'public' };
+
+  it("asks a member's ban as the Ban button always has: removed, refused until lifted, and the room's consequence", () => {
+    expect(banQuestion('bob', priv, true)).toBe(
+      'Ban bob from #r? They are removed, and cannot join it, accept an invitation to it or be invited again until the ban is lifted (under "Banned users"). Each member\'s next message goes out under a new key.',
+    );
+    expect(banQuestion('bob', pub, true)).toBe(
+      'Ban bob from #p? They are removed, and cannot join it, accept an invitation to it or be invited again until the ban is lifted (under "Banned users"). Their posts stay.',
+    );
+  });
+
+  it("asks a non-member's ban without a removal: refused until lifted, any invitation withdrawn", () => {
+    for (const room of [priv, pub]) {
+      const asked = banQuestion('eve', room, false);
+      expect(asked).toBe(
+        `Ban eve from #${room.name}? They are not a member; they cannot join it, accept an invitation to it or be invited again until the ban is lifted (under "Banned users"). Any invitation to it is withdrawn.`,
+      );
+      expect(asked).not.toMatch(/removed|new key|posts stay/);
+    }
+  });
+
+  it('says both when the member list is not read yet', () => {
+    const asked = banQuestion('eve', pub, undefined);
+    expect(asked).toMatch(/^Ban eve from #p\? If they are a member, they are removed; they cannot join it/);
+    expect(asked).toContain('until the ban is lifted');
+  });
+});
+
+describe('the ban calls on the wire (Api, as ParleyClient banUser, liftBan and roomBans make them)', () => {
+  afterEach(() => void vi.unstubAllGlobals());
+  const ROOM = 'ab'.repeat(12);
+  const USER = 'cd'.repeat(16);
+
+  it('bans with PUT and lifts with DELETE .../bans/{user}, with the bearer token; a refusal is an ApiError with its code', async () => {
+    const calls: [string, string | undefined][] = [];
+    const ban = { room_id: ROOM, user_id: USER, banned_by: ME, at: 1 };
+    vi.stubGlobal('fetch', async (url: string, init: RequestInit) => {
+      calls.push([`${init.method} ${url}`, (init.headers as Record<string, string>)['Authorization']]);
+      if (init.method === 'PUT') return new Response(JSON.stringify(ban), { status: 200 });
+      if (url.endsWith('/nobody')) return new Response(JSON.stringify({ error: { code: 'user_not_found', message: 'That user is not banned from this room.' } }), { status: 404 });
+      return new Response(null, { status: 204 });
+    });
+    const api = new Api();
+    api.token = 't';
+    expect(await api.banUser(ROOM, USER)).toEqual(ban);
+    expect(await api.liftBan(ROOM, USER)).toBeUndefined();
+    await expect(api.liftBan(ROOM, 'nobody')).rejects.toMatchObject({ name: 'ApiError', code: 'user_not_found', status: 404 });
+    expect(calls).toEqual([
+      [`PUT /rooms/v1/rooms/${ROOM}/bans/${USER}`, 'Bearer t'],
+      [`DELETE /rooms/v1/rooms/${ROOM}/bans/${USER}`, 'Bearer t'],
+      [`DELETE /rooms/v1/rooms/${ROOM}/bans/nobody`, 'Bearer t'],
+    ]);
+  });
+
+  it('reads every page of GET .../bans from the start, each from the previous next_after', async () => {
+    const urls: string[] = [];
+    const user = (n: number) => String(n).padStart(32, '0');
+    vi.stubGlobal('fetch', async (url: string) => {
+      urls.push(url);
+      const after = new URL(url, 'http://x').searchParams.get('after');
+      const start = after === null ? 0 : Number(after) + 1;
+      const bans = [start, start + 1].filter((n) => n < 5).map((n) => ({ room_id: ROOM, user_id: user(n), banned_by: ME, at: n }));
+      const next = start + 2 < 5 ? user(start + 1) : null;
+      return new Response(JSON.stringify({ bans, next_after: next }), { status: 200 });
+    });
+    const api = new Api();
+    const all = await readBans((after) => api.roomBans(ROOM, after, BANS_PAGE));
+    expect(all.map((b) => b.at)).toEqual([0, 1, 2, 3, 4]);
+    expect(urls).toEqual([
+      `/rooms/v1/rooms/${ROOM}/bans?limit=500`,
+      `/rooms/v1/rooms/${ROOM}/bans?limit=500&after=${user(1)}`,
+      `/rooms/v1/rooms/${ROOM}/bans?limit=500&after=${user(3)}`,
+    ]);
   });
 });

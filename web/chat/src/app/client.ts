@@ -39,15 +39,18 @@ import {
   type Membership,
   type Preferences,
   type Room,
+  type RoomBan,
   type RoomLogPage,
   type RoomLogsAnswer,
   type RoomMember,
   type RoomMessage,
   type Tokens,
+  type UserBrief,
 } from './api.ts';
 import { type PeerJson, PeerState } from './peers.ts';
 import type { NoticePage } from './notifications.ts';
 import {
+  BANS_PAGE,
   LOG_PAGE,
   MAX_MENTIONS,
   MAX_PENDING,
@@ -67,6 +70,7 @@ import {
   mentionNames,
   parseControl,
   planDistribution,
+  readBans,
   roomConversation,
   roomState,
   skdPayload,
@@ -1119,10 +1123,19 @@ export class ParleyClient {
   }
 
   // -- contacts and trust --------------------------------------------------------------
+  /** A user by username or user id (`GET /auth/v1/users/{username_or_id}`, any case):
+   * their id and username, or the auth service's `user_not_found`. What "Add contact"
+   * and a room's "Ban a user" look names up with. */
+  async lookupUser(usernameOrId: string): Promise<UserBrief> {
+    await this.accessToken();
+    const user = await this.api.user(usernameOrId.trim());
+    this.#names.set(user.user_id, user.username);
+    return user;
+  }
+
   /** Add a contact by username (GET /auth/v1/users/{username}): their user id. */
   async addContact(username: string): Promise<Contact> {
-    await this.accessToken();
-    const user = await this.api.user(username.trim());
+    const user = await this.lookupUser(username);
     if (user.user_id === this.me) {
       // Our own conversation: notes to self, for our other devices (not a contact).
       await this.#ref(user.user_id);
@@ -1408,6 +1421,36 @@ export class ParleyClient {
     const room = await this.api.handOver(roomId, userId);
     this.#emit({ type: 'room_changed', room: roomId });
     return room;
+  }
+
+  /** Ban a user, a member or not, from the room (the owner and moderators, under the
+   * removal's rules: nobody bans the owner or themself, only the owner bans a
+   * moderator; docs/rooms.md "A ban"): a member is removed (as by
+   * {@link removeMember}), an invitation withdrawn, and joining, accepting and being
+   * invited are refused (`banned`) until the ban is lifted. The ban as the server
+   * answers it (banned already: the same ban). */
+  async banUser(roomId: string, userId: string): Promise<RoomBan> {
+    await this.accessToken();
+    const ban = await this.api.banUser(roomId, userId);
+    this.#emit({ type: 'room_changed', room: roomId });
+    return ban;
+  }
+
+  /** Lift a ban (the owner and moderators; `user_not_found` when they are not banned):
+   * they may join, accept and be invited again. */
+  async liftBan(roomId: string, userId: string): Promise<void> {
+    await this.accessToken();
+    await this.api.liftBan(roomId, userId);
+    this.#emit({ type: 'room_changed', room: roomId });
+  }
+
+  /** Every ban of the room in user id order, every page read (the owner and
+   * moderators; rooms.ts readBans). */
+  async roomBans(roomId: string): Promise<RoomBan[]> {
+    return readBans(async (after) => {
+      await this.accessToken();
+      return this.api.roomBans(roomId, after, BANS_PAGE);
+    });
   }
 
   /** A page of a public room's timeline, oldest first; `before` from the previous page. */

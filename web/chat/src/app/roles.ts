@@ -120,3 +120,23 @@ export function memberActionDone(action: keyof MemberActions, name: string, room
 export function banLifted(name: string, room: string): string {
   return `The ban on ${name} was lifted: they may join ${room} again.`;
 }
+
+/** What the "Ban a user" field names, to be looked up (`GET /auth/v1/users/{username
+ * or id}`): trimmed, without the `@` a mention puts before a name (an invitation takes
+ * it so too); '' when it names nobody. */
+export function banQuery(raw: string): string {
+  return raw.trim().replace(/^@/, '').trim();
+}
+
+/** What a ban asks before it is made, by the user's name (`member`: whether they are a
+ * member now, as the member list says; undefined: not known, the list not read yet). A
+ * member is removed (a private room's members then send under a new key; a public
+ * room's posts stay); anyone is refused until the ban is lifted. */
+export function banQuestion(name: string, room: { name: string; kind: string }, member: boolean | undefined): string {
+  const title = `#${room.name}`;
+  const refused = `cannot join it, accept an invitation to it or be invited again until the ban is lifted (under "Banned users").`;
+  const after = room.kind === 'private' ? " Each member's next message goes out under a new key." : ' Their posts stay.';
+  if (member === true) return `Ban ${name} from ${title}? They are removed, and ${refused}${after}`;
+  if (member === false) return `Ban ${name} from ${title}? They are not a member; they ${refused} Any invitation to it is withdrawn.`;
+  return `Ban ${name} from ${title}? If they are a member, they are removed; they ${refused}`;
+}

@@ -6,8 +6,8 @@ import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, type Room, type RoomBan, type RoomMember, type RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
-import { banLifted, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
-import { applyPostChange, BANS_PAGE, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE, readBans } from './rooms.ts';
+import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
+import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
 import { typingText } from './typing.ts';
 
 function message(error: unknown): string {
@@ -348,14 +348,7 @@ function confirmText(action: keyof MemberActions, name: string, room: Room): { t
       yes: 'Remove',
     };
   }
-  if (action === 'ban') {
-    return {
-      text:
-        `Ban ${name} from ${title}? They are removed, and cannot join it, accept an invitation to it or be invited again until the ban is lifted (under "Banned users").` +
-        (room.kind === 'private' ? " Each member's next message goes out under a new key." : ' Their posts stay.'),
-      yes: 'Ban',
-    };
-  }
+  if (action === 'ban') return { text: banQuestion(name, room, true), yes: 'Ban' };
   if (action === 'handOver') return { text: `Hand ${title} over to ${name}? They become its owner; you become a moderator, and only they can make you the owner again.`, yes: 'Hand over' };
   return null;
 }
@@ -368,43 +361,19 @@ const CONFIRMED: Partial<Record<keyof MemberActions, { label: (name: string) => 
   handOver: { label: (name) => `Confirm handing the room over to ${name}`, cls: 'hand-over' },
 };
 
-// -- bans (docs/rooms.md "A ban"): the rooms service's calls, with a fresh access token
-// as ParleyClient's own calls have (client.ts has no ban calls of its own).
-
-/** Ban a user from the room (the owner and moderators, under the removal's rules). */
-async function banUser(client: ParleyClient, roomId: string, userId: string): Promise<RoomBan> {
-  await client.accessToken();
-  return client.api.banUser(roomId, userId);
-}
-
-/** Lift a ban (the owner and moderators). */
-async function liftBan(client: ParleyClient, roomId: string, userId: string): Promise<void> {
-  await client.accessToken();
-  await client.api.liftBan(roomId, userId);
-}
-
-/** Every ban of the room, every page read (the owner and moderators). */
-async function roomBans(client: ParleyClient, roomId: string): Promise<RoomBan[]> {
-  return readBans(async (after) => {
-    await client.accessToken();
-    return client.api.roomBans(roomId, after, BANS_PAGE);
-  });
-}
-
 /** One member's buttons in the members list, as the viewer's role allows (roles.ts
  * memberActions): "Make moderator" / "Remove as moderator" and "Make owner" for the
  * owner, "Remove" and "Ban" for the owner and (plain members only) moderators. A refusal
  * shows its code and message by the member, and nothing changes. `onDone`: what the
- * action did, the room as the server answered it (a hand-over), and whether the lists
- * must be read again from here (a ban: made outside ParleyClient, which tells the page
- * of the other actions itself, `room_changed`). */
+ * action did, and the room as the server answered it (a hand-over); the lists are read
+ * again on the `room_changed` ParleyClient tells the page after each. */
 function MemberButtons(props: {
   client: ParleyClient;
   room: Room;
   member: RoomMember;
   name: string;
   me: string;
-  onDone: (said: string, room: Room | undefined, reread: boolean) => void;
+  onDone: (said: string, room: Room | undefined) => void;
 }) {
   const { client, room, member, name } = props;
   const can = memberActions(room.role, props.me, member);
@@ -429,12 +398,12 @@ function MemberButtons(props: {
         : action === 'remove'
           ? client.removeMember(id, member.user_id).then(() => undefined)
           : action === 'ban'
-            ? banUser(client, id, member.user_id).then(() => undefined)
+            ? client.banUser(id, member.user_id).then(() => undefined)
             : client.handOver(id, member.user_id);
     call.then(
       (now) => {
         setConfirming(null);
-        props.onDone(memberActionDone(action, name, `#${room.name}`), now, action === 'ban');
+        props.onDone(memberActionDone(action, name, `#${room.name}`), now);
       },
       (err: unknown) => setNote(failure(err)),
     ).finally(() => setBusy(false));
@@ -522,7 +491,8 @@ function BanRow(props: { client: ParleyClient; room: Room; ban: RoomBan; name: s
           onClick={() => {
             setBusy(true);
             setNote('');
-            liftBan(client, room.room_id, ban.user_id)
+            client
+              .liftBan(room.room_id, ban.user_id)
               .then(
                 () => props.onLifted(banLifted(name, `#${room.name}`)),
                 (err: unknown) => setNote(failure(err)),
@@ -542,6 +512,144 @@ function BanRow(props: { client: ParleyClient; room: Room; ban: RoomBan; name: s
   );
 }
 
+/** "Ban a user": a username (or `@name`) or a user id, looked up as "Add contact" looks
+ * names up (ParleyClient lookupUser: `user_not_found` for nobody), then banned after
+ * the same confirmation as a member's Ban ("Confirm banning NAME", the question saying
+ * whether they are a member: `members`, the list as last read), `PUT .../bans/{user}`.
+ * Oneself is asked of the server at once (it always refuses: `cannot_target_self`);
+ * someone listed under "Banned users" already is said so, and nothing is sent. A refusal
+ * (the look-up's or the ban's: `forbidden`, `cannot_remove_owner`...) shows its code and
+ * message under the field, an alert, and nothing changes; done, `onBanned` gets the
+ * status line and the field is emptied, and both lists are read again (`room_changed`).
+ * The focus: on the confirming button while it asks, back on the form's Ban on Cancel,
+ * on the field once the ban is made or refused. */
+function BanForm(props: {
+  client: ParleyClient;
+  room: Room;
+  me: string;
+  members: RoomMember[] | null;
+  bans: RoomBan[] | null;
+  onBanned: (said: string) => void;
+}) {
+  const { client, room } = props;
+  const [text, setText] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState(''); // a refusal (an alert)
+  const [said, setSaid] = useState(''); // not a refusal: banned already
+  const [asking, setAsking] = useState<{ user_id: string; username: string } | null>(null);
+  const field = useRef<HTMLInputElement>(null);
+  const submit = useRef<HTMLButtonElement>(null);
+  const [back, setBack] = useState<'field' | 'submit' | null>(null); // where the focus goes once the confirmation goes
+  useLayoutEffect(() => {
+    if (back === null || asking) return;
+    (back === 'field' ? field : submit).current?.focus();
+    setBack(null);
+  }, [back, asking]);
+  const title = `#${room.name}`;
+  const ban = (user: { user_id: string; username: string }) => {
+    setBusy(true);
+    setNote('');
+    client
+      .banUser(room.room_id, user.user_id)
+      .then(
+        () => {
+          setText('');
+          props.onBanned(memberActionDone('ban', user.username, title));
+        },
+        (err: unknown) => setNote(failure(err)),
+      )
+      .finally(() => {
+        setBusy(false);
+        setAsking(null);
+        setBack('field');
+      });
+  };
+  return (
+    <form
+      id="ban-form"
+      class="ban-form"
+      aria-labelledby="ban-form-title"
+      aria-busy={busy}
+      onSubmit={(e) => {
+        e.preventDefault();
+        const query = banQuery(text);
+        if (busy || asking || !query) return;
+        setBusy(true);
+        setNote('');
+        setSaid('');
+        client
+          .lookupUser(query)
+          .then(
+            (user) => {
+              if (user.user_id === props.me) {
+                ban(user); // refused by the server, whose words are shown
+                return;
+              }
+              if (props.bans?.some((b) => b.user_id === user.user_id)) {
+                setSaid(`${user.username} is banned from ${title} already.`);
+                setBusy(false);
+                return;
+              }
+              setAsking({ user_id: user.user_id, username: user.username });
+              setBusy(false);
+            },
+            (err: unknown) => {
+              setNote(failure(err));
+              setBusy(false);
+            },
+          );
+      }}
+    >
+      <h5 id="ban-form-title">Ban a user</h5>
+      <label for="ban-user">User to ban (username or user id)</label>
+      <div class="row">
+        <input
+          id="ban-user"
+          ref={field}
+          value={text}
+          autocomplete="off"
+          spellcheck={false}
+          required
+          aria-invalid={note ? 'true' : undefined}
+          aria-describedby={note ? 'ban-form-error' : undefined}
+          onInput={(e) => {
+            setText((e.target as HTMLInputElement).value);
+            setAsking(null); // another name: the question asked is no longer the one
+            setSaid('');
+          }}
+        />
+        {!asking && (
+          <button type="submit" id="ban-user-submit" class="small" ref={submit} aria-busy={busy}>
+            Ban
+          </button>
+        )}
+      </div>
+      {asking && (
+        <Confirm
+          label={`Confirm banning ${asking.username}`}
+          cls="ban-user"
+          text={banQuestion(asking.username, room, props.members ? props.members.some((m) => m.user_id === asking.user_id) : undefined)}
+          yes="Ban"
+          busy={busy}
+          onYes={() => ban(asking)}
+          onNo={() => {
+            setBack('submit');
+            setAsking(null);
+          }}
+        />
+      )}
+      <p class="hint" role="status" id="ban-form-status">
+        {said}
+      </p>
+      {note && (
+        <p class="error" role="alert" id="ban-form-error">
+          {note}
+        </p>
+      )}
+    </form>
+  );
+}
+
 /** Refusals of `GET .../bans` that say our role changed (made a plain member, removed):
  * the list goes, and the room is read again (its role hides the section). */
 const NOT_MINE = new Set(['forbidden', 'not_a_member', 'room_not_found']);
@@ -554,8 +662,9 @@ const NOT_MINE = new Set(['forbidden', 'not_a_member', 'room_not_found']);
  * moderator's public room, whose posts' authors' roles say which posts they may
  * remove); `onList` gets each list read. For the owner and moderators (roles.ts
  * canManageBans) the panel also lists the room's bans ("Banned users", every page of
- * `GET .../bans`, read with the members), each with "Lift ban"; after a ban or a lift
- * both lists and the room are read again. */
+ * `GET .../bans`, read with the members), each with "Lift ban", and "Ban a user" bans
+ * anyone by name (BanForm); after a ban or a lift both lists and the room are read
+ * again (ParleyClient tells the page `room_changed`, as after a removal). */
 function Members(props: {
   client: ParleyClient;
   room: Room;
@@ -591,11 +700,6 @@ function Members(props: {
   const [bansError, setBansError] = useState('');
   const [banReads, setBanReads] = useState(0); // the ban lists shown so far (data-reads: for tests)
   const latestBans = useRef(0);
-  /** Both lists and the room read again (after a ban or a lift made here). */
-  const rereadAll = () => {
-    again();
-    client.room(roomId).then(props.onRoom, () => undefined);
-  };
   useEffect(() => {
     const n = ++latestBans.current;
     if (!open || !manage) {
@@ -606,7 +710,7 @@ function Members(props: {
     }
     setBansLoading(true);
     setBansError('');
-    roomBans(client, roomId).then(
+    client.roomBans(roomId).then(
       (list) => {
         if (!alive.current || n !== latestBans.current) return;
         setBans(list);
@@ -731,10 +835,9 @@ function Members(props: {
                     member={m}
                     name={nameOf(m.user_id)}
                     me={me}
-                    onDone={(said, now, reread) => {
+                    onDone={(said, now) => {
                       setDone(said);
                       if (now) props.onRoom(now);
-                      if (reread) rereadAll();
                     }}
                   />
                 </li>
@@ -761,15 +864,13 @@ function Members(props: {
                       name={nameOf(b.user_id)}
                       username={names[b.user_id] ?? ''}
                       by={b.banned_by === me ? 'you' : nameOf(b.banned_by)}
-                      onLifted={(said) => {
-                        setDone(said);
-                        rereadAll();
-                      }}
+                      onLifted={setDone}
                     />
                   ))}
                 </ul>
               )}
               <ErrorLine error={bansError} id="bans-error" />
+              <BanForm client={client} room={room} me={me} members={members} bans={bans} onBanned={setDone} />
             </section>
           )}
           <p role="status" class="hint" id="members-status">
