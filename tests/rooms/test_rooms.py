@@ -226,6 +226,18 @@ async def cut_short_hand_over(
     assert [h["_id"] for h in (await api.snapshot())["handovers"]] == [room]
 
 
+async def cut_short_in_a_room_of_three(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str, str, str]:
+    """Owner, bob and carol in a room whose hand-over to bob was cut short."""
+    owner, bob, carol = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    for u in (bob, carol):
+        await api.join(u, room)
+    await cut_short_hand_over(api, monkeypatch, owner, room, bob)
+    return owner, bob, carol, room
+
+
 async def test_a_hand_over_cut_short_is_finished(
     api: RoomsApi, monkeypatch: pytest.MonkeyPatch, events: EventLog
 ) -> None:
@@ -252,11 +264,7 @@ async def test_a_hand_over_cut_short_is_finished(
 async def test_a_hand_over_cut_short_goes_back_when_its_new_owner_left(
     api: RoomsApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    owner, bob, carol = api.user(), api.user(), api.user()
-    room = await api.room(owner)
-    for u in (bob, carol):
-        await api.join(u, room)
-    await cut_short_hand_over(api, monkeypatch, owner, room, bob)
+    owner, bob, carol, room = await cut_short_in_a_room_of_three(api, monkeypatch)
     assert (await api.leave(bob, room))[0] == 204
     assert await members.finish_handovers(api.rooms, older_than_s=0) == 1
     assert await roles_of(api, carol, room) == {owner: "owner", carol: "member"}
@@ -283,11 +291,7 @@ async def test_the_service_finishes_a_hand_over_cut_short_by_itself(
 async def test_an_admins_owner_ends_a_hand_over_cut_short(
     api: RoomsApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    owner, bob, carol = api.user(), api.user(), api.user()
-    room = await api.room(owner)
-    for u in (bob, carol):
-        await api.join(u, room)
-    await cut_short_hand_over(api, monkeypatch, owner, room, bob)
+    _, _, carol, room = await cut_short_in_a_room_of_three(api, monkeypatch)
     status, body = await api.call(
         "PUT", f"/v1/admin/rooms/{room}/owner", admin(api), {"user_id": carol}
     )
