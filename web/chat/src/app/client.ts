@@ -357,6 +357,9 @@ export class ParleyClient {
   readonly #typists = new TypingBoard(); // who types in which room (typing notices)
   readonly #drafts = new Map<string, TypingThrottle>(); // room id -> when to say we type there
   #typingFrames = 0;
+  /** The typing setting as last chosen here, ahead of the vault's write (null: read the vault). */
+  #tellTypingChosen: boolean | null = null;
+  #tellTypingChoices = 0;
   #show: { room: string; serverId: string; n: number } | null = null; // a private room's message to show
   #shows = 0;
   /** Each private room's cursor in its log, and its reads (rooms.ts RoomLogs). */
@@ -485,15 +488,22 @@ export class ParleyClient {
 
   /** Whether rooms' members are told when this user types (docs/protocol.md, "Typing"). */
   get tellTyping(): boolean {
-    return this.settings().tell_typing ?? true;
+    return this.#tellTypingChosen ?? this.settings().tell_typing ?? true;
   }
 
   /** Turn typing notices on or off (kept in the vault); off says a stop where a start
-   * was said. */
+   * was said. The choice holds from this call on, not from the end of the vault's write:
+   * a key pressed meanwhile says nothing (a failed write takes the choice back). */
   async setTellTyping(on: boolean): Promise<void> {
-    await this.#transaction(async (tx) => tx.put('settings', { ...(tx.get<Settings>('settings') ?? {}), tell_typing: on }));
+    this.#tellTypingChosen = on;
+    const choice = ++this.#tellTypingChoices;
     if (!on) for (const room of this.#drafts.keys()) this.draftDone(room);
-    this.#emit({ type: 'changed' });
+    try {
+      await this.#transaction(async (tx) => tx.put('settings', { ...(tx.get<Settings>('settings') ?? {}), tell_typing: on }));
+    } finally {
+      if (choice === this.#tellTypingChoices) this.#tellTypingChosen = null; // a later choice holds
+      this.#emit({ type: 'changed' });
+    }
   }
 
   contacts(): Contact[] {
