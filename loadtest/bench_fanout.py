@@ -65,8 +65,9 @@ from parley_contract import frames as f
 
 from loadtest.bench_messaging import Options as MessagingOptions
 from loadtest.bench_messaging import ParleySystem
-from loadtest.common import Account, CpuMeter, engineio_events, percentile, tune_gc
+from loadtest.common import Account, CpuMeter, percentile, tune_gc
 from loadtest.socketio_peer import start_peers
+from loadtest.ws import READERS, TextSocket, open_socket
 from scripts.stack import Processes, StackConfig
 
 PARLEY_PROCS = ("mongo", "kafka", "redis", "haproxy", "auth", "keys", "rooms", "gateway1",
@@ -82,6 +83,7 @@ class Options:
     ack_interval: float = 0.25
     systems: tuple[str, ...] = ("parley", "socketio")
     drain_s: float = 60.0
+    reader: str = "picows"  # the members' WebSocket client (loadtest/ws.py)
 
 
 # Bookkeeping shared by both systems ----------------------------------------------------
@@ -159,79 +161,63 @@ class ParleyMember(Receiver):
     def __init__(self, account: Account) -> None:
         super().__init__()
         self.account = account
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.sock: TextSocket | None = None
         self.gateway = ""
         self.max_seq = 0
         self.acked = 0
         self.accepted: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.ops: dict[str, int] = {}  # frames received, by op
-        self.task: asyncio.Task[None] | None = None
+        self.ready: asyncio.Future[dict[str, Any]] | None = None
         self.digest: str | None = None  # device_digest of the room's other member devices
 
-    async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
-        ws = await session.ws_connect(url, max_msg_size=0, compress=0)
-        await ws.send_str(orjson.dumps({"op": "auth", "token": self.account.token}).decode())
-        ready = orjson.loads((await ws.receive(timeout=30)).data)
+    async def connect(self, session: aiohttp.ClientSession, url: str, reader: str) -> None:
+        self.ready = asyncio.get_running_loop().create_future()
+        self.sock = await open_socket(reader, session, url, self._on_text)
+        await self.sock.send(orjson.dumps({"op": "auth", "token": self.account.token}).decode())
+        ready = await asyncio.wait_for(self.ready, 30)
         assert ready["op"] == "ready", ready
         self.gateway = ready["gateway"]
-        self.ws = ws
-        self.task = asyncio.create_task(self._read())
 
-    async def _read(self) -> None:
-        try:
-            await self._read_frames()
-        except Exception as exc:
-            print(f"member reader failed: {exc!r}", file=sys.stderr)
-            raise
-
-    async def _read_frames(self) -> None:
-        assert self.ws is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                print(f"member socket: {msg.type} {msg.data!r} {msg.extra!r}", file=sys.stderr)
-                continue
-            frame = orjson.loads(msg.data)
-            op = frame.get("op")
-            self.ops[op] = self.ops.get(op, 0) + 1
-            if op == "room_message":  # a private room's: its log is the record, no ack
-                self.on(number_of(frame["body"]))
-            elif op == "message":
-                self.max_seq = max(self.max_seq, frame["seq"])
-                self.on(number_of(frame["body"]))
-            elif op == "room_post":  # a public room's: its timeline is the record, no ack
-                self.on(number_of(frame["text"]))
-            elif op in ("accepted", "error"):
-                fut = self.accepted.pop(frame.get("id", ""), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(frame)
-        if self.ws.close_code is not None and self.ws.close_code != 1000:
-            print(f"member socket closed: {self.ws.close_code} {self.ws.exception()!r}, "
-                  f"frames it had: {self.ops}", file=sys.stderr)  # fmt: skip
+    def _on_text(self, data: str) -> None:
+        frame = orjson.loads(data)
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(frame)
+            return
+        op = frame.get("op")
+        self.ops[op] = self.ops.get(op, 0) + 1
+        if op == "room_message":  # a private room's: its log is the record, no ack
+            self.on(number_of(frame["body"]))
+        elif op == "message":
+            self.max_seq = max(self.max_seq, frame["seq"])
+            self.on(number_of(frame["body"]))
+        elif op == "room_post":  # a public room's: its timeline is the record, no ack
+            self.on(number_of(frame["text"]))
+        elif op in ("accepted", "error"):
+            fut = self.accepted.pop(frame.get("id", ""), None)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
 
     async def ack(self) -> None:
-        if self.ws is not None and self.max_seq > self.acked:
+        if self.sock is not None and self.max_seq > self.acked:
             self.acked = self.max_seq
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str(f'{{"op":"ack","seq":{self.acked}}}')
+            await self.sock.send(f'{{"op":"ack","seq":{self.acked}}}')
 
     async def send(self, room: str, n: int, size: int) -> None:
-        assert self.ws is not None
+        assert self.sock is not None
         cid = f"f{n}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.accepted[cid] = fut
         frame = {"op": "room_send", "id": cid, "room": room, "body": body_for(n, size)}
         if self.digest is not None:
             frame["device_digest"] = self.digest
-        await self.ws.send_str(orjson.dumps(frame).decode())
+        await self.sock.send(orjson.dumps(frame).decode())
         answer = await asyncio.wait_for(fut, 60)
         if answer["op"] != "accepted":
             raise RuntimeError(f"room_send refused: {answer}")
 
     async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self.task is not None:
-            self.task.cancel()
+        if self.sock is not None:
+            await self.sock.close()
 
 
 class PublicPoster:
@@ -290,49 +276,56 @@ class SioMember(Receiver):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.sock: TextSocket | None = None
         self.acks: dict[int, asyncio.Future[None]] = {}
         self.next_ack = 0
-        self.task: asyncio.Task[None] | None = None
+        self.pong: asyncio.Task[None] | None = None
+        self.opened: asyncio.Future[None] | None = None
+        self.joined: asyncio.Future[None] | None = None
 
-    async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
-        ws = await session.ws_connect(url, max_msg_size=0, compress=0)
-        opened = (await ws.receive(timeout=30)).data
-        assert opened.startswith("0"), opened
-        await ws.send_str("40")
-        joined = (await ws.receive(timeout=30)).data
-        assert joined.startswith("40"), joined
-        self.ws = ws
-        self.task = asyncio.create_task(self._read())
+    async def connect(self, session: aiohttp.ClientSession, url: str, reader: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.opened, self.joined = loop.create_future(), loop.create_future()
+        # The Engine.IO open may come with the handshake, before ``sock`` is set.
+        self.sock = await open_socket(reader, session, url, self._on_text)
+        await asyncio.wait_for(self.opened, 30)
+        await self.sock.send("40")  # connect to the namespace
+        await asyncio.wait_for(self.joined, 30)
 
-    async def _read(self) -> None:
-        assert self.ws is not None
-        async for event, payload in engineio_events(self.ws):
+    def _on_text(self, data: str) -> None:
+        if data.startswith("42"):
+            event, payload = orjson.loads(data[2:])
             if event == "message":
                 self.on(int(payload["n"]))
-            elif event == "ack":
-                fut = self.acks.pop(int(payload), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+        elif data.startswith("43"):
+            fut = self.acks.pop(int(data[2 : data.index("[")]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif data == "2" and self.sock is not None:  # an Engine.IO ping (every 25 s)
+            self.pong = asyncio.get_running_loop().create_task(self.sock.send("3"))
+        elif data.startswith("40"):
+            assert self.joined is not None
+            self.joined.set_result(None)
+        elif data.startswith("0"):  # the Engine.IO open
+            assert self.opened is not None
+            self.opened.set_result(None)
 
     async def send(self, _room: str, n: int, size: int) -> None:
-        assert self.ws is not None
+        assert self.sock is not None
         self.next_ack += 1
         ack_id = self.next_ack
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acks[ack_id] = fut
         payload = orjson.dumps(["send", {"n": n, "body": body_for(n, size)}]).decode()
-        await self.ws.send_str(f"42{ack_id}{payload}")
+        await self.sock.send(f"42{ack_id}{payload}")
         await asyncio.wait_for(fut, 60)
 
     async def ack(self) -> None:
         return None
 
     async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self.task is not None:
-            self.task.cancel()
+        if self.sock is not None:
+            await self.sock.close()
 
 
 # The run -----------------------------------------------------------------------------------
@@ -518,9 +511,9 @@ async def bench_parley(
             members: list[Any] = [ParleyMember(a) for a in accounts]
             if kind == "public":  # the owner posts as 50 members in turn; no socket
                 members[0] = PublicPoster(session, system.lb, [a.token for a in accounts[:50]])
-                await _connect_all(members[1:], session, [system.ws_url])
+                await _connect_all(members[1:], session, [system.ws_url], opts.reader)
             else:
-                await _connect_all(members, session, [system.ws_url])
+                await _connect_all(members, session, [system.ws_url], opts.reader)
             spread: dict[str, int] = {}
             for m in members:
                 if isinstance(m, ParleyMember):
@@ -579,7 +572,7 @@ async def bench_socketio(
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             members = [SioMember() for _ in range(opts.members)]
-            await _connect_all(members, session, peers.urls)
+            await _connect_all(members, session, peers.urls, opts.reader)
             log(f"socketio: {len(members)} connected")
             pids = {**peers.pids(), "redis": procs.procs["redis"].pid}
             try:
@@ -591,12 +584,14 @@ async def bench_socketio(
         procs.stop_all()
 
 
-async def _connect_all(members: list[Any], session: aiohttp.ClientSession, urls: list[str]) -> None:
+async def _connect_all(
+    members: list[Any], session: aiohttp.ClientSession, urls: list[str], reader: str
+) -> None:
     gate = asyncio.Semaphore(50)
 
     async def one(i: int, m: Any) -> None:
         async with gate:
-            await m.connect(session, urls[i % len(urls)])
+            await m.connect(session, urls[i % len(urls)], reader)
 
     await asyncio.gather(*(one(i, m) for i, m in enumerate(members)))
 
@@ -618,6 +613,7 @@ async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
         "members": opts.members,
         "seconds": opts.seconds,
         "window": opts.window,
+        "reader": opts.reader,
     }
     if "socketio" in opts.systems:
         log("socketio: two processes, AsyncRedisManager")
@@ -635,7 +631,8 @@ async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> str:
     lines = [
         f"Run {results['when']}: a room of {results['members']} members, "
-        f"{results['seconds']} s per phase, window {results['window']}.",
+        f"{results['seconds']} s per phase, window {results['window']}, "
+        f"members read with {results.get('reader', 'aiohttp')}.",
         "",
         "| system | phase | member-msgs/s | room msgs/s | p50 ms | p99 ms | lost | dup "
         "| server CPU µs per member-msg | load generator µs |",
@@ -675,10 +672,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=Options.seconds)
     parser.add_argument("--window", type=int, default=Options.window)
     parser.add_argument("--systems", default=",".join(Options.systems))
+    parser.add_argument("--reader", choices=READERS, default=Options.reader,
+                        help="the members' WebSocket client (loadtest/ws.py)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     opts = Options(members=args.members, seconds=args.seconds, window=args.window,
-                   systems=tuple(args.systems.split(",")))  # fmt: skip
+                   systems=tuple(args.systems.split(",")), reader=args.reader)  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="parley-fanout-"))
 
     def log(msg: str) -> None:
