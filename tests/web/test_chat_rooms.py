@@ -49,6 +49,14 @@ composer without sending and R's SDK gets a ``Typing`` event from A's user; clea
 the draft sends the stop, as sending a message does; R says it types and A's page
 shows "R is typing…" in a polite live region until R's message arrives; with "Let
 members see when I type" off, R gets A's post and no typing.
+
+tests/web/chat_rooms_restore.mjs (``test_browser_restores_removed_posts``), browser
+user A, the owner of a public room, and R (docs/moderation.md): A removes R's post and
+R's SDK gets ``room_message_changed`` with the marker; A restores it (Restore, behind a
+confirmation) and both A's page and R (``room_message_changed``, marker None, the text
+back) show it again; R's own deletion shows no Restore; a post an admin hid is offered
+Restore, which the server refuses (``forbidden``, shown in an alert), and the admin's
+restore shows its text again in A's page, live.
 The scripts share tests/web/chat_rooms_lib.mjs.
 """
 
@@ -66,7 +74,7 @@ from typing import Any
 import aiohttp
 import pytest
 from parley import Client
-from parley.events import MessageRemoved, RoomMessage, Typing
+from parley.events import MessageRemoved, RoomMessage, RoomMessageChanged, Typing
 from parley.store import KdfParams
 from parley_contract.envelopes import room_server_id
 
@@ -357,3 +365,48 @@ async def test_browser_reports_unsends_and_edits_in_rooms(system: System, tmp_pa
 @BROWSER
 async def test_browser_typing_in_rooms(system: System, tmp_path: Path) -> None:
     await browser_scenario(system, tmp_path, "chat_rooms_typing.mjs", "webt", timeout=90)
+
+
+class RestoreSide(PythonSide):
+    """R, plus an admin who hides and restores a public post (the admin routes)."""
+
+    def __init__(self, client: Client, system: System) -> None:
+        super().__init__(client, system)
+        self.admin: str | None = None  # an admin's access token, made once
+
+    async def as_admin(self, room: str, seq: int, verb: str) -> None:
+        if self.admin is None:
+            self.admin = await admin_token(self.system)
+        url = f"{self.system.lb}/rooms/v1/admin/rooms/{room}/messages/{seq}/{verb}"
+        headers = {"Authorization": f"Bearer {self.admin}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(url, json={"reason": "browser test"}) as resp:
+                assert resp.status == 200, await resp.text()
+
+    async def act(self, req: dict[str, Any]) -> dict[str, Any]:
+        r, do = self.r, req["do"]
+        if do == "post":  # R posts in a public room it is a member of; the post's number
+            await r.rooms.send(req["room"], req["text"])
+            page = await r.rooms.history(req["room"], limit=20)
+            [post] = [m for m in page["messages"] if m["text"] == req["text"]]
+            return {"seq": post["seq"]}
+        if do == "expect_changed":  # the next change R is told of that post (of that marker)
+            while True:
+                event = await r.next_event(RoomMessageChanged, timeout=30)
+                assert isinstance(event, RoomMessageChanged)
+                if (event.room_id, event.seq) != (req["room"], req["seq"]):
+                    continue
+                if "marker" not in req or event.marker == req["marker"]:
+                    return {"marker": event.marker, "text": event.text, "rev": event.rev}
+        if do in ("admin_hide", "admin_restore"):
+            await self.as_admin(req["room"], req["seq"], do.removeprefix("admin_"))
+            return {}
+        return await super().act(req)
+
+
+@BROWSER
+async def test_browser_restores_removed_posts(system: System, tmp_path: Path) -> None:
+    await browser_scenario(
+        system, tmp_path, "chat_rooms_restore.mjs", "webr", timeout=120,
+        side=lambda r, _a, _tag: RestoreSide(r, system),
+    )  # fmt: skip

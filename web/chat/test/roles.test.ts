@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { Api } from '../src/app/api.ts';
-import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, memberActionDone, memberActions, roleOf } from '../src/app/roles.ts';
+import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, canRestorePost, composerBlock, memberActionDone, memberActions, roleOf } from '../src/app/roles.ts';
 import { BANS_PAGE, readBans } from '../src/app/rooms.ts';
 
 const ME = 'me';
@@ -180,6 +180,56 @@ describe("canRemovePost: the owner's and moderators' removal of members' public 
   });
 });
 
+describe("canRestorePost: undoing a moderator's removal (services/rooms/moderation.py by_member, RESTORE)", () => {
+  const removed = (sender: string, marker: string | null = 'removed_by_moderator') => ({ sender, marker });
+
+  it("lets the owner restore anyone's removed post, whatever is known of the author", () => {
+    for (const author of ['member', 'moderator', 'owner', null, undefined] as const) expect(canRestorePost(removed('bob'), 'owner', author)).toBe(true);
+  });
+
+  it("lets a moderator restore plain members' and former members' removed posts, not the owner's nor a moderator's", () => {
+    expect(canRestorePost(removed('bob'), 'moderator', 'member')).toBe(true);
+    expect(canRestorePost(removed('gone'), 'moderator', null)).toBe(true); // no longer a member
+    expect(canRestorePost(removed('boss'), 'moderator', 'owner')).toBe(false); // forbidden
+    expect(canRestorePost(removed('mod'), 'moderator', 'moderator')).toBe(false); // forbidden
+    expect(canRestorePost(removed('bob'), 'moderator', undefined)).toBe(false); // not known yet: not offered
+  });
+
+  it('offers nothing to a plain member or a non-member', () => {
+    expect(canRestorePost(removed('bob'), 'member', 'member')).toBe(false); // forbidden
+    expect(canRestorePost(removed('bob'), null, 'member')).toBe(false); // not_a_member
+    expect(canRestorePost(removed('bob'), undefined, 'member')).toBe(false);
+    expect(canRestorePost(removed('bob'), 'admin', 'member')).toBe(false); // admins use the admin console
+  });
+
+  it("is offered on a moderator's removal only: never on an author's own deletion (final: conflict), nor on a post shown as it is", () => {
+    for (const marker of ['deleted_by_author', 'edited', 'edited_by_moderator', null]) {
+      expect(canRestorePost(removed('bob', marker), 'owner', 'member')).toBe(false);
+    }
+    expect(canRestorePost({ sender: 'bob' }, 'owner', 'member')).toBe(false); // no marker at all
+  });
+
+  it('is never offered on what was posted as the room\'s moderator (admins change those)', () => {
+    expect(canRestorePost(removed('moderator'), 'owner', null)).toBe(false);
+  });
+
+  it("follows the author's role now, not who they are: the owner's own post removed before they owned the room", () => {
+    // The server checks the author's current role only (a removal of the owner's post
+    // by an admin is refused there, `forbidden`, and the page shows it).
+    expect(canRestorePost(removed(ME), 'owner', 'owner')).toBe(true);
+    expect(canRestorePost(removed(ME), 'moderator', 'moderator')).toBe(false);
+  });
+
+  it("offers Restore exactly where Remove is not, on the same post once removed", () => {
+    const post = { sender: 'bob', marker: null as string | null };
+    expect(canRemovePost(post, ME, 'moderator', 'member')).toBe(true);
+    expect(canRestorePost(post, 'moderator', 'member')).toBe(false);
+    post.marker = 'removed_by_moderator';
+    expect(canRemovePost(post, ME, 'moderator', 'member')).toBe(false);
+    expect(canRestorePost(post, 'moderator', 'member')).toBe(true);
+  });
+});
+
 describe('composerBlock and canInvite', () => {
   it('blocks a closed room with the reason, for every role', () => {
     for (const role of ['owner', 'moderator', 'member', null]) {
@@ -299,6 +349,29 @@ describe('the ban calls on the wire (Api, as ParleyClient banUser, liftBan and r
       `/rooms/v1/rooms/${ROOM}/bans?limit=500`,
       `/rooms/v1/rooms/${ROOM}/bans?limit=500&after=${user(1)}`,
       `/rooms/v1/rooms/${ROOM}/bans?limit=500&after=${user(3)}`,
+    ]);
+  });
+});
+
+describe('the restore call on the wire (Api, as ParleyClient restoreRoomPost makes it)', () => {
+  afterEach(() => void vi.unstubAllGlobals());
+  const ROOM = 'ab'.repeat(12);
+
+  it('is POST .../messages/{seq}/restore with the bearer token and no body; a refusal is an ApiError with its code', async () => {
+    const calls: [string, string | undefined, unknown][] = [];
+    const restored = { room_id: ROOM, seq: 7, sender: 'bob', client_id: 'c', text: 'back again', mentions: [], sent_at: 1, rev: 3, marker: null };
+    vi.stubGlobal('fetch', async (url: string, init: RequestInit) => {
+      calls.push([`${init.method} ${url}`, (init.headers as Record<string, string>)['Authorization'], init.body]);
+      if (url.includes('/messages/7/')) return new Response(JSON.stringify(restored), { status: 200 });
+      return new Response(JSON.stringify({ error: { code: 'forbidden', message: 'An admin removed this message; admins restore it.' } }), { status: 403 });
+    });
+    const api = new Api();
+    api.token = 't';
+    expect(await api.restoreRoomMessage(ROOM, 7)).toEqual(restored);
+    await expect(api.restoreRoomMessage(ROOM, 8)).rejects.toMatchObject({ name: 'ApiError', code: 'forbidden', status: 403 });
+    expect(calls).toEqual([
+      [`POST /rooms/v1/rooms/${ROOM}/messages/7/restore`, 'Bearer t', null],
+      [`POST /rooms/v1/rooms/${ROOM}/messages/8/restore`, 'Bearer t', null],
     ]);
   });
 });

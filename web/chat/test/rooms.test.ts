@@ -290,4 +290,23 @@ describe('a room_message_changed frame in the timeline (the highest rev wins)', 
     const after = applyPostChange(timeline, { seq: 1, rev: 2, text: '', mentions: [], marker: 'removed_by_moderator' });
     expect(after[0]).toMatchObject({ text: '', rev: 2, marker: 'removed_by_moderator' });
   });
+  it('a restore (marker null) shows the text again, unmarked; a late frame of the removal changes nothing', () => {
+    const removal = { seq: 1, rev: 2, text: '', mentions: [], marker: 'removed_by_moderator' };
+    const restore = { seq: 1, rev: 3, text: 'first', mentions: ['u1'], marker: null };
+    const removedFirst = applyPostChange(timeline, removal);
+    const after = applyPostChange(removedFirst, restore);
+    expect(after[0]).toEqual({ ...timeline[0], text: 'first', mentions: ['u1'], rev: 3, marker: null });
+    expect(isRemovedPost(after[0]!)).toBe(false);
+    expect(canEditPost(after[0]!, 'me')).toBe(true);
+    expect(applyPostChange(after, removal)).toEqual(after); // the removal's frame after the restore's answer
+    // The restore's frame for a page that never saw the removal (a reload between them).
+    expect(applyPostChange(timeline, restore)[0]).toMatchObject({ text: 'first', rev: 3, marker: null });
+  });
+  it('a restore gives back the marker the post had before the removal (edited)', () => {
+    const after = applyPostChange(applyPostChange(timeline, { seq: 2, rev: 3, text: '', mentions: [], marker: 'removed_by_moderator' }), {
+      seq: 2, rev: 4, text: 'second, edited', mentions: [], marker: 'edited',
+    });
+    expect(after[1]).toMatchObject({ text: 'second, edited', rev: 4, marker: 'edited' });
+    expect(isRemovedPost(after[1]!)).toBe(false);
+  });
 });

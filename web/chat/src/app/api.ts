@@ -412,6 +412,11 @@ export class Api {
   deleteRoomMessage(roomId: string, seq: number): Promise<RoomMessage> {
     return this.request('DELETE', `${roomPath(roomId)}/messages/${seq}`);
   }
+  /** Undo a moderator's removal of a public-room message (owner or moderator): the
+   * message as it was before the removal. */
+  restoreRoomMessage(roomId: string, seq: number): Promise<RoomMessage> {
+    return this.request('POST', `${roomPath(roomId)}/messages/${seq}/restore`);
+  }
   notifications(before: number | null, limit = 50): Promise<NoticePage> {
     return this.request('GET', `/rooms/v1/notifications?limit=${limit}${before == null ? '' : `&before=${before}`}`);
   }

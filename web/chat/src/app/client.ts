@@ -2437,6 +2437,16 @@ export class ParleyClient {
     return this.api.deleteRoomMessage(roomId, seq);
   }
 
+  /** As the room's owner or a moderator, undo a moderator's removal of a member's public
+   * post (`POST .../messages/{seq}/restore`, under the removal's rules: roles.ts
+   * canRestorePost). Returns the message as it was before the removal (its text, and its
+   * marker then: null, or `edited`...), a new revision; the removal stays in its history.
+   * Refused: an admin's removal (`forbidden`), an author's own deletion (`conflict`). */
+  async restoreRoomPost(roomId: string, seq: number): Promise<RoomMessage> {
+    await this.accessToken();
+    return this.api.restoreRoomMessage(roomId, seq);
+  }
+
   /** Report a received message to the server's admins (its text is revealed to them,
    * nothing else); returns the report's id. */
   async report(peerId: string, entry: HistoryEntry): Promise<{ id: string; state?: string; duplicate?: boolean }> {

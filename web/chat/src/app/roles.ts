@@ -86,6 +86,27 @@ export function canRemovePost(post: PostOwner, me: string, mine: string | null |
   return authorRole === null || authorRole === 'member';
 }
 
+/**
+ * Whether `me` (role `mine`) may restore a public-room post that a moderator removed
+ * (`POST .../messages/{seq}/restore`, services/rooms/moderation.py `by_member`): the
+ * removal's rules, on a post marked `removed_by_moderator` only. The owner restores
+ * anyone's, a moderator plain members' and former members' (`authorRole` as for
+ * {@link canRemovePost}: null, not a member any more; undefined, not known yet, and then
+ * a moderator is not offered it); nobody restores what was posted as the room's
+ * moderator, nor an author's own deletion (`deleted_by_author` is final: `conflict`).
+ * The server checks the author's role as it is now, not who the post is, so one's own
+ * post removed before one became its owner is offered too. What the page cannot know:
+ * whether an admin made the removal (the marker is the same); the server refuses that
+ * one (`forbidden`: admins restore it), and the refusal is shown.
+ */
+export function canRestorePost(post: PostOwner, mine: string | null | undefined, authorRole: Role | null | undefined): boolean {
+  const role = roleOf(mine);
+  if (role !== 'owner' && role !== 'moderator') return false;
+  if (post.marker !== 'removed_by_moderator' || post.sender === MODERATOR_SENDER) return false;
+  if (role === 'owner') return true;
+  return authorRole === null || authorRole === 'member';
+}
+
 /** Why a room's composer is disabled (null: it is not): a closed room takes no new
  * messages (`room_closed`), and only members write. */
 export function composerBlock(room: { state: string; role: string | null | undefined }): string | null {

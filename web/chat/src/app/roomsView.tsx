@@ -6,7 +6,7 @@ import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, type Room, type RoomBan, type RoomMember, type RoomMessage } from './api.ts';
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
-import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
+import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, canRestorePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
 import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
 import { typingText } from './typing.ts';
 
@@ -248,13 +248,14 @@ function EditPost(props: { client: ParleyClient; post: RoomMessage; onEdited: (m
   );
 }
 
-/** What "Delete" (your own post, `deleted_by_author`) and "Remove" (someone else's, as
- * the room's owner or a moderator: `removed_by_moderator`) say and are called. */
+/** What "Delete" (your own post, `deleted_by_author`), "Remove" (someone else's, as the
+ * room's owner or a moderator: `removed_by_moderator`) and "Restore" (undoing such a
+ * removal: `POST .../restore`) say and are called. */
 const REMOVAL = {
   own: {
     button: 'Delete',
     cls: 'delete',
-    label: (_who: string, text: string) => `Delete your message: ${text}`,
+    label: (_who: string, text: string, _at: number) => `Delete your message: ${text}`,
     group: 'Confirm the deletion',
     ask: "Delete this message for everyone in the room? Members will see it as deleted (the server's admins keep the original).",
     yes: 'Delete for everyone',
@@ -262,18 +263,29 @@ const REMOVAL = {
   moderator: {
     button: 'Remove',
     cls: 'remove-post',
-    label: (who: string, text: string) => `Remove ${who}'s message: ${text}`,
+    label: (who: string, text: string, _at: number) => `Remove ${who}'s message: ${text}`,
     group: 'Confirm the removal',
     ask: "Remove this message for everyone in the room? Members will see it as removed by a moderator (the server's admins keep the original).",
     yes: 'Remove for everyone',
+  },
+  restore: {
+    button: 'Restore',
+    cls: 'restore-post',
+    label: (who: string, _text: string, at: number) => `Restore ${who === 'You' ? 'your' : `${who}'s`} message of ${time(at)}, removed by a moderator`,
+    group: 'Confirm the restore',
+    ask: 'Restore this message for everyone in the room? Members will see it again as it was before the removal (the removal stays in its history).',
+    yes: 'Restore for everyone',
   },
 } as const;
 
 /** "Delete" on your own public-room post, or "Remove" on a member's as the room's owner
  * or a moderator (roles.ts canRemovePost), behind a confirmation: `DELETE
  * .../messages/{seq}`; the answer (empty text, marked "deleted by its author" or
- * "removed by a moderator") replaces the line. The server's refusal is shown by the post
- * and nothing changes. */
+ * "removed by a moderator") replaces the line. "Restore" on a post a moderator removed
+ * (roles.ts canRestorePost), behind the same confirmation: `POST .../restore`; the
+ * answer (the post as it was before the removal) replaces the line. The server's refusal
+ * is shown by the post (a restore's in an alert: the page cannot tell an admin's removal,
+ * which the server refuses) and nothing changes. */
 function PostRemoval(props: { client: ParleyClient; post: RoomMessage; mode: keyof typeof REMOVAL; who: string; onRemoved: (m: RoomMessage) => void }) {
   const { client, post } = props;
   const say = REMOVAL[props.mode];
@@ -291,7 +303,7 @@ function PostRemoval(props: { client: ParleyClient; post: RoomMessage; mode: key
   return (
     <>
       {!confirming && (
-        <button type="button" class={say.cls} ref={ask} aria-label={say.label(props.who, post.text.slice(0, 40))}
+        <button type="button" class={say.cls} ref={ask} aria-label={say.label(props.who, post.text.slice(0, 40), post.sent_at)}
           onClick={() => { setNote(''); setConfirming(true); }}>
           {say.button}
         </button>
@@ -303,7 +315,7 @@ function PostRemoval(props: { client: ParleyClient; post: RoomMessage; mode: key
             onClick={() => {
               setBusy(true);
               setNote('');
-              client.deleteRoomPost(post.room_id, post.seq).then(
+              (props.mode === 'restore' ? client.restoreRoomPost(post.room_id, post.seq) : client.deleteRoomPost(post.room_id, post.seq)).then(
                 (m) => { setConfirming(false); props.onRemoved(m); },
                 (err: unknown) => setNote(failure(err)),
               ).finally(() => setBusy(false));
@@ -313,7 +325,7 @@ function PostRemoval(props: { client: ParleyClient; post: RoomMessage; mode: key
           <button type="button" class={`${say.cls}-no small secondary`} onClick={() => setConfirming(false)}>Cancel</button>
         </span>
       )}
-      {note && <span class="mod-note" role="status">{note}</span>}
+      {note && <span class="mod-note" role={props.mode === 'restore' ? 'alert' : 'status'}>{note}</span>}
     </>
   );
 }
@@ -1276,6 +1288,18 @@ export function RoomView(props: {
                 {canDeletePost(m, me) && room.role != null && <PostRemoval client={client} post={m} mode="own" who="You" onRemoved={(deleted) => merge([deleted])} />}
                 {canRemovePost(m, me, room.role, authorRole(m.sender)) && (
                   <PostRemoval client={client} post={m} mode="moderator" who={who(m.sender)} onRemoved={(removed) => merge([removed])} />
+                )}
+                {canRestorePost(m, room.role, authorRole(m.sender)) && (
+                  <PostRemoval
+                    client={client}
+                    post={m}
+                    mode="restore"
+                    who={who(m.sender)}
+                    onRemoved={(restored) => {
+                      merge([restored]);
+                      setStatus(`${m.sender === me ? 'Your' : `${who(m.sender)}'s`} message of ${time(m.sent_at)} is restored.`);
+                    }}
+                  />
                 )}
               </Line>
             ))
