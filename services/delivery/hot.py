@@ -32,6 +32,8 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -406,6 +408,32 @@ class HotInbox:
             inbox, _, seq = scripts.text(m).rpartition("|")
             out.append((inbox, int(seq)))
         return out
+
+    async def settled_before(self, beat: int) -> float | None:
+        """A time before which every item stored is acknowledged or persisted: now, or
+        the oldest index entry's if one is older. ``None`` if Redis may have lost
+        data since the persister counted ``beat`` (the index read then proves
+        nothing).
+
+        An entry leaves the index only with its item (acknowledged, moved to
+        MongoDB, or taken out of its inbox), and :meth:`put` writes the entry
+        before the item: so a batch whose ``put`` ended before this read, at a
+        time before the oldest entry, has all its items acknowledged or
+        persisted. Read in one transaction with the heartbeat counter: a Redis
+        that lost everything or went back to an older snapshot holds a lower
+        count, and its empty index says nothing.
+        """
+        started = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrange(self.index, 0, 0, withscores=True)
+            pipe.get(self.beat)
+            oldest, now_beat = await pipe.execute()
+        if now_beat is None or int(now_beat) < beat:
+            return None
+        if not oldest:
+            return started
+        # Strictly before the entry: a batch stored in the same clock tick waits.
+        return min(started, math.nextafter(float(oldest[0][1]), -math.inf))
 
     async def heartbeat(self, mark: str = "", mark_ttl_s: int = 0) -> int:
         """Count a persister run; keeps ``mark`` (a writer's, :data:`GUARD`) from expiring

@@ -409,6 +409,13 @@ class Worker:
         self.persisted.inc(written)
         if until is not None:
             self.persisted_until = max(self.persisted_until, until)
+            # Acknowledged items need not wait for the persist delay: whatever
+            # the index no longer holds is safe, so a batch whose items were all
+            # acknowledged is committed at this pass, not hot_persist_after_s
+            # later (after a Redis loss, fewer acknowledged messages come back).
+            settled = await self.store.hot.settled_before(beat)
+            if settled is not None:
+                self.persisted_until = max(self.persisted_until, settled)
 
     async def _process(self, handler: Handler, records: list[Record]) -> None:
         """Run a batch to the end; never gives up the partition and never blocks it for ever.

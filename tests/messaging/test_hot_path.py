@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.common.clients import Topics
+from services.delivery.hot import HotInbox
 from services.delivery.state import WORKER
 from tests.support.aio import eventually
 from tests.support.users import uid
@@ -59,6 +60,45 @@ async def test_offsets_wait_for_the_persister_and_acks(messaging: Messaging) -> 
     await worker.persist_once()
     assert worker.persisted._value.get() >= 5
     await eventually(lambda: committed(messaging), lambda c: c >= before + 5)
+
+
+async def test_acknowledged_messages_are_committed_without_the_persist_delay(
+    messaging: Messaging,
+) -> None:
+    """Items acknowledged leave the persister's index: their records are committed at
+    the next pass, not ``hot_persist_after_s`` later. So Redis losing everything
+    right after brings back only what was not acknowledged (before, every message
+    of the last persist delay came back, stored again under a new seq)."""
+    worker = messaging.delivery.server.app[WORKER]
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    alice = await messaging.connect(alice_id, pod=0)
+    bob = await messaging.connect(bob_id, pod=1)
+    before = await committed(messaging)
+    await alice.send_stored(bob_id, [(f"k{n}", f"a2V{n}") for n in range(5)])
+    seqs = [int((await bob.expect("message", body=f"a2V{n}"))["seq"]) for n in range(5)]
+    await bob.send({"op": "ack", "seq": max(seqs), "id": "ack"})
+    for n in range(5):
+        await alice.expect("delivered", id=f"k{n}")
+    await worker.persist_once()
+    await eventually(lambda: committed(messaging), lambda c: c >= before + 5)
+    # One more, pushed but not acknowledged: it stays uncommitted.
+    [kept] = await alice.send_stored(bob_id, [("k5", "a2V5")])
+    await bob.expect("message", body="a2V5")
+    await worker.persist_once()
+    # Redis loses everything of this deployment.
+    redis = worker.store.redis
+    keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
+    await redis.delete(*keys)
+    lost = worker.hot_lost._value.get()
+    await eventually(lambda: _value(worker.hot_lost), lambda v: v > lost)
+    # Consumed again from the committed offsets: only the unacknowledged one.
+    again = await messaging.connect(bob_id, pod=0)
+    items = await eventually(lambda: synced(again, uuid.uuid4().hex[:8]),
+                             lambda got: any(i["body"] == "a2V5" for i in got))  # fmt: skip
+    assert {i["body"] for i in items} == {"a2V5"}
+    assert {i["server_id"] for i in items} == {kept["server_id"]}
 
 
 async def test_redis_losing_the_hot_inbox_loses_no_accepted_message(
@@ -157,3 +197,21 @@ async def test_counters_reach_mongodb_at_most_every_checkpoint_interval(
     worker._next_checkpoint = 0.0  # the interval is over
     await worker.persist_once()
     assert await counters.count_documents({"_id": f"{carol}.1"}) == 1
+
+
+async def test_the_index_read_proves_nothing_once_redis_lost_its_count(
+    messaging: Messaging,
+) -> None:
+    """:meth:`HotInbox.settled_before` reads the index with the heartbeat count: an
+    index emptied with the rest of Redis must not let every batch be committed."""
+    worker = messaging.delivery.server.app[WORKER]
+    hot = HotInbox(worker.store.redis, f"t{uuid.uuid4().hex[:8]}", 60)
+    beat = await hot.heartbeat()
+    assert await hot.settled_before(beat) is not None  # empty index, same count: now
+    await hot.redis.zadd(hot.index, {"inbox|1": 1000.0})
+    settled = await hot.settled_before(beat)
+    assert settled is not None and settled < 1000.0  # strictly before the oldest entry
+    await hot.redis.delete(hot.beat, hot.index)  # lost: the count is gone
+    assert await hot.settled_before(beat) is None
+    await hot.heartbeat()  # counting again from 1, below what was seen
+    assert await hot.settled_before(beat + 1) is None
