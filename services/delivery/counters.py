@@ -75,6 +75,11 @@ from services.common import scripts
 GAP = 1_000_000_000
 CHECKPOINT_BATCH = 2000
 WARM_LOCK_S = 60
+# One inbox's seeding (services/delivery/counters.py InboxCounters.seed): how long its
+# lock lasts if its holder dies, how long another seeder waits for it, how often it looks.
+SEED_LOCK_S = 30
+SEED_WAIT_S = 10.0
+SEED_POLL_S = 0.02
 """How long the lock of a process copying the checkpoints into Redis lasts without
 news from it (it is renewed every page)."""
 
@@ -149,6 +154,14 @@ _SEED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'n', ARGV[1], 'acked', ARGV[2], 'g', ARGV[3])
 return 1
+"""
+
+# Releases the seeding locks KEYS that still hold this seeder's token ARGV[1].
+_UNLOCK = """
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+return 0
 """
 
 # Raises acked to min(ARGV[1], n); returns {acked before, n, gaps}, or -1 when missing.
@@ -307,9 +320,11 @@ class InboxCounters:
         self._warmed = scripts.register(redis, _WARMED)
         self._reserve = scripts.register(redis, _RESERVE)
         self._seed_one = scripts.register(redis, _SEED)
+        self._unlock = scripts.register(redis, _UNLOCK)
         self._ack = scripts.register(redis, _ACK)
         self._ack_hot = scripts.register(redis, _ACK_HOT)
         self._base_lock = asyncio.Lock()
+        self._token = uuid.uuid4().hex  # this process's, on the seeding locks it holds
 
     def key(self, inbox: str) -> str:
         return f"{self.prefix}:ctr:{{{inbox}}}"
@@ -488,7 +503,66 @@ class InboxCounters:
         keys = [self.base_key, self.floor_key, self.all_key]
         return list(await self._decide(keys, [base, floor, "1" if complete else "0"]))
 
+    def seed_lock_key(self, inbox: str) -> str:
+        return f"{self.prefix}:ctrseed:{{{inbox}}}"
+
     async def seed(self, inboxes: list[str]) -> None:
+        """Put the missing counters of ``inboxes`` in Redis, each by one seeder at a time.
+
+        Two seeders of one inbox at once (a consumer's first item and the
+        warm-up's copy, or two processes) must not both write its checkpoint:
+        the one that loses the race in Redis would have raised the
+        checkpoint's ``n`` past a range it marked as skipped, while the
+        winner hands out numbers inside that range; the next checkpoint then
+        keeps the higher ``n`` with the winner's ranges, and after the next
+        loss a walk from ``acked`` would step through a billion numbers no
+        range covers (a page that never ends: found by the soak with Redis
+        killed twice). So each inbox is seeded under its lock
+        (``<p>:ctrseed:{<inbox>}``): the holder checks the counter is still
+        missing, reads the checkpoint, writes it, seeds Redis, releases. An
+        inbox another seeder holds is waited for (it appears in Redis).
+        """
+        todo = list(dict.fromkeys(inboxes))
+        deadline = time.monotonic() + SEED_WAIT_S
+        while todo:
+            mine = await self._lock(todo)
+            if mine:
+                try:
+                    await self._seed_locked(mine)
+                finally:
+                    await self._release(mine)
+            todo = await self._missing([i for i in todo if i not in mine])
+            if todo:
+                if time.monotonic() > deadline:
+                    return  # the caller finds them missing and says so
+                await asyncio.sleep(SEED_POLL_S)  # another seeder holds them
+
+    async def _lock(self, inboxes: list[str]) -> list[str]:
+        """Take the seeding locks that are free; returns their inboxes."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                pipe.set(self.seed_lock_key(inbox), self._token, nx=True, ex=SEED_LOCK_S)
+            got = await pipe.execute()
+        return [i for i, ok in zip(inboxes, got, strict=True) if ok]
+
+    async def _release(self, inboxes: list[str]) -> None:
+        with contextlib.suppress(Exception):  # else they expire
+            for i in range(0, len(inboxes), 500):
+                keys = [self.seed_lock_key(x) for x in inboxes[i : i + 500]]
+                await self._unlock(keys, [self._token])
+
+    async def _missing(self, inboxes: list[str]) -> list[str]:
+        if not inboxes:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                pipe.exists(self.key(inbox))
+            there = await pipe.execute()
+        return [i for i, e in zip(inboxes, there, strict=True) if not e]
+
+    async def _seed_locked(self, inboxes: list[str]) -> None:
+        """Seed those of ``inboxes`` still missing, their locks held."""
+        inboxes = await self._missing(inboxes)
         if not inboxes:
             return
         at = await self._base()
@@ -577,8 +651,17 @@ class InboxCounters:
                     for d, there in zip(docs, found, strict=False) if not there
                 }  # fmt: skip
                 if saved:
-                    await self._seed(list(saved), saved, at._replace(complete=False))
-                    copied += len(saved)
+                    # Under their locks (see :meth:`seed`); one a consumer seeds now
+                    # is its, and in Redis when it lets go.
+                    mine = await self._lock(list(saved))
+                    try:
+                        missing = await self._missing(mine)
+                        if missing:
+                            await self._seed(missing, {i: saved[i] for i in missing},
+                                             at._replace(complete=False))  # fmt: skip
+                    finally:
+                        await self._release(mine)
+                    copied += len(missing)
             await self._warmed([self.warm_key, self.all_key], [token])
         except BaseException:
             with contextlib.suppress(Exception):  # else it expires

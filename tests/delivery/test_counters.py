@@ -322,3 +322,57 @@ async def test_reading_a_new_inbox_hands_out_nothing_and_records_nothing(
     assert (await store.ctr.get(["quinn"]))["quinn"] == Counter(n=0, acked=0)
     await store.ctr.checkpoint()
     assert await store.counters.find_one({"_id": "quinn"}) is None
+
+
+async def test_a_warm_up_racing_a_first_item_leaves_no_range_uncovered(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a loss, a consumer's first item to an inbox and the warm-up's copy seed the
+    same counter at once. The interleaving the soak met (Redis killed twice): the
+    consumer writes the checkpoint, the warm-up reads it, finds Redis still without
+    the counter and writes its own (a second jump), then the consumer's counter
+    lands in Redis. The next checkpoint kept the warm-up's ``n`` with the consumer's
+    ranges, and after one more loss a page walked a billion numbers. Seeding is one
+    seeder at a time per inbox: the warm-up leaves an inbox a consumer holds."""
+    await store.store_hot([item("kim", i) for i in range(3)])  # 1..3
+    await store.persist_due(now=10**10)
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    ctr = store.ctr
+    original = ctr.checkpoints.bulk_write
+    warm_wrote, consumer_done = asyncio.Event(), asyncio.Event()
+    warm: asyncio.Task[int] | None = None
+    calls = 0
+
+    async def bulk_write(ops: Any, **kw: Any) -> Any:
+        nonlocal calls, warm
+        calls += 1
+        result = await original(ops, **kw)
+        if calls == 1:  # the consumer's: now the warm-up runs, up to its own write
+            warm = asyncio.create_task(ctr.warm())
+            wrote = asyncio.create_task(warm_wrote.wait())
+            await asyncio.wait([warm, wrote], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            wrote.cancel()
+        elif warm is not None and not warm.done():  # the warm-up's: after the consumer
+            warm_wrote.set()
+            await consumer_done.wait()
+        return result
+
+    monkeypatch.setattr(ctr.checkpoints, "bulk_write", bulk_write)
+    first = await store.store_hot([item("kim", 3)])
+    consumer_done.set()
+    assert warm is not None
+    await asyncio.wait_for(warm, 10)
+    monkeypatch.setattr(ctr.checkpoints, "bulk_write", original)
+    assert [d["seq"] for d in first] == [3 + GAP + 1]
+    await store.store_hot([item("kim", 4)])  # 3 + GAP + 2
+    await store.persist_due(now=10**10)
+    await store.ctr.checkpoint()
+    saved = await store.counters.find_one({"_id": "kim"})
+    assert saved is not None and saved["n"] == 3 + GAP + 2, saved
+    # One more loss: the page steps over every skipped range.
+    await _lose_redis(store)
+    third = await store.store_hot([item("kim", 5)])
+    wanted = [1, 2, 3, 3 + GAP + 1, 3 + GAP + 2, third[0]["seq"]]
+    page, more = await asyncio.wait_for(store.page("kim", 0, 10), 10)
+    assert [d["seq"] for d in page] == wanted and not more
