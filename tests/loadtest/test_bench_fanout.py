@@ -1,7 +1,8 @@
 """The room fan-out benchmark runs end to end and counts every member-message once.
 
 A tiny run (a room of 30, 1 s per phase) of the real command, in its own process as a
-user would start it, for python-socketio, a public and a private Parley room. It asserts
+user would start it, for python-socketio, a public and a private Parley room, with the
+members read by picows (the default) and by aiohttp. It asserts
 that the harness works and counts what it says, never a speed (docs/BENCHMARKS.md has
 the figures).
 """
@@ -21,13 +22,22 @@ MEMBERS = 30
 pytestmark = pytest.mark.stack
 
 
-def test_tiny_fan_out_run_of_every_system_loses_and_duplicates_nothing() -> None:
+@pytest.mark.parametrize(
+    ("reader", "systems"),
+    [("picows", ("socketio", "parley-public", "parley")), ("aiohttp", ("socketio", "parley"))],
+)
+def test_tiny_fan_out_run_of_every_system_loses_and_duplicates_nothing(
+    reader: str, systems: tuple[str, ...]
+) -> None:
+    """With either of the members' readers (loadtest/ws.py)."""
     cmd = [sys.executable, "-m", "loadtest.bench_fanout", "--members", str(MEMBERS),
-           "--seconds", "1", "--systems", "socketio,parley-public,parley", "--json"]  # fmt: skip
+           "--seconds", "1", "--systems", ",".join(systems), "--reader", reader,
+           "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     results = orjson.loads(proc.stdout)
-    for system in ("socketio", "parley-public", "parley"):
+    assert results["reader"] == reader
+    for system in systems:
         for phase in ("saturation", "paced"):
             r = results[system][phase]
             assert (r["lost"], r["duplicates"], r["not_accepted"]) == (0, 0, 0), (system, r)
