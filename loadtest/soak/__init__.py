@@ -49,7 +49,8 @@ id it has would show it twice; must be 0), copies stored again under the same
 server id (after Redis lost the hot inbox, docs/delivery.md "Duplicates";
 clients drop them; counted), repeats of one ``seq`` (allowed by the
 protocol, counted), resends, reconnects, errors by code. The exit status
-is 1 if anything was lost or duplicated, 2 if the harness itself failed.
+is 1 if anything was lost or duplicated, or still not accepted after the
+drain (a stalled client), 2 if the harness itself failed.
 
 docs/BENCHMARKS.md ("Soak (issue #10)") has the figures and the command.
 """

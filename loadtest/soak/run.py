@@ -560,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         opts.results.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(table(report))
     t = report["totals"]
-    return 1 if t["lost"] or t["duplicates"] else 0
+    # A message still not accepted after the drain is a stall (a client that could
+    # not send or sync for minutes), as much a failure as a loss.
+    return 1 if t["lost"] or t["duplicates"] or t["never_accepted"] else 0
 
 
 if __name__ == "__main__":
