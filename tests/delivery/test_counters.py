@@ -365,6 +365,7 @@ async def test_a_warm_up_racing_a_first_item_leaves_no_range_uncovered(
     await asyncio.wait_for(warm, 10)
     monkeypatch.setattr(ctr.checkpoints, "bulk_write", original)
     assert [d["seq"] for d in first] == [3 + GAP + 1]
+    assert not await store.redis.exists(ctr.seed_lock_key("kim"))  # let go
     await store.store_hot([item("kim", 4)])  # 3 + GAP + 2
     await store.persist_due(now=10**10)
     await store.ctr.checkpoint()
