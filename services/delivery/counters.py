@@ -75,13 +75,13 @@ from services.common import scripts
 GAP = 1_000_000_000
 CHECKPOINT_BATCH = 2000
 WARM_LOCK_S = 60
+"""How long the lock of a process copying the checkpoints into Redis lasts without
+news from it (it is renewed every page)."""
 # One inbox's seeding (services/delivery/counters.py InboxCounters.seed): how long its
 # lock lasts if its holder dies, how long another seeder waits for it, how often it looks.
 SEED_LOCK_S = 30
 SEED_WAIT_S = 10.0
 SEED_POLL_S = 0.02
-"""How long the lock of a process copying the checkpoints into Redis lasts without
-news from it (it is renewed every page)."""
 
 
 Gaps = tuple[tuple[int, int], ...]

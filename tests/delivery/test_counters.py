@@ -377,3 +377,26 @@ async def test_a_warm_up_racing_a_first_item_leaves_no_range_uncovered(
     wanted = [1, 2, 3, 3 + GAP + 1, 3 + GAP + 2, third[0]["seq"]]
     page, more = await asyncio.wait_for(store.page("kim", 0, 10), 10)
     assert [d["seq"] for d in page] == wanted and not more
+
+
+async def test_a_seeder_waits_for_the_inbox_another_seeder_holds(store: DeliveryStore) -> None:
+    """A consumer finding an inbox's seeding lock taken writes no checkpoint of its
+    own: it waits until the holder's counter is in Redis and numbers from it."""
+    await store.store_hot([item("uma", i) for i in range(2)])  # 1..2
+    await store.persist_due(now=10**10)
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    ctr = store.ctr
+    at = await ctr._base()  # this lifetime's base, decided once
+    await store.redis.set(ctr.seed_lock_key("uma"), "another seeder")
+    waiting = asyncio.create_task(ctr.seed(["uma"]))
+    saved = await store.counters.find_one({"_id": "uma"})
+    assert saved is not None
+    await asyncio.sleep(0)  # the waiter has found the lock taken
+    assert not waiting.done()
+    # The holder: its checkpoint, then its counter in Redis, then it lets go.
+    await ctr._seed(["uma"], {"uma": (saved["n"], saved["acked"], ())}, at)
+    await store.redis.delete(ctr.seed_lock_key("uma"))
+    await asyncio.wait_for(waiting, 5)
+    assert await ctr.reserve("uma", 1) == 2 + GAP + 1
+    assert (await store.counters.find_one({"_id": "uma"}))["n"] == 2 + GAP  # one jump
