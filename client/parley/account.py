@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from parley.api import Api
 from parley.errors import ApiError, NotLoggedIn, ParleyError
@@ -48,7 +49,7 @@ def _jwt_claim(token: str, name: str) -> float:
     """A number claim of a JWT, unverified (0 when it has none)."""
     try:
         payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         return float(claims[name])
     except (IndexError, ValueError, KeyError, TypeError):
         return 0.0

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
+import orjson
 from parley_contract import frames as f
 from parley_contract.envelopes import conversation_id, message_server_id
 
@@ -1012,7 +1013,9 @@ def parse_control(plaintext: bytes) -> dict[str, Any] | None:
     if not plaintext.startswith(CONTROL_PREFIX):
         return None
     try:
-        obj = json.loads(plaintext[len(CONTROL_PREFIX) :])
+        # orjson stops at 1,024 levels: a peer's deeply nested payload is invalid,
+        # where ``json`` raised RecursionError and the frame was never acknowledged.
+        obj = orjson.loads(plaintext[len(CONTROL_PREFIX) :])
     except ValueError:
         return {"t": "invalid"}
     return obj if isinstance(obj, dict) else {"t": "invalid"}

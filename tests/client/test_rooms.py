@@ -25,6 +25,9 @@ def test_a_control_payload_round_trips_and_a_chat_line_is_never_one() -> None:
         assert parse_control(text.encode()) is None
     assert parse_control(CONTROL_PREFIX + b"not json") == {"t": "invalid"}
     assert parse_control(CONTROL_PREFIX + b"[1, 2]") == {"t": "invalid"}
+    # Nested past ``json``'s recursion limit: invalid, not a RecursionError.
+    assert parse_control(CONTROL_PREFIX + b"[" * 100_000) == {"t": "invalid"}
+    assert parse_control(CONTROL_PREFIX + b"{" + b'"a":{' * 5000) == {"t": "invalid"}
 
 
 def test_the_sdk_refuses_text_that_could_pass_for_a_control_payload(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ errors for what cannot be done.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from parley import ApiError, Client, ParleyError
 from parley.crypto import UnknownSenderKey
 from parley.crypto.encoding import b64decode, b64encode
 from parley.events import DecryptFailed, Event, Message, RoomMessage, Typing
-from parley.messenger import encode_control
+from parley.messenger import CONTROL_CONV, CONTROL_PREFIX, encode_control
 from parley.rooms import member_key, room_conversation
 from parley_contract import frames as f
 
@@ -427,6 +428,31 @@ async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_
     ]
     # The key travelled as a control payload: never a chat line in the 1:1 history.
     assert bob.history(alice.user_id or "") == []
+
+
+async def test_a_peers_deeply_nested_control_payload_is_an_invalid_control(
+    device: NewDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A control payload nested 5,000 deep (past ``json``'s recursion limit) is an
+    invalid control: handled, recorded as a control, and the messages after it
+    arrive.  With ``json.loads`` the receiver's frame handler raised RecursionError on
+    it: the frame's transaction (its ratchet step) was thrown away with an error in
+    the log."""
+    alice = await device(username("na"), first=True)
+    bob = await device(username("nb"), first=True)
+    await alice.connect()
+    await bob.connect()
+    caplog.set_level(logging.WARNING, logger="parley")
+    nested = CONTROL_PREFIX + b"[" * 5000 + b"]" * 5000
+    await alice.messenger.send_control(bob.user_id or "", nested)
+    after = f"after the nested payload {secrets.token_hex(4)}"
+    await alice.send(bob.username or "", after, wait="stored")
+    msg = await bob.next_event(Message, timeout=30)
+    assert isinstance(msg, Message) and msg.text == after
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    # The payload was handled as a control: never a chat line.
+    assert [e["text"] for e in bob.history(alice.user_id or "")] == [after]
+    assert len(bob.history(CONTROL_CONV)) == 1
 
 
 async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: NewDevice) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import struct
 from typing import Any
+
+import orjson
 
 from parley.crypto.errors import MalformedBundle, MalformedState
 
@@ -65,10 +66,14 @@ def u32(value: int) -> bytes:
 
 
 def load_state(data: Any) -> Any:
-    """Parse serialised private state (UTF-8 JSON); raise MalformedState if it is not."""
+    """Parse serialised private state (UTF-8 JSON); raise MalformedState if it is not.
+
+    orjson, not ``json``: it refuses nesting deeper than 1,024 levels at once, where
+    ``json`` recurses until the interpreter's recursion limit, and anything else
+    (a ``gc`` callback, a logging handler) that runs that deep fails too."""
     if not isinstance(data, bytes | bytearray | str):
         raise TypeError("state must be bytes")
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return orjson.loads(data)
+    except ValueError as exc:
         raise MalformedState("state is not JSON") from exc
