@@ -389,7 +389,7 @@ class HotInbox:
         return [r for r, _ in taken]
 
     async def removed(self, docs: list[Doc]) -> list[Doc]:
-        """Of these items (just moved to MongoDB), those whose message was removed."""
+        """Of these items (read from MongoDB), those whose message was removed since."""
         if not docs:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

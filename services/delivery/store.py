@@ -517,7 +517,12 @@ class DeliveryStore:
             found.extend(hot.values())
             cold = [s for s in seqs if s not in hot]
             if cold:
-                found.extend(await self._by_ids(user, cold, {"acked": False}))
+                docs = await self._by_ids(user, cold, {"acked": False})
+                # A copy the persister wrote while its message was being removed
+                # lives in MongoDB until the persister deletes it again: the
+                # removal's marker keeps it out of pages meanwhile.
+                gone = {d["_id"] for d in await self.hot.removed(docs)}
+                found.extend(d for d in docs if d["_id"] not in gone)
             start = stop
         found.sort(key=lambda d: d["seq"])
         more = len(found) > limit or start < last

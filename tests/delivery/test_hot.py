@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from services.common.routing import presence_key, presence_value
+from services.delivery.hot import Removal
 from services.delivery.store import DeliveryStore, dedup_key, item_id
 from tests.delivery.conftest import item
 
@@ -95,6 +96,39 @@ async def test_an_ack_racing_the_persister_leaves_nothing_behind(
     assert await in_mongo(store, "dan") == [3]
     page, _ = await store.page("dan", 0, 10)
     assert [d["seq"] for d in page] == [3]
+
+
+async def test_a_removal_racing_the_persister_never_shows_the_copy_it_leaves(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The persister read three items, then the second's message was removed (its
+    hot copy taken, a marker left), then the persister inserted all three: until it
+    deletes that copy again, a page reading MongoDB does not return it."""
+    stored = await store.store_hot([item("fay", n) for n in range(3)])
+    second = stored[1]
+    read, remove = store.hot.get_many, store.hot.remove
+    pages: list[list[int]] = []
+
+    async def get_many_then_unsend(wanted: dict[str, list[int]]) -> Any:
+        found = await read(wanted)
+        removal = Removal("fay", 2, second["server_id"], second["from"])
+        if not pages:
+            assert await store.remove_copies([removal]) == 1
+        return found
+
+    async def page_then_remove(items: Any) -> None:
+        items = list(items)
+        await remove(items)
+        # The persister's window: the removed copy is in MongoDB, not yet deleted.
+        assert 2 in await in_mongo(store, "fay")
+        pages.append([d["seq"] for d in (await store.page("fay", 0, 10))[0]])
+
+    monkeypatch.setattr(store.hot, "get_many", get_many_then_unsend)
+    monkeypatch.setattr(store.hot, "remove", page_then_remove)
+    written, _ = await store.persist_due(now=later(store))
+    assert written == 3
+    assert pages == [[1, 3]]
+    assert await in_mongo(store, "fay") == [1, 3]  # and then it was deleted
 
 
 async def test_a_sequence_number_taken_by_another_message_moves_the_new_one(

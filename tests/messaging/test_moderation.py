@@ -153,8 +153,8 @@ async def test_unsend_deletes_the_copies_from_redis_and_mongodb_and_leaves_tombs
     store = messaging.delivery.server.app[WORKER].store
     # Only this test moves items to MongoDB: a background pass that moved the third
     # while it is unsent (on a loaded machine the test outlasts the 5 s delay) leaves
-    # a copy in MongoDB for a moment before deleting it, and a sync then may show it
-    # (docs/delivery.md, "Races"; the tombstone follows it).
+    # a copy in MongoDB for a moment before deleting it, which this test's reads of
+    # MongoDB would see (pages do not: docs/delivery.md, "Races").
     monkeypatch.setattr(
         store, "settings", store.settings.model_copy(update={"hot_persist_after_s": 3600})
     )
