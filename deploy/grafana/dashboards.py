@@ -37,6 +37,12 @@ R = "$__rate_interval"
 SERVICES = ("auth", "keys", "gateway", "delivery", "web", "rooms", "notifier")
 # Operational routes and the WebSocket (a "request" as long as its connection)
 # are left out of latency: they would hide the routes users wait for.
+# Messages delivered: items acknowledged, by delivery or by a gateway's direct ack
+# (docs/delivery.md, "Acks"); ``or vector(0)``: a side with no series yet is 0.
+DELIVERED = (
+    f"(sum(rate(parley_delivery_acked_total[{R}])) or vector(0))"
+    f" + (sum(rate(parley_gateway_acked_total[{R}])) or vector(0))"
+)
 NOT_TIMED = 'route!~"/ws|.*/(healthz|readyz|metrics)"'
 TAGS = ["parley"]
 
@@ -212,7 +218,7 @@ def overview() -> dict[str, Any]:
               "stored in an inbox by delivery, delivered (acknowledged by the recipient).",
               (Q(f'sum(rate(parley_gateway_frames_out_total{{op="accepted"}}[{R}]))', "accepted"),
                Q(f'sum(rate(parley_delivery_stored_total{{kind="message"}}[{R}]))', "stored"),
-               Q(f"sum(rate(parley_delivery_acked_total[{R}]))", "delivered")), "ops", width=8),
+               Q(DELIVERED, "delivered")), "ops", width=8),
             P("End-to-end latency", "From the gateway's accept to delivery publishing the "
               "frame to the recipient's gateway (p50, p99).",
               (Q(f"histogram_quantile(0.5, sum by (le) (rate("
@@ -337,7 +343,7 @@ def delivery() -> dict[str, Any]:
               "gateways, items acknowledged by their recipients, per second.",
               (Q(f"sum by (kind) (rate(parley_delivery_stored_total[{R}]))", "stored {{kind}}"),
                Q(f"sum(rate(parley_delivery_pushed_total[{R}]))", "pushed"),
-               Q(f"sum(rate(parley_delivery_acked_total[{R}]))", "delivered")), "ops", width=8),
+               Q(DELIVERED, "delivered")), "ops", width=8),
             P("End-to-end latency", "Accept (the envelope's sent_at) to publish: p50, p90, p99.",
               (Q(f"histogram_quantile(0.5, sum by (le) (rate("
                  f"parley_delivery_e2e_latency_seconds_bucket[{R}])))", "p50"),

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     ws_max_sockets_per_user: int = Field(default=16, ge=1)
     ws_max_sockets_per_address: int = Field(default=256, ge=1)
     ws_heartbeat_s: float = Field(default=30.0, gt=0)
+    # Acks of hot items written by the gateway itself (services/gateway/acks.py);
+    # False: every ack through delivery's HTTP API, as before.
+    ws_direct_acks: bool = True
     # While big rooms are busy, a room-wide frame (a private room's message, a public
     # room's post) for at least ws_room_coalesce_users users waits up to this long on
     # each socket, so that the next ones go out in the same write (docs/gateway.md,

@@ -71,6 +71,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from services.common import scripts
+from services.common.inbox import ACK_HOT, counter_key, dirty_key
 
 GAP = 1_000_000_000
 CHECKPOINT_BATCH = 2000
@@ -177,98 +178,6 @@ return {acked, n, g}
 """
 
 
-# Acknowledges up to ARGV[1] in one device inbox: raises acked (as _ACK), then takes
-# every hot item of the range out of the inbox's hash and lowers its waiting counts
-# (one HINCRBY per field: all items, and each sender's messages).
-# KEYS[1] counter, KEYS[2] hot hash, KEYS[3] waiting counts, KEYS[4] the persister's
-# index, whose "<ARGV[3]>|<seq>" entries of the items taken go too, KEYS[5] the set of
-# counters changed since the last checkpoint (ARGV[3] joins it when acked moves).
-# ARGV[2] '1': an ack past n changes nothing and returns {-2, n} (the caller refuses
-# it: never issued). Returns -1 when the counter is missing, else
-# {acked before, n, gaps, item...}: an item's JSON, or the seq alone of a private
-# room's copy.
-_ACK_HOT = """
--- A string field of an item's JSON by plain search, not cjson.decode nor a pattern
--- (both cost more than the rest of the ack: docs/BENCHMARKS.md, "Room fan-out").
--- Every quote inside a JSON string is escaped (preceded by a backslash), so
--- '"kind":"' (a quote right after 'd') can only be a key: its first match is it.
--- The items hold no nested objects.
-local function field(s, key)
-  local i = string.find(s, key, 1, true)
-  if not i then return nil end
-  local from = i + #key
-  return string.sub(s, from, string.find(s, '"', from, true) - 1)
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local v = redis.call('HMGET', KEYS[1], 'n', 'acked', 'g', 'sf', 'st')
-local n, acked = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-local g = v[3] or ''
-if g == '' and v[4] and v[5] then g = v[4] .. ':' .. v[5] end
--- The skipped ranges, ascending: (f, t) skips f + 1 .. t.
-local gaps = {}
-for f, t in string.gmatch(g, '(%d+):(%d+)') do gaps[#gaps + 1] = {tonumber(f), tonumber(t)} end
-if ARGV[2] == '1' and tonumber(ARGV[1]) > n then return {-2, n} end
-local top = math.min(tonumber(ARGV[1]), n)
-local out, per, uncount = {acked, n, g}, {}, 0
-if top <= acked then return out end
-redis.call('HSET', KEYS[1], 'acked', top)
-redis.call('SADD', KEYS[5], ARGV[3])
-local s = acked + 1
-while s <= top do
-  for _, gap in ipairs(gaps) do
-    if s > gap[1] and s <= gap[2] then s = gap[2] + 1 end
-  end
-  if s > top then break end
-  local stop = math.min(top, s + 499)
-  for _, gap in ipairs(gaps) do
-    if gap[1] >= s and gap[1] < stop then stop = gap[1] break end
-  end
-  local fields = {}
-  for k = s, stop do fields[#fields + 1] = tostring(k) end
-  local got = redis.call('HMGET', KEYS[2], unpack(fields))
-  local gone = {}
-  for i = 1, #fields do
-    if got[i] then
-      local counted = true
-      -- A private room's copy earns no receipt: its seq alone (no JSON to copy back);
-      -- one the room script stored was not counted (older ones were).
-      if string.find(got[i], '"room":"', 1, true) then
-        out[#out + 1] = tonumber(fields[i])
-        counted = not string.find(got[i], '"uncounted":true', 1, true)
-      else
-        out[#out + 1] = got[i]
-      end
-      gone[#gone + 1] = fields[i]
-      if counted then
-        uncount = uncount + 1
-        local kind = field(got[i], '"kind":"')
-        if (kind or 'message') == 'message' then
-          local from = field(got[i], '"from":"')
-          if from then per[from] = (per[from] or 0) + 1 end
-        end
-      end
-    end
-  end
-  if #gone > 0 then
-    redis.call('HDEL', KEYS[2], unpack(gone))
-    local members = {}
-    for i = 1, #gone do members[i] = ARGV[3] .. '|' .. gone[i] end
-    redis.call('ZREM', KEYS[4], unpack(members))
-  end
-  s = stop + 1
-end
-if uncount > 0 then
-  per['*'] = uncount
-  for field, count in pairs(per) do
-    if redis.call('HINCRBY', KEYS[3], field, -count) <= 0 then
-      redis.call('HDEL', KEYS[3], field)
-    end
-  end
-end
-return out
-"""
-
-
 # A first start or a loss: sets ctrbase, ctrfloor (and ctrall) unless another process
 # decided first; returns what was decided. KEYS: ctrbase, ctrfloor, ctrall.
 _DECIDE = """
@@ -311,7 +220,7 @@ class InboxCounters:
         self.prefix = prefix
         self.checkpoints = checkpoints
         self.meta = meta
-        self.dirty = f"{prefix}:ctrdirty"
+        self.dirty = dirty_key(prefix)
         self.base_key = f"{prefix}:ctrbase"
         self.floor_key = f"{prefix}:ctrfloor"
         self.all_key = f"{prefix}:ctrall"
@@ -322,12 +231,12 @@ class InboxCounters:
         self._seed_one = scripts.register(redis, _SEED)
         self._unlock = scripts.register(redis, _UNLOCK)
         self._ack = scripts.register(redis, _ACK)
-        self._ack_hot = scripts.register(redis, _ACK_HOT)
+        self._ack_hot = scripts.register(redis, ACK_HOT)
         self._base_lock = asyncio.Lock()
         self._token = uuid.uuid4().hex  # this process's, on the seeding locks it holds
 
     def key(self, inbox: str) -> str:
-        return f"{self.prefix}:ctr:{{{inbox}}}"
+        return counter_key(self.prefix, inbox)
 
     # Numbers ------------------------------------------------------------------
     async def reserve_many(self, counts: dict[str, int]) -> dict[str, int]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common.errors import ApiError, ErrorCode
+from services.common.inbox import receipts
 from services.delivery.store import DeliveryStore, item_frame
 
 
@@ -76,16 +76,7 @@ class Inbox:
                     if again:
                         acked.update(await self.store.acknowledge_many(again))
                 self.acked.inc(sum(len(docs) for docs in acked.values()))
-                await self.store.publish(
-                    [
-                        (d["from"], d.get("from_device"), receipt(d))
-                        for docs in acked.values()
-                        for d in docs
-                        if d.get("kind") == "message"
-                        and not d.get("room")
-                        and not str(d.get("conversation") or "").startswith("room:")
-                    ]
-                )
+                await self.store.publish(receipts(d for docs in acked.values() for d in docs))
             except Exception as exc:
                 for acks in batch.values():
                     for _, fut in acks:
@@ -103,11 +94,3 @@ def _not_issued(seq: int) -> ApiError:
         ErrorCode.SEQ_NOT_ISSUED,
         f"Sequence number {seq} was never issued to this inbox; nothing was acknowledged.",
     )
-
-
-def receipt(doc: dict[str, Any]) -> f.Delivered:
-    """The `delivered` frame the sending device gets when a device acknowledges its copy."""
-    return f.Delivered(
-        id=doc["client_id"], server_id=doc["server_id"], to=doc["user"],
-        device=int(doc["device"]), conversation=doc.get("conversation"),
-    )  # fmt: skip

@@ -43,6 +43,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from services.common import scripts
+from services.common.inbox import hot_index, hot_key
 
 Doc = dict[str, Any]
 
@@ -188,11 +189,11 @@ class HotInbox:
         self._remove = scripts.register(redis, _REMOVE)
         self.prefix = prefix
         self.dedup_s = dedup_s
-        self.index = f"{prefix}:hotidx"
+        self.index = hot_index(prefix)
         self.beat = f"{prefix}:hotbeat"
 
     def key(self, inbox: str) -> str:
-        return f"{self.prefix}:hot:{{{inbox}}}"
+        return hot_key(self.prefix, inbox)
 
     def gone_key(self, server_id: str) -> str:
         return f"{self.prefix}:gone:{{{server_id}}}"

@@ -572,7 +572,8 @@ class Connection:
         while self._ack_posted < self._ack_target:
             target, answers = self._ack_target, self._ack_id
             try:
-                await self.hub.ack(self._token(), target)
+                assert self.user_id is not None and self.device_id is not None
+                await self.hub.ack(self._token(), self.user_id, self.device_id, target)
             except ApiError as err:
                 # Refused (e.g. seq_not_issued): nothing changed; a later ack starts
                 # again from what was really acknowledged.

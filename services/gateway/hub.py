@@ -38,6 +38,7 @@ from services.common.devices import DeviceLists
 from services.common.errors import ApiError, DevicesChanged, ErrorCode
 from services.common.ratelimit import TokenBucket
 from services.common.tasks import cancel_all
+from services.gateway.acks import DirectAcks
 from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
 from services.gateway.heartbeat import Heartbeat
@@ -113,6 +114,11 @@ class Hub:
         self.directory = directory
         self.devices = devices
         self.limits = Limits.from_settings(self.settings)
+        self.acks = (
+            DirectAcks(store.redis, store.prefix, self.settings.presence_ttl_s, registry)
+            if self.settings.ws_direct_acks
+            else None
+        )
         # A tuple per user, not a set: most users have one socket on a pod (a tuple of
         # one is 48 bytes, an empty set 216), and a user has few (``sockets_per_user``).
         self.by_user: dict[str, tuple[Connection, ...]] = {}
@@ -389,7 +395,11 @@ class Hub:
     async def sync(self, token: str, after: int, limit: int) -> f.InboxPage:
         return await self.store.sync(token, after, min(limit, self.settings.sync_page_max))
 
-    async def ack(self, token: str, seq: int) -> None:
+    async def ack(self, token: str, user: str, device: int, seq: int) -> None:
+        """Acknowledge the socket's device inbox up to ``seq``: here when its range is
+        hot (services/gateway/acks.py), else through delivery (with the token)."""
+        if self.acks is not None and await self.acks.ack(e.inbox_id(user, device), seq):
+            return
         await self.store.ack(token, seq)
 
     def count_in(self, op: str) -> None:

@@ -6,10 +6,12 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from services.common.routing import presence_key, presence_value
 from services.delivery.hot import Removal
 from services.delivery.store import DeliveryStore, dedup_key, item_id
+from services.gateway.acks import DirectAcks
 from tests.delivery.conftest import item
 
 
@@ -225,3 +227,28 @@ async def test_an_ack_past_the_last_number_issued_changes_nothing_when_checked(
     over = {}
     acked = await store.acknowledge_many({"ida": 2}, over)
     assert over == {} and [d["seq"] for d in acked["ida"]] == [1, 2]
+
+
+async def test_the_gateways_hot_only_ack_steps_over_skipped_ranges(store: DeliveryStore) -> None:
+    """The gateway's direct ack (services/gateway/acks.py) runs the ack script in its
+    hot-only mode: a range past a loss's skipped numbers counts only the numbers
+    issued, so two hot items a billion apart from the watermark are one small ack;
+    a range with one number not hot (persisted) changes nothing."""
+    acks = DirectAcks(store.redis, store.prefix, 60, CollectorRegistry())
+    await store.store_hot([item("gia", n) for n in range(2)])
+    assert await acks.ack("gia", 2)
+    # A loss's jump: numbers 3 .. 10**9 skipped; the next two items come after it.
+    await store.redis.hset(store.ctr.key("gia"), mapping={"n": 10**9, "g": f"2:{10**9}"})
+    out = await store.store_hot([item("gia", n) for n in range(2, 4)])
+    assert [d["seq"] for d in out] == [10**9 + 1, 10**9 + 2]
+    assert await acks.ack("gia", 10**9 + 2)
+    assert (await store.ctr.get(["gia"]))["gia"].acked == 10**9 + 2
+    assert await store.page("gia", 0, 10) == ([], False)
+    # Persisted items: the gateway leaves them (and the watermark) to delivery.
+    await store.store_hot([item("gia", n) for n in range(4, 6)])
+    await store.persist_due(now=later(store))
+    assert not await acks.ack("gia", 10**9 + 4)
+    assert (await store.ctr.get(["gia"]))["gia"].acked == 10**9 + 2
+    acked = await store.acknowledge_many({"gia": 10**9 + 4})
+    assert [d["seq"] for d in acked["gia"]] == [10**9 + 3, 10**9 + 4]
+    assert await in_mongo(store, "gia") == []

@@ -1,5 +1,6 @@
 """A gateway's acks go to delivery together (`POST /delivery/v1/inbox/acks`), each
-authenticated by its own token and answered on its own (docs/delivery.md, "Acks")."""
+authenticated by its own token and answered on its own (docs/delivery.md, "Acks").
+The acks a gateway writes itself are in test_direct_acks.py."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ async def test_a_bad_batch_is_refused_whole_and_changes_nothing(messaging: Messa
 async def test_sockets_acking_together_share_calls_and_each_hears_its_own_outcome(
     messaging: Messaging,
 ) -> None:
+    messaging.hub(1).acks = None  # every ack through delivery (the gateway's own: below)
     sender_id = uid()
     users = [uid() for _ in range(250)]  # more than 8 calls of 24 carry at once
     for user in users:

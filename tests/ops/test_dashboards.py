@@ -70,6 +70,7 @@ def test_the_overview_answers_the_operators_questions() -> None:
         "parley_delivery_e2e_latency_seconds_bucket",
         "parley_delivery_stored_total",
         "parley_delivery_acked_total",
+        "parley_gateway_acked_total",
     ):
         assert metric in exprs, metric
 
