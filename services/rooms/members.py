@@ -15,6 +15,7 @@ once, one of them sees the other, and the banned user is not left a member.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from parley_contract import envelopes as e
 
@@ -233,7 +234,12 @@ def _invitation(doc: Doc) -> models.Invitation:
     )
 
 
-async def remove_member(rooms: Rooms, room: Doc, member: Doc, actor: str, removed: bool) -> None:
+async def remove_member(
+    rooms: Rooms, room: Doc, member: Doc, actor: str, removed: bool,
+    roles: Collection[str] | None = None,
+) -> bool:  # fmt: skip
+    """End ``member``'s membership (announced); ``roles``: only while its role is one of
+    them. False when it had ended already, or its role is no longer one of ``roles``."""
     store = rooms.store
     room_id, user_id, slot = room["_id"], member["user"], int(member["slot"])
     bumped = await store.bump_room(room_id, version=1)
@@ -245,13 +251,14 @@ async def remove_member(rooms: Rooms, room: Doc, member: Doc, actor: str, remove
         ),
         Check("members", {"_id": member["_id"], "slot": slot}, exists=False),
     )  # fmt: skip
-    if not await store.delete_member(room_id, user_id, slot):
-        await rooms.events.drop(held)  # left (or was removed) concurrently
-        return
+    if not await store.delete_member(room_id, user_id, slot, roles):
+        await rooms.events.drop(held)  # left, was removed or promoted concurrently
+        return False
     await store.bump_room(room_id, members=-1)
     await store.forget_slots(room_id, user_id, slot, "r", int(member["user_slot"]))
     await rooms.events.release(held)
     log.info("member removed" if removed else "member left", extra={"room_id": room_id})
+    return True
 
 
 async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
@@ -280,29 +287,53 @@ def _manager(member: Doc | None, what: str) -> Doc:
 
 async def _removable(
     rooms: Rooms, user_id: str, room_id: str, target: str, verb: str
-) -> tuple[Doc, Doc | None]:
-    """The room and ``target``'s membership (None: not a member), once ``user_id`` may
-    remove (``verb``: or ban) them: the owner or a moderator, never the owner, a
-    moderator only by the owner, nobody themself."""
+) -> tuple[Doc, Doc | None, tuple[str, ...]]:
+    """The room, ``target``'s membership (None: not a member) and the roles
+    ``user_id`` may remove (``verb``: or ban), once they may remove ``target``: the
+    owner or a moderator, never the owner, a moderator only by the owner, nobody
+    themself."""
     room, member, _ = await visible(rooms, room_id, user_id)
     actor = _manager(member, f"{verb} members")
     if target == user_id:
         raise _self()
+    roles = ("member", "moderator") if actor["role"] == "owner" else ("member",)
     victim = await rooms.store.get_member(room_id, target)
     if victim is not None:
-        if victim["role"] == "owner":
-            raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, f"Nobody {verb}s a room's owner.")
-        if victim["role"] == "moderator" and actor["role"] != "owner":
-            raise forbidden(f"Only the owner {verb}s a moderator.")
-    return room, victim
+        _may_remove(victim["role"], roles, verb)
+    return room, victim, roles
+
+
+def _may_remove(role: str, roles: tuple[str, ...], verb: str) -> None:
+    """Refuse removing (``verb``: or banning) a member of ``role`` unless in ``roles``."""
+    if role == "owner":
+        raise ApiError(ErrorCode.CANNOT_REMOVE_OWNER, f"Nobody {verb}s a room's owner.")
+    if role not in roles:
+        raise forbidden(f"Only the owner {verb}s a moderator.")
+
+
+async def _end(
+    rooms: Rooms, room: Doc, victim: Doc, actor: str, roles: tuple[str, ...], verb: str
+) -> bool:
+    """Remove ``victim`` if their role is still one of ``roles``: the role read before
+    may have changed (promoted, made owner) since, and the delete is conditional on it.
+    Refused as :func:`_removable` would refuse it now; False if they had left."""
+    if await remove_member(rooms, room, victim, actor, removed=True, roles=roles):
+        return True
+    now = await rooms.store.get_member(room["_id"], victim["user"])
+    if now is not None:
+        _may_remove(now["role"], roles, verb)  # raises: its role changed
+        # The same role, a new membership (left and joined again): the caller's
+        # rule holds for it too.
+        return await _end(rooms, room, now, actor, roles, verb)
+    return False
 
 
 async def remove(rooms: Rooms, user_id: str, room_id: str, target: str) -> None:
-    room, victim = await _removable(rooms, user_id, room_id, target, "remove")
+    room, victim, roles = await _removable(rooms, user_id, room_id, target, "remove")
     if victim is None:
         raise _no_member(target)
-    await remove_member(rooms, room, victim, user_id, removed=True)
-    await _tell(rooms, room_id, "member_removed", target)
+    if await _end(rooms, room, victim, user_id, roles, "remove"):
+        await _tell(rooms, room_id, "member_removed", target)
 
 
 async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str) -> models.Ban:
@@ -310,7 +341,7 @@ async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str)
     :func:`remove`, with the same rules), an invitation withdrawn, and joining,
     accepting and being invited are refused (``banned``) until :func:`unban`. Again:
     the same ban."""
-    room, victim = await _removable(rooms, user_id, room_id, target, "ban")
+    room, victim, roles = await _removable(rooms, user_id, room_id, target, "ban")
     store = rooms.store
     if victim is None and await rooms.users.resolve(target, token) != target:
         raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.", details={"user_id": target})
@@ -318,15 +349,25 @@ async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str)
         "_id": member_id(room_id, target), "room": room_id, "user": target, "by": user_id,
         "at": now_ms(),
     }  # fmt: skip
-    if not await store.insert_ban(doc):
+    inserted = await store.insert_ban(doc)
+    if not inserted:
         doc = await store.get_ban(room_id, target) or doc  # banned already (or at once)
     # The ban first, then the membership read again and ended: a join writes its
     # membership and then reads the ban, so one of the two sees the other's write (the
-    # membership read before the ban may predate a join that raced it).
+    # membership read before the ban may predate a join that raced it). Its role is
+    # checked again, and the removal is conditional on it: a member promoted (or made
+    # owner) meanwhile is one this caller may no longer ban, and this ban is undone.
     victim = await store.get_member(room_id, target)
-    if victim is not None and victim["role"] != "owner":
-        await remove_member(rooms, room, victim, user_id, removed=True)
-        await _tell(rooms, room_id, "member_removed", target)
+    if victim is not None:
+        try:
+            _may_remove(victim["role"], roles, "ban")
+            ended = await _end(rooms, room, victim, user_id, roles, "ban")
+        except ApiError:
+            if inserted:
+                await store.delete_ban(room_id, target)
+            raise
+        if ended:
+            await _tell(rooms, room_id, "member_removed", target)
     gone = await store.delete_invitation(room_id, target)
     if gone is not None:
         await store.forget_slots(room_id, target, None, "i", int(gone["user_slot"]))

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -267,9 +267,15 @@ class RoomStore:
         """The commit point of a join: False if the user is a member already."""
         return await self._insert_new(self.members, doc)
 
-    async def delete_member(self, room_id: str, user_id: str, slot: int) -> bool:
-        """Remove exactly this membership (not a newer one made meanwhile)."""
-        result = await self.members.delete_one({"_id": member_id(room_id, user_id), "slot": slot})
+    async def delete_member(
+        self, room_id: str, user_id: str, slot: int, roles: Collection[str] | None = None
+    ) -> bool:
+        """Remove exactly this membership (not a newer one made meanwhile); ``roles``:
+        only while its role is one of them (not one promoted meanwhile)."""
+        match: Doc = {"_id": member_id(room_id, user_id), "slot": slot}
+        if roles is not None:
+            match["role"] = {"$in": list(roles)}
+        result = await self.members.delete_one(match)
         return result.deleted_count == 1
 
     async def set_role(

@@ -6,6 +6,9 @@ Every refusal changes nothing; a ban and a join at once never leave a banned mem
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from tests.rooms.conftest import EventLog, RoomsApi
 from tests.rooms.test_bad_input import refused
@@ -164,3 +167,64 @@ async def test_an_invitation_and_a_ban_at_once_never_leave_an_invitation(api: Ro
         await refused(api, api.accept(u, rooms[0]), 404, "room_not_found")
     snapshot = await api.snapshot()
     assert snapshot.get("invitations", []) == []
+
+
+async def test_a_member_promoted_while_a_moderator_bans_them_stays_and_is_not_banned(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moderator's ban read bob as a member; the owner made him a moderator before
+    the ban was written. A moderator may not ban a moderator: refused, the ban undone,
+    bob still a moderator. (Before, the ban removed him.)"""
+    owner, mod, bob = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    for u in (mod, bob):
+        await api.join(u, room)
+    await api.promote(owner, room, mod)
+    store = api.rooms.store
+    insert_ban = store.insert_ban
+
+    async def promoted_first(doc: dict[str, Any]) -> bool:
+        assert (await api.promote(owner, room, bob))[0] == 200
+        return await insert_ban(doc)
+
+    monkeypatch.setattr(store, "insert_ban", promoted_first)
+    status, body = await api.ban(mod, room, bob)
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    monkeypatch.setattr(store, "insert_ban", insert_ban)
+    assert (await api.bans(owner, room))[1]["bans"] == []
+    status, page = await api.members(owner, room)
+    assert status == 200
+    assert {m["user_id"]: m["role"] for m in page["members"]}[bob] == "moderator"
+    # The owner may: the same race with the owner's ban removes him.
+    carol = api.user()
+    await api.join(carol, room)
+
+    async def carol_promoted_first(doc: dict[str, Any]) -> bool:
+        assert (await api.promote(owner, room, carol))[0] == 200
+        return await insert_ban(doc)
+
+    monkeypatch.setattr(store, "insert_ban", carol_promoted_first)
+    assert (await api.ban(owner, room, carol))[0] == 200
+    assert await member_ids(api, owner, room) == {owner, mod, bob}
+
+
+async def test_a_member_promoted_while_a_moderator_removes_them_stays(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, mod, bob = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    for u in (mod, bob):
+        await api.join(u, room)
+    await api.promote(owner, room, mod)
+    store = api.rooms.store
+    delete_member = store.delete_member
+
+    async def promoted_first(*args: Any, **kwargs: Any) -> bool:
+        if (await store.get_member(room, bob) or {}).get("role") == "member":
+            assert (await api.promote(owner, room, bob))[0] == 200
+        return await delete_member(*args, **kwargs)
+
+    monkeypatch.setattr(store, "delete_member", promoted_first)
+    status, body = await api.remove(mod, room, bob)
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    assert await member_ids(api, owner, room) == {owner, mod, bob}
