@@ -58,9 +58,8 @@ def hot_index(prefix: str) -> str:
 
 
 # Acknowledges up to ARGV[1] in one device inbox: raises acked (as counters.py's _ACK),
-# then takes
-# every hot item of the range out of the inbox's hash and lowers its waiting counts
-# (one HINCRBY per field: all items, and each sender's messages).
+# then takes every hot item of the range out of the inbox's hash and lowers its waiting
+# counts (one HINCRBY per field: all items, and each sender's messages).
 # KEYS[1] counter, KEYS[2] hot hash, KEYS[3] waiting counts, KEYS[4] the persister's
 # index, whose "<ARGV[3]>|<seq>" entries of the items taken go too, KEYS[5] the set of
 # counters changed since the last checkpoint (ARGV[3] joins it when acked moves).
