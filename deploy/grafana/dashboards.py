@@ -328,7 +328,13 @@ def gateway() -> dict[str, Any]:
               width=8),
             P("Routed from delivery", "Frames arriving on each pod's Redis channel.",
               (Q(f"sum by (instance) (rate(parley_gateway_routed_total[{R}]))", "{{instance}}"),),
-              "ops", width=24),
+              "ops", width=12),
+            P("Acks by path", "Socket acks per second: written by the gateway into the hot "
+              "inbox (direct), or left to delivery (a persisted item in range, a large "
+              "range, a counter to seed, a refused number). Mostly delivery: recipients "
+              "reading what waited in MongoDB (docs/delivery.md, Acks).",
+              (Q(f"sum by (path) (rate(parley_gateway_acks_total[{R}]))", "{{path}}"),),
+              "ops", width=12),
         ]),
         process_row("gateway"),
     ]  # fmt: skip
