@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from services.common.auth import Claims, revocation_keys
 from services.common.state import REDIS, REGISTRY
 from tests.support.users import uid
@@ -107,28 +109,21 @@ async def test_a_bad_batch_is_refused_whole_and_changes_nothing(messaging: Messa
     assert [f for f in sender.drain() if f["op"] == "delivered"] == []
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["through-delivery", "direct"])
 async def test_sockets_acking_together_share_calls_and_each_hears_its_own_outcome(
-    messaging: Messaging,
+    messaging: Messaging, direct: bool
 ) -> None:
-    messaging.hub(1).acks = None  # every ack through delivery (the gateway's own: below)
-    sender_id = uid()
-    users = [uid() for _ in range(250)]  # more than 8 calls of 24 carry at once
-    for user in users:
-        messaging.issuer.users.add(user)
-    sender = await messaging.connect(sender_id, pod=0)
-    for i, user in enumerate(users):
-        await sender.send(send_frame(f"m{i}", user, "Ym9keQ"))
-    for i in range(len(users)):
-        await sender.expect("stored", id=f"m{i}")
-    sockets: list[WsClient] = [await messaging.connect(u, pod=1) for u in users]
-    seqs = []
-    for i, sock in enumerate(sockets):
-        await sock.send({"op": "sync", "id": f"s{i}", "after": 0})
-        await sock.expect("synced", id=f"s{i}")
-        seqs.append(max(int(f["seq"]) for f in sock.drain() if f["op"] == "message"))
+    """250 sockets on one pod ack at once; the last acks a number never issued, which
+    is refused alone. Through delivery (the gateway's direct acks off): taken together
+    in few calls. Direct (services/gateway/acks.py): every good one written by the
+    gateway, only the refused one sent to delivery."""
+    if not direct:
+        messaging.hub(1).acks = None
+    # More than 8 calls of 24 carry at once.
+    sender, sockets, seqs = await messaging.many_waiting(250)
     calls_before, acks_before = _calls(messaging)
+    paths_before = _paths(messaging)
 
-    # Every socket acks at once; the last one acks a number never issued.
     bad = len(sockets) - 1
     for i, sock in enumerate(sockets):
         await sock.send({"op": "ack", "id": f"a{i}", "seq": seqs[i] + (1000 if i == bad else 0)})
@@ -138,14 +133,29 @@ async def test_sockets_acking_together_share_calls_and_each_hears_its_own_outcom
     assert err["code"] == "seq_not_issued"
 
     calls, acks = _calls(messaging)
-    assert acks - acks_before == len(sockets)
-    assert calls - calls_before < len(sockets)  # taken together, not one call each
+    paths = _paths(messaging)
+    if direct:
+        assert acks - acks_before == 1  # the refused one alone
+        assert paths["direct"] - paths_before["direct"] == bad
+        assert paths["delivery"] - paths_before["delivery"] == 1
+    else:
+        assert acks - acks_before == len(sockets)
+        assert calls - calls_before < len(sockets)  # taken together, not one call each
     # Only the refused one still waits.
     for i, sock in enumerate(sockets):
         await sock.send({"op": "sync", "id": f"t{i}", "after": 0})
         await sock.expect("synced", id=f"t{i}")
         waiting = [f for f in sock.drain() if f["op"] == "message"]
         assert len(waiting) == (1 if i == bad else 0)
+
+
+def _paths(messaging: Messaging) -> dict[str, float]:
+    """Pod 1's acks so far by path (``parley_gateway_acks_total``)."""
+    registry = messaging.gateways[1].server.app[REGISTRY]
+    return {
+        path: registry.get_sample_value("parley_gateway_acks_total", {"path": path}) or 0.0
+        for path in ("direct", "delivery")
+    }
 
 
 async def test_a_gateway_splits_its_acks_to_fit_deliverys_body_limit(messaging: Messaging) -> None:

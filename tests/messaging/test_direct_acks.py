@@ -14,7 +14,7 @@ from services.common.state import REGISTRY
 from services.delivery.state import WORKER
 from services.gateway.acks import HOT_ACK_MAX
 from tests.support.users import uid
-from tests.support.wsclient import WsClient, send_frame
+from tests.support.wsclient import WsClient
 
 from .conftest import Messaging
 
@@ -139,37 +139,3 @@ async def test_an_ack_of_more_numbers_than_the_gateway_takes_goes_to_delivery(
         await alice.expect("delivered", id=f"m{i}")
     assert _gateway_acks(messaging, 1)["delivery"] == before["delivery"] + 1
     assert await _waiting(bob, "after") == []
-
-
-async def test_many_sockets_acking_at_once_each_hear_their_own_outcome(
-    messaging: Messaging,
-) -> None:
-    """250 sockets on one pod ack at once (taken together in a few flushes); the last
-    acks a number never issued: delivery refuses that one alone."""
-    sender_id = uid()
-    users = [uid() for _ in range(250)]
-    for user in users:
-        messaging.issuer.users.add(user)
-    sender = await messaging.connect(sender_id, pod=0)
-    for i, user in enumerate(users):
-        await sender.send(send_frame(f"m{i}", user, "Ym9keQ"))
-    for i in range(len(users)):
-        await sender.expect("stored", id=f"m{i}")
-    sockets = [await messaging.connect(u, pod=1) for u in users]
-    seqs = []
-    for i, sock in enumerate(sockets):
-        seqs.append(max(int(f["seq"]) for f in await _waiting(sock, f"s{i}")))
-    before, calls = _gateway_acks(messaging, 1), _delivery_calls(messaging)
-    bad = len(sockets) - 1
-    for i, sock in enumerate(sockets):
-        await sock.send({"op": "ack", "id": f"a{i}", "seq": seqs[i] + (1000 if i == bad else 0)})
-    for i in range(bad):
-        await sender.expect("delivered", id=f"m{i}")
-    err = await sockets[bad].expect("error", id=f"a{bad}")
-    assert err["code"] == "seq_not_issued"
-    after = _gateway_acks(messaging, 1)
-    assert after["direct"] - before["direct"] == bad
-    assert after["delivery"] - before["delivery"] == 1
-    assert _delivery_calls(messaging) == calls + 1
-    for i, sock in enumerate(sockets):
-        assert len(await _waiting(sock, f"t{i}")) == (1 if i == bad else 0)

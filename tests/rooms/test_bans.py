@@ -182,12 +182,7 @@ async def test_a_member_promoted_while_a_moderator_bans_them_stays_and_is_not_ba
     await api.promote(owner, room, mod)
     store = api.rooms.store
     insert_ban = store.insert_ban
-
-    async def promoted_first(doc: dict[str, Any]) -> bool:
-        assert (await api.promote(owner, room, bob))[0] == 200
-        return await insert_ban(doc)
-
-    monkeypatch.setattr(store, "insert_ban", promoted_first)
+    promote_first(api, monkeypatch, "insert_ban", owner, room, bob)
     status, body = await api.ban(mod, room, bob)
     assert (status, body["error"]["code"]) == (403, "forbidden")
     monkeypatch.setattr(store, "insert_ban", insert_ban)
@@ -198,12 +193,7 @@ async def test_a_member_promoted_while_a_moderator_bans_them_stays_and_is_not_ba
     # The owner may: the same race with the owner's ban removes him.
     carol = api.user()
     await api.join(carol, room)
-
-    async def carol_promoted_first(doc: dict[str, Any]) -> bool:
-        assert (await api.promote(owner, room, carol))[0] == 200
-        return await insert_ban(doc)
-
-    monkeypatch.setattr(store, "insert_ban", carol_promoted_first)
+    promote_first(api, monkeypatch, "insert_ban", owner, room, carol)
     assert (await api.ban(owner, room, carol))[0] == 200
     assert await member_ids(api, owner, room) == {owner, mod, bob}
 
@@ -216,15 +206,24 @@ async def test_a_member_promoted_while_a_moderator_removes_them_stays(
     for u in (mod, bob):
         await api.join(u, room)
     await api.promote(owner, room, mod)
-    store = api.rooms.store
-    delete_member = store.delete_member
-
-    async def promoted_first(*args: Any, **kwargs: Any) -> bool:
-        if (await store.get_member(room, bob) or {}).get("role") == "member":
-            assert (await api.promote(owner, room, bob))[0] == 200
-        return await delete_member(*args, **kwargs)
-
-    monkeypatch.setattr(store, "delete_member", promoted_first)
+    promote_first(api, monkeypatch, "delete_member", owner, room, bob)
     status, body = await api.remove(mod, room, bob)
     assert (status, body["error"]["code"]) == (403, "forbidden")
     assert await member_ids(api, owner, room) == {owner, mod, bob}
+
+
+def promote_first(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch, method: str, owner: str, room: str,
+    user: str,
+) -> None:  # fmt: skip
+    """The store's ``method`` first has the owner make ``user`` a moderator (once): a
+    promotion between a removal's check of the role and its write."""
+    store = api.rooms.store
+    real = getattr(store, method)
+
+    async def promoted_first(*args: Any, **kwargs: Any) -> Any:
+        if (await store.get_member(room, user) or {}).get("role") == "member":
+            assert (await api.promote(owner, room, user))[0] == 200
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, promoted_first)

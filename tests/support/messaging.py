@@ -6,6 +6,7 @@ conftest.py import it).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from services.gateway.app import create_app as gateway_app
 from services.gateway.state import HUB
 from tests.support.aio import eventually
 from tests.support.tokens import TokenIssuer
-from tests.support.wsclient import WsClient
+from tests.support.wsclient import WsClient, send_frame
 
 
 @dataclass
@@ -43,6 +44,25 @@ class Messaging:
 
     def hub(self, pod: int) -> Any:
         return self.gateways[pod].server.app[HUB]
+
+    async def many_waiting(self, n: int) -> tuple[WsClient, list[WsClient], list[int]]:
+        """A sender (pod 0) stored one message ``m<i>`` for each of ``n`` new users, whose
+        sockets (pod 1) synced it: (sender, sockets, each one's last seq)."""
+        users = [uuid.uuid4().hex for _ in range(n)]
+        for user in users:
+            self.issuer.users.add(user)
+        sender = await self.connect(uuid.uuid4().hex, pod=0)
+        for i, user in enumerate(users):
+            await sender.send(send_frame(f"m{i}", user, "Ym9keQ"))
+        for i in range(n):
+            await sender.expect("stored", id=f"m{i}")
+        sockets = [await self.connect(u, pod=1) for u in users]
+        seqs = []
+        for i, sock in enumerate(sockets):
+            await sock.send({"op": "sync", "id": f"s{i}", "after": 0})
+            await sock.expect("synced", id=f"s{i}")
+            seqs.append(max(int(f["seq"]) for f in sock.drain() if f["op"] == "message"))
+        return sender, sockets, seqs
 
 
 @pytest.fixture
