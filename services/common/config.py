@@ -52,8 +52,11 @@ class Settings(BaseSettings):
     # A fetch is answered once this many bytes wait (or at the wait above); and a
     # producer waits this long to fill a batch. Larger batches cost less per
     # message and add up to the wait in latency (docs/BENCHMARKS.md, "Messaging").
+    # 0: a producer sends at once, and batches what comes while a request is in
+    # flight: the same saturation as 1 ms, and half the latency at a low rate
+    # (docs/BENCHMARKS.md, "Producers linger 0 ms").
     kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=16 * 1024 * 1024)
-    kafka_linger_ms: int = Field(default=1, ge=0, le=1000)
+    kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)
     smtp_from: str = "Parley <no-reply@parley.invalid>"
