@@ -4,15 +4,17 @@ Redis, Kafka and MongoDB servers."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from parley_contract.envelopes import inbox_id
 
-from services.common.inbox import counter_key
+from services.common.inbox import counter_key, hot_key
 from services.common.routing import pending_key
 from services.common.state import REGISTRY
 from services.delivery.state import WORKER
 from services.gateway.acks import HOT_ACK_MAX
+from tests.delivery.conftest import item
 from tests.support.users import uid
 from tests.support.wsclient import WsClient
 
@@ -139,3 +141,68 @@ async def test_an_ack_of_more_numbers_than_the_gateway_takes_goes_to_delivery(
         await alice.expect("delivered", id=f"m{i}")
     assert _gateway_acks(messaging, 1)["delivery"] == before["delivery"] + 1
     assert await _waiting(bob, "after") == []
+
+
+async def test_an_inbox_of_twenty_thousand_hot_items_is_synced_and_acked_by_the_gateway(
+    messaging: Messaging,
+) -> None:
+    """Real size: 20,000 items wait hot for bob (one sender, alice, connected). His
+    device syncs them page by page (200) and acks each page: every ack is the
+    gateway's own (a range of 200 hot numbers), alice gets all 20,000 receipts, and
+    nothing is left in Redis or MongoDB. Then a page persisted meanwhile goes to
+    delivery, and the rest goes on directly."""
+    n = 20_000
+    worker = messaging.delivery.server.app[WORKER]
+    store = worker.store
+    store.settings = store.settings.model_copy(update={"hot_persist_after_s": 3600})
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    inbox = inbox_id(bob_id, 1)
+    alice = await messaging.connect(alice_id, pod=0)
+    items = [
+        {**item(inbox, i, sender=alice_id, cid=f"m{i}"), "user": bob_id} for i in range(n + 400)
+    ]
+    await store.store_hot(items[:n])
+    bob = await messaging.connect(bob_id, pod=1)
+    before, calls = _gateway_acks(messaging, 1), _delivery_calls(messaging)
+    after, pages = 0, 0
+    while True:
+        await bob.send({"op": "sync", "id": f"p{pages}", "after": after, "limit": 200})
+        done = await bob.expect("synced", id=f"p{pages}", timeout=30)
+        got = [f for f in bob.drain() if f["op"] == "message"]
+        if not got:
+            assert not done["more"]
+            break
+        after, pages = int(done["last"]), pages + 1
+        await bob.send({"op": "ack", "seq": after})
+    assert pages == n // 200
+    delivered = set()
+    while len(delivered) < n:
+        frame = await alice.expect("delivered", timeout=30)
+        delivered.add(frame["id"])
+    assert delivered == {f"m{i}" for i in range(n)}
+    assert _gateway_acks(messaging, 1)["direct"] - before["direct"] == pages
+    assert _gateway_acks(messaging, 1)["delivery"] == before["delivery"]
+    assert _delivery_calls(messaging) == calls
+    prefix = messaging.settings.redis_prefix
+    assert await store.redis.hlen(hot_key(prefix, inbox)) == 0
+    assert await store.redis.hgetall(pending_key(prefix, inbox)) == {}
+    assert await store.inbox.count_documents({"inbox": inbox}) == 0
+
+    # Two more pages; the first is persisted before it is acked: delivery takes that
+    # ack (and deletes MongoDB's copies), the gateway the next.
+    await store.store_hot(items[n : n + 200])
+    await store.persist_due(now=time.time() + 3601)
+    await store.store_hot(items[n + 200 :])
+    for page in range(2):
+        await bob.send({"op": "sync", "id": f"q{page}", "after": after, "limit": 200})
+        done = await bob.expect("synced", id=f"q{page}", timeout=30)
+        assert len([f for f in bob.drain() if f["op"] == "message"]) == 200
+        after = int(done["last"])
+        await bob.send({"op": "ack", "seq": after})
+        for _ in range(200):
+            await alice.expect("delivered", timeout=30)
+    assert _gateway_acks(messaging, 1)["delivery"] == before["delivery"] + 1
+    assert _gateway_acks(messaging, 1)["direct"] - before["direct"] == pages + 1
+    assert await store.inbox.count_documents({"inbox": inbox}) == 0
+    assert await store.redis.hlen(hot_key(prefix, inbox)) == 0
