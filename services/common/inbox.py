@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import redis.asyncio as aioredis
 from parley_contract import frames as f
+from redis.commands.core import AsyncScript
 
-from services.common.routing import Push
+from services.common import scripts
+from services.common.routing import Push, pending_key
 
 
 def receipts(docs: Iterable[dict[str, Any]]) -> list[Push]:
@@ -55,6 +58,21 @@ def hot_key(prefix: str, inbox: str) -> str:
 def hot_index(prefix: str) -> str:
     """The persister's index: sorted set of ``"<inbox>|<seq>"`` by when stored."""
     return f"{prefix}:hotidx"
+
+
+async def queue_ack(
+    pipe: aioredis.client.Pipeline, script: AsyncScript, prefix: str, inbox: str, top: int,
+    *, strict: bool, hot_only_max: int | None = None,
+) -> None:  # fmt: skip
+    """Queue :data:`ACK_HOT` (registered as ``script``) for ``inbox`` up to ``top``:
+    ``strict``, an ack past the last number issued changes nothing; ``hot_only_max``,
+    only a range of at most that many numbers, all hot (the gateway's)."""
+    keys = [counter_key(prefix, inbox), hot_key(prefix, inbox), pending_key(prefix, inbox),
+            hot_index(prefix), dirty_key(prefix)]  # fmt: skip
+    args: list[object] = [top, "1" if strict else "0", inbox]
+    if hot_only_max is not None:
+        args += ["1", hot_only_max]
+    await scripts.queue(pipe, script, keys, args)
 
 
 # Acknowledges up to ARGV[1] in one device inbox: raises acked (as counters.py's _ACK),

@@ -63,7 +63,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -71,7 +71,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from services.common import scripts
-from services.common.inbox import ACK_HOT, counter_key, dirty_key
+from services.common.inbox import ACK_HOT, counter_key, dirty_key, queue_ack
 
 GAP = 1_000_000_000
 CHECKPOINT_BATCH = 2000
@@ -332,16 +332,11 @@ class InboxCounters:
         return out
 
     async def ack_hot(
-        self,
-        tops: dict[str, int],
-        hot_key: Callable[[str], str],
-        count_key: Callable[[str], str],
-        index: str,
-        over: dict[str, int] | None = None,
+        self, tops: dict[str, int], over: dict[str, int] | None = None
     ) -> dict[str, tuple[Counter, list[bytes | int]]]:
         """:meth:`raise_acked`, and in the same script per inbox take the range's hot
-        items out of the inbox (``hot_key``) and out of the persister's ``index``
-        and lower its waiting counts (``count_key``): one command per inbox (which
+        items out of the inbox (services/common/inbox.py) and out of the persister's
+        index and lower its waiting counts: one command per inbox (which
         marks the counter for the next checkpoint only if its watermark moved).
         Returns the counters as they were and the hot items taken: each one's JSON,
         or for a private room's copy (which earns no receipt) its seq alone.
@@ -356,11 +351,9 @@ class InboxCounters:
             if not inboxes:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
-                strict = "1" if over is not None else "0"
                 for inbox in inboxes:
-                    keys = [self.key(inbox), hot_key(inbox), count_key(inbox), index, self.dirty]
-                    args = [todo[inbox], strict, inbox]
-                    await scripts.queue(pipe, self._ack_hot, keys, args)
+                    await queue_ack(pipe, self._ack_hot, self.prefix, inbox, todo[inbox],
+                                    strict=over is not None)  # fmt: skip
                 results = await pipe.execute()
             missing = []
             for inbox, res in zip(inboxes, results, strict=False):

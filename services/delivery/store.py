@@ -572,10 +572,7 @@ class DeliveryStore:
         """
         users = list(targets)
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
-        before = await self.ctr.ack_hot(
-            targets, self.hot.key, lambda inbox: pending_key(self.prefix, inbox),
-            self.hot.index, over,
-        )  # fmt: skip
+        before = await self.ctr.ack_hot(targets, over)
         cold: list[str] = []
         for u, (c, raw) in before.items():
             top = min(targets[u], c.n)

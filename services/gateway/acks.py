@@ -31,14 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.commands.core import AsyncScript
 
 from services.common import routing, scripts
-from services.common.inbox import (
-    ACK_HOT,
-    counter_key,
-    dirty_key,
-    hot_index,
-    hot_key,
-    receipts,
-)
+from services.common.inbox import ACK_HOT, queue_ack, receipts
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +99,8 @@ class DirectAcks:
             self._script = scripts.register(self.redis, ACK_HOT)
         async with self.redis.pipeline(transaction=False) as pipe:
             for inbox, top in tops.items():
-                keys = [counter_key(p, inbox), hot_key(p, inbox),
-                        routing.pending_key(p, inbox), hot_index(p), dirty_key(p)]  # fmt: skip
-                args = [top, "1", inbox, "1", HOT_ACK_MAX]
-                await scripts.queue(pipe, self._script, keys, args)
+                await queue_ack(pipe, self._script, p, inbox, top, strict=True,
+                                hot_only_max=HOT_ACK_MAX)  # fmt: skip
             results = await pipe.execute()
         done: set[str] = set()
         docs = []
