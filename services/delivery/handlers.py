@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from services.common.batching import GroupCommit
 from services.common.errors import ApiError, ErrorCode
 from services.common.inbox import receipts
 from services.delivery.store import DeliveryStore, item_frame
@@ -33,8 +32,7 @@ class Inbox:
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
             registry=registry or CollectorRegistry(),
         )  # fmt: skip
-        self._pending: dict[str, list[tuple[int, asyncio.Future[int]]]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._acks: GroupCommit[str, int, int] = GroupCommit(self._flush)
 
     async def page(self, inbox: str, after: int, limit: int) -> f.InboxPage:
         docs, more = await self.store.page(inbox, after, limit)
@@ -48,45 +46,31 @@ class Inbox:
         (``seq_not_issued``) and changes nothing: acknowledging a number
         nobody has seen would delete items the client never received.
         """
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(user, []).append((seq, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await fut
+        return await self._acks.submit(user, seq)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, {}
-            try:
-                # Each inbox up to its highest ack; an inbox where that is past the
-                # last number issued is left alone (``over``): its acks past that
-                # number are refused and the rest go again (a second round trip
-                # only then).
-                targets = {user: max(seq for seq, _ in acks) for user, acks in batch.items()}
-                over: dict[str, int] = {}
-                acked = await self.store.acknowledge_many(targets, over)
-                if over:
-                    again: dict[str, int] = {}
-                    for user, issued in over.items():
-                        for seq, fut in batch[user]:
-                            if seq > issued:
-                                fut.set_exception(_not_issued(seq))
-                            else:
-                                again[user] = max(seq, again.get(user, 0))
-                    if again:
-                        acked.update(await self.store.acknowledge_many(again))
-                self.acked.inc(sum(len(docs) for docs in acked.values()))
-                await self.store.publish(receipts(d for docs in acked.values() for d in docs))
-            except Exception as exc:
-                for acks in batch.values():
-                    for _, fut in acks:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                continue
-            for user, acks in batch.items():
-                for _, fut in acks:
-                    if not fut.done():
-                        fut.set_result(len(acked.get(user, [])))
+    async def _flush(self, batch: dict[str, list[int]]) -> dict[str, list[int | BaseException]]:
+        """Each inbox up to its highest ack; an inbox where that is past the last number
+        issued is left alone (``over``): its acks past that number are refused and
+        the rest go again (a second round trip only then)."""
+        targets = {user: max(seqs) for user, seqs in batch.items()}
+        over: dict[str, int] = {}
+        acked = await self.store.acknowledge_many(targets, over)
+        again = {
+            user: top
+            for user, issued in over.items()
+            if (top := max((s for s in batch[user] if s <= issued), default=0))
+        }
+        if again:
+            acked.update(await self.store.acknowledge_many(again))
+        self.acked.inc(sum(len(docs) for docs in acked.values()))
+        await self.store.publish(receipts(d for docs in acked.values() for d in docs))
+        return {
+            user: [
+                _not_issued(s) if user in over and s > over[user] else len(acked.get(user, []))
+                for s in seqs
+            ]
+            for user, seqs in batch.items()
+        }
 
 
 def _not_issued(seq: int) -> ApiError:

@@ -22,7 +22,6 @@ all their receipts).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import orjson
@@ -31,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.commands.core import AsyncScript
 
 from services.common import routing, scripts
+from services.common.batching import GroupCommit
 from services.common.inbox import ACK_HOT, queue_ack, receipts
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ class DirectAcks:
         self.prefix = prefix
         self.presence_ttl_s = presence_ttl_s
         self._script: AsyncScript | None = None  # registered at the first ack
-        self._pending: dict[str, list[asyncio.Future[bool]]] = {}
-        self._tops: dict[str, int] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._acks: GroupCommit[str, int, bool] = GroupCommit(self._flush)
         self.acks = Counter(
             "parley_gateway_acks_total",
             "Socket acks, by who wrote them: the gateway (direct) or delivery.",
@@ -68,28 +66,17 @@ class DirectAcks:
     async def ack(self, inbox: str, seq: int) -> bool:
         """Acknowledge ``inbox`` up to ``seq`` if its range is hot; False when nothing
         was changed and delivery must take the ack."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(inbox, []).append(fut)
-        self._tops[inbox] = max(seq, self._tops.get(inbox, 0))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        done = await fut
+        done = await self._acks.submit(inbox, seq)
         (self.direct if done else self.by_delivery).inc()
         return done
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, {}
-            tops, self._tops = self._tops, {}
-            done: set[str] = set()
-            try:
-                done = await self._ack(tops)
-            except Exception as exc:  # delivery takes them (and reports an outage)
-                log.info("direct acks failed, delivery takes them: %r", exc)
-            for inbox, futs in batch.items():
-                for fut in futs:
-                    if not fut.done():
-                        fut.set_result(inbox in done)
+    async def _flush(self, batch: dict[str, list[int]]) -> dict[str, list[bool | BaseException]]:
+        done: set[str] = set()
+        try:
+            done = await self._ack({inbox: max(seqs) for inbox, seqs in batch.items()})
+        except Exception as exc:  # delivery takes them (and reports an outage)
+            log.info("direct acks failed, delivery takes them: %r", exc)
+        return {inbox: [inbox in done] * len(seqs) for inbox, seqs in batch.items()}
 
     async def _ack(self, tops: dict[str, int]) -> set[str]:
         """Run the ack script for each inbox (hot ranges only); publish the receipts.
