@@ -41,11 +41,19 @@ export async function finish(browser) {
 }
 
 /** Fail at once with what the page says if an error line shows instead of `selector`. */
+/** What a failing wait reports: every alert and status line, then the page's text (the
+ * sidebar comes first in the body, so its end is where the open view is). */
+export async function shown(page) {
+  const lines = await page.$$eval("[role=alert], [role=status]", (els) => els.map((e) => e.textContent?.trim()).filter(Boolean));
+  const body = await page.innerText("body");
+  return `alerts/status: ${JSON.stringify(lines)}; the page's text (${body.length} chars): ${body.length > 2400 ? `${body.slice(0, 600)} … ${body.slice(-1800)}` : body}`;
+}
+
 export async function expect(page, selector) {
   try {
     await page.waitForSelector(`${selector}, .error[role=alert]`, { timeout: T });
   } catch (e) {
-    throw new Error(`waiting for ${selector}; the page shows: ${(await page.innerText("body")).slice(0, 800)}`);
+    throw new Error(`waiting for ${selector}; ${await shown(page)}`);
   }
   const error = await page.$(".error[role=alert]");
   if (error) throw new Error(`the page says: ${await error.textContent()}`);

@@ -6,7 +6,7 @@
 // Env: LB, WEB_DIR, SHOTS, P_USER, P_PASSWORD, AGENT, TAG.
 import { createHmac } from "node:crypto";
 import path from "node:path";
-import { T, expect, finish, launch, py, step } from "./chat_rooms_lib.mjs";
+import { T, expect, finish, launch, py, shown, step } from "./chat_rooms_lib.mjs";
 
 const env = process.env;
 const browser = await launch();
@@ -48,14 +48,14 @@ const text = (page, selector) => page.locator(selector).innerText();
  * would stop at it), then fail if a refusal is shown. */
 async function next(page, selector) {
   await page.waitForSelector(selector, { timeout: T }).catch(async () => {
-    throw new Error(`waiting for ${selector}; the page shows: ${(await page.innerText("body")).slice(0, 800)}`);
+    throw new Error(`waiting for ${selector}; ${await shown(page)}`);
   });
   await expect(page, selector);
 }
 /** Wait for `selector` to show `wanted` (a refusal's line, say: `expect` fails on any alert). */
 async function shows(page, selector, wanted) {
   await page.waitForFunction(([s, w]) => document.querySelector(s)?.textContent?.includes(w), [selector, wanted], { timeout: T }).catch(async () => {
-    throw new Error(`${selector} never says ${JSON.stringify(wanted)}; the page shows: ${(await page.innerText("body")).slice(0, 800)}`);
+    throw new Error(`${selector} never says ${JSON.stringify(wanted)}; ${await shown(page)}`);
   });
 }
 
@@ -124,7 +124,15 @@ try {
   const status = await py({ do: "two_factor" });
   if (!status.totp || status.email || status.recovery_codes_left !== 10) throw new Error(`the server says ${JSON.stringify(status)}`);
 
-  step("codes by e-mail: the mailed code turns them on (the recovery codes stay), then off again");
+  step("codes by e-mail: the mailed code turns them on (the recovery codes stay), then off again; the account's read is slow");
+  // The page reads the account again after the password step. Slowed down here (as on a
+  // loaded server), the code step must not be shown before that read is done: its Confirm
+  // would still be disabled and the Enter below would do nothing.
+  let slowMe = true;
+  await page.route("**/auth/v1/me", async (route) => {
+    if (slowMe) await new Promise((resolve) => setTimeout(resolve, 1500));
+    await route.continue();
+  });
   await page.getByRole("button", { name: "Turn on codes by e-mail" }).click();
   await page.getByLabel("Your password").fill(env.P_PASSWORD);
   await page.getByLabel("Your password").press("Enter");
@@ -132,6 +140,7 @@ try {
   const { code: mailed } = await py({ do: "setup_code" });
   await page.getByLabel("Code from the e-mail").fill(mailed);
   await page.getByLabel("Code from the e-mail").press("Enter");
+  slowMe = false;
   await shows(page, "#two-step-done", "Codes by e-mail is on: after your password, each log-in asks for the code we e-mail you. Your recovery codes stay the same (10 are left).");
   await shows(page, "#two-step-state", "On: an authenticator app and codes by e-mail after your password (10 recovery codes left).");
   if (!(await py({ do: "two_factor" })).email) throw new Error("the server says e-mail codes are off");

@@ -5,7 +5,7 @@
  * password). Recovery codes are shown once, with Copy and Download, and the page goes on
  * only once the user says they are saved. The steps and texts are twoFactor.ts's; each
  * refusal shows the server's code and message and leaves the step as it was. */
-import { useEffect, useReducer, useRef, useState } from 'preact/hooks';
+import { useEffect, useLayoutEffect, useReducer, useRef, useState } from 'preact/hooks';
 import type { Me } from './api.ts';
 import type { ParleyClient } from './client.ts';
 import {
@@ -45,9 +45,10 @@ export function TwoFactorView(props: { client: ParleyClient }) {
   useEffect(() => {
     void readMe();
   }, [client]);
-  // Each new step takes the focus (its heading); back to idle, the status line does.
+  // Each new step takes the focus (its heading); back to idle, the status line does. A
+  // layout effect: the code field is emptied before anything can be typed into it.
   const lastStep = useRef(flow.step);
-  useEffect(() => {
+  useLayoutEffect(() => {
     if (lastStep.current === flow.step) return;
     lastStep.current = flow.step;
     if (flow.step === 'idle') doneRef.current?.focus();
@@ -68,23 +69,28 @@ export function TwoFactorView(props: { client: ParleyClient }) {
   };
   const status = me?.two_factor ?? { totp: false, email: false, recovery_codes_left: 0 };
 
+  /** The password step: its call, then the account read again, and only then the next
+   * step. Shown before that read, the next step's Confirm would still be disabled (busy)
+   * and an Enter in its code field would do nothing. */
   const submitPassword = (action: FactorAction) =>
     call(async () => {
       const api = await client.authApi();
-      if (action === 'totp_on') dispatch({ type: 'totp_setup', setup: await api.totpSetup(password) });
+      let next: Parameters<typeof dispatch>[0];
+      if (action === 'totp_on') next = { type: 'totp_setup', setup: await api.totpSetup(password) };
       else if (action === 'email_on') {
         await api.emailSetup(password);
-        dispatch({ type: 'email_sent' });
+        next = { type: 'email_sent' };
       } else if (action === 'recovery_codes') {
         const { recovery_codes } = await api.newRecoveryCodes(password);
-        dispatch({ type: 'new_codes', codes: recovery_codes });
+        next = { type: 'new_codes', codes: recovery_codes };
       } else {
         const factor = action === 'totp_off' ? 'totp' : 'email';
         await (factor === 'totp' ? api.totpDisable(password) : api.emailDisable(password));
-        dispatch({ type: 'disabled', factor, othersOn: factor === 'totp' ? status.email : status.totp });
+        next = { type: 'disabled', factor, othersOn: factor === 'totp' ? status.email : status.totp };
       }
       setPassword('');
       await readMe();
+      dispatch(next);
     });
 
   const submitCode = (factor: 'totp' | 'email') => {
