@@ -144,8 +144,19 @@ try {
   if ((await focused()) !== "invitee") throw new Error(`the third Tab reaches ${await focused()}`);
   await expect(b.page, "#room-kind-note:has-text('Public room')");
   const post = `a public post ${env.TAG}`;
+  // A's page reads the timeline's newest page after each post. Slowed down here (as on a
+  // loaded server), that read must not hold up the next post: it is written the moment
+  // the first shows (its live frame), and must go too.
+  let slowTimeline = true;
+  await a.page.route("**/messages?limit=20", async (route) => {
+    if (slowTimeline) await new Promise((resolve) => setTimeout(resolve, 1500));
+    await route.continue();
+  });
   await write(a.page, pub, post, false);
+  await write(a.page, pub, `${post}, and another`, false);
+  slowTimeline = false;
   await sees(b.page, post);
+  await sees(b.page, `${post}, and another`);
   await b.page.screenshot({ path: path.join(env.SHOTS, "chat-room-public.png") });
 
   step("phone width: no horizontal scroll in a room");

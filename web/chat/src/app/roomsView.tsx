@@ -1326,9 +1326,12 @@ export function RoomView(props: {
           client
             .sendRoom(id, sent)
             .then(
-              async () => {
+              () => {
                 setText((t) => (t === sent ? '' : t));
-                if (isPublic) merge((await client.timeline(id, null, 20)).messages);
+                // The timeline's newest page, read after the send, not under `busy`: the
+                // post's live frame often shows it first, and Send must be ready again
+                // then. A failed read changes nothing: the live frame shows the post.
+                if (isPublic) client.timeline(id, null, 20).then((page) => merge(page.messages), () => undefined);
               },
               (err: unknown) => setError(message(err)),
             )
