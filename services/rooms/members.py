@@ -345,26 +345,37 @@ async def ban(rooms: Rooms, user_id: str, token: str, room_id: str, target: str)
     store = rooms.store
     if victim is None and await rooms.users.resolve(target, token) != target:
         raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.", details={"user_id": target})
-    doc: Doc = {
+    mine: Doc = {
         "_id": member_id(room_id, target), "room": room_id, "user": target, "by": user_id,
-        "at": now_ms(),
+        "at": now_ms(), "n": 1,
     }  # fmt: skip
-    inserted = await store.insert_ban(doc)
-    if not inserted:
-        doc = await store.get_ban(room_id, target) or doc  # banned already (or at once)
+    # Banned already (or at once by another): this request stands behind that ban too
+    # (its ``n``), so that another's refusal below cannot take it away. Lifted in
+    # between: this one is written after all.
+    doc: Doc | None = None
+    for _ in range(8):
+        if await store.insert_ban(mine):
+            doc = mine
+        else:
+            doc = await store.join_ban(room_id, target)
+        if doc is not None:
+            break
+    if doc is None:
+        raise ApiError(ErrorCode.CONFLICT, "The ban changed while it was written; retry.")
     # The ban first, then the membership read again and ended: a join writes its
     # membership and then reads the ban, so one of the two sees the other's write (the
     # membership read before the ban may predate a join that raced it). Its role is
     # checked again, and the removal is conditional on it: a member promoted (or made
-    # owner) meanwhile is one this caller may no longer ban, and this ban is undone.
+    # owner) meanwhile is one this caller may no longer ban, and this request withdraws
+    # from the ban (deleted if nobody else stands behind it: an owner's ban of the same
+    # user at the same moment stays).
     victim = await store.get_member(room_id, target)
     if victim is not None:
         try:
             _may_remove(victim["role"], roles, "ban")
             ended = await _end(rooms, room, victim, user_id, roles, "ban")
         except ApiError:
-            if inserted:
-                await store.delete_ban(room_id, target)
+            await store.withdraw_from_ban(room_id, target)
             raise
         if ended:
             await _tell(rooms, room_id, "member_removed", target)

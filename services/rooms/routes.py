@@ -300,7 +300,7 @@ async def remove_member(request: web.Request, claims: Claims) -> None:
     response=models.Ban,
     auth=True,
     params=_MEMBER,
-    errors=[*_MANAGE, _E.CANNOT_REMOVE_OWNER],
+    errors=[*_MANAGE, _E.CANNOT_REMOVE_OWNER, _E.CONFLICT],
     tags=["membership"],
 )
 async def ban(request: web.Request, claims: Claims) -> models.Ban:

@@ -318,6 +318,37 @@ class RoomStore:
     async def delete_ban(self, room_id: str, user_id: str) -> Doc | None:
         return await self.bans.find_one_and_delete({"_id": member_id(room_id, user_id)})
 
+    # A ban's ``n``: how many ban requests stand behind it (written as 1 by the one
+    # that inserts it). A request refused after it wrote or joined the ban (its target
+    # was promoted meanwhile) withdraws; the last one out deletes the ban, so a refused
+    # moderator's ban never takes away the owner's ban of the same user at once.
+
+    async def join_ban(self, room_id: str, user_id: str) -> Doc | None:
+        """One more request stands behind the ban of ``user_id``: the ban (None: there
+        is none). A ban written before ``n`` existed counts its own request too."""
+        query, more = {"_id": member_id(room_id, user_id)}, {"$inc": {"n": 1}}
+        doc = await self.bans.find_one_and_update(query, more, return_document=ReturnDocument.AFTER)
+        if doc is not None and doc["n"] == 1:  # there was no count: its writer's 1 too
+            doc = await self.bans.find_one_and_update(
+                query, more, return_document=ReturnDocument.AFTER
+            )
+        return doc
+
+    async def withdraw_from_ban(self, room_id: str, user_id: str) -> None:
+        """A request that wrote or joined the ban of ``user_id`` is refused: one fewer
+        stands behind it, and the last one out deletes it."""
+        key = member_id(room_id, user_id)
+        for _ in range(16):  # each miss is another request's change in between
+            if await self.bans.find_one_and_update(
+                {"_id": key, "n": {"$gt": 1}}, {"$inc": {"n": -1}}
+            ):
+                return
+            if await self.bans.find_one_and_delete({"_id": key, "n": 1}):
+                return
+            if await self.get_ban(room_id, user_id) is None:
+                return  # lifted meanwhile
+        log.warning("a refused ban request could not withdraw", extra={"room_id": room_id})
+
     async def ban_page(self, room_id: str, after: str, limit: int) -> list[Doc]:
         """A room's bans in user id order, after ``after``: an ``_id`` range (``}``
         follows ``|``), as the directory pages; read by moderators only."""

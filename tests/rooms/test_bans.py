@@ -212,6 +212,53 @@ async def test_a_member_promoted_while_a_moderator_removes_them_stays(
     assert await member_ids(api, owner, room) == {owner, mod, bob}
 
 
+async def test_an_owners_ban_made_as_a_moderators_is_refused_stays(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moderator's ban is written; the owner makes bob a moderator and bans him too
+    (joining that ban) before the moderator reads bob's role again. The moderator is
+    refused and withdraws; the owner's ban stays and bob is out. (Before, the
+    moderator's refusal deleted the ban the owner had been answered 200 for.)"""
+    owner, mod, bob = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    for u in (mod, bob):
+        await api.join(u, room)
+    await api.promote(owner, room, mod)
+    store = api.rooms.store
+    insert_ban, join_ban = store.insert_ban, store.join_ban
+    joined, go_on = asyncio.Event(), asyncio.Event()
+    owners: list[asyncio.Task[tuple[int, Any]]] = []
+
+    async def owner_bans_too(doc: dict[str, Any]) -> bool:
+        inserted = await insert_ban(doc)
+        if doc["by"] == mod:  # the moderator's ban is written: the owner's turn
+            assert (await api.promote(owner, room, bob))[0] == 200
+            owners.append(asyncio.create_task(api.ban(owner, room, bob)))
+            await joined.wait()
+        return inserted
+
+    async def join_and_wait(room_id: str, user_id: str) -> Any:
+        doc = await join_ban(room_id, user_id)  # the owner's request stands behind it
+        joined.set()
+        await go_on.wait()  # meanwhile the moderator reads bob's new role, refused
+        return doc
+
+    monkeypatch.setattr(store, "insert_ban", owner_bans_too)
+    monkeypatch.setattr(store, "join_ban", join_and_wait)
+    status, body = await api.ban(mod, room, bob)
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    go_on.set()
+    status, ban = await owners[0]
+    assert (status, ban["user_id"], ban["banned_by"]) == (200, bob, mod)  # the ban it joined
+    status, page = await api.bans(owner, room)
+    assert (status, [b["user_id"] for b in page["bans"]]) == (200, [bob])
+    assert await member_ids(api, owner, room) == {owner, mod}
+    await refused(api, api.join(bob, room), 403, "banned")
+    # Lifted, it is gone whatever its count.
+    assert (await api.unban(owner, room, bob))[0] == 204
+    assert (await api.bans(owner, room))[1]["bans"] == []
+
+
 def promote_first(
     api: RoomsApi, monkeypatch: pytest.MonkeyPatch, method: str, owner: str, room: str,
     user: str,

@@ -27,3 +27,26 @@ async def test_lists_longer_than_a_chunk_are_read_whole(api: RoomsApi) -> None:
         [{"_id": message_id(room, s), "room": room, "seq": s} for s in seqs]
     )
     assert sorted(await store.messages_at(room, seqs[::-1])) == seqs
+
+
+async def test_a_ban_counts_the_requests_behind_it_and_the_last_out_deletes_it(
+    api: RoomsApi,
+) -> None:
+    store = api.rooms.store
+    room = "c" * 24
+    # A ban written before the count existed: its own request counts when one joins.
+    await store.bans.insert_one({"_id": f"{room}|u1", "room": room, "user": "u1", "by": "o"})
+    assert (await store.join_ban(room, "u1") or {})["n"] == 2
+    await store.withdraw_from_ban(room, "u1")
+    assert (await store.get_ban(room, "u1") or {})["n"] == 1  # the old one stands
+    # One written now, joined twice: it goes with the third withdrawal, not before.
+    assert await store.insert_ban({"_id": f"{room}|u2", "room": room, "user": "u2", "n": 1})
+    for n in (2, 3):
+        assert (await store.join_ban(room, "u2") or {})["n"] == n
+    for left in (2, 1):
+        await store.withdraw_from_ban(room, "u2")
+        assert (await store.get_ban(room, "u2") or {})["n"] == left
+    await store.withdraw_from_ban(room, "u2")
+    assert await store.get_ban(room, "u2") is None
+    assert await store.join_ban(room, "u2") is None  # none to join
+    await store.withdraw_from_ban(room, "u2")  # nothing to withdraw from: no change
