@@ -175,11 +175,7 @@ async def test_a_member_promoted_while_a_moderator_bans_them_stays_and_is_not_ba
     """The moderator's ban read bob as a member; the owner made him a moderator before
     the ban was written. A moderator may not ban a moderator: refused, the ban undone,
     bob still a moderator. (Before, the ban removed him.)"""
-    owner, mod, bob = api.user(), api.user(), api.user()
-    room = await api.room(owner)
-    for u in (mod, bob):
-        await api.join(u, room)
-    await api.promote(owner, room, mod)
+    owner, mod, bob, room = await moderated_room(api)
     store = api.rooms.store
     insert_ban = store.insert_ban
     promote_first(api, monkeypatch, "insert_ban", owner, room, bob)
@@ -201,11 +197,7 @@ async def test_a_member_promoted_while_a_moderator_bans_them_stays_and_is_not_ba
 async def test_a_member_promoted_while_a_moderator_removes_them_stays(
     api: RoomsApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    owner, mod, bob = api.user(), api.user(), api.user()
-    room = await api.room(owner)
-    for u in (mod, bob):
-        await api.join(u, room)
-    await api.promote(owner, room, mod)
+    owner, mod, bob, room = await moderated_room(api)
     promote_first(api, monkeypatch, "delete_member", owner, room, bob)
     status, body = await api.remove(mod, room, bob)
     assert (status, body["error"]["code"]) == (403, "forbidden")
@@ -219,11 +211,7 @@ async def test_an_owners_ban_made_as_a_moderators_is_refused_stays(
     (joining that ban) before the moderator reads bob's role again. The moderator is
     refused and withdraws; the owner's ban stays and bob is out. (Before, the
     moderator's refusal deleted the ban the owner had been answered 200 for.)"""
-    owner, mod, bob = api.user(), api.user(), api.user()
-    room = await api.room(owner)
-    for u in (mod, bob):
-        await api.join(u, room)
-    await api.promote(owner, room, mod)
+    owner, mod, bob, room = await moderated_room(api)
     store = api.rooms.store
     insert_ban, join_ban = store.insert_ban, store.join_ban
     joined, go_on = asyncio.Event(), asyncio.Event()
@@ -257,6 +245,16 @@ async def test_an_owners_ban_made_as_a_moderators_is_refused_stays(
     # Lifted, it is gone whatever its count.
     assert (await api.unban(owner, room, bob))[0] == 204
     assert (await api.bans(owner, room))[1]["bans"] == []
+
+
+async def moderated_room(api: RoomsApi) -> tuple[str, str, str, str]:
+    """(owner, a moderator, a member, the room)."""
+    owner, mod, bob = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    for u in (mod, bob):
+        await api.join(u, room)
+    await api.promote(owner, room, mod)
+    return owner, mod, bob, room
 
 
 def promote_first(
