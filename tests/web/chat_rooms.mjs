@@ -124,6 +124,21 @@ try {
   const { chains: after } = await py({ do: "chains", room, user: env.A_USER });
   if (after !== before + 1) throw new Error(`A's sender key was not rotated after B left: R holds ${before} then ${after} chains`);
 
+  step("A writes two messages back to back: the field empties at once, both go, in order");
+  const quick = [`quick one ${env.TAG}`, `quick two ${env.TAG}`];
+  const field = a.page.getByLabel(`Message to #${priv}`);
+  for (const text of quick) {
+    sent.push(text);
+    await field.fill(text);
+    await field.press("Enter");
+    if ((await field.inputValue()) !== "") throw new Error(`the field still holds ${JSON.stringify(text)} after Enter`);
+  }
+  for (const text of quick) await expect(a.page, `#messages li.msg.out[data-status="accepted"]:has-text("${text}")`);
+  for (const text of quick) await py({ do: "expect", room, text }); // R reads the second after the first
+  const order = await a.page.$$eval("#messages li.msg.out", (els) => els.map((el) => el.textContent ?? ""));
+  const at = quick.map((text) => order.findIndex((line) => line.includes(text)));
+  if (!(at[0] >= 0 && at[0] < at[1])) throw new Error(`A's page shows them out of order: ${JSON.stringify(order)}`);
+
   step("a public room: A creates it, B finds it in the directory and joins, A's post shows in B's page");
   const pub = `pub${env.TAG}`;
   await createRoom(a.page, pub, "public");

@@ -328,7 +328,7 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
 
     # The private room's texts are nowhere on the server in the clear.
     plaintexts = sorted(set(py.texts + browser_texts))
-    assert len(plaintexts) == 8  # A five times, B once, R twice
+    assert len(plaintexts) == 10  # A seven times, B once, R twice
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     for where, blob in blobs:
         for text in plaintexts:

@@ -974,7 +974,8 @@ export function RoomView(props: {
   const [timeline, setTimeline] = useState<RoomMessage[]>([]);
   const [nextBefore, setNextBefore] = useState<number | null>(null);
   const [names, setNames] = useState<Record<string, string>>({});
-  const [busy, setBusy] = useState(false);
+  const [sending, setSending] = useState(0); // messages under way
+  const sends = useRef<Promise<unknown>>(Promise.resolve()); // the last one's end
   const [, setTick] = useState(0); // shown again when a typist expires
   const listRef = useRef<HTMLOListElement>(null);
   const [lit, setLit] = useState<number | null>(null);
@@ -1318,24 +1319,36 @@ export function RoomView(props: {
         id="composer"
         onSubmit={(e) => {
           e.preventDefault();
-          if (block) return;
-          setError('');
-          setBusy(true);
           const sent = text;
+          if (block || !sent.trim()) return;
+          // The field is emptied at once and the next message may be written and sent
+          // while this one is under way: sends wait for the one before (each until the
+          // server accepted it), so they go in the order written. Refused, its text comes
+          // back to the field if that is still empty.
+          setError('');
+          setText('');
           client.draftDone(id);
-          client
-            .sendRoom(id, sent)
+          setSending((n) => n + 1);
+          const send = () => client.sendRoom(id, sent);
+          const done = sends.current.then(send, send);
+          sends.current = done.catch(() => undefined);
+          done
             .then(
               () => {
-                setText((t) => (t === sent ? '' : t));
-                // The timeline's newest page, read after the send, not under `busy`: the
-                // post's live frame often shows it first, and Send must be ready again
-                // then. A failed read changes nothing: the live frame shows the post.
+                // The timeline's newest page, read after the send: the post's live frame
+                // often shows it first. A failed read changes nothing: the live frame shows it.
                 if (isPublic) client.timeline(id, null, 20).then((page) => merge(page.messages), () => undefined);
               },
-              (err: unknown) => setError(message(err)),
+              (err: unknown) => {
+                setError(message(err));
+                setText((t) => {
+                  if (t !== '') return t;
+                  client.draftChanged(id, sent);
+                  return sent;
+                });
+              },
             )
-            .finally(() => setBusy(false));
+            .finally(() => setSending((n) => n - 1));
         }}
       >
         <label for="message" class="visually-hidden">
@@ -1354,7 +1367,7 @@ export function RoomView(props: {
             client.draftChanged(id, draft);
           }}
         />
-        <button type="submit" id="send" disabled={busy || !text.trim() || block !== null} aria-busy={busy}>
+        <button type="submit" id="send" disabled={!text.trim() || block !== null} aria-busy={sending > 0}>
           Send
         </button>
       </form>
