@@ -1324,7 +1324,7 @@ export function RoomView(props: {
           // The field is emptied at once and the next message may be written and sent
           // while this one is under way: sends wait for the one before (each until the
           // server accepted it), so they go in the order written. Refused, its text comes
-          // back to the field if that is still empty.
+          // back to the field if that is still empty (and the room still open).
           setError('');
           setText('');
           client.draftDone(id);
@@ -1341,6 +1341,7 @@ export function RoomView(props: {
               },
               (err: unknown) => {
                 setError(message(err));
+                if (current.current !== id) return; // another room is open: not into its field
                 setText((t) => {
                   if (t !== '') return t;
                   client.draftChanged(id, sent);
