@@ -40,7 +40,6 @@ export async function finish(browser) {
   process.stdin.destroy();
 }
 
-/** Fail at once with what the page says if an error line shows instead of `selector`. */
 /** What a failing wait reports: every alert and status line, then the page's text (the
  * sidebar comes first in the body, so its end is where the open view is). */
 export async function shown(page) {
@@ -49,6 +48,7 @@ export async function shown(page) {
   return `alerts/status: ${JSON.stringify(lines)}; the page's text (${body.length} chars): ${body.length > 2400 ? `${body.slice(0, 600)} … ${body.slice(-1800)}` : body}`;
 }
 
+/** Fail at once with what the page says if an error line shows instead of `selector`. */
 export async function expect(page, selector) {
   try {
     await page.waitForSelector(`${selector}, .error[role=alert]`, { timeout: T });

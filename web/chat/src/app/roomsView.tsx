@@ -1341,12 +1341,9 @@ export function RoomView(props: {
               },
               (err: unknown) => {
                 setError(message(err));
-                if (current.current !== id) return; // another room is open: not into its field
-                setText((t) => {
-                  if (t !== '') return t;
-                  client.draftChanged(id, sent);
-                  return sent;
-                });
+                // Back into the field (not a draft: nobody is told of typing), unless the
+                // user wrote more meanwhile or another room is open.
+                if (current.current === id) setText((t) => (t === '' ? sent : t));
               },
             )
             .finally(() => setSending((n) => n - 1));
