@@ -195,17 +195,68 @@ try {
   if (removed.by !== "sender") throw new Error(`unexpected removal: ${JSON.stringify(removed)}`);
   if ((await page.locator(`#messages li:has-text("${takeBack}")`).count()) !== 0) throw new Error("the removed text is still shown");
 
-  step("the browser adds Q by username and writes first (the browser starts PQXDH); Q answers");
+  step("the browser adds Q by username and writes first (the browser starts PQXDH) while the key directory holds its answer");
+  // Q's prekey bundles are held until released: the first message waits for them.
+  let release;
+  const released = new Promise((resolve) => (release = resolve));
+  let claimed;
+  const claiming = new Promise((resolve) => (claimed = resolve));
+  const bundles = "**/keys/v1/users/*/bundles*";
+  let held = false;
+  await page.route(bundles, async (route) => {
+    if (!held) {
+      held = true;
+      claimed();
+      await released;
+    }
+    await route.continue();
+  });
   await page.getByLabel("Add a contact by username").fill(env.Q_USER);
   await page.getByLabel("Add a contact by username").press("Enter");
   await page.waitForSelector(`#conversation-title:has-text("${env.Q_USER}")`, { timeout: T });
   const toQ = `first contact from the browser ${env.TAG}`;
-  await write(page, toQ);
-  await py({ who: "q", do: "expect", text: toQ });
+  const toQ2 = `written while the first was under way ${env.TAG}`;
+  const field = page.getByLabel(/^Message to /);
+  const emptied = () => page.waitForFunction(() => document.querySelector("#message")?.value === "", null, { timeout: T });
+  await field.fill(toQ);
+  await field.press("Enter");
+  await claiming;
+  await emptied(); // at once, while the first message waits
+  await field.press("Enter"); // a second Enter in the emptied field sends nothing twice
+  await field.fill(toQ2);
+  await field.press("Enter");
+  await emptied();
+  sent.push(toQ, toQ2);
+
+  step("leaving the page while a message is under way: the browser asks first");
+  const asked = new Promise((resolve) => page.once("dialog", (d) => d.dismiss().then(() => resolve(d.type()))));
+  await page.close({ runBeforeUnload: true });
+  if ((await asked) !== "beforeunload") throw new Error("leaving with a message under way asked nothing");
+  if (page.isClosed()) throw new Error("the page closed with a message under way");
+
+  step("released: Q gets both, in the order written, once each");
+  release();
+  const { texts: atQ } = await py({ who: "q", do: "expect_texts", n: 2 });
+  if (JSON.stringify(atQ) !== JSON.stringify([toQ, toQ2])) throw new Error(`Q got ${JSON.stringify(atQ)}`);
+  await page.waitForSelector(`#messages li.msg.out:has-text("${toQ2}")`, { timeout: T });
+  for (const text of [toQ, toQ2]) {
+    const n = await page.locator(`#messages li.msg.out:has-text("${text}")`).count();
+    if (n !== 1) throw new Error(`the page shows ${n} copies of ${JSON.stringify(text)}`);
+  }
+  await page.unroute(bundles);
   const fromQ = `q answers the browser ${env.TAG}`;
   await py({ who: "q", do: "send", to: me, text: fromQ });
   await incoming(page, fromQ);
   await page.waitForSelector(`#messages li.msg.out[data-status="delivered"]:has-text("${toQ}")`, { timeout: T });
+
+  step("each conversation keeps its unsent text: a draft to Q waits while P's conversation is open");
+  const draft = `a draft, not sent ${env.TAG}`;
+  await field.fill(draft);
+  await openConversation(page, env.P_USER);
+  if ((await field.inputValue()) !== "") throw new Error(`P's field shows ${JSON.stringify(await field.inputValue())}, written to Q`);
+  await openConversation(page, env.Q_USER);
+  if ((await field.inputValue()) !== draft) throw new Error(`Q's draft is ${JSON.stringify(await field.inputValue())} after going away and back`);
+  await field.fill("");
 
   step("offline: the browser logs out, P writes, the browser logs in and gets it");
   await page.getByRole("button", { name: "Log out" }).click();
@@ -384,6 +435,16 @@ try {
   console.log(`TEXTS ${JSON.stringify(sent)}`);
 
   if (errors.length) throw new Error(`console errors: ${errors.join("; ")}`);
+  step("nothing under way: the page closes without asking");
+  let askedAtEnd = false;
+  page.on("dialog", (d) => {
+    askedAtEnd = true;
+    return d.accept();
+  });
+  const closed = new Promise((resolve) => page.once("close", resolve));
+  await page.close({ runBeforeUnload: true });
+  await closed;
+  if (askedAtEnd) throw new Error("the page asked before closing with nothing under way");
   await ctx.close();
   console.log("chat browser: ok");
 } finally {

@@ -174,6 +174,19 @@ try {
   await sees(b.page, `${post}, and another`);
   await b.page.screenshot({ path: path.join(env.SHOTS, "chat-room-public.png") });
 
+  step("each room keeps its unsent text: A's draft in the public room waits while the private one is open");
+  const draft = `a draft, not sent ${env.TAG}`;
+  await a.page.getByLabel(`Message to #${pub}`).fill(draft);
+  await a.page.locator(`button.room[data-room-name="${priv}"]`).click();
+  await expect(a.page, `#conversation-title:text-is("#${priv}")`);
+  const privField = await a.page.getByLabel(`Message to #${priv}`).inputValue();
+  if (privField !== "") throw new Error(`#${priv}'s field shows ${JSON.stringify(privField)}, written in #${pub}`);
+  await a.page.locator(`button.room[data-room-name="${pub}"]`).click();
+  await expect(a.page, `#conversation-title:text-is("#${pub}")`);
+  const pubField = await a.page.getByLabel(`Message to #${pub}`).inputValue();
+  if (pubField !== draft) throw new Error(`#${pub}'s draft is ${JSON.stringify(pubField)} after going away and back`);
+  await a.page.getByLabel(`Message to #${pub}`).fill("");
+
   step("phone width: no horizontal scroll in a room");
   await b.page.setViewportSize({ width: 390, height: 844 });
   try {

@@ -147,6 +147,14 @@ class PythonSide:
                 assert isinstance(event, Message)
                 if event.text == req["text"]:
                     return {"from": event.username}
+        if do == "expect_texts":  # the next n messages, in the order they arrived
+            texts: list[str] = []
+            while len(texts) < req["n"]:
+                event = await client.next_event(Message, timeout=30)
+                assert isinstance(event, Message)
+                texts.append(event.text)
+            self.texts.extend(texts)
+            return {"texts": texts}
         if do == "receipt":
             while True:
                 receipt = await client.next_event(Receipt, timeout=30)
@@ -277,7 +285,7 @@ async def test_browser_and_python_users_chat_end_to_end(system: System, tmp_path
 
     # No plaintext at rest on the server after the browser's conversation.
     plaintexts = sorted(set(py.texts + browser_texts))
-    assert len(plaintexts) == 10  # 4 from Python (one unsent), 6 from the browser (one unsent)
+    assert len(plaintexts) == 11  # 4 from Python (one unsent), 7 from the browser (one unsent)
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     for where, blob in blobs:
         for text in plaintexts:

@@ -2,6 +2,7 @@ import { type ComponentChildren, render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
+import { Drafts, holding } from './composer.ts';
 import { LinkCancelled, defaultDeviceName } from './devices.ts';
 import { NOTE_TO_SELF } from './direct.ts';
 import { MessageActions } from './messageActions.tsx';
@@ -534,9 +535,18 @@ function Safety(props: { client: ParleyClient; peer: string; onClose: () => void
   );
 }
 
-function Conversation(props: { client: ParleyClient; peer: string; version: number }) {
-  const { client, peer } = props;
-  const [text, setText] = useState('');
+/** One contact's conversation (mounted again for each contact: nothing of one shows in
+ * another; its unsent text waits in `drafts`). */
+function Conversation(props: { client: ParleyClient; peer: string; version: number; drafts: Drafts; onAwayError: (error: string) => void }) {
+  const { client, peer, drafts } = props;
+  const [text, setText] = useState(() => drafts.get(peer));
+  const shown = useRef(true); // false once another conversation replaced this one
+  useEffect(
+    () => () => {
+      shown.current = false;
+    },
+    [],
+  );
   const [error, setError] = useState('');
   const [showSafety, setShowSafety] = useState(false);
   const [newNumber, setNewNumber] = useState<string | null>(null);
@@ -592,12 +602,26 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
         id="composer"
         onSubmit={(e) => {
           e.preventDefault();
-          setError('');
           const sent = text;
-          client.send(peer, sent).then(
-            () => setText((t) => (t === sent ? '' : t)),
-            (err: unknown) => setError(err instanceof SafetyNumberChanged ? err.message : message(err)),
-          );
+          if (status.pendingChange || !sent.trim()) return;
+          // The field is emptied at once (a second Enter sends nothing twice) and the next
+          // message may be written meanwhile: the client encrypts one message at a time
+          // per contact, in the order sent. Refused, the text goes back to the field (or
+          // to this conversation's draft) unless the user wrote another one there.
+          setError('');
+          setText('');
+          drafts.set(peer, '');
+          holding(client.send(peer, sent)).catch((err: unknown) => {
+            drafts.restore(peer, sent);
+            const said = err instanceof SafetyNumberChanged ? err.message : message(err);
+            if (!shown.current) {
+              // Another conversation is open: said beside the contacts.
+              props.onAwayError(`Not sent to ${name}: ${said} Its text waits in that conversation's field.`);
+              return;
+            }
+            setError(said);
+            setText((t) => (t === '' ? sent : t));
+          });
         }}
       >
         <label for="message" class="visually-hidden">
@@ -609,7 +633,11 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
           value={text}
           disabled={status.pendingChange}
           placeholder={status.pendingChange ? 'Paused: the safety number changed' : self ? 'A note to your other devices' : `Message ${name}`}
-          onInput={(e) => setText((e.target as HTMLInputElement).value)}
+          onInput={(e) => {
+            const draft = (e.target as HTMLInputElement).value;
+            setText(draft);
+            drafts.set(peer, draft);
+          }}
         />
         <button type="submit" id="send" disabled={status.pendingChange || !text.trim()}>
           Send
@@ -741,6 +769,7 @@ function Chat(props: { client: ParleyClient; onLogout: (notice?: string) => void
   const [room, setRoom] = useState<Room | null>(null);
   const [panel, setPanel] = useState<SettingsTab | null>(null); // the account's settings open in the main area
   const [focus, setFocus] = useState<{ seq: number; n: number } | null>(null); // a mentioned post to show
+  const drafts = useRef(new Drafts()).current; // each conversation's unsent text
   const setPeer = (p: string | null) => {
     setRoom(null);
     setFocus(null);
@@ -849,9 +878,9 @@ function Chat(props: { client: ParleyClient; onLogout: (notice?: string) => void
         {panel ? (
           <SettingsPanel client={client} tab={panel} onTab={setPanel} onSignedOut={props.onLogout} />
         ) : room ? (
-          <RoomView client={client} room={room} version={version} highlight={focus} onLeft={() => openRoom(null)} />
+          <RoomView client={client} room={room} version={version} highlight={focus} drafts={drafts} onLeft={() => openRoom(null)} />
         ) : peer ? (
-          <Conversation client={client} peer={peer} version={version} />
+          <Conversation key={peer} client={client} peer={peer} version={version} drafts={drafts} onAwayError={setError} />
         ) : (
           <section class="conversation empty">
             <p>

@@ -8,6 +8,8 @@ import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
 import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, canRestorePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
 import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
+import type { Drafts } from './composer.ts';
+import { holding } from './composer.ts';
 import { typingText } from './typing.ts';
 
 function message(error: unknown): string {
@@ -963,11 +965,12 @@ export function RoomView(props: {
   room: Room;
   version: number;
   highlight?: { seq: number; n: number } | null; // a post to show (from a mention)
+  drafts: Drafts; // each conversation's unsent text (`room:<id>` for a room)
   onLeft: () => void;
 }) {
-  const { client } = props;
+  const { client, drafts } = props;
   const [room, setRoom] = useState<Room>(props.room);
-  const [text, setText] = useState('');
+  const [text, setText] = useState(() => drafts.get(`room:${props.room.room_id}`));
   const [invitee, setInvitee] = useState('');
   const [error, setError] = useState('');
   const [status, setStatus] = useState('');
@@ -991,6 +994,7 @@ export function RoomView(props: {
   const [roomRead, setRoomRead] = useState<string | null>(null); // the room read from the server (its role and state are known)
   const [roster, setRoster] = useState<{ room: string; roles: Map<string, Role | null> } | null>(null); // members' roles, once read
   const id = props.room.room_id;
+  const draftKey = `room:${id}`;
   const current = useRef(id);
   current.current = id;
   /** A room read or changed: shown if it is still the open one. */
@@ -1022,6 +1026,7 @@ export function RoomView(props: {
     setStatus('');
     setRoomRead(null);
     setRoster(null);
+    setText(drafts.get(draftKey)); // this room's unsent text, if one was left in it
     titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
     // The room itself first: a directory entry or an invitation may not say its kind.
     client
@@ -1324,13 +1329,14 @@ export function RoomView(props: {
           // The field is emptied at once and the next message may be written and sent
           // while this one is under way: sends wait for the one before (each until the
           // server accepted it), so they go in the order written. Refused, its text comes
-          // back to the field if that is still empty (and the room still open).
+          // back to the room's draft (and field) if the user wrote no other one there.
           setError('');
           setText('');
+          drafts.set(draftKey, '');
           client.draftDone(id);
           setSending((n) => n + 1);
           const send = () => client.sendRoom(id, sent);
-          const done = sends.current.then(send, send);
+          const done = holding(sends.current.then(send, send));
           sends.current = done.catch(() => undefined);
           done
             .then(
@@ -1340,10 +1346,15 @@ export function RoomView(props: {
                 if (isPublic) client.timeline(id, null, 20).then((page) => merge(page.messages), () => undefined);
               },
               (err: unknown) => {
+                // Back into the room's draft and, if the room is still open, its field
+                // (nobody is told of typing), unless the user wrote another one there.
+                drafts.restore(draftKey, sent);
+                if (current.current !== id) {
+                  setError(`Not sent to ${title}: ${message(err)} Its text waits in ${title}'s field.`);
+                  return;
+                }
                 setError(message(err));
-                // Back into the field (not a draft: nobody is told of typing), unless the
-                // user wrote more meanwhile or another room is open.
-                if (current.current === id) setText((t) => (t === '' ? sent : t));
+                setText((t) => (t === '' ? sent : t));
               },
             )
             .finally(() => setSending((n) => n - 1));
@@ -1362,6 +1373,7 @@ export function RoomView(props: {
           onInput={(e) => {
             const draft = (e.target as HTMLInputElement).value;
             setText(draft);
+            drafts.set(draftKey, draft);
             client.draftChanged(id, draft);
           }}
         />
