@@ -20,12 +20,15 @@ async function py(request) {
   if (!value.startsWith("OK ")) throw new Error(`python side: ${value}`);
   return JSON.parse(value.slice(3));
 }
-const step = (msg) => console.log(`step: ${msg}`);
+const t0 = Date.now();
+const step = (msg) => console.log(`step (${((Date.now() - t0) / 1000).toFixed(1)} s): ${msg}`);
 
 const passphrase = `local passphrase ${env.TAG}`;
 const password = `browser password ${env.TAG}!`;
 const me = env.BROWSER_USER;
 const sent = []; // what the browser wrote
+const BACKLOG = 1000; // messages waiting for the browser at one log-in (its history in chunks)
+const SHOWN = 200; // the newest lines a conversation shows (src/app/history.ts SHOWN)
 const T = 60_000;
 
 const browser = await chromium.launch({
@@ -102,8 +105,8 @@ async function openVault(dump) {
   const material = await subtle.importKey("raw", te.encode(passphrase.normalize("NFKC")), "PBKDF2", false, ["deriveBits"]);
   const ikm = await subtle.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt, iterations: meta.iterations }, material, 256);
   const hkdf = await subtle.importKey("raw", ikm, "HKDF", false, ["deriveKey"]);
-  const aes = await subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: te.encode("parley-web/vault/aes") }, hkdf, { name: "AES-GCM", length: 256 }, false, ["decrypt"]);
-  return async (key) => {
+  const aes = await subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: te.encode("parley-web/vault/aes") }, hkdf, { name: "AES-GCM", length: 256 }, false, ["encrypt", "decrypt"]);
+  const open = async (key) => {
     const v = dump.records.find((r) => r.key === key).value;
     const pt = await subtle.decrypt(
       { name: "AES-GCM", iv: Buffer.from(v.iv.bytes, "base64"), additionalData: te.encode(key) },
@@ -112,6 +115,36 @@ async function openVault(dump) {
     );
     return JSON.parse(new TextDecoder().decode(pt));
   };
+  // A row sealed as the vault seals it (base64 for the page).
+  open.seal = async (key, value) => {
+    const iv = webcrypto.getRandomValues(new Uint8Array(12));
+    const ct = await subtle.encrypt({ name: "AES-GCM", iv, additionalData: te.encode(key) }, aes, te.encode(JSON.stringify(value)));
+    return { iv: Buffer.from(iv).toString("base64"), ct: Buffer.from(ct).toString("base64") };
+  };
+  return open;
+}
+
+/** Write sealed rows into the page's IndexedDB and delete others, in one transaction. */
+async function writeRows(page, puts, deletes) {
+  await page.evaluate(
+    async ({ puts, deletes }) => {
+      const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const db = await new Promise((resolve, reject) => {
+        const r = indexedDB.open("parley-chat");
+        r.onsuccess = () => resolve(r.result);
+        r.onerror = () => reject(r.error);
+      });
+      const tx = db.transaction("records", "readwrite");
+      for (const [key, { iv, ct }] of puts) tx.objectStore("records").put({ iv: bytes(iv), ct: bytes(ct) }, key);
+      for (const key of deletes) tx.objectStore("records").delete(key);
+      await new Promise((resolve, reject) => {
+        tx.oncomplete = resolve;
+        tx.onerror = () => reject(tx.error);
+      });
+      db.close();
+    },
+    { puts, deletes },
+  );
 }
 
 try {
@@ -258,18 +291,32 @@ try {
   if ((await field.inputValue()) !== draft) throw new Error(`Q's draft is ${JSON.stringify(await field.inputValue())} after going away and back`);
   await field.fill("");
 
-  step("offline: the browser logs out, P writes, the browser logs in and gets it");
+  step(`offline: the browser logs out, P writes ${BACKLOG} messages and one more, the browser logs in and gets them`);
   await page.getByRole("button", { name: "Log out" }).click();
   await page.waitForSelector("#login");
+  await py({ do: "send_many", to: me, n: BACKLOG, prefix: `backlog ${env.TAG}` });
+  step("P's backlog is accepted; the browser logs in");
   const offline = `written while you were away ${env.TAG}`;
   const { client_id: offlineId } = await py({ do: "send", to: me, text: offline });
   await logIn(page);
   await shot(page, "chat-login");
+  const loggingIn = Date.now();
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForSelector("#connection.connected", { timeout: T });
   await openConversation(page, env.P_USER);
   await incoming(page, offline);
+  console.log(`the backlog of ${BACKLOG + 1} synced and shown ${Date.now() - loggingIn} ms after Log in`); // told, not timed
   await py({ do: "receipt", client_id: offlineId, status: "delivered" });
+  step(`the conversation shows its newest ${SHOWN} lines, and ${SHOWN} more on "Show earlier messages"`);
+  const lines = () => page.locator("#messages > li").count();
+  if ((await lines()) !== SHOWN) throw new Error(`${await lines()} lines shown of a conversation of ${BACKLOG}+`);
+  const last = await page.locator("#messages > li").last().innerText();
+  if (!last.includes(offline)) throw new Error(`the last line is not the newest message: ${last}`);
+  const more = page.getByRole("button", { name: /^Show earlier messages/ });
+  await more.click();
+  await page.waitForFunction((n) => document.querySelectorAll("#messages > li").length === n, 2 * SHOWN, { timeout: T });
+  const backlogShown = await page.locator(`#messages li.msg.in:has-text("backlog ${env.TAG} ")`).count();
+  if (backlogShown !== 2 * SHOWN - 1) throw new Error(`${backlogShown} backlog lines among the ${2 * SHOWN} shown`);
   const back = `back online ${env.TAG}`;
   await write(page, back);
   await py({ do: "expect", text: back });
@@ -281,6 +328,20 @@ try {
   step("a reload: the passphrase alone reopens the session (the vault holds the refresh token)");
   await page.reload();
   await page.waitForSelector("#login");
+  // Meanwhile P's conversation is put back as a vault from before chunks kept it: one
+  // row holding every entry. The log-in below must split it and show it all.
+  const chunked = await readIndexedDb(page);
+  const vault = await openVault(chunked);
+  let longest = null;
+  for (const r of chunked.records.filter((r) => /\/history:[0-9a-f]+$/.test(r.key))) {
+    const head = await vault(r.key);
+    if (longest === null || head.chunks > longest.head.chunks) longest = { key: r.key, head };
+  }
+  const chunkKeys = Array.from({ length: longest.head.chunks }, (_, k) => `${longest.key}:${k}`);
+  const oldRow = [];
+  for (const key of chunkKeys) oldRow.push(...(await vault(key)));
+  if (oldRow.length <= BACKLOG) throw new Error(`P's conversation holds ${oldRow.length} entries`);
+  await writeRows(page, [[longest.key, await vault.seal(longest.key, oldRow)]], chunkKeys);
   await page.getByLabel("Username", { exact: true }).fill(me);
   await page.getByLabel("Local passphrase").fill(`not ${passphrase}`);
   await page.getByRole("button", { name: "Log in" }).click();
@@ -299,6 +360,11 @@ try {
   await expectScreen(page, "#connection.connected");
   await openConversation(page, env.P_USER);
   await incoming(page, offline);
+  const earlier = await page.getByRole("button", { name: /^Show earlier messages/ }).innerText();
+  if (!earlier.includes(`(${oldRow.length - SHOWN} more)`)) throw new Error(`after the split: ${earlier}, of ${oldRow.length} entries`);
+  const split = await readIndexedDb(page);
+  const newHead = await (await openVault(split))(longest.key);
+  if (newHead.chunks !== Math.ceil(oldRow.length / 128)) throw new Error(`split into ${JSON.stringify(newHead)}`);
 
   step("safety numbers match on both sides; each marks the other verified");
   await page.getByRole("button", { name: "Safety number" }).click();
@@ -420,6 +486,11 @@ try {
       if (raw.includes(form)) throw new Error(`IndexedDB holds a secret in the clear (${form.slice(0, 12)}…)`);
     }
   }
+  // The history is in chunks: no row holds the conversation's backlog of BACKLOG messages.
+  const biggest = Math.max(...dump.records.map((r) => (r.value.ct ? Buffer.from(r.value.ct.bytes, "base64").length : 0)));
+  if (biggest > 160 * 1024) throw new Error(`a vault row of ${biggest} bytes: the history is not in chunks`);
+  const rows = dump.records.filter((r) => /\/history:[0-9a-f]+:\d+$/.test(r.key)).length;
+  if (rows < BACKLOG / 128) throw new Error(`${rows} history chunks for a conversation of ${BACKLOG}+ messages`);
   for (const r of dump.records) {
     if (r.key.endsWith("/meta")) {
       const keys = Object.keys(r.value).sort().join(",");

@@ -124,6 +124,10 @@ class PythonSide:
                 self.texts.append(req["text"])
             cid = await client.send(req["to"], req["text"], wait="stored")
             return {"client_id": cid}
+        if do == "send_many":  # a backlog, each accepted before the next (not scanned)
+            for i in range(req["n"]):
+                await client.send(req["to"], f"{req['prefix']} {i}", wait="accepted")
+            return {}
         if do == "unsend":
             return await client.unsend(req["client_id"])
         if do == "expect_removed":  # a tombstone this device verified, for that message

@@ -47,6 +47,7 @@ import {
   type Tokens,
   type UserBrief,
 } from './api.ts';
+import { chunkName, type Head, History, migrate } from './history.ts';
 import { type PeerJson, PeerState } from './peers.ts';
 import type { NoticePage } from './notifications.ts';
 import {
@@ -335,6 +336,7 @@ export class ParleyClient {
   readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
   #modKeys: Map<string, string> | null = null; // moderation keys (kid -> Ed25519 key)
   readonly #seen = new Set<string>(); // server ids shown
+  readonly #history = new History<HistoryEntry>((name) => this.#cache.get(name) as never); // conversations' entries, in chunks
   readonly #mutex = new Mutex();
   readonly #listeners = new Set<(e: ClientEvent) => void>();
   #refreshing: Promise<string> | null = null;
@@ -408,28 +410,42 @@ export class ParleyClient {
     }
     for (const contact of this.contacts()) {
       const ref = await this.#ref(contact.user_id);
-      for (const name of [`peer:${ref}`, `history:${ref}`]) {
-        const value = await this.vault.get(name);
-        if (value !== undefined) this.#cache.set(name, value);
-      }
-      for (const e of this.history(contact.user_id)) if (e.server_id) this.#seen.add(e.server_id);
+      const value = await this.vault.get(`peer:${ref}`);
+      if (value !== undefined) this.#cache.set(`peer:${ref}`, value);
+      await this.#loadHistory(`history:${ref}`);
     }
     const account = this.account;
-    if (account) {
-      // Notes to self: our own conversation, which is no contact's.
-      const name = `history:${await this.#ref(account.user_id)}`;
-      const history = await this.vault.get(name);
-      if (history !== undefined) this.#cache.set(name, history);
-      for (const e of this.history(account.user_id)) if (e.server_id) this.#seen.add(e.server_id);
-    }
+    // Notes to self: our own conversation, which is no contact's.
+    if (account) await this.#loadHistory(`history:${await this.#ref(account.user_id)}`);
     for (const roomId of this.#read<string[]>('rooms_known') ?? []) {
       const ref = await this.#ref(roomConversation(roomId));
-      for (const name of [`history:${ref}`, `group:${ref}`, `room:${ref}`, `room_pending:${ref}`, `room_cursor:${ref}`]) {
+      for (const name of [`group:${ref}`, `room:${ref}`, `room_pending:${ref}`, `room_cursor:${ref}`]) {
         const value = await this.vault.get(name);
         if (value !== undefined) this.#cache.set(name, value);
       }
-      for (const e of this.history(roomConversation(roomId))) if (e.server_id) this.#seen.add(e.server_id);
+      await this.#loadHistory(`history:${ref}`);
     }
+  }
+
+  /** A conversation's history rows into the cache (history.ts); a history written before
+   * chunks (one array) is split into them first, in one write. */
+  async #loadHistory(base: string): Promise<void> {
+    const head = await this.vault.get<Head | HistoryEntry[]>(base);
+    if (head === undefined) return;
+    if (Array.isArray(head)) {
+      const rows = migrate(base, head);
+      await this.vault.putMany(rows);
+      for (const [name, value] of rows) this.#cache.set(name, value);
+    } else {
+      this.#cache.set(base, head);
+      for (let k = 0; k < head.chunks; k++) {
+        const chunk = await this.vault.get(chunkName(base, k));
+        if (chunk !== undefined) this.#cache.set(chunkName(base, k), chunk);
+      }
+    }
+    this.#history.changed([base]);
+    this.#history.learn(base);
+    for (const e of this.#history.entries(base)) if (e.server_id) this.#seen.add(e.server_id);
   }
 
   async #ref(userId: string): Promise<string> {
@@ -463,6 +479,7 @@ export class ParleyClient {
           if (value === undefined) this.#cache.delete(name);
           else this.#cache.set(name, structuredClone(value));
         }
+        this.#history.changed(staged.keys());
       }
       return result;
     });
@@ -520,7 +537,7 @@ export class ParleyClient {
 
   history(peerId: string): HistoryEntry[] {
     const ref = this.#refs.get(peerId);
-    return ref === undefined ? [] : (this.#read<HistoryEntry[]>(`history:${ref}`) ?? []);
+    return ref === undefined ? [] : this.#history.entries(`history:${ref}`);
   }
 
   outbox(): Queued[] {
@@ -541,21 +558,26 @@ export class ParleyClient {
     return this.#peer(null, userId);
   }
 
+  /** The name of a conversation's history (its head row; history.ts). */
+  #historyName(peerId: string): string {
+    return `history:${this.#refs.get(peerId) as string}`;
+  }
+
   #addHistory(tx: Tx, peerId: string, entry: HistoryEntry): void {
-    const name = `history:${this.#refs.get(peerId) as string}`;
-    const entries = tx.get<HistoryEntry[]>(name) ?? [];
-    entries.push(entry);
-    tx.put(name, entries);
+    this.#history.append(tx, this.#historyName(peerId), entry);
   }
 
   #updateHistory(tx: Tx, peerId: string, clientId: string, change: (e: HistoryEntry) => void): void {
-    const name = `history:${this.#refs.get(peerId) as string}`;
-    const entries = tx.get<HistoryEntry[]>(name);
-    const entry = entries?.find((e) => e.client_id === clientId);
-    if (entries && entry) {
-      change(entry);
-      tx.put(name, entries);
-    }
+    this.#history.updateClient(tx, this.#historyName(peerId), clientId, change);
+  }
+
+  /** Whether the conversation holds an entry of this client id (one chunk read). */
+  #hasClientId(peerId: string, clientId: string): boolean {
+    return this.#refs.has(peerId) && this.#history.hasClient(this.#historyName(peerId), clientId);
+  }
+
+  #hasServerId(peerId: string, serverId: string): boolean {
+    return this.#refs.has(peerId) && this.#history.hasServer(this.#historyName(peerId), serverId);
   }
 
   async #ensureContact(userId: string, username?: string): Promise<void> {
@@ -1314,7 +1336,7 @@ export class ParleyClient {
       if (size > this.#maxFrameBytes) {
         throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
       }
-      if (payload === undefined && !this.history(peerId).some((e) => e.client_id === clientId)) {
+      if (payload === undefined && !this.#hasClientId(peerId, clientId)) {
         const serverId = await messageServerId(this.me, clientId);
         this.#addHistory(tx, peerId, { dir: 'out', kind: 'message', peer: peerId, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
       }
@@ -1573,7 +1595,7 @@ export class ParleyClient {
    * frame, which the history entries keep): decrypted, waiting for its sender's key, or
    * not at all (it came before this device was a member, or the history was cleared). */
   roomMessageState(roomId: string, serverId: string): HeldState {
-    if (this.roomHistory(roomId).some((e) => e.server_id === serverId)) return 'held';
+    if (this.#hasServerId(roomConversation(roomId), serverId)) return 'held';
     const ref = this.#refs.get(roomConversation(roomId));
     const pending = ref === undefined ? [] : (this.#read<PendingRoomMessage[]>(`room_pending:${ref}`) ?? []);
     return pending.some((p) => p.server_id === serverId) ? 'pending' : 'absent';
@@ -1848,7 +1870,7 @@ export class ParleyClient {
         throw new ParleyError(`Message too long: ${size} bytes encrypted, the server accepts ${this.#maxFrameBytes} per frame. Nothing was sent.`);
       }
       await this.#putGroup(tx, session);
-      if (!this.history(conv).some((e) => e.client_id === clientId)) {
+      if (!this.#hasClientId(conv, clientId)) {
         this.#addHistory(tx, conv, { dir: 'out', kind: 'message', peer: conv, sender: me, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
       }
       this.#seen.add(serverId);
@@ -2056,7 +2078,7 @@ export class ParleyClient {
       }
       const event = await this.#openRoomMessage(tx, session, roomId, item, false);
       if (event !== null) events.push(event);
-      else if (!this.history(roomConversation(roomId)).some((e) => e.server_id === item.server_id)) still.push(item); // another chain's
+      else if (!this.#hasServerId(roomConversation(roomId), item.server_id)) still.push(item); // another chain's
     }
     if (still.length !== pending.length) tx.put(this.#roomRow('room_pending', roomId), still);
     await this.#putGroup(tx, session);
@@ -2304,7 +2326,8 @@ export class ParleyClient {
     await this.#transaction(async (tx) => {
       if (!this.#seen.has(frame.server_id)) {
         const state = this.#peer(tx, sender);
-        const device = (await this.#device(tx)) as Device;
+        let device: Device | null = null; // read for a first message only (peers.ts decrypt)
+        const loadDevice = async () => (device ??= (await this.#device(tx)) as Device);
         const entry: HistoryEntry = {
           dir: own ? 'out' : 'in',
           kind: 'message',
@@ -2321,13 +2344,13 @@ export class ParleyClient {
           // an undecodable body is reported below as a failed decryption
         }
         try {
-          const incoming = await state.decrypt(device, frame.from_device, wire);
+          const incoming = await state.decrypt(loadDevice, frame.from_device, wire);
           const control = parseControl(incoming.plaintext);
           if (control !== null) {
             // A room's sender key (or another control payload): never a chat line.
             roomEvents = await this.#onControl(tx, sender, frame.from_device, control);
             tx.put(this.#peerRow(sender), state.toJson());
-            if (incoming.newSession) tx.put('device', b64encode(device.toBytes()));
+            if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
             if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
             return;
           }
@@ -2339,7 +2362,7 @@ export class ParleyClient {
           }
           if (peer) this.#addHistory(tx, peer, entry);
           tx.put(this.#peerRow(sender), state.toJson());
-          if (incoming.newSession) tx.put('device', b64encode(device.toBytes()));
+          if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
           if (!own && peer) event = { type: 'message', peer, text: entry.text };
         } catch (error) {
           if (!(error instanceof ReplayedMessage) && (error instanceof CryptoError || error instanceof RangeError)) {
@@ -2384,17 +2407,23 @@ export class ParleyClient {
     const removed: ClientEvent[] = [];
     await this.#transaction(async (tx) => {
       if (valid) {
+        // Only the conversations whose entries hold that server id (history.ts hints).
+        const holding = new Set(this.#history.withServer(frame.server_id));
         for (const [peerId, ref] of this.#refs) {
-          const name = `history:${ref}`;
-          const entries = tx.get<HistoryEntry[]>(name);
-          const entry = entries?.find((e) => e.server_id === frame.server_id && e.kind === 'message');
-          if (!entries || !entry) continue;
-          entry.kind = 'removed';
-          entry.removed_by = frame.by;
-          entry.text = removedText(frame.by);
-          delete entry.report;
-          tx.put(name, entries);
-          removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
+          if (!holding.has(`history:${ref}`)) continue;
+          const done = this.#history.updateServer(
+            tx,
+            `history:${ref}`,
+            frame.server_id,
+            (entry) => {
+              entry.kind = 'removed';
+              entry.removed_by = frame.by;
+              entry.text = removedText(frame.by);
+              delete entry.report;
+            },
+            (e) => e.kind === 'message',
+          );
+          if (done) removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
         }
       }
       if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
@@ -2457,13 +2486,9 @@ export class ParleyClient {
     const answer = await this.api.request<{ id: string; state?: string; duplicate?: boolean }>('POST', '/delivery/v1/reports', reportBody(entry.server_id, entry.report, entry.text));
     const serverId = entry.server_id;
     await this.#transaction(async (tx) => {
-      const name = `history:${this.#refs.get(peerId) as string}`;
-      const entries = tx.get<HistoryEntry[]>(name);
-      const found = entries?.find((e) => e.server_id === serverId);
-      if (entries && found) {
+      this.#history.updateServer(tx, this.#historyName(peerId), serverId, (found) => {
         found.reported = answer.id;
-        tx.put(name, entries);
-      }
+      });
     });
     this.#emit({ type: 'changed' });
     return answer;

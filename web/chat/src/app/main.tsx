@@ -3,6 +3,8 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import { Drafts, holding } from './composer.ts';
+import { hourMinute } from './format.ts';
+import { newest, SHOWN } from './history.ts';
 import { LinkCancelled, defaultDeviceName } from './devices.ts';
 import { NOTE_TO_SELF } from './direct.ts';
 import { MessageActions } from './messageActions.tsx';
@@ -478,7 +480,7 @@ const STATUS_LABEL: Record<string, string> = {
 
 function Entry(props: { entry: HistoryEntry; name: string; client: ParleyClient; peer: string }) {
   const e = props.entry;
-  const time = new Date(e.at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const time = hourMinute(e.at);
   if (e.dir === 'system') {
     return (
       <li class="system" role="note">
@@ -553,6 +555,8 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
   const self = peer === client.me; // notes to self: for our other devices
   const name = self ? NOTE_TO_SELF : client.username(peer);
   const history = client.history(peer);
+  const [limit, setLimit] = useState(SHOWN); // the newest entries shown
+  const shownEntries = newest(history, limit);
   const status = client.identityStatus(peer);
   const listRef = useRef<HTMLOListElement>(null);
   useEffect(() => {
@@ -593,8 +597,13 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
         </div>
       )}
       {showSafety && <Safety client={client} peer={peer} onClose={() => setShowSafety(false)} />}
+      {history.length > shownEntries.length && (
+        <button type="button" id="show-earlier" class="secondary" onClick={() => setLimit(limit + SHOWN)}>
+          Show earlier messages ({history.length - shownEntries.length} more)
+        </button>
+      )}
       <ol id="messages" ref={listRef} aria-label={self ? 'Notes to self' : `Messages with ${name}`} aria-live="polite" aria-relevant="additions">
-        {history.map((e) => (
+        {shownEntries.map((e) => (
           <Entry entry={e} name={name} client={client} peer={peer} />
         ))}
       </ol>

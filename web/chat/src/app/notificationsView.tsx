@@ -5,6 +5,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import type { Room } from './api.ts';
 import type { ClientEvent, ParleyClient } from './client.ts';
+import { dayAndTime, hourMinute } from './format.ts';
 import {
   emptyNotices,
   isUnread,
@@ -26,7 +27,7 @@ function message(error: unknown): string {
 function when(at: number): string {
   const d = new Date(at);
   const today = d.toDateString() === new Date().toDateString();
-  return today ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  return today ? hourMinute(d) : dayAndTime(d);
 }
 
 /** What opening an entry asks of the page: this room, and the public message to show

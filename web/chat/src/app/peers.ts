@@ -175,7 +175,10 @@ export class PeerState {
 
   /** Decrypt with whichever session the message belongs to; an initial message
    * makes a new session (and consumes prekeys of `device`). Nothing changes on error. */
-  async decrypt(device: Device, fromDevice: number, wire: Uint8Array): Promise<{ plaintext: Uint8Array; frankingKey: Uint8Array; newSession: boolean }> {
+  /** `device` is read only for a first message (a new session): this device's private
+   * state is dozens of keys to import, which a message in an existing session does not
+   * need. */
+  async decrypt(device: () => Promise<Device>, fromDevice: number, wire: Uint8Array): Promise<{ plaintext: Uint8Array; frankingKey: Uint8Array; newSession: boolean }> {
     let replayed: CryptoError | null = null;
     let last: CryptoError | null = null;
     const sessions = this.sessions.get(fromDevice) ?? [];
@@ -197,7 +200,7 @@ export class PeerState {
     let session: Session;
     let received: { plaintext: Uint8Array; frankingKey: Uint8Array };
     try {
-      [session, received] = await Session.respondMessage(device, wire);
+      [session, received] = await Session.respondMessage(await device(), wire);
     } catch (error) {
       if (error instanceof PrekeyReused) throw new ReplayedMessage(error.message);
       throw error;

@@ -10,6 +10,8 @@ import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRo
 import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
 import type { Drafts } from './composer.ts';
 import { holding } from './composer.ts';
+import { dateAndTime, hourMinute } from './format.ts';
+import { newest, SHOWN } from './history.ts';
 import { typingText } from './typing.ts';
 
 function message(error: unknown): string {
@@ -166,9 +168,7 @@ export function RoomList(props: { client: ParleyClient; current: string | null; 
   );
 }
 
-function time(at: number): string {
-  return new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-}
+const time = hourMinute;
 
 const MARKER: Record<string, string> = {
   edited: 'edited',
@@ -493,7 +493,7 @@ function BanRow(props: { client: ParleyClient; room: Room; ban: RoomBan; name: s
     <li class="ban" data-user-id={ban.user_id} data-username={props.username}>
       <span class="member-name">{name}</span>
       <span class="ban-by">
-        <span class="visually-hidden">, </span>banned by {props.by}, <time dateTime={new Date(ban.at).toISOString()}>{new Date(ban.at).toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' })}</time>
+        <span class="visually-hidden">, </span>banned by {props.by}, <time dateTime={new Date(ban.at).toISOString()}>{dateAndTime(ban.at)}</time>
       </span>
       <span class="member-actions">
         <button
@@ -989,6 +989,7 @@ export function RoomView(props: {
   const search = useRef(0); // the current search: another room or another mention calls it off
   const [showWant, setShowWant] = useState<{ serverId: string; n: number } | null>(null); // a private message to show
   const [litId, setLitId] = useState<string | null>(null); // the private message highlighted (server_id)
+  const [limit, setLimit] = useState(SHOWN); // a private room's newest entries shown
   const noted = useRef(''); // what the status line says of the private message not shown yet
   const titleRef = useRef<HTMLHeadingElement>(null);
   const [roomRead, setRoomRead] = useState<string | null>(null); // the room read from the server (its role and state are known)
@@ -1021,6 +1022,7 @@ export function RoomView(props: {
     search.current += 1;
     setShowWant(null);
     setLitId(null);
+    setLimit(SHOWN);
     noted.current = '';
     setError('');
     setStatus('');
@@ -1068,7 +1070,8 @@ export function RoomView(props: {
     client.room(id).then(takeRoom, (e: unknown) => current.current === id && setError(message(e)));
   }, [props.room]);
   const history: HistoryEntry[] = isPublic ? [] : client.roomHistory(id);
-  const senders = isPublic ? timeline.map((m) => m.sender) : history.map((e) => e.sender ?? '');
+  const shownHistory = newest(history, limit); // a private room's newest entries
+  const senders = isPublic ? timeline.map((m) => m.sender) : shownHistory.map((e) => e.sender ?? '');
   const typists = client.typists(id);
   useEffect(() => {
     for (const s of new Set([...senders, ...typists])) {
@@ -1161,14 +1164,18 @@ export function RoomView(props: {
       const said = noted.current;
       if (said) setStatus((s) => (s === said ? '' : s));
       noted.current = '';
-    } else if (held !== 'held') {
+    } else if (held === 'held') {
+      // Older than the entries shown: show down to it (the next render finds its line).
+      const at = history.findIndex((e) => e.server_id === showWant.serverId);
+      if (at >= 0 && at < history.length - limit) setLimit(history.length - at);
+    } else {
       const note = heldNote(held);
       if (note !== noted.current) {
         noted.current = note;
         setStatus(note);
       }
     }
-  }, [showWant?.n, ready, isPublic, held, count]);
+  }, [showWant?.n, ready, isPublic, held, count, limit]);
   const me = client.me;
   const who = (sender: string | undefined) => (sender === me ? 'You' : (names[sender ?? ''] ?? client.username(sender ?? '')));
   const pending = isPublic ? 0 : client.roomPending(id);
@@ -1281,6 +1288,11 @@ export function RoomView(props: {
           Load earlier messages
         </button>
       )}
+      {!isPublic && history.length > shownHistory.length && (
+        <button type="button" id="show-earlier" class="secondary" onClick={() => setLimit(limit + SHOWN)}>
+          Show earlier messages ({history.length - shownHistory.length} more)
+        </button>
+      )}
       {pending > 0 && (
         <p class="hint" role="status" id="room-pending">
           {pending} message{pending === 1 ? '' : 's'} wait for their sender's key.
@@ -1309,7 +1321,7 @@ export function RoomView(props: {
                 )}
               </Line>
             ))
-          : history.map((e) => (
+          : shownHistory.map((e) => (
               <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} removed={e.kind === 'removed'} serverId={e.server_id} lit={litId !== null && litId === e.server_id}>
                 <MessageActions client={client} peer={`room:${id}`} entry={e} />
               </Line>
