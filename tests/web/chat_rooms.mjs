@@ -45,6 +45,13 @@ try {
   await py({ do: "send", room, text: fromR });
   await sees(a.page, fromR);
   await sees(b.page, fromR);
+  // The pairwise sessions behind the sender keys make no conversations: nobody wrote
+  // 1:1, so neither page lists the others as contacts.
+  for (const [page, others] of [[a.page, [env.B_USER, env.R_USER]], [b.page, [env.A_USER, env.R_USER]]]) {
+    for (const name of others) {
+      if (await page.locator(`button.contact[data-username="${name}"]`).count()) throw new Error(`a room member, ${name}, is listed as a conversation`);
+    }
+  }
   await a.page.screenshot({ path: path.join(env.SHOTS, "chat-room.png") });
 
   step("B is away while A and R write; back, B reads them from the room's log, each once");

@@ -134,5 +134,8 @@ describe('a note to self: receipts and the conversation', () => {
       { user_id: ME, username: 'alice', self: true },
       { user_id: BOB, username: 'bob' },
     ]);
+    // A contact the client does not show (a room member's, no message exchanged).
+    const carol = { user_id: 'carol-id', username: 'carol', listed: false as const };
+    expect(conversationList([...contacts, carol], me, false, (c) => !('listed' in c))).toEqual([{ user_id: BOB, username: 'bob' }]);
   });
 });

@@ -185,6 +185,10 @@ export interface AccountRow {
 export interface Contact {
   user_id: string;
   username: string;
+  /** false: made only to give a room's member our sender key (or to read theirs), with
+   * no conversation: not in the conversations list until a message is exchanged (or it
+   * is added by name). Absent: listed (every contact before this flag was one). */
+  listed?: false;
 }
 
 export interface HistoryEntry {
@@ -532,7 +536,12 @@ export class ParleyClient {
   conversations(open: string | null = null): ConversationItem[] {
     const account = this.account;
     const me = account ? { user_id: account.user_id, username: account.username } : null;
-    return conversationList(this.contacts(), me, me !== null && (open === me.user_id || this.history(me.user_id).length > 0));
+    return conversationList(
+      this.contacts(),
+      me,
+      me !== null && (open === me.user_id || this.history(me.user_id).length > 0),
+      (c) => c.listed !== false || c.user_id === open || this.#talkedTo(c.user_id),
+    );
   }
 
   history(peerId: string): HistoryEntry[] {
@@ -580,16 +589,26 @@ export class ParleyClient {
     return this.#refs.has(peerId) && this.#history.hasServer(this.#historyName(peerId), serverId);
   }
 
-  async #ensureContact(userId: string, username?: string): Promise<void> {
+  /** A contact for `userId` (the sessions and trust a message needs); `listed` when the
+   * user added it by name (it shows in the conversations list even with no message). */
+  async #ensureContact(userId: string, username?: string, listed = false): Promise<void> {
     await this.#ref(userId);
     const known = this.contacts().find((c) => c.user_id === userId);
-    if (known && (!username || known.username === username)) return;
-    const name = username ?? (await this.api.user(userId).then((u) => u.username).catch(() => userId.slice(0, 8)));
+    if (known && (!username || known.username === username) && !(listed && known.listed === false)) return;
+    const name = username ?? known?.username ?? (await this.api.user(userId).then((u) => u.username).catch(() => userId.slice(0, 8)));
     await this.#transaction(async (tx) => {
-      const contacts = (tx.get<Contact[]>('contacts') ?? []).filter((c) => c.user_id !== userId);
-      contacts.push({ user_id: userId, username: name });
+      const before = tx.get<Contact[]>('contacts') ?? [];
+      const was = before.find((c) => c.user_id === userId);
+      const hidden = !listed && (was === undefined || was.listed === false);
+      const contacts = before.filter((c) => c.user_id !== userId);
+      contacts.push({ user_id: userId, username: name, ...(hidden ? { listed: false as const } : {}) });
       tx.put('contacts', contacts);
     });
+  }
+
+  /** Whether a message was exchanged with the user (their conversation has a line). */
+  #talkedTo(userId: string): boolean {
+    return this.history(userId).some((e) => e.dir !== 'system');
   }
 
   username(userId: string): string {
@@ -1174,7 +1193,7 @@ export class ParleyClient {
       this.#emit({ type: 'changed' });
       return { user_id: user.user_id, username: user.username };
     }
-    await this.#ensureContact(user.user_id, user.username);
+    await this.#ensureContact(user.user_id, user.username, true);
     try {
       await this.#refreshPeer(user.user_id);
     } catch (error) {

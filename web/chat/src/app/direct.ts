@@ -129,15 +129,18 @@ export interface ConversationItem {
 }
 
 /** The conversations the list shows: ours first when `hasNotes` (it has history, or
- * is open), then the contacts' in the order they came (messenger.py `conversations`
- * shows ours when it has history). */
-export function conversationList(
-  contacts: readonly { user_id: string; username: string }[],
+ * is open), then the contacts' that `shows` takes, in the order they came
+ * (messenger.py `conversations` shows ours when it has history). The client leaves out
+ * a contact made only for a room's sender keys until a message is exchanged with it
+ * (client.ts `conversations`): a room of a thousand is not a thousand conversations. */
+export function conversationList<C extends { user_id: string; username: string }>(
+  contacts: readonly C[],
   me: { user_id: string; username: string } | null,
   hasNotes: boolean,
+  shows: (contact: C) => boolean = () => true,
 ): ConversationItem[] {
   const out: ConversationItem[] = [];
   if (me !== null && hasNotes) out.push({ user_id: me.user_id, username: me.username, self: true });
-  for (const c of contacts) if (c.user_id !== me?.user_id) out.push({ user_id: c.user_id, username: c.username });
+  for (const c of contacts) if (c.user_id !== me?.user_id && shows(c)) out.push({ user_id: c.user_id, username: c.username });
   return out;
 }

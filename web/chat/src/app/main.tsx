@@ -799,8 +799,19 @@ function Chat(props: { client: ParleyClient; onLogout: (notice?: string) => void
   const [error, setError] = useState('');
   const [notice, setNotice] = useState('');
   useEffect(() => {
+    // The page is drawn again once per frame however many changes came (a sync of a
+    // backlog is hundreds of messages a second), and not while the tab is hidden.
+    let frame = 0;
+    const redraw = () => {
+      if (frame === 0) {
+        frame = requestAnimationFrame(() => {
+          frame = 0;
+          setVersion((v) => v + 1);
+        });
+      }
+    };
     const off = client.on((e: ClientEvent) => {
-      if (e.type === 'changed' || e.type === 'removed') setVersion((v) => v + 1);
+      if (e.type === 'changed' || e.type === 'removed') redraw();
       else if (e.type === 'error') setNotice(e.message);
       else if (e.type === 'message') setNotice(`New message from ${client.username(e.peer)}`);
       else if (e.type === 'room_message') setNotice(`New message in a room from ${client.username(e.sender)}`);
@@ -808,6 +819,7 @@ function Chat(props: { client: ParleyClient; onLogout: (notice?: string) => void
     client.connect();
     return () => {
       off();
+      cancelAnimationFrame(frame);
       client.close();
     };
   }, [client]);
