@@ -18,7 +18,8 @@ claims from draining anyone's one-time prekeys (docs/security.md):
   ``claim_refill_s`` (6, then 36 an hour): Signal's budget of 6 claims per 10
   minutes per pair without its fixed window (no double burst at its edge);
 - per claimer, over all targets: ``claimer_burst`` / ``claimer_refill_s``
-  (60, then 360 an hour); past either, 429 ``rate_limited``;
+  (5,000, then 3,600 an hour: a private room's largest size); past either, 429
+  ``rate_limited``;
 - per target, the one-time prekeys it hands out to others: ``one_time_burst``
   / ``one_time_refill_s`` (30, then 60 an hour). Past it the claim still
   succeeds, without one-time material (the signed prekey and the last-resort

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.keys.config import KeysConfig
+from services.rooms.config import RoomsConfig
 from tests.keys.conftest import KeysApi, KeysFactory
 from tests.support.aio import eventually
 
@@ -81,10 +82,20 @@ async def test_many_fresh_accounts_cannot_drain_a_device(api: KeysApi) -> None:
     assert status == 200 and body["bundles"][0]["one_time_prekey"] is not None
 
 
-async def test_one_claimer_cannot_scrape_many_users(api: KeysApi) -> None:
-    """60 claims by one account over all targets, then 429 (#20)."""
+async def test_one_claimer_cannot_scrape_many_users(make_keys: KeysFactory) -> None:
+    """``claimer_burst`` claims by one account over all targets, then 429 (#20); 60
+    here (the default is a room's largest size, below)."""
+    api = await make_keys(KeysConfig(claimer_burst=60, claimer_refill_s=10.0))
     for n in range(60):
         assert (await api.claim("scraper", f"user{n}"))[1]["error"]["code"] == "identity_not_found"
     status, body = await api.claim("scraper", "user60")
     assert (status, body["error"]["code"]) == (429, "rate_limited")
     assert "from this account" in body["error"]["message"]
+
+
+def test_a_claimer_may_start_a_session_with_every_member_of_the_largest_room() -> None:
+    """A device's first message to a private room claims every other member's bundles
+    at once (its sender key goes to each over a new session): the per-claimer burst
+    covers a room of the most members the rooms service admits. At 60 a room of
+    1,000 could not be written to for hours (docs/keys.md, "Rate limits on claims")."""
+    assert KeysConfig().claimer_burst >= RoomsConfig().max_members - 1
