@@ -312,9 +312,18 @@ try {
   if ((await lines()) !== SHOWN) throw new Error(`${await lines()} lines shown of a conversation of ${BACKLOG}+`);
   const last = await page.locator("#messages > li").last().innerText();
   if (!last.includes(offline)) throw new Error(`the last line is not the newest message: ${last}`);
+  const inView = (text) =>
+    page.evaluate((t) => {
+      const list = document.querySelector("#messages");
+      const line = [...list.querySelectorAll("li")].find((li) => li.textContent.includes(t));
+      const [a, b] = [list.getBoundingClientRect(), line.getBoundingClientRect()];
+      return b.bottom > a.top && b.top < a.bottom;
+    }, text);
+  if (!(await inView(offline))) throw new Error("the newest line is not in view");
   const more = page.getByRole("button", { name: /^Show earlier messages/ });
   await more.click();
   await page.waitForFunction((n) => document.querySelectorAll("#messages > li").length === n, 2 * SHOWN, { timeout: T });
+  if (!(await inView(offline))) throw new Error("the earlier lines pushed the newest out of view");
   const backlogShown = await page.locator(`#messages li.msg.in:has-text("backlog ${env.TAG} ")`).count();
   if (backlogShown !== 2 * SHOWN - 1) throw new Error(`${backlogShown} backlog lines among the ${2 * SHOWN} shown`);
   const back = `back online ${env.TAG}`;

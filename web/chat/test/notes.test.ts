@@ -57,7 +57,7 @@ describe('a note to self: the frame', () => {
     ]);
     const state = (u: string) => states.get(u) as PeerState;
     expect(sendUsers(ME, ME)).toEqual([ME]); // not (me, me): once
-    const copies = await encryptCopies(ME, ME, THIS, d1, utf8('buy milk'), state, bundles);
+    const copies = await encryptCopies(ME, ME, THIS, async () => d1, utf8('buy milk'), state, bundles);
     expect(copies.map((c) => [c.user, c.device])).toEqual([
       [ME, 2],
       [ME, 3],
@@ -68,19 +68,24 @@ describe('a note to self: the frame', () => {
     const got = await onTwo.decrypt(async () => d2, THIS, b64decode((copies[0] as W.Copy).body));
     expect(fromUtf8(got.plaintext)).toBe('buy milk');
     // A message to a contact still goes to all of its devices and our other ones.
-    const toBob = await encryptCopies(BOB, ME, THIS, d1, utf8('hi'), state, bundles);
+    const toBob = await encryptCopies(BOB, ME, THIS, async () => d1, utf8('hi'), state, bundles);
     expect(toBob.map((c) => [c.user, c.device])).toEqual([
       [BOB, 5],
       [ME, 2],
       [ME, 3],
     ]);
+    // Every session is started now: the next message does not read this device's keys.
+    const unread = async (): Promise<Device> => {
+      throw new Error('the device was read for messages in existing sessions');
+    };
+    expect(await encryptCopies(BOB, ME, THIS, unread, utf8('again'), state, bundles)).toHaveLength(3);
   });
 
   it('with no other device of ours, it has no copy and is refused with the SDK\'s words', async () => {
     const d1 = await Device.generate();
     const bundles = new Map<string, PrekeyBundle>();
     const mine = await account(ME, [[THIS, d1]], bundles);
-    const copies = await encryptCopies(ME, ME, THIS, d1, utf8('nobody to tell'), () => mine, bundles);
+    const copies = await encryptCopies(ME, ME, THIS, async () => d1, utf8('nobody to tell'), () => mine, bundles);
     expect(copies).toEqual([]);
     expect(sendRefusal(copies, ME, ME)).toBe(NOTE_TO_SELF_ALONE);
     expect(NOTE_TO_SELF_ALONE).toBe('A note to yourself goes to your other devices, and this is the only one.');

@@ -210,6 +210,8 @@ export interface HistoryEntry {
 }
 
 interface Queued {
+  /** Its place in the outbox (sent again in this order at the next connect). */
+  n?: number;
   send: W.Send | W.RoomSend;
   peer: string; // a user id, or a room's conversation (room:<id>)
   text: string;
@@ -340,6 +342,9 @@ export class ParleyClient {
   readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
   #modKeys: Map<string, string> | null = null; // moderation keys (kid -> Ed25519 key)
   readonly #seen = new Set<string>(); // server ids shown
+  readonly #outboxIds = new Map<string, number>(); // the outbox's client ids (committed), and their places
+  #outboxNext = 0;
+  #sendingDevice: { raw: string; device: Promise<Device> } | null = null; // #deviceToSend's
   readonly #history = new History<HistoryEntry>((name) => this.#cache.get(name) as never); // conversations' entries, in chunks
   readonly #mutex = new Mutex();
   readonly #listeners = new Set<(e: ClientEvent) => void>();
@@ -408,10 +413,11 @@ export class ParleyClient {
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'outbox', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known', 'settings']) {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known', 'settings']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
+    await this.#loadOutbox();
     for (const contact of this.contacts()) {
       const ref = await this.#ref(contact.user_id);
       const value = await this.vault.get(`peer:${ref}`);
@@ -429,6 +435,40 @@ export class ParleyClient {
       }
       await this.#loadHistory(`history:${ref}`);
     }
+  }
+
+  /** The outbox's rows into the cache, in their order; an outbox written as one row (before
+   * a row per message) is split first, in one write. */
+  async #loadOutbox(): Promise<void> {
+    const old = await this.vault.get<Record<string, Queued>>('outbox');
+    if (old !== undefined) {
+      const rows: [string, unknown][] = Object.entries(old).map(([id, q], n) => [`outbox:${id}`, { ...q, n }]);
+      await this.vault.putMany([...rows, ['outbox', undefined]]);
+    }
+    for (const name of await this.vault.names('outbox:')) {
+      const queued = await this.vault.get<Queued>(name);
+      if (queued === undefined) continue;
+      this.#cache.set(name, queued);
+      this.#outboxIds.set(name.slice('outbox:'.length), queued.n ?? 0);
+      this.#outboxNext = Math.max(this.#outboxNext, (queued.n ?? 0) + 1);
+    }
+  }
+
+  /** A message in the outbox (committed), by client id. */
+  #queued(clientId: string): Queued | undefined {
+    return this.#read<Queued>(`outbox:${clientId}`);
+  }
+
+  /** Put a frame into the outbox in `tx` (a message's row: a write costs one message's
+   * size, not the outbox's); the same id keeps its place. */
+  #enqueue(tx: Tx, clientId: string, queued: Queued): void {
+    const name = `outbox:${clientId}`;
+    const n = tx.get<Queued>(name)?.n ?? this.#outboxNext++;
+    tx.put(name, { ...queued, n });
+  }
+
+  #dequeue(tx: Tx, clientId: string): void {
+    if (tx.get<Queued>(`outbox:${clientId}`) !== undefined) tx.put(`outbox:${clientId}`, undefined);
   }
 
   /** A conversation's history rows into the cache (history.ts); a history written before
@@ -484,6 +524,11 @@ export class ParleyClient {
           else this.#cache.set(name, structuredClone(value));
         }
         this.#history.changed(staged.keys());
+        for (const [name, value] of staged) {
+          if (!name.startsWith('outbox:')) continue;
+          if (value === undefined) this.#outboxIds.delete(name.slice('outbox:'.length));
+          else this.#outboxIds.set(name.slice('outbox:'.length), (value as Queued).n ?? 0);
+        }
       }
       return result;
     });
@@ -550,7 +595,10 @@ export class ParleyClient {
   }
 
   outbox(): Queued[] {
-    return Object.values(this.#read<Record<string, Queued>>('outbox') ?? {});
+    return [...this.#outboxIds.entries()]
+      .sort((a, b) => a[1] - b[1])
+      .map(([id]) => this.#queued(id))
+      .filter((q): q is Queued => q !== undefined);
   }
 
   #peerRow(userId: string): string {
@@ -982,6 +1030,18 @@ export class ParleyClient {
     return raw === undefined ? null : Device.fromBytes(b64decode(raw));
   }
 
+  /** This device's keys to start sessions with, parsed once per stored state (importing
+   * its dozens of keys into WebCrypto cost ~3 ms a message, every message of a room's
+   * first distribution to a thousand members). Read only: starting a session changes
+   * nothing of it; an answer to a first message, which uses up a prekey, reads its own
+   * copy (#device). */
+  #deviceToSend(tx: Tx): Promise<Device> {
+    const raw = tx.get<string>('device');
+    if (raw === undefined) return Promise.reject(new ParleyError('This browser has no device keys.'));
+    if (this.#sendingDevice?.raw !== raw) this.#sendingDevice = { raw, device: Device.fromBytes(b64decode(raw)) };
+    return this.#sendingDevice.device;
+  }
+
   async accountKey(): Promise<AccountKey | null> {
     const raw = this.#read<string>('account_key');
     return raw === undefined ? null : AccountKey.fromSeed(b64decode(raw));
@@ -1142,7 +1202,8 @@ export class ParleyClient {
     await this.#signedOut((tx) => {
       const row = tx.get<AccountRow>('account') as AccountRow;
       tx.put('account', { ...row, access_token: null, refresh_token: null, removed_at: Date.now() });
-      for (const name of ['account_key', 'device_list', 'device', 'prekeys_rotated_at', 'outbox']) tx.put(name, undefined);
+      for (const name of ['account_key', 'device_list', 'device', 'prekeys_rotated_at']) tx.put(name, undefined);
+      for (const id of this.#outboxIds.keys()) tx.put(`outbox:${id}`, undefined);
     });
   }
 
@@ -1338,12 +1399,11 @@ export class ParleyClient {
     }
     const plaintext = payload ?? utf8(text);
     return this.#transaction(async (tx) => {
-      const device = (await this.#device(tx)) as Device;
       await this.#checkIdentity(this.#peer(tx, peerId)); // a change seen meanwhile stops it here
       const states = new Map(users.map((user) => [user, this.#peer(tx, user)]));
       let copies: W.Copy[];
       try {
-        copies = await encryptCopies(peerId, me, myDevice, device, plaintext, (user) => states.get(user) as PeerState, bundles);
+        copies = await encryptCopies(peerId, me, myDevice, () => this.#deviceToSend(tx), plaintext, (user) => states.get(user) as PeerState, bundles);
       } catch (error) {
         throw error instanceof MissingKeys ? new ParleyError(error.message) : error;
       }
@@ -1359,9 +1419,7 @@ export class ParleyClient {
         const serverId = await messageServerId(this.me, clientId);
         this.#addHistory(tx, peerId, { dir: 'out', kind: 'message', peer: peerId, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
       }
-      const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
-      outbox[clientId] = payload === undefined ? { send: frame, peer: peerId, text } : { send: frame, peer: peerId, text: '', control: b64encode(payload) };
-      tx.put('outbox', outbox);
+      this.#enqueue(tx, clientId, payload === undefined ? { send: frame, peer: peerId, text } : { send: frame, peer: peerId, text: '', control: b64encode(payload) });
       return frame;
     });
   }
@@ -1746,13 +1804,13 @@ export class ParleyClient {
    * REDO_MAX times for one id; then, or if it cannot be done, the message fails.
    */
   async #redoRoom(clientId: string, lists: W.DeviceList[]): Promise<void> {
-    const first = (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId];
+    const first = this.#queued(clientId);
     if (first === undefined || first.send.op !== 'room_send') return;
     const roomId = first.send.room;
     try {
       const frame = await this.#roomLock(roomId).run(async () => {
         // Read again under the lock: it may have been accepted, failed or redone meanwhile.
-        const queued = (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId];
+        const queued = this.#queued(clientId);
         if (queued === undefined || queued.send.op !== 'room_send') return null;
         const redo = (queued.redo ?? 0) + 1;
         if (redo > REDO_MAX) throw new ParleyError(`The room's devices kept changing (${REDO_MAX} tries): the message was not sent.`);
@@ -1893,9 +1951,7 @@ export class ParleyClient {
         this.#addHistory(tx, conv, { dir: 'out', kind: 'message', peer: conv, sender: me, text, at: Date.now(), client_id: clientId, server_id: serverId, status: 'queued' });
       }
       this.#seen.add(serverId);
-      const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
-      outbox[clientId] = { send: frame, peer: conv, text, redo: again?.redo ?? 0 };
-      tx.put('outbox', outbox);
+      this.#enqueue(tx, clientId, { send: frame, peer: conv, text, redo: again?.redo ?? 0 });
       return frame;
     });
   }
@@ -2532,19 +2588,13 @@ export class ParleyClient {
     // About the copies our other devices get of what we sent to a contact: not news (in a
     // note to self those devices are its recipients: direct.ts receiptCounts).
     if (!receiptCounts(frame, this.me)) return;
-    const queued = (this.#read<Record<string, Queued>>('outbox') ?? {})[frame.id];
+    const queued = this.#queued(frame.id);
     const peer = queued?.peer ?? (frame.op === 'accepted' ? otherParty(frame.conversation, this.me) : frame.to);
     if (!peer) return;
     const rank = STATUS_RANK[status] as number;
     if (status === 'accepted') await this.#ref(peer);
     await this.#transaction(async (tx) => {
-      if (status === 'accepted') {
-        const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
-        if (frame.id in outbox) {
-          delete outbox[frame.id];
-          tx.put('outbox', outbox);
-        }
-      }
+      if (status === 'accepted') this.#dequeue(tx, frame.id);
       this.#updateHistory(tx, peer, frame.id, (e) => {
         if ((STATUS_RANK[e.status ?? 'queued'] ?? 0) < rank) e.status = status;
         if (frame.op !== 'accepted') {
@@ -2565,7 +2615,7 @@ export class ParleyClient {
     const clientId = frame.id ?? null;
     if (code === 'reauth_required') return;
     if (clientId?.startsWith(TYPING_ID)) return; // a hint refused (rate_limited, room_closed...): nothing to tell
-    const queued = clientId ? (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId] : undefined;
+    const queued = clientId ? this.#queued(clientId) : undefined;
     if (clientId && queued && code === 'devices_changed' && queued.send.op === 'room_send') {
       // A room's member devices are not those our key went to: give it, encrypt again,
       // same id. Not awaited: the redo waits for the `accepted` of the key's pairwise
@@ -2587,7 +2637,7 @@ export class ParleyClient {
     }
     if (clientId && queued && (code === 'rate_limited' || code === 'service_unavailable')) {
       setTimeout(() => {
-        const again = (this.#read<Record<string, Queued>>('outbox') ?? {})[clientId];
+        const again = this.#queued(clientId);
         if (again) this.#sendFrame(again.send);
       }, 1000);
       return;
@@ -2600,9 +2650,7 @@ export class ParleyClient {
     this.#waiting.get(clientId)?.reject(new ParleyError(reason));
     this.#waiting.delete(clientId);
     await this.#transaction(async (tx) => {
-      const outbox = tx.get<Record<string, Queued>>('outbox') ?? {};
-      delete outbox[clientId];
-      tx.put('outbox', outbox);
+      this.#dequeue(tx, clientId);
       this.#updateHistory(tx, peer, clientId, (e) => {
         e.status = 'failed';
         e.error = reason;

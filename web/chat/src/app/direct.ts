@@ -80,7 +80,7 @@ export async function encryptCopies(
   peer: string,
   me: string,
   myDevice: number,
-  device: Device,
+  device: () => Promise<Device>, // read only to start a session (a device with none yet)
   plaintext: Uint8Array,
   state: (user: string) => PeerState,
   bundles: Map<string, PrekeyBundle>,
@@ -95,7 +95,7 @@ export async function encryptCopies(
       } else {
         const bundle = bundles.get(`${user}.${did}`);
         if (bundle === undefined) throw new MissingKeys(`No keys for device ${did} of ${user}: try again.`);
-        const [session, initial] = await Session.initiate(device, bundle, plaintext);
+        const [session, initial] = await Session.initiate(await device(), bundle, plaintext);
         await peerState.start(did, session);
         wire = initial;
       }

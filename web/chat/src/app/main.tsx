@@ -4,7 +4,8 @@ import { Api, type Challenge, type Room } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import { Drafts, holding } from './composer.ts';
 import { hourMinute } from './format.ts';
-import { newest, SHOWN } from './history.ts';
+import { useShown } from './earlier.ts';
+import { newest } from './history.ts';
 import { LinkCancelled, defaultDeviceName } from './devices.ts';
 import { NOTE_TO_SELF } from './direct.ts';
 import { MessageActions } from './messageActions.tsx';
@@ -555,10 +556,10 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
   const self = peer === client.me; // notes to self: for our other devices
   const name = self ? NOTE_TO_SELF : client.username(peer);
   const history = client.history(peer);
-  const [limit, setLimit] = useState(SHOWN); // the newest entries shown
-  const shownEntries = newest(history, limit);
   const status = client.identityStatus(peer);
   const listRef = useRef<HTMLOListElement>(null);
+  const { limit, more } = useShown(listRef); // the newest entries shown
+  const shownEntries = newest(history, limit);
   useEffect(() => {
     const list = listRef.current;
     if (list) list.scrollTop = list.scrollHeight; // the list scrolls, not the page
@@ -598,7 +599,7 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
       )}
       {showSafety && <Safety client={client} peer={peer} onClose={() => setShowSafety(false)} />}
       {history.length > shownEntries.length && (
-        <button type="button" id="show-earlier" class="secondary" onClick={() => setLimit(limit + SHOWN)}>
+        <button type="button" id="show-earlier" class="secondary" onClick={more}>
           Show earlier messages ({history.length - shownEntries.length} more)
         </button>
       )}

@@ -11,6 +11,7 @@ import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNo
 import type { Drafts } from './composer.ts';
 import { holding } from './composer.ts';
 import { dateAndTime, hourMinute } from './format.ts';
+import { useShown } from './earlier.ts';
 import { newest, SHOWN } from './history.ts';
 import { typingText } from './typing.ts';
 
@@ -981,6 +982,7 @@ export function RoomView(props: {
   const sends = useRef<Promise<unknown>>(Promise.resolve()); // the last one's end
   const [, setTick] = useState(0); // shown again when a typist expires
   const listRef = useRef<HTMLOListElement>(null);
+  const { limit, setLimit, more } = useShown(listRef); // a private room's newest entries shown
   const [lit, setLit] = useState<number | null>(null);
   const [readyFor, setReadyFor] = useState<string | null>(null); // the room whose first page (public) or rows (private) are in
   const shown = useRef<number | null>(null); // the highlight request already shown
@@ -989,7 +991,6 @@ export function RoomView(props: {
   const search = useRef(0); // the current search: another room or another mention calls it off
   const [showWant, setShowWant] = useState<{ serverId: string; n: number } | null>(null); // a private message to show
   const [litId, setLitId] = useState<string | null>(null); // the private message highlighted (server_id)
-  const [limit, setLimit] = useState(SHOWN); // a private room's newest entries shown
   const noted = useRef(''); // what the status line says of the private message not shown yet
   const titleRef = useRef<HTMLHeadingElement>(null);
   const [roomRead, setRoomRead] = useState<string | null>(null); // the room read from the server (its role and state are known)
@@ -1289,7 +1290,7 @@ export function RoomView(props: {
         </button>
       )}
       {!isPublic && history.length > shownHistory.length && (
-        <button type="button" id="show-earlier" class="secondary" onClick={() => setLimit(limit + SHOWN)}>
+        <button type="button" id="show-earlier" class="secondary" onClick={more}>
           Show earlier messages ({history.length - shownHistory.length} more)
         </button>
       )}

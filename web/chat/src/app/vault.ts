@@ -149,6 +149,14 @@ export class Vault {
     return JSON.parse(fromUtf8(await this.#open(name, sealed))) as T;
   }
 
+  /** The names of this vault's rows that start with `prefix`, in key order. */
+  async names(prefix: string): Promise<string[]> {
+    const db = await database();
+    const start = `${this.username}/${prefix}`;
+    const keys = await idb(db.transaction(STORE).objectStore(STORE).getAllKeys(IDBKeyRange.bound(start, `${start}\uffff`)));
+    return keys.map((k) => String(k).slice(this.username.length + 1));
+  }
+
   /** Write several rows in one IndexedDB transaction (all or nothing); `undefined` deletes. */
   async putMany(rows: Iterable<[string, unknown]>): Promise<void> {
     const sealed: [string, Sealed | undefined][] = [];
