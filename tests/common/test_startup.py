@@ -15,6 +15,7 @@ from services.common.app import base_app
 from services.common.config import Settings, load_settings
 from services.common.deps import use_startup
 from services.common.openapi import Api
+from services.common.retry import MAX_DELAY_S
 from services.common.state import STARTUP
 from services.delivery.app import create_app as delivery_app
 from services.keys.app import create_app as keys_app
@@ -57,10 +58,29 @@ async def test_work_is_retried_and_requests_wait_for_it(make_client: Any) -> Non
     resp = await client.get("/test/v1/hello")
     assert (resp.status, (await resp.json())["error"]["code"]) == (503, "service_unavailable")
     assert attempts >= 2  # retried meanwhile
+    release.set()
+    await client.server.app[STARTUP].done.wait()
+    assert (await client.get("/test/readyz")).status == 200
 
-    # A request that arrives before the work is done is answered once it is.
+
+async def test_a_request_that_arrives_before_the_work_is_done_is_answered_once_it_is(
+    make_client: Any,
+) -> None:
+    failures = asyncio.Queue[int]()
+    release = asyncio.Event()
+
+    async def work() -> None:
+        if not release.is_set():
+            failures.put_nowait(1)
+            raise ConnectionError("mongodb is not up yet")
+
+    # The request may wait longer than any back-off between tries (MAX_DELAY_S): once
+    # the work is done it is answered, whenever that is. (With 300 ms, a loaded machine
+    # let the back-off grow past the request's wait before the release: 503.)
+    client = await make_client(make_app(work, timeout_ms=int((MAX_DELAY_S + 5) * 1000)))
+    await failures.get()
     waiting = asyncio.create_task(client.get("/test/v1/hello"))
-    await asyncio.sleep(0.05)
+    await failures.get()  # a try after the request was sent: it is waiting by now
     release.set()
     resp = await waiting
     assert (resp.status, await resp.json()) == (200, {"hello": "world"})
