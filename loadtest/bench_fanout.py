@@ -65,7 +65,7 @@ from parley_contract import frames as f
 
 from loadtest.bench_messaging import Options as MessagingOptions
 from loadtest.bench_messaging import ParleySystem
-from loadtest.common import Account, CpuMeter, percentile, tune_gc
+from loadtest.common import Account, CpuMeter, call, percentile, tune_gc
 from loadtest.socketio_peer import start_peers
 from loadtest.ws import READERS, TextSocket, open_socket
 from scripts.stack import Processes, StackConfig
@@ -232,7 +232,7 @@ class PublicPoster:
         self.turn += 1
         token = self.tokens[self.turn % len(self.tokens)]
         body = {"client_id": f"f{n}", "text": body_for(n, size)}
-        await _call(self.session, "POST", f"{self.lb}/rooms/v1/rooms/{room}/messages", token, body)
+        await call(self.session, "POST", f"{self.lb}/rooms/v1/rooms/{room}/messages", token, body)
 
     async def ack(self) -> None:
         return None
@@ -485,7 +485,7 @@ async def bench_parley(
             log(f"parley: signing up {opts.members} users")
             accounts = await system.sign_up(session, opts.members)
             owner = accounts[0]
-            room = await _call(session, "POST", f"{system.lb}/rooms/v1/rooms", owner.token,
+            room = await call(session, "POST", f"{system.lb}/rooms/v1/rooms", owner.token,
                                {"name": "fan-out", "kind": kind})  # fmt: skip
             rid = room["room_id"]
             gate = asyncio.Semaphore(16)
@@ -494,11 +494,11 @@ async def bench_parley(
                 async with gate:
                     if kind == "public":
                         url = f"{system.lb}/rooms/v1/rooms/{rid}/join"
-                        await _call(session, "POST", url, acc.token)
+                        await call(session, "POST", url, acc.token)
                         return
-                    await _call(session, "POST", f"{system.lb}/rooms/v1/rooms/{rid}/invitations",
+                    await call(session, "POST", f"{system.lb}/rooms/v1/rooms/{rid}/invitations",
                                 owner.token, {"user": acc.user_id})  # fmt: skip
-                    await _call(
+                    await call(
                         session,
                         "POST",
                         f"{system.lb}/rooms/v1/rooms/{rid}/invitation/accept",
@@ -594,17 +594,6 @@ async def _connect_all(
             await m.connect(session, urls[i % len(urls)], reader)
 
     await asyncio.gather(*(one(i, m) for i, m in enumerate(members)))
-
-
-async def _call(session: aiohttp.ClientSession, method: str, url: str, token: str,
-                body: Any = None) -> Any:  # fmt: skip
-    headers = {"Authorization": f"Bearer {token}"}
-    async with session.request(method, url, json=body, headers=headers) as resp:
-        is_json = resp.content_type == "application/json"
-        data = await resp.json(loads=orjson.loads) if is_json else None
-        if resp.status not in (200, 201):
-            raise RuntimeError(f"{method} {url} failed ({resp.status}): {data}")
-        return data
 
 
 async def bench(opts: Options, data_dir: Path, log: Any) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from loadtest.common import (
     LoadGenerator,
     PhaseResult,
     SioClient,
+    call,
     tune_gc,
     wait_ready,
 )
@@ -126,44 +127,48 @@ class ParleySystem:
         await wait_ready(session, urls, timeout)
 
     async def sign_up(self, session: aiohttp.ClientSession, n: int) -> list[Account]:
-        """``n`` accounts of :attr:`devices` devices each, registered as the SDK does:
-        an identity per device and an account key whose signed list names them all."""
-        sem = asyncio.Semaphore(8)
+        """``n`` accounts of :attr:`devices` devices each (:func:`sign_up`)."""
+        return await sign_up(session, self.lb, self.prefix, n, self.devices)
 
-        async def call(path: str, body: Any, token: str | None = None, method: str = "POST") -> Any:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            async with session.request(
-                method, self.lb + path, data=orjson.dumps(body),
-                headers={**headers, "Content-Type": "application/json"},
-            ) as resp:  # fmt: skip
-                data = await resp.json(loads=orjson.loads)
-                if resp.status not in (200, 201):
-                    raise RuntimeError(f"{method} {path} failed ({resp.status}): {data}")
-            return data
 
-        async def one(i: int) -> Account:
-            name = f"{self.prefix}u{i}"
-            password = secrets.token_urlsafe(18)
-            async with sem:
-                data = await call("/auth/v1/signup", {
-                    "username": name, "email": f"{name}@example.com", "password": password,
-                    "device_id": 1,
-                })  # fmt: skip
-                user_id = data["user"]["user_id"]
-                tokens = [(1, str(data["access_token"]))]
-                for d in range(2, self.devices + 1):
-                    login = {"username": name, "password": password, "device_id": d}
-                    tokens.append((d, str((await call("/auth/v1/login", login))["access_token"])))
-                entries = []
-                for d, token in tokens:
-                    dev = DeviceKeys()
-                    await call(f"/keys/v1/devices/{d}/identity", dev.identity(), token, "PUT")
-                    entries.append(entry(d, dev))
-                account = AccountKeys().registration(user_id, entries)
-                await call("/keys/v1/account", account, tokens[0][1], "PUT")
-            return Account(user_id, tokens[0][1], 1, tuple(tokens[1:]))
+async def sign_up(
+    session: aiohttp.ClientSession, lb: str, prefix: str, n: int, devices: int = 1, *,
+    prekeys: bool = False,
+) -> list[Account]:  # fmt: skip
+    """``n`` accounts of ``devices`` devices each, registered as the SDK does: an
+    identity per device and an account key whose signed list names them all. With
+    ``prekeys`` each device also publishes a signed prekey and a last-resort ML-KEM
+    prekey, so that others can claim its bundle and start a session with it."""
+    sem = asyncio.Semaphore(8)
 
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
+    async def one(i: int) -> Account:
+        name = f"{prefix}u{i}"
+        password = secrets.token_urlsafe(18)
+        async with sem:
+            data = await call(session, "POST", f"{lb}/auth/v1/signup", body={
+                "username": name, "email": f"{name}@example.com", "password": password,
+                "device_id": 1,
+            })  # fmt: skip
+            user_id = data["user"]["user_id"]
+            tokens = [(1, str(data["access_token"]))]
+            for d in range(2, devices + 1):
+                login = {"username": name, "password": password, "device_id": d}
+                answer = await call(session, "POST", f"{lb}/auth/v1/login", body=login)
+                tokens.append((d, str(answer["access_token"])))
+            entries = []
+            for d, token in tokens:
+                dev = DeviceKeys()
+                keys = f"{lb}/keys/v1/devices/{d}"
+                await call(session, "PUT", f"{keys}/identity", token, dev.identity())
+                if prekeys:
+                    await call(session, "PUT", f"{keys}/signed-prekey", token, dev.signed_prekey())
+                    await call(session, "PUT", f"{keys}/kem-last-resort", token, dev.last_resort())
+                entries.append(entry(d, dev))
+            account = AccountKeys().registration(user_id, entries)
+            await call(session, "PUT", f"{lb}/keys/v1/account", tokens[0][1], account)
+        return Account(user_id, tokens[0][1], 1, tuple(tokens[1:]))
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
 class DeliveryBatches:

@@ -33,10 +33,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from loadtest.bench_fanout import PARLEY_PROCS, _call, body_for
+from loadtest.bench_fanout import PARLEY_PROCS, body_for
 from loadtest.bench_messaging import Options as MessagingOptions
 from loadtest.bench_messaging import ParleySystem
-from loadtest.common import Account, CpuMeter, percentile
+from loadtest.common import Account, CpuMeter, call, percentile
 
 BATCH = 100
 PER_OWNER = 25  # a user may create 30 rooms an hour (docs/rooms.md, "Limits")
@@ -80,7 +80,7 @@ async def _per_room(
 ) -> int:
     calls = 0
     for room in list(cursors):
-        page = await _call(
+        page = await call(
             session, "GET",
             f"{lb}/delivery/v1/rooms/{room}/log?after={cursors[room]}&since=0&limit=200", token,
         )  # fmt: skip
@@ -97,7 +97,7 @@ async def _batched(
     for i in range(0, len(rooms), BATCH):
         chunk = rooms[i : i + BATCH]
         body = {"rooms": [{"room": r, "after": cursors[r]} for r in chunk], "limit": 200}
-        answer = await _call(session, "POST", f"{lb}/delivery/v1/rooms/logs", token, body)
+        answer = await call(session, "POST", f"{lb}/delivery/v1/rooms/logs", token, body)
         calls += 1
         for page in answer["pages"]:
             cursors[page["room"]] = int(page["next"])
@@ -137,12 +137,12 @@ async def _make_rooms(
     async def one(i: int) -> str:
         owner = owners[i // PER_OWNER]
         async with gate:
-            room = await _call(session, "POST", f"{lb}/rooms/v1/rooms", owner.token,
+            room = await call(session, "POST", f"{lb}/rooms/v1/rooms", owner.token,
                                {"name": f"sync {i}", "kind": "private"})  # fmt: skip
             rid = str(room["room_id"])
-            await _call(session, "POST", f"{lb}/rooms/v1/rooms/{rid}/invitations", owner.token,
+            await call(session, "POST", f"{lb}/rooms/v1/rooms/{rid}/invitations", owner.token,
                         {"user": reader.user_id})  # fmt: skip
-            await _call(session, "POST", f"{lb}/rooms/v1/rooms/{rid}/invitation/accept",
+            await call(session, "POST", f"{lb}/rooms/v1/rooms/{rid}/invitation/accept",
                         reader.token)  # fmt: skip
             return rid
 

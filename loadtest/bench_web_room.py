@@ -30,57 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from parley import Client
 from parley.store import KdfParams
 
+from loadtest.bench_messaging import sign_up
+from loadtest.common import call
 from scripts.stack import ROOT
-from tests.keys.keygen import AccountKeys, DeviceKeys, entry
 from tests.support.stack import System, start_stack, start_system
 
 PASSWORD = "bench password 1234"
-
-
-async def call(http: aiohttp.ClientSession, lb: str, method: str, path: str,
-               body: Any = None, token: str | None = None) -> Any:  # fmt: skip
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else orjson.dumps(body)
-    async with http.request(method, lb + path, data=data, headers=headers) as resp:
-        out = await resp.json(loads=orjson.loads, content_type=None)
-        if resp.status not in (200, 201, 204):
-            raise RuntimeError(f"{method} {path}: {resp.status} {out}")
-        return out
-
-
-async def members(
-    http: aiohttp.ClientSession, lb: str, prefix: str, n: int
-) -> list[tuple[str, str]]:
-    """``n`` accounts, one device each with its keys published; (user id, token)."""
-    gate = asyncio.Semaphore(8)
-
-    async def one(i: int) -> tuple[str, str]:
-        name = f"{prefix}m{i}"
-        async with gate:
-            data = await call(http, lb, "POST", "/auth/v1/signup", {
-                "username": name, "email": f"{name}@example.test", "password": PASSWORD,
-                "device_id": 1,
-            })  # fmt: skip
-            user, token = data["user"]["user_id"], data["access_token"]
-            dev = DeviceKeys()
-            await call(http, lb, "PUT", "/keys/v1/devices/1/identity", dev.identity(), token)
-            await call(
-                http, lb, "PUT", "/keys/v1/devices/1/signed-prekey", dev.signed_prekey(), token
-            )
-            await call(
-                http, lb, "PUT", "/keys/v1/devices/1/kem-last-resort", dev.last_resort(), token
-            )
-            account = AccountKeys().registration(user, [entry(1, dev)])
-            await call(http, lb, "PUT", "/keys/v1/account", account, token)
-            return user, token
-
-    return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
 async def browser(system: System, tag: str, room: str, invite: Any) -> dict[str, Any]:
@@ -115,26 +73,23 @@ async def room_of(system: System, n: int, data_dir: Path) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
         lb = system.lb
         t = time.perf_counter()
-        accounts = await members(http, lb, f"b{tag}", n - 2)
+        accounts = await sign_up(http, lb, f"b{tag}", n - 2, prekeys=True)
         print(f"{n - 2} members signed up with keys in {time.perf_counter() - t:.0f} s")
-        (_, owner_token), rest = accounts[0], accounts[1:]
+        owner_token, rest = accounts[0].token, accounts[1:]
         name = f"big{tag}"
-        made = await call(
-            http, lb, "POST", "/rooms/v1/rooms", {"name": name, "kind": "private"}, owner_token
-        )
-        rid = made["room_id"]
+        room = {"name": name, "kind": "private"}
+        rid = (await call(http, "POST", f"{lb}/rooms/v1/rooms", owner_token, room))["room_id"]
+        rooms = f"{lb}/rooms/v1/rooms/{rid}"
         gate = asyncio.Semaphore(16)
 
         async def join(user: str, token: str | None) -> None:
             async with gate:
-                await call(http, lb, "POST", f"/rooms/v1/rooms/{rid}/invitations",
-                           {"user": user}, owner_token)  # fmt: skip
+                await call(http, "POST", f"{rooms}/invitations", owner_token, {"user": user})
                 if token is not None:
-                    await call(http, lb, "POST", f"/rooms/v1/rooms/{rid}/invitation/accept",
-                               None, token)  # fmt: skip
+                    await call(http, "POST", f"{rooms}/invitation/accept", token)
 
         t = time.perf_counter()
-        await asyncio.gather(*(join(u, tok) for u, tok in rest))
+        await asyncio.gather(*(join(a.user_id, a.token) for a in rest))
         print(f"room of {n - 2} made in {time.perf_counter() - t:.0f} s")
 
         # The Python client, a member: its first message, then a second.
@@ -157,7 +112,7 @@ async def room_of(system: System, n: int, data_dir: Path) -> dict[str, Any]:
         print(f"python: {python}")
 
         async def invite(username: str) -> None:
-            user = await call(http, lb, "GET", f"/auth/v1/users/{username}", None, owner_token)
+            user = await call(http, "GET", f"{lb}/auth/v1/users/{username}", owner_token)
             await join(user["user_id"], None)
 
         web = await browser(system, tag, name, invite)
@@ -181,6 +136,8 @@ def main() -> None:
         "--members", type=int, default=1000, help="members of the room, the two writers included"
     )
     opts = ap.parse_args()
+    if opts.members < 3:
+        ap.error("--members: at least 3 (the room's owner and the two writers)")
     with tempfile.TemporaryDirectory(prefix="parley-webroom-") as tmp:
         out = asyncio.run(bench(opts.members, Path(tmp)))
     web = out["web"]

@@ -295,6 +295,21 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
+async def call(
+    session: aiohttp.ClientSession, method: str, url: str, token: str | None = None,
+    body: Any = None,
+) -> Any:  # fmt: skip
+    """One JSON request of a benchmark's set-up (sign-ups, keys, rooms): its JSON
+    answer (None when it has none); any other status than 200, 201 or 204 raises."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.request(method, url, json=body, headers=headers) as resp:
+        is_json = resp.content_type == "application/json"
+        data = await resp.json(loads=orjson.loads) if is_json else None
+        if resp.status not in (200, 201, 204):
+            raise RuntimeError(f"{method} {url} failed ({resp.status}): {data}")
+        return data
+
+
 @dataclass
 class Account:
     """A user's first device (``device_id``, ``token``) and its ``others``

@@ -4,37 +4,14 @@
 // milliseconds from Enter to the line's `accepted`, and where the page's time went in
 // the first (Chrome's CPU profiler, self time by function, top 15).
 // Env: LB, WEB_DIR, ME, ROOM (name), TAG.
-import { createRequire } from "node:module";
-import path from "node:path";
-import readline from "node:readline";
+// The helpers the browser tests share: the PY dialogue, Debian's Chromium, a signed-up user.
+import { finish, launch, py, user } from "../tests/web/chat_rooms_lib.mjs";
 
 const env = process.env;
-const require = createRequire(path.join(env.WEB_DIR, "package.json"));
-const { chromium } = require("playwright-core");
-const replies = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function py(request) {
-  console.log(`PY ${JSON.stringify(request)}`);
-  const { value } = await replies.next();
-  if (!value.startsWith("OK ")) throw new Error(`python side: ${value}`);
-  return JSON.parse(value.slice(3));
-}
 const T = 900_000;
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
+const browser = await launch();
 try {
-  const page = await (await browser.newContext()).newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(`${env.LB}/#signup`);
-  await page.getByLabel("Username", { exact: true }).fill(env.ME);
-  await page.getByLabel("E-mail").fill(`${env.ME}@example.test`);
-  await page.getByLabel("Password", { exact: true }).fill(`bench password ${env.TAG}`);
-  await page.getByLabel("Local passphrase").fill(`bench passphrase ${env.TAG}`);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.waitForSelector("#connection.connected", { timeout: 60_000 });
+  const { page, errors } = await user(browser, env.ME);
   await py({ do: "invite" });
   await page.getByRole("button", { name: "Refresh rooms" }).click();
   await page.getByRole("button", { name: `Accept the invitation to #${env.ROOM}` }).click();
@@ -74,6 +51,5 @@ try {
   if (errors.length) throw new Error(errors.join("; "));
   console.log(`RESULT ${JSON.stringify(result)}`);
 } finally {
-  await browser.close();
-  process.stdin.destroy();
+  await finish(browser);
 }

@@ -52,7 +52,6 @@ describe('History', () => {
     expect(all.map((e) => e.text)).toEqual(Array.from({ length: CHUNK * 3 + 5 }, (_, i) => `message ${i}`));
     expect(store.committed.get(BASE)).toEqual({ v: 2, chunks: 4 });
     for (let k = 0; k < 4; k++) expect((store.committed.get(chunkName(BASE, k)) as Entry[]).length).toBe(k < 3 ? CHUNK : 5);
-    expect(store.history.rows(BASE)).toEqual([BASE, ...[0, 1, 2, 3].map((k) => chunkName(BASE, k))]);
   });
 
   it('writes one chunk per message at 10,000 entries, and the head only when a chunk starts', () => {
@@ -128,13 +127,6 @@ describe('History', () => {
     store.run((tx) => expect(store.history.updateServer(tx, BASE, 's3', (e) => (e.kind = 'removed'))).toBe(true));
     expect(store.history.entries(BASE)[3]?.kind).toBe('removed');
     expect(migrate(BASE, [])).toEqual([[BASE, { v: 2, chunks: 0 }]]);
-  });
-
-  it('reads a history still in one array as it is', () => {
-    const store = new Store();
-    store.committed.set(BASE, [entry(0), entry(1)]);
-    expect(store.history.entries(BASE).map((e) => e.text)).toEqual(['message 0', 'message 1']);
-    expect(store.history.hasServer(BASE, 's1')).toBe(true);
   });
 
   it('names rows of a conversation and shows the newest entries', () => {

@@ -342,8 +342,7 @@ export class ParleyClient {
   readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
   #modKeys: Map<string, string> | null = null; // moderation keys (kid -> Ed25519 key)
   readonly #seen = new Set<string>(); // server ids shown
-  readonly #outboxIds = new Map<string, number>(); // the outbox's client ids (committed), and their places
-  #outboxNext = 0;
+  #outboxNext = 0; // the next queued message's place (outbox rows' `n`)
   #sendingDevice: { raw: string; device: Promise<Device> } | null = null; // #deviceToSend's
   readonly #history = new History<HistoryEntry>((name) => this.#cache.get(name) as never); // conversations' entries, in chunks
   readonly #mutex = new Mutex();
@@ -449,7 +448,6 @@ export class ParleyClient {
       const queued = await this.vault.get<Queued>(name);
       if (queued === undefined) continue;
       this.#cache.set(name, queued);
-      this.#outboxIds.set(name.slice('outbox:'.length), queued.n ?? 0);
       this.#outboxNext = Math.max(this.#outboxNext, (queued.n ?? 0) + 1);
     }
   }
@@ -524,11 +522,6 @@ export class ParleyClient {
           else this.#cache.set(name, structuredClone(value));
         }
         this.#history.changed(staged.keys());
-        for (const [name, value] of staged) {
-          if (!name.startsWith('outbox:')) continue;
-          if (value === undefined) this.#outboxIds.delete(name.slice('outbox:'.length));
-          else this.#outboxIds.set(name.slice('outbox:'.length), (value as Queued).n ?? 0);
-        }
       }
       return result;
     });
@@ -595,10 +588,14 @@ export class ParleyClient {
   }
 
   outbox(): Queued[] {
-    return [...this.#outboxIds.entries()]
-      .sort((a, b) => a[1] - b[1])
-      .map(([id]) => this.#queued(id))
-      .filter((q): q is Queued => q !== undefined);
+    return this.#outboxRows()
+      .map(([, q]) => q)
+      .sort((a, b) => (a.n ?? 0) - (b.n ?? 0));
+  }
+
+  /** The outbox's committed rows (name, message). */
+  #outboxRows(): [string, Queued][] {
+    return [...this.#cache].filter((row): row is [string, Queued] => row[0].startsWith('outbox:'));
   }
 
   #peerRow(userId: string): string {
@@ -1203,7 +1200,7 @@ export class ParleyClient {
       const row = tx.get<AccountRow>('account') as AccountRow;
       tx.put('account', { ...row, access_token: null, refresh_token: null, removed_at: Date.now() });
       for (const name of ['account_key', 'device_list', 'device', 'prekeys_rotated_at']) tx.put(name, undefined);
-      for (const id of this.#outboxIds.keys()) tx.put(`outbox:${id}`, undefined);
+      for (const [name] of this.#outboxRows()) tx.put(name, undefined);
     });
   }
 

@@ -15,7 +15,8 @@
  * written to), made when the vault is opened and on every append: a receipt or a
  * tombstone reads and writes one chunk. A hint is checked against its chunk before use,
  * so one left by a write that failed finds nothing. A head that is still an array (a
- * vault written before chunks) is read as it is and split by `migrate` when opened.
+ * vault written before chunks) is split by `migrate` when the vault is opened
+ * (client.ts #loadHistory), before this class reads it.
  */
 
 export const CHUNK = 128;
@@ -79,31 +80,16 @@ export class History<E extends Keyed> {
   entries(base: string): E[] {
     let all = this.#all.get(base);
     if (all === undefined) {
-      const head = this.#read<Head | E[]>(base);
-      if (head === undefined) all = [];
-      else if (Array.isArray(head)) all = head;
-      else {
-        all = [];
-        for (let k = 0; k < head.chunks; k++) all.push(...(this.#read<E[]>(chunkName(base, k)) ?? []));
-      }
+      all = [];
+      for (let k = 0; k < (this.#read<Head>(base)?.chunks ?? 0); k++) all.push(...(this.#read<E[]>(chunkName(base, k)) ?? []));
       this.#all.set(base, all);
     }
     return all;
   }
 
-  /** The names of the conversation's rows that exist (the head first). */
-  rows(base: string): string[] {
-    const head = this.#read<Head | E[]>(base);
-    if (head === undefined) return [];
-    if (Array.isArray(head)) return [base];
-    return [base, ...Array.from({ length: head.chunks }, (_, k) => chunkName(base, k))];
-  }
-
   /** Make the hints of a conversation's committed entries (once its rows are read). */
   learn(base: string): void {
-    const head = this.#read<Head | E[]>(base);
-    if (head === undefined || Array.isArray(head)) return;
-    for (let k = 0; k < head.chunks; k++) for (const e of this.#read<E[]>(chunkName(base, k)) ?? []) this.#hint(base, k, e);
+    for (let k = 0; k < (this.#read<Head>(base)?.chunks ?? 0); k++) for (const e of this.#read<E[]>(chunkName(base, k)) ?? []) this.#hint(base, k, e);
   }
 
   /** Rows of these names were committed: what was read of their conversations is stale. */
@@ -117,9 +103,7 @@ export class History<E extends Keyed> {
   /** Add an entry at the end of the conversation: writes its last chunk (and the head
    * when a chunk starts). */
   append(tx: HistoryTx, base: string, entry: E): void {
-    const head = tx.get<Head | E[]>(base);
-    if (Array.isArray(head)) throw new Error(`${base} was not migrated`);
-    const chunks = head?.chunks ?? 0;
+    const chunks = tx.get<Head>(base)?.chunks ?? 0;
     let k = chunks - 1;
     let chunk = k >= 0 ? (tx.get<E[]>(chunkName(base, k)) ?? []) : null;
     if (chunk === null || chunk.length >= CHUNK) {
@@ -134,12 +118,12 @@ export class History<E extends Keyed> {
 
   /** Whether the conversation holds an entry of this client id (committed). */
   hasClient(base: string, clientId: string): boolean {
-    return this.#find(base, this.#byClient.get(`${base} ${clientId}`), (e) => e.client_id === clientId, null) !== null;
+    return this.#find(base, this.#byClient.get(`${base} ${clientId}`), (e) => e.client_id === clientId);
   }
 
   /** Whether the conversation holds an entry of this server id (committed). */
   hasServer(base: string, serverId: string): boolean {
-    return this.#find(base, this.#byServer.get(serverId)?.get(base), (e) => e.server_id === serverId, null) !== null;
+    return this.#find(base, this.#byServer.get(serverId)?.get(base), (e) => e.server_id === serverId);
   }
 
   /** The conversations holding an entry of this server id. */
@@ -159,9 +143,8 @@ export class History<E extends Keyed> {
   }
 
   #update(tx: HistoryTx, base: string, k: number | undefined, match: (e: E) => boolean, change: (e: E) => void): boolean {
-    const head = tx.get<Head | E[]>(base);
-    const name = Array.isArray(head) ? base : k === undefined ? null : chunkName(base, k);
-    if (name === null) return false;
+    if (k === undefined) return false;
+    const name = chunkName(base, k);
     const rows = tx.get<E[]>(name);
     const entry = rows?.find(match);
     if (!rows || !entry) return false;
@@ -170,11 +153,9 @@ export class History<E extends Keyed> {
     return true;
   }
 
-  #find(base: string, k: number | undefined, match: (e: E) => boolean, none: null): E | null {
-    const head = this.#read<Head | E[]>(base);
-    if (Array.isArray(head)) return head.find(match) ?? none;
-    if (k === undefined) return none;
-    return this.#read<E[]>(chunkName(base, k))?.find(match) ?? none;
+  /** Whether chunk `k` (a hint) of the conversation holds an entry `match` takes. */
+  #find(base: string, k: number | undefined, match: (e: E) => boolean): boolean {
+    return k !== undefined && (this.#read<E[]>(chunkName(base, k))?.some(match) ?? false);
   }
 
   #hint(base: string, k: number, e: E): void {
