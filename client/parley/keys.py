@@ -99,6 +99,7 @@ class Keys:
         self.prekey_batch = prekey_batch
         self.rotate_after = rotate_after
         self._topping_up: asyncio.Task[None] | None = None
+        self._sending: tuple[bytes, Device] | None = None  # device_to_send's
 
     # -- this device ------------------------------------------------------------------
     async def device_id(self) -> int:
@@ -122,6 +123,18 @@ class Keys:
     def device(self, tx: Transaction | None = None) -> Device | None:
         raw = (tx or self._store().read()).get_bytes("device")
         return None if raw is None else Device.from_bytes(raw)
+
+    def device_to_send(self, tx: Transaction) -> Device:
+        """This device's keys for starting sessions (``Session.initiate`` only reads
+        them), parsed once per stored state: parsing ~100 one-time prekeys' private
+        keys cost ~8 ms, once per new session (a private room's first message starts
+        one per member device). Callers that change the device use :meth:`device`."""
+        raw = tx.get_bytes("device")
+        if raw is None:
+            raise ParleyError("This install has no device keys.")
+        if self._sending is None or self._sending[0] != raw:
+            self._sending = (raw, Device.from_bytes(raw))
+        return self._sending[1]
 
     def account_key(self, tx: Transaction | None = None) -> AccountKey | None:
         raw = (tx or self._store().read()).get_bytes("account_key")

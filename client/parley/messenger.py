@@ -35,6 +35,7 @@ from parley.api import Api
 from parley.connection import Connection, ConnectionClosed
 from parley.crypto import (
     CryptoError,
+    Device,
     PrekeyBundle,
     ReplayedMessage,
     Session,
@@ -923,8 +924,8 @@ class Messenger:
         plaintext = text.encode() if payload is None else payload
         copies: list[f.Copy] = []
         async with self._store().transaction() as tx:
-            device = self.keys.device(tx)
-            assert device is not None
+            # Parsed only if a session starts (the common message needs no device keys).
+            device: Device | None = None
             # Checked again inside the transaction that encrypts: a key change seen
             # by a claim above (or by another process) stops the message here.
             self._check_identity(self._peer(tx, peer_id), name)
@@ -938,6 +939,7 @@ class Messenger:
                     if state.has_session(did):
                         wire = state.encrypt(did, plaintext)
                     elif (user, did) in bundles:
+                        device = device or self.keys.device_to_send(tx)
                         session, wire = Session.initiate(device, bundles[(user, did)], plaintext)
                         state.start(did, session)
                     else:

@@ -17,7 +17,7 @@ never hold an address, a username or an e-mail in clear). Two kinds of rule:
     a burst of parallel guesses gets exactly COUNT tried, never more.
 
 - **token buckets** (:meth:`RateLimiter.take`): ``capacity`` tokens, one back
-  every ``refill_s`` seconds; each event takes one or gets 429
+  every ``refill_s`` seconds; each event takes one (``n`` at once: all or none) or gets 429
   ``rate_limited``. The same long-run rate as a window, without a double
   burst at a window's edge. The state uses the Redis server's clock, so that
   every replica agrees.
@@ -102,13 +102,14 @@ if now > ts then
   tokens = math.min(capacity, tokens + (now - ts) / refill_ms)
   ts = now
 end
+local n = tonumber(ARGV[3] or '1')
 local allowed = 0
 local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
+if tokens >= n then
+  tokens = tokens - n
   allowed = 1
 else
-  wait = math.ceil((1 - tokens) * refill_ms)
+  wait = math.ceil((n - tokens) * refill_ms)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * refill_ms) + 1000)
@@ -262,9 +263,11 @@ class RateLimiter:
         capacity: int,
         refill_s: float,
         message: str = "Too many requests; slow down.",
+        n: int = 1,
     ) -> None:
-        """Take a token from ``ident``'s bucket, or raise 429 ``rate_limited``."""
-        wait_s = await self._take(rule, ident, capacity, refill_s)
+        """Take ``n`` tokens from ``ident``'s bucket (all or none), or raise 429
+        ``rate_limited``."""
+        wait_s = await self._take(rule, ident, capacity, refill_s, n)
         if wait_s is not None:
             self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(wait_s, message=message)
@@ -273,11 +276,13 @@ class RateLimiter:
         """Take a token from ``ident``'s bucket if there is one; False (nothing taken) if not."""
         return await self._take(rule, ident, capacity, refill_s) is None
 
-    async def _take(self, rule: str, ident: str, capacity: int, refill_s: float) -> float | None:
-        """None when a token was taken, else the seconds until the next one."""
+    async def _take(
+        self, rule: str, ident: str, capacity: int, refill_s: float, n: int = 1
+    ) -> float | None:
+        """None when ``n`` tokens were taken, else the seconds until there are ``n``."""
         refill_ms = max(1, round(refill_s * 1000))
         allowed, wait_ms = await self._bucket(
-            keys=[self.key(rule, ident)], args=[capacity, refill_ms]
+            keys=[self.key(rule, ident)], args=[capacity, refill_ms, n]
         )
         return None if allowed else int(wait_ms) / 1000
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +88,7 @@ class Account:
         }
 
 
-def _identity_not_found(user_id: str) -> ApiError:
+def identity_not_found(user_id: str) -> ApiError:
     return ApiError(
         ErrorCode.IDENTITY_NOT_FOUND,
         "This user has not registered an account key.",
@@ -108,11 +108,34 @@ async def current(keys: Keys, user_id: str) -> Account:
     """
     account = await get(keys, user_id)
     if account is None:
-        raise _identity_not_found(user_id)
+        raise identity_not_found(user_id)
     if account.removing and time.time() - account.updated_at > REMOVAL_GRACE_S:
         await _finish_removals(keys, user_id, account.generation, account.removing)
         await keys.store.broadcast(e.DevicesChanged(user_id=user_id))
     return account
+
+
+async def current_many(keys: Keys, user_ids: Sequence[str]) -> dict[str, Account]:
+    """:func:`current` of many users, one query for all (those with no account are
+    left out); the rare account with an interrupted removal goes through
+    :func:`current` on its own."""
+    found = {}
+    for doc in await keys.store.get_accounts(user_ids):
+        account = Account.from_doc(doc)
+        if account.removing and time.time() - account.updated_at > REMOVAL_GRACE_S:
+            account = await current(keys, account.user_id)
+        found[account.user_id] = account
+    return found
+
+
+async def device_lists(keys: Keys, user_ids: Sequence[str]) -> models.DeviceLists:
+    """Many users' account keys and signed lists (no Redis copy is written: every
+    list change writes it, and so does the one-user read)."""
+    found = await current_many(keys, user_ids)
+    return models.DeviceLists(
+        lists=[models.ListedDevices(**found[u].listed()) for u in user_ids if u in found],
+        missing=[u for u in user_ids if u not in found],
+    )
 
 
 async def user_devices(keys: Keys, user_id: str) -> models.UserDevices:
@@ -249,7 +272,7 @@ async def update_list(
     for _ in range(_CAS_ATTEMPTS):
         account = await get(keys, user_id)
         if account is None:
-            raise _identity_not_found(user_id)
+            raise identity_not_found(user_id)
         if listed.version != account.version + 1:
             raise ApiError(
                 ErrorCode.CONFLICT,

@@ -32,7 +32,9 @@ draining one's own prekeys harms no one else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from services.common.errors import ApiError, ErrorCode
@@ -42,25 +44,103 @@ from services.keys.store import Kind
 
 log = logging.getLogger(__name__)
 
+# Users of one bulk claim worked on at once (each a few MongoDB and Redis round trips).
+CLAIMS_AT_ONCE = 16
+
 
 async def claim(
     keys: Keys, claimer: str, target: str, device_ids: set[int] | None = None
 ) -> models.Bundles:
     """One bundle per listed device of ``target`` (or per listed device in ``device_ids``)."""
-    await _spend_claim(keys, claimer, target)
+    if claimer != target:
+        await _spend_claimer(keys, claimer, 1)
+        await _spend_pair(keys, claimer, target)
+    account = await accounts.current(keys, target)
+    devices = await keys.store.get_devices(target, _wanted(account, device_ids))
+    return await _claim_devices(keys, claimer, account, devices)
+
+
+async def claim_many(
+    keys: Keys, claimer: str, targets: Mapping[str, models.ClaimWanted]
+) -> models.ClaimedBundles:
+    """:func:`claim` for each of many users (``models.ClaimsQuery``: at most
+    ``MAX_CLAIM_USERS``, by user id), with the accounts and devices read in one
+    query each. The claimer's budget is spent for all of them at once (429 for the
+    request, nothing claimed, when it lacks that many); every other refusal (no
+    account, no such device, no prekeys, the pair's budget) is that user's alone,
+    in ``failed``."""
+    others = sum(1 for user in targets if user != claimer)
+    if others:
+        await _spend_claimer(keys, claimer, others)
+    found = await accounts.current_many(keys, list(targets))
+    failed: dict[str, ApiError] = {}
+    wanted: dict[str, list[int]] = {}
+    for user, want in targets.items():
+        account = found.get(user)
+        try:
+            if account is None:
+                raise accounts.identity_not_found(user)
+            only = None if want.device_ids is None else set(want.device_ids)
+            wanted[user] = _wanted(account, only)
+        except ApiError as exc:
+            failed[user] = exc
+    docs: dict[str, list[dict[str, Any]]] = {u: [] for u in wanted}
+    pairs = [(u, d) for u, ds in wanted.items() for d in ds]
+    for doc in await keys.store.get_devices_of(pairs):
+        docs[str(doc["user_id"])].append(doc)
+    gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
+
+    async def one(user: str) -> models.Bundles | ApiError:
+        try:
+            async with gate:
+                if user != claimer:
+                    await _spend_pair(keys, claimer, user)
+                devices = sorted(docs[user], key=lambda d: int(d["device_id"]))
+                return await _claim_devices(keys, claimer, found[user], devices)
+        except ApiError as exc:
+            return exc
+
+    results = dict(zip(wanted, await asyncio.gather(*(one(u) for u in wanted)), strict=True))
+    claimed = []
+    for user in targets:
+        result = results.get(user) or failed[user]
+        if isinstance(result, ApiError):
+            failed[user] = result
+        else:
+            claimed.append(result)
+    return models.ClaimedBundles(
+        claimed=claimed,
+        failed=[
+            models.ClaimFailure(user_id=user, code=e.code.value, message=e.message)
+            for user in targets
+            if (e := failed.get(user)) is not None
+        ],
+    )
+
+
+def _wanted(account: accounts.Account, device_ids: set[int] | None) -> list[int]:
+    """The listed devices a claim is for: all, or those of ``device_ids`` (404
+    ``device_not_found`` when it names none of them)."""
+    listed = list(account.device_ids)
+    if device_ids is not None:
+        listed = [d for d in listed if d in device_ids]
+        if not listed:
+            raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_ids": sorted(device_ids)})
+    return listed
+
+
+async def _claim_devices(
+    keys: Keys, claimer: str, account: accounts.Account, devices: list[dict[str, Any]]
+) -> models.Bundles:
+    """A bundle from each of ``devices`` (the target's, ascending id), within the
+    target's one-time budget; 404 ``prekeys_exhausted`` when none can make one."""
+    target = account.user_id
     one_time = claimer == target or await keys.limiter.try_take(
         "one-time", target, keys.config.one_time_burst, keys.config.one_time_refill_s
     )
     if not one_time:
         keys.metrics.withheld.inc()
         log.info("one-time prekeys withheld", extra={"user_id": target})
-    account = await accounts.current(keys, target)
-    listed = list(account.device_ids)
-    if device_ids is not None:
-        listed = [d for d in listed if d in device_ids]
-        if not listed:
-            raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_ids": sorted(device_ids)})
-    devices = await keys.store.get_devices(target, listed)
     bundles = []
     for device in devices:
         bundle = await _claim_device(keys, target, device, one_time)
@@ -76,14 +156,16 @@ async def claim(
     return models.Bundles(**account.listed(), bundles=[b.bundle for b in bundles])
 
 
-async def _spend_claim(keys: Keys, claimer: str, target: str) -> None:
-    """Tokens for ``claimer`` claiming ``target``'s bundles, or 429 ``rate_limited``."""
-    if claimer == target:
-        return
+async def _spend_claimer(keys: Keys, claimer: str, n: int) -> None:
+    """``n`` tokens of ``claimer``'s budget over all targets, or 429 ``rate_limited``."""
     await keys.limiter.take(
         "claims-by", claimer, keys.config.claimer_burst, keys.config.claimer_refill_s,
-        message="Too many bundle claims from this account; try again later.",
+        message="Too many bundle claims from this account; try again later.", n=n,
     )  # fmt: skip
+
+
+async def _spend_pair(keys: Keys, claimer: str, target: str) -> None:
+    """A token of the (``claimer``, ``target``) budget, or 429 ``rate_limited``."""
     await keys.limiter.take(
         "claims",
         # Length-prefixed so that no pair of ids can produce another pair's key.

@@ -17,6 +17,12 @@ from services.common.ratelimit import Limit
 MIN_BODY_BYTES = 256 * 1024
 # Prekeys per upload request, as clients are told (models.py) and held to.
 MAX_BATCH = 100
+# Users per request of the bulk routes (docs/keys.md, "Many users at once"): a
+# private room's first message claims every member's bundles and a send reads
+# every member's device list; at a room's largest size (5,000 members) that is
+# 50 claim requests and 5 list reads, not 5,000 of each.
+MAX_CLAIM_USERS = 100
+MAX_LIST_USERS = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.common.auth import MAX_USER_ID
-from services.keys.config import MAX_BATCH
+from services.keys.config import MAX_BATCH, MAX_CLAIM_USERS, MAX_LIST_USERS
 
 U32_MAX = 2**32 - 1
 DEVICE_ID_MAX = 2**31 - 1
@@ -25,6 +25,12 @@ NAME_MAX = 64
 LINK_ID_PATTERN = "^[A-Za-z0-9_-]{10}[AEIMQUYcgkosw048]$"
 # What services/keys/verify.py ``check_text`` allows in a name: no control character.
 NAME_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+
+# A user id of the contract (parley_contract.frames.UserId).
+USER_ID_PATTERN = "^[A-Za-z0-9_-]+$"
+UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID, pattern=USER_ID_PATTERN)]
+# Device ids a claim may name (one user's).
+MAX_WANTED = 100
 
 PrekeyId = Annotated[int, Field(strict=True, ge=0, le=U32_MAX)]
 # Bounds on the encoded text only (1184 bytes of ML-KEM key are 1579 characters);
@@ -236,3 +242,69 @@ class DeviceIdentity(_Model):
 
 class UserIdentities(_Listed):
     devices: list[DeviceIdentity]
+
+
+class DeviceListsQuery(_Model):
+    user_ids: list[UserId] = Field(
+        min_length=1,
+        max_length=MAX_LIST_USERS,
+        json_schema_extra={"uniqueItems": True},
+        description=f"1 to {MAX_LIST_USERS} user ids, each once",
+    )
+
+    @field_validator("user_ids")
+    @classmethod
+    def _each_once(cls, user_ids: list[str]) -> list[str]:
+        if len(set(user_ids)) != len(user_ids):
+            raise ValueError("a user id is named twice")
+        return user_ids
+
+
+class ListedDevices(_Listed):
+    """A user's account key and signed device list."""
+
+
+class DeviceLists(_Model):
+    lists: list[ListedDevices] = Field(description="The users' lists, in the order asked.")
+    missing: list[str] = Field(
+        description="Users asked for that have no account key (``identity_not_found``)."
+    )
+
+
+class ClaimWanted(_Model):
+    device_ids: list[DeviceId] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_WANTED,
+        description="Only these listed devices (none: every listed device)",
+    )
+
+
+class ClaimsQuery(_Model):
+    users: dict[UserId, ClaimWanted] = Field(
+        min_length=1,
+        max_length=MAX_CLAIM_USERS,
+        description=f"1 to {MAX_CLAIM_USERS} users (by user id), each with the devices wanted",
+        # Pydantic writes the key's pattern as patternProperties, which admits other
+        # names: say it of every name.
+        json_schema_extra={
+            "propertyNames": {"minLength": 1, "maxLength": MAX_USER_ID, "pattern": USER_ID_PATTERN},
+            "additionalProperties": False,
+        },
+    )
+
+
+class ClaimFailure(_Model):
+    user_id: str
+    code: str = Field(
+        description="What the one-user claim would have answered: ``identity_not_found``, "
+        "``device_not_found``, ``prekeys_exhausted`` or ``rate_limited``"
+    )
+    message: str
+
+
+class ClaimedBundles(_Model):
+    claimed: list[Bundles] = Field(description="Each user's bundles, in the order asked.")
+    failed: list[ClaimFailure] = Field(
+        description="The users none could be claimed for, and why (nothing taken for them)."
+    )

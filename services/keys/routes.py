@@ -21,6 +21,7 @@ from services.common.errors import ApiError, ErrorCode
 from services.common.http import int_schema, json_response, parse_int
 from services.common.openapi import Api
 from services.keys import accounts, bundles, devices, links, models
+from services.keys.config import MAX_CLAIM_USERS, MAX_LIST_USERS
 from services.keys.state import KEYS
 
 api = Api(
@@ -43,13 +44,14 @@ _BATCH_ERRORS = [*_KEY_ERRORS, _E.BATCH_TOO_LARGE, _E.DUPLICATE_PREKEY, _E.TOO_M
 
 # The path and query parameters, as documented and as checked (422 validation_failed).
 DEVICE_ID = int_schema(1, models.DEVICE_ID_MAX)
-USER_ID_PATTERN = "^[A-Za-z0-9_-]+$"  # a user id of the contract (parley_contract.frames.UserId)
-USER_ID = {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID, "pattern": USER_ID_PATTERN}
+USER_ID = {
+    "type": "string", "minLength": 1, "maxLength": MAX_USER_ID, "pattern": models.USER_ID_PATTERN,
+}  # fmt: skip
 LINK_ID = {"type": "string", "pattern": models.LINK_ID_PATTERN}
 _DEVICE = {"device_id": DEVICE_ID}
 _USER = {"user_id": USER_ID}
 _LINK = {"link_id": LINK_ID}
-MAX_WANTED = 100
+MAX_WANTED = models.MAX_WANTED
 
 
 def _device_id(text: str, name: str = "device_id") -> int:
@@ -277,6 +279,36 @@ async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
         wanted = {_device_id(part) for part in raw}
     result = await bundles.claim(request.app[KEYS], claims.user_id, target, wanted)
     # A claim consumes prekeys: nothing on the way may cache or replay it.
+    return json_response(result, headers={"Cache-Control": "no-store"})
+
+
+@api.post(
+    "/v1/users/device-lists",
+    summary=f"Many users' account keys and signed device lists (at most {MAX_LIST_USERS})",
+    body=models.DeviceListsQuery,
+    response=models.DeviceLists,
+    auth=True,
+    tags=["users"],
+)
+async def post_device_lists(
+    request: web.Request, claims: Claims, body: models.DeviceListsQuery
+) -> models.DeviceLists:
+    return await accounts.device_lists(request.app[KEYS], body.user_ids)
+
+
+@api.post(
+    "/v1/users/bundles",
+    summary=f"Claim the bundles of many users at once (at most {MAX_CLAIM_USERS})",
+    body=models.ClaimsQuery,
+    response=models.ClaimedBundles,
+    auth=True,
+    errors=[_E.RATE_LIMITED],
+    tags=["users"],
+)
+async def post_bundles(
+    request: web.Request, claims: Claims, body: models.ClaimsQuery
+) -> web.Response:
+    result = await bundles.claim_many(request.app[KEYS], claims.user_id, body.users)
     return json_response(result, headers={"Cache-Control": "no-store"})
 
 

@@ -179,6 +179,10 @@ class KeyStore:
     async def get_account(self, user_id: str) -> Doc | None:
         return await self.accounts.find_one({"_id": user_key(user_id)})
 
+    async def get_accounts(self, user_ids: Sequence[str]) -> list[Doc]:
+        """The accounts of these users that exist (one query), in no order."""
+        return await self.accounts.find({"_id": {"$in": [user_key(u) for u in user_ids]}}).to_list()
+
     async def insert_account(self, user_id: str, fields: Doc) -> None:
         """The first account key and list; DuplicateKeyError if the user has one."""
         now = time.time()
@@ -225,6 +229,13 @@ class KeyStore:
         keys = [device_key(user_id, d) for d in device_ids]
         docs = await self.devices.find({"_id": {"$in": keys}}).to_list()
         return sorted(docs, key=lambda d: int(d["device_id"]))
+
+    async def get_devices_of(self, wanted: Sequence[tuple[str, int]]) -> list[Doc]:
+        """These (user, device) pairs' devices that exist (one query), in no order."""
+        if not wanted:
+            return []
+        keys = [device_key(u, d) for u, d in wanted]
+        return await self.devices.find({"_id": {"$in": keys}}).to_list()
 
     async def count_devices(self, user_id: str) -> int:
         return await self._count(self.devices, {"_id": _prefixed(user_key(user_id))})

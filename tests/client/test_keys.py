@@ -68,3 +68,27 @@ async def test_weekly_prekey_rotation_keeps_sessions_in_flight_working(
     assert after["signed_prekey_id"] == before["signed_prekey_id"] + 1
     assert after["kem_last_resort_id"] != before["kem_last_resort_id"]
     assert [e["text"] for e in bob.history(alice.user_id or "")] == ["sent before the rotation"]
+
+
+async def test_keys_for_starting_sessions_are_parsed_once_per_stored_state(
+    make_client: MakeClient,
+) -> None:
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    first = alice.keys.device_to_send(alice.store.read())
+    assert alice.keys.device_to_send(alice.store.read()) is first
+    assert first.identity == alice.keys.device().identity  # type: ignore[union-attr]
+    # A session started from it works, and the state it was parsed from is unchanged
+    # (Session.initiate only reads the device).
+    await alice.connect()
+    await alice.send(bob.username, "hello", wait="stored")
+    await bob.connect()
+    assert [e["text"] for e in bob.history(alice.user_id or "")] == ["hello"]
+    assert alice.keys.device_to_send(alice.store.read()) is first
+    # A new stored state (bob rotates its prekeys: a new device row) is parsed again.
+    bob.rotate_after = 0
+    before = bob.keys.device_to_send(bob.store.read())
+    await bob.keys.setup()
+    again = bob.keys.device_to_send(bob.store.read())
+    assert again is not before
+    assert again.keys_digest() != before.keys_digest()

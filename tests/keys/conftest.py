@@ -127,6 +127,13 @@ class KeysApi:
     async def claim(self, claimer: str, target: str, query: str = "") -> tuple[int, Any]:
         return await self.call("GET", f"/v1/users/{target}/bundles{query}", claimer)
 
+    async def claim_many(self, claimer: str, users: Any) -> tuple[int, Any]:
+        """``users``: {user id: {"device_ids": [...]} or {}} (or anything, to refuse)."""
+        return await self.call("POST", "/v1/users/bundles", claimer, {"users": users})
+
+    async def device_lists(self, user: str, user_ids: Any) -> tuple[int, Any]:
+        return await self.call("POST", "/v1/users/device-lists", user, {"user_ids": user_ids})
+
     async def identity_of(self, user: str, target: str) -> tuple[int, Any]:
         return await self.call("GET", f"/v1/users/{target}/identity", user)
 

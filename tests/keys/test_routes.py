@@ -22,6 +22,8 @@ async def test_openapi_lists_every_route(api: KeysApi) -> None:
         ("GET", "/keys/v1/users/{user_id}/bundles"),
         ("GET", "/keys/v1/users/{user_id}/identity"),
         ("GET", "/keys/v1/users/{user_id}/devices"),
+        ("POST", "/keys/v1/users/bundles"),
+        ("POST", "/keys/v1/users/device-lists"),
         ("PUT", "/keys/v1/account"),
         ("PUT", "/keys/v1/device-list"),
         ("POST", "/keys/v1/links"),
