@@ -133,12 +133,13 @@ class ParleySystem:
 
 async def sign_up(
     session: aiohttp.ClientSession, lb: str, prefix: str, n: int, devices: int = 1, *,
-    prekeys: bool = False,
+    prekeys: bool = False, one_time: int = 0,
 ) -> list[Account]:  # fmt: skip
     """``n`` accounts of ``devices`` devices each, registered as the SDK does: an
     identity per device and an account key whose signed list names them all. With
     ``prekeys`` each device also publishes a signed prekey and a last-resort ML-KEM
-    prekey, so that others can claim its bundle and start a session with it."""
+    prekey, so that others can claim its bundle and start a session with it, and
+    ``one_time`` one-time prekeys of each kind (X25519, ML-KEM)."""
     sem = asyncio.Semaphore(8)
 
     async def one(i: int) -> Account:
@@ -163,6 +164,11 @@ async def sign_up(
                 if prekeys:
                     await call(session, "PUT", f"{keys}/signed-prekey", token, dev.signed_prekey())
                     await call(session, "PUT", f"{keys}/kem-last-resort", token, dev.last_resort())
+                if prekeys and one_time:
+                    batch = {"prekeys": dev.one_time(one_time)}
+                    await call(session, "POST", f"{keys}/one-time-prekeys", token, batch)
+                    batch = {"prekeys": dev.kem(one_time)}
+                    await call(session, "POST", f"{keys}/kem-prekeys", token, batch)
                 entries.append(entry(d, dev))
             account = AccountKeys().registration(user_id, entries)
             await call(session, "PUT", f"{lb}/keys/v1/account", tokens[0][1], account)

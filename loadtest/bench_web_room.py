@@ -5,8 +5,8 @@ The room's first message from a device sends its sender key to every other membe
 device over a new pairwise session (PQXDH: a bundle claimed, a handshake, a 1:1
 frame each), then the message itself. This starts the embedded stack and Parley
 (the test profile of tests/support/stack.py), signs up ``--members`` accounts with
-published keys (raw HTTP, as loadtest/bench_messaging.py, plus a signed prekey and a
-last-resort ML-KEM prekey each), puts them in one private room, and times:
+published keys (raw HTTP, as loadtest/bench_messaging.py, plus a signed prekey, a
+last-resort ML-KEM prekey and 12 one-time prekeys of each kind), puts them in one private room, and times:
 
 - the Python client (``parley.Client``), a member: its first message (the
   distribution to every member device, then the message) and its second, each from
@@ -73,7 +73,9 @@ async def room_of(system: System, n: int, data_dir: Path) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
         lb = system.lb
         t = time.perf_counter()
-        accounts = await sign_up(http, lb, f"b{tag}", n - 2, prekeys=True)
+        # One-time prekeys as a member's device holds them (the client keeps 100; 12
+        # keep each claim on the common path, above the directory's low mark of 10).
+        accounts = await sign_up(http, lb, f"b{tag}", n - 2, prekeys=True, one_time=12)
         print(f"{n - 2} members signed up with keys in {time.perf_counter() - t:.0f} s")
         owner_token, rest = accounts[0].token, accounts[1:]
         name = f"big{tag}"

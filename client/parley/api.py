@@ -246,6 +246,21 @@ class Api:
         )
         return result
 
+    async def claim_many(self, users: dict[str, list[int] | None]) -> dict[str, Any]:
+        """Claim bundles of many users at once (at most 100; per user all listed
+        devices, or these): ``{"claimed": [as claim_bundles answers], "failed": [...]}``."""
+        body = {"users": {u: {} if d is None else {"device_ids": d} for u, d in users.items()}}
+        result: dict[str, Any] = await self.request("POST", "/keys/v1/users/bundles", json=body)
+        return result
+
+    async def device_lists(self, user_ids: list[str]) -> dict[str, Any]:
+        """Many users' signed device lists (at most 1,000): ``{"lists": [{"user_id",
+        "account_key", "device_list", "signature"}], "missing": [user ids]}``."""
+        result: dict[str, Any] = await self.request(
+            "POST", "/keys/v1/users/device-lists", json={"user_ids": user_ids}
+        )
+        return result
+
     # -- devices (docs/devices.md) -------------------------------------------------
     async def user_devices(self, user_id: str) -> dict[str, Any]:
         """A user's signed device list: ``{"account_key", "device_list", "signature", ...}``."""

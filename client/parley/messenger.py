@@ -73,6 +73,8 @@ RoomFrame = f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged |
 log = logging.getLogger(__name__)
 
 ACK_DELAY = 0.2
+LISTS_PER_READ = 1000  # users per bulk device-list read (the key directory's MAX_LIST_USERS)
+CLAIMS_PER_REQUEST = 100  # users per bulk claim (the key directory's MAX_CLAIM_USERS)
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024  # the gateway's default (PARLEY_WS_MAX_FRAME_BYTES)
 _STATUS_RANK = {"queued": 0, "accepted": 1, "stored": 2, "delivered": 3}
 
@@ -170,25 +172,92 @@ class Messenger:
         is reported (warning event and history entry)."""
         if answer is None:
             answer = await self.keys.directory_list(user_id)
-        signed = SignedDeviceList.from_json(answer)
+        if user_id != self.account.user_id:
+            await self.name_of(user_id)
+        [state] = await self._trust_lists([answer])
+        return state
+
+    async def _trust_lists(self, answers: list[dict[str, Any]]) -> list[PeerState]:
+        """Trust users' signed device lists (from the directory or from claims' answers)
+        as :meth:`PeerState.trust` says, in one transaction; a changed account key is
+        reported (warning event and history entry). A contact's username is the one
+        already known (:meth:`name_of` is not asked: a room's members come named)."""
         me = self.account.user_id
         assert me is not None
-        name = user_id if user_id == me else await self.name_of(user_id)
-        warning: KeyChanged | None = None
+        signed = [SignedDeviceList.from_json(answer) for answer in answers]
+        warnings: list[KeyChanged] = []
+        states = []
         async with self._store().transaction() as tx:
-            state = self._peer(tx, user_id)
-            if user_id != me:
-                state.username = name
-            changed = state.trust(str(answer["account_key"]), signed, self._my_account_key(), me)
-            if changed is not None and user_id != me:
-                warning = KeyChanged(
-                    user_id, name, changed.new_safety_number, changed.old_safety_number
+            for answer, listed in zip(answers, signed, strict=True):
+                user_id = str(answer["user_id"])
+                state = self._peer(tx, user_id)
+                if user_id != me and user_id in self._names:
+                    state.username = self._names[user_id]
+                changed = state.trust(
+                    str(answer["account_key"]), listed, self._my_account_key(), me
                 )
-                tx.add_message(user_id, self._system_entry(user_id, warning))
-            self._put_peer(tx, state)
-        if warning is not None:
+                if changed is not None and user_id != me:
+                    warning = KeyChanged(
+                        user_id, state.username or user_id[:8],
+                        changed.new_safety_number, changed.old_safety_number,
+                    )  # fmt: skip
+                    tx.add_message(user_id, self._system_entry(user_id, warning))
+                    warnings.append(warning)
+                self._put_peer(tx, state)
+                states.append(state)
+        for warning in warnings:
             self.events.emit(warning)
-        return state
+        return states
+
+    def remember_names(self, names: dict[str, str]) -> None:
+        """Usernames learnt elsewhere (a room's member list), for :meth:`name_of`."""
+        self._names.update(names)
+
+    async def refresh_peers(self, user_ids: list[str]) -> None:
+        """:meth:`_refresh_peer` for many users: their lists read in bulk
+        (``LISTS_PER_READ`` a request) and trusted in one transaction per read. A user
+        with no account key is skipped (no device to reach)."""
+        for at in range(0, len(user_ids), LISTS_PER_READ):
+            await self.account.access_token()
+            answer = await self.api.device_lists(user_ids[at : at + LISTS_PER_READ])
+            await self._trust_lists(answer["lists"])
+
+    async def claim_missing(self, user_ids: list[str]) -> dict[tuple[str, int], PrekeyBundle]:
+        """Bundles of every device of these users (and of ours but this one) we have no
+        session with, claimed in bulk (``CLAIMS_PER_REQUEST`` users a request): what
+        :meth:`send_control`'s ``bundles`` takes, so that a private room's first message
+        claims for 1,000 members in 10 requests. Users the directory refused (no keys
+        left, the pair's budget) are left out: their own send claims again and says why."""
+        me = self.account.user_id
+        assert me is not None
+        my_device = self.keys.known_device_id()
+        read = self._store().read()
+        wanted: dict[str, list[int] | None] = {}
+        for user in dict.fromkeys([*user_ids, me]):
+            missing = [
+                d for d in self._peer(read, user).missing_sessions() if (user, d) != (me, my_device)
+            ]
+            if missing:
+                wanted[user] = missing
+        bundles: dict[tuple[str, int], PrekeyBundle] = {}
+        users = list(wanted)
+        for at in range(0, len(users), CLAIMS_PER_REQUEST):
+            chunk = users[at : at + CLAIMS_PER_REQUEST]
+            await self.account.access_token()
+            answer = await self.api.claim_many({u: wanted[u] for u in chunk})
+            claimed = answer.get("claimed", [])
+            try:
+                for state, got in zip(await self._trust_lists(claimed), claimed, strict=True):
+                    for raw in got.get("bundles", []):
+                        bundle = PrekeyBundle.from_json(raw)
+                        state.check_device(int(raw["device_id"]), bundle.identity)
+                        bundles[(state.user_id, int(raw["device_id"]))] = bundle
+            except CryptoError as exc:
+                raise UntrustedKeys(
+                    "The key directory served keys that the account's signed device "
+                    f"list does not vouch for ({exc}): nothing was sent."
+                ) from exc
+        return bundles
 
     async def safety_number(self, username_or_id: str) -> tuple[str, str | None]:
         """(username, safety number of the account key we trust for them, or of the
@@ -837,12 +906,16 @@ class Messenger:
         )
         return await self.submit(frame, peer_id, wait=wait, timeout=timeout)
 
-    async def send_control(self, peer_id: str, payload: bytes, timeout: float = 30) -> str:
+    async def send_control(
+        self, peer_id: str, payload: bytes, timeout: float = 30,
+        bundles: dict[tuple[str, int], PrekeyBundle] | None = None,
+    ) -> str:  # fmt: skip
         """Send a control payload (:func:`encode_control`, e.g. a room's sender key) to
         every device of ``peer_id`` (a user id) and our other devices, over the pairwise
-        sessions; waits for ``accepted``.  Nothing enters the history."""
+        sessions; waits for ``accepted``.  Nothing enters the history. ``bundles``:
+        claimed already (:meth:`claim_missing`) for devices with no session yet."""
         client_id = uuid.uuid4().hex
-        frame = await self._encrypt(peer_id, "", client_id, payload=payload)
+        frame = await self._encrypt(peer_id, "", client_id, payload=payload, bundles=bundles)
         return await self.submit(frame, peer_id, wait="accepted", timeout=timeout)
 
     async def submit(
@@ -868,6 +941,7 @@ class Messenger:
     async def _encrypt(
         self, peer_id: str, text: str, client_id: str, *, name: str | None = None,
         refresh: bool = False, accept_new_identity: bool = False, payload: bytes | None = None,
+        bundles: dict[tuple[str, int], PrekeyBundle] | None = None,
     ) -> f.Send:  # fmt: skip
         """:meth:`_encrypt_now`, one at a time per peer: the first send to a new contact
         claims and makes the sessions, the ones waiting behind it find them."""
@@ -875,17 +949,19 @@ class Messenger:
         async with lock:
             return await self._encrypt_now(
                 peer_id, text, client_id, name=name, refresh=refresh,
-                accept_new_identity=accept_new_identity, payload=payload,
+                accept_new_identity=accept_new_identity, payload=payload, claimed=bundles,
             )  # fmt: skip
 
     async def _encrypt_now(
         self, peer_id: str, text: str, client_id: str, *, name: str | None = None,
         refresh: bool = False, accept_new_identity: bool = False, payload: bytes | None = None,
+        claimed: dict[tuple[str, int], PrekeyBundle] | None = None,
     ) -> f.Send:  # fmt: skip
         """Encrypt one message for every device it goes to and queue it in the outbox
         (replacing an earlier version of it: a resend after ``devices_changed``).
         With ``payload`` (a control payload) that is what is encrypted, and no
-        history entry is made."""
+        history entry is made. ``claimed``: bundles claimed already (the devices
+        without a session that it has are not claimed again)."""
         me = self.account.user_id
         assert me is not None
         my_device = self.keys.known_device_id()
@@ -896,8 +972,13 @@ class Messenger:
         if refresh or not mine or (peer_id == me and not mine - {my_device}):
             await self._refresh_peer(me)  # (a note to self: a device linked since?)
         await self._identity_gate(peer_id, name, accept_new_identity)
-        bundles: dict[tuple[str, int], PrekeyBundle] = {}
         users = (me,) if peer_id == me else (peer_id, me)  # a note to self: our devices
+        bundles: dict[tuple[str, int], PrekeyBundle] = {}
+        given = claimed or {}
+        for user in users if given else ():  # the few it needs, not a copy of them all
+            for d in self._peer(read, user).devices:
+                if (got := given.get((user, d))) is not None:
+                    bundles[(user, d)] = got
         for user in users:
             # A claim's answer carries the current list, which may name devices we
             # did not know of yet: claim for those too (a few rounds at most).

@@ -77,8 +77,9 @@ or when they were last read longer ago than this (a member linked a device: the 
 refuses a message its key has not reached, ``devices_changed``, see REDO_MAX)."""
 REDO_MAX = 3
 """Times one room message is encrypted again after ``devices_changed`` before it fails."""
-DISTRIBUTE_AT_ONCE = 8
-"""Pairwise sender-key sends in flight at once (each waits for its ``accepted``)."""
+DISTRIBUTE_AT_ONCE = 64
+"""Pairwise sender-key sends in flight at once (each waits for its ``accepted``; the
+gateway allows 256 a socket): enough to hide the round trips in a room of 1,000."""
 MAX_PENDING = 1000
 """Room messages kept per room while their sender key has not arrived."""
 MAX_MENTIONS = 20
@@ -343,11 +344,16 @@ class Rooms:
         return room, user_id
 
     async def member_ids(self, room_id: str) -> list[str]:
+        """The members' user ids (their usernames remembered for the messenger)."""
         out: list[str] = []
         after: Any = None
         while True:
             page = await self.api.room_members(room_id, after)
-            out.extend(str(m["user_id"]) for m in page.get("members", []))
+            members = page.get("members", [])
+            out.extend(str(m["user_id"]) for m in members)
+            self.messenger.remember_names(
+                {str(m["user_id"]): str(m["username"]) for m in members if m.get("username")}
+            )
             after = page.get("next_after")
             if after is None:
                 return list(dict.fromkeys(out))
@@ -527,13 +533,7 @@ class Rooms:
         refresh = [u for u in members if stale or not self.messenger._peer(read, u).devices]
         if me not in members:
             refresh.append(me)
-        gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
-
-        async def read_list(user: str) -> None:
-            async with gate:
-                await self.messenger._refresh_peer(user)
-
-        await asyncio.gather(*(read_list(u) for u in refresh))
+        await self.messenger.refresh_peers(refresh)  # in bulk: 1,000 lists a request
 
         def targets(tx: Transaction) -> set[str]:
             return {
@@ -570,11 +570,13 @@ class Rooms:
         # the key (we are alone in the room, or just linked one) it is a note to self.
         users = sorted({k.rsplit(":", 1)[0] for k in lacking} - {me}) or [me]
         payload = encode_control({"t": "skd", "room": room_id, "d": b64encode(dist)})
+        # New sessions' bundles claimed in bulk (100 users a request), not one by one.
+        bundles = await self.messenger.claim_missing(users)
         gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
 
         async def give(user: str) -> None:
             async with gate:
-                await self.messenger.send_control(user, payload)
+                await self.messenger.send_control(user, payload, bundles=bundles)
             self.distributions += 1
             async with self._store().transaction() as tx:
                 state = self._state(tx, room_id)
@@ -643,13 +645,7 @@ class Rooms:
                 return devices - {my_device} if user == me else devices
 
             behind = [dl.user for dl in lists if set(dl.devices) != known(dl.user)]
-            gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
-
-            async def read_list(user: str) -> None:
-                async with gate:
-                    await self.messenger._refresh_peer(user)
-
-            await asyncio.gather(*(read_list(u) for u in behind))
+            await self.messenger.refresh_peers(behind)
             members = await self.member_ids(room_id)
             keyed = await self._distribute(room_id, int(room.get("version", 0)), members)
             mentions = [m for m in queued.get("mentions") or [] if m in members]

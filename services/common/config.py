@@ -85,7 +85,12 @@ class Settings(BaseSettings):
     gateway_id: str = Field(default="gw-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     ws_sends_per_s: float = Field(default=50.0, gt=0)
-    ws_send_burst: int = Field(default=100, ge=1)
+    # A device's first message to a private room is one pairwise send per other
+    # member (its sender key, docs/crypto.md), and so is every member's next message
+    # after someone leaves (the key rotates): the burst is a room's largest size
+    # (services/rooms/config.py max_members). At 100, a first message to a room of
+    # 1,000 waited ~18 s on this bucket alone (loadtest/bench_web_room.py).
+    ws_send_burst: int = Field(default=5000, ge=1)
     ws_auth_timeout_s: float = Field(default=10.0, gt=0)
     ws_outbound_queue: int = Field(default=1000, ge=1)
     ws_outbound_queue_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)

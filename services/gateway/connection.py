@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_SENDS = 256
+# Refused sends (over the rate) after which a socket is closed 4009: 4x the burst, at most this.
+FLOOD_VIOLATIONS = 400
 
 _ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 """What ends a socket's frame loop (as it ends ``async for`` over the socket)."""
@@ -506,7 +508,9 @@ class Connection:
         assert self.user_id is not None
         if not self.hub.bucket(self.user_id).take():
             self.violations += 1
-            if self.violations > 4 * self.limits.send_burst:
+            # 4x the burst, at most 400: a large burst (a room's key distribution) does
+            # not also let a flood run longer before the socket closes.
+            if self.violations > min(4 * self.limits.send_burst, FLOOD_VIOLATIONS):
                 self.error(ApiError(ErrorCode.RATE_LIMITED, "Flooding; closing."), frame.id)
                 await self.close(f.CLOSE_FLOOD, ErrorCode.RATE_LIMITED.value)
                 return

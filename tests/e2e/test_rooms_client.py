@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -476,10 +477,24 @@ async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: Ne
                 lambda c=c: asyncio.sleep(0, len(room_texts(c, rid))), lambda k: k >= n, 120
             )
 
+    # The owner's calls to the key directory and the auth service, counted on their
+    # way to the real servers: the first send reads every member's list and claims
+    # every member's bundles in one request each (docs/keys.md, "Many users at once"),
+    # never one per member, and asks no member's username (the member list names them).
+    calls: Counter[str] = Counter()
+    for name in ("claim_many", "claim_bundles", "device_lists", "user_devices", "user"):
+        real = getattr(owner.api, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            calls[_name] += 1
+            return await _real(*args, **kw)
+
+        setattr(owner.api, name, counted)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     await owner.rooms.send(rid, "first")
     t1 = loop.time()
+    assert calls == {"device_lists": 1, "claim_many": 1}
     await everyone_has(1, others)
     t2 = loop.time()
     assert owner.rooms.distributions == size - 1
@@ -492,6 +507,7 @@ async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: Ne
     gone = others.pop()
     assert gone.username
     await owner.rooms.remove(rid, gone.username)
+    calls.clear()
     t5 = loop.time()
     await owner.rooms.send(rid, "after")
     t6 = loop.time()
@@ -499,6 +515,9 @@ async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: Ne
     t7 = loop.time()
     assert owner.rooms.rotations == 1
     assert owner.rooms.distributions == (size - 1) + (size - 2)
+    # The removal changed the room's version: the lists were read again, in one
+    # request; the sessions existed, so nothing was claimed.
+    assert calls == {"device_lists": 1}
     assert len(room_texts(gone, rid)) == 1 + burst
     for c in others:
         texts = [e["text"] for e in room_texts(c, rid)]

@@ -113,3 +113,14 @@ async def test_the_outbound_queue_is_bounded_by_bytes() -> None:
 
 async def _value(v: Any) -> Any:
     return v
+
+
+def test_the_send_burst_covers_a_key_distribution_to_the_largest_room() -> None:
+    """A device's first message to a private room sends its sender key to every other
+    member, one pairwise send each (and so does each member's next message after a
+    member leaves): the default burst lets that go out at once in a room of the most
+    members the rooms service admits (docs/protocol.md, "Limits")."""
+    from services.common.config import Settings
+    from services.rooms.config import RoomsConfig
+
+    assert Settings.model_fields["ws_send_burst"].default >= RoomsConfig().max_members - 1
