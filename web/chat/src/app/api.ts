@@ -310,6 +310,16 @@ export class Api {
   claimBundles(userId: string, deviceIds: number[]): Promise<Listed & { bundles: BundleJson[] }> {
     return this.request('GET', `/keys/v1/users/${encodeURIComponent(userId)}/bundles?device_id=${deviceIds.join(',')}`);
   }
+  /** Claim the bundles of many users at once (at most 100; per user every listed
+   * device, or these): each user's answer as claimBundles gives it, or why not. */
+  claimMany(users: Record<string, number[] | null>): Promise<{ claimed: (Listed & { bundles: BundleJson[] })[]; failed: { user_id: string; code: string; message: string }[] }> {
+    const body = Object.fromEntries(Object.entries(users).map(([u, d]) => [u, d === null ? {} : { device_ids: d }]));
+    return this.request('POST', '/keys/v1/users/bundles', { users: body });
+  }
+  /** Many users' signed device lists (at most 1,000); `missing`: those with no account key. */
+  deviceLists(userIds: string[]): Promise<{ lists: Listed[]; missing: string[] }> {
+    return this.request('POST', '/keys/v1/users/device-lists', { user_ids: userIds });
+  }
   userDevices(userId: string): Promise<Listed> {
     return this.request('GET', `/keys/v1/users/${encodeURIComponent(userId)}/devices`);
   }

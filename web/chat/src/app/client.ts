@@ -131,6 +131,8 @@ const TOKEN_MARGIN_MS = 120_000;
 const REAUTH_MS = 240_000;
 const ACK_DELAY_MS = 200;
 const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
+const LISTS_PER_READ = 1000; // users per bulk device-list read (the key directory's MAX_LIST_USERS)
+const CLAIMS_PER_REQUEST = 100; // users per bulk claim (the key directory's MAX_CLAIM_USERS)
 const STATUS_RANK: Record<string, number> = { queued: 0, accepted: 1, stored: 2, delivered: 3, failed: -1 };
 
 export class ParleyError extends Error {
@@ -636,6 +638,25 @@ export class ParleyClient {
 
   /** A contact for `userId` (the sessions and trust a message needs); `listed` when the
    * user added it by name (it shows in the conversations list even with no message). */
+  /** #ensureContact for many users at once (a room's members given our sender key):
+   * those not yet contacts are added, unlisted, in one transaction, named as we know
+   * them (a room's member list names them). */
+  async #ensureContacts(userIds: string[]): Promise<void> {
+    const me = this.me;
+    const known = new Set(this.contacts().map((c) => c.user_id));
+    const fresh = [...new Set(userIds)].filter((u) => u !== me && !known.has(u));
+    if (!fresh.length) return;
+    for (const user of fresh) await this.#ref(user);
+    await this.#transaction(async (tx) => {
+      const contacts = tx.get<Contact[]>('contacts') ?? [];
+      const have = new Set(contacts.map((c) => c.user_id));
+      for (const user of fresh) {
+        if (!have.has(user)) contacts.push({ user_id: user, username: this.#names.get(user) ?? user.slice(0, 8), listed: false });
+      }
+      tx.put('contacts', contacts);
+    });
+  }
+
   async #ensureContact(userId: string, username?: string, listed = false): Promise<void> {
     await this.#ref(userId);
     const known = this.contacts().find((c) => c.user_id === userId);
@@ -1264,31 +1285,88 @@ export class ParleyClient {
   async #refreshPeer(userId: string, answer?: Listed): Promise<PeerState> {
     await this.accessToken();
     const listed = answer ?? (await this.api.userDevices(userId));
-    const signed = SignedDeviceList.fromJson(listed);
+    if (userId !== this.me) await this.#ensureContact(userId);
+    const [state] = await this.#trustLists([{ ...listed, user_id: userId }]);
+    return state as PeerState;
+  }
+
+  /** Users' signed device lists (from the directory, or from claims' answers) trusted
+   * in one transaction: a changed account key is reported (event and history line).
+   * Users not yet contacts become unlisted ones (#ensureContacts). */
+  async #trustLists(answers: Listed[]): Promise<PeerState[]> {
     const me = this.me;
     const mine = await this.#myAccountPublic();
-    if (userId !== me) await this.#ensureContact(userId);
-    let warning: ClientEvent | null = null;
-    const state = await this.#transaction(async (tx) => {
-      const state = this.#peer(tx, userId);
-      if (userId !== me) state.username = this.username(userId);
-      const changed = await state.trust(listed.account_key, signed, mine, me);
-      if (changed !== null && userId !== me) {
-        const name = this.username(userId);
-        warning = { type: 'key_changed', peer: userId, username: name, safetyNumber: changed.newSafetyNumber, oldSafetyNumber: changed.oldSafetyNumber };
-        this.#addHistory(tx, userId, {
-          dir: 'system',
-          kind: 'key_changed',
-          peer: userId,
-          at: Date.now(),
-          text: `${name}'s safety number changed. New safety number: ${changed.newSafetyNumber}`,
-        });
+    await this.#ensureContacts(answers.map((a) => a.user_id));
+    const signed = answers.map((a) => SignedDeviceList.fromJson(a));
+    const names = new Map(this.contacts().map((c) => [c.user_id, c.username]));
+    const warnings: ClientEvent[] = [];
+    const states = await this.#transaction(async (tx) => {
+      const out: PeerState[] = [];
+      for (const [i, listed] of answers.entries()) {
+        const userId = listed.user_id;
+        const state = this.#peer(tx, userId);
+        const name = names.get(userId) ?? this.username(userId);
+        if (userId !== me) state.username = name;
+        const changed = await state.trust(listed.account_key, signed[i] as SignedDeviceList, mine, me);
+        if (changed !== null && userId !== me) {
+          warnings.push({ type: 'key_changed', peer: userId, username: name, safetyNumber: changed.newSafetyNumber, oldSafetyNumber: changed.oldSafetyNumber });
+          this.#addHistory(tx, userId, {
+            dir: 'system',
+            kind: 'key_changed',
+            peer: userId,
+            at: Date.now(),
+            text: `${name}'s safety number changed. New safety number: ${changed.newSafetyNumber}`,
+          });
+        }
+        tx.put(this.#peerRow(userId), state.toJson());
+        out.push(state);
       }
-      tx.put(this.#peerRow(userId), state.toJson());
-      return state;
+      return out;
     });
-    if (warning) this.#emit(warning);
-    return state;
+    for (const warning of warnings) this.#emit(warning);
+    return states;
+  }
+
+  /** #refreshPeer for many users: their lists read in bulk (LISTS_PER_READ a request)
+   * and trusted in one transaction per read. A user with no account key is skipped
+   * (no device to reach). */
+  async #refreshPeers(userIds: string[]): Promise<void> {
+    for (let at = 0; at < userIds.length; at += LISTS_PER_READ) {
+      await this.accessToken();
+      const answer = await this.api.deviceLists(userIds.slice(at, at + LISTS_PER_READ));
+      await this.#trustLists(answer.lists);
+    }
+  }
+
+  /** The bundles of every device of `users` (and of ours but this one) we have no
+   * session with, claimed in bulk (CLAIMS_PER_REQUEST users a request): what
+   * #sendControl takes, so that a private room's first message claims for 1,000
+   * members in 10 requests. Users the directory refused are left out: their own send
+   * claims again and says why. */
+  async #claimMissing(users: string[]): Promise<Map<string, PrekeyBundle>> {
+    const me = this.me;
+    const myDevice = (this.account as AccountRow).device_id;
+    const wanted = new Map<string, number[]>();
+    for (const user of new Set([...users, me])) {
+      const missing = targetDevices(user, this.peer(user).missingSessions(), me, myDevice);
+      if (missing.length) wanted.set(user, missing);
+    }
+    const ids = [...wanted.keys()];
+    const bundles = new Map<string, PrekeyBundle>();
+    for (let at = 0; at < ids.length; at += CLAIMS_PER_REQUEST) {
+      await this.accessToken();
+      const chunk = ids.slice(at, at + CLAIMS_PER_REQUEST);
+      const answer = await this.api.claimMany(Object.fromEntries(chunk.map((u) => [u, wanted.get(u) as number[]])));
+      const states = await this.#trustLists(answer.claimed);
+      for (const [i, got] of answer.claimed.entries()) {
+        for (const raw of got.bundles) {
+          const bundle = await PrekeyBundle.fromJson(raw);
+          (states[i] as PeerState).checkDevice(raw.device_id, bundle.identity);
+          bundles.set(`${got.user_id}.${raw.device_id}`, bundle);
+        }
+      }
+    }
+    return bundles;
   }
 
   /** The safety number with a contact (of the account key we trust; fetched if none yet). */
@@ -1364,13 +1442,15 @@ export class ParleyClient {
   /** One encryption at a time per contact (client/parley/messenger.py does the same):
    * concurrent first sends to a new contact would each claim its bundles, spending a
    * one-time prekey each, although one session serves them all. */
-  #encrypt(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array): Promise<W.Send> {
+  #encrypt(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array, claimed?: Map<string, PrekeyBundle>): Promise<W.Send> {
     let lock = this.#peerLocks.get(peerId);
     if (lock === undefined) this.#peerLocks.set(peerId, (lock = new Mutex()));
-    return lock.run(() => this.#encryptNow(peerId, text, clientId, refresh, payload));
+    return lock.run(() => this.#encryptNow(peerId, text, clientId, refresh, payload, claimed));
   }
 
-  async #encryptNow(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array): Promise<W.Send> {
+  /** `claimed`: bundles claimed already (#claimMissing); the devices it has a bundle
+   * for are not claimed again. */
+  async #encryptNow(peerId: string, text: string, clientId: string, refresh: boolean, payload?: Uint8Array, claimed?: Map<string, PrekeyBundle>): Promise<W.Send> {
     const me = this.me;
     const myDevice = (this.account as AccountRow).device_id;
     if (peerId === me) await this.#ref(me); // a note to self: our own conversation, no contact
@@ -1381,6 +1461,12 @@ export class ParleyClient {
     await this.#checkIdentity(this.peer(peerId));
     const users = sendUsers(peerId, me);
     const bundles = new Map<string, PrekeyBundle>();
+    for (const user of claimed ? users : []) {
+      for (const d of this.peer(user).devices.keys()) {
+        const got = claimed?.get(`${user}.${d}`);
+        if (got !== undefined) bundles.set(`${user}.${d}`, got);
+      }
+    }
     for (const user of users) {
       for (let round = 0; round < 3; round++) {
         const missing = targetDevices(user, this.peer(user).missingSessions(), me, myDevice).filter((d) => !bundles.has(`${user}.${d}`));
@@ -1734,9 +1820,9 @@ export class ParleyClient {
   /** Send a control payload (a room's sender key) to every device of `userId` and our
    * other devices over the pairwise sessions (`userId` ours: a note to self, for our
    * other devices only); resolves at its `accepted`. */
-  async #sendControl(userId: string, payload: Uint8Array): Promise<void> {
+  async #sendControl(userId: string, payload: Uint8Array, claimed?: Map<string, PrekeyBundle>): Promise<void> {
     const clientId = randomId();
-    const frame = await this.#encrypt(userId, '', clientId, false, payload);
+    const frame = await this.#encrypt(userId, '', clientId, false, payload, claimed);
     const accepted = this.#accepted(clientId);
     this.#sendFrame(frame);
     await accepted;
@@ -1818,7 +1904,7 @@ export class ParleyClient {
         const me = this.me;
         const myDevice = (this.account as AccountRow).device_id;
         const behind = listsBehind(lists, (user) => this.peer(user).devices.keys(), me, myDevice);
-        await Promise.all(behind.map((user) => this.#refreshPeer(user)));
+        await this.#refreshPeers(behind);
         const version = room.version ?? 0;
         const members = await this.#roomMembers(roomId, version);
         const keyed = await this.#distribute(roomId, version, members);
@@ -1840,6 +1926,7 @@ export class ParleyClient {
     do {
       const page = await this.api.roomMembers(roomId, after);
       out.push(...page.members.map((m) => m.user_id));
+      for (const m of page.members) if (m.username) this.#names.set(m.user_id, m.username); // (#ensureContacts names them)
       after = page.next_after;
     } while (after !== null && after !== undefined);
     return [...new Set(out)];
@@ -1857,7 +1944,7 @@ export class ParleyClient {
     const stale = isStale(roomState(this.#read<RoomState>(this.#roomRow('room', roomId))), version, Date.now());
     const refresh = members.filter((u) => stale || this.peer(u).devices.size === 0);
     if (!members.includes(me)) refresh.push(me);
-    await Promise.all(refresh.map((u) => this.#refreshPeer(u)));
+    await this.#refreshPeers(refresh); // in bulk: 1,000 lists a request
     const targets = (tx: Tx, users: Iterable<string>): Set<string> => {
       const out = new Set<string>();
       for (const user of new Set(users)) {
@@ -1881,9 +1968,11 @@ export class ParleyClient {
     });
     if (lacking.size === 0) return now;
     const payload = skdPayload(roomId, dist);
+    const users = distributionUsers(lacking, me);
+    const bundles = await this.#claimMissing(users); // in bulk: 100 users a request
     const results = await Promise.allSettled(
-      distributionUsers(lacking, me).map(async (user) => {
-        await this.#sendControl(user, payload);
+      users.map(async (user) => {
+        await this.#sendControl(user, payload, bundles);
         await this.#transaction(async (tx) => {
           const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
           state.has_key = [...new Set([...state.has_key, ...targets(tx, [user, me])])].sort();
