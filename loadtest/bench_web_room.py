@@ -6,7 +6,8 @@ device over a new pairwise session (PQXDH: a bundle claimed, a handshake, a 1:1
 frame each), then the message itself. This starts the embedded stack and Parley
 (the test profile of tests/support/stack.py), signs up ``--members`` accounts with
 published keys (raw HTTP, as loadtest/bench_messaging.py, plus a signed prekey, a
-last-resort ML-KEM prekey and 12 one-time prekeys of each kind), puts them in one private room, and times:
+last-resort ML-KEM prekey and 12 one-time prekeys of each kind), puts them in one
+private room, and times:
 
 - the Python client (``parley.Client``), a member: its first message (the
   distribution to every member device, then the message) and its second, each from
@@ -151,6 +152,9 @@ def main() -> None:
     print(f"| web client (Chromium) | {web['sends'][0]:,} | {web['sends'][1]:,} |")
     for error in web.get("errors", []):
         print(f"web client: not accepted: {error}")
+    print("\nWhat the page asked in its first message (count, first and last ms after Enter):")
+    for kind, n, first, last in web.get("timeline", []):
+        print(f"  {n:>6,}  {first:>7,} .. {last:>7,} ms  {kind}")
     print(f"\nThe page's CPU in the web client's first message: {web['profile_ms']:,} ms sampled;")
     print("self time, top 15:")
     for name, ms in web["top"]:

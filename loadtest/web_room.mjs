@@ -17,15 +17,32 @@ try {
   await page.getByRole("button", { name: `Accept the invitation to #${env.ROOM}` }).click();
   await page.waitForSelector(`#conversation-title:text-is("#${env.ROOM}")`, { timeout: 60_000 });
 
+  // What the page asked of the servers during each send, and when (ms after Enter).
+  let t0 = 0;
+  const log = [];
   const cdp = await page.context().newCDPSession(page);
+  // The socket was opened at log-in: its frames are seen through the protocol.
+  await cdp.send("Network.enable");
+  cdp.on("Network.webSocketFrameSent", (e) => {
+    const op = String(e.response.payloadData).match(/"op":"([a-z_]+)"/)?.[1];
+    if (op) log.push([Date.now() - t0, `ws sent ${op}`]);
+  });
+  cdp.on("Network.webSocketFrameReceived", (e) => {
+    for (const m of String(e.response.payloadData).matchAll(/"op":"([a-z_]+)"/g)) log.push([Date.now() - t0, `ws got ${m[1]}`]);
+  });
   await cdp.send("Profiler.enable");
   await cdp.send("Profiler.setSamplingInterval", { interval: 1000 });
+  page.on("requestfinished", (r) => {
+    const path = new URL(r.url()).pathname.replace(/[0-9a-f]{24,}/g, "{id}");
+    log.push([Date.now() - t0, `${r.method()} ${path}`]);
+  });
   const field = page.getByLabel(`Message to #${env.ROOM}`);
   const result = { sends: [] };
   for (const [i, text] of [`first ${env.TAG}`, `second ${env.TAG}`].entries()) {
     if (i === 0) await cdp.send("Profiler.start");
     await field.fill(text);
-    const t0 = Date.now();
+    log.length = 0;
+    t0 = Date.now();
     await field.press("Enter");
     await page.waitForSelector(`#messages li.msg.out[data-status="accepted"]:has-text("${text}"), #form-error, [role=alert]:not(:empty)`, { timeout: T });
     const ms = Date.now() - t0;
@@ -33,6 +50,15 @@ try {
     result.sends.push(ms);
     if (!accepted) result.errors = [...(result.errors ?? []), `${text}: ${(await page.innerText("body")).split("\n").slice(-2).join(" ")}`];
     if (i === 0) {
+      // Per kind: how many, the first and the last (ms after Enter).
+      const kinds = new Map();
+      for (const [at, kind] of log) {
+        const k = kinds.get(kind) ?? { n: 0, first: at, last: at };
+        k.n += 1;
+        k.last = at;
+        kinds.set(kind, k);
+      }
+      result.timeline = [...kinds.entries()].sort((a, b) => a[1].first - b[1].first).map(([k, v]) => [k, v.n, v.first, v.last]);
       const { profile } = await cdp.send("Profiler.stop");
       const byId = new Map(profile.nodes.map((n) => [n.id, n]));
       const self = new Map();

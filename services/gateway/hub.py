@@ -233,11 +233,11 @@ class Hub:
                             send_burst=lim.send_burst) if limits else None,
         )  # fmt: skip
 
-    async def submit(
+    async def prepare_send(
         self, user_id: str, device: int, sid: str, token: str, frame: f.Send
-    ) -> tuple[str, str, list[asyncio.Future[object]]]:
-        """Produce a client's message, one envelope per device copy; returns the server
-        id, the conversation and the broker's ack futures.
+    ) -> list[e.MessageEnvelope]:
+        """A client's message as envelopes, one per device copy, checked (nothing is
+        produced: :meth:`produce` does that, in the order the socket's frames came).
 
         The recipient is routed by the id the directory returns (a username or
         another spelling of an id is never used as an inbox key). The copies
@@ -264,15 +264,23 @@ class Hub:
             for copy, owner in zip(frame.copies, owners, strict=True)
         ]
         await self._check_room(user_id, [env.inbox for env in envs if env.to == recipient])
-        log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": recipient})
+        return envs
+
+    async def produce(
+        self, envs: list[e.MessageEnvelope]
+    ) -> tuple[str, str, list[asyncio.Future[object]]]:
+        """Hand a prepared message's envelopes to the producer; returns the server id,
+        the conversation and the broker's ack futures."""
+        log.debug("message submitted", extra={"message_id": envs[0].server_id, "to": envs[0].to})
         acks = [await self.store.enqueue(env) for env in envs]
         return envs[0].server_id, envs[0].conversation or "", acks
 
-    async def submit_room(
+    async def prepare_room(
         self, user_id: str, device: int, sid: str, token: str, frame: f.RoomSend
-    ) -> tuple[str, str, list[asyncio.Future[object]]]:
-        """Produce a private room's message: one record for the whole room, keyed by
-        the room (delivery fans it out, docs/rooms.md); returns as :meth:`submit`."""
+    ) -> e.RoomEnvelope:
+        """A private room's message as one record for the whole room, keyed by the
+        room (delivery fans it out, docs/rooms.md), checked; :meth:`produce_room`
+        produces it."""
         targets = await self.rooms.targets(
             frame.room, user_id, device, token, frame.mentions, frame.device_digest
         )
@@ -282,8 +290,14 @@ class Hub:
             body=frame.body, commitment=frame.commitment, mentions=list(frame.mentions),
             sent_at=e.now_ms(), targets=targets,
         )  # fmt: skip
+        return env
+
+    async def produce_room(
+        self, env: e.RoomEnvelope
+    ) -> tuple[str, str, list[asyncio.Future[object]]]:
+        """As :meth:`produce`, for a room's record."""
         ack = await self.store.enqueue_room(env)
-        return env.server_id, e.room_conversation(frame.room), [ack]
+        return env.server_id, e.room_conversation(env.room), [ack]
 
     async def typing(self, user_id: str, device: int, token: str, frame: f.Typing) -> None:
         """Tell a room's members that ``user_id``'s ``device`` is typing there, or

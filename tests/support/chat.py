@@ -175,8 +175,10 @@ class Receiver:
                 else:
                     self.take(frame)
             assert self.client is not None
-            # Everything expected has arrived: acknowledge up to the newest.
-            await self.client.send({"op": "ack", "seq": max(self.seen, default=self.last)})
+            # Everything expected has arrived: acknowledge up to the newest (on a socket
+            # its pod's death closed after the frames came, nothing to acknowledge on).
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await self.client.send({"op": "ack", "seq": max(self.seen, default=self.last)})
 
         await asyncio.wait_for(loop(), timeout)
 

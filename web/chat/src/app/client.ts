@@ -355,6 +355,7 @@ export class ParleyClient {
   #synced = false;
   #backoff = 500;
   #chain: Promise<void> = Promise.resolve();
+  #receipts: (W.Accepted | W.Stored | W.Delivered)[] = []; // waiting for the chain, handled together
   #pending = new Map<string, (frame: W.Synced | W.Error) => void>();
   #ackPending = 0;
   #acked = 0; // the highest seq acknowledged on this socket
@@ -1970,14 +1971,25 @@ export class ParleyClient {
     const payload = skdPayload(roomId, dist);
     const users = distributionUsers(lacking, me);
     const bundles = await this.#claimMissing(users); // in bulk: 100 users a request
+    // Who has the key now, recorded as the `accepted` come: those that come while a
+    // write is waiting join it (one write for many, not one per member).
+    const got: string[] = [];
+    let recording: Promise<void> | null = null;
+    const record = (user: string): Promise<void> => {
+      got.push(user);
+      recording ??= this.#transaction(async (tx) => {
+        recording = null; // later ones make the next write
+        const users = got.splice(0);
+        const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
+        state.has_key = [...new Set([...state.has_key, ...targets(tx, [...users, me])])].sort();
+        tx.put(this.#roomRow('room', roomId), state);
+      });
+      return recording;
+    };
     const results = await Promise.allSettled(
       users.map(async (user) => {
         await this.#sendControl(user, payload, bundles);
-        await this.#transaction(async (tx) => {
-          const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
-          state.has_key = [...new Set([...state.has_key, ...targets(tx, [user, me])])].sort();
-          tx.put(this.#roomRow('room', roomId), state);
-        });
+        await record(user);
       }),
     );
     for (const r of results) if (r.status === 'rejected') throw r.reason; // the others' are recorded; the next send retries
@@ -2300,9 +2312,17 @@ export class ParleyClient {
       } catch {
         return;
       }
-      this.#chain = this.#chain.then(() => this.#onFrame(ws, frame)).catch((error: unknown) => {
+      const failed = (error: unknown) => {
         this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) });
-      });
+      };
+      if (frame.op === 'accepted' || frame.op === 'stored' || frame.op === 'delivered') {
+        // Receipts that arrive while the chain is busy are handled together, in one
+        // vault write (a room's key distribution: a thousand `accepted` in a second).
+        this.#receipts.push(frame);
+        if (this.#receipts.length === 1) this.#chain = this.#chain.then(() => this.#onReceipts(this.#receipts.splice(0))).catch(failed);
+        return;
+      }
+      this.#chain = this.#chain.then(() => this.#onFrame(ws, frame)).catch(failed);
     };
     ws.onclose = (ev) => {
       if (this.#ws !== ws) return;
@@ -2368,7 +2388,7 @@ export class ParleyClient {
       case 'accepted':
       case 'stored':
       case 'delivered':
-        return this.#onReceipt(frame);
+        return this.#onReceipts([frame]);
       case 'synced': {
         const resolve = this.#pending.get(frame.id ?? '');
         this.#pending.delete(frame.id ?? '');
@@ -2669,31 +2689,42 @@ export class ParleyClient {
     if (frame.seq) this.#ackSoon(frame.seq);
   }
 
-  async #onReceipt(frame: W.Accepted | W.Stored | W.Delivered): Promise<void> {
-    const status = frame.op;
-    // About the copies our other devices get of what we sent to a contact: not news (in a
-    // note to self those devices are its recipients: direct.ts receiptCounts).
-    if (!receiptCounts(frame, this.me)) return;
-    const queued = this.#queued(frame.id);
-    const peer = queued?.peer ?? (frame.op === 'accepted' ? otherParty(frame.conversation, this.me) : frame.to);
-    if (!peer) return;
-    const rank = STATUS_RANK[status] as number;
-    if (status === 'accepted') await this.#ref(peer);
-    await this.#transaction(async (tx) => {
-      if (status === 'accepted') this.#dequeue(tx, frame.id);
-      this.#updateHistory(tx, peer, frame.id, (e) => {
-        if ((STATUS_RANK[e.status ?? 'queued'] ?? 0) < rank) e.status = status;
-        if (frame.op !== 'accepted') {
-          e.devices ??= {};
-          if ((STATUS_RANK[e.devices[String(frame.device)] ?? 'queued'] ?? 0) < rank) e.devices[String(frame.device)] = status;
-        }
-      });
-    });
-    if (status === 'accepted') {
-      this.#waiting.get(frame.id)?.resolve();
-      this.#waiting.delete(frame.id);
+  /** Receipts, in one transaction: `accepted` takes the message out of the outbox; each
+   * raises its history line's status (and, past `accepted`, the device's). */
+  async #onReceipts(frames: (W.Accepted | W.Stored | W.Delivered)[]): Promise<void> {
+    const todo: { frame: W.Accepted | W.Stored | W.Delivered; peer: string }[] = [];
+    for (const frame of frames) {
+      // About the copies our other devices get of what we sent to a contact: not news (in
+      // a note to self those devices are its recipients: direct.ts receiptCounts).
+      if (!receiptCounts(frame, this.me)) continue;
+      const queued = this.#queued(frame.id);
+      const peer = queued?.peer ?? (frame.op === 'accepted' ? otherParty(frame.conversation, this.me) : frame.to);
+      if (!peer) continue;
+      if (frame.op === 'accepted') await this.#ref(peer);
+      todo.push({ frame, peer });
     }
-    this.#emit({ type: 'receipt', peer, clientId: frame.id, status });
+    if (!todo.length) return;
+    await this.#transaction(async (tx) => {
+      for (const { frame, peer } of todo) {
+        const status = frame.op;
+        const rank = STATUS_RANK[status] as number;
+        if (status === 'accepted') this.#dequeue(tx, frame.id);
+        this.#updateHistory(tx, peer, frame.id, (e) => {
+          if ((STATUS_RANK[e.status ?? 'queued'] ?? 0) < rank) e.status = status;
+          if (frame.op !== 'accepted') {
+            e.devices ??= {};
+            if ((STATUS_RANK[e.devices[String(frame.device)] ?? 'queued'] ?? 0) < rank) e.devices[String(frame.device)] = status;
+          }
+        });
+      }
+    });
+    for (const { frame, peer } of todo) {
+      if (frame.op === 'accepted') {
+        this.#waiting.get(frame.id)?.resolve();
+        this.#waiting.delete(frame.id);
+      }
+      this.#emit({ type: 'receipt', peer, clientId: frame.id, status: frame.op });
+    }
   }
 
   async #onError(frame: W.Error): Promise<void> {
