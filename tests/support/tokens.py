@@ -6,6 +6,7 @@ verifier is exercised exactly as against the auth service.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
@@ -34,6 +35,10 @@ class TokenIssuer:
         # Usernames (lower case) -> user id: the users endpoint answers to them,
         # and to any case of an id, as the auth service's look-up does.
         self.usernames: dict[str, str] = {}
+        # Look-ups of users asked of the users endpoint, and those it answers only once
+        # their event is set (a slow auth service, for one user).
+        self.lookups: list[str] = []
+        self.held: dict[str, asyncio.Event] = {}
 
     def jwks(self) -> dict[str, Any]:
         jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
@@ -48,6 +53,9 @@ class TokenIssuer:
 
         async def user(request: web.Request) -> web.Response:
             key = request.match_info["user_id"]
+            self.lookups.append(key)
+            if key in self.held:
+                await self.held[key].wait()
             user_id = next(
                 (u for u in (key, key.strip().lower()) if u in self.users),
                 self.usernames.get(key.strip().lower()),
