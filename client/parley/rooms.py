@@ -573,21 +573,36 @@ class Rooms:
         # New sessions' bundles claimed in bulk (100 users a request), not one by one.
         bundles = await self.messenger.claim_missing(users)
         gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
+        # Who has the key now, recorded as the ``accepted`` come: those that come while
+        # a write waits for the store join it (one commit for many, not one per member).
+        done: list[str] = []
+        recording: asyncio.Future[None] | None = None
 
-        async def give(user: str) -> None:
-            async with gate:
-                await self.messenger.send_control(user, payload, bundles=bundles)
-            self.distributions += 1
+        async def write() -> None:
+            nonlocal recording
             async with self._store().transaction() as tx:
+                recording = None  # later ones make the next write
+                users = [*done, me]
+                done.clear()
                 state = self._state(tx, room_id)
                 got = {
                     member_key(u, d)
-                    for u in (user, me)
+                    for u in users
                     for d in self.messenger._peer(tx, u).devices
                     if (u, d) != (me, my_device)
                 }
                 state.has_key = sorted(set(state.has_key) | got)
                 self._put_state(tx, room_id, state)
+
+        async def give(user: str) -> None:
+            nonlocal recording
+            async with gate:
+                await self.messenger.send_control(user, payload, bundles=bundles)
+            self.distributions += 1
+            done.append(user)
+            if recording is None:
+                recording = asyncio.ensure_future(write())
+            await asyncio.shield(recording)
 
         results = await asyncio.gather(*(give(u) for u in users), return_exceptions=True)
         for result in results:
