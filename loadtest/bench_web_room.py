@@ -40,6 +40,9 @@ from scripts.stack import ROOT
 from tests.support.stack import System, start_stack, start_system
 
 PASSWORD = "bench password 1234"
+# One-time prekeys per member device, of each kind, as a device holds them (the client
+# keeps 100; 12 keep each claim on the common path, above the directory's low mark of 10).
+ONE_TIME = 12
 
 
 async def browser(system: System, tag: str, room: str, invite: Any) -> dict[str, Any]:
@@ -67,16 +70,17 @@ async def browser(system: System, tag: str, room: str, invite: Any) -> dict[str,
     return result
 
 
-async def room_of(system: System, n: int, data_dir: Path) -> dict[str, Any]:
+async def room_of(
+    system: System, n: int, data_dir: Path, one_time: int = ONE_TIME
+) -> dict[str, Any]:
     """A private room of ``n`` members on ``system``: the Python client's and the web
-    client's first two messages in it (milliseconds each, the page's profile)."""
+    client's first two messages in it (milliseconds each, the page's profile). Each
+    member publishes ``one_time`` one-time prekeys of each kind."""
     tag = secrets.token_hex(3)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
         lb = system.lb
         t = time.perf_counter()
-        # One-time prekeys as a member's device holds them (the client keeps 100; 12
-        # keep each claim on the common path, above the directory's low mark of 10).
-        accounts = await sign_up(http, lb, f"b{tag}", n - 2, prekeys=True, one_time=12)
+        accounts = await sign_up(http, lb, f"b{tag}", n - 2, prekeys=True, one_time=one_time)
         print(f"{n - 2} members signed up with keys in {time.perf_counter() - t:.0f} s")
         owner_token, rest = accounts[0].token, accounts[1:]
         name = f"big{tag}"

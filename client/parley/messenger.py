@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 ACK_DELAY = 0.2
 LISTS_PER_READ = 1000  # users per bulk device-list read (the key directory's MAX_LIST_USERS)
 CLAIMS_PER_REQUEST = 100  # users per bulk claim (the key directory's MAX_CLAIM_USERS)
+CLAIMS_AT_ONCE = 3  # bulk claims in flight (the directory works on each 16 users at a time)
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024  # the gateway's default (PARLEY_WS_MAX_FRAME_BYTES)
 _STATUS_RANK = {"queued": 0, "accepted": 1, "stored": 2, "delivered": 3}
 
@@ -241,10 +242,18 @@ class Messenger:
                 wanted[user] = missing
         bundles: dict[tuple[str, int], PrekeyBundle] = {}
         users = list(wanted)
-        for at in range(0, len(users), CLAIMS_PER_REQUEST):
-            chunk = users[at : at + CLAIMS_PER_REQUEST]
-            await self.account.access_token()
-            answer = await self.api.claim_many({u: wanted[u] for u in chunk})
+        gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
+
+        async def claim(chunk: list[str]) -> dict[str, Any]:
+            async with gate:
+                await self.account.access_token()
+                answer: dict[str, Any] = await self.api.claim_many({u: wanted[u] for u in chunk})
+                return answer
+
+        chunks = [
+            users[at : at + CLAIMS_PER_REQUEST] for at in range(0, len(users), CLAIMS_PER_REQUEST)
+        ]
+        for answer in await asyncio.gather(*(claim(c) for c in chunks)):
             claimed = answer.get("claimed", [])
             try:
                 for state, got in zip(await self._trust_lists(claimed), claimed, strict=True):

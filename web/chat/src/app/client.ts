@@ -133,6 +133,7 @@ const ACK_DELAY_MS = 200;
 const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
 const LISTS_PER_READ = 1000; // users per bulk device-list read (the key directory's MAX_LIST_USERS)
 const CLAIMS_PER_REQUEST = 100; // users per bulk claim (the key directory's MAX_CLAIM_USERS)
+const CLAIMS_AT_ONCE = 3; // bulk claims in flight (the directory works on each 16 users at a time)
 const STATUS_RANK: Record<string, number> = { queued: 0, accepted: 1, stored: 2, delivered: 3, failed: -1 };
 
 export class ParleyError extends Error {
@@ -1353,11 +1354,21 @@ export class ParleyClient {
       if (missing.length) wanted.set(user, missing);
     }
     const ids = [...wanted.keys()];
+    const chunks: string[][] = [];
+    for (let at = 0; at < ids.length; at += CLAIMS_PER_REQUEST) chunks.push(ids.slice(at, at + CLAIMS_PER_REQUEST));
+    let next = 0;
+    const answers: Awaited<ReturnType<Api['claimMany']>>[] = [];
+    const claim = async (): Promise<void> => {
+      while (next < chunks.length) {
+        const k = next++;
+        await this.accessToken();
+        const chunk = chunks[k] as string[];
+        answers[k] = await this.api.claimMany(Object.fromEntries(chunk.map((u) => [u, wanted.get(u) as number[]])));
+      }
+    };
+    await Promise.all(Array.from({ length: CLAIMS_AT_ONCE }, claim));
     const bundles = new Map<string, PrekeyBundle>();
-    for (let at = 0; at < ids.length; at += CLAIMS_PER_REQUEST) {
-      await this.accessToken();
-      const chunk = ids.slice(at, at + CLAIMS_PER_REQUEST);
-      const answer = await this.api.claimMany(Object.fromEntries(chunk.map((u) => [u, wanted.get(u) as number[]])));
+    for (const answer of answers) {
       const states = await this.#trustLists(answer.claimed);
       for (const [i, got] of answer.claimed.entries()) {
         for (const raw of got.bundles) {
