@@ -133,7 +133,7 @@ async def _claim_devices(
     keys: Keys, claimer: str, account: accounts.Account, devices: list[dict[str, Any]]
 ) -> models.Bundles:
     """A bundle from each of ``devices`` (the target's, ascending id), within the
-    target's one-time budget; 404 ``prekeys_exhausted`` when none can make one."""
+    target's one-time budget; 409 ``prekeys_exhausted`` when none can make one."""
     target = account.user_id
     one_time = claimer == target or await keys.limiter.try_take(
         "one-time", target, keys.config.one_time_burst, keys.config.one_time_refill_s
