@@ -547,7 +547,7 @@ class Connection:
                     envs = await self.hub.prepare_send(*args, frame)
                 finally:
                     if ahead is not None and not ahead.done():
-                        await ahead  # answers and records keep the frames' order
+                        await ahead  # the records keep the frames' order
                 server_id, conversation, acks = await self.hub.produce(envs)
         except ApiError as err:
             self._free_send_slot()
