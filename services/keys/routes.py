@@ -51,7 +51,6 @@ LINK_ID = {"type": "string", "pattern": models.LINK_ID_PATTERN}
 _DEVICE = {"device_id": DEVICE_ID}
 _USER = {"user_id": USER_ID}
 _LINK = {"link_id": LINK_ID}
-MAX_WANTED = models.MAX_WANTED
 
 
 def _device_id(text: str, name: str = "device_id") -> int:
@@ -266,7 +265,12 @@ async def get_devices(request: web.Request, claims: Claims) -> models.UserDevice
     query={"device_id": "Only these devices (comma-separated device ids)."},
     params={
         **_USER,
-        "device_id": {"type": "array", "items": DEVICE_ID, "minItems": 1, "maxItems": MAX_WANTED},
+        "device_id": {
+            "type": "array",
+            "items": DEVICE_ID,
+            "minItems": 1,
+            "maxItems": models.MAX_WANTED,
+        },
     },
 )
 async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
@@ -274,7 +278,7 @@ async def get_bundles(request: web.Request, claims: Claims) -> web.Response:
     wanted: set[int] | None = None
     if "device_id" in request.query:
         raw = request.query["device_id"].split(",")
-        if len(raw) > MAX_WANTED:
+        if len(raw) > models.MAX_WANTED:
             raise ApiError(_E.VALIDATION_FAILED, "Too many device ids.")
         wanted = {_device_id(part) for part in raw}
     result = await bundles.claim(request.app[KEYS], claims.user_id, target, wanted)
