@@ -19,6 +19,7 @@ from tests.support.chat import (
     Sender,
     assert_exactly_once_in_order,
     b64,
+    inbox_items,
     receive_all,
     unb64,
 )
@@ -74,6 +75,54 @@ async def test_kill_9_a_gateway_mid_flight_loses_and_duplicates_nothing(system: 
         await receiver.close()
     assert len(sender.accepted) == n
     assert_exactly_once_in_order(receiver.bodies, "gwkill", n)
+    await eventually(
+        lambda: asyncio.sleep(0, http_status(system.cfg.url(victim) + "/gateway/readyz")),
+        lambda s: s == 200,
+    )
+
+
+async def test_kill_9_the_senders_gateway_with_hundreds_of_first_contacts_pending(
+    system: System,
+) -> None:
+    """One socket sends to 200 users it never wrote to, one message each, then a second
+    round: each first send waits on the gateway's look-ups of the recipient (auth and
+    key directory) while the sends behind it are checked beside it and produced in
+    order (docs/gateway.md, "Send pipeline"). The sender's gateway is killed as soon as
+    the first answer comes back, with most look-ups still pending; the sender resends
+    what was not accepted on a new socket, through HAProxy to the other pod, which has
+    seen none of the recipients either. Every recipient's inbox holds its own two
+    messages, each once."""
+    alice = await signup(system.lb)
+    gate = asyncio.Semaphore(16)
+
+    async def one() -> User:
+        async with gate:
+            return await signup(system.lb)
+
+    recipients = await asyncio.gather(*(one() for _ in range(200)))
+    sender = Sender(system, alice, [r.user_id for r in recipients], "first")
+    n = 2 * len(recipients)
+    send = asyncio.create_task(sender.run(n, pace=0))
+    await eventually(lambda: asyncio.sleep(0, len(sender.accepted)), lambda k: k >= 1)
+    assert sender.client is not None
+    victim = sender.client.ready["gateway"]
+    system.procs.kill(victim)
+    try:
+        await asyncio.wait_for(send, 120)
+    finally:
+        system.restart(victim)
+        await sender.close()
+    assert sender.reconnects >= 1, "every send was answered before the kill: nothing was tested"
+    assert len(sender.accepted) == n
+    bodies: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        for j, r in enumerate(recipients):
+            items = await inbox_items(http, system.lb, r.token)
+            assert items is not None
+            mine = [unb64(item["body"]) for item in items]
+            assert sorted(mine) == sorted([f"first-{j}", f"first-{j + len(recipients)}"]), mine
+            bodies += mine
+    assert_exactly_once_in_order(bodies, "first", n)
     await eventually(
         lambda: asyncio.sleep(0, http_status(system.cfg.url(victim) + "/gateway/readyz")),
         lambda s: s == 200,

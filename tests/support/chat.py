@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 
 
 class Sender:
-    """Sends numbered messages; after a disconnect, reconnects and resends what was not accepted."""
+    """Sends numbered messages; after a disconnect, reconnects and resends what was not
+    accepted. Message ``i`` goes to ``to`` or, given several recipients, to
+    ``to[i % len(to)]``."""
 
-    def __init__(self, system: System, user: User, to: str, tag: str) -> None:
-        self.system, self.user, self.to, self.tag = system, user, to, tag
+    def __init__(self, system: System, user: User, to: str | list[str], tag: str) -> None:
+        self.system, self.user, self.tag = system, user, tag
+        self.to = [to] if isinstance(to, str) else to
         self.accepted: set[str] = set()
         self.client: WsClient | None = None
         self.reconnects = 0
@@ -42,7 +45,8 @@ class Sender:
             assert self.client is not None
             try:
                 for cid in pending:
-                    await self.client.send(send_frame(cid, self.to, b64(cid)))
+                    to = self.to[int(cid.rsplit("-", 1)[1]) % len(self.to)]
+                    await self.client.send(send_frame(cid, to, b64(cid)))
                     await asyncio.sleep(pace)
                 while len(self.accepted) < n:
                     frame = await self.client.next(timeout=5)
