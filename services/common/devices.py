@@ -16,7 +16,7 @@ from services.common import scripts
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import outgoing_headers
-from services.common.stale import STALE_RETRY_S, StaleWhileDown
+from services.common.stale import STALE_RETRY_S, Flights, StaleWhileDown
 
 MEMBER_PAGE = 500
 
@@ -88,13 +88,16 @@ class DeviceLists:
         self.base = settings.keys_url.rstrip("/")
         self.session = session
         self._cache = StaleWhileDown[frozenset[int]](DEVICE_LIST_TTL_S, STALE_RETRY_S)
+        self._asks = Flights[frozenset[int]]()
         self._copies = copies
 
     def forget(self, user_id: str) -> None:
         self._cache.forget(user_id)
+        self._asks.forget(user_id)
 
     def clear(self) -> None:
         self._cache.clear()
+        self._asks = Flights[frozenset[int]]()
 
     def peek(self, user_id: str) -> frozenset[int] | None:
         """The cached list, if it is still fresh (no I/O)."""
@@ -113,6 +116,12 @@ class DeviceLists:
                 hit = await self._copy(user_id, now)
             if hit is not None:
                 return hit
+            return await self._asks.ask(user_id, lambda: self._read(user_id, token, now, False))
+        return await self._read(user_id, token, now, True)
+
+    async def _read(self, user_id: str, token: str, now: float, fresh: bool) -> frozenset[int]:
+        """Ask the key directory (a ``fresh`` read asks for itself; the others, one ask
+        per user on its way, :class:`Flights`)."""
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
         try:

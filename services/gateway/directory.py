@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from services.common.config import Settings
 from services.common.devices import COPY_TTL_S, user_id_of
 from services.common.errors import ApiError, ErrorCode
-from services.common.stale import STALE_RETRY_S, StaleWhileDown
+from services.common.stale import STALE_RETRY_S, Flights, StaleWhileDown
 
 KNOWN_TTL_S = COPY_TTL_S
 
@@ -35,6 +35,7 @@ class Directory:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self._known = StaleWhileDown[str](settings.recipient_cache_s, STALE_RETRY_S)
+        self._asks = Flights[str]()
 
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}:known:{{{user_id}}}"
@@ -52,6 +53,10 @@ class Directory:
             known = await self._known.from_copy(user_id, now, self._noted)
         if known is not None:
             return known
+        return await self._asks.ask(user_id, lambda: self._ask(user_id, token, now))
+
+    async def _ask(self, user_id: str, token: str, now: float) -> str:
+        """Ask the auth service (one ask per id on its way, :class:`Flights`)."""
         unavailable = "Cannot check the recipient now."
         try:
             canonical = await user_id_of(self.session, self.base, user_id, token, unavailable)

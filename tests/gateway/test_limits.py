@@ -125,6 +125,32 @@ async def test_sends_are_checked_together_and_produced_in_the_order_they_came(
         await client.close()
 
 
+async def test_sends_written_at_once_to_a_new_contact_look_it_up_once(
+    issuer: Any, make_client: Any
+) -> None:
+    """Ten sends to a recipient this pod has not seen, written at once, are checked side
+    by side: they share one look-up at the auth service and one device-list read at
+    the key directory (docs/gateway.md, "Send pipeline"), not ten of each."""
+    _, url = await _gateway(issuer, make_client)
+    me, bob = uid(), uid()
+    issuer.users.add(bob)
+    issuer.held[bob] = gate = asyncio.Event()
+    client = await WsClient.connect(url, issuer.token(me, did=1))
+    try:
+        for i in range(10):
+            await client.send(send_frame(f"m{i}", bob, "eA"))
+        await client.send({"op": "ping", "id": "p"})
+        await client.expect("pong", id="p")  # every send before it was read
+        await eventually(lambda: asyncio.sleep(0, issuer.lookups.count(bob)), lambda k: k >= 1)
+        gate.set()
+        answers = [await client.next() for _ in range(10)]
+        assert [a["op"] for a in answers] == ["accepted"] * 10
+        assert issuer.lookups.count(bob) == 1
+        assert issuer.device_lookups.count(bob) == 1
+    finally:
+        await client.close()
+
+
 async def test_the_outbound_queue_is_bounded_by_bytes() -> None:
     settings = load_settings(ws_outbound_queue=1000, ws_outbound_queue_bytes=64 * 1024)
     store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]

@@ -39,6 +39,8 @@ class TokenIssuer:
         # their event is set (a slow auth service, for one user).
         self.lookups: list[str] = []
         self.held: dict[str, asyncio.Event] = {}
+        # Users whose device list was asked of the devices endpoint.
+        self.device_lookups: list[str] = []
 
     def jwks(self) -> dict[str, Any]:
         jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
@@ -68,6 +70,7 @@ class TokenIssuer:
 
         async def devices(request: web.Request) -> web.Response:
             user_id = request.match_info["user_id"]
+            self.device_lookups.append(user_id)
             if user_id not in self.users:
                 body = {"error": {"code": "identity_not_found", "message": "No keys."}}
                 return web.json_response(body, status=404)
