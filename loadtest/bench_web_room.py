@@ -159,6 +159,9 @@ def main() -> None:
     print("\nWhat the page asked in its first message (count, first and last ms after Enter):")
     for kind, n, first, last in web.get("timeline", []):
         print(f"  {n:>6,}  {first:>7,} .. {last:>7,} ms  {kind}")
+    print("\n... and in its second:")
+    for kind, n, first, last in web.get("timeline2", []):
+        print(f"  {n:>6,}  {first:>7,} .. {last:>7,} ms  {kind}")
     print(f"\nThe page's CPU in the web client's first message: {web['profile_ms']:,} ms sampled;")
     print("self time, top 15:")
     for name, ms in web["top"]:

@@ -49,16 +49,18 @@ try {
     const accepted = await page.locator(`#messages li.msg.out[data-status="accepted"]:has-text("${text}")`).count();
     result.sends.push(ms);
     if (!accepted) result.errors = [...(result.errors ?? []), `${text}: ${(await page.innerText("body")).split("\n").slice(-2).join(" ")}`];
+    // Per kind: how many, the first and the last (ms after Enter).
+    const kinds = new Map();
+    for (const [at, kind] of log) {
+      const k = kinds.get(kind) ?? { n: 0, first: at, last: at };
+      k.n += 1;
+      k.last = at;
+      kinds.set(kind, k);
+    }
+    const timeline = [...kinds.entries()].sort((a, b) => a[1].first - b[1].first).map(([k, v]) => [k, v.n, v.first, v.last]);
+    if (i === 1) result.timeline2 = timeline;
     if (i === 0) {
-      // Per kind: how many, the first and the last (ms after Enter).
-      const kinds = new Map();
-      for (const [at, kind] of log) {
-        const k = kinds.get(kind) ?? { n: 0, first: at, last: at };
-        k.n += 1;
-        k.last = at;
-        kinds.set(kind, k);
-      }
-      result.timeline = [...kinds.entries()].sort((a, b) => a[1].first - b[1].first).map(([k, v]) => [k, v.n, v.first, v.last]);
+      result.timeline = timeline;
       const { profile } = await cdp.send("Profiler.stop");
       const byId = new Map(profile.nodes.map((n) => [n.id, n]));
       const self = new Map();

@@ -49,4 +49,10 @@ async def test_a_room_of_a_thousand_is_written_to_from_python_and_from_the_brows
     web = out["web"]
     assert not web.get("errors"), web
     assert len(web["sends"]) == 2 and len(out["python_ms"]) == 2, out
+    # The first message gave the key to every member device; the second gives it to none
+    # (the page recorded who has it: a lost record would send it all again).
+    first = {kind: n for kind, n, *_ in web["timeline"]}
+    second = {kind: n for kind, n, *_ in web["timeline2"]}
+    assert first.get("ws sent send") == 999, web["timeline"]
+    assert "ws sent send" not in second, web["timeline2"]
     print(f"first and second message, ms: python {out['python_ms']}, web {web['sends']}")

@@ -92,6 +92,7 @@ import {
   type ConversationItem,
   conversationList,
   encryptCopies,
+  startSessions,
   listsToRead,
   MissingKeys,
   otherParty,
@@ -123,6 +124,7 @@ import {
 import { revokeOutcome } from './sessions.ts';
 import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
+import { Transactions, type Tx } from './transactions.ts';
 
 export const PREKEY_BATCH = 100;
 const PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000; // signed and last-resort prekeys, weekly
@@ -265,11 +267,6 @@ const TYPING_ID = 'typing-';
 
 export type SecondFactorPrompt = (challenge: Challenge) => Promise<{ method: string; code: string }>;
 
-type Tx = {
-  get<T>(name: string): T | undefined;
-  put(name: string, value: unknown): void;
-};
-
 function jwtClaim(token: string, name: string): number {
   try {
     const part = (token.split('.')[1] as string).replace(/-/g, '+').replace(/_/g, '/');
@@ -348,7 +345,11 @@ export class ParleyClient {
   #outboxNext = 0; // the next queued message's place (outbox rows' `n`)
   #sendingDevice: { raw: string; device: Promise<Device> } | null = null; // #deviceToSend's
   readonly #history = new History<HistoryEntry>((name) => this.#cache.get(name) as never); // conversations' entries, in chunks
-  readonly #mutex = new Mutex();
+  readonly #transactions = new Transactions({
+    cache: this.#cache,
+    write: (rows) => this.vault.putMany(rows),
+    changed: (names) => this.#history.changed(names),
+  });
   readonly #listeners = new Set<(e: ClientEvent) => void>();
   #refreshing: Promise<string> | null = null;
   #ws: WebSocket | null = null;
@@ -507,28 +508,10 @@ export class ParleyClient {
     return this.#cache.get(name) as T | undefined;
   }
 
-  /** Run `fn` as one transaction: its writes reach IndexedDB together, or not at all. */
+  /** Run `fn` as one transaction: its writes reach IndexedDB together, or not at all;
+   * one at a time, those waiting written together (transactions.ts). */
   #transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
-    return this.#mutex.run(async () => {
-      const staged = new Map<string, unknown>();
-      const tx: Tx = {
-        get: <V>(name: string) => {
-          const value = staged.has(name) ? staged.get(name) : this.#cache.get(name);
-          return value === undefined ? undefined : (structuredClone(value) as V);
-        },
-        put: (name, value) => void staged.set(name, value),
-      };
-      const result = await fn(tx);
-      if (staged.size) {
-        await this.vault.putMany(staged);
-        for (const [name, value] of staged) {
-          if (value === undefined) this.#cache.delete(name);
-          else this.#cache.set(name, structuredClone(value));
-        }
-        this.#history.changed(staged.keys());
-      }
-      return result;
-    });
+    return this.#transactions.run(fn);
   }
 
   get account(): AccountRow | undefined {
@@ -1055,6 +1038,20 @@ export class ParleyClient {
    * first distribution to a thousand members). Read only: starting a session changes
    * nothing of it; an answer to a first message, which uses up a prekey, reads its own
    * copy (#device). */
+  /** The rows as committed, read outside a transaction (nothing can be written). */
+  readonly #now: Tx = {
+    get: <V>(name: string) => this.#read<V>(name),
+    put: () => {
+      throw new Error('not in a transaction');
+    },
+  };
+
+  /** Whether we have no session with the device `<user>.<device id>` (as committed). */
+  #lacksSession(key: string): boolean {
+    const dot = key.lastIndexOf('.');
+    return !this.peer(key.slice(0, dot)).hasSession(Number(key.slice(dot + 1)));
+  }
+
   #deviceToSend(tx: Tx): Promise<Device> {
     const raw = tx.get<string>('device');
     if (raw === undefined) return Promise.reject(new ParleyError('This browser has no device keys.'));
@@ -1493,12 +1490,13 @@ export class ParleyClient {
       }
     }
     const plaintext = payload ?? utf8(text);
+    const started = startSessions(() => this.#deviceToSend(this.#now), bundles, (key) => this.#lacksSession(key), plaintext);
     return this.#transaction(async (tx) => {
       await this.#checkIdentity(this.#peer(tx, peerId)); // a change seen meanwhile stops it here
       const states = new Map(users.map((user) => [user, this.#peer(tx, user)]));
       let copies: W.Copy[];
       try {
-        copies = await encryptCopies(peerId, me, myDevice, () => this.#deviceToSend(tx), plaintext, (user) => states.get(user) as PeerState, bundles);
+        copies = await encryptCopies(peerId, me, myDevice, () => this.#deviceToSend(tx), plaintext, (user) => states.get(user) as PeerState, bundles, started);
       } catch (error) {
         throw error instanceof MissingKeys ? new ParleyError(error.message) : error;
       }

@@ -76,6 +76,33 @@ export function listsToRead(peer: string, me: string, myDevice: number, refresh:
  * keyed `<user>.<device>`). `state(user)` is the user's PeerState, changed in place
  * (the caller writes each back). The copies are in `send` order.
  */
+/** A session started with a device's bundle and the message that starts it (what
+ * `Session.initiate` gives). */
+export type Initiated = [Session, Uint8Array];
+
+/** The sessions to start for `plaintext`, one per bundle of a device in `bundles` that
+ * `lacks` a session, each begun at once (they run side by side, and beside other
+ * sends'): `encryptCopies` uses them inside its transaction, where one at a time the page
+ * waited on WebCrypto for each (a room's key distribution is a thousand). A session
+ * started meanwhile (a message from that device) wins: the one begun here is dropped. */
+export function startSessions(
+  device: () => Promise<Device>,
+  bundles: Map<string, PrekeyBundle>,
+  lacks: (key: string) => boolean,
+  plaintext: Uint8Array,
+): Map<string, Promise<Initiated>> {
+  const started = new Map<string, Promise<Initiated>>();
+  for (const [key, bundle] of bundles) {
+    if (!lacks(key)) continue;
+    const begun = device().then((d) => Session.initiate(d, bundle, plaintext));
+    begun.catch(() => undefined); // its error is raised where it is used, if it is
+    started.set(key, begun);
+  }
+  return started;
+}
+
+/** Each copy of `plaintext` for `peer`'s devices and our other ones: over the session
+ * with the device, or a new one with its bundle (`started` for it already, if given). */
 export async function encryptCopies(
   peer: string,
   me: string,
@@ -84,6 +111,7 @@ export async function encryptCopies(
   plaintext: Uint8Array,
   state: (user: string) => PeerState,
   bundles: Map<string, PrekeyBundle>,
+  started?: Map<string, Promise<Initiated>>,
 ): Promise<W.Copy[]> {
   const copies: W.Copy[] = [];
   for (const user of sendUsers(peer, me)) {
@@ -95,7 +123,7 @@ export async function encryptCopies(
       } else {
         const bundle = bundles.get(`${user}.${did}`);
         if (bundle === undefined) throw new MissingKeys(`No keys for device ${did} of ${user}: try again.`);
-        const [session, initial] = await Session.initiate(await device(), bundle, plaintext);
+        const [session, initial] = await (started?.get(`${user}.${did}`) ?? Session.initiate(await device(), bundle, plaintext));
         await peerState.start(did, session);
         wire = initial;
       }
