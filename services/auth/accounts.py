@@ -28,6 +28,7 @@ from services.auth.models import (
     SignupRequest,
     TokenResponse,
     UserPublic,
+    UsersFound,
 )
 from services.auth.notices import Notice, notify
 from services.auth.passwords import check_policy
@@ -297,6 +298,16 @@ async def set_preferences(svc: AuthService, claims: Claims, body: PreferencesPat
     if changes:
         user = await svc.store.update_user(user["_id"], changes) or user
     return preferences_of(user)
+
+
+async def lookup_many(svc: AuthService, user_ids: list[str]) -> UsersFound:
+    """:func:`lookup` of many user ids at once, one query (the gateways check a room's
+    new recipients this way: docs/gateway.md)."""
+    found = {doc["_id"]: doc["username"] for doc in await svc.store.users_by_ids(user_ids)}
+    return UsersFound(
+        users=[UserPublic(user_id=u, username=found[u]) for u in user_ids if u in found],
+        missing=[u for u in user_ids if u not in found],
+    )
 
 
 async def lookup(svc: AuthService, username_or_id: str) -> UserPublic:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 from pydantic.config import JsonDict
 
 Role = Literal["user", "admin"]
@@ -137,6 +137,31 @@ class BlockRequest(Request):
 class UserPublic(BaseModel):
     user_id: str
     username: str
+
+
+MAX_LOOKUP_USERS = 1000
+"""User ids one ``POST /auth/v1/users/lookup`` may name."""
+
+
+class UsersLookup(Request):
+    user_ids: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(
+        min_length=1,
+        max_length=MAX_LOOKUP_USERS,
+        json_schema_extra={"uniqueItems": True},
+        description=f"1 to {MAX_LOOKUP_USERS} user ids (32 lower-case hex digits), each once",
+    )
+
+    @field_validator("user_ids")
+    @classmethod
+    def _each_once(cls, user_ids: list[str]) -> list[str]:
+        if len(set(user_ids)) != len(user_ids):
+            raise ValueError("a user id is named twice")
+        return user_ids
+
+
+class UsersFound(BaseModel):
+    users: list[UserPublic] = Field(description="The users that exist, in the order asked.")
+    missing: list[str] = Field(description="The ids asked for that no user has.")
 
 
 class UserBrief(UserPublic):

@@ -15,6 +15,7 @@ from aiohttp import web
 from services.auth import accounts, admin, sessions, twofactor
 from services.auth.api import api
 from services.auth.models import (
+    MAX_LOOKUP_USERS,
     Accepted,
     AdminSessionList,
     AdminUser,
@@ -44,6 +45,8 @@ from services.auth.models import (
     TotpSetup,
     TwoFactorStatus,
     UserPublic,
+    UsersFound,
+    UsersLookup,
 )
 from services.auth.state import AUTH_SERVICE, AuthService, Caller
 from services.common.auth import Claims
@@ -236,6 +239,18 @@ async def patch_preferences(
     request: web.Request, claims: Claims, body: PreferencesPatch
 ) -> Preferences:
     return await accounts.set_preferences(svc(request), claims, body)
+
+
+@api.post(
+    "/v1/users/lookup",
+    summary=f"Which of these user ids exist, and their usernames (at most {MAX_LOOKUP_USERS})",
+    body=UsersLookup,
+    response=UsersFound,
+    auth=True,
+    tags=["accounts"],
+)
+async def users_lookup(request: web.Request, claims: Claims, body: UsersLookup) -> UsersFound:
+    return await accounts.lookup_many(svc(request), body.user_ids)
 
 
 @api.get(

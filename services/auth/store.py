@@ -138,6 +138,11 @@ class AuthStore:
     async def user_by_id(self, user_id: str) -> Doc | None:
         return _times(await self.users.find_one({"_id": user_id}))
 
+    async def users_by_ids(self, user_ids: list[str]) -> list[Doc]:
+        """The users of these ids that exist (any order; ids and usernames only)."""
+        cursor = self.users.find({"_id": {"$in": user_ids}}, {"username": 1})
+        return [doc async for doc in cursor]
+
     async def user_by_username(self, username: str) -> Doc | None:
         return _times(await self.users.find_one({"username": username}))
 

@@ -5,14 +5,16 @@ room's message with them; delivery sends a removed message's tombstones with the
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 
 from services.common import scripts
+from services.common.batched import Batched
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import outgoing_headers
@@ -21,6 +23,10 @@ from services.common.stale import STALE_RETRY_S, Flights, StaleWhileDown
 MEMBER_PAGE = 500
 
 DEVICE_LIST_TTL_S = 300.0
+LISTS_PER_REQUEST = 200
+"""Device lists read in one request to the key directory (it takes up to 1,000)."""
+LISTED_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A user id the key directory's bulk read takes (others are read one at a time)."""
 COPY_TTL_S = 7 * 86_400
 """How long the key directory's copy of a device list in Redis outlives its last write."""
 
@@ -53,6 +59,16 @@ class ListCopies:
     async def write(self, user_id: str, generation: int, devices: Iterable[int]) -> None:
         listed = ",".join(str(d) for d in sorted(devices))
         await self._write([list_copy_key(self.prefix, user_id)], [generation, listed, COPY_TTL_S])
+
+    async def write_many(self, lists: Iterable[tuple[str, int, Iterable[int]]]) -> None:
+        """:meth:`write` of many users' lists ``(user id, generation, device ids)``, in one
+        round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, generation, devices in lists:
+                listed = ",".join(str(d) for d in sorted(devices))
+                args = [generation, listed, COPY_TTL_S]
+                await scripts.queue(pipe, self._write, [list_copy_key(self.prefix, user_id)], args)
+            await pipe.execute()
 
     async def read(self, user_id: str) -> frozenset[int] | None:
         """The copy, or None (none, or Redis did not answer either)."""
@@ -89,11 +105,13 @@ class DeviceLists:
         self.session = session
         self._cache = StaleWhileDown[frozenset[int]](DEVICE_LIST_TTL_S, STALE_RETRY_S)
         self._asks = Flights[frozenset[int]]()
+        self._lists = Batched[frozenset[int]](self._read_many, LISTS_PER_REQUEST)
         self._copies = copies
 
     def forget(self, user_id: str) -> None:
         self._cache.forget(user_id)
         self._asks.forget(user_id)
+        self._lists.forget(user_id)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -125,16 +143,10 @@ class DeviceLists:
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
         try:
-            status, body = await call_as(self.session, url, token, unavailable)
-            if status == 404:
-                devices: frozenset[int] = frozenset()
-            elif status != 200:
-                raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
+            if not fresh and LISTED_ID.fullmatch(user_id):
+                devices = await self._lists.ask(user_id, token)  # with others (batched.py)
             else:
-                try:
-                    devices = frozenset(int(d["device_id"]) for d in body["devices"])
-                except (KeyError, TypeError, ValueError):
-                    raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+                devices = await self._read_one(url, token, unavailable)
         except ApiError as exc:
             # The key directory (or its MongoDB) is down: no device can be linked or
             # removed meanwhile, so the last list read is still the list.
@@ -146,6 +158,38 @@ class DeviceLists:
             return hit
         self._cache.put(user_id, now, devices)
         return devices
+
+    async def _read_one(self, url: str, token: str, unavailable: str) -> frozenset[int]:
+        """One user's device ids (``GET /keys/v1/users/{id}/devices``); none without an
+        account key (404)."""
+        status, body = await call_as(self.session, url, token, unavailable)
+        if status == 404:
+            return frozenset()
+        try:
+            assert status == 200
+            return frozenset(int(d["device_id"]) for d in body["devices"])
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+
+    async def _read_many(self, user_ids: Sequence[str], token: str) -> dict[str, frozenset[int]]:
+        """Many users' device ids (``POST /keys/v1/users/device-lists``): none for a user
+        without an account key (``missing``), as :meth:`_read_one`."""
+        unavailable = "Cannot read the device lists now."
+        url = f"{self.base}/keys/v1/users/device-lists"
+        status, body = await call_as(
+            self.session, url, token, unavailable, json={"user_ids": list(user_ids)}
+        )
+        try:
+            assert status == 200
+            found = {
+                str(listed["user_id"]): frozenset(
+                    int(d["device_id"]) for d in listed["device_list"]["devices"]
+                )
+                for listed in body["lists"]
+            }
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+        return {u: found.get(u, frozenset()) for u in user_ids}
 
     async def _copy(self, user_id: str, now: float) -> frozenset[int] | None:
         """The key directory's copy in Redis (a list this pod never read), if any."""

@@ -10,17 +10,24 @@ is noted (it never changes hands); a username's owner is asked for every time.
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Sequence
 
 import aiohttp
 import redis.asyncio as aioredis
 
+from services.common.batched import Batched
 from services.common.config import Settings
-from services.common.devices import COPY_TTL_S, user_id_of
+from services.common.devices import COPY_TTL_S, call_as, user_id_of
 from services.common.errors import ApiError, ErrorCode
 from services.common.stale import STALE_RETRY_S, Flights, StaleWhileDown
 
 KNOWN_TTL_S = COPY_TTL_S
+LOOKUPS_PER_REQUEST = 200
+"""Recipients checked in one request to the auth service (it takes up to 1,000)."""
+CANONICAL = re.compile(r"[0-9a-f]{32}")
+"""A user id as the auth service makes them (other spellings are asked one at a time)."""
 
 
 class Directory:
@@ -36,6 +43,7 @@ class Directory:
         self.prefix = settings.redis_prefix
         self._known = StaleWhileDown[str](settings.recipient_cache_s, STALE_RETRY_S)
         self._asks = Flights[str]()
+        self._ids = Batched[str | None](self._lookup, LOOKUPS_PER_REQUEST)
 
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}:known:{{{user_id}}}"
@@ -59,7 +67,10 @@ class Directory:
         """Ask the auth service (one ask per id on its way, :class:`Flights`)."""
         unavailable = "Cannot check the recipient now."
         try:
-            canonical = await user_id_of(self.session, self.base, user_id, token, unavailable)
+            if CANONICAL.fullmatch(user_id):
+                canonical = await self._ids.ask(user_id, token)  # with others (batched.py)
+            else:
+                canonical = await user_id_of(self.session, self.base, user_id, token, unavailable)
         except ApiError as exc:
             # The auth service (or its MongoDB) is down: an id it once vouched for
             # stays good, and the hot path needs nothing else from it.
@@ -78,6 +89,21 @@ class Directory:
             except aioredis.RedisError:
                 pass  # only the note for other pods is lost
         return canonical
+
+    async def _lookup(self, user_ids: Sequence[str], token: str) -> dict[str, str | None]:
+        """Which of these canonical ids exist (``POST /auth/v1/users/lookup``): each id,
+        or None for an id nobody has."""
+        unavailable = "Cannot check the recipient now."
+        url = f"{self.base}/auth/v1/users/lookup"
+        status, body = await call_as(
+            self.session, url, token, unavailable, json={"user_ids": list(user_ids)}
+        )
+        try:
+            assert status == 200
+            found = {str(u["user_id"]) for u in body["users"]}
+        except (AssertionError, KeyError, TypeError):
+            raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+        return {u: (u if u in found else None) for u in user_ids}
 
     async def _noted(self, user_id: str) -> str | None:
         """``user_id`` if a pod noted the auth service vouching for it."""

@@ -129,9 +129,15 @@ async def current_many(keys: Keys, user_ids: Sequence[str]) -> dict[str, Account
 
 
 async def device_lists(keys: Keys, user_ids: Sequence[str]) -> models.DeviceLists:
-    """Many users' account keys and signed lists (no Redis copy is written: every
-    list change writes it, and so does the one-user read)."""
+    """Many users' account keys and signed lists; their Redis copies written as the
+    one-user read writes them, in one round trip (the gateways read lists this way)."""
     found = await current_many(keys, user_ids)
+    try:
+        await keys.store.copies.write_many(
+            (a.user_id, a.generation, a.device_ids) for a in found.values()
+        )
+    except aioredis.RedisError as exc:
+        log.warning("device list copies not written", extra={"error": repr(exc)})
     return models.DeviceLists(
         lists=[models.ListedDevices(**found[u].listed()) for u in user_ids if u in found],
         missing=[u for u in user_ids if u not in found],

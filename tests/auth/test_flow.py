@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import time
 
 import orjson
@@ -338,6 +339,36 @@ async def test_user_lookup_by_username_or_id(auth: AuthApi) -> None:
     )
     assert (status, err["error"]["code"]) == (404, "user_not_found")
     status, err = await auth.call("GET", f"/auth/v1/users/{name}")
+    assert (status, err["error"]["code"]) == (401, "unauthenticated")
+
+
+async def test_many_user_ids_are_looked_up_at_once(auth: AuthApi) -> None:
+    """``POST /auth/v1/users/lookup``: the users of those ids that exist, in the order
+    asked, each as the one-user look-up gives it, and the ids no user has; bad bodies
+    are 422 ``validation_failed``; anonymous, 401."""
+    users = [await auth.signup() for _ in range(3)]
+    token = users[0]["access_token"]
+    nobody = secrets.token_hex(16)
+    ids = [users[2]["user"]["user_id"], nobody, users[1]["user"]["user_id"]]
+    _, body = await auth.call("POST", "/auth/v1/users/lookup", {"user_ids": ids}, token=token)
+    one = [
+        (await auth.call("GET", f"/auth/v1/users/{u}", token=token, status=200))[1]
+        for u in (ids[0], ids[2])
+    ]
+    assert body == {"users": one, "missing": [nobody]}
+    for bad in (
+        {"user_ids": []},
+        {"user_ids": [nobody, nobody]},
+        {"user_ids": [users[1]["user"]["username"]]},  # ids only, not usernames
+        {"user_ids": [nobody.upper()]},
+        {"user_ids": [secrets.token_hex(16) for _ in range(1001)]},
+        {"user_ids": nobody},
+        {"user_ids": [nobody], "more": 1},
+        {},
+    ):
+        status, err = await auth.call("POST", "/auth/v1/users/lookup", bad, token=token)
+        assert (status, err["error"]["code"]) == (422, "validation_failed"), bad
+    status, err = await auth.call("POST", "/auth/v1/users/lookup", {"user_ids": [nobody]})
     assert (status, err["error"]["code"]) == (401, "unauthenticated")
 
 

@@ -27,6 +27,9 @@ class Upstream:
         self.app = web.Application()
         self.app.router.add_get("/auth/v1/users/{ref}", self.user)
         self.app.router.add_get("/keys/v1/users/{ref}/devices", self.device_list)
+        # The bulk routes the gateway asks for ids (services/common/batched.py).
+        self.app.router.add_post("/auth/v1/users/lookup", self.users)
+        self.app.router.add_post("/keys/v1/users/device-lists", self.device_lists)
 
     async def user(self, request: web.Request) -> web.Response:
         self.calls += 1
@@ -36,6 +39,22 @@ class Upstream:
         if ref == "nobody":
             return web.json_response({"error": {"code": "user_not_found"}}, status=404)
         return web.json_response({"user_id": ref.lower()})
+
+    async def users(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.down:
+            return web.json_response({"error": {"code": "unavailable"}}, status=503)
+        ids = (await request.json())["user_ids"]
+        return web.json_response({"users": [{"user_id": u, "username": u} for u in ids]})
+
+    async def device_lists(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.down:
+            return web.json_response({"error": {"code": "unavailable"}}, status=503)
+        ids = (await request.json())["user_ids"]
+        devices = [{"device_id": d} for d in self.devices]
+        lists = [{"user_id": u, "device_list": {"devices": devices}} for u in ids]
+        return web.json_response({"lists": lists, "missing": []})
 
     async def device_list(self, request: web.Request) -> web.Response:
         self.calls += 1

@@ -4,6 +4,7 @@ outbound queues bounded by bytes as well as frames (#20)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from parley_contract.frames import CLOSE_SLOW_CONSUMER, CLOSE_TOO_MANY, Message
@@ -149,6 +150,33 @@ async def test_sends_written_at_once_to_a_new_contact_look_it_up_once(
         assert issuer.device_lookups.count(bob) == 1
     finally:
         await client.close()
+
+
+async def test_sends_to_many_new_recipients_check_them_in_a_few_requests(
+    issuer: Any, make_client: Any
+) -> None:
+    """A room's key distribution: 300 sends on one socket, each to a user this pod has
+    not seen. Their recipients are checked at the auth service and their device lists
+    read at the key directory in bulk requests (services/common/batched.py), not one
+    request per send each; every send is accepted."""
+    _, url = await _gateway(issuer, make_client)
+    me = uuid.uuid4().hex
+    others = [uuid.uuid4().hex for _ in range(300)]  # ids as the auth service makes them
+    issuer.users.update(others)
+    client = await WsClient.connect(url, issuer.token(me, did=1))
+    try:
+        for i, to in enumerate(others):
+            await client.send(send_frame(f"m{i}", to, "eA"))
+        answers = [await client.next() for _ in others]
+        assert {a["op"] for a in answers} == {"accepted"}, answers[:3]
+    finally:
+        await client.close()
+    assert sorted(issuer.lookups) == sorted(others)  # each recipient asked once...
+    in_bulk = sorted(u for request in issuer.lookup_requests for u in request)
+    assert in_bulk == sorted(others)  # ... in bulk requests, a few
+    assert len(issuer.lookup_requests) <= 10, [len(r) for r in issuer.lookup_requests]
+    assert sorted(issuer.device_lookups) == sorted([*others, me])  # and my own list
+    assert len(issuer.device_list_requests) <= 10, [len(r) for r in issuer.device_list_requests]
 
 
 async def test_the_outbound_queue_is_bounded_by_bytes() -> None:

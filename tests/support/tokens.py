@@ -39,8 +39,12 @@ class TokenIssuer:
         # their event is set (a slow auth service, for one user).
         self.lookups: list[str] = []
         self.held: dict[str, asyncio.Event] = {}
-        # Users whose device list was asked of the devices endpoint.
+        # Users whose device list was asked of the devices endpoints.
         self.device_lookups: list[str] = []
+        # The ids of each bulk look-up (POST /auth/v1/users/lookup), one list a request.
+        self.lookup_requests: list[list[str]] = []
+        # ... and of each bulk device-list read (POST /keys/v1/users/device-lists).
+        self.device_list_requests: list[list[str]] = []
 
     def jwks(self) -> dict[str, Any]:
         jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
@@ -79,7 +83,44 @@ class TokenIssuer:
                 {"user_id": user_id, "devices": [{"device_id": d, "name": f"d{d}"} for d in ids]}
             )
 
+        async def lookup(request: web.Request) -> web.Response:
+            # POST /auth/v1/users/lookup: many ids in one request (the gateway batches).
+            ids = (await request.json())["user_ids"]
+            self.lookup_requests.append(ids)
+            self.lookups.extend(ids)
+            for key in ids:
+                if key in self.held:
+                    await self.held[key].wait()
+            found = [u for u in ids if u in self.users]
+            return web.json_response(
+                {
+                    "users": [{"user_id": u, "username": u} for u in found],
+                    "missing": [u for u in ids if u not in found],
+                }
+            )
+
+        async def device_lists(request: web.Request) -> web.Response:
+            # POST /keys/v1/users/device-lists, reduced to what the gateway reads.
+            ids = (await request.json())["user_ids"]
+            self.device_lookups.extend(ids)
+            self.device_list_requests.append(ids)
+            lists = [
+                {
+                    "user_id": u,
+                    "device_list": {
+                        "devices": [{"device_id": d} for d in self.devices.get(u, [1])]
+                    },
+                }
+                for u in ids
+                if u in self.users
+            ]
+            return web.json_response(
+                {"lists": lists, "missing": [u for u in ids if u not in self.users]}
+            )
+
         app = web.Application()
+        app.router.add_post("/auth/v1/users/lookup", lookup)
+        app.router.add_post("/keys/v1/users/device-lists", device_lists)
         app.router.add_get("/.well-known/jwks.json", handler)
         app.router.add_get("/auth/v1/users/{user_id}", user)
         app.router.add_get("/keys/v1/users/{user_id}/devices", devices)
