@@ -136,6 +136,11 @@ const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
 const LISTS_PER_READ = 1000; // users per bulk device-list read (the key directory's MAX_LIST_USERS)
 const CLAIMS_PER_REQUEST = 100; // users per bulk claim (the key directory's MAX_CLAIM_USERS)
 const CLAIMS_AT_ONCE = 3; // bulk claims in flight (the directory works on each 16 users at a time)
+// A room's key sends encrypted at a time (their handshakes run side by side): all of a
+// thousand at once shared the CPU until each was nearly done, and the first send left
+// only when they all had; a few dozen at a time, the first ones leave at once and the
+// server checks them while the rest are encrypted.
+const ENCRYPT_AT_ONCE = 32;
 const STATUS_RANK: Record<string, number> = { queued: 0, accepted: 1, stored: 2, delivered: 3, failed: -1 };
 
 export class ParleyError extends Error {
@@ -324,6 +329,26 @@ function holdAccountLock(username: string): Promise<() => void> {
       return new Promise<void>((release) => resolve(release));
     });
   });
+}
+
+/** At most `size` runs at a time; the others wait, in order. */
+class Gate {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+  constructor(size: number) {
+    this.#free = size;
+  }
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#free++;
+    }
+  }
 }
 
 class Mutex {
@@ -1830,9 +1855,10 @@ export class ParleyClient {
   /** Send a control payload (a room's sender key) to every device of `userId` and our
    * other devices over the pairwise sessions (`userId` ours: a note to self, for our
    * other devices only); resolves at its `accepted`. */
-  async #sendControl(userId: string, payload: Uint8Array, claimed?: Map<string, PrekeyBundle>): Promise<void> {
+  async #sendControl(userId: string, payload: Uint8Array, claimed?: Map<string, PrekeyBundle>, gate?: Gate): Promise<void> {
     const clientId = randomId();
-    const frame = await this.#encrypt(userId, '', clientId, false, payload, claimed);
+    const encrypt = () => this.#encrypt(userId, '', clientId, false, payload, claimed);
+    const frame = await (gate ? gate.run(encrypt) : encrypt());
     const accepted = this.#accepted(clientId);
     this.#sendFrame(frame);
     await accepted;
@@ -1995,9 +2021,10 @@ export class ParleyClient {
       });
       return recording;
     };
+    const gate = new Gate(ENCRYPT_AT_ONCE);
     const results = await Promise.allSettled(
       users.map(async (user) => {
-        await this.#sendControl(user, payload, bundles);
+        await this.#sendControl(user, payload, bundles, gate);
         await record(user);
       }),
     );
