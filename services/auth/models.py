@@ -140,7 +140,7 @@ class UserPublic(BaseModel):
 
 
 MAX_LOOKUP_USERS = 1000
-"""User ids one ``POST /auth/v1/users/lookup`` may name."""
+"""User ids one ``POST /auth/v1/lookup`` may name."""
 
 
 class UsersLookup(Request):

@@ -242,7 +242,7 @@ async def patch_preferences(
 
 
 @api.post(
-    "/v1/users/lookup",
+    "/v1/lookup",
     summary=f"Which of these user ids exist, and their usernames (at most {MAX_LOOKUP_USERS})",
     body=UsersLookup,
     response=UsersFound,

@@ -91,10 +91,10 @@ class Directory:
         return canonical
 
     async def _lookup(self, user_ids: Sequence[str], token: str) -> dict[str, str | None]:
-        """Which of these canonical ids exist (``POST /auth/v1/users/lookup``): each id,
+        """Which of these canonical ids exist (``POST /auth/v1/lookup``): each id,
         or None for an id nobody has."""
         unavailable = "Cannot check the recipient now."
-        url = f"{self.base}/auth/v1/users/lookup"
+        url = f"{self.base}/auth/v1/lookup"
         status, body = await call_as(
             self.session, url, token, unavailable, json={"user_ids": list(user_ids)}
         )

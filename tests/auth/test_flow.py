@@ -343,14 +343,14 @@ async def test_user_lookup_by_username_or_id(auth: AuthApi) -> None:
 
 
 async def test_many_user_ids_are_looked_up_at_once(auth: AuthApi) -> None:
-    """``POST /auth/v1/users/lookup``: the users of those ids that exist, in the order
+    """``POST /auth/v1/lookup``: the users of those ids that exist, in the order
     asked, each as the one-user look-up gives it, and the ids no user has; bad bodies
     are 422 ``validation_failed``; anonymous, 401."""
     users = [await auth.signup() for _ in range(3)]
     token = users[0]["access_token"]
     nobody = secrets.token_hex(16)
     ids = [users[2]["user"]["user_id"], nobody, users[1]["user"]["user_id"]]
-    _, body = await auth.call("POST", "/auth/v1/users/lookup", {"user_ids": ids}, token=token)
+    _, body = await auth.call("POST", "/auth/v1/lookup", {"user_ids": ids}, token=token)
     one = [
         (await auth.call("GET", f"/auth/v1/users/{u}", token=token, status=200))[1]
         for u in (ids[0], ids[2])
@@ -366,9 +366,9 @@ async def test_many_user_ids_are_looked_up_at_once(auth: AuthApi) -> None:
         {"user_ids": [nobody], "more": 1},
         {},
     ):
-        status, err = await auth.call("POST", "/auth/v1/users/lookup", bad, token=token)
+        status, err = await auth.call("POST", "/auth/v1/lookup", bad, token=token)
         assert (status, err["error"]["code"]) == (422, "validation_failed"), bad
-    status, err = await auth.call("POST", "/auth/v1/users/lookup", {"user_ids": [nobody]})
+    status, err = await auth.call("POST", "/auth/v1/lookup", {"user_ids": [nobody]})
     assert (status, err["error"]["code"]) == (401, "unauthenticated")
 
 

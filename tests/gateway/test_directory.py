@@ -28,7 +28,7 @@ class Upstream:
         self.app.router.add_get("/auth/v1/users/{ref}", self.user)
         self.app.router.add_get("/keys/v1/users/{ref}/devices", self.device_list)
         # The bulk routes the gateway asks for ids (services/common/batched.py).
-        self.app.router.add_post("/auth/v1/users/lookup", self.users)
+        self.app.router.add_post("/auth/v1/lookup", self.users)
         self.app.router.add_post("/keys/v1/users/device-lists", self.device_lists)
 
     async def user(self, request: web.Request) -> web.Response:

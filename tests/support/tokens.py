@@ -41,7 +41,7 @@ class TokenIssuer:
         self.held: dict[str, asyncio.Event] = {}
         # Users whose device list was asked of the devices endpoints.
         self.device_lookups: list[str] = []
-        # The ids of each bulk look-up (POST /auth/v1/users/lookup), one list a request.
+        # The ids of each bulk look-up (POST /auth/v1/lookup), one list a request.
         self.lookup_requests: list[list[str]] = []
         # ... and of each bulk device-list read (POST /keys/v1/users/device-lists).
         self.device_list_requests: list[list[str]] = []
@@ -84,7 +84,7 @@ class TokenIssuer:
             )
 
         async def lookup(request: web.Request) -> web.Response:
-            # POST /auth/v1/users/lookup: many ids in one request (the gateway batches).
+            # POST /auth/v1/lookup: many ids in one request (the gateway batches).
             ids = (await request.json())["user_ids"]
             self.lookup_requests.append(ids)
             self.lookups.extend(ids)
@@ -119,7 +119,7 @@ class TokenIssuer:
             )
 
         app = web.Application()
-        app.router.add_post("/auth/v1/users/lookup", lookup)
+        app.router.add_post("/auth/v1/lookup", lookup)
         app.router.add_post("/keys/v1/users/device-lists", device_lists)
         app.router.add_get("/.well-known/jwks.json", handler)
         app.router.add_get("/auth/v1/users/{user_id}", user)
