@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -50,6 +51,7 @@ from parley.errors import (
     ParleyError,
     SafetyNumberChanged,
     ServerUnavailable,
+    StoreError,
 )
 from parley.events import (
     ConnectionEvent,
@@ -90,6 +92,52 @@ class _Outgoing:
     statuses: list[str] = field(default_factory=list)
 
 
+def _record_receipt(tx: Transaction, frame: f.Accepted | f.Stored | f.Delivered) -> None:
+    """A receipt in the history and the outbox (``accepted`` takes it out of the outbox)."""
+    client_id = frame.id
+    status = str(type(frame).__struct_config__.tag)
+    rank = _STATUS_RANK.get(status, 0)
+    device = None if isinstance(frame, f.Accepted) else frame.device
+
+    def per_device(entry: dict[str, Any]) -> None:
+        # The per-device detail: {"<device id>": "stored" | "delivered"}.
+        devices = entry.setdefault("devices", {})
+        if _STATUS_RANK.get(str(devices.get(str(device))), 0) < rank:
+            devices[str(device)] = status
+
+    if status == "accepted":
+        tx.unqueue(client_id)
+    tx.update_message(
+        client_id,
+        only_if=lambda e: _STATUS_RANK.get(str(e.get("status")), 0) < rank,
+        status=status,
+    )
+    if device is not None:
+        tx.update_message(client_id, apply=per_device)
+
+
+class Claims:
+    """Bundles claimed in bulk (:meth:`Messenger.claim_missing`), filled as the key
+    directory's answers come."""
+
+    def __init__(self) -> None:
+        self.bundles: dict[tuple[str, int], PrekeyBundle] = {}
+        self.ours = ""
+        self._answered: dict[str, asyncio.Future[None]] = {}
+
+    def add(self, users: list[str], answered: asyncio.Future[None]) -> None:
+        answered.add_done_callback(lambda f: f.cancelled() or f.exception())  # raised below
+        for user in users:
+            self._answered[user] = answered
+
+    async def ready(self, user: str) -> None:
+        """Once ``user``'s answer and ours are in (raises their request's error)."""
+        for who in (self.ours, user):
+            answered = self._answered.get(who)
+            if answered is not None:
+                await asyncio.shield(answered)
+
+
 class Messenger:
     def __init__(
         self,
@@ -116,6 +164,10 @@ class Messenger:
         self.conn: Connection | None = None
         self._outgoing: dict[str, _Outgoing] = {}
         self._ack_task: asyncio.Task[Any] | None = None
+        # Receipts read while their last batch was being written (one transaction each
+        # batch: a room's key distribution brings two thousand at once).
+        self._receipts: list[f.Accepted | f.Stored | f.Delivered] = []
+        self._receipts_task: asyncio.Task[Any] | None = None
         self._ack_pending = 0
         self._synced = asyncio.Event()
         self._syncing = 0  # syncs running: pushes then move neither last_seq nor acks
@@ -223,50 +275,53 @@ class Messenger:
             answer = await self.api.device_lists(user_ids[at : at + LISTS_PER_READ])
             await self._trust_lists(answer["lists"])
 
-    async def claim_missing(self, user_ids: list[str]) -> dict[tuple[str, int], PrekeyBundle]:
+    def claim_missing(self, user_ids: list[str]) -> Claims:
         """Bundles of every device of these users (and of ours but this one) we have no
-        session with, claimed in bulk (``CLAIMS_PER_REQUEST`` users a request): what
-        :meth:`send_control`'s ``bundles`` takes, so that a private room's first message
-        claims for 1,000 members in 10 requests. Users the directory refused (no keys
-        left, the pair's budget) are left out: their own send claims again and says why."""
+        session with, claimed in bulk (``CLAIMS_PER_REQUEST`` users a request,
+        ``CLAIMS_AT_ONCE`` requests at a time): what :meth:`send_control`'s ``bundles``
+        takes, so that a private room's first message claims for 1,000 members in 10
+        requests. The requests start at once; :class:`Claims` fills as their answers come
+        and says when a user's is in (ours is asked first), so a user's send need not wait
+        for the other requests. Users the directory refused (no keys left, the pair's
+        budget) are left out: their own send claims again and says why."""
         me = self.account.user_id
         assert me is not None
         my_device = self.keys.known_device_id()
         read = self._store().read()
         wanted: dict[str, list[int] | None] = {}
-        for user in dict.fromkeys([*user_ids, me]):
+        for user in dict.fromkeys([me, *user_ids]):
             missing = [
                 d for d in self._peer(read, user).missing_sessions() if (user, d) != (me, my_device)
             ]
             if missing:
                 wanted[user] = missing
-        bundles: dict[tuple[str, int], PrekeyBundle] = {}
+        claims = Claims()
         users = list(wanted)
         gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
 
-        async def claim(chunk: list[str]) -> dict[str, Any]:
+        async def claim(chunk: list[str]) -> None:
             async with gate:
                 await self.account.access_token()
                 answer: dict[str, Any] = await self.api.claim_many({u: wanted[u] for u in chunk})
-                return answer
-
-        chunks = [
-            users[at : at + CLAIMS_PER_REQUEST] for at in range(0, len(users), CLAIMS_PER_REQUEST)
-        ]
-        for answer in await asyncio.gather(*(claim(c) for c in chunks)):
             claimed = answer.get("claimed", [])
             try:
                 for state, got in zip(await self._trust_lists(claimed), claimed, strict=True):
                     for raw in got.get("bundles", []):
                         bundle = PrekeyBundle.from_json(raw)
                         state.check_device(int(raw["device_id"]), bundle.identity)
-                        bundles[(state.user_id, int(raw["device_id"]))] = bundle
+                        claims.bundles[(state.user_id, int(raw["device_id"]))] = bundle
             except CryptoError as exc:
                 raise UntrustedKeys(
                     "The key directory served keys that the account's signed device "
                     f"list does not vouch for ({exc}): nothing was sent."
                 ) from exc
-        return bundles
+
+        for at in range(0, len(users), CLAIMS_PER_REQUEST):
+            chunk = users[at : at + CLAIMS_PER_REQUEST]
+            answered = asyncio.ensure_future(claim(chunk))
+            claims.add(chunk, answered)
+        claims.ours = me
+        return claims
 
     async def safety_number(self, username_or_id: str) -> tuple[str, str | None]:
         """(username, safety number of the account key we trust for them, or of the
@@ -752,47 +807,51 @@ class Messenger:
         self._ack_soon(frame.seq)
 
     async def _on_receipt(self, frame: f.Accepted | f.Stored | f.Delivered) -> None:
+        """Receipts are written in batches, off the reader: those read while a batch is
+        being written make the next one (:meth:`_write_receipts`)."""
+        self._receipts.append(frame)
+        if self._receipts_task is None or self._receipts_task.done():
+            self._receipts_task = self._spawn(self._write_receipts())
+
+    async def _write_receipts(self) -> None:
         """``accepted`` once; ``stored``/``delivered`` per device: the message counts as
         stored (delivered) when the first of the recipient's devices has (acked) it.
         Receipts about the copies for our own other devices are not news, but in a
-        note to ourselves those devices are the recipient."""
-        client_id = frame.id
-        status = str(type(frame).__struct_config__.tag)
-        me = self.account.user_id
-        if (
-            not isinstance(frame, f.Accepted)
-            and frame.to == me
-            and frame.conversation != conversation_id(str(me), str(me))
-        ):
-            return
-        out = self._outgoing.get(client_id)
-        rank = _STATUS_RANK.get(status, 0)
-        device = None if isinstance(frame, f.Accepted) else frame.device
-
-        def per_device(entry: dict[str, Any]) -> None:
-            # The per-device detail: {"<device id>": "stored" | "delivered"}.
-            devices = entry.setdefault("devices", {})
-            if _STATUS_RANK.get(str(devices.get(str(device))), 0) < rank:
-                devices[str(device)] = status
-
-        async with self._store().transaction() as tx:
-            if status == "accepted":
-                tx.unqueue(client_id)
-            tx.update_message(
-                client_id,
-                only_if=lambda e: _STATUS_RANK.get(str(e.get("status")), 0) < rank,
-                status=status,
-            )
-            if device is not None:
-                tx.update_message(client_id, apply=per_device)
-        peer = out.peer_id if out else getattr(frame, "to", "")
-        if out is not None:
-            for fut in (out.accepted,) if status == "accepted" else (out.accepted, out.stored):
-                if not fut.done():
-                    fut.set_result(status)
-            if status == "delivered":
-                self._outgoing.pop(client_id, None)
-        self.events.emit(Receipt(client_id, peer, status))
+        note to ourselves those devices are the recipient. Each batch is one
+        transaction; its waiters are told once it is written."""
+        while self._receipts:
+            frames, self._receipts = self._receipts, []
+            me = self.account.user_id
+            news = [
+                frame
+                for frame in frames
+                if isinstance(frame, f.Accepted)
+                or frame.to != me
+                or frame.conversation == conversation_id(str(me), str(me))
+            ]
+            try:
+                async with self._store().transaction() as tx:
+                    for frame in news:
+                        _record_receipt(tx, frame)
+            except (StoreError, sqlite3.Error):
+                # Not written: those still in the outbox go again at the next connect
+                # (the server answers a repeat with the same receipts).
+                log.exception("receipts not recorded")
+                continue
+            for frame in news:
+                client_id = frame.id
+                status = str(type(frame).__struct_config__.tag)
+                out = self._outgoing.get(client_id)
+                peer = out.peer_id if out else getattr(frame, "to", "")
+                if out is not None:
+                    for fut in (
+                        (out.accepted,) if status == "accepted" else (out.accepted, out.stored)
+                    ):
+                        if not fut.done():
+                            fut.set_result(status)
+                    if status == "delivered":
+                        self._outgoing.pop(client_id, None)
+                self.events.emit(Receipt(client_id, peer, status))
 
     async def _on_error(self, frame: f.Error) -> None:
         code, message, client_id = frame.code, frame.message, frame.id

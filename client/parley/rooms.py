@@ -571,7 +571,7 @@ class Rooms:
         users = sorted({k.rsplit(":", 1)[0] for k in lacking} - {me}) or [me]
         payload = encode_control({"t": "skd", "room": room_id, "d": b64encode(dist)})
         # New sessions' bundles claimed in bulk (100 users a request), not one by one.
-        bundles = await self.messenger.claim_missing(users)
+        claims = self.messenger.claim_missing(users)
         gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
         # Who has the key now, recorded as the ``accepted`` come: those that come while
         # a write waits for the store join it (one commit for many, not one per member).
@@ -596,8 +596,9 @@ class Rooms:
 
         async def give(user: str) -> None:
             nonlocal recording
+            await claims.ready(user)  # its request's answer, not all ten
             async with gate:
-                await self.messenger.send_control(user, payload, bundles=bundles)
+                await self.messenger.send_control(user, payload, bundles=claims.bundles)
             self.distributions += 1
             done.append(user)
             if recording is None:

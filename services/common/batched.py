@@ -81,3 +81,7 @@ class Batched(Generic[V]):
         """Calls from now on ask again (what is on its way may be out of date; what is
         still waiting is asked after this)."""
         self._on_way.pop(key, None)
+
+    def forget_all(self) -> None:
+        """:meth:`forget` of every key on its way."""
+        self._on_way.clear()

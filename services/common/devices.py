@@ -116,6 +116,7 @@ class DeviceLists:
     def clear(self) -> None:
         self._cache.clear()
         self._asks = Flights[frozenset[int]]()
+        self._lists.forget_all()
 
     def peek(self, user_id: str) -> frozenset[int] | None:
         """The cached list, if it is still fresh (no I/O)."""

@@ -114,3 +114,19 @@ async def test_a_forgotten_key_on_its_way_is_asked_again() -> None:
         gate.set()
     assert (await before, await after) == ("A", "A")
     assert svc.requests == [["a"], ["a"]]
+
+
+async def test_forget_all_asks_every_key_on_its_way_again() -> None:
+    svc = Service()
+    svc.hold = True
+    batched = Batched[str](svc.fetch, most=100)
+    before = [asyncio.create_task(batched.ask(k, "t")) for k in ("a", "b")]
+    await turns()
+    batched.forget_all()  # e.g. the pod lost the channel that tells of changes
+    after = [asyncio.create_task(batched.ask(k, "t")) for k in ("a", "b")]
+    await turns()
+    svc.hold = False
+    for gate in svc.gates:
+        gate.set()
+    assert await asyncio.gather(*before, *after) == ["A", "B", "A", "B"]
+    assert svc.requests == [["a", "b"], ["a", "b"]]

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from parley import ApiError, Client, ParleyError
+from parley import ApiError, Client, ParleyError, messenger
 from parley.crypto import UnknownSenderKey
 from parley.crypto.encoding import b64decode, b64encode
 from parley.events import DecryptFailed, Event, Message, RoomMessage, Typing
@@ -531,6 +531,48 @@ async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: Ne
         f"  after a removal: rotated send with {size - 2} keys {(t6 - t5) * 1000:.0f} ms; "
         f"decrypted by all {(t7 - t6) * 1000:.0f} ms later"
     )
+
+
+async def test_key_sends_go_as_their_claims_answer_not_when_all_have(
+    device: NewDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private room's first message claims its members' bundles a hundred users a
+    request: each member's key send goes as soon as its own request is answered. Here
+    three users a request, six members, and the second request held on its way to the
+    key directory: the first three members' keys are sent (and accepted) meanwhile;
+    once it is let go, the room message follows and all six read it."""
+    monkeypatch.setattr(messenger, "CLAIMS_PER_REQUEST", 3)
+    owner = await device(username("po"), first=True)
+    others = [await device(username(f"p{i}-"), first=True) for i in range(6)]
+    rid = (await owner.rooms.create(f"pipe {secrets.token_hex(3)}"))["room_id"]
+    for c in [owner, *others]:
+        await c.connect()
+    for c in others:
+        assert c.username
+        await owner.rooms.invite(rid, c.username)
+        await c.rooms.accept(rid)
+    real, held, requests = owner.api.claim_many, asyncio.Event(), []
+
+    async def claim_many(users: dict[str, Any]) -> Any:
+        requests.append(sorted(users))
+        if len(requests) == 2:
+            await held.wait()
+        return await real(users)
+
+    owner.api.claim_many = claim_many  # type: ignore[method-assign]
+    send = asyncio.create_task(owner.rooms.send(rid, "piped"))
+    await eventually(lambda: asyncio.sleep(0, owner.rooms.distributions), lambda n: n >= 3, 60)
+    assert owner.rooms.distributions == 3 and not send.done()
+    assert len(requests) == 2, requests  # both asked at once; the second still held
+    held.set()
+    await asyncio.wait_for(send, 60)
+    assert owner.rooms.distributions == 6
+    for c in others:
+        await eventually(
+            lambda c=c: asyncio.sleep(0, [e["text"] for e in room_texts(c, rid)]),
+            lambda texts: texts == ["piped"],
+            60,
+        )
 
 
 async def test_typing_reaches_the_other_members_through_haproxy(device: NewDevice) -> None:

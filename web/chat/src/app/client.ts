@@ -1363,44 +1363,46 @@ export class ParleyClient {
   }
 
   /** The bundles of every device of `users` (and of ours but this one) we have no
-   * session with, claimed in bulk (CLAIMS_PER_REQUEST users a request): what
-   * #sendControl takes, so that a private room's first message claims for 1,000
-   * members in 10 requests. Users the directory refused are left out: their own send
-   * claims again and says why. */
-  async #claimMissing(users: string[]): Promise<Map<string, PrekeyBundle>> {
+   * session with, claimed in bulk (CLAIMS_PER_REQUEST users a request, CLAIMS_AT_ONCE
+   * requests at a time): what #sendControl takes, so that a private room's first
+   * message claims for 1,000 members in 10 requests. `bundles` fills as the answers
+   * come; `ready(user)` resolves once that user's answer (and ours, asked first) is in,
+   * so a user's send need not wait for the other requests (or rejects with its
+   * request's error). Users the directory refused are left out: their own send claims
+   * again and says why. */
+  #claimMissing(users: string[]): { bundles: Map<string, PrekeyBundle>; ready: (user: string) => Promise<void> } {
     const me = this.me;
     const myDevice = (this.account as AccountRow).device_id;
     const wanted = new Map<string, number[]>();
-    for (const user of new Set([...users, me])) {
+    for (const user of new Set([me, ...users])) {
       const missing = targetDevices(user, this.peer(user).missingSessions(), me, myDevice);
       if (missing.length) wanted.set(user, missing);
     }
     const ids = [...wanted.keys()];
-    const chunks: string[][] = [];
-    for (let at = 0; at < ids.length; at += CLAIMS_PER_REQUEST) chunks.push(ids.slice(at, at + CLAIMS_PER_REQUEST));
-    let next = 0;
-    const answers: Awaited<ReturnType<Api['claimMany']>>[] = [];
-    const claim = async (): Promise<void> => {
-      while (next < chunks.length) {
-        const k = next++;
-        await this.accessToken();
-        const chunk = chunks[k] as string[];
-        answers[k] = await this.api.claimMany(Object.fromEntries(chunk.map((u) => [u, wanted.get(u) as number[]])));
-      }
-    };
-    await Promise.all(Array.from({ length: CLAIMS_AT_ONCE }, claim));
     const bundles = new Map<string, PrekeyBundle>();
-    for (const answer of answers) {
+    const answered = new Map<string, Promise<void>>();
+    const gate = new Gate(CLAIMS_AT_ONCE);
+    const claim = async (chunk: string[]): Promise<void> => {
+      await this.accessToken();
+      const answer = await this.api.claimMany(Object.fromEntries(chunk.map((u) => [u, wanted.get(u) as number[]])));
       const states = await this.#trustLists(answer.claimed);
+      const parsed = await Promise.all(answer.claimed.map((got) => Promise.all(got.bundles.map((raw) => PrekeyBundle.fromJson(raw)))));
       for (const [i, got] of answer.claimed.entries()) {
-        for (const raw of got.bundles) {
-          const bundle = await PrekeyBundle.fromJson(raw);
+        for (const [j, raw] of got.bundles.entries()) {
+          const bundle = (parsed[i] as PrekeyBundle[])[j] as PrekeyBundle;
           (states[i] as PeerState).checkDevice(raw.device_id, bundle.identity);
           bundles.set(`${got.user_id}.${raw.device_id}`, bundle);
         }
       }
+    };
+    for (let at = 0; at < ids.length; at += CLAIMS_PER_REQUEST) {
+      const chunk = ids.slice(at, at + CLAIMS_PER_REQUEST);
+      const done = gate.run(() => claim(chunk));
+      done.catch(() => undefined); // raised to the sends that wait for it
+      for (const user of chunk) answered.set(user, done);
     }
-    return bundles;
+    const ours = answered.get(me) ?? Promise.resolve();
+    return { bundles, ready: async (user) => void (await Promise.all([ours, answered.get(user)])) };
   }
 
   /** The safety number with a contact (of the account key we trust; fetched if none yet). */
@@ -2005,7 +2007,7 @@ export class ParleyClient {
     if (lacking.size === 0) return now;
     const payload = skdPayload(roomId, dist);
     const users = distributionUsers(lacking, me);
-    const bundles = await this.#claimMissing(users); // in bulk: 100 users a request
+    const claims = this.#claimMissing(users); // in bulk: 100 users a request
     // Who has the key now, recorded as the `accepted` come: those that come while a
     // write is waiting join it (one write for many, not one per member).
     const got: string[] = [];
@@ -2024,7 +2026,8 @@ export class ParleyClient {
     const gate = new Gate(ENCRYPT_AT_ONCE);
     const results = await Promise.allSettled(
       users.map(async (user) => {
-        await this.#sendControl(user, payload, bundles, gate);
+        await claims.ready(user); // its claim's answer, not all ten
+        await this.#sendControl(user, payload, claims.bundles, gate);
         await record(user);
       }),
     );
