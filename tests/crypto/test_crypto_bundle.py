@@ -188,6 +188,20 @@ def test_known_contact_signatures_are_verified_once(counted: _CountingVerify) ->
     assert counted.calls == 5  # the last-resort KEM prekey's signature, once
 
 
+def test_a_rooms_thousand_bundles_are_remembered_from_claim_to_session(
+    counted: _CountingVerify,
+) -> None:
+    """A private room of 1,000's key distribution: every member device's bundle is
+    verified when it is claimed and again when its session starts, the others' in
+    between. The second time, only the one-time KEM prekeys' signatures (never
+    remembered) are verified again (with 512 remembered: all 3,000)."""
+    bundles = [PrekeyBundle.from_json(claimed_bundle(Device.generate())) for _ in range(1000)]
+    assert counted.calls == 3000
+    for bundle in bundles:
+        bundle.verify()
+    assert counted.calls == 4000
+
+
 def test_remembered_signatures_never_admit_a_change(counted: _CountingVerify) -> None:
     bob, other = Device.generate(), Device.generate()
     good = PublicIdentity.from_json(bob.public_identity())

@@ -14,7 +14,7 @@
  * obtained from JSON is always verified. Unknown JSON members are ignored
  * (no signature covers them).
  *
- * Verified signatures are remembered (the last 512 exact (key, signature,
+ * Verified signatures are remembered (the last VERIFIED_CACHE_SIZE exact (key, signature,
  * signed bytes) triples), as in Python: a contact's identity and signed-prekey
  * signatures recur in every bundle, initial message and restored session.
  */
@@ -35,7 +35,9 @@ export const LABEL_SIGNED_PREKEY = utf8('parley-v1/signed-prekey');
 export const LABEL_KEM_ONE_TIME = utf8('parley-v1/kem-prekey/one-time');
 export const LABEL_KEM_LAST_RESORT = utf8('parley-v1/kem-prekey/last-resort');
 
-export const VERIFIED_CACHE_SIZE = 512;
+// As in Python (bundle.py): a room's key distribution checks each member device's bundle
+// when it is claimed and again when its session starts, up to a thousand devices apart.
+export const VERIFIED_CACHE_SIZE = 4096;
 const verified = new Map<string, true>();
 
 function latin1(data: Uint8Array): string {
