@@ -22,8 +22,9 @@ moved to another place. Rows that must be found by peer are keyed by
 Only sizes, row counts and the order of writes are visible on disk.
 
 Crash safety: every state change is one SQLite transaction (``BEGIN
-IMMEDIATE`` ... ``COMMIT``), so a ratchet step and the history entry it
-produced are written together or not at all. A process killed mid-write
+IMMEDIATE`` ... ``COMMIT``; changes that wait for one another are committed
+together, each in a savepoint: :meth:`Store.transaction`), so a ratchet step and
+the history entry it produced are written together or not at all. A process killed mid-write
 leaves the previous state (SQLite's journal). The same file may be used by
 several processes (the CLI's ``chat`` and ``send``): a transaction locks out
 the others (busy timeout), and state is read inside the transaction that
@@ -57,6 +58,8 @@ from parley.errors import StoreError, WrongPassphrase
 __all__ = ["SCHEMA_VERSION", "KdfParams", "Store", "Transaction"]
 
 SCHEMA_VERSION = 1
+GROUP_MAX = 64
+"""Transactions committed together at most (:meth:`Store.transaction`)."""
 _CHECK = b"parley-store-v1-check"
 _NONCE = 12
 
@@ -241,6 +244,9 @@ class Store:
         self._aead = AESGCM(enc_key)
         self._index_key = index_key
         self._lock = asyncio.Lock()
+        self._entering = 0  # transactions waiting for the lock
+        self._group: asyncio.Future[None] | None = None  # the open group's commit
+        self._grouped = 0
 
     @classmethod
     def exists(cls, path: Path) -> bool:
@@ -309,6 +315,7 @@ class Store:
         return cls(path, db, enc_key, index_key)
 
     def close(self) -> None:
+        self._commit_group()
         self._db.close()
 
     # -- sealing --------------------------------------------------------------
@@ -330,7 +337,10 @@ class Store:
     # -- transactions ---------------------------------------------------------
     @contextlib.contextmanager
     def transaction_sync(self) -> Iterator[Transaction]:
-        """One atomic change (blocking; for code outside the event loop)."""
+        """One atomic change (blocking; for code outside the event loop). A group of
+        :meth:`transaction` left open for the next one waiting is committed first."""
+        if not self._lock.locked():
+            self._commit_group()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield Transaction(self)
@@ -341,11 +351,71 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """One atomic change; transactions of one process run one at a time."""
-        async with self._lock:
-            with self.transaction_sync() as tx:
-                yield tx
+        """One atomic change; transactions of one process run one at a time.
+
+        **Group commit**: those waiting when one ends join its SQLite transaction,
+        each in a savepoint of its own (one that raises is rolled back alone), and it
+        commits once none is waiting, or ready to run when the last one ends (it
+        yields once to let them in), or ``GROUP_MAX`` have joined: a room's key
+        distribution is a thousand transactions, each a durable commit before. Each
+        returns only once its group is committed (as durable as before); a failed
+        commit fails every one of the group. The group holds SQLite's write lock
+        from its first ``BEGIN`` to its ``COMMIT`` (other processes wait, as for one
+        transaction)."""
+        self._entering += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._entering -= 1
+            if not self._lock.locked():
+                self._commit_group()  # it was to join a group: nobody else will end it
+            raise
+        self._entering -= 1
+        try:
+            if self._group is None:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._group = asyncio.get_running_loop().create_future()
+                self._grouped = 0
+            group = self._group
+            self._grouped += 1
+            self._db.execute("SAVEPOINT tx")
+            try:
+                yield Transaction(self)
+            except BaseException:
+                self._db.execute("ROLLBACK TO tx")
+                self._db.execute("RELEASE tx")
+                if not self._entering:
+                    self._commit_group()  # the members before it, if any
+                raise
+            self._db.execute("RELEASE tx")
+            if self._grouped >= GROUP_MAX:
+                self._commit_group()
+        finally:
+            self._lock.release()
+        if self._group is group:
+            try:
+                await asyncio.sleep(0)  # those ready to follow join the group
+            finally:
+                if self._group is group and not self._lock.locked() and not self._entering:
+                    self._commit_group()  # nobody followed: this one ends it
+        await asyncio.shield(group)
+
+    def _commit_group(self) -> None:
+        """Commit the open group, if any, and tell its members."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            group.set_exception(StoreError(f"the local store could not commit ({exc})"))
+            group.exception()  # retrieved: each member raises it
+        else:
+            group.set_result(None)
 
     def read(self) -> Transaction:
-        """Read without a transaction (each statement sees committed data)."""
+        """Read without a transaction (each statement sees what this process wrote:
+        committed, or in a group about to commit, :meth:`transaction`)."""
         return Transaction(self)

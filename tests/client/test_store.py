@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -131,4 +132,129 @@ def test_a_process_killed_mid_write_leaves_the_last_committed_state(tmp_path: Pa
     store = open_store(path)
     assert store.read().get("ratchet") == 5
     assert [e["n"] for e in store.read().history("p")] == [0, 1, 2, 3, 4, 5]
+    store.close()
+
+
+# -- group commit (Store.transaction) ------------------------------------------------------
+
+
+class CountingDb:
+    """The store's connection, counting COMMITs (and failing the next one when told)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.commits = 0
+        self.fail_next_commit = False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            if self.fail_next_commit:
+                self.fail_next_commit = False
+                raise sqlite3.OperationalError("disk I/O error")
+            self.commits += 1
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def counting(store: Store) -> CountingDb:
+    db = CountingDb(store._db)
+    store._db = db  # type: ignore[assignment]
+    return db
+
+
+async def test_transactions_waiting_behind_one_commit_together_each_once_durable(
+    tmp_path: Path,
+) -> None:
+    """A hundred transactions asked at once (a room's key sends): each sees the ones
+    before it, all are written, in a few commits; each returns only once another
+    connection to the file sees its write."""
+    path = tmp_path / "store.db"
+    store = open_store(path)
+    db = counting(store)
+    other = sqlite3.connect(path)
+
+    async def one(n: int) -> int:
+        async with store.transaction() as tx:
+            count = int(tx.get("count") or 0)
+            tx.put("count", count + 1)
+            tx.add_message("p", {"n": n}, ref=f"m{n}")
+        # Returned: committed, visible to another connection.
+        rows = other.execute("SELECT count(*) FROM messages").fetchone()[0]
+        assert rows >= count + 1
+        return count
+
+    seen = await asyncio.gather(*(one(n) for n in range(100)))
+    assert sorted(seen) == list(range(100))  # each saw every one before it
+    assert store.read().get("count") == 100
+    assert len(store.read().history("p")) == 100
+    assert db.commits <= 100 // 64 + 2, db.commits  # GROUP_MAX a commit at most
+    other.close()
+    store.close()
+
+
+async def test_one_that_raises_is_rolled_back_alone_and_its_group_is_kept(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "store.db")
+    counting(store)
+
+    async def put(name: str, fail: bool = False) -> None:
+        async with store.transaction() as tx:
+            tx.put(name, 1)
+            if fail:
+                raise RuntimeError("refused")
+
+    results = await asyncio.gather(put("a"), put("b", fail=True), put("c"), return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType", "RuntimeError", "NoneType"]
+    assert (store.read().get("a"), store.read().get("b"), store.read().get("c")) == (1, None, 1)
+    store.close()
+
+
+async def test_a_failed_commit_fails_every_member_and_keeps_nothing(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "store.db")
+    async with store.transaction() as tx:
+        tx.put("kept", 1)
+    db = counting(store)
+    db.fail_next_commit = True
+
+    async def put(name: str) -> None:
+        async with store.transaction() as tx:
+            tx.put(name, 1)
+
+    results = await asyncio.gather(put("x"), put("y"), put("z"), return_exceptions=True)
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert [store.read().get(n) for n in ("kept", "x", "y", "z")] == [1, None, None, None]
+    await put("after")  # the store is still usable
+    assert store.read().get("after") == 1
+    store.close()
+
+
+async def test_a_waiter_cancelled_before_its_turn_leaves_no_group_open(tmp_path: Path) -> None:
+    """The first transaction ends while another waits (so it leaves its group open for
+    it); that one is cancelled before its turn: the group is committed anyway."""
+    store = open_store(tmp_path / "store.db")
+    db = counting(store)
+    go = asyncio.Event()
+
+    async def first() -> None:
+        async with store.transaction() as tx:
+            tx.put("first", 1)
+            await go.wait()
+
+    async def second() -> None:
+        async with store.transaction() as tx:
+            tx.put("second", 1)
+
+    a = asyncio.create_task(first())
+    await asyncio.sleep(0)
+    b = asyncio.create_task(second())
+    await asyncio.sleep(0)  # b waits for the lock
+    go.set()
+    await asyncio.sleep(0)  # a ends, leaving its group to b
+    b.cancel()
+    await asyncio.wait_for(a, 5)  # committed, not left waiting for b
+    assert db.commits == 1 and store.read().get("first") == 1
+    assert b.cancelled() or b.done()
     store.close()
