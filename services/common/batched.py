@@ -1,5 +1,5 @@
 """Look-ups of many keys asked in one request (the gateway's recipients and device
-lists: docs/gateway.md, "Send pipeline").
+lists: docs/gateway.md, "What a pod does": send).
 
 A private room's first message from a device is a pairwise send to every other member
 (a thousand in a room of 1,000), each to a recipient the gateway has not seen: one

@@ -87,7 +87,7 @@ async def test_kill_9_the_senders_gateway_with_hundreds_of_first_contacts_pendin
     """One socket sends to 200 users it never wrote to, one message each, then a second
     round: each first send waits on the gateway's look-ups of the recipient (auth and
     key directory) while the sends behind it are checked beside it and produced in
-    order (docs/gateway.md, "Send pipeline"). The sender's gateway is killed as soon as
+    order (docs/gateway.md, "What a pod does": send). The sender's gateway is killed as soon as
     the first answer comes back, with most look-ups still pending; the sender resends
     what was not accepted on a new socket, through HAProxy to the other pod, which has
     seen none of the recipients either. Every recipient's inbox holds its own two

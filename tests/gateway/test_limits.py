@@ -131,7 +131,7 @@ async def test_sends_written_at_once_to_a_new_contact_look_it_up_once(
 ) -> None:
     """Ten sends to a recipient this pod has not seen, written at once, are checked side
     by side: they share one look-up at the auth service and one device-list read at
-    the key directory (docs/gateway.md, "Send pipeline"), not ten of each."""
+    the key directory (docs/gateway.md, "What a pod does": send), not ten of each."""
     _, url = await _gateway(issuer, make_client)
     me, bob = uid(), uid()
     issuer.users.add(bob)

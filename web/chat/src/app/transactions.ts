@@ -46,7 +46,7 @@ export class Transactions {
   #queue: Waiting[] = [];
   #head = 0;
   #running = false;
-  /** IndexedDB transactions written (tests and the benchmark's trace read it). */
+  /** IndexedDB transactions written (the tests read it). */
   commits = 0;
 
   constructor(
