@@ -60,6 +60,8 @@ __all__ = ["SCHEMA_VERSION", "KdfParams", "Store", "Transaction"]
 SCHEMA_VERSION = 1
 GROUP_MAX = 64
 """Transactions committed together at most (:meth:`Store.transaction`)."""
+_OPEN_GROUPS: dict[str, Store] = {}
+"""This process's stores with a group open, by file (:meth:`Store._end_others_group`)."""
 _CHECK = b"parley-store-v1-check"
 _NONCE = 12
 
@@ -246,6 +248,7 @@ class Store:
         self._lock = asyncio.Lock()
         self._entering = 0  # transactions waiting for the lock
         self._group: asyncio.Future[None] | None = None  # the open group's commit
+        self._key = str(path.resolve())
         self._grouped = 0
 
     @classmethod
@@ -341,6 +344,7 @@ class Store:
         :meth:`transaction` left open for the next one waiting is committed first."""
         if not self._lock.locked():
             self._commit_group()
+        self._end_others_group()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield Transaction(self)
@@ -373,9 +377,11 @@ class Store:
         self._entering -= 1
         try:
             if self._group is None:
+                self._end_others_group()
                 self._db.execute("BEGIN IMMEDIATE")
                 self._group = asyncio.get_running_loop().create_future()
                 self._grouped = 0
+                _OPEN_GROUPS[self._key] = self
             group = self._group
             self._grouped += 1
             self._db.execute("SAVEPOINT tx")
@@ -400,11 +406,22 @@ class Store:
                     self._commit_group()  # nobody followed: this one ends it
         await asyncio.shield(group)
 
+    def _end_others_group(self) -> None:
+        """Another store of this process on the same file with a group open (as an SDK
+        user may open two clients on one data directory): commit it first, as this
+        ``BEGIN`` would wait for its lock on this very thread (its owner cannot run to
+        commit meanwhile). One in the middle of a change is left to SQLite's timeout."""
+        other = _OPEN_GROUPS.get(self._key)
+        if other is not None and other is not self and not other._lock.locked():
+            other._commit_group()
+
     def _commit_group(self) -> None:
         """Commit the open group, if any, and tell its members."""
         group, self._group = self._group, None
         if group is None:
             return
+        if _OPEN_GROUPS.get(self._key) is self:
+            del _OPEN_GROUPS[self._key]
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:

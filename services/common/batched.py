@@ -39,8 +39,10 @@ class Batched(Generic[V]):
         self._token = ""
         self._tasks: set[asyncio.Task[None]] = set()  # (the loop keeps only weak references)
 
-    async def ask(self, key: str, token: str) -> V:
-        answer = self._waiting.get(key) or self._on_way.get(key)
+    async def ask(self, key: str, token: str, *, fresh: bool = False) -> V:
+        """``key``'s answer; ``fresh``: from a request sent after this call (one already
+        on its way may have been answered before a change the caller knows of)."""
+        answer = self._waiting.get(key) or (None if fresh else self._on_way.get(key))
         if answer is None:
             answer = asyncio.get_running_loop().create_future()
             self._waiting[key] = answer

@@ -139,13 +139,14 @@ class DeviceLists:
         return await self._read(user_id, token, now, True)
 
     async def _read(self, user_id: str, token: str, now: float, fresh: bool) -> frozenset[int]:
-        """Ask the key directory (a ``fresh`` read asks for itself; the others, one ask
-        per user on its way, :class:`Flights`)."""
+        """Ask the key directory, in bulk with other reads (:class:`Batched`; the
+        non-``fresh`` reads of a user also share one ask, :class:`Flights`)."""
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
         try:
-            if not fresh and LISTED_ID.fullmatch(user_id):
-                devices = await self._lists.ask(user_id, token)  # with others (batched.py)
+            if LISTED_ID.fullmatch(user_id):
+                # With others (batched.py); a fresh read, from a request sent after it.
+                devices = await self._lists.ask(user_id, token, fresh=fresh)
             else:
                 devices = await self._read_one(url, token, unavailable)
         except ApiError as exc:

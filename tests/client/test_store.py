@@ -258,3 +258,23 @@ async def test_a_waiter_cancelled_before_its_turn_leaves_no_group_open(tmp_path:
     assert db.commits == 1 and store.read().get("first") == 1
     assert b.cancelled() or b.done()
     store.close()
+
+
+async def test_two_stores_on_one_file_in_one_process_do_not_wait_on_each_other(
+    tmp_path: Path,
+) -> None:
+    """Two clients on one data directory in one process (two stores, two connections):
+    one's group is open for the next change when the other begins; the other's
+    ``BEGIN`` would wait for SQLite's lock on this very thread (30 s, then an error)
+    while the group's owner cannot run to commit. It is committed first."""
+    path = tmp_path / "store.db"
+    a, b = open_store(path), open_store(path)
+
+    async def put(store: Store, name: str) -> None:
+        async with store.transaction() as tx:
+            tx.put(name, 1)
+
+    await asyncio.gather(put(a, "a"), put(b, "b"), put(a, "a2"))  # "database is locked"
+    assert [b.read().get(n) for n in ("a", "b", "a2")] == [1, 1, 1]
+    a.close()
+    b.close()

@@ -130,3 +130,21 @@ async def test_forget_all_asks_every_key_on_its_way_again() -> None:
         gate.set()
     assert await asyncio.gather(*before, *after) == ["A", "B", "A", "B"]
     assert svc.requests == [["a", "b"], ["a", "b"]]
+
+
+async def test_a_fresh_ask_waits_for_a_request_sent_after_it() -> None:
+    """A fresh read (the caller knows something changed) does not take the answer of a
+    request already on its way; it joins one not yet sent, as the asks after it do."""
+    svc = Service()
+    svc.hold = True
+    batched = Batched[str](svc.fetch, most=100)
+    old = asyncio.create_task(batched.ask("a", "t"))
+    await turns()
+    fresh = asyncio.create_task(batched.ask("a", "t", fresh=True))
+    later = asyncio.create_task(batched.ask("a", "t"))  # joins the fresh one
+    await turns()
+    svc.hold = False
+    for gate in svc.gates:
+        gate.set()
+    assert await asyncio.gather(old, fresh, later) == ["A", "A", "A"]
+    assert svc.requests == [["a"], ["a"]]
