@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.config import JsonDict
+
+from services.common.openapi import EACH_ONCE
 
 Role = Literal["user", "admin"]
 
@@ -144,19 +146,12 @@ MAX_LOOKUP_USERS = 1000
 
 
 class UsersLookup(Request):
-    user_ids: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(
+    user_ids: Annotated[list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]], EACH_ONCE] = Field(
         min_length=1,
         max_length=MAX_LOOKUP_USERS,
         json_schema_extra={"uniqueItems": True},
         description=f"1 to {MAX_LOOKUP_USERS} user ids (32 lower-case hex digits), each once",
     )
-
-    @field_validator("user_ids")
-    @classmethod
-    def _each_once(cls, user_ids: list[str]) -> list[str]:
-        if len(set(user_ids)) != len(user_ids):
-            raise ValueError("a user id is named twice")
-        return user_ids
 
 
 class UsersFound(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -18,9 +18,11 @@ from services.common.batched import Batched
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import outgoing_headers
-from services.common.stale import STALE_RETRY_S, Flights, StaleWhileDown
+from services.common.stale import STALE_RETRY_S, StaleWhileDown
 
 MEMBER_PAGE = 500
+
+T = TypeVar("T")
 
 DEVICE_LIST_TTL_S = 300.0
 LISTS_PER_REQUEST = 200
@@ -104,18 +106,15 @@ class DeviceLists:
         self.base = settings.keys_url.rstrip("/")
         self.session = session
         self._cache = StaleWhileDown[frozenset[int]](DEVICE_LIST_TTL_S, STALE_RETRY_S)
-        self._asks = Flights[frozenset[int]]()
         self._lists = Batched[frozenset[int]](self._read_many, LISTS_PER_REQUEST)
         self._copies = copies
 
     def forget(self, user_id: str) -> None:
         self._cache.forget(user_id)
-        self._asks.forget(user_id)
         self._lists.forget(user_id)
 
     def clear(self) -> None:
         self._cache.clear()
-        self._asks = Flights[frozenset[int]]()
         self._lists.forget_all()
 
     def peek(self, user_id: str) -> frozenset[int] | None:
@@ -135,12 +134,12 @@ class DeviceLists:
                 hit = await self._copy(user_id, now)
             if hit is not None:
                 return hit
-            return await self._asks.ask(user_id, lambda: self._read(user_id, token, now, False))
+            return await self._read(user_id, token, now, False)
         return await self._read(user_id, token, now, True)
 
     async def _read(self, user_id: str, token: str, now: float, fresh: bool) -> frozenset[int]:
-        """Ask the key directory, in bulk with other reads (:class:`Batched`; the
-        non-``fresh`` reads of a user also share one ask, :class:`Flights`)."""
+        """Ask the key directory, in bulk with other reads (:class:`Batched`: one ask per
+        user on its way; a ``fresh`` one, sent after it was asked)."""
         unavailable = "Cannot read the device list now."
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
         try:
@@ -167,11 +166,7 @@ class DeviceLists:
         status, body = await call_as(self.session, url, token, unavailable)
         if status == 404:
             return frozenset()
-        try:
-            assert status == 200
-            return frozenset(int(d["device_id"]) for d in body["devices"])
-        except (AssertionError, KeyError, TypeError, ValueError):
-            raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+        return read_answer(status, body, unavailable, _device_ids)
 
     async def _read_many(self, user_ids: Sequence[str], token: str) -> dict[str, frozenset[int]]:
         """Many users' device ids (``POST /keys/v1/users/device-lists``): none for a user
@@ -181,16 +176,10 @@ class DeviceLists:
         status, body = await call_as(
             self.session, url, token, unavailable, json={"user_ids": list(user_ids)}
         )
-        try:
-            assert status == 200
-            found = {
-                str(listed["user_id"]): frozenset(
-                    int(d["device_id"]) for d in listed["device_list"]["devices"]
-                )
-                for listed in body["lists"]
-            }
-        except (AssertionError, KeyError, TypeError, ValueError):
-            raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+        found = read_answer(
+            status, body, unavailable,
+            lambda b: {str(u["user_id"]): _device_ids(u["device_list"]) for u in b["lists"]},
+        )  # fmt: skip
         return {u: found.get(u, frozenset()) for u in user_ids}
 
     async def _copy(self, user_id: str, now: float) -> frozenset[int] | None:
@@ -238,6 +227,22 @@ async def user_id_of(
     if status == 200 and isinstance(body, dict) and isinstance(body.get("user_id"), str):
         return str(body["user_id"])
     raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
+
+
+def _device_ids(listed: Any) -> frozenset[int]:
+    """The device ids of a device list as the key directory answers it."""
+    return frozenset(int(d["device_id"]) for d in listed["devices"])
+
+
+def read_answer(status: int, body: Any, unavailable: str, read: Callable[[Any], T]) -> T:
+    """``read(body)`` of a 200 answer; any other status, or a body ``read`` cannot make
+    sense of, is ``unavailable`` (the other service is not answering as it should)."""
+    if status != 200:
+        raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
+    try:
+        return read(body)
+    except (KeyError, TypeError, ValueError):
+        raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
 
 
 async def call_as(

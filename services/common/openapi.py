@@ -18,13 +18,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from services.common.auth import AUTH_ERRORS, authenticate
 from services.common.errors import ApiError, ErrorCode, http_status
 from services.common.http import json_response, parse_body
 
 Handler = Callable[..., Awaitable[Any]]
+
+
+def _each_once(items: list[Any]) -> list[Any]:
+    if len(set(items)) != len(items):
+        raise ValueError("an item is named twice")
+    return items
+
+
+EACH_ONCE = AfterValidator(_each_once)
+"""A list body field whose items must differ (``Annotated[list[...], EACH_ONCE]``, with
+``json_schema_extra={"uniqueItems": True}`` so that the document says so)."""
 
 
 @dataclass

@@ -24,16 +24,10 @@ kept as an expired entry (served while it stays down, asked for after).
 
 The callers read the clock once per look-up and pass it (``now``, from
 ``time.monotonic()``), so an entry read or served stale counts from before its ask.
-
-**One ask at a time per key** (:class:`Flights`): calls that miss the cache while an
-ask for the same key is on its way wait for that ask's answer (or its error) instead
-of asking again: ten sends to a new contact written at once (the gateway checks a
-socket's sends side by side) are one look-up, not ten.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -124,36 +118,3 @@ class StaleWhileDown(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-class Flights(Generic[V]):
-    """At most one ask per key on its way: :meth:`ask` joins the ask already made for
-    ``key`` if there is one (its answer or its error is every caller's). The ask runs
-    as a task of its own: a caller that gives up (its socket closed) does not cancel
-    it for the others."""
-
-    __slots__ = ("_on_way",)
-
-    def __init__(self) -> None:
-        self._on_way: dict[str, asyncio.Future[V]] = {}
-
-    async def ask(self, key: str, make: Callable[[], Awaitable[V]]) -> V:
-        on_way = self._on_way.get(key)
-        if on_way is None:
-            on_way = asyncio.ensure_future(make())
-            self._on_way[key] = on_way
-            on_way.add_done_callback(lambda done: self._done(key, done))
-        return await asyncio.shield(on_way)
-
-    def _done(self, key: str, done: asyncio.Future[V]) -> None:
-        if self._on_way.get(key) is done:
-            del self._on_way[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: its callers raise it, if any is left
-
-    def forget(self, key: str) -> None:
-        """Calls from now on ask again (what is on its way may be out of date)."""
-        self._on_way.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._on_way)

@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 
 from services.common.batched import Batched
 from services.common.config import Settings
-from services.common.devices import COPY_TTL_S, call_as, user_id_of
+from services.common.devices import COPY_TTL_S, call_as, read_answer, user_id_of
 from services.common.errors import ApiError, ErrorCode
-from services.common.stale import STALE_RETRY_S, Flights, StaleWhileDown
+from services.common.stale import STALE_RETRY_S, StaleWhileDown
 
 KNOWN_TTL_S = COPY_TTL_S
 LOOKUPS_PER_REQUEST = 200
@@ -42,7 +42,6 @@ class Directory:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self._known = StaleWhileDown[str](settings.recipient_cache_s, STALE_RETRY_S)
-        self._asks = Flights[str]()
         self._ids = Batched[str | None](self._lookup, LOOKUPS_PER_REQUEST)
 
     def _key(self, user_id: str) -> str:
@@ -61,10 +60,11 @@ class Directory:
             known = await self._known.from_copy(user_id, now, self._noted)
         if known is not None:
             return known
-        return await self._asks.ask(user_id, lambda: self._ask(user_id, token, now))
+        return await self._ask(user_id, token, now)
 
     async def _ask(self, user_id: str, token: str, now: float) -> str:
-        """Ask the auth service (one ask per id on its way, :class:`Flights`)."""
+        """Ask the auth service: a canonical id with the others being asked (one ask per
+        id on its way, :class:`~services.common.batched.Batched`), another spelling alone."""
         unavailable = "Cannot check the recipient now."
         try:
             if CANONICAL.fullmatch(user_id):
@@ -98,11 +98,9 @@ class Directory:
         status, body = await call_as(
             self.session, url, token, unavailable, json={"user_ids": list(user_ids)}
         )
-        try:
-            assert status == 200
-            found = {str(u["user_id"]) for u in body["users"]}
-        except (AssertionError, KeyError, TypeError):
-            raise ApiError(ErrorCode.UNAVAILABLE, unavailable) from None
+        found = read_answer(
+            status, body, unavailable, lambda b: {str(u["user_id"]) for u in b["users"]}
+        )
         return {u: (u if u in found else None) for u in user_ids}
 
     async def _noted(self, user_id: str) -> str | None:

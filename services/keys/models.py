@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import MAX_USER_ID
+from services.common.openapi import EACH_ONCE
 from services.keys.config import MAX_BATCH, MAX_CLAIM_USERS, MAX_LIST_USERS
 
 U32_MAX = 2**32 - 1
@@ -245,19 +246,12 @@ class UserIdentities(_Listed):
 
 
 class DeviceListsQuery(_Model):
-    user_ids: list[UserId] = Field(
+    user_ids: Annotated[list[UserId], EACH_ONCE] = Field(
         min_length=1,
         max_length=MAX_LIST_USERS,
         json_schema_extra={"uniqueItems": True},
         description=f"1 to {MAX_LIST_USERS} user ids, each once",
     )
-
-    @field_validator("user_ids")
-    @classmethod
-    def _each_once(cls, user_ids: list[str]) -> list[str]:
-        if len(set(user_ids)) != len(user_ids):
-            raise ValueError("a user id is named twice")
-        return user_ids
 
 
 class ListedDevices(_Listed):

@@ -256,7 +256,8 @@ async def test_a_waiter_cancelled_before_its_turn_leaves_no_group_open(tmp_path:
     b.cancel()
     await asyncio.wait_for(a, 5)  # committed, not left waiting for b
     assert db.commits == 1 and store.read().get("first") == 1
-    assert b.cancelled() or b.done()
+    await asyncio.gather(b, return_exceptions=True)
+    assert b.cancelled() and store.read().get("second") is None
     store.close()
 
 

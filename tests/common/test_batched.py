@@ -148,3 +148,24 @@ async def test_a_fresh_ask_waits_for_a_request_sent_after_it() -> None:
         gate.set()
     assert await asyncio.gather(old, fresh, later) == ["A", "A", "A"]
     assert svc.requests == [["a"], ["a"]]
+
+
+async def test_while_a_request_is_on_its_way_only_full_ones_go_beside_it() -> None:
+    """Keys asked while a request is on its way wait for it and go together in the next
+    one, unless a full request's worth waits."""
+    svc = Service()
+    svc.hold = True
+    batched = Batched[str](svc.fetch, most=10, parallel=4)
+    asks = [asyncio.create_task(batched.ask(f"a{i}", "t")) for i in range(5)]
+    await turns()
+    asks += [asyncio.create_task(batched.ask(f"b{i}", "t")) for i in range(5)]
+    await turns()
+    assert [len(r) for r in svc.requests] == [5]  # the b's wait for the a's request
+    asks += [asyncio.create_task(batched.ask(f"c{i}", "t")) for i in range(10)]
+    await turns()
+    assert [len(r) for r in svc.requests] == [5, 10]  # a full one goes beside it
+    svc.hold = False
+    for gate in svc.gates:
+        gate.set()
+    await asyncio.gather(*asks)
+    assert [len(r) for r in svc.requests] == [5, 10, 5]

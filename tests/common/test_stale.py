@@ -4,12 +4,8 @@ still answers while its service is ``unavailable``, asked for again only after
 
 from __future__ import annotations
 
-import asyncio
-
-import pytest
-
 from services.common.errors import ApiError, ErrorCode
-from services.common.stale import Flights, StaleWhileDown
+from services.common.stale import StaleWhileDown
 
 DOWN = ApiError(ErrorCode.UNAVAILABLE, "down")
 
@@ -88,70 +84,3 @@ def test_another_error_does_not_say_the_service_is_down() -> None:
     cache.put("a", 0.0, "alice")
     assert cache.stale("x", 100.0, ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "no")) is None
     assert cache.down(100.0, "a") is None
-
-
-class Asker:
-    """An ask whose answer the test gives: counts the asks made."""
-
-    def __init__(self) -> None:
-        self.asks = 0
-        self.answer: asyncio.Future[str] | None = None
-
-    async def __call__(self) -> str:
-        self.asks += 1
-        self.answer = asyncio.get_running_loop().create_future()
-        return await self.answer
-
-
-async def test_calls_for_a_key_with_an_ask_on_its_way_share_it() -> None:
-    flights, ask = Flights[str](), Asker()
-    waiting = [asyncio.create_task(flights.ask("a", ask)) for _ in range(5)]
-    other = asyncio.create_task(flights.ask("b", Asker()))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert ask.asks == 1 and len(flights) == 2  # one ask for a, one for b
-    assert ask.answer is not None
-    ask.answer.set_result("alice")
-    assert await asyncio.gather(*waiting) == ["alice"] * 5
-    assert len(flights) == 1  # a's ask is done; b's still on its way
-    # Done: the next call asks again.
-    again = asyncio.create_task(flights.ask("a", ask))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert ask.asks == 2
-    ask.answer.set_result("alice2")
-    assert await again == "alice2"
-    other.cancel()
-
-
-async def test_an_asks_error_is_every_callers_and_a_caller_giving_up_cancels_nothing() -> None:
-    flights, ask = Flights[str](), Asker()
-    first = asyncio.create_task(flights.ask("a", ask))
-    second = asyncio.create_task(flights.ask("a", ask))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    first.cancel()  # its socket closed
-    await asyncio.sleep(0)
-    assert ask.answer is not None and not ask.answer.cancelled()
-    ask.answer.set_exception(DOWN)
-    with pytest.raises(ApiError) as raised:
-        await second
-    assert raised.value is DOWN
-    assert first.cancelled() and len(flights) == 0
-
-
-async def test_a_forgotten_key_is_asked_again_by_the_next_call() -> None:
-    flights, ask = Flights[str](), Asker()
-    before = asyncio.create_task(flights.ask("a", ask))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    old = ask.answer
-    flights.forget("a")  # e.g. the key directory announced the user's devices changed
-    after = asyncio.create_task(flights.ask("a", ask))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert ask.asks == 2 and old is not None and ask.answer is not None
-    old.set_result("old")
-    ask.answer.set_result("new")
-    assert (await before, await after) == ("old", "new")
-    assert len(flights) == 0

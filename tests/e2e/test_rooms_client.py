@@ -80,6 +80,19 @@ async def all_texts(client: Client, room_id: str, n: int, timeout: float = 60) -
     return [str(e["text"]) for e in entries]
 
 
+async def private_room(owner: Client, others: list[Client], name: str) -> str:
+    """A private room of ``owner`` that ``others`` joined (invited and accepted), every
+    client connected; its id."""
+    rid = str((await owner.rooms.create(f"{name} {secrets.token_hex(3)}"))["room_id"])
+    for c in [owner, *others]:
+        await c.connect()
+    for c in others:
+        assert c.username
+        await owner.rooms.invite(rid, c.username)
+        await c.rooms.accept(rid)
+    return rid
+
+
 def received_order(client: Client, room_id: str) -> list[str]:
     """The texts this device got from the server (not the ones it sent), in order."""
     return [str(e["text"]) for e in room_texts(client, room_id) if e.get("server_id")]
@@ -462,14 +475,7 @@ async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: Ne
     size, burst = 12, 20
     owner = await device(username("so"), first=True)
     others = [await device(username(f"s{i}-"), first=True) for i in range(size - 1)]
-    room = await owner.rooms.create(f"size {secrets.token_hex(3)}")
-    rid = room["room_id"]
-    for c in [owner, *others]:
-        await c.connect()
-    for c in others:
-        assert c.username
-        await owner.rooms.invite(rid, c.username)
-        await c.rooms.accept(rid)
+    rid = await private_room(owner, others, "size")
 
     async def everyone_has(n: int, clients: list[Client]) -> None:
         for c in clients:
@@ -544,13 +550,7 @@ async def test_key_sends_go_as_their_claims_answer_not_when_all_have(
     monkeypatch.setattr(messenger, "CLAIMS_PER_REQUEST", 3)
     owner = await device(username("po"), first=True)
     others = [await device(username(f"p{i}-"), first=True) for i in range(6)]
-    rid = (await owner.rooms.create(f"pipe {secrets.token_hex(3)}"))["room_id"]
-    for c in [owner, *others]:
-        await c.connect()
-    for c in others:
-        assert c.username
-        await owner.rooms.invite(rid, c.username)
-        await c.rooms.accept(rid)
+    rid = await private_room(owner, others, "pipe")
     real, held, requests = owner.api.claim_many, asyncio.Event(), []
 
     async def claim_many(users: dict[str, Any]) -> Any:

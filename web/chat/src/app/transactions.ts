@@ -46,9 +46,6 @@ export class Transactions {
   #queue: Waiting[] = [];
   #head = 0;
   #running = false;
-  /** IndexedDB transactions written (the tests read it). */
-  commits = 0;
-
   constructor(
     readonly rows: Rows,
     readonly clock: () => number = () => performance.now(),
@@ -118,7 +115,6 @@ export class Transactions {
     }
     if (written.size) {
       try {
-        this.commits++;
         await this.rows.write(written);
       } catch (error) {
         for (const [name, value] of before) {
