@@ -10,7 +10,6 @@ missed).
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import aiohttp
@@ -20,7 +19,6 @@ from services.common.config import Settings
 from services.common.devices import DeviceLists, call_as, member_ids, rooms_get
 from services.common.errors import ApiError, ErrorCode
 
-DEVICE_LOOKUPS = 16
 ROOM_ID = re.compile("[0-9a-f]{24}")  # services/rooms/models.py
 
 
@@ -105,12 +103,6 @@ class Parties:
 
     async def inboxes(self, users: list[str], token: str) -> list[str]:
         """Every current device inbox of these users, in order."""
-        gate = asyncio.Semaphore(DEVICE_LOOKUPS)
         _, devices = self._client()
-
-        async def one(user: str) -> frozenset[int]:
-            async with gate:
-                return await devices.get(user, token, fresh=True)
-
-        lists = await asyncio.gather(*(one(u) for u in users))
+        lists = await devices.get_many(users, token, fresh=True)
         return [e.inbox_id(u, d) for u, ds in zip(users, lists, strict=True) for d in sorted(ds)]

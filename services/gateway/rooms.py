@@ -15,7 +15,6 @@ join or a leave is never kept). Device lists come from
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -30,7 +29,6 @@ from services.common.errors import ApiError, DevicesChanged, ErrorCode
 from services.common.room_gate import RoomGate
 from services.common.rosters import RosterCache
 
-DEVICE_LOOKUPS = 32
 DIGESTS_KEPT = 10_000
 """(room, sending device) pairs whose last member-device digest is remembered."""
 REFRESH_EVERY_S = 10.0
@@ -175,22 +173,9 @@ class RoomMembers:
     async def _device_lists(
         self, members: tuple[str, ...], token: str, fresh: bool = False
     ) -> list[frozenset[int]]:
-        """Each member's devices: from the cache without a task per member when it has
-        them (the common case), else looked up, ``DEVICE_LOOKUPS`` at a time;
-        ``fresh``: all looked up."""
-        lists = [None if fresh else self.devices.peek(m) for m in members]
-        missing = [i for i, devices in enumerate(lists) if devices is None]
-        if missing:
-            gate = asyncio.Semaphore(DEVICE_LOOKUPS)
-
-            async def one(user: str) -> frozenset[int]:
-                async with gate:
-                    return await self.devices.get(user, token, fresh=fresh)
-
-            found = await asyncio.gather(*(one(members[i]) for i in missing))
-            for i, devices in zip(missing, found, strict=True):
-                lists[i] = devices
-        return [devices or frozenset() for devices in lists]
+        """Each member's devices: from the cache when it has them (the common case),
+        else read in bulk (:meth:`DeviceLists.get_many`); ``fresh``: all read."""
+        return await self.devices.get_many(members, token, fresh=fresh)
 
     async def _get(self, path: str, token: str) -> dict[str, Any]:
         return await rooms_get(self.session, self.base + path, token)

@@ -24,6 +24,7 @@ class Upstream:
         self.down = False
         self.calls = 0
         self.devices = [1, 2]
+        self.list_requests: list[int] = []  # the size of each bulk device-list read
         self.app = web.Application()
         self.app.router.add_get("/auth/v1/users/{ref}", self.user)
         self.app.router.add_get("/keys/v1/users/{ref}/devices", self.device_list)
@@ -52,6 +53,7 @@ class Upstream:
         if self.down:
             return web.json_response({"error": {"code": "unavailable"}}, status=503)
         ids = (await request.json())["user_ids"]
+        self.list_requests.append(len(ids))
         devices = [{"device_id": d} for d in self.devices]
         lists = [{"user_id": u, "device_list": {"devices": devices}} for u in ids]
         return web.json_response({"lists": lists, "missing": []})
@@ -209,3 +211,26 @@ async def test_a_pod_that_never_read_a_recipient_routes_to_it_from_the_copies_in
         assert await two[1].get("alice", "t") == {1, 2, 3}
     finally:
         await redis.aclose()
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_a_rooms_member_lists_are_read_in_a_few_bulk_requests(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession], fresh: bool
+) -> None:
+    """A private room of 1,000 whose lists this pod has not read (its first message
+    after a restart; ``fresh``: a ``room_send`` whose digest disagrees) reads them in
+    requests of 200, not one each (the gateway's fan-out and delivery's tombstone
+    parties both do: services/gateway/rooms.py, services/delivery/parties.py)."""
+    from services.common.devices import LISTS_PER_REQUEST
+
+    up, settings, session = upstream
+    lists = dev.DeviceLists(settings, session)
+    members = [f"{i:032x}" for i in range(1000)]  # ids as the auth service makes them
+    assert await lists.get_many(members, "t", fresh=fresh) == [frozenset({1, 2})] * 1000
+    assert sum(up.list_requests) == 1000  # each member once...
+    assert up.list_requests == [LISTS_PER_REQUEST] * 5  # ... in five full requests
+    up.devices = [3]
+    again = await lists.get_many(members, "t", fresh=fresh)
+    # Cached: none asked again; fresh: all, in bulk again.
+    assert again == [frozenset({3} if fresh else {1, 2})] * 1000
+    assert len(up.list_requests) == (10 if fresh else 5)
