@@ -121,6 +121,40 @@ def test_every_flipped_signature_bit_is_refused() -> None:
             SignedDeviceList(signed.device_list, bytes(sig)).verify(public)
 
 
+def test_a_list_read_again_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A contact's list is checked when read and again with each claim of its bundles
+    (a private room of 1,000's first message: both for every member): the second check
+    of the same signed bytes is remembered; another signature is verified (and refused)
+    every time."""
+    from parley.crypto import bundle as bundle_module
+    from parley.crypto.primitives import ed25519_verify
+
+    calls: list[bytes] = []
+
+    def counting(key: bytes, signature: bytes, message: bytes) -> None:
+        calls.append(signature)
+        ed25519_verify(key, signature, message)
+
+    monkeypatch.setattr(bundle_module, "ed25519_verify", counting)
+    bundle_module.forget_verified_signatures()
+    signed = SignedDeviceList.from_json(VECTOR["request"])
+    public = bytes.fromhex(VECTOR["account_public"])
+    for _ in range(3):
+        signed.verify(public)
+    assert len(calls) == 1
+    forged = SignedDeviceList(
+        signed.device_list, bytes([signed.signature[0] ^ 1]) + signed.signature[1:]
+    )
+    for _ in range(2):
+        with pytest.raises(InvalidSignature):
+            forged.verify(public)
+    assert len(calls) == 3
+    with pytest.raises(DeviceMismatch):  # remembered, and still checked for its user
+        signed.verify(public, user_id="bob")
+    assert len(calls) == 3
+    bundle_module.forget_verified_signatures()
+
+
 # --------------------------------------------------------------------------- the account key
 
 

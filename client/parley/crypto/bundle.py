@@ -70,9 +70,10 @@ LABEL_KEM_LAST_RESORT = b"parley-v1/kem-prekey/last-resort"
 VERIFIED_CACHE_SIZE = 4096
 """How many verified ``(signing key, signature, signed bytes)`` triples are remembered:
 a private room's key distribution checks each member device's bundle when it is claimed
-and again when its session starts, two remembered signatures a device, up to a
-thousand devices apart (512 forgot them in between: every one verified twice; at most
-~5 MB, public data)."""
+and again when its session starts, and each member's device list when it is read and
+again with the claim: three remembered signatures a member, up to a thousand members
+apart (512 forgot them in between: every one verified twice; at most ~5 MB, public
+data)."""
 _verified: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
 _verified_lock = threading.Lock()
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from parley.crypto.bundle import PrekeyBundle, PublicIdentity
+from parley.crypto.bundle import PrekeyBundle, PublicIdentity, verify_remembered
 from parley.crypto.encoding import b64decode, b64encode
 from parley.crypto.errors import (
     CounterExhausted,
@@ -45,7 +45,6 @@ from parley.crypto.primitives import (
     X25519_KEY_LEN,
     Ed25519KeyPair,
     RandomSource,
-    ed25519_verify,
     require_bytes,
     system_random,
 )
@@ -357,7 +356,9 @@ class SignedDeviceList:
         :class:`DeviceMismatch` if ``user_id`` is given and the list is another
         user's (a directory serving one account's list for another).
         """
-        ed25519_verify(account_public, self.signature, self.device_list.signed_bytes())
+        # Remembered: a contact's list is checked when it is read and again with each
+        # claim of its bundles (a private room's first message: both, per member).
+        verify_remembered(account_public, self.signature, self.device_list.signed_bytes())
         if user_id is not None and self.device_list.user_id != user_id:
             raise DeviceMismatch(
                 f"the device list is {self.device_list.user_id!r}'s, not {user_id!r}'s"

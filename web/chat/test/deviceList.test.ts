@@ -1,6 +1,6 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 
-import { PrekeyBundle } from '../src/crypto/bundle.ts';
+import { PrekeyBundle, forgetVerifiedSignatures } from '../src/crypto/bundle.ts';
 import { Device } from '../src/crypto/device.ts';
 import { AccountKey, DeviceEntry, DeviceList, SignedDeviceList, VERSION_MAX, canonicalJson } from '../src/crypto/deviceList.ts';
 import { b64encode, fromUtf8 } from '../src/crypto/encoding.ts';
@@ -29,6 +29,34 @@ describe('device lists (docs/devices.md)', () => {
     await expect(parsed.verify(account.public, { userId: 'bob' })).rejects.toMatchObject({ name: 'DeviceMismatch' });
     const restored = await AccountKey.fromSeed(account.seed());
     expect(restored.public).toEqual(account.public);
+  });
+
+  it('a list read again is not verified again; another signature is, every time', async () => {
+    // Read, then again with each claim of the contact's bundles (a private room of 1,000's
+    // first message: both, for every member).
+    const account = await AccountKey.generate();
+    const [d1] = await twoDevices();
+    const signed = await account.sign(new DeviceList('alice', 1, [DeviceEntry.of(1, 'phone', d1.identity)]));
+    const parsed = SignedDeviceList.fromJson(JSON.parse(JSON.stringify(signed.toJson())));
+    forgetVerifiedSignatures();
+    const verify = vi.spyOn(globalThis.crypto.subtle, 'verify');
+    try {
+      for (let i = 0; i < 3; i++) await parsed.verify(account.public, { userId: 'alice' });
+      expect(verify).toHaveBeenCalledTimes(1);
+      const sig = parsed.signature.slice();
+      sig[0] = (sig[0] ?? 0) ^ 1;
+      const forged = new SignedDeviceList(parsed.deviceList, sig);
+      for (let i = 0; i < 2; i++) {
+        await expect(forged.verify(account.public)).rejects.toMatchObject({ name: 'InvalidSignature' });
+      }
+      expect(verify).toHaveBeenCalledTimes(3);
+      // Remembered, and still checked for its user.
+      await expect(parsed.verify(account.public, { userId: 'bob' })).rejects.toMatchObject({ name: 'DeviceMismatch' });
+      expect(verify).toHaveBeenCalledTimes(3);
+    } finally {
+      verify.mockRestore();
+      forgetVerifiedSignatures();
+    }
   });
 
   it('canonical JSON sorts keys by code point and writes integers', () => {

@@ -36,7 +36,8 @@ export const LABEL_KEM_ONE_TIME = utf8('parley-v1/kem-prekey/one-time');
 export const LABEL_KEM_LAST_RESORT = utf8('parley-v1/kem-prekey/last-resort');
 
 // As in Python (bundle.py): a room's key distribution checks each member device's bundle
-// when it is claimed and again when its session starts, up to a thousand devices apart.
+// when it is claimed and again when its session starts, and each member's device list when
+// it is read and again with the claim, up to a thousand members apart.
 export const VERIFIED_CACHE_SIZE = 4096;
 const verified = new Map<string, true>();
 

@@ -16,7 +16,7 @@
  * 1..64 Unicode code points without control characters or lone surrogates.
  */
 
-import type { PrekeyBundle, PublicIdentity } from './bundle.ts';
+import { type PrekeyBundle, type PublicIdentity, verifyRemembered } from './bundle.ts';
 import { b64decode, b64encode, bytesEqual, concat, utf8 } from './encoding.ts';
 import {
   CounterExhausted,
@@ -31,7 +31,6 @@ import {
   Ed25519KeyPair,
   type RandomSource,
   X25519_KEY_LEN,
-  ed25519Verify,
   requireBytes,
   systemRandom,
 } from './primitives.ts';
@@ -363,7 +362,9 @@ export class SignedDeviceList {
    * DeviceMismatch if `userId` is given and the list is another user's.
    */
   async verify(accountPublic: Uint8Array, options: { userId?: string } = {}): Promise<DeviceList> {
-    await ed25519Verify(accountPublic, this.signature, this.deviceList.signedBytes());
+    // Remembered: a contact's list is checked when it is read and again with each claim of
+    // its bundles (a private room's first message: both, for every member).
+    await verifyRemembered(accountPublic, this.signature, this.deviceList.signedBytes());
     if (options.userId !== undefined && this.deviceList.userId !== options.userId) {
       throw new DeviceMismatch(`the device list is ${JSON.stringify(this.deviceList.userId)}'s, not ${JSON.stringify(options.userId)}'s`);
     }
