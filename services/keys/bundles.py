@@ -7,9 +7,10 @@ list itself: pending devices (registered, not yet listed) are invisible.
 
 A claim hands out, per listed device of the target user: the identity, the signed
 prekey, one one-time X25519 prekey (or none when they ran out) and one
-one-time ML-KEM prekey (or the last-resort one when they ran out). Each
-one-time prekey is taken with a single ``find_one_and_delete``, so no two
-claimers ever get the same one, however many claim at once.
+one-time ML-KEM prekey (or the last-resort one when they ran out). The one-time
+prekeys of every device claimed are taken together
+(:meth:`~services.keys.store.KeyStore.claim_prekeys`): no two claimers ever get
+the same one, however many claim at once.
 
 Three budgets, token buckets in Redis (services.common.ratelimit), keep
 claims from draining anyone's one-time prekeys (docs/security.md):
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.common.errors import ApiError, ErrorCode
@@ -57,7 +58,10 @@ async def claim(
         await _spend_pair(keys, claimer, target)
     account = await accounts.current(keys, target)
     devices = await keys.store.get_devices(target, _wanted(account, device_ids))
-    return await _claim_devices(keys, claimer, account, devices)
+    [result] = await _claim(keys, [(account, devices, await _one_time_ok(keys, claimer, target))])
+    if isinstance(result, ApiError):
+        raise result
+    return result
 
 
 async def claim_many(
@@ -90,17 +94,26 @@ async def claim_many(
         docs[str(doc["user_id"])].append(doc)
     gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
 
-    async def one(user: str) -> models.Bundles | ApiError:
+    async def budgets(user: str) -> bool | ApiError:
+        """The pair's budget spent (or its refusal), and whether one-time prekeys go."""
         try:
             async with gate:
                 if user != claimer:
                     await _spend_pair(keys, claimer, user)
-                devices = sorted(docs[user], key=lambda d: int(d["device_id"]))
-                return await _claim_devices(keys, claimer, found[user], devices)
+                return await _one_time_ok(keys, claimer, user)
         except ApiError as exc:
             return exc
 
-    results = dict(zip(wanted, await asyncio.gather(*(one(u) for u in wanted)), strict=True))
+    allowed = dict(zip(wanted, await asyncio.gather(*map(budgets, wanted)), strict=True))
+    results: dict[str, models.Bundles | ApiError] = {
+        u: a for u, a in allowed.items() if isinstance(a, ApiError)
+    }
+    going = [u for u in wanted if u not in results]
+    claims = [
+        (found[u], sorted(docs[u], key=lambda d: int(d["device_id"])), allowed[u] is True)
+        for u in going
+    ]
+    results.update(zip(going, await _claim(keys, claims), strict=True))
     claimed = []
     for user in targets:
         result = results.get(user) or failed[user]
@@ -129,31 +142,90 @@ def _wanted(account: accounts.Account, device_ids: set[int] | None) -> list[int]
     return listed
 
 
-async def _claim_devices(
-    keys: Keys, claimer: str, account: accounts.Account, devices: list[dict[str, Any]]
-) -> models.Bundles:
-    """A bundle from each of ``devices`` (the target's, ascending id), within the
-    target's one-time budget; 409 ``prekeys_exhausted`` when none can make one."""
-    target = account.user_id
-    one_time = claimer == target or await keys.limiter.try_take(
+async def _one_time_ok(keys: Keys, claimer: str, target: str) -> bool:
+    """Whether ``target``'s one-time budget lets this claim take one-time prekeys."""
+    if claimer == target or await keys.limiter.try_take(
         "one-time", target, keys.config.one_time_burst, keys.config.one_time_refill_s
+    ):
+        return True
+    keys.metrics.withheld.inc()
+    log.info("one-time prekeys withheld", extra={"user_id": target})
+    return False
+
+
+Claim = tuple[accounts.Account, list[dict[str, Any]], bool]
+"""A user's claim: the account, the devices claimed from (ascending id) and whether
+one-time prekeys may be taken."""
+
+
+async def _claim(keys: Keys, claims: Sequence[Claim]) -> list[models.Bundles | ApiError]:
+    """A bundle from each device of each claim (``prekeys_exhausted`` for a user none of
+    whose devices can make one), the one-time prekeys of all of them taken in bulk
+    (:meth:`KeyStore.claim_prekeys`: each still at most once).
+
+    The ML-KEM prekeys first: a device without one (and no last resort) has no bundle,
+    and a one-time X25519 prekey must not be wasted on it. Without one-time prekeys
+    allowed, a bundle has the last-resort ML-KEM prekey and no one-time X25519 prekey.
+    """
+    slots = [
+        (c, device)
+        for c, (_, devices, _) in enumerate(claims)
+        for device in devices
+        if device.get("signed_prekey") is not None
+    ]
+
+    def where(i: int) -> tuple[str, int, int]:
+        c, device = slots[i]
+        return claims[c][0].user_id, int(device["device_id"]), int(device["generation"])
+
+    async def take(kind: Kind, taking: list[int]) -> dict[int, dict[str, Any] | None]:
+        """Each slot's prekey of ``kind`` (None: not taken, or none left)."""
+        docs = await keys.store.claim_prekeys(kind, [where(i) for i in taking])
+        return dict.fromkeys(range(len(slots))) | dict(zip(taking, docs, strict=True))
+
+    kems = await take(Kind.KEM, [i for i, (c, _) in enumerate(slots) if claims[c][2]])
+    last_resort = {i for i, kem in kems.items() if kem is None}
+    for i in last_resort:
+        kems[i] = slots[i][1].get("last_resort")
+    one_time = await take(
+        Kind.ONE_TIME, [i for i, (c, _) in enumerate(slots) if claims[c][2] and kems[i]]
     )
-    if not one_time:
-        keys.metrics.withheld.inc()
-        log.info("one-time prekeys withheld", extra={"user_id": target})
-    bundles = []
-    for device in devices:
-        bundle = await _claim_device(keys, target, device, one_time)
-        if bundle is not None:
-            bundles.append(bundle)
-    if not bundles:
-        raise ApiError(
+    bundles: list[list[_Claimed]] = [[] for _ in claims]
+    for i, (c, device) in enumerate(slots):
+        kem = kems[i]
+        if kem is None:
+            continue
+        user_id, device_id, generation = where(i)
+        otp = one_time[i]
+        bundle = models.Bundle(
+            user_id=user_id,
+            device_id=device_id,
+            identity=models.Identity.model_validate(device["identity"]),
+            signed_prekey=models.SignedPrekey.model_validate(device["signed_prekey"]),
+            one_time_prekey=None if otp is None else models.OneTimePrekey.model_validate(otp),
+            kem_prekey=models.ClaimedKemPrekey.model_validate(
+                {**kem, "last_resort": i in last_resort}
+            ),
+        )
+        bundles[c].append(_Claimed(bundle, generation))
+    gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
+
+    async def notify(c: int, claimed: _Claimed) -> None:
+        async with gate:
+            await _notify_if_low(keys, claims[c][0].user_id, claimed)
+
+    await asyncio.gather(
+        *(notify(c, b) for c, mine in enumerate(bundles) if claims[c][2] for b in mine)
+    )
+    return [
+        models.Bundles(**account.listed(), bundles=[b.bundle for b in mine])
+        if mine
+        else ApiError(
             ErrorCode.PREKEYS_EXHAUSTED,
             "No device of this user has a signed prekey and an ML-KEM prekey to offer.",
         )
-    for claimed in bundles if one_time else ():
-        await _notify_if_low(keys, target, claimed)
-    return models.Bundles(**account.listed(), bundles=[b.bundle for b in bundles])
+        for (account, _, _), mine in zip(claims, bundles, strict=True)
+    ]
 
 
 async def _spend_claimer(keys: Keys, claimer: str, n: int) -> None:
@@ -185,43 +257,6 @@ class _Claimed:
         self.generation = generation
         self.one_time = bundle.one_time_prekey is not None
         self.kem = not bundle.kem_prekey.last_resort
-
-
-async def _claim_device(
-    keys: Keys, user_id: str, device: dict[str, Any], one_time_ok: bool = True
-) -> _Claimed | None:
-    """Claim from one device; None (and nothing taken) if it cannot make a bundle.
-
-    Without ``one_time_ok`` no one-time prekey of either kind is taken: the
-    bundle has the last-resort ML-KEM prekey and no one-time X25519 prekey.
-    """
-    signed = device.get("signed_prekey")
-    if signed is None:
-        return None
-    device_id = int(device["device_id"])
-    generation = int(device["generation"])
-    # The KEM prekey first: without one (and no last resort) there is no
-    # bundle, and a one-time X25519 prekey must not be wasted.
-    kem = None
-    if one_time_ok:
-        kem = await keys.store.claim_prekey(Kind.KEM, user_id, device_id, generation)
-    last_resort = kem is None
-    if kem is None:
-        kem = device.get("last_resort")
-        if kem is None:
-            return None
-    one_time = None
-    if one_time_ok:
-        one_time = await keys.store.claim_prekey(Kind.ONE_TIME, user_id, device_id, generation)
-    bundle = models.Bundle(
-        user_id=user_id,
-        device_id=device_id,
-        identity=models.Identity.model_validate(device["identity"]),
-        signed_prekey=models.SignedPrekey.model_validate(signed),
-        one_time_prekey=None if one_time is None else models.OneTimePrekey.model_validate(one_time),
-        kem_prekey=models.ClaimedKemPrekey.model_validate({**kem, "last_resort": last_resort}),
-    )
-    return _Claimed(bundle, generation)
 
 
 async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:

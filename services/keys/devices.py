@@ -242,6 +242,7 @@ async def _upload(
         # The identity changed (or the device went) while this batch was checked.
         await store.delete_batch(kind, inserted, batch)
         raise _conflict()
+    await store.seed_count(kind, user_id, device_id, generation, min(ids))
     one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
     kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)
     # A new low spell starts from here (the flag goes even if still low).

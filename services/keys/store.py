@@ -20,7 +20,8 @@ with a TTL), and the device revocation keys of services.common.auth, announced
 on the revocation channel.
 
 Correctness never rests on a multi-document transaction (the embedded server
-has none that isolate): single-use claims are one ``find_one_and_delete``;
+has none that isolate): single-use claims take ids counted out in Redis, and hand
+out only what their own delete removed (:meth:`KeyStore.claim_prekeys`);
 writes that must match the identity they were checked against are
 compare-and-set on ``generation``; prekeys carry the generation they were
 signed under, and only the current generation is counted or claimed.
@@ -125,6 +126,33 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('HSETNX', KEYS[1], 'approval', ARGV[1])
 """
 
+# The next prekey id a claim may take from a device (KEYS[1], the last one given; none
+# yet: 1 comes first, as a client's ids start): raised first to ARGV[1] when it is
+# lower (ids below it are gone), never lowered, so that no two claims are given the
+# same id; kept ARGV[2] seconds after the last.
+_COUNT_OUT = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if n < floor then n = floor end
+n = n + 1
+redis.call('SET', KEYS[1], n, 'EX', ARGV[2])
+return n
+"""
+# How many times a claim tries a device whose id given was not stored (a gap, a
+# counter behind) before it gives that device none.
+CLAIM_TRIES = 4
+# Ids looked at above one given that was not stored, before the range is read.
+_PROBE = 16
+# Up to this many prekeys a claim takes one ``find_one_and_delete`` each (one round trip
+# where a read and a delete are two); more, in bulk.
+_ONE_BY_ONE = 4
+
+
+def _end(device: tuple[str, int, int]) -> str:
+    """Just past every prekey ``_id`` of a device's generation."""
+    return generation_key(*device) + ":"
+
+
 _LINK_CANCEL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], 'approval') == 1 then return 0 end
@@ -163,6 +191,7 @@ class KeyStore:
         self._link_create = redis.register_script(_LINK_CREATE)
         self._link_approve = redis.register_script(_LINK_APPROVE)
         self._link_cancel = redis.register_script(_LINK_CANCEL)
+        self._count_out = scripts.register(redis, _COUNT_OUT)
 
     # Indexes.
 
@@ -317,13 +346,14 @@ class KeyStore:
     async def count_prekeys_upto(
         self, kind: Kind, user_id: str, device_id: int, generation: int, limit: int
     ) -> int:
-        """min(count, limit), at a cost bounded by ``limit`` (for the low-prekeys check)."""
-        cursor = self.prekeys[kind].find(
-            {"_id": _prefixed(generation_key(user_id, device_id, generation))},
-            {"_id": 1},
-            limit=limit,
-        )
-        return len(await cursor.to_list())
+        """min(count, limit), at a cost bounded by ``limit`` (for the low-prekeys check).
+
+        The ``count`` command with a limit: a ``find`` of an ``_id`` range makes the
+        embedded server read every document of the collection (every device's prekeys).
+        """
+        query = {"_id": _prefixed(generation_key(user_id, device_id, generation))}
+        reply = await self.db.command("count", self.prekeys[kind].name, query=query, limit=limit)
+        return int(reply["n"])
 
     async def insert_prekeys(
         self,
@@ -366,18 +396,123 @@ class KeyStore:
         """Remove what this batch inserted (and not a clashing batch's prekey of the same id)."""
         await self.prekeys[kind].delete_many({"_id": {"$in": list(keys)}, "batch": batch})
 
-    async def claim_prekey(
-        self, kind: Kind, user_id: str, device_id: int, generation: int
-    ) -> Doc | None:
-        """Take one prekey for good: atomic, so each is handed out at most once.
+    async def claim_prekeys(
+        self, kind: Kind, devices: Sequence[tuple[str, int, int]]
+    ) -> list[Doc | None]:
+        """One prekey of ``kind`` from each of ``devices`` ((user, device, generation),
+        each once; None for a device with none to give), each handed out at most once,
+        in a few round trips for any number of devices (docs/keys.md, "Claims: ids counted
+        out").
 
-        The lowest id goes first (ids increase as a device uploads).
+        Each device's prekey ids are counted out in Redis (:data:`_COUNT_OUT`: a counter
+        that only ever goes up, so no two claims are ever given the same id), the ids
+        given read with one ``find`` and deleted with one ``delete_many``. A claim hands
+        out what it read only when its ``delete_many`` deleted every one of them: then
+        no other claim deleted (so handed out) any. (Only a counter lost with Redis while
+        a claim was between its read and its delete can give an id twice; the claim
+        that deletes fewer then hands none of them out, and its devices try again.)
+
+        An id given that is not stored (a gap in the device's ids, or a counter behind:
+        new, or lost with Redis) is followed by a look for the device's next stored id
+        above it; the counter is raised to just below that one and the device tries
+        again. None stored above it: none left to give (or all given to claims under
+        way). A claim that died between its count and its delete leaves its prekeys
+        below the counter, unclaimed: at most one a device, counted until the device's
+        prekeys of that generation go (the count still falls to the low mark and asks
+        the device for more).
         """
-        return await self.prekeys[kind].find_one_and_delete(
-            {"_id": _prefixed(generation_key(user_id, device_id, generation))},
-            projection={"_id": 0, "id": 1, "key": 1, "sig": 1},
-            sort=[("_id", ASCENDING)],
-        )
+        got: list[Doc | None] = [None] * len(devices)
+        coll = self.prekeys[kind]
+        floors: dict[int, int] = dict.fromkeys(range(len(devices)), -1)
+        for _ in range(CLAIM_TRIES):
+            if not floors:
+                break
+            trying = list(floors)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in trying:
+                    key = self._next_key(kind, *devices[i])
+                    await scripts.queue(pipe, self._count_out, [key], [floors[i], LEFT_TTL_S])
+                counted = await pipe.execute()
+            given = {
+                i: prekey_key(*devices[i], int(n)) for i, n in zip(trying, counted, strict=True)
+            }
+            mine = await self._take(coll, list(given.values()))
+            for i, key in given.items():
+                got[i] = mine.get(key)
+            missed = {i: int(n) for i, n in zip(trying, counted, strict=True) if got[i] is None}
+            floors = {
+                i: at - 1 for i, at in (await self._next_stored(kind, devices, missed)).items()
+            }
+        return got
+
+    async def _take(self, coll: AsyncCollection[Doc], keys: list[str]) -> dict[str, Doc]:
+        """The prekeys of ``keys`` this claim deleted, by ``_id``. A few: one
+        ``find_one_and_delete`` each (what it deletes is this claim's). More: one
+        ``find`` and one ``delete_many``, all of them this claim's when it deleted every
+        one read, else none (which were another's cannot be told)."""
+        fields = {"_id": 1, "id": 1, "key": 1, "sig": 1}
+        if len(keys) <= _ONE_BY_ONE:
+            taken = await asyncio.gather(
+                *(coll.find_one_and_delete({"_id": key}, projection=fields) for key in keys)
+            )
+            return {doc.pop("_id"): doc for doc in taken if doc is not None}
+        found = await coll.find({"_id": {"$in": keys}}, fields).to_list()
+        mine = {doc.pop("_id"): doc for doc in found}
+        if mine:
+            deleted = await coll.delete_many({"_id": {"$in": list(mine)}})
+            if deleted.deleted_count != len(mine):
+                return {}  # another claim took one of them: none is handed out
+        return mine
+
+    async def _next_stored(
+        self, kind: Kind, devices: Sequence[tuple[str, int, int]], after: dict[int, int]
+    ) -> dict[int, int]:
+        """For each device ``i`` of ``after``, its lowest stored id above ``after[i]``
+        (none: not in the answer). The ``count`` command first (none above: the common
+        miss, a device whose prekeys ran out), then one ``find`` of the next
+        ``_PROBE`` ids of all of them (a gap), and only then a ``find`` of the range,
+        which the embedded server answers by reading every document of the collection
+        (a count lost with Redis, far behind)."""
+        coll = self.prekeys[kind]
+
+        def above(i: int) -> Doc:
+            return {"_id": {"$gt": prekey_key(*devices[i], after[i]), "$lt": _end(devices[i])}}
+
+        counts = await asyncio.gather(*(self._count(coll, above(i)) for i in after))
+        left = [i for i, n in zip(after, counts, strict=True) if n]
+        if not left:
+            return {}
+        probe = {
+            prekey_key(*devices[i], after[i] + k): i for i in left for k in range(1, _PROBE + 1)
+        }
+        found: dict[int, int] = {}
+        for doc in await coll.find({"_id": {"$in": list(probe)}}, {"_id": 1, "id": 1}).to_list():
+            i = probe[doc["_id"]]
+            found[i] = min(found.get(i, doc["id"]), doc["id"])
+        for i in left:
+            if i not in found:
+                docs = await coll.find(above(i), {"_id": 0, "id": 1}).sort("_id").to_list(1)
+                if docs:
+                    found[i] = int(docs[0]["id"])
+        return found
+
+    async def seed_count(
+        self, kind: Kind, user_id: str, device_id: int, generation: int, lowest: int
+    ) -> None:
+        """Start a device's count (:meth:`claim_prekeys`) just below ``lowest``, the lowest
+        id an upload stored, when it has none and no lower id is stored: its first
+        claim then takes that id at once."""
+        key = self._next_key(kind, user_id, device_id, generation)
+        if await self.redis.exists(key):
+            return
+        start = generation_key(user_id, device_id, generation)
+        below = {"$gte": start, "$lt": start + _u(lowest)}
+        if await self._count(self.prekeys[kind], {"_id": below}) == 0:
+            await self.redis.set(key, lowest - 1, ex=LEFT_TTL_S, nx=True)
+
+    def _next_key(self, kind: Kind, user_id: str, device_id: int, generation: int) -> str:
+        """The last prekey id of ``kind`` counted out of a device's (:data:`_COUNT_OUT`)."""
+        return f"{self.prefix}:next:{kind.value}:{generation}:{device_id}:{user_id}"
 
     async def _count(self, coll: AsyncCollection[Doc], query: Doc) -> int:
         # The ``count`` command, not count_documents: the latter is an

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pymongo.errors import DuplicateKeyError
 
 from services.common.auth import MAX_USER_ID
 from services.keys import store as store_mod
-from services.keys.store import DuplicatePrekeyIds, Kind
+from services.keys.store import Doc, DuplicatePrekeyIds, KeyStore, Kind
 from tests.keys.conftest import KeysApi
+
+
+async def _claim(store: KeyStore, kind: Kind, user: str, device: int, gen: int) -> Doc | None:
+    [doc] = await store.claim_prekeys(kind, [(user, device, gen)])
+    return doc
 
 
 async def test_indexes_are_created_idempotently(api: KeysApi) -> None:
@@ -45,9 +51,9 @@ async def test_one_users_range_never_takes_in_anothers(api: KeysApi) -> None:
     for user in users:
         assert [d["user_id"] for d in await store.list_devices(user)] == [user]
         assert await store.count_prekeys(Kind.ONE_TIME, user, 1, 1) == 1
-    claimed = await store.claim_prekey(Kind.ONE_TIME, "u1", 1, 1)
+    claimed = await _claim(store, Kind.ONE_TIME, "u1", 1, 1)
     assert claimed is not None and claimed["key"] == "u1"
-    assert await store.claim_prekey(Kind.ONE_TIME, "u1", 1, 1) is None
+    assert await _claim(store, Kind.ONE_TIME, "u1", 1, 1) is None
     for user in users[1:]:
         assert await store.count_prekeys(Kind.ONE_TIME, user, 1, 1) == 1
 
@@ -60,7 +66,7 @@ async def test_a_clashing_concurrent_batch_is_removed_whole(api: KeysApi) -> Non
         await store.insert_prekeys(Kind.ONE_TIME, "u", 1, 1, docs, "second")
     # Only the clashing batch's own prekeys went; the first batch's id 5 stayed.
     assert await store.count_prekeys(Kind.ONE_TIME, "u", 1, 1) == 1
-    claimed = await store.claim_prekey(Kind.ONE_TIME, "u", 1, 1)
+    claimed = await _claim(store, Kind.ONE_TIME, "u", 1, 1)
     assert claimed == {"id": 5, "key": "first"}
 
 
@@ -68,19 +74,71 @@ async def test_claims_are_single_use_under_concurrency(api: KeysApi) -> None:
     store = api.keys.store
     docs = [{"id": i, "key": f"k{i}"} for i in range(40)]
     await store.insert_prekeys(Kind.KEM, "u", 1, 1, docs, "b")
-    got = await asyncio.gather(*(store.claim_prekey(Kind.KEM, "u", 1, 1) for _ in range(60)))
+    await store.seed_count(Kind.KEM, "u", 1, 1, 0)  # as an upload does: id 0 first
+    got = await asyncio.gather(*(_claim(store, Kind.KEM, "u", 1, 1) for _ in range(60)))
     ids = [d["id"] for d in got if d is not None]
     assert sorted(ids) == list(range(40))
     # Lowest id first; only the current generation is claimed or counted.
     await store.insert_prekeys(Kind.KEM, "u", 1, 1, docs[:3], "c")
     await store.insert_prekeys(Kind.KEM, "u", 1, 2, docs[5:7], "d")
-    assert (await store.claim_prekey(Kind.KEM, "u", 1, 2) or {})["id"] == 5
+    assert (await _claim(store, Kind.KEM, "u", 1, 2) or {})["id"] == 5
     assert await store.count_prekeys(Kind.KEM, "u", 1, 2) == 1
     assert await store.count_prekeys(Kind.KEM, "u", 1, 1) == 3
     assert await store.count_prekeys_upto(Kind.KEM, "u", 1, 1, 2) == 2
     await store.delete_prekeys("u", 1, below_generation=2)
     assert await store.count_prekeys(Kind.KEM, "u", 1, 1) == 0
     assert await store.count_prekeys(Kind.KEM, "u", 1, 2) == 1
+
+
+async def test_bulk_claims_at_once_hand_each_prekey_out_once_and_all_of_them(
+    api: KeysApi,
+) -> None:
+    """Eight bulk claims of the same 300 devices at once, beside single ones, on stocks
+    with gaps (ids 1-3, 5, 9-11): every id handed out once, and every stored one handed
+    out (none left behind while claims went without)."""
+    store = api.keys.store
+    stock = [1, 2, 3, 5, 9, 10, 11]
+    devices = [(f"u{d}", 1, 1) for d in range(300)]
+    for user, device, gen in devices:
+        docs = [{"id": i, "key": f"{user}.{i}"} for i in stock]
+        await store.insert_prekeys(Kind.ONE_TIME, user, device, gen, docs, "b")
+    claims = asyncio.gather(*(store.claim_prekeys(Kind.ONE_TIME, devices) for _ in range(8)))
+    singles = asyncio.gather(*(_claim(store, Kind.ONE_TIME, *d) for d in devices[:20]))
+    bulk, alone = await asyncio.gather(claims, singles)
+    taken = [d["key"] for d in [*(g for c in bulk for g in c), *alone] if d is not None]
+    assert len(taken) == len(set(taken))  # each once
+    assert sorted(taken) == sorted(f"{u}.{i}" for u, _, _ in devices for i in stock)
+    for user, device, gen in devices:
+        assert await store.count_prekeys(Kind.ONE_TIME, user, device, gen) == 0
+    # None left: every device answers None, at once.
+    assert await store.claim_prekeys(Kind.ONE_TIME, devices) == [None] * 300
+
+
+async def test_a_count_lost_with_redis_starts_again_from_the_stock(api: KeysApi) -> None:
+    """A count that is gone (Redis lost its data, or it expired) or behind the stock
+    (ids below it were claimed before) finds the lowest stored id; an upload starts
+    a new device's count just below its first id."""
+    store = api.keys.store
+    docs = [{"id": i, "key": f"k{i}"} for i in range(57, 61)]
+    await store.insert_prekeys(Kind.KEM, "u", 1, 1, docs, "b")
+    assert (await _claim(store, Kind.KEM, "u", 1, 1) or {})["id"] == 57
+    await store.redis.delete(store._next_key(Kind.KEM, "u", 1, 1))
+    got = await store.claim_prekeys(Kind.KEM, [("u", 1, 1)] * 1)
+    assert [d and d["id"] for d in got] == [58]
+    # An upload starts an absent count just below its lowest id, unless lower ones are
+    # stored (then a claim finds them first).
+    key = store._next_key(Kind.KEM, "u", 1, 1)
+    await store.redis.delete(key)
+    await store.seed_count(Kind.KEM, "u", 1, 1, 60)
+    assert await store.redis.get(key) is None  # 59 is stored
+    await store.seed_count(Kind.KEM, "u", 1, 1, 59)
+    assert await store.redis.get(key) == b"58"
+    assert (await _claim(store, Kind.KEM, "u", 1, 1) or {})["id"] == 59
+    # A gap far past the ids looked at one by one: the range is read.
+    far = [{"id": i, "key": f"k{i}"} for i in (1000, 1001)]
+    await store.insert_prekeys(Kind.KEM, "u", 1, 1, far, "c")
+    got = [await _claim(store, Kind.KEM, "u", 1, 1) for _ in range(4)]
+    assert [d and d["id"] for d in got] == [60, 1000, 1001, None]
 
 
 async def test_account_writes_are_compare_and_set(api: KeysApi) -> None:
@@ -122,3 +180,34 @@ async def test_links_are_created_once_and_approved_once(api: KeysApi) -> None:
     link = await store.get_link("u", "L1")
     assert link is not None and link["approval"] == "first"
     assert 0 < await store.redis.ttl(store._link_key("u", "L1")) <= 60
+
+
+class _Counted:
+    """A collection whose reads and deletes are counted by name."""
+
+    def __init__(self, coll: Any, calls: list[str]) -> None:
+        self._coll, self._calls = coll, calls
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("find", "find_one", "delete_many", "find_one_and_delete"):
+            self._calls.append(name)
+        return getattr(self._coll, name)
+
+
+async def test_a_bulk_claim_is_one_read_and_one_delete_whatever_its_size(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private room's first message claims from every member device: 500 devices
+    whose counts an upload started are one ``find`` and one ``delete_many`` (it was a
+    ``find_one_and_delete`` each)."""
+    store = api.keys.store
+    devices = [(f"u{d}", 1, 1) for d in range(500)]
+    for user, device, gen in devices:
+        docs = [{"id": i, "key": f"{user}.{i}"} for i in (1, 2)]
+        await store.insert_prekeys(Kind.KEM, user, device, gen, docs, "b")
+        await store.seed_count(Kind.KEM, user, device, gen, 1)
+    calls: list[str] = []
+    monkeypatch.setitem(store.prekeys, Kind.KEM, _Counted(store.prekeys[Kind.KEM], calls))
+    got = await store.claim_prekeys(Kind.KEM, devices)
+    assert [d and d["key"] for d in got] == [f"{u}.1" for u, _, _ in devices]
+    assert calls == ["find", "delete_many"]
