@@ -211,3 +211,40 @@ async def test_a_bulk_claim_is_one_read_and_one_delete_whatever_its_size(
     got = await store.claim_prekeys(Kind.KEM, devices)
     assert [d and d["key"] for d in got] == [f"{u}.1" for u, _, _ in devices]
     assert calls == ["find", "delete_many"]
+
+
+async def test_a_count_lost_between_a_claims_read_and_its_delete_hands_nothing_out_twice(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one way two claims can be given the same id: Redis loses the counters while
+    a claim has read its prekeys and not yet deleted them. Another claim then takes
+    the same ids; the first one's delete removes none of them, so it hands none out,
+    and its devices take the next ids."""
+    store = api.keys.store
+    devices = [(f"u{d}", 1, 1) for d in range(10)]
+    for user, device, gen in devices:
+        docs = [{"id": i, "key": f"{user}.{i}"} for i in range(1, 6)]
+        await store.insert_prekeys(Kind.KEM, user, device, gen, docs, "b")
+        await store.seed_count(Kind.KEM, user, device, gen, 1)
+    real = store.prekeys[Kind.KEM]
+    other: list[Doc | None] = []
+
+    class LostMeanwhile:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def delete_many(self, *args: Any, **kwargs: Any) -> Any:
+            if not other:  # the first claim's delete: Redis restarts, another claims
+                monkeypatch.setitem(store.prekeys, Kind.KEM, real)
+                for d in devices:
+                    await store.redis.delete(store._next_key(Kind.KEM, *d))
+                other.extend(await store.claim_prekeys(Kind.KEM, devices))
+                monkeypatch.setitem(store.prekeys, Kind.KEM, self)
+            return await real.delete_many(*args, **kwargs)
+
+    monkeypatch.setitem(store.prekeys, Kind.KEM, LostMeanwhile())
+    mine = await store.claim_prekeys(Kind.KEM, devices)
+    assert [d and d["id"] for d in other] == [1] * 10  # the ids the first claim had read
+    assert [d and d["id"] for d in mine] == [2] * 10  # not those: the next ones
+    for user, device, gen in devices:
+        assert await store.count_prekeys(Kind.KEM, user, device, gen) == 3
