@@ -77,7 +77,9 @@ async def test_kill_9_mid_bulk_claims_hands_no_prekey_out_twice(
     async with aiohttp.ClientSession() as http:
         members = [
             a.user_id
-            for a in await sign_up(http, system.lb, f"k{tag}", MEMBERS, prekeys=True, one_time=ONE_TIME)
+            for a in await sign_up(
+                http, system.lb, f"k{tag}", MEMBERS, prekeys=True, one_time=ONE_TIME
+            )
         ]
         claimers = await sign_up(http, system.lb, f"c{tag}", CLAIMERS + 2)
         first = await claim_all(http, system.lb, claimers[0], members)
