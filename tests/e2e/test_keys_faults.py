@@ -16,6 +16,10 @@ from loadtest.bench_messaging import Account, sign_up
 from services.keys.config import MAX_CLAIM_USERS
 from tests.support.stack import System
 
+# Sign-ups of 200 members with prekeys, and every service ready again after a Redis
+# restart, take well over pytest's default 120 s on a loaded CI machine.
+pytestmark = pytest.mark.timeout(300)
+
 MEMBERS = 200
 ONE_TIME = 10  # of each kind, per member device
 CLAIMERS = 3  # claiming at once when the victim dies

@@ -67,20 +67,18 @@ LABEL_KEM_ONE_TIME = b"parley-v1/kem-prekey/one-time"
 LABEL_KEM_LAST_RESORT = b"parley-v1/kem-prekey/last-resort"
 
 
-VERIFIED_CACHE_SIZE = 4096
+VERIFIED_CACHE_SIZE = 8192
 """How many verified ``(signing key, signature, signed bytes)`` triples are remembered:
-a private room's key distribution checks each member device's bundle when it is claimed
-and again when its session starts, and each member's device list when it is read and
-again with the claim: three remembered signatures a member, up to a thousand members
-apart (512 forgot them in between: every one verified twice; at most ~5 MB, public
-data)."""
+a private room's key distribution checks each member device's bundle (its identity,
+signed prekey and ML-KEM prekey signatures) when it is claimed and again when its
+session starts, and each member's device list when it is read and again with the
+claim: four remembered signatures a member, up to a thousand members apart (512
+forgot them in between: every one verified twice; at most ~12 MB, public data)."""
 _verified: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
 _verified_lock = threading.Lock()
 
 
-def verify_remembered(
-    signing_key: bytes, signature: bytes, message: bytes, *, remember: bool = True
-) -> None:
+def verify_remembered(signing_key: bytes, signature: bytes, message: bytes) -> None:
     """:func:`~parley.crypto.primitives.ed25519_verify` with a memory of successes.
 
     A triple that verified before (byte for byte: same key, same signature,
@@ -90,8 +88,7 @@ def verify_remembered(
     nothing that did not verify is ever accepted.  Only exact ``bytes`` are
     looked up (a ``bytes`` subclass could lie about equality).  The memory is
     per process, bounded (:data:`VERIFIED_CACHE_SIZE`, least recently used
-    evicted) and holds only public data.  ``remember=False`` verifies without
-    storing (for signatures that never recur, such as one-time prekeys').
+    evicted) and holds only public data.
     """
     entry = (signing_key, signature, message)
     exact = type(signing_key) is bytes and type(signature) is bytes and type(message) is bytes
@@ -101,7 +98,7 @@ def verify_remembered(
                 _verified.move_to_end(entry)
                 return
     ed25519_verify(signing_key, signature, message)
-    if exact and remember:
+    if exact:
         with _verified_lock:
             _verified[entry] = None
             while len(_verified) > VERIFIED_CACHE_SIZE:
@@ -251,8 +248,9 @@ class KemPrekey:
         if len(self.key) != MLKEM768_EK_LEN:
             raise MalformedBundle("kem_prekey.key: expected 1184 bytes")
         message = kem_prekey_label(self.last_resort) + u32(self.id) + self.key
-        # A one-time prekey's signature is checked once per claim and never recurs.
-        verify_remembered(signing_key, self.sig, message, remember=self.last_resort)
+        # A one-time prekey's signature recurs once: checked when it is claimed and
+        # again when its session starts.
+        verify_remembered(signing_key, self.sig, message)
 
     def to_json(self, *, with_flag: bool = True) -> dict[str, Any]:
         """Upload form (``with_flag=False``) or claimed-bundle form (with ``last_resort``)."""

@@ -36,9 +36,10 @@ export const LABEL_KEM_ONE_TIME = utf8('parley-v1/kem-prekey/one-time');
 export const LABEL_KEM_LAST_RESORT = utf8('parley-v1/kem-prekey/last-resort');
 
 // As in Python (bundle.py): a room's key distribution checks each member device's bundle
-// when it is claimed and again when its session starts, and each member's device list when
-// it is read and again with the claim, up to a thousand members apart.
-export const VERIFIED_CACHE_SIZE = 4096;
+// (identity, signed prekey, ML-KEM prekey) when it is claimed and again when its session
+// starts, and each member's device list when it is read and again with the claim: four
+// signatures a member, up to a thousand members apart (at most ~12 MB).
+export const VERIFIED_CACHE_SIZE = 8192;
 const verified = new Map<string, true>();
 
 function latin1(data: Uint8Array): string {
@@ -53,14 +54,9 @@ function latin1(data: Uint8Array): string {
  * `ed25519Verify` with a memory of successes: a triple that verified before
  * (byte for byte) is accepted without verifying again. Sound because Ed25519
  * verification is a deterministic function of exactly these bytes and only
- * successes are stored. `remember = false` verifies without storing.
+ * successes are stored.
  */
-export async function verifyRemembered(
-  signingKey: Uint8Array,
-  signature: Uint8Array,
-  message: Uint8Array,
-  remember = true,
-): Promise<void> {
+export async function verifyRemembered(signingKey: Uint8Array, signature: Uint8Array, message: Uint8Array): Promise<void> {
   const entry =
     signingKey instanceof Uint8Array && signature instanceof Uint8Array && message instanceof Uint8Array
       ? `${signingKey.length}.${signature.length}.${latin1(signingKey)}${latin1(signature)}${latin1(message)}`
@@ -71,7 +67,7 @@ export async function verifyRemembered(
     return;
   }
   await ed25519Verify(signingKey, signature, message);
-  if (entry !== null && remember) {
+  if (entry !== null) {
     verified.set(entry, true);
     while (verified.size > VERIFIED_CACHE_SIZE) {
       const oldest = verified.keys().next().value as string;
@@ -245,8 +241,9 @@ export class KemPrekey {
     checkU32(this.id, 'kem_prekey.id');
     if (this.key.length !== MLKEM768_EK_LEN) throw new MalformedBundle('kem_prekey.key: expected 1184 bytes');
     const message = concat(kemPrekeyLabel(this.lastResort), u32(this.id), this.key);
-    // A one-time prekey's signature is checked once per claim and never recurs.
-    await verifyRemembered(signingKey, this.sig, message, this.lastResort);
+    // A one-time prekey's signature recurs once: checked when it is claimed and again when
+    // its session starts.
+    await verifyRemembered(signingKey, this.sig, message);
   }
 
   /** Upload form (`withFlag = false`) or claimed-bundle form (with `last_resort`). */
