@@ -346,14 +346,13 @@ class KeyStore:
     async def count_prekeys_upto(
         self, kind: Kind, user_id: str, device_id: int, generation: int, limit: int
     ) -> int:
-        """min(count, limit), at a cost bounded by ``limit`` (for the low-prekeys check).
+        """min(count, limit) (for the low-prekeys check).
 
-        The ``count`` command with a limit: a ``find`` of an ``_id`` range makes the
-        embedded server read every document of the collection (every device's prekeys).
+        The ``count`` command without a limit: a ``find`` of an ``_id`` range, or a
+        ``count`` with a limit, makes the embedded server read every document of the
+        collection (every device's prekeys); the plain count of a range uses its index.
         """
-        query = {"_id": _prefixed(generation_key(user_id, device_id, generation))}
-        reply = await self.db.command("count", self.prekeys[kind].name, query=query, limit=limit)
-        return int(reply["n"])
+        return min(limit, await self.count_prekeys(kind, user_id, device_id, generation))
 
     async def insert_prekeys(
         self,

@@ -14,10 +14,11 @@ import pytest
 
 from loadtest.bench_messaging import Account, sign_up
 from services.keys.config import MAX_CLAIM_USERS
-from tests.support.stack import System
+from tests.support.aio import eventually
+from tests.support.stack import System, http_status
 
-# Sign-ups of 200 members with prekeys, and every service ready again after a Redis
-# restart, take well over pytest's default 120 s on a loaded CI machine.
+# Sign-ups of 200 members with prekeys, the claims and the restart took over pytest's
+# default 120 s on a loaded CI machine.
 pytestmark = pytest.mark.timeout(300)
 
 MEMBERS = 200
@@ -26,12 +27,10 @@ CLAIMERS = 3  # claiming at once when the victim dies
 
 
 async def claim_all(
-    http: aiohttp.ClientSession, lb: str, claimer: Account, members: list[str],
-    answered: asyncio.Event | None = None,
-) -> list[dict[str, Any] | None]:  # fmt: skip
+    http: aiohttp.ClientSession, lb: str, claimer: Account, members: list[str]
+) -> list[dict[str, Any] | None]:
     """A room's first-message claims: a bundle of every member, in requests of 100 sent
-    at once (``answered`` is set as each is answered); a request that failed (its
-    server was killed) is None."""
+    at once; a request that failed (its server was killed) is None."""
 
     async def one(users: list[str]) -> dict[str, Any] | None:
         headers = {"Authorization": f"Bearer {claimer.token}"}
@@ -41,9 +40,6 @@ async def claim_all(
                 return await r.json() if r.status == 200 else None
         except aiohttp.ClientError:
             return None
-        finally:
-            if answered is not None:
-                answered.set()
 
     parts = [members[i : i + MAX_CLAIM_USERS] for i in range(0, len(members), MAX_CLAIM_USERS)]
     return list(await asyncio.gather(*map(one, parts)))
@@ -60,6 +56,20 @@ def handed_out(answers: list[dict[str, Any] | None]) -> list[tuple[str, str, int
                 if not b["kem_prekey"]["last_resort"]:
                     out.append((b["user_id"], "kem", b["kem_prekey"]["id"]))
     return out
+
+
+def counting_sends(expected: int, all_sent: asyncio.Event) -> aiohttp.ClientSession:
+    """A session that sets ``all_sent`` once ``expected`` requests have sent their body."""
+    sent: set[int] = set()
+
+    async def on_sent(_: Any, context: Any, __: Any) -> None:
+        sent.add(id(context))
+        if len(sent) >= expected:
+            all_sent.set()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(on_sent)
+    return aiohttp.ClientSession(trace_configs=[trace])
 
 
 def kill(system: System, victim: str) -> None:
@@ -89,17 +99,23 @@ async def test_kill_9_mid_bulk_claims_hands_no_prekey_out_twice(
         first = await claim_all(http, system.lb, claimers[0], members)
         assert None not in first
         answers = list(first)
-        # Three claimers at once (six requests); the victim is killed as soon as one
-        # request is answered, the others on their way.
-        answered = asyncio.Event()
-        claims = [
-            asyncio.create_task(claim_all(http, system.lb, c, members, answered))
-            for c in claimers[1 : CLAIMERS + 1]
-        ]
-        await answered.wait()
-        await asyncio.to_thread(kill, system, victim)
-        results = await asyncio.gather(*claims)
-        await asyncio.to_thread(system.wait_ready)
+        # Three claimers at once (six requests); the victim is killed as soon as the
+        # last of them is sent, the key directory working on them.
+        all_sent = asyncio.Event()
+        parts = -(-MEMBERS // MAX_CLAIM_USERS)
+        async with counting_sends(CLAIMERS * parts, all_sent) as sending:
+            claims = [
+                asyncio.create_task(claim_all(sending, system.lb, c, members))
+                for c in claimers[1 : CLAIMERS + 1]
+            ]
+            await all_sent.wait()
+            await asyncio.to_thread(kill, system, victim)
+            results = await asyncio.gather(*claims)
+        # The key directory answers again (HAProxy says 503 until then).
+        ready = system.cfg.url("ops") + "/keys/readyz"
+        await eventually(
+            lambda: asyncio.to_thread(http_status, ready), lambda s: s == 200, timeout=120
+        )
         interrupted = sum(r is None for result in results for r in result)
         # Killing the key directory must cut claims short, else it proved nothing; a
         # Redis restart may not (its loss is the counters, for the claims after it).
