@@ -161,7 +161,7 @@ one-time prekeys may be taken."""
 async def _claim(keys: Keys, claims: Sequence[Claim]) -> list[models.Bundles | ApiError]:
     """A bundle from each device of each claim (``prekeys_exhausted`` for a user none of
     whose devices can make one), the one-time prekeys of all of them taken in bulk
-    (:meth:`KeyStore.claim_prekeys`: each still at most once).
+    (:meth:`KeyStore.claim_slots`: each still at most once).
 
     The ML-KEM prekeys first: a device without one (and no last resort) has no bundle,
     and a one-time X25519 prekey must not be wasted on it. Without one-time prekeys
@@ -178,18 +178,25 @@ async def _claim(keys: Keys, claims: Sequence[Claim]) -> list[models.Bundles | A
         c, device = slots[i]
         return claims[c][0].user_id, int(device["device_id"]), int(device["generation"])
 
-    async def take(kind: Kind, taking: list[int]) -> dict[int, dict[str, Any] | None]:
-        """Each slot's prekey of ``kind`` (None: not taken, or none left)."""
-        docs = await keys.store.claim_prekeys(kind, [where(i) for i in taking])
-        return dict.fromkeys(range(len(slots))) | dict(zip(taking, docs, strict=True))
+    async def take(wanted: list[tuple[Kind, int]]) -> list[dict[str, Any] | None]:
+        return await keys.store.claim_slots([(kind, *where(i)) for kind, i in wanted])
 
-    kems = await take(Kind.KEM, [i for i, (c, _) in enumerate(slots) if claims[c][2]])
+    kems: dict[int, dict[str, Any] | None] = dict.fromkeys(range(len(slots)))
+    one_time: dict[int, dict[str, Any] | None] = dict.fromkeys(range(len(slots)))
+    taking = [i for i, (c, _) in enumerate(slots) if claims[c][2]]
+    # A device with a last-resort prekey makes a bundle whatever its one-time ML-KEM
+    # prekeys: both kinds are taken at once (one Redis round trip for a one-user claim).
+    sure = [i for i in taking if slots[i][1].get("last_resort") is not None]
+    unsure = [i for i in taking if slots[i][1].get("last_resort") is None]
+    wanted = [(Kind.KEM, i) for i in sure + unsure] + [(Kind.ONE_TIME, i) for i in sure]
+    for (kind, i), doc in zip(wanted, await take(wanted), strict=True):
+        (kems if kind is Kind.KEM else one_time)[i] = doc
     last_resort = {i for i, kem in kems.items() if kem is None}
     for i in last_resort:
         kems[i] = slots[i][1].get("last_resort")
-    one_time = await take(
-        Kind.ONE_TIME, [i for i, (c, _) in enumerate(slots) if claims[c][2] and kems[i]]
-    )
+    if after := [(Kind.ONE_TIME, i) for i in unsure if kems[i] is not None]:
+        for (_, i), doc in zip(after, await take(after), strict=True):
+            one_time[i] = doc
     bundles: list[list[_Claimed]] = [[] for _ in claims]
     for i, (c, device) in enumerate(slots):
         kem = kems[i]

@@ -398,10 +398,15 @@ class KeyStore:
     async def claim_prekeys(
         self, kind: Kind, devices: Sequence[tuple[str, int, int]]
     ) -> list[Doc | None]:
-        """One prekey of ``kind`` from each of ``devices`` ((user, device, generation),
-        each once; None for a device with none to give), each handed out at most once,
-        in a few round trips for any number of devices (docs/keys.md, "Claims: ids counted
-        out").
+        """One prekey of ``kind`` from each of ``devices`` ((user, device, generation)):
+        :meth:`claim_slots`."""
+        return await self.claim_slots([(kind, *d) for d in devices])
+
+    async def claim_slots(self, slots: Sequence[tuple[Kind, str, int, int]]) -> list[Doc | None]:
+        """One prekey from each slot ((kind, user, device, generation), each once; None
+        for a slot with none to give), each handed out at most once, in a few round
+        trips for any number of slots (docs/keys.md, "Claims: ids counted out"): one
+        Redis pipeline for all, then per kind one ``find`` and one ``delete_many``.
 
         Each device's prekey ids are counted out in Redis (:data:`_COUNT_OUT`: a counter
         that only ever goes up, so no two claims are ever given the same id), the ids
@@ -420,28 +425,34 @@ class KeyStore:
         prekeys of that generation go (the count still falls to the low mark and asks
         the device for more).
         """
-        got: list[Doc | None] = [None] * len(devices)
-        coll = self.prekeys[kind]
-        floors: dict[int, int] = dict.fromkeys(range(len(devices)), -1)
+        got: list[Doc | None] = [None] * len(slots)
+        devices = [(user, device, gen) for _, user, device, gen in slots]
+        floors: dict[int, int] = dict.fromkeys(range(len(slots)), -1)
         for _ in range(CLAIM_TRIES):
             if not floors:
                 break
             trying = list(floors)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i in trying:
-                    key = self._next_key(kind, *devices[i])
+                    key = self._next_key(*slots[i])
                     await scripts.queue(pipe, self._count_out, [key], [floors[i], LEFT_TTL_S])
-                counted = await pipe.execute()
-            given = {
-                i: prekey_key(*devices[i], int(n)) for i, n in zip(trying, counted, strict=True)
-            }
-            mine = await self._take(coll, list(given.values()))
+                counted = dict(zip(trying, map(int, await pipe.execute()), strict=True))
+            kinds = sorted({slots[i][0] for i in trying})
+            given = {i: prekey_key(*devices[i], n) for i, n in counted.items()}
+            taken = await asyncio.gather(
+                *(
+                    self._take(self.prekeys[k], [given[i] for i in trying if slots[i][0] is k])
+                    for k in kinds
+                )
+            )
+            mine = {key: doc for part in taken for key, doc in part.items()}
             for i, key in given.items():
                 got[i] = mine.get(key)
-            missed = {i: int(n) for i, n in zip(trying, counted, strict=True) if got[i] is None}
-            floors = {
-                i: at - 1 for i, at in (await self._next_stored(kind, devices, missed)).items()
-            }
+            floors = {}
+            for k in kinds:
+                missed = {i: n for i, n in counted.items() if slots[i][0] is k and not got[i]}
+                stored = await self._next_stored(k, devices, missed) if missed else {}
+                floors |= {i: at - 1 for i, at in stored.items()}
         return got
 
     async def _take(self, coll: AsyncCollection[Doc], keys: list[str]) -> dict[str, Doc]:
