@@ -9,7 +9,7 @@ A claim hands out, per listed device of the target user: the identity, the signe
 prekey, one one-time X25519 prekey (or none when they ran out) and one
 one-time ML-KEM prekey (or the last-resort one when they ran out). The one-time
 prekeys of every device claimed are taken together
-(:meth:`~services.keys.store.KeyStore.claim_prekeys`): no two claimers ever get
+(:meth:`~services.keys.store.KeyStore.claim_slots`): no two claimers ever get
 the same one, however many claim at once.
 
 Three budgets, token buckets in Redis (services.common.ratelimit), keep
@@ -163,8 +163,10 @@ async def _claim(keys: Keys, claims: Sequence[Claim]) -> list[models.Bundles | A
     whose devices can make one), the one-time prekeys of all of them taken in bulk
     (:meth:`KeyStore.claim_slots`: each still at most once).
 
-    The ML-KEM prekeys first: a device without one (and no last resort) has no bundle,
-    and a one-time X25519 prekey must not be wasted on it. Without one-time prekeys
+    A device with a last-resort ML-KEM prekey makes a bundle in any case: both kinds
+    are taken at once. One without: its ML-KEM prekey first, its one-time X25519 one
+    only if that came (with neither it has no bundle, and the X25519 prekey must not be
+    wasted on it). Without one-time prekeys
     allowed, a bundle has the last-resort ML-KEM prekey and no one-time X25519 prekey.
     """
     slots = [

@@ -21,7 +21,7 @@ on the revocation channel.
 
 Correctness never rests on a multi-document transaction (the embedded server
 has none that isolate): single-use claims take ids counted out in Redis, and hand
-out only what their own delete removed (:meth:`KeyStore.claim_prekeys`);
+out only what their own delete removed (:meth:`KeyStore.claim_slots`);
 writes that must match the identity they were checked against are
 compare-and-set on ``generation``; prekeys carry the generation they were
 signed under, and only the current generation is counted or claimed.
@@ -395,13 +395,6 @@ class KeyStore:
         """Remove what this batch inserted (and not a clashing batch's prekey of the same id)."""
         await self.prekeys[kind].delete_many({"_id": {"$in": list(keys)}, "batch": batch})
 
-    async def claim_prekeys(
-        self, kind: Kind, devices: Sequence[tuple[str, int, int]]
-    ) -> list[Doc | None]:
-        """One prekey of ``kind`` from each of ``devices`` ((user, device, generation)):
-        :meth:`claim_slots`."""
-        return await self.claim_slots([(kind, *d) for d in devices])
-
     async def claim_slots(self, slots: Sequence[tuple[Kind, str, int, int]]) -> list[Doc | None]:
         """One prekey from each slot ((kind, user, device, generation), each once; None
         for a slot with none to give), each handed out at most once, in a few round
@@ -509,7 +502,7 @@ class KeyStore:
     async def seed_count(
         self, kind: Kind, user_id: str, device_id: int, generation: int, lowest: int
     ) -> None:
-        """Start a device's count (:meth:`claim_prekeys`) just below ``lowest``, the lowest
+        """Start a device's count (:meth:`claim_slots`) just below ``lowest``, the lowest
         id an upload stored, when it has none and no lower id is stored: its first
         claim then takes that id at once."""
         key = self._next_key(kind, user_id, device_id, generation)

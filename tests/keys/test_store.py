@@ -14,8 +14,14 @@ from services.keys.store import Doc, DuplicatePrekeyIds, KeyStore, Kind
 from tests.keys.conftest import KeysApi
 
 
+async def _claim_all(
+    store: KeyStore, kind: Kind, devices: list[tuple[str, int, int]]
+) -> list[Doc | None]:
+    return await store.claim_slots([(kind, *d) for d in devices])
+
+
 async def _claim(store: KeyStore, kind: Kind, user: str, device: int, gen: int) -> Doc | None:
-    [doc] = await store.claim_prekeys(kind, [(user, device, gen)])
+    [doc] = await _claim_all(store, kind, [(user, device, gen)])
     return doc
 
 
@@ -102,7 +108,7 @@ async def test_bulk_claims_at_once_hand_each_prekey_out_once_and_all_of_them(
     for user, device, gen in devices:
         docs = [{"id": i, "key": f"{user}.{i}"} for i in stock]
         await store.insert_prekeys(Kind.ONE_TIME, user, device, gen, docs, "b")
-    claims = asyncio.gather(*(store.claim_prekeys(Kind.ONE_TIME, devices) for _ in range(8)))
+    claims = asyncio.gather(*(_claim_all(store, Kind.ONE_TIME, devices) for _ in range(8)))
     singles = asyncio.gather(*(_claim(store, Kind.ONE_TIME, *d) for d in devices[:20]))
     bulk, alone = await asyncio.gather(claims, singles)
     taken = [d["key"] for d in [*(g for c in bulk for g in c), *alone] if d is not None]
@@ -111,7 +117,7 @@ async def test_bulk_claims_at_once_hand_each_prekey_out_once_and_all_of_them(
     for user, device, gen in devices:
         assert await store.count_prekeys(Kind.ONE_TIME, user, device, gen) == 0
     # None left: every device answers None, at once.
-    assert await store.claim_prekeys(Kind.ONE_TIME, devices) == [None] * 300
+    assert await _claim_all(store, Kind.ONE_TIME, devices) == [None] * 300
 
 
 async def test_a_count_lost_with_redis_starts_again_from_the_stock(api: KeysApi) -> None:
@@ -123,7 +129,7 @@ async def test_a_count_lost_with_redis_starts_again_from_the_stock(api: KeysApi)
     await store.insert_prekeys(Kind.KEM, "u", 1, 1, docs, "b")
     assert (await _claim(store, Kind.KEM, "u", 1, 1) or {})["id"] == 57
     await store.redis.delete(store._next_key(Kind.KEM, "u", 1, 1))
-    got = await store.claim_prekeys(Kind.KEM, [("u", 1, 1)] * 1)
+    got = await _claim_all(store, Kind.KEM, [("u", 1, 1)] * 1)
     assert [d and d["id"] for d in got] == [58]
     # An upload starts an absent count just below its lowest id, unless lower ones are
     # stored (then a claim finds them first).
@@ -208,7 +214,7 @@ async def test_a_bulk_claim_is_one_read_and_one_delete_whatever_its_size(
         await store.seed_count(Kind.KEM, user, device, gen, 1)
     calls: list[str] = []
     monkeypatch.setitem(store.prekeys, Kind.KEM, _Counted(store.prekeys[Kind.KEM], calls))
-    got = await store.claim_prekeys(Kind.KEM, devices)
+    got = await _claim_all(store, Kind.KEM, devices)
     assert [d and d["key"] for d in got] == [f"{u}.1" for u, _, _ in devices]
     assert calls == ["find", "delete_many"]
 
@@ -238,12 +244,12 @@ async def test_a_count_lost_between_a_claims_read_and_its_delete_hands_nothing_o
                 monkeypatch.setitem(store.prekeys, Kind.KEM, real)
                 for d in devices:
                     await store.redis.delete(store._next_key(Kind.KEM, *d))
-                other.extend(await store.claim_prekeys(Kind.KEM, devices))
+                other.extend(await _claim_all(store, Kind.KEM, devices))
                 monkeypatch.setitem(store.prekeys, Kind.KEM, self)
             return await real.delete_many(*args, **kwargs)
 
     monkeypatch.setitem(store.prekeys, Kind.KEM, LostMeanwhile())
-    mine = await store.claim_prekeys(Kind.KEM, devices)
+    mine = await _claim_all(store, Kind.KEM, devices)
     assert [d and d["id"] for d in other] == [1] * 10  # the ids the first claim had read
     assert [d and d["id"] for d in mine] == [2] * 10  # not those: the next ones
     for user, device, gen in devices:
