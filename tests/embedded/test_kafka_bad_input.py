@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -115,9 +116,12 @@ async def test_an_unsupported_api_versions_request_gets_the_supported_ranges(
 
 
 def batch(*values: bytes) -> bytearray:
+    # Stamped now: a batch stamped in the past is older than the broker's retention
+    # (24 h) and its check (every 5 s) drops it, maybe before the test reads it back.
+    now_ms = int(time.time() * 1000)
     builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
     for i, value in enumerate(values):
-        builder.append(i, timestamp=1_700_000_000_000, key=None, value=value, headers=[])
+        builder.append(i, timestamp=now_ms, key=None, value=value, headers=[])
     return builder.build()
 
 
