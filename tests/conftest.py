@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 
 import pytest
 from aiohttp import web
@@ -34,6 +34,29 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {path: n for n, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+SERVICE_LOG_LINES = 25
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that ran against the whole system gets the services' last log
+    lines in its report: a failure in CI, on a machine that is gone, says where a
+    message stopped."""
+    report = yield
+    sysm = getattr(item, "funcargs", {}).get("system")
+    if report.failed and call.when == "call" and isinstance(sysm, System):
+        for out in sorted(sysm.cfg.data_dir.glob("*.out")):
+            # Our own loggers' lines: not the access log, not a client library's
+            # retries (a broker restart fills a log with those).
+            lines = [line for line in out.read_text(errors="replace").splitlines()
+                     if '"logger":"services.' in line][-SERVICE_LOG_LINES:]  # fmt: skip
+            if lines:
+                report.sections.append((f"service log: {out.stem}", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -50,10 +51,11 @@ from parley_contract import frames as f
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from services.common import routing, scripts
 from services.common.config import Settings
+from services.common.inbox import receipts
 from services.common.routing import PENDING_ALL, Push, pending_key
 from services.delivery.counters import Counter as InboxCounter
 from services.delivery.counters import InboxCounters
@@ -63,6 +65,8 @@ DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
 DAY_S = 86400
 ID_CHUNK = 500
+
+log = logging.getLogger(__name__)
 
 
 # Add each (field, delta) pair of ARGV to the hash KEYS[1]; drop fields that reach
@@ -96,6 +100,8 @@ class DeliveryStore:
         self._count_pending = scripts.register(redis, _COUNT_PENDING)
         self.hot = HotInbox(redis, self.prefix, settings.hot_dedup_s)
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
+        self.cold_acks = f"{self.prefix}:ackcold"
+        """Acknowledged items still in MongoDB, left for later while it was down."""
 
     async def ensure_indexes(self) -> None:
         # The unique (from, client_id) index of 0.1 made every duplicate a table
@@ -585,6 +591,25 @@ class DeliveryStore:
             if len(docs) < len(numbers):  # some were persisted: in MongoDB
                 have = {int(d["seq"]) for d in docs}
                 cold += [item_id(u, s) for s in numbers if s not in have]
+        try:
+            stored = await self.delete_acked(cold)
+        except ConnectionFailure as exc:
+            # MongoDB is down. The watermarks are raised already (no page returns
+            # these items again): their deletion and their receipts wait for the
+            # persister (drain_cold_acks); the hot items' receipts go out now.
+            extra = {"items": len(cold), "error": repr(exc)}
+            log.info("acked items in MongoDB left for later", extra=extra)
+            await self.redis.sadd(self.cold_acks, *cold)
+            stored = []
+        for doc in stored:
+            acked[doc["inbox"]].append(doc)
+        for inbox in {d["inbox"] for d in stored}:
+            acked[inbox].sort(key=lambda d: int(d["seq"]))
+        return acked
+
+    async def delete_acked(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Delete these acknowledged items (``_id`` s) from MongoDB and lower their
+        waiting counts; returns what was there (for their receipts)."""
         # ``room`` too: a private room's copy gets no `delivered` receipt (without it
         # a persisted copy looked like a 1:1 message, and a room's sender got one
         # receipt per member: a flood that closed its socket as a slow consumer).
@@ -592,17 +617,31 @@ class DeliveryStore:
                   "client_id": 1, "kind": 1, "conversation": 1, "seq": 1,
                   "server_id": 1, "room": 1, "uncounted": 1}  # fmt: skip
         stored: list[dict[str, Any]] = []
-        for i in range(0, len(cold), ID_CHUNK):
-            query = {"_id": {"$in": cold[i : i + ID_CHUNK]}, "acked": False}
+        for i in range(0, len(ids), ID_CHUNK):
+            query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, "acked": False}
             stored.extend([d async for d in self.inbox.find(query, fields)])
         if stored:
             await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in stored]}})
-            await self.count_pending(stored, -1)  # the script counted the hot ones
-            for doc in stored:
-                acked[doc["inbox"]].append(doc)
-            for inbox in {d["inbox"] for d in stored}:
-                acked[inbox].sort(key=lambda d: int(d["seq"]))
-        return acked
+            await self.count_pending(stored, -1)  # the ack script counted the hot ones
+        return stored
+
+    async def drain_cold_acks(self) -> list[dict[str, Any]]:
+        """What acks left for later while MongoDB was down (:meth:`acknowledge_many`):
+        deleted now, their `delivered` receipts published; returns those items.
+        Raises while MongoDB is still down (the ids stay for the next run)."""
+        done: list[dict[str, Any]] = []
+        while True:
+            raw = await self.redis.spop(self.cold_acks, ID_CHUNK)
+            ids = [scripts.text(r) for r in raw or []]
+            if not ids:
+                return done
+            try:
+                stored = await self.delete_acked(ids)
+            except BaseException:
+                await self.redis.sadd(self.cold_acks, *ids)
+                raise
+            await self.publish(receipts(stored))
+            done += stored
 
     # Routing ----------------------------------------------------------------
     async def publish(self, frames: list[Push], where: dict[str, set[str]] | None = None) -> int:

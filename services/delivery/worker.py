@@ -399,6 +399,9 @@ class Worker:
             return
         self._beat = beat
         written, until = await self.store.persist_due()
+        # Acks that found MongoDB down: their items deleted and receipts sent now.
+        if drained := await self.store.drain_cold_acks():
+            log.info("acks left for later are done", extra={"items": len(drained)})
         if time.monotonic() >= self._next_checkpoint:
             # Not on every run: a room's message moves a thousand inboxes, each an
             # upsert (docs/BENCHMARKS.md, "Room fan-out"). The 10⁹ gap a counter

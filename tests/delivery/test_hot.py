@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import orjson
 import pytest
+from parley_contract import envelopes as e
 from prometheus_client import CollectorRegistry
+from pymongo import AsyncMongoClient
+from pymongo.errors import ServerSelectionTimeoutError
 
-from services.common.routing import presence_key, presence_value
+from services.common.routing import gateway_channel, presence_key, presence_value
 from services.delivery.hot import Removal
 from services.delivery.store import DeliveryStore, dedup_key, item_id
 from services.gateway.acks import DirectAcks
@@ -252,3 +257,56 @@ async def test_the_gateways_hot_only_ack_steps_over_skipped_ranges(store: Delive
     acked = await store.acknowledge_many({"gia": 10**9 + 4})
     assert [d["seq"] for d in acked["gia"]] == [10**9 + 3, 10**9 + 4]
     assert await in_mongo(store, "gia") == []
+
+
+async def test_an_ack_over_persisted_items_while_mongodb_is_down_finishes_later(
+    store: DeliveryStore,
+) -> None:
+    """Items persisted to MongoDB, then MongoDB goes down and the device acknowledges
+    them with a hot one: the ack goes through (the hot item's receipt at once, no
+    page returns any of them), and the persisted ones are deleted, with their
+    receipts, once MongoDB answers again (the persister's drain_cold_acks)."""
+    await store.store_hot([item("hal", i, cid=f"p{i}") for i in range(1, 3)])
+    await store.persist_due(now=time.time() + 3600)  # seq 1, 2: in MongoDB only
+    await store.store_hot([item("hal", 3, cid="h3")])  # seq 3: hot
+    assert await in_mongo(store, "hal") == [1, 2]
+    up = store.inbox
+    down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    )
+    try:
+        store.inbox = down.x.inbox
+        acked = await asyncio.wait_for(store.acknowledge_many({"hal": 3}), 10)
+        assert [d["client_id"] for d in acked["hal"]] == ["h3"]
+        assert await store.redis.scard(store.cold_acks) == 2
+        with pytest.raises(ServerSelectionTimeoutError):
+            await store.drain_cold_acks()  # still down: kept for the next run
+        assert await store.redis.scard(store.cold_acks) == 2
+    finally:
+        store.inbox = up
+        await down.close()
+    assert (await store.page("hal", 0, 10))[0] == []
+    # The receipts reach the sender's gateway (its channel, as every push does).
+    await store.redis.hset(presence_key(store.prefix, "s"), "c1", presence_value("gw-h"))
+    pubsub = store.redis.pubsub()
+    await pubsub.subscribe(gateway_channel(store.prefix, "gw-h"))
+    try:
+        drained = await store.drain_cold_acks()
+        assert sorted(d["client_id"] for d in drained) == ["p1", "p2"]
+        assert await in_mongo(store, "hal") == []
+        assert await store.redis.scard(store.cold_acks) == 0
+        assert await store.drain_cold_acks() == []  # once
+        msg = None
+        while msg is None:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        decoded = e.decode_routed(msg["data"])
+        frames = [
+            orjson.loads(bytes(r.frame))
+            for r in (decoded if isinstance(decoded, list) else [decoded])
+        ]
+        assert sorted((fr["op"], fr["id"]) for fr in frames) == [
+            ("delivered", "p1"),
+            ("delivered", "p2"),
+        ]
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
