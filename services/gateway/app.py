@@ -14,7 +14,7 @@ from services.common.config import Settings
 from services.common.deps import use_kafka_producer, use_redis
 from services.common.devices import DeviceLists, ListCopies
 from services.common.room_gate import RoomGate
-from services.common.state import REGISTRY, VERIFIER
+from services.common.state import CHECKS, REGISTRY, VERIFIER
 from services.gateway.directory import Directory
 from services.gateway.hub import Hub
 from services.gateway.rooms import RoomMembers
@@ -38,6 +38,15 @@ async def create_app(settings: Settings) -> web.Application:
             RoomMembers(settings, http, devices, RoomGate(redis, settings.redis_prefix)),
         )  # fmt: skip
         app[HUB] = hub
+
+        async def subscribed() -> None:
+            # A pod off its Redis channel pushes nothing it is routed (a Redis restart:
+            # until it has subscribed again and re-recorded presence), so it is not
+            # ready: new sockets go to a pod that is.
+            if not hub.subscribed.is_set():
+                raise ConnectionError("not subscribed to its Redis channel")
+
+        app[CHECKS]["channel"] = subscribed
         await hub.start()
         yield
         await hub.stop()

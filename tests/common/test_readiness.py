@@ -13,6 +13,7 @@ import pytest
 
 from scripts.stack import Processes, StackConfig
 from services.delivery.app import create_app
+from services.gateway.app import create_app as gateway_app
 from tests.support.aio import eventually
 from tests.support.stack import Stack
 
@@ -54,3 +55,28 @@ async def test_readyz_follows_a_dependency_down_and_back(
     private_stack.procs.start(server)
     _, body = await eventually(lambda: readyz(client), lambda r: r[0] == 200, timeout=30)
     assert body["checks"][check] == "ok"
+
+
+@pytest.mark.kills_servers
+async def test_a_gateway_is_not_ready_until_it_is_back_on_its_redis_channel(
+    private_stack: Stack, make_client: Any
+) -> None:
+    """A gateway pod off its Redis channel pushes nothing routed to it: while Redis is
+    down its readiness names the channel beside Redis, and it is ready again only
+    once it has subscribed again."""
+    settings = private_stack.settings(readiness_timeout_s=1.5, dependency_timeout_ms=1000)
+    client = await make_client(await gateway_app(settings))
+
+    async def ready() -> tuple[int, dict[str, Any]]:
+        resp = await client.get("/gateway/readyz")
+        return resp.status, await resp.json()
+
+    _, body = await eventually(ready, lambda r: r[0] == 200)
+    assert body["checks"]["channel"] == "ok"
+    assert private_stack.procs is not None
+    private_stack.procs.kill("redis")
+    _, body = await eventually(ready, lambda r: "channel" in r[1].get("failed", []))
+    assert body["failed"] == ["channel", "redis"]
+    private_stack.procs.start("redis")
+    _, body = await eventually(ready, lambda r: r[0] == 200, timeout=30)
+    assert body["checks"]["channel"] == "ok"
