@@ -19,6 +19,7 @@ Verifiers fetch the JWKS again when they meet an unknown ``kid``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 ALG = "EdDSA"
 # Published a little beyond the last token's expiry (clock skew, verifier leeway).
+RELOAD_WAIT_S = 1.0
+"""The longest a request waits for a due re-read of the key set (see KeyRing.keys)."""
 PUBLISH_MARGIN = timedelta(seconds=120)
 # Deleted from MongoDB this long after it stops being published.
 DELETE_AFTER = timedelta(days=1)
@@ -139,6 +142,7 @@ class KeyRing:
         self._lock = asyncio.Lock()
         self._failed_at: float | None = None  # the last re-read MongoDB did not answer
         self._retry: asyncio.Task[None] | None = None
+        self._retry_at = 0.0  # when the last re-read began
 
     def _parse(self, doc: Mapping[str, Any]) -> SigningKey:
         private: Ed25519PrivateKey | None = None
@@ -202,26 +206,28 @@ class KeyRing:
         return next(k.kid for k in self._keys if k.generation == generation)
 
     async def keys(self) -> list[SigningKey]:
-        """The key set, re-read every ``reload_s``. While MongoDB does not answer, the set
-        known answers at once: after a failed re-read the next ones are tried beside the
-        requests (one at a time, ``reload_s`` apart), not by each request, which would
-        wait out the server-selection timeout every time (a gateway's JWKS fetch, 5 s,
-        would give up first: a pod started during the outage could verify no token)."""
+        """The key set, re-read every ``reload_s``. A due re-read runs beside the
+        requests (one at a time); they wait for it at most ``RELOAD_WAIT_S`` after it
+        began (MongoDB answers in milliseconds), then answer with the set known:
+        a request that waited out the server-selection timeout of a MongoDB that
+        is down (5 s) would lose a gateway's JWKS fetch (5 s too), and a pod
+        started during the outage could verify no token. While MongoDB does not
+        answer, re-reads are ``reload_s`` apart. Only a process that knows no key
+        yet waits for MongoDB (and fails without it)."""
         now = time.monotonic()
-        if now - self._loaded_at >= self.reload_s:
-            if self._keys and self._failed_at is not None:
-                idle = self._retry is None or self._retry.done()
-                if idle and now - self._failed_at >= self.reload_s:
-                    self._failed_at = now
-                    self._retry = asyncio.create_task(self._reload_beside())
-                return self._keys
-            try:
-                await self.reload()
-            except Exception:
-                if not self._keys:
-                    raise
-                self._failed_at = time.monotonic()
-                log.exception("cannot re-read signing keys; using the cached set")
+        if now - self._loaded_at < self.reload_s:
+            return self._keys
+        if not self._keys:
+            await self.reload()
+            return self._keys
+        idle = self._retry is None or self._retry.done()
+        if idle and (self._failed_at is None or now - self._failed_at >= self.reload_s):
+            self._retry_at = now
+            self._retry = asyncio.create_task(self._reload_beside())
+        wait = self._retry_at + RELOAD_WAIT_S - now
+        if self._retry is not None and not self._retry.done() and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._retry), wait)
         return self._keys
 
     async def _reload_beside(self) -> None:
