@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.common.errors import ApiError, ErrorCode
+from services.common.ratelimit import too_many
 from services.keys import accounts, events, models
 from services.keys.state import Keys
 from services.keys.store import Kind
@@ -55,10 +56,13 @@ async def claim(
     """One bundle per listed device of ``target`` (or per listed device in ``device_ids``)."""
     if claimer != target:
         await _spend_claimer(keys, claimer, 1)
-        await _spend_pair(keys, claimer, target)
+    # Before the look-up: a claim of an unknown user counts too.
+    for refused in (await _spend_pairs(keys, claimer, [target])).values():
+        raise refused
     account = await accounts.current(keys, target)
     devices = await keys.store.get_devices(target, _wanted(account, device_ids))
-    [result] = await _claim(keys, [(account, devices, await _one_time_ok(keys, claimer, target))])
+    [one_time] = (await _one_time_allowed(keys, claimer, [target])).values()
+    [result] = await _claim(keys, [(account, devices, one_time)])
     if isinstance(result, ApiError):
         raise result
     return result
@@ -92,26 +96,14 @@ async def claim_many(
     pairs = [(u, d) for u, ds in wanted.items() for d in ds]
     for doc in await keys.store.get_devices_of(pairs):
         docs[str(doc["user_id"])].append(doc)
-    gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
-
-    async def budgets(user: str) -> bool | ApiError:
-        """The pair's budget spent (or its refusal), and whether one-time prekeys go."""
-        try:
-            async with gate:
-                if user != claimer:
-                    await _spend_pair(keys, claimer, user)
-                return await _one_time_ok(keys, claimer, user)
-        except ApiError as exc:
-            return exc
-
-    allowed = dict(zip(wanted, await asyncio.gather(*map(budgets, wanted)), strict=True))
-    results: dict[str, models.Bundles | ApiError] = {
-        u: a for u, a in allowed.items() if isinstance(a, ApiError)
-    }
+    # Two Redis round trips for all of them (they were two a user).
+    results: dict[str, models.Bundles | ApiError] = dict(
+        await _spend_pairs(keys, claimer, list(wanted))
+    )
     going = [u for u in wanted if u not in results]
+    allowed = await _one_time_allowed(keys, claimer, going)
     claims = [
-        (found[u], sorted(docs[u], key=lambda d: int(d["device_id"])), allowed[u] is True)
-        for u in going
+        (found[u], sorted(docs[u], key=lambda d: int(d["device_id"])), allowed[u]) for u in going
     ]
     results.update(zip(going, await _claim(keys, claims), strict=True))
     claimed = []
@@ -140,17 +132,6 @@ def _wanted(account: accounts.Account, device_ids: set[int] | None) -> list[int]
         if not listed:
             raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_ids": sorted(device_ids)})
     return listed
-
-
-async def _one_time_ok(keys: Keys, claimer: str, target: str) -> bool:
-    """Whether ``target``'s one-time budget lets this claim take one-time prekeys."""
-    if claimer == target or await keys.limiter.try_take(
-        "one-time", target, keys.config.one_time_burst, keys.config.one_time_refill_s
-    ):
-        return True
-    keys.metrics.withheld.inc()
-    log.info("one-time prekeys withheld", extra={"user_id": target})
-    return False
 
 
 Claim = tuple[accounts.Account, list[dict[str, Any]], bool]
@@ -217,14 +198,9 @@ async def _claim(keys: Keys, claims: Sequence[Claim]) -> list[models.Bundles | A
             ),
         )
         bundles[c].append(_Claimed(bundle, generation))
-    gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
-
-    async def notify(c: int, claimed: _Claimed) -> None:
-        async with gate:
-            await _notify_if_low(keys, claims[c][0].user_id, claimed)
-
-    await asyncio.gather(
-        *(notify(c, b) for c, mine in enumerate(bundles) if claims[c][2] for b in mine)
+    await _note_claims(
+        keys,
+        [(claims[c][0].user_id, b) for c, mine in enumerate(bundles) if claims[c][2] for b in mine],
     )
     return [
         models.Bundles(**account.listed(), bundles=[b.bundle for b in mine])
@@ -245,16 +221,46 @@ async def _spend_claimer(keys: Keys, claimer: str, n: int) -> None:
     )  # fmt: skip
 
 
-async def _spend_pair(keys: Keys, claimer: str, target: str) -> None:
-    """A token of the (``claimer``, ``target``) budget, or 429 ``rate_limited``."""
-    await keys.limiter.take(
-        "claims",
-        # Length-prefixed so that no pair of ids can produce another pair's key.
-        f"{len(claimer)}:{claimer}:{target}",
-        keys.config.claim_burst,
-        keys.config.claim_refill_s,
-        message="Too many bundle claims for this user; try again later.",
+PAIR_REFUSED = "Too many bundle claims for this user; try again later."
+
+
+def _pair(claimer: str, target: str) -> str:
+    """The (claimer, target) budget's id: length-prefixed so that no pair of ids can
+    produce another pair's."""
+    return f"{len(claimer)}:{claimer}:{target}"
+
+
+async def _spend_pairs(keys: Keys, claimer: str, users: list[str]) -> dict[str, ApiError]:
+    """A token of each (``claimer``, user) budget, in one Redis round trip; returns the
+    429s of the users whose budget is spent (nothing taken for them). The claimer's
+    own devices are not limited."""
+    others = [u for u in users if u != claimer]
+    cfg = keys.config
+    waits = await keys.limiter.take_each(
+        "claims", [_pair(claimer, u) for u in others], cfg.claim_burst, cfg.claim_refill_s
     )
+    return {
+        u: too_many(wait, message=PAIR_REFUSED)
+        for u, wait in zip(others, waits, strict=True)
+        if wait is not None
+    }
+
+
+async def _one_time_allowed(keys: Keys, claimer: str, users: list[str]) -> dict[str, bool]:
+    """Whether each user's one-time budget lets this claim take its one-time prekeys
+    (a token of it taken if so), in one Redis round trip."""
+    others = [u for u in users if u != claimer]
+    cfg = keys.config
+    waits = await keys.limiter.take_each(
+        "one-time", others, cfg.one_time_burst, cfg.one_time_refill_s, count_refused=False
+    )
+    out = dict.fromkeys(users, True)
+    for u, wait in zip(others, waits, strict=True):
+        if wait is not None:
+            out[u] = False
+            keys.metrics.withheld.inc()
+            log.info("one-time prekeys withheld", extra={"user_id": u})
+    return out
 
 
 class _Claimed:
@@ -268,21 +274,40 @@ class _Claimed:
         self.kem = not bundle.kem_prekey.last_resort
 
 
-async def _notify_if_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
-    """Publish ``prekeys_low`` once per low spell (until the device uploads or the flag expires).
+async def _note_claims(keys: Keys, claimed: list[tuple[str, _Claimed]]) -> None:
+    """Publish ``prekeys_low`` once per low spell (until the device uploads or the flag
+    expires) for the devices these claims (user, bundle) took from.
 
-    Redis estimates spare the common case any counting; only when they say
-    "low" is MongoDB counted, and only the real count decides.
+    Redis estimates, read for all of them in one round trip, spare the common case
+    any counting; only a device they say is low is counted in MongoDB, and only the
+    real count decides.
     """
+    if not claimed:
+        return
+    t = keys.config.low_threshold
+    notes = await keys.store.note_claims(
+        [(user, c.device_id, c.one_time, c.kem) for user, c in claimed]
+    )
+    low = []
+    for (user, c), (one_time, kem, flagged) in zip(claimed, notes, strict=True):
+        keys.metrics.claim(c.one_time, c.kem)
+        if flagged or (one_time >= t and kem >= t):
+            keys.metrics.observe_stock(one_time, kem)
+        else:
+            low.append((user, c))
+    gate = asyncio.Semaphore(CLAIMS_AT_ONCE)
+
+    async def check(user_id: str, claimed: _Claimed) -> None:
+        async with gate:
+            await _check_low(keys, user_id, claimed)
+
+    await asyncio.gather(*(check(user, c) for user, c in low))
+
+
+async def _check_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
+    """A device the estimates say is low: counted, and told if it is."""
     store, t = keys.store, keys.config.low_threshold
     device_id, generation = claimed.device_id, claimed.generation
-    keys.metrics.claim(claimed.one_time, claimed.kem)
-    one_time, kem, flagged = await store.note_claim(
-        user_id, device_id, claimed.one_time, claimed.kem
-    )
-    if flagged or (one_time >= t and kem >= t):
-        keys.metrics.observe_stock(one_time, kem)
-        return
     one_time = await _count(keys, Kind.ONE_TIME, user_id, device_id, generation)
     kem = await _count(keys, Kind.KEM, user_id, device_id, generation)
     keys.metrics.observe_stock(one_time, kem)

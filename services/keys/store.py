@@ -535,18 +535,20 @@ class KeyStore:
     def _low_key(self, user_id: str, device_id: int) -> str:
         return f"{self.prefix}:low:{device_id}:{user_id}"
 
-    async def note_claim(
-        self, user_id: str, device_id: int, one_time: bool, kem: bool
-    ) -> tuple[int, int, bool]:
-        """Count down what a claim took: (one-time left, KEM left, low flag already set)."""
-        left = self._left_key(user_id, device_id)
+    async def note_claims(
+        self, claims: Sequence[tuple[str, int, bool, bool]]
+    ) -> list[tuple[int, int, bool]]:
+        """Count down what claims took, for each (user, device, one-time taken, KEM
+        taken), in one round trip: (one-time left, KEM left, low flag already set)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(left, Kind.ONE_TIME.value, -1 if one_time else 0)
-            pipe.hincrby(left, Kind.KEM.value, -1 if kem else 0)
-            pipe.expire(left, LEFT_TTL_S)
-            pipe.exists(self._low_key(user_id, device_id))
-            one, kem_left, _, flagged = await pipe.execute()
-        return int(one), int(kem_left), bool(flagged)
+            for user_id, device_id, one_time, kem in claims:
+                left = self._left_key(user_id, device_id)
+                pipe.hincrby(left, Kind.ONE_TIME.value, -1 if one_time else 0)
+                pipe.hincrby(left, Kind.KEM.value, -1 if kem else 0)
+                pipe.expire(left, LEFT_TTL_S)
+                pipe.exists(self._low_key(user_id, device_id))
+            rows = await pipe.execute()
+        return [(int(rows[i]), int(rows[i + 1]), bool(rows[i + 3])) for i in range(0, len(rows), 4)]
 
     async def reset_left(
         self, user_id: str, device_id: int, one_time: int, kem: int, *, clear_low: bool = False

@@ -97,6 +97,24 @@ async def test_bulk_claims_spend_the_same_budgets(make_keys: KeysFactory) -> Non
     assert (await api.claim_many("mallory", {"mallory": {}}))[0] == 200
 
 
+async def test_a_bulk_claim_withholds_one_time_prekeys_of_a_target_past_its_budget(
+    make_keys: KeysFactory,
+) -> None:
+    """The target's one-time budget is each user's own in a bulk claim too: past it,
+    that user's bundle comes without one-time material and its stock is untouched;
+    the others' bundles come with theirs."""
+    api = await make_keys(KeysConfig(one_time_burst=1))
+    for t in ("d", "e"):
+        await api.device(t, one_time=5, kem=5)
+    assert (await api.claim("first", "d"))[0] == 200  # d's one token
+    status, body = await api.claim_many("second", {"d": {}, "e": {}})
+    assert status == 200 and body["failed"] == []
+    got = {c["user_id"]: c["bundles"][0] for c in body["claimed"]}
+    assert got["d"]["one_time_prekey"] is None and got["d"]["kem_prekey"]["last_resort"]
+    assert got["e"]["one_time_prekey"] is not None
+    assert await api.stored("d") == (4, 4) and await api.stored("e") == (4, 4)
+
+
 async def test_bad_bulk_requests_are_refused_and_change_nothing(api: KeysApi) -> None:
     await api.device("u1", one_time=3, kem=3)
     too_many = {f"u{i}": {} for i in range(MAX_CLAIM_USERS + 1)}
