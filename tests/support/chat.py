@@ -29,6 +29,7 @@ class Sender:
         self.accepted: set[str] = set()
         self.client: WsClient | None = None
         self.reconnects = 0
+        self.written = asyncio.Event()  # the first socket has all of them written
 
     async def connect(self) -> None:
         while True:
@@ -48,6 +49,7 @@ class Sender:
                     to = self.to[int(cid.rsplit("-", 1)[1]) % len(self.to)]
                     await self.client.send(send_frame(cid, to, b64(cid)))
                     await asyncio.sleep(pace)
+                self.written.set()
                 while len(self.accepted) < n:
                     frame = await self.client.next(timeout=5)
                     if frame["op"] == "accepted":

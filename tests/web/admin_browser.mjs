@@ -20,6 +20,18 @@ export function launch() {
 
 export const shot = (page, name, fullPage = false) => page.screenshot({ path: path.join(env.SHOTS, `${name}.png`), fullPage });
 
+// What a failed run leaves to go on: the page's address and text, and a screenshot
+// (failure.png beside the others), printed before the error that stopped it.
+export async function dump(page) {
+  try {
+    console.log(`failed at ${page.url()}`);
+    console.log(`the page says: ${JSON.stringify((await page.locator("main, body").first().innerText()).slice(0, 2000))}`);
+    await shot(page, "failure", true);
+  } catch (e) {
+    console.log(`no dump: ${e}`);
+  }
+}
+
 export async function signIn(page, username, password, screenshot) {
   await page.goto(`${env.LB}/admin/`);
   await page.click("#sign-in");

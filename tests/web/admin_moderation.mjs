@@ -7,7 +7,7 @@
 // the verified plaintext, removes the message, resolves it with a note, and a second
 // tab that went stale is shown the API's refusal. Screenshots go to SHOTS.
 // Run by tests/web/test_admin_console.py (see there for the environment it passes).
-import { launch, shot, signIn, step, watchErrors } from "./admin_browser.mjs";
+import { dump, launch, shot, signIn, step, watchErrors } from "./admin_browser.mjs";
 
 const env = process.env;
 const browser = await launch();
@@ -37,9 +37,10 @@ async function role(page, userId, want) {
   }
 }
 
+let page;
 try {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-  const page = await ctx.newPage();
+  page = await ctx.newPage();
   const errors = watchErrors(page, []);
   step("admin signs in");
   await signIn(page, env.ADMIN_USER, env.ADMIN_PASSWORD, false);
@@ -181,6 +182,9 @@ try {
   await page.click("text=← Rooms");
   await page.fill("#room-search", env.TAG);
   await page.click("button:has-text('Search')");
+  // The search's answer, not the unfiltered list shown before it (which holds the
+  // room too: a click there can land on a row the answer then replaces).
+  await count(page, "#rooms tbody tr", 3, "rooms named with the tag");
   await page.locator(`#rooms tr[data-room-id="${env.DOOMED_ROOM_ID}"] a`).first().click();
   await page.click("#delete");
   await page.waitForSelector("#delete-yes");
@@ -242,6 +246,9 @@ try {
   if (errors.length) throw new Error(`console errors: ${errors.join("; ")}`);
   await ctx.close();
   console.log("admin moderation: ok");
+} catch (e) {
+  if (page) await dump(page);
+  throw e;
 } finally {
   await browser.close();
 }
