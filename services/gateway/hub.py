@@ -543,6 +543,15 @@ class Hub:
                 log.warning("redis channel lost; resubscribing", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception:
+                # Anything else (a client library's state after a reconnect, a frame
+                # this code did not expect) must not end the loop: the pod would stay
+                # up, ready, and deaf to everything routed to it.
+                self.subscribed.clear()
+                lost = True
+                log.exception("redis channel failed; resubscribing")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -633,6 +642,10 @@ class Hub:
                 await self._refresh()
             except (RedisError, OSError) as exc:
                 log.warning("presence refresh failed", extra={"error": repr(exc)})
+            except Exception:
+                # Never the end of the loop: presence would expire and nothing would
+                # be routed here any more.
+                log.exception("presence refresh failed")
 
 
 class _Writes(Collector):
