@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.common.config import Settings
-from tests.support.stack import Stack, System, start_stack, start_system
+from tests.support.stack import STARTED, Stack, System, start_stack, start_system
 from tests.support.tokens import TokenIssuer
 
 # The longest files (measured with --durations), started first: the two xdist
@@ -57,6 +57,20 @@ def pytest_runtest_makereport(
             if lines:
                 report.sections.append((f"service log: {out.stem}", "\n".join(lines)))
     return report
+
+
+@pytest.fixture(autouse=True)
+def _system_back_after_kills(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that kills or restarts a server of the shared stack (Redis, say) leaves
+    the session's system ready again for the next test: its gateways subscribed to
+    their channels again, its services answering. One that did not (a Redis restart
+    three seconds before the next test) left that test's sockets on a pod that was
+    not yet back on its channel: what was routed to them meanwhile came only with
+    the next sync."""
+    yield
+    if request.node.get_closest_marker("kills_servers") is not None:
+        for sysm in STARTED:
+            sysm.wait_ready()
 
 
 @pytest.fixture(scope="session")

@@ -178,4 +178,9 @@ def start_system(stack: Stack) -> System:
     except BaseException:
         procs.stop_all()
         raise
+    STARTED.append(system)
     return system
+
+
+STARTED: list[System] = []
+"""The systems this test process started (its session's)."""
