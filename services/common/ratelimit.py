@@ -273,10 +273,6 @@ class RateLimiter:
             self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(wait_s, message=message)
 
-    async def try_take(self, rule: str, ident: str, capacity: int, refill_s: float) -> bool:
-        """Take a token from ``ident``'s bucket if there is one; False (nothing taken) if not."""
-        return await self._take(rule, ident, capacity, refill_s) is None
-
     async def _take(
         self, rule: str, ident: str, capacity: int, refill_s: float, n: int = 1
     ) -> float | None:
@@ -294,7 +290,7 @@ class RateLimiter:
         """A token from each of these buckets, in one round trip (one pipeline of the
         script): for each, None when it was taken, else the seconds until there is
         one (nothing taken; the caller answers for it). ``count_refused``: as
-        :meth:`take` (a refusal), else as :meth:`try_take` (not counted)."""
+        :meth:`take` (a refusal), else not counted (a budget that only withholds)."""
         if not idents:
             return []
         refill_ms = max(1, round(refill_s * 1000))

@@ -310,3 +310,33 @@ async def test_an_ack_over_persisted_items_while_mongodb_is_down_finishes_later(
         ]
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_twenty_thousand_persisted_items_acked_while_mongodb_is_down(
+    store: DeliveryStore,
+) -> None:
+    """At the size an offline device reaches: 20,000 items in MongoDB, acknowledged at
+    once while it is down. The ack answers in bounded time (the hot one), every id
+    waits in Redis, and one drain deletes them all, in chunks, each item once."""
+    n = 20_000
+    for start in range(0, n, 500):
+        await store.store_hot([item("ivy", i, cid=f"p{i}") for i in range(start, start + 500)])
+    await store.persist_due(now=time.time() + 3600)
+    await store.store_hot([item("ivy", n, cid="hot")])
+    assert await store.inbox.count_documents({"inbox": "ivy"}) == n
+    up = store.inbox
+    down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    )
+    try:
+        store.inbox = down.x.inbox
+        acked = await asyncio.wait_for(store.acknowledge_many({"ivy": n + 1}), 30)
+        assert [d["client_id"] for d in acked["ivy"]] == ["hot"]
+        assert await store.redis.scard(store.cold_acks) == n
+    finally:
+        store.inbox = up
+        await down.close()
+    drained = await store.drain_cold_acks()
+    assert sorted(d["client_id"] for d in drained) == sorted(f"p{i}" for i in range(n))
+    assert await store.inbox.count_documents({"inbox": "ivy"}) == 0
+    assert await store.redis.scard(store.cold_acks) == 0
