@@ -745,7 +745,11 @@ class Rooms:
             session: GroupSession | None = None
             for frame in frames:
                 if (frame.from_, frame.from_device) == (me, device):
-                    continue  # this device's own: in the history since it was sent
+                    # This device's own, in the history since it was sent: placed now.
+                    own = tx.get(alias_key(frame.server_id))
+                    if own is not None:
+                        tx.place_message(str(own), frame.seq)
+                    continue
                 if tx.has_message(frame.server_id):
                     continue  # pushed and read from the log: once
                 item = {
@@ -911,11 +915,11 @@ class Rooms:
             # Its key came, but from a later point of the chain: it was sent before
             # this device was given the sender's key (a device linked meanwhile).
             entry.update(kind="error", text="[sent before this device had the sender's key]")
-            tx.add_message(conv, entry, ref=str(item["server_id"]))
+            tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
             return DecryptFailed(sender, name, "sent before this device had the key")
         except (CryptoError, ValueError) as exc:
             entry.update(kind="error", text=f"[could not decrypt: {type(exc).__name__}]")
-            tx.add_message(conv, entry, ref=str(item["server_id"]))
+            tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
             return DecryptFailed(sender, name, type(exc).__name__)
         text = message.plaintext.decode("utf-8", errors="replace")
         entry.update(kind="message", text=text)
@@ -931,7 +935,7 @@ class Rooms:
             report = report_fields(frame, message.franking_key, message.plaintext, text)
             if report is not None:
                 entry["report"] = report
-        tx.add_message(conv, entry, ref=str(item["server_id"]))
+        tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
         return RoomMessage(
             room_id, sender, name, text, entry["at"], str(item["server_id"]), int(item["seq"]),
             tuple(entry["mentions"]), public=False, own=own,

@@ -57,7 +57,8 @@ from parley.errors import StoreError, WrongPassphrase
 
 __all__ = ["SCHEMA_VERSION", "KdfParams", "Store", "Transaction"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1 → 2: ``messages.pos``, an entry's place in its conversation (``add_message``)."""
 GROUP_MAX = 64
 """Transactions committed together at most (:meth:`Store.transaction`)."""
 _OPEN_GROUPS: dict[str, Store] = {}
@@ -73,9 +74,9 @@ CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     conv TEXT NOT NULL,
     ref TEXT UNIQUE,
-    value BLOB NOT NULL
+    value BLOB NOT NULL,
+    pos INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS messages_conv ON messages (conv, id);
 CREATE TABLE IF NOT EXISTS outbox (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     ref TEXT UNIQUE NOT NULL,
@@ -112,6 +113,14 @@ def _derive(passphrase: str, salt: bytes, params: KdfParams) -> tuple[bytes, byt
         master
     )
     return okm[:32], okm[32:]
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Schema 1 had no ``messages.pos``: every entry so far keeps the order it was
+    added in (place 0), the entries added from now on are placed."""
+    db.execute("ALTER TABLE messages ADD COLUMN pos INTEGER NOT NULL DEFAULT 0")
+    db.execute("DROP INDEX IF EXISTS messages_conv")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION).encode(),))
 
 
 class Transaction:
@@ -164,16 +173,31 @@ class Transaction:
         return out
 
     # -- history --------------------------------------------------------------
-    def add_message(self, peer_id: str, entry: dict[str, Any], ref: str | None = None) -> bool:
-        """Append to the conversation with ``peer_id``; False if ``ref`` is already there."""
+    def add_message(
+        self, peer_id: str, entry: dict[str, Any], ref: str | None = None, pos: int | None = None
+    ) -> bool:
+        """Add to the conversation with ``peer_id``; False if ``ref`` is already there.
+
+        The history is in ``pos`` order, then in the order entries were added: a room's
+        message is placed by its number in the room's log (``pos``), so a message that
+        waited for its sender's key shows where the room had it, and every device of
+        every member has the room in one order. Without ``pos`` (a 1:1 conversation,
+        this device's message before its number is known) an entry goes after the
+        conversation's last placed one."""
         conv = self._store.ref("conv", peer_id)
         dedupe = None if ref is None else self._store.ref("msg", ref)
         if dedupe is not None:
             found = self._db.execute("SELECT 1 FROM messages WHERE ref = ?", (dedupe,)).fetchone()
             if found:
                 return False
+        if pos is None:
+            last = self._db.execute(
+                "SELECT pos FROM messages WHERE conv = ? ORDER BY pos DESC LIMIT 1", (conv,)
+            ).fetchone()
+            pos = 0 if last is None else int(last[0])
         cur = self._db.execute(
-            "INSERT INTO messages (conv, ref, value) VALUES (?, ?, x'')", (conv, dedupe)
+            "INSERT INTO messages (conv, ref, value, pos) VALUES (?, ?, x'', ?)",
+            (conv, dedupe, pos),
         )
         row_id = cur.lastrowid
         sealed = self._store._seal(json.dumps(entry).encode(), f"messages:{row_id}:{conv}")
@@ -209,10 +233,19 @@ class Transaction:
         sealed = self._store._seal(json.dumps(entry).encode(), f"messages:{row_id}:{conv}")
         self._db.execute("UPDATE messages SET value = ? WHERE id = ?", (sealed, row_id))
 
+    def place_message(self, ref: str, pos: int) -> None:
+        """Move the entry added with ``ref`` to ``pos`` (this device's room message, once
+        the room's log numbered it)."""
+        self._db.execute(
+            "UPDATE messages SET pos = ? WHERE ref = ?", (pos, self._store.ref("msg", ref))
+        )
+
     def history(self, peer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries of the conversation, oldest first (in ``pos``
+        order: :meth:`add_message`)."""
         conv = self._store.ref("conv", peer_id)
         rows = self._db.execute(
-            "SELECT id, value FROM messages WHERE conv = ? ORDER BY id DESC LIMIT ?",
+            "SELECT id, value FROM messages WHERE conv = ? ORDER BY pos DESC, id DESC LIMIT ?",
             (conv, -1 if limit is None else limit),
         ).fetchall()
         return [
@@ -277,6 +310,10 @@ class Store:
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     db.execute(statement)
                 meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+                if meta.get("schema") == b"1":
+                    _migrate_1_to_2(db)
+                    meta["schema"] = str(SCHEMA_VERSION).encode()
+                db.execute("CREATE INDEX IF NOT EXISTS messages_pos ON messages (conv, pos, id)")
                 if not meta:
                     params = kdf or KdfParams()
                     salt = secrets.token_bytes(16)

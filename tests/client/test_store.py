@@ -48,6 +48,73 @@ def test_values_round_trip_and_need_the_passphrase(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o077 == 0  # only the owner can read it
 
 
+def test_a_conversation_is_in_place_order_then_in_the_order_entries_came(
+    tmp_path: Path,
+) -> None:
+    """A room's messages are placed by their number in the room's log: one that came
+    late (it waited for its key) shows in its place; an entry without a place (this
+    device's message before the log numbered it) goes after the last placed one, and
+    moves when it is placed. A 1:1 conversation is in the order entries came."""
+    store = open_store(tmp_path / "store.db")
+    with store.transaction_sync() as tx:
+        tx.add_message("room", {"text": "1"}, ref="r1", pos=1)
+        tx.add_message("room", {"text": "4"}, ref="r4", pos=4)
+        tx.add_message("room", {"text": "mine"}, ref="mine")  # not numbered yet: after 4
+        tx.add_message("room", {"text": "2"}, ref="r2", pos=2)  # came late
+        tx.add_message("room", {"text": "5"}, ref="r5", pos=5)
+        for i in range(3):
+            tx.add_message("dm", {"text": f"dm {i}"}, ref=f"d{i}")
+    read = store.read()
+    assert [e["text"] for e in read.history("room")] == ["1", "2", "4", "mine", "5"]
+    assert [e["text"] for e in read.history("room", 2)] == ["mine", "5"]
+    with store.transaction_sync() as tx:
+        tx.place_message("mine", 6)
+        tx.add_message("room", {"text": "error at 3"}, ref="r3", pos=3)
+    assert [e["text"] for e in store.read().history("room")] == [
+        "1", "2", "error at 3", "4", "5", "mine",
+    ]  # fmt: skip
+    assert [e["text"] for e in store.read().history("dm")] == ["dm 0", "dm 1", "dm 2"]
+    store.close()
+
+
+def test_a_schema_1_store_opens_and_keeps_its_order(tmp_path: Path) -> None:
+    """A store written before entries had a place (schema 1) is moved to schema 2 when
+    opened: what it held keeps its order, and new entries are placed after it."""
+    path = tmp_path / "store.db"
+    store = open_store(path)
+    with store.transaction_sync() as tx:
+        for i in range(3):
+            tx.add_message("room", {"text": f"old {i}"}, ref=f"o{i}")
+    store.close()
+    db = sqlite3.connect(path)  # what schema 1 looked like
+    db.executescript(
+        """
+        DROP INDEX messages_pos;
+        CREATE TABLE old (id INTEGER PRIMARY KEY AUTOINCREMENT, conv TEXT NOT NULL,
+                          ref TEXT UNIQUE, value BLOB NOT NULL);
+        INSERT INTO old SELECT id, conv, ref, value FROM messages;
+        DROP TABLE messages;
+        ALTER TABLE old RENAME TO messages;
+        CREATE INDEX messages_conv ON messages (conv, id);
+        UPDATE meta SET value = CAST('1' AS BLOB) WHERE key = 'schema';
+        """
+    )
+    db.close()
+    store = open_store(path)
+    with store.transaction_sync() as tx:
+        tx.add_message("room", {"text": "new 7"}, ref="n7", pos=7)
+        tx.add_message("room", {"text": "new 5"}, ref="n5", pos=5)
+    assert [e["text"] for e in store.read().history("room")] == [
+        "old 0", "old 1", "old 2", "new 5", "new 7",
+    ]  # fmt: skip
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == b"2"
+    indexes = {r[1] for r in db.execute("PRAGMA index_list(messages)")}
+    assert "messages_pos" in indexes and "messages_conv" not in indexes
+    db.close()
+
+
 def test_nothing_is_readable_in_the_file(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     store = open_store(path)

@@ -434,6 +434,10 @@ async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_
         await alice.messenger.submit(sent, room_conversation(rid))
     await eventually(lambda: asyncio.sleep(0, bob.rooms.pending(rid)), lambda k: k == 2)
     assert bob.history(room_conversation(rid)) == []
+    # Bob answers meanwhile: his message is the room's third, after the two he cannot
+    # read yet, and his history shows it there once the log numbered it.
+    await bob.rooms.send(rid, "bob's answer")
+    await eventually(lambda: asyncio.sleep(0, bob.rooms.cursor(rid)), lambda k: k == 3)
     key = encode_control({"t": "skd", "room": rid, "d": b64encode(dist)})
     await alice.messenger.send_control(bob.user_id, key)
     event = await bob.next_event(RoomMessage, timeout=30)
@@ -443,6 +447,7 @@ async def test_a_room_message_before_its_sender_key_is_kept_and_opened_when_the_
     assert [e["text"] for e in bob.history(room_conversation(rid))] == [
         "[sent before this device had the sender's key]",
         "sent before its key",
+        "bob's answer",
     ]
     # The key travelled as a control payload: never a chat line in the 1:1 history.
     assert bob.history(alice.user_id or "") == []

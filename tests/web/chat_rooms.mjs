@@ -104,6 +104,23 @@ try {
   for (let i = 0; i < 50 && logReads.length === 0; i++) await b.page.waitForTimeout(100);
   if (JSON.stringify(logReads) !== "[6]") throw new Error(`after the reload B read the room's log after ${JSON.stringify(logReads)}, not 6`);
 
+  step("R's message that waited for its key shows in its place, before B's answer written meanwhile");
+  // R sends under a new chain it gives nobody yet (A's and B's pages keep it sealed); B
+  // answers meanwhile: the log numbers B's answer after R's, and B's page places it there
+  // once it sees its own message's number (data-seq); then R gives the key.
+  const held = `r's message before its key ${env.TAG}`;
+  await py({ do: "send_before_key", room, text: held });
+  const answer = `b answers meanwhile ${env.TAG}`;
+  await write(b.page, priv, answer);
+  await expect(b.page, `#messages li.msg.out[data-seq]:has-text("${answer}")`);
+  await py({ do: "give_key", room });
+  for (const [who, page] of [["A", a.page], ["B", b.page]]) {
+    await sees(page, held);
+    const lines = await page.$$eval("#messages li.msg", (els) => els.map((el) => el.textContent ?? ""));
+    const at = [held, answer].map((text) => lines.findIndex((line) => line.includes(text)));
+    if (!(at[0] >= 0 && at[0] < at[1])) throw new Error(`${who}'s page is not in the room's order: ${JSON.stringify(lines.slice(-3))}`);
+  }
+
   step("R links a second device: A's next message reaches it at once");
   // A's page names the member devices its key went to (device_digest). If it read R's
   // devices less than 30 s ago it does not know the new one: the gateway refuses the

@@ -14,19 +14,23 @@ browser contexts, A and B; when the story needs the Python user R it prints a
    the room's log (POST /delivery/v1/rooms/logs with B's cursor, 3: nothing of a
    private room is in a device's inbox now), each exactly once; after a reload B reads
    the log from the cursor kept in its vault (6), and nothing shows twice;
-4. R links a second device (SDK); A's next message reaches it at once. A's page read
+4. R sends a message under a new sender-key chain it gives nobody yet (both pages keep
+   it sealed); B answers meanwhile, and its page places the answer at the number the
+   room's log gave it; R gives the key: both pages show R's message before B's
+   answer, in the room's order (history.ts ``inRoomOrder``);
+5. R links a second device (SDK); A's next message reaches it at once. A's page read
    R's devices less than 30 s before (in a normal run), so it names only R's first
    device in ``device_digest``: the gateway refuses (``devices_changed``), A gives the
    new device its key, encrypts the text again and resends it with the same id (a
    resend's body is checked to be new; the number of tries is printed with ``-s``:
    2, or 1 on a machine slow enough that A read the lists again first). Either way
    R's new device shows that one message, nothing left sealed;
-5. B leaves: A's next message rotates its sender key (R then holds two chains of
+6. B leaves: A's next message rotates its sender key (R then holds two chains of
    A's device) and still reaches R;
-6. A creates a public room; B finds it in the directory and joins (focus lands on
+7. A creates a public room; B finds it in the directory and joins (focus lands on
    the room, Tab goes on in order); A's post shows in B's page; no horizontal
    scroll at 390 px;
-7. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
+8. A's IndexedDB, read raw: every row sealed, no room id in a row name, no text.
 
 No plaintext of the private room is in MongoDB, Kafka or Redis afterwards.
 Screenshots as test_chat_browser.py takes them (``PARLEY_UPDATE_SCREENSHOTS=1``
@@ -74,7 +78,9 @@ from typing import Any
 import aiohttp
 import pytest
 from parley import Client
+from parley.crypto.encoding import b64encode
 from parley.events import MessageRemoved, RoomMessage, RoomMessageChanged, Typing
+from parley.messenger import encode_control
 from parley.store import KdfParams
 from parley_contract.envelopes import room_server_id
 
@@ -98,6 +104,7 @@ class PythonSide:
         self.texts: list[str] = []
         self.tmp = tmp
         self.r2: Client | None = None  # R's second device, once linked
+        self.held_key = b""  # a sender-key chain R has not given yet (send_before_key)
 
     async def act(self, req: dict[str, Any]) -> dict[str, Any]:
         r, do = self.r, req["do"]
@@ -111,6 +118,26 @@ class PythonSide:
             assert r.user_id is not None
             return {"client_id": client_id,
                     "server_id": room_server_id(req["room"], r.user_id, client_id)}  # fmt: skip
+        if do == "send_before_key":  # under a new chain R gives nobody yet (give_key)
+            self.texts.append(req["text"])
+            room = await r.rooms.resolve(req["room"])
+            members = await r.rooms.member_ids(req["room"])
+            keyed = await r.rooms._distribute(req["room"], int(room["version"]), members)
+            async with r.store.transaction() as tx:
+                session = r.rooms.group(tx, req["room"])
+                self.held_key = session.rotate()  # the new chain where the message starts
+                r.rooms._put_group(tx, session)
+            frame = await r.rooms._encrypt(req["room"], req["text"], [], keyed)
+            await r.messenger.submit(frame, f"room:{req['room']}")
+            return {}
+        if do == "give_key":  # that chain, to the room's other members
+            payload = encode_control(
+                {"t": "skd", "room": req["room"], "d": b64encode(self.held_key)}
+            )
+            for user_id in await r.rooms.member_ids(req["room"]):
+                if user_id != r.user_id:
+                    await r.messenger.send_control(user_id, payload)
+            return {}
         if do == "unsend":
             await r.unsend(req["client_id"], f"room:{req['room']}")
             return {}
@@ -328,7 +355,7 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
 
     # The private room's texts are nowhere on the server in the clear.
     plaintexts = sorted(set(py.texts + browser_texts))
-    assert len(plaintexts) == 10  # A seven times, B once, R twice
+    assert len(plaintexts) == 12  # A seven times, B twice, R three times
     blobs = list(mongo_blobs(system)) + await kafka_blobs(system) + list(redis_blobs(system))
     for where, blob in blobs:
         for text in plaintexts:

@@ -5,7 +5,7 @@
 // removal each write one chunk of at most CHUNK entries (and the small head when a
 // chunk starts), where the one-row layout wrote all 10,000 every time.
 import { describe, expect, it } from 'vitest';
-import { baseOf, CHUNK, chunkName, type Head, History, migrate, newest } from '../src/app/history.ts';
+import { baseOf, CHUNK, chunkName, type Head, History, inRoomOrder, migrate, newest } from '../src/app/history.ts';
 
 interface Entry {
   text: string;
@@ -135,5 +135,31 @@ describe('History', () => {
     expect(baseOf('peer:abc')).toBeNull();
     expect(newest([1, 2, 3, 4], 2)).toEqual([3, 4]);
     expect(newest([1, 2], 5)).toEqual([1, 2]);
+  });
+});
+
+describe('inRoomOrder', () => {
+  const e = (text: string, seq?: number) => (seq === undefined ? { text } : { text, seq });
+  it('places a late message at its number, and one without a number after those added before it', () => {
+    // 1 and 4 came; "mine" was sent (not numbered yet); 2 came late (it waited for its
+    // key); 5 came; then "mine" got its number, 6.
+    const before = [e('1', 1), e('4', 4), e('mine'), e('2', 2), e('5', 5)];
+    expect(inRoomOrder(before).map((x) => x.text)).toEqual(['1', '2', '4', 'mine', '5']);
+    const placed = [e('1', 1), e('4', 4), e('mine', 6), e('2', 2), e('5', 5), e('marker')];
+    expect(inRoomOrder(placed).map((x) => x.text)).toEqual(['1', '2', '4', '5', 'mine', 'marker']);
+  });
+
+  it('returns the same array when it is in order, and keeps the order of entries of one place', () => {
+    const inOrder = [e('a'), e('1', 1), e('b'), e('2', 2), e('3', 3)];
+    expect(inRoomOrder(inOrder)).toBe(inOrder);
+    const ties = [e('x', 2), e('y', 1), e('z', 2)];
+    expect(inRoomOrder(ties).map((x) => x.text)).toEqual(['y', 'x', 'z']);
+  });
+
+  it('orders a room of 10,000 entries received out of order', () => {
+    const n = 10_000;
+    const shuffled = Array.from({ length: n }, (_, i) => e(`m${i}`, ((i * 7919) % n) + 1));
+    const seqs = inRoomOrder(shuffled).map((x) => x.seq);
+    expect(seqs).toEqual(Array.from({ length: n }, (_, i) => i + 1));
   });
 });

@@ -47,7 +47,7 @@ import {
   type Tokens,
   type UserBrief,
 } from './api.ts';
-import { chunkName, type Head, History, migrate } from './history.ts';
+import { chunkName, type Head, History, inRoomOrder, migrate } from './history.ts';
 import { type PeerJson, PeerState } from './peers.ts';
 import type { NoticePage } from './notifications.ts';
 import {
@@ -367,6 +367,7 @@ export class ParleyClient {
   readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
   #modKeys: Map<string, string> | null = null; // moderation keys (kid -> Ed25519 key)
   readonly #seen = new Set<string>(); // server ids shown
+  readonly #inOrder = new WeakMap<HistoryEntry[], HistoryEntry[]>(); // a room's entries -> in its order
   #outboxNext = 0; // the next queued message's place (outbox rows' `n`)
   #sendingDevice: { raw: string; device: Promise<Device> } | null = null; // #deviceToSend's
   readonly #history = new History<HistoryEntry>((name) => this.#cache.get(name) as never); // conversations' entries, in chunks
@@ -594,9 +595,16 @@ export class ParleyClient {
     );
   }
 
+  /** A conversation's entries, oldest first: a private room's in the room's order
+   * (history.ts `inRoomOrder`), a 1:1 conversation's in the order they came. */
   history(peerId: string): HistoryEntry[] {
     const ref = this.#refs.get(peerId);
-    return ref === undefined ? [] : this.#history.entries(`history:${ref}`);
+    if (ref === undefined) return [];
+    const entries = this.#history.entries(`history:${ref}`);
+    if (!peerId.startsWith('room:')) return entries;
+    let ordered = this.#inOrder.get(entries);
+    if (ordered === undefined) this.#inOrder.set(entries, (ordered = inRoomOrder(entries)));
+    return ordered;
   }
 
   outbox(): Queued[] {
@@ -2132,7 +2140,11 @@ export class ParleyClient {
       const cursor = tx.get<number>(row) ?? 0;
       let session: GroupSession | null = null;
       for (const frame of aboveCursor(cursor, frames)) {
-        if (frame.from === me && frame.from_device === myDevice) continue;
+        if (frame.from === me && frame.from_device === myDevice) {
+          // This device's own, in the history since it was sent: placed now.
+          this.#history.updateServer(tx, this.#historyName(roomConversation(roomId)), frame.server_id, (e) => (e.seq = frame.seq), (e) => e.seq === undefined);
+          continue;
+        }
         if (this.#seen.has(frame.server_id)) continue;
         const item: PendingRoomMessage = {
           server_id: frame.server_id,

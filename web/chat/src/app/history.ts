@@ -31,6 +31,30 @@ export function newest<E>(all: E[], limit: number): E[] {
   return all.length > limit ? all.slice(all.length - limit) : all;
 }
 
+/**
+ * A private room's entries in the room's order, as client/parley/store.py places them:
+ * an entry with a `seq` (its number in the room's log) at that number, so a message that
+ * waited for its sender's key shows where the room had it and every device of every
+ * member shows the room in one order; one without (this device's message until the log
+ * numbers it, a marker) after the entries added before it. Entries of one place keep
+ * the order they were added in. The array itself when it is in order already.
+ */
+export function inRoomOrder<E extends { seq?: number | undefined }>(entries: E[]): E[] {
+  let last = 0;
+  let sorted = true;
+  const keys = entries.map((e) => {
+    const key = e.seq ?? last;
+    if (key < last) sorted = false;
+    last = Math.max(last, key);
+    return key;
+  });
+  if (sorted) return entries;
+  return entries
+    .map((e, i) => [keys[i] as number, i, e] as const)
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .map(([, , e]) => e);
+}
+
 export interface Head {
   v: 2;
   chunks: number;

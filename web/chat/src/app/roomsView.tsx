@@ -1323,7 +1323,7 @@ export function RoomView(props: {
               </Line>
             ))
           : shownHistory.map((e) => (
-              <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} failed={e.kind === 'error'} removed={e.kind === 'removed'} serverId={e.server_id} lit={litId !== null && litId === e.server_id}>
+              <Line dir={e.dir} who={who(e.sender)} at={e.at} text={e.text} status={e.status} seq={e.seq} failed={e.kind === 'error'} removed={e.kind === 'removed'} serverId={e.server_id} lit={litId !== null && litId === e.server_id}>
                 <MessageActions client={client} peer={`room:${id}`} entry={e} />
               </Line>
             ))}
