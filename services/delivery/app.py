@@ -39,7 +39,7 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     app[MODERATION] = Moderation(
         settings, store, mstore, keys, producer, AuditLog.of(db, settings, "delivery"), parties
     )
-    worker = Worker(settings, store, app[REGISTRY], producer, keys)
+    worker = Worker(settings, store, app[REGISTRY], producer, keys, acked=app[INBOX].acked)
     app[WORKER] = worker
     app[ROOM_LOG] = worker.room_log
     lag = ConsumerLag(settings, app[REGISTRY], worker.groups())

@@ -99,8 +99,12 @@ class Worker:
         registry: CollectorRegistry,
         producer: KafkaProducerHandle,
         keys: ModerationKeys | None = None,
+        acked: Counter | None = None,
     ) -> None:
         self.settings = settings
+        # The inbox's parley_delivery_acked_total (handlers.Inbox): acks that found
+        # MongoDB down are counted when the persister finishes them.
+        self.acked = acked
         self.store = store
         self.keys = keys or ModerationKeys(settings)
         self.producer = producer
@@ -402,6 +406,8 @@ class Worker:
         # Acks that found MongoDB down: their items deleted and receipts sent now.
         if drained := await self.store.drain_cold_acks():
             log.info("acks left for later are done", extra={"items": len(drained)})
+            if self.acked is not None:
+                self.acked.inc(len(drained))
         if time.monotonic() >= self._next_checkpoint:
             # Not on every run: a room's message moves a thousand inboxes, each an
             # upsert (docs/BENCHMARKS.md, "Room fan-out"). The 10⁹ gap a counter

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from parley_contract.envelopes import inbox_id
+from pymongo import AsyncMongoClient
 
 from services.common.inbox import counter_key, hot_key
 from services.common.routing import pending_key
@@ -15,6 +16,7 @@ from services.common.state import REGISTRY
 from services.delivery.state import WORKER
 from services.gateway.acks import HOT_ACK_MAX
 from tests.delivery.conftest import item
+from tests.support.aio import eventually
 from tests.support.users import uid
 from tests.support.wsclient import WsClient
 
@@ -98,6 +100,41 @@ async def test_a_range_holding_a_persisted_item_goes_to_delivery_which_deletes_i
     assert _gateway_acks(messaging, 1)["delivery"] == before["delivery"] + 1
     assert _delivery_calls(messaging) == calls + 1
     assert await _waiting(bob, "after") == []
+
+
+async def test_an_ack_over_persisted_items_while_mongodb_is_down_is_finished_and_counted(
+    messaging: Messaging,
+) -> None:
+    """Bob acknowledges two items persisted to MongoDB while MongoDB is down: delivery
+    leaves their ids in Redis (docs/delivery.md, "Acks"). The persister's next pass
+    once MongoDB answers deletes them, sends alice the `delivered` receipts, and counts
+    them in parley_delivery_acked_total like any other ack."""
+    app = messaging.delivery.server.app
+    worker = app[WORKER]
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 0})
+    alice, bob, seqs = await _two(messaging, 2)
+    await worker.persist_once()  # both now in MongoDB only
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
+    acked = app[REGISTRY].get_sample_value("parley_delivery_acked_total") or 0.0
+    up = worker.store.inbox
+    down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    )
+    try:
+        worker.store.inbox = down.x.inbox
+        await bob.send({"op": "ack", "seq": max(seqs), "id": "a"})
+        left = await eventually(
+            lambda: worker.store.redis.scard(worker.store.cold_acks), lambda n: n == 2
+        )
+        assert left == 2
+    finally:
+        worker.store.inbox = up
+        await down.close()
+    await worker.persist_once()
+    for i in range(2):
+        await alice.expect("delivered", id=f"m{i}")
+    assert await worker.store.inbox.count_documents({"inbox": inbox_of(bob)}) == 0
+    assert app[REGISTRY].get_sample_value("parley_delivery_acked_total") == acked + 2
 
 
 async def test_an_ack_past_the_last_number_issued_is_refused_by_delivery_unchanged(
