@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import tracemalloc
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 
 import pytest
@@ -120,3 +124,33 @@ async def issuer(settings: Settings) -> AsyncIterator[TokenIssuer]:
     iss.settings = settings.model_copy(update={"auth_url": url, "keys_url": url})
     yield iss
     await iss.close()
+
+
+# -- leak hunting (PARLEY_LEAK_HUNT=<file>) ------------------------------------------------
+# A socket or file left unclosed raises its ResourceWarning when the garbage collector
+# finds it, in whatever test runs then. With PARLEY_LEAK_HUNT set, each test is followed
+# by a collection and every ResourceWarning is written to that file under the test that
+# just ran; with PARLEY_LEAK_TRACE=<frames> too, with where the object was made
+# (tracemalloc, in the test process only: many times slower, for a few files).
+_LEAKS = os.environ.get("PARLEY_LEAK_HUNT")
+if _LEAKS and os.environ.get("PARLEY_LEAK_TRACE"):
+    tracemalloc.start(int(os.environ["PARLEY_LEAK_TRACE"]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    yield
+    if not _LEAKS:
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    found = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    if not found:
+        return
+    with open(_LEAKS, "a") as out:
+        for w in found:
+            out.write(f"{item.nodeid}: {w.message}\n")
+            made = tracemalloc.get_object_traceback(w.source) if w.source is not None else None
+            if made is not None:
+                out.write("".join(f"    {line}\n" for line in made.format()))
