@@ -20,6 +20,8 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.common.clients import in_id_order
+
 REPORT_STATES = ("open", "actioned", "dismissed")
 
 
@@ -57,8 +59,7 @@ class ModerationStore:
             flt["state"] = state
         if after is not None:
             flt["_id"] = {"$gt": after}
-        cursor = self.reports.find(flt).sort("_id", ASCENDING).limit(limit + 1)
-        docs = [d async for d in cursor]
+        docs = await in_id_order(self.reports, flt, limit + 1)
         return docs[:limit], len(docs) > limit
 
     async def report(self, report_id: str) -> dict[str, Any] | None:

@@ -41,14 +41,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from parley_contract import envelopes as e
-from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from services.common import scripts
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
-from services.common.clients import KafkaProducerHandle, Topics
+from services.common.clients import KafkaProducerHandle, Topics, in_id_order
 from services.common.config import Settings
 from services.common.devices import ListCopies
 from services.common.outbox import Outbox
@@ -248,8 +247,8 @@ class KeyStore:
         return await self.devices.find_one({"_id": device_key(user_id, device_id)})
 
     async def list_devices(self, user_id: str) -> list[Doc]:
-        cursor = self.devices.find({"_id": _prefixed(user_key(user_id))}).sort("_id", ASCENDING)
-        return await cursor.to_list()
+        query = {"_id": _prefixed(user_key(user_id))}
+        return await in_id_order(self.devices, query, None)
 
     async def get_devices(self, user_id: str, device_ids: Sequence[int]) -> list[Doc]:
         """These devices of the user (those that exist), in ascending id order."""
@@ -474,8 +473,7 @@ class KeyStore:
         (none: not in the answer). The ``count`` command first (none above: the common
         miss, a device whose prekeys ran out), then one ``find`` of the next
         ``_PROBE`` ids of all of them (a gap), and only then a ``find`` of the range,
-        which the embedded server answers by reading every document of the collection
-        (a count lost with Redis, far behind)."""
+        in SQL (``clients.in_id_order``; a count lost with Redis, far behind)."""
         coll = self.prekeys[kind]
 
         def above(i: int) -> Doc:
@@ -494,7 +492,7 @@ class KeyStore:
             found[i] = min(found.get(i, doc["id"]), doc["id"])
         for i in left:
             if i not in found:
-                docs = await coll.find(above(i), {"_id": 0, "id": 1}).sort("_id").to_list(1)
+                docs = await in_id_order(coll, above(i), 1)
                 if docs:
                     found[i] = int(docs[0]["id"])
         return found

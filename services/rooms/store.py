@@ -56,7 +56,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.common.clients import KafkaProducerHandle, Topics
+from services.common.clients import KafkaProducerHandle, Topics, in_id_order
 from services.common.config import Settings
 from services.common.outbox import Outbox
 
@@ -211,17 +211,19 @@ class RoomStore:
     async def all_rooms(self, query: Doc, after: str, limit: int) -> list[Doc]:
         """Every room (admins), in id order after ``after``, matching ``query``: a scan,
         acceptable for an admin's search (docs/moderation.md)."""
-        cursor = self.rooms.find({**query, "_id": {"$gt": after}}).sort("_id", ASCENDING)
-        return await cursor.limit(limit).to_list()
+        match = {**query, "_id": {"$gt": after}}
+        if "name_key" not in query:  # no $regex: the page in SQL (clients.in_id_order)
+            return await in_id_order(self.rooms, match, limit)
+        return await self.rooms.find(match).sort("_id", ASCENDING).limit(limit).to_list()
 
     async def search_directory(self, pattern: str | None, after: str, limit: int) -> list[Doc]:
         """Directory entries after ``after`` in name order, whose key matches ``pattern``
         (a regular expression already escaped), at most ``limit``."""
         query: Doc = {"_id": {"$gt": after}}
-        if pattern is not None:
-            query["name_key"] = {"$regex": pattern}
-        cursor = self.directory.find(query).sort("_id", ASCENDING).limit(limit)
-        return await cursor.to_list()
+        if pattern is None:  # browsing: the page in SQL (clients.in_id_order)
+            return await in_id_order(self.directory, query, limit)
+        query["name_key"] = {"$regex": pattern}
+        return await self.directory.find(query).sort("_id", ASCENDING).limit(limit).to_list()
 
     # -- per-user counters ---------------------------------------------------------------
 
@@ -353,7 +355,7 @@ class RoomStore:
         """A room's bans in user id order, after ``after``: an ``_id`` range (``}``
         follows ``|``), as the directory pages; read by moderators only."""
         query: Doc = {"_id": {"$gt": member_id(room_id, after), "$lt": room_id + "}"}}
-        return await self.bans.find(query).sort("_id", ASCENDING).limit(limit).to_list()
+        return await in_id_order(self.bans, query, limit)
 
     # -- invitations ---------------------------------------------------------------------
 

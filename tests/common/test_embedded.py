@@ -14,7 +14,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from services.common.clients import ensure_topics, kafka_producer, mongo_client, redis_client
+from services.common.clients import (
+    ensure_topics,
+    in_id_order,
+    kafka_producer,
+    mongo_client,
+    redis_client,
+)
 from services.common.config import Settings
 
 
@@ -70,6 +76,31 @@ async def test_mongo_sort_limit_bulk_and_datetimes(db) -> None:  # type: ignore[
     assert doc["at"].tzinfo is not None
     res = await db.m.delete_many({"seq": {"$lte": 5}})
     assert res.deleted_count == 6
+
+
+async def test_pages_of_an_id_range_in_id_order_at_twenty_thousand(db) -> None:  # type: ignore[no-untyped-def]
+    """``in_id_order`` (the directory, ban, report and device lists): an ``_id`` range
+    with another condition, paged through 20,000 documents: every page in ``_id``
+    order, nothing missed or repeated, the range's ends kept, and other conditions
+    applied; the same answers as a ``find``."""
+    coll = db.ranges
+    await coll.drop()
+    n = 20_000
+    docs = [{"_id": f"k|{i:06d}", "odd": i % 2} for i in range(n)]
+    for i in range(0, n, 2_000):
+        await coll.insert_many(docs[i : i + 2_000])
+    await coll.insert_one({"_id": "l|000000", "odd": 0})  # past the range's end
+    seen: list[str] = []
+    after = "k|"
+    while page := await in_id_order(coll, {"_id": {"$gt": after, "$lt": "k}"}}, 1_000):
+        seen += [d["_id"] for d in page]
+        after = page[-1]["_id"]
+    assert seen == [d["_id"] for d in docs]
+    odd = await in_id_order(coll, {"_id": {"$gt": "k|019000"}, "odd": 1}, 3)
+    assert [d["_id"] for d in odd] == ["k|019001", "k|019003", "k|019005"]
+    found = await coll.find({"_id": {"$gt": "k|019000"}, "odd": 1}).sort("_id", 1).to_list(3)
+    assert odd == found
+    assert await in_id_order(coll, {"_id": {"$gt": "k|", "$lt": "k}"}}, None) == docs
 
 
 async def test_redis_pubsub_expiry_and_pipelines(settings: Settings) -> None:
