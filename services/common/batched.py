@@ -11,6 +11,9 @@ on its way wait for it and go together in the next one (so a request holds what 
 while the one before was answered: the faster they come, the more a request holds),
 at most ``most`` keys a request. Only full requests go beside one on its way, up to
 ``parallel`` at a time. A key already waiting or on its way is not asked twice.
+A key is off its way as soon as its request is answered, a turn or two before its
+callers run again: a fetch whose answers are cached caches them itself, before it
+returns (the gateway's look-ups do), or a caller in between asks again.
 
 A request's size is the rate the keys come at times the time a request takes: the
 4,999 sends of a 5,000-member room's key distribution on one socket, read one frame

@@ -197,7 +197,13 @@ class DeviceLists:
             status, body, unavailable,
             lambda b: {str(u["user_id"]): _device_ids(u["device_list"]) for u in b["lists"]},
         )  # fmt: skip
-        return {u: found.get(u, frozenset()) for u in user_ids}
+        answer = {u: found.get(u, frozenset()) for u in user_ids}
+        # Cached here, before the request is off its way (batched.py): a caller that
+        # comes between that and its waiters' turn finds it (it used to ask again).
+        now = time.monotonic()
+        for user_id, devices in answer.items():
+            self._cache.put(user_id, now, devices)
+        return answer
 
     async def _copy(self, user_id: str, now: float) -> frozenset[int] | None:
         """The key directory's copy in Redis (a list this pod never read), if any."""

@@ -101,6 +101,11 @@ class Directory:
         found = read_answer(
             status, body, unavailable, lambda b: {str(u["user_id"]) for u in b["users"]}
         )
+        # Known here, before the request is off its way (batched.py): a caller that
+        # comes between that and its waiters' turn finds it (it used to ask again).
+        now = time.monotonic()
+        for user_id in found & set(user_ids):
+            self._known.put(user_id, now, user_id)
         return {u: (u if u in found else None) for u in user_ids}
 
     async def _noted(self, user_id: str) -> str | None:

@@ -4,6 +4,8 @@ expired one, still answers; nothing read before is ``unavailable``."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -234,3 +236,29 @@ async def test_a_rooms_member_lists_are_read_in_a_few_bulk_requests(
     # Cached: none asked again; fresh: all, in bulk again.
     assert again == [frozenset({3} if fresh else {1, 2})] * 1000
     assert len(up.list_requests) == (10 if fresh else 5)
+
+
+async def test_a_look_up_asked_as_the_one_before_comes_back_is_not_asked_again(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession],
+) -> None:
+    """A request's answer is cached before the request is off its way (batched.py): a
+    caller that comes after that but before the first caller's turn (5,000 sends of one
+    user on a busy machine: a device list read twice, in a CI run under load) finds it
+    and asks nothing."""
+    up, settings, session = upstream
+    settings = settings.model_copy(update={"recipient_cache_s": 60})
+    directory, lists = Directory(settings, session), dev.DeviceLists(settings, session)
+    user = "a" * 32
+    for ask, batch in (
+        (lambda: directory.require_user(user, "t"), directory._ids),
+        (lambda: lists.get(user, "t"), lists._lists),
+    ):
+        calls = up.calls
+        first = asyncio.create_task(ask())
+        # One turn of the loop at a time: the moment between two turns is the point.
+        while up.calls == calls or user in batch._on_way:  # noqa: ASYNC110  (the answer is back ...)
+            await asyncio.sleep(0)
+        assert not first.done()  # ... and the first caller has not had its turn
+        second = await ask()
+        assert await first == second
+        assert up.calls == calls + 1, "asked again"
