@@ -176,8 +176,16 @@ async def test_private_room_every_device_decrypts_once_and_a_removed_member_read
     # Exactly once: one RoomMessage event per message received, no decrypt failure.
     for c in everyone:
         events = taps[id(c)].events
+
+        async def room_events(events: list[Event] = events) -> list[str]:
+            # An entry's event is emitted once its transaction is committed: a turn
+            # after a reader of the store can see the entry.
+            return [e.server_id for e in events if isinstance(e, RoomMessage) and e.room_id == rid]
+
+        got_ids = await eventually(
+            room_events, lambda ids, c=c: len(ids) >= len(received_order(c, rid))
+        )
         assert not [e for e in events if isinstance(e, DecryptFailed)]
-        got_ids = [e.server_id for e in events if isinstance(e, RoomMessage) and e.room_id == rid]
         assert len(got_ids) == len(set(got_ids)), "a message's event twice"
         # Each message received has its event (the entries without one, if not).
         no_event = [(x["text"], x.get("dir"), x.get("sender"))
