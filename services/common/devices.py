@@ -158,13 +158,12 @@ class DeviceLists:
         """Ask the key directory, in bulk with other reads (:class:`Batched`: one ask per
         user on its way; a ``fresh`` one, sent after it was asked)."""
         unavailable = "Cannot read the device list now."
-        url = f"{self.base}/keys/v1/users/{user_id}/devices"
         try:
             if LISTED_ID.fullmatch(user_id):
                 # With others (batched.py); a fresh read, from a request sent after it.
                 devices = await self._lists.ask(user_id, token, fresh=fresh)
             else:
-                devices = await self._read_one(url, token, unavailable)
+                devices = await self._read_one(user_id, token, unavailable)
         except ApiError as exc:
             # The key directory (or its MongoDB) is down: no device can be linked or
             # removed meanwhile, so the last list read is still the list.
@@ -174,16 +173,18 @@ class DeviceLists:
             if hit is None:
                 raise
             return hit
-        self._cache.put(user_id, now, devices)
-        return devices
+        return devices  # cached by the read itself (_read_one, _read_many)
 
-    async def _read_one(self, url: str, token: str, unavailable: str) -> frozenset[int]:
+    async def _read_one(self, user_id: str, token: str, unavailable: str) -> frozenset[int]:
         """One user's device ids (``GET /keys/v1/users/{id}/devices``); none without an
         account key (404)."""
+        url = f"{self.base}/keys/v1/users/{user_id}/devices"
         status, body = await call_as(self.session, url, token, unavailable)
-        if status == 404:
-            return frozenset()
-        return read_answer(status, body, unavailable, _device_ids)
+        devices = (
+            frozenset() if status == 404 else read_answer(status, body, unavailable, _device_ids)
+        )
+        self._cache.put(user_id, time.monotonic(), devices)
+        return devices
 
     async def _read_many(self, user_ids: Sequence[str], token: str) -> dict[str, frozenset[int]]:
         """Many users' device ids (``POST /keys/v1/users/device-lists``): none for a user

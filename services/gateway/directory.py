@@ -68,9 +68,12 @@ class Directory:
         unavailable = "Cannot check the recipient now."
         try:
             if CANONICAL.fullmatch(user_id):
-                canonical = await self._ids.ask(user_id, token)  # with others (batched.py)
+                # With others (batched.py); known from the answer on (_lookup).
+                canonical = await self._ids.ask(user_id, token)
             else:
                 canonical = await user_id_of(self.session, self.base, user_id, token, unavailable)
+                if canonical is not None:
+                    self._known.put(user_id, now, canonical)
         except ApiError as exc:
             # The auth service (or its MongoDB) is down: an id it once vouched for
             # stays good, and the hot path needs nothing else from it.
@@ -82,7 +85,6 @@ class Directory:
             return known
         if canonical is None:
             raise ApiError(ErrorCode.RECIPIENT_NOT_FOUND, "No such recipient.")
-        self._known.put(user_id, now, canonical)
         if canonical == user_id and self.redis is not None:
             try:
                 await self.redis.set(self._key(user_id), 1, ex=KNOWN_TTL_S)

@@ -51,7 +51,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -211,19 +211,15 @@ class RoomStore:
     async def all_rooms(self, query: Doc, after: str, limit: int) -> list[Doc]:
         """Every room (admins), in id order after ``after``, matching ``query``: a scan,
         acceptable for an admin's search (docs/moderation.md)."""
-        match = {**query, "_id": {"$gt": after}}
-        if "name_key" not in query:  # no $regex: the page in SQL (clients.in_id_order)
-            return await in_id_order(self.rooms, match, limit)
-        return await self.rooms.find(match).sort("_id", ASCENDING).limit(limit).to_list()
+        return await in_id_order(self.rooms, {**query, "_id": {"$gt": after}}, limit)
 
     async def search_directory(self, pattern: str | None, after: str, limit: int) -> list[Doc]:
         """Directory entries after ``after`` in name order, whose key matches ``pattern``
         (a regular expression already escaped), at most ``limit``."""
         query: Doc = {"_id": {"$gt": after}}
-        if pattern is None:  # browsing: the page in SQL (clients.in_id_order)
-            return await in_id_order(self.directory, query, limit)
-        query["name_key"] = {"$regex": pattern}
-        return await self.directory.find(query).sort("_id", ASCENDING).limit(limit).to_list()
+        if pattern is not None:
+            query["name_key"] = {"$regex": pattern}
+        return await in_id_order(self.directory, query, limit)
 
     # -- per-user counters ---------------------------------------------------------------
 

@@ -101,6 +101,13 @@ async def test_pages_of_an_id_range_in_id_order_at_twenty_thousand(db) -> None: 
     found = await coll.find({"_id": {"$gt": "k|019000"}, "odd": 1}).sort("_id", 1).to_list(3)
     assert odd == found
     assert await in_id_order(coll, {"_id": {"$gt": "k|", "$lt": "k}"}}, None) == docs
+    # A $regex condition (a directory search): read with the find, the same answer.
+    pattern = {"_id": {"$gt": "k|019000"}, "_id_text": {"$regex": "x"}}
+    assert await in_id_order(coll, pattern, 3) == []
+    named = {"_id": {"$gt": "k|018990", "$regex": "99[0-9]$"}}
+    assert [d["_id"] for d in await in_id_order(coll, named, 3)] == [
+        "k|018991", "k|018992", "k|018993",
+    ]  # fmt: skip
 
 
 async def test_redis_pubsub_expiry_and_pipelines(settings: Settings) -> None:
