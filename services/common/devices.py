@@ -92,7 +92,10 @@ class DeviceLists:
     them when the pod lost that channel for a while (a notice may be gone),
     and after ``DEVICE_LIST_TTL_S`` in any case (but an expired list still answers
     while the key directory cannot, unless ``fresh`` is asked: :class:`StaleWhileDown`).
-    A 1:1 send that disagrees with a cached list asks again before refusing, so a
+    A list read while its user's notice came (the read on its way when the list
+    changed) answers the callers that asked before, and is not cached: the next
+    caller asks again (cached, it would have routed past the new device until the
+    TTL). A 1:1 send that disagrees with a cached list asks again before refusing, so a
     stale cache never refuses a good send. A private room's fan-out reads the lists
     of all its members (a thousand look-ups for a room of a thousand): with a TTL of
     seconds the key directory would serve them again and again.
@@ -109,14 +112,26 @@ class DeviceLists:
         self._cache = StaleWhileDown[frozenset[int]](DEVICE_LIST_TTL_S, STALE_RETRY_S)
         self._lists = Batched[frozenset[int]](self._read_many, LISTS_PER_REQUEST)
         self._copies = copies
+        # What was forgotten while reads were on their way (those reads do not cache
+        # it): changes are numbered; a read caches only users not forgotten after the
+        # number it started at. Kept only while a read that started before is on its way.
+        self._changes = 0
+        self._reads: dict[int, int] = {}  # reads on their way by the number they started at
+        self._changed: dict[str, int] = {}  # user id: the last change number
+        self._cleared = 0  # the last clear's number
 
     def forget(self, user_id: str) -> None:
         self._cache.forget(user_id)
         self._lists.forget(user_id)
+        self._changes += 1
+        if self._reads:
+            self._changed[user_id] = self._changes
 
     def clear(self) -> None:
         self._cache.clear()
         self._lists.forget_all()
+        self._changes += 1
+        self._cleared = self._changes
 
     def peek(self, user_id: str) -> frozenset[int] | None:
         """The cached list, if it is still fresh (no I/O)."""
@@ -179,11 +194,17 @@ class DeviceLists:
         """One user's device ids (``GET /keys/v1/users/{id}/devices``); none without an
         account key (404)."""
         url = f"{self.base}/keys/v1/users/{user_id}/devices"
-        status, body = await call_as(self.session, url, token, unavailable)
-        devices = (
-            frozenset() if status == 404 else read_answer(status, body, unavailable, _device_ids)
-        )
-        self._cache.put(user_id, time.monotonic(), devices)
+        since = self._begin()
+        try:
+            status, body = await call_as(self.session, url, token, unavailable)
+            devices = (
+                frozenset()
+                if status == 404
+                else read_answer(status, body, unavailable, _device_ids)
+            )
+            self._keep({user_id: devices}, since)
+        finally:
+            self._end(since)
         return devices
 
     async def _read_many(self, user_ids: Sequence[str], token: str) -> dict[str, frozenset[int]]:
@@ -191,20 +212,52 @@ class DeviceLists:
         without an account key (``missing``), as :meth:`_read_one`."""
         unavailable = "Cannot read the device lists now."
         url = f"{self.base}/keys/v1/users/device-lists"
-        status, body = await call_as(
-            self.session, url, token, unavailable, json={"user_ids": list(user_ids)}
-        )
-        found = read_answer(
-            status, body, unavailable,
-            lambda b: {str(u["user_id"]): _device_ids(u["device_list"]) for u in b["lists"]},
-        )  # fmt: skip
-        answer = {u: found.get(u, frozenset()) for u in user_ids}
-        # Cached here, before the request is off its way (batched.py): a caller that
-        # comes between that and its waiters' turn finds it (it used to ask again).
-        now = time.monotonic()
-        for user_id, devices in answer.items():
-            self._cache.put(user_id, now, devices)
+        since = self._begin()
+        try:
+            status, body = await call_as(
+                self.session, url, token, unavailable, json={"user_ids": list(user_ids)}
+            )
+            found = read_answer(
+                status, body, unavailable,
+                lambda b: {str(u["user_id"]): _device_ids(u["device_list"]) for u in b["lists"]},
+            )  # fmt: skip
+            answer = {u: found.get(u, frozenset()) for u in user_ids}
+            # Cached here, before the request is off its way (batched.py): a caller that
+            # comes between that and its waiters' turn finds it (it used to ask again).
+            self._keep(answer, since)
+        finally:
+            self._end(since)
         return answer
+
+    def _begin(self) -> int:
+        """A read to the key directory starts: the change number it starts at."""
+        since = self._changes
+        self._reads[since] = self._reads.get(since, 0) + 1
+        return since
+
+    def _keep(self, lists: dict[str, frozenset[int]], since: int) -> None:
+        """Cache the lists a read that started at change ``since`` got, but those forgotten
+        since (a notice came while it was on its way: they may be the old lists)."""
+        self._cache.answered()
+        if self._cleared > since:
+            return
+        now = time.monotonic()
+        for user_id, devices in lists.items():
+            if self._changed.get(user_id, 0) <= since:
+                self._cache.put(user_id, now, devices)
+
+    def _end(self, since: int) -> None:
+        """A read that started at change ``since`` is back: what no read on its way
+        started before is forgotten (on a busy pod reads are always on their way)."""
+        left = self._reads[since] - 1
+        if left:
+            self._reads[since] = left
+            return
+        del self._reads[since]
+        if not self._reads:
+            self._changed.clear()
+        elif since < (oldest := min(self._reads)):
+            self._changed = {u: n for u, n in self._changed.items() if n > oldest}
 
     async def _copy(self, user_id: str, now: float) -> frozenset[int] | None:
         """The key directory's copy in Redis (a list this pod never read), if any."""

@@ -87,8 +87,12 @@ class StaleWhileDown(Generic[V]):
 
     def put(self, key: str, now: float, value: V) -> None:
         """Keep ``value``, read at ``now``, for ``ttl_s`` (the service answers: not down)."""
-        self._down_until = float("-inf")
+        self.answered()
         self._keep(key, now + self.ttl_s, value)
+
+    def answered(self) -> None:
+        """The service answered (what it said may not be kept): not down."""
+        self._down_until = float("-inf")
 
     def _keep(self, key: str, expires: float, value: V) -> None:
         if len(self._entries) >= self.max_entries:

@@ -27,6 +27,9 @@ class Upstream:
         self.calls = 0
         self.devices = [1, 2]
         self.list_requests: list[int] = []  # the size of each bulk device-list read
+        # Set: device-list answers wait for it (made before, with the list as it was).
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()  # a device-list answer is waiting for ``hold``
         self.app = web.Application()
         self.app.router.add_get("/auth/v1/users/{ref}", self.user)
         self.app.router.add_get("/keys/v1/users/{ref}/devices", self.device_list)
@@ -58,13 +61,21 @@ class Upstream:
         self.list_requests.append(len(ids))
         devices = [{"device_id": d} for d in self.devices]
         lists = [{"user_id": u, "device_list": {"devices": devices}} for u in ids]
+        await self._held()
         return web.json_response({"lists": lists, "missing": []})
+
+    async def _held(self) -> None:
+        if self.hold is not None:
+            self.held.set()
+            await self.hold.wait()
 
     async def device_list(self, request: web.Request) -> web.Response:
         self.calls += 1
         if self.down:
             return web.json_response({"error": {"code": "unavailable"}}, status=503)
-        return web.json_response({"devices": [{"device_id": d} for d in self.devices]})
+        answer = {"devices": [{"device_id": d} for d in self.devices]}
+        await self._held()
+        return web.json_response(answer)
 
 
 @pytest.fixture
@@ -262,3 +273,51 @@ async def test_a_look_up_asked_as_the_one_before_comes_back_is_not_asked_again(
         second = await ask()
         assert await first == second
         assert up.calls == calls + 1, "asked again"
+
+
+@pytest.mark.parametrize("user", ["a" * 32, "odd.id"], ids=["bulk", "one"])
+@pytest.mark.parametrize("notice", ["devices_changed", "channel_lost"])
+async def test_a_list_read_while_it_changed_is_not_cached(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession], user: str, notice: str
+) -> None:
+    """A device is linked while a read of its user's list is on its way: the hub's notice
+    forgets the user (or all, when the pod lost the broadcast channel) before the
+    old answer comes back. That answer is its callers' (they asked before), but it is
+    not cached: the next send asks again and routes to the new device (it was cached
+    for the list's TTL, five minutes of sends past the new device)."""
+    up, settings, session = upstream
+    lists = dev.DeviceLists(settings, session)
+    up.hold = asyncio.Event()
+    reading = asyncio.create_task(lists.get(user, "t"))
+    await up.held.wait()  # the answer is made, with the list as it was
+    up.devices = [1, 2, 3]  # a device linked; the key directory's notice comes
+    lists.forget(user) if notice == "devices_changed" else lists.clear()
+    up.hold.set()
+    assert await reading == frozenset({1, 2})  # asked before the change
+    assert lists.peek(user) is None  # ... not kept
+    calls = up.calls
+    assert await lists.get(user, "t") == frozenset({1, 2, 3})
+    assert up.calls == calls + 1
+    assert lists.peek(user) == frozenset({1, 2, 3})  # an answer after the notice is kept
+    assert not lists._changed  # nothing on its way: nothing remembered
+
+
+async def test_changes_are_remembered_only_while_a_read_from_before_them_is_on_its_way(
+    upstream: tuple[Upstream, Settings, aiohttp.ClientSession],
+) -> None:
+    """On a busy pod some read is always on its way: a change is remembered while a read
+    that started before it is, not as long as any read is (it would grow without end)."""
+    _, settings, session = upstream
+    lists = dev.DeviceLists(settings, session)
+    a = lists._begin()
+    lists.forget("u1")  # while a is on its way
+    b = lists._begin()
+    lists.forget("u2")  # while a and b are
+    lists._keep({"u1": frozenset({1}), "u2": frozenset({1}), "u3": frozenset({1})}, a)
+    assert [lists.peek(u) for u in ("u1", "u2", "u3")] == [None, None, frozenset({1})]
+    lists._end(a)
+    assert lists._changed == {"u2": 2}  # u1 changed before b started: b may keep it
+    lists._keep({"u1": frozenset({2}), "u2": frozenset({2})}, b)
+    assert [lists.peek(u) for u in ("u1", "u2")] == [frozenset({2}), None]
+    lists._end(b)
+    assert not lists._changed and not lists._reads
