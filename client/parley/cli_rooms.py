@@ -7,6 +7,7 @@ room is named ``#name`` (any case, among your rooms) or by its id.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
@@ -499,6 +500,32 @@ def room_completer(names: Callable[[], Iterable[str]]) -> Completer:
     return RoomCompleter()
 
 
+class ShownOrder:
+    """The room numbers (``seq``) of the messages a live chat has shown. A message can
+    come after messages it was sent before (a private room's message that waited for
+    its sender's key): a terminal cannot put it in its place above (the room's
+    history does), so the chat says how far back it belongs."""
+
+    KEEP = 1_000
+
+    def __init__(self) -> None:
+        self.shown: list[int] = []  # ascending, the last KEEP
+
+    def show(self, seq: int | None) -> int:
+        """``seq`` is shown now: how many messages shown before it come after it."""
+        if seq is None:
+            return 0
+        at = bisect.bisect_right(self.shown, seq)
+        later = len(self.shown) - at
+        self.shown.insert(at, seq)
+        del self.shown[: -self.KEEP]
+        return later
+
+
+def late_note(later: int) -> str:
+    return f"[dim](arrived late: sent before the last {later} message{'s' * (later > 1)} above)[/]"
+
+
 class TypingLine:
     """Who is typing in the room, shown at the right of the prompt's line (a toolbar
     under it needs a terminal that reports its cursor position): each name until
@@ -567,6 +594,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
             raise ParleyError(f"You are not a member of #{room['name']}.")
         rid, name = str(room["room_id"]), str(room["name"])
         typists = TypingLine()
+        order = ShownOrder()
         redraw: list[Callable[[], None]] = []
 
         def show(event: Event) -> None:
@@ -581,6 +609,8 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                 if event.room_id != rid:
                     console.print(f"[dim](new message in another room from {event.username})[/]")
                 elif not (event.public and event.own):
+                    if later := order.show(event.seq):
+                        console.print(late_note(later))
                     _print_room_entry(
                         {"at": event.sent_at, "text": event.text, "username": event.username,
                          "dir": "out" if event.own else "in", "seq": event.seq},
@@ -635,6 +665,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
             await load_members()
             page = await client.rooms.history(rid, limit=20)
             for entry in page["messages"]:
+                order.show(entry.get("seq"))
                 _print_room_entry(entry, client.username)
             client.add_listener(show)
             kind = "end-to-end encrypted" if room.get("kind") == "private" else "public"

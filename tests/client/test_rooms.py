@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from parley import Client, ParleyError, cli_rooms
-from parley.cli_rooms import TypingLine
+from parley.cli_rooms import ShownOrder, TypingLine, late_note
 from parley.crypto import GroupSession, UnknownSenderKey
 from parley.events import RoomMessage, RoomNotification, Typing
 from parley.messenger import CONTROL_PREFIX, encode_control, parse_control
@@ -123,6 +123,23 @@ def test_who_is_typing_shows_under_the_prompt_until_it_expires(
     for i in range(5):
         line.on(Typing("r", f"x{i}", f"n{i}", 1, True))
     assert line.text() == "5 people are typing..."
+
+
+def test_a_message_shown_after_ones_it_was_sent_before_is_told_as_late() -> None:
+    """A private room's message that waited for its sender's key is shown under
+    messages the room had after it: the chat says how many (its history puts it in
+    its place: tests/e2e/test_rooms_client.py)."""
+    order = ShownOrder()
+    assert [order.show(s) for s in (3, 4, None, 5)] == [0, 0, 0, 0]  # in order
+    assert order.show(2) == 3  # before 3, 4 and 5
+    assert order.show(4) == 1  # another late one: before 5 only
+    assert order.show(6) == 0
+    assert late_note(1) == "[dim](arrived late: sent before the last 1 message above)[/]"
+    assert late_note(3).endswith("the last 3 messages above)[/]")
+    for seq in range(10, 10 + 2 * ShownOrder.KEEP):
+        order.show(seq)
+    assert len(order.shown) == ShownOrder.KEEP  # what a long chat showed long ago goes
+    assert order.show(10) == ShownOrder.KEEP
 
 
 def test_the_room_chat_completes_member_names_and_commands() -> None:
