@@ -5,7 +5,7 @@
 // removal each write one chunk of at most CHUNK entries (and the small head when a
 // chunk starts), where the one-row layout wrote all 10,000 every time.
 import { describe, expect, it } from 'vitest';
-import { baseOf, CHUNK, chunkName, type Head, History, inRoomOrder, migrate, newest } from '../src/app/history.ts';
+import { baseOf, CHUNK, chunkName, type Head, History, inRoomOrder, migrate, newest, topPlace } from '../src/app/history.ts';
 
 interface Entry {
   text: string;
@@ -154,6 +154,23 @@ describe('inRoomOrder', () => {
     expect(inRoomOrder(inOrder)).toBe(inOrder);
     const ties = [e('x', 2), e('y', 1), e('z', 2)];
     expect(inRoomOrder(ties).map((x) => x.text)).toEqual(['y', 'x', 'z']);
+  });
+
+  it('places an entry without a number where the room was when it was added, as store.py does', () => {
+    // 5 came; "mine" was sent, then a marker added (both at place 5: topPlace); 6, 7
+    // and 8 came; "mine" was numbered 9. The marker stays before 6 (store.py: pos 5),
+    // not after "mine" (the room's top once "mine" had its number).
+    const mine: { text: string; seq?: number; pos?: number } = { text: 'mine' };
+    const room: { text: string; seq?: number; pos?: number }[] = [e('5', 5)];
+    mine.pos = topPlace(room, undefined);
+    room.push(mine);
+    const marker = { text: 'marker', pos: topPlace(room, [mine]) };
+    room.push(marker, e('6', 6), e('7', 7), e('8', 8));
+    expect([mine.pos, marker.pos]).toEqual([5, 5]);
+    mine.seq = 9;
+    expect(inRoomOrder(room).map((x) => x.text)).toEqual(['5', 'marker', '6', '7', '8', 'mine']);
+    // What the transaction added (in its last chunk) counts too.
+    expect(topPlace([e('1', 1)], [e('2', 2), { pos: 4 }])).toBe(4);
   });
 
   it('orders a room of 10,000 entries received out of order', () => {

@@ -47,7 +47,7 @@ import {
   type Tokens,
   type UserBrief,
 } from './api.ts';
-import { chunkName, type Head, History, inRoomOrder, migrate } from './history.ts';
+import { chunkName, type Head, History, inRoomOrder, migrate, topPlace } from './history.ts';
 import { type PeerJson, PeerState } from './peers.ts';
 import type { NoticePage } from './notifications.ts';
 import {
@@ -210,6 +210,7 @@ export interface HistoryEntry {
   client_id?: string;
   server_id?: string;
   seq?: number;
+  pos?: number; // a private room's entry without a seq: its place (history.ts inRoomOrder)
   status?: string;
   devices?: Record<string, string>;
   error?: string;
@@ -638,7 +639,12 @@ export class ParleyClient {
   }
 
   #addHistory(tx: Tx, peerId: string, entry: HistoryEntry): void {
-    this.#history.append(tx, this.#historyName(peerId), entry);
+    const name = this.#historyName(peerId);
+    if (peerId.startsWith('room:') && entry.seq === undefined) {
+      // Its place until it has a number (history.ts `inRoomOrder`).
+      entry.pos = topPlace(this.#history.entries(name), this.#history.tail(tx, name));
+    }
+    this.#history.append(tx, name, entry);
   }
 
   #updateHistory(tx: Tx, peerId: string, clientId: string, change: (e: HistoryEntry) => void): void {

@@ -36,14 +36,17 @@ export function newest<E>(all: E[], limit: number): E[] {
  * an entry with a `seq` (its number in the room's log) at that number, so a message that
  * waited for its sender's key shows where the room had it and every device of every
  * member shows the room in one order; one without (this device's message until the log
- * numbers it, a marker) after the entries added before it. Entries of one place keep
- * the order they were added in. The array itself when it is in order already.
+ * numbers it, a marker) at its `pos`, the highest place in the room when it was added
+ * (`topPlace`; store.py's `messages.pos`), so after the entries added before it, as
+ * they were placed then. Entries of one place keep the order they were added in. An
+ * entry stored without either (before `pos`) goes after the entries before it. The
+ * array itself when it is in order already.
  */
-export function inRoomOrder<E extends { seq?: number | undefined }>(entries: E[]): E[] {
+export function inRoomOrder<E extends Placed>(entries: E[]): E[] {
   let last = 0;
   let sorted = true;
   const keys = entries.map((e) => {
-    const key = e.seq ?? last;
+    const key = e.seq ?? e.pos ?? last;
     if (key < last) sorted = false;
     last = Math.max(last, key);
     return key;
@@ -53,6 +56,22 @@ export function inRoomOrder<E extends { seq?: number | undefined }>(entries: E[]
     .map((e, i) => [keys[i] as number, i, e] as const)
     .sort((a, b) => a[0] - b[0] || a[1] - b[1])
     .map(([, , e]) => e);
+}
+
+/** An entry's place in a private room: its number in the room's log, or without one
+ * the highest place when it was added. */
+export interface Placed {
+  seq?: number | undefined;
+  pos?: number | undefined;
+}
+
+/** The highest place of a private room's entries (`entries` as committed, `tail` its
+ * last chunk as the transaction sees it: what the transaction added is there): the
+ * `pos` of an entry added now without a number. */
+export function topPlace(entries: readonly Placed[], tail: readonly Placed[] | undefined): number {
+  let top = 0;
+  for (const list of [entries, tail ?? []]) for (const e of list) top = Math.max(top, e.seq ?? e.pos ?? 0);
+  return top;
 }
 
 export interface Head {
@@ -122,6 +141,12 @@ export class History<E extends Keyed> {
       const base = baseOf(name);
       if (base !== null) this.#all.delete(base);
     }
+  }
+
+  /** The conversation's last chunk as the transaction sees it. */
+  tail(tx: HistoryTx, base: string): E[] | undefined {
+    const chunks = tx.get<Head>(base)?.chunks ?? 0;
+    return chunks > 0 ? tx.get<E[]>(chunkName(base, chunks - 1)) : undefined;
   }
 
   /** Add an entry at the end of the conversation: writes its last chunk (and the head
