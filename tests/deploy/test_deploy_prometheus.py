@@ -220,6 +220,30 @@ def test_job_matchers_name_real_jobs(rules: list[dict[str, Any]], config: dict[s
             assert set(names) <= known, f"{rule['alert']}: {value}"
 
 
+def test_the_availability_alerts_cover_every_service(
+    rules: list[dict[str, Any]], config: dict[str, Any]
+) -> None:
+    """Every Parley service Prometheus scrapes pages when it is down or gone, and every
+    HAProxy backend when it has no server up (rooms and the notifier were left out)."""
+    by_name = {r["alert"]: r["expr"] for r in rules}
+
+    def matched(alert: str, label: str) -> set[str]:
+        (names,) = re.findall(rf'\b{label}=~"([^"]*)"', by_name[alert])
+        return set(names.split("|"))
+
+    services = {
+        name
+        for name, job in jobs(config).items()
+        if str(job.get("metrics_path", "")).startswith(f"/{name}/")
+    }
+    assert {"auth", "keys", "gateway", "delivery", "rooms", "notifier", "web"} <= services
+    assert matched("ParleyServiceDown", "job") == services | {"haproxy"}
+    assert matched("ParleyServiceAbsent", "job") == services
+    cfg = (ROOT / "deploy/haproxy/haproxy.cfg").read_text(encoding="utf-8")
+    backends = set(re.findall(r"^backend (\S+)", cfg, re.M))
+    assert matched("ParleyLoadBalancerBackendDown", "proxy") == backends
+
+
 def test_promtool_unit_tests_cover_real_alerts(rules: list[dict[str, Any]]) -> None:
     doc = load_yaml(PROM_DIR / "alerts_test.yml")
     assert doc["rule_files"] == ["alerts.yml"]
