@@ -179,6 +179,12 @@ def test_deploy_applies_terraform_in_the_environment_and_smoke_tests_it() -> Non
     runs = [s.get("run", "") for s in steps(job)]
     assert any(r.startswith("terraform apply -input=false tfplan") for r in runs)
     assert any("use" not in r and "terraform init" in r for r in runs)
+    # Readiness is asked of ECS (a task counts once its target group, which checks
+    # /<svc>/readyz, finds it healthy), for every service the stack outputs.
+    assert any(
+        "terraform output -json service_names" in r and "aws ecs wait services-stable" in r
+        for r in runs
+    )
     smoke = deploy["jobs"]["smoke"]
     assert smoke["needs"] == "deploy"
     # Terraform new enough for S3-native state locking.
@@ -190,9 +196,14 @@ def test_smoke_test_checks_every_routed_component() -> None:
     opts = hcl2.SerializationOptions(with_comments=False, strip_string_quotes=True)
     text = (ROOT / "deploy" / "terraform" / "stack" / "components.tf").read_text(encoding="utf-8")
     comps = hcl2.loads(text, serialization_options=opts)["locals"][0]["components"]
-    routed = {f"/{n}/readyz" for n, c in comps.items() if c["enabled"] is True and c["paths"]}
+    routed = {n for n, c in comps.items() if c["enabled"] is True and c["paths"]}
     step = next(s for s in steps(workflow("deploy.yml")["jobs"]["smoke"]) if "env" in s)
-    assert set(step["env"]["SMOKE_READY_PATHS"].split()) == routed
+    assert set(step["env"]["SMOKE_COMPONENTS"].split()) == routed
+    # Each one's route through the ALB, and the ALB's refusal of its operators' paths
+    # (modules/alb `internal_only`): a smoke test that waited for /readyz through the
+    # ALB waited for a 200 that never comes.
+    assert '/{name}/healthz"' in step["run"] and '("readyz", "metrics")' in step["run"]
+    assert "r.status == 404" in step["run"]
     assert "/ws" in step["run"] and "openid-configuration" in step["run"]
     # The WebSocket check expects the gateway's own answer to a frame before `auth`.
     assert f'== "{ErrorCode.AUTH_REQUIRED.value}"' in step["run"]
