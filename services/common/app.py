@@ -278,8 +278,8 @@ def base_app(
         return json_response(body, status=503 if failed else 200)
 
     app.router.add_get(f"{prefix}/healthz", healthz)
-    app.router.add_get(f"{prefix}/readyz", readyz)
-    app.router.add_get(f"{prefix}/metrics", metrics_handler(registry))
+    app.router.add_get(f"{prefix}/readyz", as_sent(readyz))
+    app.router.add_get(f"{prefix}/metrics", as_sent(metrics_handler(registry)))
     if api is not None:
         api.install(app, prefix)
         doc = api.document(prefix)
@@ -323,6 +323,23 @@ async def _freeze_heap(_: web.Application) -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     log.info("heap frozen", extra={"frozen_objects": gc.get_freeze_count()})
+
+
+def as_sent(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An operators' route (``/readyz``, ``/metrics``) answered only under its path as
+    sent, not percent-encoded (``/keys/%6Detrics``): aiohttp routes the decoded path,
+    while a load balancer that keeps these routes off its public port may match the
+    path as sent (HAProxy decodes first; an ALB's path patterns are not documented
+    to), so an encoded one could reach a service from outside."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.rel_url.raw_path != request.rel_url.path:
+            raise ApiError(ErrorCode.NOT_FOUND, "No such resource.")
+        return await handler(request)
+
+    return handle
 
 
 def run_service(

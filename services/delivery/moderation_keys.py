@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from parley_contract.frames import tombstone_signed_bytes
 
-from services.common.config import Settings
+from services.common.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,20 @@ class TaggedFields:
         before = (kid, self.commitment, self.server_id, self.sender, str(int(self.sender_device)))
         after = (str(int(self.sent_at)), self.conversation or "")
         return TAG_CONTEXT + b"".join(map(_lp, before)), b"".join(map(_lp, after))
+
+
+def require_franking_key(settings: Settings) -> None:
+    """Refuse (ConfigError) to run without ``PARLEY_FRANKING_KEY`` outside development:
+    each process would draw a key of its own, so with several delivery processes (or
+    after a restart) reports would not verify and two tombstone keys would share one
+    key id. ``PARLEY_ENV=development`` allows it (with a warning at start)."""
+    key = settings.franking_key
+    if settings.env != "development" and not (key and key.get_secret_value()):
+        raise ConfigError(
+            "PARLEY_FRANKING_KEY is required: it keys the franking tags and tombstone "
+            "signatures of every delivery process (set PARLEY_ENV=development to draw a "
+            "random one per process on a development machine)"
+        )
 
 
 class ModerationKeys:

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
+from yarl import URL
 
 from services.common.app import base_app, serve_sockets
 from services.common.config import load_settings
@@ -194,6 +195,22 @@ async def test_readyz_names_the_failed_dependency(client: Any) -> None:
     assert body["checks"] == {"mongodb": "ok", "redis": "ConnectionRefusedError"}
     client.server.app[CHECKS]["redis"] = ok
     assert (await client.get("/test/readyz")).status == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/test/%6Detrics", "/test/%72eadyz", "/%74est/metrics", "/test/metric%73"]
+)
+async def test_operators_routes_answer_only_under_their_path_as_sent(
+    client: Any, path: str
+) -> None:
+    """aiohttp routes a percent-encoded path decoded; a load balancer that keeps
+    /readyz and /metrics off its public port by matching the path as sent would let
+    these through: the service itself answers them 404."""
+    assert (await client.get("/test/metrics")).status == 200
+    resp = await client.get(URL(path, encoded=True))
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    assert (await client.get(URL("/test/%68ealthz", encoded=True))).status == 200  # liveness
 
 
 async def test_openapi_documents_models_and_error_codes(client: Any) -> None:

@@ -58,3 +58,16 @@ def test_service_refuses_bad_config_with_one_line(env: dict[str, str], needle: s
     assert needle in out
     assert len(out.splitlines()) == 1, out
     assert "Traceback" not in out
+
+
+def test_delivery_refuses_to_start_without_a_franking_key_outside_development() -> None:
+    """Each process would draw its own: with several delivery processes, or after a
+    restart, reports would not verify (the embedded stack and Terraform give it one)."""
+    env = {"PATH": "/usr/bin:/bin", "PARLEY_PORT": "8999"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.delivery"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    out = (proc.stdout + proc.stderr).strip()
+    assert "PARLEY_FRANKING_KEY is required" in out and len(out.splitlines()) == 1, out
