@@ -38,6 +38,11 @@ class BrokerConfig:
     group_max_session_timeout_ms: int = 1_800_000
     offset_metadata_max_bytes: int = 4096
     log_level: str = "warning"
+    # Security (sasl.py): SASL users (``user:password`` lines) and a TLS certificate
+    # chain and key (PEM); without them, plaintext and no authentication.
+    sasl_users_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def advertised(self) -> str:
@@ -209,7 +214,15 @@ def parse_args(argv: Sequence[str] | None = None) -> BrokerConfig:
     p.add_argument(
         "--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"]
     )
+    p.add_argument(
+        "--sasl-users-file", type=Path, default=None,
+        help="require SASL (SCRAM-SHA-512/256, PLAIN) with these user:password lines",
+    )  # fmt: skip
+    p.add_argument("--tls-cert", type=Path, default=None, help="serve TLS with this PEM chain")
+    p.add_argument("--tls-key", type=Path, default=None, help="... and this PEM key")
     ns = p.parse_args(argv)
+    if (ns.tls_cert is None) != (ns.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
     return BrokerConfig(**vars(ns))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from embedded.kafka import admin_api, data_api, group_api
+from embedded.kafka import admin_api, data_api, group_api, sasl
 from embedded.kafka import protocol as p
 
 if TYPE_CHECKING:
@@ -29,5 +29,7 @@ HANDLERS: dict[int, Handler] = {
     p.DELETE_TOPICS: admin_api.delete_topics,
     p.DELETE_RECORDS: admin_api.delete_records,
     p.DESCRIBE_CONFIGS: admin_api.describe_configs,
+    p.SASL_HANDSHAKE: sasl.handshake_disabled,
+    p.SASL_AUTHENTICATE: sasl.authenticate_disabled,
 }
 assert set(HANDLERS) == set(p.VERSIONS), "every advertised API has a handler"

@@ -30,11 +30,13 @@ LEAVE_GROUP = 13
 SYNC_GROUP = 14
 DESCRIBE_GROUPS = 15
 LIST_GROUPS = 16
+SASL_HANDSHAKE = 17
 API_VERSIONS = 18
 CREATE_TOPICS = 19
 DELETE_TOPICS = 20
 DELETE_RECORDS = 21
 DESCRIBE_CONFIGS = 32
+SASL_AUTHENTICATE = 36
 
 UNSUPPORTED_VERSION = 35
 
@@ -94,6 +96,9 @@ VERSIONS: dict[int, dict[int, tuple[type[Any], type[Any]]]] = {
     DELETE_TOPICS: _range(admin, "DeleteTopics", range(0, 4)),
     DELETE_RECORDS: _range(admin, "DeleteRecords", range(0, 2)),
     DESCRIBE_CONFIGS: _range(admin, "DescribeConfigs", range(0, 3)),
+    # v1 only: after a v0 handshake the tokens go without Kafka headers (sasl.py).
+    SASL_HANDSHAKE: _range(admin, "SaslHandShake", range(1, 2)),
+    SASL_AUTHENTICATE: _range(admin, "SaslAuthenticate", range(0, 2)),
 }
 
 # What ApiVersions advertises: (api key, min version, max version).

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from typing import Any
 
 from embedded.kafka import codec, protocol
 from embedded.kafka.config import BrokerConfig
-from embedded.kafka.connection import Connection
+from embedded.kafka.connection import Connection, Dispatch
 from embedded.kafka.files import Syncer, atomic_write
 from embedded.kafka.groups import GroupCoordinator
 from embedded.kafka.offsets import OffsetStore
 from embedded.kafka.protocol import ProtocolError
+from embedded.kafka.sasl import Credentials, SaslGate, read_users
 from embedded.kafka.topics import TopicStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class Broker:
         self.connections: set[Connection] = set()
         self._retention: asyncio.Task[None] | None = None
         self._handlers: dict[int, Handler] = {}
+        self.credentials: Credentials | None = None
 
     # Lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,11 +77,18 @@ class Broker:
         self.topics.load()
         self.offsets.load()
         self.syncer.start()
+        if self.config.sasl_users_file is not None:
+            self.credentials = Credentials(read_users(self.config.sasl_users_file))
+        tls = None
+        if self.config.tls_cert is not None and self.config.tls_key is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self.dispatch, self.config.max_request_bytes, self.connections),
+            lambda: Connection(self._dispatch(), self.config.max_request_bytes, self.connections),
             self.config.host,
             self.config.port,
+            ssl=tls,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._retention = asyncio.create_task(self._retention_loop())
@@ -130,6 +140,12 @@ class Broker:
                 log.debug("retention removed %d segments", removed)
 
     # Requests ---------------------------------------------------------------------
+    def _dispatch(self) -> Dispatch:
+        """A new connection's dispatch: authentication first when SASL is on."""
+        if self.credentials is None:
+            return self.dispatch
+        return SaslGate(self.dispatch, self.credentials)
+
     def dispatch(self, frame: bytes, host: str) -> bytes | Awaitable[bytes | None] | None:
         """Decode one request and answer it: the framed answer, None (no answer), or,
         for a request that must wait, an awaitable of either."""

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -151,8 +152,30 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     )
 
 
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """aiokafka's options for how to reach the brokers (every producer, consumer and
+    admin client of the services): nothing for PLAINTEXT; TLS (the system's CAs, or
+    ``kafka_ssl_cafile``) for SSL and SASL_SSL; the SASL mechanism and credentials
+    for SASL_* (MSK: SASL_SSL, SCRAM-SHA-512)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    opts: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        opts.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else None,
+        )
+    return opts
+
+
 def kafka_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     opts: dict[str, Any] = {
+        **kafka_security(settings),
         "bootstrap_servers": settings.kafka_bootstrap,
         "acks": "all",
         # The embedded broker has no idempotent producers (no InitProducerId); our
@@ -171,6 +194,7 @@ def kafka_consumer(
     settings: Settings, topics: Iterable[str], group_id: str, **overrides: Any
 ) -> AIOKafkaConsumer:
     opts: dict[str, Any] = {
+        **kafka_security(settings),
         "bootstrap_servers": settings.kafka_bootstrap,
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -250,6 +274,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> list[str]:
     Returns the names it created. Safe to call from several processes at once.
     """
     admin = AIOKafkaAdminClient(
+        **kafka_security(settings),
         bootstrap_servers=settings.kafka_bootstrap,
         request_timeout_ms=max(settings.dependency_timeout_ms, 5000),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Literal, NoReturn
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,30 @@ class Settings(BaseSettings):
     # (docs/BENCHMARKS.md, "Producers linger 0 ms").
     kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=16 * 1024 * 1024)
     kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
+    # How the services reach the brokers (clients.kafka_security): PLAINTEXT (the
+    # embedded broker, docker-compose), or TLS and SASL as managed Kafka asks (MSK:
+    # SASL_SSL with SCRAM-SHA-512, which Terraform sets). TLS trusts the system's
+    # CAs, or kafka_ssl_cafile's. A SASL protocol needs the username and password.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+
+    @field_validator("kafka_sasl_password")
+    @classmethod
+    def _sasl_has_credentials(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        protocol = info.data.get("kafka_security_protocol", "")
+        if str(protocol).startswith("SASL") and not (
+            info.data.get("kafka_sasl_username") and value and value.get_secret_value()
+        ):
+            raise ValueError(
+                f"{protocol} needs PARLEY_KAFKA_SASL_USERNAME and PARLEY_KAFKA_SASL_PASSWORD"
+            )
+        return value
+
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)
     smtp_from: str = "Parley <no-reply@parley.invalid>"

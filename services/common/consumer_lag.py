@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.common.clients import started
+from services.common.clients import kafka_security, started
 from services.common.config import Settings
 from services.common.tasks import cancel_all
 
@@ -99,13 +99,14 @@ class ConsumerLag:
         timeout = max(self.settings.dependency_timeout_ms, 5000)
         if self._admin is None:
             self._admin = await started(AIOKafkaAdminClient(
-                bootstrap_servers=self.settings.kafka_bootstrap,
+                **kafka_security(self.settings), bootstrap_servers=self.settings.kafka_bootstrap,
                 request_timeout_ms=timeout, client_id="parley-lag",
             ))  # fmt: skip
         if self._consumer is None:
             # No group: it only asks for offsets, it never joins or commits.
             self._consumer = await started(AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                **kafka_security(self.settings), bootstrap_servers=self.settings.kafka_bootstrap,
+                enable_auto_commit=False,
                 request_timeout_ms=timeout, client_id="parley-lag",
             ))  # fmt: skip
         return self._admin, self._consumer
