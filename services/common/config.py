@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=1, le=65535)
     public_url: str = "http://127.0.0.1:8080"
+    # Where people open the web client (the link in mention e-mails): the API's
+    # public_url unless the web client has an origin of its own (Terraform:
+    # CloudFront's). Unset: public_url.
+    web_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
 
     # Backing servers.
     mongo_url: str = "mongodb://127.0.0.1:27017"

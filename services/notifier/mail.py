@@ -27,9 +27,15 @@ class MailError(Exception):
 
 
 def digest(
-    username: str, items: list[Doc], senders: dict[str, str], public_url: str
+    username: str,
+    items: list[Doc],
+    senders: dict[str, str],
+    public_url: str,
+    web_url: str | None = None,
 ) -> tuple[str, str]:
-    """The subject and text of a digest of ``items`` (oldest first)."""
+    """The subject and text of a digest of ``items`` (oldest first): a link to the web
+    client (``web_url``, else the API's origin, where HAProxy serves it too) and the
+    API route that turns these e-mails off."""
     n = len(items)
     if n == 1:
         first = items[0]
@@ -48,7 +54,7 @@ def digest(
     base = public_url.rstrip("/")
     lines += [
         "",
-        f"Open Parley to read them: {base}/",
+        f"Open Parley to read them: {(web_url or base).rstrip('/')}/",
         "",
         "You get at most one of these e-mails per interval, and only while no device of",
         "yours is connected. To stop them, turn off mention e-mails in your settings",

@@ -122,7 +122,11 @@ class Notifier:
         elif items:
             senders = await self.store.usernames(i["sender"] for i in items)
             subject, text = mail.digest(
-                str(user["username"]), items, senders, self.settings.public_url
+                str(user["username"]),
+                items,
+                senders,
+                self.settings.public_url,
+                self.settings.web_url,
             )
             try:
                 await mail.send(self.settings, str(user["email"]), subject, text)

@@ -111,3 +111,18 @@ async def test_a_digest_the_smtp_server_refuses_is_sent_when_it_answers(
     assert mail["Subject"] == "Parley: 2 new mentions"
     # The sink has the mail as soon as SMTP says 250; the count follows that answer.
     await eventually(lambda: _value(harness.count("digests", "sent")), lambda n: n == 1)
+
+
+def test_the_digest_links_to_the_web_client_where_it_has_an_origin_of_its_own() -> None:
+    """On AWS the web client is on CloudFront's domain, the API on the ALB's: the link
+    to open Parley goes to the first, the route that turns the e-mails off to the
+    second (PARLEY_WEB_URL; unset, both on the API's origin, as HAProxy serves)."""
+    from services.notifier import mail as notifier_mail
+
+    item = {"sender": "u1", "kind": "public", "room_name": "general", "excerpt": "hi"}
+    api, web = "https://api.example.org", "https://chat.example.org"
+    _, text = notifier_mail.digest("bob", [item], {"u1": "alice"}, api, web)
+    assert f"Open Parley to read them: {web}/\n" in text
+    assert f"PATCH {api}/auth/v1/me/preferences" in text
+    _, alone = notifier_mail.digest("bob", [item], {"u1": "alice"}, api)
+    assert f"Open Parley to read them: {api}/\n" in alone

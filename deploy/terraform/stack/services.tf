@@ -9,6 +9,7 @@ locals {
   common_environment = {
     PARLEY_HOST                    = "0.0.0.0"
     PARLEY_PUBLIC_URL              = module.alb.api_url
+    PARLEY_WEB_URL                 = module.static_site.url
     PARLEY_KAFKA_BOOTSTRAP         = module.kafka.bootstrap_brokers
     PARLEY_KAFKA_SECURITY_PROTOCOL = module.kafka.security_protocol
     PARLEY_KAFKA_SASL_MECHANISM    = "SCRAM-SHA-512"
@@ -67,7 +68,12 @@ module "service" {
   max_count          = each.value.max
   stop_timeout       = each.value.stop_timeout
 
-  environment = merge(local.common_environment, { PARLEY_PORT = tostring(each.value.port) })
+  environment = merge(
+    local.common_environment,
+    { PARLEY_PORT = tostring(each.value.port) },
+    # The admin console's sign-in comes back to the web domain (auth's OIDC client).
+    each.key == "auth" ? { PARLEY_ADMIN_CONSOLE_URL = "${trimsuffix(module.static_site.url, "/")}/admin/" } : {},
+  )
   secret_env_arns = {
     for env, s in local.secret_catalog : env => s.value_from if contains(local.needs[each.key], s.needs)
   }
