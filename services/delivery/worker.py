@@ -417,14 +417,15 @@ class Worker:
             self._warm_soon()
         self.persisted.inc(written)
         if until is not None:
-            self.persisted_until = max(self.persisted_until, until)
-            # Acknowledged items need not wait for the persist delay: whatever
-            # the index no longer holds is safe, so a batch whose items were all
-            # acknowledged is committed at this pass, not hot_persist_after_s
-            # later (after a Redis loss, fewer acknowledged messages come back).
+            # Only if Redis kept its count through the pass: one that restarted empty
+            # after the heartbeat above had nothing due, which proves nothing (the
+            # next pass finds the loss and rewinds). Acknowledged items need not wait
+            # for the persist delay: whatever the index no longer holds is safe, so a
+            # batch whose items were all acknowledged is committed at this pass, not
+            # hot_persist_after_s later (after a Redis loss, fewer come back).
             settled = await self.store.hot.settled_before(beat)
             if settled is not None:
-                self.persisted_until = max(self.persisted_until, settled)
+                self.persisted_until = max(self.persisted_until, until, settled)
 
     async def _process(self, handler: Handler, records: list[Record]) -> None:
         """Run a batch to the end; never gives up the partition and never blocks it for ever.

@@ -171,6 +171,51 @@ async def test_nothing_is_stored_after_a_loss_before_what_was_lost(
     assert worker.hot_lost._value.get() == lost + 1
 
 
+async def test_redis_lost_during_a_persister_pass_commits_nothing_past_what_it_lost(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarts empty between the pass's heartbeat and its reads of what is due
+    (a slow drain of a backlog gives it seconds): the new, empty Redis has nothing
+    due, which proved nothing. The pass used to move ``persisted_until`` to its
+    cutoff anyway, and the batches of the lost items were committed before the next
+    pass noticed the loss: lost for good. Now the pass first checks that Redis kept
+    its count through it; the next pass rewinds and bob gets every message."""
+    worker = messaging.delivery.server.app[WORKER]
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
+    persist_once = worker.persist_once  # the real pass, run by the test only
+
+    async def asleep() -> None:
+        return None
+
+    monkeypatch.setattr(worker, "persist_once", asleep)
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    alice = await messaging.connect(alice_id, pod=0)
+    await persist_once()  # counts a beat: the next pass starts from a known count
+    await alice.send_stored(bob_id, [(f"p{n}", f"cDA{n}") for n in range(5)])
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 0})
+    persist_due = worker.store.persist_due
+    redis = worker.store.redis
+
+    async def redis_lost_first() -> tuple[int, float | None]:
+        keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
+        await redis.delete(*keys)
+        return await persist_due()
+
+    monkeypatch.setattr(worker.store, "persist_due", redis_lost_first)
+    until = worker.persisted_until
+    await persist_once()
+    assert worker.persisted_until == until  # nothing after the loss counts as persisted
+    monkeypatch.setattr(worker.store, "persist_due", persist_due)
+    lost = worker.hot_lost._value.get()
+    await persist_once()  # the loss found: consumed again from the committed offsets
+    assert worker.hot_lost._value.get() == lost + 1
+    bob = await messaging.connect(bob_id, pod=1)
+    items = await eventually(lambda: synced(bob, uuid.uuid4().hex[:8]),
+                             lambda got: len({i["server_id"] for i in got}) == 5)  # fmt: skip
+    assert {str(i["body"]) for i in items} == {f"cDA{n}" for n in range(5)}
+
+
 async def _value(counter: object) -> float:
     return float(counter._value.get())  # type: ignore[attr-defined]
 
