@@ -297,31 +297,55 @@ class RoomLog:
     async def purge_expired(self, cutoff: float) -> int:
         """Delete the entries stored before ``cutoff`` (seconds), each room's oldest
         (``room_heads.low``) first, up to the first one that is not expired or not
-        there (the end of the log: numbers have no gaps); how many."""
+        there (the end of the log: numbers have no gaps); how many.
+
+        A chunk's deletion is announced in the room's head first: ``low`` moves past
+        it (readers start there) with ``purging`` naming it, then its entries and id
+        records go, then ``purging`` does. A run that fails or is killed in between
+        leaves ``low`` right (it used to be written after the room's last chunk, so
+        a run cut short left it on deleted entries: readers from the start of the
+        log got nothing for good, and later runs stopped there) and the next run
+        finishes the chunk ``purging`` names."""
         deleted = 0
         async for head in self.heads.find({}):
             room = head["_id"]
-            low = start = int(head.get("low") or 1)
+            if unfinished := head.get("purging"):
+                deleted += await self._delete_range(room, int(unfinished[0]), int(unfinished[1]))
+                await self.heads.update_one({"_id": room}, {"$unset": {"purging": ""}})
+            start = int(head.get("low") or 1)
             while True:
                 ids = [entry_id(room, s) for s in range(start, start + _PURGE)]
                 docs = {d["_id"]: d async for d in self.log.find(
-                    {"_id": {"$in": ids}}, {"stored_at": 1, "server_id": 1})}  # fmt: skip
-                old = []
+                    {"_id": {"$in": ids}}, {"stored_at": 1})}  # fmt: skip
+                expired = 0
                 for i in ids:
                     d = docs.get(i)
                     if d is None or float(d["stored_at"]) >= cutoff:
                         break
-                    old.append(d)
-                if old:
-                    await self.log.delete_many({"_id": {"$in": [d["_id"] for d in old]}})
-                    await self.ids.delete_many({"_id": {"$in": [d["server_id"] for d in old]}})
-                    deleted += len(old)
-                    start += len(old)
-                if len(old) < len(ids):
+                    expired += 1
+                if expired:
+                    end = start + expired
+                    await self.heads.update_one(
+                        {"_id": room}, {"$max": {"low": end}, "$set": {"purging": [start, end]}}
+                    )
+                    deleted += await self._delete_range(room, start, end)
+                    await self.heads.update_one({"_id": room}, {"$unset": {"purging": ""}})
+                    start = end
+                if expired < len(ids):
                     break
-            if start != low:
-                await self.heads.update_one({"_id": room}, {"$max": {"low": start}})
         return deleted
+
+    async def _delete_range(self, room: str, first: int, end: int) -> int:
+        """Delete ``room``'s entries ``first`` .. ``end - 1`` and their id records (again,
+        for a chunk a run did not finish: what is gone already is skipped)."""
+        ids = [entry_id(room, s) for s in range(first, end)]
+        docs = [d async for d in self.log.find({"_id": {"$in": ids}}, {"server_id": 1})]
+        if not docs:
+            return 0
+        # The id records first: they are found through the entries.
+        await self.ids.delete_many({"_id": {"$in": [d["server_id"] for d in docs]}})
+        await self.log.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+        return len(docs)
 
     # Reading ----------------------------------------------------------------
     async def page(

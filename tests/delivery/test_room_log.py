@@ -9,7 +9,9 @@ import asyncio
 import time
 import uuid
 
+import pytest
 from parley_contract import envelopes as e
+from pymongo.errors import ConnectionFailure
 
 from services.common.config import Settings
 from services.delivery.moderation_keys import ModerationKeys
@@ -178,6 +180,44 @@ async def test_expiry_deletes_each_rooms_oldest_first(
     assert (await log.page(small, 0, 0, 100))[0] == []
     done = await log.append([env(small, 3)], now)  # the log goes on after them
     assert [fr.seq for _, fr in done.pushes] == [4]
+
+
+async def test_an_expiry_run_cut_short_leaves_the_log_readable_and_the_next_finishes(
+    store: DeliveryStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run fails (or is killed) in the middle of a room's chunk: readers from the
+    start of the log still get what is left (``low`` used to stay on deleted entries:
+    nothing for them, ever, and later runs stopped there), and the next run finishes
+    the chunk."""
+    log, room = make(store, settings), room_id()
+    now = time.time()
+    old = [log._doc(env(room, i), i + 1, now - 100 * 86400) for i in range(600)]
+    await log.log.insert_many(old)
+    await log.ids.insert_many([{"_id": d["server_id"], "room": room, "seq": d["seq"]} for d in old])
+    await log.heads.update_one({"_id": room}, {"$max": {"n": 600}}, upsert=True)
+    await log.append([env(room, 600), env(room, 601)], now)
+    ids_delete = log.ids.delete_many
+    calls = 0
+
+    async def fails_second_time(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the second chunk: MongoDB goes away
+            raise ConnectionFailure("gone")
+        return await ids_delete(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(log.ids, "delete_many", fails_second_time)
+    with pytest.raises(ConnectionFailure):
+        await log.purge_expired(now - 30 * 86400)
+    messages, last, more = await log.page(room, 0, 0, 100)
+    assert [m.seq for m in messages] == [601, 602] and (last, more) == (602, False)
+    monkeypatch.setattr(log.ids, "delete_many", ids_delete)
+    assert await log.purge_expired(now - 30 * 86400) == 100  # the chunk left unfinished
+    assert await log.log.count_documents({"room": room}) == 2
+    assert await log.ids.count_documents({"room": room}) == 2
+    head = await log.heads.find_one({"_id": room}) or {}
+    assert head["low"] == 601 and "purging" not in head
+    assert await log.purge_expired(now - 30 * 86400) == 0
 
 
 async def test_two_writers_racing_lose_nothing_and_number_without_gaps(
