@@ -282,13 +282,17 @@ class RoomLog:
 
     async def blank(self, server_ids: Sequence[str]) -> int:
         """Take the bodies of removed messages out of their rooms' logs (their numbers
-        stay); how many entries there were."""
+        stay); how many entries there were. Only an entry that holds the message: a
+        record still names its planned number while its writer moves it (another
+        writer took the number), and that number holds another message, which a
+        removal used to blank (the writer blanks the moved entry itself once it sees
+        the removal's mark: :meth:`append`)."""
         records = await self._records(list(server_ids))
         ids = [entry_id(r["room"], int(r["seq"])) for r in records.values() if r.get("seq")]
         if not ids:
             return 0
         res = await self.log.update_many(
-            {"_id": {"$in": ids}},
+            {"_id": {"$in": ids}, "server_id": {"$in": list(records)}},
             {"$set": {"gone": True, "body": "", "mentions": []},
              "$unset": {"commitment": "", "franking_tag": ""}},
         )  # fmt: skip

@@ -157,6 +157,27 @@ async def test_removed_messages_keep_their_numbers_and_leave_pages(
     assert (messages, last, more) == ([], 1, True)  # a reader goes on past it
 
 
+async def test_a_removal_blanks_only_an_entry_that_holds_its_message(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """B's record still names its planned number, which another writer gave C, while
+    B's writer moves B on: a removal of B then must not blank C (it did: C's body
+    gone for every reader). B's writer blanks B itself once it sees the mark."""
+    log, room = make(store, settings), room_id()
+    c, b = env(room, 0), env(room, 1)
+    await log.append([c], time.time())  # C is number 1
+    await log.ids.insert_one({"_id": b.server_id, "room": room, "seq": 1})  # B planned at 1
+    await store.hot.mark_gone(b.server_id, 3600)
+    assert await log.blank([b.server_id]) == 0
+    messages, _, _ = await log.page(room, 0, 0, 100)
+    assert [(m.seq, m.server_id) for m in messages] == [(1, c.server_id)]
+    # B's writer goes on: B lands at 2, is seen removed, and is stored blank.
+    done = await log.append([b], time.time())
+    assert done.removed == 1 and done.pushes == []
+    messages, _, _ = await log.page(room, 0, 0, 100)
+    assert [m.server_id for m in messages] == [c.server_id]
+
+
 async def test_expiry_deletes_each_rooms_oldest_first(
     store: DeliveryStore, settings: Settings
 ) -> None:
