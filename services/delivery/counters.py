@@ -48,7 +48,9 @@ MongoDB (see the next paragraph).
 MongoDB is down the first item to an inbox Redis does not hold would hold up its
 batch and its partition. So after a loss (or on an upgrade) the persister copies
 every checkpoint into Redis (:meth:`InboxCounters.warm`, once per Redis lifetime,
-one process at a time) and then sets ``ctrall``; from then on a counter missing
+one process at a time) and then sets ``ctrall`` (only once every checkpoint's
+counter is in Redis: one another seeder held and did not write is copied at the
+next try); from then on a counter missing
 from Redis is an inbox that never had one: it starts at ``ctrfloor`` in Redis
 alone, and its jump reaches MongoDB with the next checkpoint (which carries the
 skipped ranges too). A first start with nothing in MongoDB sets ``ctrall`` at
@@ -530,6 +532,7 @@ class InboxCounters:
         if not await self.redis.set(self.warm_key, token, nx=True, ex=WARM_LOCK_S):
             return 0
         copied = 0
+        left: list[str] = []  # counters another seeder held: in Redis by now?
         try:
             # One cursor over the collection, not pages by ``_id`` range: the embedded
             # server answers a range by reading every document, so pages of 2,000
@@ -538,16 +541,25 @@ class InboxCounters:
             fields = {"n": 1, "acked": 1, "g": 1}
             async with self.checkpoints.find({}, fields, batch_size=page) as cursor:
                 while docs := await cursor.to_list(page):
-                    copied += await self._warm_page(docs)
-            await self._warmed([self.warm_key, self.all_key], [token])
+                    done, held = await self._warm_page(docs)
+                    copied += done
+                    left += held
+            # ``ctrall`` says every checkpoint is in Redis: not while one a seeder held
+            # is missing (a seeder killed or failing: set, its inbox would be seeded
+            # as a new one at the floor, its backlog in MongoDB skipped for good).
+            if await self._missing(left):
+                await self.redis.delete(self.warm_key)  # the next checkpoint tries again
+            else:
+                await self._warmed([self.warm_key, self.all_key], [token])
         except BaseException:
             with contextlib.suppress(Exception):  # else it expires
                 await self.redis.delete(self.warm_key)
             raise
         return copied
 
-    async def _warm_page(self, docs: list[dict[str, Any]]) -> int:
-        """Seed the counters of these checkpoints that Redis lacks; returns how many."""
+    async def _warm_page(self, docs: list[dict[str, Any]]) -> tuple[int, list[str]]:
+        """Seed the counters of these checkpoints that Redis lacks; returns how many, and
+        the inboxes whose seeding lock another process held (it seeds them)."""
         at = await self._base()
         async with self.redis.pipeline(transaction=False) as pipe:
             for d in docs:
@@ -559,7 +571,7 @@ class InboxCounters:
             for d, there in zip(docs, found, strict=False) if not there
         }  # fmt: skip
         if not saved:
-            return 0
+            return 0, []
         # Under their locks (see :meth:`seed`); one a consumer seeds now is its, and
         # in Redis when it lets go.
         mine = await self._lock(list(saved))
@@ -570,7 +582,8 @@ class InboxCounters:
                                  at._replace(complete=False))  # fmt: skip
         finally:
             await self._release(mine)
-        return len(missing)
+        held = set(mine)
+        return len(missing), [i for i in saved if i not in held]
 
     async def checkpoint(self) -> int:
         """Copy the counters changed since the last run to MongoDB; returns how many."""

@@ -279,6 +279,28 @@ async def test_after_a_loss_the_checkpoints_are_copied_so_no_first_item_waits_fo
     assert [d["seq"] for d in page] == [2 * GAP + 3]
 
 
+async def test_a_warm_up_does_not_call_itself_complete_past_a_counter_another_held(
+    store: DeliveryStore,
+) -> None:
+    """A consumer was seeding an inbox (its lock held) when the warm-up came, and died:
+    the warm-up skipped that inbox, trusting the holder. It used to set ``ctrall``
+    anyway, and once the lock expired the inbox was seeded as a new one at the floor
+    (its checkpoint and the items it numbers in MongoDB skipped). Now ``ctrall`` waits
+    for a warm-up that finds every checkpoint's counter in Redis."""
+    await store.store_hot([item("ola", i) for i in range(3)] + [item("pia", 0)])
+    await store.ctr.checkpoint()
+    await _lose_redis(store)
+    await store.store_hot([item("zoe", 0)])  # a first write: this lifetime's base
+    lock = store.ctr.seed_lock_key("ola")
+    await store.redis.set(lock, "a seeder that died", ex=60)
+    assert await store.ctr.warm() == 1  # pia's
+    assert not await store.redis.exists(store.ctr.all_key)
+    await store.redis.delete(lock)  # its lock expires
+    assert await store.ctr.warm() == 1  # ola's, from its checkpoint
+    assert await store.redis.exists(store.ctr.all_key)
+    assert [d["seq"] for d in await store.store_hot([item("ola", 3)])] == [3 + GAP + 1]
+
+
 async def test_an_upgrade_copies_the_counters_kept_in_mongodb_before_trusting_redis(
     store: DeliveryStore,
 ) -> None:
