@@ -615,10 +615,13 @@ class Connection:
                 await self.hub.ack(self._token(), self.user_id, self.device_id, target)
             except ApiError as err:
                 # Refused (e.g. seq_not_issued): nothing changed; a later ack starts
-                # again from what was really acknowledged.
-                self._ack_target = self._ack_posted
+                # again from what was really acknowledged. An ack that came meanwhile
+                # (a higher target) is still posted: it used to be dropped unanswered.
                 self.error(err, answers)
-                return
+                if self._ack_target == target:
+                    self._ack_target = self._ack_posted
+                    return
+                continue
             self._ack_posted = max(self._ack_posted, target)
 
     async def _sync(self, frame: f.Sync) -> None:

@@ -322,7 +322,8 @@ class Hub:
                 self._typing = {k: t for k, t in self._typing.items() if now - t <= f.TYPING_TTL_S}
             self._typing[key] = now
         else:
-            del self._typing[key]
+            # Another socket of this device may have stopped it meanwhile, or a prune.
+            self._typing.pop(key, None)
         notice = f.TypingNotice(
             room_id=frame.room, user=user_id, device=device, typing=frame.typing
         )
@@ -462,7 +463,14 @@ class Hub:
                 "Too many open connections for this account; close one first.",
             )
         self.by_user[conn.user_id] = (*self.local(conn.user_id), conn)
-        await self.store.add_presence(conn.user_id, conn.conn_id)
+        try:
+            await self.store.add_presence(conn.user_id, conn.conn_id)
+        except BaseException:
+            # Not registered after all (Redis did not answer): the socket's caller
+            # closes it without the unregister a registered socket gets, and left
+            # here it stayed listed, and its presence refreshed, until the pod ended.
+            await self.unregister(conn)
+            raise
 
     async def unregister(self, conn: Connection) -> None:
         if conn.user_id is None:

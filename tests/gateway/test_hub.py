@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import orjson
+import pytest
 from parley_contract import envelopes as e
 from parley_contract import frames as f
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_REVOKED
+from redis.exceptions import RedisError
 
 from services.common.auth import revocation_channel
+from services.common.errors import ApiError, ErrorCode
 from services.common.routing import presence_key, room_channel
 from services.common.state import REDIS
 from tests.support.aio import eventually
@@ -131,3 +135,61 @@ async def test_a_multicast_reaches_every_socket_of_each_listed_user_once(
         await client.send({"op": "ping", "id": "p"})
         await client.expect("pong", id="p")
         assert [x for x in client.drain() if x["op"] == "room_post"] == []
+
+
+async def test_a_socket_whose_presence_could_not_be_written_is_not_left_registered(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis fails the presence write at ``auth`` (a timeout, a failover): the socket is
+    closed, and nothing of it stays in the hub (it stayed listed until the pod ended,
+    its presence written again every refresh: the user shown online for ever, their
+    mention e-mails never sent, one of their socket slots taken)."""
+    hub = messaging.hub(0)
+    user = uid()
+    add_presence = hub.store.add_presence
+    failed: list[str] = []
+
+    async def fails_once(user_id: str, conn_id: str) -> None:
+        if not failed:
+            failed.append(conn_id)
+            raise RedisError("Timeout reading from socket")
+        await add_presence(user_id, conn_id)
+
+    monkeypatch.setattr(hub.store, "add_presence", fails_once)
+    client = await WsClient.connect(messaging.ws_url(0))
+    messaging.clients.append(client)
+    await client.send({"op": "auth", "token": messaging.issuer.token(user, did=1)})
+    await client.wait_closed()
+    assert failed and not hub.local(user)
+    again = await messaging.connect(user, pod=0)  # Redis answers again
+    assert len(hub.local(user)) == 1
+    await again.send({"op": "ping", "id": "p"})
+    await again.expect("pong", id="p")
+
+
+async def test_an_ack_that_came_while_a_refused_one_was_on_its_way_is_still_posted(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks are cumulative, one on its way at a time: a newer one waits for it. When
+    the one on its way is refused, the newer one is still posted (it used to be
+    dropped unanswered: its items kept waiting, without `delivered`, until another)."""
+    hub = messaging.hub(0)
+    client = await messaging.connect(uid(), pod=0)
+    release = asyncio.Event()
+    asked: list[int] = []
+
+    async def ack(token: str, user: str, device: int, seq: int) -> None:
+        asked.append(seq)
+        if seq == 10:
+            await release.wait()
+            raise ApiError(ErrorCode.SEQ_NOT_ISSUED, "Not issued.")
+
+    monkeypatch.setattr(hub, "ack", ack)
+    await client.send({"op": "ack", "seq": 10, "id": "a1"})
+    await eventually(lambda: asyncio.sleep(0, list(asked)), lambda a: a == [10])
+    await client.send({"op": "ack", "seq": 20, "id": "a2"})
+    await client.send({"op": "ping", "id": "p"})
+    await client.expect("pong", id="p")  # a2 was read while a1 is on its way
+    release.set()
+    assert (await client.expect("error", id="a1"))["code"] == "seq_not_issued"
+    await eventually(lambda: asyncio.sleep(0, list(asked)), lambda a: a == [10, 20])
