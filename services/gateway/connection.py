@@ -58,6 +58,7 @@ class Connection:
     __slots__ = (
         "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_ahead", "_cid", "_closer",
         "_closing", "_pending", "_sending", "_slot_free", "_token_body", "_token_head", "_writer",
+        "_writer_delayed",
         "beat", "device_id", "expires_at", "heard", "hub", "limits", "queue", "queued_bytes", "sid",
         "transport", "user_id", "violations", "ws",
     )  # fmt: skip
@@ -94,6 +95,9 @@ class Connection:
         """What writes the queue: a callback once the loop comes back (with the
         socket's transport; uvloop's handles are not ``asyncio.Handle``), else a
         task (tests without one)."""
+        self._writer_delayed = False
+        """The callback waits ``room_write_delay_s`` (a direct frame brings it forward;
+        told by this flag: uvloop's timer handles are not ``asyncio.TimerHandle``)."""
         self._ack_target = 0
         self._ack_posted = 0
         self._ack_id: str | None = None
@@ -163,11 +167,13 @@ class Connection:
                 self._writer = (
                     loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
                 )
+                self._writer_delayed = bool(delay)
             else:
                 self._writer = asyncio.create_task(self.writer())
-        elif not delay and isinstance(writer, asyncio.TimerHandle):
+        elif not delay and self._writer_delayed:
             writer.cancel()
             self._writer = asyncio.get_running_loop().call_soon(self._flush)
+            self._writer_delayed = False
         return True
 
     def _slow_consumer(self) -> None:
@@ -220,6 +226,7 @@ class Connection:
     def _flush(self) -> None:
         """Write every waiting frame (the callback :meth:`push_encoded` schedules)."""
         self._writer = None
+        self._writer_delayed = False
         queue, transport = self.queue, self.transport
         if queue:
             assert transport is not None
