@@ -178,16 +178,23 @@ async def test_a_removal_blanks_only_an_entry_that_holds_its_message(
     assert [m.server_id for m in messages] == [c.server_id]
 
 
-async def test_expiry_deletes_each_rooms_oldest_first(
-    store: DeliveryStore, settings: Settings
-) -> None:
-    log, room = make(store, settings), room_id()
-    now = time.time()
+async def _expired_then_two(log: RoomLog, room: str, now: float) -> list[dict[str, object]]:
+    """A room's log of 600 entries stored 100 days ago, then two new ones (601, 602);
+    returns the old entries."""
     old = [log._doc(env(room, i), i + 1, now - 100 * 86400) for i in range(600)]
     await log.log.insert_many(old)
     await log.ids.insert_many([{"_id": d["server_id"], "room": room, "seq": d["seq"]} for d in old])
     await log.heads.update_one({"_id": room}, {"$max": {"n": 600}}, upsert=True)
     await log.append([env(room, 600), env(room, 601)], now)
+    return old
+
+
+async def test_expiry_deletes_each_rooms_oldest_first(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    log, room = make(store, settings), room_id()
+    now = time.time()
+    old = await _expired_then_two(log, room, now)
     assert await log.purge_expired(now - 30 * 86400) >= 600
     messages, last, more = await log.page(room, 0, 0, 100)
     assert [m.seq for m in messages] == [601, 602] and (last, more) == (602, False)
@@ -212,11 +219,7 @@ async def test_an_expiry_run_cut_short_leaves_the_log_readable_and_the_next_fini
     the chunk."""
     log, room = make(store, settings), room_id()
     now = time.time()
-    old = [log._doc(env(room, i), i + 1, now - 100 * 86400) for i in range(600)]
-    await log.log.insert_many(old)
-    await log.ids.insert_many([{"_id": d["server_id"], "room": room, "seq": d["seq"]} for d in old])
-    await log.heads.update_one({"_id": room}, {"$max": {"n": 600}}, upsert=True)
-    await log.append([env(room, 600), env(room, 601)], now)
+    await _expired_then_two(log, room, now)
     ids_delete = log.ids.delete_many
     calls = 0
 

@@ -10,6 +10,7 @@ every accepted message reaches its recipient, once (the client drops a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import TopicPartition
@@ -18,11 +19,28 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.common.clients import Topics
 from services.delivery.hot import HotInbox
 from services.delivery.state import WORKER
+from services.delivery.worker import Worker
 from tests.support.aio import eventually
 from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
 from .conftest import Messaging
+
+
+def _persister_held(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Worker, Callable[[], Awaitable[None]]]:
+    """Delivery's worker with its persister loop idle and nothing due for an hour; and
+    the real pass, for the test to run when it chooses."""
+    worker = messaging.delivery.server.app[WORKER]
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
+    real = worker.persist_once
+
+    async def asleep() -> None:
+        return None
+
+    monkeypatch.setattr(worker, "persist_once", asleep)
+    return worker, real
 
 
 async def committed(messaging: Messaging) -> int:
@@ -141,13 +159,7 @@ async def test_nothing_is_stored_after_a_loss_before_what_was_lost(
     the mark, a batch stored into the emptied Redis would take numbers ahead of
     the lost ones' replay (bob would read r10 before r0), or, with no persister
     to notice, r0..r9 would never come back."""
-    worker = messaging.delivery.server.app[WORKER]
-    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
-
-    async def asleep() -> None:
-        return None
-
-    monkeypatch.setattr(worker, "persist_once", asleep)
+    worker, _ = _persister_held(messaging, monkeypatch)
     alice_id, bob_id = uid(), uid()
     messaging.issuer.users.add(bob_id)
     alice = await messaging.connect(alice_id, pod=0)
@@ -180,14 +192,7 @@ async def test_redis_lost_during_a_persister_pass_commits_nothing_past_what_it_l
     cutoff anyway, and the batches of the lost items were committed before the next
     pass noticed the loss: lost for good. Now the pass first checks that Redis kept
     its count through it; the next pass rewinds and bob gets every message."""
-    worker = messaging.delivery.server.app[WORKER]
-    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
-    persist_once = worker.persist_once  # the real pass, run by the test only
-
-    async def asleep() -> None:
-        return None
-
-    monkeypatch.setattr(worker, "persist_once", asleep)
+    worker, persist_once = _persister_held(messaging, monkeypatch)  # the test runs passes
     alice_id, bob_id = uid(), uid()
     messaging.issuer.users.add(bob_id)
     alice = await messaging.connect(alice_id, pod=0)
