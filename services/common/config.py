@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     # to find the records at fault (an outage waits without counting).
     delivery_max_attempts: int = Field(default=3, ge=1, le=100)
     sync_page_max: int = Field(default=200, ge=1, le=1000)
+    # A page (an inbox's, a room log's, POST /delivery/v1/rooms/logs' whole answer)
+    # also stops once its messages' bodies reach this many bytes (the first message
+    # always goes): 200 items of 64 KiB would be 12.8 MiB, past what the gateway lets
+    # wait for one socket (ws_outbound_queue_bytes), and so never synced.
+    sync_page_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
     # The hot inbox (docs/delivery.md, "The hot path"): items still
     # unacknowledged this long after they were stored move from Redis to
     # MongoDB; the persister looks every hot_persist_interval_s, moving up to

@@ -71,7 +71,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
-from services.delivery.store import DeliveryStore
+from services.delivery.store import DeliveryStore, fit
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,13 @@ class RoomLog:
     ) -> tuple[list[f.RoomMessage], int, bool]:
         """Up to ``limit`` messages of ``room`` after ``after``, stored at or after
         ``since_ms``, oldest first; returns them, the number to read after next (the
-        last one this page looked at) and whether there may be more."""
+        last one this page looked at) and whether there may be more. The page stops
+        at ``sync_page_bytes`` of bodies too (``fit``)."""
+        return self._cut([await self._page(room, after, since_ms, limit)], [after])[0]
+
+    async def _page(
+        self, room: str, after: int, since_ms: int, limit: int
+    ) -> tuple[list[f.RoomMessage], int, bool]:
         start = after
         if since_ms > 0:
             start = await self._first_since(room, after, since_ms / 1000) - 1
@@ -416,12 +422,28 @@ class RoomLog:
                 if first is not None and float(first["stored_at"]) * 1000 >= since_ms:
                     out[i] = await self._page_from(room, after, after, limit)
                 else:
-                    out[i] = await self.page(room, after, since_ms, limit)
+                    out[i] = await self._page(room, after, since_ms, limit)
 
         await asyncio.gather(*(one(i) for i, page in enumerate(out) if page is None))
         pages = [page for page in out if page is not None]
         assert len(pages) == len(asks)
-        return pages
+        return self._cut(pages, [after for _, after, _ in asks])
+
+    def _cut(
+        self, pages: list[tuple[list[f.RoomMessage], int, bool]], afters: list[int]
+    ) -> list[tuple[list[f.RoomMessage], int, bool]]:
+        """Pages, in order, cut where their bodies together pass ``sync_page_bytes``
+        (the first message always stays): a cut page says ``more`` and is read on
+        after its last message (after ``after`` when none stayed)."""
+        budget, used = self.store.settings.sync_page_bytes, 0
+        out: list[tuple[list[f.RoomMessage], int, bool]] = []
+        for (messages, last, more), after in zip(pages, afters, strict=True):
+            n, used = fit((m.body for m in messages), budget, used)
+            if n < len(messages):
+                messages = messages[:n]
+                last, more = (messages[-1].seq if messages else after), True
+            out.append((messages, last, more))
+        return out
 
     async def _low(self, room: str) -> int:
         doc = await self.heads.find_one({"_id": room})

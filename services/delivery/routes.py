@@ -64,7 +64,9 @@ PAGE_MAX = 1000
     auth=True,
     query={
         "after": "return items with a larger seq (default 0)",
-        "limit": "page size (default 100), capped by the server's page size (PARLEY_SYNC_PAGE_MAX)",
+        "limit": "page size (default 100), capped by the server's page size "
+        "(PARLEY_SYNC_PAGE_MAX); a page also stops at about 1 MiB of message bodies "
+        "(PARLEY_SYNC_PAGE_BYTES), `more` set",
     },
     params={"after": int_schema(0, SEQ_MAX), "limit": int_schema(1, PAGE_MAX)},
     errors=[ErrorCode.DEVICE_REQUIRED],
@@ -95,7 +97,8 @@ async def inbox_page(request: web.Request, claims: Claims) -> web.Response:
         "after": "return messages with a larger number (default 0)",
         "since": "only messages stored at or after this time (Unix ms; default 0): a device "
         "linked later reads from its link",
-        "limit": "page size (default 100), capped by the server's page size",
+        "limit": "page size (default 100), capped by the server's page size; a page also "
+        "stops at about 1 MiB of message bodies (PARLEY_SYNC_PAGE_BYTES), `more` set",
     },
     params={
         "room_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
@@ -133,7 +136,8 @@ ROOM_LOGS_MESSAGES = 5000
         "reads by id answer the rooms with nothing new, whatever their number; the others "
         "get a page each, as `GET /delivery/v1/rooms/{room_id}/log` gives it. One answer "
         "holds at most 5,000 messages: `limit` is cut to 5,000 divided by the number of "
-        "rooms asked for."
+        "rooms asked for, and about 1 MiB of message bodies (PARLEY_SYNC_PAGE_BYTES): a room "
+        "the answer did not reach says `more` with `next` where it was."
     ),
     body=RoomLogsIn,
     response=RoomLogs,

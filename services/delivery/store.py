@@ -532,7 +532,9 @@ class DeliveryStore:
             start = stop
         found.sort(key=lambda d: d["seq"])
         more = len(found) > limit or start < last
-        return found[:limit], more
+        found = found[:limit]
+        n, _ = fit((d.get("body") or "" for d in found), self.settings.sync_page_bytes)
+        return found[:n], more or n < len(found)
 
     async def _by_ids(
         self, user: str, seqs: list[int], extra: dict[str, Any], fields: Any = None
@@ -708,6 +710,29 @@ def item_docs(env: e.Envelope, stored_at: float) -> list[dict[str, Any]]:
     else:
         doc.update(kind="key_changed", account_key=env.account_key)
     return [doc]
+
+
+PAGE_ITEM_BYTES = 512
+"""What a page's item takes beyond its body (ids, numbers, tags, JSON), for ``fit``."""
+
+
+def fit(bodies: Iterable[str], budget: int, used: int = 0) -> tuple[int, int]:
+    """How many of ``bodies``, from the first, a page holds within ``budget`` bytes when
+    ``used`` are taken already, and the bytes used then. The answer's first item
+    always goes (``used`` 0), however large: a reader always moves on.
+
+    ``sync_page_bytes``: a page of 200 items of 64 KiB (12.8 MiB) would be more
+    than the gateway lets wait for one socket, which then closed the socket as a
+    slow consumer on every sync (docs/protocol.md, "Limits").
+    """
+    n = 0
+    for body in bodies:
+        size = len(body) + PAGE_ITEM_BYTES
+        if used and used + size > budget:
+            break
+        used += size
+        n += 1
+    return n, used
 
 
 def item_frame(doc: dict[str, Any]) -> f.InboxItem:

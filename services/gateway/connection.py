@@ -635,8 +635,29 @@ class Connection:
         if self._ack_task is not None:
             await asyncio.shield(self._ack_task)
         page = await self.hub.sync(self._token(), frame.after, frame.limit)
-        last = frame.after
+        last, more = frame.after, page.more
+        # A page goes out whole unless what already waits for the socket (frames pushed
+        # meanwhile, a page it has not read) would take it past half of what the socket
+        # may hold: then it ends early, `more` set, and the client asks again after
+        # `last` once it has read it (delivery's pages are smaller: sync_page_bytes).
+        room = self.limits.outbound_queue_bytes // 2 - self._waiting()
+        sent = 0
         for item in page.messages:
-            self.push(item)
+            data = f.encode(item)
+            room -= len(data)
+            if sent and room < 0:
+                more = True
+                break
+            if not self.push_encoded(data):
+                return
+            self.hub.count_out(str(type(item).__struct_config__.tag))
+            sent += 1
             last = item.seq
-        self.push(f.Synced(id=frame.id, last=last, more=page.more))
+        self.push(f.Synced(id=frame.id, last=last, more=more))
+
+    def _waiting(self) -> int:
+        """Bytes pushed to this socket that its client has not read yet (as far as the
+        pod can tell: queued here, or in the transport's buffer)."""
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return self.queued_bytes + buffered

@@ -16,7 +16,7 @@ from pymongo.errors import ConnectionFailure
 from services.common.config import Settings
 from services.delivery.moderation_keys import ModerationKeys
 from services.delivery.room_log import RoomLog, entry_id
-from services.delivery.store import DeliveryStore
+from services.delivery.store import PAGE_ITEM_BYTES, DeliveryStore
 
 
 def room_id() -> str:
@@ -138,6 +138,42 @@ async def test_pages_of_a_big_log_read_by_primary_key(
     assert got == [await log.page(*ask, 200) for ask in asks]
     assert got[1] == ([], 0, False) and got[3] == ([], n, False)
     assert got[2][0][0].seq == 15_001 and got[5][0][0].seq == 15_001
+
+
+async def test_pages_of_large_messages_stop_at_the_byte_budget(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """Messages of 60 KB: a page (and ``POST .../rooms/logs``' whole answer) stops near
+    ``sync_page_bytes`` (1 MiB), not at 200 messages (12 MB); reading on from each
+    page's ``next`` gets every message once."""
+    log, rooms = make(store, settings), [room_id(), room_id()]
+    big = "QUJD" * 15_000  # 60,000 characters
+    for room in rooms:
+        envs = [env(room, i) for i in range(40)]
+        for x in envs:
+            x.body = big
+        await log.append(envs, time.time())
+    per_page = settings.sync_page_bytes // (len(big) + PAGE_ITEM_BYTES)  # 17
+    messages, last, more = await log.page(rooms[0], 0, 0, 200)
+    assert [m.seq for m in messages] == list(range(1, per_page + 1))
+    assert (last, more) == (per_page, True)
+
+    # Many rooms: the budget is the answer's; a room it did not reach reads on from
+    # where it was.
+    got = await log.pages([(rooms[0], 0, 0), (rooms[1], 0, 0)], 200)
+    assert got == [(messages, per_page, True), ([], 0, True)]
+    seen: dict[str, list[int]] = {room: [] for room in rooms}
+    cursors = dict.fromkeys(rooms, 0)
+    while cursors:
+        asks = [(room, after, 0) for room, after in cursors.items()]
+        pages = await log.pages(asks, 200)
+        assert sum(len(m.body) for page, _, _ in pages for m in page) <= settings.sync_page_bytes
+        for (room, _, _), (page, last, more) in zip(asks, pages, strict=True):
+            seen[room] += [m.seq for m in page]
+            cursors[room] = last
+            if not more:
+                del cursors[room]
+    assert seen == {room: list(range(1, 41)) for room in rooms}
 
 
 async def test_removed_messages_keep_their_numbers_and_leave_pages(
