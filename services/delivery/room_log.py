@@ -320,22 +320,22 @@ class RoomLog:
             while True:
                 ids = [entry_id(room, s) for s in range(start, start + _PURGE)]
                 docs = {d["_id"]: d async for d in self.log.find(
-                    {"_id": {"$in": ids}}, {"stored_at": 1})}  # fmt: skip
-                expired = 0
+                    {"_id": {"$in": ids}}, {"stored_at": 1, "server_id": 1})}  # fmt: skip
+                expired: list[Doc] = []
                 for i in ids:
                     d = docs.get(i)
                     if d is None or float(d["stored_at"]) >= cutoff:
                         break
-                    expired += 1
+                    expired.append(d)
                 if expired:
-                    end = start + expired
+                    end = start + len(expired)
                     await self.heads.update_one(
                         {"_id": room}, {"$max": {"low": end}, "$set": {"purging": [start, end]}}
                     )
-                    deleted += await self._delete_range(room, start, end)
+                    deleted += await self._delete(expired)
                     await self.heads.update_one({"_id": room}, {"$unset": {"purging": ""}})
                     start = end
-                if expired < len(ids):
+                if len(expired) < len(ids):
                     break
         return deleted
 
@@ -343,7 +343,12 @@ class RoomLog:
         """Delete ``room``'s entries ``first`` .. ``end - 1`` and their id records (again,
         for a chunk a run did not finish: what is gone already is skipped)."""
         ids = [entry_id(room, s) for s in range(first, end)]
-        docs = [d async for d in self.log.find({"_id": {"$in": ids}}, {"server_id": 1})]
+        return await self._delete(
+            [d async for d in self.log.find({"_id": {"$in": ids}}, {"server_id": 1})]
+        )
+
+    async def _delete(self, docs: list[Doc]) -> int:
+        """Delete these entries (read with their ``server_id``) and their id records."""
         if not docs:
             return 0
         # The id records first: they are found through the entries.
