@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT_SENDS = 256
 # Refused sends (over the rate) after which a socket is closed 4009: 4x the burst, at most this.
 FLOOD_VIOLATIONS = 400
+CLOSE_TIMEOUT_S = 5.0
+"""How long a close waits for the client to take its last frames and answer the close
+frame; then the connection is dropped (a client that stopped reading held it for ever)."""
 
 _ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 """What ends a socket's frame loop (as it ends ``async for`` over the socket)."""
@@ -271,7 +274,25 @@ class Connection:
             # frame is queued from now on, so the writer ends once they are out.
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(writer), 1.0)
-        await self.ws.close(code=code, message=reason.encode()[:120])
+        # aiohttp's close drains the transport first, then waits for the client's close
+        # frame: for a client that stopped reading, for ever. Past CLOSE_TIMEOUT_S (or
+        # when the close is cancelled: the socket's loop ended first) the connection is
+        # dropped, what it had not read with it (a close would keep it until the peer
+        # read it, which it never does).
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT_S
+            )
+        except TimeoutError:
+            self._drop()
+        except asyncio.CancelledError:
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
 
     def ping(self) -> None:
         """The pod's heartbeat: a ping, written as it is (wire.py), without a task."""
@@ -284,7 +305,7 @@ class Connection:
         connection as aiohttp's own heartbeat does: no close frame, close code 1006."""
         transport = self.transport
         if transport is not None and not self.ws.closed:
-            transport.close()
+            transport.abort()  # not close(): it keeps the connection until it is read
 
     # Inbound ----------------------------------------------------------------
     @classmethod

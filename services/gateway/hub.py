@@ -132,6 +132,8 @@ class Hub:
         # (user, device, room) -> when it last said it is typing there (monotonic).
         self._typing: dict[tuple[str, int, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._closes: set[asyncio.Task[None]] = set()
+        """Closes of revoked sockets, under way (the listener does not wait for them)."""
         # When each socket's token expires: one timer for the pod, not one per socket.
         self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
         # Pings for silent sockets, on one schedule for the pod (not aiohttp's per socket).
@@ -198,7 +200,7 @@ class Hub:
         ]
 
     async def stop(self) -> None:
-        await cancel_all(self._tasks)
+        await cancel_all([*self._tasks, *self._closes])
         self._expiries.close()
         self.heartbeat.close()
 
@@ -542,7 +544,7 @@ class Hub:
                     elif msg["channel"] == rooms:
                         self._route_room(msg["data"])
                     elif msg["channel"] == revocations:
-                        await self._revoke(msg["data"])
+                        self._revoke(msg["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -615,7 +617,10 @@ class Hub:
                 pushed += 1
         return pushed
 
-    async def _revoke(self, data: bytes) -> None:
+    def _revoke(self, data: bytes) -> None:
+        """Close the sockets a revocation names. Not awaited by the listener: a close
+        can take seconds (a client that stopped reading: ``CLOSE_TIMEOUT_S``), and until
+        2026-12-06 the pod routed nothing to any socket meanwhile."""
         try:
             event = e.decode_revocation(data)
         except e.DecodeError:
@@ -634,9 +639,14 @@ class Hub:
             targets = list(conns)
         for conn in targets:
             conn.push(ApiError(code).frame())
-        await asyncio.gather(
-            *(conn.close(f.CLOSE_REVOKED, code.value) for conn in targets), return_exceptions=True
-        )
+            task = asyncio.ensure_future(conn.close(f.CLOSE_REVOKED, code.value))
+            self._closes.add(task)
+            task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closes.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("closing a revoked socket failed", extra={"error": repr(exc)})
 
     # Presence upkeep --------------------------------------------------------
     async def _refresh(self) -> None:
