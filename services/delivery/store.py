@@ -51,7 +51,7 @@ from parley_contract import frames as f
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.common import routing, scripts
 from services.common.config import Settings
@@ -65,6 +65,8 @@ DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
 DAY_S = 86400
 ID_CHUNK = 500
+MOVED_KEPT = 100_000
+"""The most moved items whose clean-up failed that a process keeps to try again."""
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,9 @@ class DeliveryStore:
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
         self.cold_acks = f"{self.prefix}:ackcold"
         """Acknowledged items still in MongoDB, left for later while it was down."""
+        self._moved: list[dict[str, Any]] = []
+        """Items the persister moved whose clean-up (:meth:`_clean_moved`) failed: their
+        MongoDB copies are looked at again at the start of the next pass."""
 
     async def ensure_indexes(self) -> None:
         # The unique (from, client_id) index of 0.1 made every duplicate a table
@@ -293,6 +298,8 @@ class DeliveryStore:
         cutoff = (time.time() if now is None else now) - self.settings.hot_persist_after_s
         batch = self.settings.hot_persist_batch
         written = 0
+        if self._moved:
+            await self._clean_moved([])
         while True:
             due = await self.hot.due(cutoff, batch)
             if not due:
@@ -311,18 +318,35 @@ class DeliveryStore:
                         raise
             await self.hot.remove(due)
             if docs:
-                acked = {i: c.acked for i, c in (await self.ctr.get(hot)).items()}
-                stale = [d["_id"] for d in docs if int(d["seq"]) <= acked.get(d["inbox"], 0)]
-                if stale:
-                    await self.inbox.delete_many({"_id": {"$in": stale}})
-                # Copies of messages removed meanwhile (a tombstone that raced the
-                # move: it marks the copy before deleting it anywhere).
-                gone = [d["_id"] for d in await self.hot.removed(docs)]
-                if gone:
-                    await self.inbox.delete_many({"_id": {"$in": gone}})
+                await self._clean_moved(docs)
             written += len(docs)
             if len(due) < batch:
                 return written, cutoff
+
+    async def _clean_moved(self, docs: list[dict[str, Any]]) -> None:
+        """Delete the MongoDB copies of moved items that were acknowledged (at or below
+        their inbox's watermark) or removed (a tombstone that raced the move: it marks
+        the copy before deleting it anywhere) while they moved.
+
+        The items have left Redis: no later pass would find them. So until this
+        succeeds they are kept (``_moved``) and looked at again first thing in the
+        next pass. (They were not: after a failure here an acknowledged copy stayed
+        in MongoDB for good, and a removed one came back in pages once its removal
+        marker expired.) What a process killed in between leaves is not retried.
+        """
+        docs = self._moved + docs
+        if len(docs) > MOVED_KEPT:
+            log.warning("moved items left uncleaned", extra={"items": len(docs) - MOVED_KEPT})
+            docs = docs[-MOVED_KEPT:]
+        self._moved = docs
+        inboxes = list({d["inbox"] for d in docs})
+        acked = {i: c.acked for i, c in (await self.ctr.get(inboxes)).items()}
+        stale = [d["_id"] for d in docs if int(d["seq"]) <= acked.get(d["inbox"], 0)]
+        gone = [d["_id"] for d in await self.hot.removed(docs)]
+        for ids in (stale, gone):
+            for i in range(0, len(ids), ID_CHUNK):
+                await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
+        self._moved = []
 
     def _dedup_collections(self, now: float) -> list[AsyncCollection[dict[str, Any]]]:
         """Today's dedup collection first, then the previous days still kept."""
@@ -595,13 +619,16 @@ class DeliveryStore:
                 cold += [item_id(u, s) for s in numbers if s not in have]
         try:
             stored = await self.delete_acked(cold)
-        except ConnectionFailure as exc:
-            # MongoDB is down. The watermarks are raised already (no page returns
+        except Exception as exc:
+            # MongoDB is down (or failed otherwise: any error, else the ids were
+            # lost, their copies kept for good below the watermark and their
+            # receipts never sent). The watermarks are raised already (no page returns
             # these items again): their deletion and their receipts wait for the
             # persister (drain_cold_acks); the hot items' receipts go out now.
             extra = {"items": len(cold), "error": repr(exc)}
             log.info("acked items in MongoDB left for later", extra=extra)
-            await self.redis.sadd(self.cold_acks, *cold)
+            if cold:
+                await self.redis.sadd(self.cold_acks, *cold)
             stored = []
         for doc in stored:
             acked[doc["inbox"]].append(doc)

@@ -11,7 +11,7 @@ import pytest
 from parley_contract import envelopes as e
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
 from services.common.routing import gateway_channel, presence_key, presence_value
 from services.delivery.hot import Removal
@@ -136,6 +136,55 @@ async def test_a_removal_racing_the_persister_never_shows_the_copy_it_leaves(
     assert written == 3
     assert pages == [[1, 3]]
     assert await in_mongo(store, "fay") == [1, 3]  # and then it was deleted
+
+
+async def test_a_failed_clean_up_after_a_move_is_done_by_the_next_pass(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the persister moved four items, the device acknowledged the first and the
+    third's message was removed; MongoDB then failed the clean-up that deletes those
+    two copies again. The items have left Redis, so no later pass would look at them:
+    the acknowledged copy stayed for good, the removed one came back in pages once its
+    marker expired. The next pass now deletes both first."""
+    stored = await store.store_hot([item("hap", n) for n in range(4)])
+    third = stored[2]
+    read, remove = store.hot.get_many, store.hot.remove
+    delete_many = store.inbox.delete_many
+    failing: list[bool] = []
+
+    async def get_many_then_race(wanted: dict[str, list[int]]) -> Any:
+        found = await read(wanted)
+        if not failing:
+            assert [d["seq"] for d in (await store.acknowledge_many({"hap": 1}))["hap"]] == [1]
+            assert (
+                await store.remove_copies([Removal("hap", 3, third["server_id"], third["from"])])
+                == 1
+            )
+        return found
+
+    async def remove_then_fail(items: Any) -> None:
+        await remove(items)
+        failing.append(True)
+
+    async def delete_many_or_fail(*args: Any, **kwargs: Any) -> Any:
+        if failing == [True]:
+            failing.append(False)
+            raise ServerSelectionTimeoutError("MongoDB went away")
+        return await delete_many(*args, **kwargs)
+
+    monkeypatch.setattr(store.hot, "get_many", get_many_then_race)
+    monkeypatch.setattr(store.hot, "remove", remove_then_fail)
+    monkeypatch.setattr(store.inbox, "delete_many", delete_many_or_fail)
+    with pytest.raises(ServerSelectionTimeoutError):
+        await store.persist_due(now=later(store))
+    assert await in_mongo(store, "hap") == [1, 2, 3, 4]  # the two copies left behind
+    assert await store.hot.due(later(store), 100) == []  # and nothing left to move
+
+    assert await store.persist_due(now=later(store)) == (0, pytest.approx(later(store), abs=5))
+    assert await in_mongo(store, "hap") == [2, 4]
+    await store.redis.delete(store.hot.rm_key("hap"))  # the removal marker expired
+    page, _ = await store.page("hap", 0, 10)
+    assert [d["seq"] for d in page] == [2, 4]
 
 
 async def test_a_sequence_number_taken_by_another_message_moves_the_new_one(
@@ -310,6 +359,30 @@ async def test_an_ack_over_persisted_items_while_mongodb_is_down_finishes_later(
         ]
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_an_ack_whose_mongodb_delete_fails_otherwise_finishes_later_too(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a lost connection: MongoDB refusing the delete (any error) leaves the
+    persisted items for the persister, as an outage does. (Only ConnectionFailure
+    did: other errors lost them, their copies kept below the watermark for good and
+    their `delivered` receipts never sent.)"""
+    await store.store_hot([item("ivy", i, cid=f"p{i}") for i in range(1, 3)])
+    await store.persist_due(now=time.time() + 3600)  # in MongoDB only
+    await store.store_hot([item("ivy", 3, cid="h3")])
+    find = store.inbox.find
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OperationFailure("interrupted at shutdown", code=11600)
+
+    monkeypatch.setattr(store.inbox, "find", refuse)
+    acked = await store.acknowledge_many({"ivy": 3})
+    assert [d["client_id"] for d in acked["ivy"]] == ["h3"]
+    assert await store.redis.scard(store.cold_acks) == 2
+    monkeypatch.setattr(store.inbox, "find", find)
+    assert sorted(d["client_id"] for d in await store.drain_cold_acks()) == ["p1", "p2"]
+    assert await in_mongo(store, "ivy") == []
 
 
 async def test_twenty_thousand_persisted_items_acked_while_mongodb_is_down(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from parley_contract import envelopes as e
 
 from services.common.clients import Topics
 from services.delivery.hot import HotInbox
@@ -219,6 +220,75 @@ async def test_redis_lost_during_a_persister_pass_commits_nothing_past_what_it_l
     items = await eventually(lambda: synced(bob, uuid.uuid4().hex[:8]),
                              lambda got: len({i["server_id"] for i in got}) == 5)  # fmt: skip
     assert {str(i["body"]) for i in items} == {f"cDA{n}" for n in range(5)}
+
+
+async def synced_all(client: WsClient) -> list[dict[str, object]]:
+    """Every item waiting for ``client``'s device, page after page."""
+    items: list[dict[str, object]] = []
+    after = 0
+    while True:
+        sid = uuid.uuid4().hex[:8]
+        await client.send({"op": "sync", "id": sid, "after": after, "limit": 1000})
+        done = await client.expect("synced", id=sid)
+        items += [f for f in client.drain() if f["op"] == "message"]
+        after = int(done["last"])
+        if not done["more"]:
+            return items
+
+
+async def test_a_backlog_moved_in_batches_survives_redis_lost_between_them(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 messages wait for an offline device; the persister moves them 500 at a
+    time, and Redis restarts empty after its second batch. The pass then finds
+    nothing more due (the rest was lost with Redis) and must not count as complete;
+    the next pass finds the loss, the records are consumed again, and the device
+    gets all 3,000, each once by ``server_id``, in the order sent: the thousand moved
+    before the loss twice (the MongoDB copy and the one stored again), nothing else."""
+    worker, persist_once = _persister_held(messaging, monkeypatch)
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    alice = await messaging.connect(alice_id, pod=0)
+    await persist_once()  # counts a beat: the next pass starts from a known count
+    n, batch = 3000, 500
+    for start in range(0, n, batch):
+        await alice.send_stored(bob_id, [(f"k{i}", f"a0{i}") for i in range(start, start + batch)])
+    store = worker.store
+    store.settings = store.settings.model_copy(
+        update={"hot_persist_after_s": 0, "hot_persist_batch": batch}
+    )
+    insert_many, redis = store.inbox.insert_many, store.redis
+    moved: list[int] = []
+
+    async def insert_then_lose_redis(docs: list[dict[str, object]], **kwargs: object) -> object:
+        result = await insert_many(docs, **kwargs)
+        moved.append(len(docs))
+        if len(moved) == 2:
+            keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
+            await redis.delete(*keys)
+        return result
+
+    monkeypatch.setattr(store.inbox, "insert_many", insert_then_lose_redis)
+    until, lost = worker.persisted_until, worker.hot_lost._value.get()
+    await persist_once()
+    assert moved == [batch, batch]  # then nothing was due any more
+    assert worker.persisted_until == until  # the pass proved nothing
+    monkeypatch.setattr(store.inbox, "insert_many", insert_many)
+    await persist_once()  # the loss found: consumed again from the committed offsets
+    assert worker.hot_lost._value.get() == lost + 1
+    # All 3,000 stored again (in Redis) before bob connects: his sync then reads
+    # everything once, with no push of the replay beside it.
+    hot = store.hot.key(e.inbox_id(bob_id, 1))
+    await eventually(lambda: redis.hlen(hot), lambda count: count == n, timeout=60)
+
+    bob = await messaging.connect(bob_id, pod=1)
+    items = await synced_all(bob)
+    firsts: dict[str, str] = {}
+    for item in sorted(items, key=lambda i: int(str(i["seq"]))):
+        firsts.setdefault(str(item["server_id"]), str(item["body"]))
+    assert list(firsts.values()) == [f"a0{i}" for i in range(n)]
+    assert len(items) == n + 2 * batch
+    assert len({i["seq"] for i in items}) == len(items)
 
 
 async def _value(counter: object) -> float:
