@@ -217,6 +217,50 @@ SECURITY_HEADERS = {
 }
 
 
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
+CORS_EXPOSED = f"{REQUEST_ID_HEADER}, Retry-After"
+CORS_MAX_AGE_S = 600
+
+
+def cors_middleware(origins: frozenset[str]) -> Middleware:
+    """Let the web apps call the APIs from another origin (``PARLEY_CORS_ORIGINS``: on
+    AWS they are on CloudFront's domain, the APIs on the ALB's).
+
+    A request from one of ``origins`` gets ``Access-Control-Allow-Origin`` naming
+    it; its preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is
+    answered 204 here, before any route. No credentials are allowed: the apps
+    send their tokens in ``Authorization`` and no cookies. Any other origin gets
+    no CORS header, so a browser keeps its pages from reading the answers.
+    """
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None or origin not in origins:
+            return await handler(request)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers":
+                    request.headers.get("Access-Control-Request-Headers", ""),
+                "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+                "Vary": "Origin",
+            })  # fmt: skip
+        resp = await handler(request)
+        if not resp.prepared:  # a WebSocket's handshake is not CORS's
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+            resp.headers["Vary"] = "Origin"
+        return resp
+
+    return cors
+
+
+def cors_origins(settings: Settings) -> frozenset[str]:
+    return frozenset(o.strip() for o in settings.cors_origins.split(",") if o.strip())
+
+
 async def security_headers(_: web.Request, resp: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         resp.headers.setdefault(name, value)
@@ -236,10 +280,12 @@ def base_app(
         f"{prefix}/{name}" for name in ("healthz", "readyz", "metrics", "openapi.json", "docs")
     )
     lives: dict[Handler, SocketLife] = {}
+    origins = cors_origins(settings)
     app = web.Application(
         middlewares=[
             sockets_middleware(lives),
             request_id_middleware,
+            *([cors_middleware(origins)] if origins else []),
             http_metrics.middleware(),
             error_middleware,
             startup_middleware(operational, settings.dependency_timeout_ms / 1000),

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     # public_url unless the web client has an origin of its own (Terraform:
     # CloudFront's). Unset: public_url.
     web_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
+    # Browser origins (comma-separated, e.g. https://app.example.com) whose pages may
+    # call the APIs: the web client and admin console when they are served from
+    # another origin than the API (Terraform: CloudFront's). Empty: the same origin
+    # only, as HAProxy serves everything (docs/configuration.md).
+    cors_origins: str = Field(
+        default="", pattern=r"^(https?://[A-Za-z0-9.\[\]:-]+(,\s*https?://[A-Za-z0-9.\[\]:-]+)*)?$"
+    )
 
     # Backing servers.
     mongo_url: str = "mongodb://127.0.0.1:27017"

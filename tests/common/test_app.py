@@ -32,7 +32,7 @@ class Reply(BaseModel):
     text: str
 
 
-def make_app() -> web.Application:
+def make_app(**settings: Any) -> web.Application:
     api = Api("Test", "1.0")
     stored: list[str] = []
 
@@ -53,7 +53,7 @@ def make_app() -> web.Application:
     async def boom(request: web.Request) -> None:
         raise RuntimeError("internal detail: db password is xyz")
 
-    app = base_app("test", load_settings(max_body_bytes=2048), prefix="/test", api=api)
+    app = base_app("test", load_settings(max_body_bytes=2048, **settings), prefix="/test", api=api)
     app[STORED] = stored
     return app
 
@@ -349,3 +349,48 @@ def _awaiting(coro: Any) -> set[str]:
         names.add(coro.cr_code.co_name)
         coro = coro.cr_await
     return names
+
+
+WEB = "https://app.example.com"
+
+
+async def test_the_web_apps_origin_may_call_the_api_from_a_browser(make_client: Any) -> None:
+    """PARLEY_CORS_ORIGINS (the web client on CloudFront, the APIs on the ALB): its
+    preflight is answered, its answers (errors too) name it; any other origin gets
+    no CORS header and its preflight is refused, so a browser neither sends its
+    page's request nor lets it read an answer."""
+    app = make_app(cors_origins=f"{WEB}, http://localhost:5173")
+    client = await make_client(app)
+    pre = await client.options("/test/v1/greet", headers={
+        "Origin": WEB, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    })  # fmt: skip
+    assert pre.status == 204
+    assert pre.headers["Access-Control-Allow-Origin"] == WEB
+    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    assert pre.headers["Access-Control-Allow-Headers"] == "authorization, content-type"
+    assert "Access-Control-Allow-Credentials" not in pre.headers
+    assert app[STORED] == []  # a preflight reaches no handler
+    resp = await client.post("/test/v1/greet", json={"name": "ann"}, headers={"Origin": WEB})
+    assert resp.status == 201 and resp.headers["Access-Control-Allow-Origin"] == WEB
+    assert "X-Request-ID" in resp.headers["Access-Control-Expose-Headers"]
+    err = await client.get("/test/v1/fail", headers={"Origin": WEB})
+    assert err.status == 403 and err.headers["Access-Control-Allow-Origin"] == WEB
+
+    evil = "https://evil.example"
+    pre = await client.options("/test/v1/greet", headers={
+        "Origin": evil, "Access-Control-Request-Method": "POST",
+    })  # fmt: skip
+    assert pre.status == 405 and "Access-Control-Allow-Origin" not in pre.headers
+    resp = await client.get("/test/v1/fail", headers={"Origin": evil})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    assert app[STORED] == ["ann"]
+
+
+async def test_without_cors_origins_no_origin_is_allowed(client: Any) -> None:
+    pre = await client.options("/test/v1/greet", headers={
+        "Origin": WEB, "Access-Control-Request-Method": "POST",
+    })  # fmt: skip
+    assert pre.status == 405 and "Access-Control-Allow-Origin" not in pre.headers
+    resp = await client.get("/test/healthz", headers={"Origin": WEB})
+    assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers

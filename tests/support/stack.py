@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.stack import SERVERS, SERVICES, Processes, StackConfig, command
+from scripts.stack import SERVERS, SERVICES, Processes, StackConfig, _free_ports, command
 from services.common.config import Settings, load_settings
 
 # Not a secret: only the test stacks' throw-away databases are sealed with it.
@@ -97,6 +97,9 @@ class System:
     cfg: StackConfig
     procs: Processes
     prefix: str
+    web_origin: str = ""
+    """An origin the services let call them (PARLEY_CORS_ORIGINS), as the web apps'
+    on AWS: a test serves the web client there (tests/web/test_cross_origin.py)."""
     lb: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,7 @@ class System:
 def start_system(stack: Stack) -> System:
     prefix = unique_prefix("e")
     ports = StackConfig.free_ports(stack.cfg.data_dir)
+    web_origin = f"http://127.0.0.1:{_free_ports(1)[0]}"
     cfg = StackConfig(
         data_dir=stack.cfg.data_dir / prefix,
         mongo_port=stack.cfg.mongo_port,
@@ -167,13 +171,14 @@ def start_system(stack: Stack) -> System:
             # Mention digests (docs/notifier.md): short, so that a test sees one.
             "PARLEY_NOTIFIER_DIGEST_INTERVAL_S": "4",
             "PARLEY_NOTIFIER_TICK_S": "0.25",
+            "PARLEY_CORS_ORIGINS": web_origin,
         },
     )
     procs = Processes(cfg)
     try:
         for name in (*SERVICES, "haproxy"):
             procs.start(name)
-        system = System(stack, cfg, procs, prefix)
+        system = System(stack, cfg, procs, prefix, web_origin)
         system.wait_ready()
     except BaseException:
         procs.stop_all()

@@ -365,17 +365,18 @@ async def test_two_browsers_and_python_share_rooms(system: System, tmp_path: Pat
 
 async def browser_scenario(
     system: System, tmp_path: Path, script: str, prefix: str, timeout: float,
-    side: Callable[[Client, str, str], PythonSide] | None = None,
+    side: Callable[[Client, str, str], PythonSide] | None = None, lb: str | None = None,
 ) -> None:  # fmt: skip
     """The browser user ``<prefix><tag>`` runs ``script`` against a Python SDK user R,
     whose side answers the script's ``PY`` lines (``side(R, browser user, tag)``,
-    :class:`PythonSide` by default); the script must end with ``<what>: ok``."""
+    :class:`PythonSide` by default); the script must end with ``<what>: ok``. ``lb``:
+    where the browser opens the web client (HAProxy by default)."""
     assert (WEB / "chat" / "dist" / "index.html").exists(), "make install builds web/chat"
     tag = secrets.token_hex(4)
     a_user = f"{prefix}{tag}"
     r = await python_user(system, tmp_path, tag)
     py = side(r, a_user, tag) if side is not None else PythonSide(r, system)
-    env = {"LB": system.lb, "A_USER": a_user, "R_USER": str(r.username), "TAG": tag}
+    env = {"LB": lb or system.lb, "A_USER": a_user, "R_USER": str(r.username), "TAG": tag}
     try:
         output, _ = await run_script(script, env, py, timeout=timeout)
     finally:

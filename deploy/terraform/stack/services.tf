@@ -10,6 +10,7 @@ locals {
     PARLEY_HOST                    = "0.0.0.0"
     PARLEY_PUBLIC_URL              = module.alb.api_url
     PARLEY_WEB_URL                 = module.static_site.url
+    PARLEY_CORS_ORIGINS            = module.static_site.url # the web apps (CloudFront) call the APIs (the ALB)
     PARLEY_KAFKA_BOOTSTRAP         = module.kafka.bootstrap_brokers
     PARLEY_KAFKA_SECURITY_PROTOCOL = module.kafka.security_protocol
     PARLEY_KAFKA_SASL_MECHANISM    = "SCRAM-SHA-512"

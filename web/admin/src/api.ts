@@ -159,6 +159,15 @@ export interface OAuthClient {
   client_secret?: string | null;
 }
 
+/** Where the APIs are: '' for the console's own origin (HAProxy serves both), or the
+ * origin its config.json names (`api_url`: on AWS the console is on CloudFront's domain
+ * and the APIs on the load balancer's, which allows it with PARLEY_CORS_ORIGINS). */
+let apiOrigin = "";
+
+export function setApiOrigin(url: string | undefined): void {
+  apiOrigin = url && /^https?:\/\/[^/?#]+\/?$/.test(url) ? url.replace(/\/+$/, "") : "";
+}
+
 export class Api {
   constructor(private token: () => string | undefined) {}
 
@@ -173,7 +182,7 @@ export class Api {
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let resp: Response;
     try {
-      resp = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      resp = await fetch(apiOrigin + url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     } catch (e) {
       throw new ApiError(0, "network", `The server did not answer (${e instanceof Error ? e.message : String(e)}).`);
     }

@@ -1,9 +1,12 @@
 // Sign-in through Parley's OpenID provider: authorization code + PKCE (oidc-client-ts).
 import { User, UserManager, WebStorageStateStore } from "oidc-client-ts";
+import { setApiOrigin } from "./api";
 
 export interface Config {
   authority: string;
   client_id: string;
+  /** The APIs' origin when it is not the console's (deploy.yml writes it on AWS). */
+  api_url?: string;
 }
 
 export const BASE = "/admin/";
@@ -11,7 +14,9 @@ export const BASE = "/admin/";
 export async function loadConfig(): Promise<Config> {
   const resp = await fetch(`${BASE}config.json`, { cache: "no-cache" });
   if (!resp.ok) throw new Error(`config.json: HTTP ${resp.status}`);
-  return (await resp.json()) as Config;
+  const config = (await resp.json()) as Config;
+  setApiOrigin(config.api_url);
+  return config;
 }
 
 export function userManager(config: Config): UserManager {

@@ -179,6 +179,39 @@ export interface RoomLogsAnswer extends LogPages<W.RoomMessage> {
   pages: RoomLogPage[];
 }
 
+/** Where the APIs and the WebSocket are: '' for the page's own origin (HAProxy serves
+ * the web client and the APIs together: `make run`, docker-compose), or the origin
+ * `/config.json` names (`api_url`: on AWS the web client is on CloudFront's domain and
+ * the APIs on the load balancer's, which allows it with PARLEY_CORS_ORIGINS). */
+let apiOrigin = '';
+
+export function setApiOrigin(url: string): void {
+  apiOrigin = url.replace(/\/+$/, '');
+}
+
+export const apiUrl = (path: string): string => apiOrigin + path;
+
+/** The gateway's WebSocket URL: on the API's origin, else on the page's. */
+export function socketUrl(page: { protocol: string; host: string } = location): string {
+  if (apiOrigin) return `${apiOrigin.replace(/^http/, 'ws')}/ws`;
+  return `${page.protocol === 'https:' ? 'wss' : 'ws'}://${page.host}/ws`;
+}
+
+/** Read `/config.json` once, before anything is called; none (404): the page's origin. */
+export async function loadApiOrigin(): Promise<void> {
+  let config: unknown;
+  try {
+    const resp = await fetch('/config.json', { cache: 'no-cache', credentials: 'omit' });
+    if (!resp.ok) return;
+    config = await resp.json();
+  } catch {
+    return;
+  }
+  const url = (config as { api_url?: unknown } | null)?.api_url;
+  if (typeof url === 'string' && /^https?:\/\/[^/?#]+\/?$/.test(url)) setApiOrigin(url);
+  else if (url !== undefined) console.warn('config.json: api_url is not an origin (https://host); using this page\'s');
+}
+
 const roomPath = (roomId: string) => `/rooms/v1/rooms/${encodeURIComponent(roomId)}`;
 
 export class Api {
@@ -190,7 +223,7 @@ export class Api {
     if (auth && this.token) headers['Authorization'] = `Bearer ${this.token}`;
     let resp: Response;
     try {
-      resp = await fetch(path, { method, headers, body: body === undefined ? null : JSON.stringify(body), credentials: 'omit' });
+      resp = await fetch(apiUrl(path), { method, headers, body: body === undefined ? null : JSON.stringify(body), credentials: 'omit' });
     } catch {
       throw new ApiError('network', 'Cannot reach the Parley server.', 0);
     }

@@ -46,6 +46,7 @@ import {
   type RoomMessage,
   type Tokens,
   type UserBrief,
+  socketUrl,
 } from './api.ts';
 import { chunkName, type Head, History, inRoomOrder, migrate, topPlace } from './history.ts';
 import { type PeerJson, PeerState } from './peers.ts';
@@ -2356,8 +2357,7 @@ export class ParleyClient {
       this.#state('stopped', String((error as Error).message));
       return;
     }
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(socketUrl());
     this.#ws = ws;
     this.#synced = false;
     this.#acked = 0;

@@ -1,6 +1,6 @@
 import { type ComponentChildren, render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { Api, type Challenge, type Room } from './api.ts';
+import { Api, type Challenge, type Room, loadApiOrigin } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import { Drafts, holding } from './composer.ts';
 import { hourMinute } from './format.ts';
@@ -951,4 +951,4 @@ function App() {
   return <Login onClient={signedIn} go={go} notice={notice} />;
 }
 
-render(<App />, document.getElementById('app') as HTMLElement);
+void loadApiOrigin().then(() => render(<App />, document.getElementById('app') as HTMLElement));
