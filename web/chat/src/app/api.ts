@@ -201,7 +201,7 @@ export function socketUrl(page: { protocol: string; host: string } = location): 
 export async function loadApiOrigin(): Promise<void> {
   let config: unknown;
   try {
-    const resp = await fetch('/config.json', { cache: 'no-cache', credentials: 'omit' });
+    const resp = await fetch('/config.json', { cache: 'no-cache', credentials: 'omit', signal: AbortSignal.timeout(10_000) });
     if (!resp.ok) return;
     config = await resp.json();
   } catch {
