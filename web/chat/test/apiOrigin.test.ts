@@ -42,3 +42,28 @@ describe('the API origin', () => {
     expect(warn).toHaveBeenCalledOnce();
   });
 });
+
+describe('a config file that cannot be read', () => {
+  it('is tried again, then fails rather than call the page own origin', async () => {
+    let calls = 0;
+    vi.stubGlobal('fetch', vi.fn(async () => {
+      calls += 1;
+      return new Response('busy', { status: 503 });
+    }));
+    await expect(loadApiOrigin(3, 1)).rejects.toThrow('Cannot read /config.json (HTTP 503)');
+    expect(calls).toBe(3);
+    expect(apiUrl('/auth/v1/me')).toBe('/auth/v1/me'); // nothing was set
+  });
+
+  it('succeeds once it answers', async () => {
+    let calls = 0;
+    vi.stubGlobal('fetch', vi.fn(async () => {
+      calls += 1;
+      if (calls === 1) throw new TypeError('network');
+      return new Response(JSON.stringify({ api_url: 'https://api.example.com' }), { status: 200 });
+    }));
+    await loadApiOrigin(3, 1);
+    expect(calls).toBe(2);
+    expect(socketUrl(page)).toBe('wss://api.example.com/ws');
+  });
+});

@@ -231,6 +231,7 @@ class FakeRooms {
   calls: LogAsk[][] = [];
   hold: Promise<void> | null = null; // batch answers wait for this while set
   fail: Error | null = null; // batch calls fail while set
+  readonly unreached = new Set<string>(); // rooms the answer's byte budget does not reach
   readonly #open = new Map<string, number>(); // room -> calls reading it now
   overlaps: string[] = []; // rooms read by two calls at once
 
@@ -270,7 +271,12 @@ class FakeRooms {
       // The pages as the logs are when the call comes; the answer may come later.
       const pages = asks
         .filter((a) => this.logs.has(a.room) && !this.refuse.has(a.room))
-        .map((a) => ({ room: a.room, ...(this.logs.get(a.room) as FakeLog).slice(a.after) }));
+        .map((a) =>
+          // Past the answer's byte budget (PARLEY_SYNC_PAGE_BYTES): nothing, `more`, where it was.
+          this.unreached.has(a.room)
+            ? { room: a.room, messages: [], next: a.after, more: true }
+            : { room: a.room, ...(this.logs.get(a.room) as FakeLog).slice(a.after) },
+        );
       const refused = ids.filter((id) => !this.logs.has(id) || this.refuse.has(id));
       if (this.hold) await this.hold;
       if (this.fail) throw this.fail;
@@ -398,6 +404,19 @@ describe('reading many rooms at once (RoomLogs.sync, POST /delivery/v1/rooms/log
     expect(taken(big)).toEqual([1, 2, 3, 4, 6, 7, 8]);
     expect(cursor(big)).toBe(8);
     expect(logs.reading(big)).toBe(false);
+  });
+
+  it('a room the answer did not reach (more, nothing, next where it was) is read on alone', async () => {
+    const server = new FakeRooms();
+    const [a, b] = rooms(server, 2) as [string, string];
+    server.unreached.add(b);
+    const { state, logs, cursor, taken } = client(server);
+    state.cursors.set(b, 1);
+    expect(await logs.sync([a, b])).toBe(1 + 1);
+    expect(server.log(b).reads).toEqual([1]); // alone, from its cursor
+    expect(taken(b)).toEqual([2]);
+    expect(cursor(b)).toBe(2);
+    expect(logs.reading(b)).toBe(false);
   });
 
   it('a refused room is left as it is: no take, no read of its own, no failure', async () => {

@@ -197,15 +197,23 @@ export function socketUrl(page: { protocol: string; host: string } = location): 
   return `${page.protocol === 'https:' ? 'wss' : 'ws'}://${page.host}/ws`;
 }
 
-/** Read `/config.json` once, before anything is called; none (404): the page's origin. */
-export async function loadApiOrigin(): Promise<void> {
+/** Read `/config.json` once, before anything is called. None (404): the page's origin.
+ * Anything else that fails (a timeout, a 5xx, a 403, not JSON) is tried again, `tries`
+ * times in all, then thrown: on AWS the page's own origin is CloudFront, which would
+ * answer every API call with the app's page. */
+export async function loadApiOrigin(tries = 5, backoffMs = 1000): Promise<void> {
   let config: unknown;
-  try {
-    const resp = await fetch('/config.json', { cache: 'no-cache', credentials: 'omit', signal: AbortSignal.timeout(10_000) });
-    if (!resp.ok) return;
-    config = await resp.json();
-  } catch {
-    return;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const resp = await fetch('/config.json', { cache: 'no-cache', credentials: 'omit', signal: AbortSignal.timeout(10_000) });
+      if (resp.status === 404) return;
+      if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+      config = await resp.json();
+      break;
+    } catch (error) {
+      if (attempt >= tries) throw new Error(`Cannot read /config.json (${String((error as Error).message ?? error)}).`);
+      await new Promise((resolve) => setTimeout(resolve, backoffMs * 2 ** (attempt - 1)));
+    }
   }
   const url = (config as { api_url?: unknown } | null)?.api_url;
   if (typeof url === 'string' && /^https?:\/\/[^/?#]+\/?$/.test(url)) setApiOrigin(url);

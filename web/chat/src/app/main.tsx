@@ -951,4 +951,16 @@ function App() {
   return <Login onClient={signedIn} go={go} notice={notice} />;
 }
 
-void loadApiOrigin().then(() => render(<App />, document.getElementById('app') as HTMLElement));
+const root = document.getElementById('app') as HTMLElement;
+loadApiOrigin().then(
+  () => render(<App />, root),
+  (error: unknown) =>
+    render(
+      <main>
+        <p class="error" role="alert">
+          {message(error)} Reload the page to try again.
+        </p>
+      </main>,
+      root,
+    ),
+);

@@ -528,9 +528,11 @@ export class RoomLogs<M extends { seq: number }> {
       }
       got += page.messages.length;
       const next = Math.max(ask.after, page.next, this.io.cursor(page.room));
-      // Read on alone: the log has more (a page that does not go on has not), or a read
-      // was asked for while the call ran (a gap pushed meanwhile).
-      if ((page.more && next > ask.after) || this.#again.has(page.room)) {
+      // Read on alone: the log has more, or a read was asked for while the call ran (a
+      // gap pushed meanwhile). A page may say `more` without going on: the answer's
+      // byte budget (PARLEY_SYNC_PAGE_BYTES) ran out before this room (its `next` is
+      // where it was); a read alone always moves on (its first message always comes).
+      if (page.more || this.#again.has(page.room)) {
         readOn.push({ room: page.room, release: ask.release, taken: page.messages.length });
       } else {
         ask.release(page.messages.length);
