@@ -22,6 +22,7 @@ from aiohttp.typedefs import Middleware
 from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
+from yarl import URL
 
 from services.common.config import ConfigError, Settings, exit_bad_config, settings_or_exit
 from services.common.errors import ApiError, ErrorCode
@@ -219,7 +220,8 @@ SECURITY_HEADERS = {
 
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
 CORS_EXPOSED = f"{REQUEST_ID_HEADER}, Retry-After"
-CORS_MAX_AGE_S = 600
+CORS_MAX_AGE_S = 7200
+"""Chromium's cap: every distinct URL (ids, cursors) has a preflight of its own."""
 
 
 def cors_middleware(origins: frozenset[str]) -> Middleware:
@@ -258,7 +260,16 @@ def cors_middleware(origins: frozenset[str]) -> Middleware:
 
 
 def cors_origins(settings: Settings) -> frozenset[str]:
-    return frozenset(o.strip() for o in settings.cors_origins.split(",") if o.strip())
+    """The origins as a browser sends them: lower case, no trailing slash, no default
+    port (``https://App.example.com:443/`` is ``https://app.example.com``)."""
+    out = set()
+    for raw in settings.cors_origins.split(","):
+        url = URL(raw.strip().rstrip("/").lower())
+        if url.scheme and url.host:
+            default = url.port == {"https": 443, "http": 80}.get(url.scheme)
+            port = "" if default or url.port is None else f":{url.port}"
+            out.add(f"{url.scheme}://{url.raw_host}{port}")
+    return frozenset(out)
 
 
 async def security_headers(_: web.Request, resp: web.StreamResponse) -> None:

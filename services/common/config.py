@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     # another origin than the API (Terraform: CloudFront's). Empty: the same origin
     # only, as HAProxy serves everything (docs/configuration.md).
     cors_origins: str = Field(
-        default="", pattern=r"^(https?://[A-Za-z0-9.\[\]:-]+(,\s*https?://[A-Za-z0-9.\[\]:-]+)*)?$"
+        default="",
+        pattern=r"^(https?://[A-Za-z0-9.\[\]:-]+/?(,\s*https?://[A-Za-z0-9.\[\]:-]+/?)*)?$",
     )
 
     # Backing servers.

@@ -51,7 +51,7 @@ from parley_contract import frames as f
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from services.common import routing, scripts
 from services.common.config import Settings
@@ -334,7 +334,8 @@ class DeliveryStore:
         in MongoDB for good, and a removed one came back in pages once its removal
         marker expired.) What a process killed in between leaves is not retried.
         """
-        docs = self._moved + docs
+        # What the checks need, not the bodies (a batch of 64 KB messages is 64 MB).
+        docs = self._moved + [{k: d[k] for k in ("_id", "inbox", "seq", "server_id")} for d in docs]
         if len(docs) > MOVED_KEPT:
             log.warning("moved items left uncleaned", extra={"items": len(docs) - MOVED_KEPT})
             docs = docs[-MOVED_KEPT:]
@@ -619,10 +620,11 @@ class DeliveryStore:
                 cold += [item_id(u, s) for s in numbers if s not in have]
         try:
             stored = await self.delete_acked(cold)
-        except Exception as exc:
-            # MongoDB is down (or failed otherwise: any error, else the ids were
-            # lost, their copies kept for good below the watermark and their
-            # receipts never sent). The watermarks are raised already (no page returns
+        except PyMongoError as exc:
+            # MongoDB is down, or failed otherwise (only a lost connection was caught:
+            # any other error of MongoDB's lost the ids, their copies kept below the
+            # watermark and their receipts never sent; a programming error still
+            # raises). The watermarks are raised already (no page returns
             # these items again): their deletion and their receipts wait for the
             # persister (drain_cold_acks); the hot items' receipts go out now.
             extra = {"items": len(cold), "error": repr(exc)}

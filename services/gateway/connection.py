@@ -47,8 +47,18 @@ MAX_IN_FLIGHT_SENDS = 256
 # Refused sends (over the rate) after which a socket is closed 4009: 4x the burst, at most this.
 FLOOD_VIOLATIONS = 400
 CLOSE_TIMEOUT_S = 5.0
-"""How long a close waits for the client to take its last frames and answer the close
-frame; then the connection is dropped (a client that stopped reading held it for ever)."""
+"""A closing socket's connection is dropped once its client has taken nothing of what
+waits for it for this long, or has taken everything and not answered the close frame
+for twice this long (a client that stopped reading held it for ever)."""
+CLOSE_ROUNDS = 24
+"""... and at the latest after this many of those intervals (two minutes), however
+slowly it still reads."""
+
+
+def _retrieved(task: asyncio.Future[bool]) -> None:
+    if not task.cancelled():
+        task.exception()  # aiohttp's close keeps its errors (the connection is gone)
+
 
 _ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 """What ends a socket's frame loop (as it ends ``async for`` over the socket)."""
@@ -275,21 +285,49 @@ class Connection:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(writer), 1.0)
         # aiohttp's close drains the transport first, then waits for the client's close
-        # frame: for a client that stopped reading, for ever. Past CLOSE_TIMEOUT_S (or
-        # when the close is cancelled: the socket's loop ended first) the connection is
-        # dropped, what it had not read with it (a close would keep it until the peer
-        # read it, which it never does).
-        try:
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT_S
+        # frame: for a client that stopped reading, for ever. A watch (``_watch``) drops
+        # the connection once the client stops taking what waits for it; a client still
+        # reading (a slow link, megabytes buffered) gets its last frames and the close
+        # code. Shielded: the socket's own end (which cancels its tasks) does not cut
+        # the close short.
+        closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()[:120]))
+        closing.add_done_callback(_retrieved)
+        self.watch_close(closing)
+        await asyncio.shield(closing)
+
+    def closing_now(self) -> None:
+        """Queue nothing more for this socket (its close is on its way)."""
+        self._closing = True
+
+    def watch_close(self, closing: asyncio.Future[bool] | None) -> None:
+        """Watch a close (``closing``: aiohttp's, or None: one aiohttp started itself, or
+        the socket's end with frames still buffered) every ``CLOSE_TIMEOUT_S``."""
+        transport = self.transport
+        if transport is not None:
+            asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT_S, self._watch, closing, transport.get_write_buffer_size(), 1
             )
-        except TimeoutError:
+
+    def _watch(self, closing: asyncio.Future[bool] | None, left: int, rounds: int) -> None:
+        """Drop the connection if the client took nothing since the last look (``left``
+        bytes were waiting), took everything but has not answered the close frame
+        since, or after ``CLOSE_ROUNDS`` looks; else look again later."""
+        transport = self.transport
+        if transport is None or (closing is not None and closing.done()):
+            return
+        size = transport.get_write_buffer_size()
+        if size == 0 and closing is None:
+            return  # all of it sent: the transport closes by itself
+        if (size and size >= left) or (size == 0 and left == 0) or rounds >= CLOSE_ROUNDS:
             self._drop()
-        except asyncio.CancelledError:
-            self._drop()
-            raise
+            return
+        asyncio.get_running_loop().call_later(
+            CLOSE_TIMEOUT_S, self._watch, closing, size, rounds + 1
+        )
 
     def _drop(self) -> None:
+        """Abort the connection: what it had not read is discarded (a close keeps it, and
+        the connection, until the peer reads it)."""
         transport = self.transport
         if transport is not None:
             transport.abort()
@@ -303,9 +341,10 @@ class Connection:
     def abort(self) -> None:
         """The pod's heartbeat: the ping went unanswered, the client is gone. Drop the
         connection as aiohttp's own heartbeat does: no close frame, close code 1006."""
-        transport = self.transport
-        if transport is not None and not self.ws.closed:
-            transport.abort()  # not close(): it keeps the connection until it is read
+        # Whether or not aiohttp closed the socket already (it does after the client's
+        # EOF or a protocol error, and then drains for ever): not close(), which keeps
+        # the connection until the client reads what is buffered.
+        self._drop()
 
     # Inbound ----------------------------------------------------------------
     @classmethod
@@ -400,6 +439,12 @@ class Connection:
         elif writer is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(writer, 2.0)
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            # Frames still buffered for a socket that ended (aiohttp may have closed it
+            # itself, after the client's EOF or a protocol error, without a time limit):
+            # dropped if the client stops taking them.
+            self.watch_close(None)
 
     def _read(self, msg: WSMessage) -> f.ClientFrames | None:
         """Parse one WebSocket message; None (after an error frame) when it is unusable."""

@@ -639,6 +639,9 @@ class Hub:
             targets = list(conns)
         for conn in targets:
             conn.push(ApiError(code).frame())
+            # Nothing routed from now on reaches it (the close, not awaited here, only
+            # starts at the loop's next turn; the listener may route more before).
+            conn.closing_now()
             task = asyncio.ensure_future(conn.close(f.CLOSE_REVOKED, code.value))
             self._closes.add(task)
             task.add_done_callback(self._closed)

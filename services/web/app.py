@@ -112,8 +112,16 @@ def chat_routes(app: web.Application) -> None:
         resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         return harden(resp, policy)
 
+    async def config(_: web.Request) -> web.StreamResponse:
+        # No `api_url`: the APIs are on this origin (HAProxy serves both). On AWS the
+        # deploy job writes one naming the API's (scripts/web_site.py).
+        resp = json_response({})
+        resp.headers["Cache-Control"] = "no-cache"
+        return harden(resp, policy)
+
     app.router.add_get("/", page)
     app.router.add_get("/index.html", page)
+    app.router.add_get("/config.json", config)
     app.router.add_get("/assets/{tail:.+}", asset)
 
 

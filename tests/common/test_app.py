@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from yarl import URL
 
-from services.common.app import base_app, serve_sockets
-from services.common.config import load_settings
+from services.common.app import base_app, cors_origins, serve_sockets
+from services.common.config import ConfigError, load_settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import request_id_var
 from services.common.openapi import Api
@@ -394,3 +394,10 @@ async def test_without_cors_origins_no_origin_is_allowed(client: Any) -> None:
     assert pre.status == 405 and "Access-Control-Allow-Origin" not in pre.headers
     resp = await client.get("/test/healthz", headers={"Origin": WEB})
     assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+
+
+def test_cors_origins_are_compared_as_a_browser_sends_them() -> None:
+    settings = load_settings(cors_origins="https://App.Example.com:443/, http://localhost:5173")
+    assert cors_origins(settings) == {"https://app.example.com", "http://localhost:5173"}
+    with pytest.raises(ConfigError):
+        load_settings(cors_origins="https://app.example.com/path")

@@ -320,7 +320,7 @@ def test_alb_routes_are_haproxys() -> None:
     # hashed files under /assets/ (#16), the admin console under /admin/. The
     # default stays auth, as the ALB's default component.
     web = routes.pop("web")
-    assert web == {"/", "/index.html", "/assets/*", "/admin", "/admin/*", "/web/*"}
+    assert web == {"/", "/index.html", "/config.json", "/assets/*", "/admin", "/admin/*", "/web/*"}
     alb: dict[str, set[str]] = {n: set(c["paths"]) for n, c in enabled().items() if c["paths"]}
     assert alb == routes
     assert stack()["locals"]["default_component"] == default

@@ -81,7 +81,9 @@ def test_the_deploy_job_builds_the_apps_then_publishes_the_site() -> None:
     publish = next(i for i, s in enumerate(job) if "scripts/web_site.py" in s.get("run", ""))
     assert job[build]["working-directory"] == "web" and "npm ci" in job[build]["run"]
     assert any(n.startswith("actions/setup-node") for n in names[:build])
-    assert build < publish
+    # Built before Terraform changes anything: a failed build leaves the deployment.
+    apply = next(i for i, s in enumerate(job) if "terraform apply" in s.get("run", ""))
+    assert build < apply < publish
     step = job[publish]
     assert step["env"]["API_URL"] == "${{ steps.outputs.outputs.api_url }}"
     assert '--api-url "${API_URL}" site' in step["run"]
@@ -96,3 +98,4 @@ def test_terraform_lets_the_web_domain_call_the_apis() -> None:
     site = (ROOT / "deploy" / "terraform" / "modules" / "static_site" / "main.tf").read_text()
     csp = next(line for line in site.splitlines() if "content_security_policy =" in line)
     assert "connect-src 'self' https://${var.api_domain_name} wss://${var.api_domain_name}" in csp
+    assert "worker-src 'none'" in csp and "frame-ancestors 'none'" in csp

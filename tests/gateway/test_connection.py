@@ -11,11 +11,12 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 from parley_contract.frames import CLOSE_SLOW_CONSUMER, Message
 from prometheus_client import CollectorRegistry
 
 from services.common.config import load_settings
-from services.gateway.connection import Connection
+from services.gateway.connection import CLOSE_ROUNDS, Connection
 from services.gateway.hub import Hub
 from services.gateway.store import GatewayStore
 from tests.support.aio import eventually
@@ -187,3 +188,57 @@ async def test_a_burst_in_one_turn_of_the_loop_is_no_slow_reader() -> None:
     await eventually(lambda: _value(ws.closed_with), lambda code: code is not None, timeout=5)
     assert ws.closed_with == CLOSE_SLOW_CONSUMER
     assert hub.errors.labels("slow_consumer")._value.get() == 1
+
+
+class DrainingTransport(FakeTransport):
+    """A transport whose client takes ``per_look`` bytes between two looks of the close
+    watch, and (``answers``) answers the close once it has everything; aborted or not."""
+
+    def __init__(self, buffered: int, per_look: int, closing: asyncio.Future[bool],
+                 answers: bool) -> None:  # fmt: skip
+        super().__init__()
+        self.buffered, self.per_look, self.aborted = buffered, per_look, False
+        self.closing, self.answers, self.looks = closing, answers, 0
+
+    def get_write_buffer_size(self) -> int:
+        self.looks += 1
+        size = self.buffered
+        self.buffered = max(self.buffered - self.per_look, 0)
+        if self.buffered == 0 and self.answers and not self.closing.done():
+            self.closing.set_result(True)
+        return size
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.parametrize(
+    ("buffered", "per_look", "answers", "dropped"),
+    [
+        (3_000_000, 400_000, True, False),  # a slow link still reading: its close ends
+        (3_000_000, 0, False, True),  # stopped reading: dropped at the first look
+        (0, 0, False, True),  # took everything, never answers the close: dropped
+        (3_000_000, 1, False, True),  # a trickle: dropped after CLOSE_ROUNDS looks
+    ],
+)
+async def test_a_close_is_watched_until_the_client_stops_reading(
+    monkeypatch: pytest.MonkeyPatch, buffered: int, per_look: int, answers: bool, dropped: bool
+) -> None:
+    monkeypatch.setattr("services.gateway.connection.CLOSE_TIMEOUT_S", 0.001)
+    settings = load_settings()
+    store = GatewayStore(settings, None, None, None)  # type: ignore[arg-type]
+    hub = Hub(store, CollectorRegistry(), None, None, None, None)  # type: ignore[arg-type]
+    closing: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    transport = DrainingTransport(buffered, per_look, closing, answers)
+    conn = Connection(ReadingSocket(), hub, transport)  # type: ignore[arg-type]
+    conn.watch_close(closing)
+    if answers:
+        await asyncio.wait_for(closing, 5)
+        looks = transport.looks
+        await asyncio.sleep(0.02)  # twenty intervals: the watch looks no more
+        assert transport.looks == looks
+    else:
+        await eventually(lambda: _value(transport.aborted), lambda a: a, timeout=5)
+    assert transport.aborted is dropped
+    if per_look == 1:
+        assert transport.looks == 1 + CLOSE_ROUNDS  # the first size, then every look

@@ -38,6 +38,14 @@ async def test_the_chat_page_and_its_assets_with_a_strict_policy(web_client: Any
     assert asset.headers["Content-Security-Policy"] == resp.headers["Content-Security-Policy"]
 
 
+async def test_the_chat_config_names_no_api_origin_here(web_client: Any) -> None:
+    """Behind HAProxy the APIs are on the page's origin: `{}` (on AWS the deploy job's
+    file names the API's origin: scripts/web_site.py)."""
+    resp = await web_client.get("/config.json")
+    assert resp.status == 200 and await resp.json() == {}
+    assert resp.headers["Cache-Control"] == "no-cache"
+
+
 @pytest.mark.parametrize(
     "path", ["/assets/missing.js", "/assets/../../secret.txt", "/assets/%2e%2e/%2e%2e/secret.txt"]
 )

@@ -28,7 +28,8 @@ async def serve_site(site: Path, origin: str, api: str) -> tuple[web.AppRunner, 
     asked: list[str] = []
     ws = api.replace("http://", "ws://")
     policy = (f"default-src 'self'; connect-src 'self' {api} {ws}; img-src 'self' data:; "
-              "object-src 'none'; base-uri 'self'; frame-ancestors 'none'")  # fmt: skip
+              "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; "
+              f"form-action 'self' {api}; worker-src 'none'")  # fmt: skip
 
     async def handle(request: web.Request) -> web.StreamResponse:
         asked.append(request.path)

@@ -175,7 +175,7 @@ resource "aws_cloudfront_response_headers_policy" "this" {
       override        = true
     }
     content_security_policy {
-      content_security_policy = "default-src 'self'; connect-src 'self' https://${var.api_domain_name} wss://${var.api_domain_name}; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+      content_security_policy = "default-src 'self'; connect-src 'self' https://${var.api_domain_name} wss://${var.api_domain_name}; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self' https://${var.api_domain_name}; worker-src 'none'"
       override                = true
     }
   }
