@@ -372,11 +372,11 @@ class HotInbox:
 
     async def remove_messages(
         self, items: list[Removal], counts: PendingCounts, marker_s: int
-    ) -> list[Removal]:
+    ) -> list[tuple[Removal, int]]:
         """Take removed messages' copies out of the hot inbox (and lower the waiting
-        counts), leaving a marker for the persister; returns those that were hot. A
-        removal without a seq searches its inbox's hash, which holds only what arrived
-        in the last ``hot_persist_after_s``."""
+        counts), leaving a marker for the persister; returns those that were hot, each
+        with the seq of the copy taken. A removal without a seq searches its inbox's
+        hash, which holds only what arrived in the last ``hot_persist_after_s``."""
         if not items:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -387,7 +387,7 @@ class HotInbox:
             results = await pipe.execute()
         taken = [(r, int(n)) for r, n in zip(items, results, strict=True) if int(n)]
         await self.unindex((r.inbox, n) for r, n in taken)
-        return [r for r, _ in taken]
+        return taken
 
     async def removed(self, docs: list[Doc]) -> list[Doc]:
         """Of these items (read from MongoDB), those whose message was removed since."""

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
-from services.common.routing import gateway_channel, presence_key, presence_value
+from services.common.routing import gateway_channel, pending_key, presence_key, presence_value
 from services.delivery.hot import Removal
 from services.delivery.store import DeliveryStore, dedup_key, item_id
 from services.gateway.acks import DirectAcks
@@ -136,6 +136,42 @@ async def test_a_removal_racing_the_persister_never_shows_the_copy_it_leaves(
     assert written == 3
     assert pages == [[1, 3]]
     assert await in_mongo(store, "fay") == [1, 3]  # and then it was deleted
+
+
+async def test_a_removed_message_stored_twice_loses_both_copies(store: DeliveryStore) -> None:
+    """After a Redis loss a message can wait twice in one inbox: the copy persisted
+    before the loss (MongoDB, its old seq) and the one the replay stored again (hot,
+    a new seq: the dedup record went with Redis). Its removal finds the hot one; the
+    other was left in MongoDB and came back in pages. Now both go, each counted
+    once; with MongoDB down the hot one still goes."""
+    stored = await store.store_hot([item("ina", n) for n in range(2)])
+    await store.persist_due(now=later(store))  # seq 1, 2: in MongoDB
+    first = stored[0]
+    await store.redis.delete(store.hot.dup_key(dedup_key("ina", "s", "c0")))
+    again = await store.store_hot([{**item("ina", 0), "server_id": first["server_id"]}])
+    assert again[0]["seq"] == 3 and "duplicate" not in again[0]
+    counts = pending_key(store.prefix, "ina")
+    assert int(await store.redis.hget(counts, "*")) == 3
+    assert await store.remove_copies([Removal("ina", 3, first["server_id"], "s")]) == 2
+    page, _ = await store.page("ina", 0, 10)
+    assert [d["seq"] for d in page] == [2]
+    assert await in_mongo(store, "ina") == [2]
+    assert int(await store.redis.hget(counts, "*")) == 1
+
+    # MongoDB down: the hot copy of another message still goes (no MongoDB needed).
+    [late] = await store.store_hot([item("ina", 5)])
+    up = store.inbox
+    down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    )
+    try:
+        store.inbox = down.x.inbox
+        removal = Removal("ina", late["seq"], late["server_id"], "s")
+        assert await asyncio.wait_for(store.remove_copies([removal]), 10) == 1
+    finally:
+        store.inbox = up
+        await down.close()
+    assert [d["seq"] for d in (await store.page("ina", 0, 10))[0]] == [2]
 
 
 async def test_a_failed_clean_up_after_a_move_is_done_by_the_next_pass(

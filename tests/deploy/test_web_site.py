@@ -88,6 +88,13 @@ def test_the_deploy_job_builds_the_apps_then_publishes_the_site() -> None:
     assert step["env"]["API_URL"] == "${{ steps.outputs.outputs.api_url }}"
     assert '--api-url "${API_URL}" site' in step["run"]
     assert "s3://${BUCKET}/" in step["run"] and "create-invalidation" in step["run"]
+    # The smoke test reads the published config files and sends a preflight from the
+    # web domain to the API.
+    smoke = steps(workflow("deploy.yml")["jobs"]["smoke"])
+    web = next(s for s in smoke if "WEB_URL" in s.get("env", {}))
+    assert web["env"]["WEB_URL"] == "${{ needs.deploy.outputs.web_url }}"
+    assert '"/config.json"' in web["run"] and '"/admin/config.json"' in web["run"]
+    assert "s.options(" in web["run"] and "Access-Control-Allow-Origin" in web["run"]
 
 
 def test_terraform_lets_the_web_domain_call_the_apis() -> None:
