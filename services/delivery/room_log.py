@@ -71,7 +71,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
-from services.delivery.store import DeliveryStore, fit
+from services.delivery.store import PAGE_ITEM_BYTES, DeliveryStore, fit
 
 log = logging.getLogger(__name__)
 
@@ -417,17 +417,25 @@ class RoomLog:
             if int(heads.get(room, {}).get("low") or 1) <= after + 1:
                 out[i] = ([], after, False)
         gate = asyncio.Semaphore(_PAGES_AT_ONCE)
+        budget, read = self.store.settings.sync_page_bytes, 0
 
         async def one(i: int) -> None:
+            nonlocal read
             room, after, since_ms = asks[i]
             # The next entry exists and was stored since ``since``: the page starts
             # there (one read); else the page finds its start (expiry, bisection).
             first = found.get(nexts[i])
             async with gate:
+                if read >= budget:
+                    # The answer is full (``_cut``): not read at all, read on later.
+                    out[i] = ([], after, True)
+                    return
                 if first is not None and float(first["stored_at"]) * 1000 >= since_ms:
-                    out[i] = await self._page_from(room, after, after, limit)
+                    page = await self._page_from(room, after, after, limit)
                 else:
-                    out[i] = await self._page(room, after, since_ms, limit)
+                    page = await self._page(room, after, since_ms, limit)
+                out[i] = page
+                read += sum(len(m.body) + PAGE_ITEM_BYTES for m in page[0])
 
         await asyncio.gather(*(one(i) for i, page in enumerate(out) if page is None))
         pages = [page for page in out if page is not None]

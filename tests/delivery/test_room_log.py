@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from parley_contract import envelopes as e
@@ -174,6 +175,39 @@ async def test_pages_of_large_messages_stop_at_the_byte_budget(
             if not more:
                 del cursors[room]
     assert seen == {room: list(range(1, 41)) for room in rooms}
+
+
+async def test_rooms_past_a_full_answer_are_not_read(
+    store: DeliveryStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty rooms with news, two messages of 60 KB each: once the answer holds its
+    1 MiB, the rooms not yet read are not read at all (they say more, from where they
+    were), instead of read whole and cut (up to 5,000 messages held for one answer)."""
+    log, rooms = make(store, settings), [room_id() for _ in range(40)]
+    big = "QUJD" * 15_000
+    for room in rooms:
+        envs = [env(room, i) for i in range(2)]
+        for x in envs:
+            x.body = big
+        await log.append(envs, time.time())
+    page_from = log._page_from
+    reads: list[str] = []
+
+    async def counted(room: str, start: int, after: int, limit: int) -> Any:
+        reads.append(room)
+        return await page_from(room, start, after, limit)
+
+    monkeypatch.setattr(log, "_page_from", counted)
+    got = await log.pages([(room, 0, 0) for room in rooms], 200)
+    per_room = 2 * (len(big) + PAGE_ITEM_BYTES)
+    # Read until the answer was full, at most the pages then under way (8) beyond.
+    assert len(reads) <= settings.sync_page_bytes // per_room + 1 + 8 < len(rooms)
+    assert sum(len(m) for m, _, _ in got) == settings.sync_page_bytes // (
+        len(big) + PAGE_ITEM_BYTES
+    )
+    assert all(more for m, _, more in got if not m)
+    unread = [room for room, (m, nxt, more) in zip(rooms, got, strict=True) if not m]
+    assert unread and all(got[rooms.index(r)][1] == 0 for r in unread)
 
 
 async def test_removed_messages_keep_their_numbers_and_leave_pages(
