@@ -71,7 +71,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
-from services.delivery.store import PAGE_ITEM_BYTES, DeliveryStore, fit
+from services.delivery.store import DeliveryStore, fit
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ class RoomLog:
                 else:
                     page = await self._page(room, after, since_ms, limit)
                 out[i] = page
-                read += sum(len(m.body) + PAGE_ITEM_BYTES for m in page[0])
+                _, read = fit((m.body for m in page[0]), 1 << 62, read)  # its bytes
 
         await asyncio.gather(*(one(i) for i, page in enumerate(out) if page is None))
         pages = [page for page in out if page is not None]

@@ -69,7 +69,7 @@ class Connection:
     # "Idle connections"): no instance dict, and the outbound queue, the set of
     # pending tasks and the waiter for a send slot exist only while they are used.
     __slots__ = (
-        "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_ahead", "_cid", "_closer",
+        "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_ahead", "_cid",
         "_closing", "_pending", "_sending", "_slot_free", "_token_body", "_token_head", "_writer",
         "_writer_delayed",
         "beat", "device_id", "expires_at", "heard", "hub", "limits", "queue", "queued_bytes", "sid",
@@ -119,7 +119,6 @@ class Connection:
         self.expires_at = 0.0
         """When the token this socket last authenticated with expires (epoch seconds);
         the hub closes the socket then (one timer per pod, not one per socket)."""
-        self._closer: asyncio.Task[None] | None = None
         self.heard = 0.0
         """When a frame (any, pings and pongs too) last came from the client (monotonic
         seconds): the pod's heartbeat pings a socket that has been silent for long
@@ -193,8 +192,15 @@ class Connection:
         """Close a socket whose client does not read fast enough (it resyncs on reconnect)."""
         log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
         self.hub.count_error(ErrorCode.SLOW_CONSUMER)
+        self.close_soon(f.CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False)
+
+    def close_soon(self, code: int, reason: str, flush: bool = True) -> None:
+        """Close from outside the socket's frame loop (a slow consumer, an expired token, a
+        revocation): nothing more is queued from now on (what the listener routes in
+        the same turn too), and the close runs as the socket's task (its end may cancel
+        that task: the close itself is shielded, :meth:`close`)."""
         self._closing = True
-        self._spawn(self.close(f.CLOSE_SLOW_CONSUMER, ErrorCode.SLOW_CONSUMER.value, flush=False))
+        self._spawn(self.close(code, reason, flush))
 
     def error(self, err: ApiError, answers: str | None = None) -> None:
         self.hub.count_error(err.code)
@@ -294,10 +300,6 @@ class Connection:
         closing.add_done_callback(_retrieved)
         self.watch_close(closing)
         await asyncio.shield(closing)
-
-    def closing_now(self) -> None:
-        """Queue nothing more for this socket (its close is on its way)."""
-        self._closing = True
 
     def watch_close(self, closing: asyncio.Future[bool] | None) -> None:
         """Watch a close (``closing``: aiohttp's, or None: one aiohttp started itself, or
@@ -570,9 +572,7 @@ class Connection:
             return
         expired = "The access token expired: reconnect with a fresh one (or renew it in place)."
         self.error(ApiError(ErrorCode.REAUTH_REQUIRED, expired))
-        self._closer = asyncio.create_task(
-            self.close(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
-        )
+        self.close_soon(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
 
     def _token(self) -> str:
         """The access token this socket last authenticated with, for a call made for it."""

@@ -132,8 +132,6 @@ class Hub:
         # (user, device, room) -> when it last said it is typing there (monotonic).
         self._typing: dict[tuple[str, int, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._closes: set[asyncio.Task[None]] = set()
-        """Closes of revoked sockets, under way (the listener does not wait for them)."""
         # When each socket's token expires: one timer for the pod, not one per socket.
         self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
         # Pings for silent sockets, on one schedule for the pod (not aiohttp's per socket).
@@ -200,7 +198,7 @@ class Hub:
         ]
 
     async def stop(self) -> None:
-        await cancel_all([*self._tasks, *self._closes])
+        await cancel_all(self._tasks)
         self._expiries.close()
         self.heartbeat.close()
 
@@ -639,17 +637,7 @@ class Hub:
             targets = list(conns)
         for conn in targets:
             conn.push(ApiError(code).frame())
-            # Nothing routed from now on reaches it (the close, not awaited here, only
-            # starts at the loop's next turn; the listener may route more before).
-            conn.closing_now()
-            task = asyncio.ensure_future(conn.close(f.CLOSE_REVOKED, code.value))
-            self._closes.add(task)
-            task.add_done_callback(self._closed)
-
-    def _closed(self, task: asyncio.Task[None]) -> None:
-        self._closes.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("closing a revoked socket failed", extra={"error": repr(exc)})
+            conn.close_soon(f.CLOSE_REVOKED, code.value)  # not awaited here
 
     # Presence upkeep --------------------------------------------------------
     async def _refresh(self) -> None:
