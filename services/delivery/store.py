@@ -67,6 +67,8 @@ DAY_S = 86400
 ID_CHUNK = 500
 MOVED_KEPT = 100_000
 """The most moved items whose clean-up failed that a process keeps to try again."""
+SECOND_LOOK_PAUSE_S = 30.0
+"""How long removals found hot skip their look in MongoDB after it failed."""
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,10 @@ class DeliveryStore:
         self._moved: list[dict[str, Any]] = []
         """Items the persister moved whose clean-up (:meth:`_clean_moved`) failed: their
         MongoDB copies are looked at again at the start of the next pass."""
+        # Until then removals found hot do not look for second copies in MongoDB (it
+        # failed to answer: each look would hold a tombstone's batch for the server
+        # selection timeout, seconds, while a removal of hot copies needs no MongoDB).
+        self._second_look_at = 0.0
 
     async def ensure_indexes(self) -> None:
         # The unique (from, client_id) index of 0.1 made every duplicate a table
@@ -404,16 +410,23 @@ class DeliveryStore:
         can wait twice in one inbox (the copy persisted before the loss under its old
         seq, and the one the replay stored again), and the hot one is not the only
         one (the other came back in pages). For those alone, MongoDB not answering
-        is let go (logged): a removal of hot copies needs no MongoDB."""
+        is let go (logged), and for ``SECOND_LOOK_PAUSE_S`` after that they do not ask
+        it: a removal of hot copies needs no MongoDB, and each look would hold the
+        batch for the server selection timeout. A second copy missed then stays until
+        it expires (it needs a Redis loss and a MongoDB outage together)."""
         keep = self.settings.hot_dedup_s
         taken = await self.hot.remove_messages(items, self._pending_of, keep)
         hot = {r for r, _ in taken}
+        all_hot = all(r in hot for r in items)
+        if all_hot and time.monotonic() < self._second_look_at:
+            return len(taken)
         wanted = {(r.inbox, r.server_id): r.sender for r in items}
         skip = {item_id(r.inbox, n) for r, n in taken}  # counted already
         try:
             found = [d for d in await self._cold_copies(wanted) if d["_id"] not in skip]
         except PyMongoError as exc:
-            if any(r not in hot for r in items):
+            self._second_look_at = time.monotonic() + SECOND_LOOK_PAUSE_S
+            if not all_hot:
                 raise
             log.info("second copies of removed messages not looked for", extra={"error": repr(exc)})
             found = []

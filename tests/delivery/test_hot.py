@@ -11,7 +11,7 @@ import pytest
 from parley_contract import envelopes as e
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
-from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
+from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 from services.common.routing import gateway_channel, pending_key, presence_key, presence_value
 from services.delivery.hot import Removal
@@ -138,7 +138,9 @@ async def test_a_removal_racing_the_persister_never_shows_the_copy_it_leaves(
     assert await in_mongo(store, "fay") == [1, 3]  # and then it was deleted
 
 
-async def test_a_removed_message_stored_twice_loses_both_copies(store: DeliveryStore) -> None:
+async def test_a_removed_message_stored_twice_loses_both_copies(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a Redis loss a message can wait twice in one inbox: the copy persisted
     before the loss (MongoDB, its old seq) and the one the replay stored again (hot,
     a new seq: the dedup record went with Redis). Its removal finds the hot one; the
@@ -158,20 +160,42 @@ async def test_a_removed_message_stored_twice_loses_both_copies(store: DeliveryS
     assert await in_mongo(store, "ina") == [2]
     assert int(await store.redis.hget(counts, "*")) == 1
 
-    # MongoDB down: the hot copy of another message still goes (no MongoDB needed).
-    [late] = await store.store_hot([item("ina", 5)])
-    up = store.inbox
+    # MongoDB down: the hot copy of another message still goes (no MongoDB needed),
+    # and the next removals found hot do not ask MongoDB again for a while (each
+    # look would hold their batch for the server selection timeout).
+    late = await store.store_hot([item("ina", 5), item("ina", 6)])
+    up, cold_copies = store.inbox, store._cold_copies
+    looks: list[int] = []
+
+    async def counted(wanted: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+        looks.append(len(wanted))
+        return await cold_copies(wanted)
+
     down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
     )
+    monkeypatch.setattr(store, "_cold_copies", counted)
     try:
         store.inbox = down.x.inbox
-        removal = Removal("ina", late["seq"], late["server_id"], "s")
-        assert await asyncio.wait_for(store.remove_copies([removal]), 10) == 1
+        for doc in late:
+            removal = Removal("ina", doc["seq"], doc["server_id"], "s")
+            assert await asyncio.wait_for(store.remove_copies([removal]), 10) == 1
+        assert looks == [1]  # the second removal did not look
+        # A removal that needs MongoDB (its copy is not hot) still asks it, and fails.
+        with pytest.raises(PyMongoError):
+            await store.remove_copies([Removal("ina", 2, stored[1]["server_id"], "s")])
+        assert looks == [1, 1]
     finally:
         store.inbox = up
         await down.close()
-    assert [d["seq"] for d in (await store.page("ina", 0, 10))[0]] == [2]
+    # Marked before it failed: pages leave it out while its batch is retried.
+    assert (await store.page("ina", 0, 10))[0] == []
+    assert await in_mongo(store, "ina") == [2]
+    # Once MongoDB answers again (the pause over), removals found hot look again.
+    store._second_look_at = 0.0
+    [last] = await store.store_hot([item("ina", 7)])
+    assert await store.remove_copies([Removal("ina", last["seq"], last["server_id"], "s")]) == 1
+    assert looks == [1, 1, 1]
 
 
 async def test_a_failed_clean_up_after_a_move_is_done_by_the_next_pass(
