@@ -172,6 +172,8 @@ def start_system(stack: Stack) -> System:
             "PARLEY_NOTIFIER_DIGEST_INTERVAL_S": "4",
             "PARLEY_NOTIFIER_TICK_S": "0.25",
             "PARLEY_CORS_ORIGINS": web_origin,
+            # The console's address there (tests/web/test_cross_origin.py), as on AWS.
+            "PARLEY_ADMIN_CONSOLE_URL": f"{web_origin}/admin/",
         },
     )
     procs = Processes(cfg)

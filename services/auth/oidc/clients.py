@@ -317,8 +317,13 @@ async def _end_sessions(svc: AuthService, client_id: str, reason: str) -> int:
 
 
 async def ensure_admin_console(svc: AuthService, issuer: str) -> None:
-    """Write the admin console's built-in client (start-up work, every process, idempotent)."""
-    console = svc.config.admin_console_url or f"{issuer}/admin/"
+    """Write the admin console's built-in client (start-up work, every process, idempotent).
+
+    Its redirect URIs are the console behind the issuer (``<issuer>/admin/``, where
+    HAProxy serves it) and, when ``PARLEY_ADMIN_CONSOLE_URL`` names another address
+    (on AWS, the web domain), that one too: both serve the same console, and an
+    operator who moves it keeps the old address working."""
+    consoles = list(dict.fromkeys(filter(None, [f"{issuer}/admin/", svc.config.admin_console_url])))
     now = svc.now()
     existing = await svc.store.client(ADMIN_CONSOLE_ID)
     await svc.store.put_client(
@@ -326,8 +331,8 @@ async def ensure_admin_console(svc: AuthService, issuer: str) -> None:
             "_id": ADMIN_CONSOLE_ID,
             "name": "Parley admin console",
             "type": "public",
-            "redirect_uris": [f"{console}callback"],
-            "post_logout_redirect_uris": [console],
+            "redirect_uris": [f"{console}callback" for console in consoles],
+            "post_logout_redirect_uris": consoles,
             "scopes": list(SCOPES),
             "token_endpoint_auth_method": "none",
             "grant_types": ["authorization_code", "refresh_token"],
