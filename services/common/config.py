@@ -174,6 +174,14 @@ class Settings(BaseSettings):
     # upsert per inbox that moved (docs/delivery.md, "Inbox counters").
     counters_checkpoint_s: float = Field(default=5.0, gt=0, le=3600)
     hot_dedup_s: int = Field(default=86400, ge=60)
+    # A batch's hot items count as stored (pushed, their records left for the
+    # persister to settle) once this many Redis replicas hold them (WAIT, in the
+    # pipeline that writes them): a failover then cannot promote a replica that
+    # lacks them. 0: no wait (a Redis without replicas). Replicas that do not
+    # answer within redis_wait_timeout_ms: the write goes on unconfirmed, counted
+    # and logged, and writes do not wait for 30 s (docs/delivery.md, "Redis failover").
+    redis_wait_replicas: int = Field(default=0, ge=0, le=5)
+    redis_wait_timeout_ms: int = Field(default=500, ge=1, le=60_000)
     # Inbox caps (docs/security.md): items waiting in one device inbox, and
     # items from one sender waiting in it; past either, a send is refused
     # (`inbox_full`, `too_many_pending`).

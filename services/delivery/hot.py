@@ -32,6 +32,7 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -43,7 +44,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from services.common import scripts
-from services.common.inbox import hot_index, hot_key
+from services.common.inbox import counter_key, hot_index, hot_key
+
+log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 
@@ -96,12 +99,17 @@ def refused(code: Any) -> NoReturn:
     raise HotInboxLost(missing=int(code) == 2)
 
 
-# KEYS[1] the inbox's hash, KEYS[2] its waiting counts, KEYS[2 + i] item i's dedup
-# record; ARGV[1] dedup TTL, ARGV[2] how long to keep the counts, ARGV[3] 1 to count,
-# ARGV[4] and ARGV[5] the writer's mark and the value it expects (GUARD), then per
-# item: seq, the item (JSON), its dedup record's value, the sender's count field ('' for
-# a notice). Returns the (1-based) items whose number held another item, or {-1, the
-# guard's answer} when the mark refused the write (nothing written).
+# KEYS[1] the inbox's hash, KEYS[2] its waiting counts, KEYS[3] its counter, KEYS[3 + i]
+# item i's dedup record; ARGV[1] dedup TTL, ARGV[2] how long to keep the counts, ARGV[3]
+# 1 to count, ARGV[4] and ARGV[5] the writer's mark and the value it expects (GUARD),
+# then per item: seq, the item (JSON), its dedup record's value, the sender's count
+# field ('' for a notice). Returns the (1-based) items whose number held another item,
+# or {-1, the guard's answer} when the mark refused the write (nothing written).
+#
+# A number written is a number handed out: the counter's ``n`` is raised to the
+# highest one written. The numbers were reserved a round trip earlier; a client that
+# sends this script again on a fresh connection after a failover (redis-py's retry)
+# reaches a primary that may not have that reservation, and pages stop at ``n``.
 _PUT = (
     GUARD_LUA
     + """
@@ -109,10 +117,12 @@ local refused = guard(ARGV[4], ARGV[5])
 if refused ~= 0 then return {-1, refused} end
 local clashed = {}
 local wrote = 0
-for i = 1, #KEYS - 2 do
+local top = 0
+for i = 1, #KEYS - 3 do
   local a = 5 + (i - 1) * 4
   if redis.call('HSETNX', KEYS[1], ARGV[a + 1], ARGV[a + 2]) == 1 then
-    redis.call('SET', KEYS[2 + i], ARGV[a + 3], 'EX', ARGV[1])
+    redis.call('SET', KEYS[3 + i], ARGV[a + 3], 'EX', ARGV[1])
+    top = math.max(top, tonumber(ARGV[a + 1]))
     if ARGV[3] == '1' then
       redis.call('HINCRBY', KEYS[2], '*', 1)
       if ARGV[a + 4] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[a + 4], 1) end
@@ -123,6 +133,11 @@ for i = 1, #KEYS - 2 do
   end
 end
 if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+if top > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  if top > tonumber(redis.call('HGET', KEYS[3], 'n') or '0') then
+    redis.call('HSET', KEYS[3], 'n', top)
+  end
+end
 return clashed
 """
 )
@@ -182,9 +197,52 @@ PendingCounts = Callable[[str], tuple[str, int]]
 """An inbox -> (the key of its waiting counts, how long to keep it in seconds)."""
 
 
+WAIT_PAUSE_S = 30.0
+"""How long writes do not wait for replicas after they did not answer in time."""
+
+
+@dataclass
+class Replicas:
+    """The Redis replicas a write of items waits for (``WAIT`` at the end of its
+    pipeline), so that a failover cannot promote a replica without them
+    (docs/delivery.md, "Redis failover")."""
+
+    wanted: int = 0
+    timeout_ms: int = 500
+    on_short: Callable[[int], None] = lambda items: None
+    """Told how many items were written without the replicas' confirmation."""
+    _pause_until: float = 0.0
+
+    def due(self) -> bool:
+        """Whether writes wait now: some are wanted and replicas were not slow of late."""
+        return bool(self.wanted) and time.monotonic() >= self._pause_until
+
+    def pipeline(self, redis: aioredis.Redis, wait: bool) -> aioredis.client.Pipeline:
+        """A pipeline for writes: ``WAIT`` blocks its connection, so a waiting one is
+        redis-py's own (a pooled connection), never the one every caller shares
+        (services/common/fastredis.py)."""
+        if wait:
+            return aioredis.Redis.pipeline(redis, transaction=False)
+        return redis.pipeline(transaction=False)
+
+    def check(self, acked: Any, items: int) -> None:
+        """The wait's answer (how many replicas hold the writes) for ``items`` written."""
+        if int(acked) >= self.wanted:
+            return
+        self._pause_until = time.monotonic() + WAIT_PAUSE_S
+        self.on_short(items)
+        log.warning(
+            "Redis replicas did not confirm hot items: writes go on unconfirmed",
+            extra={"replicas": int(acked), "wanted": self.wanted, "pause_s": WAIT_PAUSE_S},
+        )
+
+
 class HotInbox:
-    def __init__(self, redis: aioredis.Redis, prefix: str, dedup_s: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, dedup_s: int, replicas: Replicas | None = None
+    ) -> None:
         self.redis = redis
+        self.replicas = replicas or Replicas()
         self._put = scripts.register(redis, _PUT)
         self._remove = scripts.register(redis, _REMOVE)
         self.prefix = prefix
@@ -267,13 +325,15 @@ class HotInbox:
         # record without its item: index entries, then each inbox's items with
         # their records (the script writes a record after its item).
         guarded = guard_args()
-        async with self.redis.pipeline(transaction=False) as pipe:
+        waited = self.replicas.due()
+        async with self.replicas.pipeline(self.redis, waited) as pipe:
             pipe.zadd(self.index, {f"{d['inbox']}|{int(d['seq'])}": now for _, d in docs})
             inboxes = list(by_inbox)
             for inbox in inboxes:
                 items = by_inbox[inbox]
                 count_key, keep = pending(inbox) if pending else ("", 0)
-                keys = [self.key(inbox), count_key or self.key(inbox)]
+                keys = [self.key(inbox), count_key or self.key(inbox),
+                        counter_key(self.prefix, inbox)]  # fmt: skip
                 args: list[str | int | bytes] = [
                     self.dedup_s, keep, 1 if count_key else 0, *guarded
                 ]  # fmt: skip
@@ -283,10 +343,14 @@ class HotInbox:
                     args += [int(doc["seq"]), orjson.dumps(doc),
                              f"{int(doc['seq'])}|{doc['server_id']}", field]  # fmt: skip
                 await scripts.queue(pipe, self._put, keys, args)
+            if waited:  # after the writes, before any push
+                pipe.wait(self.replicas.wanted, self.replicas.timeout_ms)
             if after is not None:
                 after(pipe)
             results = await pipe.execute()
-        tail = results[1 + len(inboxes) :]
+        if waited:
+            self.replicas.check(results[1 + len(inboxes)], len(docs))
+        tail = results[1 + len(inboxes) + waited :]
         taken: list[tuple[str, Doc]] = []
         for inbox, clashed in zip(inboxes, results[1 : 1 + len(inboxes)], strict=True):
             if clashed and int(clashed[0]) == -1:

@@ -59,7 +59,7 @@ from services.common.inbox import receipts
 from services.common.routing import PENDING_ALL, Push, pending_key
 from services.delivery.counters import Counter as InboxCounter
 from services.delivery.counters import InboxCounters
-from services.delivery.hot import HotInbox, Removal
+from services.delivery.hot import HotInbox, Removal, Replicas
 
 DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
@@ -102,7 +102,10 @@ class DeliveryStore:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self._count_pending = scripts.register(redis, _COUNT_PENDING)
-        self.hot = HotInbox(redis, self.prefix, settings.hot_dedup_s)
+        self.hot = HotInbox(
+            redis, self.prefix, settings.hot_dedup_s,
+            Replicas(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
+        )  # fmt: skip
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
         self.cold_acks = f"{self.prefix}:ackcold"
         """Acknowledged items still in MongoDB, left for later while it was down."""

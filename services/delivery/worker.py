@@ -177,6 +177,14 @@ class Worker:
             "Times Redis was found to have lost the hot inbox (consumers rewound to Kafka).",
             registry=registry,
         )
+        self.unconfirmed = Counter(
+            "parley_delivery_hot_unconfirmed_total",
+            "Hot inbox items written without the Redis replicas' confirmation "
+            "(PARLEY_REDIS_WAIT_REPLICAS did not answer in time): a failover meanwhile "
+            "can lose them.",
+            registry=registry,
+        )
+        store.hot.replicas.on_short = self.unconfirmed.inc
         self.down: list[str] = []
         self.batch_size = Histogram(
             "parley_delivery_batch_size", "Records per processed batch.",

@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 from services.common.routing import gateway_channel, pending_key, presence_key, presence_value
-from services.delivery.hot import Removal
+from services.delivery.hot import Removal, Replicas
 from services.delivery.store import DeliveryStore, dedup_key, item_id
 from services.gateway.acks import DirectAcks
 from tests.delivery.conftest import item
@@ -44,6 +44,44 @@ async def test_new_items_live_in_redis_and_never_reach_mongodb_when_acknowledged
     assert await store.persist_due(now=later(store)) == (0, pytest.approx(time.time() + 1, abs=5))
     assert await in_mongo(store, "ann") == []  # nothing ever written there
     assert await store.page("ann", 0, 10) == ([], False)
+
+
+async def test_writes_go_on_unconfirmed_when_no_replica_answers_and_stop_waiting_awhile(
+    store: DeliveryStore,
+) -> None:
+    """PARLEY_REDIS_WAIT_REPLICAS set, and this Redis has no replica: the first write
+    waits its timeout, is stored all the same and counted unconfirmed; the next ones do
+    not wait (a replica down must not cost a timeout per batch). The failover itself:
+    tests/messaging/test_redis_failover.py."""
+    short: list[int] = []
+    store.hot.replicas = Replicas(wanted=1, timeout_ms=50, on_short=short.append)
+    first = await store.store_hot([item("unc", n) for n in range(3)])
+    assert short == [3] and [d["seq"] for d in first] == [1, 2, 3]
+    second = await store.store_hot([item("unc", 3)])
+    assert short == [3] and second[0]["seq"] == 4  # no wait, nothing counted
+    assert [d["seq"] for d in (await store.page("unc", 0, 10))[0]] == [1, 2, 3, 4]
+    store.hot.replicas._pause_until = 0.0  # the pause over: writes wait again
+    await store.store_hot([item("unc", 4)])
+    assert short == [3, 1]
+
+
+async def test_an_item_written_under_a_number_the_counter_lacks_raises_it(
+    store: DeliveryStore,
+) -> None:
+    """A write sent again after a failover (redis-py retries a pipeline on a fresh
+    connection) can reach a primary without the reservation made a round trip before:
+    the item lands under a number past the counter, and pages stopped at the counter,
+    so it was never read. The write raises the counter to it."""
+    [first] = await store.store_hot([item("rsv", 0)])
+    assert first["seq"] == 1
+    doc = {**item("rsv", 1), "seq": 2, "_id": item_id("rsv", 2)}
+    clashes, _ = await store.hot.put([(dedup_key("rsv", "s", "c1"), doc)], time.time())
+    assert not clashes
+    assert int(await store.redis.hget(store.ctr.key("rsv"), "n")) == 2
+    page, _ = await store.page("rsv", 0, 10)
+    assert [d["seq"] for d in page] == [1, 2]
+    [third] = await store.store_hot([item("rsv", 2)])
+    assert third["seq"] == 3  # the next number is past it
 
 
 async def test_duplicates_are_recognised_in_redis(store: DeliveryStore) -> None:

@@ -13,6 +13,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from services.common.config import load_settings
+from services.delivery.hot import HotInbox, Replicas
 from services.delivery.worker import Worker
 
 
@@ -24,6 +25,8 @@ class FakeStore:
     def __init__(self) -> None:
         self.down: list[list[str]] = []
         self.db: dict[str, Any] = defaultdict(lambda: None)  # the room log's: not used here
+        self.hot = HotInbox.__new__(HotInbox)  # where the worker counts unconfirmed writes
+        self.hot.replicas = Replicas()
 
     async def ping(self) -> list[str]:
         return self.down.pop(0) if self.down else []

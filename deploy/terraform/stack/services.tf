@@ -27,6 +27,8 @@ locals {
     PARLEY_SMTP_FROM               = var.smtp_from
     PARLEY_LOG_LEVEL               = var.log_level
     PARLEY_LOG_FORMAT              = "json"
+    # Hot inbox writes wait for a replica: a failover cannot promote one without them.
+    PARLEY_REDIS_WAIT_REPLICAS = var.redis_node_count > 1 ? "1" : "0"
   }
 
   # Every secret a component may get, and what it must use to get it.
