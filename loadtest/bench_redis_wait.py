@@ -1,0 +1,138 @@
+"""What waiting for a Redis replica costs a hot inbox write (docs/delivery.md,
+"Redis failover"; ``PARLEY_REDIS_WAIT_REPLICAS``).
+
+A primary redis-server and its replica on this machine; delivery's write of a
+batch's items (``HotInbox.put``: the index entries, one script per inbox) one
+batch after another, three ways:
+
+- *no wait*: the pipeline over FastRedis's shared connection (the default);
+- *redis-py, no wait*: the same pipeline over a pooled redis-py connection (what a
+  waiting write uses, since ``WAIT`` blocks its connection), without the wait:
+  the client's share of the cost;
+- *WAIT 1*: the pipeline ending with ``WAIT 1 500`` (the setting's path).
+
+For each: batches per second, wall time per batch (p50, p99) and the calling
+process's CPU per batch, for batches of 1 item (a 1:1 message) and of 100 items
+to 100 inboxes (a busy batch).
+
+    .venv/bin/python -m loadtest.bench_redis_wait [--batches 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from redis.exceptions import RedisError
+
+from scripts.stack import _free_ports
+from services.common.fastredis import FastRedis
+from services.delivery.hot import HotInbox, Replicas
+
+
+def start(
+    tmp: Path, name: str, port: int, replica_of: int | None = None
+) -> subprocess.Popen[bytes]:
+    (tmp / name).mkdir()
+    args = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
+            "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp / name),
+            "--loglevel", "warning", "--repl-diskless-sync-delay", "0"]  # fmt: skip
+    if replica_of:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
+    return subprocess.Popen(args)
+
+
+async def until_linked(replica: FastRedis) -> None:
+    for _ in range(400):
+        with contextlib.suppress(RedisError, OSError):  # not up yet
+            if (await replica.info("replication")).get("master_link_status") in (b"up", "up"):
+                return
+        await asyncio.sleep(0.025)
+    raise RuntimeError("the replica never linked")
+
+
+def batch(size: int) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for _ in range(size):
+        inbox = f"{uuid.uuid4().hex[:12]}.1"
+        doc = {"inbox": inbox, "seq": 1, "from": "s", "client_id": uuid.uuid4().hex,
+               "server_id": uuid.uuid4().hex, "kind": "message", "body": "x" * 200}  # fmt: skip
+        out.append((f"{inbox}|s|{doc['client_id']}", doc))
+    return out
+
+
+async def run(hot: HotInbox, batches: int, size: int) -> dict[str, float]:
+    walls = []
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(batches):
+        docs = batch(size)
+        start_ = time.perf_counter()
+        await hot.put(docs, time.time())
+        walls.append(time.perf_counter() - start_)
+    cpu, took = time.process_time() - cpu0, time.perf_counter() - t0
+    walls.sort()
+    return {
+        "per_s": batches / took,
+        "p50_us": statistics.median(walls) * 1e6,
+        "p99_us": walls[int(len(walls) * 0.99)] * 1e6,
+        "cpu_us": cpu / batches * 1e6,
+    }
+
+
+class RedisPyPipe(Replicas):
+    """The waiting write's pipeline (redis-py's, pooled) without the wait."""
+
+    def due(self) -> bool:
+        return False
+
+    def pipeline(self, redis: Any, wait: bool) -> Any:
+        return super().pipeline(redis, True)
+
+
+async def main(batches: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp_:
+        tmp = Path(tmp_)
+        p_port, r_port = _free_ports(2)
+        procs = [start(tmp, "primary", p_port)]
+        procs.append(start(tmp, "replica", r_port, replica_of=p_port))
+        try:
+            client = FastRedis.from_url(f"redis://127.0.0.1:{p_port}/0")
+            replica = FastRedis.from_url(f"redis://127.0.0.1:{r_port}/0")
+            await until_linked(replica)
+            ways = {
+                "no wait (FastRedis)": Replicas(),
+                "redis-py, no wait": RedisPyPipe(),
+                "WAIT 1": Replicas(wanted=1, timeout_ms=500),
+            }
+            print(f"{batches} batches each; redis-server {p_port} with a replica on {r_port}")
+            print(f"{'way':22} {'items':>5} {'batches/s':>10} {'p50 µs':>8} {'p99 µs':>8} "
+                  f"{'client CPU µs':>14}")  # fmt: skip
+            for size, n in ((1, batches), (100, max(batches // 10, 50))):
+                for name, replicas in ways.items():
+                    hot = HotInbox(client, f"b{uuid.uuid4().hex[:6]}", 3600, replicas)
+                    await run(hot, 50, size)  # warm: scripts loaded, connections made
+                    r = await run(hot, n, size)
+                    print(f"{name:22} {size:>5} {r['per_s']:>10.0f} {r['p50_us']:>8.0f} "
+                          f"{r['p99_us']:>8.0f} {r['cpu_us']:>14.0f}")  # fmt: skip
+            await client.aclose()
+            await replica.aclose()
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=3000)
+    uvloop.run(main(parser.parse_args().batches))
