@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from loadtest import bench_hop, bench_redis_client
+from loadtest import bench_hop, bench_redis_client, bench_redis_wait
 from services.common.config import Settings
 
 
@@ -25,3 +25,16 @@ async def test_the_hop_benchmark_measures_its_redis_rows(settings: Settings) -> 
     assert port is not None
     rows = await bench_hop._redis_rows(port, n=20, gap=0.001)
     assert len(rows) == 6 and all(us > 0 for us in rows.values())
+
+
+async def test_the_replica_wait_benchmark_measures_every_way() -> None:
+    """Its own primary and replica; every write of the WAIT rows was confirmed (a row
+    that went on unconfirmed would pause the waits and measure nothing)."""
+    rows = await bench_redis_wait.measure(20)
+    assert set(rows) == {
+        (way, size)
+        for way in ("no wait (FastRedis)", "redis-py, no wait", "WAIT 1")
+        for size in (1, 100)
+    }
+    assert all(r["per_s"] > 0 and r["cpu_us"] > 0 for r in rows.values())
+    assert rows["WAIT 1", 100]["unconfirmed"] == 0
