@@ -133,10 +133,9 @@ for i = 1, #KEYS - 3 do
   end
 end
 if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-if top > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
-  if top > tonumber(redis.call('HGET', KEYS[3], 'n') or '0') then
-    redis.call('HSET', KEYS[3], 'n', top)
-  end
+if top > 0 then
+  local n = redis.call('HGET', KEYS[3], 'n')
+  if n and top > tonumber(n) then redis.call('HSET', KEYS[3], 'n', top) end
 end
 return clashed
 """
