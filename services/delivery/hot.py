@@ -109,7 +109,10 @@ def refused(code: Any) -> NoReturn:
 # A number written is a number handed out: the counter's ``n`` is raised to the
 # highest one written. The numbers were reserved a round trip earlier; a client that
 # sends this script again on a fresh connection after a failover (redis-py's retry)
-# reaches a primary that may not have that reservation, and pages stop at ``n``.
+# reaches a primary that may not have that reservation, and pages stop at ``n``. (The
+# counter is not marked for the next checkpoint: that waits for its next reservation
+# or ack, and a Redis loss re-seeds counters far past any checkpoint anyway. A
+# counter missing altogether, its first seeding lost too, is left alone.)
 _PUT = (
     GUARD_LUA
     + """
@@ -224,8 +227,14 @@ class Replicas:
             return aioredis.Redis.pipeline(redis, transaction=False)
         return redis.pipeline(transaction=False)
 
-    def check(self, acked: Any, items: int) -> None:
-        """The wait's answer (how many replicas hold the writes) for ``items`` written."""
+    def check(self, waited: bool, acked: Any, items: int) -> None:
+        """After a write of ``items``: the wait's answer (how many replicas hold the
+        writes), or none when it did not wait. Every item not confirmed is counted."""
+        if not self.wanted:
+            return
+        if not waited:
+            self.on_short(items)  # a pause: written unconfirmed
+            return
         if int(acked) >= self.wanted:
             return
         self._pause_until = time.monotonic() + WAIT_PAUSE_S
@@ -347,8 +356,7 @@ class HotInbox:
             if after is not None:
                 after(pipe)
             results = await pipe.execute()
-        if waited:
-            self.replicas.check(results[1 + len(inboxes)], len(docs))
+        self.replicas.check(waited, results[1 + len(inboxes)] if waited else None, len(docs))
         tail = results[1 + len(inboxes) + waited :]
         taken: list[tuple[str, Doc]] = []
         for inbox, clashed in zip(inboxes, results[1 : 1 + len(inboxes)], strict=True):

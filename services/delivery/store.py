@@ -427,6 +427,7 @@ class DeliveryStore:
         skip = {item_id(r.inbox, n) for r, n in taken}  # counted already
         try:
             found = [d for d in await self._cold_copies(wanted) if d["_id"] not in skip]
+            self._second_look_at = 0.0  # MongoDB answers: no pause
         except PyMongoError as exc:
             self._second_look_at = time.monotonic() + SECOND_LOOK_PAUSE_S
             if not all_hot:

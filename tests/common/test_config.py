@@ -28,6 +28,21 @@ def test_bad_value_names_the_variable_without_echoing_it(monkeypatch: pytest.Mon
     assert "lots-9f3a" not in str(info.value)
 
 
+def test_a_replica_wait_must_end_before_the_socket_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WAIT still owed when the socket times out would be sent again by redis-py's
+    retry, never answered short: the setting is refused, naming both."""
+    monkeypatch.setenv("PARLEY_REDIS_WAIT_REPLICAS", "1")
+    monkeypatch.setenv("PARLEY_REDIS_WAIT_TIMEOUT_MS", "5000")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "redis_wait_timeout_ms" in str(info.value)
+    assert "dependency_timeout_ms" in str(info.value)
+    monkeypatch.setenv("PARLEY_REDIS_WAIT_TIMEOUT_MS", "4999")
+    assert load_settings().redis_wait_timeout_ms == 4999
+
+
 def test_secrets_never_print() -> None:
     s = load_settings(smtp_password=SecretStr("hunter2-secret"))
     assert "hunter2-secret" not in repr(s)

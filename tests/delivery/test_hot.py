@@ -51,18 +51,20 @@ async def test_writes_go_on_unconfirmed_when_no_replica_answers_and_stop_waiting
 ) -> None:
     """PARLEY_REDIS_WAIT_REPLICAS set, and this Redis has no replica: the first write
     waits its timeout, is stored all the same and counted unconfirmed; the next ones do
-    not wait (a replica down must not cost a timeout per batch). The failover itself:
-    tests/messaging/test_redis_failover.py."""
+    not wait (a replica down must not cost a timeout per batch), and are counted too.
+    The failover itself: tests/messaging/test_redis_failover.py."""
     short: list[int] = []
     store.hot.replicas = Replicas(wanted=1, timeout_ms=50, on_short=short.append)
     first = await store.store_hot([item("unc", n) for n in range(3)])
     assert short == [3] and [d["seq"] for d in first] == [1, 2, 3]
+    assert store.hot.replicas.due() is False
     second = await store.store_hot([item("unc", 3)])
-    assert short == [3] and second[0]["seq"] == 4  # no wait, nothing counted
+    assert short == [3, 1] and second[0]["seq"] == 4  # no wait, counted all the same
     assert [d["seq"] for d in (await store.page("unc", 0, 10))[0]] == [1, 2, 3, 4]
     store.hot.replicas._pause_until = 0.0  # the pause over: writes wait again
+    assert store.hot.replicas.due() is True
     await store.store_hot([item("unc", 4)])
-    assert short == [3, 1]
+    assert short == [3, 1, 1]
 
 
 async def test_an_item_written_under_a_number_the_counter_lacks_raises_it(

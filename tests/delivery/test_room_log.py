@@ -321,8 +321,9 @@ async def test_writers_racing_lose_nothing_and_number_without_gaps(
     same records at the same moment: every message is stored, the numbers have no
     gap and none twice; a message may be stored by each of them (once each), which
     clients drop by its server id (docs/delivery.md, "Private rooms' log"). Forty
-    writers at once: a writer may lose the race for a number many times in a row
-    (each loss is a number another one stored), and goes on as long as they do."""
+    appends at once from four writers: an append may lose the race for a number many
+    times in a row (each loss is a number another one stored), and goes on as long as
+    they do."""
     logs, room = [make(store, settings) for _ in range(4)], room_id()
     envs = [env(room, i) for i in range(60)]
     await asyncio.gather(*(

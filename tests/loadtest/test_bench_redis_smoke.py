@@ -1,4 +1,4 @@
-"""The Redis client benchmarks run end to end (tiny sizes, the session's Redis)."""
+"""The Redis benchmarks run end to end (tiny sizes; the session's Redis, or their own)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 # ElastiCache for Redis: a primary and replicas across zones with automatic
 # failover, TLS in transit, an AUTH token, encryption at rest. Redis holds
-# presence, pub/sub and rate limits: nothing there is the only copy.
+# presence, pub/sub, rate limits and the hot inbox (new messages until they are
+# acknowledged or moved to MongoDB; Kafka keeps their records until then, and
+# their writes wait for a replica: docs/delivery.md, "Redis failover").
 # The services get one secret, PARLEY_REDIS_URL = rediss://:<token>@<primary>:6379/0.
 
 resource "aws_security_group" "this" {
