@@ -23,6 +23,7 @@ import yaml
 
 from services.common.clients import Topics
 from services.common.config import Settings
+from services.common.errors import ApiError, ErrorCode, http_status
 
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "deploy" / "terraform"
@@ -541,3 +542,29 @@ def test_network_keeps_everything_but_the_alb_private() -> None:
     for store in ("kafka", "redis", "documentdb"):
         assert stack()["module"][store]["subnet_ids"] == "${module.network.private_subnet_ids}"
     assert svc["deployment_circuit_breaker"][0] == {"enable": True, "rollback": True}
+
+
+def test_the_wafs_rate_limit_answers_as_the_services_do() -> None:
+    """The per-address rule's block is the services' 429 ``rate_limited`` (their error
+    shape), with Retry-After and, for the web apps on CloudFront's domain, the CORS
+    header naming it: a browser there reads the answer instead of a network error."""
+    acl = load(MODULES / "alb")["resource"]["aws_wafv2_web_acl"]["this"]
+    [body] = acl["custom_response_body"]
+    shape = ApiError(ErrorCode.RATE_LIMITED).body()
+    assert set(shape) == {"error"} and set(shape["error"]) == {"code", "message"}
+    assert body["content_type"] == "APPLICATION_JSON"
+    assert body["content"].startswith("${jsonencode({error = {code = ")
+    assert f'code = "{ErrorCode.RATE_LIMITED.value}"' in body["content"]
+    [rule] = [r for r in acl["rule"] if r["name"] == "rate-per-ip"]
+    assert rule["statement"][0]["rate_based_statement"][0]["aggregate_key_type"] == "IP"
+    [answer] = rule["action"][0]["block"][0]["custom_response"]
+    assert answer["response_code"] == http_status(ErrorCode.RATE_LIMITED) == 429
+    assert answer["custom_response_body_key"] == body["key"]
+    assert answer["response_header"] == [{"name": "Retry-After", "value": "300"}]  # the window
+    [cors] = [d["response_header"] for d in answer["dynamic"]]
+    assert cors["content"] == [
+        {"name": "Access-Control-Allow-Origin", "value": "${response_header.value}"}
+    ]
+    assert "var.cors_origin" in cors["for_each"]
+    # The stack names the origin the services allow (PARLEY_CORS_ORIGINS).
+    assert stack()["module"]["alb"]["cors_origin"] == "${module.static_site.url}"

@@ -250,6 +250,20 @@ resource "aws_wafv2_web_acl" "this" {
     allow {}
   }
 
+  # What the per-address rule answers: the services' own error shape and status
+  # for a rate limit, so that a client (the web apps on another origin too, with
+  # the CORS header below) says "too many requests", not "cannot reach the server".
+  custom_response_body {
+    key          = "rate-limited"
+    content_type = "APPLICATION_JSON"
+    content = jsonencode({
+      error = {
+        code    = "rate_limited"
+        message = "Too many requests from this address; try again in a few minutes."
+      }
+    })
+  }
+
   rule {
     name     = "aws-common"
     priority = 10
@@ -320,7 +334,23 @@ resource "aws_wafv2_web_acl" "this" {
     name     = "rate-per-ip"
     priority = 40
     action {
-      block {}
+      block {
+        custom_response {
+          response_code            = 429
+          custom_response_body_key = "rate-limited"
+          response_header {
+            name  = "Retry-After"
+            value = "300"
+          }
+          dynamic "response_header" {
+            for_each = var.cors_origin == "" ? [] : [var.cors_origin]
+            content {
+              name  = "Access-Control-Allow-Origin"
+              value = response_header.value
+            }
+          }
+        }
+      }
     }
     statement {
       rate_based_statement {

@@ -76,6 +76,12 @@ variable "waf_rate_limit_per_5min" {
   default     = 3000
 }
 
+variable "cors_origin" {
+  description = "The web apps' origin (CloudFront), named in the CORS header of the WAF's rate-limit answer; empty: none."
+  type        = string
+  default     = ""
+}
+
 variable "kms_key_arn" {
   description = "Key that encrypts the WAF log group."
   type        = string
