@@ -15,6 +15,8 @@ refused (tests/web/admin_console.mjs).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -64,19 +66,27 @@ async def serve_site(site: Path, origin: str, api: str) -> tuple[web.AppRunner, 
     return runner, asked
 
 
-@BROWSER
-async def test_the_web_client_on_its_own_origin_calls_the_api_across(
-    system: System, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def site_served(system: System, tmp_path: Path) -> AsyncIterator[list[str]]:
+    """The site deploy.yml publishes (APIs at the stack's HAProxy), served on the
+    stack's web origin for the block; yields the paths asked."""
     site = tmp_path / "site"
     assemble(system.lb, site, WEB)
     runner, asked = await serve_site(site.resolve(), system.web_origin, system.lb)
     try:
+        yield asked
+    finally:
+        await runner.cleanup()
+
+
+@BROWSER
+async def test_the_web_client_on_its_own_origin_calls_the_api_across(
+    system: System, tmp_path: Path
+) -> None:
+    async with site_served(system, tmp_path) as asked:
         await browser_scenario(
             system, tmp_path, "chat_rooms_typing.mjs", "webx", timeout=120, lb=system.web_origin
         )
-    finally:
-        await runner.cleanup()
     assert "/config.json" in asked
     assert not [p for p in asked if p.startswith(API)], asked  # every call went across
 
@@ -85,8 +95,6 @@ async def test_the_web_client_on_its_own_origin_calls_the_api_across(
 async def test_the_admin_console_on_the_web_origin_signs_in_and_calls_the_api_across(
     system: System, tmp_path: Path
 ) -> None:
-    site = tmp_path / "site"
-    assemble(system.lb, site, WEB)
     admin = await signup(system.lb, "xadm")
     make_admin(system, admin.username)
     target, plain = await signup(system.lb, "xtgt"), await signup(system.lb, "xusr")
@@ -98,11 +106,8 @@ async def test_the_admin_console_on_the_web_origin_signs_in_and_calls_the_api_ac
         "TARGET": target.username,
         "PLAIN_USER": plain.username, "PLAIN_PASSWORD": plain.password,
     }  # fmt: skip
-    runner, asked = await serve_site(site.resolve(), system.web_origin, system.lb)
-    try:
+    async with site_served(system, tmp_path) as asked:
         await run_script("admin_console.mjs", env, "admin console: ok")
-    finally:
-        await runner.cleanup()
     # The console came from the web origin, and the provider sent the browser back there.
     assert {"/admin/", "/admin/config.json", "/admin/callback"} <= set(asked), asked
     assert not [p for p in asked if p.startswith(API)], asked
