@@ -23,7 +23,8 @@ import yaml
 
 from services.common.clients import Topics
 from services.common.config import Settings
-from services.common.errors import ApiError, ErrorCode, http_status
+from services.common.errors import ErrorCode, http_status
+from services.common.ratelimit import too_many
 
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "deploy" / "terraform"
@@ -546,25 +547,39 @@ def test_network_keeps_everything_but_the_alb_private() -> None:
 
 def test_the_wafs_rate_limit_answers_as_the_services_do() -> None:
     """The per-address rule's block is the services' 429 ``rate_limited`` (their error
-    shape), with Retry-After and, for the web apps on CloudFront's domain, the CORS
-    header naming it: a browser there reads the answer instead of a network error."""
+    body, ``details.retry_after`` included), with Retry-After and, for the web apps on
+    CloudFront's domain, the CORS headers naming it (Retry-After exposed): a browser
+    there reads the answer instead of a network error. Preflights are counted by a
+    rule of their own: a blocked preflight is a network error whatever it answers."""
     acl = load(MODULES / "alb")["resource"]["aws_wafv2_web_acl"]["this"]
     [body] = acl["custom_response_body"]
-    shape = ApiError(ErrorCode.RATE_LIMITED).body()
-    assert set(shape) == {"error"} and set(shape["error"]) == {"code", "message"}
+    window = 300
+    expected = too_many(window).body()["error"]
     assert body["content_type"] == "APPLICATION_JSON"
-    assert body["content"].startswith("${jsonencode({error = {code = ")
-    assert f'code = "{ErrorCode.RATE_LIMITED.value}"' in body["content"]
-    [rule] = [r for r in acl["rule"] if r["name"] == "rate-per-ip"]
-    assert rule["statement"][0]["rate_based_statement"][0]["aggregate_key_type"] == "IP"
-    [answer] = rule["action"][0]["block"][0]["custom_response"]
+    assert body["content"].startswith("${jsonencode({error = {")
+    assert f'code = "{expected["code"]}"' in body["content"]
+    assert f"details = {{retry_after = {expected['details']['retry_after']}}}" in body["content"]
+    rules = {r["name"]: r for r in acl["rule"]}
+    rate = rules["rate-per-ip"]["statement"][0]["rate_based_statement"][0]
+    assert (rate["aggregate_key_type"], rate["evaluation_window_sec"]) == ("IP", window)
+    [answer] = rules["rate-per-ip"]["action"][0]["block"][0]["custom_response"]
     assert answer["response_code"] == http_status(ErrorCode.RATE_LIMITED) == 429
     assert answer["custom_response_body_key"] == body["key"]
-    assert answer["response_header"] == [{"name": "Retry-After", "value": "300"}]  # the window
+    assert answer["response_header"] == [{"name": "Retry-After", "value": str(window)}]
     [cors] = [d["response_header"] for d in answer["dynamic"]]
     assert cors["content"] == [
-        {"name": "Access-Control-Allow-Origin", "value": "${response_header.value}"}
+        {"name": "${response_header.key}", "value": "${response_header.value}"}
     ]
-    assert "var.cors_origin" in cors["for_each"]
-    # The stack names the origin the services allow (PARLEY_CORS_ORIGINS).
-    assert stack()["module"]["alb"]["cors_origin"] == "${module.static_site.url}"
+    assert '"Access-Control-Allow-Origin" = var.cors_origin' in cors["for_each"]
+    assert '"Access-Control-Expose-Headers" = "Retry-After"' in cors["for_each"]
+    # OPTIONS: out of this rule, into one of its own at the same limit.
+    options = {"search_string": "OPTIONS", "positional_constraint": "EXACTLY",
+               "field_to_match": [{"method": [{}]}],
+               "text_transformation": [{"priority": 0, "type": "NONE"}]}  # fmt: skip
+    [scope] = rate["scope_down_statement"]
+    assert scope["not_statement"][0]["statement"][0]["byte_match_statement"] == [options]
+    pre = rules["preflights-per-ip"]["statement"][0]["rate_based_statement"][0]
+    assert pre["limit"] == rate["limit"] and pre["evaluation_window_sec"] == window
+    assert pre["scope_down_statement"][0]["byte_match_statement"] == [options]
+    # The stack names the origin the services allow (PARLEY_CORS_ORIGINS), lower-cased.
+    assert stack()["module"]["alb"]["cors_origin"] == "${lower(module.static_site.url)}"

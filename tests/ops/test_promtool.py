@@ -36,8 +36,9 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {len(rules())} rules found" in out
 
 
-def test_promtool_test_rules() -> None:
-    assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml")
+@pytest.mark.parametrize("tests", ["alerts_test.yml", "alerts_test_15s.yml"])
+def test_promtool_test_rules(tests: str) -> None:
+    assert "SUCCESS" in promtool("test", "rules", tests)
 
 
 def test_promtool_checks_the_compose_config() -> None:

@@ -65,7 +65,7 @@ module "alb" {
   deletion_protection = var.deletion_protection
   log_retention_days  = var.log_retention_days
   # The web apps call the API from CloudFront's domain: the WAF's 429 names it too.
-  cors_origin   = module.static_site.url
+  cors_origin   = lower(module.static_site.url) # as browsers send it
   kms_key_arn   = module.kms.key_arn
   force_destroy = !var.deletion_protection
   tags          = local.tags

@@ -260,6 +260,7 @@ resource "aws_wafv2_web_acl" "this" {
       error = {
         code    = "rate_limited"
         message = "Too many requests from this address; try again in a few minutes."
+        details = { retry_after = 300 }
       }
     })
   }
@@ -330,6 +331,8 @@ resource "aws_wafv2_web_acl" "this" {
   }
 
   # A coarse flood guard per client address; the services' own limits are finer.
+  # CORS preflights (OPTIONS) are counted by the next rule, not this one: a blocked
+  # preflight can only fail as a network error in a browser, whatever it answers.
   rule {
     name     = "rate-per-ip"
     priority = 40
@@ -343,9 +346,14 @@ resource "aws_wafv2_web_acl" "this" {
             value = "300"
           }
           dynamic "response_header" {
-            for_each = var.cors_origin == "" ? [] : [var.cors_origin]
+            for_each = {
+              for name, value in {
+                "Access-Control-Allow-Origin"   = var.cors_origin
+                "Access-Control-Expose-Headers" = "Retry-After"
+              } : name => value if var.cors_origin != ""
+            }
             content {
-              name  = "Access-Control-Allow-Origin"
+              name  = response_header.key
               value = response_header.value
             }
           }
@@ -354,13 +362,66 @@ resource "aws_wafv2_web_acl" "this" {
     }
     statement {
       rate_based_statement {
-        limit              = var.waf_rate_limit_per_5min
-        aggregate_key_type = "IP"
+        limit                 = var.waf_rate_limit_per_5min
+        evaluation_window_sec = 300
+        aggregate_key_type    = "IP"
+        scope_down_statement {
+          not_statement {
+            statement {
+              byte_match_statement {
+                search_string         = "OPTIONS"
+                positional_constraint = "EXACTLY"
+                field_to_match {
+                  method {}
+                }
+                text_transformation {
+                  priority = 0
+                  type     = "NONE"
+                }
+              }
+            }
+          }
+        }
       }
     }
     visibility_config {
       cloudwatch_metrics_enabled = true
       metric_name                = "rate-per-ip"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  # Preflights, per address, at the same limit: a browser sends one per distinct
+  # URL at most every two hours (Access-Control-Max-Age), a flood of them is no user.
+  rule {
+    name     = "preflights-per-ip"
+    priority = 41
+    action {
+      block {}
+    }
+    statement {
+      rate_based_statement {
+        limit                 = var.waf_rate_limit_per_5min
+        evaluation_window_sec = 300
+        aggregate_key_type    = "IP"
+        scope_down_statement {
+          byte_match_statement {
+            search_string         = "OPTIONS"
+            positional_constraint = "EXACTLY"
+            field_to_match {
+              method {}
+            }
+            text_transformation {
+              priority = 0
+              type     = "NONE"
+            }
+          }
+        }
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "preflights-per-ip"
       sampled_requests_enabled   = true
     }
   }
