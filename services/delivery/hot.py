@@ -227,12 +227,12 @@ class Replicas:
             return aioredis.Redis.pipeline(redis, transaction=False)
         return redis.pipeline(transaction=False)
 
-    def check(self, waited: bool, acked: Any, items: int) -> None:
+    def check(self, acked: Any, items: int) -> None:
         """After a write of ``items``: the wait's answer (how many replicas hold the
-        writes), or none when it did not wait. Every item not confirmed is counted."""
+        writes), or None when it did not wait. Every item not confirmed is counted."""
         if not self.wanted:
             return
-        if not waited:
+        if acked is None:
             self.on_short(items)  # a pause: written unconfirmed
             return
         if int(acked) >= self.wanted:
@@ -356,7 +356,7 @@ class HotInbox:
             if after is not None:
                 after(pipe)
             results = await pipe.execute()
-        self.replicas.check(waited, results[1 + len(inboxes)] if waited else None, len(docs))
+        self.replicas.check(results[1 + len(inboxes)] if waited else None, len(docs))
         tail = results[1 + len(inboxes) + waited :]
         taken: list[tuple[str, Doc]] = []
         for inbox, clashed in zip(inboxes, results[1 : 1 + len(inboxes)], strict=True):

@@ -170,22 +170,26 @@ async def test_a_failover_to_a_replica_behind_loses_no_accepted_message(
         bob_id = uid()
         m.issuer.users.add(bob_id)
         alice = await m.connect(uid(), pod=0)
-        await alice.send_stored(bob_id, [("k0", "YjA")])
+        # A backlog first, at a size a device offline for a while has: 800 messages
+        # (under a socket's sends in flight per chunk), each batch waiting for the replica.
+        before = [(f"k{i}", f"b{i:03d}") for i in range(800)]
+        for start in range(0, len(before), 200):
+            await alice.send_stored(bob_id, before[start : start + 200])
         await persist_once()  # a beat
         beat = f"{m.settings.redis_prefix}:hotbeat"
         want = await primary.client.get(beat)
         await eventually(lambda: replica.client.get(beat), lambda got: got == want)
 
-        # The replica falls behind; k1 reaches the primary.
+        # The replica falls behind; the last message reaches the primary.
         link.hold()
-        await alice.send(send_frame("k1", bob_id, "YjE"))
+        await alice.send(send_frame("last", bob_id, "bGFzdA"))
         hot = hot_key(m.settings.redis_prefix, e.inbox_id(bob_id, 1))
-        await eventually(lambda: primary.client.hlen(hot), lambda n: n == 2)
+        await eventually(lambda: primary.client.hlen(hot), lambda n: n == len(before) + 1)
         if wait:  # the write is held in its wait: not stored, not pushed
             await eventually(primary.blocked_in_wait, lambda n: n == 1)
-            assert not [f for f in alice.drain() if f["op"] == "stored" and f.get("id") == "k1"]
+            assert not [f for f in alice.drain() if f["op"] == "stored" and f.get("id") == "last"]
 
-        # Failover: the primary dies, its replica is promoted (without k1) and gets a
+        # Failover: the primary dies, its replica is promoted (without it) and gets a
         # replica of its own; the endpoint now leads there.
         await primary.kill()
         await replica.client.replicaof("NO", "ONE")
@@ -197,11 +201,15 @@ async def test_a_failover_to_a_replica_behind_loses_no_accepted_message(
 
         if wait:
             # The wait broke with the connection: the batch went again on the new primary.
-            await eventually(lambda: replica.client.hlen(hot), lambda n: n == 2, timeout=30)
+            await eventually(
+                lambda: replica.client.hlen(hot), lambda n: n == len(before) + 1, timeout=30
+            )
         bob = await m.connect(bob_id, pod=1)
         bodies = [str(i["body"]) for i in await synced_all(bob)]
-        # Without the wait k1 is gone: accepted, never delivered, and nothing noticed.
-        assert bodies == (["YjA", "YjE"] if wait else ["YjA"])
+        # Without the wait the last one is gone: accepted, never delivered, unnoticed.
+        # Exactly once, in the order sent.
+        sent = [body for _, body in before]
+        assert bodies == ([*sent, "bGFzdA"] if wait else sent)
     finally:
         for c in m.clients:
             await c.close()
