@@ -151,6 +151,16 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('HINCRBY', KEYS[1], 'n', ARGV[1])
 """
 
+# Raises n to ARGV[1] (a number an item was written under); -1 when the counter is
+# not in Redis (seed it first).
+_RAISE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'n') or '0') then
+  redis.call('HSET', KEYS[1], 'n', ARGV[1])
+end
+return 0
+"""
+
 # Sets n, acked and the skipped range when the counter is missing (the first
 # seeding wins).
 _SEED = """
@@ -234,6 +244,7 @@ class InboxCounters:
         self._unlock = scripts.register(redis, _UNLOCK)
         self._ack = scripts.register(redis, _ACK)
         self._ack_hot = scripts.register(redis, ACK_HOT)
+        self._raise = scripts.register(redis, _RAISE)
         self._base_lock = asyncio.Lock()
         self._token = uuid.uuid4().hex  # this process's, on the seeding locks it holds
 
@@ -254,6 +265,25 @@ class InboxCounters:
             missing = self.read_reserve(inboxes, todo, results, first)
             if not missing:
                 return first
+            await self.seed(missing)
+            todo = {i: todo[i] for i in missing}
+        raise RuntimeError(f"inbox counters could not be seeded: {sorted(todo)[:3]}")
+
+    async def raise_to(self, tops: dict[str, int]) -> None:
+        """Raise each inbox's ``n`` to the number an item was written under, seeding the
+        counters Redis lacks first (services/delivery/hot.py ``_PUT``: a write that
+        reached a promoted replica without the counter its numbers came from); marks
+        them for the next checkpoint."""
+        todo = dict(tops)
+        for _ in range(3):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for inbox, top in todo.items():
+                    await scripts.queue(pipe, self._raise, [self.key(inbox)], [top])
+                pipe.sadd(self.dirty, *todo)
+                results = await pipe.execute()
+            missing = [i for i, r in zip(todo, results, strict=False) if int(r) < 0]
+            if not missing:
+                return
             await self.seed(missing)
             todo = {i: todo[i] for i in missing}
         raise RuntimeError(f"inbox counters could not be seeded: {sorted(todo)[:3]}")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -104,15 +104,18 @@ def refused(code: Any) -> NoReturn:
 # 1 to count, ARGV[4] and ARGV[5] the writer's mark and the value it expects (GUARD),
 # then per item: seq, the item (JSON), its dedup record's value, the sender's count
 # field ('' for a notice). Returns the (1-based) items whose number held another item,
-# or {-1, the guard's answer} when the mark refused the write (nothing written).
+# preceded by a 0 when the inbox has no counter, or {-1, the guard's answer} when the
+# mark refused the write (nothing written).
 #
 # A number written is a number handed out: the counter's ``n`` is raised to the
 # highest one written. The numbers were reserved a round trip earlier; a client that
 # sends this script again on a fresh connection after a failover (redis-py's retry)
 # reaches a primary that may not have that reservation, and pages stop at ``n``. (The
 # counter is not marked for the next checkpoint: that waits for its next reservation
-# or ack, and a Redis loss re-seeds counters far past any checkpoint anyway. A
-# counter missing altogether, its first seeding lost too, is left alone.)
+# or ack, and a Redis loss re-seeds counters far past any checkpoint anyway.) A
+# counter missing altogether (its first seeding was lost too) cannot be seeded here
+# (that may read MongoDB): the 0 tells :meth:`HotInbox.put`, which has it seeded and
+# raised before the items are pushed or confirmed.
 _PUT = (
     GUARD_LUA
     + """
@@ -138,7 +141,8 @@ end
 if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 if top > 0 then
   local n = redis.call('HGET', KEYS[3], 'n')
-  if n and top > tonumber(n) then redis.call('HSET', KEYS[3], 'n', top) end
+  if not n then table.insert(clashed, 1, 0)
+  elseif top > tonumber(n) then redis.call('HSET', KEYS[3], 'n', top) end
 end
 return clashed
 """
@@ -247,10 +251,17 @@ class Replicas:
 
 class HotInbox:
     def __init__(
-        self, redis: aioredis.Redis, prefix: str, dedup_s: int, replicas: Replicas | None = None
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        dedup_s: int,
+        replicas: Replicas | None = None,
+        recount: Callable[[dict[str, int]], Awaitable[None]] | None = None,
     ) -> None:
         self.redis = redis
         self.replicas = replicas or Replicas()
+        self.recount = recount
+        """Seeds missing counters and raises them (InboxCounters.raise_to): see _PUT."""
         self._put = scripts.register(redis, _PUT)
         self._remove = scripts.register(redis, _REMOVE)
         self.prefix = prefix
@@ -359,13 +370,24 @@ class HotInbox:
         self.replicas.check(results[1 + len(inboxes)] if waited else None, len(docs))
         tail = results[1 + len(inboxes) + waited :]
         taken: list[tuple[str, Doc]] = []
+        uncounted: dict[str, int] = {}
         for inbox, clashed in zip(inboxes, results[1 : 1 + len(inboxes)], strict=True):
             if clashed and int(clashed[0]) == -1:
                 # The batch goes again, from the committed offsets. The index entries
                 # the pipeline wrote first point at nothing: the persister drops them.
                 refused(clashed[1])
             items = by_inbox[inbox]
+            if clashed and int(clashed[0]) == 0:
+                clashed = clashed[1:]
+                lost = {int(i) for i in clashed}
+                uncounted[inbox] = max(
+                    int(d["seq"]) for i, (_, d) in enumerate(items, 1) if i not in lost
+                )
             taken += [items[int(i) - 1] for i in clashed or []]
+        if uncounted:
+            if self.recount is None:
+                raise RuntimeError(f"items written to inboxes without a counter: {uncounted}")
+            await self.recount(uncounted)
         if not taken:
             return set(), tail
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -102,11 +102,12 @@ class DeliveryStore:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self._count_pending = scripts.register(redis, _COUNT_PENDING)
+        self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
         self.hot = HotInbox(
             redis, self.prefix, settings.hot_dedup_s,
             Replicas(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
+            self.ctr.raise_to,
         )  # fmt: skip
-        self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
         self.cold_acks = f"{self.prefix}:ackcold"
         """Acknowledged items still in MongoDB, left for later while it was down."""
         self._moved: list[dict[str, Any]] = []

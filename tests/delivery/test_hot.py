@@ -86,6 +86,25 @@ async def test_an_item_written_under_a_number_the_counter_lacks_raises_it(
     assert third["seq"] == 3  # the next number is past it
 
 
+async def test_an_item_written_to_an_inbox_without_a_counter_seeds_and_raises_it(
+    store: DeliveryStore,
+) -> None:
+    """The same retry after a failover that lost the inbox's first seeding too: the
+    promoted replica holds no counter at all. The write has it seeded and raised
+    before the item is confirmed, so a page finds it and the next number is past it."""
+    first = await store.reserve("new", 1)
+    await store.redis.delete(store.ctr.key("new"))  # the replica never had it
+    doc = {**item("new", 0), "seq": first, "_id": item_id("new", first)}
+    clashes, _ = await store.hot.put([(dedup_key("new", "s", "c0"), doc)], time.time())
+    assert not clashes
+    assert int(await store.redis.hget(store.ctr.key("new"), "n")) == first
+    assert await store.redis.sismember(f"{store.prefix}:ctrdirty", "new")
+    page, _ = await store.page("new", 0, 10)
+    assert [d["seq"] for d in page] == [first]
+    [second] = await store.store_hot([item("new", 1)])
+    assert second["seq"] == first + 1
+
+
 async def test_duplicates_are_recognised_in_redis(store: DeliveryStore) -> None:
     first = await store.store_hot([item("bob", 1, cid="x")])
     again = await store.store_hot([item("bob", 2, cid="x"), item("bob", 3, cid="y"),
