@@ -115,7 +115,8 @@ def refused(code: Any) -> NoReturn:
 # or ack, and a Redis loss re-seeds counters far past any checkpoint anyway.) A
 # counter missing altogether (its first seeding was lost too) cannot be seeded here
 # (that may read MongoDB): the 0 tells :meth:`HotInbox.put`, which has it seeded and
-# raised before the items are pushed or confirmed.
+# raised before the items are pushed or confirmed. It says so when nothing was written
+# too: a batch tried again after that seeding failed finds its items there already.
 _PUT = (
     GUARD_LUA
     + """
@@ -139,11 +140,9 @@ for i = 1, #KEYS - 3 do
   end
 end
 if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-if top > 0 then
-  local n = redis.call('HGET', KEYS[3], 'n')
-  if not n then table.insert(clashed, 1, 0)
-  elseif top > tonumber(n) then redis.call('HSET', KEYS[3], 'n', top) end
-end
+local n = redis.call('HGET', KEYS[3], 'n')
+if not n then table.insert(clashed, 1, 0)
+elseif top > tonumber(n) then redis.call('HSET', KEYS[3], 'n', top) end
 return clashed
 """
 )
@@ -378,11 +377,11 @@ class HotInbox:
                 refused(clashed[1])
             items = by_inbox[inbox]
             if clashed and int(clashed[0]) == 0:
+                # Every number these items name is handed out, a clash's (another
+                # message holds it) and a repeat's (this write's earlier try, whose
+                # seeding failed) too.
                 clashed = clashed[1:]
-                lost = {int(i) for i in clashed}
-                uncounted[inbox] = max(
-                    int(d["seq"]) for i, (_, d) in enumerate(items, 1) if i not in lost
-                )
+                uncounted[inbox] = max(int(d["seq"]) for _, d in items)
             taken += [items[int(i) - 1] for i in clashed or []]
         if uncounted:
             if self.recount is None:
