@@ -12,7 +12,12 @@ as docs/protocol.md, "Reconnecting", asks:
   expired before it was renewed in place) refreshes the token and
   reconnects at once;
   4003 (revoked, blocked) and a refused refresh stop for good: ``failed``
-  says why.
+  says why;
+- a frame this side could not process (its handler raised), or an
+  ``on_ready`` that failed (the inbox's sync), drops the socket (close 4000)
+  before another frame is handled, and it reconnects after the backoff: the
+  next sync reads again from the last item processed, so nothing is
+  acknowledged past an item that was not (:meth:`Connection.drop`).
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class Connection:
         self._waiters: dict[str, asyncio.Future[Answer]] = {}
         self._ids = itertools.count(1)
         self._closing = False
+        self._dropped = False  # this side closed the current socket (see drop)
         self.failed: ParleyError | None = None
         self.ready_frame: f.Ready | None = None
         self.connects = 0
@@ -118,6 +124,19 @@ class Connection:
         if not self._first.done():
             self._first.set_exception(ConnectionClosed("closed"))
             self._first.exception()
+
+    async def drop(self, reason: str) -> None:
+        """Close the current socket because this side failed to process what it
+        received (a frame, the inbox's sync): it reconnects after the backoff and
+        the next connection syncs again from the last item processed."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        log.warning("dropping the connection: %s", reason)
+        self._dropped = True
+        self._ready.clear()  # no frame is sent on it any more (acks above all)
+        with contextlib.suppress(Exception):
+            await ws.close(code=4000, message=b"client failure")
 
     # -- sending ----------------------------------------------------------------
     async def send(self, frame: f.ClientFrames) -> None:
@@ -200,6 +219,7 @@ class Connection:
             if not isinstance(ready, f.Ready):
                 return "error"
             self._ws = ws
+            self._dropped = False
             self.ready_frame = ready
             self.connects += 1
             self._ready.set()
@@ -227,8 +247,9 @@ class Connection:
             await self._on_ready(ready)
         except ConnectionClosed:
             pass  # the socket dropped while syncing: the next connection syncs again
-        except Exception:
+        except Exception as exc:
             log.exception("after-connect work failed")
+            await self.drop(f"after-connect work failed: {exc!r}")
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         async for msg in ws:
@@ -256,12 +277,18 @@ class Connection:
                 raise ParleyError(_closing_message(frame.code))
             if waiter is not None and not waiter.done() and isinstance(frame, f.Error):
                 waiter.set_result(frame)
+            if self._dropped:
+                break  # nothing after a frame that failed is handled
             try:
                 await self._handler(frame)
             except ConnectionClosed:
                 pass
-            except Exception:
+            except Exception as exc:
                 log.exception("frame handler failed for %s", type(frame).__name__)
+                await self.drop(f"a {type(frame).__name__} frame failed: {exc!r}")
+                break
+        if self._dropped:
+            return "dropped"
         code = ws.close_code
         if code == 4003:
             raise ParleyError(_closing_message("token_revoked"))

@@ -526,7 +526,7 @@ class Messenger:
             self.account.access_token,
             self._on_frame,
             on_ready=self._on_ready,
-            on_state=lambda s, d: self.events.emit(ConnectionEvent(s, d)),
+            on_state=self._on_state,
             backoff_start=self.backoff[0],
             backoff_max=self.backoff[1],
             reauth_every=self.reauth_every,
@@ -543,6 +543,18 @@ class Messenger:
         if self.conn is not None:
             await self.conn.close()
             self.conn = None
+
+    def _on_state(self, state: str, detail: str) -> None:
+        if state == "connected":
+            # A new socket: until its sync is done, pushes move neither last_seq nor
+            # acks (they run before on_ready's sync starts: see sync).
+            self._synced.clear()
+        self.events.emit(ConnectionEvent(state, detail))
+
+    def _may_advance(self) -> bool:
+        """Whether a pushed item may move ``last_seq`` and be acknowledged: only once
+        this socket's sync is done and while none runs (see :meth:`sync`)."""
+        return self._synced.is_set() and not self._syncing
 
     async def _on_ready(self, ready: f.Ready) -> None:
         if ready.limits is not None:
@@ -564,8 +576,10 @@ class Messenger:
         ``seq`` seen: a message pushed while a page is read has a later
         ``seq`` than the items still to page, and moving the cursor (or the
         stored ``last_seq``, or a cumulative ack) past them would skip them
-        for good. While a sync runs, pushes neither move ``last_seq`` nor
-        send acks; each page's end does both.
+        for good. While a sync runs, and on a new socket until its first sync
+        is done, pushes neither move ``last_seq`` nor send acks; each page's end
+        does both. A sync that fails drops the socket (the next one syncs again
+        from ``last_seq``): acks after it would pass the items it did not read.
         """
         conn = self.conn
         if conn is None:
@@ -590,12 +604,18 @@ class Messenger:
             self._syncing -= 1
 
     async def _resync(self) -> None:
+        conn = self.conn
         try:
             await self.sync()
             if self.room_hook is not None:
                 await self.room_hook.sync_rooms()
-        except (ParleyError, TimeoutError) as exc:  # the socket went away: ready syncs again
-            log.info("resync failed: %s", exc)
+        except ConnectionClosed:
+            pass  # the socket went away: the next one syncs on ready
+        except (ParleyError, TimeoutError) as exc:
+            # Items the sync did not read would be acknowledged by the next push's
+            # cumulative ack: a new socket syncs again instead.
+            if conn is not None:
+                await conn.drop(f"resync failed: {exc}")
 
     def _queued(self) -> list[f.Send | f.RoomSend]:
         out: list[f.Send | f.RoomSend] = []
@@ -641,14 +661,14 @@ class Messenger:
         burst of messages costs the server one acknowledgement, not one each.  (During
         a sync, the page is acknowledged as a whole by :meth:`sync`.)"""
         self._ack_pending = max(self._ack_pending, seq)
-        if self._syncing or not self._synced.is_set():
+        if not self._may_advance():
             return  # the sync acknowledges page by page (see sync)
         if self._ack_task and not self._ack_task.done():
             return
 
         async def later() -> None:
             await asyncio.sleep(ACK_DELAY)
-            if self.conn is not None and not self._syncing:
+            if self.conn is not None and self._may_advance():
                 with contextlib.suppress(ConnectionClosed):
                     await self.conn.send(f.Ack(seq=self._ack_pending))
 
@@ -758,7 +778,7 @@ class Messenger:
                         event = Message(sender, name, text, entry["at"], server_id, seq)
                     elif peer:
                         event = SentElsewhere(peer, text, entry["at"], server_id, frame.from_device)
-            if not self._syncing and seq > int(tx.get("last_seq") or 0):
+            if self._may_advance() and seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
         if event is not None:
             self.events.emit(event)
@@ -785,7 +805,7 @@ class Messenger:
                 await self._refresh_peer(peer_id)
         async with self._store().transaction() as tx:
             tx.has_message(server_id)
-            if not self._syncing and seq > int(tx.get("last_seq") or 0):
+            if self._may_advance() and seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
         if seq:
             self._ack_soon(seq)
@@ -800,7 +820,7 @@ class Messenger:
             if valid and self.moderation is not None and not tx.has_message(marker):
                 event = self.moderation.apply(tx, frame)
                 tx.add_message(CONTROL_CONV, {"kind": "control"}, ref=marker)
-            if not self._syncing and frame.seq > int(tx.get("last_seq") or 0):
+            if self._may_advance() and frame.seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", frame.seq)
         if event is not None:
             self.events.emit(event)

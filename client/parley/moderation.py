@@ -28,7 +28,7 @@ from parley.api import Api
 from parley.crypto.encoding import b64decode, b64encode
 from parley.crypto.errors import CryptoError
 from parley.crypto.primitives import ed25519_verify
-from parley.errors import ParleyError
+from parley.errors import ParleyError, ServerUnavailable
 from parley.events import EventBus, MessageRemoved
 from parley.store import Store, Transaction
 
@@ -165,6 +165,10 @@ class Moderation:
                 conversation=frame.conversation, by=frame.by, at=frame.at,
             )  # fmt: skip
             ed25519_verify(key, b64decode(frame.signature), signed)
+        except ServerUnavailable:
+            # The keys could not be read now: the tombstone is not processed (nor
+            # acknowledged): the connection drops and the sync brings it again.
+            raise
         except (CryptoError, ValueError, ParleyError) as exc:
             log.warning("ignoring a tombstone that does not verify: %s", exc)
             return False

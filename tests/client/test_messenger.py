@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from parley import Client, ParleyError, SafetyNumberChanged
 from parley.client import KeyChanged, Message, Receipt
+from parley_contract import frames as f
 
 from tests.client.conftest import PASSWORD, MakeClient
 from tests.support.stack import System
@@ -325,3 +326,88 @@ async def test_concurrent_first_sends_to_a_new_contact_claim_its_keys_once(
     await bob.connect()
     await bob.sync()
     assert sorted(e["text"] for e in bob.history(alice.user_id)) == sorted(texts)
+
+
+async def test_a_message_that_fails_to_process_is_not_acknowledged_past(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a frame whose handler raised was logged and skipped, and the next
+    push's cumulative ack deleted it on the server: the message was lost. Now the
+    socket drops before another frame is handled, and the next sync brings it again."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and alice.user_id
+    await alice.connect()
+    await bob.connect()
+    handle = bob.messenger._on_message
+    failures: list[int] = []
+
+    async def fails_once(frame: f.Message) -> None:
+        if not failures:
+            failures.append(frame.seq)
+            raise OSError("the disk was full for a moment")
+        await handle(frame)
+
+    monkeypatch.setattr(bob.messenger, "_on_message", fails_once)
+    connects = bob._conn.connects if bob._conn else 0
+    await alice.send(bob.username, "first", wait="stored")
+    await alice.send(bob.username, "second", wait="stored")
+    got = [await bob.next_event(Message, timeout=30) for _ in range(2)]
+    assert [m.text for m in got if isinstance(m, Message)] == ["first", "second"]
+    assert failures and bob._conn is not None and bob._conn.connects == connects + 1
+    await bob.sync()  # nothing left behind, nothing shown twice
+    assert [e["text"] for e in bob.history(alice.user_id)] == ["first", "second"]
+
+
+async def test_a_failed_sync_after_a_reconnect_is_tried_again_and_loses_nothing(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a sync refused after a reconnect (delivery unavailable) was only
+    logged; the client still counted itself synced from the socket before, so the
+    next push moved its cursor and acknowledged past the backlog the sync never
+    read, which the server then deleted. Now the failed sync drops the socket and
+    the next one syncs again; pushes move nothing until a sync is done."""
+    from parley import connection
+
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and alice.user_id
+    await alice.connect()
+    await bob.connect()
+    conn = bob._conn
+    assert conn is not None
+    session, request = connection.Connection._session, connection.Connection.request
+    offline, release, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    state = {"refuse": True}
+
+    async def held(self: connection.Connection, refresh: bool) -> str:
+        if self is conn and not release.is_set():
+            offline.set()
+            await release.wait()  # until the backlog is written
+        return await session(self, refresh)
+
+    async def refuse_once(self: connection.Connection, frame: object,
+                          timeout: float = 20.0) -> object:  # fmt: skip
+        if self is conn and isinstance(frame, f.Sync) and state["refuse"]:
+            state["refuse"] = False
+            refused.set()
+            return f.Error(id=frame.id, code="service_unavailable", message="try again")
+        return await request(self, frame, timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(connection.Connection, "_session", held)
+    monkeypatch.setattr(connection.Connection, "request", refuse_once)
+    assert conn._ws is not None
+    await conn._ws.close()  # the socket drops; the next connection waits for us
+    await asyncio.wait_for(offline.wait(), 10)
+    backlog = [f"while away {i}" for i in range(5)]
+    for text in backlog:
+        await alice.send(bob.username, text, wait="stored")
+    release.set()
+    await asyncio.wait_for(refused.wait(), 10)
+    await alice.send(bob.username, "live", wait="stored")  # pushed after the failed sync
+    texts: set[str] = set()
+    while len(texts) < 6:
+        got = await bob.next_event(Message, timeout=30)
+        assert isinstance(got, Message)
+        texts.add(got.text)
+    assert texts == {*backlog, "live"}
+    await bob.sync()
+    assert sorted(e["text"] for e in bob.history(alice.user_id)) == sorted([*backlog, "live"])

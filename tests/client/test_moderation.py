@@ -11,7 +11,7 @@ import pytest
 from parley.cli import _print_entry
 from parley.cli_support import console
 from parley.client import Message, MessageRemoved, RoomMessage
-from parley.errors import ParleyError
+from parley.errors import ParleyError, ServerUnavailable
 from parley_contract import frames as f
 
 from .conftest import MakeClient
@@ -84,3 +84,36 @@ def test_the_cli_shows_a_removed_message() -> None:
     lines = out.get().splitlines()
     assert "abababab" in lines[0] and "bob: message removed by an admin" in lines[0]
     assert "alice: message removed by its sender" in lines[1]
+
+
+async def test_a_tombstone_whose_keys_cannot_be_read_now_comes_again(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the moderation keys unavailable for a moment (delivery down) made the
+    tombstone count as forged: it was dropped and acknowledged, and the removed
+    message stayed on this device for good. Now it is not processed: the socket
+    drops and the sync brings the tombstone again."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and alice.user_id
+    await alice.connect()
+    await bob.connect()
+    await alice.send(bob.username, "take this back")
+    got = await bob.next_event(Message)
+    assert isinstance(got, Message)
+    assert bob.messenger.moderation is not None
+    keys = bob.messenger.moderation._public_key
+    outages: list[str] = []
+
+    async def down_once(kid: str) -> bytes | None:
+        if not outages:
+            outages.append(kid)
+            raise ServerUnavailable("The server is unavailable: delivery")
+        return await keys(kid)
+
+    monkeypatch.setattr(bob.messenger.moderation, "_public_key", down_once)
+    await alice.unsend("last-out", str(bob.user_id))
+    removed = await bob.next_event(MessageRemoved, timeout=30)
+    assert isinstance(removed, MessageRemoved) and removed.server_id == got.server_id
+    assert outages
+    entry = next(e for e in bob.history(alice.user_id) if e.get("server_id") == got.server_id)
+    assert entry["kind"] == "removed"
