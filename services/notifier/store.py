@@ -59,17 +59,22 @@ class NotifierStore:
         return out
 
     async def add(self, notice: MentionNotice, interval_s: float) -> bool:
-        """Keep a mention for the user's digest; False if it is already kept."""
+        """Keep a mention for the user's digest; False if it is already kept.
+
+        The digest's range is raised in either case: a notice that comes again
+        because the worker died (or the write failed) between the two writes
+        would otherwise stay kept and never be in any digest's range."""
         doc = {
             "_id": pending_id(notice.user, notice.n), "user": notice.user, "n": notice.n,
             "room_id": notice.room_id, "room_name": notice.room_name, "kind": notice.kind,
             "sender": notice.sender, "excerpt": notice.excerpt, "at": notice.at,
             "message_seq": notice.message_seq, "server_id": notice.server_id,
         }  # fmt: skip
+        new = True
         try:
             await self.pending.insert_one(doc)
         except DuplicateKeyError:
-            return False
+            new = False
         # The first mention since the last digest sets when the next is due.
         await self.digests.update_one(
             {"_id": notice.user},
@@ -80,7 +85,7 @@ class NotifierStore:
             },
             upsert=True,
         )
-        return True
+        return new
 
     async def lease_due(self, lease_s: float) -> Doc | None:
         """A digest that is due, held for ``lease_s`` (another replica skips it)."""

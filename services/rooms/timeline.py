@@ -7,8 +7,12 @@ ten and message ten million. A resend (same sender, same ``client_id``)
 finds its ``client_ids`` record and gets the original back, marked
 ``duplicate``. Two copies of one message racing both take a number; the
 loser marks its number as a hole (``hole: true``), which pages skip, and
-answers with the winner's message. A number taken by a process that died
-before writing its message stays a hole too.
+answers with the winner's message. A process that died between taking the
+client id and writing its message left its number empty: a resend writes
+the message there, whole, as a first post would (pages skip the number
+until then). Whichever copy writes the message announces it (mentions, the
+``room_post`` push), once; a process that dies after writing a message and
+before announcing it leaves it unannounced (the timeline is the record).
 
 A stored message is pushed to the room's connected members as a ``room_post``
 frame (best effort, :mod:`services.rooms.push`); a resend is not pushed again.
@@ -86,14 +90,8 @@ async def mentioned_members(rooms: Rooms, room_id: str, body: str, token: str) -
     return [u for u in wanted if u in members]
 
 
-async def _original(rooms: Rooms, room_id: str, seq: int, draft: Doc) -> models.PostResult:
-    """The message a client id already stands for (written now if its writer died)."""
-    store = rooms.store
-    doc = await store.get_message(room_id, seq)
-    if doc is None or doc.get("hole"):
-        await store.insert_message({**draft, "_id": message_id(room_id, seq), "seq": seq})
-        doc = await store.get_message(room_id, seq)
-    assert doc is not None
+def _repeat(rooms: Rooms, doc: Doc) -> models.PostResult:
+    """The answer to a resend: the message its client id already stands for."""
     rooms.metrics.messages.labels("duplicate").inc()
     return models.PostResult(**message(doc).model_dump(), duplicate=True)
 
@@ -139,27 +137,38 @@ async def store_post(
     draft: Doc = {"room": room_id, "sender": sender, "client_id": body.client_id}
     if as_moderator:
         draft.update(posted_by=poster, posted_role=role)
+    seq: int | None = None
     seen = await store.get_client_id(room_id, key, body.client_id)
     if seen is not None:
-        return await _original(rooms, room_id, int(seen["seq"]), {**draft, "text": body.text})
+        stored = await store.get_message(room_id, int(seen["seq"]))
+        if stored is not None:
+            return _repeat(rooms, stored)
+        # Its writer died between taking the client id and writing the message: this
+        # resend writes it, whole (cleaned, its mentions and time), and announces it.
+        seq = int(seen["seq"])
     if not as_moderator:
         require_open(room)
     content = text.clean(body.text, "text", required=True, multiline=True)
-    if not as_moderator:
+    if not as_moderator and seq is None:
         await rooms.limiter.hit("post", poster, rooms.config.post_limit)
     mentioned = await mentioned_members(rooms, room_id, content, token)
     draft.update(text=content, mentions=mentioned, sent_at=now_ms(), rev=1)
-    seq = int((await store.bump_room(room_id, seq=1))["seq"])
-    if not await store.claim_client_id(room_id, key, body.client_id, seq):
-        # A copy of this message raced us and took the client id: ours is a hole.
-        await store.insert_message(
-            {"_id": message_id(room_id, seq), "room": room_id, "seq": seq, "hole": True}
-        )
-        seen = await store.get_client_id(room_id, key, body.client_id)
-        assert seen is not None
-        return await _original(rooms, room_id, int(seen["seq"]), draft)
+    if seq is None:
+        seq = int((await store.bump_room(room_id, seq=1))["seq"])
+        if not await store.claim_client_id(room_id, key, body.client_id, seq):
+            # A copy of this message raced us and took the client id: ours is a hole.
+            await store.insert_message(
+                {"_id": message_id(room_id, seq), "room": room_id, "seq": seq, "hole": True}
+            )
+            seen = await store.get_client_id(room_id, key, body.client_id)
+            assert seen is not None
+            seq = int(seen["seq"])
     doc = {**draft, "_id": message_id(room_id, seq), "seq": seq}
-    await store.insert_message(doc)
+    if not await store.insert_message(doc):
+        # Another copy wrote it first (and announces it): its message is the answer.
+        stored = await store.get_message(room_id, seq)
+        assert stored is not None
+        return _repeat(rooms, stored)
     rooms.metrics.messages.labels("stored").inc()
     await notifications.mentioned(rooms, room, doc, [u for u in mentioned if u != sender])
     await push.room_post(rooms.store, rooms.pusher, room, post_frame(doc))

@@ -113,6 +113,23 @@ async def test_a_digest_the_smtp_server_refuses_is_sent_when_it_answers(
     await eventually(lambda: _value(harness.count("digests", "sent")), lambda n: n == 1)
 
 
+async def test_a_notice_kept_without_its_digest_is_mailed_when_it_comes_again(
+    harness: Harness,
+) -> None:
+    """The worker died (or the write failed) between keeping a mention and opening its
+    digest, and Kafka gives the notice again. Before: the redelivery counted as a
+    duplicate and opened no digest, so that mention was never mailed."""
+    bob, alice = await harness.user(), await harness.user()
+    late = notice(bob["_id"], 1, alice["_id"], excerpt="kept, then the worker died")
+    store = harness.notifier.store
+    assert await store.add(late, INTERVAL_S)
+    await store.digests.delete_one({"_id": bob["_id"]})  # the second write never happened
+    await harness.produce(late)
+    [mail] = await harness.until_mails(bob["email"], 1)
+    assert "kept, then the worker died" in mail.get_content()
+    assert harness.count("notices", "duplicate") == 1
+
+
 def test_the_digest_links_to_the_web_client_where_it_has_an_origin_of_its_own() -> None:
     """On AWS the web client is on CloudFront's domain, the API on the ALB's: the link
     to open Parley goes to the first, the route that turns the e-mails off to the

@@ -52,6 +52,39 @@ async def test_a_resend_returns_the_original(api: RoomsApi) -> None:
     assert theirs["duplicate"] is False and theirs["seq"] != first["seq"]
 
 
+async def test_a_resend_writes_a_message_whose_writer_died_whole(api: RoomsApi) -> None:
+    """Before: a post whose process died between taking the client id and writing the
+    message was written by the resend from the raw request alone (no time, no
+    mentions, the text not cleaned): every page holding it then answered 500. Now the
+    resend writes it as a first post would, and announces it."""
+    owner, bob = api.user(), api.user("bobby")
+    room = await api.room(owner)
+    await api.join(bob, room)
+    await api.post(owner, room, "before")
+    store = api.rooms.store
+    seq = int((await store.bump_room(room, seq=1))["seq"])
+    assert await store.claim_client_id(room, owner, "died", seq)  # ... then it died
+    _, page = await api.messages(bob, room)
+    assert [m["text"] for m in page["messages"]] == ["before"]
+    status, msg = await api.post(owner, room, "cafe\u0301 @bobby", client_id="died")
+    assert status == 201, msg
+    assert (msg["seq"], msg["text"], msg["mentions"], msg["duplicate"]) == (
+        seq,
+        "caf\u00e9 @bobby",
+        [bob],
+        False,
+    )
+    assert msg["sent_at"] > 0
+    status, page = await api.messages(bob, room)
+    assert status == 200 and [m["text"] for m in page["messages"]] == ["caf\u00e9 @bobby", "before"]
+    _, notes = await api.notifications(bob)
+    assert [n["message_seq"] for n in notes["notifications"]] == [seq]
+    status, again = await api.post(owner, room, "caf\u00e9 @bobby", client_id="died")
+    assert status == 201 and again["duplicate"] is True and again["seq"] == seq
+    _, notes = await api.notifications(bob)
+    assert len(notes["notifications"]) == 1  # announced once
+
+
 async def test_pages_skip_holes(api: RoomsApi) -> None:
     owner = api.user()
     room = await api.room(owner)
