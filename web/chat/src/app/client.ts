@@ -382,7 +382,8 @@ export class ParleyClient {
   #refreshing: Promise<string> | null = null;
   #ws: WebSocket | null = null;
   #running = false;
-  #synced = false;
+  #synced = false; // this socket's first sync is done
+  #syncing = 0; // syncs running: pushed items then move neither last_seq nor acks (see sync)
   #backoff = 500;
   #chain: Promise<void> = Promise.resolve();
   #receipts: (W.Accepted | W.Stored | W.Delivered)[] = []; // waiting for the chain, handled together
@@ -2127,9 +2128,7 @@ export class ParleyClient {
   /** A room's copy in this device's inbox (protocol 2; the server sends none now): an
    * inbox item like any other, acknowledged and dropped (rooms have logs). */
   async #onInboxRoomCopy(frame: W.Message): Promise<void> {
-    await this.#transaction(async (tx) => {
-      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
-    });
+    await this.#transaction(async (tx) => this.#processed(tx, frame.seq));
     this.#ackSoon(frame.seq);
   }
 
@@ -2482,7 +2481,7 @@ export class ParleyClient {
       this.connectionState = 'connected';
       await this.sync();
       this.#synced = true;
-      if (this.#ackPending > this.#acked) this.#ackSoon(this.#ackPending); // pushed during the sync
+      this.#ackProcessed(); // pushed during the sync
       this.#backoff = 500;
       for (const q of this.outbox()) if (this.#ws === ws) ws.send(JSON.stringify(q.send));
       if (this.#reauthTimer) clearInterval(this.#reauthTimer);
@@ -2508,36 +2507,74 @@ export class ParleyClient {
     }
   }
 
-  /** Page through the inbox after the last processed item, acknowledging each page. */
+  /** Whether a pushed item may move `last_seq` and be acknowledged: once this socket's
+   * first sync is done, and while no sync runs (see {@link sync}). */
+  #mayAdvance(): boolean {
+    return this.#synced && this.#syncing === 0;
+  }
+
+  /** An inbox item was processed (in `tx`): `last_seq` moves to it, unless a sync runs
+   * (then the sync's page ends move it). */
+  #processed(tx: Tx, seq: number): void {
+    if (this.#mayAdvance() && seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', seq);
+  }
+
+  /** Page through the inbox after the last processed item, acknowledging each page.
+   *
+   * The cursor is the pages' own (`synced.last`), never the highest `seq` processed: an
+   * item pushed while a page is read has a later `seq` than the items still to page,
+   * and moving the cursor (or `last_seq`, or a cumulative ack) past them would skip
+   * them for good (the ack deletes them on the server). So while a sync runs, and on a
+   * new socket until its first sync is done, pushed items move neither `last_seq` nor
+   * acks; each page's end moves both, to what the pages read in order. A sync that
+   * fails leaves them where its last page ended. */
   async sync(): Promise<void> {
-    for (;;) {
-      const ws = this.#ws;
-      if (ws === null) throw new ParleyError('not connected');
-      const after = this.#read<number>('last_seq') ?? 0;
-      const id = randomId();
-      const answer = await new Promise<W.Synced | W.Error>((resolve) => {
-        this.#pending.set(id, resolve);
-        ws.send(JSON.stringify({ op: 'sync', after, limit: 200, id } satisfies W.Sync));
-      });
-      if (answer.op === 'error') throw new ParleyError(`Sync failed: ${answer.message}`);
-      if (answer.last > after) {
-        await this.#transaction(async (tx) => {
-          if (answer.last > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', answer.last);
+    const ws = this.#ws;
+    if (ws === null) throw new ParleyError('not connected');
+    this.#syncing++;
+    try {
+      let after = this.#read<number>('last_seq') ?? 0;
+      for (;;) {
+        if (this.#ws !== ws) throw new ParleyError('not connected');
+        const id = randomId();
+        const answer = await new Promise<W.Synced | W.Error>((resolve) => {
+          this.#pending.set(id, resolve);
+          ws.send(JSON.stringify({ op: 'sync', after, limit: 200, id } satisfies W.Sync));
         });
-        ws.send(JSON.stringify({ op: 'ack', seq: answer.last } satisfies W.Ack));
-        this.#acked = Math.max(this.#acked, answer.last);
+        if (answer.op === 'error') throw new ParleyError(`Sync failed: ${answer.message}`);
+        if (answer.last > after) {
+          const last = answer.last;
+          await this.#transaction(async (tx) => {
+            if (last > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', last);
+          });
+          if (ws.readyState === WebSocket.OPEN) {
+            ws.send(JSON.stringify({ op: 'ack', seq: last } satisfies W.Ack));
+            this.#acked = Math.max(this.#acked, last);
+          }
+          after = last;
+        }
+        if (!answer.more) break;
       }
-      if (!answer.more) return;
+    } finally {
+      this.#syncing--;
     }
+    this.#ackProcessed();
+  }
+
+  /** Acknowledge the items pushed (and processed) while acks waited for a sync. */
+  #ackProcessed(): void {
+    if (this.#ackPending > this.#acked) this.#ackSoon(this.#ackPending);
   }
 
   #ackSoon(seq: number): void {
     this.#ackPending = Math.max(this.#ackPending, seq);
-    if (!this.#synced || this.#ackTimer !== null) return;
+    if (!this.#mayAdvance() || this.#ackTimer !== null) return;
     this.#ackTimer = setTimeout(() => {
       this.#ackTimer = null;
-      if (this.#ws?.readyState === WebSocket.OPEN) {
-        this.#ws.send(JSON.stringify({ op: 'ack', seq: this.#ackPending } satisfies W.Ack));
+      const ws = this.#ws;
+      // A sync that started meanwhile acknowledges page by page (and this, after it).
+      if (ws?.readyState === WebSocket.OPEN && this.#mayAdvance()) {
+        ws.send(JSON.stringify({ op: 'ack', seq: this.#ackPending } satisfies W.Ack));
         this.#acked = Math.max(this.#acked, this.#ackPending);
       }
     }, ACK_DELAY_MS);
@@ -2589,7 +2626,7 @@ export class ParleyClient {
             roomEvents = await this.#onControl(tx, sender, frame.from_device, control);
             tx.put(this.#peerRow(sender), state.toJson());
             if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
-            if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+            this.#processed(tx, frame.seq);
             return;
           }
           entry.text = displayText(incoming.plaintext);
@@ -2613,7 +2650,7 @@ export class ParleyClient {
           }
         }
       }
-      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+      this.#processed(tx, frame.seq);
     });
     this.#seen.add(frame.server_id);
     for (const e of roomEvents) this.#emit(e);
@@ -2664,7 +2701,7 @@ export class ParleyClient {
           if (done) removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
         }
       }
-      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
+      this.#processed(tx, frame.seq);
     });
     for (const e of removed) this.#emit(e);
     if (removed.length === 0) this.#emit({ type: 'changed' });
@@ -2740,9 +2777,7 @@ export class ParleyClient {
         // the directory's answer does not verify: the next send refuses it
       }
     }
-    await this.#transaction(async (tx) => {
-      if (frame.seq > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', frame.seq);
-    });
+    await this.#transaction(async (tx) => this.#processed(tx, frame.seq));
     if (frame.seq) this.#ackSoon(frame.seq);
   }
 

@@ -1,0 +1,138 @@
+// The inbox on the wire, as ParleyClient (src/app/client.ts) syncs and acknowledges it
+// (docs/protocol.md "ack", "sync", "resync"; web/chat/README.md "Receiving"): the real
+// client against test/support/fakeServer.ts, whose inbox deletes what a cumulative ack
+// covers and counts as `lost` an item deleted before it was ever sent to the client.
+import { afterEach, describe, expect, it, vi } from 'vitest';
+
+import { setApiOrigin } from '../src/app/api.ts';
+import { ParleyClient } from '../src/app/client.ts';
+import { FakeServer, FakeSocket, Peer } from './support/fakeServer.ts';
+
+vi.mock('../src/app/vault.ts', async (importOriginal) => {
+  const { MemoryVault } = await import('./support/fakeServer.ts');
+  return { ...(await importOriginal<typeof import('../src/app/vault.ts')>()), Vault: MemoryVault };
+});
+
+const clients: ParleyClient[] = [];
+let accounts = 0;
+
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+  FakeSocket.server = null;
+  setApiOrigin('');
+  vi.unstubAllGlobals();
+});
+
+/** A signed-up client of `server` (not connected yet). */
+async function signUp(server: FakeServer): Promise<ParleyClient> {
+  FakeSocket.server = server;
+  vi.stubGlobal('WebSocket', FakeSocket);
+  vi.stubGlobal('fetch', server.fetch);
+  vi.stubGlobal('location', { protocol: 'http:', host: 'parley.test' });
+  vi.stubGlobal('navigator', { locks: { request: (_n: string, _o: unknown, fn: (lock: unknown) => unknown) => Promise.resolve(fn({})) } });
+  setApiOrigin('http://parley.test');
+  const client = await ParleyClient.signup(`bob${++accounts}`, 'bob@example.com', 'a password', 'a passphrase');
+  clients.push(client);
+  return client;
+}
+
+async function until(what: string, done: () => boolean, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The texts of a conversation's received messages. */
+function texts(client: ParleyClient, peer: Peer): string[] {
+  return client.history(peer.user.user_id).filter((e) => e.kind === 'message').map((e) => e.text);
+}
+
+/** Connected, its first sync done and every ack sent. */
+async function connected(client: ParleyClient, server: FakeServer): Promise<void> {
+  client.connect();
+  await until('the client to connect', () => client.connectionState === 'connected');
+  await until('the acks', () => server.inbox.items.size === 0);
+}
+
+const waiting = (n: number) => Array.from({ length: n }, (_, i) => `waiting ${i}`);
+
+describe('a sync pages by its own cursor', () => {
+  it('a message pushed during the first sync skips nothing, and nothing is acknowledged unread', async () => {
+    // Before: the next page started after the highest seq processed, the push's (501):
+    // 201-500 were never fetched, and the ack of 501 deleted them on the server.
+    const server = new FakeServer();
+    const bob = await signUp(server);
+    const alice = await Peer.create(server, 'alice');
+    const carol = await Peer.create(server, 'carol');
+    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    const pushed = await carol.message(server, 'pushed mid-sync');
+    server.sync.between = (n) => {
+      if (n === 1) server.push(pushed); // read by the client before the first page's end
+    };
+    await connected(bob, server);
+    expect(server.inbox.lost).toEqual([]);
+    expect(texts(bob, alice)).toEqual(waiting(500));
+    expect(texts(bob, carol)).toEqual(['pushed mid-sync']);
+    expect(server.syncs).toBe(3); // 200 + 200 + 101 (the push's item again, shown once)
+    expect(server.unknown).toEqual([]);
+  });
+
+  it('a sync cut short after a push starts again where its last page ended', async () => {
+    // The push (501) must not move last_seq while the sync runs: the next connection
+    // would sync after it, and the ack after that sync would delete 201-500 unread.
+    const server = new FakeServer();
+    const bob = await signUp(server);
+    const alice = await Peer.create(server, 'alice');
+    const carol = await Peer.create(server, 'carol');
+    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    const pushed = await carol.message(server, 'pushed mid-sync');
+    server.sync.between = (n) => {
+      if (n === 1) server.push(pushed);
+    };
+    server.sync.before = (n, socket) => {
+      if (n === 2) socket.drop(); // the pod goes away before the second page
+    };
+    await connected(bob, server);
+    expect(server.sockets.length).toBe(2);
+    expect(server.inbox.lost).toEqual([]);
+    expect(texts(bob, alice)).toEqual(waiting(500));
+    expect(texts(bob, carol)).toEqual(['pushed mid-sync']);
+  });
+
+  it('a resync sends no ack while its pages are read, even for a message pushed meanwhile', async () => {
+    // Before: during a resync the client counted as synced, so the push's ack went out
+    // 0.2 s later, past the pages not read yet (and the cursor jumped too).
+    const server = new FakeServer();
+    const bob = await signUp(server);
+    const alice = await Peer.create(server, 'alice');
+    const carol = await Peer.create(server, 'carol');
+    await connected(bob, server);
+    // Routing lost: 500 items stored, none pushed; then the pod says so.
+    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    const pushed = await carol.message(server, 'pushed mid-resync');
+    const acksBefore = server.inbox.acks.length;
+    server.sync.between = (n) => {
+      if (n === 2) server.push(pushed);
+    };
+    // The second page of the resync is slow: an ack past the first page's end (200)
+    // sent meanwhile would come first.
+    server.sync.before = async (n) => {
+      if (n !== 3) return;
+      const end = Date.now() + 1000;
+      while (server.inbox.acked <= 200 && Date.now() < end) await sleep(10);
+    };
+    const socket = server.open[0] as FakeSocket;
+    socket.deliver({ op: 'resync', reason: 'routing_restored' });
+    await until('the resync', () => server.inbox.items.size === 0);
+    await until('the history', () => texts(bob, alice).length === 500 || server.inbox.lost.length > 0);
+    expect(server.inbox.lost).toEqual([]);
+    expect(texts(bob, alice)).toEqual(waiting(500));
+    expect(texts(bob, carol)).toEqual(['pushed mid-resync']);
+    expect(server.inbox.acks.slice(acksBefore)).toEqual([200, 400, 501]); // each page's end
+    expect(socket.closedWith).toBeNull(); // the socket stayed open
+  });
+});

@@ -1,0 +1,421 @@
+/**
+ * A fake Parley server for driving the real ParleyClient (src/app/client.ts) in
+ * Node: the HTTP routes the client calls while signing up and syncing (a stub of
+ * `fetch`), the WebSocket (a stub of the `WebSocket` class: frames go through
+ * `setTimeout`, in order, as a socket's would), one device inbox that answers `sync`
+ * pages and deletes what a cumulative `ack` covers, as docs/protocol.md says, and an
+ * in-memory vault (vault.ts's interface, no IndexedDB: the test mocks the module).
+ *
+ * The inbox records what it sent on a socket, and an item an ack deleted before it
+ * was ever sent is `lost`: what the client acknowledged without having processed it.
+ * A contact (`Peer`) writes real messages (PQXDH, then the ratchet) to the client's
+ * published keys, so what the client processed shows in its history.
+ */
+
+import {
+  AccountKey,
+  Device,
+  DeviceEntry,
+  DeviceList,
+  PrekeyBundle,
+  Session,
+  b64encode,
+  utf8,
+} from '../../src/crypto/index.ts';
+import type * as W from '../../src/generated/contract.ts';
+import { messageServerId, tombstoneSignedBytes } from '../../src/app/moderation.ts';
+
+// -- the vault --------------------------------------------------------------------------
+/** vault.ts `Vault` in memory (rows kept as JSON text, so a read is a copy). */
+export class MemoryVault {
+  static readonly stores = new Map<string, Map<string, string>>();
+  readonly username: string;
+  readonly #rows: Map<string, string>;
+
+  private constructor(username: string, rows: Map<string, string>) {
+    this.username = username;
+    this.#rows = rows;
+  }
+
+  static async exists(username: string): Promise<boolean> {
+    return MemoryVault.stores.has(username);
+  }
+
+  static async create(username: string, _passphrase: string): Promise<MemoryVault> {
+    const rows = new Map<string, string>();
+    MemoryVault.stores.set(username, rows);
+    return new MemoryVault(username, rows);
+  }
+
+  static async open(username: string, _passphrase: string): Promise<MemoryVault> {
+    const rows = MemoryVault.stores.get(username);
+    if (rows === undefined) throw new Error(`no local store for ${username}`);
+    return new MemoryVault(username, rows);
+  }
+
+  async ref(kind: string, id: string): Promise<string> {
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', utf8(`${kind}\u0000${id}`) as Uint8Array<ArrayBuffer>));
+    return `${kind}:${[...digest.slice(0, 16)].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
+  }
+
+  async get<T>(name: string): Promise<T | undefined> {
+    const raw = this.#rows.get(name);
+    return raw === undefined ? undefined : (JSON.parse(raw) as T);
+  }
+
+  async names(prefix: string): Promise<string[]> {
+    return [...this.#rows.keys()].filter((n) => n.startsWith(prefix)).sort();
+  }
+
+  async putMany(rows: Iterable<[string, unknown]>): Promise<void> {
+    for (const [name, value] of rows) {
+      if (value === undefined) this.#rows.delete(name);
+      else this.#rows.set(name, JSON.stringify(value));
+    }
+  }
+}
+
+// -- the socket -------------------------------------------------------------------------
+type InboxItem = W.Message | W.Tombstone | W.KeyChanged;
+
+/** The `WebSocket` the client makes: its frames go to the current FakeServer. */
+export class FakeSocket {
+  static readonly CONNECTING = 0;
+  static readonly OPEN = 1;
+  static readonly CLOSING = 2;
+  static readonly CLOSED = 3;
+  static server: FakeServer | null = null;
+
+  readyState = FakeSocket.CONNECTING;
+  onopen: (() => void) | null = null;
+  onmessage: ((ev: { data: string }) => void) | null = null;
+  onclose: ((ev: { code: number }) => void) | null = null;
+  /** The code this side closed with (null: open, or closed by the server). */
+  closedWith: number | null = null;
+  authed = false;
+  readonly server: FakeServer;
+
+  constructor(_url: string) {
+    if (FakeSocket.server === null) throw new Error('no FakeServer');
+    this.server = FakeSocket.server;
+    this.server.sockets.push(this);
+    setTimeout(() => {
+      if (this.readyState !== FakeSocket.CONNECTING) return;
+      this.readyState = FakeSocket.OPEN;
+      this.onopen?.();
+    }, 0);
+  }
+
+  /** Client -> server. */
+  send(data: string): void {
+    if (this.readyState !== FakeSocket.OPEN) return; // a closing socket's frames go nowhere
+    const frame = JSON.parse(data) as W.ClientFrame;
+    setTimeout(() => void this.server.receive(this, frame), 0);
+  }
+
+  close(code = 1000): void {
+    if (this.readyState >= FakeSocket.CLOSING) return;
+    this.closedWith = code;
+    this.readyState = FakeSocket.CLOSING;
+    setTimeout(() => {
+      this.readyState = FakeSocket.CLOSED;
+      this.onclose?.({ code });
+    }, 0);
+  }
+
+  /** The server closes the socket (a pod going away: 1001). */
+  drop(code = 1001): void {
+    if (this.readyState >= FakeSocket.CLOSING) return;
+    this.readyState = FakeSocket.CLOSING;
+    setTimeout(() => {
+      this.readyState = FakeSocket.CLOSED;
+      this.onclose?.({ code });
+    }, 0);
+  }
+
+  /** Server -> client (in order, each in its own task). */
+  deliver(frame: W.ServerFrame): void {
+    if (this.readyState !== FakeSocket.OPEN) return;
+    if (frame.op === 'message' || frame.op === 'tombstone' || frame.op === 'key_changed') this.server.inbox.sent.add(frame.seq);
+    const data = JSON.stringify(frame);
+    setTimeout(() => {
+      if (this.readyState === FakeSocket.OPEN) this.onmessage?.({ data });
+    }, 0);
+  }
+}
+
+// -- the inbox --------------------------------------------------------------------------
+/** One device inbox: numbered items, pages, cumulative acks (docs/protocol.md). */
+export class Inbox {
+  readonly items = new Map<number, InboxItem>();
+  issued = 0;
+  acked = 0;
+  readonly acks: number[] = [];
+  /** Seqs sent on a socket (in a page or pushed). */
+  readonly sent = new Set<number>();
+  /** Seqs an ack deleted before they were ever sent: acknowledged unprocessed. */
+  readonly lost: number[] = [];
+
+  add<T extends InboxItem>(item: Omit<T, 'seq'>): T {
+    const stored = { ...item, seq: ++this.issued } as T;
+    this.items.set(stored.seq, stored);
+    return stored;
+  }
+
+  page(after: number, limit: number): { items: InboxItem[]; more: boolean } {
+    const above = [...this.items.keys()].filter((s) => s > after).sort((a, b) => a - b);
+    const take = above.slice(0, Math.min(limit, PAGE_MAX));
+    return { items: take.map((s) => this.items.get(s) as InboxItem), more: above.length > take.length };
+  }
+
+  ack(seq: number): void {
+    this.acks.push(seq);
+    if (seq <= this.acked) return;
+    this.acked = seq;
+    for (const s of [...this.items.keys()]) {
+      if (s > seq) continue;
+      if (!this.sent.has(s)) this.lost.push(s);
+      this.items.delete(s);
+    }
+  }
+}
+
+export const PAGE_MAX = 200; // PARLEY_SYNC_PAGE_MAX's default
+
+/** What a test may do around a sync page: `before` runs before the page is read (it may
+ * wait), `between` after its items were sent and before its `synced` (a push there is
+ * read by the client before the page's end), `answer` replaces the answer. */
+export interface SyncHooks {
+  before?: (n: number, socket: FakeSocket) => Promise<void> | void;
+  between?: (n: number, socket: FakeSocket) => void;
+  answer?: (n: number, socket: FakeSocket, frame: W.Sync) => W.Error | null;
+}
+
+// -- the server -------------------------------------------------------------------------
+export interface FakeUser {
+  user_id: string;
+  username: string;
+}
+
+function jwt(claims: Record<string, unknown>): string {
+  const part = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  return `${part({ alg: 'none' })}.${part(claims)}.sig`;
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+}
+
+function refusal(status: number, code: string): Response {
+  return json(status, { error: { code, message: code } });
+}
+
+export class FakeServer {
+  readonly users = new Map<string, FakeUser>(); // by id and by name
+  readonly lists = new Map<string, { user_id: string; account_key: string; device_list: unknown; signature: string }>();
+  readonly keys = new Map<string, unknown>(); // the client's published keys, by path
+  readonly inbox = new Inbox();
+  readonly sockets: FakeSocket[] = [];
+  readonly unknown: string[] = []; // routes the fake does not know
+  readonly sync: SyncHooks = {};
+  syncs = 0; // sync frames answered (or refused)
+  me: FakeUser | null = null;
+  deviceId = 0; // the client's device (its keys' routes)
+  /** GET /delivery/v1/moderation/keys answers 503 while true. */
+  moderationDown = false;
+  moderationCalls = 0;
+  #moderation: { kid: string; pair: CryptoKeyPair; public_key: string } | null = null;
+
+  fetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const url = new URL(String(input));
+    const method = init?.method ?? 'GET';
+    const body = init?.body ? (JSON.parse(String(init.body)) as Record<string, unknown>) : {};
+    const path = url.pathname;
+    const parts = path.split('/').filter(Boolean);
+    if (method === 'POST' && (path === '/auth/v1/signup' || path === '/auth/v1/token/refresh')) {
+      const user = path === '/auth/v1/signup' ? this.#addUser(String(body['username'])) : (this.me as FakeUser);
+      if (path === '/auth/v1/signup') this.me = user;
+      const now = Math.floor(Date.now() / 1000);
+      return json(200, {
+        access_token: jwt({ sub: user.user_id, did: 7, iat: now, exp: now + 3600 }),
+        refresh_token: 'refresh',
+        session_id: 'session',
+        user: { user_id: user.user_id, username: user.username },
+      });
+    }
+    if (method === 'GET' && parts[0] === 'auth' && parts[2] === 'users') {
+      const user = this.users.get(decodeURIComponent(parts[3] ?? ''));
+      return user ? json(200, user) : refusal(404, 'user_not_found');
+    }
+    if (parts[0] === 'keys') {
+      if (method === 'PUT' && parts[2] === 'devices') {
+        this.deviceId = Number(parts[3]);
+        this.keys.set(parts[4] as string, body);
+        return json(200, {});
+      }
+      if (method === 'GET' && parts[2] === 'devices' && parts[4] === 'counts') return json(200, { one_time: 100, kem_one_time: 100 });
+      if (method === 'POST' && parts[2] === 'devices' && parts[4] === 'check') return json(200, { match: true });
+      if (method === 'PUT' && path === '/keys/v1/account') {
+        const me = this.me as FakeUser;
+        this.lists.set(me.user_id, { user_id: me.user_id, ...(body as { account_key: string; device_list: unknown; signature: string }) });
+        return json(200, {});
+      }
+      if (method === 'GET' && parts[2] === 'users' && parts[4] === 'devices') {
+        const listed = this.lists.get(decodeURIComponent(parts[3] ?? ''));
+        return listed ? json(200, listed) : refusal(404, 'identity_not_found');
+      }
+      if (method === 'POST' && path === '/keys/v1/users/device-lists') {
+        const ids = body['user_ids'] as string[];
+        return json(200, { lists: ids.flatMap((u) => this.lists.get(u) ?? []), missing: ids.filter((u) => !this.lists.has(u)) });
+      }
+    }
+    if (method === 'GET' && path === '/rooms/v1/rooms') return json(200, { rooms: [], next_before: null });
+    if (method === 'GET' && path === '/delivery/v1/moderation/keys') {
+      this.moderationCalls++;
+      if (this.moderationDown) return refusal(503, 'service_unavailable');
+      const key = await this.#moderationKey();
+      return json(200, { keys: [{ kid: key.kid, public_key: key.public_key }] });
+    }
+    this.unknown.push(`${method} ${path}`);
+    return refusal(404, 'not_found');
+  };
+
+  #addUser(username: string): FakeUser {
+    const user = { user_id: [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join(''), username };
+    this.users.set(user.user_id, user);
+    this.users.set(username, user);
+    return user;
+  }
+
+  /** A user who is not the client (a contact to write from). */
+  addUser(username: string): FakeUser {
+    return this.#addUser(username);
+  }
+
+  async #moderationKey(): Promise<{ kid: string; pair: CryptoKeyPair; public_key: string }> {
+    if (this.#moderation === null) {
+      const pair = (await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify'])) as CryptoKeyPair;
+      const raw = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
+      this.#moderation = { kid: 'k1', pair, public_key: b64encode(raw) };
+    }
+    return this.#moderation;
+  }
+
+  /** A tombstone for `serverId` (sent by `from`), signed by the server's key unless
+   * `forged` (then the signature is another message's). */
+  async tombstone(serverId: string, from: string, conversation: string, forged = false): Promise<Omit<W.Tombstone, 'seq'>> {
+    const key = await this.#moderationKey();
+    const at = Date.now();
+    const signed = tombstoneSignedBytes({ kid: key.kid, server_id: serverId, sender: from, conversation, by: 'sender', at: forged ? at + 1 : at });
+    const signature = new Uint8Array(await crypto.subtle.sign('Ed25519', key.pair.privateKey, signed as Uint8Array<ArrayBuffer>));
+    return { op: 'tombstone', kind: 'tombstone', server_id: serverId, from, conversation, by: 'sender', at, kid: key.kid, signature: b64encode(signature) };
+  }
+
+  /** The sockets open now (authenticated). */
+  get open(): FakeSocket[] {
+    return this.sockets.filter((s) => s.readyState === FakeSocket.OPEN && s.authed);
+  }
+
+  /** Store an item and push it to every open socket (the fast path). */
+  push<T extends InboxItem>(item: Omit<T, 'seq'>): T {
+    const stored = this.inbox.add<T>(item);
+    for (const socket of this.open) socket.deliver(stored);
+    return stored;
+  }
+
+  async receive(socket: FakeSocket, frame: W.ClientFrame): Promise<void> {
+    if (socket.readyState !== FakeSocket.OPEN) return;
+    switch (frame.op) {
+      case 'auth': {
+        socket.authed = true;
+        const me = this.me as FakeUser;
+        socket.deliver({
+          op: 'ready', protocol: 3, user_id: me.user_id, session_id: 'session', gateway: 'fake', id: frame.id ?? null,
+          limits: { max_frame_bytes: 65536, sends_per_s: 10, send_burst: 100 },
+        });
+        return;
+      }
+      case 'sync': {
+        const n = ++this.syncs;
+        await this.sync.before?.(n, socket);
+        if (socket.readyState !== FakeSocket.OPEN) return;
+        const refused = this.sync.answer?.(n, socket, frame) ?? null;
+        if (refused !== null) {
+          socket.deliver({ ...refused, id: frame.id ?? null });
+          return;
+        }
+        const after = frame.after ?? 0;
+        const page = this.inbox.page(after, frame.limit ?? 100);
+        for (const item of page.items) socket.deliver(item);
+        this.sync.between?.(n, socket);
+        const last = page.items.length ? (page.items[page.items.length - 1] as InboxItem).seq : after;
+        socket.deliver({ op: 'synced', id: frame.id ?? null, last, more: page.more });
+        return;
+      }
+      case 'ack':
+        this.inbox.ack(frame.seq);
+        return;
+      default:
+        return;
+    }
+  }
+}
+
+// -- a contact ----------------------------------------------------------------------------
+/** A contact with one device, writing real messages to the client's device. */
+export class Peer {
+  readonly user: FakeUser;
+  readonly device: Device;
+  readonly deviceId = 1;
+  #session: Session | null = null;
+  #sent = 0;
+
+  private constructor(user: FakeUser, device: Device) {
+    this.user = user;
+    this.device = device;
+  }
+
+  static async create(server: FakeServer, username: string): Promise<Peer> {
+    const user = server.addUser(username);
+    const accountKey = await AccountKey.generate();
+    const device = await Device.generate();
+    const signed = await new DeviceList(user.user_id, 1, [DeviceEntry.of(1, username, device.identity)]).sign(accountKey);
+    server.lists.set(user.user_id, { user_id: user.user_id, account_key: b64encode(accountKey.public), ...signed.toJson() });
+    return new Peer(user, device);
+  }
+
+  /** A `message` item (without its seq) carrying `text` to the client's device. */
+  async message(server: FakeServer, text: string): Promise<Omit<W.Message, 'seq'>> {
+    const me = server.me as FakeUser;
+    let wire: Uint8Array;
+    if (this.#session === null) {
+      const identity = server.keys.get('identity');
+      const bundle = await PrekeyBundle.fromJson({
+        user_id: me.user_id,
+        device_id: server.deviceId,
+        identity,
+        signed_prekey: server.keys.get('signed-prekey'),
+        one_time_prekey: null,
+        kem_prekey: { ...(server.keys.get('kem-last-resort') as object), last_resort: true },
+      });
+      [this.#session, wire] = await Session.initiate(this.device, bundle, utf8(text));
+    } else {
+      wire = await this.#session.encrypt(utf8(text));
+    }
+    const [a, b] = [this.user.user_id, me.user_id].sort();
+    return {
+      op: 'message',
+      kind: 'message',
+      server_id: await messageServerId(this.user.user_id, `c-${++this.#sent}-${text}`),
+      from: this.user.user_id,
+      from_device: this.deviceId,
+      conversation: `dm:${a}:${b}`,
+      body: b64encode(wire),
+      commitment: null,
+      sent_at: Date.now(),
+      room: null,
+      mentions: null,
+      franking_tag: null,
+    };
+  }
+}
