@@ -136,3 +136,29 @@ describe('a sync pages by its own cursor', () => {
     expect(socket.closedWith).toBeNull(); // the socket stayed open
   });
 });
+
+describe('a failed resync', () => {
+  it('drops the socket: the next one syncs again, and no push acknowledges past the gap', async () => {
+    // Before: the failure was swallowed, and the next push's cumulative ack deleted the
+    // 500 items the resync was to read.
+    const server = new FakeServer();
+    const bob = await signUp(server);
+    const alice = await Peer.create(server, 'alice');
+    const carol = await Peer.create(server, 'carol');
+    await connected(bob, server);
+    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    server.sync.answer = (n) => (n === 2 ? { op: 'error', code: 'service_unavailable', message: 'try again' } : null);
+    const first = server.open[0] as FakeSocket;
+    first.deliver({ op: 'resync', reason: 'routing_restored' });
+    await until('the refused resync', () => server.syncs >= 2);
+    await sleep(50);
+    server.push(await carol.message(server, 'pushed after the failure'));
+    await until('the next sync', () => server.inbox.items.size === 0);
+    await until('the history', () => texts(bob, alice).length === 500 || server.inbox.lost.length > 0);
+    expect(server.inbox.lost).toEqual([]);
+    expect(texts(bob, alice)).toEqual(waiting(500));
+    expect(texts(bob, carol)).toEqual(['pushed after the failure']);
+    expect(first.closedWith).toBe(4000);
+    expect(bob.connectionState).toBe('connected');
+  });
+});

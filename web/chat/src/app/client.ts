@@ -384,6 +384,7 @@ export class ParleyClient {
   #running = false;
   #synced = false; // this socket's first sync is done
   #syncing = 0; // syncs running: pushed items then move neither last_seq nor acks (see sync)
+  readonly #dropped = new WeakSet<WebSocket>(); // sockets given up after a failure (see #drop)
   #backoff = 500;
   #chain: Promise<void> = Promise.resolve();
   #receipts: (W.Accepted | W.Stored | W.Delivered)[] = []; // waiting for the chain, handled together
@@ -2371,6 +2372,9 @@ export class ParleyClient {
       const failed = (error: unknown) => {
         this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) });
       };
+      // A frame this side could not process gives the socket up: nothing after it is
+      // handled, and no ack passes it (#drop).
+      const dropped = (error: unknown) => this.#drop(ws, 'client', String((error as Error).message ?? error));
       if (frame.op === 'accepted' || frame.op === 'stored' || frame.op === 'delivered') {
         // Receipts that arrive while the chain is busy are handled together, in one
         // vault write (a room's key distribution: a thousand `accepted` in a second).
@@ -2378,7 +2382,7 @@ export class ParleyClient {
         if (this.#receipts.length === 1) this.#chain = this.#chain.then(() => this.#onReceipts(this.#receipts.splice(0))).catch(failed);
         return;
       }
-      this.#chain = this.#chain.then(() => this.#onFrame(ws, frame)).catch(failed);
+      this.#chain = this.#chain.then(() => (this.#dropped.has(ws) ? undefined : this.#onFrame(ws, frame))).catch(dropped);
     };
     ws.onclose = (ev) => {
       if (this.#ws !== ws) return;
@@ -2464,9 +2468,7 @@ export class ParleyClient {
         return;
       case 'resync':
         // The server lost frames it meant to push: the inbox, then every room's log.
-        void this.sync()
-          .then(() => this.syncRooms())
-          .catch(() => undefined);
+        void this.#resync(ws);
         return;
       case 'reconnect':
         ws.close(1000);
@@ -2492,12 +2494,15 @@ export class ParleyClient {
       }, REAUTH_MS);
       this.#state('connected');
     } catch (error) {
-      this.#emit({ type: 'error', code: 'sync', message: String((error as Error).message) });
-      ws.close(4000);
+      this.#drop(ws, 'sync', String((error as Error).message));
       return;
     }
-    // Then what the private rooms' logs hold after each cursor (the sender keys came
-    // through the inbox first); pushes are taken meanwhile.
+    await this.#syncRoomsAfter(ws);
+  }
+
+  /** Then what the private rooms' logs hold after each cursor (the sender keys came
+   * through the inbox first); pushes are taken meanwhile. */
+  async #syncRoomsAfter(ws: WebSocket): Promise<void> {
     try {
       await this.syncRooms();
     } catch (error) {
@@ -2505,6 +2510,31 @@ export class ParleyClient {
         this.#emit({ type: 'error', code: 'room_log', message: `Could not read your rooms: ${String((error as Error).message)}` });
       }
     }
+  }
+
+  /** `resync`: the inbox from the last processed item, then the rooms' logs. A sync
+   * that fails gives the socket up, as the first one's failure does: the next push's
+   * cumulative ack would pass the items it did not read. */
+  async #resync(ws: WebSocket): Promise<void> {
+    try {
+      await this.sync();
+    } catch (error) {
+      if (this.#ws === ws) this.#drop(ws, 'sync', String((error as Error).message));
+      return;
+    }
+    await this.#syncRoomsAfter(ws);
+  }
+
+  /** Give the socket up after this side failed to process what it brought (a frame's
+   * handler threw, or a sync failed): no frame of it is handled any more and no ack is
+   * sent on it; it is closed (4000) and the client reconnects after the backoff, and
+   * the next sync reads again from the last item processed. An item that fails every
+   * time is read again at every connect (never acknowledged unprocessed). */
+  #drop(ws: WebSocket, code: string, message: string): void {
+    if (this.#dropped.has(ws)) return;
+    this.#dropped.add(ws);
+    this.#emit({ type: 'error', code, message });
+    ws.close(4000);
   }
 
   /** Whether a pushed item may move `last_seq` and be acknowledged: once this socket's
@@ -2527,7 +2557,7 @@ export class ParleyClient {
    * them for good (the ack deletes them on the server). So while a sync runs, and on a
    * new socket until its first sync is done, pushed items move neither `last_seq` nor
    * acks; each page's end moves both, to what the pages read in order. A sync that
-   * fails leaves them where its last page ended. */
+   * fails leaves them where its last page ended: its caller gives the socket up. */
   async sync(): Promise<void> {
     const ws = this.#ws;
     if (ws === null) throw new ParleyError('not connected');
@@ -2535,7 +2565,7 @@ export class ParleyClient {
     try {
       let after = this.#read<number>('last_seq') ?? 0;
       for (;;) {
-        if (this.#ws !== ws) throw new ParleyError('not connected');
+        if (this.#ws !== ws || this.#dropped.has(ws)) throw new ParleyError('not connected');
         const id = randomId();
         const answer = await new Promise<W.Synced | W.Error>((resolve) => {
           this.#pending.set(id, resolve);
@@ -2547,7 +2577,7 @@ export class ParleyClient {
           await this.#transaction(async (tx) => {
             if (last > (tx.get<number>('last_seq') ?? 0)) tx.put('last_seq', last);
           });
-          if (ws.readyState === WebSocket.OPEN) {
+          if (ws.readyState === WebSocket.OPEN && !this.#dropped.has(ws)) {
             ws.send(JSON.stringify({ op: 'ack', seq: last } satisfies W.Ack));
             this.#acked = Math.max(this.#acked, last);
           }
@@ -2573,7 +2603,7 @@ export class ParleyClient {
       this.#ackTimer = null;
       const ws = this.#ws;
       // A sync that started meanwhile acknowledges page by page (and this, after it).
-      if (ws?.readyState === WebSocket.OPEN && this.#mayAdvance()) {
+      if (ws?.readyState === WebSocket.OPEN && !this.#dropped.has(ws) && this.#mayAdvance()) {
         ws.send(JSON.stringify({ op: 'ack', seq: this.#ackPending } satisfies W.Ack));
         this.#acked = Math.max(this.#acked, this.#ackPending);
       }
