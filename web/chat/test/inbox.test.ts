@@ -162,3 +162,46 @@ describe('a failed resync', () => {
     expect(bob.connectionState).toBe('connected');
   });
 });
+
+describe('a tombstone', () => {
+  async function withMessage(): Promise<{ server: FakeServer; bob: ParleyClient; alice: Peer; serverId: string; conversation: string }> {
+    const server = new FakeServer();
+    const bob = await signUp(server);
+    const alice = await Peer.create(server, 'alice');
+    await connected(bob, server);
+    const message = server.push(await alice.message(server, 'to be removed'));
+    await until('the message', () => texts(bob, alice).length === 1 && server.inbox.items.size === 0);
+    return { server, bob, alice, serverId: message.server_id, conversation: message.conversation as string };
+  }
+
+  it('whose keys cannot be read now is not acknowledged: it comes again and removes the message', async () => {
+    // Before: taken as forged, dropped and acknowledged: the message stayed visible.
+    const { server, bob, alice, serverId, conversation } = await withMessage();
+    server.moderationDown = true;
+    const first = server.open[0] as FakeSocket;
+    const tomb = server.push(await server.tombstone(serverId, alice.user.user_id, conversation));
+    server.push(await alice.message(server, 'after the tombstone'));
+    await until('the key read', () => server.moderationCalls >= 1);
+    await sleep(400); // an ack would have gone by now (0.2 s)
+    expect(Math.max(0, ...server.inbox.acks)).toBeLessThan(tomb.seq);
+    expect(first.closedWith).toBe(4000);
+    server.moderationDown = false;
+    await until('the tombstone again', () => server.inbox.items.size === 0);
+    expect(server.inbox.lost).toEqual([]);
+    const entries = bob.history(alice.user.user_id);
+    expect(entries.map((e) => [e.kind, e.text])).toEqual([
+      ['removed', 'Message removed by its sender'],
+      ['message', 'after the tombstone'],
+    ]);
+  });
+
+  it('that does not verify is dropped and acknowledged (the socket stays)', async () => {
+    const { server, bob, alice, serverId, conversation } = await withMessage();
+    const socket = server.open[0] as FakeSocket;
+    const tomb = server.push(await server.tombstone(serverId, alice.user.user_id, conversation, true));
+    await until('its ack', () => server.inbox.acked >= tomb.seq);
+    expect(texts(bob, alice)).toEqual(['to be removed']);
+    expect(socket.closedWith).toBeNull();
+    expect(server.inbox.lost).toEqual([]);
+  });
+});

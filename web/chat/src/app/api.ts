@@ -14,6 +14,11 @@ export class ApiError extends Error {
   ) {
     super(message);
   }
+
+  /** No answer, or one that says "later" (429, 5xx): the same call may work again. */
+  get transient(): boolean {
+    return this.code === 'network' || this.status === 429 || this.status >= 500;
+  }
 }
 
 export interface UserBrief {

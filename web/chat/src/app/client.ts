@@ -2701,14 +2701,20 @@ export class ParleyClient {
 
   /** A message was removed: once its signature verifies, its history entry becomes a
    * "removed" marker and its text (and report fields) leave this device. A tombstone
-   * that does not verify is ignored (and acknowledged). */
+   * that does not verify is ignored (and acknowledged); one whose keys cannot be read
+   * now (no answer, 429, 5xx) is not processed: the handler fails, the socket is given
+   * up (#drop) and the next sync brings it again. */
   async #onTombstone(frame: W.Tombstone): Promise<void> {
-    let valid = false;
+    let keys: Map<string, string>;
     try {
-      valid = await verifyTombstone({ ...frame, kind: 'tombstone' }, await this.#moderationKeys(frame.kid));
-    } catch {
-      valid = false; // the keys could not be fetched: as if forged (the sync brings it again)
+      keys = await this.#moderationKeys(frame.kid);
+    } catch (error) {
+      if (error instanceof ApiError && error.transient) {
+        throw new ParleyError(`A removed message could not be checked now (${error.message}); it will be checked again.`);
+      }
+      keys = new Map(); // refused, or an answer that is no list of keys: it cannot verify
     }
+    const valid = await verifyTombstone({ ...frame, kind: 'tombstone' }, keys);
     const removed: ClientEvent[] = [];
     await this.#transaction(async (tx) => {
       if (valid) {
