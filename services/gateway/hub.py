@@ -456,21 +456,32 @@ class Hub:
         return bucket
 
     async def register(self, conn: Connection) -> None:
+        """Record the socket's presence, then list it on this pod. Listed last, with
+        nothing awaited between that and the caller's ``ready``: a push listed
+        sockets get (a room's multicast, a receipt, ``resync``) never reaches the
+        client before its ``ready`` (clients take the first frame after ``auth`` to
+        be it). What the pod gets for the user meanwhile is not pushed to this
+        socket: the sync the client starts after ``ready`` reads it."""
         assert conn.user_id is not None
-        if len(self.local(conn.user_id)) >= self.limits.sockets_per_user:
+        self._check_sockets(conn.user_id)
+        try:
+            await self.store.add_presence(conn.user_id, conn.conn_id)
+            self._check_sockets(conn.user_id)  # another socket of the user came meanwhile
+        except BaseException:
+            # Not registered after all (Redis did not answer, or another socket of the
+            # user took the last place meanwhile): the socket's caller closes it
+            # without the unregister a registered socket gets, so its presence is
+            # taken back here (else refreshed until the pod ended).
+            await self.unregister(conn)
+            raise
+        self.by_user[conn.user_id] = (*self.local(conn.user_id), conn)
+
+    def _check_sockets(self, user_id: str) -> None:
+        if len(self.local(user_id)) >= self.limits.sockets_per_user:
             raise ApiError(
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 "Too many open connections for this account; close one first.",
             )
-        self.by_user[conn.user_id] = (*self.local(conn.user_id), conn)
-        try:
-            await self.store.add_presence(conn.user_id, conn.conn_id)
-        except BaseException:
-            # Not registered after all (Redis did not answer): the socket's caller
-            # closes it without the unregister a registered socket gets, and left
-            # here it stayed listed, and its presence refreshed, until the pod ended.
-            await self.unregister(conn)
-            raise
 
     async def unregister(self, conn: Connection) -> None:
         if conn.user_id is None:

@@ -187,6 +187,41 @@ async def test_a_socket_whose_presence_could_not_be_written_is_not_left_register
     await again.expect("pong", id="p")
 
 
+async def test_nothing_reaches_a_socket_before_its_ready(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket was listed on its pod before its presence was written, and ``ready``
+    queued after: a room's multicast for the user that came meanwhile went out
+    first, and the Python client, which takes the first frame after ``auth`` to be
+    ``ready``, gave up and backed off."""
+    hub = messaging.hub(0)
+    ann = uid()
+    ann1 = await messaging.connect(ann, pod=0)
+    add_presence = hub.store.add_presence
+    writing, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(user_id: str, conn_id: str) -> None:
+        writing.set()
+        await release.wait()  # Redis is slow to answer
+        await add_presence(user_id, conn_id)
+
+    monkeypatch.setattr(hub.store, "add_presence", slow)
+    ann2 = await WsClient.connect(messaging.ws_url(0))
+    messaging.clients.append(ann2)
+    await ann2.send({"op": "auth", "token": messaging.issuer.token(ann, did=2), "id": "a"})
+    await asyncio.wait_for(writing.wait(), 10)
+    redis = messaging.gateways[0].server.app[REDIS]
+    post = f.RoomPost(room_id="f" * 24, seq=1, sender=uid(), client_id="c", text="hi",
+                      mentions=[], sent_at=1)  # fmt: skip
+    await redis.publish(room_channel(messaging.settings.redis_prefix),
+                        e.encode(e.multicast([ann], post)))  # fmt: skip
+    assert (await ann1.expect("room_post"))["seq"] == 1  # the pod handled it
+    release.set()
+    first = await ann2.next()
+    assert first["op"] == "ready", first
+    assert len(hub.local(ann)) == 2
+
+
 async def test_an_ack_that_came_while_a_refused_one_was_on_its_way_is_still_posted(
     messaging: Messaging, monkeypatch: pytest.MonkeyPatch
 ) -> None:
