@@ -2,7 +2,9 @@
 
 Every message it receives is written to ``MAILDIR/<n>-<recipient>.eml`` and
 one log line, so that a developer running ``make run`` can read a login code,
-and tests can read what the auth service really sent over SMTP.
+and tests can read what the auth service really sent over SMTP. A recipient
+at a ``.invalid`` domain is refused (550), as a real server refuses an
+unknown mailbox.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ class MaildirHandler:
     def __init__(self, maildir: Path) -> None:
         self.maildir = maildir
         self.counter = itertools.count(len(list(maildir.glob("*.eml"))) + 1)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        # A domain that cannot exist (RFC 2606's ``.invalid``) has no mailbox: refused
+        # for good, as a real server refuses an unknown address.
+        if address.lower().rstrip(">").endswith(".invalid"):
+            return "550 5.1.1 No such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         for rcpt in envelope.rcpt_tos:

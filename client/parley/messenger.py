@@ -565,8 +565,18 @@ class Messenger:
         await self.sync()
         await self._resend()
         self._synced.set()
-        if self.room_hook is not None:
+        await self._sync_rooms()
+
+    async def _sync_rooms(self) -> None:
+        """The private rooms' logs after the inbox. A failure here drops nothing: the
+        rooms' cursors move only with what was read, and a room's next push (or the
+        next connection) reads the rest."""
+        if self.room_hook is None:
+            return
+        try:
             await self.room_hook.sync_rooms()
+        except (ParleyError, TimeoutError) as exc:
+            log.warning("room logs not read: %s", exc)
 
     async def sync(self) -> int:
         """Page through the inbox after the last processed item; returns the number of
@@ -607,15 +617,15 @@ class Messenger:
         conn = self.conn
         try:
             await self.sync()
-            if self.room_hook is not None:
-                await self.room_hook.sync_rooms()
         except ConnectionClosed:
-            pass  # the socket went away: the next one syncs on ready
+            return  # the socket went away: the next one syncs on ready
         except (ParleyError, TimeoutError) as exc:
             # Items the sync did not read would be acknowledged by the next push's
             # cumulative ack: a new socket syncs again instead.
             if conn is not None:
                 await conn.drop(f"resync failed: {exc}")
+            return
+        await self._sync_rooms()
 
     def _queued(self) -> list[f.Send | f.RoomSend]:
         out: list[f.Send | f.RoomSend] = []

@@ -326,6 +326,10 @@ class TokenBucket:
         self.clock = clock
         self.stamp = clock()
 
+    def full(self) -> bool:
+        """Whether every token is back (a new bucket would allow the same)."""
+        return self.tokens + (self.clock() - self.stamp) * self.rate >= self.burst
+
     def take(self) -> bool:
         """Take a token if there is one; False (and nothing taken) if not."""
         now = self.clock()

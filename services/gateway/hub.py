@@ -32,7 +32,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.common import routing
-from services.common.auth import Claims, TokenVerifier, check_not_revoked, revocation_channel
+from services.common.auth import (
+    Claims,
+    TokenVerifier,
+    check_not_revoked,
+    revocation_channel,
+    revocation_errors,
+)
 from services.common.config import Settings
 from services.common.devices import DeviceLists
 from services.common.errors import ApiError, DevicesChanged, ErrorCode
@@ -493,7 +499,10 @@ class Hub:
                 self.by_user[conn.user_id] = rest
             else:
                 del self.by_user[conn.user_id]
-                self.buckets.pop(conn.user_id, None)
+                # A bucket not refilled yet stays (swept once it is: _refresh): dropped
+                # here, a reconnect would start with a full burst again.
+                if (bucket := self.buckets.get(conn.user_id)) is not None and bucket.full():
+                    del self.buckets[conn.user_id]
         with contextlib.suppress(RedisError, OSError):
             await self.store.remove_presence(conn.user_id, conn.conn_id)
 
@@ -543,6 +552,9 @@ class Hub:
                     self.devices.clear()
                     for conn in [c for s in self.by_user.values() for c in s]:
                         conn.push(f.Resync(reason="routing_restored"))
+                    # So are revocations: look each socket's up in Redis (the keys
+                    # outlive the sessions they end).
+                    await self._close_revoked()
                 delay = 0.1
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -650,10 +662,32 @@ class Hub:
             conn.push(ApiError(code).frame())
             conn.close_soon(f.CLOSE_REVOKED, code.value)  # not awaited here
 
+    async def _close_revoked(self) -> None:
+        """Close every socket here whose session was revoked, whose device was removed
+        or whose user was blocked: one round trip for them all."""
+        conns = [c for s in self.by_user.values() for c in s if c.user_id and c.sid]
+        claims = [
+            Claims(sub=str(c.user_id), sid=str(c.sid), roles=(), jti="", exp=0, did=c.device_id)
+            for c in conns
+        ]
+        for conn, error in zip(
+            conns, await revocation_errors(self.store.redis, self.settings.redis_prefix, claims),
+            strict=True,
+        ):  # fmt: skip
+            if error is not None:
+                conn.push(error.frame())
+                conn.close_soon(f.CLOSE_REVOKED, error.code.value)
+
     # Presence upkeep --------------------------------------------------------
     async def _refresh(self) -> None:
         conns = [(c.user_id, c.conn_id) for s in self.by_user.values() for c in s if c.user_id]
+        self._sweep_buckets()
         await self.store.refresh_presence(conns)
+
+    def _sweep_buckets(self) -> None:
+        """Forget the send buckets of users with no socket here once they are full."""
+        for user_id in [u for u, b in self.buckets.items() if u not in self.by_user and b.full()]:
+            del self.buckets[user_id]
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -26,6 +26,11 @@ class MailError(Exception):
     """The message could not be handed to the SMTP server."""
 
 
+class MailRefused(MailError):
+    """The SMTP server refused the recipient for good (a 5xx answer to ``RCPT``: no such
+    mailbox): trying again would be refused again."""
+
+
 def digest(
     username: str,
     items: list[Doc],
@@ -82,6 +87,11 @@ async def send(settings: Settings, to: str, subject: str, text: str) -> None:
             start_tls=s.smtp_tls,
             timeout=max(s.dependency_timeout_ms / 1000, 5),
         )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        log.warning("digest not sent", extra={"error": type(exc).__name__})
+        if all(500 <= r.code < 600 for r in exc.recipients):
+            raise MailRefused from exc
+        raise MailError from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         log.warning("digest not sent", extra={"error": type(exc).__name__})
         raise MailError from exc

@@ -5,8 +5,9 @@
   ``online`` (a device was connected: the ``notification`` frame told it),
   ``duplicate`` (a redelivered notice), ``malformed`` (skipped).
 - ``parley_notifier_digests_total{result}``: digests ``sent``; dropped because
-  the user ``unsubscribed`` or is ``gone`` (deleted or blocked); ``failed``
-  (the SMTP server refused or was unreachable: tried again after the lease).
+  the user ``unsubscribed`` or is ``gone`` (deleted or blocked), or its address
+  ``refused`` for good (a 5xx answer to ``RCPT``); ``failed`` (the SMTP server
+  was unreachable or refused for now: tried again after the lease).
 - ``parley_notifier_mentions_emailed_total``: mentions listed in sent digests.
 - ``parley_kafka_consumer_lag{group="<prefix>notifier",...}`` (services/common/consumer_lag.py).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter
 
 NOTICE_RESULTS = ("queued", "online", "duplicate", "malformed")
-DIGEST_RESULTS = ("sent", "unsubscribed", "gone", "failed")
+DIGEST_RESULTS = ("sent", "unsubscribed", "gone", "refused", "failed")
 
 
 class NotifierMetrics:

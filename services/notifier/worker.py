@@ -130,6 +130,12 @@ class Notifier:
             )
             try:
                 await mail.send(self.settings, str(user["email"]), subject, text)
+            except mail.MailRefused:
+                # The address is refused for good: tried again every lease, the digest
+                # would never go and its range (every mention since) read each time.
+                self.metrics.digests.labels("refused").inc()
+                await self.store.finish(digest, items, self.interval_s)
+                return 0
             except mail.MailError:
                 self.metrics.digests.labels("failed").inc()
                 return 0  # the lease ends, and the digest is tried again

@@ -157,6 +157,26 @@ async def test_a_multicast_reaches_every_socket_of_each_listed_user_once(
         assert [x for x in client.drain() if x["op"] == "room_post"] == []
 
 
+async def test_a_revocation_missed_while_the_channel_was_down_still_closes_the_socket(
+    messaging: Messaging,
+) -> None:
+    """A block published while the pod's channel was down (a network blip, Redis
+    dropping the subscriber) reached no one: the socket kept getting pushes until its
+    token expired. The pod now looks its sockets up when the channel is back."""
+    user, other = uid(), uid()
+    client = await messaging.connect(user, pod=0)
+    bystander = await messaging.connect(other, pod=0)
+    redis = messaging.gateways[0].server.app[REDIS]
+    await redis.set(f"{messaging.settings.redis_prefix}:blocked:{user}", "1", ex=60)
+    # Its publish was lost: the pod's subscription drops now and comes back.
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    assert (await client.expect("error", timeout=20))["code"] == "account_blocked"
+    assert await client.wait_closed() == CLOSE_REVOKED
+    await bystander.expect("resync", timeout=20)
+    await bystander.send({"op": "ping", "id": "p"})
+    await bystander.expect("pong", id="p")
+
+
 async def test_a_socket_whose_presence_could_not_be_written_is_not_left_registered(
     messaging: Messaging, monkeypatch: pytest.MonkeyPatch
 ) -> None:

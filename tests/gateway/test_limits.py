@@ -15,6 +15,7 @@ from services.common.state import KAFKA
 from services.gateway.app import create_app
 from services.gateway.connection import Connection
 from services.gateway.hub import Hub
+from services.gateway.state import HUB
 from services.gateway.store import GatewayStore
 from tests.support.aio import eventually
 from tests.support.users import uid
@@ -90,6 +91,37 @@ async def test_the_send_limit_is_shared_by_a_users_sockets(issuer: Any, make_cli
     await other.expect("accepted", id="o1")
     for c in (a, b, other):
         await c.close()
+
+
+async def test_reconnecting_does_not_refill_the_send_limit(issuer: Any, make_client: Any) -> None:
+    """The user's bucket was dropped when their last socket on the pod closed, so a
+    reconnect started with a full burst again: a client could send a burst per
+    reconnect (and the flood close, 4009, refilled it too). A bucket now stays until
+    it has refilled; a full one is forgotten."""
+    gw, url = await _gateway(issuer, make_client, ws_sends_per_s=0.001, ws_send_burst=2)
+    hub = gw.server.app[HUB]
+    user, idle, bob = uid(), uid(), uid()
+    issuer.users.add(bob)
+    a = await WsClient.connect(url, issuer.token(user, did=1))
+    for i in range(2):
+        await a.send(send_frame(f"s{i}", bob, "eA"))
+        await a.expect("accepted", id=f"s{i}")
+    quiet = await WsClient.connect(url, issuer.token(idle, did=1))
+    await quiet.send(send_frame("q0", bob, "eA"))
+    await quiet.expect("accepted", id="q0")
+    hub.buckets[idle].tokens = 2.0  # refilled (a minute at a real rate)
+    for c in (a, quiet):
+        await c.close()
+    await eventually(lambda: asyncio.sleep(0, hub.local(user) or hub.local(idle)), lambda x: not x)
+    assert user in hub.buckets and idle not in hub.buckets
+    again = await WsClient.connect(url, issuer.token(user, did=1))
+    await again.send(send_frame("s2", bob, "eA"))
+    assert (await again.expect("error", id="s2"))["code"] == "rate_limited"
+    await again.close()
+    await eventually(lambda: asyncio.sleep(0, hub.local(user)), lambda x: not x)
+    hub.buckets[user].tokens = 2.0
+    hub._sweep_buckets()  # the presence refresh's
+    assert user not in hub.buckets
 
 
 async def test_sends_are_checked_together_and_produced_in_the_order_they_came(
