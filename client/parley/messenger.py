@@ -23,7 +23,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -89,7 +89,9 @@ class _Outgoing:
     accepted: asyncio.Future[str]
     stored: asyncio.Future[str]
     peer_id: str
-    statuses: list[str] = field(default_factory=list)
+    wants_stored: bool = False
+    """A caller waits for ``stored``: kept past ``accepted`` (else forgotten then: a room
+    message never gets ``stored``, nor a message to a device that stays offline)."""
 
 
 def _record_receipt(tx: Transaction, frame: f.Accepted | f.Stored | f.Delivered) -> None:
@@ -879,7 +881,9 @@ class Messenger:
                     ):
                         if not fut.done():
                             fut.set_result(status)
-                    if status == "delivered":
+                    if status != "accepted" or not out.wants_stored:
+                        # Nothing waits for more (later receipts name their peer in
+                        # ``to``): kept, a long-running client kept every message's.
                         self._outgoing.pop(client_id, None)
                 self.events.emit(Receipt(client_id, peer, status))
 
@@ -1024,7 +1028,8 @@ class Messenger:
         ``stored``) answer if asked to.  Returns its client id."""
         client_id = frame.id
         loop = asyncio.get_running_loop()
-        out = _Outgoing(loop.create_future(), loop.create_future(), peer)
+        out = _Outgoing(loop.create_future(), loop.create_future(), peer,
+                        wants_stored=wait == "stored")  # fmt: skip
         self._outgoing[client_id] = out
         if self.conn is not None:
             with contextlib.suppress(ConnectionClosed):

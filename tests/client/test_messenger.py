@@ -411,3 +411,18 @@ async def test_a_failed_sync_after_a_reconnect_is_tried_again_and_loses_nothing(
     assert texts == {*backlog, "live"}
     await bob.sync()
     assert sorted(e["text"] for e in bob.history(alice.user_id)) == sorted([*backlog, "live"])
+
+
+async def test_a_long_running_client_keeps_nothing_per_message_once_answered(
+    make_client: MakeClient,
+) -> None:
+    """Each send kept two futures until its ``delivered``: a message to a device that
+    stays offline never gets one (nor does a room message), so a bot kept them all for
+    the life of its process. They go once nothing waits for them any more."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    await alice.connect()
+    for i in range(5):
+        await alice.send(bob.username, f"to an offline device {i}")  # waits for accepted
+    await alice.send(bob.username, "and one more", wait="stored")
+    assert alice.messenger._outgoing == {}
