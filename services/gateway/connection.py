@@ -72,8 +72,8 @@ class Connection:
         "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_ahead", "_cid",
         "_closing", "_pending", "_sending", "_slot_free", "_token_body", "_token_head", "_writer",
         "_writer_delayed",
-        "beat", "device_id", "expires_at", "heard", "hub", "limits", "queue", "queued_bytes", "sid",
-        "transport", "user_id", "violations", "ws",
+        "beat", "busy", "device_id", "expires_at", "heard", "hub", "limits", "queue",
+        "queued_bytes", "sid", "transport", "user_id", "violations", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -124,6 +124,9 @@ class Connection:
         seconds): the pod's heartbeat pings a socket that has been silent for long
         (services/gateway/heartbeat.py)."""
         self.beat = 0.0
+        self.busy = False
+        """The frame loop is handling a frame (a sync waiting for delivery): what the
+        client sent meanwhile, its pong too, is not read yet (the heartbeat waits)."""
 
     @property
     def conn_id(self) -> str:
@@ -399,10 +402,13 @@ class Connection:
                         if frame is None:
                             continue
                         hub.count_in(str(type(frame).__struct_config__.tag))
+                        conn.busy = True
                         try:
                             await conn._handle(frame)
                         except ApiError as err:
                             conn.error(err, frame.id)
+                        finally:
+                            conn.busy = False
                         if conn._closing:
                             break
                 finally:

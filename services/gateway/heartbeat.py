@@ -10,7 +10,10 @@ two :class:`~services.gateway.deadlines.Deadlines` for the whole pod:
 - if nothing at all (its pong or any other frame) comes back within
   ``interval / 2`` seconds, its connection is dropped as aiohttp drops it: the
   transport is closed without a close frame, close code 1006;
-- anything received moves the next ping to ``interval`` after it.
+- anything received moves the next ping to ``interval`` after it;
+- a socket whose frame loop is handling a frame (``busy``: a sync waiting for
+  delivery) is not dropped for an unread pong: it is looked at again after
+  another ``interval / 2``.
 
 A socket only records when it last heard from its client (``heard``); the
 schedule looks at that when the socket's deadline comes, and files it again
@@ -37,6 +40,8 @@ class Beating(Hashable, Protocol):
     on, until the next frame."""
     beat: float
     """The deadline the socket is filed under (set by the heartbeat)."""
+    busy: bool
+    """Its frame loop is handling a frame: the pong may wait unread behind it."""
 
     def ping(self) -> None:
         """Send a ping (nothing if the socket is closing)."""
@@ -102,5 +107,11 @@ class Heartbeat(Generic[S]):
         if sock.heard:  # a pong, or any frame, since the ping
             sock.beat = sock.heard + self.interval
             self._silent.add(sock, sock.beat)
+            return
+        if sock.busy:
+            # Its frame loop waits on a handler (a sync behind a slow delivery): the
+            # pong is unread, not missing. Looked at again after another timeout.
+            sock.beat = self._clock() + self.timeout
+            self._pinged.add(sock, sock.beat)
             return
         sock.abort()

@@ -32,6 +32,7 @@ class Sock:
     def __init__(self, answers: bool = False) -> None:
         self.heard = 0.0
         self.beat = 0.0
+        self.busy = False
         self.answers = answers
         self.pings: list[float] = []
         self.aborted: float | None = None
@@ -166,3 +167,19 @@ async def test_a_token_that_outlives_the_next_look_joins_the_expiry_schedule_lat
     assert time.time() >= conn.expires_at
     assert await client.wait_closed(timeout=30) == CLOSE_REAUTH
     await client.close()
+
+
+async def test_a_socket_busy_handling_a_frame_is_not_dropped_for_an_unread_pong() -> None:
+    """A sync waiting on a slow delivery holds the socket's frame loop: the client's pong
+    waits unread behind it. Such a socket was dropped (1006) as if its client were
+    gone; it is looked at again once the frame loop is free."""
+    beat: Heartbeat[Sock] = Heartbeat(0.2)
+    busy = Sock()
+    busy.busy = True
+    beat.add(busy)
+    await eventually(lambda: _value(len(busy.pings)), lambda n: n >= 1, timeout=10)
+    await asyncio.sleep(0.6)  # several timeouts (0.1 s) past the ping: nothing to await
+    assert busy.aborted is None
+    busy.busy = False  # its handler returned, and still nothing came
+    await eventually(lambda: _value(busy.aborted), lambda t: t is not None, timeout=10)
+    beat.close()
