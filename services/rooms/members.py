@@ -562,16 +562,24 @@ async def member_page(rooms: Rooms, room: Doc, after: int, limit: int) -> models
     limit = min(limit, MEMBERS_PAGE_MAX)
     found: list[Doc] = []
     cursor = after
+    # Windows of at least a full page of slots, not of what the page still lacks: slots
+    # are never reused, so a room that many joined and left is mostly holes, and a page
+    # one member short used to read them one slot (one round trip) at a time.
+    window = max(limit, MEMBERS_PAGE_MAX)
     while cursor < last and len(found) < limit:
         first = cursor + 1
-        end = min(last, cursor + (limit - len(found)))
+        end = min(last, cursor + window)
         cursor = end
         entries = await store.roster_page(room_id, first, end)
         docs = await store.get_members(room_id, [str(x["user"]) for x in entries])
         for x in entries:
             m = docs.get(str(x["user"]))
-            if m is not None and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1]):
+            slot = int(str(x["_id"]).rsplit("|", 1)[1])
+            if m is not None and int(m["slot"]) == slot:
                 found.append(m)
+                if len(found) == limit:
+                    cursor = slot  # the next page starts after it
+                    break
     names, online = await rooms.presence.facts([str(m["user"]) for m in found])
     return models.MemberPage(
         members=[
