@@ -105,8 +105,10 @@ def _banned() -> ApiError:
 
 
 async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
-    """:func:`_add`, unless ``user_id`` is banned: checked before, and again after the
-    write (a ban written meanwhile found no member to remove: this undoes the join)."""
+    """:func:`_add`, unless ``user_id`` is banned or the room closed: checked before,
+    and again after the write (a ban written meanwhile found no member to remove, a
+    close, the last owner leaving above all, saw no member but them: this undoes the
+    join)."""
     store = rooms.store
     room_id = room["_id"]
     if await store.get_ban(room_id, user_id) is not None:
@@ -116,6 +118,10 @@ async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
     if ban is not None:
         await remove_member(rooms, room, doc, str(ban["by"]), removed=True)
         raise _banned()
+    now = await store.get_room(room_id)
+    if now is not None and now["state"] != "open":
+        await remove_member(rooms, room, doc, user_id, removed=False)
+        require_open(now)
     return doc
 
 
@@ -270,11 +276,28 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
             ErrorCode.OWNER_MUST_TRANSFER,
             "The owner leaves after making another member the owner (PUT .../owner).",
         )
+    if member["role"] == "owner":
+        # The last member leaves: nobody could manage the room any more; it closes.
+        # Closed first, then the count read again: a join that got in meanwhile is
+        # seen here (the owner was not the last: the room goes back as it was), or
+        # sees the close itself and is undone (_admit). Else a joiner could be left
+        # alone in a closed room without an owner.
+        was = str(room["state"])
+        if was == "open":
+            await set_state(rooms, room, "closed", user_id)
+        now = await rooms.store.get_room(room_id)
+        if now is not None and int(now.get("members", 0)) > 1:
+            if was == "open":
+                await set_state(rooms, room, "open", user_id)
+            raise ApiError(
+                ErrorCode.OWNER_MUST_TRANSFER,
+                "Someone joined meanwhile: the owner leaves after making another member "
+                "the owner (PUT .../owner).",
+            )
     await remove_member(rooms, room, member, user_id, removed=False)
     await _tell(rooms, room_id, "member_left", user_id)
     if member["role"] == "owner":
-        # The last member left: nobody can manage the room any more; close it.
-        await set_state(rooms, room, "closed", user_id, owner=None)
+        await rooms.store.set_room(room_id, {"owner": None})
 
 
 def _manager(member: Doc | None, what: str) -> Doc:

@@ -426,5 +426,53 @@ async def test_the_last_member_leaving_closes_the_room(api: RoomsApi, events: Ev
     assert (await api.join(bob, room))[1]["error"]["code"] == "room_closed"
     seen = await events.settle(room)
     assert [(e["type"], e.get("state")) for e in seen] == [
-        ("room_created", None), ("member_left", None), ("room_state_changed", "closed")
+        ("room_created", None), ("room_state_changed", "closed"), ("member_left", None)
     ]  # fmt: skip
+
+
+async def test_the_last_owner_leaving_while_someone_joins_leaves_no_one_stranded(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner, alone, leaves while a user joins. Before: the join checked the room
+    open, the owner left and closed it, and the join went on: the joiner was the only
+    member of a closed room with no owner (only an admin could help). Now either the
+    join sees the close and is undone, or the owner sees the join and stays."""
+    owner, bob, carol = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    add = members._add
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def held_before(*args: Any) -> Any:  # checked open, not yet written
+        reached.set()
+        await gate.wait()
+        return await add(*args)
+
+    monkeypatch.setattr(members, "_add", held_before)
+    joining = asyncio.create_task(api.join(bob, room))
+    await reached.wait()
+    assert (await api.leave(owner, room))[0] == 204
+    gate.set()
+    status, body = await joining
+    assert (status, body["error"]["code"]) == (409, "room_closed")
+    _, got = await api.get(carol, room)
+    assert (got["state"], got["owner"], got["members"]) == ("closed", None, 0)
+
+    other = await api.room(owner, name="second")
+    reached.clear()
+    gate.clear()
+
+    async def held_after(*args: Any) -> Any:  # written, not yet looked at again
+        doc = await add(*args)
+        reached.set()
+        await gate.wait()
+        return doc
+
+    monkeypatch.setattr(members, "_add", held_after)
+    joining = asyncio.create_task(api.join(bob, other))
+    await reached.wait()
+    status, body = await api.leave(owner, other)
+    assert body["error"]["code"] == "owner_must_transfer"
+    gate.set()
+    assert (await joining)[0] == 200
+    _, got = await api.get(bob, other)
+    assert (got["state"], got["owner"], got["members"]) == ("open", owner, 2)
