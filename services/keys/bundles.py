@@ -198,10 +198,17 @@ async def _claim(keys: Keys, claims: Sequence[Claim]) -> list[models.Bundles | A
             ),
         )
         bundles[c].append(_Claimed(bundle, generation))
-    await _note_claims(
-        keys,
-        [(claims[c][0].user_id, b) for c, mine in enumerate(bundles) if claims[c][2] for b in mine],
-    )
+    try:
+        await _note_claims(
+            keys,
+            [(claims[c][0].user_id, b) for c, mine in enumerate(bundles) if claims[c][2]
+             for b in mine],
+        )  # fmt: skip
+    except Exception:
+        # The prekeys are taken (deleted) already: a failure of the low-stock notice,
+        # which is best effort, must not turn the claim into an error (its prekeys
+        # would be spent for an answer nobody gets, and the retry would take more).
+        log.exception("prekeys_low not checked after a claim")
     return [
         models.Bundles(**account.listed(), bundles=[b.bundle for b in mine])
         if mine

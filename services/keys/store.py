@@ -137,6 +137,22 @@ n = n + 1
 redis.call('SET', KEYS[1], n, 'EX', ARGV[2])
 return n
 """
+# An upload's lowest id (ARGV[1]) at or below a device's count (KEYS[1]): the count goes
+# back to just below it, its time to live kept. Claims that missed while the device had
+# none left (each counted an id out) put the count past ids the device had not made yet;
+# its next ids, numbered on from its own last, were then never handed out, and counted
+# as stock they kept ``prekeys_low`` quiet for good. Lowering it is safe: an id is given
+# only to the claim whose delete removed it, and a device never uploads an id twice.
+# Returns -1 when there is no count (seed_count's first case), else 1 when lowered.
+_LOWER_COUNT = """
+local n = redis.call('GET', KEYS[1])
+if not n then return -1 end
+if tonumber(n) >= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], tonumber(ARGV[1]) - 1, 'KEEPTTL')
+  return 1
+end
+return 0
+"""
 # How many times a claim tries a device whose id given was not stored (a gap, a
 # counter behind) before it gives that device none.
 CLAIM_TRIES = 4
@@ -191,6 +207,7 @@ class KeyStore:
         self._link_approve = redis.register_script(_LINK_APPROVE)
         self._link_cancel = redis.register_script(_LINK_CANCEL)
         self._count_out = scripts.register(redis, _COUNT_OUT)
+        self._lower_count = scripts.register(redis, _LOWER_COUNT)
 
     # Indexes.
 
@@ -502,9 +519,10 @@ class KeyStore:
     ) -> None:
         """Start a device's count (:meth:`claim_slots`) just below ``lowest``, the lowest
         id an upload stored, when it has none and no lower id is stored: its first
-        claim then takes that id at once."""
+        claim then takes that id at once. A count at or past ``lowest`` goes back to just
+        below it (:data:`_LOWER_COUNT`)."""
         key = self._next_key(kind, user_id, device_id, generation)
-        if await self.redis.exists(key):
+        if int(await self._lower_count(keys=[key], args=[lowest])) >= 0:
             return
         start = generation_key(user_id, device_id, generation)
         below = {"$gte": start, "$lt": start + _u(lowest)}

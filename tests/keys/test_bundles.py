@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from services.keys.config import KeysConfig
 from tests.keys.conftest import EventLog, KeysApi, KeysFactory
@@ -34,6 +37,43 @@ async def test_claim_hands_out_a_full_bundle_once(api: KeysApi) -> None:
     assert again["one_time_prekey"] != bundle["one_time_prekey"]
     assert again["kem_prekey"]["id"] != bundle["kem_prekey"]["id"]
     assert await api.stored(BOB, 5) == (0, 0)
+
+
+async def test_a_refill_after_claims_that_found_none_is_handed_out(api: KeysApi) -> None:
+    """Every claim counts an id out of the device's count, also when the device has none
+    left, so while it was out of stock the count ran past ids it had not made yet. Its
+    refill, numbered on from its own last id, was below the count: never handed out,
+    yet counted as stock (so no ``prekeys_low`` and no refill again, for good). The
+    upload now puts the count back below its first id."""
+    dev = await api.device(BOB, one_time=1, kem=1)
+    got = [(await api.claim(f"m{i}", BOB))[1]["bundles"][0] for i in range(6)]
+    assert [b["one_time_prekey"] is not None for b in got] == [True] + [False] * 5
+    assert [b["kem_prekey"]["last_resort"] for b in got] == [False] + [True] * 5
+    assert (await api.post_one_time(BOB, 1, dev.one_time(3)))[0] == 201
+    assert (await api.post_kem(BOB, 1, dev.kem(3)))[0] == 201
+    refilled = [(await api.claim(f"r{i}", BOB))[1]["bundles"][0] for i in range(3)]
+    assert all(b["one_time_prekey"] is not None for b in refilled)
+    assert not any(b["kem_prekey"]["last_resort"] for b in refilled)
+    assert len({b["one_time_prekey"]["id"] for b in refilled}) == 3
+    assert await api.stored(BOB, 1) == (0, 0)
+
+
+async def test_a_claim_whose_low_stock_check_fails_still_answers(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prekeys are deleted before the (best-effort) low-stock bookkeeping: its
+    failure answered 500, so the prekeys were spent for an answer nobody got."""
+    await api.device(BOB, one_time=3, kem=3)
+
+    async def down(*_: Any) -> Any:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(api.keys.store, "note_claims", down)
+    status, body = await api.claim("carol", BOB)
+    assert status == 200
+    [bundle] = body["bundles"]
+    assert bundle["one_time_prekey"] is not None and not bundle["kem_prekey"]["last_resort"]
+    assert await api.stored(BOB, 1) == (2, 2)
 
 
 async def test_exhaustion_falls_back_and_refill_restores(api: KeysApi) -> None:
