@@ -249,14 +249,26 @@ class RoomLog:
 
     async def _tail(self, room: str) -> int:
         """The room's last number: from the last one this process wrote (or the room's
-        ``room_heads.n``), the ids after it that exist, ``_PROBE`` at a time."""
-        last = self._heads.get(room)
-        if last is None:
-            doc = await self.heads.find_one({"_id": room})
-            last = int(doc.get("n", 0)) if doc else 0
+        ``room_heads``), the ids after it that exist, ``_PROBE`` at a time.
+
+        ``room_heads.n`` is saved every ``_PROBE`` numbers, and expiry deletes a quiet
+        room's whole log: from ``n`` alone, the ids after it were all gone and new
+        messages took numbers below ``low`` that readers never look at (and that
+        members' cursors had passed): lost for every member. So the start is never
+        below ``low - 1``, and a number this process remembers whose entry is gone
+        (expired since) sends it back to ``room_heads`` (looked at in the same read)."""
+        cached = self._heads.get(room)
+        last = cached if cached is not None else await self._saved_tail(room)
         while True:
             ids = [entry_id(room, last + i) for i in range(1, _PROBE + 1)]
-            have = {d["_id"] async for d in self.log.find({"_id": {"$in": ids}}, {"_id": 1})}
+            mine = entry_id(room, last) if cached is not None and last > 0 else None
+            wanted = [mine, *ids] if mine is not None else ids
+            have = {d["_id"] async for d in self.log.find({"_id": {"$in": wanted}}, {"_id": 1})}
+            if mine is not None and mine not in have and ids[0] not in have:
+                cached = None  # expired since this process wrote it
+                last = max(last, await self._saved_tail(room))
+                continue
+            cached = None
             k = 0
             while k < _PROBE and ids[k] in have:
                 k += 1
@@ -264,6 +276,14 @@ class RoomLog:
             if k < _PROBE:
                 self._advance(room, last)
                 return last
+
+    async def _saved_tail(self, room: str) -> int:
+        """Where the room's log goes on from, as ``room_heads`` says: its saved head,
+        and never below the first number expiry left (``low``)."""
+        doc = await self.heads.find_one({"_id": room})
+        if not doc:
+            return 0
+        return max(int(doc.get("n", 0)), int(doc.get("low") or 1) - 1)
 
     def _doc(self, env: e.RoomEnvelope, seq: int, now: float) -> Doc:
         doc: Doc = {
@@ -330,7 +350,8 @@ class RoomLog:
                 if expired:
                     end = start + len(expired)
                     await self.heads.update_one(
-                        {"_id": room}, {"$max": {"low": end}, "$set": {"purging": [start, end]}}
+                        {"_id": room},
+                        {"$max": {"low": end, "n": end - 1}, "$set": {"purging": [start, end]}},
                     )
                     deleted += await self._delete(expired)
                     await self.heads.update_one({"_id": room}, {"$unset": {"purging": ""}})

@@ -280,6 +280,39 @@ async def test_expiry_deletes_each_rooms_oldest_first(
     assert [fr.seq for _, fr in done.pushes] == [4]
 
 
+async def test_a_quiet_room_whose_whole_log_expired_goes_on_after_it(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """A room's saved head lags (saved every 32 numbers), and expiry deletes a quiet
+    room's whole log. A writer that did not remember the room (restarted, or the
+    partition moved) went on from the saved head, found nothing after it and took
+    numbers below ``low``: readers never look there and members' cursors had passed
+    them, so those messages were lost for every member. So did a writer whose
+    remembered number had expired since."""
+    now = time.time()
+    writer, room = make(store, settings), room_id()
+    for i in range(10):  # one batch each: the head is saved at the first, n = 1
+        await writer.append([env(room, i)], now - 100 * 86400)
+    assert (await writer.heads.find_one({"_id": room}) or {})["n"] == 1
+    assert await writer.purge_expired(now - 30 * 86400) == 10
+    await writer.heads.update_one({"_id": room}, {"$set": {"n": 1}})  # as a run before
+    restarted = make(store, settings)
+    done = await restarted.append([env(room, 10)], now)
+    assert [fr.seq for _, fr in done.pushes] == [11]
+    # A writer that remembers a number another writer went past, all expired since.
+    other = room_id()
+    for i in range(3):
+        await writer.append([env(other, i)], now - 100 * 86400)  # it remembers 3
+    for i in range(3, 10):
+        await restarted.append([env(other, i)], now - 100 * 86400)
+    await writer.purge_expired(now - 30 * 86400)
+    await writer.heads.update_one({"_id": other}, {"$set": {"n": 1}})
+    done = await writer.append([env(other, 10)], now)
+    assert [fr.seq for _, fr in done.pushes] == [11]
+    messages, last, more = await restarted.page(room, 10, 0, 100)  # a member's cursor
+    assert [m.seq for m in messages] == [11] and (last, more) == (11, False)
+
+
 async def test_an_expiry_run_cut_short_leaves_the_log_readable_and_the_next_finishes(
     store: DeliveryStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
