@@ -103,9 +103,15 @@ def refused(code: Any) -> NoReturn:
 # item i's dedup record; ARGV[1] dedup TTL, ARGV[2] how long to keep the counts, ARGV[3]
 # 1 to count, ARGV[4] and ARGV[5] the writer's mark and the value it expects (GUARD),
 # then per item: seq, the item (JSON), its dedup record's value, the sender's count
-# field ('' for a notice). Returns the (1-based) items whose number held another item,
-# preceded by a 0 when the inbox has no counter, or {-1, the guard's answer} when the
-# mark refused the write (nothing written).
+# field ('' for a notice). Returns the (1-based) items whose number held another item
+# or is at or below the inbox's ack watermark, preceded by a 0 when the inbox has no
+# counter, or {-1, the guard's answer} when the mark refused the write (nothing written).
+#
+# The watermark: two consumers overlap during a rebalance (the old owner's batch still
+# under way); the new one stores later messages, the device acknowledges them, and then
+# the old one writes numbers it reserved before, below the watermark: pages start past
+# it, so those items were never read (and their removal after persisting left the
+# waiting counts too high for good). They take fresh numbers instead, as a clash does.
 #
 # A number written is a number handed out: the counter's ``n`` is raised to the
 # highest one written. The numbers were reserved a round trip earlier; a client that
@@ -122,12 +128,15 @@ _PUT = (
     + """
 local refused = guard(ARGV[4], ARGV[5])
 if refused ~= 0 then return {-1, refused} end
+local ctr = redis.call('HMGET', KEYS[3], 'n', 'acked')
+local acked = tonumber(ctr[2] or '0')
 local clashed = {}
 local wrote = 0
 local top = 0
 for i = 1, #KEYS - 3 do
   local a = 5 + (i - 1) * 4
-  if redis.call('HSETNX', KEYS[1], ARGV[a + 1], ARGV[a + 2]) == 1 then
+  if tonumber(ARGV[a + 1]) > acked
+      and redis.call('HSETNX', KEYS[1], ARGV[a + 1], ARGV[a + 2]) == 1 then
     redis.call('SET', KEYS[3 + i], ARGV[a + 3], 'EX', ARGV[1])
     top = math.max(top, tonumber(ARGV[a + 1]))
     if ARGV[3] == '1' then
@@ -140,7 +149,7 @@ for i = 1, #KEYS - 3 do
   end
 end
 if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-local n = redis.call('HGET', KEYS[3], 'n')
+local n = ctr[1]
 if not n then table.insert(clashed, 1, 0)
 elseif top > tonumber(n) then redis.call('HSET', KEYS[3], 'n', top) end
 return clashed
@@ -493,13 +502,16 @@ class HotInbox:
                 if m is not None and scripts.text(m) == d.get("server_id")]  # fmt: skip
 
     # The persister's view ------------------------------------------------------
-    async def due(self, cutoff: float, limit: int) -> list[tuple[str, int]]:
-        """The oldest items stored at or before ``cutoff`` (at most ``limit``)."""
-        members = await self.redis.zrangebyscore(self.index, "-inf", cutoff, start=0, num=limit)
+    async def due(self, cutoff: float, limit: int) -> list[tuple[str, int, float]]:
+        """The oldest items stored at or before ``cutoff`` (at most ``limit``), with when
+        their index entries say they were stored."""
+        members = await self.redis.zrangebyscore(
+            self.index, "-inf", cutoff, start=0, num=limit, withscores=True
+        )
         out = []
-        for m in members:
-            inbox, _, seq = scripts.text(m).rpartition("|")
-            out.append((inbox, int(seq)))
+        for pair in members:
+            inbox, _, seq = scripts.text(pair[0]).rpartition("|")
+            out.append((inbox, int(seq), float(pair[1])))
         return out
 
     async def settled_before(self, beat: int) -> float | None:

@@ -67,6 +67,9 @@ DAY_S = 86400
 ID_CHUNK = 500
 MOVED_KEPT = 100_000
 """The most moved items whose clean-up failed that a process keeps to try again."""
+ORPHAN_GRACE_S = 60.0
+"""How long past the persister's cutoff an index entry without its item is kept (a write
+sent again after a connection error takes its retries' time, seconds, to land)."""
 SECOND_LOOK_PAUSE_S = 30.0
 """How long removals found hot skip their look in MongoDB after it failed."""
 
@@ -315,10 +318,20 @@ class DeliveryStore:
             if not due:
                 return written, cutoff
             wanted: dict[str, list[int]] = {}
-            for inbox, seq in due:
+            for inbox, seq, _ in due:
                 wanted.setdefault(inbox, []).append(seq)
             hot = await self.hot.get_many(wanted)
             docs = [doc for per in hot.values() for doc in per.values()]
+            # An entry whose item is not there: an item acknowledged or removed (their
+            # scripts take the entry too), a write cut short (the entry goes first), or
+            # a write still under way, sent again by redis-py after a connection error
+            # with the time taken before its first try. Dropped only once no write can
+            # still be under way: dropped at once, the last left its item unindexed,
+            # never persisted, and its Kafka record committed past.
+            gone = [
+                (inbox, seq) for inbox, seq, at in due
+                if seq in hot.get(inbox, {}) or at < cutoff - ORPHAN_GRACE_S
+            ]  # fmt: skip
             if docs:
                 try:
                     await self.inbox.insert_many(docs, ordered=False)
@@ -326,11 +339,11 @@ class DeliveryStore:
                     if any(e.get("code") != DUPLICATE_KEY
                            for e in exc.details.get("writeErrors", [])):  # fmt: skip
                         raise
-            await self.hot.remove(due)
+            await self.hot.remove(gone)
             if docs:
                 await self._clean_moved(docs)
             written += len(docs)
-            if len(due) < batch:
+            if len(due) < batch or not gone:
                 return written, cutoff
 
     async def _clean_moved(self, docs: list[dict[str, Any]]) -> None:

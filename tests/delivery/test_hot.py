@@ -110,6 +110,49 @@ async def test_an_item_written_to_an_inbox_without_a_counter_seeds_and_raises_it
     assert second["seq"] == first + 1
 
 
+async def test_an_item_numbered_below_the_ack_watermark_takes_a_fresh_number(
+    store: DeliveryStore,
+) -> None:
+    """A rebalance: the old owner of the partition reserved a number, the new owner
+    stored a later message, the device acknowledged it, and then the old owner wrote
+    its item under the number it reserved, below the watermark: pages start past it,
+    so the device never read it. It takes a fresh number now."""
+    stale = await store.reserve("ovl", 1)  # the old owner's reservation ...
+    [newer] = await store.store_hot([item("ovl", 9)])  # ... the new owner's message
+    assert newer["seq"] == stale + 1
+    await store.acknowledge_many({"ovl": newer["seq"]})
+    [late] = (await store.store_and_route([item("ovl", 1)], numbers={"ovl": stale}))[0]
+    assert late["seq"] == newer["seq"] + 1
+    page, _ = await store.page("ovl", newer["seq"], 10)
+    assert [d["seq"] for d in page] == [late["seq"]]
+
+
+async def test_an_index_entry_whose_write_is_still_under_way_is_kept(
+    store: DeliveryStore,
+) -> None:
+    """A write's index entry goes first, with the time taken before its first try; a
+    write redis-py sends again after a connection error can land seconds later. The
+    persister dropped every entry whose item it did not find: such an item was left
+    unindexed, never moved to MongoDB, and its Kafka record committed past. An entry
+    without its item is now dropped only once no write can still be under way."""
+    from services.delivery.store import ORPHAN_GRACE_S
+
+    [first] = await store.store_hot([item("late", 0)])
+    seq = first["seq"] + 1
+    stored_at = later(store) - store.settings.hot_persist_after_s - 1
+    await store.redis.zadd(store.hot.index, {f"late|{seq}": stored_at})  # ... and the
+    await store.persist_due(now=later(store))  # persister passes before the item lands
+    assert await store.redis.zscore(store.hot.index, f"late|{seq}") is not None
+    doc = {**item("late", 1), "seq": seq, "_id": item_id("late", seq)}
+    await store.hot.put([(dedup_key("late", "s", "c1"), doc)], stored_at)  # it lands
+    await store.persist_due(now=later(store))
+    assert await in_mongo(store, "late") == [first["seq"], seq]
+    # A write cut short for good: its entry goes once the grace is over.
+    await store.redis.zadd(store.hot.index, {"late|99": stored_at})
+    await store.persist_due(now=later(store) + ORPHAN_GRACE_S + 1)
+    assert await store.redis.zscore(store.hot.index, "late|99") is None
+
+
 async def test_duplicates_are_recognised_in_redis(store: DeliveryStore) -> None:
     first = await store.store_hot([item("bob", 1, cid="x")])
     again = await store.store_hot([item("bob", 2, cid="x"), item("bob", 3, cid="y"),
