@@ -10,6 +10,7 @@ published on the revocation channel so that gateways close sockets at once.
 
 from __future__ import annotations
 
+import calendar
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -36,6 +37,20 @@ async def start(
     await refuse_removed(svc, user["_id"], device_id)
     sid = await open_session(svc, user, amr, caller, device, device_id=device_id)
     return await _issue(svc, user, sid, list(amr), device_id)
+
+
+def password_stamp(user: Mapping[str, Any]) -> int | None:
+    """Which password a sign-in was checked against: when it was set (ms; None: the
+    account's first). A session, a second-factor challenge and the provider's sign-in
+    keep it, and are refused once the account's stamp differs: a sign-in that began
+    with the old password while a reset or change was hashing the new one read the
+    old hash, passed, and opened a session after the reset had ended every session
+    it found."""
+    at = user.get("password_changed_at")
+    if at is None:
+        return None
+    # Whole milliseconds, exactly (MongoDB keeps no more), without float rounding.
+    return int(calendar.timegm(at.utctimetuple()) * 1000 + at.microsecond // 1000)
 
 
 async def refuse_removed(svc: AuthService, user_id: str, device_id: int | None) -> None:
@@ -83,6 +98,16 @@ async def open_session(
     if client_id is not None:
         doc.update(client_id=client_id, scope=scope)
     await svc.store.insert_session(doc)
+    # Read again once the session is in: a reset or change that wrote its password
+    # before this read is seen here; one that writes after it ends this session too
+    # (its revoke_all comes after its write).
+    fresh = await svc.store.user_by_id(user["_id"])
+    if fresh is None or password_stamp(fresh) != password_stamp(user):
+        await svc.store.revoke_session(sid, svc.now(), "password_changed", user_id=user["_id"])
+        raise ApiError(
+            ErrorCode.INVALID_CREDENTIALS,
+            "The password changed meanwhile: sign in with the new one.",
+        )
     return sid
 
 

@@ -297,6 +297,7 @@ async def begin_login(
             "email_sends": "0",
             "device": device or "",
             "device_id": str(device_id or ""),
+            "pw": str(sessions.password_stamp(user)),
         },
         svc.config.challenge_ttl_s,
     )
@@ -379,7 +380,12 @@ async def check_challenge(
         await svc.limiter.release(CODE_RULE, user_id)
         raise _expired()
     user = await svc.store.user_by_id(user_id)
-    if user is None or user["blocked"]:
+    if (
+        user is None
+        or user["blocked"]
+        # Opened with a password that has changed since (sessions.password_stamp).
+        or challenge.get("pw", "None") != str(sessions.password_stamp(user))
+    ):
         await svc.store.eph_delete(CHALLENGE, key)
         await svc.limiter.release(CODE_RULE, user_id)
         raise _expired()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
 
 import orjson
 import pyotp
+import pytest
 
 from services.common.auth import TokenVerifier, device_revocation_key, revocation_channel
 from services.common.config import Settings
@@ -323,6 +325,42 @@ async def test_password_reset_by_email(auth: AuthApi) -> None:
     status, _ = await auth.call("GET", "/auth/v1/me", token=user["access_token"])
     assert status == 401
     await auth.login(user["user"]["username"], new, status=200)
+
+
+async def test_a_sign_in_raced_with_a_password_reset_gets_no_session(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login read the account, checked the old password (argon2: a fifth of a
+    second), and opened its session after a reset had written the new password and
+    ended every session it found: a thief with the old password kept a session the
+    owner's reset promised to end. Its session is now refused and ended."""
+    user = await auth.signup()
+    uid, name = user["user"]["user_id"], user["user"]["username"]
+    await auth.call("POST", "/auth/v1/password/reset", {"email": user["email"]}, status=202)
+    [mail] = await auth.mail_to(user["email"])
+    token = re.search(r"reset token: (\S+)", mail)
+    assert token
+    store = auth.service.store
+    insert_session = store.insert_session
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(doc: dict[str, object]) -> None:
+        reached.set()
+        await gate.wait()  # the old password checked; the session not in yet
+        await insert_session(doc)
+
+    monkeypatch.setattr(store, "insert_session", held)
+    thief = asyncio.create_task(
+        auth.call("POST", "/auth/v1/login", {"username": name, "password": PASSWORD})
+    )
+    await reached.wait()
+    body = {"token": token.group(1), "new_password": "reset to something long"}
+    await auth.call("POST", "/auth/v1/password/reset/confirm", body, status=204)
+    gate.set()
+    status, err = await thief
+    assert (status, err["error"]["code"]) == (401, "invalid_credentials")
+    live = await auth.db["sessions"].count_documents({"user_id": uid, "revoked_at": None})
+    assert live == 0
 
 
 async def test_user_lookup_by_username_or_id(auth: AuthApi) -> None:

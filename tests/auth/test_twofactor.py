@@ -161,3 +161,30 @@ async def test_the_documents_say_enrolment_needs_the_password(auth: AuthApi) -> 
         assert ref.endswith("/PasswordRequest"), path
         assert "invalid_credentials" in op["responses"]["401"]["description"]
         assert "account_locked" in op["responses"]["429"]["description"]
+
+
+async def test_a_challenge_opened_with_a_password_changed_since_is_over(auth: AuthApi) -> None:
+    """A second-factor challenge opened with the old password stayed answerable for
+    its five minutes after the owner changed the password: a thief holding the old
+    password and a recovery code (or the authenticator's seed) still got a session."""
+    user = await auth.signup()
+    name = user["user"]["username"]
+    _, recovery = await enrol_totp(auth, user)
+    challenge = (await auth.login(name))["challenge_id"]  # the thief, with the old password
+    await auth.call(
+        "POST", "/auth/v1/password",
+        {"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        token=user["access_token"], status=204,
+    )  # fmt: skip
+    status, err = await auth.call(
+        "POST", "/auth/v1/login/2fa",
+        {"challenge_id": challenge, "method": "recovery", "code": recovery[0]},
+    )  # fmt: skip
+    assert (status, err["error"]["code"]) == (401, "challenge_expired")
+    # The recovery code was not spent on it: the owner still has it.
+    again = (await auth.login(name, NEW_PASSWORD))["challenge_id"]
+    _, tokens = await auth.call(
+        "POST", "/auth/v1/login/2fa",
+        {"challenge_id": again, "method": "recovery", "code": recovery[0]}, status=200,
+    )  # fmt: skip
+    assert "access_token" in tokens

@@ -28,6 +28,7 @@ from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidRequestError, scope_to_list
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 
+from services.auth import sessions
 from services.auth.oidc import pages
 from services.auth.oidc.clients import Client
 from services.auth.oidc.server import OAuthRequest, ParleyServer, user_claims
@@ -129,7 +130,10 @@ class Provider:
 
     async def sign_in(self, user: Mapping[str, Any], amr: list[str]) -> str:
         token = new_token()
-        value = {"user_id": user["_id"], "auth_time": int(self.svc.now().timestamp()), "amr": amr}
+        value = {
+            "user_id": user["_id"], "auth_time": int(self.svc.now().timestamp()), "amr": amr,
+            "pw": sessions.password_stamp(user),
+        }  # fmt: skip
         ttl = self.svc.config.oidc_login_session_ttl_s
         await self.svc.store.eph_json_put(LOGIN, digest(token), value, ttl)
         return token
@@ -146,7 +150,9 @@ class Provider:
         if (
             user is None
             or user["blocked"]
-            or int(user["password_changed_at"].timestamp()) > auth_time
+            # The password the sign-in was checked against has changed since (whole
+            # seconds of ``auth_time`` let a sign-in raced with a reset through).
+            or value.get("pw") != sessions.password_stamp(user)
         ):
             await self.sign_out(token)
             return None
