@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from parley import Client
 from parley.cli import _print_entry
 from parley.cli_support import console
 from parley.client import Message, MessageRemoved, RoomMessage
@@ -52,14 +53,21 @@ async def test_a_room_message_is_reported_and_unsent_from_the_sdk(make_client: M
         await bob.report(got.server_id, conv)
 
 
-async def test_a_tombstone_that_does_not_verify_hides_nothing(make_client: MakeClient) -> None:
+async def _one_message(make_client: MakeClient, text: str) -> tuple[Client, Client, Message]:
+    """Alice and bob connected, and the message ``text`` alice sent bob, as he got it."""
     alice, bob = await make_client(), await make_client()
     assert bob.username and alice.user_id
     await alice.connect()
     await bob.connect()
-    await alice.send(bob.username, "keep me")
+    await alice.send(bob.username, text)
     got = await bob.next_event(Message)
     assert isinstance(got, Message)
+    return alice, bob, got
+
+
+async def test_a_tombstone_that_does_not_verify_hides_nothing(make_client: MakeClient) -> None:
+    alice, bob, got = await _one_message(make_client, "keep me")
+    assert alice.user_id
     conv = f"dm:{min(alice.user_id, str(bob.user_id))}:{max(alice.user_id, str(bob.user_id))}"
     forged = [
         f.Tombstone(seq=got.seq, server_id=got.server_id, from_=alice.user_id,
@@ -93,13 +101,7 @@ async def test_a_tombstone_whose_keys_cannot_be_read_now_comes_again(
     tombstone count as forged: it was dropped and acknowledged, and the removed
     message stayed on this device for good. Now it is not processed: the socket
     drops and the sync brings the tombstone again."""
-    alice, bob = await make_client(), await make_client()
-    assert bob.username and alice.user_id
-    await alice.connect()
-    await bob.connect()
-    await alice.send(bob.username, "take this back")
-    got = await bob.next_event(Message)
-    assert isinstance(got, Message)
+    alice, bob, got = await _one_message(make_client, "take this back")
     assert bob.messenger.moderation is not None
     keys = bob.messenger.moderation._public_key
     outages: list[str] = []

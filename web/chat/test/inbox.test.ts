@@ -60,15 +60,24 @@ async function connected(client: ParleyClient, server: FakeServer): Promise<void
 
 const waiting = (n: number) => Array.from({ length: n }, (_, i) => `waiting ${i}`);
 
+/** Bob (signed up, not connected), and two contacts who write to him. */
+async function people(): Promise<{ server: FakeServer; bob: ParleyClient; alice: Peer; carol: Peer }> {
+  const server = new FakeServer();
+  const bob = await signUp(server);
+  return { server, bob, alice: await Peer.create(server, 'alice'), carol: await Peer.create(server, 'carol') };
+}
+
+/** 500 of alice's messages wait in bob's inbox. */
+async function backlog(server: FakeServer, alice: Peer): Promise<void> {
+  for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+}
+
 describe('a sync pages by its own cursor', () => {
   it('a message pushed during the first sync skips nothing, and nothing is acknowledged unread', async () => {
     // Before: the next page started after the highest seq processed, the push's (501):
     // 201-500 were never fetched, and the ack of 501 deleted them on the server.
-    const server = new FakeServer();
-    const bob = await signUp(server);
-    const alice = await Peer.create(server, 'alice');
-    const carol = await Peer.create(server, 'carol');
-    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    const { server, bob, alice, carol } = await people();
+    await backlog(server, alice);
     const pushed = await carol.message(server, 'pushed mid-sync');
     server.sync.between = (n) => {
       if (n === 1) server.push(pushed); // read by the client before the first page's end
@@ -84,11 +93,8 @@ describe('a sync pages by its own cursor', () => {
   it('a sync cut short after a push starts again where its last page ended', async () => {
     // The push (501) must not move last_seq while the sync runs: the next connection
     // would sync after it, and the ack after that sync would delete 201-500 unread.
-    const server = new FakeServer();
-    const bob = await signUp(server);
-    const alice = await Peer.create(server, 'alice');
-    const carol = await Peer.create(server, 'carol');
-    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    const { server, bob, alice, carol } = await people();
+    await backlog(server, alice);
     const pushed = await carol.message(server, 'pushed mid-sync');
     server.sync.between = (n) => {
       if (n === 1) server.push(pushed);
@@ -106,13 +112,10 @@ describe('a sync pages by its own cursor', () => {
   it('a resync sends no ack while its pages are read, even for a message pushed meanwhile', async () => {
     // Before: during a resync the client counted as synced, so the push's ack went out
     // 0.2 s later, past the pages not read yet (and the cursor jumped too).
-    const server = new FakeServer();
-    const bob = await signUp(server);
-    const alice = await Peer.create(server, 'alice');
-    const carol = await Peer.create(server, 'carol');
+    const { server, bob, alice, carol } = await people();
     await connected(bob, server);
     // Routing lost: 500 items stored, none pushed; then the pod says so.
-    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    await backlog(server, alice);
     const pushed = await carol.message(server, 'pushed mid-resync');
     const acksBefore = server.inbox.acks.length;
     server.sync.between = (n) => {
@@ -141,12 +144,9 @@ describe('a failed resync', () => {
   it('drops the socket: the next one syncs again, and no push acknowledges past the gap', async () => {
     // Before: the failure was swallowed, and the next push's cumulative ack deleted the
     // 500 items the resync was to read.
-    const server = new FakeServer();
-    const bob = await signUp(server);
-    const alice = await Peer.create(server, 'alice');
-    const carol = await Peer.create(server, 'carol');
+    const { server, bob, alice, carol } = await people();
     await connected(bob, server);
-    for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
+    await backlog(server, alice);
     server.sync.answer = (n) => (n === 2 ? { op: 'error', code: 'service_unavailable', message: 'try again' } : null);
     const first = server.open[0] as FakeSocket;
     first.deliver({ op: 'resync', reason: 'routing_restored' });
