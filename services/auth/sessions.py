@@ -11,9 +11,10 @@ published on the revocation channel so that gateways close sockets at once.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.auth.models import SessionInfo, SessionList, TokenResponse, UserBrief
@@ -152,12 +153,26 @@ async def _issue(
 
 async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse:
     user, session = await rotate(svc, token, caller, client_id=None)
-    did = session.get("device_id")
-    if did and await svc.store.device_revoked(user["_id"], int(did)):
-        raise ApiError(ErrorCode.TOKEN_REVOKED, "This device was removed from the account.")
-    return await _issue(
-        svc, user, session["_id"], list(session.get("amr", [])), int(did) if did else None
-    )
+    try:
+        did = session.get("device_id")
+        if did and await svc.store.device_revoked(user["_id"], int(did)):
+            raise ApiError(ErrorCode.TOKEN_REVOKED, "This device was removed from the account.")
+        return await _issue(
+            svc, user, session["_id"], list(session.get("amr", [])), int(did) if did else None
+        )
+    except ApiError:
+        raise
+    except Exception:
+        # MongoDB or Redis failed after the token was used up and before new ones were
+        # issued: the client gets a 5xx and retries, and that retry was taken for a
+        # stolen token's reuse (the session ended, the user signed out).
+        await _release(svc, digest(token), session["token_used_at"])
+        raise
+
+
+async def _release(svc: AuthService, token_hash: str, used_at: datetime) -> None:
+    with contextlib.suppress(Exception):  # else the retry is taken for a reuse, as before
+        await svc.store.release_refresh_token(token_hash, used_at)
 
 
 async def rotate(
@@ -189,20 +204,27 @@ async def rotate(
         )
     if doc["expires_at"] <= now:
         raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token has expired.")
-    session = await svc.store.session(doc["sid"])
-    if session is None or session["revoked_at"] is not None or session["expires_at"] <= now:
-        raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
-    if session.get("client_id") != client_id:
-        # Not this client's token (and it is used up: it was presented where it does not belong).
-        raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token is not valid.")
-    user = await svc.store.user_by_id(doc["user_id"])
-    if user is None:
-        raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
-    if user["blocked"]:
-        raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
-    expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
-    await svc.store.touch_session(doc["sid"], now, expires)
-    return user, session
+    try:
+        session = await svc.store.session(doc["sid"])
+        if session is None or session["revoked_at"] is not None or session["expires_at"] <= now:
+            raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+        if session.get("client_id") != client_id:
+            # Not this client's token (used up: it was presented where it does not belong).
+            raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token is not valid.")
+        user = await svc.store.user_by_id(doc["user_id"])
+        if user is None:
+            raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+        if user["blocked"]:
+            raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
+        expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
+        await svc.store.touch_session(doc["sid"], now, expires)
+    except ApiError:
+        raise
+    except Exception:
+        await _release(svc, token_hash, now)  # a server error: the retry must not be a reuse
+        raise
+    # When this use marked the token (the caller releases it if issuing fails).
+    return user, {**session, "token_used_at": now}
 
 
 async def revoke(svc: AuthService, user_id: str, sid: str, reason: str) -> bool:

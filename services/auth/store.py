@@ -247,6 +247,13 @@ class AuthStore:
             )
         )
 
+    async def release_refresh_token(self, token_hash: str, used_at: datetime) -> None:
+        """Mark a refresh token unused again: the use that marked it (at ``used_at``)
+        failed before it issued anything (see sessions.refresh)."""
+        await self.refresh_tokens.update_one(
+            {"_id": token_hash, "used_at": used_at}, {"$set": {"used_at": None}}
+        )
+
     async def refresh_token(self, token_hash: str) -> Doc | None:
         return _times(await self.refresh_tokens.find_one({"_id": token_hash}))
 

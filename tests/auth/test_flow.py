@@ -363,6 +363,34 @@ async def test_a_sign_in_raced_with_a_password_reset_gets_no_session(
     assert live == 0
 
 
+async def test_a_refresh_that_failed_on_the_server_can_be_tried_again(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh token was used up before the new tokens were issued: a server error
+    in between answered 5xx, and the client's retry was taken for a stolen token's
+    reuse (the session ended, the user signed out). The token is given back now."""
+    user = await auth.signup()
+    issue = auth.service.tokens.issue
+    failures: list[str] = []
+
+    async def fails_once(*args: object, **kw: object) -> str:
+        if not failures:
+            failures.append("signing")
+            raise ConnectionError("the key store did not answer")
+        return await issue(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auth.service.tokens, "issue", fails_once)
+    status, _ = await auth.call(
+        "POST", "/auth/v1/token/refresh", {"refresh_token": user["refresh_token"]}
+    )
+    assert status >= 500 and failures
+    again = await auth.refresh(user["refresh_token"])  # the retry
+    assert again["session_id"] == user["session_id"]
+    await auth.call("GET", "/auth/v1/me", token=again["access_token"], status=200)
+    # Used once now: a third use is a reuse, as ever.
+    await auth.refresh(user["refresh_token"], status=401)
+
+
 async def test_user_lookup_by_username_or_id(auth: AuthApi) -> None:
     alice = await auth.signup()
     bob = await auth.signup()
