@@ -240,8 +240,7 @@ async def revoke_all(
     svc: AuthService, user_id: str, reason: str, keep: str | None = None
 ) -> list[str]:
     sids = await svc.store.revoke_user_sessions(user_id, svc.now(), reason, keep=keep)
-    for sid in sids:
-        await svc.store.publish_session_revoked(user_id, sid, svc.revocation_ttl_s)
+    await svc.store.publish_sessions_revoked(user_id, sids, svc.revocation_ttl_s)
     return sids
 
 
