@@ -145,10 +145,14 @@ def grant(rp: RelyingParty, callback: str, verifier: str | None) -> dict[str, st
 
 
 async def test_missing_pkce_verifier_is_refused(op: OP) -> None:
+    """Refused without using the code up: someone who intercepted a public client's
+    code (what PKCE is for) could otherwise spend it, so the real exchange failed
+    (or, sent after it, revoked the user's session as a reuse)."""
     rp = await op.client()
-    _, callback, _, _ = await code_for(op, rp, await op.user())
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
     resp = await token_call(rp, grant(rp, callback, None))
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+    assert (await token_call(rp, grant(rp, callback, verifier))).status_code == 200
 
 
 async def test_missing_pkce_challenge_is_refused_at_authorize(op: OP) -> None:
@@ -178,9 +182,10 @@ async def test_plain_pkce_method_is_refused(op: OP) -> None:
 
 async def test_wrong_pkce_verifier_is_refused(op: OP) -> None:
     rp = await op.client()
-    _, callback, _, _ = await code_for(op, rp, await op.user())
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
     resp = await token_call(rp, grant(rp, callback, "x" * 50))
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    assert (await token_call(rp, grant(rp, callback, verifier))).status_code == 200
 
 
 async def test_reused_code_is_refused_and_revokes_its_tokens(op: OP) -> None:
@@ -232,6 +237,7 @@ async def test_token_request_with_another_redirect_uri_is_refused(op: OP) -> Non
     data["redirect_uri"] = REDIRECT + "2"
     resp = await token_call(rp, data)
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    assert (await token_call(rp, grant(rp, callback, verifier))).status_code == 200
 
 
 async def test_wrong_client_secret_is_refused(op: OP) -> None:

@@ -42,7 +42,7 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
 from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from authlib.oidc.core import OpenIDCode
 from authlib.oidc.core.models import AuthorizationCodeMixin
 from authlib.oidc.core.util import create_half_hash
@@ -248,7 +248,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         self.server.run(self.server.save_code(code, request))
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
-        return self.server.run(self.server.use_code(code, client))
+        return self.server.run(self.server.use_code(code, client, self.request.form))
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Nothing to do: ``use_code`` consumed it atomically."""
@@ -441,15 +441,31 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
             # A nonce goes into one ID token only (OpenID Connect Core 15.5.2).
             await svc.store.eph_once(NONCE, digest(client_id, data["nonce"]), ttl + 60)
 
-    async def use_code(self, code: str, client: Client) -> AuthorizationCode | None:
+    async def use_code(
+        self, code: str, client: Client, form: Mapping[str, Any]
+    ) -> AuthorizationCode | None:
         """The code, used up now; None (invalid_grant) if unknown, another client's,
         expired or used before. A second use revokes what the first one opened
-        (RFC 6749 section 4.1.2)."""
+        (RFC 6749 section 4.1.2).
+
+        Its redirect URI and PKCE verifier (the token request's ``form``) are checked
+        before it is used up (Authlib checks them after this): someone who intercepted
+        a public client's code, what PKCE is for, could otherwise spend it without a
+        verifier, so that the real exchange failed, or, sent after it, revoked the
+        user's new session as a reuse."""
         svc = self.svc
         code_hash = digest(code)
         doc = await svc.store.code(code_hash)
         if doc is None or doc["client_id"] != client.client_id:
             return None
+        if doc.get("redirect_uri") and form.get("redirect_uri") != doc["redirect_uri"]:
+            raise InvalidGrantError("Invalid 'redirect_uri' in request.")
+        if challenge := doc.get("code_challenge"):
+            verifier = str(form.get("code_verifier") or "")
+            if not verifier:
+                raise InvalidRequestError("Missing 'code_verifier'.")
+            if create_s256_code_challenge(verifier) != challenge:
+                raise InvalidGrantError("Invalid 'code_verifier'.")
         now = svc.now()
         used = await svc.store.consume_code(code_hash, now)
         if used is None:
