@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 
+REMOVE_SEARCH_MAX = 2000
+"""The most hot items of one inbox a removal without a seq searches (see _REMOVE)."""
+
 GUARD: ContextVar[tuple[str, str] | None] = ContextVar("parley_hot_guard", default=None)
 """(the key of the writing process's mark, the value this writer expects in it), set
 by a delivery consumer around each batch (services/delivery/worker.py), or None: no
@@ -162,10 +165,17 @@ return clashed
 # to keep the marker, ARGV[4] its sender (a copy from anyone else is left alone). The
 # marker is written first (the persister reads it after it inserted), then the item
 # goes. Returns the seq of the item taken out, 0 when there was none.
+#
+# The search reads the whole hash, which holds seconds of items, except while MongoDB
+# is down: then everything waits there, up to 100,000 items of up to 64 KiB, and one
+# search held Redis (every service) for seconds and built a reply of gigabytes. An
+# inbox of more than ARGV[5] hot items is not searched: the copy stays until the device
+# acknowledges it (it reads the tombstone after it, and hides it).
 _REMOVE = """
 local seq = ARGV[1]
 local raw = nil
 if seq == '' then
+  if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[5]) then return 0 end
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     if string.find(all[i + 1], ARGV[2], 1, true) then
@@ -483,7 +493,8 @@ class HotInbox:
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in items:
                 keys = [self.key(r.inbox), counts(r.inbox)[0], self.rm_key(r.inbox)]
-                args = ["" if r.seq is None else r.seq, r.server_id, marker_s, r.sender]
+                args = ["" if r.seq is None else r.seq, r.server_id, marker_s, r.sender,
+                        REMOVE_SEARCH_MAX]  # fmt: skip
                 await scripts.queue(pipe, self._remove, keys, args)
             results = await pipe.execute()
         taken = [(r, int(n)) for r, n in zip(items, results, strict=True) if int(n)]

@@ -84,3 +84,23 @@ async def test_removing_copies_from_an_inbox_of_twenty_thousand_deletes_exactly_
     page, _ = await store.page(inbox, int(cold_docs["m12344"]["seq"]) - 1, 3)
     assert [d["client_id"] for d in page] == ["m12344", "m12346", "m12347"]
     print(f"\nremove_copies over {COLD:,} cold + {HOT:,} hot items: {took * 1000:.1f} ms")
+
+
+async def test_a_removal_does_not_search_an_inbox_holding_too_much(
+    store: DeliveryStore,
+) -> None:
+    """While MongoDB is down every item waits in Redis (up to 100,000 of up to 64 KiB):
+    one search of such an inbox held Redis, every service with it, for seconds. An
+    inbox past REMOVE_SEARCH_MAX is not searched: the copy stays until the device,
+    having read the tombstone after it, acknowledges it."""
+    from services.delivery.hot import REMOVE_SEARCH_MAX
+
+    inbox = "piled-up"
+    many = [item(inbox, n, sender="ann", cid=f"p{n}") for n in range(REMOVE_SEARCH_MAX + 1)]
+    for start in range(0, len(many), 1000):
+        await store.store_hot(many[start : start + 1000])
+    target = many[-1]["server_id"]
+    assert await store.remove_copies([Removal(inbox, None, target, "ann")]) == 0
+    assert target in await hot_ids(store, inbox)  # left for the ack
+    await store.acknowledge_many({inbox: REMOVE_SEARCH_MAX + 1})
+    assert await hot_ids(store, inbox) == set()
