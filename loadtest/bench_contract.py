@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SEND = orjson.dumps(
     {"op": "send", "id": "m-000123", "to": "u" + "7" * 23,
-     "copies": [{"user": "u" + "7" * 23, "device": 1, "body": "A" * 300,
-                 "commitment": "C" * 43}]}
+     "copies": [{"user": "u" + "7" * 23, "device": 1, "body": "A" * 300,  # bytes [2:34]: 0
+                 "commitment": "A" * 43}]}
 )  # fmt: skip
 
 # -- pydantic equivalents -----------------------------------------------------------------
@@ -185,7 +185,7 @@ def steps_dicts() -> dict[str, Callable[[], Any]]:
            "to_device": 1, "from": "u" + "1" * 23, "from_device": 1,
            "client_id": "m-000123", "conversation": "dm:a:b",
            "sent_at": ce.now_ms(), "from_sid": "sid", "body": "A" * 300,
-           "commitment": "C" * 43}  # fmt: skip
+           "commitment": "A" * 43}  # fmt: skip
     env_bytes = orjson.dumps(env)
 
     def parse_send() -> Any:

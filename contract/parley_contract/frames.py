@@ -79,6 +79,25 @@ def is_b64url(value: str) -> bool:
     return value.isascii() and not value.encode().translate(None, _B64URL)
 
 
+def body_commitment(body: str) -> str | None:
+    """The franking commitment a Parley ciphertext carries at bytes [2:34] (every
+    message starts ``version | type | commitment``: docs/crypto.md), base64url without
+    padding; None for a body too short to hold one."""
+    if len(body) < 48:  # 48 base64url characters are 36 bytes
+        return None
+    head = base64.urlsafe_b64decode(body[:48])
+    return base64.urlsafe_b64encode(head[2:34]).rstrip(b"=").decode("ascii")
+
+
+def _check_commitment(commitment: str | None, body: str) -> None:
+    """A commitment sent beside a body is the one inside it: the server tags what is
+    sent beside, and a sender who sent another (or none) made the message impossible
+    to report (the recipient's client checks only the one inside)."""
+    if commitment is not None:
+        _check(is_b64url(commitment), "commitment", "base64url expected")
+        _check(commitment == body_commitment(body), "commitment", "not the body's own")
+
+
 def is_client_id(value: str) -> bool:
     return value.isascii() and value.isprintable() and " " not in value
 
@@ -121,8 +140,7 @@ class Copy(Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         _check(is_b64url(self.user), "user", "letters, digits, '_' and '-' expected")
         _check(is_b64url(self.body), "body", "base64url expected")
-        if self.commitment is not None:
-            _check(is_b64url(self.commitment), "commitment", "base64url expected")
+        _check_commitment(self.commitment, self.body)
 
 
 MAX_COPIES = 32
@@ -165,8 +183,7 @@ class RoomSend(ClientFrame, tag="room_send"):
         if self.device_digest is not None:
             _check(is_b64url(self.device_digest), "device_digest", "base64url expected")
         _check(is_b64url(self.body), "body", "base64url expected")
-        if self.commitment is not None:
-            _check(is_b64url(self.commitment), "commitment", "base64url expected")
+        _check_commitment(self.commitment, self.body)
         for user in self.mentions:
             _check(is_b64url(user), "mentions", "user ids expected")
         _check(len(set(self.mentions)) == len(self.mentions), "mentions", "each user once")

@@ -264,7 +264,9 @@ class Hub:
                 device=copy.device,
                 client_id=frame.id,
                 body=copy.body,
-                commitment=copy.commitment,
+                # The body's own, also when the sender left it out (the frame checked
+                # that one sent is that one): every message it shows can be reported.
+                commitment=copy.commitment or f.body_commitment(copy.body),
                 sent_at=sent_at,
             )
             for copy, owner in zip(frame.copies, owners, strict=True)
@@ -293,7 +295,8 @@ class Hub:
         env = e.RoomEnvelope(
             server_id=e.room_server_id(frame.room, user_id, frame.id), room=frame.room,
             from_=user_id, from_device=device, from_sid=sid, client_id=frame.id,
-            body=frame.body, commitment=frame.commitment, mentions=list(frame.mentions),
+            body=frame.body, commitment=frame.commitment or f.body_commitment(frame.body),
+            mentions=list(frame.mentions),
             sent_at=e.now_ms(), targets=targets,
         )  # fmt: skip
         return env

@@ -3,6 +3,7 @@ fresh; docs/protocol.md documents exactly the frames and fields that exist."""
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any, get_args
@@ -56,6 +57,17 @@ def test_the_committed_json_schema_is_fresh() -> None:
         (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 1, '
          b'"body": "x"}, {"user": "b", "device": 1, "body": "y"}]}',
          ErrorCode.VALIDATION_FAILED, "copies"),
+        # A commitment beside the body that is not the body's own (bytes [2:34]): the
+        # message could never be reported (the server tags the one beside).
+        (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 1, '
+         b'"body": "' + b"A" * 64 + b'", "commitment": "' + b"B" * 43 + b'"}]}',
+         ErrorCode.VALIDATION_FAILED, "copies[0].commitment"),
+        (b'{"op": "send", "id": "a", "to": "b", "copies": [{"user": "b", "device": 1, '
+         b'"body": "QUJD", "commitment": "' + b"A" * 43 + b'"}]}',
+         ErrorCode.VALIDATION_FAILED, "copies[0].commitment"),
+        (b'{"op": "room_send", "id": "a", "room": "' + b"a" * 24 + b'", "body": "'
+         + b"A" * 64 + b'", "commitment": "' + b"B" * 43 + b'"}',
+         ErrorCode.VALIDATION_FAILED, "commitment"),
         (b'{"op": "ack", "seq": -1}', ErrorCode.VALIDATION_FAILED, "seq"),
         (b'{"op": "ack", "seq": true}', ErrorCode.VALIDATION_FAILED, "seq"),
         (b'{"op": "ack", "seq": 1.5}', ErrorCode.VALIDATION_FAILED, "seq"),
@@ -85,6 +97,19 @@ def test_good_client_frames_parse_with_their_defaults() -> None:
     )
     assert isinstance(send, f.Send) and send.copies[0].commitment is None
     assert send.copies[0].device == 7
+    # A ciphertext's commitment is its bytes [2:34]; one sent beside it must be that.
+    body = base64.urlsafe_b64encode(b"\x01\x01" + bytes(range(32)) + b"ct").rstrip(b"=")
+    own = base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=")
+    assert f.body_commitment(body.decode()) == own.decode()
+    assert f.body_commitment("QUJD") is None
+    good = f.decode_client_frame(
+        b'{"op":"send","id":"m-1","to":"u_1","copies":[{"user":"u_1","device":7,"body":"'
+        + body
+        + b'","commitment":"'
+        + own
+        + b'"}]}'
+    )
+    assert isinstance(good, f.Send) and good.copies[0].commitment == own.decode()
 
 
 def test_every_server_frame_round_trips() -> None:

@@ -18,7 +18,7 @@ from parley.crypto import franking
 from parley_contract.envelopes import conversation_id
 from parley_contract.frames import tombstone_signed_bytes
 
-from services.delivery.state import WORKER
+from services.delivery.state import MODERATION, WORKER
 from services.delivery.store import item_id
 from tests.support.aio import eventually
 from tests.support.room_world import RoomWorld
@@ -57,8 +57,9 @@ async def send_franked(
 ) -> tuple[bytes, str]:
     """Send a message whose copies carry a real commitment; returns (fk, server id)."""
     fk = secrets.token_bytes(32)
-    commitment = b64(franking.commit(text, fk))
-    await alice.send(send_frame(client_id, bob_id, b64(b"ct" + text), commitment=commitment))
+    commit = franking.commit(text, fk)  # where every ciphertext holds it: bytes [2:34]
+    body = b64(b"\x01\x01" + commit + text)
+    await alice.send(send_frame(client_id, bob_id, body, commitment=b64(commit)))
     accepted = await alice.expect("accepted", id=client_id)
     return fk, str(accepted["server_id"])
 
@@ -78,6 +79,26 @@ def report_of(msg: dict[str, Any], text: bytes, fk: bytes, **changes: Any) -> di
     }  # fmt: skip
     body.update(changes)
     return body
+
+
+async def test_a_message_sent_without_its_commitment_can_still_be_reported(
+    messaging: Messaging,
+) -> None:
+    """The server tagged only the commitment sent beside a body, and a sender could
+    leave it out (or send another, refused now by the contract): a message shown to
+    its recipient could not be reported. The gateway takes the body's own."""
+    api = Api(messaging)
+    alice_id, bob_id = uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    text, fk = b"no commitment beside it", secrets.token_bytes(32)
+    commit = franking.commit(text, fk)
+    await alice.send(send_frame("bare-1", bob_id, b64(b"\x01\x01" + commit + text)))
+    server_id = (await alice.expect("accepted", id="bare-1"))["server_id"]
+    msg = await bob.expect("message", server_id=server_id)
+    assert msg["commitment"] == b64(commit) and msg["franking_tag"]
+    status, filed = await api.call("POST", "/reports", bob_id, report_of(msg, text, fk))
+    assert status == 201, filed
 
 
 async def test_a_report_is_verified_queued_and_resolved_and_bad_ones_store_nothing(
@@ -270,6 +291,12 @@ async def test_an_admin_removes_a_read_message_and_the_reader_is_told_live(
     # Removing again is the same tombstone (stored once per inbox).
     status, again = await api.call("POST", path, admin_id, body, admin=True)
     assert status == 200 and again["at"] == removed["at"]
+    # Each request is audited, before anything it does can fail (a failure after the
+    # removal was recorded left the admin's retry unaudited, as did a sender's unsend
+    # first); the retry says the removal was there already.
+    audit = messaging.delivery.server.app[MODERATION].audit.coll
+    entries = [d async for d in audit.find({"action": "message.remove", "target_id": server_id})]
+    assert [d["after"]["already"] for d in entries] == [False, True]
 
 
 async def test_a_removed_message_is_not_stored_again_nor_resurrected_by_the_persister(
@@ -316,8 +343,8 @@ async def test_a_room_message_is_franked_for_the_room_reportable_and_removable(
     a1 = await world.connect(alice)
     b1 = await world.connect(bob, pod=1)
     text, fk = b"room abuse", secrets.token_bytes(32)
-    commitment = b64(franking.commit(text, fk))
-    await a1.send(room_send("g1", room, b64(b"ct" + text), commitment=commitment))
+    commit = franking.commit(text, fk)
+    await a1.send(room_send("g1", room, b64(b"\x01\x03" + commit + text), commitment=b64(commit)))
     server_id = (await a1.expect("accepted", id="g1"))["server_id"]
     msg = await b1.expect("room_message", server_id=server_id)
     assert msg["room"] == room and msg["franking_tag"]
