@@ -248,6 +248,13 @@ class Moderation:
             "conversation": conversation, "at": at, "kid": kid, "signature": signature,
             "reason": reason, "inboxes": len(inboxes),
         })  # fmt: skip
+        if by == "admin":
+            # Audited before anything can fail: a failure after the record (Kafka,
+            # Redis) answered 500 and the admin's retry found it recorded, so nothing
+            # was audited; nor when the sender had unsent it first. A retry audits
+            # again, marked ``already``.
+            after = {"by": by, "reason": reason, "inboxes": len(inboxes), "already": existed}
+            await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
         if existed:  # the same tombstone again (same signature: the dedup knows it)
             by, at, sender = record["by"], int(record["at"]), record["sender"]
             conversation = record["conversation"]
@@ -271,9 +278,6 @@ class Moderation:
                 )
             )  # fmt: skip
         await asyncio.gather(*acks)
-        if by == "admin" and not existed:
-            after = {"by": by, "reason": reason, "inboxes": len(inboxes)}
-            await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
         log.info("message removed", extra={"message_id": server_id, "by": by})
         return {"server_id": server_id, "by": by, "at": at, "inboxes": len(inboxes)}
 
