@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,7 @@ async def delete_topics(broker: Broker, req: Request) -> bytes:
     for name in req.body.topics or []:
         error = NONE
         try:
-            await broker.topics.delete(name)
-            broker.offsets.forget_topic(name)
+            await broker.topics.delete(name, functools.partial(broker.offsets.forget_topic, name))
         except TopicError as exc:
             error = exc.code
         except OSError as exc:

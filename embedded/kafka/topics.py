@@ -22,7 +22,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,8 +165,12 @@ class TopicStore:
         fsync_dir(self.root)
         return Topic(name, topic_id, cfg, logs)
 
-    async def delete(self, name: str) -> None:
-        """Forget the topic at once; its files go in a worker thread."""
+    async def delete(self, name: str, forgotten: Callable[[], None] = lambda: None) -> None:
+        """Forget the topic at once; its files go in a worker thread. ``forgotten`` runs
+        as soon as the name is free (before the files go): what else the broker keeps
+        of the topic (its groups' offsets) must go then, not after the files, or a
+        topic created again meanwhile (the services do, from /readyz) lost its new
+        commits, or inherited the old ones if the removal failed or was cut short."""
         topic = self.topics.pop(name, None)
         if topic is None:
             raise TopicError(UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
@@ -176,6 +180,7 @@ class TopicStore:
         gone = self.trash / f"{name}-{topic.topic_id}"
         # The rename is what deletes (atomically): the name is free again at once.
         (self.root / name).rename(gone)
+        forgotten()
         await asyncio.to_thread(_remove, self.root, gone)
 
     def apply_retention(self) -> int:

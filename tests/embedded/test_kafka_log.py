@@ -167,3 +167,23 @@ async def test_the_offsets_journal_is_compacted_while_running(tmp_path: Path) ->
     again.load()
     assert again.get("group", "topic", 1) == (199_999, "")
     again.close()
+
+
+async def test_a_deleted_topics_offsets_go_before_its_files(tmp_path: Path) -> None:
+    """DeleteTopics forgot the groups' offsets only after the files were removed (a
+    worker thread, seconds for a large log): a topic created again meanwhile (the
+    services do, from /readyz) lost its new commits when the old ones were forgotten,
+    or inherited them if the removal failed or the broker was killed first."""
+    from embedded.kafka.topics import TopicStore
+
+    store = TopicStore(BrokerConfig(data_dir=tmp_path), Syncer(1000))
+    store.load()
+    await store.create("t", 1)
+    seen: list[tuple[bool, bool]] = []
+
+    def forgotten() -> None:  # the name is free, the old files not yet removed
+        seen.append(((tmp_path / "topics" / "t").exists(), any(store.trash.iterdir())))
+
+    await store.delete("t", forgotten)
+    assert seen == [(False, True)]
+    assert not any(store.trash.iterdir())
