@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,12 @@ class OffsetStore:
         self._compacting: asyncio.Task[None] | None = None
 
     # Start --------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, ends: Mapping[Key, int] | None = None) -> None:
+        """Read the journal (and compact it). ``ends``: each partition's log end as its
+        log recovered; a committed offset past it is lowered to it. The journal and the
+        segments are fsynced in no set order, so after a machine crash (not a kill: the
+        kernel has the writes) a commit can outlive the records it went past: the group
+        would resume past records produced again under those offsets, and skip them."""
         if self.path.exists():
             data = self.path.read_bytes()
             pos = 0
@@ -60,6 +66,15 @@ class OffsetStore:
                 pos += _HEAD.size + length
             if pos != len(data):
                 log.warning("offsets journal: dropping a torn tail (%d bytes)", len(data) - pos)
+        for group_id, group in self.groups.items():
+            for key, (offset, meta) in group.items():
+                end = (ends or {}).get(key)
+                if end is not None and offset > end:
+                    log.warning(
+                        "group %s: offset %d of %s[%d] is past its log's end %d: lowered",
+                        group_id, offset, key[0], key[1], end,
+                    )  # fmt: skip
+                    group[key] = (end, meta)
         self._compact()
 
     def _apply(self, rec: dict[str, Any]) -> None:

@@ -75,7 +75,9 @@ class Broker:
         self._handlers = HANDLERS
         self._open_data_dir()
         self.topics.load()
-        self.offsets.load()
+        self.offsets.load(
+            {(t.name, p): plog.next_offset for t in self.topics for p, plog in enumerate(t.logs)}
+        )
         self.syncer.start()
         if self.config.sasl_users_file is not None:
             self.credentials = Credentials(read_users(self.config.sasl_users_file))

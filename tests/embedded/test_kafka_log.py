@@ -187,3 +187,21 @@ async def test_a_deleted_topics_offsets_go_before_its_files(tmp_path: Path) -> N
     await store.delete("t", forgotten)
     assert seen == [(False, True)]
     assert not any(store.trash.iterdir())
+
+
+def test_a_committed_offset_past_its_recovered_log_is_lowered(tmp_path: Path) -> None:
+    """The journal and the segments are fsynced in no set order: after a machine crash
+    a commit can outlive the records it went past, and the group resumed past records
+    produced again under those offsets, skipping them. It is lowered to the log's end."""
+    store = OffsetStore(tmp_path, Syncer(1000))
+    store.load()
+    store.commit("g", [("t", 0, 50, "m"), ("t", 1, 7, ""), ("gone", 0, 9, "")])
+    store.close()
+    again = OffsetStore(tmp_path, Syncer(1000))
+    again.load({("t", 0): 10, ("t", 1): 20})  # as the segments recovered
+    assert again.of_group("g") == {("t", 0): (10, "m"), ("t", 1): (7, ""), ("gone", 0): (9, "")}
+    again.close()
+    third = OffsetStore(tmp_path, Syncer(1000))
+    third.load()
+    assert third.of_group("g")[("t", 0)] == (10, "m")  # written back by the compaction
+    third.close()
