@@ -37,6 +37,7 @@ from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import kafka_headers
+from services.common.ratelimit import Limit, RateLimiter
 from services.delivery.moderation_keys import (
     CommitmentMismatch,
     ModerationKeys,
@@ -53,6 +54,12 @@ from services.delivery.store import DAY_S, DeliveryStore
 log = logging.getLogger(__name__)
 
 Remover = Literal["sender", "admin"]
+
+UNSEND_LIMIT = Limit(120, 60)
+"""Unsends per user per minute. Nothing records which messages exist (a server id is a
+hash of the sender and a client id), so a user could name made-up ones of a conversation
+they are in without end: each sends a server-signed tombstone into every inbox of the
+other party, which counts toward the inbox's waiting items."""
 
 
 class Moderation:
@@ -75,6 +82,7 @@ class Moderation:
         self.producer = producer
         self.topics = Topics(settings)
         self.room_log = RoomLog(store, keys)
+        self.limiter = RateLimiter(store.redis, f"{settings.redis_prefix}:delivery")
 
     async def _audit(
         self, claims: Claims, ip: str | None, action: str, target_type: str, target_id: str,
@@ -200,6 +208,7 @@ class Moderation:
         """The sender removes their message. The server id is a hash of (sender, client
         id) (and the room, for a room's message), so giving the client id proves who sent
         it; the conversation must be one of the caller's (a room they can still see)."""
+        await self.limiter.hit("unsend", claims.sub, UNSEND_LIMIT)
         _, room = parties_of(conversation)
         if server_id != (
             e.room_server_id(room, claims.sub, client_id)

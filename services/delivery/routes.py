@@ -307,7 +307,12 @@ async def file_report(request: web.Request, claims: Claims, body: ReportIn) -> w
     },
     params={"server_id": _SERVER_ID, "client_id": _CLIENT_ID, "conversation": _CONVERSATION},
     required_query=("client_id", "conversation"),
-    errors=[ErrorCode.NOT_SENDER, ErrorCode.NOT_RECIPIENT, ErrorCode.ROOM_NOT_FOUND],
+    errors=[
+        ErrorCode.NOT_SENDER,
+        ErrorCode.NOT_RECIPIENT,
+        ErrorCode.ROOM_NOT_FOUND,
+        ErrorCode.RATE_LIMITED,
+    ],
     tags=["moderation"],
 )
 async def unsend(request: web.Request, claims: Claims) -> dict[str, object]:

@@ -262,6 +262,27 @@ async def test_unsend_deletes_the_copies_from_redis_and_mongodb_and_leaves_tombs
     assert live["by"] == "sender"
 
 
+async def test_unsends_of_made_up_messages_are_limited(messaging: Messaging) -> None:
+    """Nothing records which messages exist, so a user could name made-up ones of a
+    conversation they are in, without end: each sent a server-signed tombstone into
+    every inbox of the other party. Unsends are limited per user (UNSEND_LIMIT)."""
+    from parley_contract import envelopes as envelopes
+
+    from services.delivery.moderation import UNSEND_LIMIT
+
+    api = Api(messaging)
+    alice_id, bob_id = uid(), uid()
+    await messaging.connect(bob_id)
+    conv = conversation_id(alice_id, bob_id)
+    for i in range(UNSEND_LIMIT.count):
+        made_up = envelopes.message_server_id(alice_id, f"never-{i}")
+        status, _ = await api.call("DELETE", unsend_path(made_up, f"never-{i}", conv), alice_id)
+        assert status == 200
+    made_up = envelopes.message_server_id(alice_id, "one-more")
+    status, answer = await api.call("DELETE", unsend_path(made_up, "one-more", conv), alice_id)
+    assert (status, answer["error"]["code"]) == (429, "rate_limited")
+
+
 async def test_an_admin_removes_a_read_message_and_the_reader_is_told_live(
     messaging: Messaging,
 ) -> None:
