@@ -72,6 +72,9 @@ class Incoming:
     new_session: bool
 
 
+KEY_VERSIONS_KEPT = 8
+
+
 @dataclass
 class PeerState:
     user_id: str
@@ -86,6 +89,10 @@ class PeerState:
     pending_change: dict[str, Any] | None = None
     """An account key change the user has not accepted yet:
     ``{"old_key", "old_safety_number", "was_verified"}``; sending waits for it."""
+    key_versions: dict[str, int] = field(default_factory=dict)
+    """The newest list version taken under each account key this contact has had (the
+    last ``KEY_VERSIONS_KEPT``): a directory that switches to another key and back must
+    not bring back an older list of the first (a removed device) with it."""
 
     # -- persistence ------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +105,7 @@ class PeerState:
             "sessions": {str(d): [b64encode(s) for s in ss] for d, ss in self.sessions.items()},
             "verified_key": self.verified_key,
             "pending_change": self.pending_change,
+            "key_versions": self.key_versions,
         }
 
     @classmethod
@@ -114,7 +122,11 @@ class PeerState:
             sessions={int(d): [b64decode(s) for s in ss] for d, ss in sessions.items()},
             verified_key=obj.get("verified_key"),
             pending_change=obj.get("pending_change"),
-        )
+            key_versions={str(k): int(v) for k, v in (obj.get("key_versions") or {}).items()}
+            # A store from before: the trusted key's is its list's version.
+            or ({obj["account_key"]: int(obj.get("list_version") or 0)}
+                if obj.get("account_key") else {}),
+        )  # fmt: skip
 
     # -- trust ------------------------------------------------------------------
     def safety_number(self, local_account_key: bytes, local_user_id: str) -> str | None:
@@ -158,9 +170,15 @@ class PeerState:
         the trusted one and is returned as :class:`AccountChanged` (every
         session is dropped: they were with devices of the old account). A list
         older than the one we hold is refused (a replayed list could bring back
-        a removed device). Sessions with devices no longer listed are dropped.
+        a removed device), also under a key the contact had before: a directory
+        switching to another key and back must not bring back an older list of
+        the first (``key_versions``). Sessions with devices no longer listed are
+        dropped.
         """
         listing = signed.verify(b64decode(account_key), user_id=self.user_id)
+        same = self.account_key in (None, account_key)
+        if listing.version < (self.list_version if same else self.key_versions.get(account_key, 0)):
+            raise UnknownDevice("the directory served an older device list than we hold")
         changed: AccountChanged | None = None
         if self.account_key is not None and self.account_key != account_key:
             old = self.safety_number(local_account_key, local_user_id)
@@ -170,7 +188,6 @@ class PeerState:
             assert new is not None
             changed = AccountChanged(old, new)
             self.sessions = {}
-            self.list_version = 0
             if self.pending_change is None:
                 self.pending_change = {
                     "old_key": previous,
@@ -181,9 +198,11 @@ class PeerState:
                 self.pending_change = None  # back to the key the user had accepted
         elif self.account_key is None:
             self.account_key = account_key
-        if listing.version < self.list_version:
-            raise UnknownDevice("the directory served an older device list than we hold")
         self.list_version = listing.version
+        self.key_versions.pop(account_key, None)  # the newest last
+        self.key_versions[account_key] = listing.version
+        while len(self.key_versions) > KEY_VERSIONS_KEPT:
+            del self.key_versions[next(iter(self.key_versions))]
         self.devices = {
             d.device_id: {
                 "name": d.name,

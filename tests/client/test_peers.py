@@ -80,3 +80,34 @@ def test_a_state_from_before_the_policy_loads_without_one() -> None:
     del raw["verified_key"], raw["pending_change"]
     loaded = PeerState.from_json(raw)
     assert loaded.pending_change is None and not loaded.verified
+
+
+def test_a_switch_to_another_key_and_back_cannot_bring_an_older_list_back() -> None:
+    """A directory served another key (a warning, a pending change), then the trusted
+    key again with an older list of it, still naming a removed (stolen) device: the
+    list version restarted at 0 on every key change, so the old list was taken, the
+    pending change cleared, and sends went to the removed device again."""
+    bob, first, other = PeerState("bob"), AccountKey.generate(), AccountKey.generate()
+    phone, stolen = Device.generate(), Device.generate()
+
+    def signed(account: AccountKey, version: int, devices: list[Device]) -> object:
+        entries = [DeviceEntry.of(i + 1, "d", d.identity) for i, d in enumerate(devices)]
+        return account.sign(DeviceList("bob", version, entries))
+
+    def trust(account: AccountKey, version: int, devices: list[Device]) -> object:
+        return bob.trust(b64encode(account.public), signed(account, version, devices),  # type: ignore[arg-type]
+                         ME.public, "me")  # fmt: skip
+
+    trust(first, 4, [phone, stolen])
+    trust(first, 5, [phone])  # the stolen phone removed
+    trust(other, 1, [phone])  # the directory's own key
+    with pytest.raises(UnknownDevice, match="older device list"):
+        trust(first, 4, [phone, stolen])
+    assert bob.account_key == b64encode(other.public) and bob.pending_change is not None
+    trust(first, 5, [phone])  # the real list: accepted, the change cleared
+    assert bob.pending_change is None and len(bob.devices) == 1
+    # Kept in the store.
+    again = PeerState.from_json(bob.to_json())
+    with pytest.raises(UnknownDevice, match="older device list"):
+        again.trust(b64encode(first.public), signed(first, 4, [phone, stolen]),  # type: ignore[arg-type]
+                    ME.public, "me")  # fmt: skip

@@ -64,6 +64,30 @@ describe('PeerState', () => {
     bob.checkDevice(1, d1.identity);
   });
 
+  it('cannot be brought back to an older list by a switch to another key and back', async () => {
+    // The list version restarted at 0 on every key change: a directory that served its
+    // own key, then the trusted one with an older list (a removed device still in it),
+    // had the old list taken and the pending change cleared (peers.py's test too).
+    const mine = (await AccountKey.generate()).public;
+    const [first, other] = [await AccountKey.generate(), await AccountKey.generate()];
+    const [phone, stolen] = [await Device.generate(), await Device.generate()];
+    const bob = new PeerState(BOB);
+    await bob.trust(b64encode(first.public), await listing(first, 4, [[1, phone], [2, stolen]]), mine, ME);
+    await bob.trust(b64encode(first.public), await listing(first, 5, [[1, phone]]), mine, ME);
+    await bob.trust(b64encode(other.public), await listing(other, 1, [[1, phone]]), mine, ME);
+    await expect(bob.trust(b64encode(first.public), await listing(first, 4, [[1, phone], [2, stolen]]), mine, ME)).rejects.toThrow(
+      /older device list/,
+    );
+    expect(bob.accountKey).toBe(b64encode(other.public));
+    expect(bob.pendingChange).not.toBeNull();
+    await bob.trust(b64encode(first.public), await listing(first, 5, [[1, phone]]), mine, ME);
+    expect(bob.pendingChange).toBeNull();
+    const again = PeerState.fromJson(JSON.parse(JSON.stringify(bob.toJson())));
+    await expect(again.trust(b64encode(first.public), await listing(first, 4, [[1, phone], [2, stolen]]), mine, ME)).rejects.toThrow(
+      /older device list/,
+    );
+  });
+
   it('keeps sessions per device, answers an initial message, and drops removed devices', async () => {
     const mine = (await AccountKey.generate()).public;
     const key = await AccountKey.generate();

@@ -47,7 +47,11 @@ export interface PeerJson {
   sessions: Record<string, string[]>;
   verified_key: string | null;
   pending_change: PendingChange | null;
+  key_versions?: Record<string, number>;
 }
+
+/** Account keys whose newest list version a contact's state keeps (peers.py's). */
+const KEY_VERSIONS_KEPT = 8;
 
 export interface AccountChanged {
   oldSafetyNumber: string | null;
@@ -65,6 +69,10 @@ export class PeerState {
   sessions = new Map<number, string[]>();
   verifiedKey: string | null = null;
   pendingChange: PendingChange | null = null;
+  /** The newest list version taken under each account key this contact has had: a
+   * directory that switches to another key and back must not bring back an older list
+   * of the first (a removed device) with it. */
+  keyVersions = new Map<string, number>();
 
   constructor(userId: string) {
     this.userId = userId;
@@ -80,6 +88,7 @@ export class PeerState {
       sessions: Object.fromEntries([...this.sessions].map(([d, s]) => [String(d), [...s]])),
       verified_key: this.verifiedKey,
       pending_change: this.pendingChange,
+      key_versions: Object.fromEntries(this.keyVersions),
     };
   }
 
@@ -92,6 +101,9 @@ export class PeerState {
     p.sessions = new Map(Object.entries(obj.sessions).map(([d, s]) => [Number(d), [...s]]));
     p.verifiedKey = obj.verified_key;
     p.pendingChange = obj.pending_change;
+    p.keyVersions = new Map(Object.entries(obj.key_versions ?? {}));
+    // A state from before: the trusted key's is its list's version.
+    if (p.keyVersions.size === 0 && obj.account_key !== null) p.keyVersions.set(obj.account_key, obj.list_version);
     return p;
   }
 
@@ -119,6 +131,10 @@ export class PeerState {
   /** Take a device list from the directory (PeerState.trust in Python). */
   async trust(accountKey: string, signed: SignedDeviceList, localAccountKey: Uint8Array, localUserId: string): Promise<AccountChanged | null> {
     const listing = await signed.verify(b64decode(accountKey), { userId: this.userId });
+    const same = this.accountKey === null || this.accountKey === accountKey;
+    if (listing.version < (same ? this.listVersion : (this.keyVersions.get(accountKey) ?? 0))) {
+      throw new UnknownDevice('the directory served an older device list than we hold');
+    }
     let changed: AccountChanged | null = null;
     if (this.accountKey !== null && this.accountKey !== accountKey) {
       const old = await this.safetyNumber(localAccountKey, localUserId);
@@ -127,7 +143,6 @@ export class PeerState {
       const fresh = (await this.safetyNumber(localAccountKey, localUserId)) as string;
       changed = { oldSafetyNumber: old, newSafetyNumber: fresh };
       this.sessions = new Map();
-      this.listVersion = 0;
       if (this.pendingChange === null) {
         this.pendingChange = { old_key: previous, old_safety_number: old, was_verified: previous === this.verifiedKey };
       } else if (this.pendingChange.old_key === accountKey) {
@@ -136,8 +151,10 @@ export class PeerState {
     } else if (this.accountKey === null) {
       this.accountKey = accountKey;
     }
-    if (listing.version < this.listVersion) throw new UnknownDevice('the directory served an older device list than we hold');
     this.listVersion = listing.version;
+    this.keyVersions.delete(accountKey); // the newest last
+    this.keyVersions.set(accountKey, listing.version);
+    while (this.keyVersions.size > KEY_VERSIONS_KEPT) this.keyVersions.delete(this.keyVersions.keys().next().value as string);
     this.devices = new Map(
       listing.devices.map((d) => [d.deviceId, { name: d.name, signing_key: b64encode(d.signingKey), dh_key: b64encode(d.dhKey) }]),
     );
