@@ -249,9 +249,14 @@ class Client:
         try:
             await self.keys.finish_link(self._link, timeout)
         except asyncio.CancelledError:
-            # Given up (Ctrl-C): the code is withdrawn, not left approvable.
+            # Given up (Ctrl-C): the code is withdrawn, not left approvable; approved
+            # already, it is opened (the account lists this device now).
+            withdrawn = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.keys.cancel_link(self._link), 5)
+                withdrawn = await asyncio.wait_for(self.keys.cancel_link(self._link), 5)
+            if not withdrawn:
+                with contextlib.suppress(TimeoutError, ParleyError):
+                    await asyncio.wait_for(self.keys.finish_link(self._link, 5), 10)
             raise
         self._link = None
 

@@ -17,7 +17,6 @@ account key: contacts see a new safety number).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import socket
@@ -390,13 +389,22 @@ class Keys:
         with self._store().transaction_sync() as tx:
             tx.delete("pending_link")
 
-    async def cancel_link(self, request: LinkRequest) -> None:
+    async def cancel_link(self, request: LinkRequest) -> bool:
         """On the new device: withdraw the link (its user gave up), so that its code can
-        no longer be approved. Best effort: an expired link is gone already, and an
-        approved one stays (``conflict``) for another device to remove."""
-        with contextlib.suppress(ParleyError):
+        no longer be approved. Best effort: an expired link is gone already. Returns
+        False when it was approved meanwhile (``conflict``): the account lists this
+        device already, so the link is kept for :meth:`finish_link` to open (forgotten,
+        the listed device never got the account key, and contacts wrote to it for
+        nothing)."""
+        try:
             await self.api.cancel_link(b64encode(request.link_id))
+        except ApiError as exc:
+            if exc.code == "conflict":
+                return False
+        except ParleyError:
+            pass
         self._forget_link()
+        return True
 
     async def finish_link(self, request: LinkRequest, timeout: float = 600.0) -> None:
         """On the new device: wait for the approval, open it, check the list names us."""
@@ -409,7 +417,8 @@ class Keys:
             if link.get("approval"):
                 break
             if time.monotonic() > deadline:
-                await self.cancel_link(request)
+                if not await self.cancel_link(request):
+                    continue  # approved since the last look: open it
                 raise ParleyError("The link code was not approved in time.")
             await asyncio.sleep(LINK_POLL_S)
         sealed = b64decode(link["approval"]["sealed"])

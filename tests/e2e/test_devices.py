@@ -232,6 +232,33 @@ async def test_a_link_given_up_cannot_be_approved_later(
         await new.close()
 
 
+async def test_an_approval_just_as_the_new_device_gives_up_still_links_it(
+    device: NewDevice, tmp_path: Path, system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval lands between the new device's last look and its withdrawal (its
+    time ran out, or Ctrl-C): the withdrawal is refused (approved already), which it
+    ignored, forgetting the key that opens the approval. The account then listed a
+    device that never got the account key. Now it opens the approval instead."""
+    alice_name = username("alice")
+    a1 = await device(alice_name, first=True)
+    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
+    await new.open()
+    try:
+        code = await new.link_device(alice_name, PASSWORD)
+        cancel = new.keys.api.cancel_link
+
+        async def approved_first(link_id: str) -> Any:
+            await a1.approve_device(code)  # just before the withdrawal reaches the server
+            return await cancel(link_id)
+
+        monkeypatch.setattr(new.keys.api, "cancel_link", approved_first)
+        await new.wait_linked(timeout=0.1)  # no "not approved in time": it is linked
+        assert new.keys.linked()
+        assert new.device_id in {d["device_id"] for d in await a1.devices()}
+    finally:
+        await new.close()
+
+
 async def test_a_new_device_that_died_after_its_approval_finishes_the_link_when_run_again(
     device: NewDevice, tmp_path: Path, system: System
 ) -> None:
