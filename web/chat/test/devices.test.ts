@@ -456,6 +456,23 @@ describe('waiting for the approval', () => {
   });
 });
 
+describe('an approval just as the new device gives up', () => {
+  it('is taken, not withdrawn and forgotten', async () => {
+    // The withdrawal is refused (approved already): ignored, the device forgot the key
+    // that opens the approval, and the account listed a device without its key.
+    const { dir, key, publish } = await account();
+    const request = await startLink(dir, 2, 'phone');
+    let clock = 0;
+    const cancel = dir.cancelLink.bind(dir);
+    dir.cancelLink = async (linkId: string) => {
+      await approveLink(dir, request.code, key, ME, yes, publish); // lands just before
+      return cancel(linkId);
+    };
+    const sealed = await awaitApproval(dir, request, { timeoutMs: 1000, pollMs: 1000, now: () => clock, sleep: async (ms) => void (clock += ms) });
+    expect(b64encode(sealed)).toBe(dir.links.get(b64encode(request.linkId))?.approval?.sealed);
+  });
+});
+
 describe('device names', () => {
   it('are 1 to 64 characters, cut by code point, with a default', () => {
     expect(deviceName('  my phone  ', 'x')).toBe('my phone');

@@ -254,17 +254,31 @@ export async function awaitApproval(dir: KeyDirectory, request: LinkRequest, opt
   const linkId = b64encode(request.linkId);
   const deadline = now() + timeoutMs;
   // Given up (cancelled, or out of time): the code is withdrawn, not left approvable
-  // (keys.py `cancel_link`; best effort: an expired link is gone, an approved one stays).
-  const withdraw = () => dir.cancelLink(linkId).catch(() => undefined);
+  // (keys.py `cancel_link`; best effort: an expired link is gone). One approved since
+  // the last look (`conflict`) is taken instead: the account lists this device already,
+  // and without it the device would never get the account key.
+  const withdraw = async (): Promise<Uint8Array | null> => {
+    try {
+      await dir.cancelLink(linkId);
+    } catch (error) {
+      if ((error as { code?: unknown }).code === 'conflict') {
+        const link = await dir.getLink(linkId);
+        if (link.approval) return b64decode(link.approval.sealed, { field: 'sealed' });
+      }
+    }
+    return null;
+  };
   for (;;) {
     if (signal?.aborted) {
-      await withdraw();
+      const sealed = await withdraw();
+      if (sealed !== null) return sealed;
       throw new LinkCancelled('Linking was cancelled.');
     }
     const link = await dir.getLink(linkId);
     if (link.approval) return b64decode(link.approval.sealed, { field: 'sealed' });
     if (now() > deadline) {
-      await withdraw();
+      const sealed = await withdraw();
+      if (sealed !== null) return sealed;
       throw new DeviceError('The link code was not approved in time.');
     }
     await sleep(pollMs, signal);
