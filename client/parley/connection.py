@@ -13,11 +13,14 @@ as docs/protocol.md, "Reconnecting", asks:
   reconnects at once;
   4003 (revoked, blocked) and a refused refresh stop for good: ``failed``
   says why;
-- a frame this side could not process (its handler raised), or an
-  ``on_ready`` that failed (the inbox's sync), drops the socket (close 4000)
-  before another frame is handled, and it reconnects after the backoff: the
-  next sync reads again from the last item processed, so nothing is
-  acknowledged past an item that was not (:meth:`Connection.drop`).
+- a frame this side could not process for a reason of its own (the local
+  store, the disk, a server it asked: :func:`transient`), or an ``on_ready``
+  that failed (the inbox's sync), drops the socket (close 4000) before
+  another frame is handled, and it reconnects after the backoff: the next
+  sync reads again from the last item processed, so nothing is acknowledged
+  past an item that was not (:meth:`Connection.drop`). A frame that fails for
+  what it holds is logged and passed: read again, it would fail again, and
+  hold up everything after it (a sender could block an inbox for good).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import contextlib
 import itertools
 import logging
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
@@ -34,7 +38,7 @@ import aiohttp
 import msgspec
 from parley_contract import frames as f
 
-from parley.errors import ParleyError
+from parley.errors import ParleyError, ServerUnavailable, StoreError
 
 __all__ = ["Connection", "ConnectionClosed"]
 
@@ -50,6 +54,13 @@ Answer: TypeAlias = f.Synced | f.Pong | f.Ready | f.Error
 
 class ConnectionClosed(ParleyError):
     """The socket is not open (it reconnects by itself unless it failed for good)."""
+
+
+def transient(exc: BaseException) -> bool:
+    """A failure of this side that may not happen again (the local store, the disk, a
+    server that did not answer): the frame is read again after a reconnect. Anything
+    else is in the frame itself, and would fail every time."""
+    return isinstance(exc, OSError | TimeoutError | sqlite3.Error | StoreError | ServerUnavailable)
 
 
 class Connection:
@@ -285,8 +296,11 @@ class Connection:
                 pass
             except Exception as exc:
                 log.exception("frame handler failed for %s", type(frame).__name__)
-                await self.drop(f"a {type(frame).__name__} frame failed: {exc!r}")
-                break
+                if transient(exc):
+                    await self.drop(f"a {type(frame).__name__} frame failed: {exc!r}")
+                    break
+                # What the frame holds makes it fail (a sender's malformed payload): it
+                # would fail at every connect and hold up everything after it for good.
         if self._dropped:
             return "dropped"
         code = ws.close_code

@@ -577,8 +577,8 @@ class Messenger:
             return
         try:
             await self.room_hook.sync_rooms()
-        except (ParleyError, TimeoutError) as exc:
-            log.warning("room logs not read: %s", exc)
+        except Exception as exc:  # a bad page, the store: the next push or connect reads on
+            log.warning("room logs not read: %r", exc)
 
     async def sync(self) -> int:
         """Page through the inbox after the last processed item; returns the number of

@@ -28,7 +28,7 @@ from parley.api import Api
 from parley.crypto.encoding import b64decode, b64encode
 from parley.crypto.errors import CryptoError
 from parley.crypto.primitives import ed25519_verify
-from parley.errors import ParleyError, ServerUnavailable
+from parley.errors import ApiError, ParleyError, ServerUnavailable
 from parley.events import EventBus, MessageRemoved
 from parley.store import Store, Transaction
 
@@ -169,6 +169,11 @@ class Moderation:
             # The keys could not be read now: the tombstone is not processed (nor
             # acknowledged): the connection drops and the sync brings it again.
             raise
+        except ApiError as exc:
+            if exc.status == 429 or exc.status >= 500:  # as the web client: for now
+                raise ServerUnavailable(f"The moderation keys: {exc}") from exc
+            log.warning("ignoring a tombstone that does not verify: %s", exc)
+            return False
         except (CryptoError, ValueError, ParleyError) as exc:
             log.warning("ignoring a tombstone that does not verify: %s", exc)
             return False

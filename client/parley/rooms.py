@@ -950,8 +950,8 @@ class Rooms:
         if control.get("t") != "skd" or not isinstance(room_id, str):
             log.info("ignoring an unknown control payload from %s", sender)
             return []
-        session = self.group(tx, room_id)
         try:
+            session = self.group(tx, room_id)  # an empty or odd room id: refused too
             session.process_distribution(member_key(sender, device), b64decode(str(control["d"])))
         except (CryptoError, ValueError, KeyError) as exc:
             log.warning("refused a sender key from %s:%s: %s", sender, device, exc)

@@ -426,3 +426,32 @@ async def test_a_long_running_client_keeps_nothing_per_message_once_answered(
         await alice.send(bob.username, f"to an offline device {i}")  # waits for accepted
     await alice.send(bob.username, "and one more", wait="stored")
     assert alice.messenger._outgoing == {}
+
+
+async def test_a_message_that_fails_for_what_it_holds_does_not_block_the_inbox(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame that fails for its content (a sender's malformed payload) fails at every
+    connect: dropping the socket for it would block everything after it, for good, at
+    a sender's will. It is logged and passed; only this side's failures drop it."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    await alice.connect()
+    await bob.connect()
+    handle = bob.messenger._on_message
+    poisoned: list[int] = []
+
+    async def poison(frame: f.Message) -> None:
+        if not poisoned:
+            poisoned.append(frame.seq)
+        if frame.seq == poisoned[0]:
+            raise ValueError("group_id must be a non-empty string")  # every time
+        await handle(frame)
+
+    monkeypatch.setattr(bob.messenger, "_on_message", poison)
+    connects = bob._conn.connects if bob._conn else 0
+    await alice.send(bob.username, "poison", wait="stored")
+    await alice.send(bob.username, "after it", wait="stored")
+    got = await bob.next_event(Message, timeout=30)
+    assert isinstance(got, Message) and got.text == "after it"
+    assert bob._conn is not None and bob._conn.connects == connects  # never dropped
