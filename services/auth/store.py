@@ -229,9 +229,11 @@ class AuthStore:
     async def revoke_user_sessions(
         self, user_id: str, now: datetime, reason: str, keep: str | None = None
     ) -> list[str]:
-        """Revoke every live session of a user (but ``keep``); the sids revoked. One read
-        of their ids and one update, whatever their number (a session each was two
-        round trips: a user with many sessions took minutes to block)."""
+        """Revoke every live session of a user (but ``keep``); the sids that were live
+        (one another request revoked meanwhile among them: telling every service
+        again is harmless). One read of their ids and one update per thousand,
+        whatever their number (a session each was two round trips: a user with many
+        sessions took minutes to block)."""
         flt: Doc = {"user_id": user_id, "revoked_at": None}
         if keep is not None:
             flt["_id"] = {"$ne": keep}

@@ -238,14 +238,22 @@ class DeliveryStore:
             for key, (seq, _) in claims.items():
                 wanted.setdefault(items[first[key]]["inbox"], []).append(seq)
             hot = await self.hot.get_many(wanted)
+            repeated: dict[str, int] = {}
             for key, (seq, server_id) in claims.items():
                 item = items[first[key]]
                 doc = hot.get(item["inbox"], {}).get(seq)
                 if doc is not None and _same_message(doc, item):
                     result[key] = {**doc, "duplicate": True}
+                    repeated[item["inbox"]] = max(repeated.get(item["inbox"], 0), seq)
                 else:
                     claim = {"inbox": item["inbox"], "seq": seq, "server_id": server_id}
                     result[key] = {**_inbox_doc(item, claim), "duplicate": True, "acked": True}
+            if repeated:
+                # A batch consumed again finds its items written: make sure their counters
+                # hold them (the first try may have died, or failed to seed a counter a
+                # failover lost, after writing them: services/delivery/hot.py ``_PUT``).
+                # Rare (a redelivery); one round trip.
+                await self.ctr.raise_to(repeated)
         fresh = [k for k in first if k not in claims]
         where: dict[str, set[str]] | None = None
         if fresh:
@@ -328,9 +336,10 @@ class DeliveryStore:
             # with the time taken before its first try. Dropped only once no write can
             # still be under way: dropped at once, the last left its item unindexed,
             # never persisted, and its Kafka record committed past.
-            gone = [
+            moved = [(inbox, seq) for inbox, seq, _ in due if seq in hot.get(inbox, {})]
+            orphans = [
                 (inbox, seq) for inbox, seq, at in due
-                if seq in hot.get(inbox, {}) or at < cutoff - ORPHAN_GRACE_S
+                if seq not in hot.get(inbox, {}) and at < cutoff - ORPHAN_GRACE_S
             ]  # fmt: skip
             if docs:
                 try:
@@ -339,11 +348,12 @@ class DeliveryStore:
                     if any(e.get("code") != DUPLICATE_KEY
                            for e in exc.details.get("writeErrors", [])):  # fmt: skip
                         raise
-            await self.hot.remove(gone)
+            await self.hot.remove(moved)
+            await self.hot.unindex(orphans)  # the entry alone: an item landing now stays
             if docs:
                 await self._clean_moved(docs)
             written += len(docs)
-            if len(due) < batch or not gone:
+            if len(due) < batch or not (moved or orphans):
                 return written, cutoff
 
     async def _clean_moved(self, docs: list[dict[str, Any]]) -> None:
