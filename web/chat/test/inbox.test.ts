@@ -72,6 +72,33 @@ async function backlog(server: FakeServer, alice: Peer): Promise<void> {
   for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
 }
 
+describe('closing the client', () => {
+  it('ends a sync waiting for its page, so pushes are acknowledged again after connect()', async () => {
+    // The sync's page never came (the socket closed by close() is not the client's any
+    // more, so its close event settled nothing): its count of running syncs stayed up,
+    // and after connect() again no push moved last_seq or was acknowledged.
+    const { server, bob, alice } = await people();
+    await connected(bob, server);
+    let release: (() => void) | null = null;
+    server.sync.before = (n) =>
+      n === 2
+        ? new Promise<void>((r) => {
+            release = r;
+          })
+        : undefined;
+    (server.open[0] as FakeSocket).deliver({ op: 'resync', reason: 'routing_restored' });
+    await until('the held page', () => release !== null);
+    bob.close();
+    (release as unknown as () => void)();
+    delete server.sync.before;
+    await connected(bob, server);
+    const acks = server.inbox.acks.length;
+    server.push(await alice.message(server, 'after the reconnect'));
+    await until('its ack', () => server.inbox.acks.length > acks);
+    expect(texts(bob, alice)).toEqual(['after the reconnect']);
+  });
+});
+
 describe('a sync pages by its own cursor', () => {
   it('a message pushed during the first sync skips nothing, and nothing is acknowledged unread', async () => {
     // Before: the next page started after the highest seq processed, the push's (501):

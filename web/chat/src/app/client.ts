@@ -2337,6 +2337,11 @@ export class ParleyClient {
     if (this.#reauthTimer) clearInterval(this.#reauthTimer);
     this.#ws?.close(1000);
     this.#ws = null;
+    // A sync waiting for its page ends now (its socket's close event is not ours any
+    // more): left waiting, its count of running syncs stayed up, and after a connect()
+    // again no push moved last_seq or was acknowledged.
+    for (const resolve of this.#pending.values()) resolve({ op: 'error', code: 'closed', message: 'socket closed' } as W.Error);
+    this.#pending.clear();
     this.#state('stopped');
   }
 
