@@ -328,6 +328,24 @@ async def test_concurrent_first_sends_to_a_new_contact_claim_its_keys_once(
     assert sorted(e["text"] for e in bob.history(alice.user_id)) == sorted(texts)
 
 
+def _first_message_fails(
+    client: Client, monkeypatch: pytest.MonkeyPatch, error: Exception, *, once: bool = False
+) -> list[int]:
+    """Make the first message ``client`` handles raise ``error`` (only the first time it
+    comes, or every time); returns the seqs it failed for."""
+    handle = client.messenger._on_message
+    failed: list[int] = []
+
+    async def failing(frame: f.Message) -> None:
+        if not failed or (not once and frame.seq == failed[0]):
+            failed.append(frame.seq)
+            raise error
+        await handle(frame)
+
+    monkeypatch.setattr(client.messenger, "_on_message", failing)
+    return failed
+
+
 async def test_a_message_that_fails_to_process_is_not_acknowledged_past(
     make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,16 +356,7 @@ async def test_a_message_that_fails_to_process_is_not_acknowledged_past(
     assert bob.username and alice.user_id
     await alice.connect()
     await bob.connect()
-    handle = bob.messenger._on_message
-    failures: list[int] = []
-
-    async def fails_once(frame: f.Message) -> None:
-        if not failures:
-            failures.append(frame.seq)
-            raise OSError("the disk was full for a moment")
-        await handle(frame)
-
-    monkeypatch.setattr(bob.messenger, "_on_message", fails_once)
+    failures = _first_message_fails(bob, monkeypatch, OSError("the disk was full"), once=True)
     connects = bob._conn.connects if bob._conn else 0
     await alice.send(bob.username, "first", wait="stored")
     await alice.send(bob.username, "second", wait="stored")
@@ -438,17 +447,7 @@ async def test_a_message_that_fails_for_what_it_holds_does_not_block_the_inbox(
     assert bob.username
     await alice.connect()
     await bob.connect()
-    handle = bob.messenger._on_message
-    poisoned: list[int] = []
-
-    async def poison(frame: f.Message) -> None:
-        if not poisoned:
-            poisoned.append(frame.seq)
-        if frame.seq == poisoned[0]:
-            raise ValueError("group_id must be a non-empty string")  # every time
-        await handle(frame)
-
-    monkeypatch.setattr(bob.messenger, "_on_message", poison)
+    _first_message_fails(bob, monkeypatch, ValueError("group_id must be a non-empty string"))
     connects = bob._conn.connects if bob._conn else 0
     await alice.send(bob.username, "poison", wait="stored")
     await alice.send(bob.username, "after it", wait="stored")
