@@ -25,6 +25,7 @@ from parley.api import DEFAULT_SERVER
 from parley.cli_support import (
     PASSWORD_MAX,
     PASSWORD_MIN,
+    QUEUED,
     Options,
     _ask,
     _check_password,
@@ -39,6 +40,7 @@ from parley.cli_support import (
     console,
     err,
     removed_by,
+    stays_queued,
 )
 from parley.client import (
     Client,
@@ -259,6 +261,15 @@ def send(
             "send to the new key without asking",
         ),
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=1,
+            help="Seconds to wait for the server to accept it; past that it stays in the "
+            "outbox, is sent at the next connection, and the exit status is 3",
+        ),
+    ] = 30.0,
 ) -> None:
     """Send one end-to-end-encrypted message (to a contact, or to '#room')."""
     opts = _options(ctx)
@@ -266,7 +277,7 @@ def send(
         err.print("[red]Error:[/] the message is empty: there is nothing to send.")
         raise typer.Exit(1)
     if cli_rooms.is_room(user):
-        _run(cli_rooms.room_send(opts, user, message))
+        _run(cli_rooms.room_send(opts, user, message, timeout))
         return
 
     async def run() -> None:
@@ -279,17 +290,27 @@ def send(
             async def attempt(accept: bool) -> str:
                 return await _with_status(
                     f"Encrypting and sending to {user}...",
-                    client.send(user, message, wait="accepted", accept_new_identity=accept),
+                    client.send(
+                        user,
+                        message,
+                        wait="accepted",
+                        timeout=timeout,
+                        accept_new_identity=accept,
+                    ),
                 )
 
             try:
-                client_id = await attempt(accept_new_identity)
-            except SafetyNumberChanged as exc:
-                if exc.verified or not sys.stdin.isatty():
-                    raise
-                if not await _confirm_new_identity(exc):
-                    raise ParleyError("Nothing was sent.") from None
-                client_id = await attempt(True)
+                try:
+                    client_id = await attempt(accept_new_identity)
+                except SafetyNumberChanged as exc:
+                    if exc.verified or not sys.stdin.isatty():
+                        raise
+                    if not await _confirm_new_identity(exc):
+                        raise ParleyError("Nothing was sent.") from None
+                    client_id = await attempt(True)
+            except TimeoutError:
+                client.flush_on_close = 0  # waited long enough: say so now
+                stays_queued()
             stored = False
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError, ParleyError):
                 await asyncio.wait_for(_wait_status(client, client_id, "stored"), 10)
@@ -563,8 +584,7 @@ async def _chat(opts: Options, user: str) -> None:
                     if command in ("/quit", "/exit", "/q"):
                         break
                     if command == "/safety":
-                        _, number = await client.safety_number(peer_id)
-                        console.print(f"Safety number with {escape(name)}: [bold]{number}[/]")
+                        await _chat_safety(client, peer_id, name)
                     elif command in ("/report", "/unsend"):
                         await _chat_moderate(client, peer_id, command, text.split()[1:])
                     elif command in ("/help", "/?"):
@@ -577,6 +597,21 @@ async def _chat(opts: Options, user: str) -> None:
                     continue
                 await _chat_send(client, session, peer_id, text)
             await client.mark_read(peer_id)
+
+
+async def _chat_safety(client: Client, peer_id: str, name: str) -> None:
+    try:
+        _, number = await client.safety_number(peer_id)
+    except ParleyError as exc:  # offline, say: the chat goes on
+        console.print(f"[red]Error:[/] {escape(str(exc))}")
+        return
+    if number is None:
+        console.print(
+            f"No safety number with {escape(name)} yet: they have no account key in the "
+            "directory (they have not logged in on a device since signing up)."
+        )
+    else:
+        console.print(f"Safety number with {escape(name)}: [bold]{number}[/]")
 
 
 async def _chat_moderate(client: Client, peer_id: str, command: str, args: list[str]) -> None:
@@ -609,7 +644,7 @@ async def _chat_send(client: Client, session: Any, peer_id: str, text: str) -> N
                 peer_id, text, wait="accepted", timeout=15, accept_new_identity=accept
             )
         except TimeoutError:
-            console.print("[yellow]Not yet accepted by the server; it will be resent.[/]")
+            console.print(f"[yellow]{QUEUED}[/]")
         except SafetyNumberChanged as exc:
             if exc.verified or accept:
                 console.print(f"[red]Not sent:[/] {escape(str(exc))}")
@@ -618,7 +653,12 @@ async def _chat_send(client: Client, session: Any, peer_id: str, text: str) -> N
                 f"[bold yellow]{escape(exc.username)}'s safety number changed.[/] "
                 f"New safety number: [bold]{exc.new_safety_number}[/]"
             )
-            answer = await session.prompt_async(f"Send to {exc.username}'s new key anyway? [y/N] ")
+            try:
+                answer = await session.prompt_async(
+                    f"Send to {exc.username}'s new key anyway? [y/N] "
+                )
+            except (EOFError, KeyboardInterrupt):
+                answer = ""  # Ctrl-D or Ctrl-C at the question: no
             if answer.strip().lower() not in ("y", "yes"):
                 console.print("Not sent.")
                 return
@@ -754,7 +794,10 @@ def outbox_drop(
     async def run() -> None:
         async with _client(opts) as client:
             dropped = await client.drop_outbox(client_id.strip())
-        console.print(f"Dropped {dropped['client_id'][:12]} from the outbox; it will not be sent.")
+        console.print(
+            f"Dropped {dropped['client_id'][:12]} from the outbox: it will not be sent again "
+            "(if the server took it just before a connection dropped, it was delivered)."
+        )
 
     _run(run())
 

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parley.cli_support import (
+    QUEUED,
     Options,
     _client,
     _options,
@@ -27,6 +28,7 @@ from parley.cli_support import (
     _with_status,
     console,
     removed_by,
+    stays_queued,
 )
 from parley.client import (
     Client,
@@ -384,14 +386,18 @@ def is_room(target: str) -> bool:
     return target.startswith("#")
 
 
-async def room_send(opts: Options, target: str, message: str) -> None:
+async def room_send(opts: Options, target: str, message: str, timeout: float = 30.0) -> None:
     async with _client(opts) as client:
         client.check_text(message)
         room = await client.rooms.resolve(target)
         if room.get("kind") == "private":
             await _with_status("Connecting...", client.connect())
-        sending = client.rooms.send(room["room_id"], message)
-        await _with_status(f"Sending to #{room['name']}...", sending)
+        sending = client.rooms.send(room["room_id"], message, timeout=timeout)
+        try:
+            await _with_status(f"Sending to #{room['name']}...", sending)
+        except TimeoutError:
+            client.flush_on_close = 0
+            stays_queued()  # queued (a key hand-out that timed out raises NotSent)
         how = "end-to-end encrypted" if room.get("kind") == "private" else "public"
         console.print(f"Message sent to [bold]#{escape(room['name'])}[/] ({how}).")
 
@@ -693,7 +699,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                 try:
                     await client.rooms.send(rid, text, timeout=15)
                 except TimeoutError:
-                    console.print("[yellow]Not yet accepted by the server; it will be resent.[/]")
+                    console.print(f"[yellow]{QUEUED}[/]")
                 except ParleyError as exc:
                     console.print(f"[red]Error:[/] {escape(str(exc))}")
 
@@ -728,7 +734,10 @@ def _seq_arg(arg: str) -> tuple[int, str] | None:
     """``#12 rest`` or ``12 rest`` -> (12, "rest"); None if it does not start with one."""
     first, _, rest = arg.partition(" ")
     digits = first.removeprefix("#")
-    return (int(digits), rest.strip()) if digits.isdigit() else None
+    # ASCII only ("²".isdigit() is true, int() refuses it) and short (int() refuses
+    # over 4,300 digits): anything else is not a message number.
+    ok = digits.isascii() and digits.isdigit() and len(digits) <= 18
+    return (int(digits), rest.strip()) if ok else None
 
 
 async def _room_command(client: Client, rid: str, name: str, text: str) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -134,7 +134,26 @@ def _client(opts: Options, username: str | None = None, *, create: bool = False)
         raise NotLoggedIn(
             f"No local account {directory.name!r} for {opts.server}: run `parley login` first."
         )
-    return Client(opts.server, data_dir=directory, passphrase=_passphrase(new=not exists))
+    client = Client(opts.server, data_dir=directory, passphrase=_passphrase(new=not exists))
+    client.flush_on_close = FLUSH_ON_CLOSE_S
+    return client
+
+
+FLUSH_ON_CLOSE_S = 10.0  # a command's last resends get their `accepted` before it exits
+
+
+QUEUED = (
+    "Not yet accepted by the server; it stays in the outbox and is sent again (same id, "
+    "so never twice) at the next connection."
+)
+EXIT_QUEUED = 3
+
+
+def stays_queued() -> NoReturn:
+    """A one-shot send timed out after queuing: say so (sending it again would deliver
+    it twice) and exit 3, not 1 (docs/client.md)."""
+    err.print(f"[yellow]{QUEUED}[/] `parley outbox` lists it; `parley outbox drop ID` cancels it.")
+    raise typer.Exit(EXIT_QUEUED)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

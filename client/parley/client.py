@@ -108,6 +108,9 @@ class Client:
         self._kdf = kdf
         self._store: Store | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.flush_on_close = 0.0
+        """Seconds :meth:`close` waits, if connected, for the outbox to be accepted (the
+        CLI: 10; its commands connect, resend and would otherwise close at once)."""
         self._link: LinkRequest | None = None
         self.bus = EventBus()
         self.account = Account(self.server, self.api, lambda: self.store, self.bus)
@@ -136,6 +139,16 @@ class Client:
         return self
 
     async def close(self) -> None:
+        if self.flush_on_close > 0 and self._store is not None and self.messenger.connected:
+            left = await self.messenger.wait_outbox(self.flush_on_close)
+            if left:
+                self.bus.emit(
+                    ErrorEvent(
+                        "outbox_waiting",
+                        f"{left} message(s) not yet accepted by the server: they stay in "
+                        "the outbox and go at the next connection (`parley outbox`).",
+                    )
+                )
         await self.messenger.disconnect()
         for task in list(self._tasks):
             task.cancel()

@@ -310,6 +310,8 @@ class Connection:
             return "reauth"
         if code == f.CLOSE_REAUTH:
             return "expired"
+        if code in (f.CLOSE_FLOOD, f.CLOSE_TOO_MANY):
+            return "throttled"  # the backoff keeps growing: at once would be the same again
         return "ok"
 
     async def _reauth_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:

@@ -107,3 +107,8 @@ class MessageTooLarge(ParleyError):
         self.size = size
         self.limit = limit
         self.max_text_bytes = max_text_bytes
+
+
+class NotSent(ParleyError):
+    """Nothing was sent or queued (e.g. a private room's keys could not be handed out
+    in time): sending again is safe."""

@@ -80,6 +80,14 @@ CLAIMS_PER_REQUEST = 100  # users per bulk claim (the key directory's MAX_CLAIM_
 CLAIMS_AT_ONCE = 3  # bulk claims in flight (the directory works on each 16 users at a time)
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024  # the gateway's default (PARLEY_WS_MAX_FRAME_BYTES)
 _STATUS_RANK = {"queued": 0, "accepted": 1, "stored": 2, "delivered": 3}
+# Refusals after which the message stays in the outbox and goes again later (nothing
+# was stored: docs/protocol.md, "Errors"), with the first wait and its cap in seconds.
+_SEND_AGAIN = {
+    "rate_limited": (0.0, 0.0),  # at once, at the paced rate (see _Pacer.drain)
+    "service_unavailable": (1.0, 30.0),
+    "inbox_full": (5.0, 300.0),
+    "too_many_pending": (5.0, 300.0),
+}
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
@@ -92,6 +100,40 @@ class _Outgoing:
     wants_stored: bool = False
     """A caller waits for ``stored``: kept past ``accepted`` (else forgotten then: a room
     message never gets ``stored``, nor a message to a device that stays offline)."""
+
+
+class _Pacer:
+    """The client's copy of the gateway's send bucket (``ready.limits``: ``sends_per_s``,
+    ``send_burst``): sends and resends wait for a token, so a backlog goes out at the
+    rate the server takes instead of collecting ``rate_limited`` refusals (the gateway
+    closes a socket that collects too many: 4009)."""
+
+    def __init__(self, rate: float = 50.0, burst: int = 5000) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = self.burst
+        self.at = time.monotonic()
+
+    def configure(self, rate: float, burst: int) -> None:
+        self._refill()
+        self.rate, self.burst = max(rate, 0.001), float(max(burst, 1))
+        self.tokens = min(self.tokens, self.burst)
+
+    def drain(self) -> None:
+        """The server refused a send: its bucket (shared by all of the user's sockets on
+        the pod) is empty, whatever ours says."""
+        self._refill()
+        self.tokens = min(self.tokens, 0.0)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    async def take(self) -> None:
+        self._refill()
+        self.tokens -= 1.0  # taken now: concurrent senders queue behind one another
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
 
 
 def _record_receipt(tx: Transaction, frame: f.Accepted | f.Stored | f.Delivered) -> None:
@@ -180,6 +222,12 @@ class Messenger:
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self.room_hook: RoomHook | None = None
         self.moderation: Moderation | None = None
+        self._pacer = _Pacer()
+        # Queued sends the server refused for now (``_SEND_AGAIN``): when each goes again
+        # (loop time), and how often each was refused; one task sends them.
+        self._held: dict[str, float] = {}
+        self._refusals: dict[str, int] = {}
+        self._held_task: asyncio.Task[Any] | None = None
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -560,6 +608,7 @@ class Messenger:
 
     async def _on_ready(self, ready: f.Ready) -> None:
         if ready.limits is not None:
+            self._pacer.configure(float(ready.limits.sends_per_s), int(ready.limits.send_burst))
             limit = int(ready.limits.max_frame_bytes)
             if self._store().read().get("max_frame_bytes") != limit:
                 async with self._store().transaction() as tx:
@@ -641,15 +690,15 @@ class Messenger:
         return out
 
     async def _resend(self) -> None:
-        assert self.conn is not None
         limit = self.max_frame_bytes
         for frame in self._queued():
+            if not self.connected:
+                return  # dropped meanwhile: the next connection resends the rest
             size = len(f.encode(frame))
             if size > limit:
                 # Queued before the size check existed: the server can never take it.
-                async with self._store().transaction() as tx:
-                    tx.unqueue(frame.id)
-                    tx.update_message(frame.id, status="failed", error="too large")
+                too_large = MessageTooLarge(size, limit, limit * 3 // 4 - 2000)
+                await self.fail_queued(frame.id, too_large)
                 self.events.emit(
                     ErrorEvent(
                         "frame_too_large",
@@ -658,7 +707,27 @@ class Messenger:
                     )
                 )
                 continue
-            await self.conn.send(frame)
+            await self._send_paced(frame)
+
+    async def wait_outbox(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds, while connected, for the server to accept
+        what the outbox holds; returns how many are left (a one-shot command that closes
+        at once would cut its own resends short: docs/client.md)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = len(self._store().read().queued())
+            if not left or not self.connected or loop.time() >= deadline:
+                return left
+            await asyncio.sleep(0.1)
+
+    async def _send_paced(self, frame: f.Send | f.RoomSend) -> None:
+        """Send at the server's advertised rate (:class:`_Pacer`); a dropped socket is
+        nothing to report: the frame stays queued and the next connection resends it."""
+        await self._pacer.take()
+        if self.conn is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self.conn.send(frame)
 
     async def _ack(self, seq: int) -> None:
         async with self._store().transaction() as tx:
@@ -897,16 +966,17 @@ class Messenger:
             # send again with the same id (nothing was stored).
             self._spawn(self._redo(client_id, frame.devices))
             return
-        queued = False
+        if client_id and code in _SEND_AGAIN:
+            # Nothing was stored: kept in the outbox and sent again with the same id,
+            # later (or by the next connection's resend). Whoever waits keeps waiting.
+            self._hold(client_id, code)
+            if code != "rate_limited":  # the user should know why it has not gone yet
+                self.events.emit(ErrorEvent(code, f"{message} (kept; sent again later)"))
+            return
         if client_id:
             async with self._store().transaction() as tx:
-                if code in ("rate_limited", "service_unavailable"):
-                    queued = True  # kept in the outbox: resent below or after reconnecting
-                elif tx.unqueue(client_id):
+                if tx.unqueue(client_id):
                     tx.update_message(client_id, status="failed", error=message)
-        if queued and client_id:
-            self._spawn(self._resend_later(client_id))
-            return
         if out is not None and client_id:
             for fut in (out.accepted, out.stored):
                 if not fut.done():
@@ -945,9 +1015,7 @@ class Messenger:
             if not isinstance(exc, SafetyNumberChanged):  # the caller of send has it
                 self.events.emit(ErrorEvent("devices_changed", f"Could not send again: {exc}"))
             return
-        if self.conn is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await self.conn.send(frame)
+        await self._send_paced(frame)
 
     async def fail_queued(self, client_id: str, exc: Exception) -> None:
         """A queued message that cannot be sent leaves the outbox as failed; whoever
@@ -963,12 +1031,38 @@ class Messenger:
                     fut.exception()
             self.events.emit(Receipt(client_id, out.peer_id, "failed", str(exc)))
 
-    async def _resend_later(self, client_id: str, delay: float = 1.0) -> None:
-        await asyncio.sleep(delay)
-        for frame in self._queued():
-            if frame.id == client_id and self.conn is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await self.conn.send(frame)
+    def _hold(self, client_id: str, code: str) -> None:
+        """Send a refused message again later: at once but paced for ``rate_limited``,
+        else after a wait that doubles with each refusal of it (``_SEND_AGAIN``)."""
+        first, cap = _SEND_AGAIN[code]
+        if code == "rate_limited":
+            self._pacer.drain()
+        tries = self._refusals[client_id] = self._refusals.get(client_id, 0) + 1
+        wait = min(cap, first * 2 ** (tries - 1))
+        self._held[client_id] = asyncio.get_running_loop().time() + wait
+        if self._held_task is None or self._held_task.done():
+            self._held_task = self._spawn(self._send_held())
+
+    async def _send_held(self) -> None:
+        """The one task that sends held messages again as they fall due (the outbox is
+        read once per round, not once per refusal)."""
+        loop = asyncio.get_running_loop()
+        while self._held:
+            await asyncio.sleep(max(0.0, min(self._held.values()) - loop.time()))
+            now = loop.time()
+            due = {cid for cid, at in self._held.items() if at <= now}
+            for cid in due:
+                del self._held[cid]
+            frames = self._queued()
+            queued = {frame.id for frame in frames}
+            for cid in [c for c in self._refusals if c not in queued]:
+                del self._refusals[cid]  # accepted (or dropped) since
+            if not self.connected:
+                self._held.clear()  # the next connection resends the whole outbox
+                return
+            for frame in frames:
+                if frame.id in due:
+                    await self._send_paced(frame)
 
     # -- sending ------------------------------------------------------------------------------
     async def send(
@@ -1031,13 +1125,14 @@ class Messenger:
         out = _Outgoing(loop.create_future(), loop.create_future(), peer,
                         wants_stored=wait == "stored")  # fmt: skip
         self._outgoing[client_id] = out
-        if self.conn is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await self.conn.send(frame)
+        await self._send_paced(frame)
         if wait is not None:
             fut = out.stored if wait == "stored" else out.accepted
             if self.conn is None:
                 raise ConnectionClosed("Not connected: the message waits in the outbox.")
+            if self.conn.failed is not None:
+                # Closed for good (session ended, account blocked): no answer will come.
+                raise self.conn.failed
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         return client_id
 

@@ -51,7 +51,7 @@ from parley.crypto import (
     commitment_from_message,
 )
 from parley.crypto.encoding import b64decode, b64encode
-from parley.errors import ApiError, MessageTooLarge, ParleyError
+from parley.errors import ApiError, MessageTooLarge, NotSent, ParleyError
 from parley.events import (
     DecryptFailed,
     Event,
@@ -499,7 +499,15 @@ class Rooms:
                 members = seen.members_seen
             else:
                 members = await self.member_ids(room_id)
-            keyed = await self._distribute(room_id, version, members)
+            try:
+                keyed = await self._distribute(room_id, version, members)
+            except TimeoutError:
+                # Before the message was queued: it exists nowhere, the caller must
+                # not be told it will be resent.
+                raise NotSent(
+                    "The room's keys could not be handed out to every member in time "
+                    "(the server did not accept them): nothing was sent; send it again."
+                ) from None
             mentions = await self._mentions(text, members)
             frame = await self._encrypt(room_id, text, mentions, keyed)
         return await self.messenger.submit(

@@ -166,3 +166,21 @@ def test_the_room_chat_completes_member_names_and_commands() -> None:
     assert complete("/invite al") == []  # arguments are not commands
     members.append("alfred")  # the list is read at each completion
     assert complete("@alf") == ["@alfred "]
+
+
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("#12 spam", (12, "spam")),
+        ("7", (7, "")),
+        ("²", None),  # "²".isdigit() holds; int() refused it (a traceback ended the chat)
+        ("٣", None),
+        ("9" * 5000, None),  # int() refuses over 4,300 digits
+        ("#", None),
+        ("abc", None),
+    ],
+)
+def test_a_message_number_argument_is_ascii_digits_or_nothing(
+    arg: str, expected: tuple[int, str] | None
+) -> None:
+    assert cli_rooms._seq_arg(arg) == expected

@@ -1,0 +1,113 @@
+"""The SDK sends at the rate the gateway advertises in ``ready.limits``: a backlog
+larger than the send burst goes out whole, without collecting the ``rate_limited``
+refusals after which the gateway closes the socket (4009, docs/protocol.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from parley import Client
+from parley.client import ConnectionEvent, Message
+from parley.messenger import Messenger
+from parley_contract import frames as f
+
+from scripts.stack import PYTHONPATH, ROOT, _free_ports, command
+from tests.client.conftest import MakeClient
+from tests.support.aio import eventually
+from tests.support.stack import System, http_status, wait_until
+
+RATE, BURST = 10, 5  # the gateway closes after 4 x BURST = 20 refusals
+BACKLOG = 40
+
+
+@pytest.fixture
+def throttled_gateway(system: System) -> Iterator[str]:
+    """A third gateway of the system, with a small send limit; its WebSocket URL."""
+    argv, extra = command(system.cfg, "gateway1")
+    port = _free_ports(1)[0]
+    env = {
+        **os.environ,
+        **extra,
+        "PYTHONPATH": PYTHONPATH,
+        "PARLEY_PORT": str(port),
+        "PARLEY_GATEWAY_ID": "gateway-throttled",
+        "PARLEY_WS_SENDS_PER_S": str(RATE),
+        "PARLEY_WS_SEND_BURST": str(BURST),
+    }
+    log = open(system.cfg.data_dir / "gateway-throttled.out", "ab")
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        base = f"http://{system.cfg.host}:{port}"
+        wait_until(lambda: http_status(base + "/gateway/readyz") == 200, 60)
+        yield base.replace("http://", "ws://") + "/ws"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+async def test_a_backlog_past_the_burst_goes_out_paced_on_one_socket(
+    make_client: MakeClient, throttled_gateway: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and bob.user_id
+    sent = [await alice.send(bob.username, f"m{i}", wait=None) for i in range(BACKLOG)]
+    assert len(alice.outbox()) == BACKLOG
+    await bob.connect()  # through the load balancer, as usual
+    states: list[ConnectionEvent] = []
+    alice.add_listener(lambda e: states.append(e) if isinstance(e, ConnectionEvent) else None)
+    monkeypatch.setattr(Messenger, "ws_url", property(lambda _: throttled_gateway))
+    await alice.connect()  # resends the whole outbox, at RATE per second past BURST
+
+    got = [await bob.next_event(Message, timeout=60) for _ in range(BACKLOG)]
+    assert sorted(m.text for m in got if isinstance(m, Message)) == sorted(
+        f"m{i}" for i in range(BACKLOG)
+    )
+    await _outbox_empties(alice)
+    assert alice._conn is not None and alice._conn.connects == 1, states  # never closed 4009
+    assert not any("4009" in e.detail for e in states), states
+    assert {e["client_id"] for e in alice.history(bob.user_id)} >= set(sent)
+
+
+async def _outbox_empties(client: Client) -> None:
+    await eventually(lambda: _outbox(client), lambda n: n == 0, timeout=30)
+
+
+async def _outbox(client: Client) -> int:
+    return len(client.outbox())
+
+
+@pytest.mark.parametrize("code", ["inbox_full", "too_many_pending", "service_unavailable"])
+async def test_a_refusal_that_stored_nothing_keeps_the_message_and_sends_it_again(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
+    """Before: only ``rate_limited`` and ``service_unavailable`` kept the message;
+    ``inbox_full`` and ``too_many_pending`` (docs/protocol.md: "nothing was stored;
+    send the same id again later") took it out of the outbox as failed, for good."""
+    from parley import connection, messenger
+
+    monkeypatch.setitem(messenger._SEND_AGAIN, code, (0.2, 1.0))
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and bob.user_id
+    await alice.connect()
+    await bob.connect()
+    send = connection.Connection.send
+    refused: list[str] = []
+
+    async def refuse_first(self: connection.Connection, frame: object) -> None:
+        if isinstance(frame, f.Send) and not refused:
+            refused.append(frame.id)  # as if the server had answered it so
+            await self._handler(f.Error(id=frame.id, code=code, message="not now"))
+            return
+        await send(self, frame)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(connection.Connection, "send", refuse_first)
+    client_id = await alice.send(bob.username, "when there is room", wait="accepted")
+    assert refused == [client_id]
+    got = await bob.next_event(Message)
+    assert isinstance(got, Message) and got.text == "when there is room"
+    assert alice.outbox() == []
+    assert [e["status"] for e in alice.history(bob.user_id)] != ["failed"]
