@@ -39,6 +39,7 @@ from pymongo.errors import DuplicateKeyError
 from services.common.errors import ApiError, ErrorCode
 from services.keys import events, models, verify
 from services.keys.state import Keys
+from services.keys.store import user_key
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +257,20 @@ async def register(
             return models.AccountRegistered(version=1, created=True, changed=False)
         dropped = {d for d in old.device_ids if d not in listed.devices}
         removing = tuple(sorted(set(old.removing) | dropped))
+        # Recorded before the change: a process dying after it would otherwise lose the
+        # event for good (a retry finds the key registered and changes nothing), and
+        # contacts would never be warned. Sent only once the change is there.
+        held = await keys.events.hold(
+            events.key_changed(user_id, body.account_key),
+            {"_id": user_key(user_id), "account_key": body.account_key},
+        )
         if not await store.replace_account(
             user_id, old.generation, {**fields, "removing": list(removing)}
         ):
+            await keys.events.drop(held)
             continue
         log.info("account key reset", extra={"user_id": user_id, "removed": sorted(dropped)})
-        await keys.events.publish(events.key_changed(user_id, body.account_key))
+        await keys.events.release(held)
         await _finish_removals(keys, user_id, old.generation + 1, removing)
         await _copy(keys, user_id, old.generation + 1, listed.device_ids)
         await store.broadcast(e.DevicesChanged(user_id=user_id))

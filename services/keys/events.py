@@ -26,14 +26,19 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
+from bson import ObjectId
 from parley_contract import envelopes as e
 
 from services.common.logging import kafka_headers
 from services.common.outbox import drain_forever, entry_headers
 from services.keys.config import KeysConfig
 from services.keys.store import KeyStore
+
+Doc = dict[str, Any]
 
 
 def prekeys_low(
@@ -56,6 +61,16 @@ def device_removed(user_id: str, device_id: int) -> e.DeviceRemovedEvent:
     return e.DeviceRemovedEvent(user_id=user_id, device_id=device_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An event recorded before its change (:meth:`EventPublisher.hold`)."""
+
+    entry: ObjectId
+    key: str
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
 class EventPublisher:
     def __init__(self, store: KeyStore, config: KeysConfig) -> None:
         self.store = store
@@ -76,10 +91,38 @@ class EventPublisher:
         if await self.store.send_event(key, value, headers):
             await self.store.outbox.delete(entry)
 
+    async def hold(self, event: e.Event, check: Doc) -> Held:
+        """Record the event *before* the change it announces, leased (see
+        :meth:`publish`), with ``check``: a query on ``accounts`` that matches once the
+        change is made. If the process dies before :meth:`release`, the drain sends
+        it only if the check holds (else the change never committed, or a later one,
+        which has its own event, replaced it: the entry is dropped)."""
+        with_id = msgspec.structs.replace(event, event_id=secrets.token_hex(12))
+        value = e.encode(with_id)
+        headers = kafka_headers()
+        entry = await self.store.outbox.add(
+            event.user_id, value, headers, due=time.time() + self.config.outbox_lease_s,
+            check=check,
+        )  # fmt: skip
+        return Held(entry, event.user_id, value, headers)
+
+    async def release(self, held: Held) -> None:
+        """The change is made: send now (the outbox retries if this fails)."""
+        if await self.store.send_event(held.key, held.value, held.headers):
+            await self.store.outbox.delete(held.entry)
+
+    async def drop(self, held: Held) -> None:
+        """The change was not made after all: forget the event."""
+        await self.store.outbox.delete(held.entry)
+
     async def drain_once(self) -> int:
         """Send every due outbox entry once; returns how many were confirmed."""
         sent = 0
         while (entry := await self.store.outbox.lease(self.config.outbox_lease_s)) is not None:
+            check = entry.get("check")
+            if check and await self.store.accounts.find_one(check, {"_id": 1}) is None:
+                await self.store.outbox.delete(entry["_id"])  # the change never committed
+                continue
             headers = entry_headers(entry)
             if not await self.store.send_event(entry["key"], entry["value"].encode(), headers):
                 break  # the broker is away: try again on the next round

@@ -99,3 +99,50 @@ async def test_events_are_the_contracts_models(api: KeysApi, events: EventLog) -
         e.KeyChangedEvent,
         e.PrekeysLowEvent,
     ]
+
+
+async def test_a_reset_whose_process_dies_after_the_change_still_announces_it(
+    api: KeysApi, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: ``key_changed`` was written to the outbox only after the new key was,
+    so a process that died in between lost it for good (a retry finds the key
+    registered and changes nothing) and contacts were never warned. Now it is held
+    before the change and the drain sends it once the change is there."""
+    store = api.keys.store
+    await api.device("bob")
+
+    async def dies(*_: object) -> None:
+        raise RuntimeError("killed")
+
+    new = AccountKeys()
+    with monkeypatch.context() as m:
+        m.setattr(api.keys.events, "release", dies)
+        status, _ = await api.put_account("bob", new.registration("bob", []))
+        assert status == 500
+    status, body = await api.put_account("bob", new.registration("bob", []))
+    assert (status, body["changed"]) == (200, False)  # the retry changes nothing
+    await store.outbox.coll.update_many({}, {"$set": {"due": 0.0}})
+    assert await api.keys.events.drain_once() == 1
+    assert {"type": "key_changed", "user_id": "bob", "account_key": new.public} in (
+        await events.settle("bob")
+    )
+
+
+async def test_an_event_held_for_a_change_that_never_committed_is_dropped(
+    api: KeysApi, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = api.keys.store
+    await api.device("bob")
+
+    async def dies(*_: object, **__: object) -> bool:
+        raise RuntimeError("killed before the write")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "replace_account", dies)
+        status, _ = await api.put_account("bob", AccountKeys().registration("bob", []))
+        assert status == 500
+    assert await store.outbox.size() == 1  # held, leased
+    await store.outbox.coll.update_many({}, {"$set": {"due": 0.0}})
+    assert await api.keys.events.drain_once() == 0
+    assert await store.outbox.size() == 0
+    assert "key_changed" not in [e["type"] for e in await events.settle("bob")]
