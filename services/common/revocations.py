@@ -11,7 +11,12 @@ puts every live one back into Redis:
 - at start, before it serves (:meth:`RevocationLog.restore`, start-up work);
 - whenever Redis lost them: a marker key, set after each restore, is gone
   (:meth:`RevocationLog.keep`, checked every ``interval_s`` by every replica;
-  restoring is idempotent, so replicas that race do no harm).
+  restoring is idempotent, so replicas that race do no harm);
+- when Redis lost only some: a failover to a replica that lags (replication is
+  asynchronous) keeps the old marker but not the newest keys, and a Redis
+  restored from an older snapshot lacks every key set since it. So every
+  ``RECENT_EVERY_S`` the records of the last ``RECENT_WINDOW_S`` are set again,
+  and every ``FULL_EVERY_S`` all of them (both idempotent).
 
 Between a Redis restart and the next check (``interval_s``), revoked tokens
 are not refused; the check is one ``EXISTS``, so the interval can be short.
@@ -38,6 +43,12 @@ Doc = dict[str, Any]
 BATCH = 500
 # Expired records are deleted at least this often (besides at every restore).
 PURGE_EVERY_S = 300.0
+# The records added in the last RECENT_WINDOW_S are set again this often (what a
+# failover to a lagging replica lost), and all of them every FULL_EVERY_S (what a
+# Redis restored from an older snapshot lost).
+RECENT_EVERY_S = 30.0
+RECENT_WINDOW_S = 600.0
+FULL_EVERY_S = 3600.0
 
 
 class RevocationLog:
@@ -50,18 +61,25 @@ class RevocationLog:
         self.redis = redis
         self.marker_key = marker_key
         self._purged_at = float("-inf")
+        self._recent_at = self._full_at = time.monotonic()
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("expires_at", ASCENDING)])
+        await self.collection.create_index([("added_at", ASCENDING)])
 
     async def add(self, entries: Mapping[str, Mapping[str, Any]], ttl_s: int) -> None:
         """Set each key (with its record's fields) for ``ttl_s``: MongoDB first, then Redis."""
         if not entries:
             return
-        expires_at = time.time() + ttl_s
+        now = time.time()
+        expires_at = now + ttl_s
         await self.collection.bulk_write(
             [
-                UpdateOne({"_id": key}, {"$set": {**fields, "expires_at": expires_at}}, upsert=True)
+                UpdateOne(
+                    {"_id": key},
+                    {"$set": {**fields, "expires_at": expires_at, "added_at": now}},
+                    upsert=True,
+                )
                 for key, fields in entries.items()
             ],
             ordered=False,
@@ -82,16 +100,28 @@ class RevocationLog:
         """Put every live key back into Redis; then set the marker. Returns how many."""
         now = time.time()
         await self.purge(now)
+        restored = await self._put_all({"expires_at": {"$gt": now}}, now)
+        await self.redis.set(self.marker_key, b"1")
+        self._full_at = self._recent_at = time.monotonic()
+        return restored
+
+    async def restore_recent(self, window_s: float = RECENT_WINDOW_S) -> int:
+        """Set again the live keys added in the last ``window_s`` seconds."""
+        now = time.time()
+        self._recent_at = time.monotonic()
+        return await self._put_all(
+            {"added_at": {"$gt": now - window_s}, "expires_at": {"$gt": now}}, now
+        )
+
+    async def _put_all(self, query: Doc, now: float) -> int:
         restored = 0
         batch: list[Doc] = []
-        async for doc in self.collection.find({"expires_at": {"$gt": now}}, batch_size=BATCH):
+        async for doc in self.collection.find(query, batch_size=BATCH):
             batch.append(doc)
             if len(batch) >= BATCH:
                 restored += await self._put(batch, now)
                 batch = []
-        restored += await self._put(batch, now)
-        await self.redis.set(self.marker_key, b"1")
-        return restored
+        return restored + await self._put(batch, now)
 
     async def _put(self, docs: Iterable[Doc], now: float) -> int:
         count = 0
@@ -118,10 +148,15 @@ class RevocationLog:
         while True:
             await asyncio.sleep(interval_s)
             try:
+                since = time.monotonic()
                 if not await self.present():
                     restored = await self.restore()
                     log.warning("revocations restored", extra={"what": what, "count": restored})
-                elif time.monotonic() - self._purged_at > PURGE_EVERY_S:
+                elif since - self._full_at > FULL_EVERY_S:
+                    await self.restore()
+                elif since - self._recent_at > RECENT_EVERY_S:
+                    await self.restore_recent()
+                elif since - self._purged_at > PURGE_EVERY_S:
                     await self.purge()
             except asyncio.CancelledError:
                 raise

@@ -15,6 +15,7 @@ import pytest
 
 from services.auth.app import create_app
 from services.auth.config import AuthSettings
+from services.common import revocations
 from services.common.config import Settings
 from services.common.state import STARTUP
 from tests.auth.conftest import ROOMY
@@ -168,3 +169,22 @@ async def test_a_password_change_ends_thousands_of_sessions_at_once(
     for sid in (others[0], others[1500], others[-1]):
         assert await auth.redis.exists(f"{prefix}:revoked:sid:{sid}")
     await auth.call("GET", "/auth/v1/me", token=user["access_token"], status=200)
+
+
+async def test_keys_lost_by_a_failover_that_kept_the_marker_are_set_again(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: keys were put back only when the marker was gone. A failover to a
+    replica that lagged (asynchronous replication) keeps the old marker but loses
+    the newest keys, and a removed device or a logged-out session worked again
+    (for weeks, for a device). Now the recent records are set again every
+    ``RECENT_EVERY_S`` whatever the marker says."""
+    monkeypatch.setattr(revocations, "RECENT_EVERY_S", 0.0)
+    tokens = await revoke_some(auth)
+    log = auth.service.store.revocation_log
+    assert await log.present()
+    lost = [d["_id"] async for d in auth.service.store.revocations.find({})]
+    assert lost
+    await auth.redis.delete(*lost)  # the newest keys, not the marker
+    assert await log.present()
+    await eventually(lambda: answers(auth, tokens), lambda got: got == EXPECTED, timeout=10)
