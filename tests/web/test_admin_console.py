@@ -17,14 +17,19 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
 from parley.client import Message, MessageRemoved
+from pymongo import AsyncMongoClient
 
 from scripts.stack import ROOT
+from services.common import audit
+from services.common.audit import AuditLog
 from tests.auth.helpers import bearer
 from tests.auth.test_oidc_through_lb import admin_token, make_admin
 from tests.e2e.test_moderation_messages import user as sdk_user
@@ -295,3 +300,38 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         assert any(e["action"] == "report.view" and e["target_id"] == filed["id"] for e in entries)
     for name in ("rooms", "room", "reports", "report"):
         assert (shots / f"{name}.png").stat().st_size > 5000
+
+
+@needs_browser
+async def test_the_audit_log_pages_past_entries_of_one_millisecond(
+    system: System, tmp_path: Path
+) -> None:
+    """Before: "Older" asked for entries before the last one's *millisecond*, so the
+    rest of that millisecond (75 entries here, 25 past the first page) never showed."""
+    admin = await signup(system.lb, "adm")
+    make_admin(system, admin.username)
+    action = f"test.same_ms_{secrets.token_hex(3)}"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        f"mongodb://{system.cfg.host}:{system.cfg.mongo_port}"
+    )
+    log = AuditLog(client[f"{system.prefix}_{audit.DATABASE}"], "auth")
+    at_ms = int(time.time() * 1000) + 10**9  # on top of the log: the first pages
+    try:
+        for _ in range(75):
+            await log.record(
+                audit.Entry(audit.Actor(admin.user_id, "admin", admin.username), action),
+                now_ms=at_ms,
+            )
+        env = {
+            "LB": system.lb,
+            "WEB_DIR": str(WEB),
+            "SHOTS": str(tmp_path),
+            "ADMIN_USER": admin.username,
+            "ADMIN_PASSWORD": admin.password,
+            "ACTION": action,
+            "COUNT": "75",
+        }
+        await run_script("admin_audit.mjs", env, "admin audit: ok")
+    finally:
+        await log.coll.delete_many({"action": action})  # other tests read the top pages
+        await client.close()

@@ -219,11 +219,16 @@ export class Api {
   endSession(id: string, sid: string) {
     return this.call<void>("DELETE", `/users/${encodeURIComponent(id)}/sessions/${encodeURIComponent(sid)}`);
   }
-  audit(targetId?: string, before?: string | null) {
+  /** A page of the audit log, newest first; `cursor` is the previous page's `next_cursor`
+   * (`before`/`next_before`, by time, would skip the entries of the page's last millisecond). */
+  audit(targetId?: string, cursor?: string | null) {
     const params = new URLSearchParams({ limit: "50" });
     if (targetId) params.set("target_id", targetId);
-    if (before) params.set("before", before);
-    return this.call<{ entries: AuditEntry[]; next_before: string | null }>("GET", `/audit?${params}`);
+    if (cursor) params.set("cursor", cursor);
+    return this.call<{ entries: AuditEntry[]; next_before: string | null; next_cursor: string | null }>(
+      "GET",
+      `/audit?${params}`,
+    );
   }
   clients() {
     return this.call<{ clients: OAuthClient[] }>("GET", "/clients");
@@ -288,8 +293,9 @@ export class Api {
       `/rooms/v1/rooms/${encodeURIComponent(id)}/messages?${params}`,
     );
   }
-  postAsModerator(id: string, text: string) {
-    const clientId = `admin-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+  /** `clientId` (from newClientId) is the post's idempotency key: a resend with the same one
+   * returns the message posted first, whatever its text, so one per text posted. */
+  postAsModerator(id: string, text: string, clientId: string) {
     return this.request<RoomMessage>("POST", `${roomUrl(id)}/messages`, { client_id: clientId, text });
   }
   hideMessage(id: string, seq: number, reason: string) {
@@ -322,6 +328,11 @@ export class Api {
   removeMessage(serverId: string, reason: string) {
     return this.request<Removed>("POST", `/delivery/v1/admin/messages/${encodeURIComponent(serverId)}/remove`, { reason });
   }
+}
+
+/** A new idempotency key for a post (services/rooms/models.py MessageIn.client_id). */
+export function newClientId(): string {
+  return `admin-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
 }
 
 const ROOMS = "/rooms/v1/admin/rooms";

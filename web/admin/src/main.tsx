@@ -89,7 +89,7 @@ function App() {
   const api = new Api(() => user.access_token);
   const page = path.split("/");
   let body;
-  if (page[0] === "users" && page[1]) body = <UserPage api={api} id={page[1]} navigate={navigate} />;
+  if (page[0] === "users" && page[1]) body = <UserPage key={page[1]} api={api} id={page[1]} navigate={navigate} />;
   else if (page[0] === "audit") body = <AuditPage api={api} navigate={navigate} />;
   else if (page[0] === "clients") body = <ClientsPage api={api} />;
   else if (page[0] === "rooms" && page[1]) body = <RoomPage key={page[1]} api={api} id={page[1]} navigate={navigate} />;

@@ -1,11 +1,11 @@
 import { useEffect, useState } from "preact/hooks";
 import type { AdminSession, AdminUser, Api, AuditEntry, OAuthClient } from "./api";
 import type { Navigate } from "./main";
-import { Link, Problem, usePagedList, when } from "./ui";
+import { Link, Problem, useBusy, usePagedList, when } from "./ui";
 
 export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
-  const [q, setQ] = useState("");
-  const { items: users, next, error, load } = usePagedList(async (query: string, cursor?: string | null) => {
+  const [q, setQ] = useState(""); // the field; "More" pages with the search submitted
+  const { items: users, next, error, load, more } = usePagedList(async (query: string, cursor?: string | null) => {
     const page = await api.users(query, cursor);
     return { items: page.users, next: page.next_cursor };
   });
@@ -54,7 +54,7 @@ export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
           ))}
         </tbody>
       </table>
-      {next && <button class="secondary" onClick={() => void load(q, next)}>More</button>}
+      {next && <button class="secondary" onClick={() => void more()}>More</button>}
     </section>
   );
 }
@@ -66,6 +66,7 @@ export function UserPage({ api, id, navigate }: { api: Api; id: string; navigate
   const [reason, setReason] = useState("");
   const [edit, setEdit] = useState({ username: "", email: "", admin: false });
   const [notice, setNotice] = useState("");
+  const [busy, run] = useBusy();
 
   const refresh = async () => {
     try {
@@ -80,15 +81,21 @@ export function UserPage({ api, id, navigate }: { api: Api; id: string; navigate
   };
   useEffect(() => void refresh(), [id]);
 
-  const act = async (what: () => Promise<unknown>, done: string) => {
-    try {
-      await what();
-      setNotice(done);
-      await refresh();
-    } catch (e) {
-      setError(e);
-    }
-  };
+  // One action at a time; a notice is only ever the last action's ("Saved." of an earlier
+  // one must not stand next to the failure of this one).
+  const act = (what: () => Promise<unknown>, done: string) =>
+    run(async () => {
+      setNotice("");
+      try {
+        await what();
+        setError(null);
+        setNotice(done);
+        await refresh();
+      } catch (e) {
+        setNotice("");
+        setError(e);
+      }
+    });
 
   if (!user) return <Problem error={error} />;
   return (
@@ -133,11 +140,11 @@ export function UserPage({ api, id, navigate }: { api: Api; id: string; navigate
         <label class="check">
           <input type="checkbox" checked={edit.admin} onChange={(e) => setEdit({ ...edit, admin: e.currentTarget.checked })} /> Admin
         </label>
-        <button type="submit">Save</button>
+        <button type="submit" disabled={busy}>Save</button>
       </form>
       <h2>Block</h2>
       {user.blocked ? (
-        <button id="unblock" onClick={() => void act(() => api.unblock(id), "Unblocked.")}>Unblock</button>
+        <button id="unblock" disabled={busy} onClick={() => void act(() => api.unblock(id), "Unblocked.")}>Unblock</button>
       ) : (
         <form
           class="row"
@@ -147,7 +154,7 @@ export function UserPage({ api, id, navigate }: { api: Api; id: string; navigate
           }}
         >
           <input id="reason" placeholder="Reason (kept in the audit log)" value={reason} onInput={(e) => setReason(e.currentTarget.value)} />
-          <button id="block" type="submit" class="danger">Block</button>
+          <button id="block" type="submit" class="danger" disabled={busy}>Block</button>
         </form>
       )}
       <h2>Live sessions ({sessions.length})</h2>
@@ -169,7 +176,7 @@ export function UserPage({ api, id, navigate }: { api: Api; id: string; navigate
               <td>{s.client_id ? `${s.device ?? ""} (${s.client_id})` : s.device ?? s.user_agent ?? "–"}</td>
               <td>{s.ip ?? "–"}</td>
               <td>
-                <button class="secondary" onClick={() => void act(() => api.endSession(id, s.session_id), "Session ended.")}>
+                <button class="secondary" disabled={busy} onClick={() => void act(() => api.endSession(id, s.session_id), "Session ended.")}>
                   End
                 </button>
               </td>
@@ -185,15 +192,19 @@ export function AuditPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [entries, setEntries] = useState<AuditEntry[]>([]);
   const [next, setNext] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
-  const load = async (before?: string | null) => {
-    try {
-      const page = await api.audit(undefined, before);
-      setEntries(before ? [...entries, ...page.entries] : page.entries);
-      setNext(page.next_before);
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const [busy, run] = useBusy();
+  // By cursor: a page by time (`before`) skips the entries of the last one's millisecond.
+  const load = (cursor?: string | null) =>
+    run(async () => {
+      try {
+        const page = await api.audit(undefined, cursor);
+        setEntries((shown) => (cursor ? [...shown, ...page.entries] : page.entries));
+        setNext(page.next_cursor);
+        setError(null);
+      } catch (e) {
+        setError(e);
+      }
+    });
   useEffect(() => void load(), []);
   return (
     <section>
@@ -225,7 +236,7 @@ export function AuditPage({ api, navigate }: { api: Api; navigate: Navigate }) {
           ))}
         </tbody>
       </table>
-      {next && <button class="secondary" onClick={() => void load(next)}>Older</button>}
+      {next && <button class="secondary" disabled={busy} onClick={() => void load(next)}>Older</button>}
     </section>
   );
 }
@@ -255,6 +266,8 @@ export function ClientsPage({ api }: { api: Api }) {
   const [error, setError] = useState<unknown>(null);
   const [made, setMade] = useState<OAuthClient | null>(null);
   const [form, setForm] = useState({ name: "", type: "confidential", redirect: "", scopes: "openid profile email" });
+  // A second submit while the first runs would register a second app (whose secret is lost).
+  const [busy, run] = useBusy();
   const load = async () => {
     try {
       setList((await api.clients()).clients);
@@ -292,22 +305,24 @@ export function ClientsPage({ api }: { api: Api }) {
       <h2>Register an app</h2>
       <form
         class="grid"
-        onSubmit={async (e) => {
+        onSubmit={(e) => {
           e.preventDefault();
-          try {
-            setMade(
-              await api.createClient({
-                name: form.name,
-                type: form.type,
-                redirect_uris: [form.redirect],
-                scopes: form.scopes.split(/\s+/).filter(Boolean),
-              }),
-            );
-            setError(null);
-            await load();
-          } catch (err) {
-            setError(err);
-          }
+          void run(async () => {
+            try {
+              setMade(
+                await api.createClient({
+                  name: form.name,
+                  type: form.type,
+                  redirect_uris: [form.redirect],
+                  scopes: form.scopes.split(/\s+/).filter(Boolean),
+                }),
+              );
+              setError(null);
+              await load();
+            } catch (err) {
+              setError(err);
+            }
+          });
         }}
       >
         <label>Name <input value={form.name} onInput={(e) => setForm({ ...form, name: e.currentTarget.value })} /></label>
@@ -320,7 +335,7 @@ export function ClientsPage({ api }: { api: Api }) {
         </label>
         <label>Redirect URI (exact) <input value={form.redirect} onInput={(e) => setForm({ ...form, redirect: e.currentTarget.value })} /></label>
         <label>Scopes <input value={form.scopes} onInput={(e) => setForm({ ...form, scopes: e.currentTarget.value })} /></label>
-        <button type="submit">Register</button>
+        <button type="submit" disabled={busy}>Register</button>
       </form>
       {made?.client_secret && (
         <p class="notice">

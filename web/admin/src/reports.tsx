@@ -4,7 +4,7 @@
 import { useEffect, useState } from "preact/hooks";
 import type { Api, AuditEntry, Report, ReportState } from "./api";
 import type { Navigate } from "./main";
-import { Confirm, Link, Problem, UserName, usePagedList, when } from "./ui";
+import { Confirm, Link, Problem, UserName, useBusy, usePagedList, when } from "./ui";
 
 function StateBadge({ state, id }: { state: ReportState; id?: string }) {
   return (
@@ -28,7 +28,7 @@ function Where({ report, navigate }: { report: Report; navigate: Navigate }) {
 
 export function ReportsPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [state, setState] = useState<"" | ReportState>("open");
-  const { items: reports, next, loaded, error, load } = usePagedList(async (s: "" | ReportState, after?: string | null) => {
+  const { items: reports, next, loaded, error, load, more } = usePagedList(async (s: "" | ReportState, after?: string | null) => {
     const page = await api.reports(s, after);
     return { items: page.reports, next: page.next };
   });
@@ -97,7 +97,7 @@ export function ReportsPage({ api, navigate }: { api: Api; navigate: Navigate })
       </table>
       {loaded && reports.length === 0 && <p class="muted">No {state ? `${state} ` : ""}report.</p>}
       {next && (
-        <button class="secondary" onClick={() => void load(state, next)}>
+        <button class="secondary" onClick={() => void more()}>
           More
         </button>
       )}
@@ -112,6 +112,7 @@ export function ReportPage({ api, id, navigate }: { api: Api; id: string; naviga
   const [notice, setNotice] = useState("");
   const [note, setNote] = useState("");
   const [reason, setReason] = useState("");
+  const [busy, run] = useBusy(); // one resolution at a time (the removal's Confirm has its own)
 
   // An admin's removal of the message is in the audit log (the report does not say).
   const loadRemoval = async (serverId: string) => {
@@ -130,16 +131,17 @@ export function ReportPage({ api, id, navigate }: { api: Api; id: string; naviga
   };
   useEffect(() => void refresh(), [id]);
 
-  const resolve = async (state: "actioned" | "dismissed") => {
-    setNotice("");
-    try {
-      setReport(await api.resolve(id, state, note));
-      setError(null);
-      setNotice(state === "actioned" ? "Resolved: actioned." : "Dismissed.");
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const resolve = (state: "actioned" | "dismissed") =>
+    run(async () => {
+      setNotice("");
+      try {
+        setReport(await api.resolve(id, state, note));
+        setError(null);
+        setNotice(state === "actioned" ? "Resolved: actioned." : "Dismissed.");
+      } catch (e) {
+        setError(e);
+      }
+    });
   const remove = async (serverId: string) => {
     setNotice("");
     try {
@@ -232,10 +234,10 @@ export function ReportPage({ api, id, navigate }: { api: Api; id: string; naviga
             <textarea id="note" rows={3} maxLength={2000} value={note} onInput={(e) => setNote(e.currentTarget.value)} />
           </label>
           <div class="actions">
-            <button type="button" id="actioned" onClick={() => void resolve("actioned")}>
+            <button type="button" id="actioned" disabled={busy} onClick={() => void resolve("actioned")}>
               Resolve as actioned
             </button>
-            <button type="button" id="dismissed" class="secondary" onClick={() => void resolve("dismissed")}>
+            <button type="button" id="dismissed" class="secondary" disabled={busy} onClick={() => void resolve("dismissed")}>
               Dismiss
             </button>
           </div>

@@ -1,9 +1,10 @@
 // Rooms: every room (private ones as metadata only), one room, its members and the
 // admin actions of docs/moderation.md; a public room's timeline and its messages' moderation.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
+import { newClientId } from "./api";
 import type { AdminRoom, Api, Marker, Revision, RevisionHistory, RoomFilter, RoomMember, RoomMessage } from "./api";
 import type { Navigate } from "./main";
-import { Confirm, Link, Problem, UserName, usePagedList, when } from "./ui";
+import { Confirm, Link, Problem, UserName, useBusy, usePagedList, when } from "./ui";
 
 const MARKERS: Record<Marker, string> = {
   edited: "edited",
@@ -30,8 +31,9 @@ function RoomBadges({ room }: { room: AdminRoom }) {
 }
 
 export function RoomsPage({ api, navigate }: { api: Api; navigate: Navigate }) {
+  // The form as it is; "More" pages with the filter last submitted (usePagedList).
   const [filter, setFilter] = useState<RoomFilter>({ q: "", kind: "", state: "" });
-  const { items: rooms, next, loaded, error, load } = usePagedList(async (f: RoomFilter, cursor?: string | null) => {
+  const { items: rooms, next, loaded, error, load, more } = usePagedList(async (f: RoomFilter, cursor?: string | null) => {
     const page = await api.rooms(f, cursor);
     return { items: page.rooms, next: page.next_cursor };
   });
@@ -114,7 +116,7 @@ export function RoomsPage({ api, navigate }: { api: Api; navigate: Navigate }) {
       </table>
       {loaded && rooms.length === 0 && <p class="muted">No room matches.</p>}
       {next && (
-        <button class="secondary" onClick={() => void load(filter, next)}>
+        <button class="secondary" onClick={() => void more()}>
           More
         </button>
       )}
@@ -129,6 +131,8 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
   const [error, setError] = useState<unknown>(null);
   const [notice, setNotice] = useState("");
   const [reason, setReason] = useState(""); // for the room actions (the audit log)
+  const [busy, run] = useBusy(); // one room action at a time
+  const [fetching, fetchRun] = useBusy(); // one page of members at a time
 
   const refresh = async () => {
     try {
@@ -143,27 +147,29 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
   };
   useEffect(() => void refresh(), [id]);
 
-  const moreMembers = async () => {
-    try {
-      const page = await api.members(id, nextMembers);
-      setMembers((shown) => [...shown, ...page.members]);
-      setNextMembers(page.next_after);
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const moreMembers = () =>
+    fetchRun(async () => {
+      try {
+        const page = await api.members(id, nextMembers);
+        setMembers((shown) => [...shown, ...page.members]);
+        setNextMembers(page.next_after);
+      } catch (e) {
+        setError(e);
+      }
+    });
 
-  const act = async (what: () => Promise<unknown>, done: string) => {
-    setNotice("");
-    try {
-      await what();
-      setError(null);
-      setNotice(done);
-      await refresh();
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const act = (what: () => Promise<unknown>, done: string) =>
+    run(async () => {
+      setNotice("");
+      try {
+        await what();
+        setError(null);
+        setNotice(done);
+        await refresh();
+      } catch (e) {
+        setError(e);
+      }
+    });
 
   if (!room)
     return (
@@ -248,17 +254,18 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
           </label>
           <div class="actions">
             {room.state === "open" ? (
-              <button id="close" onClick={() => void act(() => api.closeRoom(id, reason), "Closed: no new messages or members.")}>
+              <button id="close" disabled={busy} onClick={() => void act(() => api.closeRoom(id, reason), "Closed: no new messages or members.")}>
                 Close
               </button>
             ) : (
-              <button id="reopen" onClick={() => void act(() => api.reopenRoom(id, reason), "Reopened.")}>
+              <button id="reopen" disabled={busy} onClick={() => void act(() => api.reopenRoom(id, reason), "Reopened.")}>
                 Reopen
               </button>
             )}
             <Confirm
               id="kind"
               danger={false}
+              disabled={busy}
               label={`Make ${other}`}
               yes={`Yes, make it ${other}`}
               question={
@@ -271,6 +278,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
             <Confirm
               id="delete"
               label="Delete room"
+              disabled={busy}
               yes="Yes, delete it"
               question={`Delete “${room.name}” for everyone? The console cannot undo it.`}
               onConfirm={() => act(() => api.deleteRoom(id, reason), "Deleted.")}
@@ -303,6 +311,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
                     <Confirm
                       id={`owner-${m.user_id}`}
                       danger={false}
+                      disabled={busy}
                       label="Make owner"
                       yes="Yes, make owner"
                       question={
@@ -317,6 +326,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
                     <Confirm
                       id={`remove-${m.user_id}`}
                       label="Remove"
+                      disabled={busy}
                       yes="Yes, remove"
                       question={
                         m.role === "owner"
@@ -335,7 +345,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
         </tbody>
       </table>
       {nextMembers !== null && (
-        <button class="secondary" onClick={() => void moreMembers()}>
+        <button class="secondary" disabled={fetching} onClick={() => void moreMembers()}>
           More members
         </button>
       )}
@@ -352,25 +362,42 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
 function PostAsModerator({ api, room, onPosted }: { api: Api; room: AdminRoom; onPosted: () => Promise<void> }) {
   const [text, setText] = useState("");
   const [error, setError] = useState<unknown>(null);
+  const [busy, run] = useBusy();
+  // The draft's idempotency key: a retry of the same text (its answer lost) is the same
+  // post, and the server returns the one it has; another text is another post.
+  const draft = useRef<{ text: string; clientId: string } | null>(null);
   return (
     <>
       <h2>Post as the room's moderator</h2>
       <form
         class="row"
-        onSubmit={async (e) => {
+        onSubmit={(e) => {
           e.preventDefault();
-          try {
-            await api.postAsModerator(room.room_id, text);
-            setText("");
-            setError(null);
-            await onPosted();
-          } catch (err) {
-            setError(err);
-          }
+          void run(async () => {
+            if (draft.current?.text !== text) draft.current = { text, clientId: newClientId() };
+            const { clientId } = draft.current;
+            try {
+              await api.postAsModerator(room.room_id, text, clientId);
+              draft.current = null;
+              setText("");
+              setError(null);
+              await onPosted();
+            } catch (err) {
+              setError(err);
+            }
+          });
         }}
       >
-        <input id="post-text" placeholder="Shown to members from “moderator” (closed rooms too)" value={text} onInput={(e) => setText(e.currentTarget.value)} />
-        <button type="submit">Post</button>
+        <input
+          id="post-text"
+          placeholder="Shown to members from “moderator” (closed rooms too)"
+          value={text}
+          disabled={busy}
+          onInput={(e) => setText(e.currentTarget.value)}
+        />
+        <button type="submit" disabled={busy}>
+          Post
+        </button>
       </form>
       <Problem error={error} />
     </>
@@ -383,6 +410,7 @@ function Timeline({ api, room, navigate }: { api: Api; room: AdminRoom; navigate
   const [next, setNext] = useState<number | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [open, setOpen] = useState<number | null>(null);
+  const [fetching, fetchRun] = useBusy(); // one older page at a time
 
   const load = async (before?: number | null) => {
     try {
@@ -438,7 +466,7 @@ function Timeline({ api, room, navigate }: { api: Api; room: AdminRoom; navigate
         </tbody>
       </table>
       {next && (
-        <button class="secondary" onClick={() => void load(next)}>
+        <button class="secondary" disabled={fetching} onClick={() => void fetchRun(() => load(next))}>
           Older
         </button>
       )}
@@ -469,6 +497,7 @@ function MessageTools({
   const [reason, setReason] = useState("");
   const [text, setText] = useState(message.text);
   const [notice, setNotice] = useState("");
+  const [busy, run] = useBusy();
   // A restore brings back a text the panel never had when it opened on the removed message.
   useEffect(() => setText(message.text), [message.seq, message.rev]);
   const loadHistory = async () => {
@@ -479,17 +508,18 @@ function MessageTools({
     }
   };
   useEffect(() => void loadHistory(), [message.seq, message.rev]);
-  const change = async (what: () => Promise<RoomMessage>, done: string) => {
-    setNotice("");
-    try {
-      onChanged(await what());
-      setError(null);
-      setReason(""); // each reason goes with one change (a hide's is not the restore's)
-      setNotice(done);
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const change = (what: () => Promise<RoomMessage>, done: string) =>
+    run(async () => {
+      setNotice("");
+      try {
+        onChanged(await what());
+        setError(null);
+        setReason(""); // each reason goes with one change (a hide's is not the restore's)
+        setNotice(done);
+      } catch (e) {
+        setError(e);
+      }
+    });
 
   const reasonField = (
     <label>
@@ -512,6 +542,7 @@ function MessageTools({
           <Confirm
             id="restore"
             danger={false}
+            disabled={busy}
             label="Restore message"
             yes="Yes, restore it"
             question="Members see it again as it was before its removal; the removal stays in the history."
@@ -528,6 +559,7 @@ function MessageTools({
           <Confirm
             id="hide"
             label="Hide message"
+            disabled={busy}
             yes="Yes, hide it"
             question="Members see “removed by a moderator”; the original stays in the history."
             onConfirm={() => change(() => api.hideMessage(room.room_id, message.seq, reason), "Hidden.")}
@@ -539,6 +571,7 @@ function MessageTools({
           <button
             id="edit"
             class="secondary"
+            disabled={busy}
             onClick={() => void change(() => api.editMessage(room.room_id, message.seq, text, reason), "Edited.")}
           >
             Save the edit

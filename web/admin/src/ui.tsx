@@ -63,7 +63,7 @@ export function Confirm({
   disabled?: boolean;
 }) {
   const [asking, setAsking] = useState(false);
-  const [busy, setBusy] = useState(false);
+  const [busy, run] = useBusy();
   if (!asking)
     return (
       <button type="button" id={id} class={danger ? "danger" : ""} disabled={disabled} onClick={() => setAsking(true)}>
@@ -78,15 +78,15 @@ export function Confirm({
         id={`${id}-yes`}
         class={danger ? "danger" : ""}
         disabled={busy}
-        onClick={async () => {
-          setBusy(true);
-          try {
-            await onConfirm();
-          } finally {
-            setBusy(false);
-            setAsking(false);
-          }
-        }}
+        onClick={() =>
+          void run(async () => {
+            try {
+              await onConfirm();
+            } finally {
+              setAsking(false);
+            }
+          })
+        }
       >
         {yes}
       </button>
@@ -95,6 +95,28 @@ export function Confirm({
       </button>
     </span>
   );
+}
+
+/**
+ * An action that must not run twice at once (a double click, a second submit): `run(what)`
+ * does nothing while an earlier one runs, and `busy` is for disabling its buttons. The
+ * ref answers at once; the state only after the next render, too late for a double click.
+ */
+export function useBusy(): [boolean, (what: () => Promise<unknown>) => Promise<void>] {
+  const [busy, setBusy] = useState(false);
+  const running = useRef(false);
+  const run = async (what: () => Promise<unknown>) => {
+    if (running.current) return;
+    running.current = true;
+    setBusy(true);
+    try {
+      await what();
+    } finally {
+      running.current = false;
+      setBusy(false);
+    }
+  };
+  return [busy, run];
 }
 
 // User ids → usernames, looked up once per page load (GET /auth/v1/users/{id}).
@@ -148,9 +170,11 @@ export interface Paged<T> {
 }
 
 /**
- * A paged list (Users, Rooms, Reports): ``load(query)`` fills it, ``load(query, next)``
- * adds the next page. Only the latest request may fill it: the first (unfiltered) page
- * can arrive after a search the admin typed meanwhile, and must not overwrite it.
+ * A paged list (Users, Rooms, Reports): ``load(query)`` fills it, ``more()`` adds the
+ * next page. Only the latest request may fill it: the first (unfiltered) page can arrive
+ * after a search the admin typed meanwhile, and must not overwrite it. A cursor belongs
+ * to the query of the items shown, so ``more()`` pages with that query (not with a search
+ * typed and not submitted), and does nothing while a request is under way.
  */
 export function usePagedList<Q, T>(fetch: (query: Q, cursor?: string | null) => Promise<Paged<T>>) {
   const [items, setItems] = useState<T[]>([]);
@@ -158,18 +182,27 @@ export function usePagedList<Q, T>(fetch: (query: Q, cursor?: string | null) => 
   const [loaded, setLoaded] = useState(false);
   const [error, setError] = useState<unknown>(null);
   const latest = useRef(0);
+  const settled = useRef(0); // the latest request that answered: none under way when equal
+  const shown = useRef<{ query: Q } | null>(null); // the query of the items shown
   const load = async (query: Q, cursor?: string | null) => {
     const ticket = ++latest.current;
     try {
       const page = await fetch(query, cursor);
       if (ticket !== latest.current) return;
-      setItems((shown) => (cursor ? [...shown, ...page.items] : page.items));
+      shown.current = { query };
+      setItems((had) => (cursor ? [...had, ...page.items] : page.items));
       setNext(page.next);
       setError(null);
       setLoaded(true);
     } catch (e) {
       if (ticket === latest.current) setError(e);
+    } finally {
+      if (ticket === latest.current) settled.current = ticket;
     }
   };
-  return { items, next, loaded, error, load };
+  const more = async () => {
+    if (!next || !shown.current || settled.current !== latest.current) return;
+    await load(shown.current.query, next);
+  };
+  return { items, next, loaded, error, load, more };
 }
