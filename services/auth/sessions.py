@@ -239,8 +239,15 @@ async def revoke(svc: AuthService, user_id: str, sid: str, reason: str) -> bool:
 async def revoke_all(
     svc: AuthService, user_id: str, reason: str, keep: str | None = None
 ) -> list[str]:
-    sids = await svc.store.revoke_user_sessions(user_id, svc.now(), reason, keep=keep)
-    await svc.store.publish_sessions_revoked(user_id, sids, svc.revocation_ttl_s)
+    now = svc.now()
+    sids = await svc.store.revoke_user_sessions(user_id, now, reason, keep=keep)
+    # With those revoked earlier whose tokens may still work: if the publish of a first
+    # try failed after its update, a retry found nothing live and told no service.
+    since = now - timedelta(seconds=svc.revocation_ttl_s)
+    recent = await svc.store.revoked_since(user_id, since, keep)
+    await svc.store.publish_sessions_revoked(
+        user_id, sorted(set(sids) | set(recent)), svc.revocation_ttl_s
+    )
     return sids
 
 
@@ -249,10 +256,13 @@ async def logout(svc: AuthService, claims: Claims) -> None:
 
 
 async def revoke_own(svc: AuthService, claims: Claims, sid: str) -> None:
-    """A user ends one of their sessions; someone else's sid is simply not found."""
-    if not await svc.store.revoke_session(sid, svc.now(), "revoked_by_user", user_id=claims.sub):
+    """A user ends one of their sessions; someone else's sid is simply not found. Ending
+    one already ended succeeds and tells every service again (a retry after a failed
+    publish: else its tokens kept working until they expired)."""
+    session = await svc.store.session(sid) if len(sid) <= 64 else None
+    if session is None or session.get("user_id") != claims.sub:
         raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such session.")
-    await svc.store.publish_session_revoked(claims.sub, sid, svc.revocation_ttl_s)
+    await revoke(svc, claims.sub, sid, "revoked_by_user")
 
 
 async def list_own(svc: AuthService, claims: Claims) -> SessionList:

@@ -246,6 +246,14 @@ class AuthStore:
             )
         return sids
 
+    async def revoked_since(self, user_id: str, since: datetime, keep: str | None) -> list[str]:
+        """The user's sessions revoked after ``since`` (but ``keep``): whose tokens may
+        still be unexpired, so that a retried revocation tells every service again."""
+        flt: Doc = {"user_id": user_id, "revoked_at": {"$gt": since}}
+        if keep is not None:
+            flt["_id"] = {"$ne": keep}
+        return [str(d["_id"]) async for d in self.sessions.find(flt, {"_id": 1})]
+
     async def insert_refresh_token(self, doc: Doc) -> None:
         await self.refresh_tokens.insert_one(doc)
 

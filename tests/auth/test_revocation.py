@@ -188,3 +188,39 @@ async def test_keys_lost_by_a_failover_that_kept_the_marker_are_set_again(
     await auth.redis.delete(*lost)  # the newest keys, not the marker
     assert await log.present()
     await eventually(lambda: answers(auth, tokens), lambda got: got == EXPECTED, timeout=10)
+
+
+@pytest.mark.parametrize("which", ["one", "all_others"])
+async def test_a_revocation_retried_after_a_failed_publish_is_told_to_every_service(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    """Before: the session was marked revoked, then the publish to Redis failed (a
+    500); the retry found nothing live (404 for one session, no sid for all) and
+    never published, so the ended session's access token worked until it expired."""
+    user = await auth.signup()
+    other = await auth.login(user["user"]["username"])
+    store = auth.service.store
+    publish_one, publish_many = store.publish_session_revoked, store.publish_sessions_revoked
+
+    async def redis_away(*_: object) -> None:
+        raise ConnectionError("redis away")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "publish_session_revoked", redis_away)
+        m.setattr(store, "publish_sessions_revoked", redis_away)
+        if which == "one":
+            path = f"/auth/v1/sessions/{other['session_id']}"
+        else:
+            path = "/auth/v1/sessions"
+        status, _ = await auth.call("DELETE", path, token=user["access_token"])
+        assert status == 503  # Redis away: try again
+    assert (store.publish_session_revoked, store.publish_sessions_revoked) == (
+        publish_one,
+        publish_many,
+    )
+    status, _ = await auth.call("GET", "/auth/v1/me", token=other["access_token"])
+    assert status == 200  # what the failed first try left
+    status, _ = await auth.call("DELETE", path, token=user["access_token"])
+    assert status in (200, 204)
+    status, body = await auth.call("GET", "/auth/v1/me", token=other["access_token"])
+    assert (status, body["error"]["code"]) == (401, "token_revoked")
