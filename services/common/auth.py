@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -121,6 +122,7 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._verified: dict[str, Claims] = {}
+        self._background: asyncio.Task[None] | None = None
 
     def load_jwks(self, jwks: Mapping[str, Any]) -> None:
         keys: dict[str, Any] = {}
@@ -207,7 +209,13 @@ class TokenVerifier:
         if header.get("alg") not in ALGORITHMS or not isinstance(kid, str):
             raise ApiError(ErrorCode.INVALID_TOKEN)
         if time.monotonic() - self._fetched_at >= self.cache_s:  # no lock on the fast path
-            await self._refresh(force=False)
+            if kid in self._keys:
+                # Stale but known: verified with it now, refreshed behind. Awaited, a
+                # slow or unreachable auth service held every request of the pod for
+                # up to the fetch timeout, round after round.
+                self._refresh_behind()
+            else:
+                await self._refresh(force=False)
         if kid not in self._keys:
             await self._refresh(force=True)
         key = self._keys.get(kid)
@@ -242,7 +250,19 @@ class TokenVerifier:
             did=_device_claim(payload.get("did")),
         )
 
+    def _refresh_behind(self) -> None:
+        if self._background is None or self._background.done():
+            self._background = asyncio.ensure_future(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(ApiError):  # logged; the known keys stay
+            await self._refresh(force=False)
+
     async def close(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
         if self._session is not None:
             await self._session.close()
 

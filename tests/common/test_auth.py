@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -266,3 +267,40 @@ async def test_verified_tokens_are_cached_only_until_they_expire(issuer: Any) ->
         assert await verifier.verify(token, remember=False) is verifier._verified[token]
     finally:
         await verifier.close()
+
+
+async def test_a_stale_jwks_is_refreshed_behind_while_known_keys_verify(
+    settings: Settings,
+) -> None:
+    """Before: once the JWKS cache was stale, every request waited for the fetch (up to
+    its 5 s timeout against a hung auth service), round after round. Now a known kid
+    verifies at once and the fetch runs behind."""
+    key = Ed25519PrivateKey.generate()
+    jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwks: dict[str, Any] = {"keys": [{**jwk, "kid": "k1", "alg": "EdDSA"}]}
+    hung = asyncio.Event()
+    fetches = 0
+
+    async def loader() -> dict[str, Any]:
+        nonlocal fetches
+        fetches += 1
+        if fetches > 1:
+            await hung.wait()  # the auth service stopped answering
+        return jwks
+
+    verifier = TokenVerifier(settings.model_copy(update={"jwks_cache_s": 1}), jwks_loader=loader)
+    now = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": "u", "sid": "s",
+        "jti": "j", "roles": [], "iat": now, "exp": now + 60,
+    }  # fmt: skip
+    await verifier.verify(jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "k1"}))
+    verifier._fetched_at -= 10  # stale now, and the last attempt long ago
+    verifier._attempted_at -= 10
+    again = jwt.encode({**claims, "jti": "j2"}, key, algorithm="EdDSA", headers={"kid": "k1"})
+    got = await asyncio.wait_for(verifier.verify(again), 1.0)
+    assert got.sub == "u"
+    await asyncio.sleep(0)
+    assert fetches == 2  # the refresh started, and hangs behind
+    hung.set()
+    await verifier.close()
