@@ -170,6 +170,13 @@ async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse
         raise
 
 
+async def give_back(svc: AuthService, token: str, session: dict[str, Any]) -> None:
+    """Undo :func:`rotate`'s use of ``token`` (``session``: what it returned): the
+    request failed for a reason that is not the token's, and its retry must work."""
+    if session.get("token_used_at") is not None:
+        await _release(svc, digest(token), session["token_used_at"])
+
+
 async def _release(svc: AuthService, token_hash: str, used_at: datetime) -> None:
     with contextlib.suppress(Exception):  # else the retry is taken for a reuse, as before
         await svc.store.release_refresh_token(token_hash, used_at)

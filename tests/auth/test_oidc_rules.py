@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from authlib.integrations.base_client.errors import OAuthError
 from joserfc.errors import JoseError
 
-from services.auth import accounts
+from services.auth import accounts, sessions
 from services.auth.app import create_app
 from services.auth.config import AuthSettings
 from services.auth.models import BlockRequest, ClientCreate
@@ -354,6 +354,34 @@ async def test_refresh_token_reuse_ends_the_session(op: OP) -> None:
     assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
     again = await token_call(rp, {**body, "refresh_token": fresh.json()["refresh_token"]})
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+async def test_a_refresh_asking_for_more_scope_is_refused_and_keeps_the_token(
+    op: OP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the token was used up, then Authlib refused the scope (invalid_scope):
+    the client's next refresh was a reuse, which ended the session. And a failure of
+    ours after the token was used did the same."""
+    rp = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    body = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+            "client_id": rp.client_id}  # fmt: skip
+    wider = await token_call(rp, {**body, "scope": "openid profile email"})
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+    # A failure of ours once the token is used (storing the new refresh token).
+    new_refresh_token = sessions.new_refresh_token
+
+    async def store_down(*_: object) -> str:
+        raise ConnectionError("MongoDB away")
+
+    monkeypatch.setattr(sessions, "new_refresh_token", store_down)
+    failed = await token_call(rp, body)
+    assert failed.status_code >= 500
+    monkeypatch.setattr(sessions, "new_refresh_token", new_refresh_token)
+    fresh = await token_call(rp, body)  # the same token: not used up by either
+    assert fresh.status_code == 200, fresh.text
+    assert set(fresh.json()["scope"].split()) == {"openid", "profile"}
 
 
 async def test_oidc_refresh_token_is_not_a_parley_refresh_token(op: OP) -> None:

@@ -36,6 +36,7 @@ from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import (
     InvalidGrantError,
     InvalidRequestError,
+    InvalidScopeError,
     OAuth2Payload,
     OAuth2Request,
     scope_to_list,
@@ -154,6 +155,10 @@ class Grant:
     scope: str
     user: dict[str, Any] | None = None
     amr: list[str] = field(default_factory=list)
+    token: str | None = None
+    """The refresh token presented, and when this request used it (given back if the
+    request fails on its side: else the client's retry is taken for a reuse)."""
+    used_at: Any = None
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -295,13 +300,22 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
             if exc.code == ErrorCode.RATE_LIMITED:
                 raise
             raise _oauth_error(exc) from None
+        granted = str(session.get("scope") or "")
+        asked = request.payload.scope
+        if asked and not set(scope_to_list(granted) or []).issuperset(scope_to_list(asked)):
+            # Authlib refuses it after this hook (invalid_scope), with the token used
+            # up: the client would be signed out for asking too much.
+            self.server.run(sessions.give_back(self.server.svc, refresh_token, session))
+            raise InvalidScopeError()
         return Grant(
             user_id=user["_id"],
             sid=session["_id"],
             client_id=client.client_id,
-            scope=str(session.get("scope") or ""),
+            scope=granted,
             user=user,
             amr=list(session.get("amr") or []),
+            token=refresh_token,
+            used_at=session.get("token_used_at"),
         )
 
     def authenticate_user(self, refresh_token: Grant) -> dict[str, Any] | None:
@@ -316,11 +330,23 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         grant: Grant = self.request.refresh_token
-        return self.server.run(
-            self.server.tokens_for(
-                self.request.client, user, str(scope), grant.sid, grant.amr, refresh=True
+        try:
+            return self.server.run(
+                self.server.tokens_for(
+                    self.request.client, user, str(scope), grant.sid, grant.amr, refresh=True
+                )
             )
-        )
+        except ApiError:
+            raise
+        except Exception:
+            # Failed on our side after the token was used up: the retry must not be a reuse.
+            if grant.token is not None:
+                self.server.run(
+                    sessions.give_back(
+                        self.server.svc, grant.token, {"token_used_at": grant.used_at}
+                    )
+                )
+            raise
 
     def save_token(self, token: dict[str, Any]) -> None:
         """Saved by ``tokens_for``."""
