@@ -142,7 +142,7 @@ async def raise_if_taken(
 
 
 async def signup(svc: AuthService, body: SignupRequest, caller: Caller) -> TokenResponse:
-    await svc.limiter.hit("signup_ip", caller.ip)
+    await svc.limiter.hit("signup_ip", caller.ip_key)
     user = await create_user(svc, body.username, body.email, body.password, ["user"])
     await lockout.signed_in(svc, user["_id"], caller.ip)
     return await sessions.start(svc, user, ["pwd"], caller, device_id=body.device_id)
@@ -155,7 +155,7 @@ async def check_login(
 
     Shared by ``/v1/login`` and the OpenID provider's sign-in page.
     """
-    await svc.limiter.hit("login_ip", caller.ip)
+    await svc.limiter.hit("login_ip", caller.ip_key)
     ident = username.strip().lower()
     user = await svc.store.user_by_username(ident) if USERNAME_RE.fullmatch(ident) else None
     # Counted before argon2 runs, per (account, address) and account-wide.
@@ -202,7 +202,7 @@ async def change_password(
 
 
 async def request_reset(svc: AuthService, body: PasswordResetRequest, caller: Caller) -> Accepted:
-    await svc.limiter.hit("reset_ip", caller.ip)
+    await svc.limiter.hit("reset_ip", caller.ip_key)
     _, email_lc = canonical_email(body.email)
     await svc.limiter.hit("reset_account", email_lc)
     svc.spawn(_send_reset(svc, email_lc), "password_reset_mail")
@@ -231,7 +231,7 @@ async def _send_reset(svc: AuthService, email_lc: str) -> None:
 
 
 async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Caller) -> None:
-    await svc.limiter.hit("reset_ip", caller.ip)
+    await svc.limiter.hit("reset_ip", caller.ip_key)
     now = svc.now()
     bad = ApiError(ErrorCode.INVALID_TOKEN, "The reset token is not valid or has expired.")
     token_hash = digest(body.token)

@@ -24,30 +24,17 @@ does not buy more guesses).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from services.common.errors import ApiError, ErrorCode
+from services.common.http import address_key
 
 if TYPE_CHECKING:
     from services.auth.state import AuthService
 
 PAIR_RULE = "login_failures"
 ACCOUNT_RULE = "login_account_failures"
-
-
-def address_key(ip: str) -> str:
-    """The client address as the lockout counts it: IPv4 as is, IPv6 by its /64."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return str(addr)
 
 
 async def verify_password(

@@ -192,7 +192,7 @@ async def rotate(
     works only for that client (``client_id``), and a Parley token only
     without one.
     """
-    await svc.limiter.hit("refresh_ip", caller.ip)
+    await svc.limiter.hit("refresh_ip", caller.ip_key)
     now = svc.now()
     token_hash = digest(token)
     doc = await svc.store.consume_refresh_token(token_hash, now)

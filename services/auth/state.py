@@ -30,7 +30,7 @@ from services.common.audit import AuditLog
 from services.common.auth import Claims
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
-from services.common.http import client_ip
+from services.common.http import address_key, client_ip
 from services.common.logging import request_id_var
 from services.common.ratelimit import RateLimiter
 
@@ -47,6 +47,11 @@ class Caller:
     ip: str
     user_agent: str | None = None
     request_id: str | None = None
+
+    @property
+    def ip_key(self) -> str:
+        """The address as per-address limits count it (an IPv6 address by its /64)."""
+        return address_key(self.ip)
 
     @classmethod
     def of(cls, request: web.Request, trust_forwarded_for: bool) -> Caller:

@@ -319,7 +319,7 @@ async def begin_login(
 
 
 async def send_login_code(svc: AuthService, challenge_id: str, caller: Caller) -> Accepted:
-    await svc.limiter.hit("code_ip", caller.ip)
+    await svc.limiter.hit("code_ip", caller.ip_key)
     challenge = await svc.store.eph_get(CHALLENGE, digest(challenge_id))
     if challenge is None:
         raise _expired()
@@ -364,7 +364,7 @@ async def check_challenge(
 
     Single use. Shared by ``/v1/login/2fa`` and the OpenID provider's sign-in page.
     """
-    await svc.limiter.hit("code_ip", caller.ip)
+    await svc.limiter.hit("code_ip", caller.ip_key)
     key = digest(body.challenge_id)
     challenge = await svc.store.eph_get(CHALLENGE, key)
     if challenge is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, TypeVar
 
 import orjson
@@ -65,6 +66,20 @@ def parse_int(raw: str, name: str, lo: int, hi: int) -> int:
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     return default if raw is None else parse_int(raw, name, lo, hi)
+
+
+def address_key(ip: str) -> str:
+    """The client address as per-address limits count it: IPv4 as is, IPv6 by its /64
+    (one subscriber's prefix: by the full address, one host had 2^64 buckets)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:

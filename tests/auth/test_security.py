@@ -190,6 +190,24 @@ async def test_signup_is_limited_per_ip(auth: AuthApi) -> None:
     assert await auth.db["users"].find_one({"username": name}) is None
 
 
+async def test_ipv6_addresses_of_one_prefix_share_a_limit(auth: AuthApi) -> None:
+    """Before: each IPv6 address had its own bucket, so one host with a /64 (2^64
+    addresses) signed up, logged in and reset without limit. Now the /64 counts."""
+
+    async def signup_from(addr: str) -> int:
+        name = unique_name()
+        resp = await auth.client.post(
+            "/auth/v1/signup",
+            json={"username": name, "email": f"{name}@example.test", "password": PASSWORD},
+            headers=ip(addr),
+        )
+        return resp.status
+
+    statuses = [await signup_from(f"2001:db8:7:1::{i:x}") for i in range(1, 6)]
+    assert statuses == [201, 201, 201, 201, 429]
+    assert await signup_from("2001:db8:7:2::1") == 201  # another subscriber's /64
+
+
 async def test_password_reset_reveals_nothing_and_is_limited(auth: AuthApi) -> None:
     user = await auth.signup()
     ghost = f"{unique_name()}@example.test"
