@@ -724,6 +724,8 @@ class Messenger:
     async def _send_paced(self, frame: f.Send | f.RoomSend) -> None:
         """Send at the server's advertised rate (:class:`_Pacer`); a dropped socket is
         nothing to report: the frame stays queued and the next connection resends it."""
+        if not self.connected:
+            return  # queued: the next connection's resend sends it (and takes the token)
         await self._pacer.take()
         if self.conn is not None:
             with contextlib.suppress(ConnectionClosed):
