@@ -4,73 +4,16 @@
 // covers and counts as `lost` an item deleted before it was ever sent to the client.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
-import { setApiOrigin } from '../src/app/api.ts';
-import { ParleyClient } from '../src/app/client.ts';
 import { FakeServer, FakeSocket, Peer } from './support/fakeServer.ts';
+import { type ParleyClient } from '../src/app/client.ts';
+import { backlog, cleanUp, connected, people, signUp, sleep, texts, until, waiting } from './support/clients.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
   return { ...(await importOriginal<typeof import('../src/app/vault.ts')>()), Vault: MemoryVault };
 });
 
-const clients: ParleyClient[] = [];
-let accounts = 0;
-
-afterEach(() => {
-  for (const c of clients.splice(0)) c.close();
-  FakeSocket.server = null;
-  setApiOrigin('');
-  vi.unstubAllGlobals();
-});
-
-/** A signed-up client of `server` (not connected yet). */
-async function signUp(server: FakeServer): Promise<ParleyClient> {
-  FakeSocket.server = server;
-  vi.stubGlobal('WebSocket', FakeSocket);
-  vi.stubGlobal('fetch', server.fetch);
-  vi.stubGlobal('location', { protocol: 'http:', host: 'parley.test' });
-  vi.stubGlobal('navigator', { locks: { request: (_n: string, _o: unknown, fn: (lock: unknown) => unknown) => Promise.resolve(fn({})) } });
-  setApiOrigin('http://parley.test');
-  const client = await ParleyClient.signup(`bob${++accounts}`, 'bob@example.com', 'a password', 'a passphrase');
-  clients.push(client);
-  return client;
-}
-
-async function until(what: string, done: () => boolean, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!done()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** The texts of a conversation's received messages. */
-function texts(client: ParleyClient, peer: Peer): string[] {
-  return client.history(peer.user.user_id).filter((e) => e.kind === 'message').map((e) => e.text);
-}
-
-/** Connected, its first sync done and every ack sent. */
-async function connected(client: ParleyClient, server: FakeServer): Promise<void> {
-  client.connect();
-  await until('the client to connect', () => client.connectionState === 'connected');
-  await until('the acks', () => server.inbox.items.size === 0);
-}
-
-const waiting = (n: number) => Array.from({ length: n }, (_, i) => `waiting ${i}`);
-
-/** Bob (signed up, not connected), and two contacts who write to him. */
-async function people(): Promise<{ server: FakeServer; bob: ParleyClient; alice: Peer; carol: Peer }> {
-  const server = new FakeServer();
-  const bob = await signUp(server);
-  return { server, bob, alice: await Peer.create(server, 'alice'), carol: await Peer.create(server, 'carol') };
-}
-
-/** 500 of alice's messages wait in bob's inbox. */
-async function backlog(server: FakeServer, alice: Peer): Promise<void> {
-  for (const text of waiting(500)) server.inbox.add(await alice.message(server, text));
-}
+afterEach(cleanUp);
 
 describe('closing the client', () => {
   it('ends a sync waiting for its page, so pushes are acknowledged again after connect()', async () => {

@@ -126,6 +126,7 @@ import { revokeOutcome } from './sessions.ts';
 import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
 import { Transactions, type Tx } from './transactions.ts';
+import { Pacer, SEND_AGAIN, THROTTLED_CLOSES, sendAgainIn } from './pacing.ts';
 
 export const PREKEY_BATCH = 100;
 const PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000; // signed and last-resort prekeys, weekly
@@ -152,6 +153,14 @@ function checkText(text: string): void {
   if (!text.trim()) throw new ParleyError('The message is empty: there is nothing to send.');
   // Plaintexts that start with NUL are control payloads (rooms.ts CONTROL_PREFIX).
   if (text.startsWith('\x00')) throw new ParleyError('A message cannot start with a NUL character.');
+}
+
+/** The message is in the outbox, encrypted, but the server has not accepted it yet (no
+ * answer in time): it goes by itself, with the same id, when the server takes it (at
+ * the latest at the next connection). Not a refusal: sending its text again would
+ * send it twice. */
+export class StillQueued extends ParleyError {
+  override name = 'StillQueued';
 }
 
 export class NeedsLink extends ParleyError {
@@ -395,6 +404,25 @@ export class ParleyClient {
   #reauthTimer: ReturnType<typeof setInterval> | null = null;
   #reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   #maxFrameBytes = DEFAULT_MAX_FRAME_BYTES;
+  /** The server's send bucket, as `ready.limits` says (pacing.ts): every `send` and
+   * `room_send` waits for a token. */
+  readonly #pacer = new Pacer();
+  /** The socket whose outbox was sent after its first sync (#flush): new sends go out on
+   * it themselves. Until then they only enter the outbox, and the flush sends them
+   * after the older ones, once (sent during the sync as well, they went twice and
+   * overtook the messages queued before them). */
+  #flushed: WebSocket | null = null;
+  /** Queued sends the server refused for now (SEND_AGAIN): when each goes again
+   * (Date.now() ms), and how often each was refused; one timer sends them (#sendHeld),
+   * on the socket that refused them (#heldOn) only. */
+  readonly #held = new Map<string, number>();
+  readonly #refusals = new Map<string, number>();
+  #heldOn: WebSocket | null = null;
+  #heldTimer: ReturnType<typeof setTimeout> | null = null;
+  #heldAt = 0; // when #heldTimer fires
+  #heldRound = false; // a round of #sendHeld is sending
+  /** Signed out (#signedOut): this instance writes nothing to the vault any more. */
+  #ended = false;
   readonly #waiting = new Map<string, { resolve: () => void; reject: (e: Error) => void }>(); // client id -> its accepted
   readonly #roomLocks = new Map<string, Mutex>();
   readonly #peerLocks = new Map<string, Mutex>();
@@ -539,9 +567,16 @@ export class ParleyClient {
   }
 
   /** Run `fn` as one transaction: its writes reach IndexedDB together, or not at all;
-   * one at a time, those waiting written together (transactions.ts). */
+   * one at a time, those waiting written together (transactions.ts). Refused once
+   * signed out (checked when it runs, not when it was asked for): the account's lock
+   * is given up then, and work still under way here (a room's key distribution, a
+   * frame's handler, a resend) writing ratchet steps or outbox rows after it would
+   * fork the state of the next log-in's page. */
   #transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
-    return this.#transactions.run(fn);
+    return this.#transactions.run(async (tx) => {
+      if (this.#ended) throw new ParleyError('Signed out: nothing more is written here.');
+      return fn(tx);
+    });
   }
 
   get account(): AccountRow | undefined {
@@ -1032,7 +1067,10 @@ export class ParleyClient {
    * the account's lock given up. `also` writes more in the same transaction. */
   async #signedOut(also: (tx: Tx) => void = () => undefined): Promise<void> {
     this.close();
-    await this.#transaction(async (tx) => {
+    // From now on no other transaction of this instance runs (#transaction), those
+    // already waiting included: this one is the last write before the lock goes.
+    this.#ended = true;
+    await this.#transactions.run(async (tx) => {
       const row = tx.get<AccountRow>('account') as AccountRow;
       tx.put('account', { ...row, access_token: null, refresh_token: null });
       also(tx);
@@ -1488,7 +1526,7 @@ export class ParleyClient {
     const clientId = randomId();
     const frame = await this.#encrypt(peerId, text, clientId, false);
     this.#emit({ type: 'changed' });
-    this.#sendFrame(frame);
+    this.#sendNew(frame);
     return clientId;
   }
 
@@ -1857,12 +1895,13 @@ export class ParleyClient {
     tx.put(this.#roomRow('group', session.groupId), b64encode(await session.toBytes()));
   }
 
-  /** Wait for the `accepted` of a frame sent with `clientId`. */
+  /** Wait for the `accepted` of a frame sent with `clientId` (queued in the outbox):
+   * past `timeoutMs`, StillQueued. */
   #accepted(clientId: string, timeoutMs = 30_000): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#waiting.delete(clientId);
-        reject(new ParleyError('The server did not accept the message in time: it waits in the outbox.'));
+        reject(new StillQueued('The server has not accepted the message yet: it waits in the outbox and goes by itself (do not send it again).'));
       }, timeoutMs);
       this.#waiting.set(clientId, {
         resolve: () => (clearTimeout(timer), resolve()),
@@ -1879,15 +1918,17 @@ export class ParleyClient {
     const encrypt = () => this.#encrypt(userId, '', clientId, false, payload, claimed);
     const frame = await (gate ? gate.run(encrypt) : encrypt());
     const accepted = this.#accepted(clientId);
-    this.#sendFrame(frame);
+    this.#sendNew(frame);
     await accepted;
   }
 
   /** Send `text` to a room. A public room's message is posted to its timeline; a
    * private room's is encrypted with this device's sender key (distributed, or
    * rotated first, as client/parley/rooms.py does) and sent as `room_send`;
-   * resolves at its `accepted`. */
-  async sendRoom(roomId: string, text: string): Promise<string> {
+   * resolves at its `accepted`. Not accepted within `timeoutMs` (it is queued then),
+   * StillQueued: the message goes later by itself. A failure before it was queued (its
+   * key could not be handed out...) is any other error: nothing was sent. */
+  async sendRoom(roomId: string, text: string, timeoutMs = 30_000): Promise<string> {
     checkText(text);
     const room = await this.room(roomId);
     if (room.role === null || room.role === undefined) throw new ParleyError(`You are not a member of #${room.name}.`);
@@ -1908,8 +1949,8 @@ export class ParleyClient {
     this.#emit({ type: 'changed' });
     // A `devices_changed` answer sends the message again with the same id (#redoRoom):
     // this waits for the last answer, `accepted` or a failure.
-    const accepted = this.#accepted(frame.id);
-    this.#sendFrame(frame);
+    const accepted = this.#accepted(frame.id, timeoutMs);
+    this.#sendNew(frame);
     await accepted;
     return frame.id;
   }
@@ -1969,7 +2010,7 @@ export class ParleyClient {
       });
       if (frame === null) return;
       this.#emit({ type: 'changed' });
-      this.#sendFrame(frame); // not connected: it goes out with the outbox at the next connect
+      this.#sendAgain(frame); // not connected: it goes out with the outbox at the next connect
     } catch (error) {
       await this.#fail(clientId, first.peer, String((error as Error).message));
     }
@@ -2048,7 +2089,15 @@ export class ParleyClient {
         await record(user);
       }),
     );
-    for (const r of results) if (r.status === 'rejected') throw r.reason; // the others' are recorded; the next send retries
+    for (const r of results) {
+      if (r.status !== 'rejected') continue; // the others' are recorded; the next send retries
+      if (r.reason instanceof StillQueued) {
+        // A key send not accepted in time: the room's message itself was never queued,
+        // so its sender must not be told it goes later (sending again is safe).
+        throw new ParleyError("The room's key could not be handed out to every member in time (the server did not accept it): nothing was sent; send it again.");
+      }
+      throw r.reason;
+    }
     return now;
   }
 
@@ -2316,17 +2365,126 @@ export class ParleyClient {
     return events;
   }
 
+  /** A frame that is no message (`typing`): now, if connected, unpaced. */
   #sendFrame(frame: W.ClientFrame): void {
     if (this.#ws !== null && this.#ws.readyState === WebSocket.OPEN && this.connectionState === 'connected') {
       this.#ws.send(JSON.stringify(frame));
     }
   }
 
+  /** A message just queued in the outbox: sent, paced, if this socket's outbox went out
+   * already; otherwise (not connected, or the first sync or the outbox's resend still
+   * under way) #flush sends it, after those queued before it. */
+  #sendNew(frame: W.Send | W.RoomSend): void {
+    const ws = this.#flushed;
+    if (ws !== null && ws === this.#ws) void this.#sendOn(ws, frame);
+  }
+
+  /** A queued message encrypted again (`devices_changed`): sent, paced, once this
+   * socket's first sync is done (before, the flush after it sends the outbox). */
+  #sendAgain(frame: W.Send | W.RoomSend): void {
+    const ws = this.#ws;
+    if (ws !== null && this.#synced) void this.#sendOn(ws, frame);
+  }
+
+  /** Wait for a token of the server's send bucket (pacing.ts), then send on `ws` if it
+   * is still the socket: one that dropped meanwhile sends nothing (the next one's flush
+   * sends the outbox). */
+  async #sendOn(ws: WebSocket, frame: W.Send | W.RoomSend): Promise<void> {
+    await this.#pacer.take();
+    if (this.#ws === ws && ws.readyState === WebSocket.OPEN && !this.#dropped.has(ws)) ws.send(JSON.stringify(frame));
+  }
+
+  /** After this socket's first sync: the outbox, in its order, paced, each message's
+   * frame as it is when its turn comes (one accepted or redone meanwhile is skipped or
+   * sent as it is now). The messages queued meanwhile are in the outbox too: they are
+   * sent after, until none is left; then new sends go out themselves (#sendNew). */
+  async #flush(ws: WebSocket): Promise<void> {
+    const sent = new Set<string>();
+    for (;;) {
+      const todo = this.outbox().filter((q) => !sent.has(q.send.id));
+      if (!todo.length) break;
+      for (const q of todo) {
+        if (this.#ws !== ws) return; // dropped: the next socket's flush sends the rest
+        sent.add(q.send.id);
+        const now = this.#queued(q.send.id);
+        if (now !== undefined) await this.#sendOn(ws, now.send);
+      }
+    }
+    if (this.#ws === ws) this.#flushed = ws;
+  }
+
+  /** The server refused a queued message for now (SEND_AGAIN: nothing was stored): it
+   * goes again on the same socket, at once but paced for `rate_limited` (the bucket
+   * emptied), else after a wait that doubles with each refusal of it. */
+  #hold(ws: WebSocket, clientId: string, code: string): void {
+    if (code === 'rate_limited') this.#pacer.drain();
+    if (ws !== this.#ws) return; // an old socket's answer: the current one's flush sends it
+    if (this.#heldOn !== ws) this.#clearHeld();
+    this.#heldOn = ws;
+    const tries = (this.#refusals.get(clientId) ?? 0) + 1;
+    this.#refusals.set(clientId, tries);
+    const at = Date.now() + sendAgainIn(code, tries);
+    this.#held.set(clientId, at);
+    this.#armHeld();
+  }
+
+  /** One timer for every held message, set for the first one due (sooner if one due
+   * earlier is held meanwhile); not while a round is sending (it sets the next). */
+  #armHeld(): void {
+    if (this.#heldRound || this.#held.size === 0) return;
+    const next = Math.min(...this.#held.values());
+    if (this.#heldTimer !== null) {
+      if (this.#heldAt <= next) return;
+      clearTimeout(this.#heldTimer);
+    }
+    this.#heldAt = next;
+    this.#heldTimer = setTimeout(() => void this.#sendHeld(), Math.max(0, next - Date.now()));
+  }
+
+  /** A round: the held messages now due are sent again, paced, on the socket that
+   * refused them, with the outbox read once (not once per refusal); those no longer in
+   * it (accepted, failed) are forgotten. */
+  async #sendHeld(): Promise<void> {
+    this.#heldTimer = null;
+    const ws = this.#heldOn;
+    if (ws === null || ws !== this.#ws) {
+      this.#clearHeld(); // the next socket's flush sends the whole outbox
+      return;
+    }
+    const now = Date.now();
+    const due = new Set<string>();
+    for (const [id, at] of this.#held) {
+      if (at > now) continue;
+      due.add(id);
+      this.#held.delete(id);
+    }
+    const outbox = this.outbox();
+    const queued = new Set(outbox.map((q) => q.send.id));
+    for (const id of [...this.#refusals.keys()]) if (!queued.has(id)) this.#refusals.delete(id);
+    this.#heldRound = true;
+    try {
+      for (const q of outbox) if (due.has(q.send.id) && this.#ws === ws) await this.#sendOn(ws, q.send);
+    } finally {
+      this.#heldRound = false;
+    }
+    this.#armHeld(); // those held meanwhile (on this socket or, if it went, its successor)
+  }
+
+  /** No held message goes again from here (the socket went: its successor's flush
+   * sends the outbox; the counts of refusals are kept, so the waits keep growing). */
+  #clearHeld(): void {
+    if (this.#heldTimer !== null) clearTimeout(this.#heldTimer);
+    this.#heldTimer = null;
+    this.#held.clear();
+    this.#heldOn = null;
+  }
+
   // -- the socket -----------------------------------------------------------------------
   /** Open the WebSocket; on `ready` it syncs the inbox and resends the outbox; it
    * reconnects by itself (backoff with jitter) until {@link close}. */
   connect(): void {
-    if (this.#running) return;
+    if (this.#running || this.#ended) return;
     this.#running = true;
     void this.#open();
   }
@@ -2335,8 +2493,18 @@ export class ParleyClient {
     this.#running = false;
     if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
     if (this.#reauthTimer) clearInterval(this.#reauthTimer);
-    this.#ws?.close(1000);
+    if (this.#ackTimer) clearTimeout(this.#ackTimer);
+    this.#ackTimer = null;
+    this.#clearHeld();
+    const ws = this.#ws;
+    if (ws !== null) {
+      // Its frames still waiting in the chain are not handled (the next connection's
+      // sync reads them again): after a log-out they would write to the vault.
+      this.#dropped.add(ws);
+      ws.close(1000);
+    }
     this.#ws = null;
+    this.#flushed = null;
     // A sync waiting for its page ends now (its socket's close event is not ours any
     // more): left waiting, its count of running syncs stayed up, and after a connect()
     // again no push moved last_seq or was acknowledged.
@@ -2364,6 +2532,7 @@ export class ParleyClient {
     }
     const ws = new WebSocket(socketUrl());
     this.#ws = ws;
+    this.#flushed = null;
     this.#synced = false;
     this.#acked = 0;
     ws.onopen = () => ws.send(JSON.stringify({ op: 'auth', token } satisfies W.Auth));
@@ -2392,6 +2561,12 @@ export class ParleyClient {
     ws.onclose = (ev) => {
       if (this.#ws !== ws) return;
       this.#ws = null;
+      this.#flushed = null;
+      this.#clearHeld(); // held messages go with the next socket's flush, not on it by a timer
+      // A socket that synced was a good connection: the next one is tried after the
+      // shortest wait. Not after 4009 (flooding) or 4010 (too many sockets): at once
+      // would meet the same answer, so the backoff keeps growing.
+      if (this.#synced && !THROTTLED_CLOSES.has(ev.code)) this.#backoff = 500;
       if (this.#reauthTimer) clearInterval(this.#reauthTimer);
       for (const resolve of this.#pending.values()) resolve({ op: 'error', code: 'closed', message: 'socket closed' } as W.Error);
       this.#pending.clear();
@@ -2421,7 +2596,10 @@ export class ParleyClient {
     switch (frame.op) {
       case 'ready':
         if (this.connectionState !== 'connected') {
-          if (frame.limits) this.#maxFrameBytes = frame.limits.max_frame_bytes;
+          if (frame.limits) {
+            this.#maxFrameBytes = frame.limits.max_frame_bytes;
+            this.#pacer.configure(frame.limits.sends_per_s, frame.limits.send_burst);
+          }
           void this.#afterReady(ws);
         }
         return;
@@ -2466,7 +2644,7 @@ export class ParleyClient {
           this.#pending.delete(frame.id);
           return resolve(frame);
         }
-        return this.#onError(frame);
+        return this.#onError(ws, frame);
       }
       case 'prekeys_low':
         void this.topUp().catch((e: unknown) => this.#emit({ type: 'error', code: 'prekeys', message: `Could not upload new prekeys: ${String(e)}` }));
@@ -2489,8 +2667,9 @@ export class ParleyClient {
       await this.sync();
       this.#synced = true;
       this.#ackProcessed(); // pushed during the sync
-      this.#backoff = 500;
-      for (const q of this.outbox()) if (this.#ws === ws) ws.send(JSON.stringify(q.send));
+      // (the backoff starts again from the shortest when this socket closes: onclose)
+      // The outbox, paced, while the rooms' logs are read.
+      void this.#flush(ws).catch((error: unknown) => this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) }));
       if (this.#reauthTimer) clearInterval(this.#reauthTimer);
       this.#reauthTimer = setInterval(() => {
         void this.accessToken(true).then((token) => {
@@ -2860,7 +3039,7 @@ export class ParleyClient {
     }
   }
 
-  async #onError(frame: W.Error): Promise<void> {
+  async #onError(ws: WebSocket, frame: W.Error): Promise<void> {
     const { code, message } = frame;
     const clientId = frame.id ?? null;
     if (code === 'reauth_required') return;
@@ -2879,17 +3058,21 @@ export class ParleyClient {
       // Someone linked or removed a device: encrypt for the current lists, same id.
       try {
         const payload = queued.control === undefined ? undefined : b64decode(queued.control);
-        this.#sendFrame(await this.#encrypt(queued.peer, queued.text, clientId, true, payload));
+        this.#sendAgain(await this.#encrypt(queued.peer, queued.text, clientId, true, payload));
       } catch (error) {
         await this.#fail(clientId, queued.peer, String((error as Error).message));
       }
       return;
     }
-    if (clientId && queued && (code === 'rate_limited' || code === 'service_unavailable')) {
-      setTimeout(() => {
-        const again = this.#queued(clientId);
-        if (again) this.#sendFrame(again.send);
-      }, 1000);
+    if (clientId && queued && Object.hasOwn(SEND_AGAIN, code)) {
+      // Nothing was stored (docs/protocol.md, "Errors"): it stays in the outbox, with its
+      // status, and goes again with the same id, later (#hold), or with the next
+      // socket's flush. Whoever waits for its `accepted` keeps waiting.
+      this.#hold(ws, clientId, code);
+      if (code !== 'rate_limited') {
+        // The user should know why it has not gone yet (it is not failed).
+        this.#emit({ type: 'error', code, message: `Not sent yet (${message}): the message waits in the outbox and is sent again later.` });
+      }
       return;
     }
     if (clientId && queued) await this.#fail(clientId, queued.peer, message);

@@ -1,6 +1,8 @@
 /** What the message composers (a conversation's, a room's) share: each conversation's
- * unsent text while another one is open, and the browser's question before a page is
- * left with messages that are not safe yet. */
+ * unsent text while another one is open, what a send that failed leaves for the user,
+ * and the browser's question before a page is left with messages that are not safe yet. */
+
+import { StillQueued } from './client.ts';
 
 /** Each conversation's unsent text, kept while the page lives (in memory only: never
  * written anywhere, gone at log-out or a reload). Keys: a contact's user id, or
@@ -22,6 +24,14 @@ export class Drafts {
   restore(key: string, text: string): void {
     if (!this.get(key)) this.set(key, text);
   }
+}
+
+/** What became of a send that did not end as asked: `unsent`, refused before it was
+ * queued (nothing went: its text goes back into the draft, to send again), or `queued`
+ * (StillQueued: encrypted in the outbox, it goes by itself with the same id; its text
+ * stays out of the draft, as sending it again would deliver it twice). */
+export function failedSend(error: unknown): 'queued' | 'unsent' {
+  return error instanceof StillQueued ? 'queued' : 'unsent';
 }
 
 let underway = 0;

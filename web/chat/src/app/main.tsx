@@ -2,7 +2,7 @@ import { type ComponentChildren, render } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room, loadApiOrigin } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
-import { Drafts, holding } from './composer.ts';
+import { Drafts, failedSend, holding } from './composer.ts';
 import { hourMinute } from './format.ts';
 import { useShown } from './earlier.ts';
 import { newest } from './history.ts';
@@ -617,11 +617,17 @@ function Conversation(props: { client: ParleyClient; peer: string; version: numb
           // The field is emptied at once (a second Enter sends nothing twice) and the next
           // message may be written meanwhile: the client encrypts one message at a time
           // per contact, in the order sent. Refused, the text goes back to the field (or
-          // to this conversation's draft) unless the user wrote another one there.
+          // to this conversation's draft) unless the user wrote another one there; once
+          // queued in the outbox it never does (it goes by itself: sent again, twice).
           setError('');
           setText('');
           drafts.set(peer, '');
           holding(client.send(peer, sent)).catch((err: unknown) => {
+            if (failedSend(err) === 'queued') {
+              if (shown.current) setError(message(err));
+              else props.onAwayError(`${name}: ${message(err)}`);
+              return;
+            }
             drafts.restore(peer, sent);
             const said = err instanceof SafetyNumberChanged ? err.message : message(err);
             if (!shown.current) {

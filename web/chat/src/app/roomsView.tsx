@@ -9,7 +9,7 @@ import { failure, MessageActions } from './messageActions.tsx';
 import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, canRestorePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
 import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
 import type { Drafts } from './composer.ts';
-import { holding } from './composer.ts';
+import { failedSend, holding } from './composer.ts';
 import { dateAndTime, hourMinute } from './format.ts';
 import { useShown } from './earlier.ts';
 import { newest, SHOWN } from './history.ts';
@@ -1342,7 +1342,9 @@ export function RoomView(props: {
           // The field is emptied at once and the next message may be written and sent
           // while this one is under way: sends wait for the one before (each until the
           // server accepted it), so they go in the order written. Refused, its text comes
-          // back to the room's draft (and field) if the user wrote no other one there.
+          // back to the room's draft (and field) if the user wrote no other one there;
+          // queued but not accepted in time, it stays out of them (it goes by itself:
+          // its line says it waits to be sent).
           setError('');
           setText('');
           drafts.set(draftKey, '');
@@ -1359,6 +1361,11 @@ export function RoomView(props: {
                 if (isPublic) client.timeline(id, null, 20).then((page) => merge(page.messages), () => undefined);
               },
               (err: unknown) => {
+                if (failedSend(err) === 'queued') {
+                  // In the outbox: sent again it would go twice.
+                  setError(current.current === id ? message(err) : `${title}: ${message(err)}`);
+                  return;
+                }
                 // Back into the room's draft and, if the room is still open, its field
                 // (nobody is told of typing), unless the user wrote another one there.
                 drafts.restore(draftKey, sent);

@@ -9,7 +9,13 @@
  * The inbox records what it sent on a socket, and an item an ack deleted before it
  * was ever sent is `lost`: what the client acknowledged without having processed it.
  * A contact (`Peer`) writes real messages (PQXDH, then the ratchet) to the client's
- * published keys, so what the client processed shows in its history.
+ * published keys, so what the client processed shows in its history; its bundle can be
+ * claimed, so the client can write to it.
+ *
+ * The client's `send` and `room_send` frames are recorded (`sends`) and answered as the
+ * gateway does: its send bucket (`limits`, shared by the user's sockets) refuses those
+ * past it with `rate_limited` and closes a socket after min(4 × burst, 400) such
+ * refusals (4009); the others are `accepted`, unless `answerSend` says otherwise.
  */
 
 import {
@@ -92,7 +98,10 @@ export class FakeSocket {
   onclose: ((ev: { code: number }) => void) | null = null;
   /** The code this side closed with (null: open, or closed by the server). */
   closedWith: number | null = null;
+  /** The code the server closed with (null: open, or closed by the client). */
+  droppedWith: number | null = null;
   authed = false;
+  violations = 0; // sends refused rate_limited on this socket
   readonly server: FakeServer;
 
   constructor(_url: string) {
@@ -126,6 +135,7 @@ export class FakeSocket {
   /** The server closes the socket (a pod going away: 1001). */
   drop(code = 1001): void {
     if (this.readyState >= FakeSocket.CLOSING) return;
+    this.droppedWith = code;
     this.readyState = FakeSocket.CLOSING;
     setTimeout(() => {
       this.readyState = FakeSocket.CLOSED;
@@ -210,8 +220,27 @@ function refusal(status: number, code: string): Response {
   return json(status, { error: { code, message: code } });
 }
 
+/** What `answerSend` may say of a send: refuse it (an error, its id filled in), leave it
+ * unanswered (`silent`), or accept it (null). */
+export type SendAnswer = Omit<W.Error, 'id'> | 'silent' | null;
+
 export class FakeServer {
   readonly users = new Map<string, FakeUser>(); // by id and by name
+  /** `ready.limits`; `sends_per_s` and `send_burst` are the send bucket's. */
+  limits: W.Limits = { max_frame_bytes: 65536, sends_per_s: 10, send_burst: 100 };
+  /** Every `send`/`room_send` received, in order, with its socket and when (ms). */
+  readonly sends: { socket: FakeSocket; frame: W.Send | W.RoomSend; at: number }[] = [];
+  /** The ids accepted (a repeat is accepted again, as the server's dedup answers it). */
+  readonly accepted = new Set<string>();
+  rateLimited = 0; // sends refused rate_limited
+  /** How a send within the bucket is answered (`n`: the how-manieth send of its id). */
+  answerSend?: (frame: W.Send | W.RoomSend, socket: FakeSocket, n: number) => SendAnswer;
+  /** Contacts' bundles (what a claim answers), by user id. */
+  readonly bundles = new Map<string, unknown[]>();
+  /** Private rooms the client is a member of (GET of the room and of its members). */
+  readonly rooms = new Map<string, { name: string; members: string[] }>();
+  #tokens: number | null = null; // the user's send bucket (full at the first send)
+  #tokensAt = 0;
   readonly lists = new Map<string, { user_id: string; account_key: string; device_list: unknown; signature: string }>();
   readonly keys = new Map<string, unknown>(); // the client's published keys, by path
   readonly inbox = new Inbox();
@@ -260,6 +289,11 @@ export class FakeServer {
         this.lists.set(me.user_id, { user_id: me.user_id, ...(body as { account_key: string; device_list: unknown; signature: string }) });
         return json(200, {});
       }
+      if (method === 'GET' && parts[2] === 'users' && parts[4] === 'bundles') {
+        const user = decodeURIComponent(parts[3] ?? '');
+        const listed = this.lists.get(user);
+        return listed ? json(200, { ...listed, bundles: this.bundles.get(user) ?? [] }) : refusal(404, 'identity_not_found');
+      }
       if (method === 'GET' && parts[2] === 'users' && parts[4] === 'devices') {
         const listed = this.lists.get(decodeURIComponent(parts[3] ?? ''));
         return listed ? json(200, listed) : refusal(404, 'identity_not_found');
@@ -270,6 +304,14 @@ export class FakeServer {
       }
     }
     if (method === 'GET' && path === '/rooms/v1/rooms') return json(200, { rooms: [], next_before: null });
+    const room = parts[0] === 'rooms' && parts[2] === 'rooms' ? this.rooms.get(decodeURIComponent(parts[3] ?? '')) : undefined;
+    if (method === 'GET' && room && parts.length === 4) {
+      return json(200, { room_id: parts[3], name: room.name, kind: 'private', state: 'open', role: 'owner', version: 1, members: room.members.length });
+    }
+    if (method === 'GET' && room && parts[4] === 'members') {
+      const members = room.members.map((user_id) => ({ user_id, role: 'member', joined_at: 0, online: false, username: this.users.get(user_id)?.username }));
+      return json(200, { members, next_after: null });
+    }
     if (method === 'GET' && path === '/delivery/v1/moderation/keys') {
       this.moderationCalls++;
       if (this.moderationDown) return refusal(503, 'service_unavailable');
@@ -311,6 +353,44 @@ export class FakeServer {
     return { op: 'tombstone', kind: 'tombstone', server_id: serverId, from, conversation, by: 'sender', at, kid: key.kid, signature: b64encode(signature) };
   }
 
+  /** A token of the user's send bucket (the gateway's hub bucket), if there is one. */
+  #take(): boolean {
+    const now = performance.now();
+    const { sends_per_s: rate, send_burst: burst } = this.limits;
+    this.#tokens = this.#tokens === null ? burst : Math.min(burst, this.#tokens + ((now - this.#tokensAt) / 1000) * rate);
+    this.#tokensAt = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+
+  #send(socket: FakeSocket, frame: W.Send | W.RoomSend): void {
+    this.sends.push({ socket, frame, at: performance.now() });
+    const id = frame.id;
+    if (!this.#take()) {
+      this.rateLimited++;
+      socket.violations++;
+      if (socket.violations > Math.min(4 * this.limits.send_burst, 400)) {
+        socket.deliver({ op: 'error', code: 'rate_limited', message: 'Flooding; closing.', id });
+        socket.drop(4009);
+        return;
+      }
+      socket.deliver({ op: 'error', code: 'rate_limited', message: 'Too many messages; slow down.', id });
+      return;
+    }
+    const n = this.sends.filter((s) => s.frame.id === id).length;
+    const answer = this.answerSend?.(frame, socket, n) ?? null;
+    if (answer === 'silent') return;
+    if (answer !== null) {
+      socket.deliver({ ...answer, id });
+      return;
+    }
+    this.accepted.add(id);
+    const me = (this.me as FakeUser).user_id;
+    const conversation = frame.op === 'send' ? `dm:${[me, frame.to].sort().join(':')}` : `room:${frame.room}`;
+    socket.deliver({ op: 'accepted', id, server_id: `s-${id}`, conversation });
+  }
+
   /** The sockets open now (authenticated). */
   get open(): FakeSocket[] {
     return this.sockets.filter((s) => s.readyState === FakeSocket.OPEN && s.authed);
@@ -331,10 +411,14 @@ export class FakeServer {
         const me = this.me as FakeUser;
         socket.deliver({
           op: 'ready', protocol: 3, user_id: me.user_id, session_id: 'session', gateway: 'fake', id: frame.id ?? null,
-          limits: { max_frame_bytes: 65536, sends_per_s: 10, send_burst: 100 },
+          limits: this.limits,
         });
         return;
       }
+      case 'send':
+      case 'room_send':
+        this.#send(socket, frame);
+        return;
       case 'sync': {
         const n = ++this.syncs;
         await this.sync.before?.(n, socket);
@@ -381,6 +465,16 @@ export class Peer {
     const device = await Device.generate();
     const signed = await new DeviceList(user.user_id, 1, [DeviceEntry.of(1, username, device.identity)]).sign(accountKey);
     server.lists.set(user.user_id, { user_id: user.user_id, account_key: b64encode(accountKey.public), ...signed.toJson() });
+    server.bundles.set(user.user_id, [
+      {
+        user_id: user.user_id,
+        device_id: 1,
+        identity: device.publicIdentity(),
+        signed_prekey: device.signedPrekey(),
+        one_time_prekey: null,
+        kem_prekey: { ...device.lastResortKemPrekey(), last_resort: true },
+      },
+    ]);
     return new Peer(user, device);
   }
 

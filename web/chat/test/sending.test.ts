@@ -1,0 +1,191 @@
+// Sending, as ParleyClient (src/app/client.ts) does it against the gateway's rules
+// (docs/protocol.md "Errors", "Limits"; client/parley/messenger.py `_Pacer`,
+// `_SEND_AGAIN`): sends paced to `ready.limits`, refusals that stored nothing kept in
+// the outbox and sent again, new sends during the first sync left to the outbox's
+// resend, and nothing written to the vault after a log-out. The real client against
+// test/support/fakeServer.ts, whose send bucket refuses past its limits and closes a
+// socket 4009 after 4 × burst refusals.
+import { afterEach, describe, expect, it, vi } from 'vitest';
+
+import { ParleyError, StillQueued } from '../src/app/client.ts';
+import { failedSend } from '../src/app/composer.ts';
+import { SEND_AGAIN } from '../src/app/pacing.ts';
+import { FakeSocket, MemoryVault } from './support/fakeServer.ts';
+import { cleanUp, connected, people, sleep, texts, until } from './support/clients.ts';
+
+vi.mock('../src/app/vault.ts', async (importOriginal) => {
+  const { MemoryVault } = await import('./support/fakeServer.ts');
+  return { ...(await importOriginal<typeof import('../src/app/vault.ts')>()), Vault: MemoryVault };
+});
+
+const defaults = { ...SEND_AGAIN };
+
+afterEach(() => {
+  cleanUp();
+  Object.assign(SEND_AGAIN, defaults);
+  vi.restoreAllMocks();
+});
+
+describe('sends are paced to ready.limits', () => {
+  it('an outbox of 60, twelve times the burst, goes out whole on one socket', async () => {
+    // Before: the outbox went in one loop after the sync; past the burst each got
+    // `rate_limited`, the 21st refusal closed the socket (4009), the client reconnected
+    // at once and did the same again.
+    const { server, bob, alice } = await people();
+    server.limits = { max_frame_bytes: 65536, sends_per_s: 50, send_burst: 5 };
+    const ids: string[] = [];
+    for (let i = 0; i < 60; i++) ids.push(await bob.send(alice.user.user_id, `m${i}`)); // offline: queued
+    expect(bob.outbox()).toHaveLength(60);
+    bob.connect();
+    await until('the outbox to empty', () => bob.outbox().length === 0, 20_000);
+    expect(server.sockets).toHaveLength(1);
+    expect((server.sockets[0] as FakeSocket).droppedWith).toBeNull();
+    expect([...server.accepted].sort()).toEqual([...ids].sort());
+    expect(server.rateLimited).toBeLessThan(20); // (paced: next to none)
+  });
+
+  it('a socket closed 4009 does not start the reconnect backoff again', async () => {
+    // Before: the backoff went back to its shortest once a socket had synced, so a
+    // socket closed for flooding was replaced within half a second, every time.
+    const { server, bob } = await people();
+    vi.spyOn(Math, 'random').mockReturnValue(0.99);
+    const synced: number[] = [];
+    server.sync.between = (_n, socket) => {
+      synced.push(performance.now());
+      setTimeout(() => socket.drop(4009), 30); // after its sync is done
+    };
+    bob.connect();
+    await until('four sockets', () => synced.length >= 4, 20_000);
+    const gaps = synced.slice(1).map((t, i) => t - (synced[i] as number));
+    // 0.99 × 0.5 s, then × 1 s, then × 2 s (each plus the 30 ms before the close).
+    expect(gaps[1] as number).toBeGreaterThan(900);
+    expect(gaps[2] as number).toBeGreaterThan(1800);
+  });
+});
+
+describe('refusals that stored nothing', () => {
+  it.each(['inbox_full', 'too_many_pending'])('%s keeps the message queued and sends it again later', async (code) => {
+    // Before: the message left the outbox as failed, for good (docs/protocol.md: "nothing
+    // was stored; send the same id again later").
+    SEND_AGAIN[code] = [200, 1000];
+    const { server, bob, alice } = await people();
+    await connected(bob, server);
+    server.answerSend = (_frame, _socket, n) => (n === 1 ? { op: 'error', code, message: 'not now' } : null);
+    const notices: string[] = [];
+    const statuses: string[] = [];
+    bob.on((e) => {
+      if (e.type === 'error') notices.push(e.code);
+      if (e.type === 'receipt') statuses.push(e.status);
+    });
+    const id = await bob.send(alice.user.user_id, 'when there is room');
+    await until('its second send', () => server.accepted.has(id), 5000);
+    await until('the outbox to empty', () => bob.outbox().length === 0);
+    const tries = server.sends.filter((s) => s.frame.id === id);
+    expect(tries).toHaveLength(2);
+    expect((tries[1]?.at as number) - (tries[0]?.at as number)).toBeGreaterThanOrEqual(190);
+    expect(notices).toEqual([code]); // the user is told why it has not gone yet
+    expect(statuses).not.toContain('failed');
+    expect(bob.history(alice.user.user_id).find((e) => e.client_id === id)?.status).toBe('accepted');
+  });
+
+  it('rate_limited again and again: each refused message goes again, paced, on the same socket', async () => {
+    const { server, bob, alice } = await people();
+    await connected(bob, server);
+    server.limits = { max_frame_bytes: 65536, sends_per_s: 50, send_burst: 5 }; // the client still thinks 100 burst
+    const ids: string[] = [];
+    for (let i = 0; i < 30; i++) ids.push(await bob.send(alice.user.user_id, `m${i}`));
+    await until('every message accepted', () => ids.every((id) => server.accepted.has(id)), 10_000);
+    expect(server.sockets).toHaveLength(1);
+    expect(server.rateLimited).toBeLessThanOrEqual(20); // the bucket emptied at the first refusal
+  });
+});
+
+describe('the first sync after connecting', () => {
+  it('a message sent during it goes once, after the one queued before it', async () => {
+    // Before: it went at once (the state said connected during the sync), then again
+    // with the outbox after the sync, ahead of the older message.
+    const { server, bob, alice } = await people();
+    const older = await bob.send(alice.user.user_id, 'queued while offline');
+    let release: (() => void) | null = null;
+    server.sync.before = (n) =>
+      n === 1
+        ? new Promise<void>((r) => {
+            release = r;
+          })
+        : undefined;
+    bob.connect();
+    await until('the held sync', () => release !== null);
+    const fresh = await bob.send(alice.user.user_id, 'sent during the sync');
+    await sleep(50);
+    (release as unknown as () => void)();
+    await until('both accepted', () => server.accepted.has(older) && server.accepted.has(fresh));
+    await sleep(100);
+    expect(server.sends.map((s) => s.frame.id)).toEqual([older, fresh]);
+  });
+
+  it("a refused message's resend never fires on the next socket", async () => {
+    // Before: the refusal's 1 s timer sent it again on whatever socket was open then,
+    // besides the new socket's own resend of the outbox.
+    const { server, bob, alice } = await people();
+    vi.spyOn(Math, 'random').mockReturnValue(0); // reconnect at once
+    await connected(bob, server);
+    const first = server.sockets[0] as FakeSocket;
+    server.answerSend = (_frame, socket) => (socket === first ? { op: 'error', code: 'service_unavailable', message: 'try again' } : 'silent');
+    await bob.send(alice.user.user_id, 'refused for now');
+    await until('the refusal', () => server.sends.length === 1);
+    await sleep(50);
+    first.drop(1001);
+    await until('the next socket to resend it', () => server.sends.length >= 2);
+    await sleep(1500); // the old 1 s timer would have fired by now
+    expect(server.sends.map((s) => server.sockets.indexOf(s.socket))).toEqual([0, 1]);
+  });
+});
+
+describe('a room message not accepted in time', () => {
+  it('is StillQueued, not refused: the composer leaves its text out of the draft, and it goes later', async () => {
+    // Before: the timeout was a plain error, and the rooms view showed "Not sent" and put
+    // the text back into the field: sent again, it went twice.
+    const { server, bob } = await people();
+    const roomId = 'a1'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me] });
+    server.answerSend = () => 'silent';
+    await connected(bob, server);
+    const error = await bob.sendRoom(roomId, 'hello room', 300).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(StillQueued);
+    expect(failedSend(error)).toBe('queued');
+    expect(bob.outbox().map((q) => q.text)).toEqual(['hello room']);
+    expect(bob.history(`room:${roomId}`).map((e) => [e.text, e.status])).toEqual([['hello room', 'queued']]);
+    // The next connection sends it by itself.
+    delete server.answerSend;
+    (server.sockets[0] as FakeSocket).drop(1001);
+    await until('it is accepted', () => bob.outbox().length === 0, 5000);
+    expect(bob.history(`room:${roomId}`).map((e) => [e.text, e.status])).toEqual([['hello room', 'accepted']]);
+  });
+
+  it('a refusal before it was queued is unsent: its text goes back to the draft', () => {
+    expect(failedSend(new ParleyError('You are not a member of #team.'))).toBe('unsent');
+    expect(failedSend(new TypeError('network'))).toBe('unsent');
+  });
+});
+
+describe('after a log-out', () => {
+  it('nothing more is written to the vault: frames waiting to be handled are not', async () => {
+    // Before: the frame chain went on after the lock was given up, writing ratchet
+    // steps and history (the next log-in's page would fork the ratchets).
+    const { server, bob, alice } = await people();
+    await connected(bob, server);
+    for (let i = 0; i < 40; i++) server.push(await alice.message(server, `m${i}`));
+    await until('the first message', () => texts(bob, alice).length >= 1);
+    const rows = MemoryVault.stores.get(bob.vault.username) as Map<string, string>;
+    await bob.logout();
+    const after = new Map(rows);
+    await sleep(500);
+    expect(texts(bob, alice).length).toBeLessThan(40);
+    expect(new Map(rows)).toEqual(after);
+    await expect(bob.setTellTyping(false)).rejects.toThrow(/Signed out/);
+    expect(new Map(rows)).toEqual(after);
+  });
+});
