@@ -24,6 +24,8 @@ from services.rooms import models, push
 from services.rooms.config import MEMBERS_PAGE_MAX
 from services.rooms.events import Check
 from services.rooms.rooms import (
+    LIST_WINDOW,
+    LIST_WINDOW_MAX,
     PRIVATE,
     deleted,
     forbidden,
@@ -626,18 +628,27 @@ async def invitations(
     store = rooms.store
     total = int((await store.get_user(user_id)).get("i", 0))
     found: list[Doc] = []
+    room_docs: dict[str, Doc] = {}
     cursor = total if before is None else min(before - 1, total)
+    window = max(limit, LIST_WINDOW)  # windows of slots, holes and all (rooms.mine)
     while cursor >= 1 and len(found) < limit:
-        ns = list(range(cursor, max(cursor - (limit - len(found)), 0), -1))
+        ns = list(range(cursor, max(cursor - window, 0), -1))
         cursor -= len(ns)
-        entries = await store.list_entries(user_id, "i", ns)
+        window = min(window * 2, LIST_WINDOW_MAX)  # a long run of holes: fewer trips
+        entries = await store.list_entries(user_id, "i", ns)  # newest first
         docs = await store.get_invitations(user_id, [str(x["room"]) for x in entries])
-        found += [
-            d for x in entries if (d := docs.get(str(x["room"]))) is not None
-            and int(d["user_slot"]) == int(str(x["_id"]).rsplit("|", 1)[1])
+        live = [
+            (d, slot) for x in entries if (d := docs.get(str(x["room"]))) is not None
+            and int(d["user_slot"]) == (slot := int(str(x["_id"]).rsplit("|", 1)[1]))
         ]  # fmt: skip
-    room_docs = await store.get_rooms([str(d["room"]) for d in found])
-    found = [d for d in found if d["room"] in room_docs and not deleted(room_docs[d["room"]])]
+        got = await store.get_rooms([str(d["room"]) for d, _ in live])
+        for d, slot in live:
+            if d["room"] in got and not deleted(got[d["room"]]):
+                found.append(d)
+                room_docs[d["room"]] = got[d["room"]]
+                if len(found) == limit:
+                    cursor = slot - 1  # the next page starts below it
+                    break
     return models.InvitationList(
         invitations=[_invitation(d) for d in found],
         rooms=[out(room_docs[d["room"]], None, True) for d in found],

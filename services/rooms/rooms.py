@@ -23,6 +23,10 @@ from services.rooms.store import Doc, member_id, now_ms
 
 log = logging.getLogger(__name__)
 
+# Slots of a user's list read per round trip (at least a page's): see :func:`mine`.
+LIST_WINDOW = 500
+LIST_WINDOW_MAX = 4000
+
 ROOM_ID_RE = re.compile(r"[0-9a-f]{24}")
 PRIVATE = "private"
 PUBLIC = "public"
@@ -187,20 +191,27 @@ async def mine(rooms: Rooms, user_id: str, before: int | None, limit: int) -> mo
     total = int((await store.get_user(user_id)).get("r", 0))
     found: list[tuple[Doc, Doc]] = []
     cursor = total if before is None else min(before - 1, total)
+    # Windows of at least LIST_WINDOW slots, not of what the page still lacks: a list's
+    # slots are never reused, so one that many rooms were left (declined, deleted) is
+    # mostly holes, and a page one room short read them one slot, one round trip, at a time.
+    window = max(limit, LIST_WINDOW)
     while cursor >= 1 and len(found) < limit:
-        ns = list(range(cursor, max(cursor - (limit - len(found)), 0), -1))
+        ns = list(range(cursor, max(cursor - window, 0), -1))
         cursor -= len(ns)
-        entries = await store.list_entries(user_id, "r", ns)
+        window = min(window * 2, LIST_WINDOW_MAX)  # a long run of holes: fewer trips
+        entries = await store.list_entries(user_id, "r", ns)  # newest first
         members = await store.memberships(user_id, [str(x["room"]) for x in entries])
         live = [
-            m for x in entries if (m := members.get(str(x["room"]))) is not None
-            and int(m["user_slot"]) == int(str(x["_id"]).rsplit("|", 1)[1])
+            (m, slot) for x in entries if (m := members.get(str(x["room"]))) is not None
+            and int(m["user_slot"]) == (slot := int(str(x["_id"]).rsplit("|", 1)[1]))
         ]  # fmt: skip
-        docs = await store.get_rooms([str(m["room"]) for m in live])
-        found += [
-            (docs[m["room"]], m) for m in live
-            if m["room"] in docs and not deleted(docs[m["room"]])
-        ]  # fmt: skip
+        docs = await store.get_rooms([str(m["room"]) for m, _ in live])
+        for m, slot in live:
+            if m["room"] in docs and not deleted(docs[m["room"]]):
+                found.append((docs[m["room"]], m))
+                if len(found) == limit:
+                    cursor = slot - 1  # the next page starts below it
+                    break
     return models.RoomList(
         rooms=[out(r, m) for r, m in found], next_before=cursor + 1 if cursor >= 1 else None
     )

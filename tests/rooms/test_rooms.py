@@ -159,6 +159,44 @@ async def test_a_member_page_over_thousands_of_empty_slots_reads_them_in_pages(
     assert [m["user_id"] for m in first["members"] + second["members"]] == [owner, *early[:3]]
 
 
+async def test_my_rooms_over_thousands_of_left_slots_are_read_in_pages(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's list slots are never reused either: one who joined and left thousands
+    of rooms (or declined thousands of invitations) has a list of holes, which a page
+    one room short read one slot, one round trip, at a time (5,000 here)."""
+    owner, user = api.user(), api.user()
+    rooms = [await api.room(owner) for _ in range(3)]
+    await api.join(user, rooms[0])
+    await api.rooms.store.users.update_one({"_id": user}, {"$inc": {"r": 5000, "i": 5000}})
+    for room in rooms[1:]:
+        await api.join(user, room)
+    private = await api.room(owner, "private", "Plans")
+    await api.rooms.store.users.update_one({"_id": user}, {"$inc": {"i": 5000}})
+    assert (await api.invite(owner, private, user))[0] == 201
+    list_entries = api.rooms.store.list_entries
+    reads: list[int] = []
+
+    async def counted(user_id: str, kind: str, ns: Any) -> list[Any]:
+        reads.append(len(ns))
+        return await list_entries(user_id, kind, ns)
+
+    monkeypatch.setattr(api.rooms.store, "list_entries", counted)
+    status, mine = await api.mine(user, "?limit=3")
+    assert status == 200
+    assert [r["room_id"] for r in mine["rooms"]] == [rooms[2], rooms[1], rooms[0]]
+    assert len(reads) <= 5, reads
+    # A full page stops at its last room: the next one starts below it.
+    _, first = await api.mine(user, "?limit=2")
+    _, second = await api.mine(user, f"?limit=2&before={first['next_before']}")
+    assert [r["room_id"] for r in first["rooms"] + second["rooms"]] == rooms[::-1]
+    assert second["next_before"] is None or second["rooms"] == [rooms[0]]
+    reads.clear()
+    status, pending = await api.invitations(user, "?limit=5")
+    assert status == 200 and [i["room_id"] for i in pending["invitations"]] == [private]
+    assert len(reads) <= 6, reads
+
+
 async def test_private_room_invite_accept_decline(api: RoomsApi, events: EventLog) -> None:
     owner, bob, carol = api.user("owner" + api.user()[:6]), api.user(), api.user()
     room = await api.room(owner, "private", "Plans")
