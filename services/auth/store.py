@@ -119,6 +119,7 @@ class AuthStore:
         await self.users.create_index("username", unique=True)
         await self.users.create_index("email_lc", unique=True)
         await self.sessions.create_index("user_id")
+        await self.sessions.create_index("client_id", sparse=True)  # ending a client's
         await self.refresh_tokens.create_index("sid")
         await self.recovery_codes.create_index("user_id")
         await self.password_resets.create_index("user_id")
@@ -345,21 +346,25 @@ class AuthStore:
     async def publish_sessions_revoked(self, user_id: str, sids: Sequence[str], ttl_s: int) -> None:
         """:meth:`publish_session_revoked` for many sessions: one write of their keys and
         one pipeline of their messages."""
-        if not sids:
-            return
-        entries: dict[str, Doc] = {
-            _revocation_keys(self.prefix, user_id, sid)[0]: {
-                "kind": "session", "user_id": user_id, "sid": sid
-            }
-            for sid in sids
-        }  # fmt: skip
-        await self.revocation_log.add(entries, ttl_s)
+        await self.publish_many_revoked([(user_id, sid) for sid in sids], ttl_s)
+
+    async def publish_many_revoked(self, pairs: Sequence[tuple[str, str]], ttl_s: int) -> None:
+        """The same for (user id, sid) pairs of any users, a thousand at a time."""
         channel = revocation_channel(self.prefix)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                message = {"type": "session_revoked", "user_id": user_id, "sid": sid}
-                pipe.publish(channel, orjson.dumps(message))
-            await pipe.execute()
+        for i in range(0, len(pairs), ID_CHUNK):
+            chunk = pairs[i : i + ID_CHUNK]
+            entries: dict[str, Doc] = {
+                _revocation_keys(self.prefix, user_id, sid)[0]: {
+                    "kind": "session", "user_id": user_id, "sid": sid
+                }
+                for user_id, sid in chunk
+            }  # fmt: skip
+            await self.revocation_log.add(entries, ttl_s)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user_id, sid in chunk:
+                    message = {"type": "session_revoked", "user_id": user_id, "sid": sid}
+                    pipe.publish(channel, orjson.dumps(message))
+                await pipe.execute()
 
     async def publish_user_blocked(self, user_id: str, sids: Sequence[str], ttl_s: int) -> None:
         _, user_key = _revocation_keys(self.prefix, user_id, "")
@@ -477,9 +482,25 @@ class AuthStore:
     async def delete_client(self, client_id: str) -> bool:
         return (await self.clients.delete_one({"_id": client_id})).deleted_count == 1
 
-    async def client_sessions(self, client_id: str) -> list[Doc]:
-        cursor = self.sessions.find({"client_id": client_id, "revoked_at": None})
-        return [_times(doc) async for doc in cursor]
+    async def revoke_client_sessions(
+        self, client_id: str, now: datetime, reason: str, since: datetime
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Revoke every live session of an OpenID client: (how many were live, the
+        (user id, sid) of those and of the ones revoked after ``since``, whose tokens may
+        still work: a retry after a failed publish tells every service again). One read
+        (indexed by ``client_id``) and one update per thousand, whatever their number."""
+        flt: Doc = {
+            "client_id": client_id,
+            "$or": [{"revoked_at": None}, {"revoked_at": {"$gt": since}}],
+        }
+        docs = [d async for d in self.sessions.find(flt, {"user_id": 1, "revoked_at": 1})]
+        live = [str(d["_id"]) for d in docs if d.get("revoked_at") is None]
+        for i in range(0, len(live), ID_CHUNK):
+            await self.sessions.update_many(
+                {"_id": {"$in": live[i : i + ID_CHUNK]}, "revoked_at": None},
+                {"$set": {"revoked_at": now, "revoked_reason": reason}},
+            )
+        return len(live), [(str(d["user_id"]), str(d["_id"])) for d in docs]
 
     async def insert_code(self, doc: Doc) -> None:
         await self.codes.insert_one(doc)

@@ -26,7 +26,7 @@ from joserfc.errors import JoseError
 from services.auth import accounts, sessions
 from services.auth.app import create_app
 from services.auth.config import AuthSettings
-from services.auth.models import BlockRequest, ClientCreate
+from services.auth.models import BlockRequest, ClientCreate, ClientPatch
 from services.auth.oidc import clients
 from services.auth.state import AUTH_SERVICE, AuthService
 from services.common.auth import Claims
@@ -382,6 +382,62 @@ async def test_a_refresh_asking_for_more_scope_is_refused_and_keeps_the_token(
     fresh = await token_call(rp, body)  # the same token: not used up by either
     assert fresh.status_code == 200, fresh.text
     assert set(fresh.json()["scope"].split()) == {"openid", "profile"}
+
+
+@pytest.mark.parametrize("how", ["disable", "delete"])
+async def test_ending_a_client_ends_thousands_of_its_sessions_at_once(
+    op: OP, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Before: a session each, four round trips each, after a scan of every session
+    (no index): a client with 50,000 sessions timed out half-way, and its retry found
+    the client already disabled (or deleted) and ended nothing more."""
+    rp = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    now = op.svc.now()
+    await op.svc.store.sessions.insert_many([
+        {"_id": f"bulk{i:05d}{rp.client_id[:8]}", "user_id": f"u{i % 50}",
+         "client_id": rp.client_id, "revoked_at": None, "created_at": now,
+         "last_used_at": now, "expires_at": now + timedelta(days=1)}
+        for i in range(3000)
+    ])  # fmt: skip
+
+    async def one_by_one(*_: object, **__: object) -> bool:
+        raise AssertionError("a round trip per session")
+
+    monkeypatch.setattr(sessions, "revoke", one_by_one)
+    publish = op.svc.store.publish_many_revoked
+    calls = {"n": 0}
+
+    async def fails_once(pairs: Any, ttl_s: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("redis away")  # after the sessions were marked
+        await publish(pairs, ttl_s)
+
+    monkeypatch.setattr(op.svc.store, "publish_many_revoked", fails_once)
+
+    async def end() -> None:
+        if how == "disable":
+            await clients.update(
+                op.svc, op.admin, _caller(), rp.client_id, ClientPatch(disabled=True)
+            )
+        else:
+            await clients.delete(op.svc, op.admin, _caller(), rp.client_id)
+
+    with pytest.raises(ConnectionError):
+        await end()
+    await end()  # the retry: tells every service about what the first try ended
+    live = await op.svc.store.sessions.find(
+        {"client_id": rp.client_id, "revoked_at": None}, {"_id": 1}
+    ).to_list()
+    assert live == []
+    async with httpx.AsyncClient() as http:
+        info = await http.get(rp.meta["userinfo_endpoint"], headers=bearer(tokens["access_token"]))
+    assert info.status_code == 401
+    assert await op.svc.store.redis.exists(
+        f"{op.svc.settings.redis_prefix}:revoked:sid:bulk02999{rp.client_id[:8]}"
+    )
 
 
 async def test_oidc_refresh_token_is_not_a_parley_refresh_token(op: OP) -> None:
