@@ -62,16 +62,21 @@ def hot_index(prefix: str) -> str:
 
 async def queue_ack(
     pipe: aioredis.client.Pipeline, script: AsyncScript, prefix: str, inbox: str, top: int,
-    *, strict: bool, hot_only_max: int | None = None,
+    *, strict: bool, hot_only_max: int | None = None, span: int | None = None,
 ) -> None:  # fmt: skip
     """Queue :data:`ACK_HOT` (registered as ``script``) for ``inbox`` up to ``top``:
     ``strict``, an ack past the last number issued changes nothing; ``hot_only_max``,
-    only a range of at most that many numbers, all hot (the gateway's)."""
+    only a range of at most that many numbers, all hot (the gateway's); ``span``, at
+    most that many numbers past the watermark this call (the caller calls again)."""
     keys = [counter_key(prefix, inbox), hot_key(prefix, inbox), pending_key(prefix, inbox),
             hot_index(prefix), dirty_key(prefix)]  # fmt: skip
     args: list[object] = [top, "1" if strict else "0", inbox]
     if hot_only_max is not None:
         args += ["1", hot_only_max]
+    elif span is not None:
+        args += ["0", 0]
+    if span is not None:
+        args.append(span)
     await scripts.queue(pipe, script, keys, args)
 
 
@@ -85,6 +90,9 @@ async def queue_ack(
 # it: never issued). ARGV[4] '1' (the gateway's direct ack, services/gateway/acks.py):
 # only when the range holds at most ARGV[5] numbers and every one is hot, else it
 # changes nothing and returns {-3} (delivery acks it: a persisted item is in MongoDB).
+# ARGV[6], when given: at most that many numbers past the watermark in this call (one
+# cumulative ack over a backlog kept hot by a MongoDB outage, up to 100,000 items, held
+# Redis for seconds and built a reply of gigabytes; the caller calls again).
 # Returns -1 when the counter is missing, else
 # {acked before, n, gaps, item...}: an item's JSON, or the seq alone of a private
 # room's copy.
@@ -110,6 +118,20 @@ local gaps = {}
 for f, t in string.gmatch(g, '(%d+):(%d+)') do gaps[#gaps + 1] = {tonumber(f), tonumber(t)} end
 if ARGV[2] == '1' and tonumber(ARGV[1]) > n then return {-2, n} end
 local top = math.min(tonumber(ARGV[1]), n)
+if ARGV[6] then
+  -- ARGV[6] numbers issued past acked, the skipped ranges stepped over (a loss skips
+  -- a billion: counted as numbers, each call would end inside it).
+  local pos, budget = acked, tonumber(ARGV[6])
+  for _, gap in ipairs(gaps) do
+    if gap[2] > pos then
+      local avail = math.max(0, gap[1] - pos)
+      if avail >= budget then break end
+      budget = budget - avail
+      pos = gap[2]
+    end
+  end
+  top = math.min(top, pos + budget)
+end
 local out, per, uncount = {acked, n, g}, {}, 0
 if top <= acked then return out end
 if ARGV[4] == '1' then

@@ -77,6 +77,8 @@ from services.common.inbox import ACK_HOT, counter_key, dirty_key, queue_ack
 
 GAP = 1_000_000_000
 CHECKPOINT_BATCH = 2000
+# Numbers an ack script takes at most past an inbox's watermark in one call.
+ACK_SPAN = 2000
 WARM_LOCK_S = 60
 """How long the lock of a process copying the checkpoints into Redis lasts without
 news from it (it is renewed every page)."""
@@ -105,6 +107,19 @@ class Counter(NamedTuple):
             if f <= after < t:
                 after = t
         return after
+
+    def span_end(self, span: int) -> int:
+        """Where ``span`` numbers past ``acked`` end, the skipped ones not counted (the
+        ack script's ARGV[6], services/common/inbox.py)."""
+        pos, budget = self.acked, span
+        for f, t in self.gaps:
+            if t > pos:
+                avail = max(0, f - pos)
+                if avail >= budget:
+                    break
+                budget -= avail
+                pos = t
+        return pos + budget
 
     def stop(self, after: int, limit: int) -> int:
         """The end of the next chunk of at most ``limit`` numbers after ``after``."""
@@ -378,27 +393,36 @@ class InboxCounters:
         caller refuses those acks) instead of being acknowledged up to it."""
         out: dict[str, tuple[Counter, list[bytes | int]]] = {}
         todo = dict(tops)
-        for _ in range(2):
+        seeded = False
+        # At most ACK_SPAN numbers an inbox a call (the script's ARGV[6]), again while
+        # the range goes on: one long range held Redis for every service.
+        while todo:
             inboxes = list(todo)
-            if not inboxes:
-                break
             async with self.redis.pipeline(transaction=False) as pipe:
                 for inbox in inboxes:
                     await queue_ack(pipe, self._ack_hot, self.prefix, inbox, todo[inbox],
-                                    strict=over is not None)  # fmt: skip
+                                    strict=over is not None, span=ACK_SPAN)  # fmt: skip
                 results = await pipe.execute()
-            missing = []
+            missing, again = [], {}
             for inbox, res in zip(inboxes, results, strict=False):
                 if isinstance(res, list) and int(res[0]) == -2:
                     assert over is not None
                     over[inbox] = int(res[1])
                 elif isinstance(res, list):
                     counter = Counter(int(res[1]), int(res[0]), parse_gaps(res[2]))
-                    out[inbox] = (counter, list(res[3:]))
+                    if inbox in out:
+                        out[inbox][1].extend(res[3:])  # the counter as it was at first
+                    else:
+                        out[inbox] = (counter, list(res[3:]))
+                    if counter.span_end(ACK_SPAN) < min(todo[inbox], counter.n):
+                        again[inbox] = todo[inbox]
                 else:
                     missing.append(inbox)
-            await self.seed(missing)
-            todo = {i: todo[i] for i in missing}
+            if missing and not seeded:
+                await self.seed(missing)
+                seeded = True
+                again |= {i: todo[i] for i in missing}
+            todo = again
         return out
 
     # Seeding and checkpoints ---------------------------------------------------

@@ -9,6 +9,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from services.common.clients import redis_client, service_db
 from services.common.config import Settings
+from services.delivery import counters
 from services.delivery.store import DeliveryStore
 from tests.delivery.conftest import item
 
@@ -94,6 +95,37 @@ async def test_many_users_are_acknowledged_in_one_call(store: DeliveryStore) -> 
     assert acked["cat"] == [] and acked["nobody"] == []
     assert [d["seq"] for d in (await store.page("ann", 0, 10))[0]] == [3]
     assert [d["seq"] for d in (await store.page("cat", 0, 10))[0]] == [1, 2, 3]
+
+
+async def test_one_ack_over_a_long_hot_backlog_is_taken_in_bounded_calls(
+    store: DeliveryStore, monkeypatch: Any
+) -> None:
+    """Before: one cumulative ack over the whole hot range was one script, which walked
+    every item (up to 100,000 kept hot by a MongoDB outage) holding Redis, and returned
+    all of them in one reply. Now each call takes at most ACK_SPAN numbers."""
+    for first in range(1, 5001, 1000):
+        await store.store_hot([item("max", s, cid=f"m{s}") for s in range(first, first + 1000)])
+    sizes: list[int] = []
+    execute = store.redis.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        pipe = execute(*args, **kwargs)
+        run = pipe.execute
+
+        async def recorded(*a: Any, **k: Any) -> Any:
+            results = await run(*a, **k)
+            sizes.extend(len(r) - 3 for r in results if isinstance(r, list) and len(r) >= 3)
+            return results
+
+        pipe.execute = recorded
+        return pipe
+
+    monkeypatch.setattr(store.redis, "pipeline", counted)
+    acked = await ack(store, "max", 5000)
+    monkeypatch.undo()
+    assert [d["client_id"] for d in acked] == [f"m{s}" for s in range(1, 5001)]
+    assert sizes and max(sizes) <= counters.ACK_SPAN and sum(sizes) == 5000, sizes
+    assert (await store.page("max", 0, 10))[0] == []
 
 
 async def test_a_taken_sequence_number_moves_the_new_message_instead_of_dropping_it(
