@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from parley_contract.keys import ed25519_small_order
 
 from services.common.errors import ApiError, ErrorCode
 from services.keys import models
@@ -90,6 +91,9 @@ def verify_signature(
     signing_key: bytes, sig: bytes, message: bytes, field: str, by: str = "the identity signing key"
 ) -> None:
     try:
+        if ed25519_small_order(signing_key):
+            # Any signature "verifies" under such a key: nobody holds its private half.
+            raise InvalidSignature
         Ed25519PublicKey.from_public_bytes(signing_key).verify(sig, message)
     except (InvalidSignature, ValueError):
         raise ApiError(

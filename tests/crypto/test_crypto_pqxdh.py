@@ -206,6 +206,38 @@ def test_a_device_state_from_before_the_change_keeps_its_remembered_keys() -> No
         Session.respond(old, first)
 
 
+def test_a_legacy_state_keeps_refusing_replays_made_with_the_previous_signed_prekey() -> None:
+    """A state from before #20 (one flat list) holds the keys of handshakes made with
+    the previous signed prekey too; upgraded, they must still refuse the replay of
+    such a handshake (they were once all filed under the current prekey only)."""
+    import json
+
+    alice, bob = Device.generate(), Device.generate()
+    _, first = Session.initiate(
+        alice, claimed_bundle(bob, one_time=False, kem_one_time=False), b"once"
+    )
+    Session.respond(bob, first)
+    bob.rotate_signed_prekey()  # the handshake's signed prekey is now the previous one
+    _, second = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    Session.respond(bob, second)
+    state = json.loads(bob.to_bytes())
+    assert sorted(state["seen_base_keys"]) == ["1", "2"]
+    state["seen_base_keys"] = [k for keys in state["seen_base_keys"].values() for k in keys]
+    old = Device.from_bytes(json.dumps(state).encode())
+    assert old.remembered_base_key_count == 2
+    for replay in (first, second):
+        with pytest.raises(ReplayedMessage):
+            Session.respond(old, replay)
+        with pytest.raises(ReplayedMessage):  # and after a save/restore in the new format
+            Session.respond(Device.from_bytes(old.to_bytes()), replay)
+    # The keys go with the previous prekey: one rotation later it is unknown.
+    old.rotate_signed_prekey()
+    with pytest.raises(UnknownPrekey):
+        Session.respond(old, first)
+    with pytest.raises(ReplayedMessage):
+        Session.respond(old, second)
+
+
 def test_unknown_prekey_ids_are_refused() -> None:
     alice, bob = Device.generate(), Device.generate()
     bundle = claimed_bundle(bob)

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from parley.crypto.bundle import PublicIdentity
 from parley.crypto.errors import (
     DecryptionFailed,
     InvalidKey,
@@ -117,6 +118,42 @@ def test_ed25519_verify_raises_on_any_change() -> None:
         ed25519_verify(bytes(32), sig, msg)
     with pytest.raises(InvalidKeyLength):
         ed25519_verify(pub, sig[:63], msg)
+
+
+# The eight points of small order (orders 1, 2, 4, 8) by canonical y, and the two
+# non-canonical y (p and p + 1), each with the sign bit clear and set: 14 encodings.
+_P = 2**255 - 19
+_SMALL_ORDER_Y = [
+    0,
+    1,
+    _P - 1,
+    0x05FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826,
+    0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7,
+    _P,
+    _P + 1,
+]
+SMALL_ORDER_ED25519_KEYS = [
+    (y | sign << 255).to_bytes(32, "little") for y in _SMALL_ORDER_Y for sign in (0, 1)
+]
+# R = the identity point, S = 0: with a small-order public key whose [h]A is the
+# identity, OpenSSL's (cofactorless) check accepts it for every message.
+IDENTITY_SIGNATURE = (1).to_bytes(32, "little") + bytes(32)
+
+
+def test_small_order_ed25519_public_keys_are_refused() -> None:
+    assert len(set(SMALL_ORDER_ED25519_KEYS)) == 14
+    for key in SMALL_ORDER_ED25519_KEYS:
+        for message in (b"", b"any message", b"parley-v1/identity-dh" + bytes(32)):
+            with pytest.raises(InvalidSignature):
+                ed25519_verify(key, IDENTITY_SIGNATURE, message)
+    # So an identity (or a device list, a sender key) cannot claim such a key: with
+    # it, one signature would "sign" every DH key.
+    for dh_key in (bytes(range(32)), X25519KeyPair.generate().public):
+        with pytest.raises(InvalidSignature):
+            PublicIdentity(SMALL_ORDER_ED25519_KEYS[2], dh_key, IDENTITY_SIGNATURE).verify()
+    # Ordinary keys are unaffected.
+    pair = Ed25519KeyPair.generate()
+    ed25519_verify(pair.public, pair.sign(b"m"), b"m")
 
 
 # ----------------------------------------------------------------- HKDF (RFC 5869) and HMAC

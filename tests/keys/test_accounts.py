@@ -18,6 +18,9 @@ from tests.keys.keygen import AccountKeys, DeviceKeys, b64, entry
 ALICE = "alice"
 
 
+IDENTITY_POINT = bytes([1]) + bytes(31)
+
+
 async def _nothing_stored(api: KeysApi, user: str = ALICE) -> None:
     status, body = await api.devices_of("bob", user)
     assert (status, body["error"]["code"]) == (404, "identity_not_found")
@@ -135,6 +138,17 @@ def _bad_registrations(entries: dict[int, dict[str, Any]]) -> dict[str, tuple[An
             {"account_key": key.public, "signature": good["signature"]},
             422,
             "validation_failed",
+        ),
+        # The identity point: R = identity, S = 0 "verifies" any list under it in
+        # OpenSSL's check, so the directory would take a list nobody signed.
+        "a small-order account key": (
+            {
+                **good,
+                "account_key": b64(IDENTITY_POINT),
+                "signature": b64(IDENTITY_POINT + bytes(32)),
+            },
+            422,
+            "invalid_signature",
         ),
     }
 

@@ -259,8 +259,9 @@ class Device:
     @property
     def remembered_base_key_count(self) -> int:
         """Ephemeral keys remembered against replays (handshakes without one-time
-        material, for the signed prekeys still kept)."""
-        return sum(len(keys) for keys in self._seen_base_keys.values())
+        material, for the signed prekeys still kept).  Each counted once: a state
+        from before #20 files its keys under every signed prekey kept."""
+        return len({key for keys in self._seen_base_keys.values() for key in keys})
 
     def _consume(
         self,
@@ -341,9 +342,12 @@ class Device:
             device._next_kem_id = int(obj["next_kem_id"])
             seen = obj["seen_base_keys"]
             if isinstance(seen, list):
-                # Before #20: one list, not by signed prekey.  Keep those keys until
-                # the current signed prekey is retired (the older one goes first).
-                seen = {str(device._current_signed_prekey): seen}
+                # Before #20: one list, not by signed prekey, so which prekey each
+                # handshake was made with is unknown.  File every key under each
+                # signed prekey still kept (the previous one's handshakes included):
+                # a replay is refused whichever it names, and the keys go with the
+                # last of those prekeys to be retired.
+                seen = {str(i): seen for i in device._signed_prekeys}
             device._seen_base_keys = {
                 int(i): {b64decode(k, length=32) for k in keys}
                 for i, keys in seen.items()

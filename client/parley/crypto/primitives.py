@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from parley_contract.keys import ed25519_small_order
 
 from parley.crypto.errors import (
     DecryptionFailed,
@@ -59,6 +60,7 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "chain_key_step",
+    "ed25519_small_order",
     "ed25519_verify",
     "hkdf_sha256",
     "hmac_sha256",
@@ -172,10 +174,14 @@ class Ed25519KeyPair:
 
 
 def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> None:
-    """Verify or raise :class:`InvalidSignature` (bad lengths raise InvalidKeyLength)."""
+    """Verify or raise :class:`InvalidSignature` (bad lengths raise InvalidKeyLength).
+
+    A public key of small order is refused whatever the signature."""
     require_bytes("Ed25519 public key", public_key, ED25519_KEY_LEN)
     require_bytes("Ed25519 signature", signature, ED25519_SIG_LEN)
     require_bytes("message", message)
+    if ed25519_small_order(public_key):
+        raise InvalidSignature("Ed25519 public key is of small order")
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except _CryptoInvalidSignature as exc:

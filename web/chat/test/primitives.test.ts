@@ -4,7 +4,8 @@ import { sha256 } from '@noble/hashes/sha2.js';
 import { describe, expect, it } from 'vitest';
 
 import { DecryptionFailed, InvalidKey, InvalidKeyLength, InvalidSignature } from '../src/crypto/errors.ts';
-import { fromHex } from '../src/crypto/encoding.ts';
+import { PublicIdentity } from '../src/crypto/bundle.ts';
+import { b64encode, concat, fromHex, utf8 } from '../src/crypto/encoding.ts';
 import {
   Ed25519KeyPair,
   MLKEM768KeyPair,
@@ -111,6 +112,40 @@ describe('Ed25519', () => {
       InvalidSignature,
     );
     await expect(ed25519Verify(pair.public, signature.subarray(0, 63), new Uint8Array(3))).rejects.toThrow(InvalidKeyLength);
+  });
+});
+
+describe('Ed25519 public keys of small order (as tests/crypto/test_crypto_primitives.py)', () => {
+  // y = 0, 1, p - 1, the two order-8 y, and the non-canonical p and p + 1; sign bit clear and set.
+  const P = 2n ** 255n - 19n;
+  const ys = [
+    0n,
+    1n,
+    P - 1n,
+    0x05fc536d880238b13933c6d305acdfd5f098eff289f4c345b027b2c28f95e826n,
+    0x7a03ac9277fdc74ec6cc392cfa53202a0f67100d760b3cba4fd84d3d706a17c7n,
+    P,
+    P + 1n,
+  ];
+  const le = (n: bigint): Uint8Array => Uint8Array.from({ length: 32 }, (_, i) => Number((n >> BigInt(8 * i)) & 0xffn));
+  const keys = ys.flatMap((y) => [le(y), le(y | (1n << 255n))]);
+  // R = the identity point, S = 0: WebCrypto accepts it for every message under the identity point.
+  const identitySignature = concat(le(1n), new Uint8Array(32));
+
+  it('are refused whatever the message, and ordinary keys are not', async () => {
+    expect(new Set(keys.map((k) => Buffer.from(k).toString('hex'))).size).toBe(14);
+    for (const key of keys) {
+      for (const message of [new Uint8Array(0), utf8('any message'), concat(utf8('parley-v1/identity-dh'), new Uint8Array(32))]) {
+        await expect(ed25519Verify(key, identitySignature, message)).rejects.toThrow(InvalidSignature);
+      }
+    }
+    for (const dhKey of [Uint8Array.from({ length: 32 }, (_, i) => i), (await X25519KeyPair.generate()).public]) {
+      await expect(
+        PublicIdentity.fromJson({ signing_key: b64encode(keys[2] as Uint8Array), dh_key: b64encode(dhKey), dh_sig: b64encode(identitySignature) }),
+      ).rejects.toThrow(InvalidSignature);
+    }
+    const pair = await Ed25519KeyPair.generate();
+    await ed25519Verify(pair.public, await pair.sign(utf8('m')), utf8('m'));
   });
 });
 

@@ -51,6 +51,30 @@ describe('replay memory of handshakes without one-time material', () => {
     const old = await Device.fromBytes(JSON.stringify(state));
     await expect(Session.respond(old, first)).rejects.toBeInstanceOf(ReplayedMessage);
   });
+
+  it('an upgraded state keeps refusing replays of handshakes made with the previous signed prekey', async () => {
+    // The flat list holds those keys too; they were once all filed under the current prekey.
+    const bob = await Device.generate();
+    const alice = await Device.generate();
+    const [, first] = await Session.initiate(alice, await bundleOf(bob, false), utf8('once'));
+    await Session.respond(bob, first);
+    await bob.rotateSignedPrekey(); // the handshake's signed prekey is now the previous one
+    const [, second] = await Session.initiate(alice, await bundleOf(bob, false), utf8('twice'));
+    await Session.respond(bob, second);
+    const state = JSON.parse(fromUtf8(bob.toBytes())) as { seen_base_keys: unknown };
+    expect(Object.keys(state.seen_base_keys as Record<string, string[]>).sort()).toEqual(['1', '2']);
+    state.seen_base_keys = Object.values(state.seen_base_keys as Record<string, string[]>).flat();
+    const old = await Device.fromBytes(JSON.stringify(state));
+    expect(old.rememberedBaseKeyCount).toBe(2);
+    for (const replay of [first, second]) {
+      await expect(Session.respond(old, replay)).rejects.toBeInstanceOf(ReplayedMessage);
+      await expect(Session.respond(await Device.fromBytes(old.toBytes()), replay)).rejects.toBeInstanceOf(ReplayedMessage);
+    }
+    // The keys go with the previous prekey: one rotation later it is unknown.
+    await old.rotateSignedPrekey();
+    await expect(Session.respond(old, first)).rejects.toMatchObject({ name: 'UnknownPrekey' });
+    await expect(Session.respond(old, second)).rejects.toBeInstanceOf(ReplayedMessage);
+  });
 });
 
 async function pair(): Promise<[GroupSession, GroupSession]> {

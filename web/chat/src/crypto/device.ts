@@ -295,11 +295,12 @@ export class Device {
   }
 
   /** Ephemeral keys remembered against replays (handshakes without one-time
-   * material, for the signed prekeys still kept). */
+   * material, for the signed prekeys still kept). Each counted once: a state
+   * from before #20 files its keys under every signed prekey kept. */
   get rememberedBaseKeyCount(): number {
-    let n = 0;
-    for (const keys of this.#seenBaseKeys.values()) n += keys.size;
-    return n;
+    const all = new Set<string>();
+    for (const keys of this.#seenBaseKeys.values()) for (const key of keys) all.add(key);
+    return all.size;
   }
 
   /** @internal Commit the use of prekeys after a successful handshake. */
@@ -401,9 +402,15 @@ export class Device {
       device.#lastResort = lastResort.map(int);
       device.#nextKemId = int(need('next_kem_id'));
       let seen = need('seen_base_keys');
-      // Before #20: one flat list, not by signed prekey. Keep those keys until
-      // the current signed prekey is retired (the older one goes first).
-      if (Array.isArray(seen)) seen = { [String(device.#currentSignedPrekey)]: seen };
+      // Before #20: one flat list, not by signed prekey, so which prekey each
+      // handshake was made with is unknown. File every key under each signed
+      // prekey still kept (the previous one's handshakes included): a replay is
+      // refused whichever it names, and the keys go with the last of those
+      // prekeys to be retired.
+      if (Array.isArray(seen)) {
+        const flat = seen;
+        seen = Object.fromEntries([...device.#signedPrekeys.keys()].map((id) => [String(id), flat]));
+      }
       if (typeof seen !== 'object' || seen === null) throw new MalformedState('device state: bad seen_base_keys');
       for (const [id, keys] of Object.entries(seen as Record<string, unknown>)) {
         if (!/^(0|[1-9][0-9]*)$/.test(id) || !Array.isArray(keys)) throw new MalformedState('device state: bad seen_base_keys');

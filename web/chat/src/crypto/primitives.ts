@@ -22,7 +22,7 @@
 
 import { ml_kem768 } from '@noble/post-quantum/ml-kem.js';
 
-import { concat, requireUint8Array } from './encoding.ts';
+import { concat, fromHex, requireUint8Array } from './encoding.ts';
 import { DecryptionFailed, InvalidKey, InvalidKeyLength, InvalidSignature } from './errors.ts';
 
 export const X25519_KEY_LEN = 32;
@@ -225,7 +225,36 @@ export class Ed25519KeyPair {
   }
 }
 
-/** Verify or raise InvalidSignature (bad lengths raise InvalidKeyLength). */
+/**
+ * The encodings of the 8 points of small order (orders 1, 2, 4 and 8), sign bit
+ * cleared: y = 0, 1, p - 1, the two y of the order-8 points, and the
+ * non-canonical y = p and p + 1 (libsodium's `has_small_order` blocklist). With
+ * such a public key [h]A takes at most 8 values, so a signature can be made
+ * without any private key (R = identity, S = 0 verifies every message under the
+ * identity point in WebCrypto and OpenSSL); `ed25519Verify` refuses them, sign
+ * bit set or not. As primitives.py.
+ */
+const ED25519_SMALL_ORDER: readonly string[] = [
+  '0000000000000000000000000000000000000000000000000000000000000000',
+  '0100000000000000000000000000000000000000000000000000000000000000',
+  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',
+  'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+  'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+];
+const ED25519_SMALL_ORDER_BYTES: readonly Uint8Array[] = ED25519_SMALL_ORDER.map(fromHex);
+
+/** Whether a 32-byte Ed25519 public key encodes a point of small order. */
+export function ed25519SmallOrder(publicKey: Uint8Array): boolean {
+  if (publicKey.length !== ED25519_KEY_LEN) return false;
+  const masked = publicKey.slice();
+  masked[ED25519_KEY_LEN - 1] = (publicKey[ED25519_KEY_LEN - 1] as number) & 0x7f;
+  return ED25519_SMALL_ORDER_BYTES.some((bad) => bad.every((byte, i) => masked[i] === byte));
+}
+
+/** Verify or raise InvalidSignature (bad lengths raise InvalidKeyLength). A
+ * public key of small order is refused whatever the signature. */
 export async function ed25519Verify(
   publicKey: Uint8Array,
   signature: Uint8Array,
@@ -234,6 +263,7 @@ export async function ed25519Verify(
   requireBytes('Ed25519 public key', publicKey, ED25519_KEY_LEN);
   requireBytes('Ed25519 signature', signature, ED25519_SIG_LEN);
   requireBytes('message', message);
+  if (ed25519SmallOrder(publicKey)) throw new InvalidSignature('Ed25519 public key is of small order');
   const s = subtle();
   let ok: boolean;
   try {
