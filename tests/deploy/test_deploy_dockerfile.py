@@ -17,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -170,6 +171,21 @@ def test_default_command_runs_a_service_in_exec_form() -> None:
     argv = json.loads(cmds[0])
     assert argv[:2] == ["python", "-m"] and argv[2].startswith("services.")
     assert (ROOT / argv[2].replace(".", "/") / "__main__.py").is_file()
+
+
+def test_exposes_every_services_port_and_names_every_service() -> None:
+    """EXPOSE and the header comment list every service the compose file runs from
+    this image (web, rooms and the notifier were missing)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    ports, modules = set(), set()
+    for svc in compose["services"].values():
+        if str(svc.get("image", "")).startswith("parley:"):
+            ports.add(str(svc["environment"]["PARLEY_PORT"]))
+            modules.add(svc["command"][-1].removeprefix("services."))
+    exposed = {p for word, args in instructions() if word == "EXPOSE" for p in args.split()}
+    assert ports and exposed == ports
+    header = re.search(r"python -m services\.([a-z|]+)", DOCKERFILE.read_text(encoding="utf-8"))
+    assert header and set(header.group(1).split("|")) == modules
 
 
 def test_services_listen_on_every_interface() -> None:

@@ -13,6 +13,7 @@ output.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -552,7 +553,7 @@ def test_the_wafs_rate_limit_answers_as_the_services_do() -> None:
     there reads the answer instead of a network error. Preflights are counted by a
     rule of their own: a blocked preflight is a network error whatever it answers."""
     acl = load(MODULES / "alb")["resource"]["aws_wafv2_web_acl"]["this"]
-    [body] = acl["custom_response_body"]
+    [body] = [b for b in acl["custom_response_body"] if b["key"] == "rate-limited"]
     window = 300
     expected = too_many(window).body()["error"]
     assert body["content_type"] == "APPLICATION_JSON"
@@ -583,3 +584,217 @@ def test_the_wafs_rate_limit_answers_as_the_services_do() -> None:
     assert pre["scope_down_statement"][0]["byte_match_statement"] == [options]
     # The stack names the origin the services allow (PARLEY_CORS_ORIGINS), lower-cased.
     assert stack()["module"]["alb"]["cors_origin"] == "${lower(module.static_site.url)}"
+
+
+def waf_rules() -> dict[str, dict[str, Any]]:
+    acl = load(MODULES / "alb")["resource"]["aws_wafv2_web_acl"]["this"]
+    return {r["name"]: r for r in acl["rule"]}
+
+
+def overrides(rule: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rule_action_override blocks of a managed-rule-group rule, by the local they iterate."""
+    group = rule["statement"][0]["managed_rule_group_statement"][0]
+    assert "rule_action_override" not in group, "overrides come from the locals, not one by one"
+    out = {}
+    for d in group["dynamic"]:
+        o = d["rule_action_override"]
+        assert o["content"][0]["name"] == "${rule_action_override.value}"
+        out[o["for_each"]] = o["content"][0]["action_to_use"][0]
+    return out
+
+
+def test_the_waf_counts_the_common_rules_on_message_bodies() -> None:
+    """Public-room messages are text people type: `<script>`, `../`, a URL with an IP
+    address. AWSManagedRulesCommonRuleSet's *_BODY rules blocked them; they count now,
+    and its rules on the URI, query string, headers and cookies still block."""
+    local = load(MODULES / "alb")["locals"]
+    body = local["common_body_rules"]
+    assert set(body) == {
+        "SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY",
+        "GenericRFI_BODY", "EC2MetaDataSSRF_BODY",
+    }  # fmt: skip
+    common = overrides(waf_rules()["aws-common"])
+    assert common["${local.common_body_rules}"] == {"count": [{}]}
+    blocking = local["managed_blocking_rules"]["aws-common"]
+    assert blocking and not any(r.endswith("_BODY") for r in blocking)
+    assert {"CrossSiteScripting_QUERYARGUMENTS", "GenericLFI_URIPATH"} <= set(blocking)
+    assert waf_rules()["aws-common"]["override_action"] == [{"none": [{}]}]
+
+
+def test_the_managed_rules_blocks_carry_the_error_shape_and_the_cors_header() -> None:
+    """A managed rule's own 403 has no CORS header: the web apps (another origin) saw a
+    network error. Each blocking managed rule is overridden to a block whose custom
+    response is the services' 403 `forbidden` with the header the rate limit sends."""
+    acl = load(MODULES / "alb")["resource"]["aws_wafv2_web_acl"]["this"]
+    bodies = {b["key"]: b for b in acl["custom_response_body"]}
+    assert f'code = "{ErrorCode.FORBIDDEN.value}"' in bodies["forbidden"]["content"]
+    assert http_status(ErrorCode.FORBIDDEN) == 403
+    local = load(MODULES / "alb")["locals"]
+    assert local["waf_cors_headers"] == (
+        '${var.cors_origin == "" ? {} : {"Access-Control-Allow-Origin" = var.cors_origin}}'
+    )
+    groups = {
+        "aws-common": "AWSManagedRulesCommonRuleSet",
+        "aws-known-bad-inputs": "AWSManagedRulesKnownBadInputsRuleSet",
+        "aws-ip-reputation": "AWSManagedRulesAmazonIpReputationList",
+    }
+    assert set(local["managed_blocking_rules"]) == set(groups)
+    for name, group in groups.items():
+        rule = waf_rules()[name]
+        assert rule["statement"][0]["managed_rule_group_statement"][0]["name"] == group
+        action = overrides(rule)[f'${{local.managed_blocking_rules["{name}"]}}']
+        [answer] = action["block"][0]["custom_response"]
+        assert answer["response_code"] == 403
+        assert answer["custom_response_body_key"] == "forbidden"
+        [cors] = [d["response_header"] for d in answer["dynamic"]]
+        assert cors["for_each"] == "${local.waf_cors_headers}"
+        assert cors["content"] == [
+            {"name": "${response_header.key}", "value": "${response_header.value}"}
+        ]
+    assert "Log4JRCE_BODY" in local["managed_blocking_rules"]["aws-known-bad-inputs"]
+
+
+def test_the_waf_refuses_percent_encoded_operators_paths() -> None:
+    """The ALB's internal_only rule matches the path as sent, so `/auth/%6detrics`
+    passed it and aiohttp routed it to /auth/metrics. A WAF rule refuses any path
+    that ends in /metrics or /readyz once URL-decoded and lower-cased, before the
+    managed rules, with the ALB's 404."""
+    rules = waf_rules()
+    rule = rules["internal-paths"]
+    assert rule["priority"] < min(r["priority"] for n, r in rules.items() if n != "internal-paths")
+    [answer] = rule["action"][0]["block"][0]["custom_response"]
+    assert answer["response_code"] == 404
+    acl = load(MODULES / "alb")["resource"]["aws_wafv2_web_acl"]["this"]
+    bodies = {b["key"]: b["content"] for b in acl["custom_response_body"]}
+    assert 'code = "not_found"' in bodies[answer["custom_response_body_key"]]
+    [match] = rule["statement"][0]["regex_match_statement"]
+    assert match["field_to_match"] == [{"uri_path": [{}]}]
+    transforms = sorted(match["text_transformation"], key=lambda t: t["priority"])
+    assert [t["type"] for t in transforms] == ["URL_DECODE", "LOWERCASE"]
+    waf = re.compile(match["regex_string"])
+
+    def refused(path: str) -> bool:
+        return bool(waf.search(urllib.parse.unquote(path).lower()))
+
+    for path in ("/auth/metrics", "/auth/%6detrics", "/keys/%72eadyz", "/gateway/METRICS/",
+                 "/rooms/readyz//", "/delivery/%6D%65%74%72%69%63%73", "/auth%2fmetrics"):  # fmt: skip
+        assert refused(path), path
+    for path in ("/auth/healthz", "/auth/v1/login", "/rooms/v1/rooms/r1/messages",
+                 "/auth/metricsx", "/keys/readyz.json", "/ws"):  # fmt: skip
+        assert not refused(path), path
+
+
+def test_documentdb_final_snapshots_do_not_collide() -> None:
+    """A fixed final snapshot name made a second `terraform destroy` fail: the name is
+    stamped with the creation time and kept (ignore_changes) until that destroy."""
+    cluster = load(MODULES / "documentdb")["resource"]["aws_docdb_cluster"]["this"]
+    assert cluster["skip_final_snapshot"] is False
+    assert "timestamp()" in cluster["final_snapshot_identifier"]
+    assert cluster["final_snapshot_identifier"].startswith("${var.name}-final-")
+    assert "final_snapshot_identifier" in cluster["lifecycle"][0]["ignore_changes"]
+
+
+def test_staging_sizes_every_component() -> None:
+    """Staging says "one task of each component": every enabled component is sized
+    there (rooms defaulted to two tasks), one task each but the two gateways."""
+    text = (TF / "envs" / "staging" / "terraform.tfvars").read_text(encoding="utf-8")
+    sizes = _clean(hcl2.loads(text, serialization_options=OPTS))["sizes"]
+    assert set(sizes) == set(enabled())
+    for name, size in sizes.items():
+        assert size["min"] == (2 if name == "gateway" else 1), name
+
+
+# --- metrics on AWS -------------------------------------------------------------------
+
+
+def test_managed_prometheus_evaluates_the_alert_rules_of_compose() -> None:
+    mon = load(MODULES / "monitoring")
+    call = stack()["module"]["monitoring"]
+    assert call["source"] == "../modules/monitoring"
+    assert call["count"] == "${var.managed_prometheus ? 1 : 0}"
+    assert load(STACK)["variable"]["managed_prometheus"]["default"] is True
+    # The rule file the workspace gets is deploy/prometheus/alerts.yml, the very one.
+    m = re.fullmatch(r'\$\{file\("\$\{path\.module\}/([^"]+)"\)\}', call["rules"])
+    assert m and (STACK / m.group(1)).resolve() == ROOT / "deploy/prometheus/alerts.yml"
+    ns = mon["resource"]["aws_prometheus_rule_group_namespace"]["alerts"]
+    assert ns["data"] == "${var.rules}"
+    assert ns["workspace_id"] == "${aws_prometheus_workspace.this.id}"
+    assert mon["resource"]["aws_prometheus_workspace"]["this"]["kms_key_arn"] == (
+        "${var.kms_key_arn}"
+    )
+
+
+def test_the_collector_scrapes_every_component_as_a_job_of_its_own() -> None:
+    """One Prometheus job per enabled component, named and pathed as in
+    deploy/prometheus/prometheus.yml (alerts.yml matches on those job names), from
+    the tasks ECS runs; written to the workspace with SigV4."""
+    call = stack()["module"]["monitoring"]
+    assert call["targets"] == (
+        "${{for name, c in local.enabled : name => "
+        "{service_name = module.service[name].service_name, port = c.port}}}"
+    )
+    compose = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    paths = {j["job_name"]: j.get("metrics_path") for j in compose["scrape_configs"]}
+    for name in enabled():
+        assert paths[name] == f"/{name}/metrics", name  # what "/${name}/metrics" gives
+    mon = load(MODULES / "monitoring")
+    cfg = mon["locals"]["collector_config"]
+    observer = cfg["extensions"]["ecs_observer"]
+    assert observer["cluster_name"] == "${var.cluster_name}"
+    assert observer["job_label_name"] == "prometheus_job"
+    assert 'name_pattern = "^${t.service_name}$"' in observer["services"]
+    assert 'metrics_path = "/${name}/metrics"' in observer["services"]
+    assert "job_name = name" in observer["services"]
+    scrape = cfg["receivers"]["prometheus"]["config"]["scrape_configs"]
+    assert scrape.startswith("${[for name, t in var.targets : {job_name = name,")
+    assert 'regex = name, action = "keep"' in scrape
+    assert observer["result_file"] == "${local.targets_file}"
+    assert "files = [local.targets_file]" in scrape
+    writer = cfg["exporters"]["prometheusremotewrite"]
+    assert writer["endpoint"] == (
+        "${aws_prometheus_workspace.this.prometheus_endpoint}api/v1/remote_write"
+    )
+    assert writer["auth"] == {"authenticator": "sigv4auth"}
+    assert cfg["service"]["pipelines"]["metrics"]["exporters"] == ["prometheusremotewrite"]
+    assert set(cfg["service"]["extensions"]) >= {"sigv4auth", "ecs_observer"}
+    # Read-only root file system: the targets file is on a task volume.
+    task = mon["resource"]["aws_ecs_task_definition"]["collector"]
+    assert task["volume"] == [{"name": "targets"}]
+    svc = mon["resource"]["aws_ecs_service"]["collector"]
+    assert svc["desired_count"] == 1
+    assert svc["network_configuration"][0]["assign_public_ip"] is False
+    assert call["subnet_ids"] == "${module.network.private_subnet_ids}"
+
+
+def test_the_collector_reaches_every_component_on_its_port_only() -> None:
+    rules = stack()["resource"]
+    assert stack()["locals"]["scraped"] == "${var.managed_prometheus ? local.enabled : {}}"
+    ingress = rules["aws_vpc_security_group_ingress_rule"]["metrics"]
+    egress = rules["aws_vpc_security_group_egress_rule"]["metrics"]
+    for rule in (ingress, egress):
+        assert rule["for_each"] == "${local.scraped}"
+        assert rule["from_port"] == rule["to_port"] == "${each.value.port}"
+        assert rule["ip_protocol"] == "tcp"
+    assert ingress["security_group_id"] == "${aws_security_group.component[each.key].id}"
+    assert ingress["referenced_security_group_id"] == "${module.monitoring[0].security_group_id}"
+    assert egress["security_group_id"] == "${module.monitoring[0].security_group_id}"
+    assert egress["referenced_security_group_id"] == (
+        "${aws_security_group.component[each.key].id}"
+    )
+
+
+def test_the_collectors_roles_are_least_privilege() -> None:
+    mon = load(MODULES / "monitoring")
+    task = {st["sid"]: st for st in mon["data"]["aws_iam_policy_document"]["task"]["statement"]}
+    assert task["WriteTheWorkspace"]["actions"] == ["aps:RemoteWrite"]
+    assert task["WriteTheWorkspace"]["resources"] == ["${aws_prometheus_workspace.this.arn}"]
+    for st in task.values():
+        assert all("*" not in a for a in st["actions"]), st
+        if st["resources"] == ["*"]:
+            assert st["actions"] == ["ecs:DescribeTaskDefinition"] or (
+                st["condition"][0]["variable"] == "ecs:cluster"
+            ), st
+    assert all(a.startswith(("ecs:Describe", "ecs:List", "aps:")) for st in task.values()
+               for a in st["actions"])  # fmt: skip
+    execution = mon["data"]["aws_iam_policy_document"]["execution"]["statement"]
+    assert [st["actions"] for st in execution] == [["logs:CreateLogStream", "logs:PutLogEvents"]]

@@ -35,6 +35,11 @@ output "log_groups" {
   value       = { for k, s in module.service : k => s.log_group }
 }
 
+output "prometheus_endpoint" {
+  description = "Amazon Managed Prometheus endpoint (Grafana's datasource); null without managed_prometheus."
+  value       = var.managed_prometheus ? module.monitoring[0].prometheus_endpoint : null
+}
+
 output "kafka_init_task_definition" {
   description = "Task definition that creates the topics (run_task.sh runs it)."
   value       = aws_ecs_task_definition.kafka_init.arn

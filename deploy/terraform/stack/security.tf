@@ -1,7 +1,8 @@
 # Security groups: one per component, opened only for what components.tf says
-# it needs — the ALB on its port (if routed), the components that call it,
-# the data stores it uses, HTTPS out (AWS APIs, the image registry) and SMTP
-# out for those that send mail. Data stores accept only their users.
+# it needs — the ALB on its port (if routed), the metrics collector on it, the
+# components that call it, the data stores it uses, HTTPS out (AWS APIs, the
+# image registry) and SMTP out for those that send mail. Data stores accept
+# only their users.
 
 locals {
   datastores = {
@@ -33,6 +34,9 @@ locals {
     for name, c in local.enabled : name => c if contains(c.uses, "mongo") && !local.uses_documentdb
   }
   smtp_use = { for name, c in local.enabled : name => c if contains(c.uses, "smtp") }
+
+  # Components the metrics collector scrapes (monitoring.tf): all of them.
+  scraped = var.managed_prometheus ? local.enabled : {}
 }
 
 resource "aws_security_group" "component" {
@@ -60,6 +64,28 @@ resource "aws_vpc_security_group_egress_rule" "alb_to_component" {
   for_each                     = local.routed
   security_group_id            = module.alb.security_group_id
   description                  = "ALB to ${each.key}"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  referenced_security_group_id = aws_security_group.component[each.key].id
+}
+
+# --- from the metrics collector ---------------------------------------------------
+
+resource "aws_vpc_security_group_ingress_rule" "metrics" {
+  for_each                     = local.scraped
+  security_group_id            = aws_security_group.component[each.key].id
+  description                  = "Metrics collector scrapes ${each.key}"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  referenced_security_group_id = module.monitoring[0].security_group_id
+}
+
+resource "aws_vpc_security_group_egress_rule" "metrics" {
+  for_each                     = local.scraped
+  security_group_id            = module.monitoring[0].security_group_id
+  description                  = "Metrics collector scrapes ${each.key}"
   ip_protocol                  = "tcp"
   from_port                    = each.value.port
   to_port                      = each.value.port

@@ -245,6 +245,12 @@ variable "log_retention_days" {
   default     = 30
 }
 
+variable "managed_prometheus" {
+  description = "Amazon Managed Prometheus with the alert rules of deploy/prometheus/alerts.yml, and a collector scraping every task (monitoring.tf)."
+  type        = bool
+  default     = true
+}
+
 variable "deletion_protection" {
   description = "Protect the ALB and DocumentDB from deletion and keep non-empty buckets (false only for throw-away environments)."
   type        = bool

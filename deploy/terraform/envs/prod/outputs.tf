@@ -27,3 +27,8 @@ output "service_names" {
   description = "ECS service by component."
   value       = module.stack.service_names
 }
+
+output "prometheus_endpoint" {
+  description = "Amazon Managed Prometheus endpoint (Grafana's datasource)."
+  value       = module.stack.prometheus_endpoint
+}

@@ -8,6 +8,71 @@ data "aws_elb_service_account" "current" {}
 locals {
   # ALB names are at most 32 characters; target group names too.
   lb_name = substr(var.name, 0, 32)
+
+  # The CORS header of the WAF's own answers: the web apps (on CloudFront's
+  # domain) then read a 403 or 404 instead of failing with a network error.
+  waf_cors_headers = var.cors_origin == "" ? {} : { "Access-Control-Allow-Origin" = var.cors_origin }
+
+  # AWSManagedRulesCommonRuleSet's rules on the request body only count (WAF
+  # metrics and logs show them), never block. The body is JSON: chat text that
+  # people type, which legitimately holds `<script>` (a message about HTML),
+  # `../` (a pasted path) or a URL with an IP address; the APIs take JSON only
+  # and the clients render text as text, never as HTML. The same rules on the
+  # URI path, query string, headers and cookies still block (below). Prekey
+  # uploads are also larger than SizeRestrictions_BODY's 8 KB; the services cap
+  # bodies themselves (PARLEY_MAX_BODY_BYTES).
+  common_body_rules = [
+    "SizeRestrictions_BODY",
+    "CrossSiteScripting_BODY",
+    "GenericLFI_BODY",
+    "GenericRFI_BODY",
+    "EC2MetaDataSSRF_BODY",
+  ]
+
+  # The managed rules that block, by web ACL rule: overridden to a block with a
+  # custom response, 403 `forbidden` in the services' error shape with the CORS
+  # header (a managed rule's own block has neither, and a browser on the web
+  # domain can only report it as a network error). WAF ignores an override that
+  # names no rule of its group; a rule AWS adds to a group later blocks with its
+  # bare 403 until it is listed here. (AWSManagedIPDDoSList only counts: not listed.)
+  managed_blocking_rules = {
+    "aws-common" = [
+      "NoUserAgent_HEADER",
+      "UserAgent_BadBots_HEADER",
+      "SizeRestrictions_QUERYSTRING",
+      "SizeRestrictions_Cookie_HEADER",
+      "SizeRestrictions_URIPATH",
+      "EC2MetaDataSSRF_COOKIE",
+      "EC2MetaDataSSRF_URIPATH",
+      "EC2MetaDataSSRF_QUERYARGUMENTS",
+      "GenericLFI_QUERYARGUMENTS",
+      "GenericLFI_URIPATH",
+      "RestrictedExtensions_URIPATH",
+      "RestrictedExtensions_QUERYARGUMENTS",
+      "GenericRFI_QUERYARGUMENTS",
+      "GenericRFI_URIPATH",
+      "CrossSiteScripting_COOKIE",
+      "CrossSiteScripting_QUERYARGUMENTS",
+      "CrossSiteScripting_URIPATH",
+    ]
+    "aws-known-bad-inputs" = [
+      "JavaDeserializationRCE_HEADER",
+      "JavaDeserializationRCE_BODY",
+      "JavaDeserializationRCE_URIPATH",
+      "JavaDeserializationRCE_QUERYSTRING",
+      "Host_localhost_HEADER",
+      "PROPFIND_METHOD",
+      "ExploitablePaths_URIPATH",
+      "Log4JRCE_HEADER",
+      "Log4JRCE_QUERYSTRING",
+      "Log4JRCE_BODY",
+      "Log4JRCE_URIPATH",
+    ]
+    "aws-ip-reputation" = [
+      "AWSManagedIPReputationList",
+      "AWSManagedReconnaissanceList",
+    ]
+  }
 }
 
 # --- certificate ----------------------------------------------------------------
@@ -265,6 +330,69 @@ resource "aws_wafv2_web_acl" "this" {
     })
   }
 
+  # What the managed rules answer when they block (local.managed_blocking_rules).
+  custom_response_body {
+    key          = "forbidden"
+    content_type = "APPLICATION_JSON"
+    content = jsonencode({
+      error = { code = "forbidden", message = "The firewall refused this request." }
+    })
+  }
+
+  # What the internal-paths rule answers: the ALB's and HAProxy's 404.
+  custom_response_body {
+    key          = "not-found"
+    content_type = "APPLICATION_JSON"
+    content      = jsonencode({ error = { code = "not_found", message = "No such resource." } })
+  }
+
+  # Operators' paths, refused as HAProxy's public frontend refuses them: on the
+  # path after percent-decoding. The ALB's internal_only listener rule compares
+  # the path as sent, so `/auth/%6detrics` passes it, and aiohttp decodes it to
+  # /auth/metrics (the services refuse an encoded one too: as_sent in
+  # services/common/app.py). Any path ending in /metrics or /readyz (a trailing
+  # slash or several), as the ALB's patterns; before every other rule.
+  rule {
+    name     = "internal-paths"
+    priority = 5
+    action {
+      block {
+        custom_response {
+          response_code            = 404
+          custom_response_body_key = "not-found"
+          dynamic "response_header" {
+            for_each = local.waf_cors_headers
+            content {
+              name  = response_header.key
+              value = response_header.value
+            }
+          }
+        }
+      }
+    }
+    statement {
+      regex_match_statement {
+        regex_string = "/(metrics|readyz)/*$"
+        field_to_match {
+          uri_path {}
+        }
+        text_transformation {
+          priority = 0
+          type     = "URL_DECODE"
+        }
+        text_transformation {
+          priority = 1
+          type     = "LOWERCASE"
+        }
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "internal-paths"
+      sampled_requests_enabled   = true
+    }
+  }
+
   rule {
     name     = "aws-common"
     priority = 10
@@ -275,12 +403,36 @@ resource "aws_wafv2_web_acl" "this" {
       managed_rule_group_statement {
         vendor_name = "AWS"
         name        = "AWSManagedRulesCommonRuleSet"
-        # Prekey uploads are legitimately larger than the rule's 8 KB; the
-        # services cap bodies themselves (PARLEY_MAX_BODY_BYTES).
-        rule_action_override {
-          name = "SizeRestrictions_BODY"
-          action_to_use {
-            count {}
+        # Body rules count (local.common_body_rules says why); the others
+        # block with the services' 403 and the CORS header.
+        dynamic "rule_action_override" {
+          for_each = local.common_body_rules
+          content {
+            name = rule_action_override.value
+            action_to_use {
+              count {}
+            }
+          }
+        }
+        dynamic "rule_action_override" {
+          for_each = local.managed_blocking_rules["aws-common"]
+          content {
+            name = rule_action_override.value
+            action_to_use {
+              block {
+                custom_response {
+                  response_code            = 403
+                  custom_response_body_key = "forbidden"
+                  dynamic "response_header" {
+                    for_each = local.waf_cors_headers
+                    content {
+                      name  = response_header.key
+                      value = response_header.value
+                    }
+                  }
+                }
+              }
+            }
           }
         }
       }
@@ -302,6 +454,27 @@ resource "aws_wafv2_web_acl" "this" {
       managed_rule_group_statement {
         vendor_name = "AWS"
         name        = "AWSManagedRulesKnownBadInputsRuleSet"
+        dynamic "rule_action_override" {
+          for_each = local.managed_blocking_rules["aws-known-bad-inputs"]
+          content {
+            name = rule_action_override.value
+            action_to_use {
+              block {
+                custom_response {
+                  response_code            = 403
+                  custom_response_body_key = "forbidden"
+                  dynamic "response_header" {
+                    for_each = local.waf_cors_headers
+                    content {
+                      name  = response_header.key
+                      value = response_header.value
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
       }
     }
     visibility_config {
@@ -321,6 +494,27 @@ resource "aws_wafv2_web_acl" "this" {
       managed_rule_group_statement {
         vendor_name = "AWS"
         name        = "AWSManagedRulesAmazonIpReputationList"
+        dynamic "rule_action_override" {
+          for_each = local.managed_blocking_rules["aws-ip-reputation"]
+          content {
+            name = rule_action_override.value
+            action_to_use {
+              block {
+                custom_response {
+                  response_code            = 403
+                  custom_response_body_key = "forbidden"
+                  dynamic "response_header" {
+                    for_each = local.waf_cors_headers
+                    content {
+                      name  = response_header.key
+                      value = response_header.value
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
       }
     }
     visibility_config {

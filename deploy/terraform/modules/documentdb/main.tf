@@ -81,9 +81,18 @@ resource "aws_docdb_cluster" "this" {
   enabled_cloudwatch_logs_exports = ["audit", "profiler"]
   deletion_protection             = var.deletion_protection
   skip_final_snapshot             = false
-  final_snapshot_identifier       = "${var.name}-final"
   apply_immediately               = false
   tags                            = var.tags
+
+  # A snapshot name is unique in the account and region: a fixed one made the
+  # second `terraform destroy` of an environment fail (the first one's snapshot
+  # exists). Stamped with the cluster's creation time instead, kept in the state
+  # (ignore_changes: timestamp() differs at every plan) and used at its destroy.
+  final_snapshot_identifier = "${var.name}-final-${formatdate("YYYYMMDDhhmmss", timestamp())}"
+
+  lifecycle {
+    ignore_changes = [final_snapshot_identifier]
+  }
 
   depends_on = [aws_cloudwatch_log_group.exports]
 }
