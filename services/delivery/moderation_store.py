@@ -33,6 +33,11 @@ class ModerationStore:
     async def ensure_indexes(self) -> None:
         await self.reports.create_index([("key", ASCENDING)], unique=True)
         await self.reports.create_index([("server_id", ASCENDING)])
+        # The queue's filter (open reports first among thousands resolved) and the
+        # removals a Redis loss marks again (restore_gone). Single fields: the embedded
+        # server refuses ``_id`` inside a compound index.
+        await self.reports.create_index([("state", ASCENDING)])
+        await self.tombstones.create_index([("at", ASCENDING)])
 
     # Reports ------------------------------------------------------------------
     async def file_report(self, doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:

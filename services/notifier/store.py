@@ -24,11 +24,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from parley_contract.envelopes import MentionNotice
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+DUPLICATE_KEY = 11000
 Doc = dict[str, Any]
 
 ID_CHUNK = 500
@@ -64,12 +65,7 @@ class NotifierStore:
         The digest's range is raised in either case: a notice that comes again
         because the worker died (or the write failed) between the two writes
         would otherwise stay kept and never be in any digest's range."""
-        doc = {
-            "_id": pending_id(notice.user, notice.n), "user": notice.user, "n": notice.n,
-            "room_id": notice.room_id, "room_name": notice.room_name, "kind": notice.kind,
-            "sender": notice.sender, "excerpt": notice.excerpt, "at": notice.at,
-            "message_seq": notice.message_seq, "server_id": notice.server_id,
-        }  # fmt: skip
+        doc = _pending_doc(notice)
         new = True
         try:
             await self.pending.insert_one(doc)
@@ -86,6 +82,41 @@ class NotifierStore:
             upsert=True,
         )
         return new
+
+    async def add_many(self, notices: list[MentionNotice], interval_s: float) -> list[bool]:
+        """:meth:`add` for a batch in two round trips, not two a notice: one unordered
+        insert (a duplicate is a notice kept before) and one bulk upsert of the users'
+        digest ranges. Whether each notice was new, in order."""
+        if not notices:
+            return []
+        docs = [_pending_doc(n) for n in notices]
+        refused: set[int] = set()  # kept before (or earlier in this batch): duplicates
+        try:
+            await self.pending.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            refused = {int(e["index"]) for e in errors}
+        ranges: dict[str, tuple[int, int]] = {}
+        for n in notices:
+            lo, hi = ranges.get(n.user, (n.n, n.n))
+            ranges[n.user] = (min(lo, n.n), max(hi, n.n))
+        # Raised in either case (see add). The first mention since the last digest
+        # sets when the next is due.
+        due = time.time() + interval_s
+        await self.digests.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": user},
+                    {"$setOnInsert": {"due": due}, "$min": {"lo": lo}, "$max": {"hi": hi}},
+                    upsert=True,
+                )
+                for user, (lo, hi) in ranges.items()
+            ],
+            ordered=False,
+        )
+        return [i not in refused for i in range(len(docs))]
 
     async def lease_due(self, lease_s: float) -> Doc | None:
         """A digest that is due, held for ``lease_s`` (another replica skips it)."""
@@ -126,3 +157,12 @@ class NotifierStore:
         ids = list(dict.fromkeys(user_ids))
         docs = await self._by_ids(self.users, ids, {"username": 1})
         return {k: str(d["username"]) for k, d in docs.items()}
+
+
+def _pending_doc(notice: MentionNotice) -> Doc:
+    return {
+        "_id": pending_id(notice.user, notice.n), "user": notice.user, "n": notice.n,
+        "room_id": notice.room_id, "room_name": notice.room_name, "kind": notice.kind,
+        "sender": notice.sender, "excerpt": notice.excerpt, "at": notice.at,
+        "message_seq": notice.message_seq, "server_id": notice.server_id,
+    }  # fmt: skip

@@ -5,6 +5,7 @@ users get none; a redelivered or malformed notice changes nothing."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from services.notifier.store import pending_id
 from tests.notifier.conftest import INTERVAL_S, Harness, notice
@@ -158,3 +159,34 @@ def test_the_digest_links_to_the_web_client_where_it_has_an_origin_of_its_own() 
     assert f"PATCH {api}/auth/v1/me/preferences" in text
     _, alone = notifier_mail.digest("bob", [item], {"u1": "alice"}, api)
     assert f"Open Parley to read them: {api}/\n" in alone
+
+
+async def test_a_batch_of_notices_is_kept_in_two_round_trips(harness: Harness) -> None:
+    """Before: two sequential round trips a notice (an insert and an upsert), so a
+    burst of 500 mentions was a thousand round trips and the consumer fell behind."""
+    users = [await harness.user() for _ in range(5)]
+    alice = await harness.user()
+    store = harness.notifier.store
+    batch = [notice(u["_id"], n, alice["_id"]) for n in range(1, 101) for u in users]
+    assert await store.add(batch[0], INTERVAL_S)  # kept before: a redelivery
+    calls = {"insert_many": 0, "bulk_write": 0}
+    for coll, name in ((store.pending, "insert_many"), (store.digests, "bulk_write")):
+        real = getattr(coll, name)
+
+        async def counted(*a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
+            calls[_name] += 1
+            return await _real(*a, **k)
+
+        setattr(coll, name, counted)
+    try:
+        new = await store.add_many([*batch, batch[1]], INTERVAL_S)
+    finally:
+        for coll, name in ((store.pending, "insert_many"), (store.digests, "bulk_write")):
+            delattr(coll, name)
+    assert calls == {"insert_many": 1, "bulk_write": 1}
+    assert new == [False] + [True] * 499 + [False]
+    for u in users:
+        digest = await store.digests.find_one({"_id": u["_id"]})
+        assert digest is not None and (digest["lo"], digest["hi"]) == (1, 100)
+    kept = await store.pending.find({"user": {"$in": [u["_id"] for u in users]}}).to_list()
+    assert len(kept) == 500
