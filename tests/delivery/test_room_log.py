@@ -55,6 +55,26 @@ async def test_numbers_have_no_gaps_and_each_message_is_stored_once(
     assert len({m.server_id for m in messages}) == 8
 
 
+async def test_a_batch_across_many_rooms_numbers_each_room_on_its_own(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """Rooms of one batch are appended side by side (they were one after another, three
+    or four round trips each): each keeps its own order, numbers and pushes."""
+    log = make(store, settings)
+    rooms = [room_id() for _ in range(60)]
+    batch = [env(room, i) for i in range(3) for room in rooms]  # interleaved, as consumed
+    done = await log.append(batch, time.time())
+    assert (done.stored, done.repeats) == (180, 0)
+    by_room: dict[str, list[int]] = {}
+    for _, fr in done.pushes:
+        by_room.setdefault(fr.room, []).append(fr.seq)
+    assert by_room == {room: [1, 2, 3] for room in rooms}
+    for room in rooms[:5]:
+        messages, last, _ = await log.page(room, 0, 0, 10)
+        expected = [e.room_server_id(room, "alice", f"c{i}") for i in range(3)]
+        assert [m.server_id for m in messages] == expected and last == 3
+
+
 async def test_a_writer_killed_between_its_writes_leaves_nothing_twice(
     store: DeliveryStore, settings: Settings
 ) -> None:
