@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_CACHED_ROOMS = 10_000
+# Member ids kept in all (10,000 rooms of 5,000 members would be gigabytes).
+MAX_CACHED_MEMBERS = 1_000_000
 ROSTER_TTL_S = 300.0
 
 
@@ -40,10 +42,15 @@ class _Roster:
 class RosterCache:
     """Member lists of up to ``max_rooms`` rooms, each for ``ttl_s`` at most."""
 
-    def __init__(self, max_rooms: int = MAX_CACHED_ROOMS, ttl_s: float = ROSTER_TTL_S) -> None:
+    def __init__(
+        self, max_rooms: int = MAX_CACHED_ROOMS, ttl_s: float = ROSTER_TTL_S,
+        max_members: int = MAX_CACHED_MEMBERS,
+    ) -> None:  # fmt: skip
         self.max_rooms = max_rooms
+        self.max_members = max_members
         self.ttl_s = ttl_s
         self._rosters: dict[str, _Roster] = {}
+        self._entries = 0  # member ids held, all rooms
 
     def get(self, room_id: str, version: int, count: int) -> tuple[str, ...] | None:
         """The cached list of the room as its document says it is, or None."""
@@ -63,10 +70,14 @@ class RosterCache:
         """Keep ``members``, read after a room document of ``version`` and ``count``,
         if it is whole (``count`` entries); returns it as a tuple either way."""
         kept = tuple(members)
-        if len(kept) != count:
-            self._rosters.pop(room_id, None)
+        old = self._rosters.pop(room_id, None)
+        if old is not None:
+            self._entries -= len(old.members)
+        if len(kept) != count or len(kept) > self.max_members:
             return kept
-        if len(self._rosters) >= self.max_rooms:
+        if len(self._rosters) >= self.max_rooms or self._entries + len(kept) > self.max_members:
             self._rosters.clear()
+            self._entries = 0
         self._rosters[room_id] = _Roster(version, count, kept, time.monotonic())
+        self._entries += len(kept)
         return kept

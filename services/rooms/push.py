@@ -32,6 +32,8 @@ from services.rooms.store import Doc, RoomStore, now_ms
 
 log = logging.getLogger(__name__)
 
+PAGES_AT_ONCE = 8  # roster pages read at once by members_of
+
 # Roster slots read per round trip when a public room's post is pushed.
 ROSTER_PAGE = 500
 
@@ -82,15 +84,25 @@ async def members_of(store: RoomStore, room: Doc, cache: RosterCache | None = No
     if cache is not None and (hit := cache.get(room_id, version, count)) is not None:
         return list(hit)
     last = int(room.get("slots", 0))
-    users: list[str] = []
-    for first in range(1, last + 1, ROSTER_PAGE):
+
+    async def page(first: int) -> list[str]:
         entries = await store.roster_page(room_id, first, min(last, first + ROSTER_PAGE - 1))
         docs = await store.get_members(room_id, [str(x["user"]) for x in entries])
-        for x in entries:
-            m = docs.get(str(x["user"]))
+        return [
+            str(x["user"]) for x in entries
             # An entry counts while the member document names its slot (docs/rooms.md).
-            if m is not None and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1]):
-                users.append(str(x["user"]))
+            if (m := docs.get(str(x["user"]))) is not None
+            and int(m["slot"]) == int(str(x["_id"]).rsplit("|", 1)[1])
+        ]  # fmt: skip
+
+    # Pages side by side, PAGES_AT_ONCE at a time, in order: slots are never reused, so
+    # a busy room's roster is mostly holes, and one page after another was two round
+    # trips for every 500 slots ever handed out.
+    users: list[str] = []
+    firsts = list(range(1, last + 1, ROSTER_PAGE))
+    for i in range(0, len(firsts), PAGES_AT_ONCE):
+        for part in await asyncio.gather(*(page(at) for at in firsts[i : i + PAGES_AT_ONCE])):
+            users += part
     if cache is not None:
         cache.put(room_id, version, count, users)
     return users

@@ -51,3 +51,19 @@ def test_lists_expire_and_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) 
     cache.put("r3", 1, 1, ["c"])  # past the bound: the others are dropped
     assert cache.get("r3", 1, 1) == ("c",)
     assert cache.get("r1", 1, 1) is None and cache.get("r2", 1, 1) is None
+
+
+def test_the_cache_is_bounded_by_member_ids_not_only_rooms() -> None:
+    """Before: 10,000 rooms of up to 5,000 members each could be held (gigabytes)."""
+    cache = RosterCache(max_rooms=100, max_members=10)
+    cache.put("a", 1, 6, [f"u{i}" for i in range(6)])
+    cache.put("b", 1, 3, ["x", "y", "z"])
+    assert cache.get("a", 1, 6) is not None and cache.get("b", 1, 3) is not None
+    cache.put("c", 1, 4, ["p", "q", "r", "s"])  # 13 ids: the cache starts over
+    assert cache.get("a", 1, 6) is None and cache.get("c", 1, 4) is not None
+    cache.put("c", 2, 4, ["p", "q", "r", "s"])  # a newer list replaces, not adds
+    cache.put("d", 1, 6, [f"d{i}" for i in range(6)])
+    assert cache.get("c", 2, 4) is not None and cache.get("d", 1, 6) is not None
+    assert (
+        cache.put("huge", 1, 11, [f"h{i}" for i in range(11)]) and cache.get("huge", 1, 11) is None
+    )  # over the bound alone: never kept
