@@ -228,6 +228,8 @@ class Messenger:
         self._held: dict[str, float] = {}
         self._refusals: dict[str, int] = {}
         self._held_task: asyncio.Task[Any] | None = None
+        # The devices each waiting control send was (last) encrypted for (send_control).
+        self._copies: dict[str, set[tuple[str, int]]] = {}
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -1010,6 +1012,8 @@ class Messenger:
                     str(queued["peer"]), str(queued.get("text") or ""), client_id, refresh=True,
                     payload=None if control is None else b64decode(str(control)),
                 )  # fmt: skip
+                if client_id in self._copies:  # a control send waits: these get it now
+                    self._copies[client_id] = {(c.user, int(c.device)) for c in frame.copies}
         except ParleyError as exc:
             # Not sendable as it is (e.g. the contact's identity changed): it leaves the
             # outbox as failed rather than waiting there for ever.
@@ -1107,14 +1111,23 @@ class Messenger:
     async def send_control(
         self, peer_id: str, payload: bytes, timeout: float = 30,
         bundles: dict[tuple[str, int], PrekeyBundle] | None = None,
-    ) -> str:  # fmt: skip
+    ) -> set[tuple[str, int]]:  # fmt: skip
         """Send a control payload (:func:`encode_control`, e.g. a room's sender key) to
         every device of ``peer_id`` (a user id) and our other devices, over the pairwise
         sessions; waits for ``accepted``.  Nothing enters the history. ``bundles``:
-        claimed already (:meth:`claim_missing`) for devices with no session yet."""
+        claimed already (:meth:`claim_missing`) for devices with no session yet.
+
+        Returns the (user, device) pairs the accepted copy was encrypted for: what
+        got it, which the device lists as they are by then need not say (a device
+        linked meanwhile and learned of by another route did not)."""
         client_id = uuid.uuid4().hex
         frame = await self._encrypt(peer_id, "", client_id, payload=payload, bundles=bundles)
-        return await self.submit(frame, peer_id, wait="accepted", timeout=timeout)
+        self._copies[client_id] = {(c.user, int(c.device)) for c in frame.copies}
+        try:
+            await self.submit(frame, peer_id, wait="accepted", timeout=timeout)
+            return self._copies.get(client_id, set())
+        finally:
+            self._copies.pop(client_id, None)
 
     async def submit(
         self, frame: f.Send | f.RoomSend, peer: str, *, wait: str | None = "accepted",

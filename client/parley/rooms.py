@@ -583,22 +583,21 @@ class Rooms:
         gate = asyncio.Semaphore(DISTRIBUTE_AT_ONCE)
         # Who has the key now, recorded as the ``accepted`` come: those that come while
         # a write waits for the store join it (one commit for many, not one per member).
-        done: list[str] = []
+        done: list[set[tuple[str, int]]] = []
         recording: asyncio.Future[None] | None = None
 
         async def write() -> None:
             nonlocal recording
             async with self._store().transaction() as tx:
                 recording = None  # later ones make the next write
-                users = [*done, me]
+                # The devices each accepted key send was encrypted for, not the lists as
+                # they are now: a device linked meanwhile (and learned of by another
+                # route) was recorded as keyed without the key, and could not read
+                # this device's messages until the next rotation.
+                copies = set().union(*done)
                 done.clear()
                 state = self._state(tx, room_id)
-                got = {
-                    member_key(u, d)
-                    for u in users
-                    for d in self.messenger._peer(tx, u).devices
-                    if (u, d) != (me, my_device)
-                }
+                got = {member_key(u, d) for u, d in copies if (u, d) != (me, my_device)}
                 state.has_key = sorted(set(state.has_key) | got)
                 self._put_state(tx, room_id, state)
 
@@ -606,9 +605,9 @@ class Rooms:
             nonlocal recording
             await claims.ready(user)  # its request's answer, not all ten
             async with gate:
-                await self.messenger.send_control(user, payload, bundles=claims.bundles)
+                got = await self.messenger.send_control(user, payload, bundles=claims.bundles)
             self.distributions += 1
-            done.append(user)
+            done.append(got)
             if recording is None:
                 recording = asyncio.ensure_future(write())
             await asyncio.shield(recording)

@@ -337,6 +337,41 @@ async def test_alone_in_a_private_room_my_other_device_reads_what_i_write(
     assert (await all_texts(a1, rid, 3))[-1] == "bob is here"
 
 
+async def test_a_device_linked_while_its_key_send_was_accepted_still_gets_the_key(
+    device: NewDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a key send recorded as keyed every device its recipient had *when the
+    accepted came*, not the ones it was encrypted for. A device linked in between (and
+    learned of meanwhile) was recorded without the key, and no later send gave it:
+    it could not read this sender until the next rotation."""
+    alice = await device(username("ka"), first=True)
+    b_name = username("kb")
+    bob = await device(b_name, first=True)
+    rid = await private_room(alice, [bob], "late link")
+    assert bob.user_id
+    send_control = alice.messenger.send_control
+    linked: list[Client] = []
+
+    async def then_link(user: str, payload: bytes, **kw: Any) -> Any:
+        got = await send_control(user, payload, **kw)
+        if user == bob.user_id and not linked:  # accepted; recorded just after this
+            linked.append(await device(b_name, approver=bob))
+            await alice.messenger.refresh_peers([user])  # alice learns of it meanwhile
+        return got
+
+    monkeypatch.setattr(alice.messenger, "send_control", then_link)
+    await alice.rooms.send(rid, "before the new device")
+    [bob2] = linked
+    await bob2.connect()
+    await alice.rooms.send(rid, "after the new device")
+    # Sent once the device was there (the gateway asks for it): it reads both.
+    assert await all_texts(bob2, rid, 2, timeout=30) == [
+        "before the new device",
+        "after the new device",
+    ]
+    assert (await all_texts(bob, rid, 2))[-1] == "after the new device"
+
+
 async def test_a_gap_during_a_batched_log_read_waits_for_it(device: NewDevice) -> None:
     """On connect a device reads its rooms' logs 100 rooms a call; a room in that call is
     being read until its page is taken, so a push that shows a gap meanwhile does not
