@@ -306,6 +306,11 @@ function linkedAt(token: string): number {
   return Math.min(Math.max(Date.now(), iat), iat + 999);
 }
 
+/** The (user, device) pairs a pairwise send's copies are encrypted for. */
+function copiesOf(frame: W.Send): [string, number][] {
+  return frame.copies.map((c) => [c.user, c.device]);
+}
+
 function randomId(): string {
   return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
 }
@@ -424,6 +429,9 @@ export class ParleyClient {
   /** Signed out (#signedOut): this instance writes nothing to the vault any more. */
   #ended = false;
   readonly #waiting = new Map<string, { resolve: () => void; reject: (e: Error) => void }>(); // client id -> its accepted
+  /** The devices each waiting control send (#sendControl) was last encrypted for, by its
+   * client id (null: not encrypted yet); a `devices_changed` redo replaces them. */
+  readonly #copies = new Map<string, [string, number][] | null>();
   readonly #roomLocks = new Map<string, Mutex>();
   readonly #peerLocks = new Map<string, Mutex>();
   readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
@@ -1912,14 +1920,25 @@ export class ParleyClient {
 
   /** Send a control payload (a room's sender key) to every device of `userId` and our
    * other devices over the pairwise sessions (`userId` ours: a note to self, for our
-   * other devices only); resolves at its `accepted`. */
-  async #sendControl(userId: string, payload: Uint8Array, claimed?: Map<string, PrekeyBundle>, gate?: Gate): Promise<void> {
+   * other devices only); resolves at its `accepted` with the (user, device) pairs the
+   * accepted frame's copies were encrypted for (after any `devices_changed` redo):
+   * those got it, which the device lists as they are by then need not say (a device
+   * linked meanwhile and learned of by another route did not; messenger.py
+   * `send_control`). */
+  async #sendControl(userId: string, payload: Uint8Array, claimed?: Map<string, PrekeyBundle>, gate?: Gate): Promise<[string, number][]> {
     const clientId = randomId();
-    const encrypt = () => this.#encrypt(userId, '', clientId, false, payload, claimed);
-    const frame = await (gate ? gate.run(encrypt) : encrypt());
-    const accepted = this.#accepted(clientId);
-    this.#sendNew(frame);
-    await accepted;
+    this.#copies.set(clientId, null);
+    try {
+      const encrypt = () => this.#encrypt(userId, '', clientId, false, payload, claimed);
+      const frame = await (gate ? gate.run(encrypt) : encrypt());
+      if (this.#copies.get(clientId) === null) this.#copies.set(clientId, copiesOf(frame)); // (unless redone meanwhile)
+      const accepted = this.#accepted(clientId);
+      this.#sendNew(frame);
+      await accepted;
+      return this.#copies.get(clientId) ?? [];
+    } finally {
+      this.#copies.delete(clientId);
+    }
   }
 
   /** Send `text` to a room. A public room's message is posted to its timeline; a
@@ -1976,7 +1995,8 @@ export class ParleyClient {
    * the room's member devices are not the ones this device gave its sender key to (a
    * device linked or removed, a member joined). Nothing was stored. Under the room's
    * lock: the lists that differ from ours are read again from the key directory (signed:
-   * the error's `lists` only say which), the members if the room's version moved, the
+   * the error's `lists` only say which), the members (always: the list kept for the
+   * room's version may have been read while a membership change was half written), the
    * key goes to the member devices that lack it (#distribute), and the text is encrypted
    * again, a new step of the chain (a device given the key now cannot read the old
    * ciphertext), and sent with the same id, replacing the outbox entry. At most
@@ -2002,7 +2022,13 @@ export class ParleyClient {
         const behind = listsBehind(lists, (user) => this.peer(user).devices.keys(), me, myDevice);
         await this.#refreshPeers(behind);
         const version = room.version ?? 0;
-        const members = await this.#roomMembers(roomId, version);
+        // The members read fresh, never the list kept for this version (rooms.py reads
+        // them fresh too): the rooms service raises the version before it adds or
+        // removes the membership, so a list read in between is kept under the new
+        // version while stale (a leaver still in it, a joiner not yet), and every redo
+        // from it would name the same wrong devices until the version moved again.
+        // #distribute keeps this one for the version.
+        const members = await this.#memberIds(roomId);
         const keyed = await this.#distribute(roomId, version, members);
         // The server refuses a mention of someone who is no longer a member.
         const mentions = (queued.send.mentions ?? []).filter((m) => members.includes(m));
@@ -2067,16 +2093,20 @@ export class ParleyClient {
     const users = distributionUsers(lacking, me);
     const claims = this.#claimMissing(users); // in bulk: 100 users a request
     // Who has the key now, recorded as the `accepted` come: those that come while a
-    // write is waiting join it (one write for many, not one per member).
-    const got: string[] = [];
+    // write is waiting join it (one write for many, not one per member). Exactly the
+    // devices each accepted key send was encrypted for, not the lists as they are now:
+    // a device linked meanwhile (and learned of by another route) would be recorded as
+    // keyed without the key, and could not read this device's messages until the next
+    // rotation (rooms.py `_distribute`).
+    const got: [string, number][] = [];
     let recording: Promise<void> | null = null;
-    const record = (user: string): Promise<void> => {
-      got.push(user);
+    const record = (copies: [string, number][]): Promise<void> => {
+      got.push(...copies);
       recording ??= this.#transaction(async (tx) => {
         recording = null; // later ones make the next write
-        const users = got.splice(0);
+        const keyed = got.splice(0).filter(([u, d]) => !(u === me && d === myDevice)).map(([u, d]) => memberKey(u, d));
         const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
-        state.has_key = [...new Set([...state.has_key, ...targets(tx, [...users, me])])].sort();
+        state.has_key = [...new Set([...state.has_key, ...keyed])].sort();
         tx.put(this.#roomRow('room', roomId), state);
       });
       return recording;
@@ -2085,8 +2115,7 @@ export class ParleyClient {
     const results = await Promise.allSettled(
       users.map(async (user) => {
         await claims.ready(user); // its claim's answer, not all ten
-        await this.#sendControl(user, payload, claims.bundles, gate);
-        await record(user);
+        await record(await this.#sendControl(user, payload, claims.bundles, gate));
       }),
     );
     for (const r of results) {
@@ -3058,7 +3087,9 @@ export class ParleyClient {
       // Someone linked or removed a device: encrypt for the current lists, same id.
       try {
         const payload = queued.control === undefined ? undefined : b64decode(queued.control);
-        this.#sendAgain(await this.#encrypt(queued.peer, queued.text, clientId, true, payload));
+        const frame = await this.#encrypt(queued.peer, queued.text, clientId, true, payload);
+        if (this.#copies.has(clientId)) this.#copies.set(clientId, copiesOf(frame)); // a control send waits: these get it now
+        this.#sendAgain(frame);
       } catch (error) {
         await this.#fail(clientId, queued.peer, String((error as Error).message));
       }

@@ -235,10 +235,16 @@ export class FakeServer {
   rateLimited = 0; // sends refused rate_limited
   /** How a send within the bucket is answered (`n`: the how-manieth send of its id). */
   answerSend?: (frame: W.Send | W.RoomSend, socket: FakeSocket, n: number) => SendAnswer;
+  /** Run (and awaited) when a send or room_send arrives, before it is answered: what
+   * happens between a frame's encryption and its answer. */
+  beforeAnswer?: (frame: W.Send | W.RoomSend, socket: FakeSocket) => Promise<void> | void;
   /** Contacts' bundles (what a claim answers), by user id. */
   readonly bundles = new Map<string, unknown[]>();
-  /** Private rooms the client is a member of (GET of the room and of its members). */
-  readonly rooms = new Map<string, { name: string; members: string[] }>();
+  /** Private rooms the client is a member of (GET of the room and of its members):
+   * `version` (1 unless set); `memberReads`, lists a members read answers once each, in
+   * order, before `members` (a read between the version's bump and the membership's
+   * write, as services/rooms/members.py does them). */
+  readonly rooms = new Map<string, { name: string; members: string[]; version?: number; memberReads?: string[][] }>();
   #tokens: number | null = null; // the user's send bucket (full at the first send)
   #tokensAt = 0;
   readonly lists = new Map<string, { user_id: string; account_key: string; device_list: unknown; signature: string }>();
@@ -298,6 +304,17 @@ export class FakeServer {
         const listed = this.lists.get(decodeURIComponent(parts[3] ?? ''));
         return listed ? json(200, listed) : refusal(404, 'identity_not_found');
       }
+      if (method === 'POST' && path === '/keys/v1/users/bundles') {
+        const users = body['users'] as Record<string, { device_ids?: number[] }>;
+        const claimed = Object.entries(users).flatMap(([u, want]) => {
+          const listed = this.lists.get(u);
+          if (!listed) return [];
+          const bundles = (this.bundles.get(u) ?? []) as { device_id: number }[];
+          return [{ ...listed, bundles: bundles.filter((b) => !want.device_ids || want.device_ids.includes(b.device_id)) }];
+        });
+        const failed = Object.keys(users).filter((u) => !this.lists.has(u)).map((user_id) => ({ user_id, code: 'identity_not_found', message: 'no keys' }));
+        return json(200, { claimed, failed });
+      }
       if (method === 'POST' && path === '/keys/v1/users/device-lists') {
         const ids = body['user_ids'] as string[];
         return json(200, { lists: ids.flatMap((u) => this.lists.get(u) ?? []), missing: ids.filter((u) => !this.lists.has(u)) });
@@ -306,10 +323,10 @@ export class FakeServer {
     if (method === 'GET' && path === '/rooms/v1/rooms') return json(200, { rooms: [], next_before: null });
     const room = parts[0] === 'rooms' && parts[2] === 'rooms' ? this.rooms.get(decodeURIComponent(parts[3] ?? '')) : undefined;
     if (method === 'GET' && room && parts.length === 4) {
-      return json(200, { room_id: parts[3], name: room.name, kind: 'private', state: 'open', role: 'owner', version: 1, members: room.members.length });
+      return json(200, { room_id: parts[3], name: room.name, kind: 'private', state: 'open', role: 'owner', version: room.version ?? 1, members: room.members.length });
     }
     if (method === 'GET' && room && parts[4] === 'members') {
-      const members = room.members.map((user_id) => ({ user_id, role: 'member', joined_at: 0, online: false, username: this.users.get(user_id)?.username }));
+      const members = (room.memberReads?.shift() ?? room.members).map((user_id) => ({ user_id, role: 'member', joined_at: 0, online: false, username: this.users.get(user_id)?.username }));
       return json(200, { members, next_after: null });
     }
     if (method === 'GET' && path === '/delivery/v1/moderation/keys') {
@@ -417,6 +434,8 @@ export class FakeServer {
       }
       case 'send':
       case 'room_send':
+        await this.beforeAnswer?.(frame, socket);
+        if (socket.readyState !== FakeSocket.OPEN) return;
         this.#send(socket, frame);
         return;
       case 'sync': {
@@ -446,6 +465,18 @@ export class FakeServer {
 }
 
 // -- a contact ----------------------------------------------------------------------------
+/** What a claim answers for one device (its last-resort KEM prekey, no one-time one). */
+function bundleOf(user: FakeUser, deviceId: number, device: Device): unknown {
+  return {
+    user_id: user.user_id,
+    device_id: deviceId,
+    identity: device.publicIdentity(),
+    signed_prekey: device.signedPrekey(),
+    one_time_prekey: null,
+    kem_prekey: { ...device.lastResortKemPrekey(), last_resort: true },
+  };
+}
+
 /** A contact with one device, writing real messages to the client's device. */
 export class Peer {
   readonly user: FakeUser;
@@ -453,29 +484,37 @@ export class Peer {
   readonly deviceId = 1;
   #session: Session | null = null;
   #sent = 0;
+  readonly #accountKey: AccountKey;
+  readonly #entries: DeviceEntry[];
 
-  private constructor(user: FakeUser, device: Device) {
+  private constructor(user: FakeUser, device: Device, accountKey: AccountKey, entries: DeviceEntry[]) {
     this.user = user;
     this.device = device;
+    this.#accountKey = accountKey;
+    this.#entries = entries;
+  }
+
+  /** Link another device: the directory's list (signed, its version + 1) and bundles
+   * name it from now on. Its id. */
+  async linkDevice(server: FakeServer): Promise<number> {
+    const id = this.#entries.length + 1;
+    const device = await Device.generate();
+    this.#entries.push(DeviceEntry.of(id, `${this.user.username} ${id}`, device.identity));
+    const signed = await new DeviceList(this.user.user_id, this.#entries.length, this.#entries).sign(this.#accountKey);
+    server.lists.set(this.user.user_id, { user_id: this.user.user_id, account_key: b64encode(this.#accountKey.public), ...signed.toJson() });
+    server.bundles.set(this.user.user_id, [...(server.bundles.get(this.user.user_id) ?? []), bundleOf(this.user, id, device)]);
+    return id;
   }
 
   static async create(server: FakeServer, username: string): Promise<Peer> {
     const user = server.addUser(username);
     const accountKey = await AccountKey.generate();
     const device = await Device.generate();
-    const signed = await new DeviceList(user.user_id, 1, [DeviceEntry.of(1, username, device.identity)]).sign(accountKey);
+    const entries = [DeviceEntry.of(1, username, device.identity)];
+    const signed = await new DeviceList(user.user_id, 1, entries).sign(accountKey);
     server.lists.set(user.user_id, { user_id: user.user_id, account_key: b64encode(accountKey.public), ...signed.toJson() });
-    server.bundles.set(user.user_id, [
-      {
-        user_id: user.user_id,
-        device_id: 1,
-        identity: device.publicIdentity(),
-        signed_prekey: device.signedPrekey(),
-        one_time_prekey: null,
-        kem_prekey: { ...device.lastResortKemPrekey(), last_resort: true },
-      },
-    ]);
-    return new Peer(user, device);
+    server.bundles.set(user.user_id, [bundleOf(user, 1, device)]);
+    return new Peer(user, device, accountKey, entries);
   }
 
   /** A `message` item (without its seq) carrying `text` to the client's device. */

@@ -1,0 +1,121 @@
+// A private room's sender key on the wire, as ParleyClient (src/app/client.ts) hands it
+// out (client/parley/rooms.py `_distribute`, `redo_room_send`): the devices recorded as
+// keyed are those the accepted key send was encrypted for, and a `devices_changed` redo
+// reads the room's members fresh. The real client against test/support/fakeServer.ts.
+import { afterEach, describe, expect, it, vi } from 'vitest';
+
+import { deviceDigest } from '../src/app/rooms.ts';
+import type * as W from '../src/generated/contract.ts';
+import { cleanUp, connected, people } from './support/clients.ts';
+
+vi.mock('../src/app/vault.ts', async (importOriginal) => {
+  const { MemoryVault } = await import('./support/fakeServer.ts');
+  return { ...(await importOriginal<typeof import('../src/app/vault.ts')>()), Vault: MemoryVault };
+});
+
+afterEach(() => {
+  cleanUp();
+});
+
+/** The devices of `user` a pairwise send's copies are for. */
+const copiesFor = (frame: W.Send | W.RoomSend, user: string): number[] =>
+  frame.op === 'send' ? frame.copies.filter((c) => c.user === user).map((c) => c.device).sort() : [];
+
+describe('a room key send records what it was encrypted for', () => {
+  it('a device linked between its encryption and its accepted (and learned of meanwhile) is not counted as keyed', async () => {
+    // Before: the `accepted` recorded every device the recipient had in the local list
+    // at that moment: alice's new device, read by bob meanwhile (adding her as a
+    // contact refreshed her list), was recorded as keyed without the key, and no later
+    // send gave it the key (nothing lacked it) until the next rotation.
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    const roomId = 'b2'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    await connected(bob, server);
+    let linked: number | null = null;
+    let knownBeforeAccepted = false;
+    server.beforeAnswer = async (frame) => {
+      if (frame.op !== 'send' || frame.to !== A || linked !== null) return;
+      linked = await alice.linkDevice(server);
+      await bob.addContact('alice'); // another route: bob reads her list again
+      knownBeforeAccepted = bob.peer(A).devices.has(linked);
+    };
+    await bob.sendRoom(roomId, 'first');
+    delete server.beforeAnswer;
+    expect(linked).toBe(2);
+    expect(knownBeforeAccepted).toBe(true);
+    const firstKey = server.sends.filter((s) => s.frame.op === 'send');
+    expect(firstKey.map((s) => copiesFor(s.frame, A))).toEqual([[1]]); // encrypted before the link
+    // The next send gives the new device the key: it lacks it.
+    const before = server.sends.length;
+    await bob.sendRoom(roomId, 'second');
+    const later = server.sends.slice(before);
+    expect(later.filter((s) => s.frame.op === 'send').map((s) => copiesFor(s.frame, A))).toEqual([[1, 2]]);
+    const roomSend = later.find((s) => s.frame.op === 'room_send')?.frame as W.RoomSend;
+    expect(roomSend.device_digest).toBe(await deviceDigest([[A, 1], [A, 2]]));
+  });
+
+  it('a key send encrypted again after devices_changed records the copies of the frame accepted', async () => {
+    // The redo's frame went to the new device too: it has the key, and the next send
+    // does not hand it out again (the first frame's copies alone would say it lacks it).
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    const roomId = 'd4'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    await connected(bob, server);
+    server.beforeAnswer = async (frame) => {
+      if (frame.op === 'send' && frame.to === A && !server.sends.some((s) => s.frame.id === frame.id)) await alice.linkDevice(server);
+    };
+    server.answerSend = (frame, _socket, n) =>
+      frame.op === 'send' && frame.to === A && n === 1
+        ? { op: 'error', code: 'devices_changed', message: 'Devices changed.', devices: [{ user: A, devices: [1, 2] }, { user: bob.me, devices: [] }] }
+        : null;
+    await bob.sendRoom(roomId, 'first');
+    delete server.beforeAnswer;
+    delete server.answerSend;
+    const keySends = server.sends.filter((s) => s.frame.op === 'send');
+    expect(keySends.map((s) => copiesFor(s.frame, A))).toEqual([[1], [1, 2]]); // refused, then encrypted again
+    expect(new Set(keySends.map((s) => s.frame.id)).size).toBe(1);
+    const before = server.sends.length;
+    await bob.sendRoom(roomId, 'second');
+    expect(server.sends.slice(before).map((s) => s.frame.op)).toEqual(['room_send']);
+  });
+});
+
+describe('a devices_changed redo of a room message', () => {
+  it('reads the members fresh: a list read mid-join and kept for the new version does not stick', async () => {
+    // Before: the redo took the members kept for the room's version. The rooms service
+    // raises the version before it writes the membership, so a list read in between
+    // (carol not in it yet) was kept under the new version; every redo named the same
+    // devices, the gateway refused each (`devices_changed`), and the message failed.
+    const { server, bob, alice, carol } = await people();
+    const [A, C] = [alice.user.user_id, carol.user.user_id];
+    const roomId = 'c3'.repeat(12);
+    const room: { name: string; members: string[]; version: number; memberReads?: string[][] } = { name: 'team', members: [bob.me, A], version: 1 };
+    server.rooms.set(roomId, room);
+    await connected(bob, server);
+    await bob.sendRoom(roomId, 'before carol');
+    // Carol joins: the version is raised first, and a read then misses her (once).
+    room.version = 2;
+    room.memberReads = [[bob.me, A]];
+    room.members = [bob.me, A, C];
+    const want = await deviceDigest([[A, 1], [C, 1]]);
+    const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
+    let refused = 0;
+    server.answerSend = (frame) => {
+      if (frame.op !== 'room_send' || frame.device_digest === want) return null;
+      refused++;
+      return { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists };
+    };
+    const before = server.sends.length;
+    const id = await bob.sendRoom(roomId, 'carol reads this', 10_000);
+    expect(refused).toBe(1); // the stale read, once
+    const later = server.sends.slice(before);
+    expect(later.filter((s) => s.frame.op === 'send').map((s) => [s.frame.op === 'send' && s.frame.to, copiesFor(s.frame, C)])).toEqual([[C, [1]]]);
+    expect(server.accepted.has(id)).toBe(true);
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([
+      ['before carol', 'accepted'],
+      ['carol reads this', 'accepted'],
+    ]);
+  });
+});
