@@ -114,9 +114,12 @@ class _Pacer:
         self.at = time.monotonic()
 
     def configure(self, rate: float, burst: int) -> None:
+        """A new socket's limits. No debt carried over (sends booked on a socket that
+        closed do not hold up the new one's), and no fresh burst either (the server's
+        bucket is the user's on that pod, and may be empty)."""
         self._refill()
         self.rate, self.burst = max(rate, 0.001), float(max(burst, 1))
-        self.tokens = min(self.tokens, self.burst)
+        self.tokens = max(0.0, min(self.tokens, self.burst))
 
     def drain(self) -> None:
         """The server refused a send: its bucket (shared by all of the user's sockets on
@@ -228,6 +231,7 @@ class Messenger:
         self._held: dict[str, float] = {}
         self._refusals: dict[str, int] = {}
         self._held_task: asyncio.Task[Any] | None = None
+        self._held_changed = asyncio.Event()
         # The devices each waiting control send was (last) encrypted for (send_control).
         self._copies: dict[str, set[tuple[str, int]]] = {}
 
@@ -693,7 +697,11 @@ class Messenger:
 
     async def _resend(self) -> None:
         limit = self.max_frame_bytes
-        for frame in self._queued():
+        frames = self._queued()
+        queued = {frame.id for frame in frames}
+        for cid in [c for c in self._refusals if c not in queued]:
+            del self._refusals[cid]  # accepted (or dropped) since it was refused
+        for frame in frames:
             if not self.connected:
                 return  # dropped meanwhile: the next connection resends the rest
             size = len(f.encode(frame))
@@ -971,12 +979,17 @@ class Messenger:
             self._spawn(self._redo(client_id, frame.devices))
             return
         if client_id and code in _SEND_AGAIN:
-            # Nothing was stored: kept in the outbox and sent again with the same id,
-            # later (or by the next connection's resend). Whoever waits keeps waiting.
-            self._hold(client_id, code)
-            if code != "rate_limited":  # the user should know why it has not gone yet
-                self.events.emit(ErrorEvent(code, f"{message} (kept; sent again later)"))
-            return
+            if client_id in self._copies and code in ("inbox_full", "too_many_pending"):
+                pass  # a room key send: fails at once with the reason (below), as before
+            elif self._store().read().is_queued(client_id):
+                # Nothing was stored: kept in the outbox and sent again with the same id,
+                # later (or by the next connection's resend). Whoever waits keeps waiting.
+                self._hold(client_id, code)
+                if code != "rate_limited":  # the user should know why it has not gone yet
+                    self.events.emit(ErrorEvent(code, f"{message} (kept; sent again later)"))
+                return
+            else:
+                return  # a request's answer (a sync's): its waiter has it
         if client_id:
             async with self._store().transaction() as tx:
                 if tx.unqueue(client_id):
@@ -1046,6 +1059,7 @@ class Messenger:
         tries = self._refusals[client_id] = self._refusals.get(client_id, 0) + 1
         wait = min(cap, first * 2 ** (tries - 1))
         self._held[client_id] = asyncio.get_running_loop().time() + wait
+        self._held_changed.set()  # a sleeping round wakes: this one may be due sooner
         if self._held_task is None or self._held_task.done():
             self._held_task = self._spawn(self._send_held())
 
@@ -1054,7 +1068,11 @@ class Messenger:
         read once per round, not once per refusal)."""
         loop = asyncio.get_running_loop()
         while self._held:
-            await asyncio.sleep(max(0.0, min(self._held.values()) - loop.time()))
+            self._held_changed.clear()
+            wait = max(0.0, min(self._held.values()) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._held_changed.wait(), wait)
+                continue  # another was held meanwhile: sleep to the earliest again
             now = loop.time()
             due = {cid for cid, at in self._held.items() if at <= now}
             for cid in due:

@@ -259,6 +259,11 @@ class Transaction:
         sealed = self._store._seal(json.dumps(frame).encode(), f"outbox:{ref}")
         self._db.execute("INSERT OR REPLACE INTO outbox (ref, value) VALUES (?, ?)", (ref, sealed))
 
+    def is_queued(self, client_id: str) -> bool:
+        """Whether the outbox holds this message (one primary-key look-up)."""
+        ref = self._store.ref("out", client_id)
+        return self._db.execute("SELECT 1 FROM outbox WHERE ref = ?", (ref,)).fetchone() is not None
+
     def unqueue(self, client_id: str) -> bool:
         cur = self._db.execute(
             "DELETE FROM outbox WHERE ref = ?", (self._store.ref("out", client_id),)

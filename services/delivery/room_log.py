@@ -132,8 +132,16 @@ class RoomLog:
             async with gate:
                 return await self._append_room(room, list(todo.values()), now)
 
-        done = await asyncio.gather(*(one(room, todo) for room, todo in by_room.items()))
-        for stored, repeats in done:
+        # A task group: when one room fails, the others are cancelled and awaited before
+        # the error goes up (the batch is retried whole: a writer of the try before
+        # still at work on a room would race the retry's, and could store a message
+        # twice).
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(room, todo)) for room, todo in by_room.items()]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        for stored, repeats in (t.result() for t in tasks):
             out.stored += len(stored)
             out.repeats += len(repeats)
             docs.update((d["server_id"], d) for d in (*stored, *repeats))

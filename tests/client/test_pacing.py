@@ -4,6 +4,7 @@ refusals after which the gateway closes the socket (4009, docs/protocol.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
@@ -111,3 +112,81 @@ async def test_a_refusal_that_stored_nothing_keeps_the_message_and_sends_it_agai
     assert isinstance(got, Message) and got.text == "when there is room"
     assert alice.outbox() == []
     assert [e["status"] for e in alice.history(bob.user_id)] != ["failed"]
+
+
+async def test_a_refusal_due_soon_is_not_held_behind_one_due_later(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: the one resend task slept until the earliest due time *when it
+    went to sleep*, so a message refused meanwhile for a second waited behind one held
+    for minutes (an inbox_full: 5 s, doubling to 5 min)."""
+    from parley import connection
+
+    alice, bob, carol = await make_client(), await make_client(), await make_client()
+    assert bob.username and carol.username and carol.user_id
+    for c in (alice, bob, carol):
+        await c.connect()
+    send = connection.Connection.send
+    refused: dict[str, str] = {}
+
+    async def refuse(self: connection.Connection, frame: f.ClientFrames) -> None:
+        if isinstance(frame, f.Send) and frame.to != carol.user_id:
+            refused.setdefault(frame.id, "inbox_full")  # bob's inbox stays full
+            await self._handler(f.Error(id=frame.id, code="inbox_full", message="full"))
+            return
+        if isinstance(frame, f.Send) and frame.id not in refused:
+            refused[frame.id] = "service_unavailable"
+            await self._handler(f.Error(id=frame.id, code="service_unavailable", message="x"))
+            return
+        await send(self, frame)
+
+    monkeypatch.setattr(connection.Connection, "send", refuse)
+    await alice.send(bob.username, "to a full inbox", wait=None)
+    # Held for 5 s; carol's message is refused once for a second: it goes after that.
+    await alice.send(carol.username, "goes after a second", wait="accepted", timeout=4)
+    got = await carol.next_event(Message)
+    assert isinstance(got, Message) and got.text == "goes after a second"
+
+
+async def test_a_room_key_send_to_a_full_inbox_fails_at_once_with_the_reason(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a key send refused with inbox_full was kept and sent again, so a
+    room send waited 30 s and then said the keys "could not be handed out" (and left
+    another key message in the outbox each try). It fails at once with the reason."""
+    from parley import ApiError, connection
+
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    await alice.connect()
+    await bob.connect()
+    rid = str((await alice.rooms.create("full inbox"))["room_id"])
+    await alice.rooms.invite(rid, bob.username)
+    await bob.rooms.accept(rid)
+    send = connection.Connection.send
+
+    async def full(self: connection.Connection, frame: f.ClientFrames) -> None:
+        if isinstance(frame, f.Send) and frame.id in alice.messenger._copies:
+            await self._handler(f.Error(id=frame.id, code="inbox_full", message="full"))
+            return
+        await send(self, frame)
+
+    monkeypatch.setattr(connection.Connection, "send", full)
+    with pytest.raises(ApiError) as err:
+        await asyncio.wait_for(alice.rooms.send(rid, "hello"), 10)
+    assert err.value.code == "inbox_full"
+    assert alice.outbox() == []
+
+
+def test_a_new_socket_starts_without_the_old_ones_debt_or_a_fresh_burst() -> None:
+    """Review finding: sends booked on a socket that closed left the bucket in debt,
+    and the next socket's first sends waited behind them."""
+    from parley.messenger import _Pacer
+
+    pacer = _Pacer(rate=10, burst=5)
+    pacer.tokens = -200.0  # 200 sends booked at 10/s: 20 s of waiting
+    pacer.configure(10, 5)
+    assert 0.0 <= pacer.tokens < 1.0  # not in debt, and no burst granted
+    pacer.tokens = 3.0
+    pacer.configure(10, 2)
+    assert pacer.tokens <= 2.0

@@ -391,3 +391,36 @@ async def test_writers_racing_lose_nothing_and_number_without_gaps(
     again = await logs[1].append(envs, time.time())
     assert (again.stored, again.repeats) == (0, 60)
     assert entry_id(room, 1) == f"{room}|{1:016d}"
+
+
+async def test_a_room_that_fails_in_a_batch_stops_the_others_before_the_error_goes_up(
+    store: DeliveryStore, settings: Settings, monkeypatch: Any
+) -> None:
+    """Review finding: with the rooms of a batch side by side, one room's failure went
+    up while the others were still writing; the batch's retry then raced them on the
+    same rooms (a message could be stored twice). Now they are cancelled and awaited
+    first, and the retry stores each message once."""
+    log = make(store, settings)
+    bad, good = room_id(), [room_id() for _ in range(3)]
+    append_room = log._append_room
+    finished: list[str] = []
+
+    async def slow_or_failing(room: str, envs: Any, now: float) -> Any:
+        if room == bad:
+            raise ConnectionError("MongoDB away")
+        await asyncio.sleep(0.2)
+        finished.append(room)
+        return await append_room(room, envs, now)
+
+    monkeypatch.setattr(log, "_append_room", slow_or_failing)
+    batch = [env(room, i) for room in [*good, bad] for i in range(2)]
+    with pytest.raises(ConnectionError):
+        await log.append(batch, time.time())
+    await asyncio.sleep(0.4)
+    assert finished == []  # cancelled, not still writing behind the retry
+    monkeypatch.undo()
+    done = await log.append(batch, time.time())
+    assert done.stored == 8 and done.repeats == 0
+    for room in [*good, bad]:
+        messages, last, _ = await log.page(room, 0, 0, 10)
+        assert len(messages) == 2 and last == 2
