@@ -51,6 +51,10 @@ RESERVED = frozenset(
         "admin", "administrator", "root", "system", "parley", "support", "help",
         "security", "abuse", "postmaster", "noreply", "no-reply", "moderator",
         "staff", "official", "everyone", "here", "channel", "me", "null", "undefined",
+        # The last segment of GET /auth/v1/users/{name}: the load balancers keep paths
+        # ending in these for operators (deploy/terraform/modules/alb), so such a user
+        # could not be looked up on AWS.
+        "metrics", "readyz", "healthz",
     }
 )  # fmt: skip
 EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")

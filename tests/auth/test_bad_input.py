@@ -69,6 +69,8 @@ BODY_CASES = [
     ({"username": "trailing."}, "invalid_username"),
     ({"username": "dou..ble"}, "invalid_username"),
     ({"username": "admin"}, "invalid_username"),
+    ({"username": "Metrics"}, "invalid_username"),  # the load balancers' operator paths
+    ({"username": "readyz"}, "invalid_username"),
     ({"username": "deadbeef" * 4}, "invalid_username"),  # looks like a user id
     ({"password": "short1!"}, "weak_password"),
     ({"password": "QWERTYUIOP"}, "weak_password"),  # blocklisted, any case

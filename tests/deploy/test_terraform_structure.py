@@ -680,7 +680,8 @@ def test_the_waf_refuses_percent_encoded_operators_paths() -> None:
                  "/rooms/readyz//", "/delivery/%6D%65%74%72%69%63%73", "/auth%2fmetrics"):  # fmt: skip
         assert refused(path), path
     for path in ("/auth/healthz", "/auth/v1/login", "/rooms/v1/rooms/r1/messages",
-                 "/auth/metricsx", "/keys/readyz.json", "/ws"):  # fmt: skip
+                 "/auth/metricsx", "/keys/readyz.json", "/ws",
+                 "/auth/v1/users/metrics", "/keys/v1/users/u1/readyz"):  # fmt: skip
         assert not refused(path), path
 
 

@@ -351,7 +351,9 @@ resource "aws_wafv2_web_acl" "this" {
   # the path as sent, so `/auth/%6detrics` passes it, and aiohttp decodes it to
   # /auth/metrics (the services refuse an encoded one too: as_sent in
   # services/common/app.py). Any path ending in /metrics or /readyz (a trailing
-  # slash or several), as the ALB's patterns; before every other rule.
+  # slash or several) right under a service's prefix, as HAProxy's rule (deeper
+  # paths are the API's; usernames `metrics` and `readyz` are reserved besides,
+  # since the ALB's `/*/metrics` pattern matches at any depth); before every other rule.
   rule {
     name     = "internal-paths"
     priority = 5
@@ -372,7 +374,7 @@ resource "aws_wafv2_web_acl" "this" {
     }
     statement {
       regex_match_statement {
-        regex_string = "/(metrics|readyz)/*$"
+        regex_string = "^/+[^/]+/+(metrics|readyz)/*$"
         field_to_match {
           uri_path {}
         }
