@@ -77,7 +77,8 @@ export function Confirm({
         type="button"
         id={`${id}-yes`}
         class={danger ? "danger" : ""}
-        disabled={busy}
+        // The page's other action under way too: a Yes then would do nothing, silently.
+        disabled={busy || disabled}
         onClick={() =>
           void run(async () => {
             try {
