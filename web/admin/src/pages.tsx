@@ -1,7 +1,7 @@
 import { useEffect, useState } from "preact/hooks";
 import type { AdminSession, AdminUser, Api, AuditEntry, OAuthClient } from "./api";
 import type { Navigate } from "./main";
-import { Link, Problem, useBusy, usePagedList, when } from "./ui";
+import { Link, Problem, noticeAction, useBusy, usePagedList, when } from "./ui";
 
 export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [q, setQ] = useState(""); // the field; "More" pages with the search submitted
@@ -81,21 +81,7 @@ export function UserPage({ api, id, navigate }: { api: Api; id: string; navigate
   };
   useEffect(() => void refresh(), [id]);
 
-  // One action at a time; a notice is only ever the last action's ("Saved." of an earlier
-  // one must not stand next to the failure of this one).
-  const act = (what: () => Promise<unknown>, done: string) =>
-    run(async () => {
-      setNotice("");
-      try {
-        await what();
-        setError(null);
-        setNotice(done);
-        await refresh();
-      } catch (e) {
-        setNotice("");
-        setError(e);
-      }
-    });
+  const act = noticeAction(run, refresh, setNotice, setError);
 
   if (!user) return <Problem error={error} />;
   return (

@@ -4,7 +4,7 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import { newClientId } from "./api";
 import type { AdminRoom, Api, Marker, Revision, RevisionHistory, RoomFilter, RoomMember, RoomMessage } from "./api";
 import type { Navigate } from "./main";
-import { Confirm, Link, Problem, UserName, useBusy, usePagedList, when } from "./ui";
+import { Confirm, Link, Problem, UserName, noticeAction, useBusy, usePagedList, when } from "./ui";
 
 const MARKERS: Record<Marker, string> = {
   edited: "edited",
@@ -158,18 +158,7 @@ export function RoomPage({ api, id, navigate }: { api: Api; id: string; navigate
       }
     });
 
-  const act = (what: () => Promise<unknown>, done: string) =>
-    run(async () => {
-      setNotice("");
-      try {
-        await what();
-        setError(null);
-        setNotice(done);
-        await refresh();
-      } catch (e) {
-        setError(e);
-      }
-    });
+  const act = noticeAction(run, refresh, setNotice, setError);
 
   if (!room)
     return (

@@ -120,6 +120,32 @@ export function useBusy(): [boolean, (what: () => Promise<unknown>) => Promise<v
   return [busy, run];
 }
 
+/**
+ * A page's actions (with `run` from its useBusy: one at a time), each ending in its
+ * notice and a refresh, or in the error. A notice is only ever the last action's: a
+ * "Saved." of an earlier one must not stand next to the failure of this one.
+ */
+export function noticeAction(
+  run: (what: () => Promise<unknown>) => Promise<void>,
+  refresh: () => Promise<void>,
+  setNotice: (notice: string) => void,
+  setError: (error: unknown) => void,
+) {
+  return (what: () => Promise<unknown>, done: string) =>
+    run(async () => {
+      setNotice("");
+      try {
+        await what();
+        setError(null);
+        setNotice(done);
+        await refresh();
+      } catch (e) {
+        setNotice("");
+        setError(e);
+      }
+    });
+}
+
 // User ids → usernames, looked up once per page load (GET /auth/v1/users/{id}).
 const names = new Map<string, Promise<string>>();
 
