@@ -7,9 +7,10 @@
 // socket 4009 after 4 × burst refusals.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
-import { ParleyError, StillQueued } from '../src/app/client.ts';
+import { KEY_SEND_ACCEPTED_WITHIN, ParleyError, StillQueued } from '../src/app/client.ts';
 import { failedSend } from '../src/app/composer.ts';
-import { SEND_AGAIN } from '../src/app/pacing.ts';
+import { Pacer, SEND_AGAIN } from '../src/app/pacing.ts';
+import { deviceDigest } from '../src/app/rooms.ts';
 import { FakeSocket, MemoryVault } from './support/fakeServer.ts';
 import { cleanUp, connected, people, sleep, texts, until } from './support/clients.ts';
 
@@ -19,10 +20,12 @@ vi.mock('../src/app/vault.ts', async (importOriginal) => {
 });
 
 const defaults = { ...SEND_AGAIN };
+const keySendWithin = KEY_SEND_ACCEPTED_WITHIN.ms;
 
 afterEach(() => {
   cleanUp();
   Object.assign(SEND_AGAIN, defaults);
+  KEY_SEND_ACCEPTED_WITHIN.ms = keySendWithin;
   vi.restoreAllMocks();
 });
 
@@ -60,6 +63,52 @@ describe('sends are paced to ready.limits', () => {
     // 0.99 × 0.5 s, then × 1 s, then × 2 s (each plus the 30 ms before the close).
     expect(gaps[1] as number).toBeGreaterThan(900);
     expect(gaps[2] as number).toBeGreaterThan(1800);
+  });
+});
+
+describe('a reconnect', () => {
+  it("the new socket's sends do not wait out the waits booked on the socket that closed", async () => {
+    // Before: each send took its token at once, so 200 sends at 10/s put the pacer ~20 s
+    // in debt; the socket closed after a few, and the next `ready` kept the debt: the
+    // new socket's flush waited ~19 s behind sends that went nowhere.
+    vi.spyOn(Math, 'random').mockReturnValue(0); // reconnect at once
+    const { server, bob, alice } = await people();
+    server.limits = { max_frame_bytes: 65536, sends_per_s: 10, send_burst: 5 };
+    await connected(bob, server);
+    for (let i = 0; i < 200; i++) await bob.send(alice.user.user_id, `m${i}`);
+    await until('the first few sent', () => server.sends.length >= 5);
+    const first = server.sockets[0] as FakeSocket;
+    const before = server.sends.length;
+    expect(before).toBeLessThan(50);
+    const droppedAt = performance.now();
+    first.drop(1001);
+    await until("the new socket's first send", () => server.sends.some((s) => s.socket !== first), 3000);
+    const next = server.sends.find((s) => s.socket !== first);
+    expect((next?.at as number) - droppedAt).toBeLessThan(1000);
+    expect(server.sends.slice(0, before).every((s) => s.socket === first)).toBe(true);
+    expect(server.sends.filter((s) => s.socket === first)).toHaveLength(before); // the old socket's booked sends went nowhere
+    // Still paced: no fresh burst past the server's (it may be empty: shared by the sockets).
+    await sleep(1000);
+    expect(server.sends.filter((s) => s.socket !== first).length).toBeLessThanOrEqual(12);
+    expect(server.sockets.every((s) => s.droppedWith !== 4009)).toBe(true);
+  });
+
+  it('Pacer.configure: no debt carried over, the waits booked before end, no fresh burst', async () => {
+    const pacer = new Pacer(() => 0); // no time passes for its bucket
+    pacer.configure(10, 5);
+    for (let i = 0; i < 5; i++) await pacer.take(); // the burst
+    let released = 0;
+    for (let i = 0; i < 100; i++) void pacer.take().then(() => released++); // 10 s booked
+    await sleep(20);
+    expect(released).toBe(0);
+    pacer.configure(10, 5); // a new socket's ready
+    await sleep(0);
+    expect(released).toBe(100);
+    const t = performance.now();
+    await pacer.take(); // from an empty bucket: one token's time, not 10 s, nor at once
+    const waited = performance.now() - t;
+    expect(waited).toBeGreaterThanOrEqual(90);
+    expect(waited).toBeLessThan(1000);
   });
 });
 
@@ -163,6 +212,84 @@ describe('a room message not accepted in time', () => {
     (server.sockets[0] as FakeSocket).drop(1001);
     await until('it is accepted', () => bob.outbox().length === 0, 5000);
     expect(bob.history(`room:${roomId}`).map((e) => [e.text, e.status])).toEqual([['hello room', 'accepted']]);
+  });
+
+  it("its key send's wait counts from its write: a room send behind a slow outbox goes", async () => {
+    // Before: the key send's 30 s started when it was queued, behind the whole outbox
+    // (sent paced, the key sends last); past it the room send failed ("nothing was
+    // sent") though the key send still went later. Here 20 queued sends at 10/s take
+    // ~2 s, and the key send's wait is 0.5 s.
+    KEY_SEND_ACCEPTED_WITHIN.ms = 500;
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    const roomId = 'e5'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    server.limits = { max_frame_bytes: 65536, sends_per_s: 10, send_burst: 2 };
+    const queued: string[] = [];
+    for (let i = 0; i < 20; i++) queued.push(await bob.send(A, `m${i}`)); // offline: queued
+    await connected(bob, server); // (its first sync may still run: the send waits for it)
+    const id = await bob.sendRoom(roomId, 'hello room', 20_000);
+    expect(server.accepted.has(id)).toBe(true);
+    const order = server.sends.map((s) => s.frame.id); // (a send refused rate_limited goes twice)
+    const key = server.sends.find((s) => s.frame.op === 'send' && !queued.includes(s.frame.id))?.frame.id as string;
+    expect(queued.every((q) => order.indexOf(q) < order.indexOf(key))).toBe(true); // the outbox first
+    expect(order.indexOf(id)).toBeGreaterThan(order.indexOf(key)); // then the key, then the message
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([['hello room', 'accepted']]);
+    expect(bob.outbox()).toEqual([]);
+  });
+
+  it('a redo whose key send is not accepted in time leaves the message queued, and it goes later', async () => {
+    // Before: a `devices_changed` redo whose key send was not accepted in time failed the
+    // queued message for good (out of the outbox), though its key send still went.
+    KEY_SEND_ACCEPTED_WITHIN.ms = 300;
+    vi.spyOn(Math, 'random').mockReturnValue(0); // reconnect at once
+    const { server, bob, alice, carol } = await people();
+    const [A, C] = [alice.user.user_id, carol.user.user_id];
+    const roomId = 'f6'.repeat(12);
+    const room: { name: string; members: string[]; version: number; memberReads?: string[][] } = { name: 'team', members: [bob.me, A], version: 1 };
+    server.rooms.set(roomId, room);
+    await connected(bob, server);
+    await bob.sendRoom(roomId, 'before carol');
+    // Carol joins; the send's read of the members misses her (once): refused, redone.
+    room.version = 2;
+    room.memberReads = [[bob.me, A]];
+    room.members = [bob.me, A, C];
+    const want = await deviceDigest([[A, 1], [C, 1]]);
+    const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
+    const first = server.sockets[0] as FakeSocket;
+    server.answerSend = (frame, socket) => {
+      if (frame.op === 'room_send') {
+        return frame.device_digest === want ? null : { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists };
+      }
+      return frame.to === C && socket === first ? 'silent' : null; // carol's key: no answer on this socket
+    };
+    const statuses: string[] = [];
+    bob.on((e) => {
+      if (e.type === 'receipt') statuses.push(e.status);
+    });
+    const sent = bob.sendRoom(roomId, 'carol reads this', 20_000);
+    const settled = sent.then(
+      () => 'accepted',
+      (e: unknown) => String(e),
+    );
+    await until("carol's key send", () => server.sends.some((s) => s.frame.op === 'send' && s.frame.to === C));
+    await sleep(600); // past its wait for `accepted`
+    expect(statuses).not.toContain('failed');
+    expect(bob.outbox().filter((q) => q.send.op === 'room_send').map((q) => q.text)).toEqual(['carol reads this']);
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([
+      ['before carol', 'accepted'],
+      ['carol reads this', 'queued'],
+    ]);
+    // The next connection sends it again: redone, carol's key accepted, then it is.
+    first.drop(1001);
+    expect(await settled).toBe('accepted');
+    const id = await sent;
+    expect(server.accepted.has(id)).toBe(true);
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([
+      ['before carol', 'accepted'],
+      ['carol reads this', 'accepted'],
+    ]);
+    await until('the outbox to empty', () => bob.outbox().length === 0);
   });
 
   it('a refusal before it was queued is unsent: its text goes back to the draft', () => {

@@ -143,6 +143,10 @@ const CLAIMS_AT_ONCE = 3; // bulk claims in flight (the directory works on each 
 // only when they all had; a few dozen at a time, the first ones leave at once and the
 // server checks them while the rest are encrypted.
 const ENCRYPT_AT_ONCE = 32;
+/** How long a room's key send (#sendControl) may go unanswered, in ms: counted from when
+ * its frame is written to the socket (again at each write), not while it waits in the
+ * outbox or for the pacer behind older sends. Tests shorten it. */
+export const KEY_SEND_ACCEPTED_WITHIN = { ms: 30_000 };
 const STATUS_RANK: Record<string, number> = { queued: 0, accepted: 1, stored: 2, delivered: 3, failed: -1 };
 
 export class ParleyError extends Error {
@@ -161,6 +165,14 @@ function checkText(text: string): void {
  * send it twice. */
 export class StillQueued extends ParleyError {
   override name = 'StillQueued';
+}
+
+/** A room's sender key could not be handed out to every member in time: one of its key
+ * sends was written but not accepted (StillQueued; it still goes by itself). The room's
+ * message was not queued for it by sendRoom (send it again); a redo of a queued one
+ * leaves it queued (#redoRoom). */
+export class KeyNotHandedOut extends ParleyError {
+  override name = 'KeyNotHandedOut';
 }
 
 export class NeedsLink extends ParleyError {
@@ -428,7 +440,9 @@ export class ParleyClient {
   #heldRound = false; // a round of #sendHeld is sending
   /** Signed out (#signedOut): this instance writes nothing to the vault any more. */
   #ended = false;
-  readonly #waiting = new Map<string, { resolve: () => void; reject: (e: Error) => void }>(); // client id -> its accepted
+  /** Client id -> who waits for its `accepted` (#accepted); `written`/`unwritten`: its
+   * frame went on the socket / that socket closed (a wait counted from the write). */
+  readonly #waiting = new Map<string, { resolve: () => void; reject: (e: Error) => void; written?: () => void; unwritten?: () => void }>();
   /** The devices each waiting control send (#sendControl) was last encrypted for, by its
    * client id (null: not encrypted yet); a `devices_changed` redo replaces them. */
   readonly #copies = new Map<string, [string, number][] | null>();
@@ -1904,18 +1918,45 @@ export class ParleyClient {
   }
 
   /** Wait for the `accepted` of a frame sent with `clientId` (queued in the outbox):
-   * past `timeoutMs`, StillQueued. */
-  #accepted(clientId: string, timeoutMs = 30_000): Promise<void> {
+   * past `timeoutMs`, StillQueued. Counted from now, or with `fromWrite` from each time
+   * its frame is written to the socket (#sendOn), stopped while it is not on one (its
+   * socket closed: the next one's flush writes it again): the time it waits in the
+   * outbox behind older sends, or for the pacer, is not the server's. */
+  #accepted(clientId: string, timeoutMs = 30_000, fromWrite = false): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiting.delete(clientId);
-        reject(new StillQueued('The server has not accepted the message yet: it waits in the outbox and goes by itself (do not send it again).'));
-      }, timeoutMs);
+      let timer: ReturnType<typeof setTimeout> | null = null;
+      const stop = () => {
+        if (timer !== null) clearTimeout(timer);
+        timer = null;
+      };
+      const start = () => {
+        stop();
+        timer = setTimeout(() => {
+          this.#waiting.delete(clientId);
+          reject(new StillQueued('The server has not accepted the message yet: it waits in the outbox and goes by itself (do not send it again).'));
+        }, timeoutMs);
+      };
       this.#waiting.set(clientId, {
-        resolve: () => (clearTimeout(timer), resolve()),
-        reject: (e) => (clearTimeout(timer), reject(e)),
+        resolve: () => (stop(), resolve()),
+        reject: (e) => (stop(), reject(e)),
+        ...(fromWrite ? { written: start, unwritten: stop } : {}),
       });
+      if (!fromWrite) start();
     });
+  }
+
+  /** The socket closed: the waits counted from a write stop until the frame is written
+   * again; with the client stopped (`close`), none is written again: StillQueued now. */
+  #unwritten(stopped: boolean): void {
+    for (const [clientId, waiter] of [...this.#waiting]) {
+      if (waiter.unwritten === undefined) continue;
+      if (!stopped) {
+        waiter.unwritten();
+        continue;
+      }
+      this.#waiting.delete(clientId);
+      waiter.reject(new StillQueued('Disconnected before the server accepted the message: it waits in the outbox and goes at the next connection.'));
+    }
   }
 
   /** Send a control payload (a room's sender key) to every device of `userId` and our
@@ -1932,7 +1973,9 @@ export class ParleyClient {
       const encrypt = () => this.#encrypt(userId, '', clientId, false, payload, claimed);
       const frame = await (gate ? gate.run(encrypt) : encrypt());
       if (this.#copies.get(clientId) === null) this.#copies.set(clientId, copiesOf(frame)); // (unless redone meanwhile)
-      const accepted = this.#accepted(clientId);
+      // Counted from its write: a new send goes after the whole outbox (#flush, paced),
+      // and a room's key sends are its newest entries.
+      const accepted = this.#accepted(clientId, KEY_SEND_ACCEPTED_WITHIN.ms, true);
       this.#sendNew(frame);
       await accepted;
       return this.#copies.get(clientId) ?? [];
@@ -2038,6 +2081,13 @@ export class ParleyClient {
       this.#emit({ type: 'changed' });
       this.#sendAgain(frame); // not connected: it goes out with the outbox at the next connect
     } catch (error) {
+      if (error instanceof KeyNotHandedOut) {
+        // A key send not accepted yet (it is queued and goes by itself): the message is
+        // not failed; it stays queued as it was, and the next connection's flush sends
+        // it again (refused again, it is redone then, the key sends answered by then).
+        this.#emit({ type: 'error', code: 'client', message: `Not sent yet (${error.message}): the message waits in the outbox and is sent again later.` });
+        return;
+      }
       await this.#fail(clientId, first.peer, String((error as Error).message));
     }
   }
@@ -2121,9 +2171,10 @@ export class ParleyClient {
     for (const r of results) {
       if (r.status !== 'rejected') continue; // the others' are recorded; the next send retries
       if (r.reason instanceof StillQueued) {
-        // A key send not accepted in time: the room's message itself was never queued,
-        // so its sender must not be told it goes later (sending again is safe).
-        throw new ParleyError("The room's key could not be handed out to every member in time (the server did not accept it): nothing was sent; send it again.");
+        // A key send not accepted in time: the room's message itself was never queued
+        // by sendRoom, so its sender must not be told it goes later (sending again is
+        // safe); a redo leaves the queued one queued (#redoRoom).
+        throw new KeyNotHandedOut("The room's key could not be handed out to every member in time (the server did not accept it): nothing was sent; send it again.");
       }
       throw r.reason;
     }
@@ -2421,7 +2472,9 @@ export class ParleyClient {
    * sends the outbox). */
   async #sendOn(ws: WebSocket, frame: W.Send | W.RoomSend): Promise<void> {
     await this.#pacer.take();
-    if (this.#ws === ws && ws.readyState === WebSocket.OPEN && !this.#dropped.has(ws)) ws.send(JSON.stringify(frame));
+    if (this.#ws !== ws || ws.readyState !== WebSocket.OPEN || this.#dropped.has(ws)) return;
+    ws.send(JSON.stringify(frame));
+    this.#waiting.get(frame.id)?.written?.(); // a key send's wait counts from here
   }
 
   /** After this socket's first sync: the outbox, in its order, paced, each message's
@@ -2525,6 +2578,7 @@ export class ParleyClient {
     if (this.#ackTimer) clearTimeout(this.#ackTimer);
     this.#ackTimer = null;
     this.#clearHeld();
+    this.#unwritten(true);
     const ws = this.#ws;
     if (ws !== null) {
       // Its frames still waiting in the chain are not handled (the next connection's
@@ -2556,6 +2610,7 @@ export class ParleyClient {
     } catch (error) {
       if (error instanceof ApiError && error.code === 'network') return this.#retry();
       this.#running = false;
+      this.#unwritten(true);
       this.#state('stopped', String((error as Error).message));
       return;
     }
@@ -2592,6 +2647,7 @@ export class ParleyClient {
       this.#ws = null;
       this.#flushed = null;
       this.#clearHeld(); // held messages go with the next socket's flush, not on it by a timer
+      this.#unwritten(!this.#running || ev.code === 4003); // written again by the next socket's flush
       // A socket that synced was a good connection: the next one is tried after the
       // shortest wait. Not after 4009 (flooding) or 4010 (too many sockets): at once
       // would meet the same answer, so the backoff keeps growing.
@@ -2628,6 +2684,8 @@ export class ParleyClient {
           if (frame.limits) {
             this.#maxFrameBytes = frame.limits.max_frame_bytes;
             this.#pacer.configure(frame.limits.sends_per_s, frame.limits.send_burst);
+          } else {
+            this.#pacer.configure(); // a new socket all the same: no debt from the last one
           }
           void this.#afterReady(ws);
         }

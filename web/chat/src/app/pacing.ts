@@ -39,17 +39,26 @@ export class Pacer {
   #burst = 5000;
   #tokens = 5000;
   #at: number;
+  readonly #waits = new Set<() => void>(); // the takes waiting for their token
 
   constructor(readonly clock: () => number = () => performance.now()) {
     this.#at = clock();
   }
 
-  /** The limits of a `ready` frame: the tokens above the new burst are gone. */
-  configure(sendsPerS: number, burst: number): void {
+  /** A new socket's `ready` and its limits (none: the ones known). The tokens above the
+   * new burst are gone, and so is any debt: the waits booked for sends on a socket that
+   * closed (those sends go nowhere, the new socket's flush sends them) do not hold up
+   * the new socket's sends. No fresh burst either: the server's bucket is shared by the
+   * user's sockets on the pod, and may be empty (messenger.py `_Pacer.configure`). */
+  configure(sendsPerS = this.#rate, burst = this.#burst): void {
     this.#refill();
     this.#rate = Math.max(sendsPerS, 0.001);
     this.#burst = Math.max(burst, 1);
-    this.#tokens = Math.min(this.#tokens, this.#burst);
+    this.#tokens = Math.max(0, Math.min(this.#tokens, this.#burst));
+    // The waits booked before end now: their sends were for the socket that closed
+    // (the caller checks that its socket is still the one before it sends), and a loop
+    // awaiting one (an old flush, a round of held resends) ends now, not at its time.
+    for (const release of [...this.#waits]) release();
   }
 
   /** The server refused a send (`rate_limited`): its bucket, shared by all of the
@@ -60,7 +69,8 @@ export class Pacer {
   }
 
   /** Wait for a token. It is taken at once (the count may go below zero), so those
-   * who call meanwhile wait behind it, in the order they called. */
+   * who call meanwhile wait behind it, in the order they called; until the next
+   * {@link configure} (a new socket), which ends every wait booked before it. */
   take(): Promise<void> {
     this.#refill();
     this.#tokens -= 1;
@@ -68,7 +78,15 @@ export class Pacer {
     // Rounded up: a timer that fires a fraction of a millisecond early would send
     // before the server's bucket has the token.
     const ms = Math.ceil((-this.#tokens / this.#rate) * 1000);
-    return new Promise((resolve) => setTimeout(resolve, ms));
+    return new Promise((resolve) => {
+      const release = () => {
+        clearTimeout(timer);
+        this.#waits.delete(release);
+        resolve();
+      };
+      const timer = setTimeout(release, ms);
+      this.#waits.add(release);
+    });
   }
 
   #refill(): void {
