@@ -726,9 +726,11 @@ class Messenger:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            left = len(self._store().read().queued())
-            if not left or not self.connected or loop.time() >= deadline:
-                return left
+            ids = [frame.id for frame in self._queued()]
+            # Those the server refused for now (a full inbox: minutes) are not waited for.
+            in_flight = [i for i in ids if i not in self._held]
+            if not in_flight or not self.connected or loop.time() >= deadline:
+                return len(ids)
             await asyncio.sleep(0.1)
 
     async def _send_paced(self, frame: f.Send | f.RoomSend) -> None:

@@ -190,3 +190,27 @@ def test_a_new_socket_starts_without_the_old_ones_debt_or_a_fresh_burst() -> Non
     pacer.tokens = 3.0
     pacer.configure(10, 2)
     assert pacer.tokens <= 2.0
+
+
+async def test_closing_does_not_wait_for_a_message_held_for_a_full_inbox(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLI command waits up to 10 s at close for its resends' answers, but not for a
+    message the server refused for now (a full inbox can last minutes): else every
+    command waited the whole 10 s while it was held."""
+    from parley import connection
+
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    await alice.connect()
+    send = connection.Connection.send
+
+    async def full(self: connection.Connection, frame: f.ClientFrames) -> None:
+        if isinstance(frame, f.Send):
+            await self._handler(f.Error(id=frame.id, code="inbox_full", message="full"))
+            return
+        await send(self, frame)
+
+    monkeypatch.setattr(connection.Connection, "send", full)
+    await alice.send(bob.username, "held", wait=None)
+    assert await asyncio.wait_for(alice.messenger.wait_outbox(10), 2) == 1
