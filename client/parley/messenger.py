@@ -112,14 +112,17 @@ class _Pacer:
         self.rate, self.burst = rate, float(burst)
         self.tokens = self.burst
         self.at = time.monotonic()
+        self.generation = 0  # one a socket: a wait booked on an older one sends nothing
 
     def configure(self, rate: float, burst: int) -> None:
         """A new socket's limits. No debt carried over (sends booked on a socket that
-        closed do not hold up the new one's), and no fresh burst either (the server's
+        closed do not hold up the new one's: they send nothing, see :meth:`take`; the
+        new socket's resend covers them), and no fresh burst either (the server's
         bucket is the user's on that pod, and may be empty)."""
         self._refill()
         self.rate, self.burst = max(rate, 0.001), float(max(burst, 1))
         self.tokens = max(0.0, min(self.tokens, self.burst))
+        self.generation += 1
 
     def drain(self) -> None:
         """The server refused a send: its bucket (shared by all of the user's sockets on
@@ -132,11 +135,15 @@ class _Pacer:
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
 
-    async def take(self) -> None:
+    async def take(self) -> bool:
+        """Wait for a token; False if a new socket came meanwhile (send nothing: its
+        resend sends the outbox, and this one's turn would double the rate)."""
         self._refill()
+        generation = self.generation
         self.tokens -= 1.0  # taken now: concurrent senders queue behind one another
         if self.tokens < 0:
             await asyncio.sleep(-self.tokens / self.rate)
+        return generation == self.generation
 
 
 def _record_receipt(tx: Transaction, frame: f.Accepted | f.Stored | f.Delivered) -> None:
@@ -701,8 +708,9 @@ class Messenger:
         queued = {frame.id for frame in frames}
         for cid in [c for c in self._refusals if c not in queued]:
             del self._refusals[cid]  # accepted (or dropped) since it was refused
+        generation = self._pacer.generation
         for frame in frames:
-            if not self.connected:
+            if not self.connected or self._pacer.generation != generation:
                 return  # dropped meanwhile: the next connection resends the rest
             size = len(f.encode(frame))
             if size > limit:
@@ -727,8 +735,8 @@ class Messenger:
         deadline = loop.time() + timeout
         while True:
             ids = [frame.id for frame in self._queued()]
-            # Those the server refused for now (a full inbox: minutes) are not waited for.
-            in_flight = [i for i in ids if i not in self._held]
+            # Not those the server refused until after the deadline (a full inbox: minutes).
+            in_flight = [i for i in ids if self._held.get(i, 0.0) <= deadline]
             if not in_flight or not self.connected or loop.time() >= deadline:
                 return len(ids)
             await asyncio.sleep(0.1)
@@ -738,7 +746,8 @@ class Messenger:
         nothing to report: the frame stays queued and the next connection resends it."""
         if not self.connected:
             return  # queued: the next connection's resend sends it (and takes the token)
-        await self._pacer.take()
+        if not await self._pacer.take():
+            return  # booked on a socket since closed: the new one's resend sends it
         if self.conn is not None:
             with contextlib.suppress(ConnectionClosed):
                 await self.conn.send(frame)

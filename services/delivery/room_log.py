@@ -140,6 +140,9 @@ class RoomLog:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(one(room, todo)) for room, todo in by_room.items()]
         except BaseExceptionGroup as failed:
+            # (A shutdown's cancel that comes meanwhile is then retried once and cancelled
+            # again; Python 3.11's task group leaves cancelling() raised here, so it cannot
+            # be told apart.)
             raise failed.exceptions[0] from None
         for stored, repeats in (t.result() for t in tasks):
             out.stored += len(stored)
