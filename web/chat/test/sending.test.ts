@@ -7,11 +7,11 @@
 // socket 4009 after 4 × burst refusals.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
-import { KEY_SEND_ACCEPTED_WITHIN, ParleyError, StillQueued } from '../src/app/client.ts';
+import { KEY_SEND_ACCEPTED_WITHIN, KeyNotHandedOut, ParleyError, StillQueued } from '../src/app/client.ts';
 import { failedSend } from '../src/app/composer.ts';
 import { Pacer, SEND_AGAIN } from '../src/app/pacing.ts';
 import { deviceDigest } from '../src/app/rooms.ts';
-import { FakeSocket, MemoryVault } from './support/fakeServer.ts';
+import { FakeServer, FakeSocket, MemoryVault } from './support/fakeServer.ts';
 import { cleanUp, connected, people, sleep, texts, until } from './support/clients.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
@@ -295,6 +295,169 @@ describe('a room message not accepted in time', () => {
   it('a refusal before it was queued is unsent: its text goes back to the draft', () => {
     expect(failedSend(new ParleyError('You are not a member of #team.'))).toBe('unsent');
     expect(failedSend(new TypeError('network'))).toBe('unsent');
+  });
+});
+
+/** How `p` stands after `ms`: its outcome, or 'pending'. */
+async function within(p: Promise<unknown>, ms: number): Promise<unknown> {
+  return Promise.race([p.then(() => 'resolved', (e: unknown) => e), sleep(ms).then(() => 'pending')]);
+}
+
+/** A `WebSocket` while the network is down: it never opens, and closes (1006) at once. */
+class DownSocket {
+  static readonly CONNECTING = 0;
+  static readonly OPEN = 1;
+  static readonly CLOSING = 2;
+  static readonly CLOSED = 3;
+  readyState = DownSocket.CONNECTING;
+  onopen: (() => void) | null = null;
+  onmessage: ((ev: { data: string }) => void) | null = null;
+  onclose: ((ev: { code: number }) => void) | null = null;
+  constructor(_url: string) {
+    setTimeout(() => {
+      this.readyState = DownSocket.CLOSED;
+      this.onclose?.({ code: 1006 });
+    }, 0);
+  }
+  send(_data: string): void {}
+  close(_code?: number): void {}
+}
+
+/** The next bulk claim of bundles (POST /keys/v1/users/bundles) waits until `release`. */
+function holdClaim(server: FakeServer): { arrived: () => boolean; release: () => void } {
+  let release: () => void = () => undefined;
+  let held: Promise<void> | null = new Promise<void>((r) => (release = r));
+  let arrived = false;
+  vi.stubGlobal('fetch', async (input: string | URL | Request, init?: RequestInit) => {
+    if (new URL(String(input)).pathname === '/keys/v1/users/bundles' && held !== null) {
+      const wait = held;
+      held = null;
+      arrived = true;
+      await wait;
+    }
+    return server.fetch(input, init);
+  });
+  return { arrived: () => arrived, release: () => release() };
+}
+
+describe("a room send's key distribution that does not end", () => {
+  it('the socket drops during it and stays down: not sent, within its bound; its key send is recorded later', async () => {
+    // Before: the key send's wait stopped with its socket (counted from its write), and
+    // sendRoom's own wait began only once the distribution was done: it waited for the
+    // whole outage, holding the room's lock (the rooms view's next sends behind it).
+    vi.spyOn(Math, 'random').mockReturnValue(0.1);
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    const roomId = 'a7'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    await connected(bob, server);
+    server.beforeAnswer = (frame, socket) => {
+      if (frame.op !== 'send' || frame.to !== A) return;
+      vi.stubGlobal('WebSocket', DownSocket); // the network goes, and stays gone
+      socket.drop(1006);
+    };
+    const sent = bob.sendRoom(roomId, 'lost in the outage', 500);
+    const outcome = await within(sent, 3000);
+    expect(outcome).toBeInstanceOf(KeyNotHandedOut);
+    expect(failedSend(outcome)).toBe('unsent'); // its text goes back to the draft
+    expect(bob.outbox().filter((q) => q.send.op === 'room_send')).toEqual([]);
+    expect(bob.roomHistory(roomId)).toEqual([]);
+    expect(bob.connectionState).not.toBe('connected');
+    // The network is back: the key send goes by itself, and once accepted alice is
+    // recorded as keyed: the next send is the message alone.
+    delete server.beforeAnswer;
+    vi.stubGlobal('WebSocket', FakeSocket);
+    await until('connected again, the outbox sent', () => bob.connectionState === 'connected' && bob.outbox().length === 0, 10_000);
+    await sleep(100);
+    const before = server.sends.length;
+    const id = await bob.sendRoom(roomId, 'after the outage', 5000);
+    expect(server.sends.slice(before).map((s) => s.frame.op)).toEqual(['room_send']);
+    expect(server.accepted.has(id)).toBe(true);
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([['after the outage', 'accepted']]);
+  });
+
+  it('one that outlasts its bound gives the room up: the next send is not stuck behind it', async () => {
+    // Before: the first send held the room's lock for as long as its claim took, and
+    // every later send to the room waited behind it.
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    const roomId = 'b8'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    await connected(bob, server);
+    const claim = holdClaim(server);
+    const first = bob.sendRoom(roomId, 'first', 300);
+    await until('the held claim', claim.arrived);
+    expect(await within(first, 2000)).toBeInstanceOf(KeyNotHandedOut);
+    const second = bob.sendRoom(roomId, 'second', 5000);
+    expect(await within(second, 4000)).toBe('resolved'); // the first's claim still held
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([['second', 'accepted']]);
+    claim.release(); // its key send goes now, in the background, and changes nothing shown
+    await sleep(300);
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([['second', 'accepted']]);
+  });
+
+  it('close() while it waits for a claim: sendRoom settles at once', async () => {
+    // Before: the key send was encrypted after close() and waited for an `accepted` that
+    // nothing would write or refuse (close had already failed the waits it knew of).
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    const roomId = 'c9'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    await connected(bob, server);
+    const claim = holdClaim(server);
+    const sent = bob.sendRoom(roomId, 'closed meanwhile', 20_000);
+    await until('the held claim', claim.arrived);
+    bob.close();
+    claim.release();
+    const outcome = await within(sent, 2000);
+    expect(outcome).toBeInstanceOf(KeyNotHandedOut);
+    expect(failedSend(outcome)).toBe('unsent');
+    expect(bob.roomHistory(roomId)).toEqual([]);
+  });
+});
+
+describe('a devices_changed redo whose key send is not accepted in time', () => {
+  it('is tried again on the same socket: the message is accepted without a reconnect', async () => {
+    // Before: the redo just returned; the stale frame stayed queued with nothing to
+    // send it again but the next socket's flush (hours later on a live socket).
+    KEY_SEND_ACCEPTED_WITHIN.ms = 300;
+    SEND_AGAIN['service_unavailable'] = [200, 1000];
+    const { server, bob, alice, carol } = await people();
+    const [A, C] = [alice.user.user_id, carol.user.user_id];
+    const roomId = 'd0'.repeat(12);
+    const room: { name: string; members: string[]; version: number; memberReads?: string[][] } = { name: 'team', members: [bob.me, A], version: 1 };
+    server.rooms.set(roomId, room);
+    await connected(bob, server);
+    await bob.sendRoom(roomId, 'before carol');
+    room.version = 2;
+    room.memberReads = [[bob.me, A]]; // the send's read misses carol (once): refused, redone
+    room.members = [bob.me, A, C];
+    const want = await deviceDigest([[A, 1], [C, 1]]);
+    const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
+    let carolKeys = 0;
+    server.answerSend = (frame) => {
+      if (frame.op === 'room_send') {
+        return frame.device_digest === want ? null : { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists };
+      }
+      return frame.to === C && ++carolKeys === 1 ? 'silent' : null; // carol's first key send: no answer
+    };
+    const statuses: string[] = [];
+    bob.on((e) => {
+      if (e.type === 'receipt') statuses.push(e.status);
+    });
+    const sent = bob.sendRoom(roomId, 'carol reads this', 6000);
+    expect(await within(sent, 5000)).toBe('resolved');
+    const id = await sent;
+    expect(carolKeys).toBe(2);
+    expect(statuses).not.toContain('failed');
+    expect(server.sockets).toHaveLength(1);
+    expect(server.sends.filter((s) => s.frame.id === id).every((s) => s.socket === server.sockets[0])).toBe(true);
+    expect(server.accepted.has(id)).toBe(true);
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([
+      ['before carol', 'accepted'],
+      ['carol reads this', 'accepted'],
+    ]);
+    expect(bob.outbox().filter((q) => q.send.op === 'room_send')).toEqual([]);
   });
 });
 

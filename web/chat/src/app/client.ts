@@ -168,9 +168,10 @@ export class StillQueued extends ParleyError {
 }
 
 /** A room's sender key could not be handed out to every member in time: one of its key
- * sends was written but not accepted (StillQueued; it still goes by itself). The room's
- * message was not queued for it by sendRoom (send it again); a redo of a queued one
- * leaves it queued (#redoRoom). */
+ * sends was written but not accepted (StillQueued; it still goes by itself), the
+ * distribution outlasted sendRoom's bound, or the client was closed. The room's message
+ * was not queued for it by sendRoom (send it again); a redo of a queued one leaves it
+ * queued and tries again later (#redoRoom). */
 export class KeyNotHandedOut extends ParleyError {
   override name = 'KeyNotHandedOut';
 }
@@ -1967,12 +1968,17 @@ export class ParleyClient {
    * linked meanwhile and learned of by another route did not; messenger.py
    * `send_control`). */
   async #sendControl(userId: string, payload: Uint8Array, claimed?: Map<string, PrekeyBundle>, gate?: Gate): Promise<[string, number][]> {
+    // Closed (close, a 4003, signed out): nothing writes a frame any more, nor rejects a
+    // wait registered now (#unwritten ran already): refused at once, not left waiting.
+    const closed = () => new KeyNotHandedOut("Disconnected: the room's key was not handed out; nothing was sent.");
+    if (!this.#running || this.#ended) throw closed();
     const clientId = randomId();
     this.#copies.set(clientId, null);
     try {
       const encrypt = () => this.#encrypt(userId, '', clientId, false, payload, claimed);
       const frame = await (gate ? gate.run(encrypt) : encrypt());
       if (this.#copies.get(clientId) === null) this.#copies.set(clientId, copiesOf(frame)); // (unless redone meanwhile)
+      if (!this.#running || this.#ended) throw closed(); // (queued: it goes at the next connection)
       // Counted from its write: a new send goes after the whole outbox (#flush, paced),
       // and a room's key sends are its newest entries.
       const accepted = this.#accepted(clientId, KEY_SEND_ACCEPTED_WITHIN.ms, true);
@@ -1987,10 +1993,12 @@ export class ParleyClient {
   /** Send `text` to a room. A public room's message is posted to its timeline; a
    * private room's is encrypted with this device's sender key (distributed, or
    * rotated first, as client/parley/rooms.py does) and sent as `room_send`;
-   * resolves at its `accepted`. Not accepted within `timeoutMs` (it is queued then),
-   * StillQueued: the message goes later by itself. A failure before it was queued (its
-   * key could not be handed out...) is any other error: nothing was sent. */
+   * resolves at its `accepted`. Bounded by `timeoutMs` from the call: not accepted by
+   * then (it is queued), StillQueued: the message goes later by itself. A failure
+   * before it was queued (its key could not be handed out by then, KeyNotHandedOut...)
+   * is any other error: nothing was sent. */
   async sendRoom(roomId: string, text: string, timeoutMs = 30_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
     checkText(text);
     const room = await this.room(roomId);
     if (room.role === null || room.role === undefined) throw new ParleyError(`You are not a member of #${room.name}.`);
@@ -2001,17 +2009,45 @@ export class ParleyClient {
     }
     if (this.connectionState !== 'connected') throw new ParleyError("Not connected: a private room's message needs the socket.");
     await this.openRoom(roomId);
-    const frame = await this.#roomLock(roomId).run(async () => {
-      const version = room.version ?? 0;
-      const members = await this.#roomMembers(roomId, version);
-      const keyed = await this.#distribute(roomId, version, members);
-      const mentions = await this.#mentions(text, members);
-      return this.#encryptRoom(roomId, text, mentions, keyed);
-    });
+    // The whole send is bounded from its call: a key send's own wait stops while its
+    // socket is down (#unwritten), so a distribution under way when the network goes
+    // could otherwise wait out the outage, holding the room's lock and every send
+    // behind it. Past the deadline before the message is queued: not sent (its key
+    // sends go on by themselves and are recorded when accepted); once it is queued,
+    // the deadline no longer applies to that part.
+    const tooLate = () => new KeyNotHandedOut("The room's key could not be handed out to every member in time: nothing was sent; send it again.");
+    let late = false;
+    let expire: (error: Error) => void = () => undefined;
+    const expired = new Promise<never>((_, reject) => (expire = reject));
+    expired.catch(() => undefined);
+    const timer = setTimeout(() => {
+      late = true;
+      expire(tooLate());
+    }, Math.max(0, deadline - Date.now()));
+    let frame: W.RoomSend;
+    try {
+      const run = this.#roomLock(roomId).run(async () => {
+        if (late) throw tooLate();
+        const work = (async () => {
+          const version = room.version ?? 0;
+          const members = await this.#roomMembers(roomId, version);
+          const keyed = await this.#distribute(roomId, version, members);
+          return { keyed, mentions: await this.#mentions(text, members) };
+        })();
+        work.catch(() => undefined); // given up on (late): its key sends are recorded as they are accepted
+        const { keyed, mentions } = await Promise.race([work, expired]); // late: the lock is released now
+        if (late) throw tooLate();
+        clearTimeout(timer); // (in the same turn as the check: it cannot fire once the message is queued)
+        return this.#encryptRoom(roomId, text, mentions, keyed);
+      });
+      frame = await Promise.race([run, expired]); // late while waiting for the lock: that run gives up at its start
+    } finally {
+      clearTimeout(timer);
+    }
     this.#emit({ type: 'changed' });
     // A `devices_changed` answer sends the message again with the same id (#redoRoom):
-    // this waits for the last answer, `accepted` or a failure.
-    const accepted = this.#accepted(frame.id, timeoutMs);
+    // this waits for the last answer, `accepted` or a failure, until the deadline.
+    const accepted = this.#accepted(frame.id, Math.max(0, deadline - Date.now()));
     this.#sendNew(frame);
     await accepted;
     return frame.id;
@@ -2043,9 +2079,12 @@ export class ParleyClient {
    * key goes to the member devices that lack it (#distribute), and the text is encrypted
    * again, a new step of the chain (a device given the key now cannot read the old
    * ciphertext), and sent with the same id, replacing the outbox entry. At most
-   * REDO_MAX times for one id; then, or if it cannot be done, the message fails.
+   * REDO_MAX times for one id; then, or if it cannot be done, the message fails. A key
+   * not handed out in time leaves it queued, and held (#hold) on `ws`, the socket that
+   * refused it: sent again later on it (refused again, redone again), not only by the
+   * next socket's flush.
    */
-  async #redoRoom(clientId: string, lists: W.DeviceList[]): Promise<void> {
+  async #redoRoom(ws: WebSocket, clientId: string, lists: W.DeviceList[]): Promise<void> {
     const first = this.#queued(clientId);
     if (first === undefined || first.send.op !== 'room_send') return;
     const roomId = first.send.room;
@@ -2083,8 +2122,10 @@ export class ParleyClient {
     } catch (error) {
       if (error instanceof KeyNotHandedOut) {
         // A key send not accepted yet (it is queued and goes by itself): the message is
-        // not failed; it stays queued as it was, and the next connection's flush sends
-        // it again (refused again, it is redone then, the key sends answered by then).
+        // not failed; it stays queued as it was and is sent again on this socket after
+        // a wait, as a `service_unavailable` is (1 s, doubling to 30 s; refused again,
+        // it is redone then), or by the next socket's flush if this one goes.
+        this.#hold(ws, clientId, 'service_unavailable');
         this.#emit({ type: 'error', code: 'client', message: `Not sent yet (${error.message}): the message waits in the outbox and is sent again later.` });
         return;
       }
@@ -3136,7 +3177,7 @@ export class ParleyClient {
       // A room's member devices are not those our key went to: give it, encrypt again,
       // same id. Not awaited: the redo waits for the `accepted` of the key's pairwise
       // sends, which come through the frame chain this handler runs in.
-      void this.#redoRoom(clientId, frame.devices ?? []).catch((error: unknown) => {
+      void this.#redoRoom(ws, clientId, frame.devices ?? []).catch((error: unknown) => {
         this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) });
       });
       return;
