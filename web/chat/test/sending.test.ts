@@ -7,6 +7,7 @@
 // socket 4009 after 4 × burst refusals.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
+import { ApiError } from '../src/app/api.ts';
 import { KEY_SEND_ACCEPTED_WITHIN, KeyNotHandedOut, ParleyError, StillQueued } from '../src/app/client.ts';
 import { failedSend } from '../src/app/composer.ts';
 import { Pacer, SEND_AGAIN } from '../src/app/pacing.ts';
@@ -376,24 +377,72 @@ describe("a room send's key distribution that does not end", () => {
     expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([['after the outage', 'accepted']]);
   });
 
-  it('one that outlasts its bound gives the room up: the next send is not stuck behind it', async () => {
-    // Before: the first send held the room's lock for as long as its claim took, and
-    // every later send to the room waited behind it.
+  it('one that outlasts its bound: the caller is told, but the next send waits for it to end (never two at once)', async () => {
+    // Before: the lock was released at the first's deadline while its distribution went
+    // on; the second planned beside it, and the first then planned (rotated or not,
+    // recorded members and keys) after it from the members it had read.
     const { server, bob, alice } = await people();
     const A = alice.user.user_id;
     const roomId = 'b8'.repeat(12);
     server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
     await connected(bob, server);
-    const claim = holdClaim(server);
+    const log: string[] = [];
+    let release: () => void = () => undefined;
+    let held: Promise<void> | null = new Promise<void>((r) => (release = r));
+    vi.stubGlobal('fetch', async (input: string | URL | Request, init?: RequestInit) => {
+      const path = new URL(String(input)).pathname;
+      if (path.endsWith('/members')) log.push('members');
+      if (path === '/keys/v1/users/bundles') {
+        log.push('claim');
+        if (held !== null) {
+          const wait = held;
+          held = null;
+          await wait;
+        }
+      }
+      return server.fetch(input, init);
+    });
     const first = bob.sendRoom(roomId, 'first', 300);
-    await until('the held claim', claim.arrived);
+    await until('the held claim', () => log.includes('claim'));
     expect(await within(first, 2000)).toBeInstanceOf(KeyNotHandedOut);
-    const second = bob.sendRoom(roomId, 'second', 5000);
-    expect(await within(second, 4000)).toBe('resolved'); // the first's claim still held
+    // One waiting past its own deadline gives up, nothing queued.
+    expect(await within(bob.sendRoom(roomId, 'too late', 300), 2000)).toBeInstanceOf(KeyNotHandedOut);
+    const second = bob.sendRoom(roomId, 'second', 8000);
+    expect(await within(second, 1000)).toBe('pending'); // behind the first's distribution
+    log.push('released');
+    release();
+    expect(await within(second, 6000)).toBe('resolved');
+    // Nothing of another send between the first's claim and its end.
+    expect(log.slice(log.indexOf('claim') + 1, log.indexOf('released'))).toEqual([]);
+    expect(server.sends.filter((s) => s.frame.op === 'send' && s.frame.to === A)).toHaveLength(1); // alice's key once
     expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([['second', 'accepted']]);
-    claim.release(); // its key send goes now, in the background, and changes nothing shown
+    expect(bob.outbox()).toEqual([]);
+  });
+
+  it('a key send refused for a full inbox fails at once: the send is refused with it, no key send is left queued', async () => {
+    // Before: held up to 300 s like a message; every redo queued another for the device.
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    const roomId = 'e1'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    await connected(bob, server);
+    let aliceKeys = 0;
+    server.answerSend = (frame) => {
+      if (frame.op !== 'send' || frame.to !== A) return null;
+      aliceKeys++;
+      return { op: 'error', code: 'inbox_full', message: "The recipient's inbox is full." };
+    };
+    const started = Date.now();
+    const outcome = await within(bob.sendRoom(roomId, 'to a full inbox', 20_000), 3000);
+    expect(outcome).toBeInstanceOf(ApiError);
+    expect((outcome as ApiError).code).toBe('inbox_full');
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(failedSend(outcome)).toBe('unsent');
+    expect(aliceKeys).toBe(1);
+    expect(bob.outbox()).toEqual([]);
+    expect(bob.roomHistory(roomId)).toEqual([]);
     await sleep(300);
-    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([['second', 'accepted']]);
+    expect(aliceKeys).toBe(1); // not sent again
   });
 
   it('close() while it waits for a claim: sendRoom settles at once', async () => {

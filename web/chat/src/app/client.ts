@@ -128,6 +128,10 @@ import { Vault } from './vault.ts';
 import { Transactions, type Tx } from './transactions.ts';
 import { Pacer, SEND_AGAIN, THROTTLED_CLOSES, sendAgainIn } from './pacing.ts';
 
+/** Refusals that fail a room's key send (a control send) at once instead of holding it
+ * (SEND_AGAIN): the recipient's inbox is full (messenger.py `send_control`). */
+const KEY_SEND_FAILS = new Set(['inbox_full', 'too_many_pending']);
+
 export const PREKEY_BATCH = 100;
 const PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000; // signed and last-resort prekeys, weekly
 const MAX_UPLOAD = 100;
@@ -2011,10 +2015,14 @@ export class ParleyClient {
     await this.openRoom(roomId);
     // The whole send is bounded from its call: a key send's own wait stops while its
     // socket is down (#unwritten), so a distribution under way when the network goes
-    // could otherwise wait out the outage, holding the room's lock and every send
-    // behind it. Past the deadline before the message is queued: not sent (its key
-    // sends go on by themselves and are recorded when accepted); once it is queued,
-    // the deadline no longer applies to that part.
+    // could otherwise wait out the outage. Past the deadline before the message is
+    // queued: not sent (its key sends go on by themselves and are recorded when
+    // accepted); once it is queued, the deadline no longer applies to that part. The
+    // room's lock is held by the distribution, not by the caller: it is released only
+    // once that has settled, so no two distributions of a room ever run at once (one
+    // given up on, planning after a later one from the members it read, could give a
+    // removed member the new key, or rotate twice). A later send waiting for it still
+    // gives up at its own deadline.
     const tooLate = () => new KeyNotHandedOut("The room's key could not be handed out to every member in time: nothing was sent; send it again.");
     let late = false;
     let expire: (error: Error) => void = () => undefined;
@@ -2028,19 +2036,18 @@ export class ParleyClient {
     try {
       const run = this.#roomLock(roomId).run(async () => {
         if (late) throw tooLate();
-        const work = (async () => {
-          const version = room.version ?? 0;
-          const members = await this.#roomMembers(roomId, version);
-          const keyed = await this.#distribute(roomId, version, members);
-          return { keyed, mentions: await this.#mentions(text, members) };
-        })();
-        work.catch(() => undefined); // given up on (late): its key sends are recorded as they are accepted
-        const { keyed, mentions } = await Promise.race([work, expired]); // late: the lock is released now
+        const version = room.version ?? 0;
+        const members = await this.#roomMembers(roomId, version);
+        const keyed = await this.#distribute(roomId, version, members); // given up on (late): it still ends under the lock
+        const mentions = await this.#mentions(text, members);
         if (late) throw tooLate();
         clearTimeout(timer); // (in the same turn as the check: it cannot fire once the message is queued)
         return this.#encryptRoom(roomId, text, mentions, keyed);
       });
-      frame = await Promise.race([run, expired]); // late while waiting for the lock: that run gives up at its start
+      run.catch(() => undefined); // given up on (late): its key sends are recorded as they are accepted
+      // Late while waiting for the lock: that run gives up at its start; late during the
+      // distribution: the caller is told now, the lock is released when it ends.
+      frame = await Promise.race([run, expired]);
     } finally {
       clearTimeout(timer);
     }
@@ -3194,6 +3201,14 @@ export class ParleyClient {
       }
       return;
     }
+    if (clientId && queued && queued.control !== undefined && KEY_SEND_FAILS.has(code)) {
+      // A room's key send refused for a full inbox: failed at once, not held (rooms.py:
+      // the room send fails with the error). Held, every redo of the room's message
+      // would queue another for the same device, filling that inbox more.
+      await this.#fail(clientId, queued.peer, message, new ApiError(code, message, 0));
+      this.#emit({ type: 'error', code, message });
+      return;
+    }
     if (clientId && queued && Object.hasOwn(SEND_AGAIN, code)) {
       // Nothing was stored (docs/protocol.md, "Errors"): it stays in the outbox, with its
       // status, and goes again with the same id, later (#hold), or with the next
@@ -3209,8 +3224,8 @@ export class ParleyClient {
     this.#emit({ type: 'error', code, message });
   }
 
-  async #fail(clientId: string, peer: string, reason: string): Promise<void> {
-    this.#waiting.get(clientId)?.reject(new ParleyError(reason));
+  async #fail(clientId: string, peer: string, reason: string, error: Error = new ParleyError(reason)): Promise<void> {
+    this.#waiting.get(clientId)?.reject(error);
     this.#waiting.delete(clientId);
     await this.#transaction(async (tx) => {
       this.#dequeue(tx, clientId);
