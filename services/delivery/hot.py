@@ -471,7 +471,17 @@ class HotInbox:
 
     # Tombstones ----------------------------------------------------------------
     async def mark_gone(self, server_id: str, keep_s: int) -> None:
-        await self.redis.set(self.gone_key(server_id), 1, ex=keep_s)
+        await self.mark_gone_many([server_id], keep_s)
+
+    async def mark_gone_many(self, server_ids: Iterable[str], keep_s: int) -> None:
+        """Mark messages removed, a pipeline a thousand (a Redis loss marks every removal
+        of the last hours again: restore_gone)."""
+        ids = list(server_ids)
+        for i in range(0, len(ids), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for server_id in ids[i : i + 1000]:
+                    pipe.set(self.gone_key(server_id), 1, ex=keep_s)
+                await pipe.execute()
 
     async def gone(self, server_ids: Iterable[str]) -> set[str]:
         """Which of these messages were removed (one round trip)."""

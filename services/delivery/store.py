@@ -486,12 +486,7 @@ class DeliveryStore:
         replay from Kafka must not store their copies again); returns how many."""
         tombstones = self.db["tombstones"]
         ids = [str(d["_id"]) async for d in tombstones.find({"at": {"$gte": since_ms}}, {"_id": 1})]
-        keep_s = self.settings.inbox_expiry_s + DAY_S
-        for i in range(0, len(ids), 1000):  # a pipeline a thousand, not a trip each
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for server_id in ids[i : i + 1000]:
-                    pipe.set(self.hot.gone_key(server_id), 1, ex=keep_s)
-                await pipe.execute()
+        await self.hot.mark_gone_many(ids, self.settings.inbox_expiry_s + DAY_S)
         return len(ids)
 
     # Caps and expiry ----------------------------------------------------------

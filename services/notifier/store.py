@@ -27,7 +27,7 @@ from parley_contract.envelopes import MentionNotice
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 DUPLICATE_KEY = 11000
 Doc = dict[str, Any]
@@ -59,34 +59,14 @@ class NotifierStore:
                 out[str(doc["_id"])] = doc
         return out
 
-    async def add(self, notice: MentionNotice, interval_s: float) -> bool:
-        """Keep a mention for the user's digest; False if it is already kept.
-
-        The digest's range is raised in either case: a notice that comes again
-        because the worker died (or the write failed) between the two writes
-        would otherwise stay kept and never be in any digest's range."""
-        doc = _pending_doc(notice)
-        new = True
-        try:
-            await self.pending.insert_one(doc)
-        except DuplicateKeyError:
-            new = False
-        # The first mention since the last digest sets when the next is due.
-        await self.digests.update_one(
-            {"_id": notice.user},
-            {
-                "$setOnInsert": {"due": time.time() + interval_s},
-                "$min": {"lo": notice.n},
-                "$max": {"hi": notice.n},
-            },
-            upsert=True,
-        )
-        return new
-
     async def add_many(self, notices: list[MentionNotice], interval_s: float) -> list[bool]:
-        """:meth:`add` for a batch in two round trips, not two a notice: one unordered
-        insert (a duplicate is a notice kept before) and one bulk upsert of the users'
-        digest ranges. Whether each notice was new, in order."""
+        """Keep mentions for their users' digests, in two round trips whatever their
+        number: one unordered insert (a duplicate is a notice kept before) and one bulk
+        upsert of the users' digest ranges. Whether each notice was new, in order.
+
+        A digest's range is raised in either case: a notice that comes again because
+        the worker died (or the write failed) between the two writes would otherwise
+        stay kept and never be in any digest's range."""
         if not notices:
             return []
         docs = [_pending_doc(n) for n in notices]
@@ -102,8 +82,7 @@ class NotifierStore:
         for n in notices:
             lo, hi = ranges.get(n.user, (n.n, n.n))
             ranges[n.user] = (min(lo, n.n), max(hi, n.n))
-        # Raised in either case (see add). The first mention since the last digest
-        # sets when the next is due.
+        # The first mention since the last digest sets when the next is due.
         due = time.time() + interval_s
         await self.digests.bulk_write(
             [

@@ -123,7 +123,7 @@ async def test_a_notice_kept_without_its_digest_is_mailed_when_it_comes_again(
     bob, alice = await harness.user(), await harness.user()
     late = notice(bob["_id"], 1, alice["_id"], excerpt="kept, then the worker died")
     store = harness.notifier.store
-    assert await store.add(late, INTERVAL_S)
+    assert await store.add_many([late], INTERVAL_S) == [True]
     await store.digests.delete_one({"_id": bob["_id"]})  # the second write never happened
     await harness.produce(late)
     [mail] = await harness.until_mails(bob["email"], 1)
@@ -168,7 +168,7 @@ async def test_a_batch_of_notices_is_kept_in_two_round_trips(harness: Harness) -
     alice = await harness.user()
     store = harness.notifier.store
     batch = [notice(u["_id"], n, alice["_id"]) for n in range(1, 101) for u in users]
-    assert await store.add(batch[0], INTERVAL_S)  # kept before: a redelivery
+    assert await store.add_many([batch[0]], INTERVAL_S) == [True]  # kept before: a redelivery
     calls = {"insert_many": 0, "bulk_write": 0}
     for coll, name in ((store.pending, "insert_many"), (store.digests, "bulk_write")):
         real = getattr(coll, name)
