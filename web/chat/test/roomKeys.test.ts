@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { deviceDigest } from '../src/app/rooms.ts';
 import type * as W from '../src/generated/contract.ts';
 import { cleanUp, connected, people } from './support/clients.ts';
+import { carolJoinsMidRead } from './support/rooms.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -89,23 +90,15 @@ describe('a devices_changed redo of a room message', () => {
     // (carol not in it yet) was kept under the new version; every redo named the same
     // devices, the gateway refused each (`devices_changed`), and the message failed.
     const { server, bob, alice, carol } = await people();
-    const [A, C] = [alice.user.user_id, carol.user.user_id];
     const roomId = 'c3'.repeat(12);
-    const room: { name: string; members: string[]; version: number; memberReads?: string[][] } = { name: 'team', members: [bob.me, A], version: 1 };
-    server.rooms.set(roomId, room);
-    await connected(bob, server);
-    await bob.sendRoom(roomId, 'before carol');
-    // Carol joins: the version is raised first, and a read then misses her (once).
-    room.version = 2;
-    room.memberReads = [[bob.me, A]];
-    room.members = [bob.me, A, C];
-    const want = await deviceDigest([[A, 1], [C, 1]]);
-    const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
+    // After 'before carol', carol joins: the version is raised first, and a read then
+    // misses her (once).
+    const { C, want, devicesChanged } = await carolJoinsMidRead(server, bob, alice, carol, roomId);
     let refused = 0;
     server.answerSend = (frame) => {
       if (frame.op !== 'room_send' || frame.device_digest === want) return null;
       refused++;
-      return { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists };
+      return devicesChanged;
     };
     const before = server.sends.length;
     const id = await bob.sendRoom(roomId, 'carol reads this', 10_000);

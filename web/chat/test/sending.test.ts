@@ -11,9 +11,9 @@ import { ApiError } from '../src/app/api.ts';
 import { KEY_SEND_ACCEPTED_WITHIN, KeyNotHandedOut, ParleyError, StillQueued } from '../src/app/client.ts';
 import { failedSend } from '../src/app/composer.ts';
 import { Pacer, SEND_AGAIN } from '../src/app/pacing.ts';
-import { deviceDigest } from '../src/app/rooms.ts';
 import { FakeServer, FakeSocket, MemoryVault } from './support/fakeServer.ts';
 import { cleanUp, connected, people, sleep, texts, until } from './support/clients.ts';
+import { carolJoinsMidRead } from './support/rooms.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -245,22 +245,14 @@ describe('a room message not accepted in time', () => {
     KEY_SEND_ACCEPTED_WITHIN.ms = 300;
     vi.spyOn(Math, 'random').mockReturnValue(0); // reconnect at once
     const { server, bob, alice, carol } = await people();
-    const [A, C] = [alice.user.user_id, carol.user.user_id];
     const roomId = 'f6'.repeat(12);
-    const room: { name: string; members: string[]; version: number; memberReads?: string[][] } = { name: 'team', members: [bob.me, A], version: 1 };
-    server.rooms.set(roomId, room);
-    await connected(bob, server);
-    await bob.sendRoom(roomId, 'before carol');
-    // Carol joins; the send's read of the members misses her (once): refused, redone.
-    room.version = 2;
-    room.memberReads = [[bob.me, A]];
-    room.members = [bob.me, A, C];
-    const want = await deviceDigest([[A, 1], [C, 1]]);
-    const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
+    // After 'before carol', carol joins; the send's read of the members misses her
+    // (once): refused, redone.
+    const { C, want, devicesChanged } = await carolJoinsMidRead(server, bob, alice, carol, roomId);
     const first = server.sockets[0] as FakeSocket;
     server.answerSend = (frame, socket) => {
       if (frame.op === 'room_send') {
-        return frame.device_digest === want ? null : { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists };
+        return frame.device_digest === want ? null : devicesChanged;
       }
       return frame.to === C && socket === first ? 'silent' : null; // carol's key: no answer on this socket
     };
@@ -472,21 +464,14 @@ describe('a devices_changed redo whose key send is not accepted in time', () => 
     KEY_SEND_ACCEPTED_WITHIN.ms = 300;
     SEND_AGAIN['service_unavailable'] = [200, 1000];
     const { server, bob, alice, carol } = await people();
-    const [A, C] = [alice.user.user_id, carol.user.user_id];
     const roomId = 'd0'.repeat(12);
-    const room: { name: string; members: string[]; version: number; memberReads?: string[][] } = { name: 'team', members: [bob.me, A], version: 1 };
-    server.rooms.set(roomId, room);
-    await connected(bob, server);
-    await bob.sendRoom(roomId, 'before carol');
-    room.version = 2;
-    room.memberReads = [[bob.me, A]]; // the send's read misses carol (once): refused, redone
-    room.members = [bob.me, A, C];
-    const want = await deviceDigest([[A, 1], [C, 1]]);
-    const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
+    // After 'before carol', carol joins; the send's read of the members misses her
+    // (once): refused, redone.
+    const { C, want, devicesChanged } = await carolJoinsMidRead(server, bob, alice, carol, roomId);
     let carolKeys = 0;
     server.answerSend = (frame) => {
       if (frame.op === 'room_send') {
-        return frame.device_digest === want ? null : { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists };
+        return frame.device_digest === want ? null : devicesChanged;
       }
       return frame.to === C && ++carolKeys === 1 ? 'silent' : null; // carol's first key send: no answer
     };

@@ -1,0 +1,32 @@
+/**
+ * Private rooms on test/support/fakeServer.ts, as the tests of room sends set them up.
+ */
+import type { ParleyClient } from '../../src/app/client.ts';
+import { deviceDigest } from '../../src/app/rooms.ts';
+import type * as W from '../../src/generated/contract.ts';
+import { connected } from './clients.ts';
+import type { FakeServer, Peer } from './fakeServer.ts';
+
+/** Bob and alice's room `roomId`, bob connected and a message ('before carol') sent to
+ * it; then carol joins as the rooms service does it: the version is raised first, and one
+ * read of the members then misses her. `want`: the digest of the devices a send must now
+ * name (alice's and carol's); `devicesChanged`: the gateway's refusal of one naming others. */
+export async function carolJoinsMidRead(
+  server: FakeServer,
+  bob: ParleyClient,
+  alice: Peer,
+  carol: Peer,
+  roomId: string,
+): Promise<{ A: string; C: string; want: string; devicesChanged: Omit<W.Error, 'id'> }> {
+  const [A, C] = [alice.user.user_id, carol.user.user_id];
+  const room: { name: string; members: string[]; version: number; memberReads?: string[][] } = { name: 'team', members: [bob.me, A], version: 1 };
+  server.rooms.set(roomId, room);
+  await connected(bob, server);
+  await bob.sendRoom(roomId, 'before carol');
+  room.version = 2;
+  room.memberReads = [[bob.me, A]];
+  room.members = [bob.me, A, C];
+  const want = await deviceDigest([[A, 1], [C, 1]]);
+  const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
+  return { A, C, want, devicesChanged: { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists } };
+}
