@@ -309,8 +309,7 @@ def send(
                         raise ParleyError("Nothing was sent.") from None
                     client_id = await attempt(True)
             except TimeoutError:
-                client.flush_on_close = 0  # waited long enough: say so now
-                stays_queued()
+                stays_queued(client)
             stored = False
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError, ParleyError):
                 await asyncio.wait_for(_wait_status(client, client_id, "stored"), 10)

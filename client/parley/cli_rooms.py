@@ -396,8 +396,7 @@ async def room_send(opts: Options, target: str, message: str, timeout: float = 3
         try:
             await _with_status(f"Sending to #{room['name']}...", sending)
         except TimeoutError:
-            client.flush_on_close = 0
-            stays_queued()  # queued (a key hand-out that timed out raises NotSent)
+            stays_queued(client)  # queued (a key hand-out that timed out raises NotSent)
         how = "end-to-end encrypted" if room.get("kind") == "private" else "public"
         console.print(f"Message sent to [bold]#{escape(room['name'])}[/] ({how}).")
 

@@ -149,9 +149,11 @@ QUEUED = (
 EXIT_QUEUED = 3
 
 
-def stays_queued() -> NoReturn:
+def stays_queued(client: Client) -> NoReturn:
     """A one-shot send timed out after queuing: say so (sending it again would deliver
-    it twice) and exit 3, not 1 (docs/client.md)."""
+    it twice) and exit 3, not 1 (docs/client.md). The client closes at once: it waited
+    long enough for an answer."""
+    client.flush_on_close = 0
     err.print(f"[yellow]{QUEUED}[/] `parley outbox` lists it; `parley outbox drop ID` cancels it.")
     raise typer.Exit(EXIT_QUEUED)
 

@@ -705,9 +705,7 @@ class Messenger:
     async def _resend(self) -> None:
         limit = self.max_frame_bytes
         frames = self._queued()
-        queued = {frame.id for frame in frames}
-        for cid in [c for c in self._refusals if c not in queued]:
-            del self._refusals[cid]  # accepted (or dropped) since it was refused
+        self._forget_refusals({frame.id for frame in frames})
         generation = self._pacer.generation
         for frame in frames:
             if not self.connected or self._pacer.generation != generation:
@@ -1061,6 +1059,11 @@ class Messenger:
                     fut.exception()
             self.events.emit(Receipt(client_id, out.peer_id, "failed", str(exc)))
 
+    def _forget_refusals(self, queued: set[str]) -> None:
+        """Drop the refusal counts of messages no longer queued (accepted or dropped)."""
+        for cid in [c for c in self._refusals if c not in queued]:
+            del self._refusals[cid]
+
     def _hold(self, client_id: str, code: str) -> None:
         """Send a refused message again later: at once but paced for ``rate_limited``,
         else after a wait that doubles with each refusal of it (``_SEND_AGAIN``)."""
@@ -1089,9 +1092,7 @@ class Messenger:
             for cid in due:
                 del self._held[cid]
             frames = self._queued()
-            queued = {frame.id for frame in frames}
-            for cid in [c for c in self._refusals if c not in queued]:
-                del self._refusals[cid]  # accepted (or dropped) since
+            self._forget_refusals({frame.id for frame in frames})
             if not self.connected:
                 self._held.clear()  # the next connection resends the whole outbox
                 return

@@ -166,7 +166,7 @@ async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse
         # MongoDB or Redis failed after the token was used up and before new ones were
         # issued: the client gets a 5xx and retries, and that retry was taken for a
         # stolen token's reuse (the session ended, the user signed out).
-        await _release(svc, digest(token), session["token_used_at"])
+        await give_back(svc, token, session)
         raise
 
 

@@ -336,12 +336,7 @@ class AuthStore:
     # -- revocation (Redis keys read by every service, and the channel) ----
 
     async def publish_session_revoked(self, user_id: str, sid: str, ttl_s: int) -> None:
-        sid_key, _ = _revocation_keys(self.prefix, user_id, sid)
-        await self.revocation_log.add(
-            {sid_key: {"kind": "session", "user_id": user_id, "sid": sid}}, ttl_s
-        )
-        message = {"type": "session_revoked", "user_id": user_id, "sid": sid}
-        await self.redis.publish(revocation_channel(self.prefix), orjson.dumps(message))
+        await self.publish_many_revoked([(user_id, sid)], ttl_s)
 
     async def publish_sessions_revoked(self, user_id: str, sids: Sequence[str], ttl_s: int) -> None:
         """:meth:`publish_session_revoked` for many sessions: one write of their keys and

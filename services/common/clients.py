@@ -45,6 +45,10 @@ def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
 
 
+# MongoDB's error code for a duplicate key (in a bulk write's writeErrors).
+DUPLICATE_KEY = 11000
+
+
 def key_partition(key: bytes, ordered: Sequence[int]) -> int:
     """The partition Kafka's default partitioner (murmur2, as the Java client and
     aiokafka's ``DefaultPartitioner``) picks for ``key`` among ``ordered`` (a topic's

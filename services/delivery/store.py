@@ -54,6 +54,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from services.common import routing, scripts
+from services.common.clients import DUPLICATE_KEY
 from services.common.config import Settings
 from services.common.inbox import receipts
 from services.common.routing import PENDING_ALL, Push, pending_key
@@ -61,7 +62,6 @@ from services.delivery.counters import Counter as InboxCounter
 from services.delivery.counters import InboxCounters
 from services.delivery.hot import HotInbox, Removal, Replicas
 
-DUPLICATE_KEY = 11000
 DEDUP_DAYS = 7
 DAY_S = 86400
 ID_CHUNK = 500

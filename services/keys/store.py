@@ -47,7 +47,7 @@ from pymongo.errors import BulkWriteError
 
 from services.common import scripts
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
-from services.common.clients import KafkaProducerHandle, Topics, in_id_order
+from services.common.clients import DUPLICATE_KEY, KafkaProducerHandle, Topics, in_id_order
 from services.common.config import Settings
 from services.common.devices import ListCopies
 from services.common.outbox import Outbox
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 
-DUPLICATE_KEY = 11000
 # Prekey estimates of devices that see no claim nor upload for this long go.
 LEFT_TTL_S = 30 * 86400
 

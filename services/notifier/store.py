@@ -29,7 +29,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-DUPLICATE_KEY = 11000
+from services.common.clients import DUPLICATE_KEY
+
 Doc = dict[str, Any]
 
 ID_CHUNK = 500
