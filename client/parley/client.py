@@ -401,8 +401,9 @@ class Client:
         return self.messenger.conn
 
     async def connect(self, timeout: float = 20.0) -> None:
-        """Open the WebSocket, fetch what waits in the inbox and resend unaccepted
-        messages; keeps reconnecting (with backoff) until :meth:`close`."""
+        """Open the WebSocket and fetch what waits in the inbox; unaccepted messages are
+        resent behind it (new sends wait for them). Keeps reconnecting (with backoff)
+        until :meth:`close`."""
         await self.messenger.connect(timeout)
 
     async def sync(self) -> int:

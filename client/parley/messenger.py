@@ -239,6 +239,10 @@ class Messenger:
         self._refusals: dict[str, int] = {}
         self._held_task: asyncio.Task[Any] | None = None
         self._held_changed = asyncio.Event()
+        # The outbox's resend after a (re)connection: it runs behind connect (a backlog
+        # past the send burst goes at the server's rate, minutes for thousands), and new
+        # sends wait for it so they do not overtake what was queued before them.
+        self._resend_task: asyncio.Task[Any] | None = None
         # The devices each waiting control send was (last) encrypted for (send_control).
         self._copies: dict[str, set[tuple[str, int]]] = {}
 
@@ -577,8 +581,9 @@ class Messenger:
         return self.conn is not None and self.conn.connected
 
     async def connect(self, timeout: float = 20.0) -> None:
-        """Open the WebSocket, fetch what waits in the inbox and resend unaccepted
-        messages; keeps reconnecting (with backoff) until :meth:`disconnect`."""
+        """Open the WebSocket and fetch what waits in the inbox; unaccepted messages are
+        resent behind it (new sends wait for them). Keeps reconnecting (with backoff)
+        until :meth:`disconnect`."""
         self.account.require()
         if self.conn is not None:
             return
@@ -627,9 +632,29 @@ class Messenger:
                 async with self._store().transaction() as tx:
                     tx.put("max_frame_bytes", limit)  # for sends made while offline
         await self.sync()
-        await self._resend()
+        self._resend_task = self._spawn(self._resend_behind())
         self._synced.set()
         await self._sync_rooms()
+
+    async def _resend_behind(self) -> None:
+        """:meth:`_resend`, in its own task; a failure of this side (the local store)
+        drops the socket as a failed ``on_ready`` does, and the next one resends."""
+        conn = self.conn
+        try:
+            await self._resend()
+        except ConnectionClosed:
+            pass  # the next connection resends what is still queued
+        except Exception as exc:
+            log.exception("resending the outbox failed")
+            if conn is not None and conn is self.conn:
+                await conn.drop(f"resending the outbox failed: {exc!r}")
+
+    async def _behind_resend(self) -> None:
+        """Wait for the outbox's resend, if one runs: a new send goes after the messages
+        queued before it (one peer sees them in the order they were written)."""
+        task = self._resend_task
+        if task is not None and not task.done():
+            await asyncio.wait({task})  # its failure is its own (see _resend_behind)
 
     async def _sync_rooms(self) -> None:
         """The private rooms' logs after the inbox. A failure here drops nothing: the
@@ -1170,16 +1195,27 @@ class Messenger:
         out = _Outgoing(loop.create_future(), loop.create_future(), peer,
                         wants_stored=wait == "stored")  # fmt: skip
         self._outgoing[client_id] = out
-        await self._send_paced(frame)
-        if wait is not None:
-            fut = out.stored if wait == "stored" else out.accepted
-            if self.conn is None:
-                raise ConnectionClosed("Not connected: the message waits in the outbox.")
-            if self.conn.failed is not None:
-                # Closed for good (session ended, account blocked): no answer will come.
-                raise self.conn.failed
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        deadline = loop.time() + timeout
+        # Its own task: a caller that stops waiting (timeout, cancelled) leaves the
+        # message going out in its turn on this socket, not only at the next one.
+        sending = self._spawn(self._send_in_turn(frame))
+        if wait is None:
+            await asyncio.shield(sending)
+            return client_id
+        await asyncio.wait_for(asyncio.shield(sending), timeout)
+        fut = out.stored if wait == "stored" else out.accepted
+        if self.conn is None:
+            raise ConnectionClosed("Not connected: the message waits in the outbox.")
+        if self.conn.failed is not None:
+            # Closed for good (session ended, account blocked): no answer will come.
+            raise self.conn.failed
+        await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
         return client_id
+
+    async def _send_in_turn(self, frame: f.Send | f.RoomSend) -> None:
+        """Behind the outbox's resend, if one runs, then paced."""
+        await self._behind_resend()
+        await self._send_paced(frame)
 
     async def _encrypt(
         self, peer_id: str, text: str, client_id: str, *, name: str | None = None,

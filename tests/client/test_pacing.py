@@ -229,3 +229,47 @@ async def test_a_send_booked_on_a_closed_socket_sends_nothing_on_the_next() -> N
     pacer.configure(20, 1)  # a new socket's ready
     assert await late is False
     assert await pacer.take()  # the new socket's own turn
+
+
+async def test_connect_returns_before_a_long_resend_and_new_sends_go_after_it(
+    make_client: MakeClient, throttled_gateway: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: ``connect`` returned only once the whole outbox was resent, so a backlog
+    past the burst (3.5 s here; minutes for thousands at the default limits) made it
+    time out though the socket worked. Now the resend runs behind it, and a message
+    sent meanwhile still reaches its peer after everything queued before it."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    for i in range(BACKLOG):
+        await alice.send(bob.username, f"m{i}", wait=None)
+    await bob.connect()
+    monkeypatch.setattr(Messenger, "ws_url", property(lambda _: throttled_gateway))
+    await alice.connect(timeout=2)  # (BACKLOG - BURST) / RATE = 3.5 s of resending
+    assert len(alice.outbox()) > 1  # returned while the resend still runs
+    await alice.send(bob.username, "after the backlog", wait="accepted", timeout=30)
+
+    got = [await bob.next_event(Message, timeout=60) for _ in range(BACKLOG + 1)]
+    texts = [m.text for m in got if isinstance(m, Message)]
+    assert texts[-1] == "after the backlog"
+    assert sorted(texts[:-1]) == sorted(f"m{i}" for i in range(BACKLOG))
+
+
+async def test_a_send_that_times_out_behind_the_resend_still_goes_in_its_turn(
+    make_client: MakeClient, throttled_gateway: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait behind the outbox's resend counts toward a send's timeout (``parley
+    send --timeout``); the message, queued, still goes on this socket after the rest."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    for i in range(BACKLOG):
+        await alice.send(bob.username, f"m{i}", wait=None)
+    await bob.connect()
+    monkeypatch.setattr(Messenger, "ws_url", property(lambda _: throttled_gateway))
+    await alice.connect(timeout=2)
+    with pytest.raises(TimeoutError):
+        await alice.send(bob.username, "late", wait="accepted", timeout=0.5)
+
+    got = [await bob.next_event(Message, timeout=60) for _ in range(BACKLOG + 1)]
+    assert [m.text for m in got if isinstance(m, Message)][-1] == "late"
+    await _outbox_empties(alice)
+    assert alice._conn is not None and alice._conn.connects == 1  # on the same socket
