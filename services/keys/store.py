@@ -453,9 +453,13 @@ class KeyStore:
                     for k in kinds
                 )
             )
-            mine = {key: doc for part in taken for key, doc in part.items()}
+            # By kind: an X25519 and an ML-KEM prekey of one device can share an id (so
+            # an ``_id``), and each slot takes its own kind's (one dict let a one-time
+            # X25519 prekey fill the ML-KEM slot: a claim that failed validation after
+            # deleting, and every later one with it, the counters then in step).
+            mine = dict(zip(kinds, taken, strict=True))
             for i, key in given.items():
-                got[i] = mine.get(key)
+                got[i] = mine[slots[i][0]].get(key)
             floors = {}
             for k in kinds:
                 missed = {i: n for i, n in counted.items() if slots[i][0] is k and not got[i]}

@@ -147,6 +147,33 @@ async def test_a_count_lost_with_redis_starts_again_from_the_stock(api: KeysApi)
     assert [d and d["id"] for d in got] == [60, 1000, 1001, None]
 
 
+@pytest.mark.parametrize("devices", [1, 5])  # one by one, and the bulk take
+async def test_one_claim_of_both_kinds_gives_each_slot_its_own_kind(
+    api: KeysApi, devices: int
+) -> None:
+    """Audit finding: an X25519 and an ML-KEM prekey of one device with the same id
+    (clients number each kind from 1; both counts lost with Redis, or expired after
+    30 days unclaimed) share an ``_id``; the claim's results were merged into one dict,
+    so the ML-KEM slot got the X25519 prekey (no ``sig``: a 500 after deleting both,
+    and every later claim the same, the counts then in step)."""
+    store = api.keys.store
+    for d in range(1, devices + 1):
+        x25519 = [{"id": i, "key": f"x{i}"} for i in range(1, 11)]
+        kem = [{"id": i, "key": f"k{i}", "sig": f"s{i}"} for i in range(2, 12)]
+        await store.insert_prekeys(Kind.ONE_TIME, "u", d, 1, x25519, "x")
+        await store.insert_prekeys(Kind.KEM, "u", d, 1, kem, "k")
+        for kind in (Kind.ONE_TIME, Kind.KEM):
+            await store.redis.delete(store._next_key(kind, "u", d, 1))
+    slots = [(kind, "u", d, 1) for d in range(1, devices + 1) for kind in (Kind.KEM, Kind.ONE_TIME)]
+    got = await store.claim_slots(slots)
+    for (kind, *_), doc in zip(slots, got, strict=True):
+        assert doc is not None
+        if kind is Kind.KEM:
+            assert (doc["id"], doc["key"], doc.get("sig")) == (2, "k2", "s2")
+        else:
+            assert (doc["id"], doc["key"], doc.get("sig")) == (1, "x1", None)
+
+
 async def test_account_writes_are_compare_and_set(api: KeysApi) -> None:
     store = api.keys.store
     fields = {"account_key": "k1", "version": 1, "device_list": "{}", "signature": "s"}
