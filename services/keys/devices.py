@@ -78,6 +78,14 @@ async def register_identity(
                 await store.insert_device(user_id, device_id, new)
             except DuplicateKeyError:
                 continue  # registered concurrently: compare with that one
+            if (
+                await store.count_devices(user_id)
+                > keys.config.max_devices + keys.config.max_pending
+            ):
+                # Registrations at once each found room before the others inserted:
+                # counted again after, one past the cap goes (each one over: none stays).
+                await store.delete_device(user_id, device_id)
+                raise _too_many_devices(keys)
             log.info("device registered", extra={"user_id": user_id, "device_id": device_id})
             return models.IdentityRegistered(device_id=device_id, created=True, changed=False)
         old = device["identity"]
@@ -98,6 +106,14 @@ async def register_identity(
         log.info("pending identity replaced", extra={"user_id": user_id, "device_id": device_id})
         return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
     raise _conflict()
+
+
+def _too_many_prekeys(cap: int, held: int) -> ApiError:
+    return ApiError(
+        ErrorCode.TOO_MANY_PREKEYS,
+        f"A device may hold at most {cap} unclaimed prekeys of each kind.",
+        details={"held": held, "max": cap},
+    )
 
 
 async def _listed(keys: Keys, user_id: str) -> tuple[int, ...]:
@@ -124,12 +140,17 @@ async def _room_for_a_device(keys: Keys, user_id: str) -> None:
             await store.forget_left(user_id, device_id)
             log.info("stale pending device forgotten", extra={"device_id": device_id})
     if await store.count_devices(user_id) >= cap:
-        raise ApiError(
-            ErrorCode.TOO_MANY_DEVICES,
-            f"An account has at most {config.max_devices} devices and {config.max_pending} "
-            "waiting to be linked; remove one first.",
-            details={"max_devices": config.max_devices, "max_pending": config.max_pending},
-        )
+        raise _too_many_devices(keys)
+
+
+def _too_many_devices(keys: Keys) -> ApiError:
+    config = keys.config
+    return ApiError(
+        ErrorCode.TOO_MANY_DEVICES,
+        f"An account has at most {config.max_devices} devices and {config.max_pending} "
+        "waiting to be linked; remove one first.",
+        details={"max_devices": config.max_devices, "max_pending": config.max_pending},
+    )
 
 
 async def _set_signed_key(
@@ -223,11 +244,7 @@ async def _upload(
         raise _duplicates(dups)
     held = await store.count_prekeys(kind, user_id, device_id, generation)
     if held + len(verified) > config.max_stored:
-        raise ApiError(
-            ErrorCode.TOO_MANY_PREKEYS,
-            f"A device may hold at most {config.max_stored} unclaimed prekeys of each kind.",
-            details={"held": held, "max": config.max_stored},
-        )
+        raise _too_many_prekeys(config.max_stored, held)
     batch = secrets.token_hex(12)
     try:
         inserted = await store.insert_prekeys(
@@ -242,6 +259,13 @@ async def _upload(
         # The identity changed (or the device went) while this batch was checked.
         await store.delete_batch(kind, inserted, batch)
         raise _conflict()
+    held = await store.count_prekeys(kind, user_id, device_id, generation)
+    if held > config.max_stored:
+        # Uploads at once each counted before the others inserted: counted again after,
+        # a batch that took the stock past the cap goes (each one over: none stays),
+        # so concurrent requests cannot pile prekeys up past it.
+        await store.delete_batch(kind, inserted, batch)
+        raise _too_many_prekeys(config.max_stored, held - len(inserted))
     await store.seed_count(kind, user_id, device_id, generation, min(ids))
     one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
     kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)

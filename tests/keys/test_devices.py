@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from services.keys.config import KeysConfig
@@ -233,6 +236,50 @@ async def test_a_device_holds_a_bounded_number_of_prekeys(make_keys: KeysFactory
     assert (status, body["error"]["code"]) == (409, "too_many_prekeys")
     assert await api.stored(ALICE) == (100, 0)
     assert (await api.post_one_time(ALICE, 1, dev.one_time(50)))[0] == 201
+
+
+async def test_uploads_at_once_cannot_pile_prekeys_past_the_cap(
+    make_keys: KeysFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: each upload counted the stock, then inserted; twenty at once all
+    counted 100 and all inserted (1,100 held against a cap of 150). Counted again after
+    the insert, a batch that took the stock past the cap goes."""
+    api = await make_keys(KeysConfig(max_stored=150))
+    dev = await api.device(ALICE, one_time=100)
+    batches = [dev.one_time(50) for _ in range(20)]
+    store = api.keys.store
+    count, counted, all_counted = store.count_prekeys, [0], asyncio.Event()
+
+    async def count_together(*args: Any) -> int:
+        held = await count(*args)
+        counted[0] += 1
+        if counted[0] == len(batches):
+            all_counted.set()
+        if counted[0] <= len(batches):
+            await all_counted.wait()  # every request's check counted before any insert
+        return held
+
+    monkeypatch.setattr(store, "count_prekeys", count_together)
+    answers = await asyncio.gather(*(api.post_one_time(ALICE, 1, b) for b in batches))
+    monkeypatch.undo()
+    assert {status for status, _ in answers} <= {201, 409}
+    assert all(b["error"]["code"] == "too_many_prekeys" for s, b in answers if s == 409)
+    held, _ = await api.stored(ALICE)
+    assert held <= 150
+    assert held == 100 + 50 * sum(1 for status, _ in answers if status == 201)
+
+
+async def test_registrations_at_once_cannot_pass_the_device_cap(make_keys: KeysFactory) -> None:
+    api = await make_keys(KeysConfig(max_devices=2, max_pending=1))
+    await api.device(ALICE, 1, signed=False, last_resort=False)
+    answers = await asyncio.gather(
+        *(api.put_identity(ALICE, d, DeviceKeys().identity()) for d in range(2, 12))
+    )
+    created = [d for d, (status, _) in zip(range(2, 12), answers, strict=True) if status == 200]
+    refused = [b["error"]["code"] for status, b in answers if status != 200]
+    assert set(refused) <= {"too_many_devices"}
+    assert len(created) <= 2
+    assert len(await api.keys.store.list_devices(ALICE)) == 1 + len(created)
 
 
 async def test_a_user_has_a_bounded_number_of_devices(make_keys: KeysFactory) -> None:
