@@ -34,6 +34,12 @@ GATE_TTL_S = 86_400
 """A gate is forgotten after a day without a change (a room nobody reads); the
 next read starts a new one, which matches no kept copy."""
 
+READ_GATE_TTL_S = 120
+"""A gate a read starts (no change made one) lasts two minutes: a gateway asked
+about room ids that do not exist (``typing`` or ``room_send`` to random ids) left
+a key for a day each. Longer than a kept copy's life (``ROOM_KEPT_S``, 30 s), so
+a busy room's copies are not read again any sooner for it."""
+
 
 class RoomGate:
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
@@ -51,7 +57,7 @@ class RoomGate:
         """The room's token now (one round trip); a room with none gets a new one."""
         key = self.key(room_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, secrets.token_hex(8), nx=True, ex=GATE_TTL_S)
+            pipe.set(key, secrets.token_hex(8), nx=True, ex=READ_GATE_TTL_S)
             pipe.get(key)
             _, token = await pipe.execute()
         return bytes(token)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT_SENDS = 256
 # Refused sends (over the rate) after which a socket is closed 4009: 4x the burst, at most this.
 FLOOD_VIOLATIONS = 400
+_TYPING_VIOLATIONS = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.ROOM_NOT_FOUND})
 CLOSE_TIMEOUT_S = 5.0
 """A closing socket's connection is dropped once its client has taken nothing of what
 waits for it for this long, or has taken everything and not answered the close frame
@@ -549,7 +550,14 @@ class Connection:
             self.push(f.Pong(id=frame.id))
         elif isinstance(frame, f.Typing):
             assert self.user_id is not None and self.device_id is not None
-            await self.hub.typing(self.user_id, self.device_id, self._token(), frame)
+            try:
+                await self.hub.typing(self.user_id, self.device_id, self._token(), frame)
+            except ApiError as err:
+                # Refused (too many, a room the user may not see): a violation, as a
+                # refused send is, so a flood of them closes the socket (4009).
+                if err.code in _TYPING_VIOLATIONS and await self._violated(frame.id):
+                    return
+                raise
         elif isinstance(frame, f.Auth):
             # Re-authentication with a fresh token for the same user keeps the socket.
             claims = await self.hub.verify(frame.token)
@@ -588,12 +596,7 @@ class Connection:
     async def _send(self, frame: f.Send | f.RoomSend) -> None:
         assert self.user_id is not None
         if not self.hub.bucket(self.user_id).take():
-            self.violations += 1
-            # 4x the burst, at most 400: a large burst (a room's key distribution) does
-            # not also let a flood run longer before the socket closes.
-            if self.violations > min(4 * self.limits.send_burst, FLOOD_VIOLATIONS):
-                self.error(ApiError(ErrorCode.RATE_LIMITED, "Flooding; closing."), frame.id)
-                await self.close(f.CLOSE_FLOOD, ErrorCode.RATE_LIMITED.value)
+            if await self._violated(frame.id):
                 return
             raise ApiError(ErrorCode.RATE_LIMITED, "Too many messages; slow down.")
         assert self.user_id is not None and self.sid is not None and self.device_id is not None
@@ -604,6 +607,17 @@ class Connection:
         # one at a time they took ~14 ms each.
         ahead, self._ahead = self._ahead, asyncio.get_running_loop().create_future()
         self._spawn(self._submit(frame, self._token(), ahead, self._ahead))
+
+    async def _violated(self, frame_id: str | None) -> bool:
+        """Count a refused frame; True once the socket is closed for flooding (4x the
+        burst, at most 400: a large burst, a room's key distribution, does not also
+        let a flood run longer before the socket closes)."""
+        self.violations += 1
+        if self.violations <= min(4 * self.limits.send_burst, FLOOD_VIOLATIONS):
+            return False
+        self.error(ApiError(ErrorCode.RATE_LIMITED, "Flooding; closing."), frame_id)
+        await self.close(f.CLOSE_FLOOD, ErrorCode.RATE_LIMITED.value)
+        return True
 
     async def _submit(
         self, frame: f.Send | f.RoomSend, token: str,

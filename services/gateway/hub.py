@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 ROOMY_MAX = 100_000
 # Typing devices remembered before the stale ones are dropped.
 TYPING_KEPT = 100_000
+TYPING_PER_S, TYPING_BURST = 1.0, 10
+"""A user's ``typing`` frames on a pod, over all rooms (refused: ``rate_limited``, a
+violation toward close 4009): each notice goes to every member's sockets, and one
+to a room id that does not exist costs the rooms service a read."""
 
 
 ROOM_BUSY_S = 1.0
@@ -132,11 +136,12 @@ class Hub:
         # One send bucket per user on this pod, shared by all their sockets
         # (dropped with the user's last socket).
         self.buckets: dict[str, TokenBucket] = {}
+        self.typing_buckets: dict[str, TokenBucket] = {}
         self.draining = False
         # (inbox, sender) -> until when it is known to be far from the caps.
         self._roomy: dict[tuple[str, str], float] = {}
         # (user, device, room) -> when it last said it is typing there (monotonic).
-        self._typing: dict[tuple[str, int, str], float] = {}
+        self._typing: dict[tuple[str, int, str], tuple[float, bool]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # When each socket's token expires: one timer for the pod, not one per socket.
         self._expiries: Deadlines[Connection] = Deadlines(lambda conn: conn.expired())
@@ -314,25 +319,32 @@ class Hub:
         members read as for a ``room_send`` (a member now, the room open). At most
         one ``typing`` per ``TYPING_EVERY_S`` per device and room (``rate_limited``);
         a stop with no start in the last ``TYPING_TTL_S`` has nothing to stop."""
+        bucket = self.typing_buckets.get(user_id)
+        if bucket is None:
+            bucket = self.typing_buckets[user_id] = TokenBucket(TYPING_PER_S, TYPING_BURST)
+        if not bucket.take():
+            raise ApiError(ErrorCode.RATE_LIMITED, "Too many typing notices; slow down.")
         key = (user_id, device, frame.room)
         now = time.monotonic()
-        last = self._typing.get(key)
-        if frame.typing and last is not None and now - last < f.TYPING_EVERY_S:
+        # (when the last start was published, whether no stop has been since): a stop
+        # keeps the start's time, so start, stop, start within TYPING_EVERY_S is refused
+        # (forgetting it let alternating frames publish without limit).
+        started, active = self._typing.get(key, (None, False))
+        if frame.typing and started is not None and now - started < f.TYPING_EVERY_S:
             raise ApiError(
                 ErrorCode.RATE_LIMITED,
                 f"Say you are typing at most every {f.TYPING_EVERY_S} s in a room.",
             )
-        if not frame.typing and (last is None or now - last > f.TYPING_TTL_S):
-            self._typing.pop(key, None)
-            return
+        if not frame.typing and (not active or started is None or now - started > f.TYPING_TTL_S):
+            return  # nothing to stop
         members = await self.rooms.members(frame.room, user_id, token)
+        if len(self._typing) >= TYPING_KEPT:
+            self._typing = {k: v for k, v in self._typing.items() if now - v[0] <= f.TYPING_TTL_S}
         if frame.typing:
-            if len(self._typing) >= TYPING_KEPT:
-                self._typing = {k: t for k, t in self._typing.items() if now - t <= f.TYPING_TTL_S}
-            self._typing[key] = now
-        else:
+            self._typing[key] = (now, True)
+        elif started is not None:  # (checked above: a stop of a start)
             # Another socket of this device may have stopped it meanwhile, or a prune.
-            self._typing.pop(key, None)
+            self._typing[key] = (started, False)
         notice = f.TypingNotice(
             room_id=frame.room, user=user_id, device=device, typing=frame.typing
         )
@@ -688,9 +700,12 @@ class Hub:
         await self.store.refresh_presence(conns)
 
     def _sweep_buckets(self) -> None:
-        """Forget the send buckets of users with no socket here once they are full."""
+        """Forget the send and typing buckets of users with no socket here once they
+        are full (a typing bucket once full, socket or not: most users type rarely)."""
         for user_id in [u for u, b in self.buckets.items() if u not in self.by_user and b.full()]:
             del self.buckets[user_id]
+        for user_id in [u for u, b in self.typing_buckets.items() if b.full()]:
+            del self.typing_buckets[user_id]
 
     async def _refresh_loop(self) -> None:
         while True:

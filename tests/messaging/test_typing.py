@@ -105,3 +105,51 @@ async def test_bad_typing_is_refused_and_tells_no_one(world: RoomWorld) -> None:
     await watcher.send({"op": "ping", "id": "p"})
     await watcher.expect("pong", id="p")
     assert [x for x in watcher.drain() if x["op"] == "typing"] == []
+
+
+async def test_starting_again_right_after_a_stop_is_refused(world: RoomWorld) -> None:
+    """Audit finding: a stop forgot the start's time, so start, stop, start... went
+    through without limit: each a notice carrying the room's members to every pod."""
+    owner, member = uid(), uid()
+    room = await world.private_room(owner, [member])
+    watcher = await world.connect(member, pod=1)
+    me = await world.connect(owner, pod=0)
+    for i, on in enumerate([True, False, True, False, True]):
+        await me.send(typing(room, on=on, fid=f"t{i}"))
+    assert (await me.expect("error", id="t2"))["code"] == "rate_limited"
+    assert (await me.expect("error", id="t4"))["code"] == "rate_limited"
+    assert (await first_typing(watcher))["typing"] is True
+    assert (await first_typing(watcher))["typing"] is False
+    await watcher.send({"op": "ping", "id": "p"})
+    await watcher.expect("pong", id="p")
+    assert [x for x in watcher.drain() if x["op"] == "typing"] == []
+
+
+async def test_typing_to_rooms_that_do_not_exist_is_bounded_and_then_closes(
+    world: RoomWorld,
+) -> None:
+    """Audit finding: ``typing`` frames to random room ids were unlimited; each asked
+    the rooms service and left a send gate in Redis for a day. Now a user's typing
+    frames share a small bucket, refusals count toward the flood close (4009), and a
+    gate a read starts lasts two minutes."""
+    from services.gateway.connection import FLOOD_VIOLATIONS
+    from services.gateway.hub import TYPING_BURST
+
+    user = uid()
+    world.m.issuer.users.add(user)
+    ws = await world.connect(user, pod=0)
+    rooms = [f"{i:024x}" for i in range(FLOOD_VIOLATIONS + 5)]
+    for i, room in enumerate(rooms):
+        await ws.send(typing(room, fid=f"t{i}"))
+    assert await ws.wait_closed() == 4009
+    errors = [x for x in ws.drain() if x["op"] == "error"]
+    codes = [e["code"] for e in errors]
+    assert codes.count("room_not_found") <= TYPING_BURST + 1  # + what refilled meanwhile
+    assert codes.count("rate_limited") >= FLOOD_VIOLATIONS - TYPING_BURST
+    store = world.m.hub(0).store
+    redis = store.redis
+    gates = [k async for k in redis.scan_iter(match=f"{store.prefix}:rgate:*", count=1000)]
+    looked_up = [k for k in gates if k.decode().rsplit(":", 1)[1] in set(rooms)]
+    assert len(looked_up) <= TYPING_BURST + 1
+    for key in looked_up:
+        assert 0 < await redis.ttl(key) <= 120
