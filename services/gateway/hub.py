@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 ROOMY_MAX = 100_000
 # Typing devices remembered before the stale ones are dropped.
 TYPING_KEPT = 100_000
-TYPING_PER_S, TYPING_BURST = 1.0, 10
+TYPING_PER_S, TYPING_BURST = 2.0, 20
 """A user's ``typing`` frames on a pod, over all rooms (refused: ``rate_limited``, a
 violation toward close 4009): each notice goes to every member's sockets, and one
 to a room id that does not exist costs the rooms service a read."""
