@@ -5,6 +5,8 @@
 /** How often this device says again that it types while the user types (the
  * server refuses more than one start every 2 s per device and room: `TYPING_EVERY_S`). */
 export const TYPING_SAY_EVERY_MS = 3000;
+/** The server's least time between two starts of a device in a room (`TYPING_EVERY_S`). */
+export const TYPING_EVERY_MS = 2000;
 /** How long a member shows as typing after their last notice (`TYPING_TTL_S`). */
 export const TYPING_TTL_MS = 6000;
 
@@ -13,13 +15,17 @@ export type TypingSay = 'start' | 'stop' | null;
 /** When one room's draft should say `typing` (a start) or `typing: false` (a stop). */
 export class TypingThrottle {
   #said: number | null = null; // when a start was last said; null: none since the last stop
+  #started: number | null = null; // when a start was last said, a stop since or not
 
   /** The draft is now `text`: a start at most every {@link TYPING_SAY_EVERY_MS} while
-   * it holds something, a stop when it was cleared. */
+   * it holds something, and never within {@link TYPING_EVERY_MS} of the last start,
+   * even after a stop (the server refuses it: `rate_limited`); a stop when it was
+   * cleared. */
   changed(text: string, now: number): TypingSay {
     if (text.trim() === '') return this.done(now);
     if (this.#said !== null && now - this.#said < TYPING_SAY_EVERY_MS) return null;
-    this.#said = now;
+    if (this.#started !== null && now - this.#started < TYPING_EVERY_MS) return null;
+    this.#said = this.#started = now;
     return 'start';
   }
 
