@@ -12,6 +12,7 @@ request changes nothing and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
@@ -172,12 +173,15 @@ async def set_kind(
         ),
         Check("rooms", {"_id": room_id, "kind": kind}),
     )  # fmt: skip
-    await store.set_room(room_id, {"kind": kind, "kind_changed_at": now_ms()})
+    # The directory first, then the kind: the directory lists a room only while it is
+    # public (rooms.directory), so a switch cut short in between never lists a private
+    # room, nor leaves a public one unlisted for good (the switch is made again).
     key = room.get("name_key") or text.name_key(room["name"])
     if kind == PUBLIC:
         await store.add_to_directory(key, room_id, room["name"])
     else:
         await store.remove_from_directory(key, room_id)
+    await store.set_room(room_id, {"kind": kind, "kind_changed_at": now_ms()})
     await rooms.events.release(held)
     room = await _room(rooms, room_id)
     await _audit(rooms, claims, ip, "room.kind", room_id, before={"kind": previous},
@@ -195,9 +199,22 @@ async def remove(
     moderators manage it; docs/moderation.md)."""
     room = await _room(rooms, room_id)
     victim = await _member(rooms, room_id, user_id)
-    await members.remove_member(rooms, room, victim, claims.user_id, removed=True)
-    if victim["role"] == "owner":
-        await rooms.store.set_room(room_id, {"owner": None})
+    store = rooms.store
+    # Deleted only in the role read, read again if it changed (a hand-over made them the
+    # owner, or they handed the room on): the audit says the role removed.
+    for _ in range(8):
+        role = (str(victim["role"]),)
+        if await members.remove_member(rooms, room, victim, claims.user_id, True, role):
+            break
+        now = await store.get_member(room_id, user_id)
+        if now is None or int(now["slot"]) != int(victim["slot"]):
+            break  # ended meanwhile (left, removed)
+        victim = now
+    else:
+        raise ApiError(ErrorCode.CONFLICT, "The member's role changed meanwhile; try again.")
+    # No owner, if ``owner`` names them (an owner, or one handing the room on: the
+    # hand-over reads the membership after its own ``owner`` write, and clears it too).
+    await store.clear_owner(room_id, user_id)
     room = await _room(rooms, room_id)
     await _audit(rooms, claims, ip, "room.remove_member", room_id,
                  before={"user_id": user_id, "role": victim["role"]}, after=None,
@@ -211,19 +228,60 @@ async def set_owner(
 ) -> models.AdminRoom:  # fmt: skip
     """Make a member the room's owner: a room whose owner an admin removed, or left
     without one by a hand-over cut short (docs/rooms.md, "Roles"), or whose owner is
-    gone. The owner there was, if any, becomes a moderator."""
+    gone. The owner there was, if any, becomes a moderator.
+
+    Recorded as a hand-over is (the ``handovers`` record): no member's hand-over runs
+    meanwhile, and one under way (recorded less than ``outbox_lease_s`` ago) is waited
+    for (``conflict``), where both went through and left two owners. An older record is
+    a hand-over cut short: the admin's choice takes its place."""
     room = await _room(rooms, room_id)
     target = await _member(rooms, room_id, user_id)
     if target["role"] == "owner":
         raise _unchanged("owned by that member")
-    before = room.get("owner")
-    # An admin's choice ends a hand-over a killed process left half done.
-    await rooms.store.end_handover(room_id)
-    previous = await rooms.store.get_member(room_id, before) if before else None
-    if previous is not None and previous["role"] == "owner":
-        await members.set_role(rooms, room, previous, "moderator", claims.user_id)
-    await members.set_role(rooms, room, target, "owner", claims.user_id)
-    await rooms.store.set_room(room_id, {"owner": user_id})
+    store = rooms.store
+    at = now_ms()
+    stale = at - int(rooms.config.outbox_lease_s * 1000)
+    claimed_from = room.get("owner") or ""
+    if not await store.claim_handover(room_id, claimed_from, user_id, at, stale):
+        raise ApiError(
+            ErrorCode.CONFLICT, "The room's owner is handing it over; try again in a moment."
+        )
+    try:
+        # Read again under the record: a hand-over that ended just before it changed them.
+        room = await _room(rooms, room_id)
+        target = await _member(rooms, room_id, user_id)
+        if target["role"] == "owner":
+            raise _unchanged("owned by that member")
+        before = room.get("owner")
+        if (before or "") != claimed_from:  # for finish_handovers, should this be cut short
+            await store.set_handover_from(room_id, before or "")
+        previous = await store.get_member(room_id, before) if before else None
+        stepped_down = False
+        if previous is not None and previous["role"] == "owner":
+            try:
+                await members.set_role(rooms, room, previous, "moderator", claims.user_id,
+                                       was="owner")  # fmt: skip
+                stepped_down = True
+            except ApiError:
+                pass  # removed meanwhile: no owner to step down
+        try:
+            await members.set_role(rooms, room, target, "owner", claims.user_id,
+                                   was=str(target["role"]))  # fmt: skip
+        except ApiError as exc:
+            if previous is not None and stepped_down:  # the owner there was stays on
+                with contextlib.suppress(ApiError):
+                    await members.set_role(rooms, room, previous, "owner", claims.user_id,
+                                           was="moderator")  # fmt: skip
+            if exc.code == ErrorCode.FORBIDDEN:  # its role changed since it was read
+                raise ApiError(
+                    ErrorCode.CONFLICT, "The member's role changed meanwhile; try again."
+                ) from exc
+            raise
+        await store.set_room(room_id, {"owner": user_id})
+    except ApiError:
+        await store.end_handover(room_id)
+        raise
+    await store.end_handover(room_id)
     room = await _room(rooms, room_id)
     await _audit(rooms, claims, ip, "room.owner", room_id, before={"owner": before},
                  after={"owner": user_id}, **_why(reason))  # fmt: skip

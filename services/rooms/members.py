@@ -73,22 +73,31 @@ async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
         )  # fmt: skip
     bumped = await store.bump_room(room_id, version=1, slots=1, members=1)
     slot = int(bumped["slots"])
-    n = await store.bump_user(user_id, "r")
-    await store.add_roster(room_id, slot, user_id)
-    await store.add_to_list(user_id, "r", n, room_id)
-    now = now_ms()
-    doc: Doc = {
-        "_id": member_id(room_id, user_id), "room": room_id, "user": user_id,
-        "role": "member", "slot": slot, "user_slot": n, "joined_at": now,
-    }  # fmt: skip
-    held = await rooms.events.hold(
-        e.MemberJoined(
-            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=user_id,
-            at=now, user_id=user_id, role="member", via=via,  # type: ignore[arg-type]
-        ),
-        Check("members", {"_id": doc["_id"], "slot": slot}),
-    )  # fmt: skip
-    if not await store.insert_member(doc):
+    n: int | None = None
+    try:
+        n = await store.bump_user(user_id, "r")
+        await store.add_roster(room_id, slot, user_id)
+        await store.add_to_list(user_id, "r", n, room_id)
+        now = now_ms()
+        doc: Doc = {
+            "_id": member_id(room_id, user_id), "room": room_id, "user": user_id,
+            "role": "member", "slot": slot, "user_slot": n, "joined_at": now,
+        }  # fmt: skip
+        held = await rooms.events.hold(
+            e.MemberJoined(
+                room_id=room_id, kind=room["kind"], version=int(bumped["version"]),
+                actor=user_id, at=now, user_id=user_id, role="member",
+                via=via,  # type: ignore[arg-type]
+            ),
+            Check("members", {"_id": doc["_id"], "slot": slot}),
+        )  # fmt: skip
+        inserted = await store.insert_member(doc)
+    except BaseException:
+        # Counted, never a member: the count goes back (else a lone owner could never
+        # leave), unless the membership was written after all.
+        await _uncount(rooms, room_id, user_id, slot, n)
+        raise
+    if not inserted:
         # A concurrent join of the same user won: undo this one's traces.
         await rooms.events.drop(held)
         await store.bump_room(room_id, members=-1)
@@ -100,6 +109,18 @@ async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
     await rooms.events.release(held)
     log.info("member joined", extra={"room_id": room_id, "via": via})
     return doc
+
+
+async def _uncount(rooms: Rooms, room_id: str, user_id: str, slot: int, n: int | None) -> None:
+    """Undo the count (and the slots) of a join that failed before its membership."""
+    store = rooms.store
+    try:
+        mine = await store.get_member(room_id, user_id)
+        if mine is None or int(mine["slot"]) != slot:
+            await store.bump_room(room_id, members=-1)
+            await store.forget_slots(room_id, user_id, slot, "r", n)
+    except Exception:
+        log.warning("a failed join's count not undone", extra={"room_id": room_id})
 
 
 def _banned() -> ApiError:
@@ -122,9 +143,21 @@ async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
         raise _banned()
     now = await store.get_room(room_id)
     if now is not None and now["state"] != "open":
-        await remove_member(rooms, room, doc, user_id, removed=False)
+        await remove_member(rooms, room, doc, user_id, removed=False, withdraw=False)
         require_open(now)
+    # A member holds no invitation, however they joined: one left behind would bring
+    # them back to a private room after a removal. Withdrawn after the membership is
+    # written, as an invitation reads the membership after it is written (invite).
+    await _withdraw(rooms, room_id, user_id)
     return doc
+
+
+async def _withdraw(rooms: Rooms, room_id: str, user_id: str) -> None:
+    """Withdraw ``user_id``'s invitation to the room, if any (told by no event: the
+    join, leave or removal that goes with it is)."""
+    gone = await rooms.store.delete_invitation(room_id, user_id)
+    if gone is not None:
+        await rooms.store.forget_slots(room_id, user_id, None, "i", int(gone["user_slot"]))
 
 
 async def join(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
@@ -140,19 +173,13 @@ async def join(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
 
 async def accept(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
     room, member, invitation = await visible(rooms, room_id, user_id)
-    store = rooms.store
     if member is not None:
-        if invitation is not None:
-            await store.delete_invitation(room_id, user_id)
+        await _withdraw(rooms, room_id, user_id)
         return membership(member)
     if invitation is None:
         raise ApiError(ErrorCode.INVITATION_NOT_FOUND, "You have no invitation to this room.")
     require_open(room)
-    doc = await _admit(rooms, room, user_id, "invitation")
-    gone = await store.delete_invitation(room_id, user_id)
-    if gone is not None:
-        await store.forget_slots(room_id, user_id, None, "i", int(gone["user_slot"]))
-    return membership(doc)
+    return membership(await _admit(rooms, room, user_id, "invitation"))
 
 
 async def decline(rooms: Rooms, user_id: str, room_id: str) -> None:
@@ -189,7 +216,7 @@ async def invite(
         raise _self()
     store = rooms.store
     if await store.get_member(room_id, target) is not None:
-        raise ApiError(ErrorCode.ALREADY_MEMBER, "That user is a member already.")
+        raise _already_member()
     if await store.get_ban(room_id, target) is not None:
         raise _banned_target()
     existing = await store.get_invitation(room_id, target)
@@ -225,8 +252,19 @@ async def invite(
         if gone is not None:
             await store.forget_slots(room_id, target, None, "i", n)
         raise _banned_target()
+    if await store.get_member(room_id, target) is not None:
+        # Joined meanwhile: a join writes its membership and then withdraws the
+        # invitation, and this read follows the invitation's write, so one of the two
+        # withdraws it (a member holding an invitation could come back through it).
+        await rooms.events.drop(held)
+        await _withdraw(rooms, room_id, target)
+        raise _already_member()
     await rooms.events.release(held)
     return _invitation(doc)
+
+
+def _already_member() -> ApiError:
+    return ApiError(ErrorCode.ALREADY_MEMBER, "That user is a member already.")
 
 
 def _banned_target() -> ApiError:
@@ -244,12 +282,17 @@ def _invitation(doc: Doc) -> models.Invitation:
 
 async def remove_member(
     rooms: Rooms, room: Doc, member: Doc, actor: str, removed: bool,
-    roles: Collection[str] | None = None,
+    roles: Collection[str] | None = None, withdraw: bool = True,
 ) -> bool:  # fmt: skip
     """End ``member``'s membership (announced); ``roles``: only while its role is one of
-    them. False when it had ended already, or its role is no longer one of ``roles``."""
+    them. False when it had ended already, or its role is no longer one of ``roles``.
+    ``withdraw``: an invitation the member still holds goes first (one left behind by a
+    join cut short would bring them back); an invitation written after the membership
+    ends is a new one, and stays."""
     store = rooms.store
     room_id, user_id, slot = room["_id"], member["user"], int(member["slot"])
+    if withdraw:
+        await _withdraw(rooms, room_id, user_id)
     bumped = await store.bump_room(room_id, version=1)
     cls = e.MemberRemoved if removed else e.MemberLeft
     held = await rooms.events.hold(
@@ -269,37 +312,72 @@ async def remove_member(
     return True
 
 
+# The roles a member who is not the owner has: a leave deletes such a membership only
+# while its role is one of them (a hand-over may make the leaver the owner meanwhile).
+NOT_OWNER = ("member", "moderator")
+
+
+def _must_transfer(message: str) -> ApiError:
+    return ApiError(ErrorCode.OWNER_MUST_TRANSFER, message)
+
+
 async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
     room, member, _ = await visible(rooms, room_id, user_id)
     member = member_of(member)
-    last = int(room.get("members", 0)) <= 1
-    if member["role"] == "owner" and not last:
-        raise ApiError(
-            ErrorCode.OWNER_MUST_TRANSFER,
-            "The owner leaves after making another member the owner (PUT .../owner).",
-        )
-    if member["role"] == "owner":
-        # The last member leaves: nobody could manage the room any more; it closes.
-        # Closed first, then the count read again: a join that got in meanwhile is
-        # seen here (the owner was not the last: the room goes back as it was), or
-        # sees the close itself and is undone (_admit). Else a joiner could be left
-        # alone in a closed room without an owner.
-        was = str(room["state"])
-        if was == "open":
-            await set_state(rooms, room, "closed", user_id)
-        now = await rooms.store.get_room(room_id)
-        if now is not None and int(now.get("members", 0)) > 1:
-            if was == "open":
-                await set_state(rooms, room, "open", user_id)
-            raise ApiError(
-                ErrorCode.OWNER_MUST_TRANSFER,
-                "Someone joined meanwhile: the owner leaves after making another member "
-                "the owner (PUT .../owner).",
-            )
-    await remove_member(rooms, room, member, user_id, removed=False)
+    store = rooms.store
+    for _ in range(8):
+        owner = member["role"] == "owner"
+        closed = await _close_if_last(rooms, room, user_id, owner)
+        # Deleted only while its role is the one read: an owner's leave follows the
+        # owner's rules, a member made the owner meanwhile (a hand-over) is asked to
+        # hand over in turn, never deleted as the owner with the room left ownerless.
+        roles = ("owner",) if owner else NOT_OWNER
+        if await remove_member(rooms, room, member, user_id, removed=False, roles=roles):
+            break
+        now = await store.get_member(room_id, user_id)
+        if now is None or int(now["slot"]) != int(member["slot"]):
+            return  # ended meanwhile (left twice at once, removed): told by that one
+        if closed:  # the leave did not happen: the room goes back as it was
+            await set_state(rooms, room, "open", user_id)
+        member = now
+        room = await store.get_room(room_id) or room
+    else:
+        raise ApiError(ErrorCode.CONFLICT, "Your role changed while you left; try again.")
     await _tell(rooms, room_id, "member_left", user_id)
-    if member["role"] == "owner":
-        await rooms.store.set_room(room_id, {"owner": None})
+    if owner:
+        await store.clear_owner(room_id, user_id)
+
+
+async def _close_if_last(rooms: Rooms, room: Doc, user_id: str, owner: bool) -> bool:
+    """If ``user_id`` is the room's last member, close the room (whatever their role:
+    nobody would be left to manage it) before they leave; the owner leaves only as the
+    last member (``owner_must_transfer``). True if this closed it.
+
+    Closed first, then the memberships read again: a join that got in meanwhile is seen
+    here (the leaver was not the last: the room goes back as it was, and an owner is
+    refused), or sees the close itself and is undone (_admit). Else a joiner could be
+    left alone in a closed room. The last member is told by the member documents, not by
+    the count, which a join or leave cut short leaves wrong."""
+    store, room_id = rooms.store, room["_id"]
+    if await store.has_other_members(room_id, user_id):
+        if owner:
+            raise _must_transfer(
+                "The owner leaves after making another member the owner (PUT .../owner)."
+            )
+        return False
+    was_open = bool(room["state"] == "open")
+    if was_open:
+        await set_state(rooms, room, "closed", user_id)
+    if await store.has_other_members(room_id, user_id):
+        if was_open:
+            await set_state(rooms, room, "open", user_id)
+        if owner:
+            raise _must_transfer(
+                "Someone joined meanwhile: the owner leaves after making another member "
+                "the owner (PUT .../owner)."
+            )
+        return False
+    return was_open
 
 
 def _manager(member: Doc | None, what: str) -> Doc:
@@ -494,7 +572,10 @@ async def set_moderator(
     room, victim = await _owner_and_target(rooms, user_id, room_id, target)
     role = "moderator" if moderator else "member"
     if victim["role"] != role:
-        await set_role(rooms, room, victim, role, user_id)
+        # Only from the role read: a hand-over to ``target`` meanwhile made them the
+        # owner, whom this must not make a plain member (``forbidden``: the caller is
+        # not the owner any more).
+        await set_role(rooms, room, victim, role, user_id, was=str(victim["role"]))
         victim = {**victim, "role": role}
         await _tell(rooms, room_id, "role", target, role)
     return membership(victim)
@@ -539,6 +620,10 @@ async def _complete_handover(rooms: Rooms, room: Doc, by: str, to: str) -> None:
     if target["role"] != "owner":
         await set_role(rooms, room, target, "owner", by)
     await store.set_room(room_id, {"owner": to})
+    if await store.get_member(room_id, to) is None:
+        # An admin removed them meanwhile: read after the ``owner`` write, as the admin's
+        # removal clears ``owner`` after its delete, so one of the two clears it.
+        await store.clear_owner(room_id, to)
     await store.end_handover(room_id)
     await _tell(rooms, room_id, "role", to, "owner")
 

@@ -248,6 +248,9 @@ async def directory(
         )
         for x in entries
         if (r := docs.get(str(x["room_id"]))) is not None and not deleted(r)
+        # Public rooms only: an entry a rename wrote while an admin made the room
+        # private (or a switch cut short) is not its listing.
+        and r["kind"] == PUBLIC
         # An entry a rename left behind (renamed, or renamed while crashing) is stale.
         and (r.get("name_key") or text.name_key(r["name"])) == x.get("name_key")
     ]  # fmt: skip

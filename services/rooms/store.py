@@ -166,6 +166,23 @@ class RoomStore:
             self.handovers, {"_id": room_id, "by": by, "to": to, "at": at}
         )
 
+    async def claim_handover(
+        self, room_id: str, by: str, to: str, at: int, stale_before: int
+    ) -> bool:
+        """Record a hand-over (an admin's choice of owner), taking the place of one begun
+        before ``stale_before`` (cut short: its process is gone); False: a hand-over
+        begun since is under way."""
+        if await self.begin_handover(room_id, by, to, at):
+            return True
+        taken = await self.handovers.find_one_and_replace(
+            {"_id": room_id, "at": {"$lt": stale_before}}, {"by": by, "to": to, "at": at}
+        )
+        return taken is not None
+
+    async def set_handover_from(self, room_id: str, by: str) -> None:
+        """The owner a recorded hand-over steps down (read again once it was recorded)."""
+        await self.handovers.update_one({"_id": room_id}, {"$set": {"by": by}})
+
     async def end_handover(self, room_id: str) -> None:
         await self.handovers.delete_one({"_id": room_id})
 
@@ -197,6 +214,11 @@ class RoomStore:
 
     async def set_room(self, room_id: str, fields: Doc) -> None:
         await self.rooms.update_one({"_id": room_id}, {"$set": fields})
+
+    async def clear_owner(self, room_id: str, user_id: str) -> None:
+        """The room has no owner, if its ``owner`` still names ``user_id`` (not one named
+        since)."""
+        await self.rooms.update_one({"_id": room_id, "owner": user_id}, {"$set": {"owner": None}})
 
     async def add_to_directory(self, key: str, room_id: str, name: str) -> None:
         await self.directory.update_one(
@@ -254,6 +276,13 @@ class RoomStore:
     async def memberships(self, user_id: str, room_ids: Iterable[str]) -> dict[str, Doc]:
         ids = [member_id(r, user_id) for r in room_ids]
         return {str(d["room"]): d for d in (await self._by_ids(self.members, ids)).values()}
+
+    async def has_other_members(self, room_id: str, user_id: str) -> bool:
+        """Does the room have a member other than ``user_id``? Read from the member
+        documents (an ``_id`` range, at most two of them), not from the count, which a
+        process killed mid-join or mid-leave leaves wrong."""
+        query: Doc = {"_id": {"$gt": member_id(room_id, ""), "$lt": room_id + "}"}}
+        return any(d["user"] != user_id for d in await in_id_order(self.members, query, 2))
 
     async def add_roster(self, room_id: str, slot: int, user_id: str) -> None:
         await self.roster.insert_one({"_id": roster_id(room_id, slot), "user": user_id})

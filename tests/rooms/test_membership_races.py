@@ -1,0 +1,321 @@
+"""Membership changes that meet: invitations that outlive a join, a leave or a removal
+meeting a hand-over, role changes meeting a hand-over, the directory meeting a switch to
+private, the member count left wrong by a join cut short (docs/rooms.md, "Model").
+
+Each race is made deterministic: a store method (or a step of a request) is wrapped to
+run the other request at the point where it used to slip in."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.rooms import members
+from services.rooms.store import member_id, now_ms
+from tests.rooms.conftest import RoomsApi
+from tests.rooms.test_moderation import admin
+from tests.rooms.test_rooms import roles_of
+
+
+async def admin_call(api: RoomsApi, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    return await api.call(method, f"/v1/admin/rooms/{path}", admin(api), body)
+
+
+async def room_of(api: RoomsApi, room: str) -> dict[str, Any]:
+    doc = await api.rooms.store.get_room(room)
+    assert doc is not None
+    return doc
+
+
+# -- 1: an invitation never outlives the membership it led to ----------------------------
+
+
+async def test_a_removed_member_cannot_come_back_through_an_old_invitation(
+    api: RoomsApi,
+) -> None:
+    """bob, invited to a public room, joined it with ``join``: the invitation stayed. The
+    room went private, a moderator removed bob, and bob accepted the old invitation: a
+    member again (new sender keys), though only a new invitation may bring him back."""
+    owner, mod, alice, bob = (api.user() for _ in range(4))
+    room = await api.room(owner)
+    for u in (mod, alice):
+        assert (await api.join(u, room))[0] == 200
+    assert (await api.promote(owner, room, mod))[0] == 200
+    assert (await api.invite(alice, room, bob))[0] == 201
+    assert (await api.join(bob, room))[0] == 200
+    assert (await api.invitations(bob))[1]["invitations"] == []
+    assert (await api.get(bob, room))[1]["invited"] is False
+    assert (await admin_call(api, "PUT", f"{room}/kind", {"kind": "private"}))[0] == 200
+    assert (await api.remove(mod, room, bob))[0] == 204
+    status, body = await api.accept(bob, room)
+    assert (status, body["error"]["code"]) == (404, "room_not_found"), body
+    assert bob not in await roles_of(api, owner, room)
+    # Invited again, he comes back.
+    assert (await api.invite(alice, room, bob))[0] == 201
+    assert (await api.accept(bob, room))[0] == 200
+
+
+async def test_an_invitation_written_while_its_invitee_joins_is_withdrawn(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice's invitation read bob as no member; bob joined before it was written. It
+    used to stay: a member with a pending invitation (the way back in above)."""
+    owner, alice, bob = (api.user() for _ in range(3))
+    room = await api.room(owner)
+    assert (await api.join(alice, room))[0] == 200
+    store = api.rooms.store
+    insert = store.insert_invitation
+
+    async def joined_first(doc: dict[str, Any]) -> bool:
+        assert (await api.join(bob, room))[0] == 200
+        return await insert(doc)
+
+    monkeypatch.setattr(store, "insert_invitation", joined_first)
+    status, body = await api.invite(alice, room, bob)
+    assert (status, body["error"]["code"]) == (409, "already_member"), body
+    assert (await api.invitations(bob))[1]["invitations"] == []
+    assert await store.get_invitation(room, bob) is None
+
+
+async def test_a_leftover_invitation_goes_with_a_removal_and_a_leave(api: RoomsApi) -> None:
+    """An invitation a member still holds (as a join killed before it withdrew it, or
+    an older version, left one) is withdrawn when the membership ends: a removed or
+    departed member of a private room comes back only if invited again."""
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner, "private")
+    store = api.rooms.store
+
+    async def member_with_an_invitation() -> None:
+        assert (await api.invite(owner, room, bob))[0] == 201
+        assert (await api.accept(bob, room))[0] == 200
+        n = await store.bump_user(bob, "i")
+        await store.add_to_list(bob, "i", n, room)
+        await store.invitations.insert_one({
+            "_id": member_id(room, bob), "room": room, "user": bob, "by": owner,
+            "at": now_ms(), "user_slot": n,
+        })  # fmt: skip
+
+    await member_with_an_invitation()
+    assert (await api.remove(owner, room, bob))[0] == 204
+    assert (await api.accept(bob, room))[0] == 404
+    assert (await api.invitations(bob))[1]["invitations"] == []
+
+    await member_with_an_invitation()
+    assert (await api.leave(bob, room))[0] == 204
+    assert (await api.accept(bob, room))[0] == 404
+    assert bob not in await roles_of(api, owner, room)
+
+
+# -- 2: a leave or a removal meeting a hand-over -----------------------------------------
+
+
+def hand_over_first(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch, method: str, owner: str, room: str,
+    to: str, when: str,
+) -> None:  # fmt: skip
+    """The store's ``method``, called about ``when``, first has ``owner`` hand the room to
+    ``to`` (once): a hand-over between a request's read of a role and its write."""
+    store = api.rooms.store
+    real = getattr(store, method)
+    done: list[bool] = []
+
+    async def handed_over_first(*args: Any, **kwargs: Any) -> Any:
+        if args[1] == when and not done:
+            done.append(True)
+            status, body = await api.transfer(owner, room, to)
+            assert status == 200, body
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, handed_over_first)
+
+
+async def test_a_member_made_owner_while_leaving_stays_the_owner(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob's leave read him as a member; the owner handed him the room before his
+    membership was deleted. The leave deleted it anyway: a room with no owner, for good
+    (its ``owner`` naming someone who is gone). Now it is the owner's leave."""
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+    assert (await api.join(bob, room))[0] == 200
+    hand_over_first(api, monkeypatch, "delete_member", owner, room, bob, when=bob)
+    status, body = await api.leave(bob, room)
+    assert (status, body["error"]["code"]) == (409, "owner_must_transfer"), body
+    assert await roles_of(api, owner, room) == {owner: "moderator", bob: "owner"}
+    assert (await room_of(api, room))["owner"] == bob
+
+
+async def test_an_admins_removal_meeting_a_hand_over_leaves_owner_true(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin removes bob, read as a member, who is made the owner before the delete:
+    the room's ``owner`` stayed bob, a user who is gone. And an admin removes the
+    owner, who hands the room to carol before the delete: ``owner`` was cleared,
+    though carol is the owner."""
+    owner, bob, carol = (api.user() for _ in range(3))
+    room = await api.room(owner)
+    for u in (bob, carol):
+        assert (await api.join(u, room))[0] == 200
+    with monkeypatch.context() as m:
+        hand_over_first(api, m, "delete_member", owner, room, bob, when=bob)
+        assert (await admin_call(api, "DELETE", f"{room}/members/{bob}"))[0] == 204
+    assert await roles_of(api, owner, room) == {owner: "moderator", carol: "member"}
+    assert (await room_of(api, room))["owner"] is None
+
+    assert (await admin_call(api, "PUT", f"{room}/owner", {"user_id": owner}))[0] == 200
+    hand_over_first(api, monkeypatch, "delete_member", owner, room, carol, when=owner)
+    assert (await admin_call(api, "DELETE", f"{room}/members/{owner}"))[0] == 204
+    assert await roles_of(api, carol, room) == {carol: "owner"}
+    assert (await room_of(api, room))["owner"] == carol
+
+
+# -- 3: the directory lists public rooms only ---------------------------------------------
+
+
+async def test_the_directory_never_lists_a_private_room(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename read the room as public; an admin made it private before the rename
+    wrote the new name's entry: the private room was listed (its name, topic, count)
+    under its new name. And a switch to private cut short between the room's kind and
+    the directory left the private room listed."""
+    owner = api.user()
+    tag = api.user()[:6]
+    room = await api.room(owner, "public", f"{tag} harbour")
+    store = api.rooms.store
+    add = store.add_to_directory
+
+    async def made_private_first(key: str, room_id: str, name: str) -> None:
+        status, body = await admin_call(api, "PUT", f"{room}/kind", {"kind": "private"})
+        assert status == 200, body
+        await add(key, room_id, name)
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "add_to_directory", made_private_first)
+        assert (await api.patch(owner, room, {"name": f"{tag} lighthouse"}))[0] == 200
+    assert (await api.directory(api.user(), f"?q={tag}"))[1]["rooms"] == []
+
+    other = await api.room(owner, "public", f"{tag} quay")
+
+    async def killed(*_: Any) -> None:
+        raise RuntimeError("killed mid-switch")
+
+    monkeypatch.setattr(store, "remove_from_directory", killed)
+    assert (await admin_call(api, "PUT", f"{other}/kind", {"kind": "private"}))[0] == 500
+    outsider = api.user()
+    for entry in (await api.directory(outsider, f"?q={tag}"))[1]["rooms"]:
+        status, seen = await api.get(outsider, entry["room_id"])
+        assert (status, seen["kind"]) == (200, "public"), seen
+
+
+# -- 4: role changes meeting a hand-over ------------------------------------------------
+
+
+async def test_a_demotion_meeting_a_hand_over_does_not_strip_the_new_owner(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner demotes moderator bob and, at once (another device), hands bob the
+    room. The demotion, which read bob as a moderator, made the new owner a plain
+    member: a room with no owner."""
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+    assert (await api.join(bob, room))[0] == 200
+    assert (await api.promote(owner, room, bob))[0] == 200
+    store = api.rooms.store
+    real = store.set_role
+    done: list[bool] = []
+
+    async def handed_over_first(room_id: str, user_id: str, slot: int, role: str,
+                                was: str | None = None) -> bool:  # fmt: skip
+        if role == "member" and not done:
+            done.append(True)
+            assert (await api.transfer(owner, room, bob))[0] == 200
+        return await real(room_id, user_id, slot, role, was=was)
+
+    monkeypatch.setattr(store, "set_role", handed_over_first)
+    status, body = await api.demote(owner, room, bob)
+    assert (status, body["error"]["code"]) == (403, "forbidden"), body
+    assert await roles_of(api, owner, room) == {owner: "moderator", bob: "owner"}
+
+
+async def test_an_admins_owner_waits_for_a_hand_over_under_way(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner hands the room to bob; an admin names carol the owner in the middle.
+    Both went through: two owners. The admin is refused (``conflict``) while the
+    hand-over is under way, and names an owner once it is done."""
+    owner, bob, carol = (api.user() for _ in range(3))
+    room = await api.room(owner)
+    for u in (bob, carol):
+        assert (await api.join(u, room))[0] == 200
+    complete = members._complete_handover
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any) -> None:  # the owner stepped down, bob not yet the owner
+        reached.set()
+        await go_on.wait()
+        await complete(*args)
+
+    monkeypatch.setattr(members, "_complete_handover", held)
+    handing = asyncio.create_task(api.transfer(owner, room, bob))
+    await reached.wait()
+    status, body = await admin_call(api, "PUT", f"{room}/owner", {"user_id": carol})
+    go_on.set()
+    assert (await handing)[0] == 200
+    assert (status, body["error"]["code"]) == (409, "conflict"), body
+    assert await roles_of(api, owner, room) == {owner: "moderator", bob: "owner",
+                                                carol: "member"}  # fmt: skip
+    status, body = await admin_call(api, "PUT", f"{room}/owner", {"user_id": carol})
+    assert status == 200, body
+    assert await roles_of(api, owner, room) == {owner: "moderator", bob: "moderator",
+                                                carol: "owner"}  # fmt: skip
+    assert (await room_of(api, room))["owner"] == carol
+
+
+# -- 5, 6: the last member, whatever their role, and whatever the count says ---------------
+
+
+async def test_the_last_member_leaving_closes_the_room_whatever_their_role(
+    api: RoomsApi,
+) -> None:
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+    assert (await api.join(bob, room))[0] == 200
+    assert (await admin_call(api, "DELETE", f"{room}/members/{owner}"))[0] == 204
+    assert (await api.leave(bob, room))[0] == 204
+    status, got = await api.get(api.user(), room)
+    assert (status, got["state"], got["owner"], got["members"]) == (200, "closed", None, 0)
+
+
+async def test_a_join_that_fails_midway_leaves_the_count_true(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join raised after counting its member: the count stayed one too high, and the
+    owner, alone, could never leave (``owner_must_transfer``)."""
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("the roster write failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(api.rooms.store, "add_roster", broken)
+        assert (await api.join(bob, room))[0] == 500
+    assert (await api.get(owner, room))[1]["members"] == 1
+    assert await roles_of(api, owner, room) == {owner: "owner"}
+    assert (await api.leave(owner, room))[0] == 204
+    assert (await api.get(bob, room))[1]["state"] == "closed"
+
+
+async def test_the_last_member_is_told_by_the_memberships_not_the_count(
+    api: RoomsApi,
+) -> None:
+    """A process killed between a join's count and its membership leaves the count one
+    too high (docs/rooms.md, "Storage"): the owner, alone, still leaves."""
+    owner = api.user()
+    room = await api.room(owner)
+    await api.rooms.store.bump_room(room, members=1)
+    assert (await api.leave(owner, room))[0] == 204
+    assert (await room_of(api, room))["state"] == "closed"
