@@ -391,6 +391,10 @@ class Connection:
                     while True:
                         msg = await ws.receive()
                         conn.heard = time.monotonic()
+                        if conn._closing:
+                            # Closed from outside meanwhile (a revocation, a block, an
+                            # expiry): nothing more is handled, a send least of all.
+                            break
                         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                             if msg.type in _ENDS:
                                 break
@@ -535,6 +539,14 @@ class Connection:
             self.user_id = None  # not registered: nothing to unregister
             self.error(err, frame.id)
             await self.close(f.CLOSE_TOO_MANY, err.code.value)
+            return False
+        if self.hub.draining:
+            # SIGTERM came while this socket authenticated: the drain's list of sockets
+            # missed it. Sent on at once, as the drain does, not left to be cut off.
+            await self.hub.unregister(self)
+            self.user_id = None
+            self.push(f.Reconnect(reason=ErrorCode.SERVER_SHUTTING_DOWN.value))
+            await self.close(f.CLOSE_GOING_AWAY, ErrorCode.SERVER_SHUTTING_DOWN.value)
             return False
         self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=True))
         return True

@@ -43,6 +43,82 @@ async def test_session_revocation_closes_that_sessions_sockets_on_every_pod(
     await other_session.expect("pong", id="still")
 
 
+async def test_no_frame_is_handled_once_a_revocation_closes_the_socket(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a revocation (or block, or expiry) closes the socket from outside
+    its frame loop; a frame the client sent while the close ran (it waits for the
+    client, seconds for one that does not read) was still handled: a message produced
+    for a revoked session."""
+    from services.gateway.connection import Connection
+
+    close, handled, release = Connection.close, [], asyncio.Event()
+
+    async def held_close(self: Connection, *args: object, **kw: object) -> None:
+        await release.wait()
+        await close(self, *args, **kw)  # type: ignore[arg-type]
+
+    handle = Connection._handle
+
+    async def recording(self: Connection, frame: f.ClientFrames) -> None:
+        handled.append(frame)
+        await handle(self, frame)
+
+    monkeypatch.setattr(Connection, "close", held_close)
+    monkeypatch.setattr(Connection, "_handle", recording)
+    user, sid = uid(), uid()
+    client = await messaging.connect(user, pod=0, sid=sid)
+    await publish_revocation(messaging, {"type": "session_revoked", "user_id": user, "sid": sid})
+    assert (await client.expect("error"))["code"] == "token_revoked"
+    [conn] = messaging.hub(0).by_user[user]
+    before = conn.heard
+
+    async def heard() -> float:
+        return float(conn.heard)
+
+    await client.send({"op": "ping", "id": "late"})  # a send would be handled as well
+    # Read by the socket's loop (which hands a frame on in the same step it reads it).
+    await eventually(heard, lambda at: at > before, timeout=10)
+    assert [x for x in handled if getattr(x, "id", None) == "late"] == []
+    release.set()
+    # Closed (4003 in life; here the held close may be cut short by the socket's end,
+    # which the real close is shielded from).
+    assert await client.wait_closed() is not None
+
+
+async def test_a_socket_authenticating_when_the_drain_starts_is_sent_on_too(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: the drain sent ``reconnect`` to the sockets listed when it began;
+    one still authenticating got ``ready`` after it and was cut off 20 s later (1006)."""
+    hub = messaging.hub(0)
+    verify, release, verifying = hub.verify, asyncio.Event(), asyncio.Event()
+
+    async def held(token: str) -> object:
+        verifying.set()
+        await release.wait()
+        return await verify(token)
+
+    monkeypatch.setattr(hub, "verify", held)
+    user = uid()
+    client = await WsClient.connect(messaging.ws_url(0))
+    messaging.clients.append(client)
+    await client.send({"op": "auth", "id": "a", "token": messaging.issuer.token(user, did=1)})
+    await verifying.wait()
+    await hub.drain()
+    release.set()
+    got = await client.expect_any(("reconnect", "ready"))
+    assert got["op"] == "reconnect", got
+    assert await client.wait_closed() == 1001
+    assert not hub.local(user)
+    presence = (
+        await messaging.gateways[0]
+        .server.app[REDIS]
+        .hgetall(presence_key(messaging.settings.redis_prefix, user))
+    )
+    assert presence == {}
+
+
 async def test_blocked_user_is_disconnected_and_cannot_come_back(messaging: Messaging) -> None:
     user = uid()
     client = await messaging.connect(user, pod=1)
