@@ -21,7 +21,10 @@ at a time, against the gateway tests' in-process stand-in (a request answered in
 a millisecond) go in ~780 requests of ~6 ids; a slower service gets fuller ones.
 
 A request's answer or error is every one of its callers'; a caller that gives up
-(its socket closed) cancels nothing for the others.
+(its socket closed) cancels nothing for the others. A request goes with one of its
+callers' tokens (the latest's); refused (:class:`TokenRefused`: that user logged out,
+was blocked, or the token ran out while the send was on its way), it is asked again
+with another caller's, so one user's token never fails the others' look-ups.
 """
 
 from __future__ import annotations
@@ -30,7 +33,23 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from services.common.errors import ApiError, ErrorCode
+
 V = TypeVar("V")
+
+TOKENS_TRIED = 3
+"""The most callers' tokens one request tries (each refused: the next caller's)."""
+
+
+class TokenRefused(ApiError):
+    """The other service refused the token a request was made with (401): that
+    caller's own trouble, not the service's (not "down": services/common/stale.py).
+    Its caller is answered ``service_unavailable`` all the same: the send is kept and
+    goes again with a fresh token (a token that ran out meanwhile is no reason to fail
+    a message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message)
 
 Fetch = Callable[[Sequence[str], str], Awaitable[dict[str, V]]]
 """Answers for keys, asked with a caller's bearer token: every key asked is in the
@@ -39,7 +58,7 @@ answer (or it raises for all of them)."""
 
 class Batched(Generic[V]):
     __slots__ = (
-        "_fetch", "_on_way", "_sending", "_tasks", "_token", "_waiting", "_workers", "most",
+        "_fetch", "_on_way", "_sending", "_tasks", "_tokens", "_waiting", "_workers", "most",
         "parallel",
     )  # fmt: skip
 
@@ -49,7 +68,7 @@ class Batched(Generic[V]):
         self.parallel = parallel
         self._waiting: dict[str, asyncio.Future[V]] = {}  # asked, not yet sent
         self._on_way: dict[str, asyncio.Future[V]] = {}  # sent, not yet answered
-        self._token = ""
+        self._tokens: dict[str, str] = {}  # each waiting key's caller's token
         self._tasks: set[asyncio.Task[None]] = set()  # (the loop keeps only weak references)
         self._workers = 0  # tasks asking (counted down as each ends, not after)
         self._sending = 0  # requests on their way
@@ -61,7 +80,7 @@ class Batched(Generic[V]):
         if answer is None:
             answer = asyncio.get_running_loop().create_future()
             self._waiting[key] = answer
-            self._token = token  # the latest caller's: the freshest
+            self._tokens[key] = token
             if not self._workers or (
                 len(self._waiting) >= self.most and self._workers < self.parallel
             ):
@@ -84,10 +103,12 @@ class Batched(Generic[V]):
     async def _request(self) -> None:
         keys = list(self._waiting)[: self.most]
         answers = {k: self._waiting.pop(k) for k in keys}
+        # The latest callers' tokens first (the freshest), each once.
+        tokens = list(dict.fromkeys(reversed([self._tokens.pop(k) for k in keys])))
         self._on_way.update(answers)
         self._sending += 1
         try:
-            found = await self._fetch(keys, self._token)
+            found = await self._fetch_with(keys, tokens[:TOKENS_TRIED])
         except asyncio.CancelledError:  # the pod is stopping
             for answer in answers.values():
                 answer.cancel()
@@ -106,6 +127,15 @@ class Batched(Generic[V]):
             for key, answer in answers.items():
                 if self._on_way.get(key) is answer:
                     del self._on_way[key]
+
+    async def _fetch_with(self, keys: list[str], tokens: list[str]) -> dict[str, V]:
+        """The answers, asked with the first token the service takes."""
+        for token in tokens[:-1]:
+            try:
+                return await self._fetch(keys, token)
+            except TokenRefused:
+                continue  # that caller's token: another caller's may do
+        return await self._fetch(keys, tokens[-1])
 
     def forget(self, key: str) -> None:
         """Calls from now on ask again (what is on its way may be out of date; what is

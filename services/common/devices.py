@@ -15,7 +15,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from services.common import scripts
-from services.common.batched import Batched
+from services.common.batched import Batched, TokenRefused
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import outgoing_headers
@@ -314,6 +314,9 @@ def _device_ids(listed: Any) -> frozenset[int]:
 def read_answer(status: int, body: Any, unavailable: str, read: Callable[[Any], T]) -> T:
     """``read(body)`` of a 200 answer; any other status, or a body ``read`` cannot make
     sense of, is ``unavailable`` (the other service is not answering as it should)."""
+    if status == 401:
+        # The caller's token (logged out, blocked, run out meanwhile), not the service.
+        raise TokenRefused(unavailable)
     if status != 200:
         raise ApiError(ErrorCode.UNAVAILABLE, unavailable)
     try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from services.common.batched import TokenRefused
 from services.common.errors import ApiError, ErrorCode
 
 V = TypeVar("V")
@@ -104,8 +105,8 @@ class StaleWhileDown(Generic[V]):
         ``error``: the last value read, expired or not, if the service is
         ``unavailable`` (then asked for again ``retry_s`` after ``now``, unless another
         call read it meanwhile); None for another error or a key never read."""
-        if error.code is not ErrorCode.UNAVAILABLE:
-            return None
+        if error.code is not ErrorCode.UNAVAILABLE or isinstance(error, TokenRefused):
+            return None  # (a token refused: the caller's, not the service down)
         self._down_until = now + self.retry_s
         hit = self._entries.get(key)
         if hit is None:

@@ -169,3 +169,34 @@ async def test_while_a_request_is_on_its_way_only_full_ones_go_beside_it() -> No
         gate.set()
     await asyncio.gather(*asks)
     assert [len(r) for r in svc.requests] == [5, 10, 5]
+
+
+async def test_one_callers_refused_token_does_not_fail_the_others() -> None:
+    """Audit finding: a request went with the latest caller's token only; a user who
+    logged out (or was blocked) while a send was on its way made the whole request,
+    every other user's look-ups in it, fail (and the service look down for 10 s)."""
+    from services.common.batched import TokenRefused
+    from services.common.stale import StaleWhileDown
+
+    svc = Service()
+    real = svc.fetch
+
+    async def refusing(keys: Sequence[str], token: str) -> dict[str, str]:
+        if token == "revoked":
+            svc.tokens.append(token)
+            raise TokenRefused("refused")
+        return await real(keys, token)
+
+    batched = Batched[str](refusing, most=100)
+    answers = await asyncio.gather(batched.ask("a", "good"), batched.ask("b", "revoked"))
+    assert answers == ["A", "B"]
+    assert svc.tokens == ["revoked", "good"]  # the latest caller's first, then another's
+    # Every caller's token refused: every caller's error, and the service is not "down".
+    only = Batched[str](refusing, most=100)
+    with pytest.raises(TokenRefused) as refused:
+        await only.ask("c", "revoked")
+    assert refused.value.code is ErrorCode.UNAVAILABLE  # kept by the client, sent again
+    cache = StaleWhileDown[str](ttl_s=1, retry_s=10)
+    cache.put("c", 0.0, "C")
+    assert cache.stale("c", 5.0, refused.value) is None
+    assert not cache.is_down(5.0)
