@@ -113,11 +113,17 @@ async def page(
     seqs = list(range(cursor, max(cursor - limit, 0), -1))
     docs = await rooms.store.notifications_at(user_id, seqs)
     cursor -= len(seqs)
+    # A public room's message as it is now: one a moderator removed (or its author
+    # deleted) shows no excerpt, an edited one its new text (the stored excerpt kept
+    # what a moderator took down readable in the mentioned user's list).
+    now = await rooms.store.texts_of(
+        [(d["room"], int(d["message_seq"])) for d in docs.values() if d.get("message_seq")]
+    )
     items = [
         models.Notification(
             seq=n, kind="mention", room_id=d["room"], room_name=d["room_name"],
             message_seq=d.get("message_seq"), server_id=d.get("server_id"),
-            sender=d["sender"], excerpt=d["excerpt"],
+            sender=d["sender"], excerpt=_excerpt(d, now),
             at=int(d["at"]), read=n <= read,
         )
         for n in seqs if (d := docs.get(n)) is not None
@@ -126,6 +132,14 @@ async def page(
         notifications=items, unread=max(total - read, 0),
         next_before=cursor + 1 if cursor >= 1 else None,
     )  # fmt: skip
+
+
+def _excerpt(doc: Doc, now: dict[tuple[str, int], str]) -> str:
+    seq = doc.get("message_seq")
+    if seq is None:
+        return str(doc["excerpt"])  # a private room's: nothing the server read
+    current = now.get((str(doc["room"]), int(seq)))
+    return str(doc["excerpt"]) if current is None else text.excerpt(current)
 
 
 async def mark_read(rooms: Rooms, user_id: str, up_to: int) -> models.Unread:

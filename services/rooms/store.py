@@ -425,6 +425,19 @@ class RoomStore:
         found = await self._by_ids(self.messages, [message_id(room_id, s) for s in seqs])
         return {int(d["seq"]): d for d in found.values()}
 
+    async def texts_of(self, messages: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The current text of public rooms' messages ((room, seq) pairs; one ``$in``
+        per ``ID_CHUNK``): removed or deleted, ``""``."""
+        ids = list(dict.fromkeys(message_id(r, s) for r, s in messages))
+        out: dict[tuple[str, int], str] = {}
+        for i in range(0, len(ids), ID_CHUNK):
+            found = self.messages.find(
+                {"_id": {"$in": ids[i : i + ID_CHUNK]}}, {"text": 1, "room": 1, "seq": 1}
+            )
+            for doc in await found.to_list():
+                out[(str(doc["room"]), int(doc["seq"]))] = str(doc.get("text") or "")
+        return out
+
     async def init_rev(self, room_id: str, seq: int) -> None:
         """A message written before revisions existed gets ``rev: 1`` (``$max``: never
         lowers a later revision written concurrently)."""

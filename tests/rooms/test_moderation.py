@@ -629,3 +629,26 @@ async def test_bad_restores_are_refused_and_change_nothing(api: RoomsApi) -> Non
         got, body = await call
         assert (got, body["error"]["code"]) == (status, code), body
     assert await api.snapshot() == before
+
+
+async def test_a_removed_message_leaves_no_excerpt_in_the_mentioned_users_list(
+    api: RoomsApi,
+) -> None:
+    """Audit finding: a notification kept the excerpt of the message it points to, so
+    an abusive post mentioning its target, removed by a moderator (or deleted by its
+    author), stayed readable in the target's notifications. Shown as the message is
+    now: removed or deleted, no excerpt; edited, the new text."""
+    owner, mod, alice, bob = api.user(), api.user(), api.user(), api.user("victim")
+    room = await api.room(owner, name="forum")
+    for u in (mod, alice, bob):
+        assert (await api.join(u, room))[0] == 200
+    assert (await api.promote(owner, room, mod))[0] == 200
+    _, abuse = await api.post(alice, room, "@victim something abusive")
+    _, regret = await api.post(alice, room, "@victim something regretted")
+    _, typo = await api.post(alice, room, "@victim helo")
+    assert (await delete(api, mod, room, abuse["seq"]))[1]["marker"] == "removed_by_moderator"
+    assert (await delete(api, alice, room, regret["seq"]))[1]["marker"] == "deleted_by_author"
+    assert (await edit(api, alice, room, typo["seq"], "@victim hello"))[0] == 200
+    _, notes = await api.notifications(bob)
+    shown = {n["message_seq"]: n["excerpt"] for n in notes["notifications"]}
+    assert shown == {abuse["seq"]: "", regret["seq"]: "", typo["seq"]: "@victim hello"}
