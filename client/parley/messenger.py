@@ -33,7 +33,7 @@ from parley_contract.envelopes import conversation_id, message_server_id
 
 from parley.account import Account, StoreRef
 from parley.api import Api
-from parley.connection import Connection, ConnectionClosed
+from parley.connection import Connection, ConnectionClosed, transient
 from parley.crypto import (
     CryptoError,
     Device,
@@ -100,6 +100,13 @@ class _Outgoing:
     wants_stored: bool = False
     """A caller waits for ``stored``: kept past ``accepted`` (else forgotten then: a room
     message never gets ``stored``, nor a message to a device that stays offline)."""
+
+
+def _for_now(exc: BaseException) -> bool:
+    """A failure that may not happen again: no answer, or one that says "later"."""
+    if isinstance(exc, ApiError):
+        return exc.status == 429 or exc.status >= 500
+    return transient(exc)
 
 
 class _Pacer:
@@ -613,9 +620,10 @@ class Messenger:
             self.conn = None
 
     def _on_state(self, state: str, detail: str) -> None:
-        if state == "connected":
+        if state in ("connected", "disconnected"):
             # A new socket: until its sync is done, pushes move neither last_seq nor
-            # acks (they run before on_ready's sync starts: see sync).
+            # acks (they run before on_ready's sync starts: see sync). A socket gone:
+            # nothing of it still running (a sync's page failed with it) moves them.
             self._synced.clear()
         self.events.emit(ConnectionEvent(state, detail))
 
@@ -844,8 +852,19 @@ class Messenger:
         known = self._peer(self._store().read(), sender)
         if frame.from_device not in known.devices:
             # A device we have not seen: its list first (it may have just been linked).
-            with contextlib.suppress(ParleyError, CryptoError):
+            try:
                 await self._refresh_peer(sender)
+            except (ParleyError, CryptoError) as exc:
+                if _for_now(exc):
+                    # Not now (no answer, 429, 5xx): not processed, so the socket drops
+                    # and the next sync brings it again. Read as from an unknown device,
+                    # it would be a "could not decrypt" line, acknowledged: lost for
+                    # good to a short outage of the key directory.
+                    raise ServerUnavailable(
+                        f"A message from a new device could not be checked now ({exc}); "
+                        "it will be read again."
+                    ) from exc
+                # refused, or a list that does not verify: decrypting fails below
         async with self._store().transaction() as tx:
             if not tx.has_message(server_id):
                 state = self._peer(tx, sender)

@@ -454,3 +454,35 @@ async def test_a_message_that_fails_for_what_it_holds_does_not_block_the_inbox(
     got = await bob.next_event(Message, timeout=30)
     assert isinstance(got, Message) and got.text == "after it"
     assert bob._conn is not None and bob._conn.connects == connects  # never dropped
+
+
+async def test_a_message_from_a_new_device_waits_out_a_key_directory_outage(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: the device list's failure was swallowed, so the first message from
+    a device not seen yet was read as from an unknown one: a "could not decrypt" line,
+    acknowledged, lost for good to a short outage of the key directory. Now the socket
+    drops and the next sync reads it again."""
+    from parley.errors import ServerUnavailable
+
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and alice.user_id
+    await alice.connect()
+    await bob.connect()
+    keys = bob.messenger.keys
+    real = keys.directory_list
+    down = [2]  # bob's first two reads fail: the directory is away for a moment
+
+    async def directory_list(user_id: str) -> object:
+        if down[0] > 0:
+            down[0] -= 1
+            raise ServerUnavailable("the key directory is unavailable")
+        return await real(user_id)
+
+    monkeypatch.setattr(keys, "directory_list", directory_list)
+    connects = bob._conn.connects if bob._conn else 0
+    await alice.send(bob.username, "hello", wait="stored")
+    got = await bob.next_event(Message, timeout=30)
+    assert isinstance(got, Message) and got.text == "hello"
+    assert down == [0] and bob._conn is not None and bob._conn.connects > connects
+    assert [(e["kind"], e["text"]) for e in bob.history(alice.user_id)] == [("message", "hello")]

@@ -42,6 +42,53 @@ describe('closing the client', () => {
   });
 });
 
+describe('a resync cut short by the socket closing', () => {
+  it('lets no push still being handled move last_seq past the pages not read', async () => {
+    // Audit finding: the close settled the resync's page with an error (its count of
+    // running syncs fell to 0) while the client still counted as synced, so the push
+    // still on the frame chain moved last_seq to 501; the next socket synced after it
+    // and its ack deleted 201-500 unread.
+    const { server, bob, alice, carol } = await people();
+    await connected(bob, server);
+    await backlog(server, alice);
+    const pushed = await carol.message(server, 'pushed mid-resync');
+    vi.spyOn(Math, 'random').mockReturnValue(0.99); // reconnect after ~0.5 s
+    server.sync.before = async (n, socket) => {
+      if (n !== 3) return; // the resync's second page
+      server.push(pushed);
+      await new Promise((r) => setTimeout(r, 0)); // the push reaches the frame chain
+      socket.drop();
+    };
+    (server.open[0] as FakeSocket).deliver({ op: 'resync', reason: 'routing_restored' });
+    await until('everything acknowledged', () => server.inbox.items.size === 0, 20_000);
+    expect(server.inbox.lost).toEqual([]);
+    expect(texts(bob, alice)).toEqual(waiting(500));
+    expect(texts(bob, carol)).toEqual(['pushed mid-resync']);
+  });
+});
+
+describe('a message from a device not seen yet', () => {
+  it('is not acknowledged while its device list cannot be read: it comes again and reads', async () => {
+    // Audit finding: the list's failure was swallowed, the message read as from an
+    // unknown device, stored as "could not decrypt" and acknowledged: lost for good to
+    // a short outage of the key directory.
+    const { server, bob, alice } = await people();
+    await connected(bob, server);
+    server.listsDown = true;
+    const first = server.open[0] as FakeSocket;
+    const item = server.push(await alice.message(server, 'hello'));
+    await until('the socket given up', () => first.closedWith === 4000);
+    expect(Math.max(0, ...server.inbox.acks)).toBeLessThan(item.seq);
+    expect(bob.history(alice.user.user_id)).toEqual([]);
+    vi.spyOn(Math, 'random').mockReturnValue(0.01); // reconnect soon
+    server.listsDown = false;
+    await until('read', () => texts(bob, alice).length === 1, 20_000);
+    expect(texts(bob, alice)).toEqual(['hello']);
+    expect(bob.history(alice.user.user_id).map((e) => e.kind)).toEqual(['message']);
+    expect(server.inbox.lost).toEqual([]);
+  });
+});
+
 describe('a sync pages by its own cursor', () => {
   it('a message pushed during the first sync skips nothing, and nothing is acknowledged unread', async () => {
     // Before: the next page started after the highest seq processed, the push's (501):

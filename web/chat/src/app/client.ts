@@ -2700,6 +2700,10 @@ export class ParleyClient {
       // shortest wait. Not after 4009 (flooding) or 4010 (too many sockets): at once
       // would meet the same answer, so the backoff keeps growing.
       if (this.#synced && !THROTTLED_CLOSES.has(ev.code)) this.#backoff = 500;
+      // Not synced any more: a frame of this socket still on the chain (a push read
+      // while a resync's page was awaited, that page now failed) must not move last_seq
+      // past pages nobody read (the next socket would sync after it, and ack them away).
+      this.#synced = false;
       if (this.#reauthTimer) clearInterval(this.#reauthTimer);
       for (const resolve of this.#pending.values()) resolve({ op: 'error', code: 'closed', message: 'socket closed' } as W.Error);
       this.#pending.clear();
@@ -2941,8 +2945,16 @@ export class ParleyClient {
     if (!this.peer(sender).devices.has(frame.from_device)) {
       try {
         await this.#refreshPeer(sender); // a device we have not seen: its list first
-      } catch {
-        // decrypting below fails with UnknownDevice, and says so
+      } catch (error) {
+        // The list cannot be read now (no answer, 429, 5xx): not processed, so the
+        // handler fails, the socket is given up (#drop) and the next sync brings it
+        // again. Read as from an unknown device, it would be a "could not decrypt" line,
+        // acknowledged: lost for good to a short outage of the key directory.
+        if (error instanceof ApiError && error.transient) {
+          throw new ParleyError(`A message from a new device could not be checked now (${error.message}); it will be read again.`);
+        }
+        // refused, or a list that does not verify: decrypting below fails with
+        // UnknownDevice, and says so
       }
     }
     let event: ClientEvent | null = null;

@@ -258,6 +258,8 @@ export class FakeServer {
   deviceId = 0; // the client's device (its keys' routes)
   /** GET /delivery/v1/moderation/keys answers 503 while true. */
   moderationDown = false;
+  /** `GET /keys/v1/users/{id}/devices` answers 503 (the key directory is down). */
+  listsDown = false;
   moderationCalls = 0;
   #moderation: { kid: string; pair: CryptoKeyPair; public_key: string } | null = null;
 
@@ -301,6 +303,7 @@ export class FakeServer {
         return listed ? json(200, { ...listed, bundles: this.bundles.get(user) ?? [] }) : refusal(404, 'identity_not_found');
       }
       if (method === 'GET' && parts[2] === 'users' && parts[4] === 'devices') {
+        if (this.listsDown) return refusal(503, 'service_unavailable');
         const listed = this.lists.get(decodeURIComponent(parts[3] ?? ''));
         return listed ? json(200, listed) : refusal(404, 'identity_not_found');
       }
