@@ -31,6 +31,29 @@ class MailRefused(MailError):
     mailbox): trying again would be refused again."""
 
 
+class MailRejected(MailError):
+    """The SMTP server refused this message for good (a 5xx answer to ``MAIL`` or at
+    ``DATA``: e.g. its content judged spam, or too big): the same digest sent again
+    would be refused again."""
+
+
+# ``str.isprintable()`` is false for these two, but they join characters (emoji
+# sequences; Persian and Indic words) and cannot break a line or reorder text.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of printable characters, for a header or a line of the
+    digest: white space of every kind, including every character ``str.splitlines()``
+    breaks at (CR, LF, VT, FF, FS, GS, RS, NEL, U+2028, U+2029), becomes one space;
+    other characters that are not printable (controls, format characters such as
+    bidirectional overrides, unassigned code points) are dropped. The rooms service
+    refuses only C0 and C1 controls in a room's name, and Python's e-mail header
+    policy raises ``ValueError`` for a value ``str.splitlines()`` would split."""
+    kept = "".join(c for c in text if c.isspace() or c.isprintable() or c in _JOINERS)
+    return " ".join(kept.split())
+
+
 def digest(
     username: str,
     items: list[Doc],
@@ -44,15 +67,17 @@ def digest(
     n = len(items)
     if n == 1:
         first = items[0]
-        who = senders.get(first["sender"], "someone")
-        subject = f"Parley: @{who} mentioned you in {first['room_name']}"
+        who = one_line(senders.get(first["sender"], "someone"))
+        subject = one_line(f"Parley: @{who} mentioned you in {first['room_name']}")
     else:
         subject = f"Parley: {n} new mentions"
-    lines = [f"Hello {username},", "", "While you were away:", ""]
+    lines = [f"Hello {one_line(username)},", "", "While you were away:", ""]
     for it in items[:LISTED_MAX]:
-        who = senders.get(it["sender"], "someone")
-        excerpt = f": {it['excerpt']}" if it["kind"] == "public" and it["excerpt"] else ""
-        where = it["room_name"] + (" (private)" if it["kind"] == "private" else "")
+        # One line a mention, whatever its room's name or text holds.
+        who = one_line(senders.get(it["sender"], "someone"))
+        text = one_line(it["excerpt"] or "")
+        excerpt = f": {text}" if it["kind"] == "public" and text else ""
+        where = one_line(it["room_name"]) + (" (private)" if it["kind"] == "private" else "")
         lines.append(f"- @{who} mentioned you in {where}{excerpt}")
     if n > LISTED_MAX:
         lines.append(f"- and {n - LISTED_MAX} more")
@@ -69,11 +94,16 @@ def digest(
 
 
 async def send(settings: Settings, to: str, subject: str, text: str) -> None:
+    """Hand one message to the SMTP server. ``MailRefused``: the recipient refused for
+    good (5xx at ``RCPT``); ``MailRejected``: the message refused for good (5xx at
+    ``MAIL`` or ``DATA``); ``MailError``: anything else (unreachable, a 4xx answer),
+    worth trying again later."""
     s = settings
     msg = EmailMessage()
-    msg["From"] = s.smtp_from
-    msg["To"] = to
-    msg["Subject"] = subject
+    # Every header value on one line: Python's header policy raises ValueError otherwise.
+    msg["From"] = one_line(s.smtp_from)
+    msg["To"] = one_line(to)
+    msg["Subject"] = one_line(subject)
     msg["Message-ID"] = make_msgid(domain="parley.invalid")
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text)
@@ -91,6 +121,11 @@ async def send(settings: Settings, to: str, subject: str, text: str) -> None:
         log.warning("digest not sent", extra={"error": type(exc).__name__})
         if all(500 <= r.code < 600 for r in exc.recipients):
             raise MailRefused from exc
+        raise MailError from exc
+    except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as exc:
+        log.warning("digest not sent", extra={"error": type(exc).__name__, "code": exc.code})
+        if 500 <= exc.code < 600:
+            raise MailRejected from exc
         raise MailError from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         log.warning("digest not sent", extra={"error": type(exc).__name__})

@@ -6,9 +6,12 @@ Its own database, ``<db_prefix>notifier``:
              user's list, 12 digits): a mention waiting for the user's next
              digest. Its ``_id`` makes a redelivered notice a no-op.
 ``digests``  ``_id`` user: ``due`` (Unix s, indexed), ``lo`` / ``hi`` (the
-             lowest and highest ``n`` pending). One per user with mentions
-             waiting; made by the first mention (due one interval later),
-             deleted when the digest is sent.
+             lowest and highest ``n`` pending), ``v`` (raised by every write
+             of mentions), ``fresh`` (the lowest ``n`` written since the digest
+             was last leased), ``attempts`` (failed sends so far). One per user
+             with mentions waiting; made by the first mention (due one interval
+             later), deleted when the digest is sent, unless mentions came in
+             while it was being sent: then it stays, for them alone.
 
 And the auth service's ``users`` (``<db_prefix>auth``), **read only**: the
 e-mail address, the username and the ``mention_emails`` preference (the
@@ -85,11 +88,18 @@ class NotifierStore:
             ranges[n.user] = (min(lo, n.n), max(hi, n.n))
         # The first mention since the last digest sets when the next is due.
         due = time.time() + interval_s
+        # ``v`` tells ``finish`` that mentions came in while the digest was being sent
+        # (even one between ``lo`` and ``hi``), ``fresh`` which ones (see ``finish``).
         await self.digests.bulk_write(
             [
                 UpdateOne(
                     {"_id": user},
-                    {"$setOnInsert": {"due": due}, "$min": {"lo": lo}, "$max": {"hi": hi}},
+                    {
+                        "$setOnInsert": {"due": due},
+                        "$min": {"lo": lo, "fresh": lo},
+                        "$max": {"hi": hi},
+                        "$inc": {"v": 1},
+                    },
                     upsert=True,
                 )
                 for user, (lo, hi) in ranges.items()
@@ -99,12 +109,21 @@ class NotifierStore:
         return [i not in refused for i in range(len(docs))]
 
     async def lease_due(self, lease_s: float) -> Doc | None:
-        """A digest that is due, held for ``lease_s`` (another replica skips it)."""
+        """A digest that is due, held for ``lease_s`` (another replica skips it). Its
+        ``fresh`` is cleared: from now on it is the lowest mention written meanwhile."""
         now = time.time()
         return await self.digests.find_one_and_update(
             {"due": {"$lte": now}},
-            {"$set": {"due": now + lease_s}},
+            {"$set": {"due": now + lease_s}, "$unset": {"fresh": ""}},
             return_document=ReturnDocument.AFTER,
+        )
+
+    async def retry_later(self, digest: Doc, attempts: int, delay_s: float) -> None:
+        """The leased ``digest`` could not be sent for now (its ``attempts``-th failure):
+        it is due again in ``delay_s``, keeping every mention it has."""
+        await self.digests.update_one(
+            {"_id": digest["_id"]},
+            {"$set": {"due": time.time() + delay_s, "attempts": attempts}},
         )
 
     async def pending_of(self, user_id: str, lo: int, hi: int) -> list[Doc]:
@@ -114,16 +133,30 @@ class NotifierStore:
         return [found[i] for i in ids if i in found]
 
     async def finish(self, digest: Doc, done: list[Doc], interval_s: float) -> None:
-        """The digest is sent (or dropped): forget its mentions; the next digest is
-        at least ``interval_s`` away if more came in meanwhile."""
+        """The leased ``digest`` is sent (or dropped) with the mentions ``done``: forget
+        them. The digest goes too, unless mentions were written while it was out (its
+        ``v`` changed, whatever their numbers: below ``lo``, between, above ``hi``):
+        then it stays for those, due ``interval_s`` from now, from the lowest of them
+        (``fresh``) to ``hi``, so its range does not keep what was sent."""
         ids = [str(d["_id"]) for d in done]
         for i in range(0, len(ids), ID_CHUNK):
             await self.pending.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
-        gone = await self.digests.delete_one({"_id": digest["_id"], "hi": digest["hi"]})
-        if gone.deleted_count == 0:
-            await self.digests.update_one(
-                {"_id": digest["_id"]}, {"$set": {"due": time.time() + interval_s}}
+        # A digest written before ``v`` existed has none: ``None`` matches that.
+        gone = await self.digests.delete_one({"_id": digest["_id"], "v": digest.get("v")})
+        if gone.deleted_count:
+            return
+        while (now := await self.digests.find_one({"_id": digest["_id"]})) is not None:
+            # Only if no mention is written between the read and this update (else read
+            # again): a concurrent ``$min`` on ``lo`` would be overwritten.
+            kept = await self.digests.update_one(
+                {"_id": digest["_id"], "v": now.get("v")},
+                {
+                    "$set": {"lo": now.get("fresh", now["lo"]), "due": time.time() + interval_s},
+                    "$unset": {"fresh": "", "attempts": ""},
+                },
             )
+            if kept.matched_count:
+                return
 
     # -- the auth service's users (read only) ---------------------------------------------
 

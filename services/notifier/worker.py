@@ -13,8 +13,13 @@ lists every mention kept until then, to the address and under the preference
 the auth service holds for the user (read at sending time: an unsubscribe
 takes effect for digests not yet sent). Mentions arriving later start the
 next interval, so a user gets at most one digest per interval. A digest is
-leased while it is sent; if the SMTP server refuses it, it is tried again
-when the lease ends.
+leased while it is sent. Refused for good (a 5xx answer: to ``RCPT``, the
+address; to ``MAIL`` or at ``DATA``, the message) it is dropped with its
+mentions. Not sent for now (the SMTP server unreachable, a 4xx answer, or an
+unexpected error while sending it) it is tried again after ``retry_s``,
+doubling each time up to ``retry_max_s``, and dropped after ``attempts_max``
+attempts. Each digest of a round is sent on its own: one that fails does not
+stop the others.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 500
 # How long a digest being sent is held before another attempt (or replica) may take it.
 DIGEST_LEASE_S = 60.0
+# A digest not sent for now is tried again after RETRY_S, doubling each time up to
+# RETRY_MAX_S; after ATTEMPTS_MAX attempts (about six hours) it is dropped.
+RETRY_S = 60.0
+RETRY_MAX_S = 3600.0
+ATTEMPTS_MAX = 12
 
 
 class Notifier:
@@ -57,6 +67,9 @@ class Notifier:
         self.interval_s = settings.notifier_digest_interval_s
         self.consuming = asyncio.Event()
         self.lease_s = DIGEST_LEASE_S
+        self.retry_s = RETRY_S
+        self.retry_max_s = RETRY_MAX_S
+        self.attempts_max = ATTEMPTS_MAX
         self._tasks: list[asyncio.Task[None]] = []
 
     def groups(self) -> dict[str, list[str]]:
@@ -103,10 +116,21 @@ class Notifier:
     # -- digests -----------------------------------------------------------------------
 
     async def send_due(self) -> int:
-        """Send every digest that is due; how many were sent."""
+        """Send every digest that is due; how many were sent. Each on its own: one
+        that raises is counted (``error``) and tried again later, and the round goes
+        on (before, it ended the round and left that digest to its lease, for ever)."""
         sent = 0
         while (digest := await self.store.lease_due(self.lease_s)) is not None:
-            sent += await self.send_digest(digest)
+            try:
+                sent += await self.send_digest(digest)
+            except Exception as exc:
+                log.exception(
+                    "digest failed", extra={"user_id": str(digest["_id"]), "error": repr(exc)}
+                )
+                try:
+                    await self._not_sent(digest, "error")
+                except Exception as again:  # its lease ends, then it is tried again
+                    log.warning("digest not rescheduled", extra={"error": repr(again)})
         return sent
 
     async def send_digest(self, digest: Doc) -> int:
@@ -134,9 +158,15 @@ class Notifier:
                 self.metrics.digests.labels("refused").inc()
                 await self.store.finish(digest, items, self.interval_s)
                 return 0
+            except mail.MailRejected:
+                # This message is refused for good (say a mention's text judged spam):
+                # sent again it would be refused again, and hold every later mention.
+                self.metrics.digests.labels("rejected").inc()
+                await self.store.finish(digest, items, self.interval_s)
+                return 0
             except mail.MailError:
-                self.metrics.digests.labels("failed").inc()
-                return 0  # the lease ends, and the digest is tried again
+                await self._not_sent(digest, "failed", items)
+                return 0
             self.metrics.digests.labels("sent").inc()
             self.metrics.mentions.inc(len(items))
             log.info("digest sent", extra={"user_id": user_id, "mentions": len(items)})
@@ -144,6 +174,24 @@ class Notifier:
             return 1
         await self.store.finish(digest, items, self.interval_s)
         return 0
+
+    async def _not_sent(self, digest: Doc, result: str, items: list[Doc] | None = None) -> None:
+        """The leased ``digest`` was not sent for now (``result``: ``failed`` or
+        ``error``): tried again after a delay that doubles with each attempt, or
+        dropped with its mentions (``abandoned``) after ``attempts_max`` attempts."""
+        self.metrics.digests.labels(result).inc()
+        attempts = int(digest.get("attempts", 0)) + 1
+        if attempts < self.attempts_max:
+            delay = min(self.retry_s * 2 ** (attempts - 1), self.retry_max_s)
+            await self.store.retry_later(digest, attempts, delay)
+            return
+        log.warning("digest abandoned", extra={"user_id": str(digest["_id"]), "attempts": attempts})
+        self.metrics.digests.labels("abandoned").inc()
+        if items is None:
+            items = await self.store.pending_of(
+                str(digest["_id"]), int(digest["lo"]), int(digest["hi"])
+            )
+        await self.store.finish(digest, items, self.interval_s)
 
     async def _digest_loop(self) -> None:
         while True:

@@ -97,10 +97,10 @@ async def test_a_digest_the_smtp_server_refuses_is_sent_when_it_answers(
     harness: Harness,
 ) -> None:
     """Nothing is lost while SMTP is away: the digest keeps its mentions and is tried
-    again when its lease ends."""
+    again after the retry delay."""
     notifier = harness.notifier
     good = notifier.settings
-    notifier.lease_s = 0.5
+    notifier.retry_s = 0.5
     notifier.settings = good.model_copy(update={"smtp_port": 1})  # nothing listens there
     bob, alice = await harness.user(), await harness.user()
     await harness.produce(notice(bob["_id"], 1, alice["_id"]), notice(bob["_id"], 2, alice["_id"]))
