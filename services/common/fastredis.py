@@ -262,7 +262,15 @@ class FastRedis(aioredis.Redis):
                 or self._wire_loop is not (asyncio.get_running_loop())
             ):
                 wire = await self._connect()
-            return await wire.call(payload, n)
+            replies = await wire.call(payload, n)
+            if any(type(r) is _ReplyError and str(r).startswith("READONLY") for r in replies):
+                # A replica: the primary this was (a failover demoted it, and the
+                # endpoint's name now leads to the new one). Made again by the next
+                # call, as redis-py's own connections are not: kept, every write
+                # would be refused until the process restarts.
+                if self._wire is wire:
+                    self._drop()
+            return replies
 
         async def failed(_: Exception) -> None:
             self._drop()

@@ -92,6 +92,16 @@ SEED_POLL_S = 0.02
 Gaps = tuple[tuple[int, int], ...]
 
 
+class CountersUnseeded(RuntimeError):
+    """Counters still missing from Redis after their seeding was waited for: another
+    seeder holds their locks (stuck on MongoDB, or dead until its lock expires). Not a
+    record's fault: the batch waits (services/delivery/outage.py)."""
+
+    def __init__(self, inboxes: list[str]) -> None:
+        super().__init__(f"inbox counters could not be seeded: {inboxes[:3]}")
+        self.inboxes = inboxes
+
+
 class Counter(NamedTuple):
     """An inbox's counters: ``n`` handed out, ``acked``, and the ranges of numbers
     skipped after Redis lost its data: ``(f, t)`` skips ``f + 1 .. t``, ascending,
@@ -282,7 +292,7 @@ class InboxCounters:
                 return first
             await self.seed(missing)
             todo = {i: todo[i] for i in missing}
-        raise RuntimeError(f"inbox counters could not be seeded: {sorted(todo)[:3]}")
+        raise CountersUnseeded(sorted(todo))
 
     async def raise_to(self, tops: dict[str, int]) -> None:
         """Raise each inbox's ``n`` to the number an item was written under, seeding the
@@ -301,7 +311,7 @@ class InboxCounters:
                 return
             await self.seed(missing)
             todo = {i: todo[i] for i in missing}
-        raise RuntimeError(f"inbox counters could not be seeded: {sorted(todo)[:3]}")
+        raise CountersUnseeded(sorted(todo))
 
     async def queue_reserve(
         self, pipe: aioredis.client.Pipeline, counts: dict[str, int]

@@ -410,11 +410,11 @@ class RoomLog:
     async def _page(
         self, room: str, after: int, since_ms: int, limit: int
     ) -> tuple[list[f.RoomMessage], int, bool]:
-        start = after
-        if since_ms > 0:
-            start = await self._first_since(room, after, since_ms / 1000) - 1
         low = await self._low(room)
-        return await self._page_from(room, max(start, low - 1), after, limit)
+        start = max(after, low - 1)
+        if since_ms > 0:
+            start = await self._first_since(room, start, since_ms / 1000) - 1
+        return await self._page_from(room, start, after, limit)
 
     async def _page_from(
         self, room: str, start: int, after: int, limit: int
@@ -505,7 +505,12 @@ class RoomLog:
 
     async def _first_since(self, room: str, after: int, since: float) -> int:
         """The first number after ``after`` stored at or after ``since`` (seconds), by
-        bisection over the ids (a missing entry: expired, older; or past the end)."""
+        bisection over the ids (a missing entry: expired, older; or past the end).
+
+        ``after`` is never below the log's ``low - 1`` (:meth:`_page`): from a number
+        that expired, the missing first entry was taken for the end of the log, and a
+        member who joined after the log's first entries expired was served every
+        message from ``low`` on, stored before they joined."""
 
         async def stored_at(seq: int) -> float | None:
             doc = await self.log.find_one({"_id": entry_id(room, seq)}, {"stored_at": 1})

@@ -113,6 +113,9 @@ class DeliveryStore:
         )  # fmt: skip
         self.cold_acks = f"{self.prefix}:ackcold"
         """Acknowledged items still in MongoDB, left for later while it was down."""
+        self.cold_removals = f"{self.prefix}:rmcold"
+        """Removals whose copies may wait in MongoDB, left for later while it was down
+        (JSON ``[inbox, server id, sender]``)."""
         self._moved: list[dict[str, Any]] = []
         """Items the persister moved whose clean-up (:meth:`_clean_moved`) failed: their
         MongoDB copies are looked at again at the start of the next pass."""
@@ -306,23 +309,33 @@ class DeliveryStore:
     async def persist_due(self, now: float | None = None) -> tuple[int, float | None]:
         """Move hot items older than ``hot_persist_after_s`` to MongoDB.
 
-        Returns how many were written and, when nothing older is left, the
-        cutoff: every item stored before it is now in MongoDB or acknowledged
-        (what lets Kafka offsets be committed). Each item is inserted before it
-        leaves Redis (so a reader always finds it in one of the two), and after
-        it left, any copy at or below its inbox's ``acked`` watermark is deleted
-        again: an ack that raced the move (the ack path raises the watermark
-        first, then deletes wherever it finds the item) leaves nothing behind.
-        Several delivery processes may move the same items: inserts are
-        idempotent (the ``_id``).
+        Returns how many were written and the cutoff: every item stored before it
+        is now in MongoDB or acknowledged (what lets Kafka offsets be committed).
+        Index entries due that are kept without their items (a write that may
+        still land, ``ORPHAN_GRACE_S``: its batch is not done, so not committed)
+        are read past: a first page made only of them (after a Redis loss, a
+        refused batch's entries) ended the pass there, which still reported the
+        cutoff, and batches were committed past items that were only in Redis.
+
+        Each item is inserted before it leaves Redis (so a reader always finds it
+        in one of the two), and after it left, any copy at or below its inbox's
+        ``acked`` watermark is deleted again: an ack that raced the move (the ack
+        path raises the watermark first, then deletes wherever it finds the item)
+        leaves nothing behind. Several delivery processes may move the same
+        items: inserts are idempotent (the ``_id``).
         """
         cutoff = (time.time() if now is None else now) - self.settings.hot_persist_after_s
         batch = self.settings.hot_persist_batch
         written = 0
+        kept: set[tuple[str, int]] = set()  # entries due without their items, kept
         if self._moved:
             await self._clean_moved([])
         while True:
-            due = await self.hot.due(cutoff, batch)
+            # Past the kept entries by name, not by count: one that leaves meanwhile
+            # (or an older one that arrives) makes no entry due go unread.
+            want = batch + len(kept)
+            got = await self.hot.due(cutoff, want)
+            due = [d for d in got if (d[0], d[1]) not in kept]
             if not due:
                 return written, cutoff
             wanted: dict[str, list[int]] = {}
@@ -353,7 +366,9 @@ class DeliveryStore:
             if docs:
                 await self._clean_moved(docs)
             written += len(docs)
-            if len(due) < batch or not (moved or orphans):
+            young = cutoff - ORPHAN_GRACE_S
+            kept.update((i, n) for i, n, at in due if n not in hot.get(i, {}) and at >= young)
+            if len(got) < want:
                 return written, cutoff
 
     async def _clean_moved(self, docs: list[dict[str, Any]]) -> None:
@@ -440,12 +455,18 @@ class DeliveryStore:
         is let go (logged), and for ``SECOND_LOOK_PAUSE_S`` after that they do not ask
         it: a removal of hot copies needs no MongoDB, and each look would hold the
         batch for the server selection timeout. A second copy missed then stays until
-        it expires (it needs a Redis loss and a MongoDB outage together)."""
+        it expires (it needs a Redis loss and a MongoDB outage together).
+
+        A removal not found hot when MongoDB does not answer (or failed moments
+        ago: the pause) is left for the persister (:meth:`drain_cold_removals`, in
+        ``cold_removals``), as an ack's persisted items are: it raised, and the
+        batch, every inbox of the partition with it, waited for MongoDB."""
         keep = self.settings.hot_dedup_s
         taken = await self.hot.remove_messages(items, self._pending_of, keep)
         hot = {r for r, _ in taken}
-        all_hot = all(r in hot for r in items)
-        if all_hot and time.monotonic() < self._second_look_at:
+        cold = [r for r in items if r not in hot]
+        if time.monotonic() < self._second_look_at:
+            await self._defer_removals(cold)
             return len(taken)
         wanted = {(r.inbox, r.server_id): r.sender for r in items}
         skip = {item_id(r.inbox, n) for r, n in taken}  # counted already
@@ -454,9 +475,9 @@ class DeliveryStore:
             self._second_look_at = 0.0  # MongoDB answers: no pause
         except PyMongoError as exc:
             self._second_look_at = time.monotonic() + SECOND_LOOK_PAUSE_S
-            if not all_hot:
-                raise
-            log.info("second copies of removed messages not looked for", extra={"error": repr(exc)})
+            what = "removals left for later" if cold else "second copies not looked for"
+            log.info(what, extra={"removals": len(cold), "error": repr(exc)})
+            await self._defer_removals(cold)
             found = []
         if not found:
             return len(taken)
@@ -465,6 +486,39 @@ class DeliveryStore:
         )
         await self.count_pending(found, -1)
         return len(taken) + int(result.deleted_count)
+
+    async def _defer_removals(self, removals: list[Removal]) -> None:
+        if removals:
+            await self.redis.sadd(
+                self.cold_removals,
+                *[orjson.dumps([r.inbox, r.server_id, r.sender]) for r in removals],
+            )
+
+    async def drain_cold_removals(self) -> int:
+        """What removals left for later while MongoDB was down (:meth:`remove_copies`):
+        their copies in MongoDB deleted now (their waiting counts lowered); returns how
+        many. Raises while MongoDB is still down (they stay for the next run)."""
+        deleted = 0
+        while True:
+            raw = await self.redis.spop(self.cold_removals, ID_CHUNK)
+            if not raw:
+                return deleted
+            wanted: dict[tuple[str, str], str] = {}
+            for r in raw:
+                with contextlib.suppress(ValueError, TypeError):
+                    inbox, server_id, sender = orjson.loads(scripts.text(r))
+                    wanted[(str(inbox), str(server_id))] = str(sender)
+            try:
+                found = await self._cold_copies(wanted) if wanted else []
+                if found:
+                    result = await self.inbox.delete_many(
+                        {"_id": {"$in": [d["_id"] for d in found]}, "acked": False}
+                    )
+                    await self.count_pending(found, -1)
+                    deleted += int(result.deleted_count)
+            except BaseException:
+                await self.redis.sadd(self.cold_removals, *raw)
+                raise
 
     async def _cold_copies(self, wanted: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
         """The unacknowledged MongoDB copies of these (inbox, server id) messages from

@@ -15,11 +15,14 @@ Redis lost them carries the same ``server_id``, which clients drop
 what was lost is consumed again (each write checks the process's mark:
 :data:`~services.delivery.hot.GUARD`), so inboxes keep the records' order.
 
-No record can hold up a partition for ever (:meth:`Worker._process`): while
-MongoDB or Redis is down the batch waits and retries without limit (nothing
-is lost, ``/readyz`` names the server); a batch that keeps failing while the
-servers answer is split until the records at fault are found, and those go to
-the dead-letter topic with the reason, counted in
+No record can hold up a partition for ever (:meth:`Worker._process`): a
+record that does not parse is dead-lettered once, before anything is tried; a
+batch that fails because a server is unavailable (told by the error: a Redis
+refusing writes, ``READONLY`` or ``OOM``, answers ``PING`` all the same:
+services/delivery/outage.py) waits and retries without limit (nothing is lost,
+counted in ``parley_delivery_store_waits_total``); a batch that keeps failing
+otherwise is split until the records at fault are found, and those go to the
+dead-letter topic with the reason, counted in
 ``parley_delivery_dead_letters_total``; the partition moves on.
 
 ``room-messages``: a private room's message (one record, keyed by the room)
@@ -44,7 +47,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -66,6 +69,7 @@ from services.common.routing import Push, queue_multicast
 from services.common.tasks import cancel_all
 from services.delivery.hot import GUARD, HotInboxLost, Removal
 from services.delivery.moderation_keys import ModerationKeys, TaggedFields
+from services.delivery.outage import from_mongo, unavailable
 from services.delivery.room_log import RoomLog
 from services.delivery.store import DeliveryStore, item_docs, item_frame
 
@@ -80,7 +84,22 @@ MARK_TTL_S = 86_400
 expired reads as a loss: a replay, which the dedup records make harmless)."""
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
-Handler: TypeAlias = Callable[[list[Record]], Awaitable[None]]
+Decoded: TypeAlias = tuple[Record, Any]
+"""A record and what it decoded to."""
+Handler: TypeAlias = Callable[[list[Decoded]], Awaitable[None]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Stage(Generic[T]):
+    """How a topic's records are handled: each is decoded (``decode``: None when it is
+    malformed, dead-lettered then, once), and the decoded batch is stored (``store``:
+    tried again, split and dead-lettered by :meth:`Worker._process`). Decoding came
+    inside the retried part: a malformed record was dead-lettered again on every
+    try of its batch."""
+
+    decode: Callable[[Record], T | None]
+    store: Callable[[list[tuple[Record, T]]], Awaitable[None]]
 
 
 @dataclass
@@ -156,6 +175,12 @@ class Worker:
             "1 while a batch waits for an unreachable MongoDB or Redis.",
             registry=registry,
         )
+        self.store_waits = Counter(
+            "parley_delivery_store_waits_total",
+            "Failed batch attempts tried again without limit because a server was "
+            "unavailable (not counted toward PARLEY_DELIVERY_MAX_ATTEMPTS), by server.",
+            ["server"], registry=registry,
+        )  # fmt: skip
         self.expired = Counter(
             "parley_delivery_expired_total",
             "Unacknowledged inbox items deleted by the expiry job (inbox_expiry_s).",
@@ -218,20 +243,23 @@ class Worker:
         for topic in (self.topics.messages, self.topics.events, self.topics.room_messages):
             for reason in ("malformed", "failed"):
                 self.dead_letters.labels(topic, reason)
+        self.messages: Stage[e.Envelope] = Stage(self._parse, self._store_messages)
+        self.events: Stage[Any] = Stage(self._decoder(e.decode_event), self._handle_events)
+        self.rooms: Stage[e.RoomEnvelope] = Stage(
+            self._decoder(e.decode_room_envelope), self._handle_room_messages
+        )
 
     async def start(self) -> None:
         # Several consumers of the group in one process: each owns some
         # partitions, and their batches overlap (one computes while another
         # waits on MongoDB), where one consumer would leave both idle in turn.
         self._tasks = [
-            asyncio.create_task(self._run(self.topics.messages, self.handle_messages, ""))
+            asyncio.create_task(self._run(self.topics.messages, self.messages, ""))
             for _ in range(self.settings.delivery_consumers)
         ]
         self._tasks += [
-            asyncio.create_task(self._run(self.topics.events, self.handle_events, "-events")),
-            asyncio.create_task(
-                self._run(self.topics.room_messages, self.handle_room_messages, "-rooms")
-            ),
+            asyncio.create_task(self._run(self.topics.events, self.events, "-events")),
+            asyncio.create_task(self._run(self.topics.room_messages, self.rooms, "-rooms")),
             asyncio.create_task(self._purge_loop()),
             asyncio.create_task(self._persist_loop()),
         ]
@@ -247,7 +275,7 @@ class Worker:
     async def stop(self) -> None:
         await cancel_all([*self._tasks, *filter(None, [self._contacts_task, self._warm_task])])
 
-    async def _run(self, topic: str, handler: Handler, suffix: str) -> None:
+    async def _run(self, topic: str, stage: Stage[Any], suffix: str) -> None:
         delay = 0.2
         while True:
             consumer: AIOKafkaConsumer | None = None
@@ -262,9 +290,9 @@ class Worker:
                     self.running.set()
                 delay = 0.2
                 if topic == self.topics.messages:
-                    await self._consume_messages(consumer, handler)
+                    await self._consume_messages(consumer, stage)
                 else:
-                    await self._consume(consumer, handler)
+                    await self._consume(consumer, stage)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -277,14 +305,15 @@ class Worker:
                 if consumer is not None:
                     await stop_consumer(consumer)
 
-    async def _consume(self, consumer: AIOKafkaConsumer, handler: Handler) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, stage: Stage[Any]) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             records = [r for part in batches.values() for r in part]
             if not records:
                 continue
             start = time.perf_counter()
-            await self._process(handler, records)
+            if batch := await self._decode(stage, records):
+                await self._process(stage.store, batch)
             try:
                 await consumer.commit()
             except CommitFailedError:
@@ -293,7 +322,7 @@ class Worker:
             self.batch_size.observe(len(records))
             self.batch_seconds.observe(time.perf_counter() - start)
 
-    async def _consume_messages(self, consumer: AIOKafkaConsumer, handler: Handler) -> None:
+    async def _consume_messages(self, consumer: AIOKafkaConsumer, stage: Stage[Any]) -> None:
         """As :meth:`_consume`, committing a batch only once its items are safe in
         MongoDB or acknowledged (``persisted_until`` passed the time it was stored);
         after Redis lost the hot inbox, back to the committed offsets."""
@@ -308,7 +337,8 @@ class Worker:
                 start = time.perf_counter()
                 GUARD.set((self.mark, str(pending.rewinds)))
                 try:
-                    await self._process(handler, records)
+                    if batch := await self._decode(stage, records):
+                        await self._process(stage.store, batch)
                 except HotInboxLost as exc:
                     # Nothing of it stored since Redis lost its data: the batch goes
                     # again, after what was lost, from the committed offsets.
@@ -411,6 +441,9 @@ class Worker:
             return
         self._beat = beat
         written, until = await self.store.persist_due()
+        # Removals that found MongoDB down: their copies there deleted now.
+        if removed := await self.store.drain_cold_removals():
+            log.info("removals left for later are done", extra={"items": removed})
         # Acks that found MongoDB down: their items deleted and receipts sent now.
         if drained := await self.store.drain_cold_acks():
             log.info("acks left for later are done", extra={"items": len(drained)})
@@ -435,26 +468,27 @@ class Worker:
             if settled is not None:
                 self.persisted_until = max(self.persisted_until, until, settled)
 
-    async def _process(self, handler: Handler, records: list[Record]) -> None:
-        """Run a batch to the end; never gives up the partition and never blocks it for ever.
+    async def _process(self, handler: Handler, batch: list[Decoded]) -> None:
+        """Run a decoded batch to the end; never gives up the partition and never blocks
+        it for ever.
 
-        While MongoDB or Redis is unreachable the batch waits (unbounded, not
+        While a server it needs is unavailable the batch waits (unbounded, not
         counted): it is idempotent, so nothing is lost. A batch that fails
-        ``delivery_max_attempts`` times while both answer is split in halves,
-        each processed the same way, until the records at fault are alone;
-        those are dead-lettered and the rest is stored.
+        ``delivery_max_attempts`` times otherwise is split in halves, each
+        processed the same way, until the records at fault are alone; those are
+        dead-lettered and the rest is stored.
         """
-        error = await self._attempt(handler, records)
+        error = await self._attempt(handler, batch)
         if error is None:
             return
-        if len(records) == 1:
-            await self._dead_letter(records[0], "failed", error)
+        if len(batch) == 1:
+            await self._dead_letter(batch[0][0], "failed", error)
             return
-        mid = len(records) // 2
-        await self._process(handler, records[:mid])
-        await self._process(handler, records[mid:])
+        mid = len(batch) // 2
+        await self._process(handler, batch[:mid])
+        await self._process(handler, batch[mid:])
 
-    async def _attempt(self, handler: Handler, records: list[Record]) -> BaseException | None:
+    async def _attempt(self, handler: Handler, records: list[Decoded]) -> BaseException | None:
         """Try ``records`` until they succeed (None) or fail too often (the last error)."""
         delay, failures = 0.1, 0
         while True:
@@ -463,12 +497,15 @@ class Worker:
             except (asyncio.CancelledError, HotInboxLost):
                 raise
             except Exception as exc:
-                down = await self.store.ping()
+                down = await self._unavailable(exc)
                 if down:
                     if down != self.down:
-                        log.warning("waiting for the store", extra={"down": down})
+                        extra = {"down": down, "error": repr(exc)}
+                        log.warning("waiting for the store", extra=extra)
                     self.down = down
                     self.waiting.set(1)
+                    for server in down:
+                        self.store_waits.labels(server).inc()
                 else:
                     failures += 1
                     self.retries.inc()
@@ -486,6 +523,24 @@ class Worker:
             self.down = []
             self.waiting.set(0)
             return None
+
+    async def _unavailable(self, exc: BaseException) -> list[str]:
+        """The servers a failed attempt waits for (none: it counts as a failure).
+
+        The error says it first (services/delivery/outage.py): a Redis that
+        refuses writes (``READONLY`` after a failover, ``OOM`` under
+        ``noeviction``) answers ``PING``, and its batches were counted, split and
+        every record dead-lettered. Otherwise the servers are pinged: Redis not
+        answering holds every batch; MongoDB not answering holds only a batch that
+        failed on one of its errors (a batch does no MongoDB work as a rule, and one
+        that failed on its own must not wait for MongoDB for ever)."""
+        named = unavailable(exc)
+        if named is not None:
+            return [named]
+        down = await self.store.ping()
+        if "redis" not in down and not from_mongo(exc):
+            return []
+        return down
 
     async def _dead_letter(self, record: Record, reason: str, error: BaseException | None) -> None:
         """Move one record to the dead-letter topic (waits while Kafka is unreachable)."""
@@ -521,6 +576,36 @@ class Worker:
             extra={"source": source, "reason": reason, "error": detail, "message_id": message_id},
         )
 
+    # Decoding ---------------------------------------------------------------
+    async def _decode(self, stage: Stage[Any], records: list[Record]) -> list[Decoded]:
+        """Decode a batch's records; the malformed ones go to the dead-letter topic
+        (once: before the batch is tried, not on every try)."""
+        out: list[Decoded] = []
+        for record in records:
+            value = stage.decode(record)
+            if value is None:
+                await self._dead_letter(record, "malformed", None)
+            else:
+                out.append((record, value))
+        return out
+
+    async def _handle(self, stage: Stage[Any], records: list[Record]) -> None:
+        """Decode and store ``records`` once (no retries: outside the consumers)."""
+        if batch := await self._decode(stage, records):
+            await stage.store(batch)
+
+    def _decoder(self, decode: Callable[[bytes], T]) -> Callable[[Record], T | None]:
+        def one(record: Record) -> T | None:
+            try:
+                return decode(record.value or b"")
+            except e.DecodeError:
+                self.rejected.inc()
+                log.warning("a malformed record", extra={"topic": record.topic,
+                                                         "offset": record.offset})  # fmt: skip
+                return None
+
+        return one
+
     # Messages ---------------------------------------------------------------
     def _parse(self, record: Record) -> e.Envelope | None:
         try:
@@ -531,14 +616,11 @@ class Worker:
             return None
 
     async def handle_messages(self, records: list[Record]) -> None:
-        request_id_var.set(request_id_from_kafka(records[0].headers))
-        envs = []
-        for record in records:
-            env = self._parse(record)
-            if env is None:
-                await self._dead_letter(record, "malformed", None)
-            else:
-                envs.append(env)
+        await self._handle(self.messages, records)
+
+    async def _store_messages(self, batch: list[tuple[Record, e.Envelope]]) -> None:
+        request_id_var.set(request_id_from_kafka(batch[0][0].headers))
+        envs = [env for _, env in batch]
         now = time.time()
         # Protocol 2's copies of a room's message (produced before an upgrade) go to the
         # room's log, the rest as below; consecutive runs of each, in the batch's order.
@@ -706,17 +788,13 @@ class Worker:
 
     # Rooms ------------------------------------------------------------------
     async def handle_room_messages(self, records: list[Record]) -> None:
+        await self._handle(self.rooms, records)
+
+    async def _handle_room_messages(self, batch: list[tuple[Record, e.RoomEnvelope]]) -> None:
         """Store each room message once in its room's log and push it to the room's
         members (services/delivery/room_log.py); returns once the batch is stored,
         so that its offsets may be committed."""
-        envs: list[e.RoomEnvelope] = []
-        for record in records:
-            try:
-                envs.append(e.decode_room_envelope(record.value or b""))
-            except e.DecodeError:
-                self.rejected.inc()
-                await self._dead_letter(record, "malformed", None)
-        await self._to_room_logs(envs)
+        await self._to_room_logs([env for _, env in batch])
 
     async def _to_room_logs(self, envs: list[e.RoomEnvelope]) -> None:
         if not envs:
@@ -740,14 +818,11 @@ class Worker:
 
     # Events -----------------------------------------------------------------
     async def handle_events(self, records: list[Record]) -> None:
+        await self._handle(self.events, records)
+
+    async def _handle_events(self, batch: list[Decoded]) -> None:
         frames: list[Push] = []
-        for record in records:
-            try:
-                event = e.decode_event(record.value or b"")
-            except e.DecodeError:
-                self.rejected.inc()
-                await self._dead_letter(record, "malformed", None)
-                continue
+        for record, event in batch:
             if isinstance(event, e.PrekeysLowEvent):
                 frame = f.PrekeysLow(
                     user_id=event.user_id, device_id=event.device_id, one_time=event.one_time,

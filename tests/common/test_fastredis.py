@@ -10,8 +10,10 @@ that stops answering, but not on one that answers slowly.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import hiredis
 import pytest
@@ -19,13 +21,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from scripts.stack import _free_ports, redis_command
 from services.common import scripts
 from services.common.clients import redis_client
 from services.common.config import Settings
 from services.common.fastredis import FastPipeline, FastRedis
+from tests.support.aio import eventually
 
 
 @pytest.fixture
@@ -248,3 +252,39 @@ async def test_transactions_still_go_through_redis_py(
         pipe.incr(k)
         pipe.incr(k)
         assert await pipe.execute() == [1, 2]
+
+
+async def test_a_readonly_reply_drops_the_connection_so_the_next_call_makes_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """Audit finding: after a failover the shared connection could sit on the demoted
+    primary, now a replica, and every write was refused (``READONLY``) until the
+    process restarted: the connection was kept, as error replies leave it usable.
+    Dropped on ``READONLY`` now; the next call connects again (to where the endpoint
+    leads: the new primary)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    [port] = _free_ports(1)
+    proc = await asyncio.create_subprocess_exec(*redis_command("127.0.0.1", port, tmp_path))
+    client = FastRedis(port=port, socket_timeout=5)
+    try:
+        await eventually(lambda: _pings(client), bool)
+        await client.execute_command("REPLICAOF", "127.0.0.1", str(_free_ports(1)[0]))
+        wire = client._wire
+        with pytest.raises(ReadOnlyError):
+            await client.set("k", "v")
+        assert client._wire is None and wire is not None and wire.error is not None
+        await client.execute_command("REPLICAOF", "NO", "ONE")  # promoted: writes again
+        assert await client.set("k", "v") and await client.get("k") == b"v"
+        assert client._wire is not None and client._wire is not wire
+    finally:
+        await client.aclose()
+        proc.terminate()
+        await proc.wait()
+
+
+async def _pings(client: aioredis.Redis) -> bool:
+    try:
+        return bool(await client.ping())
+    except RedisConnectionError:
+        return False

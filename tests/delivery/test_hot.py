@@ -11,11 +11,13 @@ import pytest
 from parley_contract import envelopes as e
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
-from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
+from services.common.config import Settings
 from services.common.routing import gateway_channel, pending_key, presence_key, presence_value
 from services.delivery.hot import Removal, Replicas
 from services.delivery.store import DeliveryStore, dedup_key, item_id
+from services.delivery.worker import Worker
 from services.gateway.acks import DirectAcks
 from tests.delivery.conftest import item
 
@@ -289,21 +291,89 @@ async def test_a_removed_message_stored_twice_loses_both_copies(
             removal = Removal("ina", doc["seq"], doc["server_id"], "s")
             assert await asyncio.wait_for(store.remove_copies([removal]), 10) == 1
         assert looks == [1]  # the second removal did not look
-        # A removal that needs MongoDB (its copy is not hot) still asks it, and fails.
-        with pytest.raises(PyMongoError):
-            await store.remove_copies([Removal("ina", 2, stored[1]["server_id"], "s")])
-        assert looks == [1, 1]
+        # A removal that needs MongoDB (its copy is not hot) is left for the persister
+        # (test_a_removal_that_needs_mongodb_while_it_is_down_waits_for_the_persister).
+        await store.remove_copies([Removal("ina", 2, stored[1]["server_id"], "s")])
+        assert looks == [1]
     finally:
         store.inbox = up
         await down.close()
-    # Marked before it failed: pages leave it out while its batch is retried.
+    # Marked before it was left: pages leave it out until the persister deletes it.
     assert (await store.page("ina", 0, 10))[0] == []
     assert await in_mongo(store, "ina") == [2]
+    assert await store.drain_cold_removals() == 1  # the persister's pass: it looks
+    assert await in_mongo(store, "ina") == [] and looks == [1, 1]
     # Once MongoDB answers again (the pause over), removals found hot look again.
     store._second_look_at = 0.0
     [last] = await store.store_hot([item("ina", 7)])
     assert await store.remove_copies([Removal("ina", last["seq"], last["server_id"], "s")]) == 1
     assert looks == [1, 1, 1]
+
+
+async def test_a_removal_that_needs_mongodb_while_it_is_down_waits_for_the_persister(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """An unsend whose copy waits in MongoDB (persisted), while MongoDB is down: the
+    removal raised, and its batch, with every inbox of the partition behind it,
+    waited for MongoDB (connected devices' messages too). It is left for the
+    persister now: the tombstone's batch goes on, and the first pass once MongoDB
+    answers deletes the copy and lowers the waiting counts."""
+    stored = await store.store_hot([item("jon", n) for n in range(3)])
+    await store.persist_due(now=later(store))  # seq 1, 2, 3: in MongoDB only
+    counts = pending_key(store.prefix, "jon")
+    up = store.inbox
+    down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    )
+    try:
+        store.inbox = down.x.inbox
+        # A removal searched for (no seq) and one naming its copy's seq.
+        unsend = Removal("jon", None, stored[1]["server_id"], "s")
+        assert await asyncio.wait_for(store.remove_copies([unsend]), 10) == 0
+        started = time.monotonic()
+        by_seq = Removal("jon", 1, stored[0]["server_id"], "s")
+        assert await asyncio.wait_for(store.remove_copies([by_seq]), 10) == 0
+        assert time.monotonic() - started < 0.25  # MongoDB failed just now: not asked
+        assert await store.redis.scard(store.cold_removals) == 2
+        with pytest.raises(ServerSelectionTimeoutError):
+            await store.drain_cold_removals()  # still down: kept for the next pass
+        assert await store.redis.scard(store.cold_removals) == 2
+    finally:
+        store.inbox = up
+        await down.close()
+    assert await in_mongo(store, "jon") == [1, 2, 3]
+    assert int(await store.redis.hget(counts, "*")) == 3
+    # Meanwhile pages leave out the copy named by its seq (its removal mark).
+    assert [d["seq"] for d in (await store.page("jon", 0, 10))[0]] == [2, 3]
+    # The persister's next pass (MongoDB answers again) does it, once.
+    worker = Worker(settings, store, CollectorRegistry(), None)  # type: ignore[arg-type]
+    worker._next_checkpoint = float("inf")  # this pass: no checkpoint, no warm-up
+    await worker.persist_once()
+    assert await in_mongo(store, "jon") == [3]
+    assert int(await store.redis.hget(counts, "*")) == 1
+    assert await store.redis.scard(store.cold_removals) == 0
+    assert await store.drain_cold_removals() == 0
+
+
+async def test_a_first_page_of_entries_without_their_items_does_not_end_the_pass(
+    store: DeliveryStore,
+) -> None:
+    """Redis lost its data and a batch's write was refused after its index entries
+    went in (hot.GUARD): entries without items, kept ``ORPHAN_GRACE_S``. A pass whose
+    first page held nothing else read no further and still reported its cutoff: the
+    batches stored behind them were committed while their items were only in Redis.
+    The pass now reads past them and moves what is due."""
+    store.settings = store.settings.model_copy(update={"hot_persist_batch": 5})
+    refused = time.time() - 10  # older than what follows, within the grace
+    await store.redis.zadd(store.hot.index, {f"orf|{n}": refused for n in range(100, 107)})
+    stored = await store.store_hot([item("orf", n) for n in range(3)])
+    now = later(store)
+    written, until = await store.persist_due(now=now)
+    assert await in_mongo(store, "orf") == [d["seq"] for d in stored]
+    assert written == 3 and until == now - store.settings.hot_persist_after_s
+    assert await store.redis.hlen(store.hot.key("orf")) == 0
+    # The refused entries stay for their grace (a write may still land).
+    assert await store.redis.zcard(store.hot.index) == 7
 
 
 async def test_a_failed_clean_up_after_a_move_is_done_by_the_next_pass(

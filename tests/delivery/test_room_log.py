@@ -424,3 +424,28 @@ async def test_a_room_that_fails_in_a_batch_stops_the_others_before_the_error_go
     for room in [*good, bad]:
         messages, last, _ = await log.page(room, 0, 0, 10)
         assert len(messages) == 2 and last == 2
+
+
+async def test_a_member_who_joined_after_the_oldest_entries_expired_reads_nothing_older(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """The log's first entries expired (``low`` past them), then a member joined: their
+    pages (one room, and many at once) start at the first message stored since they
+    joined. The bisection took the missing first entry for the end of the log and the
+    page started at ``low``: every message from there on, stored before they joined."""
+    log, room = make(store, settings), room_id()
+    t0 = time.time() - 3600
+    # Message i + 1 stored at t0 + i seconds.
+    await log.log.insert_many([log._doc(env(room, i), i + 1, t0 + i) for i in range(20)])
+    await log.heads.update_one({"_id": room}, {"$max": {"n": 20}}, upsert=True)
+    assert await log.purge_expired(t0 + 5) == 5  # 1..5 expired: low is 6
+    joined_ms = int((t0 + 12) * 1000)  # when message 13 was stored
+    messages, last, more = await log.page(room, 0, joined_ms, 50)
+    assert [m.seq for m in messages] == list(range(13, 21)) and (last, more) == (20, False)
+    [(messages, last, more)] = await log.pages([(room, 0, joined_ms)], 50)
+    assert [m.seq for m in messages] == list(range(13, 21)) and (last, more) == (20, False)
+    # Joined before anything still in the log was stored: from ``low`` on, as before.
+    messages, _, _ = await log.page(room, 0, int((t0 + 2) * 1000), 50)
+    assert [m.seq for m in messages] == list(range(6, 21))
+    # Joined after the last message: nothing, and the cursor at the end.
+    assert await log.page(room, 0, int(time.time() * 1000), 50) == ([], 20, False)

@@ -11,8 +11,12 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
+from pymongo.errors import AutoReconnect, OperationFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from services.common.config import load_settings
+from services.delivery.counters import CountersUnseeded
 from services.delivery.hot import HotInbox, Replicas
 from services.delivery.worker import Worker
 
@@ -55,14 +59,14 @@ async def test_a_poisoned_record_is_dead_lettered_and_the_rest_processed() -> No
     worker, _, producer = make_worker(delivery_max_attempts=2)
     done: list[bytes] = []
 
-    async def handler(records: list[Any]) -> None:
-        if any(r.value == b"poison" for r in records):
+    async def handler(batch: list[Any]) -> None:
+        if any(r.value == b"poison" for r, _ in batch):
             raise ValueError("cannot store this one")
-        done.extend(r.value for r in records)
+        done.extend(r.value for r, _ in batch)
 
-    batch = [record(b"m%d" % i, i) for i in range(10)]
-    batch.insert(6, record(b"poison", 99))
-    await asyncio.wait_for(worker._process(handler, batch), 30)
+    records = [record(b"m%d" % i, i) for i in range(10)]
+    records.insert(6, record(b"poison", 99))
+    await asyncio.wait_for(worker._process(handler, [(r, r.value) for r in records]), 30)
     assert sorted(done) == sorted(b"m%d" % i for i in range(10))
     assert len(producer.sent) == 1
     topic, value, headers = producer.sent[0]
@@ -84,7 +88,7 @@ async def test_an_outage_waits_without_counting_attempts() -> None:
         if calls <= 3:
             raise ConnectionError("store unreachable")
 
-    await asyncio.wait_for(worker._process(handler, [record(b"m")]), 30)
+    await asyncio.wait_for(worker._process(handler, [(record(b"m"), None)]), 30)
     assert calls == 4  # three failures during the outage, then success
     assert producer.sent == []  # nothing dead-lettered for an outage
     assert worker.retries._value.get() == 0
@@ -105,3 +109,60 @@ async def test_malformed_envelopes_are_dead_lettered_with_their_reason() -> None
     assert [(v, dict(h)["dlq_reason"]) for _, v, h in producer.sent] == [
         (b"{not json", b"malformed")
     ]
+
+
+async def test_the_error_tells_an_unavailable_server_from_a_records_fault() -> None:
+    """A Redis refusing writes answers PING: its batch waits all the same (it was
+    counted, split and every record dead-lettered). Against a real Redis refusing
+    writes: test_worker_faults.py."""
+    worker, _, producer = make_worker(delivery_max_attempts=1)
+    for error in (
+        ReadOnlyError("You can't write against a read only replica."),
+        OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        ResponseError("Command # 2 (EVALSHA x) of pipeline caused error: ('BUSY Redis is busy',)"),
+        RedisConnectionError("Connection to Redis lost"),
+        AutoReconnect("connection closed"),
+        OperationFailure("interrupted at shutdown", code=11600),
+        CountersUnseeded(["ann.1"]),
+    ):
+        failed: list[Exception] = []
+
+        async def handler(
+            batch: list[Any], error: Exception = error, failed: list[Exception] = failed
+        ) -> None:
+            if not failed:
+                failed.append(error)
+                raise error
+
+        done = await asyncio.wait_for(worker._attempt(handler, [(record(b"m"), None)]), 10)
+        assert done is None and failed == [error]  # tried again, though max attempts is 1
+    assert producer.sent == [] and worker.waiting._value.get() == 0
+    assert worker.retries._value.get() == 0
+    assert worker.store_waits.labels("redis")._value.get() == 4
+    assert worker.store_waits.labels("mongo")._value.get() == 2
+    assert worker.store_waits.labels("counters")._value.get() == 1
+
+
+async def test_mongodb_down_holds_only_a_batch_that_failed_on_one_of_its_errors() -> None:
+    """A batch does no MongoDB work as a rule: one that failed on its own while MongoDB
+    did not answer waited for MongoDB for ever (its partition with it)."""
+    worker, store, _ = make_worker(delivery_max_attempts=1)
+    calls = 0
+
+    async def records_fault(batch: list[Any]) -> None:
+        raise KeyError("a field this record lacks")
+
+    async def mongo_refused(batch: list[Any]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationFailure("not authorized", code=13)
+
+    store.down = [["mongo"]] * 100  # MongoDB does not answer: not this batch's cause
+    err = await asyncio.wait_for(worker._attempt(records_fault, [(record(b"m"), None)]), 10)
+    assert isinstance(err, KeyError) and worker.retries._value.get() == 1
+    store.down, calls = [["mongo"]] * 100, 0  # ... but it is this one's
+    assert (
+        await asyncio.wait_for(worker._attempt(mongo_refused, [(record(b"m"), None)]), 10) is None
+    )
+    assert worker.retries._value.get() == 1
