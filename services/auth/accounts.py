@@ -224,6 +224,8 @@ async def _send_reset(svc: AuthService, email_lc: str) -> None:
         {
             "_id": digest(token),
             "user_id": user["_id"],
+            # The address it is mailed to: it works only while the account keeps it.
+            "email_lc": user["email_lc"],
             "created_at": now,
             "expires_at": now + timedelta(seconds=ttl),
             "used_at": None,
@@ -243,7 +245,14 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
     if pending is None or pending["expires_at"] <= now:
         raise bad
     user = await svc.store.user_by_id(pending["user_id"])
-    if user is None or user["blocked"]:
+    if (
+        user is None
+        or user["blocked"]
+        # Mailed to an address the account no longer has (an admin changed it since).
+        # A reset stored before the address was kept has none: an address change
+        # drops every pending reset, so such a one was mailed to the address it has.
+        or pending.get("email_lc", user["email_lc"]) != user["email_lc"]
+    ):
         raise bad
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
     if await svc.store.consume_password_reset(token_hash, now) is None:

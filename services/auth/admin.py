@@ -176,13 +176,20 @@ async def edit_user(
     if not changes:
         return await _view(svc, user)
     before = {k: user.get(k) for k in changes if k != "email_lc"}
-    changes["updated_at"] = svc.now()
+    now = changes["updated_at"] = svc.now()
     try:
         updated = await svc.store.update_user(user_id, changes)
     except DuplicateError:
         raise ApiError(ErrorCode.CONFLICT, "This username or e-mail is taken.") from None
     if updated is None:
         raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
+    if "email_lc" in changes:
+        # What was mailed to the old address no longer opens anything: a pending
+        # reset link (confirm_reset also checks the address a reset was sent to, for
+        # one mailed while this change was written) and a pending e-mail-code
+        # enrolment.
+        await svc.store.drop_password_resets(user_id, now)
+        await svc.store.eph_delete(twofactor.EMAIL_SETUP, user_id)
     after = {k: updated.get(k) for k in before}
     await audit(svc, claims, "user.update", caller, user_id, before=before, after=after)
     if roles_changed:
@@ -201,6 +208,7 @@ async def block_user(
     updated = await svc.store.update_user(
         user_id,
         {"blocked": True, "blocked_at": now, "blocked_reason": body.reason, "updated_at": now},
+        raise_stamp=True,  # what was begun before opens no session (sessions.security_stamp)
     )
     if updated is None:
         raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
@@ -342,6 +350,13 @@ async def revoke_user_session(
     svc: AuthService, claims: Claims, caller: Caller, user_id: str, sid: str
 ) -> None:
     await _target(svc, user_id)
-    if len(sid) > 64 or not await sessions.revoke(svc, user_id, sid, "revoked_by_admin"):
+    session = await svc.store.session(sid) if len(sid) <= 64 else None
+    if session is None or session.get("user_id") != user_id or session.get("revoked_at"):
+        raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such live session of this user.")
+    # The provider's sign-in cookie, unexchanged codes and sign-ins in flight of this
+    # user end with it: else whoever held the session could open another at once
+    # (sessions.security_stamp).
+    await svc.store.raise_security_stamp(user_id)
+    if not await sessions.revoke(svc, user_id, sid, "revoked_by_admin"):
         raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such live session of this user.")
     await audit(svc, claims, "user.revoke_session", caller, user_id, session_id=sid)

@@ -54,6 +54,33 @@ def password_stamp(user: Mapping[str, Any]) -> int | None:
     return int(calendar.timegm(at.utctimetuple()) * 1000 + at.microsecond // 1000)
 
 
+def security_stamp(user: Mapping[str, Any]) -> int:
+    """The account's security stamp: raised (``$inc``) whenever its sessions are ended
+    together (a password change or reset, a role change, a block, "end my other
+    sessions", an admin ending one of its sessions; :func:`revoke_all`). Whatever
+    was begun under an older stamp and could still become a session is refused: a
+    second-factor challenge, an authorization code, the provider's sign-in cookie, a
+    sign-in whose session goes in meanwhile (:func:`open_session`). Absent (an
+    account from before it existed) it is 0, as are records that do not carry it."""
+    return int(user.get("security_stamp") or 0)
+
+
+def _changed_meanwhile(
+    signed_in: Mapping[str, Any], fresh: Mapping[str, Any] | None
+) -> tuple[str, str] | None:
+    """Why the account read again (``fresh``) no longer admits a session opened for
+    ``signed_in`` (the revocation reason, the message); None if it does."""
+    if fresh is None or fresh["blocked"]:
+        return "blocked", "This account was blocked meanwhile."
+    if password_stamp(fresh) != password_stamp(signed_in):
+        return "password_changed", "The password changed meanwhile: sign in with the new one."
+    if security_stamp(fresh) != security_stamp(signed_in) or list(fresh["roles"]) != list(
+        signed_in["roles"]
+    ):
+        return "account_changed", "The account's sessions were ended meanwhile: sign in again."
+    return None
+
+
 async def refuse_removed(svc: AuthService, user_id: str, device_id: int | None) -> None:
     """``device_removed`` for a device the key directory removed from the account: a
     session of it would get tokens every service refuses."""
@@ -99,16 +126,18 @@ async def open_session(
     if client_id is not None:
         doc.update(client_id=client_id, scope=scope)
     await svc.store.insert_session(doc)
-    # Read again once the session is in: a reset or change that wrote its password
-    # before this read is seen here; one that writes after it ends this session too
-    # (its revoke_all comes after its write).
+    # Read again once the session is in: a reset, change, block, role change or
+    # "end my other sessions" that wrote before this read is seen here (its password
+    # stamp, security stamp, block or roles); one that writes after it ends this
+    # session too (its revoke_all comes after its write). ``user`` is the account as
+    # the sign-in checked it: a caller that read it again (a code's exchange) compares
+    # what the sign-in kept first (oidc.server.CodeGrant.authenticate_user).
     fresh = await svc.store.user_by_id(user["_id"])
-    if fresh is None or password_stamp(fresh) != password_stamp(user):
-        await svc.store.revoke_session(sid, svc.now(), "password_changed", user_id=user["_id"])
-        raise ApiError(
-            ErrorCode.INVALID_CREDENTIALS,
-            "The password changed meanwhile: sign in with the new one.",
-        )
+    changed = _changed_meanwhile(user, fresh)
+    if changed is not None:
+        reason, message = changed
+        await svc.store.revoke_session(sid, svc.now(), reason, user_id=user["_id"])
+        raise ApiError(ErrorCode.INVALID_CREDENTIALS, message)
     return sid
 
 
@@ -246,6 +275,13 @@ async def revoke(svc: AuthService, user_id: str, sid: str, reason: str) -> bool:
 async def revoke_all(
     svc: AuthService, user_id: str, reason: str, keep: str | None = None
 ) -> list[str]:
+    """End every session of a user (but ``keep``) and tell every service; the sids.
+
+    The account's security stamp goes up first: what was begun before and could
+    still open a session (an unexchanged authorization code, the provider's sign-in
+    cookie, a second-factor challenge, a sign-in whose session is not in yet) is
+    refused from now on (:func:`security_stamp`)."""
+    await svc.store.raise_security_stamp(user_id)
     now = svc.now()
     sids = await svc.store.revoke_user_sessions(user_id, now, reason, keep=keep)
     # With those revoked earlier whose tokens may still work: if the publish of a first

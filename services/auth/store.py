@@ -153,14 +153,22 @@ class AuthStore:
         return _times(await self.users.find_one({"email_lc": email_lc}))
 
     async def update_user(
-        self, user_id: str, set_: Mapping[str, Any], unset: Sequence[str] = ()
+        self,
+        user_id: str,
+        set_: Mapping[str, Any],
+        unset: Sequence[str] = (),
+        raise_stamp: bool = False,
     ) -> Doc | None:
-        """The user after the change; DuplicateError on a taken username or e-mail."""
+        """The user after the change; DuplicateError on a taken username or e-mail.
+        ``raise_stamp``: the account's ``security_stamp`` goes up in the same write
+        (services.auth.sessions.security_stamp)."""
         update: Doc = {}
         if set_:
             update["$set"] = dict(set_)
         if unset:
             update["$unset"] = {k: "" for k in unset}
+        if raise_stamp:
+            update["$inc"] = {"security_stamp": 1}
         try:
             return _times(
                 await self.users.find_one_and_update(
@@ -169,6 +177,10 @@ class AuthStore:
             )
         except DuplicateKeyError:
             raise DuplicateError from None
+
+    async def raise_security_stamp(self, user_id: str) -> Doc | None:
+        """Raise the account's ``security_stamp`` (absent: 0); the user after."""
+        return await self.update_user(user_id, {}, raise_stamp=True)
 
     async def advance_totp_step(self, user_id: str, step: int) -> bool:
         """Record the TOTP time step just used; False if it (or a later one) was used."""

@@ -298,6 +298,7 @@ async def begin_login(
             "device": device or "",
             "device_id": str(device_id or ""),
             "pw": str(sessions.password_stamp(user)),
+            "ss": str(sessions.security_stamp(user)),
         },
         svc.config.challenge_ttl_s,
     )
@@ -385,6 +386,12 @@ async def check_challenge(
         or user["blocked"]
         # Opened with a password that has changed since (sessions.password_stamp).
         or challenge.get("pw", "None") != str(sessions.password_stamp(user))
+        # Opened before the account's sessions were ended (sessions.security_stamp;
+        # a challenge from before the stamp existed has none: 0).
+        or challenge.get("ss", "0") != str(sessions.security_stamp(user))
+        # The factor it answers was turned off since (TOTP off: the code cannot be
+        # checked; e-mail codes off: the code mailed before must not count).
+        or body.method not in methods(user)
     ):
         await svc.store.eph_delete(CHALLENGE, key)
         await svc.limiter.release(CODE_RULE, user_id)

@@ -20,7 +20,7 @@ from services.common.auth import (
 )
 from services.common.config import Settings
 from services.common.errors import ApiError
-from tests.auth.helpers import PASSWORD, AuthApi, unique_name
+from tests.auth.helpers import PASSWORD, AuthApi, code_in, unique_name
 from tests.support.aio import eventually
 
 
@@ -293,3 +293,73 @@ async def test_the_audit_route_filters_and_pages_the_shared_log(
         assert (status, err["error"]["code"]) == (422, "validation_failed"), query
         assert err["error"]["details"][0]["field"] == field
     assert await auth.audit.count_documents({}) == before
+
+
+async def test_an_address_change_ends_what_was_mailed_to_the_old_address(
+    auth: AuthApi, admin: dict[str, Any]
+) -> None:
+    """Before: a reset link (and an e-mail-code enrolment) mailed to the old address
+    kept working after an admin changed the account's address: whoever read the old
+    mailbox (the reason for the change, often) could reset the password."""
+    user = await auth.signup()
+    uid, old = user["user"]["user_id"], user["email"]
+    await auth.call("POST", "/auth/v1/password/reset", {"email": old}, status=202)
+    await auth.service.drain()
+    [reset_mail] = await auth.mail_to(old)
+    reset_token = reset_mail.split("reset token: ")[1].split()[0]
+    await auth.call(
+        "POST", "/auth/v1/2fa/email/setup", {"password": PASSWORD},
+        token=user["access_token"], status=202,
+    )  # fmt: skip
+    [_, setup_mail] = await auth.mail_to(old, after=1)
+    new = f"{unique_name('moved')}@example.test"
+    await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{uid}", {"email": new},
+        token=admin["access_token"], status=200,
+    )  # fmt: skip
+    status, err = await auth.call(
+        "POST", "/auth/v1/2fa/email/confirm", {"code": code_in(setup_mail)},
+        token=user["access_token"],
+    )  # fmt: skip
+    assert status == 401 and err["error"]["code"] == "challenge_expired", (status, err)
+    body = {"token": reset_token, "new_password": "a brand new passphrase"}
+    status, err = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
+    assert status == 401 and err["error"]["code"] == "invalid_token", (status, err)
+    assert "access_token" in await auth.login(user["user"]["username"])  # the password stays
+
+
+async def test_a_reset_mailed_while_the_address_changed_does_not_work(
+    auth: AuthApi, admin: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reset read the account (its old address) before an admin changed it, and
+    was stored after the change dropped the pending ones: it went to the old
+    address and worked. A reset keeps the address it is mailed to now, and works
+    only while the account has it."""
+    user = await auth.signup()
+    uid, old = user["user"]["user_id"], user["email"]
+    store = auth.service.store
+    insert_password_reset = store.insert_password_reset
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(doc: dict[str, Any]) -> None:
+        reached.set()
+        await gate.wait()  # the account read (old address); the reset not stored yet
+        await insert_password_reset(doc)
+
+    monkeypatch.setattr(store, "insert_password_reset", held)
+    await auth.call("POST", "/auth/v1/password/reset", {"email": old}, status=202)
+    await reached.wait()
+    new = f"{unique_name('moved')}@example.test"
+    await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{uid}", {"email": new},
+        token=admin["access_token"], status=200,
+    )  # fmt: skip
+    gate.set()
+    await auth.service.drain()
+    [reset_mail] = await auth.mail_to(old)
+    body = {
+        "token": reset_mail.split("reset token: ")[1].split()[0],
+        "new_password": "a brand new passphrase",
+    }
+    status, err = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
+    assert status == 401 and err["error"]["code"] == "invalid_token", (status, err)

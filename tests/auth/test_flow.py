@@ -11,7 +11,15 @@ import orjson
 import pyotp
 import pytest
 
-from services.common.auth import TokenVerifier, device_revocation_key, revocation_channel
+from services.auth import admin
+from services.auth.models import AdminUserPatch, BlockRequest
+from services.auth.state import Caller
+from services.common.auth import (
+    Claims,
+    TokenVerifier,
+    device_revocation_key,
+    revocation_channel,
+)
 from services.common.config import Settings
 from tests.auth.helpers import PASSWORD, AuthApi, code_in, unique_name
 from tests.support.aio import eventually
@@ -359,6 +367,46 @@ async def test_a_sign_in_raced_with_a_password_reset_gets_no_session(
     gate.set()
     status, err = await thief
     assert (status, err["error"]["code"]) == (401, "invalid_credentials")
+    live = [d async for d in auth.db["sessions"].find({"user_id": uid, "revoked_at": None})]
+    assert live == []
+
+
+@pytest.mark.parametrize("change", ["block", "roles"])
+async def test_a_sign_in_raced_with_a_block_or_a_role_change_gets_no_session(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A login read the account (an admin, not blocked), checked the password, and
+    opened its session after an admin had blocked the account, or taken its admin
+    role, and ended every session it found: the session survived it (only the
+    password was compared once it was in), its access token carrying the admin role
+    taken away. It is refused and ended now."""
+    user = await auth.signup()
+    uid, name = user["user"]["user_id"], user["user"]["username"]
+    svc = auth.service
+    await svc.store.update_user(uid, {"roles": ["user", "admin"]})
+    acting = Claims(sub=secrets.token_hex(16), sid="s", roles=("user", "admin"), jti="j", exp=0)
+    store = svc.store
+    insert_session = store.insert_session
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(doc: dict[str, object]) -> None:
+        reached.set()
+        await gate.wait()  # the password checked; the session not in yet
+        await insert_session(doc)
+
+    monkeypatch.setattr(store, "insert_session", held)
+    signing_in = asyncio.create_task(
+        auth.call("POST", "/auth/v1/login", {"username": name, "password": PASSWORD})
+    )
+    await reached.wait()
+    if change == "block":
+        await admin.block_user(svc, acting, Caller(ip="127.0.0.1"), uid, BlockRequest(reason="x"))
+    else:
+        patch = AdminUserPatch.model_validate({"roles": ["user"]})
+        await admin.edit_user(svc, acting, Caller(ip="127.0.0.1"), uid, patch)
+    gate.set()
+    status, body = await signing_in
+    assert status == 401 and body["error"]["code"] == "invalid_credentials", body
     live = [d async for d in auth.db["sessions"].find({"user_id": uid, "revoked_at": None})]
     assert live == []
 

@@ -7,6 +7,7 @@ the browser a cookie jar, as in test_oidc_through_lb.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import socket
@@ -557,3 +558,173 @@ async def test_authlib_client_sees_the_errors(op: OP) -> None:
         )
     assert caught.value.error == "invalid_grant"
     await oauth.aclose()
+
+
+NEW_PASSWORD = "a brand new passphrase"
+
+
+async def parley_login(op: OP, user: dict[str, Any]) -> dict[str, Any]:
+    """A Parley session of ``user`` (``/auth/v1/login``), as the web app opens one."""
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        resp = await http.post(
+            "/auth/v1/login", json={"username": user["username"], "password": PASSWORD}
+        )
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def end_sessions(op: OP, user: dict[str, Any], how: str) -> None:
+    """The owner (or an admin) ends the account's sessions, each way there is."""
+    from services.auth import admin
+    from services.auth.models import AdminUserPatch, PasswordResetConfirm
+    from services.auth.tokens import digest
+
+    if how == "reset":
+        token, now = f"reset-{unique_name()}", op.svc.now()
+        await op.svc.store.insert_password_reset(
+            {"_id": digest(token), "user_id": user["_id"], "email_lc": user["email_lc"],
+             "created_at": now, "expires_at": now + timedelta(minutes=5), "used_at": None}
+        )  # fmt: skip
+        confirm = PasswordResetConfirm(token=token, new_password=NEW_PASSWORD)
+        await accounts.confirm_reset(op.svc, confirm, _caller())
+        return
+    if how == "roles":
+        patch = AdminUserPatch.model_validate({"roles": ["user", "admin"]})
+        await admin.edit_user(op.svc, op.admin, _caller(), user["_id"], patch)
+        return
+    tokens = await parley_login(op, user)
+    async with httpx.AsyncClient(base_url=op.base, headers=bearer(tokens["access_token"])) as http:
+        if how == "change":
+            resp = await http.post(
+                "/auth/v1/password",
+                json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+            )
+            assert resp.status_code == 204, resp.text
+        elif how == "end_others":
+            resp = await http.delete("/auth/v1/sessions")
+            assert resp.status_code == 200, resp.text
+        else:
+            assert how == "admin_revoke"
+            await admin.revoke_user_session(
+                op.svc, op.admin, _caller(), user["_id"], tokens["session_id"]
+            )
+
+
+@pytest.mark.parametrize("how", ["reset", "change", "end_others"])
+async def test_a_code_issued_before_the_sessions_were_ended_opens_nothing(op: OP, how: str) -> None:
+    """Before: a code kept no trace of the sign-in that gave it, and its exchange read
+    the account again and compared that read with itself. Whoever had the password
+    or the provider's cookie could ask for a code every 50 s (``prompt=none``), and
+    after the owner's reset (every session ended, the cookie dead) exchange the last
+    one for a new session and refresh token. The code keeps the password stamp and
+    the security stamp now, and is refused (``invalid_grant``) once either changed."""
+    rp = await op.client()
+    user = await op.user()
+    _, callback, verifier, _ = await code_for(op, rp, user)
+    await end_sessions(op, user, how)
+    resp = await token_call(rp, grant(rp, callback, verifier))
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant", resp.text
+    live = await op.svc.store.live_sessions(user["_id"], op.svc.now())
+    assert [s for s in live if s.get("client_id") == rp.client_id] == []
+
+
+async def test_a_code_exchange_raced_with_a_password_reset_opens_nothing(
+    op: OP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange read the account (old password), then the reset wrote the new one
+    and ended every session it found, then the exchange's session went in: refused
+    and ended as a sign-in's is, answered as an OAuth error (it was the service's
+    error model, 401 ``invalid_credentials``, which no OAuth client understands)."""
+    rp = await op.client()
+    user = await op.user()
+    _, callback, verifier, _ = await code_for(op, rp, user)
+    store = op.svc.store
+    insert_session = store.insert_session
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(doc: dict[str, Any]) -> None:
+        reached.set()
+        await gate.wait()  # the code checked; the session not in yet
+        await insert_session(doc)
+
+    monkeypatch.setattr(store, "insert_session", held)
+    exchange = asyncio.create_task(token_call(rp, grant(rp, callback, verifier)))
+    await reached.wait()
+    monkeypatch.setattr(store, "insert_session", insert_session)
+    await end_sessions(op, user, "reset")
+    gate.set()
+    resp = await exchange
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant", resp.text
+    assert await op.svc.store.live_sessions(user["_id"], op.svc.now()) == []
+
+
+async def signed_in_browser(op: OP, rp: RelyingParty, user: dict[str, Any]) -> Browser:
+    """A browser that signed in at the provider (its cookie kept)."""
+    _, url, _, _ = rp.start()
+    browser = Browser(op.base)
+    page = await browser.follow(await browser.get(url), rp.redirect_uri)
+    back = await browser.sign_in(page, user["username"], PASSWORD, rp.redirect_uri)
+    assert back.status_code == 302 and "code" in parse_qs(urlsplit(back.headers["location"]).query)
+    return browser
+
+
+async def silent_authorization(browser: Browser, rp: RelyingParty) -> dict[str, list[str]]:
+    """``prompt=none`` with the browser's cookie: the callback's query."""
+    _, url, _, _ = rp.start(prompt="none")
+    resp = await browser.follow(await browser.get(url), rp.redirect_uri)
+    assert resp.status_code == 302, resp.text[:300]
+    return parse_qs(urlsplit(resp.headers["location"]).query)
+
+
+@pytest.mark.parametrize("how", ["end_others", "admin_revoke", "roles"])
+async def test_ending_the_sessions_ends_the_providers_sign_in(op: OP, how: str) -> None:
+    """Before: "end my other sessions", an admin's revoke and a role change ended the
+    sessions but not the provider's sign-in cookie (it checked the block and the
+    password only): whoever held it opened a new session at once with
+    ``prompt=none``, for the rest of its 30 minutes. Now: ``login_required``."""
+    rp = await op.client()
+    user = await op.user()
+    browser = await signed_in_browser(op, rp, user)
+    try:
+        assert "code" in await silent_authorization(browser, rp)
+        await end_sessions(op, user, how)
+        after = await silent_authorization(browser, rp)
+        assert after.get("error") == ["login_required"], after
+    finally:
+        await browser.close()
+
+
+async def test_a_scope_taken_from_a_client_is_gone_from_its_sessions_tokens(op: OP) -> None:
+    """Before: a refresh gave the scope granted at the start, whatever the client may
+    have now: an admin who took ``email`` (or ``parley.api``) from a client left
+    every session of it with that scope, for as long as it was refreshed. Now the
+    next refresh gives only what the client may still have; asking for the rest is
+    ``invalid_scope`` (the token kept); with nothing left, the session ends."""
+    rp = await op.client()
+    rp.scope = "openid profile email"
+    user = await op.user()
+    _, callback, verifier, _ = await code_for(op, rp, user)
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    assert set(tokens["scope"].split()) == {"openid", "profile", "email"}
+    patch = ClientPatch.model_validate({"scopes": ["openid", "profile"]})
+    await clients.update(op.svc, op.admin, _caller(), rp.client_id, patch)
+    body = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+            "client_id": rp.client_id}  # fmt: skip
+    asked = await token_call(rp, {**body, "scope": "openid email"})
+    assert asked.status_code == 400 and asked.json()["error"] == "invalid_scope", asked.text
+    fresh = await token_call(rp, body)  # the same token: kept by the refusal
+    assert fresh.status_code == 200, fresh.text
+    assert set(fresh.json()["scope"].split()) == {"openid", "profile"}
+    async with httpx.AsyncClient() as http:
+        info = await http.get(
+            rp.meta["userinfo_endpoint"], headers=bearer(fresh.json()["access_token"])
+        )
+    assert info.status_code == 200 and "email" not in info.json()
+    assert info.json()["preferred_username"] == user["username"]
+    # Nothing left of what was granted: the session ends.
+    patch = ClientPatch.model_validate({"scopes": ["roles"]})
+    await clients.update(op.svc, op.admin, _caller(), rp.client_id, patch)
+    gone = await token_call(rp, {**body, "refresh_token": fresh.json()["refresh_token"]})
+    assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
+    assert await op.svc.store.live_sessions(user["_id"], op.svc.now()) == []

@@ -188,3 +188,52 @@ async def test_a_challenge_opened_with_a_password_changed_since_is_over(auth: Au
         {"challenge_id": again, "method": "recovery", "code": recovery[0]}, status=200,
     )  # fmt: skip
     assert "access_token" in tokens
+
+
+async def test_an_old_challenge_answered_after_its_factor_was_turned_off_is_over(
+    auth: AuthApi,
+) -> None:
+    """Before: the answer was checked against a factor no longer on (TOTP's secret
+    gone): an undocumented 409 ``conflict``, the attempt's place in the account's
+    code-failure window kept (a failure counted toward a lockout), and the challenge
+    left to be answered again. Now the challenge is over (``challenge_expired``),
+    deleted, and the place given back."""
+    user = await auth.signup()
+    uid, name = user["user"]["user_id"], user["user"]["username"]
+    totp, _ = await enrol_totp(auth, user)
+    challenge = (await auth.login(name))["challenge_id"]
+    await auth.call(
+        "POST", "/auth/v1/2fa/totp/disable", {"password": PASSWORD},
+        token=user["access_token"], status=204,
+    )  # fmt: skip
+    answer = {"challenge_id": challenge, "method": "totp", "code": totp.now()}
+    status, err = await auth.call("POST", "/auth/v1/login/2fa", answer)
+    assert (status, err["error"]["code"]) == (401, "challenge_expired"), err
+    window = auth.service.limiter.key("code_failures", uid)
+    assert int(await auth.redis.get(window) or 0) == 0
+    status, err = await auth.call("POST", "/auth/v1/login/2fa", answer)
+    assert (status, err["error"]["code"]) == (401, "challenge_expired")
+    assert "access_token" in await auth.login(name)  # no factor left: tokens at once
+
+
+async def test_a_challenge_opened_before_the_other_sessions_were_ended_is_over(
+    auth: AuthApi,
+) -> None:
+    """Someone with the password (and a recovery code) was answering a challenge when
+    the owner ended every other session: the challenge still opened a session. It is
+    over now (the account's security stamp went up), and the code is not spent."""
+    user = await auth.signup()
+    name = user["user"]["username"]
+    _, recovery = await enrol_totp(auth, user)
+    challenge = (await auth.login(name))["challenge_id"]
+    await auth.call("DELETE", "/auth/v1/sessions", token=user["access_token"], status=200)
+    status, err = await auth.call(
+        "POST", "/auth/v1/login/2fa",
+        {"challenge_id": challenge, "method": "recovery", "code": recovery[0]},
+    )  # fmt: skip
+    assert status == 401 and err["error"]["code"] == "challenge_expired", err
+    again = (await auth.login(name))["challenge_id"]
+    await auth.call(
+        "POST", "/auth/v1/login/2fa",
+        {"challenge_id": again, "method": "recovery", "code": recovery[0]}, status=200,
+    )  # fmt: skip

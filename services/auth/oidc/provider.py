@@ -7,8 +7,9 @@ https; SameSite=Lax so that a client's redirect to ``/authorize`` carries it).
 Redis keeps ``{user_id, auth_time, amr}`` under its SHA-256 for
 ``PARLEY_OIDC_LOGIN_SESSION_TTL_S`` (30 minutes, absolute). Within that time
 another authorization needs no password. It ends at end-session, at its
-expiry, and as soon as the account is blocked or its password changes
-(checked at every use).
+expiry, and as soon as the account is blocked, its password changes or its
+sessions are ended together (its security stamp goes up: "end my other
+sessions", an admin's revoke, a role change), checked at every use.
 
 **Pending request**: while the user signs in or consents, the authorization
 request's parameters wait in Redis under a random id (``request`` in the
@@ -132,7 +133,7 @@ class Provider:
         token = new_token()
         value = {
             "user_id": user["_id"], "auth_time": int(self.svc.now().timestamp()), "amr": amr,
-            "pw": sessions.password_stamp(user),
+            "pw": sessions.password_stamp(user), "ss": sessions.security_stamp(user),
         }  # fmt: skip
         ttl = self.svc.config.oidc_login_session_ttl_s
         await self.svc.store.eph_json_put(LOGIN, digest(token), value, ttl)
@@ -153,6 +154,10 @@ class Provider:
             # The password the sign-in was checked against has changed since (whole
             # seconds of ``auth_time`` let a sign-in raced with a reset through).
             or value.get("pw") != sessions.password_stamp(user)
+            # The account's sessions were ended since ("end my other sessions", an
+            # admin's revoke, a role change: sessions.security_stamp; a cookie from
+            # before the stamp existed has none: 0).
+            or value.get("ss", 0) != sessions.security_stamp(user)
         ):
             await self.sign_out(token)
             return None

@@ -245,6 +245,13 @@ def _oauth_error(exc: ApiError) -> InvalidGrantError:
     return InvalidGrantError(exc.message)
 
 
+def allowed_scope(granted: str, client: Client) -> str:
+    """What of a scope granted earlier the client may still have: an admin may have
+    taken scopes from it since (``clients.update``). Tokens from a code or a refresh
+    carry only these."""
+    return " ".join(s for s in scope_to_list(granted) or [] if s in client.scopes)
+
+
 class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
     server: ParleyServer
@@ -259,11 +266,22 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         """Nothing to do: ``use_code`` consumed it atomically."""
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> dict[str, Any] | None:
-        user = self.server.run(self.server.svc.store.user_by_id(authorization_code.doc["user_id"]))
+        doc = authorization_code.doc
+        user = self.server.run(self.server.svc.store.user_by_id(doc["user_id"]))
         if user is None:
             return None
         if user["blocked"]:
             raise InvalidGrantError("This account is blocked.")
+        # The sign-in that gave the code, against the account now: a code issued
+        # before a password change or reset, or before the account's sessions were
+        # ended, opens nothing (a code stored before these were kept: the initial
+        # security stamp, the password not compared).
+        if ("pw" in doc and doc["pw"] != sessions.password_stamp(user)) or int(
+            doc.get("ss") or 0
+        ) != sessions.security_stamp(user):
+            raise InvalidGrantError(
+                "The account's sessions were ended since this code was issued: sign in again."
+            )
         return user
 
     def generate_token(
@@ -276,9 +294,16 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
     ) -> dict[str, Any]:
         request: OAuthRequest = self.request
         code: AuthorizationCode = request.authorization_code
-        return self.server.run(
-            self.server.open_grant(request, user, str(scope), code, include_refresh_token)
-        )
+        try:
+            return self.server.run(
+                self.server.open_grant(request, user, str(scope), code, include_refresh_token)
+            )
+        except ApiError as exc:
+            # The session refused once stored (the account changed meanwhile:
+            # sessions.open_session): an OAuth error, not the service's error model.
+            if exc.code == ErrorCode.RATE_LIMITED:
+                raise
+            raise _oauth_error(exc) from None
 
     def save_token(self, token: dict[str, Any]) -> None:
         self.server.run(self.server.link_code(self.request))
@@ -300,7 +325,15 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
             if exc.code == ErrorCode.RATE_LIMITED:
                 raise
             raise _oauth_error(exc) from None
-        granted = str(session.get("scope") or "")
+        # What was granted, less what the client may no longer have (an admin took
+        # a scope from it since): the new tokens lack it.
+        granted = allowed_scope(str(session.get("scope") or ""), client)
+        if not granted:
+            # Nothing the client may still have: the session is of no use.
+            self.server.run(
+                sessions.revoke(self.server.svc, user["_id"], session["_id"], "scope_removed")
+            )
+            raise InvalidGrantError("The client may no longer have any of the scope granted.")
         asked = request.payload.scope
         if asked and not set(scope_to_list(granted) or []).issuperset(scope_to_list(asked)):
             # Authlib refuses it after this hook (invalid_scope), with the token used
@@ -455,6 +488,10 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
                 "nonce": data.get("nonce"),
                 "auth_time": request.auth_time,
                 "amr": request.amr,
+                # Which password and security stamp the sign-in had: the code opens
+                # nothing once either changed (CodeGrant.authenticate_user).
+                "pw": sessions.password_stamp(request.user),
+                "ss": sessions.security_stamp(request.user),
                 "code_challenge": data.get("code_challenge"),
                 "code_challenge_method": data.get("code_challenge_method"),
                 "created_at": now,
@@ -512,6 +549,10 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
         include_refresh_token: bool,
     ) -> dict[str, Any]:
         client: Client = request.client
+        # A scope taken from the client since the code was issued is not given.
+        scope = allowed_scope(scope, client)
+        if not scope:
+            raise InvalidGrantError("The client may no longer have any of the scope granted.")
         amr = code.get_amr()
         sid = await sessions.open_session(
             self.svc,
