@@ -51,6 +51,7 @@ class TokenRefused(ApiError):
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.UNAVAILABLE, message)
 
+
 Fetch = Callable[[Sequence[str], str], Awaitable[dict[str, V]]]
 """Answers for keys, asked with a caller's bearer token: every key asked is in the
 answer (or it raises for all of them)."""
