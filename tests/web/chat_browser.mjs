@@ -149,6 +149,16 @@ async function writeRows(page, puts, deletes) {
 
 try {
   const ctx = await browser.newContext({ viewport: { width: 1200, height: 780 } });
+  // Every IndexedDB write transaction the page opens, with its durability (the vault
+  // asks for "strict": on the disk, not only handed to the OS, before acks follow).
+  await ctx.addInitScript(() => {
+    const open = IDBDatabase.prototype.transaction;
+    window.__idbWrites = [];
+    IDBDatabase.prototype.transaction = function (names, mode, options) {
+      if (mode === "readwrite") window.__idbWrites.push(options?.durability ?? "default");
+      return open.call(this, names, mode, options);
+    };
+  });
   const page = await ctx.newPage();
   const errors = [];
   const wsErrors = []; // error frames the gateway sent the page
@@ -333,6 +343,12 @@ try {
   // "Play" reads a message aloud on this device (speechSynthesis): the button is there and labelled.
   await page.getByRole("button", { name: `Play message: ${offline.slice(0, 40)}` }).click();
   await shot(page, "chat-conversation");
+
+  step("every vault write so far asked for strict durability");
+  const writes = await page.evaluate(() => window.__idbWrites);
+  if (writes.length < 10 || writes.some((d) => d !== "strict")) {
+    throw new Error(`vault writes not strict: ${JSON.stringify([...new Set(writes)])} of ${writes.length}`);
+  }
 
   step("a reload: the passphrase alone reopens the session (the vault holds the refresh token)");
   await page.reload();

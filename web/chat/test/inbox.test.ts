@@ -89,6 +89,25 @@ describe('a message from a device not seen yet', () => {
   });
 });
 
+describe("a new contact's name", () => {
+  it('that could not be looked up is looked up again at its next message', async () => {
+    // Audit finding: the id's first characters were saved as the contact's name when
+    // the auth service did not answer at its first message, and never looked up again.
+    const { server, bob, alice } = await people();
+    await connected(bob, server);
+    server.usersDown = true;
+    server.push(await alice.message(server, 'first'));
+    await until('read', () => texts(bob, alice).length === 1);
+    const id = alice.user.user_id;
+    expect(bob.contacts().find((c) => c.user_id === id)?.username).toBe(id.slice(0, 8));
+    server.usersDown = false;
+    server.push(await alice.message(server, 'second'));
+    await until('read', () => texts(bob, alice).length === 2);
+    expect(bob.contacts().find((c) => c.user_id === id)?.username).toBe(alice.user.username);
+    expect(bob.contacts().find((c) => c.user_id === id)?.unnamed).toBeUndefined();
+  });
+});
+
 describe('a sync pages by its own cursor', () => {
   it('a message pushed during the first sync skips nothing, and nothing is acknowledged unread', async () => {
     // Before: the next page started after the highest seq processed, the push's (501):

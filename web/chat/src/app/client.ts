@@ -226,6 +226,10 @@ export interface Contact {
    * no conversation: not in the conversations list until a message is exchanged (or it
    * is added by name). Absent: listed (every contact before this flag was one). */
   listed?: false;
+  /** true: its name could not be looked up when it was made (the auth service did not
+   * answer): shown by its id's first characters, and looked up again at its next
+   * message (kept, the hex stood for the name for good). */
+  unnamed?: true;
 }
 
 export interface HistoryEntry {
@@ -740,7 +744,9 @@ export class ParleyClient {
       const contacts = tx.get<Contact[]>('contacts') ?? [];
       const have = new Set(contacts.map((c) => c.user_id));
       for (const user of fresh) {
-        if (!have.has(user)) contacts.push({ user_id: user, username: this.#names.get(user) ?? user.slice(0, 8), listed: false });
+        if (have.has(user)) continue;
+        const name = this.#names.get(user);
+        contacts.push({ user_id: user, username: name ?? user.slice(0, 8), listed: false, ...(name === undefined ? { unnamed: true as const } : {}) });
       }
       tx.put('contacts', contacts);
     });
@@ -749,14 +755,21 @@ export class ParleyClient {
   async #ensureContact(userId: string, username?: string, listed = false): Promise<void> {
     await this.#ref(userId);
     const known = this.contacts().find((c) => c.user_id === userId);
-    if (known && (!username || known.username === username) && !(listed && known.listed === false)) return;
-    const name = username ?? known?.username ?? (await this.api.user(userId).then((u) => u.username).catch(() => userId.slice(0, 8)));
+    if (known && !known.unnamed && (!username || known.username === username) && !(listed && known.listed === false)) return;
+    let name = username ?? (known?.unnamed ? undefined : known?.username);
+    if (name === undefined) {
+      name = await this.api.user(userId).then((u) => u.username).catch(() => undefined);
+      if (name === undefined && known) return; // still no answer: asked again at the next message
+    }
+    const unnamed = name === undefined;
+    const shown = name ?? userId.slice(0, 8);
+    if (!unnamed) this.#names.set(userId, shown);
     await this.#transaction(async (tx) => {
       const before = tx.get<Contact[]>('contacts') ?? [];
       const was = before.find((c) => c.user_id === userId);
       const hidden = !listed && (was === undefined || was.listed === false);
       const contacts = before.filter((c) => c.user_id !== userId);
-      contacts.push({ user_id: userId, username: name, ...(hidden ? { listed: false as const } : {}) });
+      contacts.push({ user_id: userId, username: shown, ...(hidden ? { listed: false as const } : {}), ...(unnamed ? { unnamed: true as const } : {}) });
       tx.put('contacts', contacts);
     });
   }
@@ -811,10 +824,12 @@ export class ParleyClient {
 
   /** A user's name (a contact's, or asked once of the server). */
   async nameOf(userId: string): Promise<string> {
-    const known = this.contacts().find((c) => c.user_id === userId)?.username ?? this.#names.get(userId);
+    const contact = this.contacts().find((c) => c.user_id === userId);
+    const known = (contact?.unnamed ? undefined : contact?.username) ?? this.#names.get(userId);
     if (known !== undefined) return known;
     await this.accessToken();
-    const name = await this.api.user(userId).then((u) => u.username, () => userId.slice(0, 8));
+    const name = await this.api.user(userId).then((u) => u.username, () => undefined);
+    if (name === undefined) return userId.slice(0, 8); // not kept: asked again next time
     this.#names.set(userId, name);
     return name;
   }

@@ -3,7 +3,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { Api, type Challenge, type Room, loadApiOrigin } from './api.ts';
 import { type ClientEvent, type HistoryEntry, NeedsLink, ParleyClient, SafetyNumberChanged } from './client.ts';
 import { Drafts, failedSend, holding } from './composer.ts';
-import { hourMinute } from './format.ts';
+import { hourMinute, localVoice } from './format.ts';
 import { useShown } from './earlier.ts';
 import { newest } from './history.ts';
 import { LinkCancelled, defaultDeviceName } from './devices.ts';
@@ -465,10 +465,17 @@ function Reset(props: { go: (s: Screen) => void }) {
   );
 }
 
-function speak(text: string) {
-  // Spoken by the browser on this device: the text never leaves it.
+/** Read `text` aloud with one of the device's own voices (a network voice would send
+ * the text away); false when there is none. */
+function speak(text: string): boolean {
+  const voice = localVoice(speechSynthesis.getVoices(), navigator.language);
+  if (voice === null) return false;
   speechSynthesis.cancel();
-  speechSynthesis.speak(new SpeechSynthesisUtterance(text));
+  const utterance = new SpeechSynthesisUtterance(text);
+  utterance.voice = voice;
+  utterance.lang = voice.lang;
+  speechSynthesis.speak(utterance);
+  return true;
 }
 
 const STATUS_LABEL: Record<string, string> = {
@@ -481,6 +488,7 @@ const STATUS_LABEL: Record<string, string> = {
 
 function Entry(props: { entry: HistoryEntry; name: string; client: ParleyClient; peer: string }) {
   const e = props.entry;
+  const [noVoice, setNoVoice] = useState(false);
   const time = hourMinute(e.at);
   if (e.dir === 'system') {
     return (
@@ -500,10 +508,11 @@ function Entry(props: { entry: HistoryEntry; name: string; client: ParleyClient;
           </span>
         )}
         {e.kind === 'message' && (
-          <button type="button" class="play" aria-label={`Play message: ${e.text.slice(0, 40)}`} onClick={() => speak(e.text)}>
+          <button type="button" class="play" aria-label={`Play message: ${e.text.slice(0, 40)}`} onClick={() => setNoVoice(!speak(e.text))}>
             ▶ Play
           </button>
         )}
+        {noVoice && <span role="status">No voice on this device to read it with</span>}
         <MessageActions client={props.client} peer={props.peer} entry={e} />
       </div>
     </li>

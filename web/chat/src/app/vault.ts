@@ -23,6 +23,11 @@ const DB_NAME = 'parley-chat';
 const STORE = 'records';
 export const PBKDF2_ITERATIONS = 600_000;
 const CHECK = 'parley-web vault v1';
+/** Writes are on the disk when their transaction completes, not only handed to the OS
+ * (browsers default to `relaxed`): an ack, a reply or an outbox send follows a write at
+ * once, and a power loss must not take back a ratchet step or a message the server
+ * was told is stored (the Python SDK's SQLite runs `synchronous=FULL` for the same). */
+const DURABLE: IDBTransactionOptions = { durability: 'strict' };
 
 export class WrongPassphrase extends Error {
   override name = 'WrongPassphrase';
@@ -96,7 +101,7 @@ export class Vault {
     const [aes, ref] = await deriveKeys(passphrase, salt, PBKDF2_ITERATIONS);
     const vault = new Vault(username, aes, ref);
     const db = await database();
-    const tx = db.transaction(STORE, 'readwrite');
+    const tx = db.transaction(STORE, 'readwrite', DURABLE);
     const store = tx.objectStore(STORE);
     const range = IDBKeyRange.bound(`${username}/`, `${username}/\uffff`);
     store.delete(range);
@@ -164,7 +169,7 @@ export class Vault {
       sealed.push([name, value === undefined ? undefined : await this.#seal(name, utf8(JSON.stringify(value)))]);
     }
     const db = await database();
-    const tx = db.transaction(STORE, 'readwrite');
+    const tx = db.transaction(STORE, 'readwrite', DURABLE);
     const store = tx.objectStore(STORE);
     for (const [name, value] of sealed) {
       if (value === undefined) store.delete(`${this.username}/${name}`);

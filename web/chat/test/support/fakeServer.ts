@@ -260,6 +260,8 @@ export class FakeServer {
   moderationDown = false;
   /** `GET /keys/v1/users/{id}/devices` answers 503 (the key directory is down). */
   listsDown = false;
+  /** `GET /auth/v1/users/{id}` answers 503 (the auth service is down). */
+  usersDown = false;
   moderationCalls = 0;
   #moderation: { kid: string; pair: CryptoKeyPair; public_key: string } | null = null;
 
@@ -281,6 +283,7 @@ export class FakeServer {
       });
     }
     if (method === 'GET' && parts[0] === 'auth' && parts[2] === 'users') {
+      if (this.usersDown) return refusal(503, 'service_unavailable');
       const user = this.users.get(decodeURIComponent(parts[3] ?? ''));
       return user ? json(200, user) : refusal(404, 'user_not_found');
     }
