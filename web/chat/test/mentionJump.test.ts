@@ -13,6 +13,7 @@ import {
   JUMP_MAX_MESSAGES,
   JUMP_MAX_PAGES,
   JUMP_PAGE,
+  readDownTo,
   type TimelinePage,
 } from '../src/app/rooms.ts';
 
@@ -232,5 +233,45 @@ describe('what the status line says', () => {
     expect(heldNote('held')).toBe('');
     expect(heldNote('pending')).toBe("That message is on this browser but cannot be read yet: it waits for its sender's key.");
     expect(heldNote('absent')).toMatch(/^That message is not on this browser: .* sent before this browser joined the room\)\.$/);
+  });
+});
+
+describe('posts written while the view missed their live frames (offline, a resync)', () => {
+  // Audit finding: the view never read its timeline again after a reconnect, so posts
+  // 101-600 never showed, and a mention of post 150 read only the newest page (401-600)
+  // and said the post was gone.
+  it('a jump to a post in the gap pages down from the newest until it holds it', async () => {
+    const r = room(600);
+    const loaded = (await r.read(101)).messages.slice(-50); // 51..100: what was shown
+    const view = new Map(loaded.map((m) => [m.seq, m]));
+    const result = await findPost<Post>({
+      seq: 150,
+      loaded,
+      nextBefore: 51,
+      read: (before) => r.read(before, 200),
+      onPage: (page) => {
+        for (const m of page.messages) view.set(m.seq, m);
+      },
+    });
+    expect(result.outcome).toBe('found');
+    expect(view.has(150)).toBe(true);
+    expect(r.calls.slice(-3)).toEqual([null, 401, 201]);
+  });
+
+  it('the gap is read down to what is shown, and no further', async () => {
+    const r = room(600);
+    const got = new Set<number>();
+    const down = await readDownTo<Post>({ top: 100, read: (before) => r.read(before, 200), onPage: (page) => page.messages.forEach((m) => got.add(m.seq)) });
+    expect(down.outcome).toBe('reached');
+    // Three pages of 200 (401-600, 201-400, 1-200): the last one meets post 101.
+    expect(r.calls).toEqual([null, 401, 201]);
+    expect(got.size).toBe(600);
+  });
+
+  it('a post newer than every loaded one but not in the gap is missing', async () => {
+    const r = room(600, [150]);
+    const loaded = (await r.read(101)).messages.slice(-50);
+    const result = await findPost<Post>({ seq: 150, loaded, nextBefore: 51, read: (before) => r.read(before, 200), onPage: () => undefined });
+    expect(result.outcome).toBe('missing');
   });
 });

@@ -291,6 +291,7 @@ export type ClientEvent =
   | { type: 'notification'; notice: W.Notification }
   | { type: 'show_message'; room: string } // a room's view is asked to show a message (takeShowRequest)
   | { type: 'removed'; peer: string; serverId: string; by: 'sender' | 'admin' }
+  | { type: 'resync' } // the server lost frames it meant to push: live views read again
   | { type: 'changed' };
 
 /** This browser's preferences for the account (the vault's `settings` row). */
@@ -2804,8 +2805,10 @@ export class ParleyClient {
         void this.topUp().catch((e: unknown) => this.#emit({ type: 'error', code: 'prekeys', message: `Could not upload new prekeys: ${String(e)}` }));
         return;
       case 'resync':
-        // The server lost frames it meant to push: the inbox, then every room's log.
+        // The server lost frames it meant to push: the inbox, then every room's log;
+        // an open public room's view reads its timeline again (room_post is live only).
         void this.#resync(ws);
+        this.#emit({ type: 'resync' });
         return;
       case 'reconnect':
         ws.close(1000);

@@ -270,6 +270,49 @@ export interface FindResult {
 }
 
 /**
+ * Read a public room's timeline from its newest page down until a page meets the
+ * loaded part (a post at or below `top + 1`, or the start), each page handed to
+ * `onPage` (not `older`: it does not continue the loaded part downwards); at most
+ * `maxPages` / `maxMessages` (`limit`). After a reconnect or a `resync` the posts
+ * written meanwhile came as no live frame (`room_post` is live only: docs/protocol.md):
+ * this fills that gap. `want`: a post to tell whether it was read (`found`), stopping
+ * there.
+ */
+export async function readDownTo<T extends { seq: number }>(opts: {
+  top: number;
+  read: (before: number | null) => Promise<TimelinePage<T>>;
+  onPage: (page: TimelinePage<T>, older: boolean) => void;
+  stop?: () => boolean;
+  maxPages?: number;
+  maxMessages?: number;
+  want?: number;
+}): Promise<{ outcome: 'reached' | 'limit' | 'stopped'; found: boolean; pages: number; read: number }> {
+  const maxPages = opts.maxPages ?? JUMP_MAX_PAGES;
+  const maxMessages = opts.maxMessages ?? JUMP_MAX_MESSAGES;
+  const stop = opts.stop ?? (() => false);
+  let before: number | null = null;
+  let pages = 0;
+  let count = 0;
+  for (;;) {
+    if (pages >= maxPages || count >= maxMessages) return { outcome: 'limit', found: false, pages, read: count };
+    const page = await opts.read(before);
+    pages += 1;
+    count += page.messages.length;
+    if (stop()) return { outcome: 'stopped', found: false, pages, read: count };
+    opts.onPage(page, false);
+    const found = opts.want !== undefined && page.messages.some((m) => m.seq === opts.want);
+    const oldest = Math.min(Infinity, ...page.messages.map((m) => m.seq));
+    const met = page.messages.length === 0 || oldest <= opts.top + 1 || page.nextBefore === null;
+    // A post wanted below this page's oldest is not in the gap: no need to go on for it.
+    const passed = opts.want !== undefined && opts.want > oldest;
+    if (found || met || passed || (before !== null && page.nextBefore !== null && page.nextBefore >= before)) {
+      return { outcome: 'reached', found, pages, read: count };
+    }
+    before = page.nextBefore;
+  }
+}
+
+/**
  * Look for post `seq` of a public room whose view holds `loaded` (every post from the
  * newest down to `nextBefore`, exclusive; null: down to the start). A post newer than
  * every loaded one (its live frame missed) is looked for in the newest page
@@ -297,10 +340,12 @@ export async function findPost<T extends { seq: number }>(opts: {
   if (opts.loaded.some((m) => m.seq === seq)) return result('found', 0, 0);
   const newest = Math.max(0, ...opts.loaded.map((m) => m.seq));
   if (seq > newest) {
-    const page = await read(null);
-    if (stop()) return result('stopped', 1, page.messages.length);
-    onPage(page, false);
-    return result(page.messages.some((m) => m.seq === seq) ? 'found' : 'missing', 1, page.messages.length);
+    // Newer than the loaded part (a reconnect or a resync left a gap above it): the
+    // pages from the newest down, until the one that holds it or meets the loaded part
+    // (reading only the newest page said "missing" for a post in the gap).
+    const down = await readDownTo({ top: newest, read, onPage, stop, maxPages, maxMessages, want: seq });
+    if (down.outcome !== 'reached') return result(down.outcome, down.pages, down.read);
+    return result(down.found ? 'found' : 'missing', down.pages, down.read);
   }
   let before = opts.nextBefore;
   let pages = 0;

@@ -7,7 +7,7 @@ import { ApiError, type Room, type RoomBan, type RoomMember, type RoomMessage } 
 import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
 import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, canRestorePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
-import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE } from './rooms.ts';
+import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE, readDownTo } from './rooms.ts';
 import type { Drafts } from './composer.ts';
 import { failedSend, holding } from './composer.ts';
 import { dateAndTime, hourMinute } from './format.ts';
@@ -976,6 +976,8 @@ export function RoomView(props: {
   const [error, setError] = useState('');
   const [status, setStatus] = useState('');
   const [timeline, setTimeline] = useState<RoomMessage[]>([]);
+  const timelineNow = useRef<RoomMessage[]>([]); // for the event listener (set each render)
+  timelineNow.current = timeline;
   const [nextBefore, setNextBefore] = useState<number | null>(null);
   const [names, setNames] = useState<Record<string, string>>({});
   const [sending, setSending] = useState(0); // messages under way
@@ -1048,6 +1050,14 @@ export function RoomView(props: {
       })
       .catch((e: unknown) => setError(message(e)));
     const off = client.on((e: ClientEvent) => {
+      if ((e.type === 'connection' && e.state === 'connected') || e.type === 'resync') {
+        // Posts written while frames were lost (offline, a pod gone, a resync) came as
+        // no live frame: the public timeline is read down to what is shown.
+        if (current.current === id && timelineNow.current.length > 0) {
+          const top = Math.max(...timelineNow.current.map((m) => m.seq));
+          void readDownTo({ top, read: (before) => client.timeline(id, before), onPage: (page) => merge(page.messages), stop: () => current.current !== id }).catch(() => undefined);
+        }
+      }
       if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
       if (e.type === 'room_message_changed' && e.change.room_id === id) {
         const c = e.change; // keep the highest revision (docs/moderation.md)
