@@ -121,7 +121,9 @@ class Api:
                     f"The Parley server at {self.server} is unavailable (HTTP {status}); "
                     "try again shortly."
                 )
-            raise ApiError("http_error", f"Unexpected answer from the server (HTTP {status}).")
+            raise ApiError(
+                "http_error", f"Unexpected answer from the server (HTTP {status}).", status
+            )
         code = str(err.get("code", "error"))
         message = friendly(code, str(err.get("message", code)), err.get("details"))
         if code == "token_expired" and auth and retry and self.on_expired is not None:

@@ -250,6 +250,11 @@ class Messenger:
         # past the send burst goes at the server's rate, minutes for thousands), and new
         # sends wait for it so they do not overtake what was queued before them.
         self._resend_task: asyncio.Task[Any] | None = None
+        # Open once this socket's resend is done (and while there is no socket): a new
+        # send waits for it. Closed at "connected", before the socket's sync.
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+        self._resent: set[str] = set()  # what the running resend sent (not sent twice)
         # The devices each waiting control send was (last) encrypted for (send_control).
         self._copies: dict[str, set[tuple[str, int]]] = {}
 
@@ -625,6 +630,10 @@ class Messenger:
             # acks (they run before on_ready's sync starts: see sync). A socket gone:
             # nothing of it still running (a sync's page failed with it) moves them.
             self._synced.clear()
+        if state == "connected":
+            self._flushed.clear()  # new sends wait for this socket's resend
+        elif state == "disconnected":
+            self._flushed.set()  # waiting sends leave it queued: the next socket resends
         self.events.emit(ConnectionEvent(state, detail))
 
     def _may_advance(self) -> bool:
@@ -640,13 +649,14 @@ class Messenger:
                 async with self._store().transaction() as tx:
                     tx.put("max_frame_bytes", limit)  # for sends made while offline
         await self.sync()
-        self._resend_task = self._spawn(self._resend_behind())
+        self._resend_task = self._spawn(self._resend_behind(self._pacer.generation))
         self._synced.set()
         await self._sync_rooms()
 
-    async def _resend_behind(self) -> None:
+    async def _resend_behind(self, generation: int) -> None:
         """:meth:`_resend`, in its own task; a failure of this side (the local store)
-        drops the socket as a failed ``on_ready`` does, and the next one resends."""
+        drops the socket as a failed ``on_ready`` does, and the next one resends. Opens
+        the way for new sends when done, if its socket is still the one."""
         conn = self.conn
         try:
             await self._resend()
@@ -656,13 +666,9 @@ class Messenger:
             log.exception("resending the outbox failed")
             if conn is not None and conn is self.conn:
                 await conn.drop(f"resending the outbox failed: {exc!r}")
-
-    async def _behind_resend(self) -> None:
-        """Wait for the outbox's resend, if one runs: a new send goes after the messages
-        queued before it (one peer sees them in the order they were written)."""
-        task = self._resend_task
-        if task is not None and not task.done():
-            await asyncio.wait({task})  # its failure is its own (see _resend_behind)
+        finally:
+            if self._pacer.generation == generation:
+                self._flushed.set()
 
     async def _sync_rooms(self) -> None:
         """The private rooms' logs after the inbox. A failure here drops nothing: the
@@ -738,6 +744,7 @@ class Messenger:
     async def _resend(self) -> None:
         limit = self.max_frame_bytes
         frames = self._queued()
+        self._resent = {frame.id for frame in frames}
         self._forget_refusals({frame.id for frame in frames})
         generation = self._pacer.generation
         for frame in frames:
@@ -1080,6 +1087,12 @@ class Messenger:
                 )  # fmt: skip
                 if client_id in self._copies:  # a control send waits: these get it now
                     self._copies[client_id] = {(c.user, int(c.device)) for c in frame.copies}
+        except TimeoutError:
+            # Its room's keys could not be handed out in time (a slow socket): kept, and
+            # tried again later (the task ended here, and the message waited for the
+            # next connection).
+            self._hold(client_id, "service_unavailable")
+            return
         except ParleyError as exc:
             # Not sendable as it is (e.g. the contact's identity changed): it leaves the
             # outbox as failed rather than waiting there for ever.
@@ -1198,17 +1211,19 @@ class Messenger:
         frame = await self._encrypt(peer_id, "", client_id, payload=payload, bundles=bundles)
         self._copies[client_id] = {(c.user, int(c.device)) for c in frame.copies}
         try:
-            await self.submit(frame, peer_id, wait="accepted", timeout=timeout)
+            await self.submit(frame, peer_id, wait="accepted", timeout=timeout, in_turn=False)
             return self._copies.get(client_id, set())
         finally:
             self._copies.pop(client_id, None)
 
     async def submit(
         self, frame: f.Send | f.RoomSend, peer: str, *, wait: str | None = "accepted",
-        timeout: float = 30,
+        timeout: float = 30, in_turn: bool = True,
     ) -> str:  # fmt: skip
         """Send a frame already queued in the outbox; wait for its ``accepted`` (or
-        ``stored``) answer if asked to.  Returns its client id."""
+        ``stored``) answer if asked to.  Returns its client id. ``in_turn``: after the
+        outbox's resend, if one runs (False: a room's key hand-out, which the room's
+        messages queued behind it wait for)."""
         client_id = frame.id
         loop = asyncio.get_running_loop()
         out = _Outgoing(loop.create_future(), loop.create_future(), peer,
@@ -1217,11 +1232,18 @@ class Messenger:
         deadline = loop.time() + timeout
         # Its own task: a caller that stops waiting (timeout, cancelled) leaves the
         # message going out in its turn on this socket, not only at the next one.
-        sending = self._spawn(self._send_in_turn(frame))
+        sending = self._spawn(self._send_in_turn(frame) if in_turn else self._send_paced(frame))
         if wait is None:
-            await asyncio.shield(sending)
-            return client_id
-        await asyncio.wait_for(asyncio.shield(sending), timeout)
+            return client_id  # queued, and going in its turn
+        try:
+            await asyncio.wait_for(asyncio.shield(sending), timeout)
+        except asyncio.CancelledError as cancelled:
+            task = asyncio.current_task()
+            if sending.cancelled() and (task is None or not task.cancelling()):
+                # The client closed under it (its tasks are cancelled), not this caller.
+                closed = "The client closed: the message waits in the outbox."
+                raise ConnectionClosed(closed) from cancelled
+            raise
         fut = out.stored if wait == "stored" else out.accepted
         if self.conn is None:
             raise ConnectionClosed("Not connected: the message waits in the outbox.")
@@ -1232,8 +1254,16 @@ class Messenger:
         return client_id
 
     async def _send_in_turn(self, frame: f.Send | f.RoomSend) -> None:
-        """Behind the outbox's resend, if one runs, then paced."""
-        await self._behind_resend()
+        """Behind this socket's resend of the outbox (a new send goes after the messages
+        queued before it: one peer sees them in the order they were written), then
+        paced. A new socket meanwhile: its resend sends it (queued before it read the
+        outbox); one the resend sent already is not sent twice."""
+        generation, waited = self._pacer.generation, False
+        while self.connected and not self._flushed.is_set():
+            waited = True
+            await self._flushed.wait()
+        if waited and (self._pacer.generation != generation or frame.id in self._resent):
+            return
         await self._send_paced(frame)
 
     async def _encrypt(

@@ -273,3 +273,34 @@ async def test_a_send_that_times_out_behind_the_resend_still_goes_in_its_turn(
     assert [m.text for m in got if isinstance(m, Message)][-1] == "late"
     await _outbox_empties(alice)
     assert alice._conn is not None and alice._conn.connects == 1  # on the same socket
+
+
+async def test_a_send_made_while_a_new_socket_syncs_goes_after_the_queued_ones(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: the resend's task was made only after the socket's sync, so a
+    send made during the sync saw no resend running and overtook the outbox."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    for i in range(3):
+        await alice.send(bob.username, f"queued {i}", wait=None)
+    await bob.connect()
+    syncing, release = asyncio.Event(), asyncio.Event()
+    sync = Messenger.sync
+
+    async def held_sync(self: Messenger) -> int:
+        syncing.set()
+        await release.wait()
+        return await sync(self)
+
+    monkeypatch.setattr(Messenger, "sync", held_sync)
+    connecting = asyncio.create_task(alice.connect())
+    await syncing.wait()  # the socket is up; its sync (and then its resend) waits
+    await alice.send(bob.username, "written during the sync", wait=None)
+    release.set()
+    await connecting
+    got = [await bob.next_event(Message, timeout=30) for _ in range(4)]
+    assert [m.text for m in got if isinstance(m, Message)] == [
+        "queued 0", "queued 1", "queued 2", "written during the sync",
+    ]  # fmt: skip
+    await _outbox_empties(alice)
