@@ -560,20 +560,22 @@ class TypingSaid:
     /command): at most every ``EVERY_S``, and a stop when the line is sent."""
 
     EVERY_S = 3.0
+    MARGIN_S = 0.5
 
     def __init__(self, client: Client, room_id: str) -> None:
         self.client, self.room_id = client, room_id
         self.said = 0.0  # the last start since the last stop (0: none)
         # The last start, a stop or not since: the gateway refuses a start less than
-        # TYPING_EVERY_S after the last one, even with a stop between (rate_limited).
-        self.started = -float(f.TYPING_EVERY_S)
+        # TYPING_EVERY_S after the last one, even with a stop between (rate_limited);
+        # half a second more here, as the gateway times frames as they reach it.
+        self.started = -float(f.TYPING_EVERY_S) - self.MARGIN_S
         self.tasks: set[asyncio.Task[None]] = set()
 
     def changed(self, text: str) -> None:
         now = time.monotonic()
         if (
             text and not text.startswith("/") and now - self.said >= self.EVERY_S
-            and now - self.started >= f.TYPING_EVERY_S
+            and now - self.started >= f.TYPING_EVERY_S + self.MARGIN_S
         ):  # fmt: skip
             self.said = self.started = now
             self._spawn(True)

@@ -43,6 +43,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class TypingTooSoon(ApiError):
+    """A start within ``TYPING_EVERY_S`` of the device's last one in the room: refused
+    (``rate_limited``) but no violation toward the flood close (a client from before
+    the rule, starting again right after a stop, does it once per message sent)."""
+
+
 MAX_IN_FLIGHT_SENDS = 256
 # Refused sends (over the rate) after which a socket is closed 4009: 4x the burst, at most this.
 FLOOD_VIOLATIONS = 400
@@ -567,7 +574,8 @@ class Connection:
             except ApiError as err:
                 # Refused (too many, a room the user may not see): a violation, as a
                 # refused send is, so a flood of them closes the socket (4009).
-                if err.code in _TYPING_VIOLATIONS and await self._violated(frame.id):
+                flood = err.code in _TYPING_VIOLATIONS and not isinstance(err, TypingTooSoon)
+                if flood and await self._violated(frame.id):
                     return
                 raise
         elif isinstance(frame, f.Auth):

@@ -45,6 +45,7 @@ from services.common.errors import ApiError, DevicesChanged, ErrorCode
 from services.common.ratelimit import TokenBucket
 from services.common.tasks import cancel_all
 from services.gateway.acks import DirectAcks
+from services.gateway.connection import TypingTooSoon
 from services.gateway.deadlines import Deadlines
 from services.gateway.directory import Directory
 from services.gateway.heartbeat import Heartbeat
@@ -331,7 +332,7 @@ class Hub:
         # (forgetting it let alternating frames publish without limit).
         started, active = self._typing.get(key, (None, False))
         if frame.typing and started is not None and now - started < f.TYPING_EVERY_S:
-            raise ApiError(
+            raise TypingTooSoon(
                 ErrorCode.RATE_LIMITED,
                 f"Say you are typing at most every {f.TYPING_EVERY_S} s in a room.",
             )

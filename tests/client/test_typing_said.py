@@ -37,9 +37,10 @@ async def test_no_start_within_two_seconds_of_the_last_even_after_a_stop(
     await at(0.0, lambda: said.changed("h"))  # start
     await at(0.5, said.sent)  # stop
     await at(1.0, lambda: said.changed("n"))  # too soon after the start: nothing
-    await at(2.0, lambda: said.changed("ne"))  # start
-    await at(2.5, lambda: said.changed("nex"))  # still typing, said 0.5 s ago: nothing
-    await at(5.0, lambda: said.changed("next"))  # start again (every 3 s)
-    await at(5.5, said.sent)  # stop
+    await at(2.0, lambda: said.changed("ne"))  # 2 s: the server's least, no margin yet
+    await at(2.5, lambda: said.changed("nex"))  # start (2 s + the half second's margin)
+    await at(3.0, lambda: said.changed("next"))  # still typing, said 0.5 s ago: nothing
+    await at(5.5, lambda: said.changed("next "))  # start again (every 3 s)
+    await at(6.0, said.sent)  # stop
     await asyncio.gather(*said.tasks)
-    assert rooms.said == [(0.0, True), (0.5, False), (2.0, True), (5.0, True), (5.5, False)]
+    assert rooms.said == [(0.0, True), (0.5, False), (2.5, True), (5.5, True), (6.0, False)]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.support.room_world import RoomWorld
 from tests.support.users import uid
 from tests.support.wsclient import WsClient
@@ -153,3 +155,26 @@ async def test_typing_to_rooms_that_do_not_exist_is_bounded_and_then_closes(
     assert len(looked_up) <= TYPING_BURST + 1
     for key in looked_up:
         assert 0 < await redis.ttl(key) <= 120
+
+
+async def test_starting_again_too_soon_is_refused_but_never_closes_the_socket(
+    world: RoomWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a start refused for coming within 2 s of the last counted toward
+    the flood close, and a client from before the rule (start, send: stop, start again)
+    does that once per message: its socket was closed 4009 after 400 messages."""
+    from services.gateway import connection, hub
+
+    monkeypatch.setattr(connection, "FLOOD_VIOLATIONS", 5)
+    monkeypatch.setattr(hub, "TYPING_BURST", 1000)
+    owner, member = uid(), uid()
+    room = await world.private_room(owner, [member])
+    me = await world.connect(owner, pod=0)
+    for i in range(10):  # start (refused but the first), stop, ...
+        await me.send(typing(room, on=True, fid=f"s{i}"))
+        await me.send(typing(room, on=False, fid=f"x{i}"))
+    for i in range(1, 10):
+        assert (await me.expect("error", id=f"s{i}"))["code"] == "rate_limited"
+    await me.send({"op": "ping", "id": "p"})
+    await me.expect("pong", id="p")
+    assert me.close_code is None

@@ -33,8 +33,8 @@ describe('TypingThrottle', () => {
     // Typing again right after a stop starts again, but not within 2 s of the last
     // start (the server refuses it: rate_limited, an error for nothing).
     expect(t.changed('b', 700)).toBeNull();
-    expect(t.changed('b', 2019)).toBeNull();
-    expect(t.changed('b', 2020)).toBe('start');
+    expect(t.changed('b', 2519)).toBeNull();
+    expect(t.changed('b', 2520)).toBe('start');
   });
 
   it('says a stop when the message is sent, only if a start was said in the last 6 s', () => {
