@@ -46,7 +46,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import scripts
@@ -301,7 +301,11 @@ class FastRedis(aioredis.Redis):
     # redis-py's entry points ---------------------------------------------------------
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if not self._fast or args[0] in _OWN_CONNECTION or self.single_connection_client:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            try:
+                return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            except ReadOnlyError:
+                await _forget_replica(self.connection_pool)
+                raise
         (reply,) = await self._call(_pack(args), 1)
         result = self._parse(args[0], reply, options)
         if inspect.isawaitable(result):
@@ -312,12 +316,36 @@ class FastRedis(aioredis.Redis):
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         if transaction or not self._fast:
-            return super().pipeline(transaction, shard_hint)
+            return _PoolPipeline(
+                self.connection_pool, self.response_callbacks, transaction, shard_hint
+            )
         return FastPipeline(self, shard_hint)
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         self._drop()
         await super().aclose(close_connection_pool)
+
+
+async def _forget_replica(pool: Any) -> None:
+    """A ``READONLY`` answer over redis-py's pool (TLS, RESP3: every command on AWS):
+    its connections lead to a replica, the primary a failover demoted. redis-py keeps
+    them (an error reply is no connection error), and every write was refused until the
+    process restarted; dropped, the next ones connect to where the endpoint leads now."""
+    await pool.disconnect()
+
+
+class _PoolPipeline(aioredis.client.Pipeline):
+    """redis-py's pipeline, whose ``READONLY`` answers drop the pool's connections."""
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            out: list[Any] = await super().execute(raise_on_error)
+        except ReadOnlyError:
+            await _forget_replica(self.connection_pool)
+            raise
+        if any(isinstance(r, ReadOnlyError) for r in out):
+            await _forget_replica(self.connection_pool)
+        return out
 
 
 class FastPipeline(aioredis.client.Pipeline):

@@ -254,29 +254,35 @@ async def test_transactions_still_go_through_redis_py(
         assert await pipe.execute() == [1, 2]
 
 
+@pytest.mark.parametrize("protocol", [2, 3])  # the shared connection; redis-py's pool
 async def test_a_readonly_reply_drops_the_connection_so_the_next_call_makes_a_new_one(
-    tmp_path: Path,
+    tmp_path: Path, protocol: int
 ) -> None:
-    """Audit finding: after a failover the shared connection could sit on the demoted
-    primary, now a replica, and every write was refused (``READONLY``) until the
-    process restarted: the connection was kept, as error replies leave it usable.
-    Dropped on ``READONLY`` now; the next call connects again (to where the endpoint
+    """Audit finding: after a failover the connection could sit on the demoted primary,
+    now a replica, and every write was refused (``READONLY``) until the process
+    restarted: error replies leave a connection usable, so it was kept. Dropped on
+    ``READONLY`` now, on the shared connection and on redis-py's pool (TLS, RESP3:
+    every command on AWS); the next call connects again (to where the endpoint
     leads: the new primary)."""
     if shutil.which("redis-server") is None:
         pytest.skip("needs redis-server")
     [port] = _free_ports(1)
     proc = await asyncio.create_subprocess_exec(*redis_command("127.0.0.1", port, tmp_path))
-    client = FastRedis(port=port, socket_timeout=5)
+    client = FastRedis(port=port, socket_timeout=5, protocol=protocol)
+    assert client._fast is (protocol == 2)
     try:
         await eventually(lambda: _pings(client), bool)
+        before = await client.client_id()
         await client.execute_command("REPLICAOF", "127.0.0.1", str(_free_ports(1)[0]))
-        wire = client._wire
         with pytest.raises(ReadOnlyError):
             await client.set("k", "v")
-        assert client._wire is None and wire is not None and wire.error is not None
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("k", "v")
+            with pytest.raises(ReadOnlyError):
+                await pipe.execute()
         await client.execute_command("REPLICAOF", "NO", "ONE")  # promoted: writes again
+        assert await client.client_id() != before  # a new connection
         assert await client.set("k", "v") and await client.get("k") == b"v"
-        assert client._wire is not None and client._wire is not wire
     finally:
         await client.aclose()
         proc.terminate()
