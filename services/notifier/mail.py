@@ -32,9 +32,9 @@ class MailRefused(MailError):
 
 
 class MailRejected(MailError):
-    """The SMTP server refused this message for good (a 5xx answer to ``MAIL`` or at
-    ``DATA``: e.g. its content judged spam, or too big): the same digest sent again
-    would be refused again."""
+    """The SMTP server refused this message at ``DATA`` with a 5xx answer (e.g. its
+    content judged spam, or too big): the same digest sent again would be refused
+    again, if the server takes other mail (the worker tells: :class:`Notifier`)."""
 
 
 # ``str.isprintable()`` is false for these two, but they join characters (emoji
@@ -122,10 +122,16 @@ async def send(settings: Settings, to: str, subject: str, text: str) -> None:
         if all(500 <= r.code < 600 for r in exc.recipients):
             raise MailRefused from exc
         raise MailError from exc
-    except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as exc:
+    except aiosmtplib.SMTPDataError as exc:
         log.warning("digest not sent", extra={"error": type(exc).__name__, "code": exc.code})
         if 500 <= exc.code < 600:
             raise MailRejected from exc
+        raise MailError from exc
+    except aiosmtplib.SMTPSenderRefused as exc:
+        # The sender refused (MAIL): the account's or the From address's trouble (a
+        # paused account, an address not verified), the same for every digest: tried
+        # again later, never a reason to drop this one.
+        log.warning("digest not sent", extra={"error": type(exc).__name__, "code": exc.code})
         raise MailError from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         log.warning("digest not sent", extra={"error": type(exc).__name__})

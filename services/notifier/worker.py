@@ -14,8 +14,9 @@ the auth service holds for the user (read at sending time: an unsubscribe
 takes effect for digests not yet sent). Mentions arriving later start the
 next interval, so a user gets at most one digest per interval. A digest is
 leased while it is sent. Refused for good (a 5xx answer: to ``RCPT``, the
-address; to ``MAIL`` or at ``DATA``, the message) it is dropped with its
-mentions. Not sent for now (the SMTP server unreachable, a 4xx answer, or an
+address; at ``DATA``, the message, while the server takes other mail) it is
+dropped with its mentions. Not sent for now (the SMTP server unreachable, a 4xx
+answer, a 5xx at ``MAIL`` or one at ``DATA`` with no digest through lately, or an
 unexpected error while sending it) it is tried again after ``retry_s``,
 doubling each time up to ``retry_max_s``, and dropped after ``attempts_max``
 attempts. Each digest of a round is sent on its own: one that fails does not
@@ -51,6 +52,9 @@ DIGEST_LEASE_S = 60.0
 RETRY_S = 60.0
 RETRY_MAX_S = 3600.0
 ATTEMPTS_MAX = 12
+# A digest refused at DATA (5xx) is dropped only if another got through this recently
+# (the server takes mail: this message is what it refuses); else it is tried again.
+TAKES_MAIL_S = 3600.0
 
 
 class Notifier:
@@ -70,6 +74,7 @@ class Notifier:
         self.retry_s = RETRY_S
         self.retry_max_s = RETRY_MAX_S
         self.attempts_max = ATTEMPTS_MAX
+        self._last_sent = float("-inf")  # when a digest last got through (monotonic)
         self._tasks: list[asyncio.Task[None]] = []
 
     def groups(self) -> dict[str, list[str]]:
@@ -159,14 +164,22 @@ class Notifier:
                 await self.store.finish(digest, items, self.interval_s)
                 return 0
             except mail.MailRejected:
-                # This message is refused for good (say a mention's text judged spam):
-                # sent again it would be refused again, and hold every later mention.
+                if time.monotonic() - self._last_sent > TAKES_MAIL_S:
+                    # No digest got through lately: the server (or the account) may be
+                    # refusing every message, not this one; dropped, a paused account
+                    # would lose every user's digest in one round. Tried again later.
+                    await self._not_sent(digest, "failed", items)
+                    return 0
+                # The server takes other mail and refuses this one (say a mention's text
+                # judged spam): sent again it would be refused again, and hold every
+                # later mention of the user.
                 self.metrics.digests.labels("rejected").inc()
                 await self.store.finish(digest, items, self.interval_s)
                 return 0
             except mail.MailError:
                 await self._not_sent(digest, "failed", items)
                 return 0
+            self._last_sent = time.monotonic()
             self.metrics.digests.labels("sent").inc()
             self.metrics.mentions.inc(len(items))
             log.info("digest sent", extra={"user_id": user_id, "mentions": len(items)})
