@@ -190,6 +190,8 @@ async def edit_user(
         # enrolment.
         await svc.store.drop_password_resets(user_id, now)
         await svc.store.eph_delete(twofactor.EMAIL_SETUP, user_id)
+        # And a sign-in's e-mailed code (its challenge carries the security stamp).
+        await svc.store.raise_security_stamp(user_id)
     after = {k: updated.get(k) for k in before}
     await audit(svc, claims, "user.update", caller, user_id, before=before, after=after)
     if roles_changed:

@@ -48,6 +48,9 @@ class AuthSettings(BaseSettings):
     email_code_sends_per_challenge: int = Field(default=3, ge=1, le=20)
     recovery_code_count: int = Field(default=10, ge=4, le=32)
     password_reset_ttl_s: int = Field(default=1800, ge=300, le=86400)
+    # Live sessions an account keeps (each sign-in opens one for 30 days); a sign-in
+    # past it ends the least recently used (docs/auth.md, "Sessions").
+    max_sessions: int = Field(default=100, ge=1, le=10_000)
 
     # Rate limits, COUNT/SECONDS. Per client IP and per account.
     limit_signup_ip: str = "30/3600"

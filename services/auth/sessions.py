@@ -138,7 +138,22 @@ async def open_session(
         reason, message = changed
         await svc.store.revoke_session(sid, svc.now(), reason, user_id=user["_id"])
         raise ApiError(ErrorCode.INVALID_CREDENTIALS, message)
+    await _keep_to_the_cap(svc, str(user["_id"]), sid)
     return sid
+
+
+async def _keep_to_the_cap(svc: AuthService, user_id: str, sid: str) -> None:
+    """At most ``max_sessions`` live sessions an account: past it, the least recently
+    used ones end (``session_limit``). Uncapped, a script signing in (or someone with
+    the password, from many addresses) grew the account's session list, which every
+    listing reads whole, without bound."""
+    live = await svc.store.live_sessions(user_id, svc.now())
+    over = len(live) - svc.config.max_sessions
+    if over <= 0:
+        return
+    oldest = sorted((d for d in live if d["_id"] != sid), key=lambda d: d["last_used_at"])
+    for doc in oldest[:over]:
+        await revoke(svc, user_id, str(doc["_id"]), "session_limit")
 
 
 async def new_refresh_token(svc: AuthService, user_id: str, sid: str) -> str:
@@ -305,6 +320,9 @@ async def revoke_own(svc: AuthService, claims: Claims, sid: str) -> None:
     session = await svc.store.session(sid) if len(sid) <= 64 else None
     if session is None or session.get("user_id") != claims.sub:
         raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such session.")
+    # As an admin's: whatever could open another session at once (the provider's
+    # sign-in cookie a thief's browser holds, a code not exchanged yet) ends with it.
+    await svc.store.raise_security_stamp(claims.sub)
     await revoke(svc, claims.sub, sid, "revoked_by_user")
 
 
