@@ -346,6 +346,16 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
     await _tell(rooms, room_id, "member_left", user_id)
     if owner:
         await store.clear_owner(room_id, user_id)
+    if not closed:
+        # Two last members leaving at once each saw the other and neither closed it:
+        # read again once gone, the room nobody is left in closes (a join that gets in
+        # after this sees the close and is undone: _admit).
+        now_room = await store.get_room(room_id)
+        if (
+            now_room is not None and now_room["state"] == "open"
+            and not await store.has_other_members(room_id, user_id)
+        ):  # fmt: skip
+            await set_state(rooms, now_room, "closed", user_id)
 
 
 async def _close_if_last(rooms: Rooms, room: Doc, user_id: str, owner: bool) -> bool:

@@ -289,6 +289,36 @@ async def test_the_last_member_leaving_closes_the_room_whatever_their_role(
     assert (status, got["state"], got["owner"], got["members"]) == (200, "closed", None, 0)
 
 
+async def test_the_last_two_members_leaving_at_once_close_the_room(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: each of the last two saw the other before leaving, neither
+    closed the room, and it was left open with nobody in it (anyone could join a room
+    nobody can manage)."""
+    owner, bob, carol = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    for u in (bob, carol):
+        assert (await api.join(u, room))[0] == 200
+    assert (await admin_call(api, "DELETE", f"{room}/members/{owner}"))[0] == 204
+    store = api.rooms.store
+    others, looked, both = store.has_other_members, [0], asyncio.Event()
+
+    async def together(room_id: str, user_id: str) -> bool:
+        found = await others(room_id, user_id)
+        looked[0] += 1
+        if looked[0] == 2:
+            both.set()
+        if looked[0] <= 2:
+            await both.wait()  # each looked before either left
+        return found
+
+    monkeypatch.setattr(store, "has_other_members", together)
+    answers = await asyncio.gather(api.leave(bob, room), api.leave(carol, room))
+    assert [status for status, _ in answers] == [204, 204]
+    status, got = await api.get(api.user(), room)
+    assert (status, got["state"], got["members"]) == (200, "closed", 0)
+
+
 async def test_a_join_that_fails_midway_leaves_the_count_true(
     api: RoomsApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
