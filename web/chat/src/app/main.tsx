@@ -465,10 +465,26 @@ function Reset(props: { go: (s: Screen) => void }) {
   );
 }
 
+/** The browser's voices; an empty list (Chrome's answer until it has loaded them) is
+ * asked again once it says they changed, or after a second. */
+async function voices(): Promise<SpeechSynthesisVoice[]> {
+  const now = speechSynthesis.getVoices();
+  if (now.length > 0) return now;
+  return new Promise((resolve) => {
+    const done = () => {
+      speechSynthesis.removeEventListener('voiceschanged', done);
+      clearTimeout(timer);
+      resolve(speechSynthesis.getVoices());
+    };
+    const timer = setTimeout(done, 1000);
+    speechSynthesis.addEventListener('voiceschanged', done);
+  });
+}
+
 /** Read `text` aloud with one of the device's own voices (a network voice would send
  * the text away); false when there is none. */
-function speak(text: string): boolean {
-  const voice = localVoice(speechSynthesis.getVoices(), navigator.language);
+async function speak(text: string): Promise<boolean> {
+  const voice = localVoice(await voices(), navigator.language);
   if (voice === null) return false;
   speechSynthesis.cancel();
   const utterance = new SpeechSynthesisUtterance(text);
@@ -508,7 +524,7 @@ function Entry(props: { entry: HistoryEntry; name: string; client: ParleyClient;
           </span>
         )}
         {e.kind === 'message' && (
-          <button type="button" class="play" aria-label={`Play message: ${e.text.slice(0, 40)}`} onClick={() => setNoVoice(!speak(e.text))}>
+          <button type="button" class="play" aria-label={`Play message: ${e.text.slice(0, 40)}`} onClick={() => void speak(e.text).then((spoken) => setNoVoice(!spoken))}>
             ▶ Play
           </button>
         )}

@@ -1049,15 +1049,43 @@ export function RoomView(props: {
         }
       })
       .catch((e: unknown) => setError(message(e)));
-    const off = client.on((e: ClientEvent) => {
-      if ((e.type === 'connection' && e.state === 'connected') || e.type === 'resync') {
-        // Posts written while frames were lost (offline, a pod gone, a resync) came as
-        // no live frame: the public timeline is read down to what is shown.
-        if (current.current === id && timelineNow.current.length > 0) {
-          const top = Math.max(...timelineNow.current.map((m) => m.seq));
-          void readDownTo({ top, read: (before) => client.timeline(id, before), onPage: (page) => merge(page.messages), stop: () => current.current !== id }).catch(() => undefined);
+    let ended = false;
+    let filling = false;
+    // Posts written while frames were lost (offline, a pod gone, a resync) came as no
+    // live frame (room_post is live only): the public timeline is read from the newest
+    // page down to what is shown, one reading at a time. Past the limits (a long
+    // absence in a busy room), what was read replaces the timeline, and "Load earlier
+    // messages" goes on from its end: no gap is left between the two.
+    const fillGap = async () => {
+      if (filling || ended || current.current !== id || timelineNow.current.length === 0) return;
+      filling = true;
+      try {
+        const top = Math.max(...timelineNow.current.map((m) => m.seq));
+        const pages: { messages: RoomMessage[]; nextBefore: number | null }[] = [];
+        const down = await readDownTo({
+          top,
+          read: (before) => client.timeline(id, before, JUMP_PAGE),
+          onPage: (page) => {
+            pages.push(page);
+            merge(page.messages);
+          },
+          stop: () => ended || current.current !== id,
+        });
+        if (down.outcome === 'limit' && !ended && current.current === id) {
+          // What was read goes down contiguously from the newest: kept, with what came
+          // live meanwhile (newer); what was shown before, below the gap, goes.
+          const lowest = Math.min(...pages.flatMap((p) => p.messages.map((m) => m.seq)));
+          setTimeline((old) => old.filter((m) => m.seq >= lowest));
+          setNextBefore(pages[pages.length - 1]?.nextBefore ?? null);
         }
+      } catch {
+        // read again at the next connection
+      } finally {
+        filling = false;
       }
+    };
+    const off = client.on((e: ClientEvent) => {
+      if ((e.type === 'connection' && e.state === 'connected') || e.type === 'resync') void fillGap();
       if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
       if (e.type === 'room_message_changed' && e.change.room_id === id) {
         const c = e.change; // keep the highest revision (docs/moderation.md)
@@ -1066,6 +1094,7 @@ export function RoomView(props: {
       if (e.type === 'room_changed' && e.room === id) client.room(id).then(takeRoom, () => current.current === id && props.onLeft());
     });
     return () => {
+      ended = true;
       off();
       client.draftDone(id); // leaving the room with a draft: members stop seeing us type
     };
