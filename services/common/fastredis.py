@@ -64,6 +64,15 @@ _OWN_CONNECTION = frozenset({
 class _ReplyError(Exception):
     """An error reply, as hiredis hands it over (turned into redis-py's class)."""
 
+    readonly = 0
+    """``READONLY`` answers made so far (a replica: the connection is dropped), counted
+    as they are parsed, so a call needs no look through its replies."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        if message.startswith("READONLY"):
+            _ReplyError.readonly += 1
+
 
 class _Waiter:
     __slots__ = ("fut", "left", "replies")
@@ -262,8 +271,9 @@ class FastRedis(aioredis.Redis):
                 or self._wire_loop is not (asyncio.get_running_loop())
             ):
                 wire = await self._connect()
+            seen = _ReplyError.readonly
             replies = await wire.call(payload, n)
-            if any(type(r) is _ReplyError and str(r).startswith("READONLY") for r in replies):
+            if _ReplyError.readonly != seen:
                 # A replica: the primary this was (a failover demoted it, and the
                 # endpoint's name now leads to the new one). Made again by the next
                 # call, as redis-py's own connections are not: kept, every write
