@@ -231,6 +231,20 @@ async def test_a_send_booked_on_a_closed_socket_sends_nothing_on_the_next() -> N
     assert await pacer.take()  # the new socket's own turn
 
 
+async def _backlog_on_the_throttled_gateway(
+    make_client: MakeClient, throttled_gateway: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Client, Client]:
+    """alice with BACKLOG messages to bob queued while offline, sent to the throttled
+    gateway when she connects; bob connected through the load balancer."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    for i in range(BACKLOG):
+        await alice.send(bob.username, f"m{i}", wait=None)
+    await bob.connect()
+    monkeypatch.setattr(Messenger, "ws_url", property(lambda _: throttled_gateway))
+    return alice, bob
+
+
 async def test_connect_returns_before_a_long_resend_and_new_sends_go_after_it(
     make_client: MakeClient, throttled_gateway: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,12 +252,9 @@ async def test_connect_returns_before_a_long_resend_and_new_sends_go_after_it(
     past the burst (3.5 s here; minutes for thousands at the default limits) made it
     time out though the socket worked. Now the resend runs behind it, and a message
     sent meanwhile still reaches its peer after everything queued before it."""
-    alice, bob = await make_client(), await make_client()
-    assert bob.username
-    for i in range(BACKLOG):
-        await alice.send(bob.username, f"m{i}", wait=None)
-    await bob.connect()
-    monkeypatch.setattr(Messenger, "ws_url", property(lambda _: throttled_gateway))
+    alice, bob = await _backlog_on_the_throttled_gateway(
+        make_client, throttled_gateway, monkeypatch
+    )
     await alice.connect(timeout=2)  # (BACKLOG - BURST) / RATE = 3.5 s of resending
     assert len(alice.outbox()) > 1  # returned while the resend still runs
     await alice.send(bob.username, "after the backlog", wait="accepted", timeout=30)
@@ -259,12 +270,9 @@ async def test_a_send_that_times_out_behind_the_resend_still_goes_in_its_turn(
 ) -> None:
     """The wait behind the outbox's resend counts toward a send's timeout (``parley
     send --timeout``); the message, queued, still goes on this socket after the rest."""
-    alice, bob = await make_client(), await make_client()
-    assert bob.username
-    for i in range(BACKLOG):
-        await alice.send(bob.username, f"m{i}", wait=None)
-    await bob.connect()
-    monkeypatch.setattr(Messenger, "ws_url", property(lambda _: throttled_gateway))
+    alice, bob = await _backlog_on_the_throttled_gateway(
+        make_client, throttled_gateway, monkeypatch
+    )
     await alice.connect(timeout=2)
     with pytest.raises(TimeoutError):
         await alice.send(bob.username, "late", wait="accepted", timeout=0.5)
