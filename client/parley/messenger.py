@@ -246,10 +246,9 @@ class Messenger:
         self._refusals: dict[str, int] = {}
         self._held_task: asyncio.Task[Any] | None = None
         self._held_changed = asyncio.Event()
-        # The outbox's resend after a (re)connection: it runs behind connect (a backlog
-        # past the send burst goes at the server's rate, minutes for thousands), and new
+        # The outbox's resend after a (re)connection runs behind connect (a backlog past
+        # the send burst goes at the server's rate, minutes for thousands), and new
         # sends wait for it so they do not overtake what was queued before them.
-        self._resend_task: asyncio.Task[Any] | None = None
         # Open once this socket's resend is done (and while there is no socket): a new
         # send waits for it. Closed at "connected", before the socket's sync.
         self._flushed = asyncio.Event()
@@ -649,7 +648,7 @@ class Messenger:
                 async with self._store().transaction() as tx:
                     tx.put("max_frame_bytes", limit)  # for sends made while offline
         await self.sync()
-        self._resend_task = self._spawn(self._resend_behind(self._pacer.generation))
+        self._spawn(self._resend_behind(self._pacer.generation))
         self._synced.set()
         await self._sync_rooms()
 

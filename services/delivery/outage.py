@@ -13,6 +13,7 @@ not answer said nothing about a batch that failed without using it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
@@ -45,15 +46,17 @@ def unavailable(exc: BaseException) -> str | None:
     """The server ``exc`` says is unavailable now (``redis``, ``mongo``, ``kafka``,
     ``counters``: a counter another seeder holds, ``network``), or None: the failure
     may be the records' (the exception, or one it was raised from)."""
+    return next((name for cur in _causes(exc) if (name := _one(cur)) is not None), None)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (``__cause__``), each once."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        name = _one(cur)
-        if name is not None:
-            return name
+        yield cur
         cur = cur.__cause__
-    return None
 
 
 def _one(exc: BaseException) -> str | None:
@@ -81,11 +84,4 @@ def _one(exc: BaseException) -> str | None:
 
 def from_mongo(exc: BaseException) -> bool:
     """Whether ``exc`` (or one it was raised from) is MongoDB's."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, PyMongoError):
-            return True
-        cur = cur.__cause__
-    return False
+    return any(isinstance(cur, PyMongoError) for cur in _causes(exc))
