@@ -75,6 +75,8 @@ RoomFrame = f.RoomPost | f.Notification | f.RoomMessageChanged | f.RoomChanged |
 log = logging.getLogger(__name__)
 
 ACK_DELAY = 0.2
+ASIDE_MAX = 10_000  # messages kept aside at most (Messenger._on_message)
+ASIDE_RETRY = (2.0, 60.0)  # first and longest wait between reads of what is kept aside
 LISTS_PER_READ = 1000  # users per bulk device-list read (the key directory's MAX_LIST_USERS)
 CLAIMS_PER_REQUEST = 100  # users per bulk claim (the key directory's MAX_CLAIM_USERS)
 CLAIMS_AT_ONCE = 3  # bulk claims in flight (the directory works on each 16 users at a time)
@@ -256,6 +258,10 @@ class Messenger:
         self._resent: set[str] = set()  # what the running resend sent (not sent twice)
         # The devices each waiting control send was (last) encrypted for (send_control).
         self._copies: dict[str, set[tuple[str, int]]] = {}
+        # Messages kept aside (_on_message): read by one task at a time, in order.
+        self._aside_lock = asyncio.Lock()
+        self._aside_task: asyncio.Task[Any] | None = None
+        self._aside_wake = asyncio.Event()
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -650,6 +656,8 @@ class Messenger:
         await self.sync()
         self._spawn(self._resend_behind(self._pacer.generation))
         self._synced.set()
+        if self._store().read().aside_count():
+            self._aside_soon(now=True)  # the directory may answer again by now
         await self._sync_rooms()
 
     async def _resend_behind(self, generation: int) -> None:
@@ -843,6 +851,126 @@ class Messenger:
             self._spawn(self._resync())
 
     async def _on_message(self, frame: f.Message) -> None:
+        """A 1:1 message (or a copy of one this account sent elsewhere).
+
+        A message from a sending device not seen yet needs its device list first; if
+        the key directory cannot answer now (no answer, 429, 5xx), the message is
+        **kept aside** in the local store (in the transaction that moves the cursor)
+        and acknowledged: the inbox reads on. So are later ones of that device while
+        some are kept, so a device's messages are read in the order it sent them (its
+        first one starts the session). They are read again when the directory answers
+        (:meth:`_read_aside`): on the device's next message, after every sync, and
+        every ``ASIDE_RETRY`` while some are kept. Past ``ASIDE_MAX`` kept, one is not
+        processed (the socket drops; the next sync brings it again), as before: read
+        as from an unknown device, it would be a "could not decrypt" line,
+        acknowledged: lost for good to a short outage of the key directory."""
+        sender, device = frame.from_, frame.from_device
+        store = self._store().read()
+        if frame.from_device in self._peer(store, sender).devices and not store.has_aside(
+            sender, device
+        ):
+            await self._read_message(frame)
+            return
+        async with self._aside_lock:
+            if not await self._device_known(sender, device):
+                await self._keep_aside(frame)
+                return
+            await self._read_kept(sender, device)
+            await self._read_message(frame)
+
+    async def _device_known(self, sender: str, device: int) -> bool:
+        """Whether ``device``'s messages can be read now: it is in ``sender``'s verified
+        list, or the directory answered for good (a refusal, a list that does not
+        verify: decrypting then fails and says so). False if it cannot answer now."""
+        if device in self._peer(self._store().read(), sender).devices:
+            return True
+        try:
+            await self._refresh_peer(sender)  # it may have just been linked
+        except (ParleyError, CryptoError) as exc:
+            if _for_now(exc):
+                log.info("device %s of %s not checked now: %r", device, sender, exc)
+                return False
+        return True
+
+    async def _keep_aside(self, frame: f.Message) -> None:
+        seq = frame.seq
+        async with self._store().transaction() as tx:
+            if tx.aside_count() >= ASIDE_MAX:
+                raise ServerUnavailable(
+                    f"{ASIDE_MAX} messages from new devices wait for their device lists "
+                    "already; this one will be read again."
+                )
+            if not tx.has_message(frame.server_id):
+                raw = msgspec.to_builtins(frame)
+                tx.keep_aside(frame.server_id, frame.from_, frame.from_device, raw)
+            if self._may_advance() and seq > int(tx.get("last_seq") or 0):
+                tx.put("last_seq", seq)
+        self._ack_soon(seq)
+        self._aside_soon()
+
+    async def _read_kept(self, sender: str, device: int) -> None:
+        """Read the frames of one sending device kept aside, oldest first (each moved the
+        cursor and was acknowledged when kept). One failing for a reason of this side
+        raises (it stays, with those after it); one failing for what it holds is
+        logged and dropped, as a live one is passed (kept, it would hold the device's
+        later messages for good)."""
+        for raw in self._store().read().aside(sender, device):
+            try:
+                await self._read_message(msgspec.convert(raw, f.Message), kept=True)
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                log.exception("a message kept aside failed for what it holds: dropped")
+                async with self._store().transaction() as tx:
+                    tx.take_aside(str(raw.get("server_id")))
+
+    def _aside_soon(self, now: bool = False) -> None:
+        """Read what is kept aside after ``ASIDE_RETRY``'s first wait (``now``: at once),
+        and keep trying, the wait doubling to its second, while some is kept."""
+        if now:
+            self._aside_wake.set()
+        if self._aside_task is None or self._aside_task.done():
+            self._aside_task = self._spawn(self._retry_aside())
+
+    async def _retry_aside(self) -> None:
+        wait, longest = ASIDE_RETRY
+        while self._store().read().aside_count():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._aside_wake.wait(), wait)
+            self._aside_wake.clear()
+            try:
+                left = await self._read_aside()
+            except Exception:
+                log.exception("reading the messages kept aside failed")
+                left = True
+            wait = min(wait * 2, longest) if left else ASIDE_RETRY[0]
+
+    async def _read_aside(self) -> bool:
+        """Read the frames kept aside whose devices can be checked now, each device's
+        in order (:meth:`_read_kept`); True if some are still kept."""
+        left = False
+        async with self._aside_lock:
+            devices = dict.fromkeys(
+                (str(raw.get("from")), int(raw.get("from_device") or 0))
+                for raw in self._store().read().aside()
+            )
+            for sender, device in devices:
+                try:
+                    if await self._device_known(sender, device):
+                        await self._read_kept(sender, device)
+                    else:
+                        left = True
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    log.warning("messages kept aside not read now: %r", exc)
+                    left = True
+        return left
+
+    async def _read_message(self, frame: f.Message, kept: bool = False) -> None:
+        """Decrypt and record a message; ``kept``: one kept aside, which already moved
+        the cursor and was acknowledged (it leaves the aside table in the same
+        transaction that records it)."""
         seq, sender, server_id = frame.seq, frame.from_, frame.server_id
         me = self.account.user_id
         assert me is not None
@@ -855,22 +983,6 @@ class Messenger:
             wire = b64decode(frame.body)
         except ValueError:
             wire = b""
-        known = self._peer(self._store().read(), sender)
-        if frame.from_device not in known.devices:
-            # A device we have not seen: its list first (it may have just been linked).
-            try:
-                await self._refresh_peer(sender)
-            except (ParleyError, CryptoError) as exc:
-                if _for_now(exc):
-                    # Not now (no answer, 429, 5xx): not processed, so the socket drops
-                    # and the next sync brings it again. Read as from an unknown device,
-                    # it would be a "could not decrypt" line, acknowledged: lost for
-                    # good to a short outage of the key directory.
-                    raise ServerUnavailable(
-                        f"A message from a new device could not be checked now ({exc}); "
-                        "it will be read again."
-                    ) from exc
-                # refused, or a list that does not verify: decrypting fails below
         async with self._store().transaction() as tx:
             if not tx.has_message(server_id):
                 state = self._peer(tx, sender)
@@ -930,13 +1042,16 @@ class Messenger:
                         event = Message(sender, name, text, entry["at"], server_id, seq)
                     elif peer:
                         event = SentElsewhere(peer, text, entry["at"], server_id, frame.from_device)
-            if self._may_advance() and seq > int(tx.get("last_seq") or 0):
+            if kept:
+                tx.take_aside(server_id)
+            elif self._may_advance() and seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", seq)
         if event is not None:
             self.events.emit(event)
         for late in later:
             self.events.emit(late)
-        self._ack_soon(seq)
+        if not kept:
+            self._ack_soon(seq)
 
     def _system_entry(self, peer_id: str, warning: KeyChanged) -> dict[str, Any]:
         return {

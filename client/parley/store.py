@@ -13,6 +13,9 @@ Layout (one file, ``store.db``, in WAL mode):
 - ``messages``: the history, one row per message.
 - ``outbox``: sent frames not yet ``accepted`` by the server (resent with
   the same id after a reconnect).
+- ``aside``: received messages kept aside to be read later (a sender's device
+  not seen yet whose device list could not be read then), in arrival order;
+  ``who`` keys a sending device's rows (:meth:`Transaction.keep_aside`).
 
 Every value is sealed with AES-256-GCM under a key derived from the
 passphrase with scrypt (then HKDF-SHA256 into an encryption key and an index
@@ -82,6 +85,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     ref TEXT UNIQUE NOT NULL,
     value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS aside (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    ref TEXT UNIQUE NOT NULL,
+    who TEXT NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aside_who ON aside (who, n);
 """
 
 
@@ -273,6 +283,44 @@ class Transaction:
     def queued(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT ref, value FROM outbox ORDER BY n").fetchall()
         return [json.loads(self._store._open(value, f"outbox:{ref}")) for ref, value in rows]
+
+    # -- kept aside -------------------------------------------------------------
+    def _who(self, sender: str, device: int) -> str:
+        return self._store.ref("aside-who", f"{sender}\x00{device}")
+
+    def keep_aside(self, server_id: str, sender: str, device: int, frame: dict[str, Any]) -> bool:
+        """Keep a received frame to read later, after those of its sending device kept
+        before it; False if it is kept already."""
+        ref = self._store.ref("aside", server_id)
+        sealed = self._store._seal(json.dumps(frame).encode(), f"aside:{ref}")
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO aside (ref, who, value) VALUES (?, ?, ?)",
+            (ref, self._who(sender, device), sealed),
+        )
+        return cur.rowcount > 0
+
+    def has_aside(self, sender: str, device: int) -> bool:
+        """Whether frames of this sending device are kept aside (one index look-up)."""
+        who = self._who(sender, device)
+        return self._db.execute("SELECT 1 FROM aside WHERE who = ?", (who,)).fetchone() is not None
+
+    def aside_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM aside").fetchone()[0])
+
+    def aside(self, sender: str | None = None, device: int = 0) -> list[dict[str, Any]]:
+        """The frames kept aside, oldest first: all, or those of one sending device."""
+        if sender is None:
+            rows = self._db.execute("SELECT ref, value FROM aside ORDER BY n").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT ref, value FROM aside WHERE who = ? ORDER BY n",
+                (self._who(sender, device),),
+            ).fetchall()
+        return [json.loads(self._store._open(value, f"aside:{ref}")) for ref, value in rows]
+
+    def take_aside(self, server_id: str) -> None:
+        """Forget a frame kept aside (read now)."""
+        self._db.execute("DELETE FROM aside WHERE ref = ?", (self._store.ref("aside", server_id),))
 
 
 class Store:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from parley import Client, ParleyError, SafetyNumberChanged
@@ -10,6 +11,7 @@ from parley.client import KeyChanged, Message, Receipt
 from parley_contract import frames as f
 
 from tests.client.conftest import PASSWORD, MakeClient
+from tests.support.aio import eventually
 from tests.support.stack import System
 
 
@@ -456,33 +458,134 @@ async def test_a_message_that_fails_for_what_it_holds_does_not_block_the_inbox(
     assert bob._conn is not None and bob._conn.connects == connects  # never dropped
 
 
-async def test_a_message_from_a_new_device_waits_out_a_key_directory_outage(
+class _Directory:
+    """Bob's reads of device lists fail while ``down`` (the key directory is away)."""
+
+    def __init__(self, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+        from parley.errors import ServerUnavailable
+
+        self.down = True
+        self.failed = 0
+        keys = client.messenger.keys
+        real = keys.directory_list
+
+        async def directory_list(user_id: str) -> object:
+            if self.down:
+                self.failed += 1
+                raise ServerUnavailable("the key directory is unavailable")
+            return await real(user_id)
+
+        monkeypatch.setattr(keys, "directory_list", directory_list)
+
+
+def _texts(client: Client, peer: str) -> list[tuple[str, str]]:
+    return [(e["kind"], e["text"]) for e in client.history(peer)]
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    async def probe() -> bool:
+        return condition()
+
+    await eventually(probe, bool)
+
+
+async def test_a_message_from_a_new_device_is_kept_aside_while_the_directory_is_away(
     make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Audit finding: the device list's failure was swallowed, so the first message from
-    a device not seen yet was read as from an unknown one: a "could not decrypt" line,
-    acknowledged, lost for good to a short outage of the key directory. Now the socket
-    drops and the next sync reads it again."""
-    from parley.errors import ServerUnavailable
+    """The first message from a device not seen yet needs its device list. While the key
+    directory cannot answer, it was not processed and held the whole inbox (the socket
+    dropped and every sync stopped on it again): now it is kept aside in the local store
+    and acknowledged, the inbox reads on, and it is read once the directory answers,
+    in order with the device's later messages."""
+    from parley import messenger
 
+    monkeypatch.setattr(messenger, "ASIDE_RETRY", (0.05, 0.2))
+    alice, bob, carol = await make_client(), await make_client(), await make_client()
+    assert bob.username and alice.user_id and carol.user_id
+    for client in (alice, bob, carol):
+        await client.connect()
+    await carol.send(bob.username, "before", wait="stored")
+    assert (await bob.next_event(Message, timeout=30)).text == "before"  # type: ignore[attr-defined]
+    directory = _Directory(bob, monkeypatch)
+    connects = bob._conn.connects if bob._conn else 0
+
+    await alice.send(bob.username, "hello", wait="stored")
+    await alice.send(bob.username, "again", wait="stored")
+    await carol.send(bob.username, "meanwhile", wait="stored")
+    got = await bob.next_event(Message, timeout=30)
+    assert isinstance(got, Message) and (got.peer_id, got.text) == (carol.user_id, "meanwhile")
+    store = bob.store.read()
+    assert [k["body"] != "" for k in store.aside()] == [True, True]  # kept, in order
+    assert directory.failed >= 2 and _texts(bob, alice.user_id) == []
+    # Acknowledged: the server's inbox moved past them (a new socket's sync reads none).
+    assert int(store.get("last_seq") or 0) >= max(k["seq"] for k in store.aside())
+    kept = msgspec_message(store.aside()[0])
+    await bob.messenger._on_message(kept)  # the same frame again (a lost ack): kept once
+    assert bob.store.read().aside_count() == 2
+
+    directory.down = False
+    first = await bob.next_event(Message, timeout=30)
+    second = await bob.next_event(Message, timeout=30)
+    assert [(e.peer_id, e.text) for e in (first, second)] == [  # type: ignore[attr-defined]
+        (alice.user_id, "hello"),
+        (alice.user_id, "again"),
+    ]
+    assert _texts(bob, alice.user_id) == [("message", "hello"), ("message", "again")]
+    assert bob.store.read().aside_count() == 0
+    assert bob._conn is not None and bob._conn.connects == connects  # never dropped
+
+
+def msgspec_message(raw: dict[str, object]) -> f.Message:
+    import msgspec
+
+    return msgspec.convert(raw, f.Message)
+
+
+async def test_a_device_s_next_message_reads_what_it_kept_aside_first(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept aside, then the directory answers and the device's next message comes before
+    any retry: the kept one (which starts the session) is read first, then the new one."""
+    from parley import messenger
+
+    monkeypatch.setattr(messenger, "ASIDE_RETRY", (3600.0, 3600.0))  # no retry in the test
     alice, bob = await make_client(), await make_client()
     assert bob.username and alice.user_id
     await alice.connect()
     await bob.connect()
-    keys = bob.messenger.keys
-    real = keys.directory_list
-    down = [2]  # bob's first two reads fail: the directory is away for a moment
+    directory = _Directory(bob, monkeypatch)
+    await alice.send(bob.username, "one", wait="stored")
+    await wait_for(lambda: bob.store.read().aside_count() == 1)
+    directory.down = False
+    await alice.send(bob.username, "two", wait="stored")
+    got = [await bob.next_event(Message, timeout=30) for _ in range(2)]
+    assert [e.text for e in got] == ["one", "two"]  # type: ignore[attr-defined]
+    assert _texts(bob, alice.user_id) == [("message", "one"), ("message", "two")]
+    assert bob.store.read().aside_count() == 0
 
-    async def directory_list(user_id: str) -> object:
-        if down[0] > 0:
-            down[0] -= 1
-            raise ServerUnavailable("the key directory is unavailable")
-        return await real(user_id)
 
-    monkeypatch.setattr(keys, "directory_list", directory_list)
-    connects = bob._conn.connects if bob._conn else 0
-    await alice.send(bob.username, "hello", wait="stored")
-    got = await bob.next_event(Message, timeout=30)
-    assert isinstance(got, Message) and got.text == "hello"
-    assert down == [0] and bob._conn is not None and bob._conn.connects > connects
-    assert [(e["kind"], e["text"]) for e in bob.history(alice.user_id)] == [("message", "hello")]
+async def test_what_is_kept_aside_is_read_after_a_restart(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept aside is kept on disk: a client closed meanwhile reads it after its next sync
+    (the server no longer has it: it was acknowledged)."""
+    from parley import messenger
+
+    monkeypatch.setattr(messenger, "ASIDE_RETRY", (3600.0, 3600.0))  # only the sync reads it
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and bob.user_id and alice.user_id
+    await alice.connect()
+    await bob.connect()
+    _Directory(bob, monkeypatch)
+    await alice.send(bob.username, "kept", wait="stored")
+    await wait_for(lambda: bob.store.read().aside_count() == 1)
+    await wait_for(lambda: bob.messenger._ack_task is not None and bob.messenger._ack_task.done())
+    data_dir = bob.data_dir
+    await bob.close()
+
+    again = await make_client(bob.username, signup=False, data_dir=data_dir)
+    await again.connect()
+    got = await again.next_event(Message, timeout=30)
+    assert isinstance(got, Message) and got.text == "kept"
+    assert _texts(again, alice.user_id) == [("message", "kept")]
+    assert again.store.read().aside_count() == 0
