@@ -53,6 +53,9 @@ class TypingTooSoon(ApiError):
 MAX_IN_FLIGHT_SENDS = 256
 # Refused sends (over the rate) after which a socket is closed 4009: 4x the burst, at most this.
 FLOOD_VIOLATIONS = 400
+VIOLATIONS_FORGOTTEN_S = 60.0
+"""A socket's refused frames are forgotten after this long without one (_violated)."""
+violation_clock = time.monotonic
 _TYPING_VIOLATIONS = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.ROOM_NOT_FOUND})
 CLOSE_TIMEOUT_S = 5.0
 """A closing socket's connection is dropped once its client has taken nothing of what
@@ -78,8 +81,8 @@ class Connection:
     # pending tasks and the waiter for a send slot exist only while they are used.
     __slots__ = (
         "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_ahead", "_cid",
-        "_closing", "_pending", "_sending", "_slot_free", "_token_body", "_token_head", "_writer",
-        "_writer_delayed",
+        "_closing", "_pending", "_sending", "_slot_free", "_token_body", "_token_head",
+        "_violated_at", "_writer", "_writer_delayed",
         "beat", "busy", "device_id", "expires_at", "heard", "hub", "limits", "queue",
         "queued_bytes", "sid", "transport", "user_id", "violations", "ws",
     )  # fmt: skip
@@ -106,6 +109,7 @@ class Connection:
         """Bytes waiting in ``queue``: bounded too (``outbound_queue_bytes``), since
         1,000 frames of 64 KiB would be 64 MiB per socket."""
         self.violations = 0
+        self._violated_at = 0.0
         self._sending = 0
         """Sends submitted and not yet accepted by the broker (``MAX_IN_FLIGHT_SENDS``)."""
         self._slot_free: asyncio.Future[None] | None = None
@@ -631,7 +635,14 @@ class Connection:
     async def _violated(self, frame_id: str | None) -> bool:
         """Count a refused frame; True once the socket is closed for flooding (4x the
         burst, at most 400: a large burst, a room's key distribution, does not also
-        let a flood run longer before the socket closes)."""
+        let a flood run longer before the socket closes). Counted since the last quiet
+        spell: ``VIOLATIONS_FORGOTTEN_S`` without one forgets those before (a socket
+        open for days that hit the limit now and then was closed as a flood once
+        they added up)."""
+        now = violation_clock()
+        if now - self._violated_at > VIOLATIONS_FORGOTTEN_S:
+            self.violations = 0
+        self._violated_at = now
         self.violations += 1
         if self.violations <= min(4 * self.limits.send_burst, FLOOD_VIOLATIONS):
             return False

@@ -194,3 +194,35 @@ async def test_flood_is_rate_limited_then_closed(issuer: Any, make_client: Any) 
     assert set(codes) == {"rate_limited"}
     assert await client.wait_closed() == CLOSE_FLOOD
     await client.close()
+
+
+async def test_refusals_far_apart_never_add_up_to_a_flood(
+    issuer: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket open for days that hit the send limit now and then: its refused frames
+    added up for its whole life, and it was closed as a flood (4009) once they passed
+    4x the burst. Refusals a minute apart are forgotten; a flood still closes it."""
+    from services.gateway import connection
+    from services.gateway.app import create_app
+
+    clock = [1000.0]
+    monkeypatch.setattr(connection, "violation_clock", lambda: clock[0])
+    settings = issuer.settings.model_copy(update={"ws_sends_per_s": 0.001, "ws_send_burst": 2})
+    gw = await make_client(await create_app(settings))
+    await gw.server.app[KAFKA].wait_ready(30)
+    bob = uid()
+    issuer.users.add(bob)
+    client = await WsClient.connect(str(gw.make_url("/ws")), issuer.token(uid(), did=1))
+    refused = 0
+    for spell in range(4):  # 4 spells of 5 refusals: 20 in all, the close is past 8
+        for i in range(5 if spell else 7):  # the first spell takes the burst's 2 too
+            await client.send(send_frame(f"f{spell}.{i}", bob, "eA"))
+        await client.send({"op": "ping", "id": f"p{spell}"})
+        while (frame := await client.next())["op"] != "pong":
+            refused += frame["op"] == "error" and frame["code"] == "rate_limited"
+        clock[0] += 61.0  # a quiet minute
+    assert refused == 20 and client.close_code is None
+    for i in range(9):  # a flood: 9 refusals at once
+        await client.send(send_frame(f"g{i}", bob, "eA"))
+    assert await client.wait_closed() == CLOSE_FLOOD
+    await client.close()
