@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_LEEWAY_S = 5
 VERIFIED_CACHE_MAX = 50_000
+MAX_TOKEN_LIFETIME_S = 86_400 + TOKEN_LEEWAY_S
+"""The longest ``exp - iat`` accepted: the largest ``access_token_ttl_s`` allowed (a bound
+that holds whatever each service's own setting says)."""
 ALGORITHMS = ["EdDSA"]
 JWKS_PATH = "/.well-known/jwks.json"
 # Unknown kids trigger at most one JWKS refresh per this many seconds
@@ -137,6 +140,10 @@ class TokenVerifier:
                 continue
             if entry.get("kid") and jwk.algorithm_name in ALGORITHMS:
                 keys[entry["kid"]] = jwk.key
+        if any(keys.get(kid) != key for kid, key in self._keys.items()):
+            # A key dropped (``rotate-keys --drop-previous``: one compromised): the
+            # tokens it signed die now, not only those this process never saw.
+            self._verified.clear()
         self._keys = keys
         self._fetched_at = time.monotonic()
 
@@ -235,6 +242,10 @@ class TokenVerifier:
             raise ApiError(ErrorCode.TOKEN_EXPIRED, "The access token has expired.") from None
         except jwt.PyJWTError:
             raise ApiError(ErrorCode.INVALID_TOKEN) from None
+        if int(payload["exp"]) - int(payload["iat"]) > MAX_TOKEN_LIFETIME_S:
+            # Never issued (the longest access token the auth service makes): one signed
+            # with a stolen key, to outlive the key's rotation in every cache.
+            raise ApiError(ErrorCode.INVALID_TOKEN)
         roles = payload.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise ApiError(ErrorCode.INVALID_TOKEN)

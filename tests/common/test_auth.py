@@ -304,3 +304,52 @@ async def test_a_stale_jwks_is_refreshed_behind_while_known_keys_verify(
     assert fetches == 2  # the refresh started, and hangs behind
     hung.set()
     await verifier.close()
+
+
+async def test_a_dropped_signing_key_ends_the_tokens_already_verified(
+    settings: Settings,
+) -> None:
+    """Audit finding: a token verified once stayed in the cache until its own expiry,
+    whatever the key ring said: after ``rotate-keys --drop-previous`` (a key stolen) a
+    token signed with the stolen key, with an expiry years out, kept working in every
+    process that had seen it. The cache is cleared when a key goes, and a lifetime
+    longer than any access token's is refused."""
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+    def jwk(key: Ed25519PrivateKey, kid: str) -> dict[str, Any]:
+        public = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        return {**public, "kid": kid, "alg": "EdDSA"}
+
+    jwks: dict[str, Any] = {"keys": [jwk(old, "old"), jwk(new, "new")]}
+
+    async def loader() -> dict[str, Any]:
+        return jwks
+
+    verifier = TokenVerifier(settings, jwks_loader=loader)
+    now = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": "u", "sid": "s",
+        "jti": "j", "roles": ["admin"], "iat": now, "exp": now + 600,
+    }  # fmt: skip
+    stolen = jwt.encode(claims, old, algorithm="EdDSA", headers={"kid": "old"})
+    fresh = jwt.encode({**claims, "jti": "j2"}, new, algorithm="EdDSA", headers={"kid": "new"})
+    assert (await verifier.verify(stolen)).roles == ("admin",)
+    assert (await verifier.verify(fresh)).sub == "u"
+
+    jwks["keys"] = [jwk(new, "new")]  # the old key dropped
+    verifier.load_jwks(jwks)
+    assert await rejected(verifier, stolen) == "invalid_token"
+    assert (await verifier.verify(fresh)).sub == "u"  # the kept key's tokens still work
+
+    # A key merely added keeps what was verified.
+    assert await verifier.verify(fresh) is verifier._verified[fresh]
+    cached = verifier._verified[fresh]
+    jwks["keys"].append(jwk(Ed25519PrivateKey.generate(), "newer"))
+    verifier.load_jwks(jwks)
+    assert verifier._verified.get(fresh) is cached
+
+    # Never issued: a lifetime past the longest access token (a day).
+    forever = {**claims, "jti": "j3", "exp": now + 10 * 365 * 86400}
+    assert await rejected(verifier, jwt.encode(forever, new, algorithm="EdDSA",
+                                               headers={"kid": "new"})) == "invalid_token"  # fmt: skip
+    await verifier.close()
