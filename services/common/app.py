@@ -58,7 +58,9 @@ _HTTP_CODES = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    503: ErrorCode.UNAVAILABLE,
 }
+_KEPT_HEADERS = ("allow", "retry-after")
 
 
 access_log = logging.getLogger("parley.access")
@@ -116,15 +118,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
-        err = ApiError(code, status=exc.status)
+        fallback = ErrorCode.INTERNAL if exc.status >= 500 else ErrorCode.BAD_REQUEST
+        code = _HTTP_CODES.get(exc.status, fallback)
+        # A 503 was answered `bad_request` (a draining gateway told clients not to
+        # retry); its own text, when a handler gave one, says why.
+        text = exc.text if exc.status >= 500 and exc.text != f"{exc.status}: {exc.reason}" else None
+        err = ApiError(code, text, status=exc.status)
         # A 405 says which methods the resource has (RFC 9110, section 15.5.6).
-        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
         return json_response(err.body(rid), status=exc.status, headers=kept or None)
     except asyncio.CancelledError:
         raise
-    except (RedisError, PyMongoError, KafkaError, ConnectionError) as exc:
-        # A backing server is down or unreachable: temporary, say so (503).
+    except (RedisError, PyMongoError, KafkaError, ConnectionError, TimeoutError) as exc:
+        # A backing server is down, unreachable or too slow: temporary, say so (503).
         log.warning("dependency error", extra={"path": request.path, "error": repr(exc)})
         return json_response(ApiError(ErrorCode.UNAVAILABLE).body(rid), status=503)
     except Exception:

@@ -55,6 +55,23 @@ def harden(resp: web.StreamResponse, policy: str) -> web.StreamResponse:
     return resp
 
 
+def _within(root: Path, tail: str) -> Path | None:
+    """``root / tail`` if it stays inside ``root``; None for a path that leaves it or
+    that no file can have (a NUL byte: 500 before)."""
+    try:
+        target = (root / tail).resolve()
+    except (ValueError, OSError):
+        return None
+    return target if target.is_relative_to(root.resolve()) else None
+
+
+def _is_file(target: Path) -> bool:
+    try:
+        return target.is_file()
+    except (ValueError, OSError):  # a name too long (ENAMETOOLONG): 500 before
+        return False
+
+
 def app_routes(app: web.Application, name: str, client_id: str, settings: Settings) -> None:
     dist = Path(os.environ.get("WEB_ROOT", str(ROOT))) / name / "dist"
     policy = csp(settings)
@@ -68,10 +85,10 @@ def app_routes(app: web.Application, name: str, client_id: str, settings: Settin
 
     async def serve(request: web.Request) -> web.StreamResponse:
         tail = request.match_info.get("tail", "")
-        target = (dist / tail).resolve()
-        if not target.is_relative_to(dist.resolve()):
+        target = _within(dist, tail)
+        if target is None:
             raise web.HTTPNotFound()
-        if not target.is_file():
+        if not _is_file(target):
             if tail.startswith("assets/"):
                 raise web.HTTPNotFound()
             target = dist / "index.html"  # the app routes itself
@@ -105,8 +122,8 @@ def chat_routes(app: web.Application) -> None:
         return harden(resp, policy)
 
     async def asset(request: web.Request) -> web.StreamResponse:
-        target = (dist / "assets" / request.match_info["tail"]).resolve()
-        if not target.is_relative_to((dist / "assets").resolve()) or not target.is_file():
+        target = _within(dist / "assets", request.match_info["tail"])
+        if target is None or not _is_file(target):
             raise web.HTTPNotFound()
         resp = web.FileResponse(target)
         resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"

@@ -49,6 +49,14 @@ def make_app(**settings: Any) -> web.Application:
     async def redis_down(request: web.Request) -> None:
         raise RedisConnectionError("Connection closed by server.")
 
+    @api.get("/v1/kafka-slow", summary="A dependency does not answer in time")
+    async def kafka_slow(request: web.Request) -> None:
+        raise TimeoutError  # as a producer's wait_ready(30) against a broker still away
+
+    @api.get("/v1/draining", summary="Answers 503 as aiohttp's exception")
+    async def draining(request: web.Request) -> None:
+        raise web.HTTPServiceUnavailable(headers={"Retry-After": "5"})
+
     @api.get("/v1/boom", summary="Crashes")
     async def boom(request: web.Request) -> None:
         raise RuntimeError("internal detail: db password is xyz")
@@ -230,6 +238,18 @@ async def test_a_down_dependency_is_503_unavailable_not_500(client: Any) -> None
     body = await resp.json()
     assert body["error"]["code"] == "service_unavailable"
     assert "Connection closed" not in str(body)
+
+
+async def test_a_timeout_and_aiohttps_503_are_service_unavailable(client: Any) -> None:
+    """Audit finding: a dependency's timeout was a 500 with a traceback, and a 503 raised
+    as aiohttp's exception (a draining gateway's) was answered `bad_request`, which
+    tells a client not to try again."""
+    slow = await client.get("/test/v1/kafka-slow")
+    assert slow.status == 503
+    assert (await slow.json())["error"]["code"] == "service_unavailable"
+    draining = await client.get("/test/v1/draining")
+    assert draining.status == 503 and draining.headers["Retry-After"] == "5"
+    assert (await draining.json())["error"]["code"] == "service_unavailable"
 
 
 async def test_caller_and_role_are_checked_before_the_body(issuer: Any, make_client: Any) -> None:

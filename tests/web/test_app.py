@@ -47,11 +47,18 @@ async def test_the_chat_config_names_no_api_origin_here(web_client: Any) -> None
 
 
 @pytest.mark.parametrize(
-    "path", ["/assets/missing.js", "/assets/../../secret.txt", "/assets/%2e%2e/%2e%2e/secret.txt"]
-)
+    "path",
+    [
+        "/assets/missing.js", "/assets/../../secret.txt", "/assets/%2e%2e/%2e%2e/secret.txt",
+        # Audit finding: a NUL byte or a name too long for the file system was a 500 and
+        # a traceback in the log, for anyone to send.
+        "/assets/a.js%00", "/assets/" + "a" * 5000, "/admin/%00", "/admin/assets/" + "a" * 5000,
+    ],
+)  # fmt: skip
 async def test_nothing_else_is_served(web_client: Any, path: str) -> None:
     resp = await web_client.get(path)
     assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
     assert "not to be served" not in await resp.text()
 
 
@@ -59,4 +66,7 @@ async def test_an_unbuilt_app_says_so(make_client: Any, tmp_path: Path, monkeypa
     monkeypatch.setenv("WEB_ROOT", str(tmp_path))
     client = await make_client(await create_app(load_settings()))
     resp = await client.get("/")
-    assert resp.status == 503  # (the error middleware words it; make install builds it)
+    # Audit finding: answered `bad_request`, and the text saying why was lost.
+    assert resp.status == 503
+    error = (await resp.json())["error"]
+    assert error["code"] == "service_unavailable" and "not built" in error["message"]
