@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -123,15 +123,25 @@ class RevocationLog:
                 batch = []
         return restored + await self._put(batch, now)
 
-    async def _put(self, docs: Iterable[Doc], now: float) -> int:
-        count = 0
+    async def _put(self, docs: Sequence[Doc], now: float) -> int:
+        """Set the keys of ``docs``, then delete again those whose record went meanwhile.
+
+        A revocation lifted (:meth:`remove`: the record, then the key) after this read
+        its record was set again here: an unblocked user refused for the key's whole
+        life, with no record left to repair it. Read again after the sets, a record
+        gone was removed either before that read (its key is deleted here) or after
+        it, so after these sets (its own delete of the key comes last)."""
+        if not docs:
+            return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for doc in docs:
                 pipe.set(str(doc["_id"]), b"1", ex=max(1, int(doc["expires_at"] - now)))
-                count += 1
-            if count:
-                await pipe.execute()
-        return count
+            await pipe.execute()
+        ids = [doc["_id"] for doc in docs]
+        kept = {doc["_id"] async for doc in self.collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+        if gone := [str(i) for i in ids if i not in kept]:
+            await self.redis.delete(*gone)
+        return len(docs)
 
     async def present(self) -> bool:
         """False once Redis lost the marker (it restarted): time to restore."""

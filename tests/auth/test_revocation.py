@@ -131,6 +131,29 @@ async def test_expired_revocations_are_not_restored(auth: AuthApi) -> None:
     assert not await auth.redis.exists(f"{auth.service.settings.redis_prefix}:revoked:sid:old")
 
 
+async def test_an_unblock_is_not_undone_by_a_restore_that_read_the_block_before(
+    auth: AuthApi,
+) -> None:
+    """Audit finding: a restore (every 30 s) that had read a block's record before an
+    unblock removed it set its key again: the unblocked user was refused for the key's
+    whole life, and no record was left to repair it. The restore reads the records
+    again after its writes and deletes the keys of those gone."""
+    import time
+
+    store = auth.service.store
+    key = f"{auth.service.settings.redis_prefix}:blocked:u-unblocked"
+    await store.revocation_log.add({key: {"kind": "user", "user_id": "u-unblocked"}}, 600)
+    read = [d async for d in store.revocations.find({"_id": key})]  # the restore's read
+    await store.revocation_log.remove([key])  # the unblock, in between
+    assert await store.revocation_log._put(read, time.time()) == 1  # the restore's write
+    assert not await auth.redis.exists(key)
+    # A record still there keeps its key.
+    await store.revocation_log.add({key: {"kind": "user", "user_id": "u-unblocked"}}, 600)
+    read = [d async for d in store.revocations.find({"_id": key})]
+    await store.revocation_log._put(read, time.time())
+    assert await auth.redis.exists(key)
+
+
 async def test_a_password_change_ends_thousands_of_sessions_at_once(
     auth: AuthApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
