@@ -277,7 +277,7 @@ def send(
         err.print("[red]Error:[/] the message is empty: there is nothing to send.")
         raise typer.Exit(1)
     if cli_rooms.is_room(user):
-        _run(cli_rooms.room_send(opts, user, message, timeout))
+        _run(cli_rooms.room_send(opts, user, message, timeout, accept_new_identity))
         return
 
     async def run() -> None:

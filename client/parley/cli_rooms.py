@@ -386,13 +386,17 @@ def is_room(target: str) -> bool:
     return target.startswith("#")
 
 
-async def room_send(opts: Options, target: str, message: str, timeout: float = 30.0) -> None:
+async def room_send(
+    opts: Options, target: str, message: str, timeout: float = 30.0, accept: bool = False
+) -> None:
     async with _client(opts) as client:
         client.check_text(message)
         room = await client.rooms.resolve(target)
         if room.get("kind") == "private":
             await _with_status("Connecting...", client.connect())
-        sending = client.rooms.send(room["room_id"], message, timeout=timeout)
+        sending = client.rooms.send(
+            room["room_id"], message, timeout=timeout, accept_new_identity=accept
+        )
         try:
             await _with_status(f"Sending to #{room['name']}...", sending)
         except TimeoutError:
@@ -621,7 +625,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                     typists.until.pop(event.sender_id, None)
                 if event.room_id != rid:
                     console.print(f"[dim](new message in another room from {event.username})[/]")
-                elif not (event.public and event.own):
+                elif not event.here:  # this chat's own post was typed here: its number
                     if later := order.show(event.seq):
                         console.print(late_note(later))
                     _print_room_entry(

@@ -75,8 +75,9 @@ class MessageRemoved(Event):
 @dataclass(frozen=True)
 class RoomMessage(Event):
     """A message in a room: a private room's (decrypted; ``server_id`` set) or a public
-    room's live post (``seq`` is its timeline number).  ``own``: sent by another
-    device of this account."""
+    room's live post (``seq`` is its timeline number).  ``own``: sent by this account
+    (a private room's: from another of its devices); ``here``: a public post made by this
+    very client (its text is what was typed: show its number)."""
 
     room_id: str
     sender_id: str
@@ -88,6 +89,7 @@ class RoomMessage(Event):
     mentions: tuple[str, ...] = ()
     public: bool = False
     own: bool = False
+    here: bool = False
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 ACK_DELAY = 0.2
 ASIDE_MAX = 10_000  # messages kept aside at most (Messenger._on_message)
 ASIDE_RETRY = (2.0, 60.0)  # first and longest wait between reads of what is kept aside
+ASIDE_ASK_EVERY = 1.0  # a sender's list is asked for at most this often while kept aside
 LISTS_PER_READ = 1000  # users per bulk device-list read (the key directory's MAX_LIST_USERS)
 CLAIMS_PER_REQUEST = 100  # users per bulk claim (the key directory's MAX_CLAIM_USERS)
 CLAIMS_AT_ONCE = 3  # bulk claims in flight (the directory works on each 16 users at a time)
@@ -262,6 +263,7 @@ class Messenger:
         self._aside_lock = asyncio.Lock()
         self._aside_task: asyncio.Task[Any] | None = None
         self._aside_wake = asyncio.Event()
+        self._unanswered: dict[str, float] = {}  # sender -> loop time to ask again from
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -318,7 +320,18 @@ class Messenger:
         """Trust users' signed device lists (from the directory or from claims' answers)
         as :meth:`PeerState.trust` says, in one transaction; a changed account key is
         reported (warning event and history entry). A contact's username is the one
-        already known (:meth:`name_of` is not asked: a room's members come named)."""
+        already known (:meth:`name_of` is not asked: a room's members come named).
+        A list that does not verify (or is older than the one held) raises
+        :class:`UntrustedKeys` and changes nothing (a raw crypto error ended the CLI's
+        chat with a traceback, and a room send's redo task with it)."""
+        try:
+            return await self._trust_checked(answers)
+        except CryptoError as exc:
+            raise UntrustedKeys(
+                f"The key directory served a device list that does not verify ({exc})."
+            ) from exc
+
+    async def _trust_checked(self, answers: list[dict[str, Any]]) -> list[PeerState]:
         me = self.account.user_id
         assert me is not None
         signed = [SignedDeviceList.from_json(answer) for answer in answers]
@@ -345,6 +358,20 @@ class Messenger:
         for warning in warnings:
             self.events.emit(warning)
         return states
+
+    def known_names(self, user_ids: list[str]) -> dict[str, str]:
+        """The usernames of ``user_ids`` known here (remembered, or the local store's
+        contacts), asking no server."""
+        store = self._store().read()
+        out: dict[str, str] = {}
+        for user_id in user_ids:
+            name = self._names.get(user_id)
+            if name is None:
+                peer = store.peer(user_id)
+                name = peer.get("username") if peer else None
+            if name:
+                out[user_id] = str(name)
+        return out
 
     def remember_names(self, names: dict[str, str]) -> None:
         """Usernames learnt elsewhere (a room's member list), for :meth:`name_of`."""
@@ -884,23 +911,30 @@ class Messenger:
         verify: decrypting then fails and says so). False if it cannot answer now."""
         if device in self._peer(self._store().read(), sender).devices:
             return True
+        loop = asyncio.get_running_loop()
+        if self._unanswered.get(sender, 0.0) > loop.time():
+            return False  # asked a moment ago: a backlog synced in an outage asks once
         try:
             await self._refresh_peer(sender)  # it may have just been linked
         except (ParleyError, CryptoError) as exc:
             if _for_now(exc):
                 log.info("device %s of %s not checked now: %r", device, sender, exc)
+                self._unanswered[sender] = loop.time() + ASIDE_ASK_EVERY
                 return False
+        self._unanswered.pop(sender, None)
         return True
 
     async def _keep_aside(self, frame: f.Message) -> None:
         seq = frame.seq
         async with self._store().transaction() as tx:
-            if tx.aside_count() >= ASIDE_MAX:
+            if tx.has_message(frame.server_id) or tx.is_aside(frame.server_id):
+                pass  # a copy sent again (an ack lost): acknowledged again
+            elif tx.aside_count() >= ASIDE_MAX:
                 raise ServerUnavailable(
                     f"{ASIDE_MAX} messages from new devices wait for their device lists "
                     "already; this one will be read again."
                 )
-            if not tx.has_message(frame.server_id):
+            else:
                 raw = msgspec.to_builtins(frame)
                 tx.keep_aside(frame.server_id, frame.from_, frame.from_device, raw)
             if self._may_advance() and seq > int(tx.get("last_seq") or 0):
@@ -914,7 +948,8 @@ class Messenger:
         raises (it stays, with those after it); one failing for what it holds is
         logged and dropped, as a live one is passed (kept, it would hold the device's
         later messages for good)."""
-        for raw in self._store().read().aside(sender, device):
+        kept = sorted(self._store().read().aside(sender, device), key=lambda r: int(r["seq"]))
+        for raw in kept:  # in the inbox's order (a push may come before its sync page)
             try:
                 await self._read_message(msgspec.convert(raw, f.Message), kept=True)
             except Exception as exc:
@@ -1312,6 +1347,7 @@ class Messenger:
     async def send_control(
         self, peer_id: str, payload: bytes, timeout: float = 30,
         bundles: dict[tuple[str, int], PrekeyBundle] | None = None,
+        accept_new_identity: bool = False,
     ) -> set[tuple[str, int]]:  # fmt: skip
         """Send a control payload (:func:`encode_control`, e.g. a room's sender key) to
         every device of ``peer_id`` (a user id) and our other devices, over the pairwise
@@ -1322,7 +1358,10 @@ class Messenger:
         got it, which the device lists as they are by then need not say (a device
         linked meanwhile and learned of by another route did not)."""
         client_id = uuid.uuid4().hex
-        frame = await self._encrypt(peer_id, "", client_id, payload=payload, bundles=bundles)
+        frame = await self._encrypt(
+            peer_id, "", client_id, payload=payload, bundles=bundles,
+            accept_new_identity=accept_new_identity,
+        )  # fmt: skip
         self._copies[client_id] = {(c.user, int(c.device)) for c in frame.copies}
         try:
             await self.submit(frame, peer_id, wait="accepted", timeout=timeout, in_turn=False)

@@ -30,6 +30,7 @@ and decrypted when the key comes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -88,6 +89,8 @@ LOG_PAGE = 200
 LOGS_AT_ONCE = 100
 """Rooms whose logs one ``POST /delivery/v1/rooms/logs`` reads (the server's most)."""
 _ROOM_ID = re.compile(r"[0-9a-f]{24}")
+POSTED_KEPT = 1000
+"""Public posts made here whose live copy is known as this client's (``RoomMessage.here``)."""
 _MENTION = re.compile(r"(?<![\w@./])@([A-Za-z0-9._-]{1,64})")
 
 
@@ -157,6 +160,9 @@ class Rooms:
         # it ends (a gap seen meanwhile).
         self._reading: dict[str, asyncio.Task[int]] = {}
         self._again: set[str] = set()
+        # Client ids of the public posts made here, the latest POSTED_KEPT: their live
+        # copy is this client's own (``RoomMessage.here``), another device's is news.
+        self._posted: dict[str, None] = {}
         messenger.room_hook = self
 
     # -- store keys (opaque: the file does not show room ids) -----------------------------
@@ -473,11 +479,15 @@ class Rooms:
 
     # -- sending ----------------------------------------------------------------------------
     async def send(
-        self, ref: str, text: str, *, wait: str | None = "accepted", timeout: float = 30
-    ) -> str:
+        self, ref: str, text: str, *, wait: str | None = "accepted", timeout: float = 30,
+        accept_new_identity: bool = False,
+    ) -> str:  # fmt: skip
         """Send ``text`` to a room; returns the client id.  A public room's message is
         posted to its timeline; a private room's is encrypted with this device's sender
-        key (distributed or rotated first as needed) and sent as ``room_send``."""
+        key (distributed or rotated first as needed) and sent as ``room_send``.
+        ``accept_new_identity``: a member whose safety number changed (unverified) is
+        given the key all the same, as :meth:`Client.send` does for a contact (else
+        :class:`SafetyNumberChanged`, nothing sent)."""
         self.messenger.check_text(text)
         room = await self.resolve(ref)
         room_id = str(room["room_id"])
@@ -485,6 +495,9 @@ class Rooms:
             raise ApiError("not_a_member", f"You are not a member of #{room.get('name')}.", 403)
         if room.get("kind") != "private":
             client_id = uuid.uuid4().hex
+            self._posted[client_id] = None  # before: its push may come before the answer
+            while len(self._posted) > POSTED_KEPT:
+                del self._posted[next(iter(self._posted))]
             await self.api.post_room_message(room_id, client_id, text)
             return client_id
         if not self.messenger.connected:
@@ -500,7 +513,7 @@ class Rooms:
             else:
                 members = await self.member_ids(room_id)
             try:
-                keyed = await self._distribute(room_id, version, members)
+                keyed = await self._distribute(room_id, version, members, accept_new_identity)
             except TimeoutError:
                 # Before the message was queued: it exists nowhere, the caller must
                 # not be told it will be resent.
@@ -508,7 +521,7 @@ class Rooms:
                     "The room's keys could not be handed out to every member in time "
                     "(the server did not accept them): nothing was sent; send it again."
                 ) from None
-            mentions = await self._mentions(text, members)
+            mentions = await self._mentions(room_id, text, members)
             frame = await self._encrypt(room_id, text, mentions, keyed)
         return await self.messenger.submit(
             frame, room_conversation(room_id), wait=wait, timeout=timeout
@@ -525,7 +538,9 @@ class Rooms:
             raise ParleyError("Connect first: typing is said on the socket.")
         await self.messenger.conn.send(f.Typing(room=room_id, typing=typing))
 
-    async def _distribute(self, room_id: str, version: int, members: list[str]) -> set[str]:
+    async def _distribute(
+        self, room_id: str, version: int, members: list[str], accept: bool = False
+    ) -> set[str]:
         """Rotate if someone left, then give the current sender key to every member
         device that lacks it (pairwise, each send ``accepted`` before we go on).
         Returns the member devices it worked from (``member_key``s: every device of
@@ -605,7 +620,9 @@ class Rooms:
             nonlocal recording
             await claims.ready(user)  # its request's answer, not all ten
             async with gate:
-                got = await self.messenger.send_control(user, payload, bundles=claims.bundles)
+                got = await self.messenger.send_control(
+                    user, payload, bundles=claims.bundles, accept_new_identity=accept
+                )
             self.distributions += 1
             done.append(got)
             if recording is None:
@@ -618,23 +635,37 @@ class Rooms:
                 raise result  # the others' keys are recorded; the next send retries
         return now
 
-    async def _mentions(self, text: str, members: list[str]) -> list[str]:
-        """User ids of the room's members that ``text`` @mentions (not ours)."""
+    async def _mentions(self, room_id: str, text: str, members: list[str]) -> list[str]:
+        """User ids of the room's members that ``text`` @mentions (not ours), by user id
+        or by username, matched here against the members' names: no word of the text
+        is asked of a server (looked up, "@home" told the auth service a word of an
+        encrypted message). Names not known here come from the member list (the
+        rooms service knows who is in the room, not what is written)."""
         me = self.account.user_id
         found: list[str] = []
+        names: dict[str, str] | None = None  # lower-case username -> user id
         for raw in dict.fromkeys(m.rstrip("._-") for m in _MENTION.findall(text)):
-            if len(found) >= MAX_MENTIONS or not raw:
+            if len(found) >= MAX_MENTIONS:
                 break
-            if raw.lower() in members:
-                user_id = raw.lower()
-            else:
-                try:
-                    user_id, _ = await self.messenger.resolve(raw)
-                except ApiError:
-                    continue  # "@home" is just text
-            if user_id in members and user_id != me and user_id not in found:
+            if not raw:
+                continue  # "@..." mentions no one; those after it may
+            user_id: str | None = raw.lower() if raw.lower() in members else None
+            if user_id is None:
+                if names is None:
+                    names = await self._member_names(room_id, members)
+                user_id = names.get(raw.lower())
+            if user_id is not None and user_id != me and user_id not in found:
                 found.append(user_id)
         return found
+
+    async def _member_names(self, room_id: str, members: list[str]) -> dict[str, str]:
+        known = self.messenger.known_names(members)
+        if len(known) < len(members):
+            # Some not known here: the member list names them (and is remembered).
+            with contextlib.suppress(ParleyError):
+                listed = set(await self.member_ids(room_id))
+                known = self.messenger.known_names([m for m in members if m in listed])
+        return {name.lower(): user_id for user_id, name in known.items()}
 
     async def redo_room_send(
         self, client_id: str, queued: dict[str, Any], lists: list[f.DeviceList]
@@ -840,7 +871,14 @@ class Rooms:
         private = [str(r["room_id"]) for r in await self.mine() if r.get("kind") == "private"]
         got = 0
         for i in range(0, len(private), LOGS_AT_ONCE):
-            chunk = [r for r in private[i : i + LOGS_AT_ONCE] if not self._busy(r)]
+            chunk = []
+            for room_id in private[i : i + LOGS_AT_ONCE]:
+                if self._busy(room_id):
+                    # Read on after the read under way: it may have passed its end
+                    # before what this sync is for (a push lost while offline) was stored.
+                    self._read_soon(room_id)
+                else:
+                    chunk.append(room_id)
             if not chunk:
                 continue
             # The rooms of the call are being read until their pages are taken: a gap
@@ -917,10 +955,11 @@ class Rooms:
                     tx.put(self._key("room_pending", room_id), pending)
             return None
         except ReplayedMessage:
-            if keep:
-                return None  # a repeat of one we have read
-            # Its key came, but from a later point of the chain: it was sent before
-            # this device was given the sender's key (a device linked meanwhile).
+            # Not one read before (the callers look for its id first): the key we hold
+            # starts at a later point of the chain, so it was sent before this device
+            # was given the sender's key (a device linked meanwhile; or the inbox's
+            # sync brought a later key before the log's older message). Said in the
+            # history: read from the log, it went by with no trace.
             entry.update(kind="error", text="[sent before this device had the sender's key]")
             tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
             return DecryptFailed(sender, name, "sent before this device had the key")
@@ -1012,7 +1051,7 @@ class Rooms:
                 RoomMessage(
                     frame.room_id, frame.sender, name, frame.text, frame.sent_at, None,
                     frame.seq, tuple(frame.mentions), public=True,
-                    own=frame.sender == self.account.user_id,
+                    own=frame.sender == self.account.user_id, here=frame.client_id in self._posted,
                 )
             )  # fmt: skip
         else:

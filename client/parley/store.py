@@ -299,6 +299,10 @@ class Transaction:
         )
         return cur.rowcount > 0
 
+    def is_aside(self, server_id: str) -> bool:
+        ref = self._store.ref("aside", server_id)
+        return self._db.execute("SELECT 1 FROM aside WHERE ref = ?", (ref,)).fetchone() is not None
+
     def has_aside(self, sender: str, device: int) -> bool:
         """Whether frames of this sending device are kept aside (one index look-up)."""
         who = self._who(sender, device)

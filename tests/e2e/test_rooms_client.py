@@ -646,3 +646,68 @@ async def test_typing_reaches_the_other_members_through_haproxy(device: NewDevic
     await a.rooms.typing(rid, False)
     stopped = await b.next_event(Typing, timeout=10)
     assert isinstance(stopped, Typing) and not stopped.typing
+
+
+async def test_a_private_rooms_mentions_ask_no_server_about_the_text(
+    device: NewDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit findings: every @word of a private room's message that was not a member's id
+    was looked up at the auth service (``GET /auth/v1/users/<word>``): the server learnt
+    words of an encrypted message. And a stray "@..." ended the scan: the mentions after
+    it were dropped. Now names are matched here against the room's members."""
+    alice = await device(username("ma"), first=True)
+    bob = await device(username("mb"), first=True)
+    rid = await private_room(alice, [bob], "mentions")
+    assert bob.username and bob.user_id
+    asked: list[str] = []
+    resolve = alice.messenger.resolve
+
+    async def counted(name: str) -> tuple[str, str]:
+        asked.append(name)
+        return await resolve(name)
+
+    monkeypatch.setattr(alice.messenger, "resolve", counted)
+    alice.messenger._names.clear()  # names as a fresh process has them: none
+    text = f"meet @home at @midnight @... then @{bob.username.upper()}, ok?"
+    await alice.rooms.send(rid, text)
+    [entry] = await eventually(
+        lambda: _async(room_texts(bob, rid)), lambda es: len(es) >= 1, timeout=30
+    )
+    assert entry["text"] == text and entry["mentions"] == [bob.user_id]
+    assert asked == []
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_a_members_new_safety_number_is_accepted_for_a_room_only_when_asked(
+    device: NewDevice, tmp_path: Path, system: System
+) -> None:
+    """Audit finding: ``parley send '#room' --accept-new-identity`` dropped the flag, so a
+    member who reinstalled (a new safety number, never verified) stopped every send to
+    the room. Without it the send is refused and nothing is sent; with it, the member's
+    new device gets the key and reads the message."""
+    from parley import SafetyNumberChanged
+
+    alice = await device(username("ia"), first=True)
+    b_name = username("ib")
+    bob = await device(b_name, first=True)
+    rid = await private_room(alice, [bob], "identity")
+    await alice.rooms.send(rid, "before")
+    assert await all_texts(bob, rid, 1) == ["before"]
+    await bob.close()
+    again = Client(
+        system.lb, data_dir=tmp_path / "reinstalled", passphrase="test passphrase",
+        kdf=CHEAP_KDF, backoff_start=0.1, backoff_max=1.0,
+    )  # fmt: skip
+    await again.open()
+    try:
+        await again.login(b_name, PASSWORD, new_identity=True)
+        await again.connect()
+        with pytest.raises(SafetyNumberChanged):
+            await alice.rooms.send(rid, "refused")
+        await alice.rooms.send(rid, "accepted", accept_new_identity=True)
+        assert await all_texts(again, rid, 1) == ["accepted"]
+    finally:
+        await again.close()
