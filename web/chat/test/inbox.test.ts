@@ -67,28 +67,6 @@ describe('a resync cut short by the socket closing', () => {
   });
 });
 
-describe('a message from a device not seen yet', () => {
-  it('is not acknowledged while its device list cannot be read: it comes again and reads', async () => {
-    // Audit finding: the list's failure was swallowed, the message read as from an
-    // unknown device, stored as "could not decrypt" and acknowledged: lost for good to
-    // a short outage of the key directory.
-    const { server, bob, alice } = await people();
-    await connected(bob, server);
-    server.listsDown = true;
-    const first = server.open[0] as FakeSocket;
-    const item = server.push(await alice.message(server, 'hello'));
-    await until('the socket given up', () => first.closedWith === 4000);
-    expect(Math.max(0, ...server.inbox.acks)).toBeLessThan(item.seq);
-    expect(bob.history(alice.user.user_id)).toEqual([]);
-    vi.spyOn(Math, 'random').mockReturnValue(0.01); // reconnect soon
-    server.listsDown = false;
-    await until('read', () => texts(bob, alice).length === 1, 20_000);
-    expect(texts(bob, alice)).toEqual(['hello']);
-    expect(bob.history(alice.user.user_id).map((e) => e.kind)).toEqual(['message']);
-    expect(server.inbox.lost).toEqual([]);
-  });
-});
-
 describe("a new contact's name", () => {
   it('that could not be looked up is looked up again at its next message', async () => {
     // Audit finding: the id's first characters were saved as the contact's name when

@@ -125,6 +125,7 @@ import {
 import { revokeOutcome } from './sessions.ts';
 import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
+import { ASIDE_ASK, ASIDE_MAX, ASIDE_RETRY, ASIDE_ROW, Aside, nextWait } from './aside.ts';
 import { Transactions, type Tx } from './transactions.ts';
 import { Pacer, SEND_AGAIN, THROTTLED_CLOSES, sendAgainIn } from './pacing.ts';
 
@@ -457,6 +458,15 @@ export class ParleyClient {
    * client id (null: not encrypted yet); a `devices_changed` redo replaces them. */
   readonly #copies = new Map<string, [string, number][] | null>();
   readonly #roomLocks = new Map<string, Mutex>();
+  /** 1:1 messages kept aside (aside.ts): their index, the lock of whoever reads or adds
+   * to them (a frame's handler, a round of #readAside: one at a time, so a device's are
+   * read once and in order), and the timer of the next round and its wait. */
+  readonly #aside = new Aside();
+  readonly #asideLock = new Mutex();
+  #asideTimer: ReturnType<typeof setTimeout> | null = null;
+  #asideWait = ASIDE_RETRY.first;
+  /** Senders whose device list could not be read: when to ask again (ms since the epoch). */
+  readonly #unanswered = new Map<string, number>();
   readonly #peerLocks = new Map<string, Mutex>();
   readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
   readonly #typists = new TypingBoard(); // who types in which room (typing notices)
@@ -512,6 +522,12 @@ export class ParleyClient {
       if (value !== undefined) this.#cache.set(name, value);
     }
     await this.#loadOutbox();
+    for (const name of await this.vault.names(ASIDE_ROW)) {
+      const frame = await this.vault.get<W.Message>(name);
+      if (frame === undefined) continue;
+      this.#cache.set(name, frame);
+      this.#aside.add(name, frame);
+    }
     for (const contact of this.contacts()) {
       const ref = await this.#ref(contact.user_id);
       const value = await this.vault.get(`peer:${ref}`);
@@ -1344,7 +1360,9 @@ export class ParleyClient {
       tx.put('account', { ...row, access_token: null, refresh_token: null, removed_at: Date.now() });
       for (const name of ['account_key', 'device_list', 'device', 'prekeys_rotated_at']) tx.put(name, undefined);
       for (const [name] of this.#outboxRows()) tx.put(name, undefined);
+      for (const name of this.#aside.names()) tx.put(name, undefined); // no keys to read them with
     });
+    this.#aside.clear();
   }
 
   async #directoryHolds(did: number, device: Device): Promise<boolean> {
@@ -2642,6 +2660,7 @@ export class ParleyClient {
     if (this.#ackTimer) clearTimeout(this.#ackTimer);
     this.#ackTimer = null;
     this.#clearHeld();
+    this.#clearAsideTimer();
     this.#unwritten(true);
     const ws = this.#ws;
     if (ws !== null) {
@@ -2930,6 +2949,7 @@ export class ParleyClient {
       this.#syncing--;
     }
     this.#ackProcessed();
+    this.#asideSoon(true); // what is kept aside: the directory may answer again by now
   }
 
   /** Acknowledge the items pushed (and processed) while acks waited for a sync. */
@@ -2951,30 +2971,149 @@ export class ParleyClient {
     }, ACK_DELAY_MS);
   }
 
+  /** A 1:1 message (or a copy of one this account sent from another device). One from a
+   * sending device not seen yet needs its device list first; if the key directory cannot
+   * give it now (no answer, 429, 5xx), the message is **kept aside** (#keepAside) and
+   * acknowledged, and the inbox reads on. So are the later ones of that device while
+   * some of its are kept: they are read in order, once its list is read (#readKept: at
+   * the device's next message, after every sync, and on a timer while some are kept).
+   * Read as from an unknown device, the message would be a "could not decrypt" line,
+   * acknowledged: lost for good to a short outage of the key directory. */
   async #onMessage(frame: W.Message): Promise<void> {
-    const me = this.me;
     const sender = frame.from;
-    const own = sender === me;
-    // A copy of what we sent from another device goes to the conversation it names:
-    // a contact's, or ours (`dm:<me>:<me>`, a note to self), which is no contact.
-    const peer = own ? otherParty(frame.conversation, me) : sender;
+    const device = frame.from_device;
+    const peer = await this.#conversationOf(frame);
+    if (this.peer(sender).devices.has(device) && !this.#aside.holds(sender, device)) return this.#readMessage(frame, peer);
+    await this.#asideLock.run(async () => {
+      if (!(await this.#deviceKnown(sender, device))) return this.#keepAside(frame);
+      await this.#readKept(sender, device); // the device's kept messages first, in order
+      await this.#readMessage(frame, peer);
+    });
+  }
+
+  /** The conversation a 1:1 message goes to (null: none), its contact made: a copy of
+   * what we sent from another device goes to the conversation it names, a contact's or
+   * ours (`dm:<me>:<me>`, a note to self), which is no contact. */
+  async #conversationOf(frame: W.Message): Promise<string | null> {
+    const me = this.me;
+    const peer = frame.from === me ? otherParty(frame.conversation, me) : frame.from;
     if (peer === me) await this.#ref(me);
     else if (peer) await this.#ensureContact(peer);
-    if (!this.peer(sender).devices.has(frame.from_device)) {
-      try {
-        await this.#refreshPeer(sender); // a device we have not seen: its list first
-      } catch (error) {
-        // The list cannot be read now (no answer, 429, 5xx): not processed, so the
-        // handler fails, the socket is given up (#drop) and the next sync brings it
-        // again. Read as from an unknown device, it would be a "could not decrypt" line,
-        // acknowledged: lost for good to a short outage of the key directory.
-        if (error instanceof ApiError && error.transient) {
-          throw new ParleyError(`A message from a new device could not be checked now (${error.message}); it will be read again.`);
-        }
-        // refused, or a list that does not verify: decrypting below fails with
-        // UnknownDevice, and says so
+    return peer;
+  }
+
+  /** Whether a sending device's messages can be read now: it is in its user's verified
+   * list, or the key directory answered for good (refused, or a list that does not
+   * verify: decrypting then fails with UnknownDevice, and says so). False when the list
+   * cannot be read now (no answer, 429, 5xx). */
+  async #deviceKnown(sender: string, device: number): Promise<boolean> {
+    if (this.peer(sender).devices.has(device)) return true;
+    // Asked a moment ago: a backlog synced during an outage asks once a second, not once a message.
+    if ((this.#unanswered.get(sender) ?? 0) > Date.now()) return false;
+    try {
+      await this.#refreshPeer(sender); // a device we have not seen: it may have just been linked
+    } catch (error) {
+      if (error instanceof ApiError && error.transient) {
+        this.#unanswered.set(sender, Date.now() + ASIDE_ASK.everyMs);
+        return false;
       }
     }
+    this.#unanswered.delete(sender);
+    return true;
+  }
+
+  /** Keep a message aside (aside.ts), in the transaction that moves `last_seq`, and
+   * acknowledge it: once (one already kept, or already in the history, is not kept
+   * again). Past ASIDE_MAX kept, refused: the handler fails, the socket is given up
+   * (#drop) and the next sync brings it again. */
+  async #keepAside(frame: W.Message): Promise<void> {
+    const fresh = !this.#seen.has(frame.server_id) && !this.#aside.has(frame.server_id);
+    if (fresh && this.#aside.size >= ASIDE_MAX) {
+      throw new ParleyError(`${ASIDE_MAX} messages from new devices wait for their device lists already; this one will be read again.`);
+    }
+    const name = fresh ? this.#aside.nextName() : null;
+    await this.#transaction(async (tx) => {
+      if (name !== null) tx.put(name, frame);
+      this.#processed(tx, frame.seq);
+    });
+    if (name !== null) this.#aside.add(name, frame);
+    this.#emit({ type: 'changed' });
+    this.#ackSoon(frame.seq);
+    this.#asideSoon();
+  }
+
+  /** Read a sending device's kept messages, oldest first, as pushed ones are read
+   * (#readMessage), each leaving the aside rows in the transaction that records it; no
+   * cursor moves and nothing is acknowledged (they were when kept). One that fails for
+   * what it holds (it would every time) is dropped, and said; a failure of this side
+   * (the vault, signed out) is thrown, and it stays for later. */
+  async #readKept(sender: string, device: number): Promise<void> {
+    for (const [name, frame] of this.#aside.of(sender, device)) {
+      try {
+        await this.#readMessage(frame, await this.#conversationOf(frame), name);
+      } catch (error) {
+        if (error instanceof ParleyError || error instanceof ApiError || error instanceof DOMException) throw error;
+        await this.#transaction(async (tx) => tx.put(name, undefined));
+        this.#aside.remove(name, frame);
+        this.#emit({ type: 'error', code: 'client', message: `A message kept aside could not be read (${String((error as Error).message ?? error)}); it was dropped.` });
+      }
+    }
+  }
+
+  /** Read what is kept aside, each sending device's in order, those whose lists can be
+   * read now; true if some are still kept. */
+  async #readAside(): Promise<boolean> {
+    return this.#asideLock.run(async () => {
+      let left = false;
+      for (const [sender, device] of this.#aside.devices()) {
+        try {
+          if (await this.#deviceKnown(sender, device)) await this.#readKept(sender, device);
+          else left = true;
+        } catch (error) {
+          if (!(error instanceof ApiError) && !this.#ended) this.#emit({ type: 'error', code: 'client', message: `Messages kept aside could not be read now: ${String((error as Error).message ?? error)}` });
+          left = true;
+        }
+      }
+      return left;
+    });
+  }
+
+  /** Read what is kept aside after the current wait (`now`: at once: a sync is done, the
+   * directory may answer again), and again, the wait doubling (aside.ts ASIDE_RETRY),
+   * while some are kept and the client is connected. */
+  #asideSoon(now = false): void {
+    if (this.#aside.size === 0 || !this.#running) return;
+    if (this.#asideTimer !== null) {
+      if (!now) return;
+      clearTimeout(this.#asideTimer);
+    }
+    this.#asideTimer = setTimeout(() => void this.#asideRound(), now ? 0 : this.#asideWait);
+  }
+
+  async #asideRound(): Promise<void> {
+    this.#asideTimer = null;
+    if (this.#ws === null || this.#ended) return; // not connected: the next sync starts again
+    this.#asideWait = nextWait(this.#asideWait, await this.#readAside());
+    this.#asideSoon();
+  }
+
+  #clearAsideTimer(): void {
+    if (this.#asideTimer !== null) clearTimeout(this.#asideTimer);
+    this.#asideTimer = null;
+  }
+
+  /** Number of messages kept aside (waiting for their sending device's list). */
+  get keptAside(): number {
+    return this.#aside.size;
+  }
+
+  /** Decrypt and record a 1:1 message in one transaction. Pushed (or paged), it moves
+   * `last_seq` and is acknowledged; `kept` (its aside row: kept aside, so both were done
+   * then), its row is deleted in that transaction instead. */
+  async #readMessage(frame: W.Message, peer: string | null, kept?: string): Promise<void> {
+    const sender = frame.from;
+    const own = sender === this.me;
+    const settle = (tx: Tx) => (kept === undefined ? this.#processed(tx, frame.seq) : tx.put(kept, undefined));
     let event: ClientEvent | null = null;
     let roomEvents: ClientEvent[] = [];
     await this.#transaction(async (tx) => {
@@ -3005,8 +3144,7 @@ export class ParleyClient {
             roomEvents = await this.#onControl(tx, sender, frame.from_device, control);
             tx.put(this.#peerRow(sender), state.toJson());
             if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
-            this.#processed(tx, frame.seq);
-            return;
+            return settle(tx);
           }
           entry.text = displayText(incoming.plaintext);
           if (own) entry.status = 'sent';
@@ -3029,13 +3167,14 @@ export class ParleyClient {
           }
         }
       }
-      this.#processed(tx, frame.seq);
+      settle(tx);
     });
     this.#seen.add(frame.server_id);
+    if (kept !== undefined) this.#aside.remove(kept, frame);
     for (const e of roomEvents) this.#emit(e);
     if (event) this.#emit(event);
     else this.#emit({ type: 'changed' });
-    this.#ackSoon(frame.seq);
+    if (kept === undefined) this.#ackSoon(frame.seq);
   }
 
   // -- moderation (client/parley/moderation.py; docs/moderation-messages.md) --------------

@@ -34,6 +34,15 @@ export async function signUp(server: FakeServer): Promise<ParleyClient> {
   return client;
 }
 
+/** A new client on `client`'s vault (a reload: the passphrase alone reopens the
+ * session), `client` closed first; not connected yet. */
+export async function reopen(client: ParleyClient): Promise<ParleyClient> {
+  client.close();
+  const again = await ParleyClient.login(client.vault.username, '', 'a passphrase', () => Promise.reject(new Error('no second factor')));
+  clients.push(again);
+  return again;
+}
+
 export async function until(what: string, done: () => boolean, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
   while (!done()) {

@@ -260,6 +260,8 @@ export class FakeServer {
   moderationDown = false;
   /** `GET /keys/v1/users/{id}/devices` answers 503 (the key directory is down). */
   listsDown = false;
+  /** Device lists asked while `listsDown` (each refused 503). */
+  listsRefused = 0;
   /** `GET /auth/v1/users/{id}` answers 503 (the auth service is down). */
   usersDown = false;
   moderationCalls = 0;
@@ -306,7 +308,10 @@ export class FakeServer {
         return listed ? json(200, { ...listed, bundles: this.bundles.get(user) ?? [] }) : refusal(404, 'identity_not_found');
       }
       if (method === 'GET' && parts[2] === 'users' && parts[4] === 'devices') {
-        if (this.listsDown) return refusal(503, 'service_unavailable');
+        if (this.listsDown) {
+          this.listsRefused++;
+          return refusal(503, 'service_unavailable');
+        }
         const listed = this.lists.get(decodeURIComponent(parts[3] ?? ''));
         return listed ? json(200, listed) : refusal(404, 'identity_not_found');
       }
