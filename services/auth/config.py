@@ -154,7 +154,7 @@ MIN_SECRET_CHARS = 32
 def require_key_encryption(settings: Settings) -> None:
     """Refuse (ConfigError) to run without a key-encryption secret outside development.
 
-    Signing keys and TOTP seeds are sealed with it (services.auth.secretbox);
+    Signing keys, TOTP seeds and refresh keys are sealed with it (services.auth.secretbox);
     without it they would be stored in plain base64. Only ``PARLEY_ENV=development``
     allows that (the service then logs a warning at start).
     """

@@ -167,7 +167,10 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["Bearer"] = "Bearer"
     expires_in: int
-    refresh_token: str
+    refresh_token: str = Field(
+        description="Opaque to clients; single use: presented once to /v1/token/refresh "
+        "for the next tokens (a second presentation ends the session)"
+    )
     refresh_expires_in: int
     session_id: str
     user: UserBrief

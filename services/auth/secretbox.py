@@ -1,4 +1,5 @@
-"""Encryption at rest for the auth service's own secrets (signing keys, TOTP seeds).
+"""Encryption at rest for the auth service's own secrets (signing keys, TOTP seeds,
+sessions' refresh keys).
 
 With ``PARLEY_KEY_ENCRYPTION_SECRET`` set, values are sealed with AES-256-GCM
 under a key derived from the secret by HKDF-SHA256, and bound (as associated

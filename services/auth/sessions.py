@@ -6,20 +6,39 @@ hold the family (a stolen token, or a client bug), so the whole session is
 revoked and both must log in again (RFC 9700 section 4.14.2). Revocation is
 written to MongoDB (the truth), to the Redis keys every service checks, and
 published on the revocation channel so that gateways close sockets at once.
+
+Nothing is stored per refresh token. The session keeps a random key (sealed,
+never sent) and its current generation; the token of generation ``g`` is
+``(sid, g, HMAC(key, sid | g))`` (:func:`services.auth.tokens.refresh_token`).
+A token whose MAC checks out is of this family: of the current generation, it
+is used (the generation moves on atomically); of an earlier one, it was used
+before (a reuse, detected for as long as the session exists); of a later one,
+it was never issued. A session's refresh state is one document whatever its
+number of refreshes (it was one stored token per refresh, kept 30 days).
+Tokens issued before (random, hashed in ``refresh_tokens``) are read the old
+way until they expire; the first use moves their session to derived tokens.
 """
 
 from __future__ import annotations
 
 import calendar
 import contextlib
+import hmac
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from services.auth.models import SessionInfo, SessionList, TokenResponse, UserBrief
 from services.auth.state import AuthService, Caller
-from services.auth.tokens import digest, new_id, new_token
+from services.auth.tokens import (
+    digest,
+    new_id,
+    new_refresh_key,
+    parse_refresh_token,
+    refresh_mac,
+    refresh_token,
+)
 from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode
 
@@ -36,8 +55,8 @@ async def start(
 ) -> TokenResponse:
     """Open a session for a user who has fully authenticated; the first tokens."""
     await refuse_removed(svc, user["_id"], device_id)
-    sid = await open_session(svc, user, amr, caller, device, device_id=device_id)
-    return await _issue(svc, user, sid, list(amr), device_id)
+    session = await open_session(svc, user, amr, caller, device, device_id=device_id)
+    return await _issue(svc, user, session, list(amr), device_id)
 
 
 def password_stamp(user: Mapping[str, Any]) -> int | None:
@@ -101,8 +120,9 @@ async def open_session(
     client_id: str | None = None,
     scope: str | None = None,
     device_id: int | None = None,
-) -> str:
-    """Record a new session (a refresh-token family); its id.
+) -> dict[str, Any]:
+    """Record a new session (a refresh-token family); the session (its refresh token:
+    :func:`new_refresh_token`).
 
     ``client_id`` marks a session opened by an OpenID Connect client: its
     refresh tokens are only good at the provider's token endpoint, for that client.
@@ -122,6 +142,11 @@ async def open_session(
         "device_id": device_id,
         "user_agent": caller.user_agent,
         "ip": caller.ip,
+        # The refresh state, whatever the number of refreshes: the key the tokens are
+        # derived from (sealed, never sent) and the generation of the live one.
+        "refresh_key": _seal_key(svc, sid, new_refresh_key()),
+        "refresh_gen": 0,
+        "refresh_used_at": None,
     }
     if client_id is not None:
         doc.update(client_id=client_id, scope=scope)
@@ -139,7 +164,7 @@ async def open_session(
         await svc.store.revoke_session(sid, svc.now(), reason, user_id=user["_id"])
         raise ApiError(ErrorCode.INVALID_CREDENTIALS, message)
     await _keep_to_the_cap(svc, str(user["_id"]), sid)
-    return sid
+    return doc
 
 
 async def _keep_to_the_cap(svc: AuthService, user_id: str, sid: str) -> None:
@@ -156,33 +181,44 @@ async def _keep_to_the_cap(svc: AuthService, user_id: str, sid: str) -> None:
         await revoke(svc, user_id, str(doc["_id"]), "session_limit")
 
 
-async def new_refresh_token(svc: AuthService, user_id: str, sid: str) -> str:
-    """A fresh refresh token of the session ``sid`` (stored hashed)."""
-    now = svc.now()
-    refresh = new_token()
-    ttl = svc.settings.refresh_token_ttl_s
-    await svc.store.insert_refresh_token(
-        {
-            "_id": digest(refresh),
-            "sid": sid,
-            "user_id": user_id,
-            "issued_at": now,
-            "expires_at": now + timedelta(seconds=ttl),
-            "used_at": None,
-        }
-    )
-    return refresh
+def _key_context(sid: str) -> str:
+    return f"refresh:{sid}"
+
+
+def _seal_key(svc: AuthService, sid: str, key: bytes) -> dict[str, Any]:
+    """A session's refresh key as stored: sealed like TOTP seeds (services.auth.secretbox),
+    bound to the session, so that a read of the database alone mints no token."""
+    return svc.box.seal(key, _key_context(sid))
+
+
+def _session_key(svc: AuthService, session: Mapping[str, Any]) -> bytes | None:
+    """The session's refresh key; None for a session still on stored tokens."""
+    sealed = session.get("refresh_key")
+    if not sealed or session.get("refresh_gen") is None:
+        return None
+    return svc.box.open(sealed, _key_context(str(session["_id"])))
+
+
+async def new_refresh_token(svc: AuthService, session: Mapping[str, Any]) -> str:
+    """The refresh token of the session's current generation (``session``: as
+    :func:`open_session` or :func:`rotate` returned it). Nothing is stored: it is
+    derived from the session's key."""
+    key = _session_key(svc, session)
+    if key is None:
+        raise ValueError("this session has no refresh key")
+    return refresh_token(key, str(session["_id"]), int(session["refresh_gen"]))
 
 
 async def _issue(
     svc: AuthService,
     user: Mapping[str, Any],
-    sid: str,
+    session: Mapping[str, Any],
     amr: list[str],
     device_id: int | None = None,
 ) -> TokenResponse:
     now = svc.now()
-    refresh = await new_refresh_token(svc, user["_id"], sid)
+    sid = str(session["_id"])
+    refresh = await new_refresh_token(svc, session)
     ttl = svc.settings.refresh_token_ttl_s
     access = await svc.tokens.issue(user["_id"], sid, user["roles"], amr, now, device_id)
     return TokenResponse(
@@ -202,7 +238,7 @@ async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse
         if did and await svc.store.device_revoked(user["_id"], int(did)):
             raise ApiError(ErrorCode.TOKEN_REVOKED, "This device was removed from the account.")
         return await _issue(
-            svc, user, session["_id"], list(session.get("amr", [])), int(did) if did else None
+            svc, user, session, list(session.get("amr", [])), int(did) if did else None
         )
     except ApiError:
         raise
@@ -214,22 +250,80 @@ async def refresh(svc: AuthService, token: str, caller: Caller) -> TokenResponse
         raise
 
 
-async def give_back(svc: AuthService, token: str, session: dict[str, Any]) -> None:
-    """Undo :func:`rotate`'s use of ``token`` (``session``: what it returned): the
-    request failed for a reason that is not the token's, and its retry must work."""
+async def give_back(svc: AuthService, token: str, session: Mapping[str, Any]) -> None:
+    """Undo :func:`rotate`'s use of ``token`` (``session``: what it returned, or at least
+    its ``_id`` and ``token_used_at``): the request failed for a reason that is not the
+    token's, and its retry must work."""
     if session.get("token_used_at") is not None:
-        await _release(svc, digest(token), session["token_used_at"])
+        await _release(svc, token, session.get("_id"), session["token_used_at"])
 
 
-async def _release(svc: AuthService, token_hash: str, used_at: datetime) -> None:
+async def _release(svc: AuthService, token: str, sid: Any, used_at: datetime) -> None:
+    """The generation back to the presented token's, if it is still the one this use
+    (at ``used_at``) set; a legacy token unused again, and its session back on stored
+    tokens, if nothing came after this use."""
     with contextlib.suppress(Exception):  # else the retry is taken for a reuse, as before
-        await svc.store.release_refresh_token(token_hash, used_at)
+        parsed = parse_refresh_token(token)
+        if parsed is not None:
+            await svc.store.release_refresh_generation(parsed[0], parsed[1], used_at)
+            return
+        if sid is not None:
+            await svc.store.drop_refresh_key(str(sid), used_at)
+        await svc.store.release_refresh_token(digest(token), used_at)
+
+
+async def _reused(svc: AuthService, user_id: str, sid: str) -> NoReturn:
+    log.warning(
+        "refresh token reused: revoking the session", extra={"sid": sid, "user_id": user_id}
+    )
+    await revoke(svc, user_id, sid, "refresh_token_reused")
+    raise ApiError(
+        ErrorCode.REFRESH_TOKEN_REUSED,
+        "This refresh token was already used; the session has been ended.",
+    )
+
+
+def _invalid(message: str = "The refresh token is not valid.") -> ApiError:
+    return ApiError(ErrorCode.INVALID_TOKEN, message)
+
+
+async def _family(svc: AuthService, sid: str, generation: int, mac: bytes) -> dict[str, Any] | None:
+    """The session a token names if its MAC is the session's, for a generation issued
+    (the current one or an earlier one); else None. A forged or unknown token learns
+    nothing and changes nothing."""
+    session = await svc.store.session(sid)
+    if session is None:
+        return None
+    key = _session_key(svc, session)
+    if key is None or not hmac.compare_digest(mac, refresh_mac(key, sid, generation)):
+        return None
+    if generation > int(session["refresh_gen"]):
+        return None  # never issued (a generation given back after a server error)
+    return session
+
+
+async def token_session(
+    svc: AuthService, token: str
+) -> tuple[str, str, dict[str, Any] | None] | None:
+    """(user id, sid, session or None) of any refresh token of a family, used or not;
+    None if it is no token of ours (RFC 7009 revocation: services.auth.oidc.server)."""
+    parsed = parse_refresh_token(token)
+    if parsed is None:
+        doc = await svc.store.refresh_token(digest(token))
+        if doc is None:
+            return None
+        return str(doc["user_id"]), str(doc["sid"]), await svc.store.session(doc["sid"])
+    session = await _family(svc, *parsed)
+    if session is None:
+        return None
+    return str(session["user_id"]), parsed[0], session
 
 
 async def rotate(
     svc: AuthService, token: str, caller: Caller, client_id: str | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Use a refresh token once: (user, session), the token marked used, the session slid.
+    """Use a refresh token once: (user, session), the session on its next generation
+    (:func:`new_refresh_token` gives its token) and slid.
 
     The caller issues the new tokens. A token used before revokes its whole
     session (``refresh_token_reused``). A token of an OpenID client's session
@@ -238,44 +332,88 @@ async def rotate(
     """
     await svc.limiter.hit("refresh_ip", caller.ip_key)
     now = svc.now()
+    parsed = parse_refresh_token(token)
+    if parsed is None:
+        return await _rotate_legacy(svc, token, now, client_id)
+    sid, generation, mac = parsed
+    session = await _family(svc, sid, generation, mac)
+    if session is None:
+        raise _invalid()
+    if generation < int(session["refresh_gen"]):
+        await _reused(svc, str(session["user_id"]), sid)
+    if session["expires_at"] <= now:
+        raise _invalid("The refresh token has expired.")
+    after = await svc.store.advance_refresh_generation(sid, generation, now)
+    if after is None:  # another use of the same token came first
+        await _reused(svc, str(session["user_id"]), sid)
+    return await _admit(svc, token, after, now, client_id)
+
+
+async def _rotate_legacy(
+    svc: AuthService, token: str, now: datetime, client_id: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A refresh token issued before tokens were derived (stored hashed in
+    ``refresh_tokens``), read the old way: used once, a reuse revokes the session. Its
+    session gets a key and generation 0: from now on it is on derived tokens, and no
+    other stored token of it works."""
     token_hash = digest(token)
     doc = await svc.store.consume_refresh_token(token_hash, now)
     if doc is None:
         old = await svc.store.refresh_token(token_hash)
         if old is None:
-            raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token is not valid.")
-        log.warning(
-            "refresh token reused: revoking the session",
-            extra={"sid": old["sid"], "user_id": old["user_id"]},
-        )
-        await revoke(svc, old["user_id"], old["sid"], "refresh_token_reused")
-        raise ApiError(
-            ErrorCode.REFRESH_TOKEN_REUSED,
-            "This refresh token was already used; the session has been ended.",
-        )
+            raise _invalid()
+        await _reused(svc, str(old["user_id"]), str(old["sid"]))
     if doc["expires_at"] <= now:
-        raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token has expired.")
+        raise _invalid("The refresh token has expired.")
+    sid = str(doc["sid"])
     try:
-        session = await svc.store.session(doc["sid"])
-        if session is None or session["revoked_at"] is not None or session["expires_at"] <= now:
+        session = await svc.store.session(sid)
+        if session is None:
+            raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
+        adopted = await svc.store.adopt_refresh_key(
+            sid, _seal_key(svc, sid, new_refresh_key()), now
+        )
+        if adopted is None:
+            # The session is on derived tokens already: no stored token of it was
+            # given to anyone since (this one is a leftover of a failed issue).
+            raise _invalid()
+    except ApiError:
+        raise
+    except Exception:
+        await _release(svc, token, sid, now)  # a server error: the retry must not be a reuse
+        raise
+    return await _admit(svc, token, adopted, now, client_id)
+
+
+async def _admit(
+    svc: AuthService,
+    token: str,
+    session: dict[str, Any],
+    now: datetime,
+    client_id: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """After ``token`` was used (at ``now``; ``session`` as that use left it): is its
+    session still good, for this client and user? Then slide it."""
+    try:
+        if session["revoked_at"] is not None or session["expires_at"] <= now:
             raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
         if session.get("client_id") != client_id:
             # Not this client's token (used up: it was presented where it does not belong).
-            raise ApiError(ErrorCode.INVALID_TOKEN, "The refresh token is not valid.")
-        user = await svc.store.user_by_id(doc["user_id"])
+            raise _invalid()
+        user = await svc.store.user_by_id(session["user_id"])
         if user is None:
             raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
         if user["blocked"]:
             raise ApiError(ErrorCode.ACCOUNT_BLOCKED, "This account is blocked.")
         expires = now + timedelta(seconds=svc.settings.refresh_token_ttl_s)
-        await svc.store.touch_session(doc["sid"], now, expires)
+        await svc.store.touch_session(session["_id"], now, expires)
     except ApiError:
         raise
     except Exception:
-        await _release(svc, token_hash, now)  # a server error: the retry must not be a reuse
+        await _release(svc, token, session["_id"], now)  # a server error: not a reuse
         raise
-    # When this use marked the token (the caller releases it if issuing fails).
-    return user, {**session, "token_used_at": now}
+    # When this use took the token (the caller gives it back if issuing fails).
+    return user, {**session, "last_used_at": now, "expires_at": expires, "token_used_at": now}
 
 
 async def revoke(svc: AuthService, user_id: str, sid: str, reason: str) -> bool:

@@ -96,8 +96,8 @@ class AuthService:
         box = SecretBox(settings.key_encryption_secret)
         if not box.encrypts:
             log.warning(
-                "PARLEY_KEY_ENCRYPTION_SECRET is not set: signing keys and TOTP seeds are "
-                "stored unencrypted (PARLEY_ENV=development only)"
+                "PARLEY_KEY_ENCRYPTION_SECRET is not set: signing keys, TOTP seeds and "
+                "refresh keys are stored unencrypted (PARLEY_ENV=development only)"
             )
         keyring = KeyRing(
             store,

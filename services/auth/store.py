@@ -3,8 +3,11 @@
 MongoDB collections (database ``<db_prefix>auth``):
 
 - ``users``: one document per account; unique ``username`` and ``email_lc``.
-- ``sessions``: one per login (``_id`` = sid); a session is a refresh-token family.
-- ``refresh_tokens``: ``_id`` = SHA-256 of the opaque token; single use.
+- ``sessions``: one per login (``_id`` = sid); a session is a refresh-token family,
+  and keeps its whole refresh state: its key (sealed), the current generation.
+- ``refresh_tokens``: refresh tokens issued before they were derived from the session
+  (``_id`` = SHA-256 of the opaque token; single use): read until they expire, never
+  written any more.
 - ``recovery_codes``: ``_id`` = SHA-256 of user id and code; single use.
 - ``password_resets``: ``_id`` = SHA-256 of the reset token; single use.
 - ``signing_keys``: Ed25519 keys (``_id`` = kid), private half sealed at rest.
@@ -59,6 +62,7 @@ TIME_FIELDS = frozenset(
     {
         "created_at", "updated_at", "password_changed_at", "blocked_at", "last_used_at",
         "expires_at", "revoked_at", "issued_at", "used_at", "activate_at", "at",
+        "refresh_used_at",
     }
 )  # fmt: skip
 ID_CHUNK = 1000
@@ -267,11 +271,50 @@ class AuthStore:
             flt["_id"] = {"$ne": keep}
         return [str(d["_id"]) async for d in self.sessions.find(flt, {"_id": 1})]
 
-    async def insert_refresh_token(self, doc: Doc) -> None:
-        await self.refresh_tokens.insert_one(doc)
+    async def advance_refresh_generation(
+        self, sid: str, generation: int, now: datetime
+    ) -> Doc | None:
+        """Use the refresh token of ``generation``: atomically, if it is the session's
+        current one, make the next one current (``refresh_used_at``: when). The session
+        after, or None (another use came first)."""
+        return _times(
+            await self.sessions.find_one_and_update(
+                {"_id": sid, "refresh_gen": generation},
+                {"$set": {"refresh_gen": generation + 1, "refresh_used_at": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    async def release_refresh_generation(
+        self, sid: str, generation: int, used_at: datetime
+    ) -> None:
+        """Undo :meth:`advance_refresh_generation` to ``generation``: only if the current
+        generation is still the one that use set, and by that use (``used_at``)."""
+        await self.sessions.update_one(
+            {"_id": sid, "refresh_gen": generation + 1, "refresh_used_at": used_at},
+            {"$set": {"refresh_gen": generation, "refresh_used_at": None}},
+        )
+
+    async def adopt_refresh_key(self, sid: str, sealed_key: Doc, now: datetime) -> Doc | None:
+        """Move a session still on stored refresh tokens (no ``refresh_gen``) to derived
+        ones: its key, generation 0. The session after, or None if it had moved already."""
+        return _times(
+            await self.sessions.find_one_and_update(
+                {"_id": sid, "refresh_gen": None},
+                {"$set": {"refresh_key": sealed_key, "refresh_gen": 0, "refresh_used_at": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    async def drop_refresh_key(self, sid: str, used_at: datetime) -> None:
+        """Undo :meth:`adopt_refresh_key`, if no refresh came after the one at ``used_at``."""
+        await self.sessions.update_one(
+            {"_id": sid, "refresh_gen": 0, "refresh_used_at": used_at},
+            {"$unset": {"refresh_key": "", "refresh_gen": "", "refresh_used_at": ""}},
+        )
 
     async def consume_refresh_token(self, token_hash: str, now: datetime) -> Doc | None:
-        """Atomically mark an unused refresh token used; None if used or unknown."""
+        """Atomically mark an unused legacy refresh token used; None if used or unknown."""
         return _times(
             await self.refresh_tokens.find_one_and_update(
                 {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}

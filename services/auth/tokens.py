@@ -1,14 +1,22 @@
-"""Access tokens (signed JWTs) and opaque secrets (refresh tokens, codes).
+"""Access tokens (signed JWTs), refresh tokens and opaque secrets (codes).
 
 An access token carries ``iss``, ``aud``, ``sub`` (user id), ``sid`` (the
 session, i.e. the refresh-token family), ``roles``, ``jti``, ``iat``, ``exp``
-and ``amr`` (how the user authenticated, RFC 8176). Refresh tokens, reset
-tokens and recovery codes are random and only their SHA-256 is stored: they
-carry enough entropy (>= 128 bits for tokens) that a fast hash is safe.
+and ``amr`` (how the user authenticated, RFC 8176). Reset tokens, codes and
+recovery codes are random and only their SHA-256 is stored: they carry enough
+entropy (>= 128 bits for tokens) that a fast hash is safe.
+
+A refresh token (:func:`refresh_token`) names its session and generation in the
+clear and proves them with an HMAC under the session's own key, which only the
+server holds: nothing is stored per token (services.auth.sessions). Refresh
+tokens issued before (random, their SHA-256 in ``refresh_tokens``) are still
+read: :func:`parse_refresh_token` tells the two apart.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -44,6 +52,68 @@ def digest(*parts: str) -> str:
 
 def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+REFRESH_V1 = 1
+"""The first byte of a refresh token of this format (a legacy one is random)."""
+REFRESH_KEY_BYTES = 32
+_REFRESH_MAC_CONTEXT = b"parley-auth refresh token v1\x00"
+_SID_BYTES = 16
+_GEN_BYTES = 8
+_MAC_BYTES = 32
+_REFRESH_BYTES = 1 + _SID_BYTES + _GEN_BYTES + _MAC_BYTES
+REFRESH_TOKEN_LENGTH = 4 * _REFRESH_BYTES // 3
+"""76 characters (57 bytes, base64url without padding); a legacy token has 43."""
+
+
+def new_refresh_key() -> bytes:
+    """A session's refresh key: 256 random bits, kept sealed in the session."""
+    return secrets.token_bytes(REFRESH_KEY_BYTES)
+
+
+def _sid_bytes(sid: str) -> bytes:
+    raw = bytes.fromhex(sid)
+    if len(raw) != _SID_BYTES or raw.hex() != sid:
+        raise ValueError("a session id is 32 lower-case hex digits")
+    return raw
+
+
+def refresh_mac(key: bytes, sid: str, generation: int) -> bytes:
+    """HMAC-SHA256 under the session's key of (context, sid, generation)."""
+    msg = _REFRESH_MAC_CONTEXT + _sid_bytes(sid) + generation.to_bytes(_GEN_BYTES, "big")
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def refresh_token(key: bytes, sid: str, generation: int) -> str:
+    """The refresh token of generation ``generation`` of the session ``sid``:
+    base64url(version | sid (16 bytes) | generation (8 bytes, big-endian) | MAC).
+    One string without separators: clients keep it opaque, as before."""
+    raw = (
+        bytes([REFRESH_V1])
+        + _sid_bytes(sid)
+        + generation.to_bytes(_GEN_BYTES, "big")
+        + refresh_mac(key, sid, generation)
+    )
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def parse_refresh_token(token: str) -> tuple[str, int, bytes] | None:
+    """(sid, generation, MAC) of a token of this format, unverified; None for anything
+    else (a legacy token, or garbage: looked up the old way, and not found)."""
+    if len(token) != REFRESH_TOKEN_LENGTH:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii"))
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return None
+    if len(raw) != _REFRESH_BYTES or raw[0] != REFRESH_V1:
+        return None
+    if base64.urlsafe_b64encode(raw).decode("ascii") != token:
+        return None  # one spelling only (the decoder skips stray characters)
+    sid = raw[1 : 1 + _SID_BYTES].hex()
+    at = 1 + _SID_BYTES
+    generation = int.from_bytes(raw[at : at + _GEN_BYTES], "big")
+    return sid, generation, raw[at + _GEN_BYTES :]
 
 
 def new_recovery_code() -> str:

@@ -370,7 +370,7 @@ async def test_a_refresh_asking_for_more_scope_is_refused_and_keeps_the_token(
             "client_id": rp.client_id}  # fmt: skip
     wider = await token_call(rp, {**body, "scope": "openid profile email"})
     assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
-    # A failure of ours once the token is used (storing the new refresh token).
+    # A failure of ours once the token is used (issuing the new refresh token).
     new_refresh_token = sessions.new_refresh_token
 
     async def store_down(*_: object) -> str:
@@ -546,6 +546,37 @@ async def test_revocation_needs_the_owning_client(op: OP) -> None:
         assert resp.status_code == 200
         info = await http.get(rp.meta["userinfo_endpoint"], headers=bearer(tokens["access_token"]))
         assert info.status_code == 401
+
+
+async def test_any_refresh_token_of_a_session_revokes_it_and_a_forged_one_nothing(
+    op: OP,
+) -> None:
+    """RFC 7009 at /revoke: a used refresh token of the session (an earlier generation)
+    still names it and ends it; a token with a wrong MAC names nothing (200, nothing
+    ended). A refresh token is derived from its session: no record of it is looked up."""
+    rp = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    body = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+            "client_id": rp.client_id}  # fmt: skip
+    fresh = (await token_call(rp, body)).json()["refresh_token"]
+    last = fresh[-1]
+    forged = fresh[:-1] + ("A" if last != "A" else "B")
+    async with httpx.AsyncClient() as http:
+        revoke = rp.meta["revocation_endpoint"]
+        resp = await http.post(revoke, data={"token": forged, "client_id": rp.client_id})
+        assert resp.status_code == 200
+        fresher = await token_call(rp, {**body, "refresh_token": fresh})
+        assert fresher.status_code == 200, fresher.text
+        # The first token, two generations back, ends the session.
+        resp = await http.post(
+            revoke, data={"token": tokens["refresh_token"], "client_id": rp.client_id}
+        )
+        assert resp.status_code == 200
+    newest = fresher.json()["refresh_token"]
+    gone = await token_call(rp, {**body, "refresh_token": newest})
+    assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
+    assert await op.svc.store.refresh_tokens.count_documents({}) == 0
 
 
 async def test_authlib_client_sees_the_errors(op: OP) -> None:

@@ -159,6 +159,8 @@ class Grant:
     """The refresh token presented, and when this request used it (given back if the
     request fails on its side: else the client's retry is taken for a reuse)."""
     used_at: Any = None
+    session: dict[str, Any] | None = None
+    """The session as the refresh left it: its next refresh token is derived from it."""
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -349,6 +351,7 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
             amr=list(session.get("amr") or []),
             token=refresh_token,
             used_at=session.get("token_used_at"),
+            session=session,
         )
 
     def authenticate_user(self, refresh_token: Grant) -> dict[str, Any] | None:
@@ -366,7 +369,7 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         try:
             return self.server.run(
                 self.server.tokens_for(
-                    self.request.client, user, str(scope), grant.sid, grant.amr, refresh=True
+                    self.request.client, user, str(scope), grant.sid, grant.amr, grant.session
                 )
             )
         except ApiError:
@@ -376,7 +379,9 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
             if grant.token is not None:
                 self.server.run(
                     sessions.give_back(
-                        self.server.svc, grant.token, {"token_used_at": grant.used_at}
+                        self.server.svc,
+                        grant.token,
+                        {"_id": grant.sid, "token_used_at": grant.used_at},
                     )
                 )
             raise
@@ -554,7 +559,7 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
         if not scope:
             raise InvalidGrantError("The client may no longer have any of the scope granted.")
         amr = code.get_amr()
-        sid = await sessions.open_session(
+        session = await sessions.open_session(
             self.svc,
             user,
             amr,
@@ -563,8 +568,10 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
             client_id=client.client_id,
             scope=scope,
         )
+        sid = str(session["_id"])
         request.sid = sid
-        return await self.tokens_for(client, user, scope, sid, amr, refresh=include_refresh_token)
+        refresh = session if include_refresh_token else None
+        return await self.tokens_for(client, user, scope, sid, amr, refresh)
 
     async def link_code(self, request: OAuthRequest) -> None:
         """Record the session a code opened; if the code was replayed meanwhile, end it."""
@@ -581,8 +588,10 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
         scope: str,
         sid: str,
         amr: list[str],
-        refresh: bool,
+        refresh: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
+        """The tokens of a session; with a refresh token when ``refresh`` (the session
+        as opened or as the refresh left it: sessions.new_refresh_token)."""
         svc = self.svc
         now = svc.now()
         ttl = svc.settings.access_token_ttl_s
@@ -611,19 +620,20 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
             "expires_in": ttl,
             "scope": scope,
         }
-        if refresh:
-            token["refresh_token"] = await sessions.new_refresh_token(svc, user["_id"], sid)
+        if refresh is not None:
+            token["refresh_token"] = await sessions.new_refresh_token(svc, refresh)
         return token
 
     async def find_grant(self, token: str, hint: str | None) -> Grant | None:
         """What a token to revoke belongs to (RFC 7009 2.1: the hint is only a hint)."""
         if hint != "access_token":
-            doc = await self.svc.store.refresh_token(digest(token))
-            if doc is not None:
-                session = await self.svc.store.session(doc["sid"])
+            # Any refresh token of a session (used or not: whoever holds one held it).
+            found = await sessions.token_session(self.svc, token)
+            if found is not None:
+                user_id, sid, session = found
                 return Grant(
-                    user_id=doc["user_id"],
-                    sid=doc["sid"],
+                    user_id=user_id,
+                    sid=sid,
                     client_id=session.get("client_id") if session else None,
                     scope="",
                 )
