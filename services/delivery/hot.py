@@ -15,9 +15,15 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 - ``<p>:hot:{<inbox>}``: hash, sequence number -> the item (JSON);
 - ``<p>:hotidx``: sorted set, ``"<inbox>|<seq>"`` scored by when it was
   stored: what the persister has to look at, oldest first;
-- ``<p>:hotdup:{<inbox>}|<from>|<client id>``: ``"<seq>|<server id>"`` for
-  ``hot_dedup_s``: a resent or redelivered message is recognised without
-  MongoDB;
+- ``<p>:dup:{<inbox>}:<span>``: hash, ``"<from>|<client id>"`` -> ``"<seq>"``
+  (``"<seq>|<server id>"`` when the server id is not the one
+  :func:`~parley_contract.envelopes.message_server_id` derives): the dedup
+  records of what the inbox took in one span of ``hot_dedup_s / 2``, the key
+  kept ``hot_dedup_s`` past the span's end (:class:`DedupSpans`): a resent or
+  redelivered message is recognised without MongoDB;
+- ``<p>:hotdup:{<inbox>}|<inbox>|<from>|<client id>``: a dedup record of
+  versions before 2026-12-07 (one key each, about 2.5 times the memory), read
+  for ``hot_dedup_s`` after ``<p>:hotdupv2`` (when this version first started);
 - ``<p>:hotbeat``: a counter every persister run increments; a value lower
   than one seen before means Redis lost its data (restarted empty, or from
   an older snapshot);
@@ -42,6 +48,7 @@ from typing import Any, NoReturn
 
 import orjson
 import redis.asyncio as aioredis
+from parley_contract import envelopes as e
 
 from services.common import scripts
 from services.common.inbox import counter_key, hot_index, hot_key
@@ -102,13 +109,14 @@ def refused(code: Any) -> NoReturn:
     raise HotInboxLost(missing=int(code) == 2)
 
 
-# KEYS[1] the inbox's hash, KEYS[2] its waiting counts, KEYS[3] its counter, KEYS[3 + i]
-# item i's dedup record; ARGV[1] dedup TTL, ARGV[2] how long to keep the counts, ARGV[3]
-# 1 to count, ARGV[4] and ARGV[5] the writer's mark and the value it expects (GUARD),
-# then per item: seq, the item (JSON), its dedup record's value, the sender's count
-# field ('' for a notice). Returns the (1-based) items whose number held another item
-# or is at or below the inbox's ack watermark, preceded by a 0 when the inbox has no
-# counter, or {-1, the guard's answer} when the mark refused the write (nothing written).
+# KEYS[1] the inbox's hash, KEYS[2] its waiting counts, KEYS[3] its counter, KEYS[4]
+# its dedup records of this span (DedupSpans); ARGV[1] how long to keep KEYS[4], ARGV[2]
+# how long to keep the counts, ARGV[3] 1 to count, ARGV[4] and ARGV[5] the writer's mark
+# and the value it expects (GUARD), then per item: seq, the item (JSON), its dedup
+# record's field and value, the sender's count field ('' for a notice). Returns the
+# (1-based) items whose number held another item or is at or below the inbox's ack
+# watermark, preceded by a 0 when the inbox has no counter, or {-1, the guard's answer}
+# when the mark refused the write (nothing written).
 #
 # The watermark: two consumers overlap during a rebalance (the old owner's batch still
 # under way); the new one stores later messages, the device acknowledges them, and then
@@ -136,21 +144,24 @@ local acked = tonumber(ctr[2] or '0')
 local clashed = {}
 local wrote = 0
 local top = 0
-for i = 1, #KEYS - 3 do
-  local a = 5 + (i - 1) * 4
+local recorded = 0
+for i = 1, (#ARGV - 5) / 5 do
+  local a = 5 + (i - 1) * 5
   if tonumber(ARGV[a + 1]) > acked
       and redis.call('HSETNX', KEYS[1], ARGV[a + 1], ARGV[a + 2]) == 1 then
-    redis.call('SET', KEYS[3 + i], ARGV[a + 3], 'EX', ARGV[1])
+    redis.call('HSET', KEYS[4], ARGV[a + 3], ARGV[a + 4])
+    recorded = 1
     top = math.max(top, tonumber(ARGV[a + 1]))
     if ARGV[3] == '1' then
       redis.call('HINCRBY', KEYS[2], '*', 1)
-      if ARGV[a + 4] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[a + 4], 1) end
+      if ARGV[a + 5] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[a + 5], 1) end
       wrote = wrote + 1
     end
   else
     clashed[#clashed + 1] = i
   end
 end
+if recorded == 1 then redis.call('EXPIRE', KEYS[4], ARGV[1]) end
 if wrote > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 local n = ctr[1]
 if not n then table.insert(clashed, 1, 0)
@@ -158,6 +169,78 @@ elseif top > tonumber(n) then redis.call('HSET', KEYS[3], 'n', top) end
 return clashed
 """
 )
+
+# The dedup records of a batch: KEYS[1] the time this version's records began
+# (``<p>:hotdupv2``), then per record its spans' keys (ARGV[2] of them, newest first) and
+# its key of the versions before; ARGV[1] now, ARGV[2] spans per record, ARGV[3] how long
+# after KEYS[1] the keys of before are read, then per record its field. Returns each
+# record's value (the newest span's), or nil.
+_CLAIMS = """
+local per = tonumber(ARGV[2])
+local since = redis.call('GET', KEYS[1])
+local old = since and tonumber(ARGV[1]) < tonumber(since) + tonumber(ARGV[3])
+local out = {}
+for j = 4, #ARGV do
+  local base = 1 + (j - 4) * (per + 1)
+  local v = false
+  for i = 1, per do
+    v = redis.call('HGET', KEYS[base + i], ARGV[j])
+    if v then break end
+  end
+  if not v and old then v = redis.call('GET', KEYS[base + per + 1]) end
+  out[#out + 1] = v
+end
+return out
+"""
+
+DEDUP_SKEW_S = 300
+"""How far apart the clocks of delivery processes may be for the dedup records' spans
+(:class:`DedupSpans`): a record written by one is found by another that far off."""
+
+
+@dataclass(frozen=True, slots=True)
+class DedupSpans:
+    """Where the dedup records of ``window_s`` live: one hash per device inbox per span
+    of ``window_s / 2`` (its number: the writer's time // span), field
+    ``"<from>|<client id>"``, kept ``window_s`` past the span's end. A record lives
+    between ``window_s`` and 1.5 ``window_s``, and its inbox's span keys are dropped
+    whole: no key, expiry entry and object per record (a record took 268 bytes
+    of Redis memory, now 100 to 155; docs/delivery.md, "Dedup records").
+
+    A look-up reads every span from ``window_s`` (plus :data:`DEDUP_SKEW_S`) before
+    now to :data:`DEDUP_SKEW_S` after it, newest first: three spans, four near a
+    span's end."""
+
+    prefix: str
+    window_s: int
+
+    @property
+    def span_s(self) -> int:
+        return max(1, self.window_s // 2)
+
+    def key(self, inbox: str, span: int) -> str:
+        return f"{self.prefix}:dup:{{{inbox}}}:{span}"
+
+    def write(self, inbox: str, now: float) -> tuple[str, int]:
+        """The key a record written at ``now`` goes to, and how long to keep that key."""
+        span = int(now // self.span_s)
+        keep = (span + 1) * self.span_s - now + self.window_s + DEDUP_SKEW_S
+        return self.key(inbox, span), math.ceil(keep)
+
+    def spans(self, now: float) -> list[int]:
+        """The spans a look-up at ``now`` reads, newest first."""
+        low = int((now - self.window_s - DEDUP_SKEW_S) // self.span_s)
+        return list(range(int((now + DEDUP_SKEW_S) // self.span_s), low - 1, -1))
+
+
+def dedup_value(doc: Doc) -> str:
+    """A dedup record's value: the item's seq, and its server id unless it is the one
+    the sender and client id give (:func:`e.message_server_id`: every message's)."""
+    seq, server_id = int(doc["seq"]), str(doc["server_id"])
+    if server_id == e.message_server_id(doc["from"], doc["client_id"]):
+        return str(seq)
+    return f"{seq}|{server_id}"
+
 
 # Remove a tombstoned message's copy from one inbox: KEYS[1] the inbox's hash, KEYS[2]
 # its waiting counts, KEYS[3] its removal markers; ARGV[1] the copy's seq ('' when not
@@ -281,6 +364,10 @@ class HotInbox:
         self.recount = recount
         """Seeds missing counters and raises them (InboxCounters.raise_to): see _PUT."""
         self._put = scripts.register(redis, _PUT)
+        self._claims = scripts.register(redis, _CLAIMS)
+        self.dedup = DedupSpans(prefix, dedup_s)
+        self.dedup_since = f"{prefix}:hotdupv2"
+        """When this version's dedup records began (before: :meth:`dup_key`)."""
         self._remove = scripts.register(redis, _REMOVE)
         self.prefix = prefix
         self.dedup_s = dedup_s
@@ -297,7 +384,13 @@ class HotInbox:
         return f"{self.prefix}:rm:{{{inbox}}}"
 
     def dup_key(self, dedup_key: str) -> str:
+        """A dedup record's key in versions before 2026-12-07 (still read, see _CLAIMS)."""
         return f"{self.prefix}:hotdup:{{{dedup_key.split('|', 1)[0]}}}|{dedup_key}"
+
+    async def begin_dedup_spans(self) -> None:
+        """Record when this version first wrote dedup records (kept once set): the
+        records of the versions before are read for ``hot_dedup_s`` after it."""
+        await self.redis.set(self.dedup_since, int(time.time()), nx=True)
 
     # Dedup -------------------------------------------------------------------
     async def claims(self, keys: list[str]) -> dict[str, tuple[int, str]]:
@@ -309,26 +402,49 @@ class HotInbox:
     ) -> tuple[dict[str, tuple[int, str]], set[str]]:
         """:meth:`claims` and :meth:`gone` in one round trip."""
         ids = list(dict.fromkeys(server_ids))
-        names = self.claim_names(keys, ids)
-        if not names:
+        if not keys and not ids:
             return {}, set()
-        return self.read_claims(keys, ids, await self.redis.mget(names))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.queue_claims(pipe, keys, ids)
+            return self.read_claims(keys, ids, await pipe.execute())
 
-    def claim_names(self, keys: list[str], ids: list[str]) -> list[str]:
-        """The Redis keys :meth:`claims_and_gone` reads (with ``MGET``): the dedup
-        records of ``keys``, then the removal marks of the (distinct) ``ids``."""
-        return [self.dup_key(k) for k in keys] + [self.gone_key(s) for s in ids]
+    async def queue_claims(
+        self, pipe: aioredis.client.Pipeline, keys: list[str], ids: list[str]
+    ) -> int:
+        """Queue what :meth:`claims_and_gone` reads: one script for the dedup records of
+        ``keys`` (if any), then an ``MGET`` of the removal marks of the (distinct)
+        ``ids`` (if any). Returns how many commands were queued."""
+        now = time.time()
+        spans = self.dedup.spans(now)
+        if keys:
+            names: list[str] = [self.dedup_since]
+            fields: list[str] = []
+            for key in keys:
+                inbox, _, field = key.partition("|")
+                names += [self.dedup.key(inbox, s) for s in spans]
+                names.append(self.dup_key(key))
+                fields.append(field)
+            args = [int(now), len(spans), self.dedup_s + DEDUP_SKEW_S, *fields]
+            await scripts.queue(pipe, self._claims, names, args)
+        if ids:
+            pipe.mget([self.gone_key(s) for s in ids])
+        return bool(keys) + bool(ids)
 
     def read_claims(
-        self, keys: list[str], ids: list[str], values: list[Any]
+        self, keys: list[str], ids: list[str], results: list[Any]
     ) -> tuple[dict[str, tuple[int, str]], set[str]]:
-        """:meth:`claims_and_gone`'s answer from the values of :meth:`claim_names`."""
+        """:meth:`claims_and_gone`'s answer from the results of :meth:`queue_claims`."""
         claims = {}
-        for key, value in zip(keys, values[: len(keys)], strict=True):
-            if value is not None:
-                seq, _, server_id = scripts.text(value).partition("|")
-                claims[key] = (int(seq), server_id)
-        gone = {s for s, v in zip(ids, values[len(keys) :], strict=True) if v is not None}
+        if keys:
+            for key, value in zip(keys, results[0], strict=True):
+                if value is not None:
+                    seq, _, server_id = scripts.text(value).partition("|")
+                    if not server_id:
+                        _, sender, client_id = key.split("|", 2)
+                        server_id = e.message_server_id(sender, client_id)
+                    claims[key] = (int(seq), server_id)
+        marks = results[1 if keys else 0] if ids else []
+        gone = {s for s, v in zip(ids, marks, strict=True) if v is not None}
         return claims, gone
 
     # Items -------------------------------------------------------------------
@@ -369,16 +485,16 @@ class HotInbox:
             for inbox in inboxes:
                 items = by_inbox[inbox]
                 count_key, keep = pending(inbox) if pending else ("", 0)
+                dup, dup_keep = self.dedup.write(inbox, now)
                 keys = [self.key(inbox), count_key or self.key(inbox),
-                        counter_key(self.prefix, inbox)]  # fmt: skip
+                        counter_key(self.prefix, inbox), dup]  # fmt: skip
                 args: list[str | int | bytes] = [
-                    self.dedup_s, keep, 1 if count_key else 0, *guarded
+                    dup_keep, keep, 1 if count_key else 0, *guarded
                 ]  # fmt: skip
                 for dedup, doc in items:
-                    keys.append(self.dup_key(dedup))
                     field = doc["from"] if doc.get("kind", "message") == "message" else ""
-                    args += [int(doc["seq"]), orjson.dumps(doc),
-                             f"{int(doc['seq'])}|{doc['server_id']}", field]  # fmt: skip
+                    args += [int(doc["seq"]), orjson.dumps(doc), dedup.partition("|")[2],
+                             dedup_value(doc), field]  # fmt: skip
                 await scripts.queue(pipe, self._put, keys, args)
             if waited:  # after the writes, before any push
                 pipe.wait(self.replicas.wanted, self.replicas.timeout_ms)
@@ -523,11 +639,17 @@ class HotInbox:
                 if m is not None and scripts.text(m) == d.get("server_id")]  # fmt: skip
 
     # The persister's view ------------------------------------------------------
-    async def due(self, cutoff: float, limit: int) -> list[tuple[str, int, float]]:
-        """The oldest items stored at or before ``cutoff`` (at most ``limit``), with when
-        their index entries say they were stored."""
+    async def due(
+        self, cutoff: float, limit: int | None, low: float = -math.inf, past: bool = False
+    ) -> list[tuple[str, int, float]]:
+        """The oldest items stored at or before ``cutoff`` and at or after ``low`` (after
+        it, with ``past``), at most ``limit`` (None: all), with when their index
+        entries say they were stored. Oldest first; entries stored at the same time
+        in the order of their names (the sorted set's)."""
+        bound = f"({low!r}" if past else repr(low)
+        start, num = (None, None) if limit is None else (0, limit)
         members = await self.redis.zrangebyscore(
-            self.index, "-inf", cutoff, start=0, num=limit, withscores=True
+            self.index, bound, repr(cutoff), start=start, num=num, withscores=True
         )
         out = []
         for pair in members:

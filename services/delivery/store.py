@@ -39,9 +39,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import orjson
@@ -131,6 +132,7 @@ class DeliveryStore:
         with contextlib.suppress(OperationFailure):
             await self.inbox.drop_index("from_1_client_id_1")
         await self.contacts.create_index([("peer", ASCENDING)])
+        await self.hot.begin_dedup_spans()
         # A tombstone finds the copies that wait in MongoDB by their message's id.
         await self.inbox.create_index([("server_id", ASCENDING)])
 
@@ -178,16 +180,14 @@ class DeliveryStore:
         """
         keys = [dedup_key(d["inbox"], d["from"], d["client_id"]) for d in items]
         ids = list(dict.fromkeys(server_ids))
-        names = self.hot.claim_names(keys, ids)
         counts = dict(Counter(d["inbox"] for d in items))
         async with self.redis.pipeline(transaction=False) as pipe:
-            if names:
-                pipe.mget(names)
+            queued = await self.hot.queue_claims(pipe, keys, ids)
             inboxes = await self.ctr.queue_reserve(pipe, counts)
             results = await pipe.execute()
-        claims, gone = self.hot.read_claims(keys, ids, results[0]) if names else ({}, set())
+        claims, gone = self.hot.read_claims(keys, ids, results[:queued])
         numbers: dict[str, int] = {}
-        self.ctr.read_reserve(inboxes, counts, results[1 if names else 0 :], numbers)
+        self.ctr.read_reserve(inboxes, counts, results[queued:], numbers)
         return claims, gone, numbers
 
     async def store_hot(
@@ -317,6 +317,12 @@ class DeliveryStore:
         refused batch's entries) ended the pass there, which still reported the
         cutoff, and batches were committed past items that were only in Redis.
 
+        One walk over the index entries due, oldest first, with a cursor on
+        their time (:meth:`_due_pages`): each entry is read at most three times,
+        however many are kept. (Each page asked again for every entry kept so
+        far and passed them by name: a pass over 20,000 kept entries and 3,000
+        items, pages of 500, read 526,000 entries; it now reads 25,300.)
+
         Each item is inserted before it leaves Redis (so a reader always finds it
         in one of the two), and after it left, any copy at or below its inbox's
         ``acked`` watermark is deleted again: an ack that raced the move (the ack
@@ -327,49 +333,85 @@ class DeliveryStore:
         cutoff = (time.time() if now is None else now) - self.settings.hot_persist_after_s
         batch = self.settings.hot_persist_batch
         written = 0
-        kept: set[tuple[str, int]] = set()  # entries due without their items, kept
         if self._moved:
             await self._clean_moved([])
+        async for page in self._due_pages(cutoff, batch):
+            for i in range(0, len(page), batch):
+                written += await self._persist_page(page[i : i + batch], cutoff)
+        return written, cutoff
+
+    async def _due_pages(
+        self, cutoff: float, batch: int
+    ) -> AsyncIterator[list[tuple[str, int, float]]]:
+        """The index entries due at the start of a pass, in pages, oldest first.
+
+        The cursor is the time (the entry's score) below which every entry was
+        handed out, not a count nor the names of entries passed: an entry that
+        leaves meanwhile (acknowledged, moved by another process) or stays
+        (kept without its item) moves nothing, so no entry due goes unread and
+        none is read again. A page of ``batch`` entries hands out those older
+        than its last one's time and starts the next page at that time (the
+        entries stored at that time, a batch's ``put``, may go on past the
+        page); a page all of one time reads that time's entries whole (one
+        ``put``'s, which wrote them in one command) and the next starts after
+        it. So an entry is read at most three times: at the end of a page,
+        in the next page, and in its time's whole read.
+
+        An entry that arrives behind the cursor (stored at a time the walk has
+        passed) is left for the next pass. That keeps the cutoff's promise: its
+        ``put`` was still under way after the pass began, so its batch ends, and
+        is recorded, after the cutoff (services/delivery/worker.py commits a
+        batch once the cutoff passes when it ended); and the entry is in the
+        index (it goes before its item, and leaves only with it), so
+        :meth:`HotInbox.settled_before` stays below it.
+        """
+        low, past = -math.inf, False
         while True:
-            # Past the kept entries by name, not by count: one that leaves meanwhile
-            # (or an older one that arrives) makes no entry due go unread.
-            want = batch + len(kept)
-            got = await self.hot.due(cutoff, want)
-            due = [d for d in got if (d[0], d[1]) not in kept]
-            if not due:
-                return written, cutoff
-            wanted: dict[str, list[int]] = {}
-            for inbox, seq, _ in due:
-                wanted.setdefault(inbox, []).append(seq)
-            hot = await self.hot.get_many(wanted)
-            docs = [doc for per in hot.values() for doc in per.values()]
-            # An entry whose item is not there: an item acknowledged or removed (their
-            # scripts take the entry too), a write cut short (the entry goes first), or
-            # a write still under way, sent again by redis-py after a connection error
-            # with the time taken before its first try. Dropped only once no write can
-            # still be under way: dropped at once, the last left its item unindexed,
-            # never persisted, and its Kafka record committed past.
-            moved = [(inbox, seq) for inbox, seq, _ in due if seq in hot.get(inbox, {})]
-            orphans = [
-                (inbox, seq) for inbox, seq, at in due
-                if seq not in hot.get(inbox, {}) and at < cutoff - ORPHAN_GRACE_S
-            ]  # fmt: skip
-            if docs:
-                try:
-                    await self.inbox.insert_many(docs, ordered=False)
-                except BulkWriteError as exc:
-                    if any(e.get("code") != DUPLICATE_KEY
-                           for e in exc.details.get("writeErrors", [])):  # fmt: skip
-                        raise
-            await self.hot.remove(moved)
-            await self.hot.unindex(orphans)  # the entry alone: an item landing now stays
-            if docs:
-                await self._clean_moved(docs)
-            written += len(docs)
-            young = cutoff - ORPHAN_GRACE_S
-            kept.update((i, n) for i, n, at in due if n not in hot.get(i, {}) and at >= young)
-            if len(got) < want:
-                return written, cutoff
+            got = await self.hot.due(cutoff, batch, low, past)
+            if len(got) < batch:
+                if got:
+                    yield got
+                return
+            last = got[-1][2]
+            if got[0][2] == last:
+                yield await self.hot.due(last, None, last)
+                low, past = last, True
+            else:
+                yield [d for d in got if d[2] < last]
+                low, past = last, False
+
+    async def _persist_page(self, due: list[tuple[str, int, float]], cutoff: float) -> int:
+        """Move one page of index entries due (:meth:`persist_due`); returns how many items
+        were written to MongoDB."""
+        wanted: dict[str, list[int]] = {}
+        for inbox, seq, _ in due:
+            wanted.setdefault(inbox, []).append(seq)
+        hot = await self.hot.get_many(wanted)
+        docs = [doc for per in hot.values() for doc in per.values()]
+        # An entry whose item is not there: an item acknowledged or removed (their
+        # scripts take the entry too), a write cut short (the entry goes first), or
+        # a write still under way, sent again by redis-py after a connection error
+        # with the time taken before its first try. Dropped only once no write can
+        # still be under way: dropped at once, the last left its item unindexed,
+        # never persisted, and its Kafka record committed past. The others are
+        # kept, and the walk goes on past them.
+        moved = [(inbox, seq) for inbox, seq, _ in due if seq in hot.get(inbox, {})]
+        orphans = [
+            (inbox, seq) for inbox, seq, at in due
+            if seq not in hot.get(inbox, {}) and at < cutoff - ORPHAN_GRACE_S
+        ]  # fmt: skip
+        if docs:
+            try:
+                await self.inbox.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != DUPLICATE_KEY
+                       for e in exc.details.get("writeErrors", [])):  # fmt: skip
+                    raise
+        await self.hot.remove(moved)
+        await self.hot.unindex(orphans)  # the entry alone: an item landing now stays
+        if docs:
+            await self._clean_moved(docs)
+        return len(docs)
 
     async def _clean_moved(self, docs: list[dict[str, Any]]) -> None:
         """Delete the MongoDB copies of moved items that were acknowledged (at or below
