@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ async def delete_topics(broker: Broker, req: Request) -> bytes:
     return encode(req.response_class, {"topic_error_codes": out})
 
 
-def delete_records(broker: Broker, req: Request) -> bytes:
+async def delete_records(broker: Broker, req: Request) -> bytes:
     topics_out = []
     for name, partitions in req.body.topics or []:
         topic = broker.topics.get(name)
@@ -95,21 +96,33 @@ def delete_records(broker: Broker, req: Request) -> bytes:
         for partition, before in partitions:
             plog = topic.log(partition) if topic is not None else None
             error, low = NONE, -1
-            if plog is None:
+            if plog is None or plog.closed:
                 error = UNKNOWN_TOPIC_OR_PARTITION
             else:
+                # Its file and its segments change together even if the client goes.
+                move = asyncio.ensure_future(plog.delete_records(before))
+                move.add_done_callback(_retrieved)
                 try:
-                    low = plog.delete_records(before)
+                    low = await asyncio.shield(move)
                 except OffsetOutOfRange:
                     error = OFFSET_OUT_OF_RANGE
                 except OSError as exc:
-                    log.error("%s-%d: delete records failed: %r", name, partition, exc)
-                    error = KAFKA_STORAGE_ERROR
+                    if plog.closed:  # deleted meanwhile
+                        error = UNKNOWN_TOPIC_OR_PARTITION
+                    else:
+                        log.error("%s-%d: delete records failed: %r", name, partition, exc)
+                        error = KAFKA_STORAGE_ERROR
             parts_out.append(
                 {"partition_index": partition, "low_watermark": low, "error_code": error}
             )
         topics_out.append({"name": name, "partitions": parts_out})
     return encode(req.response_class, {"topics": topics_out})
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A shielded task whose caller went away: its error was the caller's to answer."""
+    if not task.cancelled():
+        task.exception()
 
 
 def describe_configs(broker: Broker, req: Request) -> bytes:
@@ -168,6 +181,7 @@ def _broker_configs(broker: Broker) -> dict[str, str]:
         "auto.create.topics.enable": str(c.auto_create_topics).lower(),
         "message.max.bytes": str(c.max_message_bytes),
         "socket.request.max.bytes": str(c.max_request_bytes),
+        "fetch.max.bytes": str(c.fetch_max_bytes),
         "group.initial.rebalance.delay.ms": str(c.group_initial_rebalance_delay_ms),
         "group.min.session.timeout.ms": str(c.group_min_session_timeout_ms),
         "group.max.session.timeout.ms": str(c.group_max_session_timeout_ms),

@@ -32,6 +32,9 @@ class BrokerConfig:
     fsync_interval_ms: int = 1_000
     # Network.
     max_request_bytes: int = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
+    # The most a Fetch answer holds, whatever the request asks (Kafka's fetch.max.bytes):
+    # only the first batch of the answer may go past it, so a consumer always progresses.
+    fetch_max_bytes: int = 55 * 1024 * 1024
     # Groups.
     group_initial_rebalance_delay_ms: int = 100
     group_min_session_timeout_ms: int = 500
@@ -200,6 +203,12 @@ def parse_args(argv: Sequence[str] | None = None) -> BrokerConfig:
         help="fsync this often; 0: fsync before answering every write",
     )
     p.add_argument("--max-request-bytes", type=_positive, default=d.max_request_bytes)
+    p.add_argument(
+        "--fetch-max-bytes",
+        type=_positive,
+        default=d.fetch_max_bytes,
+        help="the most a Fetch answer holds (Kafka's fetch.max.bytes)",
+    )
     p.add_argument(
         "--group-initial-rebalance-delay-ms",
         type=_non_negative,

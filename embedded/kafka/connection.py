@@ -6,7 +6,10 @@ answered at once, synchronously, from ``data_received``: no task, no future,
 no stream buffer in between (the cost of a request is most of the cost of a
 message here). A request that must wait (a Fetch long poll, a JoinGroup, an
 fsync) gets a task; frames that arrive meanwhile stay in the buffer until it
-is answered.
+is answered. Likewise while the transport's write buffer is above its high
+mark (``pause_writing``: the client does not read its answers), nothing is
+read or answered until it drains (``resume_writing``): a client that sends
+requests and never reads cannot make the broker buffer answers without end.
 
 Bad input closes this connection only: a frame length out of bounds, a
 request that cannot be read (``ProtocolError``), or a handler that fails
@@ -43,6 +46,7 @@ class Connection(asyncio.Protocol):
         self.waiting: asyncio.Task[None] | None = None  # the request being answered later
         self.paused = False  # we stopped reading: the client is not reading our answers
         self.closed = False
+        self.processing = False  # in _process (resume_writing may come from inside a write)
 
     # asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,13 +77,18 @@ class Connection(asyncio.Protocol):
         self.paused = False
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
+            if self.waiting is None and not self.processing:
+                self._process()  # the frames that waited for the client to read
 
     # Requests --------------------------------------------------------------------------
     def _process(self) -> None:
         buf = self.buf
         pos = 0
+        self.processing = True
         try:
-            while self.waiting is None and not self.closed and len(buf) - pos >= 4:
+            while (
+                self.waiting is None and not self.closed and not self.paused and len(buf) - pos >= 4
+            ):
                 (size,) = _SIZE.unpack_from(buf, pos)
                 if not 0 < size <= self.max_request:
                     raise ProtocolError(f"frame length {size}")
@@ -101,6 +110,7 @@ class Connection(asyncio.Protocol):
             log.exception("closing connection from %s after an internal error", self.host)
             self._close()
         finally:
+            self.processing = False
             if pos:
                 del buf[:pos]
 
@@ -108,6 +118,10 @@ class Connection(asyncio.Protocol):
         try:
             answer = await result
         except asyncio.CancelledError:
+            return
+        except OSError as exc:  # an acks=0 produce whose fsync failed: no answer to carry it
+            log.error("closing connection from %s: %r", self.host, exc)
+            self._close()
             return
         except Exception:
             log.exception("closing connection from %s after an internal error", self.host)

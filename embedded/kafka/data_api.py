@@ -64,17 +64,32 @@ def produce(broker: Broker, req: Request) -> bytes | Awaitable[bytes | None] | N
             start = plog.log_start if plog is not None else -1
             parts_out.append((partition, error, base, -1, start))
         topics_out.append((name, parts_out))
-    answer = encode_produce_response(req.version, topics_out)
     if wrote and broker.syncer.every_write:
-        synced = broker.syncer.after_sync(answer)
-        return synced if acks != 0 else _no_answer(synced)
+        if acks == 0:
+            return _no_answer(broker)
+        return broker.syncer.after_sync(
+            encode_produce_response(req.version, topics_out),
+            lambda: encode_produce_response(req.version, _unsynced(topics_out, storage_error)),
+        )
     if acks == 0:
         return None  # Kafka sends no response at all to acks=0
-    return answer
+    return encode_produce_response(req.version, topics_out)
 
 
-async def _no_answer(synced: Awaitable[bytes]) -> None:
-    await synced
+def _unsynced(
+    topics_out: list[tuple[str, list[tuple[int, int, int, int, int]]]], storage_error: int
+) -> list[tuple[str, list[tuple[int, int, int, int, int]]]]:
+    """The answer when the fsync failed: what was written is not acknowledged."""
+    return [
+        (name, [part if part[1] else (part[0], storage_error, -1, -1, part[4]) for part in parts])
+        for name, parts in topics_out
+    ]
+
+
+async def _no_answer(broker: Broker) -> None:
+    # acks=0 has no answer to carry an error: an OSError closes the connection, as Kafka
+    # closes it when an acks=0 produce fails, so the producer learns of it.
+    await broker.syncer.sync()
 
 
 # Fetch ------------------------------------------------------------------------------
@@ -84,20 +99,27 @@ def fetch(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
         # No fetch sessions here: every fetch is a full one (session id 0).
         return encode_fetch_response(version, FETCH_SESSION_ID_NOT_FOUND, [])
     offset_at = 1 if version < 9 else 2
-    wanted = [
-        (name, [(p[0], p[offset_at], p[-1]) for p in partitions])
-        for name, partitions in body.topics
-    ]
-    topics_out, total, failed = _collect(broker, wanted, body.max_bytes)
+    # A partition named twice is answered once (as Kafka, the last position asked wins):
+    # else each copy is read again, and a small request builds a huge answer.
+    asked: dict[str, dict[int, tuple[int, int]]] = {}
+    for name, partitions in body.topics:
+        parts = asked.setdefault(name, {})
+        for p in partitions:
+            parts[p[0]] = (p[offset_at], p[-1])
+    wanted = [(name, [(p, *at) for p, at in parts.items()]) for name, parts in asked.items()]
+    # The whole answer within the broker's --fetch-max-bytes (Kafka's fetch.max.bytes).
+    max_bytes = min(body.max_bytes, broker.config.fetch_max_bytes)
+    topics_out, total, failed = _collect(broker, wanted, max_bytes)
     if total >= body.min_bytes or failed or body.max_wait_time <= 0:
         return encode_fetch_response(version, NONE, topics_out)
-    return _long_poll(broker, req, wanted)
+    return _long_poll(broker, req, wanted, max_bytes)
 
 
 async def _long_poll(
     broker: Broker,
     req: Request,
     wanted: list[tuple[str, list[tuple[int, int, int]]]],
+    max_bytes: int,
 ) -> bytes:
     """Wait until ``min_bytes`` are there or ``max_wait`` is over (woken by appends)."""
     body = req.body
@@ -107,7 +129,7 @@ async def _long_poll(
         remaining = deadline - loop.time()
         if remaining > 0:
             await _wait_for_data(broker, wanted, remaining)
-        topics_out, total, failed = _collect(broker, wanted, body.max_bytes)
+        topics_out, total, failed = _collect(broker, wanted, max_bytes)
         if total >= body.min_bytes or failed or deadline - loop.time() <= 0:
             break
     return encode_fetch_response(req.version, NONE, topics_out)
@@ -135,8 +157,11 @@ def _collect(
                 try:
                     # Always a whole batch for the partition (so a batch larger than
                     # the partition limit cannot stall it), within the response's
-                    # limit except for the first data of the response.
-                    data = plog.read(offset, max(min(partition_max, budget), 0), min_one=True)
+                    # limit except for the first data of the response (so progress is
+                    # made); once the limit is reached, nothing is read.
+                    data = plog.read(
+                        offset, max(min(partition_max, budget), 0), min_one=not total or budget > 0
+                    )
                     if total and len(data) > budget:
                         data = b""
                 except OffsetOutOfRange:

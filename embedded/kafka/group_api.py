@@ -131,12 +131,19 @@ def offset_commit(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
             broker.offsets.commit(group_id, accepted)
         except OSError as exc:
             log.error("offset commit of group %s failed: %r", group_id, exc)
-            for t in topics_out:
-                for p in t["partitions"]:
-                    p["error_code"] = p["error_code"] or COORDINATOR_NOT_AVAILABLE
-        else:
-            if broker.syncer.every_write:
-                return broker.syncer.after_sync(encode(req.response_class, {"topics": topics_out}))
+            return _failed(req, topics_out)
+        if broker.syncer.every_write:
+            return broker.syncer.after_sync(
+                encode(req.response_class, {"topics": topics_out}),
+                lambda: _failed(req, topics_out),  # not known to be on disk: not acknowledged
+            )
+    return encode(req.response_class, {"topics": topics_out})
+
+
+def _failed(req: Request, topics_out: list[dict[str, Any]]) -> bytes:
+    for t in topics_out:
+        for p in t["partitions"]:
+            p["error_code"] = p["error_code"] or COORDINATOR_NOT_AVAILABLE
     return encode(req.response_class, {"topics": topics_out})
 
 

@@ -12,6 +12,12 @@ triggers a rebalance at once.
 
 Membership is not durable: after a broker restart every member learns that
 its member id is unknown and rejoins. Committed offsets are (offsets.py).
+
+A group exists while it has members (or members asked to rejoin with the id
+they were given, KIP-394) or committed offsets: a refused JoinGroup creates
+none, and a group left empty without committed offsets is forgotten (Kafka's
+``Dead``), so clients that try many group ids do not grow the broker's memory.
+Its committed offsets, if it has any, are the offset store's and are kept.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -104,8 +110,9 @@ class Group:
 
 
 class GroupCoordinator:
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, has_offsets: Callable[[str], bool]) -> None:
         self.config = config
+        self.has_offsets = has_offsets  # whether the group has committed offsets
         self.groups: dict[str, Group] = {}
 
     @property
@@ -136,14 +143,16 @@ class GroupCoordinator:
         ):
             return JoinResult(INVALID_SESSION_TIMEOUT)
         group = self.groups.get(group_id)
-        if group is None:
-            group = self.groups[group_id] = Group(group_id)
         if (
             not protocol_type
             or not protocols
-            or not self._compatible(group, protocol_type, protocols)
+            or (group is not None and not self._compatible(group, protocol_type, protocols))
         ):
             return JoinResult(INCONSISTENT_GROUP_PROTOCOL)
+        if group is None:
+            if member_id:  # no group, so no such member: nothing to create
+                return JoinResult(UNKNOWN_MEMBER_ID, member_id=member_id)
+            group = self.groups[group_id] = Group(group_id)
         rebalance_timeout_ms = max(rebalance_timeout_ms, session_timeout_ms)
         self._expire_pending(group)
         if not group.members:
@@ -163,7 +172,7 @@ class GroupCoordinator:
             mid = f"{client_id or 'member'}-{uuid.uuid4()}"
             if require_member_id:
                 group.pending[mid] = self._loop.time() + session_timeout_ms / 1000
-                self._loop.call_later(session_timeout_ms / 1000, self._expire_pending, group)
+                self._loop.call_later(session_timeout_ms / 1000, self._pending_expired, group)
                 return JoinResult(MEMBER_ID_REQUIRED, member_id=mid)
             return await self._add_member(group, new_member(mid))
         if member_id in group.pending:
@@ -281,6 +290,7 @@ class GroupCoordinator:
         if not group.members:
             group.state = State.EMPTY
             group.protocol = group.leader = None
+            self._maybe_forget(group)
             return
         group.protocol = self._select_protocol(group)
         if group.leader not in group.members:
@@ -362,6 +372,7 @@ class GroupCoordinator:
             if group is not None and member_id in group.pending:
                 del group.pending[member_id]
                 self._maybe_complete_join(group)
+                self._maybe_forget(group)
                 return NONE
             return UNKNOWN_MEMBER_ID
         self._remove(group, member)
@@ -416,6 +427,24 @@ class GroupCoordinator:
             del group.pending[mid]
         if expired:
             self._maybe_complete_join(group)
+
+    def _pending_expired(self, group: Group) -> None:
+        self._expire_pending(group)
+        self._maybe_forget(group)
+
+    def _maybe_forget(self, group: Group) -> None:
+        """Kafka's ``Dead``: no members, none pending, no committed offsets: forgotten."""
+        if (
+            group.state == State.EMPTY
+            and not group.members
+            and not group.pending
+            and self.groups.get(group.group_id) is group
+            and not self.has_offsets(group.group_id)
+        ):
+            if group.join_timer is not None:
+                group.join_timer.cancel()
+                group.join_timer = None
+            del self.groups[group.group_id]
 
     # Offsets: who may commit ----------------------------------------------------------------
     def check_commit(self, group_id: str, generation: int, member_id: str) -> int:

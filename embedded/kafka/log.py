@@ -10,7 +10,8 @@ two binary searches (segment, then batch) and reads one contiguous range with
 ``os.pread``: the cost of a fetch does not depend on the length of the log.
 The index is rebuilt at start by scanning the segments, checking every
 batch's CRC-32C and the continuity of offsets; a torn or corrupt tail (a
-write cut short by a crash) is truncated, and any later segment dropped.
+write cut short by a crash) is truncated, and any later segment dropped; a
+log start (DeleteRecords) past the recovered end is lowered to it.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class PartitionLog:
         self.next_offset = 0  # log end offset = high watermark (one replica)
         self.waiters: set[asyncio.Future[None]] = set()
         self.closed = False
+        self._moving = asyncio.Lock()  # DeleteRecords
 
     # Opening and recovery -------------------------------------------------------
     @classmethod
@@ -163,7 +165,17 @@ class PartitionLog:
         if stored is not None:
             if not self.segments:
                 self.next_offset = stored
-            self.log_start = max(self.log_start, min(stored, self.next_offset))
+            elif stored > self.next_offset:
+                # Records below it were lost (a machine crash before their fsync). Kept,
+                # it would hide the records produced again under those offsets at the
+                # next start: it is lowered to the end, on disk too.
+                log.warning(
+                    "%s-%d: log start %d is past the recovered end %d: lowered to it",
+                    self.topic, self.partition, stored, self.next_offset,
+                )  # fmt: skip
+                stored = self.next_offset
+                atomic_write(self.dir / LOG_START_FILE, f"{stored}\n".encode())
+            self.log_start = max(self.log_start, stored)
 
     def _scan(self, path: Path, base: int) -> tuple[Segment, bool]:
         """Index one segment file; truncate it at the first batch that is not whole."""
@@ -346,21 +358,31 @@ class PartitionLog:
         seg.delete()
         self.syncer.dirty_dirs.add(self.dir)
 
-    def delete_records(self, before: int) -> int:
-        """Move the log start to ``before`` (DeleteRecords); whole segments below it go."""
-        if before < 0:
-            before = self.next_offset
-        if before > self.next_offset:
-            raise OffsetOutOfRange
-        if before <= self.log_start:
+    async def delete_records(self, before: int) -> int:
+        """Move the log start to ``before`` (DeleteRecords); whole segments below it go.
+        Raises :class:`OffsetOutOfRange`, ``OSError``.
+
+        The records below ``before`` are fsynced (with everything else written so far)
+        before the ``log-start`` file is written, so that file never reaches the disk
+        ahead of them; both in a worker thread, the loop keeps serving meanwhile."""
+        async with self._moving:  # one move at a time: they write the same file
+            if before < 0:
+                before = self.next_offset
+            if before > self.next_offset:
+                raise OffsetOutOfRange
+            if before <= self.log_start:
+                return self.log_start
+            if before == self.next_offset and self.segments and self.segments[-1].size:
+                self._roll()
+            await self.syncer.sync()
+            data = f"{before}\n".encode()
+            await asyncio.to_thread(atomic_write, self.dir / LOG_START_FILE, data)
+            if self.closed:  # the topic was deleted meanwhile
+                return before
+            self.log_start = max(self.log_start, before)  # retention may have moved it on
+            while len(self.segments) > 1 and self.segments[1].base <= self.log_start:
+                self._drop_first()
             return self.log_start
-        if before == self.next_offset and self.segments and self.segments[-1].size:
-            self._roll()
-        atomic_write(self.dir / LOG_START_FILE, f"{before}\n".encode())
-        self.log_start = before
-        while len(self.segments) > 1 and self.segments[1].base <= before:
-            self._drop_first()
-        return self.log_start
 
     def size_bytes(self) -> int:
         return sum(s.size for s in self.segments)

@@ -58,7 +58,7 @@ class Broker:
         self.syncer = Syncer(config.fsync_interval_ms)
         self.topics = TopicStore(config, self.syncer)
         self.offsets = OffsetStore(config.data_dir, self.syncer)
-        self.groups = GroupCoordinator(config)
+        self.groups = GroupCoordinator(config, lambda g: bool(self.offsets.of_group(g)))
         self.cluster_id = ""
         self.port = config.port
         self._server: asyncio.Server | None = None

@@ -181,7 +181,15 @@ class TopicStore:
         # The rename is what deletes (atomically): the name is free again at once.
         (self.root / name).rename(gone)
         forgotten()
-        await asyncio.to_thread(_remove, self.root, gone)
+        try:
+            # What ``forgotten`` wrote (the journal's record that the topic's offsets are
+            # gone) is on disk before the answer in every fsync mode, as the deletion is:
+            # else a crash could keep the offsets of a topic whose deletion was answered,
+            # and a topic created again under its name would inherit them.
+            self.syncer.dirty_dirs.update((self.root, self.trash))  # and the rename
+            await self.syncer.sync()
+        finally:
+            await asyncio.to_thread(_remove, self.root, gone)
 
     def apply_retention(self) -> int:
         now = int(time.time() * 1000)

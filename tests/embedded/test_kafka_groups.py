@@ -401,3 +401,71 @@ async def test_consumers_started_together_land_in_one_generation(
             t.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
         await asyncio.gather(*(c.stop() for c in cs))
+
+
+async def test_refused_joins_create_no_group_and_an_empty_group_without_offsets_goes(
+    tmp_path: Path,
+) -> None:
+    """JoinGroup created the group before checking the request, and no group was ever
+    freed: a client trying random group ids grew the broker's memory without bound."""
+    from aiokafka.protocol.admin import DescribeGroupsRequest_v0
+    from aiokafka.protocol.commit import OffsetCommitRequest_v2
+    from aiokafka.protocol.group import (
+        JoinGroupRequest_v2,
+        JoinGroupRequest_v5,
+        LeaveGroupRequest_v0,
+        SyncGroupRequest_v0,
+    )
+
+    from tests.embedded.inproc import ask, running
+
+    inconsistent_protocol = 23
+    meta = [("range", b"")]
+    async with running(
+        tmp_path, group_initial_rebalance_delay_ms=0, group_min_session_timeout_ms=50
+    ) as broker:
+        await broker.topics.create("t", 1)
+
+        async def state(group: str) -> str:
+            resp = await ask(broker, DescribeGroupsRequest_v0([group]))
+            return str(resp.groups[0][2])
+
+        for i in range(100):
+            no_protocol = JoinGroupRequest_v2(f"g{i}", 6000, 6000, "", "consumer", [])
+            assert (await ask(broker, no_protocol)).error_code == inconsistent_protocol
+            stale = JoinGroupRequest_v2(f"h{i}", 6000, 6000, "gone-member", "consumer", meta)
+            assert (await ask(broker, stale)).error_code == UNKNOWN_MEMBER_ID
+        assert broker.groups.groups == {}
+        assert await state("g0") == "Dead"
+
+        # A member that joins and leaves: its group goes (it committed nothing).
+        joined = await ask(broker, JoinGroupRequest_v2("solo", 6000, 6000, "", "consumer", meta))
+        assert joined.error_code == NONE and "solo" in broker.groups.groups
+        assert (
+            await ask(broker, LeaveGroupRequest_v0("solo", joined.member_id))
+        ).error_code == NONE
+        assert "solo" not in broker.groups.groups
+
+        # One that committed: the group stays (Empty) and its offsets are never lost.
+        joined = await ask(broker, JoinGroupRequest_v2("kept", 6000, 6000, "", "consumer", meta))
+        sync = SyncGroupRequest_v0("kept", joined.generation_id, joined.member_id, [])
+        assert (await ask(broker, sync)).error_code == NONE
+        commit = OffsetCommitRequest_v2(
+            "kept", joined.generation_id, joined.member_id, -1, [("t", [(0, 42, "")])]
+        )
+        assert (await ask(broker, commit)).topics[0][1][0][1] == NONE
+        assert (
+            await ask(broker, LeaveGroupRequest_v0("kept", joined.member_id))
+        ).error_code == NONE
+        assert await state("kept") == "Empty"
+        assert broker.offsets.get("kept", "t", 0) == (42, "")
+
+        # Asked to rejoin with an id (KIP-394) and never back: gone after its session.
+        pending = JoinGroupRequest_v5("later", 100, 100, "", None, "consumer", meta)
+        assert (await ask(broker, pending)).error_code == MEMBER_ID_REQUIRED
+        assert "later" in broker.groups.groups
+
+        async def groups() -> set[str]:
+            return set(broker.groups.groups)
+
+        assert await eventually(groups, lambda g: "later" not in g) == {"kept"}

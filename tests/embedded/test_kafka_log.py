@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from embedded.kafka.config import BrokerConfig, TopicConfig
 from embedded.kafka.files import Syncer
 from embedded.kafka.log import OffsetOutOfRange, PartitionLog
 from embedded.kafka.offsets import COMPACT_MIN_BYTES, OffsetStore
-from embedded.kafka.records import split_batches
+from embedded.kafka.records import split_batches, stamped_header
 
 
 def batch(*values: bytes, timestamp: int = 1_700_000_000_000) -> bytes:
@@ -205,3 +207,109 @@ def test_a_committed_offset_past_its_recovered_log_is_lowered(tmp_path: Path) ->
     third.load()
     assert third.of_group("g")[("t", 0)] == (10, "m")  # written back by the compaction
     third.close()
+
+
+def test_a_log_start_past_the_recovered_end_is_lowered_to_it_on_disk_too(
+    tmp_path: Path,
+) -> None:
+    """After a machine crash that lost records below the log start (DeleteRecords fsynced
+    its file at once, the segment waited for the interval), recovery kept the file: the
+    records produced again under those offsets were below the log start at the next
+    restart, never to be read."""
+    plog = open_log(tmp_path)
+    sizes = []
+    for i in range(10):
+        append(plog, batch(b"old%d" % i))
+        sizes.append(plog.segments[-1].size)
+    [segment] = [s.path for s in plog.segments]
+    plog.close()
+    (tmp_path / "log-start").write_text("5\n")  # as DeleteRecords(5) left it, fsynced
+    os.truncate(segment, sizes[2])  # the crash: its last 7 batches never reached the disk
+
+    crashed = open_log(tmp_path)
+    assert (crashed.log_start, crashed.next_offset) == (3, 3)
+    assert [append(crashed, batch(b"new%d" % i)) for i in range(4)] == [3, 4, 5, 6]
+    crashed.close()
+    again = open_log(tmp_path)  # an ordinary restart
+    assert (again.log_start, again.next_offset) == (3, 7)
+    assert offsets_in(again.read(3, 1 << 20, min_one=True)) == [3, 4, 5, 6]
+    again.close()
+
+
+async def test_delete_records_fsyncs_the_records_first_and_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeleteRecords wrote and fsynced its file (and directory) in the event loop, before
+    the records below it reached the disk (they wait for the interval)."""
+    from aiokafka.protocol.admin import DeleteRecordsRequest_v0
+
+    from embedded.kafka import log as log_module
+    from tests.embedded.inproc import ask, running
+
+    async with running(tmp_path, fsync_interval_ms=3_600_000) as broker:
+        topic = await broker.topics.create("t", 1)
+        plog = topic.logs[0]
+        for i in range(10):
+            append(plog, batch(b"%d" % i))
+        seen: list[tuple[bool, bool]] = []
+        real = log_module.atomic_write
+
+        def atomic_write(path: Path, data: bytes) -> None:
+            on_loop = threading.current_thread() is threading.main_thread()
+            seen.append((on_loop, bool(broker.syncer.dirty)))
+            real(path, data)
+
+        monkeypatch.setattr(log_module, "atomic_write", atomic_write)
+        assert broker.syncer.dirty  # the segment waits for the interval
+        resp = await ask(broker, DeleteRecordsRequest_v0([("t", [(0, 6)])], 10_000))
+        assert resp.topics[0][1][0][1:] == (6, 0)  # low watermark, no error
+        assert seen == [(False, False)]  # in a worker thread, once the segment was fsynced
+        assert offsets_in(plog.read(6, 1 << 20, min_one=True)) == [6, 7, 8, 9]
+        assert await asyncio.to_thread((plog.dir / "log-start").read_text) == "6\n"
+
+
+IOV_MAX = os.sysconf("SC_IOV_MAX")
+
+
+def test_a_record_set_of_more_batches_than_writev_takes_is_written_whole(
+    tmp_path: Path,
+) -> None:
+    """Two pieces a batch: more than 512 batches in one partition's record set made one
+    writev of more than IOV_MAX (1024) pieces, EINVAL, answered as a storage error."""
+    plog = open_log(tmp_path)
+    records = b"".join(batch(b"v%d" % i) for i in range(IOV_MAX + 100))
+    assert append(plog, records) == 0
+    assert plog.next_offset == IOV_MAX + 100
+    got = plog.read(0, 1 << 24, min_one=True)
+    assert got == _stamped(records, 0) and offsets_in(got) == list(range(IOV_MAX + 100))
+    plog.close()
+    again = open_log(tmp_path)
+    assert again.next_offset == IOV_MAX + 100
+    again.close()
+
+
+def test_short_writes_are_finished_in_every_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.writev
+
+    def short_writev(fd: int, pieces: list[bytes | memoryview]) -> int:
+        first = bytes(pieces[0])
+        return real(fd, [first[: len(first) // 2 or 1]])  # the kernel took less
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    plog = open_log(tmp_path)
+    records = b"".join(batch(b"w%d" % i) for i in range(IOV_MAX))  # two chunks
+    assert append(plog, records) == 0
+    monkeypatch.setattr(os, "writev", real)
+    assert offsets_in(plog.read(0, 1 << 24, min_one=True)) == list(range(IOV_MAX))
+    plog.close()
+
+
+def _stamped(records: bytes, base: int) -> bytes:
+    """The record set as stored: each batch's base offset set, as the broker does."""
+    out, offset = bytearray(), base
+    for b in split_batches(records, 1 << 20):
+        out += stamped_header(records, b, offset) + records[b.start + 16 : b.start + b.size]
+        offset += b.last_offset_delta + 1
+    return bytes(out)

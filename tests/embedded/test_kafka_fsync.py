@@ -1,0 +1,220 @@
+"""The fsync schedule (files.Syncer) and what an answer means when an fsync is slow or fails.
+
+The disk is stood in for by replacing ``files._fsync_all`` (what a pass runs in its
+worker thread): one that blocks until the test lets it go, or raises ``EIO``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from aiokafka.protocol.admin import DeleteTopicsRequest_v0, DeleteTopicsResponse_v0
+from aiokafka.protocol.commit import OffsetCommitRequest_v2, OffsetCommitResponse_v2
+from aiokafka.protocol.produce import ProduceRequest_v7, ProduceResponse_v7
+
+from embedded.kafka import files
+from embedded.kafka.files import FileHandle, Syncer
+from tests.embedded.inproc import ask, batch, running
+from tests.support.aio import eventually
+
+KAFKA_STORAGE_ERROR, COORDINATOR_NOT_AVAILABLE = 56, 15
+T = TypeVar("T")
+
+
+class Disk:
+    """``_fsync_all`` under the test's control: every call recorded, held or failed."""
+
+    def __init__(self) -> None:
+        self.real = files._fsync_all
+        self.calls: list[list[int]] = []
+        self.synced: list[list[int]] = []  # calls that succeeded
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.failures = 0  # fail this many calls next
+
+    def __call__(self, fds: Iterable[int], dirs: Iterable[Path]) -> None:
+        fds = list(fds)
+        self.calls.append(fds)
+        self.started.set()
+        self.release.wait(30)
+        for fd in fds:
+            os.fstat(fd)  # still open: raises EBADF if it was closed under the thread
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EIO, "I/O error")
+        self.real(fds, dirs)
+        self.synced.append(fds)
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Disk]:
+    d = Disk()
+    monkeypatch.setattr(files, "_fsync_all", d)
+    yield d
+    d.release.set()
+
+
+def written(path: Path) -> FileHandle:
+    h = FileHandle(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.write(h.fd, b"data")
+    return h
+
+
+async def started(disk: Disk) -> None:
+    await asyncio.to_thread(disk.started.wait, 30)
+    disk.started.clear()
+
+
+async def test_a_waiter_behind_a_cancelled_pass_waits_for_the_fsync_of_its_writes(
+    disk: Disk, tmp_path: Path
+) -> None:
+    """sync() emptied the dirty set before its fsync: a second caller found nothing
+    dirty and returned at once, though its writes were in the first pass, whose caller
+    was cancelled (a client that disconnected) while the fsync still ran."""
+    syncer = Syncer(0)
+    a, b = written(tmp_path / "a"), written(tmp_path / "b")
+    syncer.dirty |= {a, b}
+    disk.release.clear()
+    first = asyncio.create_task(syncer.sync())
+    await started(disk)
+    second = asyncio.create_task(syncer.sync())  # its writes went to the pass under way
+    first.cancel()
+    await asyncio.sleep(0.1)
+    assert not second.done()  # the fsync is still held
+    disk.release.set()
+    await asyncio.wait_for(second, 30)
+    assert sorted(disk.synced[0]) == sorted([a.fd, b.fd])
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    a.close()
+    b.close()
+
+
+async def test_a_file_closed_during_its_fsync_stays_open_until_the_thread_is_done(
+    disk: Disk, tmp_path: Path
+) -> None:
+    """The pass unpinned its handles when its caller was cancelled, while the worker
+    thread still fsynced them: a closed (even reused) descriptor under the thread."""
+    syncer = Syncer(0)
+    h = written(tmp_path / "a")
+    fd = h.fd
+    syncer.dirty.add(h)
+    disk.release.clear()
+    caller = asyncio.create_task(syncer.sync())
+    await started(disk)
+    h.close()  # retention deletes the segment meanwhile
+    caller.cancel()
+    await asyncio.sleep(0.1)
+    assert h.fd == fd  # still pinned by the pass
+    disk.release.set()
+    await eventually(_async(lambda: h.fd), lambda v: v == -1)
+    assert disk.synced == [[fd]]
+
+
+async def test_a_failed_fsync_fails_its_waiters_and_its_files_are_fsynced_again(
+    disk: Disk, tmp_path: Path
+) -> None:
+    syncer = Syncer(0)
+    h = written(tmp_path / "a")
+    syncer.dirty.add(h)
+    disk.failures = 1
+    disk.release.clear()
+    first = asyncio.create_task(syncer.sync())
+    await started(disk)
+    second = asyncio.create_task(syncer.sync())  # behind it: the same writes
+    disk.release.set()
+    for waiter in (first, second):
+        with pytest.raises(OSError):
+            await asyncio.wait_for(waiter, 30)
+    assert h in syncer.dirty  # not known to be on disk: kept for the next pass
+    await syncer.sync()
+    assert disk.synced == [[h.fd]]
+    assert not syncer.dirty
+    h.close()
+
+
+async def test_in_interval_mode_a_failed_fsync_is_retried_until_it_succeeds(
+    disk: Disk, tmp_path: Path
+) -> None:
+    """The loop logged the error and dropped the files: a rolled segment was then
+    never fsynced again."""
+    syncer = Syncer(20)
+    h = written(tmp_path / "a")
+    syncer.dirty.add(h)
+    disk.failures = 2
+    syncer.start()
+    try:
+        await eventually(_async(lambda: disk.synced), lambda s: [h.fd] in s)
+        assert len(disk.calls) >= 3
+    finally:
+        await syncer.stop()
+        h.close()
+
+
+def _async(f: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def probe() -> T:
+        return f()
+
+    return probe
+
+
+# Through the broker, --fsync-interval-ms 0 ---------------------------------------------
+async def test_a_produce_whose_fsync_fails_is_answered_with_a_storage_error(
+    disk: Disk, tmp_path: Path
+) -> None:
+    async with running(tmp_path, fsync_interval_ms=0) as broker:
+        await broker.topics.create("t", 1)
+        disk.failures = 1
+        produce = ProduceRequest_v7(None, -1, 5000, [("t", [(0, batch(b"one"))])])
+        resp = await ask(broker, produce)
+        assert isinstance(resp, ProduceResponse_v7)
+        [(_, [(partition, error, offset, *_)])] = resp.topics
+        assert (partition, error, offset) == (0, KAFKA_STORAGE_ERROR, -1)
+        # The disk is back: the retry is acknowledged once it is fsynced.
+        resp = await ask(broker, produce)
+        [(_, [(_, error, offset, *_)])] = resp.topics
+        assert (error, offset) == (0, 1)
+        topic = broker.topics.get("t")
+        assert topic is not None
+        segment = topic.logs[0].segments[-1].handle
+        assert segment is not None and segment.fd in disk.synced[-1]
+
+
+async def test_an_offset_commit_whose_fsync_fails_is_not_acknowledged(
+    disk: Disk, tmp_path: Path
+) -> None:
+    async with running(tmp_path, fsync_interval_ms=0) as broker:
+        await broker.topics.create("t", 1)
+        disk.failures = 1
+        commit = OffsetCommitRequest_v2("g", -1, "", -1, [("t", [(0, 5, "")])])
+        resp = await ask(broker, commit)
+        assert isinstance(resp, OffsetCommitResponse_v2)
+        assert resp.topics[0][1][0][1] == COORDINATOR_NOT_AVAILABLE
+        resp = await ask(broker, commit)
+        assert resp.topics[0][1][0][1] == 0
+
+
+async def test_delete_topics_fsyncs_the_forgotten_offsets_before_it_answers(
+    disk: Disk, tmp_path: Path
+) -> None:
+    """The journal's record that a deleted topic's offsets are gone waited for the
+    interval (or was never fsynced in mode 0) while the deletion itself was at once."""
+    async with running(tmp_path, fsync_interval_ms=3_600_000) as broker:
+        await broker.topics.create("t", 1)
+        resp = await ask(broker, OffsetCommitRequest_v2("g", -1, "", -1, [("t", [(0, 5, "")])]))
+        assert resp.topics[0][1][0][1] == 0
+        journal = broker.offsets.handle
+        assert journal is not None and journal in broker.syncer.dirty
+        resp = await ask(broker, DeleteTopicsRequest_v0(["t"], 10_000))
+        assert isinstance(resp, DeleteTopicsResponse_v0)
+        assert resp.topic_error_codes == [("t", 0)]
+        assert any(journal.fd in fds for fds in disk.synced)
+        assert journal not in broker.syncer.dirty
