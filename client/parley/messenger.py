@@ -1243,6 +1243,11 @@ class Messenger:
             self._hold(client_id, "service_unavailable")
             return
         except ParleyError as exc:
+            if _for_now(exc):
+                # The key directory could not answer now (no answer, 429, 5xx): kept and
+                # tried again later (it failed for good, never accepted: lost to a blip).
+                self._hold(client_id, "service_unavailable")
+                return
             # Not sendable as it is (e.g. the contact's identity changed): it leaves the
             # outbox as failed rather than waiting there for ever.
             await self.fail_queued(client_id, exc)

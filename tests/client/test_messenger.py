@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from parley import Client, ParleyError, SafetyNumberChanged
@@ -590,3 +590,44 @@ async def test_what_is_kept_aside_is_read_after_a_restart(
     assert isinstance(got, Message) and got.text == "kept"
     assert _texts(again, alice.user_id) == [("message", "kept")]
     assert again.store.read().aside_count() == 0
+
+
+async def test_a_resend_for_new_devices_waits_out_a_key_directory_blip(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: the contact linked a device, the gateway answered
+    ``devices_changed``, and the resend's read of the new device list met a 503: the
+    message left the outbox as failed, never accepted. Now it is held and tried again."""
+    from parley import messenger
+
+    monkeypatch.setitem(messenger._SEND_AGAIN, "service_unavailable", (0.2, 0.5))
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and bob.user_id
+    await alice.connect()
+    await alice.send(bob.username, "first")
+    phone = await make_client(bob.username, signup=False)
+    code = await phone.link_device(bob.username, PASSWORD)
+    linked = asyncio.create_task(phone.wait_linked(60))
+    await bob.approve_device(code)
+    await linked
+    await phone.connect()
+    directory = _Directory(alice, monkeypatch)  # down for alice's next reads
+
+    async def back_soon() -> None:
+        await eventually(_probe(lambda: directory.failed), lambda n: n >= 1)
+        directory.down = False
+
+    coming_back = asyncio.create_task(back_soon())
+    await alice.send(bob.username, "to both devices", timeout=30)
+    await coming_back
+    got = await phone.next_event(Message, timeout=30)
+    assert isinstance(got, Message) and got.text == "to both devices"
+    sent = [e for e in alice.history(bob.user_id) if e.get("text") == "to both devices"]
+    assert [e["status"] != "failed" for e in sent] == [True] and alice.outbox() == []
+
+
+def _probe(value: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+    async def probe() -> object:
+        return value()
+
+    return probe
