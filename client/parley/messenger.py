@@ -105,7 +105,7 @@ class _Outgoing:
     message never gets ``stored``, nor a message to a device that stays offline)."""
 
 
-def _for_now(exc: BaseException) -> bool:
+def for_now(exc: BaseException) -> bool:
     """A failure that may not happen again: no answer, or one that says "later"."""
     if isinstance(exc, ApiError):
         return exc.status == 429 or exc.status >= 500
@@ -917,7 +917,7 @@ class Messenger:
         try:
             await self._refresh_peer(sender)  # it may have just been linked
         except (ParleyError, CryptoError) as exc:
-            if _for_now(exc):
+            if for_now(exc):
                 log.info("device %s of %s not checked now: %r", device, sender, exc)
                 self._unanswered[sender] = loop.time() + ASIDE_ASK_EVERY
                 return False
@@ -1243,7 +1243,7 @@ class Messenger:
             self._hold(client_id, "service_unavailable")
             return
         except ParleyError as exc:
-            if _for_now(exc):
+            if for_now(exc):
                 # The key directory could not answer now (no answer, 429, 5xx): kept and
                 # tried again later (it failed for good, never accepted: lost to a blip).
                 self._hold(client_id, "service_unavailable")

@@ -63,7 +63,7 @@ from parley.events import (
     RoomNotification,
     Typing,
 )
-from parley.messenger import Messenger, RoomFrame, encode_control
+from parley.messenger import Messenger, RoomFrame, encode_control, for_now
 from parley.moderation import alias_key, report_fields
 from parley.store import Transaction
 
@@ -90,6 +90,8 @@ LOGS_AT_ONCE = 100
 """Rooms whose logs one ``POST /delivery/v1/rooms/logs`` reads (the server's most)."""
 _ROOM_ID = re.compile(r"[0-9a-f]{24}")
 POSTED_KEPT = 1000
+POST_RETRY = (0.25, 4.0)
+"""First and longest wait before a public post is asked again with the same id (Rooms._post)."""
 """Public posts made here whose live copy is known as this client's (``RoomMessage.here``)."""
 _MENTION = re.compile(r"(?<![\w@./])@([A-Za-z0-9._-]{1,64})")
 
@@ -498,7 +500,7 @@ class Rooms:
             self._posted[client_id] = None  # before: its push may come before the answer
             while len(self._posted) > POSTED_KEPT:
                 del self._posted[next(iter(self._posted))]
-            await self.api.post_room_message(room_id, client_id, text)
+            await self._post(room_id, client_id, text, timeout)
             return client_id
         if not self.messenger.connected:
             raise ParleyError("Connect first: a private room's message needs the socket.")
@@ -526,6 +528,23 @@ class Rooms:
         return await self.messenger.submit(
             frame, room_conversation(room_id), wait=wait, timeout=timeout
         )
+
+    async def _post(self, room_id: str, client_id: str, text: str, timeout: float) -> None:
+        """Post to a public room's timeline; an answer lost or refused for now (no answer,
+        429, 5xx) is asked again with the same ``client_id``, which the rooms service
+        takes once (a post stored whose answer was lost was posted twice by the caller's
+        own retry, with a new id)."""
+        loop = asyncio.get_running_loop()
+        deadline, wait = loop.time() + timeout, POST_RETRY[0]
+        while True:
+            try:
+                await self.api.post_room_message(room_id, client_id, text)
+                return
+            except (ParleyError, OSError, TimeoutError) as exc:
+                if not for_now(exc) or loop.time() + wait > deadline:
+                    raise
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, POST_RETRY[1])
 
     async def typing(self, ref: str, typing: bool = True) -> None:
         """Tell the room's members this device is typing there (``typing``: call it

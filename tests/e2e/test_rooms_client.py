@@ -711,3 +711,33 @@ async def test_a_members_new_safety_number_is_accepted_for_a_room_only_when_aske
         assert await all_texts(again, rid, 1) == ["accepted"]
     finally:
         await again.close()
+
+
+async def test_a_public_post_whose_answer_was_lost_is_asked_again_and_posted_once(
+    device: NewDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A post stored whose answer was lost (a 502 from the proxy, a dropped connection)
+    raised, and the caller's retry posted it again with a new id: twice in the
+    timeline. Now the SDK asks again with the same client id, which the rooms service
+    takes once."""
+    from parley import rooms
+    from parley.errors import ServerUnavailable
+
+    monkeypatch.setattr(rooms, "POST_RETRY", (0.05, 0.1))
+    alice = await device(username("pa"), first=True)
+    rid = str((await alice.rooms.create(f"town {secrets.token_hex(3)}", public=True))["room_id"])
+    post = alice.api.post_room_message
+    calls: list[str] = []
+
+    async def answer_lost(room_id: str, client_id: str, text: str) -> dict[str, Any]:
+        calls.append(client_id)
+        result = await post(room_id, client_id, text)
+        if len(calls) == 1:
+            raise ServerUnavailable("the answer was lost")
+        return result
+
+    monkeypatch.setattr(alice.api, "post_room_message", answer_lost)
+    await alice.rooms.send(rid, "once")
+    assert len(calls) == 2 and calls[0] == calls[1]
+    page = await alice.rooms.history(rid)
+    assert [m["text"] for m in page["messages"]] == ["once"]
