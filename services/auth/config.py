@@ -8,7 +8,7 @@ is listed in docs/auth.md.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +51,11 @@ class AuthSettings(BaseSettings):
     # Live sessions an account keeps (each sign-in opens one for 30 days); a sign-in
     # past it ends the least recently used (docs/auth.md, "Sessions").
     max_sessions: int = Field(default=100, ge=1, le=10_000)
+    # Refresh tokens issued: derived from a per-session key (one document a session
+    # whatever its refreshes), or stored one document each, as versions before
+    # 2026-12-07 did and read: set `stored` while such processes still serve (a rolling
+    # upgrade), then back (docs/auth.md, "Refresh tokens"). Both kinds are read always.
+    refresh_tokens: Literal["derived", "stored"] = "derived"
 
     # Rate limits, COUNT/SECONDS. Per client IP and per account.
     limit_signup_ip: str = "30/3600"

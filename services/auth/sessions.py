@@ -35,6 +35,7 @@ from services.auth.tokens import (
     digest,
     new_id,
     new_refresh_key,
+    new_token,
     parse_refresh_token,
     refresh_mac,
     refresh_token,
@@ -199,10 +200,29 @@ def _session_key(svc: AuthService, session: Mapping[str, Any]) -> bytes | None:
     return svc.box.open(sealed, _key_context(str(session["_id"])))
 
 
+def _stored(svc: AuthService) -> bool:
+    return svc.config.refresh_tokens == "stored"
+
+
 async def new_refresh_token(svc: AuthService, session: Mapping[str, Any]) -> str:
     """The refresh token of the session's current generation (``session``: as
     :func:`open_session` or :func:`rotate` returned it). Nothing is stored: it is
-    derived from the session's key."""
+    derived from the session's key. With ``PARLEY_REFRESH_TOKENS=stored`` (a rolling
+    upgrade from a version that reads only stored tokens: docs/auth.md) a random
+    token, stored hashed, as before."""
+    if _stored(svc):
+        token, now = new_token(), svc.now()
+        await svc.store.insert_refresh_token(
+            {
+                "_id": digest(token),
+                "sid": str(session["_id"]),
+                "user_id": session["user_id"],
+                "issued_at": now,
+                "expires_at": now + timedelta(seconds=svc.settings.refresh_token_ttl_s),
+                "used_at": None,
+            }
+        )
+        return token
     key = _session_key(svc, session)
     if key is None:
         raise ValueError("this session has no refresh key")
@@ -352,10 +372,11 @@ async def rotate(
 async def _rotate_legacy(
     svc: AuthService, token: str, now: datetime, client_id: str | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A refresh token issued before tokens were derived (stored hashed in
-    ``refresh_tokens``), read the old way: used once, a reuse revokes the session. Its
-    session gets a key and generation 0: from now on it is on derived tokens, and no
-    other stored token of it works."""
+    """A stored refresh token (hashed in ``refresh_tokens``: issued before tokens were
+    derived, or with ``PARLEY_REFRESH_TOKENS=stored``), read the old way: used once, a
+    reuse revokes the session. Issuing derived tokens, its session goes on with them:
+    a key and generation 0 if it has none, else its next generation (so a derived
+    token of it issued before this one is a reuse from now on)."""
     token_hash = digest(token)
     doc = await svc.store.consume_refresh_token(token_hash, now)
     if doc is None:
@@ -370,13 +391,21 @@ async def _rotate_legacy(
         session = await svc.store.session(sid)
         if session is None:
             raise ApiError(ErrorCode.TOKEN_REVOKED, "This session was ended.")
-        adopted = await svc.store.adopt_refresh_key(
-            sid, _seal_key(svc, sid, new_refresh_key()), now
-        )
+        if _stored(svc):
+            adopted: dict[str, Any] | None = session
+        elif session.get("refresh_gen") is None:
+            adopted = await svc.store.adopt_refresh_key(
+                sid, _seal_key(svc, sid, new_refresh_key()), now
+            )
+        else:
+            # On derived tokens already, and a stored one was issued after (a process
+            # with PARLEY_REFRESH_TOKENS=stored, during a rolling upgrade): the next
+            # generation.
+            adopted = await svc.store.advance_refresh_generation(
+                sid, int(session["refresh_gen"]), now
+            )
         if adopted is None:
-            # The session is on derived tokens already: no stored token of it was
-            # given to anyone since (this one is a leftover of a failed issue).
-            raise _invalid()
+            raise _invalid()  # another use of the session came at the same moment
     except ApiError:
         raise
     except Exception:

@@ -313,6 +313,10 @@ class AuthStore:
             {"$unset": {"refresh_key": "", "refresh_gen": "", "refresh_used_at": ""}},
         )
 
+    async def insert_refresh_token(self, doc: Doc) -> None:
+        """A stored refresh token (``PARLEY_REFRESH_TOKENS=stored``: sessions.new_refresh_token)."""
+        await self.refresh_tokens.insert_one(doc)
+
     async def consume_refresh_token(self, token_hash: str, now: datetime) -> Doc | None:
         """Atomically mark an unused legacy refresh token used; None if used or unknown."""
         return _times(

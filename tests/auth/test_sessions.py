@@ -248,3 +248,31 @@ async def test_a_generation_is_given_back_only_by_the_use_that_took_it(auth: Aut
     # The use that set the current generation gives it back.
     await store.release_refresh_generation(sid, 1, second)
     assert (await store.session(sid) or {})["refresh_gen"] == 1
+
+
+async def test_stored_tokens_for_a_rolling_upgrade_then_derived_again(auth: AuthApi) -> None:
+    """Review finding: versions before read only stored tokens, so during a rolling
+    upgrade (old and new auth processes behind one balancer) a derived token refreshed
+    at an old process was refused: signed out. ``PARLEY_REFRESH_TOKENS=stored`` makes
+    this version issue stored tokens while reading both; set back, a session on stored
+    tokens goes on with derived ones, and every used token of it is still a reuse."""
+    svc = auth.service
+    derived = svc.config
+    user = await auth.signup()
+    sid, first = user["session_id"], user["refresh_token"]
+    svc.config = derived.model_copy(update={"refresh_tokens": "stored"})
+    stored = (await auth.refresh(first))["refresh_token"]
+    assert len(stored) == 43  # an old version's (a hash of it in refresh_tokens)
+    assert await auth.db["refresh_tokens"].find_one({"_id": digest(stored), "sid": sid})
+    second = (await auth.refresh(stored))["refresh_token"]
+    assert len(second) == 43
+    svc.config = derived
+    back = (await auth.refresh(second))["refresh_token"]
+    assert fields(back)[0] == sid and fields(back)[1] == 2  # the session's next generation
+    again = (await auth.refresh(back))["refresh_token"]
+    assert not await revoked_key(auth, sid)
+    status, body = await auth.call("POST", "/auth/v1/token/refresh", {"refresh_token": stored})
+    assert (status, body["error"]["code"]) == (401, "refresh_token_reused")
+    assert await revoked_key(auth, sid)
+    status, _ = await auth.call("POST", "/auth/v1/token/refresh", {"refresh_token": again})
+    assert status == 401
