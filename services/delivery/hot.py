@@ -15,7 +15,7 @@ Keys (``<p>`` = the Redis prefix; ``{...}`` is a Redis Cluster hash tag):
 - ``<p>:hot:{<inbox>}``: hash, sequence number -> the item (JSON);
 - ``<p>:hotidx``: sorted set, ``"<inbox>|<seq>"`` scored by when it was
   stored: what the persister has to look at, oldest first;
-- ``<p>:dup:{<inbox>}:<span>``: hash, ``"<from>|<client id>"`` -> ``"<seq>"``
+- ``<p>:dup:{<inbox>}:<span length>:<span>``: hash, ``"<from>|<client id>"`` -> ``"<seq>"``
   (``"<seq>|<server id>"`` when the server id is not the one
   :func:`~parley_contract.envelopes.message_server_id` derives): the dedup
   records of what the inbox took in one span of ``hot_dedup_s / 2``, the key
@@ -219,7 +219,11 @@ class DedupSpans:
         return max(1, self.window_s // 2)
 
     def key(self, inbox: str, span: int) -> str:
-        return f"{self.prefix}:dup:{{{inbox}}}:{span}"
+        # The span's length in the name: a number alone names another time once
+        # PARLEY_HOT_DEDUP_S changes (every record then missed, and between processes
+        # whose settings differ during a rollout); with it, a look-up of another length
+        # misses only the records of the other setting, as a shorter window would.
+        return f"{self.prefix}:dup:{{{inbox}}}:{self.span_s}:{span}"
 
     def write(self, inbox: str, now: float) -> tuple[str, int]:
         """The key a record written at ``now`` goes to, and how long to keep that key."""
