@@ -77,7 +77,8 @@ log = logging.getLogger(__name__)
 ACK_DELAY = 0.2
 ASIDE_MAX = 10_000  # messages kept aside at most (Messenger._on_message)
 ASIDE_RETRY = (2.0, 60.0)  # first and longest wait between reads of what is kept aside
-ASIDE_ASK_EVERY = 1.0  # a sender's list is asked for at most this often while kept aside
+ASIDE_ASK_EVERY = 1.0  # after a list could not be read, none is asked for this long
+ASIDE_ASK_TIMEOUT = 5.0  # a device list read that waits longer counts as "not now"
 LISTS_PER_READ = 1000  # users per bulk device-list read (the key directory's MAX_LIST_USERS)
 CLAIMS_PER_REQUEST = 100  # users per bulk claim (the key directory's MAX_CLAIM_USERS)
 CLAIMS_AT_ONCE = 3  # bulk claims in flight (the directory works on each 16 users at a time)
@@ -263,7 +264,7 @@ class Messenger:
         self._aside_lock = asyncio.Lock()
         self._aside_task: asyncio.Task[Any] | None = None
         self._aside_wake = asyncio.Event()
-        self._unanswered: dict[str, float] = {}  # sender -> loop time to ask again from
+        self._unanswered = 0.0  # loop time before which the directory is not asked again
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -898,6 +899,9 @@ class Messenger:
         ):
             await self._read_message(frame)
             return
+        if store.is_aside(frame.server_id):
+            await self._keep_aside(frame)  # a copy sent again: acknowledged, nothing asked
+            return
         async with self._aside_lock:
             if not await self._device_known(sender, device):
                 await self._keep_aside(frame)
@@ -912,16 +916,17 @@ class Messenger:
         if device in self._peer(self._store().read(), sender).devices:
             return True
         loop = asyncio.get_running_loop()
-        if self._unanswered.get(sender, 0.0) > loop.time():
-            return False  # asked a moment ago: a backlog synced in an outage asks once
+        if self._unanswered > loop.time():
+            return False  # it could not answer a moment ago: a backlog asks once a while
         try:
-            await self._refresh_peer(sender)  # it may have just been linked
-        except (ParleyError, CryptoError) as exc:
+            # Not for long: the frame loop waits (a sync page's reply with it).
+            async with asyncio.timeout(ASIDE_ASK_TIMEOUT):
+                await self._refresh_peer(sender)  # it may have just been linked
+        except (ParleyError, CryptoError, TimeoutError, OSError) as exc:
             if for_now(exc):
                 log.info("device %s of %s not checked now: %r", device, sender, exc)
-                self._unanswered[sender] = loop.time() + ASIDE_ASK_EVERY
+                self._unanswered = loop.time() + ASIDE_ASK_EVERY
                 return False
-        self._unanswered.pop(sender, None)
         return True
 
     async def _keep_aside(self, frame: f.Message) -> None:
@@ -984,22 +989,24 @@ class Messenger:
         """Read the frames kept aside whose devices can be checked now, each device's
         in order (:meth:`_read_kept`); True if some are still kept."""
         left = False
-        async with self._aside_lock:
-            devices = dict.fromkeys(
-                (str(raw.get("from")), int(raw.get("from_device") or 0))
-                for raw in self._store().read().aside()
-            )
-            for sender, device in devices:
-                try:
-                    if await self._device_known(sender, device):
-                        await self._read_kept(sender, device)
-                    else:
-                        left = True
-                except Exception as exc:
-                    if not transient(exc):
-                        raise
-                    log.warning("messages kept aside not read now: %r", exc)
+        devices = dict.fromkeys(
+            (str(raw.get("from")), int(raw.get("from_device") or 0))
+            for raw in self._store().read().aside()
+        )
+        for sender, device in devices:
+            # The directory asked outside the lock: the frame loop, waiting on it for
+            # a new device's message, would wait for every read (and a sync page with it).
+            try:
+                if not await self._device_known(sender, device):
                     left = True
+                    continue
+                async with self._aside_lock:
+                    await self._read_kept(sender, device)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                log.warning("messages kept aside not read now: %r", exc)
+                left = True
         return left
 
     async def _read_message(self, frame: f.Message, kept: bool = False) -> None:
@@ -1242,6 +1249,8 @@ class Messenger:
             # next connection).
             self._hold(client_id, "service_unavailable")
             return
+        except NotQueued:
+            return  # dropped or failed meanwhile: it stays so
         except ParleyError as exc:
             if for_now(exc):
                 # The key directory could not answer now (no answer, 429, 5xx): kept and
@@ -1491,6 +1500,8 @@ class Messenger:
         plaintext = text.encode() if payload is None else payload
         copies: list[f.Copy] = []
         async with self._store().transaction() as tx:
+            if refresh and not tx.is_queued(client_id):
+                raise NotQueued(client_id)  # dropped or failed while its redo read keys
             # Parsed only if a session starts (the common message needs no device keys).
             device: Device | None = None
             # Checked again inside the transaction that encrypts: a key change seen
@@ -1554,6 +1565,11 @@ SELF_PEER = "self_peer"
 
 class UntrustedKeys(ParleyError):
     """The directory's answer failed the checks against the signed device list."""
+
+
+class NotQueued(ParleyError):
+    """A resend's message left the outbox while it was encrypted again (dropped, or
+    failed): not queued again, not sent."""
 
 
 def _frame_bytes(send: dict[str, Any], op: str = "send") -> bytes:

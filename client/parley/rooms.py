@@ -63,7 +63,7 @@ from parley.events import (
     RoomNotification,
     Typing,
 )
-from parley.messenger import Messenger, RoomFrame, encode_control, for_now
+from parley.messenger import Messenger, NotQueued, RoomFrame, encode_control, for_now
 from parley.moderation import alias_key, report_fields
 from parley.store import Transaction
 
@@ -744,6 +744,8 @@ class Rooms:
             (user, int(device)) for user, _, device in (k.rpartition(":") for k in keyed)
         )
         async with self._store().transaction() as tx:
+            if redo and not tx.is_queued(client_id):
+                raise NotQueued(client_id)  # dropped or failed while its redo read keys
             session = self.group(tx, room_id)
             body = session.encrypt(text.encode())
             frame = f.RoomSend(

@@ -631,3 +631,95 @@ def _probe(value: Callable[[], object]) -> Callable[[], Awaitable[object]]:
         return value()
 
     return probe
+
+
+async def test_a_message_dropped_while_its_resend_reads_keys_stays_dropped(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a ``devices_changed`` resend read the new device lists, the user
+    dropped the message from the outbox meanwhile (it was stuck), and the resend queued
+    it again and sent it: "dropped" became accepted. It stays dropped now."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username and bob.user_id
+    await alice.connect()
+    await alice.send(bob.username, "first")
+    phone = await make_client(bob.username, signup=False)
+    code = await phone.link_device(bob.username, PASSWORD)
+    linked = asyncio.create_task(phone.wait_linked(60))
+    await bob.approve_device(code)
+    await linked
+    keys = alice.messenger.keys
+    real = keys.directory_list
+    dropped: list[str] = []
+    mark: list[int] = []
+    sent: list[str] = []
+
+    async def directory_list(user_id: str) -> object:
+        for queued in alice.outbox():  # the user drops it while the lists are read
+            dropped.append(str(queued["client_id"]))
+            mark.append(len(sent))
+            await alice.drop_outbox(str(queued["client_id"]))
+        return await real(user_id)
+
+    redo = alice.messenger._redo
+    redone = asyncio.Event()
+
+    async def watched(client_id: str, lists: object = None) -> None:
+        try:
+            await redo(client_id, lists)  # type: ignore[arg-type]
+        finally:
+            redone.set()
+
+    monkeypatch.setattr(alice.messenger, "_redo", watched)
+    monkeypatch.setattr(keys, "directory_list", directory_list)
+    send_paced = alice.messenger._send_paced
+
+    async def counted(frame: f.Send | f.RoomSend) -> None:
+        sent.append(frame.id)
+        await send_paced(frame)
+
+    monkeypatch.setattr(alice.messenger, "_send_paced", counted)
+    client_id = await alice.send(bob.username, "stuck, then dropped", wait=None)
+    await asyncio.wait_for(redone.wait(), 30)
+    assert dropped == [client_id] and alice.outbox() == []
+    assert client_id in sent[: mark[0]] and client_id not in sent[mark[0] :]  # not resent
+    [entry] = [e for e in alice.history(bob.user_id) if e.get("text") == "stuck, then dropped"]
+    assert entry["status"] == "failed"
+
+
+async def test_a_hung_key_directory_holds_a_new_device_s_message_for_seconds_only(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a directory that takes the connection and never answers held the
+    frame loop for the SDK's 20 s request timeout per new device (a sync page's reply
+    timed out, the socket dropped, the page came again: stuck), and a copy sent again
+    of a kept message asked again. Now a read waits ``ASIDE_ASK_TIMEOUT``, none is asked
+    for ``ASIDE_ASK_EVERY`` after one failed, and a kept copy asks nothing."""
+    from parley import messenger
+
+    monkeypatch.setattr(messenger, "ASIDE_ASK_TIMEOUT", 0.3)
+    monkeypatch.setattr(messenger, "ASIDE_ASK_EVERY", 3600.0)
+    monkeypatch.setattr(messenger, "ASIDE_RETRY", (3600.0, 3600.0))
+    alice, bob, carol = await make_client(), await make_client(), await make_client()
+    assert bob.username and alice.user_id and carol.user_id
+    for client in (alice, bob, carol):
+        await client.connect()
+    await carol.send(bob.username, "known", wait="stored")
+    assert (await bob.next_event(Message, timeout=30)).text == "known"  # type: ignore[attr-defined]
+    asked: list[str] = []
+    hung = asyncio.Event()
+
+    async def directory_list(user_id: str) -> object:
+        asked.append(user_id)
+        await hung.wait()  # never answers
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(bob.messenger.keys, "directory_list", directory_list)
+    await alice.send(bob.username, "new device", wait="stored")
+    await carol.send(bob.username, "after it", wait="stored")
+    got = await bob.next_event(Message, timeout=10)
+    assert isinstance(got, Message) and got.text == "after it"
+    assert asked == [alice.user_id] and bob.store.read().aside_count() == 1
+    kept = msgspec_message(bob.store.read().aside()[0])
+    await bob.messenger._on_message(kept)  # a copy sent again
+    assert asked == [alice.user_id] and bob.store.read().aside_count() == 1
