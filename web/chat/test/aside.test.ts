@@ -128,6 +128,30 @@ describe('a message from a device not seen yet, its list not readable now', () =
     expect(bob.keptAside).toBe(0);
   });
 
+  it('a directory that never answers holds the frame chain for the read timeout only, and a kept copy sent again asks nothing', async () => {
+    // Review finding: the read had no timeout, so the frame chain (a sync page's reply
+    // with it) waited for as long as the directory held the request; a copy sent again
+    // of a kept message asked again.
+    ASIDE_ASK.everyMs = 60_000;
+    ASIDE_ASK.timeoutMs = 100;
+    ASIDE_RETRY.first = 60_000;
+    const { server, bob, alice, carol } = await people();
+    await connected(bob, server);
+    server.push(await carol.message(server, 'carol, before'));
+    await until('carol read', () => texts(bob, carol).length === 1);
+    server.listsHang = true;
+    const item = server.push(await alice.message(server, 'hello'));
+    server.push(await carol.message(server, 'carol, after'));
+    await until('carol read after the timeout', () => texts(bob, carol).length === 2);
+    expect(bob.keptAside).toBe(1);
+    expect(server.listsRefused).toBe(1);
+    const acks = server.inbox.acks.length;
+    (server.open[0] as FakeSocket).deliver(item);
+    await until('acknowledged again', () => server.inbox.acks.length > acks);
+    expect(server.listsRefused).toBe(1);
+    expect(bob.keptAside).toBe(1);
+  });
+
   it('a frame kept aside and delivered again is kept once, and read once', async () => {
     const { server, bob, alice } = await people();
     await connected(bob, server);

@@ -1,20 +1,32 @@
 // A mention opened from the list, the pure rules of web/chat/src/app/rooms.ts: a public
 // room's post looked for in earlier pages of its timeline (findPost, against a server
 // paging as services/rooms/timeline.py `timeline_page` does), and what the room's
-// status line says when a post or a private room's message cannot be shown.
+// status line says when a post or a private room's message cannot be shown. And the
+// public timeline as the room view holds it: the gap after a reconnect filled
+// (readGap, one fill at a time: oneAtATime), and the newest posts kept as live ones
+// come, "Load earlier messages" reaching the others (Feed).
 //
 // Vitest, with the rest of web/chat's unit tests (`npm run test:node`).
 import { describe, expect, it } from 'vitest';
 
+import { SHOWN } from '../src/app/history.ts';
 import {
+  cutFeed,
+  emptyFeed,
+  type Feed,
+  feedReading,
   findNote,
   findPost,
   heldNote,
   JUMP_MAX_MESSAGES,
   JUMP_MAX_PAGES,
   JUMP_PAGE,
+  oneAtATime,
   readDownTo,
+  readGap,
   type TimelinePage,
+  withEarlier,
+  withPosts,
 } from '../src/app/rooms.ts';
 
 interface Post {
@@ -275,3 +287,138 @@ describe('posts written while the view missed their live frames (offline, a resy
     expect(result.outcome).toBe('missing');
   });
 });
+
+describe("a public room's gap filled after a reconnect or a resync (readGap, oneAtATime)", () => {
+  it('a room that showed no post reads its newest page: posts written while offline show, and the earlier ones are reachable', async () => {
+    // Before: the fill returned at once on an empty timeline (nextBefore null): posts
+    // written while offline in a room that had none never showed.
+    const r = room(600);
+    let feed: Feed<Post> = emptyFeed();
+    const cut = await readGap<Post>({ loaded: feed.posts, read: (before) => r.read(before, JUMP_PAGE), onPage: (page) => (feed = withPosts(feed, page.messages, 'fill')) });
+    expect(r.calls).toEqual([null]); // its newest page alone
+    expect(cut).toEqual({ from: 401, nextBefore: 401 });
+    feed = cutFeed(feed, cut as NonNullable<typeof cut>);
+    expect(feed.posts.map((m) => m.seq)).toEqual(range(401, 600));
+    while (feed.nextBefore !== null) {
+      const before = feed.nextBefore;
+      feed = withEarlier(feed, before, await r.read(before, 50));
+    }
+    expect(feed.posts.map((m) => m.seq)).toEqual(range(1, 600));
+  });
+
+  it('a room with few posts, none shown: one page, nothing more to do', async () => {
+    const r = room(30);
+    const got: number[] = [];
+    expect(await readGap<Post>({ loaded: [], read: (before) => r.read(before), onPage: (page) => got.push(...page.messages.map((m) => m.seq)) })).toBeNull();
+    expect(got).toEqual(range(1, 30));
+  });
+
+  it('a room with posts shown reads down to them, as before', async () => {
+    const r = room(600);
+    const loaded = (await r.read(101)).messages.slice(-50); // 51..100
+    r.calls.length = 0;
+    expect(await readGap<Post>({ loaded, read: (before) => r.read(before, 200), onPage: () => undefined })).toBeNull();
+    expect(r.calls).toEqual([null, 401, 201]);
+  });
+
+  it('a resync during a fill runs one more fill after it (not one per call); none is dropped', async () => {
+    // Before: a resync that came while a fill ran was dropped (`filling`): posts written
+    // after that fill read its pages waited for the next reconnect.
+    const runs: number[] = [];
+    let release: () => void = () => undefined;
+    let n = 0;
+    const fill = oneAtATime(async () => {
+      const run = ++n;
+      runs.push(run);
+      if (run === 1) await new Promise<void>((r) => (release = r));
+    });
+    const first = fill();
+    const second = fill(); // during the first: after it
+    const third = fill(); // the same one more
+    expect(runs).toEqual([1]);
+    release();
+    await Promise.all([first, second, third]);
+    expect(runs).toEqual([1, 2]);
+    await fill(); // none running: at once
+    expect(runs).toEqual([1, 2, 3]);
+  });
+
+  it('a fill that fails does not stop the one asked for meanwhile', async () => {
+    const runs: number[] = [];
+    let fail: (e: Error) => void = () => undefined;
+    const fill = oneAtATime(async () => {
+      runs.push(runs.length + 1);
+      if (runs.length === 1) await new Promise<void>((_, reject) => (fail = reject));
+    });
+    const first = fill();
+    void fill();
+    fail(new Error('502'));
+    await first;
+    expect(runs).toEqual([1, 2]);
+  });
+});
+
+describe("a public room's timeline kept to its newest posts as live ones come (Feed)", () => {
+  const post = (seq: number): Post & { rev: number } => ({ seq, text: `post ${seq}`, rev: 1 });
+
+  it(`a room left open: ${SHOWN} posts held whatever comes live, and "Load earlier messages" reaches every other`, async () => {
+    // Before: every live post stayed in the view's state and was rendered.
+    const r = room(2050);
+    const first = await r.read(null, 50); // opening: 2001..2050 of a room whose newest, from here, come live
+    let feed: Feed<Post> = { ...withPosts(emptyFeed<Post>(), first.messages, 'live'), nextBefore: first.nextBefore };
+    for (let seq = 2051; seq <= 3050; seq++) feed = withPosts(feed, [post(seq)], 'live');
+    expect(feed.posts.length).toBe(SHOWN);
+    expect(feed.posts.map((m) => m.seq)).toEqual(range(3050 - SHOWN + 1, 3050));
+    expect(feed.nextBefore).toBe(3050 - SHOWN + 1);
+    // "Load earlier messages" goes on from the oldest held, down to the start.
+    const live = room(3050);
+    while (feed.nextBefore !== null) {
+      const before = feed.nextBefore;
+      feed = withEarlier(feed, before, await live.read(before, 50));
+    }
+    expect(feed.posts.map((m) => m.seq)).toEqual(range(1, 3050));
+    // What the user asked for stays until live posts push it out: the same count kept.
+    feed = withPosts(feed, [post(3051)], 'live');
+    expect(feed.posts.length).toBe(3050);
+    expect(feed.posts[0]?.seq).toBe(2);
+    expect(feed.nextBefore).toBe(2);
+  });
+
+  it('nothing is let go while pages are read (their nextBefore must meet what is held); the next live post does it', async () => {
+    const r = room(SHOWN);
+    const all = await r.read(null, SHOWN);
+    let feed: Feed<Post> = { ...withPosts(emptyFeed<Post>(), all.messages, 'live'), nextBefore: all.nextBefore };
+    expect(feed.nextBefore).toBeNull();
+    feed = feedReading(feed, 1); // "Load earlier messages" asked: nothing earlier, as it happens
+    feed = withPosts(feed, [post(SHOWN + 1)], 'live');
+    expect(feed.posts.length).toBe(SHOWN + 1);
+    expect(feed.nextBefore).toBeNull();
+    feed = feedReading(feed, -1);
+    feed = withPosts(feed, [post(SHOWN + 2)], 'live');
+    expect(feed.posts.map((m) => m.seq)).toEqual(range(3, SHOWN + 2));
+    expect(feed.nextBefore).toBe(3);
+  });
+
+  it('an earlier page that no longer continues the feed (another came first) changes nothing', async () => {
+    const r = room(300);
+    const first = await r.read(null, 50);
+    let feed: Feed<Post> = { ...withPosts(emptyFeed<Post>(), first.messages, 'live'), nextBefore: first.nextBefore };
+    const before = feed.nextBefore as number;
+    const page = await r.read(before, 50);
+    feed = withEarlier(feed, before, page);
+    const again = withEarlier(feed, before, page); // a second click's answer
+    expect(again).toBe(feed);
+    expect(feed.posts.map((m) => m.seq)).toEqual(range(201, 300));
+  });
+
+  it('a higher revision of a post replaces it, a lower one does not', () => {
+    let feed = withPosts(emptyFeed<Post & { rev: number }>(), [post(1)], 'live');
+    feed = withPosts(feed, [{ ...post(1), text: 'edited', rev: 2 }], 'live');
+    feed = withPosts(feed, [{ ...post(1), text: 'late', rev: 1 }], 'live');
+    expect(feed.posts.map((m) => m.text)).toEqual(['edited']);
+  });
+});
+
+function range(from: number, to: number): number[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => from + i);
+}

@@ -91,6 +91,40 @@ describe('merging a page and live frames', () => {
     expect(s.nextBefore).toBe(2);
   });
 
+  it('more mentions than a page while offline: the first page read again leaves every entry reachable', () => {
+    // Before: reading the first page again kept the old nextBefore (below the entries
+    // held), so 101-150, between the new page and them, could not be reached.
+    let s = withPage(emptyNotices(), page(100, 0), true); // 100-51
+    expect(s.nextBefore).toBe(51);
+    s = withPage(s, page(200, 0), true); // the reconnect: 200-151
+    expect(s.nextBefore).toBe(151);
+    const asked: number[] = [];
+    while (s.nextBefore !== null && asked.length < 10) {
+      asked.push(s.nextBefore);
+      s = withPage(s, page(200, 0, s.nextBefore), false);
+    }
+    expect(seqs(s)).toEqual(Array.from({ length: 200 }, (_, i) => 200 - i));
+    expect(asked).toEqual([151, 51]); // 150-101 meets the 100-51 held: paging goes on below them
+    expect(unreadCount(s)).toBe(200);
+  });
+
+  it('a first page that meets what was read keeps paging where it was; gaps after gaps are each read', () => {
+    let s = withPage(emptyNotices(), page(60, 0, null, 20), true); // 60-41
+    s = withPage(s, page(60, 0, 41, 20), false); // 40-21
+    s = withPage(s, page(70, 0, null, 20), true); // 70-51: meets
+    expect(s.nextBefore).toBe(21);
+    s = withPage(s, page(100, 0, null, 20), true); // 100-81: 80-71 between
+    s = withPage(s, page(140, 0, null, 20), true); // 140-121: 120-101 between
+    expect(s.nextBefore).toBe(121);
+    const asked: number[] = [];
+    while (s.nextBefore !== null && asked.length < 20) {
+      asked.push(s.nextBefore);
+      s = withPage(s, page(140, 0, s.nextBefore, 20), false);
+    }
+    expect(seqs(s)).toEqual(Array.from({ length: 140 }, (_, i) => 140 - i));
+    expect(asked).toEqual([121, 81, 21]);
+  });
+
   it('an empty list has nothing unread', () => {
     const s = withPage(emptyNotices(), page(0, 0), true);
     expect(s.items).toEqual([]);

@@ -4,10 +4,13 @@
 // reads the room's members fresh. The real client against test/support/fakeServer.ts.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
-import { deviceDigest } from '../src/app/rooms.ts';
+import { ParleyError } from '../src/app/client.ts';
+import { deviceDigest, keyChangeChoices, skdPayload } from '../src/app/rooms.ts';
+import { b64encode, utf8 } from '../src/crypto/index.ts';
+import { GroupSession } from '../src/crypto/session.ts';
 import type * as W from '../src/generated/contract.ts';
-import { cleanUp, connected, people } from './support/clients.ts';
-import { carolJoinsMidRead } from './support/rooms.ts';
+import { cleanUp, connected, people, until } from './support/clients.ts';
+import { carolJoinsMidRead, teamRoom } from './support/rooms.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -110,5 +113,66 @@ describe('a devices_changed redo of a room message', () => {
       ['before carol', 'accepted'],
       ['carol reads this', 'accepted'],
     ]);
+  });
+});
+
+describe("a room message from before this device had the sender's key", () => {
+  it('read at the cursor (a push, a page of the log), it is said in the history, not dropped', async () => {
+    // Before: the log's message raised ReplayedMessage and went by with no trace (taken
+    // as a repeat, which the cursor and the ids seen had already ruled out).
+    const roomId = 'c4'.repeat(12);
+    const { server, bob, alice, A } = await teamRoom(roomId);
+    const group = await GroupSession.create(roomId); // alice's chain in the room
+    const early = await group.encrypt(utf8('before your key'));
+    const distribution = await group.distributionMessage(); // from the next step on
+    const later = await group.encrypt(utf8('after your key'));
+    server.push(await alice.message(server, skdPayload(roomId, b64encode(distribution))));
+    await until('the key taken', () => server.inbox.items.size === 0);
+    const frame = (seq: number, body: Uint8Array): W.RoomMessage => ({
+      op: 'room_message', room: roomId, seq, server_id: `room-${seq}`, from: A, from_device: 1, body: b64encode(body), sent_at: Date.now(),
+    });
+    for (const socket of server.open) {
+      socket.deliver(frame(1, early));
+      socket.deliver(frame(2, later));
+    }
+    await until('both taken', () => bob.roomCursor(roomId) === 2);
+    expect(bob.roomHistory(roomId).map((e) => [e.kind, e.text])).toEqual([
+      ['error', "[sent before this device had the sender's key]"],
+      ['message', 'after your key'],
+    ]);
+  });
+});
+
+describe('a member whose safety number changed', () => {
+  /** Bob and alice's room, alice's first key trusted (and `verified` by bob), then her
+   * new identity: bob's send to the room, refused. */
+  async function keyChanged(roomId: string, verified: boolean) {
+    const room = await teamRoom(roomId);
+    const { server, bob, alice, A } = room;
+    await bob.send(A, 'hello'); // alice's first key trusted
+    await until('hello accepted', () => bob.outbox().length === 0);
+    if (verified) await bob.verify(A, (await bob.safetyNumber(A)) as string);
+    await alice.resetIdentity(server);
+    const refused = (await bob.sendRoom(roomId, 'paused').catch((e: unknown) => e)) as { verified: boolean; newSafetyNumber: string };
+    expect(refused).toBeInstanceOf(ParleyError);
+    expect(refused).toMatchObject({ name: 'SafetyNumberChanged', userId: A, verified });
+    return { ...room, refused };
+  }
+
+  it('stops the room send with SafetyNumberChanged, naming the member; accepted (unverified), the send goes', async () => {
+    const roomId = 'c5'.repeat(12);
+    const { server, bob, A, refused } = await keyChanged(roomId, false);
+    expect(keyChangeChoices(refused)).toEqual(['verify', 'accept']);
+    await bob.acceptIdentity(A);
+    expect(server.accepted.has(await bob.sendRoom(roomId, 'paused'))).toBe(true);
+  });
+
+  it('a verified member: verifying the new number again lets the send go', async () => {
+    const roomId = 'c6'.repeat(12);
+    const { server, bob, A, refused } = await keyChanged(roomId, true);
+    expect(keyChangeChoices(refused)).toEqual(['verify']); // no accepting without comparing
+    await bob.verify(A, refused.newSafetyNumber);
+    expect(server.accepted.has(await bob.sendRoom(roomId, 'paused'))).toBe(true);
+    expect(bob.identityStatus(A).verified).toBe(true);
   });
 });

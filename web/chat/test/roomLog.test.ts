@@ -494,9 +494,69 @@ describe('reading many rooms at once (RoomLogs.sync, POST /delivery/v1/rooms/log
     releaseLater();
     await reading;
     await settleAll(logs, ids);
-    expect(server.log(busy).reads).toEqual([0]);
+    // Each read once more after the sync that left it out, from where it ended.
+    expect(server.log(busy).reads).toEqual([0, 6]);
+    expect(server.log(later).reads).toEqual([0, 121]);
     expect(ids.every((id, i) => cursor(id) === i + 1 && taken(id).length === i + 1)).toBe(true);
     expect(server.overlaps).toEqual([]);
+  });
+});
+
+describe('a sync that meets a read under way (rooms.py _read_soon)', () => {
+  it("a room whose own read is under way is read once more after it: what was stored after the read's page was made comes", async () => {
+    // Before: the room was left out of the sync and never read again; a message stored
+    // after its read had passed the log's end (its push lost: the reason of the sync)
+    // waited for the next push or reconnect.
+    const server = new FakeRooms();
+    const [a] = rooms(server, 1) as [string];
+    const log = server.log(a);
+    let deliver: () => void = () => undefined;
+    const answered = new Promise<void>((r) => (deliver = r));
+    const page = log.page.bind(log);
+    log.page = async (after) => {
+      log.page = page; // the first page alone is late
+      log.reads.push(after);
+      const made = log.slice(after); // made now, on its way until `deliver`
+      await answered;
+      return made;
+    };
+    const { logs, cursor, taken } = client(server);
+    const reading = logs.read(a); // a gap's read: its page is made
+    await tick();
+    log.add('stored meanwhile'); // its push lost (offline, a resync)
+    expect(await logs.sync([a])).toBe(0); // the sync for it: a is being read, left out
+    expect(server.calls).toEqual([]);
+    deliver();
+    await reading;
+    await settleAll(logs, [a]);
+    expect(log.reads).toEqual([0, 1]);
+    expect(taken(a)).toEqual([1, 2]);
+    expect(cursor(a)).toBe(2);
+    expect(server.overlaps).toEqual([]);
+  });
+
+  it('a failed call does not drop a read asked for while it ran (a gap pushed): that room is read alone after it', async () => {
+    // Before: the failed call's rooms were let go with their asked reads cleared: the
+    // gap's messages waited for the next push or reconnect.
+    const server = new FakeRooms();
+    const [a, b] = rooms(server, 2) as [string, string];
+    const { state, logs, cursor, taken } = client(server);
+    let answer: () => void = () => undefined;
+    server.hold = new Promise<void>((r) => (answer = r));
+    server.fail = new Error('service unavailable');
+    const sync = logs.sync([a, b]);
+    await tick();
+    server.log(b).add('b3');
+    expect(await logs.push(b, server.log(b).add('b4'))).toBe('gap'); // waits for the call
+    server.hold = null;
+    answer();
+    expect(await sync).toBe(0);
+    await settleAll(logs, [a, b]);
+    expect(state.batchFailures).toHaveLength(1);
+    expect(server.log(b).reads).toEqual([0]);
+    expect(taken(b)).toEqual([1, 2, 3, 4]);
+    expect([cursor(a), cursor(b)]).toEqual([0, 4]); // a, not asked for, as it was
+    expect(server.log(a).reads).toEqual([]);
   });
 });
 

@@ -513,3 +513,157 @@ describe('after a log-out', () => {
     expect(new Map(rows)).toEqual(after);
   });
 });
+
+describe('a devices_changed redo that meets a transient error (no answer, 429, 5xx)', () => {
+  /** `path` answers 503 to `method` while `down()` says so. */
+  function downWhile(server: FakeServer, method: string, path: string, down: () => boolean): { refused: number } {
+    const seen = { refused: 0 };
+    const inner = server.fetch;
+    vi.stubGlobal('fetch', async (input: string | URL | Request, init?: RequestInit) => {
+      if ((init?.method ?? 'GET') === method && new URL(String(input)).pathname === path && down()) {
+        seen.refused++;
+        return new Response(JSON.stringify({ error: { code: 'service_unavailable', message: 'try later' } }), { status: 503 });
+      }
+      return inner(input, init);
+    });
+    return seen;
+  }
+
+  it("a 1:1 message: the key directory down for a moment, it stays queued and goes once it answers", async () => {
+    // Before: the redo's failed read of the lists failed the message for good (out of
+    // the outbox, marked failed, never sent).
+    SEND_AGAIN['service_unavailable'] = [200, 1000];
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    await connected(bob, server);
+    await bob.send(A, 'first'); // the sessions made
+    await until('first accepted', () => bob.outbox().length === 0);
+    server.answerSend = (frame, _s, n) => {
+      if (frame.op !== 'send' || n !== 1) return null;
+      server.listsDown = true;
+      setTimeout(() => (server.listsDown = false), 500);
+      return { op: 'error', code: 'devices_changed', message: 'Devices changed.', devices: [] };
+    };
+    const statuses: string[] = [];
+    bob.on((e) => void (e.type === 'receipt' && statuses.push(e.status)));
+    const id = await bob.send(A, 'second');
+    await until('second accepted', () => server.accepted.has(id), 8000);
+    await until('the outbox to empty', () => bob.outbox().length === 0);
+    expect(server.listsRefused).toBeGreaterThan(0);
+    expect(statuses).not.toContain('failed');
+    expect(bob.history(A).find((e) => e.client_id === id)?.status).toBe('accepted');
+  });
+
+  it('a room message: the bulk read of the device lists answers 503 for a moment, it stays queued and goes', async () => {
+    SEND_AGAIN['service_unavailable'] = [200, 1000];
+    const { server, bob, alice, carol } = await people();
+    const roomId = 'd1'.repeat(12);
+    const { want, devicesChanged } = await carolJoinsMidRead(server, bob, alice, carol, roomId);
+    let down = false;
+    const lists = downWhile(server, 'POST', '/keys/v1/users/device-lists', () => down);
+    let refusals = 0;
+    server.answerSend = (frame) => {
+      if (frame.op !== 'room_send' || frame.device_digest === want) return null;
+      if (++refusals === 1) {
+        down = true;
+        setTimeout(() => (down = false), 500);
+      }
+      return devicesChanged;
+    };
+    const statuses: string[] = [];
+    bob.on((e) => void (e.type === 'receipt' && statuses.push(e.status)));
+    const id = await bob.sendRoom(roomId, 'carol reads this', 8000);
+    expect(lists.refused).toBeGreaterThan(0);
+    expect(statuses).not.toContain('failed');
+    expect(server.accepted.has(id)).toBe(true);
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([
+      ['before carol', 'accepted'],
+      ['carol reads this', 'accepted'],
+    ]);
+  });
+
+  it('an error that is no transient one (403) still fails the message', async () => {
+    const { server, bob, alice, carol } = await people();
+    const roomId = 'd2'.repeat(12);
+    const { devicesChanged } = await carolJoinsMidRead(server, bob, alice, carol, roomId);
+    let refused = false; // from the first refusal of the room's message: its redo's read is refused
+    const inner = server.fetch;
+    vi.stubGlobal('fetch', async (input: string | URL | Request, init?: RequestInit) =>
+      refused && new URL(String(input)).pathname === '/keys/v1/users/device-lists'
+        ? new Response(JSON.stringify({ error: { code: 'forbidden', message: 'no' } }), { status: 403 })
+        : inner(input, init),
+    );
+    server.answerSend = (frame) => {
+      if (frame.op !== 'room_send') return null;
+      refused = true;
+      return devicesChanged;
+    };
+    await expect(bob.sendRoom(roomId, 'not this one', 5000)).rejects.toThrow();
+    expect(bob.roomHistory(roomId).map((e) => [e.text, e.status])).toEqual([
+      ['before carol', 'accepted'],
+      ['not this one', 'failed'],
+    ]);
+    expect(bob.outbox().filter((q) => q.send.op === 'room_send')).toEqual([]);
+  });
+});
+
+describe('a public post whose answer did not come', () => {
+  /** A public room on `server` (`POST .../messages` as the rooms service answers it:
+   * deduplicated by the sender's client_id, docs/rooms.md); `lose(n)`: the n-th post's
+   * answer is lost after it was stored (502), or refused before (`'before'`). */
+  function publicRoom(server: FakeServer, roomId: string, lose: (n: number) => 'after' | 'before' | null) {
+    const stored = new Map<string, { seq: number; text: string }>(); // client_id -> the post
+    const posted: string[] = []; // the client_id of every post asked for
+    const inner = server.fetch;
+    vi.stubGlobal('fetch', async (input: string | URL | Request, init?: RequestInit) => {
+      const path = new URL(String(input)).pathname;
+      const method = init?.method ?? 'GET';
+      const json = (status: number, body: unknown) => new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+      if (method === 'GET' && path === `/rooms/v1/rooms/${roomId}`) {
+        return json(200, { room_id: roomId, name: 'lobby', kind: 'public', state: 'open', role: 'member', version: 1, members: 2 });
+      }
+      if (method === 'POST' && path === `/rooms/v1/rooms/${roomId}/messages`) {
+        const { client_id: clientId, text } = JSON.parse(String(init?.body)) as { client_id: string; text: string };
+        posted.push(clientId);
+        const losing = lose(posted.length);
+        if (losing === 'before') return json(503, { error: { code: 'service_unavailable', message: 'later' } });
+        const had = stored.get(clientId);
+        const post = had ?? { seq: stored.size + 1, text };
+        stored.set(clientId, post);
+        if (losing === 'after') return json(502, { error: { code: 'bad_gateway', message: 'Bad gateway' } });
+        return json(201, { room_id: roomId, ...post, sender: server.me?.user_id, client_id: clientId, mentions: [], sent_at: 0, duplicate: had !== undefined });
+      }
+      return inner(input, init);
+    });
+    return { stored, posted };
+  }
+
+  it('sent again, the same text goes with the same client_id: stored once', async () => {
+    // Before: each attempt had a new client_id; a 502 after the rooms service stored the
+    // post put its text back in the field, and the user's resend posted it twice.
+    const { server, bob } = await people();
+    const roomId = 'f1'.repeat(12);
+    const room = publicRoom(server, roomId, (n) => (n === 1 ? 'after' : null));
+    await expect(bob.sendRoom(roomId, 'hello all')).rejects.toMatchObject({ status: 502 });
+    const id = await bob.sendRoom(roomId, 'hello all');
+    expect(room.posted).toEqual([id, id]);
+    expect([...room.stored.values()].map((p) => p.text)).toEqual(['hello all']);
+    // Posted: the next message of the same text is a new one.
+    const next = await bob.sendRoom(roomId, 'hello all');
+    expect(next).not.toBe(id);
+    expect(room.stored.size).toBe(2);
+  });
+
+  it('another text is another post; refused twice, the id is still kept', async () => {
+    const { server, bob } = await people();
+    const roomId = 'f2'.repeat(12);
+    const room = publicRoom(server, roomId, (n) => (n <= 2 ? 'before' : null));
+    await expect(bob.sendRoom(roomId, 'first try')).rejects.toMatchObject({ status: 503 });
+    await expect(bob.sendRoom(roomId, 'first try')).rejects.toMatchObject({ status: 503 });
+    const other = await bob.sendRoom(roomId, 'something else');
+    const id = await bob.sendRoom(roomId, 'first try');
+    expect(room.posted).toEqual([id, id, other, id]);
+    expect(other).not.toBe(id);
+    expect([...room.stored.values()].map((p) => p.text)).toEqual(['something else', 'first try']);
+  });
+});

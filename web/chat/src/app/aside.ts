@@ -23,9 +23,9 @@ export const ASIDE_MAX = 10_000;
  * each round that left some kept, up to the longest (tests shorten them). */
 export const ASIDE_RETRY = { first: 2_000, longest: 60_000 };
 
-/** A sender's device list is asked for at most this often while its messages are kept
- * (ms; tests set it to 0). */
-export const ASIDE_ASK = { everyMs: 1_000 };
+/** After a device list could not be read, none is asked for `everyMs`; a read that takes
+ * over `timeoutMs` counts as "not now" (tests change them). */
+export const ASIDE_ASK = { everyMs: 1_000, timeoutMs: 5_000 };
 
 export const ASIDE_ROW = 'aside:';
 

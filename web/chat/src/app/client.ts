@@ -148,6 +148,8 @@ const CLAIMS_AT_ONCE = 3; // bulk claims in flight (the directory works on each 
 // only when they all had; a few dozen at a time, the first ones leave at once and the
 // server checks them while the rest are encrypted.
 const ENCRYPT_AT_ONCE = 32;
+/** Public posts whose sending failed kept with their client_id (ParleyClient #unsent). */
+const UNSENT_POSTS_KEPT = 100;
 /** How long a room's key send (#sendControl) may go unanswered, in ms: counted from when
  * its frame is written to the socket (again at each write), not while it waits in the
  * outbox or for the pacer behind older sends. Tests shorten it. */
@@ -465,10 +467,16 @@ export class ParleyClient {
   readonly #asideLock = new Mutex();
   #asideTimer: ReturnType<typeof setTimeout> | null = null;
   #asideWait = ASIDE_RETRY.first;
-  /** Senders whose device list could not be read: when to ask again (ms since the epoch). */
-  readonly #unanswered = new Map<string, number>();
+  /** When a device list could not be read: none is asked for before this (ms since the epoch). */
+  #unansweredUntil = 0;
   readonly #peerLocks = new Map<string, Mutex>();
   readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
+  /** Public posts whose sending failed, by room and text (`<room>\n<text>`): their
+   * client_id, the latest UNSENT_POSTS_KEPT. A network error or a 502/504 may come after
+   * the rooms service stored the post: sent again, the same text goes with the same
+   * client_id, which the service deduplicates (docs/rooms.md), so a resend never posts
+   * it twice. Forgotten once it is posted. */
+  readonly #unsent = new Map<string, string>();
   readonly #typists = new TypingBoard(); // who types in which room (typing notices)
   readonly #drafts = new Map<string, TypingThrottle>(); // room id -> when to say we type there
   #typingFrames = 0;
@@ -2028,7 +2036,8 @@ export class ParleyClient {
     }
   }
 
-  /** Send `text` to a room. A public room's message is posted to its timeline; a
+  /** Send `text` to a room. A public room's message is posted to its timeline (the
+   * same text sent again after a failure goes with the same client_id: #post); a
    * private room's is encrypted with this device's sender key (distributed, or
    * rotated first, as client/parley/rooms.py does) and sent as `room_send`;
    * resolves at its `accepted`. Bounded by `timeoutMs` from the call: not accepted by
@@ -2040,11 +2049,7 @@ export class ParleyClient {
     checkText(text);
     const room = await this.room(roomId);
     if (room.role === null || room.role === undefined) throw new ParleyError(`You are not a member of #${room.name}.`);
-    if (room.kind !== 'private') {
-      const clientId = randomId();
-      await this.api.postRoomMessage(roomId, clientId, text);
-      return clientId;
-    }
+    if (room.kind !== 'private') return this.#post(roomId, text);
     if (this.connectionState !== 'connected') throw new ParleyError("Not connected: a private room's message needs the socket.");
     await this.openRoom(roomId);
     // The whole send is bounded from its call: a key send's own wait stops while its
@@ -2073,7 +2078,7 @@ export class ParleyClient {
         const version = room.version ?? 0;
         const members = await this.#roomMembers(roomId, version);
         const keyed = await this.#distribute(roomId, version, members); // given up on (late): it still ends under the lock
-        const mentions = await this.#mentions(text, members);
+        const mentions = await this.#mentions(roomId, text, members);
         if (late) throw tooLate();
         clearTimeout(timer); // (in the same turn as the check: it cannot fire once the message is queued)
         return this.#encryptRoom(roomId, text, mentions, keyed);
@@ -2092,6 +2097,23 @@ export class ParleyClient {
     this.#sendNew(frame);
     await accepted;
     return frame.id;
+  }
+
+  /** A public post (`POST .../messages`): with the client_id of a failed send of the
+   * same text to the room if there is one (#unsent), so that sending it again is
+   * idempotent; kept with it while it fails. */
+  async #post(roomId: string, text: string): Promise<string> {
+    const key = `${roomId}\n${text}`;
+    const clientId = this.#unsent.get(key) ?? randomId();
+    this.#unsent.delete(key);
+    try {
+      await this.api.postRoomMessage(roomId, clientId, text);
+    } catch (error) {
+      this.#unsent.set(key, clientId); // the newest last
+      if (this.#unsent.size > UNSENT_POSTS_KEPT) this.#unsent.delete(this.#unsent.keys().next().value as string);
+      throw error;
+    }
+    return clientId;
   }
 
   /** One send (or redo) at a time per room: the chain, its distribution and the room's
@@ -2121,9 +2143,9 @@ export class ParleyClient {
    * again, a new step of the chain (a device given the key now cannot read the old
    * ciphertext), and sent with the same id, replacing the outbox entry. At most
    * REDO_MAX times for one id; then, or if it cannot be done, the message fails. A key
-   * not handed out in time leaves it queued, and held (#hold) on `ws`, the socket that
-   * refused it: sent again later on it (refused again, redone again), not only by the
-   * next socket's flush.
+   * not handed out in time, or a transient error of a service it reads (#redoLater),
+   * leaves it queued, and held (#hold) on `ws`, the socket that refused it: sent again
+   * later on it (refused again, redone again), not only by the next socket's flush.
    */
   async #redoRoom(ws: WebSocket, clientId: string, lists: W.DeviceList[]): Promise<void> {
     const first = this.#queued(clientId);
@@ -2161,17 +2183,23 @@ export class ParleyClient {
       this.#emit({ type: 'changed' });
       this.#sendAgain(frame); // not connected: it goes out with the outbox at the next connect
     } catch (error) {
-      if (error instanceof KeyNotHandedOut) {
-        // A key send not accepted yet (it is queued and goes by itself): the message is
-        // not failed; it stays queued as it was and is sent again on this socket after
-        // a wait, as a `service_unavailable` is (1 s, doubling to 30 s; refused again,
-        // it is redone then), or by the next socket's flush if this one goes.
-        this.#hold(ws, clientId, 'service_unavailable');
-        this.#emit({ type: 'error', code: 'client', message: `Not sent yet (${error.message}): the message waits in the outbox and is sent again later.` });
-        return;
-      }
+      if (this.#redoLater(ws, clientId, error)) return;
       await this.#fail(clientId, first.peer, String((error as Error).message));
     }
+  }
+
+  /** A `devices_changed` redo that could not be made now: a room's key send not accepted
+   * yet (KeyNotHandedOut: it is queued and goes by itself), or a transient error reading
+   * the members, the device lists or claiming bundles (no answer, 429, 5xx). The message
+   * is not failed; it stays queued as it was and is sent again on this socket after a
+   * wait, as a `service_unavailable` is (1 s, doubling to 30 s; refused again, it is
+   * redone then), or by the next socket's flush if this one goes. False for any other
+   * error (SafetyNumberChanged, a list that does not verify...): the caller fails it. */
+  #redoLater(ws: WebSocket, clientId: string, error: unknown): boolean {
+    if (!(error instanceof KeyNotHandedOut) && !(error instanceof ApiError && error.transient)) return false;
+    this.#hold(ws, clientId, 'service_unavailable');
+    this.#emit({ type: 'error', code: 'client', message: `Not sent yet (${error.message}): the message waits in the outbox and is sent again later.` });
+    return true;
   }
 
   async #memberIds(roomId: string): Promise<string[]> {
@@ -2263,22 +2291,49 @@ export class ParleyClient {
     return now;
   }
 
-  /** User ids of the room's members that `text` @mentions (not ours). */
-  async #mentions(text: string, members: string[]): Promise<string[]> {
+  /** User ids of the room's members that `text` @mentions (not ours), at most
+   * MAX_MENTIONS, by user id or by username matched here against the members' names
+   * (rooms.py `_mentions`): no word of the text is asked of a server (looked up, "@home"
+   * told the auth service a word of an encrypted message, one request per word). Names
+   * not known here come from the member list, read once (the rooms service knows who is
+   * in the room, not what is written). */
+  async #mentions(roomId: string, text: string, members: string[]): Promise<string[]> {
+    const ids = new Set(members);
     const found: string[] = [];
+    let names: Map<string, string> | null = null; // lower-case username -> user id
     for (const raw of mentionNames(text)) {
       if (found.length >= MAX_MENTIONS) break;
-      let userId = raw.toLowerCase();
-      if (!members.includes(userId)) {
-        try {
-          userId = (await this.api.user(raw)).user_id;
-        } catch {
-          continue; // "@home" is just text
-        }
+      let userId: string | undefined = ids.has(raw.toLowerCase()) ? raw.toLowerCase() : undefined;
+      if (userId === undefined) {
+        names ??= await this.#memberNames(roomId, ids);
+        userId = names.get(raw.toLowerCase());
       }
-      if (members.includes(userId) && userId !== this.me && !found.includes(userId)) found.push(userId);
+      if (userId !== undefined && userId !== this.me && !found.includes(userId)) found.push(userId);
     }
     return found;
+  }
+
+  /** The members' usernames known here (the account's, contacts', those member lists
+   * gave: #names), by lower-case name; when some member's is not known, the member list
+   * is read once (it names them, and #memberIds remembers them), for those still in it. */
+  async #memberNames(roomId: string, members: Set<string>): Promise<Map<string, string>> {
+    const contacts = new Map(this.contacts().filter((c) => !c.unnamed).map((c) => [c.user_id, c.username]));
+    const nameOf = (user: string): string | undefined => (user === this.me ? this.account?.username : (contacts.get(user) ?? this.#names.get(user)));
+    const byName = (among: Iterable<string>): Map<string, string> => {
+      const out = new Map<string, string>();
+      for (const user of among) {
+        const name = nameOf(user);
+        if (name !== undefined) out.set(name.toLowerCase(), user);
+      }
+      return out;
+    };
+    if ([...members].every((m) => nameOf(m) !== undefined)) return byName(members);
+    try {
+      const listed = new Set(await this.#memberIds(roomId));
+      return byName([...members].filter((m) => listed.has(m)));
+    } catch {
+      return byName(members); // the list not read now: the names known here
+    }
   }
 
   /** Encrypt `text` with this device's chain and queue the `room_send` in the outbox
@@ -2480,8 +2535,12 @@ export class ParleyClient {
         return null;
       }
       if (error instanceof ReplayedMessage) {
-        if (keep) return null; // a repeat of one we have read
-        // Its key came, but from a later point of the chain: sent before this device had it.
+        // Not one read before (#takeRoomMessages passes over what is at or below the
+        // cursor and what #seen holds; #onControl opens each pending one once): the key
+        // held starts at a later point of the chain, so it was sent before this device
+        // was given the sender's key (a device linked meanwhile, or a later key that came
+        // before the log's older message). Said in the history: read from the log, it
+        // went by with no trace (rooms.py `_open`).
         entry.kind = 'error';
         entry.text = "[sent before this device had the sender's key]";
       } else if (error instanceof CryptoError || error instanceof RangeError) {
@@ -2984,6 +3043,7 @@ export class ParleyClient {
     const device = frame.from_device;
     const peer = await this.#conversationOf(frame);
     if (this.peer(sender).devices.has(device) && !this.#aside.holds(sender, device)) return this.#readMessage(frame, peer);
+    if (this.#aside.has(frame.server_id)) return this.#keepAside(frame); // a copy sent again: acknowledged, nothing asked
     await this.#asideLock.run(async () => {
       if (!(await this.#deviceKnown(sender, device))) return this.#keepAside(frame);
       await this.#readKept(sender, device); // the device's kept messages first, in order
@@ -3008,17 +3068,25 @@ export class ParleyClient {
    * cannot be read now (no answer, 429, 5xx). */
   async #deviceKnown(sender: string, device: number): Promise<boolean> {
     if (this.peer(sender).devices.has(device)) return true;
-    // Asked a moment ago: a backlog synced during an outage asks once a second, not once a message.
-    if ((this.#unanswered.get(sender) ?? 0) > Date.now()) return false;
+    // It could not answer a moment ago: a backlog synced during an outage asks once a second, not once a message.
+    if (this.#unansweredUntil > Date.now()) return false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const slow = new Promise<'slow'>((resolve) => (timer = setTimeout(() => resolve('slow'), ASIDE_ASK.timeoutMs)));
     try {
-      await this.#refreshPeer(sender); // a device we have not seen: it may have just been linked
+      // Not for long: the frame chain (a sync page's reply with it) waits for this read.
+      const answer = await Promise.race([this.#refreshPeer(sender).then(() => 'read' as const), slow]);
+      if (answer === 'slow') throw new ParleyError('the key directory did not answer in time');
     } catch (error) {
-      if (error instanceof ApiError && error.transient) {
-        this.#unanswered.set(sender, Date.now() + ASIDE_ASK.everyMs);
+      // Refused for good (4xx), or a list that does not verify: decrypting then fails and
+      // says so. Anything else (no answer, 429, 5xx, too slow, the vault) is "not now".
+      const final = (error instanceof ApiError && !error.transient) || error instanceof CryptoError || error instanceof RangeError || error instanceof SyntaxError;
+      if (!final) {
+        this.#unansweredUntil = Date.now() + ASIDE_ASK.everyMs;
         return false;
       }
+    } finally {
+      clearTimeout(timer);
     }
-    this.#unanswered.delete(sender);
     return true;
   }
 
@@ -3063,19 +3131,19 @@ export class ParleyClient {
   /** Read what is kept aside, each sending device's in order, those whose lists can be
    * read now; true if some are still kept. */
   async #readAside(): Promise<boolean> {
-    return this.#asideLock.run(async () => {
-      let left = false;
-      for (const [sender, device] of this.#aside.devices()) {
-        try {
-          if (await this.#deviceKnown(sender, device)) await this.#readKept(sender, device);
-          else left = true;
-        } catch (error) {
-          if (!(error instanceof ApiError) && !this.#ended) this.#emit({ type: 'error', code: 'client', message: `Messages kept aside could not be read now: ${String((error as Error).message ?? error)}` });
-          left = true;
-        }
+    let left = false;
+    for (const [sender, device] of this.#aside.devices()) {
+      try {
+        // The directory asked outside the lock: the frame chain, waiting on it for a new
+        // device's message, would wait for every read (and a sync page with it).
+        if (await this.#deviceKnown(sender, device)) await this.#asideLock.run(() => this.#readKept(sender, device));
+        else left = true;
+      } catch (error) {
+        if (!(error instanceof ApiError) && !this.#ended) this.#emit({ type: 'error', code: 'client', message: `Messages kept aside could not be read now: ${String((error as Error).message ?? error)}` });
+        left = true;
       }
-      return left;
-    });
+    }
+    return left;
   }
 
   /** Read what is kept aside after the current wait (`now`: at once: a sync is done, the
@@ -3366,7 +3434,7 @@ export class ParleyClient {
         if (this.#copies.has(clientId)) this.#copies.set(clientId, copiesOf(frame)); // a control send waits: these get it now
         this.#sendAgain(frame);
       } catch (error) {
-        await this.#fail(clientId, queued.peer, String((error as Error).message));
+        if (!this.#redoLater(ws, clientId, error)) await this.#fail(clientId, queued.peer, String((error as Error).message));
       }
       return;
     }

@@ -24,20 +24,65 @@ export interface NoticePage {
   next_before: number | null;
 }
 
+/** Numbers read in a row, from the newest page down: every number from `nextBefore`
+ * (null: from 1) up to `top` (a page covers numbers, whether or not each still has an
+ * entry: services/rooms/notifications.py `page`). */
+export interface NoticeSpan {
+  top: number;
+  nextBefore: number | null;
+}
+
 /** The list as this page holds it: entries newest first, the newest number known
  * (`top`), the server's read mark as far as it is known (`read`), the entries this
  * page opened above the mark (the mark cannot pass an older unread one), and where
- * the next older page starts. */
+ * the next older page starts (`nextBefore`: every number from there up to `chainTop`
+ * was read, down from the newest first page). `held`: spans read before a first page
+ * that did not meet them (more mentions than a page while offline), newest first:
+ * paging down reads the numbers between, and goes on below a span once it meets it. */
 export interface NoticeState {
   items: Notice[];
   top: number;
   read: number;
   opened: number[];
   nextBefore: number | null;
+  chainTop: number;
+  held: NoticeSpan[];
   loaded: boolean;
 }
 
-export const emptyNotices = (): NoticeState => ({ items: [], top: 0, read: 0, opened: [], nextBefore: null, loaded: false });
+export const emptyNotices = (): NoticeState => ({ items: [], top: 0, read: 0, opened: [], nextBefore: null, chainTop: 0, held: [], loaded: false });
+
+/** The lowest number a span covers (0: down to the start). */
+const bottom = (span: NoticeSpan): number => span.nextBefore ?? 0;
+
+/** `chain` joined with the held spans it meets (overlapping, or one number apart), and
+ * with those these meet in turn; the others stay held. */
+function joined(chain: NoticeSpan, held: NoticeSpan[]): { chain: NoticeSpan; held: NoticeSpan[] } {
+  let rest = held;
+  for (;;) {
+    const meets = (s: NoticeSpan) => bottom(chain) <= s.top + 1 && bottom(s) <= chain.top + 1;
+    const met = rest.filter(meets);
+    if (!met.length) return { chain, held: rest };
+    for (const s of met) chain = { top: Math.max(chain.top, s.top), nextBefore: bottom(s) < bottom(chain) ? s.nextBefore : chain.nextBefore };
+    rest = rest.filter((s) => !met.includes(s));
+  }
+}
+
+/** Where paging goes on after a page: the first page (`first`) starts a chain from the
+ * newest number; one that does not meet the chain read before (more entries came than
+ * its page holds) keeps that chain as a held span, so the numbers between are read as
+ * the user pages down. An older page moves the chain's end down. */
+function paged(state: NoticeState, page: NoticePage, first: boolean, newest: number): Pick<NoticeState, 'nextBefore' | 'chainTop' | 'held'> {
+  if (!first) {
+    const next = joined({ top: state.chainTop, nextBefore: page.next_before }, state.held);
+    return { nextBefore: next.chain.nextBefore, chainTop: next.chain.top, held: next.held };
+  }
+  const fresh: NoticeSpan = { top: newest, nextBefore: page.next_before };
+  const before: NoticeSpan = { top: state.chainTop, nextBefore: state.nextBefore };
+  const held = state.loaded && before.top > 0 ? [before, ...state.held] : state.held;
+  const next = joined(fresh, held);
+  return { nextBefore: next.chain.nextBefore, chainTop: next.chain.top, held: next.held };
+}
 
 /** Entries by number, newest first, one per number (a later copy of a number keeps
  * `read` if either says so: the mark only moves forward). */
@@ -66,7 +111,7 @@ export function withPage(state: NoticeState, page: NoticePage, first: boolean): 
     top,
     read,
     opened: state.opened.filter((s) => s > read),
-    nextBefore: first ? (state.loaded ? state.nextBefore : page.next_before) : page.next_before,
+    ...paged(state, page, first, newest),
     loaded: true,
   };
 }

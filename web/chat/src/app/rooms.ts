@@ -10,6 +10,7 @@
 
 import { b64encode, fromUtf8, utf8 } from '../crypto/index.ts';
 import { sha256 } from '../crypto/primitives.ts';
+import { SHOWN } from './history.ts';
 
 /** Plaintexts that start with these bytes are control payloads (JSON after them),
  * never chat lines (messenger.py CONTROL_PREFIX). */
@@ -180,12 +181,12 @@ const MENTION = /(?<![\p{L}\p{N}_@./])@([A-Za-z0-9._-]{1,64})/gu;
 
 /** The @names in a text (rooms.py _MENTION, trailing ._- dropped, each once). */
 export function mentionNames(text: string): string[] {
-  const out: string[] = [];
+  const out = new Set<string>();
   for (const m of text.matchAll(MENTION)) {
     const raw = (m[1] as string).replace(/[._-]+$/, '');
-    if (raw && !out.includes(raw)) out.push(raw);
+    if (raw) out.add(raw); // "@..." mentions no one; those after it may
   }
-  return out;
+  return [...out];
 }
 
 /** A public room's message as far as editing it goes (the timeline's `sender`,
@@ -375,6 +376,137 @@ export function findNote(result: FindResult): string {
   return '';
 }
 
+/**
+ * Fill the gap above a public room's loaded timeline (`loaded`) after a reconnect or a
+ * `resync` (the posts written meanwhile came as no live frame): {@link readDownTo} from
+ * the newest page down to what is loaded, each page handed to `onPage`. A timeline with
+ * nothing loaded (a room that had no post, or whose first read failed) reads its newest
+ * page alone, as opening the room does. Null: the pages met what is loaded (or the
+ * start), nothing more to do; otherwise the limits came first (a long absence in a busy
+ * room: or the newest page of an empty timeline, with more before it): what was loaded
+ * below `from` is to go, and "Load earlier messages" goes on from `nextBefore`, so that
+ * no gap is left between the two.
+ */
+export async function readGap<T extends { seq: number }>(opts: {
+  loaded: readonly T[];
+  read: (before: number | null) => Promise<TimelinePage<T>>;
+  onPage: (page: TimelinePage<T>) => void;
+  stop?: () => boolean;
+}): Promise<{ from: number; nextBefore: number | null } | null> {
+  const top = opts.loaded.reduce((most, m) => Math.max(most, m.seq), 0);
+  const pages: TimelinePage<T>[] = [];
+  const down = await readDownTo({
+    top,
+    read: opts.read,
+    onPage: (page) => {
+      pages.push(page);
+      opts.onPage(page);
+    },
+    ...(opts.stop ? { stop: opts.stop } : {}),
+    ...(opts.loaded.length === 0 ? { maxPages: 1 } : {}),
+  });
+  if (down.outcome !== 'limit') return null;
+  const from = pages.reduce((least, p) => p.messages.reduce((l, m) => Math.min(l, m.seq), least), Infinity);
+  return { from, nextBefore: pages[pages.length - 1]?.nextBefore ?? null };
+}
+
+/** `task` run one at a time: a call while it runs makes it run once more after it (once,
+ * however many calls came), and resolves then; what the call is for (a `resync`, a
+ * reconnect) may have come after the running one read its pages. A rejection of `task`
+ * ends that run alone. */
+export function oneAtATime(task: () => Promise<void>): () => Promise<void> {
+  let running: Promise<void> | null = null;
+  let again = false;
+  return () => {
+    if (running !== null) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await task().catch(() => undefined);
+        } while (again);
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
+}
+
+// -- a public room's timeline as its view holds it (roomsView.tsx RoomView) ----------------
+
+/**
+ * A public room's posts as the room view holds them, oldest first, each `seq` once (its
+ * highest revision): every post from `nextBefore` (null: the room's start) to the newest
+ * held; the earlier ones are read by "Load earlier messages" (`before: nextBefore`).
+ * `keep`: how many are kept as live posts come, the newest {@link SHOWN} (as a private
+ * room shows its newest), or as many as the user asked to see (earlier pages, a post
+ * looked for). `reading`: reads of pages under way (asked for, or a gap's fill), during
+ * which nothing is let go (a page's `nextBefore` must meet what is held).
+ */
+export interface Feed<T> {
+  posts: T[];
+  nextBefore: number | null;
+  keep: number;
+  reading: number;
+}
+
+export function emptyFeed<T>(): Feed<T> {
+  return { posts: [], nextBefore: null, keep: SHOWN, reading: 0 };
+}
+
+/** How posts come into a {@link Feed}: `live` (a live frame, the newest page read after a
+ * send or when the room opens, a post changed): past `keep` the oldest go and "Load
+ * earlier messages" goes on from the oldest kept (unless pages are being read); `asked`
+ * (pages the user asked for: earlier ones, those read to find a post): all kept, `keep`
+ * grows to them; `fill` (the pages read down after a reconnect): kept, let go past `keep`
+ * at the next live post. */
+export type FeedMerge = 'live' | 'asked' | 'fill';
+
+type Post = { seq: number; rev?: number | undefined };
+
+export function withPosts<T extends Post>(feed: Feed<T>, more: readonly T[], how: FeedMerge): Feed<T> {
+  const by = new Map(feed.posts.map((m) => [m.seq, m]));
+  for (const m of more) if ((by.get(m.seq)?.rev ?? 0) <= (m.rev ?? 1)) by.set(m.seq, m);
+  const posts = [...by.values()].sort((a, b) => a.seq - b.seq);
+  if (how === 'asked') return { ...feed, posts, keep: Math.max(feed.keep, posts.length) };
+  if (how === 'fill' || feed.reading > 0 || posts.length <= feed.keep) return { ...feed, posts };
+  const kept = posts.slice(posts.length - feed.keep);
+  return { ...feed, posts: kept, nextBefore: (kept[0] as T).seq };
+}
+
+/** An earlier page read from `before` (the feed's `nextBefore` then): merged (`asked`),
+ * and "Load earlier messages" goes on from the page's `nextBefore`; unchanged if the feed
+ * no longer goes on from `before` (another page came first). */
+export function withEarlier<T extends Post>(feed: Feed<T>, before: number, page: TimelinePage<T>): Feed<T> {
+  if (feed.nextBefore !== before) return feed;
+  return { ...withPosts(feed, page.messages, 'asked'), nextBefore: page.nextBefore };
+}
+
+/** A read of pages starts (`+1`) or ends (`-1`): nothing is let go while one is under way. */
+export function feedReading<T>(feed: Feed<T>, by: 1 | -1): Feed<T> {
+  return { ...feed, reading: Math.max(0, feed.reading + by) };
+}
+
+/** A gap's fill that met the limits ({@link readGap}): the posts below `from` go, and
+ * "Load earlier messages" goes on from `nextBefore`. */
+export function cutFeed<T extends Post>(feed: Feed<T>, cut: { from: number; nextBefore: number | null }): Feed<T> {
+  return { ...feed, posts: feed.posts.filter((m) => m.seq >= cut.from), nextBefore: cut.nextBefore };
+}
+
+/** What the room view offers for a member whose safety number changed (a private room's
+ * send refused with SafetyNumberChanged: room members are contacts the list does not
+ * show): comparing the new number with them (`verify`), and, for a member the user had
+ * not verified, accepting the new key without comparing (`accept`; the SDK's
+ * `accept_new_identity`); a verified member's change is verified again. Then the message
+ * can be sent again. */
+export function keyChangeChoices(change: { verified: boolean }): ('verify' | 'accept')[] {
+  return change.verified ? ['verify'] : ['verify', 'accept'];
+}
+
 /** Where this browser holds a private room's message: decrypted in its history
  * (`held`), waiting for its sender's key (`pending`), or not at all (`absent`). */
 export type HeldState = 'held' | 'pending' | 'absent';
@@ -500,9 +632,17 @@ export class RoomLogs<M extends { seq: number }> {
       this.#again.add(room);
       return running;
     }
-    const task = this.#read(room).finally(() => this.#reading.delete(room));
+    const task = this.#read(room).finally(() => this.#ended(room, task));
     this.#reading.set(room, task);
     return task;
+  }
+
+  /** The read `task` of the room has ended: the room is free, and read again if a read
+   * was asked for after the task's last look (`#again`, set between its end and now). */
+  #ended(room: string, task: Promise<number>): void {
+    if (this.#reading.get(room) !== task) return;
+    this.#reading.delete(room);
+    if (this.#again.has(room)) void this.read(room);
   }
 
   /**
@@ -512,28 +652,35 @@ export class RoomLogs<M extends { seq: number }> {
    * at that moment. Each page is taken in the order of the answer and the cursor moved
    * to its `next`; a room whose page says `more` is read on alone (`page`, as a gap
    * would read it), at most {@link READS_AT_ONCE} at a time; a refused room is left as
-   * it is. A failed call goes to `batchFailed` and its chunk is skipped, cursors
-   * unchanged (the next connect or resync reads them). How many messages came; never
-   * rejects.
+   * it is. A room being read at that moment is read once more after that read (rooms.py
+   * `_read_soon`): it may have passed the log's end before what this sync is for (a push
+   * lost while offline) was stored. A failed call goes to `batchFailed` and its chunk is
+   * skipped, cursors unchanged (the next connect or resync reads them), but a read asked
+   * for while it ran (a gap pushed) is made then. How many messages came; never rejects.
    */
   async sync(rooms: readonly string[]): Promise<number> {
     const all = [...new Set(rooms)];
     let got = 0;
     for (let i = 0; i < all.length; i += LOGS_AT_ONCE) {
-      const chunk = all.slice(i, i + LOGS_AT_ONCE).filter((room) => !this.#reading.has(room));
+      const chunk: string[] = [];
+      for (const room of all.slice(i, i + LOGS_AT_ONCE)) {
+        if (this.#reading.has(room)) this.#again.add(room); // read on after the read under way
+        else chunk.push(room);
+      }
       if (chunk.length > 0) got += await this.#batch(chunk);
     }
     return got;
   }
 
   /** Mark the room as being read until the returned function is called (with how many
-   * messages its read brought, what a `read` asked for meanwhile resolves to). */
+   * messages its read brought, what a `read` asked for meanwhile resolves to); a read
+   * asked for then and not made yet (`#again`) starts then. */
   #hold(room: string): (got: number) => void {
     let done: (got: number) => void = () => undefined;
     const held = new Promise<number>((resolve) => (done = resolve));
     this.#reading.set(room, held);
     return (got) => {
-      if (this.#reading.get(room) === held) this.#reading.delete(room);
+      this.#ended(room, held);
       done(got);
     };
   }
@@ -542,9 +689,11 @@ export class RoomLogs<M extends { seq: number }> {
     // The cursors asked from, and each room held from now (before the call goes out).
     const asks = chunk.map((room) => ({ room, after: this.io.cursor(room) }));
     const held = new Map(asks.map(({ room, after }) => [room, { after, release: this.#hold(room) }]));
-    const letGo = () => {
+    // The rooms not read by the call: released, and those a read was asked for
+    // meanwhile (a gap pushed while it ran) read alone then; a refused one is not.
+    const letGo = (refused: ReadonlySet<string>) => {
       for (const [room, { release }] of held) {
-        this.#again.delete(room);
+        if (refused.has(room)) this.#again.delete(room);
         release(0);
       }
       held.clear();
@@ -553,7 +702,7 @@ export class RoomLogs<M extends { seq: number }> {
     try {
       answer = await this.io.pages(asks);
     } catch (error) {
-      letGo();
+      letGo(new Set());
       this.io.batchFailed(chunk, error);
       return 0;
     }
@@ -583,7 +732,7 @@ export class RoomLogs<M extends { seq: number }> {
         ask.release(page.messages.length);
       }
     }
-    letGo(); // refused (or left out of the answer): nothing read, the cursor as it was
+    letGo(new Set(answer.refused)); // refused (or left out of the answer): nothing read, the cursor as it was
     let at = 0;
     const worker = async () => {
       while (at < readOn.length) {

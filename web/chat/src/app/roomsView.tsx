@@ -4,10 +4,29 @@
 import type { ComponentChildren } from 'preact';
 import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, type Room, type RoomBan, type RoomMember, type RoomMessage } from './api.ts';
-import type { ClientEvent, HistoryEntry, ParleyClient } from './client.ts';
+import { type ClientEvent, type HistoryEntry, type ParleyClient, SafetyNumberChanged } from './client.ts';
 import { failure, MessageActions } from './messageActions.tsx';
 import { banLifted, banQuery, banQuestion, canInvite, canManageBans, canManageRoom, canRemovePost, canRestorePost, composerBlock, type MemberActions, memberActionDone, memberActions, type Role, roleOf } from './roles.ts';
-import { applyPostChange, canDeletePost, canEditPost, findNote, findPost, heldNote, isRemovedPost, JUMP_PAGE, readDownTo } from './rooms.ts';
+import {
+  applyPostChange,
+  canDeletePost,
+  canEditPost,
+  cutFeed,
+  emptyFeed,
+  type Feed,
+  type FeedMerge,
+  feedReading,
+  findNote,
+  findPost,
+  heldNote,
+  isRemovedPost,
+  JUMP_PAGE,
+  keyChangeChoices,
+  oneAtATime,
+  readGap,
+  withEarlier,
+  withPosts,
+} from './rooms.ts';
 import type { Drafts } from './composer.ts';
 import { failedSend, holding } from './composer.ts';
 import { dateAndTime, hourMinute } from './format.ts';
@@ -961,6 +980,48 @@ function RoomStateControl(props: { client: ParleyClient; room: Room; onRoom: (ro
   );
 }
 
+/** A member of a private room whose safety number changed: every send to the room is
+ * refused (SafetyNumberChanged) until the user compares the new number with them, or, if
+ * they had not verified them, accepts the new key (the contact's own functions: room
+ * members are contacts the list does not show). `onDone`: the key is trusted now. */
+function MemberKeyChange(props: { client: ParleyClient; change: SafetyNumberChanged; onDone: () => void }) {
+  const { client, change } = props;
+  const [error, setError] = useState('');
+  const name = change.username;
+  const choices = keyChangeChoices(change);
+  const done = (step: Promise<void>) => {
+    setError('');
+    step.then(props.onDone, (e: unknown) => setError(message(e)));
+  };
+  return (
+    <div id="member-key-warning" class="warning" role="alert" data-user-id={change.userId}>
+      <h3>{name}'s safety number changed</h3>
+      <p>
+        {name}'s identity key is new: a reinstall, a new device, or someone in the middle. Messages to this room are paused until you compare the new
+        number with {name}
+        {change.verified ? ' again (you had verified them)' : ' or accept the new key'}; then send your message again.
+      </p>
+      {change.oldSafetyNumber && (
+        <p>
+          Old safety number: <span class="number">{change.oldSafetyNumber}</span>
+        </p>
+      )}
+      <p>
+        New safety number: <span class="number" id="member-new-safety-number">{change.newSafetyNumber}</span>
+      </p>
+      <button type="button" id="member-verify-new" onClick={() => done(client.verify(change.userId, change.newSafetyNumber))}>
+        I compared it: they match
+      </button>
+      {choices.includes('accept') && (
+        <button type="button" id="member-accept-new" onClick={() => done(client.acceptIdentity(change.userId))}>
+          Accept the new key without comparing
+        </button>
+      )}
+      <ErrorLine error={error} id="member-key-error" />
+    </div>
+  );
+}
+
 export function RoomView(props: {
   client: ParleyClient;
   room: Room;
@@ -975,10 +1036,15 @@ export function RoomView(props: {
   const [invitee, setInvitee] = useState('');
   const [error, setError] = useState('');
   const [status, setStatus] = useState('');
-  const [timeline, setTimeline] = useState<RoomMessage[]>([]);
+  const [keyChange, setKeyChange] = useState<SafetyNumberChanged | null>(null); // a member's, that stopped a send here
+  // A public room's posts: the newest SHOWN kept as live ones come (more once the user
+  // asks for earlier ones), "Load earlier messages" going on below them (rooms.ts Feed).
+  const [feed, setFeed] = useState<Feed<RoomMessage>>(emptyFeed);
+  const timeline = feed.posts;
+  const nextBefore = feed.nextBefore;
   const timelineNow = useRef<RoomMessage[]>([]); // for the event listener (set each render)
   timelineNow.current = timeline;
-  const [nextBefore, setNextBefore] = useState<number | null>(null);
+  const feedFor = useRef(0); // which room's feed (one more at each room shown): a read for another is dropped
   const [names, setNames] = useState<Record<string, string>>({});
   const [sending, setSending] = useState(0); // messages under way
   const sends = useRef<Promise<unknown>>(Promise.resolve()); // the last one's end
@@ -1008,16 +1074,17 @@ export function RoomView(props: {
     setRoomRead(r.room_id);
   };
   const isPublic = room.kind === 'public';
-  const merge = (more: RoomMessage[]) =>
-    setTimeline((old) => {
-      const by = new Map(old.map((m) => [m.seq, m]));
-      for (const m of more) if ((by.get(m.seq)?.rev ?? 0) <= (m.rev ?? 1)) by.set(m.seq, m);
-      return [...by.values()].sort((a, b) => a.seq - b.seq);
-    });
+  const merge = (more: RoomMessage[], how: FeedMerge = 'live') => setFeed((f) => withPosts(f, more, how));
+  /** A read of pages under way: no post is let go until it ends (its pages must meet what is held). */
+  const reading = <T,>(read: Promise<T>): Promise<T> => {
+    const of = feedFor.current;
+    setFeed((f) => feedReading(f, 1));
+    return read.finally(() => feedFor.current === of && setFeed((f) => feedReading(f, -1)));
+  };
   useLayoutEffect(() => {
     setRoom(props.room);
-    setTimeline([]);
-    setNextBefore(null);
+    feedFor.current += 1;
+    setFeed(emptyFeed());
     setReadyFor(null);
     setLit(null);
     setJumpTo(null);
@@ -1029,19 +1096,23 @@ export function RoomView(props: {
     noted.current = '';
     setError('');
     setStatus('');
+    setKeyChange(null);
     setRoomRead(null);
     setRoster(null);
     setText(drafts.get(draftKey)); // this room's unsent text, if one was left in it
     titleRef.current?.focus(); // keyboard and screen-reader users land in the room (and a phone scrolls to it)
+    let ended = false;
+    let publicRoom = false; // known once the room is read
     // The room itself first: a directory entry or an invitation may not say its kind.
     client
       .room(id)
       .then(async (full) => {
         takeRoom(full);
         if (full.kind === 'public') {
+          publicRoom = true;
           const page = await client.timeline(id, null);
-          merge(page.messages);
-          setNextBefore(page.nextBefore);
+          if (ended) return; // another room shows now
+          setFeed((f) => ({ ...withPosts(f, page.messages, 'live'), nextBefore: page.nextBefore }));
           setReadyFor(id);
         } else {
           await client.openRoom(id);
@@ -1049,47 +1120,36 @@ export function RoomView(props: {
         }
       })
       .catch((e: unknown) => setError(message(e)));
-    let ended = false;
-    let filling = false;
     // Posts written while frames were lost (offline, a pod gone, a resync) came as no
     // live frame (room_post is live only): the public timeline is read from the newest
-    // page down to what is shown, one reading at a time. Past the limits (a long
+    // page down to what is shown (a timeline with nothing shown: its newest page), one
+    // fill at a time, and once more after it if asked meanwhile (a resync during a fill
+    // may be for posts written after it read its pages). Past the limits (a long
     // absence in a busy room), what was read replaces the timeline, and "Load earlier
     // messages" goes on from its end: no gap is left between the two.
-    const fillGap = async () => {
-      if (filling || ended || current.current !== id || timelineNow.current.length === 0) return;
-      filling = true;
+    const fillGap = oneAtATime(async () => {
+      if (!publicRoom || ended || current.current !== id) return;
+      const still = () => !ended && current.current === id;
       try {
-        const top = Math.max(...timelineNow.current.map((m) => m.seq));
-        const pages: { messages: RoomMessage[]; nextBefore: number | null }[] = [];
-        const down = await readDownTo({
-          top,
-          read: (before) => client.timeline(id, before, JUMP_PAGE),
-          onPage: (page) => {
-            pages.push(page);
-            merge(page.messages);
-          },
-          stop: () => ended || current.current !== id,
-        });
-        if (down.outcome === 'limit' && !ended && current.current === id) {
-          // What was read goes down contiguously from the newest: kept, with what came
-          // live meanwhile (newer); what was shown before, below the gap, goes.
-          const lowest = Math.min(...pages.flatMap((p) => p.messages.map((m) => m.seq)));
-          setTimeline((old) => old.filter((m) => m.seq >= lowest));
-          setNextBefore(pages[pages.length - 1]?.nextBefore ?? null);
-        }
+        const cut = await reading(
+          readGap({
+            loaded: timelineNow.current,
+            read: (before) => client.timeline(id, before, JUMP_PAGE),
+            onPage: (page) => merge(page.messages, 'fill'),
+            stop: () => !still(),
+          }),
+        );
+        if (cut !== null && still()) setFeed((f) => cutFeed(f, cut));
       } catch {
         // read again at the next connection
-      } finally {
-        filling = false;
       }
-    };
+    });
     const off = client.on((e: ClientEvent) => {
       if ((e.type === 'connection' && e.state === 'connected') || e.type === 'resync') void fillGap();
       if (e.type === 'room_post' && e.post.room_id === id) merge([{ ...e.post, rev: 1, marker: null }]);
       if (e.type === 'room_message_changed' && e.change.room_id === id) {
         const c = e.change; // keep the highest revision (docs/moderation.md)
-        setTimeline((old) => applyPostChange(old, c));
+        setFeed((f) => ({ ...f, posts: applyPostChange(f.posts, c) }));
       }
       if (e.type === 'room_changed' && e.room === id) client.room(id).then(takeRoom, () => current.current === id && props.onLeft());
     });
@@ -1126,10 +1186,11 @@ export function RoomView(props: {
     return () => clearTimeout(timer);
   });
   const count = isPublic ? timeline.length : history.length;
+  const newestSeq = isPublic ? (timeline[timeline.length - 1]?.seq ?? 0) : 0; // a public room's count stays once the oldest go
   useEffect(() => {
     const list = listRef.current;
     if (list) list.scrollTop = list.scrollHeight;
-  }, [count, id]);
+  }, [count, newestSeq, id]);
   // A mention opened from the list: its post scrolled to and marked. A public post not
   // loaded yet is looked for in earlier pages (rooms.ts findPost), each merged as it comes.
   const want = props.highlight;
@@ -1146,17 +1207,16 @@ export function RoomView(props: {
     }
     setFinding(true);
     setStatus('Looking for that message in earlier messages…');
-    findPost({
-      seq: target,
-      loaded: timeline,
-      nextBefore,
-      read: (before) => client.timeline(id, before, JUMP_PAGE),
-      onPage: (page, older) => {
-        merge(page.messages);
-        if (older) setNextBefore(page.nextBefore);
-      },
-      stop: () => search.current !== run,
-    })
+    reading(
+      findPost({
+        seq: target,
+        loaded: timeline,
+        nextBefore,
+        read: (before) => client.timeline(id, before, JUMP_PAGE),
+        onPage: (page, older) => setFeed((f) => (older ? { ...withPosts(f, page.messages, 'asked'), nextBefore: page.nextBefore } : withPosts(f, page.messages, 'asked'))),
+        stop: () => search.current !== run,
+      }),
+    )
       .then(
         (result) => {
           if (search.current !== run) return;
@@ -1315,15 +1375,13 @@ export function RoomView(props: {
           class="secondary"
           disabled={finding}
           aria-busy={finding}
-          onClick={() =>
-            client.timeline(id, nextBefore).then(
-              (page) => {
-                merge(page.messages);
-                setNextBefore(page.nextBefore);
-              },
+          onClick={() => {
+            const [before, of] = [nextBefore, feedFor.current];
+            reading(client.timeline(id, before)).then(
+              (page) => feedFor.current === of && setFeed((f) => withEarlier(f, before, page)),
               (e: unknown) => setError(message(e)),
-            )
-          }
+            );
+          }}
         >
           Load earlier messages
         </button>
@@ -1367,6 +1425,17 @@ export function RoomView(props: {
               </Line>
             ))}
       </ol>
+      {keyChange && (
+        <MemberKeyChange
+          client={client}
+          change={keyChange}
+          onDone={() => {
+            setKeyChange(null);
+            setError('');
+            setStatus(`${keyChange.username}'s new key is trusted: you can send to ${title} again.`);
+          }}
+        />
+      )}
       {block && (
         <p class="hint blocked" id="composer-blocked" role="status">
           {block}
@@ -1413,6 +1482,8 @@ export function RoomView(props: {
                   return;
                 }
                 setError(message(err));
+                // A member's new key: compared or accepted here, then the message can go.
+                if (err instanceof SafetyNumberChanged) setKeyChange(err);
                 setText((t) => (t === '' ? sent : t));
               },
             )

@@ -260,8 +260,10 @@ export class FakeServer {
   moderationDown = false;
   /** `GET /keys/v1/users/{id}/devices` answers 503 (the key directory is down). */
   listsDown = false;
-  /** Device lists asked while `listsDown` (each refused 503). */
+  /** Device lists asked while `listsDown` (each refused 503) or `listsHang`. */
   listsRefused = 0;
+  /** The directory takes device-list reads and never answers. */
+  listsHang = false;
   /** `GET /auth/v1/users/{id}` answers 503 (the auth service is down). */
   usersDown = false;
   moderationCalls = 0;
@@ -308,6 +310,10 @@ export class FakeServer {
         return listed ? json(200, { ...listed, bundles: this.bundles.get(user) ?? [] }) : refusal(404, 'identity_not_found');
       }
       if (method === 'GET' && parts[2] === 'users' && parts[4] === 'devices') {
+        if (this.listsHang) {
+          this.listsRefused++;
+          return new Promise<Response>(() => {}); // takes the request, never answers
+        }
         if (this.listsDown) {
           this.listsRefused++;
           return refusal(503, 'service_unavailable');
@@ -495,7 +501,7 @@ export class Peer {
   readonly deviceId = 1;
   #session: Session | null = null;
   #sent = 0;
-  readonly #accountKey: AccountKey;
+  #accountKey: AccountKey;
   readonly #entries: DeviceEntry[];
 
   private constructor(user: FakeUser, device: Device, accountKey: AccountKey, entries: DeviceEntry[]) {
@@ -517,6 +523,14 @@ export class Peer {
     return id;
   }
 
+  /** A new identity (a reinstall): a new account key, and a new device linked under it;
+   * the directory's list is signed by the new key from now on (the contact's safety
+   * number changes). */
+  async resetIdentity(server: FakeServer): Promise<void> {
+    this.#accountKey = await AccountKey.generate();
+    await this.linkDevice(server);
+  }
+
   static async create(server: FakeServer, username: string): Promise<Peer> {
     const user = server.addUser(username);
     const accountKey = await AccountKey.generate();
@@ -528,9 +542,11 @@ export class Peer {
     return new Peer(user, device, accountKey, entries);
   }
 
-  /** A `message` item (without its seq) carrying `text` to the client's device. */
-  async message(server: FakeServer, text: string): Promise<Omit<W.Message, 'seq'>> {
+  /** A `message` item (without its seq) carrying `text` (or a control payload's bytes)
+   * to the client's device. */
+  async message(server: FakeServer, text: string | Uint8Array): Promise<Omit<W.Message, 'seq'>> {
     const me = server.me as FakeUser;
+    const plaintext = typeof text === 'string' ? utf8(text) : text;
     let wire: Uint8Array;
     if (this.#session === null) {
       const identity = server.keys.get('identity');
@@ -542,15 +558,15 @@ export class Peer {
         one_time_prekey: null,
         kem_prekey: { ...(server.keys.get('kem-last-resort') as object), last_resort: true },
       });
-      [this.#session, wire] = await Session.initiate(this.device, bundle, utf8(text));
+      [this.#session, wire] = await Session.initiate(this.device, bundle, plaintext);
     } else {
-      wire = await this.#session.encrypt(utf8(text));
+      wire = await this.#session.encrypt(plaintext);
     }
     const [a, b] = [this.user.user_id, me.user_id].sort();
     return {
       op: 'message',
       kind: 'message',
-      server_id: await messageServerId(this.user.user_id, `c-${++this.#sent}-${text}`),
+      server_id: await messageServerId(this.user.user_id, `c-${++this.#sent}-${typeof text === 'string' ? text : 'control'}`),
       from: this.user.user_id,
       from_device: this.deviceId,
       conversation: `dm:${a}:${b}`,

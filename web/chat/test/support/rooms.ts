@@ -4,8 +4,17 @@
 import type { ParleyClient } from '../../src/app/client.ts';
 import { deviceDigest } from '../../src/app/rooms.ts';
 import type * as W from '../../src/generated/contract.ts';
-import { connected } from './clients.ts';
+import { connected, people } from './clients.ts';
 import type { FakeServer, Peer } from './fakeServer.ts';
+
+/** Bob, connected, and alice in the private room `roomId` ('team'); `A`, alice's id. */
+export async function teamRoom(roomId: string): Promise<Awaited<ReturnType<typeof people>> & { A: string }> {
+  const found = await people();
+  const { server, bob, alice } = found;
+  server.rooms.set(roomId, { name: 'team', members: [bob.me, alice.user.user_id] });
+  await connected(bob, server);
+  return { ...found, A: alice.user.user_id };
+}
 
 /** Bob and alice's room `roomId`, bob connected and a message ('before carol') sent to
  * it; then carol joins as the rooms service does it: the version is raised first, and one
