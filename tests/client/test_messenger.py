@@ -605,11 +605,7 @@ async def test_a_resend_for_new_devices_waits_out_a_key_directory_blip(
     assert bob.username and bob.user_id
     await alice.connect()
     await alice.send(bob.username, "first")
-    phone = await make_client(bob.username, signup=False)
-    code = await phone.link_device(bob.username, PASSWORD)
-    linked = asyncio.create_task(phone.wait_linked(60))
-    await bob.approve_device(code)
-    await linked
+    phone = await _link_phone(make_client, bob)
     await phone.connect()
     directory = _Directory(alice, monkeypatch)  # down for alice's next reads
 
@@ -624,6 +620,17 @@ async def test_a_resend_for_new_devices_waits_out_a_key_directory_blip(
     assert isinstance(got, Message) and got.text == "to both devices"
     sent = [e for e in alice.history(bob.user_id) if e.get("text") == "to both devices"]
     assert [e["status"] != "failed" for e in sent] == [True] and alice.outbox() == []
+
+
+async def _link_phone(make_client: MakeClient, owner: Client) -> Client:
+    """A second device of ``owner``'s account, linked and approved."""
+    assert owner.username
+    phone = await make_client(owner.username, signup=False)
+    code = await phone.link_device(owner.username, PASSWORD)
+    linked = asyncio.create_task(phone.wait_linked(60))
+    await owner.approve_device(code)
+    await linked
+    return phone
 
 
 def _probe(value: Callable[[], object]) -> Callable[[], Awaitable[object]]:
@@ -643,11 +650,7 @@ async def test_a_message_dropped_while_its_resend_reads_keys_stays_dropped(
     assert bob.username and bob.user_id
     await alice.connect()
     await alice.send(bob.username, "first")
-    phone = await make_client(bob.username, signup=False)
-    code = await phone.link_device(bob.username, PASSWORD)
-    linked = asyncio.create_task(phone.wait_linked(60))
-    await bob.approve_device(code)
-    await linked
+    await _link_phone(make_client, bob)
     keys = alice.messenger.keys
     real = keys.directory_list
     dropped: list[str] = []
