@@ -14,8 +14,9 @@ URLs, and stops everything (exit 0) on:
 
 - Ctrl-C: the wrapper runs in its own process group, made the terminal's
   foreground group, so ``make`` does not see the Ctrl-C and ends with 0
-  instead of reporting an interrupt;
-- SIGINT or SIGTERM to this process;
+  instead of reporting an interrupt (supervisord runs in a group of its own:
+  the terminal's signals reach the wrapper only, which stops it);
+- SIGINT, SIGTERM or SIGHUP (the terminal closed) to this process;
 - SIGTERM or SIGINT to the ``make run`` process alone (make forwards
   SIGTERM to its child but not SIGINT; the wrapper notices that its parent
   has handled a fatal signal and stops the stack).
@@ -27,13 +28,16 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from typing import IO
 
 from scripts.stack import MONITORING, PYTHONPATH, ROOT, SERVERS, SERVICES, StackConfig
 
@@ -55,7 +59,10 @@ PROCESSES = (
 STARTSECS = 2
 STARTRETRIES = 30
 
-FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: a terminal (an SSH session) that goes away stops the stack; supervisord,
+# in a process group of its own, never sees it (it would take it for "reload", restart
+# every process and run on with nobody to stop it).
+FATAL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def supervisord_conf(cfg: StackConfig, python: str) -> str:
@@ -150,6 +157,32 @@ def caught_fatal_signals(pid: int) -> int:
     return 0
 
 
+def say(line: str) -> None:
+    """Print to the terminal, if there is still one (not after a hangup)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, flush=True)
+
+
+def forward(lines: IO[str] | None) -> None:
+    """Print supervisord's lines, reading to the end whether or not they can be shown
+    (a pipe nobody reads would stop supervisord)."""
+    for line in lines or ():
+        say(line.rstrip("\n"))
+
+
+def running(sock: Path) -> bool:
+    """Whether a supervisord answers on ``sock`` (a stale file from a kill does not)."""
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
 class Terminal:
     """Make this process group the terminal's foreground group, and give it back."""
 
@@ -214,6 +247,11 @@ def main() -> int:
     (cfg.data_dir / "log").mkdir(parents=True, exist_ok=True)
     bin_dir = os.path.dirname(sys.executable)
     conf = cfg.data_dir / "supervisord.conf"
+    if running(cfg.data_dir / "supervisor.sock"):
+        # Its configuration (and supervisorctl's password in it) must not be replaced.
+        print(f"parley: already running on {cfg.data_dir} (supervisorctl -c {conf} ...); "
+              "stop it first.", flush=True)  # fmt: skip
+        return 1
     conf.touch(mode=0o600)
     conf.chmod(0o600)
     conf.write_text(supervisord_conf(cfg, sys.executable))
@@ -228,17 +266,26 @@ def main() -> int:
     watched = caught_fatal_signals(ppid)
     terminal = Terminal()
     terminal.take()
+    # supervisord's lines reach the terminal through this wrapper: written to a terminal
+    # that hung up, they failed in supervisord itself, which died mid-stop and left its
+    # processes running.
     supervisor = subprocess.Popen(
-        [os.path.join(bin_dir, "supervisord"), "-c", str(conf)], env=env, cwd=ROOT
-    )
+        [os.path.join(bin_dir, "supervisord"), "-c", str(conf)], env=env, cwd=ROOT,
+        process_group=0,  # the terminal's signals reach this wrapper only, which stops it
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+    )  # fmt: skip
+    relay = threading.Thread(target=forward, args=(supervisor.stdout,), daemon=True)
+    relay.start()
     stopping = False
 
     def stop(_sig: int = 0, _frame: object = None) -> None:
         nonlocal stopping
         if not stopping and supervisor.poll() is None:
             stopping = True
-            print("parley: stopping every process...", flush=True)
+            # The signal first: after a hangup the terminal is gone, and printing to it
+            # raises (the wrapper died there, and supervisord ran on with nobody to stop it).
             supervisor.send_signal(signal.SIGTERM)
+            say("parley: stopping every process...")
 
     for sig in FATAL_SIGNALS:
         signal.signal(sig, stop)
@@ -249,7 +296,7 @@ def main() -> int:
         while pending and supervisor.poll() is None and not stopping:
             pending = [p for p in pending if not ready(base, p)]
             if pending and time.monotonic() > deadline:
-                print(f"parley: not ready after timeout: {', '.join(pending)}", flush=True)
+                say(f"parley: not ready after timeout: {', '.join(pending)}")
                 stop()
                 supervisor.wait()
                 return 1
@@ -262,6 +309,7 @@ def main() -> int:
                 stop()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 supervisor.wait(timeout=0.5)
+        relay.join(timeout=5)  # its last lines
         code = supervisor.returncode
         return 0 if stopping or code == 0 else code
     finally:

@@ -237,6 +237,10 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
     py = sys.executable
     if name == "mongo":
         (d / "mongo").mkdir(parents=True, exist_ok=True)
+        # One supervisor runs it per data directory: a pid file left by a kill -9 (or a
+        # container stopped) may name a live process after a restart, and nx-27017 then
+        # refuses to start, every retry.
+        (d / "mongo.pid").unlink(missing_ok=True)
         return [
             str(Path(py).parent / "nx-27017"),
             "--host", cfg.host, "-p", str(cfg.mongo_port),

@@ -11,9 +11,12 @@ arrives exactly once. Then Ctrl-C stops everything quietly with exit status 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +79,8 @@ class RunStack:
         return all(http_status(self.cfg.url("ops") + path) == 200 for path in READY)
 
 
-@pytest.fixture(scope="module")
-def run_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunStack]:
-    cfg = StackConfig.free_ports(tmp_path_factory.mktemp("makerun"))
+def start_make_run(cfg: StackConfig) -> RunStack:
+    """``make run`` in a pseudo-terminal on ``cfg``'s ports, once it says it is up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
     env.update({f"PARLEY_{name.upper()}": str(getattr(cfg, name))
                 for name in cfg.__dataclass_fields__ if name.endswith("_port")})  # fmt: skip
@@ -93,17 +95,27 @@ def run_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunStack]:
         }
     )
     output = cfg.data_dir / "make-run.out"
-    log = output.open("w")
     child = pexpect.spawn("make", ["run"], cwd=str(ROOT), env=env, encoding="utf-8", timeout=180)
-    child.logfile_read = log
+    child.logfile_read = output.open("w")
+    child.expect("Parley is up", timeout=180)
+    return RunStack(cfg, child, output)
+
+
+def stop_make_run(stack: RunStack) -> None:
+    if stack.child.isalive():
+        stack.child.sendintr()
+        stack.child.expect(pexpect.EOF, timeout=90)
+    assert stack.child.logfile_read is not None
+    stack.child.logfile_read.close()
+
+
+@pytest.fixture(scope="module")
+def run_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunStack]:
+    stack = start_make_run(StackConfig.free_ports(tmp_path_factory.mktemp("makerun")))
     try:
-        child.expect("Parley is up", timeout=180)
-        yield RunStack(cfg, child, output)
+        yield stack
     finally:
-        if child.isalive():
-            child.sendintr()
-            child.expect(pexpect.EOF, timeout=90)
-        log.close()
+        stop_make_run(stack)
 
 
 @pytest.mark.timeout(900)
@@ -156,3 +168,38 @@ def test_ctrl_c_stops_everything_quietly_with_status_0(run_stack: RunStack) -> N
     text = run_stack.output.read_text()
     assert "Traceback" not in text
     assert "Error" not in text.split("stopping every process")[-1]
+
+
+def test_a_terminal_that_goes_away_stops_everything(tmp_path: Path) -> None:
+    """Audit finding: the terminal's hangup (an SSH session lost) killed the wrapper and
+    reached supervisord in the same process group, which took it for "reload": every
+    process restarted and ran on with nobody to stop it, and a second ``make run``
+    replaced supervisorctl's password, so it could not be stopped either."""
+    stack = start_make_run(StackConfig.free_ports(tmp_path))
+    pids = [stack.pid(name) for name, _ in PROCESSES]
+    try:
+        assert all(pids)
+        second = subprocess.run(
+            ["make", "run"], cwd=str(ROOT), capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PARLEY_DATA_DIR": str(stack.cfg.data_dir)}, check=False,
+        )  # fmt: skip
+        assert "already running" in second.stdout, second.stdout + second.stderr
+        assert stack.pid("auth") == pids[[n for n, _ in PROCESSES].index("auth")]  # usable
+        log, stack.child.logfile_read = stack.child.logfile_read, None
+        assert log is not None
+        log.close()
+        with contextlib.suppress(pexpect.ExceptionPexpect):
+            stack.child.close(force=False)  # the terminal goes away: SIGHUP
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+        deadline = time.monotonic() + 90
+        while not gone() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gone(), [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    finally:
+        stack.ctl("shutdown")  # whatever is left (nothing, once it passes)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
