@@ -21,6 +21,7 @@ ROOMY = {
     "limit_code_ip": "1000/300",
     "limit_reset_ip": "1000/3600",
     "limit_refresh_ip": "1000/60",
+    "limit_token_ip": "1000/60",
 }
 
 

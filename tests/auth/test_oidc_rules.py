@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2 as httpx
+import jwt as pyjwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from authlib.integrations.base_client.errors import OAuthError
@@ -32,10 +34,18 @@ from services.auth.oidc import clients
 from services.auth.state import AUTH_SERVICE, AuthService
 from services.common.auth import Claims
 from services.common.config import Settings
+from services.common.ratelimit import Limit
 from services.common.state import STARTUP
 from tests.auth.conftest import ROOMY
 from tests.auth.helpers import PASSWORD, bearer, unique_name
-from tests.auth.oidc_support import Browser, RelyingParty, b64u, forge, page_error
+from tests.auth.oidc_support import (
+    Browser,
+    RelyingParty,
+    b64u,
+    forge,
+    hidden_fields,
+    page_error,
+)
 
 REDIRECT = "https://rp.example.test/cb"
 
@@ -759,3 +769,250 @@ async def test_a_scope_taken_from_a_client_is_gone_from_its_sessions_tokens(op: 
     gone = await token_call(rp, {**body, "refresh_token": fresh.json()["refresh_token"]})
     assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
     assert await op.svc.store.live_sessions(user["_id"], op.svc.now()) == []
+
+
+# -- the audit of 2026: consent, end-session, revocation, hints, token limits --------------
+
+
+async def consented_browser(
+    op: OP, rp: RelyingParty, user: dict[str, Any], ago_s: int = 0
+) -> tuple[Browser, dict[str, Any]]:
+    """A browser signed in (``ago_s`` seconds ago) that consented to ``rp``; the tokens."""
+    op.clock.offset = timedelta(seconds=-ago_s)
+    _, url, verifier, _ = rp.start()
+    browser = Browser(op.base)
+    page = await browser.follow(await browser.get(url), rp.redirect_uri)
+    back = await browser.sign_in(page, user["username"], PASSWORD, rp.redirect_uri)
+    if back.status_code == 200:
+        back = await browser.consent(back, "allow", rp.redirect_uri)
+    op.clock.offset = timedelta(0)
+    assert back.status_code == 302, back.text[:300]
+    tokens = (await token_call(rp, grant(rp, back.headers["location"], verifier))).json()
+    return browser, tokens
+
+
+@pytest.mark.parametrize("extra", [{"prompt": "login"}, {"max_age": "5"}])
+async def test_the_consent_form_does_not_skip_a_sign_in_asked_for(
+    op: OP, extra: dict[str, str]
+) -> None:
+    """Before: a request stopped for a sign-in (``prompt=login``, ``max_age`` passed)
+    waited under the id the sign-in page holds, and posting that id to the consent
+    form gave a code with the old ``auth_time``, no password asked. Now the consent
+    form takes only a request waiting for this user's consent."""
+    rp = await op.client(skip_consent=False)
+    user = await op.user()
+    browser, _ = await consented_browser(op, rp, user, ago_s=60)
+    try:
+        _, url, verifier, _ = rp.start(**extra)
+        resp = await browser.get(url)
+        assert resp.status_code == 302 and resp.headers["location"].startswith("/auth/login?")
+        login_page = await browser.get(resp.headers["location"])
+        fields = hidden_fields(login_page.text)
+        assert "request" in fields and "csrf" in fields
+        out = await browser.post("/auth/oauth2/consent", {**fields, "decision": "allow"})
+        assert out.status_code == 400 and page_error(out.text) == "invalid_request"
+        # The sign-in it waits for still works, and gives a fresh auth_time.
+        back = await browser.sign_in(login_page, user["username"], PASSWORD, rp.redirect_uri)
+        assert back.status_code == 302, back.text[:300]
+        tokens = (await token_call(rp, grant(rp, back.headers["location"], verifier))).json()
+        claims = await rp.validate_id_token(tokens["id_token"], None)
+        assert claims["auth_time"] >= int(time.time()) - 30
+    finally:
+        await browser.close()
+
+
+async def test_a_consent_request_is_for_its_own_user_only(op: OP) -> None:
+    """The consent page's request id, posted by a browser signed in as someone else."""
+    rp = await op.client(skip_consent=False)
+    alice, bob = await op.user(), await op.user()
+    _, url, _, _ = rp.start()
+    a = Browser(op.base)
+    b = await signed_in_browser(op, await op.client(), bob)
+    try:
+        page = await a.follow(await a.get(url), rp.redirect_uri)
+        page = await a.sign_in(page, alice["username"], PASSWORD, rp.redirect_uri)
+        rid = hidden_fields(page.text)["request"]
+        csrf_page = await b.get("/auth/reset-password")
+        out = await b.post(
+            "/auth/oauth2/consent",
+            {**hidden_fields(csrf_page.text), "request": rid, "decision": "allow"},
+        )
+        assert out.status_code == 400 and page_error(out.text) == "invalid_request"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_max_age_of_other_digits_is_invalid_request(op: OP) -> None:
+    """Before: ``max_age=²`` passed ``str.isdigit()`` and ``int()`` raised: a 500."""
+    rp = await op.client()
+    browser = await signed_in_browser(op, rp, await op.user())
+    try:
+        for value in ("²", "-1", "1e3"):
+            _, url, _, _ = rp.start(max_age=value)
+            resp = await browser.get(url)
+            assert resp.status_code == 302, (value, resp.status_code)
+            assert parse_qs(urlsplit(resp.headers["location"]).query)["error"] == [
+                "invalid_request"
+            ]
+    finally:
+        await browser.close()
+
+
+async def still_signed_in(op: OP, rp: RelyingParty, browser: Browser) -> bool:
+    return "code" in await silent_authorization(browser, rp)
+
+
+async def refresh_works(rp: RelyingParty, tokens: dict[str, Any]) -> bool:
+    body = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+            "client_id": rp.client_id}  # fmt: skip
+    resp = await token_call(rp, body)
+    if resp.status_code == 200:
+        tokens["refresh_token"] = resp.json()["refresh_token"]
+    return resp.status_code == 200
+
+
+BYE = "https://rp.example.test/bye"
+
+
+async def test_logout_with_another_users_hint_asks_first_and_ends_nothing(op: OP) -> None:
+    """Before: any ID token ever issued, as ``id_token_hint``, signed the browser out
+    whoever it belonged to, revoked the hint's session and redirected, unasked."""
+    rp = await op.client(post_logout_redirect_uris=[BYE])
+    victim, other = await op.user(), await op.user()
+    vb, _ = await consented_browser(op, rp, victim)
+    ob, other_tokens = await consented_browser(op, rp, other)
+    try:
+        query = {"id_token_hint": other_tokens["id_token"], "post_logout_redirect_uri": BYE}
+        page = await vb.get("/auth/oauth2/logout?" + urlencode(query))
+        assert page.status_code == 200 and 'name="confirm" value="yes"' in page.text
+        assert await still_signed_in(op, rp, vb)
+        assert await refresh_works(rp, other_tokens)
+        # Confirmed (the page's form): signed out, and redirected.
+        out = await vb.post("/auth/oauth2/logout", hidden_fields(page.text))
+        assert out.status_code == 302 and out.headers["location"].startswith(BYE)
+        assert (await silent_authorization(vb, rp)).get("error") == ["login_required"]
+    finally:
+        await vb.close()
+        await ob.close()
+
+
+async def test_logout_with_own_hint_ends_sign_in_and_session_at_once(op: OP) -> None:
+    rp = await op.client(post_logout_redirect_uris=[BYE])
+    browser, tokens = await consented_browser(op, rp, await op.user())
+    try:
+        query = {"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": BYE}
+        out = await browser.get("/auth/oauth2/logout?" + urlencode({**query, "state": "s"}))
+        assert out.status_code == 302 and out.headers["location"] == f"{BYE}?state=s"
+        assert (await silent_authorization(browser, rp)).get("error") == ["login_required"]
+        assert not await refresh_works(rp, tokens)
+    finally:
+        await browser.close()
+
+
+async def test_logout_refuses_a_hint_expired_longer_than_a_refresh_token_lives(op: OP) -> None:
+    """Before: an ID token of any age was taken (expiry not checked at all)."""
+    rp = await op.client(post_logout_redirect_uris=[BYE])
+    user = await op.user()
+    browser, tokens = await consented_browser(op, rp, user)
+    try:
+        claims = pyjwt.decode(tokens["id_token"], options={"verify_signature": False})
+        age = op.svc.settings.refresh_token_ttl_s + 3600
+        old = dict(claims, iat=claims["iat"] - age, exp=claims["exp"] - age)
+        hint = await op.svc.keyring.sign(old)
+        out = await browser.get("/auth/oauth2/logout?" + urlencode({"id_token_hint": hint}))
+        assert out.status_code == 400 and page_error(out.text) == "invalid_request"
+        assert await still_signed_in(op, rp, browser)
+        assert await refresh_works(rp, tokens)
+    finally:
+        await browser.close()
+
+
+async def test_revoking_a_refresh_token_hinted_as_an_access_token(op: OP) -> None:
+    """RFC 7009 2.1: the hint is a hint. Before: with ``token_type_hint=access_token``
+    a refresh token was never looked up, and the revocation did nothing."""
+    rp = await op.client()
+    _, callback, verifier, _ = await code_for(op, rp, await op.user())
+    tokens = (await token_call(rp, grant(rp, callback, verifier))).json()
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(
+            rp.meta["revocation_endpoint"],
+            data={"token": tokens["refresh_token"], "token_type_hint": "access_token",
+                  "client_id": rp.client_id},
+        )  # fmt: skip
+    assert resp.status_code == 200
+    assert not await refresh_works(rp, tokens)
+
+
+async def test_prompt_none_with_another_users_hint_is_login_required(op: OP) -> None:
+    """OpenID Connect Core 3.1.2.1. Before: the hint was ignored and the code was for
+    whoever was signed in."""
+    rp = await op.client()
+    alice, bob = await op.user(), await op.user()
+    browser, _ = await consented_browser(op, rp, alice)
+    bob_browser, bob_tokens = await consented_browser(op, rp, bob)
+    await bob_browser.close()
+    _, alice_callback, alice_verifier, _ = await code_for(op, rp, alice)
+    alice_tokens = (await token_call(rp, grant(rp, alice_callback, alice_verifier))).json()
+    try:
+        for hint, expected in ((bob_tokens["id_token"], "error"), ("not.a.token", "error"),
+                               (alice_tokens["id_token"], "code")):  # fmt: skip
+            _, url, _, _ = rp.start(prompt="none", id_token_hint=hint)
+            resp = await browser.get(url)
+            query = parse_qs(urlsplit(resp.headers["location"]).query)
+            assert expected in query, query
+            if expected == "error":
+                assert query["error"] == ["login_required"]
+    finally:
+        await browser.close()
+
+
+async def test_the_token_endpoint_limits_code_exchanges_and_failed_client_auth(
+    op: OP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: only refreshes were limited (refresh_ip); code guesses and client secret
+    guesses from one address were not. Now limit_token_ip counts both."""
+    limiter = op.svc.limiter
+    rules = limiter.limits
+    monkeypatch.setattr(
+        limiter, "limits", lambda rule: Limit.parse("3/300") if rule == "token_ip" else rules(rule)
+    )
+    rp = await op.client(type="confidential", skip_consent=True)
+    ip = {"X-Forwarded-For": f"198.51.100.{secrets.randbelow(250) + 1}"}
+    refresh = {"grant_type": "refresh_token", "refresh_token": "x" * 40}
+    # Requests that are neither keep no place: many refreshes with a bad token.
+    for _ in range(5):
+        resp = await token_call(rp, refresh, auth=(rp.client_id, rp.secret), headers=ip)
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    code = {"grant_type": "authorization_code", "code": "y" * 43, "redirect_uri": REDIRECT,
+            "code_verifier": "z" * 43}  # fmt: skip
+    resp = await token_call(rp, code, auth=(rp.client_id, rp.secret), headers=ip)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+    for _ in range(2):
+        resp = await token_call(rp, refresh, auth=(rp.client_id, "wrong"), headers=ip)
+        assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+    resp = await token_call(rp, refresh, auth=(rp.client_id, rp.secret), headers=ip)
+    assert resp.status_code == 429 and resp.json()["error"] == "invalid_request"
+    assert int(resp.headers["retry-after"]) > 0
+
+
+async def test_logout_without_a_hint_asks_then_shows_signed_out(op: OP) -> None:
+    """Without a hint (or a redirect) the confirmed sign-out answers its page. Before:
+    that page (``message.html`` without ``signed_in_as``) was a 500 (StrictUndefined),
+    as were "Check your mail" and "Password changed"."""
+    rp = await op.client()
+    browser = await signed_in_browser(op, rp, await op.user())
+    try:
+        page = await browser.get("/auth/oauth2/logout")
+        assert page.status_code == 200 and 'name="confirm" value="yes"' in page.text
+        assert await still_signed_in(op, rp, browser)
+        out = await browser.post("/auth/oauth2/logout", hidden_fields(page.text))
+        assert out.status_code == 200 and "You are signed out." in out.text
+        assert (await silent_authorization(browser, rp)).get("error") == ["login_required"]
+        mail = await browser.get("/auth/reset-password")
+        sent = await browser.post(
+            "/auth/reset-password", {**hidden_fields(mail.text), "email": "x@example.test"}
+        )
+        assert sent.status_code == 200, sent.text[:200]
+    finally:
+        await browser.close()

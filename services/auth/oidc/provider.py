@@ -13,11 +13,16 @@ sessions", an admin's revoke, a role change), checked at every use.
 
 **Pending request**: while the user signs in or consents, the authorization
 request's parameters wait in Redis under a random id (``request`` in the
-pages' forms) for ``PARLEY_OIDC_REQUEST_TTL_S``.
+pages' forms) for ``PARLEY_OIDC_REQUEST_TTL_S``, with the step it waits for
+(``login``: a sign-in; ``consent``: this user's answer; ``resume``: a sign-in
+just made by this user) and the user. The consent form issues a code only for
+a ``consent`` request of the user signed in now: a request stopped for a
+sign-in (``prompt=login``, ``max_age``) cannot skip it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +46,11 @@ from services.common.errors import ApiError
 
 LOGIN = "oidc-login"
 PENDING = "oidc-request"
+# What a pending request waits for (``Provider.save_pending``).
+STEP_LOGIN = "login"
+STEP_CONSENT = "consent"
+STEP_RESUME = "resume"
+MAX_AGE = re.compile(r"[0-9]{1,10}")
 
 
 @dataclass(frozen=True)
@@ -106,9 +116,12 @@ class Provider:
             request.method, self.issuer + request.path_qs, request.headers, params, caller
         )
 
-    async def save_pending(self, params: list[tuple[str, str]], fresh_login: bool = False) -> str:
+    async def save_pending(
+        self, params: list[tuple[str, str]], step: str, user_id: str | None = None
+    ) -> str:
+        """Keep a request while it waits for ``step`` (``STEP_*``) of ``user_id``."""
         rid = new_token()
-        value = {"params": params, "fresh_login": fresh_login}
+        value = {"params": params, "step": step, "user_id": user_id}
         await self.svc.store.eph_json_put(
             PENDING, digest(rid), value, self.svc.config.oidc_request_ttl_s
         )
@@ -191,9 +204,13 @@ class Provider:
         params: list[tuple[str, str]],
         caller: Caller,
         *,
-        fresh_login: bool = False,
+        fresh_for: str | None = None,
     ) -> web.Response:
-        """Validate an authorization request, then sign in, consent, or answer with a code."""
+        """Validate an authorization request, then sign in, consent, or answer with a code.
+
+        ``fresh_for``: the user who has just signed in for this request (the sign-in
+        page's return): ``prompt=login`` and ``max_age`` are met if it is still them.
+        """
         login = await self.signed_in(request)
         user = login.user if login else None
         oreq = self.oauth_request(request, params, caller)
@@ -210,25 +227,31 @@ class Provider:
             return pages.error_page(
                 request, self.cookies, 400, "invalid_request", "Not a valid authorization request."
             )
-        prompts = (data.get("prompt") or "").split()
-        needs_login = login is None or ("login" in prompts and not fresh_login)
+        state = data.get("state")
         max_age = data.get("max_age")
-        if login is not None and max_age is not None and not fresh_login:
-            if not max_age.isdigit():
-                bad = InvalidRequestError("'max_age' is a number of seconds.")
-                bad.redirect_uri = grant.redirect_uri
-                bad.state = data.get("state")
-                return self.error_response(request, oreq, bad)
+        if max_age is not None and not MAX_AGE.fullmatch(max_age):
+            # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+            bad = InvalidRequestError("'max_age' is a number of seconds.")
+            bad.redirect_uri, bad.state = grant.redirect_uri, state
+            return self.error_response(request, oreq, bad)
+        fresh = login is not None and fresh_for is not None and login.user["_id"] == fresh_for
+        prompts = (data.get("prompt") or "").split()
+        needs_login = login is None or ("login" in prompts and not fresh)
+        if login is not None and max_age is not None and not fresh:
             needs_login = needs_login or time.time() - login.auth_time > int(max_age)
+        if login is not None and not needs_login and "id_token_hint" in data:
+            # OpenID Connect Core 3.1.2.1: the hint names the user the client expects;
+            # another user signed in here (or a hint we cannot verify) is a sign-in.
+            needs_login = await self._hint_sub(data["id_token_hint"]) != login.user["_id"]
         client: Client = grant.request.client
         targets = [pages.origin_of(grant.redirect_uri)]
         if needs_login:
             if "none" in prompts:
                 return self.error_response(
                     request, oreq, LoginRequiredError(redirect_uri=grant.redirect_uri,
-                                                      state=data.get("state"))
+                                                      state=state)
                 )  # fmt: skip
-            rid = await self.save_pending(params)
+            rid = await self.save_pending(params, STEP_LOGIN)
             return pages.redirect("/auth/login?" + urlencode({"request": rid}), targets)
         assert login is not None
         scopes = scope_to_list(grant.request.scope) or []
@@ -236,11 +259,19 @@ class Provider:
             if "none" in prompts:
                 return self.error_response(
                     request, oreq, ConsentRequiredError(redirect_uri=grant.redirect_uri,
-                                                        state=data.get("state"))
+                                                        state=state)
                 )  # fmt: skip
-            rid = await self.save_pending(params)
+            rid = await self.save_pending(params, STEP_CONSENT, login.user["_id"])
             return self.consent_page(request, rid, client, scopes, login, grant.redirect_uri)
         return await self.issue_code(request, oreq, login)
+
+    async def _hint_sub(self, hint: str) -> str | None:
+        """The ``sub`` of an ID token this provider signed; None if it is not one."""
+        claims = await self.server.verify_own_jwt(hint, audience=None)
+        if claims is None or claims.get("iss") != self.issuer:
+            return None
+        sub = claims.get("sub")
+        return sub if isinstance(sub, str) else None
 
     async def _consented(self, user: Mapping[str, Any], client: Client, scopes: list[str]) -> bool:
         if client.skip_consent:

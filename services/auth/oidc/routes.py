@@ -32,7 +32,7 @@ from services.auth.models import (
     UserInfo,
 )
 from services.auth.oidc import clients, pages
-from services.auth.oidc.provider import Provider
+from services.auth.oidc.provider import STEP_CONSENT, STEP_RESUME, Provider
 from services.auth.state import AUTH_SERVICE, OIDC_PROVIDER, AuthService, Caller
 from services.auth.tokens import digest
 from services.common.auth import Claims
@@ -41,6 +41,8 @@ from services.common.errors import ErrorCode as E
 from services.common.http import json_response
 
 HTML = "text/html"
+# The token endpoint's rule (AuthSettings.limit_token_ip).
+TOKEN_LIMIT = "token_ip"
 PROTOCOL = ["oidc"]
 PAGES = ["oidc pages"]
 _ADMIN: dict[str, Any] = {"auth": True, "role": "admin", "tags": ["admin"]}
@@ -183,8 +185,12 @@ async def authorize_resume(request: web.Request) -> web.Response:
             request, p.cookies, 400, "invalid_request", "This sign-in request has expired."
         )
     await p.drop_pending(rid)
-    fresh = bool(pending.get("fresh_login"))
-    return await p.authorize(request, pending["params"], caller(request), fresh_login=fresh)
+    # Only the sign-in page's own return (``resume``) meets prompt=login and max_age,
+    # and only for the user who signed in.
+    fresh_for = pending.get("user_id") if pending.get("step") == STEP_RESUME else None
+    return await p.authorize(
+        request, pending["params"], caller(request), fresh_for=str(fresh_for or "") or None
+    )
 
 
 class ConsentForm(BaseModel):
@@ -217,6 +223,16 @@ async def consent(request: web.Request) -> web.Response:
     oreq = p.oauth_request(request, pending["params"], caller(request))
     if login is None:
         return await p.authorize(request, pending["params"], caller(request))
+    if pending.get("step") != STEP_CONSENT or pending.get("user_id") != login.user["_id"]:
+        # A request waiting for a sign-in (prompt=login, max_age) or for another
+        # user's consent: a code now would skip the sign-in it waits for.
+        return pages.error_page(
+            request,
+            p.cookies,
+            400,
+            "invalid_request",
+            "This request is not waiting for your consent; go back to the application.",
+        )
     decision = form.get("decision")
     if decision not in ("allow", "deny"):
         return pages.error_page(request, p.cookies, 400, "invalid_request", "Allow or deny.")
@@ -254,15 +270,30 @@ async def token(request: web.Request) -> web.Response:
     p = provider(request)
     if request.content_type != "application/x-www-form-urlencoded":
         return oauth_error(400, "invalid_request", "Send application/x-www-form-urlencoded.")
-    oreq = p.oauth_request(request, await form_pairs(request), caller(request))
+    who = caller(request)
+    oreq = p.oauth_request(request, await form_pairs(request), who)
     if oreq.repeated():
         return oauth_error(400, "invalid_request", f"Repeated: {', '.join(oreq.repeated())}.")
+    limiter = svc(request).limiter
+    # Per client address (limit_token_ip): every code exchange and every failed client
+    # authentication takes a place, taken before the attempt (refused at once when the
+    # window is full); any other request gives its place back (refreshes have their own
+    # limit, refresh_ip).
+    keep = oreq.payload.grant_type == "authorization_code"
+    try:
+        await limiter.reserve(TOKEN_LIMIT, who.ip_key)
+    except ApiError as exc:
+        return oauth_error(429, "invalid_request", "Too many token requests.", exc.headers)
     try:
         status, body, headers = await p.server.call(lambda: p.server.create_token_response(oreq))
+        keep = keep or (isinstance(body, dict) and body.get("error") == "invalid_client")
     except ApiError as exc:
         if exc.code != E.RATE_LIMITED:
             raise
         return oauth_error(429, "invalid_request", exc.message, exc.headers)
+    finally:
+        if not keep:
+            await limiter.release(TOKEN_LIMIT, who.ip_key)
     return oauth_answer(status, body, headers)
 
 
@@ -362,7 +393,13 @@ async def _logout(request: web.Request) -> web.Response:
             request, p.cookies, 400, err.error, err.description or "Bad sign-out request."
         )
     login = await p.signed_in(request)
-    if checked.needs_confirmation and not confirmed:
+    claims = checked.id_token_claims
+    # RP-Initiated Logout 1.0 section 6: only the signed-in user's own ID token ends
+    # the sign-in without asking. Without one (no hint, another user's, nobody signed
+    # in) the user confirms first (a CSRF-checked POST): a link must not sign a
+    # browser out, nor end a session, with an ID token found somewhere.
+    own = login is not None and claims is not None and claims.get("sub") == login.user["_id"]
+    if not own and not confirmed:
         return pages.render(
             request,
             p.cookies,
@@ -372,6 +409,8 @@ async def _logout(request: web.Request) -> web.Response:
             params=params,
         )
     result = await p.server.call(lambda: p.server.create_endpoint_response("end_session", checked))
+    if claims is not None:
+        await p.server.end_hinted_session(claims)
     await p.sign_out(login.token if login else None)
     location = dict(result[2]).get("Location") if result else None
     if location:
@@ -385,8 +424,8 @@ async def _logout(request: web.Request) -> web.Response:
 
 
 _LOGOUT: dict[str, Any] = {
-    "summary": "End session (RP-Initiated Logout 1.0): ends the sign-in session, and the "
-    "id_token_hint's session; asks first without a hint",
+    "summary": "End session (RP-Initiated Logout 1.0): ends the sign-in session and the "
+    "id_token_hint's session; asks first unless the hint is the signed-in user's",
     "produces": HTML,
     "page_errors": PAGE_ERRORS,
     "tags": PROTOCOL,
@@ -451,7 +490,7 @@ async def _finish_login(
     token = await p.sign_in(user, amr)
     if pending is not None:
         await p.drop_pending(rid)
-        rid = await p.save_pending(pending["params"], fresh_login=True)
+        rid = await p.save_pending(pending["params"], STEP_RESUME, user["_id"])
         resp = pages.redirect(
             "/auth/oauth2/authorize/resume?" + urlencode({"request": rid}), _targets(pending)
         )

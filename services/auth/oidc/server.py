@@ -407,24 +407,29 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
 
 
 class EndSession(EndSessionEndpoint):  # type: ignore[misc]
-    """RP-initiated logout. The route ends the sign-in session (its cookie);
-    here, an ``id_token_hint``'s session is revoked as well."""
+    """RP-initiated logout: the hint checked here; what ends is the route's choice
+    (``routes._logout``: the sign-in cookie, and the hint's session through
+    :meth:`ParleyServer.end_hinted_session`, only for the signed-in user's own hint
+    or after the user confirmed)."""
 
     server: ParleyServer
 
     def _validate_id_token_hint(self, id_token_hint: str) -> dict[str, Any]:
-        # Ours, not joserfc's: EdDSA only, the key ring's keys, expiry not required
-        # (RP-Initiated Logout 1.0 section 2 accepts expired ID tokens).
+        # Ours, not joserfc's: EdDSA only, the key ring's keys. An expired ID token is
+        # accepted (RP-Initiated Logout 1.0 section 2), but not one that expired more
+        # than a refresh token's lifetime ago: no session it names can still be live
+        # unless refreshed all along, and an old token found somewhere ends nothing.
         claims = self.server.run(self.server.verify_own_jwt(id_token_hint, audience=None))
         if claims is None or claims.get("iss") != self.server.issuer:
             raise InvalidRequestError("The 'id_token_hint' is not an ID token of this provider.")
+        exp = claims.get("exp")
+        oldest = time.time() - self.server.svc.settings.refresh_token_ttl_s
+        if not isinstance(exp, int | float) or exp < oldest:
+            raise InvalidRequestError("The 'id_token_hint' is too old; sign out at the provider.")
         return claims
 
     def end_session(self, end_session_request: Any) -> None:
-        claims = end_session_request.id_token_claims or {}
-        sid, sub = claims.get("sid"), claims.get("sub")
-        if isinstance(sid, str) and isinstance(sub, str):
-            self.server.run(sessions.revoke(self.server.svc, sub, sid, "logout"))
+        """Nothing here: the route ends what the user may end."""
 
 
 class ParleyServer(AuthorizationServer):  # type: ignore[misc]
@@ -624,28 +629,39 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
             token["refresh_token"] = await sessions.new_refresh_token(svc, refresh)
         return token
 
+    async def end_hinted_session(self, claims: Mapping[str, Any]) -> None:
+        """End the session an ``id_token_hint`` names (its ``sid``), if it is live."""
+        sid, sub = claims.get("sid"), claims.get("sub")
+        if isinstance(sid, str) and isinstance(sub, str):
+            await sessions.revoke(self.svc, sub, sid, "logout")
+
     async def find_grant(self, token: str, hint: str | None) -> Grant | None:
-        """What a token to revoke belongs to (RFC 7009 2.1: the hint is only a hint)."""
-        if hint != "access_token":
-            # Any refresh token of a session (used or not: whoever holds one held it).
-            found = await sessions.token_session(self.svc, token)
-            if found is not None:
-                user_id, sid, session = found
-                return Grant(
-                    user_id=user_id,
-                    sid=sid,
-                    client_id=session.get("client_id") if session else None,
-                    scope="",
-                )
+        """What a token to revoke belongs to. RFC 7009 2.1: the hint is only a hint;
+        a token not found as the type hinted is looked up as the other type (a
+        refresh token sent with ``token_type_hint=access_token`` is still revoked)."""
+        if hint == "access_token":
+            return await self._access_grant(token) or await self._refresh_grant(token)
+        return await self._refresh_grant(token) or await self._access_grant(token)
+
+    async def _refresh_grant(self, token: str) -> Grant | None:
+        # Any refresh token of a session (used or not: whoever holds one held it).
+        found = await sessions.token_session(self.svc, token)
+        if found is None:
+            return None
+        user_id, sid, session = found
+        client_id = session.get("client_id") if session else None
+        return Grant(user_id=user_id, sid=sid, client_id=client_id, scope="")
+
+    async def _access_grant(self, token: str) -> Grant | None:
         claims = await self.verify_own_jwt(token, audience=self.userinfo_audience)
-        if claims is not None and isinstance(claims.get("client_id"), str):
-            return Grant(
-                user_id=str(claims["sub"]),
-                sid=str(claims["sid"]),
-                client_id=claims["client_id"],
-                scope=str(claims.get("scope", "")),
-            )
-        return None
+        if claims is None or not isinstance(claims.get("client_id"), str):
+            return None
+        return Grant(
+            user_id=str(claims["sub"]),
+            sid=str(claims["sid"]),
+            client_id=claims["client_id"],
+            scope=str(claims.get("scope", "")),
+        )
 
     async def verify_own_jwt(self, token: str, audience: str | None) -> dict[str, Any] | None:
         """Claims of a JWT this service signed (EdDSA, a published key), else None.
