@@ -71,8 +71,9 @@ class AuthSettings(BaseSettings):
     limit_reset_ip: str = "10/3600"
     limit_reset_account: str = "3/3600"
     limit_refresh_ip: str = "120/60"
-    # At the OpenID provider's token endpoint: code exchanges and failed client
-    # authentications per client address (docs/auth.md, "OpenID Connect provider").
+    # At the OpenID provider's token endpoint: failed code exchanges and failed client
+    # authentications per client address; successes do not count (docs/auth.md,
+    # "OpenID Connect provider").
     limit_token_ip: str = "120/60"
     limit_email_code_sends: str = "6/3600"
 

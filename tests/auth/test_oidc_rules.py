@@ -886,6 +886,10 @@ async def test_logout_with_another_users_hint_asks_first_and_ends_nothing(op: OP
         query = {"id_token_hint": other_tokens["id_token"], "post_logout_redirect_uri": BYE}
         page = await vb.get("/auth/oauth2/logout?" + urlencode(query))
         assert page.status_code == 200 and 'name="confirm" value="yes"' in page.text
+        # Chromium applies form-action to the redirect after the POST: the
+        # post-logout redirect URI's origin (another than the issuer's) is allowed.
+        csp = page.headers["content-security-policy"]
+        assert "form-action 'self' https://rp.example.test;" in csp, csp
         assert await still_signed_in(op, rp, vb)
         assert await refresh_works(rp, other_tokens)
         # Confirmed (the page's form): signed out, and redirected.
@@ -994,6 +998,71 @@ async def test_the_token_endpoint_limits_code_exchanges_and_failed_client_auth(
     resp = await token_call(rp, refresh, auth=(rp.client_id, rp.secret), headers=ip)
     assert resp.status_code == 429 and resp.json()["error"] == "invalid_request"
     assert int(resp.headers["retry-after"]) > 0
+
+
+@pytest.mark.parametrize(("which", "error"), [("other", "login_required"),
+                                              ("forged", "invalid_request")])  # fmt: skip
+async def test_a_hint_not_met_after_a_fresh_sign_in_is_an_error_redirect(
+    op: OP, which: str, error: str
+) -> None:
+    """Before: a hint naming another account, or one we cannot verify (a rotated key,
+    another deployment), sent the browser sign-in, resume, sign-in page for ever."""
+    rp = await op.client()
+    alice, bob = await op.user(), await op.user()
+    bob_browser, bob_tokens = await consented_browser(op, rp, bob)
+    await bob_browser.close()
+    hint = bob_tokens["id_token"] if which == "other" else "not.a.token"
+    _, url, _, _ = rp.start(id_token_hint=hint, state="st")
+    browser = Browser(op.base)
+    try:
+        page = await browser.follow(await browser.get(url), rp.redirect_uri)
+        back = await browser.sign_in(page, alice["username"], PASSWORD, rp.redirect_uri)
+        assert back.status_code == 302, back.text[:300]
+        query = parse_qs(urlsplit(back.headers["location"]).query)
+        assert back.headers["location"].startswith(rp.redirect_uri)
+        assert query["error"] == [error] and query["state"] == ["st"] and "code" not in query
+    finally:
+        await browser.close()
+
+
+async def test_successful_code_exchanges_are_not_limited_failures_are(
+    op: OP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: every successful code exchange took a place for the minute, so a
+    server-side client with more than 120 sign-ins a minute from one address got 429
+    for everyone (refreshes included) and raised the token_ip lockout metric."""
+    limiter = op.svc.limiter
+    rules = limiter.limits
+    default = Limit.parse(AuthSettings.model_fields["limit_token_ip"].default)
+    monkeypatch.setattr(
+        limiter, "limits", lambda rule: default if rule == "token_ip" else rules(rule)
+    )
+    locked: list[str] = []
+    assert limiter.metrics is not None
+    monkeypatch.setattr(limiter.metrics, "locked", locked.append)
+    rp = await op.client(type="confidential")
+    ip = {"X-Forwarded-For": f"203.0.113.{secrets.randbelow(250) + 1}"}
+    browser = await signed_in_browser(op, rp, await op.user())
+    try:
+        for _ in range(200):
+            _, url, verifier, _ = rp.start()
+            back = await browser.follow(await browser.get(url), rp.redirect_uri)
+            body = grant(rp, back.headers["location"], verifier)
+            resp = await token_call(rp, body, auth=(rp.client_id, rp.secret), headers=ip)
+            assert resp.status_code == 200, resp.text
+    finally:
+        await browser.close()
+    assert locked == []
+    code = {"grant_type": "authorization_code", "code": "y" * 43, "redirect_uri": REDIRECT,
+            "code_verifier": "z" * 43}  # fmt: skip
+    for i in range(default.count):
+        secret = rp.secret if i % 2 else "wrong"
+        resp = await token_call(rp, code, auth=(rp.client_id, secret), headers=ip)
+        assert resp.status_code in (400, 401), resp.text
+        assert resp.json()["error"] == ("invalid_grant" if i % 2 else "invalid_client")
+    resp = await token_call(rp, code, auth=(rp.client_id, rp.secret), headers=ip)
+    assert resp.status_code == 429 and int(resp.headers["retry-after"]) > 0
+    assert locked == ["token_ip"]
 
 
 async def test_logout_without_a_hint_asks_then_shows_signed_out(op: OP) -> None:

@@ -209,7 +209,8 @@ class Provider:
         """Validate an authorization request, then sign in, consent, or answer with a code.
 
         ``fresh_for``: the user who has just signed in for this request (the sign-in
-        page's return): ``prompt=login`` and ``max_age`` are met if it is still them.
+        page's return): ``prompt=login`` and ``max_age`` are met if it is still them;
+        an ``id_token_hint`` still not met is an error redirect, not another sign-in.
         """
         login = await self.signed_in(request)
         user = login.user if login else None
@@ -242,7 +243,20 @@ class Provider:
         if login is not None and not needs_login and "id_token_hint" in data:
             # OpenID Connect Core 3.1.2.1: the hint names the user the client expects;
             # another user signed in here (or a hint we cannot verify) is a sign-in.
-            needs_login = await self._hint_sub(data["id_token_hint"]) != login.user["_id"]
+            hint_sub = await self._hint_sub(data["id_token_hint"])
+            needs_login = hint_sub != login.user["_id"]
+            if needs_login and fresh_for is not None:
+                # The user has just signed in for this request and still does not
+                # match: another sign-in would only loop. The client hears why.
+                unmet: OAuth2Error
+                if hint_sub is None:
+                    unmet = InvalidRequestError(
+                        "The 'id_token_hint' is not an ID token of this provider."
+                    )
+                else:
+                    unmet = LoginRequiredError("The signed-in user is not the hinted one.")
+                unmet.redirect_uri, unmet.state = grant.redirect_uri, state
+                return self.error_response(request, oreq, unmet)
         client: Client = grant.request.client
         targets = [pages.origin_of(grant.redirect_uri)]
         if needs_login:

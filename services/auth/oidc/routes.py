@@ -275,18 +275,21 @@ async def token(request: web.Request) -> web.Response:
     if oreq.repeated():
         return oauth_error(400, "invalid_request", f"Repeated: {', '.join(oreq.repeated())}.")
     limiter = svc(request).limiter
-    # Per client address (limit_token_ip): every code exchange and every failed client
-    # authentication takes a place, taken before the attempt (refused at once when the
-    # window is full); any other request gives its place back (refreshes have their own
-    # limit, refresh_ip).
-    keep = oreq.payload.grant_type == "authorization_code"
+    # Per client address (limit_token_ip): a place is taken before the attempt (before
+    # the client secret is tested; refused at once when the window is full). Only a
+    # failure keeps it: a failed client authentication (invalid_client) or a failed
+    # code exchange (invalid_grant). Any other request, a successful code exchange
+    # included, gives its place back (refreshes have their own limit, refresh_ip).
+    code_grant = oreq.payload.grant_type == "authorization_code"
+    keep = False
     try:
         await limiter.reserve(TOKEN_LIMIT, who.ip_key)
     except ApiError as exc:
         return oauth_error(429, "invalid_request", "Too many token requests.", exc.headers)
     try:
         status, body, headers = await p.server.call(lambda: p.server.create_token_response(oreq))
-        keep = keep or (isinstance(body, dict) and body.get("error") == "invalid_client")
+        error = body.get("error") if isinstance(body, dict) else None
+        keep = error == "invalid_client" or (code_grant and error == "invalid_grant")
     except ApiError as exc:
         if exc.code != E.RATE_LIMITED:
             raise
@@ -407,6 +410,9 @@ async def _logout(request: web.Request) -> web.Response:
             title="Sign out",
             username=login.user["username"] if login else None,
             params=params,
+            # form-action governs the redirect after the POST (Chromium): the
+            # client's post-logout redirect URI may be on another origin.
+            form_targets=[pages.origin_of(checked.redirect_uri)] if checked.redirect_uri else [],
         )
     result = await p.server.call(lambda: p.server.create_endpoint_response("end_session", checked))
     if claims is not None:
