@@ -37,7 +37,6 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
 
 from scripts.stack import MONITORING, PYTHONPATH, ROOT, SERVERS, SERVICES, StackConfig
 
@@ -73,7 +72,8 @@ def supervisord_conf(cfg: StackConfig, python: str) -> str:
         "; Written by scripts/run.py at every `make run`; edits are overwritten.",
         "[supervisord]",
         "nodaemon=true",
-        # With nodaemon, supervisord also writes its own lines to the terminal.
+        # Nothing to the terminal: the wrapper prints the log's new lines (Relay).
+        "silent=true",
         f"logfile={cfg.data_dir / 'log' / 'supervisord.log'}",
         "logfile_maxbytes=20MB",
         "loglevel=info",
@@ -158,16 +158,45 @@ def caught_fatal_signals(pid: int) -> int:
 
 
 def say(line: str) -> None:
-    """Print to the terminal, if there is still one (not after a hangup)."""
-    with contextlib.suppress(OSError, ValueError):
+    """Print to the terminal, if there is still one (not after a hangup; a signal
+    handler's line during another print raises RuntimeError: reentrant call)."""
+    with contextlib.suppress(OSError, ValueError, RuntimeError):
         print(line, flush=True)
 
 
-def forward(lines: IO[str] | None) -> None:
-    """Print supervisord's lines, reading to the end whether or not they can be shown
-    (a pipe nobody reads would stop supervisord)."""
-    for line in lines or ():
-        say(line.rstrip("\n"))
+class Relay:
+    """Print the lines supervisord adds to its log from now on (``tail -f``), in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        rest = ""
+        while True:
+            last = self.done.is_set()
+            with contextlib.suppress(OSError):
+                with self.path.open(errors="replace") as log:
+                    if log.seek(0, os.SEEK_END) < self.offset:
+                        self.offset = 0  # rotated
+                    log.seek(self.offset)
+                    text = log.read()
+                    self.offset = log.tell()
+                *lines, rest = (rest + text).split("\n")
+                for line in lines:
+                    say(line)
+            if last:
+                return
+            self.done.wait(0.2)
 
 
 def running(sock: Path) -> bool:
@@ -266,30 +295,38 @@ def main() -> int:
     watched = caught_fatal_signals(ppid)
     terminal = Terminal()
     terminal.take()
-    # supervisord's lines reach the terminal through this wrapper: written to a terminal
-    # that hung up, they failed in supervisord itself, which died mid-stop and left its
-    # processes running.
-    supervisor = subprocess.Popen(
-        [os.path.join(bin_dir, "supervisord"), "-c", str(conf)], env=env, cwd=ROOT,
-        process_group=0,  # the terminal's signals reach this wrapper only, which stops it
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-    )  # fmt: skip
-    relay = threading.Thread(target=forward, args=(supervisor.stdout,), daemon=True)
-    relay.start()
+    supervisor: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def stop(_sig: int = 0, _frame: object = None) -> None:
         nonlocal stopping
-        if not stopping and supervisor.poll() is None:
-            stopping = True
+        if stopping:
+            return
+        stopping = True
+        if supervisor is not None and supervisor.poll() is None:
             # The signal first: after a hangup the terminal is gone, and printing to it
             # raises (the wrapper died there, and supervisord ran on with nobody to stop it).
             supervisor.send_signal(signal.SIGTERM)
             say("parley: stopping every process...")
 
-    for sig in FATAL_SIGNALS:
+    for sig in FATAL_SIGNALS:  # before supervisord starts: a Ctrl-C then stops it too
         signal.signal(sig, stop)
+    log = cfg.data_dir / "log" / "supervisord.log"
+    relay = Relay(log)
+    # supervisord writes nothing to the terminal (``silent``): its lines reach it through
+    # this wrapper, which follows its log. Written to a terminal that hung up, they failed
+    # in supervisord itself, which died mid-stop and left its processes running; through
+    # a pipe, the wrapper's death would have stopped it the same way.
+    with (cfg.data_dir / "log" / "supervisord.stderr").open("w") as errors:
+        supervisor = subprocess.Popen(
+            [os.path.join(bin_dir, "supervisord"), "-c", str(conf)], env=env, cwd=ROOT,
+            process_group=0,  # the terminal's signals reach this wrapper only, which stops it
+            stdout=subprocess.DEVNULL, stderr=errors,
+        )  # fmt: skip
+    relay.start()
     try:
+        if stopping:  # signalled while it started
+            supervisor.send_signal(signal.SIGTERM)
         base = cfg.url("ops")  # HAProxy's internal port: /readyz is not public
         deadline = time.monotonic() + float(os.environ.get("PARLEY_START_TIMEOUT", "90"))
         pending = list(CHECKS)
@@ -299,6 +336,7 @@ def main() -> int:
                 say(f"parley: not ready after timeout: {', '.join(pending)}")
                 stop()
                 supervisor.wait()
+                relay.finish()
                 return 1
             if pending:
                 time.sleep(0.5)
@@ -309,8 +347,10 @@ def main() -> int:
                 stop()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 supervisor.wait(timeout=0.5)
-        relay.join(timeout=5)  # its last lines
+        relay.finish()  # its last lines
         code = supervisor.returncode
+        if code and not stopping:
+            say((cfg.data_dir / "log" / "supervisord.stderr").read_text(errors="replace"))
         return 0 if stopping or code == 0 else code
     finally:
         terminal.give_back()
