@@ -265,6 +265,7 @@ class Messenger:
         self._aside_task: asyncio.Task[Any] | None = None
         self._aside_wake = asyncio.Event()
         self._unanswered = 0.0  # loop time before which the directory is not asked again
+        self._aside_turn = 0  # where the next round of _read_aside starts
 
     # -- contacts -----------------------------------------------------------------------------
     async def resolve(self, username_or_id: str) -> tuple[str, str]:
@@ -989,11 +990,17 @@ class Messenger:
         """Read the frames kept aside whose devices can be checked now, each device's
         in order (:meth:`_read_kept`); True if some are still kept."""
         left = False
-        devices = dict.fromkeys(
-            (str(raw.get("from")), int(raw.get("from_device") or 0))
-            for raw in self._store().read().aside()
+        devices = list(
+            dict.fromkeys(
+                (str(raw.get("from")), int(raw.get("from_device") or 0))
+                for raw in self._store().read().aside()
+            )
         )
-        for sender, device in devices:
+        # Each round starts one further along: after a read that fails none is asked for
+        # a moment, so one sender whose list keeps failing would hold every other's.
+        self._aside_turn += 1
+        turn = self._aside_turn % len(devices) if devices else 0
+        for sender, device in devices[turn:] + devices[:turn]:
             # The directory asked outside the lock: the frame loop, waiting on it for
             # a new device's message, would wait for every read (and a sync page with it).
             try:

@@ -654,6 +654,30 @@ describe('a public post whose answer did not come', () => {
     expect(room.stored.size).toBe(2);
   });
 
+  it('its live post seen, the id is forgotten: the same text typed later is a new post', async () => {
+    // Review finding: the id was kept until a post of that text went through; the live
+    // post showed it had been stored, so nobody retried, and an "ok" typed later was
+    // taken for that post again (duplicate) and never shown.
+    const { server, bob } = await people();
+    await connected(bob, server);
+    const roomId = 'f3'.repeat(12);
+    const room = publicRoom(server, roomId, (n) => (n === 1 ? 'after' : null));
+    await expect(bob.sendRoom(roomId, 'ok')).rejects.toMatchObject({ status: 502 });
+    const [first] = room.posted;
+    const seen: string[] = [];
+    bob.on((e) => {
+      if (e.type === 'room_post') seen.push(e.post.client_id);
+    });
+    (server.open[0] as FakeSocket).deliver({
+      op: 'room_post', room_id: roomId, seq: 1, sender: server.me?.user_id ?? '', client_id: first ?? '',
+      text: 'ok', mentions: [], sent_at: 0,
+    });
+    await until('the live post handled', () => seen.length === 1);
+    const later = await bob.sendRoom(roomId, 'ok');
+    expect(later).not.toBe(first);
+    expect([...room.stored.values()].map((p) => p.text)).toEqual(['ok', 'ok']);
+  });
+
   it('another text is another post; refused twice, the id is still kept', async () => {
     const { server, bob } = await people();
     const roomId = 'f2'.repeat(12);

@@ -148,8 +148,10 @@ const CLAIMS_AT_ONCE = 3; // bulk claims in flight (the directory works on each 
 // only when they all had; a few dozen at a time, the first ones leave at once and the
 // server checks them while the rest are encrypted.
 const ENCRYPT_AT_ONCE = 32;
-/** Public posts whose sending failed kept with their client_id (ParleyClient #unsent). */
+/** Public posts whose sending failed kept with their client_id (ParleyClient #unsent), and
+ * for how long (ms): a retry comes soon; the same text typed much later is a new post. */
 const UNSENT_POSTS_KEPT = 100;
+const UNSENT_POST_MS = 120_000;
 /** How long a room's key send (#sendControl) may go unanswered, in ms: counted from when
  * its frame is written to the socket (again at each write), not while it waits in the
  * outbox or for the pacer behind older sends. Tests shorten it. */
@@ -469,6 +471,7 @@ export class ParleyClient {
   #asideWait = ASIDE_RETRY.first;
   /** When a device list could not be read: none is asked for before this (ms since the epoch). */
   #unansweredUntil = 0;
+  #asideTurn = 0; // where the next round of #readAside starts
   readonly #peerLocks = new Map<string, Mutex>();
   readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
   /** Public posts whose sending failed, by room and text (`<room>\n<text>`): their
@@ -476,7 +479,7 @@ export class ParleyClient {
    * the rooms service stored the post: sent again, the same text goes with the same
    * client_id, which the service deduplicates (docs/rooms.md), so a resend never posts
    * it twice. Forgotten once it is posted. */
-  readonly #unsent = new Map<string, string>();
+  readonly #unsent = new Map<string, { id: string; at: number }>();
   readonly #typists = new TypingBoard(); // who types in which room (typing notices)
   readonly #drafts = new Map<string, TypingThrottle>(); // room id -> when to say we type there
   #typingFrames = 0;
@@ -2100,16 +2103,19 @@ export class ParleyClient {
   }
 
   /** A public post (`POST .../messages`): with the client_id of a failed send of the
-   * same text to the room if there is one (#unsent), so that sending it again is
-   * idempotent; kept with it while it fails. */
+   * same text to the room in the last two minutes if there is one (#unsent), so that
+   * sending it again is idempotent; kept with it while it fails, and forgotten once the
+   * room's live post shows it was stored after all (else the same "ok" typed later
+   * would be taken as that post again, and never shown). */
   async #post(roomId: string, text: string): Promise<string> {
     const key = `${roomId}\n${text}`;
-    const clientId = this.#unsent.get(key) ?? randomId();
+    const kept = this.#unsent.get(key);
+    const clientId = kept && Date.now() - kept.at < UNSENT_POST_MS ? kept.id : randomId();
     this.#unsent.delete(key);
     try {
       await this.api.postRoomMessage(roomId, clientId, text);
     } catch (error) {
-      this.#unsent.set(key, clientId); // the newest last
+      this.#unsent.set(key, { id: clientId, at: Date.now() }); // the newest last
       if (this.#unsent.size > UNSENT_POSTS_KEPT) this.#unsent.delete(this.#unsent.keys().next().value as string);
       throw error;
     }
@@ -2841,6 +2847,9 @@ export class ParleyClient {
       case 'room_message':
         return this.#onRoomPush(frame);
       case 'room_post':
+        if (frame.sender === this.me) {
+          for (const [key, kept] of this.#unsent) if (kept.id === frame.client_id) this.#unsent.delete(key);
+        }
         this.#emit({ type: 'room_post', post: frame });
         return;
       case 'room_message_changed':
@@ -3132,7 +3141,11 @@ export class ParleyClient {
    * read now; true if some are still kept. */
   async #readAside(): Promise<boolean> {
     let left = false;
-    for (const [sender, device] of this.#aside.devices()) {
+    // Each round starts one further along: after a read that fails none is asked for a
+    // moment, so one sender whose list keeps failing would hold every other's.
+    const devices = this.#aside.devices();
+    const turn = devices.length ? this.#asideTurn++ % devices.length : 0;
+    for (const [sender, device] of [...devices.slice(turn), ...devices.slice(0, turn)]) {
       try {
         // The directory asked outside the lock: the frame chain, waiting on it for a new
         // device's message, would wait for every read (and a sync page with it).
