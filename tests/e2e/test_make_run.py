@@ -197,7 +197,8 @@ def test_a_terminal_that_goes_away_stops_everything(tmp_path: Path) -> None:
         deadline = time.monotonic() + 90
         while not gone() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert gone(), [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        log_tail = (stack.cfg.data_dir / "log" / "supervisord.log").read_text()[-3000:]
+        assert gone(), ([pid for pid in pids if Path(f"/proc/{pid}").exists()], log_tail)
     finally:
         stack.ctl("shutdown")  # whatever is left (nothing, once it passes)
         for pid in pids:
