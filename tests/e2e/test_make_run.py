@@ -95,7 +95,12 @@ def start_make_run(cfg: StackConfig) -> RunStack:
         }
     )
     output = cfg.data_dir / "make-run.out"
-    child = pexpect.spawn("make", ["run"], cwd=str(ROOT), env=env, encoding="utf-8", timeout=180)
+    child = pexpect.spawn(
+        "make", ["run"], cwd=str(ROOT), env=env, encoding="utf-8", timeout=180,
+        # As under a terminal: a hangup ends make (under nohup, as CI may run, it would
+        # be ignored from here on, and the terminal's hangup never reach the wrapper).
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )  # fmt: skip
     child.logfile_read = output.open("w")
     child.expect("Parley is up", timeout=180)
     return RunStack(cfg, child, output)
