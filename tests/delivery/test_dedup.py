@@ -7,6 +7,7 @@ in Redis memory (docs/delivery.md, "Dedup records")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 import uuid
@@ -64,28 +65,28 @@ class OwnRedis:
             await self.proc.wait()
 
 
-@pytest.fixture
-async def durable_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
+@contextlib.asynccontextmanager
+async def _running(tmp_path: Path, durable: bool) -> AsyncIterator[OwnRedis]:
     if shutil.which("redis-server") is None:
         pytest.skip("needs redis-server")
-    r = OwnRedis(tmp_path, durable=True)
+    r = OwnRedis(tmp_path, durable=durable)
     await r.start()
     try:
         yield r
     finally:
         await r.stop()
+
+
+@pytest.fixture
+async def durable_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
+    async with _running(tmp_path, durable=True) as r:
+        yield r
 
 
 @pytest.fixture
 async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs redis-server")
-    r = OwnRedis(tmp_path, durable=False)
-    await r.start()
-    try:
+    async with _running(tmp_path, durable=False) as r:
         yield r
-    finally:
-        await r.stop()
 
 
 def store_on(settings: Settings, url: str) -> DeliveryStore:
