@@ -81,6 +81,15 @@ def revocation_channel(redis_prefix: str) -> str:
     return f"{redis_prefix}:revocations"
 
 
+def token_kid(token: str) -> str | None:
+    """The ``kid`` a token names in its header, unverified (None if it names none)."""
+    try:
+        kid = _unverified_header(token).get("kid")
+    except ApiError:
+        return None
+    return kid if isinstance(kid, str) else None
+
+
 def _unverified_header(token: str) -> dict[str, Any]:
     """The JOSE header, only to pick the key: ``jwt.decode`` checks it all again.
 
@@ -126,6 +135,9 @@ class TokenVerifier:
         self._session: aiohttp.ClientSession | None = None
         self._verified: dict[str, Claims] = {}
         self._background: asyncio.Task[None] | None = None
+        self.on_dropped: list[Callable[[frozenset[str]], None]] = []
+        """Called with the kids whose key went (or changed) when a JWKS is loaded: a
+        gateway closes the sockets their tokens opened."""
 
     def load_jwks(self, jwks: Mapping[str, Any]) -> None:
         keys: dict[str, Any] = {}
@@ -140,12 +152,22 @@ class TokenVerifier:
                 continue
             if entry.get("kid") and jwk.algorithm_name in ALGORITHMS:
                 keys[entry["kid"]] = jwk.key
-        if any(keys.get(kid) != key for kid, key in self._keys.items()):
+        dropped = frozenset(kid for kid, key in self._keys.items() if keys.get(kid) != key)
+        if dropped:
             # A key dropped (``rotate-keys --drop-previous``: one compromised): the
             # tokens it signed die now, not only those this process never saw.
             self._verified.clear()
         self._keys = keys
         self._fetched_at = time.monotonic()
+        for listener in self.on_dropped if dropped else ():
+            listener(dropped)
+
+    async def refresh(self) -> None:
+        """Fetch the JWKS if the cached one is older than ``jwks_cache_s`` (a failed
+        fetch keeps the keys known). For a process whose checks of tokens are rare
+        (a gateway checks a socket's token once), so a dropped key is seen in time."""
+        with contextlib.suppress(ApiError):  # logged; the known keys stay
+            await self._refresh(force=False)
 
     async def _fetch(self) -> Mapping[str, Any]:
         if self._loader is not None:
@@ -220,7 +242,7 @@ class TokenVerifier:
                 # Stale but known: verified with it now, refreshed behind. Awaited, a
                 # slow or unreachable auth service held every request of the pod for
                 # up to the fetch timeout, round after round.
-                self._refresh_behind()
+                self.refresh_behind()
             else:
                 await self._refresh(force=False)
         if kid not in self._keys:
@@ -261,13 +283,10 @@ class TokenVerifier:
             did=_device_claim(payload.get("did")),
         )
 
-    def _refresh_behind(self) -> None:
+    def refresh_behind(self) -> None:
+        """:meth:`refresh` in a task of its own (one at a time): never waited for."""
         if self._background is None or self._background.done():
-            self._background = asyncio.ensure_future(self._refresh_quietly())
-
-    async def _refresh_quietly(self) -> None:
-        with contextlib.suppress(ApiError):  # logged; the known keys stay
-            await self._refresh(force=False)
+            self._background = asyncio.ensure_future(self.refresh())
 
     async def close(self) -> None:
         if self._background is not None:

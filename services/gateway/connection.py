@@ -612,6 +612,12 @@ class Connection:
         self.error(ApiError(ErrorCode.REAUTH_REQUIRED, expired))
         self.close_soon(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
 
+    @property
+    def token_head(self) -> str | None:
+        """The start of this socket's token (its header; all of it if it did not pack):
+        enough to read which key signed it."""
+        return self._token_head
+
     def _token(self) -> str:
         """The access token this socket last authenticated with, for a call made for it."""
         assert self._token_head is not None

@@ -38,6 +38,7 @@ from services.common.auth import (
     check_not_revoked,
     revocation_channel,
     revocation_errors,
+    token_kid,
 )
 from services.common.config import Settings
 from services.common.devices import DeviceLists
@@ -122,6 +123,7 @@ class Hub:
         self.rooms = rooms
         self.settings = store.settings
         self.verifier = verifier
+        verifier.on_dropped.append(self._close_signed_by)
         self.directory = directory
         self.devices = devices
         self.limits = Limits.from_settings(self.settings)
@@ -210,6 +212,8 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.verifier.on_dropped.remove(self._close_signed_by)
         await cancel_all(self._tasks)
         self._expiries.close()
         self.heartbeat.close()
@@ -678,6 +682,24 @@ class Hub:
             conn.push(ApiError(code).frame())
             conn.close_soon(f.CLOSE_REVOKED, code.value)  # not awaited here
 
+    def _close_signed_by(self, kids: frozenset[str]) -> None:
+        """Close the sockets whose token a dropped signing key signed (``rotate-keys
+        --drop-previous``, a key stolen): a token forged with it kept its socket open
+        until its ``exp``. A user's client gets ``reauth_required``, as at expiry, and
+        comes back with a token of the current key."""
+        heads: dict[str, bool] = {}  # a packed token's head is shared by its key's tokens
+        for conn in [c for s in self.by_user.values() for c in s]:
+            head = conn.token_head
+            if head is None:
+                continue
+            dropped = heads.get(head)
+            if dropped is None:
+                dropped = heads[head] = token_kid(head) in kids
+            if dropped:
+                withdrawn = "The key that signed this token was withdrawn: sign in again."
+                conn.error(ApiError(ErrorCode.REAUTH_REQUIRED, withdrawn))
+                conn.close_soon(f.CLOSE_REAUTH, ErrorCode.REAUTH_REQUIRED.value)
+
     async def _close_revoked(self) -> None:
         """Close every socket here whose session was revoked, whose device was removed
         or whose user was blocked: one round trip for them all."""
@@ -711,6 +733,10 @@ class Hub:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.presence_refresh_s)
+            # Tokens are checked once per socket here: the JWKS is re-read on its own
+            # schedule too, so a dropped key closes its sockets (:meth:`_close_signed_by`);
+            # not waited for (presence must not wait out a slow auth service).
+            self.verifier.refresh_behind()
             try:
                 await self._refresh()
             except (RedisError, OSError) as exc:

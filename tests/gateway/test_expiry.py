@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from parley.connection import Connection
 from parley_contract import frames as f
 from parley_contract.frames import CLOSE_REAUTH
 
 from tests.support.aio import eventually
+from tests.support.messaging import start_messaging
+from tests.support.tokens import TokenIssuer
 from tests.support.users import uid
 
 from .conftest import Messaging
@@ -95,3 +99,38 @@ def _connects(conn: Connection) -> Callable[[], Awaitable[int]]:
         return conn.connects
 
     return probe
+
+
+async def test_a_socket_opened_with_a_dropped_keys_token_is_closed_with_reauth(
+    issuer: TokenIssuer, make_client: Any
+) -> None:
+    """Audit finding: a socket checked its token once, so after ``rotate-keys
+    --drop-previous`` (a signing key stolen) a token forged with that key kept its
+    socket, and the inbox it read and acknowledged, until its ``exp`` (up to a day).
+    The gateway reads the JWKS on its own schedule now and closes, with
+    ``reauth_required``, every socket whose token a key no longer published signed;
+    the sockets of the current key stay open."""
+    new_key = Ed25519PrivateKey.generate()
+    issuer.extra_keys = [(new_key, "rotated")]  # published before it signs
+    m = await start_messaging(issuer, make_client, jwks_cache_s=1, presence_refresh_s=0.2)
+    try:
+        stolen = await m.connect(uid())
+        old = (issuer.key, issuer.kid)
+        issuer.key, issuer.kid = new_key, "rotated"
+        issuer.extra_keys = [old]
+        kept = await m.connect(uid())
+        # While the JWKS publishes both keys (read again meanwhile), nothing is closed.
+        await m.hub(0).verifier.refresh()
+        await stolen.send({"op": "ping", "id": "both"})
+        await stolen.expect("pong", id="both")
+
+        issuer.extra_keys = []  # the old key dropped
+        err = await stolen.expect("error", timeout=30)
+        assert err["code"] == "reauth_required"
+        assert await stolen.wait_closed(timeout=30) == CLOSE_REAUTH
+        await kept.send({"op": "ping", "id": "still"})
+        await kept.expect("pong", id="still")
+        assert not kept.closed.is_set()
+    finally:
+        for c in m.clients:
+            await c.close()

@@ -45,11 +45,16 @@ class TokenIssuer:
         self.lookup_requests: list[list[str]] = []
         # ... and of each bulk device-list read (POST /keys/v1/users/device-lists).
         self.device_list_requests: list[list[str]] = []
+        # Keys published beside the signing one (a rotation's previous key).
+        self.extra_keys: list[tuple[Ed25519PrivateKey, str]] = []
 
     def jwks(self) -> dict[str, Any]:
-        jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-        jwk.update({"kid": self.kid, "alg": "EdDSA", "use": "sig"})
-        return {"keys": [jwk]}
+        keys = []
+        for key, kid in [(self.key, self.kid), *self.extra_keys]:
+            jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+            jwk.update({"kid": kid, "alg": "EdDSA", "use": "sig"})
+            keys.append(jwk)
+        return {"keys": keys}
 
     async def start(self) -> str:
         """Serve the JWKS; returns the URL to pass as ``auth_url``."""
