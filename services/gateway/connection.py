@@ -80,7 +80,7 @@ class Connection:
     # "Idle connections"): no instance dict, and the outbound queue, the set of
     # pending tasks and the waiter for a send slot exist only while they are used.
     __slots__ = (
-        "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_ahead", "_cid",
+        "_ack_floor", "_ack_id", "_ack_posted", "_ack_target", "_ack_task", "_ahead", "_cid",
         "_closing", "_pending", "_sending", "_slot_free", "_token_body", "_token_head",
         "_violated_at", "_writer", "_writer_delayed",
         "beat", "busy", "device_id", "expires_at", "heard", "hub", "limits", "queue",
@@ -126,6 +126,9 @@ class Connection:
         self._ack_target = 0
         self._ack_posted = 0
         self._ack_id: str | None = None
+        self._ack_floor: tuple[int, str | None] | None = None
+        """The highest ack that came below the one being posted (posted if that one is
+        refused: it was dropped unposted before 2026-12-07)."""
         self._ack_task: asyncio.Task[None] | None = None
         self._closing = False
         self.expires_at = 0.0
@@ -731,6 +734,9 @@ class Connection:
         for the acks before it, so it never returns what was acknowledged.
         """
         if frame.seq <= self._ack_target:
+            floor = self._ack_floor
+            if frame.seq > self._ack_posted and (floor is None or frame.seq > floor[0]):
+                self._ack_floor = (frame.seq, frame.id)
             return
         self._ack_target = frame.seq
         self._ack_id = frame.id
@@ -749,10 +755,17 @@ class Connection:
                 # (a higher target) is still posted: it used to be dropped unanswered.
                 self.error(err, answers)
                 if self._ack_target == target:
+                    # One below it that came meanwhile (a valid ack behind a bogus one)
+                    # is posted now; none: nothing more to post.
+                    floor, self._ack_floor = self._ack_floor, None
+                    if floor is not None and floor[0] > self._ack_posted:
+                        self._ack_target, self._ack_id = floor
+                        continue
                     self._ack_target = self._ack_posted
                     return
                 continue
             self._ack_posted = max(self._ack_posted, target)
+        self._ack_floor = None
 
     async def _sync(self, frame: f.Sync) -> None:
         if self._ack_task is not None:

@@ -226,3 +226,26 @@ async def test_refusals_far_apart_never_add_up_to_a_flood(
         await client.send(send_frame(f"g{i}", bob, "eA"))
     assert await client.wait_closed() == CLOSE_FLOOD
     await client.close()
+
+
+async def test_a_valid_ack_behind_a_refused_one_is_still_posted(messaging: Messaging) -> None:
+    """Audit finding: an ack at or below the one in flight was dropped as old news, so a
+    valid ack right behind a bogus one (never issued: refused) was never posted: the
+    messages stayed in the inbox and the sender got no `delivered`."""
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    alice = await messaging.connect(alice_id, pod=0)
+    receipts = await alice.send_stored(bob_id, [(f"a{i}", f"bXNn{i}") for i in range(2)])
+    bob = await messaging.connect(bob_id, pod=1)
+    await bob.send({"op": "sync", "id": "before", "after": 0})
+    await bob.expect("synced", id="before")
+    last = max(int(m["seq"]) for m in bob.drain() if m["op"] == "message")
+
+    await bob.send({"op": "ack", "seq": last + 1000, "id": "bogus"})
+    await bob.send({"op": "ack", "seq": last, "id": "good"})
+    assert (await bob.expect("error", id="bogus"))["code"] == "seq_not_issued"
+    delivered = {(await alice.expect("delivered"))["server_id"] for _ in receipts}
+    assert delivered == {r["server_id"] for r in receipts}
+    await bob.send({"op": "sync", "id": "after", "after": 0})
+    await bob.expect("synced", id="after")
+    assert [f for f in bob.drain() if f["op"] in ("message", "error")] == []
