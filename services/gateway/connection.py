@@ -530,6 +530,7 @@ class Connection:
         try:
             if not isinstance(frame, f.Auth):
                 raise ApiError(ErrorCode.AUTH_REQUIRED, "The first frame must be `auth`.")
+            checked = self.hub.revocations
             claims = await self.hub.verify(frame.token)
             if claims.did is None:
                 raise ApiError(
@@ -548,11 +549,12 @@ class Connection:
         user_id_var.set(claims.sub)  # every line about this socket carries it
         # Presence is recorded before `ready`: once a client is ready, it is reachable.
         try:
-            await self.hub.register(self)
+            await self.hub.register(self, frame.token, checked)
         except ApiError as err:
             self.user_id = None  # not registered: nothing to unregister
             self.error(err, frame.id)
-            await self.close(f.CLOSE_TOO_MANY, err.code.value)
+            too_many = err.code is ErrorCode.TOO_MANY_CONNECTIONS
+            await self.close(f.CLOSE_TOO_MANY if too_many else f.CLOSE_AUTH_FAILED, err.code.value)
             return False
         if self.hub.draining:
             # SIGTERM came while this socket authenticated: the drain's list of sockets

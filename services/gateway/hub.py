@@ -123,7 +123,6 @@ class Hub:
         self.rooms = rooms
         self.settings = store.settings
         self.verifier = verifier
-        verifier.on_dropped.append(self._close_signed_by)
         self.directory = directory
         self.devices = devices
         self.limits = Limits.from_settings(self.settings)
@@ -141,6 +140,10 @@ class Hub:
         self.buckets: dict[str, TokenBucket] = {}
         self.typing_buckets: dict[str, TokenBucket] = {}
         self.draining = False
+        self.revocations = 0
+        """Revocations (and dropped keys) this pod acted on: a socket whose token was
+        checked before one and listed after it checks again (:meth:`Connection`'s
+        ``_authenticate_with``), since the revocation looked for it while unlisted."""
         # (inbox, sender) -> until when it is known to be far from the caps.
         self._roomy: dict[tuple[str, str], float] = {}
         # (user, device, room) -> when it last said it is typing there (monotonic).
@@ -206,6 +209,7 @@ class Hub:
 
     # Lifecycle --------------------------------------------------------------
     async def start(self) -> None:
+        self.verifier.on_dropped.append(self._close_signed_by)
         self._tasks = [
             asyncio.create_task(self._listen(), name="hub-listen"),
             asyncio.create_task(self._refresh_loop(), name="hub-refresh"),
@@ -234,11 +238,19 @@ class Hub:
         )
 
     # What a socket asks of the pod ------------------------------------------
-    async def verify(self, token: str) -> Claims:
-        """A token's claims, checked against the JWKS and the revocations."""
-        claims = await self.verifier.verify(token, remember=False)
-        await check_not_revoked(self.store.redis, self.settings.redis_prefix, claims)
-        return claims
+    async def verify(self, token: str, since: int | None = None) -> Claims:
+        """A token's claims, checked against the JWKS and the revocations, and checked
+        again while a revocation (or a dropped key) came during the check: it looked
+        for the socket by its session, which was not this token's yet (a re-``auth``)
+        or not listed (``since``: the count of revocations when the caller began, for
+        :meth:`register`)."""
+        seen = self.revocations if since is None else since
+        while True:
+            claims = await self.verifier.verify(token, remember=False)
+            await check_not_revoked(self.store.redis, self.settings.redis_prefix, claims)
+            if seen == self.revocations:
+                return claims
+            seen = self.revocations
 
     def ready_frame(self, user_id: str, sid: str, answers: str | None, *, limits: bool) -> f.Ready:
         lim = self.limits
@@ -454,7 +466,11 @@ class Hub:
         self.errors.labels(code.value).inc()
 
     def count_disconnect(self, close_code: int | None, seconds: float) -> None:
-        self.disconnects.labels(str(close_code or "none")).inc()
+        # A client may close with any code from 3000 to 4999 (aiohttp takes them): as a
+        # label each would be a series for ever, thousands per pod for a loop of
+        # anonymous sockets. The codes of the protocol and the pod keep their own.
+        code = close_code if close_code in _CLOSE_CODES else "other" if close_code else "none"
+        self.disconnects.labels(str(code)).inc()
         self.connection_seconds.observe(seconds)
 
     # Connections ------------------------------------------------------------
@@ -481,17 +497,23 @@ class Hub:
             )
         return bucket
 
-    async def register(self, conn: Connection) -> None:
+    async def register(self, conn: Connection, token: str, checked: int) -> None:
         """Record the socket's presence, then list it on this pod. Listed last, with
         nothing awaited between that and the caller's ``ready``: a push listed
         sockets get (a room's multicast, a receipt, ``resync``) never reaches the
         client before its ``ready`` (clients take the first frame after ``auth`` to
         be it). What the pod gets for the user meanwhile is not pushed to this
-        socket: the sync the client starts after ``ready`` reads it."""
+        socket: the sync the client starts after ``ready`` reads it.
+
+        ``checked``: :attr:`revocations` when ``token`` was checked: if one came since,
+        it looked for this socket before it was listed, so the token is checked again
+        (before 2026-12-07 a session revoked then kept a working socket)."""
         assert conn.user_id is not None
         self._check_sockets(conn.user_id)
         try:
             await self.store.add_presence(conn.user_id, conn.conn_id)
+            if checked != self.revocations:
+                await self.verify(token, since=checked)
             self._check_sockets(conn.user_id)  # another socket of the user came meanwhile
         except BaseException:
             # Not registered after all (Redis did not answer, or another socket of the
@@ -669,6 +691,7 @@ class Hub:
         self.devices.forget(event.user_id)  # whatever happened to the user, ask again
         if isinstance(event, e.DevicesChanged):
             return
+        self.revocations += 1
         blocked = isinstance(event, e.UserBlocked)
         code = ErrorCode.ACCOUNT_BLOCKED if blocked else ErrorCode.TOKEN_REVOKED
         conns = self.local(event.user_id)
@@ -687,6 +710,7 @@ class Hub:
         --drop-previous``, a key stolen): a token forged with it kept its socket open
         until its ``exp``. A user's client gets ``reauth_required``, as at expiry, and
         comes back with a token of the current key."""
+        self.revocations += 1
         heads: dict[str, bool] = {}  # a packed token's head is shared by its key's tokens
         for conn in [c for s in self.by_user.values() for c in s]:
             head = conn.token_head
@@ -764,6 +788,13 @@ class _Writes(Collector):
         )
         frames.add_metric([], self.hub.frames_written)
         return [writes, frames]
+
+
+_CLOSE_CODES = frozenset(range(1000, 1016)) | {
+    f.CLOSE_AUTH_FAILED, f.CLOSE_AUTH_TIMEOUT, f.CLOSE_REVOKED, f.CLOSE_REAUTH,
+    f.CLOSE_SLOW_CONSUMER, f.CLOSE_FLOOD, f.CLOSE_TOO_MANY,
+}  # fmt: skip
+"""Close codes counted by their number (RFC 6455's, the protocol's); any other is "other"."""
 
 
 def _by_op(children: dict[str, Counter], metric: Counter, op: str) -> Counter:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_FLOOD
 
 from services.common.state import KAFKA
+from tests.support.aio import eventually
 from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
@@ -249,3 +251,34 @@ async def test_a_valid_ack_behind_a_refused_one_is_still_posted(messaging: Messa
     await bob.send({"op": "sync", "id": "after", "after": 0})
     await bob.expect("synced", id="after")
     assert [f for f in bob.drain() if f["op"] in ("message", "error")] == []
+
+
+async def test_close_codes_a_client_picks_do_not_become_metric_series(
+    messaging: Messaging,
+) -> None:
+    """Audit finding: the disconnect counter was labelled with whatever close code the
+    client sent (any of 3000-4999, no `auth` needed): a loop of anonymous sockets made
+    a series per code for ever, in memory and in every scrape."""
+    gateway = messaging.gateways[0]
+    hub = messaging.hub(0)
+    async with aiohttp.ClientSession() as session:
+        for code in (*range(3000, 3040), 4999, 1000):
+            ws = await session.ws_connect(messaging.ws_url(0))
+            await ws.close(code=code)
+
+    async def closes() -> float:
+        return sum(
+            s.value
+            for metric in hub.disconnects.collect()
+            for s in metric.samples
+            if s.name.endswith("_total")
+        )
+
+    await eventually(closes, lambda n: n >= 42)
+    text = await (await gateway.get("/gateway/metrics")).text()
+    codes = {
+        line.split('code="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("parley_gateway_disconnects_total{")
+    }
+    assert codes <= {"other", "1000", "none"} and "other" in codes and "1000" in codes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import orjson
 import pytest
@@ -12,10 +13,11 @@ from parley_contract import frames as f
 from parley_contract.frames import CLOSE_AUTH_FAILED, CLOSE_REVOKED
 from redis.exceptions import RedisError
 
-from services.common.auth import revocation_channel
+from services.common.auth import Claims, revocation_channel, revocation_keys
 from services.common.errors import ApiError, ErrorCode
 from services.common.routing import presence_key, room_channel
 from services.common.state import REDIS
+from services.gateway import hub as hub_module
 from tests.support.aio import eventually
 from tests.support.users import uid
 from tests.support.wsclient import WsClient
@@ -344,3 +346,76 @@ async def test_an_ack_that_came_while_a_refused_one_was_on_its_way_is_still_post
     release.set()
     assert (await client.expect("error", id="a1"))["code"] == "seq_not_issued"
     await eventually(lambda: asyncio.sleep(0, list(asked)), lambda a: a == [10, 20])
+
+
+async def _revoke_now(messaging: Messaging, user: str, sid: str) -> None:
+    """Log a session out as the auth service does (the key, then the event), and wait
+    for pod 0 to have acted on it."""
+    hub = messaging.hub(0)
+    seen = hub.revocations
+    redis = messaging.gateways[0].server.app[REDIS]
+    claims = Claims(sub=user, sid=sid, roles=(), jti="", exp=0, did=1)
+    await redis.set(revocation_keys(messaging.settings.redis_prefix, claims)[0], 1, ex=600)
+    await publish_revocation(messaging, {"type": "session_revoked", "user_id": user, "sid": sid})
+
+    async def acted() -> int:
+        return int(hub.revocations)
+
+    await eventually(acted, lambda n: n > seen)
+
+
+async def test_a_session_revoked_while_its_socket_registers_gets_no_ready(
+    messaging: Messaging,
+) -> None:
+    """Audit finding: the revocation was checked once, before the socket was listed;
+    a logout that came while its presence was written looked for it in vain, and the
+    socket got `ready` and served the revoked session until its token's expiry."""
+    hub = messaging.hub(0)
+    user, sid = uid(), uid()
+    add = hub.store.add_presence
+
+    async def revoked_meanwhile(user_id: str, conn_id: str) -> None:
+        await _revoke_now(messaging, user, sid)
+        await add(user_id, conn_id)
+
+    hub.store.add_presence = revoked_meanwhile
+    client = await WsClient.connect(messaging.ws_url(0))
+    messaging.clients.append(client)
+    await client.send(
+        {"op": "auth", "id": "a", "token": messaging.issuer.token(user, did=1, sid=sid)}
+    )
+    assert (await client.expect("error", id="a"))["code"] == "token_revoked"
+    assert await client.wait_closed() == CLOSE_AUTH_FAILED
+    assert not hub.local(user)
+    assert (
+        not await messaging.gateways[0]
+        .server.app[REDIS]
+        .hgetall(presence_key(messaging.settings.redis_prefix, user))
+    )
+
+
+async def test_a_renewal_into_a_session_revoked_meanwhile_is_refused(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, for a re-`auth`: the revocation of the new session, landing after its
+    check read Redis, was matched against the socket's old session, and the socket
+    then took the revoked one and stayed open."""
+    user, old, new = uid(), uid(), uid()
+    client = await messaging.connect(user, pod=0, sid=old)
+    check = hub_module.check_not_revoked
+    raced: list[str] = []
+
+    async def revoked_after_the_read(redis: Any, prefix: str, claims: Claims) -> None:
+        await check(redis, prefix, claims)
+        if claims.sid == new and not raced:
+            raced.append(new)
+            await _revoke_now(messaging, user, new)
+
+    monkeypatch.setattr(hub_module, "check_not_revoked", revoked_after_the_read)
+    await client.send(
+        {"op": "auth", "id": "re", "token": messaging.issuer.token(user, did=1, sid=new)}
+    )
+    assert (await client.expect("error", id="re"))["code"] == "token_revoked"
+    assert raced == [new]
+    [conn] = messaging.hub(0).local(user)
+    assert conn.sid == old  # the revoked session was never taken
