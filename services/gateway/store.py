@@ -9,7 +9,7 @@ import aiohttp
 import msgspec
 import orjson
 import redis.asyncio as aioredis
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from parley_contract import envelopes as e
 from parley_contract import frames as f
 
@@ -119,6 +119,16 @@ class GatewayStore:
                 headers=kafka_headers(),
             )  # fmt: skip
             return ack
+        except MessageSizeTooLargeError:
+            # Never a passing condition: answered as one (`service_unavailable` had
+            # clients resend it for ever). The record carries every member device's
+            # inbox: a room of thousands of members with many devices each, and a large
+            # body, can pass the broker's largest record (docs/rooms.md, "Limits").
+            too_large = (
+                f"This message with its {len(envelope.targets)} device copies is larger "
+                "than one record may be: send a shorter one."
+            )
+            raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, too_large) from None
         except KafkaError:
             raise ApiError(ErrorCode.UNAVAILABLE, "Messaging is temporarily unavailable.") from None
 

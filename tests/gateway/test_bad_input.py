@@ -3,6 +3,7 @@ and the pod keeps serving everyone else. Nothing is stored for a refused frame."
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import aiohttp
@@ -282,3 +283,28 @@ async def test_close_codes_a_client_picks_do_not_become_metric_series(
         if line.startswith("parley_gateway_disconnects_total{")
     }
     assert codes <= {"other", "1000", "none"} and "other" in codes and "1000" in codes
+
+
+async def test_a_room_message_past_the_largest_record_is_refused_for_good(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a private room's record lists every member device's inbox; for a
+    room of thousands of members with several devices each and a large body it is
+    past the producer's largest request (1 MiB), and the gateway answered
+    `service_unavailable`, which clients resend with the same id for ever. It is
+    `payload_too_large` now, and nothing is produced."""
+    hub = messaging.hub(0)
+    # 5,000 members (the most a room has) of six devices (the most an account has).
+    many = [f"{secrets.token_hex(16)}:{d}" for d in range(1, 7) for _ in range(5_000)]
+
+    async def huge_room(*_: Any) -> list[str]:
+        return many
+
+    monkeypatch.setattr(hub.rooms, "targets", huge_room)
+    client = await messaging.connect(uid())
+    room = secrets.token_hex(12)
+    await client.send({"op": "room_send", "id": "big", "room": room, "body": "QUFB" * 10_000})
+    err = await client.expect("error", id="big")
+    assert err["code"] == "payload_too_large"
+    await client.send({"op": "ping", "id": "after"})  # the socket goes on
+    await client.expect("pong", id="after")
