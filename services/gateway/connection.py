@@ -594,9 +594,11 @@ class Connection:
                 raise ApiError(ErrorCode.FORBIDDEN, "A socket belongs to one user's device.")
             self.sid = claims.sid
             self._token_head, self._token_body = packed.pack(frame.token)
-            if claims.exp > self.expires_at:
-                was, self.expires_at = self.expires_at, float(claims.exp)
-                self.hub.track_expiry(self, was)
+            # The socket's calls use this token from now on: it lives as long as this
+            # one, sooner too (an earlier expiry kept the later deadline, and calls
+            # were made with an expired token; the session of that token may end).
+            was, self.expires_at = self.expires_at, float(claims.exp)
+            self.hub.track_expiry(self, was)
             self.push(self.hub.ready_frame(claims.sub, claims.sid, frame.id, limits=False))
 
     def expired(self) -> None:

@@ -134,3 +134,19 @@ async def test_a_socket_opened_with_a_dropped_keys_token_is_closed_with_reauth(
     finally:
         for c in m.clients:
             await c.close()
+
+
+async def test_a_renewal_with_a_shorter_token_ends_the_socket_at_its_expiry(
+    messaging: Messaging,
+) -> None:
+    """Audit finding: a renewal whose token expired sooner kept the first token's
+    deadline while the socket's calls went on with the new, expired token."""
+    user = uid()
+    client = await messaging.connect(user, ttl=900)
+    short = messaging.issuer.token(user, did=1, ttl=4)
+    await client.send({"op": "auth", "token": short, "id": "renew"})
+    await client.expect("ready", id="renew")
+    (conn,) = messaging.hub(0).local(user)
+    assert conn.expires_at < time.time() + 10
+    assert (await client.expect("error", timeout=30))["code"] == "reauth_required"
+    assert await client.wait_closed(timeout=30) == CLOSE_REAUTH
