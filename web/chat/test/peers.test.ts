@@ -3,7 +3,7 @@
 // with it, the identity-change policy, sessions per device.
 import { describe, expect, it } from 'vitest';
 
-import { PeerState } from '../src/app/peers.ts';
+import { ANSWERED_KEPT, PeerState } from '../src/app/peers.ts';
 import { AccountKey, DeviceEntry, DeviceList, type SignedDeviceList } from '../src/crypto/deviceList.ts';
 import { Device } from '../src/crypto/device.ts';
 import { b64encode, fromUtf8, utf8 } from '../src/crypto/encoding.ts';
@@ -13,8 +13,8 @@ import { bundleOf } from './support/fixtures.ts';
 const ME = 'a'.repeat(32);
 const BOB = 'b'.repeat(32);
 
-async function listing(key: AccountKey, version: number, devices: [number, Device][]): Promise<SignedDeviceList> {
-  return new DeviceList(BOB, version, devices.map(([id, d]) => DeviceEntry.of(id, `dev ${id}`, d.identity))).sign(key);
+async function listing(key: AccountKey, version: number, devices: [number, Device][], user = BOB): Promise<SignedDeviceList> {
+  return new DeviceList(user, version, devices.map(([id, d]) => DeviceEntry.of(id, `dev ${id}`, d.identity))).sign(key);
 }
 
 describe('PeerState', () => {
@@ -115,5 +115,103 @@ describe('PeerState', () => {
     // The device leaves the list: its sessions go.
     await meAsPeer.trust(b64encode(key.public), await listing(key, 2, []), mine, ME);
     expect(meAsPeer.hasSession(3)).toBe(false);
+  });
+
+  it("a list that gives a device id new keys ends that device's sessions: its old keys are neither written to nor read", async () => {
+    const mine = (await AccountKey.generate()).public;
+    const key = await AccountKey.generate();
+    const [old, other, fresh, bobDevice] = [await Device.generate(), await Device.generate(), await Device.generate(), await Device.generate()];
+    const contact = new PeerState(BOB);
+    await contact.trust(b64encode(key.public), await listing(key, 1, [[3, old], [4, other]]), mine, ME);
+    const bobs = async () => bobDevice;
+    const [oldSession, oldInitial] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('from the old keys'));
+    const [, otherInitial] = await Session.initiate(other, await bundleOf(bobDevice, true, BOB), utf8('from 4'));
+    await contact.decrypt(bobs, 3, oldInitial);
+    await contact.decrypt(bobs, 4, otherInitial);
+    await oldSession.decrypt(await contact.encrypt(3, utf8('answer'))); // its next messages are plain ones
+    // Version 2 lists device id 3 with new keys (same account key); device 4 is unchanged.
+    await contact.trust(b64encode(key.public), await listing(key, 2, [[3, fresh], [4, other]]), mine, ME);
+    expect(contact.hasSession(3)).toBe(false);
+    expect(contact.hasSession(4)).toBe(true);
+    expect(contact.missingSessions()).toEqual([3]);
+    // The old keys' session no longer reads (nor does a new handshake from them) ...
+    const later = await oldSession.encrypt(utf8('still the old keys'));
+    await expect(contact.decrypt(bobs, 3, later)).rejects.toThrow(/no session with this device/);
+    const [, again] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('new handshake, old keys'));
+    await expect(contact.decrypt(bobs, 3, again)).rejects.toMatchObject({ name: 'UnknownDevice' });
+    // ... and the listed keys get a session of their own.
+    const [, freshInitial] = await Session.initiate(fresh, await bundleOf(bobDevice, true, BOB), utf8('from the new keys'));
+    expect(fromUtf8((await contact.decrypt(bobs, 3, freshInitial)).plaintext)).toBe('from the new keys');
+    // The same list again (or a newer one with the same keys) keeps the sessions.
+    await contact.trust(b64encode(key.public), await listing(key, 3, [[3, fresh], [4, other]]), mine, ME);
+    expect([contact.hasSession(3), contact.hasSession(4)]).toEqual([true, true]);
+  });
+
+  it('encrypt and decrypt use a session only with the identity the list names; a state from before is checked when read', async () => {
+    const mine = (await AccountKey.generate()).public;
+    const key = await AccountKey.generate();
+    const [old, other, fresh, bobDevice] = [await Device.generate(), await Device.generate(), await Device.generate(), await Device.generate()];
+    const contact = new PeerState(BOB);
+    await contact.trust(b64encode(key.public), await listing(key, 1, [[3, old], [4, other]]), mine, ME);
+    const bobs = async () => bobDevice;
+    const [oldSession, oldInitial] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('a'));
+    const [, otherInitial] = await Session.initiate(other, await bundleOf(bobDevice, true, BOB), utf8('b'));
+    await contact.decrypt(bobs, 3, oldInitial);
+    await contact.decrypt(bobs, 4, otherInitial);
+    await oldSession.decrypt(await contact.encrypt(3, utf8('answer'))); // its next messages are plain ones
+    // A stored state whose list names other keys for device 3 than its session's (what
+    // the directory's new list left behind before sessions were checked).
+    const stored = JSON.parse(JSON.stringify(contact.toJson()));
+    stored.devices['3'] = { name: 'dev 3', signing_key: b64encode(fresh.identity.signingKey), dh_key: b64encode(fresh.identity.dhKey) };
+    // Checked already (the flag set): encrypt and decrypt refuse that session.
+    const checked = PeerState.fromJson({ ...stored, sessions_checked: true });
+    expect(checked.hasSession(3)).toBe(true);
+    await expect(checked.encrypt(3, utf8('to the old keys'))).rejects.toMatchObject({ name: 'UnknownDevice' });
+    await expect(checked.decrypt(bobs, 3, await oldSession.encrypt(utf8('from the old keys')))).rejects.toMatchObject({ name: 'UnknownDevice' });
+    // Written before the check (no flag): the session goes when the state is read; the
+    // one that matches its entry stays, and the state is written back checked.
+    delete stored.sessions_checked;
+    const upgraded = PeerState.fromJson(stored);
+    expect([upgraded.hasSession(3), upgraded.hasSession(4)]).toEqual([false, true]);
+    expect(upgraded.toJson().sessions_checked).toBe(true);
+    await upgraded.encrypt(4, utf8('still fine'));
+  });
+
+  it("a second initiator's message on a used one-time prekey is PrekeyReused, not a replay; a repeat of one we answered is", async () => {
+    const mine = (await AccountKey.generate()).public;
+    const [aliceKey, carolKey] = [await AccountKey.generate(), await AccountKey.generate()];
+    const [aliceDevice, carolDevice, bobDevice] = [await Device.generate(), await Device.generate(), await Device.generate()];
+    const [ALICE, CAROL] = ['c'.repeat(32), 'd'.repeat(32)];
+    const alice = new PeerState(ALICE);
+    await alice.trust(b64encode(aliceKey.public), await listing(aliceKey, 1, [[1, aliceDevice]], ALICE), mine, ME);
+    const carol = new PeerState(CAROL);
+    await carol.trust(b64encode(carolKey.public), await listing(carolKey, 1, [[1, carolDevice]], CAROL), mine, ME);
+    const bobs = async () => bobDevice;
+    const bundle = await bundleOf(bobDevice, true, BOB); // handed out to both
+    const [aliceSession, first] = await Session.initiate(aliceDevice, bundle, utf8('alice'));
+    const second = await aliceSession.encrypt(utf8('alice again')); // an initial message too
+    const [carolSession, fromCarol] = await Session.initiate(carolDevice, bundle, utf8('carol'));
+    expect(fromUtf8((await alice.decrypt(bobs, 1, first)).plaintext)).toBe('alice');
+    // Carol's messages (the first and the next one of her session) cannot be read: that is
+    // a failure to show, not a replay to drop.
+    await expect(carol.decrypt(bobs, 1, fromCarol)).rejects.toMatchObject({ name: 'PrekeyReused' });
+    await expect(carol.decrypt(bobs, 1, await carolSession.encrypt(utf8('carol again')))).rejects.toMatchObject({ name: 'PrekeyReused' });
+    expect(alice.answered).toHaveLength(1);
+    // Alice's first message again: a replay, with her session or without it (dropped
+    // since), also after the state's JSON; so is a later message of that handshake.
+    await expect(alice.decrypt(bobs, 1, first)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+    alice.sessions.delete(1);
+    const restored = PeerState.fromJson(JSON.parse(JSON.stringify(alice.toJson())));
+    for (const state of [alice, restored]) {
+      await expect(state.decrypt(bobs, 1, first)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+      await expect(state.decrypt(bobs, 1, second)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+    }
+    // The memory is bounded, the newest kept.
+    restored.answered = Array.from({ length: ANSWERED_KEPT }, (_, i) => `old${i}`);
+    const [, next] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8('next'));
+    await restored.decrypt(bobs, 1, next);
+    expect(restored.answered).toHaveLength(ANSWERED_KEPT);
+    expect(restored.answered[0]).toBe('old1');
+    expect(restored.answered.at(-1)).not.toMatch(/^old/);
   });
 });

@@ -229,9 +229,9 @@ describe('Double Ratchet', () => {
     expect(fromUtf8(await b.decrypt(sent[2]!))).toBe('m2');
     const skippedOf = async (): Promise<number> => (JSON.parse(fromUtf8(await b.toBytes())).ratchet.skipped as unknown[]).length;
     expect(await skippedOf()).toBe(3);
-    // Keys of a receiving chain go once Bob's chain index is more than MAX_OLD_CHAINS past it
-    // (as ratchet.py's _expire): three DH ratchet steps here.
-    for (let step = 0; step < 2; step++) {
+    // Keys of a receiving chain go once Bob's chain index is MAX_OLD_CHAINS past it
+    // (docs/crypto.md: after MAX_OLD_CHAINS further DH steps): two DH ratchet steps here.
+    for (let step = 0; step < 1; step++) {
       await a.decrypt(await b.encrypt(utf8('ping')));
       await b.decrypt(await a.encrypt(utf8('pong')));
     }
@@ -250,6 +250,32 @@ describe('Double Ratchet', () => {
     const remembered = JSON.parse(fromUtf8(await b.toBytes())).ratchet.old_chains as unknown[];
     expect(remembered.length).toBeLessThanOrEqual(4);
     await expect(b.decrypt(sent[4]!)).rejects.toMatchObject({ name: 'DecryptionFailed' });
+  });
+
+  it('skipped keys are deleted after exactly 5 further DH ratchet steps (MAX_OLD_CHAINS, docs/crypto.md)', async () => {
+    expect(RATCHET_BOUNDS.MAX_OLD_CHAINS).toBe(5);
+    const { a, b } = await sessionPair();
+    const sent: Uint8Array[] = [];
+    for (let i = 0; i < 4; i++) sent.push(await a.encrypt(utf8(`m${i}`)));
+    expect(fromUtf8(await b.decrypt(sent[3]!))).toBe('m3'); // keys of m0..m2 skipped, on Bob's chain 1
+    const ratchet = async (): Promise<{ chain_index: number; skipped: [string, number, string, number][] }> =>
+      JSON.parse(fromUtf8(await b.toBytes())).ratchet;
+    const chain = (await ratchet()).chain_index;
+    expect((await ratchet()).skipped.map((k) => k[3])).toEqual([chain, chain, chain]);
+    const step = async (): Promise<void> => {
+      await a.decrypt(await b.encrypt(utf8('ping')));
+      await b.decrypt(await a.encrypt(utf8('pong')));
+    };
+    for (let n = 1; n <= 4; n++) {
+      await step();
+      expect((await ratchet()).chain_index).toBe(chain + n);
+      expect((await ratchet()).skipped).toHaveLength(3);
+    }
+    expect(fromUtf8(await b.decrypt(sent[0]!))).toBe('m0'); // 4 further steps on: still readable
+    await step(); // the 5th further DH step
+    expect((await ratchet()).chain_index).toBe(chain + 5);
+    expect((await ratchet()).skipped).toEqual([]);
+    await expect(b.decrypt(sent[1]!)).rejects.toMatchObject({ name: 'ReplayedMessage' });
   });
 
   it('a restored session continues exactly as the original (same random draws, same bytes)', async () => {

@@ -3,6 +3,13 @@
  * account key trusted on first use, the contact's verified device list, and the
  * pairwise sessions per device, newest first. Same trust rules and the same
  * identity-change policy as the Python client (docs/client.md, "Identity changes").
+ *
+ * A session is used only with the identity the verified list names for its device id:
+ * a list that gives a device id new keys ends that device's sessions. An initial message
+ * naming a one-time prekey already consumed (PrekeyReused) is a replay only if it
+ * repeats a handshake this device answered (ANSWERED_KEPT remembered per contact);
+ * otherwise it is another initiator's message that cannot be read (the directory handed
+ * the prekey out twice), and fails as such.
  */
 
 import {
@@ -16,11 +23,17 @@ import {
   b64decode,
   b64encode,
   formatSafetyNumber,
+  initialMessageDigest,
   isInitialMessage,
   safetyNumber,
 } from '../crypto/index.ts';
 
 export const MAX_SESSIONS = 4;
+/** Handshakes (digests of their PQXDH fields) remembered per contact, to tell a replayed
+ * initial message from another initiator's: more than the sessions kept for a contact's
+ * devices; a replay of an older one fails as PrekeyReused (a "could not decrypt" line),
+ * never decrypts. */
+export const ANSWERED_KEPT = 32;
 
 export class UnknownDevice extends CryptoError {
   override name = 'UnknownDevice';
@@ -48,6 +61,11 @@ export interface PeerJson {
   verified_key: string | null;
   pending_change: PendingChange | null;
   key_versions?: Record<string, number>;
+  /** Absent from states written before #answered was kept. */
+  answered?: string[];
+  /** Absent (falsy) in states written before sessions were checked against their
+   * device's list entry: fromJson checks them once. */
+  sessions_checked?: boolean;
 }
 
 /** Account keys whose newest list version a contact's state keeps (peers.py's). */
@@ -73,6 +91,9 @@ export class PeerState {
    * directory that switches to another key and back must not bring back an older list
    * of the first (a removed device) with it. */
   keyVersions = new Map<string, number>();
+  /** Base64url digests of the PQXDH fields of the last ANSWERED_KEPT initial messages
+   * from this contact that started a session here, oldest first. */
+  answered: string[] = [];
 
   constructor(userId: string) {
     this.userId = userId;
@@ -89,6 +110,8 @@ export class PeerState {
       verified_key: this.verifiedKey,
       pending_change: this.pendingChange,
       key_versions: Object.fromEntries(this.keyVersions),
+      answered: [...this.answered],
+      sessions_checked: true,
     };
   }
 
@@ -104,6 +127,11 @@ export class PeerState {
     p.keyVersions = new Map(Object.entries(obj.key_versions ?? {}));
     // A state from before: the trusted key's is its list's version.
     if (p.keyVersions.size === 0 && obj.account_key !== null) p.keyVersions.set(obj.account_key, obj.list_version);
+    p.answered = (obj.answered ?? []).map(String);
+    // Written before sessions were checked against their list entries: one kept after
+    // the list gave its device id new keys goes now (once: the state is written back
+    // with the flag).
+    if (!obj.sessions_checked) p.dropUnlistedSessions([...p.sessions.keys()]);
     return p;
   }
 
@@ -155,16 +183,47 @@ export class PeerState {
     this.keyVersions.delete(accountKey); // the newest last
     this.keyVersions.set(accountKey, listing.version);
     while (this.keyVersions.size > KEY_VERSIONS_KEPT) this.keyVersions.delete(this.keyVersions.keys().next().value as string);
+    const before = this.devices;
     this.devices = new Map(
       listing.devices.map((d) => [d.deviceId, { name: d.name, signing_key: b64encode(d.signingKey), dh_key: b64encode(d.dhKey) }]),
     );
     for (const d of [...this.sessions.keys()]) if (!this.devices.has(d)) this.sessions.delete(d);
+    // A session is only ever kept with the identity its device's entry names, so only
+    // the devices whose entry changed (new keys under the same id) need theirs read.
+    const changedKeys = (d: number): boolean => {
+      const [old, now] = [before.get(d), this.devices.get(d) as DeviceInfo];
+      return old === undefined || old.signing_key !== now.signing_key || old.dh_key !== now.dh_key;
+    };
+    this.dropUnlistedSessions([...this.sessions.keys()].filter(changedKeys));
     return changed;
   }
 
-  checkDevice(deviceId: number, identity: PublicIdentity): void {
+  /** The verified list names `deviceId` with exactly these identity keys. */
+  private lists(deviceId: number, identity: { signingKey: Uint8Array; dhKey: Uint8Array }): boolean {
     const entry = this.devices.get(deviceId);
-    if (entry === undefined || !same(b64decode(entry.signing_key), identity.signingKey) || !same(b64decode(entry.dh_key), identity.dhKey)) {
+    return entry !== undefined && same(b64decode(entry.signing_key), identity.signingKey) && same(b64decode(entry.dh_key), identity.dhKey);
+  }
+
+  /** Drop the sessions of these devices whose peer is not the identity the list names
+   * for the device, or that cannot be read (a device left with none loses its entry). */
+  private dropUnlistedSessions(deviceIds: number[]): void {
+    const listed = (deviceId: number, raw: string): boolean => {
+      try {
+        return this.lists(deviceId, Session.peerKeysOf(b64decode(raw)));
+      } catch (error) {
+        if (error instanceof CryptoError) return false; // unreadable: it could never encrypt or decrypt
+        throw error;
+      }
+    };
+    for (const d of deviceIds) {
+      const kept = (this.sessions.get(d) ?? []).filter((raw) => listed(d, raw));
+      if (kept.length) this.sessions.set(d, kept);
+      else this.sessions.delete(d);
+    }
+  }
+
+  checkDevice(deviceId: number, identity: PublicIdentity): void {
+    if (!this.lists(deviceId, identity)) {
       throw new UnknownDevice(`device ${deviceId} of ${this.userId} is not in its device list`);
     }
   }
@@ -182,16 +241,25 @@ export class PeerState {
     await this.push(deviceId, session);
   }
 
+  /** Encrypt for one device with its current session (make one first); UnknownDevice if
+   * its peer is not the identity the verified list names for that device (trust drops
+   * such sessions: this is a second check). */
   async encrypt(deviceId: number, plaintext: Uint8Array): Promise<Uint8Array> {
     const sessions = this.sessions.get(deviceId) as string[];
     const session = await Session.fromBytes(b64decode(sessions[0] as string));
+    this.checkDevice(deviceId, session.peerIdentity);
     const wire = await session.encrypt(plaintext);
     sessions[0] = b64encode(await session.toBytes());
     return wire;
   }
 
   /** Decrypt with whichever session the message belongs to; an initial message
-   * makes a new session (and consumes prekeys of `device`). Nothing changes on error. */
+   * makes a new session (and consumes prekeys of `device`). Nothing changes on error.
+   * ReplayedMessage for a message already decrypted (or a repeat of an initial message
+   * whose session we answered and have since dropped); UnknownDevice for a device the
+   * list does not name (or names with another identity); PrekeyReused for another
+   * initiator's initial message naming a one-time prekey an earlier one consumed;
+   * another CryptoError if no session can read it. */
   /** `device` is read only for a first message (a new session): this device's private
    * state is dozens of keys to import, which a message in an existing session does not
    * need. */
@@ -201,6 +269,12 @@ export class PeerState {
     const sessions = this.sessions.get(fromDevice) ?? [];
     for (const [index, raw] of sessions.entries()) {
       const session = await Session.fromBytes(b64decode(raw));
+      if (!this.lists(fromDevice, session.peerIdentity)) {
+        // Not the identity the list names for this device (trust drops such sessions:
+        // this is a second check).
+        last = new UnknownDevice(`device ${fromDevice} of ${this.userId} is not in its device list with this session's identity`);
+        continue;
+      }
       try {
         const message = await session.decryptMessage(wire);
         sessions.splice(index, 1);
@@ -219,11 +293,22 @@ export class PeerState {
     try {
       [session, received] = await Session.respondMessage(await device(), wire);
     } catch (error) {
-      if (error instanceof PrekeyReused) throw new ReplayedMessage(error.message);
+      if (error instanceof PrekeyReused && this.answered.includes(b64encode(await initialMessageDigest(wire)))) {
+        // A handshake we answered: a copy of a message we read, or a later message of
+        // its session, which we have since dropped.
+        throw new ReplayedMessage(error.message);
+      }
+      // Another initiator's (the directory handed our one-time prekey out twice): its
+      // message cannot be read, and the caller says so.
       throw error;
     }
     this.checkDevice(fromDevice, session.peerIdentity);
     await this.push(fromDevice, session);
+    const digest = session.initialDigest;
+    if (digest !== null) {
+      this.answered.push(b64encode(digest));
+      this.answered.splice(0, Math.max(0, this.answered.length - ANSWERED_KEPT));
+    }
     return { plaintext: received.plaintext, frankingKey: received.frankingKey, newSession: true };
   }
 

@@ -53,6 +53,7 @@ export {
   GroupSession,
   Session,
   checkIdentity,
+  initialMessageDigest,
   isInitialMessage,
   type DecryptedMessage,
   type InitiateOptions,

@@ -10,7 +10,7 @@
  *
  * Bounds (libsignal's numbers): MAX_SKIP 2000 per chain and message,
  * MAX_SKIPPED_KEYS 2000 stored (oldest evicted), skipped keys of a chain
- * dropped after MAX_OLD_CHAINS (5) further DH steps, the ratchet keys of the
+ * dropped at the MAX_OLD_CHAINS-th (5th) further DH step, the ratchet keys of the
  * last MAX_REMEMBERED_CHAINS (100) receiving chains remembered for replay detection.
  *
  * Decryption is transactional: everything is computed into locals and the
@@ -343,9 +343,12 @@ export class RatchetState {
         if (value.chainIndex < remembered) this.oldChains.delete(key);
       }
     }
+    // Skipped keys of a receiving chain are deleted at the MAX_OLD_CHAINS-th DH step
+    // after it (docs/crypto.md): those of the last MAX_OLD_CHAINS receiving chains, the
+    // current one included, are kept. (It kept one chain more, as ratchet.py did.)
     const oldest = this.chainIndex - RATCHET_BOUNDS.MAX_OLD_CHAINS;
     for (const [slot, value] of [...this.skipped]) {
-      if (value.chainIndex < oldest) this.skipped.delete(slot);
+      if (value.chainIndex <= oldest) this.skipped.delete(slot);
     }
   }
 

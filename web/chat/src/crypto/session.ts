@@ -102,6 +102,18 @@ export function isInitialMessage(message: Uint8Array): boolean {
 }
 
 /**
+ * SHA-256 of an initial message's PQXDH fields: the same for every initial message of
+ * one handshake (the initiator repeats them until answered), and what
+ * {@link Session.initialDigest} holds for the session it started. MalformedMessage (or
+ * UnsupportedVersion) for anything else.
+ */
+export async function initialMessageDigest(message: Uint8Array): Promise<Uint8Array> {
+  const parsed = parsePairwise(message);
+  if (parsed.type !== TYPE_INITIAL || parsed.prekeyRaw === null) throw new MalformedMessage('not an initial message');
+  return sha256(parsed.prekeyRaw);
+}
+
+/**
  * Trust on first use: IdentityChanged if `presented` differs from the `known`
  * identity of a contact (`null` = first contact, always accepted). With
  * `localIdentity` and both user ids the error carries the old and new safety numbers.
@@ -298,6 +310,30 @@ export class Session {
   }
 
   // ------------------------------------------------------------------ identity
+
+  /** For a session started by the peer's initial message, SHA-256 of its PQXDH fields
+   * ({@link initialMessageDigest}); null for one we initiated. */
+  get initialDigest(): Uint8Array | null {
+    return this.#initialDigest === null ? null : this.#initialDigest.slice();
+  }
+
+  /** The peer's identity keys in a serialised session, read without restoring its
+   * ratchet or verifying anything (MalformedState if it does not parse). */
+  static peerKeysOf(data: Uint8Array | string): { signingKey: Uint8Array; dhKey: Uint8Array } {
+    const obj = loadState(data) as { peer?: { signing_key?: unknown; dh_key?: unknown } } | null;
+    try {
+      const peer = typeof obj === 'object' && obj !== null ? obj.peer : undefined;
+      if (typeof peer !== 'object' || peer === null) throw new MalformedState('session state: peer missing');
+      return {
+        signingKey: b64decode(peer.signing_key, { field: 'signing_key', length: 32 }),
+        dhKey: b64decode(peer.dh_key, { field: 'dh_key', length: 32 }),
+      };
+    } catch (error) {
+      if (error instanceof MalformedState) throw error;
+      if (error instanceof CryptoError) throw new MalformedState(`session state does not parse (${String(error)})`);
+      throw error;
+    }
+  }
 
   /** The 60-digit safety number of this session's two device identities. */
   safetyNumber(localUserId: string, peerUserId: string): Promise<string> {

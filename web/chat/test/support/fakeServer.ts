@@ -226,6 +226,11 @@ export type SendAnswer = Omit<W.Error, 'id'> | 'silent' | null;
 
 export class FakeServer {
   readonly users = new Map<string, FakeUser>(); // by id and by name
+  /** What `counts` answers for the client's device (100 each: it uploads none). */
+  prekeyCounts = { one_time: 100, kem_one_time: 100 };
+  /** The one-time X25519 and KEM prekeys the client uploaded, in order. */
+  readonly oneTimePrekeys: { id: number; key: string }[] = [];
+  readonly kemPrekeys: { id: number; key: string; sig: string }[] = [];
   /** `ready.limits`; `sends_per_s` and `send_burst` are the send bucket's. */
   limits: W.Limits = { max_frame_bytes: 65536, sends_per_s: 10, send_burst: 100 };
   /** Every `send`/`room_send` received, in order, with its socket and when (ms). */
@@ -297,7 +302,12 @@ export class FakeServer {
         this.keys.set(parts[4] as string, body);
         return json(200, {});
       }
-      if (method === 'GET' && parts[2] === 'devices' && parts[4] === 'counts') return json(200, { one_time: 100, kem_one_time: 100 });
+      if (method === 'GET' && parts[2] === 'devices' && parts[4] === 'counts') return json(200, this.prekeyCounts);
+      if (method === 'POST' && parts[2] === 'devices' && (parts[4] === 'one-time-prekeys' || parts[4] === 'kem-prekeys')) {
+        const prekeys = body['prekeys'] as never[];
+        (parts[4] === 'kem-prekeys' ? this.kemPrekeys : this.oneTimePrekeys).push(...prekeys);
+        return json(200, {});
+      }
       if (method === 'POST' && parts[2] === 'devices' && parts[4] === 'check') return json(200, { match: true });
       if (method === 'PUT' && path === '/keys/v1/account') {
         const me = this.me as FakeUser;
@@ -543,20 +553,26 @@ export class Peer {
   }
 
   /** A `message` item (without its seq) carrying `text` (or a control payload's bytes)
-   * to the client's device. */
-  async message(server: FakeServer, text: string | Uint8Array): Promise<Omit<W.Message, 'seq'>> {
+   * to the client's device. `oneTime`: a first message's session is started with the
+   * first one-time prekeys the client uploaded (each time the same: a directory that
+   * hands them out twice), not its last-resort KEM prekey. */
+  async message(server: FakeServer, text: string | Uint8Array, options: { oneTime?: boolean } = {}): Promise<Omit<W.Message, 'seq'>> {
     const me = server.me as FakeUser;
     const plaintext = typeof text === 'string' ? utf8(text) : text;
     let wire: Uint8Array;
     if (this.#session === null) {
       const identity = server.keys.get('identity');
+      const oneTime = options.oneTime === true;
+      if (oneTime && (!server.oneTimePrekeys.length || !server.kemPrekeys.length)) throw new Error('the client uploaded no one-time prekeys');
       const bundle = await PrekeyBundle.fromJson({
         user_id: me.user_id,
         device_id: server.deviceId,
         identity,
         signed_prekey: server.keys.get('signed-prekey'),
-        one_time_prekey: null,
-        kem_prekey: { ...(server.keys.get('kem-last-resort') as object), last_resort: true },
+        one_time_prekey: oneTime ? server.oneTimePrekeys[0] : null,
+        kem_prekey: oneTime
+          ? { ...server.kemPrekeys[0], last_resort: false }
+          : { ...(server.keys.get('kem-last-resort') as object), last_resort: true },
       });
       [this.#session, wire] = await Session.initiate(this.device, bundle, plaintext);
     } else {
