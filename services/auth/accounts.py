@@ -80,7 +80,9 @@ def canonical_username(raw: str) -> str:
 def canonical_email(raw: str) -> tuple[str, str]:
     """(as given, lower-cased for uniqueness), or VALIDATION_FAILED."""
     email = raw.strip()
-    if len(email) > 254 or not EMAIL_RE.fullmatch(email):
+    # "=?": an RFC 2047 encoded word, which mail libraries decode in a header into
+    # another address than the one stored (and unique) here.
+    if len(email) > 254 or not EMAIL_RE.fullmatch(email) or "=?" in email:
         raise ApiError(
             ErrorCode.VALIDATION_FAILED,
             "The request is not valid.",

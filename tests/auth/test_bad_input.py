@@ -54,6 +54,8 @@ BODY_CASES = [
     ({"email": "a@b"}, "validation_failed"),
     ({"email": "ali ce@example.test"}, "validation_failed"),
     ({"email": "ålice@example.test"}, "validation_failed"),
+    # An RFC 2047 encoded word: mail libraries decode it in a To header (another mailbox).
+    ({"email": "=?utf-8?q?victim?=@example.test"}, "validation_failed"),
     ({"username": "ｆｕｌｌｗｉｄｔｈ"}, "invalid_username"),  # fullwidth  # noqa: RUF001
     ({"username": "zero\u200bwidth"}, "invalid_username"),
     ({"username": "\u0430lice"}, "invalid_username"),  # Cyrillic a
