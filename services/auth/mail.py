@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import make_msgid, parseaddr
 
 import aiosmtplib
 from prometheus_client import Counter
@@ -43,6 +43,10 @@ class Mailer:
         try:
             await aiosmtplib.send(
                 msg,
+                # The envelope named here, not parsed from the headers (a parser
+                # decodes encoded words: another mailbox than the one stored).
+                sender=parseaddr(s.smtp_from)[1] or s.smtp_from,
+                recipients=[to],
                 hostname=s.smtp_host,
                 port=s.smtp_port,
                 username=s.smtp_username,

@@ -23,8 +23,11 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     db = use_mongo(app, settings, "notifier")
     # The auth service's users, read only: e-mail addresses and the preference.
     auth_db = service_db(app[MONGO], settings, "auth")
+    # The rooms service's messages, read only: a mention's message removed since is not
+    # mailed (docs/notifier.md, "Removed messages").
+    rooms_db = service_db(app[MONGO], settings, "rooms")
     redis = use_redis(app, settings)
-    store = NotifierStore(db, auth_db)
+    store = NotifierStore(db, auth_db, rooms_db)
     notifier = Notifier(settings, store, redis, NotifierMetrics(app[REGISTRY]))
     app[NOTIFIER] = notifier
 

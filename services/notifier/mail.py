@@ -7,19 +7,26 @@ service's mail does.
 
 from __future__ import annotations
 
+import email.policy
 import logging
+import re
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import make_msgid, parseaddr
 
 import aiosmtplib
 
 from services.common.config import Settings
-from services.notifier.store import Doc
+from services.notifier.store import Doc, message_id
 
 log = logging.getLogger(__name__)
 
 # Mentions listed in one e-mail; the rest are counted ("and 3 more").
 LISTED_MAX = 20
+# A public room's excerpt: the start of its message, as the rooms service cuts it.
+EXCERPT_MAX = 140
+# The markers of a public room's message that is gone: removed by the room's owner, a
+# moderator or an admin, or deleted by its author (services/rooms/moderation.py).
+REMOVED = frozenset({"removed_by_moderator", "deleted_by_author"})
 
 
 class MailError(Exception):
@@ -34,7 +41,14 @@ class MailRefused(MailError):
 class MailRejected(MailError):
     """The SMTP server refused this message at ``DATA`` with a 5xx answer (e.g. its
     content judged spam, or too big): the same digest sent again would be refused
-    again, if the server takes other mail (the worker tells: :class:`Notifier`)."""
+    again, if the server takes other mail (the worker tells: :class:`Notifier`). A 5xx
+    at ``MAIL`` (the sender refused) is a plain :class:`MailError`."""
+
+
+class HeaderInjection(ValueError):
+    """The message as written has a header line :func:`send` did not set: it is not
+    sent. Cannot happen while :func:`header_text` does its job; if it does (a new way
+    through Python's header handling), the worker counts it ``error`` and logs it."""
 
 
 # ``str.isprintable()`` is false for these two, but they join characters (emoji
@@ -52,6 +66,71 @@ def one_line(text: str) -> str:
     policy raises ``ValueError`` for a value ``str.splitlines()`` would split."""
     kept = "".join(c for c in text if c.isspace() or c.isprintable() or c in _JOINERS)
     return " ".join(kept.split())
+
+
+def header_text(text: str) -> str:
+    """``text`` for a header: :func:`one_line`, and no ``=?`` anywhere (``=?`` becomes
+    ``= ?``), so that no RFC 2047 encoded word is in it. Python's header parser
+    (3.11.7 here) decodes an encoded word in a value it is given (a Subject, an
+    address) and writes the decoded text back, CR LF included, raw: a room named
+    ``=?utf-8?q?x=0D=0AReply-To:_evil@x.test?=`` was a ``Reply-To`` header. A receiving
+    mail client would decode it too. With no ``=?`` there is no encoded word to decode,
+    whatever the Python release."""
+    out = one_line(text)
+    while "=?" in out:
+        out = out.replace("=?", "= ?")
+    return out
+
+
+# What the To header may carry as it is: a plain address (the auth service's EMAIL_RE
+# is wider: it allows "=?", so an address can be an encoded word).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+
+
+def to_header(address: str) -> str:
+    """The To header for ``address``: the address itself if it is plain; else (it holds
+    ``=?``, which Python would decode, or anything else unusual) the empty group
+    ``undisclosed-recipients:;``. Delivery goes by the envelope (``RCPT TO``), never
+    by this header."""
+    plain = _PLAIN_ADDRESS.fullmatch(address) is not None and "=?" not in address
+    return address if plain else "undisclosed-recipients:;"
+
+
+def header_names(raw: bytes) -> list[str]:
+    """The name of every header line of a message as written (continuation lines,
+    starting with white space, belong to the line before)."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    return [
+        line.split(b":", 1)[0].decode("ascii", "replace")
+        for line in head.split(b"\r\n")
+        if line and line[:1] not in (b" ", b"\t")
+    ]
+
+
+def excerpt(text: str) -> str:
+    """The start of a message, on one line (the rooms service's ``text.excerpt``)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_MAX else flat[: EXCERPT_MAX - 1] + "\u2026"
+
+
+def as_now(items: list[Doc], messages: dict[str, Doc]) -> list[Doc]:
+    """The mentions of ``items`` a digest lists, as their messages are now
+    (``messages``: :meth:`NotifierStore.messages_now`, read when the digest is sent):
+    a public room's mention whose message was removed (or deleted by its author) since
+    is left out; the others carry the message's current text (edited since: the new
+    one). One whose message is not found carries no text: nothing the notifier cannot
+    check is mailed. A private room's mention has no text to check: as it is."""
+    out = []
+    for it in items:
+        seq = it.get("message_seq")
+        if seq is None:
+            out.append(it)
+            continue
+        now = messages.get(message_id(str(it["room_id"]), int(seq)))
+        if now is not None and now.get("marker") in REMOVED:
+            continue
+        out.append({**it, "excerpt": excerpt(str(now.get("text") or "")) if now else ""})
+    return out
 
 
 def digest(
@@ -93,23 +172,41 @@ def digest(
     return subject, "\n".join(lines) + "\n"
 
 
-async def send(settings: Settings, to: str, subject: str, text: str) -> None:
-    """Hand one message to the SMTP server. ``MailRefused``: the recipient refused for
-    good (5xx at ``RCPT``); ``MailRejected``: the message refused for good (5xx at
-    ``MAIL`` or ``DATA``); ``MailError``: anything else (unreachable, a 4xx answer),
-    worth trying again later."""
-    s = settings
+def message(settings: Settings, to: str, subject: str, text: str) -> bytes:
+    """The message as it goes over SMTP. No user's text can make a header line: every
+    value is on one line (Python's header policy raises ValueError otherwise), the
+    Subject has no encoded word (:func:`header_text`), the To header only a plain
+    address (:func:`to_header`); and the bytes written are checked to hold exactly the
+    headers set here (:class:`HeaderInjection` otherwise), whatever Python does."""
     msg = EmailMessage()
-    # Every header value on one line: Python's header policy raises ValueError otherwise.
-    msg["From"] = one_line(s.smtp_from)
-    msg["To"] = one_line(to)
-    msg["Subject"] = one_line(subject)
+    msg["From"] = one_line(settings.smtp_from)  # the operator's, as configured
+    msg["To"] = to_header(to)
+    msg["Subject"] = header_text(subject)
     msg["Message-ID"] = make_msgid(domain="parley.invalid")
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(text)
+    # Quoted-printable: the message is ASCII whatever the text, and goes as it is
+    # (these bytes, checked) to any server, with or without 8BITMIME.
+    msg.set_content(text, cte="quoted-printable")
+    raw = msg.as_bytes(policy=email.policy.SMTP)
+    if header_names(raw) != list(msg.keys()):
+        raise HeaderInjection("a header line that was not set")
+    return raw
+
+
+async def send(settings: Settings, to: str, subject: str, text: str) -> None:
+    """Hand one message to the SMTP server, for ``to`` (the envelope's one recipient:
+    the stored address as it is, never one parsed back from a header).
+    ``MailRefused``: the recipient refused for good (5xx at ``RCPT``);
+    ``MailRejected``: the message refused for good (5xx at ``DATA``); ``MailError``:
+    anything else (unreachable, a 4xx answer, a 5xx at ``MAIL``: the sender refused),
+    worth trying again later."""
+    s = settings
+    raw = message(s, to, subject, text)
     try:
         await aiosmtplib.send(
-            msg,
+            raw,
+            sender=parseaddr(s.smtp_from)[1] or s.smtp_from,
+            recipients=[to],
             hostname=s.smtp_host,
             port=s.smtp_port,
             username=s.smtp_username,

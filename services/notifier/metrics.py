@@ -5,11 +5,13 @@
   ``online`` (a device was connected: the ``notification`` frame told it),
   ``duplicate`` (a redelivered notice), ``malformed`` (skipped).
 - ``parley_notifier_digests_total{result}``: digests ``sent``; dropped because
-  the user ``unsubscribed`` or is ``gone`` (deleted or blocked), its address
-  ``refused`` for good (a 5xx answer to ``RCPT``), the message ``rejected`` for
-  good (a 5xx answer to ``MAIL`` or at ``DATA``), or ``abandoned`` (not sent
-  after the last attempt); attempts that ``failed`` (the SMTP server was
-  unreachable or answered 4xx) or raised an ``error``: tried again later.
+  the user ``unsubscribed`` or is ``gone`` (deleted or blocked), every mention's
+  message was ``removed`` since (by a moderator, or deleted by its author), its
+  address ``refused`` for good (a 5xx answer to ``RCPT``), the message
+  ``rejected`` for good (a 5xx answer at ``DATA`` while the server takes other
+  mail), or ``abandoned`` (not sent after the last attempt); attempts that
+  ``failed`` (the SMTP server was unreachable, answered 4xx, or 5xx at ``MAIL``)
+  or raised an ``error``: tried again later.
 - ``parley_notifier_mentions_emailed_total``: mentions listed in sent digests.
 - ``parley_kafka_consumer_lag{group="<prefix>notifier",...}`` (services/common/consumer_lag.py).
 """
@@ -20,7 +22,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 NOTICE_RESULTS = ("queued", "online", "duplicate", "malformed")
 DIGEST_RESULTS = (
-    "sent", "unsubscribed", "gone", "refused", "rejected", "failed", "error", "abandoned",
+    "sent", "unsubscribed", "gone", "removed", "refused", "rejected", "failed", "error",
+    "abandoned",
 )  # fmt: skip
 
 
@@ -33,8 +36,8 @@ class NotifierMetrics:
         )  # fmt: skip
         self.digests = Counter(
             "parley_notifier_digests_total",
-            "Mention digests, by result (sent, unsubscribed, gone, refused, rejected, failed, "
-            "error, abandoned).",
+            "Mention digests, by result (sent, unsubscribed, gone, removed, refused, rejected, "
+            "failed, error, abandoned).",
             ["result"], registry=registry,
         )  # fmt: skip
         self.mentions = Counter(

@@ -15,7 +15,10 @@ Its own database, ``<db_prefix>notifier``:
 
 And the auth service's ``users`` (``<db_prefix>auth``), **read only**: the
 e-mail address, the username and the ``mention_emails`` preference (the
-notifier is part of the auth service's bounded context; see the doc).
+notifier is part of the auth service's bounded context; see the doc). And the
+rooms service's ``messages`` (``<db_prefix>rooms``), **read only**, when a digest
+is sent: the text and marker of the public rooms' messages it lists, so that a
+message removed (or edited) since the mention is not mailed as it was.
 Every read is by ``_id``; the one range query (``due``) is over the users
 with a digest waiting, not over all users.
 """
@@ -43,12 +46,20 @@ def pending_id(user_id: str, n: int) -> str:
     return f"{user_id}|{n:012d}"
 
 
+def message_id(room_id: str, seq: int) -> str:
+    """A public room's message in the rooms service's ``messages`` (its ``message_id``)."""
+    return f"{room_id}|{seq:012d}"
+
+
 class NotifierStore:
-    def __init__(self, db: AsyncDatabase[Doc], auth_db: AsyncDatabase[Doc]) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Doc], auth_db: AsyncDatabase[Doc], rooms_db: AsyncDatabase[Doc]
+    ) -> None:
         self.db = db
         self.pending: AsyncCollection[Doc] = db["pending"]
         self.digests: AsyncCollection[Doc] = db["digests"]
         self.users: AsyncCollection[Doc] = auth_db["users"]
+        self.messages: AsyncCollection[Doc] = rooms_db["messages"]
 
     async def ensure_indexes(self) -> None:
         await self.digests.create_index([("due", ASCENDING)])
@@ -170,6 +181,22 @@ class NotifierStore:
         ids = list(dict.fromkeys(user_ids))
         docs = await self._by_ids(self.users, ids, {"username": 1})
         return {k: str(d["username"]) for k, d in docs.items()}
+
+    # -- the rooms service's messages (read only) -----------------------------------------
+
+    async def messages_now(self, items: Iterable[Doc]) -> dict[str, Doc]:
+        """The public rooms' messages of ``items`` (pending mentions) as they are now,
+        by :func:`message_id`: their ``text`` and ``marker`` (``removed_by_moderator``,
+        ``deleted_by_author``, ``edited``, ...). One ``$in`` per ``ID_CHUNK``; a message
+        not found is not in the answer."""
+        ids = list(
+            dict.fromkeys(
+                message_id(str(i["room_id"]), int(i["message_seq"]))
+                for i in items
+                if i.get("message_seq") is not None
+            )
+        )
+        return await self._by_ids(self.messages, ids, {"text": 1, "marker": 1})
 
 
 def _pending_doc(notice: MentionNotice) -> Doc:

@@ -11,7 +11,9 @@ is stored; a redelivered notice is recognised by its ``(user, n)``.
 digest due ``notifier_digest_interval_s`` later; when it is due, one e-mail
 lists every mention kept until then, to the address and under the preference
 the auth service holds for the user (read at sending time: an unsubscribe
-takes effect for digests not yet sent). Mentions arriving later start the
+takes effect for digests not yet sent), each public room's mention with its
+message as the rooms service holds it then (one removed since is left out, one
+edited shows its new text). Mentions arriving later start the
 next interval, so a user gets at most one digest per interval. A digest is
 leased while it is sent. Refused for good (a 5xx answer: to ``RCPT``, the
 address; at ``DATA``, the message, while the server takes other mail) it is
@@ -142,15 +144,19 @@ class Notifier:
         user_id = str(digest["_id"])
         items = await self.store.pending_of(user_id, int(digest["lo"]), int(digest["hi"]))
         user = await self.store.user(user_id)
+        listed = items  # what the e-mail lists: the mentions whose messages still stand
         if user is None or user.get("blocked"):
             self.metrics.digests.labels("gone").inc()
         elif not user.get("mention_emails", True):  # 0/1 on the embedded server
             self.metrics.digests.labels("unsubscribed").inc()
-        elif items:
-            senders = await self.store.usernames(i["sender"] for i in items)
+        elif items and not (listed := mail.as_now(items, await self.store.messages_now(items))):
+            # Every mention's message was removed since: nothing to tell.
+            self.metrics.digests.labels("removed").inc()
+        elif listed:
+            senders = await self.store.usernames(i["sender"] for i in listed)
             subject, text = mail.digest(
                 str(user["username"]),
-                items,
+                listed,
                 senders,
                 self.settings.public_url,
                 self.settings.web_url,
@@ -181,8 +187,8 @@ class Notifier:
                 return 0
             self._last_sent = time.monotonic()
             self.metrics.digests.labels("sent").inc()
-            self.metrics.mentions.inc(len(items))
-            log.info("digest sent", extra={"user_id": user_id, "mentions": len(items)})
+            self.metrics.mentions.inc(len(listed))
+            log.info("digest sent", extra={"user_id": user_id, "mentions": len(listed)})
             await self.store.finish(digest, items, self.interval_s)
             return 1
         await self.store.finish(digest, items, self.interval_s)

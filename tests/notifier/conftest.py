@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from parley_contract.envelopes import MentionNotice
 from parley_contract.envelopes import encode as encode_notice
 
@@ -26,6 +26,7 @@ from services.common.state import MONGO, STARTUP
 from services.notifier.app import create_app
 from services.notifier.state import NOTIFIER
 from services.notifier.worker import Notifier
+from services.rooms.store import message_id
 from tests.support.aio import eventually
 from tests.support.messaging import Messaging, messaging
 from tests.support.stack import Stack
@@ -43,8 +44,14 @@ class Harness:
     maildir: Path
 
     @property
+    def app(self) -> web.Application:
+        server = self.client.server
+        assert isinstance(server, TestServer)
+        return server.app
+
+    @property
     def notifier(self) -> Notifier:
-        return self.client.server.app[NOTIFIER]
+        return self.app[NOTIFIER]
 
     async def user(self, **fields: Any) -> dict[str, Any]:
         """A user document as the auth service writes it (the fields the notifier reads)."""
@@ -53,11 +60,33 @@ class Harness:
             "_id": uid, "username": f"u{secrets.token_hex(4)}",
             "email": f"{uid[:12]}@example.test", "blocked": False, **fields,
         }  # fmt: skip
-        db = service_db(self.client.server.app[MONGO], self.settings, "auth")
+        db = service_db(self.app[MONGO], self.settings, "auth")
         await db["users"].insert_one(doc)
         return doc
 
+    async def message(self, *notices: MentionNotice) -> None:
+        """Write each public room's mention's message into the rooms service's
+        ``messages``, as that service holds it (its text: the notice's excerpt): the
+        rooms service writes a message before its notice, and the notifier reads it
+        again when the digest is sent (a removed one is not mailed)."""
+        db = service_db(self.app[MONGO], self.settings, "rooms")
+        for n in notices:
+            if n.message_seq is None:
+                continue
+            doc = {
+                "_id": message_id(n.room_id, n.message_seq), "room": n.room_id,
+                "seq": n.message_seq, "sender": n.sender, "text": n.excerpt,
+                "mentions": [n.user], "sent_at": n.at,
+            }  # fmt: skip
+            await db["messages"].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    async def keep(self, notices: list[MentionNotice], interval_s: float) -> list[bool]:
+        """Keep ``notices`` as the consumer does (``add_many``), their messages written."""
+        await self.message(*notices)
+        return await self.notifier.store.add_many(notices, interval_s)
+
     async def produce(self, *notices: MentionNotice | bytes) -> None:
+        await self.message(*(n for n in notices if isinstance(n, MentionNotice)))
         producer = kafka_producer(self.settings)
         await producer.start()
         try:
@@ -91,8 +120,10 @@ async def _now(value: Any) -> Any:
 
 
 def notice(user: str, n: int, sender: str, **kw: Any) -> MentionNotice:
+    """A public room's mention (unless ``kw`` says otherwise), in a room of its own: its
+    message (``Harness.message``) is no other notice's."""
     fields: dict[str, Any] = {
-        "room_id": "a" * 24, "room_name": "general", "kind": "public",
+        "room_id": secrets.token_hex(12), "room_name": "general", "kind": "public",
         "excerpt": f"message {n} for you", "at": int(time.time() * 1000), "message_seq": n,
     }  # fmt: skip
     fields.update(kw)
@@ -105,7 +136,7 @@ async def harness(stack: Stack, settings: Settings, make_client: Any) -> Harness
         update={"notifier_digest_interval_s": INTERVAL_S, "notifier_tick_s": 0.1}
     )
     client = await make_client(await create_app(s))
-    await client.server.app[STARTUP].done.wait()
     h = Harness(client, s, stack.maildir)
+    await h.app[STARTUP].done.wait()
     await eventually(lambda: _now(h.notifier.consuming.is_set()), bool, timeout=30)
     return h

@@ -1,7 +1,8 @@
 """A tiny SMTP server on loopback for the notifier's tests, on asyncio alone: it answers
 ``MAIL``, ``RCPT`` and the end of ``DATA`` with the codes it is told (the stack's sink,
 scripts/mailsink.py, accepts every message and refuses only ``.invalid`` addresses), keeps
-every message it is given, and can run a hook while the client waits for its answer to
+every message it is given (parsed, and the bytes as they came) with its envelope's
+addresses, and can run a hook while the client waits for its answer to
 ``DATA`` (to write something while a digest is being sent)."""
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class SmtpStub:
         self.data_code = data_code  # the answer to the message (after its final ".")
         self.on_data = on_data
         self.mail_from: list[float] = []  # when each MAIL came
+        self.senders: list[str] = []  # the envelope: each MAIL FROM's address
+        self.recipients: list[str] = []  # and each RCPT TO's
         self.messages: list[EmailMessage] = []  # every message given, accepted or not
+        self.raw: list[bytes] = []  # the same, as the bytes that came
         self.data_at: list[float] = []  # when each came (time.monotonic())
         self.accepted: list[EmailMessage] = []
         self.port = 0
@@ -78,12 +82,15 @@ class SmtpStub:
         await say("220 stub ESMTP")
         while line := await reader.readline():
             verb = line.decode(errors="replace").strip().split(" ", 1)[0].upper()
+            address = line.decode(errors="replace").partition("<")[2].partition(">")[0]
             if verb in ("EHLO", "HELO"):
                 await say("250 stub")
             elif verb == "MAIL":
                 self.mail_from.append(time.monotonic())
+                self.senders.append(address)
                 await say(f"{self.mail_code} {'OK' if self.mail_code < 400 else 'sender refused'}")
             elif verb == "RCPT":
+                self.recipients.append(address)
                 await say(f"{self.rcpt_code} {'OK' if self.rcpt_code < 400 else 'no mailbox'}")
             elif verb == "DATA":
                 await say("354 end with <CRLF>.<CRLF>")
@@ -92,9 +99,11 @@ class SmtpStub:
                     if not data:
                         return
                     lines.append(data[1:] if data.startswith(b".") else data)
-                msg = email.message_from_bytes(b"".join(lines), policy=email.policy.default)
+                raw = b"".join(lines)
+                msg = email.message_from_bytes(raw, policy=email.policy.default)
                 assert isinstance(msg, EmailMessage)
                 self.messages.append(msg)
+                self.raw.append(raw)
                 self.data_at.append(time.monotonic())
                 if self.on_data is not None:
                     await self.on_data(msg)

@@ -97,7 +97,7 @@ async def test_a_digest_refused_for_now_is_tried_again_later_and_later_then_drop
     async with SmtpStub(data_code=451) as stub:
         _use(harness, stub)
         bob, alice = await harness.user(), await harness.user()
-        await notifier.store.add_many([notice(bob["_id"], 1, alice["_id"])], 0)
+        await harness.keep([notice(bob["_id"], 1, alice["_id"])], 0)
         await eventually(lambda: _value(harness.count("digests", "abandoned")), lambda n: n == 1)
         assert harness.count("digests", "failed") == 4
         assert len(stub.messages) == 4
@@ -118,7 +118,7 @@ async def test_an_attempt_that_fails_is_counted_and_the_next_is_later(harness: H
         _use(harness, stub)
         bob, alice = await harness.user(), await harness.user()
         store = notifier.store
-        await store.add_many([notice(bob["_id"], 1, alice["_id"])], 0)
+        await harness.keep([notice(bob["_id"], 1, alice["_id"])], 0)
         before = time.time()
         await eventually(lambda: _value(harness.count("digests", "failed")), lambda n: n == 1)
         doc = await eventually(
@@ -167,7 +167,7 @@ async def test_a_digest_that_raises_does_not_end_the_round(harness: Harness) -> 
     await notifier.stop()  # this test runs the round itself
     store = notifier.store
     broken, bob, alice = await harness.user(), await harness.user(), await harness.user()
-    await store.add_many(
+    await harness.keep(
         [notice(broken["_id"], 1, alice["_id"]), notice(bob["_id"], 1, alice["_id"])], 0
     )
     await store.pending.update_one({"_id": pending_id(broken["_id"], 1)}, {"$unset": {"kind": ""}})
@@ -201,11 +201,11 @@ async def test_mentions_written_while_a_digest_is_sent_are_in_the_next_one(
 
     async def write_late(_: object) -> None:
         if len(stub.messages) == 1:  # during the first digest only
-            await store.add_many([notice(bob["_id"], n, alice["_id"]) for n in late], 0)
+            await harness.keep([notice(bob["_id"], n, alice["_id"]) for n in late], 0)
 
     async with SmtpStub(on_data=write_late) as stub:
         _use(harness, stub)
-        await store.add_many([notice(bob["_id"], n, alice["_id"]) for n in (5, 7)], 0)
+        await harness.keep([notice(bob["_id"], n, alice["_id"]) for n in (5, 7)], 0)
         await eventually(lambda: _value(stub.accepted), lambda ms: len(ms) == 1)
         first = stub.accepted[0].get_content()
         assert "message 5 for you" in first and "message 7 for you" in first
