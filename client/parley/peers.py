@@ -22,7 +22,16 @@ Several sessions per device, newest first, as in Signal: when both sides
 start a session at the same moment, each receives the other's initial
 message. Each then keeps both sessions, sends on the one it used last, and
 tries every session when a message arrives; the one that decrypts becomes
-current. At most :data:`MAX_SESSIONS` are kept per device.
+current. At most :data:`MAX_SESSIONS` are kept per device. A session is used only
+with the identity the verified list names for its device id: a list that gives a
+device id new keys ends that device's sessions (docs/crypto.md, "Device lists and
+linking").
+
+An initial message naming a one-time prekey already consumed (``PrekeyReused``)
+is a replay only if it repeats a handshake this device answered
+(:data:`ANSWERED_KEPT` remembered per contact); otherwise it is another
+initiator's message that cannot be read (a directory handed the prekey out
+twice), and fails as such (docs/crypto.md, "PQXDH").
 """
 
 from __future__ import annotations
@@ -40,14 +49,27 @@ from parley.crypto import (
     Session,
     SignedDeviceList,
     format_safety_number,
+    initial_message_digest,
     is_initial_message,
     safety_number,
 )
 from parley.crypto.encoding import b64decode, b64encode
 
-__all__ = ["MAX_SESSIONS", "AccountChanged", "Incoming", "PeerState", "UnknownDevice"]
+__all__ = [
+    "ANSWERED_KEPT",
+    "MAX_SESSIONS",
+    "AccountChanged",
+    "Incoming",
+    "PeerState",
+    "UnknownDevice",
+]
 
 MAX_SESSIONS = 4
+ANSWERED_KEPT = 32
+"""Handshakes (digests of their PQXDH fields) remembered per contact, to tell a replayed
+initial message from another initiator's: more than the sessions kept for a contact's
+devices; a replay of an older one fails as ``PrekeyReused`` (a "could not decrypt"
+line), never decrypts."""
 
 
 class UnknownDevice(CryptoError):
@@ -93,6 +115,9 @@ class PeerState:
     """The newest list version taken under each account key this contact has had (the
     last ``KEY_VERSIONS_KEPT``): a directory that switches to another key and back must
     not bring back an older list of the first (a removed device) with it."""
+    answered: list[str] = field(default_factory=list)
+    """Base64url digests of the PQXDH fields of the last ``ANSWERED_KEPT`` initial
+    messages from this contact that started a session here, oldest first."""
 
     # -- persistence ------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +131,8 @@ class PeerState:
             "verified_key": self.verified_key,
             "pending_change": self.pending_change,
             "key_versions": self.key_versions,
+            "answered": self.answered,
+            "sessions_checked": True,
         }
 
     @classmethod
@@ -113,7 +140,7 @@ class PeerState:
         sessions = obj.get("sessions") or {}
         if not isinstance(sessions, dict):  # a 0.1 store: one device, sessions as a list
             sessions = {}
-        return cls(
+        state = cls(
             user_id=obj["user_id"],
             username=obj.get("username"),
             account_key=obj.get("account_key"),
@@ -126,7 +153,14 @@ class PeerState:
             # A store from before: the trusted key's is its list's version.
             or ({obj["account_key"]: int(obj.get("list_version") or 0)}
                 if obj.get("account_key") else {}),
+            answered=[str(a) for a in obj.get("answered") or []],
         )  # fmt: skip
+        if not obj.get("sessions_checked"):
+            # Written before sessions were checked against their list entries: one
+            # kept after the list gave its device id new keys goes now (once: the
+            # state is written back with the flag).
+            state._drop_unlisted_sessions(set(state.sessions))
+        return state
 
     # -- trust ------------------------------------------------------------------
     def safety_number(self, local_account_key: bytes, local_user_id: str) -> str | None:
@@ -173,7 +207,9 @@ class PeerState:
         a removed device), also under a key the contact had before: a directory
         switching to another key and back must not bring back an older list of
         the first (``key_versions``). Sessions with devices no longer listed are
-        dropped.
+        dropped, and so are those whose peer identity is not the one the list
+        now names for their device id (the account gave that id new keys: the
+        old ones are no longer its device).
         """
         listing = signed.verify(b64decode(account_key), user_id=self.user_id)
         same = self.account_key in (None, account_key)
@@ -203,6 +239,7 @@ class PeerState:
         self.key_versions[account_key] = listing.version
         while len(self.key_versions) > KEY_VERSIONS_KEPT:
             del self.key_versions[next(iter(self.key_versions))]
+        before = self.devices
         self.devices = {
             d.device_id: {
                 "name": d.name,
@@ -212,17 +249,44 @@ class PeerState:
             for d in listing.devices
         }
         self.sessions = {d: s for d, s in self.sessions.items() if d in self.devices}
+        # A session is only ever kept with the identity its device's entry names, so
+        # only the devices whose entry changed need their sessions read.
+        self._drop_unlisted_sessions(
+            {d for d in self.sessions if _keys(before.get(d)) != _keys(self.devices[d])}
+        )
         return changed
+
+    def _lists(self, device_id: int, identity: PublicIdentity) -> bool:
+        """The verified list names ``device_id`` with exactly ``identity``."""
+        entry = self.devices.get(device_id)
+        return (
+            entry is not None
+            and b64decode(entry["signing_key"]) == identity.signing_key
+            and b64decode(entry["dh_key"]) == identity.dh_key
+        )
+
+    def _drop_unlisted_sessions(self, device_ids: set[int]) -> None:
+        """Drop the sessions of these devices whose peer is not the identity the list
+        names for the device, or cannot be read (and the devices' lists of sessions
+        left empty)."""
+
+        def listed(device_id: int, raw: bytes) -> bool:
+            try:
+                return self._lists(device_id, Session.peer_identity_of(raw))
+            except CryptoError:
+                return False  # unreadable: it could never encrypt or decrypt
+
+        for d in device_ids:
+            kept = [s for s in self.sessions[d] if listed(d, s)]
+            if kept:
+                self.sessions[d] = kept
+            else:
+                del self.sessions[d]
 
     def check_device(self, device_id: int, identity: PublicIdentity) -> None:
         """Raise :class:`UnknownDevice` unless the verified list names this device with
         exactly this identity."""
-        entry = self.devices.get(device_id)
-        if (
-            entry is None
-            or b64decode(entry["signing_key"]) != identity.signing_key
-            or b64decode(entry["dh_key"]) != identity.dh_key
-        ):
+        if not self._lists(device_id, identity):
             raise UnknownDevice(f"device {device_id} of {self.user_id} is not in its device list")
 
     # -- messages ---------------------------------------------------------------
@@ -237,9 +301,12 @@ class PeerState:
         self._push(device_id, session)
 
     def encrypt(self, device_id: int, plaintext: bytes) -> bytes:
-        """Encrypt for one device with its current session (make one first)."""
+        """Encrypt for one device with its current session (make one first); raise
+        :class:`UnknownDevice` if its peer is not the identity the verified list names
+        for that device (:meth:`trust` drops such sessions: this is a second check)."""
         sessions = self.sessions[device_id]
         session = Session.from_bytes(sessions[0])
+        self.check_device(device_id, session.peer_identity)
         wire = session.encrypt(plaintext)
         sessions[0] = session.to_bytes()
         return wire
@@ -248,15 +315,26 @@ class PeerState:
         """Decrypt a message from one of this contact's devices with whichever session
         it belongs to; an initial message makes a new session (and changes ``device``).
 
-        Raises :class:`ReplayedMessage` for a message already decrypted,
-        :class:`UnknownDevice` for a device the verified list does not name,
-        another :class:`CryptoError` if no session can read it; nothing changes then.
+        Raises :class:`ReplayedMessage` for a message already decrypted (or a repeat
+        of an initial message whose session we answered and have since dropped),
+        :class:`UnknownDevice` for a device the verified list does not name (or
+        names with another identity), :class:`PrekeyReused` for another initiator's
+        initial message naming a one-time prekey an earlier one consumed, another
+        :class:`CryptoError` if no session can read it; nothing changes then.
         """
         replayed: CryptoError | None = None
         last: CryptoError | None = None
         sessions = self.sessions.get(from_device, [])
         for index, raw in enumerate(sessions):
             session = Session.from_bytes(raw)
+            if not self._lists(from_device, session.peer_identity):
+                # Not the identity the list names for this device (:meth:`trust`
+                # drops such sessions: this is a second check).
+                last = UnknownDevice(
+                    f"device {from_device} of {self.user_id} is not in its device list"
+                    " with this session's identity"
+                )
+                continue
             try:
                 message = session.decrypt_message(wire)
             except ReplayedMessage as exc:
@@ -275,14 +353,26 @@ class PeerState:
         try:
             session, message = Session.respond_message(device, wire)
         except PrekeyReused as exc:
-            # Our prekey went to an earlier copy of this message, which made a
-            # session we have since dropped, or which we already read.
-            raise ReplayedMessage(str(exc)) from exc
+            if b64encode(initial_message_digest(wire)) in self.answered:
+                # A handshake we answered: a copy of a message we read, or a later
+                # message of its session, which we have since dropped.
+                raise ReplayedMessage(str(exc)) from exc
+            # Another initiator's: the directory handed our one-time prekey out
+            # twice. Its message cannot be read; the caller says so.
+            raise
         self.check_device(from_device, session.peer_identity)
         self._push(from_device, session)
+        if session.initial_digest is not None:
+            self.answered.append(b64encode(session.initial_digest))
+            del self.answered[:-ANSWERED_KEPT]
         return Incoming(message, new_session=True)
 
     def _push(self, device_id: int, session: Session) -> None:
         sessions = self.sessions.setdefault(device_id, [])
         sessions.insert(0, session.to_bytes())
         del sessions[MAX_SESSIONS:]
+
+
+def _keys(entry: dict[str, str] | None) -> tuple[str, str] | None:
+    """A device list entry's identity (signing key, DH key), base64url."""
+    return None if entry is None else (entry["signing_key"], entry["dh_key"])

@@ -726,3 +726,55 @@ async def test_a_hung_key_directory_holds_a_new_device_s_message_for_seconds_onl
     kept = msgspec_message(bob.store.read().aside()[0])
     await bob.messenger._on_message(kept)  # a copy sent again
     assert asked == [alice.user_id] and bob.store.read().aside_count() == 1
+
+
+async def test_a_second_initiator_of_a_reused_prekey_sees_a_could_not_decrypt_not_silence(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory hands bob's same one-time prekeys to alice and to carol. Before:
+    carol's messages were taken for replays (PrekeyReused made ReplayedMessage) and
+    dropped, acknowledged, with no history entry and no event, every later one of
+    her session too. Now each is a "could not decrypt" line and a DecryptFailed
+    event, and the pair recovers when bob writes to carol (a new session, which
+    carol then sends on). docs/crypto.md, "PQXDH"."""
+    from parley.client import DecryptFailed
+
+    alice, carol, bob = await make_client(), await make_client(), await make_client()
+    assert bob.username and bob.user_id and alice.user_id and carol.user_id and carol.username
+    claimed: list[dict[str, object]] = []
+    alice_claim = alice.messenger.keys.claim
+
+    async def recorded(user_id: str, device_ids: list[int]) -> dict[str, object]:
+        answer = await alice_claim(user_id, device_ids)
+        if user_id == bob.user_id:
+            claimed.append(answer)
+        return answer
+
+    async def handed_out_again(user_id: str, device_ids: list[int]) -> dict[str, object]:
+        assert user_id == bob.user_id and claimed
+        return claimed[0]
+
+    monkeypatch.setattr(alice.messenger.keys, "claim", recorded)
+    monkeypatch.setattr(carol.messenger.keys, "claim", handed_out_again)
+    await alice.connect()
+    await carol.connect()
+    await alice.send(bob.username, "from alice", wait="stored")
+    await carol.send(bob.username, "carol 1", wait="stored")
+    await carol.send(bob.username, "carol 2", wait="stored")
+    await bob.connect()  # syncs: alice's message first, it consumes the prekeys
+    assert [e["text"] for e in bob.history(alice.user_id)] == ["from alice"]
+    got = await bob.next_event(Message)
+    assert isinstance(got, Message) and got.text == "from alice"
+    assert _texts(bob, carol.user_id) == [("error", "[could not decrypt: PrekeyReused]")] * 2
+    for _ in range(2):
+        failed = await bob.next_event(DecryptFailed, timeout=5)
+        assert isinstance(failed, DecryptFailed)
+        assert (failed.peer_id, failed.reason) == (carol.user_id, "PrekeyReused")
+    # Bob writes back: he has no session with carol's device, so he starts one; carol
+    # sends on it from then on, and bob reads her.
+    await bob.send(carol.username, "say again?")
+    got = await carol.next_event(Message)
+    assert isinstance(got, Message) and got.text == "say again?"
+    await carol.send(bob.username, "carol 3")
+    got = await bob.next_event(Message)
+    assert isinstance(got, Message) and got.text == "carol 3"

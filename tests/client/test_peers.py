@@ -1,13 +1,26 @@
 """PeerState's identity policy, in memory (no server): trust on first use, a changed
 account key held as a pending change until accepted or verified (docs/client.md,
-"Identity changes")."""
+"Identity changes"); sessions only with the identity the list names for their
+device; a reused prekey's second initiator told from a replay."""
 
 from __future__ import annotations
 
 import pytest
-from parley.crypto import AccountKey, Device, DeviceEntry, DeviceList
+from parley.crypto import (
+    AccountKey,
+    CryptoError,
+    Device,
+    DeviceEntry,
+    DeviceList,
+    PrekeyReused,
+    ReplayedMessage,
+    Session,
+    SignedDeviceList,
+)
 from parley.crypto.encoding import b64encode
-from parley.peers import PeerState, UnknownDevice
+from parley.peers import ANSWERED_KEPT, PeerState, UnknownDevice
+
+from tests.crypto.helpers import claimed_bundle
 
 ME = AccountKey.generate()
 
@@ -111,3 +124,140 @@ def test_a_switch_to_another_key_and_back_cannot_bring_an_older_list_back() -> N
     with pytest.raises(UnknownDevice, match="older device list"):
         again.trust(b64encode(first.public), signed(first, 4, [phone, stolen]),  # type: ignore[arg-type]
                     ME.public, "me")  # fmt: skip
+
+
+# -- a device id given new keys (audit A) -------------------------------------------
+
+
+def _signed(
+    account: AccountKey, user_id: str, version: int, devices: dict[int, Device]
+) -> SignedDeviceList:
+    entries = [DeviceEntry.of(i, "d", d.identity) for i, d in sorted(devices.items())]
+    return account.sign(DeviceList(user_id, version, entries))
+
+
+class _Rekeyed:
+    """Bob's view of alice, whose device 7 is ``old`` in list v1 and ``new`` in v2;
+    bob has a session with the old device 7 (started from its bundle, answered)."""
+
+    def __init__(self) -> None:
+        self.account, self.bob = AccountKey.generate(), Device.generate()
+        self.old, self.new = Device.generate(), Device.generate()
+        self.alice = PeerState("alice")
+        self.trust(1, self.old)
+        session, first = Session.initiate(
+            self.bob, claimed_bundle(self.old, user_id="alice", device_id=7), b"hi"
+        )
+        self.alice.start(7, session)
+        self.old_side, _ = Session.respond(self.old, first)
+        self.stale = self.alice.sessions[7][0]
+        assert (
+            self.alice.decrypt(self.bob, 7, self.old_side.encrypt(b"hello")).message.plaintext
+            == b"hello"
+        )
+
+    def trust(self, version: int, device7: Device) -> None:
+        key = b64encode(self.account.public)
+        self.alice.trust(
+            key, _signed(self.account, "alice", version, {7: device7}), ME.public, "me"
+        )
+
+
+def test_a_list_that_gives_a_device_id_new_keys_ends_its_sessions() -> None:
+    """peer_rekeyed_device.py: sessions were kept by device id, so after a list naming
+    device 7 with new keys bob kept encrypting to, and reading from, the old keys."""
+    r = _Rekeyed()
+    r.trust(2, r.old)  # the same keys again: the session stays
+    assert r.alice.has_session(7)
+    r.trust(3, r.new)
+    assert not r.alice.has_session(7) and r.alice.missing_sessions() == [7]
+    assert not PeerState.from_json(r.alice.to_json()).has_session(7)
+    with pytest.raises(CryptoError):  # the old device's message is not read
+        r.alice.decrypt(r.bob, 7, r.old_side.encrypt(b"from the removed phone"))
+    # A session with the device the list names now works.
+    session, first = Session.initiate(
+        r.bob, claimed_bundle(r.new, user_id="alice", device_id=7), b"to the new phone"
+    )
+    r.alice.start(7, session)
+    assert Session.respond(r.new, first)[1] == b"to the new phone"
+
+
+def test_a_session_with_another_identity_than_the_list_names_is_never_used() -> None:
+    """The second check, when a session got past :meth:`PeerState.trust` (a store
+    written before it checked): no encrypting to it, no reading from it."""
+    r = _Rekeyed()
+    r.trust(2, r.new)
+    r.alice.sessions[7] = [r.stale]
+    with pytest.raises(UnknownDevice):
+        r.alice.encrypt(7, b"secret for the current phone 7")
+    with pytest.raises(UnknownDevice):
+        r.alice.decrypt(r.bob, 7, r.old_side.encrypt(b"from the removed phone"))
+    assert r.alice.sessions[7] == [r.stale]  # nothing changed
+
+
+def test_a_store_from_before_the_check_drops_a_rekeyed_device_s_sessions_on_load() -> None:
+    r = _Rekeyed()
+    r.trust(2, r.new)
+    r.alice.sessions[7] = [r.stale]
+    raw = r.alice.to_json()
+    del raw["sessions_checked"], raw["answered"]  # as written before
+    assert not PeerState.from_json(raw).has_session(7)
+    # A session with the listed identity survives the same load.
+    r2 = _Rekeyed()
+    raw = r2.alice.to_json()
+    del raw["sessions_checked"], raw["answered"]
+    assert PeerState.from_json(raw).sessions[7] == r2.alice.sessions[7]
+
+
+# -- a one-time prekey handed out twice (audit B) ------------------------------------
+
+
+class _TwoInitiators:
+    """The directory hands out bob's same claimed bundle to alice and to carol."""
+
+    def __init__(self) -> None:
+        self.bob = Device.generate()
+        bundle = claimed_bundle(self.bob)
+        self.alice_dev, self.carol_dev = Device.generate(), Device.generate()
+        self.alice_session, self.from_alice = Session.initiate(self.alice_dev, bundle, b"alice 1")
+        self.carol_session, self.from_carol = Session.initiate(self.carol_dev, bundle, b"carol 1")
+        self.alice, self.carol = PeerState("alice"), PeerState("carol")
+        for state, device in ((self.alice, self.alice_dev), (self.carol, self.carol_dev)):
+            account = AccountKey.generate()
+            signed = _signed(account, state.user_id, 1, {1: device})
+            state.trust(b64encode(account.public), signed, ME.public, "me")
+
+
+def test_a_second_initiator_of_a_reused_prekey_is_refused_not_dropped_as_a_replay() -> None:
+    """prekey_reused_silently_dropped.py: carol's messages were raised as
+    ReplayedMessage, which the messenger drops without a trace, every one of them."""
+    t = _TwoInitiators()
+    assert t.alice.decrypt(t.bob, 1, t.from_alice).message.plaintext == b"alice 1"
+    for wire in (t.from_carol, t.carol_session.encrypt(b"carol 2")):
+        with pytest.raises(PrekeyReused) as caught:
+            t.carol.decrypt(t.bob, 1, wire)
+        assert not isinstance(caught.value, ReplayedMessage)
+    assert not t.carol.has_session(1) and t.carol.answered == []
+
+
+def test_a_repeat_of_an_answered_handshake_is_still_a_replay() -> None:
+    t = _TwoInitiators()
+    later = t.alice_session.encrypt(b"alice 2")  # same PQXDH fields: not answered yet
+    assert t.alice.decrypt(t.bob, 1, t.from_alice).message.plaintext == b"alice 1"
+    with pytest.raises(ReplayedMessage):  # the session itself refuses the copy
+        t.alice.decrypt(t.bob, 1, t.from_alice)
+    t.alice.sessions = {}  # its session dropped since (evicted, say)
+    again = PeerState.from_json(t.alice.to_json())  # remembered in the store
+    for wire in (t.from_alice, later):
+        with pytest.raises(ReplayedMessage):
+            again.decrypt(t.bob, 1, wire)
+
+
+def test_the_answered_handshakes_kept_are_bounded() -> None:
+    alice = PeerState("alice")
+    account, me, dev = AccountKey.generate(), Device.generate(), Device.generate()
+    alice.trust(b64encode(account.public), _signed(account, "alice", 1, {1: dev}), ME.public, "me")
+    for i in range(ANSWERED_KEPT + 3):
+        _, first = Session.initiate(dev, claimed_bundle(me), b"%d" % i)
+        alice.decrypt(me, 1, first)
+    assert len(alice.answered) == ANSWERED_KEPT == len(set(alice.answered))

@@ -327,18 +327,25 @@ def test_skipped_key_memory_stays_within_the_bound(
             for s in sessions.values():
                 assert len(s._ratchet.skipped) <= cap
                 assert len(s._ratchet.old_chains) <= ratchet_module.MAX_REMEMBERED_CHAINS
-                oldest = s._ratchet.chain_index - chains
+                # keys of the last ``chains`` receiving chains only, the current one included
+                oldest = s._ratchet.chain_index - chains + 1
                 assert all(idx >= oldest for _, idx in s._ratchet.skipped.values())
 
 
 def test_old_chain_keys_expire_after_max_old_chains_steps() -> None:
+    """docs/crypto.md: a receiving chain's skipped keys are deleted after
+    MAX_OLD_CHAINS (5) further DH ratchet steps: still there after 4, gone after
+    exactly 5 (they were kept one step longer: the test ran 6 and could not tell)."""
     a, b = session_pair()
     late = a.encrypt(b"late")
     a.encrypt(b"skipped over")  # never delivered
     b.decrypt(a.encrypt(b"on time"))  # 'late' is now a stored skipped key
-    for _ in range(ratchet_module.MAX_OLD_CHAINS + 1):
+    for step in range(1, ratchet_module.MAX_OLD_CHAINS + 1):
         a.decrypt(b.encrypt(b"ping"))
-        b.decrypt(a.encrypt(b"pong"))
+        b.decrypt(a.encrypt(b"pong"))  # one more DH ratchet step for b's receiving side
+        if step == ratchet_module.MAX_OLD_CHAINS - 1:
+            assert Session.from_bytes(b.to_bytes()).decrypt(late) == b"late"  # on a copy
+    assert len(b._ratchet.skipped) == 0  # 'skipped over' went with it
     with pytest.raises(ReplayedMessage):
         b.decrypt(late)
 

@@ -14,9 +14,11 @@ from parley.crypto import (
     DecryptedMessage,
     Device,
     GroupSession,
+    MalformedMessage,
     MalformedState,
     Session,
     UnsupportedVersion,
+    initial_message_digest,
     is_initial_message,
 )
 from parley.crypto.encoding import U32_MAX, b64decode
@@ -168,3 +170,31 @@ def test_exhausted_counters_raise_counter_exhausted() -> None:
     device._next_one_time_id = U32_MAX + 1
     with pytest.raises(CounterExhausted):
         device.generate_one_time_prekeys(1)
+
+
+def test_initial_message_digest_names_a_handshake() -> None:
+    """Every initial message of one handshake has the digest of the session it
+    started (``Session.initial_digest``); another handshake's differs; a message that
+    is not an initial message raises."""
+    alice, bob = Device.generate(), Device.generate()
+    a, first = Session.initiate(alice, claimed_bundle(bob), b"one")
+    second = a.encrypt(b"two")  # not answered yet: the same PQXDH fields
+    b, _ = Session.respond(bob, first)
+    assert a.initial_digest is None
+    assert initial_message_digest(first) == initial_message_digest(second) == b.initial_digest
+    _, other = Session.initiate(alice, claimed_bundle(bob), b"one")
+    assert initial_message_digest(other) != initial_message_digest(first)
+    with pytest.raises(MalformedMessage):
+        initial_message_digest(b.encrypt(b"reply"))
+    with pytest.raises(MalformedMessage):
+        initial_message_digest(b"")
+
+
+def test_peer_identity_of_a_stored_session() -> None:
+    a, b = session_pair()
+    assert Session.peer_identity_of(a.to_bytes()) == a.peer_identity == b.local_identity
+    assert Session.peer_identity_of(b.to_bytes()) == b.peer_identity
+    with pytest.raises(MalformedState):
+        Session.peer_identity_of(b"{}")
+    with pytest.raises(MalformedState):
+        Session.peer_identity_of(b"not json")

@@ -64,6 +64,7 @@ from parley.crypto.session import (
     GroupSession,
     Session,
     check_identity,
+    initial_message_digest,
     is_initial_message,
 )
 
@@ -110,6 +111,7 @@ __all__ = [
     "check_identity",
     "commitment_from_message",
     "format_safety_number",
+    "initial_message_digest",
     "is_initial_message",
     "link_code",
     "open_on_new_device",

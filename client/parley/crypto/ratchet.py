@@ -16,11 +16,13 @@ Bounds on skipped message keys (same numbers as libsignal):
 
 * :data:`MAX_SKIP` = 2000: one message may make us skip at most 2000 keys in
   one chain (both for PN on the old chain and for N on the new one), so a
-  forged header costs a receiver at most ~4000 HMACs;
+  forged header costs a receiver at most ~4,000 ``KDF_CK`` steps (~8,000
+  HMAC-SHA256) and one X25519 per session tried;
 * :data:`MAX_SKIPPED_KEYS` = 2000 keys stored in total, oldest evicted first;
 * :data:`MAX_OLD_CHAINS` = 5: keys of a receiving chain are dropped once five
-  newer receiving chains exist (i.e. after five DH ratchet steps).  No wall
-  clock is involved, so the state machine stays deterministic.
+  newer receiving chains exist (i.e. at the fifth DH ratchet step after it), so
+  skipped keys of at most five receiving chains (the current one included) are
+  kept.  No wall clock is involved, so the state machine stays deterministic.
 
 The ratchet public keys of the last :data:`MAX_REMEMBERED_CHAINS` (100)
 receiving chains are remembered (32 bytes each), so a message whose key was
@@ -323,7 +325,9 @@ class RatchetState:
         remembered = self.chain_index - MAX_REMEMBERED_CHAINS
         if len(self.old_chains) > MAX_REMEMBERED_CHAINS:
             self.old_chains = {k: i for k, i in self.old_chains.items() if i >= remembered}
-        oldest = self.chain_index - MAX_OLD_CHAINS
+        # The keys of the last MAX_OLD_CHAINS receiving chains (the current one
+        # included) are kept: a chain's go at the MAX_OLD_CHAINS-th DH step after it.
+        oldest = self.chain_index - MAX_OLD_CHAINS + 1
         if any(v[1] < oldest for v in self.skipped.values()):
             self.skipped = {s: v for s, v in self.skipped.items() if v[1] >= oldest}
 

@@ -74,6 +74,7 @@ __all__ = [
     "GroupSession",
     "Session",
     "check_identity",
+    "initial_message_digest",
     "is_initial_message",
 ]
 
@@ -122,6 +123,17 @@ def is_initial_message(message: bytes) -> bool:
     """True if ``message`` is a PQXDH initial message (give it to :meth:`Session.respond`
     unless a session with that peer already exists)."""
     return len(message) >= 2 and message[0] == VERSION and message[1] == TYPE_INITIAL
+
+
+def initial_message_digest(message: bytes) -> bytes:
+    """SHA-256 of an initial message's PQXDH fields: the same for every initial message
+    of one handshake (the initiator repeats them until answered), and what
+    :attr:`Session.initial_digest` holds for the session it started.  Raises
+    :class:`MalformedMessage` (or :class:`UnsupportedVersion`) for anything else."""
+    parsed = parse_pairwise(message)
+    if parsed.type != TYPE_INITIAL or parsed.prekey_raw is None:
+        raise MalformedMessage("not an initial message")
+    return hashlib.sha256(parsed.prekey_raw).digest()
 
 
 def check_identity(
@@ -326,6 +338,22 @@ class Session:
         return payload
 
     # ------------------------------------------------------------------ identity
+
+    @property
+    def initial_digest(self) -> bytes | None:
+        """For a session started by the peer's initial message, SHA-256 of its PQXDH
+        fields (:func:`initial_message_digest`); ``None`` for one we initiated."""
+        return self._initial_digest
+
+    @staticmethod
+    def peer_identity_of(data: bytes) -> PublicIdentity:
+        """The peer identity of a serialised session, without restoring its ratchet
+        (``MalformedState`` if it does not parse)."""
+        obj = load_state(data)
+        try:
+            return PublicIdentity.from_json(obj["peer"])
+        except (KeyError, TypeError, MalformedBundle) as exc:
+            raise MalformedState("session state does not parse") from exc
 
     def safety_number(self, local_user_id: str, peer_user_id: str) -> str:
         """The 60-digit safety number of this session's two identities."""
