@@ -3,8 +3,8 @@
 An account registers its account key once with a first device list
 (version 1), then publishes each new list signed by that key with the next
 version. A different account key is a **reset** (the owner lost every device
-and reinstalled): allowed for the account's owner, it starts again at version
-1 and publishes ``key_changed``.
+and reinstalled): allowed for the account's owner (``reset_limit`` times a day),
+it starts again at version 1 and publishes ``key_changed``.
 
 Every write is compare-and-set on the account document's ``generation``, so
 that of two concurrent lists exactly one wins (the other gets ``conflict``
@@ -62,6 +62,8 @@ class Account:
     signature: str
     device_ids: tuple[int, ...]
     removing: tuple[int, ...]
+    dropped: dict[int, int]
+    """For each device of ``removing``, the generation of the write that dropped it."""
     updated_at: float
 
     @classmethod
@@ -76,8 +78,23 @@ class Account:
             signature=str(doc["signature"]),
             device_ids=tuple(int(d["device_id"]) for d in listed["devices"]),
             removing=tuple(int(d) for d in doc.get("removing") or ()),
+            dropped={int(d): int(g) for d, g in (doc.get("dropped") or {}).items()},
             updated_at=float(doc.get("updated_at", 0)),
         )
+
+    def dropped_at(self, device_id: int) -> int:
+        """The generation of the write that dropped this device of ``removing`` (this
+        one's, for a document written before the account kept it)."""
+        return self.dropped.get(device_id, self.generation)
+
+    def removals(self, dropped: Iterable[int] = ()) -> dict[int, int]:
+        """The removals the next write carries: those not finished (each with the
+        generation that dropped it) and ``dropped`` by that write (the generation it
+        makes)."""
+        return {
+            **{d: self.dropped_at(d) for d in self.removing},
+            **{d: self.generation + 1 for d in dropped},
+        }
 
     def listed(self) -> dict[str, Any]:
         """The members every answer that carries the list has (models._Listed)."""
@@ -111,7 +128,7 @@ async def current(keys: Keys, user_id: str) -> Account:
     if account is None:
         raise identity_not_found(user_id)
     if account.removing and time.time() - account.updated_at > REMOVAL_GRACE_S:
-        await _finish_removals(keys, user_id, account.generation, account.removing)
+        await _finish_removals(keys, user_id, account.generation, account.removals())
         await keys.store.broadcast(e.DevicesChanged(user_id=user_id))
     return account
 
@@ -234,12 +251,18 @@ async def register(
     public = verify.account_key(body.account_key)
     verify.list_signature(listed, public, body.signature)
     store = keys.store
+    limited = False
     for _ in range(_CAS_ATTEMPTS):
         old = await get(keys, user_id)
         if old is not None and old.account_key == body.account_key:
             return models.AccountRegistered(version=old.version, created=False, changed=False)
         if not await _identities_hold(keys, user_id, listed, old):
             continue
+        if old is not None and not limited:
+            # A reset, about to be made: limited per user (``reset_limit``), since each
+            # tells every contact of a new key. The first key and a retry are not.
+            await keys.limiter.hit("resets", user_id, keys.config.reset_limit)
+            limited = True
         fields: dict[str, Any] = {
             "account_key": body.account_key,
             "version": 1,
@@ -248,7 +271,7 @@ async def register(
         }
         if old is None:
             try:
-                await store.insert_account(user_id, {**fields, "removing": []})
+                await store.insert_account(user_id, {**fields, **_kept({})})
             except DuplicateKeyError:
                 continue  # registered concurrently: compare with that one
             log.info("account key registered", extra={"user_id": user_id})
@@ -256,7 +279,7 @@ async def register(
             await store.broadcast(e.DevicesChanged(user_id=user_id))
             return models.AccountRegistered(version=1, created=True, changed=False)
         dropped = {d for d in old.device_ids if d not in listed.devices}
-        removing = tuple(sorted(set(old.removing) | dropped))
+        removing = old.removals(dropped)
         # Recorded before the change: a process dying after it would otherwise lose the
         # event for good (a retry finds the key registered and changes nothing), and
         # contacts would never be warned. Sent only once the change is there.
@@ -264,9 +287,7 @@ async def register(
             events.key_changed(user_id, body.account_key),
             {"_id": user_key(user_id), "account_key": body.account_key},
         )
-        if not await store.replace_account(
-            user_id, old.generation, {**fields, "removing": list(removing)}
-        ):
+        if not await store.replace_account(user_id, old.generation, {**fields, **_kept(removing)}):
             await keys.events.drop(held)
             continue
         log.info("account key reset", extra={"user_id": user_id, "removed": sorted(dropped)})
@@ -300,12 +321,12 @@ async def update_list(
         if not await _identities_hold(keys, user_id, listed, account):
             continue
         dropped = {d for d in account.device_ids if d not in listed.devices}
-        removing = tuple(sorted(set(account.removing) | dropped))
+        removing = account.removals(dropped)
         fields = {
             "version": listed.version,
             "device_list": listed.text(),
             "signature": body.signature,
-            "removing": list(removing),
+            **_kept(removing),
         }
         if not await store.replace_account(user_id, account.generation, fields):
             continue  # another write won: its version decides on the next round
@@ -330,17 +351,30 @@ async def _copy(keys: Keys, user_id: str, generation: int, devices: Iterable[int
         log.warning("device list copy not written", extra={"user_id": user_id, "error": repr(exc)})
 
 
+def _kept(removing: dict[int, int]) -> dict[str, Any]:
+    """The account fields that record the removals a write leaves to finish."""
+    return {
+        "removing": sorted(removing),
+        "dropped": {str(d): g for d, g in sorted(removing.items())},
+    }
+
+
 async def _finish_removals(
-    keys: Keys, user_id: str, generation: int, removing: tuple[int, ...]
+    keys: Keys, user_id: str, generation: int, removing: dict[int, int]
 ) -> None:
-    """Remove each dropped device (every step idempotent), then clear ``removing``."""
+    """Remove each dropped device (every step idempotent), then clear ``removing``.
+
+    ``removing``: each device and the generation of the write that dropped it, which
+    its ``device_removed`` event's id is made of, so that every process finishing the
+    same removal (a write lands while another finishes it) announces it with the same
+    id (they used to make two events of one removal, each with an id of its own)."""
     store = keys.store
-    for device_id in removing:
+    for device_id, dropped_at in sorted(removing.items()):
         await store.revoke_device(user_id, device_id)
         await store.delete_device(user_id, device_id)
         await store.forget_left(user_id, device_id)
         await store.broadcast(e.DeviceRevoked(user_id=user_id, device=device_id))
-        await keys.events.publish(events.device_removed(user_id, device_id))
+        await keys.events.publish(events.device_removed(user_id, device_id, dropped_at))
         log.info("device removed", extra={"user_id": user_id, "device_id": device_id})
     if removing:
         # If someone wrote meanwhile, they carried these on and finish them too.

@@ -327,7 +327,13 @@ async def _check_low(keys: Keys, user_id: str, claimed: _Claimed) -> None:
         "prekeys low",
         extra={"user_id": user_id, "device_id": device_id, "one_time": one_time, "kem": kem},
     )
-    await keys.events.publish(events.prekeys_low(user_id, device_id, one_time, kem, t))
+    try:
+        await keys.events.publish(events.prekeys_low(user_id, device_id, one_time, kem, t))
+    except Exception:
+        # Not recorded (the outbox write failed): the flag goes too, so that the next
+        # claim tells the device (it kept the event from being sent for the whole spell).
+        await store.unflag_low(user_id, device_id)
+        raise
     keys.metrics.low.inc()
 
 

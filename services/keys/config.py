@@ -41,6 +41,10 @@ class KeysConfig:
     link_ttl_s: int = 600
     # New links per user (``COUNT/SECONDS``).
     link_limit: Limit = Limit(10, 3600)  # noqa: RUF009 (a frozen value)
+    # Account resets (a new account key) per user: each one sends ``key_changed`` to
+    # every contact (a new safety number to check), and a reset is for an owner who
+    # lost every device, so a few a day is plenty.
+    reset_limit: Limit = Limit(5, 86400)  # noqa: RUF009 (a frozen value)
     # How often each replica checks that Redis still holds the device revocations.
     revocation_check_s: float = 30.0
     # Below this many one-time prekeys of either kind, ``prekeys_low`` is published.

@@ -65,11 +65,7 @@ async def register_identity(
     new = verify.identity(body).doc()
     store = keys.store
     if await store.device_revoked(user_id, device_id):
-        raise ApiError(
-            ErrorCode.CONFLICT,
-            "This device was removed from the account; register under a new device id.",
-            details={"device_id": device_id},
-        )
+        raise _removed(device_id)
     for _ in range(_CAS_ATTEMPTS):
         device = await store.get_device(user_id, device_id)
         if device is None:
@@ -78,6 +74,13 @@ async def register_identity(
                 await store.insert_device(user_id, device_id, new)
             except DuplicateKeyError:
                 continue  # registered concurrently: compare with that one
+            if await store.device_revoked(user_id, device_id):
+                # Removed between the check above and the insert (a removal revokes
+                # before it deletes, so one that deleted before this insert has revoked
+                # already): this registration goes too.
+                await store.delete_device(user_id, device_id)
+                await store.forget_left(user_id, device_id)
+                raise _removed(device_id)
             if (
                 await store.count_devices(user_id)
                 > keys.config.max_devices + keys.config.max_pending
@@ -106,6 +109,14 @@ async def register_identity(
         log.info("pending identity replaced", extra={"user_id": user_id, "device_id": device_id})
         return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
     raise _conflict()
+
+
+def _removed(device_id: int) -> ApiError:
+    return ApiError(
+        ErrorCode.CONFLICT,
+        "This device was removed from the account; register under a new device id.",
+        details={"device_id": device_id},
+    )
 
 
 def _too_many_prekeys(cap: int, held: int) -> ApiError:
@@ -225,7 +236,12 @@ async def _upload(
     size: int,
     check: Callable[[dict[str, Any]], list[verify.VerifiedPrekey]],
 ) -> models.Stored:
-    """Store a batch of one-time prekeys: every item valid and new, or nothing stored."""
+    """Store a batch of one-time prekeys: every item valid and new, or nothing stored.
+
+    The same batch again, every prekey of it still stored as sent, is a retry (of an
+    upload that stored it and failed after, or whose answer was lost): it succeeds,
+    storing nothing, and finishes what the first one may not have (the claim count,
+    the estimates)."""
     store, config = keys.store, keys.config
     if size > config.max_batch:
         raise ApiError(
@@ -237,11 +253,45 @@ async def _upload(
     generation = int(device["generation"])
     verified = check(device)
     ids = [p.id for p in verified]
-    dups = verify.duplicate_ids(verified) or await store.existing_prekey_ids(
-        kind, user_id, device_id, generation, ids
-    )
+    dups = verify.duplicate_ids(verified)
     if dups:
         raise _duplicates(dups)
+    stored = await store.existing_prekeys(kind, user_id, device_id, generation, ids)
+    if not stored:
+        await _insert(keys, kind, user_id, device_id, generation, verified)
+    elif not _same_batch(verified, stored):
+        raise _duplicates([int(doc["id"]) for doc in stored])
+    await store.seed_count(kind, user_id, device_id, generation, min(ids))
+    one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
+    kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)
+    # A new low spell starts from here (the flag goes even if still low).
+    await store.reset_left(user_id, device_id, one_time, kem, clear_low=True)
+    return models.Stored(
+        device_id=device_id, stored=len(verified), one_time=one_time, kem_one_time=kem
+    )
+
+
+def _same_batch(verified: list[verify.VerifiedPrekey], stored: list[dict[str, Any]]) -> bool:
+    """Every prekey of the batch is stored exactly as sent (a retry of the same batch)."""
+    sent = sorted((p.doc() for p in verified), key=lambda doc: int(doc["id"]))
+    fields = ("id", "key", "sig")
+    return len(sent) == len(stored) and all(
+        [a.get(f) for f in fields] == [b.get(f) for f in fields]
+        for a, b in zip(sent, stored, strict=True)
+    )
+
+
+async def _insert(
+    keys: Keys,
+    kind: Kind,
+    user_id: str,
+    device_id: int,
+    generation: int,
+    verified: list[verify.VerifiedPrekey],
+) -> None:
+    """Insert a checked batch whose ids are all new, within the cap; or nothing."""
+    store, config = keys.store, keys.config
+    ids = [p.id for p in verified]
     held = await store.count_prekeys(kind, user_id, device_id, generation)
     if held + len(verified) > config.max_stored:
         raise _too_many_prekeys(config.max_stored, held)
@@ -251,9 +301,8 @@ async def _upload(
             kind, user_id, device_id, generation, [p.doc() for p in verified], batch
         )
     except DuplicatePrekeyIds:
-        raise _duplicates(
-            await store.existing_prekey_ids(kind, user_id, device_id, generation, ids)
-        ) from None
+        stored = await store.existing_prekeys(kind, user_id, device_id, generation, ids)
+        raise _duplicates([int(doc["id"]) for doc in stored]) from None
     current = await store.get_device(user_id, device_id)
     if current is None or int(current["generation"]) != generation:
         # The identity changed (or the device went) while this batch was checked.
@@ -266,14 +315,6 @@ async def _upload(
         # so concurrent requests cannot pile prekeys up past it.
         await store.delete_batch(kind, inserted, batch)
         raise _too_many_prekeys(config.max_stored, held - len(inserted))
-    await store.seed_count(kind, user_id, device_id, generation, min(ids))
-    one_time = await store.count_prekeys(Kind.ONE_TIME, user_id, device_id, generation)
-    kem = await store.count_prekeys(Kind.KEM, user_id, device_id, generation)
-    # A new low spell starts from here (the flag goes even if still low).
-    await store.reset_left(user_id, device_id, one_time, kem, clear_low=True)
-    return models.Stored(
-        device_id=device_id, stored=len(verified), one_time=one_time, kem_one_time=kem
-    )
 
 
 def _duplicates(ids: list[int]) -> ApiError:

@@ -17,6 +17,8 @@ event as an idempotent notification.
 
 ``event_id`` is the same on every redelivery of one event, so a consumer
 that must not act twice (storing a notice per contact) can deduplicate on it.
+A ``device_removed`` event's is derived from the removal (:func:`device_removed`),
+so that two processes finishing the same removal publish the same id.
 
 The record key is the user id (so one user's events keep their order within
 a partition) and the ``request_id`` header carries the request that caused it.
@@ -24,6 +26,7 @@ a partition) and the ``request_id`` header carries the request that caused it.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -57,8 +60,20 @@ def key_changed(user_id: str, account_key: str) -> e.KeyChangedEvent:
     return e.KeyChangedEvent(user_id=user_id, account_key=account_key)
 
 
-def device_removed(user_id: str, device_id: int) -> e.DeviceRemovedEvent:
-    return e.DeviceRemovedEvent(user_id=user_id, device_id=device_id)
+def device_removed(user_id: str, device_id: int, generation: int) -> e.DeviceRemovedEvent:
+    """The removal of ``device_id`` dropped by the account write that made ``generation``.
+
+    Its ``event_id`` comes from the removal itself (user, device, that generation), not
+    from chance: every process that finishes the same removal (its writer, a later
+    write that carried it on, a reader finishing it) publishes the same id, so
+    consumers can drop the copies; another removal of the same id (registered again
+    once its revocation ran out) is a later write, so another id."""
+    digest = hashlib.sha256(
+        f"device_removed\0{len(user_id)}:{user_id}\0{device_id}\0{generation}".encode()
+    )
+    return e.DeviceRemovedEvent(
+        user_id=user_id, device_id=device_id, event_id=digest.hexdigest()[:24]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +92,11 @@ class EventPublisher:
         self.config = config
 
     async def publish(self, event: e.Event) -> None:
-        """Record the event (with a fresh ``event_id``), then try to send it now."""
-        with_id = msgspec.structs.replace(event, event_id=secrets.token_hex(12))
+        """Record the event (with a fresh ``event_id`` unless it has its own), then try
+        to send it now."""
+        with_id = event
+        if event.event_id is None:
+            with_id = msgspec.structs.replace(event, event_id=secrets.token_hex(12))
         await self.publish_encoded(event.user_id, e.encode(with_id))
 
     async def publish_encoded(self, key: str, value: bytes) -> None:

@@ -30,6 +30,10 @@ def _not_found() -> ApiError:
     return ApiError(ErrorCode.NOT_FOUND, "No such link (unknown, expired, or not yours).")
 
 
+def _taken() -> ApiError:
+    return ApiError(ErrorCode.CONFLICT, "This link id is taken; make a new link code.")
+
+
 def _state(link: dict[str, Any], device: dict[str, Any]) -> models.LinkState:
     approval = link["approval"]
     return models.LinkState(
@@ -58,10 +62,15 @@ async def create(keys: Keys, claims: Claims, body: models.LinkCreate) -> models.
             "it again.",
             details={"device_id": body.device_id},
         )
+    # A link id the user has live is refused before the limit: a refusal creates nothing
+    # and should cost no new link (only two posts of one id at once can both pass here;
+    # the create refuses the second, its token spent).
+    if await keys.store.get_link(user_id, link_id) is not None:
+        raise _taken()
     await keys.limiter.hit("links", user_id, keys.config.link_limit)
     ttl_s = keys.config.link_ttl_s
     if not await keys.store.create_link(user_id, link_id, body.device_id, body.name, ttl_s):
-        raise ApiError(ErrorCode.CONFLICT, "This link id is taken; make a new link code.")
+        raise _taken()
     log.info("link created", extra={"user_id": user_id, "device_id": body.device_id})
     link = {"link_id": link_id, "device_id": body.device_id, "name": body.name, "approval": None}
     return _state(link, device)

@@ -232,9 +232,15 @@ async def delete_device(request: web.Request, claims: Claims) -> None:
 )
 async def delete_user_device(request: web.Request, claims: Claims) -> None:
     user_id = user_id_of(request)
-    if user_id != claims.user_id and not claims.is_admin:
+    if claims.is_admin:
+        device_id = device_id_of(request)
+    elif user_id != claims.user_id:
         raise ApiError(_E.FORBIDDEN, "Only the user or an admin may remove a user's device.")
-    await devices.delete(request.app[KEYS], user_id, device_id_of(request))
+    else:
+        # The user's own device: a session bound to a device reaches that one only, as
+        # on ``DELETE /v1/devices/{device_id}`` (this route bypassed the binding).
+        device_id = own_device(request, claims)
+    await devices.delete(request.app[KEYS], user_id, device_id)
 
 
 @api.get(
@@ -344,6 +350,7 @@ async def get_identity(request: web.Request, claims: Claims) -> models.UserIdent
         _E.TOO_MANY_DEVICES,
         _E.FORBIDDEN,
         _E.CONFLICT,
+        _E.RATE_LIMITED,
     ],
     tags=["account"],
 )

@@ -18,8 +18,8 @@ class Keys:
     store: KeyStore
     config: KeysConfig
     events: EventPublisher
-    # The claim limit per (claimer, target) and the link limit per user:
-    # keys <redis_prefix>:keys:rl:<claims|links>:<hash>.
+    # The claim limits, and the link and reset limits per user:
+    # keys <redis_prefix>:keys:rl:<claims|claims-by|one-time|links|resets>:<hash>.
     limiter: RateLimiter
     metrics: KeysMetrics
 

@@ -21,7 +21,8 @@ on the revocation channel.
 
 Correctness never rests on a multi-document transaction (the embedded server
 has none that isolate): single-use claims take ids counted out in Redis, and hand
-out only what their own delete removed (:meth:`KeyStore.claim_slots`);
+out only what their own mark (or ``find_one_and_delete``) took
+(:meth:`KeyStore.claim_slots`);
 writes that must match the identity they were checked against are
 compare-and-set on ``generation``; prekeys carry the generation they were
 signed under, and only the current generation is counted or claimed.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from enum import StrEnum
@@ -126,12 +128,15 @@ return redis.call('HSETNX', KEYS[1], 'approval', ARGV[1])
 
 # The next prekey id a claim may take from a device (KEYS[1], the last one given; none
 # yet: 1 comes first, as a client's ids start): raised first to ARGV[1] when it is
-# lower (ids below it are gone), never lowered, so that no two claims are given the
-# same id; kept ARGV[2] seconds after the last.
+# lower (ids below it are gone), so that claims are not given the same id; with
+# ARGV[3] = 1, set to ARGV[1] even when that is lower (a repair: nothing is stored
+# above the count, prekeys are below it, see KeyStore._next_stored); kept ARGV[2]
+# seconds after the last. An id given twice hands nothing out twice: a prekey is a
+# claim's only once its mark took it (KeyStore._take).
 _COUNT_OUT = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
-if n < floor then n = floor end
+if n < floor or ARGV[3] == '1' then n = floor end
 n = n + 1
 redis.call('SET', KEYS[1], n, 'EX', ARGV[2])
 return n
@@ -140,8 +145,9 @@ return n
 # back to just below it, its time to live kept. Claims that missed while the device had
 # none left (each counted an id out) put the count past ids the device had not made yet;
 # its next ids, numbered on from its own last, were then never handed out, and counted
-# as stock they kept ``prekeys_low`` quiet for good. Lowering it is safe: an id is given
-# only to the claim whose delete removed it, and a device never uploads an id twice.
+# as stock they kept ``prekeys_low`` quiet for good. Lowering it is safe: a prekey is
+# handed out only by the claim whose mark took it (KeyStore._take), whatever ids the
+# count gives.
 # Returns -1 when there is no count (seed_count's first case), else 1 when lowered.
 _LOWER_COUNT = """
 local n = redis.call('GET', KEYS[1])
@@ -158,8 +164,12 @@ CLAIM_TRIES = 4
 # Ids looked at above one given that was not stored, before the range is read.
 _PROBE = 16
 # Up to this many prekeys a claim takes one ``find_one_and_delete`` each (one round trip
-# where a read and a delete are two); more, in bulk.
+# where a mark, a read and a delete are three); more, in bulk.
 _ONE_BY_ONE = 4
+# The field a bulk claim marks the prekeys it takes with (its own random nonce), before
+# it reads and deletes them: a prekey is taken by the one claim whose mark set it.
+# Unmarked prekeys have no such field (a filter ``{CLAIM: None}`` matches them).
+CLAIM = "claim"
 
 
 def _end(device: tuple[str, int, int]) -> str:
@@ -250,10 +260,11 @@ class KeyStore:
         return result.matched_count == 1
 
     async def removals_done(self, user_id: str, generation: int) -> bool:
-        """Clear ``removing`` unless someone wrote since (they carried it on)."""
+        """Clear ``removing`` (and ``dropped``) unless someone wrote since (they carried
+        it on)."""
         result = await self.accounts.update_one(
             {"_id": user_key(user_id), "generation": generation},
-            {"$set": {"removing": []}},
+            {"$set": {"removing": [], "dropped": {}}},
         )
         return result.matched_count == 1
 
@@ -347,12 +358,14 @@ class KeyStore:
         for coll in self.prekeys.values():
             await coll.delete_many(query)
 
-    async def existing_prekey_ids(
+    async def existing_prekeys(
         self, kind: Kind, user_id: str, device_id: int, generation: int, ids: Sequence[int]
-    ) -> list[int]:
+    ) -> list[Doc]:
+        """The stored prekeys of these ids (``id``, ``key``, ``sig``), in id order."""
         keys = [prekey_key(user_id, device_id, generation, i) for i in ids]
-        cursor = self.prekeys[kind].find({"_id": {"$in": keys}}, {"id": 1, "_id": 0})
-        return sorted(doc["id"] for doc in await cursor.to_list())
+        fields = {"id": 1, "key": 1, "sig": 1, "_id": 0}
+        docs = await self.prekeys[kind].find({"_id": {"$in": keys}}, fields).to_list()
+        return sorted(docs, key=lambda doc: int(doc["id"]))
 
     async def count_prekeys(self, kind: Kind, user_id: str, device_id: int, generation: int) -> int:
         query = {"_id": _prefixed(generation_key(user_id, device_id, generation))}
@@ -414,28 +427,31 @@ class KeyStore:
         """One prekey from each slot ((kind, user, device, generation), each once; None
         for a slot with none to give), each handed out at most once, in a few round
         trips for any number of slots (docs/keys.md, "Claims: ids counted out"): one
-        Redis pipeline for all, then per kind one ``find`` and one ``delete_many``.
+        Redis pipeline for all, then per kind one ``update_many`` (the mark), one
+        ``find`` and one ``delete_many``.
 
         Each device's prekey ids are counted out in Redis (:data:`_COUNT_OUT`: a counter
-        that only ever goes up, so no two claims are ever given the same id), the ids
-        given read with one ``find`` and deleted with one ``delete_many``. A claim hands
-        out what it read only when its ``delete_many`` deleted every one of them: then
-        no other claim deleted (so handed out) any. (Only a counter lost with Redis while
-        a claim was between its read and its delete can give an id twice; the claim
-        that deletes fewer then hands none of them out, and its devices try again.)
+        that goes up, so that claims are given different ids), and the prekeys of the
+        ids given taken by :meth:`_take`: marked with this claim's nonce where no claim
+        marked them yet, read by that mark, deleted by it. What a claim hands out is what
+        its own mark took, so an id given twice (a counter lost with Redis, or put back
+        by a repair) hands nothing out twice, and a prekey deleted or uploaded again
+        meanwhile costs no other prekey of the claim.
 
-        An id given that is not stored (a gap in the device's ids, or a counter behind:
-        new, or lost with Redis) is followed by a look for the device's next stored id
-        above it; the counter is raised to just below that one and the device tries
-        again. None stored above it: none left to give (or all given to claims under
-        way). A claim that died between its count and its delete leaves its prekeys
-        below the counter, unclaimed: at most one a device, counted until the device's
-        prekeys of that generation go (the count still falls to the low mark and asks
-        the device for more).
+        An id given that is not stored (a gap in the device's ids, a counter behind:
+        new, or lost with Redis, or one run past ids uploaded later) is followed by a
+        look for the device's next stored id (:meth:`_next_stored`); the counter is
+        raised to just below that one, or put back below the lowest one when nothing is
+        stored above it, and the device tries again. Nothing left: none to give. A
+        claim that died between its mark and its delete leaves the prekeys it marked
+        stored and never handed out: at most one a device and kind, counted until the
+        device's prekeys of that generation go (the count still falls to the low mark
+        and asks the device for more).
         """
         got: list[Doc | None] = [None] * len(slots)
         devices = [(user, device, gen) for _, user, device, gen in slots]
-        floors: dict[int, int] = dict.fromkeys(range(len(slots)), -1)
+        # Each slot's floor for its counter, and whether to set it there even if lower.
+        floors: dict[int, tuple[int, bool]] = dict.fromkeys(range(len(slots)), (-1, False))
         for _ in range(CLAIM_TRIES):
             if not floors:
                 break
@@ -443,7 +459,9 @@ class KeyStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i in trying:
                     key = self._next_key(*slots[i])
-                    await scripts.queue(pipe, self._count_out, [key], [floors[i], LEFT_TTL_S])
+                    floor, reset = floors[i]
+                    args = [floor, LEFT_TTL_S, int(reset)]
+                    await scripts.queue(pipe, self._count_out, [key], args)
                 counted = dict(zip(trying, map(int, await pipe.execute()), strict=True))
             kinds = sorted({slots[i][0] for i in trying})
             given = {i: prekey_key(*devices[i], n) for i, n in counted.items()}
@@ -464,42 +482,66 @@ class KeyStore:
             for k in kinds:
                 missed = {i: n for i, n in counted.items() if slots[i][0] is k and not got[i]}
                 stored = await self._next_stored(k, devices, missed) if missed else {}
-                floors |= {i: at - 1 for i, at in stored.items()}
+                # Above the id given: raise the counter to it. At or below (nothing above,
+                # prekeys left below the counter): put the counter back to it.
+                floors |= {i: (at - 1, at <= missed[i]) for i, at in stored.items()}
         return got
 
     async def _take(self, coll: AsyncCollection[Doc], keys: list[str]) -> dict[str, Doc]:
-        """The prekeys of ``keys`` this claim deleted, by ``_id``. A few: one
-        ``find_one_and_delete`` each (what it deletes is this claim's). More: one
-        ``find`` and one ``delete_many``, all of them this claim's when it deleted every
-        one read, else none (which were another's cannot be told)."""
+        """The prekeys of ``keys`` this claim took (deleted, never to be handed out by
+        another), by ``_id``. A few: one ``find_one_and_delete`` each (what it deletes is
+        this claim's). More: one ``update_many`` marks those no claim marked yet with
+        this claim's nonce, one ``find`` reads what carries it, one ``delete_many``
+        deletes that: a mark is set once, so each prekey is taken by one claim, and what
+        one claim reads is exactly what it took (a prekey another claim, a removal or an
+        upload deleted or replaced meanwhile is not this claim's, and costs it none of
+        the others: it used to hand out none of them when one had gone, and the one it
+        read when the same id had been uploaded again in between)."""
         fields = {"_id": 1, "id": 1, "key": 1, "sig": 1}
         if len(keys) <= _ONE_BY_ONE:
             taken = await asyncio.gather(
-                *(coll.find_one_and_delete({"_id": key}, projection=fields) for key in keys)
+                *(
+                    coll.find_one_and_delete({"_id": key, CLAIM: None}, projection=fields)
+                    for key in keys
+                )
             )
             return {doc.pop("_id"): doc for doc in taken if doc is not None}
-        found = await coll.find({"_id": {"$in": keys}}, fields).to_list()
+        nonce = secrets.token_hex(12)
+        marked = await coll.update_many(
+            {"_id": {"$in": keys}, CLAIM: None}, {"$set": {CLAIM: nonce}}
+        )
+        if not marked.modified_count:
+            return {}
+        found = await coll.find({"_id": {"$in": keys}, CLAIM: nonce}, fields).to_list()
         mine = {doc.pop("_id"): doc for doc in found}
         if mine:
-            deleted = await coll.delete_many({"_id": {"$in": list(mine)}})
-            if deleted.deleted_count != len(mine):
-                return {}  # another claim took one of them: none is handed out
+            await coll.delete_many({"_id": {"$in": list(mine)}, CLAIM: nonce})
         return mine
 
     async def _next_stored(
         self, kind: Kind, devices: Sequence[tuple[str, int, int]], after: dict[int, int]
     ) -> dict[int, int]:
-        """For each device ``i`` of ``after``, its lowest stored id above ``after[i]``
-        (none: not in the answer). The ``count`` command first (none above: the common
-        miss, a device whose prekeys ran out), then one ``find`` of the next
-        ``_PROBE`` ids of all of them (a gap), and only then a ``find`` of the range,
-        in SQL (``clients.in_id_order``; a count lost with Redis, far behind)."""
+        """For each device ``i`` of ``after``, the id its counter should go to (none: not
+        in the answer): its lowest unclaimed stored id above ``after[i]`` or, when there
+        is none above, its lowest unclaimed stored id at all (ids left below the counter:
+        an upload whose lowest id the counter had passed and that failed before it put
+        the counter back, or a claim that died after its count). The ``count`` command
+        first (none: the common miss, a device whose prekeys ran out or are all being
+        taken by claims under way), then one ``find`` of the next ``_PROBE`` ids of all of
+        them (a gap), and only then ``find``s of the range, in SQL
+        (``clients.in_id_order``; a count lost with Redis, far behind, or past them)."""
         coll = self.prekeys[kind]
 
-        def above(i: int) -> Doc:
-            return {"_id": {"$gt": prekey_key(*devices[i], after[i]), "$lt": _end(devices[i])}}
+        def held(i: int) -> Doc:
+            return {"_id": _prefixed(generation_key(*devices[i])), CLAIM: None}
 
-        counts = await asyncio.gather(*(self._count(coll, above(i)) for i in after))
+        def above(i: int) -> Doc:
+            return {
+                "_id": {"$gt": prekey_key(*devices[i], after[i]), "$lt": _end(devices[i])},
+                CLAIM: None,
+            }
+
+        counts = await asyncio.gather(*(self._count(coll, held(i)) for i in after))
         left = [i for i, n in zip(after, counts, strict=True) if n]
         if not left:
             return {}
@@ -507,14 +549,18 @@ class KeyStore:
             prekey_key(*devices[i], after[i] + k): i for i in left for k in range(1, _PROBE + 1)
         }
         found: dict[int, int] = {}
-        for doc in await coll.find({"_id": {"$in": list(probe)}}, {"_id": 1, "id": 1}).to_list():
+        query = {"_id": {"$in": list(probe)}, CLAIM: None}
+        for doc in await coll.find(query, {"_id": 1, "id": 1}).to_list():
             i = probe[doc["_id"]]
             found[i] = min(found.get(i, doc["id"]), doc["id"])
-        for i in left:
-            if i not in found:
-                docs = await in_id_order(coll, above(i), 1)
-                if docs:
-                    found[i] = int(docs[0]["id"])
+
+        async def first(i: int) -> list[Doc]:
+            return await in_id_order(coll, above(i), 1) or await in_id_order(coll, held(i), 1)
+
+        rest = [i for i in left if i not in found]
+        for i, docs in zip(rest, await asyncio.gather(*(first(i) for i in rest)), strict=True):
+            if docs:
+                found[i] = int(docs[0]["id"])
         return found
 
     async def seed_count(
@@ -589,6 +635,10 @@ class KeyStore:
         """Set the flag unless set; True if this call set it (and should notify)."""
         key = self._low_key(user_id, device_id)
         return bool(await self.redis.set(key, b"1", nx=True, ex=ttl_s))
+
+    async def unflag_low(self, user_id: str, device_id: int) -> None:
+        """Clear the flag :meth:`flag_low` set (its event could not be recorded)."""
+        await self.redis.delete(self._low_key(user_id, device_id))
 
     # Removed devices: revocation (Redis, restored from MongoDB) and broadcasts.
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common.auth import revocation_channel
@@ -53,7 +53,9 @@ class KeysApi:
 
     @property
     def app(self) -> web.Application:
-        return self.client.server.app
+        server = self.client.server
+        assert isinstance(server, TestServer)
+        return server.app
 
     @property
     def keys(self) -> Keys:

@@ -432,6 +432,48 @@ async def test_an_interrupted_removal_is_finished_by_the_next_reader(
     ]
 
 
+async def test_a_removal_finished_twice_is_one_event_id(
+    api: KeysApi, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a list that lands while the previous one's removal is under way
+    carries that removal on and finishes it too; each published ``device_removed`` with
+    an id of its own, so the delivery service could not tell the copies of one removal
+    apart. Now the id is made of the removal (user, device, the generation of the write
+    that dropped it): every copy has the same one. The next removal of another device
+    has another."""
+    one, two = await api.device(ALICE, 1), await api.device(ALICE, 2)
+    await api.device(ALICE, 3)
+    acct = api.account(ALICE)
+    publisher = api.keys.events
+    publish = publisher.publish
+    second: list[Any] = []
+
+    async def another_list_meanwhile(event: Any) -> None:
+        if event.__class__.__name__ == "DeviceRemovedEvent" and not second:
+            # Device 1 renames itself in the next list, while device 3's removal goes on.
+            second.append(None)
+            renamed = [entry(1, one, "renamed"), entry(2, two)]
+            second[0] = await api.put_device_list(
+                ALICE, acct.key.signed(ALICE, acct.version + 2, renamed)
+            )
+        await publish(event)
+
+    monkeypatch.setattr(publisher, "publish", another_list_meanwhile)
+    body = acct.key.signed(ALICE, acct.version + 1, [entry(1, one), entry(2, two)])
+    status, reply = await api.put_device_list(ALICE, body)
+    monkeypatch.undo()
+    assert (status, reply) == (200, {"version": acct.version + 1, "removed": [3]})
+    assert second == [(200, {"version": acct.version + 2, "removed": []})]
+    acct.version += 2
+    acct.entries = {1: entry(1, one, "renamed"), 2: entry(2, two)}
+    await api.unlist(ALICE, 2)
+    await events.settle(ALICE)
+    removed = [v for _, v, _ in events.records if v["type"] == "device_removed"]
+    ids = {d: {v["event_id"] for v in removed if v["device_id"] == d} for d in (2, 3)}
+    assert [v["device_id"] for v in removed].count(3) >= 1
+    assert len(ids[3]) == 1 and len(ids[2]) == 1 and ids[2] != ids[3]
+
+
 # --------------------------------------------------------------------------- revocations
 
 
@@ -492,23 +534,23 @@ async def test_every_list_is_copied_to_redis_for_the_gateways_and_never_put_back
     copies = api.keys.store.copies
     assert await copies.read(ALICE) is None
     await api.device(ALICE, 1)
-    assert await copies.read(ALICE) == {1}
+    assert await copies.read(ALICE) == frozenset({1})
     await api.device(ALICE, 2)
-    assert await copies.read(ALICE) == {1, 2}
+    assert await copies.read(ALICE) == frozenset({1, 2})
     assert await api.unlist(ALICE, 1) == {"version": 3, "removed": [1]}
-    assert await copies.read(ALICE) == {2}
+    assert await copies.read(ALICE) == frozenset({2})
     account = await accounts.get(api.keys, ALICE)
     assert account is not None
     # A read that began before the last write finishes after it: its older list stays out.
     await copies.write(ALICE, account.generation - 1, [1, 2])
-    assert await copies.read(ALICE) == {2}
+    assert await copies.read(ALICE) == frozenset({2})
     # A copy lost (Redis restarted) comes back with the next read of the list.
     await api.keys.store.redis.delete(list_copy_key(api.settings.redis_prefix, ALICE))
     assert (await api.devices_of("bob", ALICE))[0] == 200
-    assert await copies.read(ALICE) == {2}
+    assert await copies.read(ALICE) == frozenset({2})
     # A reset to a new account key (the generation goes on) replaces it too.
     fresh = await api.device(ALICE, 9, listed=False)
     new = AccountKeys()
     status, _ = await api.put_account(ALICE, new.registration(ALICE, [entry(9, fresh)]), did=9)
     assert status == 200
-    assert await copies.read(ALICE) == {9}
+    assert await copies.read(ALICE) == frozenset({9})

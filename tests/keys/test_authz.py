@@ -62,7 +62,7 @@ async def test_removing_another_users_device_is_forbidden(api: KeysApi) -> None:
     assert (status, body["error"]["code"]) == (404, "device_not_found")
 
 
-ROUTES = [
+ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PUT", "/v1/devices/1/identity", {}),
     ("PUT", "/v1/devices/1/signed-prekey", {}),
     ("POST", "/v1/devices/1/one-time-prekeys", {}),
@@ -127,6 +127,27 @@ async def test_a_device_bound_session_writes_its_own_device_only(api: KeysApi) -
     for method, path, body in _valid_bodies(dev)[1:-1]:
         status, reply = await api.call(method, path, ALICE, body, did=1)
         assert status in (200, 201, 204), reply
+
+
+async def test_a_device_bound_session_cannot_remove_another_device_by_the_users_route(
+    api: KeysApi,
+) -> None:
+    """Audit finding: ``DELETE /v1/users/{u}/devices/{d}`` checked the user only, so a
+    session bound to device 2 removed the pending device 1 that ``DELETE
+    /v1/devices/1`` refuses it. Now both refuse it the same way."""
+    _, before = await _alice(api, listed=False)
+    for path in ("/v1/devices/1", f"/v1/users/{ALICE}/devices/1"):
+        status, reply = await api.call("DELETE", path, ALICE, did=2)
+        assert (status, (reply or {}).get("error", {}).get("code")) == (403, "forbidden"), path
+    await _unchanged(api, before)
+    # Its own device, or a session bound to none, or an admin's, may.
+    assert (await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", ALICE, did=1))[0] == 204
+    assert (await api.put_identity(ALICE, 1, DeviceKeys().identity()))[0] == 200
+    assert (await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", ALICE))[0] == 204
+    assert (await api.put_identity(ALICE, 1, DeviceKeys().identity()))[0] == 200
+    admin = api.headers("root", roles=("user", "admin"), did=5)
+    status, _ = await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", None, headers=admin)
+    assert status == 204
 
 
 async def test_a_device_bound_session_reaches_its_own_device(api: KeysApi) -> None:

@@ -85,7 +85,7 @@ async def test_bulk_claims_spend_the_same_budgets(make_keys: KeysFactory) -> Non
     assert [(f["user_id"], f["code"]) for f in body["failed"]] == [("a", "rate_limited")]
     assert await api.stored("a") == (8, 8)
     # The claimer's budget is one token per other user, all or none: 12 - 2 - 2 = 8 left.
-    many = {f"x{i}": {} for i in range(9)}
+    many: dict[str, Any] = {f"x{i}": {} for i in range(9)}
     status, body = await api.claim_many("mallory", many)
     assert (status, body["error"]["code"]) == (429, "rate_limited")
     assert "from this account" in body["error"]["message"]
@@ -117,7 +117,7 @@ async def test_a_bulk_claim_withholds_one_time_prekeys_of_a_target_past_its_budg
 
 async def test_bad_bulk_requests_are_refused_and_change_nothing(api: KeysApi) -> None:
     await api.device("u1", one_time=3, kem=3)
-    too_many = {f"u{i}": {} for i in range(MAX_CLAIM_USERS + 1)}
+    too_many: dict[str, Any] = {f"u{i}": {} for i in range(MAX_CLAIM_USERS + 1)}
     cases: list[Any] = [
         {},
         too_many,
@@ -138,7 +138,7 @@ async def test_bad_bulk_requests_are_refused_and_change_nothing(api: KeysApi) ->
         assert (status, body["error"]["code"]) == (422, "validation_failed"), users
     status, body = await api.call("POST", "/v1/users/bundles", "alice", {"user": ["u1"]})
     assert (status, body["error"]["code"]) == (422, "validation_failed")
-    anonymous = {"users": {"u1": {}}}
+    anonymous: dict[str, Any] = {"users": {"u1": {}}}
     status, body = await api.call("POST", "/v1/users/bundles", None, anonymous)
     assert (status, body["error"]["code"]) == (401, "unauthenticated")
     assert await api.stored("u1") == (3, 3)

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from services.keys.config import KeysConfig
 from tests.keys.conftest import EventLog, KeysApi, KeysFactory
@@ -194,6 +195,39 @@ async def test_prekeys_low_is_published_once_per_spell(api: KeysApi, events: Eve
     await api.post_one_time(BOB, 1, dev.one_time(1))
     await api.claim("c", BOB)
     assert await events.settle(BOB) == [low, low | {"one_time": 6, "kem_one_time": 23}]
+
+
+async def test_prekeys_low_whose_event_was_not_recorded_is_told_by_the_next_claim(
+    api: KeysApi, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: the low flag was set before the event's outbox write; a write that
+    failed (a MongoDB hiccup) left the flag up and the event lost for the whole spell
+    (an hour, or until the device uploaded: it never learnt it should). Now the flag
+    goes when the event could not be recorded, and the next claim tells the device."""
+    await api.device(BOB, one_time=11, kem=11)
+    outbox = api.keys.store.outbox
+    add = outbox.add
+
+    async def hiccup(*_: object, **__: object) -> Any:
+        raise AutoReconnect("primary stepped down")
+
+    assert (await api.claim("a", BOB))[0] == 200  # 10 of each left: not low yet
+    with monkeypatch.context() as m:
+        m.setattr(outbox, "add", hiccup)
+        assert (await api.claim("b", BOB))[0] == 200  # 9 left: low, the event not recorded
+    assert outbox.add == add
+    assert await events.settle(BOB) == []
+    assert (await api.claim("c", BOB))[0] == 200
+    assert await events.settle(BOB) == [
+        {
+            "type": "prekeys_low",
+            "user_id": BOB,
+            "device_id": 1,
+            "one_time": 8,
+            "kem_one_time": 8,
+            "threshold": 10,
+        }
+    ]
 
 
 async def test_lost_estimates_are_recounted(api: KeysApi, events: EventLog) -> None:

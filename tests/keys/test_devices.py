@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import redis.exceptions
 
 from services.keys.config import KeysConfig
 from tests.keys.conftest import EventLog, KeysApi, KeysFactory
@@ -229,6 +230,47 @@ async def test_duplicate_prekey_ids_refuse_the_whole_batch(api: KeysApi) -> None
     assert await api.stored(ALICE) == (10, 10)
 
 
+async def test_an_upload_that_failed_after_its_insert_is_retried_and_handed_out(
+    make_keys: KeysFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: claims that missed (no one-time ML-KEM prekey left) had counted ids
+    past the ones the device uploads next; an upload that stored them and then failed
+    to put the count back (Redis away, the process killed) left them below it for good:
+    never handed out, counted as stock (``prekeys_low`` never came again), and the
+    client's retry of the same batch was refused as ``duplicate_prekey``. Now the
+    retry is the success it missed, and every prekey of the batch goes out."""
+    api = await make_keys(KeysConfig(one_time_burst=10_000, claim_burst=10_000))
+    dev = await api.device(ALICE, kem=1, one_time=300)
+    for i in range(31):  # the one ML-KEM prekey (id 1), then 30 misses
+        assert (await api.claim(f"c{i}", ALICE))[0] == 200
+    store = api.keys.store
+    batch = dev.kem(100)  # numbered on from the device's own last id
+    ids = [p["id"] for p in batch]
+
+    async def redis_away(*_: object) -> None:
+        raise redis.exceptions.ConnectionError("failover")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "seed_count", redis_away)
+        status, body = await api.post_kem(ALICE, 1, batch)
+        assert (status, body["error"]["code"]) == (503, "service_unavailable")
+    assert await api.stored(ALICE) == (269, 100)  # stored before it failed
+    status, body = await api.post_kem(ALICE, 1, batch)  # the client's retry
+    assert (status, body.get("stored"), body.get("kem_one_time")) == (201, 100, 100)
+    assert await api.stored(ALICE) == (269, 100)  # nothing stored twice
+    # A different batch on the same ids is still refused.
+    status, body = await api.post_kem(ALICE, 1, dev.kem(2, start=ids[0]))
+    assert (status, body["error"]["details"]) == (409, {"ids": ids[:2]})
+    handed = []
+    for i in range(101):
+        status, body = await api.claim(f"d{i}", ALICE)
+        kem = body["bundles"][0]["kem_prekey"]
+        if not kem["last_resort"]:
+            handed.append(kem["id"])
+    assert handed == ids
+    assert await store.redis.exists(store._low_key(ALICE, 1))  # prekeys_low was published
+
+
 async def test_a_device_holds_a_bounded_number_of_prekeys(make_keys: KeysFactory) -> None:
     api = await make_keys(KeysConfig(max_stored=150))
     dev = await api.device(ALICE, one_time=100)
@@ -440,3 +482,30 @@ async def test_deleting_and_re_registering_never_installs_an_identity_silently(
     assert status == 200
     got = await events.settle(ALICE)
     assert {"type": "key_changed", "user_id": ALICE, "account_key": new.public} in got
+
+
+async def test_a_registration_racing_the_removal_of_its_id_does_not_stay(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a registration checked the revocation once, before its insert; a
+    removal landing in between (device 2 re-uploading its identity, as at every
+    start-up, while device 1 removes it) let the removed id be registered again, and a
+    later list could name it. Now the registration checks again after its insert and
+    takes it back."""
+    await api.device(ALICE, 1)
+    second = await api.device(ALICE, 2)
+    store = api.keys.store
+    revoked = store.device_revoked
+
+    async def removed_meanwhile(user_id: str, device_id: int) -> bool:
+        answer = await revoked(user_id, device_id)
+        if device_id == 2 and not answer:
+            assert await api.unlist(ALICE, 2) == {"version": 3, "removed": [2]}
+        return answer
+
+    monkeypatch.setattr(store, "device_revoked", removed_meanwhile)
+    status, body = await api.put_identity(ALICE, 2, second.identity())
+    monkeypatch.undo()
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    assert await api.device_doc(ALICE, 2) is None
+    assert await store.device_revoked(ALICE, 2)

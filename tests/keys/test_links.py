@@ -71,7 +71,7 @@ async def test_a_link_from_post_to_approval(api: KeysApi) -> None:
 async def test_bad_posts_are_refused_and_store_nothing(api: KeysApi) -> None:
     await _setup(api)
     link_id = _link_id()
-    cases = [
+    cases: list[tuple[dict[str, Any], int, int, str]] = [
         ({"device_id": 1}, NEW, 403, "forbidden"),  # another device's session
         ({"device_id": 9}, 9, 404, "device_not_found"),  # not registered
         ({"device_id": 1}, 1, 409, "conflict"),  # already listed
@@ -192,6 +192,21 @@ async def test_new_links_are_rate_limited_per_user(make_keys: KeysFactory) -> No
     assert (await api.put_identity("bob", 2, bob.identity(), did=2))[0] == 200
     body = {"link_id": _link_id(), "device_id": 2, "name": "x"}
     assert (await api.post_link("bob", body, did=2))[0] == 201
+
+
+async def test_a_taken_link_id_costs_no_link(make_keys: KeysFactory) -> None:
+    """Audit finding: a post refused with ``conflict`` (the link id is live) still took
+    a token of the user's link budget. Now it is refused before the budget."""
+    api = await make_keys(KeysConfig(link_limit=Limit(2, 3600)))
+    await _setup(api)
+    link_id = _link_id()
+    assert (await _post(api, link_id))[0] == 201
+    for _ in range(3):
+        status, reply = await _post(api, link_id)
+        assert (status, reply["error"]["code"]) == (409, "conflict")
+    assert (await _post(api, _link_id()))[0] == 201  # the second of two
+    status, reply = await _post(api, _link_id())
+    assert (status, reply["error"]["code"]) == (429, "rate_limited")
 
 
 @pytest.mark.parametrize("did", [None, 1])

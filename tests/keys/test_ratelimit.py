@@ -1,10 +1,13 @@
-"""The claim rate limit per (claimer, target), in the real Redis (services.common.ratelimit)."""
+"""The claim rate limits and the account reset limit, in the real Redis
+(services.common.ratelimit)."""
 
 from __future__ import annotations
 
+from services.common.ratelimit import Limit
 from services.keys.config import KeysConfig
 from services.rooms.config import RoomsConfig
-from tests.keys.conftest import KeysApi, KeysFactory
+from tests.keys.conftest import EventLog, KeysApi, KeysFactory
+from tests.keys.keygen import AccountKeys, entry
 from tests.support.aio import eventually
 
 BOB = "bob"
@@ -99,3 +102,41 @@ def test_a_claimer_may_start_a_session_with_every_member_of_the_largest_room() -
     covers a room of the most members the rooms service admits. At 60 a room of
     1,000 could not be written to for hours (docs/keys.md, "Rate limits on claims")."""
     assert KeysConfig().claimer_burst >= RoomsConfig().max_members - 1
+
+
+async def test_account_resets_are_limited_per_user(
+    make_keys: KeysFactory, events: EventLog
+) -> None:
+    """Audit finding: ``PUT /v1/account`` with a new key each time reset the account
+    without limit, and each reset sent ``key_changed`` to every contact (30 resets, 30
+    new safety numbers). Now a user has ``reset_limit`` resets (5 a day); past it,
+    ``rate_limited`` and nothing changes. The first key, and the same key again (a
+    retry), cost nothing."""
+    api = await make_keys(KeysConfig(reset_limit=Limit(3, 86400)))
+    dev = await api.device(BOB, 1)
+    key = api.account(BOB).key
+    for _ in range(3):
+        assert (await api.put_account(BOB, key.registration(BOB, [entry(1, dev)])))[0] == 200
+    keys = [AccountKeys() for _ in range(4)]
+    for new in keys[:3]:
+        status, body = await api.put_account(BOB, new.registration(BOB, [entry(1, dev)]))
+        assert (status, body["changed"]) == (200, True)
+        # A retry of the same reset changes nothing and costs nothing.
+        status, body = await api.put_account(BOB, new.registration(BOB, [entry(1, dev)]))
+        assert (status, body["changed"]) == (200, False)
+    status, body = await api.put_account(BOB, keys[3].registration(BOB, [entry(1, dev)]))
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    retry_after = int(api.last_headers["Retry-After"])
+    assert 1 <= retry_after <= 86400 and body["error"]["details"] == {"retry_after": retry_after}
+    account = await api.keys.store.get_account(BOB)
+    assert account is not None and account["account_key"] == keys[2].public
+    announced = [e["account_key"] for e in await events.settle(BOB) if e["type"] == "key_changed"]
+    assert announced == [k.public for k in keys[:3]]
+    # Another user has a budget of their own.
+    other = await api.device("carol", 1)
+    reset = AccountKeys().registration("carol", [entry(1, other)])
+    assert (await api.put_account("carol", reset))[0] == 200
+
+
+def test_a_user_may_reset_a_few_times_a_day() -> None:
+    assert KeysConfig().reset_limit == Limit(5, 86400)

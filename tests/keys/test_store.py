@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -216,23 +218,23 @@ async def test_links_are_created_once_and_approved_once(api: KeysApi) -> None:
 
 
 class _Counted:
-    """A collection whose reads and deletes are counted by name."""
+    """A collection whose reads, marks and deletes are counted by name."""
 
     def __init__(self, coll: Any, calls: list[str]) -> None:
         self._coll, self._calls = coll, calls
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("find", "find_one", "delete_many", "find_one_and_delete"):
+        if name in ("find", "find_one", "update_many", "delete_many", "find_one_and_delete"):
             self._calls.append(name)
         return getattr(self._coll, name)
 
 
-async def test_a_bulk_claim_is_one_read_and_one_delete_whatever_its_size(
+async def test_a_bulk_claim_is_one_mark_one_read_and_one_delete_whatever_its_size(
     api: KeysApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A private room's first message claims from every member device: 500 devices
-    whose counts an upload started are one ``find`` and one ``delete_many`` (it was a
-    ``find_one_and_delete`` each)."""
+    whose counts an upload started are one ``update_many`` (the claim's mark), one
+    ``find`` and one ``delete_many`` (it was a ``find_one_and_delete`` each)."""
     store = api.keys.store
     devices = [(f"u{d}", 1, 1) for d in range(500)]
     for user, device, gen in devices:
@@ -243,15 +245,15 @@ async def test_a_bulk_claim_is_one_read_and_one_delete_whatever_its_size(
     monkeypatch.setitem(store.prekeys, Kind.KEM, _Counted(store.prekeys[Kind.KEM], calls))
     got = await _claim_all(store, Kind.KEM, devices)
     assert [d and d["key"] for d in got] == [f"{u}.1" for u, _, _ in devices]
-    assert calls == ["find", "delete_many"]
+    assert calls == ["update_many", "find", "delete_many"]
 
 
-async def test_a_count_lost_between_a_claims_read_and_its_delete_hands_nothing_out_twice(
+async def test_a_count_lost_between_a_claims_count_and_its_mark_hands_nothing_out_twice(
     api: KeysApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The one way two claims can be given the same id: Redis loses the counters while
-    a claim has read its prekeys and not yet deleted them. Another claim then takes
-    the same ids; the first one's delete removes none of them, so it hands none out,
+    """One way two claims can be given the same id: Redis loses the counters while
+    a claim has been given its ids and not yet marked its prekeys. Another claim then
+    takes the same ids; the first one's mark takes none of them, so it hands none out,
     and its devices take the next ids."""
     store = api.keys.store
     devices = [(f"u{d}", 1, 1) for d in range(10)]
@@ -266,18 +268,128 @@ async def test_a_count_lost_between_a_claims_read_and_its_delete_hands_nothing_o
         def __getattr__(self, name: str) -> Any:
             return getattr(real, name)
 
-        async def delete_many(self, *args: Any, **kwargs: Any) -> Any:
-            if not other:  # the first claim's delete: Redis restarts, another claims
+        async def update_many(self, *args: Any, **kwargs: Any) -> Any:
+            if not other:  # the first claim's mark: Redis restarts, another claims
                 monkeypatch.setitem(store.prekeys, Kind.KEM, real)
                 for d in devices:
                     await store.redis.delete(store._next_key(Kind.KEM, *d))
                 other.extend(await _claim_all(store, Kind.KEM, devices))
                 monkeypatch.setitem(store.prekeys, Kind.KEM, self)
-            return await real.delete_many(*args, **kwargs)
+            return await real.update_many(*args, **kwargs)
 
     monkeypatch.setitem(store.prekeys, Kind.KEM, LostMeanwhile())
     mine = await _claim_all(store, Kind.KEM, devices)
-    assert [d and d["id"] for d in other] == [1] * 10  # the ids the first claim had read
+    assert [d and d["id"] for d in other] == [1] * 10  # the ids the first claim was given
     assert [d and d["id"] for d in mine] == [2] * 10  # not those: the next ones
     for user, device, gen in devices:
         assert await store.count_prekeys(Kind.KEM, user, device, gen) == 3
+
+
+class _BeforeBulkDelete:
+    """A prekey collection that runs ``meanwhile`` once, just before a bulk claim's
+    ``delete_many`` (one of more than four ``_id``s): what other requests may do while a
+    claim is between its read and its delete."""
+
+    def __init__(self, coll: Any, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        self._coll, self._meanwhile, self.fired = coll, meanwhile, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._coll, name)
+
+    async def delete_many(self, query: Doc, *args: Any, **kwargs: Any) -> Any:
+        ids = query["_id"].get("$in") if isinstance(query.get("_id"), dict) else None
+        if ids and len(ids) > 4 and not self.fired:
+            self.fired = True
+            await self._meanwhile()
+        return await self._coll.delete_many(query, *args, **kwargs)
+
+
+async def test_an_id_uploaded_again_during_a_bulk_claim_is_never_handed_out_twice(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a bulk claim read device 1's prekey 1 (K1); before its
+    ``delete_many``, another claim took K1 and the device uploaded id 1 again (ids of
+    claimed prekeys may be uploaded again); the bulk claim's delete removed the new
+    prekey, its count matched, and it handed out K1, which the other claim had too.
+    Now a claim takes what its own mark took: K1 goes to one claim only."""
+    store = api.keys.store
+    devices = [("u", d, 1) for d in range(1, 6)]
+    for user, device, gen in devices:
+        docs = [{"id": i, "key": f"{device}.{i}", "sig": "s"} for i in (1, 2, 3)]
+        await store.insert_prekeys(Kind.KEM, user, device, gen, docs, "b")
+        await store.seed_count(Kind.KEM, user, device, gen, 1)
+    others: list[Doc | None] = []
+
+    async def meanwhile() -> None:
+        monkeypatch.setitem(store.prekeys, Kind.KEM, slow._coll)
+        # Another claim of device 1 (its counter put back by an upload of id 0 first).
+        await store.insert_prekeys(Kind.KEM, "u", 1, 1, [{"id": 0, "key": "1.0"}], "c")
+        await store.seed_count(Kind.KEM, "u", 1, 1, 0)
+        others.append(await _claim(store, Kind.KEM, "u", 1, 1))  # id 0
+        others.append(await _claim(store, Kind.KEM, "u", 1, 1))  # id 1, unless taken
+        with contextlib.suppress(DuplicatePrekeyIds):  # id 1 again, if it is gone
+            await store.insert_prekeys(Kind.KEM, "u", 1, 1, [{"id": 1, "key": "1.1b"}], "d")
+        monkeypatch.setitem(store.prekeys, Kind.KEM, slow)
+
+    slow = _BeforeBulkDelete(store.prekeys[Kind.KEM], meanwhile)
+    monkeypatch.setitem(store.prekeys, Kind.KEM, slow)
+    mine = await _claim_all(store, Kind.KEM, devices)
+    assert slow.fired
+    keys = [d["key"] for d in [*mine, *others] if d is not None]
+    assert len(keys) == len(set(keys)), keys  # each prekey to one claim
+    assert [d and d["key"] for d in mine] == [f"{d}.1" for d in range(1, 6)]
+
+
+async def test_a_prekey_gone_during_a_bulk_claim_costs_the_others_nothing(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: one prekey of a bulk claim deleted between its read and its
+    delete (its device removed) made the claim hand out none of those it read, all
+    deleted already: a prekey of every other device wasted. Now each device loses the
+    one prekey it hands out."""
+    store = api.keys.store
+    devices = [("u", d, 1) for d in range(1, 7)]
+    for user, device, gen in devices:
+        docs = [{"id": i, "key": f"{device}.{i}"} for i in (1, 2, 3)]
+        await store.insert_prekeys(Kind.ONE_TIME, user, device, gen, docs, "b")
+        await store.seed_count(Kind.ONE_TIME, user, device, gen, 1)
+
+    async def meanwhile() -> None:
+        await store.delete_device("u", 6)  # its prekeys go with it
+
+    slow = _BeforeBulkDelete(store.prekeys[Kind.ONE_TIME], meanwhile)
+    monkeypatch.setitem(store.prekeys, Kind.ONE_TIME, slow)
+    got = await _claim_all(store, Kind.ONE_TIME, devices)
+    assert slow.fired
+    assert [d and d["key"] for d in got[:5]] == [f"{d}.1" for d in range(1, 6)]
+    for user, device, gen in devices[:5]:
+        assert await store.count_prekeys(Kind.ONE_TIME, user, device, gen) == 2
+
+
+async def test_prekeys_left_below_the_count_are_found_again(api: KeysApi) -> None:
+    """Audit finding: claims that missed (a device with none left) count ids out; an
+    upload whose ids the count had passed and that failed before it put the count back
+    (Redis away, the process killed) left them below it: never handed out, counted as
+    stock, so ``prekeys_low`` never came. Now a claim that finds nothing above the
+    count but prekeys below it puts the count back and takes them, lowest first; what
+    claims under way have marked is left to them."""
+    store = api.keys.store
+    for _ in range(30):  # none stored: each miss counts an id out
+        assert await _claim(store, Kind.KEM, "u", 1, 1) is None
+    docs = [{"id": i, "key": f"k{i}"} for i in range(2, 102)]
+    await store.insert_prekeys(Kind.KEM, "u", 1, 1, docs, "b")  # no seed_count: it failed
+    assert int(await store.redis.get(store._next_key(Kind.KEM, "u", 1, 1)) or 0) > 2
+    # A claim under way has marked id 2 (not yet deleted): nobody else hands it out.
+    coll = store.prekeys[Kind.KEM]
+    await coll.update_one({"_id": store_mod.prekey_key("u", 1, 1, 2)}, {"$set": {"claim": "x"}})
+    got = [await _claim(store, Kind.KEM, "u", 1, 1) for _ in range(101)]
+    ids = [d["id"] for d in got if d is not None]
+    assert sorted(ids) == list(range(3, 102)) and len(ids) == len(set(ids))
+    assert await store.count_prekeys(Kind.KEM, "u", 1, 1) == 1  # the marked one
+    # In bulk as well.
+    devices = [(f"b{d}", 1, 1) for d in range(5)]
+    for user, device, gen in devices:
+        await store.insert_prekeys(Kind.ONE_TIME, user, device, gen, [{"id": 3, "key": user}], "b")
+        await store.redis.set(store._next_key(Kind.ONE_TIME, user, device, gen), 40)
+    got = await _claim_all(store, Kind.ONE_TIME, devices)
+    assert [d and d["key"] for d in got] == [u for u, _, _ in devices]
