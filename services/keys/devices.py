@@ -70,6 +70,7 @@ async def register_identity(
         device = await store.get_device(user_id, device_id)
         if device is None:
             await _room_for_a_device(keys, user_id)
+            await _claim_keys(keys, user_id, device_id, new)
             try:
                 await store.insert_device(user_id, device_id, new)
             except DuplicateKeyError:
@@ -102,6 +103,7 @@ async def register_identity(
                 details={"device_id": device_id},
             )
         generation = int(device["generation"])
+        await _claim_keys(keys, user_id, device_id, new)
         if not await store.replace_identity(user_id, device_id, generation, new):
             continue
         await store.delete_prekeys(user_id, device_id, below_generation=generation + 1)
@@ -109,6 +111,18 @@ async def register_identity(
         log.info("pending identity replaced", extra={"user_id": user_id, "device_id": device_id})
         return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
     raise _conflict()
+
+
+async def _claim_keys(keys: Keys, user_id: str, device_id: int, identity: dict[str, str]) -> None:
+    """``conflict`` if another device (of any account) has registered these identity
+    keys: a device's keys name one device of one account (docs/keys.md, "One holder
+    per identity key")."""
+    if await keys.store.claim_identity(user_id, device_id, identity) is not None:
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "These identity keys are another device's; a device makes its own.",
+            details={"field": "identity"},
+        )
 
 
 def _removed(device_id: int) -> ApiError:

@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaError
 from parley_contract import envelopes as e
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.common import scripts
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
@@ -72,6 +72,14 @@ LEFT_TTL_S = 30 * 86400
 # take in another's ids. Three digits of length hold any user id
 # (services.common.auth.MAX_USER_ID).
 assert MAX_USER_ID <= 999
+
+
+_IDENTITY_KEYS_DONE = "recorded-2026-12-07"
+
+
+def identity_key_ids(identity: Doc) -> tuple[str, str]:
+    """The ``identity_keys`` ids of a device identity's two public keys."""
+    return f"s:{identity['signing_key']}", f"d:{identity['dh_key']}"
 
 
 def user_key(user_id: str) -> str:
@@ -200,6 +208,9 @@ class KeyStore:
         }
         self.outbox = Outbox(db["outbox"])
         self.accounts: AsyncCollection[Doc] = db["accounts"]
+        # Which device holds each identity key (``_id``: "s:" + signing key, "d:" + DH
+        # key): one device, of one account (:meth:`claim_identity`).
+        self.identity_keys: AsyncCollection[Doc] = db["identity_keys"]
         self.revocations: AsyncCollection[Doc] = db["revocations"]
         self.redis = redis
         self.kafka = kafka
@@ -227,6 +238,64 @@ class KeyStore:
         """
         await self.outbox.ensure_indexes()
         await self.revocation_log.ensure_indexes()
+        await self._record_identity_keys()
+
+    async def _record_identity_keys(self) -> None:
+        """Record the holder of every registered device's identity keys, once (devices
+        registered before 2026-12-07 have none): a first holder wins, as at a
+        registration. Done when the marker document is there."""
+        if await self.identity_keys.find_one({"_id": _IDENTITY_KEYS_DONE}) is not None:
+            return
+        batch: list[Doc] = []
+        async for device in self.devices.find({}, {"user_id": 1, "device_id": 1, "identity": 1}):
+            owner = {"user_id": device["user_id"], "device_id": int(device["device_id"])}
+            batch += [{"_id": key, **owner} for key in identity_key_ids(device["identity"])]
+            if len(batch) >= 1000:
+                await self._insert_new(batch)
+                batch = []
+        await self._insert_new(batch)
+        await self._insert_new([{"_id": _IDENTITY_KEYS_DONE}])
+
+    async def _insert_new(self, docs: list[Doc]) -> None:
+        """Insert what is not there yet (those that are: left as they are)."""
+        if not docs:
+            return
+        try:
+            await self.identity_keys.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def claim_identity(self, user_id: str, device_id: int, identity: Doc) -> Doc | None:
+        """Record this device as the holder of ``identity``'s keys; the holder (its
+        ``user_id`` and ``device_id``) if another device, of this account or another,
+        holds one of them (a device the directory has with those keys). A holder whose
+        device went, or took other keys, is stale: this device takes its place.
+
+        An account that lists another's device keys as its own would have messages for
+        that device shown as its own (an unknown key-share, docs/crypto.md): refused."""
+        mine = {"user_id": user_id, "device_id": device_id}
+        for key in identity_key_ids(identity):
+            for _ in range(4):
+                try:
+                    await self.identity_keys.insert_one({"_id": key, **mine})
+                    break
+                except DuplicateKeyError:
+                    held = await self.identity_keys.find_one({"_id": key})
+                if held is None:
+                    continue  # let go meanwhile: insert again
+                holder = {"user_id": held["user_id"], "device_id": int(held["device_id"])}
+                if holder == mine:
+                    break
+                device = await self.get_device(holder["user_id"], holder["device_id"])
+                if device is not None and key in identity_key_ids(device["identity"]):
+                    return holder
+                taken = await self.identity_keys.replace_one({"_id": key, **holder}, {**mine})
+                if taken.matched_count:
+                    break
+            else:
+                raise DuplicateKeyError("identity key claimed concurrently")
+        return None
 
     # Accounts: the account key and its signed device list.
 

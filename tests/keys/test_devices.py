@@ -509,3 +509,41 @@ async def test_a_registration_racing_the_removal_of_its_id_does_not_stay(
     assert (status, body["error"]["code"]) == (409, "conflict")
     assert await api.device_doc(ALICE, 2) is None
     assert await store.device_revoked(ALICE, 2)
+
+
+async def test_another_devices_identity_keys_are_refused(api: KeysApi) -> None:
+    """Audit finding (an unknown key-share, docs/crypto.md): the directory took any
+    identity that signed itself, so an account could register another account's
+    device keys (they are public) as its own device, list it, and have messages
+    written to it read by the other account's device and shown there as its own."""
+    alice = await api.device(ALICE, one_time=5, kem=5)
+    for user, device_id in (("mallory", 99), (ALICE, 2)):
+        status, body = await api.put_identity(user, device_id, alice.identity())
+        assert (status, body["error"]["code"]) == (409, "conflict")
+        assert body["error"]["details"] == {"field": "identity"}
+        assert await api.keys.store.get_device(user, device_id) is None
+    # Its own identity again is still no change.
+    assert (await api.put_identity(ALICE, 1, alice.identity()))[1]["created"] is False
+
+
+async def test_identity_keys_a_device_gave_up_may_be_registered_again(api: KeysApi) -> None:
+    """A holder whose device took other keys (a reinstall before it was linked) holds
+    nothing: the keys it had may be another device's."""
+    old = await api.device("bob", one_time=1, kem=1, listed=False)
+    assert (await api.put_identity("bob", 1, DeviceKeys().identity()))[1]["changed"] is True
+    status, body = await api.put_identity("bob", 2, old.identity())
+    assert (status, body["created"]) == (200, True)
+
+
+async def test_devices_registered_before_the_record_hold_their_keys(api: KeysApi) -> None:
+    """Devices registered before identity keys were recorded are recorded at start-up
+    (once), so theirs are refused to others as well."""
+    store = api.keys.store
+    early = DeviceKeys()
+    assert (await api.put_identity("carol", 1, early.identity()))[0] == 200
+    await store.identity_keys.delete_many({})  # as before the record existed
+    await store.ensure_indexes()
+    status, body = await api.put_identity("mallory", 7, early.identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    await store.ensure_indexes()  # done once: the marker stays, nothing is read again
+    assert await store.identity_keys.count_documents({}) == 3
