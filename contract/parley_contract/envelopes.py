@@ -83,7 +83,9 @@ class TombstoneNotice(_Envelope, tag="tombstone", kw_only=True):
     sender or an admin removes the message; docs/delivery.md, "Tombstones").
 
     ``server_id`` and ``from`` are the removed message's; ``client_id`` is
-    ``tombstone:<server_id>`` (its dedup key); ``target_seq`` is where the message's
+    ``tombstone:<server_id>`` (delivery's dedup record keys it as ``"tombstone
+    tombstone:<server_id>"``: no client id a user sends has a space, so no message can
+    take it); ``target_seq`` is where the message's
     copy was stored in this inbox (None: the inbox never held one, e.g. the sending
     device). The consumer deletes that copy, then stores the tombstone."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -70,6 +72,16 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
             await lag.stop()
 
         app.cleanup_ctx.append(sample_lag)
+
+        async def moderation_upkeep(_: web.Application) -> AsyncIterator[None]:
+            # Removals left part-way, and old removal records (services/delivery/moderation.py).
+            task = asyncio.create_task(app[MODERATION].upkeep())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        app.cleanup_ctx.append(moderation_upkeep)
 
         async def consuming() -> None:
             if not worker.running.is_set():

@@ -239,11 +239,19 @@ class DedupSpans:
 
 def dedup_value(doc: Doc) -> str:
     """A dedup record's value: the item's seq, and its server id unless it is the one
-    the sender and client id give (:func:`e.message_server_id`: every message's)."""
+    the sender and client id give (:func:`e.message_server_id`: every message's; a
+    notice's record always names it, its key's client id being ``"<kind> <id>"``)."""
     seq, server_id = int(doc["seq"]), str(doc["server_id"])
-    if server_id == e.message_server_id(doc["from"], doc["client_id"]):
+    message = (doc.get("kind") or "message") == "message"
+    if message and server_id == e.message_server_id(doc["from"], doc["client_id"]):
         return str(seq)
     return f"{seq}|{server_id}"
+
+
+def _identity(doc: Doc) -> tuple[Any, Any, Any]:
+    """What makes two items the same one: sender, client id and kind (a notice's client
+    id is not a message's: services/delivery/store.py ``dedup_key``)."""
+    return doc.get("from"), doc.get("client_id"), doc.get("kind") or "message"
 
 
 # Remove a tombstoned message's copy from one inbox: KEYS[1] the inbox's hash, KEYS[2]
@@ -535,7 +543,7 @@ class HotInbox:
         clashes = set()
         for (dedup, doc), raw in zip(taken, held, strict=True):
             other = orjson.loads(raw) if raw else {}
-            if (other.get("from"), other.get("client_id")) != (doc["from"], doc["client_id"]):
+            if _identity(other) != _identity(doc):
                 clashes.add(dedup)
         return clashes, tail
 

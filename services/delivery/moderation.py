@@ -19,7 +19,9 @@ and one signed ``tombstone`` envelope per device inbox is produced on the
 ``messages`` topic, keyed by the inbox, like any item: that inbox's consumer
 deletes the copy if one waits (the hot inbox is searched, MongoDB queried by
 ``server_id``) and stores the tombstone, which the devices get live or on their
-next sync.
+next sync. A removal is noted as under way before it is recorded: one whose request
+died part-way is finished by :meth:`Moderation.upkeep`. A public room's messages never
+pass through delivery: removing one here is ``forbidden``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from typing import Any, Literal
 
 from parley_contract import envelopes as e
@@ -56,10 +59,19 @@ log = logging.getLogger(__name__)
 Remover = Literal["sender", "admin"]
 
 UNSEND_LIMIT = Limit(120, 60)
-"""Unsends per user per minute. Nothing records which messages exist (a server id is a
-hash of the sender and a client id), so a user could name made-up ones of a conversation
-they are in without end: each sends a server-signed tombstone into every inbox of the
-other party, which counts toward the inbox's waiting items."""
+"""Unsends per user per minute, counting only those that pass the checks (the sender's
+own id, a conversation of theirs). Nothing records which messages exist (a server id is
+a hash of the sender and a client id), so a user could name made-up ones of a
+conversation they are in without end: each sends a server-signed tombstone into every
+device inbox of the conversation (the other party's, a private room's members'), which
+counts toward the inbox's waiting items, and leaves a gone mark and a removal record."""
+
+REMOVAL_GRACE_S = 120
+"""A removal noted as under way for longer than this had its request die part-way (a
+request gives up well before: device lists 10 s, Kafka 30 s)."""
+
+REMOVAL_CHECK_S = 60.0
+"""How often each delivery process looks for removals left part-way."""
 
 
 class Moderation:
@@ -207,8 +219,8 @@ class Moderation:
     ) -> dict[str, Any]:
         """The sender removes their message. The server id is a hash of (sender, client
         id) (and the room, for a room's message), so giving the client id proves who sent
-        it; the conversation must be one of the caller's (a room they can still see)."""
-        await self.limiter.hit("unsend", claims.sub, UNSEND_LIMIT)
+        it; the conversation must be one of the caller's (a private room they can still
+        see). Only a request that passes these checks counts toward ``UNSEND_LIMIT``."""
         _, room = parties_of(conversation)
         if server_id != (
             e.room_server_id(room, claims.sub, client_id)
@@ -216,9 +228,15 @@ class Moderation:
             else e.message_server_id(claims.sub, client_id)
         ):
             raise ApiError(ErrorCode.NOT_SENDER, "Only the sender (or an admin) can remove it.")
+        if room:
+            await self._private_room(room, server_id, token, admin=False)
         users = await self.parties.users(conversation, token, admin=False)
         if claims.sub not in users:
             raise ApiError(ErrorCode.NOT_RECIPIENT, "That conversation is not one of yours.")
+        # Counted once the request is known to be the sender's own, in a conversation of
+        # theirs: refusals used the limit up too (120 wrong client ids blocked the
+        # sender's real unsend for a minute).
+        await self.limiter.hit("unsend", claims.sub, UNSEND_LIMIT)
         return await self._remove(claims, token, server_id, claims.sub, conversation, users,
                                   "sender")  # fmt: skip
 
@@ -235,9 +253,30 @@ class Moderation:
                 ErrorCode.MESSAGE_NOT_FOUND,
                 "No report names that message: give its sender and conversation.",
             )
+        _, room = parties_of(conversation)
+        if room:
+            await self._private_room(room, server_id, token, admin=True)
         users = await self.parties.users(conversation, token, admin=True)
         return await self._remove(claims, token, server_id, sender, conversation, users,
                                   "admin", body.reason, ip)  # fmt: skip
+
+    async def _private_room(self, room: str, server_id: str, token: str, *, admin: bool) -> None:
+        """``forbidden`` for a public room's message. Public rooms are not end-to-end
+        encrypted: their messages are the rooms service's timeline (removed there, with
+        revisions: docs/moderation.md) and never pass through delivery, so a removal
+        here only sent a signed tombstone of a made-up id into every member's inbox
+        (anyone can join a public room: 120 a minute, each counted toward the inbox's
+        waiting items). A room made public since keeps its private days' log, whose
+        messages may still be removed (:meth:`RoomLog.holds`)."""
+        if await self.parties.room_kind(room, token, admin=admin) == "private":
+            return
+        if await self.room_log.holds(room, server_id):
+            return
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            "A public room's messages are removed in the room: "
+            "DELETE /rooms/v1/rooms/{room_id}/messages/{seq}.",
+        )
 
     async def _remove(
         self, claims: Claims, token: str, server_id: str, sender: str, conversation: str,
@@ -246,28 +285,43 @@ class Moderation:
         """Record the removal once, mark the message gone (a copy that arrives later is
         not stored), and send one signed tombstone per device inbox of the
         conversation's users (see the module's docstring). Idempotent: removing it again
-        sends the same tombstones again."""
+        sends the same tombstones again.
+
+        Crash-safe: the removal is noted as under way (with its device inboxes) before
+        it is recorded, and the note is deleted once its tombstones are produced. A
+        request that dies in between (MongoDB, Redis or Kafka failing, the process
+        killed) leaves the note, and :meth:`finish_removals` carries the recorded
+        removal out; a repeat of the request does the same at once."""
         at = e.now_ms()
         kid, signature = self.keys.sign_tombstone(
             server_id=server_id, sender=sender, conversation=conversation, by=by, at=at
         )
         inboxes = await self.parties.inboxes(list(dict.fromkeys([sender, *users])), token)
-        record, existed = await self.mstore.record_tombstone({
+        if by == "admin":
+            # Audited before anything is recorded, so that a removal the upkeep
+            # finishes has its entry too; every request is audited (a retry, or a
+            # removal the sender made first, marked ``already``).
+            already = await self.mstore.tombstone(server_id) is not None
+            after = {"by": by, "reason": reason, "inboxes": len(inboxes), "already": already}
+            await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
+        await self.mstore.begin_removal(server_id, inboxes, at)
+        record, _ = await self.mstore.record_tombstone({
             "_id": server_id, "by": by, "actor": claims.sub, "sender": sender,
             "conversation": conversation, "at": at, "kid": kid, "signature": signature,
             "reason": reason, "inboxes": len(inboxes),
         })  # fmt: skip
-        if by == "admin":
-            # Audited before anything can fail: a failure after the record (Kafka,
-            # Redis) answered 500 and the admin's retry found it recorded, so nothing
-            # was audited; nor when the sender had unsent it first. A retry audits
-            # again, marked ``already``.
-            after = {"by": by, "reason": reason, "inboxes": len(inboxes), "already": existed}
-            await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
-        if existed:  # the same tombstone again (same signature: the dedup knows it)
-            by, at, sender = record["by"], int(record["at"]), record["sender"]
-            conversation = record["conversation"]
-            kid, signature = record["kid"], record["signature"]
+        # A removal recorded before: the same tombstone again (same signature: the
+        # inboxes' dedup knows it).
+        await self._carry_out(record, inboxes)
+        await self.mstore.end_removal(server_id, at)
+        return {"server_id": server_id, "by": record["by"], "at": int(record["at"]),
+                "inboxes": len(inboxes)}  # fmt: skip
+
+    async def _carry_out(self, record: dict[str, Any], inboxes: list[str]) -> None:
+        """What a recorded removal does, each step idempotent: mark the message gone,
+        blank its room log entry, and produce its tombstone (as recorded) to each of
+        ``inboxes``."""
+        server_id, conversation = str(record["_id"]), str(record["conversation"])
         await self.store.hot.mark_gone(server_id, self.settings.inbox_expiry_s + DAY_S)
         if conversation.startswith("room:"):
             await self.room_log.blank([server_id])  # after the mark (room_log.py, "Removal")
@@ -276,9 +330,10 @@ class Moderation:
         for inbox in inboxes:
             user, _, device = inbox.rpartition(".")
             env = e.TombstoneNotice(
-                server_id=server_id, to=user, to_device=int(device), from_=sender,
-                client_id=f"tombstone:{server_id}", conversation=conversation, sent_at=at,
-                by=by, kid=kid, signature=signature, target_seq=None,
+                server_id=server_id, to=user, to_device=int(device), from_=record["sender"],
+                client_id=f"tombstone:{server_id}", conversation=conversation,
+                sent_at=int(record["at"]), by=record["by"], kid=record["kid"],
+                signature=record["signature"], target_seq=None,
             )  # fmt: skip
             acks.append(
                 await producer.send(
@@ -287,8 +342,63 @@ class Moderation:
                 )
             )  # fmt: skip
         await asyncio.gather(*acks)
-        log.info("message removed", extra={"message_id": server_id, "by": by})
-        return {"server_id": server_id, "by": by, "at": at, "inboxes": len(inboxes)}
+        log.info("message removed", extra={"message_id": server_id, "by": record["by"]})
+
+    # Upkeep -------------------------------------------------------------------
+    async def finish_removals(self, now_ms: int | None = None) -> int:
+        """Carry out the removals whose requests died part-way (noted as under way for
+        more than ``REMOVAL_GRACE_S``): recorded ones get their gone mark, blanked log
+        entry and tombstones, to the inboxes the request found; one never recorded
+        (its request died first, and answered no success) is dropped. Each is taken
+        up by one process at a time; returns how many were carried out."""
+        now = e.now_ms() if now_ms is None else now_ms
+        done = 0
+        for doc in await self.mstore.removals_due(now - REMOVAL_GRACE_S * 1000, 100):
+            server_id, since = str(doc["_id"]), int(doc["since"])
+            if not await self.mstore.take_removal(server_id, since, now):
+                continue
+            record = await self.mstore.tombstone(server_id)
+            if record is not None:
+                await self._carry_out(record, [str(t) for t in doc.get("targets") or []])
+                done += 1
+            await self.mstore.end_removal(server_id, now)
+        return done
+
+    def tombstone_keep_s(self) -> int:
+        """How long a removal's record is kept: as long as its gone mark, the longest a
+        copy of the message may wait in an inbox (so that removing it again within that
+        time sends the same tombstone), and at least Kafka's retention (a Redis loss
+        marks again what was removed within it: DeliveryStore.restore_gone)."""
+        retention_s = self.settings.kafka_message_retention_ms // 1000
+        return max(self.settings.inbox_expiry_s, retention_s) + DAY_S
+
+    async def purge_tombstones(self, now_ms: int | None = None) -> int:
+        """Delete the records of removals older than :meth:`tombstone_keep_s`."""
+        now = e.now_ms() if now_ms is None else now_ms
+        return await self.mstore.purge_tombstones(now - self.tombstone_keep_s() * 1000)
+
+    async def upkeep(self) -> None:
+        """Every ``REMOVAL_CHECK_S``: :meth:`finish_removals`; every
+        ``inbox_purge_interval_s``: :meth:`purge_tombstones` (a TTL index would need
+        dates, and the embedded server purges only on read: docs/embedded.md)."""
+        purged_at: float | None = None
+        while True:
+            try:
+                finished = await self.finish_removals()
+                if finished:
+                    log.warning("removals left part-way finished", extra={"removals": finished})
+            except Exception as exc:
+                log.warning("finishing removals failed", extra={"error": repr(exc)})
+            now = time.monotonic()
+            if purged_at is None or now - purged_at >= self.settings.inbox_purge_interval_s:
+                purged_at = now
+                try:
+                    purged = await self.purge_tombstones()
+                    if purged:
+                        log.info("old removal records deleted", extra={"records": purged})
+                except Exception as exc:
+                    log.warning("removal records purge failed", extra={"error": repr(exc)})
+            await asyncio.sleep(REMOVAL_CHECK_S)
 
 
 def report_view(doc: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,15 @@
   base64url): the only place Parley stores a message's plaintext, on purpose,
   and only for a message one of its recipients reported.
 - ``tombstones``: one document per removed message (``_id`` = its server id):
-  who removed it (``by``: ``sender`` or ``admin``, ``actor``), when, the
-  signature, and how many copies were deleted. No ciphertext, no plaintext.
+  who removed it (``by``: ``sender`` or ``admin``, ``actor``), when (``at``),
+  the signature, the reason, and how many device inboxes its tombstones went to
+  (``inboxes``). No ciphertext, no plaintext. Deleted by the moderation upkeep
+  (services/delivery/moderation.py) once older than ``tombstone_keep_s``.
+- ``removals_pending``: one document per removal under way (``_id`` = the
+  server id): the device inboxes its tombstones go to (``targets``) and when it
+  was begun or last taken up (``since``, Unix ms). Written before the removal is
+  recorded, deleted once its tombstones are produced: one left behind is a
+  removal whose request died part-way, which the upkeep finishes.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class ModerationStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self.reports = db["reports"]
         self.tombstones = db["tombstones"]
+        self.pending = db["removals_pending"]
 
     async def ensure_indexes(self) -> None:
         await self.reports.create_index([("key", ASCENDING)], unique=True)
@@ -98,3 +106,34 @@ class ModerationStore:
 
     async def tombstone(self, server_id: str) -> dict[str, Any] | None:
         return await self.tombstones.find_one({"_id": server_id})
+
+    async def purge_tombstones(self, before_ms: int) -> int:
+        """Delete the records of removals made before ``before_ms``; how many."""
+        res = await self.tombstones.delete_many({"at": {"$lt": before_ms}})
+        return int(res.deleted_count)
+
+    # Removals under way -------------------------------------------------------
+    async def begin_removal(self, server_id: str, targets: list[str], since: int) -> None:
+        """Note a removal under way (before it is recorded), with where its tombstones
+        go: a request that dies before :meth:`end_removal` leaves it for the upkeep."""
+        await self.pending.update_one(
+            {"_id": server_id}, {"$set": {"targets": targets, "since": since}}, upsert=True
+        )
+
+    async def removals_due(self, before_ms: int, limit: int) -> list[dict[str, Any]]:
+        """Removals under way since before ``before_ms``: their requests died. The
+        collection holds only removals under way (a handful), so reading it is cheap
+        on every server."""
+        return [d async for d in self.pending.find({"since": {"$lt": before_ms}}).limit(limit)]
+
+    async def take_removal(self, server_id: str, since: int, now_ms: int) -> bool:
+        """Take up a removal left behind (``since`` as read), so that one process
+        finishes it; False when another process took it (or finished it) first."""
+        res = await self.pending.update_one(
+            {"_id": server_id, "since": since}, {"$set": {"since": now_ms}}
+        )
+        return int(res.modified_count) == 1
+
+    async def end_removal(self, server_id: str, since: int) -> None:
+        """The removal begun (or taken up) at ``since`` is carried out."""
+        await self.pending.delete_one({"_id": server_id, "since": since})

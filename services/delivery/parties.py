@@ -20,15 +20,22 @@ from services.common.devices import DeviceLists, call_as, member_ids, rooms_get
 from services.common.errors import ApiError, ErrorCode
 
 ROOM_ID = re.compile("[0-9a-f]{24}")  # services/rooms/models.py
+USER_ID = re.compile("[A-Za-z0-9_-]{1,64}")  # parley_contract.frames.UserId
 
 
 def parties_of(conversation: str) -> tuple[list[str], str | None]:
-    """A conversation's users (``dm:``) or its room (``room:``); ``validation_failed``
-    for anything else."""
+    """A conversation's users (``dm:<a>:<b>``, both user ids, sorted) or its room
+    (``room:<id>``); ``validation_failed`` for anything else. Only the order was
+    checked: ``dm:<me>:~not.a/user?id`` was taken, and recorded as the removal's
+    conversation, which later removals of that message reuse."""
     kind, _, rest = conversation.partition(":")
     if kind == "dm":
         users = rest.split(":")
-        if len(users) == 2 and all(users) and e.conversation_id(*users) == conversation:
+        if (
+            len(users) == 2
+            and all(USER_ID.fullmatch(u) for u in users)
+            and e.conversation_id(*users) == conversation
+        ):
             return users, None
     elif kind == "room" and ROOM_ID.fullmatch(rest):
         return [], rest
@@ -66,6 +73,14 @@ class Parties:
         path = f"/rooms/v1/{'admin/' if admin else ''}rooms/{room}/members"
         session, _ = self._client()
         return await member_ids(lambda p: rooms_get(session, self.rooms + p, token), path)
+
+    async def room_kind(self, room_id: str, token: str, *, admin: bool) -> str:
+        """A room's kind (``private`` or ``public``) as the caller may read it (an admin
+        through the admins' route): ``room_not_found`` otherwise."""
+        session, _ = self._client()
+        path = f"/rooms/v1/{'admin/' if admin else ''}rooms/{room_id}"
+        room = await rooms_get(session, self.rooms + path, token)
+        return str(room.get("kind"))
 
     async def joined_at(self, room_id: str, token: str) -> int:
         """When the caller joined ``room_id``, a private room (Unix ms), read fresh from

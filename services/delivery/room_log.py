@@ -338,6 +338,13 @@ class RoomLog:
         )  # fmt: skip
         return int(res.matched_count)
 
+    async def holds(self, room: str, server_id: str) -> bool:
+        """Whether ``server_id`` is a message of ``room``'s log (not expired): one read
+        by ``_id``. A room made public keeps the log of its private days, and their
+        senders may still remove them (services/delivery/moderation.py)."""
+        doc = await self.ids.find_one({"_id": server_id}, {"room": 1})
+        return doc is not None and doc.get("room") == room
+
     async def purge_expired(self, cutoff: float) -> int:
         """Delete the entries stored before ``cutoff`` (seconds), each room's oldest
         (``room_heads.low``) first, up to the first one that is not expired or not

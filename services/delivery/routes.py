@@ -297,7 +297,8 @@ async def file_report(request: web.Request, claims: Claims, body: ReportIn) -> w
     summary="Remove a message you sent (unsend): signed tombstones replace its copies",
     description=(
         "The client id proves you sent it (the server id is a hash of sender and client "
-        "id); the tombstones go to every current device of the conversation's users."
+        "id); the tombstones go to every current device of the conversation's users. "
+        "A public room's messages are removed in the room (`forbidden` here)."
     ),
     response=Removed,
     auth=True,
@@ -311,6 +312,7 @@ async def file_report(request: web.Request, claims: Claims, body: ReportIn) -> w
         ErrorCode.NOT_SENDER,
         ErrorCode.NOT_RECIPIENT,
         ErrorCode.ROOM_NOT_FOUND,
+        ErrorCode.FORBIDDEN,
         ErrorCode.RATE_LIMITED,
     ],
     tags=["moderation"],

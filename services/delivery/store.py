@@ -178,7 +178,7 @@ class DeliveryStore:
         dense (docs/protocol.md), and repeats are rare. An inbox whose counter is
         missing gets none here (:meth:`store_hot` seeds it and reserves then).
         """
-        keys = [dedup_key(d["inbox"], d["from"], d["client_id"]) for d in items]
+        keys = [item_dedup_key(d) for d in items]
         ids = list(dict.fromkeys(server_ids))
         counts = dict(Counter(d["inbox"] for d in items))
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -227,7 +227,7 @@ class DeliveryStore:
         if not items:
             return [], None
         users = list(dict.fromkeys(route))
-        keys = [dedup_key(it["inbox"], it["from"], it["client_id"]) for it in items]
+        keys = [item_dedup_key(it) for it in items]
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
@@ -840,13 +840,27 @@ def item_id(inbox: str, seq: int) -> str:
     return f"{inbox}|{seq:016d}"
 
 
-def dedup_key(inbox: str, sender: str, client_id: str) -> str:
-    """The dedup record's ``_id`` of one message in one device inbox.
+def dedup_key(inbox: str, sender: str, client_id: str, kind: str = "message") -> str:
+    """The dedup record's ``_id`` of one item in one device inbox.
 
-    Inbox and user ids never contain ``|``; the client id (printable ASCII)
-    comes last, so the key is unambiguous.
+    Inbox and user ids never contain ``|``; the client id comes last, so the key
+    is unambiguous. A message's client id is its sender's choice (printable ASCII
+    without spaces: ``is_client_id``, checked by the gateway); a notice the server
+    makes (``tombstone``, ``key_changed``) is keyed as ``"<kind> <client id>"``,
+    with a space no message's client id holds, so that no message a client sends
+    takes a notice's record: a message sent with the client id
+    ``tombstone:<server id>`` made the removal's tombstone a "repeat", never
+    stored nor pushed (docs/delivery.md, "Dedup records").
     """
+    if kind != "message":
+        client_id = f"{kind} {client_id}"
     return f"{inbox}|{sender}|{client_id}"
+
+
+def item_dedup_key(item: dict[str, Any]) -> str:
+    """:func:`dedup_key` of an inbox item (an item without ``kind`` is a message)."""
+    kind = str(item.get("kind") or "message")
+    return dedup_key(item["inbox"], item["from"], item["client_id"], kind)
 
 
 def _room_copy(inbox: str, seq: int) -> dict[str, Any]:
@@ -856,7 +870,11 @@ def _room_copy(inbox: str, seq: int) -> dict[str, Any]:
 
 
 def _same_message(doc: dict[str, Any], item: dict[str, Any]) -> bool:
-    return bool(doc.get("from") == item["from"] and doc.get("client_id") == item["client_id"])
+    return bool(
+        doc.get("from") == item["from"]
+        and doc.get("client_id") == item["client_id"]
+        and (doc.get("kind") or "message") == (item.get("kind") or "message")
+    )
 
 
 def _inbox_doc(item: dict[str, Any], claim: dict[str, Any]) -> dict[str, Any]:

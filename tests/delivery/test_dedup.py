@@ -222,3 +222,55 @@ async def test_what_a_dedup_record_costs_in_redis_memory(
         assert per_record <= bound
     finally:
         await close(store)
+
+
+def notice(inbox: str, kind: str, sender: str, client_id: str, server_id: str) -> dict[str, Any]:
+    """A notice as the worker hands it to ``store_hot``: a tombstone or a key change."""
+    doc = {**item(inbox, 0, sender=sender, cid=client_id), "kind": kind, "server_id": server_id}
+    for field in ("from_device", "body", "commitment"):
+        doc.pop(field)
+    if kind == "tombstone":
+        doc.update(by="admin", kid="1", signature="sig", target_seq=None)
+    else:
+        doc.update(account_key=None)
+    return doc
+
+
+async def test_no_message_takes_the_dedup_record_of_a_notice(store: DeliveryStore) -> None:
+    """A sender chose the client id of the tombstone its message's removal would get
+    (``tombstone:<server id>``, moderation.py), or of a key change's notice
+    (``key_changed:<topic>:<partition>:<offset>:<inbox>``, worker.py): keyed on
+    inbox, sender and client id alone, the notice was then a "repeat" of that
+    message, never stored nor pushed (the removal never reached the recipient). A
+    notice's record is kept apart (``dedup_key``: its kind, and a space no client id
+    holds); a notice consumed again is still one item."""
+    inbox = f"n{uuid.uuid4().hex[:6]}.1"
+    removed = uuid.uuid4().hex
+    cases = [
+        ("tombstone", f"tombstone:{removed}", removed),
+        ("key_changed", f"key_changed:p.events:0:7:{inbox}", uuid.uuid4().hex),
+    ]
+    # The traps, stored as messages before (records of the version before this one are
+    # the same: a message's key did not change).
+    traps = await store.store_hot([item(inbox, 0, sender="ann", cid=c) for _, c, _ in cases])
+    assert [t["kind"] for t in traps] == ["message", "message"]
+    assert not any(t.get("duplicate") for t in traps)
+    for kind, client_id, server_id in cases:
+        first = notice(inbox, kind, "ann", client_id, server_id)
+        claims, _, _ = await store.claims_and_numbers([first], [])
+        assert claims == {}, kind
+        [stored] = await store.store_hot([first])
+        assert "duplicate" not in stored and stored["kind"] == kind
+        assert stored["server_id"] == server_id
+        # The same notice again (a redelivery, a removal made twice): the one stored.
+        [again] = await store.store_hot([notice(inbox, kind, "ann", client_id, server_id)])
+        assert again["duplicate"] and again["seq"] == stored["seq"] and again["kind"] == kind
+    hot = await store.hot.get(inbox, list(range(1, 10)))
+    assert sorted(d["kind"] for d in hot.values()) == [
+        "key_changed", "message", "message", "tombstone"
+    ]  # fmt: skip
+    # And the other way round: a message resent with a notice's client id is still a
+    # repeat of itself, not of the notice.
+    [resent] = await store.store_hot([item(inbox, 0, sender="ann", cid=cases[0][1])])
+    assert resent["duplicate"] and resent["seq"] == traps[0]["seq"]
+    assert resent["kind"] == "message"

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from parley.crypto import franking
+from parley_contract import envelopes
 from parley_contract.envelopes import conversation_id
 from parley_contract.frames import tombstone_signed_bytes
 
@@ -404,3 +406,213 @@ async def test_a_room_message_is_franked_for_the_room_reportable_and_removable(
     await store.redis.delete(store.hot.gone_key(server_id))
     assert await store.restore_gone(0) >= 1
     assert await store.hot.gone([server_id]) == {server_id}
+
+
+async def test_a_message_sent_with_its_tombstone_s_client_id_does_not_stop_the_removal(
+    messaging: Messaging,
+) -> None:
+    """The tombstone of a removal took the dedup record of (inbox, sender, client id
+    ``tombstone:<server id>``): a sender who first sent a message with that client id
+    made the admin's tombstone a "repeat", never stored nor pushed, and the recipient
+    kept the removed message. A notice's record is its own (store.py ``dedup_key``)."""
+    api = Api(messaging)
+    alice_id, bob_id, admin_id = uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    text = b"abuse " + secrets.token_hex(4).encode()
+    fk, server_id = await send_franked(alice, bob_id, "abuse-1", text)
+    msg = await bob.expect("message", server_id=server_id)
+    await bob.send({"op": "ack", "seq": msg["seq"]})
+    # The trap: a harmless message whose client id is the tombstone's.
+    await alice.send(send_frame(f"tombstone:{server_id}", bob_id, "aGVsbG8"))
+    await alice.expect("stored", id=f"tombstone:{server_id}")
+    trap = await bob.expect("message")
+    await bob.send({"op": "ack", "seq": trap["seq"]})
+    status, filed = await api.call("POST", "/reports", bob_id, report_of(msg, text, fk))
+    assert status == 201, filed
+    path = f"/admin/messages/{server_id}/remove"
+    status, removed = await api.call("POST", path, admin_id, {"reason": "abuse"}, admin=True)
+    assert status == 200 and removed["inboxes"] == 2, removed
+    tomb = await bob.expect("tombstone", server_id=server_id)
+    assert tomb["by"] == "admin" and tomb["from"] == alice_id
+    # Removed again: the same tombstone, stored once in Bob's inbox. A message sent
+    # after it (the same inbox, so the same partition, in order) shows it was consumed.
+    status, _ = await api.call("POST", path, admin_id, {"reason": "abuse"}, admin=True)
+    assert status == 200
+    await alice.send(send_frame("after", bob_id, "aGVsbG8"))
+    await bob.expect("message", server_id=envelopes.message_server_id(alice_id, "after"))
+    status, page = await api.call("GET", "/inbox?after=0", bob_id)
+    assert status == 200, page
+    assert [m["seq"] for m in page["messages"] if m["op"] == "tombstone"] == [tomb["seq"]]
+
+
+async def test_refused_unsends_do_not_use_up_the_limit(messaging: Messaging) -> None:
+    """Unsends were counted before they were checked: a client retrying a wrong client
+    id 120 times (or anyone naming conversations not theirs) blocked the sender's real
+    unsends for a minute. Only a request that passes the checks counts."""
+    from services.delivery.moderation import UNSEND_LIMIT
+
+    api = Api(messaging)
+    alice_id, bob_id, eve_id = uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    await messaging.connect(bob_id, pod=1)
+    _, server_id = await send_franked(alice, bob_id, "real-1", b"hello")
+    await alice.expect("stored", id="real-1")
+    conv = conversation_id(alice_id, bob_id)
+    made_up = envelopes.message_server_id(alice_id, "never")
+    refusals = [
+        (unsend_path(server_id, "wrong", conv), 403, "not_sender"),
+        (unsend_path(made_up, "never", conversation_id(bob_id, eve_id)), 403, "not_recipient"),
+        (unsend_path(made_up, "never", "dm:x"), 422, "validation_failed"),
+    ]
+    for i in range(UNSEND_LIMIT.count + 1):
+        path, status, code = refusals[i % len(refusals)]
+        got, answer = await api.call("DELETE", path, alice_id)
+        assert (got, answer["error"]["code"]) == (status, code), path
+    status, removed = await api.call("DELETE", unsend_path(server_id, "real-1", conv), alice_id)
+    assert status == 200 and removed["by"] == "sender", removed
+
+
+async def test_a_conversation_whose_parties_are_not_user_ids_is_refused(
+    messaging: Messaging,
+) -> None:
+    """Only the order of ``dm:<a>:<b>`` was checked: ``dm:<me>:~not.a/user?id`` was
+    taken, and recorded as the removal's conversation (which a later removal of the
+    message, an admin's too, reuses). Both parties must be user ids."""
+    api = Api(messaging)
+    alice_id = "a" + uid()
+    await messaging.connect(alice_id)
+    mstore = messaging.delivery.server.app[MODERATION].mstore
+    server_id = envelopes.message_server_id(alice_id, "real-2")
+    for other in ("~not.a/user?id", "", "b" * 65, "b:c"):
+        weird = f"dm:{alice_id}:{other}"
+        if other and ":" not in other:
+            assert envelopes.conversation_id(alice_id, other) == weird  # sorted: only the ids
+        status, answer = await api.call("DELETE", unsend_path(server_id, "real-2", weird), alice_id)
+        assert (status, answer["error"]["code"]) == (422, "validation_failed"), other
+        assert answer["error"]["details"][0]["field"] == "conversation"
+    assert await mstore.tombstone(server_id) is None
+
+
+async def test_a_removal_cut_short_is_finished_by_the_upkeep(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal is recorded, then carried out (gone mark, room log, tombstones): a
+    request that died in between (Kafka down, the process killed) left it recorded
+    and never carried out unless someone asked again. It is noted as under way
+    before it is recorded, and the upkeep finishes what was left."""
+    from services.delivery.moderation import REMOVAL_GRACE_S
+
+    api = Api(messaging)
+    moderation = messaging.delivery.server.app[MODERATION]
+    alice_id, bob_id = uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    _, server_id = await send_franked(alice, bob_id, "cut-1", b"take it back")
+    msg = await bob.expect("message", server_id=server_id)
+    await bob.send({"op": "ack", "seq": msg["seq"]})
+
+    class NoKafka:
+        async def wait_ready(self, timeout: float) -> None:
+            raise ConnectionError("Kafka is down")
+
+    producer = moderation.producer
+    monkeypatch.setattr(moderation, "producer", NoKafka())
+    conv = conversation_id(alice_id, bob_id)
+    status, _ = await api.call("DELETE", unsend_path(server_id, "cut-1", conv), alice_id)
+    assert status >= 500
+    assert await moderation.mstore.tombstone(server_id) is not None  # recorded, not done
+    monkeypatch.setattr(moderation, "producer", producer)
+    # A removal noted but never recorded (its request died before): dropped, no tombstone.
+    never = envelopes.message_server_id(alice_id, "never-recorded")
+    await moderation.mstore.begin_removal(never, [f"{bob_id}.1"], envelopes.now_ms())
+    # Not before its request had time to finish on its own.
+    assert await moderation.finish_removals() == 0
+    later = envelopes.now_ms() + (REMOVAL_GRACE_S + 1) * 1000
+    assert await moderation.finish_removals(now_ms=later) == 1
+    tomb = await bob.expect("tombstone", server_id=server_id)
+    assert tomb["by"] == "sender" and tomb["from"] == alice_id
+    await alice.expect("tombstone", server_id=server_id)
+    assert await moderation.mstore.pending.count_documents({}) == 0
+    assert await moderation.finish_removals(now_ms=later) == 0
+    assert await moderation.mstore.tombstone(never) is None
+
+
+async def test_removal_records_are_deleted_once_no_longer_needed(messaging: Messaging) -> None:
+    """Nothing deleted the ``tombstones`` records. They are kept as long as the gone
+    mark (a repeat sends the same tombstone), and at least Kafka's retention (a Redis
+    loss marks again what was removed within it: ``restore_gone``)."""
+    moderation = messaging.delivery.server.app[MODERATION]
+    settings = messaging.settings
+    keep_s = moderation.tombstone_keep_s()
+    assert keep_s >= settings.inbox_expiry_s + 86400
+    assert keep_s * 1000 >= settings.kafka_message_retention_ms
+    now = envelopes.now_ms()
+    old, recent = uuid.uuid4().hex, uuid.uuid4().hex
+    for server_id, at in ((old, now - keep_s * 1000 - 1), (recent, now - keep_s * 1000 + 60_000)):
+        await moderation.mstore.record_tombstone({
+            "_id": server_id, "by": "sender", "actor": "a", "sender": "a",
+            "conversation": "dm:a:b", "at": at, "kid": "1", "signature": "s", "reason": "",
+            "inboxes": 2,
+        })  # fmt: skip
+    assert await moderation.purge_tombstones(now_ms=now) >= 1
+    assert await moderation.mstore.tombstone(old) is None
+    assert await moderation.mstore.tombstone(recent) is not None
+
+
+async def test_a_public_room_s_messages_cannot_be_removed_here(world: RoomWorld) -> None:
+    """A public room's messages never pass through delivery (not end-to-end encrypted:
+    the rooms service keeps and moderates them). Anyone who joined one could
+    "unsend" made-up ids of it, 120 a minute: each put a signed tombstone in every
+    member's inbox (counted toward its cap), a gone mark and a record. Refused
+    (``forbidden``), an admin's removal too, nothing stored; a room made public keeps
+    its private days' log, whose messages can still be removed."""
+    api = Api(world.m)
+    moderation = world.m.delivery.server.app[MODERATION]
+    store = world.m.delivery.server.app[WORKER].store
+    owner, joiner, victim = uid(), uid(), uid()
+    for u in (owner, joiner, victim):
+        world.m.issuer.users.add(u)
+    status, room = await world.call("POST", "/rooms", owner, {"name": "town", "kind": "public"})
+    assert status == 201, room
+    rid = room["room_id"]
+    for u in (joiner, victim):
+        status, body = await world.call("POST", f"/rooms/{rid}/join", u)
+        assert status == 200, body
+    made_up = envelopes.room_server_id(rid, joiner, "never-1")
+    path = unsend_path(made_up, "never-1", f"room:{rid}")
+    status, answer = await api.call("DELETE", path, joiner)
+    assert (status, answer["error"]["code"]) == (403, "forbidden"), answer
+    body = {"reason": "spam", "sender": joiner, "conversation": f"room:{rid}"}
+    status, answer = await api.call(
+        "POST", f"/admin/messages/{made_up}/remove", uid(), body, admin=True
+    )
+    assert (status, answer["error"]["code"]) == (403, "forbidden"), answer
+    assert await moderation.mstore.tombstone(made_up) is None
+    assert await store.hot.gone([made_up]) == set()
+    assert await store.hot.get(f"{victim}.1", list(range(1, 5))) == {}
+
+    # A private room made public: its private days' messages can still be unsent.
+    alice, bob = uid(), uid()
+    private = await world.private_room(alice, [bob])
+    a1 = await world.connect(alice)
+    b1 = await world.connect(bob, pod=1)
+    await a1.send(room_send("p1", private, "c2VjcmV0"))
+    server_id = (await a1.expect("accepted", id="p1"))["server_id"]
+    await b1.expect("room_message", server_id=server_id)
+    admin = world.m.issuer.token(uid(), roles=("user", "admin"))
+    resp = await world.rooms.request(
+        "PUT", f"/rooms/v1/admin/rooms/{private}/kind", json={"kind": "public"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    status, removed = await api.call(
+        "DELETE", unsend_path(server_id, "p1", f"room:{private}"), alice
+    )
+    assert status == 200 and removed["by"] == "sender", removed
+    await b1.expect("tombstone", server_id=server_id)
+    made_up = envelopes.room_server_id(private, alice, "never-2")
+    status, answer = await api.call(
+        "DELETE", unsend_path(made_up, "never-2", f"room:{private}"), alice
+    )
+    assert (status, answer["error"]["code"]) == (403, "forbidden"), answer
