@@ -25,7 +25,16 @@ from services.common.errors import ApiError, ErrorCode
 from services.rooms import members, models, moderation, push, text, timeline
 from services.rooms.config import MEMBERS_PAGE_MAX, PAGE_MAX
 from services.rooms.events import Check
-from services.rooms.rooms import PRIVATE, PUBLIC, deleted, not_found, set_state
+from services.rooms.rooms import (
+    CHANGE_TRIES,
+    PRIVATE,
+    PUBLIC,
+    changed_meanwhile,
+    deleted,
+    not_found,
+    set_state,
+    sync_directory,
+)
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, now_ms
 
@@ -141,9 +150,8 @@ async def set_room_state(
 ) -> models.AdminRoom:  # fmt: skip
     """Close (``closed``) or reopen (``open``) a room."""
     room = await _room(rooms, room_id)
-    if room["state"] == state:
+    if room["state"] == state or not await set_state(rooms, room, state, claims.user_id):
         raise _unchanged(state)
-    await set_state(rooms, room, state, claims.user_id)
     room = await _room(rooms, room_id)
     action = "room.close" if state == "closed" else "room.reopen"
     await _audit(rooms, claims, ip, action, room_id, before={"state": "closed" if state == "open"
@@ -165,23 +173,46 @@ async def set_kind(
     if previous == kind:
         raise _unchanged(kind)
     store = rooms.store
-    bumped = await store.bump_room(room_id, version=1)
-    held = await rooms.events.hold(
-        e.RoomKindChanged(
-            room_id=room_id, kind=kind, version=int(bumped["version"]),  # type: ignore[arg-type]
-            actor=claims.user_id, at=now_ms(), previous=previous,  # type: ignore[arg-type]
-        ),
-        Check("rooms", {"_id": room_id, "kind": kind}),
-    )  # fmt: skip
-    # The directory first, then the kind: the directory lists a room only while it is
-    # public (rooms.directory), so a switch cut short in between never lists a private
-    # room, nor leaves a public one unlisted for good (the switch is made again).
-    key = room.get("name_key") or text.name_key(room["name"])
-    if kind == PUBLIC:
-        await store.add_to_directory(key, room_id, room["name"])
-    else:
-        await store.remove_from_directory(key, room_id)
-    await store.set_room(room_id, {"kind": kind, "kind_changed_at": now_ms()})
+    # Written only on the room as read (its ``version``), the version taken in the same
+    # write (as rooms.set_state): a lost race reads the room again.
+    switched: Doc | None = None
+    for _ in range(CHANGE_TRIES):
+        version = int(room.get("version", 0)) + 1
+        held = await rooms.events.hold(
+            e.RoomKindChanged(
+                room_id=room_id, kind=kind, version=version,  # type: ignore[arg-type]
+                actor=claims.user_id, at=now_ms(), previous=previous,  # type: ignore[arg-type]
+            ),
+            Check("rooms", {"_id": room_id, "kind": kind, "kind_version": version}),
+        )  # fmt: skip
+        # The directory first, then the kind: the directory lists a room only while it
+        # is public (rooms.directory), so a switch cut short in between never lists a
+        # private room, nor leaves a public one unlisted for good (the room is read
+        # again below, and the switch can be made again).
+        key = room.get("name_key") or text.name_key(room["name"])
+        if kind == PUBLIC:
+            await store.add_to_directory(key, room_id, room["name"])
+        else:
+            await store.remove_from_directory(key, room_id)
+        fields = {"kind": kind, "kind_changed_at": now_ms(), "kind_version": version}
+        switched = await store.change_room(room, fields)
+        if switched is not None:
+            break
+        await rooms.events.drop(held)
+        room = await _room(rooms, room_id)
+        if str(room["kind"]) == kind:
+            break  # another admin switched it meanwhile
+        previous = str(room["kind"])
+    # Then the room read again, its entry made to agree: a rename meanwhile (read as
+    # public, its new entry written after the one above was taken out) re-reads the
+    # room after its own writes too, so one of the two takes the new entry out
+    # (rooms.sync_directory); and a switch to public lists the name the room has now.
+    now = await _room(rooms, room_id, live=False)
+    await sync_directory(rooms, room_id, now.get("name_key") or text.name_key(now["name"]))
+    if switched is None:
+        if str(now["kind"]) == kind:
+            raise _unchanged(kind)
+        raise changed_meanwhile()
     await rooms.events.release(held)
     room = await _room(rooms, room_id)
     await _audit(rooms, claims, ip, "room.kind", room_id, before={"kind": previous},
@@ -300,7 +331,7 @@ async def delete(
     at = now_ms()
     held = await rooms.events.hold(
         e.RoomDeleted(
-            room_id=room_id, kind=room["kind"], version=int(bumped["version"]),
+            room_id=room_id, kind=bumped["kind"], version=int(bumped["version"]),
             actor=claims.user_id, at=at,
         ),
         Check("rooms", {"_id": room_id, "deleted_at": at}),

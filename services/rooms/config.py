@@ -35,3 +35,6 @@ class RoomsConfig:
     outbox_interval_s: float = 2.0
     # An outbox entry is held (or being sent) this long before a retry.
     outbox_lease_s: float = 30.0
+    # A timeline number taken and still empty this long is a hole to pages (its writer
+    # died, or takes a new number); younger, a page ends before it (in flight).
+    inflight_grace_s: float = 5.0

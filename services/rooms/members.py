@@ -24,9 +24,11 @@ from services.rooms import models, push
 from services.rooms.config import MEMBERS_PAGE_MAX
 from services.rooms.events import Check
 from services.rooms.rooms import (
+    CHANGE_TRIES,
     LIST_WINDOW,
     LIST_WINDOW_MAX,
     PRIVATE,
+    changed_meanwhile,
     deleted,
     forbidden,
     member_of,
@@ -85,7 +87,7 @@ async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
         }  # fmt: skip
         held = await rooms.events.hold(
             e.MemberJoined(
-                room_id=room_id, kind=room["kind"], version=int(bumped["version"]),
+                room_id=room_id, kind=bumped["kind"], version=int(bumped["version"]),
                 actor=user_id, at=now, user_id=user_id, role="member",
                 via=via,  # type: ignore[arg-type]
             ),
@@ -139,17 +141,32 @@ async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
     doc = await _add(rooms, room, user_id, via)
     ban = await store.get_ban(room_id, user_id)
     if ban is not None:
-        await remove_member(rooms, room, doc, str(ban["by"]), removed=True)
+        await _undo(rooms, room, doc, str(ban["by"]), removed=True)
         raise _banned()
     now = await store.get_room(room_id)
     if now is not None and now["state"] != "open":
-        await remove_member(rooms, room, doc, user_id, removed=False, withdraw=False)
+        await _undo(rooms, room, doc, user_id, removed=False, withdraw=False)
         require_open(now)
     # A member holds no invitation, however they joined: one left behind would bring
     # them back to a private room after a removal. Withdrawn after the membership is
     # written, as an invitation reads the membership after it is written (invite).
     await _withdraw(rooms, room_id, user_id)
     return doc
+
+
+async def _undo(
+    rooms: Rooms, room: Doc, member: Doc, actor: str, removed: bool, withdraw: bool = True
+) -> None:
+    """End the membership a join just made, whatever its role became meanwhile (read
+    again if it changed)."""
+    for _ in range(CHANGE_TRIES):
+        if await remove_member(rooms, room, member, actor, removed, withdraw=withdraw):
+            return
+        now = await rooms.store.get_member(room["_id"], member["user"])
+        if now is None or int(now["slot"]) != int(member["slot"]):
+            return  # ended meanwhile
+        member = now
+    raise changed_meanwhile()
 
 
 async def _withdraw(rooms: Rooms, room_id: str, user_id: str) -> None:
@@ -183,14 +200,14 @@ async def accept(rooms: Rooms, user_id: str, room_id: str) -> models.Membership:
 
 
 async def decline(rooms: Rooms, user_id: str, room_id: str) -> None:
-    room, _, invitation = await visible(rooms, room_id, user_id)
+    _, _, invitation = await visible(rooms, room_id, user_id)
     if invitation is None:
         raise ApiError(ErrorCode.INVITATION_NOT_FOUND, "You have no invitation to this room.")
     store = rooms.store
     bumped = await store.bump_room(room_id, version=1)
     held = await rooms.events.hold(
         e.InvitationDeclined(
-            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=user_id,
+            room_id=room_id, kind=bumped["kind"], version=int(bumped["version"]), actor=user_id,
             at=now_ms(), user_id=user_id,
         ),
         Check("invitations", {"_id": member_id(room_id, user_id)}, exists=False),
@@ -232,7 +249,7 @@ async def invite(
     }  # fmt: skip
     held = await rooms.events.hold(
         e.MemberInvited(
-            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=user_id,
+            room_id=room_id, kind=bumped["kind"], version=int(bumped["version"]), actor=user_id,
             at=now, user_id=target,
         ),
         Check("invitations", {"_id": doc["_id"], "user_slot": n}),
@@ -297,13 +314,15 @@ async def remove_member(
     cls = e.MemberRemoved if removed else e.MemberLeft
     held = await rooms.events.hold(
         cls(
-            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=actor,
+            room_id=room_id, kind=bumped["kind"], version=int(bumped["version"]), actor=actor,
             at=now_ms(), user_id=user_id,
         ),
         Check("members", {"_id": member["_id"], "slot": slot}, exists=False),
     )  # fmt: skip
-    if not await store.delete_member(room_id, user_id, slot, roles):
-        await rooms.events.drop(held)  # left, was removed or promoted concurrently
+    if not await store.delete_member(room_id, user_id, slot, roles, read=member):
+        # Left, was removed, or its role changed concurrently: a change read after this
+        # one's version was taken (and so numbered after it) may have landed first.
+        await rooms.events.drop(held)
         return False
     await store.bump_room(room_id, members=-1)
     await store.forget_slots(room_id, user_id, slot, "r", int(member["user_slot"]))
@@ -375,11 +394,10 @@ async def _close_if_last(rooms: Rooms, room: Doc, user_id: str, owner: bool) -> 
                 "The owner leaves after making another member the owner (PUT .../owner)."
             )
         return False
-    was_open = bool(room["state"] == "open")
-    if was_open:
-        await set_state(rooms, room, "closed", user_id)
+    # Only a close this made is undone (one someone else made meanwhile stands).
+    closed = bool(room["state"] == "open") and await set_state(rooms, room, "closed", user_id)
     if await store.has_other_members(room_id, user_id):
-        if was_open:
+        if closed:
             await set_state(rooms, room, "open", user_id)
         if owner:
             raise _must_transfer(
@@ -387,7 +405,7 @@ async def _close_if_last(rooms: Rooms, room: Doc, user_id: str, owner: bool) -> 
                 "the owner (PUT .../owner)."
             )
         return False
-    return was_open
+    return closed
 
 
 def _manager(member: Doc | None, what: str) -> Doc:
@@ -543,23 +561,38 @@ async def set_role(
     rooms: Rooms, room: Doc, member: Doc, role: str, actor: str, was: str | None = None
 ) -> None:
     """``member``'s role is ``role`` now (announced); ``was``: only if it is that now
-    (else ``forbidden``: it changed since it was read)."""
+    (else ``forbidden``: it changed since it was read).
+
+    The room's version is taken after ``member`` was read, and the role written only on
+    the membership as read (its ``role_v``) with that version: of two changes of one
+    member, the one that read the other's result lands after it and has the higher
+    version, and one that read the same membership as another that landed first is
+    refused; so the highest ``role_changed`` says the role the member has. Without
+    ``was``, a lost race reads the membership again."""
     store = rooms.store
     room_id, user_id, slot = room["_id"], member["user"], int(member["slot"])
-    bumped = await store.bump_room(room_id, version=1)
-    held = await rooms.events.hold(
-        e.RoleChanged(
-            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=actor,
-            at=now_ms(), user_id=user_id, role=role,  # type: ignore[arg-type]
-        ),
-        Check("members", {"_id": member["_id"], "slot": slot, "role": role}),
-    )  # fmt: skip
-    if not await store.set_role(room_id, user_id, slot, role, was=was):
+    for _ in range(CHANGE_TRIES):
+        bumped = await store.bump_room(room_id, version=1)
+        version = int(bumped["version"])
+        held = await rooms.events.hold(
+            e.RoleChanged(
+                room_id=room_id, kind=bumped["kind"], version=version, actor=actor,
+                at=now_ms(), user_id=user_id, role=role,  # type: ignore[arg-type]
+            ),
+            Check("members", {"_id": member["_id"], "slot": slot, "role": role,
+                              "role_v": version}),
+        )  # fmt: skip
+        if await store.set_role(room_id, user_id, slot, role, was, read=member, version=version):
+            await rooms.events.release(held)
+            return
         await rooms.events.drop(held)
-        if was is not None and await store.get_member(room_id, user_id) is not None:
+        now = await store.get_member(room_id, user_id)
+        if now is not None and was is not None:
             raise forbidden("Only the room's owner changes roles.")
-        raise _no_member(user_id)
-    await rooms.events.release(held)
+        if now is None or int(now["slot"]) != slot:
+            raise _no_member(user_id)
+        member = now
+    raise changed_meanwhile()
 
 
 async def _owner_and_target(

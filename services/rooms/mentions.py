@@ -4,18 +4,26 @@ A mention is ``@`` followed by a username (``[a-z][a-z0-9_.-]{1,30}[a-z0-9]``,
 any case) or a user id (32 hex digits), as the auth service spells them:
 
 - it starts the text or follows a character that cannot be part of a word,
-  an address or a path (so ``bob@example.com``, ``x/@bob`` and ``@@bob`` are
-  not mentions);
+  an e-mail address or a path: not a letter, digit or combining mark of any
+  script, nor ``.``, ``+``, ``-``, ``_``, ``/``, ``\\``, ``=``, ``?``, ``&``,
+  ``#`` or ``@``; the rest of RFC 5322's ``atext`` (``!$%'*^`{|}~``) only
+  when the name goes on with a ``.`` (an address's domain) (so
+  ``bob@example.com``, ``joe!@bob.dev``, ``x/@bob``, ``C:\\Users\\@bob`` and
+  ``@@bob`` are not mentions, ``'@bob'`` and ``*@bob*`` are);
 - it ends where a username cannot continue; trailing ``.``, ``-`` and ``_``
   are punctuation (``@bob.`` and ``@bob-`` mention ``bob``), and a name
-  followed by a letter or digit of any script, or by ``@``, is not one
-  (``@bobé``, ``@bob@host``);
+  followed by a letter, digit or combining mark of any script, or by ``@``,
+  is not one (``@bobé``, ``@bob`` with a combining accent, ``@bob_é``,
+  ``@bob@host``);
 - invisible format characters (zero-width spaces and joiners, direction
   marks: Unicode category Cf) are dropped first, so ``@ali<ZWSP>ce``
   mentions ``alice``, the name the reader sees, not ``ali``;
-- text is NFKC-normalised first, so full-width ``\uff20\uff42\uff4f\uff42`` mentions ``bob``;
 - nothing inside code is a mention: inline code spans (`` `@bob` ``, any
-  run of backticks) and fenced blocks (``` ``` ``` or ``~~~``);
+  run of backticks) and fenced blocks (``` ``` ``` or ``~~~``), found in the
+  text as written (a full-width ``\uff40`` is not a backtick);
+- then the text is NFKC-normalised, so full-width ``\uff20\uff42\uff4f\uff42``
+  mentions ``bob`` (the character before the ``@`` is judged as written
+  against the ASCII list above, and normalised for letters, digits and ``@``);
 - case does not matter, and each user counts once, in order of appearance.
 
 :func:`parse` returns the names as written (lower case); the caller resolves
@@ -32,9 +40,13 @@ USER_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 # A candidate: @ then the characters a username or id may hold.
 _CANDIDATE = re.compile(r"@([A-Za-z0-9_.-]+)")
-# Before the @: nothing, or a character that cannot continue a word, an e-mail
-# address or a path.
-_BAD_BEFORE = re.compile(r"[\w@/.+\-]")
+# Before the @, as written: never a mention after a character of a word, an e-mail
+# address's usual local part (".", "+", "-", "_"), a URL or path ("/", "\\", "=", "?",
+# "&", "#") or "@"; after the rest of RFC 5322's atext (``!$%'*^`{|}~``) not when the
+# name goes on with a "." (``joe!@bob.dev``: an address), but ``'@bob'`` and ``*@bob*``
+# (quotes, emphasis) are.
+_BAD_BEFORE = frozenset(".+-_/\\=?&#@")
+_LOCAL_PART = frozenset("!$%'*^`{|}~")
 # Fenced code blocks (``` or ~~~ at a line start, to the closing fence or the end),
 # then inline code spans (a run of N backticks to the next run of exactly N).
 _FENCE = re.compile(r"(?ms)^[ \t]{0,3}(`{3,}|~{3,}).*?(?:^[ \t]{0,3}\1[`~]*[ \t]*$|\Z)")
@@ -46,23 +58,44 @@ def _strip_code(text: str) -> str:
     return _SPAN.sub(" ", text)
 
 
+def _word(c: str) -> bool:
+    """A letter, digit or combining mark of any script (or ``_``): part of a word."""
+    return c.isalnum() or c == "_" or unicodedata.category(c).startswith("M")
+
+
+def _normalise(text: str) -> tuple[str, list[str]]:
+    """``text`` in NFKC, a character at a time, with the character as written that each
+    one of the result comes from (full-width forms are judged as the reader sees them)."""
+    out: list[str] = []
+    origin: list[str] = []
+    for c in text:
+        n = unicodedata.normalize("NFKC", c)
+        out.append(n)
+        origin += [c] * len(n)
+    return "".join(out), origin
+
+
 def parse(text: str, limit: int = 100) -> list[str]:
     """The distinct mentions of ``text``: lower-case usernames or user ids, in order."""
     visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
-    plain = _strip_code(unicodedata.normalize("NFKC", visible))
+    # Code first, as written: normalised, a full-width ``\uff40`` would become a
+    # backtick and open a code span the reader does not see.
+    plain, origin = _normalise(_strip_code(visible))
     found: list[str] = []
     for m in _CANDIDATE.finditer(plain):
         start, end = m.span()
-        if start > 0 and _BAD_BEFORE.match(plain[start - 1]):
-            continue
+        if start > 0:
+            before = plain[start - 1]
+            if origin[start - 1] in _BAD_BEFORE or before == "@" or _word(before):
+                continue
+            if origin[start - 1] in _LOCAL_PART and "." in m.group(1).rstrip("._-"):
+                continue  # an address: local part, @, dotted domain
+        after = plain[end : end + 1]
+        if after and (after == "@" or _word(after)):
+            continue  # the name runs on (in another script, or with a mark), or an address
         token = m.group(1)
         # Trailing punctuation belongs to the sentence, not the name.
-        trimmed = token.rstrip("._-")
-        end -= len(token) - len(trimmed)
-        after = plain[end : end + 1]
-        if len(trimmed) == len(token) and after and (after.isalnum() or after in "@_"):
-            continue  # the name runs on in another script, or is an address
-        name = trimmed.lower()
+        name = token.rstrip("._-").lower()
         if not (USERNAME_RE.fullmatch(name) or USER_ID_RE.fullmatch(name)):
             continue
         if name not in found:

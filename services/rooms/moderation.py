@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from services.common.audit import Actor, Entry
 from services.common.errors import ApiError, ErrorCode
 from services.rooms import models, push, text, timeline
+from services.rooms.config import TEXT_MAX
 from services.rooms.rooms import PRIVATE, forbidden, member_of, require_open, visible
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, now_ms, revision_id
@@ -170,7 +171,7 @@ async def apply(
         marker = _marker(change)
     if change.action == EDIT:
         assert change.text is not None
-        content = text.clean(change.text, "text", required=True, multiline=True)
+        content = text.clean(change.text, "text", required=True, limit=TEXT_MAX, multiline=True)
         if content == doc["text"]:
             return timeline.message(doc)  # nothing changes: no revision
         mentions = await timeline.mentioned_members(rooms, room_id, content, token)

@@ -7,15 +7,24 @@ users; :mod:`services.rooms.room_messages`). Each is announced twice: a
 ``MentionNotice`` on ``<prefix>notifications`` for the notifier (through the
 outbox: at least once).
 
-Each notification takes the user's next number (``users.n``, one ``$inc``)
-and is stored as ``"<user>|<n>"``; reading is a list of primary keys. The
-user has read everything up to ``users.read`` (moved forward only, by
-``$max``), so the unread count is ``n - read`` without a scan.
+Each notification is stored as ``"<user>|<n>"`` and reading is a list of
+primary keys. The number is taken by the insert of the notification itself
+(unique ``_id``: a writer tries the next number after the user's counter and
+the next one again if it is taken), so a number exists only with its
+notification: the numbers have no gaps, whatever crashes or races, and the
+unread count, ``n - read`` (the highest number minus the number read up to,
+moved forward only by ``$max``), is what the list holds. ``users.n`` is raised
+(``$max``) after the insert; one a process killed in between did not raise is
+found by reading a few numbers past it. The same mention is one notification
+however often it is handled (a record redelivered, two consumers during a
+rebalance): its ``key`` (the user and the message) is a unique index.
+(Until 2026-12-07 a number was taken with ``$inc`` before the notification was
+written, and a handling that lost the race, or failed in between, left a number
+no notification had: ``unread`` counted it for good.)
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from parley_contract import frames as f
@@ -50,64 +59,91 @@ def frame(doc: Doc) -> f.Notification:
     )  # fmt: skip
 
 
-async def _announce(rooms: Rooms, docs: list[Doc], kind: Kind) -> None:
-    """Write notifications, each with its notice for the notifier held in the outbox
-    first (sent once the notification is there), then push the frames."""
-    held = [
-        await rooms.events.hold_notice(_notice(d, kind), Check("notifications", {"_id": d["_id"]}))
-        for d in docs
-    ]
-    await rooms.store.insert_notifications(docs)
-    rooms.metrics.notifications.inc(len(docs))
-    await asyncio.gather(*(rooms.events.release(h) for h in held))
-    await rooms.pusher.send([(d["user"], None, frame(d)) for d in docs], "notification")
+# Numbers tried one after another before the user's counter is read again (many
+# notifications for one user written at once), and in all.
+TRIES_PER_READ = 4
+TRIES = 64
+
+
+async def _write(rooms: Rooms, draft: Doc, kind: Kind) -> Doc | None:
+    """Write the notification ``draft`` (without ``_id`` and ``n``) under its user's next
+    number, its notice for the notifier held in the outbox first (sent once it is
+    written, dropped if it never was); None if the same mention (``key``) has its
+    notification already."""
+    store = rooms.store
+    user_id, key = str(draft["user"]), str(draft["key"])
+    # After the counter: a number past it that a killed writer took is met as taken.
+    n = int((await store.get_user(user_id)).get("n", 0)) + 1
+    for attempt in range(1, TRIES + 1):
+        doc = {**draft, "_id": notification_id(user_id, n), "n": n}
+        held = await rooms.events.hold_notice(
+            _notice(doc, kind), Check("notifications", {"_id": doc["_id"], "key": key})
+        )
+        if await store.insert_notification(doc):
+            await store.raise_notification_head(user_id, n)
+            rooms.metrics.notifications.inc()
+            await rooms.events.release(held)
+            return doc
+        await rooms.events.drop(held)
+        taken = (await store.notifications_at(user_id, [n])).get(n)
+        if taken is None or taken.get("key") == key:
+            return None  # refused for its key (or another copy took this number): made
+        n += 1
+        if attempt % TRIES_PER_READ == 0:
+            n = max(n, await store.notification_head(user_id) + 1)
+    raise RuntimeError("no notification number after many tries")
+
+
+async def _push(rooms: Rooms, docs: list[Doc]) -> None:
+    if docs:
+        await rooms.pusher.send([(d["user"], None, frame(d)) for d in docs], "notification")
 
 
 async def mentioned(rooms: Rooms, room: Doc, msg: Doc, users: list[str]) -> None:
-    """One notification per mentioned user of a public room's message (the sender
-    excluded by the caller)."""
-    store = rooms.store
-    docs = []
+    """One notification per mentioned user of a public room's message (the sender and
+    the poster excluded by the caller)."""
+    made = []
     for user_id in users:
-        n = await store.bump_user(user_id, "n")
-        docs.append(
-            {
-                "_id": notification_id(user_id, n), "user": user_id, "n": n, "kind": "mention",
-                "room": room["_id"], "room_name": room["name"], "message_seq": msg["seq"],
-                "sender": msg["sender"], "excerpt": text.excerpt(msg["text"]),
-                "at": msg["sent_at"],
-            }
-        )  # fmt: skip
-    if docs:
-        await _announce(rooms, docs, "public")
+        draft = {
+            "user": user_id, "key": f"{user_id}|m|{room['_id']}|{msg['seq']}",
+            "kind": "mention", "room": room["_id"], "room_name": room["name"],
+            "message_seq": msg["seq"], "sender": msg["sender"],
+            "excerpt": text.excerpt(msg["text"]), "at": msg["sent_at"],
+        }  # fmt: skip
+        if (doc := await _write(rooms, draft, "public")) is not None:
+            made.append(doc)
+    await _push(rooms, made)
 
 
 async def mentioned_private(
     rooms: Rooms, room: Doc, server_id: str, sender: str, sent_at: int, user_id: str
 ) -> bool:
     """The notification of a private room's mention of ``user_id`` (a member, not the
-    sender), made once per (user, message) however often the record comes back.
-    True if it was made now."""
+    sender), made once per (user, message) however often, or however many times at
+    once, the record is handled. True if it was made now."""
     store = rooms.store
-    n = await store.mention_claim(user_id, server_id)
-    if n is None:
-        n = await store.claim_mention(user_id, server_id, await store.bump_user(user_id, "n"))
-    if await store.notifications_at(user_id, [n]):
-        return False  # made already (its notice went through the outbox then)
-    doc = {
-        "_id": notification_id(user_id, n), "user": user_id, "n": n, "kind": "mention",
+    # A mention handled before 2026-12-07 was claimed in ``mention_claims`` (its
+    # notification has no ``key``): a record of then, redelivered, makes no second one.
+    # Not needed once the room-messages topic holds no record from before then.
+    legacy = await store.mention_claim(user_id, server_id)
+    if legacy is not None and await store.notifications_at(user_id, [legacy]):
+        return False
+    draft = {
+        "user": user_id, "key": f"{user_id}|s|{server_id}", "kind": "mention",
         "room": room["_id"], "room_name": room["name"], "server_id": server_id,
         "sender": sender, "excerpt": PRIVATE_EXCERPT, "at": sent_at,
     }  # fmt: skip
-    await _announce(rooms, [doc], "private")
-    return True
+    doc = await _write(rooms, draft, "private")
+    await _push(rooms, [doc] if doc is not None else [])
+    return doc is not None
 
 
 async def page(
     rooms: Rooms, user_id: str, before: int | None, limit: int
 ) -> models.NotificationPage:
     user = await rooms.store.get_user(user_id)
-    total, read = int(user.get("n", 0)), int(user.get("read", 0))
+    read = int(user.get("read", 0))
+    total = await rooms.store.notification_head(user_id, user)
     limit = min(limit, PAGE_MAX)
     cursor = total if before is None else min(before - 1, total)
     seqs = list(range(cursor, max(cursor - limit, 0), -1))
@@ -143,8 +179,7 @@ def _excerpt(doc: Doc, now: dict[tuple[str, int], str]) -> str:
 
 
 async def mark_read(rooms: Rooms, user_id: str, up_to: int) -> models.Unread:
-    user = await rooms.store.get_user(user_id)
-    total = int(user.get("n", 0))
+    total = await rooms.store.notification_head(user_id)
     if up_to > total:
         raise ApiError(
             ErrorCode.SEQ_NOT_ISSUED,

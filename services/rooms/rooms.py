@@ -16,7 +16,7 @@ from parley_contract import envelopes as e
 
 from services.common.errors import ApiError, ErrorCode
 from services.rooms import models, push, text
-from services.rooms.config import PAGE_MAX
+from services.rooms.config import NAME_MAX, PAGE_MAX, TOPIC_MAX
 from services.rooms.events import Check
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, member_id, now_ms
@@ -97,8 +97,8 @@ def out(room: Doc, member: Doc | None = None, invited: bool = False) -> models.R
 
 
 async def create(rooms: Rooms, user_id: str, body: models.RoomCreate) -> models.Room:
-    name = text.clean(body.name, "name", required=True)
-    topic = text.clean(body.topic, "topic", required=False)
+    name = text.clean(body.name, "name", required=True, limit=NAME_MAX)
+    topic = text.clean(body.topic, "topic", required=False, limit=TOPIC_MAX)
     await rooms.limiter.hit("create", user_id, rooms.config.create_limit)
     store = rooms.store
     room_id = secrets.token_hex(12)
@@ -141,10 +141,10 @@ async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpda
         raise forbidden("Only the room's owner and moderators change its name, topic or state.")
     fields: dict[str, Any] = {}
     if body.topic is not None:
-        fields["topic"] = text.clean(body.topic, "topic", required=False)
+        fields["topic"] = text.clean(body.topic, "topic", required=False, limit=TOPIC_MAX)
     old_key = room.get("name_key") or text.name_key(room["name"])
     if body.name is not None:
-        name = text.clean(body.name, "name", required=True)
+        name = text.clean(body.name, "name", required=True, limit=NAME_MAX)
         fields.update(name=name, name_key=text.name_key(name))
     public = room["kind"] == PUBLIC
     if public and "name" in fields:
@@ -153,11 +153,16 @@ async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpda
         await rooms.store.add_to_directory(fields["name_key"], room_id, fields["name"])
     if fields:
         await rooms.store.set_room(room_id, fields)
-    if public and "name" in fields and fields["name_key"] != old_key:
-        await rooms.store.remove_from_directory(old_key, room_id)
+    if "name" in fields:
+        # The old entry goes, and the room is read again after the writes: an admin who
+        # made the room private meanwhile took out the entry it read, not this one, and
+        # one who made it public listed the name it read (docs/rooms.md, "Routes").
+        if fields["name_key"] != old_key:
+            await sync_directory(rooms, room_id, old_key)
+        await sync_directory(rooms, room_id, fields["name_key"])
     changed_state = body.state is not None and body.state != room["state"]
     if changed_state:
-        await set_state(rooms, room, str(body.state), user_id)
+        changed_state = await set_state(rooms, room, str(body.state), user_id)
     renamed = fields.get("name", room["name"]) != room["name"]
     retopiced = fields.get("topic", room.get("topic", "")) != room.get("topic", "")
     room = await rooms.store.get_room(room_id) or room
@@ -169,20 +174,47 @@ async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpda
     return out(room, member)
 
 
-async def set_state(rooms: Rooms, room: Doc, state: str, actor: str, **more: Any) -> None:
-    """Close or open a room (with ``more`` fields set in the same write), announced."""
-    room_id = room["_id"]
-    bumped = await rooms.store.bump_room(room_id, version=1)
-    held = await rooms.events.hold(
-        e.RoomStateChanged(
-            room_id=room_id, kind=room["kind"], version=int(bumped["version"]), actor=actor,
-            at=now_ms(), state=state,  # type: ignore[arg-type]
-        ),
-        Check("rooms", {"_id": room_id, "state": state}),
-    )  # fmt: skip
-    await rooms.store.set_room(room_id, {"state": state, **more})
-    await rooms.events.release(held)
-    log.info("room state changed", extra={"room_id": room_id, "state": state})
+# Attempts of a change written only on the room as it was read (its ``version``): each
+# lost race reads the room again; then ``conflict``.
+CHANGE_TRIES = 8
+
+
+def changed_meanwhile() -> ApiError:
+    return ApiError(ErrorCode.CONFLICT, "The room changed meanwhile; try again.")
+
+
+async def set_state(rooms: Rooms, room: Doc, state: str, actor: str) -> bool:
+    """Close or open a room, announced; True if this changed it, False if it was in
+    ``state`` already.
+
+    Written only on the room as read (its ``version``), the version taken in the same
+    write, and the event holds that version: so events' versions follow the order the
+    writes landed in, and the highest says how the room is. A lost race reads the room
+    again (``room`` may be stale) and decides again. Before 2026-12-07 the version was
+    raised before an unconditional write: a close read while the room was open and
+    written last left it closed under an ``open`` event of a higher version."""
+    room_id, store = room["_id"], rooms.store
+    current: Doc | None = room
+    for _ in range(CHANGE_TRIES):
+        if current is None or deleted(current):
+            raise not_found()
+        if current["state"] == state:
+            return False
+        version = int(current.get("version", 0)) + 1
+        held = await rooms.events.hold(
+            e.RoomStateChanged(
+                room_id=room_id, kind=current["kind"], version=version, actor=actor,
+                at=now_ms(), state=state,  # type: ignore[arg-type]
+            ),
+            Check("rooms", {"_id": room_id, "state": state, "state_version": version}),
+        )  # fmt: skip
+        if await store.change_room(current, {"state": state, "state_version": version}):
+            await rooms.events.release(held)
+            log.info("room state changed", extra={"room_id": room_id, "state": state})
+            return True
+        await rooms.events.drop(held)
+        current = await store.get_room(room_id)
+    raise changed_meanwhile()
 
 
 async def mine(rooms: Rooms, user_id: str, before: int | None, limit: int) -> models.RoomList:
@@ -230,30 +262,95 @@ async def lookup(rooms: Rooms, user_id: str, room_ids: list[str]) -> models.Room
     )
 
 
+# Rounds of directory entries read for one page before a shorter page is answered: an
+# entry that is not listed (stale: see :func:`_listable`) is deleted when a page meets it,
+# so a run of them costs one page a few more reads, once.
+DIRECTORY_ROUNDS = 4
+
+
+def _listable(room: Doc | None, entry: Doc) -> bool:
+    """Is ``entry`` the directory listing of ``room`` now? Only while the room is public
+    and not deleted, under its current name: an entry a rename wrote while an admin made
+    the room private, one a switch or a rename cut short left, or one of a deleted room
+    is stale."""
+    return (
+        room is not None and not deleted(room) and room["kind"] == PUBLIC
+        and (room.get("name_key") or text.name_key(room["name"])) == entry.get("name_key")
+    )  # fmt: skip
+
+
+async def sync_directory(rooms: Rooms, room_id: str, key: str) -> None:
+    """Read the room again after a write that changes its listing (a rename, a switch of
+    kind) and make the entry of ``key`` agree: there if the room is public under that name
+    now, gone otherwise. Both sides of a race read after their own write, so one of
+    them sees the other's: a rename meeting a switch to private leaves no entry of the
+    private room (before, the rename's entry stayed, and its id and name leaked through
+    the page's ``next_after``)."""
+    store = rooms.store
+    room = await store.get_room(room_id)
+    if room is not None and _listable(room, {"name_key": key}):
+        await store.add_to_directory(key, room_id, room["name"])
+    else:
+        await store.remove_from_directory(key, room_id)
+
+
 async def directory(
     rooms: Rooms, query: str | None, after: str, limit: int
 ) -> models.DirectoryPage:
-    """Public rooms in name order; ``query``: a case-insensitive part of the name."""
+    """Public rooms in name order; ``query``: a case-insensitive part of the name.
+
+    ``next_after`` is the id of the last entry *listed* (never of one the filter left
+    out: its id holds the name and id of a room that may be private now), and each stale
+    entry met is deleted (:func:`_forget_stale`), so the next page does not meet it."""
     pattern = None
     if query is not None and (key := text.name_key(query)):
         pattern = re.escape(key)
-    entries = await rooms.store.search_directory(pattern, after, min(limit, PAGE_MAX) + 1)
-    more = len(entries) > limit
-    entries = entries[:limit]
-    docs = await rooms.store.get_rooms([str(x["room_id"]) for x in entries])
-    listed = [
-        models.DirectoryEntry(
-            room_id=r["_id"], name=r["name"], topic=r.get("topic", ""),
-            members=max(int(r.get("members", 0)), 0), state=r["state"],
-        )
-        for x in entries
-        if (r := docs.get(str(x["room_id"]))) is not None and not deleted(r)
-        # Public rooms only: an entry a rename wrote while an admin made the room
-        # private (or a switch cut short) is not its listing.
-        and r["kind"] == PUBLIC
-        # An entry a rename left behind (renamed, or renamed while crashing) is stale.
-        and (r.get("name_key") or text.name_key(r["name"])) == x.get("name_key")
-    ]  # fmt: skip
-    return models.DirectoryPage(
-        rooms=listed, next_after=str(entries[-1]["_id"]) if more and entries else None
-    )
+    store = rooms.store
+    limit = min(limit, PAGE_MAX)
+    listed: list[models.DirectoryEntry] = []
+    last = after  # the last entry listed (or the caller's cursor)
+    cursor = after  # the last entry read
+    more = True
+    for _ in range(DIRECTORY_ROUNDS):
+        want = limit - len(listed)
+        entries = await store.search_directory(pattern, cursor, want + 1)
+        docs = await store.get_rooms([str(x["room_id"]) for x in entries])
+        stale: list[tuple[Doc, str]] = []
+        full = False
+        for x in entries:
+            r = docs.get(str(x["room_id"]))
+            if r is None or not _listable(r, x):
+                stale.append((x, str(x["room_id"])))
+                continue
+            if len(listed) == limit:
+                full = True  # one more is listed after this page
+                break
+            listed.append(
+                models.DirectoryEntry(
+                    room_id=r["_id"], name=r["name"], topic=r.get("topic", ""),
+                    members=max(int(r.get("members", 0)), 0), state=r["state"],
+                )
+            )  # fmt: skip
+            last = str(x["_id"])
+        await _forget_stale(rooms, stale)
+        if full:
+            break
+        if len(entries) <= want:
+            more = False  # read to the end
+            break
+        cursor = str(entries[-1]["_id"])
+    return models.DirectoryPage(rooms=listed, next_after=last if more else None)
+
+
+async def _forget_stale(rooms: Rooms, stale: list[tuple[Doc, str]]) -> None:
+    """Delete directory entries the listing left out, each unless its room is listed
+    under it again once it is gone (read after the delete: a rename or a switch to
+    public writing it meanwhile reads after its own write too, :func:`sync_directory`)."""
+    store = rooms.store
+    for entry, room_id in stale:
+        key = str(entry.get("name_key", ""))
+        await store.remove_directory_entry(str(entry["_id"]))
+        room = await store.get_room(room_id)
+        if room is not None and _listable(room, entry):
+            await store.add_to_directory(key, room_id, room["name"])
+        log.info("stale directory entry deleted", extra={"room_id": room_id})

@@ -22,8 +22,9 @@ numbered slots whose counter says how far to read:
                    ``i``: invitations): room. A user's rooms, newest first;
                    an entry counts only while the member (invitation)
                    document names the same ``user_slot``.
-``users``          ``_id`` user: ``r``, ``i``, ``n`` (slots and notifications
-                   handed out), ``read`` (notifications read up to).
+``users``          ``_id`` user: ``r``, ``i`` (slots handed out), ``n`` (the
+                   highest notification written, raised after it), ``read``
+                   (notifications read up to).
 ``directory``      ``_id`` ``"<name key>|<room>"``: public rooms by name.
 ``messages``       ``_id`` ``"<room>|<seq>"``: sender, client_id, text,
                    mentions, sent_at (or ``hole: true``).
@@ -32,9 +33,11 @@ numbered slots whose counter says how far to read:
                    room's message once it changed (rev 1 is the original),
                    with who changed it, in which role, when and why
                    (services.rooms.moderation). Never updated or deleted.
-``notifications``  ``_id`` ``"<user>|<n>"``: room, message, sender, excerpt.
+``notifications``  ``_id`` ``"<user>|<n>"``: room, message, sender, excerpt,
+                   ``key`` (unique: the user and the message, one notification
+                   per mention). Its insert takes the number: no gaps.
 ``mention_claims`` ``_id`` ``"<user>|<server id>"``: ``n``, the notification a
-                   private room's mention made (redelivery makes no other).
+                   private room's mention made before 2026-12-07 (read only).
 ``outbox``         events and notices not yet confirmed by Kafka
                    (services.rooms.events).
 
@@ -66,6 +69,8 @@ Doc = dict[str, Any]
 
 # Ids read per $in query.
 ID_CHUNK = 500
+# Notification numbers read at once past ``users.n`` (RoomStore.notification_head).
+HEAD_PROBE = 8
 
 
 def _n(n: int) -> str:
@@ -132,8 +137,11 @@ class RoomStore:
         self.send_timeout_s = max(settings.dependency_timeout_ms, 5000) / 1000
 
     async def ensure_indexes(self) -> None:
-        """The outbox's due time; everything else is found by ``_id``."""
+        """The outbox's due time, and the notifications' ``key`` (unique: one notification
+        per mention, however often it is handled; sparse: those written before it have
+        none); everything else is found by ``_id``."""
         await self.outbox.ensure_indexes()
+        await self.notifications.create_index("key", unique=True, sparse=True)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -212,6 +220,16 @@ class RoomStore:
             raise LookupError(room_id)
         return doc
 
+    async def change_room(self, room: Doc, fields: Doc) -> Doc | None:
+        """Set ``fields`` and take the room's next ``version`` in the same write, only if the
+        room is still at the version of ``room`` (as it was read): the room after, or None
+        if it changed since (another change took that version)."""
+        version = room["version"] if "version" in room else {"$exists": False}
+        return await self.rooms.find_one_and_update(
+            {"_id": room["_id"], "version": version}, {"$set": fields, "$inc": {"version": 1}},
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+
     async def set_room(self, room_id: str, fields: Doc) -> None:
         await self.rooms.update_one({"_id": room_id}, {"$set": fields})
 
@@ -229,6 +247,9 @@ class RoomStore:
 
     async def remove_from_directory(self, key: str, room_id: str) -> None:
         await self.directory.delete_one({"_id": directory_id(key, room_id)})
+
+    async def remove_directory_entry(self, entry_id: str) -> None:
+        await self.directory.delete_one({"_id": entry_id})
 
     async def all_rooms(self, query: Doc, after: str, limit: int) -> list[Doc]:
         """Every room (admins), in id order after ``after``, matching ``query``: a scan,
@@ -294,25 +315,44 @@ class RoomStore:
         """The commit point of a join: False if the user is a member already."""
         return await self._insert_new(self.members, doc)
 
-    async def delete_member(
-        self, room_id: str, user_id: str, slot: int, roles: Collection[str] | None = None
-    ) -> bool:
-        """Remove exactly this membership (not a newer one made meanwhile); ``roles``:
-        only while its role is one of them (not one promoted meanwhile)."""
+    # A member's ``role_v``: the room version of the last change of its role (none: not
+    # changed since the join), written with the role. Given the membership as it was
+    # ``read``, a role change or a removal is written only if ``role_v`` is still the
+    # same: two changes of one member land in the order of their versions, or the one
+    # that read the older membership is refused.
+
+    @staticmethod
+    def _membership(room_id: str, user_id: str, slot: int, read: Doc | None) -> Doc:
         match: Doc = {"_id": member_id(room_id, user_id), "slot": slot}
+        if read is not None:
+            role_v = read.get("role_v")
+            match["role_v"] = {"$exists": False} if role_v is None else role_v
+        return match
+
+    async def delete_member(
+        self, room_id: str, user_id: str, slot: int, roles: Collection[str] | None = None,
+        read: Doc | None = None,
+    ) -> bool:  # fmt: skip
+        """Remove exactly this membership (not a newer one made meanwhile); ``roles``:
+        only while its role is one of them (not one promoted meanwhile); ``read``: only if
+        its role did not change since it was read."""
+        match = self._membership(room_id, user_id, slot, read)
         if roles is not None:
             match["role"] = {"$in": list(roles)}
         result = await self.members.delete_one(match)
         return result.deleted_count == 1
 
     async def set_role(
-        self, room_id: str, user_id: str, slot: int, role: str, was: str | None = None
-    ) -> bool:
-        """Set the member's role (``was``: only if it is that now)."""
-        match: Doc = {"_id": member_id(room_id, user_id), "slot": slot}
+        self, room_id: str, user_id: str, slot: int, role: str, was: str | None = None,
+        read: Doc | None = None, version: int | None = None,
+    ) -> bool:  # fmt: skip
+        """Set the member's role (``was``: only if it is that now; ``read``: only if it
+        did not change since it was read), at room ``version``."""
+        match = self._membership(room_id, user_id, slot, read)
         if was is not None:
             match["role"] = was
-        result = await self.members.update_one(match, {"$set": {"role": role}})
+        fields: Doc = {"role": role} if version is None else {"role": role, "role_v": version}
+        result = await self.members.update_one(match, {"$set": fields})
         return result.matched_count == 1
 
     async def forget_slots(self, room_id: str, user_id: str, slot: int | None,
@@ -409,6 +449,28 @@ class RoomStore:
             {"_id": client_key(room_id, sender, client_id), "seq": seq, "at": now_ms()},
         )
 
+    async def move_client_id(
+        self, room_id: str, sender: str, client_id: str, seq: int, to: int
+    ) -> bool:
+        """(sender, client id) stands for message ``to`` now, if it stood for ``seq``
+        (a page took that number for a hole); False if another copy moved it first."""
+        result = await self.client_ids.update_one(
+            {"_id": client_key(room_id, sender, client_id), "seq": seq}, {"$set": {"seq": to}}
+        )
+        return result.matched_count == 1
+
+    async def settle_seqs(
+        self, room_id: str, seen_at: int | None, settled: int, head: int, at: int
+    ) -> None:
+        """The room's timeline watermark (services.rooms.timeline): numbers up to
+        ``settled`` are settled, and the head was ``head`` at ``at``; only if no reader
+        moved it since ``seen_at`` (None: never)."""
+        match: Doc = {"_id": room_id}
+        match["seq_seen_at"] = {"$exists": False} if seen_at is None else seen_at
+        await self.rooms.update_one(
+            match, {"$set": {"seq_settled": settled, "seq_seen": head, "seq_seen_at": at}}
+        )
+
     async def insert_message(self, doc: Doc) -> bool:
         """False if that seq is already written (a resend that raced, or a hole marker)."""
         return await self._insert_new(self.messages, doc)
@@ -466,31 +528,35 @@ class RoomStore:
 
     # -- notifications -------------------------------------------------------------------
 
-    async def insert_notifications(self, docs: list[Doc]) -> None:
-        if docs:
-            await self.notifications.insert_many(docs, ordered=False)
-
     async def insert_notification(self, doc: Doc) -> bool:
-        """One notification; False if its ``_id`` is already written."""
+        """One notification; False if its number (``_id``) or its ``key`` is taken."""
         return await self._insert_new(self.notifications, doc)
+
+    async def notification_head(self, user_id: str, user: Doc | None = None) -> int:
+        """The user's highest notification number: ``users.n`` (``user``: that document,
+        read already), and past it the numbers a writer killed before it raised ``n``
+        wrote (read :data:`HEAD_PROBE` at a time: numbers have no gaps)."""
+        n = int((user if user is not None else await self.get_user(user_id)).get("n", 0))
+        while True:
+            found = await self.notifications_at(user_id, range(n + 1, n + HEAD_PROBE + 1))
+            head = n
+            while head + 1 in found:
+                head += 1
+            if head < n + HEAD_PROBE:
+                return head
+            n = head
+
+    async def raise_notification_head(self, user_id: str, n: int) -> None:
+        """Notification ``n`` is written: ``users.n`` is at least ``n`` (``$max``)."""
+        await self.users.update_one({"_id": user_id}, {"$max": {"n": n}}, upsert=True)
 
     async def mention_claim(self, user_id: str, server_id: str) -> int | None:
         """The notification number a private-room mention (of ``user_id`` by message
-        ``server_id``) was given, if it was."""
+        ``server_id``) was given by a claim written before 2026-12-07, if it was."""
         doc = await self.mention_claims.find_one({"_id": f"{user_id}|{server_id}"})
         return None if doc is None else int(doc["n"])
 
-    async def claim_mention(self, user_id: str, server_id: str, n: int) -> int:
-        """Record that the mention is notification ``n``; the number it has if another
-        consumer recorded it first."""
-        key = f"{user_id}|{server_id}"
-        if await self._insert_new(self.mention_claims, {"_id": key, "n": n, "at": now_ms()}):
-            return n
-        doc = await self.mention_claims.find_one({"_id": key})
-        assert doc is not None
-        return int(doc["n"])
-
-    async def notifications_at(self, user_id: str, ns: Sequence[int]) -> dict[int, Doc]:
+    async def notifications_at(self, user_id: str, ns: Iterable[int]) -> dict[int, Doc]:
         found = await self._by_ids(self.notifications, [notification_id(user_id, n) for n in ns])
         return {int(d["n"]): d for d in found.values()}
 

@@ -2,8 +2,11 @@
 
 Text is stored as sent after Unicode NFC normalisation (so that the same
 name typed on two keyboards is the same name). Refused: blank text where
-text is required, and control characters (C0, DEL, C1; in messages newline
-and tab are allowed), which would let one user rewrite another's terminal.
+text is required, control characters (C0, DEL, C1; in messages newline
+and tab are allowed), which would let one user rewrite another's terminal,
+and text longer than its limit once normalised (``too long``): NFC can
+lengthen a text (U+0958 is two characters in NFC), and the schema's
+``maxLength`` saw it before.
 """
 
 from __future__ import annotations
@@ -19,9 +22,16 @@ def _has_control(text: str, allowed: frozenset[str]) -> bool:
     return any((ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) and c not in allowed for c in text)
 
 
-def clean(text: str, field: str, *, required: bool, multiline: bool = False) -> str:
-    """``text`` in NFC, or 422 ``invalid_text`` naming ``field``."""
+def clean(text: str, field: str, *, required: bool, limit: int, multiline: bool = False) -> str:
+    """``text`` in NFC, at most ``limit`` characters, or 422 ``invalid_text`` naming
+    ``field``."""
     text = unicodedata.normalize("NFC", text)
+    if len(text) > limit:
+        raise ApiError(
+            ErrorCode.INVALID_TEXT,
+            f"{field} is longer than {limit} characters once normalised (Unicode NFC).",
+            details={"field": field, "problem": "too long"},
+        )
     if _has_control(text, _ALLOWED_IN_MESSAGES if multiline else frozenset()):
         raise ApiError(
             ErrorCode.INVALID_TEXT,

@@ -9,10 +9,24 @@ finds its ``client_ids`` record and gets the original back, marked
 loser marks its number as a hole (``hole: true``), which pages skip, and
 answers with the winner's message. A process that died between taking the
 client id and writing its message left its number empty: a resend writes
-the message there, whole, as a first post would (pages skip the number
-until then). Whichever copy writes the message announces it (mentions, the
-``room_post`` push), once; a process that dies after writing a message and
-before announcing it leaves it unannounced (the timeline is the record).
+the message there, whole, as a first post would. Whichever copy writes the
+message announces it (mentions, the ``room_post`` push), once; a process that
+dies after writing a message and before announcing it leaves it unannounced
+(the timeline is the record).
+
+A number taken and not yet written is **in flight**, not a hole: a page from
+the newest leaves out in-flight numbers above its first message (they are
+newer than the page, as a message posted after it is), and any page ends
+before one below a message it lists (``next_before`` points at it: asked
+again, the page goes on from there). Before 2026-12-07 pages skipped them as
+holes, and a message written a moment later was behind the reader's cursor
+for good. A number can stay empty for good (its writer died), so the room
+keeps a watermark: every number up to ``seq_settled`` was taken at least
+``inflight_grace_s`` ago (readers move it on, at most once per grace: at
+``seq_seen_at`` the head was ``seq_seen``), and a page that meets an empty
+one of those marks it a hole (an insert: a writer that was slower still finds
+its number taken, takes a new one and moves its client id there, so the
+message is never lost behind a page either).
 
 A stored message is pushed to the room's connected members as a ``room_post``
 frame (best effort, :mod:`services.rooms.push`); a resend is not pushed again.
@@ -30,7 +44,7 @@ from parley_contract import frames as f
 from services.common.audit import Actor, Entry
 from services.common.errors import ApiError, ErrorCode
 from services.rooms import mentions, models, notifications, push, text
-from services.rooms.config import PAGE_MAX
+from services.rooms.config import PAGE_MAX, TEXT_MAX
 from services.rooms.rooms import PRIVATE, member_of, require_open, visible
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, message_id, now_ms
@@ -90,6 +104,33 @@ async def mentioned_members(rooms: Rooms, room_id: str, body: str, token: str) -
     return [u for u in wanted if u in members]
 
 
+# Numbers a post takes at most (each after a page took the one before for a hole).
+RENUMBER_MAX = 8
+
+
+async def _number(
+    rooms: Rooms, room_id: str, key: str, client_id: str, moved_from: int | None = None
+) -> int:
+    """The room's next number for the message of ``client_id`` (``moved_from``: its
+    client id stood for that number, which a page took for a hole). A copy of the
+    message that took (or moved) the client id first wins: the number taken here
+    becomes a hole, and the answer is the winner's number."""
+    store = rooms.store
+    seq = int((await store.bump_room(room_id, seq=1))["seq"])
+    if moved_from is None:
+        won = await store.claim_client_id(room_id, key, client_id, seq)
+    else:
+        won = await store.move_client_id(room_id, key, client_id, moved_from, seq)
+    if won:
+        return seq
+    await store.insert_message(
+        {"_id": message_id(room_id, seq), "room": room_id, "seq": seq, "hole": True}
+    )
+    seen = await store.get_client_id(room_id, key, client_id)
+    assert seen is not None
+    return int(seen["seq"])
+
+
 def _repeat(rooms: Rooms, doc: Doc) -> models.PostResult:
     """The answer to a resend: the message its client id already stands for."""
     rooms.metrics.messages.labels("duplicate").inc()
@@ -138,39 +179,47 @@ async def store_post(
     if as_moderator:
         draft.update(posted_by=poster, posted_role=role)
     seq: int | None = None
+    moved_from: int | None = None
     seen = await store.get_client_id(room_id, key, body.client_id)
     if seen is not None:
         stored = await store.get_message(room_id, int(seen["seq"]))
-        if stored is not None:
+        if stored is not None and not stored.get("hole"):
             return _repeat(rooms, stored)
-        # Its writer died between taking the client id and writing the message: this
-        # resend writes it, whole (cleaned, its mentions and time), and announces it.
-        seq = int(seen["seq"])
+        if stored is None:
+            # Its writer died between taking the client id and writing the message:
+            # this resend writes it, whole (cleaned, its mentions and time), and
+            # announces it.
+            seq = int(seen["seq"])
+        else:
+            moved_from = int(seen["seq"])  # a page took its number for a hole: a new one
     if not as_moderator:
         require_open(room)
-    content = text.clean(body.text, "text", required=True, multiline=True)
-    if not as_moderator and seq is None:
+    content = text.clean(body.text, "text", required=True, limit=TEXT_MAX, multiline=True)
+    if not as_moderator and seen is None:
         await rooms.limiter.hit("post", poster, rooms.config.post_limit)
     mentioned = await mentioned_members(rooms, room_id, content, token)
     draft.update(text=content, mentions=mentioned, sent_at=now_ms(), rev=1)
     if seq is None:
-        seq = int((await store.bump_room(room_id, seq=1))["seq"])
-        if not await store.claim_client_id(room_id, key, body.client_id, seq):
-            # A copy of this message raced us and took the client id: ours is a hole.
-            await store.insert_message(
-                {"_id": message_id(room_id, seq), "room": room_id, "seq": seq, "hole": True}
-            )
-            seen = await store.get_client_id(room_id, key, body.client_id)
-            assert seen is not None
-            seq = int(seen["seq"])
-    doc = {**draft, "_id": message_id(room_id, seq), "seq": seq}
-    if not await store.insert_message(doc):
-        # Another copy wrote it first (and announces it): its message is the answer.
+        seq = await _number(rooms, room_id, key, body.client_id, moved_from)
+    for _ in range(RENUMBER_MAX):
+        doc = {**draft, "_id": message_id(room_id, seq), "seq": seq}
+        if await store.insert_message(doc):
+            break
         stored = await store.get_message(room_id, seq)
-        assert stored is not None
-        return _repeat(rooms, stored)
+        if stored is not None and not stored.get("hole"):
+            # Another copy wrote it first (and announces it): its message is the answer.
+            return _repeat(rooms, stored)
+        # A page took the number for a hole (this post outlasted ``inflight_grace_s``):
+        # the message takes the room's next number, and its client id moves there.
+        seq = await _number(rooms, room_id, key, body.client_id, seq)
+    else:
+        raise ApiError(ErrorCode.CONFLICT, "The message could not be numbered; send it again.")
     rooms.metrics.messages.labels("stored").inc()
-    await notifications.mentioned(rooms, room, doc, [u for u in mentioned if u != sender])
+    # Nobody is told of their own message: the sender, and behind a ``moderator`` post
+    # its poster (the sender there is ``moderator``, no user: the poster was told).
+    await notifications.mentioned(
+        rooms, room, doc, [u for u in mentioned if u not in (sender, poster)]
+    )
     await push.room_post(rooms.store, rooms.pusher, room, post_frame(doc))
     if as_moderator:
         await rooms.audit.record(
@@ -197,18 +246,67 @@ async def page(
 async def timeline_page(
     rooms: Rooms, room: Doc, before: int | None, limit: int
 ) -> models.MessagePage:
+    """A page of the timeline, newest first, that never goes past a number in flight
+    (taken, neither written nor a hole yet: see the module doc)."""
     room_id = room["_id"]
+    store = rooms.store
     limit = min(limit, PAGE_MAX)
     head = int(room.get("seq", 0))
+    read_at = now_ms()  # every number up to ``head`` was taken before this
+    # From the newest: in-flight numbers above the first message are newer than the page.
+    from_head = before is None or before > head
     cursor = head if before is None else min(before - 1, head)
+    settled = int(room.get("seq_settled", 0))
     budget = limit + HOLE_SLACK
     found: list[Doc] = []
-    while cursor >= 1 and len(found) < limit and budget > 0:
+    stop = pending = False
+    while cursor >= 1 and len(found) < limit and budget > 0 and not stop:
         seqs = list(range(cursor, max(cursor - (limit - len(found)), 0), -1))
-        cursor -= len(seqs)
         budget -= len(seqs)
-        docs = await rooms.store.messages_at(room_id, seqs)
-        found += [d for s in seqs if (d := docs.get(s)) is not None and not d.get("hole")]
+        docs = await store.messages_at(room_id, seqs)
+        for s in seqs:
+            d = docs.get(s)
+            if d is None and s <= settled:
+                d = await _fence(rooms, room_id, s)  # taken long ago, never written
+            if d is None:
+                pending = True
+                if found or not from_head:
+                    stop = True  # the page ends before it: next_before points at it
+                    break
+                # else newer than the page (nothing listed yet): left out
+            elif not d.get("hole"):
+                found.append(d)
+            cursor = s - 1
+    if pending:
+        await _settle(rooms, room, head, read_at)
     return models.MessagePage(
         messages=[message(d) for d in found], next_before=cursor + 1 if cursor >= 1 else None
+    )
+
+
+async def _fence(rooms: Rooms, room_id: str, seq: int) -> Doc:
+    """Mark ``seq`` a hole (it was taken more than ``inflight_grace_s`` ago and is still
+    empty: its writer died, or is slower than that and takes a new number); the message
+    if it was written meanwhile."""
+    store = rooms.store
+    hole = {"_id": message_id(room_id, seq), "room": room_id, "seq": seq, "hole": True}
+    if await store.insert_message({**hole, "at": now_ms()}):
+        log.info("an empty timeline number marked a hole", extra={"room_id": room_id})
+        return hole
+    doc = await store.get_message(room_id, seq)
+    assert doc is not None
+    return doc
+
+
+async def _settle(rooms: Rooms, room: Doc, head: int, read_at: int) -> None:
+    """Move the room's watermark on, at most once per ``inflight_grace_s``: what was the
+    head at the last move is settled now (taken at least a grace ago), and ``head`` (read
+    before ``read_at``) the head seen now."""
+    seen_at = room.get("seq_seen_at")
+    grace_ms = int(rooms.config.inflight_grace_s * 1000)
+    if seen_at is not None and read_at - int(seen_at) < grace_ms:
+        return
+    settled = int(room.get("seq_seen", 0)) if seen_at is not None else 0
+    await rooms.store.settle_seqs(
+        room["_id"], None if seen_at is None else int(seen_at), settled, head, read_at
     )

@@ -166,6 +166,31 @@ async def test_message_mistakes(api: RoomsApi) -> None:
     await refused(api, api.read(bob, 1.0), 422, "validation_failed")
 
 
+async def test_text_too_long_once_normalised_is_refused(api: RoomsApi) -> None:
+    """Audit finding (2026-12-07): the schema counts characters as sent, and NFC came
+    after it: ``"\u0958" * 4000`` (a Devanagari letter that NFC writes as two) was stored
+    as a message of 8,000 characters. The limit holds once normalised, for names,
+    topics, posts and edits alike; nothing is stored."""
+    owner = api.user()
+    room = await api.room(owner)
+    long = "\u0958"
+    for body, field in (
+        ({"name": long * 51, "kind": "public"}, "name"),
+        ({"name": "ok", "kind": "public", "topic": long * 251}, "topic"),
+    ):
+        err = await refused(api, api.create(owner, **body), 422, "invalid_text")
+        assert err["error"]["details"] == {"field": field, "problem": "too long"}
+    err = await refused(api, api.patch(owner, room, {"name": long * 51}), 422, "invalid_text")
+    assert err["error"]["details"] == {"field": "name", "problem": "too long"}
+    err = await refused(api, api.post(owner, room, long * 4000), 422, "invalid_text")
+    assert err["error"]["details"] == {"field": "text", "problem": "too long"}
+    status, msg = await api.post(owner, room, long * 2000)
+    assert status == 201 and len(msg["text"]) == 4000
+    edit = api.call("PATCH", f"/v1/rooms/{room}/messages/{msg['seq']}", owner,
+                    {"text": long * 2001})  # fmt: skip
+    await refused(api, edit, 422, "invalid_text")
+
+
 async def test_unknown_mentions_are_text(api: RoomsApi) -> None:
     """A name nobody has is not an error (a sentence may say "@home"): it stays text,
     notifies no one, and the answer's ``mentions`` shows that."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -210,6 +211,98 @@ async def test_the_directory_never_lists_a_private_room(
         assert (status, seen["kind"]) == (200, "public"), seen
 
 
+async def page_through(api: RoomsApi, user: str, q: str) -> tuple[list[str], list[str]]:
+    """Every directory page of ``q``, one room a page: (names listed, cursors answered)."""
+    names: list[str] = []
+    cursors: list[str] = []
+    after = ""
+    for _ in range(20):
+        status, page = await api.directory(user, f"?q={quote(q)}&limit=1&after={quote(after)}")
+        assert status == 200, page
+        names += [r["name"] for r in page["rooms"]]
+        if page["next_after"] is None:
+            return names, cursors
+        after = page["next_after"]
+        cursors.append(after)
+    raise AssertionError(f"the directory did not end: {cursors}")
+
+
+async def test_a_rename_meeting_a_switch_to_private_leaks_nothing_through_the_cursor(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding (2026-12-07): a rename read the room as public; an admin made it
+    private, taking out the entry it had; the rename then wrote its new name's entry.
+    The listing hid that entry, but ``next_after`` was the id of the last entry *read*:
+    ``"<new name>|<room id>"`` of a private room, handed to anyone signed in."""
+    owner, outsider = api.user(), api.user()
+    tag = api.user()[:6]
+    room = await api.room(owner, "public", f"{tag} team")
+    store = api.rooms.store
+    add = store.add_to_directory
+
+    async def made_private_first(key: str, room_id: str, name: str) -> None:
+        if room_id == room:
+            status, body = await admin_call(api, "PUT", f"{room}/kind", {"kind": "private"})
+            assert status == 200, body
+        await add(key, room_id, name)
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "add_to_directory", made_private_first)
+        status, body = await api.patch(owner, room, {"name": f"{tag} secret merger plans"})
+    assert (status, body["kind"]) == (200, "private"), body
+    # Public rooms whose names sort around the private one's.
+    await api.room(owner, "public", f"{tag} a-public")
+    await api.room(owner, "public", f"{tag} z-public")
+    names, cursors = await page_through(api, outsider, tag)
+    assert names == [f"{tag} a-public", f"{tag} z-public"]
+    assert not [c for c in cursors if room in c or "secret" in c], cursors
+    assert await store.directory.find({"room_id": room}).to_list() == []
+
+
+async def test_a_stale_entry_is_never_a_cursor_and_is_deleted_when_met(api: RoomsApi) -> None:
+    """An entry the listing leaves out (a private room's, left by a process killed between
+    a rename's writes, or a deleted room's) is never the page's ``next_after``, however
+    the page falls, and the page that meets it deletes it."""
+    owner, outsider = api.user(), api.user()
+    tag = api.user()[:6]
+    public = [await api.room(owner, "public", f"{tag} {c}-public") for c in "bdf"]
+    hidden = await api.room(owner, "private", f"{tag} c-private")
+    gone = await api.room(owner, "public", f"{tag} e-deleted")
+    assert (await admin_call(api, "DELETE", gone))[0] == 204
+    store = api.rooms.store
+    await store.add_to_directory(f"{tag} c-private", hidden, f"{tag} c-private")
+    await store.add_to_directory(f"{tag} e-deleted", gone, f"{tag} e-deleted")
+    await store.add_to_directory(f"{tag} a-old name", public[0], f"{tag} a-old name")
+    names, cursors = await page_through(api, outsider, tag)
+    assert names == [f"{tag} {c}-public" for c in "bdf"]
+    assert not [c for c in cursors if hidden in c or gone in c or "old name" in c], cursors
+    left = await store.directory.find({"room_id": {"$in": [hidden, gone, *public]}}).to_list()
+    assert sorted(x["name"] for x in left) == [f"{tag} {c}-public" for c in "bdf"]
+
+
+async def test_a_cleaned_entry_whose_room_is_listed_again_comes_back(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page read a private room's entry as stale; an admin made the room public
+    before the page deleted it: the page reads the room again after its delete and puts
+    the entry back, so the public room is not left out of the directory."""
+    owner = api.user()
+    tag = api.user()[:6]
+    room = await api.room(owner, "private", f"{tag} harbour")
+    store = api.rooms.store
+    await store.add_to_directory(f"{tag} harbour", room, f"{tag} harbour")
+    remove = store.remove_directory_entry
+
+    async def made_public_meanwhile(entry_id: str) -> None:
+        await store.set_room(room, {"kind": "public"})
+        await remove(entry_id)
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "remove_directory_entry", made_public_meanwhile)
+        assert (await api.directory(owner, f"?q={tag}"))[1]["rooms"] == []
+    assert [r["room_id"] for r in (await api.directory(owner, f"?q={tag}"))[1]["rooms"]] == [room]
+
+
 # -- 4: role changes meeting a hand-over ------------------------------------------------
 
 
@@ -228,11 +321,11 @@ async def test_a_demotion_meeting_a_hand_over_does_not_strip_the_new_owner(
     done: list[bool] = []
 
     async def handed_over_first(room_id: str, user_id: str, slot: int, role: str,
-                                was: str | None = None) -> bool:  # fmt: skip
+                                was: str | None = None, **kw: Any) -> bool:  # fmt: skip
         if role == "member" and not done:
             done.append(True)
             assert (await api.transfer(owner, room, bob))[0] == 200
-        return await real(room_id, user_id, slot, role, was=was)
+        return await real(room_id, user_id, slot, role, was=was, **kw)
 
     monkeypatch.setattr(store, "set_role", handed_over_first)
     status, body = await api.demote(owner, room, bob)

@@ -74,6 +74,38 @@ CASES: list[tuple[str, list[str]]] = [
     ("an unclosed `tick @alice", ["alice"]),
     # Lines and tabs.
     ("line one\n@alice\tand\n@bob", ["alice", "bob"]),
+    # Audit findings (2026-12-07). Before the @: every RFC 5322 atext character (an
+    # address's local part), a backslash (a Windows path), a combining mark (the word
+    # before it, written decomposed); full-width forms normalised.
+    ("joe!@bob.dev", []),
+    ("mail sales#@alice.dev", []),
+    ("x=@alice", []),
+    ("https://host/?u=@alice", []),
+    ("a&@alice a?@alice a#@alice a+@alice", []),
+    # The rest of atext only before an address (a dotted name): quotes and emphasis
+    # around a mention are still one.
+    ("{@alice}", ["alice"]),
+    ("'@alice'", ["alice"]),
+    ("*@bob* and _@alice_", ["bob"]),
+    ("a~@alice a$@alice a%@alice a*@alice a^@alice a|@alice", ["alice"]),
+    ("joe*@bob.dev x~@alice.smith", []),
+    ("see C:\\Users\\@alice\\file", []),
+    ("cafe\u0301@alice", []),
+    ("x\u0301@alice", []),  # no precomposed x-acute: the mark stays a mark
+    ("\uff20\uff20alice", []),
+    ("\uff41@alice", []),
+    # After the name: a combining mark runs the name on, as a letter does; so does a
+    # letter after what would be trailing punctuation.
+    ("@alice\u0301", []),  # NFKC composes e-acute: a letter
+    ("@bob\u0301", []),  # no precomposed b-acute: the mark stays a mark
+    ("@bob\u0301 hi @alice", ["alice"]),
+    ("@alice_\u00e9", []),
+    ("@alice.\u00e9", []),
+    ("@alice.\nnext line", ["alice"]),
+    # Code spans are found as written: full-width backticks are not code (NFKC after).
+    ("\uff40@alice\uff40", ["alice"]),
+    ("\uff40\uff40@alice\uff40\uff40 and `@bob`", ["alice"]),
+    ("```\n\uff40@alice\n```", []),
 ]
 
 

@@ -4,8 +4,11 @@ notification per mentioned member, once, however often a record comes back."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from parley_contract import envelopes as e
 from parley_contract.envelopes import decode_notice
@@ -119,3 +122,33 @@ async def test_public_rooms_and_unknown_rooms_are_ignored(api: RoomsApi) -> None
     assert await consumer.handle(envelope(room, alice, [bob])) == 0
     assert await consumer.handle(envelope("a" * 24, alice, [bob])) == 0
     assert await notes(api, bob) == []
+
+
+async def test_one_record_handled_twice_at_once_counts_one_unread(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding (2026-12-07): two consumers handling one record at once (a
+    rebalance) each took a notification number before either claimed the mention; one
+    notification was written and ``unread`` said 2, for good (nothing marks a number
+    no notification has). The number is taken by writing the notification now."""
+    alice, bob = api.user(), api.user()
+    room = await private_room(api, alice, bob)
+    store = api.rooms.store
+    both_in = asyncio.Barrier(2)
+    for name in ("get_members", "mention_claim"):
+        real = getattr(store, name)
+
+        async def together(*args: Any, _real: Any = real) -> Any:
+            await both_in.wait()  # both handlings pass this step before either goes on
+            return await _real(*args)
+
+        monkeypatch.setattr(store, name, together)
+    consumer = api.client.server.app[ROOM_MESSAGES]
+    env = envelope(room, alice, [bob])
+    made = await asyncio.gather(consumer.handle(env), consumer.handle(env))
+    assert sorted(made) == [0, 1]
+    status, page = await api.notifications(bob)
+    assert status == 200 and [n["seq"] for n in page["notifications"]] == [1]
+    assert page["unread"] == 1
+    assert (await api.read(bob, 1))[1] == {"unread": 0}
+    assert (await api.read(bob, 2))[1]["error"]["code"] == "seq_not_issued"

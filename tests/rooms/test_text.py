@@ -9,7 +9,7 @@ from services.rooms.text import clean, excerpt, name_key
 
 
 def test_text_is_stored_in_nfc() -> None:
-    assert clean("Cafe\u0301", "name", required=True) == "Caf\u00e9"
+    assert clean("Cafe\u0301", "name", required=True, limit=100) == "Caf\u00e9"
 
 
 @pytest.mark.parametrize(
@@ -27,14 +27,25 @@ def test_text_is_stored_in_nfc() -> None:
 )
 def test_refused_text(text: str, multiline: bool, problem: str) -> None:
     with pytest.raises(ApiError) as err:
-        clean(text, "f", required=True, multiline=multiline)
+        clean(text, "f", required=True, limit=100, multiline=multiline)
     assert err.value.code == "invalid_text"
     assert err.value.details == {"field": "f", "problem": problem}
 
 
 def test_messages_keep_newlines_and_tabs() -> None:
-    assert clean("a\n\tb", "text", required=True, multiline=True) == "a\n\tb"
-    assert clean("", "topic", required=False) == ""
+    assert clean("a\n\tb", "text", required=True, limit=4000, multiline=True) == "a\n\tb"
+    assert clean("", "topic", required=False, limit=500) == ""
+
+
+def test_the_limit_holds_once_normalised() -> None:
+    """Audit finding (2026-12-07): U+0958 is two characters in NFC, and the length was
+    checked (by the schema) before normalising: 4,000 of them were stored as 8,000."""
+    assert len(clean("\u0958" * 50, "text", required=True, limit=100)) == 100
+    with pytest.raises(ApiError) as err:
+        clean("\u0958" * 51, "text", required=True, limit=100)
+    assert err.value.code == "invalid_text"
+    assert err.value.details == {"field": "text", "problem": "too long"}
+    assert clean("e\u0301" * 100, "name", required=True, limit=100) == "\u00e9" * 100
 
 
 def test_directory_keys_fold_case_width_and_spaces() -> None:

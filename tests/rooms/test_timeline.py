@@ -4,9 +4,13 @@ notifications.py), on the real embedded servers."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
 
 from services.rooms.store import message_id
-from tests.rooms.conftest import RoomsApi
+from tests.rooms.conftest import TEST_CONFIG, RoomsApi, RoomsFactory
 
 
 async def test_post_and_page_newest_first(api: RoomsApi) -> None:
@@ -85,17 +89,25 @@ async def test_a_resend_writes_a_message_whose_writer_died_whole(api: RoomsApi) 
     assert len(notes["notifications"]) == 1  # announced once
 
 
-async def test_pages_skip_holes(api: RoomsApi) -> None:
+async def test_pages_skip_holes(make_rooms: RoomsFactory) -> None:
+    """A hole (a lost race) is skipped; an empty number is waited for (in flight) until
+    it is ``inflight_grace_s`` old, then a page marks it a hole (its writer died)."""
+    api = await make_rooms(replace(TEST_CONFIG, inflight_grace_s=0))
     owner = api.user()
     room = await api.room(owner)
     for i in range(1, 6):
         await api.post(owner, room, f"m{i}")
     store = api.rooms.store
-    # Numbers 2 and 4 became holes (a lost race, a writer that died before writing).
+    # Number 2 became a hole (a lost race); 4 was taken by a writer that died.
     await store.messages.update_one({"_id": message_id(room, 2)}, {"$set": {"hole": True}})
     await store.messages.delete_one({"_id": message_id(room, 4)})
+    # In flight as far as the first two pages know (the room's watermark moves on).
+    for _ in range(2):
+        _, page = await api.messages(owner, room, "?limit=2")
+        assert ([m["seq"] for m in page["messages"]], page["next_before"]) == ([5], 5)
     _, page = await api.messages(owner, room, "?limit=2")
     assert [m["seq"] for m in page["messages"]] == [5, 3]
+    assert (await store.get_message(room, 4) or {}).get("hole") is True
     _, page = await api.messages(owner, room, f"?limit=2&before={page['next_before']}")
     assert [m["seq"] for m in page["messages"]] == [1] and page["next_before"] is None
 
@@ -137,3 +149,168 @@ async def test_private_rooms_have_no_server_timeline(api: RoomsApi) -> None:
     room = await api.room(owner, "private")
     for status, body in (await api.post(owner, room, "plain"), await api.messages(owner, room)):
         assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+async def test_a_mention_that_fails_before_its_notification_leaves_no_unread(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding (2026-12-07): a public room's mention took the user's notification
+    number, then held its notice and wrote the notification; a failure in between (the
+    outbox write, a process killed) left ``unread`` one above what the list holds, for
+    good. The number is taken by the notification's own insert now, and a number no
+    notification has is never counted."""
+    alice, bob = api.user(), api.user(f"bob{api.user()[:5]}")
+    room = await api.room(alice)
+    await api.join(bob, room)
+    events = api.rooms.events
+    hold = events.hold_notice
+
+    async def outbox_down(*_: Any) -> Any:
+        raise RuntimeError("the outbox write failed")
+
+    monkeypatch.setattr(events, "hold_notice", outbox_down)
+    status, _ = await api.post(alice, room, f"hi @{api.username(bob)}")
+    assert status == 500
+    monkeypatch.setattr(events, "hold_notice", hold)
+    _, page = await api.notifications(bob)
+    assert (page["notifications"], page["unread"]) == ([], 0)
+    # A notification written whose counter a killed process never raised is counted.
+    store = api.rooms.store
+    status, msg = await api.post(alice, room, f"again @{api.username(bob)}")
+    assert status == 201 and msg["mentions"] == [bob]
+    await store.users.update_one({"_id": bob}, {"$set": {"n": 0}})
+    _, page = await api.notifications(bob)
+    assert [n["seq"] for n in page["notifications"]] == [1] and page["unread"] == 1
+    status, msg = await api.post(alice, room, f"third @{api.username(bob)}")
+    _, page = await api.notifications(bob)
+    assert [n["seq"] for n in page["notifications"]] == [2, 1] and page["unread"] == 2
+
+
+async def test_a_moderator_post_does_not_notify_its_poster(api: RoomsApi) -> None:
+    """Audit finding (2026-12-07): a post as the room's moderator has the sender
+    ``moderator``, so leaving out the sender missed the owner or moderator who posted
+    it: they were notified of their own mention. Members mentioned still are."""
+    owner = api.user(f"own{api.user()[:5]}")
+    bob = api.user(f"bob{api.user()[:5]}")
+    room = await api.room(owner)
+    await api.join(bob, room)
+    text = f"@{api.username(owner)} and @{api.username(bob)}: read the rules"
+    status, msg = await api.call(
+        "POST", f"/v1/rooms/{room}/moderator/messages", owner, {"client_id": "m1", "text": text}
+    )
+    assert status == 201 and msg["sender"] == "moderator", msg
+    assert msg["mentions"] == [owner, bob]
+    _, mine = await api.notifications(owner)
+    assert (mine["notifications"], mine["unread"]) == ([], 0)
+    _, theirs = await api.notifications(bob)
+    assert [n["sender"] for n in theirs["notifications"]] == ["moderator"]
+
+
+async def slowed_post(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch, room: str, user: str, text: str,
+    client_id: str = "slow",
+) -> tuple[asyncio.Task[tuple[int, Any]], int, asyncio.Event]:  # fmt: skip
+    """A post held after it took its number (before its client id and message are
+    written): the task, its number, and the event that lets it go on."""
+    store = api.rooms.store
+    claim = store.claim_client_id
+    taken: asyncio.Queue[int] = asyncio.Queue()
+    go = asyncio.Event()
+
+    async def slow(room_id: str, sender: str, cid: str, seq: int) -> bool:
+        if cid == client_id:
+            await taken.put(seq)
+            await go.wait()
+        return await claim(room_id, sender, cid, seq)
+
+    monkeypatch.setattr(store, "claim_client_id", slow)
+    task = asyncio.create_task(api.post(user, room, text, client_id=client_id))
+    return task, await taken.get(), go
+
+
+async def seqs_paged(api: RoomsApi, user: str, room: str, before: int | None) -> list[int]:
+    got: list[int] = []
+    while before is not None:
+        _, page = await api.messages(user, room, f"?limit=2&before={before}")
+        got += [m["seq"] for m in page["messages"]]
+        before = page["next_before"]
+    return got
+
+
+async def test_a_page_never_skips_a_message_still_being_written(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding (2026-12-07): a post that had taken number 4 and not yet written
+    it was skipped like a hole by a page read meanwhile ([5, 3]); the reader paging on
+    from there never saw message 4. The page ends before it now."""
+    owner, reader = api.user(), api.user()
+    room = await api.room(owner)
+    for i in range(1, 4):
+        await api.post(owner, room, f"m{i}")
+    slow, seq, go = await slowed_post(api, monkeypatch, room, owner, "m4 (slow)")
+    assert seq == 4
+    assert (await api.post(owner, room, "m5"))[1]["seq"] == 5
+    _, page = await api.messages(reader, room, "?limit=2")
+    assert ([m["seq"] for m in page["messages"]], page["next_before"]) == ([5], 5)
+    # Asked again while it is still in flight: nothing past it.
+    _, again = await api.messages(reader, room, "?limit=2&before=5")
+    assert (again["messages"], again["next_before"]) == ([], 5)
+    go.set()
+    assert (await slow)[0] == 201
+    assert await seqs_paged(api, reader, room, page["next_before"]) == [4, 3, 2, 1]
+    # A page from the newest leaves out a number in flight above its first message:
+    # newer than the page, as a message posted after it.
+    slow, seq, go = await slowed_post(api, monkeypatch, room, owner, "m6", "slow6")
+    _, top = await api.messages(reader, room, "?limit=2")
+    assert [m["seq"] for m in top["messages"]] == [5, 4]
+    go.set()
+    await slow
+    _, top = await api.messages(reader, room, "?limit=2")
+    assert [m["seq"] for m in top["messages"]] == [6, 5]
+
+
+async def test_a_post_slower_than_the_grace_takes_a_new_number(
+    make_rooms: RoomsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A number empty for longer than ``inflight_grace_s`` is marked a hole by a page
+    (its writer may have died); a writer that was only slow finds it taken, takes the
+    room's next number and moves its client id there: the message is not lost behind
+    the pages, and a resend finds it."""
+    api = await make_rooms(replace(TEST_CONFIG, inflight_grace_s=0))
+    owner, reader = api.user(), api.user()
+    room = await api.room(owner)
+    await api.post(owner, room, "m1")
+    slow, seq, go = await slowed_post(api, monkeypatch, room, owner, "slow one")
+    await api.post(owner, room, "m3")
+    for _ in range(3):  # the watermark passes the slow post's number: marked a hole
+        _, page = await api.messages(reader, room, "?limit=5")
+    assert [m["seq"] for m in page["messages"]] == [3, 1]
+    assert (await api.rooms.store.get_message(room, seq) or {}).get("hole") is True
+    go.set()
+    status, msg = await slow
+    assert (status, msg["seq"], msg["text"]) == (201, 4, "slow one")
+    _, page = await api.messages(reader, room)
+    assert [m["seq"] for m in page["messages"]] == [4, 3, 1]
+    status, again = await api.post(owner, room, "slow one", client_id="slow")
+    assert (status, again["seq"], again["duplicate"]) == (201, 4, True)
+
+
+async def test_a_resend_of_a_post_whose_number_became_a_hole_is_written_anew(
+    make_rooms: RoomsFactory,
+) -> None:
+    """A post's process died after taking its client id and number; a page marked the
+    number a hole once it was old: the resend writes the message under a new number."""
+    api = await make_rooms(replace(TEST_CONFIG, inflight_grace_s=0))
+    owner = api.user()
+    room = await api.room(owner)
+    store = api.rooms.store
+    seq = int((await store.bump_room(room, seq=1))["seq"])
+    assert await store.claim_client_id(room, owner, "died", seq)  # ... then it died
+    await api.post(owner, room, "after")
+    for _ in range(3):
+        _, page = await api.messages(owner, room)
+    assert [m["text"] for m in page["messages"]] == ["after"]
+    status, msg = await api.post(owner, room, "written at last", client_id="died")
+    assert (status, msg["seq"], msg["duplicate"]) == (201, 3, False)
+    _, page = await api.messages(owner, room)
+    assert [m["text"] for m in page["messages"]] == ["written at last", "after"]
