@@ -25,6 +25,7 @@ it still unfinished ``REMOVAL_GRACE_S`` after the write.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -390,6 +391,21 @@ async def restore_revocations(keys: Keys) -> None:
     restored = await keys.store.restore_revocations()
     if restored:
         log.info("device revocations restored", extra={"count": restored})
+
+
+async def keep_identity_keys(keys: Keys) -> None:
+    """For as long as the service runs: record the holders of identity keys, at once
+    and every ``identity_record_s`` (KeyStore.record_identity_keys). In the
+    background: the first pass reads every device, which must not hold start-up."""
+    while True:
+        try:
+            read = await keys.store.record_identity_keys()
+            log.info("identity keys recorded", extra={"devices": read})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("recording identity keys failed; trying again later")
+        await asyncio.sleep(keys.config.identity_record_s)
 
 
 async def keep_revocations(keys: Keys) -> None:

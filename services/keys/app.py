@@ -15,7 +15,7 @@ from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_s
 from services.common.ratelimit import RateLimiter
 from services.common.state import REGISTRY
 from services.common.tasks import cancel_all
-from services.keys.accounts import keep_revocations, restore_revocations
+from services.keys.accounts import keep_identity_keys, keep_revocations, restore_revocations
 from services.keys.config import MIN_BODY_BYTES, KeysConfig
 from services.keys.events import EventPublisher
 from services.keys.metrics import KeysMetrics
@@ -57,6 +57,7 @@ async def create_app(settings: Settings, config: KeysConfig | None = None) -> we
         tasks = [
             asyncio.create_task(keys.events.run()),
             asyncio.create_task(keep_revocations(keys)),
+            asyncio.create_task(keep_identity_keys(keys)),
         ]
         yield
         await cancel_all(tasks)

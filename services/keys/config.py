@@ -47,6 +47,10 @@ class KeysConfig:
     reset_limit: Limit = Limit(5, 86400)  # noqa: RUF009 (a frozen value)
     # How often each replica checks that Redis still holds the device revocations.
     revocation_check_s: float = 30.0
+    # How often each replica records the identity keys of devices registered since its
+    # last pass (KeyStore.record_identity_keys: those an older replica registered
+    # during a rolling upgrade), after one pass at start-up.
+    identity_record_s: float = 3600.0
     # Below this many one-time prekeys of either kind, ``prekeys_low`` is published.
     low_threshold: int = 10
     # ... at most once per this many seconds per device, until it uploads more.

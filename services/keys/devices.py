@@ -94,6 +94,9 @@ async def register_identity(
             return models.IdentityRegistered(device_id=device_id, created=True, changed=False)
         old = device["identity"]
         if old["signing_key"] == new["signing_key"] and old["dh_key"] == new["dh_key"]:
+            # Recorded if it was not (a device an older replica registered): a holder
+            # found here is left as it is (this device may be the one it copied).
+            await store.claim_identity(user_id, device_id, new)
             return models.IdentityRegistered(device_id=device_id, created=False, changed=False)
         if device_id in await _listed(keys, user_id):
             raise ApiError(

@@ -75,6 +75,8 @@ assert MAX_USER_ID <= 999
 
 
 _IDENTITY_KEYS_DONE = "recorded-2026-12-07"
+# A record pass reads back this far before the last one began (clocks of replicas).
+_RECORD_MARGIN_S = 600.0
 
 
 def identity_key_ids(identity: Doc) -> tuple[str, str]:
@@ -238,33 +240,62 @@ class KeyStore:
         """
         await self.outbox.ensure_indexes()
         await self.revocation_log.ensure_indexes()
-        await self._record_identity_keys()
+        # The identity-key record pass reads the devices changed since its last one.
+        await self.devices.create_index("updated_at")
 
-    async def _record_identity_keys(self) -> None:
-        """Record the holder of every registered device's identity keys, once (devices
-        registered before 2026-12-07 have none): a first holder wins, as at a
-        registration. Done when the marker document is there."""
-        if await self.identity_keys.find_one({"_id": _IDENTITY_KEYS_DONE}) is not None:
-            return
+    async def record_identity_keys(self) -> int:
+        """Record the holder of the identity keys of every device registered or changed
+        since the last pass began (all of them the first time: devices registered before
+        2026-12-07 have none), in the background, at start-up and every
+        ``identity_record_s`` (``keep_identity_keys``): so that devices an older replica
+        registered during a rolling upgrade are recorded too. A key already held stays
+        with its holder (the first registered, but for an upgrade's window); two live
+        devices with one key are logged. Returns how many devices were read."""
+        began = time.time()
+        marker = await self.identity_keys.find_one({"_id": _IDENTITY_KEYS_DONE})
+        query: Doc = {}
+        if marker is not None and marker.get("through") is not None:
+            query = {"updated_at": {"$gte": float(marker["through"]) - _RECORD_MARGIN_S}}
+        fields = {"user_id": 1, "device_id": 1, "identity": 1}
         batch: list[Doc] = []
-        async for device in self.devices.find({}, {"user_id": 1, "device_id": 1, "identity": 1}):
+        read = 0
+        async for device in self.devices.find(query, fields):
+            read += 1
             owner = {"user_id": device["user_id"], "device_id": int(device["device_id"])}
             batch += [{"_id": key, **owner} for key in identity_key_ids(device["identity"])]
             if len(batch) >= 1000:
                 await self._insert_new(batch)
                 batch = []
         await self._insert_new(batch)
-        await self._insert_new([{"_id": _IDENTITY_KEYS_DONE}])
+        await self.identity_keys.update_one(
+            {"_id": _IDENTITY_KEYS_DONE}, {"$set": {"through": began}}, upsert=True
+        )
+        return read
 
     async def _insert_new(self, docs: list[Doc]) -> None:
-        """Insert what is not there yet (those that are: left as they are)."""
+        """Insert the records that are not there yet; one there already naming another
+        device is left as it is, and logged if both devices hold the key."""
         if not docs:
             return
         try:
             await self.identity_keys.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
-            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
+            wanted = {docs[int(e["index"])]["_id"]: docs[int(e["index"])] for e in errors}
+            held = await self.identity_keys.find({"_id": {"$in": list(wanted)}}).to_list()
+            for record in held:
+                mine = wanted[record["_id"]]
+                if (record["user_id"], record["device_id"]) == (mine["user_id"], mine["device_id"]):
+                    continue
+                holder = await self.get_device(str(record["user_id"]), int(record["device_id"]))
+                if holder is not None and record["_id"] in identity_key_ids(holder["identity"]):
+                    log.warning(
+                        "two devices registered one identity key",
+                        extra={"user_id": mine["user_id"], "device_id": mine["device_id"],
+                               "holder": record["user_id"], "holder_device": record["device_id"]},
+                    )  # fmt: skip
 
     async def claim_identity(self, user_id: str, device_id: int, identity: Doc) -> Doc | None:
         """Record this device as the holder of ``identity``'s keys; the holder (its

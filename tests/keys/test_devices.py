@@ -9,6 +9,7 @@ import pytest
 import redis.exceptions
 
 from services.keys.config import KeysConfig
+from services.keys.store import identity_key_ids
 from tests.keys.conftest import EventLog, KeysApi, KeysFactory
 from tests.keys.keygen import (
     AccountKeys,
@@ -536,14 +537,28 @@ async def test_identity_keys_a_device_gave_up_may_be_registered_again(api: KeysA
 
 
 async def test_devices_registered_before_the_record_hold_their_keys(api: KeysApi) -> None:
-    """Devices registered before identity keys were recorded are recorded at start-up
-    (once), so theirs are refused to others as well."""
+    """Devices registered before identity keys were recorded, or by an older replica
+    during a rolling upgrade (a review finding: the first pass wrote a marker and
+    none came after), are recorded by the background passes, each reading the devices
+    changed since the last began; or when they register their identity again."""
     store = api.keys.store
-    early = DeviceKeys()
+    early, during, again = DeviceKeys(), DeviceKeys(), DeviceKeys()
     assert (await api.put_identity("carol", 1, early.identity()))[0] == 200
     await store.identity_keys.delete_many({})  # as before the record existed
-    await store.ensure_indexes()
+    assert await store.record_identity_keys() >= 1
     status, body = await api.put_identity("mallory", 7, early.identity())
     assert (status, body["error"]["code"]) == (409, "conflict")
-    await store.ensure_indexes()  # done once: the marker stays, nothing is read again
-    assert await store.identity_keys.count_documents({}) == 3
+
+    # Registered by an older replica after that pass: no record.
+    for user, keys in (("dave", during), ("erin", again)):
+        assert (await api.put_identity(user, 1, keys.identity()))[0] == 200
+        ids = identity_key_ids((await store.get_device(user, 1))["identity"])
+        await store.identity_keys.delete_many({"_id": {"$in": list(ids)}})
+    # Erin's device sends its identity again (as a client does at start-up).
+    assert (await api.put_identity("erin", 1, again.identity()))[1]["created"] is False
+    status, body = await api.put_identity("mallory", 8, again.identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    # Dave's is recorded by the next pass, which reads only what changed since the last.
+    assert await store.record_identity_keys() < 10
+    status, body = await api.put_identity("mallory", 9, during.identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
