@@ -300,9 +300,16 @@ async def set_owner(
                                    was=str(target["role"]))  # fmt: skip
         except ApiError as exc:
             if previous is not None and stepped_down:  # the owner there was stays on
-                with contextlib.suppress(ApiError):
-                    await members.set_role(rooms, room, previous, "owner", claims.user_id,
-                                           was="moderator")  # fmt: skip
+                # As it is now: the step-down wrote its role_v, and a role change is
+                # written only on the membership as read (the one from before was
+                # refused, silently, and the room was left with no owner).
+                now = await store.get_member(room_id, previous["user"])
+                if now is not None and now["role"] == "moderator":
+                    fresh = await _room(rooms, room_id)
+                    with contextlib.suppress(ApiError):
+                        await members.set_role(
+                            rooms, fresh, now, "owner", claims.user_id, was="moderator"
+                        )
             if exc.code == ErrorCode.FORBIDDEN:  # its role changed since it was read
                 raise ApiError(
                     ErrorCode.CONFLICT, "The member's role changed meanwhile; try again."

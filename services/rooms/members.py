@@ -357,7 +357,7 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
         if now is None or int(now["slot"]) != int(member["slot"]):
             return  # ended meanwhile (left twice at once, removed): told by that one
         if closed:  # the leave did not happen: the room goes back as it was
-            await set_state(rooms, room, "open", user_id)
+            await _reopen(rooms, room_id, user_id)
         member = now
         room = await store.get_room(room_id) or room
     else:
@@ -375,6 +375,15 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
             and not await store.has_other_members(room_id, user_id)
         ):  # fmt: skip
             await set_state(rooms, now_room, "closed", user_id)
+
+
+async def _reopen(rooms: Rooms, room_id: str, user_id: str) -> None:
+    """Undo a close this leave made, on the room as it is now: the document read before
+    the close still says "open", so set_state found nothing to do and a joiner was left
+    alone in a closed room (a review finding, 2026-12-07)."""
+    room = await rooms.store.get_room(room_id)
+    if room is not None:
+        await set_state(rooms, room, "open", user_id)
 
 
 async def _close_if_last(rooms: Rooms, room: Doc, user_id: str, owner: bool) -> bool:
@@ -398,7 +407,7 @@ async def _close_if_last(rooms: Rooms, room: Doc, user_id: str, owner: bool) -> 
     closed = bool(room["state"] == "open") and await set_state(rooms, room, "closed", user_id)
     if await store.has_other_members(room_id, user_id):
         if closed:
-            await set_state(rooms, room, "open", user_id)
+            await _reopen(rooms, room_id, user_id)
         if owner:
             raise _must_transfer(
                 "Someone joined meanwhile: the owner leaves after making another member "

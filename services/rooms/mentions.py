@@ -7,7 +7,8 @@ any case) or a user id (32 hex digits), as the auth service spells them:
   an e-mail address or a path: not a letter, digit or combining mark of any
   script, nor ``.``, ``+``, ``-``, ``_``, ``/``, ``\\``, ``=``, ``?``, ``&``,
   ``#`` or ``@``; the rest of RFC 5322's ``atext`` (``!$%'*^`{|}~``) only
-  when the name goes on with a ``.`` (an address's domain) (so
+  in an address: after a local part with a letter or digit in it and before a
+  dotted name (so
   ``bob@example.com``, ``joe!@bob.dev``, ``x/@bob``, ``C:\\Users\\@bob`` and
   ``@@bob`` are not mentions, ``'@bob'`` and ``*@bob*`` are);
 - it ends where a username cannot continue; trailing ``.``, ``-`` and ``_``
@@ -63,6 +64,19 @@ def _word(c: str) -> bool:
     return c.isalnum() or c == "_" or unicodedata.category(c).startswith("M")
 
 
+def _address(plain: str, at: int, token: str) -> bool:
+    """Whether the ``@`` at ``at`` (after one of ``!$%'*^`{|}~``) is an e-mail
+    address's: a local part with a letter or digit in it runs up to it (``joe!@``; not
+    ``*@`` or ``'@`` after a space, emphasis and quotes), and the name goes on with a
+    ``.`` (a domain; ``*@john.doe*`` is a dotted username, emphasised)."""
+    if "." not in token.rstrip("._-"):
+        return False
+    begin = at
+    while begin > 0 and not plain[begin - 1].isspace():
+        begin -= 1
+    return any(c.isalnum() for c in plain[begin:at])
+
+
 def _normalise(text: str) -> tuple[str, list[str]]:
     """``text`` in NFKC, a character at a time, with the character as written that each
     one of the result comes from (full-width forms are judged as the reader sees them)."""
@@ -88,7 +102,7 @@ def parse(text: str, limit: int = 100) -> list[str]:
             before = plain[start - 1]
             if origin[start - 1] in _BAD_BEFORE or before == "@" or _word(before):
                 continue
-            if origin[start - 1] in _LOCAL_PART and "." in m.group(1).rstrip("._-"):
+            if origin[start - 1] in _LOCAL_PART and _address(plain, start, m.group(1)):
                 continue  # an address: local part, @, dotted domain
         after = plain[end : end + 1]
         if after and (after == "@" or _word(after)):

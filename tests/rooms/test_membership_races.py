@@ -442,3 +442,31 @@ async def test_the_last_member_is_told_by_the_memberships_not_the_count(
     await api.rooms.store.bump_room(room, members=1)
     assert (await api.leave(owner, room))[0] == 204
     assert (await room_of(api, room))["state"] == "closed"
+
+
+async def test_a_join_during_the_last_members_leave_finds_the_room_open(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding (2026-12-07): the last member's leave closes the room, then reads
+    the memberships again; one that got in meanwhile undoes the close. The undo was
+    written on the room as read before the close ("open"), so it found nothing to do
+    and the joiner was left alone in a closed room."""
+    owner, bob, carol = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    assert (await api.join(bob, room))[0] == 200
+    assert (await admin_call(api, "DELETE", f"{room}/members/{owner}"))[0] == 204
+    store = api.rooms.store
+    others, looked = store.has_other_members, [0]
+
+    async def carol_joins_after_the_first_look(room_id: str, user_id: str) -> bool:
+        looked[0] += 1
+        if looked[0] == 2:  # bob's leave closed the room: carol got in just before
+            doc = {"_id": member_id(room_id, carol), "room": room_id, "user": carol,
+                   "role": "member", "slot": 99, "user_slot": 1, "joined_at": now_ms()}  # fmt: skip
+            await store.insert_member(doc)
+        return await others(room_id, user_id)
+
+    monkeypatch.setattr(store, "has_other_members", carol_joins_after_the_first_look)
+    assert (await api.leave(bob, room))[0] == 204
+    status, got = await api.get(carol, room)
+    assert (status, got["state"]) == (200, "open")

@@ -89,6 +89,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("*@bob* and _@alice_", ["bob"]),
     ("a~@alice a$@alice a%@alice a*@alice a^@alice a|@alice", ["alice"]),
     ("joe*@bob.dev x~@alice.smith", []),
+    # A dotted username in quotes or emphasis is still one (no local part before).
+    ("*@john.doe* and **@j.smith** '@a.b.c'", ["john.doe", "j.smith", "a.b.c"]),
     ("see C:\\Users\\@alice\\file", []),
     ("cafe\u0301@alice", []),
     ("x\u0301@alice", []),  # no precomposed x-acute: the mark stays a mark

@@ -8,6 +8,8 @@ import asyncio
 import secrets
 from typing import Any
 
+import pytest
+
 from services.rooms.store import message_id, revision_id
 from tests.rooms.conftest import EventLog, RoomsApi
 from tests.support.messaging import Messaging
@@ -652,3 +654,33 @@ async def test_a_removed_message_leaves_no_excerpt_in_the_mentioned_users_list(
     _, notes = await api.notifications(bob)
     shown = {n["message_seq"]: n["excerpt"] for n in notes["notifications"]}
     assert shown == {abuse["seq"]: "", regret["seq"]: "", typo["seq"]: "@victim hello"}
+
+
+async def test_an_owner_stepped_down_for_a_promotion_that_fails_is_the_owner_again(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding (2026-12-07): an admin naming a new owner steps the owner down
+    first; when the promotion then fails (the member left meanwhile) the owner is put
+    back, but on the membership read before the step-down, whose role_v it had
+    changed: refused, silently, and the room was left with no owner."""
+    from services.rooms import members
+
+    owner, alice = api.user(), api.user()
+    boss = admin(api)
+    room = await api.room(owner, name="handover")
+    assert (await api.join(alice, room))[0] == 200
+    set_role = members.set_role
+
+    async def alice_leaves_first(rooms: Any, room_doc: Any, member: Any, role: str,
+                                 *args: Any, **kw: Any) -> Any:  # fmt: skip
+        if role == "owner" and member["user"] == alice:
+            assert (await api.leave(alice, room))[0] == 204
+        return await set_role(rooms, room_doc, member, role, *args, **kw)
+
+    monkeypatch.setattr(members, "set_role", alice_leaves_first)
+    status, _ = await api.call("PUT", f"/v1/admin/rooms/{room}/owner", boss, {"user_id": alice})
+    assert status >= 400
+    status, view = await api.get(owner, room)
+    assert (status, view["owner"]) == (200, owner)
+    status, page = await api.members(owner, room)
+    assert {m["user_id"]: m["role"] for m in page["members"]} == {owner: "owner"}
