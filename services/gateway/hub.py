@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,6 +59,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROOMY_MAX = 100_000
+# Users whose last revocation the pod remembers (Hub.revoked_since), and how many times
+# a token is checked while its user's revocations keep coming before ``unavailable``.
+REVOKED_KEPT = 10_000
+VERIFY_TRIES = 3
 # Typing devices remembered before the stale ones are dropped.
 TYPING_KEPT = 100_000
 TYPING_PER_S, TYPING_BURST = 2.0, 20
@@ -142,8 +146,12 @@ class Hub:
         self.draining = False
         self.revocations = 0
         """Revocations (and dropped keys) this pod acted on: a socket whose token was
-        checked before one and listed after it checks again (:meth:`Connection`'s
-        ``_authenticate_with``), since the revocation looked for it while unlisted."""
+        checked before one of its user's and listed after it checks again
+        (:meth:`revoked_since`), since the revocation looked for it while unlisted."""
+        # User -> ``revocations`` at their last revocation, the latest REVOKED_KEPT;
+        # and ``revocations`` when a signing key was last dropped (every user's).
+        self._revoked_at: OrderedDict[str, int] = OrderedDict()
+        self._keys_dropped_at = 0
         # (inbox, sender) -> until when it is known to be far from the caps.
         self._roomy: dict[tuple[str, str], float] = {}
         # (user, device, room) -> when it last said it is typing there (monotonic).
@@ -245,12 +253,34 @@ class Hub:
         or not listed (``since``: the count of revocations when the caller began, for
         :meth:`register`)."""
         seen = self.revocations if since is None else since
-        while True:
+        for _ in range(VERIFY_TRIES):
             claims = await self.verifier.verify(token, remember=False)
             await check_not_revoked(self.store.redis, self.settings.redis_prefix, claims)
-            if seen == self.revocations:
+            if not self.revoked_since(claims.sub, seen):
                 return claims
             seen = self.revocations
+        # The user's sessions keep being revoked (a logout of every device, a block):
+        # asked again, not let in on a check a revocation may have passed by.
+        raise ApiError(ErrorCode.UNAVAILABLE, "Sessions are being revoked; try again.")
+
+    def revoked_since(self, user_id: str, seen: int) -> bool:
+        """Whether a revocation of ``user_id`` (or a dropped signing key) reached this
+        pod since :attr:`revocations` was ``seen``. Per user: a burst of revocations of
+        others (an OpenID client's deletion revokes thousands) would otherwise make every
+        socket authenticating meanwhile check again, and again."""
+        now = self.revocations
+        if now == seen:
+            return False
+        if now - seen > REVOKED_KEPT or self._keys_dropped_at > seen:
+            return True  # some revoked since may be forgotten, or a key went
+        return self._revoked_at.get(user_id, 0) > seen
+
+    def _note_revoked(self, user_id: str) -> None:
+        self.revocations += 1
+        self._revoked_at[user_id] = self.revocations
+        self._revoked_at.move_to_end(user_id)
+        if len(self._revoked_at) > REVOKED_KEPT:
+            self._revoked_at.popitem(last=False)
 
     def ready_frame(self, user_id: str, sid: str, answers: str | None, *, limits: bool) -> f.Ready:
         lim = self.limits
@@ -512,7 +542,7 @@ class Hub:
         self._check_sockets(conn.user_id)
         try:
             await self.store.add_presence(conn.user_id, conn.conn_id)
-            if checked != self.revocations:
+            if self.revoked_since(conn.user_id, checked):
                 await self.verify(token, since=checked)
             self._check_sockets(conn.user_id)  # another socket of the user came meanwhile
         except BaseException:
@@ -691,7 +721,7 @@ class Hub:
         self.devices.forget(event.user_id)  # whatever happened to the user, ask again
         if isinstance(event, e.DevicesChanged):
             return
-        self.revocations += 1
+        self._note_revoked(event.user_id)
         blocked = isinstance(event, e.UserBlocked)
         code = ErrorCode.ACCOUNT_BLOCKED if blocked else ErrorCode.TOKEN_REVOKED
         conns = self.local(event.user_id)
@@ -711,6 +741,7 @@ class Hub:
         until its ``exp``. A user's client gets ``reauth_required``, as at expiry, and
         comes back with a token of the current key."""
         self.revocations += 1
+        self._keys_dropped_at = self.revocations
         heads: dict[str, bool] = {}  # a packed token's head is shared by its key's tokens
         for conn in [c for s in self.by_user.values() for c in s]:
             head = conn.token_head

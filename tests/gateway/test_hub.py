@@ -419,3 +419,34 @@ async def test_a_renewal_into_a_session_revoked_meanwhile_is_refused(
     assert raced == [new]
     [conn] = messaging.hub(0).local(user)
     assert conn.sid == old  # the revoked session was never taken
+
+
+async def test_other_users_revocations_do_not_make_a_check_repeat(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: the count the re-check followed was the pod's, so a burst of
+    revocations of other users (an OpenID client's deletion revokes thousands) made
+    every socket authenticating meanwhile check again, without end. Per user now, and
+    a user whose revocations keep coming is answered `service_unavailable`."""
+    hub = messaging.hub(0)
+    user = uid()
+    token = messaging.issuer.token(user, did=1)
+    check, checks = hub_module.check_not_revoked, [0]
+
+    def revoking(who: str) -> Any:
+        async def checked(redis: Any, prefix: str, claims: Claims) -> None:
+            await check(redis, prefix, claims)
+            checks[0] += 1
+            hub._note_revoked(who if who else uid())
+
+        return checked
+
+    monkeypatch.setattr(hub_module, "check_not_revoked", revoking(""))
+    assert (await hub.verify(token)).sub == user
+    assert checks[0] == 1
+    checks[0] = 0
+    monkeypatch.setattr(hub_module, "check_not_revoked", revoking(user))
+    with pytest.raises(ApiError) as refused:
+        await hub.verify(token)
+    assert refused.value.code is ErrorCode.UNAVAILABLE
+    assert checks[0] == hub_module.VERIFY_TRIES
