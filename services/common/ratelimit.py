@@ -223,6 +223,20 @@ class RateLimiter:
             self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(ttl)
 
+    async def check(self, rule: str, ident: str, limit: Limit | None = None) -> None:
+        """Raise 429 ``rate_limited`` if ``ident``'s window is full already, counting
+        nothing: for a request whose checks cost other services' time, refused before
+        them, and counted (:meth:`hit`) only once they pass."""
+        limit = limit or self.limits(rule)
+        key = self.key(rule, ident)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.ttl(key)
+            count, ttl = await pipe.execute()
+        if count is not None and int(count) >= limit.count:
+            self._refused(rule, ErrorCode.RATE_LIMITED)
+            raise too_many(int(ttl) if int(ttl) > 0 else limit.window_s)
+
     async def reserve(self, rule: str, ident: str, limit: Limit | None = None) -> None:
         """Take a place for one attempt in ``ident``'s window *before* making it.
 

@@ -228,6 +228,9 @@ class Moderation:
             else e.message_server_id(claims.sub, client_id)
         ):
             raise ApiError(ErrorCode.NOT_SENDER, "Only the sender (or an admin) can remove it.")
+        # A full window refuses before the checks below, which ask the rooms service
+        # (a room's members, page by page): counted only once they pass.
+        await self.limiter.check("unsend", claims.sub, UNSEND_LIMIT)
         if room:
             await self._private_room(room, server_id, token, admin=False)
         users = await self.parties.users(conversation, token, admin=False)

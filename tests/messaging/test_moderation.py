@@ -616,3 +616,24 @@ async def test_a_public_room_s_messages_cannot_be_removed_here(world: RoomWorld)
         "DELETE", unsend_path(made_up, "never-2", f"room:{private}"), alice
     )
     assert (status, answer["error"]["code"]) == (403, "forbidden"), answer
+
+
+async def test_an_unsend_past_the_limit_is_refused_before_its_checks(
+    messaging: Messaging,
+) -> None:
+    """Review finding: counted only after its checks, a request past the limit still
+    cost them (a private room's members read from the rooms service, page by page)
+    before its 429. A full window refuses first now, counting nothing."""
+    from services.delivery.moderation import UNSEND_LIMIT
+
+    api = Api(messaging)
+    alice_id, bob_id, eve_id = uid(), uid(), uid()
+    await messaging.connect(alice_id)
+    limiter = messaging.delivery.server.app[MODERATION].limiter
+    key = limiter.key("unsend", alice_id)
+    await limiter.redis.set(key, UNSEND_LIMIT.count, ex=60)
+    made_up = envelopes.message_server_id(alice_id, "never")
+    path = unsend_path(made_up, "never", conversation_id(bob_id, eve_id))
+    status, answer = await api.call("DELETE", path, alice_id)
+    assert (status, answer["error"]["code"]) == (429, "rate_limited")
+    assert int(await limiter.redis.get(key)) == UNSEND_LIMIT.count  # nothing counted
