@@ -455,7 +455,13 @@ async def room_history(
     async with _client(opts) as client:
         page = await client.rooms.history(target, limit=limit, before=before)
         room = page["room"]
-        if not page["messages"]:
+        held = before is not None and page["next_before"] == before
+        if held:  # a message before `before` still being sent (Rooms.history waited for it)
+            console.print(
+                f"Messages before {before} cannot be read yet: one is still being sent."
+                " Try again in a moment."
+            )
+        elif not page["messages"]:
             console.print(f"No messages in #{escape(room['name'])} yet.")
         for entry in page["messages"]:
             _print_room_entry(entry, client.username, client.user_id if ids else None)

@@ -160,7 +160,25 @@ class PeerState:
             # kept after the list gave its device id new keys goes now (once: the
             # state is written back with the flag).
             state._drop_unlisted_sessions(set(state.sessions))
+            # ``answered`` was not kept then: the handshakes of the sessions kept are
+            # known from their initial digests, so a later initial-type message of one
+            # (sent before our answer reached its initiator) stays a replay once that
+            # session is evicted, as it was before, not a "could not decrypt" line.
+            state._answer_kept_sessions()
         return state
+
+    def _answer_kept_sessions(self) -> None:
+        """Add the initial digest of every kept session that has one (those the contact
+        started) to ``answered``, each once, oldest first, the last ``ANSWERED_KEPT``."""
+        for sessions in self.sessions.values():
+            for raw in reversed(sessions):  # newest first: the oldest is answered first
+                try:
+                    digest = Session.from_bytes(raw).initial_digest
+                except CryptoError:
+                    continue  # unreadable: it started nothing this device can tell
+                if digest is not None and (entry := b64encode(digest)) not in self.answered:
+                    self.answered.append(entry)
+        del self.answered[:-ANSWERED_KEPT]
 
     # -- trust ------------------------------------------------------------------
     def safety_number(self, local_account_key: bytes, local_user_id: str) -> str | None:

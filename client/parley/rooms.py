@@ -93,6 +93,16 @@ POSTED_KEPT = 1000
 POST_RETRY = (0.25, 4.0)
 """First and longest wait before a public post is asked again with the same id (Rooms._post)."""
 """Public posts made here whose live copy is known as this client's (``RoomMessage.here``)."""
+TIMELINE_WAIT = (0.25, 2.0, 15.0)
+"""A public room's page asked ``before`` a number that is taken but not written yet (a
+post in flight; a dead writer's, until a reader marks it a hole: about two graces,
+~10 s) ends before that number, and may come back empty with ``next_before == before``
+(docs/rooms.md "Numbers in flight"): "not yet", never the timeline's end.
+:meth:`Rooms.history` asks again after the first wait (s), doubling up to the second,
+and gives up once the third have been waited."""
+TIMELINE_EMPTY_READS = 50
+"""Empty pages that do go further back (numbers that were holes) read on at most, one
+after the other, for one :meth:`Rooms.history` page."""
 _MENTION = re.compile(r"(?<![\w@./])@([A-Za-z0-9._-]{1,64})")
 
 
@@ -407,7 +417,10 @@ class Rooms:
         """``{"room", "messages" (oldest first), "next_before"}``.  A private room's
         messages come from the local store (what this device decrypted); a public
         room's from its timeline, a page of ``limit`` before ``before`` (a ``seq``);
-        pass ``next_before`` back for the page before (``None``: the first message)."""
+        pass ``next_before`` back for the page before (``None``: the first message). A
+        page held back by a message still being sent (a number in flight) is asked
+        again for up to about 15 s (:data:`TIMELINE_WAIT`); if it is still held back
+        then, it comes empty with ``next_before == before``: ask again later."""
         try:
             room = await self.resolve(ref, directory=True)
         except RoomNotFound:
@@ -421,7 +434,7 @@ class Rooms:
         if room.get("kind") == "private":
             entries = self._store().read().history(room_conversation(room_id), limit)
             return {"room": room, "messages": entries, "next_before": None}
-        page = await self.api.room_messages(room_id, before, limit)
+        page = await self._timeline_page(room_id, before, limit)
         me = self.account.user_id
         messages = []
         for m in reversed(page.get("messages", [])):
@@ -439,6 +452,31 @@ class Rooms:
                 }
             )
         return {"room": room, "messages": messages, "next_before": page.get("next_before")}
+
+    async def _timeline_page(self, room_id: str, before: int | None, limit: int) -> dict[str, Any]:
+        """The page of a public room's timeline ``before``: asked again while it does not
+        go further back (a number in flight: :data:`TIMELINE_WAIT`), read on from its
+        ``next_before`` while it is empty but does; as it last came when given up on
+        (empty, ``next_before == before``: the caller may ask again)."""
+        first, most, give_up = TIMELINE_WAIT
+        wait, waited, empty_reads = first, 0.0, 0
+        while True:
+            page = await self.api.room_messages(room_id, before, limit)
+            after = page.get("next_before")
+            if after is None:
+                return page  # the start
+            if before is not None and int(after) >= before:
+                if waited >= give_up:
+                    log.info("a timeline page still held back by a number in flight")
+                    return page
+                await asyncio.sleep(wait)
+                waited += wait
+                wait = min(2 * wait, most)
+                continue
+            if page.get("messages") or empty_reads >= TIMELINE_EMPTY_READS:
+                return page
+            empty_reads += 1  # holes only: the page before it
+            before = int(after)
 
     # -- changing a public room's message -------------------------------------------------
     async def edit(self, ref: str, seq: int, text: str) -> dict[str, Any]:

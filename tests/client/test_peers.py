@@ -261,3 +261,46 @@ def test_the_answered_handshakes_kept_are_bounded() -> None:
         _, first = Session.initiate(dev, claimed_bundle(me), b"%d" % i)
         alice.decrypt(me, 1, first)
     assert len(alice.answered) == ANSWERED_KEPT == len(set(alice.answered))
+
+
+def test_a_state_from_before_answered_was_kept_answers_its_sessions_handshakes() -> None:
+    """Review finding: a state written before ``answered`` was kept loaded with none, so
+    once the session of a handshake answered before the upgrade was evicted, a later
+    initial-type message of it (sent before our answer reached alice) became a "could
+    not decrypt" line (PrekeyReused) where it used to be dropped as a replay."""
+    t = _TwoInitiators()
+    later = t.alice_session.encrypt(b"alice 2")  # still carries the PQXDH fields
+    assert t.alice.decrypt(t.bob, 1, t.from_alice).message.plaintext == b"alice 1"
+    digest = t.alice.answered[0]
+    raw = t.alice.to_json()
+    del raw["sessions_checked"], raw["answered"]  # as written before
+    again = PeerState.from_json(raw)
+    assert again.answered == [digest]
+    again.sessions = {}  # its session evicted since (MAX_SESSIONS)
+    with pytest.raises(ReplayedMessage):
+        again.decrypt(t.bob, 1, later)
+    # Written back with the flag: a state loaded again is not migrated again.
+    assert PeerState.from_json(again.to_json()).answered == [digest]
+
+
+def test_the_handshakes_taken_from_a_state_from_before_are_oldest_first_and_bounded() -> None:
+    alice = PeerState("alice")
+    account, me = AccountKey.generate(), Device.generate()
+    devices = {d: Device.generate() for d in range(1, 10)}  # 9 devices x 4 sessions > 32
+    alice.trust(b64encode(account.public), _signed(account, "alice", 1, devices), ME.public, "me")
+    answered: dict[int, list[str]] = {}
+    for d, dev in devices.items():
+        mine, _ = Session.initiate(me, claimed_bundle(dev, user_id="alice", device_id=d), b"x")
+        alice.start(d, mine)  # one we started: no handshake of alice's
+        for i in range(3):
+            _, first = Session.initiate(dev, claimed_bundle(me), b"%d" % i)
+            alice.decrypt(me, d, first)
+        answered[d] = alice.answered[-3:]
+    raw = alice.to_json()
+    del raw["sessions_checked"], raw["answered"]
+    loaded = PeerState.from_json(raw)
+    every = [a for d in devices for a in answered[d]]  # each device's oldest first
+    assert len(every) == 27 and loaded.answered == every
+    # Over ANSWERED_KEPT: the last ones kept.
+    raw["answered"] = [b64encode(bytes([i]) * 32) for i in range(10)]
+    assert PeerState.from_json(raw).answered == (raw["answered"] + every)[-ANSWERED_KEPT:]

@@ -184,3 +184,98 @@ def test_a_message_number_argument_is_ascii_digits_or_nothing(
     arg: str, expected: tuple[int, str] | None
 ) -> None:
     assert cli_rooms._seq_arg(arg) == expected
+
+
+class _Timeline:
+    """A public room's timeline paged as services/rooms/timeline.py ``timeline_page``
+    pages it (newest first; numbers ``inflight``, taken and not written yet: a page from
+    the newest leaves out those above its first message, any other ends before one; at
+    most ``limit + slack`` numbers looked at a page)."""
+
+    def __init__(
+        self, head: int, inflight: set[int], holes: frozenset[int] = frozenset(), slack: int = 50
+    ) -> None:
+        self.head, self.inflight, self.holes, self.slack = head, inflight, holes, slack
+        self.calls: list[int | None] = []
+        self.written_after: int | None = None  # reads before the numbers in flight are written
+
+    async def room_messages(
+        self, room_id: str, before: int | None = None, limit: int = 50
+    ) -> dict[str, object]:
+        self.calls.append(before)
+        if self.written_after is not None and len(self.calls) > self.written_after:
+            self.inflight.clear()
+        from_head = before is None or before > self.head
+        cursor = self.head if before is None else min(before - 1, self.head)
+        found: list[dict[str, object]] = []
+        budget = limit + self.slack  # numbers looked at (HOLE_SLACK): holes use it up
+        while cursor >= 1 and len(found) < limit and budget > 0:
+            budget -= 1
+            if cursor in self.inflight:
+                if found or not from_head:
+                    break
+            elif cursor not in self.holes:
+                found.append({"seq": cursor, "sender": "b" * 32, "text": f"post {cursor}",
+                              "sent_at": cursor, "mentions": [], "marker": None})  # fmt: skip
+            cursor -= 1
+        return {"messages": found, "next_before": cursor + 1 if cursor >= 1 else None}
+
+
+async def _public_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timeline: _Timeline, before: int | None
+) -> dict[str, object]:
+    import parley.rooms
+
+    monkeypatch.setattr(parley.rooms, "TIMELINE_WAIT", (0.001, 0.004, 0.05))
+    async with Client(
+        "http://127.0.0.1:9", data_dir=tmp_path, passphrase="test passphrase", kdf=CHEAP_KDF
+    ) as client:
+        client.account.user_id = "a" * 32
+        rooms = client.rooms
+        room = {"room_id": "c" * 24, "name": "town", "kind": "public", "role": "member"}
+
+        async def resolve(ref: str, directory: bool = False) -> dict[str, object]:
+            return room
+
+        async def name_of(user_id: str) -> str:
+            return "bob"
+
+        monkeypatch.setattr(rooms, "resolve", resolve)
+        monkeypatch.setattr(rooms.api, "room_messages", timeline.room_messages)
+        monkeypatch.setattr(rooms.messenger, "name_of", name_of)
+        return await rooms.history("#town", limit=10, before=before)
+
+
+async def test_a_public_page_held_back_by_a_post_in_flight_is_asked_again_not_taken_as_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: since the timeline's pages end before a number still being
+    written, the page before 26 (post 25 in flight) came back empty with next_before 26,
+    and ``history`` handed that on: "No messages", the posts below never shown."""
+    timeline = _Timeline(40, {25})
+    timeline.written_after = 3  # post 25 written after three reads
+    page = await _public_history(tmp_path, monkeypatch, timeline, 26)
+    assert [m["seq"] for m in page["messages"]] == list(range(16, 26))  # type: ignore[attr-defined]
+    assert page["next_before"] == 16
+    assert timeline.calls == [26, 26, 26, 26]
+
+
+async def test_a_public_page_held_back_for_good_comes_back_empty_to_ask_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timeline = _Timeline(40, {25})
+    page = await _public_history(tmp_path, monkeypatch, timeline, 26)
+    assert (page["messages"], page["next_before"]) == ([], 26)
+    # 1, 2, 4, 4, ... ms until 50 ms were waited: given up, no endless loop.
+    assert 10 < len(timeline.calls) < 20 and set(timeline.calls) == {26}
+
+
+async def test_an_empty_public_page_that_goes_further_back_is_read_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty page whose ``next_before`` is further back (numbers that were holes) is
+    not the end either: the page before it is read at once."""
+    timeline = _Timeline(40, set(), holes=frozenset(range(20, 41)), slack=0)
+    page = await _public_history(tmp_path, monkeypatch, timeline, None)
+    assert [m["seq"] for m in page["messages"]] == list(range(11, 20))  # type: ignore[attr-defined]
+    assert timeline.calls == [None, 31, 21]

@@ -24,6 +24,7 @@ import {
   oneAtATime,
   readDownTo,
   readGap,
+  STALLED_GIVE_UP_MS,
   type TimelinePage,
   withEarlier,
   withPosts,
@@ -37,20 +38,38 @@ interface Post {
 
 /** A room whose posts are 1..head but the `holes` (a seq with no post), paged as the
  * rooms service does: newest first from `before` − 1, handed back oldest first (as
- * ParleyClient.timeline does), `nextBefore` where the next older page starts. */
-function room(head: number, holes: number[] = [], markers: Record<number, string> = {}) {
+ * ParleyClient.timeline does), `nextBefore` where the next older page starts. Numbers
+ * `inflight` (taken, not written yet) as services/rooms/timeline.py `timeline_page`
+ * treats them: a page from the newest leaves out those above its first message; any
+ * page ends before one below a message it lists, or (asked `before`) before one it
+ * meets first, empty then with `nextBefore === before`. */
+function room(head: number, holes: number[] = [], markers: Record<number, string> = {}, inflight: Set<number> = new Set()) {
   const calls: (number | null)[] = [];
   const read = async (before: number | null, limit = JUMP_PAGE): Promise<TimelinePage<Post>> => {
     calls.push(before);
+    const fromHead = before === null || before > head;
     let cursor = before === null ? head : Math.min(before - 1, head);
     const found: Post[] = [];
     while (cursor >= 1 && found.length < limit) {
-      if (!holes.includes(cursor)) found.push({ seq: cursor, text: `post ${cursor}`, marker: markers[cursor] ?? null });
+      if (inflight.has(cursor)) {
+        if (found.length || !fromHead) break; // the page ends before it
+      } else if (!holes.includes(cursor)) found.push({ seq: cursor, text: `post ${cursor}`, marker: markers[cursor] ?? null });
       cursor -= 1;
     }
     return { messages: found.reverse(), nextBefore: cursor >= 1 ? cursor + 1 : null };
   };
   return { read, calls };
+}
+
+/** A wait that takes no time: each one recorded; `then(n)` runs after the n-th (a
+ * number in flight written, say). */
+function waits(then: (n: number) => void = () => undefined) {
+  const done: number[] = [];
+  const wait = async (ms: number): Promise<void> => {
+    done.push(ms);
+    then(done.length);
+  };
+  return { wait, done };
 }
 
 /** What the room's view holds after opening: the newest page of 50. */
@@ -62,7 +81,11 @@ async function opened(r: ReturnType<typeof room>) {
 
 /** findPost with the view's merge: the posts the view holds afterwards, and where
  * "Load earlier messages" goes on. */
-async function find(r: ReturnType<typeof room>, seq: number, extra: { maxPages?: number; maxMessages?: number; stop?: () => boolean } = {}) {
+async function find(
+  r: ReturnType<typeof room>,
+  seq: number,
+  extra: { maxPages?: number; maxMessages?: number; stop?: () => boolean; wait?: (ms: number) => Promise<void> } = {},
+) {
   const first = await opened(r);
   const view = new Map(first.messages.map((m) => [m.seq, m]));
   let nextBefore = first.nextBefore;
@@ -205,8 +228,9 @@ describe('findPost: a public post not loaded is looked for in earlier pages', ()
     expect(findNote(result)).toBe('');
   });
 
-  it('a page that does not go further back ends the search (no endless loop)', async () => {
+  it('a page that never goes further back is asked again, then given up on after ~15 s (no endless loop, not "missing")', async () => {
     let calls = 0;
+    const w = waits();
     const result = await findPost<Post>({
       seq: 5,
       loaded: [{ seq: 100, text: 'x' }],
@@ -216,9 +240,36 @@ describe('findPost: a public post not loaded is looked for in earlier pages', ()
         return { messages: [], nextBefore: 100 };
       },
       onPage: () => undefined,
+      wait: w.wait,
     });
-    expect(result.outcome).toBe('missing');
-    expect(calls).toBe(1);
+    expect(result).toEqual({ outcome: 'pending', pages: 0, read: 0 });
+    expect(w.done).toEqual([250, 500, 1000, 2000, 2000, 2000, 2000, 2000, 2000, 2000]);
+    expect(STALLED_GIVE_UP_MS).toBe(15_000);
+    expect(calls).toBe(w.done.length + 1);
+    expect(findNote(result)).toBe('That message cannot be reached yet: a later message is still being sent. Open it again in a moment.');
+  });
+
+  it('an older post below a number still being written: the page held back is asked again until it goes on, and the post is found', async () => {
+    // Review finding: the page before 901 came back empty with nextBefore 901 (post 900
+    // in flight) and the search said "That message is not in the room's timeline any more."
+    const inflight = new Set([900]);
+    const r = room(1000, [], {}, inflight);
+    const w = waits((n) => n === 2 && inflight.clear()); // written during the second wait
+    const { result, view, nextBefore } = await find(r, 5, { wait: w.wait });
+    expect(result.outcome).toBe('found');
+    expect(w.done).toEqual([250, 500]);
+    expect(r.calls).toEqual([951, 901, 901, 901, 701, 501, 301, 101]);
+    expect(view.size).toBe(1000); // no gap
+    expect(nextBefore).toBeNull();
+  });
+
+  it('called off while a page is held back: stopped, nothing more read', async () => {
+    const r = room(1000, [], {}, new Set([900]));
+    let off = false;
+    const w = waits(() => (off = true));
+    const { result } = await find(r, 5, { wait: w.wait, stop: () => off });
+    expect(result.outcome).toBe('stopped');
+    expect(r.calls).toEqual([951, 901, 901]);
   });
 
   it('a failed read rejects (the view shows the error)', async () => {
@@ -311,6 +362,59 @@ describe("a public room's gap filled after a reconnect or a resync (readGap, one
     const got: number[] = [];
     expect(await readGap<Post>({ loaded: [], read: (before) => r.read(before), onPage: (page) => got.push(...page.messages.map((m) => m.seq)) })).toBeNull();
     expect(got).toEqual(range(1, 30));
+  });
+
+  it('a post still being written in the gap holds the fill back until it is written: every post below it is read', async () => {
+    // Review finding (/tmp/review-b/gap.ts): the page before 26 came back empty with
+    // nextBefore 26 (post 25 in flight), the fill took it for the end, and 11-24 never showed.
+    const inflight = new Set([25]);
+    const r = room(40, [], {}, inflight);
+    const w = waits((n) => n === 3 && inflight.clear()); // written during the third wait
+    const loaded = range(1, 10).map((seq) => ({ seq, text: `post ${seq}` })); // shown before going offline
+    const got = new Set<number>();
+    const cut = await readGap<Post>({ loaded, read: (before) => r.read(before, 10), onPage: (page) => page.messages.forEach((m) => got.add(m.seq)), wait: w.wait });
+    expect(cut).toBeNull();
+    expect(range(11, 40).filter((seq) => !got.has(seq))).toEqual([]);
+    expect(r.calls).toEqual([null, 31, 26, 26, 26, 26, 16]);
+    expect(w.done).toEqual([250, 500, 1000]);
+  });
+
+  it('a page sequence from the server: empty pages that do not go on are asked again, an empty one that does goes on at once', async () => {
+    const script: [number | null, TimelinePage<Post>][] = [
+      [null, { messages: range(31, 40).map((seq) => ({ seq, text: '' })), nextBefore: 31 }],
+      [31, { messages: [], nextBefore: 28 }], // holes 28-30: further back, no wait
+      [28, { messages: [], nextBefore: 28 }], // 27 in flight
+      [28, { messages: [], nextBefore: 28 }],
+      [28, { messages: range(18, 27).map((seq) => ({ seq, text: '' })), nextBefore: 18 }],
+      [18, { messages: range(8, 17).map((seq) => ({ seq, text: '' })), nextBefore: 8 }],
+    ];
+    const asked: (number | null)[] = [];
+    const got = new Set<number>();
+    const w = waits();
+    const down = await readDownTo<Post>({
+      top: 10,
+      read: async (before) => {
+        asked.push(before);
+        const [expected, page] = script[asked.length - 1] as [number | null, TimelinePage<Post>];
+        expect(before).toBe(expected);
+        return page;
+      },
+      onPage: (page) => page.messages.forEach((m) => got.add(m.seq)),
+      wait: w.wait,
+    });
+    expect(down).toEqual({ outcome: 'reached', found: false, pages: 4, read: 30 });
+    expect(asked.length).toBe(script.length);
+    expect(w.done).toEqual([250, 500]);
+    expect([...got].sort((a, b) => a - b)).toEqual([...range(8, 27), ...range(31, 40)]); // 28-30: holes
+  });
+
+  it('a number that stays in flight past ~15 s: the fill stops there, and "Load earlier messages" goes on from it (no gap)', async () => {
+    const r = room(40, [], {}, new Set([25]));
+    const w = waits();
+    const loaded = range(1, 10).map((seq) => ({ seq, text: `post ${seq}` }));
+    const cut = await readGap<Post>({ loaded, read: (before) => r.read(before, 10), onPage: () => undefined, wait: w.wait });
+    expect(cut).toEqual({ from: 26, nextBefore: 26 });
+    expect(w.done.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(STALLED_GIVE_UP_MS);
   });
 
   it('a room with posts shown reads down to them, as before', async () => {

@@ -214,4 +214,43 @@ describe('PeerState', () => {
     expect(restored.answered[0]).toBe('old1');
     expect(restored.answered.at(-1)).not.toMatch(/^old/);
   });
+
+  it("a state from before #answered was kept takes its sessions' handshakes: a later initial message of one evicted since is a replay, not \"could not decrypt\"", async () => {
+    // Review finding: such a state loaded with none answered, so once a session answered
+    // before the upgrade was evicted (MAX_SESSIONS), a later initial-type message of its
+    // handshake failed as PrekeyReused where it used to be dropped silently.
+    const mine = (await AccountKey.generate()).public;
+    const aliceKey = await AccountKey.generate();
+    const [aliceDevice, bobDevice] = [await Device.generate(), await Device.generate()];
+    const ALICE = 'c'.repeat(32);
+    const alice = new PeerState(ALICE);
+    await alice.trust(b64encode(aliceKey.public), await listing(aliceKey, 1, [[1, aliceDevice]], ALICE), mine, ME);
+    const bobs = async () => bobDevice;
+    const [aliceSession, first] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8('alice'));
+    const later = await aliceSession.encrypt(utf8('alice again')); // still an initial message
+    await alice.decrypt(bobs, 1, first);
+    // A session we started ourselves has no handshake of alice's to remember.
+    const [ours] = await Session.initiate(bobDevice, await bundleOf(aliceDevice, true, ALICE), utf8('ours'));
+    await alice.start(1, ours);
+    const digest = alice.answered[0];
+    const stored = JSON.parse(JSON.stringify(alice.toJson()));
+    delete stored.answered; // as written before
+    delete stored.sessions_checked;
+    const upgraded = PeerState.fromJson(stored);
+    expect(upgraded.answered).toEqual([digest]);
+    expect(PeerState.fromJson(upgraded.toJson()).answered).toEqual([digest]); // once: written back with the flag
+    upgraded.sessions.delete(1); // evicted since
+    await expect(upgraded.decrypt(bobs, 1, later)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+    // Oldest first, after any kept already, the last ANSWERED_KEPT.
+    const more: string[] = [];
+    for (const i of [0, 1]) {
+      const [, next] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8(`next ${i}`));
+      await alice.decrypt(bobs, 1, next);
+      more.push(alice.answered.at(-1) as string);
+    }
+    const again = JSON.parse(JSON.stringify(alice.toJson()));
+    delete again.sessions_checked;
+    again.answered = Array.from({ length: ANSWERED_KEPT - 1 }, (_, i) => `old${i}`);
+    expect(PeerState.fromJson(again).answered).toEqual([...again.answered.slice(2), digest, ...more]);
+  });
 });

@@ -131,8 +131,35 @@ export class PeerState {
     // Written before sessions were checked against their list entries: one kept after
     // the list gave its device id new keys goes now (once: the state is written back
     // with the flag).
-    if (!obj.sessions_checked) p.dropUnlistedSessions([...p.sessions.keys()]);
+    if (!obj.sessions_checked) {
+      p.dropUnlistedSessions([...p.sessions.keys()]);
+      // #answered was not kept then: the handshakes of the sessions kept are known from
+      // their initial digests, so a later initial-type message of one (sent before our
+      // answer reached its initiator) stays a replay once that session is evicted, as it
+      // was before, not a "could not decrypt" line.
+      p.answerKeptSessions();
+    }
     return p;
+  }
+
+  /** Add the initial digest of every kept session that has one (those the contact
+   * started) to #answered, each once, oldest first, the last ANSWERED_KEPT. */
+  private answerKeptSessions(): void {
+    for (const sessions of this.sessions.values()) {
+      for (const raw of [...sessions].reverse()) {
+        // newest first: the oldest is answered first
+        let digest: Uint8Array | null;
+        try {
+          digest = Session.initialDigestOf(b64decode(raw));
+        } catch (error) {
+          if (error instanceof CryptoError) continue; // unreadable: it started nothing this device can tell
+          throw error;
+        }
+        const entry = digest === null ? null : b64encode(digest);
+        if (entry !== null && !this.answered.includes(entry)) this.answered.push(entry);
+      }
+    }
+    this.answered.splice(0, Math.max(0, this.answered.length - ANSWERED_KEPT));
   }
 
   async safetyNumber(localAccountKey: Uint8Array, localUserId: string): Promise<string | null> {

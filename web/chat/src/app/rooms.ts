@@ -262,22 +262,66 @@ export interface TimelinePage<T> {
 
 /** Where post `seq` was looked for: `found`; or not, because the loaded part of the
  * timeline covers its place and it is not there (`missing`: no such post), because
- * the limits were reached first (`limit`), or because the search was called off
- * (`stopped`: another room, another jump). `read`: the messages read on the way. */
+ * the limits were reached first (`limit`), because a page on the way stayed held back
+ * by a number still being written ({@link readPast} gave up: `pending`), or because the
+ * search was called off (`stopped`: another room, another jump). `read`: the messages
+ * read on the way. */
 export interface FindResult {
-  outcome: 'found' | 'missing' | 'limit' | 'stopped';
+  outcome: 'found' | 'missing' | 'limit' | 'pending' | 'stopped';
   pages: number;
   read: number;
 }
 
+/** A page asked for `before` a number that is taken but not written yet (a post in
+ * flight; a dead writer's number, until a reader marks it a hole: about two graces,
+ * ~10 s) ends before that number, and may come back empty with `nextBefore === before`
+ * (docs/rooms.md "Numbers in flight"). That is "not yet", never the timeline's end:
+ * {@link readPast} asks again after STALLED_FIRST_MS, the wait doubling up to
+ * STALLED_MAX_MS, and gives up once STALLED_GIVE_UP_MS have been waited. */
+export const STALLED_FIRST_MS = 250;
+export const STALLED_MAX_MS = 2_000;
+export const STALLED_GIVE_UP_MS = 15_000;
+
+/** Whether a page read `before` does not go further back (held back by a number in
+ * flight: ask again later). */
+export function stalled(before: number | null, page: TimelinePage<unknown>): boolean {
+  return before !== null && page.nextBefore !== null && page.nextBefore >= before;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The page `before`, asked again while it does not go further back ({@link stalled});
+ * `pending` once {@link STALLED_GIVE_UP_MS} have been waited, `stopped` if `stop()` says
+ * so before a wait. A page it returns is read from its `nextBefore` on (null: the start
+ * was reached), even when it is empty (numbers that were holes). `wait`: the tests'. */
+export async function readPast<T>(
+  read: (before: number | null) => Promise<TimelinePage<T>>,
+  before: number | null,
+  opts: { stop?: (() => boolean) | undefined; wait?: ((ms: number) => Promise<void>) | undefined } = {},
+): Promise<TimelinePage<T> | 'pending' | 'stopped'> {
+  const wait = opts.wait ?? sleep;
+  let waited = 0;
+  let next = STALLED_FIRST_MS;
+  for (;;) {
+    const page = await read(before);
+    if (!stalled(before, page)) return page;
+    if (waited >= STALLED_GIVE_UP_MS) return 'pending';
+    if (opts.stop?.()) return 'stopped';
+    await wait(next);
+    waited += next;
+    next = Math.min(2 * next, STALLED_MAX_MS);
+  }
+}
+
 /**
  * Read a public room's timeline from its newest page down until a page meets the
- * loaded part (a post at or below `top + 1`, or the start), each page handed to
- * `onPage` (not `older`: it does not continue the loaded part downwards); at most
- * `maxPages` / `maxMessages` (`limit`). After a reconnect or a `resync` the posts
- * written meanwhile came as no live frame (`room_post` is live only: docs/protocol.md):
- * this fills that gap. `want`: a post to tell whether it was read (`found`), stopping
- * there.
+ * loaded part (a post at or below `top + 1`, a `nextBefore` at or below it, or the
+ * start), each page handed to `onPage` (not `older`: it does not continue the loaded
+ * part downwards); at most `maxPages` / `maxMessages` (`limit`). After a reconnect or a
+ * `resync` the posts written meanwhile came as no live frame (`room_post` is live only:
+ * docs/protocol.md): this fills that gap. `want`: a post to tell whether it was read
+ * (`found`), stopping there. A page held back by a number in flight is asked again
+ * ({@link readPast}; `pending` if it stays so): an empty page is not the end.
  */
 export async function readDownTo<T extends { seq: number }>(opts: {
   top: number;
@@ -287,7 +331,8 @@ export async function readDownTo<T extends { seq: number }>(opts: {
   maxPages?: number;
   maxMessages?: number;
   want?: number;
-}): Promise<{ outcome: 'reached' | 'limit' | 'stopped'; found: boolean; pages: number; read: number }> {
+  wait?: (ms: number) => Promise<void>;
+}): Promise<{ outcome: 'reached' | 'limit' | 'pending' | 'stopped'; found: boolean; pages: number; read: number }> {
   const maxPages = opts.maxPages ?? JUMP_MAX_PAGES;
   const maxMessages = opts.maxMessages ?? JUMP_MAX_MESSAGES;
   const stop = opts.stop ?? (() => false);
@@ -296,20 +341,20 @@ export async function readDownTo<T extends { seq: number }>(opts: {
   let count = 0;
   for (;;) {
     if (pages >= maxPages || count >= maxMessages) return { outcome: 'limit', found: false, pages, read: count };
-    const page = await opts.read(before);
+    const page: TimelinePage<T> | 'pending' | 'stopped' = await readPast(opts.read, before, { stop, wait: opts.wait });
+    if (page === 'pending' || page === 'stopped') return { outcome: page, found: false, pages, read: count };
     pages += 1;
     count += page.messages.length;
     if (stop()) return { outcome: 'stopped', found: false, pages, read: count };
     opts.onPage(page, false);
     const found = opts.want !== undefined && page.messages.some((m) => m.seq === opts.want);
     const oldest = Math.min(Infinity, ...page.messages.map((m) => m.seq));
-    const met = page.messages.length === 0 || oldest <= opts.top + 1 || page.nextBefore === null;
+    // Every number from nextBefore up was read: the gap is filled once it is at or below top + 1.
+    const met = oldest <= opts.top + 1 || page.nextBefore === null || page.nextBefore <= opts.top + 1;
     // A post wanted below this page's oldest is not in the gap: no need to go on for it.
     const passed = opts.want !== undefined && opts.want > oldest;
-    if (found || met || passed || (before !== null && page.nextBefore !== null && page.nextBefore >= before)) {
-      return { outcome: 'reached', found, pages, read: count };
-    }
-    before = page.nextBefore;
+    if (found || met || passed) return { outcome: 'reached', found, pages, read: count };
+    before = page.nextBefore; // further back (readPast): an empty page goes on too
   }
 }
 
@@ -332,8 +377,9 @@ export async function findPost<T extends { seq: number }>(opts: {
   stop?: () => boolean;
   maxPages?: number;
   maxMessages?: number;
+  wait?: (ms: number) => Promise<void>;
 }): Promise<FindResult> {
-  const { seq, read, onPage } = opts;
+  const { seq, read, onPage, wait } = opts;
   const maxPages = opts.maxPages ?? JUMP_MAX_PAGES;
   const maxMessages = opts.maxMessages ?? JUMP_MAX_MESSAGES;
   const stop = opts.stop ?? (() => false);
@@ -344,7 +390,7 @@ export async function findPost<T extends { seq: number }>(opts: {
     // Newer than the loaded part (a reconnect or a resync left a gap above it): the
     // pages from the newest down, until the one that holds it or meets the loaded part
     // (reading only the newest page said "missing" for a post in the gap).
-    const down = await readDownTo({ top: newest, read, onPage, stop, maxPages, maxMessages, want: seq });
+    const down = await readDownTo({ top: newest, read, onPage, stop, maxPages, maxMessages, want: seq, ...(wait ? { wait } : {}) });
     if (down.outcome !== 'reached') return result(down.outcome, down.pages, down.read);
     return result(down.found ? 'found' : 'missing', down.pages, down.read);
   }
@@ -355,14 +401,16 @@ export async function findPost<T extends { seq: number }>(opts: {
     // The loaded part goes down to `before`: a post at or above it would be there.
     if (before === null || seq >= before) return result('missing', pages, count);
     if (pages >= maxPages || count >= maxMessages) return result('limit', pages, count);
-    const page = await read(before);
+    // A page held back by a number in flight above the post is asked again: it was
+    // "missing" while the loaded part did not cover its place.
+    const page: TimelinePage<T> | 'pending' | 'stopped' = await readPast(read, before, { stop, wait });
+    if (page === 'pending' || page === 'stopped') return result(page, pages, count);
     pages += 1;
     count += page.messages.length;
     if (stop()) return result('stopped', pages, count);
     onPage(page, true);
     if (page.messages.some((m) => m.seq === seq)) return result('found', pages, count);
-    // A page that does not go further back (not the server's way) ends the search.
-    before = page.nextBefore !== null && page.nextBefore >= before ? null : page.nextBefore;
+    before = page.nextBefore; // further back (readPast), or null: the start
   }
 }
 
@@ -373,6 +421,7 @@ export function findNote(result: FindResult): string {
   if (result.outcome === 'limit') {
     return `That message was not found in the ${result.read} earlier messages read: "Load earlier messages" goes further back.`;
   }
+  if (result.outcome === 'pending') return 'That message cannot be reached yet: a later message is still being sent. Open it again in a moment.';
   return '';
 }
 
@@ -383,15 +432,17 @@ export function findNote(result: FindResult): string {
  * nothing loaded (a room that had no post, or whose first read failed) reads its newest
  * page alone, as opening the room does. Null: the pages met what is loaded (or the
  * start), nothing more to do; otherwise the limits came first (a long absence in a busy
- * room: or the newest page of an empty timeline, with more before it): what was loaded
- * below `from` is to go, and "Load earlier messages" goes on from `nextBefore`, so that
- * no gap is left between the two.
+ * room: or the newest page of an empty timeline, with more before it), or a page stayed
+ * held back by a number in flight ({@link readPast} gave up): what was loaded below
+ * `from` is to go, and "Load earlier messages" goes on from `nextBefore`, so that no gap
+ * is left between the two.
  */
 export async function readGap<T extends { seq: number }>(opts: {
   loaded: readonly T[];
   read: (before: number | null) => Promise<TimelinePage<T>>;
   onPage: (page: TimelinePage<T>) => void;
   stop?: () => boolean;
+  wait?: (ms: number) => Promise<void>;
 }): Promise<{ from: number; nextBefore: number | null } | null> {
   const top = opts.loaded.reduce((most, m) => Math.max(most, m.seq), 0);
   const pages: TimelinePage<T>[] = [];
@@ -403,9 +454,10 @@ export async function readGap<T extends { seq: number }>(opts: {
       opts.onPage(page);
     },
     ...(opts.stop ? { stop: opts.stop } : {}),
+    ...(opts.wait ? { wait: opts.wait } : {}),
     ...(opts.loaded.length === 0 ? { maxPages: 1 } : {}),
   });
-  if (down.outcome !== 'limit') return null;
+  if (down.outcome === 'reached' || down.outcome === 'stopped') return null;
   const from = pages.reduce((least, p) => p.messages.reduce((l, m) => Math.min(l, m.seq), least), Infinity);
   return { from, nextBefore: pages[pages.length - 1]?.nextBefore ?? null };
 }

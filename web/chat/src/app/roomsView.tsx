@@ -24,6 +24,7 @@ import {
   keyChangeChoices,
   oneAtATime,
   readGap,
+  readPast,
   withEarlier,
   withPosts,
 } from './rooms.ts';
@@ -1377,8 +1378,13 @@ export function RoomView(props: {
           aria-busy={finding}
           onClick={() => {
             const [before, of] = [nextBefore, feedFor.current];
-            reading(client.timeline(id, before)).then(
-              (page) => feedFor.current === of && setFeed((f) => withEarlier(f, before, page)),
+            // A page held back by a message still being sent is asked again (rooms.ts readPast).
+            reading(readPast((b) => client.timeline(id, b), before, { stop: () => feedFor.current !== of })).then(
+              (page) => {
+                if (feedFor.current !== of || page === 'stopped') return;
+                if (page === 'pending') setError('Earlier messages cannot be read yet: a message is still being sent. Try again in a moment.');
+                else setFeed((f) => withEarlier(f, before, page));
+              },
               (e: unknown) => setError(message(e)),
             );
           }}

@@ -335,6 +335,21 @@ export class Session {
     }
   }
 
+  /** The {@link initialDigest} of a serialised session, read without restoring its
+   * ratchet (MalformedState if it does not parse). */
+  static initialDigestOf(data: Uint8Array | string): Uint8Array | null {
+    const obj = loadState(data) as { initial_digest?: unknown } | null;
+    try {
+      if (typeof obj !== 'object' || obj === null || !('initial_digest' in obj)) throw new MalformedState('session state: initial_digest missing');
+      const digest = obj.initial_digest;
+      return digest === null ? null : b64decode(digest, { field: 'initial_digest', length: 32 });
+    } catch (error) {
+      if (error instanceof MalformedState) throw error;
+      if (error instanceof CryptoError) throw new MalformedState(`session state does not parse (${String(error)})`);
+      throw error;
+    }
+  }
+
   /** The 60-digit safety number of this session's two device identities. */
   safetyNumber(localUserId: string, peerUserId: string): Promise<string> {
     return safetyNumber(this.localIdentity.signingKey, localUserId, this.peerIdentity.signingKey, peerUserId);
