@@ -539,7 +539,7 @@ class Connection:
                 )
         except ApiError as err:
             self.error(err, getattr(frame, "id", None))
-            await self.close(f.CLOSE_AUTH_FAILED, err.code.value)
+            await self.close(_auth_close(err), err.code.value)
             return False
         self.user_id, self.sid = claims.sub, claims.sid
         self._token_head, self._token_body = packed.pack(frame.token)
@@ -553,8 +553,7 @@ class Connection:
         except ApiError as err:
             self.user_id = None  # not registered: nothing to unregister
             self.error(err, frame.id)
-            too_many = err.code is ErrorCode.TOO_MANY_CONNECTIONS
-            await self.close(f.CLOSE_TOO_MANY if too_many else f.CLOSE_AUTH_FAILED, err.code.value)
+            await self.close(_auth_close(err), err.code.value)
             return False
         if self.hub.draining:
             # SIGTERM came while this socket authenticated: the drain's list of sockets
@@ -801,3 +800,15 @@ class Connection:
         transport = self.transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
         return self.queued_bytes + buffered
+
+
+def _auth_close(err: ApiError) -> int:
+    """The close code of an ``auth`` refused: 4001 (clients refresh their token and come
+    back at once) only for the token itself; ``service_unavailable`` (the JWKS cannot be
+    read, a user's revocations keep coming) is 1013, try again later with a back-off,
+    and too many sockets 4010."""
+    if err.code is ErrorCode.TOO_MANY_CONNECTIONS:
+        return f.CLOSE_TOO_MANY
+    if err.code is ErrorCode.UNAVAILABLE:
+        return f.CLOSE_TRY_AGAIN
+    return f.CLOSE_AUTH_FAILED

@@ -146,6 +146,15 @@ async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
     now = await store.get_room(room_id)
     if now is not None and now["state"] != "open":
         await _undo(rooms, room, doc, user_id, removed=False, withdraw=False)
+        # The last member's leave that closed it may have seen this join and opened it
+        # again before this undo: read after it, a room left open with nobody in it
+        # closes (as the end of a leave does).
+        again = await store.get_room(room_id)
+        if (
+            again is not None and again["state"] == "open"
+            and not await store.has_other_members(room_id, user_id)
+        ):  # fmt: skip
+            await set_state(rooms, again, "closed", user_id)
         require_open(now)
     # A member holds no invitation, however they joined: one left behind would bring
     # them back to a private room after a removal. Withdrawn after the membership is

@@ -71,19 +71,25 @@ def _address(plain: str, at: int, token: str) -> bool:
     ``.`` (a domain; ``*@john.doe*`` is a dotted username, emphasised)."""
     if "." not in token.rstrip("._-"):
         return False
+    # Back to the run's start, stopping at its first letter or digit (a walk over the
+    # whole run for each candidate was quadratic: hundreds of "*@b.c" in one word).
     begin = at
     while begin > 0 and not plain[begin - 1].isspace():
         begin -= 1
-    return any(c.isalnum() for c in plain[begin:at])
+        if plain[begin].isalnum():
+            return True
+    return False
 
 
 def _normalise(text: str) -> tuple[str, list[str]]:
     """``text`` in NFKC, a character at a time, with the character as written that each
     one of the result comes from (full-width forms are judged as the reader sees them)."""
+    if text.isascii():  # NFKC leaves ASCII as it is
+        return text, list(text)
     out: list[str] = []
     origin: list[str] = []
     for c in text:
-        n = unicodedata.normalize("NFKC", c)
+        n = c if c.isascii() else unicodedata.normalize("NFKC", c)
         out.append(n)
         origin += [c] * len(n)
     return "".join(out), origin

@@ -450,3 +450,25 @@ async def test_other_users_revocations_do_not_make_a_check_repeat(
         await hub.verify(token)
     assert refused.value.code is ErrorCode.UNAVAILABLE
     assert checks[0] == hub_module.VERIFY_TRIES
+
+
+async def test_an_auth_refused_for_now_closes_with_try_again_not_auth_failed(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: an `auth` answered `service_unavailable` (the user's revocations
+    keep coming, or the JWKS cannot be read) closed with 4001, on which the web client
+    refreshes its token and reconnects at once, again and again: 1013 now."""
+    hub = messaging.hub(0)
+    user = uid()
+    check = hub_module.check_not_revoked
+
+    async def revoked_each_time(redis: Any, prefix: str, claims: Claims) -> None:
+        await check(redis, prefix, claims)
+        hub._note_revoked(user)
+
+    monkeypatch.setattr(hub_module, "check_not_revoked", revoked_each_time)
+    client = await WsClient.connect(messaging.ws_url(0))
+    messaging.clients.append(client)
+    await client.send({"op": "auth", "id": "a", "token": messaging.issuer.token(user, did=1)})
+    assert (await client.expect("error", id="a"))["code"] == "service_unavailable"
+    assert await client.wait_closed() == f.CLOSE_TRY_AGAIN

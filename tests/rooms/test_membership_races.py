@@ -470,3 +470,51 @@ async def test_a_join_during_the_last_members_leave_finds_the_room_open(
     assert (await api.leave(bob, room))[0] == 204
     status, got = await api.get(carol, room)
     assert (status, got["state"]) == (200, "open")
+
+
+async def test_a_join_undone_after_the_leave_reopened_the_room_leaves_it_closed(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding (2026-12-07): the last member's leave closed the room, saw a join
+    and opened it again; the joiner, which had read "closed", undid its join after the
+    leave had ended: an open room with nobody in it (anyone could join a room nobody
+    can manage). The undo reads the room after it, and closes it if nobody is left."""
+    owner, bob, carol = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    assert (await api.join(bob, room))[0] == 200
+    assert (await admin_call(api, "DELETE", f"{room}/members/{owner}"))[0] == 204
+    store = api.rooms.store
+    inserting, closed, carol_read, bob_done = (asyncio.Event() for _ in range(4))
+    others, insert, undo = store.has_other_members, store.insert_member, members._undo
+    looks = [0]
+
+    async def has_other(room_id: str, user_id: str) -> bool:
+        if user_id == bob:
+            looks[0] += 1
+            if looks[0] == 2:  # bob's leave has closed the room
+                closed.set()
+                await carol_read.wait()
+        return await others(room_id, user_id)
+
+    async def insert_member(doc: Any) -> bool:
+        if doc["user"] == carol:
+            inserting.set()
+            await closed.wait()  # carol's membership lands just after the close
+        return await insert(doc)
+
+    async def carol_undo(rooms: Any, room_doc: Any, member: Any, *a: Any, **kw: Any) -> None:
+        carol_read.set()  # carol read "closed": her join is undone...
+        await bob_done.wait()  # ...once bob's leave has ended
+        await undo(rooms, room_doc, member, *a, **kw)
+
+    monkeypatch.setattr(store, "has_other_members", has_other)
+    monkeypatch.setattr(store, "insert_member", insert_member)
+    monkeypatch.setattr(members, "_undo", carol_undo)
+    join = asyncio.create_task(api.join(carol, room))
+    await inserting.wait()
+    assert (await api.leave(bob, room))[0] == 204
+    bob_done.set()
+    status, body = await join
+    assert (status, body["error"]["code"]) == (409, "room_closed")
+    assert (await room_of(api, room))["state"] == "closed"
+    assert not await others(room, "nobody")
