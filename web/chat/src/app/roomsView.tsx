@@ -1057,6 +1057,7 @@ export function RoomView(props: {
   const shown = useRef<number | null>(null); // the highlight request already shown
   const [jumpTo, setJumpTo] = useState<number | null>(null); // a public post to scroll to once it is shown
   const [finding, setFinding] = useState(false); // earlier pages are read to find a mentioned post
+  const [earlier, setEarlier] = useState(false); // "Load earlier messages" is reading (a held-back page waits up to ~15 s)
   const search = useRef(0); // the current search: another room or another mention calls it off
   const [showWant, setShowWant] = useState<{ serverId: string; n: number } | null>(null); // a private message to show
   const [litId, setLitId] = useState<string | null>(null); // the private message highlighted (server_id)
@@ -1090,6 +1091,7 @@ export function RoomView(props: {
     setLit(null);
     setJumpTo(null);
     setFinding(false);
+    setEarlier(false);
     search.current += 1;
     setShowWant(null);
     setLitId(null);
@@ -1374,10 +1376,11 @@ export function RoomView(props: {
           type="button"
           id="older"
           class="secondary"
-          disabled={finding}
-          aria-busy={finding}
+          disabled={finding || earlier}
+          aria-busy={finding || earlier}
           onClick={() => {
             const [before, of] = [nextBefore, feedFor.current];
+            setEarlier(true);
             // A page held back by a message still being sent is asked again (rooms.ts readPast).
             reading(readPast((b) => client.timeline(id, b), before, { stop: () => feedFor.current !== of })).then(
               (page) => {
@@ -1386,7 +1389,7 @@ export function RoomView(props: {
                 else setFeed((f) => withEarlier(f, before, page));
               },
               (e: unknown) => setError(message(e)),
-            );
+            ).finally(() => feedFor.current === of && setEarlier(false));
           }}
         >
           Load earlier messages
