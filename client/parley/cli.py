@@ -110,7 +110,7 @@ def signup(
 ) -> None:
     """Create an account, generate this device's keys and publish them."""
     opts = _options(ctx)
-    username = (username or typer.prompt("Username")).strip().lower()
+    username = _username(username or typer.prompt("Username"))
     directory = paths.account_dir(opts.home, opts.server, username)
     if (directory / paths.STORE_FILE).exists():
         err.print(
@@ -146,6 +146,28 @@ def signup(
     _run(run())
 
 
+def _username(raw: str) -> str:
+    """A username as given, checked before it names a directory: a clear error, not a
+    path outside the account (``..`` was the data home, deleted after a failed login)."""
+    try:
+        return paths.check_username(raw)
+    except paths.BadUsername as exc:
+        err.print(f"[red]Error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+def _remove_store(directory: Path, *, whole: bool) -> None:
+    """Remove a store a failed sign-up, login or link created: its directory if this
+    made it, else only the store's files (what else the directory holds stays)."""
+    if whole:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        (directory / f"{paths.STORE_FILE}{suffix}").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # if nothing else is in it
+
+
 async def _fresh_account(
     opts: Options,
     username: str,
@@ -158,6 +180,7 @@ async def _fresh_account(
     no linked account afterwards (the sign-up, login or link failed) is removed again."""
     directory = paths.account_dir(opts.home, opts.server, username)
     created = not (directory / paths.STORE_FILE).exists()
+    made = not directory.exists()  # only a directory this made is removed whole
     failed = False
     async with _client(opts, username, create=True) as client:
         try:
@@ -173,7 +196,7 @@ async def _fresh_account(
         finally:
             if failed:
                 await client.close()
-                shutil.rmtree(directory, ignore_errors=True)
+                _remove_store(directory, whole=made)
     paths.set_current_user(opts.home, opts.server, username)
 
 
@@ -196,7 +219,7 @@ def login(
 ) -> None:
     """Log in (with two-factor prompts); on a new device, generate and publish keys."""
     opts = _options(ctx)
-    username = (username or typer.prompt("Username")).strip().lower()
+    username = _username(username or typer.prompt("Username"))
     password = password or typer.prompt("Password", hide_input=True)
 
     async def run() -> None:
@@ -848,7 +871,7 @@ def devices_link(
 ) -> None:
     """On a new device: log in and show a link code to approve on an existing device."""
     opts = _options(ctx)
-    username = (username or typer.prompt("Username")).strip().lower()
+    username = _username(username or typer.prompt("Username"))
     password = password or typer.prompt("Password", hide_input=True)
 
     async def run() -> None:

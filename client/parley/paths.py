@@ -12,6 +12,7 @@ servers never mix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -19,9 +20,34 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-__all__ = ["account_dir", "current_user", "data_home", "server_dir", "set_current_user"]
+from parley.errors import ParleyError
+
+__all__ = [
+    "BadUsername", "account_dir", "check_username", "current_user", "data_home",
+    "private_dir", "server_dir", "set_current_user",
+]  # fmt: skip
 
 STORE_FILE = "store.db"
+# A name that is one directory: what usernames (and e-mail addresses or user ids, as
+# some callers pass) are made of; never "." or "..", never a separator.
+_NAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,127}")
+
+
+class BadUsername(ParleyError, ValueError):
+    """A username that cannot name an account's directory."""
+
+
+def check_username(username: str) -> str:
+    """``username`` as its directory is named (lower case), or :class:`BadUsername`.
+    A name such as ``..`` made the account's directory the data home itself (and a
+    failed login then deleted it, every account's keys with it)."""
+    name = username.strip().lower()
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise BadUsername(
+            f"{username!r} is not a username (letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit)."
+        )
+    return name
 
 
 def data_home(explicit: Path | str | None = None) -> Path:
@@ -41,7 +67,19 @@ def server_dir(home: Path, server: str) -> Path:
 
 
 def account_dir(home: Path, server: str, username: str) -> Path:
-    return server_dir(home, server) / username.lower()
+    return server_dir(home, server) / check_username(username)
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` and every missing directory above it readable by the owner only
+    (``mkdir(parents=True, mode=0o700)`` gives the parents the umask's mode: the data
+    home and the server's directory were 0755, naming the servers and accounts)."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
 
 
 def current_user(home: Path, server: str) -> str | None:
@@ -55,11 +93,18 @@ def current_user(home: Path, server: str) -> str | None:
 
 def set_current_user(home: Path, server: str, username: str | None) -> None:
     directory = server_dir(home, server)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
+    for made_before in (directory, directory.parent):  # by a version that left them 0755
+        with contextlib.suppress(OSError):
+            if made_before.stat().st_uid == os.getuid():
+                made_before.chmod(0o700)
     path = directory / "current"
     if username is None:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(username.lower() + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(check_username(username) + "\n")
+    os.chmod(tmp, 0o600)  # one left by an older version kept its mode
     os.replace(tmp, path)  # atomic

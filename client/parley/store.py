@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from parley.errors import StoreError, WrongPassphrase
+from parley.paths import private_dir
 
 __all__ = ["SCHEMA_VERSION", "KdfParams", "Store", "Transaction"]
 
@@ -354,7 +355,7 @@ class Store:
         """
         if not passphrase:
             raise StoreError("the local store needs a passphrase")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
