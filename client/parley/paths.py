@@ -94,10 +94,11 @@ def current_user(home: Path, server: str) -> str | None:
 def set_current_user(home: Path, server: str, username: str | None) -> None:
     directory = server_dir(home, server)
     private_dir(directory)
-    for made_before in (directory, directory.parent):  # by a version that left them 0755
-        with contextlib.suppress(OSError):
-            if made_before.stat().st_uid == os.getuid():
-                made_before.chmod(0o700)
+    # One an older version left 0755 (the data home is left as it is: it may be a
+    # directory the user chose, --data-dir, with its own reasons for its mode).
+    with contextlib.suppress(OSError):
+        if directory.stat().st_uid == os.getuid():
+            directory.chmod(0o700)
     path = directory / "current"
     if username is None:
         path.unlink(missing_ok=True)
