@@ -149,12 +149,7 @@ async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
         # The last member's leave that closed it may have seen this join and opened it
         # again before this undo: read after it, a room left open with nobody in it
         # closes (as the end of a leave does).
-        again = await store.get_room(room_id)
-        if (
-            again is not None and again["state"] == "open"
-            and not await store.has_other_members(room_id, user_id)
-        ):  # fmt: skip
-            await set_state(rooms, again, "closed", user_id)
+        await _close_if_empty(rooms, room_id, user_id)
         require_open(now)
     # A member holds no invitation, however they joined: one left behind would bring
     # them back to a private room after a removal. Withdrawn after the membership is
@@ -378,12 +373,17 @@ async def leave(rooms: Rooms, user_id: str, room_id: str) -> None:
         # Two last members leaving at once each saw the other and neither closed it:
         # read again once gone, the room nobody is left in closes (a join that gets in
         # after this sees the close and is undone: _admit).
-        now_room = await store.get_room(room_id)
-        if (
-            now_room is not None and now_room["state"] == "open"
-            and not await store.has_other_members(room_id, user_id)
-        ):  # fmt: skip
-            await set_state(rooms, now_room, "closed", user_id)
+        await _close_if_empty(rooms, room_id, user_id)
+
+
+async def _close_if_empty(rooms: Rooms, room_id: str, user_id: str) -> None:
+    """Close the room if it is open with nobody in it but ``user_id`` (who just left)."""
+    room = await rooms.store.get_room(room_id)
+    if (
+        room is not None and room["state"] == "open"
+        and not await rooms.store.has_other_members(room_id, user_id)
+    ):  # fmt: skip
+        await set_state(rooms, room, "closed", user_id)
 
 
 async def _reopen(rooms: Rooms, room_id: str, user_id: str) -> None:

@@ -118,17 +118,7 @@ describe('PeerState', () => {
   });
 
   it("a list that gives a device id new keys ends that device's sessions: its old keys are neither written to nor read", async () => {
-    const mine = (await AccountKey.generate()).public;
-    const key = await AccountKey.generate();
-    const [old, other, fresh, bobDevice] = [await Device.generate(), await Device.generate(), await Device.generate(), await Device.generate()];
-    const contact = new PeerState(BOB);
-    await contact.trust(b64encode(key.public), await listing(key, 1, [[3, old], [4, other]]), mine, ME);
-    const bobs = async () => bobDevice;
-    const [oldSession, oldInitial] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('from the old keys'));
-    const [, otherInitial] = await Session.initiate(other, await bundleOf(bobDevice, true, BOB), utf8('from 4'));
-    await contact.decrypt(bobs, 3, oldInitial);
-    await contact.decrypt(bobs, 4, otherInitial);
-    await oldSession.decrypt(await contact.encrypt(3, utf8('answer'))); // its next messages are plain ones
+    const { mine, key, old, other, fresh, bobDevice, contact, bobs, oldSession } = await sessionsWithDevices3And4();
     // Version 2 lists device id 3 with new keys (same account key); device 4 is unchanged.
     await contact.trust(b64encode(key.public), await listing(key, 2, [[3, fresh], [4, other]]), mine, ME);
     expect(contact.hasSession(3)).toBe(false);
@@ -148,17 +138,7 @@ describe('PeerState', () => {
   });
 
   it('encrypt and decrypt use a session only with the identity the list names; a state from before is checked when read', async () => {
-    const mine = (await AccountKey.generate()).public;
-    const key = await AccountKey.generate();
-    const [old, other, fresh, bobDevice] = [await Device.generate(), await Device.generate(), await Device.generate(), await Device.generate()];
-    const contact = new PeerState(BOB);
-    await contact.trust(b64encode(key.public), await listing(key, 1, [[3, old], [4, other]]), mine, ME);
-    const bobs = async () => bobDevice;
-    const [oldSession, oldInitial] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('a'));
-    const [, otherInitial] = await Session.initiate(other, await bundleOf(bobDevice, true, BOB), utf8('b'));
-    await contact.decrypt(bobs, 3, oldInitial);
-    await contact.decrypt(bobs, 4, otherInitial);
-    await oldSession.decrypt(await contact.encrypt(3, utf8('answer'))); // its next messages are plain ones
+    const { mine, key, old, other, fresh, bobDevice, contact, bobs, oldSession } = await sessionsWithDevices3And4();
     // A stored state whose list names other keys for device 3 than its session's (what
     // the directory's new list left behind before sessions were checked).
     const stored = JSON.parse(JSON.stringify(contact.toJson()));
@@ -254,3 +234,21 @@ describe('PeerState', () => {
     expect(PeerState.fromJson(again).answered).toEqual([...again.answered.slice(2), digest, ...more]);
   });
 });
+
+/** Bob's view of a contact whose list (version 1) names devices 3 (`old` keys) and 4,
+ * each with a session begun by a first message, 3's answered (its next messages are
+ * plain ones); `fresh`: other keys for device 3. */
+async function sessionsWithDevices3And4() {
+  const mine = (await AccountKey.generate()).public;
+  const key = await AccountKey.generate();
+  const [old, other, fresh, bobDevice] = [await Device.generate(), await Device.generate(), await Device.generate(), await Device.generate()];
+  const contact = new PeerState(BOB);
+  await contact.trust(b64encode(key.public), await listing(key, 1, [[3, old], [4, other]]), mine, ME);
+  const bobs = async () => bobDevice;
+  const [oldSession, oldInitial] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('from the old keys'));
+  const [, otherInitial] = await Session.initiate(other, await bundleOf(bobDevice, true, BOB), utf8('from 4'));
+  await contact.decrypt(bobs, 3, oldInitial);
+  await contact.decrypt(bobs, 4, otherInitial);
+  await oldSession.decrypt(await contact.encrypt(3, utf8('answer')));
+  return { mine, key, old, other, fresh, bobDevice, contact, bobs, oldSession };
+}
