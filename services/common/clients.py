@@ -23,6 +23,7 @@ from aiokafka.partitioner import murmur2
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,6 +48,22 @@ def _key_hash(key: bytes) -> int:
 
 # MongoDB's error code for a duplicate key (in a bulk write's writeErrors).
 DUPLICATE_KEY = 11000
+
+
+async def insert_new(coll: AsyncCollection[Any], docs: list[dict[str, Any]]) -> set[int]:
+    """Insert ``docs`` (unordered: one round trip), those whose ``_id`` is taken left
+    as they are; returns the indexes in ``docs`` of those left (any other error is
+    raised)."""
+    if not docs:
+        return set()
+    try:
+        await coll.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return {int(e["index"]) for e in errors}
+    return set()
 
 
 def key_partition(key: bytes, ordered: Sequence[int]) -> int:

@@ -52,10 +52,10 @@ from parley_contract import frames as f
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from services.common import routing, scripts
-from services.common.clients import DUPLICATE_KEY
+from services.common.clients import insert_new
 from services.common.config import Settings
 from services.common.inbox import receipts
 from services.common.routing import PENDING_ALL, Push, pending_key
@@ -400,13 +400,7 @@ class DeliveryStore:
             (inbox, seq) for inbox, seq, at in due
             if seq not in hot.get(inbox, {}) and at < cutoff - ORPHAN_GRACE_S
         ]  # fmt: skip
-        if docs:
-            try:
-                await self.inbox.insert_many(docs, ordered=False)
-            except BulkWriteError as exc:
-                if any(e.get("code") != DUPLICATE_KEY
-                       for e in exc.details.get("writeErrors", [])):  # fmt: skip
-                    raise
+        await insert_new(self.inbox, docs)
         await self.hot.remove(moved)
         await self.hot.unindex(orphans)  # the entry alone: an item landing now stays
         if docs:

@@ -49,7 +49,13 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.common import scripts
 from services.common.auth import MAX_USER_ID, device_revocation_key, revocation_channel
-from services.common.clients import DUPLICATE_KEY, KafkaProducerHandle, Topics, in_id_order
+from services.common.clients import (
+    DUPLICATE_KEY,
+    KafkaProducerHandle,
+    Topics,
+    in_id_order,
+    insert_new,
+)
 from services.common.config import Settings
 from services.common.devices import ListCopies
 from services.common.outbox import Outbox
@@ -275,15 +281,9 @@ class KeyStore:
     async def _insert_new(self, docs: list[Doc]) -> None:
         """Insert the records that are not there yet; one there already naming another
         device is left as it is, and logged if both devices hold the key."""
-        if not docs:
-            return
-        try:
-            await self.identity_keys.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            wanted = {docs[int(e["index"])]["_id"]: docs[int(e["index"])] for e in errors}
+        refused = await insert_new(self.identity_keys, docs)
+        if refused:
+            wanted = {docs[i]["_id"]: docs[i] for i in refused}
             held = await self.identity_keys.find({"_id": {"$in": list(wanted)}}).to_list()
             for record in held:
                 mine = wanted[record["_id"]]

@@ -33,9 +33,8 @@ from parley_contract.envelopes import MentionNotice
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
-from services.common.clients import DUPLICATE_KEY
+from services.common.clients import insert_new
 
 Doc = dict[str, Any]
 
@@ -85,14 +84,7 @@ class NotifierStore:
         if not notices:
             return []
         docs = [_pending_doc(n) for n in notices]
-        refused: set[int] = set()  # kept before (or earlier in this batch): duplicates
-        try:
-            await self.pending.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            refused = {int(e["index"]) for e in errors}
+        refused = await insert_new(self.pending, docs)  # kept before, or earlier in it
         ranges: dict[str, tuple[int, int]] = {}
         for n in notices:
             lo, hi = ranges.get(n.user, (n.n, n.n))
