@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from parley.crypto import Device, GroupSession, Session, franking, ratchet, sender_keys
+from parley.crypto import Binding, Device, GroupSession, Session, franking, ratchet, sender_keys
 from parley.crypto.bundle import forget_verified_signatures
 from parley.crypto.franking import CONTEXT
 from parley.crypto.primitives import MessageKeyDeriver, chain_key_step, hmac_sha256_key32
@@ -55,6 +55,8 @@ TARGET_RATCHET = 50000
 
 Timed = Callable[[int], float]
 """``op(n)`` performs n operations and returns the seconds they took."""
+
+IDS = Binding("alice", 1, "bob", 1)  # the account and device ids each handshake binds
 
 
 def loop(fn: Callable[[], object]) -> Timed:
@@ -225,8 +227,8 @@ def pqxdh_op(*, one_time: bool, first_contact: bool = False) -> Timed:
         for bundle in bundles:
             if first_contact:
                 forget_verified_signatures()
-            _, first = Session.initiate(alice, bundle, MESSAGE)
-            Session.respond(bob, first)
+            _, first = Session.initiate(alice, bundle, MESSAGE, binding=IDS)
+            Session.respond(bob, first, binding=IDS)
         return time.perf_counter() - start
 
     return run
@@ -242,8 +244,8 @@ def ratchet_ops() -> dict[str, Timed]:
         "one_time_prekey": bob.generate_one_time_prekeys(1)[0],
         "kem_prekey": dict(bob.generate_kem_prekeys(1)[0], last_resort=False),
     }
-    a, first = Session.initiate(alice, bundle)
-    b, _ = Session.respond(bob, first)
+    a, first = Session.initiate(alice, bundle, binding=IDS)
+    b, _ = Session.respond(bob, first, binding=IDS)
     a.decrypt(b.encrypt(b"ack"))
     enc, dec = a.encrypt, b.decrypt
 

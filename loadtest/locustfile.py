@@ -38,6 +38,7 @@ import websocket
 from locust import HttpUser, between, events, task
 from parley.crypto import (
     AccountKey,
+    Binding,
     CryptoError,
     Device,
     DeviceEntry,
@@ -237,7 +238,10 @@ class ParleyUser(HttpUser):
         try:
             if peer is None:
                 raise CryptoError("no verified device list for the sender")
-            incoming = peer.decrypt(self.device, int(frame.get("from_device") or 1), wire)
+            incoming = peer.decrypt(
+                self.device, int(frame.get("from_device") or 1), wire,
+                me=(self.user_id, DEVICE_ID),
+            )  # fmt: skip
         except ReplayedMessage:
             incoming = None  # pushed twice (allowed by the protocol): shown once
         except CryptoError as exc:
@@ -309,7 +313,10 @@ class ParleyUser(HttpUser):
             if not peer.has_session(DEVICE_ID):  # a message from them may have made one
                 raw = next(b for b in answer["bundles"] if b["device_id"] == DEVICE_ID)
                 bundle = PrekeyBundle.from_json(raw)
-                session, wire = Session.initiate(self.device, bundle, plaintext.encode())
+                session, wire = Session.initiate(
+                    self.device, bundle, plaintext.encode(),
+                    binding=Binding(self.user_id, DEVICE_ID, peer_id, DEVICE_ID),
+                )  # fmt: skip
                 peer.start(DEVICE_ID, session)
             else:
                 wire = peer.encrypt(DEVICE_ID, plaintext.encode())

@@ -23,6 +23,7 @@ from typing import Any
 
 from parley.crypto import (
     AccountKey,
+    Binding,
     Device,
     DeviceEntry,
     DeviceList,
@@ -205,14 +206,18 @@ def pqxdh_vectors(previous: dict[str, Any] | None) -> dict[str, Any]:
         def recorded_kem(_ek: bytes, ct: bytes = kem_ct, ss: bytes = kem_ss) -> tuple[bytes, bytes]:
             return ss, ct
 
+        binding = Binding("alice", 1, bundle["user_id"], bundle["device_id"])
         a_session, initial = Session.initiate(
             alice,
             bundle,
             plaintext,
+            binding=binding,
             rng=deterministic_random(init_seed),
             kem_encapsulate=recorded_kem,
         )
-        b_session, received = Session.respond(bob, initial, rng=deterministic_random(resp_seed))
+        b_session, received = Session.respond(
+            bob, initial, binding=binding, rng=deterministic_random(resp_seed)
+        )
         assert received == plaintext
         reply_plaintext = b"Hi Alice, PQXDH worked."
         reply = b_session.encrypt(reply_plaintext)
@@ -244,7 +249,22 @@ def pqxdh_vectors(previous: dict[str, Any] | None) -> dict[str, Any]:
                 "dh3": h(dh3),
                 "dh4": None if dh4 is None else h(dh4),
                 "sk": h(sk),
-                "ad": h(alice.identity.encode() + bob.identity.encode()),
+                "binding": {
+                    "initiator_user": binding.initiator_user,
+                    "initiator_device": binding.initiator_device,
+                    "responder_user": binding.responder_user,
+                    "responder_device": binding.responder_device,
+                },
+                # Written out here rather than by pqxdh.associated_data, so the vector
+                # checks it: keys, then u16 length || user || u32 device, each side.
+                "ad": h(
+                    alice.identity.encode()
+                    + bob.identity.encode()
+                    + b"\x00\x05alice\x00\x00\x00\x01"
+                    + len(bundle["user_id"]).to_bytes(2, "big")
+                    + bundle["user_id"].encode()
+                    + int(bundle["device_id"]).to_bytes(4, "big")
+                ),
                 "plaintext": h(plaintext),
                 "initial_message": h(initial),
                 "responder_drbg_seed": h(resp_seed),

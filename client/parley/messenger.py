@@ -35,6 +35,7 @@ from parley.account import Account, StoreRef
 from parley.api import Api
 from parley.connection import Connection, ConnectionClosed, transient
 from parley.crypto import (
+    Binding,
     CryptoError,
     Device,
     PrekeyBundle,
@@ -337,6 +338,18 @@ class Messenger:
         me = self.account.user_id
         assert me is not None
         signed = [SignedDeviceList.from_json(answer) for answer in answers]
+        mine = b64encode(self._my_account_key())
+        for answer in answers:
+            # Our own list is under the account key this device holds, never one the
+            # directory names: trusting another on first sight let a lying directory
+            # add a device of its own to every message we send (copies to "our other
+            # devices") and to every private room's sender keys, silently.
+            if str(answer["user_id"]) == me and str(answer["account_key"]) != mine:
+                raise UntrustedKeys(
+                    "The key directory holds another account key for this account: the "
+                    "identity was reset from another install, or the directory is not "
+                    "to be trusted. Nothing was sent; link this device again."
+                )
         warnings: list[KeyChanged] = []
         states = []
         async with self._store().transaction() as tx:
@@ -1048,7 +1061,10 @@ class Messenger:
                     "device": frame.from_device,
                 }
                 try:
-                    incoming = state.decrypt(device, frame.from_device, wire)
+                    incoming = state.decrypt(
+                        device, frame.from_device, wire,
+                        me=(me, self.keys.known_device_id()),
+                    )  # fmt: skip
                 except ReplayedMessage:
                     incoming = None
                 except (CryptoError, ValueError) as exc:
@@ -1525,7 +1541,10 @@ class Messenger:
                         wire = state.encrypt(did, plaintext)
                     elif (user, did) in bundles:
                         device = device or self.keys.device_to_send(tx)
-                        session, wire = Session.initiate(device, bundles[(user, did)], plaintext)
+                        session, wire = Session.initiate(
+                            device, bundles[(user, did)], plaintext,
+                            binding=Binding(me, my_device, user, did),
+                        )  # fmt: skip
                         state.start(did, session)
                     else:
                         raise ParleyError(f"No keys for device {did} of {user}: try again.")

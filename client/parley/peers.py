@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parley.crypto import (
+    Binding,
     CryptoError,
     DecryptedMessage,
     Device,
@@ -329,9 +330,13 @@ class PeerState:
         sessions[0] = session.to_bytes()
         return wire
 
-    def decrypt(self, device: Device, from_device: int, wire: bytes) -> Incoming:
+    def decrypt(
+        self, device: Device, from_device: int, wire: bytes, *, me: tuple[str, int]
+    ) -> Incoming:
         """Decrypt a message from one of this contact's devices with whichever session
-        it belongs to; an initial message makes a new session (and changes ``device``).
+        it belongs to; an initial message makes a new session (and changes ``device``)
+        bound to this contact's ``from_device`` and ``me`` (our user and device ids:
+        :class:`parley.crypto.Binding`).
 
         Raises :class:`ReplayedMessage` for a message already decrypted (or a repeat
         of an initial message whose session we answered and have since dropped),
@@ -369,7 +374,9 @@ class PeerState:
         if not is_initial_message(wire):
             raise last or CryptoError("no session with this device")
         try:
-            session, message = Session.respond_message(device, wire)
+            session, message = Session.respond_message(
+                device, wire, binding=Binding(self.user_id, from_device, *me)
+            )
         except PrekeyReused as exc:
             if b64encode(initial_message_digest(wire)) in self.answered:
                 # A handshake we answered: a copy of a message we read, or a later

@@ -8,6 +8,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from parley import Client, ParleyError, SafetyNumberChanged
 from parley.client import KeyChanged, Message, Receipt
+from parley.crypto import AccountKey, Device, DeviceEntry, DeviceList, SignedDeviceList
+from parley.crypto.encoding import b64encode
+from parley.messenger import UntrustedKeys
 from parley_contract import frames as f
 
 from tests.client.conftest import PASSWORD, MakeClient
@@ -778,3 +781,44 @@ async def test_a_second_initiator_of_a_reused_prekey_sees_a_could_not_decrypt_no
     await carol.send(bob.username, "carol 3")
     got = await bob.next_event(Message)
     assert isinstance(got, Message) and got.text == "carol 3"
+
+
+async def test_a_directory_naming_another_account_key_for_us_adds_no_device_of_ours(
+    make_client: MakeClient,
+) -> None:
+    """Audit finding: our own device list was trusted on first sight under whatever
+    account key the directory named, like a contact's, though this device holds the
+    account key. A directory serving our list under its own key, naming a device 666 of
+    its own, was trusted (only a pending change, shown nowhere), and every later message
+    was also encrypted to that device as one of "our other devices"."""
+    alice, bob = await make_client(), await make_client()
+    assert alice.username and bob.username and alice.user_id
+    me = alice.user_id
+    await alice.connect()
+    await alice.send(bob.username, "first")
+    real = await alice.messenger.keys.directory_list(me)
+    held = SignedDeviceList.from_json(real).device_list
+    attacker, evil = AccountKey.generate(), Device.generate()
+    forged = attacker.sign(
+        DeviceList(me, held.version + 1, [*held.devices, DeviceEntry.of(666, "x", evil.identity)])
+    )
+    lying = {**real, **forged.to_json(), "account_key": b64encode(attacker.public)}
+    before = alice.messenger._store().read().peer(me)
+    with pytest.raises(UntrustedKeys):
+        await alice.messenger._refresh_peer(me, lying)
+    assert alice.messenger._store().read().peer(me) == before  # nothing trusted
+    assert 666 not in alice.messenger._peer(alice.messenger._store().read(), me).devices
+
+    # The lying directory answers every read of our list: nothing goes out at all.
+    async def lie(user_id: str) -> dict[str, object]:
+        return lying if user_id == me else await real_list(user_id)
+
+    real_list = alice.messenger.keys.directory_list
+    alice.messenger.keys.directory_list = lie  # type: ignore[method-assign]
+    with pytest.raises(UntrustedKeys):
+        await alice.messenger._refresh_peer(me)
+    alice.messenger.keys.directory_list = real_list  # type: ignore[method-assign]
+    # Our real list, under our key, is still trusted.
+    state = await alice.messenger._refresh_peer(me)
+    assert 666 not in state.devices
+    await alice.send(bob.username, "still fine", wait="stored")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from parley.crypto import (
     AccountKey,
+    Binding,
     CryptoError,
     Device,
     DeviceEntry,
@@ -23,6 +24,8 @@ from parley.peers import ANSWERED_KEPT, PeerState, UnknownDevice
 from tests.crypto.helpers import claimed_bundle
 
 ME = AccountKey.generate()
+MY = ("me", 1)  # our user and device ids in the handshakes
+TO_7 = Binding(*MY, "alice", 7)  # bob's handshakes with alice's device 7
 
 
 def _listing(user_id: str, account: AccountKey) -> tuple[str, object]:
@@ -146,13 +149,15 @@ class _Rekeyed:
         self.alice = PeerState("alice")
         self.trust(1, self.old)
         session, first = Session.initiate(
-            self.bob, claimed_bundle(self.old, user_id="alice", device_id=7), b"hi"
+            self.bob, claimed_bundle(self.old, user_id="alice", device_id=7), b"hi", binding=TO_7
         )
         self.alice.start(7, session)
-        self.old_side, _ = Session.respond(self.old, first)
+        self.old_side, _ = Session.respond(self.old, first, binding=TO_7)
         self.stale = self.alice.sessions[7][0]
         assert (
-            self.alice.decrypt(self.bob, 7, self.old_side.encrypt(b"hello")).message.plaintext
+            self.alice.decrypt(
+                self.bob, 7, self.old_side.encrypt(b"hello"), me=MY
+            ).message.plaintext
             == b"hello"
         )
 
@@ -173,13 +178,16 @@ def test_a_list_that_gives_a_device_id_new_keys_ends_its_sessions() -> None:
     assert not r.alice.has_session(7) and r.alice.missing_sessions() == [7]
     assert not PeerState.from_json(r.alice.to_json()).has_session(7)
     with pytest.raises(CryptoError):  # the old device's message is not read
-        r.alice.decrypt(r.bob, 7, r.old_side.encrypt(b"from the removed phone"))
+        r.alice.decrypt(r.bob, 7, r.old_side.encrypt(b"from the removed phone"), me=MY)
     # A session with the device the list names now works.
     session, first = Session.initiate(
-        r.bob, claimed_bundle(r.new, user_id="alice", device_id=7), b"to the new phone"
+        r.bob,
+        claimed_bundle(r.new, user_id="alice", device_id=7),
+        b"to the new phone",
+        binding=TO_7,
     )
     r.alice.start(7, session)
-    assert Session.respond(r.new, first)[1] == b"to the new phone"
+    assert Session.respond(r.new, first, binding=TO_7)[1] == b"to the new phone"
 
 
 def test_a_session_with_another_identity_than_the_list_names_is_never_used() -> None:
@@ -191,7 +199,7 @@ def test_a_session_with_another_identity_than_the_list_names_is_never_used() -> 
     with pytest.raises(UnknownDevice):
         r.alice.encrypt(7, b"secret for the current phone 7")
     with pytest.raises(UnknownDevice):
-        r.alice.decrypt(r.bob, 7, r.old_side.encrypt(b"from the removed phone"))
+        r.alice.decrypt(r.bob, 7, r.old_side.encrypt(b"from the removed phone"), me=MY)
     assert r.alice.sessions[7] == [r.stale]  # nothing changed
 
 
@@ -219,8 +227,12 @@ class _TwoInitiators:
         self.bob = Device.generate()
         bundle = claimed_bundle(self.bob)
         self.alice_dev, self.carol_dev = Device.generate(), Device.generate()
-        self.alice_session, self.from_alice = Session.initiate(self.alice_dev, bundle, b"alice 1")
-        self.carol_session, self.from_carol = Session.initiate(self.carol_dev, bundle, b"carol 1")
+        self.alice_session, self.from_alice = Session.initiate(
+            self.alice_dev, bundle, b"alice 1", binding=Binding("alice", 1, *MY)
+        )
+        self.carol_session, self.from_carol = Session.initiate(
+            self.carol_dev, bundle, b"carol 1", binding=Binding("carol", 1, *MY)
+        )
         self.alice, self.carol = PeerState("alice"), PeerState("carol")
         for state, device in ((self.alice, self.alice_dev), (self.carol, self.carol_dev)):
             account = AccountKey.generate()
@@ -232,10 +244,10 @@ def test_a_second_initiator_of_a_reused_prekey_is_refused_not_dropped_as_a_repla
     """prekey_reused_silently_dropped.py: carol's messages were raised as
     ReplayedMessage, which the messenger drops without a trace, every one of them."""
     t = _TwoInitiators()
-    assert t.alice.decrypt(t.bob, 1, t.from_alice).message.plaintext == b"alice 1"
+    assert t.alice.decrypt(t.bob, 1, t.from_alice, me=MY).message.plaintext == b"alice 1"
     for wire in (t.from_carol, t.carol_session.encrypt(b"carol 2")):
         with pytest.raises(PrekeyReused) as caught:
-            t.carol.decrypt(t.bob, 1, wire)
+            t.carol.decrypt(t.bob, 1, wire, me=MY)
         assert not isinstance(caught.value, ReplayedMessage)
     assert not t.carol.has_session(1) and t.carol.answered == []
 
@@ -243,14 +255,14 @@ def test_a_second_initiator_of_a_reused_prekey_is_refused_not_dropped_as_a_repla
 def test_a_repeat_of_an_answered_handshake_is_still_a_replay() -> None:
     t = _TwoInitiators()
     later = t.alice_session.encrypt(b"alice 2")  # same PQXDH fields: not answered yet
-    assert t.alice.decrypt(t.bob, 1, t.from_alice).message.plaintext == b"alice 1"
+    assert t.alice.decrypt(t.bob, 1, t.from_alice, me=MY).message.plaintext == b"alice 1"
     with pytest.raises(ReplayedMessage):  # the session itself refuses the copy
-        t.alice.decrypt(t.bob, 1, t.from_alice)
+        t.alice.decrypt(t.bob, 1, t.from_alice, me=MY)
     t.alice.sessions = {}  # its session dropped since (evicted, say)
     again = PeerState.from_json(t.alice.to_json())  # remembered in the store
     for wire in (t.from_alice, later):
         with pytest.raises(ReplayedMessage):
-            again.decrypt(t.bob, 1, wire)
+            again.decrypt(t.bob, 1, wire, me=MY)
 
 
 def test_the_answered_handshakes_kept_are_bounded() -> None:
@@ -258,8 +270,10 @@ def test_the_answered_handshakes_kept_are_bounded() -> None:
     account, me, dev = AccountKey.generate(), Device.generate(), Device.generate()
     alice.trust(b64encode(account.public), _signed(account, "alice", 1, {1: dev}), ME.public, "me")
     for i in range(ANSWERED_KEPT + 3):
-        _, first = Session.initiate(dev, claimed_bundle(me), b"%d" % i)
-        alice.decrypt(me, 1, first)
+        _, first = Session.initiate(
+            dev, claimed_bundle(me), b"%d" % i, binding=Binding("alice", 1, *MY)
+        )
+        alice.decrypt(me, 1, first, me=MY)
     assert len(alice.answered) == ANSWERED_KEPT == len(set(alice.answered))
 
 
@@ -270,7 +284,7 @@ def test_a_state_from_before_answered_was_kept_answers_its_sessions_handshakes()
     not decrypt" line (PrekeyReused) where it used to be dropped as a replay."""
     t = _TwoInitiators()
     later = t.alice_session.encrypt(b"alice 2")  # still carries the PQXDH fields
-    assert t.alice.decrypt(t.bob, 1, t.from_alice).message.plaintext == b"alice 1"
+    assert t.alice.decrypt(t.bob, 1, t.from_alice, me=MY).message.plaintext == b"alice 1"
     digest = t.alice.answered[0]
     raw = t.alice.to_json()
     del raw["sessions_checked"], raw["answered"]  # as written before
@@ -278,7 +292,7 @@ def test_a_state_from_before_answered_was_kept_answers_its_sessions_handshakes()
     assert again.answered == [digest]
     again.sessions = {}  # its session evicted since (MAX_SESSIONS)
     with pytest.raises(ReplayedMessage):
-        again.decrypt(t.bob, 1, later)
+        again.decrypt(t.bob, 1, later, me=MY)
     # Written back with the flag: a state loaded again is not migrated again.
     assert PeerState.from_json(again.to_json()).answered == [digest]
 
@@ -290,11 +304,18 @@ def test_the_handshakes_taken_from_a_state_from_before_are_oldest_first_and_boun
     alice.trust(b64encode(account.public), _signed(account, "alice", 1, devices), ME.public, "me")
     answered: dict[int, list[str]] = {}
     for d, dev in devices.items():
-        mine, _ = Session.initiate(me, claimed_bundle(dev, user_id="alice", device_id=d), b"x")
+        mine, _ = Session.initiate(
+            me,
+            claimed_bundle(dev, user_id="alice", device_id=d),
+            b"x",
+            binding=Binding(*MY, "alice", d),
+        )
         alice.start(d, mine)  # one we started: no handshake of alice's
         for i in range(3):
-            _, first = Session.initiate(dev, claimed_bundle(me), b"%d" % i)
-            alice.decrypt(me, d, first)
+            _, first = Session.initiate(
+                dev, claimed_bundle(me), b"%d" % i, binding=Binding("alice", d, *MY)
+            )
+            alice.decrypt(me, d, first, me=MY)
         answered[d] = alice.answered[-3:]
     raw = alice.to_json()
     del raw["sessions_checked"], raw["answered"]
@@ -304,3 +325,33 @@ def test_the_handshakes_taken_from_a_state_from_before_are_oldest_first_and_boun
     # Over ANSWERED_KEPT: the last ones kept.
     raw["answered"] = [b64encode(bytes([i]) * 32) for i in range(10)]
     assert PeerState.from_json(raw).answered == (raw["answered"] + every)[-ANSWERED_KEPT:]
+
+
+# -- whose device is whose: the ids bound in the handshake ---------------------------
+
+
+def test_a_device_listed_by_another_account_cannot_pass_its_messages_off_as_that_account_s() -> (
+    None
+):
+    """Unknown key-share (docs/crypto.md): mallory's signed list names alice's device
+    keys (public, self-signed) as her device 3, and a lying server relabels what
+    alice's device sent us as mallory's. Before the ids were bound, mallory's state
+    read it, and it was shown as mallory's; now it does not decrypt, and the same
+    message, as alice's, still does."""
+    me, alice_dev = Device.generate(), Device.generate()
+    alice, mallory = PeerState("alice"), PeerState("mallory")
+    for state, did in ((alice, 1), (mallory, 3)):
+        account = AccountKey.generate()
+        signed = _signed(account, state.user_id, 1, {did: alice_dev})
+        state.trust(b64encode(account.public), signed, ME.public, "me")
+    _, first = Session.initiate(
+        alice_dev, claimed_bundle(me), b"meet at noon", binding=Binding("alice", 1, *MY)
+    )
+    before = me.to_bytes()
+    with pytest.raises(CryptoError):
+        mallory.decrypt(me, 3, first, me=MY)
+    assert not mallory.has_session(3) and me.to_bytes() == before
+    # Nor is a message we were not the device it was written for ("me", device 2).
+    with pytest.raises(CryptoError):
+        alice.decrypt(me, 1, first, me=("me", 2))
+    assert alice.decrypt(me, 1, first, me=MY).message.plaintext == b"meet at noon"

@@ -6,9 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from parley.crypto import Device, Session
+from parley.crypto import Binding, Device, Session
 
 VECTORS = Path(__file__).resolve().parents[2] / "client" / "vectors"
+
+
+IDS = Binding("alice", 1, "bob", 1)
+"""The account and device ids both sides of a test handshake bind (the tests that are
+not about them use these)."""
 
 
 def load_vector(name: str) -> dict[str, Any]:
@@ -46,8 +51,8 @@ def session_pair(
 ) -> tuple[Session, Session]:
     """A fresh Alice->Bob session pair; ``established`` means Alice got a reply."""
     alice, bob = Device.generate(), Device.generate()
-    a, first = Session.initiate(alice, claimed_bundle(bob), plaintext)
-    b, received = Session.respond(bob, first)
+    a, first = Session.initiate(alice, claimed_bundle(bob), plaintext, binding=IDS)
+    b, received = Session.respond(bob, first, binding=IDS)
     assert received == plaintext
     if established:
         assert a.decrypt(b.encrypt(b"ack")) == b"ack"

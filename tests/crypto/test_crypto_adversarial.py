@@ -21,7 +21,7 @@ from parley.crypto.bundle import sign_kem_prekey, sign_signed_prekey
 from parley.crypto.encoding import b64decode, b64encode
 from parley.crypto.primitives import Ed25519KeyPair, MLKEM768KeyPair, X25519KeyPair
 
-from tests.crypto.helpers import claimed_bundle
+from tests.crypto.helpers import IDS, claimed_bundle
 
 
 def _substitute_identity(bundle: dict[str, Any], attacker: Device) -> dict[str, Any]:
@@ -38,13 +38,13 @@ def test_substituted_identity_changes_safety_number_and_is_detected() -> None:
     forged = _substitute_identity(genuine, mallory)
 
     # The forged bundle is internally consistent, so only identity tracking catches it...
-    session, _ = Session.initiate(alice, forged, b"hi")
+    session, _ = Session.initiate(alice, forged, b"hi", binding=IDS)
     assert session.safety_number("alice", "bob") != safety_number(
         alice.identity.signing_key, "alice", bob.identity.signing_key, "bob"
     )
     # ... and the API does: with the known identity, initiate refuses before any DH.
     with pytest.raises(IdentityChanged):
-        Session.initiate(alice, forged, b"hi", expected_identity=known)
+        Session.initiate(alice, forged, b"hi", expected_identity=known, binding=IDS)
     with pytest.raises(IdentityChanged) as info:
         check_identity(
             known,
@@ -57,14 +57,14 @@ def test_substituted_identity_changes_safety_number_and_is_detected() -> None:
     assert info.value.new_safety_number is not None
     assert info.value.old_safety_number != info.value.new_safety_number
     # the genuine bundle passes the same check
-    Session.initiate(alice, claimed_bundle(bob), b"ok", expected_identity=known)
+    Session.initiate(alice, claimed_bundle(bob), b"ok", expected_identity=known, binding=IDS)
     check_identity(None, session.peer_identity)  # first contact: accepted
 
 
 def test_responder_detects_identity_change_of_initiator() -> None:
     alice, bob, mallory = Device.generate(), Device.generate(), Device.generate()
-    _, first = Session.initiate(mallory, claimed_bundle(bob), b"I am alice")
-    session, _ = Session.respond(bob, first)
+    _, first = Session.initiate(mallory, claimed_bundle(bob), b"I am alice", binding=IDS)
+    session, _ = Session.respond(bob, first, binding=IDS)
     with pytest.raises(IdentityChanged):
         check_identity(alice.identity, session.peer_identity)
 
@@ -78,7 +78,7 @@ def test_identity_with_dh_key_not_signed_by_signing_key_is_refused() -> None:
         PrekeyBundle.from_json(bundle)
     bundle["identity"]["dh_sig"] = mallory.public_identity()["dh_sig"]
     with pytest.raises(InvalidSignature):
-        Session.initiate(Device.generate(), bundle)
+        Session.initiate(Device.generate(), bundle, binding=IDS)
 
 
 def test_signed_prekey_with_bad_signature_is_refused() -> None:
@@ -101,7 +101,7 @@ def test_signed_prekey_with_bad_signature_is_refused() -> None:
     flipped["signed_prekey"]["sig"] = b64encode(bytes([sig[0] ^ 1]) + sig[1:])
     for forged in (bad, worse, flipped):
         with pytest.raises(InvalidSignature):
-            Session.initiate(alice, forged, b"never sent")
+            Session.initiate(alice, forged, b"never sent", binding=IDS)
 
 
 def test_kem_prekey_with_bad_signature_is_refused() -> None:
@@ -120,7 +120,7 @@ def test_kem_prekey_with_bad_signature_is_refused() -> None:
     relabelled["kem_prekey"]["last_resort"] = True
     for forged in (swapped, resigned, relabelled):
         with pytest.raises(InvalidSignature):
-            Session.initiate(alice, forged)
+            Session.initiate(alice, forged, binding=IDS)
 
 
 def test_kem_prekey_signature_from_other_slot_is_refused() -> None:
@@ -129,33 +129,35 @@ def test_kem_prekey_signature_from_other_slot_is_refused() -> None:
     bundle = claimed_bundle(bob)
     bundle["kem_prekey"]["id"] += 1
     with pytest.raises(InvalidSignature):
-        Session.initiate(alice, bundle)
+        Session.initiate(alice, bundle, binding=IDS)
 
 
 def test_server_handing_out_the_same_one_time_prekey_twice() -> None:
     alice, carol, bob = Device.generate(), Device.generate(), Device.generate()
     bundle = claimed_bundle(bob)
-    _, first = Session.initiate(alice, bundle, b"alice")
-    _, second = Session.initiate(carol, bundle, b"carol")  # same one-time prekeys again
-    Session.respond(bob, first)
+    _, first = Session.initiate(alice, bundle, b"alice", binding=IDS)
+    _, second = Session.initiate(
+        carol, bundle, b"carol", binding=IDS
+    )  # same one-time prekeys again
+    Session.respond(bob, first, binding=IDS)
     before = bob.to_bytes()
     with pytest.raises(PrekeyReused):
-        Session.respond(bob, second)
+        Session.respond(bob, second, binding=IDS)
     assert bob.to_bytes() == before
 
 
 def test_initiator_identity_forged_in_initial_message() -> None:
     alice, bob, mallory = Device.generate(), Device.generate(), Device.generate()
-    _, first = Session.initiate(mallory, claimed_bundle(bob), b"from mallory")
+    _, first = Session.initiate(mallory, claimed_bundle(bob), b"from mallory", binding=IDS)
     # Relay replaces mallory's signing key by alice's (keeps mallory's DH key and sig).
     forged = first[:34] + alice.identity.signing_key + first[66:]
     with pytest.raises(InvalidSignature):
-        Session.respond(bob, forged)
+        Session.respond(bob, forged, binding=IDS)
     # Relay swaps in alice's whole identity block: the handshake secret no longer matches.
     block = alice.identity.signing_key + alice.identity.dh_key + alice.identity.dh_sig
     forged = first[:34] + block + first[162:]
     with pytest.raises(Exception) as info:
-        Session.respond(bob, forged)
+        Session.respond(bob, forged, binding=IDS)
     assert type(info.value).__name__ == "DecryptionFailed"
 
 

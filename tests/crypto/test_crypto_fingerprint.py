@@ -27,7 +27,7 @@ from parley.crypto import (
 from parley.crypto.fingerprint import FINGERPRINT_ITERATIONS, fingerprint_digits
 
 from tests.crypto.drbg import deterministic_random
-from tests.crypto.helpers import claimed_bundle, load_vector, session_pair
+from tests.crypto.helpers import IDS, claimed_bundle, load_vector, session_pair
 
 
 def test_safety_number_vector() -> None:
@@ -125,8 +125,8 @@ def _pair() -> tuple[Session, Session]:
 
 def test_report_of_first_message_via_respond_message() -> None:
     alice, bob = Device.generate(), Device.generate()
-    _, first = Session.initiate(alice, claimed_bundle(bob), b"first, reported")
-    _, received = Session.respond_message(bob, first)
+    _, first = Session.initiate(alice, claimed_bundle(bob), b"first, reported", binding=IDS)
+    _, received = Session.respond_message(bob, first, binding=IDS)
     verify_report(received.plaintext, received.franking_key, commitment_from_message(first))
 
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from parley.crypto import CryptoError, Device, GroupSession, Session
 
-from tests.crypto.helpers import session_pair
+from tests.crypto.helpers import IDS, session_pair
 
 _SESSIONS: list[tuple[Session, Session]] = []
 _DEVICE: list[Device] = []
@@ -37,7 +37,7 @@ def test_garbage_raises_only_crypto_errors(data: bytes) -> None:
     before = (session.to_bytes(), device.to_bytes(), group.to_bytes())
     for call in (
         lambda: session.decrypt(data),
-        lambda: Session.respond(device, data),
+        lambda: Session.respond(device, data, binding=IDS),
         lambda: group.process_distribution("x", data),
         lambda: group.decrypt("x", data),
         lambda: Session.from_bytes(data),

@@ -24,7 +24,7 @@ from parley.crypto.ratchet import MAX_SKIP, MAX_SKIPPED_KEYS, RatchetState
 from parley.crypto.wire import MESSAGE_PREFIX_LEN
 
 from tests.crypto.drbg import deterministic_random
-from tests.crypto.helpers import claimed_bundle, load_vector, session_pair
+from tests.crypto.helpers import IDS, claimed_bundle, load_vector, session_pair
 
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -246,12 +246,12 @@ def test_replays_are_rejected(data: st.DataObject, count: int) -> None:
 
 def test_initial_message_replayed_into_established_session() -> None:
     alice, bob = Device.generate(), Device.generate()
-    a, first = Session.initiate(alice, claimed_bundle(bob), b"first")
-    b, _ = Session.respond(bob, first)
+    a, first = Session.initiate(alice, claimed_bundle(bob), b"first", binding=IDS)
+    b, _ = Session.respond(bob, first, binding=IDS)
     with pytest.raises(ReplayedMessage):
         b.decrypt(first)
     # an initial message of another session is not ours
-    _, other = Session.initiate(Device.generate(), claimed_bundle(bob), b"other")
+    _, other = Session.initiate(Device.generate(), claimed_bundle(bob), b"other", binding=IDS)
     with pytest.raises(SessionMismatch):
         b.decrypt(other)
     # the initiator never accepts initial messages
@@ -363,8 +363,10 @@ def test_restored_session_continues_exactly(
     data: st.DataObject, before: list[str], after: list[str]
 ) -> None:
     alice, bob = Device.generate(), Device.generate()
-    a, first = Session.initiate(alice, claimed_bundle(bob), b"0", rng=deterministic_random(b"a"))
-    b, _ = Session.respond(bob, first, rng=deterministic_random(b"b"))
+    a, first = Session.initiate(
+        alice, claimed_bundle(bob), b"0", rng=deterministic_random(b"a"), binding=IDS
+    )
+    b, _ = Session.respond(bob, first, rng=deterministic_random(b"b"), binding=IDS)
     queues: dict[str, list[bytes]] = {"a": [], "b": []}
 
     def run(sessions: dict[str, Session], script: list[str], log: list[object]) -> None:

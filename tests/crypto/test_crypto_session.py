@@ -23,7 +23,7 @@ from parley.crypto import (
 )
 from parley.crypto.encoding import U32_MAX, b64decode
 
-from tests.crypto.helpers import claimed_bundle, session_pair
+from tests.crypto.helpers import IDS, claimed_bundle, session_pair
 
 
 def test_all_errors_derive_from_crypto_error() -> None:
@@ -51,8 +51,8 @@ def test_device_round_trip_keeps_every_secret_working() -> None:
     assert restored.to_bytes() == bob.to_bytes()
     assert restored.public_identity() == bob.public_identity()
     for b in (bundle, extra):
-        _, first = Session.initiate(Device.generate(), b, b"to restored")
-        assert Session.respond(restored, first)[1] == b"to restored"
+        _, first = Session.initiate(Device.generate(), b, b"to restored", binding=IDS)
+        assert Session.respond(restored, first, binding=IDS)[1] == b"to restored"
     assert restored.one_time_prekey_count == bob.one_time_prekey_count - 1
 
 
@@ -70,15 +70,19 @@ def test_device_repr_has_no_secrets() -> None:
 
 def test_last_resort_rotation_keeps_previous_one() -> None:
     alice, bob = Device.generate(), Device.generate()
-    _, first = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    _, first = Session.initiate(
+        alice, claimed_bundle(bob, one_time=False, kem_one_time=False), binding=IDS
+    )
     bob.rotate_last_resort_kem_prekey()
-    Session.respond(bob, first)  # previous last-resort key still usable
+    Session.respond(bob, first, binding=IDS)  # previous last-resort key still usable
     bob.rotate_last_resort_kem_prekey()
-    _, second = Session.initiate(alice, claimed_bundle(bob, one_time=False, kem_one_time=False))
+    _, second = Session.initiate(
+        alice, claimed_bundle(bob, one_time=False, kem_one_time=False), binding=IDS
+    )
     bob.rotate_last_resort_kem_prekey()
     bob.rotate_last_resort_kem_prekey()
     with pytest.raises(crypto.PrekeyReused):  # rotated out twice: gone
-        Session.respond(bob, second)
+        Session.respond(bob, second, binding=IDS)
 
 
 def test_message_kinds_and_decrypt_message() -> None:
@@ -127,8 +131,8 @@ def test_documented_upload_flow() -> None:
         "one_time_prekey": upload["one_time_prekeys"][0],
         "kem_prekey": dict(upload["kem_prekeys"][0], last_resort=False),
     }
-    alice_session, first = Session.initiate(Device.generate(), bundle, b"hi")
-    bob_session, plaintext = Session.respond(bob, first)
+    alice_session, first = Session.initiate(Device.generate(), bundle, b"hi", binding=IDS)
+    bob_session, plaintext = Session.respond(bob, first, binding=IDS)
     assert plaintext == b"hi"
     assert alice_session.decrypt(bob_session.encrypt(b"hello")) == b"hello"
 
@@ -177,12 +181,12 @@ def test_initial_message_digest_names_a_handshake() -> None:
     started (``Session.initial_digest``); another handshake's differs; a message that
     is not an initial message raises."""
     alice, bob = Device.generate(), Device.generate()
-    a, first = Session.initiate(alice, claimed_bundle(bob), b"one")
+    a, first = Session.initiate(alice, claimed_bundle(bob), b"one", binding=IDS)
     second = a.encrypt(b"two")  # not answered yet: the same PQXDH fields
-    b, _ = Session.respond(bob, first)
+    b, _ = Session.respond(bob, first, binding=IDS)
     assert a.initial_digest is None
     assert initial_message_digest(first) == initial_message_digest(second) == b.initial_digest
-    _, other = Session.initiate(alice, claimed_bundle(bob), b"one")
+    _, other = Session.initiate(alice, claimed_bundle(bob), b"one", binding=IDS)
     assert initial_message_digest(other) != initial_message_digest(first)
     with pytest.raises(MalformedMessage):
         initial_message_digest(b.encrypt(b"reply"))

@@ -58,6 +58,7 @@ from parley.crypto.linking import (
     parse_link_code,
     seal_for_new_device,
 )
+from parley.crypto.pqxdh import Binding
 from parley.crypto.session import (
     DecryptedMessage,
     Device,
@@ -71,6 +72,7 @@ from parley.crypto.session import (
 __all__ = [
     "AccountKey",
     "BadCommitment",
+    "Binding",
     "CounterExhausted",
     "CryptoError",
     "DecryptedMessage",

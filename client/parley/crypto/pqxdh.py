@@ -10,7 +10,15 @@ responder::
     SK = HKDF-SHA256(salt = 32 zero bytes,
                      ikm  = 32 x 0xFF || DH1 || DH2 || DH3 [|| DH4] || SS,
                      info = "Parley_PQXDH_CURVE25519_SHA-256_ML-KEM-768", L = 32)
-    AD = signing_key_A || dh_key_A || signing_key_B || dh_key_B   (128 bytes)
+    AD = signing_key_A || dh_key_A || signing_key_B || dh_key_B
+         || ids(user_A, device_A) || ids(user_B, device_B)
+    ids(user, device) = u16be(len(utf8(user))) || utf8(user) || u32be(device)
+
+The ids bind each device to the account it speaks for (:class:`Binding`): without
+them an account could list another user's device keys (public, self-signed) as a
+device of its own, and a server lying about device lists could relabel what one user
+sends as another's (unknown key-share; docs/crypto.md).  Sessions begun before the
+ids were bound keep the 128-byte AD they were made with (it is stored with them).
 
 The caller must have verified the bundle's signatures (``PrekeyBundle.from_json``
 does) before calling :func:`initiate`; the responder verifies the initiator's
@@ -23,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from parley.crypto.bundle import PrekeyBundle, PublicIdentity
-from parley.crypto.errors import InvalidKeyLength
+from parley.crypto.encoding import check_u32, u32
+from parley.crypto.errors import InvalidKeyLength, MalformedBundle
 from parley.crypto.primitives import (
     MLKEM768_CT_LEN,
     MLKEM768_SS_LEN,
@@ -36,6 +45,7 @@ from parley.crypto.wire import PrekeySection
 
 __all__ = [
     "INFO",
+    "Binding",
     "Encapsulate",
     "InitiatorHandshake",
     "associated_data",
@@ -52,8 +62,47 @@ Encapsulate = Callable[[bytes], tuple[bytes, bytes]]
 """``encapsulate(encapsulation_key) -> (shared_secret, ciphertext)``."""
 
 
-def associated_data(initiator: PublicIdentity, responder: PublicIdentity) -> bytes:
-    return initiator.encode() + responder.encode()
+_MAX_USER = 0xFFFF
+
+
+def _ids(user: str, device: int, side: str) -> bytes:
+    if not isinstance(user, str) or not user:
+        raise MalformedBundle(f"{side}_user: expected a non-empty string")
+    try:
+        raw = user.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 for it
+        raise MalformedBundle(f"{side}_user: not valid Unicode") from None
+    if len(raw) > _MAX_USER:
+        raise MalformedBundle(f"{side}_user: longer than {_MAX_USER} bytes")
+    return len(raw).to_bytes(2, "big") + raw + u32(check_u32(device, field=f"{side}_device"))
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Who a handshake is between: the account (user) and device ids of both sides.
+
+    The initiator gives its own ids and the ones it asked the key directory for;
+    the responder, the sender ids on the envelope (stamped by the server from the
+    sender's token) and its own.  When the two do not agree, the first message does
+    not decrypt."""
+
+    initiator_user: str
+    initiator_device: int
+    responder_user: str
+    responder_device: int
+
+    def encode(self) -> bytes:
+        """``ids(initiator) || ids(responder)``; MalformedBundle for an empty user, one
+        over 65,535 UTF-8 bytes, or a device id that is not a u32."""
+        return _ids(self.initiator_user, self.initiator_device, "initiator") + _ids(
+            self.responder_user, self.responder_device, "responder"
+        )
+
+
+def associated_data(
+    initiator: PublicIdentity, responder: PublicIdentity, binding: Binding
+) -> bytes:
+    return initiator.encode() + responder.encode() + binding.encode()
 
 
 def derive_secret(
@@ -75,14 +124,17 @@ def initiate(
     local_identity: PublicIdentity,
     bundle: PrekeyBundle,
     *,
+    binding: Binding,
     rng: RandomSource,
     encapsulate: Encapsulate,
 ) -> InitiatorHandshake:
-    """Run the initiator side on an already verified bundle.
+    """Run the initiator side on an already verified bundle (``binding``: see
+    :class:`Binding`; checked before any key is used).
 
     The ephemeral private key lives only in this function's frame: only its
     public half leaves (in the prekey section).
     """
+    ad = associated_data(local_identity, bundle.identity, binding)
     ephemeral = X25519KeyPair.generate(rng)
     spk = bundle.signed_prekey
     otp = bundle.one_time_prekey
@@ -104,7 +156,7 @@ def initiate(
         kem_prekey_id=bundle.kem_prekey.id,
         kem_ciphertext=kem_ciphertext,
     )
-    return InitiatorHandshake(secret, associated_data(local_identity, bundle.identity), section)
+    return InitiatorHandshake(secret, ad, section)
 
 
 def respond(
@@ -114,8 +166,11 @@ def respond(
     signed_prekey: X25519KeyPair,
     one_time_prekey: X25519KeyPair | None,
     kem_prekey: MLKEM768KeyPair,
+    *,
+    binding: Binding,
 ) -> tuple[bytes, bytes]:
     """Responder side; returns ``(SK, AD)``.  The caller has verified ``section.identity``."""
+    ad = associated_data(section.identity, local_identity, binding)
     ek = section.ephemeral_key
     dh1 = signed_prekey.dh(section.identity.dh_key)
     dh2 = identity_dh.dh(ek)
@@ -123,4 +178,4 @@ def respond(
     dh4 = one_time_prekey.dh(ek) if one_time_prekey is not None else None
     kem_secret = kem_prekey.decapsulate(section.kem_ciphertext)
     secret = derive_secret(dh1, dh2, dh3, dh4, kem_secret)
-    return secret, associated_data(section.identity, local_identity)
+    return secret, ad

@@ -8,8 +8,9 @@ Typical use::
               "kem_prekeys": bob.generate_kem_prekeys(100),
               "last_resort_kem_prekey": bob.last_resort_kem_prekey()}
     # ... Alice claims a bundle from the key directory ...
-    alice_session, first = Session.initiate(alice, bundle_json, b"hi")
-    bob_session, plaintext = Session.respond(bob, first)      # consumes prekeys
+    ids = Binding("alice", 1, "bob", 1)   # who each side is (account, device)
+    alice_session, first = Session.initiate(alice, bundle_json, b"hi", binding=ids)
+    bob_session, plaintext = Session.respond(bob, first, binding=ids)  # consumes prekeys
     reply = bob_session.encrypt(b"hello")
     alice_session.decrypt(reply)
 
@@ -202,6 +203,7 @@ class Session:
         bundle: PrekeyBundle | Mapping[str, Any],
         plaintext: bytes = b"",
         *,
+        binding: pqxdh.Binding,
         expected_identity: PublicIdentity | None = None,
         rng: RandomSource | None = None,
         kem_encapsulate: pqxdh.Encapsulate = mlkem768_encapsulate,
@@ -213,8 +215,9 @@ class Session:
         is the identity we already know for this contact, if any
         (IdentityChanged if the bundle has another).  Until the peer answers,
         every message from :meth:`encrypt` is an initial message carrying the
-        same PQXDH fields.  ``rng`` and ``kem_encapsulate`` exist for test
-        vectors.
+        same PQXDH fields.  ``binding`` names this device and the one written to
+        (:class:`parley.crypto.pqxdh.Binding`: our ids, and the ids we asked the
+        directory for).  ``rng`` and ``kem_encapsulate`` exist for test vectors.
         """
         if isinstance(bundle, PrekeyBundle):
             bundle.verify()
@@ -224,7 +227,12 @@ class Session:
         check_identity(expected_identity, verified.identity)
         rng = rng or device.rng
         handshake = pqxdh.initiate(
-            device.dh_keypair, device.identity, verified, rng=rng, encapsulate=kem_encapsulate
+            device.dh_keypair,
+            device.identity,
+            verified,
+            binding=binding,
+            rng=rng,
+            encapsulate=kem_encapsulate,
         )
         ratchet = RatchetState.initiator(
             handshake.secret, handshake.associated_data, verified.signed_prekey.key, rng
@@ -240,9 +248,19 @@ class Session:
 
     @classmethod
     def respond(
-        cls, device: Device, message: bytes, *, rng: RandomSource | None = None
+        cls,
+        device: Device,
+        message: bytes,
+        *,
+        binding: pqxdh.Binding,
+        rng: RandomSource | None = None,
     ) -> tuple[Session, bytes]:
         """Accept an initial message; return the new session and the plaintext.
+
+        ``binding``: the sender's ids as the envelope gives them, and ours
+        (:class:`parley.crypto.pqxdh.Binding`); when they are not the ones the
+        initiator bound, the message does not decrypt (DecryptionFailed) and no
+        prekey is consumed.
 
         Consumes the one-time X25519 and one-time KEM prekeys it names (persist
         ``device`` afterwards).  Raises InvalidSignature (initiator identity),
@@ -250,12 +268,17 @@ class Session:
         message that used no one-time material), DecryptionFailed, ...; on any
         error the device is unchanged.
         """
-        session, received = cls.respond_message(device, message, rng=rng)
+        session, received = cls.respond_message(device, message, binding=binding, rng=rng)
         return session, received.plaintext
 
     @classmethod
     def respond_message(
-        cls, device: Device, message: bytes, *, rng: RandomSource | None = None
+        cls,
+        device: Device,
+        message: bytes,
+        *,
+        binding: pqxdh.Binding,
+        rng: RandomSource | None = None,
     ) -> tuple[Session, DecryptedMessage]:
         """Like :meth:`respond`, returning the franking key and commitment too."""
         parsed = parse_pairwise(message)
@@ -273,7 +296,13 @@ class Session:
         if one_time is None and kem.last_resort:
             device._check_base_key(section.signed_prekey_id, section.ephemeral_key)
         secret, ad = pqxdh.respond(
-            device.dh_keypair, device.identity, section, signed_prekey, one_time, kem.pair()
+            device.dh_keypair,
+            device.identity,
+            section,
+            signed_prekey,
+            one_time,
+            kem.pair(),
+            binding=binding,
         )
         ratchet = RatchetState.responder(secret, ad, signed_prekey, rng or device.rng)
         payload = ratchet.decrypt(

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Device } from '../src/crypto/device.ts';
 import { b64decode, b64encode, fromUtf8, toHex, utf8 } from '../src/crypto/encoding.ts';
+import type { Binding } from '../src/crypto/pqxdh.ts';
 import { GroupSession, Session } from '../src/crypto/session.ts';
 import { safetyNumber } from '../src/crypto/fingerprint.ts';
 import { verifyReport } from '../src/crypto/franking.ts';
@@ -66,6 +67,15 @@ async function tsDevice(): Promise<[Device, PublicParts]> {
   return [device, parts];
 }
 
+/** Who a handshake is between (device 1 each, as bundleOf's): the TS options' binding
+ * and the Python peer's (snake_case, as in the vectors). */
+function between(initiatorUser: string, responderUser: string): { ts: Binding; py: Record<string, unknown> } {
+  return {
+    ts: { initiatorUser, initiatorDevice: 1, responderUser, responderDevice: 1 },
+    py: { initiator_user: initiatorUser, initiator_device: 1, responder_user: responderUser, responder_device: 1 },
+  };
+}
+
 const text = (s: string): string => b64encode(utf8(s));
 const plain = (r: Received | string): string => fromUtf8(b64decode(typeof r === 'string' ? r : r.plaintext));
 
@@ -75,13 +85,15 @@ describe('PQXDH + Double Ratchet with the Python client', () => {
     it(`Python initiates to a TS responder (${variant}); messages both ways, out of order, replay`, async () => {
       const [bob, parts] = await tsDevice();
       await py.call('device_new', { name: 'alice' });
+      const ids = between('zoë', '李'); // non-ASCII: the UTF-8 lengths in the AD agree
       const initial = await py.call<string>('initiate', {
         device: 'alice',
         session: 'a→b',
-        bundle: bundleOf('bob', parts, oneTime),
+        bundle: bundleOf('李', parts, oneTime),
         plaintext: text('hello from Python'),
+        binding: ids.py,
       });
-      const [session, first] = await Session.respondMessage(bob, b64decode(initial));
+      const [session, first] = await Session.respondMessage(bob, b64decode(initial), { binding: ids.ts });
       expect(fromUtf8(first.plaintext)).toBe('hello from Python');
       await py.call('verify_report', {
         plaintext: b64encode(first.plaintext),
@@ -112,7 +124,7 @@ describe('PQXDH + Double Ratchet with the Python client', () => {
       });
       // The same initial message again: refused by the TS device, which stays unchanged.
       const before = toHex(bob.toBytes());
-      await expect(Session.respond(bob, b64decode(initial))).rejects.toMatchObject({
+      await expect(Session.respond(bob, b64decode(initial), { binding: ids.ts })).rejects.toMatchObject({
         name: oneTime ? 'PrekeyReused' : 'ReplayedMessage',
       });
       expect(toHex(bob.toBytes())).toBe(before);
@@ -121,11 +133,14 @@ describe('PQXDH + Double Ratchet with the Python client', () => {
     it(`TS initiates to a Python responder (${variant}); messages both ways`, async () => {
       const alice = await Device.generate();
       const parts = await py.call<PublicParts>('device_new', { name: 'bob' });
-      const [session, initial] = await Session.initiate(alice, bundleOf('bob', parts, oneTime), utf8('hello from TypeScript'));
+      const ids = between('zoë', '李');
+      const [session, initial] = await Session.initiate(alice, bundleOf('李', parts, oneTime), utf8('hello from TypeScript'), {
+        binding: ids.ts,
+      });
       // Until Python answers, every TS message is an initial message with the same PQXDH fields.
       const second = await session.encrypt(utf8('second, before any reply'));
       expect(second[1]).toBe(2);
-      const first = await py.call<Received>('respond', { device: 'bob', session: 'b→a', message: b64encode(initial) });
+      const first = await py.call<Received>('respond', { device: 'bob', session: 'b→a', message: b64encode(initial), binding: ids.py });
       expect(plain(first)).toBe('hello from TypeScript');
       await verifyReport(b64decode(first.plaintext), b64decode(first.franking_key), b64decode(first.commitment));
       expect(plain(await py.call<Received>('decrypt', { session: 'b→a', message: b64encode(second) }))).toBe(
@@ -151,6 +166,38 @@ describe('PQXDH + Double Ratchet with the Python client', () => {
       });
     });
   }
+
+  it('a binding the two sides do not share fails to decrypt in either, and the right one then works', async () => {
+    // Python initiates; the TS responder is told another sender device, then the right one.
+    const [bob, parts] = await tsDevice();
+    await py.call('device_new', { name: 'alice3' });
+    const ids = between('alice', 'bob');
+    const initial = await py.call<string>('initiate', {
+      device: 'alice3',
+      session: 'a3',
+      bundle: bundleOf('bob', parts, true),
+      plaintext: text('bound'),
+      binding: ids.py,
+    });
+    const before = toHex(bob.toBytes());
+    await expect(
+      Session.respond(bob, b64decode(initial), { binding: { ...ids.ts, initiatorDevice: 2 } }),
+    ).rejects.toMatchObject({ name: 'DecryptionFailed' });
+    expect(toHex(bob.toBytes())).toBe(before);
+    expect(fromUtf8((await Session.respond(bob, b64decode(initial), { binding: ids.ts }))[1])).toBe('bound');
+    // TS initiates; the Python responder is told another sender account, then the right one.
+    const pyParts = await py.call<PublicParts>('device_new', { name: 'bob3' });
+    const [, toPy] = await Session.initiate(await Device.generate(), bundleOf('bob', pyParts, true), utf8('bound too'), {
+      binding: ids.ts,
+    });
+    const mallory = between('mallory', 'bob');
+    await expect(
+      py.call('respond', { device: 'bob3', session: 'b3', message: b64encode(toPy), binding: mallory.py }),
+    ).rejects.toMatchObject({ name: 'DecryptionFailed' });
+    expect(plain(await py.call<Received>('respond', { device: 'bob3', session: 'b3', message: b64encode(toPy), binding: ids.py }))).toBe(
+      'bound too',
+    );
+  });
 
   it('safety numbers agree (non-ASCII user ids)', async () => {
     const a = await Device.generate();
@@ -195,8 +242,15 @@ describe('serialised state crosses between the implementations', () => {
   it('a TS session continues in Python and a Python session continues in TS', async () => {
     const [bob, parts] = await tsDevice();
     await py.call('device_new', { name: 'alice2' });
-    const initial = await py.call<string>('initiate', { device: 'alice2', session: 's', bundle: bundleOf('bob', parts, true), plaintext: text('hi') });
-    const [tsBob] = await Session.respond(bob, b64decode(initial));
+    const ids = between('alice', 'bob');
+    const initial = await py.call<string>('initiate', {
+      device: 'alice2',
+      session: 's',
+      bundle: bundleOf('bob', parts, true),
+      plaintext: text('hi'),
+      binding: ids.py,
+    });
+    const [tsBob] = await Session.respond(bob, b64decode(initial), { binding: ids.ts });
     await py.call('decrypt', { session: 's', message: b64encode(await tsBob.encrypt(utf8('reply'))) });
     await tsBob.decrypt(b64decode(await py.call<string>('encrypt', { session: 's', plaintext: text('one more') })));
 
@@ -226,10 +280,12 @@ describe('serialised state crosses between the implementations', () => {
     await py.call('device_load', { name: 'bob-from-ts', state: b64encode(bob.toBytes()) });
     expect(await py.call<string>('device_state', { name: 'bob-from-ts' })).toBe(b64encode(bob.toBytes()));
     const alice = await Device.generate();
-    const [session, initial] = await Session.initiate(alice, bundleOf('bob', parts, true), utf8('to the TS device in Python'));
-    expect(plain(await py.call<Received>('respond', { device: 'bob-from-ts', session: 'x', message: b64encode(initial) }))).toBe(
-      'to the TS device in Python',
-    );
+    const toBob = between('alice', 'bob');
+    const [session, initial] = await Session.initiate(alice, bundleOf('bob', parts, true), utf8('to the TS device in Python'), {
+      binding: toBob.ts,
+    });
+    const answer = await py.call<Received>('respond', { device: 'bob-from-ts', session: 'x', message: b64encode(initial), binding: toBob.py });
+    expect(plain(answer)).toBe('to the TS device in Python');
     const back = await py.call<string>('encrypt', { session: 'x', plaintext: text('back') });
     expect(fromUtf8(await session.decrypt(b64decode(back)))).toBe('back');
 
@@ -237,8 +293,15 @@ describe('serialised state crosses between the implementations', () => {
     const carol = await Device.fromBytes(b64decode(await py.call<string>('device_state', { name: 'carol' })));
     expect(b64encode(carol.toBytes())).toBe(await py.call<string>('device_state', { name: 'carol' }));
     await py.call('device_new', { name: 'dave' });
-    const toCarol = await py.call<string>('initiate', { device: 'dave', session: 'd', bundle: bundleOf('carol', pyParts, false), plaintext: text('to the Python device in TS') });
-    const [, received] = await Session.respond(carol, b64decode(toCarol));
+    const toCarol = between('dave', 'carol');
+    const fromDave = await py.call<string>('initiate', {
+      device: 'dave',
+      session: 'd',
+      bundle: bundleOf('carol', pyParts, false),
+      plaintext: text('to the Python device in TS'),
+      binding: toCarol.py,
+    });
+    const [, received] = await Session.respond(carol, b64decode(fromDave), { binding: toCarol.ts });
     expect(fromUtf8(received)).toBe('to the Python device in TS');
   });
 

@@ -65,7 +65,7 @@ describe('a note to self: the frame', () => {
     expect(sendRefusal(copies, ME, ME)).toBeNull();
     // Device 2 reads it: the sender is ME's device 1 (from == me, a note to self).
     const onTwo = await account(ME, [[THIS, d1], [2, d2], [3, d3]], new Map());
-    const got = await onTwo.decrypt(async () => d2, THIS, b64decode((copies[0] as W.Copy).body));
+    const got = await onTwo.decrypt(async () => d2, THIS, b64decode((copies[0] as W.Copy).body), [ME, 2]);
     expect(fromUtf8(got.plaintext)).toBe('buy milk');
     // A message to a contact still goes to all of its devices and our other ones.
     const toBob = await encryptCopies(BOB, ME, THIS, async () => d1, utf8('hi'), state, bundles);

@@ -12,6 +12,12 @@ import { bundleOf } from './support/fixtures.ts';
 
 const ME = 'a'.repeat(32);
 const BOB = 'b'.repeat(32);
+/** This device: ME's device 1 (the responder of every handshake `toUs`). */
+const LOCAL = [ME, 1] as const;
+/** Session.initiate options for `user`'s device `device` writing to this device. */
+const toUs = (user: string, device: number) => ({
+  binding: { initiatorUser: user, initiatorDevice: device, responderUser: ME, responderDevice: 1 },
+});
 
 async function listing(key: AccountKey, version: number, devices: [number, Device][], user = BOB): Promise<SignedDeviceList> {
   return new DeviceList(user, version, devices.map(([id, d]) => DeviceEntry.of(id, `dev ${id}`, d.identity))).sign(key);
@@ -95,11 +101,11 @@ describe('PeerState', () => {
     // Bob's side: the peer is "me", and Bob's device answers my initial message.
     const meAsPeer = new PeerState(BOB);
     await meAsPeer.trust(b64encode(key.public), await listing(key, 1, [[3, me]]), mine, ME);
-    const [session, initial] = await Session.initiate(me, await bundleOf(bobDevice, true, BOB), utf8('first'));
+    const [session, initial] = await Session.initiate(me, await bundleOf(bobDevice, true, BOB), utf8('first'), toUs(BOB, 3));
     const bobs = async () => bobDevice;
-    const got = await meAsPeer.decrypt(bobs, 3, initial);
+    const got = await meAsPeer.decrypt(bobs, 3, initial, LOCAL);
     expect(got.newSession && fromUtf8(got.plaintext) === 'first').toBe(true);
-    await expect(meAsPeer.decrypt(bobs, 3, initial)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+    await expect(meAsPeer.decrypt(bobs, 3, initial, LOCAL)).rejects.toMatchObject({ name: 'ReplayedMessage' });
     const reply = await meAsPeer.encrypt(3, utf8('reply'));
     expect(fromUtf8(await session.decrypt(reply))).toBe('reply');
     const next = await session.encrypt(utf8('second'));
@@ -107,11 +113,11 @@ describe('PeerState', () => {
     const unread = async (): Promise<Device> => {
       throw new Error('the device was read for a message in an existing session');
     };
-    expect(fromUtf8((await meAsPeer.decrypt(unread, 3, next)).plaintext)).toBe('second');
+    expect(fromUtf8((await meAsPeer.decrypt(unread, 3, next, LOCAL)).plaintext)).toBe('second');
     // A device that is not in the list cannot start a session.
     const stranger = await Device.generate();
-    const [, fromStranger] = await Session.initiate(stranger, await bundleOf(bobDevice, true, BOB), utf8('hi'));
-    await expect(meAsPeer.decrypt(bobs, 3, fromStranger)).rejects.toThrow(/not in its device list/);
+    const [, fromStranger] = await Session.initiate(stranger, await bundleOf(bobDevice, true, BOB), utf8('hi'), toUs(BOB, 3));
+    await expect(meAsPeer.decrypt(bobs, 3, fromStranger, LOCAL)).rejects.toThrow(/not in its device list/);
     // The device leaves the list: its sessions go.
     await meAsPeer.trust(b64encode(key.public), await listing(key, 2, []), mine, ME);
     expect(meAsPeer.hasSession(3)).toBe(false);
@@ -126,12 +132,12 @@ describe('PeerState', () => {
     expect(contact.missingSessions()).toEqual([3]);
     // The old keys' session no longer reads (nor does a new handshake from them) ...
     const later = await oldSession.encrypt(utf8('still the old keys'));
-    await expect(contact.decrypt(bobs, 3, later)).rejects.toThrow(/no session with this device/);
-    const [, again] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('new handshake, old keys'));
-    await expect(contact.decrypt(bobs, 3, again)).rejects.toMatchObject({ name: 'UnknownDevice' });
+    await expect(contact.decrypt(bobs, 3, later, LOCAL)).rejects.toThrow(/no session with this device/);
+    const [, again] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('new handshake, old keys'), toUs(BOB, 3));
+    await expect(contact.decrypt(bobs, 3, again, LOCAL)).rejects.toMatchObject({ name: 'UnknownDevice' });
     // ... and the listed keys get a session of their own.
-    const [, freshInitial] = await Session.initiate(fresh, await bundleOf(bobDevice, true, BOB), utf8('from the new keys'));
-    expect(fromUtf8((await contact.decrypt(bobs, 3, freshInitial)).plaintext)).toBe('from the new keys');
+    const [, freshInitial] = await Session.initiate(fresh, await bundleOf(bobDevice, true, BOB), utf8('from the new keys'), toUs(BOB, 3));
+    expect(fromUtf8((await contact.decrypt(bobs, 3, freshInitial, LOCAL)).plaintext)).toBe('from the new keys');
     // The same list again (or a newer one with the same keys) keeps the sessions.
     await contact.trust(b64encode(key.public), await listing(key, 3, [[3, fresh], [4, other]]), mine, ME);
     expect([contact.hasSession(3), contact.hasSession(4)]).toEqual([true, true]);
@@ -147,7 +153,7 @@ describe('PeerState', () => {
     const checked = PeerState.fromJson({ ...stored, sessions_checked: true });
     expect(checked.hasSession(3)).toBe(true);
     await expect(checked.encrypt(3, utf8('to the old keys'))).rejects.toMatchObject({ name: 'UnknownDevice' });
-    await expect(checked.decrypt(bobs, 3, await oldSession.encrypt(utf8('from the old keys')))).rejects.toMatchObject({ name: 'UnknownDevice' });
+    await expect(checked.decrypt(bobs, 3, await oldSession.encrypt(utf8('from the old keys')), LOCAL)).rejects.toMatchObject({ name: 'UnknownDevice' });
     // Written before the check (no flag): the session goes when the state is read; the
     // one that matches its entry stays, and the state is written back checked.
     delete stored.sessions_checked;
@@ -168,31 +174,59 @@ describe('PeerState', () => {
     await carol.trust(b64encode(carolKey.public), await listing(carolKey, 1, [[1, carolDevice]], CAROL), mine, ME);
     const bobs = async () => bobDevice;
     const bundle = await bundleOf(bobDevice, true, BOB); // handed out to both
-    const [aliceSession, first] = await Session.initiate(aliceDevice, bundle, utf8('alice'));
+    const [aliceSession, first] = await Session.initiate(aliceDevice, bundle, utf8('alice'), toUs(ALICE, 1));
     const second = await aliceSession.encrypt(utf8('alice again')); // an initial message too
-    const [carolSession, fromCarol] = await Session.initiate(carolDevice, bundle, utf8('carol'));
-    expect(fromUtf8((await alice.decrypt(bobs, 1, first)).plaintext)).toBe('alice');
+    const [carolSession, fromCarol] = await Session.initiate(carolDevice, bundle, utf8('carol'), toUs(CAROL, 1));
+    expect(fromUtf8((await alice.decrypt(bobs, 1, first, LOCAL)).plaintext)).toBe('alice');
     // Carol's messages (the first and the next one of her session) cannot be read: that is
     // a failure to show, not a replay to drop.
-    await expect(carol.decrypt(bobs, 1, fromCarol)).rejects.toMatchObject({ name: 'PrekeyReused' });
-    await expect(carol.decrypt(bobs, 1, await carolSession.encrypt(utf8('carol again')))).rejects.toMatchObject({ name: 'PrekeyReused' });
+    await expect(carol.decrypt(bobs, 1, fromCarol, LOCAL)).rejects.toMatchObject({ name: 'PrekeyReused' });
+    await expect(carol.decrypt(bobs, 1, await carolSession.encrypt(utf8('carol again')), LOCAL)).rejects.toMatchObject({ name: 'PrekeyReused' });
     expect(alice.answered).toHaveLength(1);
     // Alice's first message again: a replay, with her session or without it (dropped
     // since), also after the state's JSON; so is a later message of that handshake.
-    await expect(alice.decrypt(bobs, 1, first)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+    await expect(alice.decrypt(bobs, 1, first, LOCAL)).rejects.toMatchObject({ name: 'ReplayedMessage' });
     alice.sessions.delete(1);
     const restored = PeerState.fromJson(JSON.parse(JSON.stringify(alice.toJson())));
     for (const state of [alice, restored]) {
-      await expect(state.decrypt(bobs, 1, first)).rejects.toMatchObject({ name: 'ReplayedMessage' });
-      await expect(state.decrypt(bobs, 1, second)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+      await expect(state.decrypt(bobs, 1, first, LOCAL)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+      await expect(state.decrypt(bobs, 1, second, LOCAL)).rejects.toMatchObject({ name: 'ReplayedMessage' });
     }
     // The memory is bounded, the newest kept.
     restored.answered = Array.from({ length: ANSWERED_KEPT }, (_, i) => `old${i}`);
-    const [, next] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8('next'));
-    await restored.decrypt(bobs, 1, next);
+    const [, next] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8('next'), toUs(ALICE, 1));
+    await restored.decrypt(bobs, 1, next, LOCAL);
     expect(restored.answered).toHaveLength(ANSWERED_KEPT);
     expect(restored.answered[0]).toBe('old1');
     expect(restored.answered.at(-1)).not.toMatch(/^old/);
+  });
+
+  it("a first message relabelled to an account that lists the sender's device keys does not decrypt, in either direction", async () => {
+    // The unknown key-share (docs/crypto.md): mallory's signed list names alice's device
+    // keys as mallory's device 2, and the server relabels what that device sends.
+    const mine = (await AccountKey.generate()).public;
+    const [aliceKey, malloryKey] = [await AccountKey.generate(), await AccountKey.generate()];
+    const [aliceDevice, bobDevice] = [await Device.generate(), await Device.generate()];
+    const [ALICE, MALLORY] = ['c'.repeat(32), 'd'.repeat(32)];
+    const alice = new PeerState(ALICE);
+    await alice.trust(b64encode(aliceKey.public), await listing(aliceKey, 1, [[1, aliceDevice]], ALICE), mine, ME);
+    const mallory = new PeerState(MALLORY);
+    await mallory.trust(b64encode(malloryKey.public), await listing(malloryKey, 1, [[2, aliceDevice]], MALLORY), mine, ME);
+    const bobs = async () => bobDevice;
+    const [, first] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, ME), utf8('from alice'), toUs(ALICE, 1));
+    const counts = [bobDevice.oneTimePrekeyCount, bobDevice.kemPrekeyCount];
+    await expect(mallory.decrypt(bobs, 2, first, LOCAL)).rejects.toMatchObject({ name: 'DecryptionFailed' });
+    expect(mallory.hasSession(2)).toBe(false);
+    expect([bobDevice.oneTimePrekeyCount, bobDevice.kemPrekeyCount]).toEqual(counts);
+    expect(fromUtf8((await alice.decrypt(bobs, 1, first, LOCAL)).plaintext)).toBe('from alice');
+    // What this device writes to mallory's device 2 is read by alice's device as from us
+    // to alice: it does not decrypt there either.
+    const toMallory = { binding: { initiatorUser: ME, initiatorDevice: 1, responderUser: MALLORY, responderDevice: 2 } };
+    const [, ours] = await Session.initiate(bobDevice, await bundleOf(aliceDevice, true, MALLORY), utf8('to mallory'), toMallory);
+    const ourKey = await AccountKey.generate();
+    const usOnAlice = new PeerState(ME); // alice's view of us
+    await usOnAlice.trust(b64encode(ourKey.public), await listing(ourKey, 1, [[1, bobDevice]], ME), aliceKey.public, ALICE);
+    await expect(usOnAlice.decrypt(async () => aliceDevice, 1, ours, [ALICE, 1])).rejects.toMatchObject({ name: 'DecryptionFailed' });
   });
 
   it("a state from before #answered was kept takes its sessions' handshakes: a later initial message of one evicted since is a replay, not \"could not decrypt\"", async () => {
@@ -206,11 +240,12 @@ describe('PeerState', () => {
     const alice = new PeerState(ALICE);
     await alice.trust(b64encode(aliceKey.public), await listing(aliceKey, 1, [[1, aliceDevice]], ALICE), mine, ME);
     const bobs = async () => bobDevice;
-    const [aliceSession, first] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8('alice'));
+    const [aliceSession, first] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8('alice'), toUs(ALICE, 1));
     const later = await aliceSession.encrypt(utf8('alice again')); // still an initial message
-    await alice.decrypt(bobs, 1, first);
+    await alice.decrypt(bobs, 1, first, LOCAL);
     // A session we started ourselves has no handshake of alice's to remember.
-    const [ours] = await Session.initiate(bobDevice, await bundleOf(aliceDevice, true, ALICE), utf8('ours'));
+    const toAlice = { binding: { initiatorUser: ME, initiatorDevice: 1, responderUser: ALICE, responderDevice: 1 } };
+    const [ours] = await Session.initiate(bobDevice, await bundleOf(aliceDevice, true, ALICE), utf8('ours'), toAlice);
     await alice.start(1, ours);
     const digest = alice.answered[0];
     const stored = JSON.parse(JSON.stringify(alice.toJson()));
@@ -220,12 +255,12 @@ describe('PeerState', () => {
     expect(upgraded.answered).toEqual([digest]);
     expect(PeerState.fromJson(upgraded.toJson()).answered).toEqual([digest]); // once: written back with the flag
     upgraded.sessions.delete(1); // evicted since
-    await expect(upgraded.decrypt(bobs, 1, later)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+    await expect(upgraded.decrypt(bobs, 1, later, LOCAL)).rejects.toMatchObject({ name: 'ReplayedMessage' });
     // Oldest first, after any kept already, the last ANSWERED_KEPT.
     const more: string[] = [];
     for (const i of [0, 1]) {
-      const [, next] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8(`next ${i}`));
-      await alice.decrypt(bobs, 1, next);
+      const [, next] = await Session.initiate(aliceDevice, await bundleOf(bobDevice, true, BOB), utf8(`next ${i}`), toUs(ALICE, 1));
+      await alice.decrypt(bobs, 1, next, LOCAL);
       more.push(alice.answered.at(-1) as string);
     }
     const again = JSON.parse(JSON.stringify(alice.toJson()));
@@ -245,10 +280,10 @@ async function sessionsWithDevices3And4() {
   const contact = new PeerState(BOB);
   await contact.trust(b64encode(key.public), await listing(key, 1, [[3, old], [4, other]]), mine, ME);
   const bobs = async () => bobDevice;
-  const [oldSession, oldInitial] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('from the old keys'));
-  const [, otherInitial] = await Session.initiate(other, await bundleOf(bobDevice, true, BOB), utf8('from 4'));
-  await contact.decrypt(bobs, 3, oldInitial);
-  await contact.decrypt(bobs, 4, otherInitial);
+  const [oldSession, oldInitial] = await Session.initiate(old, await bundleOf(bobDevice, true, BOB), utf8('from the old keys'), toUs(BOB, 3));
+  const [, otherInitial] = await Session.initiate(other, await bundleOf(bobDevice, true, BOB), utf8('from 4'), toUs(BOB, 4));
+  await contact.decrypt(bobs, 3, oldInitial, LOCAL);
+  await contact.decrypt(bobs, 4, otherInitial, LOCAL);
   await oldSession.decrypt(await contact.encrypt(3, utf8('answer')));
   return { mine, key, old, other, fresh, bobDevice, contact, bobs, oldSession };
 }

@@ -8,72 +8,72 @@ import { fromUtf8, utf8 } from '../src/crypto/encoding.ts';
 import { ReplayedMessage, RetiredSenderKey } from '../src/crypto/errors.ts';
 import { MAX_CHAINS_PER_SENDER, MAX_RETIRED_CHAINS } from '../src/crypto/senderKeys.ts';
 import { GroupSession, Session } from '../src/crypto/session.ts';
-import { bundleOf } from './support/fixtures.ts';
+import { BOUND, bundleOf } from './support/fixtures.ts';
 
 describe('replay memory of handshakes without one-time material', () => {
   it('is not a count: 2,500 other first contacts later the replay is still refused, also after a restore', async () => {
     const bob = await Device.generate();
     const bundle = await bundleOf(bob, false);
-    const [, first] = await Session.initiate(await Device.generate(), bundle, utf8('once'));
-    await Session.respond(bob, first);
+    const [, first] = await Session.initiate(await Device.generate(), bundle, utf8('once'), BOUND);
+    await Session.respond(bob, first, BOUND);
     // Two real handshakes more, then 2,500 others recorded the way a successful
     // respond records them (a full PQXDH each would cost a minute of CI).
     const initiator = await Device.generate();
-    for (let i = 0; i < 2; i++) await Session.respond(bob, (await Session.initiate(initiator, bundle, utf8('x')))[1]);
+    for (let i = 0; i < 2; i++) await Session.respond(bob, (await Session.initiate(initiator, bundle, utf8('x'), BOUND))[1], BOUND);
     const kem = bob.lookupKemPrekey((bundle['kem_prekey'] as { id: number }).id);
     const spk = (bundle['signed_prekey'] as { id: number }).id;
     for (let i = 0; i < 2500; i++) bob.consume(null, kem, spk, crypto.getRandomValues(new Uint8Array(32)));
     expect(bob.rememberedBaseKeyCount).toBe(2503);
-    await expect(Session.respond(bob, first)).rejects.toBeInstanceOf(ReplayedMessage);
-    await expect(Session.respond(await Device.fromBytes(bob.toBytes()), first)).rejects.toBeInstanceOf(ReplayedMessage);
+    await expect(Session.respond(bob, first, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
+    await expect(Session.respond(await Device.fromBytes(bob.toBytes()), first, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
   });
 
   it('lasts as long as the signed prekey: a replay, then an unknown prekey once it is retired', async () => {
     const bob = await Device.generate();
-    const [, first] = await Session.initiate(await Device.generate(), await bundleOf(bob, false), utf8('hi'));
-    await Session.respond(bob, first);
+    const [, first] = await Session.initiate(await Device.generate(), await bundleOf(bob, false), utf8('hi'), BOUND);
+    await Session.respond(bob, first, BOUND);
     const state = JSON.parse(fromUtf8(bob.toBytes())) as { seen_base_keys: Record<string, string[]> };
     expect(Object.keys(state.seen_base_keys)).toEqual(['1']); // by signed prekey id, as Python writes it
     await bob.rotateSignedPrekey();
-    await expect(Session.respond(bob, first)).rejects.toBeInstanceOf(ReplayedMessage);
-    await expect(Session.respond(await Device.fromBytes(bob.toBytes()), first)).rejects.toBeInstanceOf(ReplayedMessage);
+    await expect(Session.respond(bob, first, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
+    await expect(Session.respond(await Device.fromBytes(bob.toBytes()), first, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
     await bob.rotateSignedPrekey();
     expect(bob.rememberedBaseKeyCount).toBe(0);
-    await expect(Session.respond(bob, first)).rejects.toMatchObject({ name: 'UnknownPrekey' });
+    await expect(Session.respond(bob, first, BOUND)).rejects.toMatchObject({ name: 'UnknownPrekey' });
   });
 
   it('reads a state from before the change (one flat list) and keeps its keys', async () => {
     const bob = await Device.generate();
-    const [, first] = await Session.initiate(await Device.generate(), await bundleOf(bob, false), utf8('hi'));
-    await Session.respond(bob, first);
+    const [, first] = await Session.initiate(await Device.generate(), await bundleOf(bob, false), utf8('hi'), BOUND);
+    await Session.respond(bob, first, BOUND);
     const state = JSON.parse(fromUtf8(bob.toBytes())) as { seen_base_keys: unknown };
     state.seen_base_keys = Object.values(state.seen_base_keys as Record<string, string[]>).flat();
     const old = await Device.fromBytes(JSON.stringify(state));
-    await expect(Session.respond(old, first)).rejects.toBeInstanceOf(ReplayedMessage);
+    await expect(Session.respond(old, first, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
   });
 
   it('an upgraded state keeps refusing replays of handshakes made with the previous signed prekey', async () => {
     // The flat list holds those keys too; they were once all filed under the current prekey.
     const bob = await Device.generate();
     const alice = await Device.generate();
-    const [, first] = await Session.initiate(alice, await bundleOf(bob, false), utf8('once'));
-    await Session.respond(bob, first);
+    const [, first] = await Session.initiate(alice, await bundleOf(bob, false), utf8('once'), BOUND);
+    await Session.respond(bob, first, BOUND);
     await bob.rotateSignedPrekey(); // the handshake's signed prekey is now the previous one
-    const [, second] = await Session.initiate(alice, await bundleOf(bob, false), utf8('twice'));
-    await Session.respond(bob, second);
+    const [, second] = await Session.initiate(alice, await bundleOf(bob, false), utf8('twice'), BOUND);
+    await Session.respond(bob, second, BOUND);
     const state = JSON.parse(fromUtf8(bob.toBytes())) as { seen_base_keys: unknown };
     expect(Object.keys(state.seen_base_keys as Record<string, string[]>).sort()).toEqual(['1', '2']);
     state.seen_base_keys = Object.values(state.seen_base_keys as Record<string, string[]>).flat();
     const old = await Device.fromBytes(JSON.stringify(state));
     expect(old.rememberedBaseKeyCount).toBe(2);
     for (const replay of [first, second]) {
-      await expect(Session.respond(old, replay)).rejects.toBeInstanceOf(ReplayedMessage);
-      await expect(Session.respond(await Device.fromBytes(old.toBytes()), replay)).rejects.toBeInstanceOf(ReplayedMessage);
+      await expect(Session.respond(old, replay, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
+      await expect(Session.respond(await Device.fromBytes(old.toBytes()), replay, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
     }
     // The keys go with the previous prekey: one rotation later it is unknown.
     await old.rotateSignedPrekey();
-    await expect(Session.respond(old, first)).rejects.toMatchObject({ name: 'UnknownPrekey' });
-    await expect(Session.respond(old, second)).rejects.toBeInstanceOf(ReplayedMessage);
+    await expect(Session.respond(old, first, BOUND)).rejects.toMatchObject({ name: 'UnknownPrekey' });
+    await expect(Session.respond(old, second, BOUND)).rejects.toBeInstanceOf(ReplayedMessage);
   });
 });
 

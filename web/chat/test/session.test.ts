@@ -9,12 +9,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PrekeyBundle, PublicIdentity } from '../src/crypto/bundle.ts';
 import { Device } from '../src/crypto/device.ts';
 import { b64encode, concat, fromUtf8, toHex, utf8 } from '../src/crypto/encoding.ts';
+import { MalformedBundle } from '../src/crypto/errors.ts';
 import { formatSafetyNumber } from '../src/crypto/fingerprint.ts';
 import { commit, commitmentFromMessage, verifyReport } from '../src/crypto/franking.ts';
 import { Ed25519KeyPair, X25519KeyPair, systemRandom } from '../src/crypto/primitives.ts';
+import { type Binding, encodeBinding } from '../src/crypto/pqxdh.ts';
 import { RATCHET_BOUNDS, RatchetState, setRatchetBounds } from '../src/crypto/ratchet.ts';
 import { Session, checkIdentity, isInitialMessage } from '../src/crypto/session.ts';
-import { bundleOf, flip, sessionPair } from './support/fixtures.ts';
+import { BOUND, bundleOf, flip, sessionPair } from './support/fixtures.ts';
 
 const DEFAULT_BOUNDS = { ...RATCHET_BOUNDS };
 afterEach(() => setRatchetBounds(DEFAULT_BOUNDS));
@@ -28,11 +30,11 @@ describe('handshake and the malicious key directory', () => {
     for (const oneTime of [true, false]) {
       const bob = await Device.generate();
       const bundle = await bundleOf(bob, oneTime);
-      const [, initial] = await Session.initiate(await Device.generate(), bundle, utf8('hi'));
+      const [, initial] = await Session.initiate(await Device.generate(), bundle, utf8('hi'), BOUND);
       expect(isInitialMessage(initial)).toBe(true);
       expect(initial.length).toBe(1335 + 32 + 2 + 16);
       const counts = [bob.oneTimePrekeyCount, bob.kemPrekeyCount];
-      const [, plaintext] = await Session.respond(bob, initial);
+      const [, plaintext] = await Session.respond(bob, initial, BOUND);
       expect(fromUtf8(plaintext)).toBe('hi');
       expect([bob.oneTimePrekeyCount, bob.kemPrekeyCount]).toEqual(oneTime ? [counts[0]! - 1, counts[1]! - 1] : counts);
     }
@@ -54,7 +56,7 @@ describe('handshake and the malicious key directory', () => {
       ['not an object', [], 'MalformedBundle'],
     ];
     for (const [what, bad, error] of cases) {
-      await expect(Session.initiate(alice, bad), what).rejects.toMatchObject({ name: error });
+      await expect(Session.initiate(alice, bad, undefined, BOUND), what).rejects.toMatchObject({ name: error });
     }
   });
 
@@ -63,8 +65,8 @@ describe('handshake and the malicious key directory', () => {
     const bob = await Device.generate();
     const mallory = await Device.generate();
     const known = bob.identity;
-    await Session.initiate(alice, await bundleOf(bob), utf8(''), { expectedIdentity: known });
-    await expect(Session.initiate(alice, await bundleOf(mallory), utf8(''), { expectedIdentity: known })).rejects.toMatchObject({
+    await Session.initiate(alice, await bundleOf(bob), utf8(''), { ...BOUND, expectedIdentity: known });
+    await expect(Session.initiate(alice, await bundleOf(mallory), utf8(''), { ...BOUND, expectedIdentity: known })).rejects.toMatchObject({
       name: 'IdentityChanged',
     });
     const error = await checkIdentity(known, mallory.identity, {
@@ -85,15 +87,15 @@ describe('handshake and the malicious key directory', () => {
     const bundle = (await bundleOf(bob)) as Record<string, Record<string, unknown>>;
     const never = { ...bundle, one_time_prekey: { ...bundle['one_time_prekey'], id: 4000 } };
     // The one-time prekey is unsigned: a directory can make an id up; the responder refuses it.
-    const [, toUnknown] = await Session.initiate(alice, never, utf8('x'));
+    const [, toUnknown] = await Session.initiate(alice, never, utf8('x'), BOUND);
     const before = toHex(bob.toBytes());
     // Someone else's signing key in the initiator identity: dh_sig no longer verifies.
     const forged = concat(initial.subarray(0, 34), (await Ed25519KeyPair.generate()).public, initial.subarray(66));
-    await expect(Session.respond(bob, forged)).rejects.toMatchObject({ name: 'InvalidSignature' });
-    await expect(Session.respond(bob, initial)).rejects.toMatchObject({ name: 'PrekeyReused' });
-    await expect(Session.respond(bob, toUnknown)).rejects.toMatchObject({ name: 'UnknownPrekey' });
-    await expect(Session.respond(bob, initial.subarray(0, 1300))).rejects.toMatchObject({ name: 'MalformedMessage' });
-    await expect(Session.respond(bob, await (await sessionPair()).a.encrypt(utf8('not initial')))).rejects.toMatchObject({
+    await expect(Session.respond(bob, forged, BOUND)).rejects.toMatchObject({ name: 'InvalidSignature' });
+    await expect(Session.respond(bob, initial, BOUND)).rejects.toMatchObject({ name: 'PrekeyReused' });
+    await expect(Session.respond(bob, toUnknown, BOUND)).rejects.toMatchObject({ name: 'UnknownPrekey' });
+    await expect(Session.respond(bob, initial.subarray(0, 1300), BOUND)).rejects.toMatchObject({ name: 'MalformedMessage' });
+    await expect(Session.respond(bob, await (await sessionPair()).a.encrypt(utf8('not initial')), BOUND)).rejects.toMatchObject({
       name: 'MalformedMessage',
     });
     expect(toHex(bob.toBytes())).toBe(before);
@@ -102,31 +104,145 @@ describe('handshake and the malicious key directory', () => {
   it('a tampered initial message leaves the device unchanged; the genuine one still works', async () => {
     const alice = await Device.generate();
     const bob = await Device.generate();
-    const [, initial] = await Session.initiate(alice, await bundleOf(bob), utf8('hi'));
+    const [, initial] = await Session.initiate(alice, await bundleOf(bob), utf8('hi'), BOUND);
     const before = toHex(bob.toBytes());
     for (const at of [2, 170, 200, 1000, 1300, 1336, initial.length - 1]) {
-      await expect(Session.respond(bob, flip(initial, at)), `byte ${at}`).rejects.toMatchObject({
+      await expect(Session.respond(bob, flip(initial, at), BOUND), `byte ${at}`).rejects.toMatchObject({
         name: expect.stringMatching(/DecryptionFailed|UnknownPrekey|MalformedMessage|InvalidKey/),
       });
       expect(toHex(bob.toBytes()), `byte ${at}`).toBe(before);
     }
-    const [, plaintext] = await Session.respond(bob, initial);
+    const [, plaintext] = await Session.respond(bob, initial, BOUND);
     expect(fromUtf8(plaintext)).toBe('hi');
   });
 
   it('initial messages repeat the PQXDH fields until the first reply; another session’s are refused', async () => {
     const { alice, bob } = await sessionPair();
     const bundle = await bundleOf(bob);
-    const [a, first] = await Session.initiate(alice, bundle, utf8('1'));
+    const [a, first] = await Session.initiate(alice, bundle, utf8('1'), BOUND);
     const second = await a.encrypt(utf8('2'));
     expect(isInitialMessage(second)).toBe(true);
     expect(second.subarray(34, 1295)).toEqual(first.subarray(34, 1295));
-    const [b] = await Session.respond(bob, first);
+    const [b] = await Session.respond(bob, first, BOUND);
     expect(fromUtf8(await b.decrypt(second))).toBe('2');
     await a.decrypt(await b.encrypt(utf8('ack')));
     expect(isInitialMessage(await a.encrypt(utf8('3')))).toBe(false);
-    const [, foreign] = await Session.initiate(alice, await bundleOf(bob), utf8('other'));
+    const [, foreign] = await Session.initiate(alice, await bundleOf(bob), utf8('other'), BOUND);
     await expect(b.decrypt(foreign)).rejects.toMatchObject({ name: 'SessionMismatch' });
+  });
+});
+
+describe('the handshake binds both parties\' account and device ids (pqxdh.ts Binding)', () => {
+  const ids: Binding = { initiatorUser: 'zoë', initiatorDevice: 7, responderUser: '李', responderDevice: 2 ** 32 - 1 };
+
+  it('matching bindings: the session works both ways, its AD is the identities then the ids', async () => {
+    const alice = await Device.generate();
+    const bob = await Device.generate();
+    const [a, initial] = await Session.initiate(alice, await bundleOf(bob), utf8('hi'), { binding: ids });
+    const [b, plaintext] = await Session.respond(bob, initial, { binding: { ...ids } });
+    expect(fromUtf8(plaintext)).toBe('hi');
+    expect(fromUtf8(await a.decrypt(await b.encrypt(utf8('hello'))))).toBe('hello');
+    expect(fromUtf8(await b.decrypt(await a.encrypt(utf8('again'))))).toBe('again');
+    const ad = concat(alice.identity.encode(), bob.identity.encode(), encodeBinding(ids));
+    for (const s of [a, b]) expect(JSON.parse(fromUtf8(await s.toBytes())).ratchet.ad).toBe(b64encode(ad));
+  });
+
+  it('encodes ids(user, device) = u16 length ‖ UTF-8 ‖ u32, initiator then responder', () => {
+    expect(toHex(encodeBinding(ids))).toBe(
+      '0004' + toHex(utf8('zoë')) + '00000007' + '0003' + toHex(utf8('李')) + 'ffffffff',
+    );
+    // The length prefix keeps the split between the two users in the bytes.
+    const split = (a: string, b: string) => toHex(encodeBinding({ ...ids, initiatorUser: a, responderUser: b }));
+    expect(split('ab', 'c')).not.toBe(split('a', 'bc'));
+    expect(encodeBinding({ ...ids, initiatorUser: 'x'.repeat(65535), initiatorDevice: 0 }).length).toBe(2 + 65535 + 4 + 2 + 3 + 4);
+  });
+
+  it('refuses an empty user, one over 65,535 UTF-8 bytes, and a device id that is not a u32 (MalformedBundle)', async () => {
+    const bad: [string, Partial<Binding>][] = [
+      ['empty initiator user', { initiatorUser: '' }],
+      ['empty responder user', { responderUser: '' }],
+      ['65,536 UTF-8 bytes', { initiatorUser: 'é'.repeat(32768) }],
+      ['65,536 UTF-8 bytes (responder)', { responderUser: 'x'.repeat(65536) }],
+      ['a lone surrogate (no UTF-8)', { responderUser: 'a\ud800' }],
+      ['device -1', { initiatorDevice: -1 }],
+      ['device 2^32', { responderDevice: 2 ** 32 }],
+      ['device 1.5', { initiatorDevice: 1.5 }],
+      ['device NaN', { responderDevice: Number.NaN }],
+    ];
+    for (const [what, change] of bad) {
+      expect(() => encodeBinding({ ...ids, ...change }), what).toThrow(MalformedBundle);
+    }
+    // A user that is not a string, as JSON could give it.
+    expect(() => encodeBinding({ ...ids, initiatorUser: 5 as unknown as string })).toThrow(MalformedBundle);
+    // Through the session API: refused before any key is used; the responder's device unchanged.
+    const alice = await Device.generate();
+    const bob = await Device.generate();
+    const bundle = await bundleOf(bob);
+    await expect(Session.initiate(alice, bundle, utf8('x'), { binding: { ...ids, initiatorDevice: -1 } })).rejects.toBeInstanceOf(
+      MalformedBundle,
+    );
+    const [, initial] = await Session.initiate(alice, bundle, utf8('x'), { binding: ids });
+    const before = toHex(bob.toBytes());
+    await expect(Session.respond(bob, initial, { binding: { ...ids, responderUser: '' } })).rejects.toBeInstanceOf(MalformedBundle);
+    expect(toHex(bob.toBytes())).toBe(before);
+  });
+
+  it('a responder whose binding differs in any one id fails to decrypt and consumes no prekey; the right one then works', async () => {
+    const wrong: [string, Binding][] = [
+      ['initiator user', { ...ids, initiatorUser: 'mallory' }],
+      ['initiator device', { ...ids, initiatorDevice: 8 }],
+      ['responder user', { ...ids, responderUser: '李李' }],
+      ['responder device', { ...ids, responderDevice: 0 }],
+      ['the roles swapped', { initiatorUser: '李', initiatorDevice: 2 ** 32 - 1, responderUser: 'zoë', responderDevice: 7 }],
+    ];
+    for (const oneTime of [true, false]) {
+      const bob = await Device.generate();
+      const [a, initial] = await Session.initiate(await Device.generate(), await bundleOf(bob, oneTime), utf8('bound'), { binding: ids });
+      const counts = [bob.oneTimePrekeyCount, bob.kemPrekeyCount, bob.rememberedBaseKeyCount];
+      const before = toHex(bob.toBytes());
+      for (const [what, binding] of wrong) {
+        await expect(Session.respond(bob, initial, { binding }), `${what} (one-time: ${oneTime})`).rejects.toMatchObject({
+          name: 'DecryptionFailed',
+        });
+        expect(toHex(bob.toBytes()), what).toBe(before);
+      }
+      expect([bob.oneTimePrekeyCount, bob.kemPrekeyCount, bob.rememberedBaseKeyCount]).toEqual(counts);
+      const [b, plaintext] = await Session.respond(bob, initial, { binding: ids });
+      expect(fromUtf8(plaintext)).toBe('bound');
+      expect([bob.oneTimePrekeyCount, bob.kemPrekeyCount]).toEqual(oneTime ? [counts[0]! - 1, counts[1]! - 1] : counts.slice(0, 2));
+      expect(fromUtf8(await a.decrypt(await b.encrypt(utf8('answered'))))).toBe('answered');
+    }
+  });
+
+  it('a session stored before the ids were bound (a 128-byte AD) decrypts and encrypts after fromBytes', async () => {
+    const { alice, bob } = await sessionPair({ reply: false });
+    const sk = crypto.getRandomValues(new Uint8Array(32));
+    const ad = concat(alice.identity.encode(), bob.identity.encode()); // the AD as it was
+    expect(ad.length).toBe(128);
+    const bobRatchet = await X25519KeyPair.generate();
+    const stored = async (s: Session): Promise<Session> => Session.fromBytes(await s.toBytes());
+    let a = new Session({
+      ratchet: await RatchetState.initiator(sk, ad, bobRatchet.public, systemRandom),
+      localIdentity: alice.identity,
+      peerIdentity: bob.identity,
+      pendingSection: null,
+      initialDigest: null,
+    });
+    let b = new Session({
+      ratchet: RatchetState.responder(sk, ad, bobRatchet, systemRandom),
+      localIdentity: bob.identity,
+      peerIdentity: alice.identity,
+      pendingSection: null,
+      initialDigest: null,
+    });
+    const first = await a.encrypt(utf8('before the upgrade'));
+    [a, b] = [await stored(a), await stored(b)];
+    expect(JSON.parse(fromUtf8(await b.toBytes())).ratchet.ad).toBe(b64encode(ad));
+    expect(fromUtf8(await b.decrypt(first))).toBe('before the upgrade');
+    expect(fromUtf8(await a.decrypt(await b.encrypt(utf8('after it'))))).toBe('after it');
+    [a, b] = [await stored(a), await stored(b)];
+    expect(fromUtf8(await b.decrypt(await a.encrypt(utf8('and on'))))).toBe('and on');
+    expect(JSON.parse(fromUtf8(await a.toBytes())).ratchet.ad).toBe(b64encode(ad));
   });
 });
 
@@ -329,8 +445,8 @@ describe('overlapping async calls behave as the synchronous Python calls', () =>
 
   it('the same initial message answered twice at once: one session, one PrekeyReused', async () => {
     const bob = await Device.generate();
-    const [, initial] = await Session.initiate(await Device.generate(), await bundleOf(bob), utf8('hi'));
-    const results = await Promise.allSettled([Session.respond(bob, initial), Session.respond(bob, initial)]);
+    const [, initial] = await Session.initiate(await Device.generate(), await bundleOf(bob), utf8('hi'), BOUND);
+    const results = await Promise.allSettled([Session.respond(bob, initial, BOUND), Session.respond(bob, initial, BOUND)]);
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected']);
     expect((results[1] as PromiseRejectedResult).reason).toMatchObject({ name: 'PrekeyReused' });
   });

@@ -1644,7 +1644,7 @@ export class ParleyClient {
       }
     }
     const plaintext = payload ?? utf8(text);
-    const started = startSessions(() => this.#deviceToSend(this.#now), bundles, (key) => this.#lacksSession(key), plaintext);
+    const started = startSessions(me, myDevice, () => this.#deviceToSend(this.#now), bundles, (key) => this.#lacksSession(key), plaintext);
     return this.#transaction(async (tx) => {
       await this.#checkIdentity(this.#peer(tx, peerId)); // a change seen meanwhile stops it here
       const states = new Map(users.map((user) => [user, this.#peer(tx, user)]));
@@ -3218,7 +3218,8 @@ export class ParleyClient {
           // an undecodable body is reported below as a failed decryption
         }
         try {
-          const incoming = await state.decrypt(loadDevice, frame.from_device, wire);
+          // `state` is the envelope's sender's (frame.from): a new session is bound to it.
+          const incoming = await state.decrypt(loadDevice, frame.from_device, wire, [this.me, (this.account as AccountRow).device_id]);
           const control = parseControl(incoming.plaintext);
           if (control !== null) {
             // A room's sender key (or another control payload): never a chat line.

@@ -15,7 +15,7 @@
  * ParleyClient (client.ts) does the rest: claims, the transaction, the outbox.
  */
 
-import { type Device, type PrekeyBundle, Session, b64encode, commitmentFromMessage } from '../crypto/index.ts';
+import { type Binding, type Device, type PrekeyBundle, Session, b64encode, commitmentFromMessage } from '../crypto/index.ts';
 import type * as W from '../generated/contract.ts';
 import type { PeerState } from './peers.ts';
 
@@ -80,12 +80,20 @@ export function listsToRead(peer: string, me: string, myDevice: number, refresh:
  * `Session.initiate` gives). */
 export type Initiated = [Session, Uint8Array];
 
+/** Who a session this device starts with `user`'s device `did` is between (pqxdh.ts
+ * Binding): our ids, and the ids we asked the directory for, not the bundle's. */
+export function initiatorBinding(me: string, myDevice: number, user: string, did: number): Binding {
+  return { initiatorUser: me, initiatorDevice: myDevice, responderUser: user, responderDevice: did };
+}
+
 /** The sessions to start for `plaintext`, one per bundle of a device in `bundles` that
  * `lacks` a session, each begun at once (they run side by side, and beside other
  * sends'): `encryptCopies` uses them inside its transaction, where one at a time the page
  * waited on WebCrypto for each (a room's key distribution is a thousand). A session
  * started meanwhile (a message from that device) wins: the one begun here is dropped. */
 export function startSessions(
+  me: string,
+  myDevice: number,
   device: () => Promise<Device>,
   bundles: Map<string, PrekeyBundle>,
   lacks: (key: string) => boolean,
@@ -94,7 +102,10 @@ export function startSessions(
   const started = new Map<string, Promise<Initiated>>();
   for (const [key, bundle] of bundles) {
     if (!lacks(key)) continue;
-    const begun = device().then((d) => Session.initiate(d, bundle, plaintext));
+    // `<user>.<device>`: the device id (digits) is after the last dot.
+    const dot = key.lastIndexOf('.');
+    const binding = initiatorBinding(me, myDevice, key.slice(0, dot), Number(key.slice(dot + 1)));
+    const begun = device().then((d) => Session.initiate(d, bundle, plaintext, { binding }));
     begun.catch(() => undefined); // its error is raised where it is used, if it is
     started.set(key, begun);
   }
@@ -123,7 +134,8 @@ export async function encryptCopies(
       } else {
         const bundle = bundles.get(`${user}.${did}`);
         if (bundle === undefined) throw new MissingKeys(`No keys for device ${did} of ${user}: try again.`);
-        const [session, initial] = await (started?.get(`${user}.${did}`) ?? Session.initiate(await device(), bundle, plaintext));
+        const binding = initiatorBinding(me, myDevice, user, did);
+        const [session, initial] = await (started?.get(`${user}.${did}`) ?? Session.initiate(await device(), bundle, plaintext, { binding }));
         await peerState.start(did, session);
         wire = initial;
       }

@@ -289,8 +289,14 @@ export class PeerState {
    * another CryptoError if no session can read it. */
   /** `device` is read only for a first message (a new session): this device's private
    * state is dozens of keys to import, which a message in an existing session does not
-   * need. */
-  async decrypt(device: () => Promise<Device>, fromDevice: number, wire: Uint8Array): Promise<{ plaintext: Uint8Array; frankingKey: Uint8Array; newSession: boolean }> {
+   * need. A new session is bound (pqxdh.ts Binding) to this contact's `fromDevice`, the
+   * sender the envelope names, and `me`: our user and device ids. */
+  async decrypt(
+    device: () => Promise<Device>,
+    fromDevice: number,
+    wire: Uint8Array,
+    me: readonly [user: string, device: number],
+  ): Promise<{ plaintext: Uint8Array; frankingKey: Uint8Array; newSession: boolean }> {
     let replayed: CryptoError | null = null;
     let last: CryptoError | null = null;
     const sessions = this.sessions.get(fromDevice) ?? [];
@@ -318,7 +324,8 @@ export class PeerState {
     let session: Session;
     let received: { plaintext: Uint8Array; frankingKey: Uint8Array };
     try {
-      [session, received] = await Session.respondMessage(await device(), wire);
+      const binding = { initiatorUser: this.userId, initiatorDevice: fromDevice, responderUser: me[0], responderDevice: me[1] };
+      [session, received] = await Session.respondMessage(await device(), wire, { binding });
     } catch (error) {
       if (error instanceof PrekeyReused && this.answered.includes(b64encode(await initialMessageDigest(wire)))) {
         // A handshake we answered: a copy of a message we read, or a later message of

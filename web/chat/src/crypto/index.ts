@@ -48,6 +48,7 @@ export {
   parseLinkCode,
   sealForNewDevice,
 } from './linking.ts';
+export { type Binding, encodeBinding } from './pqxdh.ts';
 export {
   Device,
   GroupSession,
@@ -57,4 +58,5 @@ export {
   isInitialMessage,
   type DecryptedMessage,
   type InitiateOptions,
+  type RespondOptions,
 } from './session.ts';

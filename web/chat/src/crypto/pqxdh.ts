@@ -8,15 +8,23 @@
  *   SK = HKDF-SHA256(salt = 32 zero bytes,
  *                    ikm  = 32 × 0xFF ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4] ‖ SS,
  *                    info = "Parley_PQXDH_CURVE25519_SHA-256_ML-KEM-768", L = 32)
- *   AD = signing_key_A ‖ dh_key_A ‖ signing_key_B ‖ dh_key_B   (128 bytes)
+ *   AD = signing_key_A ‖ dh_key_A ‖ signing_key_B ‖ dh_key_B
+ *        ‖ ids(user_A, device_A) ‖ ids(user_B, device_B)
+ *   ids(user, device) = u16be(len(utf8(user))) ‖ utf8(user) ‖ u32be(device)
+ *
+ * The ids bind each device to the account it speaks for ({@link Binding}): without
+ * them an account could list another user's device keys (public, self-signed) as a
+ * device of its own, and a server lying about device lists could relabel what one
+ * user sends as another's (unknown key-share; docs/crypto.md). Sessions begun before
+ * the ids were bound keep the 128-byte AD they were made with (it is stored with them).
  *
  * The caller verifies the bundle's signatures first (`PrekeyBundle.fromJson`
  * does); the responder verifies the initiator's `dh_sig` before `respond`.
  */
 
 import type { PrekeyBundle, PublicIdentity } from './bundle.ts';
-import { concat, utf8 } from './encoding.ts';
-import { InvalidKeyLength } from './errors.ts';
+import { checkU32, concat, hasLoneSurrogate, u16, u32, utf8 } from './encoding.ts';
+import { InvalidKeyLength, MalformedBundle } from './errors.ts';
 import {
   MLKEM768_CT_LEN,
   MLKEM768_SS_LEN,
@@ -34,8 +42,39 @@ const SALT = new Uint8Array(32);
 /** `encapsulate(encapsulationKey) -> [sharedSecret, ciphertext]`. */
 export type Encapsulate = (encapsulationKey: Uint8Array) => [Uint8Array, Uint8Array];
 
-export function associatedData(initiator: PublicIdentity, responder: PublicIdentity): Uint8Array {
-  return concat(initiator.encode(), responder.encode());
+/**
+ * Who a handshake is between: the account (user) and device ids of both sides. The
+ * initiator gives its own ids and the ones it asked the key directory for; the
+ * responder, the sender ids on the envelope (stamped by the server) and its own. When
+ * the two do not agree, the first message does not decrypt.
+ */
+export interface Binding {
+  initiatorUser: string;
+  initiatorDevice: number;
+  responderUser: string;
+  responderDevice: number;
+}
+
+const MAX_USER = 0xffff;
+
+function ids(user: unknown, device: unknown, side: string): Uint8Array {
+  if (typeof user !== 'string' || user === '') throw new MalformedBundle(`${side}User: expected a non-empty string`);
+  // TextEncoder would write U+FFFD for a lone surrogate where Python refuses to encode.
+  if (hasLoneSurrogate(user)) throw new MalformedBundle(`${side}User: not encodable as UTF-8`);
+  const raw = utf8(user);
+  if (raw.length > MAX_USER) throw new MalformedBundle(`${side}User: longer than ${MAX_USER} bytes`);
+  return concat(u16(raw.length), raw, u32(checkU32(device, `${side}Device`)));
+}
+
+/** `ids(initiator) ‖ ids(responder)`; MalformedBundle for an empty user, one over
+ * 65,535 UTF-8 bytes, or a device id that is not a u32. */
+export function encodeBinding(b: Binding): Uint8Array {
+  if (typeof b !== 'object' || b === null) throw new TypeError('binding must be an object');
+  return concat(ids(b.initiatorUser, b.initiatorDevice, 'initiator'), ids(b.responderUser, b.responderDevice, 'responder'));
+}
+
+export function associatedData(initiator: PublicIdentity, responder: PublicIdentity, binding: Binding): Uint8Array {
+  return concat(initiator.encode(), responder.encode(), encodeBinding(binding));
 }
 
 export function deriveSecret(
@@ -56,7 +95,8 @@ export interface InitiatorHandshake {
 }
 
 /**
- * The initiator side on an already verified bundle. The ephemeral private key
+ * The initiator side on an already verified bundle (`binding`: see {@link Binding};
+ * checked before any key is used or randomness drawn). The ephemeral private key
  * exists only inside this function: only its public half leaves (in the section).
  */
 export async function initiate(
@@ -65,7 +105,9 @@ export async function initiate(
   bundle: PrekeyBundle,
   rng: RandomSource,
   encapsulate: Encapsulate,
+  binding: Binding,
 ): Promise<InitiatorHandshake> {
+  const ad = associatedData(localIdentity, bundle.identity, binding);
   const ephemeral = await X25519KeyPair.generate(rng);
   const spk = bundle.signedPrekey;
   const otp = bundle.oneTimePrekey;
@@ -89,7 +131,7 @@ export async function initiate(
     bundle.kemPrekey.id,
     kemCiphertext,
   );
-  return { secret, associatedData: associatedData(localIdentity, bundle.identity), section };
+  return { secret, associatedData: ad, section };
 }
 
 /** The responder side; returns `[SK, AD]`. The caller has verified `section.identity`. */
@@ -100,7 +142,9 @@ export async function respond(
   signedPrekey: X25519KeyPair,
   oneTimePrekey: X25519KeyPair | null,
   kemPrekey: MLKEM768KeyPair,
+  binding: Binding,
 ): Promise<[Uint8Array, Uint8Array]> {
+  const ad = associatedData(section.identity, localIdentity, binding);
   const ek = section.ephemeralKey;
   const [dh1, dh2, dh3, dh4] = await Promise.all([
     signedPrekey.dh(section.identity.dhKey),
@@ -110,5 +154,5 @@ export async function respond(
   ]);
   const kemSecret = kemPrekey.decapsulate(section.kemCiphertext);
   const secret = await deriveSecret(dh1, dh2, dh3, dh4, kemSecret);
-  return [secret, associatedData(section.identity, localIdentity)];
+  return [secret, ad];
 }

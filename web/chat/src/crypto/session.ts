@@ -4,8 +4,9 @@
  *
  *   const bob = await Device.generate();
  *   // ... Alice claims a bundle of Bob's from the key directory ...
- *   const [aliceSession, first] = await Session.initiate(alice, bundleJson, utf8('hi'));
- *   const [bobSession, plaintext] = await Session.respond(bob, first);   // consumes prekeys
+ *   const binding = { initiatorUser: 'alice', initiatorDevice: 1, responderUser: 'bob', responderDevice: 1 };
+ *   const [aliceSession, first] = await Session.initiate(alice, bundleJson, utf8('hi'), { binding });
+ *   const [bobSession, plaintext] = await Session.respond(bob, first, { binding });   // consumes prekeys
  *   const reply = await bobSession.encrypt(utf8('hello'));
  *   await aliceSession.decrypt(reply);
  *
@@ -138,7 +139,16 @@ export async function checkIdentity(
   });
 }
 
+/** Options of {@link Session.respond}: `binding` is the sender's ids as the envelope
+ * gives them, and ours ({@link pqxdh.Binding}). */
+export interface RespondOptions {
+  binding: pqxdh.Binding;
+  rng?: RandomSource;
+}
+
 export interface InitiateOptions {
+  /** This device's ids and the ones asked the key directory for ({@link pqxdh.Binding}). */
+  binding: pqxdh.Binding;
   /** The identity we already know for this contact (IdentityChanged if the bundle has another). */
   expectedIdentity?: PublicIdentity | null;
   /** For test vectors: the randomness (default: the device's). */
@@ -176,14 +186,15 @@ export class Session {
   /**
    * Start a session from a claimed bundle; resolves to the session and the initial
    * message. Every signature in the bundle is verified before any key is used
-   * (InvalidSignature / MalformedBundle). Until the peer answers, every message
-   * from {@link encrypt} is an initial message with the same PQXDH fields.
+   * (InvalidSignature / MalformedBundle). `options.binding` names this device and the
+   * one written to (MalformedBundle if an id is unusable). Until the peer answers,
+   * every message from {@link encrypt} is an initial message with the same PQXDH fields.
    */
   static async initiate(
     device: Device,
     bundle: PrekeyBundle | unknown,
     plaintext: Uint8Array = new Uint8Array(0),
-    options: InitiateOptions = {},
+    options: InitiateOptions,
   ): Promise<[Session, Uint8Array]> {
     let verified: PrekeyBundle;
     if (bundle instanceof PrekeyBundle) {
@@ -200,6 +211,7 @@ export class Session {
       verified,
       rng,
       options.kemEncapsulate ?? mlkem768Encapsulate,
+      options.binding,
     );
     const ratchet = await RatchetState.initiator(
       handshake.secret,
@@ -222,8 +234,10 @@ export class Session {
    * Consumes the one-time X25519 and KEM prekeys it names (persist `device`
    * afterwards). Rejects with InvalidSignature, PrekeyReused, UnknownPrekey,
    * ReplayedMessage, DecryptionFailed, ...; on any error the device is unchanged.
+   * When `options.binding` is not the one the initiator bound, the message does not
+   * decrypt (DecryptionFailed) and no prekey is consumed.
    */
-  static async respond(device: Device, message: Uint8Array, options: { rng?: RandomSource } = {}): Promise<[Session, Uint8Array]> {
+  static async respond(device: Device, message: Uint8Array, options: RespondOptions): Promise<[Session, Uint8Array]> {
     const [session, received] = await Session.respondMessage(device, message, options);
     return [session, received.plaintext];
   }
@@ -232,7 +246,7 @@ export class Session {
   static respondMessage(
     device: Device,
     message: Uint8Array,
-    options: { rng?: RandomSource } = {},
+    options: RespondOptions,
   ): Promise<[Session, DecryptedMessage]> {
     return device.serial.run(async () => {
       const parsed = parsePairwise(message);
@@ -243,7 +257,15 @@ export class Session {
       const oneTime = section.oneTimePrekeyId === null ? null : device.lookupOneTimePrekey(section.oneTimePrekeyId);
       const kem = device.lookupKemPrekey(section.kemPrekeyId);
       if (oneTime === null && kem.lastResort) device.checkBaseKey(section.signedPrekeyId, section.ephemeralKey);
-      const [secret, ad] = await pqxdh.respond(device.dhKeypair, device.identity, section, signedPrekey, oneTime, kem.pair());
+      const [secret, ad] = await pqxdh.respond(
+        device.dhKeypair,
+        device.identity,
+        section,
+        signedPrekey,
+        oneTime,
+        kem.pair(),
+        options.binding,
+      );
       const ratchet = RatchetState.responder(secret, ad, signedPrekey, options.rng ?? device.rng);
       const payload = await ratchet.decrypt(
         parsed.ratchetKey,
@@ -253,6 +275,7 @@ export class Session {
         parsed.ciphertext,
         commitmentCheck(parsed.commitment),
       );
+      // Only once it decrypts (a binding that differs fails above): nothing consumed before.
       device.consume(section.oneTimePrekeyId, kem, section.signedPrekeyId, section.ephemeralKey);
       const session = new Session({
         ratchet,

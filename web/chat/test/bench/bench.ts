@@ -22,6 +22,8 @@ export interface BenchResult {
 }
 
 const MESSAGE = new Uint8Array(200).fill(0x61);
+/** Every handshake here: alice's device 1 to bob's device 1 (bundleOf's ids). */
+const BOUND = { binding: { initiatorUser: 'alice', initiatorDevice: 1, responderUser: 'bob', responderDevice: 1 } };
 
 interface Figure {
   name: string;
@@ -68,8 +70,8 @@ async function bundleOf(device: Device): Promise<unknown> {
 export async function runBench(rounds = 5, duration = 0.3): Promise<BenchResult[]> {
   const alice = await Device.generate();
   const bob = await Device.generate();
-  const [a, first] = await Session.initiate(alice, await bundleOf(bob));
-  const [b] = await Session.respond(bob, first);
+  const [a, first] = await Session.initiate(alice, await bundleOf(bob), undefined, BOUND);
+  const [b] = await Session.respond(bob, first, BOUND);
   await a.decrypt(await b.encrypt(new Uint8Array(3)));
   const gAlice = await GroupSession.create('bench');
   const gBob = await GroupSession.create('bench');
@@ -109,8 +111,8 @@ export async function runBench(rounds = 5, duration = 0.3): Promise<BenchResult[
         op: async () => {
           forgetVerifiedSignatures();
           if (next >= bundles.length) for (let i = 0; i < 10; i++) bundles.push(await bundleOf(responder));
-          const [, initial] = await Session.initiate(alice, bundles[next++], MESSAGE);
-          await Session.respond(responder, initial);
+          const [, initial] = await Session.initiate(alice, bundles[next++], MESSAGE, BOUND);
+          await Session.respond(responder, initial, BOUND);
         },
       },
     ],

@@ -32,6 +32,7 @@ if "parley" not in sys.modules:
 sys.path.insert(0, str(REPO))  # tests.crypto.drbg: the vectors' test DRBG
 
 from parley.crypto import (  # noqa: E402
+    Binding,
     CryptoError,
     Device,
     GroupSession,
@@ -92,16 +93,23 @@ def op_device_load(args: dict[str, Any]) -> Any:
     return {"identity": device.public_identity(), "one_time_count": device.one_time_prekey_count}
 
 
+def binding_of(args: dict[str, Any]) -> Binding:
+    """``args["binding"]``: Binding's fields by name (snake_case, as in the vectors)."""
+    return Binding(**args["binding"])
+
+
 def op_initiate(args: dict[str, Any]) -> Any:
     session, message = Session.initiate(
-        devices[args["device"]], args["bundle"], b(args["plaintext"])
+        devices[args["device"]], args["bundle"], b(args["plaintext"]), binding=binding_of(args)
     )
     sessions[args["session"]] = session
     return b64encode(message)
 
 
 def op_respond(args: dict[str, Any]) -> Any:
-    session, received = Session.respond_message(devices[args["device"]], b(args["message"]))
+    session, received = Session.respond_message(
+        devices[args["device"]], b(args["message"]), binding=binding_of(args)
+    )
     sessions[args["session"]] = session
     return {
         "plaintext": b64encode(received.plaintext),
@@ -236,8 +244,9 @@ def op_bench_session(args: dict[str, Any]) -> Any:
         "one_time_prekey": bob.generate_one_time_prekeys(1)[0],
         "kem_prekey": dict(bob.generate_kem_prekeys(1)[0], last_resort=False),
     }
-    a, first = Session.initiate(alice, bundle)
-    b, _ = Session.respond(bob, first)
+    ids = Binding("alice", 1, "bob", 1)
+    a, first = Session.initiate(alice, bundle, binding=ids)
+    b, _ = Session.respond(bob, first, binding=ids)
     a.decrypt(b.encrypt(b"ack"))
     message = b"a" * 200
     best = 0.0

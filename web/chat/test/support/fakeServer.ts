@@ -522,10 +522,11 @@ export class Peer {
   }
 
   /** Link another device: the directory's list (signed, its version + 1) and bundles
-   * name it from now on. Its id. */
-  async linkDevice(server: FakeServer): Promise<number> {
+   * name it from now on. Its id. `device`: keys of someone else's device (public,
+   * self-signed) listed as this account's, as a lying account and directory can. */
+  async linkDevice(server: FakeServer, device?: Device): Promise<number> {
     const id = this.#entries.length + 1;
-    const device = await Device.generate();
+    device ??= await Device.generate();
     this.#entries.push(DeviceEntry.of(id, `${this.user.username} ${id}`, device.identity));
     const signed = await new DeviceList(this.user.user_id, this.#entries.length, this.#entries).sign(this.#accountKey);
     server.lists.set(this.user.user_id, { user_id: this.user.user_id, account_key: b64encode(this.#accountKey.public), ...signed.toJson() });
@@ -574,7 +575,9 @@ export class Peer {
           ? { ...server.kemPrekeys[0], last_resort: false }
           : { ...(server.keys.get('kem-last-resort') as object), last_resort: true },
       });
-      [this.#session, wire] = await Session.initiate(this.device, bundle, plaintext);
+      // Bound to the ids the envelope below names (the client binds its own the same way).
+      const binding = { initiatorUser: this.user.user_id, initiatorDevice: this.deviceId, responderUser: me.user_id, responderDevice: server.deviceId };
+      [this.#session, wire] = await Session.initiate(this.device, bundle, plaintext, { binding });
     } else {
       wire = await this.#session.encrypt(plaintext);
     }

@@ -1,6 +1,7 @@
 import { Device } from '../../src/crypto/device.ts';
 import { Session } from '../../src/crypto/session.ts';
 import { utf8 } from '../../src/crypto/encoding.ts';
+import type { Binding } from '../../src/crypto/pqxdh.ts';
 
 export interface Pair {
   alice: Device;
@@ -10,6 +11,11 @@ export interface Pair {
   b: Session;
   initial: Uint8Array;
 }
+
+/** Alice's device 1 writes to Bob's device 1 (bundleOf's ids): what both sides bind. */
+export const BINDING: Binding = { initiatorUser: 'alice', initiatorDevice: 1, responderUser: 'bob', responderDevice: 1 };
+/** Session.initiate / Session.respond options with {@link BINDING}. */
+export const BOUND = { binding: BINDING } as const;
 
 /** A claimed bundle of `device` (one-time prekey and one-time KEM prekey, or neither). */
 export async function bundleOf(device: Device, oneTime = true, user = 'bob'): Promise<Record<string, unknown>> {
@@ -32,8 +38,8 @@ export async function sessionPair(options: { oneTime?: boolean; reply?: boolean 
   const alice = await Device.generate();
   const bob = await Device.generate();
   const bundle = await bundleOf(bob, options.oneTime ?? true);
-  const [a, initial] = await Session.initiate(alice, bundle, utf8('hello'));
-  const [b] = await Session.respond(bob, initial);
+  const [a, initial] = await Session.initiate(alice, bundle, utf8('hello'), BOUND);
+  const [b] = await Session.respond(bob, initial, BOUND);
   if (options.reply ?? true) await a.decrypt(await b.encrypt(utf8('ack')));
   return { alice, bob, bundle, a, b, initial };
 }

@@ -30,7 +30,7 @@ import {
   parseLinkCode,
   sealForNewDevice,
 } from '../../src/crypto/linking.ts';
-import { INFO as PQXDH_INFO, associatedData, deriveSecret } from '../../src/crypto/pqxdh.ts';
+import { type Binding, INFO as PQXDH_INFO, associatedData, deriveSecret } from '../../src/crypto/pqxdh.ts';
 import {
   Ed25519KeyPair,
   MLKEM768KeyPair,
@@ -293,14 +293,23 @@ for (const index of [0, 1]) {
     check((dh4 === null) === (c.dh4 === null), 'DH4 presence');
     if (dh4 !== null) equalHex(dh4, c.dh4, 'DH4');
     equalHex(await deriveSecret(dh1, dh2, dh3, dh4, kemSecret), c.sk, 'SK');
-    equalHex(associatedData(alice.identity, bob.identity), c.ad, 'AD');
+    // Who the handshake is between (the vector's snake_case fields).
+    const binding: Binding = {
+      initiatorUser: c.binding.initiator_user,
+      initiatorDevice: c.binding.initiator_device,
+      responderUser: c.binding.responder_user,
+      responderDevice: c.binding.responder_device,
+    };
+    equalHex(associatedData(alice.identity, bob.identity, binding), c.ad, 'AD');
     // The whole handshake through the session API, the KEM result injected.
     const [aliceSession, initial] = await Session.initiate(alice, c.bundle, hex(c.plaintext), {
+      binding,
       rng: deterministicRandom(c.initiator_drbg_seed),
       kemEncapsulate: () => [hex(c.kem_shared_secret), hex(c.kem_ciphertext)],
     });
     equalHex(initial, c.initial_message, 'initial message (byte-exact)');
     const [bobSession, received] = await Session.respond(bob, hex(c.initial_message), {
+      binding,
       rng: deterministicRandom(c.responder_drbg_seed),
     });
     equalHex(received, c.plaintext, 'responder plaintext');
@@ -310,7 +319,7 @@ for (const index of [0, 1]) {
     // A second delivery of the initial message is refused and changes nothing.
     const before = toHex(bob.toBytes());
     await rejects(
-      Session.respond(bob, hex(c.initial_message)),
+      Session.respond(bob, hex(c.initial_message), { binding }),
       c.bundle.one_time_prekey === null ? 'ReplayedMessage' : 'PrekeyReused',
       'replayed initial message',
     );
