@@ -194,7 +194,8 @@ async def change_password(
     svc: AuthService, claims: Claims, body: ChangePasswordRequest, caller: Caller
 ) -> None:
     user = await svc.own_user(claims)
-    await lockout.verify_password(svc, user["username"], user, body.current_password, caller.ip)
+    # A request limit per account before argon2, then the login lockout.
+    await lockout.verify_password_again(svc, user, body.current_password, caller.ip)
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
     now = svc.now()
     new_hash = await svc.passwords.hash(body.new_password)

@@ -67,7 +67,14 @@ class AuthSettings(BaseSettings):
     limit_login_failures: str = "10/900"
     limit_login_account_failures: str = "50/900"
     limit_code_ip: str = "30/300"
-    limit_code_failures: str = "10/900"
+    # Wrong second-factor codes per (account, client address), then that address is
+    # locked out of that account's code entry; and per account from every address,
+    # past which addresses the account has not fully signed in from are locked out
+    # too. The account-wide count keeps the old per-account budget (10): a 6-digit
+    # code is a small space, so many addresses together get no more guesses than one
+    # did (docs/auth.md, "Rate limits and lockout").
+    limit_code_failures: str = "5/900"
+    limit_code_account_failures: str = "10/900"
     limit_reset_ip: str = "10/3600"
     limit_reset_account: str = "3/3600"
     limit_refresh_ip: str = "120/60"
@@ -76,6 +83,13 @@ class AuthSettings(BaseSettings):
     # "OpenID Connect provider").
     limit_token_ip: str = "120/60"
     limit_email_code_sends: str = "6/3600"
+    # The password asked again before a sensitive change (2FA setup and removal, new
+    # recovery codes, a password change), per account: every request counts, right
+    # password or wrong, before argon2 runs.
+    limit_reauth_account: str = "10/900"
+    # Security notices mailed per account; one more past it says that the next ones
+    # are held until the window ends (services/auth/notices.py).
+    limit_security_notices: str = "5/3600"
 
     # OpenID Connect provider (docs/auth.md, "OpenID Connect provider").
     # The issuer is PARLEY_PUBLIC_URL unless set; the admin console's address
@@ -109,11 +123,14 @@ class AuthSettings(BaseSettings):
         "limit_login_account_failures",
         "limit_code_ip",
         "limit_code_failures",
+        "limit_code_account_failures",
         "limit_reset_ip",
         "limit_reset_account",
         "limit_refresh_ip",
         "limit_token_ip",
         "limit_email_code_sends",
+        "limit_reauth_account",
+        "limit_security_notices",
     )
     @classmethod
     def _limit(cls, value: str) -> str:

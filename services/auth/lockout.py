@@ -1,4 +1,5 @@
-"""Password lockout: per (account, client address), with an account-wide back-off.
+"""Password and second-factor lockouts: per (account, client address), with an
+account-wide back-off; and the request limit on asking for the password again.
 
 Every password check (login, and the re-authentication that sensitive
 changes ask for) first takes a place in two fixed windows in Redis, counted
@@ -15,16 +16,31 @@ limit tried:
   within ``PARLEY_KNOWN_ADDRESS_TTL_S`` are refused too, while the owner's
   known addresses still get in (bounded by their own pair window).
 
-A right password gives its places back; a wrong one keeps them (they are the
-failure count). The account is the username as typed (canonical form),
-whether it exists or not, so a lockout reveals nothing. An IPv6 client counts
-by its /64 network (one subscriber's prefix: rotating addresses inside it
-does not buy more guesses).
+Second-factor codes (at login and at enrolment) count the same way, by user
+id: ``code_failures`` per (account, address) (``PARLEY_LIMIT_CODE_FAILURES``)
+and ``code_account_failures`` per account (``PARLEY_LIMIT_CODE_ACCOUNT_FAILURES``),
+which known addresses skip. Someone who has the password but not the second
+factor locks only their own addresses out of code entry (and, past the
+account-wide count, addresses the owner never signed in from): the owner's
+known addresses still get in.
+
+A right answer gives its places back; a wrong one keeps them (they are the
+failure count). The account of a password check is the username as typed
+(canonical form), whether it exists or not, so a lockout reveals nothing. An
+IPv6 client counts by its /64 network (one subscriber's prefix: rotating
+addresses inside it does not buy more guesses).
+
+Asking a signed-in user for the password again (:func:`verify_password_again`)
+is also a request limit per account (``reauth_account``,
+``PARLEY_LIMIT_REAUTH_ACCOUNT``), counted before anything else: the lockout
+alone let a user who knows their own password run argon2 without end, holding
+the hashing slots other users' logins wait for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.common.errors import ApiError, ErrorCode
@@ -35,6 +51,51 @@ if TYPE_CHECKING:
 
 PAIR_RULE = "login_failures"
 ACCOUNT_RULE = "login_account_failures"
+CODE_PAIR_RULE = "code_failures"
+CODE_ACCOUNT_RULE = "code_account_failures"
+REAUTH_RULE = "reauth_account"
+
+
+@dataclass(frozen=True, slots=True)
+class Places:
+    """One attempt's places: in the (account, address) window, and in the account's
+    unless the address is one the account fully signed in from (``known``)."""
+
+    pair_rule: str
+    account_rule: str
+    account: str
+    pair: str
+    known: bool
+
+    async def take(self, svc: AuthService) -> None:
+        """Reserve both places before the check (429 ``account_locked`` if either is full)."""
+        await svc.limiter.reserve(self.pair_rule, self.pair)
+        if not self.known:
+            try:
+                await svc.limiter.reserve(self.account_rule, self.account)
+            except ApiError:
+                await svc.limiter.release(self.pair_rule, self.pair)
+                raise
+
+    async def give_back(self, svc: AuthService) -> None:
+        """The attempt did not fail (nothing was checked, or it was right at enrolment)."""
+        await svc.limiter.release(self.pair_rule, self.pair)
+        if not self.known:
+            await svc.limiter.release(self.account_rule, self.account)
+
+    async def succeeded(self, svc: AuthService) -> None:
+        """A right answer: this address's run of failures ends; elsewhere's stay counted."""
+        await svc.limiter.clear(self.pair_rule, self.pair)
+        if not self.known:
+            await svc.limiter.release(self.account_rule, self.account)
+
+
+async def _places(
+    svc: AuthService, rules: tuple[str, str], account: str, user_id: str | None, ip: str
+) -> Places:
+    where = address_key(ip)
+    known = user_id is not None and await svc.store.address_known(user_id, where)
+    return Places(rules[0], rules[1], account, f"{account}|{where}", known)
 
 
 async def verify_password(
@@ -45,24 +106,35 @@ async def verify_password(
     Raises 429 ``account_locked`` before any hashing when a window is full,
     else 401 ``invalid_credentials`` for a wrong password (or no account).
     """
-    where = address_key(ip)
-    pair = f"{account}|{where}"
-    known = user is not None and await svc.store.address_known(str(user["_id"]), where)
-    await svc.limiter.reserve(PAIR_RULE, pair)
-    if not known:
-        try:
-            await svc.limiter.reserve(ACCOUNT_RULE, account)
-        except ApiError:
-            await svc.limiter.release(PAIR_RULE, pair)
-            raise
+    user_id = str(user["_id"]) if user is not None else None
+    places = await _places(svc, (PAIR_RULE, ACCOUNT_RULE), account, user_id, ip)
+    await places.take(svc)
     stored = str(user["password_hash"]) if user is not None else None
     if not await svc.passwords.verify(stored, password):
         svc.metrics.login_failures.labels("password").inc()
         raise ApiError(ErrorCode.INVALID_CREDENTIALS, "Wrong username or password.")
-    # The right password: a run of failures from here ends; elsewhere's stay counted.
-    await svc.limiter.clear(PAIR_RULE, pair)
-    if not known:
-        await svc.limiter.release(ACCOUNT_RULE, account)
+    await places.succeeded(svc)
+
+
+async def verify_password_again(
+    svc: AuthService, user: Mapping[str, Any], password: str, ip: str
+) -> None:
+    """The password of a signed-in user, asked again before a sensitive change.
+
+    Every request counts in the account's ``reauth_account`` window first (429
+    ``rate_limited`` past it, right password or not, before any hashing), then
+    :func:`verify_password` under the login lockout.
+    """
+    await svc.limiter.hit(REAUTH_RULE, str(user["_id"]))
+    await verify_password(svc, str(user["username"]), user, password, ip)
+
+
+async def reserve_code(svc: AuthService, user_id: str, ip: str) -> Places:
+    """Take a second-factor attempt's places before the code is compared (429
+    ``account_locked`` when full); the caller gives them back or keeps them."""
+    places = await _places(svc, (CODE_PAIR_RULE, CODE_ACCOUNT_RULE), user_id, user_id, ip)
+    await places.take(svc)
+    return places
 
 
 async def signed_in(svc: AuthService, user_id: str, ip: str) -> None:

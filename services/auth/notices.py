@@ -6,21 +6,37 @@ and the client address it came from, so that an owner whose session was
 stolen learns of it. A notice that cannot be sent (the mail server is down)
 is logged and does not undo or refuse the change: it was authorised (password
 and session), and refusing it would not tell the owner anything either.
+
+At most ``PARLEY_LIMIT_SECURITY_NOTICES`` notices (5 an hour) are mailed per
+account. The next one is still mailed, saying that further notices are held
+until the window ends; past it, none are (each logged). The account's
+address is not verified: without a cap, anyone could sign up with
+someone else's address and mail it a notice per request (new recovery codes,
+the same password "changed" again).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from services.auth.mail import MailError
+from services.common.errors import ApiError
+from services.common.ratelimit import Limit
 
 if TYPE_CHECKING:
     from services.auth.state import AuthService, Caller
 
 log = logging.getLogger(__name__)
+
+NOTICE_RULE = "security_notices"
+# The one notice past the cap (it says the next ones are held), per window.
+HELD_RULE = "security_notices_held"
 
 
 class Notice(Enum):
@@ -68,9 +84,23 @@ class Notice(Enum):
 async def notify(
     svc: AuthService, user: Mapping[str, Any], caller: Caller, notice: Notice, extra: str = ""
 ) -> None:
-    """Mail ``notice`` to the owner of ``user`` (a failure is logged, not raised)."""
-    when = svc.now().strftime("%Y-%m-%d %H:%M UTC")
+    """Mail ``notice`` to the owner of ``user`` (a failure is logged, not raised), unless
+    the account's notices are over their cap."""
+    now = svc.now()
+    when = now.strftime("%Y-%m-%d %H:%M UTC")
     what = notice.text + (f" {extra}" if extra else "")
+    held_for = await _over_cap(svc, str(user["_id"]))
+    if held_for == 0:
+        log.info("security notice held", extra={"user_id": user["_id"], "notice": notice.name})
+        return
+    if held_for is not None:
+        until = (now + timedelta(seconds=held_for)).strftime("%Y-%m-%d %H:%M UTC")
+        what += (
+            "\n\nThis is the last notice until "
+            f"{until}: more changes to how your account signs in were made than are mailed "
+            "in a short time, and the next ones until then will not be mailed. Check your "
+            "sessions and sign-in settings."
+        )
     try:
         await svc.mailer.security_notice(
             str(user["email"]), str(user["username"]), notice.subject, what, when, caller.ip
@@ -79,3 +109,22 @@ async def notify(
         log.warning(
             "security notice not sent", extra={"user_id": user["_id"], "notice": notice.name}
         )
+
+
+async def _over_cap(svc: AuthService, user_id: str) -> int | None:
+    """None: under the cap, mail as usual. Else the seconds until the cap's window
+    ends, for the first notice past it (it says so), or 0 for the next ones (held)."""
+    try:
+        await svc.limiter.hit(NOTICE_RULE, user_id)
+        return None
+    except ApiError as exc:
+        left = int(exc.details["retry_after"])
+    except RedisError:
+        # The notice matters more than the cap: mail it (the change was made).
+        log.warning("security notice cap not counted", extra={"user_id": user_id})
+        return None
+    try:
+        await svc.limiter.hit(HELD_RULE, user_id, Limit(1, left))
+    except (ApiError, RedisError):
+        return 0
+    return left

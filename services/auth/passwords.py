@@ -5,13 +5,24 @@ semaphore, so that a burst of logins neither blocks the event loop nor holds
 more than ``argon2_max_concurrency`` x ``argon2_memory_kib`` of memory.
 Passwords are NFKC-normalised before hashing and checking, so that the same
 password typed on two keyboards that compose characters differently matches.
+
+An unknown username is checked against a dummy hash with the configured
+parameters, so that it costs what a wrong password costs. A stored hash made
+with other parameters (before ``PARLEY_ARGON2_*`` changed, not yet upgraded by a
+login) is checked together with the dummy hash, in parallel, and answered
+once both are done: no sooner than an unknown username. (One made with
+costlier parameters than the configured ones still takes its own, longer
+time: lowering the cost shows which accounts are not upgraded yet until they
+are; raising it does not.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import unicodedata
+from collections.abc import AsyncIterator
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -69,6 +80,10 @@ class Passwords:
             type=Type.ID,
         )
         self._slots = asyncio.Semaphore(settings.argon2_max_concurrency)
+        # Two slots for a check of two hashes at once (one taker at a time, so that
+        # takers each holding one slot never wait for each other's second).
+        self._pair_slots = min(2, settings.argon2_max_concurrency)
+        self._pairing = asyncio.Lock()
         # Verified against for unknown usernames, so that a login for an account
         # that does not exist costs the same time as a wrong password.
         self._dummy = self.hasher.hash("parley-dummy-password-for-timing")
@@ -78,13 +93,40 @@ class Passwords:
             return await asyncio.to_thread(self.hasher.hash, normalize(password))
 
     async def verify(self, stored: str | None, password: str) -> bool:
-        """True if the password matches; always spends one argon2 computation."""
-        async with self._slots:
-            return await asyncio.to_thread(self._verify, stored, normalize(password))
+        """True if the password matches; always spends one argon2 computation with the
+        configured parameters (the dummy hash's, for an unknown user or a stored hash
+        made with other parameters), and answers no sooner than it."""
+        password = normalize(password)
+        if stored is None:
+            async with self._slots:
+                await asyncio.to_thread(self._check, self._dummy, password)
+            return False
+        if not self.needs_rehash(stored):
+            async with self._slots:
+                return await asyncio.to_thread(self._check, stored, password)
+        async with self._slots_for_two():
+            ok, _ = await asyncio.gather(
+                asyncio.to_thread(self._check, stored, password),
+                asyncio.to_thread(self._check, self._dummy, password),
+            )
+        return ok
 
-    def _verify(self, stored: str | None, password: str) -> bool:
+    @contextlib.asynccontextmanager
+    async def _slots_for_two(self) -> AsyncIterator[None]:
+        taken = 0
         try:
-            return self.hasher.verify(stored or self._dummy, password) and stored is not None
+            async with self._pairing:
+                while taken < self._pair_slots:
+                    await self._slots.acquire()
+                    taken += 1
+            yield
+        finally:
+            for _ in range(taken):
+                self._slots.release()
+
+    def _check(self, stored: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

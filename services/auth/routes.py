@@ -175,7 +175,7 @@ async def logout(request: web.Request, claims: Claims) -> None:
     status=204,
     auth=True,
     tags=["accounts"],
-    errors=[E.INVALID_CREDENTIALS, E.WEAK_PASSWORD, E.ACCOUNT_LOCKED],
+    errors=[E.INVALID_CREDENTIALS, E.WEAK_PASSWORD, E.ACCOUNT_LOCKED, *LIMITED],
 )
 async def change_password(
     request: web.Request, claims: Claims, body: ChangePasswordRequest
@@ -325,7 +325,7 @@ async def twofa_status(request: web.Request, claims: Claims) -> TwoFactorStatus:
     response=TotpSetup,
     auth=True,
     tags=["two-factor"],
-    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED, E.CONFLICT],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED, E.CONFLICT, *LIMITED],
 )
 async def totp_setup(request: web.Request, claims: Claims, body: PasswordRequest) -> TotpSetup:
     return await twofactor.totp_setup(svc(request), claims, body.password, caller(request))
@@ -351,7 +351,7 @@ async def totp_confirm(request: web.Request, claims: Claims, body: CodeRequest) 
     status=204,
     auth=True,
     tags=["two-factor"],
-    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED, *LIMITED],
 )
 async def totp_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
     await twofactor.totp_disable(svc(request), claims, body.password, caller(request))
@@ -391,7 +391,7 @@ async def email_confirm(request: web.Request, claims: Claims, body: CodeRequest)
     status=204,
     auth=True,
     tags=["two-factor"],
-    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED],
+    errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED, *LIMITED],
 )
 async def email_disable(request: web.Request, claims: Claims, body: PasswordRequest) -> None:
     await twofactor.email_disable(svc(request), claims, body.password, caller(request))
@@ -404,7 +404,7 @@ async def email_disable(request: web.Request, claims: Claims, body: PasswordRequ
     response=RecoveryCodes,
     auth=True,
     tags=["two-factor"],
-    errors=[E.INVALID_CREDENTIALS, E.CONFLICT, E.ACCOUNT_LOCKED],
+    errors=[E.INVALID_CREDENTIALS, E.CONFLICT, E.ACCOUNT_LOCKED, *LIMITED],
 )
 async def recovery_codes(
     request: web.Request, claims: Claims, body: PasswordRequest

@@ -4,8 +4,9 @@ A login whose password is right, for an account with a second factor, gets a
 *challenge* (a random id, valid ``challenge_ttl_s``, kept in Redis) instead of
 tokens. The client answers it at ``/v1/login/2fa`` with a TOTP code, an
 e-mailed code or a recovery code. Guessing is bounded three ways: attempts
-per challenge (then it is gone), failures per account (then a lockout) and
-code entries per IP.
+per challenge (then it is gone), failures per (account, address) and per
+account from addresses it never fully signed in from (then a lockout:
+services.auth.lockout), and code entries per IP.
 
 TOTP codes are accepted one step either side of now (clock drift) and each
 time step only once per account (no replay within the window). E-mailed codes
@@ -53,7 +54,6 @@ CHALLENGE = "challenge"
 EMAIL_SETUP = "email-setup"
 SIX_DIGITS = re.compile(r"^\d{6}$")
 SECOND_FACTOR_AMR = ["pwd", "otp", "mfa"]
-CODE_RULE = "code_failures"
 
 User = Mapping[str, Any]
 
@@ -141,11 +141,11 @@ async def totp_confirm(
     if user.get("totp_enabled"):
         raise ApiError(ErrorCode.CONFLICT, "TOTP is already on.")
     secret = _open_totp(svc, user, "totp_pending")
-    await _reserve_code_attempt(svc, user["_id"])
+    attempt = await lockout.reserve_code(svc, user["_id"], caller.ip)
     step = totp_step(secret, code, svc.now().timestamp())
     if step is None:
-        raise _invalid_code()  # the attempt keeps its place: a failure
-    await svc.limiter.release(CODE_RULE, user["_id"])
+        raise _invalid_code()  # the attempt keeps its places: a failure
+    await attempt.give_back(svc)
     await svc.store.update_user(
         user["_id"],
         {"totp_enabled": True, "totp_secret": user["totp_pending"], "totp_last_step": step},
@@ -171,7 +171,11 @@ async def totp_disable(svc: AuthService, claims: Claims, password: str, caller: 
 
 
 async def email_setup(svc: AuthService, claims: Claims, password: str, caller: Caller) -> Accepted:
-    user = await _reauthenticate(svc, claims, password, caller)
+    user = await svc.own_user(claims)
+    # No code can be mailed: refused before the password costs argon2 (counted below,
+    # once a code is sent, so that a wrong password uses up no send).
+    await svc.limiter.check("email_code_sends", user["_id"])
+    await lockout.verify_password_again(svc, user, password, caller.ip)
     if user.get("email_2fa"):
         raise ApiError(ErrorCode.CONFLICT, "E-mail codes are already on.")
     await svc.limiter.hit("email_code_sends", user["_id"])
@@ -191,15 +195,15 @@ async def email_confirm(
     pending = await svc.store.eph_get(EMAIL_SETUP, user["_id"])
     if pending is None:
         raise _expired(enrolment=True)
-    await _reserve_code_attempt(svc, user["_id"])
+    attempt = await lockout.reserve_code(svc, user["_id"], caller.ip)
     attempts = await svc.store.eph_incr(EMAIL_SETUP, user["_id"], "attempts")
     if attempts is None or attempts > svc.config.challenge_max_attempts:
         await svc.store.eph_delete(EMAIL_SETUP, user["_id"])
-        await svc.limiter.release(CODE_RULE, user["_id"])
+        await attempt.give_back(svc)
         raise _expired(enrolment=True)
     if not same(pending["code"], digest(user["_id"], code.strip())):
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
-    await svc.limiter.release(CODE_RULE, user["_id"])
+    await attempt.give_back(svc)
     if not await svc.store.eph_delete(EMAIL_SETUP, user["_id"]):
         raise _expired(enrolment=True)
     await svc.store.update_user(user["_id"], {"email_2fa": True})
@@ -373,12 +377,15 @@ async def check_challenge(
     user_id = challenge["user_id"]
     if body.method not in challenge["methods"].split(","):
         raise ApiError(ErrorCode.BAD_REQUEST, "This second factor is not on for this account.")
-    # Counted before the code is checked: of parallel guesses, at most the limit are tried.
-    await _reserve_code_attempt(svc, user_id)
+    # Counted before the code is checked: of parallel guesses, at most the limit are
+    # tried. Per (account, address) and, from an address the owner never fully signed
+    # in from, per account: whoever has only the password locks out their own
+    # addresses, not the owner's (services.auth.lockout).
+    attempt = await lockout.reserve_code(svc, user_id, caller.ip)
     attempts = await svc.store.eph_incr(CHALLENGE, key, "attempts")
     if attempts is None or attempts > svc.config.challenge_max_attempts:
         await svc.store.eph_delete(CHALLENGE, key)
-        await svc.limiter.release(CODE_RULE, user_id)
+        await attempt.give_back(svc)
         raise _expired()
     user = await svc.store.user_by_id(user_id)
     if (
@@ -394,13 +401,13 @@ async def check_challenge(
         or body.method not in methods(user)
     ):
         await svc.store.eph_delete(CHALLENGE, key)
-        await svc.limiter.release(CODE_RULE, user_id)
+        await attempt.give_back(svc)
         raise _expired()
     if not await _code_ok(svc, user, body, challenge):
         svc.metrics.login_failures.labels("code").inc()
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
-    # The right code: the run of failures ends.
-    await svc.limiter.clear(CODE_RULE, user_id)
+    # The right code: this address's run of failures ends.
+    await attempt.succeeded(svc)
     if not await svc.store.eph_delete(CHALLENGE, key):
         raise _expired()  # a concurrent request completed it first
     await lockout.signed_in(svc, user_id, caller.ip)
@@ -428,14 +435,9 @@ async def _code_ok(
 # -- helpers -------------------------------------------------------------------
 
 
-async def _reserve_code_attempt(svc: AuthService, user_id: str) -> None:
-    """Take the attempt's place in the account's code-failure window before checking
-    anything (429 ``account_locked`` when full); a right code gives it back."""
-    await svc.limiter.reserve(CODE_RULE, user_id)
-
-
 async def _reauthenticate(svc: AuthService, claims: Claims, password: str, caller: Caller) -> User:
-    """Sensitive changes ask for the password again (under the login lockout)."""
+    """Sensitive changes ask for the password again (a request limit per account, then
+    the login lockout: ``lockout.verify_password_again``)."""
     user = await svc.own_user(claims)
-    await lockout.verify_password(svc, user["username"], user, password, caller.ip)
+    await lockout.verify_password_again(svc, user, password, caller.ip)
     return user

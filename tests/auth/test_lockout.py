@@ -6,6 +6,8 @@ and keyed so that a stranger cannot lock the owner out.
 - Password failures count per (account, client address); past an account-wide
   number of failures, addresses the account has not signed in from recently
   are refused too, while the owner's own addresses still get in.
+- Wrong second-factor codes count the same way (by the account's id): someone
+  with the password but not the second factor cannot lock the owner out of it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from tests.auth.helpers import PASSWORD, AuthApi, unique_name
 
 PAIR = 10  # failures per (account, address)
 ACCOUNT = 15  # failures per account, then unknown addresses are refused
-CODES = 4  # wrong second-factor codes per account
+CODES = 4  # wrong second-factor codes per (account, address)
+CODE_ACCOUNT = 6  # per account, then unknown addresses are refused
 
 
 @pytest.fixture
@@ -34,6 +37,7 @@ def auth_config() -> AuthSettings:
         limit_login_failures=f"{PAIR}/900",
         limit_login_account_failures=f"{ACCOUNT}/900",
         limit_code_failures=f"{CODES}/900",
+        limit_code_account_failures=f"{CODE_ACCOUNT}/900",
         challenge_max_attempts=5,
         # A hash that takes a little while, so that the guesses overlap.
         argon2_memory_kib=4096,
@@ -190,3 +194,59 @@ async def test_parallel_second_factor_guesses_are_counted_before_the_check(
         {"challenge_id": challenge, "method": "totp", "code": totp.now()},
     )  # fmt: skip
     assert (status, body["error"]["code"]) == (429, "account_locked")
+
+
+async def test_someone_with_only_the_password_cannot_lock_the_owner_out_of_the_second_factor(
+    auth: AuthApi,
+) -> None:
+    """Before, wrong codes counted per account only: whoever had the password sent
+    them and the owner's right code was refused from every address, indefinitely."""
+    user = await auth.signup()
+    token, name = user["access_token"], user["user"]["username"]
+    _, setup = await auth.call(
+        "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+    )
+    totp = pyotp.TOTP(setup["secret"])
+    _, enrolled = await auth.call(
+        "POST", "/auth/v1/2fa/totp/confirm", {"code": totp.now()}, token=token, status=200
+    )
+    recovery = iter(enrolled["recovery_codes"])
+    wrong = wrong_code(totp)
+
+    async def answer(addr: str, method: str, code: str) -> tuple[int, str]:
+        """A login with the right password from ``addr``, then ``code``."""
+        _, challenge = await auth.call(
+            "POST", "/auth/v1/login", {"username": name, "password": PASSWORD},
+            headers=ip(addr), status=200,
+        )  # fmt: skip
+        status, body = await auth.call(
+            "POST", "/auth/v1/login/2fa",
+            {"challenge_id": challenge["challenge_id"], "method": method, "code": code},
+            headers=ip(addr),
+        )  # fmt: skip
+        return status, "ok" if status == 200 else body["error"]["code"]
+
+    home = "203.0.113.10"  # where the owner fully signed in before
+    assert await answer(home, "recovery", next(recovery)) == (200, "ok")
+    # The attacker, from one address, until that address is locked out of code entry.
+    for _ in range(CODES):
+        assert await answer("192.0.2.66", "totp", wrong) == (401, "invalid_code")
+    assert await answer("192.0.2.66", "totp", wrong) == (429, "account_locked")
+    # The owner, from an address never used before, with the right TOTP code (the
+    # next step's: the enrolment used this one) gets in: the failures were the
+    # attacker's address's.
+    traveling = "198.51.100.20"
+    assert await answer(traveling, "totp", totp.at(time.time() + 30)) == (200, "ok")
+    # Wrong codes from many addresses add up to the account-wide count...
+    for n in range(CODE_ACCOUNT - CODES):
+        assert await answer(f"192.0.2.{100 + n}", "totp", wrong) == (401, "invalid_code")
+    # ...then addresses the owner never fully signed in from are refused, even with a
+    # right code (not spent), while the owner's known addresses still get in.
+    unspent = next(recovery)
+    assert await answer("192.0.2.200", "recovery", unspent) == (429, "account_locked")
+    assert await answer("192.0.2.66", "recovery", unspent) == (429, "account_locked")
+    assert await answer(home, "recovery", unspent) == (200, "ok")
+    assert await answer(traveling, "recovery", next(recovery)) == (200, "ok")
+    assert await answer("127.0.0.1", "recovery", next(recovery)) == (200, "ok")  # sign-up
+    # The attacker's own address stays locked out with a right code, too.
+    assert await answer("192.0.2.66", "recovery", next(recovery)) == (429, "account_locked")
