@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from parley import cli_rooms, paths
@@ -39,7 +38,10 @@ from parley.cli_support import (
     _with_status,
     console,
     err,
+    plain_text,
     removed_by,
+    safe_logging,
+    safe_text,
     stays_queued,
 )
 from parley.client import (
@@ -89,6 +91,7 @@ def main(
     ] = None,
 ) -> None:
     ctx.obj = Options(server.rstrip("/"), paths.data_home(data_dir), user)
+    safe_logging()  # the SDK's warnings reach stderr through plain_text too
 
 
 app.add_typer(cli_rooms.rooms_app, name="rooms")
@@ -114,9 +117,9 @@ def signup(
     directory = paths.account_dir(opts.home, opts.server, username)
     if (directory / paths.STORE_FILE).exists():
         err.print(
-            f"[red]Error:[/] the account {escape(username)} already exists on this machine "
-            f"for {opts.server} ({directory}): use it (parley -u {escape(username)} ..., or "
-            f"parley login {escape(username)}), or choose another username."
+            f"[red]Error:[/] the account {safe_text(username)} already exists on this machine "
+            f"for {opts.server} ({directory}): use it (parley -u {safe_text(username)} ..., or "
+            f"parley login {safe_text(username)}), or choose another username."
         )
         raise typer.Exit(1)
     email = email or typer.prompt("E-mail")
@@ -124,7 +127,7 @@ def signup(
         try:
             _check_password(password)
         except typer.BadParameter as exc:
-            err.print(f"[red]Error:[/] {escape(exc.message)}")
+            err.print(f"[red]Error:[/] {safe_text(exc.message)}")
             raise typer.Exit(1) from None
     else:
         console.print(
@@ -140,7 +143,7 @@ def signup(
             "Creating the account and publishing keys...",
             lambda client: client.signup(username, password, email),
         )
-        console.print(f"Signed up as [bold]{escape(username)}[/] on {opts.server}.")
+        console.print(f"Signed up as [bold]{safe_text(username)}[/] on {opts.server}.")
         console.print(f"[dim]Keys and history are kept encrypted in {directory}[/]")
 
     _run(run())
@@ -152,7 +155,7 @@ def _username(raw: str) -> str:
     try:
         return paths.check_username(raw)
     except paths.BadUsername as exc:
-        err.print(f"[red]Error:[/] {escape(str(exc))}")
+        err.print(f"[red]Error:[/] {safe_text(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -229,7 +232,7 @@ def login(
             "Logging in and checking this device's keys...",
             lambda client: _login(client, username, password, new_identity),
         )
-        console.print(f"Logged in as [bold]{escape(username)}[/].")
+        console.print(f"Logged in as [bold]{safe_text(username)}[/].")
 
     _run(run())
 
@@ -263,7 +266,7 @@ def whoami(ctx: typer.Context) -> None:
     async def run() -> None:
         async with _client(opts) as client:
             me = await client.me()
-        console.print(f"{escape(me['username'])} ({me['user_id']}) on {opts.server}")
+        console.print(f"{safe_text(me['username'])} ({safe_text(me['user_id'])}) on {opts.server}")
 
     _run(run())
 
@@ -312,7 +315,7 @@ def send(
 
             async def attempt(accept: bool) -> str:
                 return await _with_status(
-                    f"Encrypting and sending to {user}...",
+                    f"Encrypting and sending to {safe_text(user)}...",
                     client.send(
                         user,
                         message,
@@ -338,7 +341,7 @@ def send(
                 await asyncio.wait_for(_wait_status(client, client_id, "stored"), 10)
                 stored = True
             where = "stored for" if stored else "accepted by the server for"
-            console.print(f"Message {where} [bold]{escape(user)}[/] (end-to-end encrypted).")
+            console.print(f"Message {where} [bold]{safe_text(user)}[/] (end-to-end encrypted).")
             if news:
                 console.print(
                     f"You have {len(news)} new message(s): run [bold]parley inbox[/] to read them."
@@ -349,7 +352,7 @@ def send(
 
 async def _confirm_new_identity(exc: SafetyNumberChanged) -> bool:
     """Ask, in a terminal, before the first send to a contact's new (unverified) key."""
-    name = escape(exc.username)
+    name = safe_text(exc.username)
     console.print(f"[bold yellow]{name}'s safety number changed[/] since you last wrote.")
     if exc.old_safety_number:
         console.print(f"Old safety number: {exc.old_safety_number}")
@@ -359,7 +362,9 @@ async def _confirm_new_identity(exc: SafetyNumberChanged) -> bool:
         f"compare the new number with {name} first (parley verify {name})."
     )
     answer = await _ask(
-        f"Send to {exc.username}'s new key anyway? [y/N]", default="", show_default=False
+        plain_text(f"Send to {exc.username}'s new key anyway? [y/N]"),
+        default="",
+        show_default=False,
     )
     return answer.strip().lower() in ("y", "yes")
 
@@ -409,7 +414,7 @@ def inbox(
                 if not entries:
                     continue
                 count = len(conv["unread"])
-                console.rule(f"{escape(conv['username'])} ({count} unread)")
+                console.rule(f"{safe_text(conv['username'])} ({count} unread)")
                 for entry in entries:
                     _print_entry(entry, conv["username"], client.username)
                 await client.mark_read(conv["user_id"])
@@ -428,23 +433,23 @@ def _print_entry(
     if ids is not None:
         sid = entry_server_id(entry, ids) if entry.get("kind") in ("message", "removed") else None
         at = f"{sid[:8] if sid else ' ' * 8} {at}"
-    text = escape(str(entry.get("text", "")))
+    text = safe_text(str(entry.get("text", "")))
     if entry.get("kind") == "removed":
-        who = escape(me or "me") if entry.get("dir") == "out" else escape(peer_name)
+        who = safe_text(me or "me") if entry.get("dir") == "out" else safe_text(peer_name)
         console.print(
             f"[dim]{at}[/] [dim italic]{who}: message {removed_by(entry.get('removed_by'))}[/]"
         )
     elif entry.get("dir") == "out":
         status = entry.get("status", "")
         console.print(
-            f"[dim]{at}[/] [bold green]{escape(me or 'me')}[/]: {text} [dim]({status})[/]"
+            f"[dim]{at}[/] [bold green]{safe_text(me or 'me')}[/]: {text} [dim]({status})[/]"
         )
     elif entry.get("dir") == "system":
         console.print(f"[dim]{at}[/] [bold yellow]{text}[/]")
     elif entry.get("kind") == "error":
-        console.print(f"[dim]{at}[/] [red]{escape(peer_name)}: {text}[/]")
+        console.print(f"[dim]{at}[/] [red]{safe_text(peer_name)}: {text}[/]")
     else:
-        console.print(f"[dim]{at}[/] [bold cyan]{escape(peer_name)}[/]: {text}")
+        console.print(f"[dim]{at}[/] [bold cyan]{safe_text(peer_name)}[/]: {text}")
 
 
 @app.command()
@@ -515,7 +520,9 @@ def report(
             peer = await _peer(client, user)
             answer = await _with_status("Reporting...", client.report(message, peer))
         again = " (you had reported it already)" if answer.get("duplicate") else ""
-        console.print(f"Reported{again}: the admins will review it (report {answer['id'][:8]}).")
+        console.print(
+            f"Reported{again}: the admins will review it (report {safe_text(answer['id'][:8])})."
+        )
 
     _run(run())
 
@@ -572,10 +579,10 @@ async def _chat(opts: Options, user: str) -> None:
 
         def show(event: Event) -> None:
             if isinstance(event, Message) and event.peer_id != peer_id:
-                console.print(f"[dim](new message from {escape(event.username)})[/]")
+                console.print(f"[dim](new message from {safe_text(event.username)})[/]")
             elif isinstance(event, Receipt):
                 if event.status == "failed":
-                    console.print(f"[red]Not sent:[/] {escape(event.detail)}")
+                    console.print(f"[red]Not sent:[/] {safe_text(event.detail)}")
             elif isinstance(event, ConnectionEvent) and event.state == "connected":
                 console.print("[dim]Connected.[/]")
             else:
@@ -587,12 +594,12 @@ async def _chat(opts: Options, user: str) -> None:
             await _with_status("Connecting...", client.connect())
             await client.mark_read(peer_id)
             console.print(
-                f"Chatting with [bold]{escape(name)}[/]. Type a message and press Enter; "
+                f"Chatting with [bold]{safe_text(name)}[/]. Type a message and press Enter; "
                 "/quit to leave."
             )
             while True:
                 try:
-                    line = await session.prompt_async(f"{client.username}> ")
+                    line = await session.prompt_async(plain_text(f"{client.username}> "))
                 except (EOFError, KeyboardInterrupt):
                     break
                 text = line.strip()
@@ -613,7 +620,7 @@ async def _chat(opts: Options, user: str) -> None:
                         console.print(CHAT_HELP)
                     else:
                         console.print(
-                            f"[red]Unknown command {escape(command)}[/] (not sent). /help lists "
+                            f"[red]Unknown command {safe_text(command)}[/] (not sent). /help lists "
                             "the commands; start with // to send a line that begins with /."
                         )
                     continue
@@ -625,15 +632,15 @@ async def _chat_safety(client: Client, peer_id: str, name: str) -> None:
     try:
         _, number = await client.safety_number(peer_id)
     except ParleyError as exc:  # offline, say: the chat goes on
-        console.print(f"[red]Error:[/] {escape(str(exc))}")
+        console.print(f"[red]Error:[/] {safe_text(str(exc))}")
         return
     if number is None:
         console.print(
-            f"No safety number with {escape(name)} yet: they have no account key in the "
+            f"No safety number with {safe_text(name)} yet: they have no account key in the "
             "directory (they have not logged in on a device since signing up)."
         )
     else:
-        console.print(f"Safety number with {escape(name)}: [bold]{number}[/]")
+        console.print(f"Safety number with {safe_text(name)}: [bold]{number}[/]")
 
 
 async def _chat_moderate(client: Client, peer_id: str, command: str, args: list[str]) -> None:
@@ -641,12 +648,12 @@ async def _chat_moderate(client: Client, peer_id: str, command: str, args: list[
     try:
         if command == "/report":
             answer = await client.report(args[0] if args else "last-in", peer_id)
-            console.print(f"Reported to the admins (report {answer['id'][:8]}).")
+            console.print(f"Reported to the admins (report {safe_text(answer['id'][:8])}).")
         else:
             await client.unsend(args[0] if args else "last-out", peer_id)
             console.print("Removing it for everyone...")
     except ParleyError as exc:
-        console.print(f"[red]Error:[/] {escape(str(exc))}")
+        console.print(f"[red]Error:[/] {safe_text(str(exc))}")
 
 
 CHAT_HELP = """Commands (anything else is sent as a message):
@@ -669,15 +676,15 @@ async def _chat_send(client: Client, session: Any, peer_id: str, text: str) -> N
             console.print(f"[yellow]{QUEUED}[/]")
         except SafetyNumberChanged as exc:
             if exc.verified or accept:
-                console.print(f"[red]Not sent:[/] {escape(str(exc))}")
+                console.print(f"[red]Not sent:[/] {safe_text(str(exc))}")
                 return
             console.print(
-                f"[bold yellow]{escape(exc.username)}'s safety number changed.[/] "
+                f"[bold yellow]{safe_text(exc.username)}'s safety number changed.[/] "
                 f"New safety number: [bold]{exc.new_safety_number}[/]"
             )
             try:
                 answer = await session.prompt_async(
-                    f"Send to {exc.username}'s new key anyway? [y/N] "
+                    plain_text(f"Send to {exc.username}'s new key anyway? [y/N] ")
                 )
             except (EOFError, KeyboardInterrupt):
                 answer = ""  # Ctrl-D or Ctrl-C at the question: no
@@ -687,7 +694,7 @@ async def _chat_send(client: Client, session: Any, peer_id: str, text: str) -> N
             accept = True
             continue
         except ParleyError as exc:
-            console.print(f"[red]Error:[/] {escape(str(exc))}")
+            console.print(f"[red]Error:[/] {safe_text(str(exc))}")
         return
 
 
@@ -706,9 +713,9 @@ def safety_number(
         async with _client(opts) as client:
             name, number = await client.safety_number(user)
         if number is None:
-            console.print(f"{escape(name)} has no keys yet.")
+            console.print(f"{safe_text(name)} has no keys yet.")
             return
-        console.print(f"Safety number with [bold]{escape(name)}[/]:")
+        console.print(f"Safety number with [bold]{safe_text(name)}[/]:")
         console.print(f"[bold]{number}[/]")
         console.print("[dim]It is the same on both sides if no one is in the middle.[/]")
 
@@ -732,10 +739,10 @@ def verify(
             name, number = await client.safety_number(user)
             if number is None:
                 raise ParleyError(f"{name} has no keys yet: nothing to verify.")
-            console.print(f"Safety number with [bold]{escape(name)}[/]:")
+            console.print(f"Safety number with [bold]{safe_text(name)}[/]:")
             console.print(f"[bold]{number}[/]")
             console.print(
-                f"Compare it with the one {escape(name)} sees (parley safety-number "
+                f"Compare it with the one {safe_text(name)} sees (parley safety-number "
                 "<your name>), in person or by a call."
             )
             if not yes:
@@ -743,7 +750,7 @@ def verify(
                 if answer.strip().lower() not in ("y", "yes"):
                     raise ParleyError(f"{name} was not marked verified.")
             await client.verify(user, number)
-        console.print(f"{escape(name)} is verified.")
+        console.print(f"{safe_text(name)} is verified.")
 
     _run(run())
 
@@ -760,8 +767,8 @@ def accept_identity(
     async def run() -> None:
         async with _client(opts) as client:
             number = await client.accept_identity(user)
-        console.print(f"Accepted {escape(user)}'s current key (safety number {number}).")
-        console.print(f"[dim]Not verified: compare it with parley verify {escape(user)}.[/]")
+        console.print(f"Accepted {safe_text(user)}'s current key (safety number {number}).")
+        console.print(f"[dim]Not verified: compare it with parley verify {safe_text(user)}.[/]")
 
     _run(run())
 
@@ -795,9 +802,9 @@ def outbox(ctx: typer.Context) -> None:
             size = f"{q['bytes']:,} B" + (" (too large)" if q["bytes"] > limit else "")
             table.add_row(
                 str(q["client_id"])[:12],
-                escape(str(names.get(q["peer"]) or q["peer"])),
+                safe_text(str(names.get(q["peer"]) or q["peer"])),
                 size,
-                escape(text if len(text) <= 40 else text[:39] + "…"),
+                safe_text(text if len(text) <= 40 else text[:39] + "…"),
             )
         console.print(table)
         console.print("[dim]parley outbox drop ID removes one (it is never sent).[/]")
@@ -851,7 +858,7 @@ def devices_list(ctx: typer.Context) -> None:
         table = Table("device", "name", "fingerprint", "this device")
         for d in found:
             table.add_row(
-                str(d["device_id"]), escape(d["name"]), d["fingerprint"],
+                safe_text(d["device_id"]), safe_text(d["name"]), safe_text(d["fingerprint"]),
                 "yes" if d["this_device"] else "",
             )  # fmt: skip
         console.print(table)
@@ -883,12 +890,12 @@ def devices_link(
                 username, password, second_factor=_second_factor, name=name
             )
             console.print("On a device already linked to this account, run:")
-            console.print(f"    [bold]parley devices approve {code}[/]")
+            console.print(f"    [bold]parley devices approve {safe_text(code)}[/]")
             console.print("[dim]Waiting for the approval (Ctrl-C to give up)...[/]")
             await client.wait_linked(timeout)
 
         await _fresh_account(opts, username, "Logging in...", link, keep_pending=True)
-        console.print(f"This device is now linked to [bold]{escape(username)}[/].")
+        console.print(f"This device is now linked to [bold]{safe_text(username)}[/].")
 
     _run(run())
 
@@ -905,8 +912,9 @@ def devices_approve(
     async def run() -> None:
         async def confirm(pending: PendingDevice) -> bool:
             console.print(
-                f"Link device [bold]{escape(pending.name)}[/] (id {pending.device_id}, "
-                f"fingerprint {pending.fingerprint}) to this account?"
+                f"Link device [bold]{safe_text(pending.name)}[/] (id "
+                f"{safe_text(pending.device_id)}, fingerprint {safe_text(pending.fingerprint)}) "
+                "to this account?"
             )
             if yes:
                 return True
@@ -915,7 +923,7 @@ def devices_approve(
 
         async with _client(opts) as client:
             pending = await client.approve_device(code.strip(), confirm)
-        console.print(f"Linked {escape(pending.name)} (device {pending.device_id}).")
+        console.print(f"Linked {safe_text(pending.name)} (device {safe_text(pending.device_id)}).")
 
     _run(run())
 
@@ -932,7 +940,7 @@ def devices_rename(
     async def run() -> None:
         async with _client(opts) as client:
             await client.rename_device(device_id, name)
-        console.print(f"Device {device_id} is now called {escape(name)}.")
+        console.print(f"Device {device_id} is now called {safe_text(name)}.")
 
     _run(run())
 
@@ -969,16 +977,16 @@ def sessions(
             if revoke:
                 await client.access_token()
                 await client.api.revoke_session(revoke)
-                console.print(f"Session {escape(revoke)} ended.")
+                console.print(f"Session {safe_text(revoke)} ended.")
                 return
             found = await client.auth_sessions()
         table = Table("session", "device", "ip", "last used", "current")
         for s in found:
             table.add_row(
-                s["session_id"],
-                s.get("device") or "",
-                s.get("ip") or "",
-                str(s.get("last_used_at", ""))[:19],
+                safe_text(s["session_id"]),
+                safe_text(s.get("device") or ""),
+                safe_text(s.get("ip") or ""),
+                safe_text(str(s.get("last_used_at", ""))[:19]),
                 "yes" if s.get("current") else "",
             )
         console.print(table)

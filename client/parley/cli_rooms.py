@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from parley_contract import frames as f
-from rich.markup import escape
 from rich.table import Table
 
 from parley.cli_support import (
@@ -27,7 +26,9 @@ from parley.cli_support import (
     _time,
     _with_status,
     console,
+    plain_text,
     removed_by,
+    safe_text,
     stays_queued,
 )
 from parley.client import (
@@ -80,7 +81,10 @@ def rooms_create(
             name_ = name.strip().removeprefix("#")
             room = await client.rooms.create(name_, public=public, topic=topic)
         kind = "public" if public else "private (end-to-end encrypted)"
-        console.print(f"Created {kind} room [bold]#{escape(room['name'])}[/] ({room['room_id']}).")
+        console.print(
+            f"Created {kind} room [bold]#{safe_text(room['name'])}[/] "
+            f"({safe_text(room['room_id'])})."
+        )
 
     _run(run())
 
@@ -100,13 +104,14 @@ def rooms_list(ctx: typer.Context) -> None:
         table = Table("room", "kind", "your role", "members", "state", "id")
         for r in mine:
             table.add_row(
-                f"#{escape(r['name'])}", r["kind"], r.get("role") or "", str(r["members"]),
-                r["state"], r["room_id"],
+                f"#{safe_text(r['name'])}", safe_text(r["kind"]), safe_text(r.get("role") or ""),
+                safe_text(r["members"]), safe_text(r["state"]), safe_text(r["room_id"]),
             )  # fmt: skip
         for r in invited:
             table.add_row(
-                f"#{escape(r['name'])}", r["kind"], "invited", str(r.get("members", "")),
-                r.get("state", ""), r["room_id"],
+                f"#{safe_text(r['name'])}", safe_text(r["kind"]), "invited",
+                safe_text(r.get("members", "")), safe_text(r.get("state", "")),
+                safe_text(r["room_id"]),
             )  # fmt: skip
         console.print(table)
         if invited:
@@ -132,8 +137,8 @@ def rooms_directory(
         table = Table("room", "members", "topic", "id")
         for r in found:
             table.add_row(
-                f"#{escape(r['name'])}", str(r["members"]), escape(r.get("topic") or ""),
-                r["room_id"],
+                f"#{safe_text(r['name'])}", safe_text(r["members"]),
+                safe_text(r.get("topic") or ""), safe_text(r["room_id"]),
             )  # fmt: skip
         console.print(table)
 
@@ -157,7 +162,7 @@ def rooms_invite(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
     async def work(client: Client) -> str:
         found = await client.rooms.resolve(room)
         await client.rooms.invite(found["room_id"], user)
-        return f"Invited {escape(user)} to #{escape(found['name'])}."
+        return f"Invited {safe_text(user)} to #{safe_text(found['name'])}."
 
     _simple(ctx, work)
 
@@ -169,7 +174,7 @@ def rooms_accept(ctx: typer.Context, room: RoomArg) -> None:
     async def work(client: Client) -> str:
         found = await client.rooms.resolve(room, invited=True)
         await client.rooms.accept(found["room_id"])
-        return f"You are now a member of #{escape(found['name'])}."
+        return f"You are now a member of #{safe_text(found['name'])}."
 
     _simple(ctx, work)
 
@@ -181,7 +186,7 @@ def rooms_decline(ctx: typer.Context, room: RoomArg) -> None:
     async def work(client: Client) -> str:
         found = await client.rooms.resolve(room, invited=True)
         await client.rooms.decline(found["room_id"])
-        return f"Declined the invitation to #{escape(found['name'])}."
+        return f"Declined the invitation to #{safe_text(found['name'])}."
 
     _simple(ctx, work)
 
@@ -193,7 +198,7 @@ def rooms_join(ctx: typer.Context, room: RoomArg) -> None:
     async def work(client: Client) -> str:
         found = await client.rooms.resolve(room, invited=True, directory=True)
         await client.rooms.join(found["room_id"])
-        return f"You joined #{escape(found['name'])}."
+        return f"You joined #{safe_text(found['name'])}."
 
     _simple(ctx, work)
 
@@ -204,7 +209,7 @@ def rooms_leave(ctx: typer.Context, room: RoomArg) -> None:
 
     async def work(client: Client) -> str:
         left = await client.rooms.leave(room)
-        return f"You left #{escape(left['name'])}."
+        return f"You left #{safe_text(left['name'])}."
 
     _simple(ctx, work)
 
@@ -216,7 +221,7 @@ def rooms_remove(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
     async def work(client: Client) -> str:
         found = await client.rooms.resolve(room)
         await client.rooms.remove(found["room_id"], user)
-        return f"Removed {escape(user)} from #{escape(found['name'])}."
+        return f"Removed {safe_text(user)} from #{safe_text(found['name'])}."
 
     _simple(ctx, work)
 
@@ -234,8 +239,8 @@ def rooms_ban(
     async def work(client: Client) -> str:
         found = await client.rooms.ban(room, user, ban=not lift)
         if lift:
-            return f"{escape(user)} may join #{escape(found['name'])} again."
-        return f"Banned {escape(user)} from #{escape(found['name'])}."
+            return f"{safe_text(user)} may join #{safe_text(found['name'])} again."
+        return f"Banned {safe_text(user)} from #{safe_text(found['name'])}."
 
     _simple(ctx, work)
 
@@ -254,7 +259,9 @@ def rooms_bans(ctx: typer.Context, room: RoomArg) -> None:
         table = Table("user", "banned by", "since")
         for b in bans:
             table.add_row(
-                escape(str(b["username"])), escape(str(b["banned_by_username"])), _time(b["at"])
+                safe_text(str(b["username"])),
+                safe_text(str(b["banned_by_username"])),
+                _time(b["at"]),
             )
         console.print(table)
 
@@ -275,7 +282,7 @@ def rooms_moderator(
     async def work(client: Client) -> str:
         found = await client.rooms.set_moderator(room, user, moderator=not remove)
         role = "a plain member" if remove else "a moderator"
-        return f"{escape(user)} is {role} of #{escape(found['name'])} now."
+        return f"{safe_text(user)} is {role} of #{safe_text(found['name'])} now."
 
     _simple(ctx, work)
 
@@ -286,7 +293,7 @@ def rooms_owner(ctx: typer.Context, room: RoomArg, user: UserArg) -> None:
 
     async def work(client: Client) -> str:
         found = await client.rooms.hand_over(room, user)
-        return f"{escape(user)} owns #{escape(found['name'])} now; you are a moderator."
+        return f"{safe_text(user)} owns #{safe_text(found['name'])} now; you are a moderator."
 
     _simple(ctx, work)
 
@@ -310,12 +317,12 @@ def rooms_set(
     async def work(client: Client) -> str:
         was = await client.rooms.resolve(room)
         now = await client.rooms.update(was["room_id"], name=name, topic=topic, state=state)
-        said = [f"renamed #{escape(was['name'])} to #{escape(now['name'])}"] if name else []
+        said = [f"renamed #{safe_text(was['name'])} to #{safe_text(now['name'])}"] if name else []
         if topic is not None:
             said.append("topic set" if now.get("topic") else "topic cleared")
         if state is not None:
             said.append("closed" if now["state"] == "closed" else "open")
-        return f"#{escape(now['name'])}: {', '.join(said)}."
+        return f"#{safe_text(now['name'])}: {', '.join(said)}."
 
     _simple(ctx, work)
 
@@ -337,7 +344,7 @@ def _members_table(members: list[dict[str, Any]]) -> Table:
     table = Table("member", "role", "joined", "now")
     for m in members:
         table.add_row(
-            escape(str(m["username"])), m["role"], _time(m.get("joined_at")),
+            safe_text(m["username"]), safe_text(m["role"]), _time(m.get("joined_at")),
             "[green]online[/]" if m.get("online") else "",
         )  # fmt: skip
     return table
@@ -364,12 +371,12 @@ def rooms_notifications(
                 where = ""
                 if n.get("message_seq"):  # a public room's: the page that ends with it
                     where = (
-                        f" (parley history '#{escape(n['room_name'])}' "
+                        f" (parley history '#{safe_text(n['room_name'])}' "
                         f"--before {int(n['message_seq']) + 1})"
                     )
                 console.print(
-                    f"{mark} [dim]{_time(n.get('at'))}[/] [bold]{escape(name)}[/] mentioned you "
-                    f"in #{escape(n['room_name'])}{where}: {escape(n.get('excerpt', ''))}"
+                    f"{mark} [dim]{_time(n.get('at'))}[/] [bold]{safe_text(name)}[/] mentioned you "
+                    f"in #{safe_text(n['room_name'])}{where}: {safe_text(n.get('excerpt', ''))}"
                 )
             unread = int(page.get("unread", 0))
             if read and items:
@@ -398,11 +405,11 @@ async def room_send(
             room["room_id"], message, timeout=timeout, accept_new_identity=accept
         )
         try:
-            await _with_status(f"Sending to #{room['name']}...", sending)
+            await _with_status(f"Sending to #{safe_text(room['name'])}...", sending)
         except TimeoutError:
             stays_queued(client)  # queued (a key hand-out that timed out raises NotSent)
         how = "end-to-end encrypted" if room.get("kind") == "private" else "public"
-        console.print(f"Message sent to [bold]#{escape(room['name'])}[/] ({how}).")
+        console.print(f"Message sent to [bold]#{safe_text(room['name'])}[/] ({how}).")
 
 
 # How a changed public-room message is shown (docs/moderation.md).
@@ -429,23 +436,29 @@ def _print_room_entry(entry: dict[str, Any], me: str | None, ids: str | None = N
     if ids is not None:  # your user id: each private-room message's short id in front
         sid = entry_server_id(entry, ids) if entry.get("kind") in ("message", "removed") else None
         at = f"{sid[:8] if sid else ' ' * 8} {at}"
-    text = _marked(escape(str(entry.get("text", ""))), entry.get("marker"))
-    seq = f"[dim]#{entry['seq']}[/] " if entry.get("seq") and "server_id" not in entry else ""
+    text = _marked(safe_text(str(entry.get("text", ""))), entry.get("marker"))
+    seq = (
+        f"[dim]#{safe_text(entry['seq'])}[/] "
+        if entry.get("seq") and "server_id" not in entry
+        else ""
+    )
     if entry.get("kind") == "error":
-        console.print(f"[dim]{at}[/] [red]{escape(str(entry.get('username') or '?'))}: {text}[/]")
+        console.print(
+            f"[dim]{at}[/] [red]{safe_text(str(entry.get('username') or '?'))}: {text}[/]"
+        )
     elif entry.get("kind") == "removed":
         who = (
-            escape(me or "me")
+            safe_text(me or "me")
             if entry.get("dir") == "out"
-            else escape(str(entry.get("username") or str(entry.get("sender", ""))[:8]))
+            else safe_text(str(entry.get("username") or str(entry.get("sender", ""))[:8]))
         )
         console.print(
             f"[dim]{at}[/] [dim italic]{who}: message {removed_by(entry.get('removed_by'))}[/]"
         )
     elif entry.get("dir") == "out":
-        console.print(f"{seq}[dim]{at}[/] [bold green]{escape(me or 'me')}[/]: {text}")
+        console.print(f"{seq}[dim]{at}[/] [bold green]{safe_text(me or 'me')}[/]: {text}")
     else:
-        name = escape(str(entry.get("username") or str(entry.get("sender", ""))[:8]))
+        name = safe_text(str(entry.get("username") or str(entry.get("sender", ""))[:8]))
         console.print(f"{seq}[dim]{at}[/] [bold cyan]{name}[/]: {text}")
 
 
@@ -462,13 +475,13 @@ async def room_history(
                 " Try again in a moment."
             )
         elif not page["messages"]:
-            console.print(f"No messages in #{escape(room['name'])} yet.")
+            console.print(f"No messages in #{safe_text(room['name'])} yet.")
         for entry in page["messages"]:
             _print_room_entry(entry, client.username, client.user_id if ids else None)
         if page["next_before"] is not None:
             console.print(
-                f"[dim]Older messages: parley history '#{escape(room['name'])}' "
-                f"--before {page['next_before']}[/]"
+                f"[dim]Older messages: parley history '#{safe_text(room['name'])}' "
+                f"--before {safe_text(page['next_before'])}[/]"
             )
 
 
@@ -562,7 +575,8 @@ class TypingLine:
             return ""
         if len(names) > 3:
             return f"{len(names)} people are typing..."
-        return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} typing..."
+        shown = plain_text(", ".join(names))  # a room member's name, shown as it is
+        return f"{shown} {'is' if len(names) == 1 else 'are'} typing..."
 
 
 class TypingSaid:
@@ -630,7 +644,9 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                 if event.room_id == rid:  # whoever wrote it has stopped typing
                     typists.until.pop(event.sender_id, None)
                 if event.room_id != rid:
-                    console.print(f"[dim](new message in another room from {event.username})[/]")
+                    console.print(
+                        f"[dim](new message in another room from {safe_text(event.username)})[/]"
+                    )
                 elif not event.here:  # this chat's own post was typed here: its number
                     if later := order.show(event.seq):
                         console.print(late_note(later))
@@ -643,7 +659,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                     console.print(f"[dim]#{event.seq} posted.[/]")
             elif isinstance(event, RoomMessageChanged):
                 if event.room_id == rid:
-                    text = _marked(escape(event.text), event.marker)
+                    text = _marked(safe_text(event.text), event.marker)
                     console.print(f"[dim]#{event.seq} is now:[/] {text}")
             elif isinstance(event, RoomChanged):
                 if event.room_id == rid:
@@ -651,14 +667,14 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
             elif isinstance(event, RoomNotification):
                 who = client.messenger._names.get(event.sender, event.sender[:8])
                 console.print(
-                    f"[bold yellow]@ {escape(who)} mentioned you in "
-                    f"#{escape(event.room_name)}:[/] {escape(event.excerpt)}"
+                    f"[bold yellow]@ {safe_text(who)} mentioned you in "
+                    f"#{safe_text(event.room_name)}:[/] {safe_text(event.excerpt)}"
                 )
             elif isinstance(event, Message):
-                console.print(f"[dim](new message from {escape(event.username)})[/]")
+                console.print(f"[dim](new message from {safe_text(event.username)})[/]")
             elif isinstance(event, Receipt):
                 if event.status == "failed":
-                    console.print(f"[red]Not sent:[/] {escape(event.detail)}")
+                    console.print(f"[red]Not sent:[/] {safe_text(event.detail)}")
             elif isinstance(event, ConnectionEvent) and event.state == "connected":
                 console.print("[dim]Connected.[/]")
             else:
@@ -693,12 +709,12 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
             client.add_listener(show)
             kind = "end-to-end encrypted" if room.get("kind") == "private" else "public"
             console.print(
-                f"In [bold]#{escape(name)}[/] ({kind}). Type a message and press Enter; "
+                f"In [bold]#{safe_text(name)}[/] ({kind}). Type a message and press Enter; "
                 "/help lists commands."
             )
             while True:
                 try:
-                    line = await session.prompt_async(f"{client.username} #{name}> ")
+                    line = await session.prompt_async(plain_text(f"{client.username} #{name}> "))
                 except (EOFError, KeyboardInterrupt):
                     break
                 said.sent()
@@ -718,7 +734,7 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                 except TimeoutError:
                     console.print(f"[yellow]{QUEUED}[/]")
                 except ParleyError as exc:
-                    console.print(f"[red]Error:[/] {escape(str(exc))}")
+                    console.print(f"[red]Error:[/] {safe_text(str(exc))}")
 
 
 def _room_change(event: RoomChanged, me: str | None) -> str:
@@ -729,14 +745,14 @@ def _room_change(event: RoomChanged, me: str | None) -> str:
         return ("An admin made this room public: new messages are readable by the server; "
                 "earlier encrypted ones stay unreadable to it.")  # fmt: skip
     if event.change == "state":
-        return f"The room is {event.state} now."
+        return f"The room is {safe_text(event.state)} now."
     if event.change == "deleted":
         return "An admin deleted this room."
     if event.change == "settings":
-        topic = f" Topic: {escape(event.topic)}" if event.topic else " No topic."
-        return f"The room is #{escape(event.name or '')} now.{topic}"
+        topic = f" Topic: {safe_text(event.topic)}" if event.topic else " No topic."
+        return f"The room is #{safe_text(event.name or '')} now.{topic}"
     you = event.user_id == me
-    who = "You" if you else escape(event.username or "A member")
+    who = "You" if you else safe_text(event.username or "A member")
     if event.change == "role" and event.role == "owner":
         return f"{who} {'are' if you else 'is'} the room's owner now (the old owner a moderator)."
     if event.change == "role":
@@ -773,10 +789,10 @@ async def _room_command(client: Client, rid: str, name: str, text: str) -> bool:
                 console.print("[red]Error:[/] /invite needs a username: /invite <user>.")
             else:
                 await client.rooms.invite(rid, arg)
-                console.print(f"Invited {escape(arg)} to #{escape(name)}.")
+                console.print(f"Invited {safe_text(arg)} to #{safe_text(name)}.")
         elif command == "/leave":
             await client.rooms.leave(rid)
-            console.print(f"You left #{escape(name)}.")
+            console.print(f"You left #{safe_text(name)}.")
             return True
         elif command in ("/edit", "/delete", "/restore"):
             parsed = _seq_arg(arg)
@@ -794,9 +810,9 @@ async def _room_command(client: Client, rid: str, name: str, text: str) -> bool:
                 console.print(f"Restored #{parsed[0]}.")
         else:
             console.print(
-                f"[red]Unknown command {escape(command)}[/] (not sent). /help lists the "
+                f"[red]Unknown command {safe_text(command)}[/] (not sent). /help lists the "
                 "commands; start with // to send a line that begins with /."
             )
     except ParleyError as exc:
-        console.print(f"[red]Error:[/] {escape(str(exc))}")
+        console.print(f"[red]Error:[/] {safe_text(str(exc))}")
     return False

@@ -1,11 +1,14 @@
 """Shared pieces of the ``parley`` CLI (:mod:`parley.cli`, :mod:`parley.cli_rooms`):
 the consoles, the options, opening the account's store, running a command and
-printing its errors, spinners and prompts, how events look."""
+printing its errors, spinners and prompts, how events look, and :func:`safe_text`,
+through which every text the CLI did not write itself reaches the terminal."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
 import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -38,6 +41,58 @@ _PLAIN = bool(os.environ.get("NO_COLOR"))
 console = Console(highlight=False, color_system=None if _PLAIN else "auto")
 err = Console(stderr=True, highlight=False, color_system=None if _PLAIN else "auto")
 T = TypeVar("T")
+
+
+# -- untrusted text on the terminal ------------------------------------------------------
+
+PLACEHOLDER = "\ufffd"
+"""What a control or bidi-override character of untrusted text is shown as."""
+
+# Every control character (Unicode category Cc: C0, DEL, C1) but newline and tab, and
+# the bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069).
+_UNSAFE = {
+    code: PLACEHOLDER
+    for code in [*range(0x00, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    if chr(code) not in "\n\t" and (unicodedata.category(chr(code)) == "Cc" or code >= 0x2000)
+}
+
+
+def plain_text(value: object) -> str:
+    """``value`` as text that cannot drive the terminal: each control character
+    (category Cc: C0 such as ESC, DEL, C1 such as U+009B CSI) but newline and tab, and
+    each bidi embedding, override or isolate (which make a line read other than it
+    is), becomes U+FFFD. For sinks that take no rich markup (prompts, the log)."""
+    return str(value).translate(_UNSAFE)
+
+
+def safe_text(value: object) -> str:
+    """``value`` (text the CLI did not write: a message, a name, a server's words) made
+    safe to interpolate into rich markup: :func:`plain_text`, then markup-escaped, so
+    ``[bold]`` shows as typed (docs/client.md, "Untrusted text on the terminal")."""
+    return escape(plain_text(value))
+
+
+class _SafeLog(logging.Handler):
+    """The SDK's warnings on stderr (as Python's last-resort handler prints them),
+    through :func:`plain_text`: they may quote a server's or a peer's words."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(plain_text(self.format(record)) + "\n")
+            sys.stderr.flush()
+        except Exception:  # as logging.StreamHandler.emit
+            self.handleError(record)
+
+
+def safe_logging() -> None:
+    """Route the ``parley`` loggers' warnings through :class:`_SafeLog` (once)."""
+    logger = logging.getLogger("parley")
+    if not any(isinstance(h, _SafeLog) for h in logger.handlers):
+        logger.addHandler(_SafeLog())
 
 
 @dataclass
@@ -94,7 +149,7 @@ def _new_secret(label: str, check: Callable[[str], str]) -> str:
         try:
             check(value)
         except typer.BadParameter as exc:
-            err.print(f"[red]Error:[/] {escape(exc.message)}")
+            err.print(f"[red]Error:[/] {safe_text(exc.message)}")
             continue
         if str(typer.prompt("Repeat for confirmation", hide_input=True)) == value:
             return value
@@ -164,7 +219,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except WrongPassphrase:
         err.print("[red]Error:[/] wrong passphrase for the local store.")
     except ParleyError as exc:
-        err.print(f"[red]Error:[/] {escape(str(exc))}")
+        err.print(f"[red]Error:[/] {safe_text(str(exc))}")
     except TimeoutError:
         err.print("[red]Error:[/] the server did not answer in time.")
     except KeyboardInterrupt:
@@ -182,17 +237,17 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
     """How events look on screen (every command that connects shows them)."""
     if isinstance(event, Message):
         console.print(
-            f"[dim]{_time(event.sent_at)}[/] [bold cyan]{escape(event.username)}[/]: "
-            f"{escape(event.text)}"
+            f"[dim]{_time(event.sent_at)}[/] [bold cyan]{safe_text(event.username)}[/]: "
+            f"{safe_text(event.text)}"
         )
     elif isinstance(event, SentElsewhere):
         if peer is None or event.peer_id == peer:
             console.print(
-                f"[dim]{_time(event.sent_at)}[/] [bold green]{escape(me or 'me')}[/] "
-                f"[dim](device {event.device})[/]: {escape(event.text)}"
+                f"[dim]{_time(event.sent_at)}[/] [bold green]{safe_text(me or 'me')}[/] "
+                f"[dim](device {event.device})[/]: {safe_text(event.text)}"
             )
     elif isinstance(event, KeyChanged):
-        name = escape(event.username)
+        name = safe_text(event.username)
         console.print(
             f"[bold yellow]Warning: {name}'s safety number changed.[/] Their identity key is "
             "new: a reinstall, a new device, or someone in the middle."
@@ -205,19 +260,19 @@ def _print_event(event: Event, me: str | None, peer: str | None = None) -> None:
         )
     elif isinstance(event, DecryptFailed):
         console.print(
-            f"[red]Could not decrypt a message from {escape(event.username)} "
-            f"({event.reason}).[/] It may have been sent to an earlier install of yours."
+            f"[red]Could not decrypt a message from {safe_text(event.username)} "
+            f"({safe_text(event.reason)}).[/] It may have been sent to an earlier install of yours."
         )
     elif isinstance(event, MessageRemoved):
         if peer is None or event.peer_id == peer:
             console.print(f"[dim italic]A message was {removed_by(event.by)}.[/]")
     elif isinstance(event, ErrorEvent):
-        console.print(f"[red]Error:[/] {escape(event.message)}")
+        console.print(f"[red]Error:[/] {safe_text(event.message)}")
     elif isinstance(event, ConnectionEvent):
         if event.state == "reconnecting":
-            console.print(f"[dim]Connection lost; reconnecting {event.detail}...[/]")
+            console.print(f"[dim]Connection lost; reconnecting {safe_text(event.detail)}...[/]")
         elif event.state == "failed":
-            console.print(f"[red]Disconnected:[/] {escape(event.detail)}")
+            console.print(f"[red]Disconnected:[/] {safe_text(event.detail)}")
 
 
 def removed_by(by: object) -> str:
@@ -230,7 +285,7 @@ async def _second_factor(challenge: SecondFactor) -> tuple[str, str]:
     method = methods[0]
     if len(methods) > 1:
         method = await _ask(
-            f"Second factor ({'/'.join(methods)})",
+            plain_text(f"Second factor ({'/'.join(methods)})"),
             default="totp" if "totp" in methods else methods[0],
         )
         if method not in methods:

@@ -82,7 +82,10 @@ DISTRIBUTE_AT_ONCE = 64
 """Pairwise sender-key sends in flight at once (each waits for its ``accepted``; the
 gateway allows 256 a socket): enough to hide the round trips in a room of 1,000."""
 MAX_PENDING = 1000
-"""Room messages kept per room while their sender key has not arrived."""
+"""Room messages kept per room while their sender key has not arrived. Past it a
+message is not kept but not lost either: the room remembers the lowest number not kept
+(``room_unkept``), and when a sender key for the room arrives the cursor goes back
+before it and the room's log brings it (and those after it) again (``Rooms.on_control``)."""
 MAX_MENTIONS = 20
 LOG_PAGE = 200
 """Messages per page when a room's log is read."""
@@ -824,12 +827,17 @@ class Rooms:
             return
         if frame.seq <= cursor:
             return
-        await self._take(room_id, [frame], upto=frame.seq)
+        await self._take(room_id, [frame], start=frame.seq - 1, upto=frame.seq)
 
-    async def _take(self, room_id: str, frames: list[f.RoomMessage], upto: int) -> None:
-        """Keep ``frames`` (decrypted, or sealed until their key comes) and move the
-        room's cursor to ``upto``, in one transaction: this device has every message
-        of the room up to it."""
+    async def _take(
+        self, room_id: str, frames: list[f.RoomMessage], *, start: int, upto: int
+    ) -> None:
+        """Keep ``frames``, the room's messages after ``start`` up to ``upto`` (decrypted,
+        or sealed until their key comes) and move the room's cursor to ``upto``, in one
+        transaction: this device has every message of the room up to it. The cursor
+        moves only if it is within ``start`` .. ``upto``: one put back meanwhile (a
+        sender key came for messages that were not kept, :meth:`on_control`) stays
+        where it was put, for the read that follows."""
         me, device = self.account.user_id, self.messenger.keys.known_device_id()
         names = {
             fr.from_: (self.account.username or "")
@@ -863,7 +871,7 @@ class Rooms:
             if session is not None:
                 self._put_group(tx, session)
             key = self._key("room_cursor", room_id)
-            if upto > int(tx.get(key) or 0):
+            if start <= int(tx.get(key) or 0) < upto:
                 tx.put(key, upto)
         for event in events:
             self.events.emit(event)
@@ -907,8 +915,8 @@ class Rooms:
                 while True:
                     page = await self.api.room_log(room_id, after, since, LOG_PAGE)
                     frames = [msgspec.convert(m, f.RoomMessage) for m in page["messages"]]
-                    after = max(after, int(page.get("next", after)))
-                    await self._take(room_id, frames, upto=after)
+                    start, after = after, max(after, int(page.get("next", after)))
+                    await self._take(room_id, frames, start=start, upto=after)
                     got += len(frames)
                     if not page.get("more"):
                         break
@@ -962,7 +970,8 @@ class Rooms:
         try:
             await self._token()
             since = int((self._store().read().get("account") or {}).get("linked_at") or 0)
-            answer = await self.api.room_logs({r: self.cursor(r) for r in chunk}, since, LOG_PAGE)
+            cursors = {r: self.cursor(r) for r in chunk}
+            answer = await self.api.room_logs(cursors, since, LOG_PAGE)
         except (ParleyError, TimeoutError, OSError) as exc:
             log.info("could not read the rooms' logs: %s", exc)
             return 0
@@ -970,7 +979,9 @@ class Rooms:
         for page in answer.get("pages", []):
             room_id = str(page["room"])
             frames = [msgspec.convert(m, f.RoomMessage) for m in page["messages"]]
-            await self._take(room_id, frames, upto=int(page.get("next", 0)))
+            await self._take(
+                room_id, frames, start=cursors.get(room_id, 0), upto=int(page.get("next", 0))
+            )
             got += len(frames)
             if page.get("more"):
                 self._again.add(room_id)
@@ -992,7 +1003,9 @@ class Rooms:
         keep: bool,
     ) -> Event | None:
         """Decrypt one room message into the history; returns its event.  Without the
-        sender's key it is kept pending (``keep``) and None is returned."""
+        sender's key it is kept pending (``keep``) and None is returned; with
+        ``MAX_PENDING`` kept already, its number is remembered instead (``room_unkept``:
+        the log is read again from there when a sender key comes)."""
         me = self.account.user_id
         sender = str(item["from"])
         own = sender == me
@@ -1009,9 +1022,15 @@ class Rooms:
         except UnknownSenderKey:
             if keep:
                 pending = tx.get(self._key("room_pending", room_id)) or []
-                if all(p["server_id"] != item["server_id"] for p in pending):
-                    pending = [*pending, {**item, "name": name}][-MAX_PENDING:]
-                    tx.put(self._key("room_pending", room_id), pending)
+                if any(p["server_id"] == item["server_id"] for p in pending):
+                    pass  # kept already (the log read again)
+                elif len(pending) < MAX_PENDING:
+                    tx.put(self._key("room_pending", room_id), [*pending, {**item, "name": name}])
+                else:  # not kept: the room's log has it, read again when a key comes
+                    marker = self._key("room_unkept", room_id)
+                    lowest = tx.get(marker)
+                    if lowest is None or int(item["seq"]) < int(lowest):
+                        tx.put(marker, int(item["seq"]))
             return None
         except ReplayedMessage:
             # Not one read before (the callers look for its id first): the key we hold
@@ -1050,7 +1069,10 @@ class Rooms:
         self, tx: Transaction, sender: str, device: int, control: dict[str, Any]
     ) -> list[Event]:
         """A control payload from a pairwise session (inside its transaction): a room
-        sender key is stored, and the room's pending messages it opens are decrypted."""
+        sender key is stored, and the room's pending messages it opens are decrypted.
+        If messages of the room were not kept (``MAX_PENDING``), the room's cursor goes
+        back before the first of them and its log is read again from there: what this
+        key opens is decrypted, what still waits for a key is kept or remembered."""
         room_id = control.get("room")
         if control.get("t") != "skd" or not isinstance(room_id, str):
             log.info("ignoring an unknown control payload from %s", sender)
@@ -1076,11 +1098,36 @@ class Rooms:
         if len(still) != len(pending):
             tx.put(self._key("room_pending", room_id), still)
         self._put_group(tx, session)
+        self._reread_unkept(tx, room_id)
         return events
+
+    def _reread_unkept(self, tx: Transaction, room_id: str) -> None:
+        """Put the room's cursor back before its first message not kept, if any, and read
+        its log again (the read starts once this transaction's caller yields; its reads
+        see the cursor put back, as the store's reads see the open transaction)."""
+        marker = self._key("room_unkept", room_id)
+        lowest = tx.get(marker)
+        if lowest is None:
+            return
+        tx.delete(marker)
+        key = self._key("room_cursor", room_id)
+        if int(tx.get(key) or 0) >= int(lowest):
+            tx.put(key, int(lowest) - 1)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a blocking caller): the next sync reads from the cursor
+        self._read_soon(room_id)
 
     def pending(self, room_id: str) -> int:
         """Room messages kept until their sender key arrives."""
         return len(self._store().read().get(self._key("room_pending", room_id)) or [])
+
+    def unkept(self, room_id: str) -> int | None:
+        """The lowest number of the room's messages that waited for their sender key
+        past ``MAX_PENDING`` (not kept: read again from the log when a key comes)."""
+        lowest = self._store().read().get(self._key("room_unkept", room_id))
+        return None if lowest is None else int(lowest)
 
     async def on_room_frame(self, frame: RoomFrame) -> None:
         if isinstance(frame, f.RoomMessageChanged):
