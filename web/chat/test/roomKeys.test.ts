@@ -9,7 +9,8 @@ import { deviceDigest, keyChangeChoices, skdPayload } from '../src/app/rooms.ts'
 import { b64encode, utf8 } from '../src/crypto/index.ts';
 import { GroupSession } from '../src/crypto/session.ts';
 import type * as W from '../src/generated/contract.ts';
-import { cleanUp, connected, people, until } from './support/clients.ts';
+import { cleanUp, connected, people, reopen, until } from './support/clients.ts';
+import { MemoryVault } from './support/fakeServer.ts';
 import { carolJoinsMidRead, teamRoom } from './support/rooms.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
@@ -174,5 +175,67 @@ describe('a member whose safety number changed', () => {
     await bob.verify(A, refused.newSafetyNumber);
     expect(server.accepted.has(await bob.sendRoom(roomId, 'paused'))).toBe(true);
     expect(bob.identityStatus(A).verified).toBe(true);
+  });
+});
+
+describe('a sender key for a room this browser does not know', () => {
+  /** The client's vault rows (MemoryVault keeps them as JSON). */
+  const rowsOf = (bob: { vault: { username: string } }) => MemoryVault.stores.get(bob.vault.username) as Map<string, string>;
+  const known = (bob: { vault: { username: string } }): string[] => JSON.parse(rowsOf(bob).get('rooms_known') ?? '[]');
+  const groups = (bob: { vault: { username: string } }): number => [...rowsOf(bob).keys()].filter((k) => k.startsWith('group:')).length;
+  const randomRoom = () => [...crypto.getRandomValues(new Uint8Array(12))].map((b) => b.toString(16).padStart(2, '0')).join('');
+  const roomFrame = (roomId: string, from: string, seq: number, body: Uint8Array): W.RoomMessage => ({
+    op: 'room_message', room: roomId, seq, server_id: `room-${seq}`, from, from_device: 1, body: b64encode(body), sent_at: Date.now(),
+  });
+
+  it('is taken only for a room we are a member of: a thousand for other rooms leave no trace', async () => {
+    // Before: any user's distribution naming any room id added it to `rooms_known` and
+    // wrote its `group:` row, for good, and every log-in read four rows per such room.
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    for (let i = 0; i < 1000; i++) {
+      const room = randomRoom();
+      const distribution = b64encode(await (await GroupSession.create(room)).distributionMessage());
+      server.inbox.add(await alice.message(server, skdPayload(room, distribution)));
+    }
+    await connected(bob, server);
+    expect(known(bob)).toEqual([]);
+    expect(groups(bob)).toBe(0);
+    expect(server.inbox.lost).toEqual([]);
+    // A room bob is a member of (joined on another device, say): its key is taken.
+    const roomId = 'e1'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    const group = await GroupSession.create(roomId);
+    server.push(await alice.message(server, skdPayload(roomId, b64encode(await group.distributionMessage()))));
+    await until('the key taken', () => server.inbox.items.size === 0 && known(bob).includes(roomId));
+    expect(known(bob)).toEqual([roomId]);
+    expect(groups(bob)).toBe(1);
+    for (const socket of server.open) socket.deliver(roomFrame(roomId, A, 1, await group.encrypt(utf8('in the room'))));
+    await until('read', () => bob.roomHistory(roomId).length === 1);
+    expect(bob.roomHistory(roomId).map((e) => [e.kind, e.text])).toEqual([['message', 'in the room']]);
+    // The log-in reads the rows of that room only.
+    const again = await reopen(bob);
+    expect(again.roomHistory(roomId).map((e) => e.text)).toEqual(['in the room']);
+  }, 120_000);
+
+  it('whose room cannot be checked now is not acknowledged: read again, it is taken', async () => {
+    const { server, bob, alice } = await people();
+    const A = alice.user.user_id;
+    await connected(bob, server);
+    const roomId = 'e2'.repeat(12);
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+    server.roomsDown = true;
+    const first = server.open[0];
+    const group = await GroupSession.create(roomId);
+    const key = server.push(await alice.message(server, skdPayload(roomId, b64encode(await group.distributionMessage()))));
+    await until('the socket given up', () => first?.closedWith === 4000);
+    expect(Math.max(0, ...server.inbox.acks)).toBeLessThan(key.seq);
+    expect(known(bob)).toEqual([]);
+    server.roomsDown = false;
+    await until('read again and taken', () => server.inbox.items.size === 0 && known(bob).includes(roomId));
+    for (const socket of server.open) socket.deliver(roomFrame(roomId, A, 1, await group.encrypt(utf8('after the outage'))));
+    await until('read', () => bob.roomHistory(roomId).length === 1);
+    expect(bob.roomHistory(roomId).map((e) => e.text)).toEqual(['after the outage']);
+    expect(server.inbox.lost).toEqual([]);
   });
 });

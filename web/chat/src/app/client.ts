@@ -120,6 +120,7 @@ import {
   removing,
   renaming,
   startLink,
+  underOwnKey,
   verifyOwnList,
 } from './devices.ts';
 import { revokeOutcome } from './sessions.ts';
@@ -156,6 +157,12 @@ const UNSENT_POST_MS = 120_000;
  * its frame is written to the socket (again at each write), not while it waits in the
  * outbox or for the pacer behind older sends. Tests shorten it. */
 export const KEY_SEND_ACCEPTED_WITHIN = { ms: 30_000 };
+/** Verified tombstones of messages no history holds, remembered (the `removed_ids` row:
+ * server id and who removed it, the newest last): a message kept aside, or a private
+ * room's waiting for its sender key, is shown as removed when it is read at last. A
+ * sender may unsend made-up ids (docs/moderation-messages.md), so only the newest are. */
+export const REMOVED_KEPT = 5_000;
+type RemovedRow = [serverId: string, by: 'sender' | 'admin'][];
 const STATUS_RANK: Record<string, number> = { queued: 0, accepted: 1, stored: 2, delivered: 3, failed: -1 };
 
 export class ParleyError extends Error {
@@ -185,6 +192,15 @@ export class KeyNotHandedOut extends ParleyError {
   override name = 'KeyNotHandedOut';
 }
 
+/** A sender key names a room this browser does not know: thrown out of #onControl's
+ * transaction (nothing of it kept) for #readMessage to ask the rooms service first. */
+class RoomToCheck extends Error {
+  override name = 'RoomToCheck';
+  constructor(readonly roomId: string) {
+    super(`room ${roomId} is to be checked`);
+  }
+}
+
 export class NeedsLink extends ParleyError {
   override name = 'NeedsLink';
 }
@@ -194,6 +210,20 @@ export class NeedsLink extends ParleyError {
 export class DeviceRemoved extends NeedsLink {
   override name = 'DeviceRemoved';
 }
+
+/** The key directory's answer fails the checks against what this device holds: our own
+ * account's list under another account key than ours (messenger.py `_trust_checked`
+ * raises UntrustedKeys for it). A CryptoError, as a list that does not verify is: a send
+ * fails with it, nothing trusted or queued; a device it would have named is unknown (its
+ * messages "could not decrypt"). */
+export class UntrustedKeys extends CryptoError {
+  override name = 'UntrustedKeys';
+}
+
+/** What UntrustedKeys says when the directory holds another account key for ours (the
+ * SDK's words). */
+export const OTHER_ACCOUNT_KEY =
+  'The key directory holds another account key for this account: the identity was reset from another install, or the directory is not to be trusted. Nothing was sent; link this device again.';
 
 /** The contact's identity key changed and the user has not accepted the new one. */
 export class SafetyNumberChanged extends ParleyError {
@@ -409,6 +439,8 @@ export class ParleyClient {
   readonly #cache = new Map<string, unknown>();
   readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
   #modKeys: Map<string, string> | null = null; // moderation keys (kid -> Ed25519 key)
+  /** The `removed_ids` row as a map, made again when the row changes (#removedBy). */
+  #removedIndex: { row: RemovedRow; by: Map<string, 'sender' | 'admin'> } | null = null;
   readonly #seen = new Set<string>(); // server ids shown
   readonly #inOrder = new WeakMap<HistoryEntry[], HistoryEntry[]>(); // a room's entries -> in its order
   #outboxNext = 0; // the next queued message's place (outbox rows' `n`)
@@ -528,10 +560,16 @@ export class ParleyClient {
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known', 'settings']) {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known', 'settings', 'removed_ids']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
+    // Our own devices trusted under another account key than ours (as they were before
+    // #trustLists refused that): forgotten here, and read again, under ours, before the
+    // next send (direct.ts listsToRead).
+    const self = this.#read<PeerJson>('self_peer');
+    const key = self?.account_key ? await this.accountKey() : null;
+    if (self?.account_key && key !== null && !underOwnKey({ account_key: self.account_key }, key.public)) this.#cache.delete('self_peer');
     await this.#loadOutbox();
     for (const name of await this.vault.names(ASIDE_ROW)) {
       const frame = await this.vault.get<W.Message>(name);
@@ -1447,6 +1485,11 @@ export class ParleyClient {
   async #trustLists(answers: Listed[]): Promise<PeerState[]> {
     const me = this.me;
     const mine = await this.#myAccountPublic();
+    // Our own list only under the account key this device holds, never trusted on first
+    // use as a contact's: another key's list would add its devices to "our other devices"
+    // (a copy of every message, every private room's sender key), silently. The whole
+    // answer is refused, nothing trusted (messenger.py `_trust_checked`).
+    if (answers.some((a) => a.user_id === me && !underOwnKey(a, mine))) throw new UntrustedKeys(OTHER_ACCOUNT_KEY);
     await this.#ensureContacts(answers.map((a) => a.user_id));
     const signed = answers.map((a) => SignedDeviceList.fromJson(a));
     const names = new Map(this.contacts().map((c) => [c.user_id, c.username]));
@@ -1455,7 +1498,9 @@ export class ParleyClient {
       const out: PeerState[] = [];
       for (const [i, listed] of answers.entries()) {
         const userId = listed.user_id;
-        const state = this.#peer(tx, userId);
+        let state = this.#peer(tx, userId);
+        // Ours under another key (taken before this was checked): forgotten, not a change.
+        if (userId === me && state.accountKey !== listed.account_key) state = new PeerState(me);
         const name = names.get(userId) ?? this.username(userId);
         if (userId !== me) state.username = name;
         const changed = await state.trust(listed.account_key, signed[i] as SignedDeviceList, mine, me);
@@ -2528,6 +2573,13 @@ export class ParleyClient {
         const report = reportFields(roomMessageMeta(item), message.frankingKey, message.plaintext, entry.text);
         if (report) entry.report = report;
       }
+      // Unsent (or removed by an admin) while it waited for its sender key: a marker.
+      const removedBy = this.#removedBy(item.server_id);
+      if (removedBy !== undefined) {
+        this.#markRemoved(entry, removedBy);
+        this.#addHistory(tx, conv, entry);
+        return { type: 'removed', peer: conv, serverId: item.server_id, by: removedBy };
+      }
       this.#addHistory(tx, conv, entry);
       return { type: 'room_message', room: roomId, sender: item.from, text: entry.text };
     } catch (error) {
@@ -2555,6 +2607,12 @@ export class ParleyClient {
       } else {
         throw error;
       }
+      const removedBy = this.#removedBy(item.server_id);
+      if (removedBy !== undefined) {
+        this.#markRemoved(entry, removedBy); // removed anyway: nothing to say it could not be read
+        this.#addHistory(tx, conv, entry);
+        return { type: 'removed', peer: conv, serverId: item.server_id, by: removedBy };
+      }
       this.#addHistory(tx, conv, entry);
       return { type: 'error', code: 'decrypt_failed', message: `A room message from ${this.username(item.from)} could not be decrypted.` };
     }
@@ -2562,10 +2620,21 @@ export class ParleyClient {
 
   /** A control payload from a pairwise session (inside its transaction): a room's
    * sender key is stored, and the pending messages it opens are decrypted
-   * (rooms.py `on_control`). */
-  async #onControl(tx: Tx, sender: string, device: number, control: Record<string, unknown>): Promise<ClientEvent[]> {
+   * (rooms.py `on_control`). Only for a room this browser knows, or one `members` says
+   * we are a member of (a room not asked about yet: RoomToCheck); a key for any other
+   * room is dropped, nothing stored. */
+  async #onControl(tx: Tx, sender: string, device: number, control: Record<string, unknown>, members: Map<string, boolean>): Promise<ClientEvent[]> {
     const roomId = control['room'];
     if (control['t'] !== 'skd' || typeof roomId !== 'string' || !ROOM_ID.test(roomId)) return [];
+    if (!(tx.get<string[]>('rooms_known') ?? []).includes(roomId)) {
+      // A room this browser does not know (joined on another device, or since the last
+      // read of the rooms): its key is taken only if the rooms service says we are a
+      // member. Anyone may send a key naming any room id; each taken would add a room to
+      // `rooms_known` and its rows, read at every log-in, for good.
+      const member = members.get(roomId);
+      if (member === undefined) throw new RoomToCheck(roomId); // asked outside the transaction (#readMessage)
+      if (!member) return [];
+    }
     await this.#ref(roomConversation(roomId));
     this.#knowRoom(tx, roomId);
     const session = await this.#group(tx, roomId);
@@ -3099,6 +3168,26 @@ export class ParleyClient {
     return true;
   }
 
+  /** Whether this account is a member of a private room (`GET /rooms/v1/rooms/{id}`
+   * answers a role): asked for a sender key naming a room this browser does not know. A
+   * refusal (`room_not_found`: no such room, or not ours) is no; no answer, 429 or 5xx
+   * fails the frame's handler (the socket is given up, the next sync reads it again), as
+   * a tombstone whose keys cannot be read now does. */
+  async #memberOf(roomId: string): Promise<boolean> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const slow = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new ApiError('network', 'the rooms service did not answer in time', 0)), ASIDE_ASK.timeoutMs)));
+    try {
+      // Not for long: the frame chain (a sync page's reply with it) waits for this.
+      const room = await Promise.race([this.room(roomId), slow]);
+      return room.role !== null && room.role !== undefined;
+    } catch (error) {
+      if (error instanceof ApiError && !error.transient) return false;
+      throw new ParleyError(`A room's sender key could not be checked now (${String((error as Error).message ?? error)}); it will be read again.`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Keep a message aside (aside.ts), in the transaction that moves `last_seq`, and
    * acknowledge it: once (one already kept, or already in the history, is not kept
    * again). Past ASIDE_MAX kept, refused: the handler fails, the socket is given up
@@ -3190,67 +3279,88 @@ export class ParleyClient {
 
   /** Decrypt and record a 1:1 message in one transaction. Pushed (or paged), it moves
    * `last_seq` and is acknowledged; `kept` (its aside row: kept aside, so both were done
-   * then), its row is deleted in that transaction instead. */
-  async #readMessage(frame: W.Message, peer: string | null, kept?: string): Promise<void> {
+   * then), its row is deleted in that transaction instead. A room's sender key for a room
+   * not known here is read twice: the first transaction is dropped, the rooms service is
+   * asked whether we are a member (`members`, by room), and it is read again with that. */
+  async #readMessage(frame: W.Message, peer: string | null, kept?: string, members = new Map<string, boolean>()): Promise<void> {
     const sender = frame.from;
     const own = sender === this.me;
     const settle = (tx: Tx) => (kept === undefined ? this.#processed(tx, frame.seq) : tx.put(kept, undefined));
     let event: ClientEvent | null = null;
     let roomEvents: ClientEvent[] = [];
-    await this.#transaction(async (tx) => {
-      if (!this.#seen.has(frame.server_id)) {
-        const state = this.#peer(tx, sender);
-        let device: Device | null = null; // read for a first message only (peers.ts decrypt)
-        const loadDevice = async () => (device ??= (await this.#device(tx)) as Device);
-        const entry: HistoryEntry = {
-          dir: own ? 'out' : 'in',
-          kind: 'message',
-          peer: peer ?? sender,
-          text: '',
-          at: frame.sent_at ?? Date.now(),
-          server_id: frame.server_id,
-          seq: frame.seq,
-        };
-        let wire: Uint8Array = new Uint8Array(0);
-        try {
-          wire = b64decode(frame.body);
-        } catch {
-          // an undecodable body is reported below as a failed decryption
-        }
-        try {
-          // `state` is the envelope's sender's (frame.from): a new session is bound to it.
-          const incoming = await state.decrypt(loadDevice, frame.from_device, wire, [this.me, (this.account as AccountRow).device_id]);
-          const control = parseControl(incoming.plaintext);
-          if (control !== null) {
-            // A room's sender key (or another control payload): never a chat line.
-            roomEvents = await this.#onControl(tx, sender, frame.from_device, control);
+    try {
+      await this.#transaction(async (tx) => {
+        if (!this.#seen.has(frame.server_id)) {
+          const state = this.#peer(tx, sender);
+          let device: Device | null = null; // read for a first message only (peers.ts decrypt)
+          const loadDevice = async () => (device ??= (await this.#device(tx)) as Device);
+          const entry: HistoryEntry = {
+            dir: own ? 'out' : 'in',
+            kind: 'message',
+            peer: peer ?? sender,
+            text: '',
+            at: frame.sent_at ?? Date.now(),
+            server_id: frame.server_id,
+            seq: frame.seq,
+          };
+          let wire: Uint8Array = new Uint8Array(0);
+          try {
+            wire = b64decode(frame.body);
+          } catch {
+            // an undecodable body is reported below as a failed decryption
+          }
+          try {
+            // `state` is the envelope's sender's (frame.from): a new session is bound to it.
+            const incoming = await state.decrypt(loadDevice, frame.from_device, wire, [this.me, (this.account as AccountRow).device_id]);
+            const control = parseControl(incoming.plaintext);
+            if (control !== null) {
+              // A room's sender key (or another control payload): never a chat line.
+              roomEvents = await this.#onControl(tx, sender, frame.from_device, control, members);
+              tx.put(this.#peerRow(sender), state.toJson());
+              if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
+              return settle(tx);
+            }
+            entry.text = displayText(incoming.plaintext);
+            if (own) entry.status = 'sent';
+            else {
+              const report = reportFields(frame, incoming.frankingKey, incoming.plaintext, entry.text);
+              if (report) entry.report = report;
+            }
+            // Unsent (or removed by an admin) while it waited (kept aside): a marker, not its text.
+            const removedBy = this.#removedBy(frame.server_id);
+            if (removedBy !== undefined) this.#markRemoved(entry, removedBy);
+            if (peer) this.#addHistory(tx, peer, entry);
             tx.put(this.#peerRow(sender), state.toJson());
             if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
-            return settle(tx);
-          }
-          entry.text = displayText(incoming.plaintext);
-          if (own) entry.status = 'sent';
-          else {
-            const report = reportFields(frame, incoming.frankingKey, incoming.plaintext, entry.text);
-            if (report) entry.report = report;
-          }
-          if (peer) this.#addHistory(tx, peer, entry);
-          tx.put(this.#peerRow(sender), state.toJson());
-          if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
-          if (!own && peer) event = { type: 'message', peer, text: entry.text };
-        } catch (error) {
-          if (!(error instanceof ReplayedMessage) && (error instanceof CryptoError || error instanceof RangeError)) {
-            entry.kind = 'error';
-            entry.text = `[could not decrypt: ${error.name}]`;
-            if (peer) this.#addHistory(tx, peer, entry);
-            event = { type: 'error', code: 'decrypt_failed', message: `A message from ${this.username(sender)} could not be decrypted (${error.name}).` };
-          } else if (!(error instanceof ReplayedMessage)) {
-            throw error;
+            if (removedBy !== undefined && peer) event = { type: 'removed', peer, serverId: frame.server_id, by: removedBy };
+            else if (!own && peer) event = { type: 'message', peer, text: entry.text };
+          } catch (error) {
+            const removedBy = this.#removedBy(frame.server_id);
+            if (!(error instanceof ReplayedMessage) && (error instanceof CryptoError || error instanceof RangeError) && removedBy !== undefined) {
+              this.#markRemoved(entry, removedBy); // removed anyway: nothing to say it could not be read
+              if (peer) this.#addHistory(tx, peer, entry);
+            } else if (!(error instanceof ReplayedMessage) && (error instanceof CryptoError || error instanceof RangeError)) {
+              entry.kind = 'error';
+              entry.text = `[could not decrypt: ${error.name}]`;
+              if (peer) this.#addHistory(tx, peer, entry);
+              event = { type: 'error', code: 'decrypt_failed', message: `A message from ${this.username(sender)} could not be decrypted (${error.name}).` };
+            } else if (!(error instanceof ReplayedMessage)) {
+              throw error;
+            }
           }
         }
-      }
-      settle(tx);
-    });
+        settle(tx);
+      });
+    } catch (error) {
+      if (!(error instanceof RoomToCheck)) throw error;
+      // A sender key for a room this browser does not know: nothing was written (the
+      // transaction is dropped). Read again once the rooms service said whether we are a
+      // member (the room known then), decrypted again from the same state.
+      const member = await this.#memberOf(error.roomId);
+      if (member) await this.openRoom(error.roomId);
+      members.set(error.roomId, member);
+      return this.#readMessage(frame, peer, kept, members);
+    }
     this.#seen.add(frame.server_id);
     if (kept !== undefined) this.#aside.remove(kept, frame);
     for (const e of roomEvents) this.#emit(e);
@@ -3306,12 +3416,37 @@ export class ParleyClient {
           );
           if (done) removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
         }
+        // No history holds it (yet): a message kept aside or waiting for its room's
+        // sender key, read later, is shown removed then (#removedBy), never with its text.
+        if (removed.length === 0 && this.#removedBy(frame.server_id) === undefined) {
+          const row = tx.get<RemovedRow>('removed_ids') ?? [];
+          row.push([frame.server_id, frame.by]);
+          tx.put('removed_ids', row.slice(-REMOVED_KEPT));
+        }
       }
       this.#processed(tx, frame.seq);
     });
     for (const e of removed) this.#emit(e);
     if (removed.length === 0) this.#emit({ type: 'changed' });
     this.#ackSoon(frame.seq);
+  }
+
+  /** Who removed the message `serverId` (a verified tombstone that came while no history
+   * held it: #onTombstone), if one did. */
+  #removedBy(serverId: string): 'sender' | 'admin' | undefined {
+    const row = this.#read<RemovedRow>('removed_ids');
+    if (row === undefined) return undefined;
+    if (this.#removedIndex?.row !== row) this.#removedIndex = { row, by: new Map(row) };
+    return this.#removedIndex.by.get(serverId);
+  }
+
+  /** A history entry made a "removed" marker (as #onTombstone makes one): no text, no
+   * report. */
+  #markRemoved(entry: HistoryEntry, by: 'sender' | 'admin'): void {
+    entry.kind = 'removed';
+    entry.removed_by = by;
+    entry.text = removedText(by);
+    delete entry.report;
   }
 
   /** Remove a message this device sent (1:1 or a private room's), from every inbox and
@@ -3448,7 +3583,13 @@ export class ParleyClient {
         if (this.#copies.has(clientId)) this.#copies.set(clientId, copiesOf(frame)); // a control send waits: these get it now
         this.#sendAgain(frame);
       } catch (error) {
-        if (!this.#redoLater(ws, clientId, error)) await this.#fail(clientId, queued.peer, String((error as Error).message));
+        if (this.#redoLater(ws, clientId, error)) return;
+        const reason = String((error as Error).message);
+        await this.#fail(clientId, queued.peer, reason);
+        // Said, not only marked failed: the reason (a safety number changed, a list that
+        // does not verify, another account key for ours) is what to act on. (A room's key
+        // send: its room send is refused with it.)
+        if (queued.control === undefined) this.#emit({ type: 'error', code: 'client', message: `Not sent to ${this.username(queued.peer)}: ${reason}` });
       }
       return;
     }

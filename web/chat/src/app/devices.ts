@@ -129,7 +129,7 @@ export function deviceRows(signed: SignedDeviceList, thisDevice: number): Device
  * ours, and never older than the one this device holds.
  */
 export async function verifyOwnList(answer: Listed, accountKey: AccountKey, me: string, current: SignedDeviceList | null): Promise<SignedDeviceList> {
-  if (answer.account_key !== b64encode(accountKey.public)) {
+  if (!underOwnKey(answer, accountKey.public)) {
     throw new DeviceError(
       'The directory holds another account key for this account: the identity was reset from another install. Link this device again.',
     );
@@ -140,6 +140,14 @@ export async function verifyOwnList(answer: Listed, accountKey: AccountKey, me: 
     throw new DeviceError('The directory served an older device list than this device has.');
   }
   return signed;
+}
+
+/** Whether the directory serves our own account's list under the account key this device
+ * holds (`accountKey`: its public half). Ours is never trusted on first use as a
+ * contact's is: a list under another key would add that key's devices to "our other
+ * devices" (a copy of every message, every private room's sender key). */
+export function underOwnKey(answer: { account_key: string }, accountKey: Uint8Array): boolean {
+  return answer.account_key === b64encode(accountKey);
 }
 
 /** Does the list name device `deviceId` with this signing key? */

@@ -271,6 +271,8 @@ export class FakeServer {
   listsHang = false;
   /** `GET /auth/v1/users/{id}` answers 503 (the auth service is down). */
   usersDown = false;
+  /** The rooms service answers 503 (GET of a room). */
+  roomsDown = false;
   moderationCalls = 0;
   #moderation: { kid: string; pair: CryptoKeyPair; public_key: string } | null = null;
 
@@ -349,6 +351,7 @@ export class FakeServer {
     }
     if (method === 'GET' && path === '/rooms/v1/rooms') return json(200, { rooms: [], next_before: null });
     const room = parts[0] === 'rooms' && parts[2] === 'rooms' ? this.rooms.get(decodeURIComponent(parts[3] ?? '')) : undefined;
+    if (method === 'GET' && parts[0] === 'rooms' && parts[2] === 'rooms' && parts.length === 4 && this.roomsDown) return refusal(503, 'service_unavailable');
     if (method === 'GET' && room && parts.length === 4) {
       return json(200, { room_id: parts[3], name: room.name, kind: 'private', state: 'open', role: 'owner', version: room.version ?? 1, members: room.members.length });
     }
