@@ -4,7 +4,9 @@ docs/moderation-messages.md has the rules; docs/crypto.md the cryptography.
 
 **Reports.** A recipient reveals one message: its plaintext and franking key,
 with the metadata and the reporting tag its ``message`` frame carried. The
-tag must verify for those fields *and the reporter as the recipient*, and the
+tag must verify for those fields *and the reporter as the recipient* (a private
+room's message has one tag for the room: the reporter must be a member of it who had
+joined when it was sent, asked of the rooms service), and the
 plaintext and key must open the sender's commitment; then the report is
 filed, with the verified plaintext, for admins. Anything else is refused with
 its code and nothing is stored.
@@ -111,10 +113,12 @@ class Moderation:
         )  # fmt: skip
 
     # Reports ------------------------------------------------------------------
-    async def report(self, claims: Claims, body: Any) -> dict[str, Any]:
+    async def report(self, claims: Claims, body: Any, token: str) -> dict[str, Any]:
         """Verify and file a report (``body``: models.ReportIn); returns ``{id, state,
         duplicate}``. A second report of one message by one reporter is the first one
-        (``duplicate`` true, nothing new stored)."""
+        (``duplicate`` true, nothing new stored). A room's message is reported only by a
+        member of the room who had joined when it was sent (read from the rooms service
+        with the caller's ``token``: :meth:`_room_recipient`)."""
         me = claims.sub
         if body.sender == me:
             raise ApiError(ErrorCode.CANNOT_TARGET_SELF, "You cannot report your own message.")
@@ -151,6 +155,8 @@ class Moderation:
                 ErrorCode.FRANKING_MISMATCH,
                 "The plaintext and franking key do not open the message's commitment.",
             ) from None
+        if room:
+            await self._room_recipient(room, int(body.sent_at), token)
         now = e.now_ms()
         doc = {
             "_id": e.new_server_id(),
@@ -174,6 +180,22 @@ class Moderation:
         filed, duplicate = await self.mstore.file_report(doc)
         log.info("report filed", extra={"report": filed["_id"], "duplicate": duplicate})
         return {"id": filed["_id"], "state": filed["state"], "duplicate": duplicate}
+
+    async def _room_recipient(self, room: str, sent_at: int, token: str) -> None:
+        """``not_recipient`` unless the caller is a member of ``room`` who joined at or
+        before ``sent_at`` (the time the tag binds). A room message's tag names no
+        recipient (one tag for every member: room_log.room_tag_fields), so it verified
+        for anyone a member handed the report fields to: one member filed "independent"
+        reports of a message through any number of accounts that were never in the room.
+        Asked after the tag and the commitment verified (those cost no other service's
+        time); a member who has left since is refused too, as nothing records past
+        memberships (docs/moderation-messages.md, "Reports")."""
+        joined = await self.parties.member_since(room, token)
+        if joined is None or joined > sent_at:
+            raise ApiError(
+                ErrorCode.NOT_RECIPIENT,
+                "Only a member of the room when the message was sent can report it.",
+            )
 
     async def reports(
         self, claims: Claims, ip: str | None, state: str | None, after: str | None, limit: int

@@ -99,6 +99,23 @@ class Parties:
             raise ApiError(ErrorCode.NOT_A_MEMBER, "Only the room's members read its log.")
         return joined
 
+    async def member_since(self, room_id: str, token: str) -> int | None:
+        """When the caller joined ``room_id`` (Unix ms), whatever the room's kind, read
+        fresh from the rooms service; None when they are not a member now (no such room,
+        one they may not see, invited only, left or removed: the rooms service keeps no
+        record of past memberships). ``unavailable`` when it cannot be asked."""
+        session, _ = self._client()
+        try:
+            room = await rooms_get(session, f"{self.rooms}/rooms/v1/rooms/{room_id}", token)
+        except ApiError as exc:
+            if exc.code == ErrorCode.ROOM_NOT_FOUND:
+                return None
+            raise
+        joined = room.get("joined_at")
+        if room.get("role") is None or not isinstance(joined, int):
+            return None
+        return joined
+
     async def joined_private(self, room_ids: list[str], token: str) -> dict[str, int]:
         """Of ``room_ids``, the private rooms the caller is a member of, and when they
         joined each (Unix ms): one call to the rooms service (``POST /rooms/v1/lookup``,

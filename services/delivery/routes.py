@@ -270,7 +270,8 @@ def _path_id(request: web.Request, name: str, length: int) -> str:
     "/v1/reports",
     summary="Report a message you received: its plaintext, franking key and reporting tag",
     description=(
-        "The tag must verify for the message's metadata with you as its recipient, and the "
+        "The tag must verify for the message's metadata with you as its recipient (a "
+        "room's message: you are a member of the room, joined by the time it was sent), and the "
         "plaintext and franking key must open the sender's commitment; then the report is "
         "filed for admins with the verified plaintext (201). Reporting the same message "
         "again answers the first report (200, `duplicate` true) and stores nothing."
@@ -288,7 +289,7 @@ def _path_id(request: web.Request, name: str, length: int) -> str:
     tags=["moderation"],
 )
 async def file_report(request: web.Request, claims: Claims, body: ReportIn) -> web.Response:
-    out = await request.app[MODERATION].report(claims, body)
+    out = await request.app[MODERATION].report(claims, body, bearer_token(request))
     return json_response(out, status=200 if out["duplicate"] else 201)
 
 

@@ -27,6 +27,9 @@ class RoomsConfig:
     create_limit: Limit = Limit(30, 3600)  # noqa: RUF009 (a frozen value)
     # Messages one user may post, all rooms together (``rate_limited``).
     post_limit: Limit = Limit(600, 60)  # noqa: RUF009 (a frozen value)
+    # Public rooms one user may join, all rooms together, joining again after leaving
+    # included (``rate_limited``): each join hands out a roster slot for good.
+    join_limit: Limit = Limit(30, 60)  # noqa: RUF009 (a frozen value)
     # Distinct @names of one message that are looked up (the rest stay text).
     max_mentions: int = 20
     # A user look-up (username -> id) is cached this long.

@@ -232,10 +232,23 @@ async def update_room(request: web.Request, claims: Claims, body: models.RoomUpd
 @api.post(
     ROOM + "/join",
     summary="Join a public room (or accept an invitation to a private one)",
+    description=(
+        "Joins of public rooms are limited per user, all rooms together (30 a minute by "
+        "default, joining again after leaving included): past it `rate_limited`, with "
+        "`Retry-After`, and nothing changes. Joining a room you are a member of answers "
+        "the membership and is not counted."
+    ),
     response=models.Membership,
     auth=True,
     params=_ROOM,
-    errors=[_E.ROOM_NOT_FOUND, _E.ROOM_CLOSED, _E.ROOM_FULL, _E.INVITATION_NOT_FOUND, _E.BANNED],
+    errors=[
+        _E.ROOM_NOT_FOUND,
+        _E.ROOM_CLOSED,
+        _E.ROOM_FULL,
+        _E.INVITATION_NOT_FOUND,
+        _E.BANNED,
+        _E.RATE_LIMITED,
+    ],
     tags=["membership"],
 )
 async def join(request: web.Request, claims: Claims) -> models.Membership:

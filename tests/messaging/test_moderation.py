@@ -408,6 +408,51 @@ async def test_a_room_message_is_franked_for_the_room_reportable_and_removable(
     assert await store.hot.gone([server_id]) == {server_id}
 
 
+async def test_only_a_member_of_the_room_when_it_was_sent_reports_its_message(
+    world: RoomWorld,
+) -> None:
+    """A room message's tag names no recipient (one tag for every member), so it
+    verified for anyone: bob handed a message's report fields to carol and dave, who
+    were never in the room, and each filed a report (201), "independent" reports of
+    one member through throwaway accounts. Now the reporter must be a member who had
+    joined when it was sent: others are ``not_recipient`` (as a stranger to a 1:1
+    conversation is), a member who joined after it too, and one who has left since
+    (nothing records past memberships); nothing is stored for any of them."""
+    api = Api(world.m)
+    reports = world.m.delivery.server.app[MODERATION].mstore.reports
+    alice, bob, frank, carol, dave, erin = (uid() for _ in range(6))
+    room = await world.private_room(alice, [bob, frank])
+    a1 = await world.connect(alice)
+    b1 = await world.connect(bob, pod=1)
+    text, fk = b"a member's message", secrets.token_bytes(32)
+    commit = franking.commit(text, fk)
+    await a1.send(room_send("m1", room, b64(b"\x01\x03" + commit + text), commitment=b64(commit)))
+    server_id = (await a1.expect("accepted", id="m1"))["server_id"]
+    msg = await b1.expect("room_message", server_id=server_id)
+    fields = report_of(msg, text, fk, conversation=f"room:{room}")
+    await world.add(room, alice, erin)  # joined after it was sent
+    assert (await world.call("POST", f"/rooms/{room}/leave", frank))[0] == 204
+
+    async def stored() -> list[dict[str, Any]]:
+        return await reports.find({}).sort("_id", 1).to_list()
+
+    before = await stored()
+    for who in (carol, dave, erin, frank):
+        status, answer = await api.call("POST", "/reports", who, fields)
+        assert (status, answer["error"]["code"]) == (403, "not_recipient"), who
+    assert await stored() == before
+    status, filed = await api.call("POST", "/reports", bob, fields)
+    assert status == 201 and filed["duplicate"] is False, filed
+    assert [(r["reporter"], r["server_id"]) for r in await stored()] == [
+        *[(r["reporter"], r["server_id"]) for r in before],
+        (bob, server_id),
+    ]
+    # The check comes after the tag's: a made-up tag is still that, from anyone.
+    forged = {**fields, "franking_tag": "1." + b64(secrets.token_bytes(32))}
+    status, answer = await api.call("POST", "/reports", carol, forged)
+    assert (status, answer["error"]["code"]) == (422, "invalid_franking_tag")
+
+
 async def test_a_message_sent_with_its_tombstone_s_client_id_does_not_stop_the_removal(
     messaging: Messaging,
 ) -> None:

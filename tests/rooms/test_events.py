@@ -19,7 +19,7 @@ from tests.rooms.test_membership_races import admin_call
 # Entries are due at once and the loop stays out of the way: the test drains by hand.
 MANUAL = RoomsConfig(
     create_limit=TEST_CONFIG.create_limit, post_limit=TEST_CONFIG.post_limit,
-    outbox_lease_s=0.0, outbox_interval_s=3600.0,
+    join_limit=TEST_CONFIG.join_limit, outbox_lease_s=0.0, outbox_interval_s=3600.0,
 )  # fmt: skip
 
 

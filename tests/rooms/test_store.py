@@ -20,8 +20,14 @@ async def test_lists_longer_than_a_chunk_are_read_whole(api: RoomsApi) -> None:
     await store.roster.insert_many(
         [{"_id": roster_id(room, s), "user": f"u{s}"} for s in range(1, 1235) if s % 7]
     )
-    got = await store.roster_page(room, 1, 1234)
+    # The rooms next to it in id order are not read with it.
+    for other in ("b" * 23 + "a", "b" * 23 + "c"):
+        await store.roster.insert_one({"_id": roster_id(other, 5), "user": "elsewhere"})
+    got = await store.roster_after(room, 0, None)
     assert [x["user"] for x in got] == [f"u{s}" for s in range(1, 1235) if s % 7]
+    assert [x["user"] for x in await store.roster_after(room, 700, 3)] == ["u701", "u702", "u703"]
+    assert [x["user"] for x in await store.roster_after(room, 1233, 10)] == ["u1234"]
+    assert await store.roster_after(room, 1234, 10) == []
     seqs = list(range(1, 1301))
     await store.insert_messages(
         [{"_id": message_id(room, s), "room": room, "seq": s} for s in seqs]

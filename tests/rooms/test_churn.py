@@ -1,0 +1,193 @@
+"""Join and leave churn (docs/rooms.md, "Limits", "Member lists"): joins of public rooms
+are limited per user, and a room's member pages and push list cost what its members do,
+not every roster slot ever handed out (slots are never reused)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.common.ratelimit import Limit
+from services.rooms import push
+from services.rooms.config import RoomsConfig
+from services.rooms.store import member_id, now_ms, roster_id
+from tests.rooms.conftest import TEST_CONFIG, RoomsApi, RoomsFactory
+from tests.rooms.test_bad_input import refused
+from tests.rooms.test_moderation import admin
+
+JOINS = 3
+
+
+async def test_joins_past_the_limit_are_refused_and_change_nothing(
+    make_rooms: RoomsFactory,
+) -> None:
+    """Joining a public room had no limit (creating and posting had): one user joined
+    and left a room 200 times in 9 s, each join a roster slot for good. Joins again
+    after leaving count; a join of a room one is a member of, and an acceptance of an
+    invitation, do not; the limit is each user's."""
+    config = RoomsConfig(
+        create_limit=TEST_CONFIG.create_limit, post_limit=TEST_CONFIG.post_limit,
+        join_limit=Limit(JOINS, 60),
+    )  # fmt: skip
+    api = await make_rooms(config)
+    owner, churner, other = api.user(), api.user(), api.user()
+    room = await api.room(owner)
+    elsewhere = await api.room(owner, name="elsewhere")
+    private = await api.room(owner, "private", "invited only")
+    assert (await api.join(churner, room))[0] == 200
+    assert (await api.leave(churner, room))[0] == 204
+    assert (await api.join(churner, room))[0] == 200  # again: counted
+    for _ in range(3):  # a member's join again answers the membership, uncounted
+        assert (await api.join(churner, room))[0] == 200
+    assert (await api.join(churner, elsewhere))[0] == 200  # the third
+    assert (await api.leave(churner, room))[0] == 204
+    slots = int((await api.rooms.store.get_room(room) or {})["slots"])
+
+    body = await refused(api, api.join(churner, room), 429, "rate_limited")
+    assert 1 <= body["error"]["details"]["retry_after"] <= 60
+    resp = await api.client.post(f"/rooms/v1/rooms/{room}/join", headers=api.headers(churner))
+    assert resp.status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 60
+    assert int((await api.rooms.store.get_room(room) or {})["slots"]) == slots
+    _, page = await api.members(owner, room)
+    assert [m["user_id"] for m in page["members"]] == [owner]
+
+    # Still a member of `elsewhere`: answered, not counted. Invited: accepted.
+    assert (await api.join(churner, elsewhere))[0] == 200
+    assert (await api.invite(owner, private, churner))[0] == 201
+    assert (await api.join(churner, private))[0] == 200  # joining it is accepting
+    # Another user's joins are their own.
+    assert (await api.join(other, room))[0] == 200
+
+
+async def seed_left_slots(api: RoomsApi, room: str, n: int) -> None:
+    """``n`` members who joined and left, as the store leaves them: a leave deletes its
+    membership and its roster entry, and the room's slot counter stays where it was."""
+    await api.rooms.store.bump_room(room, slots=n)
+
+
+async def seed_leftovers(api: RoomsApi, room: str, slots: list[int], member: str) -> None:
+    """Roster entries a crash left behind: ones of users with no membership (a join
+    killed before its member document, a leave after it), and one of a member naming
+    an older slot than their membership's."""
+    store = api.rooms.store
+    await store.roster.insert_many(
+        [{"_id": roster_id(room, s), "user": f"gone{s:06d}"} for s in slots[:-1]]
+    )
+    await store.roster.insert_one({"_id": roster_id(room, slots[-1]), "user": member})
+
+
+async def test_a_room_thousands_joined_and_left_lists_exactly_its_members(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slots are never reused, and a member page and the push list read the ids of
+    every slot ever handed out, 500 a round trip: a room that 50,000 joined and left
+    cost 100 round trips a page (1.8 s) and a push list as much, for anyone signed in
+    and for good. Both read the roster as an ``_id`` range now: what is there. A
+    sized test, not a timed one: the answers, and how many roster reads they took."""
+    owner, early, late, reader = api.user(), api.user(), api.user(), api.user()
+    room = await api.room(owner, name="churned")
+    assert (await api.join(early, room))[0] == 200  # slot 2
+    await seed_left_slots(api, room, 20_000)
+    leftovers = [*range(50, 250), 9_000, 15_000]
+    await seed_leftovers(api, room, leftovers, early)
+    assert (await api.join(late, room))[0] == 200  # slot 20,003
+    store = api.rooms.store
+    doc = await store.get_room(room) or {}
+    assert int(doc["slots"]) == 20_003 and int(doc["members"]) == 3
+    present = [owner, early, late]
+
+    reads: list[int] = []
+    roster_after = store.roster_after
+
+    async def counted(room_id: str, after: int, limit: int | None) -> list[Any]:
+        found = await roster_after(room_id, after, limit)
+        reads.append(len(found))
+        return found
+
+    monkeypatch.setattr(store, "roster_after", counted)
+    status, page = await api.members(reader, room)
+    assert status == 200, page
+    assert [m["user_id"] for m in page["members"]] == present
+    assert [m["role"] for m in page["members"]] == ["owner", "member", "member"]
+    assert page["next_after"] is None
+    # The entries there are (3 members, 202 left by crashes), never 20,003 slots.
+    assert sum(reads) == len(present) + len(leftovers) and len(reads) <= 6
+
+    # One member a page: each cursor is the last member's slot, and leads to the next.
+    listed: list[str] = []
+    cursors: list[int] = []
+    query = "?limit=1"
+    for _ in range(5):
+        status, page = await api.members(reader, room, query)
+        assert status == 200, page
+        listed += [m["user_id"] for m in page["members"]]
+        if page["next_after"] is None:
+            break
+        cursors.append(page["next_after"])
+        query = f"?limit=1&after={page['next_after']}"
+    assert listed == present and cursors == [1, 2]
+
+    reads.clear()
+    assert await push.members_of(store, doc) == present
+    assert sum(reads) == len(present) + len(leftovers) and len(reads) == 1
+    # The admins' member list is the same page.
+    status, page = await api.call("GET", f"/v1/admin/rooms/{room}/members", admin(api))
+    assert status == 200, page
+    assert [m["user_id"] for m in page["members"]] == present
+
+
+async def test_member_pages_hold_their_order_across_joins_and_leaves(api: RoomsApi) -> None:
+    """A cursor is the slot of the last member listed: a leave of a listed member, a
+    leave of one not yet listed and joins meanwhile neither repeat nor skip anyone who
+    stays; a joiner comes at the end."""
+    owner = api.user()
+    room = await api.room(owner, name="moving")
+    crowd = [api.user() for _ in range(6)]
+    for u in crowd:
+        assert (await api.join(u, room))[0] == 200
+    status, first = await api.members(owner, room, "?limit=3")
+    assert [m["user_id"] for m in first["members"]] == [owner, *crowd[:2]]
+    newcomer = api.user()
+    await asyncio.gather(
+        api.leave(crowd[1], room), api.leave(crowd[3], room), api.join(newcomer, room)
+    )
+    assert (await api.leave(crowd[0], room))[0] == 204
+    assert (await api.join(crowd[0], room))[0] == 200  # back, at the end
+    rest: list[str] = []
+    after = first["next_after"]
+    while after is not None:
+        status, page = await api.members(owner, room, f"?limit=2&after={after}")
+        assert status == 200, page
+        rest += [m["user_id"] for m in page["members"]]
+        after = page["next_after"]
+    assert rest == [crowd[2], crowd[4], crowd[5], newcomer, crowd[0]]
+
+
+async def test_a_full_page_says_there_is_more_only_when_a_member_follows(
+    api: RoomsApi,
+) -> None:
+    """``next_after`` is given while a member follows the page, past entries that do not
+    count (a join under way, one a crash left), and not when none does."""
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner, name="edges")
+    assert (await api.join(bob, room))[0] == 200
+    _, page = await api.members(owner, room, "?limit=2")
+    assert [m["user_id"] for m in page["members"]] == [owner, bob] and page["next_after"] is None
+    # A run of 100 entries that do not count after bob, then a member.
+    store = api.rooms.store
+    await store.roster.insert_many(
+        [{"_id": roster_id(room, s), "user": f"gone{s}"} for s in range(3, 103)]
+    )
+    carol = api.user()
+    await store.bump_room(room, slots=101, members=1)
+    await store.members.insert_one({
+        "_id": member_id(room, carol), "room": room, "user": carol, "role": "member",
+        "slot": 103, "user_slot": None, "joined_at": now_ms(),
+    })  # fmt: skip
+    await store.roster.insert_one({"_id": roster_id(room, 103), "user": carol})
+    _, page = await api.members(owner, room, "?limit=2")
+    assert [m["user_id"] for m in page["members"]] == [owner, bob] and page["next_after"] == 2
+    _, page = await api.members(owner, room, "?limit=2&after=2")
+    assert [m["user_id"] for m in page["members"]] == [carol] and page["next_after"] is None
