@@ -86,6 +86,11 @@ MAX_PENDING = 1000
 message is not kept but not lost either: the room remembers the lowest number not kept
 (``room_unkept``), and when a sender key for the room arrives the cursor goes back
 before it and the room's log brings it (and those after it) again (``Rooms.on_control``)."""
+HELD_KEYS_KEPT = 256
+"""Sender keys for rooms this device does not know, held (sealed, in one row) until
+the rooms service says this account is in the room: at most this many, the oldest
+dropped first (each is checked as soon as it comes, so only an unreachable rooms
+service or a flood keeps more than a few)."""
 MAX_MENTIONS = 20
 LOG_PAGE = 200
 """Messages per page when a room's log is read."""
@@ -178,6 +183,7 @@ class Rooms:
         # Client ids of the public posts made here, the latest POSTED_KEPT: their live
         # copy is this client's own (``RoomMessage.here``), another device's is news.
         self._posted: dict[str, None] = {}
+        self._checking: asyncio.Task[int] | None = None  # the held keys' check
         messenger.room_hook = self
 
     # -- store keys (opaque: the file does not show room ids) -----------------------------
@@ -935,6 +941,8 @@ class Rooms:
         (``POST /delivery/v1/rooms/logs``): a room with nothing new costs the server two
         reads by id shared with the others, not a call of its own; a room with more
         than a page reads on alone."""
+        if self._store().read().get("room_keys_held"):
+            await self.check_held_keys()  # those the rooms service could not answer for
         private = [str(r["room_id"]) for r in await self.mine() if r.get("kind") == "private"]
         got = 0
         for i in range(0, len(private), LOGS_AT_ONCE):
@@ -1077,6 +1085,75 @@ class Rooms:
         if control.get("t") != "skd" or not isinstance(room_id, str):
             log.info("ignoring an unknown control payload from %s", sender)
             return []
+        if not self._known(tx, room_id):
+            # Anyone with a pairwise session can send keys naming any room id: a room
+            # this device does not know waits for the rooms service to say we are in it
+            # (each made-up room id was a group row of its own, for good).
+            if _ROOM_ID.fullmatch(room_id) and isinstance(control.get("d"), str):
+                held = tx.get("room_keys_held") or []
+                item = {"room": room_id, "from": sender, "device": device, "d": control["d"]}
+                tx.put("room_keys_held", [*held, item][-HELD_KEYS_KEPT:])
+                self._check_soon()
+            return []
+        return self._take_key(tx, room_id, sender, device, control)
+
+    def _known(self, tx: Transaction, room_id: str) -> bool:
+        """Has this device been in the room (its sender keys, its state, a log read)?"""
+        return tx.get_bytes(self._key("group", room_id)) is not None or any(
+            tx.get(self._key(kind, room_id)) is not None for kind in ("room", "room_cursor")
+        )
+
+    def _check_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a blocking caller): checked at the next sync
+        if self._checking is None or self._checking.done():
+            self._checking = loop.create_task(self.check_held_keys())
+
+    async def check_held_keys(self) -> int:
+        """Take the held sender keys of rooms the rooms service says this account is in
+        (its room view has a role), drop those of rooms it is not in (``room_not_found``
+        or no role); a room it cannot ask now keeps its keys for the next sync. Returns
+        how many keys were taken."""
+        taken = 0
+        asked: set[str] = set()
+        while True:
+            # Read in a transaction: after the one that held a key and asked for this
+            # check (transactions run one at a time), so its key is seen.
+            async with self._store().transaction() as tx:
+                held = tx.get("room_keys_held") or []
+            todo = [h["room"] for h in held if h["room"] not in asked]
+            if not todo:
+                return taken
+            room_id = str(todo[0])
+            asked.add(room_id)
+            try:
+                await self._token()
+                member = (await self.api.room(room_id)).get("role") is not None
+            except ApiError as exc:
+                if exc.status not in (403, 404):
+                    continue  # asked again at the next sync
+                member = False
+            except (ParleyError, TimeoutError, OSError):
+                continue
+            events: list[Event] = []
+            async with self._store().transaction() as tx:
+                now = tx.get("room_keys_held") or []
+                mine = [h for h in now if h["room"] == room_id]
+                tx.put("room_keys_held", [h for h in now if h["room"] != room_id])
+                for h in mine if member else ():
+                    events += self._take_key(tx, room_id, str(h["from"]), int(h["device"]), h)
+                    taken += 1
+                if mine and not member:
+                    log.info("dropped %d sender keys for a room we are not in", len(mine))
+            for event in events:
+                self.events.emit(event)
+
+    def _take_key(
+        self, tx: Transaction, room_id: str, sender: str, device: int, control: dict[str, Any]
+    ) -> list[Event]:
+        """Store a room's sender key and open the pending messages it is for."""
         try:
             session = self.group(tx, room_id)  # an empty or odd room id: refused too
             session.process_distribution(member_key(sender, device), b64decode(str(control["d"])))

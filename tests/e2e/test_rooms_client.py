@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 from parley import ApiError, Client, ParleyError, messenger
-from parley.crypto import UnknownSenderKey
+from parley.crypto import GroupSession, UnknownSenderKey
 from parley.crypto.encoding import b64decode, b64encode
 from parley.events import DecryptFailed, Event, Message, RoomMessage, Typing
 from parley.messenger import CONTROL_CONV, CONTROL_PREFIX, encode_control
@@ -519,6 +519,42 @@ async def test_a_peers_deeply_nested_control_payload_is_an_invalid_control(
     # The payload was handled as a control: never a chat line.
     assert [e["text"] for e in bob.history(alice.user_id or "")] == [after]
     assert len(bob.history(CONTROL_CONV)) == 1
+
+
+async def test_sender_keys_for_rooms_we_are_not_in_are_not_kept(device: NewDevice) -> None:
+    """Audit finding: any user with a pairwise session could name made-up room ids in
+    sender-key payloads, and each became a group row of its own in the receiver's store,
+    for good. Now a key for a room this device does not know is held until the rooms
+    service says we are in it: one of a room bob joined is taken (its message reads),
+    the made-up ones and one of a real room bob is not in are dropped."""
+    alice = await device(username("ua"), first=True)
+    bob = await device(username("ub"), first=True)
+    for c in (alice, bob):
+        await c.connect()
+    assert bob.user_id and bob.username
+    theirs = (await alice.rooms.create(f"not bob's {secrets.token_hex(3)}"))["room_id"]
+    made_up = [secrets.token_hex(12) for _ in range(40)]
+    for rid in [*made_up, theirs]:
+        dist = GroupSession.create(rid).distribution_message()
+        payload = encode_control({"t": "skd", "room": rid, "d": b64encode(dist)})
+        await alice.messenger.send_control(bob.user_id, payload)
+    # A real room, joined by bob, whose key reaches him before anything else of it.
+    room = (await alice.rooms.create(f"bob's {secrets.token_hex(3)}"))["room_id"]
+    await alice.rooms.invite(room, bob.username)
+    await bob.rooms.accept(room)
+    await alice.rooms.send(room, "for the members")
+    event = await bob.next_event(RoomMessage, timeout=30)
+    assert isinstance(event, RoomMessage) and event.text == "for the members"
+
+    def held() -> list[object]:
+        return list(bob.store.read().get("room_keys_held") or [])
+
+    await eventually(lambda: asyncio.sleep(0, held()), lambda h: h == [])
+    read = bob.store.read()
+    kept = [rid for rid in [*made_up, theirs] if read.get_bytes(bob.rooms._key("group", rid))]
+    assert kept == []
+    assert read.get_bytes(bob.rooms._key("group", room)) is not None
+    assert len(bob.history(CONTROL_CONV)) >= 41  # each handled once, never a chat line
 
 
 async def test_private_room_at_size_prints_what_keys_and_fan_out_cost(device: NewDevice) -> None:
