@@ -51,15 +51,17 @@ class FakeLog {
 }
 
 /** The client's side: the cursor and what was taken, as ParleyClient keeps them (a take
- * skips what is at or below the cursor and moves it, together). */
+ * skips what is at or below the cursor and moves it, together, if it is within the take's
+ * `start` .. `upto` - 1); every take's `[start, upto]`. */
 function device(server: FakeLog) {
-  const state = { cursor: 0, taken: [] as number[], failures: [] as unknown[] };
+  const state = { cursor: 0, taken: [] as number[], failures: [] as unknown[], takes: [] as [number, number][] };
   const logs = new RoomLogs<Msg>({
     cursor: () => state.cursor,
-    take: async (_room, messages, upto) => {
+    take: async (_room, messages, start, upto) => {
+      state.takes.push([start, upto]);
       await Promise.resolve(); // a transaction: not at once
       for (const m of aboveCursor(state.cursor, messages)) state.taken.push(m.seq);
-      state.cursor = Math.max(state.cursor, upto);
+      if (start <= state.cursor && state.cursor < upto) state.cursor = upto;
     },
     page: (_room, after) => server.page(after),
     pages: () => Promise.reject(new Error('one room: no batch')),
@@ -302,17 +304,17 @@ function client(server: FakeRooms) {
   const cursor = (id: string) => state.cursors.get(id) ?? 0;
   const logs = new RoomLogs<Msg>({
     cursor,
-    take: async (id, messages, upto) => {
+    take: async (id, messages, start, upto) => {
       state.takes.push(id);
       await Promise.resolve(); // a transaction: not at once
       if (state.failTake.has(id)) throw new Error('quota exceeded');
       // As ParleyClient's #takeRoomMessages: what is above the cursor, and the cursor
-      // moved to `upto` if that is further, together.
+      // moved to `upto` if it is within `start` .. `upto` - 1, together.
       const at = cursor(id);
       const taken = state.taken.get(id) ?? [];
       for (const m of aboveCursor(at, messages)) taken.push(m.seq);
       state.taken.set(id, taken);
-      state.cursors.set(id, Math.max(at, upto));
+      if (start <= at && at < upto) state.cursors.set(id, upto);
       state.moves.set(id, [...(state.moves.get(id) ?? []), cursor(id)]);
     },
     page: (id, after) => server.page(id, after),
@@ -656,6 +658,74 @@ describe('a batch page and a read of the same room (one read per room, each mess
     await Promise.all([first, second]);
     expect(server.calls).toHaveLength(1);
     expect(ids.map((id) => taken(id).length)).toEqual([1, 2, 3]);
+  });
+});
+
+describe('a cursor put back (a sender key for messages not kept past MAX_PENDING: client.ts #rereadUnkept)', () => {
+  // The client puts the cursor back before the first message it could not keep and asks
+  // for a read; a take of a read, batch or push under way then (its messages from further
+  // on: `start` above the cursor) must leave it there, or those messages are skipped for
+  // good (rooms.py `_take`'s `start`).
+  it("a room's own read under way: its page's take leaves the cursor put back, and the read reads once more from it", async () => {
+    const server = new FakeLog();
+    const { state, logs } = device(server);
+    for (let i = 1; i <= 4; i++) await logs.push(ROOM, server.add(`m${i}`));
+    server.add('m5');
+    let release: () => void = () => undefined;
+    server.hold = new Promise<void>((r) => (release = r));
+    const reading = logs.read(ROOM); // after 4
+    await Promise.resolve();
+    state.cursor = 2; // put back (in the key's transaction), then a read asked for
+    expect(logs.read(ROOM)).toBe(reading); // the one under way, once more after it
+    server.hold = null;
+    release();
+    expect(await reading).toBe(1 + 3);
+    expect(server.reads).toEqual([4, 2]);
+    expect(state.takes.slice(-2)).toEqual([
+      [4, 5],
+      [2, 5],
+    ]);
+    expect(state.taken.slice(4)).toEqual([5, 3, 4, 5]); // (what is held already the client passes over by its server_id)
+    expect(state.cursor).toBe(5);
+  });
+
+  it('a push taken as the next one while the cursor goes back does not move it on', async () => {
+    const server = new FakeLog();
+    const { state, logs } = device(server);
+    for (let i = 1; i <= 4; i++) await logs.push(ROOM, server.add(`m${i}`));
+    const push = logs.push(ROOM, server.add('m5')); // the next one: its take's transaction waits
+    state.cursor = 2;
+    expect(await push).toBe('next');
+    expect(state.takes.at(-1)).toEqual([4, 5]);
+    expect(state.cursor).toBe(2);
+    expect(await logs.read(ROOM)).toBe(3);
+    expect(server.reads).toEqual([2]);
+    expect(state.cursor).toBe(5);
+  });
+
+  it('a batch read under way: its page leaves the cursor put back, and the room is read on alone from it', async () => {
+    const server = new FakeRooms();
+    const [a, b] = rooms(server, 2) as [string, string];
+    for (let i = 3; i <= 5; i++) server.log(b).add(`b${i}`);
+    const { state, logs, cursor, taken } = client(server);
+    state.cursors.set(b, 4);
+    let answer: () => void = () => undefined;
+    server.hold = new Promise<void>((r) => (answer = r));
+    const sync = logs.sync([a, b]); // b's page: 5, next 5
+    await tick();
+    state.cursors.set(b, 2); // put back, then a read asked for: held by the call
+    const asked = logs.read(b);
+    server.hold = null;
+    answer();
+    await sync;
+    expect(await asked).toBe(1 + 3);
+    expect(server.calls).toEqual([[{ room: a, after: 0 }, { room: b, after: 4 }]]);
+    expect(server.log(b).reads).toEqual([2]); // alone, from the cursor put back
+    expect(taken(b)).toEqual([5, 3, 4, 5]);
+    expect(state.moves.get(b)).toEqual([2, 5]); // the page's take left it at 2
+    expect(cursor(b)).toBe(5);
+    expect(server.overlaps).toEqual([]);
+    expect(logs.reading(b)).toBe(false);
   });
 });
 

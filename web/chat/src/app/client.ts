@@ -55,7 +55,7 @@ import {
   BANS_PAGE,
   LOG_PAGE,
   MAX_MENTIONS,
-  MAX_PENDING,
+  PENDING,
   REDO_MAX,
   ROOM_ID,
   RoomLogs,
@@ -191,6 +191,10 @@ export class StillQueued extends ParleyError {
 export class KeyNotHandedOut extends ParleyError {
   override name = 'KeyNotHandedOut';
 }
+
+/** What #openRoomMessage says of a room message it could not keep for its sender key
+ * (MAX_PENDING kept already): its number is remembered (`room_unkept`), not the message. */
+const UNKEPT: unique symbol = Symbol('unkept');
 
 /** A sender key names a room this browser does not know: thrown out of #onControl's
  * transaction (nothing of it kept) for #readMessage to ask the rooms service first. */
@@ -523,7 +527,7 @@ export class ParleyClient {
   /** Each private room's cursor in its log, and its reads (rooms.ts RoomLogs). */
   readonly #logs = new RoomLogs<W.RoomMessage>({
     cursor: (room) => this.roomCursor(room),
-    take: (room, messages, upto) => this.#takeRoomMessages(room, messages, upto),
+    take: (room, messages, start, upto) => this.#takeRoomMessages(room, messages, start, upto),
     page: (room, after) => this.#roomLogPage(room, after),
     pages: (asks) => this.#roomLogPages(asks),
     failed: (room, error) => this.#roomLogFailed(room, error),
@@ -588,7 +592,7 @@ export class ParleyClient {
     if (account) await this.#loadHistory(`history:${await this.#ref(account.user_id)}`);
     for (const roomId of this.#read<string[]>('rooms_known') ?? []) {
       const ref = await this.#ref(roomConversation(roomId));
-      for (const name of [`group:${ref}`, `room:${ref}`, `room_pending:${ref}`, `room_cursor:${ref}`]) {
+      for (const name of [`group:${ref}`, `room:${ref}`, `room_pending:${ref}`, `room_unkept:${ref}`, `room_cursor:${ref}`]) {
         const value = await this.vault.get(name);
         if (value !== undefined) this.#cache.set(name, value);
       }
@@ -1960,6 +1964,14 @@ export class ParleyClient {
     return ref === undefined ? 0 : (this.#read<PendingRoomMessage[]>(`room_pending:${ref}`) ?? []).length;
   }
 
+  /** The lowest log number of the room's messages that waited for their sender key past
+   * the 1,000 kept (`MAX_PENDING`): not kept, read again from the log when a sender key
+   * for the room comes (rooms.py `unkept`); null: none. */
+  roomUnkept(roomId: string): number | null {
+    const ref = this.#refs.get(roomConversation(roomId));
+    return ref === undefined ? null : (this.#read<number>(`room_unkept:${ref}`) ?? null);
+  }
+
   /** Where this browser holds a private room's message (the `server_id` of its `message`
    * frame, which the history entries keep): decrypted, waiting for its sender's key, or
    * not at all (it came before this device was a member, or the history was cleared). */
@@ -1999,7 +2011,7 @@ export class ParleyClient {
     if (!known.includes(roomId)) tx.put('rooms_known', [...known, roomId]);
   }
 
-  #roomRow(kind: 'group' | 'room' | 'room_pending' | 'room_cursor', roomId: string): string {
+  #roomRow(kind: 'group' | 'room' | 'room_pending' | 'room_unkept' | 'room_cursor', roomId: string): string {
     return `${kind}:${this.#refs.get(roomConversation(roomId)) as string}`;
   }
 
@@ -2450,15 +2462,20 @@ export class ParleyClient {
     this.#ackSoon(frame.seq);
   }
 
-  /** Take a room's messages (a push, or a page of its log) and move its cursor to `upto`,
-   * in one transaction with the sender-key steps and the history: each message above
-   * the cursor is decrypted with its sender device's chain, or kept until that chain's
-   * key arrives; this device's own are in the history since they were sent, and one
-   * already held (same `server_id`) is not taken twice (rooms.py `_take`). */
-  async #takeRoomMessages(roomId: string, frames: W.RoomMessage[], upto: number): Promise<void> {
+  /** Take a room's messages after `start` up to `upto` (a push, or a page of its log)
+   * and move its cursor to `upto`, in one transaction with the sender-key steps and the
+   * history: each message above the cursor is decrypted with its sender device's chain,
+   * or kept until that chain's key arrives (or, past `MAX_PENDING`, its number
+   * remembered: `room_unkept`); this device's own are in the history since they were
+   * sent, and one already held (same `server_id`) is not taken twice (rooms.py `_take`).
+   * The cursor moves only if it is within `start` .. `upto` - 1: one put back meanwhile
+   * (#rereadUnkept) stays there for the read that follows. */
+  async #takeRoomMessages(roomId: string, frames: W.RoomMessage[], start: number, upto: number): Promise<void> {
     const me = this.me;
     const myDevice = (this.account as AccountRow).device_id;
+    const conv = roomConversation(roomId);
     const events: ClientEvent[] = [];
+    const unkept = new Set<string>(); // not kept (MAX_PENDING): not seen, the log brings them again
     await this.#transaction(async (tx) => {
       const row = this.#roomRow('room_cursor', roomId);
       const cursor = tx.get<number>(row) ?? 0;
@@ -2466,10 +2483,12 @@ export class ParleyClient {
       for (const frame of aboveCursor(cursor, frames)) {
         if (frame.from === me && frame.from_device === myDevice) {
           // This device's own, in the history since it was sent: placed now.
-          this.#history.updateServer(tx, this.#historyName(roomConversation(roomId)), frame.server_id, (e) => (e.seq = frame.seq), (e) => e.seq === undefined);
+          this.#history.updateServer(tx, this.#historyName(conv), frame.server_id, (e) => (e.seq = frame.seq), (e) => e.seq === undefined);
           continue;
         }
-        if (this.#seen.has(frame.server_id)) continue;
+        // Held already: seen, or in the history a transaction before this one (of the same
+        // group) wrote, as a push and a page read again after the cursor went back.
+        if (this.#seen.has(frame.server_id) || this.#hasServerId(conv, frame.server_id)) continue;
         const item: PendingRoomMessage = {
           server_id: frame.server_id,
           seq: frame.seq,
@@ -2477,18 +2496,21 @@ export class ParleyClient {
           device: frame.from_device,
           body: frame.body,
           sent_at: frame.sent_at,
-          conversation: roomConversation(roomId),
+          conversation: conv,
           commitment: frame.commitment ?? null,
           franking_tag: frame.franking_tag ?? null,
         };
         session ??= await this.#group(tx, roomId);
         const event = await this.#openRoomMessage(tx, session, roomId, item, true);
-        if (event !== null) events.push(event);
+        if (event === UNKEPT) unkept.add(item.server_id);
+        else if (event !== null) events.push(event);
       }
       if (session !== null) await this.#putGroup(tx, session);
-      if (upto > cursor) tx.put(row, upto);
+      if (start <= cursor && cursor < upto) tx.put(row, upto);
     });
-    for (const frame of frames) this.#seen.add(frame.server_id);
+    // What this device holds now (decrypted, or kept for its key); not what it could not
+    // keep, which the log brings again once a key for the room comes.
+    for (const frame of frames) if (!unkept.has(frame.server_id)) this.#seen.add(frame.server_id);
     for (const e of events) this.#emit(e);
     if (events.length === 0 && frames.length > 0) this.#emit({ type: 'changed' });
   }
@@ -2550,8 +2572,10 @@ export class ParleyClient {
   }
 
   /** Decrypt one room message into the history; its event. Without the sender's key
-   * it is kept pending (`keep`) and null is returned (rooms.py `_open`). */
-  async #openRoomMessage(tx: Tx, session: GroupSession, roomId: string, item: PendingRoomMessage, keep: boolean): Promise<ClientEvent | null> {
+   * it is kept pending (`keep`) and null is returned; with `MAX_PENDING` kept already,
+   * its number is remembered instead (`room_unkept`: the log is read again from there
+   * when a sender key comes) and UNKEPT is returned (rooms.py `_open`). */
+  async #openRoomMessage(tx: Tx, session: GroupSession, roomId: string, item: PendingRoomMessage, keep: boolean): Promise<ClientEvent | typeof UNKEPT | null> {
     const own = item.from === this.me;
     const conv = roomConversation(roomId);
     const entry: HistoryEntry = {
@@ -2585,10 +2609,18 @@ export class ParleyClient {
     } catch (error) {
       if (error instanceof UnknownSenderKey) {
         if (keep) {
+          // The oldest MAX_PENDING are kept (a newer one must not push an older one out:
+          // the cursor is past both); past them the lowest number is remembered.
           const pending = tx.get<PendingRoomMessage[]>(this.#roomRow('room_pending', roomId)) ?? [];
-          if (pending.every((p) => p.server_id !== item.server_id)) {
-            tx.put(this.#roomRow('room_pending', roomId), [...pending, item].slice(-MAX_PENDING));
+          if (pending.some((p) => p.server_id === item.server_id)) return null; // kept already (the log read again)
+          if (pending.length < PENDING.max) {
+            tx.put(this.#roomRow('room_pending', roomId), [...pending, item]);
+            return null;
           }
+          const marker = this.#roomRow('room_unkept', roomId);
+          const lowest = tx.get<number>(marker);
+          if (lowest === undefined || item.seq < lowest) tx.put(marker, item.seq);
+          return UNKEPT;
         }
         return null;
       }
@@ -2622,10 +2654,14 @@ export class ParleyClient {
    * sender key is stored, and the pending messages it opens are decrypted
    * (rooms.py `on_control`). Only for a room this browser knows, or one `members` says
    * we are a member of (a room not asked about yet: RoomToCheck); a key for any other
-   * room is dropped, nothing stored. */
-  async #onControl(tx: Tx, sender: string, device: number, control: Record<string, unknown>, members: Map<string, boolean>): Promise<ClientEvent[]> {
+   * room is dropped, nothing stored. If messages of the room were not kept
+   * (`MAX_PENDING`), the room's cursor goes back before the first of them (#rereadUnkept)
+   * and `reread` names the room: its log is to be read once the transaction is written
+   * (what this key opens is decrypted, what still waits for a key is kept or remembered). */
+  async #onControl(tx: Tx, sender: string, device: number, control: Record<string, unknown>, members: Map<string, boolean>): Promise<{ events: ClientEvent[]; reread: string | null }> {
+    const none = { events: [], reread: null };
     const roomId = control['room'];
-    if (control['t'] !== 'skd' || typeof roomId !== 'string' || !ROOM_ID.test(roomId)) return [];
+    if (control['t'] !== 'skd' || typeof roomId !== 'string' || !ROOM_ID.test(roomId)) return none;
     if (!(tx.get<string[]>('rooms_known') ?? []).includes(roomId)) {
       // A room this browser does not know (joined on another device, or since the last
       // read of the rooms): its key is taken only if the rooms service says we are a
@@ -2633,7 +2669,7 @@ export class ParleyClient {
       // `rooms_known` and its rows, read at every log-in, for good.
       const member = members.get(roomId);
       if (member === undefined) throw new RoomToCheck(roomId); // asked outside the transaction (#readMessage)
-      if (!member) return [];
+      if (!member) return none;
     }
     await this.#ref(roomConversation(roomId));
     this.#knowRoom(tx, roomId);
@@ -2641,7 +2677,7 @@ export class ParleyClient {
     try {
       await session.processDistribution(memberKey(sender, device), b64decode(String(control['d'])));
     } catch (error) {
-      if (error instanceof CryptoError || error instanceof RangeError || error instanceof TypeError) return [];
+      if (error instanceof CryptoError || error instanceof RangeError || error instanceof TypeError) return none;
       throw error;
     }
     const events: ClientEvent[] = [];
@@ -2653,12 +2689,27 @@ export class ParleyClient {
         continue;
       }
       const event = await this.#openRoomMessage(tx, session, roomId, item, false);
-      if (event !== null) events.push(event);
+      if (event !== null && event !== UNKEPT) events.push(event);
       else if (!this.#hasServerId(roomConversation(roomId), item.server_id)) still.push(item); // another chain's
     }
     if (still.length !== pending.length) tx.put(this.#roomRow('room_pending', roomId), still);
     await this.#putGroup(tx, session);
-    return events;
+    return { events, reread: this.#rereadUnkept(tx, roomId) ? roomId : null };
+  }
+
+  /** Put the room's cursor back before its first message not kept, if any (in `tx`, the
+   * marker dropped with it); whether the room's log is to be read again then (rooms.py
+   * `_reread_unkept`). The read starts once `tx` is written (#readMessage): it reads
+   * from the cursor put back, and a read under way reads once more after it ends (its
+   * takes leave the cursor where it was put: #takeRoomMessages' `start`). */
+  #rereadUnkept(tx: Tx, roomId: string): boolean {
+    const marker = this.#roomRow('room_unkept', roomId);
+    const lowest = tx.get<number>(marker);
+    if (lowest === undefined) return false;
+    tx.put(marker, undefined);
+    const row = this.#roomRow('room_cursor', roomId);
+    if ((tx.get<number>(row) ?? 0) >= lowest) tx.put(row, lowest - 1);
+    return true;
   }
 
   /** A frame that is no message (`typing`): now, if connected, unpaced. */
@@ -3288,6 +3339,7 @@ export class ParleyClient {
     const settle = (tx: Tx) => (kept === undefined ? this.#processed(tx, frame.seq) : tx.put(kept, undefined));
     let event: ClientEvent | null = null;
     let roomEvents: ClientEvent[] = [];
+    let reread: string | null = null; // a room whose log is read again (#onControl)
     try {
       await this.#transaction(async (tx) => {
         if (!this.#seen.has(frame.server_id)) {
@@ -3315,7 +3367,7 @@ export class ParleyClient {
             const control = parseControl(incoming.plaintext);
             if (control !== null) {
               // A room's sender key (or another control payload): never a chat line.
-              roomEvents = await this.#onControl(tx, sender, frame.from_device, control, members);
+              ({ events: roomEvents, reread } = await this.#onControl(tx, sender, frame.from_device, control, members));
               tx.put(this.#peerRow(sender), state.toJson());
               if (incoming.newSession) tx.put('device', b64encode((await loadDevice()).toBytes()));
               return settle(tx);
@@ -3367,6 +3419,9 @@ export class ParleyClient {
     if (event) this.#emit(event);
     else this.#emit({ type: 'changed' });
     if (kept === undefined) this.#ackSoon(frame.seq);
+    // Its messages that were not kept, from the cursor put back (never rejects: a failed
+    // read says so, and the next sync reads from that cursor).
+    if (reread !== null) void this.#logs.read(reread);
   }
 
   // -- moderation (client/parley/moderation.py; docs/moderation-messages.md) --------------

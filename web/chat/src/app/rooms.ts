@@ -19,8 +19,14 @@ export const CONTROL_PREFIX = utf8('\x00parley-control\x00');
 /** Members' device lists are read again before a send when the room's version changed
  * or when they were last read longer ago than this (rooms.py DEVICE_RECHECK_S). */
 export const DEVICE_RECHECK_MS = 30_000;
-/** Room messages kept per room while their sender key has not arrived. */
+/** Room messages kept per room while their sender key has not arrived (rooms.py
+ * MAX_PENDING). Past it a message is not kept but not lost either: the room remembers
+ * the lowest number not kept (`room_unkept`), and when a sender key for the room arrives
+ * the cursor goes back before it and the room's log brings it (and those after it)
+ * again (client.ts `#onControl`). */
 export const MAX_PENDING = 1000;
+/** The cap in force ({@link MAX_PENDING}; tests lower it). */
+export const PENDING = { max: MAX_PENDING };
 export const MAX_MENTIONS = 20;
 
 export const ROOM_ID = /^[0-9a-f]{24}$/;
@@ -626,9 +632,12 @@ export interface LogPages<M> {
 export interface RoomLogIo<M> {
   /** The room's cursor: the number up to which this device has every message. */
   cursor(room: string): number;
-  /** Take `messages` (those above the cursor; each decrypted, or kept until its sender's
-   * key comes) and move the cursor to `upto` if that is further, together. */
-  take(room: string, messages: M[], upto: number): Promise<void>;
+  /** Take `messages`, the room's messages after `start` up to `upto` (those above the
+   * cursor; each decrypted, or kept until its sender's key comes), and move the cursor to
+   * `upto`, together; only if the cursor is within `start` .. `upto` - 1 (rooms.py
+   * `_take`): one put back meanwhile (a sender key came for messages that were not
+   * kept) stays where it was put, for the read that follows. */
+  take(room: string, messages: M[], start: number, upto: number): Promise<void>;
   /** A page of the room's log after `after`. */
   page(room: string, after: number): Promise<LogPage<M>>;
   /** A page of each of these rooms' logs after its `after`, in one call (at most
@@ -655,7 +664,11 @@ export interface RoomLogIo<M> {
  * it says `more` or a read was asked for meanwhile, until it has been read on alone to
  * the log's end), so a batch page and a room's own read never run side by side. Every
  * page, a batch's or a room's own, is taken through `take`, which skips what is at or
- * below the cursor and never moves it back.
+ * below the cursor and never moves it back. The cursor goes back in one place only: a
+ * sender key came for messages not kept (past `MAX_PENDING`), and the client puts it
+ * before the first of them and asks for a read; a take of a read already under way
+ * (its page asked from further on) then leaves it there (`start`), and that read reads
+ * once more from it.
  */
 export class RoomLogs<M extends { seq: number }> {
   readonly #reading = new Map<string, Promise<number>>();
@@ -666,7 +679,7 @@ export class RoomLogs<M extends { seq: number }> {
   /** A pushed message: taken, dropped, or a read of the log started. */
   async push(room: string, message: M): Promise<'next' | 'repeat' | 'gap'> {
     const kind = pushKind(this.io.cursor(room), message.seq);
-    if (kind === 'next') await this.io.take(room, [message], message.seq);
+    if (kind === 'next') await this.io.take(room, [message], message.seq - 1, message.seq);
     else if (kind === 'gap') void this.read(room);
     return kind;
   }
@@ -765,7 +778,7 @@ export class RoomLogs<M extends { seq: number }> {
       if (ask === undefined) continue; // not asked for (or a second page of a room)
       held.delete(page.room);
       try {
-        await this.io.take(page.room, page.messages, page.next);
+        await this.io.take(page.room, page.messages, ask.after, page.next);
       } catch (error) {
         this.#again.delete(page.room);
         ask.release(0);
@@ -806,7 +819,7 @@ export class RoomLogs<M extends { seq: number }> {
         let after = this.io.cursor(room);
         for (;;) {
           const page = await this.io.page(room, after);
-          await this.io.take(room, page.messages, page.next);
+          await this.io.take(room, page.messages, after, page.next);
           got += page.messages.length;
           const next = Math.max(after, page.next, this.io.cursor(room));
           if (!page.more || next <= after) break; // a page that does not go on ends it

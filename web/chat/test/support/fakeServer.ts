@@ -250,6 +250,18 @@ export class FakeServer {
    * order, before `members` (a read between the version's bump and the membership's
    * write, as services/rooms/members.py does them). */
   readonly rooms = new Map<string, { name: string; members: string[]; version?: number; memberReads?: string[][] }>();
+  /** `GET /rooms/v1/rooms` lists `rooms` (as private rooms) while true, so a connect reads
+   * their logs (`POST /delivery/v1/rooms/logs`); none otherwise. */
+  listRooms = false;
+  /** Private rooms' logs, by room id (`GET /delivery/v1/rooms/{id}/log`, `POST
+   * /delivery/v1/rooms/logs`, paged as services/delivery pages them: after a number,
+   * oldest first, `next` and `more`): the messages, numbered 1, 2, 3... (`roomMessage`). */
+  readonly roomLogs = new Map<string, W.RoomMessage[]>();
+  /** Every log read: `[room, after]` (a batch's rooms each, in its order). */
+  readonly logReads: [string, number][] = [];
+  /** Run (and awaited) when a log read comes (`one`: a room's own read; else a batch),
+   * after its pages are made and before they are answered: a read under way. */
+  beforeLog?: (asks: { room: string; after: number }[], one: boolean) => Promise<void> | void;
   #tokens: number | null = null; // the user's send bucket (full at the first send)
   #tokensAt = 0;
   readonly lists = new Map<string, { user_id: string; account_key: string; device_list: unknown; signature: string }>();
@@ -349,7 +361,27 @@ export class FakeServer {
         return json(200, { lists: ids.flatMap((u) => this.lists.get(u) ?? []), missing: ids.filter((u) => !this.lists.has(u)) });
       }
     }
-    if (method === 'GET' && path === '/rooms/v1/rooms') return json(200, { rooms: [], next_before: null });
+    if (method === 'GET' && path === '/rooms/v1/rooms') {
+      const rooms = this.listRooms ? [...this.rooms.keys()].map((room_id) => ({ room_id, kind: 'private', name: this.rooms.get(room_id)?.name })) : [];
+      return json(200, { rooms, next_before: null });
+    }
+    if (method === 'GET' && parts[0] === 'delivery' && parts[2] === 'rooms' && parts[4] === 'log') {
+      const room = decodeURIComponent(parts[3] ?? '');
+      if (!this.roomLogs.has(room)) return refusal(404, 'room_not_found');
+      const ask = { room, after: Number(url.searchParams.get('after') ?? 0) };
+      const page = { room, ...this.#logPage(ask.room, ask.after, Number(url.searchParams.get('limit') ?? 200)) };
+      this.logReads.push([room, ask.after]);
+      await this.beforeLog?.([ask], true);
+      return json(200, page);
+    }
+    if (method === 'POST' && path === '/delivery/v1/rooms/logs') {
+      const asks = body['rooms'] as { room: string; after: number }[];
+      const limit = Number(body['limit'] ?? 200);
+      const pages = asks.filter((a) => this.roomLogs.has(a.room)).map((a) => ({ room: a.room, ...this.#logPage(a.room, a.after, limit) }));
+      for (const a of asks) this.logReads.push([a.room, a.after]);
+      await this.beforeLog?.(asks, false);
+      return json(200, { pages, refused: asks.filter((a) => !this.roomLogs.has(a.room)).map((a) => a.room) });
+    }
     const room = parts[0] === 'rooms' && parts[2] === 'rooms' ? this.rooms.get(decodeURIComponent(parts[3] ?? '')) : undefined;
     if (method === 'GET' && parts[0] === 'rooms' && parts[2] === 'rooms' && parts.length === 4 && this.roomsDown) return refusal(503, 'service_unavailable');
     if (method === 'GET' && room && parts.length === 4) {
@@ -368,6 +400,25 @@ export class FakeServer {
     this.unknown.push(`${method} ${path}`);
     return refusal(404, 'not_found');
   };
+
+  /** A page of the room's log after `after`, as the log is now. */
+  #logPage(room: string, after: number, limit: number): { messages: W.RoomMessage[]; next: number; more: boolean } {
+    const log = this.roomLogs.get(room) ?? [];
+    const messages = log.filter((m) => m.seq > after).slice(0, limit);
+    const last = messages.at(-1)?.seq;
+    return { messages, next: last ?? after, more: last !== undefined && last < (log.at(-1) as W.RoomMessage).seq };
+  }
+
+  /** Store a private room's message in its log (numbered next): `body` the sender-key
+   * ciphertext of `from`'s device `device`; its frame, to push or to leave for a read. */
+  roomMessage(room: string, from: string, device: number, body: Uint8Array): W.RoomMessage {
+    const log = this.roomLogs.get(room) ?? [];
+    this.roomLogs.set(room, log);
+    const seq = log.length + 1;
+    const frame: W.RoomMessage = { op: 'room_message', room, seq, server_id: `${room}-${seq}`, from, from_device: device, body: b64encode(body), sent_at: 1_700_000_000_000 + seq };
+    log.push(frame);
+    return frame;
+  }
 
   #addUser(username: string): FakeUser {
     const user = { user_id: [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join(''), username };

@@ -1,0 +1,225 @@
+// A private room's messages that wait for their sender key (rooms.ts MAX_PENDING; as
+// client/parley/rooms.py since 2734886, docs/client.md "Rooms"): past the cap nothing is
+// dropped. The review's finding: the room's pending list kept the newest MAX_PENDING
+// (`.slice(-MAX_PENDING)`) while the cursor went past all of them, so the oldest were gone
+// for good, nothing shown. Now the oldest MAX_PENDING are kept, the lowest number of those
+// not kept is remembered (`room_unkept`), and a sender key for the room puts the cursor
+// back before it and reads the room's log again; a read under way then leaves the cursor
+// where it was put. The real client against test/support/fakeServer.ts (its room log
+// paged as delivery pages it); the keys and messages are real sender-key ciphertexts.
+import { afterEach, describe, expect, it, vi } from 'vitest';
+
+import type { ClientEvent, ParleyClient } from '../src/app/client.ts';
+import { MAX_PENDING, PENDING, skdPayload } from '../src/app/rooms.ts';
+import { b64encode, utf8 } from '../src/crypto/index.ts';
+import { GroupSession } from '../src/crypto/session.ts';
+import type * as W from '../src/generated/contract.ts';
+import { cleanUp, connected, reopen, until } from './support/clients.ts';
+import type { FakeServer, Peer } from './support/fakeServer.ts';
+import { teamRoom } from './support/rooms.ts';
+
+vi.mock('../src/app/vault.ts', async (importOriginal) => {
+  const { MemoryVault } = await import('./support/fakeServer.ts');
+  return { ...(await importOriginal<typeof import('../src/app/vault.ts')>()), Vault: MemoryVault };
+});
+
+afterEach(() => {
+  cleanUp();
+  PENDING.max = MAX_PENDING;
+});
+
+/** A member's chain in the room: its messages stored in the room's log, and its key. */
+async function chain(server: FakeServer, roomId: string, member: Peer) {
+  const group = await GroupSession.create(roomId);
+  const distribution = await group.distributionMessage(); // opens every message below
+  return {
+    /** `text` encrypted on the chain and stored in the log (not pushed). */
+    say: async (text: string): Promise<W.RoomMessage> => server.roomMessage(roomId, member.user.user_id, member.deviceId, await group.encrypt(utf8(text))),
+    /** The chain's key reaches bob's inbox (a pairwise control payload), pushed. */
+    key: async (): Promise<void> => void server.push(await member.message(server, skdPayload(roomId, b64encode(distribution)))),
+  };
+}
+
+/** Push room messages to bob's sockets, each taken (the cursor at it) before the next. */
+async function pushed(server: FakeServer, bob: ParleyClient, frames: W.RoomMessage[]): Promise<void> {
+  for (const frame of frames) {
+    for (const socket of server.open) socket.deliver(frame);
+    await until(`push ${frame.seq} taken`, () => bob.roomCursor(frame.room) >= frame.seq);
+  }
+}
+
+const texts = (bob: ParleyClient, roomId: string) => bob.roomHistory(roomId).map((e) => (e.kind === 'message' ? e.text : `${e.kind}: ${e.text}`));
+const state = (bob: ParleyClient, roomId: string) => ({ pending: bob.roomPending(roomId), unkept: bob.roomUnkept(roomId), cursor: bob.roomCursor(roomId) });
+const logReads = (server: FakeServer, roomId: string) => server.logReads.filter(([room]) => room === roomId).map(([, after]) => after);
+
+/** The room's texts once `n` are shown and the cursor is at `cursor` (the read again done),
+ * and still so a moment later (nothing shown twice by a late take); after `ms` without
+ * that, as they are (the test's comparison says what is missing). */
+async function settled(bob: ParleyClient, roomId: string, n: number, cursor: number, ms = 10_000): Promise<string[]> {
+  const done = () => bob.roomHistory(roomId).length >= n && bob.roomCursor(roomId) === cursor;
+  await until(`${n} shown, the cursor at ${cursor}`, done, ms).catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 50));
+  return texts(bob, roomId);
+}
+
+describe('a private room past MAX_PENDING messages waiting for their sender key', () => {
+  it('1,005 of one chain (1,000 read from the log, 5 pushed) before its key: all 1,005 decrypted, once each, in the room order', async () => {
+    const roomId = 'e1'.repeat(12);
+    const { server, bob, alice } = await teamRoom(roomId);
+    const total = MAX_PENDING + 5;
+    const a = await chain(server, roomId, alice);
+    const frames: W.RoomMessage[] = [];
+    for (let i = 1; i <= total; i++) frames.push(await a.say(`m${i}`));
+    server.roomLogs.set(roomId, frames.slice(0, MAX_PENDING)); // the last 5 not stored yet
+    expect(await bob.readRoomLog(roomId)).toBe(MAX_PENDING);
+    server.roomLogs.set(roomId, frames);
+    await pushed(server, bob, frames.slice(MAX_PENDING));
+    // The oldest 1,000 kept, the first one past them remembered; the cursor went on (later
+    // messages of other chains flow on), nothing shown.
+    expect(state(bob, roomId)).toEqual({ pending: MAX_PENDING, unkept: MAX_PENDING + 1, cursor: total });
+    expect(bob.roomHistory(roomId)).toEqual([]);
+
+    const shown: string[] = [];
+    bob.on((e: ClientEvent) => void (e.type === 'room_message' && shown.push(e.text)));
+    await a.key();
+    const all = Array.from({ length: total }, (_, i) => `m${i + 1}`);
+    expect(await settled(bob, roomId, total, total, 60_000)).toEqual(all); // once each, in the room's order
+    expect(shown).toEqual(all); // decrypted in the room's order too
+    expect(bob.roomHistory(roomId).map((e) => e.seq)).toEqual(frames.map((f) => f.seq));
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: total });
+    expect(logReads(server, roomId)).toEqual([0, 200, 400, 600, 800, MAX_PENDING]); // then again from before the first not kept
+  }, 120_000);
+});
+
+describe('two senders past the cap (PENDING.max 3), pushes in between', () => {
+  /** Bob in a room with alice and carol: a1..a3 then c1..c3 in its log, read. */
+  async function twoSenders(roomId: string) {
+    PENDING.max = 3;
+    const found = await teamRoom(roomId);
+    const { server, bob, alice, carol, A } = found;
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A, carol.user.user_id] });
+    const a = await chain(server, roomId, alice);
+    const c = await chain(server, roomId, carol);
+    for (const t of ['a1', 'a2', 'a3']) await a.say(t);
+    for (const t of ['c1', 'c2', 'c3']) await c.say(t);
+    expect(await bob.readRoomLog(roomId)).toBe(6);
+    // alice's fill the places; carol's are not kept, the first of them (4) remembered.
+    expect(state(bob, roomId)).toEqual({ pending: 3, unkept: 4, cursor: 6 });
+    expect(bob.roomHistory(roomId)).toEqual([]);
+    return { ...found, a, c };
+  }
+
+  it("carol's key first (hers come back from the log), then alice's", async () => {
+    const roomId = 'e2'.repeat(12);
+    const { server, bob, a, c } = await twoSenders(roomId);
+    await c.key();
+    expect(await settled(bob, roomId, 3, 6)).toEqual(['c1', 'c2', 'c3']);
+    expect(logReads(server, roomId)).toEqual([0, 3]); // read again from before the first not kept
+    expect(state(bob, roomId)).toEqual({ pending: 3, unkept: null, cursor: 6 });
+
+    // A push of alice's, past the cap again; then one of carol's, which opens.
+    await pushed(server, bob, [await a.say('a4'), await c.say('c4')]);
+    expect(texts(bob, roomId)).toEqual(['c1', 'c2', 'c3', 'c4']);
+    expect(state(bob, roomId)).toEqual({ pending: 3, unkept: 7, cursor: 8 });
+
+    await a.key();
+    expect(await settled(bob, roomId, 8, 8)).toEqual(['a1', 'a2', 'a3', 'c1', 'c2', 'c3', 'a4', 'c4']);
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: 8 });
+    expect(logReads(server, roomId)).toEqual([0, 3, 6]);
+  });
+
+  it("alice's key first (carol's then kept from the log), then carol's", async () => {
+    const roomId = 'e3'.repeat(12);
+    const { server, bob, a, c } = await twoSenders(roomId);
+    await a.key();
+    expect(await settled(bob, roomId, 3, 6)).toEqual(['a1', 'a2', 'a3']);
+    // The places alice's held are carol's now (read again from 3).
+    expect(state(bob, roomId)).toEqual({ pending: 3, unkept: null, cursor: 6 });
+    expect(logReads(server, roomId)).toEqual([0, 3]);
+
+    // alice's next opens; carol's finds the places taken; alice's after it opens.
+    await pushed(server, bob, [await a.say('a4'), await c.say('c4'), await a.say('a5')]);
+    expect(texts(bob, roomId)).toEqual(['a1', 'a2', 'a3', 'a4', 'a5']);
+    expect(state(bob, roomId)).toEqual({ pending: 3, unkept: 8, cursor: 9 });
+
+    await c.key();
+    expect(await settled(bob, roomId, 9, 9)).toEqual(['a1', 'a2', 'a3', 'c1', 'c2', 'c3', 'a4', 'c4', 'a5']);
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: 9 });
+    expect(logReads(server, roomId)).toEqual([0, 3, 7]);
+  });
+});
+
+describe('a log read under way when a key puts the cursor back (PENDING.max 2)', () => {
+  /** m1..m4 of alice's read (m3, m4 not kept), then m5 stored; the next read of the room
+   * (its own, or a batch's) is held when it reaches the server. */
+  async function underWay(roomId: string, one: boolean) {
+    PENDING.max = 2;
+    const found = await teamRoom(roomId);
+    const { server, bob, alice } = found;
+    const a = await chain(server, roomId, alice);
+    for (const t of ['m1', 'm2', 'm3', 'm4']) await a.say(t);
+    server.listRooms = !one;
+    expect(one ? await bob.readRoomLog(roomId) : await bob.syncRooms()).toBe(4);
+    expect(state(bob, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 4 });
+    await a.say('m5');
+    let entered: () => void = () => undefined;
+    let release: () => void = () => undefined;
+    const arrived = new Promise<void>((r) => (entered = r));
+    const released = new Promise<void>((r) => (release = r));
+    server.beforeLog = async (asks, own) => {
+      if (own === one && asks.some((ask) => ask.room === roomId && ask.after === 4)) {
+        entered();
+        await released;
+      }
+    };
+    const reading = one ? bob.readRoomLog(roomId) : bob.syncRooms();
+    await arrived;
+    // The key comes while that page (after 4, m5) is on its way: the cursor goes back to 2.
+    await a.key();
+    await until('the key taken', () => server.inbox.items.size === 0 && bob.roomCursor(roomId) === 2);
+    expect(texts(bob, roomId)).toEqual(['m1', 'm2']);
+    release();
+    await reading;
+    return { ...found, a };
+  }
+
+  it("a room's own read: its page (after 4) does not move the cursor on past m3 and m4; the read after it brings them", async () => {
+    const roomId = 'e4'.repeat(12);
+    const { server, bob } = await underWay(roomId, true);
+    expect(await settled(bob, roomId, 5, 5)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: 5 });
+    expect(logReads(server, roomId)).toEqual([0, 4, 2]);
+  });
+
+  it('a batch read (POST /delivery/v1/rooms/logs): the same, the room read on alone from the cursor put back', async () => {
+    const roomId = 'e5'.repeat(12);
+    const { server, bob } = await underWay(roomId, false);
+    expect(await settled(bob, roomId, 5, 5)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: 5 });
+    expect(logReads(server, roomId)).toEqual([0, 4, 2]); // the batch's 0 and 4, then its own read
+  });
+});
+
+describe('the marker (room_unkept) in the vault', () => {
+  it('a reload between the message not kept and the key keeps it: the key then brings every message', async () => {
+    PENDING.max = 2;
+    const roomId = 'e6'.repeat(12);
+    const { server, bob, alice } = await teamRoom(roomId);
+    const a = await chain(server, roomId, alice);
+    for (const t of ['m1', 'm2', 'm3', 'm4']) await a.say(t);
+    expect(await bob.readRoomLog(roomId)).toBe(4);
+    expect(state(bob, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 4 });
+
+    const again = await reopen(bob); // the page reloaded: the passphrase reopens the vault
+    expect(state(again, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 4 });
+    await connected(again, server);
+    await a.key();
+    expect(await settled(again, roomId, 4, 4)).toEqual(['m1', 'm2', 'm3', 'm4']);
+    expect(state(again, roomId)).toEqual({ pending: 0, unkept: null, cursor: 4 });
+    expect(logReads(server, roomId)).toEqual([0, 2]);
+    // And so it stays after another reload: no marker left, nothing read again.
+    const third = await reopen(again);
+    expect(state(third, roomId)).toEqual({ pending: 0, unkept: null, cursor: 4 });
+    expect(texts(third, roomId)).toEqual(['m1', 'm2', 'm3', 'm4']);
+  });
+});
