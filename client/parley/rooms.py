@@ -162,6 +162,17 @@ class _RoomState:
         }
 
 
+def _unkept_map(value: Any) -> dict[str, int]:
+    """A room's ``room_unkept`` row: the lowest number not kept per member device
+    (``member_key``). A plain number (written before it was kept per device) applies to
+    every device: ``"*"``, taken by the next key of any."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): int(v) for k, v in value.items()}
+    return {"*": int(value)}
+
+
 class Rooms:
     """Rooms for one account on one device (``Client.rooms``)."""
 
@@ -853,6 +864,15 @@ class Rooms:
         }
         events: list[Event] = []
         async with self._store().transaction() as tx:
+            # The room's log (or a push of it) came: we are in it. Keys held for it
+            # (their check could not be made: the rooms service away) are taken now,
+            # before its messages, which they may open.
+            held = tx.get("room_keys_held") or []
+            if any(h["room"] == room_id for h in held):
+                tx.put("room_keys_held", [h for h in held if h["room"] != room_id])
+                for h in held:
+                    if h["room"] == room_id:
+                        events += self._take_key(tx, room_id, str(h["from"]), int(h["device"]), h)
             session: GroupSession | None = None
             for frame in frames:
                 if (frame.from_, frame.from_device) == (me, device):
@@ -1034,11 +1054,12 @@ class Rooms:
                     pass  # kept already (the log read again)
                 elif len(pending) < MAX_PENDING:
                     tx.put(self._key("room_pending", room_id), [*pending, {**item, "name": name}])
-                else:  # not kept: the room's log has it, read again when a key comes
+                else:  # not kept: the room's log has it, read again when its key comes
                     marker = self._key("room_unkept", room_id)
-                    lowest = tx.get(marker)
-                    if lowest is None or int(item["seq"]) < int(lowest):
-                        tx.put(marker, int(item["seq"]))
+                    lowest = _unkept_map(tx.get(marker))
+                    chain = member_key(sender, int(item["device"]))
+                    if chain not in lowest or int(item["seq"]) < lowest[chain]:
+                        tx.put(marker, {**lowest, chain: int(item["seq"])})
             return None
         except ReplayedMessage:
             # Not one read before (the callers look for its id first): the key we hold
@@ -1114,8 +1135,9 @@ class Rooms:
     async def check_held_keys(self) -> int:
         """Take the held sender keys of rooms the rooms service says this account is in
         (its room view has a role), drop those of rooms it is not in (``room_not_found``
-        or no role); a room it cannot ask now keeps its keys for the next sync. Returns
-        how many keys were taken."""
+        or no role); a room it cannot ask now keeps its keys for the next sync, or for
+        the room's first log page or push (:meth:`_take`: only a member gets them).
+        Returns how many keys were taken."""
         taken = 0
         asked: set[str] = set()
         while True:
@@ -1132,8 +1154,8 @@ class Rooms:
                 await self._token()
                 member = (await self.api.room(room_id)).get("role") is not None
             except ApiError as exc:
-                if exc.status not in (403, 404):
-                    continue  # asked again at the next sync
+                if exc.code != "room_not_found":
+                    continue  # asked again at the next sync, or when the room's log comes
                 member = False
             except (ParleyError, TimeoutError, OSError):
                 continue
@@ -1175,21 +1197,30 @@ class Rooms:
         if len(still) != len(pending):
             tx.put(self._key("room_pending", room_id), still)
         self._put_group(tx, session)
-        self._reread_unkept(tx, room_id)
+        self._reread_unkept(tx, room_id, member_key(sender, device))
         return events
 
-    def _reread_unkept(self, tx: Transaction, room_id: str) -> None:
-        """Put the room's cursor back before its first message not kept, if any, and read
-        its log again (the read starts once this transaction's caller yields; its reads
-        see the cursor put back, as the store's reads see the open transaction)."""
+    def _reread_unkept(self, tx: Transaction, room_id: str, chain: str) -> None:
+        """Put the room's cursor back before the first message of ``chain`` (the member
+        device whose key came) that was not kept, if any, and read its log again (the
+        read starts once this transaction's caller yields; its reads see the cursor put
+        back, as the store's reads see the open transaction). Only that device's: a key
+        of a device with nothing left out reads nothing, so one chain whose key never
+        comes does not make every other key (or the same one sent again) read the log
+        again from its first message, for as long as the log keeps it."""
         marker = self._key("room_unkept", room_id)
-        lowest = tx.get(marker)
-        if lowest is None:
+        lowest = _unkept_map(tx.get(marker))
+        mine = [c for c in (chain, "*") if c in lowest]
+        if not mine:
             return
-        tx.delete(marker)
+        start = min(lowest.pop(c) for c in mine)
+        if lowest:
+            tx.put(marker, lowest)
+        else:
+            tx.delete(marker)
         key = self._key("room_cursor", room_id)
-        if int(tx.get(key) or 0) >= int(lowest):
-            tx.put(key, int(lowest) - 1)
+        if int(tx.get(key) or 0) >= start:
+            tx.put(key, start - 1)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -1202,9 +1233,9 @@ class Rooms:
 
     def unkept(self, room_id: str) -> int | None:
         """The lowest number of the room's messages that waited for their sender key
-        past ``MAX_PENDING`` (not kept: read again from the log when a key comes)."""
-        lowest = self._store().read().get(self._key("room_unkept", room_id))
-        return None if lowest is None else int(lowest)
+        past ``MAX_PENDING`` (not kept: read again from the log when their key comes)."""
+        lowest = _unkept_map(self._store().read().get(self._key("room_unkept", room_id)))
+        return min(lowest.values(), default=None)
 
     async def on_room_frame(self, frame: RoomFrame) -> None:
         if isinstance(frame, f.RoomMessageChanged):

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from parley import Client
+from parley import ApiError, Client
 from parley.crypto import GroupSession
 from parley.crypto.encoding import b64encode
 from parley.rooms import MAX_PENDING, room_conversation
@@ -208,3 +208,65 @@ async def test_a_page_read_from_before_the_cursor_was_put_back_does_not_move_it_
         await running
     assert _texts(bob) == [f"m{i}" for i in range(1, 6)]
     assert bob.rooms.cursor(ROOM) == 5
+
+
+async def test_only_the_key_of_a_device_with_messages_left_out_reads_the_log_again(
+    bob: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: the room kept one "not kept" number for every chain, so once a
+    chain whose key never comes (a broken or hostile member's) was past the cap, every
+    later sender key of the room, even the same one sent again, put the cursor back
+    and read the log again from there to its end, and marked it again, for as long as
+    the log keeps it. Now only the key of the device whose messages were left out
+    does, once."""
+    monkeypatch.setattr("parley.rooms.MAX_PENDING", 3)
+    hostile, alice = "h" * 32, "a" * 32
+    h_chain, a_chain = GroupSession.create(ROOM), GroupSession.create(ROOM)
+    h_dist, a_dist = h_chain.distribution_message(), a_chain.distribution_message()
+    log = _RoomLog()
+    for i in range(5):  # two past the cap
+        log.add(hostile, 1, h_chain, f"h{i}")
+    _use_log(bob, log, monkeypatch)
+    await bob.rooms.read_log(ROOM)
+    assert bob.rooms.unkept(ROOM) == 4
+    await _give_key(bob, alice, 1, a_dist)
+    for i in range(600):  # the room's traffic after that point, keyed
+        log.add(alice, 1, a_chain, f"a{i}")
+    await bob.rooms.read_log(ROOM)
+    for _ in range(3):  # alice's key again (a repeat is taken silently), or a rotation
+        before = len(log.reads)
+        await _give_key(bob, alice, 1, a_dist)
+        assert log.reads[before:] == []  # no read at all
+    assert bob.rooms.cursor(ROOM) == 605 and bob.rooms.unkept(ROOM) == 4
+    # The left-out device's key reads the log again, once, from its first message.
+    before = len(log.reads)
+    await _give_key(bob, hostile, 1, h_dist)
+    assert log.reads[before] == 3 and bob.rooms.unkept(ROOM) is None
+    assert _texts(bob) == [*(f"h{i}" for i in range(5)), *(f"a{i}" for i in range(600))]
+
+
+async def test_a_held_key_is_taken_when_the_room_s_log_comes(
+    bob: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key for a room this device does not know yet waits for the rooms service to
+    say we are in it; when it cannot answer (away for a moment), the room's first log
+    page (only a member gets one) takes it, not the next reconnect."""
+    alice = "a" * 32
+    chain = GroupSession.create(ROOM)
+    dist = chain.distribution_message()
+
+    async def away(room_id: str) -> dict[str, Any]:
+        raise ApiError("service_unavailable", "away", 503)
+
+    monkeypatch.setattr(bob.rooms.api, "room", away)
+    await _give_key(bob, alice, 1, dist)
+    if bob.rooms._checking is not None:
+        await bob.rooms._checking
+    assert len(bob.store.read().get("room_keys_held") or []) == 1
+    log = _RoomLog()
+    for i in range(3):
+        log.add(alice, 1, chain, f"m{i}")
+    _use_log(bob, log, monkeypatch)
+    await bob.rooms.read_log(ROOM)
+    assert _texts(bob) == ["m0", "m1", "m2"] and bob.rooms.pending(ROOM) == 0
+    assert bob.store.read().get("room_keys_held") == []
