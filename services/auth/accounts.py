@@ -195,7 +195,7 @@ async def change_password(
 ) -> None:
     user = await svc.own_user(claims)
     # A request limit per account before argon2, then the login lockout.
-    await lockout.verify_password_again(svc, user, body.current_password, caller.ip)
+    await lockout.verify_password_again(svc, user, body.current_password, caller.ip, claims.sid)
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
     now = svc.now()
     new_hash = await svc.passwords.hash(body.new_password)

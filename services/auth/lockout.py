@@ -117,15 +117,19 @@ async def verify_password(
 
 
 async def verify_password_again(
-    svc: AuthService, user: Mapping[str, Any], password: str, ip: str
+    svc: AuthService, user: Mapping[str, Any], password: str, ip: str, session: str
 ) -> None:
     """The password of a signed-in user, asked again before a sensitive change.
 
-    Every request counts in the account's ``reauth_account`` window first (429
-    ``rate_limited`` past it, right password or not, before any hashing), then
-    :func:`verify_password` under the login lockout.
+    Every request counts in the ``reauth_account`` window of the account's session
+    (``session``: the token's ``sid``) first (429 ``rate_limited`` past it, right
+    password or not, before any hashing), then :func:`verify_password` under the
+    login lockout. Per session, not per account: a stolen session (no password) that
+    used up an account-wide window kept the owner from changing the password or the
+    second factor, a window at a time; a session takes a password to open, so one
+    person cannot hold many.
     """
-    await svc.limiter.hit(REAUTH_RULE, str(user["_id"]))
+    await svc.limiter.hit(REAUTH_RULE, f"{user['_id']}|{session}")
     await verify_password(svc, str(user["username"]), user, password, ip)
 
 

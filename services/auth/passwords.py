@@ -105,6 +105,10 @@ class Passwords:
             async with self._slots:
                 return await asyncio.to_thread(self._check, stored, password)
         async with self._slots_for_two():
+            if self._pair_slots < 2:  # one slot: one argon2 at a time, its memory cap kept
+                ok = await asyncio.to_thread(self._check, stored, password)
+                await asyncio.to_thread(self._check, self._dummy, password)
+                return ok
             ok, _ = await asyncio.gather(
                 asyncio.to_thread(self._check, stored, password),
                 asyncio.to_thread(self._check, self._dummy, password),

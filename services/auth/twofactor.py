@@ -175,7 +175,7 @@ async def email_setup(svc: AuthService, claims: Claims, password: str, caller: C
     # No code can be mailed: refused before the password costs argon2 (counted below,
     # once a code is sent, so that a wrong password uses up no send).
     await svc.limiter.check("email_code_sends", user["_id"])
-    await lockout.verify_password_again(svc, user, password, caller.ip)
+    await lockout.verify_password_again(svc, user, password, caller.ip, claims.sid)
     if user.get("email_2fa"):
         raise ApiError(ErrorCode.CONFLICT, "E-mail codes are already on.")
     await svc.limiter.hit("email_code_sends", user["_id"])
@@ -439,5 +439,5 @@ async def _reauthenticate(svc: AuthService, claims: Claims, password: str, calle
     """Sensitive changes ask for the password again (a request limit per account, then
     the login lockout: ``lockout.verify_password_again``)."""
     user = await svc.own_user(claims)
-    await lockout.verify_password_again(svc, user, password, caller.ip)
+    await lockout.verify_password_again(svc, user, password, caller.ip, claims.sid)
     return user
