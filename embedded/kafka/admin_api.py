@@ -126,8 +126,14 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 
 
 def describe_configs(broker: Broker, req: Request) -> bytes:
+    # A resource asked twice (with the same names) is answered once: else a small request
+    # naming one topic again and again asks for all its configs each time.
+    resources = dict.fromkeys(
+        (kind, name, None if names is None else tuple(names))
+        for kind, name, names in req.body.resources or []
+    )
     out = []
-    for resource_type, resource_name, names in req.body.resources or []:
+    for resource_type, resource_name, names in resources:
         error, message, entries = NONE, None, []
         if resource_type == TOPIC_RESOURCE:
             topic = broker.topics.get(resource_name)

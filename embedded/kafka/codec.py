@@ -11,6 +11,7 @@ through aiokafka's structs (protocol.py).
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -83,17 +84,28 @@ class ProduceRequest(NamedTuple):
     topics: list[tuple[str, list[tuple[int, memoryview | None]]]]
 
 
-def decode_produce(frame: bytes, pos: int) -> ProduceRequest:
+def decode_produce(frame: bytes, pos: int, max_entries: int = sys.maxsize) -> ProduceRequest:
+    """``max_entries``: the most topics and partitions in all; more is a ``ProtocolError``,
+    known from the array lengths before their items are read."""
     r = _Reader(memoryview(frame), pos)
     transactional_id = r.string()
     acks, timeout = _ACKS_TIMEOUT.unpack(r.take(6))
     topics = []
-    for _ in range(r.count()):
+    entries = count = r.count()
+    for _ in range(count):
+        if entries > max_entries:
+            break
         name = r.string()
         if name is None:
             raise ProtocolError("a null topic name")
-        partitions = [(r.int32(), r.nullable_bytes()) for _ in range(r.count())]
+        n = r.count()
+        entries += n
+        if entries > max_entries:
+            break
+        partitions = [(r.int32(), r.nullable_bytes()) for _ in range(n)]
         topics.append((name, partitions))
+    if entries > max_entries:
+        raise ProtocolError(f"more than {max_entries} topics and partitions in a Produce")
     return ProduceRequest(transactional_id, acks, timeout, topics)
 
 

@@ -30,8 +30,13 @@ class BrokerConfig:
     retention_check_ms: int = 5_000
     # Durability: fsync every this often (0: before every answer).
     fsync_interval_ms: int = 1_000
-    # Network.
+    # Network. A request is decoded and answered in one go on the event loop, so what
+    # one request may ask is bounded: Produce (the only API carrying bulk data) up to
+    # Kafka's socket.request.max.bytes, any other API far less, and every request to a
+    # number of array items in all (topics, partitions, group ids...). Beyond: closed.
     max_request_bytes: int = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
+    max_other_request_bytes: int = 1024 * 1024
+    max_request_entries: int = 20_000  # twice the partitions a topic may have
     # The most a Fetch answer holds, whatever the request asks (Kafka's fetch.max.bytes):
     # only the first batch of the answer may go past it, so a consumer always progresses.
     fetch_max_bytes: int = 55 * 1024 * 1024
@@ -202,7 +207,24 @@ def parse_args(argv: Sequence[str] | None = None) -> BrokerConfig:
         default=d.fsync_interval_ms,
         help="fsync this often; 0: fsync before answering every write",
     )
-    p.add_argument("--max-request-bytes", type=_positive, default=d.max_request_bytes)
+    p.add_argument(
+        "--max-request-bytes",
+        type=_positive,
+        default=d.max_request_bytes,
+        help="the longest Produce request; a longer frame closes the connection",
+    )
+    p.add_argument(
+        "--max-other-request-bytes",
+        type=_positive,
+        default=d.max_other_request_bytes,
+        help="the longest request of any other API; a longer frame closes the connection",
+    )
+    p.add_argument(
+        "--max-request-entries",
+        type=_positive,
+        default=d.max_request_entries,
+        help="the most array items (topics, partitions, ids...) in all in one request",
+    )
     p.add_argument(
         "--fetch-max-bytes",
         type=_positive,

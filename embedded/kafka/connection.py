@@ -13,7 +13,10 @@ requests and never reads cannot make the broker buffer answers without end.
 
 Bad input closes this connection only: a frame length out of bounds, a
 request that cannot be read (``ProtocolError``), or a handler that fails
-(logged with its traceback).
+(logged with its traceback). A request is decoded and answered in one go on
+the event loop, so only Produce may be as long as ``max_request`` (100 MiB);
+a frame of any other API longer than ``max_other_request`` (1 MiB) closes the
+connection as soon as its length and API key are in, before the rest arrives.
 """
 
 from __future__ import annotations
@@ -25,20 +28,22 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from embedded.kafka.protocol import ProtocolError
+from embedded.kafka.protocol import PRODUCE, ProtocolError
 
 log = logging.getLogger(__name__)
 
 _SIZE = struct.Struct(">i")
+_SIZE_API_KEY = struct.Struct(">ih")
 
 Dispatch = Callable[[bytes, str], "bytes | Awaitable[bytes | None] | None"]
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, dispatch: Dispatch, max_request: int,
+    def __init__(self, dispatch: Dispatch, max_request: int, max_other_request: int,
                  connections: set[Connection]) -> None:  # fmt: skip
         self.dispatch = dispatch
-        self.max_request = max_request
+        self.max_request = max_request  # Produce
+        self.max_other_request = max_other_request  # any other API
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.host = ""
@@ -92,6 +97,15 @@ class Connection(asyncio.Protocol):
                 (size,) = _SIZE.unpack_from(buf, pos)
                 if not 0 < size <= self.max_request:
                     raise ProtocolError(f"frame length {size}")
+                if size > self.max_other_request:
+                    if len(buf) - pos < _SIZE_API_KEY.size:
+                        break  # its API key is not in yet
+                    _, api_key = _SIZE_API_KEY.unpack_from(buf, pos)
+                    if api_key != PRODUCE:
+                        raise ProtocolError(
+                            f"frame length {size} (api key {api_key}): only Produce may "
+                            f"be longer than {self.max_other_request}"
+                        )
                 end = pos + 4 + size
                 if len(buf) < end:
                     break

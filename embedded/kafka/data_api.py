@@ -241,6 +241,10 @@ def metadata(broker: Broker, req: Request) -> bytes | Awaitable[bytes]:
     requested: list[str] | None = body.topics
     if version == 0 and not requested:
         requested = None  # v0: an empty list means every topic
+    elif requested is not None:
+        # Each topic once (as Kafka): else a small request naming a topic of many
+        # partitions again and again asks for an answer many times the broker's state.
+        requested = list(dict.fromkeys(requested))
     allow_create = broker.config.auto_create_topics and (
         version < 4 or bool(body.allow_auto_topic_creation)
     )

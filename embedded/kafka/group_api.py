@@ -158,7 +158,12 @@ def offset_fetch(broker: Broker, req: Request) -> bytes:
             by_topic.setdefault(topic, []).append(partition)
         wanted = sorted(by_topic.items())
     else:
-        wanted = [(name, list(partitions or [])) for name, partitions in body.topics]
+        # Each partition once: else a small request naming one partition again and again
+        # is answered with its committed metadata (up to 4 KiB) each time.
+        asked: dict[str, dict[int, None]] = {}
+        for name, partitions in body.topics:
+            asked.setdefault(name, {}).update(dict.fromkeys(partitions or []))
+        wanted = [(name, list(partitions)) for name, partitions in asked.items()]
     topics_out = []
     for name, partitions in wanted:
         parts_out = []
@@ -185,7 +190,9 @@ def list_groups(broker: Broker, req: Request) -> bytes:
 
 def describe_groups(broker: Broker, req: Request) -> bytes:
     out: list[dict[str, Any]] = []
-    for group_id in req.body.groups or []:
+    # Each group once: else a small request naming a group again and again is answered
+    # with all its members' metadata and assignments each time.
+    for group_id in dict.fromkeys(req.body.groups or []):
         group = broker.groups.groups.get(group_id)
         if group is None:
             state = State.EMPTY.value if broker.offsets.of_group(group_id) else "Dead"

@@ -5,7 +5,9 @@ Each commit appends one record ``[length u32][crc32c u32][JSON]`` with
 the logs: files.py). At start the journal is read up to its first torn or
 corrupt record and rewritten with only the latest offset of each partition
 (write, fsync, rename); it is also rewritten while running whenever it grows
-well past that live size, so its size stays flat however long the broker runs.
+well past that live size, so its size stays flat however long the broker runs
+(with ``--fsync-interval-ms 0``: the new journal is fsynced whole before it
+replaces the old one, and its directory fsynced before the old one is dropped).
 """
 
 from __future__ import annotations
@@ -109,22 +111,38 @@ class OffsetStore:
     async def _compact_while_running(self) -> None:
         """The same while serving: the snapshot is written and fsynced in a worker
         thread; commits made meanwhile are appended to it before it replaces the
-        journal (in the loop, with no await in between, so none is lost)."""
+        journal (in the loop, with no await in between, so none is lost).
+
+        With ``--fsync-interval-ms 0`` the new journal is fsynced after that tail,
+        then renamed, then its directory fsynced, all before the old journal is
+        dropped (two fsyncs in the loop, once per compaction). Else a commit of the
+        tail acknowledged by a pass that fsynced the *old* journal would be lost if a
+        machine crash kept the rename but not the tail's data. With an interval the
+        new file and the directory are fsynced by the next pass, as any write.
+        """
         data = self._snapshot()
+        every_write = self.syncer.every_write
         try:
             await asyncio.to_thread(_write_synced, self._tmp, data)
             tail = b"".join(self._tail or [])
             fd = os.open(self._tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             try:
                 _write(fd, tail)
+                if every_write:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(self._tmp, self.path)
         except OSError as exc:
             log.error("compacting the offsets journal failed: %r", exc)
-            return
+            return  # the old journal, which has every commit, stays
         finally:
             self._tail = None
+        if every_write:
+            try:
+                fsync_dir(self.path.parent)
+            except OSError as exc:  # the next pass fsyncs it again (dirty below)
+                log.critical("fsync of %s failed: %r", self.path.parent, exc)
         old, self.handle = self.handle, FileHandle(self.path, os.O_WRONLY | os.O_APPEND)
         if old is not None:
             old.close()

@@ -127,6 +127,24 @@ def parse_header(frame: bytes) -> tuple[int, int, int, str | None, int]:
     return api_key, version, correlation_id, client_id, body
 
 
+def count_entries(request: Any, limit: int) -> int:
+    """The array items of a decoded request (aiokafka struct), nested ones included:
+    what its answer costs grows with them. Counting stops once past ``limit``."""
+    count = 0
+    stack: list[Any] = [getattr(request, name) for name in request.SCHEMA.names]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            count += len(value)
+            if count > limit:
+                break
+            if value and isinstance(value[0], (list, tuple)):  # arrays are of one type
+                stack.extend(value)
+        elif isinstance(value, tuple):  # a struct in an array
+            stack.extend(value)
+    return count
+
+
 def frame_response(correlation_id: int, payload: bytes) -> bytes:
     return _SIZE_CORRELATION.pack(len(payload) + 4, correlation_id) + payload
 

@@ -87,7 +87,12 @@ class Broker:
             tls.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self._dispatch(), self.config.max_request_bytes, self.connections),
+            lambda: Connection(
+                self._dispatch(),
+                self.config.max_request_bytes,
+                self.config.max_other_request_bytes,
+                self.connections,
+            ),
             self.config.host,
             self.config.port,
             ssl=tls,
@@ -161,9 +166,11 @@ class Broker:
                 return protocol.frame_response(correlation_id, _api_versions_v0_error())
             raise ProtocolError(f"api key {api_key} version {version} is not supported")
         request_class, response_class = versions[version]
+        max_entries = self.config.max_request_entries
         try:
             if api_key == protocol.PRODUCE:
-                body: Any = codec.decode_produce(frame, body_at)  # records stay in the frame
+                # The records stay in the frame; the item count is checked as it is read.
+                body: Any = codec.decode_produce(frame, body_at, max_entries)
             else:
                 stream = io.BytesIO(frame)
                 stream.seek(body_at)
@@ -172,6 +179,11 @@ class Broker:
             raise
         except Exception as exc:  # any garbage: struct, unicode, length errors
             raise ProtocolError(f"undecodable request (api {api_key} v{version}): {exc}") from None
+        if api_key != protocol.PRODUCE and protocol.count_entries(body, max_entries) > max_entries:
+            # Answered in one go on the loop: the work a request may ask is bounded.
+            raise ProtocolError(
+                f"more than {max_entries} array items in a request (api {api_key} v{version})"
+            )
         request = Request(api_key, version, client_id, host, body, response_class)
         payload = self._handlers[api_key](self, request)
         if payload is None:

@@ -1,7 +1,9 @@
 """The fsync schedule (files.Syncer) and what an answer means when an fsync is slow or fails.
 
 The disk is stood in for by replacing ``files._fsync_all`` (what a pass runs in its
-worker thread): one that blocks until the test lets it go, or raises ``EIO``.
+worker thread): one that blocks until the test lets it go, or raises ``EIO``; or, where
+the order of fsyncs and renames is what matters, by recording ``os.fsync`` and
+``os.replace``.
 """
 
 from __future__ import annotations
@@ -9,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka.protocol.admin import DeleteTopicsRequest_v0, DeleteTopicsResponse_v0
 from aiokafka.protocol.commit import OffsetCommitRequest_v2, OffsetCommitResponse_v2
 from aiokafka.protocol.produce import ProduceRequest_v7, ProduceResponse_v7
 
-from embedded.kafka import files
+from embedded.kafka import files, offsets
 from embedded.kafka.files import FileHandle, Syncer
 from tests.embedded.inproc import ask, batch, running
 from tests.support.aio import eventually
@@ -218,3 +221,78 @@ async def test_delete_topics_fsyncs_the_forgotten_offsets_before_it_answers(
         assert resp.topic_error_codes == [("t", 0)]
         assert any(journal.fd in fds for fds in disk.synced)
         assert journal not in broker.syncer.dirty
+
+
+async def test_in_mode_0_a_compaction_fsyncs_the_whole_new_journal_and_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running compaction appended the commits made meanwhile (its tail) to the new
+    journal without an fsync, renamed it over the old one and only marked it for a later
+    pass: a commit of the tail, acknowledged once the *old* journal was fsynced, was lost
+    if a machine crash kept the rename but not the tail. Now the new journal is fsynced
+    whole before the rename, and its directory right after it, before the old journal is
+    dropped. (A power cut cannot be simulated: the fsyncs and the rename are recorded.)"""
+    async with running(tmp_path, fsync_interval_ms=0) as broker:
+        await broker.topics.create("t", 1)
+        store = broker.offsets
+        old = store.handle
+        monkeypatch.setattr(offsets, "COMPACT_MIN_BYTES", 500)
+        # The snapshot's write waits (in its worker thread) until the tail is made.
+        hold = threading.Event()
+        write_synced = offsets._write_synced
+
+        def held(path: Path, data: bytes) -> None:
+            hold.wait(30)
+            write_synced(path, data)
+
+        monkeypatch.setattr(offsets, "_write_synced", held)
+        # (what, inode, size then, whether the old journal was still the broker's)
+        events: list[tuple[str, int, int, bool]] = []
+        fsync, replace = os.fsync, os.replace
+
+        def recorded_fsync(fd: int) -> None:
+            st = os.fstat(fd)
+            events.append(("fsync", st.st_ino, st.st_size, store.handle is old))
+            fsync(fd)
+
+        def recorded_replace(src: Any, dst: Any) -> None:
+            st = os.stat(src)
+            events.append(("replace", st.st_ino, st.st_size, store.handle is old))
+            replace(src, dst)
+
+        monkeypatch.setattr(os, "fsync", recorded_fsync)
+        monkeypatch.setattr(os, "replace", recorded_replace)
+
+        async def commit(offset: int) -> None:
+            request = OffsetCommitRequest_v2("g", -1, "", -1, [("t", [(0, offset, "")])])
+            resp = await ask(broker, request)
+            assert resp.topics[0][1][0][1] == 0
+
+        offset = 0
+        while store._compacting is None:  # until the journal is long enough to compact
+            offset += 1
+            await commit(offset)
+        for _ in range(3):  # answered while the compaction runs: its tail
+            offset += 1
+            await commit(offset)
+        hold.set()
+        await asyncio.wait_for(store._compacting, 30)
+        assert store.handle is not old
+        journal = os.stat(tmp_path / offsets.JOURNAL)
+        [renamed] = [i for i, e in enumerate(events) if e[0] == "replace"]
+        assert events[renamed][1:3] == (journal.st_ino, journal.st_size)
+        # The new journal was fsynced with everything it holds, tail included, before
+        # it took the old one's place.
+        assert ("fsync", journal.st_ino, journal.st_size, True) in events[:renamed]
+        # Its directory after the rename, while the old journal was still the broker's.
+        directory = os.stat(tmp_path).st_ino
+        after = [e[:2] + e[3:] for e in events[renamed + 1 :]]
+        assert ("fsync", directory, True) in after, events[renamed:]
+        # What the disk holds now (what a kill -9 would leave) has every commit.
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        shutil.copy(tmp_path / offsets.JOURNAL, copy / offsets.JOURNAL)
+        again = offsets.OffsetStore(copy, Syncer(1000))
+        again.load()
+        assert again.get("g", "t", 0) == (offset, "")
+        again.close()

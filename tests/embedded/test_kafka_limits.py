@@ -1,19 +1,30 @@
-"""What one client can make the broker hold in memory: the size of a Fetch answer, and
-answers a client does not read."""
+"""What one client can make the broker hold in memory or spend on the event loop: the size
+of a Fetch answer, answers a client does not read, the size of a request and its number
+of items, names repeated in a request."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.protocol.admin import DescribeConfigsRequest_v2, DescribeGroupsRequest_v2
+from aiokafka.protocol.commit import OffsetFetchRequest_v3
 from aiokafka.protocol.fetch import FetchRequest_v11, FetchResponse_v11
+from aiokafka.protocol.metadata import MetadataRequest_v4
+from aiokafka.protocol.offset import OffsetRequest_v1
+from aiokafka.protocol.produce import ProduceRequest_v7
 
 from embedded.kafka.config import BrokerConfig, parse_args
-from tests.embedded.inproc import ask, fill, frame, read_answer, running
+from embedded.kafka.server import Broker
+from tests.embedded.inproc import ask, batch, fill, frame, read_answer, running
 from tests.support.aio import eventually
+from tests.support.kafka_broker import consumer, producer
 
 MiB = 1 << 20
 ALL = 0x7FFFFFFF
@@ -120,3 +131,130 @@ def _now(f: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return f()
 
     return probe
+
+
+# Requests: their size, their number of items, repeated names ----------------------------
+async def closed_without_answer(broker: Broker, data: bytes) -> bool:
+    """Send ``data`` on a new connection: True if the broker closes it without a word
+    (a reset, when it closes with bytes of ours still unread)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 20) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        writer.close()
+
+
+async def produce_and_fetch(broker: Broker, topic: str, value: bytes) -> None:
+    """An aiokafka producer and consumer are served as usual."""
+    bootstrap = f"127.0.0.1:{broker.port}"
+    async with producer(bootstrap) as p:
+        md = await p.send_and_wait(topic, value, partition=0)
+    async with consumer(bootstrap) as c:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        c.seek(tp, md.offset)
+        assert (await asyncio.wait_for(c.getone(), 20)).value == value
+
+
+def header_only(api_key: int, version: int, length: int) -> bytes:
+    """The start of a frame that says it is ``length`` bytes long: its header, a little body."""
+    head = frame(api_key, version, b"\x00" * 64)
+    return struct.pack(">i", length) + head[4:]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # The audit's: a ListOffsets v1 of 8 million partitions (117 s of the loop, 5.7 GB).
+        pytest.param(header_only(2, 1, 97 * MiB), id="list-offsets-97MiB-only-its-header-sent"),
+        pytest.param(header_only(3, 4, 2 * MiB), id="metadata-2MiB-only-its-header-sent"),
+        pytest.param(
+            frame(3, 4, MetadataRequest_v4(["n" * 5000] * 220, False).encode()),
+            id="metadata-1.05MiB-whole",
+        ),
+    ],
+)
+async def test_a_request_other_than_produce_over_its_limit_closes_its_connection_at_once(
+    tmp_path: Path, data: bytes
+) -> None:
+    """The only bound was the 100 MiB frame: a 97 MiB ListOffsets was read, decoded and
+    answered on the event loop, 117 s during which no connection was served (producers
+    timed out, group sessions expired), and 5.7 GB. Only Produce carries bulk data:
+    any other API is refused past --max-other-request-bytes (1 MiB), as soon as the
+    frame's length and API key are in (the rest is never read); nothing else is
+    affected."""
+    assert BrokerConfig().max_other_request_bytes == MiB
+    assert parse_args(["--max-other-request-bytes", "5"]).max_other_request_bytes == 5
+    async with running(tmp_path) as broker:
+        await broker.topics.create("t", 1)
+        bystander_reader, bystander = await asyncio.open_connection("127.0.0.1", broker.port)
+        try:
+            assert await closed_without_answer(broker, data)
+            # A connection opened before is untouched: it is answered as usual.
+            bystander.write(frame(18, 0, b"", correlation_id=99))
+            assert (await read_answer(bystander_reader))[0] == 99
+        finally:
+            bystander.close()
+        await produce_and_fetch(broker, "t", b"alive")
+
+
+async def test_a_produce_of_several_mib_is_still_accepted(tmp_path: Path) -> None:
+    async with running(tmp_path) as broker:
+        topic = await broker.topics.create("t", 1)
+        records = batch(*[b"x" * 1000] * 900) * 4  # four batches of 0.9 MB, one partition
+        request = ProduceRequest_v7(None, -1, 5000, [("t", [(0, records)])])
+        assert len(request.encode()) > 3 * MiB
+        resp = await ask(broker, request)
+        [(_, [(partition, error, base, *_)])] = resp.topics
+        assert (partition, error, base) == (0, 0, 0)
+        assert topic.logs[0].next_offset == 3600
+        await produce_and_fetch(broker, "t", b"after")
+
+
+async def test_a_request_of_too_many_array_items_closes_its_connection(tmp_path: Path) -> None:
+    """Within 1 MiB a request still named ~87,000 partitions (ListOffsets: 0.6 s of the
+    loop) or ~116,000 group ids (DescribeGroups: 2 s), and a Produce within its 100 MiB
+    13 million empty partition entries. A request holds at most --max-request-entries
+    (20,000) array items in all, Produce included."""
+    assert BrokerConfig().max_request_entries == 20_000
+    assert parse_args(["--max-request-entries", "7"]).max_request_entries == 7
+    async with running(tmp_path, max_request_entries=100) as broker:
+        await broker.topics.create("t", 1)
+        # One topic and 99 partitions: 100 items, answered.
+        resp = await ask(broker, OffsetRequest_v1(-1, [("t", [(0, -1)] * 99)]))
+        assert len(resp.topics[0][1]) == 99
+        resp = await ask(broker, ProduceRequest_v7(None, -1, 5000, [("t", [(0, None)] * 99)]))
+        assert len(resp.topics[0][1]) == 99
+        # 101 items.
+        for request in (
+            OffsetRequest_v1(-1, [("t", [(0, -1)] * 100)]),
+            MetadataRequest_v4(["t"] * 101, False),
+            DescribeGroupsRequest_v2([f"g{i}" for i in range(101)]),
+            ProduceRequest_v7(None, -1, 5000, [("t", [(0, None)] * 100)]),
+            ProduceRequest_v7(None, -1, 5000, [("t", [])] * 101),
+        ):
+            data = frame(request.API_KEY, request.API_VERSION, request.encode())
+            assert await closed_without_answer(broker, data), request
+        await produce_and_fetch(broker, "t", b"alive")
+
+
+async def test_a_name_repeated_in_a_request_is_answered_once(tmp_path: Path) -> None:
+    """A 1 MiB Metadata naming one topic of 4 partitions 350,000 times took 31 s of the
+    loop for a 38 MiB answer (the topic, each time); DescribeConfigs likewise (34 MiB),
+    DescribeGroups (every member's metadata, each time) and OffsetFetch (the committed
+    metadata, up to 4 KiB, each time). Each is answered once, as Fetch already was."""
+    async with running(tmp_path) as broker:
+        await broker.topics.create("t", 3)
+        broker.offsets.commit("g", [("t", 0, 5, "m" * 4096)])
+        resp = await ask(broker, MetadataRequest_v4(["t"] * 50 + ["u"] * 2, False))
+        assert [(t[1], len(t[3])) for t in resp.topics] == [("t", 3), ("u", 0)]
+        resp = await ask(broker, DescribeConfigsRequest_v2([(2, "t", None)] * 50, False))
+        assert [r[3] for r in resp.resources] == ["t"]
+        resp = await ask(broker, DescribeGroupsRequest_v2(["g"] * 50 + ["h"]))
+        assert [g[1] for g in resp.groups] == ["g", "h"]
+        resp = await ask(broker, OffsetFetchRequest_v3("g", [("t", [0] * 50), ("t", [0, 1])]))
+        assert resp.topics == [("t", [(0, 5, "m" * 4096, 0), (1, -1, "", 0)])]
