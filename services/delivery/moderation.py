@@ -191,7 +191,9 @@ class Moderation:
         time); a member who has left since is refused too, as nothing records past
         memberships (docs/moderation-messages.md, "Reports")."""
         joined = await self.parties.member_since(room, token)
-        if joined is None or joined > sent_at:
+        # Two clocks: ``sent_at`` is the gateway's, ``joined_at`` the rooms service's;
+        # a member who joined just before the message must not be refused for their skew.
+        if joined is None or joined > sent_at + JOIN_SKEW_MS:
             raise ApiError(
                 ErrorCode.NOT_RECIPIENT,
                 "Only a member of the room when the message was sent can report it.",
@@ -424,6 +426,11 @@ class Moderation:
                 except Exception as exc:
                     log.warning("removal records purge failed", extra={"error": repr(exc)})
             await asyncio.sleep(REMOVAL_CHECK_S)
+
+
+JOIN_SKEW_MS = 5_000
+"""How far apart the gateway's clock (a message's ``sent_at``) and the rooms service's
+(a member's ``joined_at``) may be when a room report's membership is checked."""
 
 
 def report_view(doc: dict[str, Any]) -> dict[str, Any]:
