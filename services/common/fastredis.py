@@ -22,6 +22,22 @@ authenticates and selects the database from the URL, loads the Lua scripts
 nothing for ``socket_timeout`` (one to two timeouts: one timer per
 connection) and is made again after an error (the client's ``retry``).
 
+**A request that may have run is not sent again.** After a connection error or
+a timeout a request is sent again on a fresh connection only if it was never
+written to a connection, or written to an idle one that then closed without a
+byte (the server had closed it already: a restart, a killed or timed-out
+client; a server killed after running it and before answering looks the same,
+and that request is sent again, as redis-py sends everything again), or if
+every command in it is safe to run twice (:func:`idempotent`:
+reads, ``SCRIPT LOAD``, scripts registered with :func:`idempotent_script`, or a
+pipeline its caller marked with :func:`may_run_twice`).
+Anything else raises the error: a late reply (a slow command ahead of it on the
+shared connection) does not mean the commands did not run, and running them
+again took a set's members twice (``SPOP``), applied counts twice, or ran an
+inbox's ack script a second time, which found the range acknowledged and left
+its persisted copies in MongoDB (docs/delivery.md, "Acks"). The caller's own
+retry decides, knowing what its commands do.
+
 Through redis-py as before: transactions (``MULTI``), pub/sub, blocking
 commands and anything that changes a connection's state (``SELECT``,
 ``WATCH``, ...), and every command when the URL is not plain TCP or a Unix
@@ -59,6 +75,50 @@ _OWN_CONNECTION = frozenset({
     "MULTI", "PSUBSCRIBE", "QUIT", "RESET", "SELECT", "SSUBSCRIBE", "SUBSCRIBE", "SWAPDB",
     "UNWATCH", "WAIT", "WAITAOF", "WATCH", "XREAD", "XREADGROUP",
 })  # fmt: skip
+
+
+# Commands that change nothing: sent again after a connection error, as redis-py does.
+_READS = frozenset({
+    "BITCOUNT", "CLIENT ID", "CLIENT INFO", "DBSIZE", "ECHO", "EXISTS", "GET", "GETRANGE",
+    "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HSCAN", "HSTRLEN", "HVALS",
+    "INFO", "KEYS", "LINDEX", "LLEN", "LRANGE", "MGET", "PFCOUNT", "PING", "PTTL",
+    "PUBSUB CHANNELS", "PUBSUB NUMSUB", "SCAN", "SCARD", "SCRIPT EXISTS", "SCRIPT LOAD",
+    "SISMEMBER", "SMEMBERS", "SMISMEMBER", "SRANDMEMBER", "SSCAN", "STRLEN", "TIME", "TTL",
+    "TYPE", "XLEN", "XRANGE", "XREVRANGE", "ZCARD", "ZCOUNT", "ZRANGE", "ZRANGEBYSCORE",
+    "ZRANK", "ZREVRANGE", "ZREVRANGEBYSCORE", "ZREVRANK", "ZSCAN", "ZSCORE",
+})  # fmt: skip
+
+_IDEMPOTENT_SCRIPTS: set[str] = set()
+"""SHAs of scripts that may run twice (:func:`idempotent_script`)."""
+
+
+def idempotent_script(sha: str) -> None:
+    """Say that the script ``sha`` (``EVALSHA``) may run twice with the same arguments:
+    it reads only, or remembers what a call did (a token among its arguments)."""
+    _IDEMPOTENT_SCRIPTS.add(sha.lower())
+
+
+def may_run_twice(pipe: Any) -> None:
+    """Mark a pipeline whose commands may all run twice (sent again after a connection
+    error: :class:`FastPipeline`); harmless on any other pipeline."""
+    pipe.idempotent = True
+
+
+def idempotent(args: tuple[Any, ...]) -> bool:
+    """Whether a command (its arguments, the name first) may run twice: a request made
+    only of such commands is sent again after a connection error."""
+    name = args[0]
+    if isinstance(name, bytes):
+        name = name.decode()
+    name = str(name).upper()
+    if name in _READS:
+        return True
+    if name in ("EVALSHA", "EVALSHA_RO") and len(args) > 1:
+        sha = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
+        return sha.lower() in _IDEMPOTENT_SCRIPTS
+    if name == "SCRIPT" and len(args) > 1:  # ("SCRIPT", "LOAD", ...) as two words
+        return idempotent((f"SCRIPT {args[1]!s}", *args[2:]))
+    return False
 
 
 class _ReplyError(Exception):
@@ -99,12 +159,14 @@ class _Wire(asyncio.Protocol):
         self.timeout = timeout
         self.heard = 0.0  # when the connection last answered (or started to owe)
         self.timer: asyncio.TimerHandle | None = None
+        self.received = 0  # reads so far: whether anything came after a write
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.heard = -1.0  # "now", read by the timer only when it fires
+        self.received += 1
         self.reader.feed(data)
         waiting = self.waiting
         gets = self.reader.gets
@@ -259,11 +321,21 @@ class FastRedis(aioredis.Redis):
         if wire is not None and wire.error is None:
             wire.fail(RedisConnectionError("Redis connection closed"))
 
-    async def _call(self, payload: bytes, n: int) -> list[Any]:
-        """Send ``n`` packed commands, return their ``n`` raw replies (retried on a
-        fresh connection after a connection error or a timeout, as redis-py does)."""
+    async def _call(self, payload: bytes, n: int, again: bool = False) -> list[Any]:
+        """Send ``n`` packed commands, return their ``n`` raw replies.
+
+        After a connection error or a timeout they are sent again on a fresh
+        connection (as redis-py does) only if they were never written to one, or
+        ``again`` (every command may run twice: :func:`idempotent`); else the
+        error is raised: the commands may have run, and running them twice is
+        the caller's decision. A request written to an idle connection that closed
+        without sending a byte back never ran: the server had closed it already
+        (a restart, a killed or timed-out client), and it is sent again too."""
+        written = False
 
         async def attempt() -> list[Any]:
+            nonlocal written
+            written = False
             wire = self._wire
             if (
                 wire is None
@@ -272,7 +344,19 @@ class FastRedis(aioredis.Redis):
             ):
                 wire = await self._connect()
             seen = _ReplyError.readonly
-            replies = await wire.call(payload, n)
+            if wire.error is not None:  # lost while connecting: nothing written
+                raise wire.error
+            idle, heard = not wire.waiting, wire.received
+            written = True
+            try:
+                replies = await wire.call(payload, n)
+            except RedisConnectionError:
+                # Closed before a byte came back, nothing else in flight: a connection
+                # the server had closed before this was written (not a late reply,
+                # which is a timeout, nor one lost mid-answer).
+                if idle and wire.received == heard:
+                    written = False
+                raise
             if _ReplyError.readonly != seen:
                 # A replica: the primary this was (a failover demoted it, and the
                 # endpoint's name now leads to the new one). Made again by the next
@@ -285,11 +369,16 @@ class FastRedis(aioredis.Redis):
         async def failed(_: Exception) -> None:
             self._drop()
 
+        def retryable(_: Exception) -> bool:
+            return again or not written
+
         try:
             return await attempt()
         except (RedisConnectionError, RedisTimeoutError):
             self._drop()
-        return await self._retry.call_with_retry(attempt, failed)
+            if not retryable(RedisConnectionError()):
+                raise
+        return await self._retry.call_with_retry(attempt, failed, retryable)
 
     def _parse(self, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
         """A raw reply as redis-py's client returns it (an error reply: the
@@ -316,7 +405,7 @@ class FastRedis(aioredis.Redis):
             except ReadOnlyError:
                 await _forget_replica(self.connection_pool)
                 raise
-        (reply,) = await self._call(_pack(args), 1)
+        (reply,) = await self._call(_pack(args), 1, idempotent(args))
         result = self._parse(args[0], reply, options)
         if inspect.isawaitable(result):
             result = await result
@@ -360,11 +449,16 @@ class _PoolPipeline(aioredis.client.Pipeline):
 
 class FastPipeline(aioredis.client.Pipeline):
     """A non-transactional pipeline whose commands go over :class:`FastRedis`'s
-    connection in one write (queued with redis-py's command methods)."""
+    connection in one write (queued with redis-py's command methods).
+
+    Sent again after a connection error only if never written, or if every command
+    may run twice (:func:`idempotent`), or if the caller set ``idempotent`` (for
+    commands whose second run changes nothing, as a ``SET`` of the same value)."""
 
     def __init__(self, client: FastRedis, shard_hint: Any) -> None:
         super().__init__(client.connection_pool, client.response_callbacks, False, shard_hint)
         self._client = client
+        self.idempotent = False
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if args[0] in _OWN_CONNECTION:
@@ -384,7 +478,8 @@ class FastPipeline(aioredis.client.Pipeline):
                 for s in self.scripts:
                     s.sha = await self._client.script_load(s.script)
             client = self._client
-            replies = await client._call(b"".join([_pack(a) for a, _ in stack]), len(stack))
+            again = self.idempotent or all(idempotent(a) for a, _ in stack)
+            replies = await client._call(b"".join([_pack(a) for a, _ in stack]), len(stack), again)
             out = []
             for (args, options), reply in zip(stack, replies, strict=True):
                 result = client._parse(args[0], reply, options)
@@ -396,4 +491,4 @@ class FastPipeline(aioredis.client.Pipeline):
             await self.reset()
 
 
-__all__ = ["FastPipeline", "FastRedis"]
+__all__ = ["FastPipeline", "FastRedis", "idempotent", "idempotent_script", "may_run_twice"]

@@ -90,12 +90,16 @@ async def queue_ack(
 # it: never issued). ARGV[4] '1' (the gateway's direct ack, services/gateway/acks.py):
 # only when the range holds at most ARGV[5] numbers and every one is hot, else it
 # changes nothing and returns {-3} (delivery acks it: a persisted item is in MongoDB).
-# ARGV[6], when given: at most that many numbers past the watermark in this call (one
+# ARGV[6], when given (delivery's acks): when the hot hash holds at most that many
+# items, the whole range in this call, its items found by the hash's fields (HKEYS), not
+# by trying every number of the range: a range over a gap of a million numbers (a
+# resent message took a number per repeat until 2026-12-07) was 500 calls of 2,000
+# numbers each; else at most that many numbers past the watermark in this call (one
 # cumulative ack over a backlog kept hot by a MongoDB outage, up to 100,000 items, held
 # Redis for seconds and built a reply of gigabytes; the caller calls again).
-# Returns -1 when the counter is missing, else
-# {acked before, n, gaps, item...}: an item's JSON, or the seq alone of a private
-# room's copy.
+# Returns -1 when the counter is missing, else {acked before, n, gaps, item...}, with
+# ARGV[6] {acked before, n, gaps, where this call stopped, item...}: an item's JSON, or
+# the seq alone of a private room's copy, in seq order.
 ACK_HOT = """
 -- A string field of an item's JSON by plain search, not cjson.decode nor a pattern
 -- (both cost more than the rest of the ack: docs/BENCHMARKS.md, "Room fan-out").
@@ -118,21 +122,28 @@ local gaps = {}
 for f, t in string.gmatch(g, '(%d+):(%d+)') do gaps[#gaps + 1] = {tonumber(f), tonumber(t)} end
 if ARGV[2] == '1' and tonumber(ARGV[1]) > n then return {-2, n} end
 local top = math.min(tonumber(ARGV[1]), n)
+local few = false
 if ARGV[6] then
-  -- ARGV[6] numbers issued past acked, the skipped ranges stepped over (a loss skips
-  -- a billion: counted as numbers, each call would end inside it).
-  local pos, budget = acked, tonumber(ARGV[6])
-  for _, gap in ipairs(gaps) do
-    if gap[2] > pos then
-      local avail = math.max(0, gap[1] - pos)
-      if avail >= budget then break end
-      budget = budget - avail
-      pos = gap[2]
+  local hot = redis.call('HLEN', KEYS[2])
+  if hot <= tonumber(ARGV[6]) and hot < top - acked then
+    few = true  -- fewer items than numbers: the hash's fields are read, any width
+  else
+    -- ARGV[6] numbers issued past acked, the skipped ranges stepped over (a loss skips
+    -- a billion: counted as numbers, each call would end inside it).
+    local pos, budget = acked, tonumber(ARGV[6])
+    for _, gap in ipairs(gaps) do
+      if gap[2] > pos then
+        local avail = math.max(0, gap[1] - pos)
+        if avail >= budget then break end
+        budget = budget - avail
+        pos = gap[2]
+      end
     end
+    top = math.min(top, pos + budget)
   end
-  top = math.min(top, pos + budget)
 end
 local out, per, uncount = {acked, n, g}, {}, 0
+if ARGV[6] then out[4] = math.max(top, acked) end
 if top <= acked then return out end
 if ARGV[4] == '1' then
   local want, s = {}, acked + 1
@@ -154,18 +165,8 @@ if ARGV[4] == '1' then
 end
 redis.call('HSET', KEYS[1], 'acked', top)
 redis.call('SADD', KEYS[5], ARGV[3])
-local s = acked + 1
-while s <= top do
-  for _, gap in ipairs(gaps) do
-    if s > gap[1] and s <= gap[2] then s = gap[2] + 1 end
-  end
-  if s > top then break end
-  local stop = math.min(top, s + 499)
-  for _, gap in ipairs(gaps) do
-    if gap[1] >= s and gap[1] < stop then stop = gap[1] break end
-  end
-  local fields = {}
-  for k = s, stop do fields[#fields + 1] = tostring(k) end
+-- Takes these fields' items (those there) out of the hash and the index.
+local function take(fields)
   local got = redis.call('HMGET', KEYS[2], unpack(fields))
   local gone = {}
   for i = 1, #fields do
@@ -196,7 +197,35 @@ while s <= top do
     for i = 1, #gone do members[i] = ARGV[3] .. '|' .. gone[i] end
     redis.call('ZREM', KEYS[4], unpack(members))
   end
-  s = stop + 1
+end
+if few then
+  local want = {}
+  for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+    local k = tonumber(f)
+    if k and k > acked and k <= top then want[#want + 1] = {k, f} end
+  end
+  table.sort(want, function(a, b) return a[1] < b[1] end)
+  for i = 1, #want, 500 do
+    local fields = {}
+    for j = i, math.min(i + 499, #want) do fields[#fields + 1] = want[j][2] end
+    take(fields)
+  end
+else
+  local s = acked + 1
+  while s <= top do
+    for _, gap in ipairs(gaps) do
+      if s > gap[1] and s <= gap[2] then s = gap[2] + 1 end
+    end
+    if s > top then break end
+    local stop = math.min(top, s + 499)
+    for _, gap in ipairs(gaps) do
+      if gap[1] >= s and gap[1] < stop then stop = gap[1] break end
+    end
+    local fields = {}
+    for k = s, stop do fields[#fields + 1] = tostring(k) end
+    take(fields)
+    s = stop + 1
+  end
 end
 if uncount > 0 then
   per['*'] = uncount

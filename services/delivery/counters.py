@@ -139,6 +139,16 @@ class Counter(NamedTuple):
                 return f
         return end
 
+    def width(self, first: int, last: int) -> int:
+        """How many numbers ``first .. last`` holds, the skipped ones not counted (what
+        :meth:`numbers` would list, without listing them)."""
+        if last < first:
+            return 0
+        total = last - first + 1
+        for f, t in self.gaps:
+            total -= max(0, min(t, last) - max(f + 1, first) + 1)
+        return max(total, 0)
+
     def numbers(self, first: int, last: int) -> list[int]:
         """``first .. last`` without the skipped numbers."""
         out: list[int] = []
@@ -363,6 +373,15 @@ class InboxCounters:
             inboxes = missing
         return out
 
+    async def require(self, inbox: str) -> Counter:
+        """:meth:`get` of one inbox; raises :class:`CountersUnseeded` when its counter is
+        still missing after the seeding was waited for (another seeder holds it: a
+        dependency away, not a missing key: a page answered 500 ``internal``)."""
+        got = await self.get([inbox])
+        if inbox not in got:
+            raise CountersUnseeded([inbox])
+        return got[inbox]
+
     async def raise_acked(self, tops: dict[str, int]) -> dict[str, Counter]:
         """Raise each inbox's ``acked`` to its top (never past ``n``, never down);
         returns the counters as they were: ``acked + 1 .. min(top, n)`` is this
@@ -404,8 +423,12 @@ class InboxCounters:
         out: dict[str, tuple[Counter, list[bytes | int]]] = {}
         todo = dict(tops)
         seeded = False
-        # At most ACK_SPAN numbers an inbox a call (the script's ARGV[6]), again while
-        # the range goes on: one long range held Redis for every service.
+        # A range whose hot hash holds at most ACK_SPAN items is taken in one call
+        # whatever its width (the script reads the hash's fields, not every number: a
+        # range over a gap of a million numbers was 500 calls); a larger hash (a
+        # backlog kept hot by a MongoDB outage) at most ACK_SPAN numbers a call, again
+        # while the range goes on: one long range held Redis for every service. The
+        # script says where it stopped.
         while todo:
             inboxes = list(todo)
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -420,11 +443,12 @@ class InboxCounters:
                     over[inbox] = int(res[1])
                 elif isinstance(res, list):
                     counter = Counter(int(res[1]), int(res[0]), parse_gaps(res[2]))
+                    reached = int(res[3]) if len(res) > 3 else counter.acked
                     if inbox in out:
-                        out[inbox][1].extend(res[3:])  # the counter as it was at first
+                        out[inbox][1].extend(res[4:])  # the counter as it was at first
                     else:
-                        out[inbox] = (counter, list(res[3:]))
-                    if counter.span_end(ACK_SPAN) < min(todo[inbox], counter.n):
+                        out[inbox] = (counter, list(res[4:]))
+                    if reached < min(todo[inbox], counter.n):
                         again[inbox] = todo[inbox]
                 else:
                     missing.append(inbox)
@@ -650,18 +674,26 @@ class InboxCounters:
         return len(missing), [i for i in saved if i not in held]
 
     async def checkpoint(self) -> int:
-        """Copy the counters changed since the last run to MongoDB; returns how many."""
+        """Copy the counters changed since the last run to MongoDB; returns how many.
+
+        The inboxes are read from the set first (``SRANDMEMBER``: a read, safe to send
+        again), then taken out of it in the pipeline that reads their counters (a
+        change after that read marks the inbox again), and put back if anything
+        fails. ``SPOP`` took them out and handed them over in one reply: a reply lost
+        (a connection error after the command ran) lost the inboxes, and sent again,
+        the command took a second set."""
         written = 0
         while True:
-            raw = await self.redis.spop(self.dirty, CHECKPOINT_BATCH)
+            raw = await self.redis.srandmember(self.dirty, CHECKPOINT_BATCH)
             inboxes = [scripts.text(r) for r in raw or []]
             if not inboxes:
                 return written
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.srem(self.dirty, *inboxes)
                     for inbox in inboxes:
                         pipe.hmget(self.key(inbox), ["n", "acked", "g"])
-                    rows = await pipe.execute()
+                    rows = (await pipe.execute())[1:]
                 # The skipped ranges too: a counter seeded without MongoDB (a new inbox
                 # once every checkpoint is in Redis) has its range nowhere else.
                 ops = [

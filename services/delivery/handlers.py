@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from services.common.batching import GroupCommit
 from services.common.errors import ApiError, ErrorCode
 from services.common.inbox import receipts
+from services.delivery.counters import CountersUnseeded
 from services.delivery.store import DeliveryStore, item_frame
 
 
@@ -35,7 +36,13 @@ class Inbox:
         self._acks: GroupCommit[str, int, int] = GroupCommit(self._flush)
 
     async def page(self, inbox: str, after: int, limit: int) -> f.InboxPage:
-        docs, more = await self.store.page(inbox, after, limit)
+        try:
+            docs, more = await self.store.page(inbox, after, limit)
+        except CountersUnseeded as exc:
+            # Another seeder holds the inbox's counter (stuck on MongoDB after a Redis
+            # loss, or dead until its lock expires): a dependency away, asked again
+            # later, not an `internal` error (a KeyError answered 500).
+            raise ApiError(ErrorCode.UNAVAILABLE) from exc
         return f.InboxPage(messages=[item_frame(d) for d in docs], more=more)
 
     async def ack(self, user: str, seq: int) -> int:

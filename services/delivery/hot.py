@@ -51,7 +51,8 @@ import redis.asyncio as aioredis
 from parley_contract import envelopes as e
 
 from services.common import scripts
-from services.common.inbox import counter_key, hot_index, hot_key
+from services.common.fastredis import idempotent_script
+from services.common.inbox import counter_key, dirty_key, hot_index, hot_key
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,69 @@ for j = 4, #ARGV do
   out[#out + 1] = v
 end
 return out
+"""
+
+# A batch's first round trip (services/delivery/store.py ``claims_and_numbers``): the
+# dedup records as _CLAIMS reads them, and numbers for the records not found only. KEYS[1]
+# ``<p>:hotdupv2``, KEYS[2] the set of counters changed since the last checkpoint, then
+# per record its spans' keys (ARGV[2] of them, newest first) and its key of before, then
+# per inbox its counter; ARGV[1] now, ARGV[2] spans per record, ARGV[3] how long after
+# KEYS[1] the keys of before are read, ARGV[4] how many inboxes, then their names, then
+# per record its field and its inbox (1-based, among those names). Returns each record's
+# value (or nil), then per inbox the first of the numbers reserved for its records not
+# found (one each, in order), 0 when it needs none, -1 when its counter is missing.
+#
+# Until 2026-12-07 a batch reserved a number for every item, a repeat's left unused: a
+# sender resending one message (no waiting count is raised for a repeat, so no cap
+# refuses it) grew a gap in the recipient's inbox without limit, and pages walked it.
+_CLAIMS_NUMBERS = """
+local per = tonumber(ARGV[2])
+local since = redis.call('GET', KEYS[1])
+local old = since and tonumber(ARGV[1]) < tonumber(since) + tonumber(ARGV[3])
+local inboxes = tonumber(ARGV[4])
+local records = (#ARGV - 4 - inboxes) / 2
+local out, fresh = {}, {}
+for i = 1, inboxes do fresh[i] = 0 end
+for j = 1, records do
+  local base = 2 + (j - 1) * (per + 1)
+  local a = 4 + inboxes + (j - 1) * 2
+  local v = false
+  for i = 1, per do
+    v = redis.call('HGET', KEYS[base + i], ARGV[a + 1])
+    if v then break end
+  end
+  if not v and old then v = redis.call('GET', KEYS[base + per + 1]) end
+  out[j] = v
+  if not v then
+    local k = tonumber(ARGV[a + 2])
+    fresh[k] = fresh[k] + 1
+  end
+end
+local counters = 2 + records * (per + 1)
+for i = 1, inboxes do
+  local key = KEYS[counters + i]
+  if fresh[i] == 0 then
+    out[records + i] = 0
+  elseif redis.call('EXISTS', key) == 0 then
+    out[records + i] = -1
+  else
+    out[records + i] = redis.call('HINCRBY', key, 'n', fresh[i]) - fresh[i] + 1
+    redis.call('SADD', KEYS[2], ARGV[4 + i])
+  end
+end
+return out
+"""
+
+# The lowest seq in KEYS[1] (an inbox's hot hash) above ARGV[1] and at most ARGV[2], or
+# 0: where a page goes on after a range that holds nothing (services/delivery/store.py
+# ``page``). Reads the hash's fields (seconds of items, more only while MongoDB is down).
+_NEXT_HOT = """
+local low, high, best = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local k = tonumber(f)
+  if k and k > low and k <= high and (best == 0 or k < best) then best = k end
+end
+return best
 """
 
 DEDUP_SKEW_S = 300
@@ -381,6 +445,9 @@ class HotInbox:
         self.dedup_since = f"{prefix}:hotdupv2"
         """When this version's dedup records began (before: :meth:`dup_key`)."""
         self._remove = scripts.register(redis, _REMOVE)
+        self._claims_numbers = scripts.register(redis, _CLAIMS_NUMBERS)
+        self._next_hot = scripts.register(redis, _NEXT_HOT)
+        idempotent_script(self._next_hot.sha)  # reads only
         self.prefix = prefix
         self.dedup_s = dedup_s
         self.index = hot_index(prefix)
@@ -441,6 +508,56 @@ class HotInbox:
         if ids:
             pipe.mget([self.gone_key(s) for s in ids])
         return bool(keys) + bool(ids)
+
+    async def queue_claims_numbers(
+        self, pipe: aioredis.client.Pipeline, keys: list[str], ids: list[str]
+    ) -> tuple[int, list[str]]:
+        """:meth:`queue_claims`, the dedup records read by a script that also reserves a
+        sequence number for each of ``keys`` (distinct dedup keys) it finds no record
+        of, and none for a repeat (:data:`_CLAIMS_NUMBERS`). Returns how many commands
+        were queued and the inboxes in the order the script answers for them."""
+        if not keys:
+            return await self.queue_claims(pipe, [], ids), []
+        now = time.time()
+        spans = self.dedup.spans(now)
+        inboxes: dict[str, int] = {}
+        names: list[str] = [self.dedup_since, dirty_key(self.prefix)]
+        records: list[str | int] = []
+        for key in keys:
+            inbox, _, field = key.partition("|")
+            names += [self.dedup.key(inbox, s) for s in spans]
+            names.append(self.dup_key(key))
+            records += [field, inboxes.setdefault(inbox, len(inboxes) + 1)]
+        order = list(inboxes)
+        names += [counter_key(self.prefix, inbox) for inbox in order]
+        args = [int(now), len(spans), self.dedup_s + DEDUP_SKEW_S, len(order), *order, *records]
+        await scripts.queue(pipe, self._claims_numbers, names, args)
+        if ids:
+            pipe.mget([self.gone_key(s) for s in ids])
+        return 1 + bool(ids), order
+
+    def read_claims_numbers(
+        self, keys: list[str], ids: list[str], inboxes: list[str], results: list[Any]
+    ) -> tuple[dict[str, tuple[int, str]], set[str], dict[str, int]]:
+        """:meth:`queue_claims_numbers`' answer: the claims, the removed messages, and
+        each inbox's first number (those that needed some and have a counter)."""
+        if not keys:
+            claims, gone = self.read_claims([], ids, results)
+            return claims, gone, {}
+        reply = list(results[0])
+        claims, gone = self.read_claims(keys, ids, [reply[: len(keys)], *results[1:]])
+        numbers = {
+            inbox: int(first)
+            for inbox, first in zip(inboxes, reply[len(keys) :], strict=True)
+            if int(first) > 0
+        }
+        return claims, gone, numbers
+
+    async def next_hot(self, inbox: str, after: int, last: int) -> int | None:
+        """The lowest seq of ``inbox`` that is hot, above ``after`` and at most ``last``."""
+        found = int(await scripts.call(self.redis, self._next_hot.sha, [self.key(inbox)],
+                                       [after, last]))  # fmt: skip
+        return found or None
 
     def read_claims(
         self, keys: list[str], ids: list[str], results: list[Any]
@@ -568,20 +685,20 @@ class HotInbox:
             for inbox, row in zip(inboxes, rows, strict=True)
         }
 
-    async def remove(self, items: Iterable[tuple[str, int]]) -> None:
-        """Forget items (acknowledged, persisted or dropped), one round trip."""
-        by_inbox: dict[str, list[str]] = {}
+    async def remove(self, items: Iterable[tuple[str, int]]) -> list[bool]:
+        """Take items out of the hot inbox and the index (persisted), one round trip;
+        returns, for each, whether this call took it (False: it was gone already,
+        acknowledged or removed, or moved by another process)."""
         members = []
-        for inbox, seq in items:
-            by_inbox.setdefault(inbox, []).append(str(seq))
-            members.append(f"{inbox}|{seq}")
-        if not members:
-            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for inbox, fields in by_inbox.items():
-                pipe.hdel(self.key(inbox), *fields)
+            for inbox, seq in items:
+                pipe.hdel(self.key(inbox), str(seq))
+                members.append(f"{inbox}|{seq}")
+            if not members:
+                return []
             pipe.zrem(self.index, *members)
-            await pipe.execute()
+            results = await pipe.execute()
+        return [bool(int(r)) for r in results[:-1]]
 
     async def unindex(self, items: Iterable[tuple[str, int]]) -> None:
         """Take items out of the persister's index (their inbox no longer holds them)."""

@@ -31,7 +31,10 @@ In Redis, ``pending:{<inbox>}`` counts what waits in each device inbox (field
 when an item is stored, lowered when it is acknowledged or expires. The
 gateways read it to refuse sends past the inbox caps (docs/security.md). The
 counts are a guard, not the record: after a Redis restart they start again
-from zero (MongoDB keeps every item), and they may run a batch behind.
+from zero (MongoDB keeps every item), and they may run a batch behind. A copy
+deleted from MongoDB lowers them once, by whoever claims it first
+(:data:`_CLAIM_GONE`): an ack, a removal, the expiry and the upkeep can find the
+same copy at once.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -57,8 +61,9 @@ from pymongo.errors import OperationFailure, PyMongoError
 from services.common import routing, scripts
 from services.common.clients import insert_new
 from services.common.config import Settings
+from services.common.fastredis import idempotent_script, may_run_twice
 from services.common.inbox import receipts
-from services.common.routing import PENDING_ALL, Push, pending_key
+from services.common.routing import Push, pending_key
 from services.delivery.counters import Counter as InboxCounter
 from services.delivery.counters import InboxCounters
 from services.delivery.hot import HotInbox, Removal, Replicas
@@ -66,6 +71,9 @@ from services.delivery.hot import HotInbox, Removal, Replicas
 DEDUP_DAYS = 7
 DAY_S = 86400
 ID_CHUNK = 500
+DELETE_CHUNK = 5000
+"""Ids per ``delete_many`` (a few hundred KB of command; one delete of 30,000 ids took
+a third of the time of sixty of 500 on the embedded server)."""
 MOVED_KEPT = 100_000
 """The most moved items whose clean-up failed that a process keeps to try again."""
 ORPHAN_GRACE_S = 60.0
@@ -73,21 +81,73 @@ ORPHAN_GRACE_S = 60.0
 sent again after a connection error takes its retries' time, seconds, to land)."""
 SECOND_LOOK_PAUSE_S = 30.0
 """How long removals found hot skip their look in MongoDB after it failed."""
+CLAIM_SPAN_S = 600
+"""The span of a claim hash (:data:`_CLAIM_GONE`): a claim is seen for 10 to 20 minutes,
+far past the moment two deleters of one copy can overlap (their reads and deletes)."""
+PAGE_STEPS = 16
+"""The most reads (a chunk of numbers, or a look for the next item past a range that
+holds nothing) one page makes: a gap of any length costs a page two."""
+RANGE_READ_AT = 2000
+"""Numbers in a range past which its persisted copies are found by an ``_id`` range
+(one aggregation a thousand copies), not by listing every number (``$in``)."""
+SHADOW_GRACE_S = 60.0
+"""How long after its move a MongoDB copy below the watermark is left to the persister's
+own clean-up (:meth:`DeliveryStore._clean_moved`): until then it may be the shadow of a
+hot copy an ack took (and counted) while it was being moved."""
+SWEEP_INBOXES = 20_000
+"""The most inboxes one upkeep run looks at for copies below their watermark (the next
+run goes on from there)."""
+SWEEP_PER_INBOX = 5_000
+"""The most copies below its watermark one upkeep run deletes from one inbox."""
 
 log = logging.getLogger(__name__)
 
 
-# Add each (field, delta) pair of ARGV to the hash KEYS[1]; drop fields that reach
-# zero or less; keep the key for ARGV[1] seconds (items expire by then anyway).
-_COUNT_PENDING = """
-for i = 2, #ARGV, 2 do
-  if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) <= 0 then
-    redis.call('HDEL', KEYS[1], ARGV[i])
+# Deleting persisted copies: which of them this call is the first to claim. Whoever
+# claims a copy first lowers its inbox's waiting counts for it (in this script, once) and
+# sends its `delivered` receipt: an ack, a removal, the expiry and the upkeep may find the
+# same copy at once, and each lowered the counts for what it had found (an unsend racing
+# an ack of the same copy counted it twice). KEYS[1] the inbox's waiting counts, KEYS[2]
+# this span's claims (written), KEYS[3] and KEYS[4] the spans before and after (read: a
+# clock a span off still sees them); ARGV[1] this call's token, ARGV[2] how long to keep
+# KEYS[1], ARGV[3] how long to keep KEYS[2], then per copy its seq and what it counts in
+# ('' nothing, '*' the inbox alone, else its sender too). Returns per copy 1 when it is
+# this call's (claimed now, or by this call's earlier run: the token), else 0; so the
+# script may run twice (a reply lost, the request sent again) and changes nothing more.
+_CLAIM_GONE = """
+local out, per, total = {}, {}, 0
+for i = 4, #ARGV, 2 do
+  local seq, field = ARGV[i], ARGV[i + 1]
+  local owner = redis.call('HGET', KEYS[3], seq) or redis.call('HGET', KEYS[4], seq)
+  if not owner then
+    if redis.call('HSETNX', KEYS[2], seq, ARGV[1]) == 1 then
+      owner = ARGV[1]
+      if field ~= '' then
+        total = total + 1
+        if field ~= '*' then per[field] = (per[field] or 0) + 1 end
+      end
+    else
+      owner = redis.call('HGET', KEYS[2], seq)
+    end
   end
+  out[#out + 1] = (owner == ARGV[1]) and 1 or 0
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return 0
+if #ARGV >= 4 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+if total > 0 then
+  per['*'] = total
+  for f, c in pairs(per) do
+    if redis.call('HINCRBY', KEYS[1], f, -c) <= 0 then redis.call('HDEL', KEYS[1], f) end
+  end
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+end
+return out
 """
+
+_GONE_FIELDS = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
+                "client_id": 1, "kind": 1, "conversation": 1, "seq": 1, "server_id": 1,
+                "room": 1, "uncounted": 1, "moved_at": 1}  # fmt: skip
+"""What deleting a persisted copy needs of it: its counts and its `delivered` receipt
+(``room`` too: a private room's copy earns no receipt)."""
 
 
 class SequenceCollision(Exception):
@@ -105,7 +165,8 @@ class DeliveryStore:
         self.contacts = db["contacts"]
         self.redis = redis
         self.prefix = settings.redis_prefix
-        self._count_pending = scripts.register(redis, _COUNT_PENDING)
+        self._claim_gone = scripts.register(redis, _CLAIM_GONE)
+        idempotent_script(self._claim_gone.sha)  # a second run changes nothing (its token)
         self.ctr = InboxCounters(redis, self.prefix, self.counters, db["meta"])
         self.hot = HotInbox(
             redis, self.prefix, settings.hot_dedup_s,
@@ -124,6 +185,11 @@ class DeliveryStore:
         # failed to answer: each look would hold a tombstone's batch for the server
         # selection timeout, seconds, while a removal of hot copies needs no MongoDB).
         self._second_look_at = 0.0
+        self._again_look_at = 0.0
+        """Until then an ack found acknowledged already does not look in MongoDB for what
+        its range left there (it failed to answer: :meth:`acknowledge_many`)."""
+        self._sweep_at = ""
+        """Where the upkeep's walk over the persisted copies goes on (:meth:`sweep_acked`)."""
 
     async def ensure_indexes(self) -> None:
         # The unique (from, client_id) index of 0.1 made every duplicate a table
@@ -172,23 +238,21 @@ class DeliveryStore:
     ) -> tuple[dict[str, tuple[int, str]], set[str], dict[str, int]]:
         """A batch's first round trip: the items' dedup records
         (:meth:`HotInbox.claims_and_gone`, with the removal marks of
-        ``server_ids``) and, taken before knowing which items are repeats,
-        numbers for all of them (each inbox's first; :meth:`store_hot` uses them for
-        the fresh ones). A repeat's number goes unused: sequence numbers are not
-        dense (docs/protocol.md), and repeats are rare. An inbox whose counter is
-        missing gets none here (:meth:`store_hot` seeds it and reserves then).
+        ``server_ids``) and, in the same script, numbers for the items that have
+        no record (each inbox's first; :meth:`store_and_route` gives them to its
+        new items in order). A repeat takes none: until 2026-12-07 every item
+        took one and a repeat's went unused, so a sender resending one message (a
+        repeat raises no waiting count: no cap refuses it) left a gap that grew
+        without limit, and pages walked it (``hot._CLAIMS_NUMBERS``). An inbox
+        whose counter is missing gets none here (:meth:`store_hot` seeds it and
+        reserves then).
         """
-        keys = [item_dedup_key(d) for d in items]
+        keys = list(dict.fromkeys(item_dedup_key(d) for d in items))
         ids = list(dict.fromkeys(server_ids))
-        counts = dict(Counter(d["inbox"] for d in items))
         async with self.redis.pipeline(transaction=False) as pipe:
-            queued = await self.hot.queue_claims(pipe, keys, ids)
-            inboxes = await self.ctr.queue_reserve(pipe, counts)
+            _, inboxes = await self.hot.queue_claims_numbers(pipe, keys, ids)
             results = await pipe.execute()
-        claims, gone = self.hot.read_claims(keys, ids, results[:queued])
-        numbers: dict[str, int] = {}
-        self.ctr.read_reserve(inboxes, counts, results[queued:], numbers)
-        return claims, gone, numbers
+        return self.hot.read_claims_numbers(keys, ids, inboxes, results)
 
     async def store_hot(
         self, items: list[dict[str, Any]], claims: dict[str, tuple[int, str]] | None = None
@@ -211,7 +275,7 @@ class DeliveryStore:
         the dedup records, the sequence numbers (one ``HINCRBY`` per inbox),
         then one pipeline with the persister's index and one script per device inbox
         that writes its items, their dedup records and its waiting counts
-        (:meth:`count_pending`'s, raised for what was written). A repeat of a
+        (raised for what was written). A repeat of a
         message seen within ``hot_dedup_s`` comes back with ``duplicate`` set
         (and ``acked`` when it is no longer hot: acknowledged, or persisted and
         left for sync). Kafka keeps the records until the items are persisted
@@ -334,7 +398,7 @@ class DeliveryStore:
         batch = self.settings.hot_persist_batch
         written = 0
         if self._moved:
-            await self._clean_moved([])
+            await self._clean_moved()
         async for page in self._due_pages(cutoff, batch):
             for i in range(0, len(page), batch):
                 written += await self._persist_page(page[i : i + batch], cutoff)
@@ -387,7 +451,6 @@ class DeliveryStore:
         for inbox, seq, _ in due:
             wanted.setdefault(inbox, []).append(seq)
         hot = await self.hot.get_many(wanted)
-        docs = [doc for per in hot.values() for doc in per.values()]
         # An entry whose item is not there: an item acknowledged or removed (their
         # scripts take the entry too), a write cut short (the entry goes first), or
         # a write still under way, sent again by redis-py after a connection error
@@ -400,38 +463,75 @@ class DeliveryStore:
             (inbox, seq) for inbox, seq, at in due
             if seq not in hot.get(inbox, {}) and at < cutoff - ORPHAN_GRACE_S
         ]  # fmt: skip
+        now = time.time()
+        docs = [{**hot[inbox][seq], "moved_at": now} for inbox, seq in moved]
         await insert_new(self.inbox, docs)
-        await self.hot.remove(moved)
+        # Kept from here until the clean-up is done: a pass that failed taking the items
+        # out of Redis (after the insert) left copies an ack of the hot items never
+        # looked for, below the watermark for good.
+        self._keep_moved([_slim(d) for d in docs])
+        taken = await self.hot.remove(moved)
+        for d, out in zip(self._moved[len(self._moved) - len(docs) :], taken, strict=True):
+            d["out"] = out
         await self.hot.unindex(orphans)  # the entry alone: an item landing now stays
         if docs:
-            await self._clean_moved(docs)
+            await self._clean_moved()
         return len(docs)
 
-    async def _clean_moved(self, docs: list[dict[str, Any]]) -> None:
-        """Delete the MongoDB copies of moved items that were acknowledged (at or below
-        their inbox's watermark) or removed (a tombstone that raced the move: it marks
-        the copy before deleting it anywhere) while they moved.
+    def _keep_moved(self, docs: list[dict[str, Any]]) -> None:
+        self._moved += docs
+        if len(self._moved) > MOVED_KEPT:
+            extra = {"items": len(self._moved) - MOVED_KEPT}
+            log.warning("moved items left uncleaned", extra=extra)
+            self._moved = self._moved[-MOVED_KEPT:]
 
-        The items have left Redis: no later pass would find them. So until this
+    async def _clean_moved(self) -> None:
+        """Finish the moves of ``_moved``: take out of Redis the items not taken yet, then
+        delete the MongoDB copies of those acknowledged (at or below their inbox's
+        watermark) or removed (a tombstone that raced the move: it marks the copy
+        before deleting it anywhere) while they moved.
+
+        A copy whose item this process took out of Redis (``out``) was the item's
+        live copy: it is deleted as any deleter does (:meth:`_delete_copies`: the ack
+        or removal that finds it too may claim it first, and only the first lowers
+        the waiting counts and sends the receipt). One whose item was gone already
+        is a shadow (the ack or removal took the hot item, and counted it, while it
+        moved; or another process moved it, and cleans it): deleted, counted by
+        no one here.
+
+        The items may have left Redis: no later pass would find them. So until this
         succeeds they are kept (``_moved``) and looked at again first thing in the
         next pass. (They were not: after a failure here an acknowledged copy stayed
         in MongoDB for good, and a removed one came back in pages once its removal
-        marker expired.) What a process killed in between leaves is not retried.
+        marker expired; after a failure taking them out of Redis, the copies of
+        those acknowledged while still hot stayed too.) What a process killed in
+        between leaves is deleted by the upkeep (:meth:`sweep_acked`).
         """
-        # What the checks need, not the bodies (a batch of 64 KB messages is 64 MB).
-        docs = self._moved + [{k: d[k] for k in ("_id", "inbox", "seq", "server_id")} for d in docs]
-        if len(docs) > MOVED_KEPT:
-            log.warning("moved items left uncleaned", extra={"items": len(docs) - MOVED_KEPT})
-            docs = docs[-MOVED_KEPT:]
-        self._moved = docs
+        docs = self._moved
+        if not docs:
+            return
+        pending = [d for d in docs if d.get("out") is None]
+        if pending:
+            taken = await self.hot.remove([(d["inbox"], int(d["seq"])) for d in pending])
+            for d, out in zip(pending, taken, strict=True):
+                d["out"] = out
         inboxes = list({d["inbox"] for d in docs})
         acked = {i: c.acked for i, c in (await self.ctr.get(inboxes)).items()}
-        stale = [d["_id"] for d in docs if int(d["seq"]) <= acked.get(d["inbox"], 0)]
-        gone = [d["_id"] for d in await self.hot.removed(docs)]
-        for ids in (stale, gone):
-            for i in range(0, len(ids), ID_CHUNK):
-                await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
+        stale = [d for d in docs if int(d["seq"]) <= acked.get(d["inbox"], 0)]
+        gone = await self.hot.removed(docs)
+        removed_ids = {d["_id"] for d in gone}
+        targets = list({d["_id"]: d for d in stale + gone}.values())
+        shadows = [d["_id"] for d in targets if not d["out"]]
+        for i in range(0, len(shadows), ID_CHUNK):
+            await self.inbox.delete_many({"_id": {"$in": shadows[i : i + ID_CHUNK]}})
+        mine = await self._delete_copies([d for d in targets if d["out"]])
         self._moved = []
+        # The live copies of items acknowledged while they moved: their receipts are due
+        # (the ack found them not hot, and it claims no copy this process claimed).
+        due = [d for d in mine if d["_id"] not in removed_ids]
+        if due:
+            with contextlib.suppress(Exception):  # best effort, as every receipt
+                await self.publish(receipts(due))
 
     def _dedup_collections(self, now: float) -> list[AsyncCollection[dict[str, Any]]]:
         """Today's dedup collection first, then the previous days still kept."""
@@ -462,8 +562,10 @@ class DeliveryStore:
                 if d.get("inbox")]  # fmt: skip
 
     async def drop_inbox(self, inbox: str) -> int:
-        """Delete every waiting item of a device inbox (the device left its account)."""
-        counter = (await self.ctr.get([inbox]))[inbox]
+        """Delete every waiting item of a device inbox (the device left its account).
+        Raises :class:`CountersUnseeded` while another seeder holds its counter (the
+        event waits, as a batch does: services/delivery/outage.py)."""
+        counter = await self.ctr.require(inbox)
         if counter.n <= counter.acked:
             return 0
         first, last = counter.acked + 1, counter.n
@@ -517,11 +619,9 @@ class DeliveryStore:
             found = []
         if not found:
             return len(taken)
-        result = await self.inbox.delete_many(
-            {"_id": {"$in": [d["_id"] for d in found]}, "acked": False}
-        )
-        await self.count_pending(found, -1)
-        return len(taken) + int(result.deleted_count)
+        # Counted by whoever claims each copy first: an ack of the same copy may be
+        # deleting it now (each lowered the counts for what it had found: twice).
+        return len(taken) + len(await self._delete_copies(found))
 
     async def _defer_removals(self, removals: list[Removal]) -> None:
         if removals:
@@ -532,11 +632,17 @@ class DeliveryStore:
 
     async def drain_cold_removals(self) -> int:
         """What removals left for later while MongoDB was down (:meth:`remove_copies`):
-        their copies in MongoDB deleted now (their waiting counts lowered); returns how
-        many. Raises while MongoDB is still down (they stay for the next run)."""
+        their copies in MongoDB deleted now (their waiting counts lowered, once:
+        :meth:`_delete_copies`); returns how many. Raises while MongoDB is still down
+        (they stay for the next run).
+
+        Entries are read (``SRANDMEMBER``, safe to send again) and taken out of the
+        set once done: ``SPOP`` handed them over in its reply, and a reply lost (a
+        connection error after the command ran) lost them; sent again, it took a
+        second set."""
         deleted = 0
         while True:
-            raw = await self.redis.spop(self.cold_removals, ID_CHUNK)
+            raw = await self.redis.srandmember(self.cold_removals, ID_CHUNK)
             if not raw:
                 return deleted
             wanted: dict[tuple[str, str], str] = {}
@@ -544,17 +650,11 @@ class DeliveryStore:
                 with contextlib.suppress(ValueError, TypeError):
                     inbox, server_id, sender = orjson.loads(scripts.text(r))
                     wanted[(str(inbox), str(server_id))] = str(sender)
-            try:
-                found = await self._cold_copies(wanted) if wanted else []
-                if found:
-                    result = await self.inbox.delete_many(
-                        {"_id": {"$in": [d["_id"] for d in found]}, "acked": False}
-                    )
-                    await self.count_pending(found, -1)
-                    deleted += int(result.deleted_count)
-            except BaseException:
-                await self.redis.sadd(self.cold_removals, *raw)
-                raise
+            found = await self._cold_copies(wanted) if wanted else []
+            deleted += len(await self._delete_copies(found))
+            await self.redis.srem(self.cold_removals, *raw)
+            if len(raw) < ID_CHUNK:
+                return deleted
 
     async def _cold_copies(self, wanted: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
         """The unacknowledged MongoDB copies of these (inbox, server id) messages from
@@ -564,9 +664,8 @@ class DeliveryStore:
             "inbox": {"$in": sorted({inbox for inbox, _ in wanted})},
             "acked": False,
         }
-        fields = {"inbox": 1, "from": 1, "kind": 1, "server_id": 1, "uncounted": 1}
         return [
-            d async for d in self.inbox.find(query, fields)
+            d async for d in self.inbox.find(query, _GONE_FIELDS)
             if wanted.get((d["inbox"], d["server_id"])) == d.get("from")
             and d.get("kind", "message") == "message"
         ]  # fmt: skip
@@ -584,29 +683,57 @@ class DeliveryStore:
         """Where an inbox's waiting counts live and how long they are kept."""
         return pending_key(self.prefix, inbox), self.settings.inbox_expiry_s + DAY_S
 
-    async def count_pending(self, docs: Iterable[dict[str, Any]], sign: int) -> None:
-        """Raise (``sign`` 1: stored) or lower (-1: acknowledged, expired) the waiting
-        counts of these items' inboxes: all items, and messages per sender; an item
-        marked ``uncounted`` (a private room's copy) is left out of them."""
-        deltas: dict[str, Counter[str]] = {}
-        for doc in docs:
-            if doc.get("uncounted"):
-                continue  # a room's copy (services/delivery/fanout.py)
-            per = deltas.setdefault(doc["inbox"], Counter())
-            per[PENDING_ALL] += sign
-            if doc.get("kind", "message") == "message":
-                per[doc["from"]] += sign
-        if not deltas:
-            return
+    def claim_key(self, inbox: str, span: int) -> str:
+        """Where the copies of ``inbox`` deleted in ``span`` are claimed (:data:`_CLAIM_GONE`)."""
+        return f"{self.prefix}:rmd:{{{inbox}}}:{span}"
+
+    async def _delete_copies(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Delete these persisted copies (found in MongoDB: ``_GONE_FIELDS`` at least) and
+        lower their waiting counts once; returns those this call was the first to claim
+        (their counts were lowered here: they are its to report and to send receipts
+        for).
+
+        An ack, a removal, the expiry and the upkeep may find one copy at once, and
+        each lowered the counts for what it had found (an unsend racing an ack of
+        the same copy: counted twice, a cap reached early for good). Whoever claims
+        a copy first in Redis now counts it (:data:`_CLAIM_GONE`, one script per
+        inbox, after the delete: one that fails leaves no claim behind). Counting by
+        ``deleted_count`` instead is exact only per delete, and a delete holds
+        copies of many senders: it needs one delete per sender or per copy, or a
+        marking update (which rewrites every body) before it.
+        """
+        if not docs:
+            return []
+        ids = [d["_id"] for d in docs]
+        for i in range(0, len(ids), DELETE_CHUNK):
+            await self.inbox.delete_many({"_id": {"$in": ids[i : i + DELETE_CHUNK]}})
+        return await self._claim(docs)
+
+    async def _claim(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Claim these copies (deleted) for this call (:data:`_CLAIM_GONE`); returns those
+        it was the first to claim, their waiting counts lowered."""
+        by_inbox: dict[str, list[dict[str, Any]]] = {}
+        for d in {d["_id"]: d for d in docs}.values():
+            by_inbox.setdefault(d["inbox"], []).append(d)
+        token = uuid.uuid4().hex
+        span = int(time.time() // CLAIM_SPAN_S)
         keep = self.settings.inbox_expiry_s + DAY_S
+        order: list[list[dict[str, Any]]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for inbox, per in deltas.items():
-                args: list[str | int] = [keep]
-                for field, delta in per.items():
-                    args += [field, delta]
-                key = pending_key(self.prefix, inbox)
-                await scripts.queue(pipe, self._count_pending, [key], args)
-            await pipe.execute()
+            may_run_twice(pipe)  # the token: a second run changes nothing
+            for inbox, group in by_inbox.items():
+                claims = [self.claim_key(inbox, s) for s in (span, span - 1, span + 1)]
+                keys = [pending_key(self.prefix, inbox), *claims]
+                for i in range(0, len(group), 1000):
+                    chunk = group[i : i + 1000]
+                    args: list[str | int] = [token, keep, 3 * CLAIM_SPAN_S]
+                    for d in chunk:
+                        args += [int(d["seq"]), _count_field(d)]
+                    await scripts.queue(pipe, self._claim_gone, keys, args)
+                    order.append(chunk)
+            results = await pipe.execute()
+        return [d for chunk, got in zip(order, results, strict=True)
+                for d, mine in zip(chunk, got, strict=True) if int(mine)]  # fmt: skip
 
     async def purge_expired(self, now: float | None = None, concurrency: int = 8) -> int:
         """Delete unacknowledged items stored more than ``inbox_expiry_s`` ago; returns
@@ -658,12 +785,100 @@ class DeliveryStore:
             start = stop
         if not expired:
             return 0
-        for i in range(0, len(expired), ID_CHUNK):
-            chunk = [d["_id"] for d in expired[i : i + ID_CHUNK]]
-            await self.inbox.delete_many({"_id": {"$in": chunk}})
+        mine = await self._delete_copies(expired)
         await self.ctr.raise_acked({inbox: top})
-        await self.count_pending(expired, -1)
-        return len(expired)
+        return len(mine)
+
+    async def sweep_acked(self, inboxes: int = SWEEP_INBOXES) -> int:
+        """Delete the persisted copies at or below their inbox's watermark (acknowledged,
+        or expired) that are still in MongoDB; returns how many this call deleted
+        (their waiting counts lowered once, their `delivered` receipts sent).
+
+        Nothing else looks below a watermark, and copies end up there: an ack whose
+        script ran and whose process died (or whose reply was lost) before the
+        MongoDB delete; a persister pass that inserted its items and failed to
+        take them out of Redis, and the items acknowledged hot meanwhile; a process
+        killed between a move and its clean-up. The expiry job walks only from each
+        watermark up, so those copies stayed for good, counted as waiting.
+
+        One walk over the ``inbox`` collection in ``_id`` order (the ids sort by
+        inbox, then seq), at most ``inboxes`` inboxes a run, the next run going on
+        from there (a cycle starts again at the end): the first copies of the next
+        inboxes (one aggregation reads a hundred, from the index), each inbox's
+        watermark (Redis), and for one whose first copy is at or below it, its
+        copies up to the watermark by ``_id`` range, then on past its ids. An inbox
+        costs a read; its waiting copies are not read. A copy moved in the last
+        ``SHADOW_GRACE_S`` is left to its persister's clean-up (it may be a shadow
+        of a hot copy an ack took: counted already).
+        """
+        seen = 0
+        swept: list[dict[str, Any]] = []
+        cursor = self._sweep_at
+        while seen < inboxes:
+            pipeline: list[dict[str, Any]] = [
+                {"$match": {"_id": {"$gt": cursor}} if cursor else {}},
+                {"$sort": {"_id": 1}}, {"$limit": 100}, {"$project": {"_id": 1}},
+            ]  # fmt: skip
+            page = await (await self.inbox.aggregate(pipeline)).to_list()
+            if not page:
+                cursor = ""  # the end: the next run starts again
+                break
+            firsts: dict[str, int] = {}
+            for d in page:
+                inbox, _, seq = str(d["_id"]).rpartition("|")
+                if inbox and seq.isdigit():
+                    firsts.setdefault(inbox, int(seq))
+            if not firsts:
+                cursor = str(page[-1]["_id"])
+                continue
+            counters = await self.ctr.get(list(firsts))
+            for inbox, first in firsts.items():
+                c = counters.get(inbox)
+                if c is not None and first <= c.acked:
+                    swept += await self._below(inbox, c.acked, SWEEP_PER_INBOX)
+            # Past every id of the page's last inbox: "<inbox>|:" follows its 16 digits,
+            # and no other inbox's ids sort between (inbox ids hold no "|").
+            cursor = f"{list(firsts)[-1]}|:"
+            seen += len(firsts)
+        self._sweep_at = cursor
+        if swept:
+            await self.publish(receipts(swept))
+        return len(swept)
+
+    async def _below(
+        self, inbox: str, top: int, most: int | None, grace: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Delete up to ``most`` (None: all) copies of ``inbox`` at or below ``top``
+        (acknowledged) found by ``_id`` range, those moved in the last ``grace``
+        seconds (``SHADOW_GRACE_S``) left out; returns those this call claimed
+        (:meth:`_delete_copies`)."""
+        out: list[dict[str, Any]] = []
+        grace = SHADOW_GRACE_S if grace is None else grace
+        after, young = item_id(inbox, 0), time.time() - grace
+        while most is None or len(out) < most:
+            docs = await self._in_range(inbox, after, item_id(inbox, top), 1000)
+            if not docs:
+                break
+            after = docs[-1]["_id"]
+            old = [d for d in docs if float(d.get("moved_at") or 0) <= young]
+            out += await self._delete_copies(old)
+            if len(docs) < 1000:
+                break
+        return out
+
+    async def _in_range(
+        self, inbox: str, after: str, last: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """The first ``limit`` unacknowledged copies with ``after < _id <= last`` (ids of
+        ``inbox``), in ``_id`` order, what deleting them needs of each: an aggregation,
+        which the embedded server answers from the ``_id`` index (a ``find`` of a
+        range reads the whole collection: docs/embedded.md)."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"_id": {"$gt": after, "$lte": last}, "acked": False}},
+            {"$sort": {"_id": 1}}, {"$limit": limit}, {"$project": _GONE_FIELDS},
+        ]  # fmt: skip
+        return [d for d in await (await self.inbox.aggregate(pipeline)).to_list()
+                if d.get("inbox") == inbox]  # fmt: skip
 
     # Reading and acknowledging ----------------------------------------------
     async def inbox_depths(self, inboxes: Iterable[str]) -> dict[str, int]:
@@ -681,12 +896,25 @@ class DeliveryStore:
         Reads by ``_id`` lists (``$in``), not ranges: sequence numbers are known
         from the user's counter, and the embedded server serves ``$in`` on the
         primary key from its index but scans the table for a range.
+
+        At most ``PAGE_STEPS`` reads: a chunk of numbers that holds nothing at all
+        (numbers reserved and never used: a batch refused or cut short, a clash; and,
+        until 2026-12-07, one per repeat of a resent message) is followed by a look
+        for the next item wherever it is (:meth:`_next_seq`), so a gap of any length
+        costs two reads, not one per chunk of it (a gap of 200,000 numbers: 1,000
+        MongoDB and 1,000 Redis round trips for a page of one item; a million: past
+        the gateway's timeout, and the device never synced). A page that runs out
+        of reads returns what it found with ``more``. Raises
+        :class:`~services.delivery.counters.CountersUnseeded` while another seeder
+        holds the inbox's counter (``service_unavailable``, as any dependency away).
         """
-        counter = (await self.ctr.get([user]))[user]
+        counter = await self.ctr.require(user)
         last = counter.n
         start = max(after, counter.acked)
         found: list[dict[str, Any]] = []
-        while (start := counter.skip(start)) < last and len(found) < limit:
+        steps = 0
+        while (start := counter.skip(start)) < last and len(found) < limit and steps < PAGE_STEPS:
+            steps += 1
             stop = counter.stop(start, limit)
             seqs = list(range(start + 1, stop + 1))
             # Hot first; what is not hot was persisted (it is inserted into
@@ -694,6 +922,7 @@ class DeliveryStore:
             hot = await self.hot.get(user, seqs)
             found.extend(hot.values())
             cold = [s for s in seqs if s not in hot]
+            docs: list[dict[str, Any]] = []
             if cold:
                 docs = await self._by_ids(user, cold, {"acked": False})
                 # A copy the persister wrote while its message was being removed
@@ -702,11 +931,24 @@ class DeliveryStore:
                 gone = {d["_id"] for d in await self.hot.removed(docs)}
                 found.extend(d for d in docs if d["_id"] not in gone)
             start = stop
+            if not hot and not docs and start < last and steps < PAGE_STEPS:
+                steps += 1
+                nxt = await self._next_seq(user, start, last)
+                start = last if nxt is None else max(start, nxt - 1)
         found.sort(key=lambda d: d["seq"])
         more = len(found) > limit or start < last
         found = found[:limit]
         n, _ = fit((d.get("body") or "" for d in found), self.settings.sync_page_bytes)
         return found[:n], more or n < len(found)
+
+    async def _next_seq(self, user: str, after: int, last: int) -> int | None:
+        """The lowest seq above ``after`` and at most ``last`` of an item of ``user``'s,
+        hot or persisted (one Redis script over the hot hash's fields, one
+        aggregation over the ``_id`` index), or None."""
+        hot = await self.hot.next_hot(user, after, last)
+        cold = await self._in_range(user, item_id(user, after), item_id(user, last), 1)
+        found = [s for s in (hot, *(int(d["seq"]) for d in cold)) if s is not None]
+        return min(found) if found else None
 
     async def _by_ids(
         self, user: str, seqs: list[int], extra: dict[str, Any], fields: Any = None
@@ -740,10 +982,17 @@ class DeliveryStore:
         script as its hot items are taken out and its waiting counts lowered;
         from then no page returns these items, and the persister deletes any
         copy it writes at or below it (persist_due). The range from the old
-        watermark to the new one is this call's alone to delete; acknowledged
-        items are deleted (their dedup records keep later resends out), and
-        their waiting counts lowered. The same script takes the hot items out of
-        the persister's index.
+        watermark to the new one is this call's alone to acknowledge; its copies
+        in MongoDB are deleted and counted by whoever claims them first
+        (:meth:`_delete_copies`: a removal may be deleting one of them), found by
+        their ids, or by an ``_id`` range for a wide one (a gap: not every number
+        listed). The same script takes the hot items out of the persister's index.
+
+        An ack the script finds acknowledged already (a repeat, or one sent again
+        after its first try's reply was lost: the first run took the range) still
+        deletes what MongoDB holds of it (:meth:`_below`): until 2026-12-07 those
+        copies stayed below the watermark for good, counted as waiting, their
+        receipts never sent.
 
         ``over``: when given, an inbox whose target is past the last number it
         issued is not acknowledged at all and lands in ``over`` with that
@@ -753,20 +1002,22 @@ class DeliveryStore:
         users = list(targets)
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
         before = await self.ctr.ack_hot(targets, over)
-        cold: list[str] = []
+        ranges: list[tuple[str, InboxCounter, int, set[int]]] = []
+        again: dict[str, int] = {}
         for u, (c, raw) in before.items():
             top = min(targets[u], c.n)
             if top <= c.acked:
+                if top > 0:
+                    again[u] = top
                 continue
             # In seq order (the script's); a room copy as its seq alone.
             docs = [orjson.loads(r) if isinstance(r, bytes) else _room_copy(u, r) for r in raw]
             acked[u] = docs
-            numbers = c.numbers(c.acked + 1, top)
-            if len(docs) < len(numbers):  # some were persisted: in MongoDB
-                have = {int(d["seq"]) for d in docs}
-                cold += [item_id(u, s) for s in numbers if s not in have]
+            if len(docs) < c.width(c.acked + 1, top):  # some were persisted: in MongoDB
+                ranges.append((u, c, top, {int(d["seq"]) for d in docs}))
+        stored: list[dict[str, Any]] = []
         try:
-            stored = await self.delete_acked(cold)
+            stored = await self._acked_cold(ranges)
         except PyMongoError as exc:
             # MongoDB is down, or failed otherwise (only a lost connection was caught:
             # any other error of MongoDB's lost the ids, their copies kept below the
@@ -774,52 +1025,90 @@ class DeliveryStore:
             # raises). The watermarks are raised already (no page returns
             # these items again): their deletion and their receipts wait for the
             # persister (drain_cold_acks); the hot items' receipts go out now.
-            extra = {"items": len(cold), "error": repr(exc)}
+            extra = {"ranges": len(ranges), "error": repr(exc)}
             log.info("acked items in MongoDB left for later", extra=extra)
-            if cold:
-                await self.redis.sadd(self.cold_acks, *cold)
-            stored = []
+            await self._defer_acks(ranges)
+        if again and time.monotonic() >= self._again_look_at:
+            try:
+                for u, top in again.items():
+                    stored += await self._below(u, top, ID_CHUNK)
+            except PyMongoError as exc:  # left to the upkeep (sweep_acked), as any below
+                # Not asked again for a while: each look would hold the flush for the
+                # server selection timeout while MongoDB is down.
+                self._again_look_at = time.monotonic() + SECOND_LOOK_PAUSE_S
+                log.info("acked items left below the watermark", extra={"error": repr(exc)})
         for doc in stored:
             acked[doc["inbox"]].append(doc)
         for inbox in {d["inbox"] for d in stored}:
             acked[inbox].sort(key=lambda d: int(d["seq"]))
         return acked
 
+    async def _acked_cold(
+        self, ranges: list[tuple[str, InboxCounter, int, set[int]]]
+    ) -> list[dict[str, Any]]:
+        """Delete the MongoDB copies of these acknowledged ranges (inbox, its counter
+        before, top, the seqs taken hot); returns those this call claimed."""
+        found: list[dict[str, Any]] = []
+        for u, c, top, have in ranges:
+            if c.width(c.acked + 1, top) <= RANGE_READ_AT:
+                seqs = [s for s in c.numbers(c.acked + 1, top) if s not in have]
+                found += await self._by_ids(u, seqs, {"acked": False}, _GONE_FIELDS)
+                continue
+            after = item_id(u, c.acked)
+            while docs := await self._in_range(u, after, item_id(u, top), 1000):
+                found += [d for d in docs if int(d["seq"]) not in have]
+                after = docs[-1]["_id"]
+        return await self._delete_copies(found)
+
+    async def _defer_acks(self, ranges: list[tuple[str, InboxCounter, int, set[int]]]) -> None:
+        """Leave these ranges' MongoDB copies to the persister (``cold_acks``): their ids,
+        or for a wide range ``~<inbox>|<top>`` (its copies up to ``top``)."""
+        entries: list[str] = []
+        for u, c, top, have in ranges:
+            if c.width(c.acked + 1, top) <= RANGE_READ_AT:
+                entries += [item_id(u, s) for s in c.numbers(c.acked + 1, top) if s not in have]
+            else:
+                entries.append(f"~{u}|{top}")
+        for i in range(0, len(entries), 1000):
+            await self.redis.sadd(self.cold_acks, *entries[i : i + 1000])
+
     async def delete_acked(self, ids: list[str]) -> list[dict[str, Any]]:
         """Delete these acknowledged items (``_id`` s) from MongoDB and lower their
-        waiting counts; returns what was there (for their receipts)."""
-        # ``room`` too: a private room's copy gets no `delivered` receipt (without it
-        # a persisted copy looked like a 1:1 message, and a room's sender got one
-        # receipt per member: a flood that closed its socket as a slow consumer).
-        fields = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
-                  "client_id": 1, "kind": 1, "conversation": 1, "seq": 1,
-                  "server_id": 1, "room": 1, "uncounted": 1}  # fmt: skip
-        stored: list[dict[str, Any]] = []
+        waiting counts; returns those this call claimed (for their receipts:
+        :meth:`_delete_copies`)."""
+        found: list[dict[str, Any]] = []
         for i in range(0, len(ids), ID_CHUNK):
             query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, "acked": False}
-            stored.extend([d async for d in self.inbox.find(query, fields)])
-        if stored:
-            await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in stored]}})
-            await self.count_pending(stored, -1)  # the ack script counted the hot ones
-        return stored
+            found.extend([d async for d in self.inbox.find(query, _GONE_FIELDS)])
+        return await self._delete_copies(found)
 
     async def drain_cold_acks(self) -> list[dict[str, Any]]:
         """What acks left for later while MongoDB was down (:meth:`acknowledge_many`):
         deleted now, their `delivered` receipts published; returns those items.
-        Raises while MongoDB is still down (the ids stay for the next run)."""
+        Raises while MongoDB is still down (the ids stay for the next run).
+
+        Entries are read (``SRANDMEMBER``, safe to send again) and taken out of the
+        set once done: ``SPOP`` handed them over in its reply, and a reply lost (a
+        connection error after the command ran) lost them; sent again, it took a
+        second set."""
         done: list[dict[str, Any]] = []
         while True:
-            raw = await self.redis.spop(self.cold_acks, ID_CHUNK)
-            ids = [scripts.text(r) for r in raw or []]
-            if not ids:
+            raw = await self.redis.srandmember(self.cold_acks, ID_CHUNK)
+            entries = [scripts.text(r) for r in raw or []]
+            if not entries:
                 return done
-            try:
-                stored = await self.delete_acked(ids)
-            except BaseException:
-                await self.redis.sadd(self.cold_acks, *ids)
-                raise
+            stored = await self.delete_acked([e for e in entries if not e.startswith("~")])
+            for entry in entries:
+                if entry.startswith("~"):
+                    inbox, _, top = entry[1:].rpartition("|")
+                    # Every copy up to there: the ack's range (the persister cleans
+                    # what it moves itself before this drain, in the same pass).
+                    stored += await self._below(inbox, int(top), None, grace=0)
+            await self.redis.srem(self.cold_acks, *entries)
             await self.publish(receipts(stored))
             done += stored
+            if len(entries) < ID_CHUNK:
+                return done
 
     # Routing ----------------------------------------------------------------
     async def publish(self, frames: list[Push], where: dict[str, set[str]] | None = None) -> int:
@@ -855,6 +1144,21 @@ def item_dedup_key(item: dict[str, Any]) -> str:
     """:func:`dedup_key` of an inbox item (an item without ``kind`` is a message)."""
     kind = str(item.get("kind") or "message")
     return dedup_key(item["inbox"], item["from"], item["client_id"], kind)
+
+
+def _count_field(doc: dict[str, Any]) -> str:
+    """What a copy counts in (:data:`_CLAIM_GONE`): '' nothing (a private room's copy),
+    ``*`` its inbox alone (a notice), else its sender too."""
+    if doc.get("uncounted"):
+        return ""
+    if doc.get("kind", "message") != "message":
+        return "*"
+    return str(doc["from"])
+
+
+def _slim(doc: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of a moved item until its move is cleaned up (not its body)."""
+    return {k: doc[k] for k in ("_id", *_GONE_FIELDS) if k in doc}
 
 
 def _room_copy(inbox: str, seq: int) -> dict[str, Any]:

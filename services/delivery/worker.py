@@ -887,6 +887,16 @@ class Worker:
         except Exception as exc:
             log.warning("inbox expiry failed", extra={"error": repr(exc)})
         try:
+            # Copies left in MongoDB below their watermark (acknowledged, or expired):
+            # an ack cut short, a move cut short (docs/delivery.md, "What is deleted").
+            swept = await self.store.sweep_acked()
+            if swept:
+                log.info("acknowledged copies left in MongoDB deleted", extra={"items": swept})
+                if self.acked is not None:
+                    self.acked.inc(swept)
+        except Exception as exc:
+            log.warning("inbox upkeep failed", extra={"error": repr(exc)})
+        try:
             cutoff = time.time() - self.settings.inbox_expiry_s
             expired = await self.room_log.purge_expired(cutoff)
             if expired:

@@ -10,10 +10,12 @@ that stops answering, but not on one that answers slowly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import hiredis
 import pytest
@@ -25,10 +27,10 @@ from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scripts.stack import _free_ports, redis_command
-from services.common import scripts
+from services.common import fastredis, scripts
 from services.common.clients import redis_client
 from services.common.config import Settings
-from services.common.fastredis import FastPipeline, FastRedis
+from services.common.fastredis import FastPipeline, FastRedis, may_run_twice
 from tests.support.aio import eventually
 
 
@@ -294,3 +296,98 @@ async def _pings(client: aioredis.Redis) -> bool:
         return bool(await client.ping())
     except RedisConnectionError:
         return False
+
+
+@contextlib.contextmanager
+def late_reply(
+    match: bytes | Callable[[bytes], bool], stall_s: float = 2.5
+) -> Iterator[dict[str, int]]:
+    """The first request over FastRedis's connection whose packed commands hold
+    ``match`` (or satisfy it) reaches Redis behind a script that keeps Redis busy
+    ``stall_s`` seconds,
+    on the same connection: Redis has read the request and runs it after the script,
+    but its reply comes after the client's socket timeout. What any slow command ahead
+    of it on the shared connection does. ``sent`` counts the requests holding
+    ``match`` (a request sent again after the timeout is one more)."""
+    busy = hiredis.pack_command((
+        "EVAL", "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
+        f"until (t[1] - t0[1]) * 1e6 + (t[2] - t0[2]) > {int(stall_s * 1e6)} return 0", "0",
+    ))  # fmt: skip
+    real = fastredis._Wire.call
+    state = {"sent": 0}
+
+    matches = match if callable(match) else (lambda payload: match in payload)
+
+    async def call(self: Any, payload: bytes, n: int) -> list[Any]:
+        if matches(payload):
+            state["sent"] += 1
+            if state["sent"] == 1:
+                return (await real(self, busy + payload, n + 1))[1:]
+        return await real(self, payload, n)
+
+    fastredis._Wire.call = call  # type: ignore[method-assign]
+    try:
+        yield state
+    finally:
+        fastredis._Wire.call = real  # type: ignore[method-assign]
+
+
+def _impatient(settings: Settings, retries: int = 3) -> FastRedis:
+    """A client that gives up on a reply after 0.5 s (and tries ``retries`` times more)."""
+    return FastRedis.from_url(
+        settings.redis_url, socket_timeout=0.5, retry=Retry(NoBackoff(), retries)
+    )
+
+
+async def test_a_command_that_may_have_run_is_not_sent_again_after_a_late_reply(
+    settings: Settings, plain: aioredis.Redis
+) -> None:
+    """Audit finding: a reply later than the socket timeout made FastRedis send the
+    whole request again on a fresh connection, and Redis ran it twice (it had read the
+    first one): ``INCR`` counted two, ``SPOP`` took two sets of members (the first
+    set's reply lost), a count script lowered the counts twice, an inbox's ack script
+    ran twice. A request that was written is now sent again only if every command in
+    it may run twice; else the timeout is raised and the caller decides."""
+    key = f"{settings.redis_prefix}:late:incr"
+    r = _impatient(settings)
+    try:
+        with late_reply(key.encode()) as state, pytest.raises(RedisTimeoutError):
+            await r.incr(key)
+        assert state["sent"] == 1
+        assert await plain.get(key) == b"1"  # it ran, once (after the busy script)
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.get(key)
+            with late_reply(key.encode()) as state, pytest.raises(RedisTimeoutError):
+                await pipe.execute()
+        assert state["sent"] == 1 and await plain.get(key) == b"2"
+    finally:
+        await r.aclose()
+
+
+async def test_a_read_or_a_request_marked_safe_is_sent_again_after_a_late_reply(
+    settings: Settings, plain: aioredis.Redis
+) -> None:
+    """What may run twice is still sent again, as redis-py does: reads, and a pipeline
+    its caller marked (``may_run_twice``: a script that remembers what a call did)."""
+    key = f"{settings.redis_prefix}:late:read"
+    await plain.set(key, "v")
+    r = _impatient(settings, retries=10)
+    try:
+        with late_reply(key.encode()) as state:
+            assert await r.get(key) == b"v"
+        assert state["sent"] >= 2
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.hmget(f"{key}:h", ["a"])
+            pipe.mget([key])
+            with late_reply(key.encode()) as state:
+                assert await pipe.execute() == [[None], [b"v"]]
+        assert state["sent"] >= 2
+        async with r.pipeline(transaction=False) as pipe:
+            may_run_twice(pipe)
+            pipe.set(key, "w")
+            with late_reply(key.encode()) as state:
+                assert await pipe.execute() == [True]
+        assert state["sent"] >= 2 and await plain.get(key) == b"w"
+    finally:
+        await r.aclose()

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from pymongo import AsyncMongoClient
 from pymongo.errors import ServerSelectionTimeoutError
 
-from services.delivery.counters import GAP, Counter, InboxCounters
+from services.delivery import counters
+from services.delivery.counters import GAP, Counter, CountersUnseeded, InboxCounters
+from services.delivery.outage import unavailable
 from services.delivery.store import DeliveryStore
 
 from .conftest import item
@@ -436,3 +438,21 @@ async def test_a_seeder_waits_for_the_inbox_another_seeder_holds(store: Delivery
     await asyncio.wait_for(waiting, 5)
     assert await ctr.reserve("uma", 1) == 2 + GAP + 1
     assert (await store.counters.find_one({"_id": "uma"}))["n"] == 2 + GAP  # one jump
+
+
+async def test_a_counter_another_seeder_holds_is_a_dependency_away_not_a_missing_key(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a page, and the removal of a device's inbox, read the counter of an
+    inbox whose seeding another process held (stuck on MongoDB after a Redis loss) and
+    raised KeyError: a page answered 500 ``internal``, and a device-removed event was
+    counted as the record's failure (dead-lettered after a few tries). Both raise
+    CountersUnseeded now: 503 ``service_unavailable`` (tests/messaging/test_acks.py),
+    and the event waits, as a batch does."""
+    monkeypatch.setattr(counters, "SEED_WAIT_S", 0.2)
+    await store.redis.set(store.ctr.seed_lock_key("held.1"), "another-process", ex=30)
+    with pytest.raises(CountersUnseeded):
+        await store.page("held.1", 0, 10)
+    with pytest.raises(CountersUnseeded) as err:
+        await store.drop_inbox("held.1")
+    assert unavailable(err.value) == "counters"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from parley_contract import envelopes as e
+
+from services.delivery import counters
+from services.delivery.state import WORKER
 from tests.support.users import uid
 from tests.support.wsclient import WsClient
 
@@ -56,3 +61,21 @@ async def test_an_ack_on_an_empty_inbox_is_refused_over_http(messaging: Messagin
     )
     assert resp.status == 200
     assert (await resp.json())["acked"] == 0
+
+
+async def test_a_page_whose_counter_another_seeder_holds_is_service_unavailable(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a page of an inbox whose counter another process was seeding (stuck
+    on MongoDB after a Redis loss) raised KeyError: 500 ``internal``. It is a
+    dependency away: 503 ``service_unavailable``, and the device asks again."""
+    monkeypatch.setattr(counters, "SEED_WAIT_S", 0.2)
+    user = uid()
+    token = messaging.issuer.token(user, did=1)
+    store = messaging.delivery.server.app[WORKER].store
+    await store.redis.set(store.ctr.seed_lock_key(e.inbox_id(user, 1)), "another", ex=30)
+    resp = await messaging.delivery.get(
+        "/delivery/v1/inbox", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "service_unavailable"
