@@ -238,4 +238,43 @@ describe('a sender key for a room this browser does not know', () => {
     expect(bob.roomHistory(roomId).map((e) => e.text)).toEqual(['after the outage']);
     expect(server.inbox.lost).toEqual([]);
   });
+
+  // The review's finding: any refusal that was not "later" (429, 5xx) was taken as "not a
+  // member", so a 401 (a revoked or invalid token) or a 403 dropped a real sender key and
+  // settled its frame: the room's messages could never be read. Only 404 room_not_found
+  // (or an answer without a role) says we are not in the room.
+  for (const [status, code] of [[401, 'token_revoked'], [401, 'invalid_token'], [403, 'forbidden']] as const) {
+    it(`whose check is refused ${status} ${code} is not dropped: read again once the check answers, it is taken`, async () => {
+      const { server, bob, alice } = await people();
+      const A = alice.user.user_id;
+      await connected(bob, server);
+      const roomId = 'e3'.repeat(12);
+      server.rooms.set(roomId, { name: 'team', members: [bob.me, A] });
+      server.roomsRefuse = { status, code };
+      const first = server.open[0];
+      const group = await GroupSession.create(roomId);
+      const key = server.push(await alice.message(server, skdPayload(roomId, b64encode(await group.distributionMessage()))));
+      await until('the socket given up', () => first?.closedWith === 4000);
+      expect(Math.max(0, ...server.inbox.acks)).toBeLessThan(key.seq);
+      expect(known(bob)).toEqual([]);
+      server.roomsRefuse = null;
+      await until('read again and taken', () => server.inbox.items.size === 0 && known(bob).includes(roomId));
+      for (const socket of server.open) socket.deliver(roomFrame(roomId, A, 1, await group.encrypt(utf8('after the refusal'))));
+      await until('read', () => bob.roomHistory(roomId).length === 1);
+      expect(bob.roomHistory(roomId).map((e) => e.text)).toEqual(['after the refusal']);
+      expect(server.inbox.lost).toEqual([]);
+    });
+  }
+
+  it('whose room the rooms service does not know for us (404 room_not_found) is dropped, its frame settled', async () => {
+    const { server, bob, alice } = await people();
+    await connected(bob, server);
+    const roomId = 'e4'.repeat(12); // not in server.rooms: 404 room_not_found
+    const first = server.open[0];
+    const key = server.push(await alice.message(server, skdPayload(roomId, b64encode(await (await GroupSession.create(roomId)).distributionMessage()))));
+    await until('settled', () => server.inbox.items.size === 0 && Math.max(0, ...server.inbox.acks) >= key.seq);
+    expect(first?.closedWith).toBeNull();
+    expect(known(bob)).toEqual([]);
+    expect(groups(bob)).toBe(0);
+  });
 });

@@ -15,7 +15,7 @@ import { b64encode, utf8 } from '../src/crypto/index.ts';
 import { GroupSession } from '../src/crypto/session.ts';
 import type * as W from '../src/generated/contract.ts';
 import { cleanUp, connected, reopen, until } from './support/clients.ts';
-import type { FakeServer, Peer } from './support/fakeServer.ts';
+import { type FakeServer, MemoryVault, type Peer } from './support/fakeServer.ts';
 import { teamRoom } from './support/rooms.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
@@ -128,24 +128,26 @@ describe('two senders past the cap (PENDING.max 3), pushes in between', () => {
     expect(logReads(server, roomId)).toEqual([0, 3, 6]);
   });
 
-  it("alice's key first (carol's then kept from the log), then carol's", async () => {
+  it("alice's key first (nothing of hers was left out: nothing read again; carol's stay remembered), then carol's", async () => {
     const roomId = 'e3'.repeat(12);
     const { server, bob, a, c } = await twoSenders(roomId);
     await a.key();
     expect(await settled(bob, roomId, 3, 6)).toEqual(['a1', 'a2', 'a3']);
-    // The places alice's held are carol's now (read again from 3).
-    expect(state(bob, roomId)).toEqual({ pending: 3, unkept: null, cursor: 6 });
-    expect(logReads(server, roomId)).toEqual([0, 3]);
+    // None of alice's was left out, so her key reads nothing again; carol's number stays
+    // (only her key can open them: read again now, they would only be kept waiting).
+    await new Promise((r) => setTimeout(r, 100));
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: 4, cursor: 6 });
+    expect(logReads(server, roomId)).toEqual([0]);
 
-    // alice's next opens; carol's finds the places taken; alice's after it opens.
+    // alice's next opens; carol's is kept (places free now); alice's after it opens.
     await pushed(server, bob, [await a.say('a4'), await c.say('c4'), await a.say('a5')]);
     expect(texts(bob, roomId)).toEqual(['a1', 'a2', 'a3', 'a4', 'a5']);
-    expect(state(bob, roomId)).toEqual({ pending: 3, unkept: 8, cursor: 9 });
+    expect(state(bob, roomId)).toEqual({ pending: 1, unkept: 4, cursor: 9 });
 
     await c.key();
     expect(await settled(bob, roomId, 9, 9)).toEqual(['a1', 'a2', 'a3', 'c1', 'c2', 'c3', 'a4', 'c4', 'a5']);
     expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: 9 });
-    expect(logReads(server, roomId)).toEqual([0, 3, 7]);
+    expect(logReads(server, roomId)).toEqual([0, 3]); // from before carol's first not kept
   });
 });
 
@@ -221,5 +223,125 @@ describe('the marker (room_unkept) in the vault', () => {
     const third = await reopen(again);
     expect(state(third, roomId)).toEqual({ pending: 0, unkept: null, cursor: 4 });
     expect(texts(third, roomId)).toEqual(['m1', 'm2', 'm3', 'm4']);
+  });
+});
+
+describe('a message not kept by a push, in a page read meanwhile (PENDING.max 2)', () => {
+  it('is not marked seen by that page: the read again after its key brings it', async () => {
+    // The review's finding: a take added every frame of its page to the ids seen, those
+    // at or below the cursor too. A push took m3 (not kept: its number remembered, the
+    // cursor past it) while a read's page holding m3 was on its way; that page marked m3
+    // seen, so the read again after the key passed over it: lost for good.
+    PENDING.max = 2;
+    const roomId = 'e7'.repeat(12);
+    const { server, bob, alice } = await teamRoom(roomId);
+    const a = await chain(server, roomId, alice);
+    for (const t of ['m1', 'm2']) await a.say(t);
+    expect(await bob.readRoomLog(roomId)).toBe(2);
+    expect(state(bob, roomId)).toEqual({ pending: 2, unkept: null, cursor: 2 });
+    const m3 = await a.say('m3');
+    let entered: () => void = () => undefined;
+    let release: () => void = () => undefined;
+    const arrived = new Promise<void>((r) => (entered = r));
+    const released = new Promise<void>((r) => (release = r));
+    server.beforeLog = async (asks, own) => {
+      if (own && asks.some((ask) => ask.room === roomId && ask.after === 2)) {
+        entered();
+        await released;
+      }
+    };
+    const reading = bob.readRoomLog(roomId); // a gap's read, say: its page holds m3
+    await arrived;
+    for (const socket of server.open) socket.deliver(m3); // m3 pushed meanwhile, not kept
+    await until('the push taken', () => bob.roomCursor(roomId) === 3);
+    expect(state(bob, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 3 });
+    release();
+    await reading;
+    delete server.beforeLog;
+
+    const shown: string[] = [];
+    bob.on((e: ClientEvent) => void (e.type === 'room_message' && shown.push(e.text)));
+    await a.key();
+    expect(await settled(bob, roomId, 3, 3)).toEqual(['m1', 'm2', 'm3']);
+    expect(shown).toEqual(['m1', 'm2', 'm3']);
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: 3 });
+    expect(logReads(server, roomId)).toEqual([0, 2, 2]); // the read held, then again from before m3
+  });
+});
+
+describe('messages not kept are remembered per sender device (PENDING.max 2)', () => {
+  /** Bob in a room with alice and carol: carol's c1..c3 (her key never comes), then 40 of
+   * alice's, read: c1, c2 kept; c3 (carol's) and alice's 40 not kept. */
+  async function keylessChain(roomId: string) {
+    PENDING.max = 2;
+    const found = await teamRoom(roomId);
+    const { server, bob, alice, carol, A } = found;
+    server.rooms.set(roomId, { name: 'team', members: [bob.me, A, carol.user.user_id] });
+    const c = await chain(server, roomId, carol);
+    for (const t of ['c1', 'c2', 'c3']) await c.say(t);
+    const a = await chain(server, roomId, alice);
+    const alices = Array.from({ length: 40 }, (_, i) => `a${i + 1}`);
+    for (const t of alices) await a.say(t);
+    expect(await bob.readRoomLog(roomId)).toBe(43);
+    expect(state(bob, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 43 });
+    const shown: string[] = [];
+    bob.on((e: ClientEvent) => void (e.type === 'room_message' && shown.push(e.text)));
+    return { ...found, a, c, alices, shown };
+  }
+
+  it("a key reads the log again only for its own device's: keys of devices with nothing left out read nothing", async () => {
+    // The review's finding: the marker was the room's, so once one chain's key never
+    // came, every later sender key of the room (the same one sent again too) put the
+    // cursor back to that chain's first message and read the log to its end again
+    // (reads 0, 2, 2, 2, 2...): any member could make every other member's device read
+    // up to 30 days of the room's log per pairwise key message.
+    const roomId = 'e8'.repeat(12);
+    const { server, bob, alice, a, c, alices, shown } = await keylessChain(roomId);
+    await a.key();
+    expect(await settled(bob, roomId, 40, 43)).toEqual(alices);
+    // Read again once, from before alice's first not kept (4); carol's c3 met again there
+    // and remembered again at the same number.
+    expect(logReads(server, roomId)).toEqual([0, 3]);
+    expect(state(bob, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 43 });
+
+    // alice's key again (three times), and a new chain of hers: nothing of hers is left
+    // out, so nothing is read again and no cursor moves.
+    for (let k = 0; k < 3; k++) await a.key();
+    const again = await chain(server, roomId, alice);
+    await again.key();
+    await until('the keys taken', () => server.inbox.items.size === 0);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(logReads(server, roomId)).toEqual([0, 3]);
+    expect(state(bob, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 43 });
+
+    // carol's key: hers kept open, and the log is read again once, from before c3.
+    await c.key();
+    const all = ['c1', 'c2', 'c3', ...alices];
+    expect(await settled(bob, roomId, 43, 43)).toEqual(all);
+    expect(logReads(server, roomId)).toEqual([0, 3, 2]);
+    expect(state(bob, roomId)).toEqual({ pending: 0, unkept: null, cursor: 43 });
+    // Every message shown exactly once.
+    expect([...shown].sort()).toEqual([...all].sort());
+  });
+
+  it('an old marker (one number for the room) is taken by the next key of any device', async () => {
+    const roomId = 'e9'.repeat(12);
+    const { server, bob, a, c, alices } = await keylessChain(roomId);
+    // The row as 973953a wrote it: the room's lowest number, for every device.
+    const rows = MemoryVault.stores.get(bob.vault.username) as Map<string, string>;
+    const [marker] = [...rows.keys()].filter((k) => k.startsWith('room_unkept:'));
+    expect(marker).toBeDefined();
+    rows.set(marker as string, JSON.stringify(3));
+    const again = await reopen(bob);
+    expect(state(again, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 43 });
+    await connected(again, server);
+    await a.key();
+    expect(await settled(again, roomId, 40, 43)).toEqual(alices);
+    expect(logReads(server, roomId)).toEqual([0, 2]); // from before the old number
+    expect(state(again, roomId)).toEqual({ pending: 2, unkept: 3, cursor: 43 }); // c3 remembered again, as carol's
+    await c.key();
+    expect(await settled(again, roomId, 43, 43)).toEqual(['c1', 'c2', 'c3', ...alices]);
+    expect(logReads(server, roomId)).toEqual([0, 2, 2]);
+    expect(state(again, roomId)).toEqual({ pending: 0, unkept: null, cursor: 43 });
   });
 });

@@ -18,6 +18,7 @@ import {
   isRemovedPost,
   isStale,
   listsBehind,
+  lowestUnkept,
   memberDevice,
   memberKey,
   mentionNames,
@@ -26,6 +27,8 @@ import {
   pythonJson,
   roomState,
   skdPayload,
+  takeUnkept,
+  unkeptRow,
 } from '../src/app/rooms.ts';
 import { reportBody, reportFields, roomMessageMeta } from '../src/app/moderation.ts';
 import { b64decode, b64encode, fromUtf8, utf8 } from '../src/crypto/encoding.ts';
@@ -308,5 +311,28 @@ describe('a room_message_changed frame in the timeline (the highest rev wins)', 
     });
     expect(after[1]).toMatchObject({ text: 'second, edited', rev: 4, marker: 'edited' });
     expect(isRemovedPost(after[1]!)).toBe(false);
+  });
+});
+
+describe("a room's messages not kept (room_unkept, rooms.py `_unkept_map`, `_reread_unkept`)", () => {
+  const [A, C] = [memberKey('a1', 1), memberKey('c3', 2)];
+
+  it('is read per sender device; an old plain number stands for every device', () => {
+    expect(unkeptRow(undefined)).toEqual({});
+    expect(unkeptRow(null)).toEqual({});
+    expect(unkeptRow(7)).toEqual({ '*': 7 });
+    expect(unkeptRow({ [A]: 4, [C]: 3, bad: 'x' })).toEqual({ [A]: 4, [C]: 3 });
+    expect(lowestUnkept({})).toBeNull();
+    expect(lowestUnkept({ [A]: 4, [C]: 3 })).toBe(3);
+  });
+
+  it("a device's key reads again from before its own first only, the others' stay", () => {
+    expect(takeUnkept({ [A]: 4, [C]: 3 }, A)).toEqual({ from: 3, rest: { [C]: 3 } });
+    expect(takeUnkept({ [C]: 3 }, A)).toEqual({ from: null, rest: { [C]: 3 } }); // nothing of A's: nothing read
+    expect(takeUnkept({ [C]: 3 }, memberKey('c3', 1))).toEqual({ from: null, rest: { [C]: 3 } }); // another device of the user
+    expect(takeUnkept({}, A)).toEqual({ from: null, rest: {} });
+    // The old row: taken by the first key of any device, from the lower of the two.
+    expect(takeUnkept({ '*': 5, [A]: 9, [C]: 3 }, A)).toEqual({ from: 4, rest: { [C]: 3 } });
+    expect(takeUnkept({ '*': 5 }, C)).toEqual({ from: 4, rest: {} });
   });
 });

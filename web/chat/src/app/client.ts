@@ -62,11 +62,13 @@ import {
   type HeldState,
   type LogAsk,
   type RoomState,
+  type Unkept,
   aboveCursor,
   deviceDigest,
   distributionUsers,
   isStale,
   listsBehind,
+  lowestUnkept,
   memberDevice,
   memberKey,
   mentionNames,
@@ -76,6 +78,8 @@ import {
   roomConversation,
   roomState,
   skdPayload,
+  takeUnkept,
+  unkeptRow,
 } from './rooms.ts';
 import {
   displayText,
@@ -1965,11 +1969,11 @@ export class ParleyClient {
   }
 
   /** The lowest log number of the room's messages that waited for their sender key past
-   * the 1,000 kept (`MAX_PENDING`): not kept, read again from the log when a sender key
-   * for the room comes (rooms.py `unkept`); null: none. */
+   * the 1,000 kept (`MAX_PENDING`), over all their senders' devices: not kept, read again
+   * from the log when their device's sender key comes (rooms.py `unkept`); null: none. */
   roomUnkept(roomId: string): number | null {
     const ref = this.#refs.get(roomConversation(roomId));
-    return ref === undefined ? null : (this.#read<number>(`room_unkept:${ref}`) ?? null);
+    return ref === undefined ? null : lowestUnkept(unkeptRow(this.#read<unknown>(`room_unkept:${ref}`)));
   }
 
   /** Where this browser holds a private room's message (the `server_id` of its `message`
@@ -2475,12 +2479,18 @@ export class ParleyClient {
     const myDevice = (this.account as AccountRow).device_id;
     const conv = roomConversation(roomId);
     const events: ClientEvent[] = [];
-    const unkept = new Set<string>(); // not kept (MAX_PENDING): not seen, the log brings them again
+    // The ids this take handled (above the cursor, and held now: decrypted, kept for its
+    // key, or held already); not those at or below the cursor, which another take had
+    // (one it could not keep among them: marked seen here, the read again after its key
+    // would pass over it, lost for good), nor those it could not keep (MAX_PENDING),
+    // which the log brings again once their key comes.
+    const handled: string[] = [];
     await this.#transaction(async (tx) => {
       const row = this.#roomRow('room_cursor', roomId);
       const cursor = tx.get<number>(row) ?? 0;
       let session: GroupSession | null = null;
       for (const frame of aboveCursor(cursor, frames)) {
+        handled.push(frame.server_id);
         if (frame.from === me && frame.from_device === myDevice) {
           // This device's own, in the history since it was sent: placed now.
           this.#history.updateServer(tx, this.#historyName(conv), frame.server_id, (e) => (e.seq = frame.seq), (e) => e.seq === undefined);
@@ -2502,15 +2512,13 @@ export class ParleyClient {
         };
         session ??= await this.#group(tx, roomId);
         const event = await this.#openRoomMessage(tx, session, roomId, item, true);
-        if (event === UNKEPT) unkept.add(item.server_id);
+        if (event === UNKEPT) handled.pop(); // not held: not seen
         else if (event !== null) events.push(event);
       }
       if (session !== null) await this.#putGroup(tx, session);
       if (start <= cursor && cursor < upto) tx.put(row, upto);
     });
-    // What this device holds now (decrypted, or kept for its key); not what it could not
-    // keep, which the log brings again once a key for the room comes.
-    for (const frame of frames) if (!unkept.has(frame.server_id)) this.#seen.add(frame.server_id);
+    for (const id of handled) this.#seen.add(id);
     for (const e of events) this.#emit(e);
     if (events.length === 0 && frames.length > 0) this.#emit({ type: 'changed' });
   }
@@ -2573,8 +2581,9 @@ export class ParleyClient {
 
   /** Decrypt one room message into the history; its event. Without the sender's key
    * it is kept pending (`keep`) and null is returned; with `MAX_PENDING` kept already,
-   * its number is remembered instead (`room_unkept`: the log is read again from there
-   * when a sender key comes) and UNKEPT is returned (rooms.py `_open`). */
+   * its number is remembered instead (`room_unkept`, by sender device: the log is read
+   * again from there when that device's sender key comes) and UNKEPT is returned
+   * (rooms.py `_open`). */
   async #openRoomMessage(tx: Tx, session: GroupSession, roomId: string, item: PendingRoomMessage, keep: boolean): Promise<ClientEvent | typeof UNKEPT | null> {
     const own = item.from === this.me;
     const conv = roomConversation(roomId);
@@ -2617,9 +2626,15 @@ export class ParleyClient {
             tx.put(this.#roomRow('room_pending', roomId), [...pending, item]);
             return null;
           }
+          // Per sender device: only its key reads the log again from there (#rereadUnkept).
           const marker = this.#roomRow('room_unkept', roomId);
-          const lowest = tx.get<number>(marker);
-          if (lowest === undefined || item.seq < lowest) tx.put(marker, item.seq);
+          const lowest = unkeptRow(tx.get<unknown>(marker));
+          const chain = memberKey(item.from, item.device);
+          const known = lowest[chain];
+          if (known === undefined || item.seq < known) {
+            const row: Unkept = { ...lowest, [chain]: item.seq };
+            tx.put(marker, row);
+          }
           return UNKEPT;
         }
         return null;
@@ -2654,10 +2669,11 @@ export class ParleyClient {
    * sender key is stored, and the pending messages it opens are decrypted
    * (rooms.py `on_control`). Only for a room this browser knows, or one `members` says
    * we are a member of (a room not asked about yet: RoomToCheck); a key for any other
-   * room is dropped, nothing stored. If messages of the room were not kept
-   * (`MAX_PENDING`), the room's cursor goes back before the first of them (#rereadUnkept)
-   * and `reread` names the room: its log is to be read once the transaction is written
-   * (what this key opens is decrypted, what still waits for a key is kept or remembered). */
+   * room is dropped, nothing stored. If messages of the key's sender device were not
+   * kept (`MAX_PENDING`), the room's cursor goes back before the first of them
+   * (#rereadUnkept) and `reread` names the room: its log is to be read once the
+   * transaction is written (what this key opens is decrypted, what still waits for a key
+   * is kept or remembered). */
   async #onControl(tx: Tx, sender: string, device: number, control: Record<string, unknown>, members: Map<string, boolean>): Promise<{ events: ClientEvent[]; reread: string | null }> {
     const none = { events: [], reread: null };
     const roomId = control['room'];
@@ -2694,21 +2710,26 @@ export class ParleyClient {
     }
     if (still.length !== pending.length) tx.put(this.#roomRow('room_pending', roomId), still);
     await this.#putGroup(tx, session);
-    return { events, reread: this.#rereadUnkept(tx, roomId) ? roomId : null };
+    return { events, reread: this.#rereadUnkept(tx, roomId, memberKey(sender, device)) ? roomId : null };
   }
 
-  /** Put the room's cursor back before its first message not kept, if any (in `tx`, the
-   * marker dropped with it); whether the room's log is to be read again then (rooms.py
-   * `_reread_unkept`). The read starts once `tx` is written (#readMessage): it reads
-   * from the cursor put back, and a read under way reads once more after it ends (its
-   * takes leave the cursor where it was put: #takeRoomMessages' `start`). */
-  #rereadUnkept(tx: Tx, roomId: string): boolean {
+  /** Put the room's cursor back before the first message not kept of `member` (the
+   * device whose sender key came), if any (in `tx`, that device's number dropped from the
+   * marker, the others' left); whether the room's log is to be read again then (rooms.py
+   * `_reread_unkept`). A key of a device with nothing left out reads nothing: one chain
+   * whose key never comes does not make every other key (or the same one sent again)
+   * read the log from its first message, for as long as the log keeps it. The read again
+   * meets the other devices' messages still without a key and marks them again (at the
+   * same number, or a lower one). It starts once `tx` is written (#readMessage): it
+   * reads from the cursor put back, and a read under way reads once more after it ends
+   * (its takes leave the cursor where it was put: #takeRoomMessages' `start`). */
+  #rereadUnkept(tx: Tx, roomId: string, member: string): boolean {
     const marker = this.#roomRow('room_unkept', roomId);
-    const lowest = tx.get<number>(marker);
-    if (lowest === undefined) return false;
-    tx.put(marker, undefined);
+    const { from, rest } = takeUnkept(unkeptRow(tx.get<unknown>(marker)), member);
+    if (from === null) return false;
+    tx.put(marker, Object.keys(rest).length === 0 ? undefined : rest);
     const row = this.#roomRow('room_cursor', roomId);
-    if ((tx.get<number>(row) ?? 0) >= lowest) tx.put(row, lowest - 1);
+    if ((tx.get<number>(row) ?? 0) > from) tx.put(row, from);
     return true;
   }
 
@@ -3220,10 +3241,13 @@ export class ParleyClient {
   }
 
   /** Whether this account is a member of a private room (`GET /rooms/v1/rooms/{id}`
-   * answers a role): asked for a sender key naming a room this browser does not know. A
-   * refusal (`room_not_found`: no such room, or not ours) is no; no answer, 429 or 5xx
+   * answers a role): asked for a sender key naming a room this browser does not know.
+   * No only for a 404 `room_not_found` (no such room, or not ours) or an answer without
+   * a role (invited, or a public room); anything else (no answer, 429, 5xx, and also a
+   * refusal that says nothing of the room: 401 for a revoked or invalid token, 403...)
    * fails the frame's handler (the socket is given up, the next sync reads it again), as
-   * a tombstone whose keys cannot be read now does. */
+   * a tombstone whose keys cannot be read now does: a real sender key is never dropped
+   * for a failure of ours. */
   async #memberOf(roomId: string): Promise<boolean> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const slow = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new ApiError('network', 'the rooms service did not answer in time', 0)), ASIDE_ASK.timeoutMs)));
@@ -3232,7 +3256,7 @@ export class ParleyClient {
       const room = await Promise.race([this.room(roomId), slow]);
       return room.role !== null && room.role !== undefined;
     } catch (error) {
-      if (error instanceof ApiError && !error.transient) return false;
+      if (error instanceof ApiError && error.status === 404 && error.code === 'room_not_found') return false;
       throw new ParleyError(`A room's sender key could not be checked now (${String((error as Error).message ?? error)}); it will be read again.`);
     } finally {
       clearTimeout(timer);

@@ -21,9 +21,9 @@ export const CONTROL_PREFIX = utf8('\x00parley-control\x00');
 export const DEVICE_RECHECK_MS = 30_000;
 /** Room messages kept per room while their sender key has not arrived (rooms.py
  * MAX_PENDING). Past it a message is not kept but not lost either: the room remembers
- * the lowest number not kept (`room_unkept`), and when a sender key for the room arrives
- * the cursor goes back before it and the room's log brings it (and those after it)
- * again (client.ts `#onControl`). */
+ * the lowest number not kept per sender device (`room_unkept`, {@link Unkept}), and
+ * when that device's sender key arrives the cursor goes back before it and the room's
+ * log brings it (and those after it) again (client.ts `#onControl`). */
 export const MAX_PENDING = 1000;
 /** The cap in force ({@link MAX_PENDING}; tests lower it). */
 export const PENDING = { max: MAX_PENDING };
@@ -39,6 +39,43 @@ export function roomConversation(roomId: string): string {
 /** The name of a member device in a GroupSession. */
 export function memberKey(userId: string, deviceId: number): string {
   return `${userId}:${deviceId}`;
+}
+
+/** A room's `room_unkept` row: the lowest log number of the messages not kept (past
+ * `MAX_PENDING`) per sender device ({@link memberKey}), as rooms.py `_unkept_map`. */
+export type Unkept = Record<string, number>;
+/** The key, in {@link Unkept}, of a number for every device: a row written as a plain
+ * number (before it was kept per device), taken by the next sender key of any. */
+export const UNKEPT_ANY = '*';
+
+/** A `room_unkept` row as stored (undefined: none; a plain number: the old row, for
+ * every device) read as {@link Unkept}. */
+export function unkeptRow(value: unknown): Unkept {
+  if (typeof value === 'number') return { [UNKEPT_ANY]: value };
+  if (value === null || typeof value !== 'object') return {};
+  const out: Unkept = {};
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
+  return out;
+}
+
+/** The lowest number of an {@link Unkept} row (null: none). */
+export function lowestUnkept(row: Unkept): number | null {
+  const values = Object.values(row);
+  return values.length === 0 ? null : Math.min(...values);
+}
+
+/** What a sender key of `member` does to the room's {@link Unkept} row: where the log is
+ * to be read again from (the lowest number not kept of that device's, or of every
+ * device's, less one; null: none of its was left out, nothing is read) and the row left
+ * (the others' numbers stay: a key of one device never makes the log be read again for
+ * another's, so one chain whose key never comes does not make every later key, or the
+ * same key sent again, read the log from its first message; rooms.py `_reread_unkept`). */
+export function takeUnkept(row: Unkept, member: string): { from: number | null; rest: Unkept } {
+  const mine = [member, UNKEPT_ANY].filter((k) => Object.hasOwn(row, k));
+  if (mine.length === 0) return { from: null, rest: row };
+  const rest = { ...row };
+  for (const k of mine) delete rest[k];
+  return { from: Math.min(...mine.map((k) => row[k] as number)) - 1, rest };
 }
 
 /** The user and device of a member name (memberKey's inverse: user ids hold no ':'). */
@@ -665,10 +702,10 @@ export interface RoomLogIo<M> {
  * the log's end), so a batch page and a room's own read never run side by side. Every
  * page, a batch's or a room's own, is taken through `take`, which skips what is at or
  * below the cursor and never moves it back. The cursor goes back in one place only: a
- * sender key came for messages not kept (past `MAX_PENDING`), and the client puts it
- * before the first of them and asks for a read; a take of a read already under way
- * (its page asked from further on) then leaves it there (`start`), and that read reads
- * once more from it.
+ * sender key came for messages of its device not kept (past `MAX_PENDING`), and the
+ * client puts it before the first of them and asks for a read; a take of a read already
+ * under way (its page asked from further on) then leaves it there (`start`), and that
+ * read reads once more from it.
  */
 export class RoomLogs<M extends { seq: number }> {
   readonly #reading = new Map<string, Promise<number>>();

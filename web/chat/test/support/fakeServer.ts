@@ -285,6 +285,9 @@ export class FakeServer {
   usersDown = false;
   /** The rooms service answers 503 (GET of a room). */
   roomsDown = false;
+  /** The rooms service refuses a GET of a room with this status and code (a revoked
+   * token's 401, a 403...) while set. */
+  roomsRefuse: { status: number; code: string } | null = null;
   moderationCalls = 0;
   #moderation: { kid: string; pair: CryptoKeyPair; public_key: string } | null = null;
 
@@ -384,6 +387,10 @@ export class FakeServer {
     }
     const room = parts[0] === 'rooms' && parts[2] === 'rooms' ? this.rooms.get(decodeURIComponent(parts[3] ?? '')) : undefined;
     if (method === 'GET' && parts[0] === 'rooms' && parts[2] === 'rooms' && parts.length === 4 && this.roomsDown) return refusal(503, 'service_unavailable');
+    if (method === 'GET' && parts[0] === 'rooms' && parts[2] === 'rooms' && parts.length === 4 && this.roomsRefuse) return refusal(this.roomsRefuse.status, this.roomsRefuse.code);
+    // A room that is not there, or not ours (private: not a member nor invited), as
+    // services/rooms answers it.
+    if (method === 'GET' && parts[0] === 'rooms' && parts[2] === 'rooms' && parts.length === 4 && !room) return refusal(404, 'room_not_found');
     if (method === 'GET' && room && parts.length === 4) {
       return json(200, { room_id: parts[3], name: room.name, kind: 'private', state: 'open', role: 'owner', version: room.version ?? 1, members: room.members.length });
     }
