@@ -149,6 +149,18 @@ class Counter(NamedTuple):
             total -= max(0, min(t, last) - max(f + 1, first) + 1)
         return max(total, 0)
 
+    def segments(self, first: int, last: int) -> list[tuple[int, int]]:
+        """``first .. last`` as the runs ``(lo, hi)`` (inclusive) between the skipped
+        numbers: what a read by ``_id`` range covers (one read a run, never a copy
+        numbered inside a skipped range)."""
+        out: list[tuple[int, int]] = []
+        at = first - 1
+        while (at := self.skip(at)) < last:
+            end = next((f for f, _ in self.gaps if at < f < last), last)
+            out.append((at + 1, end))
+            at = end
+        return out
+
     def numbers(self, first: int, last: int) -> list[int]:
         """``first .. last`` without the skipped numbers."""
         out: list[int] = []

@@ -247,15 +247,30 @@ return out
 
 # The lowest seq in KEYS[1] (an inbox's hot hash) above ARGV[1] and at most ARGV[2], or
 # 0: where a page goes on after a range that holds nothing (services/delivery/store.py
-# ``page``). Reads the hash's fields (seconds of items, more only while MongoDB is down).
+# ``page``). Reads the hash's fields (seconds of items), unless it holds more than
+# ARGV[3] (up to 100,000 while MongoDB is down: every page's empty chunk read them all,
+# as the ack script did before its bound): then it looks number by number at the next
+# ARGV[3] numbers alone, and returns the first found, or -(the last number looked at).
 _NEXT_HOT = """
 local low, high, best = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[3]) then
+  local to = math.min(high, low + tonumber(ARGV[3]))
+  for k = low + 1, to do
+    if redis.call('HEXISTS', KEYS[1], k) == 1 then return k end
+  end
+  return -to
+end
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   local k = tonumber(f)
   if k and k > low and k <= high and (best == 0 or k < best) then best = k end
 end
 return best
 """
+
+NEXT_HOT_MOST = 2000
+"""The most items an inbox's hot hash may hold for :meth:`HotInbox.next_hot` to read its
+fields (the ack script's bound, ``ACK_SPAN``); past it, the numbers it looks at one by one
+in a call (a page walks on a chunk of that many numbers a look)."""
 
 DEDUP_SKEW_S = 300
 """How far apart the clocks of delivery processes may be for the dedup records' spans
@@ -553,11 +568,16 @@ class HotInbox:
         }
         return claims, gone, numbers
 
-    async def next_hot(self, inbox: str, after: int, last: int) -> int | None:
-        """The lowest seq of ``inbox`` that is hot, above ``after`` and at most ``last``."""
+    async def next_hot(self, inbox: str, after: int, last: int) -> tuple[int | None, int]:
+        """The lowest seq of ``inbox`` that is hot, above ``after`` and at most ``last``
+        (or None), and how far that holds: ``last``, or when the hot hash holds more than
+        :data:`NEXT_HOT_MOST` items (not all read) the end of the next ``NEXT_HOT_MOST``
+        numbers, looked at one by one (the caller walks on from there)."""
         found = int(await scripts.call(self.redis, self._next_hot.sha, [self.key(inbox)],
-                                       [after, last]))  # fmt: skip
-        return found or None
+                                       [after, last, NEXT_HOT_MOST]))  # fmt: skip
+        if found < 0:
+            return None, -found
+        return found or None, last
 
     def read_claims(
         self, keys: list[str], ids: list[str], results: list[Any]

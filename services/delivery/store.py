@@ -66,7 +66,7 @@ from services.common.inbox import receipts
 from services.common.routing import Push, pending_key
 from services.delivery.counters import Counter as InboxCounter
 from services.delivery.counters import InboxCounters
-from services.delivery.hot import HotInbox, Removal, Replicas
+from services.delivery.hot import DEDUP_SKEW_S, HotInbox, Removal, Replicas
 
 DEDUP_DAYS = 7
 DAY_S = 86400
@@ -90,10 +90,13 @@ holds nothing) one page makes: a gap of any length costs a page two."""
 RANGE_READ_AT = 2000
 """Numbers in a range past which its persisted copies are found by an ``_id`` range
 (one aggregation a thousand copies), not by listing every number (``$in``)."""
-SHADOW_GRACE_S = 60.0
+SHADOW_GRACE_S = DEDUP_SKEW_S + 60.0
 """How long after its move a MongoDB copy below the watermark is left to the persister's
 own clean-up (:meth:`DeliveryStore._clean_moved`): until then it may be the shadow of a
-hot copy an ack took (and counted) while it was being moved."""
+hot copy an ack took (and counted) while it was being moved. ``moved_at`` is the moving
+process's clock, compared with the deleter's: a minute, plus the clocks' skew tolerated
+elsewhere (:data:`~services.delivery.hot.DEDUP_SKEW_S`; 60 s alone deleted a copy moved
+moments ago by a process whose clock was a minute behind)."""
 SWEEP_INBOXES = 20_000
 """The most inboxes one upkeep run looks at for copies below their watermark (the next
 run goes on from there)."""
@@ -528,7 +531,7 @@ class DeliveryStore:
         self._moved = []
         # The live copies of items acknowledged while they moved: their receipts are due
         # (the ack found them not hot, and it claims no copy this process claimed).
-        due = [d for d in mine if d["_id"] not in removed_ids]
+        due = await self._unread([d for d in mine if d["_id"] not in removed_ids])
         if due:
             with contextlib.suppress(Exception):  # best effort, as every receipt
                 await self.publish(receipts(due))
@@ -571,6 +574,10 @@ class DeliveryStore:
         first, last = counter.acked + 1, counter.n
         numbers = counter.numbers(first, last)
         ids = [item_id(inbox, s) for s in numbers]
+        # First: a persister pass may insert a copy after the deletes below (it read
+        # the item hot before), which the upkeep or its own clean-up then deletes
+        # below the watermark; no `delivered` receipt goes out for it (:meth:`_unread`).
+        await self.redis.set(self.dropped_key(inbox), last, ex=self.settings.inbox_expiry_s + DAY_S)
         deleted = 0
         for i in range(0, len(ids), ID_CHUNK):
             res = await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
@@ -579,6 +586,25 @@ class DeliveryStore:
         await self.redis.delete(pending_key(self.prefix, inbox))
         await self.hot.drop(inbox, numbers)
         return deleted
+
+    def dropped_key(self, inbox: str) -> str:
+        """Up to which number ``inbox`` was dropped (:meth:`drop_inbox`)."""
+        return f"{self.prefix}:dropped:{{{inbox}}}"
+
+    async def _unread(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Those of these deleted copies that earn a `delivered` receipt: not those of an
+        inbox dropped past them (:meth:`drop_inbox`: its device read none of them; a
+        copy a persister pass wrote while the inbox was dropped ended up below the
+        watermark, and the upkeep sent one for it)."""
+        inboxes = list({d["inbox"] for d in docs})
+        if not inboxes:
+            return docs
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                pipe.get(self.dropped_key(inbox))
+            tops = await pipe.execute()
+        dropped = {i: int(t) for i, t in zip(inboxes, tops, strict=True) if t}
+        return [d for d in docs if int(d["seq"]) > dropped.get(d["inbox"], 0)]
 
     async def remove_copies(self, items: list[Removal]) -> int:
         """Delete removed messages' copies wherever they are: the hot inbox (marked
@@ -835,35 +861,37 @@ class DeliveryStore:
             for inbox, first in firsts.items():
                 c = counters.get(inbox)
                 if c is not None and first <= c.acked:
-                    swept += await self._below(inbox, c.acked, SWEEP_PER_INBOX)
+                    swept += await self._below(inbox, c.acked, SWEEP_PER_INBOX, c)
             # Past every id of the page's last inbox: "<inbox>|:" follows its 16 digits,
             # and no other inbox's ids sort between (inbox ids hold no "|").
             cursor = f"{list(firsts)[-1]}|:"
             seen += len(firsts)
         self._sweep_at = cursor
-        if swept:
-            await self.publish(receipts(swept))
+        if due := await self._unread(swept):
+            await self.publish(receipts(due))
         return len(swept)
 
     async def _below(
-        self, inbox: str, top: int, most: int | None, grace: float | None = None
+        self, inbox: str, top: int, most: int | None, counter: InboxCounter
     ) -> list[dict[str, Any]]:
         """Delete up to ``most`` (None: all) copies of ``inbox`` at or below ``top``
-        (acknowledged) found by ``_id`` range, those moved in the last ``grace``
-        seconds (``SHADOW_GRACE_S``) left out; returns those this call claimed
+        (acknowledged) found by ``_id`` range, run by run between ``counter``'s skipped
+        ranges (a copy numbered inside one was never paged: no receipt is due), those
+        moved in the last ``SHADOW_GRACE_S`` left out; returns those this call claimed
         (:meth:`_delete_copies`)."""
         out: list[dict[str, Any]] = []
-        grace = SHADOW_GRACE_S if grace is None else grace
-        after, young = item_id(inbox, 0), time.time() - grace
-        while most is None or len(out) < most:
-            docs = await self._in_range(inbox, after, item_id(inbox, top), 1000)
-            if not docs:
-                break
-            after = docs[-1]["_id"]
-            old = [d for d in docs if float(d.get("moved_at") or 0) <= young]
-            out += await self._delete_copies(old)
-            if len(docs) < 1000:
-                break
+        young = time.time() - SHADOW_GRACE_S
+        for lo, hi in counter.segments(1, top):
+            after = item_id(inbox, lo - 1)
+            while most is None or len(out) < most:
+                docs = await self._in_range(inbox, after, item_id(inbox, hi), 1000)
+                if not docs:
+                    break
+                after = docs[-1]["_id"]
+                old = [d for d in docs if float(d.get("moved_at") or 0) <= young]
+                out += await self._delete_copies(old)
+                if len(docs) < 1000:
+                    break
         return out
 
     async def _in_range(
@@ -944,11 +972,17 @@ class DeliveryStore:
     async def _next_seq(self, user: str, after: int, last: int) -> int | None:
         """The lowest seq above ``after`` and at most ``last`` of an item of ``user``'s,
         hot or persisted (one Redis script over the hot hash's fields, one
-        aggregation over the ``_id`` index), or None."""
-        hot = await self.hot.next_hot(user, after, last)
-        cold = await self._in_range(user, item_id(user, after), item_id(user, last), 1)
+        aggregation over the ``_id`` index), or None. When the hot hash is too large
+        to read whole (:data:`~services.delivery.hot.NEXT_HOT_MOST`), the look covers
+        that many numbers: with nothing in them, the number past them."""
+        hot, to = await self.hot.next_hot(user, after, last)
+        if hot == after + 1:  # none lower
+            return hot
+        cold = await self._in_range(user, item_id(user, after), item_id(user, to), 1)
         found = [s for s in (hot, *(int(d["seq"]) for d in cold)) if s is not None]
-        return min(found) if found else None
+        if found:
+            return min(found)
+        return None if to >= last else to + 1
 
     async def _by_ids(
         self, user: str, seqs: list[int], extra: dict[str, Any], fields: Any = None
@@ -1003,12 +1037,12 @@ class DeliveryStore:
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
         before = await self.ctr.ack_hot(targets, over)
         ranges: list[tuple[str, InboxCounter, int, set[int]]] = []
-        again: dict[str, int] = {}
+        again: dict[str, tuple[int, InboxCounter]] = {}
         for u, (c, raw) in before.items():
             top = min(targets[u], c.n)
             if top <= c.acked:
                 if top > 0:
-                    again[u] = top
+                    again[u] = (top, c)
                 continue
             # In seq order (the script's); a room copy as its seq alone.
             docs = [orjson.loads(r) if isinstance(r, bytes) else _room_copy(u, r) for r in raw]
@@ -1030,8 +1064,8 @@ class DeliveryStore:
             await self._defer_acks(ranges)
         if again and time.monotonic() >= self._again_look_at:
             try:
-                for u, top in again.items():
-                    stored += await self._below(u, top, ID_CHUNK)
+                for u, (top, c) in again.items():
+                    stored += await self._below(u, top, ID_CHUNK, c)
             except PyMongoError as exc:  # left to the upkeep (sweep_acked), as any below
                 # Not asked again for a while: each look would hold the flush for the
                 # server selection timeout while MongoDB is down.
@@ -1054,10 +1088,13 @@ class DeliveryStore:
                 seqs = [s for s in c.numbers(c.acked + 1, top) if s not in have]
                 found += await self._by_ids(u, seqs, {"acked": False}, _GONE_FIELDS)
                 continue
-            after = item_id(u, c.acked)
-            while docs := await self._in_range(u, after, item_id(u, top), 1000):
-                found += [d for d in docs if int(d["seq"]) not in have]
-                after = docs[-1]["_id"]
+            # Run by run between the skipped ranges: a copy numbered inside one (persisted
+            # before Redis lost the counter) was never paged, and earns no receipt.
+            for lo, hi in c.segments(c.acked + 1, top):
+                after = item_id(u, lo - 1)
+                while docs := await self._in_range(u, after, item_id(u, hi), 1000):
+                    found += [d for d in docs if int(d["seq"]) not in have]
+                    after = docs[-1]["_id"]
         return await self._delete_copies(found)
 
     async def _defer_acks(self, ranges: list[tuple[str, InboxCounter, int, set[int]]]) -> None:
@@ -1098,16 +1135,24 @@ class DeliveryStore:
             if not entries:
                 return done
             stored = await self.delete_acked([e for e in entries if not e.startswith("~")])
+            finished: list[str] = []
             for entry in entries:
                 if entry.startswith("~"):
                     inbox, _, top = entry[1:].rpartition("|")
-                    # Every copy up to there: the ack's range (the persister cleans
-                    # what it moves itself before this drain, in the same pass).
-                    stored += await self._below(inbox, int(top), None, grace=0)
-            await self.redis.srem(self.cold_acks, *entries)
+                    counter = (await self.ctr.get([inbox])).get(inbox)
+                    if counter is None:
+                        continue  # another seeder holds it: the next run
+                    # Every copy up to there (the ack's range), the skipped ranges
+                    # stepped over; one moved in the last SHADOW_GRACE_S may be a
+                    # shadow another process is still moving: left to it (or the
+                    # upkeep).
+                    stored += await self._below(inbox, int(top), None, counter)
+                finished.append(entry)
+            if finished:
+                await self.redis.srem(self.cold_acks, *finished)
             await self.publish(receipts(stored))
             done += stored
-            if len(entries) < ID_CHUNK:
+            if len(entries) < ID_CHUNK or len(finished) < len(entries):
                 return done
 
     # Routing ----------------------------------------------------------------
