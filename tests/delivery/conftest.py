@@ -32,3 +32,19 @@ def item(inbox: str, n: int = 0, sender: str = "s", cid: str | None = None) -> d
         "client_id": cid or f"c{n}", "conversation": "dm", "body": f"b{n}",
         "commitment": None, "sent_at": 0, "stored_at": time.time(),
     }  # fmt: skip
+
+
+async def counts(store: DeliveryStore, inbox: str) -> dict[str, int]:
+    """An inbox's waiting counts (``"*"`` and one per sender)."""
+    raw = await store.redis.hgetall(f"{store.prefix}:pending:{{{inbox}}}")
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def in_mongo(store: DeliveryStore, inbox: str) -> list[int]:
+    """The numbers of an inbox's copies in MongoDB."""
+    return sorted([int(d["seq"]) async for d in store.inbox.find({"inbox": inbox}, {"seq": 1})])
+
+
+def later(store: DeliveryStore) -> float:
+    """A time past which every item stored now is due to be persisted."""
+    return time.time() + store.settings.hot_persist_after_s + 1

@@ -25,20 +25,7 @@ from services.common.config import Settings
 from services.common.routing import Push
 from services.delivery.store import DeliveryStore
 from tests.common.test_fastredis import late_reply
-from tests.delivery.conftest import item
-
-
-def later(store: DeliveryStore) -> float:
-    return time.time() + store.settings.hot_persist_after_s + 1
-
-
-async def counts(store: DeliveryStore, inbox: str) -> dict[str, int]:
-    raw = await store.redis.hgetall(f"{store.prefix}:pending:{{{inbox}}}")
-    return {k.decode(): int(v) for k, v in raw.items()}
-
-
-async def in_mongo(store: DeliveryStore, inbox: str) -> list[int]:
-    return sorted([int(d["seq"]) async for d in store.inbox.find({"inbox": inbox}, {"seq": 1})])
+from tests.delivery.conftest import counts, in_mongo, item, later
 
 
 async def moved_long_ago(store: DeliveryStore, inbox: str) -> None:

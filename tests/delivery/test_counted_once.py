@@ -20,16 +20,7 @@ import pytest
 from services.common.routing import Push
 from services.delivery.hot import Removal
 from services.delivery.store import DeliveryStore, item_id
-from tests.delivery.conftest import item
-
-
-def later(store: DeliveryStore) -> float:
-    return time.time() + store.settings.hot_persist_after_s + 1
-
-
-async def counts(store: DeliveryStore, inbox: str) -> dict[str, int]:
-    raw = await store.redis.hgetall(f"{store.prefix}:pending:{{{inbox}}}")
-    return {k.decode(): int(v) for k, v in raw.items()}
+from tests.delivery.conftest import counts, item, later
 
 
 async def test_an_unsend_racing_an_ack_of_the_same_copy_counts_it_once(

@@ -26,7 +26,7 @@ from services.common.clients import redis_client, service_db
 from services.common.config import Settings
 from services.delivery.store import DeliveryStore
 from services.delivery.worker import Worker
-from tests.delivery.conftest import item
+from tests.delivery.conftest import item, later
 
 
 class Reads(monitoring.CommandListener):
@@ -67,10 +67,6 @@ async def counted(settings: Settings) -> AsyncIterator[tuple[DeliveryStore, Read
     yield st, reads, trips
     await mongo.close()
     await redis.aclose()
-
-
-def later(store: DeliveryStore) -> float:
-    return time.time() + store.settings.hot_persist_after_s + 1
 
 
 async def _gap(store: DeliveryStore, inbox: str, numbers: int) -> None:

@@ -13,7 +13,6 @@ remembers its call (``_CLAIM_GONE``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -23,20 +22,7 @@ from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import Settings
 from services.delivery.store import DeliveryStore, item_id
 from tests.common.test_fastredis import late_reply
-from tests.delivery.conftest import item
-
-
-def later(store: DeliveryStore) -> float:
-    return time.time() + store.settings.hot_persist_after_s + 1
-
-
-async def counts(store: DeliveryStore, inbox: str) -> dict[str, int]:
-    raw = await store.redis.hgetall(f"{store.prefix}:pending:{{{inbox}}}")
-    return {k.decode(): int(v) for k, v in raw.items()}
-
-
-async def in_mongo(store: DeliveryStore, inbox: str) -> list[int]:
-    return sorted([int(d["seq"]) async for d in store.inbox.find({"inbox": inbox}, {"seq": 1})])
+from tests.delivery.conftest import counts, in_mongo, item, later
 
 
 @pytest.fixture
