@@ -148,7 +148,7 @@ return out
 
 _GONE_FIELDS = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
                 "client_id": 1, "kind": 1, "conversation": 1, "seq": 1, "server_id": 1,
-                "room": 1, "uncounted": 1, "moved_at": 1}  # fmt: skip
+                "room": 1, "uncounted": 1, "moved_at": 1, "stored_at": 1}  # fmt: skip
 """What deleting a persisted copy needs of it: its counts and its `delivered` receipt
 (``room`` too: a private room's copy earns no receipt)."""
 
@@ -577,7 +577,12 @@ class DeliveryStore:
         # First: a persister pass may insert a copy after the deletes below (it read
         # the item hot before), which the upkeep or its own clean-up then deletes
         # below the watermark; no `delivered` receipt goes out for it (:meth:`_unread`).
-        await self.redis.set(self.dropped_key(inbox), last, ex=self.settings.inbox_expiry_s + DAY_S)
+        # The range, not only its top: copies acknowledged before the drop (left below
+        # the watermark by an ack cut short) were read, and earn their receipts.
+        await self.redis.set(
+            self.dropped_key(inbox), f"{counter.acked}:{last}",
+            ex=self.settings.inbox_expiry_s + DAY_S,
+        )  # fmt: skip
         deleted = 0
         for i in range(0, len(ids), ID_CHUNK):
             res = await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
@@ -588,12 +593,13 @@ class DeliveryStore:
         return deleted
 
     def dropped_key(self, inbox: str) -> str:
-        """Up to which number ``inbox`` was dropped (:meth:`drop_inbox`)."""
+        """Which numbers of ``inbox`` were dropped unread (:meth:`drop_inbox`):
+        ``"<watermark then>:<last number then>"``."""
         return f"{self.prefix}:dropped:{{{inbox}}}"
 
     async def _unread(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Those of these deleted copies that earn a `delivered` receipt: not those of an
-        inbox dropped past them (:meth:`drop_inbox`: its device read none of them; a
+        """Those of these deleted copies that earn a `delivered` receipt: not those an
+        inbox's drop found unread (:meth:`drop_inbox`: its device read none of them; a
         copy a persister pass wrote while the inbox was dropped ended up below the
         watermark, and the upkeep sent one for it)."""
         inboxes = list({d["inbox"] for d in docs})
@@ -603,8 +609,16 @@ class DeliveryStore:
             for inbox in inboxes:
                 pipe.get(self.dropped_key(inbox))
             tops = await pipe.execute()
-        dropped = {i: int(t) for i, t in zip(inboxes, tops, strict=True) if t}
-        return [d for d in docs if int(d["seq"]) > dropped.get(d["inbox"], 0)]
+        dropped: dict[str, tuple[int, int]] = {}
+        for inbox, raw in zip(inboxes, tops, strict=True):
+            if raw:
+                low, _, high = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition(":")
+                dropped[inbox] = (int(low), int(high)) if high else (0, int(low))
+        return [
+            d for d in docs
+            if not (dropped.get(d["inbox"], (0, 0))[0] < int(d["seq"])
+                    <= dropped.get(d["inbox"], (0, 0))[1])
+        ]  # fmt: skip
 
     async def remove_copies(self, items: list[Removal]) -> int:
         """Delete removed messages' copies wherever they are: the hot inbox (marked
@@ -862,6 +876,7 @@ class DeliveryStore:
                 c = counters.get(inbox)
                 if c is not None and first <= c.acked:
                     swept += await self._below(inbox, c.acked, SWEEP_PER_INBOX, c)
+                    await self._drop_unpaged(inbox, c)
             # Past every id of the page's last inbox: "<inbox>|:" follows its 16 digits,
             # and no other inbox's ids sort between (inbox ids hold no "|").
             cursor = f"{list(firsts)[-1]}|:"
@@ -872,15 +887,17 @@ class DeliveryStore:
         return len(swept)
 
     async def _below(
-        self, inbox: str, top: int, most: int | None, counter: InboxCounter
-    ) -> list[dict[str, Any]]:
+        self, inbox: str, top: int, most: int | None, counter: InboxCounter,
+        moved_by: float | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """Delete up to ``most`` (None: all) copies of ``inbox`` at or below ``top``
         (acknowledged) found by ``_id`` range, run by run between ``counter``'s skipped
         ranges (a copy numbered inside one was never paged: no receipt is due), those
         moved in the last ``SHADOW_GRACE_S`` left out; returns those this call claimed
-        (:meth:`_delete_copies`)."""
+        (:meth:`_delete_copies`). ``moved_by``: the latest move time a copy may have
+        to be deleted, instead of ``SHADOW_GRACE_S`` ago."""
         out: list[dict[str, Any]] = []
-        young = time.time() - SHADOW_GRACE_S
+        young = time.time() - SHADOW_GRACE_S if moved_by is None else moved_by
         for lo, hi in counter.segments(1, top):
             after = item_id(inbox, lo - 1)
             while most is None or len(out) < most:
@@ -893,6 +910,28 @@ class DeliveryStore:
                 if len(docs) < 1000:
                     break
         return out
+
+    async def _drop_unpaged(self, inbox: str, counter: InboxCounter) -> int:
+        """Delete ``inbox``'s copies numbered inside a skipped range wholly at or below
+        its watermark once past the inbox's expiry (``inbox_expiry_s`` after they were
+        stored), as every copy is: persisted just before Redis lost the counter, they
+        were never paged and earn no receipt (counted by no seeding: counts left as
+        they are), and nothing else reaches them, so they stayed for good."""
+        cutoff = time.time() - self.settings.inbox_expiry_s
+        deleted = 0
+        for low, high in counter.gaps:
+            if high > counter.acked:
+                break
+            after = item_id(inbox, low)
+            while docs := await self._in_range(inbox, after, item_id(inbox, high), 1000):
+                after = docs[-1]["_id"]
+                ids = [d["_id"] for d in docs if float(d.get("stored_at") or 0) <= cutoff]
+                if ids:
+                    res = await self.inbox.delete_many({"_id": {"$in": ids}})
+                    deleted += int(res.deleted_count)
+                if len(docs) < 1000:
+                    break
+        return deleted
 
     async def _in_range(
         self, inbox: str, after: str, last: str, limit: int
@@ -1104,8 +1143,8 @@ class DeliveryStore:
         for u, c, top, have in ranges:
             if c.width(c.acked + 1, top) <= RANGE_READ_AT:
                 entries += [item_id(u, s) for s in c.numbers(c.acked + 1, top) if s not in have]
-            else:
-                entries.append(f"~{u}|{top}")
+            else:  # with the ack's time: only a copy moved since may be a shadow
+                entries.append(f"~{u}|{top}|{time.time():.3f}")
         for i in range(0, len(entries), 1000):
             await self.redis.sadd(self.cold_acks, *entries[i : i + 1000])
 
@@ -1138,15 +1177,18 @@ class DeliveryStore:
             finished: list[str] = []
             for entry in entries:
                 if entry.startswith("~"):
-                    inbox, _, top = entry[1:].rpartition("|")
+                    inbox, top, *at = entry[1:].split("|")
                     counter = (await self.ctr.get([inbox])).get(inbox)
                     if counter is None:
                         continue  # another seeder holds it: the next run
                     # Every copy up to there (the ack's range), the skipped ranges
-                    # stepped over; one moved in the last SHADOW_GRACE_S may be a
-                    # shadow another process is still moving: left to it (or the
-                    # upkeep).
-                    stored += await self._below(inbox, int(top), None, counter)
+                    # stepped over; one moved after the ack (less the clocks' skew)
+                    # may be a shadow another process is still moving: left to it
+                    # (or the upkeep). Not every copy of the last SHADOW_GRACE_S: a
+                    # drain soon after a MongoDB blip left the whole acknowledged
+                    # backlog, counted as waiting, for the hourly upkeep.
+                    moved_by = float(at[0]) - DEDUP_SKEW_S if at else None
+                    stored += await self._below(inbox, int(top), None, counter, moved_by)
                 finished.append(entry)
             if finished:
                 await self.redis.srem(self.cold_acks, *finished)

@@ -87,7 +87,8 @@ async def test_a_deferred_wide_ack_leaves_a_copy_inside_a_skipped_range(
     finally:
         store.inbox = up
         await down.close()
-    assert f"~{inbox}|{top}".encode() in await store.redis.smembers(store.cold_acks)
+    entries = await store.redis.smembers(store.cold_acks)
+    assert any(e.startswith(f"~{inbox}|{top}|".encode()) for e in entries)
     drained = await store.drain_cold_acks()
     assert [d["client_id"] for d in drained if d["inbox"] == inbox] == ["below"]
     assert await in_mongo(store, inbox) == [5002]
@@ -164,3 +165,84 @@ async def test_a_page_past_the_hot_search_bound_returns_the_right_items(
     assert got == want
     monkeypatch.setattr(hot_module, "NEXT_HOT_MOST", 2000)
     assert await store.hot.next_hot(inbox, 53, 500) == (104, 500)
+
+
+# Review of the fixes above ------------------------------------------------------------
+
+
+async def test_a_drop_sends_the_receipts_of_what_the_device_acknowledged_before_it(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drop's marker named every number up to its top, so copies the device had
+    acknowledged before (left below the watermark by an ack cut short) lost their
+    `delivered` receipts too. It names the range the drop found unread now."""
+    inbox = _name()
+    stored = await store.store_hot([item(inbox, n, cid=f"c{n}") for n in range(3)])
+    await store.persist_due(now=time.time() + 3600)
+    await store.inbox.update_many({"inbox": inbox}, {"$set": {"moved_at": time.time() - 3600}})
+    await store.ctr.ack_hot({inbox: stored[-1]["seq"]})  # its MongoDB delete cut short
+    await store.store_hot([item(inbox, 9, cid="unread")])
+    await store.drop_inbox(inbox)
+    sent = receipts_of(store, monkeypatch)
+    store._sweep_at = ""
+    await store.sweep_acked()
+    assert await in_mongo(store, inbox) == []
+    assert sorted(sent) == ["c0", "c1", "c2"]
+
+
+async def test_an_expired_copy_inside_a_skipped_range_is_deleted_without_a_receipt(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy numbered inside a skipped range (persisted just before Redis lost the
+    counter) is stepped over by every walk, so it stayed in MongoDB for good: the
+    upkeep deletes it once past the inbox's expiry, as every copy, with no receipt."""
+    inbox = _name()
+    await store.redis.hset(
+        store.ctr.key(inbox),
+        mapping={"n": 5000 + GAP, "acked": 5, "g": format_gaps([(5000, 5000 + GAP)])},
+    )
+    expired = time.time() - store.settings.inbox_expiry_s - 60
+    for seq, at in ((5002, expired), (5003, time.time() - 3600)):
+        doc = item(inbox, seq, cid=f"in-gap-{seq}")
+        doc.update({"_id": item_id(inbox, seq), "seq": seq, "acked": False,
+                    "moved_at": at, "stored_at": at})  # fmt: skip
+        await store.inbox.insert_one(doc)
+    top = (await store.store_hot([item(inbox, 1, cid="new")]))[0]["seq"]
+    await store.acknowledge_many({inbox: top})
+    sent = receipts_of(store, monkeypatch)
+    store._sweep_at = ""
+    await store.sweep_acked()
+    assert await in_mongo(store, inbox) == [5003]  # not expired yet: kept
+    assert sent == []
+
+
+async def test_a_deferred_wide_ack_drains_copies_moved_before_it(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain of a deferred wide ack skipped every copy moved in the last
+    SHADOW_GRACE_S, so one run soon after a MongoDB blip left the whole acknowledged
+    backlog (counted as waiting, receipts unsent) to the hourly upkeep. Only copies
+    moved after the ack (less the clocks' skew) may be shadows now."""
+    inbox = _name()
+    n = 2500  # wide: deferred as one ~inbox|top|at entry
+    for s in range(0, n, 500):
+        await store.store_hot([item(inbox, i, cid=f"p{i}") for i in range(s, s + 500)])
+    await store.persist_due(now=time.time() + 3600)
+    moved = time.time() - DEDUP_SKEW_S - 30  # before the ack by more than the skew
+    await store.inbox.update_many({"inbox": inbox}, {"$set": {"moved_at": moved}})
+    assert moved > time.time() - SHADOW_GRACE_S  # within the old grace: it was left
+    top = (await store.store_hot([item(inbox, n, cid="hot")]))[0]["seq"]
+    up = store.inbox
+    down: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300"
+    )
+    try:
+        store.inbox = down.x.inbox
+        await store.acknowledge_many({inbox: top})
+    finally:
+        store.inbox = up
+        await down.close()
+    sent = receipts_of(store, monkeypatch)
+    drained = await store.drain_cold_acks()
+    assert len(drained) == n and await in_mongo(store, inbox) == []
+    assert len(sent) == n and await store.redis.scard(store.cold_acks) == 0
