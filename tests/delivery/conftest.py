@@ -11,6 +11,7 @@ import pytest
 
 from services.common.clients import mongo_client, redis_client, service_db
 from services.common.config import Settings
+from services.common.routing import Push
 from services.delivery.store import DeliveryStore
 
 
@@ -48,3 +49,28 @@ async def in_mongo(store: DeliveryStore, inbox: str) -> list[int]:
 def later(store: DeliveryStore) -> float:
     """A time past which every item stored now is due to be persisted."""
     return time.time() + store.settings.hot_persist_after_s + 1
+
+
+@pytest.fixture
+async def impatient(settings: Settings) -> AsyncIterator[DeliveryStore]:
+    """A store whose Redis replies are given up on after half a second."""
+    s = settings.model_copy(update={"dependency_timeout_ms": 500})
+    mongo, redis = mongo_client(s), redis_client(s)
+    st = DeliveryStore(s, service_db(mongo, s, "delivery"), redis)
+    await st.ensure_indexes()
+    yield st
+    await redis.aclose()
+    await mongo.close()
+
+
+def receipts_of(store: DeliveryStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The client ids of the `delivered` receipts the store publishes from now on."""
+    sent: list[str] = []
+    publish = store.publish
+
+    async def recorded(frames: list[Push], where: Any = None) -> int:
+        sent.extend(str(getattr(frame, "id", "")) for _, _, frame in frames)
+        return await publish(frames, where)
+
+    monkeypatch.setattr(store, "publish", recorded)
+    return sent

@@ -13,50 +13,21 @@ MongoDB delete.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.clients import mongo_client, redis_client, service_db
-from services.common.config import Settings
-from services.common.routing import Push
-from services.delivery.store import DeliveryStore
+from services.delivery.store import SWEEP_PER_INBOX, DeliveryStore
 from tests.common.test_fastredis import late_reply
-from tests.delivery.conftest import counts, in_mongo, item, later
+from tests.delivery.conftest import counts, in_mongo, item, later, receipts_of
 
 
 async def moved_long_ago(store: DeliveryStore, inbox: str) -> None:
     """The copies were persisted an hour ago (not moments ago: a copy moved in the last
     seconds is left to its persister's own clean-up)."""
     await store.inbox.update_many({"inbox": inbox}, {"$set": {"moved_at": time.time() - 3600}})
-
-
-def receipts_of(store: DeliveryStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The client ids of the `delivered` receipts the store publishes from now on."""
-    sent: list[str] = []
-    publish = store.publish
-
-    async def recorded(frames: list[Push], where: Any = None) -> int:
-        sent.extend(str(getattr(frame, "id", "")) for _, _, frame in frames)
-        return await publish(frames, where)
-
-    monkeypatch.setattr(store, "publish", recorded)
-    return sent
-
-
-@pytest.fixture
-async def impatient(settings: Settings) -> AsyncIterator[DeliveryStore]:
-    """A store whose Redis replies are given up on after half a second."""
-    s = settings.model_copy(update={"dependency_timeout_ms": 500})
-    mongo, redis = mongo_client(s), redis_client(s)
-    st = DeliveryStore(s, service_db(mongo, s, "delivery"), redis)
-    await st.ensure_indexes()
-    yield st
-    await redis.aclose()
-    await mongo.close()
 
 
 def _ack_script(payload: bytes) -> bool:
@@ -159,3 +130,35 @@ async def test_the_upkeep_walks_many_inboxes_a_bounded_number_a_run(
     left = [d["_id"] async for d in store.inbox.find({"inbox": {"$regex": "^many"}})]
     assert sorted(left) == [f"many{i:03d}.1|{3:016d}" for i in range(300)]
     assert await counts(store, "many042.1") == {"*": 1, "s": 1}
+
+
+async def test_an_inbox_of_thirty_thousand_copies_left_below_its_watermark_is_swept(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At size: an ack of 30,000 persisted items whose MongoDB delete was cut short (the
+    process killed after its script), ten items still waiting after them. The upkeep
+    takes a bounded share a run (SWEEP_PER_INBOX), goes on where it stopped, and in the
+    end has deleted every acknowledged copy once, each counted down once with one
+    receipt, and none of the waiting ones, which still page."""
+    inbox, n, waiting = "big.1", 30_000, 10
+    docs = [
+        {**item(inbox, seq, cid=f"c{seq}"), "_id": f"{inbox}|{seq:016d}", "seq": seq,
+         "acked": False, "moved_at": 0}
+        for seq in range(1, n + waiting + 1)
+    ]  # fmt: skip
+    for i in range(0, len(docs), 5_000):
+        await store.inbox.insert_many(docs[i : i + 5_000])
+    await store.redis.hset(store.ctr.key(inbox), mapping={"n": n + waiting, "acked": n})
+    await store.redis.hset(
+        f"{store.prefix}:pending:{{{inbox}}}", mapping={"*": n + waiting, "s": n + waiting}
+    )
+    sent = receipts_of(store, monkeypatch)
+    runs = []
+    while deleted := await store.sweep_acked():
+        runs.append(deleted)
+        assert deleted <= SWEEP_PER_INBOX
+    assert sum(runs) == n and len(sent) == len(set(sent)) == n
+    assert await in_mongo(store, inbox) == list(range(n + 1, n + waiting + 1))
+    assert await counts(store, inbox) == {"*": waiting, "s": waiting}
+    page, more = await store.page(inbox, n, 100)
+    assert [d["seq"] for d in page] == list(range(n + 1, n + waiting + 1)) and not more

@@ -13,28 +13,11 @@ remembers its call (``_CLAIM_GONE``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
-import pytest
 
-from services.common.clients import mongo_client, redis_client, service_db
-from services.common.config import Settings
 from services.delivery.store import DeliveryStore, item_id
 from tests.common.test_fastredis import late_reply
 from tests.delivery.conftest import counts, in_mongo, item, later
-
-
-@pytest.fixture
-async def impatient(settings: Settings) -> AsyncIterator[DeliveryStore]:
-    """A store whose Redis replies are given up on after half a second."""
-    s = settings.model_copy(update={"dependency_timeout_ms": 500})
-    mongo, redis = mongo_client(s), redis_client(s)
-    st = DeliveryStore(s, service_db(mongo, s, "delivery"), redis)
-    await st.ensure_indexes()
-    yield st
-    await redis.aclose()
-    await mongo.close()
 
 
 async def _six_persisted(store: DeliveryStore, inbox: str) -> None:

@@ -24,8 +24,7 @@ from services.delivery import hot as hot_module
 from services.delivery.counters import GAP, format_gaps
 from services.delivery.hot import DEDUP_SKEW_S
 from services.delivery.store import SHADOW_GRACE_S, DeliveryStore, item_id
-from tests.delivery.conftest import item
-from tests.delivery.test_below_watermark import in_mongo, receipts_of
+from tests.delivery.conftest import in_mongo, item, receipts_of
 
 
 def _name() -> str:
