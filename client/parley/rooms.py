@@ -867,12 +867,7 @@ class Rooms:
             # The room's log (or a push of it) came: we are in it. Keys held for it
             # (their check could not be made: the rooms service away) are taken now,
             # before its messages, which they may open.
-            held = tx.get("room_keys_held") or []
-            if any(h["room"] == room_id for h in held):
-                tx.put("room_keys_held", [h for h in held if h["room"] != room_id])
-                for h in held:
-                    if h["room"] == room_id:
-                        events += self._take_key(tx, room_id, str(h["from"]), int(h["device"]), h)
+            events += self._take_held(tx, room_id, member=True)[0]
             session: GroupSession | None = None
             for frame in frames:
                 if (frame.from_, frame.from_device) == (me, device):
@@ -1161,16 +1156,25 @@ class Rooms:
                 continue
             events: list[Event] = []
             async with self._store().transaction() as tx:
-                now = tx.get("room_keys_held") or []
-                mine = [h for h in now if h["room"] == room_id]
-                tx.put("room_keys_held", [h for h in now if h["room"] != room_id])
-                for h in mine if member else ():
-                    events += self._take_key(tx, room_id, str(h["from"]), int(h["device"]), h)
-                    taken += 1
-                if mine and not member:
-                    log.info("dropped %d sender keys for a room we are not in", len(mine))
+                events, held = self._take_held(tx, room_id, member=member)
+                taken += held if member else 0
+                if held and not member:
+                    log.info("dropped %d sender keys for a room we are not in", held)
             for event in events:
                 self.events.emit(event)
+
+    def _take_held(self, tx: Transaction, room_id: str, *, member: bool) -> tuple[list[Event], int]:
+        """Take the keys held for ``room_id`` out of ``room_keys_held``: stored when we
+        are a ``member`` (their events), dropped otherwise; and how many there were."""
+        held = tx.get("room_keys_held") or []
+        mine = [h for h in held if h["room"] == room_id]
+        if not mine:
+            return [], 0
+        tx.put("room_keys_held", [h for h in held if h["room"] != room_id])
+        events: list[Event] = []
+        for h in mine if member else ():
+            events += self._take_key(tx, room_id, str(h["from"]), int(h["device"]), h)
+        return events, len(mine)
 
     def _take_key(
         self, tx: Transaction, room_id: str, sender: str, device: int, control: dict[str, Any]

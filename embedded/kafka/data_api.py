@@ -258,7 +258,7 @@ async def _create_then_describe(
     broker: Broker, req: Request, requested: list[str] | None, missing: list[str]
 ) -> bytes:
     errors: dict[str, int] = {}
-    for name in dict.fromkeys(missing):
+    for name in missing:  # de-duplicated with ``requested``
         try:
             await broker.topics.create(name, broker.config.partitions)
             log.info("auto-created topic %s", name)

@@ -118,19 +118,6 @@ class Counter(NamedTuple):
                 after = t
         return after
 
-    def span_end(self, span: int) -> int:
-        """Where ``span`` numbers past ``acked`` end, the skipped ones not counted (the
-        ack script's ARGV[6], services/common/inbox.py)."""
-        pos, budget = self.acked, span
-        for f, t in self.gaps:
-            if t > pos:
-                avail = max(0, f - pos)
-                if avail >= budget:
-                    break
-                budget -= avail
-                pos = t
-        return pos + budget
-
     def stop(self, after: int, limit: int) -> int:
         """The end of the next chunk of at most ``limit`` numbers after ``after``."""
         end = min(self.n, after + limit)

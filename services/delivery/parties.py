@@ -11,6 +11,7 @@ missed).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import aiohttp
 from parley_contract import envelopes as e
@@ -77,44 +78,41 @@ class Parties:
     async def room_kind(self, room_id: str, token: str, *, admin: bool) -> str:
         """A room's kind (``private`` or ``public``) as the caller may read it (an admin
         through the admins' route): ``room_not_found`` otherwise."""
+        return str((await self._room(room_id, token, admin=admin)).get("kind"))
+
+    async def _room(self, room_id: str, token: str, *, admin: bool = False) -> dict[str, Any]:
+        """The room as the caller may read it (an admin through the admins' route), read
+        fresh from the rooms service: ``room_not_found`` otherwise."""
         session, _ = self._client()
         path = f"/rooms/v1/{'admin/' if admin else ''}rooms/{room_id}"
-        room = await rooms_get(session, self.rooms + path, token)
-        return str(room.get("kind"))
+        return await rooms_get(session, self.rooms + path, token)
 
     async def joined_at(self, room_id: str, token: str) -> int:
-        """When the caller joined ``room_id``, a private room (Unix ms), read fresh from
-        the rooms service: ``room_not_found`` (no such room, or a private one the caller
-        may not see), ``not_a_member`` (invited, or a member no more), ``forbidden`` for
-        a public room."""
-        session, _ = self._client()
-        room = await rooms_get(session, f"{self.rooms}/rooms/v1/rooms/{room_id}", token)
+        """When the caller joined ``room_id``, a private room (Unix ms): ``room_not_found``
+        (no such room, or a private one the caller may not see), ``not_a_member``
+        (invited, or a member no more), ``forbidden`` for a public room."""
+        room = await self._room(room_id, token)
         if room.get("kind") != "private":
             raise ApiError(
                 ErrorCode.FORBIDDEN,
                 "A public room's history is its timeline: GET /rooms/v1/rooms/{room_id}/messages.",
             )
-        joined = room.get("joined_at")
-        if room.get("role") is None or not isinstance(joined, int):
+        joined = _joined(room)
+        if joined is None:
             raise ApiError(ErrorCode.NOT_A_MEMBER, "Only the room's members read its log.")
         return joined
 
     async def member_since(self, room_id: str, token: str) -> int | None:
-        """When the caller joined ``room_id`` (Unix ms), whatever the room's kind, read
-        fresh from the rooms service; None when they are not a member now (no such room,
-        one they may not see, invited only, left or removed: the rooms service keeps no
-        record of past memberships). ``unavailable`` when it cannot be asked."""
-        session, _ = self._client()
+        """When the caller joined ``room_id`` (Unix ms), whatever the room's kind; None
+        when they are not a member now (no such room, one they may not see, invited only,
+        left or removed: the rooms service keeps no record of past memberships).
+        ``unavailable`` when it cannot be asked."""
         try:
-            room = await rooms_get(session, f"{self.rooms}/rooms/v1/rooms/{room_id}", token)
+            return _joined(await self._room(room_id, token))
         except ApiError as exc:
             if exc.code == ErrorCode.ROOM_NOT_FOUND:
                 return None
             raise
-        joined = room.get("joined_at")
-        if room.get("role") is None or not isinstance(joined, int):
-            return None
-        return joined
 
     async def joined_private(self, room_ids: list[str], token: str) -> dict[str, int]:
         """Of ``room_ids``, the private rooms the caller is a member of, and when they
@@ -138,3 +136,9 @@ class Parties:
         _, devices = self._client()
         lists = await devices.get_many(users, token, fresh=True)
         return [e.inbox_id(u, d) for u, ds in zip(users, lists, strict=True) for d in sorted(ds)]
+
+
+def _joined(room: dict[str, Any]) -> int | None:
+    """A room view's ``joined_at`` when the caller is a member (it has a role)."""
+    joined = room.get("joined_at")
+    return joined if room.get("role") is not None and isinstance(joined, int) else None

@@ -971,7 +971,9 @@ class DeliveryStore:
         costs two reads, not one per chunk of it (a gap of 200,000 numbers: 1,000
         MongoDB and 1,000 Redis round trips for a page of one item; a million: past
         the gateway's timeout, and the device never synced). A page that runs out
-        of reads returns what it found with ``more``. Raises
+        of reads returns what it found with ``more``; one that found nothing goes on
+        until it finds an item or the end (a hot hash past ``NEXT_HOT_MOST`` items
+        makes each look cover that many numbers: a gap of a million, 500 looks). Raises
         :class:`~services.delivery.counters.CountersUnseeded` while another seeder
         holds the inbox's counter (``service_unavailable``, as any dependency away).
         """
@@ -980,7 +982,15 @@ class DeliveryStore:
         start = max(after, counter.acked)
         found: list[dict[str, Any]] = []
         steps = 0
-        while (start := counter.skip(start)) < last and len(found) < limit and steps < PAGE_STEPS:
+        # Past PAGE_STEPS only while nothing is found: a page that says ``more`` holds an
+        # item to go on from (the client asks again from its last one; an empty page
+        # with ``more`` was asked again from the same place, for ever, when the next-
+        # item look was bounded: a hot hash past NEXT_HOT_MOST and a wide gap).
+        while (
+            (start := counter.skip(start)) < last
+            and len(found) < limit
+            and (steps < PAGE_STEPS or not found)
+        ):
             steps += 1
             stop = counter.stop(start, limit)
             seqs = list(range(start + 1, stop + 1))
@@ -998,7 +1008,7 @@ class DeliveryStore:
                 gone = {d["_id"] for d in await self.hot.removed(docs)}
                 found.extend(d for d in docs if d["_id"] not in gone)
             start = stop
-            if not hot and not docs and start < last and steps < PAGE_STEPS:
+            if not hot and not docs and start < last and (steps < PAGE_STEPS or not found):
                 steps += 1
                 nxt = await self._next_seq(user, start, last)
                 start = last if nxt is None else max(start, nxt - 1)

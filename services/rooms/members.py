@@ -802,7 +802,7 @@ async def invitations(
         docs = await store.get_invitations(user_id, [str(x["room"]) for x in entries])
         live = [
             (d, slot) for x in entries if (d := docs.get(str(x["room"]))) is not None
-            and int(d["user_slot"]) == (slot := int(str(x["_id"]).rsplit("|", 1)[1]))
+            and int(d["user_slot"]) == (slot := slot_of(x))
         ]  # fmt: skip
         got = await store.get_rooms([str(d["room"]) for d, _ in live])
         for d, slot in live:

@@ -19,7 +19,7 @@ from services.rooms import models, push, text
 from services.rooms.config import NAME_MAX, PAGE_MAX, TOPIC_MAX
 from services.rooms.events import Check
 from services.rooms.state import Rooms
-from services.rooms.store import Doc, member_id, now_ms
+from services.rooms.store import Doc, member_id, now_ms, slot_of
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ async def mine(rooms: Rooms, user_id: str, before: int | None, limit: int) -> mo
         members = await store.memberships(user_id, [str(x["room"]) for x in entries])
         live = [
             (m, slot) for x in entries if (m := members.get(str(x["room"]))) is not None
-            and int(m["user_slot"]) == (slot := int(str(x["_id"]).rsplit("|", 1)[1]))
+            and int(m["user_slot"]) == (slot := slot_of(x))
         ]  # fmt: skip
         docs = await store.get_rooms([str(m["room"]) for m, _ in live])
         for m, slot in live:

@@ -151,12 +151,13 @@ class RoomStore:
     # -- helpers -------------------------------------------------------------------------
 
     async def _by_ids(self, coll: AsyncCollection[Doc], ids: Sequence[str]) -> dict[str, Doc]:
-        out: dict[str, Doc] = {}
-        for i in range(0, len(ids), ID_CHUNK):
-            chunk = list(ids[i : i + ID_CHUNK])
-            for doc in await coll.find({"_id": {"$in": chunk}}).to_list():
-                out[str(doc["_id"])] = doc
-        return out
+        """The documents of ``ids``, ``ID_CHUNK`` ids a query, the queries side by side (a
+        room of 5,000's members: ten round trips at once, not one after another)."""
+        chunks = [list(ids[i : i + ID_CHUNK]) for i in range(0, len(ids), ID_CHUNK)]
+        found = await asyncio.gather(
+            *(coll.find({"_id": {"$in": chunk}}).to_list() for chunk in chunks)
+        )
+        return {str(doc["_id"]): doc for docs in found for doc in docs}
 
     async def _insert_new(self, coll: AsyncCollection[Doc], doc: Doc) -> bool:
         """Insert; False if the ``_id`` is taken."""

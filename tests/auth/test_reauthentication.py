@@ -21,7 +21,7 @@ from services.auth.tokens import digest, normalize_recovery_code
 from tests.auth.conftest import ROOMY
 from tests.auth.helpers import PASSWORD, AuthApi, RecordingHasher
 
-REAUTH = 4  # password re-checks per account per window
+REAUTH = 4  # password re-checks per session per window
 NOTICES = 2  # security notices per account per window (then one saying so)
 
 # Every endpoint that asks a signed-in user for the password again.

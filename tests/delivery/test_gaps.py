@@ -24,6 +24,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from services.common.clients import redis_client, service_db
 from services.common.config import Settings
+from services.delivery import hot as hot_module
 from services.delivery.store import DeliveryStore
 from services.delivery.worker import Worker
 from tests.delivery.conftest import item, later
@@ -162,3 +163,32 @@ async def test_pages_over_many_gaps_return_every_item_once_in_order(
         after = page[-1]["seq"]
     assert got == [1000 * (i + 1) for i in range(40)]
     assert pages > 1
+
+
+@pytest.mark.parametrize("bound", [20, 2000])
+async def test_a_page_over_a_wide_gap_and_a_large_hot_hash_is_never_empty_with_more(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch, bound: int
+) -> None:
+    """Review finding: with more than NEXT_HOT_MOST items hot (each look for the next item
+    then covers that many numbers) and a gap wider than PAGE_STEPS looks, a page came
+    back empty with ``more``; the client asks again from the same place, for ever. At
+    the real bound: 2,005 items hot past a gap of 100,000 numbers."""
+    monkeypatch.setattr(hot_module, "NEXT_HOT_MOST", bound)
+    inbox = "wide.1"
+    await store.store_hot([item(inbox, 0, cid="first")])
+    await store.acknowledge_many({inbox: 1})
+    await store.redis.hincrby(store.ctr.key(inbox), "n", 50 * bound)  # a gap, as repeats left
+    for s in range(0, bound + 5, 500):
+        await store.store_hot(
+            [item(inbox, i, cid=f"h{i}") for i in range(s, min(s + 500, bound + 5))]
+        )
+    seen: list[str] = []
+    after = 1
+    while True:
+        page, more = await store.page(inbox, after, 100)
+        assert page or not more
+        seen += [d["client_id"] for d in page]
+        if not more:
+            break
+        after = page[-1]["seq"]
+    assert seen == [f"h{i}" for i in range(bound + 5)]

@@ -19,16 +19,7 @@ from services.delivery.hot import Removal, Replicas
 from services.delivery.store import DeliveryStore, dedup_key, item_id
 from services.delivery.worker import Worker
 from services.gateway.acks import DirectAcks
-from tests.delivery.conftest import item
-
-
-def later(store: DeliveryStore) -> float:
-    """A moment when everything stored so far is due for the persister."""
-    return time.time() + store.settings.hot_persist_after_s + 1
-
-
-async def in_mongo(store: DeliveryStore, inbox: str) -> list[int]:
-    return sorted([int(d["seq"]) async for d in store.inbox.find({"inbox": inbox}, {"seq": 1})])
+from tests.delivery.conftest import in_mongo, item, later
 
 
 async def test_new_items_live_in_redis_and_never_reach_mongodb_when_acknowledged(

@@ -12,14 +12,9 @@ from typing import Any
 import pytest
 
 from services.delivery.store import ORPHAN_GRACE_S, DeliveryStore
-from tests.delivery.conftest import item
+from tests.delivery.conftest import item, later
 
 Due = Callable[..., Awaitable[list[tuple[str, int, float]]]]
-
-
-def later(store: DeliveryStore) -> float:
-    """A moment when everything stored so far is due for the persister."""
-    return time.time() + store.settings.hot_persist_after_s + 1
 
 
 def counting(store: DeliveryStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
