@@ -726,7 +726,10 @@ class HotInbox:
         for i in range(0, len(members), 1000):
             await self.redis.zrem(self.index, *members[i : i + 1000])
 
-    async def drop(self, inbox: str, seqs: Iterable[int]) -> None:
+    async def drop(self, inbox: str) -> None:
+        """Drop an inbox's hot items and their persister index entries (by the hash's
+        fields: what is hot, not every number issued, which a gap makes millions)."""
+        seqs = [int(f) for f in await self.redis.hkeys(self.key(inbox))]
         members = [f"{inbox}|{s}" for s in seqs]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(self.key(inbox))

@@ -148,7 +148,8 @@ return out
 
 _GONE_FIELDS = {"inbox": 1, "user": 1, "device": 1, "from": 1, "from_device": 1,
                 "client_id": 1, "kind": 1, "conversation": 1, "seq": 1, "server_id": 1,
-                "room": 1, "uncounted": 1, "moved_at": 1, "stored_at": 1}  # fmt: skip
+                "room": 1, "uncounted": 1, "moved_at": 1, "stored_at": 1,
+                "sent_at": 1}  # fmt: skip
 """What deleting a persisted copy needs of it: its counts and its `delivered` receipt
 (``room`` too: a private room's copy earns no receipt)."""
 
@@ -571,9 +572,7 @@ class DeliveryStore:
         counter = await self.ctr.require(inbox)
         if counter.n <= counter.acked:
             return 0
-        first, last = counter.acked + 1, counter.n
-        numbers = counter.numbers(first, last)
-        ids = [item_id(inbox, s) for s in numbers]
+        last = counter.n
         # First: a persister pass may insert a copy after the deletes below (it read
         # the item hot before), which the upkeep or its own clean-up then deletes
         # below the watermark; no `delivered` receipt goes out for it (:meth:`_unread`).
@@ -583,13 +582,18 @@ class DeliveryStore:
             self.dropped_key(inbox), f"{counter.acked}:{last}",
             ex=self.settings.inbox_expiry_s + DAY_S,
         )  # fmt: skip
+        # Found by ``_id`` range, run by run between the skipped ranges (every number
+        # listed was a million ids and 2,000 deletes over a gap a resent message left).
         deleted = 0
-        for i in range(0, len(ids), ID_CHUNK):
-            res = await self.inbox.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
-            deleted += int(res.deleted_count)
+        for lo, hi in counter.segments(counter.acked + 1, last):
+            after = item_id(inbox, lo - 1)
+            while docs := await self._in_range(inbox, after, item_id(inbox, hi), ID_CHUNK):
+                after = docs[-1]["_id"]
+                res = await self.inbox.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+                deleted += int(res.deleted_count)
         await self.ctr.raise_acked({inbox: last})
         await self.redis.delete(pending_key(self.prefix, inbox))
-        await self.hot.drop(inbox, numbers)
+        await self.hot.drop(inbox)
         return deleted
 
     def dropped_key(self, inbox: str) -> str:
@@ -805,24 +809,25 @@ class DeliveryStore:
         return sum(await asyncio.gather(*(one(*w) for w in waiting)))
 
     async def _purge_inbox(self, inbox: str, counter: InboxCounter, cutoff: float) -> int:
-        fields = {"stored_at": 1, "sent_at": 1, "from": 1, "kind": 1, "inbox": 1, "seq": 1,
-                  "uncounted": 1}  # fmt: skip
+        # The persisted copies above the watermark in order, by ``_id`` range run by run
+        # between the skipped ranges (number by number, a gap a resent message left cost
+        # a read per 500 numbers of it, every hour), up to the first not yet expired.
         expired: list[dict[str, Any]] = []
-        top, start, done = counter.acked, counter.acked, False
-        while (start := counter.skip(start)) < counter.n and not done:
-            stop = counter.stop(start, ID_CHUNK)
-            docs = await self._by_seq(inbox, start + 1, stop, {}, fields)
-            found = {int(d["seq"]): d for d in docs}
-            for seq in range(start + 1, stop + 1):
-                doc = found.get(seq)
-                if doc is None:
-                    continue  # a number a clash skipped: nothing to keep
-                if _stored_at(doc) >= cutoff:
-                    done = True
-                    break
-                expired.append(doc)
-                top = seq
-            start = stop
+        top, done = counter.acked, False
+        for lo, hi in counter.segments(counter.acked + 1, counter.n):
+            after = item_id(inbox, lo - 1)
+            while not done and (
+                docs := await self._in_range(inbox, after, item_id(inbox, hi), ID_CHUNK)
+            ):
+                after = docs[-1]["_id"]
+                for doc in docs:
+                    if _stored_at(doc) >= cutoff:
+                        done = True
+                        break
+                    expired.append(doc)
+                    top = int(doc["seq"])
+            if done:
+                break
         if not expired:
             return 0
         mine = await self._delete_copies(expired)
@@ -1037,16 +1042,6 @@ class DeliveryStore:
         self, user: str, seqs: list[int], extra: dict[str, Any], fields: Any = None
     ) -> list[dict[str, Any]]:
         ids = [item_id(user, s) for s in seqs]
-        out: list[dict[str, Any]] = []
-        for i in range(0, len(ids), ID_CHUNK):
-            query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, **extra}
-            out.extend([d async for d in self.inbox.find(query, fields)])
-        return out
-
-    async def _by_seq(
-        self, user: str, first: int, last: int, extra: dict[str, Any], fields: Any = None
-    ) -> list[dict[str, Any]]:
-        ids = [item_id(user, s) for s in range(first, last + 1)]
         out: list[dict[str, Any]] = []
         for i in range(0, len(ids), ID_CHUNK):
             query = {"_id": {"$in": ids[i : i + ID_CHUNK]}, **extra}

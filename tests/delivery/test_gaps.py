@@ -192,3 +192,34 @@ async def test_a_page_over_a_wide_gap_and_a_large_hot_hash_is_never_empty_with_m
             break
         after = page[-1]["seq"]
     assert seen == [f"h{i}" for i in range(bound + 5)]
+
+
+async def test_a_drop_and_the_expiry_over_a_gap_of_a_million_numbers_make_a_few_reads(
+    counted: tuple[DeliveryStore, Reads, list[int]],
+) -> None:
+    """The shared walks too (review): removing a device's inbox listed every number
+    issued past its watermark (a million ids, 2,000 deletes, one ZREM of a million
+    members over a gap a resent message left), and the hourly expiry read the gap 500
+    numbers at a time. Both read by ``_id`` range now."""
+    store, reads, trips = counted
+    await store.store_hot([item("gdrop", 0, cid="old")])
+    await store.persist_due(now=later(store))
+    await store.inbox.update_one({"inbox": "gdrop"}, {"$set": {"stored_at": 0}})  # expired
+    await _gap(store, "gdrop", 1_000_000)
+    await store.store_hot([item("gdrop", 1, cid="cold")])
+    await store.persist_due(now=later(store))
+    await _gap(store, "gdrop", 1_000_000)
+    await store.store_hot([item("gdrop", 2, cid="hot")])
+    reads.count, trips[0] = 0, 0
+    counter = (await store.ctr.get(["gdrop"]))["gdrop"]
+    cutoff = time.time() - store.settings.inbox_expiry_s
+    assert await store._purge_inbox("gdrop", counter, cutoff) == 1  # "old", not "cold"
+    assert reads.count <= 3, reads.count  # its run, and the next up to the first kept
+    page, _ = await store.page("gdrop", 0, 10)
+    assert [d["client_id"] for d in page] == ["cold", "hot"]
+    reads.count, trips[0] = 0, 0
+    assert await store.drop_inbox("gdrop") == 1  # the persisted "cold"
+    assert reads.count <= 4 and trips[0] <= 12, (reads.count, trips[0])
+    assert await store.inbox.count_documents({"inbox": "gdrop"}) == 0
+    assert await store.redis.hlen(store.hot.key("gdrop")) == 0
+    assert await store.page("gdrop", 0, 10) == ([], False)
