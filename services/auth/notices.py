@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from services.auth.mail import MailError
-from services.common.errors import ApiError
-from services.common.ratelimit import Limit
 
 if TYPE_CHECKING:
     from services.auth.state import AuthService, Caller
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOTICE_RULE = "security_notices"
-# The one notice past the cap (it says the next ones are held), per window.
-HELD_RULE = "security_notices_held"
 
 
 class Notice(Enum):
@@ -114,17 +110,13 @@ async def notify(
 async def _over_cap(svc: AuthService, user_id: str) -> int | None:
     """None: under the cap, mail as usual. Else the seconds until the cap's window
     ends, for the first notice past it (it says so), or 0 for the next ones (held)."""
+    limit = svc.limiter.limits(NOTICE_RULE)
     try:
-        await svc.limiter.hit(NOTICE_RULE, user_id)
-        return None
-    except ApiError as exc:
-        left = int(exc.details["retry_after"])
+        count, left = await svc.limiter.count(NOTICE_RULE, user_id, limit)
     except RedisError:
         # The notice matters more than the cap: mail it (the change was made).
         log.warning("security notice cap not counted", extra={"user_id": user_id})
         return None
-    try:
-        await svc.limiter.hit(HELD_RULE, user_id, Limit(1, left))
-    except (ApiError, RedisError):
-        return 0
-    return left
+    if count <= limit.count:
+        return None
+    return left if count == limit.count + 1 else 0

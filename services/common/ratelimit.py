@@ -215,10 +215,16 @@ class RateLimiter:
             count, _, ttl = await pipe.execute()
         return int(count), int(ttl) if int(ttl) > 0 else window_s
 
+    async def count(self, rule: str, ident: str, limit: Limit | None = None) -> tuple[int, int]:
+        """Count an event in ``ident``'s window, refusing nothing: (events in the
+        window so far, this one included; seconds until the window ends)."""
+        limit = limit or self.limits(rule)
+        return await self._count(self.key(rule, ident), limit.window_s)
+
     async def hit(self, rule: str, ident: str, limit: Limit | None = None) -> None:
         """Count an attempt; raise 429 ``rate_limited`` if it is over the limit."""
         limit = limit or self.limits(rule)
-        count, ttl = await self._count(self.key(rule, ident), limit.window_s)
+        count, ttl = await self.count(rule, ident, limit)
         if count > limit.count:
             self._refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(ttl)
