@@ -171,38 +171,17 @@ return clashed
 """
 )
 
-# The dedup records of a batch: KEYS[1] the time this version's records began
-# (``<p>:hotdupv2``), then per record its spans' keys (ARGV[2] of them, newest first) and
-# its key of the versions before; ARGV[1] now, ARGV[2] spans per record, ARGV[3] how long
-# after KEYS[1] the keys of before are read, then per record its field. Returns each
-# record's value (the newest span's), or nil.
-_CLAIMS = """
-local per = tonumber(ARGV[2])
-local since = redis.call('GET', KEYS[1])
-local old = since and tonumber(ARGV[1]) < tonumber(since) + tonumber(ARGV[3])
-local out = {}
-for j = 4, #ARGV do
-  local base = 1 + (j - 4) * (per + 1)
-  local v = false
-  for i = 1, per do
-    v = redis.call('HGET', KEYS[base + i], ARGV[j])
-    if v then break end
-  end
-  if not v and old then v = redis.call('GET', KEYS[base + per + 1]) end
-  out[#out + 1] = v
-end
-return out
-"""
-
-# A batch's first round trip (services/delivery/store.py ``claims_and_numbers``): the
-# dedup records as _CLAIMS reads them, and numbers for the records not found only. KEYS[1]
-# ``<p>:hotdupv2``, KEYS[2] the set of counters changed since the last checkpoint, then
-# per record its spans' keys (ARGV[2] of them, newest first) and its key of before, then
-# per inbox its counter; ARGV[1] now, ARGV[2] spans per record, ARGV[3] how long after
-# KEYS[1] the keys of before are read, ARGV[4] how many inboxes, then their names, then
-# per record its field and its inbox (1-based, among those names). Returns each record's
-# value (or nil), then per inbox the first of the numbers reserved for its records not
-# found (one each, in order), 0 when it needs none, -1 when its counter is missing.
+# The dedup records of a batch, and (a batch's first round trip, services/delivery/store.py
+# ``claims_and_numbers``) numbers for the records not found only. KEYS[1]
+# ``<p>:hotdupv2`` (the time this version's records began), KEYS[2] the set of counters
+# changed since the last checkpoint, then per record its spans' keys (ARGV[2] of them,
+# newest first) and its key of the versions before, then per inbox its counter; ARGV[1]
+# now, ARGV[2] spans per record, ARGV[3] how long after KEYS[1] the keys of before are
+# read, ARGV[4] how many inboxes (0: number nothing), then their names, then per record
+# its field and its inbox (1-based, among those names; 0: none). Returns each record's
+# value (the newest span's, or nil), then per inbox the first of the numbers reserved
+# for its records not found (one each, in order), 0 when it needs none, -1 when its
+# counter is missing.
 #
 # Until 2026-12-07 a batch reserved a number for every item, a repeat's left unused: a
 # sender resending one message (no waiting count is raised for a repeat, so no cap
@@ -225,10 +204,8 @@ for j = 1, records do
   end
   if not v and old then v = redis.call('GET', KEYS[base + per + 1]) end
   out[j] = v
-  if not v then
-    local k = tonumber(ARGV[a + 2])
-    fresh[k] = fresh[k] + 1
-  end
+  local k = tonumber(ARGV[a + 2])
+  if not v and k > 0 then fresh[k] = fresh[k] + 1 end
 end
 local counters = 2 + records * (per + 1)
 for i = 1, inboxes do
@@ -455,7 +432,6 @@ class HotInbox:
         self.recount = recount
         """Seeds missing counters and raises them (InboxCounters.raise_to): see _PUT."""
         self._put = scripts.register(redis, _PUT)
-        self._claims = scripts.register(redis, _CLAIMS)
         self.dedup = DedupSpans(prefix, dedup_s)
         self.dedup_since = f"{prefix}:hotdupv2"
         """When this version's dedup records began (before: :meth:`dup_key`)."""
@@ -478,7 +454,7 @@ class HotInbox:
         return f"{self.prefix}:rm:{{{inbox}}}"
 
     def dup_key(self, dedup_key: str) -> str:
-        """A dedup record's key in versions before 2026-12-07 (still read, see _CLAIMS)."""
+        """A dedup record's key in versions before 2026-12-07 (still read, see _CLAIMS_NUMBERS)."""
         return f"{self.prefix}:hotdup:{{{dedup_key.split('|', 1)[0]}}}|{dedup_key}"
 
     async def begin_dedup_spans(self) -> None:
@@ -508,18 +484,8 @@ class HotInbox:
         """Queue what :meth:`claims_and_gone` reads: one script for the dedup records of
         ``keys`` (if any), then an ``MGET`` of the removal marks of the (distinct)
         ``ids`` (if any). Returns how many commands were queued."""
-        now = time.time()
-        spans = self.dedup.spans(now)
         if keys:
-            names: list[str] = [self.dedup_since]
-            fields: list[str] = []
-            for key in keys:
-                inbox, _, field = key.partition("|")
-                names += [self.dedup.key(inbox, s) for s in spans]
-                names.append(self.dup_key(key))
-                fields.append(field)
-            args = [int(now), len(spans), self.dedup_s + DEDUP_SKEW_S, *fields]
-            await scripts.queue(pipe, self._claims, names, args)
+            await self._queue_records(pipe, keys, numbered=False)
         if ids:
             pipe.mget([self.gone_key(s) for s in ids])
         return bool(keys) + bool(ids)
@@ -531,8 +497,16 @@ class HotInbox:
         sequence number for each of ``keys`` (distinct dedup keys) it finds no record
         of, and none for a repeat (:data:`_CLAIMS_NUMBERS`). Returns how many commands
         were queued and the inboxes in the order the script answers for them."""
-        if not keys:
-            return await self.queue_claims(pipe, [], ids), []
+        order = await self._queue_records(pipe, keys, numbered=True) if keys else []
+        if ids:
+            pipe.mget([self.gone_key(s) for s in ids])
+        return bool(keys) + bool(ids), order
+
+    async def _queue_records(
+        self, pipe: aioredis.client.Pipeline, keys: list[str], *, numbered: bool
+    ) -> list[str]:
+        """Queue :data:`_CLAIMS_NUMBERS` for the dedup records of ``keys``, reserving
+        numbers when ``numbered``; the inboxes in the order the script answers for them."""
         now = time.time()
         spans = self.dedup.spans(now)
         inboxes: dict[str, int] = {}
@@ -542,14 +516,12 @@ class HotInbox:
             inbox, _, field = key.partition("|")
             names += [self.dedup.key(inbox, s) for s in spans]
             names.append(self.dup_key(key))
-            records += [field, inboxes.setdefault(inbox, len(inboxes) + 1)]
+            records += [field, inboxes.setdefault(inbox, len(inboxes) + 1) if numbered else 0]
         order = list(inboxes)
         names += [counter_key(self.prefix, inbox) for inbox in order]
         args = [int(now), len(spans), self.dedup_s + DEDUP_SKEW_S, len(order), *order, *records]
         await scripts.queue(pipe, self._claims_numbers, names, args)
-        if ids:
-            pipe.mget([self.gone_key(s) for s in ids])
-        return 1 + bool(ids), order
+        return order
 
     def read_claims_numbers(
         self, keys: list[str], ids: list[str], inboxes: list[str], results: list[Any]
