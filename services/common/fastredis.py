@@ -50,7 +50,7 @@ import asyncio
 import copy
 import inspect
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import hiredis
@@ -321,12 +321,15 @@ class FastRedis(aioredis.Redis):
         if wire is not None and wire.error is None:
             wire.fail(RedisConnectionError("Redis connection closed"))
 
-    async def _call(self, payload: bytes, n: int, again: bool = False) -> list[Any]:
+    async def _call(
+        self, payload: bytes, n: int, again: Callable[[], bool] = lambda: False
+    ) -> list[Any]:
         """Send ``n`` packed commands, return their ``n`` raw replies.
 
         After a connection error or a timeout they are sent again on a fresh
         connection (as redis-py does) only if they were never written to one, or
-        ``again`` (every command may run twice: :func:`idempotent`); else the
+        ``again()`` (every command may run twice: :func:`idempotent`, asked only
+        then); else the
         error is raised: the commands may have run, and running them twice is
         the caller's decision. A request written to an idle connection that closed
         without sending a byte back never ran: the server had closed it already
@@ -370,7 +373,7 @@ class FastRedis(aioredis.Redis):
             self._drop()
 
         def retryable(_: Exception) -> bool:
-            return again or not written
+            return not written or again()
 
         try:
             return await attempt()
@@ -405,7 +408,7 @@ class FastRedis(aioredis.Redis):
             except ReadOnlyError:
                 await _forget_replica(self.connection_pool)
                 raise
-        (reply,) = await self._call(_pack(args), 1, idempotent(args))
+        (reply,) = await self._call(_pack(args), 1, lambda: idempotent(args))
         result = self._parse(args[0], reply, options)
         if inspect.isawaitable(result):
             result = await result
@@ -478,8 +481,11 @@ class FastPipeline(aioredis.client.Pipeline):
                 for s in self.scripts:
                     s.sha = await self._client.script_load(s.script)
             client = self._client
-            again = self.idempotent or all(idempotent(a) for a, _ in stack)
-            replies = await client._call(b"".join([_pack(a) for a, _ in stack]), len(stack), again)
+            replies = await client._call(
+                b"".join([_pack(a) for a, _ in stack]),
+                len(stack),
+                lambda: self.idempotent or all(idempotent(a) for a, _ in stack),
+            )
             out = []
             for (args, options), reply in zip(stack, replies, strict=True):
                 result = client._parse(args[0], reply, options)
