@@ -2607,14 +2607,7 @@ export class ParleyClient {
         if (report) entry.report = report;
       }
       // Unsent (or removed by an admin) while it waited for its sender key: a marker.
-      const removedBy = this.#removedBy(item.server_id);
-      if (removedBy !== undefined) {
-        this.#markRemoved(entry, removedBy);
-        this.#addHistory(tx, conv, entry);
-        return { type: 'removed', peer: conv, serverId: item.server_id, by: removedBy };
-      }
-      this.#addHistory(tx, conv, entry);
-      return { type: 'room_message', room: roomId, sender: item.from, text: entry.text };
+      return this.#addRoomEntry(tx, conv, entry, item.server_id, { type: 'room_message', room: roomId, sender: item.from, text: entry.text });
     } catch (error) {
       if (error instanceof UnknownSenderKey) {
         if (keep) {
@@ -2654,14 +2647,8 @@ export class ParleyClient {
       } else {
         throw error;
       }
-      const removedBy = this.#removedBy(item.server_id);
-      if (removedBy !== undefined) {
-        this.#markRemoved(entry, removedBy); // removed anyway: nothing to say it could not be read
-        this.#addHistory(tx, conv, entry);
-        return { type: 'removed', peer: conv, serverId: item.server_id, by: removedBy };
-      }
-      this.#addHistory(tx, conv, entry);
-      return { type: 'error', code: 'decrypt_failed', message: `A room message from ${this.username(item.from)} could not be decrypted.` };
+      // Removed anyway: a marker, nothing to say it could not be read.
+      return this.#addRoomEntry(tx, conv, entry, item.server_id, { type: 'error', code: 'decrypt_failed', message: `A room message from ${this.username(item.from)} could not be decrypted.` });
     }
   }
 
@@ -3485,12 +3472,7 @@ export class ParleyClient {
             tx,
             `history:${ref}`,
             frame.server_id,
-            (entry) => {
-              entry.kind = 'removed';
-              entry.removed_by = frame.by;
-              entry.text = removedText(frame.by);
-              delete entry.report;
-            },
+            (entry) => this.#markRemoved(entry, frame.by),
             (e) => e.kind === 'message',
           );
           if (done) removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
@@ -3517,6 +3499,15 @@ export class ParleyClient {
     if (row === undefined) return undefined;
     if (this.#removedIndex?.row !== row) this.#removedIndex = { row, by: new Map(row) };
     return this.#removedIndex.by.get(serverId);
+  }
+
+  /** A room's history entry added, made a "removed" marker if a verified tombstone came
+   * for it while it waited (#removedBy); the `removed` event then, else `event`. */
+  #addRoomEntry(tx: Tx, conv: string, entry: HistoryEntry, serverId: string, event: ClientEvent): ClientEvent {
+    const by = this.#removedBy(serverId);
+    if (by !== undefined) this.#markRemoved(entry, by);
+    this.#addHistory(tx, conv, entry);
+    return by === undefined ? event : { type: 'removed', peer: conv, serverId, by };
   }
 
   /** A history entry made a "removed" marker (as #onTombstone makes one): no text, no
