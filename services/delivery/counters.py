@@ -9,7 +9,8 @@ script that raises ``acked`` and returns the range it covered).
 
 Keys (``<p>`` = the Redis prefix):
 
-- ``<p>:ctr:{<inbox>}``: hash ``n``, ``acked`` (and ``g`` after a loss: the
+- ``<p>:ctr:{<inbox>}``: hash ``n``, ``acked``, ``c`` (the highest ``n`` known to be
+  in the checkpoint) (and ``g`` after a loss: the
   ranges of numbers skipped, ``"f:t,..."`` for ``f + 1 .. t``, see below; a
   counter seeded by an earlier version has one range as ``sf``, ``st``);
 - ``<p>:ctrdirty``: set of the inboxes changed since the last checkpoint;
@@ -37,6 +38,12 @@ past it is handed out): after a second loss, a walk from a watermark below
 the first range must still step over it. On a first start (nothing
 recorded in MongoDB) counters start at 0; an upgrade from counters kept in
 MongoDB starts from them exactly.
+
+**No copy in MongoDB above its checkpoint.** A copy persisted under a number the
+checkpoint had not reached would be inside the range skipped after a loss: never
+paged, and its Kafka record committed past. The persister covers each page's
+inboxes first (:meth:`InboxCounters.cover`; ``c`` in the counter's hash: the
+highest ``n`` a checkpoint write is known to have stored).
 
 **An inbox with no checkpoint** starts at ``ctrfloor``: 0 on a first start, and
 after the L-th loss MongoDB records, ``L * GAP`` (the range below it skipped). Its
@@ -203,6 +210,17 @@ redis.call('HSET', KEYS[1], 'n', ARGV[1], 'acked', ARGV[2], 'g', ARGV[3])
 return 1
 """
 
+# Raises ``c`` (the highest ``n`` known to be in the inbox's MongoDB checkpoint) to
+# ARGV[1], only while the counter is there: a hash holding ``c`` alone would pass for a
+# counter, and its numbers would start again from 1.
+_COVERED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'c') or '0') then
+  redis.call('HSET', KEYS[1], 'c', ARGV[1])
+end
+return 1
+"""
+
 # Releases the seeding locks KEYS that still hold this seeder's token ARGV[1].
 _UNLOCK = """
 for _, k in ipairs(KEYS) do
@@ -279,6 +297,7 @@ class InboxCounters:
         self._ack = scripts.register(redis, _ACK)
         self._ack_hot = scripts.register(redis, ACK_HOT)
         self._raise = scripts.register(redis, _RAISE)
+        self._covered = scripts.register(redis, _COVERED)
         self._base_lock = asyncio.Lock()
         self._token = uuid.uuid4().hex  # this process's, on the seeding locks it holds
 
@@ -672,6 +691,58 @@ class InboxCounters:
         held = set(mine)
         return len(missing), [i for i in saved if i not in held]
 
+    async def _copy(self, rows: dict[str, list[Any]]) -> None:
+        """Write these counters (``n``, ``acked``, ``g`` as read from Redis; those not
+        there left out) to their MongoDB checkpoints, then mark each as covered up to
+        the ``n`` written (``c``: :meth:`cover`)."""
+        # The skipped ranges too: a counter seeded without MongoDB (a new inbox once
+        # every checkpoint is in Redis) has its range nowhere else.
+        ops = [
+            UpdateOne({"_id": inbox},
+                      {"$max": {"n": int(n), "acked": int(acked or 0)},
+                       **({"$set": {"g": scripts.text(g)}} if g else {})}, upsert=True)
+            for inbox, (n, acked, g, *_) in rows.items() if n is not None
+        ]  # fmt: skip
+        if not ops:
+            return
+        await self.checkpoints.bulk_write(ops, ordered=False)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox, (n, *_) in rows.items():
+                if n is not None:
+                    await scripts.queue(pipe, self._covered, [self.key(inbox)], [int(n)])
+            await pipe.execute()
+
+    async def cover(self, tops: dict[str, int]) -> None:
+        """Make sure each inbox's MongoDB checkpoint holds an ``n`` of at least
+        ``tops[inbox]``: before the persister writes copies numbered up to there to
+        MongoDB.
+
+        A Redis that loses its data seeds a counter above its checkpoint, and every
+        walk over the inbox's numbers steps over the range in between (a number
+        there may have reached a client). A copy persisted under a number past the
+        checkpoint was inside that range: never paged again, and Kafka, committed
+        past its record once it was persisted, had nothing to give back (lost; the
+        periodic checkpoint left up to ``counters_checkpoint_s`` for it). Counters
+        the periodic checkpoint covered already (``c``, set once a write of theirs
+        succeeded) cost a Redis read; the others are written here first. Raises
+        :class:`CountersUnseeded` for a counter Redis no longer holds (it lost its
+        data since the items were read: the pass writes nothing, and the next one
+        finds the loss)."""
+        if not tops:
+            return
+        inboxes = list(tops)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                pipe.hmget(self.key(inbox), ["n", "acked", "g", "c"])
+            rows = await pipe.execute()
+        todo = {
+            inbox: row for inbox, row in zip(inboxes, rows, strict=True)
+            if int(row[3] or 0) < tops[inbox]
+        }  # fmt: skip
+        if missing := [inbox for inbox, row in todo.items() if row[0] is None]:
+            raise CountersUnseeded(missing)
+        await self._copy(todo)
+
     async def checkpoint(self) -> int:
         """Copy the counters changed since the last run to MongoDB; returns how many.
 
@@ -693,16 +764,7 @@ class InboxCounters:
                     for inbox in inboxes:
                         pipe.hmget(self.key(inbox), ["n", "acked", "g"])
                     rows = (await pipe.execute())[1:]
-                # The skipped ranges too: a counter seeded without MongoDB (a new inbox
-                # once every checkpoint is in Redis) has its range nowhere else.
-                ops = [
-                    UpdateOne({"_id": inbox},
-                              {"$max": {"n": int(n), "acked": int(acked or 0)},
-                               **({"$set": {"g": scripts.text(g)}} if g else {})}, upsert=True)
-                    for inbox, (n, acked, g) in zip(inboxes, rows, strict=True) if n is not None
-                ]  # fmt: skip
-                if ops:
-                    await self.checkpoints.bulk_write(ops, ordered=False)
+                await self._copy(dict(zip(inboxes, rows, strict=True)))
             except BaseException:
                 await self.redis.sadd(self.dirty, *inboxes)  # the next run tries again
                 raise

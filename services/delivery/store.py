@@ -258,6 +258,26 @@ class DeliveryStore:
             results = await pipe.execute()
         return self.hot.read_claims_numbers(keys, ids, inboxes, results)
 
+    async def claims_in_mongo(
+        self, items: list[dict[str, Any]], claims: dict[str, tuple[int, str]]
+    ) -> dict[str, tuple[int, str]]:
+        """The copies in MongoDB of the items ``claims`` has no record of (by dedup
+        key: (seq, server id)): after Redis lost the dedup records, what the persister
+        moved before the loss (services/delivery/worker.py ``_moderate``). One query
+        by the ``server_id`` index."""
+        fresh = {k: d for d in items if (k := item_dedup_key(d)) not in claims}
+        if not fresh:
+            return {}
+        ids = list({str(d["server_id"]) for d in fresh.values()})
+        inboxes = list({str(d["inbox"]) for d in fresh.values()})
+        found: dict[str, tuple[int, str]] = {}
+        fields = {"inbox": 1, "seq": 1, "server_id": 1, "from": 1, "client_id": 1, "kind": 1}
+        flt = {"server_id": {"$in": ids}, "inbox": {"$in": inboxes}}
+        async for doc in self.inbox.find(flt, fields):
+            if (key := item_dedup_key(doc)) in fresh:
+                found[key] = (int(doc["seq"]), str(doc["server_id"]))
+        return found
+
     async def store_hot(
         self, items: list[dict[str, Any]], claims: dict[str, tuple[int, str]] | None = None
     ) -> list[dict[str, Any]]:
@@ -469,6 +489,11 @@ class DeliveryStore:
         ]  # fmt: skip
         now = time.time()
         docs = [{**hot[inbox][seq], "moved_at": now} for inbox, seq in moved]
+        tops: dict[str, int] = {}
+        for inbox, seq in moved:
+            tops[inbox] = max(tops.get(inbox, 0), seq)
+        # No copy reaches MongoDB above its inbox's checkpoint (InboxCounters.cover).
+        await self.ctr.cover(tops)
         await insert_new(self.inbox, docs)
         # Kept from here until the clean-up is done: a pass that failed taking the items
         # out of Redis (after the insert) left copies an ack of the hot items never

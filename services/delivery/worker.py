@@ -46,6 +46,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -102,6 +103,10 @@ class Stage(Generic[T]):
     store: Callable[[list[tuple[Record, T]]], Awaitable[None]]
 
 
+REPLAYED: ContextVar[bool] = ContextVar("parley_delivery_replayed", default=False)
+"""Set while a batch holds records consumed again after a rewind (:meth:`Worker._replayed`)."""
+
+
 @dataclass
 class Uncommitted:
     """Batches a consumer processed but may not commit yet: (when stored, offsets)."""
@@ -144,6 +149,10 @@ class Worker:
         # Bumped when Redis lost the hot inbox: consumers go back to their
         # committed offsets.
         self.rewinds = 0
+        # Per partition, where this process had consumed to when it went back: the
+        # records before are consumed again, and their copies may be in MongoDB
+        # (moved before the loss, committed after it: :meth:`_moderate`).
+        self._replay_to: dict[TopicPartition, int] = {}
         self._beat = 0
         # This process's mark in Redis (hot.GUARD): ``rewinds`` while Redis keeps
         # what this process wrote; missing (or another number) once it lost it.
@@ -336,6 +345,7 @@ class Worker:
             if records:
                 start = time.perf_counter()
                 GUARD.set((self.mark, str(pending.rewinds)))
+                REPLAYED.set(self._replayed(records))
                 try:
                     if batch := await self._decode(stage, records):
                         await self._process(stage.store, batch)
@@ -355,13 +365,20 @@ class Worker:
             await self._commit_safe(consumer, pending)
 
     async def _commit_safe(self, consumer: AIOKafkaConsumer, pending: Uncommitted) -> None:
-        # Oldest first: the ready ones are a prefix (no walk over all that wait).
         if pending.rewinds != self.rewinds:
             return
+        await self._commit(consumer, self._safe(pending))
+
+    def _safe(self, pending: Uncommitted) -> dict[TopicPartition, int]:
+        """Take the batches ``persisted_until`` passed out of ``pending``: their offsets."""
+        # Oldest first: the ready ones are a prefix (no walk over all that wait).
         offsets: dict[TopicPartition, int] = {}
         while pending.batches and pending.batches[0][0] <= self.persisted_until:
             for tp, off in pending.batches.popleft()[1].items():
                 offsets[tp] = max(offsets.get(tp, 0), off)
+        return offsets
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
             return
         mine = consumer.assignment()
@@ -374,11 +391,34 @@ class Worker:
             # A rebalance took the partitions: their next owner redoes the batches.
             log.info("commit failed after rebalance; batches will be redelivered")
 
+    def _replayed(self, records: list[Record]) -> bool:
+        """Whether any of these records is consumed again after a rewind (before where
+        this process had got to); a partition past its mark is forgotten."""
+        replayed = False
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            to = self._replay_to.get(tp)
+            if to is None:
+                continue
+            if r.offset < to:
+                replayed = True
+            if r.offset + 1 >= to:
+                del self._replay_to[tp]
+        return replayed
+
     async def _rewind(self, consumer: AIOKafkaConsumer, pending: Uncommitted) -> None:
-        """Consume again from the committed offsets: what the lost hot inbox held."""
+        """Consume again from the committed offsets: what the lost hot inbox held.
+
+        The batches the persister had proved safe before the loss (``persisted_until``:
+        each item in MongoDB, at or below its inbox's checkpoint, or acknowledged) are
+        committed first, so they are not consumed again; where this process had got
+        to is kept (``_replay_to``), and the records before it look for their copies
+        in MongoDB as they are stored again (:meth:`_moderate`)."""
+        await self._commit(consumer, self._safe(pending))
         pending.batches.clear()
         pending.rewinds = self.rewinds
         for tp in consumer.assignment():
+            self._replay_to[tp] = max(self._replay_to.get(tp, 0), await consumer.position(tp))
             committed = await consumer.committed(tp)
             if committed is None:
                 await consumer.seek_to_beginning(tp)
@@ -697,6 +737,12 @@ class Worker:
         claims, gone, numbers = await self.store.claims_and_numbers(
             items, (d["server_id"] for d in messages)
         )
+        if REPLAYED.get():
+            # Consumed again after Redis lost the hot inbox, dedup records with it: a copy
+            # moved to MongoDB before the loss is the item, stored already (its number
+            # is at or below its inbox's checkpoint: paged). A number reserved above
+            # for it is left unused.
+            claims.update(await self.store.claims_in_mongo(items, claims))
         if gone:
             log.info("copies of removed messages left out", extra={"messages": len(gone)})
             items = [d for d in items if d.get("kind") != "message" or d["server_id"] not in gone]

@@ -280,10 +280,12 @@ async def test_a_backlog_moved_in_batches_survives_redis_lost_between_them(
     monkeypatch.setattr(store.inbox, "insert_many", insert_many)
     await persist_once()  # the loss found: consumed again from the committed offsets
     assert worker.hot_lost._value.get() == lost + 1
-    # All 3,000 stored again (in Redis) before bob connects: his sync then reads
-    # everything once, with no push of the replay beside it.
+    # All but the two pages moved before the loss stored again (in Redis) before bob
+    # connects: his sync then reads everything once, with no push of the replay beside
+    # it. The pages moved are found in MongoDB as they are consumed again (their dedup
+    # records went with Redis), not stored twice.
     hot = store.hot.key(e.inbox_id(bob_id, 1))
-    await eventually(lambda: redis.hlen(hot), lambda count: count == n, timeout=60)
+    await eventually(lambda: redis.hlen(hot), lambda count: count == n - sum(moved), timeout=60)
 
     bob = await messaging.connect(bob_id, pod=1)
     items = await synced_all(bob)
@@ -291,8 +293,9 @@ async def test_a_backlog_moved_in_batches_survives_redis_lost_between_them(
     for item in sorted(items, key=lambda i: int(str(i["seq"]))):
         firsts.setdefault(str(item["server_id"]), str(item["body"]))
     assert list(firsts.values()) == [f"a0{i}" for i in range(n)]
-    # Exactly once: the copies moved before the loss are below the counter seeded after
-    # it (checkpoint plus gap), never paged, deleted when they expire.
+    # Exactly once: the copies moved before the loss keep their numbers (at or below the
+    # inbox's checkpoint, which the counter seeded after the loss starts above), and
+    # the replay stored none of them again.
     assert len(items) == n
 
 
@@ -340,3 +343,41 @@ async def test_the_index_read_proves_nothing_once_redis_lost_its_count(
     assert await hot.settled_before(beat) is None
     await hot.heartbeat()  # counting again from 1, below what was seen
     assert await hot.settled_before(beat + 1) is None
+
+
+async def test_messages_persisted_before_their_counter_was_checkpointed_survive_redis_lost(
+    messaging: Messaging,
+) -> None:
+    """Moved to MongoDB (and so committed in Kafka) between two counter checkpoints,
+    then Redis loses everything: a counter seeded again starts above its checkpoint and
+    every walk steps over the range in between, so copies numbered in it were never
+    paged again, and Kafka, committed past them, had nothing to give back: lost. A
+    persisted copy is now always at or below its inbox's checkpoint."""
+    worker = messaging.delivery.server.app[WORKER]
+    worker.settings = worker.settings.model_copy(update={"counters_checkpoint_s": 3600})
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 3600})
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    alice = await messaging.connect(alice_id, pod=0)
+    worker._next_checkpoint = 0.0
+    await worker.persist_once()  # a checkpoint now; the next one an hour away
+    before = await committed(messaging)
+    sent = {}
+    for n in range(5):
+        await alice.send(send_frame(f"p{n}", bob_id, f"cDA{n}"))
+        sent[(await alice.expect("accepted", id=f"p{n}"))["server_id"]] = f"cDA{n}"
+    for n in range(5):
+        await alice.expect("stored", id=f"p{n}")
+    worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 0})
+    await worker.persist_once()  # moved to MongoDB: their records may be committed
+    await eventually(lambda: committed(messaging), lambda c: c >= before + 5)
+    redis = worker.store.redis
+    keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
+    await redis.delete(*keys)
+    lost = worker.hot_lost._value.get()
+    await eventually(lambda: _value(worker.hot_lost), lambda v: v > lost)
+    bob = await messaging.connect(bob_id, pod=1)
+    items = await eventually(lambda: synced(bob, uuid.uuid4().hex[:8]),
+                             lambda got: len({i["server_id"] for i in got}) >= 5)  # fmt: skip
+    assert {i["server_id"]: i["body"] for i in items} == sent
+    assert len({i["seq"] for i in items}) == 5
