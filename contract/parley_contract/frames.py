@@ -632,7 +632,7 @@ def decode_client_frame(data: bytes | str) -> ClientFrames:
     """Parse a client → server frame, or raise :class:`FrameError`."""
     try:
         return _client_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise _classify(data, exc, CLIENT_OPS) from None
 
 
@@ -640,7 +640,7 @@ def decode_server_frame(data: bytes | str) -> ServerFrames:
     """Parse a server → client frame (clients), or raise :class:`FrameError`."""
     try:
         return _server_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise _classify(data, exc, SERVER_OPS) from None
 
 
@@ -648,7 +648,7 @@ def frame_id(data: bytes | str) -> str | None:
     """The ``id`` of a frame that failed to parse, if it has a usable one (for the reply)."""
     try:
         raw = _any_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(raw, dict):
         value = raw.get("id")
@@ -663,6 +663,10 @@ def _classify(data: bytes | str, exc: Exception, ops: tuple[str, ...]) -> FrameE
         raw: Any = _any_decoder.decode(data)
     except msgspec.DecodeError:
         return FrameError(ErrorCode.INVALID_JSON, "The frame is not valid JSON.")
+    except RecursionError:
+        # msgspec gives up near 1,000 levels (a 2 KB frame): it was an unhandled error,
+        # the socket closed with 1011 and a traceback logged per frame.
+        return FrameError(ErrorCode.BAD_REQUEST, "The frame is nested too deeply.")
     if not isinstance(raw, dict):
         return FrameError(ErrorCode.BAD_REQUEST, "A frame is one JSON object.")
     if raw.get("op") not in ops:

@@ -42,6 +42,7 @@ async def inbox_of(messaging: Messaging, user: str) -> list[dict[str, Any]]:
         ({"op": "auth"}, "validation_failed"),
         ({"op": "warp"}, "unknown_op"),
         ("{not json", "invalid_json"),
+        ('{"op": "auth", "token": ' + "[" * 2000 + "]" * 2000 + "}", "bad_request"),
     ],
 )
 async def test_unauthenticated_socket_is_refused(
@@ -96,6 +97,15 @@ async def test_silent_client_is_closed_after_the_auth_time_limit(
     [
         ("[1, 2", "invalid_json"),
         ('["send"]', "bad_request"),
+        # Nested past msgspec's limit (~1,000 levels, 2 KB): a RecursionError that closed
+        # the socket with 1011 and logged a traceback.
+        ("[" * 2000 + "]" * 2000, "bad_request"),
+        ('{"op": "ping", "id": ' + "[" * 2000 + "]" * 2000 + "}", "bad_request"),
+        (
+            '{"op": "send", "id": "a0", "to": "bob", "copies": [{"user": "bob", "device": 1, '
+            '"body": "eA", "x": ' + '{"a": ' * 2000 + "1" + "}" * 2000 + "}]}",
+            "bad_request",
+        ),
         ('{"op": "teleport"}', "unknown_op"),
         ('{"op": "send", "id": "a1", "to": "bob"}', "validation_failed"),
         ('{"op": "send", "id": "a1", "to": "bob", "copies": []}', "validation_failed"),
