@@ -394,6 +394,8 @@ class Worker:
     def _replayed(self, records: list[Record]) -> bool:
         """Whether any of these records is consumed again after a rewind (before where
         this process had got to); a partition past its mark is forgotten."""
+        if not self._replay_to:
+            return False
         replayed = False
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
