@@ -477,7 +477,11 @@ class Worker:
             # The counter went back: Redis restarted empty or from an older
             # snapshot. Nothing stored since the last complete pass may be there.
             async with self._mark_lock:
-                await self._hot_inbox_lost()
+                # Unless a write that found the mark lost recorded this loss while the
+                # lock was awaited (it resets ``_beat``): counted twice, every consumer
+                # went back to its committed offsets twice.
+                if beat <= self._beat:
+                    await self._hot_inbox_lost()
                 self._armed = True
             self._beat = beat
             return
