@@ -20,16 +20,10 @@ from services.delivery import counters
 from services.delivery.counters import GAP, Counter, CountersUnseeded, InboxCounters
 from services.delivery.outage import unavailable
 from services.delivery.store import DeliveryStore
+from tests.support.losses import lose_redis
 
 from .conftest import item
 from .test_store import FindFilters
-
-
-async def _lose_redis(store: DeliveryStore) -> None:
-    """What a Redis restart without persistence leaves of this store: nothing."""
-    keys = [k async for k in store.redis.scan_iter(match=f"{store.prefix}:*", count=10_000)]
-    if keys:
-        await store.redis.delete(*keys)
 
 
 async def test_numbers_start_at_one_and_checkpoints_reach_mongodb(store: DeliveryStore) -> None:
@@ -64,7 +58,7 @@ async def test_after_redis_lost_its_data_numbers_jump_past_what_it_handed_out(
     await store.ctr.checkpoint()  # n = 5 in MongoDB
     await store.store_hot([item("dan", i) for i in range(5, 9)])  # 6..9, never checkpointed
     await store.acknowledge_many({"dan": 7})
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     # The messages come back from Kafka (same client ids: no dedup record any more).
     again = await store.store_hot([item("dan", i) for i in range(5, 9)])
     seqs = [d["seq"] for d in again]
@@ -116,12 +110,12 @@ async def test_after_two_losses_a_page_and_an_ack_step_over_both_skipped_ranges(
     await store.store_hot([item("hal", i) for i in range(3)])  # 1..3
     await store.persist_due(now=10**10)  # waiting in MongoDB
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     second = await store.store_hot([item("hal", i) for i in range(3, 5)])
     assert [d["seq"] for d in second] == [3 + GAP + 1, 3 + GAP + 2]
     await store.persist_due(now=10**10)
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     third = await store.store_hot([item("hal", 5)])
     assert [d["seq"] for d in third] == [3 + 2 * GAP + 3]
     assert (await store.ctr.get(["hal"]))["hal"].gaps == (
@@ -210,11 +204,11 @@ async def test_a_20000_item_inbox_through_two_losses_pages_and_acks_in_full(
         await store.store_hot([item("ida", i) for i in range(start, start + 2_000)])
     await store.persist_due(now=10**10)
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     await store.store_hot([item("ida", i) for i in range(10_000, 15_000)])
     await store.persist_due(now=10**10)
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     await store.store_hot([item("ida", i) for i in range(15_000, 20_000)])  # hot
     seen: list[int] = []
     after, more = 0, True
@@ -258,7 +252,7 @@ async def test_after_a_loss_the_checkpoints_are_copied_so_no_first_item_waits_fo
     with the next checkpoint, and a second loss numbers nothing twice."""
     await store.store_hot([item("lea", i) for i in range(3)])
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     async with _without_mongodb(store) as ctr:
         # Before the copy, a counter missing from Redis is read from its checkpoint.
         with pytest.raises(ServerSelectionTimeoutError):
@@ -274,7 +268,7 @@ async def test_after_a_loss_the_checkpoints_are_copied_so_no_first_item_waits_fo
     # A counter started after the loss and not checkpointed before the next one: the
     # next loss's floor is past whatever it handed out.
     await store.store_hot([item("ned", 0)])  # GAP + 1, only in Redis
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     again = await store.store_hot([item("ned", 1), item("max", 9), item("lea", 9)])
     assert [d["seq"] for d in again] == [2 * GAP + 1, 2 * GAP + 3, 3 + 2 * GAP + 2]
     page, _ = await store.page("max", 0, 10)
@@ -291,7 +285,7 @@ async def test_a_warm_up_does_not_call_itself_complete_past_a_counter_another_he
     for a warm-up that finds every checkpoint's counter in Redis."""
     await store.store_hot([item("ola", i) for i in range(3)] + [item("pia", 0)])
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     await store.store_hot([item("zoe", 0)])  # a first write: this lifetime's base
     lock = store.ctr.seed_lock_key("ola")
     await store.redis.set(lock, "a seeder that died", ex=60)
@@ -328,7 +322,7 @@ async def test_thirty_thousand_checkpoints_are_copied_back_after_a_loss(
     await store.counters.insert_many(
         [{"_id": f"u{i}.1", "n": i % 50 + 1, "acked": i % 50} for i in range(inboxes)]
     )
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     # Read with one cursor: the embedded server reads every document for each
     # ``_id`` range, so pages by range read n²/2,000 (100,000 inboxes: 94 s, now 31 s).
     listener = FindFilters()
@@ -375,7 +369,7 @@ async def test_a_warm_up_racing_a_first_item_leaves_no_range_uncovered(
     await store.store_hot([item("kim", i) for i in range(3)])  # 1..3
     await store.persist_due(now=10**10)
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     ctr = store.ctr
     original = ctr.checkpoints.bulk_write
     warm_wrote, consumer_done = asyncio.Event(), asyncio.Event()
@@ -410,7 +404,7 @@ async def test_a_warm_up_racing_a_first_item_leaves_no_range_uncovered(
     saved = await store.counters.find_one({"_id": "kim"})
     assert saved is not None and saved["n"] == 3 + GAP + 2, saved
     # One more loss: the page steps over every skipped range.
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     third = await store.store_hot([item("kim", 5)])
     wanted = [1, 2, 3, 3 + GAP + 1, 3 + GAP + 2, third[0]["seq"]]
     page, more = await asyncio.wait_for(store.page("kim", 0, 10), 10)
@@ -423,7 +417,7 @@ async def test_a_seeder_waits_for_the_inbox_another_seeder_holds(store: Delivery
     await store.store_hot([item("uma", i) for i in range(2)])  # 1..2
     await store.persist_due(now=10**10)
     await store.ctr.checkpoint()
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     ctr = store.ctr
     at = await ctr._base()  # this lifetime's base, decided once
     await store.redis.set(ctr.seed_lock_key("uma"), "another seeder")

@@ -22,8 +22,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from parley_contract import envelopes as e
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
@@ -46,6 +44,7 @@ from services.delivery.store import RANGE_READ_AT, DeliveryStore
 from services.delivery.worker import Worker
 from tests.delivery.conftest import counts, in_mongo, item, later, receipts_of
 from tests.support.aio import eventually
+from tests.support.losses import committed, lose_redis
 
 
 def _name(tag: str) -> str:
@@ -65,13 +64,6 @@ async def _mongodb_down(store: DeliveryStore) -> AsyncIterator[None]:
     finally:
         store.inbox = up
         await down.close()
-
-
-async def _lose_redis(store: DeliveryStore) -> None:
-    """What a Redis restart without persistence leaves of this store's keys: nothing."""
-    keys = [k async for k in store.redis.scan_iter(match=f"{store.prefix}:*", count=10_000)]
-    if keys:
-        await store.redis.delete(*keys)
 
 
 async def _page_through(store: DeliveryStore, inbox: str, limit: int = 500) -> list[Any]:
@@ -247,19 +239,6 @@ async def test_ten_thousand_items_a_killed_pass_left_in_both_places_are_each_see
 # 3. Redis lost halfway through storing a batch -----------------------------------------
 
 
-async def _committed(settings: Settings) -> int:
-    """Offsets the delivery group committed on the messages topic, summed."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(f"{settings.topic_prefix}delivery")
-    finally:
-        await admin.close()
-    topic = Topics(settings).messages
-    return sum(m.offset for tp, m in offsets.items() if isinstance(tp, TopicPartition)
-               and tp.topic == topic and m.offset > 0)  # fmt: skip
-
-
 async def test_redis_lost_halfway_through_storing_a_batch_of_500_loses_nothing(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,7 +269,7 @@ async def test_redis_lost_halfway_through_storing_a_batch_of_500_loses_nothing(
             return await put(docs, *args, **kwargs)
         lost_in.append(len(docs))
         await put(docs[: len(docs) // 2], *args, **kwargs)
-        await _lose_redis(store)
+        await lose_redis(store.redis, store.prefix)
         return await put(docs[len(docs) // 2 :], *args, **kwargs)
 
     monkeypatch.setattr(store.hot, "put", loses_redis_halfway)
@@ -308,7 +287,7 @@ async def test_redis_lost_halfway_through_storing_a_batch_of_500_loses_nothing(
         for sent in sends:
             await sent
         await worker.start()
-        await eventually(lambda: _committed(s), lambda c: c == n, timeout=60)
+        await eventually(lambda: committed(s), lambda c: c == n, timeout=60)
         assert lost_in == [n]  # the loss hit the whole batch, halfway
         # Once, even when a persister pass noticed it too (the test below).
         assert worker.hot_lost._value.get() == 1
@@ -336,7 +315,7 @@ async def test_a_loss_a_write_and_a_persister_pass_notice_at_once_is_recorded_on
     await worker._arm()
     await worker.persist_once()
     await worker.persist_once()  # the persister has counted two beats
-    await _lose_redis(store)
+    await lose_redis(store.redis, store.prefix)
     GUARD.set((worker.mark, str(worker.rewinds)))  # as the consumer sets it for a batch
     with pytest.raises(HotInboxLost) as refused:
         await store.store_hot([item("bob.1", 0)])

@@ -13,15 +13,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from parley_contract import envelopes as e
 
-from services.common.clients import Topics
 from services.delivery.hot import HotInbox
 from services.delivery.state import WORKER
 from services.delivery.worker import Worker
 from tests.support.aio import eventually
+from tests.support.losses import committed, lose_redis
 from tests.support.users import uid
 from tests.support.wsclient import WsClient, send_frame
 
@@ -44,20 +42,6 @@ def _persister_held(
     return worker, real
 
 
-async def committed(messaging: Messaging) -> int:
-    """Offsets the delivery group committed on the messages topic, summed."""
-    s = messaging.settings
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(f"{s.topic_prefix}delivery")
-    finally:
-        await admin.close()
-    topic = Topics(s).messages
-    return sum(m.offset for tp, m in offsets.items() if isinstance(tp, TopicPartition)
-               and tp.topic == topic and m.offset > 0)  # fmt: skip
-
-
 async def synced(client: WsClient, sid: str) -> list[dict[str, object]]:
     await client.send({"op": "sync", "id": sid, "after": 0, "limit": 1000})
     await client.expect("synced", id=sid)
@@ -70,15 +54,15 @@ async def test_offsets_wait_for_the_persister_and_acks(messaging: Messaging) -> 
     alice_id, bob_id = uid(), uid()
     messaging.issuer.users.add(bob_id)
     alice = await messaging.connect(alice_id, pod=0)
-    before = await committed(messaging)
+    before = await committed(messaging.settings)
     await alice.send_stored(bob_id, [(f"m{n}", "Ym9keQ") for n in range(5)])
     await worker.persist_once()
-    assert await committed(messaging) == before  # hot, not persisted: not committed
+    assert await committed(messaging.settings) == before  # hot, not persisted: not committed
     # Persisted (an hour later, for the persister): now they may be committed.
     worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 0})
     await worker.persist_once()
     assert worker.persisted._value.get() >= 5
-    await eventually(lambda: committed(messaging), lambda c: c >= before + 5)
+    await eventually(lambda: committed(messaging.settings), lambda c: c >= before + 5)
 
 
 async def test_acknowledged_messages_are_committed_without_the_persist_delay(
@@ -94,22 +78,21 @@ async def test_acknowledged_messages_are_committed_without_the_persist_delay(
     messaging.issuer.users.add(bob_id)
     alice = await messaging.connect(alice_id, pod=0)
     bob = await messaging.connect(bob_id, pod=1)
-    before = await committed(messaging)
+    before = await committed(messaging.settings)
     await alice.send_stored(bob_id, [(f"k{n}", f"a2V{n}") for n in range(5)])
     seqs = [int((await bob.expect("message", body=f"a2V{n}"))["seq"]) for n in range(5)]
     await bob.send({"op": "ack", "seq": max(seqs), "id": "ack"})
     for n in range(5):
         await alice.expect("delivered", id=f"k{n}")
     await worker.persist_once()
-    await eventually(lambda: committed(messaging), lambda c: c >= before + 5)
+    await eventually(lambda: committed(messaging.settings), lambda c: c >= before + 5)
     # One more, pushed but not acknowledged: it stays uncommitted.
     [kept] = await alice.send_stored(bob_id, [("k5", "a2V5")])
     await bob.expect("message", body="a2V5")
     await worker.persist_once()
     # Redis loses everything of this deployment.
     redis = worker.store.redis
-    keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
-    await redis.delete(*keys)
+    await lose_redis(redis, messaging.settings.redis_prefix)
     lost = worker.hot_lost._value.get()
     await eventually(lambda: _value(worker.hot_lost), lambda v: v > lost)
     # Consumed again from the committed offsets: only the unacknowledged one.
@@ -137,9 +120,7 @@ async def test_redis_losing_the_hot_inbox_loses_no_accepted_message(
         await alice.expect("stored", id=f"r{n}")
     # Redis loses everything of this deployment (a restart without persistence).
     redis = worker.store.redis
-    keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
-    assert keys
-    await redis.delete(*keys)
+    assert await lose_redis(redis, messaging.settings.redis_prefix)
     lost = worker.hot_lost._value.get()
     await eventually(lambda: _value(worker.hot_lost), lambda v: v > lost)
     # Consumed again from the committed offsets: every message waits for bob once.
@@ -166,8 +147,7 @@ async def test_nothing_is_stored_after_a_loss_before_what_was_lost(
     alice = await messaging.connect(alice_id, pod=0)
     await alice.send_stored(bob_id, [(f"o{n}", f"bzA{n}") for n in range(10)])
     redis = worker.store.redis
-    keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
-    await redis.delete(*keys)
+    await lose_redis(redis, messaging.settings.redis_prefix)
     lost = worker.hot_lost._value.get()
     for n in range(10, 20):
         await alice.send(send_frame(f"o{n}", bob_id, f"bzA{n}"))
@@ -204,8 +184,7 @@ async def test_redis_lost_during_a_persister_pass_commits_nothing_past_what_it_l
     redis = worker.store.redis
 
     async def redis_lost_first() -> tuple[int, float | None]:
-        keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
-        await redis.delete(*keys)
+        await lose_redis(redis, messaging.settings.redis_prefix)
         return await persist_due()
 
     monkeypatch.setattr(worker.store, "persist_due", redis_lost_first)
@@ -266,8 +245,7 @@ async def test_a_backlog_moved_in_batches_survives_redis_lost_between_them(
         result = await insert_many(docs, **kwargs)
         moved.append(len(docs))
         if len(moved) == 2:
-            keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
-            await redis.delete(*keys)
+            await lose_redis(redis, messaging.settings.redis_prefix)
         return result
 
     monkeypatch.setattr(store.inbox, "insert_many", insert_then_lose_redis)
@@ -361,7 +339,7 @@ async def test_messages_persisted_before_their_counter_was_checkpointed_survive_
     alice = await messaging.connect(alice_id, pod=0)
     worker._next_checkpoint = 0.0
     await worker.persist_once()  # a checkpoint now; the next one an hour away
-    before = await committed(messaging)
+    before = await committed(messaging.settings)
     sent = {}
     for n in range(5):
         await alice.send(send_frame(f"p{n}", bob_id, f"cDA{n}"))
@@ -370,10 +348,9 @@ async def test_messages_persisted_before_their_counter_was_checkpointed_survive_
         await alice.expect("stored", id=f"p{n}")
     worker.store.settings = worker.store.settings.model_copy(update={"hot_persist_after_s": 0})
     await worker.persist_once()  # moved to MongoDB: their records may be committed
-    await eventually(lambda: committed(messaging), lambda c: c >= before + 5)
+    await eventually(lambda: committed(messaging.settings), lambda c: c >= before + 5)
     redis = worker.store.redis
-    keys = [k async for k in redis.scan_iter(match=f"{messaging.settings.redis_prefix}:*")]
-    await redis.delete(*keys)
+    await lose_redis(redis, messaging.settings.redis_prefix)
     lost = worker.hot_lost._value.get()
     await eventually(lambda: _value(worker.hot_lost), lambda v: v > lost)
     bob = await messaging.connect(bob_id, pod=1)
