@@ -122,10 +122,11 @@ return {allowed, wait}
 # {allowed (0/1), seconds left in the window, places taken}.
 _RESERVE = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-if count >= tonumber(ARGV[1]) then
+local n = tonumber(ARGV[3])
+if count + n > tonumber(ARGV[1]) then
   return {0, redis.call('TTL', KEYS[1]), count}
 end
-count = redis.call('INCR', KEYS[1])
+count = redis.call('INCRBY', KEYS[1], n)
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then
   ttl = tonumber(ARGV[2])
@@ -134,13 +135,13 @@ end
 return {1, ttl, count}
 """
 
-# Give a place back (never below zero; the window's expiry is kept).
+# Give ARGV[1] places back (never below zero; the window's expiry is kept).
 _RELEASE = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-if count <= 1 then
+if count <= tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
 else
-  redis.call('DECR', KEYS[1])
+  redis.call('DECRBY', KEYS[1], ARGV[1])
 end
 return 0
 """
@@ -253,7 +254,7 @@ class RateLimiter:
         """
         limit = limit or self.limits(rule)
         allowed, ttl, taken = await self._reserve(
-            keys=[self.key(rule, ident)], args=[limit.count, limit.window_s]
+            keys=[self.key(rule, ident)], args=[limit.count, limit.window_s, 1]
         )
         if allowed and int(taken) == limit.count and self.metrics is not None:
             # This attempt fills the window: the next is refused (a lockout starts,
@@ -267,9 +268,30 @@ class RateLimiter:
                 "Too many failed attempts; try again later.",
             )
 
-    async def release(self, rule: str, ident: str) -> None:
-        """Give back a place taken by :meth:`reserve` (the attempt did not fail)."""
-        await self._release(keys=[self.key(rule, ident)])
+    async def take_places(
+        self,
+        rule: str,
+        ident: str,
+        n: int,
+        limit: Limit | None = None,
+        message: str = "Too many requests; slow down.",
+    ) -> None:
+        """Count ``n`` events in ``ident``'s window at once, all of them if they fit,
+        else none and 429 ``rate_limited``: for a request that is several events (a
+        list removing several devices), refused before it is made. :meth:`release`
+        gives them back if it is not made after all."""
+        limit = limit or self.limits(rule)
+        allowed, ttl, _ = await self._reserve(
+            keys=[self.key(rule, ident)], args=[limit.count, limit.window_s, n]
+        )
+        if not allowed:
+            self._refused(rule, ErrorCode.RATE_LIMITED)
+            raise too_many(max(int(ttl), 0) or limit.window_s, message=message)
+
+    async def release(self, rule: str, ident: str, n: int = 1) -> None:
+        """Give back ``n`` places taken by :meth:`reserve` (the attempt did not fail) or
+        :meth:`take_places` (the request was not made)."""
+        await self._release(keys=[self.key(rule, ident)], args=[n])
 
     async def clear(self, rule: str, ident: str) -> None:
         """Forget ``ident``'s count (a success ends a run of failures)."""

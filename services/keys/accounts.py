@@ -4,7 +4,9 @@ An account registers its account key once with a first device list
 (version 1), then publishes each new list signed by that key with the next
 version. A different account key is a **reset** (the owner lost every device
 and reinstalled): allowed for the account's owner (``reset_limit`` times a day),
-it starts again at version 1 and publishes ``key_changed``.
+it starts again at version 1 and publishes ``key_changed``. The devices new lists
+remove are limited per user too (``removal_limit``: each is a revocation every
+replica restores).
 
 Every write is compare-and-set on the account document's ``generation``, so
 that of two concurrent lists exactly one wins (the other gets ``conflict``
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 _CAS_ATTEMPTS = 5
 # A removal still unfinished this long after its write was interrupted: readers finish it.
 REMOVAL_GRACE_S = 30.0
+# The limiter rule of devices removed per user (``removal_limit``).
+_REMOVALS = "removals"
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +333,11 @@ async def update_list(
             "signature": body.signature,
             **_kept(removing),
         }
+        # Counted before the write (refused: nothing written), given back if it loses.
+        counted = await _count_removals(keys, user_id, len(dropped))
         if not await store.replace_account(user_id, account.generation, fields):
+            if counted:
+                await keys.limiter.release(_REMOVALS, user_id, counted)
             continue  # another write won: its version decides on the next round
         log.info(
             "device list updated",
@@ -340,6 +348,25 @@ async def update_list(
         await store.broadcast(e.DevicesChanged(user_id=user_id))
         return models.DeviceListUpdated(version=listed.version, removed=sorted(dropped))
     raise _conflict()
+
+
+async def _count_removals(keys: Keys, user_id: str, n: int) -> int:
+    """Count ``n`` devices a new list removes in the user's window (``removal_limit``),
+    or refuse the list with 429 ``rate_limited`` (nothing counted). Returns how many
+    were counted (to give back if the list is not written).
+
+    Each removal is a revocation kept 30 days (MongoDB and Redis) that every replica
+    reads back at start-up and hourly, an event and a broadcast: a user adding and
+    dropping devices in a loop made every replica's start-up take minutes. A list that
+    drops more devices than the limit's count is counted as that many (the limit is at
+    least ``max_devices``, so a full list can always be dropped at once)."""
+    if n <= 0:
+        return 0
+    limit = keys.config.removal_limit
+    n = min(n, limit.count)
+    message = "Too many devices removed from the list; try again later."
+    await keys.limiter.take_places(_REMOVALS, user_id, n, limit, message)
+    return n
 
 
 async def _copy(keys: Keys, user_id: str, generation: int, devices: Iterable[int]) -> None:

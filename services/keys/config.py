@@ -45,6 +45,13 @@ class KeysConfig:
     # every contact (a new safety number to check), and a reset is for an owner who
     # lost every device, so a few a day is plenty.
     reset_limit: Limit = Limit(5, 86400)  # noqa: RUF009 (a frozen value)
+    # Devices a user removes from its signed list (``PUT /v1/device-list`` dropping
+    # them), counted per device: each removal is a revocation kept for a refresh token's
+    # lifetime (30 days) in MongoDB and Redis, which every replica reads back at start-up
+    # and hourly (services.common.revocations), an event and a broadcast. A user who
+    # adds and drops devices in a loop made start-ups take minutes; a user removes a
+    # handful of devices in a year. At least ``max_devices`` (one list may drop them all).
+    removal_limit: Limit = Limit(30, 86400)  # noqa: RUF009 (a frozen value)
     # How often each replica checks that Redis still holds the device revocations.
     revocation_check_s: float = 30.0
     # How often each replica records the identity keys of devices registered since its

@@ -74,7 +74,10 @@ async def register_identity(
             try:
                 await store.insert_device(user_id, device_id, new)
             except DuplicateKeyError:
-                continue  # registered concurrently: compare with that one
+                # Registered concurrently: compare with that one. The records just made
+                # go unless it holds these keys too.
+                await store.release_identity(user_id, device_id, new)
+                continue
             if await store.device_revoked(user_id, device_id):
                 # Removed between the check above and the insert (a removal revokes
                 # before it deletes, so one that deleted before this insert has revoked
@@ -108,9 +111,14 @@ async def register_identity(
         generation = int(device["generation"])
         await _claim_keys(keys, user_id, device_id, new)
         if not await store.replace_identity(user_id, device_id, generation, new):
+            # Changed concurrently: the records just made go unless it took these keys.
+            await store.release_identity(user_id, device_id, new)
             continue
+        # The old identity's keys are no longer this device's, nor are the old
+        # generation's prekeys and claim counters.
+        await store.release_identity(user_id, device_id, old, kept=new)
         await store.delete_prekeys(user_id, device_id, below_generation=generation + 1)
-        await store.forget_left(user_id, device_id)
+        await store.forget_left(user_id, device_id, generation)
         log.info("pending identity replaced", extra={"user_id": user_id, "device_id": device_id})
         return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
     raise _conflict()

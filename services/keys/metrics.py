@@ -15,7 +15,8 @@
   that user's bundles unusually often; not counted in ``bundles_claimed``).
 - the limiter's ``parley_rate_limit_refusals_total{service="keys",rule,code}``
   (``claims``: per pair, ``claims-by``: per claimer, ``links``: new links per user,
-  ``resets``: account resets per user).
+  ``resets``: account resets per user, ``removals``: devices removed from a list per
+  user).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ STOCK_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 class KeysMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.limits = RateLimitMetrics(registry, "keys", ("claims", "claims-by", "links", "resets"))
+        self.limits = RateLimitMetrics(
+            registry, "keys", ("claims", "claims-by", "links", "resets", "removals")
+        )
         self.withheld = Counter(
             "parley_keys_one_time_withheld_total",
             "Claims served without one-time prekeys: the target's one-time budget was spent.",

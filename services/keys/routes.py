@@ -373,6 +373,7 @@ async def put_account(
         _E.IDENTITY_NOT_FOUND,
         _E.FORBIDDEN,
         _E.CONFLICT,
+        _E.RATE_LIMITED,
     ],
     tags=["account"],
 )

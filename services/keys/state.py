@@ -18,8 +18,8 @@ class Keys:
     store: KeyStore
     config: KeysConfig
     events: EventPublisher
-    # The claim limits, and the link and reset limits per user:
-    # keys <redis_prefix>:keys:rl:<claims|claims-by|one-time|links|resets>:<hash>.
+    # The claim limits, and the link, reset and removal limits per user:
+    # keys <redis_prefix>:keys:rl:<claims|claims-by|one-time|links|resets|removals>:<hash>.
     limiter: RateLimiter
     metrics: KeysMetrics
 

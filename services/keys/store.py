@@ -328,6 +328,33 @@ class KeyStore:
                 raise DuplicateKeyError("identity key claimed concurrently")
         return None
 
+    async def release_identity(
+        self, user_id: str, device_id: int, identity: Doc, kept: Doc | None = None
+    ) -> None:
+        """Delete the records naming this device as the holder of ``identity``'s keys
+        (but those of ``kept``, the identity it holds now): it was deleted, or took other
+        keys. Only records naming this device: one another device took (this one's were
+        stale) is never touched. Such records were kept for good, two more with every
+        reinstall of a pending device, and :meth:`claim_identity` took them for stale
+        anyway.
+
+        Read again after the delete: a key this device holds once more (the same identity
+        registered again meanwhile, or its id registered anew with it) is recorded again.
+        A registration of it that checked its record before this delete and installs it
+        after that read leaves it unrecorded until the next record pass
+        (:meth:`record_identity_keys` reads the devices changed since the last one)."""
+        mine = {"user_id": user_id, "device_id": device_id}
+        held = set(identity_key_ids(kept)) if kept is not None else set()
+        gone = [key for key in identity_key_ids(identity) if key not in held]
+        if not gone:
+            return
+        await self.identity_keys.delete_many({"_id": {"$in": gone}, **mine})
+        device = await self.get_device(user_id, device_id)
+        if device is not None:
+            again = [key for key in gone if key in identity_key_ids(device["identity"])]
+            if again:
+                await self._insert_new([{"_id": key, **mine} for key in again])
+
     # Accounts: the account key and its signed device list.
 
     async def get_account(self, user_id: str) -> Doc | None:
@@ -440,9 +467,15 @@ class KeyStore:
         return result.matched_count == 1
 
     async def delete_device(self, user_id: str, device_id: int) -> bool:
-        result = await self.devices.delete_one({"_id": device_key(user_id, device_id)})
+        """Delete a device with its prekeys, its records as the holder of its identity
+        keys and its claim counters; False if there was none."""
+        device = await self.devices.find_one_and_delete({"_id": device_key(user_id, device_id)})
         await self.delete_prekeys(user_id, device_id)
-        return result.deleted_count == 1
+        if device is None:
+            return False
+        await self.release_identity(user_id, device_id, device["identity"])
+        await self.forget_counts(user_id, device_id, int(device["generation"]))
+        return True
 
     # Prekeys.
 
@@ -726,9 +759,24 @@ class KeyStore:
                 pipe.delete(self._low_key(user_id, device_id))
             await pipe.execute()
 
-    async def forget_left(self, user_id: str, device_id: int) -> None:
+    async def forget_left(
+        self, user_id: str, device_id: int, generation: int | None = None
+    ) -> None:
+        """Forget a device's estimates and low flag, and, with ``generation``, the claim
+        counters of that generation (one that went: see :meth:`forget_counts`)."""
         await self.redis.delete(
             self._left_key(user_id, device_id), self._low_key(user_id, device_id)
+        )
+        if generation is not None:
+            await self.forget_counts(user_id, device_id, generation)
+
+    async def forget_counts(self, user_id: str, device_id: int, generation: int) -> None:
+        """Delete the claim counters (:meth:`_next_key`) of a generation of a device whose
+        prekeys went (its identity replaced, or the device deleted). They are keyed by
+        generation, so a new one never reads them: they lived on for 30 days, one pair
+        for every identity a pending device ever had."""
+        await self.redis.delete(
+            *(self._next_key(kind, user_id, device_id, generation) for kind in Kind)
         )
 
     async def flag_low(self, user_id: str, device_id: int, ttl_s: int) -> bool:

@@ -564,3 +564,108 @@ async def test_devices_registered_before_the_record_hold_their_keys(api: KeysApi
     assert await store.record_identity_keys() == 2  # dave's and erin's
     status, body = await api.put_identity("mallory", 9, during.identity())
     assert (status, body["error"]["code"]) == (409, "conflict")
+
+
+async def _records(api: KeysApi, user: str) -> set[str]:
+    """The ``identity_keys`` records naming a device of ``user``."""
+    found = await api.keys.store.identity_keys.find({"user_id": user}).to_list()
+    return {str(r["_id"]) for r in found}
+
+
+async def _counters(api: KeysApi, user: str, device_id: int) -> list[str]:
+    """A device's claim counters in Redis, of every generation and kind."""
+    store = api.keys.store
+    match = f"{store.prefix}:next:*:*:{device_id}:{user}"
+    return sorted([k.decode() async for k in store.redis.scan_iter(match=match)])
+
+
+async def test_a_reinstalled_pending_device_keeps_one_identity_record(api: KeysApi) -> None:
+    """Audit finding: the ``identity_keys`` records of a pending device's identity stayed
+    when it registered another (and each new generation's claim counters in Redis lived
+    30 days), so a user registering fresh keys for device 1 in a loop grew both without
+    bound. Now the old identity's records and counters go with it."""
+    devs = [DeviceKeys() for _ in range(5)]
+    for dev in devs:
+        assert (await api.put_identity("grace", 1, dev.identity()))[0] == 200
+        assert (await api.post_one_time("grace", 1, dev.one_time(2)))[0] == 201
+        assert (await api.post_kem("grace", 1, dev.kem(2)))[0] == 201
+    assert await _records(api, "grace") == set(identity_key_ids(devs[-1].identity()))
+    generation = (await api.device_doc("grace", 1) or {})["generation"]
+    assert await _counters(api, "grace", 1) == sorted(
+        f"{api.keys.store.prefix}:next:{kind}:{generation}:1:grace"
+        for kind in ("kem_one_time", "one_time")
+    )
+    # The keys it gave up may be another device's; those it holds are still its own.
+    assert (await api.put_identity("mallory", 5, devs[0].identity()))[0] == 200
+    status, body = await api.put_identity("mallory", 6, devs[-1].identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
+
+
+async def test_a_key_kept_through_a_reinstall_stays_recorded(api: KeysApi) -> None:
+    """A new identity sharing a key with the old one (the same signing key, a new DH
+    key) keeps that key's record: only what the device no longer holds goes."""
+    old = await api.device("grace", listed=False)
+    new = DeviceKeys(signing=old.signing)
+    assert (await api.put_identity("grace", 1, new.identity()))[1]["changed"] is True
+    assert await _records(api, "grace") == set(identity_key_ids(new.identity()))
+    other = DeviceKeys(signing=old.signing)
+    status, body = await api.put_identity("mallory", 5, other.identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
+
+
+async def test_deleted_and_removed_devices_leave_no_identity_record(api: KeysApi) -> None:
+    """Audit finding: deleting a pending device, forgetting a stale one and removing a
+    listed one left their ``identity_keys`` records (and claim counters) for good."""
+    await api.device("grace", 1, one_time=2, kem=2)
+    await api.device("grace", 2, one_time=2, kem=2, listed=False)
+    await api.device("grace", 3, one_time=2, kem=2)
+    await api.claim("bob", "grace")  # counts ids out of devices 1 and 3
+    assert await api.delete("grace", 2) == (204, None)
+    assert (await api.unlist("grace", 3))["removed"] == [3]
+    kept = set(identity_key_ids((await api.device_doc("grace", 1) or {})["identity"]))
+    assert await _records(api, "grace") == kept
+    assert await _counters(api, "grace", 2) == []
+    assert await _counters(api, "grace", 3) == []
+    assert len(await _counters(api, "grace", 1)) == 2
+
+
+async def test_stale_pending_devices_forgotten_leave_no_identity_record(
+    make_keys: KeysFactory,
+) -> None:
+    api = await make_keys(KeysConfig(max_devices=1, max_pending=1, pending_ttl_s=0))
+    await api.device("grace", 1)
+    await api.device("grace", 2, listed=False)
+    await api.device("grace", 3, listed=False)  # device 2 is forgotten to make room
+    assert await api.device_doc("grace", 2) is None
+    kept: set[str] = set()
+    for device_id in (1, 3):
+        kept |= set(identity_key_ids((await api.device_doc("grace", device_id) or {})["identity"]))
+    assert await _records(api, "grace") == kept
+
+
+async def test_releasing_an_identity_touches_no_other_holder(api: KeysApi) -> None:
+    """The records go by ``_id`` *and* device: a record another device took is never
+    deleted. Here a key two devices registered (one before the record existed, as an
+    older replica could), the record naming the second: the first going leaves it, and
+    the key stays the second's."""
+    store = api.keys.store
+    shared = DeviceKeys()
+    assert (await api.put_identity("grace", 1, shared.identity()))[0] == 200
+    ids = list(identity_key_ids(shared.identity()))
+    await store.identity_keys.delete_many({"_id": {"$in": ids}})
+    assert (await api.put_identity("mallory", 7, shared.identity()))[0] == 200
+    assert await api.delete("grace", 1) == (204, None)
+    assert await _records(api, "mallory") == set(ids)
+    status, body = await api.put_identity("eve", 1, shared.identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")
+
+
+async def test_a_key_the_device_holds_again_is_recorded_again(api: KeysApi) -> None:
+    """A release that finds the device holding the key again after its delete (the
+    same identity registered again meanwhile) records it again."""
+    store = api.keys.store
+    dev = await api.device("grace", listed=False)
+    await store.release_identity("grace", 1, dev.identity())
+    assert await _records(api, "grace") == set(identity_key_ids(dev.identity()))
+    status, body = await api.put_identity("mallory", 5, dev.identity())
+    assert (status, body["error"]["code"]) == (409, "conflict")

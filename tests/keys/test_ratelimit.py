@@ -1,7 +1,11 @@
-"""The claim rate limits and the account reset limit, in the real Redis
-(services.common.ratelimit)."""
+"""The claim rate limits, the account reset limit and the device removal limit, in the
+real Redis (services.common.ratelimit)."""
 
 from __future__ import annotations
+
+from typing import Any
+
+import pytest
 
 from services.common.ratelimit import Limit
 from services.keys.config import KeysConfig
@@ -140,3 +144,75 @@ async def test_account_resets_are_limited_per_user(
 
 def test_a_user_may_reset_a_few_times_a_day() -> None:
     assert KeysConfig().reset_limit == Limit(5, 86400)
+
+
+async def test_device_removals_are_limited_per_user(
+    make_keys: KeysFactory, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a user adding a new device to its list and dropping it again, in a
+    loop, made one device revocation a round (a MongoDB record and a Redis key kept 30
+    days, an event, a broadcast), and every keys replica reads every live record back
+    at start-up and hourly (50,000 in 2.4-2.9 s). Now a user removes at most
+    ``removal_limit`` devices (counted per device) in its window: past it the list is
+    ``rate_limited`` and nothing changes; below it every list passes."""
+    api = await make_keys(KeysConfig(removal_limit=Limit(3, 86400)))
+    store = api.keys.store
+    await api.device(BOB, 1, signed=False, last_resort=False)
+    for device_id in (10, 11, 12, 13):
+        await api.device(BOB, device_id, signed=False, last_resort=False)
+
+    # A write that loses its compare-and-set gives its count back: two removals, tried
+    # twice, count two.
+    replace = store.replace_account
+    lost: list[int] = []
+
+    async def lose_once(user_id: str, generation: int, fields: dict[str, Any]) -> bool:
+        if not lost:
+            lost.append(generation)
+            return False
+        return await replace(user_id, generation, fields)
+
+    monkeypatch.setattr(store, "replace_account", lose_once)
+    assert (await api.unlist(BOB, 10, 11))["removed"] == [10, 11]
+    monkeypatch.undo()
+    assert lost
+
+    async def refused(*device_ids: int) -> None:
+        account = await store.get_account(BOB)
+        revocations = await store.revocations.find({"user_id": BOB}).to_list()
+        devices = await store.list_devices(BOB)
+        acct = api.account(BOB)
+        entries = {d: e for d, e in acct.entries.items() if d not in device_ids}
+        status, body = await api.put_device_list(BOB, acct.next(BOB, entries))
+        assert (status, body["error"]["code"]) == (429, "rate_limited")
+        retry_after = int(api.last_headers["Retry-After"])
+        assert 1 <= retry_after <= 86400
+        assert body["error"]["details"] == {"retry_after": retry_after}
+        assert await store.get_account(BOB) == account
+        assert await store.revocations.find({"user_id": BOB}).to_list() == revocations
+        assert await store.list_devices(BOB) == devices
+        for device_id in device_ids:
+            assert not await store.device_revoked(BOB, device_id)
+
+    # Two more would be four: refused, though one more passes.
+    await refused(12, 13)
+    assert (await api.unlist(BOB, 12))["removed"] == [12]
+    await refused(13)
+    removed = [e["device_id"] for e in await events.settle(BOB) if e["type"] == "device_removed"]
+    assert sorted(removed) == [10, 11, 12]
+    assert await store.revocations.count_documents({"user_id": BOB}) == 3
+    # Lists that remove nothing are not limited.
+    version = api.account(BOB).version
+    await api.device(BOB, 14, signed=False, last_resort=False)
+    assert api.account(BOB).version == version + 1
+    # Another user has a budget of their own.
+    await api.device("carol", 1, signed=False, last_resort=False)
+    await api.device("carol", 2, signed=False, last_resort=False)
+    assert (await api.unlist("carol", 2))["removed"] == [2]
+
+
+def test_a_user_may_remove_a_few_dozen_devices_a_day() -> None:
+    """Whatever a legitimate user does (a full list dropped at once included) passes."""
+    config = KeysConfig()
+    assert config.removal_limit == Limit(30, 86400)
+    assert config.removal_limit.count >= config.max_devices
