@@ -89,6 +89,7 @@ class Keys:
         *,
         prekey_batch: int = PREKEY_BATCH,
         rotate_after: float = PREKEY_ROTATION_S,
+        claimed_kept: int | None = None,
     ) -> None:
         self.api = api
         self._store = store
@@ -97,6 +98,9 @@ class Keys:
         self._spawn = spawn
         self.prekey_batch = prekey_batch
         self.rotate_after = rotate_after
+        # One-time prekeys of each kind kept past those the directory holds: claimed ones
+        # waiting for the initial messages that use them (older ones: see top_up).
+        self.claimed_kept = prekey_batch if claimed_kept is None else claimed_kept
         self._topping_up: asyncio.Task[None] | None = None
         self._sending: tuple[bytes, Device] | None = None  # device_to_send's
 
@@ -230,11 +234,21 @@ class Keys:
 
     async def top_up(self) -> tuple[int, int]:
         """Upload one-time X25519 and ML-KEM prekeys up to the batch size; returns how
-        many of each were uploaded."""
+        many of each were uploaded.
+
+        The private halves of claimed prekeys wait for the initial messages that use
+        them, but one claimed by someone who never writes would wait for ever (a
+        claimer within the directory's per-target budget made a victim's device keep
+        ~1,440 more of each kind a day, parsed for every first message). So past what
+        the directory holds after this upload, only ``claimed_kept`` (a batch) of
+        each kind are kept: the newest, as the directory hands them out in id order.
+        An initial message naming one forgotten cannot be read (docs/crypto.md,
+        "One-time prekeys kept")."""
         did = await self.device_id()
         counts = await self.api.counts(did)
-        need_ot = max(0, self.prekey_batch - int(counts["one_time"]))
-        need_kem = max(0, self.prekey_batch - int(counts["kem_one_time"]))
+        held_ot, held_kem = int(counts["one_time"]), int(counts["kem_one_time"])
+        need_ot = max(0, self.prekey_batch - held_ot)
+        need_kem = max(0, self.prekey_batch - held_kem)
         if not need_ot and not need_kem:
             return 0, 0
         async with self._store().transaction() as tx:
@@ -242,6 +256,9 @@ class Keys:
             assert device is not None
             one_time = await asyncio.to_thread(device.generate_one_time_prekeys, need_ot)
             kem = await asyncio.to_thread(device.generate_kem_prekeys, need_kem)
+            device.retire_one_time_prekeys(
+                held_ot + need_ot + self.claimed_kept, held_kem + need_kem + self.claimed_kept
+            )
             tx.put_bytes("device", device.to_bytes())
         for i in range(0, len(one_time), MAX_UPLOAD):
             await self.api.upload_one_time(did, one_time[i : i + MAX_UPLOAD])

@@ -765,18 +765,44 @@ class Messenger:
         finally:
             self._syncing -= 1
 
-    async def _resync(self) -> None:
+    def _hold_pushes(self) -> Callable[[], None]:
+        """Stop pushes from moving ``last_seq`` and acks (as a running sync does) until
+        the returned function is called; calling it again does nothing."""
+        self._syncing += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._syncing -= 1
+
+        return release
+
+    async def _resync(self, release: Callable[[], None] | None = None) -> None:
+        """The inbox from the last processed item, then the rooms' logs (``resync``).
+        ``release``: the hold the frame's handler put on pushes (:meth:`_hold_pushes`,
+        before the next frame was read), let go once the sync is over. A sync that
+        fails gives the socket up, and pushes move nothing until the next socket's
+        sync is done."""
         conn = self.conn
         try:
             await self.sync()
         except ConnectionClosed:
-            return  # the socket went away: the next one syncs on ready
-        except (ParleyError, TimeoutError) as exc:
+            return  # the socket went away ("disconnected"): the next one syncs on ready
+        except Exception as exc:
             # Items the sync did not read would be acknowledged by the next push's
-            # cumulative ack: a new socket syncs again instead.
+            # cumulative ack: a new socket syncs again instead. Until then no push
+            # (one still being handled included) moves last_seq.
+            self._synced.clear()
+            if not isinstance(exc, ParleyError | TimeoutError):
+                log.exception("resync failed")  # the store: not the server's answer
             if conn is not None:
                 await conn.drop(f"resync failed: {exc}")
             return
+        finally:
+            if release is not None:
+                release()
         await self._sync_rooms()
 
     def _queued(self) -> list[f.Send | f.RoomSend]:
@@ -890,7 +916,12 @@ class Messenger:
         elif isinstance(frame, f.Resync):
             # The server lost frames it meant to push (its routing restarted):
             # page through the inbox again, off the reader (sync awaits replies).
-            self._spawn(self._resync())
+            # Pushes stop moving last_seq and acks now, before the next frame is read
+            # (a push right behind this one, in the same read buffer, is handled before
+            # the task runs: had it moved last_seq, the sync would start after it and
+            # the item whose push was lost would be skipped, then acknowledged).
+            release = self._hold_pushes()
+            self._spawn(self._resync(release)).add_done_callback(lambda _task: release())
 
     async def _on_message(self, frame: f.Message) -> None:
         """A 1:1 message (or a copy of one this account sent elsewhere).
@@ -1050,8 +1081,18 @@ class Messenger:
                 state = self._peer(tx, sender)
                 if not own:
                     state.username = name
-                device = self.keys.device(tx)
-                assert device is not None
+                # This device's private state, parsed only for a first message (a new
+                # session): every prekey it holds, which a message in a session the
+                # contact already has does not need.
+                device: Device | None = None
+
+                def load_device() -> Device:
+                    nonlocal device
+                    if device is None:
+                        device = self.keys.device(tx)
+                        assert device is not None
+                    return device
+
                 entry: dict[str, Any] = {
                     "dir": "out" if own else "in",
                     "peer": peer,
@@ -1062,7 +1103,7 @@ class Messenger:
                 }
                 try:
                     incoming = state.decrypt(
-                        device, frame.from_device, wire,
+                        load_device, frame.from_device, wire,
                         me=(me, self.keys.known_device_id()),
                     )  # fmt: skip
                 except ReplayedMessage:
@@ -1084,7 +1125,7 @@ class Messenger:
                     tx.add_message(CONTROL_CONV, {"kind": "control"}, ref=server_id)
                     self._put_peer(tx, state)
                     if incoming.new_session:
-                        tx.put_bytes("device", device.to_bytes())
+                        tx.put_bytes("device", load_device().to_bytes())
                     incoming = None
                 if incoming is not None:
                     text = incoming.message.plaintext.decode("utf-8", errors="replace")
@@ -1102,7 +1143,7 @@ class Messenger:
                         tx.add_message(peer, entry, ref=server_id)
                     self._put_peer(tx, state)
                     if incoming.new_session:
-                        tx.put_bytes("device", device.to_bytes())
+                        tx.put_bytes("device", load_device().to_bytes())
                     if not own:
                         event = Message(sender, name, text, entry["at"], server_id, seq)
                     elif peer:

@@ -36,6 +36,7 @@ twice), and fails as such (docs/crypto.md, "PQXDH").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,12 +332,18 @@ class PeerState:
         return wire
 
     def decrypt(
-        self, device: Device, from_device: int, wire: bytes, *, me: tuple[str, int]
-    ) -> Incoming:
+        self, device: Device | Callable[[], Device], from_device: int, wire: bytes, *,
+        me: tuple[str, int],
+    ) -> Incoming:  # fmt: skip
         """Decrypt a message from one of this contact's devices with whichever session
         it belongs to; an initial message makes a new session (and changes ``device``)
         bound to this contact's ``from_device`` and ``me`` (our user and device ids:
         :class:`parley.crypto.Binding`).
+
+        ``device`` may be a loader, called only for an initial message that no session
+        reads (the device's private state is a parse of its every prekey, which a
+        message in an existing session does not need); the caller keeps what it
+        returned (changed by a new session) to store it.
 
         Raises :class:`ReplayedMessage` for a message already decrypted (or a repeat
         of an initial message whose session we answered and have since dropped),
@@ -375,8 +382,9 @@ class PeerState:
             raise last or CryptoError("no session with this device")
         try:
             session, message = Session.respond_message(
-                device, wire, binding=Binding(self.user_id, from_device, *me)
-            )
+                device() if callable(device) else device, wire,
+                binding=Binding(self.user_id, from_device, *me),
+            )  # fmt: skip
         except PrekeyReused as exc:
             if b64encode(initial_message_digest(wire)) in self.answered:
                 # A handshake we answered: a copy of a message we read, or a later

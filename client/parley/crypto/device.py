@@ -7,7 +7,9 @@ unambiguous).
 
 Retention: the current and the previous signed prekey and last-resort KEM
 prekey are kept (an initial message built on the previous one may still be in
-flight after a rotation); one-time prekeys until they are used.  Initial
+flight after a rotation); one-time prekeys until they are used, or until the
+device forgets the oldest past a bound (:meth:`Device.retire_one_time_prekeys`:
+claimed by someone who never wrote, they would be kept for ever).  Initial
 messages that consume no one-time material (no one-time X25519 prekey and a
 last-resort KEM prekey) could be replayed, so their ephemeral keys are
 remembered, under the signed prekey they were made with, for as long as that
@@ -219,6 +221,25 @@ class Device:
             + last_resort.pair().public
         ).digest()
 
+    def retire_one_time_prekeys(self, keep: int, keep_kem: int | None = None) -> tuple[int, int]:
+        """Forget the oldest (lowest id) one-time X25519 prekeys past the ``keep`` newest,
+        and the oldest one-time ML-KEM prekeys past the ``keep_kem`` newest (``keep`` if
+        None; last-resort ones are never forgotten). A one-time prekey the directory
+        handed out is kept until an initial message uses it, and one claimed by
+        someone who never writes would be kept for ever: every top-up after such
+        claims added a batch. An initial message naming a forgotten prekey cannot be
+        read (``PrekeyReused``, as for one used already). Returns how many of each
+        kind were forgotten."""
+        keep_kem = keep if keep_kem is None else keep_kem
+        old_one_time = sorted(self._one_time)[: max(0, len(self._one_time) - max(0, keep))]
+        for prekey_id in old_one_time:
+            del self._one_time[prekey_id]
+        kem = sorted(i for i, k in self._kem.items() if not k.last_resort)
+        old_kem = kem[: max(0, len(kem) - max(0, keep_kem))]
+        for prekey_id in old_kem:
+            del self._kem[prekey_id]
+        return len(old_one_time), len(old_kem)
+
     @property
     def one_time_prekey_count(self) -> int:
         return len(self._one_time)
@@ -240,7 +261,7 @@ class Device:
         pair = self._one_time.get(prekey_id)
         if pair is None:
             if 0 < prekey_id < self._next_one_time_id:
-                raise PrekeyReused(f"one-time prekey {prekey_id} was already used")
+                raise PrekeyReused(f"one-time prekey {prekey_id} was already used or retired")
             raise UnknownPrekey(f"one-time prekey {prekey_id} was never issued")
         return pair
 
@@ -248,7 +269,9 @@ class Device:
         entry = self._kem.get(prekey_id)
         if entry is None:
             if 0 < prekey_id < self._next_kem_id:
-                raise PrekeyReused(f"KEM prekey {prekey_id} was already used or rotated out")
+                raise PrekeyReused(
+                    f"KEM prekey {prekey_id} was already used, retired or rotated out"
+                )
             raise UnknownPrekey(f"KEM prekey {prekey_id} was never issued")
         return entry
 
