@@ -6,7 +6,10 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import type { ClientEvent } from '../src/app/client.ts';
+import { Device } from '../src/crypto/device.ts';
+import { b64decode } from '../src/crypto/encoding.ts';
 import { cleanUp, connected, people, texts, until } from './support/clients.ts';
+import { MemoryVault } from './support/fakeServer.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -50,5 +53,29 @@ describe('a one-time prekey used by two initiators', () => {
     server.push(await alice.message(server, 'and more'));
     await until('alice read', () => texts(bob, alice).length === 2);
     expect(texts(bob, alice)).toEqual(['hi from alice', 'and more']);
+  });
+});
+
+describe('one-time prekeys claimed and never used', () => {
+  it('are forgotten past a batch at each top-up; the newest claimed and those the directory holds still start sessions', async () => {
+    const { server, bob, alice } = await people();
+    // Every one-time prekey claimed, five times over (someone claiming bob's bundles
+    // and never writing): each top-up uploaded a batch, and kept them all.
+    for (let round = 0; round < 5; round++) {
+      server.prekeyCounts = { one_time: 0, kem_one_time: 0 };
+      await bob.topUp();
+    }
+    const raw = (MemoryVault.stores.get(bob.vault.username) as Map<string, string>).get('device') as string;
+    const device = await Device.fromBytes(b64decode(JSON.parse(raw) as string));
+    // What the directory holds (the last batch) and a batch claimed before it.
+    expect([device.oneTimePrekeyCount, device.kemPrekeyCount]).toEqual([200, 200]);
+    // A first message on the oldest prekey still kept (the batch claimed before the
+    // last top-up) is read.
+    server.oneTimePrekeys.splice(0, server.oneTimePrekeys.length - 200);
+    server.kemPrekeys.splice(0, server.kemPrekeys.length - 200);
+    await connected(bob, server);
+    server.push(await alice.message(server, 'on a kept prekey', { oneTime: true }));
+    await until('alice read', () => texts(bob, alice).length === 1);
+    expect(texts(bob, alice)).toEqual(['on a kept prekey']);
   });
 });

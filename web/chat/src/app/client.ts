@@ -1442,6 +1442,11 @@ export class ParleyClient {
       const device = (await this.#device(tx)) as Device;
       const ot = await device.generateOneTimePrekeys(needOt);
       const k = await device.generateKemPrekeys(needKem);
+      // What the directory holds after this upload, and a batch of those claimed more:
+      // the newest (it hands them out in id order); older claimed ones are forgotten
+      // (docs/crypto.md, "One-time prekeys kept": kept for ever, one user claiming a
+      // victim's bundles grew its vault by ~1,440 of each kind a day).
+      device.retireOneTimePrekeys(counts.one_time + needOt + PREKEY_BATCH, counts.kem_one_time + needKem + PREKEY_BATCH);
       tx.put('device', b64encode(device.toBytes()));
       return [ot, k] as const;
     });

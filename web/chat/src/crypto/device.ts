@@ -247,6 +247,24 @@ export class Device {
     );
   }
 
+  /**
+   * Forget the oldest (lowest id) one-time X25519 prekeys past the `keep` newest, and the
+   * oldest one-time ML-KEM prekeys past the `keepKem` newest (last-resort ones never):
+   * one claimed by someone who never writes was kept for ever (client/parley/crypto
+   * device.py `retire_one_time_prekeys`; docs/crypto.md, "One-time prekeys kept"). An
+   * initial message naming a forgotten one cannot be read (`PrekeyReused`). Returns how
+   * many of each kind were forgotten.
+   */
+  retireOneTimePrekeys(keep: number, keepKem: number = keep): [number, number] {
+    const oneTime = [...this.#oneTime.keys()].sort((a, b) => a - b);
+    const oldOneTime = oneTime.slice(0, Math.max(0, oneTime.length - Math.max(0, keep)));
+    for (const id of oldOneTime) this.#oneTime.delete(id);
+    const kem = [...this.#kem.values()].filter((k) => !k.lastResort).map((k) => k.id).sort((a, b) => a - b);
+    const oldKem = kem.slice(0, Math.max(0, kem.length - Math.max(0, keepKem)));
+    for (const id of oldKem) this.#kem.delete(id);
+    return [oldOneTime.length, oldKem.length];
+  }
+
   get oneTimePrekeyCount(): number {
     return this.#oneTime.size;
   }
@@ -271,7 +289,7 @@ export class Device {
   lookupOneTimePrekey(id: number): X25519KeyPair {
     const pair = this.#oneTime.get(id);
     if (pair === undefined) {
-      if (id > 0 && id < this.#nextOneTimeId) throw new PrekeyReused(`one-time prekey ${id} was already used`);
+      if (id > 0 && id < this.#nextOneTimeId) throw new PrekeyReused(`one-time prekey ${id} was already used or retired`);
       throw new UnknownPrekey(`one-time prekey ${id} was never issued`);
     }
     return pair;
@@ -281,7 +299,7 @@ export class Device {
   lookupKemPrekey(id: number): KemPrekeyPrivate {
     const entry = this.#kem.get(id);
     if (entry === undefined) {
-      if (id > 0 && id < this.#nextKemId) throw new PrekeyReused(`KEM prekey ${id} was already used or rotated out`);
+      if (id > 0 && id < this.#nextKemId) throw new PrekeyReused(`KEM prekey ${id} was already used, retired or rotated out`);
       throw new UnknownPrekey(`KEM prekey ${id} was never issued`);
     }
     return entry;
