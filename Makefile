@@ -1,5 +1,7 @@
 # Parley: `make run` runs everything on embedded real servers behind HAProxy;
 # `make test` runs every gate and the whole test suite.
+# Node 20 from npm when the machine's is older (scripts/install.sh), first on PATH.
+export PATH := $(CURDIR)/.tools/node/node_modules/.bin:$(PATH)
 VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed

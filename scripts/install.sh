@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 # locked packages (npm ci) and the build, only when web/'s sources changed
 # (a stamp of their hash). Chromium from Debian for the browser test (never a
 # downloaded browser: playwright-core drives /usr/bin/chromium).
+node_ok() {
+  node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'
+}
+
 web_install() {
   local SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -21,8 +25,14 @@ web_install() {
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
   fi
-  node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
-    || { echo "install: Node.js 20.19+ is required for web/ (vite)" >&2; exit 1; }
+  if ! node_ok; then
+    # Debian 12's nodejs is 18: Node 20 from the npm registry (the `node` package and
+    # its platform binary), into .tools/node, which the Makefile puts first on PATH.
+    echo "install: Node.js 20 from npm into .tools/node (this machine's is $(node -v))"
+    npm install --prefix .tools/node --no-save --no-audit --no-fund --loglevel=error node@20 >/dev/null
+    export PATH="$PWD/.tools/node/node_modules/.bin:$PATH"
+    node_ok || { echo "install: Node.js 20.19+ is required for web/ (vite)" >&2; exit 1; }
+  fi
   local stamp
   # (web/chat's frame types are generated from the contract's schema: it counts too;
   # what the build and the tests generate does not.)
@@ -76,6 +86,14 @@ if [ -z "$PY" ]; then
   done
 fi
 [ -n "$PY" ] || { echo "install: Python 3.11+ is required" >&2; exit 1; }
+# Debian's python3 makes no virtualenv without python3-venv (ensurepip).
+if ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  echo "install: system packages: python3-venv"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
 
 # pip install, quiet but for one harmless warning; a failed install fails the
 # script (pipefail: the pipeline's status is pip's, grep's "no line left" is not).
@@ -87,9 +105,10 @@ pip_install() {
     || { echo "install: pip install $* failed" >&2; exit 1; }
 }
 
-if [ ! -x .venv/bin/python ]; then
+# (A virtualenv made without pip, python3-venv missing: made again.)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   echo "install: virtualenv with $($PY --version)"
-  "$PY" -m venv .venv
+  "$PY" -m venv --clear .venv
 fi
 echo "install: Python dependencies (requirements.lock, hashes checked)"
 # Every file pip downloads must match a hash in the lock; Parley itself is

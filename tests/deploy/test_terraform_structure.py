@@ -310,7 +310,9 @@ def test_health_checks_use_the_services_own_endpoints() -> None:
     assert "${local.health_url}" in app["healthCheck"]["command"][-1]
     assert service_module()["locals"]["health_url"].endswith("/${var.name}/healthz")
     routes = stack()["module"]["alb"]["routes"]
-    assert 'health_path          = "/${name}/readyz"' in routes or "/${name}/readyz" in routes
+    # Liveness, not readiness: a shared dependency's outage must not make ECS replace
+    # every task (docs/deployment.md).
+    assert "/${name}/healthz" in routes and "/${name}/readyz" not in routes
     tg = load(MODULES / "alb")["resource"]["aws_lb_target_group"]["this"]
     assert tg["health_check"][0]["path"] == "${each.value.health_path}"
     assert tg["stickiness"][0]["enabled"] is False

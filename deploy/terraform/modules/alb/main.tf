@@ -218,7 +218,9 @@ resource "aws_lb_target_group" "this" {
   load_balancing_algorithm_type = each.value.algorithm
   tags                          = var.tags
 
-  # Readiness: a task gets traffic only while its dependencies answer.
+  # Liveness (/<svc>/healthz), as HAProxy checks: /readyz fails on every task at once
+  # when a dependency they share is down, and ECS replaces the tasks a target group
+  # calls unhealthy (every socket cut; delivery not consuming while MongoDB is down).
   health_check {
     path                = each.value.health_path
     matcher             = "200"
