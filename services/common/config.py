@@ -97,6 +97,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _presence_refreshed_before_it_lapses(self) -> Settings:
+        # An entry not refreshed within its lifetime lapses between refreshes: connected
+        # users look offline (no live pushes, mention e-mails to people who are online).
+        if self.presence_refresh_s >= self.presence_ttl_s:
+            raise ValueError(
+                f"presence_refresh_s ({self.presence_refresh_s}) must be below "
+                f"presence_ttl_s ({self.presence_ttl_s})"
+            )
+        return self
+
+    @field_validator("franking_key")
+    @classmethod
+    def _franking_key_is_a_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Empty (an empty export passed through by compose): unset, never a key derived
+        # from nothing that anyone can compute; set: as long as the other secrets.
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("PARLEY_FRANKING_KEY must be at least 32 characters")
+        return value
+
     @field_validator("kafka_sasl_password")
     @classmethod
     def _sasl_has_credentials(

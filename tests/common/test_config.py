@@ -43,6 +43,33 @@ def test_a_replica_wait_must_end_before_the_socket_timeout(
     assert load_settings().redis_wait_timeout_ms == 4999
 
 
+def test_presence_must_be_refreshed_within_its_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refreshed less often than it lapses, a connected user's presence comes and goes
+    (no live pushes, mention e-mails to users who are online): refused, naming both."""
+    monkeypatch.setenv("PARLEY_PRESENCE_TTL_S", "15")
+    with pytest.raises(ConfigError) as info:
+        load_settings()  # the default refresh, 20 s
+    assert "presence_refresh_s" in str(info.value) and "presence_ttl_s" in str(info.value)
+    monkeypatch.setenv("PARLEY_PRESENCE_REFRESH_S", "5")
+    assert load_settings().presence_ttl_s == 15
+
+
+def test_an_empty_franking_key_is_unset_and_a_short_one_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Empty (a blank export passed through): unset, so development draws a random key
+    and production refuses to start, never keys derived from nothing."""
+    monkeypatch.setenv("PARLEY_FRANKING_KEY", "")
+    assert load_settings().franking_key is None
+    monkeypatch.setenv("PARLEY_FRANKING_KEY", "short-9c1e")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "PARLEY_FRANKING_KEY" in str(info.value) and "short-9c1e" not in str(info.value)
+    monkeypatch.setenv("PARLEY_FRANKING_KEY", "k" * 32)
+    franking = load_settings().franking_key
+    assert franking is not None and franking.get_secret_value() == "k" * 32
+
+
 def test_secrets_never_print() -> None:
     s = load_settings(smtp_password=SecretStr("hunter2-secret"))
     assert "hunter2-secret" not in repr(s)
