@@ -248,26 +248,25 @@ class Terminal:
 
 
 def banner(cfg: StackConfig, conf: Path) -> None:
+    """Where everything is (through :func:`say`: a closed pipe or a hung-up terminal
+    raised out of the wrapper, and supervisord ran on with nobody to stop it)."""
     base, ops = cfg.url("lb"), cfg.url("ops")
     bin_dir = os.path.dirname(sys.executable)
-    print("\n" + "=" * 64, flush=True)
-    print(f"Parley is up. Load balancer: {base}", flush=True)
-    print(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws", flush=True)
+    say("\n" + "=" * 64)
+    say(f"Parley is up. Load balancer: {base}")
+    say(f"  WebSocket:   ws://{cfg.host}:{cfg.lb_port}/ws")
     for svc in ("auth", "keys", "gateway", "delivery", "rooms"):
-        print(f"  {svc:9} {base}/{svc}/docs  (readyz: {ops}/{svc}/readyz)", flush=True)
-    print(f"  Web client:  {base}/  (end-to-end-encrypted chat in the browser)", flush=True)
-    print(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)", flush=True)
-    print(f"  HAProxy stats: {ops}/stats  (internal: also every /readyz and /metrics)",
-          flush=True)  # fmt: skip
-    print(f"  Prometheus:  {cfg.url('prometheus')}  (alerts: {cfg.url('prometheus')}/alerts)",
-          flush=True)  # fmt: skip
-    print(f"  Notifier:    {cfg.url('notifier')}/notifier/readyz  (mention e-mail digests)",
-          flush=True)  # fmt: skip
-    print(f"  Mail sink:   {cfg.data_dir / 'mail'}", flush=True)
-    print(f"  Logs:        {cfg.data_dir / 'log'}/<process>.log", flush=True)
-    print(f"  Processes:   {bin_dir}/supervisorctl -c {conf} status", flush=True)
-    print("A process that dies is restarted. Ctrl-C stops everything.", flush=True)
-    print("=" * 64 + "\n", flush=True)
+        say(f"  {svc:9} {base}/{svc}/docs  (readyz: {ops}/{svc}/readyz)")
+    say(f"  Web client:  {base}/  (end-to-end-encrypted chat in the browser)")
+    say(f"  Admin console: {base}/admin/  (sign-in: {base}/auth/login)")
+    say(f"  HAProxy stats: {ops}/stats  (internal: also every /readyz and /metrics)")
+    say(f"  Prometheus:  {cfg.url('prometheus')}  (alerts: {cfg.url('prometheus')}/alerts)")
+    say(f"  Notifier:    {cfg.url('notifier')}/notifier/readyz  (mention e-mail digests)")
+    say(f"  Mail sink:   {cfg.data_dir / 'mail'}")
+    say(f"  Logs:        {cfg.data_dir / 'log'}/<process>.log")
+    say(f"  Processes:   {bin_dir}/supervisorctl -c {conf} status")
+    say("A process that dies is restarted. Ctrl-C stops everything.")
+    say("=" * 64 + "\n")
 
 
 def main() -> int:
@@ -312,6 +311,7 @@ def main() -> int:
     for sig in FATAL_SIGNALS:  # before supervisord starts: a Ctrl-C then stops it too
         signal.signal(sig, stop)
     log = cfg.data_dir / "log" / "supervisord.log"
+    start_timeout = float(os.environ.get("PARLEY_START_TIMEOUT", "90"))  # before anything runs
     relay = Relay(log)
     # supervisord writes nothing to the terminal (``silent``): its lines reach it through
     # this wrapper, which follows its log. Written to a terminal that hung up, they failed
@@ -328,7 +328,7 @@ def main() -> int:
         if stopping:  # signalled while it started
             supervisor.send_signal(signal.SIGTERM)
         base = cfg.url("ops")  # HAProxy's internal port: /readyz is not public
-        deadline = time.monotonic() + float(os.environ.get("PARLEY_START_TIMEOUT", "90"))
+        deadline = time.monotonic() + start_timeout
         pending = list(CHECKS)
         while pending and supervisor.poll() is None and not stopping:
             pending = [p for p in pending if not ready(base, p)]
@@ -352,6 +352,13 @@ def main() -> int:
         if code and not stopping:
             say((cfg.data_dir / "log" / "supervisord.stderr").read_text(errors="replace"))
         return 0 if stopping or code == 0 else code
+    except BaseException:
+        # Whatever ends the wrapper ends what it started: supervisord is in its own
+        # process group, and would run on (with every process) with nobody to stop it.
+        stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            supervisor.wait(timeout=60)
+        raise
     finally:
         terminal.give_back()
 
