@@ -84,6 +84,8 @@ _PURGE = 500
 _PAGES_AT_ONCE = 8
 ROOMS_AT_ONCE = 16  # rooms of one batch appended at once
 _HEADS_KEPT = 100_000
+# Entry ids per read when looking for messages another writer stored (``_stored_in``).
+_READ_CHUNK = 1000
 
 
 def entry_id(room: str, seq: int) -> str:
@@ -212,6 +214,15 @@ class RoomLog:
                 last = await self._tail(room)
                 if last < taken_at:
                     raise RuntimeError(f"room {room}: number {taken_at} taken, last {last}")
+                # The other writer may have stored some of these very messages (two owners
+                # of one record in a rebalance, each past the other's id record): those
+                # are repeats. Stored again under a second number, a removal (which
+                # blanks the entry the id record names) left the other copy's body.
+                theirs = await self._stored_in(room, taken_at, last, todo)
+                if theirs:
+                    repeats += theirs
+                    gone = {d["server_id"] for d in theirs}
+                    todo = [env for env in todo if env.server_id not in gone]
         await self._save_head(room)
         return stored, repeats
 
@@ -242,6 +253,19 @@ class RoomLog:
             record = records.get(doc["server_id"])
             if record is not None and int(record["seq"]) == int(doc["seq"]):
                 found[doc["server_id"]] = doc
+        return found
+
+    async def _stored_in(
+        self, room: str, first: int, last: int, envs: list[e.RoomEnvelope]
+    ) -> list[Doc]:
+        """The entries numbered ``first`` to ``last`` of ``room`` that hold one of
+        ``envs``' messages (what another writer stored while this one lost numbers)."""
+        ids = [env.server_id for env in envs]
+        found: list[Doc] = []
+        for low in range(first, last + 1, _READ_CHUNK):
+            wanted = [entry_id(room, n) for n in range(low, min(last, low + _READ_CHUNK - 1) + 1)]
+            found += [d async for d in self.log.find({"_id": {"$in": wanted},
+                                                      "server_id": {"$in": ids}})]  # fmt: skip
         return found
 
     async def _records(self, server_ids: list[str]) -> dict[str, Doc]:

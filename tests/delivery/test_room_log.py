@@ -393,6 +393,43 @@ async def test_writers_racing_lose_nothing_and_number_without_gaps(
     assert entry_id(room, 1) == f"{room}|{1:016d}"
 
 
+async def test_a_message_two_writers_race_for_is_stored_once_and_a_removal_blanks_it(
+    store: DeliveryStore, settings: Settings
+) -> None:
+    """A consumer losing its partition (A) has written a message's id record when the
+    partition's new owner (B) stores the same record; A's insert then loses the number
+    to B's copy. A stored it again under the next number and moved the record there, so
+    the sender's unsend (which blanks the entry the record names) left B's copy, body
+    and all, in every member's log (audit). A now finds B's copy: a repeat."""
+    a, b, room = make(store, settings), make(store, settings), room_id()
+    await a.append([env(room, 0)], time.time())  # number 1
+    m = env(room, 1)
+    claimed, go = asyncio.Event(), asyncio.Event()
+    claim = a._claim
+
+    async def paused_claim(r: str, planned: dict[str, int]) -> Any:
+        out = await claim(r, planned)  # A's id record is written
+        claimed.set()
+        await go.wait()
+        return out
+
+    a._claim = paused_claim  # type: ignore[method-assign]
+    task = asyncio.create_task(a.append([m], time.time()))
+    await claimed.wait()
+    assert (await b.append([m], time.time())).stored == 1  # B stores it at 2
+    go.set()
+    assert ((got := await task).stored, got.repeats) == (0, 1)
+    messages, _, _ = await a.page(room, 0, 0, 100)
+    assert [(x.seq, x.server_id) for x in messages] == [
+        (1, env(room, 0).server_id),
+        (2, m.server_id),
+    ]
+    await store.hot.mark_gone(m.server_id, 3600)  # the sender unsends it
+    assert await a.blank([m.server_id]) == 1
+    messages, _, _ = await a.page(room, 0, 0, 100)
+    assert [x.server_id for x in messages] == [env(room, 0).server_id]
+
+
 async def test_a_room_that_fails_in_a_batch_stops_the_others_before_the_error_goes_up(
     store: DeliveryStore, settings: Settings, monkeypatch: Any
 ) -> None:
