@@ -262,21 +262,32 @@ class DeliveryStore:
         self, items: list[dict[str, Any]], claims: dict[str, tuple[int, str]]
     ) -> dict[str, tuple[int, str]]:
         """The copies in MongoDB of the items ``claims`` has no record of (by dedup
-        key: (seq, server id)): after Redis lost the dedup records, what the persister
-        moved before the loss (services/delivery/worker.py ``_moderate``). One query
-        by the ``server_id`` index."""
+        key: (seq, server id)) that pages reach: after Redis lost the dedup records,
+        what the persister moved before the loss (services/delivery/worker.py
+        ``_moderate``). One query by the ``server_id`` index, and the counters of the
+        inboxes it found copies in."""
         fresh = {k: d for d in items if (k := item_dedup_key(d)) not in claims}
         if not fresh:
             return {}
         ids = list({str(d["server_id"]) for d in fresh.values()})
         inboxes = list({str(d["inbox"]) for d in fresh.values()})
-        found: dict[str, tuple[int, str]] = {}
+        found: dict[str, tuple[int, str, str]] = {}
         fields = {"inbox": 1, "seq": 1, "server_id": 1, "from": 1, "client_id": 1, "kind": 1}
         flt = {"server_id": {"$in": ids}, "inbox": {"$in": inboxes}}
         async for doc in self.inbox.find(flt, fields):
             if (key := item_dedup_key(doc)) in fresh:
-                found[key] = (int(doc["seq"]), str(doc["server_id"]))
-        return found
+                found[key] = (int(doc["seq"]), str(doc["server_id"]), str(doc["inbox"]))
+        if not found:
+            return {}
+        # Only a copy pages reach: one numbered inside a range a loss skipped (a persister
+        # page that straddled the loss, inserting after the counter was seeded again
+        # below its numbers) is never paged, so its message is stored again.
+        counters = await self.ctr.get({inbox for _, _, inbox in found.values()})
+        return {
+            key: (seq, server_id)
+            for key, (seq, server_id, inbox) in found.items()
+            if inbox in counters and counters[inbox].skip(seq - 1) == seq - 1
+        }
 
     async def store_hot(
         self, items: list[dict[str, Any]], claims: dict[str, tuple[int, str]] | None = None

@@ -153,6 +153,10 @@ class Worker:
         # records before are consumed again, and their copies may be in MongoDB
         # (moved before the loss, committed after it: :meth:`_moderate`).
         self._replay_to: dict[TopicPartition, int] = {}
+        # ``persisted_until`` when Redis was found to have lost what was stored while
+        # ``rewinds`` was the key: what a consumer still at that count may commit as it
+        # goes back (passes after the loss prove nothing about what it stored before).
+        self._safe_at_loss: dict[int, float] = {}
         self._beat = 0
         # This process's mark in Redis (hot.GUARD): ``rewinds`` while Redis keeps
         # what this process wrote; missing (or another number) once it lost it.
@@ -369,11 +373,13 @@ class Worker:
             return
         await self._commit(consumer, self._safe(pending))
 
-    def _safe(self, pending: Uncommitted) -> dict[TopicPartition, int]:
-        """Take the batches ``persisted_until`` passed out of ``pending``: their offsets."""
+    def _safe(self, pending: Uncommitted, until: float | None = None) -> dict[TopicPartition, int]:
+        """Take the batches ``until`` (``persisted_until``) passed out of ``pending``:
+        their offsets."""
+        until = self.persisted_until if until is None else until
         # Oldest first: the ready ones are a prefix (no walk over all that wait).
         offsets: dict[TopicPartition, int] = {}
-        while pending.batches and pending.batches[0][0] <= self.persisted_until:
+        while pending.batches and pending.batches[0][0] <= until:
             for tp, off in pending.batches.popleft()[1].items():
                 offsets[tp] = max(offsets.get(tp, 0), off)
         return offsets
@@ -411,12 +417,16 @@ class Worker:
     async def _rewind(self, consumer: AIOKafkaConsumer, pending: Uncommitted) -> None:
         """Consume again from the committed offsets: what the lost hot inbox held.
 
-        The batches the persister had proved safe before the loss (``persisted_until``:
-        each item in MongoDB, at or below its inbox's checkpoint, or acknowledged) are
-        committed first, so they are not consumed again; where this process had got
+        The batches the persister had proved safe before the loss (``persisted_until``
+        as it was when the loss was recorded, ``_safe_at_loss``: each item in MongoDB,
+        at or below its inbox's checkpoint, or acknowledged) are committed first, so
+        they are not consumed again (not the live value: passes on the new Redis raise
+        it past batches whose items went with the old one); where this process had got
         to is kept (``_replay_to``), and the records before it look for their copies
         in MongoDB as they are stored again (:meth:`_moderate`)."""
-        await self._commit(consumer, self._safe(pending))
+        # What the persister had proved before the loss, not since (nothing, if unknown).
+        safe = self._safe_at_loss.get(pending.rewinds, 0.0)
+        await self._commit(consumer, self._safe(pending, safe))
         pending.batches.clear()
         pending.rewinds = self.rewinds
         for tp in consumer.assignment():
@@ -453,6 +463,9 @@ class Worker:
         # MongoDB does not answer, the next write or run notices the loss again).
         retention_ms = self.settings.kafka_message_retention_ms
         await self.store.restore_gone(int(time.time() * 1000) - retention_ms)
+        self._safe_at_loss[self.rewinds] = self.persisted_until
+        for old in [r for r in self._safe_at_loss if r < self.rewinds - 8]:
+            del self._safe_at_loss[old]
         self.rewinds += 1
         self.hot_lost.inc()
         self._beat = 0  # the new Redis's hotbeat starts again: not a second loss

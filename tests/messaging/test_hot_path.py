@@ -9,8 +9,10 @@ every accepted message reaches its recipient, once (the client drops a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from parley_contract import envelopes as e
@@ -358,3 +360,46 @@ async def test_messages_persisted_before_their_counter_was_checkpointed_survive_
                              lambda got: len({i["server_id"] for i in got}) >= 5)  # fmt: skip
     assert {i["server_id"]: i["body"] for i in items} == sent
     assert len({i["seq"] for i in items}) == 5
+
+
+async def test_a_consumer_that_rewinds_after_the_next_pass_commits_nothing_redis_lost(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of 4e67bdb: a rewind committed the batches the live ``persisted_until``
+    passed. A consumer whose batch was held up (a Redis restart's back-off) reached its
+    rewind only after the persister had recorded the loss and run a pass on the new,
+    empty Redis, which raised ``persisted_until`` to about now: the batches stored into
+    the lost Redis were committed, and never consumed again. It commits only what was
+    proved before the loss."""
+    worker, persist_once = _persister_held(messaging, monkeypatch)
+    alice_id, bob_id = uid(), uid()
+    messaging.issuer.users.add(bob_id)
+    alice = await messaging.connect(alice_id, pod=0)
+    await persist_once()  # a beat counted
+    before = await committed(messaging.settings)
+    await alice.send_stored(bob_id, [(f"q{n}", f"cTA{n}") for n in range(5)])  # hot only
+    gate, entered = asyncio.Event(), asyncio.Event()
+    real = worker.store.claims_and_numbers
+
+    async def held(items: Any, server_ids: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await real(items, server_ids)
+
+    monkeypatch.setattr(worker.store, "claims_and_numbers", held)
+    await alice.send(send_frame("q5", bob_id, "cTA5"))
+    await alice.expect("accepted", id="q5")
+    await asyncio.wait_for(entered.wait(), 10)
+    await lose_redis(worker.store.redis, messaging.settings.redis_prefix)
+    lost = worker.hot_lost._value.get()
+    await persist_once()  # the persister records the loss
+    assert worker.hot_lost._value.get() == lost + 1
+    await persist_once()  # and passes on the new Redis
+    monkeypatch.setattr(worker.store, "claims_and_numbers", real)
+    gate.set()  # the write is refused by the mark: the consumer goes back
+    bob = await messaging.connect(bob_id, pod=1)
+    want = {f"cTA{n}" for n in range(6)}
+    items = await eventually(lambda: synced(bob, uuid.uuid4().hex[:8]),
+                             lambda got: {str(i["body"]) for i in got} >= want)  # fmt: skip
+    assert len({i["server_id"] for i in items}) == 6
+    assert await committed(messaging.settings) == before  # nothing was persisted
