@@ -52,6 +52,7 @@ from parley.crypto import (
     commitment_from_message,
 )
 from parley.crypto.encoding import b64decode, b64encode
+from parley.crypto.wire import SKDM_FIXED_LEN, SenderKeyDistribution
 from parley.errors import ApiError, MessageTooLarge, NotSent, ParleyError
 from parley.events import (
     DecryptFailed,
@@ -90,7 +91,8 @@ HELD_KEYS_KEPT = 256
 """Sender keys for rooms this device does not know, held (sealed, in one row) until
 the rooms service says this account is in the room: at most this many, the oldest
 dropped first (each is checked as soon as it comes, so only an unreachable rooms
-service or a flood keeps more than a few)."""
+service or a flood keeps more than a few). Only a distribution message for the room
+named is held (:func:`held_key_max` characters), so the row stays under ~70 KB."""
 MAX_MENTIONS = 20
 LOG_PAGE = 200
 """Messages per page when a room's log is read."""
@@ -171,6 +173,27 @@ def _unkept_map(value: Any) -> dict[str, int]:
     if isinstance(value, dict):
         return {str(k): int(v) for k, v in value.items()}
     return {"*": int(value)}
+
+
+def held_key_max(room_id: str) -> int:
+    """The longest ``d`` of a sender key for ``room_id``: its distribution message
+    (``SKDM_FIXED_LEN`` bytes and the group id, :class:`SenderKeyDistribution`) in
+    unpadded base64url, 134 characters for a room id of 24."""
+    size = SKDM_FIXED_LEN + len(room_id.encode("utf-8"))
+    return (4 * size + 2) // 3
+
+
+def _may_hold(room_id: str, d: Any) -> bool:
+    """Whether a sender key for a room not known yet may be held (``room_keys_held``):
+    a distribution message for that very room. Anything else could never be taken
+    (``_take_key`` refuses it), and an unchecked ``d`` made the held row, rewritten
+    whole for every key, as large as the sender cared to make 256 of them."""
+    if not isinstance(d, str) or len(d) > held_key_max(room_id):
+        return False
+    try:
+        return SenderKeyDistribution.decode(b64decode(d)).group_id == room_id
+    except (CryptoError, ValueError):
+        return False
 
 
 class Rooms:
@@ -1044,15 +1067,18 @@ class Rooms:
             message = session.decrypt_message(member_key(sender, int(item["device"])), wire)
         except UnknownSenderKey:
             if keep:
-                pending = tx.get(self._key("room_pending", room_id)) or []
-                if any(p["server_id"] == item["server_id"] for p in pending):
+                # One row a message (``Transaction.keep_pending``): keeping one neither
+                # reads nor writes the others (a list row rewritten whole was ~40 MB a
+                # message for a member sending 1,000 large ones under a withheld key).
+                server_id, device = str(item["server_id"]), int(item["device"])
+                if tx.is_pending(room_id, server_id):
                     pass  # kept already (the log read again)
-                elif len(pending) < MAX_PENDING:
-                    tx.put(self._key("room_pending", room_id), [*pending, {**item, "name": name}])
+                elif tx.pending_count(room_id) < MAX_PENDING:
+                    tx.keep_pending(room_id, sender, device, server_id, {**item, "name": name})
                 else:  # not kept: the room's log has it, read again when its key comes
                     marker = self._key("room_unkept", room_id)
                     lowest = _unkept_map(tx.get(marker))
-                    chain = member_key(sender, int(item["device"]))
+                    chain = member_key(sender, device)
                     if chain not in lowest or int(item["seq"]) < lowest[chain]:
                         tx.put(marker, {**lowest, chain: int(item["seq"])})
             return None
@@ -1105,7 +1131,7 @@ class Rooms:
             # Anyone with a pairwise session can send keys naming any room id: a room
             # this device does not know waits for the rooms service to say we are in it
             # (each made-up room id was a group row of its own, for good).
-            if _ROOM_ID.fullmatch(room_id) and isinstance(control.get("d"), str):
+            if _ROOM_ID.fullmatch(room_id) and _may_hold(room_id, control.get("d")):
                 held = tx.get("room_keys_held") or []
                 item = {"room": room_id, "from": sender, "device": device, "d": control["d"]}
                 tx.put("room_keys_held", [*held, item][-HELD_KEYS_KEPT:])
@@ -1187,19 +1213,13 @@ class Rooms:
             log.warning("refused a sender key from %s:%s: %s", sender, device, exc)
             return []
         events: list[Event] = []
-        pending = tx.get(self._key("room_pending", room_id)) or []
-        still = []
-        for item in pending:
-            if (item["from"], int(item["device"])) != (sender, device):
-                still.append(item)
-                continue
+        for item in tx.pending(room_id, sender, device):  # this device's rows only
             event = self._open(tx, session, room_id, item, str(item.get("name", "")), keep=False)
             if event is not None:
                 events.append(event)
             elif not tx.has_message(str(item["server_id"])):
-                still.append(item)  # another chain of the sender's: its key may come later
-        if len(still) != len(pending):
-            tx.put(self._key("room_pending", room_id), still)
+                continue  # another chain of the sender's: its key may come later
+            tx.take_pending(room_id, str(item["server_id"]))
         self._put_group(tx, session)
         self._reread_unkept(tx, room_id, member_key(sender, device))
         return events
@@ -1233,7 +1253,7 @@ class Rooms:
 
     def pending(self, room_id: str) -> int:
         """Room messages kept until their sender key arrives."""
-        return len(self._store().read().get(self._key("room_pending", room_id)) or [])
+        return self._store().read().pending_count(room_id)
 
     def unkept(self, room_id: str) -> int | None:
         """The lowest number of the room's messages that waited for their sender key

@@ -16,6 +16,13 @@ Layout (one file, ``store.db``, in WAL mode):
 - ``aside``: received messages kept aside to be read later (a sender's device
   not seen yet whose device list could not be read then), in arrival order;
   ``who`` keys a sending device's rows (:meth:`Transaction.keep_aside`).
+- ``pending``: private rooms' messages waiting for their sender's key, one row
+  a message in the order they were kept; ``room`` keys a room's rows and
+  ``chain`` a sending device's in it, so keeping one, counting a room's and
+  taking a device's are index reads (:meth:`Transaction.keep_pending`). Until
+  2026-12 they were one ``kv`` row per room (``room_pending:...``), read and
+  written whole for every message and every key; such a row is moved here when
+  the store opens (:meth:`Store._move_pending_rows`).
 
 Every value is sealed with AES-256-GCM under a key derived from the
 passphrase with scrypt (then HKDF-SHA256 into an encryption key and an index
@@ -41,6 +48,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -58,6 +66,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from parley.errors import StoreError, WrongPassphrase
 from parley.paths import private_dir
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SCHEMA_VERSION", "KdfParams", "Store", "Transaction"]
 
@@ -93,7 +103,20 @@ CREATE TABLE IF NOT EXISTS aside (
     value BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS aside_who ON aside (who, n);
+CREATE TABLE IF NOT EXISTS pending (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    ref TEXT UNIQUE NOT NULL,
+    room TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_room ON pending (room, n);
+CREATE INDEX IF NOT EXISTS pending_chain ON pending (chain, n);
 """
+_LEGACY_PENDING = "room_pending:"
+"""The ``kv`` rows that held a room's pending messages, one list per room, before the
+``pending`` table (the key's rest is ``Store.ref("room_pending", room id)``, as
+:meth:`Transaction._pending_room` makes it)."""
 
 
 @dataclass(frozen=True)
@@ -327,6 +350,58 @@ class Transaction:
         """Forget a frame kept aside (read now)."""
         self._db.execute("DELETE FROM aside WHERE ref = ?", (self._store.ref("aside", server_id),))
 
+    # -- room messages waiting for their sender key ------------------------------
+    def _pending_room(self, room_id: str) -> str:
+        return self._store.ref("room_pending", room_id)
+
+    def keep_pending(
+        self, room_id: str, sender: str, device: int, server_id: str, item: dict[str, Any]
+    ) -> bool:
+        """Keep a room's message until its sending device's key comes, after those kept
+        before it (one row: the others are neither read nor written); False if it is
+        kept already."""
+        return self._store._keep_pending(
+            self._pending_room(room_id), sender, device, server_id, json.dumps(item).encode()
+        )
+
+    def is_pending(self, room_id: str, server_id: str) -> bool:
+        """Whether this room message is kept (one primary-key look-up)."""
+        ref = self._store._pending_ref(self._pending_room(room_id), server_id)
+        found = self._db.execute("SELECT 1 FROM pending WHERE ref = ?", (ref,)).fetchone()
+        return found is not None
+
+    def pending_count(self, room_id: str) -> int:
+        """How many of the room's messages are kept (the room's index entries, no value)."""
+        room = self._pending_room(room_id)
+        return int(
+            self._db.execute("SELECT COUNT(*) FROM pending WHERE room = ?", (room,)).fetchone()[0]
+        )
+
+    def pending(
+        self, room_id: str, sender: str | None = None, device: int = 0
+    ) -> list[dict[str, Any]]:
+        """The room's kept messages, oldest first: all, or those of one sending device
+        (only its rows are read)."""
+        room = self._pending_room(room_id)
+        if sender is None:
+            rows = self._db.execute(
+                "SELECT ref, chain, value FROM pending WHERE room = ? ORDER BY n", (room,)
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT ref, chain, value FROM pending WHERE chain = ? ORDER BY n",
+                (self._store._pending_chain(room, sender, device),),
+            ).fetchall()
+        return [
+            json.loads(self._store._open(value, f"pending:{room}:{chain}:{ref}"))
+            for ref, chain, value in rows
+        ]
+
+    def take_pending(self, room_id: str, server_id: str) -> None:
+        """Forget a kept room message (opened now)."""
+        ref = self._store._pending_ref(self._pending_room(room_id), server_id)
+        self._db.execute("DELETE FROM pending WHERE ref = ?", (ref,))
+
 
 class Store:
     """An open local store.  Create or open with :meth:`open`."""
@@ -410,7 +485,13 @@ class Store:
         except (KeyError, ValueError) as exc:
             db.close()
             raise StoreError(f"{path} is damaged ({exc})") from exc
-        return cls(path, db, enc_key, index_key)
+        store = cls(path, db, enc_key, index_key)
+        try:
+            store._move_pending_rows()
+        except BaseException:
+            db.close()
+            raise
+        return store
 
     def close(self) -> None:
         self._commit_group()
@@ -426,6 +507,60 @@ class Store:
             return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], where.encode())
         except InvalidTag:
             raise StoreError(f"a value of the local store is damaged ({where})") from None
+
+    # -- room messages waiting for their sender key (``pending``) -------------------
+    def _pending_ref(self, room: str, server_id: str) -> str:
+        return self.ref("pending", f"{room}\x00{server_id}")
+
+    def _pending_chain(self, room: str, sender: str, device: int) -> str:
+        return self.ref("pending-chain", f"{room}\x00{sender}\x00{int(device)}")
+
+    def _keep_pending(
+        self, room: str, sender: str, device: int, server_id: str, plaintext: bytes
+    ) -> bool:
+        ref = self._pending_ref(room, server_id)
+        chain = self._pending_chain(room, sender, device)
+        sealed = self._seal(plaintext, f"pending:{room}:{chain}:{ref}")
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO pending (ref, room, chain, value) VALUES (?, ?, ?, ?)",
+            (ref, room, chain, sealed),
+        )
+        return cur.rowcount > 0
+
+    def _move_pending_rows(self) -> None:
+        """Move the rooms' pending messages kept as one ``kv`` row per room (written
+        before the ``pending`` table) into it, in their order, each row once: at every
+        open (one look-up when there are none, so a row an older client wrote since is
+        moved too). A row that does not open (damaged) is left where it is (nothing
+        reads it); an item without its sender or number is dropped (it could never be
+        opened: its key is asked by sender and device)."""
+        bounds = (_LEGACY_PENDING, _LEGACY_PENDING[:-1] + chr(ord(_LEGACY_PENDING[-1]) + 1))
+        select = "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key"
+        if self._db.execute(select + " LIMIT 1", bounds).fetchone() is None:
+            return
+        self._end_others_group()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for key, value in self._db.execute(select, bounds).fetchall():
+                try:
+                    items = json.loads(self._open(value, f"kv:{key}"))
+                except (StoreError, ValueError) as exc:
+                    log.warning("a room's pending messages could not be moved: %s", exc)
+                    continue
+                room = key[len(_LEGACY_PENDING) :]
+                for item in items if isinstance(items, list) else ():
+                    try:
+                        sender, device = str(item["from"]), int(item["device"])
+                        server_id = str(item["server_id"])
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    plaintext = json.dumps(item).encode()
+                    self._keep_pending(room, sender, device, server_id, plaintext)
+                self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def ref(self, kind: str, name: str) -> str:
         """An opaque row key for ``name`` (the file does not show peer ids)."""
