@@ -132,6 +132,19 @@ import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
 import { ASIDE_ASK, ASIDE_MAX, ASIDE_RETRY, ASIDE_ROW, Aside, nextWait } from './aside.ts';
 import { Transactions, type Tx } from './transactions.ts';
+import {
+  type PendingEntry,
+  type PendingRoomMessage,
+  addPending,
+  distributionChars,
+  migratePending,
+  pendingCount,
+  pendingHolds,
+  pendingIndex,
+  pendingNumbers,
+  pendingRow,
+  setChain,
+} from './pending.ts';
 import { Pacer, SEND_AGAIN, THROTTLED_CLOSES, sendAgainIn } from './pacing.ts';
 
 /** Refusals that fail a room's key send (a control send) at once instead of holding it
@@ -304,20 +317,6 @@ interface Queued {
   /** A `room_send`: the times it was encrypted again after `devices_changed` (rooms.py
    * `redo`, at most REDO_MAX); its room and mentions are the frame's. */
   redo?: number;
-}
-
-/** A private room's message kept until its sender's key arrives (rooms.py pending);
- * with what a report of it needs (kept sealed in the vault, as the rest). */
-interface PendingRoomMessage {
-  server_id: string;
-  seq: number;
-  from: string;
-  device: number;
-  body: string;
-  sent_at: number | null;
-  conversation?: string | null;
-  commitment?: string | null;
-  franking_tag?: string | null;
 }
 
 export type ClientEvent =
@@ -596,12 +595,40 @@ export class ParleyClient {
     if (account) await this.#loadHistory(`history:${await this.#ref(account.user_id)}`);
     for (const roomId of this.#read<string[]>('rooms_known') ?? []) {
       const ref = await this.#ref(roomConversation(roomId));
-      for (const name of [`group:${ref}`, `room:${ref}`, `room_pending:${ref}`, `room_unkept:${ref}`, `room_cursor:${ref}`]) {
+      for (const name of [`group:${ref}`, `room:${ref}`, `room_unkept:${ref}`, `room_cursor:${ref}`]) {
         const value = await this.vault.get(name);
         if (value !== undefined) this.#cache.set(name, value);
       }
+      await this.#loadPending(`room_pending:${ref}`);
       await this.#loadHistory(`history:${ref}`);
     }
+  }
+
+  /** A room's messages waiting for their sender key into the cache: its index and a row
+   * per message (pending.ts); the room's messages written as one row (an array, before a
+   * row per message) are split into them first, in one write. A message whose row is
+   * missing is left out of the index. */
+  async #loadPending(base: string): Promise<void> {
+    const value = await this.vault.get<unknown>(base);
+    if (value === undefined) return;
+    if (Array.isArray(value)) {
+      const rows = migratePending(base, value);
+      await this.vault.putMany(rows);
+      for (const [name, row] of rows) if (row !== undefined) this.#cache.set(name, row);
+      return;
+    }
+    const index = pendingIndex(value);
+    for (const [chain, entries] of Object.entries(index.chains)) {
+      const found: PendingEntry[] = [];
+      for (const entry of entries) {
+        const row = await this.vault.get(pendingRow(base, entry[0]));
+        if (row === undefined) continue;
+        this.#cache.set(pendingRow(base, entry[0]), row);
+        found.push(entry);
+      }
+      setChain(index, chain, found);
+    }
+    if (pendingNumbers(index).length) this.#cache.set(base, index);
   }
 
   /** The outbox's rows into the cache, in their order; an outbox written as one row (before
@@ -1970,7 +1997,7 @@ export class ParleyClient {
   /** Room messages kept until their sender's key arrives. */
   roomPending(roomId: string): number {
     const ref = this.#refs.get(roomConversation(roomId));
-    return ref === undefined ? 0 : (this.#read<PendingRoomMessage[]>(`room_pending:${ref}`) ?? []).length;
+    return ref === undefined ? 0 : pendingCount(pendingIndex(this.#read<unknown>(`room_pending:${ref}`)));
   }
 
   /** The lowest log number of the room's messages that waited for their sender key past
@@ -1987,8 +2014,8 @@ export class ParleyClient {
   roomMessageState(roomId: string, serverId: string): HeldState {
     if (this.#hasServerId(roomConversation(roomId), serverId)) return 'held';
     const ref = this.#refs.get(roomConversation(roomId));
-    const pending = ref === undefined ? [] : (this.#read<PendingRoomMessage[]>(`room_pending:${ref}`) ?? []);
-    return pending.some((p) => p.server_id === serverId) ? 'pending' : 'absent';
+    const held = ref !== undefined && pendingHolds(pendingIndex(this.#read<unknown>(`room_pending:${ref}`)), serverId);
+    return held ? 'pending' : 'absent';
   }
 
   /** Ask the room's view to show one of its private messages (a mention opened from the
@@ -2617,11 +2644,14 @@ export class ParleyClient {
       if (error instanceof UnknownSenderKey) {
         if (keep) {
           // The oldest MAX_PENDING are kept (a newer one must not push an older one out:
-          // the cursor is past both); past them the lowest number is remembered.
-          const pending = tx.get<PendingRoomMessage[]>(this.#roomRow('room_pending', roomId)) ?? [];
-          if (pending.some((p) => p.server_id === item.server_id)) return null; // kept already (the log read again)
-          if (pending.length < PENDING.max) {
-            tx.put(this.#roomRow('room_pending', roomId), [...pending, item]);
+          // the cursor is past both); past them the lowest number is remembered. Kept in
+          // its own row, with the room's index (pending.ts): no other message's is written.
+          const base = this.#roomRow('room_pending', roomId);
+          const index = pendingIndex(tx.get<unknown>(base));
+          if (pendingHolds(index, item.server_id)) return null; // kept already (the log read again)
+          if (pendingCount(index) < PENDING.max) {
+            tx.put(pendingRow(base, addPending(index, item)), item);
+            tx.put(base, index);
             return null;
           }
           // Per sender device: only its key reads the log again from there (#rereadUnkept).
@@ -2670,6 +2700,10 @@ export class ParleyClient {
     const none = { events: [], reread: null };
     const roomId = control['room'];
     if (control['t'] !== 'skd' || typeof roomId !== 'string' || !ROOM_ID.test(roomId)) return none;
+    // No longer than a real distribution message for the room (pending.ts): anything
+    // else is dropped before the rooms service is asked, or anything is read for it.
+    const d = control['d'];
+    if (typeof d !== 'string' || d.length > distributionChars(roomId)) return none;
     if (!(tx.get<string[]>('rooms_known') ?? []).includes(roomId)) {
       // A room this browser does not know (joined on another device, or since the last
       // read of the rooms): its key is taken only if the rooms service says we are a
@@ -2683,24 +2717,32 @@ export class ParleyClient {
     this.#knowRoom(tx, roomId);
     const session = await this.#group(tx, roomId);
     try {
-      await session.processDistribution(memberKey(sender, device), b64decode(String(control['d'])));
+      await session.processDistribution(memberKey(sender, device), b64decode(d));
     } catch (error) {
       if (error instanceof CryptoError || error instanceof RangeError || error instanceof TypeError) return none;
       throw error;
     }
     const events: ClientEvent[] = [];
-    const pending = tx.get<PendingRoomMessage[]>(this.#roomRow('room_pending', roomId)) ?? [];
-    const still: PendingRoomMessage[] = [];
-    for (const item of pending) {
-      if (item.from !== sender || item.device !== device) {
-        still.push(item);
-        continue;
-      }
+    // This device's messages kept, oldest first: the index names them, and only their rows
+    // are read (pending.ts).
+    const base = this.#roomRow('room_pending', roomId);
+    const index = pendingIndex(tx.get<unknown>(base));
+    const chain = memberKey(sender, device);
+    const mine = index.chains[chain] ?? [];
+    const still: PendingEntry[] = [];
+    for (const entry of mine) {
+      const name = pendingRow(base, entry[0]);
+      const item = tx.get<PendingRoomMessage>(name);
+      if (item === undefined) continue; // no row: nothing to open
       const event = await this.#openRoomMessage(tx, session, roomId, item, false);
       if (event !== null && event !== UNKEPT) events.push(event);
-      else if (!this.#hasServerId(roomConversation(roomId), item.server_id)) still.push(item); // another chain's
+      else if (!this.#hasServerId(roomConversation(roomId), item.server_id)) {
+        still.push(entry); // another chain's of that device
+        continue;
+      }
+      tx.put(name, undefined);
     }
-    if (still.length !== pending.length) tx.put(this.#roomRow('room_pending', roomId), still);
+    if (still.length !== mine.length) tx.put(base, setChain(index, chain, still));
     await this.#putGroup(tx, session);
     return { events, reread: this.#rereadUnkept(tx, roomId, memberKey(sender, device)) ? roomId : null };
   }

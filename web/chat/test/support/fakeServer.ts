@@ -37,6 +37,9 @@ export class MemoryVault {
   static readonly stores = new Map<string, Map<string, string>>();
   readonly username: string;
   readonly #rows: Map<string, string>;
+  /** While set, every row written through putMany: its name and the length of its JSON
+   * (0: deleted). Tests count what a change writes. */
+  writes: [name: string, bytes: number][] | null = null;
 
   private constructor(username: string, rows: Map<string, string>) {
     this.username = username;
@@ -75,8 +78,10 @@ export class MemoryVault {
 
   async putMany(rows: Iterable<[string, unknown]>): Promise<void> {
     for (const [name, value] of rows) {
-      if (value === undefined) this.#rows.delete(name);
-      else this.#rows.set(name, JSON.stringify(value));
+      const json = value === undefined ? undefined : JSON.stringify(value);
+      this.writes?.push([name, json?.length ?? 0]);
+      if (json === undefined) this.#rows.delete(name);
+      else this.#rows.set(name, json);
     }
   }
 }
