@@ -30,6 +30,11 @@ class RoomsConfig:
     # Public rooms one user may join, all rooms together, joining again after leaving
     # included (``rate_limited``): each join hands out a roster slot for good.
     join_limit: Limit = Limit(30, 60)  # noqa: RUF009 (a frozen value)
+    # Invitations one user may make, all rooms together (``rate_limited``): each takes a
+    # slot of the invitee's list for good (invite, ban, lift the ban: again). A private
+    # room's members come in only by invitation: one owner may fill a room of
+    # ``max_members`` in an hour (the fan-out benchmarks invite 999 in seconds).
+    invite_limit: Limit = Limit(5000, 3600)  # noqa: RUF009 (a frozen value)
     # Distinct @names of one message that are looked up (the rest stay text).
     max_mentions: int = 20
     # A user look-up (username -> id) is cached this long.

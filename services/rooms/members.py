@@ -25,7 +25,6 @@ from services.rooms.config import MEMBERS_PAGE_MAX
 from services.rooms.events import Check
 from services.rooms.rooms import (
     CHANGE_TRIES,
-    LIST_WINDOW,
     LIST_WINDOW_MAX,
     PRIVATE,
     changed_meanwhile,
@@ -65,13 +64,15 @@ def _self() -> ApiError:
     return ApiError(ErrorCode.CANNOT_TARGET_SELF, "You cannot do this to yourself.")
 
 
-async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
-    """Make ``user_id`` a member (idempotent: an existing membership is returned)."""
+async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> tuple[Doc, bool]:
+    """Make ``user_id`` a member: the membership, and whether this call made it
+    (idempotent: an existing membership, one a concurrent join of the same user made
+    included, is returned, with False)."""
     store = rooms.store
     room_id = room["_id"]
     existing = await store.get_member(room_id, user_id)
     if existing is not None:
-        return existing
+        return existing, False
     if int(room.get("members", 0)) >= rooms.config.max_members:
         raise ApiError(
             ErrorCode.ROOM_FULL, f"A room has at most {rooms.config.max_members} members.",
@@ -111,10 +112,10 @@ async def _add(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
         winner = await store.get_member(room_id, user_id)
         if winner is None:  # it left again at once
             raise _no_member(user_id)
-        return winner
+        return winner, False
     await rooms.events.release(held)
     log.info("member joined", extra={"room_id": room_id, "via": via})
-    return doc
+    return doc, True
 
 
 async def _uncount(rooms: Rooms, room_id: str, user_id: str, slot: int, n: int | None) -> None:
@@ -137,12 +138,21 @@ async def _admit(rooms: Rooms, room: Doc, user_id: str, via: str) -> Doc:
     """:func:`_add`, unless ``user_id`` is banned or the room closed: checked before,
     and again after the write (a ban written meanwhile found no member to remove, a
     close, the last owner leaving above all, saw no member but them: this undoes the
-    join)."""
+    join).
+
+    Only a membership this call made is undone: one that another join of the same user
+    (a double click, a second device) made and was answered for is that join's to check,
+    and is answered here as it is. Before 2026-12-07 the second of two joins racing a
+    close undid the membership the first had made, and answered, before the close."""
     store = rooms.store
     room_id = room["_id"]
     if await store.get_ban(room_id, user_id) is not None:
         raise _banned()
-    doc = await _add(rooms, room, user_id, via)
+    doc, made = await _add(rooms, room, user_id, via)
+    if not made:
+        # The other join checks the ban and the state after its own write, and withdraws
+        # the invitation; a ban written since reads the membership and ends it itself.
+        return doc
     ban = await store.get_ban(room_id, user_id)
     if ban is not None:
         await _undo(rooms, room, doc, str(ban["by"]), removed=True)
@@ -253,6 +263,11 @@ async def invite(
     existing = await store.get_invitation(room_id, target)
     if existing is not None:
         return _invitation(existing)
+    # Counted before anything is written (the one past the limit changes nothing): each
+    # invitation takes a slot of the invitee's list for good, and an owner inviting,
+    # banning and lifting the ban of one user in a loop grew their list without end.
+    # The same invitation again is answered above and not counted.
+    await rooms.limiter.hit("invite", user_id, rooms.config.invite_limit)
     bumped = await store.bump_room(room_id, version=1)
     n = await store.bump_user(target, "i")
     await store.add_to_list(target, "i", n, room_id)
@@ -787,18 +802,27 @@ async def member_page(rooms: Rooms, room: Doc, after: int, limit: int) -> models
 async def invitations(
     rooms: Rooms, user_id: str, before: int | None, limit: int
 ) -> models.InvitationList:
-    """The caller's pending invitations, newest first."""
+    """The caller's pending invitations, newest first (list slot order, backwards), below
+    the slot ``before``; ``next_before`` is the slot of the last one listed, while another
+    follows.
+
+    The list is read as an ``_id`` range (:meth:`RoomStore.list_before`): a withdrawn,
+    declined or accepted invitation deletes its entry, so a page costs what it lists,
+    whatever number of slots was ever handed out. Slots are never reused, and a page
+    that listed the ids of every slot down to the first read all of them: an owner
+    inviting, banning and lifting the ban of a user in a loop left them 100,000 holes
+    (732 ms a page) or a million (6.8 s), on every call, for good."""
     store = rooms.store
-    total = int((await store.get_user(user_id)).get("i", 0))
-    found: list[Doc] = []
-    room_docs: dict[str, Doc] = {}
-    cursor = total if before is None else min(before - 1, total)
-    window = max(limit, LIST_WINDOW)  # windows of slots, holes and all (rooms.mine)
-    while cursor >= 1 and len(found) < limit:
-        ns = list(range(cursor, max(cursor - window, 0), -1))
-        cursor -= len(ns)
-        window = min(window * 2, LIST_WINDOW_MAX)  # a long run of holes: fewer trips
-        entries = await store.list_entries(user_id, "i", ns)  # newest first
+    found: list[tuple[Doc, Doc, int]] = []
+    cursor, more = before, False
+    ahead = _LOOK_AHEAD
+    while not more:
+        # As many entries as the page lacks and one more (is there a next page?); entries
+        # that do not count (a crash's, a deleted room's invitation) are read past in
+        # reads twice as long each time, as a member page does.
+        want = max(limit - len(found) + 1, ahead)
+        ahead = min(want * 2, LIST_WINDOW_MAX)
+        entries = await store.list_before(user_id, "i", cursor, want)  # newest first
         docs = await store.get_invitations(user_id, [str(x["room"]) for x in entries])
         live = [
             (d, slot) for x in entries if (d := docs.get(str(x["room"]))) is not None
@@ -806,14 +830,18 @@ async def invitations(
         ]  # fmt: skip
         got = await store.get_rooms([str(d["room"]) for d, _ in live])
         for d, slot in live:
-            if d["room"] in got and not deleted(got[d["room"]]):
-                found.append(d)
-                room_docs[d["room"]] = got[d["room"]]
-                if len(found) == limit:
-                    cursor = slot - 1  # the next page starts below it
-                    break
+            room = got.get(str(d["room"]))
+            if room is None or deleted(room):
+                continue
+            if len(found) == limit:
+                more = True
+                break
+            found.append((d, room, slot))
+        if len(entries) < want:
+            break
+        cursor = slot_of(entries[-1])
     return models.InvitationList(
-        invitations=[_invitation(d) for d in found],
-        rooms=[out(room_docs[d["room"]], None, True) for d in found],
-        next_before=cursor + 1 if cursor >= 1 else None,
+        invitations=[_invitation(d) for d, _, _ in found],
+        rooms=[out(room, None, True) for _, room, _ in found],
+        next_before=found[-1][2] if more else None,
     )

@@ -10,7 +10,8 @@ outbox: at least once).
 Each notification is stored as ``"<user>|<n>"`` and reading is a list of
 primary keys. The number is taken by the insert of the notification itself
 (unique ``_id``: a writer tries the next number after the user's counter and
-the next one again if it is taken), so a number exists only with its
+the next one again if it is taken, as long as it takes; one process writes a
+user's notifications one at a time), so a number exists only with its
 notification: the numbers have no gaps, whatever crashes or races, and the
 unread count, ``n - read`` (the highest number minus the number read up to,
 moved forward only by ``$max``), is what the list holds. ``users.n`` is raised
@@ -33,7 +34,7 @@ from parley_contract.envelopes import MentionNotice
 from services.common.errors import ApiError, ErrorCode
 from services.rooms import models, text
 from services.rooms.config import PAGE_MAX
-from services.rooms.events import Check
+from services.rooms.events import Check, Held
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, notification_id
 
@@ -59,22 +60,40 @@ def frame(doc: Doc) -> f.Notification:
     )  # fmt: skip
 
 
-# Numbers tried one after another before the user's counter is read again (many
-# notifications for one user written at once), and in all.
-TRIES_PER_READ = 4
-TRIES = 64
-
-
 async def _write(rooms: Rooms, draft: Doc, kind: Kind) -> Doc | None:
     """Write the notification ``draft`` (without ``_id`` and ``n``) under its user's next
     number, its notice for the notifier held in the outbox first (sent once it is
     written, dropped if it never was); None if the same mention (``key``) has its
-    notification already."""
+    notification already.
+
+    No cap on the tries: a number is lost only to another notification written there
+    (a notification exists at ``n`` only once every number below it has one, so the
+    next free number is past it), so every lost try is another writer's success and
+    the user's list moves on with each. After a miss the next number is one past the
+    one lost and past the user's counter (read again: many writers at once move it
+    far). Before 2026-12-07 a writer gave up after 64 numbers: 150 posts mentioning one
+    user at once left some stored, answered 500 and never announced.
+
+    Within a process, one user's notifications are written one at a time (a lock per
+    user): the race is then only between processes, and 150 at once cost 150 inserts,
+    not thousands of lost tries. The notice is sent after the lock (Kafka's ack can
+    take seconds)."""
+    async with rooms.notifying(str(draft["user"])):
+        written = await _insert_next(rooms, draft, kind)
+    if written is None:
+        return None
+    doc, held = written
+    await rooms.events.release(held)
+    return doc
+
+
+async def _insert_next(rooms: Rooms, draft: Doc, kind: Kind) -> tuple[Doc, Held] | None:
+    """The insert of :func:`_write` and its notice held (to be released), or None."""
     store = rooms.store
     user_id, key = str(draft["user"]), str(draft["key"])
     # After the counter: a number past it that a killed writer took is met as taken.
     n = int((await store.get_user(user_id)).get("n", 0)) + 1
-    for attempt in range(1, TRIES + 1):
+    while True:
         doc = {**draft, "_id": notification_id(user_id, n), "n": n}
         held = await rooms.events.hold_notice(
             _notice(doc, kind), Check("notifications", {"_id": doc["_id"], "key": key})
@@ -82,16 +101,12 @@ async def _write(rooms: Rooms, draft: Doc, kind: Kind) -> Doc | None:
         if await store.insert_notification(doc):
             await store.raise_notification_head(user_id, n)
             rooms.metrics.notifications.inc()
-            await rooms.events.release(held)
-            return doc
+            return doc, held
         await rooms.events.drop(held)
         taken = (await store.notifications_at(user_id, [n])).get(n)
         if taken is None or taken.get("key") == key:
             return None  # refused for its key (or another copy took this number): made
-        n += 1
-        if attempt % TRIES_PER_READ == 0:
-            n = max(n, await store.notification_head(user_id) + 1)
-    raise RuntimeError("no notification number after many tries")
+        n = max(n, int((await store.get_user(user_id)).get("n", 0))) + 1
 
 
 async def _push(rooms: Rooms, docs: list[Doc]) -> None:

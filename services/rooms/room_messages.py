@@ -45,6 +45,10 @@ class RoomMessages:
         self.group = f"{settings.topic_prefix}rooms-mentions"
         self.running = asyncio.Event()
 
+    def groups(self) -> dict[str, list[str]]:
+        """The consumer group and its topic (its lag is sampled: services.common.consumer_lag)."""
+        return {self.group: [self.topic]}
+
     async def handle(self, env: e.RoomEnvelope) -> int:
         """The notifications one message makes; how many were made now."""
         wanted = [u for u in dict.fromkeys(env.mentions) if u != env.from_]

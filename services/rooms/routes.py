@@ -428,6 +428,7 @@ async def transfer(request: web.Request, claims: Claims, body: models.OwnerIn) -
         _E.ALREADY_MEMBER,
         _E.BANNED,
         _E.CONFLICT,
+        _E.RATE_LIMITED,
     ],
     tags=["membership"],
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import weakref
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -21,6 +23,19 @@ if TYPE_CHECKING:
     from services.rooms.room_messages import RoomMessages
 
 
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, kept while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def __call__(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+
 @dataclass(frozen=True, slots=True)
 class Rooms:
     store: RoomStore
@@ -37,6 +52,9 @@ class Rooms:
     audit: AuditLog
     # Who of a page of members is online (services/rooms/presence.py).
     presence: Presence
+    # A user's notifications written by this process one at a time (notifications._write):
+    # many at once would each race the others for the same numbers.
+    notifying: KeyedLocks = field(default_factory=KeyedLocks)
 
 
 ROOMS: web.AppKey[Rooms] = web.AppKey("rooms", Rooms)

@@ -27,7 +27,8 @@ numbered slots whose counter says how far to read:
                    (notifications read up to).
 ``directory``      ``_id`` ``"<name key>|<room>"``: public rooms by name.
 ``messages``       ``_id`` ``"<room>|<seq>"``: sender, client_id, text,
-                   mentions, sent_at (or ``hole: true``).
+                   mentions, sent_at, ``unannounced`` (until its mentions and
+                   push are made) (or ``hole: true``).
 ``client_ids``     ``_id`` ``"<room>|<sender>|<client id>"``: seq (resends).
 ``revisions``      ``_id`` ``"<room>|<seq>|<rev>"``: every version of a public
                    room's message once it changed (rev 1 is the original),
@@ -392,6 +393,22 @@ class RoomStore:
                 out.append((slot_of(x), m))
         return out
 
+    async def list_before(
+        self, user_id: str, kind: str, before: int | None, limit: int
+    ) -> list[Doc]:
+        """The first ``limit`` entries of a user's list with a slot below ``before``
+        (None: all), newest first: an ``_id`` range read as an aggregation sorted
+        backwards (answered from the index by the embedded server too, as
+        ``clients.in_id_order`` is), so what it costs follows the entries there are (a
+        withdrawn or declined invitation deletes its own), not the slots ever handed out."""
+        high = list_id(user_id, kind, before) if before is not None else f"{user_id}|{kind}}}"
+        pipeline: list[Doc] = [
+            {"$match": {"_id": {"$gt": f"{user_id}|{kind}|", "$lt": high}}},
+            {"$sort": {"_id": -1}},
+            {"$limit": limit},
+        ]
+        return await (await self.user_lists.aggregate(pipeline)).to_list()
+
     async def list_entries(self, user_id: str, kind: str, ns: Sequence[int]) -> list[Doc]:
         ids = [list_id(user_id, kind, n) for n in ns]
         found = await self._by_ids(self.user_lists, ids)
@@ -497,6 +514,12 @@ class RoomStore:
     async def insert_message(self, doc: Doc) -> bool:
         """False if that seq is already written (a resend that raced, or a hole marker)."""
         return await self._insert_new(self.messages, doc)
+
+    async def mark_announced(self, room_id: str, seq: int) -> None:
+        """The message's mentions and push are made: its ``unannounced`` mark goes."""
+        await self.messages.update_one(
+            {"_id": message_id(room_id, seq), "unannounced": True}, {"$unset": {"unannounced": ""}}
+        )
 
     async def insert_messages(self, docs: list[Doc]) -> None:
         """Many at once (tests and imports seed timelines this way)."""

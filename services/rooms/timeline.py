@@ -10,9 +10,11 @@ loser marks its number as a hole (``hole: true``), which pages skip, and
 answers with the winner's message. A process that died between taking the
 client id and writing its message left its number empty: a resend writes
 the message there, whole, as a first post would. Whichever copy writes the
-message announces it (mentions, the ``room_post`` push), once; a process that
-dies after writing a message and before announcing it leaves it unannounced
-(the timeline is the record).
+message announces it (mentions, the ``room_post`` push), once. A message is
+written marked ``unannounced`` until that is done: a post whose announcement
+failed, or whose process died after writing it, is announced by its resend
+(answered ``duplicate``); one nobody resends stays unannounced (the timeline is
+the record).
 
 A number taken and not yet written is **in flight**, not a hole: a page from
 the newest leaves out in-flight numbers above its first message (they are
@@ -29,7 +31,8 @@ its number taken, takes a new one and moves its client id there, so the
 message is never lost behind a page either).
 
 A stored message is pushed to the room's connected members as a ``room_post``
-frame (best effort, :mod:`services.rooms.push`); a resend is not pushed again.
+frame (best effort, :mod:`services.rooms.push`); a resend is not pushed again
+(unless the message is still ``unannounced``).
 
 Private rooms have no server timeline: their messages are end-to-end
 encrypted and travel through the gateway (``forbidden`` here).
@@ -184,6 +187,9 @@ async def store_post(
     if seen is not None:
         stored = await store.get_message(room_id, int(seen["seq"]))
         if stored is not None and not stored.get("hole"):
+            if stored.get("unannounced"):
+                # Its writer failed (or died) before announcing it: this resend does.
+                await _announce(rooms, room, stored)
             return _repeat(rooms, stored)
         if stored is None:
             # Its writer died between taking the client id and writing the message:
@@ -198,7 +204,9 @@ async def store_post(
     if not as_moderator and seen is None:
         await rooms.limiter.hit("post", poster, rooms.config.post_limit)
     mentioned = await mentioned_members(rooms, room_id, content, token)
-    draft.update(text=content, mentions=mentioned, sent_at=now_ms(), rev=1)
+    # ``unannounced`` until its mentions and push are done (a resend finds it so if they
+    # failed, and makes them).
+    draft.update(text=content, mentions=mentioned, sent_at=now_ms(), rev=1, unannounced=True)
     if seq is None:
         seq = await _number(rooms, room_id, key, body.client_id, moved_from)
     for _ in range(RENUMBER_MAX):
@@ -215,12 +223,7 @@ async def store_post(
     else:
         raise ApiError(ErrorCode.CONFLICT, "The message could not be numbered; send it again.")
     rooms.metrics.messages.labels("stored").inc()
-    # Nobody is told of their own message: the sender, and behind a ``moderator`` post
-    # its poster (the sender there is ``moderator``, no user: the poster was told).
-    await notifications.mentioned(
-        rooms, room, doc, [u for u in mentioned if u not in (sender, poster)]
-    )
-    await push.room_post(rooms.store, rooms.pusher, room, post_frame(doc))
+    await _announce(rooms, room, doc)
     if as_moderator:
         await rooms.audit.record(
             Entry(
@@ -230,6 +233,22 @@ async def store_post(
             )
         )  # fmt: skip
     return models.PostResult(**message(doc).model_dump(), duplicate=False)
+
+
+async def _announce(rooms: Rooms, room: Doc, doc: Doc) -> None:
+    """The mention notifications and the ``room_post`` push of a stored message, then its
+    ``unannounced`` mark cleared. Made by the post that wrote it, or by a resend that
+    finds the mark (the writer failed or died in between): notifications are made once
+    per mention however often this runs (their ``key``); the frame may go twice, and
+    only says "look now"."""
+    # Nobody is told of their own message: the sender, and behind a ``moderator`` post
+    # its poster (the sender there is ``moderator``, no user: the poster was told).
+    told = (doc["sender"], doc.get("posted_by"))
+    await notifications.mentioned(
+        rooms, room, doc, [u for u in doc.get("mentions", []) if u not in told]
+    )
+    await push.room_post(rooms.store, rooms.pusher, room, post_frame(doc))
+    await rooms.store.mark_announced(str(doc["room"]), int(doc["seq"]))
 
 
 async def page(

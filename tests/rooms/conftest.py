@@ -31,7 +31,7 @@ __all__ = ["Messaging", "messaging"]
 # Generous limits: the tests of the limits themselves pass their own.
 TEST_CONFIG = RoomsConfig(
     create_limit=Limit(10_000, 3600), post_limit=Limit(100_000, 60),
-    join_limit=Limit(100_000, 60),
+    join_limit=Limit(100_000, 60), invite_limit=Limit(100_000, 60),
 )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import pytest
 from services.common.ratelimit import Limit
 from services.rooms import push
 from services.rooms.config import RoomsConfig
-from services.rooms.store import member_id, now_ms, roster_id
+from services.rooms.store import list_id, member_id, now_ms, roster_id
 from tests.rooms.conftest import TEST_CONFIG, RoomsApi, RoomsFactory
 from tests.rooms.test_bad_input import refused
 from tests.rooms.test_moderation import admin
@@ -59,6 +59,105 @@ async def test_joins_past_the_limit_are_refused_and_change_nothing(
     assert (await api.join(churner, private))[0] == 200  # joining it is accepting
     # Another user's joins are their own.
     assert (await api.join(other, room))[0] == 200
+
+
+async def test_invitations_past_the_limit_are_refused_and_change_nothing(
+    make_rooms: RoomsFactory,
+) -> None:
+    """Invitations had no limit: a room's owner inviting, banning and lifting the ban of
+    another user in a loop took a slot of that user's invitation list for good each
+    time. Each invitation counts now; the same invitation again does not; the limit is
+    each inviter's."""
+    config = RoomsConfig(
+        create_limit=TEST_CONFIG.create_limit, post_limit=TEST_CONFIG.post_limit,
+        join_limit=TEST_CONFIG.join_limit, invite_limit=Limit(JOINS, 60),
+    )  # fmt: skip
+    api = await make_rooms(config)
+    mallory, victim, other, friend = api.user(), api.user(), api.user(), api.user()
+    room = await api.room(mallory, "private", "loop")
+    for _ in range(2):  # two cycles: two invitations counted
+        assert (await api.invite(mallory, room, victim))[0] == 201
+        assert (await api.invite(mallory, room, victim))[0] == 201  # the same: uncounted
+        assert (await api.ban(mallory, room, victim))[0] == 200
+        assert (await api.unban(mallory, room, victim))[0] == 204
+    assert (await api.invite(mallory, room, other))[0] == 201  # the third
+    slots = int((await api.rooms.store.get_user(victim)).get("i", 0))
+
+    body = await refused(api, api.invite(mallory, room, victim), 429, "rate_limited")
+    assert 1 <= body["error"]["details"]["retry_after"] <= 60
+    resp = await api.client.post(
+        f"/rooms/v1/rooms/{room}/invitations", headers=api.headers(mallory), json={"user": friend}
+    )
+    assert resp.status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 60
+    assert int((await api.rooms.store.get_user(victim)).get("i", 0)) == slots
+    assert (await api.invitations(victim))[1]["invitations"] == []
+    # Another member's invitations are their own.
+    assert (await api.accept(other, room))[0] == 200
+    assert (await api.invite(other, room, victim))[0] == 201
+    _, pending = await api.invitations(victim)
+    assert [(i["room_id"], i["invited_by"]) for i in pending["invitations"]] == [(room, other)]
+
+
+async def test_an_invitation_page_costs_what_it_lists_not_the_slots_handed_out(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding (2026-12-07): an invitations page listed the ids of every slot of
+    the user's list down to the first, holes and all, on every call; invite, ban and
+    lift the ban in a loop left another user a million holes (6.8 s a page). The list is
+    read as an ``_id`` range now: a sized test, not a timed one, counting the reads."""
+    owner, user = api.user(), api.user()
+    first = await api.room(owner, "private", "first")
+    assert (await api.invite(owner, first, user))[0] == 201  # slot 1
+    loop = await api.room(owner, "private", "loop")
+    for _ in range(5):  # holes as the loop leaves them
+        assert (await api.invite(owner, loop, user))[0] == 201
+        assert (await api.ban(owner, loop, user))[0] == 200
+        assert (await api.unban(owner, loop, user))[0] == 204
+    store = api.rooms.store
+    await store.users.update_one({"_id": user}, {"$inc": {"i": 1_000_000}})
+    # A run of 40 entries a crash left (no invitation names them) among the holes.
+    gone = [list_id(user, "i", n) for n in range(500_000, 500_040)]
+    await store.user_lists.insert_many([{"_id": i, "room": loop} for i in gone])
+    later = [await api.room(owner, "private", f"later {k}") for k in range(3)]
+    for room in later:
+        assert (await api.invite(owner, room, user))[0] == 201
+    newest_first = [*later[::-1], first]
+
+    reads: list[int] = []
+    list_entries, list_before = store.list_entries, store.list_before
+
+    async def by_ids(user_id: str, kind: str, ns: Any) -> list[Any]:
+        found = await list_entries(user_id, kind, ns)
+        reads.append(len(ns))
+        return found
+
+    async def by_range(user_id: str, kind: str, before: int | None, limit: int) -> list[Any]:
+        found = await list_before(user_id, kind, before, limit)
+        reads.append(len(found))
+        return found
+
+    monkeypatch.setattr(store, "list_entries", by_ids)
+    monkeypatch.setattr(store, "list_before", by_range)
+    status, page = await api.invitations(user)
+    assert status == 200, page
+    assert [i["room_id"] for i in page["invitations"]] == newest_first
+    assert [r["room_id"] for r in page["rooms"]] == newest_first
+    assert page["next_before"] is None
+    # The entries there are (4 invitations, 40 left by a crash), never a million slots.
+    assert sum(reads) == 4 + len(gone) and len(reads) <= 4, reads
+
+    # Two a page: each cursor is the last one listed's slot, and leads to the next.
+    reads.clear()
+    listed: list[str] = []
+    query = "?limit=2"
+    for _ in range(3):
+        status, page = await api.invitations(user, query)
+        assert status == 200, page
+        listed += [i["room_id"] for i in page["invitations"]]
+        if page["next_before"] is None:
+            break
+        query = f"?limit=2&before={page['next_before']}"
+    assert listed == newest_first and len(reads) <= 8, reads
 
 
 async def seed_left_slots(api: RoomsApi, room: str, n: int) -> None:

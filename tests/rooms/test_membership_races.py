@@ -518,3 +518,42 @@ async def test_a_join_undone_after_the_leave_reopened_the_room_leaves_it_closed(
     assert (status, body["error"]["code"]) == (409, "room_closed")
     assert (await room_of(api, room))["state"] == "closed"
     assert not await others(room, "nobody")
+
+
+@pytest.mark.parametrize("kind", ["private", "public"])
+async def test_a_second_join_meeting_a_close_keeps_the_first_joins_membership(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Audit finding (2026-12-07): two joins of one user at once (a double click, two
+    devices), and the owner closing the room between them. The second read the room
+    open, found the membership the first had made (and answered 200) before the close,
+    then saw the room closed and undid that membership: a member admitted before the
+    close was gone. A join undoes only a membership it made; the second is answered
+    with the membership there is."""
+    owner, user = api.user(), api.user()
+    room = await api.room(owner, kind)
+    if kind == "private":
+        assert (await api.invite(owner, room, user))[0] == 201
+    store = api.rooms.store
+    get_ban = store.get_ban
+    first: list[tuple[int, Any]] = []
+    started: list[bool] = []
+
+    async def meanwhile(room_id: str, user_id: str) -> Any:
+        if user_id == user and not started:
+            started.append(True)
+            # The second join has read the room (open, no membership): the first join
+            # is made and answered, then the owner closes the room.
+            first.append(await api.join(user, room))
+            assert (await api.patch(owner, room, {"state": "closed"}))[0] == 200
+        return await get_ban(room_id, user_id)
+
+    monkeypatch.setattr(store, "get_ban", meanwhile)
+    status, second = await api.join(user, room)
+    assert first[0][0] == 200, first
+    assert (status, second) == (200, first[0][1])
+    status, seen = await api.get(user, room)
+    assert (status, seen["role"], seen["state"]) == (200, "member", "closed")
+    _, page = await api.members(owner, room)
+    assert [m["user_id"] for m in page["members"]] == [owner, user]
+    assert int((await room_of(api, room))["members"]) == 2

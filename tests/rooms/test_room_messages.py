@@ -14,9 +14,10 @@ from parley_contract import envelopes as e
 from parley_contract.envelopes import decode_notice
 
 from services.common.clients import Topics, kafka_producer
+from services.common.state import REGISTRY
 from services.rooms.notifications import PRIVATE_EXCERPT
 from services.rooms.state import ROOM_MESSAGES
-from tests.rooms.conftest import RecordLog, RoomsApi
+from tests.rooms.conftest import RecordLog, RoomsApi, RoomsFactory
 from tests.support.aio import eventually
 from tests.support.messaging import Messaging
 
@@ -152,3 +153,45 @@ async def test_one_record_handled_twice_at_once_counts_one_unread(
     assert page["unread"] == 1
     assert (await api.read(bob, 1))[1] == {"unread": 0}
     assert (await api.read(bob, 2))[1]["error"]["code"] == "seq_not_issued"
+
+
+async def test_the_mentions_consumer_is_watched_as_the_others_are(
+    make_rooms: RoomsFactory,
+) -> None:
+    """Audit finding (2026-12-07): ``<prefix>rooms-mentions`` ran with no readiness
+    check and no lag sampled, unlike delivery's and the notifier's groups: a consumer
+    stopped, or far behind, showed nowhere. ``/rooms/readyz`` names it (``consumer``)
+    while it is not running, and its lag is sampled like theirs
+    (``parley_kafka_consumer_lag{group="<prefix>rooms-mentions"}``)."""
+    api = await make_rooms(kafka_lag_interval_s=0.2)
+    app = api.client.server.app
+    consumer = app[ROOM_MESSAGES]
+
+    async def readyz() -> tuple[int, Any]:
+        resp = await api.client.get("/rooms/readyz")
+        return resp.status, await resp.json()
+
+    _, body = await eventually(readyz, lambda r: r[0] == 200)
+    assert body["checks"]["consumer"] == "ok"
+    consumer.running.clear()  # what a consumer that stopped, restarting, shows
+    try:
+        status, body = await readyz()
+        assert (status, body["failed"]) == (503, ["consumer"])
+    finally:
+        consumer.running.set()
+    assert (await readyz())[0] == 200
+
+    group = f"{api.settings.topic_prefix}rooms-mentions"
+    topic = Topics(api.settings).room_messages
+    registry = app[REGISTRY]
+
+    async def lags() -> list[float | None]:
+        return [
+            registry.get_sample_value(
+                "parley_kafka_consumer_lag",
+                {"group": group, "topic": topic, "partition": str(p)},
+            )
+            for p in range(api.settings.kafka_partitions)
+        ]
+
+    assert all(v is not None and v >= 0 for v in await eventually(lags, lambda v: None not in v))

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from services.rooms import notifications, push
+from services.rooms.state import KeyedLocks
 from services.rooms.store import message_id
 from tests.rooms.conftest import TEST_CONFIG, RoomsApi, RoomsFactory
 
@@ -314,3 +316,93 @@ async def test_a_resend_of_a_post_whose_number_became_a_hole_is_written_anew(
     assert (status, msg["seq"], msg["duplicate"]) == (201, 3, False)
     _, page = await api.messages(owner, room)
     assert [m["text"] for m in page["messages"]] == ["written at last", "after"]
+
+
+@pytest.mark.parametrize("processes", ["one", "many"])
+async def test_many_posts_mentioning_one_user_at_once_are_all_announced(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch, processes: str
+) -> None:
+    """Audit finding (2026-12-07): a notification's number was raced for at most 64
+    times; 150 members posting "hi @alice" at once had about twenty posts stored but
+    answered 500, with no notification and no ``room_post`` push, and their resends
+    (``duplicate``) announced nothing either. One process writes a user's notifications
+    one at a time now, and between processes (``many``: every post as if from a process
+    of its own, each racing all the others) the race has no cap, every lost try being
+    another notification written: every post is answered, noted and pushed."""
+    tries: list[int] = []
+    if processes == "many":
+        monkeypatch.setattr(KeyedLocks, "__call__", lambda self, key: asyncio.Lock())
+    store = api.rooms.store
+    insert_notification = store.insert_notification
+
+    async def counted_insert(doc: Any) -> bool:
+        tries.append(int(doc["n"]))
+        return await insert_notification(doc)
+
+    monkeypatch.setattr(store, "insert_notification", counted_insert)
+    owner, alice = api.user(), api.user(f"al{api.user()[:6]}")
+    room = await api.room(owner)
+    assert (await api.join(alice, room))[0] == 200
+    posters = [api.user() for _ in range(150)]
+    for p in posters:
+        assert (await api.join(p, room))[0] == 200
+    pushed: list[int] = []
+    room_post = push.room_post
+
+    async def counted(store: Any, pusher: Any, room_doc: Any, frame: Any) -> int:
+        pushed.append(frame.seq)
+        return await room_post(store, pusher, room_doc, frame)
+
+    monkeypatch.setattr(push, "room_post", counted)
+    text = f"hi @{api.username(alice)}"
+    results = await asyncio.gather(*(api.post(p, room, text) for p in posters))
+    assert [s for s, _ in results] == [201] * 150, [b for s, b in results if s != 201][:3]
+    seqs = sorted(b["seq"] for _, b in results)
+    assert len(set(seqs)) == 150
+    _, page = await api.notifications(alice, "?limit=200")
+    assert page["unread"] == 150
+    assert sorted(n["message_seq"] for n in page["notifications"]) == seqs
+    assert [n["seq"] for n in page["notifications"]] == list(range(150, 0, -1))
+    assert sorted(pushed) == seqs
+    assert await store.messages.count_documents({"room": room, "unannounced": True}) == 0
+    if processes == "one":
+        assert len(tries) == 150  # one at a time: no number lost
+
+
+async def test_a_resend_announces_a_post_whose_announcement_failed(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A post stored and then not announced (its mentions failed: the answer is an error)
+    is announced by the client's resend, answered as the ``duplicate`` it is. Before,
+    the resend announced nothing and the mention was lost for good."""
+    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
+    room = await api.room(owner)
+    await api.join(bob, room)
+    pushed: list[int] = []
+    room_post = push.room_post
+
+    async def counted(store: Any, pusher: Any, room_doc: Any, frame: Any) -> int:
+        pushed.append(frame.seq)
+        return await room_post(store, pusher, room_doc, frame)
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("the notifications could not be written")
+
+    monkeypatch.setattr(push, "room_post", counted)
+    mentioned = notifications.mentioned
+    monkeypatch.setattr(notifications, "mentioned", broken)
+    text = f"hi @{api.username(bob)}"
+    status, _ = await api.post(owner, room, text, client_id="c1")
+    assert status == 500
+    assert (pushed, (await api.notifications(bob))[1]["notifications"]) == ([], [])
+    monkeypatch.setattr(notifications, "mentioned", mentioned)
+    status, again = await api.post(owner, room, text, client_id="c1")
+    assert status == 201 and again["duplicate"] is True and again["mentions"] == [bob]
+    _, page = await api.notifications(bob)
+    assert [n["message_seq"] for n in page["notifications"]] == [again["seq"]]
+    assert pushed == [again["seq"]]
+    # Announced once: a further resend makes nothing more.
+    status, third = await api.post(owner, room, text, client_id="c1")
+    assert status == 201 and third["duplicate"] is True
+    assert len((await api.notifications(bob))[1]["notifications"]) == 1
+    assert pushed == [again["seq"]]
