@@ -1,7 +1,7 @@
 """The application factory every service builds on.
 
 ``base_app`` gives a service its middlewares (request id, metrics, error
-model), its socket routes (:func:`serve_sockets`), ``/healthz``, ``/readyz``,
+model), its socket routes (:func:`serve_sockets`), ``/healthz``, ``/startedz``, ``/readyz``,
 ``/metrics``, ``/openapi.json`` and ``/docs`` under the service's path prefix
 (``/auth``, ``/keys`` ...; the load balancer routes by that prefix without
 rewriting paths).
@@ -66,7 +66,7 @@ _KEPT_HEADERS = ("allow", "retry-after")
 access_log = logging.getLogger("parley.access")
 
 # Requests not logged: health checks and scrapes arrive every few seconds.
-QUIET_ROUTES = ("healthz", "readyz", "metrics")
+QUIET_ROUTES = ("healthz", "startedz", "readyz", "metrics")
 
 
 @web.middleware
@@ -294,7 +294,8 @@ def base_app(
     registry = new_registry()
     http_metrics = HttpMetrics(registry, service)
     operational = frozenset(
-        f"{prefix}/{name}" for name in ("healthz", "readyz", "metrics", "openapi.json", "docs")
+        f"{prefix}/{name}"
+        for name in ("healthz", "startedz", "readyz", "metrics", "openapi.json", "docs")
     )
     lives: dict[Handler, SocketLife] = {}
     origins = cors_origins(settings)
@@ -324,6 +325,21 @@ def base_app(
             {"status": "ok", "service": service, "uptime_s": int(time.time() - started)}
         )
 
+    async def startedz(_: web.Request) -> web.Response:
+        # The load balancer's check on AWS (docs/deployment.md): fails until the start-up
+        # work is done once, and never after. /healthz passed a task whose start-up never
+        # ends (ECS shipped a release that could not serve, with no rollback); /readyz
+        # failed every task at once on a shared dependency's outage (ECS replaced them).
+        startup = app.get(STARTUP)
+        if startup is not None and not startup.done.is_set():
+            return json_response(
+                {"status": "starting", "service": service,
+                 "error": {"code": ErrorCode.UNAVAILABLE.value,
+                           "message": "Start-up work not done yet."}},
+                status=503,
+            )  # fmt: skip
+        return json_response({"status": "ok", "service": service})
+
     async def readyz(_: web.Request) -> web.Response:
         results = await run_checks(app[CHECKS], settings.readiness_timeout_s)
         failed = sorted(name for name, r in results.items() if r != "ok")
@@ -341,6 +357,7 @@ def base_app(
         return json_response(body, status=503 if failed else 200)
 
     app.router.add_get(f"{prefix}/healthz", healthz)
+    app.router.add_get(f"{prefix}/startedz", startedz)
     app.router.add_get(f"{prefix}/readyz", as_sent(readyz))
     app.router.add_get(f"{prefix}/metrics", as_sent(metrics_handler(registry)))
     if api is not None:

@@ -58,9 +58,13 @@ async def test_work_is_retried_and_requests_wait_for_it(make_client: Any) -> Non
     resp = await client.get("/test/v1/hello")
     assert (resp.status, (await resp.json())["error"]["code"]) == (503, "service_unavailable")
     assert attempts >= 2  # retried meanwhile
+    # The load balancer's check on AWS: not started yet.
+    resp = await client.get("/test/startedz")
+    assert (resp.status, (await resp.json())["status"]) == (503, "starting")
     release.set()
     await client.server.app[STARTUP].done.wait()
     assert (await client.get("/test/readyz")).status == 200
+    assert (await client.get("/test/startedz")).status == 200
 
 
 async def test_a_request_that_arrives_before_the_work_is_done_is_answered_once_it_is(

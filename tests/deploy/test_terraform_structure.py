@@ -310,9 +310,11 @@ def test_health_checks_use_the_services_own_endpoints() -> None:
     assert "${local.health_url}" in app["healthCheck"]["command"][-1]
     assert service_module()["locals"]["health_url"].endswith("/${var.name}/healthz")
     routes = stack()["module"]["alb"]["routes"]
-    # Liveness, not readiness: a shared dependency's outage must not make ECS replace
-    # every task (docs/deployment.md).
-    assert "/${name}/healthz" in routes and "/${name}/readyz" not in routes
+    # Started once, not readiness (a shared dependency's outage must not make ECS replace
+    # every task) nor bare liveness (a release whose start-up never ends must not ship):
+    # docs/deployment.md.
+    assert "/${name}/startedz" in routes and "/${name}/readyz" not in routes
+    assert 'f"{prefix}/startedz"' in app_src
     tg = load(MODULES / "alb")["resource"]["aws_lb_target_group"]["this"]
     assert tg["health_check"][0]["path"] == "${each.value.health_path}"
     assert tg["stickiness"][0]["enabled"] is False

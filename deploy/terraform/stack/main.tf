@@ -53,7 +53,7 @@ module "alb" {
   routes = {
     for name, c in local.enabled : name => {
       port                 = c.port
-      health_path          = "/${name}/healthz"
+      health_path          = "/${name}/startedz"
       paths                = c.paths
       priority             = c.priority
       deregistration_delay = name == "gateway" ? var.gateway_deregistration_delay : 30

@@ -218,9 +218,10 @@ resource "aws_lb_target_group" "this" {
   load_balancing_algorithm_type = each.value.algorithm
   tags                          = var.tags
 
-  # Liveness (/<svc>/healthz), as HAProxy checks: /readyz fails on every task at once
-  # when a dependency they share is down, and ECS replaces the tasks a target group
-  # calls unhealthy (every socket cut; delivery not consuming while MongoDB is down).
+  # /<svc>/startedz: fails until a task's start-up work is done once, never after.
+  # /readyz fails on every task at once when a dependency they share is down, and ECS
+  # replaces the tasks a target group calls unhealthy (every socket cut); /healthz
+  # passed a task whose start-up never ends (a release that cannot serve, shipped).
   health_check {
     path                = each.value.health_path
     matcher             = "200"

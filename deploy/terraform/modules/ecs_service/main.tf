@@ -54,7 +54,7 @@ locals {
       initProcessEnabled = true
       capabilities       = { drop = ["ALL"] }
     }
-    # Liveness: /<svc>/healthz (the ALB's target groups check it too).
+    # Liveness: /<svc>/healthz (the ALB's target groups check /<svc>/startedz).
     healthCheck = {
       command     = ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('${local.health_url}', timeout=2)"]
       interval    = 10
