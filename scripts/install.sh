@@ -25,6 +25,7 @@ web_install() {
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
   fi
+  [ -x .tools/node/node_modules/.bin/node ] && export PATH="$PWD/.tools/node/node_modules/.bin:$PATH"
   if ! node_ok; then
     # Debian 12's nodejs is 18: Node 20 from the npm registry (the `node` package and
     # its platform binary), into .tools/node, which the Makefile puts first on PATH.

@@ -16,6 +16,14 @@ from services.common.config import Settings
 from tests.support.stack import STARTED, Stack, System, start_stack, start_system
 from tests.support.tokens import TokenIssuer
 
+# Node 20 where scripts/install.sh put it when the machine's was older (the Makefile puts
+# it first on PATH; a test file run alone, outside make, gets it here).
+_TOOLS_NODE = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), ".tools/node/node_modules/.bin"
+)
+if os.path.isdir(_TOOLS_NODE) and _TOOLS_NODE not in os.environ.get("PATH", "").split(":"):
+    os.environ["PATH"] = _TOOLS_NODE + os.pathsep + os.environ.get("PATH", "")
+
 # The longest files (measured with --durations), started first: the two xdist
 # workers take one file at a time (scripts/check.sh), so the long ones overlap
 # instead of one running alone at the end. The rest keep their order.

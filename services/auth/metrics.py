@@ -9,8 +9,8 @@
 - the limiter's ``parley_rate_limit_refusals_total{service="auth",rule,code}``
   and ``parley_rate_limit_lockouts_total{service="auth",rule}``
   (services/common/ratelimit.py). A "refusal" of ``security_notices`` is a
-  notice past the account's cap (the first is still mailed, saying so; each
-  one after it is also a refusal of ``security_notices_held``: not mailed).
+  notice past the account's cap (the first is still mailed, saying so; those
+  after it until the window ends are not mailed).
 
 Every label value is created at zero, so that a dashboard shows 0, not "no data".
 """

@@ -119,4 +119,5 @@ async def _over_cap(svc: AuthService, user_id: str) -> int | None:
         return None
     if count <= limit.count:
         return None
+    svc.limiter.refused(NOTICE_RULE)  # parley_rate_limit_refusals_total, as every limit
     return left if count == limit.count + 1 else 0

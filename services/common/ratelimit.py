@@ -227,7 +227,7 @@ class RateLimiter:
         limit = limit or self.limits(rule)
         count, ttl = await self.count(rule, ident, limit)
         if count > limit.count:
-            self._refused(rule, ErrorCode.RATE_LIMITED)
+            self.refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(ttl)
 
     async def check(self, rule: str, ident: str, limit: Limit | None = None) -> None:
@@ -241,7 +241,7 @@ class RateLimiter:
             pipe.ttl(key)
             count, ttl = await pipe.execute()
         if count is not None and int(count) >= limit.count:
-            self._refused(rule, ErrorCode.RATE_LIMITED)
+            self.refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(int(ttl) if int(ttl) > 0 else limit.window_s)
 
     async def reserve(self, rule: str, ident: str, limit: Limit | None = None) -> None:
@@ -261,7 +261,7 @@ class RateLimiter:
             # unless this one succeeds and gives its place back).
             self.metrics.locked(rule)
         if not allowed:
-            self._refused(rule, ErrorCode.ACCOUNT_LOCKED)
+            self.refused(rule, ErrorCode.ACCOUNT_LOCKED)
             raise too_many(
                 max(int(ttl), 0) or limit.window_s,
                 ErrorCode.ACCOUNT_LOCKED,
@@ -285,7 +285,7 @@ class RateLimiter:
             keys=[self.key(rule, ident)], args=[limit.count, limit.window_s, n]
         )
         if not allowed:
-            self._refused(rule, ErrorCode.RATE_LIMITED)
+            self.refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(max(int(ttl), 0) or limit.window_s, message=message)
 
     async def release(self, rule: str, ident: str, n: int = 1) -> None:
@@ -312,7 +312,7 @@ class RateLimiter:
         ``rate_limited``."""
         wait_s = await self._take(rule, ident, capacity, refill_s, n)
         if wait_s is not None:
-            self._refused(rule, ErrorCode.RATE_LIMITED)
+            self.refused(rule, ErrorCode.RATE_LIMITED)
             raise too_many(wait_s, message=message)
 
     async def _take(
@@ -347,11 +347,11 @@ class RateLimiter:
                 out.append(None)
             else:
                 if count_refused:
-                    self._refused(rule, ErrorCode.RATE_LIMITED)
+                    self.refused(rule, ErrorCode.RATE_LIMITED)
                 out.append(int(wait_ms) / 1000)
         return out
 
-    def _refused(self, rule: str, code: ErrorCode) -> None:
+    def refused(self, rule: str, code: ErrorCode = ErrorCode.RATE_LIMITED) -> None:
         if self.metrics is not None:
             self.metrics.refused(rule, code)
 

@@ -18,6 +18,7 @@ import pytest
 
 from services.auth.config import AuthSettings
 from services.auth.tokens import digest, normalize_recovery_code
+from services.common.state import REGISTRY
 from tests.auth.conftest import ROOMY
 from tests.auth.helpers import PASSWORD, AuthApi, RecordingHasher
 
@@ -142,6 +143,12 @@ async def test_security_notices_are_capped_per_account(auth: AuthApi) -> None:
     assert not any("This is the last notice until" in m for m in mails[:NOTICES])
     assert "This is the last notice until" in mails[NOTICES]
     assert "new recovery codes were made" in mails[NOTICES]
+    # Each past the cap counted as a refusal (the dashboards' limiter panel).
+    refusals = auth.app[REGISTRY].get_sample_value(
+        "parley_rate_limit_refusals_total",
+        {"service": "auth", "rule": "security_notices", "code": "rate_limited"},
+    )
+    assert refusals == REAUTH - NOTICES
 
 
 async def test_email_setup_is_refused_before_argon2_when_no_code_can_be_sent(

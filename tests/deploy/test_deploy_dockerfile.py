@@ -200,7 +200,16 @@ def dockerignore_patterns() -> list[str]:
 
 @pytest.mark.parametrize(
     "excluded",
-    [".venv", "var", ".git", "node_modules", ".pytest_cache", ".mypy_cache", ".ruff_cache"],
+    [
+        ".venv",
+        "var",
+        ".git",
+        "node_modules",
+        ".tools",
+        ".pytest_cache",
+        ".mypy_cache",
+        ".ruff_cache",
+    ],
 )
 def test_dockerignore_keeps_local_state_out(excluded: str) -> None:
     assert excluded in dockerignore_patterns()
