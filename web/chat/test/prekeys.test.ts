@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ClientEvent } from '../src/app/client.ts';
 import { Device } from '../src/crypto/device.ts';
 import { b64decode } from '../src/crypto/encoding.ts';
-import { cleanUp, connected, people, texts, until } from './support/clients.ts';
+import { cleanUp, connected, people, reopen, texts, until } from './support/clients.ts';
 import { MemoryVault } from './support/fakeServer.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
@@ -77,5 +77,142 @@ describe('one-time prekeys claimed and never used', () => {
     server.push(await alice.message(server, 'on a kept prekey', { oneTime: true }));
     await until('alice read', () => texts(bob, alice).length === 1);
     expect(texts(bob, alice)).toEqual(['on a kept prekey']);
+  });
+});
+
+/** Bob's device as his vault holds it. */
+async function storedDevice(bob: { vault: { username: string } }): Promise<Device> {
+  const raw = (MemoryVault.stores.get(bob.vault.username) as Map<string, string>).get('device') as string;
+  return Device.fromBytes(b64decode(JSON.parse(raw) as string));
+}
+
+/** Whether `device` still holds the private halves of these one-time prekeys. */
+function holds(device: Device, oneTime: readonly { id: number }[], kem: readonly { id: number }[]): boolean {
+  const keys = device.debugPrivate();
+  return oneTime.every((p) => keys.oneTime(p.id) !== undefined) && kem.every((p) => keys.kemSeed(p.id) !== undefined);
+}
+
+describe('a top-up whose upload fails', () => {
+  it('retires nothing: a first message on a prekey claimed before still decrypts after the next top-up', async () => {
+    const { server, bob, alice } = await people();
+    server.prekeyCounts = { one_time: 0, kem_one_time: 0 };
+    await bob.topUp(); // a batch, in the directory
+    // The directory hands the whole batch out; alice's first message, on its first
+    // prekeys, waits to be read.
+    const waiting = await alice.message(server, 'on a claimed prekey', { oneTime: true });
+    const claimed = [[...server.oneTimePrekeys], [...server.kemPrekeys]] as const;
+    server.failUploads.push({}); // a 503: the new batch never reaches the directory
+    await expect(bob.topUp()).rejects.toThrow();
+    expect(holds(await storedDevice(bob), ...claimed)).toBe(true);
+    await bob.topUp();
+    expect(holds(await storedDevice(bob), ...claimed)).toBe(true);
+    server.prekeyCounts = { one_time: 100, kem_one_time: 100 }; // the batch uploaded
+    await connected(bob, server);
+    server.push(waiting);
+    await until('a line', () => bob.history(alice.user.user_id).length === 1);
+    expect(texts(bob, alice)).toEqual(['on a claimed prekey']);
+  });
+
+  it('twice in a row: nothing the directory holds (nor anything claimed) is retired, then or at the next top-up', async () => {
+    const { server, bob, alice } = await people();
+    server.prekeyCounts = { one_time: 0, kem_one_time: 0 };
+    await bob.topUp();
+    const batch = [[...server.oneTimePrekeys], [...server.kemPrekeys]] as const;
+    // 90 of each kind handed out: the directory holds the last 10.
+    server.oneTimePrekeys.splice(0, 90);
+    server.kemPrekeys.splice(0, 90);
+    server.prekeyCounts = { one_time: 10, kem_one_time: 10 };
+    const directory = [[...server.oneTimePrekeys], [...server.kemPrekeys]] as const;
+    server.failUploads.push({}, {});
+    await expect(bob.topUp()).rejects.toThrow();
+    await expect(bob.topUp()).rejects.toThrow();
+    expect(holds(await storedDevice(bob), ...batch)).toBe(true);
+    await bob.topUp();
+    const device = await storedDevice(bob);
+    expect(holds(device, ...directory)).toBe(true);
+    expect(holds(device, ...batch)).toBe(true); // 10 held + 90 new + a batch claimed
+    // One batch was generated in all: no prekey past it.
+    expect([device.oneTimePrekeyCount, device.kemPrekeyCount]).toEqual([190, 190]);
+    server.prekeyCounts = { one_time: 100, kem_one_time: 100 };
+    await connected(bob, server);
+    server.push(await alice.message(server, 'on a prekey the directory held', { oneTime: true }));
+    await until('a line', () => bob.history(alice.user.user_id).length === 1);
+    expect(texts(bob, alice)).toEqual(['on a prekey the directory held']);
+  });
+
+  it('is sent again unchanged (same ids and keys), not made again, after a reload too', async () => {
+    const { server, bob } = await people();
+    server.prekeyCounts = { one_time: 0, kem_one_time: 0 };
+    server.failUploads.push({ kind: 'one-time-prekeys' });
+    await expect(bob.topUp()).rejects.toThrow();
+    const [first] = server.uploads;
+    expect(first?.status).toBe(503);
+    // A reload: the log-in tops up, sending the batch remembered in the vault.
+    const again = await reopen(bob);
+    const sent = server.uploads.filter((u) => u.kind === 'one-time-prekeys');
+    expect(sent.map((u) => u.status)).toEqual([503, 200]);
+    expect(sent[1]?.ids).toEqual(first?.ids);
+    expect(sent[1]?.keys).toEqual(first?.keys);
+    expect(server.uploads.filter((u) => u.kind === 'kem-prekeys').map((u) => u.status)).toEqual([200]);
+    expect(server.oneTimePrekeys.map((p) => p.id)).toEqual(first?.ids);
+    const device = await storedDevice(again);
+    expect([device.oneTimePrekeyCount, device.kemPrekeyCount]).toEqual([100, 100]);
+    // Uploaded: the next top-up makes a new batch.
+    await again.topUp();
+    expect(server.oneTimePrekeys).toHaveLength(200);
+    expect(new Set(server.oneTimePrekeys.map((p) => p.id)).size).toBe(200);
+  });
+
+  it('only the KEM upload failing: the KEM batch is sent again unchanged, the one-time one not again', async () => {
+    const { server, bob } = await people();
+    server.prekeyCounts = { one_time: 0, kem_one_time: 0 };
+    server.failUploads.push({ kind: 'kem-prekeys' });
+    await expect(bob.topUp()).rejects.toThrow();
+    // Claims meanwhile take some of the one-time batch the directory stored.
+    server.oneTimePrekeys.splice(0, 5);
+    server.prekeyCounts = { one_time: 95, kem_one_time: 0 };
+    await bob.topUp();
+    expect(server.uploads.map((u) => [u.kind, u.status])).toEqual([
+      ['one-time-prekeys', 200],
+      ['kem-prekeys', 503],
+      ['kem-prekeys', 200],
+    ]);
+    const [, failed, sent] = server.uploads;
+    expect(sent?.ids).toEqual(failed?.ids);
+    expect(sent?.keys).toEqual(failed?.keys);
+    const device = await storedDevice(bob);
+    expect([device.oneTimePrekeyCount, device.kemPrekeyCount]).toEqual([100, 100]);
+  });
+
+  it('stored and its answer lost, some claimed since: the refusal of the same batch counts as uploaded', async () => {
+    const { server, bob } = await people();
+    server.prekeyCounts = { one_time: 0, kem_one_time: 0 };
+    server.failUploads.push({ kind: 'one-time-prekeys', stored: true });
+    await expect(bob.topUp()).rejects.toThrow();
+    server.oneTimePrekeys.splice(0, 5); // claimed
+    server.prekeyCounts = { one_time: 95, kem_one_time: 0 };
+    await bob.topUp();
+    expect(server.uploads.map((u) => [u.kind, u.status])).toEqual([
+      ['one-time-prekeys', 503],
+      ['one-time-prekeys', 409],
+      ['kem-prekeys', 200],
+    ]);
+    // Done: the next top-up makes a new batch (the vault forgot the one sent).
+    server.prekeyCounts = { one_time: 0, kem_one_time: 100 };
+    await bob.topUp();
+    expect(server.uploads.at(-1)?.kind).toBe('one-time-prekeys');
+    expect(server.uploads.at(-1)?.status).toBe(200);
+    expect(server.oneTimePrekeys).toHaveLength(195);
+  });
+});
+
+describe('two top-ups at once', () => {
+  it('upload one batch (the second awaits the first)', async () => {
+    const { server, bob } = await people();
+    server.prekeyCounts = { one_time: 0, kem_one_time: 0 };
+    await Promise.all([bob.topUp(), bob.topUp()]);
+    expect([server.oneTimePrekeys.length, server.kemPrekeys.length]).toEqual([100, 100]);
+    const device = await storedDevice(bob);
+    expect([device.oneTimePrekeyCount, device.kemPrekeyCount]).toEqual([100, 100]);
   });
 });

@@ -20,7 +20,9 @@ import {
   DeviceEntry,
   GroupSession,
   DeviceList,
+  type KemPrekeyJson,
   type LinkRequest,
+  type OneTimePrekeyJson,
   PrekeyBundle,
   ReplayedMessage,
   SignedDeviceList,
@@ -154,6 +156,16 @@ const KEY_SEND_FAILS = new Set(['inbox_full', 'too_many_pending']);
 export const PREKEY_BATCH = 100;
 const PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000; // signed and last-resort prekeys, weekly
 const MAX_UPLOAD = 100;
+/** The vault row of a batch of one-time prekeys made and not yet all uploaded (topUp). */
+const PREKEYS_UNSENT = 'prekeys_unsent';
+/** A batch of one-time prekeys made (their private halves in `device`) and not all
+ * uploaded: the public JSON of each kind, and how many of each the directory took. */
+interface UnsentPrekeys {
+  one_time: OneTimePrekeyJson[];
+  kem: KemPrekeyJson[];
+  one_time_sent?: number;
+  kem_sent?: number;
+}
 const TOKEN_MARGIN_MS = 120_000;
 const REAUTH_MS = 240_000;
 const ACK_DELAY_MS = 200;
@@ -460,6 +472,7 @@ export class ParleyClient {
   });
   readonly #listeners = new Set<(e: ClientEvent) => void>();
   #refreshing: Promise<string> | null = null;
+  #toppingUp: Promise<void> | null = null; // the top-up under way (topUp)
   #ws: WebSocket | null = null;
   #running = false;
   #synced = false; // this socket's first sync is done
@@ -567,7 +580,7 @@ export class ParleyClient {
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', 'rooms_known', 'settings', 'removed_ids']) {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', PREKEYS_UNSENT, 'rooms_known', 'settings', 'removed_ids']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
@@ -1337,6 +1350,7 @@ export class ParleyClient {
       await this.#transaction(async (tx) => {
         tx.put('device', b64encode(made.toBytes()));
         tx.put('prekeys_rotated_at', Date.now());
+        tx.put(PREKEYS_UNSENT, undefined); // another device's batch, if any
       });
     } else if (Date.now() - (this.#read<number>('prekeys_rotated_at') ?? 0) >= PREKEY_ROTATION_MS) {
       // Weekly, as the Python client: new signed and last-resort prekeys (the previous
@@ -1442,7 +1456,7 @@ export class ParleyClient {
     await this.#signedOut((tx) => {
       const row = tx.get<AccountRow>('account') as AccountRow;
       tx.put('account', { ...row, access_token: null, refresh_token: null, removed_at: Date.now() });
-      for (const name of ['account_key', 'device_list', 'device', 'prekeys_rotated_at']) tx.put(name, undefined);
+      for (const name of ['account_key', 'device_list', 'device', 'prekeys_rotated_at', PREKEYS_UNSENT]) tx.put(name, undefined);
       for (const [name] of this.#outboxRows()) tx.put(name, undefined);
       for (const name of this.#aside.names()) tx.put(name, undefined); // no keys to read them with
     });
@@ -1458,27 +1472,89 @@ export class ParleyClient {
     }
   }
 
-  /** Upload one-time X25519 and ML-KEM prekeys up to the batch size (private halves first). */
-  async topUp(): Promise<void> {
+  /**
+   * Upload one-time X25519 and ML-KEM prekeys up to the batch size (private halves
+   * first). One at a time: a call while one runs (a log-in's and `prekeys_low`'s) gets
+   * that one's promise.
+   *
+   * A batch is stored with its private halves and remembered as unsent
+   * (`prekeys_unsent`, its public JSON) in one transaction, before it is uploaded. A top-up
+   * sends a remembered batch again, the same ids and keys (the directory takes the same
+   * batch again as a retry: docs/keys.md), and makes none while one is unsent: each failed
+   * upload made a new batch, and the newest kept pushed out the private halves of prekeys
+   * claimed before, and of prekeys the directory still held. Only once the whole batch is
+   * uploaded are old one-time prekeys forgotten (docs/crypto.md, "One-time prekeys kept"),
+   * and the row cleared with it; a failure before then forgets nothing.
+   */
+  topUp(): Promise<void> {
+    this.#toppingUp ??= this.#topUp().finally(() => {
+      this.#toppingUp = null;
+    });
+    return this.#toppingUp;
+  }
+
+  async #topUp(): Promise<void> {
     const did = (this.account as AccountRow).device_id;
     const counts = await this.api.counts(did);
-    const needOt = Math.max(0, PREKEY_BATCH - counts.one_time);
-    const needKem = Math.max(0, PREKEY_BATCH - counts.kem_one_time);
-    if (!needOt && !needKem) return;
-    const [oneTime, kem] = await this.#transaction(async (tx) => {
+    let unsent = this.#read<UnsentPrekeys>(PREKEYS_UNSENT);
+    const resent = unsent !== undefined;
+    if (unsent === undefined) {
+      const needOt = Math.max(0, PREKEY_BATCH - counts.one_time);
+      const needKem = Math.max(0, PREKEY_BATCH - counts.kem_one_time);
+      if (!needOt && !needKem) return;
+      unsent = await this.#transaction(async (tx) => {
+        const device = (await this.#device(tx)) as Device;
+        const batch: UnsentPrekeys = {
+          one_time: await device.generateOneTimePrekeys(needOt),
+          kem: await device.generateKemPrekeys(needKem),
+          one_time_sent: 0,
+          kem_sent: 0,
+        };
+        tx.put('device', b64encode(device.toBytes()));
+        tx.put(PREKEYS_UNSENT, batch);
+        return batch;
+      });
+    }
+    const batch = unsent;
+    for (const kind of ['one_time', 'kem'] as const) {
+      const prekeys = batch[kind];
+      const sentName = kind === 'one_time' ? 'one_time_sent' : 'kem_sent';
+      for (let i = batch[sentName] ?? 0; i < prekeys.length; i += MAX_UPLOAD) {
+        const chunk = prekeys.slice(i, i + MAX_UPLOAD);
+        try {
+          if (kind === 'one_time') await this.api.uploadOneTime(did, chunk);
+          else await this.api.uploadKem(did, chunk);
+        } catch (error) {
+          // Sent again and refused for ids the directory holds: an earlier send stored
+          // it (its answer lost) and some of it was claimed since (a retry must find
+          // every one still held). Ids only count upwards, so they are this batch's.
+          if (!(resent && error instanceof ApiError && error.code === 'duplicate_prekey')) throw error;
+        }
+        // What the directory took is not sent again: once some of it is claimed, the same
+        // chunk is refused; once all of it is, it would be stored, and handed out, again.
+        // (The last chunk needs no mark: the row goes with the retirement below.)
+        const sent = Math.min(prekeys.length, i + MAX_UPLOAD);
+        if (kind === 'one_time' || sent < prekeys.length) {
+          await this.#transaction(async (tx) => {
+            const row = tx.get<UnsentPrekeys>(PREKEYS_UNSENT);
+            if (row !== undefined) tx.put(PREKEYS_UNSENT, { ...row, [sentName]: sent });
+          });
+        }
+      }
+    }
+    // All uploaded: what the directory held before it, the batch, and a batch of those
+    // claimed more are kept of each kind: the newest (it hands them out in id order);
+    // older claimed ones are forgotten (a prekey claimed by someone who never writes was
+    // kept for ever: ~1,440 of each kind a day).
+    await this.#transaction(async (tx) => {
       const device = (await this.#device(tx)) as Device;
-      const ot = await device.generateOneTimePrekeys(needOt);
-      const k = await device.generateKemPrekeys(needKem);
-      // What the directory holds after this upload, and a batch of those claimed more:
-      // the newest (it hands them out in id order); older claimed ones are forgotten
-      // (docs/crypto.md, "One-time prekeys kept": kept for ever, one user claiming a
-      // victim's bundles grew its vault by ~1,440 of each kind a day).
-      device.retireOneTimePrekeys(counts.one_time + needOt + PREKEY_BATCH, counts.kem_one_time + needKem + PREKEY_BATCH);
+      device.retireOneTimePrekeys(
+        counts.one_time + batch.one_time.length + PREKEY_BATCH,
+        counts.kem_one_time + batch.kem.length + PREKEY_BATCH,
+      );
       tx.put('device', b64encode(device.toBytes()));
-      return [ot, k] as const;
+      tx.put(PREKEYS_UNSENT, undefined);
     });
-    for (let i = 0; i < oneTime.length; i += MAX_UPLOAD) await this.api.uploadOneTime(did, oneTime.slice(i, i + MAX_UPLOAD));
-    for (let i = 0; i < kem.length; i += MAX_UPLOAD) await this.api.uploadKem(did, kem.slice(i, i + MAX_UPLOAD));
   }
 
   // -- contacts and trust --------------------------------------------------------------

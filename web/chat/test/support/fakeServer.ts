@@ -236,6 +236,12 @@ export class FakeServer {
   /** The one-time X25519 and KEM prekeys the client uploaded, in order. */
   readonly oneTimePrekeys: { id: number; key: string }[] = [];
   readonly kemPrekeys: { id: number; key: string; sig: string }[] = [];
+  /** Uploads of one-time prekeys to fail, in order: the next upload of `kind` (of
+   * either kind when unset) takes the first that fits and answers 503, storing nothing,
+   * or (`stored`) after storing its batch (an answer lost). */
+  readonly failUploads: { kind?: 'one-time-prekeys' | 'kem-prekeys'; stored?: boolean }[] = [];
+  /** Every upload of one-time prekeys: its kind, ids and keys, and its answer's status. */
+  readonly uploads: { kind: string; ids: number[]; keys: string[]; status: number }[] = [];
   /** `ready.limits`; `sends_per_s` and `send_burst` are the send bucket's. */
   limits: W.Limits = { max_frame_bytes: 65536, sends_per_s: 10, send_burst: 100 };
   /** Every `send`/`room_send` received, in order, with its socket and when (ms). */
@@ -326,9 +332,27 @@ export class FakeServer {
       }
       if (method === 'GET' && parts[2] === 'devices' && parts[4] === 'counts') return json(200, this.prekeyCounts);
       if (method === 'POST' && parts[2] === 'devices' && (parts[4] === 'one-time-prekeys' || parts[4] === 'kem-prekeys')) {
-        const prekeys = body['prekeys'] as never[];
-        (parts[4] === 'kem-prekeys' ? this.kemPrekeys : this.oneTimePrekeys).push(...prekeys);
-        return json(200, {});
+        const kind = parts[4];
+        const prekeys = body['prekeys'] as { id: number; key: string; sig?: string }[];
+        const held: { id: number; key: string; sig?: string }[] = kind === 'kem-prekeys' ? this.kemPrekeys : this.oneTimePrekeys;
+        const at = this.failUploads.findIndex((f) => f.kind === undefined || f.kind === kind);
+        const failure = at < 0 ? undefined : this.failUploads.splice(at, 1)[0];
+        const answer = (status: number): Response => {
+          this.uploads.push({ kind, ids: prekeys.map((p) => p.id), keys: prekeys.map((p) => p.key), status });
+          return status === 200 ? json(200, {}) : refusal(status, 'service_unavailable');
+        };
+        if (failure && !failure.stored) return answer(503);
+        // As services/keys/devices.py `_upload`: all or nothing; the same batch again,
+        // every prekey of it still held as sent, is a retry (nothing stored twice); ids
+        // of prekeys it holds otherwise are `duplicate_prekey`.
+        const stored = held.filter((p) => prekeys.some((q) => q.id === p.id));
+        const same = stored.length === prekeys.length && prekeys.every((q) => stored.some((p) => p.id === q.id && p.key === q.key && p.sig === q.sig));
+        if (stored.length && !same) {
+          this.uploads.push({ kind, ids: prekeys.map((p) => p.id), keys: prekeys.map((p) => p.key), status: 409 });
+          return json(409, { error: { code: 'duplicate_prekey', message: 'duplicate_prekey', details: { ids: stored.map((p) => p.id) } } });
+        }
+        if (!stored.length) held.push(...(prekeys as never[]));
+        return answer(failure ? 503 : 200); // failure.stored: stored, then the answer lost
       }
       if (method === 'POST' && parts[2] === 'devices' && parts[4] === 'check') return json(200, { match: true });
       if (method === 'PUT' && path === '/keys/v1/account') {
