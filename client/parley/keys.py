@@ -49,6 +49,10 @@ PREKEY_BATCH = 100
 PREKEY_ROTATION_S = 7 * 24 * 3600  # signed and last-resort prekeys, as Signal (weekly)
 MAX_UPLOAD = 100
 LINK_POLL_S = 1.0
+# The public halves of a batch of one-time prekeys stored but not yet all uploaded
+# (Keys.top_up): {"one_time": [part, ...], "kem": [part, ...], "held": [n, n],
+# "sizes": [n, n]}, a part of at most MAX_UPLOAD dropped once the directory took it.
+UNSENT = "prekeys_unsent"
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
@@ -70,6 +74,22 @@ class PendingDevice:
 
 def default_device_name() -> str:
     return f"parley-cli on {socket.gethostname()}"[:64]
+
+
+def _chunks(prekeys: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [prekeys[i : i + MAX_UPLOAD] for i in range(0, len(prekeys), MAX_UPLOAD)]
+
+
+def _stored_before(exc: ApiError, chunk: list[dict[str, Any]]) -> bool:
+    """Is this refusal of a part sent again the directory holding some of it already
+    (``duplicate_prekey`` naming only its ids): stored by an earlier try, then claimed?"""
+    ids = exc.details.get("ids") if isinstance(exc.details, dict) else None
+    return (
+        exc.code == "duplicate_prekey"
+        and isinstance(ids, list)
+        and bool(ids)
+        and set(ids) <= {p["id"] for p in chunk}
+    )
 
 
 def fingerprint(signing_key: bytes) -> str:
@@ -101,7 +121,8 @@ class Keys:
         # One-time prekeys of each kind kept past those the directory holds: claimed ones
         # waiting for the initial messages that use them (older ones: see top_up).
         self.claimed_kept = prekey_batch if claimed_kept is None else claimed_kept
-        self._topping_up: asyncio.Task[None] | None = None
+        self._topping_up: asyncio.Task[None] | None = None  # prekeys_low's
+        self._top_up_lock = asyncio.Lock()  # one top-up at a time (its unsent batch)
         self._sending: tuple[bytes, Device] | None = None  # device_to_send's
 
     # -- this device ------------------------------------------------------------------
@@ -234,7 +255,8 @@ class Keys:
 
     async def top_up(self) -> tuple[int, int]:
         """Upload one-time X25519 and ML-KEM prekeys up to the batch size; returns how
-        many of each were uploaded.
+        many of each were uploaded. One at a time (connect's, ``top_up_prekeys`` and
+        ``prekeys_low``'s wait for the one under way).
 
         The private halves of claimed prekeys wait for the initial messages that use
         them, but one claimed by someone who never writes would wait for ever (a
@@ -243,8 +265,22 @@ class Keys:
         the directory holds after this upload, only ``claimed_kept`` (a batch) of
         each kind are kept: the newest, as the directory hands them out in id order.
         An initial message naming one forgotten cannot be read (docs/crypto.md,
-        "One-time prekeys kept")."""
-        did = await self.device_id()
+        "One-time prekeys kept").
+
+        A batch is stored (private halves, and its public halves as ``prekeys_unsent``)
+        before it is uploaded, and older prekeys are retired only once all of it is
+        uploaded: a batch that never reached the directory is not among "the newest it
+        holds", and until it is uploaded the next top-up sends it again, unchanged (the
+        directory takes the same batch again as a retry), and makes no other."""
+        async with self._top_up_lock:
+            did = await self.device_id()
+            sent = (0, 0)
+            if self._store().read().get(UNSENT) is not None:
+                sent = await self._send_unsent(did, resent=True)
+            made = await self._top_up(did)
+            return sent[0] + made[0], sent[1] + made[1]
+
+    async def _top_up(self, did: int) -> tuple[int, int]:
         counts = await self.api.counts(did)
         held_ot, held_kem = int(counts["one_time"]), int(counts["kem_one_time"])
         need_ot = max(0, self.prekey_batch - held_ot)
@@ -252,19 +288,68 @@ class Keys:
         if not need_ot and not need_kem:
             return 0, 0
         async with self._store().transaction() as tx:
+            if tx.get(UNSENT) is not None:
+                raise ParleyError("Another top-up of this device's prekeys is under way.")
             device = self.device(tx)
             assert device is not None
             one_time = await asyncio.to_thread(device.generate_one_time_prekeys, need_ot)
             kem = await asyncio.to_thread(device.generate_kem_prekeys, need_kem)
+            tx.put_bytes("device", device.to_bytes())
+            tx.put(UNSENT, {
+                "one_time": _chunks(one_time), "kem": _chunks(kem),
+                "held": [held_ot, held_kem], "sizes": [need_ot, need_kem],
+            })  # fmt: skip
+        return await self._send_unsent(did, resent=False, held=(held_ot, held_kem))
+
+    async def _send_unsent(
+        self, did: int, *, resent: bool, held: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
+        """Upload the batch kept as unsent, each part (of ``MAX_UPLOAD``) noted once the
+        directory took it; then retire the one-time prekeys of each kind past (what the
+        directory held before the upload + the batch + ``claimed_kept``), and forget the
+        batch, in one transaction. An upload that fails leaves it (nothing retired) for
+        the next top-up to send again.
+
+        Sent again, a part that the directory stored the first time (its answer was lost)
+        is a retry while all of it is still stored; once some of it was claimed, the
+        directory refuses it as ``duplicate_prekey`` naming ids of it: all or nothing,
+        it was stored, so it counts as uploaded. (One stored and then all claimed cannot
+        be told from one never stored: it is stored again.)"""
+        row = self._store().read().get(UNSENT)
+        if row is None:
+            return 0, 0
+        if held is None:
+            counts = await self.api.counts(did)
+            held = (int(counts["one_time"]), int(counts["kem_one_time"]))
+        uploads = (("one_time", self.api.upload_one_time), ("kem", self.api.upload_kem))
+        sent = {"one_time": 0, "kem": 0}
+        for kind, upload in uploads:
+            for chunk in list(row[kind]):
+                try:
+                    await upload(did, chunk)
+                except ApiError as exc:
+                    if not (resent and _stored_before(exc, chunk)):
+                        raise
+                sent[kind] += len(chunk)
+                async with self._store().transaction() as tx:
+                    row = tx.get(UNSENT)
+                    if row is None or not row[kind] or row[kind][0] != chunk:
+                        raise ParleyError("This device's unsent prekeys changed meanwhile.")
+                    row[kind].pop(0)
+                    tx.put(UNSENT, row)
+        sizes = (int(row["sizes"][0]), int(row["sizes"][1]))
+        # Held before the upload: now, or when the batch was made, whichever is more (a
+        # batch sent again may have been partly stored already: keeping more is safe).
+        held_ot, held_kem = (max(a, int(b)) for a, b in zip(held, row["held"], strict=True))
+        async with self._store().transaction() as tx:
+            device = self.device(tx)  # as stored now: sessions started meanwhile used some
+            assert device is not None
             device.retire_one_time_prekeys(
-                held_ot + need_ot + self.claimed_kept, held_kem + need_kem + self.claimed_kept
+                held_ot + sizes[0] + self.claimed_kept, held_kem + sizes[1] + self.claimed_kept
             )
             tx.put_bytes("device", device.to_bytes())
-        for i in range(0, len(one_time), MAX_UPLOAD):
-            await self.api.upload_one_time(did, one_time[i : i + MAX_UPLOAD])
-        for i in range(0, len(kem), MAX_UPLOAD):
-            await self.api.upload_kem(did, kem[i : i + MAX_UPLOAD])
-        return need_ot, need_kem
+            tx.delete(UNSENT)
+        return sent["one_time"], sent["kem"]
 
     def on_prekeys_low(self) -> None:
         """The server says one-time prekeys run low: top up in the background."""
