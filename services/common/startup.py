@@ -7,7 +7,7 @@ once; the work runs in the background and is retried with back-off
 (:mod:`services.common.retry`) until MongoDB and the rest answer. Meanwhile:
 
 - ``/readyz`` reports the ``startup`` check as failed (503);
-- ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and ``/docs``
+- ``/healthz``, ``/startedz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and ``/docs``
   answer as usual;
 - every other request waits for the work, up to the dependency timeout
   (``PARLEY_DEPENDENCY_TIMEOUT_MS``), then gets 503 ``service_unavailable``.

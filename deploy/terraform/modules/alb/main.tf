@@ -272,8 +272,8 @@ resource "aws_lb_listener_rule" "this" {
 }
 
 # Operators' paths are internal (HAProxy's stats port locally): Prometheus
-# scrapes the tasks directly and the target groups check /readyz on the
-# tasks, so the public listener answers 404 before any forwarding rule.
+# scrapes the tasks directly and operators ask /readyz of the tasks, so the
+# public listener answers 404 before any forwarding rule.
 resource "aws_lb_listener_rule" "internal_only" {
   listener_arn = aws_lb_listener.https.arn
   priority     = 1
