@@ -518,8 +518,27 @@ class RoomStore:
     async def mark_announced(self, room_id: str, seq: int) -> None:
         """The message's mentions and push are made: its ``unannounced`` mark goes."""
         await self.messages.update_one(
-            {"_id": message_id(room_id, seq), "unannounced": True}, {"$unset": {"unannounced": ""}}
+            {"_id": message_id(room_id, seq), "unannounced": {"$exists": True}},
+            {"$unset": {"unannounced": ""}},
         )
+
+    async def release_announcement(self, room_id: str, seq: int) -> None:
+        """Give the announcement up (it failed): the next resend takes it at once."""
+        await self.messages.update_one(
+            {"_id": message_id(room_id, seq), "unannounced": {"$exists": True}},
+            {"$set": {"unannounced": 0}},
+        )
+
+    async def take_announcement(self, room_id: str, seq: int, stale_ms: int) -> bool:
+        """Take over the announcement of a message whose writer has had it longer than
+        ``stale_ms`` (``unannounced``: when it was taken); True for the one caller that
+        does (atomic), False while it is fresh or done."""
+        now = now_ms()
+        doc = await self.messages.find_one_and_update(
+            {"_id": message_id(room_id, seq), "unannounced": {"$lt": now - stale_ms}},
+            {"$set": {"unannounced": now}},
+        )
+        return doc is not None
 
     async def insert_messages(self, docs: list[Doc]) -> None:
         """Many at once (tests and imports seed timelines this way)."""

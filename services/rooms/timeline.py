@@ -11,10 +11,11 @@ answers with the winner's message. A process that died between taking the
 client id and writing its message left its number empty: a resend writes
 the message there, whole, as a first post would. Whichever copy writes the
 message announces it (mentions, the ``room_post`` push), once. A message is
-written marked ``unannounced`` until that is done: a post whose announcement
-failed, or whose process died after writing it, is announced by its resend
-(answered ``duplicate``); one nobody resends stays unannounced (the timeline is
-the record).
+written marked ``unannounced`` (when its announcement was taken) until that is
+done: a post whose announcement failed (given up: at once) or whose process
+died after writing it (after ``ANNOUNCE_LEASE_MS``) is announced by one resend
+(answered ``duplicate``; copies sent while the writer is at it announce
+nothing); one nobody resends stays unannounced (the timeline is the record).
 
 A number taken and not yet written is **in flight**, not a hole: a page from
 the newest leaves out in-flight numbers above its first message (they are
@@ -40,6 +41,7 @@ encrypted and travel through the gateway (``forbidden`` here).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from parley_contract import frames as f
@@ -51,6 +53,10 @@ from services.rooms.config import PAGE_MAX, TEXT_MAX
 from services.rooms.rooms import PRIVATE, member_of, require_open, visible
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, message_id, now_ms
+
+# How long a post's writer has to announce it (mentions, push) before a resend of it
+# takes the announcement over (the writer failed or died).
+ANNOUNCE_LEASE_MS = 60_000
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +193,17 @@ async def store_post(
     if seen is not None:
         stored = await store.get_message(room_id, int(seen["seq"]))
         if stored is not None and not stored.get("hole"):
-            if stored.get("unannounced"):
-                # Its writer failed (or died) before announcing it: this resend does.
-                await _announce(rooms, room, stored)
+            if stored.get("unannounced") is not None and await store.take_announcement(
+                room_id, int(stored["seq"]), ANNOUNCE_LEASE_MS
+            ):
+                # Its writer failed (or died) before announcing it: this resend does, once
+                # (copies sent while the writer is still at it announce nothing: each
+                # was a push to every member and a write per mention). Not an edited or
+                # removed message: it goes out as it was first sent or not at all.
+                if int(stored.get("rev", 1)) == 1 and not stored.get("marker"):
+                    await _announce_or_release(rooms, room, stored)
+                else:
+                    await store.mark_announced(room_id, int(stored["seq"]))
             return _repeat(rooms, stored)
         if stored is None:
             # Its writer died between taking the client id and writing the message:
@@ -204,9 +218,10 @@ async def store_post(
     if not as_moderator and seen is None:
         await rooms.limiter.hit("post", poster, rooms.config.post_limit)
     mentioned = await mentioned_members(rooms, room_id, content, token)
-    # ``unannounced`` until its mentions and push are done (a resend finds it so if they
-    # failed, and makes them).
-    draft.update(text=content, mentions=mentioned, sent_at=now_ms(), rev=1, unannounced=True)
+    # ``unannounced`` (when its announcement was taken) until its mentions and push are
+    # done: a resend past ANNOUNCE_LEASE_MS takes it over and makes them.
+    sent = now_ms()
+    draft.update(text=content, mentions=mentioned, sent_at=sent, rev=1, unannounced=sent)
     if seq is None:
         seq = await _number(rooms, room_id, key, body.client_id, moved_from)
     for _ in range(RENUMBER_MAX):
@@ -223,7 +238,7 @@ async def store_post(
     else:
         raise ApiError(ErrorCode.CONFLICT, "The message could not be numbered; send it again.")
     rooms.metrics.messages.labels("stored").inc()
-    await _announce(rooms, room, doc)
+    await _announce_or_release(rooms, room, doc)
     if as_moderator:
         await rooms.audit.record(
             Entry(
@@ -233,6 +248,17 @@ async def store_post(
             )
         )  # fmt: skip
     return models.PostResult(**message(doc).model_dump(), duplicate=False)
+
+
+async def _announce_or_release(rooms: Rooms, room: Doc, doc: Doc) -> None:
+    """:func:`_announce`; if it fails, the announcement is given up so that the client's
+    resend (answered ``duplicate``) takes it over at once, not after the lease."""
+    try:
+        await _announce(rooms, room, doc)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await rooms.store.release_announcement(str(doc["room"]), int(doc["seq"]))
+        raise
 
 
 async def _announce(rooms: Rooms, room: Doc, doc: Doc) -> None:
