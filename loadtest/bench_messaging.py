@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -613,13 +614,16 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
-def run(opts: Options, log: Any = None) -> dict[str, Any]:
-    """Run the benchmark (in a fresh event loop) and return its results."""
+def run_bench(
+    bench: Callable[[Any, Path, Any], Awaitable[dict[str, Any]]],
+    opts: Any, data_dir: Path | None, prefix: str, log: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run ``bench(opts, data_dir, log)`` in a fresh event loop (uvloop where there is
+    one), in ``data_dir`` or a temporary directory removed after."""
     log = log or (lambda _msg: None)
     tmp = None
-    data_dir = opts.data_dir
     if data_dir is None:
-        tmp = tempfile.mkdtemp(prefix="parley-bench-")
+        tmp = tempfile.mkdtemp(prefix=prefix)
         data_dir = Path(tmp)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -629,9 +633,17 @@ def run(opts: Options, log: Any = None) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def bench_main(
+    parse: Callable[[list[str] | None], tuple[Any, bool, bool]],
+    run: Callable[[Any, Any], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+    failed: Callable[[dict[str, Any]], bool] = lambda _results: False,
+) -> None:
+    """A benchmark's command line: its options, progress on stderr unless quiet, the
+    results as a table or JSON, and status 1 when ``failed`` says so."""
     tune_gc()
-    opts, as_json, quiet = parse_args(argv)
+    opts, as_json, quiet = parse(argv)
 
     def log(msg: str) -> None:
         if not quiet:
@@ -642,6 +654,17 @@ def main(argv: list[str] | None = None) -> None:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     else:
         print(table(results))
+    if failed(results):
+        sys.exit(1)
+
+
+def run(opts: Options, log: Any = None) -> dict[str, Any]:
+    """Run the benchmark (in a fresh event loop) and return its results."""
+    return run_bench(bench, opts, opts.data_dir, "parley-bench-", log)
+
+
+def main(argv: list[str] | None = None) -> None:
+    bench_main(parse_args, run, table, argv)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,8 @@ import base64
 import contextlib
 import itertools
 import os
-import shutil
 import struct
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from loadtest.bench_messaging import (
     GcPauses,
@@ -61,7 +58,8 @@ from loadtest.bench_messaging import (
     Options,
     ParleySystem,
     RedisCommands,
-    _loop_factory,
+    bench_main,
+    run_bench,
 )
 from loadtest.common import (
     HEADER,
@@ -72,7 +70,6 @@ from loadtest.common import (
     LoadGenerator,
     PhaseResult,
     percentile,
-    tune_gc,
 )
 from scripts.stack import Processes
 from services.common.config import Settings
@@ -680,35 +677,11 @@ def parse_args(argv: list[str] | None) -> tuple[OfflineOptions, bool, bool]:
 
 def run(opts: OfflineOptions, log: Any = None) -> dict[str, Any]:
     """Run the benchmark (in a fresh event loop) and return its results."""
-    log = log or (lambda _msg: None)
-    tmp = None
-    data_dir = opts.data_dir
-    if data_dir is None:
-        tmp = tempfile.mkdtemp(prefix="parley-bench-offline-")
-        data_dir = Path(tmp)
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(bench(opts, data_dir, log))
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_bench(bench, opts, opts.data_dir, "parley-bench-offline-", log)
 
 
 def main(argv: list[str] | None = None) -> None:
-    tune_gc()
-    opts, as_json, quiet = parse_args(argv)
-
-    def log(msg: str) -> None:
-        if not quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    results = run(opts, log)
-    if as_json:
-        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(table(results))
-    if not results["ok"]:
-        sys.exit(1)
+    bench_main(parse_args, run, table, argv, failed=lambda results: not results["ok"])
 
 
 if __name__ == "__main__":
