@@ -25,17 +25,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.clients import kafka_security, started
 from services.common.config import Settings
+from services.common.state import CHECKS, REGISTRY
 from services.common.tasks import cancel_all
 
 log = logging.getLogger(__name__)
+
+
+def watch_consumers(
+    app: web.Application,
+    settings: Settings,
+    groups: Mapping[str, Sequence[str]],
+    running: asyncio.Event,
+    check: str = "consumer",
+) -> ConsumerLag:
+    """What every service that consumes Kafka has: its groups' lag sampled while the app
+    runs (:class:`ConsumerLag`), and ``/readyz`` failing ``check`` while ``running`` is
+    not set (the consumers are not consuming)."""
+    lag = ConsumerLag(settings, app[REGISTRY], groups)
+
+    async def sample_lag(_: web.Application) -> AsyncIterator[None]:
+        await lag.start()
+        yield
+        await lag.stop()
+
+    app.cleanup_ctx.append(sample_lag)
+
+    async def consuming() -> None:
+        if not running.is_set():
+            raise ConnectionError("consumer not running")
+
+    app[CHECKS][check] = consuming
+    return lag
 
 
 class ConsumerLag:

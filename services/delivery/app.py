@@ -13,9 +13,9 @@ from services.common.audit import AuditLog
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
-from services.common.consumer_lag import ConsumerLag
+from services.common.consumer_lag import watch_consumers
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
-from services.common.state import CHECKS, REGISTRY
+from services.common.state import REGISTRY
 from services.delivery.handlers import Inbox
 from services.delivery.moderation import Moderation
 from services.delivery.moderation_keys import ModerationKeys
@@ -44,7 +44,6 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     worker = Worker(settings, store, app[REGISTRY], producer, keys, acked=app[INBOX].acked)
     app[WORKER] = worker
     app[ROOM_LOG] = worker.room_log
-    lag = ConsumerLag(settings, app[REGISTRY], worker.groups())
 
     async def stop_worker(_: web.Application) -> AsyncIterator[None]:
         yield
@@ -65,13 +64,7 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     use_startup(app, start)
 
     if run_worker:
-
-        async def sample_lag(_: web.Application) -> AsyncIterator[None]:
-            await lag.start()
-            yield
-            await lag.stop()
-
-        app.cleanup_ctx.append(sample_lag)
+        watch_consumers(app, settings, worker.groups(), worker.running)
 
         async def moderation_upkeep(_: web.Application) -> AsyncIterator[None]:
             # Removals left part-way, and old removal records (services/delivery/moderation.py).
@@ -82,10 +75,4 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
                 await task
 
         app.cleanup_ctx.append(moderation_upkeep)
-
-        async def consuming() -> None:
-            if not worker.running.is_set():
-                raise ConnectionError("consumer not running")
-
-        app[CHECKS]["consumer"] = consuming
     return app

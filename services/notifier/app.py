@@ -9,9 +9,9 @@ from aiohttp import web
 from services.common.app import base_app
 from services.common.clients import service_db
 from services.common.config import Settings
-from services.common.consumer_lag import ConsumerLag
+from services.common.consumer_lag import watch_consumers
 from services.common.deps import use_mongo, use_redis, use_startup
-from services.common.state import CHECKS, MONGO, REGISTRY
+from services.common.state import MONGO, REGISTRY
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.state import NOTIFIER
 from services.notifier.store import NotifierStore
@@ -45,18 +45,5 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     use_startup(app, start)
 
     if run_worker:
-        lag = ConsumerLag(settings, app[REGISTRY], notifier.groups())
-
-        async def sample_lag(_: web.Application) -> AsyncIterator[None]:
-            await lag.start()
-            yield
-            await lag.stop()
-
-        app.cleanup_ctx.append(sample_lag)
-
-        async def consuming() -> None:
-            if not notifier.consuming.is_set():
-                raise ConnectionError("consumer not running")
-
-        app[CHECKS]["kafka"] = consuming
+        watch_consumers(app, settings, notifier.groups(), notifier.consuming, "kafka")
     return app

@@ -12,12 +12,12 @@ from services.common.audit import AuditLog
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics, service_db
 from services.common.config import Settings
-from services.common.consumer_lag import ConsumerLag
+from services.common.consumer_lag import watch_consumers
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.outbox import drain_forever
 from services.common.ratelimit import RateLimiter
 from services.common.room_gate import RoomGate
-from services.common.state import CHECKS, MONGO, REGISTRY
+from services.common.state import MONGO, REGISTRY
 from services.common.tasks import cancel_all
 from services.rooms import members
 from services.rooms.config import RoomsConfig
@@ -85,18 +85,5 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
     # notifier's are: its lag sampled from the broker, and ``/rooms/readyz`` failing
     # (``consumer``) while it is not running. Before 2026-12-07 it had neither: a stuck
     # consumer (private rooms' mentions never notified) showed nowhere.
-    lag = ConsumerLag(settings, app[REGISTRY], consumer.groups())
-
-    async def sample_lag(_: web.Application) -> AsyncIterator[None]:
-        await lag.start()
-        yield
-        await lag.stop()
-
-    app.cleanup_ctx.append(sample_lag)
-
-    async def consuming() -> None:
-        if not consumer.running.is_set():
-            raise ConnectionError("consumer not running")
-
-    app[CHECKS]["consumer"] = consuming
+    watch_consumers(app, settings, consumer.groups(), consumer.running)
     return app
