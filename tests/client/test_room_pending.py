@@ -10,6 +10,7 @@ tests/e2e/test_rooms_client.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,12 @@ class _RoomLog:
         }
 
 
-@pytest.fixture
-async def bob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
-    """A member's client, signed in as far as the room's receiving side needs."""
+@contextlib.asynccontextmanager
+async def room_member(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
+    """A member's client on ``data_dir``, signed in as far as a room's receiving side
+    needs (opened again on the same directory: the same store)."""
     async with Client(
-        "http://127.0.0.1:9", data_dir=tmp_path, passphrase="test passphrase", kdf=CHEAP_KDF
+        "http://127.0.0.1:9", data_dir=data_dir, passphrase="test passphrase", kdf=CHEAP_KDF
     ) as client:
         client.account.user_id = ME
         async with client.store.transaction() as tx:
@@ -76,6 +78,12 @@ async def bob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 
         monkeypatch.setattr(client.rooms, "_token", no_token)
         monkeypatch.setattr(client.messenger, "name_of", name_of)
+        yield client
+
+
+@pytest.fixture
+async def bob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
+    async with room_member(tmp_path, monkeypatch) as client:
         yield client
 
 

@@ -29,38 +29,22 @@ from parley.rooms import HELD_KEYS_KEPT, MAX_PENDING, held_key_max, room_convers
 from parley.store import KdfParams, Store
 from parley_contract import frames as f
 
-from tests.client.conftest import CHEAP_KDF
-from tests.client.test_room_pending import ME, ROOM, _give_key, _RoomLog, _texts, _use_log
+from tests.client.test_room_pending import (
+    ROOM,
+    _give_key,
+    _RoomLog,
+    _texts,
+    _use_log,
+    room_member,
+)
 
 ALICE, CAROL, HOSTILE = "a" * 32, "c" * 32, "h" * 32
 OTHER_ROOM = "e" * 24
 
 
-@contextlib.asynccontextmanager
-async def _member(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
-    """A member's client on ``data_dir``, signed in as far as a room's receiving side
-    needs (opened again on the same directory: the same store)."""
-    async with Client(
-        "http://127.0.0.1:9", data_dir=data_dir, passphrase="test passphrase", kdf=CHEAP_KDF
-    ) as client:
-        client.account.user_id = ME
-        async with client.store.transaction() as tx:
-            tx.put("device_id", 1)
-
-        async def no_token() -> None:
-            return None
-
-        async def name_of(user_id: str) -> str:
-            return user_id[:5]
-
-        monkeypatch.setattr(client.rooms, "_token", no_token)
-        monkeypatch.setattr(client.messenger, "name_of", name_of)
-        yield client
-
-
 @pytest.fixture
 async def bob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
-    async with _member(tmp_path, monkeypatch) as client:
+    async with room_member(tmp_path, monkeypatch) as client:
         yield client
 
 
@@ -228,7 +212,7 @@ async def test_a_store_with_the_old_list_rows_moves_them_when_it_opens(
         room=OTHER_ROOM, seq=1, server_id="f" * 24, from_=CAROL, from_device=7,
         body=b64encode(other.encrypt(b"elsewhere")), sent_at=1_700_000_000_001,
     )  # fmt: skip
-    async with _member(tmp_path, monkeypatch) as bob:
+    async with room_member(tmp_path, monkeypatch) as bob:
         rooms = bob.rooms
         async with bob.store.transaction() as tx:  # what the list-row client left
             tx.put(rooms._key("room_pending", ROOM), _legacy_items(log, ROOM))
@@ -243,7 +227,7 @@ async def test_a_store_with_the_old_list_rows_moves_them_when_it_opens(
             "WHERE key = 'room_pending:damaged'"
         )
 
-    async with _member(tmp_path, monkeypatch) as bob:
+    async with room_member(tmp_path, monkeypatch) as bob:
         db = bob.store._db
         left = [k for (k,) in db.execute("SELECT key FROM kv WHERE key LIKE 'room_pending:%'")]
         assert left == ["room_pending:damaged"]
@@ -257,7 +241,7 @@ async def test_a_store_with_the_old_list_rows_moves_them_when_it_opens(
         await bob.rooms.read_log(ROOM)
         assert [p["seq"] for p in bob.store.read().pending(ROOM)] == [1, 3, 5, 6]
 
-    async with _member(tmp_path, monkeypatch) as bob:  # opened again: the same
+    async with room_member(tmp_path, monkeypatch) as bob:  # opened again: the same
         assert [p["seq"] for p in bob.store.read().pending(ROOM)] == [1, 3, 5, 6]
         assert bob.rooms.pending(OTHER_ROOM) == 1
         _use_log(bob, log, monkeypatch)
