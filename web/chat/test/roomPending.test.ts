@@ -10,13 +10,11 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import type { ClientEvent, ParleyClient } from '../src/app/client.ts';
-import { MAX_PENDING, PENDING, skdPayload } from '../src/app/rooms.ts';
-import { b64encode, utf8 } from '../src/crypto/index.ts';
-import { GroupSession } from '../src/crypto/session.ts';
+import { MAX_PENDING, PENDING } from '../src/app/rooms.ts';
 import type * as W from '../src/generated/contract.ts';
 import { cleanUp, connected, reopen, until } from './support/clients.ts';
-import { type FakeServer, MemoryVault, type Peer } from './support/fakeServer.ts';
-import { teamRoom } from './support/rooms.ts';
+import { type FakeServer, MemoryVault } from './support/fakeServer.ts';
+import { chain, logReads, state, teamRoom, texts } from './support/rooms.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -28,18 +26,6 @@ afterEach(() => {
   PENDING.max = MAX_PENDING;
 });
 
-/** A member's chain in the room: its messages stored in the room's log, and its key. */
-async function chain(server: FakeServer, roomId: string, member: Peer) {
-  const group = await GroupSession.create(roomId);
-  const distribution = await group.distributionMessage(); // opens every message below
-  return {
-    /** `text` encrypted on the chain and stored in the log (not pushed). */
-    say: async (text: string): Promise<W.RoomMessage> => server.roomMessage(roomId, member.user.user_id, member.deviceId, await group.encrypt(utf8(text))),
-    /** The chain's key reaches bob's inbox (a pairwise control payload), pushed. */
-    key: async (): Promise<void> => void server.push(await member.message(server, skdPayload(roomId, b64encode(distribution)))),
-  };
-}
-
 /** Push room messages to bob's sockets, each taken (the cursor at it) before the next. */
 async function pushed(server: FakeServer, bob: ParleyClient, frames: W.RoomMessage[]): Promise<void> {
   for (const frame of frames) {
@@ -48,9 +34,6 @@ async function pushed(server: FakeServer, bob: ParleyClient, frames: W.RoomMessa
   }
 }
 
-const texts = (bob: ParleyClient, roomId: string) => bob.roomHistory(roomId).map((e) => (e.kind === 'message' ? e.text : `${e.kind}: ${e.text}`));
-const state = (bob: ParleyClient, roomId: string) => ({ pending: bob.roomPending(roomId), unkept: bob.roomUnkept(roomId), cursor: bob.roomCursor(roomId) });
-const logReads = (server: FakeServer, roomId: string) => server.logReads.filter(([room]) => room === roomId).map(([, after]) => after);
 
 /** The room's texts once `n` are shown and the cursor is at `cursor` (the read again done),
  * and still so a moment later (nothing shown twice by a late take); after `ms` without

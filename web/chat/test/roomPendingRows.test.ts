@@ -15,12 +15,10 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ParleyClient } from '../src/app/client.ts';
 import { distributionChars, migratePending, pendingIndex } from '../src/app/pending.ts';
 import { MAX_PENDING, PENDING, skdPayload } from '../src/app/rooms.ts';
-import { b64encode, utf8 } from '../src/crypto/index.ts';
-import { GroupSession } from '../src/crypto/session.ts';
 import type * as W from '../src/generated/contract.ts';
 import { cleanUp, connected, reopen, until } from './support/clients.ts';
-import { type FakeServer, MemoryVault, Peer } from './support/fakeServer.ts';
-import { teamRoom } from './support/rooms.ts';
+import { MemoryVault, Peer } from './support/fakeServer.ts';
+import { chain, logReads, state, teamRoom, texts } from './support/rooms.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -32,20 +30,6 @@ afterEach(() => {
   PENDING.max = MAX_PENDING;
 });
 
-/** A member's chain in the room (as test/roomPending.test.ts's). */
-async function chain(server: FakeServer, roomId: string, member: Peer) {
-  const group = await GroupSession.create(roomId);
-  const distribution = await group.distributionMessage();
-  return {
-    say: async (text: string): Promise<W.RoomMessage> => server.roomMessage(roomId, member.user.user_id, member.deviceId, await group.encrypt(utf8(text))),
-    key: async (): Promise<void> => void server.push(await member.message(server, skdPayload(roomId, b64encode(distribution)))),
-    distribution: b64encode(distribution),
-  };
-}
-
-const texts = (bob: ParleyClient, roomId: string) => bob.roomHistory(roomId).map((e) => (e.kind === 'message' ? e.text : `${e.kind}: ${e.text}`));
-const state = (bob: ParleyClient, roomId: string) => ({ pending: bob.roomPending(roomId), unkept: bob.roomUnkept(roomId), cursor: bob.roomCursor(roomId) });
-const logReads = (server: FakeServer, roomId: string) => server.logReads.filter(([room]) => room === roomId).map(([, after]) => after);
 const vaultOf = (bob: ParleyClient) => bob.vault as unknown as MemoryVault;
 const rowsOf = (bob: ParleyClient) => MemoryVault.stores.get(bob.vault.username) as Map<string, string>;
 

@@ -2,7 +2,9 @@
  * Private rooms on test/support/fakeServer.ts, as the tests of room sends set them up.
  */
 import type { ParleyClient } from '../../src/app/client.ts';
-import { deviceDigest } from '../../src/app/rooms.ts';
+import { deviceDigest, skdPayload } from '../../src/app/rooms.ts';
+import { b64encode, utf8 } from '../../src/crypto/index.ts';
+import { GroupSession } from '../../src/crypto/session.ts';
 import type * as W from '../../src/generated/contract.ts';
 import { connected, people } from './clients.ts';
 import type { FakeServer, Peer } from './fakeServer.ts';
@@ -39,3 +41,22 @@ export async function carolJoinsMidRead(
   const lists = [{ user: bob.me, devices: [] }, { user: A, devices: [1] }, { user: C, devices: [1] }];
   return { A, C, want, devicesChanged: { op: 'error', code: 'devices_changed', message: 'The room has other devices.', devices: lists } };
 }
+
+/** A member's chain in the room `roomId`: its messages stored in the room's log, and
+ * its key (test/roomPending*.test.ts). */
+export async function chain(server: FakeServer, roomId: string, member: Peer) {
+  const group = await GroupSession.create(roomId);
+  const distribution = await group.distributionMessage(); // opens every message below
+  return {
+    /** `text` encrypted on the chain and stored in the log (not pushed). */
+    say: async (text: string): Promise<W.RoomMessage> => server.roomMessage(roomId, member.user.user_id, member.deviceId, await group.encrypt(utf8(text))),
+    /** The chain's key reaches bob's inbox (a pairwise control payload), pushed. */
+    key: async (): Promise<void> => void server.push(await member.message(server, skdPayload(roomId, b64encode(distribution)))),
+    distribution: b64encode(distribution),
+  };
+}
+
+/** A room's history as text lines, its pending state, and the log reads made of it. */
+export const texts = (bob: ParleyClient, roomId: string) => bob.roomHistory(roomId).map((e) => (e.kind === 'message' ? e.text : `${e.kind}: ${e.text}`));
+export const state = (bob: ParleyClient, roomId: string) => ({ pending: bob.roomPending(roomId), unkept: bob.roomUnkept(roomId), cursor: bob.roomCursor(roomId) });
+export const logReads = (server: FakeServer, roomId: string) => server.logReads.filter(([room]) => room === roomId).map(([, after]) => after);
