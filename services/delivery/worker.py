@@ -136,7 +136,11 @@ class Worker:
         self.topics = Topics(settings)
         self.group = f"{settings.topic_prefix}delivery"
         self._tasks: list[asyncio.Task[None]] = []
+        # Set while every consumer task (messages, events, rooms) is consuming: the
+        # ``consumer`` readiness check (services/common/consumer_lag.py).
         self.running = asyncio.Event()
+        self._consuming: set[int] = set()
+        self._consumers = 0
         self._known_pairs: set[tuple[str, str]] = set()
         # Pairs stored but not yet recorded in MongoDB (an ordered set), written
         # beside the batches, never in their way (_flush_contacts).
@@ -223,6 +227,10 @@ class Worker:
             registry=registry,
         )
         store.hot.replicas.on_short = self.unconfirmed.inc
+        # Batches waiting for a server now (every consumer's): the gauge is 1 while any
+        # does. One flag set and cleared by each batch made a private room's batch
+        # waiting on MongoDB look like no wait as soon as any 1:1 batch succeeded.
+        self._waiters = 0
         self.down: list[str] = []
         self.batch_size = Histogram(
             "parley_delivery_batch_size", "Records per processed batch.",
@@ -266,13 +274,17 @@ class Worker:
         # Several consumers of the group in one process: each owns some
         # partitions, and their batches overlap (one computes while another
         # waits on MongoDB), where one consumer would leave both idle in turn.
+        runs = [(self.topics.messages, self.messages, "")] * self.settings.delivery_consumers
+        runs += [
+            (self.topics.events, self.events, "-events"),
+            (self.topics.room_messages, self.rooms, "-rooms"),
+        ]
+        self._consumers = len(runs)
         self._tasks = [
-            asyncio.create_task(self._run(self.topics.messages, self.messages, ""))
-            for _ in range(self.settings.delivery_consumers)
+            asyncio.create_task(self._run(topic, stage, suffix, slot))
+            for slot, (topic, stage, suffix) in enumerate(runs)
         ]
         self._tasks += [
-            asyncio.create_task(self._run(self.topics.events, self.events, "-events")),
-            asyncio.create_task(self._run(self.topics.room_messages, self.rooms, "-rooms")),
             asyncio.create_task(self._purge_loop()),
             asyncio.create_task(self._persist_loop()),
         ]
@@ -288,7 +300,19 @@ class Worker:
     async def stop(self) -> None:
         await cancel_all([*self._tasks, *filter(None, [self._contacts_task, self._warm_task])])
 
-    async def _run(self, topic: str, stage: Stage[Any], suffix: str) -> None:
+    def _consuming_now(self, slot: int, up: bool) -> None:
+        """Consumer ``slot`` is up or not: ``running`` is set while all of them are (one
+        that fails and restarts for ever is not ready, whichever it is)."""
+        if up:
+            self._consuming.add(slot)
+        else:
+            self._consuming.discard(slot)
+        if len(self._consuming) == self._consumers:
+            self.running.set()
+        else:
+            self.running.clear()
+
+    async def _run(self, topic: str, stage: Stage[Any], suffix: str, slot: int = 0) -> None:
         delay = 0.2
         while True:
             consumer: AIOKafkaConsumer | None = None
@@ -299,8 +323,7 @@ class Worker:
                     max_poll_records=self.settings.delivery_batch_max,
                 )  # fmt: skip
                 await started(consumer)
-                if topic == self.topics.messages:
-                    self.running.set()
+                self._consuming_now(slot, True)
                 delay = 0.2
                 if topic == self.topics.messages:
                     await self._consume_messages(consumer, stage)
@@ -315,6 +338,10 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
+                # Not consuming until it has started again (before 2026-12-07 the flag
+                # was set by the first start and never cleared: a consumer failing for
+                # ever was reported ready).
+                self._consuming_now(slot, False)
                 if consumer is not None:
                     await stop_consumer(consumer)
 
@@ -550,38 +577,53 @@ class Worker:
     async def _attempt(self, handler: Handler, records: list[Decoded]) -> BaseException | None:
         """Try ``records`` until they succeed (None) or fail too often (the last error)."""
         delay, failures = 0.1, 0
-        while True:
-            try:
-                await handler(records)
-            except (asyncio.CancelledError, HotInboxLost):
-                raise
-            except Exception as exc:
-                down = await self._unavailable(exc)
-                if down:
-                    if down != self.down:
-                        extra = {"down": down, "error": repr(exc)}
-                        log.warning("waiting for the store", extra=extra)
-                    self.down = down
-                    self.waiting.set(1)
-                    for server in down:
-                        self.store_waits.labels(server).inc()
-                else:
-                    failures += 1
-                    self.retries.inc()
-                    log.warning(
-                        "batch failed; retrying",
-                        extra={"error": repr(exc), "records": len(records), "attempt": failures},
-                    )
-                    if failures >= self.settings.delivery_max_attempts:
-                        return exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self.down:
-                log.info("store reachable again", extra={"was_down": self.down})
-            self.down = []
-            self.waiting.set(0)
-            return None
+        waiting = recovered = False
+        try:
+            while True:
+                try:
+                    await handler(records)
+                except (asyncio.CancelledError, HotInboxLost):
+                    raise
+                except Exception as exc:
+                    down = await self._unavailable(exc)
+                    if not down:
+                        failures += 1
+                        self._failed(exc, records, failures)
+                        if failures >= self.settings.delivery_max_attempts:
+                            return exc
+                    else:
+                        if not waiting:
+                            waiting = True
+                            self._waiters += 1
+                        self._waiting_for(down, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                recovered = True
+                return None
+        finally:
+            if waiting:
+                self._waiters -= 1
+                if not self._waiters:
+                    if recovered:
+                        log.info("store reachable again", extra={"was_down": self.down})
+                    self.down = []
+                    self.waiting.set(0)
+
+    def _waiting_for(self, down: list[str], exc: BaseException) -> None:
+        if down != self.down:
+            log.warning("waiting for the store", extra={"down": down, "error": repr(exc)})
+        self.down = down
+        self.waiting.set(1)
+        for server in down:
+            self.store_waits.labels(server).inc()
+
+    def _failed(self, exc: BaseException, records: list[Decoded], attempt: int) -> None:
+        self.retries.inc()
+        log.warning(
+            "batch failed; retrying",
+            extra={"error": repr(exc), "records": len(records), "attempt": attempt},
+        )
 
     async def _unavailable(self, exc: BaseException) -> list[str]:
         """The servers a failed attempt waits for (none: it counts as a failure).

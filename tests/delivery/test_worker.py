@@ -95,6 +95,85 @@ async def test_an_outage_waits_without_counting_attempts() -> None:
     assert worker.down == [] and worker.waiting._value.get() == 0
 
 
+async def test_the_gauge_stays_up_while_any_batch_waits() -> None:
+    """A private room's batch waiting on MongoDB while 1:1 batches succeed: the gauge
+    (ParleyDeliveryWaitingForStore) stays 1 until the waiting batch is through. One
+    flag set by each batch's success read 0 within a second of the outage."""
+    worker, store, _ = make_worker(delivery_max_attempts=1)
+    mongo_back, failed_once = asyncio.Event(), asyncio.Event()
+    store.down = [["mongo"]] * 100
+
+    async def room_batch(records: list[Any]) -> None:
+        if not mongo_back.is_set():
+            failed_once.set()
+            raise AutoReconnect("mongo down")
+
+    async def one_to_one(records: list[Any]) -> None:
+        return None
+
+    waiting = asyncio.create_task(worker._process(room_batch, [(record(b"r"), None)]))
+    await asyncio.wait_for(failed_once.wait(), 30)
+    await asyncio.sleep(0)  # the failure handled: waiting, its sleep begun
+    assert worker.waiting._value.get() == 1
+    for i in range(5):
+        await worker._process(one_to_one, [(record(b"m%d" % i), None)])
+        assert worker.waiting._value.get() == 1, "a 1:1 batch's success hid the wait"
+    mongo_back.set()
+    await asyncio.wait_for(waiting, 30)
+    assert worker.waiting._value.get() == 0 and worker.down == []
+
+
+async def test_ready_only_while_every_consumer_consumes(monkeypatch: Any) -> None:
+    """``running`` (the ``consumer`` readiness check) is set while every consumer task is
+    consuming and cleared while any fails and restarts. It was set by the messages
+    consumer's first start and never cleared: a consumer failing for ever was ready."""
+    import services.delivery.worker as worker_module
+
+    worker, _, _ = make_worker(delivery_consumers=2)
+    started_slots: list[str] = []
+    failing = {"-rooms"}
+    retried = asyncio.Event()
+
+    async def no_topics(*_: Any) -> None:
+        return None
+
+    def consumer(settings: Any, topics: list[str], group: str, **_: Any) -> str:
+        return group
+
+    async def started(group: str) -> None:
+        started_slots.append(group)
+        if sum(g.endswith("-rooms") for g in started_slots) >= 3:  # failed, retried twice
+            retried.set()
+        if any(group.endswith(s) for s in failing):
+            raise ConnectionError("coordinator unavailable")
+
+    async def stop(_: str) -> None:
+        return None
+
+    async def consume(self: Worker, group: Any, stage: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def forever(self: Worker) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(worker_module, "ensure_topics", no_topics)
+    monkeypatch.setattr(worker_module, "kafka_consumer", consumer)
+    monkeypatch.setattr(worker_module, "started", started)
+    monkeypatch.setattr(worker_module, "stop_consumer", stop)
+    monkeypatch.setattr(Worker, "_consume", consume)
+    monkeypatch.setattr(Worker, "_consume_messages", consume)
+    monkeypatch.setattr(Worker, "_purge_loop", forever)
+    monkeypatch.setattr(Worker, "_persist_loop", forever)
+    await worker.start()
+    try:
+        await asyncio.wait_for(retried.wait(), 30)
+        assert not worker.running.is_set()
+        failing.clear()  # the coordinator is back: the next retry starts it
+        await asyncio.wait_for(worker.running.wait(), 30)
+    finally:
+        await worker.stop()
+
+
 async def test_malformed_envelopes_are_dead_lettered_with_their_reason() -> None:
     worker, _, producer = make_worker()
 
