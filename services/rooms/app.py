@@ -19,7 +19,7 @@ from services.common.ratelimit import RateLimiter
 from services.common.room_gate import RoomGate
 from services.common.state import MONGO, REGISTRY
 from services.common.tasks import cancel_all
-from services.rooms import members
+from services.rooms import members, timeline
 from services.rooms.config import RoomsConfig
 from services.rooms.events import EventPublisher
 from services.rooms.metrics import RoomsMetrics
@@ -71,9 +71,13 @@ async def create_app(settings: Settings, config: RoomsConfig | None = None) -> w
             lambda: members.finish_handovers(rooms, config.outbox_lease_s),
             config.outbox_interval_s, "hand-overs",
         )  # fmt: skip
+        # Public posts' announcements their writers did not make (services.rooms.timeline).
+        announcements = drain_forever(
+            lambda: timeline.announce_due(rooms), config.outbox_interval_s, "announcements"
+        )
         tasks = [
             asyncio.create_task(rooms.events.run()), asyncio.create_task(consumer.run()),
-            asyncio.create_task(handovers),
+            asyncio.create_task(handovers), asyncio.create_task(announcements),
         ]  # fmt: skip
         yield
         await cancel_all(tasks)

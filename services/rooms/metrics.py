@@ -38,7 +38,9 @@ class RoomsMetrics:
         )  # fmt: skip
         self.messages = Counter(
             "parley_rooms_messages_total",
-            "Messages posted to public rooms, by result (stored, duplicate), and their changes"
+            "Messages posted to public rooms, by result (stored, duplicate; announced_late: its"
+            " mentions and push made by the sweep, its writer having failed or died), and their"
+            " changes"
             " (edited, edited_by_moderator, removed_by_moderator, deleted_by_author).",
             ["result"], registry=registry,
         )  # fmt: skip

@@ -26,6 +26,7 @@ no notification had: ``unread`` counted it for good.)
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from parley_contract import frames as f
@@ -61,10 +62,20 @@ def frame(doc: Doc) -> f.Notification:
 
 
 async def _write(rooms: Rooms, draft: Doc, kind: Kind) -> Doc | None:
+    """:func:`_write_held`, its notice sent at once."""
+    written = await _write_held(rooms, draft, kind)
+    if written is None:
+        return None
+    doc, held = written
+    await rooms.events.release(held)
+    return doc
+
+
+async def _write_held(rooms: Rooms, draft: Doc, kind: Kind) -> tuple[Doc, Held] | None:
     """Write the notification ``draft`` (without ``_id`` and ``n``) under its user's next
-    number, its notice for the notifier held in the outbox first (sent once it is
-    written, dropped if it never was); None if the same mention (``key``) has its
-    notification already.
+    number, its notice for the notifier held in the outbox first (to be sent by the
+    caller once it is written; dropped if it never was); None if the same mention
+    (``key``) has its notification already.
 
     No cap on the tries: a number is lost only to another notification written there
     (a notification exists at ``n`` only once every number below it has one, so the
@@ -79,12 +90,7 @@ async def _write(rooms: Rooms, draft: Doc, kind: Kind) -> Doc | None:
     not thousands of lost tries. The notice is sent after the lock (Kafka's ack can
     take seconds)."""
     async with rooms.notifying(str(draft["user"])):
-        written = await _insert_next(rooms, draft, kind)
-    if written is None:
-        return None
-    doc, held = written
-    await rooms.events.release(held)
-    return doc
+        return await _insert_next(rooms, draft, kind)
 
 
 async def _insert_next(rooms: Rooms, draft: Doc, kind: Kind) -> tuple[Doc, Held] | None:
@@ -117,7 +123,7 @@ async def _push(rooms: Rooms, docs: list[Doc]) -> None:
 async def mentioned(rooms: Rooms, room: Doc, msg: Doc, users: list[str]) -> None:
     """One notification per mentioned user of a public room's message (the sender and
     the poster excluded by the caller)."""
-    made = []
+    made: list[tuple[Doc, Held]] = []
     for user_id in users:
         draft = {
             "user": user_id, "key": f"{user_id}|m|{room['_id']}|{msg['seq']}",
@@ -125,9 +131,14 @@ async def mentioned(rooms: Rooms, room: Doc, msg: Doc, users: list[str]) -> None
             "message_seq": msg["seq"], "sender": msg["sender"],
             "excerpt": text.excerpt(msg["text"]), "at": msg["sent_at"],
         }  # fmt: skip
-        if (doc := await _write(rooms, draft, "public")) is not None:
-            made.append(doc)
-    await _push(rooms, made)
+        if (written := await _write_held(rooms, draft, "public")) is not None:
+            made.append(written)
+    await _push(rooms, [doc for doc, _ in made])
+    # The notices side by side, after the push: each waits for Kafka's ack (up to 5 s
+    # while the broker is away; the outbox sends it later), and one after another a
+    # post mentioning 20 users answered after 100 s, past HAProxy's timeout (a 504 for
+    # a stored post).
+    await asyncio.gather(*(rooms.events.release(held) for _, held in made))
 
 
 async def mentioned_private(

@@ -41,6 +41,10 @@ numbered slots whose counter says how far to read:
                    private room's mention made before 2026-12-07 (read only).
 ``outbox``         events and notices not yet confirmed by Kafka
                    (services.rooms.events).
+``announcements``  ``_id`` ``"<room>|<seq>"``: a public room's message with
+                   mentions whose announcement is not yet known made: ``due``
+                   (when a sweep may take it over), ``at`` (written).
+                   Deleted once it is (services.rooms.timeline).
 
 Numbers in ids are fixed-width decimals, so ids sort in numeric order. User
 and room ids hold no ``|``.
@@ -135,6 +139,7 @@ class RoomStore:
         self.revisions: AsyncCollection[Doc] = db["revisions"]
         self.notifications: AsyncCollection[Doc] = db["notifications"]
         self.outbox = Outbox(db["outbox"])
+        self.announcements: AsyncCollection[Doc] = db["announcements"]
         self.mention_claims: AsyncCollection[Doc] = db["mention_claims"]
         self.handovers: AsyncCollection[Doc] = db["handovers"]
         self.kafka = kafka
@@ -148,6 +153,7 @@ class RoomStore:
         none); everything else is found by ``_id``."""
         await self.outbox.ensure_indexes()
         await self.notifications.create_index("key", unique=True, sparse=True)
+        await self.announcements.create_index("due")
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -539,6 +545,28 @@ class RoomStore:
             {"$set": {"unannounced": now}},
         )
         return doc is not None
+
+    async def hold_announcement(self, room_id: str, seq: int, due_s: float) -> None:
+        """Record that the message at ``seq`` is to be announced (before it is written): a
+        sweep takes the announcement over from ``due_s`` (epoch seconds) if it is still
+        not made then."""
+        now = time.time()
+        await self.announcements.update_one(
+            {"_id": message_id(room_id, seq)},
+            {"$set": {"room": room_id, "seq": seq, "due": due_s}, "$setOnInsert": {"at": now}},
+            upsert=True,
+        )
+
+    async def drop_announcement(self, room_id: str, seq: int) -> None:
+        await self.announcements.delete_one({"_id": message_id(room_id, seq)})
+
+    async def lease_announcement(self, lease_s: float) -> Doc | None:
+        """The next due announcement record, leased for ``lease_s`` (one sweep takes it)."""
+        now = time.time()
+        return await self.announcements.find_one_and_update(
+            {"due": {"$lte": now}}, {"$set": {"due": now + lease_s}},
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
 
     async def insert_messages(self, docs: list[Doc]) -> None:
         """Many at once (tests and imports seed timelines this way)."""

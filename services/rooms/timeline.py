@@ -15,7 +15,13 @@ written marked ``unannounced`` (when its announcement was taken) until that is
 done: a post whose announcement failed (given up: at once) or whose process
 died after writing it (after ``ANNOUNCE_LEASE_MS``) is announced by one resend
 (answered ``duplicate``; copies sent while the writer is at it announce
-nothing); one nobody resends stays unannounced (the timeline is the record).
+nothing), or, for a message with mentions, by the sweep (:func:`announce_due`):
+its writer records it in ``announcements`` before writing it and deletes the
+record once the announcement is made, and any replica's sweep takes over a
+record still there past ``ANNOUNCE_LEASE_MS``. Before 2026-12-07 only a resend
+did, and a client's retry comes within seconds, inside the lease: answered
+``duplicate``, it stopped, and the mentions were never made. A message without
+mentions that nobody resends stays unannounced: its push only says "look now".
 
 A number taken and not yet written is **in flight**, not a hole: a page from
 the newest leaves out in-flight numbers above its first message (they are
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 from parley_contract import frames as f
 
@@ -50,13 +57,16 @@ from services.common.audit import Actor, Entry
 from services.common.errors import ApiError, ErrorCode
 from services.rooms import mentions, models, notifications, push, text
 from services.rooms.config import PAGE_MAX, TEXT_MAX
-from services.rooms.rooms import PRIVATE, member_of, require_open, visible
+from services.rooms.rooms import PRIVATE, deleted, member_of, require_open, visible
 from services.rooms.state import Rooms
 from services.rooms.store import Doc, message_id, now_ms
 
 # How long a post's writer has to announce it (mentions, push) before a resend of it
 # takes the announcement over (the writer failed or died).
 ANNOUNCE_LEASE_MS = 60_000
+# A sweep's record of a message never written (its writer died before the insert and
+# no resend came: a resend writes and announces it itself) is dropped after this long.
+UNWRITTEN_KEPT_S = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +210,7 @@ async def store_post(
                 # (copies sent while the writer is still at it announce nothing: each
                 # was a push to every member and a write per mention). Not an edited or
                 # removed message: it goes out as it was first sent or not at all.
-                if int(stored.get("rev", 1)) == 1 and not stored.get("marker"):
-                    await _announce_or_release(rooms, room, stored)
-                else:
-                    await store.mark_announced(room_id, int(stored["seq"]))
+                await _take_over(rooms, room, stored)
             return _repeat(rooms, stored)
         if stored is None:
             # Its writer died between taking the client id and writing the message:
@@ -226,6 +233,8 @@ async def store_post(
         seq = await _number(rooms, room_id, key, body.client_id, moved_from)
     for _ in range(RENUMBER_MAX):
         doc = {**draft, "_id": message_id(room_id, seq), "seq": seq}
+        if mentioned:  # its mentions are made even if this process dies now: the sweep
+            await store.hold_announcement(room_id, seq, time.time() + ANNOUNCE_LEASE_MS / 1000)
         if await store.insert_message(doc):
             break
         stored = await store.get_message(room_id, seq)
@@ -239,6 +248,7 @@ async def store_post(
         raise ApiError(ErrorCode.CONFLICT, "The message could not be numbered; send it again.")
     rooms.metrics.messages.labels("stored").inc()
     await _announce_or_release(rooms, room, doc)
+    await _announced(rooms, doc)
     if as_moderator:
         await rooms.audit.record(
             Entry(
@@ -259,6 +269,52 @@ async def _announce_or_release(rooms: Rooms, room: Doc, doc: Doc) -> None:
         with contextlib.suppress(Exception):
             await rooms.store.release_announcement(str(doc["room"]), int(doc["seq"]))
         raise
+
+
+async def _take_over(rooms: Rooms, room: Doc | None, doc: Doc) -> None:
+    """Announce ``doc``, whose announcement was just taken over from a writer that failed
+    or died (a resend, or the sweep). Not an edited or removed message, nor one of a
+    deleted room: it goes out as it was first sent or not at all."""
+    first = int(doc.get("rev", 1)) == 1 and not doc.get("marker")
+    if room is not None and not deleted(room) and first:
+        await _announce_or_release(rooms, room, doc)
+    else:
+        await rooms.store.mark_announced(str(doc["room"]), int(doc["seq"]))
+    await _announced(rooms, doc)
+
+
+async def _announced(rooms: Rooms, doc: Doc) -> None:
+    """The announcement is made: its sweep record goes (one left behind is dropped by the
+    sweep, which finds the message announced)."""
+    if doc.get("mentions"):
+        with contextlib.suppress(Exception):
+            await rooms.store.drop_announcement(str(doc["room"]), int(doc["seq"]))
+
+
+async def announce_due(rooms: Rooms) -> int:
+    """Take over and make the announcements whose writers have not made them within
+    ``ANNOUNCE_LEASE_MS`` (they died, or failed and no resend came); returns how many.
+    Each record is leased first, so that one replica's sweep has it; one whose
+    announcement fails now is due again after the lease."""
+    store = rooms.store
+    made = 0
+    while (record := await store.lease_announcement(ANNOUNCE_LEASE_MS / 1000)) is not None:
+        room_id, seq = str(record["room"]), int(record["seq"])
+        doc = await store.get_message(room_id, seq)
+        if doc is None:
+            # Not written (yet): its writer may still insert it, or a resend will.
+            if time.time() - float(record.get("at") or 0) > UNWRITTEN_KEPT_S:
+                await store.drop_announcement(room_id, seq)
+            continue
+        if doc.get("hole") or doc.get("unannounced") is None:
+            await store.drop_announcement(room_id, seq)  # announced, or no message here
+            continue
+        if not await store.take_announcement(room_id, seq, ANNOUNCE_LEASE_MS):
+            continue  # its writer (or a resend) has it still: due again after the lease
+        await _take_over(rooms, await store.get_room(room_id), doc)
+        rooms.metrics.messages.labels("announced_late").inc()
+        made += 1
+    return made
 
 
 async def _announce(rooms: Rooms, room: Doc, doc: Doc) -> None:

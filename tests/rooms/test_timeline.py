@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.rooms import notifications, push
+from services.rooms import notifications, push, timeline
 from services.rooms.state import KeyedLocks
 from services.rooms.store import message_id
 from tests.rooms.conftest import TEST_CONFIG, RoomsApi, RoomsFactory
@@ -443,3 +443,117 @@ async def test_copies_of_a_post_sent_while_it_is_announced_announce_nothing(
     assert status == 201 and body["duplicate"] is False
     assert pushed == [body["seq"]]
     assert len((await api.notifications(bob))[1]["notifications"]) == 1
+
+
+async def test_a_mention_whose_writer_died_is_announced_by_the_sweep(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding (2026-12-07): a post's writer killed after storing it and before its
+    mentions were made; the client's own retry came within seconds, inside the lease,
+    was answered ``duplicate`` and stopped: nobody was ever notified. Now the writer
+    records the announcement before the message, and the sweep of any replica takes
+    over a record still there past the lease: one notification, one push, once."""
+    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
+    room = await api.room(owner)
+    await api.join(bob, room)
+    store = api.rooms.store
+    pushed: list[int] = []
+    room_post = push.room_post
+
+    async def counted(store: Any, pusher: Any, room_doc: Any, frame: Any) -> int:
+        pushed.append(frame.seq)
+        return await room_post(store, pusher, room_doc, frame)
+
+    async def killed(*_: Any) -> None:
+        raise RuntimeError("the process is killed here: nothing after it runs")
+
+    monkeypatch.setattr(push, "room_post", counted)
+    announce = timeline._announce_or_release
+    monkeypatch.setattr(timeline, "_announce_or_release", killed)
+    text = f"hi @{api.username(bob)}"
+    assert (await api.post(owner, room, text, client_id="c1"))[0] == 500
+    monkeypatch.setattr(timeline, "_announce_or_release", announce)  # a live replica
+    status, again = await api.post(owner, room, text, client_id="c1")  # the client's retry
+    assert status == 201 and again["duplicate"] is True
+    assert (await api.notifications(bob))[1]["notifications"] == [] and pushed == []
+    # Nothing is due within the lease: the writer may still be at it.
+    assert await timeline.announce_due(api.rooms) == 0
+    # The lease passes.
+    at = message_id(room, again["seq"])
+    await store.announcements.update_one({"_id": at}, {"$set": {"due": 0}})
+    await store.messages.update_one({"_id": at}, {"$set": {"unannounced": 1}})
+    assert await timeline.announce_due(api.rooms) == 1
+    _, page = await api.notifications(bob)
+    assert [n["message_seq"] for n in page["notifications"]] == [again["seq"]]
+    assert pushed == [again["seq"]]
+    assert await store.announcements.count_documents({}) == 0
+    assert "unannounced" not in (await store.get_message(room, again["seq"]) or {})
+    assert await timeline.announce_due(api.rooms) == 0  # once
+    assert len((await api.notifications(bob))[1]["notifications"]) == 1
+
+
+async def test_the_sweep_records_only_what_is_unannounced(api: RoomsApi) -> None:
+    """A post announced by its writer leaves no record; one without mentions writes none;
+    a record whose message was never written (its writer died before the insert, no
+    resend came) is dropped after ``UNWRITTEN_KEPT_S``, kept before."""
+    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
+    room = await api.room(owner)
+    await api.join(bob, room)
+    store = api.rooms.store
+    assert (await api.post(owner, room, f"hi @{api.username(bob)}"))[0] == 201
+    assert (await api.post(owner, room, "no one named"))[0] == 201
+    assert await store.announcements.count_documents({}) == 0
+    await store.hold_announcement(room, 99, 0)
+    assert await timeline.announce_due(api.rooms) == 0
+    assert await store.announcements.count_documents({}) == 1  # its writer may be slow
+    await store.announcements.update_one(
+        {"_id": message_id(room, 99)}, {"$set": {"due": 0, "at": 0}}
+    )
+    assert await timeline.announce_due(api.rooms) == 0
+    assert await store.announcements.count_documents({}) == 0
+
+
+async def test_a_posts_notices_wait_for_kafka_side_by_side(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding (2026-12-07): with the broker away each notice waited for its ack (5
+    s) one after another: a post mentioning 20 users answered after 100 s, past
+    HAProxy's timeout, a 504 for a stored post. The notices go side by side now, after
+    the push; the outbox sends what Kafka did not take."""
+    owner = api.user()
+    named = [api.user(f"m{i}{api.user()[:5]}") for i in range(4)]
+    room = await api.room(owner)
+    for user in named:
+        await api.join(user, room)
+    store = api.rooms.store
+    in_flight, most = 0, 0
+    all_waiting = asyncio.Event()
+    order: list[str] = []
+    frames = notifications._push
+
+    async def counted(rooms: Any, docs: Any) -> None:
+        order.append("frames")
+        await frames(rooms, docs)
+
+    async def broker_away(key: str, value: bytes, headers: Any, topic: Any = None) -> bool:
+        nonlocal in_flight, most
+        order.append("notice")
+        in_flight += 1
+        most = max(most, in_flight)
+        if in_flight == len(named):
+            all_waiting.set()
+        try:  # the ack never comes; held until every notice waits (or a timeout)
+            await asyncio.wait_for(all_waiting.wait(), 2)
+        except TimeoutError:
+            pass
+        in_flight -= 1
+        return False
+
+    monkeypatch.setattr(notifications, "_push", counted)
+    monkeypatch.setattr(store, "send_event", broker_away)
+    text = "hi " + " ".join(f"@{api.username(u)}" for u in named)
+    status, body = await api.post(owner, room, text)
+    assert status == 201 and sorted(body["mentions"]) == sorted(named)
+    assert most == len(named), f"notices waited one after another (at most {most} at once)"
+    assert order[0] == "frames"  # the online users are told first
+    assert await store.outbox.size() == len(named)  # kept for the drain to send
