@@ -2,8 +2,12 @@
 
 The look-up answers to a username or a user id, in any case, and returns the
 canonical user id; rooms never stores what a client wrote. Found users are
-cached for ``user_cache_s`` (usernames do not change); unknown ones are not
-cached, so a user who signs up is mentionable at once.
+cached for ``user_cache_s``; unknown ones are not cached, so a user who signs
+up is mentionable at once. A username changes only when an admin renames its
+user (``PATCH /auth/v1/admin/users/{id}``): for up to ``user_cache_s`` after,
+``@old`` still names the renamed user in this process, even if someone new
+signed up as ``old`` meanwhile (a mention is then made to the renamed user,
+whom the writer meant a minute before). Ids never change.
 """
 
 from __future__ import annotations
