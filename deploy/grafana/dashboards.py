@@ -35,15 +35,18 @@ HERE = Path(__file__).resolve().parent
 DS = DataSourceRef(type_val="prometheus", uid="prometheus")
 R = "$__rate_interval"
 SERVICES = ("auth", "keys", "gateway", "delivery", "web", "rooms", "notifier")
-# Operational routes and the WebSocket (a "request" as long as its connection)
-# are left out of latency: they would hide the routes users wait for.
 # Messages delivered: items acknowledged, by delivery or by a gateway's direct ack
 # (docs/delivery.md, "Acks"); ``or vector(0)``: a side with no series yet is 0.
 DELIVERED = (
     f"(sum(rate(parley_delivery_acked_total[{R}])) or vector(0))"
     f" + (sum(rate(parley_gateway_acked_total[{R}])) or vector(0))"
 )
-NOT_TIMED = 'route!~"/ws|.*/(healthz|readyz|metrics)"'
+# Operational routes (the probes: HAProxy's /healthz, the ALB's /startedz, /readyz,
+# Prometheus's /metrics) and the WebSocket (a "request" as long as its connection,
+# served as /ws and /gateway/ws) are left out of latency: they would hide the routes
+# users wait for. The same filter as the HTTP alerts of deploy/prometheus/alerts.yml;
+# Prometheus anchors the regex, so each route must match it whole.
+NOT_TIMED = 'route!~"(/gateway)?/ws|.*/(healthz|startedz|readyz|metrics)"'
 TAGS = ["parley"]
 
 
@@ -208,7 +211,7 @@ def overview() -> dict[str, Any]:
                  f" or sum by (service) (rate(parley_http_requests_total[{R}])) * 0",
                  "{{service}}"),), "percentunit", width=8),
             P("Latency p99", "99th percentile of HTTP latency per service, operational "
-              "routes and /ws left out. Alert: ParleyHighP99Latency above 500 ms.",
+              "routes and the WebSocket left out. Alert: ParleyHighP99Latency above 500 ms.",
               (Q(f"histogram_quantile(0.99, sum by (service, le) (rate("
                  f"parley_http_request_duration_seconds_bucket{{{NOT_TIMED}}}[{R}])))",
                  "{{service}}"),), "s", width=8),

@@ -9,7 +9,9 @@ The caller's user id lives in another (:data:`user_id_var`): the route
 decorator sets it once the token is verified, the gateway once a socket is
 authenticated, and every line logged meanwhile carries ``user_id``. Lines
 about one message add ``message_id`` (the server id) themselves. What never
-goes into a log line: a token, a password, a code, a message body.
+goes into a log line: a token, a password, a code, a message body, a header
+(aiohttp's own lines about a request it cannot parse quote its bytes:
+:class:`BadRequestFilter` keeps only the error's type).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import BadHttpMessage
 
 REQUEST_ID_HEADER = "X-Request-ID"
 KAFKA_REQUEST_ID = "request_id"
@@ -70,6 +73,30 @@ def request_id_from_kafka(headers: Iterable[tuple[str, bytes]] | None) -> str | 
         if key == KAFKA_REQUEST_ID:
             return valid_request_id(value.decode("ascii", "replace"))
     return None
+
+
+class BadRequestFilter(logging.Filter):
+    """aiohttp.server's lines about a malformed request: one INFO line with the error's type.
+
+    aiohttp logs a request it cannot parse (a control character in a header, a header
+    line over 8190 bytes, a bad request line) at ERROR with a traceback whose message
+    quotes the offending bytes: an ``Authorization`` bearer token, a cookie. The client
+    gets its 400 either way; the log gets ``bad HTTP request`` and the error's type,
+    never the message (nor the traceback that repeats it). Anything else aiohttp.server
+    logs (a handler's unhandled exception) passes unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, BadHttpMessage):
+            return True
+        level = min(record.levelno, logging.INFO)
+        record.msg, record.args = "bad HTTP request: %s", (type(exc).__name__,)
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        record.status = exc.code
+        # The logger's own level was checked at ERROR: check it again at the new level.
+        return logging.getLogger(record.name).isEnabledFor(level)
 
 
 class JsonFormatter(logging.Formatter):
@@ -120,3 +147,8 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     # Chatty third-party loggers stay at WARNING unless we debug.
     for name in ("aiokafka", "aiohttp.access", "pymongo"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # A malformed request is the client's fault and its bytes may hold a token: see
+    # BadRequestFilter. Once per logger, however often this is called.
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestFilter) for f in server.filters):
+        server.addFilter(BadRequestFilter())

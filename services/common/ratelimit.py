@@ -31,8 +31,13 @@ object in one process (the sends of one WebSocket).
 With a :class:`RateLimitMetrics`, a limiter counts its refusals
 (``parley_rate_limit_refusals_total{service,rule,code}``: ``rate_limited`` or
 ``account_locked``) and the lockouts it starts
-(``parley_rate_limit_lockouts_total{service,rule}``: a reservation that
-fills a failure lockout's window).
+(``parley_rate_limit_lockouts_total{service,rule}``: the first attempt a full
+failure window refuses, once per window). Not the attempt that fills the window:
+its outcome is not known yet, and if it succeeds it gives its place back and
+nobody is locked out. A marker key beside the window's
+(``<key>:locked``, expiring with it) says the lockout was counted; a place
+given back (:meth:`RateLimiter.release`) or a cleared window ends it, so that
+the window filling again counts a new one.
 """
 
 from __future__ import annotations
@@ -118,13 +123,25 @@ return {allowed, wait}
 """
 
 
-# A failure lockout's window: take a place unless COUNT are taken. Returns
-# {allowed (0/1), seconds left in the window, places taken}.
+# A window: take ARGV[3] places unless that makes more than COUNT. Returns
+# {allowed (0/1), seconds left in the window, places taken, first refusal (0/1)}.
+# With KEYS[2] (a failure lockout's marker), a refusal sets it for the rest of the
+# window: "first refusal" is 1 only for the refusal that set it (a lockout starts).
 _RESERVE = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 local n = tonumber(ARGV[3])
 if count + n > tonumber(ARGV[1]) then
-  return {0, redis.call('TTL', KEYS[1]), count}
+  local first = 0
+  if KEYS[2] then
+    local ms = redis.call('PTTL', KEYS[1])
+    if ms <= 0 then
+      ms = tonumber(ARGV[2]) * 1000
+    end
+    if redis.call('SET', KEYS[2], '1', 'PX', ms, 'NX') then
+      first = 1
+    end
+  end
+  return {0, redis.call('TTL', KEYS[1]), count, first}
 end
 count = redis.call('INCRBY', KEYS[1], n)
 local ttl = redis.call('TTL', KEYS[1])
@@ -132,10 +149,11 @@ if ttl < 0 then
   ttl = tonumber(ARGV[2])
   redis.call('EXPIRE', KEYS[1], ttl)
 end
-return {1, ttl, count}
+return {1, ttl, count, 0}
 """
 
-# Give ARGV[1] places back (never below zero; the window's expiry is kept).
+# Give ARGV[1] places back (never below zero; the window's expiry is kept). The
+# window is not full any more: a lockout (KEYS[2], its marker) is over.
 _RELEASE = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 if count <= tonumber(ARGV[1]) then
@@ -143,6 +161,7 @@ if count <= tonumber(ARGV[1]) then
 else
   redis.call('DECRBY', KEYS[1], ARGV[1])
 end
+redis.call('DEL', KEYS[2])
 return 0
 """
 
@@ -161,7 +180,8 @@ class RateLimitMetrics:
         )  # fmt: skip
         self.lockouts = Counter(
             "parley_rate_limit_lockouts_total",
-            "Lockouts started: failures reached a rule's count (login, code entry).",
+            "Lockouts started: a full failure window (login, code entry, token "
+            "requests) refused its first attempt.",
             ["service", "rule"], registry=registry,
         )  # fmt: skip
         for rule in rules:
@@ -204,6 +224,11 @@ class RateLimiter:
     def key(self, rule: str, ident: str) -> str:
         digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
         return f"{self.prefix}:{rule}:{digest}"
+
+    @staticmethod
+    def _locked(key: str) -> str:
+        """The marker of a lockout counted in ``key``'s window (see _RESERVE)."""
+        return f"{key}:locked"
 
     # Fixed windows.
 
@@ -251,16 +276,18 @@ class RateLimiter:
         limit's COUNT get a place; the others get 429 ``account_locked``. A
         failed attempt keeps its place (it is the failure count); one that
         succeeded gives it back with :meth:`release` or :meth:`clear`.
+
+        A lockout is counted when the full window refuses its first attempt, not
+        when an attempt fills it: that one may yet succeed and give its place back.
         """
         limit = limit or self.limits(rule)
-        allowed, ttl, taken = await self._reserve(
-            keys=[self.key(rule, ident)], args=[limit.count, limit.window_s, 1]
+        key = self.key(rule, ident)
+        allowed, ttl, _, first = await self._reserve(
+            keys=[key, self._locked(key)], args=[limit.count, limit.window_s, 1]
         )
-        if allowed and int(taken) == limit.count and self.metrics is not None:
-            # This attempt fills the window: the next is refused (a lockout starts,
-            # unless this one succeeds and gives its place back).
-            self.metrics.locked(rule)
         if not allowed:
+            if int(first) and self.metrics is not None:
+                self.metrics.locked(rule)
             self.refused(rule, ErrorCode.ACCOUNT_LOCKED)
             raise too_many(
                 max(int(ttl), 0) or limit.window_s,
@@ -281,7 +308,7 @@ class RateLimiter:
         list removing several devices), refused before it is made. :meth:`release`
         gives them back if it is not made after all."""
         limit = limit or self.limits(rule)
-        allowed, ttl, _ = await self._reserve(
+        allowed, ttl, _, _ = await self._reserve(
             keys=[self.key(rule, ident)], args=[limit.count, limit.window_s, n]
         )
         if not allowed:
@@ -291,11 +318,13 @@ class RateLimiter:
     async def release(self, rule: str, ident: str, n: int = 1) -> None:
         """Give back ``n`` places taken by :meth:`reserve` (the attempt did not fail) or
         :meth:`take_places` (the request was not made)."""
-        await self._release(keys=[self.key(rule, ident)], args=[n])
+        key = self.key(rule, ident)
+        await self._release(keys=[key, self._locked(key)], args=[n])
 
     async def clear(self, rule: str, ident: str) -> None:
         """Forget ``ident``'s count (a success ends a run of failures)."""
-        await self.redis.delete(self.key(rule, ident))
+        key = self.key(rule, ident)
+        await self.redis.delete(key, self._locked(key))
 
     # Token buckets.
 

@@ -274,7 +274,8 @@ class Worker:
         # Several consumers of the group in one process: each owns some
         # partitions, and their batches overlap (one computes while another
         # waits on MongoDB), where one consumer would leave both idle in turn.
-        runs = [(self.topics.messages, self.messages, "")] * self.settings.delivery_consumers
+        runs: list[tuple[str, Stage[Any], str]] = [(self.topics.messages, self.messages, "")]
+        runs *= self.settings.delivery_consumers
         runs += [
             (self.topics.events, self.events, "-events"),
             (self.topics.room_messages, self.rooms, "-rooms"),

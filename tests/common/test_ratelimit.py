@@ -175,12 +175,14 @@ async def test_refusals_and_lockouts_are_counted(settings: Settings) -> None:
         assert value("parley_rate_limit_refusals_total", rule="login", code="rate_limited") == 1
         await limiter.reserve("failures", "bob")
         assert value("parley_rate_limit_lockouts_total", rule="failures") == 0
-        await limiter.reserve("failures", "bob")  # the second attempt fills the window
+        await limiter.reserve("failures", "bob")  # fills the window: may yet succeed
+        assert value("parley_rate_limit_lockouts_total", rule="failures") == 0
+        await refused(limiter.reserve("failures", "bob"))  # the lockout turns one away
         assert value("parley_rate_limit_lockouts_total", rule="failures") == 1
-        await refused(limiter.reserve("failures", "bob"))  # locked: not a new lockout
+        await refused(limiter.reserve("failures", "bob"))  # the same lockout
         assert value("parley_rate_limit_lockouts_total", rule="failures") == 1
         assert (
-            value("parley_rate_limit_refusals_total", rule="failures", code="account_locked") == 1
+            value("parley_rate_limit_refusals_total", rule="failures", code="account_locked") == 2
         )
         await limiter.take("bucket", "x", capacity=1, refill_s=60)
         await refused(limiter.take("bucket", "x", capacity=1, refill_s=60))

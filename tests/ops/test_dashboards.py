@@ -4,6 +4,7 @@ each is well formed for Grafana's file provisioning, and docs/operations.md desc
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,29 @@ def test_docs_describe_every_dashboard() -> None:
         assert f"deploy/grafana/{name}" in doc, name
     assert "operations/overview.png" in doc
     assert (ROOT / "docs/operations/overview.png").stat().st_size > 10_000
+
+
+def test_latency_panels_and_http_alerts_leave_out_the_probes_and_both_socket_routes() -> None:
+    # Prometheus anchors a label regex (the whole label must match): "/ws" alone did
+    # not leave out the gateway's /gateway/ws, nor ".../(healthz|readyz|metrics)" the
+    # ALB's /<svc>/startedz, every 10 s from every zone.
+    selector = dashboards.NOT_TIMED
+    assert selector.startswith('route!~"') and selector.endswith('"')
+    pattern = re.compile(selector[len('route!~"') : -1])
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text(encoding="utf-8"))
+    http = {
+        r["alert"]: r["expr"]
+        for g in rules["groups"]
+        for r in g["rules"]
+        if r.get("alert") in ("ParleyHigh5xxRate", "ParleyHighP99Latency")
+    }
+    assert len(http) == 2
+    for name, expr in http.items():
+        filters = re.findall(r'route!~"[^"]*"', expr)
+        assert filters and set(filters) == {selector}, name
+    left_out = ["/ws", "/gateway/ws", "/gateway/startedz", "/auth/startedz", "/keys/healthz",
+                "/rooms/readyz", "/delivery/metrics"]  # fmt: skip
+    kept = ["/keys/v1/users/{user_id}/bundles", "/gateway/openapi.json", "/auth/v1/login",
+            "/gateway/wsx", "unmatched"]  # fmt: skip
+    assert [r for r in left_out if not pattern.fullmatch(r)] == []
+    assert [r for r in kept if pattern.fullmatch(r)] == []
