@@ -27,6 +27,14 @@ class RoomsConfig:
     create_limit: Limit = Limit(30, 3600)  # noqa: RUF009 (a frozen value)
     # Messages one user may post, all rooms together (``rate_limited``).
     post_limit: Limit = Limit(600, 60)  # noqa: RUF009 (a frozen value)
+    # Changes one user may make to public rooms' messages (edits, removals, restores, as
+    # author or moderator; all rooms together; ``rate_limited``): each stores a revision
+    # for good and pushes to every connected member. Admins' changes are not counted.
+    edit_limit: Limit = Limit(120, 60)  # noqa: RUF009 (a frozen value)
+    # Revisions one message may have before edits of it are refused (``forbidden``):
+    # removing it (and restoring it) stays possible. An admin's history of a message is
+    # then bounded too.
+    max_edits: int = 100
     # Public rooms one user may join, all rooms together, joining again after leaving
     # included (``rate_limited``): each join hands out a roster slot for good.
     join_limit: Limit = Limit(30, 60)  # noqa: RUF009 (a frozen value)

@@ -30,7 +30,7 @@ CHANGES = (
 
 class RoomsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.limits = RateLimitMetrics(registry, "rooms", ("create", "post", "join"))
+        self.limits = RateLimitMetrics(registry, "rooms", ("create", "post", "join", "edit"))
         self.changes = Counter(
             "parley_rooms_membership_changes_total",
             "Changes of rooms' membership and state, by event type.",

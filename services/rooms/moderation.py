@@ -104,6 +104,9 @@ async def by_member(
     if room["kind"] == PRIVATE:
         raise forbidden("Private rooms are end-to-end encrypted: the server holds no message.")
     member = member_of(member)
+    # Each change is a revision kept for good and a push to every connected member:
+    # before 2026-12-07 nothing limited them (1,500 edits of one message in 14 s).
+    await rooms.limiter.hit("edit", user_id, rooms.config.edit_limit)
     doc = await message_of(rooms, room_id, seq)
     if change.action == RESTORE:
         # Undoing a removal is a moderator's, under the removal's rules: not the
@@ -174,6 +177,11 @@ async def apply(
         content = text.clean(change.text, "text", required=True, limit=TEXT_MAX, multiline=True)
         if content == doc["text"]:
             return timeline.message(doc)  # nothing changes: no revision
+        if int(doc.get("rev", 1)) >= rooms.config.max_edits:
+            raise forbidden(
+                f"This message has {rooms.config.max_edits} revisions: it stays as it is "
+                "(it can still be removed)."
+            )
         mentions = await timeline.mentioned_members(rooms, room_id, content, token)
     elif change.action == REMOVE:
         content, mentions = "", []

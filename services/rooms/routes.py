@@ -558,6 +558,7 @@ async def post_as_moderator(
         _E.ROOM_CLOSED,
         _E.INVALID_TEXT,
         _E.CONFLICT,
+        _E.RATE_LIMITED,
     ],
     tags=["timeline"],
 )
@@ -586,6 +587,7 @@ async def edit_message(
         _E.MESSAGE_NOT_FOUND,
         _E.MESSAGE_REMOVED,
         _E.CONFLICT,
+        _E.RATE_LIMITED,
     ],
     tags=["timeline"],
 )
@@ -610,6 +612,7 @@ async def delete_message(request: web.Request, claims: Claims) -> models.RoomMes
         _E.FORBIDDEN,
         _E.MESSAGE_NOT_FOUND,
         _E.CONFLICT,
+        _E.RATE_LIMITED,
     ],
     tags=["timeline"],
 )

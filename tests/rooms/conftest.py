@@ -32,6 +32,7 @@ __all__ = ["Messaging", "messaging"]
 TEST_CONFIG = RoomsConfig(
     create_limit=Limit(10_000, 3600), post_limit=Limit(100_000, 60),
     join_limit=Limit(100_000, 60), invite_limit=Limit(100_000, 60),
+    edit_limit=Limit(100_000, 60),
 )  # fmt: skip
 
 

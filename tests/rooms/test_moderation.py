@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from services.common.ratelimit import Limit
 from services.rooms.store import message_id, revision_id
-from tests.rooms.conftest import EventLog, RoomsApi
+from tests.rooms.conftest import TEST_CONFIG, EventLog, RoomsApi, RoomsFactory
 from tests.support.messaging import Messaging
 
 
@@ -684,3 +686,38 @@ async def test_an_owner_stepped_down_for_a_promotion_that_fails_is_the_owner_aga
     assert (status, view["owner"]) == (200, owner)
     status, page = await api.members(owner, room)
     assert {m["user_id"]: m["role"] for m in page["members"]} == {owner: "owner"}
+
+
+async def test_changes_are_limited_per_user_and_edits_per_message(
+    make_rooms: RoomsFactory,
+) -> None:
+    """Audit finding (2026-12-07): nothing limited edits: 1,500 edits of one message in 14
+    s, each a revision kept for good and a push to every connected member, and an admin's
+    history of it 6 MB. Changes count against ``edit_limit`` (per user, all rooms);
+    past ``max_edits`` revisions a message's edits are refused (``forbidden``) and
+    change nothing, while removing it stays possible."""
+    config = replace(TEST_CONFIG, edit_limit=Limit(6, 60), max_edits=4)
+    api = await make_rooms(config)
+    owner, bob = api.user(), api.user()
+    room = await api.room(owner)
+    await api.join(bob, room)
+    _, msg = await api.post(bob, room, "v1")
+    seq = msg["seq"]
+    for i in (2, 3, 4):
+        status, body = await edit(api, bob, room, seq, f"v{i}")
+        assert status == 200 and body["text"] == f"v{i}"
+    status, body = await edit(api, bob, room, seq, "v5")
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    stored = await api.rooms.store.get_message(room, seq)
+    assert stored is not None and (stored["text"], stored["rev"]) == ("v4", 4)
+    assert (await delete(api, bob, room, seq))[0] == 200  # removal still possible
+    # bob has made 5 changes of his 6: one more, then refused, counting nothing.
+    _, other = await api.post(bob, room, "w1")
+    assert (await edit(api, bob, room, other["seq"], "w2"))[0] == 200
+    status, body = await edit(api, bob, room, other["seq"], "w3")
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    stored = await api.rooms.store.get_message(room, other["seq"])
+    assert stored is not None and stored["text"] == "w2"
+    # Another user's changes are counted apart.
+    _, mine = await api.post(owner, room, "o1")
+    assert (await edit(api, owner, room, mine["seq"], "o2"))[0] == 200
