@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 LISTED_MAX = 20
 # A public room's excerpt: the start of its message, as the rooms service cuts it.
 EXCERPT_MAX = 140
+# How much of a public room's message is read to cut its excerpt (a message holds up
+# to 4,000 characters): the excerpt is the same as from the whole text unless these
+# are mostly white space (then it is shorter).
+TEXT_READ = 1000
 # The markers of a public room's message that is gone: removed by the room's owner, a
 # moderator or an admin, or deleted by its author (services/rooms/moderation.py).
 REMOVED = frozenset({"removed_by_moderator", "deleted_by_author"})
@@ -82,8 +86,8 @@ def header_text(text: str) -> str:
     return out
 
 
-# What the To header may carry as it is: a plain address (the auth service's EMAIL_RE
-# is wider: it allows "=?", so an address can be an encoded word).
+# What the To header may carry as it is: a plain address (the auth service refuses "=?"
+# in a new address since 2026-12-07, but one stored before can be an encoded word).
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 
@@ -115,7 +119,8 @@ def excerpt(text: str) -> str:
 
 def as_now(items: list[Doc], messages: dict[str, Doc]) -> list[Doc]:
     """The mentions of ``items`` a digest lists, as their messages are now
-    (``messages``: :meth:`NotifierStore.messages_now`, read when the digest is sent):
+    (``messages``: :meth:`NotifierStore.messages_now`, read when the digest is sent, the
+    first ``TEXT_READ`` characters of each text):
     a public room's mention whose message was removed (or deleted by its author) since
     is left out; the others carry the message's current text (edited since: the new
     one). One whose message is not found carries no text: nothing the notifier cannot
@@ -139,11 +144,14 @@ def digest(
     senders: dict[str, str],
     public_url: str,
     web_url: str | None = None,
+    total: int | None = None,
 ) -> tuple[str, str]:
-    """The subject and text of a digest of ``items`` (oldest first): a link to the web
-    client (``web_url``, else the API's origin, where HAProxy serves it too) and the
-    API route that turns these e-mails off."""
-    n = len(items)
+    """The subject and text of a digest of ``items`` (oldest first; the first
+    ``LISTED_MAX`` are listed) and ``total`` mentions in all (None: ``items`` alone;
+    the others are counted, "and 3 more"): a link to the web client (``web_url``, else
+    the API's origin, where HAProxy serves it too) and the API route that turns these
+    e-mails off."""
+    n = len(items) if total is None else max(total, len(items))
     if n == 1:
         first = items[0]
         who = one_line(senders.get(first["sender"], "someone"))
@@ -151,15 +159,16 @@ def digest(
     else:
         subject = f"Parley: {n} new mentions"
     lines = [f"Hello {one_line(username)},", "", "While you were away:", ""]
-    for it in items[:LISTED_MAX]:
+    shown = items[:LISTED_MAX]
+    for it in shown:
         # One line a mention, whatever its room's name or text holds.
         who = one_line(senders.get(it["sender"], "someone"))
         text = one_line(it["excerpt"] or "")
         excerpt = f": {text}" if it["kind"] == "public" and text else ""
         where = one_line(it["room_name"]) + (" (private)" if it["kind"] == "private" else "")
         lines.append(f"- @{who} mentioned you in {where}{excerpt}")
-    if n > LISTED_MAX:
-        lines.append(f"- and {n - LISTED_MAX} more")
+    if n > len(shown):
+        lines.append(f"- and {n - len(shown)} more")
     base = public_url.rstrip("/")
     lines += [
         "",

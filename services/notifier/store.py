@@ -8,7 +8,9 @@ Its own database, ``<db_prefix>notifier``:
 ``digests``  ``_id`` user: ``due`` (Unix s, indexed), ``lo`` / ``hi`` (the
              lowest and highest ``n`` pending), ``v`` (raised by every write
              of mentions), ``fresh`` (the lowest ``n`` written since the digest
-             was last leased), ``attempts`` (failed sends so far). One per user
+             was last leased), ``attempts`` (failed sends so far),
+             ``refused_at`` (Unix s: the last refusal for good held back, as
+             the SMTP server then took nothing else: docs/notifier.md). One per user
              with mentions waiting; made by the first mention (due one interval
              later), deleted when the digest is sent, unless mentions came in
              while it was being sent: then it stays, for them alone.
@@ -17,16 +19,22 @@ And the auth service's ``users`` (``<db_prefix>auth``), **read only**: the
 e-mail address, the username and the ``mention_emails`` preference (the
 notifier is part of the auth service's bounded context; see the doc). And the
 rooms service's ``messages`` (``<db_prefix>rooms``), **read only**, when a digest
-is sent: the text and marker of the public rooms' messages it lists, so that a
-message removed (or edited) since the mention is not mailed as it was.
-Every read is by ``_id``; the one range query (``due``) is over the users
-with a digest waiting, not over all users.
+is sent: the start of the text and the marker of the public rooms' messages it
+lists, so that a message removed (or edited) since the mention is not mailed as it
+was. Reads are by ``_id``, or by a range of one user's pending ``_id`` (in
+``_id`` order, a page at a time: ``clients.in_id_order``, and the ``count``
+command: both answered from the ``_id`` index, by the embedded server too); the
+one range query on another field (``due``) is over the users with a digest
+waiting, not over all users. Building a digest reads at most a page of
+mentions at a time, however many are pending (docs/notifier.md, "Size").
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from parley_contract.envelopes import MentionNotice
@@ -34,11 +42,13 @@ from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.common.clients import insert_new
+from services.common.clients import in_id_order, insert_new
 
 Doc = dict[str, Any]
 
 ID_CHUNK = 500
+# The pending ids read in one round trip while a digest's mentions are counted out.
+ID_PAGE = 2000
 
 
 def pending_id(user_id: str, n: int) -> str:
@@ -48,6 +58,28 @@ def pending_id(user_id: str, n: int) -> str:
 def message_id(room_id: str, seq: int) -> str:
     """A public room's message in the rooms service's ``messages`` (its ``message_id``)."""
     return f"{room_id}|{seq:012d}"
+
+
+def _n_of(pending: str) -> int:
+    return int(pending.rsplit("|", 1)[1])
+
+
+@dataclass(frozen=True)
+class Held:
+    """The mentions a leased digest stands for: its user's pending numbers ``n`` when
+    it was read, as ``runs`` of consecutive numbers (``(first, last)``, ascending), and
+    how many (``count``). A few bytes a run, whatever the mentions hold; exact: a
+    mention written later (a notice late from another replica, its ``n`` in a gap) is
+    in no run, since a run is every number from its first to its last."""
+
+    runs: list[tuple[int, int]]
+    count: int
+
+    def __contains__(self, n: object) -> bool:
+        if not isinstance(n, int):
+            return False
+        i = bisect_right(self.runs, n, key=lambda r: r[0]) - 1
+        return i >= 0 and self.runs[i][0] <= n <= self.runs[i][1]
 
 
 class NotifierStore:
@@ -121,29 +153,84 @@ class NotifierStore:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def retry_later(self, digest: Doc, attempts: int, delay_s: float) -> None:
+    async def retry_later(
+        self, digest: Doc, attempts: int, delay_s: float, refused_at: float | None = None
+    ) -> None:
         """The leased ``digest`` could not be sent for now (its ``attempts``-th failure):
-        it is due again in ``delay_s``, keeping every mention it has."""
-        await self.digests.update_one(
-            {"_id": digest["_id"]},
-            {"$set": {"due": time.time() + delay_s, "attempts": attempts}},
+        it is due again in ``delay_s``, keeping every mention it has. ``refused_at``:
+        this failure was a refusal for good, held back (docs/notifier.md)."""
+        fields: Doc = {"due": time.time() + delay_s, "attempts": attempts}
+        if refused_at is not None:
+            fields["refused_at"] = refused_at
+        await self.digests.update_one({"_id": digest["_id"]}, {"$set": fields})
+
+    def _range(self, user_id: str, lo: int, hi: int, after: int | None = None) -> Doc:
+        start = {"$gte": pending_id(user_id, lo)} if after is None else {
+            "$gt": pending_id(user_id, after)
+        }  # fmt: skip
+        return {"_id": {**start, "$lte": pending_id(user_id, hi)}}
+
+    async def held(self, user_id: str, lo: int, hi: int) -> Held:
+        """The user's pending mentions numbered ``lo..hi`` (:class:`Held`), without
+        reading them: counted (the ``count`` command; every number there: one run),
+        else their ids read ``ID_PAGE`` at a time."""
+        if hi < lo:
+            return Held([], 0)
+        reply = await self.db.command(
+            "count", self.pending.name, query=self._range(user_id, lo, hi)
         )
+        if int(reply["n"]) == hi - lo + 1:
+            return Held([(lo, hi)], hi - lo + 1)
+        runs: list[tuple[int, int]] = []
+        count = 0
+        after: int | None = None
+        while True:
+            page = await self._ids(self._range(user_id, lo, hi, after), ID_PAGE)
+            for n in page:
+                if runs and runs[-1][1] == n - 1:
+                    runs[-1] = (runs[-1][0], n)
+                else:
+                    runs.append((n, n))
+            count += len(page)
+            if len(page) < ID_PAGE:
+                return Held(runs, count)
+            after = page[-1]
 
-    async def pending_of(self, user_id: str, lo: int, hi: int) -> list[Doc]:
-        """The user's waiting mentions numbered ``lo..hi``, oldest first."""
-        ids = [pending_id(user_id, n) for n in range(lo, hi + 1)]
-        found = await self._by_ids(self.pending, ids)
-        return [found[i] for i in ids if i in found]
+    async def _ids(self, match: Doc, limit: int) -> list[int]:
+        pipeline: list[Doc] = [
+            {"$match": match}, {"$sort": {"_id": 1}}, {"$limit": limit}, {"$project": {"_id": 1}},
+        ]  # fmt: skip
+        return [
+            _n_of(str(d["_id"])) for d in await (await self.pending.aggregate(pipeline)).to_list()
+        ]
 
-    async def finish(self, digest: Doc, done: list[Doc], interval_s: float) -> None:
-        """The leased ``digest`` is sent (or dropped) with the mentions ``done``: forget
-        them. The digest goes too, unless mentions were written while it was out (its
+    async def pending_page(
+        self, user_id: str, lo: int, hi: int, after: int | None, limit: int
+    ) -> list[Doc]:
+        """Up to ``limit`` of the user's waiting mentions numbered ``lo..hi`` and above
+        ``after`` (None: from ``lo``), oldest first."""
+        return await in_id_order(self.pending, self._range(user_id, lo, hi, after), limit)
+
+    async def finish(self, digest: Doc, done: Held, interval_s: float) -> None:
+        """The leased ``digest`` is sent (or dropped) with the mentions ``done`` (all it
+        stands for, listed in the e-mail or only counted): forget them, a run of at
+        least ``ID_CHUNK`` by its ``_id`` range, the others by ``$in`` of ``ID_CHUNK``
+        ids. The digest goes too, unless mentions were written while it was out (its
         ``v`` changed, whatever their numbers: below ``lo``, between, above ``hi``):
         then it stays for those, due ``interval_s`` from now, from the lowest of them
         (``fresh``) to ``hi``, so its range does not keep what was sent."""
-        ids = [str(d["_id"]) for d in done]
-        for i in range(0, len(ids), ID_CHUNK):
-            await self.pending.delete_many({"_id": {"$in": ids[i : i + ID_CHUNK]}})
+        user_id = str(digest["_id"])
+        ids: list[str] = []
+        for first, last in done.runs:
+            if last - first + 1 >= ID_CHUNK:
+                await self.pending.delete_many(self._range(user_id, first, last))
+                continue
+            ids += (pending_id(user_id, n) for n in range(first, last + 1))
+            if len(ids) >= ID_CHUNK:
+                await self.pending.delete_many({"_id": {"$in": ids}})
+                ids = []
+        if ids:
+            await self.pending.delete_many({"_id": {"$in": ids}})
         # A digest written before ``v`` existed has none: ``None`` matches that.
         gone = await self.digests.delete_one({"_id": digest["_id"], "v": digest.get("v")})
         if gone.deleted_count:
@@ -155,7 +242,7 @@ class NotifierStore:
                 {"_id": digest["_id"], "v": now.get("v")},
                 {
                     "$set": {"lo": now.get("fresh", now["lo"]), "due": time.time() + interval_s},
-                    "$unset": {"fresh": "", "attempts": ""},
+                    "$unset": {"fresh": "", "attempts": "", "refused_at": ""},
                 },
             )
             if kept.matched_count:
@@ -176,11 +263,12 @@ class NotifierStore:
 
     # -- the rooms service's messages (read only) -----------------------------------------
 
-    async def messages_now(self, items: Iterable[Doc]) -> dict[str, Doc]:
+    async def messages_now(self, items: Iterable[Doc], text_max: int) -> dict[str, Doc]:
         """The public rooms' messages of ``items`` (pending mentions) as they are now,
-        by :func:`message_id`: their ``text`` and ``marker`` (``removed_by_moderator``,
-        ``deleted_by_author``, ``edited``, ...). One ``$in`` per ``ID_CHUNK``; a message
-        not found is not in the answer."""
+        by :func:`message_id`: the first ``text_max`` characters of their ``text``
+        (a message holds up to 4,000; the e-mail shows 140) and their ``marker``
+        (``removed_by_moderator``, ``deleted_by_author``, ``edited``, ...). One ``$in``
+        per ``ID_CHUNK``; a message not found is not in the answer."""
         ids = list(
             dict.fromkeys(
                 message_id(str(i["room_id"]), int(i["message_seq"]))
@@ -188,7 +276,8 @@ class NotifierStore:
                 if i.get("message_seq") is not None
             )
         )
-        return await self._by_ids(self.messages, ids, {"text": 1, "marker": 1})
+        fields = {"text": {"$substrCP": ["$text", 0, text_max]}, "marker": 1}
+        return await self._by_ids(self.messages, ids, fields)
 
 
 def _pending_doc(notice: MentionNotice) -> Doc:

@@ -15,10 +15,15 @@ takes effect for digests not yet sent), each public room's mention with its
 message as the rooms service holds it then (one removed since is left out, one
 edited shows its new text). Mentions arriving later start the
 next interval, so a user gets at most one digest per interval. A digest is
-leased while it is sent. Refused for good (a 5xx answer: to ``RCPT``, the
-address; at ``DATA``, the message, while the server takes other mail) it is
-dropped with its mentions. Not sent for now (the SMTP server unreachable, a 4xx
-answer, a 5xx at ``MAIL`` or one at ``DATA`` with no digest through lately, or an
+leased while it is sent. It reads at most a page of its mentions at a time, however
+many there are: the first ``LISTED_MAX`` whose messages still stand are listed, the
+rest counted (:meth:`NotifierStore.held`), and all of them forgotten once it is
+sent. Refused for good (a 5xx answer: to ``RCPT``, the address; at ``DATA``, the
+message) it is dropped with its mentions only if the SMTP server took another
+digest since it last refused this one: the first refusal, or refusals with nothing
+taken in between (the server or the account refusing every message), put it off
+like the failures below. Not sent for now (the SMTP server unreachable, a 4xx
+answer, a 5xx at ``MAIL``, a refusal held back as above, or an
 unexpected error while sending it) it is tried again after ``retry_s``,
 doubling each time up to ``retry_max_s``, and dropped after ``attempts_max``
 attempts. Each digest of a round is sent on its own: one that fails does not
@@ -42,7 +47,7 @@ from services.common.routing import gateways_of
 from services.common.tasks import cancel_all
 from services.notifier import mail
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.store import Doc, NotifierStore
+from services.notifier.store import ID_CHUNK, Doc, Held, NotifierStore
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +59,6 @@ DIGEST_LEASE_S = 60.0
 RETRY_S = 60.0
 RETRY_MAX_S = 3600.0
 ATTEMPTS_MAX = 12
-# A digest refused at DATA (5xx) is dropped only if another got through this recently
-# (the server takes mail: this message is what it refuses); else it is tried again.
-TAKES_MAIL_S = 3600.0
 
 
 class Notifier:
@@ -76,7 +78,9 @@ class Notifier:
         self.retry_s = RETRY_S
         self.retry_max_s = RETRY_MAX_S
         self.attempts_max = ATTEMPTS_MAX
-        self._last_sent = float("-inf")  # when a digest last got through (monotonic)
+        # When a digest last got through (Unix s; this process's): a digest refused for
+        # good is dropped only if one got through after it was last refused.
+        self._last_sent = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
 
     def groups(self) -> dict[str, list[str]]:
@@ -142,75 +146,103 @@ class Notifier:
 
     async def send_digest(self, digest: Doc) -> int:
         user_id = str(digest["_id"])
-        items = await self.store.pending_of(user_id, int(digest["lo"]), int(digest["hi"]))
+        held = await self.store.held(user_id, int(digest["lo"]), int(digest["hi"]))
         user = await self.store.user(user_id)
-        listed = items  # what the e-mail lists: the mentions whose messages still stand
         if user is None or user.get("blocked"):
             self.metrics.digests.labels("gone").inc()
         elif not user.get("mention_emails", True):  # 0/1 on the embedded server
             self.metrics.digests.labels("unsubscribed").inc()
-        elif items and not (listed := mail.as_now(items, await self.store.messages_now(items))):
+        elif held.count:
+            listed, told = await self._listing(user_id, held)
+            if listed:
+                return await self._mail(digest, user, held, listed, told)
             # Every mention's message was removed since: nothing to tell.
             self.metrics.digests.labels("removed").inc()
-        elif listed:
-            senders = await self.store.usernames(i["sender"] for i in listed)
-            subject, text = mail.digest(
-                str(user["username"]),
-                listed,
-                senders,
-                self.settings.public_url,
-                self.settings.web_url,
-            )
-            try:
-                await mail.send(self.settings, str(user["email"]), subject, text)
-            except mail.MailRefused:
-                # The address is refused for good: tried again every lease, the digest
-                # would never go and its range (every mention since) read each time.
-                self.metrics.digests.labels("refused").inc()
-                await self.store.finish(digest, items, self.interval_s)
-                return 0
-            except mail.MailRejected:
-                if time.monotonic() - self._last_sent > TAKES_MAIL_S:
-                    # No digest got through lately: the server (or the account) may be
-                    # refusing every message, not this one; dropped, a paused account
-                    # would lose every user's digest in one round. Tried again later.
-                    await self._not_sent(digest, "failed", items)
-                    return 0
-                # The server takes other mail and refuses this one (say a mention's text
-                # judged spam): sent again it would be refused again, and hold every
-                # later mention of the user.
-                self.metrics.digests.labels("rejected").inc()
-                await self.store.finish(digest, items, self.interval_s)
-                return 0
-            except mail.MailError:
-                await self._not_sent(digest, "failed", items)
-                return 0
-            self._last_sent = time.monotonic()
-            self.metrics.digests.labels("sent").inc()
-            self.metrics.mentions.inc(len(listed))
-            log.info("digest sent", extra={"user_id": user_id, "mentions": len(listed)})
-            await self.store.finish(digest, items, self.interval_s)
-            return 1
-        await self.store.finish(digest, items, self.interval_s)
+        await self.store.finish(digest, held, self.interval_s)
         return 0
 
-    async def _not_sent(self, digest: Doc, result: str, items: list[Doc] | None = None) -> None:
+    async def _mail(self, digest: Doc, user: Doc, held: Held, listed: list[Doc], told: int) -> int:
+        """E-mail the digest of ``held`` (``listed``, and ``told`` mentions in all) to
+        ``user``; 1 if the SMTP server took it."""
+        senders = await self.store.usernames(i["sender"] for i in listed)
+        subject, text = mail.digest(
+            str(user["username"]),
+            listed,
+            senders,
+            self.settings.public_url,
+            self.settings.web_url,
+            total=told,
+        )
+        try:
+            await mail.send(self.settings, str(user["email"]), subject, text)
+        except (mail.MailRefused, mail.MailRejected) as exc:
+            # Refused for good: the address (RCPT) or this message (DATA). Sent again it
+            # would be refused again, and hold every later mention of the user: dropped,
+            # but only if the server took another digest since it last refused this
+            # one. Else the server (or the account: paused, over quota, this host no
+            # longer allowed to relay) may be refusing every message, and dropping would
+            # lose every user's digest in one round: tried again later, as a failure.
+            before = digest.get("refused_at")
+            if before is None or self._last_sent <= float(before):
+                await self._not_sent(digest, "failed", held, refused_at=time.time())
+                return 0
+            result = "refused" if isinstance(exc, mail.MailRefused) else "rejected"
+            self.metrics.digests.labels(result).inc()
+            await self.store.finish(digest, held, self.interval_s)
+            return 0
+        except mail.MailError:
+            await self._not_sent(digest, "failed", held)
+            return 0
+        self._last_sent = time.time()
+        self.metrics.digests.labels("sent").inc()
+        self.metrics.mentions.inc(told)
+        log.info("digest sent", extra={"user_id": str(digest["_id"]), "mentions": told})
+        await self.store.finish(digest, held, self.interval_s)
+        return 1
+
+    async def _listing(self, user_id: str, held: Held) -> tuple[list[Doc], int]:
+        """What a digest of ``held`` lists: its first ``mail.LISTED_MAX`` mentions whose
+        messages still stand, as they are now (``mail.as_now``), and how many it tells
+        of (``held.count`` less those found removed; the ones not read are counted as
+        they are). Read a page at a time: ``LISTED_MAX``, then ``ID_CHUNK`` while
+        removed messages leave the list short."""
+        lo, hi = held.runs[0][0], held.runs[-1][1]
+        listed: list[Doc] = []
+        removed = 0
+        after: int | None = None
+        limit = mail.LISTED_MAX
+        while len(listed) < mail.LISTED_MAX:
+            page = await self.store.pending_page(user_id, lo, hi, after, limit)
+            if not page:
+                break
+            after = int(page[-1]["n"])
+            mine = [p for p in page if int(p["n"]) in held]  # not one written since
+            now = mail.as_now(mine, await self.store.messages_now(mine, mail.TEXT_READ))
+            removed += len(mine) - len(now)
+            listed += now
+            if len(page) < limit:
+                break
+            limit = ID_CHUNK
+        return listed[: mail.LISTED_MAX], held.count - removed
+
+    async def _not_sent(
+        self, digest: Doc, result: str, held: Held | None = None, refused_at: float | None = None
+    ) -> None:
         """The leased ``digest`` was not sent for now (``result``: ``failed`` or
-        ``error``): tried again after a delay that doubles with each attempt, or
-        dropped with its mentions (``abandoned``) after ``attempts_max`` attempts."""
+        ``error``; ``refused_at``: a refusal for good, held back): tried again after a
+        delay that doubles with each attempt, or dropped with its mentions
+        (``abandoned``) after ``attempts_max`` attempts."""
         self.metrics.digests.labels(result).inc()
         attempts = int(digest.get("attempts", 0)) + 1
         if attempts < self.attempts_max:
             delay = min(self.retry_s * 2 ** (attempts - 1), self.retry_max_s)
-            await self.store.retry_later(digest, attempts, delay)
+            await self.store.retry_later(digest, attempts, delay, refused_at)
             return
         log.warning("digest abandoned", extra={"user_id": str(digest["_id"]), "attempts": attempts})
         self.metrics.digests.labels("abandoned").inc()
-        if items is None:
-            items = await self.store.pending_of(
-                str(digest["_id"]), int(digest["lo"]), int(digest["hi"])
-            )
-        await self.store.finish(digest, items, self.interval_s)
+        if held is None:
+            held = await self.store.held(str(digest["_id"]), int(digest["lo"]), int(digest["hi"]))
+        await self.store.finish(digest, held, self.interval_s)
 
     async def _digest_loop(self) -> None:
         while True:

@@ -3,7 +3,9 @@
 scripts/mailsink.py, accepts every message and refuses only ``.invalid`` addresses), keeps
 every message it is given (parsed, and the bytes as they came) with its envelope's
 addresses, and can run a hook while the client waits for its answer to
-``DATA`` (to write something while a digest is being sent)."""
+``DATA`` (to write something while a digest is being sent). ``rcpt_code_of`` and
+``data_code_of``, when given, answer each recipient or message on its own (a relay
+that refuses one mailbox, or one message's content, and takes the others)."""
 
 from __future__ import annotations
 
@@ -26,11 +28,15 @@ class SmtpStub:
         rcpt_code: int = 250,
         data_code: int = 250,
         on_data: Callable[[EmailMessage], Awaitable[None]] | None = None,
+        rcpt_code_of: Callable[[str], int] | None = None,
+        data_code_of: Callable[[EmailMessage], int] | None = None,
     ) -> None:
         self.mail_code = mail_code
         self.rcpt_code = rcpt_code
         self.data_code = data_code  # the answer to the message (after its final ".")
         self.on_data = on_data
+        self.rcpt_code_of = rcpt_code_of
+        self.data_code_of = data_code_of
         self.mail_from: list[float] = []  # when each MAIL came
         self.senders: list[str] = []  # the envelope: each MAIL FROM's address
         self.recipients: list[str] = []  # and each RCPT TO's
@@ -91,7 +97,8 @@ class SmtpStub:
                 await say(f"{self.mail_code} {'OK' if self.mail_code < 400 else 'sender refused'}")
             elif verb == "RCPT":
                 self.recipients.append(address)
-                await say(f"{self.rcpt_code} {'OK' if self.rcpt_code < 400 else 'no mailbox'}")
+                code = self.rcpt_code_of(address) if self.rcpt_code_of else self.rcpt_code
+                await say(f"{code} {'OK' if code < 400 else 'no mailbox'}")
             elif verb == "DATA":
                 await say("354 end with <CRLF>.<CRLF>")
                 lines = []
@@ -107,7 +114,7 @@ class SmtpStub:
                 self.data_at.append(time.monotonic())
                 if self.on_data is not None:
                     await self.on_data(msg)
-                code = self.data_code
+                code = self.data_code_of(msg) if self.data_code_of else self.data_code
                 if code < 400:
                     self.accepted.append(msg)
                 await say(f"{code} {'accepted' if code < 400 else 'message refused'}")

@@ -6,7 +6,9 @@ embedded servers; the SMTP answers come from a tiny server of the test's own
 
 from __future__ import annotations
 
+import asyncio
 import time
+from email.message import EmailMessage
 from typing import TypeVar
 
 import pytest
@@ -32,35 +34,86 @@ def _use(harness: Harness, stub: SmtpStub) -> None:
     harness.notifier.settings = harness.settings.model_copy(update=stub.settings_update())
 
 
+def _spam_filter(msg: EmailMessage) -> int:
+    return 554 if GTUBE in msg.get_content() else 250
+
+
 async def test_a_digest_refused_at_data_while_others_get_through_is_dropped(
     harness: Harness,
 ) -> None:
     """Before: a 5xx at DATA (here: the digest quotes a spam test string) failed like an
     unreachable server, so the same refused e-mail was sent again every lease, for ever,
     and held every later mention. The server takes other mail (another user's digest got
-    through): this one is what it refuses, and it is dropped."""
+    through after this one was refused): this one is what it refuses, and it is dropped."""
     notifier = harness.notifier
-    notifier.lease_s = notifier.retry_s = 0.3  # a retry, if any, comes at once
-    async with SmtpStub() as stub:
+    notifier.lease_s = notifier.retry_s = notifier.retry_max_s = 0.3
+    async with SmtpStub(data_code_of=_spam_filter) as stub:
         _use(harness, stub)
         bob, alice, carol = await harness.user(), await harness.user(), await harness.user()
+        await harness.produce(notice(bob["_id"], 1, alice["_id"], excerpt=f"look: {GTUBE}"))
+        # Refused once, nothing taken since: held back (the server may refuse everyone).
+        await eventually(lambda: _value(harness.count("digests", "failed")), lambda n: n >= 1)
+        assert harness.count("digests", "rejected") == 0
         await harness.produce(notice(carol["_id"], 1, alice["_id"], excerpt="hello"))
         await eventually(lambda: _value(stub.accepted), lambda ms: len(ms) == 1)
-        stub.data_code = 554
-        await harness.produce(notice(bob["_id"], 1, alice["_id"], excerpt=f"look: {GTUBE}"))
         await eventually(lambda: _value(harness.count("digests", "rejected")), lambda n: n == 1)
         store = notifier.store
         await eventually(lambda: store.digests.find_one({"_id": bob["_id"]}), lambda d: d is None)
         assert await store.pending.count_documents({"user": bob["_id"]}) == 0
-        assert len(stub.messages) == 2  # carol's, and bob's refused one: nothing is left to retry
-        assert harness.count("digests", "failed") == 0
+        refused = len(stub.messages) - len(stub.accepted)
+        await asyncio.sleep(1)  # three retry delays: nothing is left to retry
+        assert len(stub.messages) - len(stub.accepted) == refused
 
         # The user's next mention is mailed as usual.
-        stub.data_code = 250
         await harness.produce(notice(bob["_id"], 2, alice["_id"], excerpt="a clean one"))
         await eventually(lambda: _value(stub.accepted), lambda ms: len(ms) == 2)
         assert "a clean one" in stub.accepted[1].get_content()
         assert GTUBE not in stub.accepted[1].get_content()
+
+
+@pytest.mark.parametrize("stage", ["RCPT", "DATA"])
+async def test_a_relay_refusing_everyone_after_a_success_drops_no_digest(
+    harness: Harness, stage: str
+) -> None:
+    """Audit finding: one digest got through, then the relay refused every message at
+    DATA (an account paused, a quota) or every recipient at RCPT ("554 5.7.1 Relay
+    access denied": the notifier's address changed). Before, for the next hour every
+    due digest was dropped at its first refusal (`rejected`: a digest had got through
+    in the last hour) or at once (`refused`: no check on that path), with its mentions.
+    A run of refusals with nothing taken in between is the server's: every digest is
+    kept, tried again, and mailed once the relay takes mail again."""
+    notifier = harness.notifier
+    notifier.lease_s = notifier.retry_s = notifier.retry_max_s = 0.3
+    async with SmtpStub() as stub:
+        _use(harness, stub)
+        alice, carol = await harness.user(), await harness.user()
+        await harness.produce(notice(carol["_id"], 1, alice["_id"], excerpt="hello"))
+        await eventually(lambda: _value(stub.accepted), lambda ms: len(ms) == 1)
+        if stage == "RCPT":
+            stub.rcpt_code = 554
+        else:
+            stub.data_code = 554
+        users = [await harness.user() for _ in range(3)]
+        await harness.produce(*(notice(u["_id"], 1, alice["_id"]) for u in users))
+        # Each digest refused at least twice (nothing taken in between): none dropped.
+        await eventually(lambda: _value(harness.count("digests", "failed")), lambda n: n >= 6)
+        assert harness.count("digests", "rejected") == harness.count("digests", "refused") == 0
+        store = notifier.store
+        for u in users:
+            doc = await store.digests.find_one({"_id": u["_id"]})
+            assert doc is not None and doc.get("refused_at") and doc["attempts"] >= 1
+            assert await store.pending.count_documents({"user": u["_id"]}) == 1
+
+        stub.rcpt_code = stub.data_code = 250  # the relay takes mail again
+        await eventually(lambda: _value(stub.accepted), lambda ms: len(ms) == 4)
+        assert sorted(str(m["To"]) for m in stub.accepted[1:]) == sorted(u["email"] for u in users)
+        ids = [u["_id"] for u in users]
+        await eventually(
+            lambda: store.digests.count_documents({"_id": {"$in": ids}}), lambda n: n == 0
+        )
+        assert await store.pending.count_documents({"user": {"$in": ids}}) == 0
+        assert harness.count("digests", "rejected") == harness.count("digests", "refused") == 0
+        assert harness.count("digests", "abandoned") == 0
 
 
 @pytest.mark.parametrize("stage", ["MAIL", "DATA"])
