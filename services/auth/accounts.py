@@ -197,13 +197,21 @@ async def change_password(
     # A request limit per account before argon2, then the login lockout.
     await lockout.verify_password_again(svc, user, body.current_password, caller.ip, claims.sid)
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
-    now = svc.now()
     new_hash = await svc.passwords.hash(body.new_password)
+    # Everyone else holding this account's sessions is signed out: before the password
+    # is written, so that a failure here (a 503) leaves the old password, and the
+    # client's retry of the same request does it all again. The other way round, the
+    # retry was refused (the current password had changed) and the revocation never
+    # reached the services, or never happened at all.
+    await sessions.revoke_all(svc, user["_id"], "password_changed", keep=claims.sid)
+    now = svc.now()
     await svc.store.update_user(
         user["_id"], {"password_hash": new_hash, "password_changed_at": now, "updated_at": now}
     )
     await svc.store.drop_password_resets(user["_id"], now)
-    # Everyone else holding this account's sessions is signed out.
+    # And again after: a sign-in with the old password that went in meanwhile
+    # (sessions.open_session). Should this one fail, the retry names the new password
+    # as the current one (docs/auth.md).
     await sessions.revoke_all(svc, user["_id"], "password_changed", keep=claims.sid)
     await notify(svc, user, caller, Notice.PASSWORD_CHANGED)
 
@@ -258,6 +266,10 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
     ):
         raise bad
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
+    # Every session ends before the token is used up, as in change_password: a failure
+    # here (a 503) leaves the token for the retry, which was refused before
+    # (``invalid_token``) with the sessions a thief held still live.
+    await sessions.revoke_all(svc, user["_id"], "password_reset")
     if await svc.store.consume_password_reset(token_hash, now) is None:
         raise bad  # used by a concurrent request
     new_hash = await svc.passwords.hash(body.new_password)
@@ -266,6 +278,7 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
     )
     await svc.store.drop_password_resets(user["_id"], now)
     await lockout.forget(svc, user["username"], caller.ip)
+    # And a sign-in with the old password that went in meanwhile.
     await sessions.revoke_all(svc, user["_id"], "password_reset")
     # A reset is the owner's way back in when a second factor is lost, or was
     # added by someone else: it turns every factor off, and says so (docs/auth.md).

@@ -27,9 +27,20 @@ from services.auth.models import (
     AuditList,
     BlockRequest,
 )
+from services.auth.notices import Notice, notify
 from services.auth.state import AuthService, Caller
 from services.auth.store import DuplicateError
-from services.common.audit import ACTION_RE, CURSOR_RE, Actor, Entry, Filters
+from services.common.audit import (
+    ACTION_RE,
+    CURSOR_RE,
+    Actor,
+    Entry,
+    Filters,
+    entry_ms,
+    ms_before,
+    ms_time,
+    page_by_millisecond,
+)
 from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
 from services.common.http import int_schema, parse_int
@@ -152,6 +163,16 @@ async def view_user(svc: AuthService, claims: Claims, caller: Caller, user_id: s
 async def edit_user(
     svc: AuthService, claims: Claims, caller: Caller, user_id: str, body: AdminUserPatch
 ) -> AdminUser:
+    """Change a user's username, e-mail address or roles.
+
+    A role change ends the user's sessions twice: before the roles are written and
+    after. Before: if ending them fails (a 503), nothing has changed and the retry
+    does it all again; before this, the roles were written first, the retry found
+    them equal and answered 200, and the old tokens kept their admin rights until
+    they expired. After: a sign-in that went in between (with the old roles) ends
+    too (``sessions.open_session``). A PATCH that changes nothing is audited like
+    any other call; a username or address change is mailed to the old address
+    (notices.py)."""
     user = await _target(svc, user_id)
     changes: dict[str, Any] = {}
     before: dict[str, Any] = {}
@@ -174,7 +195,11 @@ async def edit_user(
             changes["roles"] = roles
             roles_changed = True
     if not changes:
+        await audit(svc, claims, "user.update", caller, user_id, before={}, after={})
         return await _view(svc, user)
+    if roles_changed:
+        # Tokens carry roles: end the sessions so that new tokens carry the new ones.
+        await sessions.revoke_all(svc, user_id, "roles_changed")
     before = {k: user.get(k) for k in changes if k != "email_lc"}
     now = changes["updated_at"] = svc.now()
     try:
@@ -194,10 +219,29 @@ async def edit_user(
         await svc.store.raise_security_stamp(user_id)
     after = {k: updated.get(k) for k in before}
     await audit(svc, claims, "user.update", caller, user_id, before=before, after=after)
+    await _notify_sign_in_change(svc, user, updated, caller)
     if roles_changed:
-        # Tokens carry roles: end the sessions so that new tokens carry the new ones.
+        # A sign-in that went in while the roles were written (its token has the old ones).
         await sessions.revoke_all(svc, user_id, "roles_changed")
     return await _view(svc, updated)
+
+
+async def _notify_sign_in_change(
+    svc: AuthService, user: Mapping[str, Any], updated: Mapping[str, Any], caller: Caller
+) -> None:
+    """Mail the owner, at the address the account had, that an admin changed its
+    username or address (notices.py: every change to how the account signs in). The
+    new address is not named: the old mailbox may be why it was changed."""
+    said = []
+    if updated["username"] != user["username"]:
+        said.append(f"Its username is now {updated['username']}: sign in with it.")
+    if updated.get("email_lc") != user.get("email_lc"):
+        said.append(
+            "Its e-mail address was changed: password resets, sign-in codes and these "
+            "notices now go to the new address, not to this one."
+        )
+    if said:
+        await notify(svc, user, caller, Notice.CHANGED_BY_ADMIN, " ".join(said), by_admin=True)
 
 
 async def block_user(
@@ -260,10 +304,10 @@ async def audit_log(
     filters: Filters,
     limit: int,
 ) -> AuditList:
-    """A page of the shared audit log, newest first (every service's entries)."""
-    docs = await svc.audit.page(filters, limit + 1)
-    more = len(docs) > limit
-    docs = docs[:limit]
+    """A page of the shared audit log, newest first (every service's entries). A page
+    followed by more ends where a millisecond ends (audit.page_by_millisecond), so that
+    both ``next_cursor`` and ``next_before`` go on without skipping an entry."""
+    docs, more = await page_by_millisecond(svc.audit, filters, limit)
     # What was read is in details: the entry is about the log, not about a target.
     await audit(
         svc, claims, "audit.read", caller, None,
@@ -289,7 +333,7 @@ async def audit_log(
             )
             for d in docs
         ],
-        next_before=docs[-1]["at"] if more and docs else None,
+        next_before=ms_time(entry_ms(docs[-1])) if more and docs else None,
         next_cursor=str(docs[-1]["_id"]) if more and docs else None,
     )
 
@@ -320,7 +364,7 @@ def audit_filters(query: Mapping[str, str]) -> Filters:
         target_type=query.get("target_type") or None,
         target_id=query.get("target_id") or None,
         service=query.get("service") or None,
-        before_ms=None if before is None else int(before.timestamp() * 1000),
+        before_ms=None if before is None else ms_before(before),
         cursor=cursor,
     )
 
@@ -351,14 +395,21 @@ async def user_sessions(
 async def revoke_user_session(
     svc: AuthService, claims: Claims, caller: Caller, user_id: str, sid: str
 ) -> None:
+    """End one session of a user. Ending one already ended answers 204 again and tells
+    every service again, as the user's own ``DELETE /v1/sessions/{sid}`` does: a first
+    try that wrote the revocation and then failed to publish it (a 503) left its access
+    tokens working, and its retry, finding the session ended, answered 404 and told no
+    service."""
     await _target(svc, user_id)
     session = await svc.store.session(sid) if len(sid) <= 64 else None
-    if session is None or session.get("user_id") != user_id or session.get("revoked_at"):
-        raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such live session of this user.")
+    if session is None or session.get("user_id") != user_id:
+        raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such session of this user.")
     # The provider's sign-in cookie, unexchanged codes and sign-ins in flight of this
     # user end with it: else whoever held the session could open another at once
     # (sessions.security_stamp).
     await svc.store.raise_security_stamp(user_id)
-    if not await sessions.revoke(svc, user_id, sid, "revoked_by_admin"):
-        raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such live session of this user.")
-    await audit(svc, claims, "user.revoke_session", caller, user_id, session_id=sid)
+    # Published whether it was live or not (sessions.revoke).
+    was_live = await sessions.revoke(svc, user_id, sid, "revoked_by_admin")
+    await audit(
+        svc, claims, "user.revoke_session", caller, user_id, session_id=sid, was_live=was_live
+    )

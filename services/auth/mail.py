@@ -101,14 +101,32 @@ class Mailer:
         )
 
     async def security_notice(
-        self, to: str, username: str, subject: str, what: str, when: str, ip: str
+        self,
+        to: str,
+        username: str,
+        subject: str,
+        what: str,
+        when: str,
+        ip: str,
+        by_admin: bool = False,
     ) -> None:
-        """Tell the owner about a change to how their account signs in."""
+        """Tell the owner about a change to how their account signs in. ``by_admin``: an
+        administrator made it (the admin's address is not the owner's business)."""
+        if by_admin:
+            where = "By: an administrator of this Parley service"
+            advice = (
+                "If you did not ask for this change, contact the administrators of this "
+                "Parley service."
+            )
+        else:
+            where = f"From address: {ip}"
+            advice = (
+                "If this was not you, reset your password now (every session is signed "
+                "out) and check your sessions and sign-in settings."
+            )
         await self.send(
             to,
             f"Parley: {subject}",
-            f"Hello {username},\n\n{what}\n\nWhen: {when}\nFrom address: {ip}\n\n"
-            "If this was not you, reset your password now (every session is signed "
-            "out) and check your sessions and sign-in settings.\n",
+            f"Hello {username},\n\n{what}\n\nWhen: {when}\n{where}\n\n{advice}\n",
             kind="security_notice",
         )

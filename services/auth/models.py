@@ -296,8 +296,9 @@ class AuditEntry(BaseModel):
 class AuditList(BaseModel):
     entries: list[AuditEntry]
     next_before: datetime | None = Field(
-        description="Older entries: pass as `before` (kept for old clients; `next_cursor` "
-        "never skips entries of the same millisecond)"
+        description="Older entries: pass as `before` (kept for old clients; a page followed "
+        "by more ends where a millisecond ends, so neither this nor `next_cursor` skips "
+        "an entry)"
     )
     next_cursor: str | None = Field(
         default=None, description="Pass as `cursor` for the next page; none at the end"

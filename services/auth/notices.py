@@ -3,9 +3,12 @@
 A second factor turned on or off, new recovery codes, a password changed or
 reset: each is mailed to the account's address as it happens, with the time
 and the client address it came from, so that an owner whose session was
-stolen learns of it. A notice that cannot be sent (the mail server is down)
-is logged and does not undo or refuse the change: it was authorised (password
-and session), and refusing it would not tell the owner anything either.
+stolen learns of it. An administrator's change of the account's username or
+e-mail address is mailed to the address the account had, saying that an
+administrator made it (and not naming the new address). A notice that cannot
+be sent (the mail server is down) is logged and does not undo or refuse the
+change: it was authorised (password and session), and refusing it would not
+tell the owner anything either.
 
 At most ``PARLEY_LIMIT_SECURITY_NOTICES`` notices (5 an hour) are mailed per
 account. The next one is still mailed, saying that further notices are held
@@ -67,6 +70,11 @@ class Notice(Enum):
         "The password of your Parley account was reset with a link sent to this address; "
         "every session was signed out.",
     )
+    # What changed follows (``extra``): admin.edit_user.
+    CHANGED_BY_ADMIN = (
+        "an administrator changed how your account signs in",
+        "An administrator changed your Parley account.",
+    )
 
     @property
     def subject(self) -> str:
@@ -78,10 +86,18 @@ class Notice(Enum):
 
 
 async def notify(
-    svc: AuthService, user: Mapping[str, Any], caller: Caller, notice: Notice, extra: str = ""
+    svc: AuthService,
+    user: Mapping[str, Any],
+    caller: Caller,
+    notice: Notice,
+    extra: str = "",
+    *,
+    by_admin: bool = False,
 ) -> None:
     """Mail ``notice`` to the owner of ``user`` (a failure is logged, not raised), unless
-    the account's notices are over their cap."""
+    the account's notices are over their cap. ``user`` as it was: an address change is
+    mailed to the old address. ``by_admin``: an administrator made the change (the mail
+    says so, and not from which address)."""
     now = svc.now()
     when = now.strftime("%Y-%m-%d %H:%M UTC")
     what = notice.text + (f" {extra}" if extra else "")
@@ -99,8 +115,9 @@ async def notify(
         )
     try:
         await svc.mailer.security_notice(
-            str(user["email"]), str(user["username"]), notice.subject, what, when, caller.ip
-        )
+            str(user["email"]), str(user["username"]), notice.subject, what, when, caller.ip,
+            by_admin=by_admin,
+        )  # fmt: skip
     except MailError:
         log.warning(
             "security notice not sent", extra={"user_id": user["_id"], "notice": notice.name}

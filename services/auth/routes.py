@@ -458,7 +458,8 @@ async def admin_view(request: web.Request, claims: Claims) -> AdminUser:
 
 @api.patch(
     "/v1/admin/users/{user_id}",
-    summary="Edit a user's username, e-mail or roles",
+    summary="Edit a user's username, e-mail or roles (a role change ends their sessions; "
+    "a new username or address is mailed to the old address)",
     body=AdminUserPatch,
     response=AdminUser,
     errors=[
@@ -512,7 +513,8 @@ async def admin_unblock(request: web.Request, claims: Claims) -> AdminUser:
         "action": "only actions starting with this (`room.` or `user.block`)",
         "target_type": "only entries about this kind of target (`user`, `room`, `message`)",
         "service": "only entries written by this service (`auth`, `rooms`)",
-        "before": "only entries older than this (ISO 8601); `next_before` of the previous page",
+        "before": "only entries of a millisecond before this (ISO 8601); `next_before` of "
+        "the previous page",
         "cursor": "`next_cursor` of the previous page (wins over `before`)",
         "limit": admin.PAGE_SIZE_DOC,
     },
@@ -544,7 +546,7 @@ async def admin_user_sessions(request: web.Request, claims: Claims) -> AdminSess
 
 @api.delete(
     "/v1/admin/users/{user_id}/sessions/{sid}",
-    summary="End one session of a user",
+    summary="End one session of a user (one ended already: 204, every service told again)",
     status=204,
     errors=[E.FORBIDDEN, E.USER_NOT_FOUND, E.SESSION_NOT_FOUND],
     **_ADMIN,

@@ -22,6 +22,20 @@ edit or removal.
 Entries are ordered by ``_id``: 13 digits of Unix milliseconds and 12 random
 hex digits, so the newest first is ``_id`` descending and a page's cursor is
 the last ``_id`` it returned (no two entries tie).
+
+**Pages by millisecond** (:func:`page_by_millisecond`, the admin route's): a
+page followed by more ends where a millisecond ends, so that ``before`` (a
+time: "older than this millisecond") goes on from its last entry's time without
+skipping the others of that millisecond (the page of ``limit`` entries cut a
+millisecond in two, and ``before`` skipped its second half). A page whose
+entries are all of one millisecond holds that whole millisecond.
+
+**Read with an aggregation** (``$match``, ``$sort``, ``$limit``), as
+:func:`services.common.clients.in_id_order` reads, newest first: the embedded
+MongoDB answers a ``find`` of an ``_id`` range by reading the whole collection
+(650-760 ms a page at 50,000 entries; a few ms this way; docs/embedded.md). An
+action prefix is a range of ``action`` (a ``$regex`` in an aggregation reads
+everything, slower still).
 """
 
 from __future__ import annotations
@@ -29,11 +43,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -47,10 +61,36 @@ COLLECTION = "audit_log"
 # A cursor is an entry's _id: 13 digits, a dash, 12 hex digits.
 CURSOR_RE = re.compile(r"[0-9]{13}-[0-9a-f]{12}")
 ACTION_RE = re.compile(r"[a-z_]+(\.[a-z_]+)*\.?")
+# Above every character an action has after its prefix (ACTION_RE: ASCII): the end of
+# the ``action`` range a prefix stands for.
+_PREFIX_END = "\U0010ffff"
+# The most entries of one millisecond a page holds (page_by_millisecond): the services
+# write one entry per request, a few in a millisecond at most; past this (entries put
+# into the database in bulk), ``before`` would skip the rest of that millisecond.
+MAX_ONE_MS = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def entry_id(at_ms: int) -> str:
     return f"{at_ms:013d}-{secrets.token_hex(6)}"
+
+
+def entry_ms(doc: Doc) -> int:
+    """The millisecond of an entry, from its ``_id`` (what ``before`` compares)."""
+    return int(str(doc["_id"])[:13])
+
+
+def ms_time(at_ms: int) -> datetime:
+    """Unix milliseconds as a datetime (``next_before``), in integers."""
+    return _EPOCH + timedelta(milliseconds=at_ms)
+
+
+def ms_before(before: datetime) -> int:
+    """``Filters.before_ms`` of a time: the entries of a millisecond that starts before
+    it are older (``.1235`` keeps those of ``.123``, which the truncated product of the
+    timestamp lost), in integers."""
+    micros = (before - _EPOCH) // timedelta(microseconds=1)
+    return max(-(-micros // 1000), 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,23 +114,32 @@ class Filters:
     service: str | None = None
     before_ms: int | None = None
     cursor: str | None = None
+    # Only entries of this millisecond or later (page_by_millisecond).
+    since_ms: int | None = None
 
     def query(self) -> Doc:
         q: Doc = {}
         if self.actor_id:
             q["actor_id"] = self.actor_id
         if self.action_prefix:
-            q["action"] = {"$regex": "^" + re.escape(self.action_prefix)}
+            # A range, not a ``$regex``: the same entries (a prefix of ASCII), and read
+            # without a scan by the embedded server's aggregation (module docstring).
+            q["action"] = {"$gte": self.action_prefix, "$lt": self.action_prefix + _PREFIX_END}
         if self.target_type:
             q["target_type"] = self.target_type
         if self.target_id:
             q["target_id"] = self.target_id
         if self.service:
             q["service"] = self.service
+        ids: Doc = {}
         if self.cursor:
-            q["_id"] = {"$lt": self.cursor}
+            ids["$lt"] = self.cursor
         elif self.before_ms is not None:
-            q["_id"] = {"$lt": f"{max(self.before_ms, 0):013d}"}
+            ids["$lt"] = f"{max(self.before_ms, 0):013d}"
+        if self.since_ms is not None:
+            ids["$gte"] = f"{max(self.since_ms, 0):013d}"
+        if ids:
+            q["_id"] = ids
         return q
 
 
@@ -151,9 +200,37 @@ class AuditLog:
         return doc
 
     async def page(self, filters: Filters, limit: int) -> list[Doc]:
-        """Up to ``limit`` entries matching ``filters``, newest first."""
-        cursor = self.coll.find(filters.query()).sort("_id", DESCENDING).limit(limit)
-        return [_at(doc) async for doc in cursor]
+        """Up to ``limit`` entries matching ``filters``, newest first (an aggregation:
+        module docstring)."""
+        pipeline: list[Doc] = [
+            {"$match": filters.query()},
+            {"$sort": {"_id": -1}},
+            {"$limit": limit},
+        ]
+        return [_at(doc) for doc in await (await self.coll.aggregate(pipeline)).to_list()]
+
+
+async def page_by_millisecond(
+    log: AuditLog, filters: Filters, limit: int
+) -> tuple[list[Doc], bool]:
+    """A page of up to ``limit`` entries, newest first, and whether older ones follow.
+
+    A page followed by more ends where a millisecond ends: the entries of its last
+    millisecond are all on it or all on the next page, so that paging by ``before``
+    (the last entry's time) skips none, and neither does the cursor (the last
+    ``_id``). A page whose ``limit + 1`` entries are all of one millisecond holds that
+    whole millisecond instead (up to ``MAX_ONE_MS`` more entries)."""
+    docs = await log.page(filters, limit + 1)
+    if len(docs) <= limit:
+        return docs, False
+    cut = entry_ms(docs[limit])  # the millisecond of the first entry left out
+    kept = [d for d in docs[:limit] if entry_ms(d) != cut]
+    if kept:
+        return kept, True
+    rest = await log.page(replace(filters, cursor=docs[-1]["_id"], since_ms=cut), MAX_ONE_MS)
+    whole = docs + rest
+    older = await log.page(replace(filters, cursor=whole[-1]["_id"], since_ms=None), 1)
+    return whole, bool(older)
 
 
 def _at(doc: Doc) -> Doc:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.common.app import base_app
+from services.common.audit import AuditLog
 from services.common.auth import use_token_verifier
 from services.common.clients import Topics
 from services.common.config import Settings
@@ -42,6 +43,7 @@ async def create_app(settings: Settings, config: KeysConfig | None = None) -> we
         events=EventPublisher(store, config),
         limiter=RateLimiter(redis, f"{settings.redis_prefix}:keys", metrics=metrics.limits),
         metrics=metrics,
+        audit=AuditLog.of(db, settings, "keys"),
     )
     app[KEYS] = keys
 
@@ -49,6 +51,7 @@ async def create_app(settings: Settings, config: KeysConfig | None = None) -> we
         # Until the indexes exist, uniqueness would not hold; until the removed
         # devices' revocations are back in Redis, their tokens would pass.
         await store.ensure_indexes()
+        await keys.audit.ensure_indexes()
         await restore_revocations(keys)
 
     use_startup(app, startup)

@@ -25,6 +25,8 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
+from services.common.audit import Actor, Entry
+from services.common.auth import Claims
 from services.common.errors import ApiError, ErrorCode
 from services.keys import accounts, models, verify
 from services.keys.state import Keys
@@ -388,3 +390,19 @@ async def delete(keys: Keys, user_id: str, device_id: int) -> None:
         raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_id": device_id})
     await keys.store.forget_left(user_id, device_id)
     log.info("device removed", extra={"user_id": user_id, "device_id": device_id})
+
+
+async def remove_as_admin(
+    keys: Keys, claims: Claims, ip: str, user_id: str, device_id: int
+) -> None:
+    """An admin removes another user's pending device (:func:`delete`), and the shared
+    audit log says so (docs/moderation.md: each admin route writes one entry, after it
+    succeeded): ``user.remove_device``, the user as its target, the device in
+    ``details``, as the auth service's ``user.revoke_session`` names a session."""
+    await delete(keys, user_id, device_id)
+    await keys.audit.record(
+        Entry(
+            actor=Actor(claims.user_id, "admin"), action="user.remove_device",
+            target_type="user", target_id=user_id, details={"device_id": device_id}, ip=ip,
+        )
+    )  # fmt: skip

@@ -18,7 +18,7 @@ from parley_contract.frames import is_b64url
 
 from services.common.auth import MAX_USER_ID, Claims
 from services.common.errors import ApiError, ErrorCode
-from services.common.http import int_schema, json_response, parse_int
+from services.common.http import client_ip, int_schema, json_response, parse_int
 from services.common.openapi import Api
 from services.keys import accounts, bundles, devices, links, models
 from services.keys.config import MAX_CLAIM_USERS, MAX_LIST_USERS
@@ -223,7 +223,7 @@ async def delete_device(request: web.Request, claims: Claims) -> None:
 
 @api.delete(
     USER + "/devices/{device_id}",
-    summary="Remove a pending device of a user (the user themself or an admin)",
+    summary="Remove a pending device of a user (the user themself, or an admin: audited)",
     status=204,
     auth=True,
     params={**_USER, **_DEVICE},
@@ -232,6 +232,12 @@ async def delete_device(request: web.Request, claims: Claims) -> None:
 )
 async def delete_user_device(request: web.Request, claims: Claims) -> None:
     user_id = user_id_of(request)
+    if claims.is_admin and user_id != claims.user_id:
+        # Another user's device: an admin action, audited.
+        await devices.remove_as_admin(
+            request.app[KEYS], claims, client_ip(request, True), user_id, device_id_of(request)
+        )
+        return
     if claims.is_admin:
         device_id = device_id_of(request)
     elif user_id != claims.user_id:

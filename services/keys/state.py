@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from services.common.audit import AuditLog
 from services.common.ratelimit import RateLimiter
 from services.keys.config import KeysConfig
 from services.keys.events import EventPublisher
@@ -22,6 +23,8 @@ class Keys:
     # keys <redis_prefix>:keys:rl:<claims|claims-by|one-time|links|resets|removals>:<hash>.
     limiter: RateLimiter
     metrics: KeysMetrics
+    # The shared audit log (services/common/audit.py): an admin's removal of a device.
+    audit: AuditLog
 
 
 KEYS: web.AppKey[Keys] = web.AppKey("keys", Keys)

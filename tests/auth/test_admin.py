@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -356,10 +358,103 @@ async def test_a_reset_mailed_while_the_address_changed_does_not_work(
     )  # fmt: skip
     gate.set()
     await auth.service.drain()
-    [reset_mail] = await auth.mail_to(old)
+    # The old address has the reset and the notice of the change (in either order).
+    mails = await auth.mail_to(old, after=1)
+    [reset_mail] = [m for m in mails if "reset token: " in m]
     body = {
         "token": reset_mail.split("reset token: ")[1].split()[0],
         "new_password": "a brand new passphrase",
     }
     status, err = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
     assert status == 401 and err["error"]["code"] == "invalid_token", (status, err)
+
+
+def mails_to(auth: AuthApi, addr: str) -> int:
+    """Mails the sink holds for ``addr`` (written before it acknowledges them: a
+    request's mail is there once the request has answered)."""
+    return len(list(auth.maildir.glob(f"*-{addr}.eml")))
+
+
+async def test_an_edit_that_changes_nothing_is_audited_and_ends_no_session(
+    auth: AuthApi, admin: dict[str, Any]
+) -> None:
+    """Before: a PATCH that changed nothing answered 200 and wrote no entry, although
+    every admin call, reads included, is audited. The console sends the roles with
+    every save: roles as they are end no session."""
+    user = await auth.signup()
+    uid = user["user"]["user_id"]
+    same = {"username": user["user"]["username"], "email": user["email"], "roles": ["user"]}
+    _, view = await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{uid}", same, token=admin["access_token"], status=200
+    )
+    assert view["live_sessions"] == 1
+    await auth.call("GET", "/auth/v1/me", token=user["access_token"], status=200)
+    [entry] = [e async for e in auth.audit.find({"target_id": uid})]
+    assert (entry["action"], entry["actor_id"]) == ("user.update", admin["user"]["user_id"])
+    assert (entry["before"], entry["after"]) == ({}, {})
+    assert mails_to(auth, user["email"]) == 0  # nothing changed, nothing to tell
+
+
+async def test_an_admin_change_of_username_or_address_is_mailed_to_the_old_address(
+    auth: AuthApi, admin: dict[str, Any]
+) -> None:
+    """Before: an admin changed the account's address (or username) and the owner was
+    not told, though notices.py promises a mail for every change to how the account
+    signs in. The old address is told now (without the new one: the old mailbox may
+    be why it changed), under the account's cap of notices like any other."""
+    user = await auth.signup()
+    uid, old = user["user"]["user_id"], user["email"]
+    name, new = unique_name("ren"), f"{unique_name('moved')}@example.test"
+    await auth.call(
+        "PATCH", f"/auth/v1/admin/users/{uid}", {"username": name, "email": new},
+        token=admin["access_token"], status=200,
+    )  # fmt: skip
+    [notice] = await auth.mail_to(old)
+    assert "an administrator changed how your account signs in" in notice
+    assert f"Its username is now {name}" in notice and "e-mail address was changed" in notice
+    assert new not in notice and "By: an administrator" in notice
+    assert "From address" not in notice  # not the admin's address
+    assert mails_to(auth, new) == 0
+    # The cap of notices per account holds for these too (PARLEY_LIMIT_SECURITY_NOTICES).
+    cap = auth.service.limiter.limits("security_notices").count
+    for i in range(cap + 1):
+        await auth.call(
+            "PATCH", f"/auth/v1/admin/users/{uid}", {"username": f"{name}x{i}"},
+            token=admin["access_token"], status=200,
+        )  # fmt: skip
+    assert mails_to(auth, new) == cap  # the first was the old address's; then one past it
+    mails = await auth.mail_to(new, after=cap - 1)
+    assert "This is the last notice until" in mails[-1]
+
+
+@pytest.mark.parametrize("by", ["before", "cursor"])
+async def test_paging_the_audit_log_skips_no_entry_of_a_millisecond(
+    auth: AuthApi, admin: dict[str, Any], by: str
+) -> None:
+    """Before: a page of ``limit`` entries cut a millisecond in two, and ``before`` =
+    ``next_before`` (that millisecond) skipped the rest of it: four entries of one
+    millisecond paged two at a time showed two. A page now ends where a millisecond
+    ends (or holds the whole millisecond), for both ways of paging."""
+    actor = Actor("y" * 32, "admin")
+    at = int(time.time() * 1000) - 60_000
+    made = []
+    for ms, count in ((at, 4), (at + 1, 3), (at + 5, 1)):
+        for _ in range(count):
+            doc = await auth.service.audit.record(
+                Entry(actor, "room.view", "room", f"r{len(made)}"), now_ms=ms
+            )
+            made.append(doc["_id"])
+    seen: list[str] = []
+    more = ""
+    for _ in range(len(made) + 1):
+        _, page = await auth.call(
+            "GET", f"/auth/v1/admin/audit?actor_id={'y' * 32}&limit=2{more}",
+            token=admin["access_token"], status=200,
+        )  # fmt: skip
+        assert page["entries"]
+        seen += [e["id"] for e in page["entries"]]
+        if page["next_cursor"] is None:
+            assert page["next_before"] is None
+            break
+        more = "&" + urlencode({by: page[f"next_{by}"]})
+    assert seen == sorted(made, reverse=True)

@@ -1085,3 +1085,53 @@ async def test_logout_without_a_hint_asks_then_shows_signed_out(op: OP) -> None:
         assert sent.status_code == 200, sent.text[:200]
     finally:
         await browser.close()
+
+
+async def test_only_the_built_in_console_gets_an_admins_rights(op: OP) -> None:
+    """Before: a ``parley.api`` access token carried the user's roles whatever the
+    client, so an admin who signed in to any registered client granted ``parley.api``
+    (a bot dashboard, a third-party app: its consent page says "use Parley as you")
+    gave it the admin API. Now only the built-in admin console's tokens carry the
+    admin role; any other client's act as a user, refreshed ones too."""
+    rp = await op.client(scopes=["openid", "parley.api"], skip_consent=False, name="Bot board")
+    rp.scope = "openid parley.api"
+    someone = await op.user(["user", "admin"])
+    oauth, url, verifier, _ = rp.start()
+    browser = Browser(op.base)
+    try:
+        page = await browser.follow(await browser.get(url), rp.redirect_uri)
+        page = await browser.sign_in(page, someone["username"], PASSWORD, rp.redirect_uri)
+        back = await browser.consent(page, "allow", rp.redirect_uri)
+    finally:
+        await browser.close()
+    resp = await token_call(rp, grant(rp, back.headers["location"], verifier))
+    assert resp.status_code == 200, resp.text
+    tokens = resp.json()
+    refreshed = await token_call(
+        rp, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+             "client_id": rp.client_id},
+    )  # fmt: skip
+    assert refreshed.status_code == 200, refreshed.text
+    await oauth.aclose()
+    console = RelyingParty(
+        op.base, clients.ADMIN_CONSOLE_ID, f"{op.base}/admin/callback", "openid parley.api"
+    )
+    await console.discover()
+    oauth, callback, verifier, _ = await code_for(op, console, someone)
+    resp = await token_call(console, grant(console, callback, verifier))
+    assert resp.status_code == 200, resp.text
+    await oauth.aclose()
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        for token, rights in (
+            (tokens["access_token"], ["user"]),
+            (refreshed.json()["access_token"], ["user"]),
+            (resp.json()["access_token"], ["user", "admin"]),
+        ):
+            claims = pyjwt.decode(token, options={"verify_signature": False})
+            assert claims["roles"] == rights
+            me = await http.get("/auth/v1/me", headers=bearer(token))
+            assert me.status_code == 200  # a Parley access token either way
+            users = await http.get("/auth/v1/admin/users?limit=1", headers=bearer(token))
+            want = (200, None) if "admin" in rights else (403, "forbidden")
+            code = None if users.status_code == 200 else users.json()["error"]["code"]
+            assert (users.status_code, code) == want

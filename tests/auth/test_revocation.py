@@ -247,3 +247,65 @@ async def test_a_revocation_retried_after_a_failed_publish_is_told_to_every_serv
     assert status in (200, 204)
     status, body = await auth.call("GET", "/auth/v1/me", token=other["access_token"])
     assert (status, body["error"]["code"]) == (401, "token_revoked")
+
+
+@pytest.mark.parametrize("which", ["admin_one", "demote", "password", "reset"])
+async def test_an_admin_or_password_revocation_whose_publish_failed_is_finished_by_its_retry(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    """Before: the first try wrote its change and the revocation to MongoDB, then the
+    publish to Redis failed (503), and its retry told no service: an admin ending one
+    session got 404 ``session_not_found`` (the session was ended already); a demotion
+    found the roles equal (200); a password change found the current password changed
+    (401 ``invalid_credentials``); a reset found its token used (401 ``invalid_token``).
+    The ended sessions' access tokens (a demoted admin's with its admin rights) kept
+    working until they expired. The retry of the same request now finishes it."""
+    admin = await admin_token(auth)
+    user = await auth.signup()
+    uid = user["user"]["user_id"]
+    if which == "demote":
+        await auth.call(
+            "PATCH", f"/auth/v1/admin/users/{uid}", {"roles": ["user", "admin"]}, token=admin,
+            status=200,
+        )  # fmt: skip
+    other = await auth.login(user["user"]["username"])  # the session that must end
+    new_password = "a brand new passphrase"
+    if which == "admin_one":
+        request = ("DELETE", f"/auth/v1/admin/users/{uid}/sessions/{other['session_id']}",
+                   None, admin)  # fmt: skip
+    elif which == "demote":
+        request = ("PATCH", f"/auth/v1/admin/users/{uid}", {"roles": ["user"]}, admin)
+    elif which == "password":
+        body = {"current_password": user["password"], "new_password": new_password}
+        request = ("POST", "/auth/v1/password", body, user["access_token"])
+    else:
+        await auth.call("POST", "/auth/v1/password/reset", {"email": user["email"]}, status=202)
+        [mail] = await auth.mail_to(user["email"])
+        token = mail.split("reset token: ")[1].split()[0]
+        request = ("POST", "/auth/v1/password/reset/confirm",
+                   {"token": token, "new_password": new_password}, None)  # fmt: skip
+    method, path, json, bearer_token = request
+    store = auth.service.store
+
+    async def redis_away(*_: object) -> None:
+        raise ConnectionError("redis away")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "publish_session_revoked", redis_away)
+        m.setattr(store, "publish_sessions_revoked", redis_away)
+        status, _ = await auth.call(method, path, json, token=bearer_token)
+        assert status == 503  # Redis away: try again
+    status, body = await auth.call(method, path, json, token=bearer_token)
+    assert status in (200, 204), body
+    probe = "/auth/v1/admin/users?limit=1" if which == "demote" else "/auth/v1/me"
+    status, body = await auth.call("GET", probe, token=other["access_token"])
+    assert (status, body["error"]["code"]) == (401, "token_revoked")
+    if which in ("password", "reset"):
+        await auth.login(user["user"]["username"], new_password)
+    if which == "password":  # the session that changed it goes on
+        await auth.call("GET", "/auth/v1/me", token=user["access_token"], status=200)
+    if which in ("admin_one", "demote"):
+        # One entry: the first try's change was audited only if it was made.
+        action = "user.revoke_session" if which == "admin_one" else "user.update"
+        entries = [e async for e in auth.audit.find({"target_id": uid, "action": action})]
+        assert len(entries) == (1 if which == "admin_one" else 2)  # demote: promote too

@@ -156,3 +156,28 @@ async def test_a_device_bound_session_reaches_its_own_device(api: KeysApi) -> No
     assert (status, body["created"]) == (200, True)
     assert (await api.call("GET", "/v1/devices/7/counts", ALICE, did=7))[0] == 200
     assert (await api.call("DELETE", "/v1/devices/7", ALICE, did=7))[0] == 204
+
+
+async def test_an_admin_removing_another_users_device_is_audited(api: KeysApi) -> None:
+    """Before: an admin removed another user's pending device and the shared audit log
+    had no entry of it (docs/moderation.md: each admin route writes one). One entry
+    now, after the removal; a refused one and the owner's own removal write none."""
+    await _alice(api, listed=False)
+    log = api.keys.audit
+    admin = api.headers("root", roles=("user", "admin"))
+    status, body = await api.call("DELETE", f"/v1/users/{ALICE}/devices/9", None, headers=admin)
+    assert (status, body["error"]["code"]) == (404, "device_not_found")
+    assert await log.coll.count_documents({}) == 0
+    status, _ = await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", None, headers=admin)
+    assert status == 204 and await api.device_doc(ALICE) is None
+    [entry] = await log.coll.find({}).to_list()
+    assert {k: entry[k] for k in ("service", "actor_id", "actor_role", "action")} == {
+        "service": "keys", "actor_id": "root", "actor_role": "admin",
+        "action": "user.remove_device",
+    }  # fmt: skip
+    assert (entry["target_type"], entry["target_id"]) == ("user", ALICE)
+    assert entry["details"] == {"device_id": 1} and entry["ip"]
+    # The owner's own removal is not an admin action.
+    assert (await api.put_identity(ALICE, 1, DeviceKeys().identity()))[0] == 200
+    assert (await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", ALICE))[0] == 204
+    assert await log.coll.count_documents({}) == 1

@@ -101,6 +101,11 @@ class Client(ClientMixin):  # type: ignore[misc]
         return bool(self.doc["type"] == "public")
 
     @property
+    def built_in(self) -> bool:
+        """Written from the configuration (the admin console), never by an admin."""
+        return bool(self.doc.get("built_in"))
+
+    @property
     def skip_consent(self) -> bool:
         return bool(self.doc.get("skip_consent"))
 

@@ -59,6 +59,8 @@ from services.common.errors import ApiError, ErrorCode
 
 T = TypeVar("T")
 SCOPES = clients.SCOPES
+# What a ``parley.api`` token of a client that is not built in may carry (api_roles).
+USER_ROLES = frozenset({"user"})
 # How long a worker thread waits for one store call on the event loop.
 BRIDGE_TIMEOUT_S = 30.0
 NONCE = "oidc-nonce"
@@ -241,6 +243,18 @@ def user_claims(user: Mapping[str, Any], scope: str) -> dict[str, Any]:
     if "roles" in scopes:
         out["roles"] = list(user["roles"])
     return out
+
+
+def api_roles(client: Client, user: Mapping[str, Any]) -> list[str]:
+    """The roles a ``parley.api`` access token of ``client`` carries: the user's for a
+    built-in client (the admin console, written from the configuration: no admin can
+    register or edit one), ``user`` alone for any other. Before, an admin who signed in
+    to any client granted ``parley.api`` (a bot dashboard, a third-party app) handed it
+    full admin rights, and its consent page said nothing of it. The ``roles`` scope
+    only shows the roles (ID token, userinfo); it grants none."""
+    if client.built_in:
+        return list(user["roles"])
+    return [r for r in user["roles"] if r in USER_ROLES]
 
 
 def _oauth_error(exc: ApiError) -> InvalidGrantError:
@@ -617,7 +631,7 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
         if "parley.api" in scopes:
             # Also a Parley access token: every service accepts it (docs/auth.md).
             audience.append(svc.settings.jwt_audience)
-            claims["roles"] = list(user["roles"])
+            claims["roles"] = api_roles(client, user)
         claims["aud"] = audience
         token: dict[str, Any] = {
             "token_type": "Bearer",
