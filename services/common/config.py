@@ -7,6 +7,7 @@ Secrets are ``SecretStr``: they never appear in a repr, a log line or an error.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Literal, NoReturn
 
@@ -19,6 +20,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FRANKING_KEY_ID = r"^[A-Za-z0-9_-]{1,16}$"
+"""A franking key id: it names the key in every tag (``<kid>.<mac>``) and tombstone."""
 
 
 class Settings(BaseSettings):
@@ -117,6 +121,25 @@ class Settings(BaseSettings):
             return None
         if len(value.get_secret_value()) < 32:
             raise ValueError("PARLEY_FRANKING_KEY must be at least 32 characters")
+        return value
+
+    @field_validator("franking_retired_keys")
+    @classmethod
+    def _retired_keys_are_well_formed(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        # Each entry parsed as ModerationKeys reads it: a malformed one was dropped or
+        # kept under a mangled id, and one under the current id replaced by the current
+        # key, so older tags and tombstones stopped verifying without a word.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        kids = retired_franking_keys(value.get_secret_value())
+        current = info.data.get("franking_key_id")
+        if current in kids:
+            raise ValueError(
+                f"names the current key id {current!r} "
+                "(PARLEY_FRANKING_KEY_ID): give the new key a new id"
+            )
         return value
 
     @field_validator("kafka_sasl_password")
@@ -238,14 +261,21 @@ class Settings(BaseSettings):
     # Moderation of end-to-end encrypted messages (docs/moderation-messages.md):
     # the secret that the franking tags' HMAC key and the tombstones' Ed25519
     # signing key are derived from (HKDF, one label each), and its key id, which
-    # every tag and tombstone names. Rotate by giving a new secret and id and
-    # moving the old pair to franking_retired_keys ("<id>:<secret>,..."): tags
-    # made under a retired key still verify, its public key stays published.
+    # every tag and tombstone names. franking_retired_keys ("<id>:<secret>,...")
+    # are keys that verify and are published but do not sign: former keys, and
+    # during a rotation the next one (two steps, docs/deployment.md, "Rotating the
+    # franking key"). Checked at start: each entry well formed, its secret at least
+    # 32 characters, no id twice and none the current id (it would silently
+    # replace the former key of that id).
     # Unset: a random key per process (with a warning), so reports of messages
     # stored before a restart fail; `make run` generates one into its data dir.
     franking_key: SecretStr | None = None
-    franking_key_id: str = Field(default="1", pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    franking_key_id: str = Field(default="1", pattern=FRANKING_KEY_ID)
     franking_retired_keys: SecretStr | None = None
+    # Reports one user may file (COUNT/SECONDS), counting only those stored (not a
+    # repeat of a report already filed, nor a refused one); past it: 429
+    # ``rate_limited``. Each stores a message's plaintext for the admins.
+    limit_reports: str = Field(default="30/3600", pattern=r"^[1-9][0-9]{0,6}/[1-9][0-9]{0,6}$")
 
     # Notifier (docs/notifier.md): mentions of a user with no connected device
     # are collected for this long from the first one, then sent in one e-mail;
@@ -266,6 +296,32 @@ class Settings(BaseSettings):
 
 class ConfigError(Exception):
     """The environment does not describe a valid configuration."""
+
+
+def retired_franking_keys(text: str) -> dict[str, str]:
+    """``PARLEY_FRANKING_RETIRED_KEYS`` (``"<id>:<secret>,..."``) by key id; ``ValueError``
+    (naming the entry by its position and id, never its secret) for an entry that is
+    not ``<id>:<secret>`` with an id as ``PARLEY_FRANKING_KEY_ID``'s and a secret of at
+    least 32 characters without surrounding spaces, or for an id given twice. Blank
+    entries (a trailing comma) are skipped."""
+    out: dict[str, str] = {}
+    for n, entry in enumerate(text.split(","), 1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        kid, sep, secret = entry.partition(":")
+        where = f"entry {n}"
+        if not sep or not re.fullmatch(FRANKING_KEY_ID, kid):
+            raise ValueError(f"{where} is not <id>:<secret> with an id of 1-16 of A-Z a-z 0-9 _ -")
+        if secret != secret.strip() or len(secret) < 32:
+            raise ValueError(
+                f"{where} (id {kid!r}): the secret must be at least 32 characters, "
+                "without spaces around it"
+            )
+        if kid in out:
+            raise ValueError(f"{where}: key id {kid!r} is given twice")
+        out[kid] = secret
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

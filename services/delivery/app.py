@@ -15,6 +15,7 @@ from services.common.clients import Topics
 from services.common.config import Settings
 from services.common.consumer_lag import watch_consumers
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
+from services.common.ratelimit import RateLimiter, RateLimitMetrics
 from services.common.state import REGISTRY
 from services.delivery.handlers import Inbox
 from services.delivery.moderation import Moderation
@@ -38,9 +39,16 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     keys = ModerationKeys(settings)
     mstore = ModerationStore(db)
     parties = Parties(settings)
+    # Unsends and reports, each per user; refusals counted in
+    # parley_rate_limit_refusals_total{service="delivery"}.
+    limiter = RateLimiter(
+        redis, f"{settings.redis_prefix}:delivery",
+        metrics=RateLimitMetrics(app[REGISTRY], "delivery", ("unsend", "report")),
+    )  # fmt: skip
     app[MODERATION] = Moderation(
-        settings, store, mstore, keys, producer, AuditLog.of(db, settings, "delivery"), parties
-    )
+        settings, store, mstore, keys, producer, AuditLog.of(db, settings, "delivery"), parties,
+        limiter,
+    )  # fmt: skip
     worker = Worker(settings, store, app[REGISTRY], producer, keys, acked=app[INBOX].acked)
     app[WORKER] = worker
     app[ROOM_LOG] = worker.room_log

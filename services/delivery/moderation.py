@@ -86,6 +86,7 @@ class Moderation:
         producer: KafkaProducerHandle,
         audit: AuditLog,
         parties: Parties,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.audit = audit
         self.parties = parties
@@ -96,7 +97,8 @@ class Moderation:
         self.producer = producer
         self.topics = Topics(settings)
         self.room_log = RoomLog(store, keys)
-        self.limiter = RateLimiter(store.redis, f"{settings.redis_prefix}:delivery")
+        self.limiter = limiter or RateLimiter(store.redis, f"{settings.redis_prefix}:delivery")
+        self.report_limit = Limit.parse(settings.limit_reports)
 
     async def _audit(
         self, claims: Claims, ip: str | None, action: str, target_type: str, target_id: str,
@@ -118,7 +120,14 @@ class Moderation:
         duplicate}``. A second report of one message by one reporter is the first one
         (``duplicate`` true, nothing new stored). A room's message is reported only by a
         member of the room who had joined when it was sent (read from the rooms service
-        with the caller's ``token``: :meth:`_room_recipient`)."""
+        with the caller's ``token``: :meth:`_room_recipient`).
+
+        At most ``PARLEY_LIMIT_REPORTS`` (30 an hour) are stored per reporter: each keeps
+        a message's plaintext (up to 36 KiB) for the admins, and one user filed
+        300 of 30 KB in 2 s. A place is taken once the tag and the commitment verified
+        and the report is not a repeat, before the rooms service is asked, and given
+        back if the report is refused or turns out a repeat after all: only stored
+        reports count."""
         me = claims.sub
         if body.sender == me:
             raise ApiError(ErrorCode.CANNOT_TARGET_SELF, "You cannot report your own message.")
@@ -155,31 +164,52 @@ class Moderation:
                 ErrorCode.FRANKING_MISMATCH,
                 "The plaintext and franking key do not open the message's commitment.",
             ) from None
-        if room:
-            await self._room_recipient(room, int(body.sent_at), token)
-        now = e.now_ms()
-        doc = {
+        key = hashlib.sha256(f"{me}|{body.server_id}".encode()).hexdigest()
+        # A repeat answers the report filed (its reporter passed every check then).
+        existing = await self.mstore.report_by_key(key)
+        if existing is not None:
+            return {"id": existing["_id"], "state": existing["state"], "duplicate": True}
+        await self.limiter.take_places(
+            "report", me, 1, self.report_limit, message="Too many reports; try again later."
+        )
+        try:
+            if room:
+                await self._room_recipient(room, int(body.sent_at), token)
+            filed, duplicate = await self.mstore.file_report(
+                self._report_doc(claims, body, key, kid, plaintext, room)
+            )
+        except Exception:
+            await self.limiter.release("report", me)
+            raise
+        if duplicate:  # filed by a concurrent request of the same reporter
+            await self.limiter.release("report", me)
+        log.info("report filed", extra={"report": filed["_id"], "duplicate": duplicate})
+        return {"id": filed["_id"], "state": filed["state"], "duplicate": duplicate}
+
+    @staticmethod
+    def _report_doc(
+        claims: Claims, body: Any, key: str, kid: str, plaintext: bytes, room: str | None
+    ) -> dict[str, Any]:
+        """A report as stored: the verified plaintext once, as its bytes (``text`` is
+        decoded from them where it is read: :func:`report_view`)."""
+        return {
             "_id": e.new_server_id(),
-            "key": hashlib.sha256(f"{me}|{body.server_id}".encode()).hexdigest(),
+            "key": key,
             "state": "open",
             "server_id": body.server_id,
-            "conversation": conversation,
+            "conversation": body.conversation,
             "room": room,
             "sender": body.sender,
             "sender_device": body.sender_device,
             "sent_at": body.sent_at,
-            "reporter": me,
+            "reporter": claims.sub,
             "reporter_device": claims.did,
             "commitment": body.commitment,
             "kid": kid,
-            "text": plaintext.decode("utf-8", errors="replace"),
-            "plaintext": body.plaintext,
-            "created_at": now,
+            "plaintext": plaintext,
+            "created_at": e.now_ms(),
             "resolution": None,
         }
-        filed, duplicate = await self.mstore.file_report(doc)
-        log.info("report filed", extra={"report": filed["_id"], "duplicate": duplicate})
-        return {"id": filed["_id"], "state": filed["state"], "duplicate": duplicate}
 
     async def _room_recipient(self, room: str, sent_at: int, token: str) -> None:
         """``not_recipient`` unless the caller is a member of ``room`` who joined at or
@@ -446,7 +476,17 @@ def report_view(doc: dict[str, Any]) -> dict[str, Any]:
         "sent_at": int(doc["sent_at"]),
         "reporter": doc["reporter"],
         "reporter_device": doc.get("reporter_device"),
-        "text": doc["text"],
+        "text": report_text(doc),
         "created_at": int(doc["created_at"]),
         "resolution": doc.get("resolution"),
     }
+
+
+def report_text(doc: dict[str, Any]) -> str:
+    """A report's plaintext for display: its stored bytes as UTF-8 (an invalid sequence
+    shown as U+FFFD). A report filed before the plaintext was stored once has it as
+    ``text`` beside a base64url copy."""
+    raw = doc.get("plaintext")
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return str(doc.get("text", ""))

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from parley_contract.frames import tombstone_signed_bytes
 
-from services.common.config import ConfigError, Settings
+from services.common.config import ConfigError, Settings, retired_franking_keys
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,20 @@ class ModerationKeys:
     """The tag keys and tombstone signing keys, by key id (the current one signs and tags)."""
 
     def __init__(self, settings: Settings) -> None:
-        secrets_by_id: dict[str, bytes] = {}
+        # The retired keys verify and are published, and never sign: former keys, and
+        # during a rotation's first step the next one (docs/deployment.md, "Rotating the
+        # franking key"). Settings refused at start any entry that is malformed or
+        # names the current id (it used to replace that id's former key silently).
         retired = settings.franking_retired_keys
-        if retired is not None:
-            for pair in retired.get_secret_value().split(","):
-                kid, sep, secret = pair.strip().partition(":")
-                if sep and kid and secret:
-                    secrets_by_id[kid] = secret.encode()
+        try:
+            parsed = retired_franking_keys(retired.get_secret_value() if retired else "")
+        except ValueError as exc:  # settings made without validation (model_copy)
+            raise ConfigError(f"PARLEY_FRANKING_RETIRED_KEYS: {exc}") from None
+        secrets_by_id = {kid: secret.encode() for kid, secret in parsed.items()}
+        if settings.franking_key_id in secrets_by_id:
+            raise ConfigError(
+                "PARLEY_FRANKING_RETIRED_KEYS names the current key id (PARLEY_FRANKING_KEY_ID)"
+            )
         if settings.franking_key is None:
             log.warning(
                 "PARLEY_FRANKING_KEY is not set: franking tags use a random key for this "

@@ -4,9 +4,12 @@
 - ``reports``: one document per verified report: ``_id`` (time-ordered),
   ``key`` (unique: one report per reporter and message), ``state`` (``open``,
   ``actioned``, ``dismissed``), the message's metadata as the tag bound it,
-  the reporter, and the **verified plaintext** (``text``, and ``plaintext``
-  base64url): the only place Parley stores a message's plaintext, on purpose,
-  and only for a message one of its recipients reported.
+  the reporter, and the **verified plaintext**, once, as its bytes
+  (``plaintext``, BSON binary; decoded for display where it is read: reports
+  filed before held it twice, as ``text`` and a base64url ``plaintext``): the
+  only place Parley stores a message's plaintext, on purpose, and only for a
+  message one of its recipients reported (at most ``PARLEY_LIMIT_REPORTS`` a
+  reporter). Never deleted (docs/moderation-messages.md, "Trade-offs").
 - ``tombstones``: one document per removed message (``_id`` = its server id):
   who removed it (``by``: ``sender`` or ``admin``, ``actor``), when (``at``),
   the signature, the reason, and how many device inboxes its tombstones went to
@@ -48,16 +51,18 @@ class ModerationStore:
         await self.tombstones.create_index([("at", ASCENDING)])
 
     # Reports ------------------------------------------------------------------
+    async def report_by_key(self, key: str) -> dict[str, Any] | None:
+        """The report a reporter filed of a message (``key``: see moderation.py), if any."""
+        return await self.reports.find_one({"key": key}, {"plaintext": 0, "text": 0})
+
     async def file_report(self, doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Insert a report; returns (the report, False), or (the one already filed by this
-        reporter for this message, True)."""
-        existing = await self.reports.find_one({"key": doc["key"]})
-        if existing is not None:
-            return existing, True
+        reporter for this message, True): a repeat is looked for first
+        (:meth:`report_by_key`), this catches two filed at once."""
         try:
             await self.reports.insert_one(doc)
         except DuplicateKeyError:
-            again = await self.reports.find_one({"key": doc["key"]})
+            again = await self.report_by_key(doc["key"])
             if again is not None:
                 return again, True
             raise

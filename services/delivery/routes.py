@@ -274,7 +274,9 @@ def _path_id(request: web.Request, name: str, length: int) -> str:
         "room's message: you are a member of the room, joined by the time it was sent), and the "
         "plaintext and franking key must open the sender's commitment; then the report is "
         "filed for admins with the verified plaintext (201). Reporting the same message "
-        "again answers the first report (200, `duplicate` true) and stores nothing."
+        "again answers the first report (200, `duplicate` true) and stores nothing. At most "
+        "30 reports an hour per user are filed (`PARLEY_LIMIT_REPORTS`; neither a repeat nor "
+        "a refused report counts): past it, 429 `rate_limited` with `Retry-After`."
     ),
     body=ReportIn,
     response=ReportOut,
@@ -285,6 +287,7 @@ def _path_id(request: web.Request, name: str, length: int) -> str:
         ErrorCode.FRANKING_MISMATCH,
         ErrorCode.NOT_RECIPIENT,
         ErrorCode.CANNOT_TARGET_SELF,
+        ErrorCode.RATE_LIMITED,
     ],
     tags=["moderation"],
 )

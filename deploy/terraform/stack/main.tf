@@ -170,17 +170,20 @@ resource "aws_secretsmanager_secret_version" "key_encryption" {
 
 # The delivery service's franking secret (docs/moderation-messages.md): the
 # franking tags' HMAC key and the tombstones' signing key derive from it. JSON:
-# "key" (PARLEY_FRANKING_KEY) and "retired" (PARLEY_FRANKING_RETIRED_KEYS,
-# "id:secret,..." of former keys whose tags still verify).
+# "key" (PARLEY_FRANKING_KEY), "kid" (PARLEY_FRANKING_KEY_ID, the id every tag
+# and tombstone names) and "retired" (PARLEY_FRANKING_RETIRED_KEYS, "id:secret,..."
+# of keys that verify but do not sign). The key and its id are one secret version,
+# so that a task never reads a new key under the old id. Rotated by hand in two
+# steps (docs/deployment.md, "Rotating the franking key").
 resource "random_password" "franking" {
   length  = 48
   special = false
 }
 
 resource "aws_secretsmanager_secret" "franking" {
-  #checkov:skip=CKV2_AWS_57:Rotating it means moving the old key to "retired" under a new key id (docs/configuration.md); done by hand with a new version, not by a rotation Lambda.
+  #checkov:skip=CKV2_AWS_57:Rotating it means publishing the next key under a new id, then signing with it (docs/deployment.md); done by hand with new versions, not by a rotation Lambda.
   name                    = "${local.name}/franking-key"
-  description             = "PARLEY_FRANKING_KEY and PARLEY_FRANKING_RETIRED_KEYS: franking tags and tombstone signatures"
+  description             = "PARLEY_FRANKING_KEY, PARLEY_FRANKING_KEY_ID and PARLEY_FRANKING_RETIRED_KEYS: franking tags and tombstone signatures"
   kms_key_id              = module.kms.key_arn
   recovery_window_in_days = 7
   tags                    = local.tags
@@ -188,9 +191,9 @@ resource "aws_secretsmanager_secret" "franking" {
 
 resource "aws_secretsmanager_secret_version" "franking" {
   secret_id     = aws_secretsmanager_secret.franking.id
-  secret_string = jsonencode({ key = random_password.franking.result, retired = "" })
+  secret_string = jsonencode({ key = random_password.franking.result, kid = "1", retired = "" })
 
-  # Rotated by hand (docs/configuration.md); terraform does not put it back.
+  # Rotated by hand (docs/deployment.md); terraform does not put it back.
   lifecycle {
     ignore_changes = [secret_string]
   }

@@ -39,6 +39,7 @@ locals {
     PARLEY_KAFKA_SASL_PASSWORD   = { needs = "kafka", value_from = "${module.kafka.scram_secret_arn}:password::", arn = module.kafka.scram_secret_arn }
     PARLEY_KEY_ENCRYPTION_SECRET = { needs = "key_encryption_secret", value_from = aws_secretsmanager_secret.key_encryption.arn, arn = aws_secretsmanager_secret.key_encryption.arn }
     PARLEY_FRANKING_KEY          = { needs = "franking_key", value_from = "${aws_secretsmanager_secret.franking.arn}:key::", arn = aws_secretsmanager_secret.franking.arn }
+    PARLEY_FRANKING_KEY_ID       = { needs = "franking_key", value_from = "${aws_secretsmanager_secret.franking.arn}:kid::", arn = aws_secretsmanager_secret.franking.arn }
     PARLEY_FRANKING_RETIRED_KEYS = { needs = "franking_key", value_from = "${aws_secretsmanager_secret.franking.arn}:retired::", arn = aws_secretsmanager_secret.franking.arn }
     PARLEY_SMTP_USERNAME         = { needs = "smtp_credentials", value_from = "${coalesce(var.smtp_credentials_secret_arn, "none")}:username::", arn = var.smtp_credentials_secret_arn }
     PARLEY_SMTP_PASSWORD         = { needs = "smtp_credentials", value_from = "${coalesce(var.smtp_credentials_secret_arn, "none")}:password::", arn = var.smtp_credentials_secret_arn }
