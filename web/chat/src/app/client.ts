@@ -92,6 +92,11 @@ import {
   reportFields,
   roomMessageMeta,
   roomServerId,
+  type KeptTombstone,
+  keepTombstone,
+  type TombstoneFrame,
+  TOMBSTONE_RETRY,
+  triedAgain,
   unsendPath,
   verifyTombstone,
 } from './moderation.ts';
@@ -521,6 +526,10 @@ export class ParleyClient {
   readonly #asideLock = new Mutex();
   #asideTimer: ReturnType<typeof setTimeout> | null = null;
   #asideWait = ASIDE_RETRY.first;
+  /** Tombstones kept for a key not published yet (the `tombstones_kept` row): the timer
+   * of the next try and its wait (moderation.ts TOMBSTONE_RETRY). */
+  #tombstoneTimer: ReturnType<typeof setTimeout> | null = null;
+  #tombstoneWait = TOMBSTONE_RETRY.first;
   /** When a device list could not be read: none is asked for before this (ms since the epoch). */
   #unansweredUntil = 0;
   #asideTurn = 0; // where the next round of #readAside starts
@@ -580,7 +589,7 @@ export class ParleyClient {
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', PREKEYS_UNSENT, 'rooms_known', 'settings', 'removed_ids']) {
+    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', PREKEYS_UNSENT, 'rooms_known', 'settings', 'removed_ids', 'tombstones_kept']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
@@ -2977,6 +2986,8 @@ export class ParleyClient {
     this.#ackTimer = null;
     this.#clearHeld();
     this.#clearAsideTimer();
+    if (this.#tombstoneTimer !== null) clearTimeout(this.#tombstoneTimer);
+    this.#tombstoneTimer = null;
     this.#unwritten(true);
     const ws = this.#ws;
     if (ws !== null) {
@@ -3269,6 +3280,7 @@ export class ParleyClient {
     }
     this.#ackProcessed();
     this.#asideSoon(true); // what is kept aside: the directory may answer again by now
+    this.#tombstonesSoon(true); // tombstones kept for a key not published then: it may be now
   }
 
   /** Acknowledge the items pushed (and processed) while acks waited for a sync. */
@@ -3559,22 +3571,33 @@ export class ParleyClient {
   }
 
   // -- moderation (client/parley/moderation.py; docs/moderation-messages.md) --------------
-  /** The delivery service's published tombstone keys (kid -> base64url Ed25519 key). */
+  /** The delivery service's published tombstone keys (kid -> base64url Ed25519 key),
+   * read again for a kid not known. */
   async #moderationKeys(kid: string): Promise<Map<string, string>> {
-    if (this.#modKeys === null || !this.#modKeys.has(kid)) {
-      const answer = await this.api.request<{ keys: { kid: string; public_key: string }[] }>('GET', '/delivery/v1/moderation/keys');
-      this.#modKeys = new Map(answer.keys.map((k) => [k.kid, k.public_key]));
-    }
-    return this.#modKeys;
+    if (this.#modKeys === null || !this.#modKeys.has(kid)) await this.#readModerationKeys();
+    return this.#modKeys ?? new Map();
+  }
+
+  /** Read the published keys again; those known are kept (as the SDK: during a rolling
+   * deploy an old task's answer lacks the new key). */
+  async #readModerationKeys(): Promise<void> {
+    const answer = await this.api.request<{ keys: { kid: string; public_key: string }[] }>('GET', '/delivery/v1/moderation/keys');
+    const keys = new Map(this.#modKeys ?? []);
+    for (const k of answer.keys) keys.set(k.kid, k.public_key);
+    this.#modKeys = keys;
   }
 
   /** A message was removed: once its signature verifies, its history entry becomes a
    * "removed" marker and its text (and report fields) leave this device. A tombstone
    * that does not verify is ignored (and acknowledged); one whose keys cannot be read
    * now (no answer, 429, 5xx) is not processed: the handler fails, the socket is given
-   * up (#drop) and the next sync brings it again. */
+   * up (#drop) and the next sync brings it again. One signed with a key not published,
+   * even read again (a rolling deploy: an old delivery task answered), is kept in the
+   * vault (`tombstones_kept`) and acknowledged, and tried again with the keys read
+   * again (#tombstonesSoon), within moderation.ts TOMBSTONE_RETRY's bounds. */
   async #onTombstone(frame: W.Tombstone): Promise<void> {
     let keys: Map<string, string>;
+    let refused = false;
     try {
       keys = await this.#moderationKeys(frame.kid);
     } catch (error) {
@@ -3582,37 +3605,108 @@ export class ParleyClient {
         throw new ParleyError(`A removed message could not be checked now (${error.message}); it will be checked again.`);
       }
       keys = new Map(); // refused, or an answer that is no list of keys: it cannot verify
+      refused = true;
     }
-    const valid = await verifyTombstone({ ...frame, kind: 'tombstone' }, keys);
+    const unknownKey = !refused && !keys.has(frame.kid);
+    const valid = !unknownKey && (await verifyTombstone({ ...frame, kind: 'tombstone' }, keys));
     const removed: ClientEvent[] = [];
     await this.#transaction(async (tx) => {
-      if (valid) {
-        // Only the conversations whose entries hold that server id (history.ts hints).
-        const holding = new Set(this.#history.withServer(frame.server_id));
-        for (const [peerId, ref] of this.#refs) {
-          if (!holding.has(`history:${ref}`)) continue;
-          const done = this.#history.updateServer(
-            tx,
-            `history:${ref}`,
-            frame.server_id,
-            (entry) => this.#markRemoved(entry, frame.by),
-            (e) => e.kind === 'message',
-          );
-          if (done) removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
-        }
-        // No history holds it (yet): a message kept aside or waiting for its room's
-        // sender key, read later, is shown removed then (#removedBy), never with its text.
-        if (removed.length === 0 && this.#removedBy(frame.server_id) === undefined) {
-          const row = tx.get<RemovedRow>('removed_ids') ?? [];
-          row.push([frame.server_id, frame.by]);
-          tx.put('removed_ids', row.slice(-REMOVED_KEPT));
-        }
-      }
+      if (valid) this.#applyTombstone(tx, frame, removed);
+      else if (unknownKey) tx.put('tombstones_kept', keepTombstone(tx.get<KeptTombstone[]>('tombstones_kept') ?? [], { ...frame, kind: 'tombstone' }, Date.now()));
       this.#processed(tx, frame.seq);
     });
     for (const e of removed) this.#emit(e);
     if (removed.length === 0) this.#emit({ type: 'changed' });
     this.#ackSoon(frame.seq);
+    if (unknownKey) this.#tombstonesSoon();
+  }
+
+  /** A verified tombstone in the history (in `tx`); the `removed` events go to `removed`. */
+  #applyTombstone(tx: Tx, frame: W.Tombstone | TombstoneFrame, removed: ClientEvent[]): void {
+    // Only the conversations whose entries hold that server id (history.ts hints).
+    const holding = new Set(this.#history.withServer(frame.server_id));
+    const before = removed.length;
+    for (const [peerId, ref] of this.#refs) {
+      if (!holding.has(`history:${ref}`)) continue;
+      const done = this.#history.updateServer(
+        tx,
+        `history:${ref}`,
+        frame.server_id,
+        (entry) => this.#markRemoved(entry, frame.by),
+        (e) => e.kind === 'message',
+      );
+      if (done) removed.push({ type: 'removed', peer: peerId, serverId: frame.server_id, by: frame.by });
+    }
+    // No history holds it (yet): a message kept aside or waiting for its room's
+    // sender key, read later, is shown removed then (#removedBy), never with its text.
+    if (removed.length === before && this.#removedBy(frame.server_id) === undefined) {
+      const row = tx.get<RemovedRow>('removed_ids') ?? [];
+      row.push([frame.server_id, frame.by]);
+      tx.put('removed_ids', row.slice(-REMOVED_KEPT));
+    }
+  }
+
+  /** Number of tombstones kept for a key not published yet. */
+  get keptTombstones(): number {
+    return this.#read<KeptTombstone[]>('tombstones_kept')?.length ?? 0;
+  }
+
+  /** Try the kept tombstones after the current wait (`now`: at once: a sync is done),
+   * and again, the wait doubling, while some are kept and the client runs. */
+  #tombstonesSoon(now = false): void {
+    if (this.keptTombstones === 0 || !this.#running) return;
+    if (this.#tombstoneTimer !== null) {
+      if (!now) return;
+      clearTimeout(this.#tombstoneTimer);
+    }
+    this.#tombstoneTimer = setTimeout(() => void this.#tombstoneRound(), now ? 0 : this.#tombstoneWait);
+  }
+
+  /** One try of the kept tombstones: the keys read again (once); one that verifies is
+   * applied, one whose signature fails under its (now known) key is dropped as at its
+   * arrival, one whose key is still unknown counts a try (dropped past the bounds,
+   * moderation.ts triedAgain). Keys that cannot be read now: nothing is counted. */
+  async #tombstoneRound(): Promise<void> {
+    this.#tombstoneTimer = null;
+    if (this.#ws === null || this.#ended) return; // not connected: the next sync starts again
+    let read = true;
+    try {
+      await this.#readModerationKeys();
+    } catch (error) {
+      read = !(error instanceof ApiError && error.transient); // refused: the keys known stay
+    }
+    const removed: ClientEvent[] = [];
+    let left = true;
+    if (read) {
+      const keys = this.#modKeys ?? new Map<string, string>();
+      const checked = new Map<string, boolean>(); // by the frame's JSON
+      for (const kept of this.#read<KeptTombstone[]>('tombstones_kept') ?? []) {
+        if (keys.has(kept.frame.kid)) checked.set(JSON.stringify(kept.frame), await verifyTombstone(kept.frame, keys));
+      }
+      try {
+        await this.#transaction(async (tx) => {
+          const now = Date.now();
+          const still: KeptTombstone[] = [];
+          for (const kept of tx.get<KeptTombstone[]>('tombstones_kept') ?? []) {
+            const valid = checked.get(JSON.stringify(kept.frame));
+            if (valid === true) this.#applyTombstone(tx, kept.frame, removed);
+            else if (valid === false) console.warn(`A removal of ${kept.frame.server_id} does not verify under key ${kept.frame.kid}: ignored.`);
+            else if (!keys.has(kept.frame.kid)) {
+              const again = triedAgain(kept, now);
+              if (again !== null) still.push(again);
+              else console.warn(`A removal of ${kept.frame.server_id} signed with key ${kept.frame.kid}, never published: dropped.`);
+            } else still.push(kept); // kept since the keys were read: the next round
+          }
+          tx.put('tombstones_kept', still.length > 0 ? still : undefined);
+          left = still.length > 0;
+        });
+      } catch {
+        left = true; // signed out, or the vault: tried again (if still running)
+      }
+    }
+    for (const e of removed) this.#emit(e);
+    this.#tombstoneWait = left ? Math.min(this.#tombstoneWait * 2, TOMBSTONE_RETRY.longest) : TOMBSTONE_RETRY.first;
+    this.#tombstonesSoon();
   }
 
   /** Who removed the message `serverId` (a verified tombstone that came while no history

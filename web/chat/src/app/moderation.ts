@@ -6,6 +6,8 @@
  *   byte as `tombstone_signed_bytes` in contract/parley_contract/frames.py;
  * - {@link verifyTombstone}: checks a `tombstone` frame against the keys published at
  *   `GET /delivery/v1/moderation/keys` (a forged one is ignored by the caller);
+ * - {@link keepTombstone} / {@link triedAgain}: one signed with a key not published (yet)
+ *   is kept and tried again, within {@link TOMBSTONE_RETRY}'s bounds;
  * - {@link reportFields} / {@link reportBody}: what is kept per received message (1:1 or
  *   private room, {@link roomMessageMeta}) so it can be reported, and the exact
  *   `POST /delivery/v1/reports` body the SDK sends;
@@ -67,6 +69,38 @@ export async function verifyTombstone(frame: TombstoneFrame, keys: ReadonlyMap<s
   } catch {
     return false;
   }
+}
+
+/** Tombstones signed with a key this client does not have, even after reading the keys
+ * again (a rolling deploy of delivery: the task that answered `/moderation/keys` did not
+ * have the new key yet), are kept (the `tombstones_kept` row), acknowledged, and tried
+ * again with the keys read again (client/parley/moderation.py `Moderation.keep`): the
+ * first and longest wait between tries (ms), the tries and the age (ms since it came)
+ * after which one is dropped, and how many are kept at most (the oldest go). Tests
+ * shorten them. */
+export const TOMBSTONE_RETRY = { first: 30_000, longest: 600_000, tries: 12, keepMs: 24 * 3600_000, kept: 500 };
+
+/** A tombstone kept for a key not known yet: the frame, when it came (ms), its tries. */
+export interface KeptTombstone {
+  frame: TombstoneFrame;
+  first: number;
+  tries: number;
+}
+
+/** The kept row with `frame` added (once: the same frame delivered again is not kept
+ * twice), the oldest dropped past TOMBSTONE_RETRY.kept. */
+export function keepTombstone(row: readonly KeptTombstone[], frame: TombstoneFrame, now: number): KeptTombstone[] {
+  const same = JSON.stringify(frame);
+  if (row.some((k) => JSON.stringify(k.frame) === same)) return [...row];
+  return [...row, { frame, first: now, tries: 0 }].slice(-TOMBSTONE_RETRY.kept);
+}
+
+/** A kept tombstone whose key is still unknown after one more try: kept with the try
+ * counted, or null (dropped) once past TOMBSTONE_RETRY's tries or age. */
+export function triedAgain(kept: KeptTombstone, now: number): KeptTombstone | null {
+  const tries = kept.tries + 1;
+  if (tries >= TOMBSTONE_RETRY.tries || now - kept.first >= TOMBSTONE_RETRY.keepMs) return null;
+  return { ...kept, tries };
 }
 
 /** The text that replaces a removed message. */

@@ -300,7 +300,10 @@ export class FakeServer {
    * token's 401, a 403...) while set. */
   roomsRefuse: { status: number; code: string } | null = null;
   moderationCalls = 0;
-  #moderation: { kid: string; pair: CryptoKeyPair; public_key: string } | null = null;
+  /** Signing keys (kid) GET /delivery/v1/moderation/keys leaves out while listed (an
+   * old delivery task of a rolling deploy, which does not have the new key yet). */
+  readonly unpublished = new Set<string>();
+  readonly #moderation = new Map<string, { kid: string; pair: CryptoKeyPair; public_key: string }>();
 
   fetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
     const url = new URL(String(input));
@@ -430,8 +433,9 @@ export class FakeServer {
     if (method === 'GET' && path === '/delivery/v1/moderation/keys') {
       this.moderationCalls++;
       if (this.moderationDown) return refusal(503, 'service_unavailable');
-      const key = await this.#moderationKey();
-      return json(200, { keys: [{ kid: key.kid, public_key: key.public_key }] });
+      await this.#moderationKey();
+      const keys = [...this.#moderation.values()].filter((k) => !this.unpublished.has(k.kid));
+      return json(200, { keys: keys.map((k) => ({ kid: k.kid, public_key: k.public_key })) });
     }
     this.unknown.push(`${method} ${path}`);
     return refusal(404, 'not_found');
@@ -468,19 +472,21 @@ export class FakeServer {
     return this.#addUser(username);
   }
 
-  async #moderationKey(): Promise<{ kid: string; pair: CryptoKeyPair; public_key: string }> {
-    if (this.#moderation === null) {
+  async #moderationKey(kid = 'k1'): Promise<{ kid: string; pair: CryptoKeyPair; public_key: string }> {
+    let key = this.#moderation.get(kid);
+    if (key === undefined) {
       const pair = (await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify'])) as CryptoKeyPair;
       const raw = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
-      this.#moderation = { kid: 'k1', pair, public_key: b64encode(raw) };
+      key = { kid, pair, public_key: b64encode(raw) };
+      this.#moderation.set(kid, key);
     }
-    return this.#moderation;
+    return key;
   }
 
-  /** A tombstone for `serverId` (sent by `from`), signed by the server's key unless
+  /** A tombstone for `serverId` (sent by `from`), signed by the server's key `kid` unless
    * `forged` (then the signature is another message's). */
-  async tombstone(serverId: string, from: string, conversation: string, forged = false): Promise<Omit<W.Tombstone, 'seq'>> {
-    const key = await this.#moderationKey();
+  async tombstone(serverId: string, from: string, conversation: string, forged = false, kid = 'k1'): Promise<Omit<W.Tombstone, 'seq'>> {
+    const key = await this.#moderationKey(kid);
     const at = Date.now();
     const signed = tombstoneSignedBytes({ kid: key.kid, server_id: serverId, sender: from, conversation, by: 'sender', at: forged ? at + 1 : at });
     const signature = new Uint8Array(await crypto.subtle.sign('Ed25519', key.pair.privateKey, signed as Uint8Array<ArrayBuffer>));
