@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -396,12 +397,13 @@ async def consume_forever(
     delay = 0.2
     while True:
         consumer: AIOKafkaConsumer | None = None
+        up_at: float | None = None
         try:
             await ensure_topics(settings, [topic])
             consumer = kafka_consumer(settings, [topic], group, max_poll_records=max_poll_records)
             await started(consumer)
             running.set()
-            delay = 0.2
+            up_at = time.monotonic()
             while True:
                 batches = await consumer.getmany(timeout_ms=500)
                 records = [r for part in batches.values() for r in part]
@@ -415,7 +417,13 @@ async def consume_forever(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            # Not running while it waits to start again (cleared after the wait, the
+            # check read ready all but a few ms of a consumer failing right after each
+            # start), and the wait grows unless it had been consuming for a while.
+            running.clear()
             log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
+            if up_at is not None and time.monotonic() - up_at > 30.0:
+                delay = 0.2
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         finally:

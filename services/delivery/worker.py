@@ -77,6 +77,8 @@ from services.delivery.store import DeliveryStore, item_docs, item_frame
 log = logging.getLogger(__name__)
 
 KNOWN_PAIRS_MAX = 200_000
+# A consumer that ran this long before it failed starts again after the shortest wait.
+RAN_WELL_S = 30.0
 PAIRS_TODO_MAX = 100_000  # pairs waiting for MongoDB (a few MB at most)
 CONTACTS_BATCH = 1_000
 DEPTH_SAMPLE_S = 5.0
@@ -317,6 +319,7 @@ class Worker:
         delay = 0.2
         while True:
             consumer: AIOKafkaConsumer | None = None
+            up_at: float | None = None
             try:
                 await ensure_topics(self.settings, [topic, self.topics.dead_letters])
                 consumer = kafka_consumer(
@@ -325,7 +328,7 @@ class Worker:
                 )  # fmt: skip
                 await started(consumer)
                 self._consuming_now(slot, True)
-                delay = 0.2
+                up_at = time.monotonic()
                 if topic == self.topics.messages:
                     await self._consume_messages(consumer, stage)
                 else:
@@ -334,8 +337,14 @@ class Worker:
                 raise
             except Exception as exc:
                 # Whatever went wrong, the consumer comes back: nothing was
-                # committed past what was processed, so nothing is lost.
+                # committed past what was processed, so nothing is lost. Not ready
+                # while it waits to (a consumer failing right after each start was
+                # ready all but a few ms of every round), and the wait grows unless
+                # it had been consuming for a while.
+                self._consuming_now(slot, False)
                 log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
+                if up_at is not None and time.monotonic() - up_at > RAN_WELL_S:
+                    delay = 0.2
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:

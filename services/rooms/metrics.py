@@ -3,7 +3,9 @@
 - ``parley_rooms_membership_changes_total{change}``: joins, invitations,
   declines, leaves, removals, role and state changes, as published.
 - ``parley_rooms_messages_total{result}``: public-room posts (``stored``, or
-  ``duplicate`` for a resend answered with the original).
+  ``duplicate`` for a resend answered with the original; ``announced_late``: a
+  post's mentions and push made by the sweep, its writer having failed or died),
+  and changes to them.
 - ``parley_rooms_notifications_total``: mention notifications created.
 - ``parley_rooms_outbox_sent_total{path}``: events confirmed by Kafka, at once
   (``direct``) or by the outbox loop (``retry``); ``dropped`` counts held

@@ -159,6 +159,19 @@ async def apply(
     store = rooms.store
     room_id, seq = str(room["_id"]), int(doc["seq"])
     marker: str | None
+    # A message's revisions are bounded (``max_edits``): past it, edits and restores are
+    # refused and a removal is still made, once (a removed message is not removed
+    # again); a cycle of removals and restores bypassed a cap on edits alone. Admins'
+    # changes are not capped.
+    if (
+        change.action in (EDIT, RESTORE)
+        and change.role != "admin"
+        and int(doc.get("rev", 1)) >= rooms.config.max_edits
+    ):
+        raise forbidden(
+            f"This message has {rooms.config.max_edits} revisions: it stays as it is "
+            "(it can still be removed)."
+        )
     if change.action == RESTORE:
         await _removal(rooms, room_id, doc)
         before = await store.get_revision(room_id, seq, int(doc["rev"]) - 1)
@@ -177,11 +190,6 @@ async def apply(
         content = text.clean(change.text, "text", required=True, limit=TEXT_MAX, multiline=True)
         if content == doc["text"]:
             return timeline.message(doc)  # nothing changes: no revision
-        if int(doc.get("rev", 1)) >= rooms.config.max_edits:
-            raise forbidden(
-                f"This message has {rooms.config.max_edits} revisions: it stays as it is "
-                "(it can still be removed)."
-            )
         mentions = await timeline.mentioned_members(rooms, room_id, content, token)
     elif change.action == REMOVE:
         content, mentions = "", []

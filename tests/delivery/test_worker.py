@@ -245,3 +245,62 @@ async def test_mongodb_down_holds_only_a_batch_that_failed_on_one_of_its_errors(
         await asyncio.wait_for(worker._attempt(mongo_refused, [(record(b"m"), None)]), 10) is None
     )
     assert worker.retries._value.get() == 1
+
+
+async def test_a_consumer_failing_after_each_start_is_not_ready_and_backs_off(
+    monkeypatch: Any,
+) -> None:
+    """Review of the readiness fix: a consumer that starts and then fails at once (Redis
+    refusing writes, a commit error) was ready all but a few ms of every round (the flag
+    was cleared after the back-off's sleep), and its wait never grew (reset at each
+    start). Now the flag is down while it waits, and the wait doubles."""
+    import services.delivery.worker as worker_module
+
+    worker, _, _ = make_worker(delivery_consumers=1)
+    waits: list[tuple[float, bool]] = []
+    enough = asyncio.Event()
+    real_sleep = asyncio.sleep
+
+    async def no_topics(*_: Any) -> None:
+        return None
+
+    def consumer(settings: Any, topics: list[str], group: str, **_: Any) -> str:
+        return group
+
+    async def started(group: str) -> None:
+        return None
+
+    async def stop(_: str) -> None:
+        return None
+
+    async def consume(self: Worker, group: Any, stage: Any) -> None:
+        if str(group).endswith("-rooms"):
+            raise ConnectionError("READONLY You can't write against a read only replica.")
+        await asyncio.Event().wait()
+
+    async def forever(self: Worker) -> None:
+        await asyncio.Event().wait()
+
+    async def backoff(delay: float, *args: Any) -> Any:
+        waits.append((delay, worker.running.is_set()))
+        if len(waits) >= 4:
+            enough.set()
+        return await real_sleep(0)
+
+    monkeypatch.setattr(worker_module, "ensure_topics", no_topics)
+    monkeypatch.setattr(worker_module, "kafka_consumer", consumer)
+    monkeypatch.setattr(worker_module, "started", started)
+    monkeypatch.setattr(worker_module, "stop_consumer", stop)
+    monkeypatch.setattr(Worker, "_consume", consume)
+    monkeypatch.setattr(Worker, "_consume_messages", consume)
+    monkeypatch.setattr(Worker, "_purge_loop", forever)
+    monkeypatch.setattr(Worker, "_persist_loop", forever)
+    await worker.start()
+    monkeypatch.setattr(worker_module.asyncio, "sleep", backoff)
+    try:
+        await asyncio.wait_for(enough.wait(), 30)
+    finally:
+        monkeypatch.setattr(worker_module.asyncio, "sleep", real_sleep)
+        await worker.stop()
+    assert [ready for _, ready in waits[:4]] == [False] * 4, waits
+    assert [delay for delay, _ in waits[:4]] == [0.2, 0.4, 0.8, 1.6], waits

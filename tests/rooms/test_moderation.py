@@ -718,6 +718,16 @@ async def test_changes_are_limited_per_user_and_edits_per_message(
     assert (status, body["error"]["code"]) == (429, "rate_limited")
     stored = await api.rooms.store.get_message(room, other["seq"])
     assert stored is not None and stored["text"] == "w2"
-    # Another user's changes are counted apart.
+    # Another user's changes are counted apart; removing and restoring a message (as the
+    # room's owner) stops at the cap too: a cycle of them bypassed a cap on edits.
+    _, third = await api.post(bob, room, "x1")
+    at = f"/v1/rooms/{room}/messages/{third['seq']}"
+    assert (await api.call("DELETE", at, owner))[0] == 200  # rev 2
+    assert (await api.call("POST", at + "/restore", owner))[0] == 200  # rev 3
+    assert (await api.call("DELETE", at, owner))[0] == 200  # rev 4: a removal is made
+    status, body = await api.call("POST", at + "/restore", owner)
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    stored = await api.rooms.store.get_message(room, third["seq"])
+    assert stored is not None and int(stored["rev"]) == config.max_edits
     _, mine = await api.post(owner, room, "o1")
     assert (await edit(api, owner, room, mine["seq"], "o2"))[0] == 200
