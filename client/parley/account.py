@@ -170,6 +170,7 @@ class Account:
         """A valid access token, refreshed if it expires within two minutes."""
         async with self._refresh_lock:
             current = self.api.token
+            refused: ApiError | None = None
             async with self._store().transaction() as tx:
                 account = self.require(tx)
                 token = str(account["access_token"])
@@ -182,21 +183,32 @@ class Account:
                 try:
                     result = await self.api.refresh(account["refresh_token"])
                 except ApiError as exc:
-                    if exc.code in ("token_revoked", "refresh_token_reused", "invalid_token"):
-                        account["refresh_token"] = None
-                        tx.put("account", account)
-                        raise NotLoggedIn(f"{exc} Run `parley login`.") from exc
-                    raise
-                account["access_token"] = result["access_token"]
-                account["refresh_token"] = result["refresh_token"]
-                tx.put("account", account)
+                    if exc.code not in ("token_revoked", "refresh_token_reused", "invalid_token"):
+                        raise
+                    # The session ended: its refresh token is forgotten for good. Raised
+                    # once the transaction is committed (inside, it would roll back, and
+                    # every later command would present the dead token again: the server
+                    # answers refresh_token_reused and logs a theft that did not happen).
+                    refused = exc
+                    account["access_token"] = None
+                    account["refresh_token"] = None
+                    tx.put("account", account)
+                else:
+                    account["access_token"] = result["access_token"]
+                    account["refresh_token"] = result["refresh_token"]
+                    tx.put("account", account)
+            if refused is not None:
+                self.api.token = None
+                raise NotLoggedIn(f"{refused} Run `parley login`.") from refused
             self.api.token = str(result["access_token"])
             return self.api.token
 
     async def logout(self) -> None:
         """End this session on the server and forget its tokens (keys and history stay)."""
         self.require()
-        with contextlib.suppress(ApiError):
+        # A session the server ended already (its refresh is refused: NotLoggedIn) has
+        # nothing left to end there: its tokens are forgotten here all the same.
+        with contextlib.suppress(ApiError, NotLoggedIn):
             await self.access_token()
             await self.api.logout()
         async with self._store().transaction() as tx:

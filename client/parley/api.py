@@ -12,20 +12,49 @@ from __future__ import annotations
 import json as jsonlib
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from parley.errors import ApiError, ServerUnavailable, UserNotFound
+from parley.errors import ApiError, ParleyError, ServerUnavailable, UserNotFound
 
-__all__ = ["DEFAULT_SERVER", "Api", "friendly"]
+__all__ = ["DEFAULT_SERVER", "Api", "check_server", "friendly"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+_URL_EXAMPLE = "such as http://127.0.0.1:8080 or https://chat.example.org"
 
-# Messages for codes a user meets often, clearer than a generic one.
+
+def check_server(server: str) -> str:
+    """``server`` as a base URL (without a trailing ``/``), or a :class:`ParleyError`
+    that says what is wrong with it: an ``http`` or ``https`` URL with a host and, if
+    any, a port from 1 to 65535 (else the first request failed with a traceback)."""
+    try:
+        parts = urlsplit(server)
+        port = parts.port  # a ValueError for a port out of range
+    except ValueError as exc:
+        raise ParleyError(
+            f"{server!r} is not a server URL ({exc}); give one {_URL_EXAMPLE}."
+        ) from None
+    if port == 0:
+        raise ParleyError(f"{server!r} is not a server URL (port 0); give one {_URL_EXAMPLE}.")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ParleyError(
+            f"{server!r} is not a server URL: give one that starts with http:// or https:// "
+            f"and names a host, {_URL_EXAMPLE}."
+        )
+    if any(c.isspace() for c in server) or parts.query or parts.fragment:
+        raise ParleyError(
+            f"{server!r} is not a server URL (no spaces, ? or #); give one {_URL_EXAMPLE}."
+        )
+    return server.rstrip("/")
+
+
+# Messages for codes a user meets often, clearer than a generic one. Not for a code whose
+# message depends on where it comes from: ``user_not_found`` is "No user named 'x'." from
+# the auth look-up (Api.user), but the rooms service's own ("That user is not a member of
+# this room.", "... not banned ...") otherwise.
 _FRIENDLY = {
     "invalid_credentials": "Wrong username or password.",
-    "user_not_found": "No such user.",
     "account_locked": "Too many failed attempts: this account is locked for a while.",
     "account_blocked": "This account is blocked.",
     "token_revoked": "Your session has ended (logged out elsewhere?): log in again.",
@@ -101,6 +130,14 @@ class Api:
                 status = resp.status
                 retry_after = float(resp.headers.get("Retry-After", "0") or 0)
                 text = await resp.text()
+        except aiohttp.RedirectClientError as exc:  # to a URL that is not http(s)
+            raise ApiError(
+                "http_error", f"The server at {self.server} redirected to a URL it cannot follow."
+            ) from exc
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:  # check_server
+            raise ParleyError(
+                f"{self.server!r} is not a server URL; give one {_URL_EXAMPLE}."
+            ) from exc
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             raise ServerUnavailable(
                 f"Cannot reach the Parley server at {self.server} ({type(exc).__name__}). "

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from parley import cli_rooms, paths
-from parley.api import DEFAULT_SERVER
+from parley.api import DEFAULT_SERVER, check_server
 from parley.cli_support import (
     PASSWORD_MAX,
     PASSWORD_MIN,
@@ -90,7 +90,11 @@ def main(
         ),
     ] = None,
 ) -> None:
-    ctx.obj = Options(server.rstrip("/"), paths.data_home(data_dir), user)
+    try:
+        ctx.obj = Options(check_server(server), paths.check_home(paths.data_home(data_dir)), user)
+    except ParleyError as exc:  # one sentence and exit 1, as every error (docs/client.md)
+        err.print(f"[red]Error:[/] {safe_text(str(exc))}")
+        raise typer.Exit(1) from None
     safe_logging()  # the SDK's warnings reach stderr through plain_text too
 
 
@@ -855,7 +859,10 @@ def devices_list(ctx: typer.Context) -> None:
     async def run() -> None:
         async with _client(opts) as client:
             found = await client.devices()
-        table = Table("device", "name", "fingerprint", "this device")
+        table = Table(
+            Column("device", no_wrap=True, overflow="fold"), "name",
+            Column("fingerprint", overflow="fold"), "this device",
+        )  # fmt: skip
         for d in found:
             table.add_row(
                 safe_text(d["device_id"]), safe_text(d["name"]), safe_text(d["fingerprint"]),
@@ -980,7 +987,11 @@ def sessions(
                 console.print(f"Session {safe_text(revoke)} ended.")
                 return
             found = await client.auth_sessions()
-        table = Table("session", "device", "ip", "last used", "current")
+        # The id whole on any terminal (`--revoke` needs it): the other columns give way.
+        table = Table(
+            Column("session", no_wrap=True, overflow="fold"), "device", "ip", "last used",
+            "current",
+        )  # fmt: skip
         for s in found:
             table.add_row(
                 safe_text(s["session_id"]),

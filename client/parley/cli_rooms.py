@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from parley_contract import frames as f
-from rich.table import Table
+from rich.table import Column, Table
 
 from parley.cli_support import (
     QUEUED,
@@ -101,7 +101,12 @@ def rooms_list(ctx: typer.Context) -> None:
         if not mine and not invited:
             console.print("You are in no room yet (parley rooms create NAME, or join one).")
             return
-        table = Table("room", "kind", "your role", "members", "state", "id")
+        # Names and ids whole on any terminal (the room commands take them): folded, or
+        # kept on one line while the other columns give way.
+        table = Table(
+            Column("room", overflow="fold"), "kind", "your role", "members", "state",
+            Column("id", no_wrap=True, overflow="fold"),
+        )  # fmt: skip
         for r in mine:
             table.add_row(
                 f"#{safe_text(r['name'])}", safe_text(r["kind"]), safe_text(r.get("role") or ""),
@@ -134,7 +139,10 @@ def rooms_directory(
         if not found:
             console.print("No public room matches.")
             return
-        table = Table("room", "members", "topic", "id")
+        table = Table(
+            Column("room", overflow="fold"), "members", "topic",
+            Column("id", no_wrap=True, overflow="fold"),
+        )  # fmt: skip
         for r in found:
             table.add_row(
                 f"#{safe_text(r['name'])}", safe_text(r["members"]),

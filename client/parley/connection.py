@@ -11,8 +11,12 @@ as docs/protocol.md, "Reconnecting", asks:
 - close 4005 (``reauth_required``: the token the socket authenticated with
   expired before it was renewed in place) refreshes the token and
   reconnects at once;
-  4003 (revoked, blocked) and a refused refresh stop for good: ``failed``
-  says why;
+- 4003 (revoked, blocked) and a refused refresh (the session ended, the
+  account is blocked: :class:`~parley.errors.NotLoggedIn`) stop for good:
+  ``failed`` says why. A refresh that got no answer, or one that says "later"
+  (429, 5xx: :func:`for_now`), is retried after the backoff like a socket that
+  did not open: an outage longer than the access token's life ends in a
+  reconnection, not in ``failed``;
 - a frame this side could not process for a reason of its own (the local
   store, the disk, a server it asked: :func:`transient`), or an ``on_ready``
   that failed (the inbox's sync), drops the socket (close 4000) before
@@ -38,9 +42,9 @@ import aiohttp
 import msgspec
 from parley_contract import frames as f
 
-from parley.errors import ParleyError, ServerUnavailable, StoreError
+from parley.errors import ApiError, ParleyError, ServerUnavailable, StoreError
 
-__all__ = ["Connection", "ConnectionClosed"]
+__all__ = ["Connection", "ConnectionClosed", "for_now", "transient"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,13 @@ def transient(exc: BaseException) -> bool:
     server that did not answer): the frame is read again after a reconnect. Anything
     else is in the frame itself, and would fail every time."""
     return isinstance(exc, OSError | TimeoutError | sqlite3.Error | StoreError | ServerUnavailable)
+
+
+def for_now(exc: BaseException) -> bool:
+    """A failure that may not happen again: no answer, or one that says "later"."""
+    if isinstance(exc, ApiError):
+        return exc.status == 429 or exc.status >= 500
+    return transient(exc)
 
 
 class Connection:
@@ -94,6 +105,10 @@ class Connection:
         self._closing = False
         self._dropped = False  # this side closed the current socket (see drop)
         self.failed: ParleyError | None = None
+        """Why it stopped for good (the session ended, the account is blocked); never a
+        failure that may pass (:func:`for_now`): it goes on retrying those."""
+        self.last_error: str = ""
+        """Why the last attempt to connect failed (empty once connected)."""
         self.ready_frame: f.Ready | None = None
         self.connects = 0
         self.reauths = 0
@@ -110,8 +125,9 @@ class Connection:
         try:
             return await asyncio.wait_for(asyncio.shield(self._first), timeout)
         except TimeoutError:
+            why = f": {self.last_error}" if self.last_error else " (is the server up?)"
             raise ConnectionClosed(
-                f"Could not connect to {self.url} within {timeout:.0f} s (is the server up?)"
+                f"Could not connect to {self.url} within {timeout:.0f} s{why}"
             ) from None
 
     @property
@@ -182,24 +198,34 @@ class Connection:
         refresh = False
         while not self._closing:
             outcome = "error"
+            later = 0.0  # a 429's Retry-After
             try:
                 outcome = await self._session(refresh)
                 refresh = False
                 if outcome == "ok":
                     delay = self.backoff_start
             except ParleyError as exc:
-                self._fail(exc)
-                return
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if not for_now(exc):
+                    self._fail(exc)
+                    return
+                # The token's refresh got no answer (the network is down) or a "later"
+                # (429, 5xx): as a socket that did not open, try again after the backoff
+                # (``refresh`` stays as it was: a refused token is refreshed then).
                 log.debug("connection failed: %r", exc)
-                self._state("disconnected", f"{type(exc).__name__}: {exc}")
+                self.last_error = str(exc)
+                later = exc.retry_after if isinstance(exc, ApiError) else 0.0
+                self._state("disconnected", str(exc))
+            except (aiohttp.ClientError, OSError, TimeoutError, sqlite3.Error) as exc:
+                log.debug("connection failed: %r", exc)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._state("disconnected", self.last_error)
             if self._closing:
                 return
             if outcome in ("reauth", "expired"):
                 refresh = True
             if outcome in ("reconnect", "expired"):
                 continue  # the pod drains: another one is ready now
-            wait = random.uniform(0, delay)
+            wait = max(random.uniform(0, delay), min(later, self.backoff_max))
             self._state("reconnecting", f"in {wait:.1f} s")
             await asyncio.sleep(wait)
             delay = min(self.backoff_max, delay * 2)
@@ -231,6 +257,7 @@ class Connection:
                 return "error"
             self._ws = ws
             self._dropped = False
+            self.last_error = ""
             self.ready_frame = ready
             self.connects += 1
             self._ready.set()
@@ -319,11 +346,19 @@ class Connection:
         sockets whose token ran out)."""
         while not ws.closed:
             await asyncio.sleep(self.reauth_every)
-            with contextlib.suppress(ConnectionClosed, TimeoutError):
+            try:
                 token = await self._token(False)
                 answer = await self.request(f.Auth(token=token), timeout=20)
-                if isinstance(answer, f.Ready):
-                    self.reauths += 1
+            except (ConnectionClosed, TimeoutError):
+                continue
+            except ParleyError as exc:
+                if not for_now(exc):
+                    return  # the session ended: the gateway closes this socket, and
+                    # the refresh on reconnect says so (``failed``)
+                log.debug("renewing the token failed for now: %r", exc)
+                continue  # the auth service is away: again at the next round
+            if isinstance(answer, f.Ready):
+                self.reauths += 1
 
 
 def _closing_message(code: str) -> str:

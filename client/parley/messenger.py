@@ -34,6 +34,7 @@ from parley_contract.envelopes import conversation_id, message_server_id
 from parley.account import Account, StoreRef
 from parley.api import Api
 from parley.connection import Connection, ConnectionClosed, transient
+from parley.connection import for_now as for_now  # also parley.rooms's (it was defined here)
 from parley.crypto import (
     Binding,
     CryptoError,
@@ -66,7 +67,7 @@ from parley.events import (
     SentElsewhere,
 )
 from parley.keys import Keys
-from parley.moderation import Moderation, alias_key, report_fields
+from parley.moderation import Moderation, UnknownTombstoneKey, alias_key, report_fields
 from parley.peers import PeerState
 from parley.store import Transaction
 
@@ -105,13 +106,6 @@ class _Outgoing:
     wants_stored: bool = False
     """A caller waits for ``stored``: kept past ``accepted`` (else forgotten then: a room
     message never gets ``stored``, nor a message to a device that stays offline)."""
-
-
-def for_now(exc: BaseException) -> bool:
-    """A failure that may not happen again: no answer, or one that says "later"."""
-    if isinstance(exc, ApiError):
-        return exc.status == 429 or exc.status >= 500
-    return transient(exc)
 
 
 class _Pacer:
@@ -549,14 +543,23 @@ class Messenger:
         if me is not None and read.history(me, 1):  # notes to self
             peers.append({"user_id": me, "username": self.account.username})
         for peer in peers:
-            entries = read.history(peer["user_id"])
-            seen = read.get(f"read:{self._ref(peer['user_id'])}") or 0
-            unread = [e for e in entries if e.get("dir") == "in" and e.get("at", 0) > seen]
+            last = read.history(peer["user_id"], 1)
+            # Read up to a row of the store (mark_read), not up to a time: an entry's
+            # ``at`` is this device's clock for what it sent and the server's for what
+            # it received, and a clock ahead hid the replies that came after.
+            seen_id = read.get(f"read_id:{self._ref(peer['user_id'])}")
+            if isinstance(seen_id, int):
+                entries = read.history_since(peer["user_id"], seen_id)
+                unread = [e for e in entries if e.get("dir") == "in"]
+            else:  # marked read before 2026-12 (a time), or never
+                seen = read.get(f"read:{self._ref(peer['user_id'])}") or 0
+                unread = [e for e in read.history(peer["user_id"])
+                          if e.get("dir") == "in" and e.get("at", 0) > seen]  # fmt: skip
             out.append(
                 {
                     "user_id": peer["user_id"],
                     "username": peer.get("username") or peer["user_id"][:8],
-                    "last": entries[-1] if entries else None,
+                    "last": last[-1] if last else None,
                     "unread": unread,
                 }
             )
@@ -567,10 +570,12 @@ class Messenger:
         return self._store().ref("peer", peer_id)
 
     async def mark_read(self, peer_id: str) -> None:
-        entries = self.history(peer_id, 1)
-        if entries:
-            async with self._store().transaction() as tx:
-                tx.put(f"read:{self._ref(peer_id)}", entries[-1].get("at", 0))
+        """Everything the conversation holds so far is read (by the store's order of
+        arrival: :meth:`conversations`)."""
+        async with self._store().transaction() as tx:
+            last = tx.last_message_id(peer_id)
+            if last:
+                tx.put(f"read_id:{self._ref(peer_id)}", last)
 
     def outbox(self) -> list[dict[str, Any]]:
         """Messages not yet accepted by the server:
@@ -700,6 +705,9 @@ class Messenger:
         self._synced.set()
         if self._store().read().aside_count():
             self._aside_soon(now=True)  # the directory may answer again by now
+        if self.moderation is not None and self.moderation.kept():
+            # Tombstones kept for a key not published then: it may be by now.
+            self.moderation.retry_soon(self._spawn, self._take_tombstone, now=True)
         await self._sync_rooms()
 
     async def _resend_behind(self, generation: int) -> None:
@@ -1185,19 +1193,36 @@ class Messenger:
 
     async def _on_tombstone(self, frame: f.Tombstone) -> None:
         """A message was removed: once its signature verifies, hide it (the history
-        entry becomes a "removed" marker; docs/moderation-messages.md)."""
-        valid = self.moderation is not None and await self.moderation.verify(frame)
+        entry becomes a "removed" marker; docs/moderation-messages.md). One signed with
+        a key not published (yet) is kept and tried again (``Moderation.keep``); both
+        are acknowledged."""
+        unknown_key = False
+        try:
+            valid = self.moderation is not None and await self.moderation.verify(frame)
+        except UnknownTombstoneKey:
+            valid, unknown_key = False, True
         event: Event | None = None
-        marker = f"tombstone:{frame.server_id}"
         async with self._store().transaction() as tx:
-            if valid and self.moderation is not None and not tx.has_message(marker):
-                event = self.moderation.apply(tx, frame)
-                tx.add_message(CONTROL_CONV, {"kind": "control"}, ref=marker)
+            if valid:
+                event = self._take_tombstone(tx, frame)
+            elif unknown_key and self.moderation is not None:
+                self.moderation.keep(tx, frame)
             if self._may_advance() and frame.seq > int(tx.get("last_seq") or 0):
                 tx.put("last_seq", frame.seq)
         if event is not None:
             self.events.emit(event)
         self._ack_soon(frame.seq)
+        if unknown_key and self.moderation is not None:
+            self.moderation.retry_soon(self._spawn, self._take_tombstone)
+
+    def _take_tombstone(self, tx: Transaction, frame: f.Tombstone) -> Event | None:
+        """A verified tombstone in the history, once (``tombstone:<server id>``)."""
+        marker = f"tombstone:{frame.server_id}"
+        if self.moderation is None or tx.has_message(marker):
+            return None
+        event = self.moderation.apply(tx, frame)
+        tx.add_message(CONTROL_CONV, {"kind": "control"}, ref=marker)
+        return event
 
     async def _on_receipt(self, frame: f.Accepted | f.Stored | f.Delivered) -> None:
         """Receipts are written in batches, off the reader: those read while a batch is
@@ -1478,8 +1503,11 @@ class Messenger:
         fut = out.stored if wait == "stored" else out.accepted
         if self.conn is None:
             raise ConnectionClosed("Not connected: the message waits in the outbox.")
-        if self.conn.failed is not None:
-            # Closed for good (session ended, account blocked): no answer will come.
+        if self.conn.failed is not None and not for_now(self.conn.failed):
+            # Closed for good (session ended, account blocked): no answer will come. A
+            # connection that is only away (the network, the auth service) is waited
+            # for: the message is queued, and a timeout says so (never "failed": sent
+            # again by hand, it would arrive twice).
             raise self.conn.failed
         await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
         return client_id
@@ -1617,8 +1645,9 @@ class Messenger:
                     "client_id": client_id,
                     "status": "queued",
                 }
-                tx.add_message(peer_id, entry, ref=client_id)
-                tx.put(alias_key(message_server_id(me, client_id)), client_id)
+                server_id = message_server_id(me, client_id)
+                tx.add_message(peer_id, entry, ref=client_id, ids=(server_id,))
+                tx.put(alias_key(server_id), client_id)
             queued: dict[str, Any] = {"send": msgspec.to_builtins(frame), "peer": peer_id,
                                       "text": text}  # fmt: skip
             if payload is not None:

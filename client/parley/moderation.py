@@ -10,16 +10,24 @@
   service's published Ed25519 key (``kid``); a valid one turns the history
   entry into a "removed" marker (its text is dropped from this device) and
   emits :class:`parley.events.MessageRemoved`. One that does not verify is
-  ignored (and acknowledged).
+  ignored (and acknowledged). One signed with a key this client does not have, even
+  after reading the keys again (a rolling deploy: the task that answered
+  ``/moderation/keys`` did not have the new key yet), is acknowledged and **kept** in
+  the store, and tried again with the keys read again (:meth:`Moderation.keep`), within
+  bounds: ``TOMBSTONE_TRIES`` tries, ``TOMBSTONE_KEEP_MS``, ``TOMBSTONES_KEPT`` kept.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 from parley_contract import frames as f
 from parley_contract.envelopes import conversation_id, message_server_id, room_server_id
 
@@ -29,10 +37,35 @@ from parley.crypto.encoding import b64decode, b64encode
 from parley.crypto.errors import CryptoError
 from parley.crypto.primitives import ed25519_verify
 from parley.errors import ApiError, ParleyError, ServerUnavailable
-from parley.events import EventBus, MessageRemoved
+from parley.events import Event, EventBus, MessageRemoved
 from parley.store import Store, Transaction
 
 log = logging.getLogger(__name__)
+
+KEPT_KEY = "tombstones_kept"
+"""The tombstones kept for a key not known yet (:meth:`Moderation.keep`), in arrival
+order: ``{"frame", "first" (ms), "tries"}``."""
+TOMBSTONE_RETRY = (30.0, 600.0)
+"""First and longest wait between tries of the kept tombstones (each reads the keys)."""
+TOMBSTONE_TRIES = 12
+"""Tries of a kept tombstone before it is dropped (~1.5 h of waits while connected)."""
+TOMBSTONE_KEEP_MS = 24 * 3600 * 1000
+"""Nor is one tried again this long after it came (a device offline meanwhile)."""
+TOMBSTONES_KEPT = 500
+"""Kept at most (the oldest go): what a flood of them can cost is bounded."""
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+Take = Callable[[Transaction, f.Tombstone], Event | None]
+"""Apply a verified tombstone in a transaction (``Messenger._take_tombstone``)."""
+
+
+class UnknownTombstoneKey(ParleyError):
+    """A tombstone names a key (``kid``) the delivery service does not publish, even
+    when its keys are read again: kept and tried later (:meth:`Moderation.keep`)."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__(f"a tombstone signed with key {kid!r}, not published (yet)")
+        self.kid = kid
 
 
 def alias_key(server_id: str) -> str:
@@ -67,46 +100,70 @@ class Moderation:
         self.account = account
         self.events = events
         self._keys: dict[str, bytes] = {}
+        self.retry_wait = TOMBSTONE_RETRY
+        """First and longest wait between tries of the kept tombstones."""
+        self._retry_task: asyncio.Task[Any] | None = None
+        self._retry_wake = asyncio.Event()
 
     # -- finding a message ----------------------------------------------------------------
-    def find(self, ref: str, peer_id: str | None = None) -> tuple[str, dict[str, Any]]:
+    async def find(self, ref: str, peer_id: str | None = None) -> tuple[str, dict[str, Any]]:
         """The history entry whose server id (or, for what this device sent, client id)
         starts with ``ref`` (``last`` / ``last-in`` / ``last-out`` with ``peer_id``);
-        returns (its server id, the entry)."""
+        returns (its server id, the entry).
+
+        Without ``peer_id`` every conversation is searched, private rooms' (``room:<id>``)
+        too: an id is looked up in the store's index of ids (``Transaction.find_messages``:
+        the few rows sharing its first characters), never by reading each conversation.
+        A store written before that index has it built here, once."""
         me = self.account.user_id
         assert me is not None
         ref = ref.strip().lower()
+        store = self._store()
+        if ref in ("last", "last-in", "last-out"):
+            return self._find_last(ref, peer_id)
+        if store.read().ids_pending():
+            async with store.transaction() as tx:
+                n = tx.index_ids(lambda entry: [entry_server_id(entry, me) or ""])
+            log.info("indexed the ids of %d history entries", n)
+        found: list[tuple[str, dict[str, Any]]] = []
+        for entry in store.read().find_messages(ref, peer_id):
+            if entry.get("kind") not in ("message", "removed"):
+                continue
+            if peer_id is not None:
+                entry = {"peer": peer_id, **entry}
+            sid = entry_server_id(entry, me)
+            if sid is None:
+                continue
+            client_id = str(entry.get("client_id", ""))
+            if sid.startswith(ref) or client_id.startswith(ref):
+                found.append((sid, entry))
+        return _one(ref, found)
+
+    def _find_last(self, ref: str, peer_id: str | None) -> tuple[str, dict[str, Any]]:
+        """``last``, ``last-in``, ``last-out``: of ``peer_id``'s conversation (without it,
+        of the contacts' and the notes to self, as before rooms)."""
+        me = self.account.user_id
+        assert me is not None
         tx = self._store().read()
         peers = [peer_id] if peer_id is not None else [str(p["user_id"]) for p in tx.peers()]
         if peer_id is None and tx.history(me, 1):
             peers.append(me)  # notes to self
-        entries = [{"peer": peer, **e} for peer in peers for e in tx.history(peer)]
+        wanted = {"last": ("in", "out"), "last-in": ("in",), "last-out": ("out",)}[ref]
         found: list[tuple[str, dict[str, Any]]] = []
-        for entry in entries:
-            if entry.get("kind") not in ("message", "removed"):
-                continue
-            sid = entry_server_id(entry, me)
-            if sid is None:
-                continue
-            if ref in ("last", "last-in", "last-out"):
-                wanted = {"last": ("in", "out"), "last-in": ("in",), "last-out": ("out",)}[ref]
-                if entry.get("dir") in wanted:
-                    found = [(sid, entry)]
-                continue
-            client_id = str(entry.get("client_id", ""))
-            if len(ref) >= 4 and (sid.startswith(ref) or client_id.startswith(ref)):
-                found.append((sid, entry))
-        if not found:
-            raise ParleyError(f"No message {ref!r} in your history (see `parley history --ids`).")
-        if len(found) > 1:
-            raise ParleyError(f"{ref!r} names {len(found)} messages: give more characters.")
-        return found[0]
+        for peer in peers:
+            for entry in tx.history(peer):
+                if entry.get("kind") not in ("message", "removed"):
+                    continue
+                sid = entry_server_id(entry, me)
+                if sid is not None and entry.get("dir") in wanted:
+                    found = [(sid, {"peer": peer, **entry})]
+        return _one(ref, found)
 
     # -- reporting --------------------------------------------------------------------------
     async def report(self, ref: str, peer_id: str | None = None) -> dict[str, Any]:
         """Report a message you received to the server's admins (its plaintext is revealed
         to them, nothing else); returns ``{id, state, duplicate}``."""
-        server_id, entry = self.find(ref, peer_id)
+        server_id, entry = await self.find(ref, peer_id)
         if entry.get("dir") != "in":
             raise ParleyError("Only a message you received can be reported.")
         fields = entry.get("report")
@@ -125,7 +182,7 @@ class Moderation:
     # -- unsending --------------------------------------------------------------------------
     async def unsend(self, ref: str, peer_id: str | None = None) -> dict[str, Any]:
         """Remove a message you sent, from every inbox and device (tombstones)."""
-        server_id, entry = self.find(ref, peer_id)
+        server_id, entry = await self.find(ref, peer_id)
         if entry.get("dir") != "out":
             raise ParleyError("Only a message you sent can be unsent.")
         me = self.account.user_id
@@ -133,7 +190,9 @@ class Moderation:
         client_id = entry.get("client_id")
         if not client_id or entry_server_id({**entry, "server_id": None}, me) != server_id:
             raise ParleyError("This device does not know that message's client id.")
-        room, peer = entry.get("room"), str(entry["peer"])
+        room, peer = entry.get("room"), str(entry.get("peer") or "")
+        if not room and not peer:
+            raise ParleyError("This device does not know that message's conversation.")
         conversation = (
             f"room:{room}"
             if room
@@ -148,23 +207,25 @@ class Moderation:
         return answer
 
     # -- tombstones -------------------------------------------------------------------------
+    async def _read_keys(self) -> None:
+        """Read the published keys again (a key already known is kept: a rolling deploy
+        may answer from a task that does not have every key yet)."""
+        answer = await self.api.request("GET", "/delivery/v1/moderation/keys", auth=False)
+        for key in (answer or {}).get("keys", []):
+            self._keys[str(key["kid"])] = b64decode(str(key["public_key"]))
+
     async def _public_key(self, kid: str) -> bytes | None:
         if kid not in self._keys:
-            answer = await self.api.request("GET", "/delivery/v1/moderation/keys", auth=False)
-            for key in (answer or {}).get("keys", []):
-                self._keys[str(key["kid"])] = b64decode(str(key["public_key"]))
+            await self._read_keys()
         return self._keys.get(kid)
 
     async def verify(self, frame: f.Tombstone) -> bool:
+        """Whether the tombstone's signature verifies (False: it is ignored). Raises
+        :class:`UnknownTombstoneKey` if it names a key the delivery service does not
+        publish, even read again (:meth:`keep` it), and :class:`ServerUnavailable` if the
+        keys cannot be read now (it is not processed: the sync brings it again)."""
         try:
             key = await self._public_key(frame.kid)
-            if key is None:
-                return False
-            signed = f.tombstone_signed_bytes(
-                kid=frame.kid, server_id=frame.server_id, sender=frame.from_,
-                conversation=frame.conversation, by=frame.by, at=frame.at,
-            )  # fmt: skip
-            ed25519_verify(key, b64decode(frame.signature), signed)
         except ServerUnavailable:
             # The keys could not be read now: the tombstone is not processed (nor
             # acknowledged): the connection drops and the sync brings it again.
@@ -174,10 +235,105 @@ class Moderation:
                 raise ServerUnavailable(f"The moderation keys: {exc}") from exc
             log.warning("ignoring a tombstone that does not verify: %s", exc)
             return False
-        except (CryptoError, ValueError, ParleyError) as exc:
+        except (CryptoError, ValueError, ParleyError) as exc:  # an answer that is no list
             log.warning("ignoring a tombstone that does not verify: %s", exc)
             return False
-        return True
+        if key is None:
+            raise UnknownTombstoneKey(frame.kid)
+        return _signed_by(frame, key)
+
+    # A key not known yet: kept, tried again, within bounds --------------------------------
+    def keep(self, tx: Transaction, frame: f.Tombstone) -> None:
+        """Keep a tombstone whose key this client does not have (:class:`UnknownTombstoneKey`)
+        to try again later (:meth:`retry_soon`), in the transaction that acknowledges it:
+        a key published since (a rolling deploy of delivery: a task without the new key
+        answered ``/moderation/keys``) still removes the message. Once each (the same
+        one delivered again is not kept twice); the oldest go past ``TOMBSTONES_KEPT``."""
+        kept: list[dict[str, Any]] = tx.get(KEPT_KEY) or []
+        raw = msgspec.to_builtins(frame)
+        if any(item.get("frame") == raw for item in kept):
+            return
+        kept.append({"frame": raw, "first": int(time.time() * 1000), "tries": 0})
+        for item in kept[:-TOMBSTONES_KEPT]:
+            log.warning("dropping a tombstone kept for key %r: too many kept",
+                        item["frame"].get("kid"))  # fmt: skip
+        tx.put(KEPT_KEY, kept[-TOMBSTONES_KEPT:])
+
+    def kept(self) -> int:
+        """How many tombstones are kept for a key not known yet (:meth:`keep`)."""
+        return len(self._store().read().get(KEPT_KEY) or [])
+
+    def retry_soon(self, spawn: Spawn, take: Take, now: bool = False) -> None:
+        """Try the kept tombstones after ``retry_wait``'s first wait (``now``: at once), the
+        wait doubling to its second, while some are kept (:meth:`retry_kept`)."""
+        if now:
+            self._retry_wake.set()
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = spawn(self._retry(take))
+
+    async def _retry(self, take: Take) -> None:
+        wait, longest = self.retry_wait
+        while self.kept():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_wake.wait(), wait)
+            self._retry_wake.clear()
+            try:
+                await self.retry_kept(take)
+            except Exception:
+                log.exception("trying the kept tombstones again failed")
+            wait = min(wait * 2, longest)
+
+    async def retry_kept(self, take: Take) -> None:
+        """Read the keys again (once), then try each kept tombstone: one that verifies is
+        taken (``take``: the history changed, in one transaction with the kept list), one
+        whose signature fails under its (now known) key is dropped, as at its arrival;
+        one whose key is still unknown counts a try, and is dropped past
+        ``TOMBSTONE_TRIES`` tries or ``TOMBSTONE_KEEP_MS`` after it came (a tombstone no
+        key will ever verify must not be tried for ever). Keys that cannot be read now:
+        nothing is tried, nothing counted."""
+        if not self.kept():
+            return
+        try:
+            await self._read_keys()
+        except ServerUnavailable:
+            return
+        except ApiError as exc:
+            if exc.status == 429 or exc.status >= 500:
+                return
+            log.warning("the moderation keys were refused: %s", exc)
+        except (CryptoError, ValueError, ParleyError) as exc:
+            log.warning("the moderation keys could not be read: %s", exc)
+        events: list[Event] = []
+        now = int(time.time() * 1000)
+        async with self._store().transaction() as tx:
+            left: list[dict[str, Any]] = []
+            for item in tx.get(KEPT_KEY) or []:
+                try:
+                    frame = msgspec.convert(item["frame"], f.Tombstone)
+                except (msgspec.ValidationError, KeyError, TypeError):
+                    log.warning("dropping a kept tombstone that no longer reads")
+                    continue
+                key = self._keys.get(frame.kid)
+                if key is None:
+                    item = {**item, "tries": int(item.get("tries", 0)) + 1}
+                    if item["tries"] >= TOMBSTONE_TRIES or now - int(item["first"]) >= (
+                        TOMBSTONE_KEEP_MS
+                    ):
+                        log.warning("dropping a tombstone for %s: its key %r is still "
+                                    "unknown after %d tries", frame.server_id, frame.kid,
+                                    item["tries"])  # fmt: skip
+                    else:
+                        left.append(item)
+                elif _signed_by(frame, key):
+                    event = take(tx, frame)
+                    if event is not None:
+                        events.append(event)
+            if left:
+                tx.put(KEPT_KEY, left)
+            else:
+                tx.delete(KEPT_KEY)
+        for event in events:
+            self.events.emit(event)
 
     def apply(self, tx: Transaction, frame: f.Tombstone) -> MessageRemoved | None:
         """Turn the message's history entry into a "removed" marker (inside the
@@ -204,6 +360,28 @@ class Moderation:
             }  # fmt: skip
             tx.add_message(peer, entry, ref=frame.server_id)
         return MessageRemoved(_peer_of(frame, me) or "", frame.server_id, frame.by)
+
+
+def _signed_by(frame: f.Tombstone, key: bytes) -> bool:
+    """Whether ``key`` signed the tombstone (False, logged: it is ignored)."""
+    try:
+        signed = f.tombstone_signed_bytes(
+            kid=frame.kid, server_id=frame.server_id, sender=frame.from_,
+            conversation=frame.conversation, by=frame.by, at=frame.at,
+        )  # fmt: skip
+        ed25519_verify(key, b64decode(frame.signature), signed)
+    except (CryptoError, ValueError, ParleyError) as exc:
+        log.warning("ignoring a tombstone that does not verify: %s", exc)
+        return False
+    return True
+
+
+def _one(ref: str, found: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    if not found:
+        raise ParleyError(f"No message {ref!r} in your history (see `parley history --ids`).")
+    if len(found) > 1:
+        raise ParleyError(f"{ref!r} names {len(found)} messages: give more characters.")
+    return found[0]
 
 
 def entry_server_id(entry: dict[str, Any], me: str) -> str | None:

@@ -50,6 +50,19 @@ def check_username(username: str) -> str:
     return name
 
 
+def check_home(home: Path) -> Path:
+    """``home`` if it is, or can be made, a directory; else a :class:`ParleyError` that
+    names it (a file given as ``--data-dir``, or one on its path, failed with a
+    traceback at the first store opened)."""
+    for path in (home, *home.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == home else f"is under {path}, which is"
+                raise ParleyError(f"The data directory {home} {what} a file, not a directory.")
+            break
+    return home
+
+
 def data_home(explicit: Path | str | None = None) -> Path:
     if explicit:
         return Path(explicit).expanduser()
@@ -79,7 +92,12 @@ def private_dir(path: Path) -> None:
         missing.append(path)
         path = path.parent
     for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            raise ParleyError(
+                f"Cannot create the directory {directory}: {exc.strerror or exc}."
+            ) from None
 
 
 def current_user(home: Path, server: str) -> str | None:

@@ -843,9 +843,9 @@ class Rooms:
                 "sender": self.account.user_id, "text": text, "at": int(time.time() * 1000),
                 "client_id": client_id, "status": "queued", "mentions": mentions,
             }  # fmt: skip
-            tx.add_message(conv, entry, ref=client_id)
-            tx.put(alias_key(room_server_id(room_id, str(self.account.user_id), client_id)),
-                   client_id)  # fmt: skip
+            server_id = room_server_id(room_id, str(self.account.user_id), client_id)
+            tx.add_message(conv, entry, ref=client_id, ids=(server_id,))
+            tx.put(alias_key(server_id), client_id)
             tx.queue(
                 client_id,
                 {"room_send": msgspec.to_builtins(frame), "peer": conv, "text": text,

@@ -11,6 +11,10 @@ Layout (one file, ``store.db``, in WAL mode):
 - ``peers``: per contact, the known identity (trust on first use) and the
   pairwise sessions.
 - ``messages``: the history, one row per message.
+- ``ids``: a message found by the start of its id (``parley report 1a2b3c4d``):
+  per history row, ``HMAC(index key, first 4 characters)`` of its server id and of
+  its client id, so a look-up reads the few rows that share them, not every
+  conversation (:meth:`Transaction.find_messages`).
 - ``outbox``: sent frames not yet ``accepted`` by the server (resent with
   the same id after a reconnect).
 - ``aside``: received messages kept aside to be read later (a sender's device
@@ -53,7 +57,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +75,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SCHEMA_VERSION", "KdfParams", "Store", "Transaction"]
 
-SCHEMA_VERSION = 2
-"""1 → 2: ``messages.pos``, an entry's place in its conversation (``add_message``)."""
+SCHEMA_VERSION = 3
+"""1 → 2: ``messages.pos``, an entry's place in its conversation (``add_message``).
+2 → 3: the ``ids`` table (:meth:`Transaction.find_messages`); the rows written before
+are indexed once, by the first look-up (``ids_pending`` in ``meta``)."""
+ID_PREFIX = 4
+"""The characters of an id the ``ids`` table keys (the shortest id prefix one may give)."""
 GROUP_MAX = 64
 """Transactions committed together at most (:meth:`Store.transaction`)."""
 _OPEN_GROUPS: dict[str, Store] = {}
@@ -112,6 +120,11 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE INDEX IF NOT EXISTS pending_room ON pending (room, n);
 CREATE INDEX IF NOT EXISTS pending_chain ON pending (chain, n);
+CREATE TABLE IF NOT EXISTS ids (
+    key TEXT NOT NULL,
+    msg INTEGER NOT NULL,
+    PRIMARY KEY (key, msg)
+) WITHOUT ROWID;
 """
 _LEGACY_PENDING = "room_pending:"
 """The ``kv`` rows that held a room's pending messages, one list per room, before the
@@ -154,7 +167,19 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     added in (place 0), the entries added from now on are placed."""
     db.execute("ALTER TABLE messages ADD COLUMN pos INTEGER NOT NULL DEFAULT 0")
     db.execute("DROP INDEX IF EXISTS messages_conv")
-    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION).encode(),))
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"2",))
+
+
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Schema 2 had no ``ids`` (made by ``_SCHEMA``): the rows so far are indexed by the
+    first look-up (:meth:`Transaction.index_ids`), which knows how to name them."""
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ids_pending', x'31')")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"3",))
+
+
+def _entry_ids(entry: dict[str, Any]) -> list[str]:
+    """The ids a history entry holds (``Transaction.find_messages``)."""
+    return [str(entry[k]) for k in ("server_id", "client_id") if entry.get(k)]
 
 
 class Transaction:
@@ -208,9 +233,17 @@ class Transaction:
 
     # -- history --------------------------------------------------------------
     def add_message(
-        self, peer_id: str, entry: dict[str, Any], ref: str | None = None, pos: int | None = None
+        self,
+        peer_id: str,
+        entry: dict[str, Any],
+        ref: str | None = None,
+        pos: int | None = None,
+        ids: Iterable[str] = (),
     ) -> bool:
         """Add to the conversation with ``peer_id``; False if ``ref`` is already there.
+        It is found by the start of its ``server_id`` and ``client_id`` and of ``ids``
+        (the server id of what this device sends, which its entry does not hold:
+        :meth:`find_messages`).
 
         The history is in ``pos`` order, then in the order entries were added: a room's
         message is placed by its number in the room's log (``pos``), so a message that
@@ -234,8 +267,10 @@ class Transaction:
             (conv, dedupe, pos),
         )
         row_id = cur.lastrowid
+        assert row_id is not None  # an INSERT's
         sealed = self._store._seal(json.dumps(entry).encode(), f"messages:{row_id}:{conv}")
         self._db.execute("UPDATE messages SET value = ? WHERE id = ?", (sealed, row_id))
+        self._index(row_id, [*_entry_ids(entry), *ids])
         return True
 
     def has_message(self, ref: str) -> bool:
@@ -266,6 +301,55 @@ class Transaction:
             apply(entry)
         sealed = self._store._seal(json.dumps(entry).encode(), f"messages:{row_id}:{conv}")
         self._db.execute("UPDATE messages SET value = ? WHERE id = ?", (sealed, row_id))
+        self._index(int(row_id), _entry_ids(entry))
+
+    def _index(self, row_id: int, ids: Iterable[str]) -> None:
+        keys = {self._store.ref("id", i[:ID_PREFIX].lower()) for i in ids if len(i) >= ID_PREFIX}
+        self._db.executemany(
+            "INSERT OR IGNORE INTO ids (key, msg) VALUES (?, ?)", [(k, row_id) for k in keys]
+        )
+
+    def find_messages(self, prefix: str, peer_id: str | None = None) -> list[dict[str, Any]]:
+        """The entries (of the conversation with ``peer_id``, or of any) one of whose ids
+        (:meth:`add_message`) starts with the first ``ID_PREFIX`` characters of
+        ``prefix`` (any case; the caller matches the rest): an index read of those rows
+        only, whatever the size of the history. Nothing for a shorter prefix."""
+        if len(prefix) < ID_PREFIX:
+            return []
+        key = self._store.ref("id", prefix[:ID_PREFIX].lower())
+        query = (
+            "SELECT m.id, m.conv, m.value FROM ids JOIN messages AS m ON m.id = ids.msg"
+            " WHERE ids.key = ?"
+        )
+        args = [key]
+        if peer_id is not None:
+            query += " AND m.conv = ?"
+            args.append(self._store.ref("conv", peer_id))
+        rows = self._db.execute(query + " ORDER BY m.id", args).fetchall()
+        return [
+            json.loads(self._store._open(value, f"messages:{row_id}:{conv}"))
+            for row_id, conv, value in rows
+        ]
+
+    def ids_pending(self) -> bool:
+        """Whether history rows written before the ``ids`` table are to be indexed
+        (:meth:`index_ids`)."""
+        found = self._db.execute("SELECT 1 FROM meta WHERE key = 'ids_pending'").fetchone()
+        return found is not None
+
+    def index_ids(self, ids_of: Callable[[dict[str, Any]], Iterable[str]]) -> int:
+        """Index every history row by ``ids_of(entry)`` (and its ``server_id`` and
+        ``client_id``), once: the rows a schema 2 store held (``ids_pending``). Returns
+        the rows read."""
+        if not self.ids_pending():
+            return 0
+        n = 0
+        for row_id, conv, value in self._db.execute("SELECT id, conv, value FROM messages"):
+            entry = json.loads(self._store._open(value, f"messages:{row_id}:{conv}"))
+            self._index(int(row_id), [*_entry_ids(entry), *ids_of(entry)])
+            n += 1
+        self._db.execute("DELETE FROM meta WHERE key = 'ids_pending'")
+        return n
 
     def place_message(self, ref: str, pos: int) -> None:
         """Move the entry added with ``ref`` to ``pos`` (this device's room message, once
@@ -286,6 +370,27 @@ class Transaction:
             json.loads(self._store._open(value, f"messages:{row_id}:{conv}"))
             for row_id, value in reversed(rows)
         ]
+
+    def last_message_id(self, peer_id: str) -> int:
+        """The row id of the conversation's newest entry by arrival (0: none): a read
+        marker (:meth:`history_since`). Ids grow with every entry added, whatever any
+        clock says."""
+        row = self._db.execute(
+            "SELECT MAX(id) FROM messages WHERE conv = ?", (self._store.ref("conv", peer_id),)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def history_since(self, peer_id: str, after_id: int) -> list[dict[str, Any]]:
+        """The entries added to the conversation after the one whose row id is
+        ``after_id`` (:meth:`last_message_id`), in history order: an index read, only
+        those rows opened."""
+        conv = self._store.ref("conv", peer_id)
+        rows = self._db.execute(
+            "SELECT id, value FROM messages WHERE conv = ? AND id > ? ORDER BY pos, id",
+            (conv, after_id),
+        ).fetchall()
+        return [json.loads(self._store._open(value, f"messages:{row_id}:{conv}"))
+                for row_id, value in rows]  # fmt: skip
 
     # -- outbox ---------------------------------------------------------------
     def queue(self, client_id: str, frame: dict[str, Any]) -> None:
@@ -445,7 +550,10 @@ class Store:
                 meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
                 if meta.get("schema") == b"1":
                     _migrate_1_to_2(db)
-                    meta["schema"] = str(SCHEMA_VERSION).encode()
+                    meta["schema"] = b"2"
+                if meta.get("schema") == b"2":
+                    _migrate_2_to_3(db)
+                    meta["schema"] = b"3"
                 db.execute("CREATE INDEX IF NOT EXISTS messages_pos ON messages (conv, pos, id)")
                 if not meta:
                     params = kdf or KdfParams()

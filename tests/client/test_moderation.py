@@ -6,16 +6,24 @@ unsent is refused before anything is sent; the CLI shows a removed message."""
 from __future__ import annotations
 
 import secrets
+import sqlite3
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
-from parley import Client
+from parley import Client, moderation
 from parley.cli import _print_entry
 from parley.cli_support import console
 from parley.client import Message, MessageRemoved, RoomMessage
 from parley.errors import ParleyError, ServerUnavailable
+from parley.events import Event
+from parley.moderation import KEPT_KEY
+from parley.store import Store
 from parley_contract import frames as f
+from parley_contract.envelopes import message_server_id, room_server_id
 
-from .conftest import MakeClient
+from .conftest import CHEAP_KDF, MakeClient
 
 
 async def test_a_room_message_is_reported_and_unsent_from_the_sdk(make_client: MakeClient) -> None:
@@ -81,6 +89,9 @@ async def test_a_tombstone_that_does_not_verify_hides_nothing(make_client: MakeC
         await bob.messenger._on_tombstone(frame)
     entry = next(e for e in bob.history(alice.user_id) if e.get("server_id") == got.server_id)
     assert entry["kind"] == "message" and entry["text"] == "keep me"
+    # A bad signature under a key it knows: dropped. One under a key not published: kept
+    # to be tried again (test_a_tombstone_under_a_key_not_published_yet_...).
+    assert [k["frame"]["kid"] for k in bob.store.read().get(KEPT_KEY)] == ["no-such-key"]
 
 
 def test_the_cli_shows_a_removed_message() -> None:
@@ -119,3 +130,205 @@ async def test_a_tombstone_whose_keys_cannot_be_read_now_comes_again(
     assert outages
     entry = next(e for e in bob.history(alice.user_id) if e.get("server_id") == got.server_id)
     assert entry["kind"] == "removed"
+
+
+async def test_a_private_room_message_is_reported_and_unsent_by_its_id_alone(
+    make_client: MakeClient,
+) -> None:
+    """Before: without ``peer_id`` only the 1:1 conversations (and notes to self) were
+    searched, never a room's (``room:<id>``): ``client.report(id)`` and
+    ``client.unsend(id)`` said "No message" for a private room's message, though
+    docs/moderation-messages.md says the id is all they need."""
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    await alice.connect()
+    await bob.connect()
+    room = await alice.rooms.create(f"ids {secrets.token_hex(3)}")
+    await alice.rooms.invite(room["room_id"], bob.username)
+    await bob.rooms.accept(room["room_id"])
+    await alice.send(bob.username, "a 1:1 message too")  # another conversation to search
+    await bob.next_event(Message)
+    text = f"room abuse {secrets.token_hex(4)}"
+    await alice.rooms.send(room["room_id"], text)
+    got = await bob.next_event(RoomMessage)
+    assert isinstance(got, RoomMessage) and got.text == text and got.server_id
+
+    filed = await bob.report(got.server_id[:8])  # as `parley history '#room' --ids` shows
+    assert filed["state"] == "open" and filed["duplicate"] is False
+    assert (await bob.report(got.server_id))["duplicate"] is True
+    with pytest.raises(ParleyError, match="sent"):
+        await bob.unsend(got.server_id[:8])  # not his
+
+    await alice.unsend(got.server_id[:8])
+    removed = await bob.next_event(MessageRemoved)
+    assert isinstance(removed, MessageRemoved) and removed.server_id == got.server_id
+    assert removed.peer_id == f"room:{room['room_id']}"
+
+
+ME = "a1" * 16
+
+
+def _offline(tmp_path: Path) -> Client:
+    client = Client("http://127.0.0.1:9", data_dir=tmp_path, passphrase="p", kdf=CHEAP_KDF)
+    client.account.user_id = ME
+    return client
+
+
+def _seed(store: Store, conversations: int, each: int) -> None:
+    """``conversations`` contacts and as many private rooms, ``each`` entries in each
+    (received and sent, as the messenger and the rooms write them)."""
+    with store.transaction_sync() as tx:
+        for c in range(conversations):
+            peer, room = f"{c:032x}", f"{c:024x}"
+            for _ in range(each):
+                sid = secrets.token_hex(16)
+                tx.add_message(peer, {"dir": "in", "kind": "message", "peer": peer,
+                                      "server_id": sid, "text": "x"}, ref=sid)  # fmt: skip
+                cid = secrets.token_hex(16)
+                tx.add_message(f"room:{room}", {
+                    "dir": "out", "kind": "message", "peer": f"room:{room}", "room": room,
+                    "client_id": cid, "text": "y",
+                }, ref=cid, ids=(room_server_id(room, ME, cid),))  # fmt: skip
+
+
+async def test_a_message_is_found_by_its_id_reading_only_the_rows_that_share_its_start(
+    tmp_path: Path,
+) -> None:
+    """At size (20,000 entries in 20 conversations): finding one by an 8-character id
+    opens a handful of rows (the ids index), not every conversation's history."""
+    client = await _offline(tmp_path).open()
+    _seed(client.store, 10, 1000)
+    room = "f" * 24
+    entry = {"dir": "in", "kind": "message", "peer": f"room:{room}", "room": room,
+             "server_id": "c0ffee" + "0" * 26, "text": "find me"}  # fmt: skip
+    async with client.store.transaction() as tx:
+        tx.add_message(f"room:{room}", entry, ref=entry["server_id"])
+    opened: list[str] = []
+    real = client.store._open
+
+    def counting(sealed: bytes, where: str) -> bytes:
+        opened.append(where)
+        return real(sealed, where)
+
+    client.store._open = counting  # type: ignore[method-assign]
+    assert await client.moderation.find("C0FFEE00") == (entry["server_id"], entry)
+    assert (await client.moderation.find("c0ffee00", f"room:{room}"))[1] == entry
+    with pytest.raises(ParleyError, match="No message"):
+        await client.moderation.find("c0ffee00", "someone else")
+    assert len(opened) < 50  # ~3 rows share 4 hex characters among 20,000 ids
+    await client.close()
+
+
+async def test_a_store_written_before_the_ids_index_is_indexed_by_the_first_look_up(
+    tmp_path: Path,
+) -> None:
+    """A schema 2 store (no ``ids``): opened, it is schema 3; the first look-up indexes
+    what it held, a sent message by the server id its client id gives too."""
+    client = await _offline(tmp_path).open()
+    room, cid = "e" * 24, "b7" * 16
+    sent = {"dir": "out", "kind": "message", "peer": "bob", "client_id": cid, "text": "hi"}
+    got = {"dir": "in", "kind": "message", "peer": f"room:{room}", "room": room,
+           "server_id": "d00d" + "1" * 28, "text": "yo"}  # fmt: skip
+    async with client.store.transaction() as tx:
+        tx.add_message("bob", sent, ref=cid)
+        tx.add_message(f"room:{room}", got, ref=str(got["server_id"]))
+    await client.close()
+    db = sqlite3.connect(tmp_path / "store.db")  # what schema 2 looked like
+    db.executescript("DROP TABLE ids; UPDATE meta SET value = CAST('2' AS BLOB) "
+                     "WHERE key = 'schema';")  # fmt: skip
+    db.close()
+    client = await _offline(tmp_path).open()
+    assert client.store.read().ids_pending()
+    sid = message_server_id(ME, cid)
+    found: dict[str, Any] = dict((await client.moderation.find(sid[:8]))[1])
+    assert found == sent
+    assert not client.store.read().ids_pending()
+    assert (await client.moderation.find("d00d11"))[0] == got["server_id"]
+    assert (await client.moderation.find(cid[:6]))[0] == sid  # its client id
+    await client.close()
+
+
+async def test_a_tombstone_under_a_key_not_published_yet_is_kept_and_applied_later(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling deploy of delivery: the tombstone is signed with the new key, and the
+    task that answers ``/moderation/keys`` (twice: once more for the unknown kid) is an
+    old one without it. Before: the tombstone counted as forged, was acknowledged and
+    dropped, and the removed message stayed on the device for good. Now it is kept,
+    the inbox reads on, and it is applied once the keys list the new key."""
+    alice, bob, got = await _one_message(make_client, "take this back")
+    request = bob.api.request
+    old_task = [True]  # the keys come from a task without any key yet
+
+    async def rolling(method: str, path: str, **kwargs: Any) -> Any:
+        answer = await request(method, path, **kwargs)
+        if path == "/delivery/v1/moderation/keys" and old_task[0]:
+            return {"keys": []}
+        return answer
+
+    monkeypatch.setattr(bob.api, "request", rolling)
+    monkeypatch.setattr(bob.moderation, "retry_wait", (0.2, 0.5))
+    monkeypatch.setattr(moderation, "TOMBSTONE_TRIES", 1000)  # as long as the test needs
+    seen: list[Event] = []
+    bob.add_listener(lambda e: seen.append(e) if isinstance(e, MessageRemoved) else None)
+    await alice.unsend("last-out", str(bob.user_id))
+    await alice.send(str(bob.username), "after the tombstone")  # the inbox reads on
+    after = await bob.next_event(Message, timeout=30)
+    assert isinstance(after, Message) and after.text == "after the tombstone"
+    assert not seen and bob.moderation.kept() == 1
+    entry = next(e for e in bob.history(alice.user_id) if e.get("server_id") == got.server_id)
+    assert entry["kind"] == "message"
+    old_task[0] = False  # the deploy is done
+    removed = await bob.next_event(MessageRemoved, timeout=30)
+    assert isinstance(removed, MessageRemoved) and removed.server_id == got.server_id
+    entry = next(e for e in bob.history(alice.user_id) if e.get("server_id") == got.server_id)
+    assert (entry["kind"], entry["text"]) == ("removed", "")
+    assert bob.moderation.kept() == 0
+
+
+async def test_a_tombstone_no_published_key_verifies_is_dropped_after_its_tries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept for a key never published, a tombstone is tried ``TOMBSTONE_TRIES`` times
+    (each after reading the keys), or until ``TOMBSTONE_KEEP_MS`` after it came, then
+    dropped: a garbage one does not stay for ever. Keys that cannot be read count no
+    try. A bad signature under a known key is dropped at once."""
+    client = await _offline(tmp_path).open()
+    reads: list[str] = []
+
+    async def keys(method: str, path: str, **kwargs: Any) -> Any:
+        reads.append(path)
+        if len(reads) == 1:
+            raise ServerUnavailable("delivery")
+        return {"keys": [{"kid": "k1", "public_key": "A" * 43}]}
+
+    monkeypatch.setattr(client.api, "request", keys)
+    monkeypatch.setattr(moderation, "TOMBSTONE_TRIES", 3)
+    frame = f.Tombstone(seq=1, server_id="ab" * 16, from_="x", conversation="dm:x:y",
+                        by="admin", at=1, kid="garbage", signature="A" * 86)  # fmt: skip
+    async with client.store.transaction() as tx:
+        client.moderation.keep(tx, frame)
+        client.moderation.keep(tx, frame)  # delivered again: kept once
+        client.moderation.keep(tx, msgspec.convert(
+            {**msgspec.to_builtins(frame), "kid": "k1"}, f.Tombstone))  # fmt: skip
+    assert client.moderation.kept() == 2
+
+    def take(tx: Any, frame: f.Tombstone) -> None:
+        raise AssertionError("nothing verifies")
+
+    await client.moderation.retry_kept(take)  # the keys cannot be read: nothing counted
+    assert [k["tries"] for k in client.store.read().get(KEPT_KEY)] == [0, 0]
+    await client.moderation.retry_kept(take)  # k1 is known: its bad signature drops it
+    assert [(k["frame"]["kid"], k["tries"]) for k in client.store.read().get(KEPT_KEY)] == [
+        ("garbage", 1)
+    ]
+    await client.moderation.retry_kept(take)
+    await client.moderation.retry_kept(take)
+    assert client.moderation.kept() == 0 and client.store.read().get(KEPT_KEY) is None
+    # Too old: dropped at its first try.
+    async with client.store.transaction() as tx:
+        client.moderation.keep(tx, frame)
+        tx.put(KEPT_KEY, [{**tx.get(KEPT_KEY)[0], "first": 0}])
+    await client.moderation.retry_kept(take)
+    assert client.moderation.kept() == 0
+    await client.close()

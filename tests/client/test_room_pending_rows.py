@@ -26,7 +26,7 @@ from parley.crypto import GroupSession
 from parley.crypto.encoding import b64encode
 from parley.errors import StoreError
 from parley.rooms import HELD_KEYS_KEPT, MAX_PENDING, held_key_max, room_conversation
-from parley.store import KdfParams, Store
+from parley.store import SCHEMA_VERSION, KdfParams, Store
 from parley_contract import frames as f
 
 from tests.client.test_room_pending import (
@@ -270,7 +270,8 @@ def test_a_list_row_of_an_old_store_moves_without_the_client(tmp_path: Path) -> 
     assert keys == ["room_pendingness"]
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == b"2"
+    schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+    assert schema == str(SCHEMA_VERSION).encode()
     db.close()
 
 

@@ -78,8 +78,8 @@ def test_a_conversation_is_in_place_order_then_in_the_order_entries_came(
 
 
 def test_a_schema_1_store_opens_and_keeps_its_order(tmp_path: Path) -> None:
-    """A store written before entries had a place (schema 1) is moved to schema 2 when
-    opened: what it held keeps its order, and new entries are placed after it."""
+    """A store written before entries had a place (schema 1) is moved to schema 2 (then
+    3) when opened: what it held keeps its order, and new entries are placed after it."""
     path = tmp_path / "store.db"
     store = open_store(path)
     with store.transaction_sync() as tx:
@@ -109,7 +109,7 @@ def test_a_schema_1_store_opens_and_keeps_its_order(tmp_path: Path) -> None:
     ]  # fmt: skip
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == b"2"
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == b"3"
     indexes = {r[1] for r in db.execute("PRAGMA index_list(messages)")}
     assert "messages_pos" in indexes and "messages_conv" not in indexes
     db.close()
