@@ -40,6 +40,10 @@ from services.common.errors import ApiError, ErrorCode
 
 log = logging.getLogger(__name__)
 
+# A reset whose confirmation failed part-way can be finished by the retry of the same
+# request for at least this long after its token was used, even past its expiry.
+RESET_FINISH_S = 600
+
 # ASCII only, on purpose: no homoglyphs (a Cyrillic "a"), no invisible or
 # bidi-control characters, no normalisation surprises. Case-insensitive:
 # stored lower-cased.
@@ -266,30 +270,47 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
     ):
         raise bad
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
+    # The slow step first: a failure before the token is used up leaves it as it was.
+    new_hash = await svc.passwords.hash(body.new_password)
     # Every session ends before the token is used up, as in change_password: a failure
     # here (a 503) leaves the token for the retry, which was refused before
     # (``invalid_token``) with the sessions a thief held still live.
     await sessions.revoke_all(svc, user["_id"], "password_reset")
-    if await svc.store.consume_password_reset(token_hash, now) is None:
-        raise bad  # used by a concurrent request
-    new_hash = await svc.passwords.hash(body.new_password)
+    if pending["used_at"] is None:
+        # Used up, but ``finishing`` until the last step below: a failure after this
+        # (a 503) leaves the token to the retry of the same request, which does it all
+        # again. Before, that retry was refused (``invalid_token``) and the password
+        # was changed with the second factors still on, and no notice mailed: an owner
+        # who reset because their factor was lost stayed locked out.
+        finish_by = max(pending["expires_at"], now + timedelta(seconds=RESET_FINISH_S))
+        claimed = await svc.store.consume_password_reset(
+            token_hash, now, finish_by, two_factor=bool(twofactor.methods(user))
+        )
+        if claimed is None:
+            raise bad  # used by a concurrent request
+    else:
+        claimed = pending  # the retry of a reset that failed part-way
     await svc.store.update_user(
         user["_id"], {"password_hash": new_hash, "password_changed_at": now, "updated_at": now}
     )
+    # A reset is the owner's way back in when a second factor is lost, or was
+    # added by someone else: it turns every factor off, and says so (docs/auth.md).
+    # Whether there was one is kept with the reset: a retry finds them off already.
+    two_factor = bool(claimed.get("two_factor")) or bool(twofactor.methods(user))
+    if two_factor:
+        await twofactor.turn_off_all(svc, user["_id"])
     await svc.store.drop_password_resets(user["_id"], now)
     await lockout.forget(svc, user["username"], caller.ip)
     # And a sign-in with the old password that went in meanwhile.
     await sessions.revoke_all(svc, user["_id"], "password_reset")
-    # A reset is the owner's way back in when a second factor is lost, or was
-    # added by someone else: it turns every factor off, and says so (docs/auth.md).
     extra = ""
-    if twofactor.methods(user):
-        await twofactor.turn_off_all(svc, user["_id"])
+    if two_factor:
         extra = (
             "Two-step sign-in was turned off (authenticator app, e-mail codes and recovery "
             "codes): turn it on again in your account settings."
         )
     await notify(svc, user, caller, Notice.PASSWORD_RESET, extra)
+    await svc.store.finish_password_reset(token_hash)
 
 
 async def me(svc: AuthService, claims: Claims) -> MeResponse:

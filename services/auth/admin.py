@@ -172,10 +172,19 @@ async def edit_user(
     they expired. After: a sign-in that went in between (with the old roles) ends
     too (``sessions.open_session``). A PATCH that changes nothing is audited like
     any other call; a username or address change is mailed to the old address
-    (notices.py)."""
+    (notices.py).
+
+    What follows the write (the audit entry, the notice, the second ending) is
+    recorded with it (``pending_admin_edit``): should it fail (a 503), the next PATCH
+    of this user, the retry included, finishes it first (:func:`_finish_edit`).
+    Before, the retry found nothing to change and was audited as a change of nothing,
+    the old address was never told, and the sessions were not ended again."""
     user = await _target(svc, user_id)
+    finished = False
+    if user.get(PENDING_EDIT):
+        user = await _finish_edit(svc, claims, caller, user)
+        finished = True
     changes: dict[str, Any] = {}
-    before: dict[str, Any] = {}
     if body.username is not None:
         name = canonical_username(body.username)
         if name != user["username"]:
@@ -195,35 +204,58 @@ async def edit_user(
             changes["roles"] = roles
             roles_changed = True
     if not changes:
-        await audit(svc, claims, "user.update", caller, user_id, before={}, after={})
+        if not finished:  # else the finished edit's entry is this call's
+            await audit(svc, claims, "user.update", caller, user_id, before={}, after={})
         return await _view(svc, user)
     if roles_changed:
         # Tokens carry roles: end the sessions so that new tokens carry the new ones.
         await sessions.revoke_all(svc, user_id, "roles_changed")
-    before = {k: user.get(k) for k in changes if k != "email_lc"}
-    now = changes["updated_at"] = svc.now()
+    pending = {
+        "before": {k: user.get(k) for k in changes if k != "email_lc"},
+        "after": {k: v for k, v in changes.items() if k != "email_lc"},
+        "was": {k: user.get(k) for k in changes},  # the account as the old address knew it
+        "roles_changed": roles_changed,
+    }
+    changes["updated_at"] = svc.now()
     try:
-        updated = await svc.store.update_user(user_id, changes)
+        updated = await svc.store.update_user(user_id, {**changes, PENDING_EDIT: pending})
     except DuplicateError:
         raise ApiError(ErrorCode.CONFLICT, "This username or e-mail is taken.") from None
     if updated is None:
         raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
-    if "email_lc" in changes:
+    return await _view(svc, await _finish_edit(svc, claims, caller, updated))
+
+
+# On the user document: an admin's edit written whose other steps are not all done.
+PENDING_EDIT = "pending_admin_edit"
+
+
+async def _finish_edit(
+    svc: AuthService, claims: Claims, caller: Caller, updated: dict[str, Any]
+) -> dict[str, Any]:
+    """Do what follows an admin's edit (``updated[PENDING_EDIT]``, written with it),
+    each step safe to do twice, then drop the marker; the user after."""
+    user_id = updated["_id"]
+    pending = updated[PENDING_EDIT]
+    if "email_lc" in pending["was"]:
         # What was mailed to the old address no longer opens anything: a pending
         # reset link (confirm_reset also checks the address a reset was sent to, for
         # one mailed while this change was written) and a pending e-mail-code
         # enrolment.
-        await svc.store.drop_password_resets(user_id, now)
+        await svc.store.drop_password_resets(user_id, svc.now())
         await svc.store.eph_delete(twofactor.EMAIL_SETUP, user_id)
         # And a sign-in's e-mailed code (its challenge carries the security stamp).
         await svc.store.raise_security_stamp(user_id)
-    after = {k: updated.get(k) for k in before}
-    await audit(svc, claims, "user.update", caller, user_id, before=before, after=after)
-    await _notify_sign_in_change(svc, user, updated, caller)
-    if roles_changed:
+    await audit(
+        svc, claims, "user.update", caller, user_id,
+        before=pending["before"], after=pending["after"],
+    )  # fmt: skip
+    await _notify_sign_in_change(svc, {**updated, **pending["was"]}, updated, caller)
+    if pending["roles_changed"]:
         # A sign-in that went in while the roles were written (its token has the old ones).
         await sessions.revoke_all(svc, user_id, "roles_changed")
-    return await _view(svc, updated)
+    done = await svc.store.update_user(user_id, {}, unset=[PENDING_EDIT])
+    return done if done is not None else {k: v for k, v in updated.items() if k != PENDING_EDIT}
 
 
 async def _notify_sign_in_change(
@@ -406,8 +438,11 @@ async def revoke_user_session(
         raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such session of this user.")
     # The provider's sign-in cookie, unexchanged codes and sign-ins in flight of this
     # user end with it: else whoever held the session could open another at once
-    # (sessions.security_stamp).
-    await svc.store.raise_security_stamp(user_id)
+    # (sessions.security_stamp). Only when it is live: ending one already ended (the
+    # retry of a first try whose publish failed, which raised the stamp) signed the
+    # user out of the provider and threw away their sign-ins in flight for nothing.
+    if session.get("revoked_at") is None:
+        await svc.store.raise_security_stamp(user_id)
     # Published whether it was live or not (sessions.revoke).
     was_live = await sessions.revoke(svc, user_id, sid, "revoked_by_admin")
     await audit(

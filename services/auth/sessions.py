@@ -488,8 +488,10 @@ async def revoke_own(svc: AuthService, claims: Claims, sid: str) -> None:
     if session is None or session.get("user_id") != claims.sub:
         raise ApiError(ErrorCode.SESSION_NOT_FOUND, "No such session.")
     # As an admin's: whatever could open another session at once (the provider's
-    # sign-in cookie a thief's browser holds, a code not exchanged yet) ends with it.
-    await svc.store.raise_security_stamp(claims.sub)
+    # sign-in cookie a thief's browser holds, a code not exchanged yet) ends with it,
+    # if it is live (admin.revoke_user_session).
+    if session.get("revoked_at") is None:
+        await svc.store.raise_security_stamp(claims.sub)
     await revoke(svc, claims.sub, sid, "revoked_by_user")
 
 

@@ -361,14 +361,37 @@ class AuthStore:
         await self.password_resets.insert_one(doc)
 
     async def password_reset(self, token_hash: str) -> Doc | None:
-        return _times(await self.password_resets.find_one({"_id": token_hash, "used_at": None}))
+        """A reset not used yet, or one whose confirmation began (``finishing``) and has
+        not finished: its retry finishes it (accounts.confirm_reset)."""
+        doc = _times(await self.password_resets.find_one({"_id": token_hash}))
+        if doc is None or (doc["used_at"] is not None and not doc.get("finishing")):
+            return None
+        return doc
 
-    async def consume_password_reset(self, token_hash: str, now: datetime) -> Doc | None:
+    async def consume_password_reset(
+        self, token_hash: str, now: datetime, expires_at: datetime, two_factor: bool
+    ) -> Doc | None:
+        """Use the reset up (None if it was used already), ``finishing`` until
+        :meth:`finish_password_reset`, until ``expires_at``; ``two_factor``: the account
+        had a second factor, which the reset turns off."""
         return _times(
             await self.password_resets.find_one_and_update(
-                {"_id": token_hash, "used_at": None}, {"$set": {"used_at": now}}
+                {"_id": token_hash, "used_at": None},
+                {
+                    "$set": {
+                        "used_at": now,
+                        "finishing": True,
+                        "two_factor": two_factor,
+                        "expires_at": expires_at,
+                    }
+                },
+                return_document=ReturnDocument.AFTER,
             )
         )
+
+    async def finish_password_reset(self, token_hash: str) -> None:
+        """The reset is done: its token opens nothing any more."""
+        await self.password_resets.update_one({"_id": token_hash}, {"$unset": {"finishing": ""}})
 
     async def drop_password_resets(self, user_id: str, now: datetime) -> None:
         await self.password_resets.update_many(

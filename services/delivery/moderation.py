@@ -178,7 +178,7 @@ class Moderation:
             filed, duplicate = await self.mstore.file_report(
                 self._report_doc(claims, body, key, kid, plaintext, room)
             )
-        except Exception:
+        except BaseException:  # a refusal, a failure, or a cancellation (a shutdown)
             await self.limiter.release("report", me)
             raise
         if duplicate:  # filed by a concurrent request of the same reporter

@@ -380,29 +380,40 @@ async def check(
 
 async def delete(keys: Keys, user_id: str, device_id: int) -> None:
     """Delete a pending device and its keys (a listed one leaves through a new list)."""
-    if device_id in await _listed(keys, user_id):
-        raise ApiError(
-            ErrorCode.CONFLICT,
-            "This device is in the account's signed device list: publish a list without it.",
-            details={"device_id": device_id},
-        )
+    await _refuse_listed(keys, user_id, device_id)
     if not await keys.store.delete_device(user_id, device_id):
         raise ApiError(ErrorCode.DEVICE_NOT_FOUND, details={"device_id": device_id})
     await keys.store.forget_left(user_id, device_id)
     log.info("device removed", extra={"user_id": user_id, "device_id": device_id})
 
 
+async def _refuse_listed(keys: Keys, user_id: str, device_id: int) -> None:
+    if device_id in await _listed(keys, user_id):
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "This device is in the account's signed device list: publish a list without it.",
+            details={"device_id": device_id},
+        )
+
+
 async def remove_as_admin(
     keys: Keys, claims: Claims, ip: str, user_id: str, device_id: int
 ) -> None:
     """An admin removes another user's pending device (:func:`delete`), and the shared
-    audit log says so (docs/moderation.md: each admin route writes one entry, after it
-    succeeded): ``user.remove_device``, the user as its target, the device in
-    ``details``, as the auth service's ``user.revoke_session`` names a session."""
-    await delete(keys, user_id, device_id)
+    audit log says so: ``user.remove_device``, the user as its target, the device in
+    ``details``, as the auth service's ``user.revoke_session`` names a session.
+
+    The entry is written once the removal's checks passed (a refused one writes none)
+    and before the device is deleted: written after, an audit that failed (a 503) left
+    a removal never audited, whose retry answered 404 ``device_not_found``. Now a
+    deletion that fails after its entry (a 503) has its entry all the same, and the
+    retry writes another (docs/keys.md)."""
+    await _refuse_listed(keys, user_id, device_id)
+    await device_or_404(keys, user_id, device_id)
     await keys.audit.record(
         Entry(
             actor=Actor(claims.user_id, "admin"), action="user.remove_device",
             target_type="user", target_id=user_id, details={"device_id": device_id}, ip=ip,
         )
     )  # fmt: skip
+    await delete(keys, user_id, device_id)

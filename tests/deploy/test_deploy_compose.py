@@ -468,3 +468,20 @@ def test_grafana_has_no_default_admin_and_anonymous_users_only_view(
     assert "GF_SECURITY_ADMIN_USER" not in env
     # Without a password from the operator, no admin account exists at all.
     assert env["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+
+
+def test_delivery_gets_every_franking_setting_from_the_host(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """docs/deployment.md tells compose users to set ``PARLEY_FRANKING_KEY_ID`` and
+    ``PARLEY_FRANKING_RETIRED_KEYS`` for a rotation: only ``PARLEY_FRANKING_KEY`` was
+    passed through, so the new key was read under the default id and every tag made
+    with a former key failed. Each franking setting is passed through, never given."""
+    franking = {
+        f"PARLEY_{name.upper()}" for name in Settings.model_fields if name.startswith("franking_")
+    }
+    assert franking == {
+        "PARLEY_FRANKING_KEY", "PARLEY_FRANKING_KEY_ID", "PARLEY_FRANKING_RETIRED_KEYS",
+    }  # fmt: skip
+    env = env_of(services["delivery"])
+    assert {name: env.get(name, "absent") for name in franking} == dict.fromkeys(franking)

@@ -181,3 +181,29 @@ async def test_an_admin_removing_another_users_device_is_audited(api: KeysApi) -
     assert (await api.put_identity(ALICE, 1, DeviceKeys().identity()))[0] == 200
     assert (await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", ALICE))[0] == 204
     assert await log.coll.count_documents({}) == 1
+
+
+async def test_an_admin_removal_whose_audit_failed_is_not_left_unaudited(
+    api: KeysApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the device was deleted, then the audit entry failed (a MongoDB blip:
+    503) and the retry answered 404 ``device_not_found``: a removal never audited. The
+    entry is now written before the deletion: a failed one leaves the device, and the
+    retry removes it with its entry."""
+    await _alice(api, listed=False)
+    log = api.keys.audit
+    admin = api.headers("root", roles=("user", "admin"))
+
+    async def blip(*_: object, **__: object) -> None:
+        raise ConnectionError("mongo blip")
+
+    with monkeypatch.context() as m:
+        m.setattr(log, "record", blip)
+        status, body = await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", None, headers=admin)
+        assert (status, body["error"]["code"]) == (503, "service_unavailable")
+    status, _ = await api.call("DELETE", f"/v1/users/{ALICE}/devices/1", None, headers=admin)
+    assert status == 204 and await api.device_doc(ALICE) is None
+    [entry] = await log.coll.find({}).to_list()
+    assert (entry["action"], entry["target_id"], entry["details"]) == (
+        "user.remove_device", ALICE, {"device_id": 1},
+    )  # fmt: skip
