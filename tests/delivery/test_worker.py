@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -53,6 +54,34 @@ def make_worker(**settings: Any) -> tuple[Worker, FakeStore, FakeProducer]:
     store, producer = FakeStore(), FakeProducer()
     worker = Worker(load_settings(**settings), store, CollectorRegistry(), producer)  # type: ignore[arg-type]
     return worker, store, producer
+
+
+def stub_kafka(
+    monkeypatch: Any,
+    started: Callable[[str], Awaitable[None]],
+    consume: Callable[[Worker, Any, Any], Awaitable[None]],
+) -> None:
+    """The worker's consumers without Kafka: each consumer is its group's name, started
+    by ``started``, consumed by ``consume``; the purge and persist loops idle."""
+    import services.delivery.worker as worker_module
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    def consumer(settings: Any, topics: list[str], group: str, **_: Any) -> str:
+        return group
+
+    async def forever(self: Worker) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(worker_module, "ensure_topics", nothing)
+    monkeypatch.setattr(worker_module, "kafka_consumer", consumer)
+    monkeypatch.setattr(worker_module, "started", started)
+    monkeypatch.setattr(worker_module, "stop_consumer", nothing)
+    monkeypatch.setattr(Worker, "_consume", consume)
+    monkeypatch.setattr(Worker, "_consume_messages", consume)
+    monkeypatch.setattr(Worker, "_purge_loop", forever)
+    monkeypatch.setattr(Worker, "_persist_loop", forever)
 
 
 async def test_a_poisoned_record_is_dead_lettered_and_the_rest_processed() -> None:
@@ -127,18 +156,10 @@ async def test_ready_only_while_every_consumer_consumes(monkeypatch: Any) -> Non
     """``running`` (the ``consumer`` readiness check) is set while every consumer task is
     consuming and cleared while any fails and restarts. It was set by the messages
     consumer's first start and never cleared: a consumer failing for ever was ready."""
-    import services.delivery.worker as worker_module
-
     worker, _, _ = make_worker(delivery_consumers=2)
     started_slots: list[str] = []
     failing = {"-rooms"}
     retried = asyncio.Event()
-
-    async def no_topics(*_: Any) -> None:
-        return None
-
-    def consumer(settings: Any, topics: list[str], group: str, **_: Any) -> str:
-        return group
 
     async def started(group: str) -> None:
         started_slots.append(group)
@@ -147,23 +168,10 @@ async def test_ready_only_while_every_consumer_consumes(monkeypatch: Any) -> Non
         if any(group.endswith(s) for s in failing):
             raise ConnectionError("coordinator unavailable")
 
-    async def stop(_: str) -> None:
-        return None
-
     async def consume(self: Worker, group: Any, stage: Any) -> None:
         await asyncio.Event().wait()
 
-    async def forever(self: Worker) -> None:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(worker_module, "ensure_topics", no_topics)
-    monkeypatch.setattr(worker_module, "kafka_consumer", consumer)
-    monkeypatch.setattr(worker_module, "started", started)
-    monkeypatch.setattr(worker_module, "stop_consumer", stop)
-    monkeypatch.setattr(Worker, "_consume", consume)
-    monkeypatch.setattr(Worker, "_consume_messages", consume)
-    monkeypatch.setattr(Worker, "_purge_loop", forever)
-    monkeypatch.setattr(Worker, "_persist_loop", forever)
+    stub_kafka(monkeypatch, started, consume)
     await worker.start()
     try:
         await asyncio.wait_for(retried.wait(), 30)
@@ -261,24 +269,12 @@ async def test_a_consumer_failing_after_each_start_is_not_ready_and_backs_off(
     enough = asyncio.Event()
     real_sleep = asyncio.sleep
 
-    async def no_topics(*_: Any) -> None:
-        return None
-
-    def consumer(settings: Any, topics: list[str], group: str, **_: Any) -> str:
-        return group
-
     async def started(group: str) -> None:
-        return None
-
-    async def stop(_: str) -> None:
         return None
 
     async def consume(self: Worker, group: Any, stage: Any) -> None:
         if str(group).endswith("-rooms"):
             raise ConnectionError("READONLY You can't write against a read only replica.")
-        await asyncio.Event().wait()
-
-    async def forever(self: Worker) -> None:
         await asyncio.Event().wait()
 
     async def backoff(delay: float, *args: Any) -> Any:
@@ -287,14 +283,7 @@ async def test_a_consumer_failing_after_each_start_is_not_ready_and_backs_off(
             enough.set()
         return await real_sleep(0)
 
-    monkeypatch.setattr(worker_module, "ensure_topics", no_topics)
-    monkeypatch.setattr(worker_module, "kafka_consumer", consumer)
-    monkeypatch.setattr(worker_module, "started", started)
-    monkeypatch.setattr(worker_module, "stop_consumer", stop)
-    monkeypatch.setattr(Worker, "_consume", consume)
-    monkeypatch.setattr(Worker, "_consume_messages", consume)
-    monkeypatch.setattr(Worker, "_purge_loop", forever)
-    monkeypatch.setattr(Worker, "_persist_loop", forever)
+    stub_kafka(monkeypatch, started, consume)
     await worker.start()
     monkeypatch.setattr(worker_module.asyncio, "sleep", backoff)
     try:

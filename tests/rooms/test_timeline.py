@@ -15,6 +15,19 @@ from services.rooms.store import message_id
 from tests.rooms.conftest import TEST_CONFIG, RoomsApi, RoomsFactory
 
 
+def count_pushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The numbers of the posts pushed (``room_post`` frames) from now on, in order."""
+    pushed: list[int] = []
+    room_post = push.room_post
+
+    async def counted(store: Any, pusher: Any, room_doc: Any, frame: Any) -> int:
+        pushed.append(frame.seq)
+        return await room_post(store, pusher, room_doc, frame)
+
+    monkeypatch.setattr(push, "room_post", counted)
+    return pushed
+
+
 async def test_post_and_page_newest_first(api: RoomsApi) -> None:
     owner, reader = api.user(), api.user()
     room = await api.room(owner)
@@ -346,14 +359,8 @@ async def test_many_posts_mentioning_one_user_at_once_are_all_announced(
     posters = [api.user() for _ in range(150)]
     for p in posters:
         assert (await api.join(p, room))[0] == 200
-    pushed: list[int] = []
-    room_post = push.room_post
+    pushed = count_pushes(monkeypatch)
 
-    async def counted(store: Any, pusher: Any, room_doc: Any, frame: Any) -> int:
-        pushed.append(frame.seq)
-        return await room_post(store, pusher, room_doc, frame)
-
-    monkeypatch.setattr(push, "room_post", counted)
     text = f"hi @{api.username(alice)}"
     results = await asyncio.gather(*(api.post(p, room, text) for p in posters))
     assert [s for s, _ in results] == [201] * 150, [b for s, b in results if s != 201][:3]
@@ -380,17 +387,11 @@ async def test_a_resend_announces_a_post_whose_announcement_failed(
     owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
     room = await api.room(owner)
     await api.join(bob, room)
-    pushed: list[int] = []
-    room_post = push.room_post
-
-    async def counted(store: Any, pusher: Any, room_doc: Any, frame: Any) -> int:
-        pushed.append(frame.seq)
-        return await room_post(store, pusher, room_doc, frame)
+    pushed = count_pushes(monkeypatch)
 
     async def broken(*_: Any) -> None:
         raise RuntimeError("the notifications could not be written")
 
-    monkeypatch.setattr(push, "room_post", counted)
     mentioned = notifications.mentioned
     monkeypatch.setattr(notifications, "mentioned", broken)
     text = f"hi @{api.username(bob)}"
@@ -457,17 +458,11 @@ async def test_a_mention_whose_writer_died_is_announced_by_the_sweep(
     room = await api.room(owner)
     await api.join(bob, room)
     store = api.rooms.store
-    pushed: list[int] = []
-    room_post = push.room_post
-
-    async def counted(store: Any, pusher: Any, room_doc: Any, frame: Any) -> int:
-        pushed.append(frame.seq)
-        return await room_post(store, pusher, room_doc, frame)
+    pushed = count_pushes(monkeypatch)
 
     async def killed(*_: Any) -> None:
         raise RuntimeError("the process is killed here: nothing after it runs")
 
-    monkeypatch.setattr(push, "room_post", counted)
     announce = timeline._announce_or_release
     monkeypatch.setattr(timeline, "_announce_or_release", killed)
     text = f"hi @{api.username(bob)}"
