@@ -14,6 +14,8 @@ import { Pacer, SEND_AGAIN } from '../src/app/pacing.ts';
 import { FakeServer, FakeSocket, MemoryVault } from './support/fakeServer.ts';
 import { cleanUp, connected, people, sleep, texts, until } from './support/clients.ts';
 import { carolJoinsMidRead } from './support/rooms.ts';
+import { Session, b64decode, fromUtf8 } from '../src/crypto/index.ts';
+import type * as W from '../src/generated/contract.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -188,6 +190,61 @@ describe('the first sync after connecting', () => {
     await until('the next socket to resend it', () => server.sends.length >= 2);
     await sleep(1500); // the old 1 s timer would have fired by now
     expect(server.sends.map((s) => server.sockets.indexOf(s.socket))).toEqual([0, 1]);
+  });
+});
+
+describe('an outbox flush', () => {
+  it('sends only what the vault holds: a message whose write fails never goes, and the next one reads', async () => {
+    // Before: a transaction's rows were in the cache the flush reads as soon as it ended,
+    // before its write committed: a message sent during a flush went on the wire, then
+    // its write failed (the storage full), send() was refused, the ratchet step was taken
+    // back, and the next message went under the same message key (the contact read the
+    // "failed" one and dropped the next as a replay).
+    const { server, bob, alice } = await people();
+    server.limits = { max_frame_bytes: 65536, sends_per_s: 20, send_burst: 2 };
+    const bodyFor = (id: string) => {
+      const f = server.sends.find((s) => s.frame.id === id)?.frame as W.Send;
+      return b64decode((f.copies.find((c) => c.user === alice.user.user_id) as W.Copy).body);
+    };
+    await connected(bob, server);
+    const first = await bob.send(alice.user.user_id, 'hello');
+    await until('hello accepted', () => server.accepted.has(first));
+    const binding = { initiatorUser: server.me!.user_id, initiatorDevice: server.deviceId, responderUser: alice.user.user_id, responderDevice: 1 };
+    const [session] = await Session.respond(alice.device, bodyFor(first), { binding });
+    bob.close();
+    const queued: string[] = [];
+    for (let i = 0; i < 12; i++) queued.push(await bob.send(alice.user.user_id, `q${i}`)); // offline
+    const vault = bob.vault as unknown as MemoryVault;
+    const real = vault.putMany.bind(vault);
+    let failing: string | null = null; // X's client id, once its write is under way
+    vault.putMany = async (rows: Iterable<[string, unknown]>) => {
+      const list = [...rows];
+      const x = list.find(([n, q]) => n.startsWith('outbox:') && (q as { text?: string } | undefined)?.text?.startsWith('X:') === true);
+      if (x !== undefined && failing === null) {
+        failing = x[0].slice('outbox:'.length);
+        // The write takes a while (seal, a strict-durability commit): the flush sends the
+        // whole outbox meanwhile (the message went right after it, before).
+        await until('the outbox sent', () => queued.every((id) => server.sends.some((s) => s.frame.id === id)) || server.sends.some((s) => s.frame.id === failing));
+        await sleep(200);
+        throw new DOMException('quota', 'QuotaExceededError');
+      }
+      return real(list);
+    };
+    bob.connect();
+    await until('the flush under way', () => server.sends.length >= 4);
+    const sentDuring = await bob.send(alice.user.user_id, 'W: written'); // committed: goes, after the outbox
+    const refused = await bob.send(alice.user.user_id, 'X: my PIN is 4711').then(() => null, (e: Error) => e.name);
+    expect(refused).toBe('QuotaExceededError');
+    expect(failing).not.toBeNull();
+    expect(server.sends.some((s) => s.frame.id === failing)).toBe(false); // never on the wire
+    await until('W accepted', () => server.accepted.has(sentDuring));
+    const y = await bob.send(alice.user.user_id, 'Y: something else');
+    await until('Y accepted', () => server.accepted.has(y));
+    const order = [...new Set(server.sends.map((s) => s.frame.id))].filter((id) => id !== first);
+    expect(order).toEqual([...queued, sentDuring, y]);
+    const read: string[] = [];
+    for (const id of order) read.push(fromUtf8(await session.decrypt(bodyFor(id))));
+    expect(read).toEqual([...queued.map((_, i) => `q${i}`), 'W: written', 'Y: something else']);
   });
 });
 

@@ -109,6 +109,37 @@ describe('transactions', () => {
     expect(await txs.run(async (tx) => tx.get('a'))).toBe('old'); // still usable
   });
 
+  it('say which rows a write under way has not committed yet (in the cache already)', async () => {
+    // What the outbox's flush reads (client.ts #sendable): a frame is sent only once the
+    // write of its ratchet step has committed.
+    const rows = new Rows();
+    const txs = new Transactions(rows);
+    await txs.run(async (tx) => tx.put('a', 'old'));
+    expect(txs.writing('a')).toBe(false);
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    const write = rows.write.bind(rows);
+    rows.write = async (r) => {
+      await held;
+      return write(r);
+    };
+    const ok = txs.run(async (tx) => tx.put('a', 'new'));
+    await tick();
+    expect(rows.cache.get('a')).toBe('new'); // the next transaction sees it...
+    expect(txs.writing('a')).toBe(true); // ...but it is not on the disk yet
+    expect(txs.writing('b')).toBe(false);
+    release();
+    await ok;
+    expect(txs.writing('a')).toBe(false);
+    rows.fail = new Error('quota');
+    const failed = txs.run(async (tx) => tx.put('b', 1));
+    await tick();
+    expect(txs.writing('b')).toBe(true);
+    await expect(failed).rejects.toThrow('quota');
+    expect(txs.writing('b')).toBe(false);
+    expect(rows.cache.has('b')).toBe(false);
+  });
+
   it('one that throws is dropped alone; the others of its group are written', async () => {
     const rows = new Rows();
     const txs = new Transactions(rows);

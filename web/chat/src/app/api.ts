@@ -31,6 +31,8 @@ export interface Tokens {
   refresh_token: string;
   session_id: string;
   user: UserBrief;
+  /** The access token's lifetime in seconds (tokens.ts expiresAt, when it has no `iat`). */
+  expires_in?: number;
 }
 
 export interface Challenge {

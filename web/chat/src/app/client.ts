@@ -139,6 +139,7 @@ import { TypingBoard, TypingThrottle } from './typing.ts';
 import { Vault } from './vault.ts';
 import { ASIDE_ASK, ASIDE_MAX, ASIDE_RETRY, ASIDE_ROW, Aside, nextWait } from './aside.ts';
 import { Transactions, type Tx } from './transactions.ts';
+import { DEAD_TOKEN, TOKEN_SAVE_RETRY, expiresAt, jwtClaim, refused } from './tokens.ts';
 import {
   type PendingEntry,
   type PendingRoomMessage,
@@ -172,7 +173,9 @@ interface UnsentPrekeys {
   kem_sent?: number;
 }
 const TOKEN_MARGIN_MS = 120_000;
-const REAUTH_MS = 240_000;
+/** How often an open socket's token is renewed in place (an `auth` frame with a fresh
+ * one: docs/protocol.md), in ms. Tests shorten it. */
+export const REAUTH_EVERY = { ms: 240_000 };
 const ACK_DELAY_MS = 200;
 const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
 const LISTS_PER_READ = 1000; // users per bulk device-list read (the key directory's MAX_LIST_USERS)
@@ -364,20 +367,6 @@ const TYPING_ID = 'typing-';
 
 export type SecondFactorPrompt = (challenge: Challenge) => Promise<{ method: string; code: string }>;
 
-function jwtClaim(token: string, name: string): number {
-  try {
-    const part = (token.split('.')[1] as string).replace(/-/g, '+').replace(/_/g, '/');
-    const value = Number((JSON.parse(atob(part)) as Record<string, unknown>)[name]);
-    return Number.isFinite(value) ? value : 0;
-  } catch {
-    return 0;
-  }
-}
-
-function jwtExp(token: string): number {
-  return jwtClaim(token, 'exp') * 1000;
-}
-
 /** When a device is set up, in the server's time (Unix ms): its first token's `iat`,
  * which is in whole seconds, refined within that second by this clock (never moved out
  * of it), as account.py `_linked_at`; 0 when the token says nothing. */
@@ -477,6 +466,14 @@ export class ParleyClient {
   });
   readonly #listeners = new Set<(e: ClientEvent) => void>();
   #refreshing: Promise<string> | null = null;
+  /** The tokens as this page last got them (a log-in, a refresh) or dropped them: ahead
+   * of the vault's `account` row while a write of them failed (#saveTokens tries it
+   * again); null: the row's. The access token's expiry by this device's clock
+   * (tokens.ts expiresAt), for that token only. */
+  #tokens: { access_token: string | null; refresh_token: string | null } | null = null;
+  #accessExpiry: { token: string; at: number } | null = null;
+  #tokenSaveTimer: ReturnType<typeof setTimeout> | null = null;
+  #tokenSaveWait = TOKEN_SAVE_RETRY.first;
   #toppingUp: Promise<void> | null = null; // the top-up under way (topUp)
   #ws: WebSocket | null = null;
   #running = false;
@@ -744,7 +741,20 @@ export class ParleyClient {
   }
 
   get loggedIn(): boolean {
-    return Boolean(this.account?.refresh_token);
+    return Boolean(this.#heldTokens().refresh_token);
+  }
+
+  /** The tokens this page holds (#tokens), else the vault's. */
+  #heldTokens(): { access_token: string | null; refresh_token: string | null } {
+    const account = this.account;
+    return this.#tokens ?? { access_token: account?.access_token ?? null, refresh_token: account?.refresh_token ?? null };
+  }
+
+  /** New tokens, held from now on whatever becomes of their write. */
+  #took(tokens: Tokens, arrivedAt: number): void {
+    this.#tokens = { access_token: tokens.access_token, refresh_token: tokens.refresh_token };
+    this.#accessExpiry = { token: tokens.access_token, at: expiresAt(tokens.access_token, arrivedAt, tokens.expires_in) };
+    this.api.token = tokens.access_token;
   }
 
   settings(): Settings {
@@ -800,15 +810,30 @@ export class ParleyClient {
     return ordered;
   }
 
+  /** The messages waiting to go, in their order, as the vault holds them: one whose row
+   * is being written (queued, encrypted again, taken out) is left out until that write
+   * has committed. What is sent from the outbox is read here (#flush, #sendHeld): a
+   * frame whose write has not committed yet may still be taken back (the storage full,
+   * the tab closed), and its ratchet step with it, and the next message would reuse its
+   * message key. */
   outbox(): Queued[] {
     return this.#outboxRows()
+      .filter(([name]) => !this.#transactions.writing(name))
       .map(([, q]) => q)
       .sort((a, b) => (a.n ?? 0) - (b.n ?? 0));
   }
 
-  /** The outbox's committed rows (name, message). */
+  /** The outbox's rows (name, message) in the cache, a write under way included. */
   #outboxRows(): [string, Queued][] {
     return [...this.#cache].filter((row): row is [string, Queued] => row[0].startsWith('outbox:'));
+  }
+
+  /** A message to send from the outbox, as the vault holds it (see {@link outbox}): none
+   * while a write of its row is under way (whoever wrote it sends it once it committed:
+   * #sendNew, #sendAgain). */
+  #sendable(clientId: string): Queued | undefined {
+    const name = `outbox:${clientId}`;
+    return this.#transactions.writing(name) ? undefined : this.#read<Queued>(name);
   }
 
   #peerRow(userId: string): string {
@@ -1165,6 +1190,7 @@ export class ParleyClient {
   }
 
   async #loggedIn(tokens: Tokens, deviceId: number): Promise<void> {
+    const arrivedAt = Date.now();
     await this.#transaction(async (tx) => {
       const previous = tx.get<AccountRow>('account');
       if (previous && previous.user_id !== tokens.user.user_id) {
@@ -1181,33 +1207,40 @@ export class ParleyClient {
         linked_at: previous ? (previous.linked_at ?? 0) : linkedAt(tokens.access_token),
       } satisfies AccountRow);
     });
-    this.api.token = tokens.access_token;
+    this.#took(tokens, arrivedAt);
   }
 
-  /** A valid access token, refreshed when it expires within two minutes. */
+  /** A valid access token, refreshed when it expires within two minutes (by this
+   * device's clock, measured against the server's when the token arrived: tokens.ts
+   * expiresAt). The new tokens are held here from the refresh's answer on: a failed
+   * write of them (the storage full) neither fails the call nor loses them (#saveTokens
+   * tries again; the refresh token the vault holds is used up). */
   accessToken(force = false): Promise<string> {
     if (this.#refreshing) return this.#refreshing;
-    const account = this.account;
-    if (!account?.refresh_token) return Promise.reject(new ParleyError('You are logged out: log in again.'));
-    if (!force && account.access_token && jwtExp(account.access_token) > Date.now() + TOKEN_MARGIN_MS) {
-      this.api.token = account.access_token;
-      return Promise.resolve(account.access_token);
+    const held = this.#heldTokens();
+    const refreshToken = held.refresh_token;
+    if (!refreshToken) return Promise.reject(new ParleyError('You are logged out: log in again.'));
+    const access = held.access_token;
+    if (!force && access) {
+      // (one this page did not get, read from the vault: its exp against this clock)
+      const expiry = this.#accessExpiry?.token === access ? this.#accessExpiry.at : jwtClaim(access, 'exp') * 1000;
+      if (expiry > Date.now() + TOKEN_MARGIN_MS) {
+        this.api.token = access;
+        return Promise.resolve(access);
+      }
     }
     this.#refreshing = (async () => {
       try {
-        const tokens = await this.api.refresh(account.refresh_token as string);
-        await this.#transaction(async (tx) => {
-          const row = tx.get<AccountRow>('account') as AccountRow;
-          tx.put('account', { ...row, access_token: tokens.access_token, refresh_token: tokens.refresh_token });
-        });
-        this.api.token = tokens.access_token;
+        const tokens = await this.api.refresh(refreshToken);
+        this.#took(tokens, Date.now());
+        await this.#saveTokens();
         return tokens.access_token;
       } catch (error) {
-        if (error instanceof ApiError && ['token_revoked', 'refresh_token_reused', 'invalid_token'].includes(error.code)) {
-          await this.#transaction(async (tx) => {
-            const row = tx.get<AccountRow>('account') as AccountRow;
-            tx.put('account', { ...row, access_token: null, refresh_token: null });
-          });
+        if (error instanceof ApiError && DEAD_TOKEN.has(error.code)) {
+          this.#tokens = { access_token: null, refresh_token: null };
+          this.#accessExpiry = null;
+          this.api.token = null;
+          await this.#saveTokens();
         }
         throw error;
       } finally {
@@ -1215,6 +1248,35 @@ export class ParleyClient {
       }
     })();
     return this.#refreshing;
+  }
+
+  /** The tokens held here (#tokens) into the vault's `account` row. A failed write is
+   * tried again later (TOKEN_SAVE_RETRY), until one succeeds (a later refresh's write
+   * does too), and the user is told once: the refresh token the vault still holds was
+   * used up by the refresh, and a page loaded with it would end the session. Never
+   * throws. */
+  async #saveTokens(): Promise<void> {
+    if (this.#tokenSaveTimer !== null) clearTimeout(this.#tokenSaveTimer);
+    this.#tokenSaveTimer = null;
+    if (this.#tokens === null || this.#ended) return;
+    try {
+      await this.#transaction(async (tx) => {
+        const row = tx.get<AccountRow>('account') as AccountRow;
+        tx.put('account', { ...row, ...this.#tokens });
+      });
+      this.#tokenSaveWait = TOKEN_SAVE_RETRY.first;
+    } catch (error) {
+      if (this.#ended) return; // signed out meanwhile: the row says so
+      if (this.#tokenSaveWait === TOKEN_SAVE_RETRY.first) {
+        this.#emit({
+          type: 'error',
+          code: 'storage',
+          message: `This browser did not save your session (${String((error as Error).message ?? error)}): it is tried again. Free some disk space, and keep this tab open until then.`,
+        });
+      }
+      if (this.#tokenSaveTimer === null) this.#tokenSaveTimer = setTimeout(() => void this.#saveTokens(), this.#tokenSaveWait);
+      this.#tokenSaveWait = Math.min(this.#tokenSaveWait * 2, TOKEN_SAVE_RETRY.max);
+    }
   }
 
   async logout(): Promise<void> {
@@ -1235,6 +1297,10 @@ export class ParleyClient {
     // From now on no other transaction of this instance runs (#transaction), those
     // already waiting included: this one is the last write before the lock goes.
     this.#ended = true;
+    this.#tokens = { access_token: null, refresh_token: null };
+    this.#accessExpiry = null;
+    if (this.#tokenSaveTimer !== null) clearTimeout(this.#tokenSaveTimer);
+    this.#tokenSaveTimer = null;
     await this.#transactions.run(async (tx) => {
       const row = tx.get<AccountRow>('account') as AccountRow;
       tx.put('account', { ...row, access_token: null, refresh_token: null });
@@ -2887,7 +2953,10 @@ export class ParleyClient {
   /** After this socket's first sync: the outbox, in its order, paced, each message's
    * frame as it is when its turn comes (one accepted or redone meanwhile is skipped or
    * sent as it is now). The messages queued meanwhile are in the outbox too: they are
-   * sent after, until none is left; then new sends go out themselves (#sendNew). */
+   * sent after, until none is left; then new sends go out themselves (#sendNew). Only
+   * what the vault holds (`outbox`, #sendable): a message whose write has not committed
+   * yet is sent by its sender once it has (#sendNew: by then this flush has sent it, or
+   * has ended and set #flushed), never before. */
   async #flush(ws: WebSocket): Promise<void> {
     const sent = new Set<string>();
     for (;;) {
@@ -2896,7 +2965,7 @@ export class ParleyClient {
       for (const q of todo) {
         if (this.#ws !== ws) return; // dropped: the next socket's flush sends the rest
         sent.add(q.send.id);
-        const now = this.#queued(q.send.id);
+        const now = this.#sendable(q.send.id);
         if (now !== undefined) await this.#sendOn(ws, now.send);
       }
     }
@@ -2953,7 +3022,11 @@ export class ParleyClient {
     for (const id of [...this.#refusals.keys()]) if (!queued.has(id)) this.#refusals.delete(id);
     this.#heldRound = true;
     try {
-      for (const q of outbox) if (due.has(q.send.id) && this.#ws === ws) await this.#sendOn(ws, q.send);
+      for (const q of outbox) {
+        if (!due.has(q.send.id) || this.#ws !== ws) continue;
+        const now = this.#sendable(q.send.id); // as it is when its turn comes (the pacer waits)
+        if (now !== undefined) await this.#sendOn(ws, now.send);
+      }
     } finally {
       this.#heldRound = false;
     }
@@ -3018,10 +3091,19 @@ export class ParleyClient {
     try {
       token = await this.accessToken(force);
     } catch (error) {
-      if (error instanceof ApiError && error.code === 'network') return this.#retry();
+      if (!this.#running) return;
+      const detail = String((error as Error).message ?? error);
+      if (!refused(error) && !(error instanceof ParleyError)) {
+        // No answer, a 429 or a 5xx (the auth service down longer than the token
+        // lives), or something of this side's: tried again after the backoff, as a
+        // socket that did not open, still owing the refresh it was asked for.
+        this.#state('disconnected', detail);
+        return this.#retry(force);
+      }
+      // Refused (the session ended, the account blocked, logged out): for good.
       this.#running = false;
       this.#unwritten(true);
-      this.#state('stopped', String((error as Error).message));
+      this.#state('stopped', detail);
       return;
     }
     const ws = new WebSocket(socketUrl());
@@ -3084,11 +3166,12 @@ export class ParleyClient {
     };
   }
 
-  #retry(): void {
+  /** Open again after the backoff (with jitter); `force`: with a fresh token. */
+  #retry(force = false): void {
     if (!this.#running) return;
     const delay = Math.random() * this.#backoff;
     this.#backoff = Math.min(this.#backoff * 2, 30_000);
-    this.#reconnectTimer = setTimeout(() => void this.#open(), delay);
+    this.#reconnectTimer = setTimeout(() => void this.#open(force), delay);
   }
 
   async #onFrame(ws: WebSocket, frame: W.ServerFrame): Promise<void> {
@@ -3178,10 +3261,16 @@ export class ParleyClient {
       void this.#flush(ws).catch((error: unknown) => this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) }));
       if (this.#reauthTimer) clearInterval(this.#reauthTimer);
       this.#reauthTimer = setInterval(() => {
-        void this.accessToken(true).then((token) => {
-          if (this.#ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: 'auth', token } satisfies W.Auth));
-        });
-      }, REAUTH_MS);
+        void this.accessToken(true).then(
+          (token) => {
+            if (this.#ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: 'auth', token } satisfies W.Auth));
+          },
+          // The auth service away (no answer, 429, 5xx): again at the next round, or the
+          // socket's 4005 refreshes at reconnect. Refused: the gateway closes the socket
+          // (4003), and the reconnect's refresh says so.
+          () => undefined,
+        );
+      }, REAUTH_EVERY.ms);
       this.#state('connected');
     } catch (error) {
       this.#drop(ws, 'sync', String((error as Error).message));

@@ -17,6 +17,13 @@
  * do not wait long for the last ones. If the write fails, every transaction of the
  * group fails with its error and the in-memory rows are as before the group; one that
  * throws is dropped alone (nothing it staged is kept), as before.
+ *
+ * **Not committed yet.** The in-memory rows run ahead of IndexedDB while a group's write
+ * is under way: its transactions' writes are in them from the moment each ends, so that
+ * the next one sees them. A reader outside a transaction that acts on a row outside this
+ * page (a frame sent from an outbox row: its ratchet step must be on the disk first, or a
+ * failed write takes the step back and the next message reuses its key) asks `writing`
+ * first: true while a write of that row has not committed.
  */
 
 export type Tx = {
@@ -46,6 +53,8 @@ export class Transactions {
   #queue: Waiting[] = [];
   #head = 0;
   #running = false;
+  /** The rows the group under way wrote: their values before it (empty between groups). */
+  #writing = new Map<string, unknown>();
   constructor(
     readonly rows: Rows,
     readonly clock: () => number = () => performance.now(),
@@ -61,6 +70,12 @@ export class Transactions {
         queueMicrotask(() => void this.#drain());
       }
     });
+  }
+
+  /** A transaction that ended wrote `name`, and that write has not committed yet (it may
+   * still fail, and the row go back to what it was). */
+  writing(name: string): boolean {
+    return this.#writing.has(name);
   }
 
   async #drain(): Promise<void> {
@@ -82,6 +97,7 @@ export class Transactions {
   async #group(): Promise<void> {
     const cache = this.rows.cache;
     const before = new Map<string, unknown>(); // each row written: its value before the group
+    this.#writing = before;
     const written = new Map<string, unknown>();
     const done: [Waiting, unknown][] = [];
     const start = this.clock();
@@ -121,11 +137,13 @@ export class Transactions {
           if (value === undefined) cache.delete(name);
           else cache.set(name, value);
         }
+        this.#writing = new Map(); // (before the callers hear of it)
         this.rows.changed(before.keys());
         for (const [item] of done) item.reject(error);
         return;
       }
     }
+    this.#writing = new Map();
     for (const [item, result] of done) item.resolve(result);
   }
 }

@@ -29,6 +29,28 @@ const CHECK = 'parley-web vault v1';
  * was told is stored (the Python SDK's SQLite runs `synchronous=FULL` for the same). */
 const DURABLE: IDBTransactionOptions = { durability: 'strict' };
 
+/**
+ * Ask the browser to keep this origin's storage when it runs short of space
+ * (`navigator.storage.persist()`): without it, "best-effort" storage may be evicted, and
+ * with it this device's keys, ratchets and outbox. Chromium grants or refuses without
+ * asking; Firefox may ask the user. Already persisted, or a browser without the API: not
+ * asked. A refusal is only logged (the store works all the same). Never throws; what
+ * the browser said (null: not asked, or it failed).
+ */
+export async function keepStorage(): Promise<boolean | null> {
+  const storage = globalThis.navigator?.storage as StorageManager | undefined;
+  if (typeof storage?.persist !== 'function') return null;
+  try {
+    if (typeof storage.persisted === 'function' && (await storage.persisted())) return true;
+    const granted = await storage.persist();
+    if (!granted) console.info('Parley: persistent storage was not granted; the browser may clear the local store when it runs short of space.');
+    return granted;
+  } catch (error) {
+    console.info('Parley: could not ask for persistent storage:', error);
+    return null;
+  }
+}
+
 export class WrongPassphrase extends Error {
   override name = 'WrongPassphrase';
 }
@@ -100,17 +122,23 @@ export class Vault {
     const salt = crypto.getRandomValues(new Uint8Array(16));
     const [aes, ref] = await deriveKeys(passphrase, salt, PBKDF2_ITERATIONS);
     const vault = new Vault(username, aes, ref);
+    // Sealed before the transaction opens: an IndexedDB transaction is active only until
+    // the task that made it ends, and WebCrypto answers in a later one (Firefox: the put
+    // after it threw TransactionInactiveError, and the delete had committed alone).
+    // Nothing but IndexedDB requests is awaited while one is open (putMany does the same).
+    const meta: Meta = { v: 1, salt: b64encode(salt), iterations: PBKDF2_ITERATIONS, check: await vault.#seal('meta', utf8(CHECK)) };
     const db = await database();
     const tx = db.transaction(STORE, 'readwrite', DURABLE);
     const store = tx.objectStore(STORE);
     const range = IDBKeyRange.bound(`${username}/`, `${username}/\uffff`);
     store.delete(range);
-    const meta: Meta = { v: 1, salt: b64encode(salt), iterations: PBKDF2_ITERATIONS, check: await vault.#seal('meta', utf8(CHECK)) };
     store.put(meta, `${username}/meta`);
     await new Promise<void>((resolve, reject) => {
       tx.oncomplete = () => resolve();
       tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error);
     });
+    void keepStorage();
     return vault;
   }
 
@@ -126,6 +154,7 @@ export class Vault {
     } catch {
       throw new WrongPassphrase('Wrong passphrase for the local store of this browser.');
     }
+    void keepStorage();
     return vault;
   }
 
