@@ -10,7 +10,10 @@ fails with ``token_expired`` is retried once with the token it returns.
 from __future__ import annotations
 
 import json as jsonlib
+import math
+import time
 from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -89,6 +92,23 @@ def friendly(code: str, message: str, details: Any = None) -> str:
 _FIELD_NAMES = {"email": "e-mail address", "username": "username", "password": "password"}
 
 
+
+def retry_after_s(value: str | None) -> float:
+    """A ``Retry-After`` header in seconds: a number of seconds, or an HTTP date (seconds
+    from now); anything else, or none, is 0. (Parsed as a float alone, a date or a word
+    raised a ``ValueError`` that no caller expects: the connection's loop died and
+    never reconnected.)"""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
 class Api:
     """HTTP client of one Parley server (base URL, e.g. the load balancer)."""
 
@@ -128,7 +148,7 @@ class Api:
         try:
             async with self.http.request(method, url, json=json, headers=headers) as resp:
                 status = resp.status
-                retry_after = float(resp.headers.get("Retry-After", "0") or 0)
+                retry_after = retry_after_s(resp.headers.get("Retry-After"))
                 text = await resp.text()
         except aiohttp.RedirectClientError as exc:  # to a URL that is not http(s)
             raise ApiError(

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+# The longest a "later" answer's Retry-After is waited for before the next attempt.
+RETRY_AFTER_MAX = 300.0
 FATAL_CODES = {"token_revoked", "account_blocked"}
 
 TokenProvider = Callable[[bool], Awaitable[str]]
@@ -225,7 +227,10 @@ class Connection:
                 refresh = True
             if outcome in ("reconnect", "expired"):
                 continue  # the pod drains: another one is ready now
-            wait = max(random.uniform(0, delay), min(later, self.backoff_max))
+            # A Retry-After is honoured (up to RETRY_AFTER_MAX: a WAF's 300 s was cut to
+            # 30 and its window hit again), with the backoff's jitter on top (clients
+            # behind one address told the same time came back at the same instant).
+            wait = min(later, RETRY_AFTER_MAX) + random.uniform(0, delay)
             self._state("reconnecting", f"in {wait:.1f} s")
             await asyncio.sleep(wait)
             delay = min(self.backoff_max, delay * 2)
