@@ -1232,6 +1232,9 @@ export class ParleyClient {
     this.#refreshing = (async () => {
       try {
         const tokens = await this.api.refresh(refreshToken);
+        // Signed out while it was asked: the answer is not taken (it made a signed-out
+        // client logged in again, its API calls with a live token).
+        if (this.#ended) throw new ParleyError('Signed out: nothing more is written here.');
         this.#took(tokens, Date.now());
         await this.#saveTokens();
         return tokens.access_token;
@@ -3143,7 +3146,8 @@ export class ParleyClient {
       // A socket that synced was a good connection: the next one is tried after the
       // shortest wait. Not after 4009 (flooding) or 4010 (too many sockets): at once
       // would meet the same answer, so the backoff keeps growing.
-      if (this.#synced && !THROTTLED_CLOSES.has(ev.code)) this.#backoff = 500;
+      const synced = this.#synced;
+      if (synced && !THROTTLED_CLOSES.has(ev.code)) this.#backoff = 500;
       // Not synced any more: a frame of this socket still on the chain (a push read
       // while a resync's page was awaited, that page now failed) must not move last_seq
       // past pages nobody read (the next socket would sync after it, and ack them away).
@@ -3159,7 +3163,11 @@ export class ParleyClient {
       }
       this.#state('disconnected');
       if (ev.code === 4005 || ev.code === 4001) {
-        void this.#open(true);
+        // With a fresh token: at once after a socket that synced (its token ran out),
+        // after the backoff otherwise (a gateway refusing every token, say its clock
+        // behind the auth service's, made a refresh a close at once, for ever).
+        if (synced) void this.#open(true);
+        else this.#retry(true);
         return;
       }
       this.#retry();
