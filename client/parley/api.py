@@ -92,7 +92,6 @@ def friendly(code: str, message: str, details: Any = None) -> str:
 _FIELD_NAMES = {"email": "e-mail address", "username": "username", "password": "password"}
 
 
-
 def retry_after_s(value: str | None) -> float:
     """A ``Retry-After`` header in seconds: a number of seconds, or an HTTP date (seconds
     from now); anything else, or none, is 0. (Parsed as a float alone, a date or a word
@@ -108,6 +107,7 @@ def retry_after_s(value: str | None) -> float:
         except (TypeError, ValueError, IndexError, OverflowError):
             return 0.0
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
 
 class Api:
     """HTTP client of one Parley server (base URL, e.g. the load balancer)."""
