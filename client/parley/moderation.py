@@ -14,13 +14,14 @@
   after reading the keys again (a rolling deploy: the task that answered
   ``/moderation/keys`` did not have the new key yet), is acknowledged and **kept** in
   the store, and tried again with the keys read again (:meth:`Moderation.keep`), within
-  bounds: ``TOMBSTONE_TRIES`` tries, ``TOMBSTONE_KEEP_MS``, ``TOMBSTONES_KEPT`` kept.
+  bounds: ``TOMBSTONE_TRIES`` tries (at most one per item per wait of
+  ``TOMBSTONE_RETRY``, however often the client connects), ``TOMBSTONE_KEEP_MS``,
+  ``TOMBSTONES_KEPT`` kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -44,11 +45,15 @@ log = logging.getLogger(__name__)
 
 KEPT_KEY = "tombstones_kept"
 """The tombstones kept for a key not known yet (:meth:`Moderation.keep`), in arrival
-order: ``{"frame", "first" (ms), "tries"}``."""
+order: ``{"frame", "first" (ms), "tries", "last" (ms of the last try counted)}``."""
 TOMBSTONE_RETRY = (30.0, 600.0)
-"""First and longest wait between tries of the kept tombstones (each reads the keys)."""
+"""First and longest wait (s) between the counted tries of a kept tombstone: its first
+try is due this long after it came, each next one after twice the wait before, up to
+the longest (:func:`tombstone_due`)."""
 TOMBSTONE_TRIES = 12
-"""Tries of a kept tombstone before it is dropped (~1.5 h of waits while connected)."""
+"""Tries of a kept tombstone before it is dropped: with the waits above, ~1.4 h (30 s,
+1, 2, 4, 8 min, then 10 min) whether the client stays connected or connects every
+minute (a round before an item is due reads the keys, but counts it no try)."""
 TOMBSTONE_KEEP_MS = 24 * 3600 * 1000
 """Nor is one tried again this long after it came (a device offline meanwhile)."""
 TOMBSTONES_KEPT = 500
@@ -57,6 +62,22 @@ TOMBSTONES_KEPT = 500
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 Take = Callable[[Transaction, f.Tombstone], Event | None]
 """Apply a verified tombstone in a transaction (``Messenger._take_tombstone``)."""
+
+
+def _now_ms() -> int:
+    """The wall clock in ms (kept tombstones' times are stored: they outlive a process)."""
+    return int(time.time() * 1000)
+
+
+def tombstone_due(item: dict[str, Any], retry_wait: tuple[float, float]) -> tuple[int, int]:
+    """When the next try of a kept tombstone counts (ms), and how much earlier a round
+    still counts it (a timer firing a few ms before, another clock): ``retry_wait``'s
+    first wait after it came, then twice the wait before, up to the longest, from its
+    last counted try."""
+    first, longest = retry_wait
+    wait_ms = int(min(first * 2 ** min(int(item.get("tries") or 0), 32), longest) * 1000)
+    since = int(item.get("last") or item.get("first") or 0)
+    return since + wait_ms, min(wait_ms // 10, 1000)
 
 
 class UnknownTombstoneKey(ParleyError):
@@ -104,6 +125,7 @@ class Moderation:
         """First and longest wait between tries of the kept tombstones."""
         self._retry_task: asyncio.Task[Any] | None = None
         self._retry_wake = asyncio.Event()
+        self._retry_now = False
 
     # -- finding a message ----------------------------------------------------------------
     async def find(self, ref: str, peer_id: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -253,7 +275,7 @@ class Moderation:
         raw = msgspec.to_builtins(frame)
         if any(item.get("frame") == raw for item in kept):
             return
-        kept.append({"frame": raw, "first": int(time.time() * 1000), "tries": 0})
+        kept.append({"frame": raw, "first": _now_ms(), "tries": 0})
         for item in kept[:-TOMBSTONES_KEPT]:
             log.warning("dropping a tombstone kept for key %r: too many kept",
                         item["frame"].get("kid"))  # fmt: skip
@@ -264,64 +286,102 @@ class Moderation:
         return len(self._store().read().get(KEPT_KEY) or [])
 
     def retry_soon(self, spawn: Spawn, take: Take, now: bool = False) -> None:
-        """Try the kept tombstones after ``retry_wait``'s first wait (``now``: at once), the
-        wait doubling to its second, while some are kept (:meth:`retry_kept`)."""
+        """Try the kept tombstones when the first of them is due (:func:`tombstone_due`;
+        ``now``: a round at once, which counts a try only for those due), and again while
+        some are kept (:meth:`_retry`). One task at a time: a call while it runs wakes it."""
         if now:
-            self._retry_wake.set()
+            self._retry_now = True
+        self._retry_wake.set()
         if self._retry_task is None or self._retry_task.done():
             self._retry_task = spawn(self._retry(take))
 
+    def _next_due(self) -> float:
+        """Seconds until the first kept tombstone is due (0: one is)."""
+        kept: list[dict[str, Any]] = self._store().read().get(KEPT_KEY) or []
+        dues = [tombstone_due(item, self.retry_wait) for item in kept if isinstance(item, dict)]
+        if not dues:
+            return 0.0
+        return max(0.0, (min(at - early for at, early in dues) - _now_ms()) / 1000)
+
     async def _retry(self, take: Take) -> None:
-        wait, longest = self.retry_wait
+        """Rounds of :meth:`retry_kept` while some are kept: when the first is due, at
+        once when asked (``retry_soon(now=True)``: a connect); while the keys cannot be
+        read, after ``retry_wait``'s first wait, doubling to its longest."""
+        first, longest = self.retry_wait
+        loop = asyncio.get_running_loop()
+        backoff = first
+        deadline = loop.time() + self._next_due()
         while self.kept():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._retry_wake.wait(), wait)
-            self._retry_wake.clear()
             try:
-                await self.retry_kept(take)
+                await asyncio.wait_for(self._retry_wake.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                pass
+            else:
+                self._retry_wake.clear()
+                if not self._retry_now:  # one more kept: it may be due before the deadline
+                    deadline = min(deadline, loop.time() + self._next_due())
+                    continue
+            self._retry_wake.clear()
+            self._retry_now = False
+            try:
+                read = await self.retry_kept(take)
             except Exception:
                 log.exception("trying the kept tombstones again failed")
-            wait = min(wait * 2, longest)
+                read = False
+            if read:
+                backoff = first
+                deadline = loop.time() + self._next_due()
+            else:
+                deadline = loop.time() + backoff
+                backoff = min(backoff * 2, longest)
 
-    async def retry_kept(self, take: Take) -> None:
-        """Read the keys again (once), then try each kept tombstone: one that verifies is
-        taken (``take``: the history changed, in one transaction with the kept list), one
-        whose signature fails under its (now known) key is dropped, as at its arrival;
-        one whose key is still unknown counts a try, and is dropped past
-        ``TOMBSTONE_TRIES`` tries or ``TOMBSTONE_KEEP_MS`` after it came (a tombstone no
-        key will ever verify must not be tried for ever). Keys that cannot be read now:
-        nothing is tried, nothing counted."""
+    async def retry_kept(self, take: Take) -> bool:
+        """Read the keys again (once), then go through the kept tombstones: one that
+        verifies is taken (``take``: the history changed, in one transaction with the kept
+        list), one whose signature fails under its (now known) key is dropped, as at its
+        arrival; one whose key is still unknown counts a try if it is due
+        (:func:`tombstone_due`: at most one try per wait, however often this runs), and is
+        dropped past ``TOMBSTONE_TRIES`` tries; one ``TOMBSTONE_KEEP_MS`` after it came is
+        dropped in any round (a tombstone no key will ever verify must not be kept for
+        ever). Keys that cannot be read now (no answer, 429, 5xx): no try counted; a
+        refusal or an answer that does not read: the keys known are used, tries counted.
+        Returns whether the keys were read (or refused for good)."""
         if not self.kept():
-            return
+            return True
+        read = True
         try:
             await self._read_keys()
         except ServerUnavailable:
-            return
+            read = False
         except ApiError as exc:
             if exc.status == 429 or exc.status >= 500:
-                return
-            log.warning("the moderation keys were refused: %s", exc)
-        except (CryptoError, ValueError, ParleyError) as exc:
-            log.warning("the moderation keys could not be read: %s", exc)
+                read = False
+            else:
+                log.warning("the moderation keys were refused: %s", exc)
+        except Exception as exc:  # a 200 that is no list of keys ({"keys": null}, ...)
+            log.warning("the moderation keys could not be read: %r", exc)
         events: list[Event] = []
-        now = int(time.time() * 1000)
+        now = _now_ms()
         async with self._store().transaction() as tx:
             left: list[dict[str, Any]] = []
             for item in tx.get(KEPT_KEY) or []:
                 try:
                     frame = msgspec.convert(item["frame"], f.Tombstone)
-                except (msgspec.ValidationError, KeyError, TypeError):
+                    first = int(item["first"])
+                except (msgspec.ValidationError, KeyError, TypeError, ValueError):
                     log.warning("dropping a kept tombstone that no longer reads")
                     continue
                 key = self._keys.get(frame.kid)
                 if key is None:
-                    item = {**item, "tries": int(item.get("tries", 0)) + 1}
-                    if item["tries"] >= TOMBSTONE_TRIES or now - int(item["first"]) >= (
-                        TOMBSTONE_KEEP_MS
+                    due, early = tombstone_due(item, self.retry_wait)
+                    if read and now >= due - early:
+                        item = {**item, "tries": int(item.get("tries") or 0) + 1, "last": now}
+                    if now - first >= TOMBSTONE_KEEP_MS or item.get("tries", 0) >= (
+                        TOMBSTONE_TRIES
                     ):
                         log.warning("dropping a tombstone for %s: its key %r is still "
                                     "unknown after %d tries", frame.server_id, frame.kid,
-                                    item["tries"])  # fmt: skip
+                                    item.get("tries", 0))  # fmt: skip
                     else:
                         left.append(item)
                 elif _signed_by(frame, key):
@@ -334,6 +394,7 @@ class Moderation:
                 tx.delete(KEPT_KEY)
         for event in events:
             self.events.emit(event)
+        return read
 
     def apply(self, tx: Transaction, frame: f.Tombstone) -> MessageRemoved | None:
         """Turn the message's history entry into a "removed" marker (inside the

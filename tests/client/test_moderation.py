@@ -5,6 +5,7 @@ unsent is refused before anything is sent; the CLI shows a removed message."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 from pathlib import Path
@@ -12,10 +13,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from parley import Client, moderation
 from parley.cli import _print_entry
 from parley.cli_support import console
 from parley.client import Message, MessageRemoved, RoomMessage
+from parley.crypto.encoding import b64encode
 from parley.errors import ParleyError, ServerUnavailable
 from parley.events import Event
 from parley.moderation import KEPT_KEY
@@ -290,10 +294,11 @@ async def test_a_tombstone_no_published_key_verifies_is_dropped_after_its_tries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kept for a key never published, a tombstone is tried ``TOMBSTONE_TRIES`` times
-    (each after reading the keys), or until ``TOMBSTONE_KEEP_MS`` after it came, then
-    dropped: a garbage one does not stay for ever. Keys that cannot be read count no
-    try. A bad signature under a known key is dropped at once."""
+    (each after reading the keys, each when due), or until ``TOMBSTONE_KEEP_MS`` after
+    it came, then dropped: a garbage one does not stay for ever. Keys that cannot be
+    read count no try. A bad signature under a known key is dropped at once."""
     client = await _offline(tmp_path).open()
+    clock = _Clock(monkeypatch)
     reads: list[str] = []
 
     async def keys(method: str, path: str, **kwargs: Any) -> Any:
@@ -304,8 +309,7 @@ async def test_a_tombstone_no_published_key_verifies_is_dropped_after_its_tries(
 
     monkeypatch.setattr(client.api, "request", keys)
     monkeypatch.setattr(moderation, "TOMBSTONE_TRIES", 3)
-    frame = f.Tombstone(seq=1, server_id="ab" * 16, from_="x", conversation="dm:x:y",
-                        by="admin", at=1, kid="garbage", signature="A" * 86)  # fmt: skip
+    frame = _garbage()
     async with client.store.transaction() as tx:
         client.moderation.keep(tx, frame)
         client.moderation.keep(tx, frame)  # delivered again: kept once
@@ -316,19 +320,186 @@ async def test_a_tombstone_no_published_key_verifies_is_dropped_after_its_tries(
     def take(tx: Any, frame: f.Tombstone) -> None:
         raise AssertionError("nothing verifies")
 
-    await client.moderation.retry_kept(take)  # the keys cannot be read: nothing counted
+    clock.at(30)
+    assert not await client.moderation.retry_kept(take)  # the keys cannot be read
     assert [k["tries"] for k in client.store.read().get(KEPT_KEY)] == [0, 0]
     await client.moderation.retry_kept(take)  # k1 is known: its bad signature drops it
     assert [(k["frame"]["kid"], k["tries"]) for k in client.store.read().get(KEPT_KEY)] == [
         ("garbage", 1)
     ]
+    clock.at(90)
     await client.moderation.retry_kept(take)
+    clock.at(210)
     await client.moderation.retry_kept(take)
     assert client.moderation.kept() == 0 and client.store.read().get(KEPT_KEY) is None
-    # Too old: dropped at its first try.
+    # Too old: dropped at its first round, due or not, the keys read or not.
+    for answer in (ServerUnavailable("delivery"), {"keys": []}):
+        async with client.store.transaction() as tx:
+            client.moderation.keep(tx, frame)
+            tx.put(KEPT_KEY, [{**tx.get(KEPT_KEY)[0], "first": 0}])
+
+        async def old_keys(method: str, path: str, answer: Any = answer, **kwargs: Any) -> Any:
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(client.api, "request", old_keys)
+        await client.moderation.retry_kept(take)
+        assert client.moderation.kept() == 0
+    await client.close()
+
+
+class _Clock:
+    """``moderation._now_ms``, moved by the test (seconds after its start)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ms = 1_800_000_000_000
+        self.start = self.ms
+        monkeypatch.setattr(moderation, "_now_ms", lambda: self.ms)
+
+    def at(self, seconds: float) -> None:
+        self.ms = self.start + int(seconds * 1000)
+
+
+def _garbage(kid: str = "garbage", signature: str = "A" * 86) -> f.Tombstone:
+    return f.Tombstone(seq=1, server_id="ab" * 16, from_="x", conversation="dm:x:y",
+                       by="admin", at=1, kid=kid, signature=signature)  # fmt: skip
+
+
+async def test_a_kept_tombstone_counts_one_try_per_wait_however_often_the_client_connects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connect (and sync) tries the kept tombstones at once. Before: each of
+    those rounds counted a try, so `parley inbox` run each minute (or a flaky
+    connection) used the 12 tries up in ~12 minutes and the removal was lost if the
+    rolling deploy lasted longer. Now a round counts a try only for a tombstone that is
+    due (30 s after it came, then the wait doubling to 10 min): the 12 tries take
+    ~1.4 h of waits however often the client connects. A round before it is due still
+    reads the keys and takes the tombstone once its key is published."""
+    client = await _offline(tmp_path).open()
+    clock = _Clock(monkeypatch)
+    published: list[dict[str, str]] = []
+    reads: list[str] = []
+
+    async def keys(method: str, path: str, **kwargs: Any) -> Any:
+        reads.append(path)
+        return {"keys": list(published)}
+
+    monkeypatch.setattr(client.api, "request", keys)
+    taken: list[str] = []
+
+    def take(tx: Any, frame: f.Tombstone) -> None:
+        taken.append(frame.server_id)
+
     async with client.store.transaction() as tx:
-        client.moderation.keep(tx, frame)
-        tx.put(KEPT_KEY, [{**tx.get(KEPT_KEY)[0], "first": 0}])
+        client.moderation.keep(tx, _garbage())
+    tries = lambda: [k["tries"] for k in client.store.read().get(KEPT_KEY) or []]  # noqa: E731
+    for _ in range(20):  # twenty connects at once: nothing due yet
+        await client.moderation.retry_kept(take)
+    assert tries() == [0] and len(reads) == 20
+    minute = 0
+    while client.moderation.kept():  # a connect every minute
+        minute += 1
+        clock.at(minute * 60)
+        for _ in range(3):  # and a reconnect or two right after it
+            await client.moderation.retry_kept(take)
+        if minute == 12:
+            assert tries() == [4]  # at 1, 2, 4 and 8 minutes (before: 12, dropped)
+        assert minute < 200
+    # Its 12 waits: 30 s, 1, 2, 4, 8 min, then 10 min seven times (85.5 min), each
+    # counted at the first connect past it.
+    assert 86 <= minute <= 100
+    # A key published between two due times: the next round (a connect) takes it.
+    signing = Ed25519PrivateKey.generate()
+    public = signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    unsigned = _garbage(kid="k2")
+    signature = signing.sign(f.tombstone_signed_bytes(
+        kid="k2", server_id=unsigned.server_id, sender=unsigned.from_,
+        conversation=unsigned.conversation, by=unsigned.by, at=unsigned.at))  # fmt: skip
+    async with client.store.transaction() as tx:
+        client.moderation.keep(tx, _garbage(kid="k2", signature=b64encode(signature)))
+    clock.at(minute * 60 + 35)
     await client.moderation.retry_kept(take)
+    assert tries() == [1] and not taken
+    published.append({"kid": "k2", "public_key": b64encode(public)})
+    clock.at(minute * 60 + 40)  # not due (35 + 60 s)
+    await client.moderation.retry_kept(take)
+    assert taken == [unsigned.server_id] and client.moderation.kept() == 0
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"keys": None}, [{"kid": "k1"}], {"keys": [{"public_key": "A" * 43}]}, {"keys": [7]}],
+    ids=["keys-null", "a-json-array", "a-key-without-kid", "a-key-no-object"],
+)
+async def test_a_keys_answer_that_does_not_read_still_counts_the_tries_and_the_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: Any
+) -> None:
+    """A 200 whose body is not a list of keys. Before: reading it raised TypeError,
+    KeyError or AttributeError out of the round, no try was counted and the age check
+    never ran: the tombstone was kept (and every round read the keys) for ever. Now
+    the round goes on with the keys already known: the try counts, and one past its
+    age is dropped."""
+    client = await _offline(tmp_path).open()
+    clock = _Clock(monkeypatch)
+
+    async def keys(method: str, path: str, **kwargs: Any) -> Any:
+        return answer
+
+    monkeypatch.setattr(client.api, "request", keys)
+
+    def take(tx: Any, frame: f.Tombstone) -> None:
+        raise AssertionError("nothing verifies")
+
+    async with client.store.transaction() as tx:
+        client.moderation.keep(tx, _garbage())
+    clock.at(31)
+    assert await client.moderation.retry_kept(take)
+    assert [k["tries"] for k in client.store.read().get(KEPT_KEY)] == [1]
+    clock.at(moderation.TOMBSTONE_KEEP_MS / 1000)  # a day after it came
+    await client.moderation.retry_kept(take)
+    assert client.moderation.kept() == 0 and client.store.read().get(KEPT_KEY) is None
+    await client.close()
+
+
+async def test_the_retry_task_counts_tries_when_due_not_per_wake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task that tries the kept tombstones (``retry_soon``): woken at once by each
+    connect, it reads the keys but counts no try before one is due; its own timer
+    follows the tombstones' due times, so they are still tried and dropped."""
+    client = await _offline(tmp_path).open()
+    reads: list[str] = []
+    read = asyncio.Event()
+
+    async def keys(method: str, path: str, **kwargs: Any) -> Any:
+        reads.append(path)
+        read.set()
+        return {"keys": []}
+
+    monkeypatch.setattr(client.api, "request", keys)
+    monkeypatch.setattr(client.moderation, "retry_wait", (1.0, 1.0))
+    monkeypatch.setattr(moderation, "TOMBSTONE_TRIES", 2)
+
+    def take(tx: Any, frame: f.Tombstone) -> None:
+        raise AssertionError("nothing verifies")
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(coro: Any) -> asyncio.Task[Any]:
+        tasks.append(asyncio.ensure_future(coro))
+        return tasks[-1]
+
+    async with client.store.transaction() as tx:
+        client.moderation.keep(tx, _garbage())
+    for _ in range(5):  # five connects in a row
+        read.clear()
+        client.moderation.retry_soon(spawn, take, now=True)
+        await asyncio.wait_for(read.wait(), 10)
+    assert len(tasks) == 1 and len(reads) == 5
+    assert [k["tries"] for k in client.store.read().get(KEPT_KEY)] == [0]
+    await asyncio.wait_for(tasks[0], 20)  # it ends once none is kept
     assert client.moderation.kept() == 0
+    assert len(reads) == 5 + 2  # then its two tries, by the timer
     await client.close()

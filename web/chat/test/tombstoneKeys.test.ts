@@ -9,9 +9,9 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import type { ParleyClient } from '../src/app/client.ts';
-import { TOMBSTONE_RETRY, keepTombstone, triedAgain, type TombstoneFrame } from '../src/app/moderation.ts';
+import { TOMBSTONE_RETRY, type KeptTombstone, keepTombstone, tombstonesDueIn, triedAgain, type TombstoneFrame } from '../src/app/moderation.ts';
 import { FakeServer, FakeSocket, MemoryVault, Peer } from './support/fakeServer.ts';
-import { cleanUp, connected, people, reopen, texts, until } from './support/clients.ts';
+import { cleanUp, connected, people, reopen, sleep, texts, until } from './support/clients.ts';
 
 vi.mock('../src/app/vault.ts', async (importOriginal) => {
   const { MemoryVault } = await import('./support/fakeServer.ts');
@@ -30,6 +30,9 @@ afterEach(() => {
 
 /** Whether any row of the client's vault holds `text` (rows are JSON in MemoryVault). */
 const stored = (username: string, text: string): boolean => [...(MemoryVault.stores.get(username) ?? new Map<string, string>()).values()].some((v) => v.includes(text));
+
+/** The vault's kept row (tombstones_kept) of `username`. */
+const keptRow = (username: string): KeptTombstone[] => JSON.parse(MemoryVault.stores.get(username)?.get('tombstones_kept') ?? '[]') as KeptTombstone[];
 
 /** Bob connected, with alice's message `text` read; its server id and conversation. */
 async function withMessage(text: string): Promise<{ server: FakeServer; bob: ParleyClient; alice: Peer; serverId: string; conversation: string }> {
@@ -113,6 +116,74 @@ describe('a tombstone under a key not published yet', () => {
     await until('removed', () => bob.history(alice.user.user_id)[0]?.kind === 'removed');
   });
 
+  it('counts no try per reconnect: its tries are spread over their waits, not used up by syncs', async () => {
+    // Before: each sync (every connect) counted a try, so a flaky connection used up the
+    // 12 tries in minutes and the removal was lost if the rolling deploy lasted longer.
+    // Now a sync's round reads the keys (and takes the tombstone once its key is
+    // published) but counts a try only for one that is due (30 s after it came, then
+    // the wait doubling to 10 min).
+    const { server, bob, alice, serverId, conversation } = await withMessage('regrettable text');
+    const A = alice.user.user_id;
+    TOMBSTONE_RETRY.first = 60_000; // not due during the test
+    TOMBSTONE_RETRY.longest = 60_000;
+    TOMBSTONE_RETRY.tries = 3;
+    server.unpublished.add('k2');
+    const tomb = server.push(await server.tombstone(serverId, A, conversation, false, 'k2'));
+    await until('acknowledged', () => server.inbox.acked >= tomb.seq);
+    await until('kept', () => bob.keptTombstones === 1);
+    for (let i = 0; i < 6; i++) {
+      const calls = server.moderationCalls;
+      bob.close();
+      await connected(bob, server);
+      await until("the sync's round", () => server.moderationCalls > calls);
+    }
+    await sleep(50);
+    expect(bob.keptTombstones).toBe(1); // before: dropped after 3 reconnects
+    expect(keptRow(bob.vault.username).map((k) => k.tries)).toEqual([0]);
+    server.unpublished.delete('k2'); // the deploy is done: the next sync's round takes it
+    bob.close();
+    await connected(bob, server);
+    await until('removed', () => bob.history(A)[0]?.kind === 'removed');
+    expect(bob.keptTombstones).toBe(0);
+  });
+
+  it('runs one round at a time: a sync while a round awaits the keys starts no second one', async () => {
+    // Before: the sync's #tombstonesSoon(true) started a round while one was still
+    // awaiting the keys, and both counted a try.
+    const { server, bob, alice, serverId, conversation } = await withMessage('regrettable text');
+    TOMBSTONE_RETRY.first = 60_000;
+    TOMBSTONE_RETRY.longest = 60_000;
+    server.unpublished.add('k2');
+    const tomb = server.push(await server.tombstone(serverId, alice.user.user_id, conversation, false, 'k2'));
+    await until('acknowledged', () => server.inbox.acked >= tomb.seq);
+    await until('kept', () => bob.keptTombstones === 1);
+    let reading = 0;
+    let most = 0;
+    const fetch = server.fetch;
+    vi.stubGlobal('fetch', async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+      if (!new URL(String(input)).pathname.endsWith('/moderation/keys')) return fetch(input, init);
+      most = Math.max(most, ++reading);
+      try {
+        await sleep(150); // the keys are slow to come
+        return await fetch(input, init);
+      } finally {
+        reading--;
+      }
+    });
+    const calls = server.moderationCalls;
+    const socket = server.open[0] as FakeSocket;
+    for (let i = 0; i < 4; i++) {
+      socket.deliver({ op: 'resync', reason: 'routing_restored' }); // a sync, then its round
+      await sleep(40);
+    }
+    await until('the rounds', () => server.moderationCalls >= calls + 2 && reading === 0);
+    await sleep(400);
+    expect(most).toBe(1); // before: 2, rounds overlapping
+    expect(reading).toBe(0);
+    expect(server.moderationCalls - calls).toBe(2); // the first sync's round, then one for those asked meanwhile
+    expect(keptRow(bob.vault.username).map((k) => k.tries)).toEqual([0]);
+  });
+
   it('a bad signature under a known key is still dropped at once', async () => {
     const { server, bob, alice, serverId, conversation } = await withMessage('stays');
     const tomb = server.push(await server.tombstone(serverId, alice.user.user_id, conversation, true, 'k1'));
@@ -133,8 +204,24 @@ describe('the kept row', () => {
   });
   it('drops one past its tries or its age', () => {
     TOMBSTONE_RETRY.tries = 3;
-    expect(triedAgain({ frame, first: 0, tries: 1 }, 10)).toEqual({ frame, first: 0, tries: 2 });
-    expect(triedAgain({ frame, first: 0, tries: 2 }, 10)).toBeNull();
+    expect(triedAgain({ frame, first: 0, tries: 1 }, 100)).toEqual({ frame, first: 0, tries: 2, last: 100 });
+    expect(triedAgain({ frame, first: 0, tries: 2, last: 100 }, 300)).toBeNull();
     expect(triedAgain({ frame, first: 0, tries: 0 }, TOMBSTONE_RETRY.keepMs)).toBeNull();
+    expect(triedAgain({ frame, first: 0, tries: 0 }, TOMBSTONE_RETRY.keepMs, false)).toBeNull(); // the keys not read: the age still counts
+  });
+  it('counts a try only once it is due: the first wait after it came, then doubling to the longest', () => {
+    // first 50 ms, longest 200 ms (beforeEach)
+    const kept = { frame, first: 1000, tries: 0 };
+    expect(tombstonesDueIn([kept], 1000)).toBe(45); // 5 ms early still counts (a timer)
+    expect(triedAgain(kept, 1010)).toEqual(kept); // a sync's round: no try
+    expect(triedAgain(kept, 1050, false)).toEqual(kept); // the keys not read: no try
+    const once = triedAgain(kept, 1050);
+    expect(once).toEqual({ frame, first: 1000, tries: 1, last: 1050 });
+    expect(triedAgain(once!, 1100)).toEqual(once); // the next wait is 100 ms
+    const twice = triedAgain(once!, 1150);
+    expect(twice).toEqual({ frame, first: 1000, tries: 2, last: 1150 });
+    expect(tombstonesDueIn([twice!, once!], 1150)).toBe(0); // the first due decides
+    expect(tombstonesDueIn([twice!], 1150)).toBe(200 - 20);
+    expect(tombstonesDueIn([{ ...twice!, tries: 9 }], 1150)).toBe(200 - 20); // up to the longest
   });
 });

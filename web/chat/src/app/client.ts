@@ -96,6 +96,7 @@ import {
   keepTombstone,
   type TombstoneFrame,
   TOMBSTONE_RETRY,
+  tombstonesDueIn,
   triedAgain,
   unsendPath,
   verifyTombstone,
@@ -524,9 +525,14 @@ export class ParleyClient {
   #asideTimer: ReturnType<typeof setTimeout> | null = null;
   #asideWait = ASIDE_RETRY.first;
   /** Tombstones kept for a key not published yet (the `tombstones_kept` row): the timer
-   * of the next try and its wait (moderation.ts TOMBSTONE_RETRY). */
+   * of the next round and when it fires, the wait after a round whose keys could not be
+   * read (moderation.ts TOMBSTONE_RETRY), whether a round runs (one at a time) and
+   * whether another was asked for meanwhile (a sync). */
   #tombstoneTimer: ReturnType<typeof setTimeout> | null = null;
+  #tombstoneAt = 0;
   #tombstoneWait = TOMBSTONE_RETRY.first;
+  #tombstoneRunning = false;
+  #tombstoneAgain = false;
   /** When a device list could not be read: none is asked for before this (ms since the epoch). */
   #unansweredUntil = 0;
   #asideTurn = 0; // where the next round of #readAside starts
@@ -3748,33 +3754,44 @@ export class ParleyClient {
     return this.#read<KeptTombstone[]>('tombstones_kept')?.length ?? 0;
   }
 
-  /** Try the kept tombstones after the current wait (`now`: at once: a sync is done),
-   * and again, the wait doubling, while some are kept and the client runs. */
-  #tombstonesSoon(now = false): void {
+  /** Try the kept tombstones when the first of them is due (moderation.ts tombstoneDue;
+   * `now`: at once, a sync is done: it counts a try only for those due; `wait`: after
+   * this, the keys could not be read), and again while some are kept and the client runs.
+   * One round at a time: asked while one runs, the next starts when it ends. */
+  #tombstonesSoon(now = false, wait?: number): void {
     if (this.keptTombstones === 0 || !this.#running) return;
+    if (this.#tombstoneRunning) {
+      if (now) this.#tombstoneAgain = true;
+      return; // the round schedules the next when it ends
+    }
+    const delay = now ? 0 : (wait ?? tombstonesDueIn(this.#read<KeptTombstone[]>('tombstones_kept') ?? [], Date.now()));
+    const at = Date.now() + delay;
     if (this.#tombstoneTimer !== null) {
-      if (!now) return;
+      if (at >= this.#tombstoneAt) return;
       clearTimeout(this.#tombstoneTimer);
     }
-    this.#tombstoneTimer = setTimeout(() => void this.#tombstoneRound(), now ? 0 : this.#tombstoneWait);
+    this.#tombstoneAt = at;
+    this.#tombstoneTimer = setTimeout(() => void this.#tombstoneRound(), delay);
   }
 
-  /** One try of the kept tombstones: the keys read again (once); one that verifies is
+  /** One round of the kept tombstones: the keys read again (once); one that verifies is
    * applied, one whose signature fails under its (now known) key is dropped as at its
-   * arrival, one whose key is still unknown counts a try (dropped past the bounds,
-   * moderation.ts triedAgain). Keys that cannot be read now: nothing is counted. */
+   * arrival, one whose key is still unknown counts a try if it is due (at most one per
+   * wait), and is dropped past the tries or the age (moderation.ts triedAgain). Keys
+   * that cannot be read now: no try counted (the age still checked), the next round
+   * after a wait doubling from TOMBSTONE_RETRY.first. */
   async #tombstoneRound(): Promise<void> {
     this.#tombstoneTimer = null;
-    if (this.#ws === null || this.#ended) return; // not connected: the next sync starts again
+    if (this.#ws === null || this.#ended || this.#tombstoneRunning) return; // not connected: the next sync starts again
+    this.#tombstoneRunning = true;
     let read = true;
     try {
-      await this.#readModerationKeys();
-    } catch (error) {
-      read = !(error instanceof ApiError && error.transient); // refused: the keys known stay
-    }
-    const removed: ClientEvent[] = [];
-    let left = true;
-    if (read) {
+      try {
+        await this.#readModerationKeys();
+      } catch (error) {
+        read = !(error instanceof ApiError && error.transient); // refused, or no list: the keys known stay
+      }
+      const removed: ClientEvent[] = [];
       const keys = this.#modKeys ?? new Map<string, string>();
       const checked = new Map<string, boolean>(); // by the frame's JSON
       for (const kept of this.#read<KeptTombstone[]>('tombstones_kept') ?? []) {
@@ -3789,21 +3806,30 @@ export class ParleyClient {
             if (valid === true) this.#applyTombstone(tx, kept.frame, removed);
             else if (valid === false) console.warn(`A removal of ${kept.frame.server_id} does not verify under key ${kept.frame.kid}: ignored.`);
             else if (!keys.has(kept.frame.kid)) {
-              const again = triedAgain(kept, now);
+              const again = triedAgain(kept, now, read);
               if (again !== null) still.push(again);
               else console.warn(`A removal of ${kept.frame.server_id} signed with key ${kept.frame.kid}, never published: dropped.`);
             } else still.push(kept); // kept since the keys were read: the next round
           }
           tx.put('tombstones_kept', still.length > 0 ? still : undefined);
-          left = still.length > 0;
         });
       } catch {
-        left = true; // signed out, or the vault: tried again (if still running)
+        read = false; // signed out, or the vault: tried again after a wait (if still running)
       }
+      for (const e of removed) this.#emit(e);
+    } finally {
+      this.#tombstoneRunning = false;
     }
-    for (const e of removed) this.#emit(e);
-    this.#tombstoneWait = left ? Math.min(this.#tombstoneWait * 2, TOMBSTONE_RETRY.longest) : TOMBSTONE_RETRY.first;
-    this.#tombstonesSoon();
+    const again = this.#tombstoneAgain;
+    this.#tombstoneAgain = false;
+    if (read) {
+      this.#tombstoneWait = TOMBSTONE_RETRY.first;
+      this.#tombstonesSoon(again);
+    } else {
+      const wait = this.#tombstoneWait;
+      this.#tombstoneWait = Math.min(wait * 2, TOMBSTONE_RETRY.longest);
+      this.#tombstonesSoon(again, wait);
+    }
   }
 
   /** Who removed the message `serverId` (a verified tombstone that came while no history

@@ -7,7 +7,8 @@
  * - {@link verifyTombstone}: checks a `tombstone` frame against the keys published at
  *   `GET /delivery/v1/moderation/keys` (a forged one is ignored by the caller);
  * - {@link keepTombstone} / {@link triedAgain}: one signed with a key not published (yet)
- *   is kept and tried again, within {@link TOMBSTONE_RETRY}'s bounds;
+ *   is kept and tried again, within {@link TOMBSTONE_RETRY}'s bounds, a try counted at
+ *   most once per wait ({@link tombstoneDue});
  * - {@link reportFields} / {@link reportBody}: what is kept per received message (1:1 or
  *   private room, {@link roomMessageMeta}) so it can be reported, and the exact
  *   `POST /delivery/v1/reports` body the SDK sends;
@@ -75,16 +76,21 @@ export async function verifyTombstone(frame: TombstoneFrame, keys: ReadonlyMap<s
  * again (a rolling deploy of delivery: the task that answered `/moderation/keys` did not
  * have the new key yet), are kept (the `tombstones_kept` row), acknowledged, and tried
  * again with the keys read again (client/parley/moderation.py `Moderation.keep`): the
- * first and longest wait between tries (ms), the tries and the age (ms since it came)
- * after which one is dropped, and how many are kept at most (the oldest go). Tests
- * shorten them. */
+ * first and longest wait between the counted tries of one (ms: its first try is due
+ * `first` after it came, each next one twice the wait before, up to `longest`), the
+ * tries and the age (ms since it came) after which one is dropped, and how many are kept
+ * at most (the oldest go). 12 tries take ~1.4 h of waits (30 s, 1, 2, 4, 8 min, then
+ * 10 min), however often the client reconnects: a round before one is due reads the
+ * keys but counts it no try. Tests shorten them. */
 export const TOMBSTONE_RETRY = { first: 30_000, longest: 600_000, tries: 12, keepMs: 24 * 3600_000, kept: 500 };
 
-/** A tombstone kept for a key not known yet: the frame, when it came (ms), its tries. */
+/** A tombstone kept for a key not known yet: the frame, when it came (ms), its tries,
+ * and when the last of them was counted (ms). */
 export interface KeptTombstone {
   frame: TombstoneFrame;
   first: number;
   tries: number;
+  last?: number;
 }
 
 /** The kept row with `frame` added (once: the same frame delivered again is not kept
@@ -95,12 +101,29 @@ export function keepTombstone(row: readonly KeptTombstone[], frame: TombstoneFra
   return [...row, { frame, first: now, tries: 0 }].slice(-TOMBSTONE_RETRY.kept);
 }
 
-/** A kept tombstone whose key is still unknown after one more try: kept with the try
- * counted, or null (dropped) once past TOMBSTONE_RETRY's tries or age. */
-export function triedAgain(kept: KeptTombstone, now: number): KeptTombstone | null {
-  const tries = kept.tries + 1;
-  if (tries >= TOMBSTONE_RETRY.tries || now - kept.first >= TOMBSTONE_RETRY.keepMs) return null;
-  return { ...kept, tries };
+/** When the next try of a kept tombstone counts (ms), and how much earlier a round still
+ * counts it (a timer firing a few ms early): as `tombstone_due` in
+ * client/parley/moderation.py. */
+export function tombstoneDue(kept: KeptTombstone): { at: number; early: number } {
+  const wait = Math.min(TOMBSTONE_RETRY.first * 2 ** Math.min(kept.tries, 32), TOMBSTONE_RETRY.longest);
+  return { at: (kept.last ?? kept.first) + wait, early: Math.min(Math.floor(wait / 10), 1000) };
+}
+
+/** Ms until the first of the kept tombstones is due (0: one is). */
+export function tombstonesDueIn(row: readonly KeptTombstone[], now: number): number {
+  if (row.length === 0) return 0;
+  return Math.max(0, Math.min(...row.map((k) => { const due = tombstoneDue(k); return due.at - due.early; })) - now);
+}
+
+/** A kept tombstone whose key is still unknown after a round (`read`: the keys were read,
+ * or refused for good): a try is counted if it is due (at most one per wait, however
+ * often rounds run); null (dropped) once past TOMBSTONE_RETRY's tries or age (the age
+ * is checked even when the keys could not be read). */
+export function triedAgain(kept: KeptTombstone, now: number, read = true): KeptTombstone | null {
+  const due = tombstoneDue(kept);
+  const next = read && now >= due.at - due.early ? { ...kept, tries: kept.tries + 1, last: now } : kept;
+  if (next.tries >= TOMBSTONE_RETRY.tries || now - kept.first >= TOMBSTONE_RETRY.keepMs) return null;
+  return next;
 }
 
 /** The text that replaces a removed message. */
