@@ -270,22 +270,32 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
     ):
         raise bad
     check_policy(body.new_password, svc.config, username=user["username"], email=user["email"])
-    # The slow step first: a failure before the token is used up leaves it as it was.
-    new_hash = await svc.passwords.hash(body.new_password)
+    if pending["used_at"] is None:
+        # The slow step first: a failure before the token is used up leaves it as it was.
+        new_hash = await svc.passwords.hash(body.new_password)
+    else:
+        # The retry of a reset that failed part way (below): only of the same request.
+        # The token is used up, and any other password it set would be the holder's
+        # choice after the owner's (a link left in a mailbox or history, and the
+        # owner's own password change since).
+        new_hash = str(pending.get("new_hash") or "")
+        if not await svc.passwords.verify(new_hash or None, body.new_password):
+            raise bad
     # Every session ends before the token is used up, as in change_password: a failure
     # here (a 503) leaves the token for the retry, which was refused before
     # (``invalid_token``) with the sessions a thief held still live.
     await sessions.revoke_all(svc, user["_id"], "password_reset")
     if pending["used_at"] is None:
-        # Used up, but ``finishing`` until the last step below: a failure after this
-        # (a 503) leaves the token to the retry of the same request, which does it all
-        # again. Before, that retry was refused (``invalid_token``) and the password
-        # was changed with the second factors still on, and no notice mailed: an owner
-        # who reset because their factor was lost stayed locked out.
-        finish_by = max(pending["expires_at"], now + timedelta(seconds=RESET_FINISH_S))
+        # Used up, but ``finishing`` (for RESET_FINISH_S, its new password's hash kept)
+        # until the last step below: a failure after this (a 503) leaves the token to
+        # the retry of the same request, which does it all again. Before, that retry
+        # was refused (``invalid_token``) and the password was changed with the second
+        # factors still on, and no notice mailed: an owner who reset because their
+        # factor was lost stayed locked out.
         claimed = await svc.store.consume_password_reset(
-            token_hash, now, finish_by, two_factor=bool(twofactor.methods(user))
-        )
+            token_hash, now, now + timedelta(seconds=RESET_FINISH_S),
+            two_factor=bool(twofactor.methods(user)), new_hash=new_hash,
+        )  # fmt: skip
         if claimed is None:
             raise bad  # used by a concurrent request
     else:
@@ -299,7 +309,7 @@ async def confirm_reset(svc: AuthService, body: PasswordResetConfirm, caller: Ca
     two_factor = bool(claimed.get("two_factor")) or bool(twofactor.methods(user))
     if two_factor:
         await twofactor.turn_off_all(svc, user["_id"])
-    await svc.store.drop_password_resets(user["_id"], now)
+    await svc.store.drop_password_resets(user["_id"], now, keep=token_hash)
     await lockout.forget(svc, user["username"], caller.ip)
     # And a sign-in with the old password that went in meanwhile.
     await sessions.revoke_all(svc, user["_id"], "password_reset")

@@ -369,11 +369,13 @@ class AuthStore:
         return doc
 
     async def consume_password_reset(
-        self, token_hash: str, now: datetime, expires_at: datetime, two_factor: bool
-    ) -> Doc | None:
+        self, token_hash: str, now: datetime, expires_at: datetime, two_factor: bool,
+        new_hash: str,
+    ) -> Doc | None:  # fmt: skip
         """Use the reset up (None if it was used already), ``finishing`` until
         :meth:`finish_password_reset`, until ``expires_at``; ``two_factor``: the account
-        had a second factor, which the reset turns off."""
+        had a second factor, which the reset turns off; ``new_hash``: the password it
+        sets (a retry must give the same one)."""
         return _times(
             await self.password_resets.find_one_and_update(
                 {"_id": token_hash, "used_at": None},
@@ -383,6 +385,7 @@ class AuthStore:
                         "finishing": True,
                         "two_factor": two_factor,
                         "expires_at": expires_at,
+                        "new_hash": new_hash,
                     }
                 },
                 return_document=ReturnDocument.AFTER,
@@ -391,11 +394,22 @@ class AuthStore:
 
     async def finish_password_reset(self, token_hash: str) -> None:
         """The reset is done: its token opens nothing any more."""
-        await self.password_resets.update_one({"_id": token_hash}, {"$unset": {"finishing": ""}})
+        await self.password_resets.update_one(
+            {"_id": token_hash}, {"$unset": {"finishing": "", "new_hash": ""}}
+        )
 
-    async def drop_password_resets(self, user_id: str, now: datetime) -> None:
+    async def drop_password_resets(
+        self, user_id: str, now: datetime, keep: str | None = None
+    ) -> None:
+        """Every pending reset of the user is used up, and one still ``finishing`` (a
+        reset that failed part way) ends, but ``keep`` (the reset doing this): a
+        password changed since must not be undone by that reset's retry."""
         await self.password_resets.update_many(
             {"user_id": user_id, "used_at": None}, {"$set": {"used_at": now}}
+        )
+        await self.password_resets.update_many(
+            {"user_id": user_id, "finishing": True, "_id": {"$ne": keep or ""}},
+            {"$unset": {"finishing": "", "new_hash": ""}},
         )
 
     # -- signing keys -----------------------------------------------------

@@ -192,3 +192,31 @@ async def test_ending_a_session_already_ended_leaves_the_security_stamp(
     assert await stamp() == ended
     status, out = await auth.call("GET", "/auth/v1/me", token=other["access_token"])
     assert (status, out["error"]["code"]) == (401, "token_revoked")
+
+
+async def test_a_used_reset_link_sets_no_other_password_nor_one_after_the_owners(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (2026-12-07): a reset that failed part way left its token ``finishing``, and
+    its retry took any password: someone holding the used link (a mailbox, a history)
+    set their own, after the owner had signed in and changed it. A retry now finishes
+    only the same request (the new password's hash is kept with the token), and the
+    owner's own change ends the unfinished reset."""
+    user = await auth.signup()
+    name = user["user"]["username"]
+    token = await reset_token(auth, user)
+    body = {"token": token, "new_password": NEW_PASSWORD}
+    with monkeypatch.context() as m:
+        m.setattr(lockout, "forget", blip)  # fails after the password is written
+        status, _ = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
+        assert status == 503
+    theirs = {"token": token, "new_password": "the link holder's own choice"}
+    status, out = await auth.call("POST", "/auth/v1/password/reset/confirm", theirs)
+    assert (status, out["error"]["code"]) == (401, "invalid_token")
+    # The owner signs in with what they chose and changes it again.
+    owner = await auth.login(name, NEW_PASSWORD)
+    change = {"current_password": NEW_PASSWORD, "new_password": "the owner's later choice"}
+    await auth.call("POST", "/auth/v1/password", change, token=owner["access_token"], status=204)
+    status, out = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
+    assert (status, out["error"]["code"]) == (401, "invalid_token")
+    assert "access_token" in await auth.login(name, "the owner's later choice")
