@@ -150,6 +150,16 @@ def _marker(change: Change) -> str:
     return "edited_by_moderator" if change.action == EDIT else "removed_by_moderator"
 
 
+def _refuse_past_cap(rooms: Rooms, doc: Doc, change: Change) -> None:
+    """``forbidden`` for an edit or a restore (not an admin's) of a message that has
+    ``max_edits`` revisions."""
+    if change.role != "admin" and int(doc.get("rev", 1)) >= rooms.config.max_edits:
+        raise forbidden(
+            f"This message has {rooms.config.max_edits} revisions: it stays as it is "
+            "(it can still be removed)."
+        )
+
+
 async def apply(
     rooms: Rooms, room: Doc, doc: Doc, change: Change, token: str
 ) -> models.RoomMessage:
@@ -163,16 +173,8 @@ async def apply(
     # refused and a removal is still made, once (a removed message is not removed
     # again); a cycle of removals and restores bypassed a cap on edits alone. Admins'
     # changes are not capped.
-    if (
-        change.action in (EDIT, RESTORE)
-        and change.role != "admin"
-        and int(doc.get("rev", 1)) >= rooms.config.max_edits
-    ):
-        raise forbidden(
-            f"This message has {rooms.config.max_edits} revisions: it stays as it is "
-            "(it can still be removed)."
-        )
     if change.action == RESTORE:
+        _refuse_past_cap(rooms, doc, change)
         await _removal(rooms, room_id, doc)
         before = await store.get_revision(room_id, seq, int(doc["rev"]) - 1)
         if before is None:
@@ -189,7 +191,8 @@ async def apply(
         assert change.text is not None
         content = text.clean(change.text, "text", required=True, limit=TEXT_MAX, multiline=True)
         if content == doc["text"]:
-            return timeline.message(doc)  # nothing changes: no revision
+            return timeline.message(doc)  # nothing changes: no revision (a retry too)
+        _refuse_past_cap(rooms, doc, change)
         mentions = await timeline.mentioned_members(rooms, room_id, content, token)
     elif change.action == REMOVE:
         content, mentions = "", []

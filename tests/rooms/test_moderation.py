@@ -696,7 +696,7 @@ async def test_changes_are_limited_per_user_and_edits_per_message(
     history of it 6 MB. Changes count against ``edit_limit`` (per user, all rooms);
     past ``max_edits`` revisions a message's edits are refused (``forbidden``) and
     change nothing, while removing it stays possible."""
-    config = replace(TEST_CONFIG, edit_limit=Limit(6, 60), max_edits=4)
+    config = replace(TEST_CONFIG, edit_limit=Limit(7, 60), max_edits=4)
     api = await make_rooms(config)
     owner, bob = api.user(), api.user()
     room = await api.room(owner)
@@ -708,10 +708,12 @@ async def test_changes_are_limited_per_user_and_edits_per_message(
         assert status == 200 and body["text"] == f"v{i}"
     status, body = await edit(api, bob, room, seq, "v5")
     assert (status, body["error"]["code"]) == (403, "forbidden")
+    status, body = await edit(api, bob, room, seq, "v4")  # a retry of the last: no change
+    assert (status, body["text"]) == (200, "v4")
     stored = await api.rooms.store.get_message(room, seq)
     assert stored is not None and (stored["text"], stored["rev"]) == ("v4", 4)
     assert (await delete(api, bob, room, seq))[0] == 200  # removal still possible
-    # bob has made 5 changes of his 6: one more, then refused, counting nothing.
+    # bob has made 6 changes of his 7: one more, then refused, counting nothing.
     _, other = await api.post(bob, room, "w1")
     assert (await edit(api, bob, room, other["seq"], "w2"))[0] == 200
     status, body = await edit(api, bob, room, other["seq"], "w3")
