@@ -9,7 +9,9 @@ old rights.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
@@ -73,7 +75,7 @@ AUDIT_PARAMS: dict[str, dict[str, Any]] = {
 
 async def audit(
     svc: AuthService,
-    actor: Claims | str,
+    actor: Claims | Actor | str,
     action: str,
     caller: Caller | None,
     target_id: str | None = None,
@@ -82,11 +84,14 @@ async def audit(
     after: dict[str, Any] | None = None,
     **details: Any,
 ) -> None:
-    """One entry in the shared audit log (services.common.audit): an admin (``Claims``)
-    or a tool (``"cli"``, as an operator) did ``action`` to ``target_id``."""
+    """One entry in the shared audit log (services.common.audit): an admin (``Claims``,
+    or an ``Actor`` recorded earlier) or a tool (``"cli"``, as an operator) did
+    ``action`` to ``target_id``."""
     if isinstance(actor, Claims):
         user = await svc.store.user_by_id(actor.sub)
         who = Actor(actor.sub, "admin", user["username"] if user else None)
+    elif isinstance(actor, Actor):
+        who = actor
     else:
         who = Actor(actor, "operator")
     if before is not None:
@@ -175,69 +180,131 @@ async def edit_user(
     (notices.py).
 
     What follows the write (the audit entry, the notice, the second ending) is
-    recorded with it (``pending_admin_edit``): should it fail (a 503), the next PATCH
-    of this user, the retry included, finishes it first (:func:`_finish_edit`).
-    Before, the retry found nothing to change and was audited as a change of nothing,
-    the old address was never told, and the sessions were not ended again."""
-    user = await _target(svc, user_id)
-    finished = False
-    if user.get(PENDING_EDIT):
-        user = await _finish_edit(svc, claims, caller, user)
-        finished = True
-    changes: dict[str, Any] = {}
-    if body.username is not None:
-        name = canonical_username(body.username)
-        if name != user["username"]:
-            await raise_if_taken(svc, name, None, exclude=user_id)
-            changes["username"] = name
-    if body.email is not None:
-        email, email_lc = canonical_email(body.email)
-        if email != user["email"]:
-            await raise_if_taken(svc, None, email_lc, exclude=user_id)
-            changes.update(email=email, email_lc=email_lc)
-    roles_changed = False
-    if body.roles is not None:
-        roles = sorted({"user", *body.roles}, key=["user", "admin"].index)
-        if roles != user["roles"]:
-            if user_id == claims.sub and "admin" not in roles:
-                raise ApiError(ErrorCode.CONFLICT, "You cannot remove your own admin role.")
-            changes["roles"] = roles
-            roles_changed = True
-    if not changes:
-        if not finished:  # else the finished edit's entry is this call's
-            await audit(svc, claims, "user.update", caller, user_id, before={}, after={})
-        return await _view(svc, user)
-    if roles_changed:
-        # Tokens carry roles: end the sessions so that new tokens carry the new ones.
-        await sessions.revoke_all(svc, user_id, "roles_changed")
-    pending = {
-        "before": {k: user.get(k) for k in changes if k != "email_lc"},
-        "after": {k: v for k, v in changes.items() if k != "email_lc"},
-        "was": {k: user.get(k) for k in changes},  # the account as the old address knew it
-        "roles_changed": roles_changed,
-    }
-    changes["updated_at"] = svc.now()
-    try:
-        updated = await svc.store.update_user(user_id, {**changes, PENDING_EDIT: pending})
-    except DuplicateError:
-        raise ApiError(ErrorCode.CONFLICT, "This username or e-mail is taken.") from None
-    if updated is None:
-        raise ApiError(ErrorCode.USER_NOT_FOUND, "No such user.")
-    return await _view(svc, await _finish_edit(svc, claims, caller, updated))
+    recorded with it (``pending_admin_edit``, with who made it, from where and when):
+    should it fail (a 503), the next PATCH of this user, the retry included, finishes
+    it first (:func:`_finish_edit`), audited as the admin who made it. Before, the retry
+    found nothing to change and was audited as a change of nothing, the old address
+    was never told, and the sessions were not ended again.
+
+    One edit pending at a time: the write goes in only if none is pending and the
+    changed fields are still as read. Else the pending one is finished (unless its own
+    request is finishing it: 409) and the change read and tried once more (409 if that
+    too lost the race). Before, a second admin's write replaced the first's record,
+    whose end then removed the second's: that edit was never audited nor mailed."""
+    for _ in range(2):
+        user = await _target(svc, user_id)
+        finished = False
+        if user.get(PENDING_EDIT):
+            by = (user[PENDING_EDIT].get("by") or {}).get("id")
+            user = await _finish_left_over(svc, caller, user)
+            finished = by in (None, claims.sub)  # its own retry: the entry is this call's
+        changes: dict[str, Any] = {}
+        if body.username is not None:
+            name = canonical_username(body.username)
+            if name != user["username"]:
+                await raise_if_taken(svc, name, None, exclude=user_id)
+                changes["username"] = name
+        if body.email is not None:
+            email, email_lc = canonical_email(body.email)
+            if email != user["email"]:
+                await raise_if_taken(svc, None, email_lc, exclude=user_id)
+                changes.update(email=email, email_lc=email_lc)
+        roles_changed = False
+        if body.roles is not None:
+            roles = sorted({"user", *body.roles}, key=["user", "admin"].index)
+            if roles != user["roles"]:
+                if user_id == claims.sub and "admin" not in roles:
+                    raise ApiError(ErrorCode.CONFLICT, "You cannot remove your own admin role.")
+                changes["roles"] = roles
+                roles_changed = True
+        if not changes:
+            if not finished:
+                await audit(svc, claims, "user.update", caller, user_id, before={}, after={})
+            return await _view(svc, user)
+        if roles_changed:
+            # Tokens carry roles: end the sessions so that new tokens carry the new ones.
+            await sessions.revoke_all(svc, user_id, "roles_changed")
+        now = svc.now()
+        now_ms = int(now.timestamp() * 1000)
+        pending = {
+            "id": secrets.token_urlsafe(12),
+            "by": {"id": claims.sub, "role": "admin"},
+            "ip": caller.ip,
+            "request_id": caller.request_id,
+            "at_ms": now_ms,
+            "lease_until_ms": now_ms + FINISH_LEASE_MS,  # this request finishes it
+            "before": {k: user.get(k) for k in changes if k != "email_lc"},
+            "after": {k: v for k, v in changes.items() if k != "email_lc"},
+            "was": {k: user.get(k) for k in changes},  # the account as the old address knew it
+            "roles_changed": roles_changed,
+        }
+        expect = {k: user.get(k) for k in changes}
+        try:
+            updated = await svc.store.write_admin_edit(
+                user_id, {**changes, "updated_at": now, PENDING_EDIT: pending}, expect
+            )
+        except DuplicateError:
+            raise ApiError(ErrorCode.CONFLICT, "This username or e-mail is taken.") from None
+        if updated is not None:
+            try:
+                done = await _finish_edit(svc, updated)
+            except BaseException:
+                # Left for the next PATCH (the retry) to take at once, not after the lease.
+                with contextlib.suppress(Exception):
+                    await svc.store.release_admin_edit(user_id, str(pending["id"]))
+                raise
+            return await _view(svc, done)
+        # Another admin's change went in since the read (or is pending): read again.
+    raise ApiError(ErrorCode.CONFLICT, BUSY)
 
 
 # On the user document: an admin's edit written whose other steps are not all done.
 PENDING_EDIT = "pending_admin_edit"
+# How long the request that wrote an edit has to finish it before another may.
+FINISH_LEASE_MS = 30_000
+# A left-over edit older than this is only audited and mailed: ending sessions,
+# dropping resets and raising the stamp then would end what the user began since
+# (a reset, a sign-in after the change), and what it guarded against has expired.
+STALE_AFTER_MS = 10 * 60_000
+BUSY = "Another administrator's change to this user is being finished: try again."
 
 
-async def _finish_edit(
-    svc: AuthService, claims: Claims, caller: Caller, updated: dict[str, Any]
+async def _finish_left_over(
+    svc: AuthService, caller: Caller, user: dict[str, Any]
 ) -> dict[str, Any]:
-    """Do what follows an admin's edit (``updated[PENDING_EDIT]``, written with it),
-    each step safe to do twice, then drop the marker; the user after."""
+    """Finish the edit pending on ``user`` (written by an earlier request); the user after.
+    409 if the request that wrote it is still finishing it."""
+    edit_id = user[PENDING_EDIT].get("id")
+    now_ms = int(svc.now().timestamp() * 1000)
+    claimed = await svc.store.claim_admin_edit(
+        user["_id"], edit_id, now_ms, now_ms + FINISH_LEASE_MS
+    )
+    if claimed is not None:
+        try:
+            return await _finish_edit(svc, claimed)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await svc.store.release_admin_edit(user["_id"], edit_id)
+            raise
+    again = await _target(svc, user["_id"])
+    left = again.get(PENDING_EDIT)
+    if left and left.get("id") == edit_id:
+        raise ApiError(ErrorCode.CONFLICT, BUSY)
+    return again  # finished meanwhile (or another since: the conditional write sees it)
+
+
+async def _finish_edit(svc: AuthService, updated: dict[str, Any]) -> dict[str, Any]:
+    """Do what follows an admin's edit (``updated[PENDING_EDIT]``, written with it), as
+    the admin who made it, each step safe to do twice, then drop the record if it is
+    still this one; the user after. A record older than ``STALE_AFTER_MS`` is only
+    audited and mailed."""
     user_id = updated["_id"]
     pending = updated[PENDING_EDIT]
-    if "email_lc" in pending["was"]:
+    by = pending.get("by") or {}
+    at_ms = pending.get("at_ms")
+    now_ms = int(svc.now().timestamp() * 1000)
+    fresh = at_ms is not None and now_ms - at_ms <= STALE_AFTER_MS
+    if fresh and "email_lc" in pending["was"]:
         # What was mailed to the old address no longer opens anything: a pending
         # reset link (confirm_reset also checks the address a reset was sent to, for
         # one mailed while this change was written) and a pending e-mail-code
@@ -246,16 +313,22 @@ async def _finish_edit(
         await svc.store.eph_delete(twofactor.EMAIL_SETUP, user_id)
         # And a sign-in's e-mailed code (its challenge carries the security stamp).
         await svc.store.raise_security_stamp(user_id)
+    admin = await svc.store.user_by_id(by["id"]) if by.get("id") else None
+    actor = Actor(
+        by.get("id") or "unknown", by.get("role") or "admin", admin["username"] if admin else None
+    )
+    made = Caller(ip=pending.get("ip") or "unknown", request_id=pending.get("request_id"))
+    when = {} if at_ms is None else {"edited_at": ms_time(at_ms).isoformat()}
     await audit(
-        svc, claims, "user.update", caller, user_id,
-        before=pending["before"], after=pending["after"],
+        svc, actor, "user.update", made, user_id,
+        before=pending["before"], after=pending["after"], **when,
     )  # fmt: skip
-    await _notify_sign_in_change(svc, {**updated, **pending["was"]}, updated, caller)
-    if pending["roles_changed"]:
+    await _notify_sign_in_change(svc, {**updated, **pending["was"]}, updated, made)
+    if fresh and pending["roles_changed"]:
         # A sign-in that went in while the roles were written (its token has the old ones).
         await sessions.revoke_all(svc, user_id, "roles_changed")
-    done = await svc.store.update_user(user_id, {}, unset=[PENDING_EDIT])
-    return done if done is not None else {k: v for k, v in updated.items() if k != PENDING_EDIT}
+    done = await svc.store.end_admin_edit(user_id, pending.get("id"))
+    return done if done is not None else await _target(svc, user_id)
 
 
 async def _notify_sign_in_change(

@@ -653,3 +653,70 @@ class AuthStore:
 
     async def eph_exists(self, kind: str, ident: str) -> bool:
         return bool(await self.redis.exists(self._eph_key(kind, ident)))
+
+    # -- an admin's edit and what is left to do after it (admin.edit_user) ----
+
+    async def write_admin_edit(
+        self, user_id: str, set_: Mapping[str, Any], expect: Mapping[str, Any]
+    ) -> Doc | None:
+        """Write an admin's change with its ``pending_admin_edit`` (in ``set_``) only if
+        no other is pending and the changed fields are still ``expect``: None if not (or
+        no such user); DuplicateError on a taken username or e-mail."""
+        query: Doc = {"_id": user_id, "pending_admin_edit": {"$exists": False}}
+        for key, value in expect.items():
+            # A list (the roles) by its members and length: the embedded server's
+            # find_one_and_update does not match a whole array by equality.
+            is_list = isinstance(value, list)
+            query[key] = {"$all": value, "$size": len(value)} if is_list else value
+        try:
+            return _times(
+                await self.users.find_one_and_update(
+                    query, {"$set": dict(set_)}, return_document=ReturnDocument.AFTER
+                )
+            )
+        except DuplicateKeyError:
+            raise DuplicateError from None
+
+    async def claim_admin_edit(
+        self, user_id: str, edit_id: str | None, now_ms: int, until_ms: int
+    ) -> Doc | None:
+        """Take the pending edit ``edit_id`` to finish it, until ``until_ms``: None if
+        another request holds it (its lease not over) or it is no longer pending. A
+        record without an id or a lease (written before they were) is taken too."""
+        return _times(
+            await self.users.find_one_and_update(
+                {
+                    "_id": user_id,
+                    "pending_admin_edit": {"$exists": True},
+                    "pending_admin_edit.id": edit_id,
+                    "$or": [
+                        {"pending_admin_edit.lease_until_ms": {"$exists": False}},
+                        {"pending_admin_edit.lease_until_ms": {"$lte": now_ms}},
+                    ],
+                },
+                {"$set": {"pending_admin_edit.lease_until_ms": until_ms}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    async def release_admin_edit(self, user_id: str, edit_id: str | None) -> None:
+        """Give the pending edit ``edit_id`` up unfinished: the next request takes it."""
+        await self.users.update_one(
+            {"_id": user_id, "pending_admin_edit.id": edit_id},
+            {"$set": {"pending_admin_edit.lease_until_ms": 0}},
+        )
+
+    async def end_admin_edit(self, user_id: str, edit_id: str | None) -> Doc | None:
+        """Remove the pending edit if it is still ``edit_id`` (not one written since);
+        the user after, None if it was not."""
+        return _times(
+            await self.users.find_one_and_update(
+                {
+                    "_id": user_id,
+                    "pending_admin_edit": {"$exists": True},
+                    "pending_admin_edit.id": edit_id,
+                },
+                {"$unset": {"pending_admin_edit": ""}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )

@@ -13,6 +13,8 @@ stamp again (their provider sign-in, codes and challenges ended for nothing).
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -220,3 +222,88 @@ async def test_a_used_reset_link_sets_no_other_password_nor_one_after_the_owners
     status, out = await auth.call("POST", "/auth/v1/password/reset/confirm", body)
     assert (status, out["error"]["code"]) == (401, "invalid_token")
     assert "access_token" in await auth.login(name, "the owner's later choice")
+
+
+async def test_a_left_over_edit_is_audited_as_its_admin_and_replays_nothing_late(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished by another admin's PATCH days later, a left-over edit is audited as
+    the admin who made it (from where and when), and the sessions, resets and stamp
+    are left alone: a sign-in since then stays open. Before, the entry named the
+    second admin and their empty PATCH ended the user's new session."""
+    admin_a, admin_b = await admin_token(auth), await admin_token(auth)
+    a_id = (await auth.call("GET", "/auth/v1/me", token=admin_a))[1]["user_id"]
+    b_id = (await auth.call("GET", "/auth/v1/me", token=admin_b))[1]["user_id"]
+    user = await auth.signup()
+    uid, old_address = user["user"]["user_id"], user["email"]
+    patch = {"roles": ["user", "admin"], "email": "changed-" + old_address}
+    with monkeypatch.context() as m:
+        m.setattr(auth.service.audit, "record", blip)
+        status, out = await auth.call("PATCH", f"/auth/v1/admin/users/{uid}", patch, token=admin_a)
+        assert (status, out["error"]["code"]) == (503, "service_unavailable"), out
+    stamp = (await auth.db["users"].find_one({"_id": uid})).get("security_stamp")
+    later = datetime.now(UTC) + timedelta(days=2)
+    monkeypatch.setattr(auth.service, "clock", lambda: later)
+    since = await auth.login(user["user"]["username"])  # with the new roles
+    await auth.call("PATCH", f"/auth/v1/admin/users/{uid}", {}, token=admin_b, status=200)
+    entries = [e async for e in auth.audit.find({"target_id": uid, "action": "user.update"})]
+    assert [(e["actor_id"], e["actor_role"], e["after"]) for e in entries] == [
+        (a_id, "admin", {"email": "changed-" + old_address, "roles": ["user", "admin"]}),
+        (b_id, "admin", {}),  # B's own PATCH, a change of nothing
+    ]
+    assert entries[0]["ip"] and entries[0]["details"]["edited_at"] < later.isoformat()
+    session = await auth.db["sessions"].find_one({"_id": since["session_id"]})
+    assert session["revoked_at"] is None  # (its token is checked against the real time)
+    doc = await auth.db["users"].find_one({"_id": uid})
+    assert doc.get("security_stamp") == stamp and "pending_admin_edit" not in doc
+    mails = await auth.mail_to(old_address)
+    assert [m.splitlines()[0] for m in mails] == [
+        "Subject: Parley: an administrator changed how your account signs in"
+    ]
+
+
+async def test_a_second_admin_does_not_replace_an_edit_being_finished(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While admin A's edit is being finished, admin B's PATCH of the same user is
+    refused (409 ``conflict``), A's record kept; B's retry then goes in. Both edits are
+    audited, as their admins, and the address change is mailed. Before, B finished A's
+    edit under B's name (or replaced its record, whose end then removed B's)."""
+    admin_a, admin_b = await admin_token(auth), await admin_token(auth)
+    a_id = (await auth.call("GET", "/auth/v1/me", token=admin_a))[1]["user_id"]
+    b_id = (await auth.call("GET", "/auth/v1/me", token=admin_b))[1]["user_id"]
+    user = await auth.signup()
+    uid, old_address = user["user"]["user_id"], user["email"]
+    record = auth.service.audit.record
+    in_audit, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(entry: Any, *args: Any, **kwargs: Any) -> Any:
+        if (entry.after or {}).get("roles") and not in_audit.is_set():
+            in_audit.set()  # A's entry: held until B has been answered
+            await go_on.wait()
+        return await record(entry, *args, **kwargs)
+
+    monkeypatch.setattr(auth.service.audit, "record", held)
+    path = f"/auth/v1/admin/users/{uid}"
+    first = asyncio.create_task(
+        auth.call("PATCH", path, {"roles": ["user", "admin"]}, token=admin_a)
+    )
+    await asyncio.wait_for(in_audit.wait(), 10)
+    b_patch = {"email": "changed-" + old_address}
+    status, out = await asyncio.wait_for(auth.call("PATCH", path, b_patch, token=admin_b), 10)
+    assert (status, out["error"]["code"]) == (409, "conflict"), out
+    doc = await auth.db["users"].find_one({"_id": uid})
+    assert doc["pending_admin_edit"]["after"] == {"roles": ["user", "admin"]}
+    assert doc["email"] == old_address
+    go_on.set()
+    assert (await first)[0] == 200
+    await auth.call("PATCH", path, b_patch, token=admin_b, status=200)
+    entries = [e async for e in auth.audit.find({"target_id": uid, "action": "user.update"})]
+    assert [(e["actor_id"], e["after"]) for e in entries] == [
+        (a_id, {"roles": ["user", "admin"]}),
+        (b_id, {"email": "changed-" + old_address}),
+    ]
+    mails = await auth.mail_to(old_address)
+    assert len(mails) == 1
+    doc = await auth.db["users"].find_one({"_id": uid})
+    assert "pending_admin_edit" not in doc and doc["email"] == "changed-" + old_address
