@@ -8,16 +8,15 @@ loop) against the real system; the send frames it writes are dropped while the
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
-from parley import cli, connection, paths
+from parley import connection, paths
 from parley.client import Message
 from parley_contract import frames as f
-from typer.testing import CliRunner
 
 from tests.client.conftest import MakeClient
+from tests.support.cli_runs import cli_env, run_cli
 from tests.support.stack import System
 
 
@@ -42,30 +41,20 @@ async def test_a_send_that_times_out_stays_queued_and_goes_once(
         await send(self, frame)
 
     monkeypatch.setattr(connection.Connection, "send", lossy)
-    env = {
-        "PARLEY_SERVER": system.lb,
-        "PARLEY_DATA_HOME": str(home),
-        "PARLEY_PASSPHRASE": "test passphrase",
-        "NO_COLOR": "1",
-        "COLUMNS": "200",
-    }
+    env = cli_env(system.lb, home)
 
-    def parley(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(cli.app, list(args), env=env)
-        return result.exit_code, " ".join(result.output.split())
-
-    code, out = await asyncio.to_thread(parley, "send", bob.username, "only once", "--timeout", "1")
+    code, out = await run_cli(env, "send", bob.username, "only once", "--timeout", "1")
     assert code == 3, out
     assert "stays in the outbox" in out and "never twice" in out, out
-    code, out = await asyncio.to_thread(parley, "outbox")
+    code, out = await run_cli(env, "outbox")
     assert code == 0 and "only once" in out, out
 
     link["down"] = False
-    code, out = await asyncio.to_thread(parley, "inbox")  # connects: resends the outbox
+    code, out = await run_cli(env, "inbox")  # connects: resends the outbox
     assert code == 0, out
     got = await bob.next_event(Message)
     assert isinstance(got, Message) and got.text == "only once"
-    code, out = await asyncio.to_thread(parley, "outbox")
+    code, out = await run_cli(env, "outbox")
     assert code == 0 and "The outbox is empty" in out, out
     await bob.sync()
     assert [e["text"] for e in bob.history(alice.user_id)] == ["only once"]

@@ -13,32 +13,16 @@ Against the real system; the CLI runs in this process (typer's runner, in a thre
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from parley import Client, cli, paths
+from parley import paths
 from parley.errors import NotLoggedIn
-from typer.testing import CliRunner
 
 from tests.client.conftest import MakeClient, new_username
+from tests.support.cli_runs import cli_env, expire_access_token, run_cli
 from tests.support.stack import System
-
-
-async def _expire(client: Client) -> None:
-    """The stored access token ran out: the next request refreshes it first."""
-    async with client.store.transaction() as tx:
-        account = tx.get("account")
-        head, payload, sig = account["access_token"].split(".")
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        claims["exp"] = int(time.time()) - 10
-        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
-        account["access_token"] = f"{head}.{body}.{sig}"
-        tx.put("account", account)
 
 
 async def test_a_refused_refresh_is_forgotten_and_never_presented_again(
@@ -46,7 +30,7 @@ async def test_a_refused_refresh_is_forgotten_and_never_presented_again(
 ) -> None:
     alice = await make_client()
     await alice.api.logout()  # the session ends elsewhere (another device, an admin)
-    await _expire(alice)
+    await expire_access_token(alice)
     refreshes: list[str] = []
     refresh = alice.api.refresh
 
@@ -78,24 +62,14 @@ async def test_logout_after_the_session_ended_forgets_the_tokens(
     alice = await make_client(name, data_dir=paths.account_dir(home, system.lb, name))
     paths.set_current_user(home, system.lb, name)
     await alice.api.logout()  # the session ends elsewhere
-    await _expire(alice)
+    await expire_access_token(alice)
     await alice.close()  # the CLI opens the same store
-    env = {
-        "PARLEY_SERVER": system.lb,
-        "PARLEY_DATA_HOME": str(home),
-        "PARLEY_PASSPHRASE": "test passphrase",
-        "NO_COLOR": "1",
-        "COLUMNS": "200",
-    }
+    env = cli_env(system.lb, home)
 
-    def parley(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(cli.app, list(args), env=env)
-        return result.exit_code, " ".join(result.output.split())
-
-    code, out = await asyncio.to_thread(parley, "logout")
+    code, out = await run_cli(env, "logout")
     assert (code, out) == (0, "Logged out."), out
-    code, out = await asyncio.to_thread(parley, "whoami")
+    code, out = await run_cli(env, "whoami")
     assert code == 1 and "You are not logged in" in out, out
     assert "used twice" not in out
-    code, out = await asyncio.to_thread(parley, "logout")
+    code, out = await run_cli(env, "logout")
     assert code == 1 and "You are not logged in" in out, out

@@ -15,9 +15,7 @@ and on: what an outage looks like from the client (connections dropped, new ones
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from parley import Client
 from parley.errors import ApiError, NotLoggedIn, ServerUnavailable
 
 from tests.client.conftest import CHEAP_KDF, PASSWORD, MakeClient, new_username
+from tests.support.cli_runs import expire_access_token
 from tests.support.stack import System
 
 
@@ -78,19 +77,6 @@ class Outage:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def _expire(client: Client) -> None:
-    """The stored access token ran out (a laptop asleep longer than its life): the next
-    connection must refresh it first."""
-    async with client.store.transaction() as tx:
-        account = tx.get("account")
-        head, payload, sig = account["access_token"].split(".")
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        claims["exp"] = int(time.time()) - 10
-        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
-        account["access_token"] = f"{head}.{body}.{sig}"
-        tx.put("account", account)
-
-
 async def _until(check: Callable[[], bool], seconds: float = 30.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -118,7 +104,7 @@ async def test_an_outage_longer_than_the_token_ends_in_a_reconnection_and_one_de
         conn = alice.messenger.conn
         assert conn is not None
 
-        await _expire(alice)
+        await expire_access_token(alice)
         await outage.down()
         # It tries again meanwhile: each try's refresh finds no server.
         assert await _until(lambda: "Cannot reach" in conn.last_error or conn.failed is not None)
