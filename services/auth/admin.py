@@ -226,13 +226,14 @@ async def edit_user(
             await sessions.revoke_all(svc, user_id, "roles_changed")
         now = svc.now()
         now_ms = int(now.timestamp() * 1000)
+        edit_id, lease = secrets.token_urlsafe(12), now_ms + FINISH_LEASE_MS
         pending = {
-            "id": secrets.token_urlsafe(12),
+            "id": edit_id,
             "by": {"id": claims.sub, "role": "admin"},
             "ip": caller.ip,
             "request_id": caller.request_id,
             "at_ms": now_ms,
-            "lease_until_ms": now_ms + FINISH_LEASE_MS,  # this request finishes it
+            "lease_until_ms": lease,  # this request finishes it
             "before": {k: user.get(k) for k in changes if k != "email_lc"},
             "after": {k: v for k, v in changes.items() if k != "email_lc"},
             "was": {k: user.get(k) for k in changes},  # the account as the old address knew it
@@ -251,7 +252,7 @@ async def edit_user(
             except BaseException:
                 # Left for the next PATCH (the retry) to take at once, not after the lease.
                 with contextlib.suppress(Exception):
-                    await svc.store.release_admin_edit(user_id, str(pending["id"]))
+                    await svc.store.release_admin_edit(user_id, edit_id, lease)
                 raise
             return await _view(svc, done)
         # Another admin's change went in since the read (or is pending): read again.
@@ -274,17 +275,20 @@ async def _finish_left_over(
 ) -> dict[str, Any]:
     """Finish the edit pending on ``user`` (written by an earlier request); the user after.
     409 if the request that wrote it is still finishing it."""
-    edit_id = user[PENDING_EDIT].get("id")
+    edit_id = str(user[PENDING_EDIT].get("id") or "")
+    if not edit_id:  # not a record this code wrote (no id): nothing can finish it
+        log.warning("admin edit record without an id dropped", extra={"user_id": user["_id"]})
+        await svc.store.drop_admin_edit_without_id(user["_id"])
+        return await _target(svc, user["_id"])
     now_ms = int(svc.now().timestamp() * 1000)
-    claimed = await svc.store.claim_admin_edit(
-        user["_id"], edit_id, now_ms, now_ms + FINISH_LEASE_MS
-    )
+    lease = now_ms + FINISH_LEASE_MS
+    claimed = await svc.store.claim_admin_edit(user["_id"], edit_id, now_ms, lease)
     if claimed is not None:
         try:
             return await _finish_edit(svc, claimed)
         except BaseException:
             with contextlib.suppress(Exception):
-                await svc.store.release_admin_edit(user["_id"], edit_id)
+                await svc.store.release_admin_edit(user["_id"], edit_id, lease)
             raise
     again = await _target(svc, user["_id"])
     left = again.get(PENDING_EDIT)
@@ -327,7 +331,7 @@ async def _finish_edit(svc: AuthService, updated: dict[str, Any]) -> dict[str, A
     if fresh and pending["roles_changed"]:
         # A sign-in that went in while the roles were written (its token has the old ones).
         await sessions.revoke_all(svc, user_id, "roles_changed")
-    done = await svc.store.end_admin_edit(user_id, pending.get("id"))
+    done = await svc.store.end_admin_edit(user_id, str(pending.get("id") or ""))
     return done if done is not None else await _target(svc, user_id)
 
 

@@ -664,10 +664,11 @@ class AuthStore:
         no such user); DuplicateError on a taken username or e-mail."""
         query: Doc = {"_id": user_id, "pending_admin_edit": {"$exists": False}}
         for key, value in expect.items():
-            # A list (the roles) by its members and length: the embedded server's
-            # find_one_and_update does not match a whole array by equality.
-            is_list = isinstance(value, list)
-            query[key] = {"$all": value, "$size": len(value)} if is_list else value
+            # Scalars only: a list (the roles) is left out. The embedded server matches no
+            # whole array by equality, and ``$all`` made it read every user in Python
+            # under its lock; two admins' role changes meet at the pending record.
+            if not isinstance(value, list):
+                query[key] = value
         try:
             return _times(
                 await self.users.find_one_and_update(
@@ -678,35 +679,43 @@ class AuthStore:
             raise DuplicateError from None
 
     async def claim_admin_edit(
-        self, user_id: str, edit_id: str | None, now_ms: int, until_ms: int
+        self, user_id: str, edit_id: str, now_ms: int, until_ms: int
     ) -> Doc | None:
         """Take the pending edit ``edit_id`` to finish it, until ``until_ms``: None if
-        another request holds it (its lease not over) or it is no longer pending. A
-        record without an id or a lease (written before they were) is taken too."""
-        return _times(
-            await self.users.find_one_and_update(
-                {
-                    "_id": user_id,
-                    "pending_admin_edit": {"$exists": True},
-                    "pending_admin_edit.id": edit_id,
-                    "$or": [
-                        {"pending_admin_edit.lease_until_ms": {"$exists": False}},
-                        {"pending_admin_edit.lease_until_ms": {"$lte": now_ms}},
-                    ],
-                },
-                {"$set": {"pending_admin_edit.lease_until_ms": until_ms}},
-                return_document=ReturnDocument.AFTER,
-            )
+        another request holds it (its lease not over) or it is no longer pending. (No
+        ``$or`` beside ``_id``: the embedded server's SQL then matched other users'
+        records, docs/embedded.md.)"""
+        doc = await self.users.find_one_and_update(
+            {
+                "_id": user_id,
+                "pending_admin_edit.id": edit_id,
+                "pending_admin_edit.lease_until_ms": {"$lte": now_ms},
+            },
+            {"$set": {"pending_admin_edit.lease_until_ms": until_ms}},
+            return_document=ReturnDocument.AFTER,
         )
+        return _times(doc) if doc is not None and doc.get("_id") == user_id else None
 
-    async def release_admin_edit(self, user_id: str, edit_id: str | None) -> None:
-        """Give the pending edit ``edit_id`` up unfinished: the next request takes it."""
+    async def release_admin_edit(self, user_id: str, edit_id: str, lease_ms: int) -> None:
+        """Give the pending edit ``edit_id`` up unfinished, if this request still holds it
+        (its lease ``lease_ms``): the next request takes it at once."""
         await self.users.update_one(
-            {"_id": user_id, "pending_admin_edit.id": edit_id},
+            {
+                "_id": user_id,
+                "pending_admin_edit.id": edit_id,
+                "pending_admin_edit.lease_until_ms": lease_ms,
+            },
             {"$set": {"pending_admin_edit.lease_until_ms": 0}},
         )
 
-    async def end_admin_edit(self, user_id: str, edit_id: str | None) -> Doc | None:
+    async def drop_admin_edit_without_id(self, user_id: str) -> None:
+        await self.users.update_one(
+            {"_id": user_id, "pending_admin_edit": {"$exists": True},
+             "pending_admin_edit.id": {"$exists": False}},
+            {"$unset": {"pending_admin_edit": ""}},
+        )  # fmt: skip
+
+    async def end_admin_edit(self, user_id: str, edit_id: str) -> Doc | None:
         """Remove the pending edit if it is still ``edit_id`` (not one written since);
         the user after, None if it was not."""
         return _times(

@@ -307,3 +307,28 @@ async def test_a_second_admin_does_not_replace_an_edit_being_finished(
     assert len(mails) == 1
     doc = await auth.db["users"].find_one({"_id": uid})
     assert "pending_admin_edit" not in doc and doc["email"] == "changed-" + old_address
+
+
+async def test_a_patch_finishes_its_own_users_edit_not_another_users(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (2026-12-07): the claim of a left-over edit filtered by ``_id`` and an
+    ``$or`` on its lease, which the embedded server's SQL read as "this user's and not
+    leased, or anyone's with a lease over": a PATCH of U finished V's edit and answered
+    200 with V's details. Two users with released edits: each PATCH finishes its own."""
+    admin = await admin_token(auth)
+    first, second = await auth.signup(), await auth.signup()
+    ids = [first["user"]["user_id"], second["user"]["user_id"]]
+    with monkeypatch.context() as m:
+        m.setattr(auth.service.audit, "record", blip)
+        for uid in ids:
+            status, _ = await auth.call(
+                "PATCH", f"/auth/v1/admin/users/{uid}", {"roles": ["user", "admin"]}, token=admin
+            )
+            assert status == 503
+    for uid in ids:
+        assert (await auth.db["users"].find_one({"_id": uid})).get("pending_admin_edit")
+    status, out = await auth.call("PATCH", f"/auth/v1/admin/users/{ids[1]}", {}, token=admin)
+    assert status == 200 and out["user_id"] == ids[1], out
+    assert "pending_admin_edit" not in await auth.db["users"].find_one({"_id": ids[1]})
+    assert (await auth.db["users"].find_one({"_id": ids[0]})).get("pending_admin_edit")
