@@ -580,11 +580,17 @@ class AuthStore:
         (user id, sid) of those and of the ones revoked after ``since``, whose tokens may
         still work: a retry after a failed publish tells every service again). One read
         (indexed by ``client_id``) and one update per thousand, whatever their number."""
+        # ``client_id`` in each branch, and checked again: beside an ``$or`` at the top,
+        # the embedded server's SQL read "this client's live ones, or anyone's revoked
+        # since" (docs/embedded.md), and other clients' sessions were told again.
         flt: Doc = {
-            "client_id": client_id,
-            "$or": [{"revoked_at": None}, {"revoked_at": {"$gt": since}}],
+            "$or": [
+                {"client_id": client_id, "revoked_at": None},
+                {"client_id": client_id, "revoked_at": {"$gt": since}},
+            ],
         }
-        docs = [d async for d in self.sessions.find(flt, {"user_id": 1, "revoked_at": 1})]
+        found = self.sessions.find(flt, {"user_id": 1, "revoked_at": 1, "client_id": 1})
+        docs = [d async for d in found if d.get("client_id") == client_id]
         live = [str(d["_id"]) for d in docs if d.get("revoked_at") is None]
         for i in range(0, len(live), ID_CHUNK):
             await self.sessions.update_many(
