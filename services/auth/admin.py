@@ -308,7 +308,11 @@ async def _finish_edit(svc: AuthService, updated: dict[str, Any]) -> dict[str, A
     at_ms = pending.get("at_ms")
     now_ms = int(svc.now().timestamp() * 1000)
     fresh = at_ms is not None and now_ms - at_ms <= STALE_AFTER_MS
-    if fresh and "email_lc" in pending["was"]:
+    # What was mailed to the old address lives as long as its codes may (up to an hour,
+    # past STALE_AFTER_MS: review), however old the record.
+    mailed_ms = 1000 * max(svc.config.challenge_ttl_s, svc.config.email_code_ttl_s)
+    codes_live = at_ms is None or now_ms - at_ms <= max(STALE_AFTER_MS, mailed_ms)
+    if codes_live and "email_lc" in pending["was"]:
         # What was mailed to the old address no longer opens anything: a pending
         # reset link (confirm_reset also checks the address a reset was sent to, for
         # one mailed while this change was written) and a pending e-mail-code
