@@ -38,6 +38,10 @@ from services.common.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
+# A consumer that ran this long before it failed starts again after the shortest wait
+# (consume_forever here, and delivery's own consumers).
+RAN_WELL_S = 30.0
+
 
 @functools.lru_cache(maxsize=1 << 16)
 def _key_hash(key: bytes) -> int:
@@ -422,7 +426,7 @@ async def consume_forever(
             # start), and the wait grows unless it had been consuming for a while.
             running.clear()
             log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
-            if up_at is not None and time.monotonic() - up_at > 30.0:
+            if up_at is not None and time.monotonic() - up_at > RAN_WELL_S:
                 delay = 0.2
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

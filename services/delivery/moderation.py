@@ -86,7 +86,7 @@ class Moderation:
         producer: KafkaProducerHandle,
         audit: AuditLog,
         parties: Parties,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter,
     ) -> None:
         self.audit = audit
         self.parties = parties
@@ -97,7 +97,7 @@ class Moderation:
         self.producer = producer
         self.topics = Topics(settings)
         self.room_log = RoomLog(store, keys)
-        self.limiter = limiter or RateLimiter(store.redis, f"{settings.redis_prefix}:delivery")
+        self.limiter = limiter
         self.report_limit = Limit.parse(settings.limit_reports)
 
     async def _audit(

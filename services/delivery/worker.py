@@ -57,6 +57,7 @@ from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.clients import (
+    RAN_WELL_S,
     KafkaProducerHandle,
     Topics,
     ensure_topics,
@@ -77,8 +78,6 @@ from services.delivery.store import DeliveryStore, item_docs, item_frame
 log = logging.getLogger(__name__)
 
 KNOWN_PAIRS_MAX = 200_000
-# A consumer that ran this long before it failed starts again after the shortest wait.
-RAN_WELL_S = 30.0
 PAIRS_TODO_MAX = 100_000  # pairs waiting for MongoDB (a few MB at most)
 CONTACTS_BATCH = 1_000
 DEPTH_SAMPLE_S = 5.0

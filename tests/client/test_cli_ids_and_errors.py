@@ -19,9 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from parley import paths
-
 from tests.client.conftest import MakeClient, new_username
+from tests.support.cli_runs import cli_user
 from tests.support.stack import System
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +56,7 @@ async def test_ids_are_whole_on_80_columns_and_the_rooms_service_is_quoted(
 ) -> None:
     home = tmp_path / "home"
     name = new_username("w")
-    alice = await make_client(name, data_dir=paths.account_dir(home, system.lb, name))
-    paths.set_current_user(home, system.lb, name)
+    alice = await cli_user(make_client, system.lb, home, name)
     bob = await make_client()
     assert bob.username
     room = await alice.rooms.create(f"quite-a-long-room-name-{name}", public=True)

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from parley import paths
 from parley.errors import NotLoggedIn
 
 from tests.client.conftest import MakeClient, new_username
-from tests.support.cli_runs import cli_env, expire_access_token, run_cli
+from tests.support.cli_runs import cli_env, cli_user, expire_access_token, run_cli
 from tests.support.stack import System
 
 
@@ -59,8 +58,7 @@ async def test_logout_after_the_session_ended_forgets_the_tokens(
 ) -> None:
     home = tmp_path / "home"
     name = new_username("e")
-    alice = await make_client(name, data_dir=paths.account_dir(home, system.lb, name))
-    paths.set_current_user(home, system.lb, name)
+    alice = await cli_user(make_client, system.lb, home, name)
     await alice.api.logout()  # the session ends elsewhere
     await expire_access_token(alice)
     await alice.close()  # the CLI opens the same store

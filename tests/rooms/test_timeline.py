@@ -15,6 +15,14 @@ from services.rooms.store import message_id
 from tests.rooms.conftest import TEST_CONFIG, RoomsApi, RoomsFactory
 
 
+async def owner_and_bob(api: RoomsApi) -> tuple[str, str, str]:
+    """A public room's owner and a member named ``bob…`` (to be mentioned), and the room."""
+    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
+    room = await api.room(owner)
+    await api.join(bob, room)
+    return owner, bob, room
+
+
 def count_pushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The numbers of the posts pushed (``room_post`` frames) from now on, in order."""
     pushed: list[int] = []
@@ -384,9 +392,7 @@ async def test_a_resend_announces_a_post_whose_announcement_failed(
     """A post stored and then not announced (its mentions failed: the answer is an error)
     is announced by the client's resend, answered as the ``duplicate`` it is. Before,
     the resend announced nothing and the mention was lost for good."""
-    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
-    room = await api.room(owner)
-    await api.join(bob, room)
+    owner, bob, room = await owner_and_bob(api)
     pushed = count_pushes(monkeypatch)
 
     async def broken(*_: Any) -> None:
@@ -419,9 +425,7 @@ async def test_copies_of_a_post_sent_while_it_is_announced_announce_nothing(
     a push to every member and a write per mention each, past the post limit (100
     copies: 93 pushes). Only a writer that failed, or one gone past the lease, is taken
     over, by one copy."""
-    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
-    room = await api.room(owner)
-    await api.join(bob, room)
+    owner, bob, room = await owner_and_bob(api)
     pushed: list[int] = []
     room_post = push.room_post
     writing, go = asyncio.Event(), asyncio.Event()
@@ -454,9 +458,7 @@ async def test_a_mention_whose_writer_died_is_announced_by_the_sweep(
     was answered ``duplicate`` and stopped: nobody was ever notified. Now the writer
     records the announcement before the message, and the sweep of any replica takes
     over a record still there past the lease: one notification, one push, once."""
-    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
-    room = await api.room(owner)
-    await api.join(bob, room)
+    owner, bob, room = await owner_and_bob(api)
     store = api.rooms.store
     pushed = count_pushes(monkeypatch)
 
@@ -491,9 +493,7 @@ async def test_the_sweep_records_only_what_is_unannounced(api: RoomsApi) -> None
     """A post announced by its writer leaves no record; one without mentions writes none;
     a record whose message was never written (its writer died before the insert, no
     resend came) is dropped after ``UNWRITTEN_KEPT_S``, kept before."""
-    owner, bob = api.user(), api.user(f"bob{api.user()[:5]}")
-    room = await api.room(owner)
-    await api.join(bob, room)
+    owner, bob, room = await owner_and_bob(api)
     store = api.rooms.store
     assert (await api.post(owner, room, f"hi @{api.username(bob)}"))[0] == 201
     assert (await api.post(owner, room, "no one named"))[0] == 201

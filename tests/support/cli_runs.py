@@ -8,8 +8,9 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-from parley import Client, cli
+from parley import Client, cli, paths
 from typer.testing import CliRunner
 
 
@@ -44,3 +45,11 @@ async def expire_access_token(client: Client) -> None:
         body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
         account["access_token"] = f"{head}.{body}.{sig}"
         tx.put("account", account)
+
+
+async def cli_user(make_client: Any, server: str, home: Path, name: str) -> Client:
+    """A client whose store is where the CLI run with ``home`` finds it, as its current
+    user."""
+    client: Client = await make_client(name, data_dir=paths.account_dir(home, server, name))
+    paths.set_current_user(home, server, name)
+    return client
