@@ -205,9 +205,11 @@ def overview() -> dict[str, Any]:
               (Q(f"sum by (service) (rate(parley_http_requests_total[{R}]))", "{{service}}"),),
               "reqps", width=8),
             P("Error ratio (5xx)", "Share of each service's requests answered with a 5xx "
-              "(0 when there are none). Alert: ParleyHigh5xxRate above 5%.",
-              (Q(f'sum by (service) (rate(parley_http_requests_total{{status=~"5.."}}[{R}]))'
-                 f" / sum by (service) (rate(parley_http_requests_total[{R}]))"
+              "(0 when there are none), as the alert counts them: probes and the "
+              "WebSocket left out. Alert: ParleyHigh5xxRate above 5%.",
+              (Q("sum by (service) (rate(parley_http_requests_total"
+                 f'{{status=~"5..",{NOT_TIMED}}}[{R}]))'
+                 f" / sum by (service) (rate(parley_http_requests_total{{{NOT_TIMED}}}[{R}]))"
                  f" or sum by (service) (rate(parley_http_requests_total[{R}])) * 0",
                  "{{service}}"),), "percentunit", width=8),
             P("Latency p99", "99th percentile of HTTP latency per service, operational "
@@ -331,13 +333,18 @@ def gateway() -> dict[str, Any]:
               width=8),
             P("Routed from delivery", "Frames arriving on each pod's Redis channel.",
               (Q(f"sum by (instance) (rate(parley_gateway_routed_total[{R}]))", "{{instance}}"),),
-              "ops", width=12),
+              "ops", width=8),
+            P("On its Redis channel", "1 while a pod is subscribed to its Redis channels; "
+              "0: nothing routed to it is pushed. Alert: ParleyGatewayChannelLost after a "
+              "minute.",
+              (Q("min by (gateway) (parley_gateway_channel_subscribed)", "{{gateway}}"),),
+              width=8),
             P("Acks by path", "Socket acks per second: written by the gateway into the hot "
               "inbox (direct), or left to delivery (a persisted item in range, a large "
               "range, a counter to seed, a refused number). Mostly delivery: recipients "
               "reading what waited in MongoDB (docs/delivery.md, Acks).",
               (Q(f"sum by (path) (rate(parley_gateway_acks_total[{R}]))", "{{path}}"),),
-              "ops", width=12),
+              "ops", width=8),
         ]),
         process_row("gateway"),
     ]  # fmt: skip

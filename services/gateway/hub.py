@@ -196,6 +196,15 @@ class Hub:
             ["gateway"], registry=registry,
         )  # fmt: skip
         self.capacity.labels(gw).set(self.settings.ws_capacity)
+        # No load balancer acts on readiness (docs/gateway.md, "HTTP endpoints"): a pod
+        # off its Redis channel stays in rotation and pushes nothing routed to it. This
+        # is what the alert on it reads (ParleyGatewayChannelLost).
+        self.channel_up = Gauge(
+            "parley_gateway_channel_subscribed",
+            "1 while the pod is subscribed to its Redis channels (frames routed to it arrive), else 0.",
+            ["gateway"], registry=registry,
+        )  # fmt: skip
+        self.channel_up.labels(gw).set_function(lambda: 1.0 if self.subscribed.is_set() else 0.0)
         self.connects = Counter(
             "parley_gateway_connects_total", "WebSocket upgrades accepted.", registry=registry
         )

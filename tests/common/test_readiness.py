@@ -71,12 +71,22 @@ async def test_a_gateway_is_not_ready_until_it_is_back_on_its_redis_channel(
         resp = await client.get("/gateway/readyz")
         return resp.status, await resp.json()
 
+    async def subscribed() -> float:
+        # What the alert reads (ParleyGatewayChannelLost): no load balancer checks
+        # readiness, so a pod off its channel stays in rotation.
+        text = await (await client.get("/gateway/metrics")).text()
+        line = next(x for x in text.splitlines() if x.startswith("parley_gateway_channel_subscribed{"))
+        return float(line.rsplit(" ", 1)[1])
+
     _, body = await eventually(ready, lambda r: r[0] == 200)
     assert body["checks"]["channel"] == "ok"
+    assert await subscribed() == 1.0
     assert private_stack.procs is not None
     private_stack.procs.kill("redis")
     _, body = await eventually(ready, lambda r: "channel" in r[1].get("failed", []))
     assert body["failed"] == ["channel", "redis"]
+    assert await subscribed() == 0.0
     private_stack.procs.start("redis")
     _, body = await eventually(ready, lambda r: r[0] == 200, timeout=30)
     assert body["checks"]["channel"] == "ok"
+    assert await subscribed() == 1.0
