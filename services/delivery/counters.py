@@ -426,7 +426,10 @@ class InboxCounters:
         return out
 
     async def ack_hot(
-        self, tops: dict[str, int], over: dict[str, int] | None = None
+        self,
+        tops: dict[str, int],
+        over: dict[str, int] | None = None,
+        unseeded: set[str] | None = None,
     ) -> dict[str, tuple[Counter, list[bytes | int]]]:
         """:meth:`raise_acked`, and in the same script per inbox take the range's hot
         items out of the inbox (services/common/inbox.py) and out of the persister's
@@ -437,10 +440,19 @@ class InboxCounters:
 
         ``over``: when given, an inbox whose top is past the last number it
         issued is left as it is and put in ``over`` with that number (the
-        caller refuses those acks) instead of being acknowledged up to it."""
+        caller refuses those acks) instead of being acknowledged up to it.
+
+        An inbox whose counter is still missing after one seeding (another seeder
+        holds its lock: stuck on MongoDB after a Redis loss, or dead until the lock
+        expires) is acknowledged not at all and put in ``unseeded`` (the caller
+        answers those acks ``service_unavailable``, as a page of that inbox is);
+        without ``unseeded``, :class:`CountersUnseeded` is raised for them. Until
+        2026-12-07 such an inbox was left out silently: its ack was answered 200
+        with nothing acknowledged (an unissued number too), and never sent again."""
         out: dict[str, tuple[Counter, list[bytes | int]]] = {}
         todo = dict(tops)
         seeded = False
+        left: set[str] = set()
         # A range whose hot hash holds at most ACK_SPAN items is taken in one call
         # whatever its width (the script reads the hash's fields, not every number: a
         # range over a gap of a million numbers was 500 calls); a larger hash (a
@@ -474,7 +486,13 @@ class InboxCounters:
                 await self.seed(missing)
                 seeded = True
                 again |= {i: todo[i] for i in missing}
+            elif missing:
+                left.update(missing)
             todo = again
+        if left:
+            if unseeded is None:
+                raise CountersUnseeded(sorted(left))
+            unseeded.update(left)
         return out
 
     # Seeding and checkpoints ---------------------------------------------------

@@ -61,19 +61,26 @@ class Inbox:
         the rest go again (a second round trip only then)."""
         targets = {user: max(seqs) for user, seqs in batch.items()}
         over: dict[str, int] = {}
-        acked = await self.store.acknowledge_many(targets, over)
+        # Inboxes whose counter another seeder holds (after a Redis loss): nothing of
+        # them acknowledged, their acks answered as their page would be.
+        unseeded: set[str] = set()
+        acked = await self.store.acknowledge_many(targets, over, unseeded)
         again = {
             user: top
             for user, issued in over.items()
             if (top := max((s for s in batch[user] if s <= issued), default=0))
         }
         if again:
-            acked.update(await self.store.acknowledge_many(again))
+            acked.update(await self.store.acknowledge_many(again, None, unseeded))
         self.acked.inc(sum(len(docs) for docs in acked.values()))
         await self.store.publish(receipts(d for docs in acked.values() for d in docs))
         return {
             user: [
-                _not_issued(s) if user in over and s > over[user] else len(acked.get(user, []))
+                ApiError(ErrorCode.UNAVAILABLE)
+                if user in unseeded
+                else _not_issued(s)
+                if user in over and s > over[user]
+                else len(acked.get(user, []))
                 for s in seqs
             ]
             for user, seqs in batch.items()

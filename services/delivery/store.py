@@ -1085,7 +1085,10 @@ class DeliveryStore:
         return out
 
     async def acknowledge_many(
-        self, targets: dict[str, int], over: dict[str, int] | None = None
+        self,
+        targets: dict[str, int],
+        over: dict[str, int] | None = None,
+        unseeded: set[str] | None = None,
     ) -> dict[str, list[dict[str, Any]]]:
         """Acknowledge for many device inboxes at once: a few round trips whatever
         their number (Redis: the watermarks, the items, their deletion; MongoDB,
@@ -1112,10 +1115,12 @@ class DeliveryStore:
         issued is not acknowledged at all and lands in ``over`` with that
         number (:class:`services.delivery.handlers.Inbox` refuses those acks
         with ``seq_not_issued``): the check costs no round trip of its own.
+        ``unseeded``: an inbox whose counter another process is still seeding is
+        not acknowledged and lands there (:meth:`InboxCounters.ack_hot`).
         """
         users = list(targets)
         acked: dict[str, list[dict[str, Any]]] = {u: [] for u in users}
-        before = await self.ctr.ack_hot(targets, over)
+        before = await self.ctr.ack_hot(targets, over, unseeded)
         ranges: list[tuple[str, InboxCounter, int, set[int]]] = []
         again: dict[str, tuple[int, InboxCounter]] = {}
         for u, (c, raw) in before.items():

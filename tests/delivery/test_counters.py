@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from pymongo import AsyncMongoClient
 from pymongo.errors import ServerSelectionTimeoutError
 
+from services.common.errors import ApiError
 from services.delivery import counters
 from services.delivery.counters import GAP, Counter, CountersUnseeded, InboxCounters
+from services.delivery.handlers import Inbox
 from services.delivery.outage import unavailable
 from services.delivery.store import DeliveryStore
 from tests.support.losses import lose_redis
@@ -432,6 +434,41 @@ async def test_a_seeder_waits_for_the_inbox_another_seeder_holds(store: Delivery
     await asyncio.wait_for(waiting, 5)
     assert await ctr.reserve("uma", 1) == 2 + GAP + 1
     assert (await store.counters.find_one({"_id": "uma"}))["n"] == 2 + GAP  # one jump
+
+
+async def test_an_ack_of_an_inbox_another_seeder_holds_is_unavailable_and_changes_nothing(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: an ack of an inbox whose counter another process was seeding
+    (stuck on MongoDB after a Redis loss, or dead holding its lock) was answered 200
+    ``{"acked": 0}``: nothing acknowledged, no receipts, an unissued number not
+    refused, and the gateway took it for done (never sent again). It is answered
+    ``service_unavailable`` as the inbox's page is; an ack of another inbox in the
+    same flush is acknowledged as ever."""
+    monkeypatch.setattr(counters, "SEED_WAIT_S", 0.3)
+    await store.store_hot([item("held.1", s) for s in range(3)])
+    await store.persist_due(now=10**10)
+    await store.ctr.checkpoint()
+    await lose_redis(store.redis, store.prefix)
+    free = (await store.store_hot([item("free.1", 0)]))[0]["seq"]  # this lifetime's first
+    await store.redis.set(store.ctr.seed_lock_key("held.1"), "another-process", ex=30)
+    inbox = Inbox(store)
+    held, unissued, free_acked = await asyncio.gather(
+        inbox.ack("held.1", 3), inbox.ack("held.1", 999), inbox.ack("free.1", free),
+        return_exceptions=True,
+    )  # fmt: skip
+    for answer in (held, unissued):
+        assert isinstance(answer, ApiError) and answer.code == "service_unavailable", answer
+    assert free_acked == 1
+    # Nothing of the held inbox was acknowledged: once its seeder is done, all three wait.
+    await store.redis.delete(store.ctr.seed_lock_key("held.1"))
+    page, _ = await store.page("held.1", 0, 10)
+    assert [d["seq"] for d in page] == [1, 2, 3]
+    await lose_redis(store.redis, store.prefix)
+    await store.store_hot([item("free.1", 1)])
+    await store.redis.set(store.ctr.seed_lock_key("held.1"), "another-process", ex=30)
+    with pytest.raises(CountersUnseeded):  # without a set to put them in
+        await store.ctr.ack_hot({"held.1": 3})
 
 
 async def test_a_counter_another_seeder_holds_is_a_dependency_away_not_a_missing_key(
