@@ -43,6 +43,8 @@ async def inbox_of(messaging: Messaging, user: str) -> list[dict[str, Any]]:
         ({"op": "warp"}, "unknown_op"),
         ("{not json", "invalid_json"),
         ('{"op": "auth", "token": ' + "[" * 2000 + "]" * 2000 + "}", "bad_request"),
+        # Over max_frame_bytes (64 KiB), under the 4x that the WebSocket layer cuts.
+        ('{"op": "auth", "token": "' + "a" * 100_000 + '"}', "frame_too_large"),
     ],
 )
 async def test_unauthenticated_socket_is_refused(
