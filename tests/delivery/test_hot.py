@@ -651,3 +651,67 @@ async def test_twenty_thousand_persisted_items_acked_while_mongodb_is_down(
     assert sorted(d["client_id"] for d in drained) == sorted(f"p{i}" for i in range(n))
     assert await store.inbox.count_documents({"inbox": "ivy"}) == 0
     assert await store.redis.scard(store.cold_acks) == 0
+
+
+async def test_the_persister_moves_a_page_in_a_transaction_and_a_copy_already_there_costs_none(
+    store: DeliveryStore,
+) -> None:
+    """A page's copies go in one transaction where the server has them (the embedded
+    one writes a page 1.7 times as fast: docs/BENCHMARKS.md); a copy another process
+    moved already aborts it, and the page is inserted again without one: every copy
+    once, none lost."""
+    stored = await store.store_hot([item("tx", n) for n in range(5)])
+    # Another process moved the third already (its pass failed before taking it from Redis).
+    await store.inbox.insert_one({**stored[2], "moved_at": time.time()})
+    written, _ = await store.persist_due(now=later(store))
+    assert written == 5
+    assert await in_mongo(store, "tx") == [1, 2, 3, 4, 5]
+    assert store._transactions is None  # that page went in without one
+    await store.store_hot([item("tx", n) for n in range(5, 8)])
+    assert (await store.persist_due(now=later(store)))[0] == 3
+    assert await in_mongo(store, "tx") == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert store._transactions is True  # the embedded server has them
+
+
+async def test_a_server_without_transactions_is_asked_once_then_written_without(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standalone MongoDB refuses transactions (IllegalOperation): the page goes in
+    without one, and later pages do not ask again."""
+    asked: list[int] = []
+
+    def standalone(*args: Any, **kwargs: Any) -> Any:
+        asked.append(1)
+        raise OperationFailure(
+            "Transaction numbers are only allowed on a replica set member or mongos", 20
+        )
+
+    monkeypatch.setattr(store.db.client, "start_session", standalone)
+    await store.store_hot([item("solo", n) for n in range(3)])
+    assert (await store.persist_due(now=later(store)))[0] == 3
+    await store.store_hot([item("solo", n) for n in range(3, 5)])
+    assert (await store.persist_due(now=later(store)))[0] == 2
+    assert await in_mongo(store, "solo") == [1, 2, 3, 4, 5]
+    assert asked == [1] and store._transactions is False
+
+
+async def test_a_page_of_large_bodies_goes_in_several_transactions(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction holds at most TRANSACTION_BYTES of bodies (servers limit a
+    transaction's size): twelve 60 KB bodies with a 200 KB bound are four of them."""
+    from services.delivery import store as store_module
+
+    monkeypatch.setattr(store_module, "TRANSACTION_BYTES", 200_000)
+    sizes: list[int] = []
+    insert_many = store.inbox.insert_many
+
+    async def counted(docs: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(docs))
+        return await insert_many(docs, *args, **kwargs)
+
+    monkeypatch.setattr(store.inbox, "insert_many", counted)
+    await store.store_hot([{**item("big", n), "body": "x" * 60_000} for n in range(12)])
+    assert (await store.persist_due(now=later(store)))[0] == 12
+    assert sizes == [4, 4, 4]
+    assert await in_mongo(store, "big") == list(range(1, 13))
