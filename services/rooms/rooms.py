@@ -146,6 +146,13 @@ async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpda
     if body.name is not None:
         name = text.clean(body.name, "name", required=True, limit=NAME_MAX)
         fields.update(name=name, name_key=text.name_key(name))
+    # The state first: it is what may be refused after the checks (`conflict` after
+    # eight lost races, `room_not_found` if the room was deleted meanwhile), and a
+    # refused request changes nothing (the name and topic were written first until
+    # 2026-12-07, and stayed).
+    changed_state = body.state is not None and body.state != room["state"]
+    if changed_state:
+        changed_state = await set_state(rooms, room, str(body.state), user_id)
     public = room["kind"] == PUBLIC
     if public and "name" in fields:
         # The directory's new entry first, the old one last: a crash in between
@@ -160,9 +167,6 @@ async def update(rooms: Rooms, user_id: str, room_id: str, body: models.RoomUpda
         if fields["name_key"] != old_key:
             await sync_directory(rooms, room_id, old_key)
         await sync_directory(rooms, room_id, fields["name_key"])
-    changed_state = body.state is not None and body.state != room["state"]
-    if changed_state:
-        changed_state = await set_state(rooms, room, str(body.state), user_id)
     renamed = fields.get("name", room["name"]) != room["name"]
     retopiced = fields.get("topic", room.get("topic", "")) != room.get("topic", "")
     room = await rooms.store.get_room(room_id) or room

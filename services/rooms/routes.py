@@ -219,7 +219,14 @@ async def get_room(request: web.Request, claims: Claims) -> models.Room:
     response=models.Room,
     auth=True,
     params=_ROOM,
-    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.FORBIDDEN, _E.INVALID_TEXT],
+    errors=[
+        _E.ROOM_NOT_FOUND,
+        _E.NOT_A_MEMBER,
+        _E.FORBIDDEN,
+        _E.INVALID_TEXT,
+        _E.VALIDATION_FAILED,
+        _E.CONFLICT,
+    ],
     tags=["rooms"],
 )
 async def update_room(request: web.Request, claims: Claims, body: models.RoomUpdate) -> models.Room:
@@ -261,7 +268,7 @@ async def join(request: web.Request, claims: Claims) -> models.Membership:
     status=204,
     auth=True,
     params=_ROOM,
-    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.OWNER_MUST_TRANSFER],
+    errors=[_E.ROOM_NOT_FOUND, _E.NOT_A_MEMBER, _E.OWNER_MUST_TRANSFER, _E.CONFLICT],
     tags=["membership"],
 )
 async def leave(request: web.Request, claims: Claims) -> None:
@@ -495,6 +502,7 @@ async def my_invitations(request: web.Request, claims: Claims) -> models.Invitat
         _E.ROOM_CLOSED,
         _E.INVALID_TEXT,
         _E.RATE_LIMITED,
+        _E.CONFLICT,
     ],
     tags=["timeline"],
 )

@@ -47,9 +47,18 @@ def clean(text: str, field: str, *, required: bool, limit: int, multiline: bool 
     return text
 
 
+NAME_KEY_MAX = 150
+"""The longest directory key, in characters. A name is checked at 100 characters before
+it is folded, and NFKC expands some (U+FDFA is 18): a key of 1,800 made the cursor
+``"<key>|<room id>"`` longer than ``after`` may be (400), and no client could page past
+that room (one named to sort first blocked the directory's first page for everyone)."""
+
+
 def name_key(name: str) -> str:
-    """The directory's sort and search key: case-folded, spaces collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    """The directory's sort and search key: case-folded, spaces collapsed, at most
+    :data:`NAME_KEY_MAX` characters."""
+    key = " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    return key[:NAME_KEY_MAX].rstrip()
 
 
 def excerpt(text: str, limit: int = 140) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from services.rooms import members
+from services.rooms import rooms as rooms_mod
 from tests.rooms.conftest import TEST_CONFIG, EventLog, RoomsApi, RoomsFactory
 from tests.rooms.test_moderation import admin
 from tests.support.aio import eventually
@@ -421,6 +423,51 @@ async def test_directory_search_and_paging(api: RoomsApi) -> None:
             break
         after = page["next_after"]
     assert len(got) == 4 and len(set(got)) == 4
+
+
+async def test_a_name_that_folds_long_does_not_stop_the_directory_s_paging(
+    api: RoomsApi,
+) -> None:
+    """Audit finding: a 100-character name of U+FDFA (each folds to 18 characters) made
+    a 1,800-character directory key; its room's cursor was refused as `after` (over 400
+    characters, or over the request line once encoded), so nobody could page past it.
+    Keys are bounded now: every `next_after` handed out pages on."""
+    user = api.user()
+    tag = api.user()[:6]
+    names = [f"{tag} a", f"{tag} b " + "\ufdfa" * 90, f"{tag} c " + "\U0001d400" * 90, f"{tag} d"]
+    for n in names:
+        await api.room(user, "public", n)
+    got: list[str] = []
+    after = ""
+    while True:
+        status, page = await api.directory(user, f"?q={tag}&limit=1&after={quote(after)}")
+        assert status == 200, page
+        got += [r["name"] for r in page["rooms"]]
+        if page["next_after"] is None:
+            break
+        assert len(page["next_after"]) <= 400
+        after = page["next_after"]
+    assert got == names
+
+
+async def test_a_patch_refused_at_its_state_changes_neither_name_nor_topic(
+    api: RoomsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a PATCH of name, topic and state wrote the name and topic, then
+    was refused at the state (`conflict` after eight lost races): refused, yet renamed.
+    The state goes first now: the refusal changes nothing."""
+    owner = api.user()
+    tag = api.user()[:6]
+    room = await api.room(owner, "public", f"{tag} before")
+    monkeypatch.setattr(rooms_mod, "CHANGE_TRIES", 0)  # every try lost to another writer
+    status, body = await api.patch(
+        owner, room, {"name": f"{tag} after", "topic": "new", "state": "closed"}
+    )
+    assert (status, body["error"]["code"]) == (409, "conflict"), body
+    _, now = await api.get(owner, room)
+    assert (now["name"], now.get("topic", ""), now["state"]) == (f"{tag} before", "", "open")
+    _, listed = await api.directory(owner, f"?q={tag}")
+    assert [r["name"] for r in listed["rooms"]] == [f"{tag} before"]
 
 
 async def test_renaming_a_room_everywhere_it_is_listed(api: RoomsApi) -> None:

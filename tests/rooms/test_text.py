@@ -52,6 +52,8 @@ def test_directory_keys_fold_case_width_and_spaces() -> None:
     assert name_key("  Book   CLUB ") == "book club"
     assert name_key("\uff22\uff4f\uff4f\uff4b") == "book"
     assert name_key("Stra\u00dfe") == name_key("STRASSE")
+    # Bounded: 30 U+FDFA fold to 540 characters (the cursor must fit `after`).
+    assert len(name_key("beta " + "\ufdfa" * 30)) == 150
 
 
 def test_excerpts_are_one_line_and_bounded() -> None:
