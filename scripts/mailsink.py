@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import re
 import signal
 from pathlib import Path
@@ -40,7 +41,11 @@ class MaildirHandler:
             safe = re.sub(r"[^A-Za-z0-9@._-]", "_", rcpt)[:100]
             path = self.maildir / f"{next(self.counter):06d}-{safe}.eml"
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(envelope.original_content or envelope.content)
+            # Sign-in codes and reset links: readable by this user only (as the secrets
+            # in var/ are), whatever the umask.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(envelope.original_content or envelope.content)
             tmp.rename(path)
             print(f"mail for {rcpt} -> {path}", flush=True)
         return "250 Message accepted for delivery"
@@ -52,7 +57,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=2525)
     parser.add_argument("--maildir", type=Path, required=True)
     args = parser.parse_args()
-    args.maildir.mkdir(parents=True, exist_ok=True)
+    args.maildir.mkdir(mode=0o700, parents=True, exist_ok=True)
     controller = Controller(MaildirHandler(args.maildir), hostname=args.host, port=args.port)
     controller.start()
     print(f"smtp sink on {args.host}:{args.port}, mail in {args.maildir}", flush=True)

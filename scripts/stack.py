@@ -259,7 +259,7 @@ def command(cfg: StackConfig, name: str) -> tuple[list[str], dict[str, str]]:
     if name == "redis":
         return redis_command(cfg.host, cfg.redis_port, d), {}
     if name == "smtp":
-        (d / "mail").mkdir(parents=True, exist_ok=True)
+        (d / "mail").mkdir(mode=0o700, parents=True, exist_ok=True)
         return [py, "-m", "scripts.mailsink", "--host", cfg.host, "--port", str(cfg.smtp_port),
                 "--maildir", str(d / "mail")], {}  # fmt: skip
     if name == "haproxy":

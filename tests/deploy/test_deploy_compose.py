@@ -295,6 +295,10 @@ def test_parley_env_names_are_real_settings(services: dict[str, dict[str, Any]])
         assert env["PARLEY_REDIS_URL"].startswith("redis://redis:6379")
         assert env["PARLEY_SMTP_HOST"] == "mailpit"
         assert str(env["PARLEY_SMTP_PORT"]) == "1025"
+        # Set by the host for machines other than this one (docs/deployment.md): the
+        # admin console's sign-in and e-mails' links are made from it.
+        public = env["PARLEY_PUBLIC_URL"]
+        assert public == "${PARLEY_PUBLIC_URL:-http://localhost:${PARLEY_LB_PORT:-8080}}", name
 
 
 def test_service_urls_point_at_the_services(services: dict[str, dict[str, Any]]) -> None:
