@@ -201,7 +201,8 @@ class Hub:
         # is what the alert on it reads (ParleyGatewayChannelLost).
         self.channel_up = Gauge(
             "parley_gateway_channel_subscribed",
-            "1 while the pod is subscribed to its Redis channels (frames routed to it arrive), else 0.",
+            "1 while the pod is subscribed to its Redis channels (what is routed to it "
+            "arrives), else 0.",
             ["gateway"], registry=registry,
         )  # fmt: skip
         self.channel_up.labels(gw).set_function(lambda: 1.0 if self.subscribed.is_set() else 0.0)

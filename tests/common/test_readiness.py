@@ -75,7 +75,9 @@ async def test_a_gateway_is_not_ready_until_it_is_back_on_its_redis_channel(
         # What the alert reads (ParleyGatewayChannelLost): no load balancer checks
         # readiness, so a pod off its channel stays in rotation.
         text = await (await client.get("/gateway/metrics")).text()
-        line = next(x for x in text.splitlines() if x.startswith("parley_gateway_channel_subscribed{"))
+        line = next(
+            x for x in text.splitlines() if x.startswith("parley_gateway_channel_subscribed{")
+        )
         return float(line.rsplit(" ", 1)[1])
 
     _, body = await eventually(ready, lambda r: r[0] == 200)
