@@ -114,6 +114,13 @@ class Syncer:
     not the pass. A pass that fails puts its sets back, so the next one fsyncs them
     again, and fails its waiters with the ``OSError``.
 
+    A handle given to :meth:`retire` (a rolled segment's: it is not written again)
+    is closed once nothing needs it: at once if it is clean, else after the
+    first pass that fsyncs it *succeeds*, so a failed pass can retry it. Closing it
+    earlier would lose that fsync (a pass skips closed handles); never closing it
+    kept one fd per segment until its deletion, and at ``RLIMIT_NOFILE`` rolling
+    failed with ``EMFILE``.
+
     :meth:`sync` returns once everything written before it was called is on disk.
     While something is dirty it waits for the *next* pass, which starts after the
     call and so covers those writes (callers that arrive during a pass share the
@@ -126,6 +133,7 @@ class Syncer:
         self.interval_ms = interval_ms
         self.dirty: set[FileHandle] = set()
         self.dirty_dirs: set[Path] = set()
+        self._retired: set[FileHandle] = set()  # to close once fsynced
         self._task: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._current: asyncio.Future[None] | None = None  # the pass under way
@@ -154,6 +162,20 @@ class Syncer:
             await asyncio.sleep(self.interval_ms / 1000)
             with contextlib.suppress(OSError):  # logged; the files stay dirty: retried
                 await self.sync()
+
+    def retire(self, handle: FileHandle) -> None:
+        """Close ``handle``, which will not be written again, once it is fsynced."""
+        if handle in self.dirty or handle.pins:  # dirty, or in the pass under way
+            self._retired.add(handle)
+        else:
+            handle.close()
+
+    def _close_retired(self) -> None:
+        """After a pass succeeded: what it fsynced and nobody wrote since is done with."""
+        done = [h for h in self._retired if h not in self.dirty]
+        for h in done:
+            h.close()  # if the thread still pins it, once it unpins
+            self._retired.discard(h)
 
     async def after_sync(self, answer: bytes, failed: Callable[[], bytes]) -> bytes:
         """``answer`` once what was written so far is fsynced (``--fsync-interval-ms 0``);
@@ -197,6 +219,7 @@ class Syncer:
                     raise
                 else:
                     done.set_result(None)
+                    self._close_retired()
                 finally:
                     self._current = None
         finally:

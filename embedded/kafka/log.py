@@ -12,6 +12,14 @@ The index is rebuilt at start by scanning the segments, checking every
 batch's CRC-32C and the continuity of offsets; a torn or corrupt tail (a
 write cut short by a crash) is truncated, and any later segment dropped; a
 log start (DeleteRecords) past the recovered end is lowered to it.
+
+Open files stay few whatever the number of segments: a partition holds the
+active segment's handle (read and written), the read handle of one older
+segment (the last one read: a consumer catching up reads one segment after the
+other), and, until the fsync pass that covers its last writes, the write handle
+of a segment just rolled. Keeping every segment's handle open until its deletion
+held retention / segment.ms + 1 files a partition (25 with the defaults), and
+at ``RLIMIT_NOFILE`` rolling failed with ``EMFILE``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import time
 from array import array
 from bisect import bisect_left, bisect_right
 from pathlib import Path
+from typing import NamedTuple
 
 from aiokafka.record.memory_records import MemoryRecords
 
@@ -57,6 +66,7 @@ class Segment:
         "offsets",
         "path",
         "positions",
+        "reader",
         "size",
     )
 
@@ -68,7 +78,8 @@ class Segment:
         self.offsets = array("q")  # base offset of each batch
         self.positions = array("q")  # file position of each batch
         self.max_ts = array("q")  # largest timestamp up to and including each batch
-        self.handle: FileHandle | None = None
+        self.handle: FileHandle | None = None  # the active segment's (read and write)
+        self.reader = -1  # an older segment's read-only fd, while it is the one read
         self.created_ms = int(time.time() * 1000)
 
     @property
@@ -76,6 +87,7 @@ class Segment:
         return self.max_ts[-1] if self.max_ts else -1
 
     def fd(self) -> int:
+        """The active segment's handle, opened (and the file created) on first use."""
         if self.handle is None:
             self.handle = FileHandle(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         return self.handle.fd
@@ -86,10 +98,21 @@ class Segment:
         previous = self.max_ts[-1] if self.max_ts else -1
         self.max_ts.append(max_timestamp if max_timestamp > previous else previous)
 
+    def read_fd(self) -> int:
+        if self.reader < 0:
+            self.reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self.reader
+
+    def close_reader(self) -> None:
+        if self.reader >= 0:
+            os.close(self.reader)
+            self.reader = -1
+
     def close(self) -> None:
         if self.handle is not None:
             self.handle.close()
             self.handle = None
+        self.close_reader()
 
     def delete(self) -> None:
         self.close()
@@ -114,6 +137,7 @@ class PartitionLog:
         self.waiters: set[asyncio.Future[None]] = set()
         self.closed = False
         self._moving = asyncio.Lock()  # DeleteRecords
+        self._reading: Segment | None = None  # the older segment whose read handle is open
 
     # Opening and recovery -------------------------------------------------------
     @classmethod
@@ -265,7 +289,13 @@ class PartitionLog:
         return self._roll()
 
     def _roll(self) -> Segment:
-        """Start a new (empty) active segment at the log end offset."""
+        """Start a new (empty) active segment at the log end offset. The previous one is
+        not written again: its handle is closed once its last writes are fsynced, and it
+        is read through a read handle (``_fd_to_read``) from now on."""
+        previous = self.segments[-1] if self.segments else None
+        if previous is not None and previous.handle is not None:
+            self.syncer.retire(previous.handle)
+            previous.handle = None
         seg = Segment(self.dir / segment_name(self.next_offset), self.next_offset)
         seg.fd()  # create the file now: its name keeps the log end offset across restarts
         self.syncer.dirty_dirs.add(self.dir)
@@ -309,23 +339,44 @@ class PartitionLog:
                 end = positions[first + 1] if first + 1 < len(positions) else seg.size
             else:
                 return b""
-        return os.pread(seg.fd(), end - start, start)
+        return os.pread(self._fd_to_read(seg), end - start, start)
 
-    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
-        """The first offset whose record timestamp is at least ``timestamp``, and that timestamp."""
+    def _fd_to_read(self, seg: Segment) -> int:
+        """The active segment's own handle; for an older one, its read handle, kept open
+        until another older segment is read (so at most one a partition)."""
+        if seg is self.segments[-1]:
+            return seg.fd()
+        if self._reading is not seg:
+            if self._reading is not None:
+                self._reading.close_reader()
+            self._reading = seg
+        return seg.read_fd()
+
+    def offset_for_timestamp(
+        self, timestamp: int, known: BatchTimes | None = None
+    ) -> tuple[tuple[int, int] | None, BatchTimes | None]:
+        """The first offset whose record timestamp is at least ``timestamp`` and that
+        timestamp (``None`` if there is none), and the batch decoded to find it.
+
+        Only the one batch that holds it is read and decoded: the first whose largest
+        timestamp so far reaches ``timestamp`` (the index says which). ``known``, a
+        batch returned by an earlier call, is used again if it is that batch: a caller
+        looking up many timestamps in ascending order decodes each batch once."""
         for seg in self.segments:
             if seg.largest_timestamp < timestamp:
                 continue
             i = bisect_left(seg.max_ts, timestamp)
             start = seg.positions[i]
-            end = seg.positions[i + 1] if i + 1 < len(seg.positions) else seg.size
-            data = os.pread(seg.fd(), end - start, start)
-            found = _first_record_at(data, timestamp)
-            if found is not None and found[0] >= self.log_start:
-                return found
-            if found is not None:
-                return self.log_start, found[1]
-        return None
+            times = known
+            if times is None or times.segment is not seg or times.position != start:
+                end = seg.positions[i + 1] if i + 1 < len(seg.positions) else seg.size
+                data = os.pread(self._fd_to_read(seg), end - start, start)
+                times = _decode_times(seg, start, data)
+            found = times.first_at(timestamp)
+            if found is not None and found[0] < self.log_start:
+                found = self.log_start, found[1]
+            return found, times
+        return None, known
 
     # Retention ---------------------------------------------------------------------
     def apply_retention(self, now_ms: int) -> int:
@@ -353,6 +404,8 @@ class PartitionLog:
 
     def _drop_first(self) -> None:
         seg = self.segments.pop(0)
+        if self._reading is seg:
+            self._reading = None
         self.bases.pop(0)
         self.log_start = max(self.log_start, self.segments[0].base)
         seg.delete()
@@ -394,14 +447,36 @@ class PartitionLog:
             seg.close()
 
 
-def _first_record_at(batch_bytes: bytes, timestamp: int) -> tuple[int, int] | None:
+class BatchTimes(NamedTuple):
+    """The offsets and timestamps of one decoded batch, for lookups by timestamp."""
+
+    segment: Segment
+    position: int
+    offsets: array[int]
+    timestamps: array[int]
+    running_max: array[int]  # the largest timestamp up to and including each record
+
+    def first_at(self, timestamp: int) -> tuple[int, int] | None:
+        """The first record at or after ``timestamp`` (where the running maximum reaches
+        it: timestamps need not grow), its offset and timestamp."""
+        i = bisect_left(self.running_max, timestamp)
+        if i == len(self.offsets):
+            return None  # the batch header's max timestamp is not its records' (a bad producer)
+        return self.offsets[i], self.timestamps[i]
+
+
+def _decode_times(segment: Segment, position: int, batch_bytes: bytes) -> BatchTimes:
     """The one place a batch is parsed (decompressed): ListOffsets by timestamp."""
+    offsets, timestamps, running_max = array("q"), array("q"), array("q")
     records = MemoryRecords(batch_bytes)
+    top = -1 << 63
     while records.has_next():
         batch = records.next_batch()
         if batch is None:
             break
         for record in batch:
-            if record.timestamp >= timestamp:
-                return int(record.offset), int(record.timestamp)
-    return None
+            offsets.append(record.offset)
+            timestamps.append(record.timestamp)
+            top = max(top, record.timestamp)
+            running_max.append(top)
+    return BatchTimes(segment, position, offsets, timestamps, running_max)

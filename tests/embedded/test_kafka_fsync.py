@@ -162,6 +162,34 @@ async def test_in_interval_mode_a_failed_fsync_is_retried_until_it_succeeds(
         h.close()
 
 
+async def test_a_retired_file_is_closed_only_once_a_pass_fsynced_it(
+    disk: Disk, tmp_path: Path
+) -> None:
+    """A rolled segment's handle (retired) stays open while its writes wait for a pass,
+    and through a pass that fails, so that the next pass fsyncs it; then it is closed.
+    A pass skips closed handles: closing it at the roll would lose its fsync."""
+    syncer = Syncer(0)
+    clean, dirty, in_pass = (written(tmp_path / n) for n in ("clean", "dirty", "in-pass"))
+    syncer.retire(clean)
+    assert clean.fd == -1  # nothing to fsync: closed at once
+    syncer.dirty.add(in_pass)
+    disk.failures = 1
+    disk.release.clear()
+    first = asyncio.create_task(syncer.sync())
+    await started(disk)
+    syncer.retire(in_pass)  # taken by the pass under way, which fails
+    syncer.dirty.add(dirty)  # written after that pass began
+    syncer.retire(dirty)
+    disk.release.set()
+    with pytest.raises(OSError):
+        await asyncio.wait_for(first, 30)
+    assert dirty.fd >= 0 and in_pass.fd >= 0 and {dirty, in_pass} <= syncer.dirty
+    fds = sorted([dirty.fd, in_pass.fd])
+    await syncer.sync()
+    assert [sorted(call) for call in disk.synced] == [fds]
+    assert dirty.fd == in_pass.fd == -1
+
+
 def _async(f: Callable[[], T]) -> Callable[[], Awaitable[T]]:
     async def probe() -> T:
         return f()

@@ -19,8 +19,13 @@ from aiokafka.protocol.fetch import FetchRequest_v11, FetchResponse_v11
 from aiokafka.protocol.metadata import MetadataRequest_v4
 from aiokafka.protocol.offset import OffsetRequest_v1
 from aiokafka.protocol.produce import ProduceRequest_v7
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 
+from embedded.kafka import log as log_module
+from embedded.kafka import records as records_module
 from embedded.kafka.config import BrokerConfig, parse_args
+from embedded.kafka.records import MAX_PRODUCE_BATCHES, split_batches
 from embedded.kafka.server import Broker
 from tests.embedded.inproc import ask, batch, fill, frame, read_answer, running
 from tests.support.aio import eventually
@@ -258,3 +263,129 @@ async def test_a_name_repeated_in_a_request_is_answered_once(tmp_path: Path) -> 
         assert [g[1] for g in resp.groups] == ["g", "h"]
         resp = await ask(broker, OffsetFetchRequest_v3("g", [("t", [0] * 50), ("t", [0, 1])]))
         assert resp.topics == [("t", [(0, 5, "m" * 4096, 0), (1, -1, "", 0)])]
+
+
+# The work of a ListOffsets by timestamp and of a Produce of many batches -------------------
+T0 = 1_700_000_000_000
+CORRUPT_MESSAGE = 2
+
+
+def timed_batch(timestamps: list[int]) -> bytes:
+    """A batch of one empty record at each of ``timestamps``, in that order."""
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 24)
+    for i, timestamp in enumerate(timestamps):
+        builder.append(i, timestamp=timestamp, key=None, value=None, headers=[])
+    return bytes(builder.build())
+
+
+def count_decoded(monkeypatch: pytest.MonkeyPatch, tick: Callable[[], int]) -> list[int]:
+    """Each batch a lookup by timestamp decodes: the value of ``tick()`` then."""
+    decoded: list[int] = []
+
+    def memory_records(data: bytes) -> MemoryRecords:
+        decoded.append(tick())
+        return MemoryRecords(data)
+
+    monkeypatch.setattr(log_module, "MemoryRecords", memory_records)
+    return decoded
+
+
+async def test_list_offsets_decodes_each_batch_once_however_often_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 240 KB ListOffsets naming one partition 19,990 times decoded its batch of 14,000
+    records 19,990 times: 34 s during which no other client was served. Each entry is
+    still answered, in order; each batch is decoded once."""
+    decoded = count_decoded(monkeypatch, lambda: 0)
+    async with running(tmp_path) as broker:
+        topic = await broker.topics.create("t", 2)
+        plog = topic.logs[0]
+        # Timestamps need not grow: the first record at or after 3 is the one at 5.
+        records = timed_batch([T0 + 5, T0 + 1] + [T0 + 10 + i for i in range(2_000)])
+        plog.append(records, split_batches(records, 1 << 24))
+        last = T0 + 2_009
+        asked = [(0, last)] * 5_000 + [(0, T0 + 3), (0, T0 + 10 + 700), (0, T0 - 9)]
+        asked += [(0, last + 1), (1, T0), (0, -1), (0, -2), (0, last)]
+        resp = await ask(broker, OffsetRequest_v1(-1, [("t", asked), ("u", [(0, T0)])]))
+        t, u = resp.topics
+        assert [p[:4] for p in t[1]] == (
+            [(0, 0, last, 2_001)] * 5_000
+            + [(0, 0, T0 + 5, 0), (0, 0, T0 + 710, 702), (0, 0, T0 + 5, 0)]
+            + [(0, 0, -1, -1), (1, 0, -1, -1), (0, 0, -1, 2_002), (0, 0, -1, 0)]
+            + [(0, 0, last, 2_001)]
+        )
+        assert u == ("u", [(0, 3, -1, -1)])
+        assert len(decoded) == 1
+
+
+async def test_list_offsets_serves_other_clients_between_the_batches_it_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookups in many batches (each up to max.message.bytes: 20 ms for 1 MiB of tiny
+    records) are not made in one go: the loop runs other callbacks between them."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    decoded = count_decoded(monkeypatch, lambda: ticks)
+    async with running(tmp_path) as broker:
+        topic = await broker.topics.create("t", 1)
+        plog = topic.logs[0]
+        for b in range(6):
+            records = timed_batch([T0 + 100 * b + i for i in range(50)])
+            plog.append(records, split_batches(records, 1 << 24))
+        asked = [(0, T0 + 100 * b + i) for i in (40, 3, 17) for b in (5, 0, 3, 1, 4, 2)]
+        running_ticker = asyncio.create_task(ticker())
+        try:
+            resp = await ask(broker, OffsetRequest_v1(-1, [("t", asked)]))
+        finally:
+            running_ticker.cancel()
+        offsets = [p[3] for p in resp.topics[0][1]]
+        assert offsets == [50 * b + i for i in (40, 3, 17) for b in (5, 0, 3, 1, 4, 2)]
+        assert len(decoded) == 6  # each batch once
+        assert decoded == sorted(set(decoded))  # the loop ran between any two
+
+
+async def test_a_produce_of_too_many_batches_is_refused_after_reading_a_bounded_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within --max-request-bytes a Produce held 1.5 million minimal batches, each read,
+    checked and indexed: 6 s of the loop, and group members with 6 s sessions were
+    evicted. A request carries at most MAX_PRODUCE_BATCHES batches, all partitions
+    together (clients send one a partition); a record set that goes past it, and every
+    later one, is refused with CORRUPT_MESSAGE, and nothing of it is stored."""
+    parsed = 0
+    real = records_module.parse_batch
+
+    def parse_batch(buf: bytes | memoryview, start: int, **kw: bool) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return real(buf, start, **kw)
+
+    monkeypatch.setattr(records_module, "parse_batch", parse_batch)
+    one = batch(b"")
+    assert MAX_PRODUCE_BATCHES >= 20_000  # what a request of one batch a partition may hold
+    async with running(tmp_path) as broker:
+        topic = await broker.topics.create("t", 4)
+        resp = await ask(
+            broker, ProduceRequest_v7(None, -1, 5000, [("t", [(0, one * MAX_PRODUCE_BATCHES)])])
+        )
+        assert [p[:3] for p in resp.topics[0][1]] == [(0, 0, 0)]
+        assert topic.logs[0].next_offset == MAX_PRODUCE_BATCHES
+        parsed = 0
+        over = one * (MAX_PRODUCE_BATCHES + 1)
+        parts = [(1, one * (MAX_PRODUCE_BATCHES - 10)), (2, over), (3, over), (0, one)]
+        resp = await ask(broker, ProduceRequest_v7(None, -1, 5000, [("t", parts)]))
+        assert [p[:3] for p in resp.topics[0][1]] == [
+            (1, 0, 0),
+            (2, CORRUPT_MESSAGE, -1),
+            (3, CORRUPT_MESSAGE, -1),
+            (0, CORRUPT_MESSAGE, -1),
+        ]
+        assert parsed == MAX_PRODUCE_BATCHES  # 10 of partition 2 read, the rest not
+        assert [p.next_offset for p in topic.logs] == [MAX_PRODUCE_BATCHES, 19_990, 0, 0]
+        await produce_and_fetch(broker, "t", b"alive")

@@ -313,3 +313,59 @@ def _stamped(records: bytes, base: int) -> bytes:
         out += stamped_header(records, b, offset) + records[b.start + 16 : b.start + b.size]
         offset += b.last_offset_delta + 1
     return bytes(out)
+
+
+def open_files_under(directory: Path) -> int:
+    """The process's open file descriptors on files under ``directory``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the fd listing /proc/self/fd itself, closed meanwhile
+        count += target.startswith(f"{directory}/")
+    return count
+
+
+async def test_a_partition_keeps_few_files_open_however_many_segments_it_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each segment's handle stayed open until the segment was deleted: retention /
+    segment.ms + 1 files a partition (25 with the defaults), and at RLIMIT_NOFILE rolling
+    failed with EMFILE (a produce answered KAFKA_STORAGE_ERROR). A rolled segment's handle
+    is closed once the fsync pass that covers its last writes succeeded; an older
+    segment is read through one read handle a partition."""
+    from embedded.kafka import files
+
+    synced: list[int] = []
+    real_fsync_all = files._fsync_all
+
+    def fsync_all(fds: list[int], dirs: list[Path]) -> None:
+        synced.extend(fds)
+        real_fsync_all(fds, dirs)
+
+    monkeypatch.setattr(files, "_fsync_all", fsync_all)
+    syncer = Syncer(1000)  # not started: a pass runs only when asked for
+    plog = PartitionLog.open(tmp_path / "p", "t", 0, config(segment_bytes=100), syncer)
+    for i in range(30):  # a segment a batch
+        append(plog, batch(b"v%d" % i, timestamp=1_700_000_000_000 + 10 * i))
+    assert len(plog.segments) == 30
+    # Not fsynced yet: every segment's handle stays open for the pass, which fsyncs it.
+    dirty = list(syncer.dirty)
+    assert len(dirty) == 30 and all(h.fd >= 0 for h in dirty)
+    fds = sorted(h.fd for h in dirty)
+    await syncer.sync()
+    assert sorted(synced) == fds
+    assert open_files_under(tmp_path) == 1  # the active segment
+    for i in range(30):  # a consumer reading from the start
+        assert offsets_in(plog.read(i, 1 << 20, min_one=True))[0] == i
+        assert open_files_under(tmp_path) <= 2
+    for i in range(30):
+        hit, _ = plog.offset_for_timestamp(1_700_000_000_000 + 10 * i)
+        assert hit == (i, 1_700_000_000_000 + 10 * i)
+        assert open_files_under(tmp_path) <= 2
+    plog.apply_retention(1_700_000_000_000 + 10 * 29 + 1_000_000_000)  # all expired
+    assert open_files_under(tmp_path) <= 2
+    plog.close()
+    await syncer.sync()
+    assert open_files_under(tmp_path) == 0
