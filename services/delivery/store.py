@@ -59,7 +59,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
 from services.common import routing, scripts
-from services.common.clients import DUPLICATE_KEY, insert_new
+from services.common.clients import insert_new
 from services.common.config import Settings
 from services.common.fastredis import idempotent_script, may_run_twice
 from services.common.inbox import receipts
@@ -102,11 +102,6 @@ SWEEP_INBOXES = 20_000
 run goes on from there)."""
 SWEEP_PER_INBOX = 5_000
 """The most copies below its watermark one upkeep run deletes from one inbox."""
-TRANSACTION_BYTES = 4 << 20
-"""The bodies a persister transaction holds at most (:meth:`DeliveryStore._insert_moved`):
-well under the servers' limits on a transaction's size (DocumentDB's 32 MB among them)."""
-ILLEGAL_OPERATION = 20
-"""MongoDB's code for a transaction asked of a server without them (a standalone)."""
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +182,6 @@ class DeliveryStore:
         self.cold_removals = f"{self.prefix}:rmcold"
         """Removals whose copies may wait in MongoDB, left for later while it was down
         (JSON ``[inbox, server id, sender]``)."""
-        self._transactions: bool | None = None
-        """Whether the MongoDB server has transactions (None: not tried yet)."""
         self._moved: list[dict[str, Any]] = []
         """Items the persister moved whose clean-up (:meth:`_clean_moved`) failed: their
         MongoDB copies are looked at again at the start of the next pass."""
@@ -512,7 +505,7 @@ class DeliveryStore:
             tops[inbox] = max(tops.get(inbox, 0), seq)
         # No copy reaches MongoDB above its inbox's checkpoint (InboxCounters.cover).
         await self.ctr.cover(tops)
-        await self._insert_moved(docs)
+        await insert_new(self.inbox, docs)
         # Kept from here until the clean-up is done: a pass that failed taking the items
         # out of Redis (after the insert) left copies an ack of the hot items never
         # looked for, below the watermark for good.
@@ -524,41 +517,6 @@ class DeliveryStore:
         if docs:
             await self._clean_moved()
         return len(docs)
-
-    async def _insert_moved(self, docs: list[dict[str, Any]]) -> None:
-        """Insert a persister page's copies: in transactions of at most
-        ``TRANSACTION_BYTES`` of bodies where the server has them (the embedded one
-        writes a page 1.7 times as fast so: one commit for all, not one per
-        document), else, and for a chunk that finds a copy there already (a page
-        another process moved, or this one's pass that failed after its insert: the
-        transaction aborts, nothing of it kept), :func:`insert_new` (unordered,
-        those already there left as they are)."""
-        start = 0
-        while start < len(docs):
-            end, size = start, 0
-            while end < len(docs) and (end == start or size < TRANSACTION_BYTES):
-                size += len(str(docs[end].get("body") or "")) + 512
-                end += 1
-            chunk = docs[start:end]
-            start = end
-            if self._transactions is not False:
-                try:
-                    async with self.db.client.start_session() as session:
-                        async with await session.start_transaction():
-                            await self.inbox.insert_many(chunk, ordered=False, session=session)
-                    self._transactions = True
-                    continue
-                except OperationFailure as exc:
-                    if exc.code == ILLEGAL_OPERATION and self._transactions is None:
-                        # A standalone server: no transactions (asked once).
-                        self._transactions = False
-                    elif not (
-                        # A write conflict (another process moving the same copies) is
-                        # transient: the chunk goes again without a transaction, below.
-                        _duplicates_only(exc) or exc.has_error_label("TransientTransactionError")
-                    ):
-                        raise
-            await insert_new(self.inbox, chunk)
 
     def _keep_moved(self, docs: list[dict[str, Any]]) -> None:
         self._moved += docs
@@ -1444,11 +1402,3 @@ def _stored_at(doc: dict[str, Any]) -> float:
 def _int(value: Any) -> int | None:
     """A stored number as a plain int (MongoDB hands back ``bson.Int64`` for some)."""
     return None if value is None else int(value)
-
-
-def _duplicates_only(exc: OperationFailure) -> bool:
-    """Whether a failed insert failed only on ``_id``s taken already."""
-    if exc.code == DUPLICATE_KEY:
-        return True
-    errors = (exc.details or {}).get("writeErrors") or []
-    return bool(errors) and all(e.get("code") == DUPLICATE_KEY for e in errors)
