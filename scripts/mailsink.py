@@ -44,11 +44,21 @@ class MaildirHandler:
             # Sign-in codes and reset links: readable by this user only (as the secrets
             # in var/ are), whatever the umask.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # a leftover .tmp of a crash keeps its mode otherwise
             with os.fdopen(fd, "wb") as out:
                 out.write(envelope.original_content or envelope.content)
             tmp.rename(path)
             print(f"mail for {rcpt} -> {path}", flush=True)
         return "250 Message accepted for delivery"
+
+
+def close_up(maildir: Path) -> None:
+    """Make ``maildir`` readable by this user only, and what a sink of before left in it
+    (made 0755, its mails 0644, until 2026-12-07)."""
+    maildir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    maildir.chmod(0o700)
+    for old in maildir.iterdir():
+        old.chmod(0o600)
 
 
 def main() -> None:
@@ -57,7 +67,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=2525)
     parser.add_argument("--maildir", type=Path, required=True)
     args = parser.parse_args()
-    args.maildir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    close_up(args.maildir)
     controller = Controller(MaildirHandler(args.maildir), hostname=args.host, port=args.port)
     controller.start()
     print(f"smtp sink on {args.host}:{args.port}, mail in {args.maildir}", flush=True)

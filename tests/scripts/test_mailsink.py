@@ -12,7 +12,7 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.controller import Controller
 
-from scripts.mailsink import MaildirHandler
+from scripts.mailsink import MaildirHandler, close_up
 from scripts.stack import _free_ports
 
 
@@ -35,3 +35,14 @@ async def test_mail_is_written_readable_by_its_user_only(tmp_path: Path) -> None
     assert b"123456" in mail.read_bytes()
     mode: Any = stat.S_IMODE(mail.stat().st_mode)
     assert mode == 0o600, oct(mode)
+
+
+def test_a_maildir_of_before_is_closed_up_at_start(tmp_path: Path) -> None:
+    maildir = tmp_path / "mail"
+    maildir.mkdir(mode=0o755)
+    old = maildir / "000001-a@example.test.eml"
+    old.write_bytes(b"Your sign-in code is 123456")
+    old.chmod(0o644)
+    close_up(maildir)
+    assert stat.S_IMODE(maildir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
