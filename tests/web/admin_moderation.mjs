@@ -225,6 +225,8 @@ try {
   await page.click("#remove-message-yes");
   await page.waitForSelector("[role=status] >> text=Message removed: a signed tombstone went to");
   await page.waitForSelector(`#removed >> text=${env.REMOVE_REASON}`);
+  // By the admin's name: the delivery service records its actor by id only.
+  await page.locator("#removed").locator(`a:text-is("${env.ADMIN_USER}")`).waitFor();
 
   step("resolves the report as actioned, with a note");
   await page.fill("#note", env.NOTE);

@@ -5,7 +5,9 @@ the audit log; a non-admin is refused by the console, and the admin API
 answers 403 to their token. An admin moderates a public room (makes a member its
 owner, and a stale tab doing it again is refused; hides a message and restores it,
 closes the room, removes a member) and works a real report (verified plaintext, removal of the
-message, resolution with a note); the API's state and the audit log say it happened.
+message, by the admin's name, resolution with a note); the API's state and the audit log say it
+happened. A user's Edit form sends only what its admin changed, so another admin's change
+made meanwhile stays; the audit log shows what a rooms action changed and who did it by name.
 Screenshots land in the test's temporary directory; with
 ``PARLEY_UPDATE_SCREENSHOTS=1`` they replace docs/admin/*.png (docs/admin.md).
 """
@@ -335,3 +337,98 @@ async def test_the_audit_log_pages_past_entries_of_one_millisecond(
     finally:
         await log.coll.delete_many({"action": action})  # other tests read the top pages
         await client.close()
+
+
+@needs_browser
+async def test_a_user_edit_keeps_another_admins_change_made_meanwhile(
+    system: System, tmp_path: Path
+) -> None:
+    """Before: Save sent username, e-mail and roles as the page loaded them, and the API
+    writes every field that differs: an e-mail fix gave back the admin role another admin
+    had just revoked, and ticking Admin put back the address the other had just changed."""
+    admin, other = await signup(system.lb, "adm"), await signup(system.lb, "adm")
+    target = await signup(system.lb, "tgt")
+    for who in (admin, other, target):
+        make_admin(system, who.username)
+    tag = secrets.token_hex(3)
+    mine, theirs = f"fixed-{tag}@example.test", f"other-{tag}@example.test"
+    env = {
+        "LB": system.lb,
+        "WEB_DIR": str(WEB),
+        "SHOTS": str(tmp_path),
+        "ADMIN_USER": admin.username,
+        "ADMIN_PASSWORD": admin.password,
+        "OTHER_TOKEN": await admin_token(system, other),
+        "TARGET_ID": target.user_id,
+        "EMAIL_MINE": mine,
+        "EMAIL_OTHER": theirs,
+    }
+    await run_script("admin_user_edit.mjs", env, "admin user edit: ok")
+
+    token = await admin_token(system, admin)
+    async with httpx.AsyncClient(base_url=system.lb, headers=bearer(token)) as http:
+        user = (await http.get(f"/auth/v1/admin/users/{target.user_id}")).json()
+        assert (user["email"], user["roles"]) == (theirs, ["user", "admin"])
+        # The audit log says what each admin changed: the console's admin only their own.
+        resp = await http.get(
+            "/auth/v1/admin/audit",
+            params={"target_id": target.user_id, "action": "user.update", "limit": "10"},
+        )
+        assert resp.status_code == 200, resp.text
+        changed = [
+            (e["actor_id"], e["after"])
+            for e in reversed(resp.json()["entries"])
+            if e["actor_id"] in (admin.user_id, other.user_id)
+        ]
+        assert changed == [
+            (other.user_id, {"roles": ["user"]}),
+            (admin.user_id, {"email": mine}),
+            (other.user_id, {"email": theirs}),
+            (admin.user_id, {"roles": ["user", "admin"]}),
+        ]
+
+
+@needs_browser
+async def test_the_audit_log_shows_what_a_rooms_action_changed_and_who_by_name(
+    system: System, tmp_path: Path
+) -> None:
+    """Before: the rooms service's entries (before/after in their own fields, the actor
+    by id) showed no change for room.kind or room.close, only the reason for
+    room.remove_member, and the admin's id in the Who column."""
+    admin = await signup(system.lb, "adm")
+    make_admin(system, admin.username)
+    owner, member = await signup(system.lb, "own"), await signup(system.lb, "mem")
+    reason = f"audit log test {secrets.token_hex(3)}"
+    token = await admin_token(system, admin)
+    async with httpx.AsyncClient(base_url=system.lb) as http:
+        resp = await http.post(
+            "/rooms/v1/rooms",
+            json={"name": f"audited {secrets.token_hex(3)}", "kind": "public"},
+            headers=bearer(owner.token),
+        )
+        assert resp.status_code == 201, resp.text
+        room_id = resp.json()["room_id"]
+        resp = await http.post(f"/rooms/v1/rooms/{room_id}/join", headers=bearer(member.token))
+        assert resp.status_code == 200, resp.text
+        room = f"/rooms/v1/admin/rooms/{room_id}"
+        why = {"reason": reason}
+        for resp in (
+            await http.put(f"{room}/kind", json={"kind": "private"}, params=why,
+                           headers=bearer(token)),
+            await http.delete(f"{room}/members/{member.user_id}", params=why,
+                              headers=bearer(token)),
+            await http.post(f"{room}/close", params=why, headers=bearer(token)),
+        ):  # fmt: skip
+            assert resp.status_code in (200, 204), resp.text
+    env = {
+        "LB": system.lb,
+        "WEB_DIR": str(WEB),
+        "SHOTS": str(tmp_path),
+        "ADMIN_USER": admin.username,
+        "ADMIN_PASSWORD": admin.password,
+        "ADMIN_ID": admin.user_id,
+        "ROOM_ID": room_id,
+        "MEMBER_ID": member.user_id,
+        "REASON": reason,
+    }
+    await run_script("admin_audit_rooms.mjs", env, "admin audit rooms: ok")

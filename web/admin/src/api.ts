@@ -45,7 +45,8 @@ export interface AuditEntry {
   id: string;
   at: string;
   actor_id: string;
-  actor: string;
+  actor: string; // the username where the service recorded it, else actor_id
+  actor_role?: string | null; // admin, owner, moderator, operator (the CLI)
   action: string;
   target_id: string | null;
   target_type: string | null;

@@ -1,7 +1,7 @@
 import { useEffect, useState } from "preact/hooks";
 import type { AdminSession, AdminUser, Api, AuditEntry, OAuthClient } from "./api";
 import type { Navigate } from "./main";
-import { Link, Problem, noticeAction, useBusy, usePagedList, when } from "./ui";
+import { AuditActor, Link, Problem, auditDetails, noticeAction, useBusy, usePagedList, when } from "./ui";
 
 export function UsersPage({ api, navigate }: { api: Api; navigate: Navigate }) {
   const [q, setQ] = useState(""); // the field; "More" pages with the search submitted
@@ -113,8 +113,23 @@ export function UserPage({ api, id, navigate }: { api: Api; id: string; navigate
         class="grid"
         onSubmit={(e) => {
           e.preventDefault();
-          const roles = edit.admin ? ["user", "admin"] : ["user"];
-          void act(() => api.edit(id, { username: edit.username, email: edit.email, roles }), "Saved.");
+          // Only what this admin changed since the page loaded: the API writes every field
+          // it is sent, so a field sent as loaded would undo another admin's change of it
+          // made meanwhile (a revoked admin role given back, an address put back).
+          const patch: Parameters<Api["edit"]>[1] = {};
+          if (edit.username !== user.username) patch.username = edit.username;
+          if (edit.email !== user.email) patch.email = edit.email;
+          if (edit.admin !== user.roles.includes("admin")) {
+            const others = user.roles.filter((r) => r !== "admin");
+            patch.roles = edit.admin ? [...others, "admin"] : others;
+          }
+          if (!Object.keys(patch).length) {
+            setError(null);
+            setNotice("Nothing to change.");
+            return;
+          }
+          // The notice, then the user as the API has it now (the refresh).
+          void act(() => api.edit(id, patch), "Saved.");
         }}
       >
         <label>
@@ -211,13 +226,19 @@ export function AuditPage({ api, navigate }: { api: Api; navigate: Navigate }) {
           {entries.map((a) => (
             <tr key={a.id}>
               <td>{when(a.at)}</td>
-              <td>{a.actor}</td>
+              <td class="who">
+                <AuditActor api={api} entry={a} navigate={navigate} />
+              </td>
               <td>{a.service}</td>
               <td><code>{a.action}</code></td>
               <td>
                 <Target entry={a} navigate={navigate} />
               </td>
-              <td class="details">{Object.keys(a.details).length ? JSON.stringify(a.details) : ""}</td>
+              <td class="details">
+                {auditDetails(a).map((line, i) => (
+                  <div key={i}>{line}</div>
+                ))}
+              </td>
             </tr>
           ))}
         </tbody>

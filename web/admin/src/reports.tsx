@@ -4,7 +4,7 @@
 import { useEffect, useState } from "preact/hooks";
 import type { Api, AuditEntry, Report, ReportState } from "./api";
 import type { Navigate } from "./main";
-import { Confirm, Link, Problem, UserName, useBusy, usePagedList, when } from "./ui";
+import { AuditActor, Confirm, Link, Problem, UserName, useBusy, usePagedList, when } from "./ui";
 
 function StateBadge({ state, id }: { state: ReportState; id?: string }) {
   return (
@@ -247,7 +247,7 @@ export function ReportPage({ api, id, navigate }: { api: Api; id: string; naviga
       <h2>Remove the message</h2>
       {removal ? (
         <p class="notice" id="removed">
-          Removed by {removal.actor} on {when(removal.at)}
+          Removed by <AuditActor api={api} entry={removal} navigate={navigate} /> on {when(removal.at)}
           {removedBy["reason"] ? ` — ${String(removedBy["reason"])}` : ""}
           {typeof removedBy["inboxes"] === "number" ? ` (tombstones to ${removedBy["inboxes"]} device inboxes)` : ""}.
         </p>

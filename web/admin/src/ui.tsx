@@ -1,7 +1,7 @@
 // Pieces every page uses: times, the API's errors, confirmations, user names.
 import type { ComponentChildren } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
-import type { Api } from "./api";
+import type { Api, AuditEntry } from "./api";
 import { ApiError } from "./api";
 import { BASE } from "./auth";
 import type { Navigate } from "./main";
@@ -188,6 +188,48 @@ export function UserName({ api, id, navigate }: { api: Api; id: string | null; n
       </Link>
     </span>
   );
+}
+
+/**
+ * Who did an audit entry's action. The auth service records the admin's username; the
+ * rooms and delivery services only the id (then ``actor`` is the id): that one is looked
+ * up like any user. An operator (the CLI) is shown as recorded.
+ */
+export function AuditActor({ api, entry, navigate }: { api: Api; entry: AuditEntry; navigate: Navigate }) {
+  if (entry.actor !== entry.actor_id || entry.actor_role === "operator") return <>{entry.actor}</>;
+  return <UserName api={api} id={entry.actor_id} navigate={navigate} />;
+}
+
+// A value of a before/after: a string as it is (unless empty), anything else as JSON.
+const shown = (v: unknown) => (v === undefined ? "–" : typeof v === "string" && v ? v : JSON.stringify(v));
+
+/**
+ * What an audit entry says changed, readably: "field: old → new" for each field of its
+ * before/after, then the rest of its details. The auth service repeats before/after in
+ * details; the rooms and delivery services keep them only in the entry's fields.
+ */
+export function auditDetails(entry: AuditEntry): string[] {
+  const { before: b, after: a, ...rest } = entry.details;
+  const obj = (v: unknown) => (v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : null);
+  const before = entry.before ?? obj(b);
+  const after = entry.after ?? obj(a);
+  const lines: string[] = [];
+  if (before && after) {
+    if (!Object.keys(before).length && !Object.keys(after).length) lines.push("no change");
+    for (const k of new Set([...Object.keys(before), ...Object.keys(after)])) {
+      lines.push(`${k}: ${shown(before[k])} → ${shown(after[k])}`);
+    }
+  } else if (before) {
+    lines.push(`before: ${JSON.stringify(before)}`);
+  } else if (after) {
+    lines.push(`after: ${JSON.stringify(after)}`);
+  }
+  // A before/after of details that is no object (no service writes one) is kept as it is.
+  const others: Record<string, unknown> = { ...rest };
+  if (b !== undefined && !obj(b)) others["before"] = b;
+  if (a !== undefined && !obj(a)) others["after"] = a;
+  if (Object.keys(others).length) lines.push(JSON.stringify(others));
+  return lines;
 }
 
 /** A page of a list, as the admin APIs answer: the items and where the next page starts. */
