@@ -82,6 +82,10 @@ class AuthSettings(BaseSettings):
     # authentications per client address; successes do not count (docs/auth.md,
     # "OpenID Connect provider").
     limit_token_ip: str = "120/60"
+    # Authorization requests kept waiting for a sign-in or a consent (each held in Redis
+    # for oidc_request_ttl_s), per client address (docs/auth.md, "OpenID Connect
+    # provider"): over the request lifetime, at most this many wait at once.
+    limit_authorize_ip: str = "300/900"
     limit_email_code_sends: str = "6/3600"
     # The password asked again before a sensitive change (2FA setup and removal, new
     # recovery codes, a password change), per account: every request counts, right
@@ -128,6 +132,7 @@ class AuthSettings(BaseSettings):
         "limit_reset_account",
         "limit_refresh_ip",
         "limit_token_ip",
+        "limit_authorize_ip",
         "limit_email_code_sends",
         "limit_reauth_account",
         "limit_security_notices",

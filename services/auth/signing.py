@@ -11,8 +11,11 @@ Rotation without downtime:
   (``created_at`` + the activation delay, longer than the reload interval),
   so that by then every auth process serves it in its JWKS;
 - the key it replaces stays in the JWKS until the last token it signed has
-  expired (``next.activate_at`` + access-token lifetime + a margin), and is
-  deleted from MongoDB some time after that.
+  expired (``next.activate_at`` + the longest lifetime of a token it signs, access
+  token or ID token, + a margin), and is deleted from MongoDB some time after that:
+  a day later, or once ``retain`` has passed since it stopped signing if that is
+  later. Until then the provider still verifies with it what it accepts after the
+  token expired (an ID token as ``id_token_hint``: :meth:`KeyRing.stored_jwks`).
 Verifiers fetch the JWKS again when they meet an unknown ``kid``.
 """
 
@@ -92,9 +95,17 @@ def new_key_doc(
 
 
 def published(
-    keys: list[SigningKey], now: datetime, token_ttl: timedelta
+    keys: list[SigningKey],
+    now: datetime,
+    token_ttl: timedelta,
+    retain: timedelta = timedelta(0),
 ) -> tuple[list[SigningKey], list[SigningKey]]:
-    """Split keys (by generation) into (still published, safe to delete)."""
+    """Split keys (by generation) into (still published, safe to delete).
+
+    ``token_ttl``: the longest lifetime of a token a key signs; ``retain``: how long
+    a key stays stored after it stopped signing (what the service verifies itself
+    after expiry). Those neither published nor to delete are retired: stored only.
+    """
     keep: list[SigningKey] = []
     drop: list[SigningKey] = []
     ordered = sorted(keys, key=lambda k: k.generation)
@@ -104,10 +115,11 @@ def published(
         if not later:
             keep.append(key)
             continue
-        until = min(later) + token_ttl + PUBLISH_MARGIN
+        superseded = min(later)
+        until = superseded + token_ttl + PUBLISH_MARGIN
         if now < until:
             keep.append(key)
-        elif now >= until + DELETE_AFTER:
+        elif now >= max(until + DELETE_AFTER, superseded + retain + PUBLISH_MARGIN):
             drop.append(key)
     return keep, drop
 
@@ -128,11 +140,15 @@ class KeyRing:
         max_age_s: int,
         reload_s: float,
         activation_delay_s: float,
+        retain_s: int = 0,
         clock: Clock = utcnow,
     ) -> None:
+        """``token_ttl_s``: the longest lifetime of a token signed (access or ID token);
+        ``retain_s``: how long a key stays stored once it stopped signing (``published``)."""
         self.store = store
         self.box = box
         self.token_ttl = timedelta(seconds=token_ttl_s)
+        self.retain = timedelta(seconds=retain_s)
         self.max_age = timedelta(seconds=max_age_s)
         self.reload_s = reload_s
         self.activation_delay = timedelta(seconds=activation_delay_s)
@@ -252,9 +268,19 @@ class KeyRing:
         headers = {"kid": key.kid, **({"typ": typ} if typ else {})}
         return jwt.encode(dict(claims), key.private, algorithm=ALG, headers=headers)
 
+    async def stored_jwks(self) -> dict[str, Any]:
+        """The public keys of every key still stored, published or retired: for what
+        the service verifies itself after it expired (an ID token as ``id_token_hint``,
+        accepted up to a refresh token's lifetime past its ``exp``), which outlives
+        the key's publication."""
+        keys = await self.keys()
+        _, drop = published(keys, self.clock(), self.token_ttl, self.retain)
+        gone = {k.kid for k in drop}
+        return {"keys": [k.public_jwk for k in keys if k.kid not in gone]}
+
     async def jwks(self) -> dict[str, Any]:
         keys = await self.keys()
-        keep, drop = published(keys, self.clock(), self.token_ttl)
+        keep, drop = published(keys, self.clock(), self.token_ttl, self.retain)
         if drop:
             try:
                 await self.store.delete_signing_keys([k.kid for k in drop])

@@ -102,10 +102,15 @@ class AuthService:
         keyring = KeyRing(
             store,
             box,
-            token_ttl_s=settings.access_token_ttl_s,
+            # Published while a token it signed lives: an access token or an ID token
+            # (which may live longer). Stored while an ID token it signed is taken as
+            # an id_token_hint: up to a refresh token's lifetime past its expiry
+            # (oidc.server.EndSession).
+            token_ttl_s=max(settings.access_token_ttl_s, config.oidc_id_token_ttl_s),
             max_age_s=config.signing_key_max_age_s,
             reload_s=config.signing_key_reload_s,
             activation_delay_s=config.activation_delay_s,
+            retain_s=config.oidc_id_token_ttl_s + settings.refresh_token_ttl_s,
             clock=clock,
         )
         return cls(

@@ -22,6 +22,7 @@ ROOMY = {
     "limit_reset_ip": "1000/3600",
     "limit_refresh_ip": "1000/60",
     "limit_token_ip": "1000/60",
+    "limit_authorize_ip": "1000/900",
 }
 
 

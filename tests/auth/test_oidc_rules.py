@@ -8,8 +8,10 @@ the browser a cookie jar, as in test_oidc_through_lb.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import json
 import secrets
 import socket
 import time
@@ -1135,3 +1137,215 @@ async def test_only_the_built_in_console_gets_an_admins_rights(op: OP) -> None:
             want = (200, None) if "admin" in rights else (403, "forbidden")
             code = None if users.status_code == 200 else users.json()["error"]["code"]
             assert (users.status_code, code) == want
+
+
+# -- the audit of 2026-12: pending requests, unreadable forms and credentials, rotated keys
+
+
+async def pending_keys(op: OP) -> list[str]:
+    """The pending authorization requests held in Redis (this test's prefix)."""
+    match = f"{op.svc.settings.redis_prefix}:auth:eph:oidc-request:*"
+    return [k async for k in op.svc.store.redis.scan_iter(match=match, count=1000)]
+
+
+def console_request(op: OP, **extra: str) -> dict[str, str]:
+    """An anonymous authorization request of the built-in public client."""
+    return {
+        "response_type": "code", "client_id": clients.ADMIN_CONSOLE_ID,
+        "redirect_uri": f"{op.base}/admin/callback", "scope": "openid",
+        "code_challenge": b64u(hashlib.sha256(b"v" * 43).digest()),
+        "code_challenge_method": "S256", **extra,
+    }  # fmt: skip
+
+
+async def test_a_pending_request_keeps_only_what_the_provider_reads_bounded(op: OP) -> None:
+    """Before: the whole request (up to the 64 KB body) waited in Redis for 15 minutes,
+    for anyone: 200 anonymous requests held 13 MB of the shared Redis."""
+    state, nonce = "s" * 1024, "n" * 1024
+    junk = {f"junk{i}": "j" * 1000 for i in range(40)}
+    data = {**console_request(op, state=state, nonce=nonce, id_token_hint="h" * 8192), **junk}
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        resp = await http.post("/auth/oauth2/authorize", data=data)
+    assert resp.status_code == 302 and resp.headers["location"].startswith("/auth/login?")
+    [key] = await pending_keys(op)
+    raw = await op.svc.store.redis.get(key)
+    # Every parameter the provider reads at its longest (provider.AUTHORIZE_PARAMS)
+    # is under 14 KB.
+    assert len(raw) < 16 * 1024, len(raw)
+    params = dict(json.loads(raw)["params"])
+    assert set(params) == set(console_request(op)) | {"state", "nonce", "id_token_hint"}
+    assert params["state"] == state and params["nonce"] == nonce
+
+
+@pytest.mark.parametrize(
+    ("extra", "to_client"),
+    [
+        ({"state": "s" * 1025}, True),
+        ({"nonce": "n" * 1025, "state": "st"}, True),
+        ({"code_challenge": "c" * 129, "state": "st"}, True),
+        ({"id_token_hint": "h" * 8193, "state": "st"}, True),
+        ({"redirect_uri": "https://rp.example.test/" + "x" * 2000}, False),
+    ],
+)
+async def test_a_parameter_too_long_is_invalid_request_and_keeps_nothing(
+    op: OP, extra: dict[str, str], to_client: bool
+) -> None:
+    """OAuth 2.0's answer to a bad request: to the client's redirect URI when it is
+    registered for it (without the unfit value), else on the error page."""
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        resp = await http.post("/auth/oauth2/authorize", data=console_request(op, **extra))
+        repeated = await http.get(
+            "/auth/oauth2/authorize?" + urlencode(console_request(op)) + "&nonce=a&nonce=b"
+        )
+    if to_client:
+        assert resp.status_code == 302, resp.text[:300]
+        location = resp.headers["location"]
+        assert location.startswith(f"{op.base}/admin/callback?")
+        query = parse_qs(urlsplit(location).query)
+        assert query["error"] == ["invalid_request"]
+        assert query.get("state") == (["st"] if extra.get("state") == "st" else None)
+    else:
+        assert resp.status_code == 400 and page_error(resp.text) == "invalid_request"
+    assert repeated.status_code == 302
+    assert parse_qs(urlsplit(repeated.headers["location"]).query)["error"] == ["invalid_request"]
+    assert await pending_keys(op) == []
+
+
+async def test_pending_requests_are_limited_per_client_address(
+    op: OP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: no limit: a loop of anonymous requests filled Redis (noeviction), and
+    every service with it."""
+    limiter = op.svc.limiter
+    rules = limiter.limits
+    limit = Limit.parse("3/900")
+    monkeypatch.setattr(
+        limiter, "limits", lambda rule: limit if rule == "authorize_ip" else rules(rule)
+    )
+    ip = {"X-Forwarded-For": f"192.0.2.{secrets.randbelow(250) + 1}"}
+    async with httpx.AsyncClient(base_url=op.base, headers=ip) as http:
+        for _ in range(limit.count):
+            resp = await http.post("/auth/oauth2/authorize", data=console_request(op))
+            assert resp.status_code == 302 and resp.headers["location"].startswith("/auth/login?")
+        assert len(await pending_keys(op)) == limit.count
+        resp = await http.post("/auth/oauth2/authorize", data=console_request(op))
+        assert resp.status_code == 429 and page_error(resp.text) == "rate_limited"
+        assert int(resp.headers["retry-after"]) > 0
+        resp = await http.get("/auth/oauth2/authorize?" + urlencode(console_request(op)))
+        assert resp.status_code == 429 and page_error(resp.text) == "rate_limited"
+        assert len(await pending_keys(op)) == limit.count
+        # Another address is not affected.
+        other = {"X-Forwarded-For": "198.18.0.1"}
+        resp = await http.post("/auth/oauth2/authorize", data=console_request(op), headers=other)
+        assert resp.status_code == 302 and resp.headers["location"].startswith("/auth/login?")
+
+
+FORM = "application/x-www-form-urlencoded"
+UNREADABLE = [
+    pytest.param(f"{FORM}; charset=nope", b"a=b", id="unknown-charset"),
+    pytest.param(f"{FORM}; charset=utf-16", "a=b".encode("utf-16"), id="utf-16"),
+    pytest.param(FORM, b"a=\xff\xfe", id="bytes-not-utf-8"),
+    pytest.param(FORM, b"a=%ff%fe", id="escapes-not-utf-8"),
+]
+
+
+@pytest.mark.parametrize(("ctype", "body"), UNREADABLE)
+async def test_an_unreadable_form_is_400_and_changes_nothing(
+    op: OP, ctype: str, body: bytes
+) -> None:
+    """Before: a form in another charset, or not UTF-8, raised in ``request.post()``:
+    500 ``internal_error`` on every endpoint and page with a form."""
+    rp = await op.client()
+    user = await op.user()
+    browser, tokens = await consented_browser(op, rp, user)
+    await browser.close()
+    credentials = urlencode({"username": user["username"], "password": PASSWORD})
+    refresh = urlencode({"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                         "client_id": rp.client_id, "token": tokens["refresh_token"]})  # fmt: skip
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        for path in ("/auth/oauth2/token", "/auth/oauth2/revoke"):
+            resp = await http.post(
+                path, content=refresh.encode() + b"&" + body, headers={"Content-Type": ctype}
+            )
+            assert resp.status_code == 400, (path, resp.text[:200])
+            assert resp.json()["error"] == "invalid_request"
+        for path in ("/auth/oauth2/authorize", "/auth/oauth2/logout", "/auth/oauth2/consent",
+                     "/auth/login", "/auth/login/2fa", "/auth/reset-password",
+                     "/auth/reset-password/confirm"):  # fmt: skip
+            resp = await http.post(
+                path, content=credentials.encode() + b"&" + body, headers={"Content-Type": ctype}
+            )
+            assert resp.status_code == 400, (path, resp.text[:200])
+            assert page_error(resp.text) == "invalid_request", path
+            assert "parley_login" not in resp.cookies
+    # The refresh token was neither used nor revoked.
+    assert await refresh_works(rp, tokens)
+    assert await pending_keys(op) == []
+
+
+BAD_BASIC = [
+    pytest.param(base64.b64encode(b"\xff\xfe:\xff").decode(), id="not-utf-8"),
+    pytest.param("!!!", id="not-base64"),
+    pytest.param(base64.b64encode(b"no-colon").decode(), id="no-password"),
+]
+
+
+@pytest.mark.parametrize("credentials", BAD_BASIC)
+async def test_unreadable_basic_credentials_are_invalid_client_and_count(
+    op: OP, monkeypatch: pytest.MonkeyPatch, credentials: str
+) -> None:
+    """RFC 6749 5.2. Before: Basic credentials that are not UTF-8 raised in Authlib (a
+    500, the token limit's place given back); bad base64 was skipped, and the form's
+    client_id authenticated the request instead."""
+    limiter = op.svc.limiter
+    rules = limiter.limits
+    monkeypatch.setattr(
+        limiter, "limits", lambda rule: Limit.parse("2/300") if rule == "token_ip" else rules(rule)
+    )
+    rp = await op.client()
+    browser, tokens = await consented_browser(op, rp, await op.user())
+    await browser.close()
+    ip = {"X-Forwarded-For": f"198.51.100.{secrets.randbelow(250) + 1}"}
+    bad = {"Authorization": f"Basic {credentials}", **ip}
+    body = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+            "client_id": rp.client_id}  # fmt: skip
+    async with httpx.AsyncClient(base_url=op.base) as http:
+        resp = await http.post("/auth/oauth2/revoke", data={"token": tokens["refresh_token"],
+                                                             "client_id": rp.client_id},
+                               headers=bad)  # fmt: skip
+        assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+        assert resp.headers["www-authenticate"].startswith("Basic ")
+        for _ in range(2):
+            resp = await http.post("/auth/oauth2/token", data=body, headers=bad)
+            assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+            assert resp.headers["www-authenticate"].startswith("Basic ")
+        # Both counted as failed client authentications: the address's window is full.
+        resp = await http.post("/auth/oauth2/token", data=body, headers=ip)
+        assert resp.status_code == 429 and resp.json()["error"] == "invalid_request"
+    # Nothing was revoked or used: the token still refreshes (from another address).
+    assert await refresh_works(rp, tokens)
+
+
+async def test_logout_takes_an_id_token_signed_before_a_key_rotation(op: OP) -> None:
+    """Before: the hint was verified with the published keys only, and a superseded
+    key leaves the JWKS 17 minutes after the rotation (every 30 days, or rotate-keys):
+    after it, every ID token signed before was refused (400, nothing ended), though an
+    expired hint is taken up to 30 days past its expiry."""
+    rp = await op.client(post_logout_redirect_uris=[BYE])
+    browser, tokens = await consented_browser(op, rp, await op.user())
+    try:
+        old_kid = pyjwt.get_unverified_header(tokens["id_token"])["kid"]
+        await op.svc.keyring.rotate()
+        op.clock.offset = timedelta(days=1)
+        assert old_kid not in {k["kid"] for k in (await op.svc.keyring.jwks())["keys"]}
+        assert await refresh_works(rp, tokens)
+        query = {"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": BYE,
+                 "state": "s"}  # fmt: skip
+        out = await browser.get("/auth/oauth2/logout?" + urlencode(query))
+        assert out.status_code == 302, page_error(out.text)
+        assert out.headers["location"] == f"{BYE}?state=s"
+        assert (await silent_authorization(browser, rp)).get("error") == ["login_required"]
+        assert not await refresh_works(rp, tokens)
+    finally:
+        op.clock.offset = timedelta(0)
+        await browser.close()

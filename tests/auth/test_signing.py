@@ -16,7 +16,7 @@ from services.auth.app import create_app
 from services.auth.config import AuthSettings
 from services.auth.secretbox import SecretBox, SecretBoxError
 from services.auth.signing import KeyRing, SigningKey, published
-from services.auth.state import AUTH_SERVICE
+from services.auth.state import AUTH_SERVICE, AuthService
 from services.auth.store import AuthStore
 from services.common.auth import TokenVerifier
 from services.common.clients import mongo_client, redis_client, service_db
@@ -225,5 +225,49 @@ async def test_while_mongodb_is_down_the_known_keys_answer_at_once(
             await retry
     finally:
         await slow.close()
+        await redis.aclose()
+        await mongo.close()
+
+
+async def test_a_key_is_published_while_its_id_tokens_live_and_kept_for_their_hints(
+    stack: Any, settings: Settings
+) -> None:
+    """Before: a superseded key left the JWKS an access token's lifetime (+2 min) after
+    it stopped signing, though an ID token (``PARLEY_OIDC_ID_TOKEN_TTL_S``, up to a
+    day) may live longer; and it was deleted a day later, though its ID tokens are
+    taken as ``id_token_hint`` up to a refresh token's lifetime past their expiry."""
+    clock = FakeClock()
+    # No rotation by age meanwhile: the two keys only.
+    config = AuthSettings.for_tests(oidc_id_token_ttl_s=86400, signing_key_max_age_s=10**9)
+    mongo, redis = mongo_client(settings), redis_client(settings)
+    try:
+        svc = AuthService.build(settings, config, service_db(mongo, settings, "auth"), redis, clock)
+        await svc.store.ensure_indexes()
+        ring = svc.keyring
+        await ring.reload()
+        first = (await ring.signer()).kid
+        t0 = clock.now
+        second = await ring.rotate(immediate=True)  # first stops signing at t0
+
+        def at(seconds: float) -> None:
+            clock.now = t0 + timedelta(seconds=seconds)
+
+        async def kids() -> tuple[set[str], set[str], set[str]]:
+            published = {k["kid"] for k in (await ring.jwks())["keys"]}
+            stored = {k["kid"] for k in (await ring.stored_jwks())["keys"]}
+            return published, stored, {d["_id"] for d in await svc.store.signing_key_docs()}
+
+        both = {first, second}
+        at(settings.access_token_ttl_s + 180)  # its ID tokens still live: published
+        assert {k["kid"] for k in (await ring.jwks())["keys"]} == both
+        assert await kids() == (both, both, both)
+        at(86400 + 180)  # the ID tokens it signed have expired: retired
+        assert await kids() == ({second}, both, both)
+        hints_until = 86400 + settings.refresh_token_ttl_s
+        at(hints_until - 60)
+        assert await kids() == ({second}, both, both)
+        at(hints_until + 180)
+        assert await kids() == ({second}, {second}, {second})
+    finally:
         await redis.aclose()
         await mongo.close()

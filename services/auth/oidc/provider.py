@@ -18,6 +18,13 @@ pages' forms) for ``PARLEY_OIDC_REQUEST_TTL_S``, with the step it waits for
 just made by this user) and the user. The consent form issues a code only for
 a ``consent`` request of the user signed in now: a request stopped for a
 sign-in (``prompt=login``, ``max_age``) cannot skip it.
+
+What is kept is bounded: only the parameters the provider reads
+(``AUTHORIZE_PARAMS``, each once and within its length; the others are dropped,
+as OpenID Connect Core 3.1.2.1 says to ignore them), and at most
+``PARLEY_LIMIT_AUTHORIZE_IP`` new pending requests per client address in its
+window. Before, the whole request was kept, anonymously and unlimited: a loop
+of 64 KB requests filled the shared Redis.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from authlib.oauth2.rfc6749 import InvalidRequestError, scope_to_list
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 
 from services.auth import sessions
-from services.auth.oidc import pages
+from services.auth.oidc import clients, pages
 from services.auth.oidc.clients import Client
 from services.auth.oidc.server import OAuthRequest, ParleyServer, user_claims
 from services.auth.signing import ALG
@@ -51,6 +58,40 @@ STEP_LOGIN = "login"
 STEP_CONSENT = "consent"
 STEP_RESUME = "resume"
 MAX_AGE = re.compile(r"[0-9]{1,10}")
+# The authorization request's parameters the provider reads, and the longest value of
+# each: state and nonce are the client's opaque values (1 KB is plenty: OpenID clients
+# send a few dozen characters), a code challenge is at most 128 characters (RFC 7636
+# 4.1; S256 gives 43), an ID token of ours stays well under 8 KB, a client id and a
+# redirect URI are at most what registration takes. Another parameter is ignored
+# (dropped); one of these over its length, or sent twice (RFC 6749 3.1), is
+# ``invalid_request``.
+AUTHORIZE_PARAMS: dict[str, int] = {
+    "response_type": 64,
+    "client_id": 64,
+    "redirect_uri": clients.MAX_URI,
+    "response_mode": 32,
+    "scope": 1024,
+    "state": 1024,
+    "nonce": 1024,
+    "code_challenge": 128,
+    "code_challenge_method": 16,
+    "prompt": 64,
+    "max_age": 10,
+    "id_token_hint": 8192,
+}
+# New pending requests per client address (AuthSettings.limit_authorize_ip).
+AUTHORIZE_LIMIT = "authorize_ip"
+
+
+def authorization_params(
+    params: Iterable[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the parameters the provider reads, in order; the names among them that are
+    too long or repeated)."""
+    kept = [(k, v) for k, v in params if k in AUTHORIZE_PARAMS]
+    names = [k for k, _ in kept]
+    unfit = {k for k, v in kept if len(v) > AUTHORIZE_PARAMS[k] or names.count(k) > 1}
+    return kept, sorted(unfit)
 
 
 @dataclass(frozen=True)
@@ -212,6 +253,9 @@ class Provider:
         page's return): ``prompt=login`` and ``max_age`` are met if it is still them;
         an ``id_token_hint`` still not met is an error redirect, not another sign-in.
         """
+        params, unfit = authorization_params(params)
+        if unfit:
+            return await self._unfit(request, params, unfit, caller)
         login = await self.signed_in(request)
         user = login.user if login else None
         oreq = self.oauth_request(request, params, caller)
@@ -265,7 +309,10 @@ class Provider:
                     request, oreq, LoginRequiredError(redirect_uri=grant.redirect_uri,
                                                       state=state)
                 )  # fmt: skip
-            rid = await self.save_pending(params, STEP_LOGIN)
+            try:
+                rid = await self.hold(params, STEP_LOGIN, caller)
+            except ApiError as exc:
+                return self.limited(request, exc)
             return pages.redirect("/auth/login?" + urlencode({"request": rid}), targets)
         assert login is not None
         scopes = scope_to_list(grant.request.scope) or []
@@ -275,9 +322,54 @@ class Provider:
                     request, oreq, ConsentRequiredError(redirect_uri=grant.redirect_uri,
                                                         state=state)
                 )  # fmt: skip
-            rid = await self.save_pending(params, STEP_CONSENT, login.user["_id"])
+            try:
+                rid = await self.hold(params, STEP_CONSENT, caller, login.user["_id"])
+            except ApiError as exc:
+                return self.limited(request, exc)
             return self.consent_page(request, rid, client, scopes, login, grant.redirect_uri)
         return await self.issue_code(request, oreq, login)
+
+    async def _unfit(
+        self,
+        request: web.Request,
+        params: list[tuple[str, str]],
+        unfit: list[str],
+        caller: Caller,
+    ) -> web.Response:
+        """``invalid_request`` for parameters too long or repeated (``unfit``): to the
+        client's redirect URI when it is one registered for the client (RFC 6749
+        4.1.2.1), else on the error page. The unfit ones are not repeated back (a
+        ``state`` of 60 KB is not returned)."""
+        fit = [(k, v) for k, v in params if k not in unfit]
+        data = dict(fit)
+        oreq = self.oauth_request(request, fit, caller)
+        bad = InvalidRequestError(f"Too long or repeated: {', '.join(unfit)}.")
+        client = await clients.load(self.svc, data.get("client_id", ""))
+        redirect_uri = data.get("redirect_uri")
+        if client is None or redirect_uri is None or not client.check_redirect_uri(redirect_uri):
+            return pages.error_page(
+                request, self.cookies, 400, bad.error, "Not a valid authorization request."
+            )
+        bad.redirect_uri, bad.state = redirect_uri, data.get("state")
+        return self.error_response(request, oreq, bad)
+
+    async def hold(
+        self,
+        params: list[tuple[str, str]],
+        step: str,
+        caller: Caller,
+        user_id: str | None = None,
+    ) -> str:
+        """``save_pending`` for a new request, counted per client address first
+        (``AUTHORIZE_LIMIT``): past the limit, ApiError 429 and nothing kept."""
+        await self.svc.limiter.hit(AUTHORIZE_LIMIT, caller.ip_key)
+        return await self.save_pending(params, step, user_id)
+
+    def limited(self, request: web.Request, exc: ApiError) -> web.Response:
+        """The limiter's refusal as a page: its status, code and ``Retry-After``."""
+        resp = pages.error_page(request, self.cookies, exc.status, exc.code.value, exc.message)
+        resp.headers.update(exc.headers)
+        return resp
 
     async def _hint_sub(self, hint: str) -> str | None:
         """The ``sub`` of an ID token this provider signed; None if it is not one."""

@@ -10,8 +10,12 @@ balancer sends ``/.well-known/`` here) and under ``/auth``.
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlencode
+import base64
+import binascii
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
@@ -71,11 +75,83 @@ def caller(request: web.Request) -> Caller:
     return Caller.of(request, svc(request).config.trust_forwarded_for)
 
 
+class UnreadableForm(Exception):
+    """A form body that is not UTF-8, or says it is in another charset."""
+
+
 async def form_pairs(request: web.Request) -> list[tuple[str, str]]:
+    """The pairs of an ``application/x-www-form-urlencoded`` body (none for another type).
+
+    UTF-8 only, strictly (the encoding RFC 6749 appendix B names, and the pages'):
+    another ``charset``, bytes that are not UTF-8, or a percent-escape that does not
+    decode to UTF-8 raise :class:`UnreadableForm`, answered 400 before anything is
+    done (:func:`reads_form`). Before, ``request.post()`` raised on them (an unknown
+    charset, invalid bytes): a 500 on every endpoint with a form.
+    """
     if request.content_type != "application/x-www-form-urlencoded":
         return []
-    data = await request.post()
-    return [(k, v) for k, v in data.items() if isinstance(v, str)]
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise UnreadableForm(f"charset={charset}")
+    body = await request.read()
+    try:
+        return parse_qsl(body.rstrip().decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise UnreadableForm("not UTF-8") from exc
+
+
+_Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def reads_form(answer: Literal["oauth", "page"]) -> Callable[[_Handler], _Handler]:
+    """A handler whose form cannot be read (:class:`UnreadableForm`) answers 400
+    ``invalid_request``: RFC 6749's JSON on a protocol endpoint (``oauth``), the
+    error page on a page. The form is read first, so nothing was done yet."""
+
+    def decorate(fn: _Handler) -> _Handler:
+        @functools.wraps(fn)
+        async def handler(request: web.Request) -> web.Response:
+            try:
+                return await fn(request)
+            except UnreadableForm:
+                message = "Send the form in UTF-8 (application/x-www-form-urlencoded)."
+                if answer == "oauth":
+                    return oauth_error(400, "invalid_request", message)
+                return pages.error_page(
+                    request, provider(request).cookies, 400, "invalid_request", message
+                )
+
+        return handler
+
+    return decorate
+
+
+def basic_credentials_unreadable(request: web.Request) -> bool:
+    """Whether the request has ``Authorization: Basic`` credentials that are not
+    ``base64(client_id ":" client_secret)`` in UTF-8 (RFC 7617 section 2).
+
+    Checked before Authlib reads them: its parser raised UnicodeDecodeError on bytes
+    that are not UTF-8 (a 500, and the token limit's place given back) and skipped
+    bad base64 (the client then authenticated by another method, or none)."""
+    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return True
+    return ":" not in decoded
+
+
+def unreadable_client() -> web.Response:
+    """RFC 6749 section 5.2: a client that tried the Authorization header and failed
+    gets 401 ``invalid_client`` with a challenge of that scheme."""
+    return oauth_error(
+        401,
+        "invalid_client",
+        "The Basic credentials are not base64 of 'client_id:client_secret' in UTF-8.",
+        {"WWW-Authenticate": 'Basic realm="parley", error="invalid_client"'},
+    )
 
 
 def oauth_error(
@@ -163,6 +239,7 @@ async def authorize_get(request: web.Request) -> web.Response:
 
 
 @api.post("/oauth2/authorize", **_AUTHORIZE)
+@reads_form("page")
 async def authorize_post(request: web.Request) -> web.Response:
     return await _authorize(request)
 
@@ -208,6 +285,7 @@ class ConsentForm(BaseModel):
     status=302,
     tags=PAGES,
 )
+@reads_form("page")
 async def consent(request: web.Request) -> web.Response:
     p = provider(request)
     form = dict(await form_pairs(request))
@@ -266,6 +344,7 @@ class TokenForm(BaseModel):
     tags=PROTOCOL,
     oauth_errors=TOKEN_ERRORS,
 )
+@reads_form("oauth")
 async def token(request: web.Request) -> web.Response:
     p = provider(request)
     if request.content_type != "application/x-www-form-urlencoded":
@@ -277,15 +356,19 @@ async def token(request: web.Request) -> web.Response:
     limiter = svc(request).limiter
     # Per client address (limit_token_ip): a place is taken before the attempt (before
     # the client secret is tested; refused at once when the window is full). Only a
-    # failure keeps it: a failed client authentication (invalid_client) or a failed
-    # code exchange (invalid_grant). Any other request, a successful code exchange
-    # included, gives its place back (refreshes have their own limit, refresh_ip).
+    # failure keeps it: a failed client authentication (invalid_client, unreadable
+    # Basic credentials included) or a failed code exchange (invalid_grant). Any other
+    # request, a successful code exchange included, gives its place back (refreshes
+    # have their own limit, refresh_ip).
     code_grant = oreq.payload.grant_type == "authorization_code"
     keep = False
     try:
         await limiter.reserve(TOKEN_LIMIT, who.ip_key)
     except ApiError as exc:
         return oauth_error(429, "invalid_request", "Too many token requests.", exc.headers)
+    if basic_credentials_unreadable(request):
+        # A failed client authentication: it keeps its place.
+        return unreadable_client()
     try:
         status, body, headers = await p.server.call(lambda: p.server.create_token_response(oreq))
         error = body.get("error") if isinstance(body, dict) else None
@@ -317,6 +400,7 @@ class RevokeForm(BaseModel):
         401: ["invalid_client"],
     },
 )
+@reads_form("oauth")
 async def revoke(request: web.Request) -> web.Response:
     p = provider(request)
     if request.content_type != "application/x-www-form-urlencoded":
@@ -324,6 +408,8 @@ async def revoke(request: web.Request) -> web.Response:
     oreq = p.oauth_request(request, await form_pairs(request), caller(request))
     if oreq.repeated():
         return oauth_error(400, "invalid_request", f"Repeated: {', '.join(oreq.repeated())}.")
+    if basic_credentials_unreadable(request):
+        return unreadable_client()
     result = await p.server.call(lambda: p.server.create_endpoint_response("revocation", oreq))
     status, body, headers = result
     return oauth_answer(status, body, headers)
@@ -445,6 +531,7 @@ async def logout_get(request: web.Request) -> web.Response:
 
 
 @api.post("/oauth2/logout", **_LOGOUT)
+@reads_form("page")
 async def logout_post(request: web.Request) -> web.Response:
     return await _logout(request)
 
@@ -565,6 +652,7 @@ class LoginForm(BaseModel):
     page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
+@reads_form("page")
 async def login_submit(request: web.Request) -> web.Response:
     p = provider(request)
     form = dict(await form_pairs(request))
@@ -639,6 +727,7 @@ class SecondFactorForm(BaseModel):
     page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
+@reads_form("page")
 async def login_2fa(request: web.Request) -> web.Response:
     p = provider(request)
     s = svc(request)
@@ -719,6 +808,7 @@ class ResetForm(BaseModel):
     page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
+@reads_form("page")
 async def reset_submit(request: web.Request) -> web.Response:
     p = provider(request)
     form = dict(await form_pairs(request))
@@ -790,6 +880,7 @@ class ResetConfirmForm(BaseModel):
     page_errors=PAGE_ERRORS,
     tags=PAGES,
 )
+@reads_form("page")
 async def reset_confirm_submit(request: web.Request) -> web.Response:
     p = provider(request)
     form = dict(await form_pairs(request))

@@ -678,9 +678,13 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
         )
 
     async def verify_own_jwt(self, token: str, audience: str | None) -> dict[str, Any] | None:
-        """Claims of a JWT this service signed (EdDSA, a published key), else None.
+        """Claims of a JWT this service signed (EdDSA, a key of the JWKS), else None.
 
-        ``audience=None``: an ID token hint (any audience, expiry not required).
+        ``audience=None``: an ID token hint (any audience, expiry not required),
+        verified with any key still stored, published or not: a hint is taken long
+        after its key left the JWKS (a refresh token's lifetime past its ``exp``:
+        ``EndSession``), and a key rotates every 30 days. Before, only the published
+        keys were tried, and after a rotation every earlier ID token was refused.
         """
         try:
             header = jwt.get_unverified_header(token)
@@ -688,7 +692,9 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
             return None
         if header.get("alg") != ALG or not isinstance(header.get("kid"), str):
             return None
-        keys = {k["kid"]: k for k in (await self.svc.keyring.jwks())["keys"]}
+        keyring = self.svc.keyring
+        jwks = await (keyring.stored_jwks() if audience is None else keyring.jwks())
+        keys = {k["kid"]: k for k in jwks["keys"]}
         jwk = keys.get(header["kid"])
         if jwk is None:
             return None
