@@ -59,8 +59,9 @@ STEP_CONSENT = "consent"
 STEP_RESUME = "resume"
 MAX_AGE = re.compile(r"[0-9]{1,10}")
 # The authorization request's parameters the provider reads, and the longest value of
-# each: state and nonce are the client's opaque values (1 KB is plenty: OpenID clients
-# send a few dozen characters), a code challenge is at most 128 characters (RFC 7636
+# each: state and nonce are the client's opaque values (most OpenID clients send a few
+# dozen characters; ASP.NET Core's packs its encrypted properties, return URL included,
+# into state: 4 KB for it, 1 KB for a nonce), a code challenge is at most 128 characters (RFC 7636
 # 4.1; S256 gives 43), an ID token of ours stays well under 8 KB, a client id and a
 # redirect URI are at most what registration takes. Another parameter is ignored
 # (dropped); one of these over its length, or sent twice (RFC 6749 3.1), is
@@ -71,7 +72,7 @@ AUTHORIZE_PARAMS: dict[str, int] = {
     "redirect_uri": clients.MAX_URI,
     "response_mode": 32,
     "scope": 1024,
-    "state": 1024,
+    "state": 4096,
     "nonce": 1024,
     "code_challenge": 128,
     "code_challenge_method": 16,
@@ -79,6 +80,7 @@ AUTHORIZE_PARAMS: dict[str, int] = {
     "max_age": 10,
     "id_token_hint": 8192,
 }
+_UNCHECKED = object()  # an id_token_hint not verified yet
 # New pending requests per client address (AuthSettings.limit_authorize_ip).
 AUTHORIZE_LIMIT = "authorize_ip"
 
@@ -284,6 +286,7 @@ class Provider:
         needs_login = login is None or ("login" in prompts and not fresh)
         if login is not None and max_age is not None and not fresh:
             needs_login = needs_login or time.time() - login.auth_time > int(max_age)
+        hint_sub: str | object | None = _UNCHECKED  # None: a hint that is not ours
         if login is not None and not needs_login and "id_token_hint" in data:
             # OpenID Connect Core 3.1.2.1: the hint names the user the client expects;
             # another user signed in here (or a hint we cannot verify) is a sign-in.
@@ -309,6 +312,16 @@ class Provider:
                     request, oreq, LoginRequiredError(redirect_uri=grant.redirect_uri,
                                                       state=state)
                 )  # fmt: skip
+            if hint_sub is _UNCHECKED and "id_token_hint" in data:
+                hint_sub = await self._hint_sub(data["id_token_hint"])
+            if hint_sub is None:
+                # A hint that is no ID token of ours fails once the user has signed in:
+                # refused now, not kept waiting in Redis (8 KB of it, anonymously).
+                bad = InvalidRequestError(
+                    "The 'id_token_hint' is not an ID token of this provider."
+                )
+                bad.redirect_uri, bad.state = grant.redirect_uri, state
+                return self.error_response(request, oreq, bad)
             try:
                 rid = await self.hold(params, STEP_LOGIN, caller)
             except ApiError as exc:
