@@ -86,11 +86,21 @@ class AuthSettings(BaseSettings):
     # for oidc_request_ttl_s), per client address (docs/auth.md, "OpenID Connect
     # provider"): over the request lifetime, at most this many wait at once.
     limit_authorize_ip: str = "300/900"
+    # E-mailed second-factor codes (login and enrolment) per (account, client address);
+    # and per account from every address the account has not fully signed in from,
+    # which the owner's known addresses skip. Per account alone (6/3600), someone with
+    # only the password spent the sends in five logins and the owner's login mailed no
+    # code for an hour (docs/auth.md, "Rate limits and lockout").
     limit_email_code_sends: str = "6/3600"
+    limit_email_code_account_sends: str = "20/3600"
     # The password asked again before a sensitive change (2FA setup and removal, new
     # recovery codes, a password change), per account: every request counts, right
     # password or wrong, before argon2 runs.
     limit_reauth_account: str = "10/900"
+    # And per account, all its sessions together (counted after the session's window,
+    # so one session spends at most its own 10): per session alone, every login bought
+    # 10 more argon2 checks (~1,000 per 15 minutes from one address).
+    limit_reauth_user: str = "30/900"
     # Security notices mailed per account; one more past it says that the next ones
     # are held until the window ends (services/auth/notices.py).
     limit_security_notices: str = "5/3600"
@@ -134,7 +144,9 @@ class AuthSettings(BaseSettings):
         "limit_token_ip",
         "limit_authorize_ip",
         "limit_email_code_sends",
+        "limit_email_code_account_sends",
         "limit_reauth_account",
+        "limit_reauth_user",
         "limit_security_notices",
     )
     @classmethod

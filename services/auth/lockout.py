@@ -24,6 +24,14 @@ factor locks only their own addresses out of code entry (and, past the
 account-wide count, addresses the owner never signed in from): the owner's
 known addresses still get in.
 
+E-mailed codes (at login and at e-mail-code enrolment) are request limits
+counted the same two ways: ``email_code_sends`` per (account, address)
+(``PARLEY_LIMIT_EMAIL_CODE_SENDS``) and ``email_code_account_sends`` per account
+(``PARLEY_LIMIT_EMAIL_CODE_ACCOUNT_SENDS``), which known addresses skip
+(:func:`count_code_send`). They counted per account only: someone with the
+password alone spent them in five logins, and the owner's login mailed no code
+for an hour, again and again.
+
 A right answer gives its places back; a wrong one keeps them (they are the
 failure count). The account of a password check is the username as typed
 (canonical form), whether it exists or not, so a lockout reveals nothing. An
@@ -31,8 +39,9 @@ IPv6 client counts by its /64 network (one subscriber's prefix: rotating
 addresses inside it does not buy more guesses).
 
 Asking a signed-in user for the password again (:func:`verify_password_again`)
-is also a request limit per account (``reauth_account``,
-``PARLEY_LIMIT_REAUTH_ACCOUNT``), counted before anything else: the lockout
+is also a request limit per session of the account (``reauth_account``,
+``PARLEY_LIMIT_REAUTH_ACCOUNT``) and per account (``reauth_user``,
+``PARLEY_LIMIT_REAUTH_USER``), counted before anything else: the lockout
 alone let a user who knows their own password run argon2 without end, holding
 the hashing slots other users' logins wait for.
 """
@@ -54,6 +63,9 @@ ACCOUNT_RULE = "login_account_failures"
 CODE_PAIR_RULE = "code_failures"
 CODE_ACCOUNT_RULE = "code_account_failures"
 REAUTH_RULE = "reauth_account"
+REAUTH_USER_RULE = "reauth_user"
+SEND_PAIR_RULE = "email_code_sends"
+SEND_ACCOUNT_RULE = "email_code_account_sends"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +134,18 @@ async def verify_password_again(
     """The password of a signed-in user, asked again before a sensitive change.
 
     Every request counts in the ``reauth_account`` window of the account's session
-    (``session``: the token's ``sid``) first (429 ``rate_limited`` past it, right
-    password or not, before any hashing), then :func:`verify_password` under the
-    login lockout. Per session, not per account: a stolen session (no password) that
-    used up an account-wide window kept the owner from changing the password or the
-    second factor, a window at a time; a session takes a password to open, so one
-    person cannot hold many.
+    (``session``: the token's ``sid``) first, then in the account's ``reauth_user``
+    window (429 ``rate_limited`` past either, right password or not, before any
+    hashing), then :func:`verify_password` under the login lockout. Per session
+    first: a stolen session (no password) that used up an account-wide window kept
+    the owner from changing the password or the second factor, a window at a time;
+    refused by its own window, it reaches the account's with at most its ``10``. And
+    per account with a larger budget: per session alone, each login bought another
+    window, and one person with the password held the hashing slots (~1,000 checks
+    per 15 minutes from one address).
     """
     await svc.limiter.hit(REAUTH_RULE, f"{user['_id']}|{session}")
+    await svc.limiter.hit(REAUTH_USER_RULE, str(user["_id"]))
     await verify_password(svc, str(user["username"]), user, password, ip)
 
 
@@ -139,6 +155,35 @@ async def reserve_code(svc: AuthService, user_id: str, ip: str) -> Places:
     places = await _places(svc, (CODE_PAIR_RULE, CODE_ACCOUNT_RULE), user_id, user_id, ip)
     await places.take(svc)
     return places
+
+
+async def _send_windows(svc: AuthService, user_id: str, ip: str) -> tuple[str, bool]:
+    """The (account, address) ident of a code send, and whether the address is known."""
+    where = address_key(ip)
+    return f"{user_id}|{where}", await svc.store.address_known(user_id, where)
+
+
+async def check_code_send(svc: AuthService, user_id: str, ip: str) -> None:
+    """429 ``rate_limited`` if no code could be mailed to ``user_id`` for this address,
+    counting nothing (a request refused before work that costs more)."""
+    pair, known = await _send_windows(svc, user_id, ip)
+    await svc.limiter.check(SEND_PAIR_RULE, pair)
+    if not known:
+        await svc.limiter.check(SEND_ACCOUNT_RULE, user_id)
+
+
+async def count_code_send(svc: AuthService, user_id: str, ip: str) -> None:
+    """Count one e-mailed code: in the (account, address) window, and in the account's
+    unless the address is one the account fully signed in from; both or neither (429
+    ``rate_limited``: nothing counted)."""
+    pair, known = await _send_windows(svc, user_id, ip)
+    await svc.limiter.take_places(SEND_PAIR_RULE, pair, 1)
+    if not known:
+        try:
+            await svc.limiter.take_places(SEND_ACCOUNT_RULE, user_id, 1)
+        except ApiError:
+            await svc.limiter.release(SEND_PAIR_RULE, pair)
+            raise
 
 
 async def signed_in(svc: AuthService, user_id: str, ip: str) -> None:

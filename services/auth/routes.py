@@ -378,7 +378,7 @@ async def email_setup(request: web.Request, claims: Claims, body: PasswordReques
     response=RecoveryCodes,
     auth=True,
     tags=["two-factor"],
-    errors=[E.INVALID_CODE, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED],
+    errors=[E.INVALID_CODE, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED, E.CONFLICT],
 )
 async def email_confirm(request: web.Request, claims: Claims, body: CodeRequest) -> RecoveryCodes:
     return await twofactor.email_confirm(svc(request), claims, body.code, caller(request))

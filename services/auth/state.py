@@ -92,7 +92,10 @@ class AuthService:
     ) -> AuthService:
         require_key_encryption(settings)
         metrics = AuthMetrics(registry or CollectorRegistry(), LIMIT_RULES)
-        store = AuthStore(db, redis, settings.redis_prefix)
+        # Ended sessions kept as long as revocation needs them (revocation_ttl_s).
+        store = AuthStore(
+            db, redis, settings.redis_prefix, ended_session_s=settings.access_token_ttl_s + 60
+        )
         box = SecretBox(settings.key_encryption_secret)
         if not box.encrypts:
             log.warning(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import orjson
@@ -99,10 +99,21 @@ def _revocation_keys(prefix: str, user_id: str, sid: str) -> tuple[str, str]:
 
 
 class AuthStore:
-    def __init__(self, db: AsyncDatabase[Doc], redis: aioredis.Redis, redis_prefix: str) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Doc],
+        redis: aioredis.Redis,
+        redis_prefix: str,
+        ended_session_s: int = 960,
+    ) -> None:
         self.db = db
         self.redis = redis
         self.prefix = redis_prefix
+        # How long an ended session is kept (its ``expires_at`` brought in, for the TTL
+        # index): as long as its access tokens may live and :meth:`revoked_since` looks
+        # back (AuthService.revocation_ttl_s). It kept its 30 days: the sessions the cap
+        # ends piled up, and every login's read of the live ones grew with them.
+        self.ended_session_s = ended_session_s
         self.users: AsyncCollection[Doc] = db["users"]
         self.sessions: AsyncCollection[Doc] = db["sessions"]
         self.refresh_tokens: AsyncCollection[Doc] = db["refresh_tokens"]
@@ -122,7 +133,9 @@ class AuthStore:
     async def ensure_indexes(self) -> None:
         await self.users.create_index("username", unique=True)
         await self.users.create_index("email_lc", unique=True)
-        await self.sessions.create_index("user_id")
+        # The live query's fields (on MongoDB; the embedded server scans for equality
+        # anyway, docs/embedded.md: what bounds that read is ended sessions reclaimed).
+        await self.sessions.create_index([("user_id", ASCENDING), ("revoked_at", ASCENDING)])
         await self.sessions.create_index("client_id", sparse=True)  # ending a client's
         await self.refresh_tokens.create_index("sid")
         await self.recovery_codes.create_index("user_id")
@@ -194,6 +207,38 @@ class AuthStore:
         )
         return doc is not None
 
+    async def enable_totp(self, user_id: str, pending: Mapping[str, Any], step: int) -> Doc | None:
+        """Turn TOTP on with ``pending`` (the sealed secret ``totp_setup`` left) if it is
+        still the pending one, in one write that also removes it: the user *before*, or
+        None if another request turned it on first (or a new setup replaced it, or it was
+        turned off). Read-then-write let two confirms both turn it on, each making its own
+        recovery codes. (Matched by the sealed ciphertext, a string: the embedded server
+        matches no sub-document by equality.)"""
+        return _times(
+            await self.users.find_one_and_update(
+                {"_id": user_id, "totp_pending.data": str(pending["data"])},
+                {
+                    "$set": {
+                        "totp_enabled": True,
+                        "totp_secret": dict(pending),
+                        "totp_last_step": step,
+                    },
+                    "$unset": {"totp_pending": ""},
+                },
+                return_document=ReturnDocument.BEFORE,
+            )
+        )
+
+    async def enable_email_codes(self, user_id: str) -> Doc | None:
+        """Turn e-mail codes on: the user *before* the write (None: no such user)."""
+        return _times(
+            await self.users.find_one_and_update(
+                {"_id": user_id},
+                {"$set": {"email_2fa": True}},
+                return_document=ReturnDocument.BEFORE,
+            )
+        )
+
     async def list_users(self, query: str | None, after: str | None, limit: int) -> list[Doc]:
         """Users by username, ``limit`` after the cursor ``after``; ``query``
         is a case-insensitive prefix of the username or the e-mail address."""
@@ -230,11 +275,12 @@ class AuthStore:
         flt: Doc = {"_id": sid, "revoked_at": None}
         if user_id is not None:
             flt["user_id"] = user_id
-        return _times(
-            await self.sessions.find_one_and_update(
-                flt, {"$set": {"revoked_at": now, "revoked_reason": reason}}
-            )
-        )
+        return _times(await self.sessions.find_one_and_update(flt, self._ended(now, reason)))
+
+    def _ended(self, now: datetime, reason: str) -> Doc:
+        """The update that ends a session: revoked, and reclaimed once nothing needs it."""
+        until = now + timedelta(seconds=self.ended_session_s)
+        return {"$set": {"revoked_at": now, "revoked_reason": reason, "expires_at": until}}
 
     async def live_sessions(self, user_id: str, now: datetime) -> list[Doc]:
         cursor = self.sessions.find({"user_id": user_id, "revoked_at": None}).sort(
@@ -258,8 +304,7 @@ class AuthStore:
         for i in range(0, len(sids), ID_CHUNK):
             chunk = sids[i : i + ID_CHUNK]
             await self.sessions.update_many(
-                {"_id": {"$in": chunk}, "revoked_at": None},
-                {"$set": {"revoked_at": now, "revoked_reason": reason}},
+                {"_id": {"$in": chunk}, "revoked_at": None}, self._ended(now, reason)
             )
         return sids
 
@@ -347,6 +392,14 @@ class AuthStore:
             {"_id": code_hash, "user_id": user_id, "used_at": None}, {"$set": {"used_at": now}}
         )
         return doc is not None
+
+    async def release_recovery_code(self, code_hash: str, user_id: str, used_at: datetime) -> None:
+        """Unused again, if :meth:`consume_recovery_code` at ``used_at`` is what used it: the
+        login it answered was refused after all (twofactor.complete_login)."""
+        await self.recovery_codes.update_one(
+            {"_id": code_hash, "user_id": user_id, "used_at": used_at},
+            {"$set": {"used_at": None}},
+        )
 
     async def count_recovery_codes(self, user_id: str) -> int:
         # Counted here rather than with count_documents: nx-27017 0.8.1 counts 0
@@ -595,7 +648,7 @@ class AuthStore:
         for i in range(0, len(live), ID_CHUNK):
             await self.sessions.update_many(
                 {"_id": {"$in": live[i : i + ID_CHUNK]}, "revoked_at": None},
-                {"$set": {"revoked_at": now, "revoked_reason": reason}},
+                self._ended(now, reason),
             )
         return len(live), [(str(d["user_id"]), str(d["_id"])) for d in docs]
 

@@ -123,7 +123,11 @@ def new_recovery_code() -> str:
 
 
 def normalize_recovery_code(code: str) -> str:
-    return "".join(ch for ch in code.upper() if ch.isalnum())
+    """The code's ASCII letters and digits, upper-cased (separators and spaces dropped).
+    Anything else is dropped too: ``isalnum`` alone kept any Unicode letter or digit
+    (and ``upper`` turns "ß" into "SS"), so a code of other characters was compared as
+    something the alphabet never makes."""
+    return "".join(ch for ch in code.upper() if ch.isascii() and ch.isalnum())
 
 
 def new_numeric_code(digits: int = 6) -> str:

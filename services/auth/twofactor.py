@@ -20,6 +20,7 @@ import hmac
 import logging
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import pyotp
@@ -52,7 +53,10 @@ log = logging.getLogger(__name__)
 
 CHALLENGE = "challenge"
 EMAIL_SETUP = "email-setup"
-SIX_DIGITS = re.compile(r"^\d{6}$")
+# ASCII digits only: ``\d`` matched any Unicode digit ("١٢٣٤٥٦", full-width, mathematical),
+# and such a code reached ``hmac.compare_digest`` as a non-ASCII str, which raises
+# TypeError: a 500, after the attempt had taken its lockout places.
+SIX_DIGITS = re.compile(r"[0-9]{6}")
 SECOND_FACTOR_AMR = ["pwd", "otp", "mfa"]
 
 User = Mapping[str, Any]
@@ -146,13 +150,15 @@ async def totp_confirm(
     if step is None:
         raise _invalid_code()  # the attempt keeps its places: a failure
     await attempt.give_back(svc)
-    await svc.store.update_user(
-        user["_id"],
-        {"totp_enabled": True, "totp_secret": user["totp_pending"], "totp_last_step": step},
-        unset=["totp_pending"],
-    )
+    # One write, on condition that this secret is still the pending one: of two
+    # confirms at once (a double submit), one turns TOTP on, makes the recovery codes
+    # and mails the notice; the other is 409 and changes nothing. Before, both did,
+    # each answering its own codes (twenty live, or the first answer's dead).
+    before = await svc.store.enable_totp(user["_id"], user["totp_pending"], step)
+    if before is None:
+        raise ApiError(ErrorCode.CONFLICT, "TOTP is already on.")
     log.info("totp enabled", extra={"user_id": user["_id"]})
-    codes = await _first_recovery_codes(svc, user)
+    codes = await _first_recovery_codes(svc, before)
     await notify(svc, user, caller, Notice.TOTP_ON)
     return codes
 
@@ -174,11 +180,11 @@ async def email_setup(svc: AuthService, claims: Claims, password: str, caller: C
     user = await svc.own_user(claims)
     # No code can be mailed: refused before the password costs argon2 (counted below,
     # once a code is sent, so that a wrong password uses up no send).
-    await svc.limiter.check("email_code_sends", user["_id"])
+    await lockout.check_code_send(svc, user["_id"], caller.ip)
     await lockout.verify_password_again(svc, user, password, caller.ip, claims.sid)
     if user.get("email_2fa"):
         raise ApiError(ErrorCode.CONFLICT, "E-mail codes are already on.")
-    await svc.limiter.hit("email_code_sends", user["_id"])
+    await lockout.count_code_send(svc, user["_id"], caller.ip)
     code = new_numeric_code()
     ttl = svc.config.email_code_ttl_s
     await svc.store.eph_put(
@@ -204,11 +210,18 @@ async def email_confirm(
     if not same(pending["code"], digest(user["_id"], code.strip())):
         raise _invalid_code(svc.config.challenge_max_attempts - attempts)
     await attempt.give_back(svc)
+    # The pending code is used once: of two confirms at once, the one that deletes it
+    # turns e-mail codes on; the other is 409 (it was 401 challenge_expired).
     if not await svc.store.eph_delete(EMAIL_SETUP, user["_id"]):
+        now = await svc.store.user_by_id(user["_id"])
+        if now is not None and now.get("email_2fa"):
+            raise ApiError(ErrorCode.CONFLICT, "E-mail codes are already on.")
         raise _expired(enrolment=True)
-    await svc.store.update_user(user["_id"], {"email_2fa": True})
+    before = await svc.store.enable_email_codes(user["_id"])
+    if before is None:
+        raise _expired(enrolment=True)
     log.info("email 2fa enabled", extra={"user_id": user["_id"]})
-    codes = await _first_recovery_codes(svc, user)
+    codes = await _first_recovery_codes(svc, before)
     await notify(svc, user, caller, Notice.EMAIL_ON)
     return codes
 
@@ -247,11 +260,15 @@ async def _new_recovery_codes(svc: AuthService, user_id: str) -> RecoveryCodes:
     return RecoveryCodes(recovery_codes=codes)
 
 
-async def _first_recovery_codes(svc: AuthService, user: User) -> RecoveryCodes:
-    """Codes on turning on a first factor; none (already shown) for a second one."""
-    if methods(user):
+async def _first_recovery_codes(svc: AuthService, before: User) -> RecoveryCodes:
+    """Codes on turning on a first factor; none (already shown) for a second one.
+
+    ``before``: the account as the write that turned the factor on found it, not as
+    read earlier: a TOTP and an e-mail-code confirm at once both read "no factor" and
+    both made codes, each deleting the other's."""
+    if methods(before):
         return RecoveryCodes(recovery_codes=[])
-    return await _new_recovery_codes(svc, user["_id"])
+    return await _new_recovery_codes(svc, before["_id"])
 
 
 async def regenerate_recovery_codes(
@@ -311,7 +328,7 @@ async def begin_login(
         # E-mail is the only factor: send the code at once (if the mail server
         # is down, the client still gets the challenge and can ask again).
         try:
-            await _send_login_code(svc, challenge_id, user)
+            await _send_login_code(svc, challenge_id, user, caller.ip)
             sent = True
         except ApiError as exc:
             log.warning("login code not sent", extra={"code": exc.code.value})
@@ -331,20 +348,27 @@ async def send_login_code(svc: AuthService, challenge_id: str, caller: Caller) -
     if "email" not in challenge["methods"].split(","):
         raise ApiError(ErrorCode.BAD_REQUEST, "E-mail codes are not on for this account.")
     user = await svc.store.user_by_id(challenge["user_id"])
-    if user is None or user["blocked"]:
+    if user is None or _stale(challenge, user, "email"):
+        # As an answer to it would be (check_challenge): before, a challenge opened with
+        # a password changed since (or before every session was ended) kept mailing
+        # codes, and spending the account's sends, for its five minutes.
+        await svc.store.eph_delete(CHALLENGE, digest(challenge_id))
         raise _expired()
-    await _send_login_code(svc, challenge_id, user)
+    await _send_login_code(svc, challenge_id, user, caller.ip)
     return Accepted(message="A code is on its way to your e-mail address.")
 
 
-async def _send_login_code(svc: AuthService, challenge_id: str, user: User) -> None:
+async def _send_login_code(svc: AuthService, challenge_id: str, user: User, ip: str) -> None:
     key = digest(challenge_id)
     sends = await svc.store.eph_incr(CHALLENGE, key, "email_sends")
     if sends is None:
         raise _expired()
     if sends > svc.config.email_code_sends_per_challenge:
         raise ApiError(ErrorCode.RATE_LIMITED, "Too many codes sent; log in again later.")
-    await svc.limiter.hit("email_code_sends", user["_id"])
+    # Per (account, address), and per account from addresses it never fully signed in
+    # from: someone with only the password uses up their own addresses' sends, not
+    # the owner's (services.auth.lockout).
+    await lockout.count_code_send(svc, user["_id"], ip)
     code = new_numeric_code()
     ttl = svc.config.email_code_ttl_s
     expires = svc.now().timestamp() + ttl
@@ -358,8 +382,15 @@ async def _send_login_code(svc: AuthService, challenge_id: str, user: User) -> N
 async def complete_login(
     svc: AuthService, body: SecondFactorRequest, caller: Caller
 ) -> TokenResponse:
-    user, device, device_id = await check_challenge(svc, body, caller)
-    return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device, device_id)
+    user, device, device_id, spent = await _answer_challenge(svc, body, caller)
+    try:
+        return await sessions.start(svc, user, SECOND_FACTOR_AMR, caller, device, device_id)
+    except ApiError:
+        # Refused after the code was checked (the device removed, or the account
+        # changed, in the moment between): a recovery code is not spent on a refusal.
+        if spent is not None:
+            await svc.store.release_recovery_code(spent[0], user["_id"], spent[1])
+        raise
 
 
 async def check_challenge(
@@ -369,6 +400,17 @@ async def check_challenge(
 
     Single use. Shared by ``/v1/login/2fa`` and the OpenID provider's sign-in page.
     """
+    user, device, device_id, _ = await _answer_challenge(svc, body, caller)
+    return user, device, device_id
+
+
+Spent = tuple[str, datetime] | None
+"""The recovery code an answer used (its hash, when), to give back if no session opens."""
+
+
+async def _answer_challenge(
+    svc: AuthService, body: SecondFactorRequest, caller: Caller
+) -> tuple[User, str | None, int | None, Spent]:
     await svc.limiter.hit("code_ip", caller.ip_key)
     key = digest(body.challenge_id)
     challenge = await svc.store.eph_get(CHALLENGE, key)
@@ -388,9 +430,39 @@ async def check_challenge(
         await attempt.give_back(svc)
         raise _expired()
     user = await svc.store.user_by_id(user_id)
-    if (
-        user is None
-        or user["blocked"]
+    if user is None or _stale(challenge, user, body.method):
+        await svc.store.eph_delete(CHALLENGE, key)
+        await attempt.give_back(svc)
+        raise _expired()
+    did = str(challenge.get("device_id") or "")
+    device_id = int(did) if did.isdigit() else None
+    try:
+        # Before the code is checked: a TOTP step and a recovery code were used up, and
+        # then the session was refused (403 device_removed). The challenge is over (its
+        # device stays removed); the attempt counts nowhere.
+        await sessions.refuse_removed(svc, user_id, device_id)
+    except ApiError:
+        await svc.store.eph_delete(CHALLENGE, key)
+        await attempt.give_back(svc)
+        raise
+    ok, spent = await _code_ok(svc, user, body, challenge)
+    if not ok:
+        svc.metrics.login_failures.labels("code").inc()
+        raise _invalid_code(svc.config.challenge_max_attempts - attempts)
+    # The right code: this address's run of failures ends.
+    await attempt.succeeded(svc)
+    if not await svc.store.eph_delete(CHALLENGE, key):
+        if spent is not None:
+            await svc.store.release_recovery_code(spent[0], user_id, spent[1])
+        raise _expired()  # a concurrent request completed it first
+    await lockout.signed_in(svc, user_id, caller.ip)
+    return user, challenge.get("device") or None, device_id, spent
+
+
+def _stale(challenge: Mapping[str, str], user: User, method: str) -> bool:
+    """Whether the challenge no longer stands for ``user`` (read again) and ``method``."""
+    return (
+        bool(user["blocked"])
         # Opened with a password that has changed since (sessions.password_stamp).
         or challenge.get("pw", "None") != str(sessions.password_stamp(user))
         # Opened before the account's sessions were ended (sessions.security_stamp;
@@ -398,38 +470,27 @@ async def check_challenge(
         or challenge.get("ss", "0") != str(sessions.security_stamp(user))
         # The factor it answers was turned off since (TOTP off: the code cannot be
         # checked; e-mail codes off: the code mailed before must not count).
-        or body.method not in methods(user)
-    ):
-        await svc.store.eph_delete(CHALLENGE, key)
-        await attempt.give_back(svc)
-        raise _expired()
-    if not await _code_ok(svc, user, body, challenge):
-        svc.metrics.login_failures.labels("code").inc()
-        raise _invalid_code(svc.config.challenge_max_attempts - attempts)
-    # The right code: this address's run of failures ends.
-    await attempt.succeeded(svc)
-    if not await svc.store.eph_delete(CHALLENGE, key):
-        raise _expired()  # a concurrent request completed it first
-    await lockout.signed_in(svc, user_id, caller.ip)
-    did = str(challenge.get("device_id") or "")
-    return user, challenge.get("device") or None, int(did) if did.isdigit() else None
+        or method not in methods(user)
+    )
 
 
 async def _code_ok(
     svc: AuthService, user: User, body: SecondFactorRequest, challenge: Mapping[str, str]
-) -> bool:
+) -> tuple[bool, Spent]:
+    """Whether the code is right; and the recovery code it used, if one."""
     if body.method == "totp":
-        return await _check_totp(svc, user, body.code)
+        return await _check_totp(svc, user, body.code), None
     if body.method == "email":
         stored = challenge.get("email_code", "")
         expires = float(challenge.get("email_code_exp") or 0)
         candidate = digest(body.challenge_id, body.code.strip())
-        return bool(stored) and svc.now().timestamp() < expires and same(stored, candidate)
-    code_hash = digest(user["_id"], normalize_recovery_code(body.code))
-    ok = await svc.store.consume_recovery_code(code_hash, user["_id"], svc.now())
-    if ok:
-        log.info("recovery code used", extra={"user_id": user["_id"]})
-    return ok
+        ok = bool(stored) and svc.now().timestamp() < expires and same(stored, candidate)
+        return ok, None
+    code_hash, now = digest(user["_id"], normalize_recovery_code(body.code)), svc.now()
+    if not await svc.store.consume_recovery_code(code_hash, user["_id"], now):
+        return False, None
+    log.info("recovery code used", extra={"user_id": user["_id"]})
+    return True, (code_hash, now)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -23,6 +23,7 @@ from tests.auth.conftest import ROOMY
 from tests.auth.helpers import PASSWORD, AuthApi, RecordingHasher
 
 REAUTH = 4  # password re-checks per session per window
+REAUTH_USER = 10  # and per account, all sessions together
 NOTICES = 2  # security notices per account per window (then one saying so)
 
 # Every endpoint that asks a signed-in user for the password again.
@@ -41,6 +42,7 @@ def auth_config() -> AuthSettings:
     return AuthSettings.for_tests(
         **ROOMY,
         limit_reauth_account=f"{REAUTH}/900",
+        limit_reauth_user=f"{REAUTH_USER}/900",
         limit_security_notices=f"{NOTICES}/3600",
         limit_email_code_sends="1/3600",
     )
@@ -112,6 +114,32 @@ async def test_password_rechecks_are_limited_per_session_before_argon2(
         "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD},
         token=other["access_token"], status=200,
     )  # fmt: skip
+
+
+async def test_password_rechecks_are_limited_per_account_whatever_the_sessions(
+    auth: AuthApi, hasher: RecordingHasher
+) -> None:
+    """Per session alone, every login bought another window: one user signing in again
+    and again ran argon2 ~1,000 times in 15 minutes from one address. The account's
+    sessions together now get ``REAUTH_USER``; each session still at most ``REAUTH``
+    of them (so a stolen one cannot spend the owner's)."""
+    user = await auth.signup()
+    sessions = [user, *[await auth.login(user["user"]["username"]) for _ in range(3)]]
+    hasher.verified.clear()  # the logins' checks
+    statuses = []
+    for session in sessions:
+        for _ in range(REAUTH + 1):
+            status, body = await auth.call(
+                "POST", "/auth/v1/2fa/recovery-codes", {"password": PASSWORD},
+                token=session["access_token"],
+            )  # fmt: skip
+            statuses.append((status, body["error"]["code"]))
+    # 409: the password was checked (then: no factor to make codes for).
+    ok, limited = (409, "conflict"), (429, "rate_limited")
+    run = [ok] * REAUTH + [limited]
+    rest = REAUTH_USER - 2 * REAUTH
+    assert statuses == run + run + [ok] * rest + [limited] * (2 * (REAUTH + 1) - rest)
+    assert len(hasher.verified) == REAUTH_USER
 
 
 async def test_security_notices_are_capped_per_account(auth: AuthApi) -> None:

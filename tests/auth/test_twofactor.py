@@ -3,10 +3,14 @@ and what a password reset does to them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pyotp
+import pytest
 
+from services.auth.tokens import digest
+from services.common.auth import device_revocation_key
 from tests.auth.helpers import PASSWORD, AuthApi, code_in
 
 NEW_PASSWORD = "a brand new passphrase"
@@ -237,3 +241,257 @@ async def test_a_challenge_opened_before_the_other_sessions_were_ended_is_over(
         "POST", "/auth/v1/login/2fa",
         {"challenge_id": again, "method": "recovery", "code": recovery[0]}, status=200,
     )  # fmt: skip
+
+
+# The same six digits in other scripts: Arabic-Indic, full-width, mathematical bold.
+OTHER_DIGITS = tuple(
+    "".join(chr(zero + d) for d in range(10)) for zero in (0x0660, 0xFF10, 0x1D7CE)
+)
+
+
+def in_other_digits(code: str) -> list[str]:
+    return [code.translate(str.maketrans("0123456789", digits)) for digits in OTHER_DIGITS]
+
+
+async def test_a_code_in_other_digits_is_a_wrong_code_not_a_server_error(auth: AuthApi) -> None:
+    """A TOTP code spelled in Unicode digits passed the six-digit pattern (``\\d``) and
+    reached ``hmac.compare_digest`` as a non-ASCII str, which raises TypeError: enrolment
+    and the login's second factor answered 500, after the attempt had taken its places
+    in the code-failure windows and a challenge attempt. Now it is a wrong code, counted
+    as one (as "abcdef" is), and the right code in ASCII still works."""
+    user = await auth.signup()
+    uid, name, token = user["user"]["user_id"], user["user"]["username"], user["access_token"]
+    _, setup = await auth.call(
+        "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+    )
+    totp = pyotp.TOTP(setup["secret"])
+    window = auth.service.limiter.key("code_failures", f"{uid}|127.0.0.1")
+    for code in in_other_digits(totp.now()):
+        status, err = await auth.call(
+            "POST", "/auth/v1/2fa/totp/confirm", {"code": code}, token=token
+        )
+        assert (status, err["error"]["code"]) == (401, "invalid_code"), code
+    assert int(await auth.redis.get(window)) == 3  # each a failure, as a wrong code is
+    await auth.redis.delete(window)  # (room for the login's below)
+    assert not (await user_doc(auth, user)).get("totp_enabled")
+    _, codes = await auth.call(
+        "POST", "/auth/v1/2fa/totp/confirm", {"code": totp.now()}, token=token, status=200
+    )
+    recovery = codes["recovery_codes"]
+    challenge = (await auth.login(name))["challenge_id"]
+    for left, code in zip((4, 3, 2), in_other_digits(totp.now()), strict=True):
+        status, err = await auth.call(
+            "POST", "/auth/v1/login/2fa",
+            {"challenge_id": challenge, "method": "totp", "code": code},
+        )  # fmt: skip
+        assert (status, err["error"]["code"]) == (401, "invalid_code"), code
+        assert err["error"]["details"]["attempts_left"] == left
+    # A recovery code in full-width letters is no code of ours either.
+    wide = recovery[0].translate({c: c + 0xFEE0 for c in range(0x21, 0x7F)})
+    status, err = await auth.call(
+        "POST", "/auth/v1/login/2fa",
+        {"challenge_id": challenge, "method": "recovery", "code": wide},
+    )  # fmt: skip
+    assert (status, err["error"]["code"]) == (401, "invalid_code")
+    _, tokens = await auth.call(
+        "POST", "/auth/v1/login/2fa",
+        {"challenge_id": challenge, "method": "recovery", "code": recovery[0]}, status=200,
+    )  # fmt: skip
+    assert tokens["user"]["user_id"] == uid
+
+
+async def enrol_email(auth: AuthApi, user: dict[str, Any]) -> None:
+    token = user["access_token"]
+    await auth.call(
+        "POST", "/auth/v1/2fa/email/setup", {"password": PASSWORD}, token=token, status=202
+    )
+    [*_, mail] = await auth.mail_to(user["email"])
+    await auth.call(
+        "POST", "/auth/v1/2fa/email/confirm", {"code": code_in(mail)}, token=token, status=200
+    )
+
+
+def sends_from(auth: AuthApi, user: dict[str, Any], address: str) -> str:
+    """The key of the (account, address) window of e-mailed codes."""
+    return auth.service.limiter.key("email_code_sends", f"{user['user']['user_id']}|{address}")
+
+
+async def test_someone_with_only_the_password_cannot_use_up_the_owners_code_sends(
+    auth: AuthApi,
+) -> None:
+    """E-mailed codes counted per account (6 an hour): someone with only the password
+    signed in six times, and the owner's login mailed no code (``email_code_sent``
+    false, a resend 429) for an hour, again every hour. Now per (account, address), and
+    per account (20) only from addresses the account never fully signed in from."""
+    user = await auth.signup()  # from 127.0.0.1: a known address from now on
+    name = user["user"]["username"]
+    await enrol_email(auth, user)
+
+    async def login_from(address: str) -> Any:
+        _, body = await auth.call(
+            "POST", "/auth/v1/login", {"username": name, "password": PASSWORD},
+            headers={"X-Forwarded-For": address}, status=200,
+        )  # fmt: skip
+        return body
+
+    thief = "203.0.113.1"
+    assert [(await login_from(thief))["email_code_sent"] for _ in range(7)] == [True] * 6 + [False]
+    challenge = (await login_from(thief))["challenge_id"]
+    status, err = await auth.call(
+        "POST", "/auth/v1/login/2fa/email", {"challenge_id": challenge},
+        headers={"X-Forwarded-For": thief},
+    )  # fmt: skip
+    assert (status, err["error"]["code"]) == (429, "rate_limited")
+    owner = await auth.login(name)
+    assert owner["email_code_sent"]
+    await auth.call(
+        "POST", "/auth/v1/login/2fa/email", {"challenge_id": owner["challenge_id"]}, status=202
+    )
+    # Many addresses: 20 codes an hour for the account from unknown ones, then none from a
+    # new address; a refused send counts nowhere. The owner's known address still gets.
+    for address in ("203.0.113.2", "203.0.113.3"):
+        assert all([(await login_from(address))["email_code_sent"] for _ in range(6)])
+    last = "203.0.113.4"
+    assert [(await login_from(last))["email_code_sent"] for _ in range(3)] == [True, True, False]
+    assert int(await auth.redis.get(sends_from(auth, user, last))) == 2
+    assert (await auth.login(name))["email_code_sent"]
+
+
+async def test_a_challenge_opened_before_a_password_change_mails_no_more_codes(
+    auth: AuthApi,
+) -> None:
+    """Before, a resend checked only that the account existed and was not blocked: a
+    challenge opened with the old password kept mailing codes (and spending the sends)
+    for its five minutes after the owner changed the password."""
+    user = await auth.signup()
+    name = user["user"]["username"]
+    await enrol_email(auth, user)
+    challenge = (await auth.login(name))["challenge_id"]
+    await auth.call(
+        "POST", "/auth/v1/password",
+        {"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        token=user["access_token"], status=204,
+    )  # fmt: skip
+    window = sends_from(auth, user, "127.0.0.1")
+    sent_before = int(await auth.redis.get(window) or 0)
+    status, err = await auth.call("POST", "/auth/v1/login/2fa/email", {"challenge_id": challenge})
+    assert (status, err["error"]["code"]) == (401, "challenge_expired")
+    assert int(await auth.redis.get(window) or 0) == sent_before
+    record = f"{auth.service.store.prefix}:auth:eph:challenge:{digest(challenge)}"
+    assert not await auth.redis.exists(record)
+
+
+async def recovery_works(auth: AuthApi, name: str, code: str) -> bool:
+    challenge = (await auth.login(name))["challenge_id"]
+    status, _ = await auth.call(
+        "POST", "/auth/v1/login/2fa",
+        {"challenge_id": challenge, "method": "recovery", "code": code},
+    )  # fmt: skip
+    return status == 200
+
+
+async def test_two_confirms_at_once_turn_the_factor_on_once(auth: AuthApi) -> None:
+    """Confirm read the account, then wrote: a double submit (or two tabs) both answered
+    200, each with its own recovery codes (twenty live, or the first answer's dead), and
+    two notices were mailed. Now one write on condition that the secret is still
+    pending: one answer has the codes, the other is 409 ``conflict``; the codes shown
+    are the ones that work."""
+    for _ in range(4):
+        user = await auth.signup()
+        name, token = user["user"]["username"], user["access_token"]
+        _, setup = await auth.call(
+            "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+        )
+        code = pyotp.TOTP(setup["secret"]).now()
+        answers = await asyncio.gather(
+            *[
+                auth.call("POST", "/auth/v1/2fa/totp/confirm", {"code": code}, token=token)
+                for _ in range(2)
+            ]
+        )
+        statuses = sorted(status for status, _ in answers)
+        assert statuses == [200, 409], answers
+        [codes] = [body["recovery_codes"] for status, body in answers if status == 200]
+        [refusal] = [body["error"]["code"] for status, body in answers if status == 409]
+        assert (len(codes), refusal) == (10, "conflict")
+        _, state = await auth.call("GET", "/auth/v1/2fa", token=token, status=200)
+        assert (state["totp"], state["recovery_codes_left"]) == (True, 10)
+        mails = await auth.mail_to(user["email"])
+        assert sum("an authenticator app was added" in m for m in mails) == 1
+        assert await recovery_works(auth, name, codes[0])
+
+
+async def test_totp_and_email_codes_confirmed_at_once_make_one_set_of_codes(
+    auth: AuthApi,
+) -> None:
+    """Both read "no factor yet" and both made recovery codes, each set replacing the
+    other's (delete, then insert): one answer's codes were dead, or twenty were live.
+    Whichever write comes second sees the other factor on and makes none."""
+    for _ in range(4):
+        user = await auth.signup()
+        name, token = user["user"]["username"], user["access_token"]
+        _, setup = await auth.call(
+            "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+        )
+        await auth.call(
+            "POST", "/auth/v1/2fa/email/setup", {"password": PASSWORD}, token=token, status=202
+        )
+        [*_, mail] = await auth.mail_to(user["email"])
+        answers = await asyncio.gather(
+            auth.call(
+                "POST", "/auth/v1/2fa/totp/confirm",
+                {"code": pyotp.TOTP(setup["secret"]).now()}, token=token,
+            ),
+            auth.call("POST", "/auth/v1/2fa/email/confirm", {"code": code_in(mail)}, token=token),
+        )  # fmt: skip
+        assert [status for status, _ in answers] == [200, 200], answers
+        shown = sorted((body["recovery_codes"] for _, body in answers), key=len)
+        assert [len(codes) for codes in shown] == [0, 10]
+        _, state = await auth.call("GET", "/auth/v1/2fa", token=token, status=200)
+        assert (state["totp"], state["email"], state["recovery_codes_left"]) == (True, True, 10)
+        assert await recovery_works(auth, name, shown[1][0])
+
+
+async def test_a_refused_second_factor_spends_no_recovery_code(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code was checked (a recovery code used up, a TOTP step taken) before the
+    session was refused: a device removed since the password was checked answered 403
+    ``device_removed`` with one recovery code fewer. The device is checked first now;
+    and a refusal after the check (the account's sessions ended in between) gives the
+    recovery code back."""
+    user = await auth.signup()
+    uid, name, token = user["user"]["user_id"], user["user"]["username"], user["access_token"]
+    _, recovery = await enrol_totp(auth, user)
+    _, challenge = await auth.call(
+        "POST", "/auth/v1/login",
+        {"username": name, "password": PASSWORD, "device_id": 7}, status=200,
+    )  # fmt: skip
+    # The key directory removes device 7 meanwhile.
+    removed = device_revocation_key(auth.service.settings.redis_prefix, uid, 7)
+    await auth.redis.set(removed, b"1", ex=600)
+    answer = {"challenge_id": challenge["challenge_id"], "method": "recovery", "code": recovery[0]}
+    status, err = await auth.call("POST", "/auth/v1/login/2fa", answer)
+    assert (status, err["error"]["code"]) == (403, "device_removed")
+    _, state = await auth.call("GET", "/auth/v1/2fa", token=token, status=200)
+    assert state["recovery_codes_left"] == 10
+    failures = auth.service.limiter.key("code_failures", f"{uid}|127.0.0.1")
+    assert await auth.redis.get(failures) is None  # the attempt counted nowhere
+
+    # Every session ended between the check of the code and the session's write.
+    store = auth.service.store
+    insert = store.insert_session
+
+    async def ended_meanwhile(doc: dict[str, Any]) -> None:
+        await store.raise_security_stamp(uid)
+        await insert(doc)
+
+    challenge = await auth.login(name)
+    monkeypatch.setattr(store, "insert_session", ended_meanwhile)
+    answer = {"challenge_id": challenge["challenge_id"], "method": "recovery", "code": recovery[0]}
+    status, err = await auth.call("POST", "/auth/v1/login/2fa", answer)
+    assert (status, err["error"]["code"]) == (401, "invalid_credentials")
+    monkeypatch.undo()
+    _, state = await auth.call("GET", "/auth/v1/2fa", token=token)
+    assert state["recovery_codes_left"] == 10
+    assert await recovery_works(auth, name, recovery[0])
