@@ -508,7 +508,8 @@ async def user_sessions(
 async def revoke_user_session(
     svc: AuthService, claims: Claims, caller: Caller, user_id: str, sid: str
 ) -> None:
-    """End one session of a user. Ending one already ended answers 204 again and tells
+    """End one session of a user. Ending one already ended answers 204 again (until it is
+    reclaimed, an access token's life and a minute after it ended: then 404) and tells
     every service again, as the user's own ``DELETE /v1/sessions/{sid}`` does: a first
     try that wrote the revocation and then failed to publish it (a 503) left its access
     tokens working, and its retry, finding the session ended, answered 404 and told no

@@ -338,7 +338,7 @@ async def totp_setup(request: web.Request, claims: Claims, body: PasswordRequest
     response=RecoveryCodes,
     auth=True,
     tags=["two-factor"],
-    errors=[E.INVALID_CODE, E.CONFLICT, E.ACCOUNT_LOCKED],
+    errors=[E.INVALID_CODE, E.CONFLICT, E.CHALLENGE_EXPIRED, E.ACCOUNT_LOCKED],
 )
 async def totp_confirm(request: web.Request, claims: Claims, body: CodeRequest) -> RecoveryCodes:
     return await twofactor.totp_confirm(svc(request), claims, body.code, caller(request))

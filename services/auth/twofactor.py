@@ -156,7 +156,15 @@ async def totp_confirm(
     # each answering its own codes (twenty live, or the first answer's dead).
     before = await svc.store.enable_totp(user["_id"], user["totp_pending"], step)
     if before is None:
-        raise ApiError(ErrorCode.CONFLICT, "TOTP is already on.")
+        # Another confirm won, or a new setup replaced this secret meanwhile (another
+        # tab), or the write failed (the embedded server answers an error as no match):
+        # 409 only when TOTP is on indeed; else this setup is over, TOTP still off.
+        now = await svc.store.user_by_id(user["_id"])
+        if now is not None and now.get("totp_enabled"):
+            raise ApiError(ErrorCode.CONFLICT, "TOTP is already on.")
+        raise ApiError(
+            ErrorCode.CHALLENGE_EXPIRED, "This setup was replaced or has ended; set up again."
+        )
     log.info("totp enabled", extra={"user_id": user["_id"]})
     codes = await _first_recovery_codes(svc, before)
     await notify(svc, user, caller, Notice.TOTP_ON)

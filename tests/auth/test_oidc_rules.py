@@ -34,6 +34,7 @@ from services.auth.config import AuthSettings
 from services.auth.models import BlockRequest, ClientCreate, ClientPatch
 from services.auth.oidc import clients
 from services.auth.state import AUTH_SERVICE, AuthService
+from services.auth.tokens import digest
 from services.common.auth import Claims
 from services.common.config import Settings
 from services.common.ratelimit import Limit
@@ -530,6 +531,25 @@ async def test_unknown_client_gets_an_error_page(op: OP) -> None:
             params={"response_type": "code", "client_id": "nobody", "redirect_uri": REDIRECT},
         )
     assert resp.status_code == 400 and page_error(resp.text) == "invalid_client"
+
+
+async def test_a_stored_refresh_token_of_a_reclaimed_session_is_revoked_quietly(
+    op: OP,
+) -> None:
+    """Review: an ended session is reclaimed once its access tokens' life is over; a
+    stored refresh token (issued before 2026-12-07, or with PARLEY_REFRESH_TOKENS=stored)
+    of it then made a grant without a client, and its revocation answered 400
+    ``invalid_grant``. RFC 7009 2.2: nothing left to revoke is 200."""
+    rp = await op.client()
+    token = secrets.token_urlsafe(32)
+    await op.svc.store.refresh_tokens.insert_one(
+        {"_id": digest(token), "user_id": "gone-user", "sid": "reclaimed-session"}
+    )
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(
+            rp.meta["revocation_endpoint"], data={"token": token, "client_id": rp.client_id}
+        )
+    assert resp.status_code == 200, resp.text[:300]
 
 
 async def test_revocation_needs_the_owning_client(op: OP) -> None:

@@ -421,6 +421,35 @@ async def test_two_confirms_at_once_turn_the_factor_on_once(auth: AuthApi) -> No
         assert await recovery_works(auth, name, codes[0])
 
 
+async def test_a_confirm_whose_setup_was_replaced_meanwhile_says_so_not_already_on(
+    auth: AuthApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a confirm whose conditional write matched nothing answered 409 "TOTP is
+    already on" whatever the cause; a setup started again in another tab between its
+    read and its write left TOTP off, the client told it was on."""
+    user = await auth.signup()
+    token = user["access_token"]
+    _, first = await auth.call(
+        "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+    )
+    store = auth.service.store
+    enable = store.enable_totp
+
+    async def setup_again_first(*args: Any, **kwargs: Any) -> Any:
+        # The other tab's setup lands between this confirm's read and its write.
+        await auth.call(
+            "POST", "/auth/v1/2fa/totp/setup", {"password": PASSWORD}, token=token, status=200
+        )
+        return await enable(*args, **kwargs)
+
+    monkeypatch.setattr(store, "enable_totp", setup_again_first)
+    code = pyotp.TOTP(first["secret"]).now()
+    status, body = await auth.call("POST", "/auth/v1/2fa/totp/confirm", {"code": code}, token=token)
+    assert (status, body["error"]["code"]) == (401, "challenge_expired"), body
+    _, state = await auth.call("GET", "/auth/v1/2fa", token=token, status=200)
+    assert state["totp"] is False
+
+
 async def test_totp_and_email_codes_confirmed_at_once_make_one_set_of_codes(
     auth: AuthApi,
 ) -> None:

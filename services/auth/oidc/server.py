@@ -663,8 +663,12 @@ class ParleyServer(AuthorizationServer):  # type: ignore[misc]
         if found is None:
             return None
         user_id, sid, session = found
-        client_id = session.get("client_id") if session else None
-        return Grant(user_id=user_id, sid=sid, client_id=client_id, scope="")
+        if session is None:
+            # Its session was ended and then reclaimed (docs/auth.md, "Sessions"): nothing
+            # left to revoke, and RFC 7009 answers such a token 200 (a grant without its
+            # client was 400 invalid_grant).
+            return None
+        return Grant(user_id=user_id, sid=sid, client_id=session.get("client_id"), scope="")
 
     async def _access_grant(self, token: str) -> Grant | None:
         claims = await self.verify_own_jwt(token, audience=self.userinfo_audience)
