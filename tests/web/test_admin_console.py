@@ -56,6 +56,15 @@ def screenshots(tmp_path: Path) -> Path:
     return shots
 
 
+def console_env(system: System, shots: Path, admin: User, **extra: str) -> dict[str, str]:
+    """What every console script reads (the load balancer, the built console, where its
+    screenshots go, the admin it signs in as), and a test's own variables."""
+    return {
+        "LB": system.lb, "WEB_DIR": str(WEB), "SHOTS": str(shots),
+        "ADMIN_USER": admin.username, "ADMIN_PASSWORD": admin.password, **extra,
+    }  # fmt: skip
+
+
 async def run_script(script: str, env: dict[str, str], ok: str) -> None:
     run = await asyncio.to_thread(
         subprocess.run,
@@ -78,16 +87,14 @@ async def test_admin_blocks_a_user_in_the_console_and_a_non_admin_is_refused(
     make_admin(system, admin.username)
     target = await signup(system.lb, "tgt")
     plain = await signup(system.lb, "usr")
-    env = {
-        "LB": system.lb,
-        "WEB_DIR": str(WEB),
-        "SHOTS": str(shots),
-        "ADMIN_USER": admin.username,
-        "ADMIN_PASSWORD": admin.password,
-        "TARGET": target.username,
-        "PLAIN_USER": plain.username,
-        "PLAIN_PASSWORD": plain.password,
-    }
+    env = console_env(
+        system,
+        shots,
+        admin,
+        TARGET=target.username,
+        PLAIN_USER=plain.username,
+        PLAIN_PASSWORD=plain.password,
+    )
     await run_script("admin_console.mjs", env, "admin console: ok")
 
     token = await admin_token(system, admin)
@@ -169,37 +176,35 @@ async def test_admin_moderates_a_room_and_works_a_report_in_the_console(
         assert filed["state"] == "open"
 
         note = f"warned the sender ({tag})"
-        env = {
-            "LB": system.lb,
-            "WEB_DIR": str(WEB),
-            "SHOTS": str(shots),
-            "ADMIN_USER": admin.username,
-            "ADMIN_PASSWORD": admin.password,
-            "TAG": tag,
-            "ROOM_NAME": f"plaza {tag}",
-            "ROOM_ID": room_id,
-            "PRIVATE_ROOM_ID": made[f"team {tag}"],
-            "DOOMED_ROOM_ID": made[f"help desk {tag}"],
-            "NOTICE": f"closed for a clean-up ({tag})",
-            "OWNER_NAME": owner.username,
-            "OWNER_ID": owner.user_id,
-            "HEIR_ID": heir.user_id,
-            "HEIR_NAME": heir.username,
-            "OWNER_REASON": "the owner left the project (browser test)",
-            "MEMBER_ID": member.user_id,
-            "MEMBER_NAME": member.username,
-            "SPAM_SEQ": str(spam_seq),
-            "SPAM_TEXT": spam,
-            "HIDE_REASON": "spam (browser test)",
-            "RESTORE_REASON": "not spam after all (browser test)",
-            "DELETED_SEQ": str(deleted_seq),
-            "REPORT_ID": filed["id"],
-            "REPORT_TEXT": said,
-            "SENDER_NAME": alice.username,
-            "REPORTER_NAME": bob.username,
-            "REMOVE_REASON": "threats (browser test)",
-            "NOTE": note,
-        }
+        env = console_env(
+            system,
+            shots,
+            admin,
+            TAG=tag,
+            ROOM_NAME=f"plaza {tag}",
+            ROOM_ID=room_id,
+            PRIVATE_ROOM_ID=made[f"team {tag}"],
+            DOOMED_ROOM_ID=made[f"help desk {tag}"],
+            NOTICE=f"closed for a clean-up ({tag})",
+            OWNER_NAME=owner.username,
+            OWNER_ID=owner.user_id,
+            HEIR_ID=heir.user_id,
+            HEIR_NAME=heir.username,
+            OWNER_REASON="the owner left the project (browser test)",
+            MEMBER_ID=member.user_id,
+            MEMBER_NAME=member.username,
+            SPAM_SEQ=str(spam_seq),
+            SPAM_TEXT=spam,
+            HIDE_REASON="spam (browser test)",
+            RESTORE_REASON="not spam after all (browser test)",
+            DELETED_SEQ=str(deleted_seq),
+            REPORT_ID=filed["id"],
+            REPORT_TEXT=said,
+            SENDER_NAME=alice.username,
+            REPORTER_NAME=bob.username,
+            REMOVE_REASON="threats (browser test)",
+            NOTE=note,
+        )
         await run_script("admin_moderation.mjs", env, "admin moderation: ok")
 
         # Bob's device is told the message is gone, by an admin.
@@ -324,15 +329,13 @@ async def test_the_audit_log_pages_past_entries_of_one_millisecond(
                 audit.Entry(audit.Actor(admin.user_id, "admin", admin.username), action),
                 now_ms=at_ms,
             )
-        env = {
-            "LB": system.lb,
-            "WEB_DIR": str(WEB),
-            "SHOTS": str(tmp_path),
-            "ADMIN_USER": admin.username,
-            "ADMIN_PASSWORD": admin.password,
-            "ACTION": action,
-            "COUNT": "75",
-        }
+        env = console_env(
+            system,
+            tmp_path,
+            admin,
+            ACTION=action,
+            COUNT="75",
+        )
         await run_script("admin_audit.mjs", env, "admin audit: ok")
     finally:
         await log.coll.delete_many({"action": action})  # other tests read the top pages
@@ -352,17 +355,15 @@ async def test_a_user_edit_keeps_another_admins_change_made_meanwhile(
         make_admin(system, who.username)
     tag = secrets.token_hex(3)
     mine, theirs = f"fixed-{tag}@example.test", f"other-{tag}@example.test"
-    env = {
-        "LB": system.lb,
-        "WEB_DIR": str(WEB),
-        "SHOTS": str(tmp_path),
-        "ADMIN_USER": admin.username,
-        "ADMIN_PASSWORD": admin.password,
-        "OTHER_TOKEN": await admin_token(system, other),
-        "TARGET_ID": target.user_id,
-        "EMAIL_MINE": mine,
-        "EMAIL_OTHER": theirs,
-    }
+    env = console_env(
+        system,
+        tmp_path,
+        admin,
+        OTHER_TOKEN=await admin_token(system, other),
+        TARGET_ID=target.user_id,
+        EMAIL_MINE=mine,
+        EMAIL_OTHER=theirs,
+    )
     await run_script("admin_user_edit.mjs", env, "admin user edit: ok")
 
     token = await admin_token(system, admin)
@@ -420,15 +421,13 @@ async def test_the_audit_log_shows_what_a_rooms_action_changed_and_who_by_name(
             await http.post(f"{room}/close", params=why, headers=bearer(token)),
         ):  # fmt: skip
             assert resp.status_code in (200, 204), resp.text
-    env = {
-        "LB": system.lb,
-        "WEB_DIR": str(WEB),
-        "SHOTS": str(tmp_path),
-        "ADMIN_USER": admin.username,
-        "ADMIN_PASSWORD": admin.password,
-        "ADMIN_ID": admin.user_id,
-        "ROOM_ID": room_id,
-        "MEMBER_ID": member.user_id,
-        "REASON": reason,
-    }
+    env = console_env(
+        system,
+        tmp_path,
+        admin,
+        ADMIN_ID=admin.user_id,
+        ROOM_ID=room_id,
+        MEMBER_ID=member.user_id,
+        REASON=reason,
+    )
     await run_script("admin_audit_rooms.mjs", env, "admin audit rooms: ok")
