@@ -43,6 +43,29 @@ log = logging.getLogger(__name__)
 RAN_WELL_S = 30.0
 
 
+class Restarts:
+    """The wait before a failed consumer starts again: 0.2 s, doubling up to 5 s while it
+    keeps failing, back to 0.2 s once it had been consuming for ``RAN_WELL_S`` (a
+    consumer failing right after each start no longer restarts 5 times a second; one
+    that failed once in a day waits the shortest)."""
+
+    def __init__(self) -> None:
+        self.delay = 0.2
+        self._up_at: float | None = None
+
+    def up(self) -> None:
+        """The consumer is consuming."""
+        self._up_at = time.monotonic()
+
+    async def wait(self) -> None:
+        """After a failure (the consumer stopped and reported not ready first)."""
+        if self._up_at is not None and time.monotonic() - self._up_at > RAN_WELL_S:
+            self.delay = 0.2
+        self._up_at = None
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 5.0)
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _key_hash(key: bytes) -> int:
     """murmur2 of a key, remembered: aiokafka's is pure Python (about 5 % of delivery's
@@ -398,16 +421,15 @@ async def consume_forever(
     ``running`` is set while a consumer is up."""
     from aiokafka.errors import CommitFailedError
 
-    delay = 0.2
+    restarts = Restarts()
     while True:
         consumer: AIOKafkaConsumer | None = None
-        up_at: float | None = None
         try:
             await ensure_topics(settings, [topic])
             consumer = kafka_consumer(settings, [topic], group, max_poll_records=max_poll_records)
             await started(consumer)
             running.set()
-            up_at = time.monotonic()
+            restarts.up()
             while True:
                 batches = await consumer.getmany(timeout_ms=500)
                 records = [r for part in batches.values() for r in part]
@@ -421,16 +443,12 @@ async def consume_forever(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Not running while it waits to start again (cleared after the wait, the
-            # check read ready all but a few ms of a consumer failing right after each
-            # start), and the wait grows unless it had been consuming for a while.
-            running.clear()
             log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
-            if up_at is not None and time.monotonic() - up_at > RAN_WELL_S:
-                delay = 0.2
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
         finally:
+            # Not running while it waits to start again (cleared only after the wait,
+            # the check read ready all but a few ms of a consumer failing right after
+            # each start); stopped before the wait, not holding its partitions.
             running.clear()
             if consumer is not None:
                 await stop_consumer(consumer)
+        await restarts.wait()

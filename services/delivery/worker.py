@@ -57,8 +57,8 @@ from parley_contract import frames as f
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.clients import (
-    RAN_WELL_S,
     KafkaProducerHandle,
+    Restarts,
     Topics,
     ensure_topics,
     kafka_consumer,
@@ -315,10 +315,9 @@ class Worker:
             self.running.clear()
 
     async def _run(self, topic: str, stage: Stage[Any], suffix: str, slot: int = 0) -> None:
-        delay = 0.2
+        restarts = Restarts()
         while True:
             consumer: AIOKafkaConsumer | None = None
-            up_at: float | None = None
             try:
                 await ensure_topics(self.settings, [topic, self.topics.dead_letters])
                 consumer = kafka_consumer(
@@ -327,7 +326,7 @@ class Worker:
                 )  # fmt: skip
                 await started(consumer)
                 self._consuming_now(slot, True)
-                up_at = time.monotonic()
+                restarts.up()
                 if topic == self.topics.messages:
                     await self._consume_messages(consumer, stage)
                 else:
@@ -336,23 +335,16 @@ class Worker:
                 raise
             except Exception as exc:
                 # Whatever went wrong, the consumer comes back: nothing was
-                # committed past what was processed, so nothing is lost. Not ready
-                # while it waits to (a consumer failing right after each start was
-                # ready all but a few ms of every round), and the wait grows unless
-                # it had been consuming for a while.
-                self._consuming_now(slot, False)
+                # committed past what was processed, so nothing is lost.
                 log.warning("consumer restarting", extra={"topic": topic, "error": repr(exc)})
-                if up_at is not None and time.monotonic() - up_at > RAN_WELL_S:
-                    delay = 0.2
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
             finally:
-                # Not consuming until it has started again (before 2026-12-07 the flag
-                # was set by the first start and never cleared: a consumer failing for
-                # ever was reported ready).
+                # Not consuming until it has started again, the wait included (before
+                # 2026-12-07 the flag was set by the first start and never cleared: a
+                # consumer failing for ever was reported ready).
                 self._consuming_now(slot, False)
                 if consumer is not None:
                     await stop_consumer(consumer)
+            await restarts.wait()
 
     async def _consume(self, consumer: AIOKafkaConsumer, stage: Stage[Any]) -> None:
         while True:
