@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.client.conftest import MakeClient, new_username
-from tests.support.cli_runs import cli_user
+from tests.support.cli_runs import cli_env, cli_process, cli_user
 from tests.support.stack import System
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,25 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def _cli(system: System, home: Path) -> dict[str, str]:
     return {
         **os.environ,
-        "PARLEY_SERVER": system.lb,
-        "PARLEY_DATA_HOME": str(home),
-        "PARLEY_PASSPHRASE": "test passphrase",
-        "NO_COLOR": "1",
-        "COLUMNS": "80",
+        **cli_env(system.lb, home, columns=80),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client"), str(ROOT / "contract")]),
     }
 
 
 async def parley(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "parley", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = await asyncio.to_thread(cli_process, env, *args)
     return done.returncode, done.stdout, " ".join(done.stderr.split())
 
 

@@ -15,13 +15,13 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 
 import pexpect
 from parley import Client
 
 from tests.e2e.test_cli import PASSWORD, User, login, open_chat, signup
 from tests.e2e.test_cli import users as users  # the fixture
+from tests.support.cli_runs import cli_process
 from tests.support.stack import System
 
 NUMBER = rb"((?:\d{5} ){11}\d{5})"
@@ -41,15 +41,7 @@ def run_fails(user: User, *args: str, expect: str) -> bytes:
 
 def no_tty(user: User, *args: str) -> subprocess.CompletedProcess[str]:
     """A command run as a script runs it: no terminal, the passphrase from the environment."""
-    env = {**user.env, "PARLEY_PASSPHRASE": user.passphrase}
-    return subprocess.run(
-        [sys.executable, "-m", "parley", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli_process({**user.env, "PARLEY_PASSPHRASE": user.passphrase}, *args)
 
 
 def attacker_takes_over(bob: User) -> None:
@@ -229,9 +221,5 @@ def test_cli_signup_says_which_field_and_why(users: tuple[User, User]) -> None:
     assert child.exitstatus == 1
     # A script's password is checked before anything is created.
     env = {**alice.env, "PARLEY_PASSWORD": "2short", "PARLEY_PASSPHRASE": alice.passphrase}
-    done = subprocess.run(
-        [sys.executable, "-m", "parley", "signup", "--username", "x" + alice.name, "--email",
-         "x@example.test"],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = cli_process(env, "signup", "--username", "x" + alice.name, "--email", "x@example.test")
     assert done.returncode == 1 and "at least 10 characters" in done.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,19 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
         return result.exit_code, " ".join(result.output.split())
 
     return await asyncio.to_thread(invoke)
+
+
+def cli_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m parley <args>`` as a script runs it: a process of its own, no
+    terminal (stdin closed), its output and errors apart."""
+    return subprocess.run(
+        [sys.executable, "-m", "parley", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def expire_access_token(client: Client) -> None:
