@@ -36,6 +36,7 @@ from services.common.clients import (
     service_db,
 )
 from services.common.config import Settings
+from services.common.errors import ApiError
 from services.common.inbox import queue_ack
 from services.delivery import counters
 from services.delivery.handlers import Inbox
@@ -409,3 +410,40 @@ async def test_an_ack_of_about_two_thousand_items_takes_each_once(
     page = await _page_through(store, inbox)
     assert [d["client_id"] for d in page] == cids[cold + hot :]
     assert await inboxes.ack(inbox, top) == 0 and len(sent) == cold + hot
+
+
+async def test_one_flush_acks_20000_persisted_items_and_500_inboxes_beside_one_held(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held-counter answer at size: after a Redis loss one flush carries an ack of an
+    inbox of 20,000 items waiting in MongoDB (its counter seeded by this flush), acks of
+    500 other inboxes, and two acks of an inbox whose counter another process holds.
+    Those two are `service_unavailable` and change nothing; every other ack takes all it
+    covers, and their `delivered` receipts go out once."""
+    monkeypatch.setattr(counters, "SEED_WAIT_S", 0.3)
+    small = [f"sm{i}.1" for i in range(500)]
+    for start in range(0, 20_000, 2_000):
+        await store.store_hot([item("big.1", n) for n in range(start, start + 2_000)])
+    await store.store_hot(
+        [item(inbox, 0) for inbox in small] + [item("held.1", n) for n in range(3)]
+    )
+    written, _ = await store.persist_due(now=later(store))
+    assert written == 20_000 + 500 + 3
+    await store.ctr.checkpoint()
+    await lose_redis(store.redis, store.prefix)
+    await store.store_hot([item("first.1", 0)])  # this lifetime's base
+    await store.redis.set(store.ctr.seed_lock_key("held.1"), "another-process", ex=30)
+    sent = receipts_of(store, monkeypatch)
+    inbox = Inbox(store)
+    answers = await asyncio.gather(
+        inbox.ack("big.1", 20_000), *(inbox.ack(i, 1) for i in small),
+        inbox.ack("held.1", 3), inbox.ack("held.1", 2), return_exceptions=True,
+    )  # fmt: skip
+    assert answers[0] == 20_000
+    assert answers[1:501] == [1] * 500
+    for refused in answers[501:]:
+        assert isinstance(refused, ApiError) and refused.code == "service_unavailable"
+    assert len(sent) == 20_000 + 500  # one receipt per item acknowledged, none for held.1
+    assert await in_mongo(store, "big.1") == []
+    await store.redis.delete(store.ctr.seed_lock_key("held.1"))
+    assert [d["seq"] for d in (await store.page("held.1", 0, 10))[0]] == [1, 2, 3]
