@@ -129,7 +129,6 @@ def _expected(receiver: Session, original: bytes, tampered: bytes, offset: int) 
         return MalformedMessage  # too short to be an initial message; other types unknown
     state = receiver._ratchet
     dh = tampered[34:66]
-    pn = int.from_bytes(tampered[66:70], "big")
     n = int.from_bytes(tampered[70:74], "big")
     if (dh, n) in state.skipped:
         return DecryptionFailed  # a stored key, but not this message's
@@ -141,8 +140,9 @@ def _expected(receiver: Session, original: bytes, tampered: bytes, offset: int) 
         return DecryptionFailed
     if dh in state.old_chains:
         return ReplayedMessage
-    # first message of a new chain: N and PN are both used to skip keys
-    if n > MAX_SKIP or (state.ckr is not None and pn - state.nr > MAX_SKIP):
+    # first message of a new chain: N bounds the skip on it; a PN beyond the bound gives
+    # the previous chain up (no keys derived), so the AEAD (PN is in its AD) refuses it
+    if n > MAX_SKIP:
         return TooManySkippedMessages
     return DecryptionFailed  # commitment, ratchet key, small PN/N change, ciphertext, tag
 
@@ -208,9 +208,14 @@ def test_tampered_first_message_of_a_new_chain() -> None:
     b.decrypt(a.encrypt(b"x"))
     message = b.encrypt(b"new chain for alice")  # Bob's new ratchet key reaches Alice
     before = _state(a)
-    # PN of a new chain is used for skipping: a huge PN is refused before any work.
+    # A huge PN gives the previous chain up (no keys derived for it): the AEAD, whose
+    # associated data holds the header, refuses the change.
     tampered = bytearray(message)
     tampered[66] ^= 0x40
+    with pytest.raises(DecryptionFailed):
+        a.decrypt(bytes(tampered))
+    tampered = bytearray(message)
+    tampered[70] ^= 0x40  # a huge N is refused before any work
     with pytest.raises(TooManySkippedMessages):
         a.decrypt(bytes(tampered))
     tampered = bytearray(message)
@@ -277,8 +282,43 @@ def test_jump_of_exactly_max_skip_is_accepted() -> None:
     a, b = session_pair()
     messages = [a.encrypt(bytes([i % 256])) for i in range(MAX_SKIP + 1)]
     assert b.decrypt(messages[-1]) == bytes([MAX_SKIP % 256])
-    assert len(b._ratchet.skipped) == MAX_SKIP
-    assert b.decrypt(messages[0]) == b"\x00"
+    # Of the skip only the last MAX_SKIPPED_KEYS keys are kept.
+    assert len(b._ratchet.skipped) == MAX_SKIPPED_KEYS
+    assert b.decrypt(messages[-2]) == bytes([(MAX_SKIP - 1) % 256])
+    assert b.decrypt(messages[-1 - MAX_SKIPPED_KEYS]) == bytes([(MAX_SKIP - 2000) % 256])
+    with pytest.raises(ReplayedMessage):  # derived on the way, never stored
+        b.decrypt(messages[0])
+
+
+def test_a_device_that_missed_more_than_its_stored_keys_reads_on() -> None:
+    """A device offline past its inbox's expiry while a contact kept writing on one chain
+    (it never answered): the oldest 2,050 of 2,100 messages expired unread. Until
+    2026-12-08 a gap over 2,000 was refused, and once the device answered, the
+    contact's new chain (PN 2,100) was refused too: the session never read again."""
+    a, b = session_pair()
+    b.decrypt(a.encrypt(b"before"))
+    wires = [a.encrypt(f"m{i}".encode()) for i in range(2100)]
+    assert b.decrypt(wires[2050]) == b"m2050"
+    assert b.decrypt(wires[2099]) == b"m2099"
+    assert b.decrypt(wires[2051]) == b"m2051"  # its key was stored on the way
+    a.decrypt(b.encrypt(b"I am back"))
+    assert b.decrypt(a.encrypt(b"after")) == b"after"
+
+
+def test_a_new_chain_whose_previous_one_ran_past_the_bound_gives_that_one_up() -> None:
+    """The other side wrote more than MAX_SKIP on its previous chain, all lost; its new
+    chain (after our answer) is read, and the old chain's messages are given up."""
+    a, b = session_pair()
+    b.decrypt(a.encrypt(b"start"))
+    a.decrypt(b.encrypt(b"reply"))
+    assert b.decrypt(a.encrypt(b"a new chain")) == b"a new chain"  # b's next send ratchets
+    lost = [a.encrypt(b"lost") for _ in range(MAX_SKIP + 2)]
+    # b never read those; b writes, a reads it and ratchets: a new chain with PN past MAX_SKIP
+    a.decrypt(b.encrypt(b"are you there?"))
+    assert b.decrypt(a.encrypt(b"yes")) == b"yes"
+    with pytest.raises(ReplayedMessage):  # the old chain is over
+        b.decrypt(lost[-1])
+    assert b.decrypt(a.encrypt(b"and on")) == b"and on"
 
 
 def test_skipped_key_store_evicts_oldest_at_the_cap() -> None:

@@ -19,7 +19,8 @@ from parley.crypto import (
     commitment_from_message,
     verify_report,
 )
-from parley.crypto.sender_keys import MAX_CHAINS_PER_SENDER, MAX_RETIRED_CHAINS, MAX_SKIP
+from parley.crypto.sender_keys import MAX_RETIRED_CHAINS, MAX_SKIP
+from parley.crypto.session import CHAINS_KEPT_PER_SENDER
 from parley.crypto.wire import SenderKeyDistribution
 
 from tests.crypto.drbg import deterministic_random
@@ -121,6 +122,18 @@ def test_bounded_skip() -> None:
         bob.decrypt("m0", alice.encrypt(b"too far"))
 
 
+def test_a_gap_past_the_stored_keys_is_read() -> None:
+    """More of one sender's room messages expired unread than keys are stored (2,050 of
+    2,100): until 2026-12-08 every later message of that chain was refused."""
+    alice, bob = _group()
+    wires = [alice.encrypt(f"m{i}".encode()) for i in range(2100)]
+    assert bob.decrypt("m0", wires[2050]) == b"m2050"
+    assert bob.decrypt("m0", wires[2099]) == b"m2099"
+    assert bob.decrypt("m0", wires[2051]) == b"m2051"
+    with pytest.raises(ReplayedMessage):  # derived on the way, not stored
+        bob.decrypt("m0", wires[0])
+
+
 def test_rotation_when_a_member_leaves() -> None:
     alice, bob, carol = _group(3)
     old_message = alice.encrypt(b"before")
@@ -190,22 +203,23 @@ def test_group_decrypt_message_gives_franking_data() -> None:
 
 
 def test_an_evicted_chain_cannot_be_rewound_by_its_old_distribution() -> None:
-    """After MAX_CHAINS_PER_SENDER rotations the first chain is evicted; processing its
-    old distribution message again would start it over and accept replays: refused."""
+    """After CHAINS_KEPT_PER_SENDER rotations the first chain is evicted; processing its
+    old distribution message again would start it over and accept replays: refused. Its
+    messages say so (RetiredSenderKey, not UnknownSenderKey: no key will ever come)."""
     alice, bob = _group()
     first_dist = alice.distribution_message()
     old = alice.encrypt(b"old message")
     assert bob.decrypt("m0", old) == b"old message"
-    for _ in range(MAX_CHAINS_PER_SENDER):
+    for _ in range(CHAINS_KEPT_PER_SENDER):
         bob.process_distribution("m0", alice.rotate())
-    with pytest.raises(UnknownSenderKey):  # evicted
+    with pytest.raises(RetiredSenderKey):  # evicted
         bob.decrypt("m0", old)
     before = bob.to_bytes()
     with pytest.raises(RetiredSenderKey, match="retired"):
         bob.process_distribution("m0", first_dist)
     assert isinstance(RetiredSenderKey("x"), ReplayedMessage)
     assert bob.to_bytes() == before  # nothing taken
-    with pytest.raises(UnknownSenderKey):
+    with pytest.raises(RetiredSenderKey):
         bob.decrypt("m0", old)
     # and it survives a save/restore
     restored = GroupSession.from_bytes(bob.to_bytes())
@@ -224,11 +238,11 @@ def test_a_removed_members_chains_are_retired_and_the_memory_is_bounded() -> Non
     # A member rotating many times: only the last MAX_RETIRED_CHAINS ids are kept.
     carol = GroupSession.create("room-1")
     dists = [carol.distribution_message()]
-    for _ in range(MAX_RETIRED_CHAINS + MAX_CHAINS_PER_SENDER):
+    for _ in range(MAX_RETIRED_CHAINS + CHAINS_KEPT_PER_SENDER):
         dists.append(carol.rotate())
     for d in dists:
         bob.process_distribution("carol", d)
     retired = bob._retired["carol"]
     assert len(retired) == MAX_RETIRED_CHAINS
     with pytest.raises(RetiredSenderKey):
-        bob.process_distribution("carol", dists[-MAX_CHAINS_PER_SENDER - 1])
+        bob.process_distribution("carol", dists[-CHAINS_KEPT_PER_SENDER - 1])

@@ -14,11 +14,17 @@
 
 Bounds on skipped message keys (same numbers as libsignal):
 
-* :data:`MAX_SKIP` = 2000: one message may make us skip at most 2000 keys in
-  one chain (both for PN on the old chain and for N on the new one), so a
-  forged header costs a receiver at most ~4,000 ``KDF_CK`` steps (~8,000
-  HMAC-SHA256) and one X25519 per session tried;
-* :data:`MAX_SKIPPED_KEYS` = 2000 keys stored in total, oldest evicted first;
+* :data:`MAX_SKIP` = 25,000 (libsignal's ``MAX_FORWARD_JUMPS``): one message may
+  move a chain at most 25,000 keys ahead (N on the current chain, N on a new
+  one), so a forged header costs a receiver at most ~50,000 ``KDF_CK`` steps
+  and one X25519 per session tried. The previous chain's keys up to PN are
+  derived when PN is within the same bound and otherwise given up (the chain
+  is over: its missing messages can no longer be read, the new one can);
+  before 2026-12-08 such a PN, or a gap over 2,000 on one chain (a device that
+  never answers, whose oldest messages expired unread), was refused for good:
+  every later message of the session failed;
+* :data:`MAX_SKIPPED_KEYS` = 2000 keys stored in total, oldest evicted first
+  (of a longer skip only the last 2000 are kept);
 * :data:`MAX_OLD_CHAINS` = 5: keys of a receiving chain are dropped once five
   newer receiving chains exist (i.e. at the fifth DH ratchet step after it), so
   skipped keys of at most five receiving chains (the current one included) are
@@ -76,7 +82,7 @@ __all__ = [
 
 ROOT_INFO = b"parley-v1/ratchet/root"
 MESSAGE_INFO = b"parley-v1/ratchet/message-keys"
-MAX_SKIP = 2000
+MAX_SKIP = 25_000
 MAX_SKIPPED_KEYS = 2000
 MAX_OLD_CHAINS = 5
 MAX_REMEMBERED_CHAINS = 100
@@ -97,10 +103,14 @@ def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
 def _skip(
     chain_key: bytes, start: int, until: int, ratchet_key: bytes
 ) -> tuple[list[tuple[tuple[bytes, int], bytes]], bytes]:
+    """The chain key at ``until`` and the message keys of ``start`` .. ``until - 1``
+    (only the last :data:`MAX_SKIPPED_KEYS`: no more are ever stored)."""
     keys: list[tuple[tuple[bytes, int], bytes]] = []
+    keep_from = until - MAX_SKIPPED_KEYS
     for n in range(start, until):
         mk, chain_key = chain_key_step(chain_key)
-        keys.append(((ratchet_key, n), mk))
+        if n >= keep_from:
+            keys.append(((ratchet_key, n), mk))
     return keys, chain_key
 
 
@@ -276,11 +286,9 @@ class RatchetState:
         if n > MAX_SKIP:
             raise TooManySkippedMessages(f"message skips {n} keys (max {MAX_SKIP})")
         old_keys: list[tuple[tuple[bytes, int], bytes]] = []
-        if self.ckr is not None and self.dhr is not None:
-            if pn - self.nr > MAX_SKIP:
-                raise TooManySkippedMessages(
-                    f"message skips {pn - self.nr} keys of the previous chain (max {MAX_SKIP})"
-                )
+        if self.ckr is not None and self.dhr is not None and pn - self.nr <= MAX_SKIP:
+            # Further than that, the previous chain is given up (its missing messages
+            # are lost; refusing the new chain would lose every later one too).
             old_keys, _ = _skip(self.ckr, self.nr, pn, self.dhr)
         try:
             dh_out = self.dhs.dh(ratchet_key)

@@ -13,7 +13,9 @@ pairwise sessions; after that every group message is encrypted once:
   || message bytes [0:42]`` and an Ed25519 signature over the whole message.
 
 Receivers verify the signature first, then derive the key for the message's
-iteration: at most :data:`MAX_SKIP` (2000) iterations ahead, keeping at most
+iteration: at most :data:`MAX_SKIP` (25,000, libsignal's bound; 2000 before
+2026-12-08, when a sender's chain with more of its messages expired unread stayed
+unreadable until it rotated) iterations ahead, keeping at most
 :data:`MAX_SKIPPED_KEYS` (2000) skipped keys per chain (oldest evicted) and at
 most :data:`MAX_CHAINS_PER_SENDER` (5) chains per sender (older ones dropped;
 several exist around a rotation).  Decryption is transactional.  The ids of
@@ -59,7 +61,7 @@ __all__ = [
 ]
 
 MESSAGE_INFO = b"parley-v1/sender-key/message-keys"
-MAX_SKIP = 2000
+MAX_SKIP = 25_000  # libsignal's MAX_FORWARD_JUMPS
 MAX_SKIPPED_KEYS = 2000
 MAX_CHAINS_PER_SENDER = 5
 MAX_RETIRED_CHAINS = 1000
@@ -177,9 +179,11 @@ class ReceiverChain:
             )
         ck = self.chain_key
         new_keys: list[tuple[int, bytes]] = []
+        keep_from = n - MAX_SKIPPED_KEYS  # no more are ever stored
         for i in range(self.iteration, n):
             skipped_key, ck = chain_key_step(ck)
-            new_keys.append((i, skipped_key))
+            if i >= keep_from:
+                new_keys.append((i, skipped_key))
         mk, ck = chain_key_step(ck)
         payload = self._open(mk, message.ciphertext, ad)
         if check is not None:

@@ -320,18 +320,39 @@ describe('Double Ratchet', () => {
     const { a, b } = await sessionPair();
     const message = await a.encrypt(utf8('x'));
     const far = message.slice();
-    new DataView(far.buffer).setUint32(70, 2002, false); // N on the current chain
+    new DataView(far.buffer).setUint32(70, 25_002, false); // N on the current chain
     await expect(b.decrypt(far)).rejects.toMatchObject({ name: 'TooManySkippedMessages' });
     const { a: a2, b: b2 } = await sessionPair();
     await b2.decrypt(await a2.encrypt(utf8('y')));
     const next = await b2.encrypt(utf8('new chain'));
     const farNew = next.slice();
-    new DataView(farNew.buffer).setUint32(70, 2001, false); // N on a new chain
+    new DataView(farNew.buffer).setUint32(70, 25_001, false); // N on a new chain
     await expect(a2.decrypt(farNew)).rejects.toMatchObject({ name: 'TooManySkippedMessages' });
+    // A PN past the bound gives the previous chain up (no key derived): the AEAD, whose
+    // associated data holds the header, refuses the change.
     const farPn = next.slice();
-    new DataView(farPn.buffer).setUint32(66, 5000, false); // PN of the previous chain
-    await expect(a2.decrypt(farPn)).rejects.toMatchObject({ name: 'TooManySkippedMessages' });
+    new DataView(farPn.buffer).setUint32(66, 50_000, false);
+    await expect(a2.decrypt(farPn)).rejects.toMatchObject({ name: 'DecryptionFailed' });
     expect(fromUtf8(await a2.decrypt(next))).toBe('new chain');
+  });
+
+  it('a gap past the stored keys is read, and a new chain after a gap past MAX_SKIP gives the old one up', async () => {
+    // Until 2026-12-08 a gap over 2,000 on one chain (a device that never
+    // answers, whose oldest messages expired unread) was refused, and so was the next chain.
+    setRatchetBounds({ MAX_SKIP: 10, MAX_SKIPPED_KEYS: 4 });
+    const { a, b } = await sessionPair();
+    await b.decrypt(await a.encrypt(utf8('start')));
+    const lost: Uint8Array[] = [];
+    for (let i = 0; i < 8; i++) lost.push(await a.encrypt(utf8(`m${i}`)));
+    expect(fromUtf8(await b.decrypt(lost[7]!))).toBe('m7'); // skips 6 keys, keeps the last 4
+    expect(fromUtf8(await b.decrypt(lost[3]!))).toBe('m3');
+    await expect(b.decrypt(lost[0]!)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+    await a.decrypt(await b.encrypt(utf8('reply')));
+    expect(fromUtf8(await b.decrypt(await a.encrypt(utf8('a new chain'))))).toBe('a new chain');
+    for (let i = 0; i < 12; i++) await a.encrypt(utf8('never read')); // past MAX_SKIP
+    await a.decrypt(await b.encrypt(utf8('are you there?')));
+    expect(fromUtf8(await b.decrypt(await a.encrypt(utf8('yes'))))).toBe('yes');
+    expect(fromUtf8(await b.decrypt(await a.encrypt(utf8('and on'))))).toBe('and on');
   });
 
   it('stored skipped keys are bounded (oldest evicted) and expire after MAX_OLD_CHAINS steps', async () => {

@@ -8,8 +8,9 @@
  *   -> AES key (32) ‖ nonce (12)
  * - header: ratchet public key (32) ‖ PN (u32) ‖ N (u32); AD = `ad ‖ every message byte before the ciphertext`
  *
- * Bounds (libsignal's numbers): MAX_SKIP 2000 per chain and message,
- * MAX_SKIPPED_KEYS 2000 stored (oldest evicted), skipped keys of a chain
+ * Bounds (libsignal's numbers): MAX_SKIP 25,000 (how far one message may move a chain;
+ * a previous chain's PN past it gives that chain up instead of refusing the new one),
+ * MAX_SKIPPED_KEYS 2000 stored (oldest evicted; of a longer skip the last), skipped keys of a chain
  * dropped at the MAX_OLD_CHAINS-th (5th) further DH step, the ratchet keys of the
  * last MAX_REMEMBERED_CHAINS (100) receiving chains remembered for replay detection.
  *
@@ -49,12 +50,12 @@ export const MESSAGE_INFO = utf8('parley-v1/ratchet/message-keys');
 
 /** The bounds in force (the defaults below); only tests change them, through {@link setRatchetBounds}. */
 export const RATCHET_BOUNDS = {
-  MAX_SKIP: 2000,
+  MAX_SKIP: 25_000,
   MAX_SKIPPED_KEYS: 2000,
   MAX_OLD_CHAINS: 5,
   MAX_REMEMBERED_CHAINS: 100,
 };
-export const MAX_SKIP = 2000;
+export const MAX_SKIP = 25_000;
 export const MAX_SKIPPED_KEYS = 2000;
 export const MAX_OLD_CHAINS = 5;
 export const MAX_REMEMBERED_CHAINS = 100;
@@ -95,10 +96,11 @@ async function skip(
   ratchetKey: Uint8Array,
 ): Promise<[NewKey[], Uint8Array]> {
   const keys: NewKey[] = [];
+  const keepFrom = until - RATCHET_BOUNDS.MAX_SKIPPED_KEYS; // no more are ever stored
   let ck = chainKey;
   for (let n = start; n < until; n++) {
     const [mk, next] = await chainKeyStep(ck);
-    keys.push([ratchetKey, n, mk]);
+    if (n >= keepFrom) keys.push([ratchetKey, n, mk]);
     ck = next;
   }
   return [keys, ck];
@@ -270,10 +272,9 @@ export class RatchetState {
     // 5. a new ratchet public key: DH ratchet step, computed on the side
     if (n > maxSkip) throw new TooManySkippedMessages(`message skips ${n} keys (max ${maxSkip})`);
     let oldKeys: NewKey[] = [];
-    if (this.ckr !== null && this.dhr !== null) {
-      if (pn - this.nr > maxSkip) {
-        throw new TooManySkippedMessages(`message skips ${pn - this.nr} keys of the previous chain (max ${maxSkip})`);
-      }
+    if (this.ckr !== null && this.dhr !== null && pn - this.nr <= maxSkip) {
+      // Further than that the previous chain is given up (its missing messages are
+      // lost; refusing the new chain would lose every later one too).
       [oldKeys] = await skip(this.ckr, this.nr, pn, this.dhr);
     }
     let dhOut: Uint8Array;

@@ -34,7 +34,7 @@ import type { PayloadCheck } from './ratchet.ts';
 import { type GroupMessage, SenderKeyDistribution, groupPrefix } from './wire.ts';
 
 export const MESSAGE_INFO = utf8('parley-v1/sender-key/message-keys');
-export const MAX_SKIP = 2000;
+export const MAX_SKIP = 25_000; // libsignal's MAX_FORWARD_JUMPS
 export const MAX_SKIPPED_KEYS = 2000;
 export const MAX_CHAINS_PER_SENDER = 5;
 /** Ids of dropped chains remembered per sender (a distribution for one is refused). */
@@ -165,9 +165,10 @@ export class ReceiverChain {
     }
     let ck = this.chainKey;
     const newKeys: [number, Uint8Array][] = [];
+    const keepFrom = n - MAX_SKIPPED_KEYS; // no more are ever stored
     for (let i = this.iteration; i < n; i++) {
       const [skippedKey, next] = await chainKeyStep(ck);
-      newKeys.push([i, skippedKey]);
+      if (i >= keepFrom) newKeys.push([i, skippedKey]);
       ck = next;
     }
     const [mk, next] = await chainKeyStep(ck);
