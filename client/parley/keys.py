@@ -17,6 +17,7 @@ account key: contacts see a new safety number).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -53,6 +54,13 @@ LINK_POLL_S = 1.0
 # (Keys.top_up): {"one_time": [part, ...], "kem": [part, ...], "held": [n, n],
 # "sizes": [n, n]}, a part of at most MAX_UPLOAD dropped once the directory took it.
 UNSENT = "prekeys_unsent"
+# The account key and first list made here, not yet taken by the directory.
+UNPUBLISHED = "account_unpublished"
+# While connected: the keys check and top-up again at least this often, and the
+# week-old prekeys rotated when due (a client that stays connected for weeks).
+KEYS_CHECK_S = 24 * 3600
+UPKEEP_RETRY_S = 300.0  # after a failed upkeep (the directory unreachable)
+UPKEEP_MIN_S = 60.0  # at least this between two runs (``rotate_after`` 0: every connect)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
@@ -122,6 +130,8 @@ class Keys:
         # waiting for the initial messages that use them (older ones: see top_up).
         self.claimed_kept = prekey_batch if claimed_kept is None else claimed_kept
         self._topping_up: asyncio.Task[None] | None = None  # prekeys_low's
+        self._upkeep: asyncio.Task[None] | None = None  # while connected
+        self.upkeep_min_s = UPKEEP_MIN_S
         self._top_up_lock = asyncio.Lock()  # one top-up at a time (its unsent batch)
         self._sending: tuple[bytes, Device] | None = None  # device_to_send's
 
@@ -183,6 +193,8 @@ class Keys:
         did = await self.device_id()
         device = await self._ensure_device_keys(did)
         if self.linked():
+            if self._store().read().get(UNPUBLISHED):
+                await self._publish_account()  # the first try's PUT failed (or was lost)
             return
         try:
             await self.api.user_devices(self._me())
@@ -233,7 +245,23 @@ class Keys:
         async with self._store().transaction() as tx:
             tx.put_bytes("account_key", account_key.seed())
             tx.put("device_list", signed.to_json())
+            tx.put(UNPUBLISHED, True)
+        await self._publish_account()
+
+    async def _publish_account(self) -> None:
+        """Publish the account key and first list this install made (``_create_account``),
+        until the directory has taken them. The same key again changes nothing there
+        (docs/keys.md), so a PUT whose answer was lost is safely sent again. Before
+        2026-12-08 a failed PUT (a 503, the network, the process ended) was never sent
+        again: the install held the key, every later start took the account for set up,
+        and the directory had no list: every send failed ``identity_not_found`` and
+        nobody could write to the account."""
+        account_key, signed = self.account_key(), self.own_list()
+        if account_key is None or signed is None:
+            return
         await self.api.put_account(b64encode(account_key.public), signed.to_json())
+        async with self._store().transaction() as tx:
+            tx.delete(UNPUBLISHED)
 
     @staticmethod
     def _entry(did: int, name: str, device: Device) -> DeviceEntry:
@@ -350,6 +378,40 @@ class Keys:
             tx.put_bytes("device", device.to_bytes())
             tx.delete(UNSENT)
         return sent["one_time"], sent["kem"]
+
+    # -- upkeep while connected --------------------------------------------------------
+    def start_upkeep(self) -> None:
+        """While connected: rotate the signed and last-resort prekeys when they are
+        ``rotate_after`` old and run the keys check and top-up again daily (what
+        :meth:`setup` does at connect). Before 2026-12-08 only connect did it, so a
+        client that stayed connected (``parley chat``, a bot) kept one signed prekey for
+        ever, against the weekly rotation documented (docs/crypto.md)."""
+        if self._upkeep is None or self._upkeep.done():
+            self._upkeep = self._spawn(self._upkeep_loop())
+
+    async def stop_upkeep(self) -> None:
+        task, self._upkeep = self._upkeep, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _upkeep_due_in(self) -> float:
+        rotated = float(self._store().read().get("prekeys_rotated_at") or 0)
+        due = min(rotated + self.rotate_after - time.time(), KEYS_CHECK_S)
+        return max(due, self.upkeep_min_s)
+
+    async def _upkeep_loop(self) -> None:
+        wait = self._upkeep_due_in()  # connect's setup has just run
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                await self._ensure_device_keys(await self.device_id())
+                wait = self._upkeep_due_in()
+            except ParleyError as exc:  # the API's network errors are ParleyErrors too
+                message = f"Could not refresh this device's keys: {exc}"
+                self.events.emit(ErrorEvent("prekeys", message))
+                wait = UPKEEP_RETRY_S
 
     def on_prekeys_low(self) -> None:
         """The server says one-time prekeys run low: top up in the background."""

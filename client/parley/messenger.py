@@ -669,9 +669,11 @@ class Messenger:
             await self.conn.close()
             self.conn = None
             raise
+        self.keys.start_upkeep()  # prekeys rotated and checked while it stays connected
         await asyncio.wait_for(self._synced.wait(), timeout)
 
     async def disconnect(self) -> None:
+        await self.keys.stop_upkeep()
         if self.conn is not None:
             await self.conn.close()
             self.conn = None

@@ -92,3 +92,74 @@ async def test_keys_for_starting_sessions_are_parsed_once_per_stored_state(
     again = bob.keys.device_to_send(bob.store.read())
     assert again is not before
     assert again.keys_digest() != before.keys_digest()
+
+
+async def test_a_client_that_stays_connected_rotates_its_prekeys_when_due(
+    make_client: MakeClient,
+) -> None:
+    """Until 2026-12-08 only connect rotated: ``parley chat`` or a bot left connected for
+    weeks kept one signed prekey (and ran the keys check once)."""
+    from tests.support.aio import eventually
+
+    alice, bob = await make_client(), await make_client()
+    assert bob.username
+    before = await bob.api.counts(bob.device_id)
+    bob.rotate_after = 2.0  # a "week" of two seconds; not yet due at connect
+    bob.keys.upkeep_min_s = 0.5
+    await bob.connect()
+    assert (await bob.api.counts(bob.device_id))["signed_prekey_id"] == before["signed_prekey_id"]
+
+    async def signed_prekey() -> int:
+        return int((await bob.api.counts(bob.device_id))["signed_prekey_id"])
+
+    await eventually(signed_prekey, lambda i: i > before["signed_prekey_id"], timeout=30)
+    bob.rotate_after = 3600.0  # no further rotation under the message below
+    # A first message on the rotated keys reads.
+    await alice.connect()
+    await alice.send(bob.username, "after the rotation", wait="stored")
+    await eventually(
+        lambda: _texts(bob, alice.user_id or ""), lambda t: t == ["after the rotation"], timeout=30
+    )
+    await bob.messenger.disconnect()
+    assert bob.keys._upkeep is None
+
+
+async def _texts(client: object, peer: str) -> list[str]:
+    return [e["text"] for e in client.history(peer)]  # type: ignore[attr-defined]
+
+
+async def test_an_account_key_the_directory_did_not_take_is_published_at_the_next_start(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sign-up's last step (the account key and first list) refused: until 2026-12-08 the
+    install kept the key and never sent it again, and the account had no list for good
+    (every send ``identity_not_found``, nobody could write to it)."""
+    client = await make_client(signup=False)
+    real = client.api.put_account
+    calls = 0
+
+    async def refused_once(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ApiError("service_unavailable", "down for a moment", 503)
+        return await real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client.api, "put_account", refused_once)
+    from tests.client.conftest import PASSWORD, new_username
+
+    name = new_username()
+    with pytest.raises(ApiError):
+        await client.signup(name, PASSWORD, f"{name}@example.test")
+    with pytest.raises(ApiError) as exc:
+        await client.api.user_devices(client.user_id or "")
+    assert exc.value.code in ("identity_not_found", "not_found")  # nothing published
+    await client.keys.setup()  # the next start (connect, log-in)
+    assert calls == 2
+    listed = await client.api.user_devices(client.user_id or "")
+    assert listed  # the directory holds the list now
+    await client.keys.setup()  # published: not sent again
+    assert calls == 2
+    other = await make_client()
+    await other.connect()
+    await other.send(name, "reachable", wait="stored")
