@@ -106,6 +106,15 @@ def fingerprint(signing_key: bytes) -> str:
     return " ".join(hexed[i : i + 4] for i in range(0, 20, 4))
 
 
+def _needs_link() -> NeedsLink:
+    return NeedsLink(
+        "This account already has devices. Link this one from one of them "
+        "(`parley devices link` here, then `parley devices approve CODE` there), "
+        "or start a new identity with `--new-identity` (your contacts will see a "
+        "new safety number)."
+    )
+
+
 class Keys:
     def __init__(
         self,
@@ -193,24 +202,24 @@ class Keys:
         did = await self.device_id()
         device = await self._ensure_device_keys(did)
         if self.linked():
-            if self._store().read().get(UNPUBLISHED):
-                await self._publish_account()  # the first try's PUT failed (or was lost)
+            pending = self._store().read().get(UNPUBLISHED)
+            if isinstance(pending, dict):  # the first try's PUT failed (or was lost)
+                await self._publish_account(pending, check=True)
             return
+        current = await self._directory_account_key()
+        if current is not None and not new_identity:
+            raise _needs_link()
+        await self._create_account(did, device, replaces=current)
+
+    async def _directory_account_key(self) -> str | None:
+        """The account key the directory holds for this account (base64), or None."""
         try:
-            await self.api.user_devices(self._me())
-            exists = True
+            listed = await self.api.user_devices(self._me())
         except ApiError as exc:
             if exc.code not in ("identity_not_found", "user_not_found", "not_found"):
                 raise
-            exists = False
-        if exists and not new_identity:
-            raise NeedsLink(
-                "This account already has devices. Link this one from one of them "
-                "(`parley devices link` here, then `parley devices approve CODE` there), "
-                "or start a new identity with `--new-identity` (your contacts will see a "
-                "new safety number)."
-            )
-        await self._create_account(did, device)
+            return None
+        return str(listed.get("account_key") or "") or None
 
     async def _ensure_device_keys(self, did: int) -> Device:
         now = time.time()
@@ -233,8 +242,9 @@ class Keys:
         await self.top_up()
         return device
 
-    async def _create_account(self, did: int, device: Device) -> None:
-        """The account's first device (or a reset): a new account key and list v1."""
+    async def _create_account(self, did: int, device: Device, replaces: str | None) -> None:
+        """The account's first device (or a reset of ``replaces``, the key the directory
+        held): a new account key and list v1."""
         account_key = AccountKey.generate()
         listing = DeviceList(
             user_id=self._me(),
@@ -245,21 +255,34 @@ class Keys:
         async with self._store().transaction() as tx:
             tx.put_bytes("account_key", account_key.seed())
             tx.put("device_list", signed.to_json())
-            tx.put(UNPUBLISHED, True)
-        await self._publish_account()
+            tx.put(UNPUBLISHED, {"replaces": replaces})
+        await self._publish_account({"replaces": replaces}, check=False)
 
-    async def _publish_account(self) -> None:
+    async def _publish_account(self, pending: dict[str, Any], *, check: bool) -> None:
         """Publish the account key and first list this install made (``_create_account``),
         until the directory has taken them. The same key again changes nothing there
         (docs/keys.md), so a PUT whose answer was lost is safely sent again. Before
         2026-12-08 a failed PUT (a 503, the network, the process ended) was never sent
         again: the install held the key, every later start took the account for set up,
         and the directory had no list: every send failed ``identity_not_found`` and
-        nobody could write to the account."""
+        nobody could write to the account.
+
+        ``check`` (a retry): the directory is asked first. Holding neither our key nor the
+        one ours replaces, another install registered its own since: ours, never
+        published, is dropped and this install is no device of the account
+        (:class:`NeedsLink`), rather than resetting the other's."""
         account_key, signed = self.account_key(), self.own_list()
         if account_key is None or signed is None:
             return
-        await self.api.put_account(b64encode(account_key.public), signed.to_json())
+        ours = b64encode(account_key.public)
+        current = await self._directory_account_key() if check else None
+        if current != ours:
+            if current is not None and current != pending.get("replaces"):
+                async with self._store().transaction() as tx:
+                    for key in ("account_key", "device_list", UNPUBLISHED):
+                        tx.delete(key)
+                raise _needs_link()
+            await self.api.put_account(ours, signed.to_json())
         async with self._store().transaction() as tx:
             tx.delete(UNPUBLISHED)
 

@@ -35,6 +35,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from parley.crypto import (
     CryptoError,
     GroupSession,
     ReplayedMessage,
+    RetiredSenderKey,
     UnknownSenderKey,
     commitment_from_message,
 )
@@ -93,6 +95,11 @@ the rooms service says this account is in the room: at most this many, the oldes
 dropped first (each is checked as soon as it comes, so only an unreachable rooms
 service or a flood keeps more than a few). Only a distribution message for the room
 named is held (:func:`held_key_max` characters), so the row stays under ~70 KB."""
+GROUP_INDEX_BUCKETS = 32
+"""Rows the names of a room's members with sender-key rows are listed in (by a keyed
+hash of the name): a member new to the room rewrites one of them, ~1/32 of the list
+(~1.3 KB in a room of 1,000 member devices), not all of it. Only a whole state
+(:meth:`Rooms.group`) reads them all."""
 MAX_MENTIONS = 20
 LOG_PAGE = 200
 """Messages per page when a room's log is read."""
@@ -224,13 +231,89 @@ class Rooms:
     def _key(self, kind: str, room_id: str) -> str:
         return f"{kind}:{self._store().ref(kind, room_id)}"
 
+    # A room's sender keys are rows (docs/client.md "Sender keys in the store"): ``group``
+    # holds this device's own chain, ``group_member`` one member device's chains and
+    # retired ids, ``group_index`` (GROUP_INDEX_BUCKETS rows) the names of the members
+    # with a row. A message reads and writes its sender's row only; a key, its member's.
+    def _member_row_key(self, room_id: str, member: str) -> str:
+        return self._key("group_member", f"{room_id}\x00{member}")
+
+    def _index_key(self, room_id: str, bucket: int) -> str:
+        return self._key("group_index", f"{room_id}\x00{bucket}")
+
+    def _bucket(self, room_id: str, member: str) -> int:
+        return int(self._store().ref("group_bucket", f"{room_id}\x00{member}")[:8], 16) % (
+            GROUP_INDEX_BUCKETS
+        )
+
     def group(self, tx: Transaction, room_id: str) -> GroupSession:
-        """This device's sender-key state for a room (made on first use)."""
+        """This device's whole sender-key state for a room (made on first use): every
+        member's row is read. Sending and receiving read only the rows they need."""
+        return self._group(tx, room_id, None)
+
+    def _group(self, tx: Transaction, room_id: str, members: Iterable[str] | None) -> GroupSession:
+        """The room's sender-key state with ``members``' rows loaded (None: all of them;
+        only those can be used). A state stored whole (one ``group`` row, before
+        2026-12-08) is split into rows first, in ``tx``."""
         raw = tx.get_bytes(self._key("group", room_id))
-        return GroupSession.create(room_id) if raw is None else GroupSession.from_bytes(raw)
+        if raw is None:
+            return GroupSession.create(room_id)  # written by _put_group (own_changed)
+        if GroupSession.is_whole(raw):
+            whole = GroupSession.from_bytes(raw)
+            self._split_group(tx, whole)
+            if members is None:
+                return whole
+            raw = whole.own_row()
+        every = members is None
+        if members is None:
+            members = [
+                str(m)
+                for bucket in range(GROUP_INDEX_BUCKETS)
+                for m in tx.get(self._index_key(room_id, bucket)) or ()
+            ]
+        rows = {m: tx.get_bytes(self._member_row_key(room_id, m)) for m in members}
+        return GroupSession.from_rows(raw, rows, every=every)
+
+    def _split_group(self, tx: Transaction, whole: GroupSession) -> None:
+        """Write a whole state as rows (the ``group`` row becomes the own row)."""
+        room_id = whole.group_id
+        buckets: dict[int, list[str]] = {}
+        for member in whole.row_members():
+            row = whole.member_row(member)
+            if row is not None:
+                tx.put_bytes(self._member_row_key(room_id, member), row)
+                buckets.setdefault(self._bucket(room_id, member), []).append(member)
+        for bucket, names in buckets.items():
+            tx.put(self._index_key(room_id, bucket), names)
+        tx.put_bytes(self._key("group", room_id), whole.own_row())
+        whole.mark_saved()
+        log.info("moved a room's sender keys (%d member rows) into rows", len(whole.row_members()))
 
     def _put_group(self, tx: Transaction, session: GroupSession) -> None:
-        tx.put_bytes(self._key("group", session.group_id), session.to_bytes())
+        """Write what changed in ``session``: its own row, its changed members' rows, and
+        the index rows of members new to it (or without a row now)."""
+        room_id = session.group_id
+        if session.own_changed:
+            tx.put_bytes(self._key("group", room_id), session.own_row())
+        added: dict[int, set[str]] = {}
+        gone: dict[int, set[str]] = {}
+        for member in session.changed_members():
+            row, had = session.member_row(member), session.had_row(member)
+            if row is None:
+                tx.delete(self._member_row_key(room_id, member))
+                if had:
+                    gone.setdefault(self._bucket(room_id, member), set()).add(member)
+                continue
+            tx.put_bytes(self._member_row_key(room_id, member), row)
+            if not had:
+                added.setdefault(self._bucket(room_id, member), set()).add(member)
+        for bucket in {*added, *gone}:
+            key = self._index_key(room_id, bucket)
+            names = [str(m) for m in tx.get(key) or ()]
+            names = [m for m in names if m not in gone.get(bucket, ())]
+            names += sorted(added.get(bucket, set()) - set(names))
+            tx.put(key, names)
+        session.mark_saved()
 
     def _state(self, tx: Transaction, room_id: str) -> _RoomState:
         return _RoomState.from_json(tx.get(self._key("room", room_id)))
@@ -668,7 +751,7 @@ class Rooms:
 
         async with self._store().transaction() as tx:
             state = self._state(tx, room_id)
-            session = self.group(tx, room_id)
+            session = self._group(tx, room_id, ())  # our chain: no member's row
             now = targets(tx)
             departed = set(state.members_seen) - set(members)
             lost_devices = set(state.has_key) - now
@@ -827,7 +910,7 @@ class Rooms:
         async with self._store().transaction() as tx:
             if redo and not tx.is_queued(client_id):
                 raise NotQueued(client_id)  # dropped or failed while its redo read keys
-            session = self.group(tx, room_id)
+            session = self._group(tx, room_id, ())
             body = session.encrypt(text.encode())
             frame = f.RoomSend(
                 id=client_id, room=room_id, body=b64encode(body),
@@ -892,6 +975,11 @@ class Rooms:
             # before its messages, which they may open.
             events += self._take_held(tx, room_id, member=True)[0]
             session: GroupSession | None = None
+            senders = [
+                member_key(fr.from_, fr.from_device)
+                for fr in frames
+                if (fr.from_, fr.from_device) != (me, device)
+            ]
             for frame in frames:
                 if (frame.from_, frame.from_device) == (me, device):
                     # This device's own, in the history since it was sent: placed now.
@@ -908,7 +996,8 @@ class Rooms:
                     "conversation": room_conversation(room_id), "commitment": frame.commitment,
                     "franking_tag": frame.franking_tag,
                 }  # fmt: skip
-                session = session or self.group(tx, room_id)
+                # The senders' rows only, once for the page (not the room's every chain).
+                session = session or self._group(tx, room_id, dict.fromkeys(senders))
                 event = self._open(tx, session, room_id, item, names[frame.from_], keep=True)
                 if event is not None:
                     events.append(event)
@@ -1082,6 +1171,13 @@ class Rooms:
                     if chain not in lowest or int(item["seq"]) < lowest[chain]:
                         tx.put(marker, {**lowest, chain: int(item["seq"])})
             return None
+        except RetiredSenderKey:
+            # Its chain was dropped here (CHAINS_KEPT_PER_SENDER newer ones came, or the
+            # sender was removed): it will never open, so it is shown as such, not kept
+            # waiting for a key that cannot be taken again.
+            entry.update(kind="error", text="[could not decrypt: its sender key was dropped]")
+            tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
+            return DecryptFailed(sender, name, "sender key dropped")
         except ReplayedMessage:
             # Not one read before (the callers look for its id first): the key we hold
             # starts at a later point of the chain, so it was sent before this device
@@ -1206,9 +1302,10 @@ class Rooms:
         self, tx: Transaction, room_id: str, sender: str, device: int, control: dict[str, Any]
     ) -> list[Event]:
         """Store a room's sender key and open the pending messages it is for."""
+        member = member_key(sender, device)
         try:
-            session = self.group(tx, room_id)  # an empty or odd room id: refused too
-            session.process_distribution(member_key(sender, device), b64decode(str(control["d"])))
+            session = self._group(tx, room_id, (member,))  # an empty or odd room id: refused
+            session.process_distribution(member, b64decode(str(control["d"])))
         except (CryptoError, ValueError, KeyError) as exc:
             log.warning("refused a sender key from %s:%s: %s", sender, device, exc)
             return []

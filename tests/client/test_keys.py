@@ -163,3 +163,33 @@ async def test_an_account_key_the_directory_did_not_take_is_published_at_the_nex
     other = await make_client()
     await other.connect()
     await other.send(name, "reachable", wait="stored")
+
+
+async def test_an_unpublished_account_key_never_resets_one_another_install_registered(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sign-up's PUT failed on install A; the owner signed in on install B, which found
+    no account key and registered its own. A's retry must not reset B's (a reset removes
+    B from the account): A is no device of the account (NeedsLink) and forgets its key."""
+    from parley.keys import NeedsLink
+
+    from tests.client.conftest import PASSWORD, new_username
+
+    first = await make_client(signup=False)
+
+    async def refused(*args: object) -> object:
+        raise ApiError("service_unavailable", "down for a moment", 503)
+
+    monkeypatch.setattr(first.api, "put_account", refused)
+    name = new_username()
+    with pytest.raises(ApiError):
+        await first.signup(name, PASSWORD, f"{name}@example.test")
+    monkeypatch.undo()
+    second = await make_client(signup=False)
+    await second.login(name, PASSWORD)
+    held = (await second.api.user_devices(second.user_id or ""))["account_key"]
+    with pytest.raises(NeedsLink):
+        await first.keys.setup()
+    assert first.keys.account_key() is None
+    assert (await second.api.user_devices(second.user_id or ""))["account_key"] == held
+    assert [d["this_device"] for d in await second.devices()] == [True]

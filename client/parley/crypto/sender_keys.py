@@ -16,9 +16,10 @@ Receivers verify the signature first, then derive the key for the message's
 iteration: at most :data:`MAX_SKIP` (25,000, libsignal's bound; 2000 before
 2026-12-08, when a sender's chain with more of its messages expired unread stayed
 unreadable until it rotated) iterations ahead, keeping at most
-:data:`MAX_SKIPPED_KEYS` (2000) skipped keys per chain (oldest evicted) and at
-most :data:`MAX_CHAINS_PER_SENDER` (5) chains per sender (older ones dropped;
-several exist around a rotation).  Decryption is transactional.  The ids of
+:data:`MAX_SKIPPED_KEYS` (2000) skipped keys per chain (oldest evicted);
+``GroupSession`` keeps ``CHAINS_KEPT_PER_SENDER`` (64) chains per sender (older
+ones dropped; several exist around rotations: 5 until 2026-12-08).  Decryption is
+transactional.  The ids of
 dropped chains are remembered (the last :data:`MAX_RETIRED_CHAINS` per sender),
 and a distribution message for one of them is refused (``RetiredSenderKey``):
 taking it again would rewind the chain and let its old messages be replayed.
@@ -50,7 +51,6 @@ from parley.crypto.primitives import (
 from parley.crypto.wire import GroupMessage, SenderKeyDistribution, group_prefix
 
 __all__ = [
-    "MAX_CHAINS_PER_SENDER",
     "MAX_RETIRED_CHAINS",
     "MAX_SKIP",
     "MAX_SKIPPED_KEYS",
@@ -63,7 +63,6 @@ __all__ = [
 MESSAGE_INFO = b"parley-v1/sender-key/message-keys"
 MAX_SKIP = 25_000  # libsignal's MAX_FORWARD_JUMPS
 MAX_SKIPPED_KEYS = 2000
-MAX_CHAINS_PER_SENDER = 5
 MAX_RETIRED_CHAINS = 1000
 _MESSAGE_KEYS = MessageKeyDeriver(MESSAGE_INFO)
 _U32 = struct.Struct(">I")

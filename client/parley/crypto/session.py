@@ -51,7 +51,6 @@ from parley.crypto.primitives import (
 )
 from parley.crypto.ratchet import RatchetState
 from parley.crypto.sender_keys import (
-    MAX_CHAINS_PER_SENDER,
     MAX_RETIRED_CHAINS,
     ReceiverChain,
     SenderChain,
@@ -70,6 +69,7 @@ from parley.crypto.wire import (
 )
 
 __all__ = [
+    "CHAINS_KEPT_PER_SENDER",
     "DecryptedMessage",
     "Device",
     "GroupSession",
@@ -429,15 +429,42 @@ class Session:
             raise MalformedState("session state does not parse") from exc
 
 
+CHAINS_KEPT_PER_SENDER = 64
+"""Chains a receiver keeps per member of a group, the newest first; older ones are
+dropped (their ids retired).  A member who was offline while a sender rotated (each
+member leaving makes every remaining one rotate at its next message) gets the new
+keys from its inbox before the room's log: every chain whose messages it has not read
+yet must still be there.  It was 5 until 2026-12-08: six members leaving while one
+was offline lost that member the first chain's messages (kept waiting for a key it
+would never have again)."""
+
+
 class GroupSession:
     """Sender-key state for one group: our sending chain and the other members' chains.
 
     Members are identified by a string chosen by the caller (e.g.
     ``"user_id:device_id"``); it must be the sender the pairwise session that
     carried their distribution message belongs to.
+
+    Stored whole (:meth:`to_bytes` / :meth:`from_bytes`), or in rows (a large group's
+    state is many members' chains, and a message changes one member's): :meth:`own_row`
+    for our chain, :meth:`member_row` per member; :meth:`from_rows` makes a session
+    with only the members a call needs loaded (those it names, row or none), and
+    :meth:`own_changed` / :meth:`changed_members` say which rows to write again
+    (until :meth:`mark_saved`).
     """
 
-    __slots__ = ("_own", "_receivers", "_retired", "group_id", "rng")
+    __slots__ = (
+        "_changed",
+        "_loaded",
+        "_own",
+        "_own_changed",
+        "_receivers",
+        "_retired",
+        "_stored",
+        "group_id",
+        "rng",
+    )
 
     def __init__(
         self,
@@ -446,6 +473,8 @@ class GroupSession:
         receivers: dict[str, list[ReceiverChain]] | None = None,
         rng: RandomSource = system_random,
         retired: dict[str, list[int]] | None = None,
+        *,
+        loaded: set[str] | None = None,
     ) -> None:
         if not isinstance(group_id, str) or not group_id:
             raise ValueError("group_id must be a non-empty string")
@@ -455,10 +484,17 @@ class GroupSession:
         # member -> ids of chains dropped (evicted or the member removed), oldest first
         self._retired: dict[str, list[int]] = retired or {}
         self.rng = rng
+        # The members whose state is here (None: every member's); another is refused.
+        self._loaded = loaded
+        self._own_changed = False
+        self._changed: set[str] = set()
+        self._stored = set(self._receivers) | set(self._retired)  # those with a row
 
     @classmethod
     def create(cls, group_id: str, *, rng: RandomSource = system_random) -> GroupSession:
-        return cls(group_id, SenderChain.generate(rng), rng=rng)
+        session = cls(group_id, SenderChain.generate(rng), rng=rng)
+        session._own_changed = True
+        return session
 
     @property
     def chain_id(self) -> int:
@@ -472,23 +508,32 @@ class GroupSession:
         """Start a fresh sender key (new chain id, chain key, signing key); return its
         distribution message.  Call when a member leaves or is removed."""
         self._own = SenderChain.generate(self.rng, avoid={self._own.chain_id})
+        self._own_changed = True
         return self.distribution_message()
 
     def remove_member(self, member: str) -> bytes:
         """Forget ``member``'s sender keys and rotate ours; return the new distribution
         message to send to the remaining members."""
+        self._check_loaded(member)
         self._retire(member, self._receivers.pop(member, []))
+        self._changed.add(member)
         return self.rotate()
 
     def members(self) -> list[str]:
+        """The members we hold sender keys of (of those loaded, for :meth:`from_rows`)."""
         return list(self._receivers)
 
     def encrypt(self, plaintext: bytes) -> bytes:
         commitment, payload = _seal_payload(plaintext, self.rng)
-        return self._own.encrypt(payload, commitment, group_associated_data(self.group_id))
+        message = self._own.encrypt(payload, commitment, group_associated_data(self.group_id))
+        self._own_changed = True
+        return message
 
     def process_distribution(self, member: str, message: bytes) -> None:
-        """Store ``member``'s sender key from a distribution message (idempotent)."""
+        """Store ``member``'s sender key from a distribution message (idempotent).  The
+        newest :data:`CHAINS_KEPT_PER_SENDER` chains of a member are kept; older ones
+        are dropped and their ids retired."""
+        self._check_loaded(member)
         dist = SenderKeyDistribution.decode(message)
         if dist.group_id != self.group_id:
             raise SessionMismatch("distribution message is for another group")
@@ -503,8 +548,9 @@ class GroupSession:
             )
         chains.insert(0, ReceiverChain.from_distribution(dist))
         self._receivers[member] = chains
-        self._retire(member, chains[MAX_CHAINS_PER_SENDER:])
-        del chains[MAX_CHAINS_PER_SENDER:]
+        self._retire(member, chains[CHAINS_KEPT_PER_SENDER:])
+        del chains[CHAINS_KEPT_PER_SENDER:]
+        self._changed.add(member)
 
     def _retire(self, member: str, chains: list[ReceiverChain]) -> None:
         if not chains:
@@ -513,11 +559,18 @@ class GroupSession:
         retired.extend(c.chain_id for c in chains if c.chain_id not in retired)
         del retired[:-MAX_RETIRED_CHAINS]
 
+    def _check_loaded(self, member: str) -> None:
+        if self._loaded is not None and member not in self._loaded:
+            raise LookupError(f"{member!r}'s sender keys were not loaded (from_rows)")
+
     def decrypt(self, member: str, message: bytes) -> bytes:
         return self.decrypt_message(member, message).plaintext
 
     def decrypt_message(self, member: str, message: bytes) -> DecryptedMessage:
-        """Verify and decrypt ``member``'s group message (transactional)."""
+        """Verify and decrypt ``member``'s group message (transactional).  A chain we do
+        not have raises :class:`UnknownSenderKey` (its key may still come); one we had
+        and dropped (retired) raises :class:`RetiredSenderKey`: it never opens here."""
+        self._check_loaded(member)
         parsed = parse_group(message)
         for chain in self._receivers.get(member, ()):
             if chain.chain_id == parsed.chain_id:
@@ -526,10 +579,118 @@ class GroupSession:
                     group_associated_data(self.group_id),
                     _commitment_check(parsed.commitment),
                 )
+                self._changed.add(member)
                 return DecryptedMessage(payload[_FK:], payload[:_FK], parsed.commitment)
+        if parsed.chain_id in self._retired.get(member, ()):
+            raise RetiredSenderKey(
+                f"sender key {parsed.chain_id} of {member!r} was dropped (newer ones "
+                "replaced it, or the member was removed): its messages cannot be read"
+            )
         raise UnknownSenderKey(f"no sender key {parsed.chain_id} for {member!r}")
 
+    # ------------------------------------------------------------------ persistence
+
+    @property
+    def own_changed(self) -> bool:
+        """Our chain (:meth:`own_row`) changed since the session was made, loaded or
+        :meth:`mark_saved`."""
+        return self._own_changed
+
+    def changed_members(self) -> list[str]:
+        """The members whose :meth:`member_row` changed since the session was made,
+        loaded or :meth:`mark_saved` (a key taken, a message decrypted, removed)."""
+        return sorted(self._changed)
+
+    def had_row(self, member: str) -> bool:
+        """Whether ``member`` had a :meth:`member_row` when the session was loaded (or
+        at :meth:`mark_saved`): a changed member without one is new to the group."""
+        return member in self._stored
+
+    def row_members(self) -> list[str]:
+        """Every loaded member we keep something of (a :meth:`member_row`): those with
+        chains, and removed or rotated-away ones whose retired ids are kept."""
+        return list(dict.fromkeys([*self._receivers, *self._retired]))
+
+    def mark_saved(self) -> None:
+        """The changed rows were written: nothing is changed from here on."""
+        self._own_changed = False
+        self._changed.clear()
+        self._stored = set(self._receivers) | set(self._retired)
+
+    def own_row(self) -> bytes:
+        """The group's own row: its id and our sending chain (no member's)."""
+        obj = {"v": _STATE_VERSION, "group_id": self.group_id, "own": self._own.to_json()}
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def member_row(self, member: str) -> bytes | None:
+        """``member``'s row: its chains and retired chain ids; None if we keep
+        nothing of it."""
+        self._check_loaded(member)
+        chains, retired = self._receivers.get(member, []), self._retired.get(member, [])
+        if not chains and not retired:
+            return None
+        obj = {
+            "v": _STATE_VERSION,
+            "member": member,
+            "chains": [c.to_json() for c in chains],
+            "retired": retired,
+        }
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    @staticmethod
+    def is_whole(data: bytes) -> bool:
+        """Whether ``data`` is a whole state (:meth:`to_bytes`), not an :meth:`own_row`
+        (``MalformedState`` if it is neither)."""
+        obj = load_state(data)
+        if not isinstance(obj, dict) or "own" not in obj or "group_id" not in obj:
+            raise MalformedState("group state does not parse")
+        return "receivers" in obj
+
+    @classmethod
+    def from_rows(
+        cls,
+        own: bytes,
+        members: Mapping[str, bytes | None],
+        *,
+        every: bool = False,
+        rng: RandomSource = system_random,
+    ) -> GroupSession:
+        """A session from its :meth:`own_row` and the rows of ``members`` (None: a
+        member we keep nothing of yet).  Only those members can be used: any other
+        raises ``LookupError``, and :meth:`to_bytes` refuses (the state is not whole),
+        unless ``every`` says they are every member's rows (then it is whole)."""
+        obj = load_state(own)
+        try:
+            if obj["v"] != _STATE_VERSION or "receivers" in obj:
+                raise MalformedState("not a group's own row")
+            receivers: dict[str, list[ReceiverChain]] = {}
+            retired: dict[str, list[int]] = {}
+            for member, raw in members.items():
+                if raw is None:
+                    continue
+                row = load_state(raw)
+                if row["v"] != _STATE_VERSION or row["member"] != member:
+                    raise MalformedState("a member's row is not that member's")
+                chains = [ReceiverChain.from_json(c) for c in row["chains"]]
+                if chains:
+                    receivers[member] = chains
+                ids = [int(i) for i in row["retired"]]
+                if ids:
+                    retired[member] = ids
+            return cls(
+                obj["group_id"],
+                SenderChain.from_json(obj["own"]),
+                receivers,
+                rng,
+                retired,
+                loaded=None if every else set(members),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedState("group state does not parse") from exc
+
     def to_bytes(self) -> bytes:
+        if self._loaded is not None:
+            raise ValueError("a session loaded with some members only is not a whole state")
         obj = {
             "v": _STATE_VERSION,
             "group_id": self.group_id,
