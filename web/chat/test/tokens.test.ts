@@ -172,6 +172,8 @@ describe('reconnecting', () => {
       await connected(bob, server);
       const auth = authService(server);
       auth.down = true;
+      // The token near its expiry (a renewal refreshes only then: test/reauth.test.ts).
+      vi.spyOn(Date, 'now').mockImplementation(() => realNow() + 3_540_000);
       await until('two renewals refused', () => auth.presented.length >= 2);
       await new Promise((r) => setTimeout(r, 20));
       expect(unhandled).toEqual([]);

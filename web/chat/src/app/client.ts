@@ -173,6 +173,31 @@ interface UnsentPrekeys {
   one_time_sent?: number;
   kem_sent?: number;
 }
+/** The vault row saying whether the key directory holds this browser's account key:
+ * `true`, or the key and first list still to publish (a PUT that failed or never went:
+ * ParleyClient #publishAccount). Absent: a store from before the row (#checkPublished). */
+const ACCOUNT_PUBLISHED = 'account_published';
+interface PendingAccount {
+  account_key: string;
+  /** The signed first list (`{device_list, signature}`). */
+  signed: ReturnType<SignedDeviceList['toJson']>;
+  /** The account key the directory held when this one was made (a new identity), else null. */
+  replaces: string | null;
+}
+type AccountPublished = true | PendingAccount;
+
+/** The key directory's refusals of a user who has no account key. */
+function notRegistered(error: unknown): boolean {
+  return error instanceof ApiError && ['identity_not_found', 'user_not_found', 'not_found'].includes(error.code);
+}
+
+function needsLink(): NeedsLink {
+  return new NeedsLink(
+    'This account already has devices and this browser is not one of them. ' +
+      'Link it from a device of the account ("Link this browser to an existing account"), or start a new identity here (your contacts will see a new safety number).',
+  );
+}
+
 const TOKEN_MARGIN_MS = 120_000;
 /** How often an open socket's token is renewed in place (an `auth` frame with a fresh
  * one: docs/protocol.md), in ms. Tests shorten it. */
@@ -187,10 +212,10 @@ const CLAIMS_AT_ONCE = 3; // bulk claims in flight (the directory works on each 
 // only when they all had; a few dozen at a time, the first ones leave at once and the
 // server checks them while the rest are encrypted.
 const ENCRYPT_AT_ONCE = 32;
-/** Public posts whose sending failed kept with their client_id (ParleyClient #unsent), and
- * for how long (ms): a retry comes soon; the same text typed much later is a new post. */
-const UNSENT_POSTS_KEPT = 100;
-const UNSENT_POST_MS = 120_000;
+/** Public posts whose sending failed kept with their client_id (ParleyClient #unsent),
+ * the newest ones, until known posted; and their vault row (a reload keeps them). */
+const UNSENT_POSTS_KEPT = 300;
+const UNSENT_POSTS = 'posts_unsent';
 /** How long a room's key send (#sendControl) may go unanswered, in ms: counted from when
  * its frame is written to the socket (again at each write), not while it waits in the
  * outbox or for the pacer behind older sends. Tests shorten it. */
@@ -538,12 +563,14 @@ export class ParleyClient {
   #asideTurn = 0; // where the next round of #readAside starts
   readonly #peerLocks = new Map<string, Mutex>();
   readonly #names = new Map<string, string>(); // user id -> username, for room members who are not contacts
-  /** Public posts whose sending failed, by room and text (`<room>\n<text>`): their
-   * client_id, the latest UNSENT_POSTS_KEPT. A network error or a 502/504 may come after
-   * the rooms service stored the post: sent again, the same text goes with the same
-   * client_id, which the service deduplicates (docs/rooms.md), so a resend never posts
-   * it twice. Forgotten once it is posted. */
-  readonly #unsent = new Map<string, { id: string; at: number }>();
+  /** Public posts whose sending failed, by room and text (the vault's ref of
+   * `<room>\n<text>`): their client_id, the latest UNSENT_POSTS_KEPT, oldest first,
+   * kept in the vault (UNSENT_POSTS) too. A network error or a 502/504 may come after
+   * the rooms service stored the post: sent again, however much later and after a
+   * reload, the same text goes with the same client_id, which the service deduplicates
+   * for good (docs/rooms.md), so a resend never posts it twice. Forgotten once it is
+   * known posted: its answer, its live post, or a timeline page showing it. */
+  readonly #unsent = new Map<string, string>();
   readonly #typists = new TypingBoard(); // who types in which room (typing notices)
   readonly #drafts = new Map<string, TypingThrottle>(); // room id -> when to say we type there
   #typingFrames = 0;
@@ -592,7 +619,7 @@ export class ParleyClient {
 
   // -- state -----------------------------------------------------------------------
   async #load(): Promise<void> {
-    for (const name of ['account', 'device', 'account_key', 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', PREKEYS_UNSENT, 'rooms_known', 'settings', 'removed_ids', 'tombstones_kept']) {
+    for (const name of ['account', 'device', 'account_key', ACCOUNT_PUBLISHED, 'device_list', 'last_seq', 'contacts', 'self_peer', 'prekeys_rotated_at', PREKEYS_UNSENT, 'rooms_known', 'settings', 'removed_ids', 'tombstones_kept']) {
       const value = await this.vault.get(name);
       if (value !== undefined) this.#cache.set(name, value);
     }
@@ -603,6 +630,7 @@ export class ParleyClient {
     const key = self?.account_key ? await this.accountKey() : null;
     if (self?.account_key && key !== null && !underOwnKey({ account_key: self.account_key }, key.public)) this.#cache.delete('self_peer');
     await this.#loadOutbox();
+    for (const [ref, clientId] of (await this.vault.get<[string, string][]>(UNSENT_POSTS)) ?? []) this.#unsent.set(ref, clientId);
     for (const name of await this.vault.names(ASIDE_ROW)) {
       const frame = await this.vault.get<W.Message>(name);
       if (frame === undefined) continue;
@@ -1157,7 +1185,10 @@ export class ParleyClient {
     const device = (await this.#device(null)) as Device;
     const did = (this.account as AccountRow).device_id;
     const accountKey = await openApproval(link.request, device.identity.signingKey, sealed, this.me);
-    await this.#transaction(async (tx) => tx.put('account_key', b64encode(accountKey.seed())));
+    await this.#transaction(async (tx) => {
+      tx.put('account_key', b64encode(accountKey.seed()));
+      tx.put(ACCOUNT_PUBLISHED, true); // the account's key, which the directory holds
+    });
     const unlink = () =>
       this.#transaction(async (tx) => {
         tx.put('account_key', undefined);
@@ -1218,10 +1249,11 @@ export class ParleyClient {
 
   /** A valid access token, refreshed when it expires within two minutes (by this
    * device's clock, measured against the server's when the token arrived: tokens.ts
-   * expiresAt). The new tokens are held here from the refresh's answer on: a failed
+   * expiresAt), or within `within` ms more (the socket's renewal: valid until the next
+   * one). The new tokens are held here from the refresh's answer on: a failed
    * write of them (the storage full) neither fails the call nor loses them (#saveTokens
    * tries again; the refresh token the vault holds is used up). */
-  accessToken(force = false): Promise<string> {
+  accessToken(force = false, within = 0): Promise<string> {
     if (this.#refreshing) return this.#refreshing;
     const held = this.#heldTokens();
     const refreshToken = held.refresh_token;
@@ -1230,7 +1262,7 @@ export class ParleyClient {
     if (!force && access) {
       // (one this page did not get, read from the vault: its exp against this clock)
       const expiry = this.#accessExpiry?.token === access ? this.#accessExpiry.at : jwtClaim(access, 'exp') * 1000;
-      if (expiry > Date.now() + TOKEN_MARGIN_MS) {
+      if (expiry > Date.now() + TOKEN_MARGIN_MS + within) {
         this.api.token = access;
         return Promise.resolve(access);
       }
@@ -1391,34 +1423,89 @@ export class ParleyClient {
   }
 
   /** Make this device's keys on first use and publish them; make sure the directory
-   * holds them; top up one-time prekeys; (first device) create the account's list. */
+   * holds them; top up one-time prekeys; (first device) create the account's list and
+   * publish it, and publish again an account key whose publication did not finish
+   * (#publishAccount). */
   async setup(options: { newIdentity?: boolean; newAccount?: boolean } = {}): Promise<void> {
     await this.accessToken();
     const did = (this.account as AccountRow).device_id;
     const device = await this.#ensureDeviceKeys(did);
-    if (await this.accountKey()) return;
+    if (await this.accountKey()) {
+      const mark = this.#read<AccountPublished>(ACCOUNT_PUBLISHED);
+      if (mark === undefined) await this.#checkPublished(did, device);
+      else if (mark !== true) await this.#publishAccount(mark, true);
+      return;
+    }
     let exists = !options.newAccount; // a new account has no devices: no need to ask
+    let replaces: string | null = null;
     if (exists) {
       try {
-        await this.api.userDevices(this.me);
+        replaces = (await this.api.userDevices(this.me)).account_key;
       } catch (error) {
-        if (!(error instanceof ApiError) || !['identity_not_found', 'user_not_found', 'not_found'].includes(error.code)) throw error;
+        if (!notRegistered(error)) throw error;
         exists = false;
       }
     }
-    if (exists && !options.newIdentity) {
-      throw new NeedsLink(
-        'This account already has devices and this browser is not one of them. ' +
-          'Link it from a device of the account ("Link this browser to an existing account"), or start a new identity here (your contacts will see a new safety number).',
-      );
-    }
+    if (exists && !options.newIdentity) throw needsLink();
     const accountKey = await AccountKey.generate();
     const signed = await new DeviceList(this.me, 1, [DeviceEntry.of(did, 'parley-web', device.identity)]).sign(accountKey);
+    const pending: PendingAccount = { account_key: b64encode(accountKey.public), signed: signed.toJson(), replaces };
+    // The key, and that it is not published yet, in one write: a PUT that fails (a
+    // 503, no answer, the tab closed before it went) is sent again at the next log-in.
     await this.#transaction(async (tx) => {
       tx.put('account_key', b64encode(accountKey.seed()));
       tx.put('device_list', signed.toJson());
+      tx.put(ACCOUNT_PUBLISHED, pending);
     });
-    await this.api.putAccount(b64encode(accountKey.public), signed.toJson());
+    await this.#publishAccount(pending, false);
+  }
+
+  /**
+   * Publish an account key this browser made (`PUT /keys/v1/account`, its first list),
+   * then mark it published. The same key again changes nothing in the key directory
+   * (docs/keys.md): a retry is harmless. `check` (a retry): the directory is asked
+   * first; holding neither our key nor the one we replaced (a new identity), another
+   * device registered its own since: ours, never published, is dropped and this
+   * browser is no device of the account (NeedsLink), rather than resetting theirs.
+   */
+  async #publishAccount(pending: PendingAccount, check: boolean): Promise<void> {
+    let current: string | null = null;
+    if (check) {
+      try {
+        current = (await this.api.userDevices(this.me)).account_key;
+      } catch (error) {
+        if (!notRegistered(error)) throw error;
+      }
+    }
+    if (current !== pending.account_key) {
+      if (current !== null && current !== pending.replaces) {
+        await this.#transaction(async (tx) => {
+          tx.put('account_key', undefined);
+          tx.put('device_list', undefined);
+          tx.put(ACCOUNT_PUBLISHED, undefined);
+        });
+        throw needsLink();
+      }
+      await this.api.putAccount(pending.account_key, pending.signed);
+    }
+    await this.#transaction(async (tx) => tx.put(ACCOUNT_PUBLISHED, true));
+  }
+
+  /** A store from before the ACCOUNT_PUBLISHED mark: asked once whether the directory
+   * holds an account key for us; none (a sign-up whose PUT failed), ours is published
+   * with a first list naming this device. Another key: left as it is (ours may be the
+   * older one, replaced by another device's reset). */
+  async #checkPublished(did: number, device: Device): Promise<void> {
+    try {
+      await this.api.userDevices(this.me);
+    } catch (error) {
+      if (!notRegistered(error)) throw error;
+      const accountKey = (await this.accountKey()) as AccountKey;
+      const signed = await new DeviceList(this.me, 1, [DeviceEntry.of(did, 'parley-web', device.identity)]).sign(accountKey);
+      await this.#transaction(async (tx) => tx.put('device_list', signed.toJson()));
+      await this.api.putAccount(b64encode(accountKey.public), signed.toJson());
+    }
+    await this.#transaction(async (tx) => tx.put(ACCOUNT_PUBLISHED, true));
   }
 
   /** This device's keys, made on first use and published (private halves first); the
@@ -2058,6 +2145,8 @@ export class ParleyClient {
   async timeline(roomId: string, before: number | null, limit = 50): Promise<{ messages: RoomMessage[]; nextBefore: number | null }> {
     await this.accessToken();
     const page = await this.api.roomMessages(roomId, before, limit);
+    const me = this.account?.user_id;
+    if (this.#unsent.size) this.#posted(page.messages.filter((m) => m.sender === me).map((m) => m.client_id));
     return { messages: [...page.messages].reverse(), nextBefore: page.next_before };
   }
 
@@ -2356,23 +2445,48 @@ export class ParleyClient {
   }
 
   /** A public post (`POST .../messages`): with the client_id of a failed send of the
-   * same text to the room in the last two minutes if there is one (#unsent), so that
-   * sending it again is idempotent; kept with it while it fails, and forgotten once the
-   * room's live post shows it was stored after all (else the same "ok" typed later
-   * would be taken as that post again, and never shown). */
+   * same text to the room if there is one (#unsent), so that sending it again is
+   * idempotent; kept with it while it fails, and forgotten once it is known posted
+   * (else the same "ok" typed later would be taken as that post again, and never
+   * shown). */
   async #post(roomId: string, text: string): Promise<string> {
-    const key = `${roomId}\n${text}`;
-    const kept = this.#unsent.get(key);
-    const clientId = kept && Date.now() - kept.at < UNSENT_POST_MS ? kept.id : randomId();
-    this.#unsent.delete(key);
+    const ref = await this.vault.ref('post', `${roomId}\n${text}`);
+    const kept = this.#unsent.get(ref);
+    const clientId = kept ?? randomId();
     try {
       await this.api.postRoomMessage(roomId, clientId, text);
     } catch (error) {
-      this.#unsent.set(key, { id: clientId, at: Date.now() }); // the newest last
-      if (this.#unsent.size > UNSENT_POSTS_KEPT) this.#unsent.delete(this.#unsent.keys().next().value as string);
+      this.#unsent.delete(ref);
+      this.#unsent.set(ref, clientId); // the newest last
+      while (this.#unsent.size > UNSENT_POSTS_KEPT) this.#unsent.delete(this.#unsent.keys().next().value as string);
+      await this.#saveUnsent();
       throw error;
     }
+    if (kept !== undefined) this.#posted([clientId]);
     return clientId;
+  }
+
+  /** Posts known stored (by client_id): no longer kept as unsent. */
+  #posted(clientIds: Iterable<string>): void {
+    const ids = new Set(clientIds);
+    let changed = false;
+    for (const [ref, id] of this.#unsent) {
+      if (ids.has(id)) {
+        this.#unsent.delete(ref);
+        changed = true;
+      }
+    }
+    if (changed) void this.#saveUnsent();
+  }
+
+  /** The unsent posts (#unsent) into the vault, as they are when the write runs. A failed
+   * write is not retried: the page keeps them, a reload may not. Never throws. */
+  async #saveUnsent(): Promise<void> {
+    try {
+      await this.#transaction(async (tx) => tx.put(UNSENT_POSTS, this.#unsent.size ? [...this.#unsent] : undefined));
+    } catch {
+      // signed out, or the storage full: the page still holds them
+    }
   }
 
   /** One send (or redo) at a time per room: the chain, its distribution and the room's
@@ -3207,7 +3321,7 @@ export class ParleyClient {
         return this.#onRoomPush(frame);
       case 'room_post':
         if (frame.sender === this.me) {
-          for (const [key, kept] of this.#unsent) if (kept.id === frame.client_id) this.#unsent.delete(key);
+          this.#posted([frame.client_id]);
         }
         this.#emit({ type: 'room_post', post: frame });
         return;
@@ -3274,8 +3388,11 @@ export class ParleyClient {
       // The outbox, paced, while the rooms' logs are read.
       void this.#flush(ws).catch((error: unknown) => this.#emit({ type: 'error', code: 'client', message: String((error as Error).message ?? error) }));
       if (this.#reauthTimer) clearInterval(this.#reauthTimer);
+      // The token the socket holds, again while it stays valid past the next renewal;
+      // refreshed only then (as the Python SDK's _reauth_loop): each refresh rotates the
+      // refresh token, and one whose answer is lost ends the session.
       this.#reauthTimer = setInterval(() => {
-        void this.accessToken(true).then(
+        void this.accessToken(false, REAUTH_EVERY.ms).then(
           (token) => {
             if (this.#ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: 'auth', token } satisfies W.Auth));
           },
