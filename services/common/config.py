@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_tls: bool = False
+    # How long the notifier waits for the SMTP server's answer to a message's end (DATA):
+    # RFC 5321 4.5.3.2.6 says ten minutes (a shorter wait sends copies again).
+    smtp_data_timeout_s: float = Field(default=600.0, ge=1, le=3600)
 
     # Service discovery (internal URLs of the other services).
     auth_url: str = "http://127.0.0.1:8101"

@@ -7,13 +7,17 @@ service's mail does.
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import logging
 import re
 from email.message import EmailMessage
 from email.utils import make_msgid, parseaddr
+from typing import Any, Literal
 
 import aiosmtplib
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import Default
 
 from services.common.config import Settings
 from services.notifier.store import Doc, message_id
@@ -28,6 +32,15 @@ EXCERPT_MAX = 140
 # to 4,000 characters): the excerpt is the same as from the whole text unless these
 # are mostly white space (then it is shorter).
 TEXT_READ = 1000
+# How long the SMTP server may take to answer the end of DATA (RFC 5321 4.5.3.2.6: ten
+# minutes; "a shorter timeout would typically result in delivery of multiple copies"): a
+# relay that scans the message before it answers has taken it, and a digest counted
+# failed then is mailed again at every retry. The connection, the greeting and every
+# other command have the short timeout (:func:`command_timeout`).
+DATA_TIMEOUT_S = 600.0
+# The round trips of a send other than DATA, each under the short timeout: connect and
+# greeting, EHLO, STARTTLS, EHLO, AUTH (up to three), MAIL, RCPT, QUIT.
+COMMANDS_MAX = 10
 # The markers of a public room's message that is gone: removed by the room's owner, a
 # moderator or an admin, or deleted by its author (services/rooms/moderation.py).
 REMOVED = frozenset({"removed_by_moderator", "deleted_by_author"})
@@ -202,27 +215,65 @@ def message(settings: Settings, to: str, subject: str, text: str) -> bytes:
     return raw
 
 
-async def send(settings: Settings, to: str, subject: str, text: str) -> None:
+def command_timeout(settings: Settings) -> float:
+    """The timeout of connecting, the greeting and each SMTP command but DATA (s)."""
+    return max(settings.dependency_timeout_ms / 1000, 5)
+
+
+def send_bound(settings: Settings, data_timeout_s: float = DATA_TIMEOUT_S) -> float:
+    """The longest :func:`send` takes (s): its every step at its timeout. A digest is
+    leased for this long (and more) while it is sent (:class:`Notifier`)."""
+    return data_timeout_s + COMMANDS_MAX * command_timeout(settings)
+
+
+class _Smtp(aiosmtplib.SMTP):
+    """aiosmtplib's client, with its own timeout for ``DATA``: the answer to the
+    message's end can take minutes (a relay scanning it), the other commands must not."""
+
+    def __init__(self, *, data_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_timeout = data_timeout
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: float | Literal[Default.token] | None = Default.token,
+    ) -> SMTPResponse:
+        return await super().data(message, timeout=self.data_timeout)
+
+
+async def send(
+    settings: Settings, to: str, subject: str, text: str, data_timeout_s: float = DATA_TIMEOUT_S
+) -> None:
     """Hand one message to the SMTP server, for ``to`` (the envelope's one recipient:
     the stored address as it is, never one parsed back from a header).
     ``MailRefused``: the recipient refused for good (5xx at ``RCPT``);
     ``MailRejected``: the message refused for good (5xx at ``DATA``); ``MailError``:
-    anything else (unreachable, a 4xx answer, a 5xx at ``MAIL``: the sender refused),
-    worth trying again later."""
+    anything else (unreachable, a 4xx answer, a 5xx at ``MAIL``: the sender refused, a
+    timeout), worth trying again later. Connecting and each command wait
+    :func:`command_timeout`; the answer to the message (``DATA``) ``data_timeout_s``;
+    the whole send at most :func:`send_bound`."""
     s = settings
     raw = message(s, to, subject, text)
+    client = _Smtp(
+        data_timeout=data_timeout_s,
+        hostname=s.smtp_host,
+        port=s.smtp_port,
+        username=s.smtp_username,
+        password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+        start_tls=s.smtp_tls,
+        timeout=command_timeout(s),
+    )
     try:
-        await aiosmtplib.send(
-            raw,
-            sender=parseaddr(s.smtp_from)[1] or s.smtp_from,
-            recipients=[to],
-            hostname=s.smtp_host,
-            port=s.smtp_port,
-            username=s.smtp_username,
-            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-            start_tls=s.smtp_tls,
-            timeout=max(s.dependency_timeout_ms / 1000, 5),
-        )
+        async with asyncio.timeout(send_bound(s, data_timeout_s)):
+            await client.connect()
+            try:
+                await client.sendmail(parseaddr(s.smtp_from)[1] or s.smtp_from, [to], raw)
+            except BaseException:
+                client.close()
+                raise
     except aiosmtplib.SMTPRecipientsRefused as exc:
         log.warning("digest not sent", extra={"error": type(exc).__name__})
         if all(500 <= r.code < 600 for r in exc.recipients):
@@ -242,3 +293,10 @@ async def send(settings: Settings, to: str, subject: str, text: str) -> None:
     except (aiosmtplib.SMTPException, OSError) as exc:
         log.warning("digest not sent", extra={"error": type(exc).__name__})
         raise MailError from exc
+    # Taken: nothing after (QUIT) can make it a failure, to be sent again.
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        pass
+    finally:
+        client.close()

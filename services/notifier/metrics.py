@@ -5,8 +5,9 @@
   ``online`` (a device was connected: the ``notification`` frame told it),
   ``duplicate`` (a redelivered notice), ``malformed`` (skipped).
 - ``parley_notifier_digests_total{result}``: digests ``sent``; dropped because
-  the user ``unsubscribed`` or is ``gone`` (deleted or blocked), every mention's
-  message was ``removed`` since (by a moderator, or deleted by its author), its
+  the user ``unsubscribed`` or is ``gone`` (deleted or blocked), is ``online`` (a
+  device connected when the digest was due: the in-app list holds the mentions),
+  every mention's message was ``removed`` since (by a moderator, or deleted by its author), its
   address ``refused`` for good (a 5xx answer to ``RCPT``), the message
   ``rejected`` for good (a 5xx answer at ``DATA`` while the server takes other
   mail), or ``abandoned`` (not sent after the last attempt); attempts that
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 NOTICE_RESULTS = ("queued", "online", "duplicate", "malformed")
 DIGEST_RESULTS = (
-    "sent", "unsubscribed", "gone", "removed", "refused", "rejected", "failed", "error",
+    "sent", "unsubscribed", "gone", "online", "removed", "refused", "rejected", "failed", "error",
     "abandoned",
 )  # fmt: skip
 
@@ -36,8 +37,8 @@ class NotifierMetrics:
         )  # fmt: skip
         self.digests = Counter(
             "parley_notifier_digests_total",
-            "Mention digests, by result (sent, unsubscribed, gone, removed, refused, rejected, "
-            "failed, error, abandoned).",
+            "Mention digests, by result (sent, unsubscribed, gone, online, removed, refused, "
+            "rejected, failed, error, abandoned).",
             ["result"], registry=registry,
         )  # fmt: skip
         self.mentions = Counter(

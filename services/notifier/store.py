@@ -153,6 +153,18 @@ class NotifierStore:
             return_document=ReturnDocument.AFTER,
         )
 
+    async def hold(self, digest: Doc, lease_s: float) -> bool:
+        """Hold the leased ``digest`` ``lease_s`` from now (the whole send's time), if it
+        is still this lease's (its ``due`` as leased: another replica takes it only once
+        the lease is over, and sets ``due`` anew). False: the lease was lost."""
+        due = time.time() + lease_s
+        held = await self.digests.update_one(
+            {"_id": digest["_id"], "due": digest["due"]}, {"$set": {"due": due}}
+        )
+        if held.matched_count:
+            digest["due"] = due
+        return bool(held.matched_count)
+
     async def retry_later(
         self, digest: Doc, attempts: int, delay_s: float, refused_at: float | None = None
     ) -> None:

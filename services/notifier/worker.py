@@ -7,27 +7,29 @@ is kept for the user's digest; a mention of a connected user is not (the
 ``notification`` frame reached them). Offsets are committed after the batch
 is stored; a redelivered notice is recognised by its ``(user, n)``.
 
-**Digests** (every ``notifier_tick_s``): a user's first kept mention makes a
-digest due ``notifier_digest_interval_s`` later; when it is due, one e-mail
-lists every mention kept until then, to the address and under the preference
-the auth service holds for the user (read at sending time: an unsubscribe
-takes effect for digests not yet sent), each public room's mention with its
-message as the rooms service holds it then (one removed since is left out, one
-edited shows its new text). Mentions arriving later start the
-next interval, so a user gets at most one digest per interval. A digest is
-leased while it is sent. It reads at most a page of its mentions at a time, however
-many there are: the first ``LISTED_MAX`` whose messages still stand are listed, the
-rest counted (:meth:`NotifierStore.held`), and all of them forgotten once it is
-sent. Refused for good (a 5xx answer: to ``RCPT``, the address; at ``DATA``, the
-message) it is dropped with its mentions only if the SMTP server took another
-digest since it last refused this one: the first refusal, or refusals with nothing
-taken in between (the server or the account refusing every message), put it off
-like the failures below. Not sent for now (the SMTP server unreachable, a 4xx
-answer, a 5xx at ``MAIL``, a refusal held back as above, or an
-unexpected error while sending it) it is tried again after ``retry_s``,
-doubling each time up to ``retry_max_s``, and dropped after ``attempts_max``
-attempts. Each digest of a round is sent on its own: one that fails does not
-stop the others.
+**Digests** (every ``notifier_tick_s``): a user's first kept mention makes a digest
+due ``notifier_digest_interval_s`` later; when it is due, one e-mail lists every
+mention kept until then, to the address and under the preference the auth service
+holds for the user (read at sending time: an unsubscribe takes effect for digests not
+yet sent), each public room's mention with its message as the rooms service holds it
+then (one removed since is left out, one edited shows its new text). Mentions arriving
+later start the next interval, so a user gets at most one digest per interval. A user
+with a device connected when the digest is due gets none (``online``: the in-app list
+holds the mentions). A digest is leased while it is sent, the lease extended right
+before the e-mail goes to cover the whole send (up to ten minutes for the SMTP
+server's answer to DATA, RFC 5321 4.5.3.2.6: ``mail.send``); a stop lets the digest
+being sent finish (``stop_grace_s`` at most) and starts no other. It reads at most a
+page of its mentions at a time, however many there are: the first ``LISTED_MAX`` whose
+messages still stand are listed, the rest counted (:meth:`NotifierStore.held`), and
+all of them forgotten once it is sent. Refused for good (a 5xx answer: to ``RCPT``,
+the address; at ``DATA``, the message) it is dropped with its mentions only if the
+SMTP server took another digest since it last refused this one: the first refusal, or
+refusals with nothing taken in between (the server or the account refusing every
+message), put it off like the failures below. Not sent for now (the SMTP server
+unreachable, a 4xx answer, a 5xx at ``MAIL``, a refusal held back as above, or an
+unexpected error while sending it) it is tried again after ``retry_s``, doubling each
+time up to ``retry_max_s``, and dropped after ``attempts_max`` attempts. Each digest
+of a round is sent on its own: one that fails does not stop the others.
 """
 
 from __future__ import annotations
@@ -52,8 +54,17 @@ from services.notifier.store import ID_CHUNK, Doc, Held, NotifierStore
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
-# How long a digest being sent is held before another attempt (or replica) may take it.
+# How long a digest is held, from when it is taken, before another attempt (or replica)
+# may take it; right before its e-mail goes the lease is made to cover the whole send
+# (``mail.send_bound``: up to ten minutes for the answer to DATA) and LEASE_MARGIN_S
+# more, for the clean-up after it.
 DIGEST_LEASE_S = 60.0
+LEASE_MARGIN_S = 60.0
+# How long a stop waits for the digest being sent (its send and clean-up) before
+# cancelling it: under the 20 s the orchestrator gives a stopping task
+# (deploy/terraform/stack/components.tf, stop_timeout), with time left to leave the
+# consumer group and close the clients.
+STOP_GRACE_S = 12.0
 # A digest not sent for now is tried again after RETRY_S, doubling each time up to
 # RETRY_MAX_S; after ATTEMPTS_MAX attempts (about six hours) it is dropped.
 RETRY_S = 60.0
@@ -78,6 +89,11 @@ class Notifier:
         self.retry_s = RETRY_S
         self.retry_max_s = RETRY_MAX_S
         self.attempts_max = ATTEMPTS_MAX
+        self.data_timeout_s = settings.smtp_data_timeout_s
+        self.stop_grace_s = STOP_GRACE_S
+        # The digest being sent (its send and clean-up), shielded from the loop's
+        # cancellation: a stop lets it finish (:meth:`stop`).
+        self._current: asyncio.Task[int] | None = None
         # When a digest last got through (Unix s; this process's): a digest refused for
         # good is dropped only if one got through after it was last refused.
         self._last_sent = float("-inf")
@@ -93,7 +109,22 @@ class Notifier:
         ]
 
     async def stop(self) -> None:
-        await cancel_all(self._tasks)
+        """Stop both loops, no new digest started; the digest being sent, if any, is
+        sent and finished first (cancelled after ``stop_grace_s``): cancelled while it
+        waits for the SMTP server's answer, the server would keep the message and the
+        next process send it again once its lease ends. The grace runs from the call,
+        alongside the loops' ends (the consumer leaving its group: up to 10 s)."""
+        deadline = time.monotonic() + self.stop_grace_s
+        await cancel_all(self._tasks)  # the digest loop ends: it starts no other
+        current = self._current
+        if current is None or current.done():
+            return
+        await asyncio.wait([current], timeout=max(deadline - time.monotonic(), 0))
+        if not current.done():
+            log.warning(
+                "digest still being sent at stop: cancelled", extra={"after_s": self.stop_grace_s}
+            )
+            await cancel_all([current])
 
     # -- notices -----------------------------------------------------------------------
 
@@ -132,17 +163,23 @@ class Notifier:
         on (before, it ended the round and left that digest to its lease, for ever)."""
         sent = 0
         while (digest := await self.store.lease_due(self.lease_s)) is not None:
-            try:
-                sent += await self.send_digest(digest)
-            except Exception as exc:
-                log.exception(
-                    "digest failed", extra={"user_id": str(digest["_id"]), "error": repr(exc)}
-                )
-                try:
-                    await self._not_sent(digest, "error")
-                except Exception as again:  # its lease ends, then it is tried again
-                    log.warning("digest not rescheduled", extra={"error": repr(again)})
+            # Shielded: a stop cancels the loop, not the digest it is sending (``stop``).
+            self._current = asyncio.create_task(self._send_one(digest))
+            sent += await asyncio.shield(self._current)
         return sent
+
+    async def _send_one(self, digest: Doc) -> int:
+        try:
+            return await self.send_digest(digest)
+        except Exception as exc:
+            log.exception(
+                "digest failed", extra={"user_id": str(digest["_id"]), "error": repr(exc)}
+            )
+            try:
+                await self._not_sent(digest, "error")
+            except Exception as again:  # its lease ends, then it is tried again
+                log.warning("digest not rescheduled", extra={"error": repr(again)})
+            return 0
 
     async def send_digest(self, digest: Doc) -> int:
         user_id = str(digest["_id"])
@@ -152,6 +189,10 @@ class Notifier:
             self.metrics.digests.labels("gone").inc()
         elif not user.get("mention_emails", True):  # 0/1 on the embedded server
             self.metrics.digests.labels("unsubscribed").inc()
+        elif await self._connected(user_id):
+            # A device of the user's is connected now: the e-mail is only for users away
+            # (it says so), and the in-app notification list holds these mentions.
+            self.metrics.digests.labels("online").inc()
         elif held.count:
             listed, told = await self._listing(user_id, held)
             if listed:
@@ -173,8 +214,12 @@ class Notifier:
             self.settings.web_url,
             total=told,
         )
+        # The lease made to cover the whole send, if it is still this one's.
+        if not await self.store.hold(digest, self.send_lease_s()):
+            log.warning("digest lease lost before sending", extra={"user_id": str(digest["_id"])})
+            return 0
         try:
-            await mail.send(self.settings, str(user["email"]), subject, text)
+            await mail.send(self.settings, str(user["email"]), subject, text, self.data_timeout_s)
         except (mail.MailRefused, mail.MailRejected) as exc:
             # Refused for good: the address (RCPT) or this message (DATA). Sent again it
             # would be refused again, and hold every later mention of the user: dropped,
@@ -199,6 +244,17 @@ class Notifier:
         log.info("digest sent", extra={"user_id": str(digest["_id"]), "mentions": told})
         await self.store.finish(digest, held, self.interval_s)
         return 1
+
+    def send_lease_s(self) -> float:
+        """How long a digest is held from right before its e-mail goes: the longest the
+        send takes, and ``LEASE_MARGIN_S`` for the clean-up after it."""
+        return mail.send_bound(self.settings, self.data_timeout_s) + LEASE_MARGIN_S
+
+    async def _connected(self, user_id: str) -> bool:
+        online = await gateways_of(
+            self.redis, self.settings.redis_prefix, self.settings.presence_ttl_s, [user_id]
+        )
+        return bool(online.get(user_id))
 
     async def _listing(self, user_id: str, held: Held) -> tuple[list[Doc], int]:
         """What a digest of ``held`` lists: its first ``mail.LISTED_MAX`` mentions whose
