@@ -21,7 +21,7 @@ from services.auth.config import AuthSettings, require_key_encryption
 from services.auth.signing import published
 from services.auth.state import AuthService
 from services.common.clients import mongo_client, redis_client, service_db
-from services.common.config import ConfigError, load_settings
+from services.common.config import ConfigError, load_settings, read_settings
 from services.common.errors import ApiError
 
 app = typer.Typer(help="Parley auth service administration.", no_args_is_help=True)
@@ -33,7 +33,7 @@ ACTOR = "cli"
 async def _service() -> AsyncIterator[AuthService]:
     try:
         settings = load_settings()
-        config = AuthSettings()
+        config = read_settings(AuthSettings)
         require_key_encryption(settings)
     except (ConfigError, ValueError) as exc:
         typer.echo(f"bad configuration: {exc}", err=True)

@@ -13,14 +13,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.config import ConfigError, Settings
+from services.common.config import ConfigError, Settings, read_settings
 from services.common.ratelimit import Limit
 
 
 class AuthSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="PARLEY_", extra="ignore", frozen=True, validate_default=True
-    )
+        env_prefix="PARLEY_", extra="ignore", frozen=True, validate_default=True,
+        allow_inf_nan=False,
+    )  # fmt: skip
 
     # Password hashing: argon2id. Defaults are RFC 9106's second recommended
     # option ("uniformly safe" with 64 MiB): t=3, m=64 MiB, p=4 (docs/auth.md).
@@ -193,6 +194,15 @@ LIMIT_RULES = tuple(
 # The shortest key-encryption secret accepted (an HKDF input, not a password:
 # `make run` and Terraform generate 43 and 48 random characters).
 MIN_SECRET_CHARS = 32
+
+
+def check_auth_config(settings: Settings) -> None:
+    """The auth service's start-up check (``run_service``): its own settings read as
+    the shared ones are (ConfigError: one line naming the variable, no value echoed;
+    before 2026-12-08 a bad one was a traceback printing it, exit 1, from inside the
+    app's factory), then :func:`require_key_encryption`."""
+    read_settings(AuthSettings)
+    require_key_encryption(settings)
 
 
 def require_key_encryption(settings: Settings) -> None:

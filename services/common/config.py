@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Literal, NoReturn
+from typing import Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -20,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pymongo import uri_parser
+from pymongo.errors import PyMongoError
 
 FRANKING_KEY_ID = r"^[A-Za-z0-9_-]{1,16}$"
 """A franking key id: it names the key in every tag (``<kid>.<mac>``) and tombstone."""
@@ -28,9 +31,12 @@ FRANKING_KEY_ID = r"^[A-Za-z0-9_-]{1,16}$"
 class Settings(BaseSettings):
     """All of Parley's settings; each service reads the part it needs."""
 
+    # No infinity nor NaN: ``inf`` passed ``gt=0`` and went to clients as JSON null
+    # (PARLEY_WS_SENDS_PER_S=inf: no SDK could read the gateway's ready frame).
     model_config = SettingsConfigDict(
-        env_prefix="PARLEY_", extra="ignore", frozen=True, validate_default=True
-    )
+        env_prefix="PARLEY_", extra="ignore", frozen=True, validate_default=True,
+        allow_inf_nan=False,
+    )  # fmt: skip
 
     # "production" (the default) or "development": outside development the
     # auth service refuses to start without key_encryption_secret.
@@ -111,6 +117,33 @@ class Settings(BaseSettings):
                 f"presence_ttl_s ({self.presence_ttl_s})"
             )
         return self
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: str) -> str:
+        # Checked here, not at the first connection (a traceback then), and without
+        # echoing the value (it may hold a password).
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            raise ValueError("not a URL (redis://host:port/db)") from None
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ValueError("not a Redis URL (redis://host:port/db, rediss:// or unix://)")
+        return value
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongo_url_parses(cls, value: str) -> str:
+        if value.startswith("mongodb+srv://"):
+            return value  # its hosts come from DNS, at the first connection
+        if not value.startswith("mongodb://"):
+            raise ValueError("not a MongoDB URL (mongodb://host:port or mongodb+srv://host)")
+        try:
+            uri_parser.parse_uri(value)
+        except (ValueError, PyMongoError):
+            raise ValueError("not a valid MongoDB URL (mongodb://host:port,...)") from None
+        return value
 
     @field_validator("franking_key")
     @classmethod
@@ -327,14 +360,23 @@ def retired_franking_keys(text: str) -> dict[str, str]:
     return out
 
 
+_S = TypeVar("_S", bound=BaseSettings)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; overrides win (used by tests).
 
     Raises ConfigError with one human line naming each bad variable and why,
     never echoing the value (it may be a secret).
     """
+    return read_settings(Settings, **overrides)
+
+
+def read_settings(cls: type[_S], **overrides: object) -> _S:
+    """Read one service's settings class (``PARLEY_*``) as :func:`load_settings` reads
+    the shared ones: ConfigError, one line naming each bad variable, no value echoed."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):

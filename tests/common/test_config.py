@@ -84,6 +84,20 @@ def test_secrets_never_print() -> None:
         ({}, "PARLEY_PORT is required"),
         ({"PARLEY_PORT": "8999"}, "PARLEY_KEY_ENCRYPTION_SECRET is required"),
         ({"PARLEY_PORT": "8999", "PARLEY_ENV": "staging"}, "PARLEY_ENV"),
+        # The auth service's own settings (a traceback echoing the value, exit 1, before
+        # 2026-12-08), a URL that does not parse, and infinity.
+        (
+            {"PARLEY_PORT": "8999", "PARLEY_ENV": "development", "PARLEY_ARGON2_TIME_COST": "abc"},
+            "PARLEY_ARGON2_TIME_COST",
+        ),
+        (
+            {"PARLEY_PORT": "8999", "PARLEY_ENV": "development", "PARLEY_LIMIT_LOGIN_IP": "lots"},
+            "PARLEY_LIMIT_LOGIN_IP",
+        ),
+        ({"PARLEY_PORT": "8999", "PARLEY_REDIS_URL": "127.0.0.1:6379"}, "PARLEY_REDIS_URL"),
+        ({"PARLEY_PORT": "8999", "PARLEY_REDIS_URL": "redis://h:notaport/0"}, "PARLEY_REDIS_URL"),
+        ({"PARLEY_PORT": "8999", "PARLEY_MONGO_URL": "mongodb://h:notaport"}, "PARLEY_MONGO_URL"),
+        ({"PARLEY_PORT": "8999", "PARLEY_WS_SENDS_PER_S": "inf"}, "PARLEY_WS_SENDS_PER_S"),
     ],
 )
 def test_service_refuses_bad_config_with_one_line(env: dict[str, str], needle: str) -> None:
@@ -100,6 +114,9 @@ def test_service_refuses_bad_config_with_one_line(env: dict[str, str], needle: s
     assert needle in out
     assert len(out.splitlines()) == 1, out
     assert "Traceback" not in out
+    for name, value in env.items():  # the value is never echoed
+        if name not in ("PATH", "PARLEY_PORT", "PARLEY_ENV"):
+            assert value not in out, out
 
 
 def test_delivery_refuses_to_start_without_a_franking_key_outside_development() -> None:
