@@ -496,6 +496,12 @@ class MentionNotice(Struct, kw_only=True, frozen=True):
     """When the message was sent (Unix ms)."""
     message_seq: int | None = None
     server_id: str | None = None
+    live: bool = False
+    """The user had a connected device when the notification was made (its
+    ``notification`` frame went to it): the notifier mails nothing for it, however late
+    it reads the notice (a notifier catching up after a restart took the user for away
+    once they had disconnected, and mailed a mention they had seen). Absent in notices
+    made before 2026-12-08: False."""
 
 
 _encoder = msgspec.json.Encoder()

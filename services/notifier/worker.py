@@ -133,7 +133,9 @@ class Notifier:
             self.redis, self.settings.redis_prefix, self.settings.presence_ttl_s,
             (n.user for n in notices),
         )  # fmt: skip
-        offline = [n for n in notices if not online.get(n.user)]
+        # Connected now, or when the notice was made (``live``: a notice read late, by a
+        # notifier catching up, of a mention the user saw in the app).
+        offline = [n for n in notices if not n.live and not online.get(n.user)]
         self.metrics.notices.labels("online").inc(len(notices) - len(offline))
         # Two round trips for the batch (a burst of mentions: two a notice before).
         for new in await self.store.add_many(offline, self.interval_s):

@@ -50,6 +50,7 @@ def _notice(doc: Doc, kind: Kind) -> MentionNotice:
         user=doc["user"], n=int(doc["n"]), room_id=doc["room"], room_name=doc["room_name"],
         kind=kind, sender=doc["sender"], excerpt=doc["excerpt"], at=int(doc["at"]),
         message_seq=doc.get("message_seq"), server_id=doc.get("server_id"),
+        live=bool(doc.get("live")),
     )  # fmt: skip
 
 
@@ -124,12 +125,14 @@ async def mentioned(rooms: Rooms, room: Doc, msg: Doc, users: list[str]) -> None
     """One notification per mentioned user of a public room's message (the sender and
     the poster excluded by the caller)."""
     made: list[tuple[Doc, Held]] = []
+    live = await rooms.presence.live(users)  # their notification frames reach them
     for user_id in users:
         draft = {
             "user": user_id, "key": f"{user_id}|m|{room['_id']}|{msg['seq']}",
             "kind": "mention", "room": room["_id"], "room_name": room["name"],
             "message_seq": msg["seq"], "sender": msg["sender"],
             "excerpt": text.excerpt(msg["text"]), "at": msg["sent_at"],
+            "live": user_id in live,
         }  # fmt: skip
         if (written := await _write_held(rooms, draft, "public")) is not None:
             made.append(written)
@@ -158,6 +161,7 @@ async def mentioned_private(
         "user": user_id, "key": f"{user_id}|s|{server_id}", "kind": "mention",
         "room": room["_id"], "room_name": room["name"], "server_id": server_id,
         "sender": sender, "excerpt": PRIVATE_EXCERPT, "at": sent_at,
+        "live": bool(await rooms.presence.live([user_id])),
     }  # fmt: skip
     doc = await _write(rooms, draft, "private")
     await _push(rooms, [doc] if doc is not None else [])

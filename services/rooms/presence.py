@@ -49,13 +49,15 @@ class Presence:
             cursor = self.users.find({"_id": {"$in": ids}}, {"username": 1, "show_presence": 1})
             return {str(d["_id"]): d async for d in cursor}
 
-        docs, live = await asyncio.gather(users(), self._live(ids))
+        docs, live = await asyncio.gather(users(), self.live(ids))
         names = {u: str(d["username"]) for u, d in docs.items() if d.get("username")}
         # Truthiness, as the auth service reads it: the embedded server stores 0/1.
         shown = {u for u in live if bool((docs.get(u) or {}).get("show_presence", True))}
         return names, shown
 
-    async def _live(self, user_ids: Sequence[str]) -> set[str]:
+    async def live(self, user_ids: Sequence[str]) -> set[str]:
+        """Who of ``user_ids`` has a connected device now (hidden or not); nobody when
+        Redis does not answer."""
         try:
             where = await gateways_of(self.redis, self.prefix, self.ttl_s, user_ids)
         except (RedisError, OSError) as exc:

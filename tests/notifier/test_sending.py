@@ -142,3 +142,21 @@ async def test_a_user_connected_when_the_digest_is_due_gets_none(harness: Harnes
     await harness.produce(notice(bob["_id"], 2, alice["_id"], excerpt="later"))
     mails = await harness.until_mails(bob["email"], 1)
     assert "later" in mails[0].get_content()
+
+
+async def test_a_notice_of_a_mention_seen_live_is_not_mailed_however_late_it_is_read(
+    harness: Harness,
+) -> None:
+    """Audit finding: the notifier read presence when it consumed a notice, so one read
+    late (a restart, a backlog) after the user had disconnected was mailed, though the
+    user had the ``notification`` frame live. The rooms service now says in the notice
+    that the user was connected (``live``): never queued. The same notice made while the
+    user was away is queued and mailed."""
+    bob, alice = await harness.user(), await harness.user()
+    await harness.produce(notice(bob["_id"], 1, alice["_id"], excerpt="seen live", live=True))
+    await eventually(lambda: _value(harness.count("notices", "online")), bool, timeout=15)
+    await harness.produce(notice(bob["_id"], 2, alice["_id"], excerpt="while away"))
+    mails = await harness.until_mails(bob["email"], 1)
+    assert "while away" in mails[0].get_content()
+    assert "seen live" not in mails[0].get_content()
+    assert len(harness.mails(bob["email"])) == 1

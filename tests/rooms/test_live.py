@@ -74,6 +74,8 @@ async def test_a_post_reaches_connected_members_and_a_mention_its_user(
         room,
     )
     assert notice.message_seq == msg["seq"] and notice.sender == alice
+    # Bob was connected: the notifier mails nothing for it, however late it reads it.
+    assert notice.live
     assert len(notices.records) == 1
 
 
