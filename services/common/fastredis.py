@@ -159,14 +159,12 @@ class _Wire(asyncio.Protocol):
         self.timeout = timeout
         self.heard = 0.0  # when the connection last answered (or started to owe)
         self.timer: asyncio.TimerHandle | None = None
-        self.received = 0  # reads so far: whether anything came after a write
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.heard = -1.0  # "now", read by the timer only when it fires
-        self.received += 1
         self.reader.feed(data)
         waiting = self.waiting
         gets = self.reader.gets
@@ -329,11 +327,14 @@ class FastRedis(aioredis.Redis):
         After a connection error or a timeout they are sent again on a fresh
         connection (as redis-py does) only if they were never written to one, or
         ``again()`` (every command may run twice: :func:`idempotent`, asked only
-        then); else the
-        error is raised: the commands may have run, and running them twice is
-        the caller's decision. A request written to an idle connection that closed
-        without sending a byte back never ran: the server had closed it already
-        (a restart, a killed or timed-out client), and it is sent again too."""
+        then); else the error is raised: the commands may have run, and running
+        them twice is the caller's decision. That holds for a request written to an
+        idle connection that closed without a byte back too: the server may have
+        closed it before reading it (a restart), or run it and been told to close
+        it before the reply went out (``CLIENT KILL``, a failover's kill, client
+        eviction). Until 2026-12-08 such a request was taken for never run and
+        sent again, and Redis ran it twice (a counter raised twice, a failed login
+        taking two places of the lockout)."""
         written = False
 
         async def attempt() -> list[Any]:
@@ -349,17 +350,8 @@ class FastRedis(aioredis.Redis):
             seen = _ReplyError.readonly
             if wire.error is not None:  # lost while connecting: nothing written
                 raise wire.error
-            idle, heard = not wire.waiting, wire.received
             written = True
-            try:
-                replies = await wire.call(payload, n)
-            except RedisConnectionError:
-                # Closed before a byte came back, nothing else in flight: a connection
-                # the server had closed before this was written (not a late reply,
-                # which is a timeout, nor one lost mid-answer).
-                if idle and wire.received == heard:
-                    written = False
-                raise
+            replies = await wire.call(payload, n)
             if _ReplyError.readonly != seen:
                 # A replica: the primary this was (a failover demoted it, and the
                 # endpoint's name now leads to the new one). Made again by the next
