@@ -40,8 +40,8 @@ class SecondFactor:
 SecondFactorPrompt = Callable[[SecondFactor], Awaitable[tuple[str, str]]]
 
 
-def _jwt_exp(token: str) -> float:
-    """The ``exp`` of a JWT, unverified (only to decide when to refresh)."""
+def jwt_exp(token: str) -> float:
+    """The ``exp`` of a JWT, unverified (only to decide when to refresh; 0: none)."""
     return _jwt_claim(token, "exp")
 
 
@@ -175,9 +175,7 @@ class Account:
                 account = self.require(tx)
                 token = str(account["access_token"])
                 fresh_elsewhere = token != current and current is not None
-                if (fresh_elsewhere or not force) and _jwt_exp(
-                    token
-                ) > time.time() + TOKEN_MARGIN_S:
+                if (fresh_elsewhere or not force) and jwt_exp(token) > time.time() + TOKEN_MARGIN_S:
                     self.api.token = token
                     return token
                 try:

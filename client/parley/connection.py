@@ -35,6 +35,7 @@ import itertools
 import logging
 import random
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
@@ -42,6 +43,7 @@ import aiohttp
 import msgspec
 from parley_contract import frames as f
 
+from parley.account import TOKEN_MARGIN_S, jwt_exp
 from parley.errors import ApiError, ParleyError, ServerUnavailable, StoreError
 
 __all__ = ["Connection", "ConnectionClosed", "for_now", "transient"]
@@ -353,6 +355,12 @@ class Connection:
             await asyncio.sleep(self.reauth_every)
             try:
                 token = await self._token(False)
+                exp = jwt_exp(token)
+                if 0 < exp <= time.time() + self.reauth_every + TOKEN_MARGIN_S:
+                    # Valid now, but it would run out before the next renewal and the
+                    # gateway close the socket (every ~15 minutes before 2026-12-08:
+                    # a token with 2-4 minutes left was sent again as it was).
+                    token = await self._token(True)
                 answer = await self.request(f.Auth(token=token), timeout=20)
             except (ConnectionClosed, TimeoutError):
                 continue

@@ -177,6 +177,35 @@ async def test_the_socket_reauthenticates_with_a_fresh_token(make_client: MakeCl
     assert isinstance(got, Message) and got.text == "still there"
 
 
+async def test_a_renewal_refreshes_a_token_that_would_run_out_before_the_next_one(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal sends the token again while it outlives the next renewal (each refresh
+    rotates the refresh token), and refreshes one that would run out before it: until
+    2026-12-08 a token with 2-4 minutes left was sent as it was, ran out before the next
+    renewal, and the gateway closed the socket (every ~15 minutes)."""
+    alice = await make_client(reauth_every=0.3)
+    assert alice.username
+    await alice.connect()
+    conn = alice._conn
+    assert conn is not None
+    first = alice.account.api.token
+    await eventually(lambda: asyncio.sleep(0, conn.reauths), lambda n: n >= 2, timeout=10)
+    assert alice.account.api.token == first  # 15 minutes left: sent again, not refreshed
+    import parley.connection
+
+    # Now every token "would run out before the next renewal": each renewal refreshes.
+    monkeypatch.setattr(parley.connection, "TOKEN_MARGIN_S", 900, raising=False)
+    seen = {first}
+
+    async def tokens() -> int:
+        seen.add(alice.account.api.token)
+        return len(seen)
+
+    await eventually(tokens, lambda n: n >= 3, timeout=10)
+    assert conn.connects == 1  # the same socket all along
+
+
 async def test_a_draining_gateway_sends_the_client_elsewhere(
     make_client: MakeClient, system: System
 ) -> None:
