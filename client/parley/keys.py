@@ -56,6 +56,9 @@ LINK_POLL_S = 1.0
 UNSENT = "prekeys_unsent"
 # The account key and first list made here, not yet taken by the directory.
 UNPUBLISHED = "account_unpublished"
+# The directory holds this install's account key (or it was checked once: a store
+# from before UNPUBLISHED).
+PUBLISHED = "account_published"
 # While connected: the keys check and top-up again at least this often, and the
 # week-old prekeys rotated when due (a client that stays connected for weeks).
 KEYS_CHECK_S = 24 * 3600
@@ -205,6 +208,8 @@ class Keys:
             pending = self._store().read().get(UNPUBLISHED)
             if isinstance(pending, dict):  # the first try's PUT failed (or was lost)
                 await self._publish_account(pending, check=True)
+            elif not self._store().read().get(PUBLISHED):
+                await self._check_published()
             return
         current = await self._directory_account_key()
         if current is not None and not new_identity:
@@ -285,6 +290,20 @@ class Keys:
             await self.api.put_account(ours, signed.to_json())
         async with self._store().transaction() as tx:
             tx.delete(UNPUBLISHED)
+            tx.put(PUBLISHED, True)
+
+    async def _check_published(self) -> None:
+        """A store from before the ``UNPUBLISHED`` mark (2026-12-08), asked once: if the
+        directory holds no account key for this account (a sign-up whose PUT failed
+        then), the key and first list this install made are published; another key is
+        left as it is (ours may be the older one, replaced by another install's reset).
+        A linked install's key is the directory's already."""
+        account_key, signed = self.account_key(), self.own_list()
+        if account_key is not None and signed is not None:
+            if await self._directory_account_key() is None:
+                await self.api.put_account(b64encode(account_key.public), signed.to_json())
+        async with self._store().transaction() as tx:
+            tx.put(PUBLISHED, True)
 
     @staticmethod
     def _entry(did: int, name: str, device: Device) -> DeviceEntry:
@@ -508,11 +527,27 @@ class Keys:
         raise ParleyError("The device list keeps changing; try again.")
 
     async def rename(self, device_id: int, name: str) -> None:
+        """Give a device of this account a new name: 1 to ``NAME_MAX`` characters, no
+        control character (the device list's rule), else :class:`ParleyError` and
+        nothing changes (before, a longer name was cut to 64 without a word)."""
+        from parley.crypto.device_list import NAME_MAX  # (kept to this method)
+
+        if not 0 < len(name) <= NAME_MAX:
+            raise ParleyError(
+                f"A device name has 1 to {NAME_MAX} characters (this one has {len(name)})."
+            )
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
+               for c in name):  # fmt: skip
+            raise ParleyError(
+                "A device name may not contain a control character (a tab, a line break) or "
+                "bytes that are not UTF-8."
+            )
+
         def change(devices: list[DeviceEntry]) -> list[DeviceEntry]:
             if all(d.device_id != device_id for d in devices):
                 raise ParleyError(f"No device {device_id} in this account.")
             return [
-                DeviceEntry(d.device_id, name[:64], d.signing_key, d.dh_key)
+                DeviceEntry(d.device_id, name, d.signing_key, d.dh_key)
                 if d.device_id == device_id else d
                 for d in devices
             ]  # fmt: skip
@@ -616,6 +651,7 @@ class Keys:
         account_key = AccountKey.from_seed(b64decode(payload["account_key"]))
         async with self._store().transaction() as tx:
             tx.put_bytes("account_key", account_key.seed())
+            tx.put(PUBLISHED, True)  # the account's key, which the directory holds
             tx.delete("pending_link")  # opened: done with
         signed = await self.refresh_own_list()
         assert signed is not None

@@ -193,3 +193,34 @@ async def test_an_unpublished_account_key_never_resets_one_another_install_regis
     assert first.keys.account_key() is None
     assert (await second.api.user_devices(second.user_id or ""))["account_key"] == held
     assert [d["this_device"] for d in await second.devices()] == [True]
+
+
+async def test_a_store_from_before_the_mark_whose_account_key_was_never_published_is_repaired(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: an install whose sign-up PUT failed under a version before the
+    ``account_unpublished`` mark has no mark, so the retry never ran: its account stayed
+    unreachable after the upgrade. Such a store is checked once."""
+    from parley.keys import PUBLISHED, UNPUBLISHED
+
+    from tests.client.conftest import PASSWORD, new_username
+
+    client = await make_client(signup=False)
+
+    async def refused(*args: object) -> object:
+        raise ApiError("service_unavailable", "down for a moment", 503)
+
+    monkeypatch.setattr(client.api, "put_account", refused)
+    name = new_username()
+    with pytest.raises(ApiError):
+        await client.signup(name, PASSWORD, f"{name}@example.test")
+    monkeypatch.undo()
+    async with client.store.transaction() as tx:  # as the version before left it
+        tx.delete(UNPUBLISHED)
+        tx.delete(PUBLISHED)
+    await client.keys.setup()
+    assert (await client.api.user_devices(client.user_id or ""))["account_key"]
+    assert client.store.read().get(PUBLISHED)
+    other = await make_client()
+    await other.connect()
+    await other.send(name, "reachable", wait="stored")

@@ -122,3 +122,28 @@ def test_rows_that_are_not_rows_are_refused() -> None:
         GroupSession.from_rows(own, {"b:1": rows["a:1"]})  # a:1's row under b:1
     with pytest.raises(MalformedState):
         GroupSession.is_whole(b"[]")
+
+
+def test_a_members_skipped_keys_are_bounded_over_all_its_chains() -> None:
+    """Review finding: each chain kept up to 2,000 skipped keys, and 64 chains are kept,
+    so a member that jumped far on each chain left ~7 MB in the row every one of its
+    messages reads and writes. Now at most SKIPPED_KEYS_PER_SENDER over all its chains,
+    the oldest chains' dropped first; the newest chain's keys stay."""
+    from parley.crypto import ReplayedMessage
+    from parley.crypto.session import SKIPPED_KEYS_PER_SENDER
+
+    alice, bob = GroupSession.create("room-1"), GroupSession.create("room-1")
+    first_chain: list[bytes] = []
+    for r in range(4):
+        bob.process_distribution("a", alice.distribution_message() if r == 0 else alice.rotate())
+        wires = [alice.encrypt(f"{r}.{i}".encode()) for i in range(1500)]
+        assert bob.decrypt("a", wires[-1]) == f"{r}.1499".encode()
+        if r == 0:
+            first_chain = wires
+    _own, rows = _rows(bob)
+    row = json.loads(rows["a"])
+    assert sum(len(c["skipped"]) for c in row["chains"]) == SKIPPED_KEYS_PER_SENDER
+    assert len(row["chains"][0]["skipped"]) == 1499  # the newest chain's keys, all kept
+    assert bob.decrypt("a", wires[0]) == b"3.0"
+    with pytest.raises(ReplayedMessage):  # the oldest chain's: dropped
+        bob.decrypt("a", first_chain[0])

@@ -70,6 +70,7 @@ from parley.crypto.wire import (
 
 __all__ = [
     "CHAINS_KEPT_PER_SENDER",
+    "SKIPPED_KEYS_PER_SENDER",
     "DecryptedMessage",
     "Device",
     "GroupSession",
@@ -429,6 +430,10 @@ class Session:
             raise MalformedState("session state does not parse") from exc
 
 
+SKIPPED_KEYS_PER_SENDER = 2000
+"""Skipped message keys kept over all of one member's chains (each chain also keeps at
+most ``MAX_SKIPPED_KEYS``): the member's row stays small whatever it sends."""
+
 CHAINS_KEPT_PER_SENDER = 64
 """Chains a receiver keeps per member of a group, the newest first; older ones are
 dropped (their ids retired).  A member who was offline while a sender rotated (each
@@ -559,6 +564,20 @@ class GroupSession:
         retired.extend(c.chain_id for c in chains if c.chain_id not in retired)
         del retired[:-MAX_RETIRED_CHAINS]
 
+    @staticmethod
+    def _bound_skipped(chains: list[ReceiverChain]) -> None:
+        """At most :data:`SKIPPED_KEYS_PER_SENDER` skipped keys over all of one member's
+        chains, the oldest chains' (then the oldest iterations) dropped first: a member
+        that jumped far on each of 64 chains left 64 x 2,000 keys (~7 MB) in the row
+        every one of its messages reads and writes."""
+        excess = sum(len(c.skipped) for c in chains) - SKIPPED_KEYS_PER_SENDER
+        for chain in reversed(chains):  # newest first: the oldest at the end
+            if excess <= 0:
+                return
+            for i in list(chain.skipped)[:excess]:
+                del chain.skipped[i]
+                excess -= 1
+
     def _check_loaded(self, member: str) -> None:
         if self._loaded is not None and member not in self._loaded:
             raise LookupError(f"{member!r}'s sender keys were not loaded (from_rows)")
@@ -579,6 +598,7 @@ class GroupSession:
                     group_associated_data(self.group_id),
                     _commitment_check(parsed.commitment),
                 )
+                self._bound_skipped(self._receivers[member])
                 self._changed.add(member)
                 return DecryptedMessage(payload[_FK:], payload[:_FK], parsed.commitment)
         if parsed.chain_id in self._retired.get(member, ()):
