@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from parley import ApiError
+from parley import ApiError, Client
 
 from tests.client.conftest import MakeClient
 
@@ -128,41 +128,56 @@ async def _texts(client: object, peer: str) -> list[str]:
     return [e["text"] for e in client.history(peer)]  # type: ignore[attr-defined]
 
 
+async def _signup_unpublished(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Client, str]:
+    """A sign-up whose last step (``PUT /keys/v1/account``) is refused: the install holds
+    the new account key, the directory none. Returns the client and the username."""
+    from tests.client.conftest import PASSWORD, new_username
+
+    client = await make_client(signup=False)
+
+    async def refused(*args: object) -> object:
+        raise ApiError("service_unavailable", "down for a moment", 503)
+
+    monkeypatch.setattr(client.api, "put_account", refused)
+    name = new_username()
+    with pytest.raises(ApiError):
+        await client.signup(name, PASSWORD, f"{name}@example.test")
+    monkeypatch.undo()
+    with pytest.raises(ApiError) as exc:
+        await client.api.user_devices(client.user_id or "")
+    assert exc.value.code in ("identity_not_found", "not_found")  # nothing published
+    return client, name
+
+
+async def _reachable(make_client: MakeClient, name: str) -> None:
+    other = await make_client()
+    await other.connect()
+    await other.send(name, "reachable", wait="stored")
+
+
 async def test_an_account_key_the_directory_did_not_take_is_published_at_the_next_start(
     make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sign-up's last step (the account key and first list) refused: until 2026-12-08 the
     install kept the key and never sent it again, and the account had no list for good
     (every send ``identity_not_found``, nobody could write to it)."""
-    client = await make_client(signup=False)
-    real = client.api.put_account
-    calls = 0
+    client, name = await _signup_unpublished(make_client, monkeypatch)
+    real, calls = client.api.put_account, 0
 
-    async def refused_once(*args: object) -> object:
+    async def counted(*args: object) -> object:
         nonlocal calls
         calls += 1
-        if calls == 1:
-            raise ApiError("service_unavailable", "down for a moment", 503)
         return await real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(client.api, "put_account", refused_once)
-    from tests.client.conftest import PASSWORD, new_username
-
-    name = new_username()
-    with pytest.raises(ApiError):
-        await client.signup(name, PASSWORD, f"{name}@example.test")
-    with pytest.raises(ApiError) as exc:
-        await client.api.user_devices(client.user_id or "")
-    assert exc.value.code in ("identity_not_found", "not_found")  # nothing published
+    monkeypatch.setattr(client.api, "put_account", counted)
     await client.keys.setup()  # the next start (connect, log-in)
-    assert calls == 2
-    listed = await client.api.user_devices(client.user_id or "")
-    assert listed  # the directory holds the list now
+    assert calls == 1
+    assert await client.api.user_devices(client.user_id or "")  # the directory holds it
     await client.keys.setup()  # published: not sent again
-    assert calls == 2
-    other = await make_client()
-    await other.connect()
-    await other.send(name, "reachable", wait="stored")
+    assert calls == 1
+    await _reachable(make_client, name)
 
 
 async def test_an_unpublished_account_key_never_resets_one_another_install_registered(
@@ -173,18 +188,9 @@ async def test_an_unpublished_account_key_never_resets_one_another_install_regis
     B from the account): A is no device of the account (NeedsLink) and forgets its key."""
     from parley.keys import NeedsLink
 
-    from tests.client.conftest import PASSWORD, new_username
+    from tests.client.conftest import PASSWORD
 
-    first = await make_client(signup=False)
-
-    async def refused(*args: object) -> object:
-        raise ApiError("service_unavailable", "down for a moment", 503)
-
-    monkeypatch.setattr(first.api, "put_account", refused)
-    name = new_username()
-    with pytest.raises(ApiError):
-        await first.signup(name, PASSWORD, f"{name}@example.test")
-    monkeypatch.undo()
+    first, name = await _signup_unpublished(make_client, monkeypatch)
     second = await make_client(signup=False)
     await second.login(name, PASSWORD)
     held = (await second.api.user_devices(second.user_id or ""))["account_key"]
@@ -203,24 +209,11 @@ async def test_a_store_from_before_the_mark_whose_account_key_was_never_publishe
     unreachable after the upgrade. Such a store is checked once."""
     from parley.keys import PUBLISHED, UNPUBLISHED
 
-    from tests.client.conftest import PASSWORD, new_username
-
-    client = await make_client(signup=False)
-
-    async def refused(*args: object) -> object:
-        raise ApiError("service_unavailable", "down for a moment", 503)
-
-    monkeypatch.setattr(client.api, "put_account", refused)
-    name = new_username()
-    with pytest.raises(ApiError):
-        await client.signup(name, PASSWORD, f"{name}@example.test")
-    monkeypatch.undo()
+    client, name = await _signup_unpublished(make_client, monkeypatch)
     async with client.store.transaction() as tx:  # as the version before left it
         tx.delete(UNPUBLISHED)
         tx.delete(PUBLISHED)
     await client.keys.setup()
     assert (await client.api.user_devices(client.user_id or ""))["account_key"]
     assert client.store.read().get(PUBLISHED)
-    other = await make_client()
-    await other.connect()
-    await other.send(name, "reachable", wait="stored")
+    await _reachable(make_client, name)
