@@ -163,6 +163,11 @@ class Api:
                 f"Cannot reach the Parley server at {self.server} ({type(exc).__name__}). "
                 "Is it running?"
             ) from exc
+        except aiohttp.ClientError as exc:  # no HTTP there ("Bad status line": SSH, SMTP)
+            raise ServerUnavailable(
+                f"Cannot reach the Parley server at {self.server}: what answers there does "
+                f"not speak HTTP ({type(exc).__name__}). Is this the server's address?"
+            ) from exc
         body: Any = None
         if text:
             try:

@@ -771,6 +771,11 @@ def accept_identity(
     async def run() -> None:
         async with _client(opts) as client:
             number = await client.accept_identity(user)
+        if number is None:  # no key of theirs seen yet: nothing changed, nothing to accept
+            raise ParleyError(
+                f"No key of {user} has been seen yet: there is nothing to accept. "
+                f"`parley verify {user}` fetches it and shows the safety number."
+            )
         console.print(f"Accepted {safe_text(user)}'s current key (safety number {number}).")
         console.print(f"[dim]Not verified: compare it with parley verify {safe_text(user)}.[/]")
 
@@ -897,7 +902,9 @@ def devices_link(
                 username, password, second_factor=_second_factor, name=name
             )
             console.print("On a device already linked to this account, run:")
-            console.print(f"    [bold]parley devices approve {safe_text(code)}[/]")
+            # "--": a code can start with "-" (base64url), which click would take for an
+            # option; one line, never wrapped (80 characters), so that it copies whole.
+            console.print(f"[bold]parley devices approve -- {safe_text(code)}[/]", soft_wrap=True)
             console.print("[dim]Waiting for the approval (Ctrl-C to give up)...[/]")
             await client.wait_linked(timeout)
 

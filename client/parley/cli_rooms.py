@@ -558,6 +558,53 @@ class ShownOrder:
         return later
 
 
+CATCH_UP_PAGE = 50
+"""After a reconnect, a public room's timeline is read back this many messages a page."""
+
+
+class PublicGap:
+    """The posts of a public room a live chat has shown, to show what it missed: a
+    ``room_post`` is live only (docs/protocol.md), so after every reconnect the chat
+    reads the timeline back to the last post it showed and shows the rest, oldest
+    first; posts pushed meanwhile are held until that is done, and each number is
+    shown once (before, the chat said "Connected." and never showed the posts of the
+    gap)."""
+
+    KEEP = 1_000
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.last = 0  # the highest number shown
+        self.held: list[RoomMessage] | None = None  # pushed while the timeline is read
+        self.lock = asyncio.Lock()  # one read at a time (a reconnect during one waits)
+
+    def saw(self, seq: int) -> bool:
+        """``seq`` is shown now: False if it was already."""
+        if seq in self.seen:
+            return False
+        self.seen.add(seq)
+        self.last = max(self.last, seq)
+        if len(self.seen) > 2 * self.KEEP:
+            self.seen = {s for s in self.seen if s > self.last - self.KEEP}
+        return True
+
+    async def missed(self, client: Client, room_id: str) -> list[dict[str, Any]]:
+        """The timeline's messages after the last one shown, oldest first, paged back."""
+        after, before = self.last, None
+        found: list[dict[str, Any]] = []
+        while True:
+            page = await client.rooms.history(room_id, limit=CATCH_UP_PAGE, before=before)
+            messages = page["messages"]  # oldest first
+            newer = [m for m in messages if int(m.get("seq") or 0) > after]
+            found[:0] = newer
+            back = page.get("next_before")
+            if back is None or not messages or len(newer) < len(messages):
+                return found  # the start, or back to what was shown
+            if before is not None and int(back) >= before:
+                return found  # held back by a number in flight: the rest is live
+            before = int(back)
+
+
 def late_note(later: int) -> str:
     return f"[dim](arrived late: sent before the last {later} message{'s' * (later > 1)} above)[/]"
 
@@ -640,7 +687,36 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
         rid, name = str(room["room_id"]), str(room["name"])
         typists = TypingLine()
         order = ShownOrder()
+        gap = PublicGap()
+        room_kind = [room.get("kind")]  # changes with a RoomChanged "kind"
+        tasks: set[asyncio.Task[None]] = set()
         redraw: list[Callable[[], None]] = []
+
+        async def catch_up() -> None:
+            """After a reconnect: what the public room got while the socket was down."""
+            async with gap.lock:
+                gap.held = []
+                try:
+                    missed = await gap.missed(client, rid)
+                except (ParleyError, TimeoutError) as exc:
+                    missed = []
+                    console.print(
+                        "[yellow]Could not read what was posted while disconnected[/] "
+                        f"({safe_text(str(exc) or type(exc).__name__)}): `parley history` "
+                        "shows it."
+                    )
+                finally:
+                    held, gap.held = gap.held, None
+                missed = [m for m in missed if gap.saw(int(m["seq"]))]
+                if missed:
+                    n = len(missed)
+                    console.print(f"[dim]{n} message{'s' * (n > 1)} posted while disconnected:[/]")
+                for entry in missed:
+                    if later := order.show(int(entry["seq"])):
+                        console.print(late_note(later))
+                    _print_room_entry(entry, client.username)
+                for event in held:  # pushed meanwhile: now in turn, once
+                    show(event)
 
         def show(event: Event) -> None:
             if isinstance(event, Typing):
@@ -651,10 +727,15 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
             elif isinstance(event, RoomMessage):
                 if event.room_id == rid:  # whoever wrote it has stopped typing
                     typists.until.pop(event.sender_id, None)
+                public = event.public and event.seq is not None
                 if event.room_id != rid:
                     console.print(
                         f"[dim](new message in another room from {safe_text(event.username)})[/]"
                     )
+                elif public and gap.held is not None:
+                    gap.held.append(event)  # shown after the missed posts being read
+                elif public and not gap.saw(int(event.seq or 0)):
+                    pass  # the timeline read after a reconnect showed it
                 elif not event.here:  # this chat's own post was typed here: its number
                     if later := order.show(event.seq):
                         console.print(late_note(later))
@@ -670,6 +751,8 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                     text = _marked(safe_text(event.text), event.marker)
                     console.print(f"[dim]#{event.seq} is now:[/] {text}")
             elif isinstance(event, RoomChanged):
+                if event.room_id == rid and event.change == "kind":
+                    room_kind[0] = event.kind
                 if event.room_id == rid:
                     console.print(f"[bold yellow]{_room_change(event, client.user_id)}[/]")
             elif isinstance(event, RoomNotification):
@@ -685,6 +768,10 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                     console.print(f"[red]Not sent:[/] {safe_text(event.detail)}")
             elif isinstance(event, ConnectionEvent) and event.state == "connected":
                 console.print("[dim]Connected.[/]")
+                if room_kind[0] == "public":  # live posts only: read the timeline for the gap
+                    task = asyncio.ensure_future(catch_up())
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
             else:
                 _print_event(event, client.username)
 
@@ -713,6 +800,8 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
             page = await client.rooms.history(rid, limit=20)
             for entry in page["messages"]:
                 order.show(entry.get("seq"))
+                if room.get("kind") == "public" and entry.get("seq"):
+                    gap.saw(int(entry["seq"]))
                 _print_room_entry(entry, client.username)
             client.add_listener(show)
             kind = "end-to-end encrypted" if room.get("kind") == "private" else "public"
@@ -720,29 +809,37 @@ async def room_chat(opts: Options, target: str, tell_typing: bool = True) -> Non
                 f"In [bold]#{safe_text(name)}[/] ({kind}). Type a message and press Enter; "
                 "/help lists commands."
             )
-            while True:
-                try:
-                    line = await session.prompt_async(plain_text(f"{client.username} #{name}> "))
-                except (EOFError, KeyboardInterrupt):
-                    break
-                said.sent()
-                text = line.strip()
-                if not text:
-                    console.print("[yellow]Empty messages are not sent.[/] /help lists commands.")
-                    continue
-                if text.startswith("//"):
-                    text = text[1:]
-                elif text.startswith("/"):
-                    if await _room_command(client, rid, name, text):
+            try:
+                while True:
+                    try:
+                        line = await session.prompt_async(
+                            plain_text(f"{client.username} #{name}> ")
+                        )
+                    except (EOFError, KeyboardInterrupt):
                         break
-                    await load_members()  # /invite, /members: who is in the room now
-                    continue
-                try:
-                    await client.rooms.send(rid, text, timeout=15)
-                except TimeoutError:
-                    console.print(f"[yellow]{QUEUED}[/]")
-                except ParleyError as exc:
-                    console.print(f"[red]Error:[/] {safe_text(str(exc))}")
+                    said.sent()
+                    text = line.strip()
+                    if not text:
+                        console.print(
+                            "[yellow]Empty messages are not sent.[/] /help lists commands."
+                        )
+                        continue
+                    if text.startswith("//"):
+                        text = text[1:]
+                    elif text.startswith("/"):
+                        if await _room_command(client, rid, name, text):
+                            break
+                        await load_members()  # /invite, /members: who is in the room now
+                        continue
+                    try:
+                        await client.rooms.send(rid, text, timeout=15)
+                    except TimeoutError:
+                        console.print(f"[yellow]{QUEUED}[/]")
+                    except ParleyError as exc:
+                        console.print(f"[red]Error:[/] {safe_text(str(exc))}")
+            finally:
+                for task in tasks:  # a timeline read under way
+                    task.cancel()
 
 
 def _room_change(event: RoomChanged, me: str | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine
@@ -18,7 +19,6 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.status import Status
 
 from parley import paths
@@ -34,12 +34,14 @@ from parley.client import (
     SecondFactor,
     SentElsewhere,
 )
+from parley.crypto.errors import InvalidSafetyNumber, MalformedDeviceList, MalformedLinkCode
 from parley.errors import NotLoggedIn, ParleyError, WrongPassphrase
 
 # NO_COLOR (no-color.org): plain text, no styles at all (also handy for scripts).
 _PLAIN = bool(os.environ.get("NO_COLOR"))
-console = Console(highlight=False, color_system=None if _PLAIN else "auto")
-err = Console(stderr=True, highlight=False, color_system=None if _PLAIN else "auto")
+# emoji=False: ":warning:" in a message shows as typed (the CLI's own text has no codes).
+console = Console(highlight=False, emoji=False, color_system=None if _PLAIN else "auto")
+err = Console(stderr=True, highlight=False, emoji=False, color_system=None if _PLAIN else "auto")
 T = TypeVar("T")
 
 
@@ -65,11 +67,42 @@ def plain_text(value: object) -> str:
     return str(value).translate(_UNSAFE)
 
 
+# What rich's markup parser (rich.markup.render) takes for a tag: "[" and a letter, "#",
+# "/" or "@", up to the next "]" with no "[" between (its RE_TAGS).
+_TAG = re.compile(r"\[[a-z#/@][^\[]*?\]")
+_BRACKET = re.compile(r"(\\*)\[")
+# An empty pair of tags with no style: what follows text that ends with backslashes.
+_END = "[none][/none]"
+
+
+def _escape_markup(text: str) -> str:
+    """``text`` as rich markup that prints exactly ``text``, wherever it is put in a
+    template. rich reads ``\\[`` before a tag as an escaped tag (n backslashes before
+    it: ``n // 2`` of them printed, the tag printed if n is odd), and drops the
+    backslash of ``\\[`` elsewhere; text ending with backslashes takes them in front of
+    whatever follows it in the template. So: before a tag, 2n + 1 backslashes; before
+    another "[", n + 1; at the end, 2n and an empty tag. (rich.markup.escape did the first
+    only, and doubled one trailing backslash in the hope that a tag follows: ``ops\\``
+    was printed ``ops\\\\``, ``a\\[1]`` as ``a[1]``.)"""
+
+    def bracket(match: re.Match[str]) -> str:
+        slashes = match.group(1)
+        if _TAG.match(text, match.end() - 1):
+            return slashes * 2 + "\\["
+        return slashes + ("\\[" if slashes else "[")
+
+    body = text.rstrip("\\")
+    trailing = len(text) - len(body)
+    escaped = _BRACKET.sub(bracket, body)
+    return escaped + ("\\" * (2 * trailing) + _END if trailing else "")
+
+
 def safe_text(value: object) -> str:
     """``value`` (text the CLI did not write: a message, a name, a server's words) made
-    safe to interpolate into rich markup: :func:`plain_text`, then markup-escaped, so
-    ``[bold]`` shows as typed (docs/client.md, "Untrusted text on the terminal")."""
-    return escape(plain_text(value))
+    safe to interpolate into rich markup: :func:`plain_text`, then markup-escaped so that
+    it prints exactly as sent (``[bold]`` and backslashes as typed; the consoles do not
+    replace ``:emoji:`` codes) (docs/client.md, "Untrusted text on the terminal")."""
+    return _escape_markup(plain_text(value))
 
 
 class _SafeLog(logging.Handler):
@@ -214,12 +247,22 @@ def stays_queued(client: Client) -> NoReturn:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command: its errors are one sentence and exit 1 (the SDK's, and the crypto
+    library's that what the user typed can cause: a link code, a device name, a safety
+    number; anything else is a bug and keeps its traceback)."""
     try:
         return asyncio.run(coro)
     except WrongPassphrase:
         err.print("[red]Error:[/] wrong passphrase for the local store.")
     except ParleyError as exc:
         err.print(f"[red]Error:[/] {safe_text(str(exc))}")
+    except MalformedLinkCode as exc:  # `devices approve` with a code mistyped or cut
+        err.print(
+            f"[red]Error:[/] That is not a link code ({safe_text(str(exc))}): copy it whole "
+            "from the new device, where `parley devices link` shows it."
+        )
+    except (MalformedDeviceList, InvalidSafetyNumber) as exc:  # what was typed, refused
+        err.print(f"[red]Error:[/] {safe_text(str(exc))}.")
     except TimeoutError:
         err.print("[red]Error:[/] the server did not answer in time.")
     except KeyboardInterrupt:

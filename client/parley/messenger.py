@@ -618,6 +618,13 @@ class Messenger:
             raise ParleyError("The message is empty: there is nothing to send.")
         if text.startswith(CONTROL_MARK):
             raise ParleyError("A message may not start with a NUL character.")
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:  # lone surrogates: argv bytes that are not UTF-8
+            raise ParleyError(
+                f"The message is not valid text: character {exc.start + 1} is a byte that is "
+                "not UTF-8 (a terminal or file in another encoding?). Nothing was sent."
+            ) from None
         limit = self.max_frame_bytes
         if len(text.encode()) * 4 // 3 > limit:
             raise MessageTooLarge(len(text.encode()) * 4 // 3, limit, limit * 3 // 4 - 2000)

@@ -9,6 +9,7 @@ tests/e2e/test_cli_escapes.py."""
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import sys
 import unicodedata
@@ -120,3 +121,55 @@ def test_the_sdks_warnings_reach_stderr_through_plain_text(
     finally:
         logging.getLogger("parley").handlers[:] = before
     assert err.getvalue() == f"dropping the connection: bye{R}]0;owned{R}{R}2J\n"
+
+
+# -- shown exactly: backslashes, brackets, emoji codes (an audit of the CLI, 2026-12) -------
+# rich's markup escape doubled a trailing backslash (for the tag it supposes follows) and
+# dropped the one before a "[" that is not a tag: a room named `ops\` was listed as
+# `#ops\\`, which then named no room; and the consoles turned ":warning:" into an emoji.
+
+TEMPLATES = ["{}", "[bold]{}[/]", "{} end", "[dim]({})[/]", "#{}: [italic]{}[/italic]"]
+
+
+def _shown(template: str, text: str) -> str:
+    out = io.StringIO()
+    Console(file=out, color_system=None, highlight=False, width=500).print(
+        template.format(*[safe_text(text)] * template.count("{}")), end=""
+    )
+    return out.getvalue()
+
+
+def _as_sent(template: str, text: str) -> str:
+    """The template's tags taken away, ``text`` in each place: what must be printed."""
+    for tag in ("[bold]", "[/]", "[dim]", "[italic]", "[/italic]"):
+        template = template.replace(tag, "")
+    return template.format(*[text] * template.count("{}"))
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_every_short_text_of_backslashes_and_brackets_shows_as_sent(template: str) -> None:
+    """Every text of up to 5 characters of ``\\ [ ] / a #`` and space, in markup before,
+    after and between tags: printed, it is the text as sent."""
+    alphabet = "\\[]/a #"
+    for n in range(6):
+        for chars in itertools.product(alphabet, repeat=n):
+            text = "".join(chars)
+            assert _shown(template, text) == _as_sent(template, text), (template, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ops\\", "the share is \\\\srv\\public\\", "a\\[1]", "a\\[", "\\\\", "x\\\\[b]y\\",
+     "[bold]x[/bold]\\", "\\[link=https://e.example]y[/link]"],
+)  # fmt: skip
+def test_backslashes_show_as_sent(text: str) -> None:
+    for template in TEMPLATES:
+        assert _shown(template, text) == _as_sent(template, text), (template, text)
+
+
+def test_emoji_codes_show_as_typed_on_the_clis_consoles() -> None:
+    text = "deploy at 10 :warning: key :one::two: done :100: :+1:"
+    for console in (cli_support.console, cli_support.err):
+        with console.capture() as shown:
+            console.print(f"[bold]bob[/]: {safe_text(text)}")
+        assert shown.get() == f"bob: {text}\n"
