@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { concat, fromUtf8, toHex, utf8 } from '../src/crypto/encoding.ts';
 import { Ed25519KeyPair } from '../src/crypto/primitives.ts';
-import { GroupSession } from '../src/crypto/session.ts';
+import { CHAINS_KEPT_PER_SENDER, GroupSession } from '../src/crypto/session.ts';
 import { flip } from './support/fixtures.ts';
 
 async function group(id = 'room'): Promise<[GroupSession, GroupSession, GroupSession]> {
@@ -68,10 +68,13 @@ describe('sender keys', () => {
     await expect(bob.decrypt('alice', far.subarray(0, 100))).rejects.toMatchObject({ name: 'MalformedMessage' });
   });
 
-  it('keeps at most five chains per sender', async () => {
+  it('keeps at most CHAINS_KEPT_PER_SENDER (64; 5 before 2026-12-08) chains per sender, a dropped one RetiredSenderKey', async () => {
     const [alice, bob] = await group();
     const old = await alice.encrypt(utf8('old chain'));
-    for (let i = 0; i < 5; i++) await bob.processDistribution('alice', await alice.rotate());
-    await expect(bob.decrypt('alice', old)).rejects.toMatchObject({ name: 'UnknownSenderKey' });
+    const older = await alice.encrypt(utf8('old chain, later'));
+    for (let i = 0; i < CHAINS_KEPT_PER_SENDER - 1; i++) await bob.processDistribution('alice', await alice.rotate());
+    expect(fromUtf8(await bob.decrypt('alice', old))).toBe('old chain');
+    await bob.processDistribution('alice', await alice.rotate());
+    await expect(bob.decrypt('alice', older)).rejects.toMatchObject({ name: 'RetiredSenderKey' });
   });
 });

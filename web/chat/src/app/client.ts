@@ -25,11 +25,13 @@ import {
   type OneTimePrekeyJson,
   PrekeyBundle,
   ReplayedMessage,
+  RetiredSenderKey,
   SignedDeviceList,
   UnknownSenderKey,
   b64decode,
   b64encode,
   commitmentFromMessage,
+  fromUtf8,
   utf8,
 } from '../crypto/index.ts';
 import type * as W from '../generated/contract.ts';
@@ -477,6 +479,7 @@ export class ParleyClient {
   readonly vault: Vault;
   readonly #cache = new Map<string, unknown>();
   readonly #refs = new Map<string, string>(); // user id -> row suffix (HMAC)
+  readonly #memberRefs = new Map<string, string>(); // room id NUL member -> its sender-key row's HMAC
   #modKeys: Map<string, string> | null = null; // moderation keys (kid -> Ed25519 key)
   /** The `removed_ids` row as a map, made again when the row changes (#removedBy). */
   #removedIndex: { row: RemovedRow; by: Map<string, 'sender' | 'admin'> } | null = null;
@@ -651,6 +654,12 @@ export class ParleyClient {
       for (const name of [`group:${ref}`, `room:${ref}`, `room_unkept:${ref}`, `room_cursor:${ref}`]) {
         const value = await this.vault.get(name);
         if (value !== undefined) this.#cache.set(name, value);
+      }
+      // The room's sender keys in rows (#group): its index rows and a row per member device.
+      for (const prefix of [`group_index:${ref}:`, `group_member:${ref}:`]) {
+        const names = await this.vault.names(prefix);
+        const values = await Promise.all(names.map((name) => this.vault.get(name)));
+        names.forEach((name, i) => values[i] !== undefined && this.#cache.set(name, values[i]));
       }
       await this.#loadPending(`room_pending:${ref}`);
       await this.#loadHistory(`history:${ref}`);
@@ -2300,13 +2309,104 @@ export class ParleyClient {
     return `${kind}:${this.#refs.get(roomConversation(roomId)) as string}`;
   }
 
-  async #group(tx: Tx, roomId: string): Promise<GroupSession> {
-    const raw = tx.get<string>(this.#roomRow('group', roomId));
-    return raw === undefined ? GroupSession.create(roomId) : GroupSession.fromBytes(b64decode(raw));
+  // A room's sender keys are rows (as rooms.py since 2026-12-08; README "Private rooms"):
+  // `group:<ref>` holds this device's own chain, `group_member:<ref>:<hmac>` one member
+  // device's chains and retired ids, `group_index:<ref>:<bucket>` (GROUP_INDEX_BUCKETS
+  // rows, by a keyed hash of the name) the names of the members with a row. A message
+  // reads and writes its sender's row only; a key, its member's; a send, the own row.
+  // Before, the whole state was the one `group:<ref>` row (base64 of `toBytes()`), read
+  // and written again for every message, key and send: ~1.3 MB a message in a room of
+  // 1,000 member devices. Such a row is split into rows at its first use (#group).
+
+  /** Index rows a room's members with a sender-key row are listed in: a member new to the
+   * room rewrites one of them, ~1/32 of the names (rooms.py GROUP_INDEX_BUCKETS). */
+  static readonly #GROUP_INDEX_BUCKETS = 32;
+
+  /** `member`'s sender-key row in the room, and its index bucket (both keyed: the HMAC of
+   * the room and member names, as every row name of a contact's). */
+  async #memberRow(roomId: string, member: string): Promise<{ name: string; bucket: number }> {
+    const key = `${roomId}\u0000${member}`;
+    let mac = this.#memberRefs.get(key);
+    if (mac === undefined) {
+      mac = (await this.vault.ref('group_member', key)).slice('group_member:'.length);
+      this.#memberRefs.set(key, mac);
+    }
+    const bucket = Number.parseInt(mac.slice(0, 8), 16) % ParleyClient.#GROUP_INDEX_BUCKETS;
+    return { name: `group_member:${this.#refs.get(roomConversation(roomId)) as string}:${mac}`, bucket };
   }
 
+  #groupIndexRow(roomId: string, bucket: number): string {
+    return `group_index:${this.#refs.get(roomConversation(roomId)) as string}:${bucket}`;
+  }
+
+  /** The room's sender-key state with `members`' rows loaded (null: every member's, the
+   * whole state; otherwise only those can be used). Made on first use (written by
+   * #putGroup). A state stored whole (one `group:` row, base64, before rows) is split into
+   * rows first, in `tx`: a transaction that fails leaves the old row as it was. */
+  async #group(tx: Tx, roomId: string, members: Iterable<string> | null): Promise<GroupSession> {
+    const raw = tx.get<string>(this.#roomRow('group', roomId));
+    if (raw === undefined) return GroupSession.create(roomId);
+    let own: Uint8Array | string = raw.startsWith('{') ? raw : b64decode(raw);
+    if (GroupSession.isWhole(own)) {
+      const whole = await GroupSession.fromBytes(own);
+      await this.#splitGroup(tx, whole);
+      if (members === null) return whole;
+      own = await whole.ownRow();
+    }
+    let names: string[];
+    if (members === null) {
+      names = [];
+      for (let b = 0; b < ParleyClient.#GROUP_INDEX_BUCKETS; b++) names.push(...(tx.get<string[]>(this.#groupIndexRow(roomId, b)) ?? []));
+    } else {
+      names = [...new Set(members)];
+    }
+    const rows = new Map<string, string | null>();
+    for (const member of names) rows.set(member, tx.get<string>((await this.#memberRow(roomId, member)).name) ?? null);
+    return GroupSession.fromRows(own, rows, { every: members === null });
+  }
+
+  /** Write a whole state as rows (the `group:` row becomes the own row), in `tx`. */
+  async #splitGroup(tx: Tx, whole: GroupSession): Promise<void> {
+    const roomId = whole.groupId;
+    const buckets = new Map<number, string[]>();
+    for (const member of whole.rowMembers()) {
+      const row = await whole.memberRow(member);
+      if (row === null) continue;
+      const { name, bucket } = await this.#memberRow(roomId, member);
+      tx.put(name, fromUtf8(row));
+      buckets.set(bucket, [...(buckets.get(bucket) ?? []), member]);
+    }
+    for (const [bucket, names] of buckets) tx.put(this.#groupIndexRow(roomId, bucket), names.sort());
+    tx.put(this.#roomRow('group', roomId), fromUtf8(await whole.ownRow()));
+    whole.markSaved();
+  }
+
+  /** Write what changed in `session`: its own row, its changed members' rows, and the
+   * index rows of members new to it (or without a row now). */
   async #putGroup(tx: Tx, session: GroupSession): Promise<void> {
-    tx.put(this.#roomRow('group', session.groupId), b64encode(await session.toBytes()));
+    const roomId = session.groupId;
+    if (session.ownChanged) tx.put(this.#roomRow('group', roomId), fromUtf8(await session.ownRow()));
+    const added = new Map<number, Set<string>>();
+    const gone = new Map<number, Set<string>>();
+    const note = (into: Map<number, Set<string>>, bucket: number, member: string) => into.set(bucket, (into.get(bucket) ?? new Set()).add(member));
+    for (const member of session.changedMembers()) {
+      const [row, had] = [await session.memberRow(member), session.hadRow(member)];
+      const { name, bucket } = await this.#memberRow(roomId, member);
+      if (row === null) {
+        tx.put(name, undefined);
+        if (had) note(gone, bucket, member);
+        continue;
+      }
+      tx.put(name, fromUtf8(row));
+      if (!had) note(added, bucket, member);
+    }
+    for (const bucket of new Set([...added.keys(), ...gone.keys()])) {
+      const name = this.#groupIndexRow(roomId, bucket);
+      const names = (tx.get<string[]>(name) ?? []).filter((m) => !gone.get(bucket)?.has(m));
+      for (const m of [...(added.get(bucket) ?? [])].sort()) if (!names.includes(m)) names.push(m);
+      tx.put(name, names.length ? names : undefined);
+    }
+    session.markSaved();
   }
 
   /** Wait for the `accepted` of a frame sent with `clientId` (queued in the outbox):
@@ -2609,7 +2709,7 @@ export class ParleyClient {
     };
     const { now, lacking, dist } = await this.#transaction(async (tx) => {
       const state = roomState(tx.get<RoomState>(this.#roomRow('room', roomId)));
-      const session = await this.#group(tx, roomId);
+      const session = await this.#group(tx, roomId, []); // our chain: no member's row
       const now = targets(tx, [...members, me]);
       const plan = planDistribution(state, session.chainId, members, version, now);
       if (plan.rotate) await session.rotate();
@@ -2724,7 +2824,7 @@ export class ParleyClient {
     // refuse the message (then the redo gives it the key) rather than accept it unreadable.
     const digest = await deviceDigest([...keyed].map(memberDevice));
     return this.#transaction(async (tx) => {
-      const session = await this.#group(tx, roomId);
+      const session = await this.#group(tx, roomId, []); // our chain: no member's row
       const body = await session.encrypt(utf8(text));
       const frame: W.RoomSend = {
         op: 'room_send',
@@ -2795,7 +2895,10 @@ export class ParleyClient {
       const row = this.#roomRow('room_cursor', roomId);
       const cursor = tx.get<number>(row) ?? 0;
       let session: GroupSession | null = null;
-      for (const frame of aboveCursor(cursor, frames)) {
+      const taken = aboveCursor(cursor, frames);
+      // The page's senders' rows only, once for the page (not the room's every chain).
+      const senders = taken.filter((f) => !(f.from === me && f.from_device === myDevice)).map((f) => memberKey(f.from, f.from_device));
+      for (const frame of taken) {
         handled.push(frame.server_id);
         if (frame.from === me && frame.from_device === myDevice) {
           // This device's own, in the history since it was sent: placed now.
@@ -2816,7 +2919,7 @@ export class ParleyClient {
           commitment: frame.commitment ?? null,
           franking_tag: frame.franking_tag ?? null,
         };
-        session ??= await this.#group(tx, roomId);
+        session ??= await this.#group(tx, roomId, senders);
         const event = await this.#openRoomMessage(tx, session, roomId, item, true);
         if (event === UNKEPT) handled.pop(); // not held: not seen
         else if (event !== null) events.push(event);
@@ -2941,7 +3044,14 @@ export class ParleyClient {
         }
         return null;
       }
-      if (error instanceof ReplayedMessage) {
+      if (error instanceof RetiredSenderKey) {
+        // Its chain was dropped here (CHAINS_KEPT_PER_SENDER newer ones came, or the sender
+        // was removed): it never opens, so it is shown as such, not kept waiting for a key
+        // that cannot be taken again (rooms.py `_open`). One an earlier version kept waiting
+        // under a chain it had dropped is shown so at that sender's next key (#onControl).
+        entry.kind = 'error';
+        entry.text = '[could not decrypt: its sender key was dropped]';
+      } else if (error instanceof ReplayedMessage) {
         // Not one read before (#takeRoomMessages passes over what is at or below the
         // cursor and what #seen holds; #onControl opens each pending one once): the key
         // held starts at a later point of the chain, so it was sent before this device
@@ -2989,7 +3099,7 @@ export class ParleyClient {
     }
     await this.#ref(roomConversation(roomId));
     this.#knowRoom(tx, roomId);
-    const session = await this.#group(tx, roomId);
+    const session = await this.#group(tx, roomId, [memberKey(sender, device)]); // its row only
     try {
       await session.processDistribution(memberKey(sender, device), b64decode(d));
     } catch (error) {

@@ -50,8 +50,10 @@ export {
 } from './linking.ts';
 export { type Binding, encodeBinding } from './pqxdh.ts';
 export {
+  CHAINS_KEPT_PER_SENDER,
   Device,
   GroupSession,
+  MemberNotLoaded,
   Session,
   checkIdentity,
   initialMessageDigest,

@@ -9,8 +9,10 @@
  *   AES-256-GCM with AD = "parley-v1/group" ‖ u16(len(group id)) ‖ group id ‖ message[0:42],
  *   then an Ed25519 signature over every preceding byte.
  * Receivers verify the signature first; at most MAX_SKIP iterations ahead,
- * MAX_SKIPPED_KEYS stored per chain (oldest evicted), MAX_CHAINS_PER_SENDER
- * chains per sender. Decryption is transactional.
+ * MAX_SKIPPED_KEYS stored per chain (oldest evicted); GroupSession keeps
+ * CHAINS_KEPT_PER_SENDER (64, session.ts) chains per sender (older ones dropped
+ * and retired; several exist around rotations: 5, MAX_CHAINS_PER_SENDER here,
+ * until 2026-12-08, as Python's). Decryption is transactional.
  */
 
 import { U32_MAX, b64decode, b64encode, concat, readU32, u16, utf8 } from './encoding.ts';
@@ -36,7 +38,6 @@ import { type GroupMessage, SenderKeyDistribution, groupPrefix } from './wire.ts
 export const MESSAGE_INFO = utf8('parley-v1/sender-key/message-keys');
 export const MAX_SKIP = 25_000; // libsignal's MAX_FORWARD_JUMPS
 export const MAX_SKIPPED_KEYS = 2000;
-export const MAX_CHAINS_PER_SENDER = 5;
 /** Ids of dropped chains remembered per sender (a distribution for one is refused). */
 export const MAX_RETIRED_CHAINS = 1000;
 const GROUP_LABEL = utf8('parley-v1/group');

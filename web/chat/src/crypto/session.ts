@@ -37,7 +37,7 @@ import * as franking from './franking.ts';
 import * as pqxdh from './pqxdh.ts';
 import { type RandomSource, mlkem768Encapsulate, requireBytes, sha256, systemRandom } from './primitives.ts';
 import { type PayloadCheck, RatchetState } from './ratchet.ts';
-import { MAX_CHAINS_PER_SENDER, MAX_RETIRED_CHAINS, ReceiverChain, SenderChain, groupAssociatedData } from './senderKeys.ts';
+import { MAX_RETIRED_CHAINS, ReceiverChain, SenderChain, groupAssociatedData } from './senderKeys.ts';
 import { Serial } from './serial.ts';
 import {
   HEADER_LEN,
@@ -426,9 +426,36 @@ export class Session {
 }
 
 /**
+ * Chains a receiver keeps per member of a group, the newest first; older ones are
+ * dropped (their ids retired). A member who was offline while a sender rotated (each
+ * member leaving makes every remaining one rotate at its next message) gets the new keys
+ * from its inbox before the room's log: every chain whose messages it has not read yet
+ * must still be there. It was 5 (`MAX_CHAINS_PER_SENDER`) until 2026-12-08, as Python's:
+ * six members leaving while one was offline lost that member the first chain's messages
+ * (kept waiting for a key it would never have again). ~160 bytes a chain without
+ * skipped keys: 64 are ~10 KB of state a member.
+ */
+export const CHAINS_KEPT_PER_SENDER = 64;
+
+/** A member of a GroupSession loaded from rows (`fromRows`) without that member's row:
+ * a bug of the caller, never taken for "no key" (Python's `LookupError`). */
+export class MemberNotLoaded extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MemberNotLoaded';
+  }
+}
+
+/**
  * Sender-key state for one group: our sending chain and the other members'
  * chains. Members are named by the caller (e.g. `"user_id:device_id"`): the
  * sender of the pairwise session that carried their distribution message.
+ *
+ * Stored whole (`toBytes` / `fromBytes`), or in rows (a large group's state is many
+ * members' chains, and a message changes one member's): `ownRow()` for our chain,
+ * `memberRow(member)` per member; `fromRows` makes a session with only the members a
+ * call needs loaded (those it names, row or none), and `ownChanged` / `changedMembers()`
+ * say which rows to write again (until `markSaved()`), as Python's GroupSession.
  */
 export class GroupSession {
   readonly groupId: string;
@@ -438,14 +465,20 @@ export class GroupSession {
   readonly #receivers: Map<string, ReceiverChain[]>;
   // member -> ids of chains dropped (evicted, or the member removed), oldest first
   readonly #retired: Map<string, number[]>;
+  // The members whose state is here (null: every member's); another is refused.
+  readonly #loaded: ReadonlySet<string> | null;
+  #ownChanged = false;
+  readonly #changed = new Set<string>();
+  #stored: Set<string>; // the members with a row (when loaded, or at markSaved)
 
-  /** @internal Use {@link create} or {@link fromBytes}. */
+  /** @internal Use {@link create}, {@link fromBytes} or {@link fromRows}. */
   constructor(
     groupId: string,
     own: SenderChain,
     receivers?: Map<string, ReceiverChain[]>,
     rng: RandomSource = systemRandom,
     retired?: Map<string, number[]>,
+    loaded: ReadonlySet<string> | null = null,
   ) {
     if (typeof groupId !== 'string' || groupId === '') throw new RangeError('group_id must be a non-empty string');
     this.groupId = groupId;
@@ -453,13 +486,17 @@ export class GroupSession {
     this.#receivers = receivers ?? new Map();
     this.#retired = retired ?? new Map();
     this.rng = rng;
+    this.#loaded = loaded;
+    this.#stored = new Set([...this.#receivers.keys(), ...this.#retired.keys()]);
   }
 
   /** Draws chain id (4), chain key (32), signing seed (32). */
   static async create(groupId: string, options: { rng?: RandomSource } = {}): Promise<GroupSession> {
     if (typeof groupId !== 'string' || groupId === '') throw new RangeError('group_id must be a non-empty string');
     const rng = options.rng ?? systemRandom;
-    return new GroupSession(groupId, await SenderChain.generate(rng), undefined, rng);
+    const session = new GroupSession(groupId, await SenderChain.generate(rng), undefined, rng);
+    session.#ownChanged = true;
+    return session;
   }
 
   get chainId(): number {
@@ -478,18 +515,22 @@ export class GroupSession {
 
   async #rotate(): Promise<Uint8Array> {
     this.#own = await SenderChain.generate(this.rng, new Set([this.#own.chainId]));
+    this.#ownChanged = true;
     return this.#own.distribution(this.groupId).encode();
   }
 
   /** Forget `member`'s sender keys and rotate ours; the new distribution message. */
   removeMember(member: string): Promise<Uint8Array> {
     return this.#serial.run(async () => {
+      this.#checkLoaded(member);
       this.#retire(member, this.#receivers.get(member) ?? []);
       this.#receivers.delete(member);
+      this.#changed.add(member);
       return this.#rotate();
     });
   }
 
+  /** The members we hold sender keys of (of those loaded, for {@link fromRows}). */
   members(): string[] {
     return [...this.#receivers.keys()];
   }
@@ -498,13 +539,18 @@ export class GroupSession {
     requireBytes('plaintext', plaintext);
     return this.#serial.run(async () => {
       const [commitment, payload] = sealPayload(plaintext, this.rng);
-      return this.#own.encrypt(payload, commitment, groupAssociatedData(this.groupId));
+      const message = await this.#own.encrypt(payload, commitment, groupAssociatedData(this.groupId));
+      this.#ownChanged = true;
+      return message;
     });
   }
 
-  /** Store `member`'s sender key from a distribution message (idempotent). */
+  /** Store `member`'s sender key from a distribution message (idempotent). The newest
+   * {@link CHAINS_KEPT_PER_SENDER} chains of a member are kept; older ones are dropped
+   * and their ids retired (a distribution for one of them is refused: RetiredSenderKey). */
   processDistribution(member: string, message: Uint8Array): Promise<void> {
     return this.#serial.run(async () => {
+      this.#checkLoaded(member);
       const dist = SenderKeyDistribution.decode(message);
       if (dist.groupId !== this.groupId) throw new SessionMismatch('distribution message is for another group');
       const chains = this.#receivers.get(member) ?? [];
@@ -517,8 +563,9 @@ export class GroupSession {
       }
       chains.unshift(ReceiverChain.fromDistribution(dist));
       this.#receivers.set(member, chains);
-      this.#retire(member, chains.slice(MAX_CHAINS_PER_SENDER));
-      chains.splice(MAX_CHAINS_PER_SENDER);
+      this.#retire(member, chains.slice(CHAINS_KEPT_PER_SENDER));
+      chains.splice(CHAINS_KEPT_PER_SENDER);
+      this.#changed.add(member);
     });
   }
 
@@ -530,27 +577,160 @@ export class GroupSession {
     if (retired.length > MAX_RETIRED_CHAINS) retired.splice(0, retired.length - MAX_RETIRED_CHAINS);
   }
 
+  #checkLoaded(member: string): void {
+    if (this.#loaded !== null && !this.#loaded.has(member)) {
+      throw new MemberNotLoaded(`${JSON.stringify(member)}'s sender keys were not loaded (fromRows)`);
+    }
+  }
+
   async decrypt(member: string, message: Uint8Array): Promise<Uint8Array> {
     return (await this.decryptMessage(member, message)).plaintext;
   }
 
-  /** Verify and decrypt `member`'s group message (transactional). */
+  /** Verify and decrypt `member`'s group message (transactional). A chain we do not
+   * have raises UnknownSenderKey (its key may still come); one we had and dropped
+   * (retired) raises RetiredSenderKey: it never opens here. */
   decryptMessage(member: string, message: Uint8Array): Promise<DecryptedMessage> {
     return this.#serial.run(async () => {
+      this.#checkLoaded(member);
       const parsed = parseGroup(message);
       for (const chain of this.#receivers.get(member) ?? []) {
         if (chain.chainId === parsed.chainId) {
           const payload = await chain.decrypt(parsed, groupAssociatedData(this.groupId), commitmentCheck(parsed.commitment));
+          this.#changed.add(member);
           return decrypted(payload, parsed.commitment);
         }
+      }
+      if (this.#retired.get(member)?.includes(parsed.chainId)) {
+        throw new RetiredSenderKey(
+          `sender key ${parsed.chainId} of ${JSON.stringify(member)} was dropped (newer ones replaced it, ` +
+            'or the member was removed): its messages cannot be read',
+        );
       }
       throw new UnknownSenderKey(`no sender key ${parsed.chainId} for ${JSON.stringify(member)}`);
     });
   }
 
+  // ------------------------------------------------------------------ rows
+
+  /** Our chain ({@link ownRow}) changed since the session was made, loaded or {@link markSaved}. */
+  get ownChanged(): boolean {
+    return this.#ownChanged;
+  }
+
+  /** The members whose {@link memberRow} changed since the session was made, loaded or
+   * {@link markSaved} (a key taken, a message decrypted, removed), sorted. */
+  changedMembers(): string[] {
+    return [...this.#changed].sort();
+  }
+
+  /** Whether `member` had a row when the session was loaded (or at {@link markSaved}): a
+   * changed member without one is new to the group. */
+  hadRow(member: string): boolean {
+    return this.#stored.has(member);
+  }
+
+  /** Every loaded member we keep something of (a {@link memberRow}): those with chains,
+   * and removed or rotated-away ones whose retired ids are kept. */
+  rowMembers(): string[] {
+    return [...new Set([...this.#receivers.keys(), ...this.#retired.keys()])];
+  }
+
+  /** The changed rows were written: nothing is changed from here on. */
+  markSaved(): void {
+    this.#ownChanged = false;
+    this.#changed.clear();
+    this.#stored = new Set([...this.#receivers.keys(), ...this.#retired.keys()]);
+  }
+
+  /** The group's own row (UTF-8 JSON, as Python's `own_row()`): its id and our sending
+   * chain, no member's. */
+  ownRow(): Promise<Uint8Array> {
+    return this.#serial.run(async () => {
+      const obj = new Map<string, StateJson>([
+        ['v', STATE_VERSION],
+        ['group_id', this.groupId],
+        ['own', this.#own.toJson() as StateJson],
+      ]);
+      return utf8(dumpsState(obj));
+    });
+  }
+
+  /** `member`'s row (as Python's `member_row()`): its chains, newest first, and retired
+   * chain ids; null if we keep nothing of it. */
+  memberRow(member: string): Promise<Uint8Array | null> {
+    return this.#serial.run(async () => {
+      this.#checkLoaded(member);
+      const chains = this.#receivers.get(member) ?? [];
+      const retired = this.#retired.get(member) ?? [];
+      if (chains.length === 0 && retired.length === 0) return null;
+      const obj = new Map<string, StateJson>([
+        ['v', STATE_VERSION],
+        ['member', member],
+        ['chains', chains.map((c) => c.toJson() as StateJson)],
+        ['retired', [...retired]],
+      ]);
+      return utf8(dumpsState(obj));
+    });
+  }
+
+  /** Whether `data` is a whole state ({@link toBytes}), not an {@link ownRow}
+   * (MalformedState if it is neither). */
+  static isWhole(data: Uint8Array | string): boolean {
+    const obj = loadState(data) as Record<string, unknown>;
+    if (typeof obj !== 'object' || obj === null || Array.isArray(obj) || !('own' in obj) || !('group_id' in obj)) {
+      throw new MalformedState('group state does not parse');
+    }
+    return 'receivers' in obj;
+  }
+
+  /** A session from its {@link ownRow} and the rows of `members` (null: a member we keep
+   * nothing of yet). Only those members can be used: any other raises MemberNotLoaded,
+   * and {@link toBytes} refuses (the state is not whole), unless `every` says they are
+   * every member's rows (then it is whole). */
+  static async fromRows(
+    own: Uint8Array | string,
+    members: ReadonlyMap<string, Uint8Array | string | null>,
+    options: { every?: boolean; rng?: RandomSource } = {},
+  ): Promise<GroupSession> {
+    const obj = loadState(own) as Record<string, unknown>;
+    try {
+      if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new MalformedState('not an object');
+      if (obj['v'] !== STATE_VERSION || 'receivers' in obj || !('own' in obj)) throw new MalformedState("not a group's own row");
+      const groupId = obj['group_id'];
+      if (typeof groupId !== 'string' || groupId === '') throw new MalformedState('group state: bad group_id');
+      const receivers = new Map<string, ReceiverChain[]>();
+      const retired = new Map<string, number[]>();
+      for (const [member, raw] of members) {
+        if (raw === null) continue;
+        const row = loadState(raw) as Record<string, unknown>;
+        if (typeof row !== 'object' || row === null || row['v'] !== STATE_VERSION || row['member'] !== member) {
+          throw new MalformedState("a member's row is not that member's");
+        }
+        const chains = row['chains'];
+        const ids = row['retired'];
+        if (!Array.isArray(chains)) throw new MalformedState('group state: bad chains');
+        if (!Array.isArray(ids) || !ids.every((i) => Number.isSafeInteger(i) && (i as number) >= 0)) {
+          throw new MalformedState('group state: bad retired ids');
+        }
+        if (chains.length) receivers.set(member, await Promise.all(chains.map((c) => ReceiverChain.fromJson(c))));
+        if (ids.length) retired.set(member, ids as number[]);
+      }
+      const loaded = options.every === true ? null : new Set(members.keys());
+      return new GroupSession(groupId, await SenderChain.fromJson(obj['own']), receivers, options.rng ?? systemRandom, retired, loaded);
+    } catch (error) {
+      if (error instanceof MalformedState) throw error;
+      if (error instanceof CryptoError || error instanceof TypeError || error instanceof RangeError) {
+        throw new MalformedState(`group state does not parse (${String(error)})`);
+      }
+      throw error;
+    }
+  }
+
   /** UTF-8 JSON, byte-identical to Python's `GroupSession.to_bytes()`. */
   toBytes(): Promise<Uint8Array> {
     return this.#serial.run(async () => {
+      if (this.#loaded !== null) throw new Error('a session loaded with some members only is not a whole state');
       const receivers = new Map<string, StateJson>();
       for (const [member, chains] of this.#receivers) receivers.set(member, chains.map((c) => c.toJson() as StateJson));
       const obj = new Map<string, StateJson>([
