@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 
 import { fromUtf8, utf8 } from '../src/crypto/encoding.ts';
 import { MalformedState, RetiredSenderKey, UnknownSenderKey } from '../src/crypto/errors.ts';
-import { CHAINS_KEPT_PER_SENDER, GroupSession, MemberNotLoaded } from '../src/crypto/session.ts';
+import { CHAINS_KEPT_PER_SENDER, GroupSession, MemberNotLoaded, SKIPPED_KEYS_PER_SENDER } from '../src/crypto/session.ts';
 
 async function rows(session: GroupSession): Promise<[Uint8Array, Map<string, Uint8Array>]> {
   const out = new Map<string, Uint8Array>();
@@ -122,4 +122,25 @@ describe('GroupSession in rows', () => {
     await expect(GroupSession.fromRows(own, new Map([['b:1', memberRows.get('a:1') as Uint8Array]]))).rejects.toBeInstanceOf(MalformedState);
     expect(() => GroupSession.isWhole(utf8('[]'))).toThrow(MalformedState);
   });
+  it("a member's skipped keys are bounded over all its chains, the oldest chains' first", async () => {
+    // Each chain kept up to 2,000, and 64 chains are kept: a member that jumped far on
+    // each would leave ~7 MB in the row every one of its messages reads and writes.
+    const alice = await GroupSession.create('room');
+    const bob = await GroupSession.create('room');
+    let firstChain: Uint8Array[] = [];
+    let wires: Uint8Array[] = [];
+    for (let r = 0; r < 3; r++) {
+      await bob.processDistribution('a:1', r === 0 ? await alice.distributionMessage() : await alice.rotate());
+      wires = [];
+      for (let i = 0; i < 1500; i++) wires.push(await alice.encrypt(utf8(`${r}.${i}`)));
+      expect(fromUtf8(await bob.decrypt('a:1', wires[1499]!))).toBe(`${r}.1499`);
+      if (r === 0) firstChain = wires;
+    }
+    const [, memberRows] = await rows(bob);
+    const row = JSON.parse(fromUtf8(memberRows.get('a:1') as Uint8Array)) as { chains: { skipped: unknown[] }[] };
+    expect(row.chains.reduce((n, c) => n + c.skipped.length, 0)).toBe(SKIPPED_KEYS_PER_SENDER);
+    expect(row.chains[0]!.skipped.length).toBe(1499); // the newest chain's, all kept
+    expect(fromUtf8(await bob.decrypt('a:1', wires[0]!))).toBe('2.0');
+    await expect(bob.decrypt('a:1', firstChain[0]!)).rejects.toMatchObject({ name: 'ReplayedMessage' });
+  }, 60_000);
 });

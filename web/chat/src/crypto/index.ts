@@ -51,6 +51,7 @@ export {
 export { type Binding, encodeBinding } from './pqxdh.ts';
 export {
   CHAINS_KEPT_PER_SENDER,
+  SKIPPED_KEYS_PER_SENDER,
   Device,
   GroupSession,
   MemberNotLoaded,

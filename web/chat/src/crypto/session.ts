@@ -437,6 +437,23 @@ export class Session {
  */
 export const CHAINS_KEPT_PER_SENDER = 64;
 
+/** Skipped message keys kept over all of one member's chains (each chain also keeps at
+ * most MAX_SKIPPED_KEYS), as Python's SKIPPED_KEYS_PER_SENDER: a member that jumped far
+ * on each of 64 chains would leave 64 x 2,000 keys (~7 MB) in the row each of its
+ * messages reads and writes. The oldest chains' (then the oldest iterations) go first. */
+export const SKIPPED_KEYS_PER_SENDER = 2000;
+
+function boundSkipped(chains: ReceiverChain[]): void {
+  let excess = chains.reduce((n, c) => n + c.skipped.size, 0) - SKIPPED_KEYS_PER_SENDER;
+  for (let c = chains.length - 1; c >= 0 && excess > 0; c--) {
+    for (const i of [...chains[c]!.skipped.keys()]) {
+      if (excess <= 0) break;
+      chains[c]!.skipped.delete(i);
+      excess--;
+    }
+  }
+}
+
 /** A member of a GroupSession loaded from rows (`fromRows`) without that member's row:
  * a bug of the caller, never taken for "no key" (Python's `LookupError`). */
 export class MemberNotLoaded extends Error {
@@ -597,6 +614,7 @@ export class GroupSession {
       for (const chain of this.#receivers.get(member) ?? []) {
         if (chain.chainId === parsed.chainId) {
           const payload = await chain.decrypt(parsed, groupAssociatedData(this.groupId), commitmentCheck(parsed.commitment));
+          boundSkipped(this.#receivers.get(member) ?? []);
           this.#changed.add(member);
           return decrypted(payload, parsed.commitment);
         }
