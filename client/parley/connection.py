@@ -271,7 +271,7 @@ class Connection:
             self._state("connected", ready.gateway)
             if not self._first.done():
                 self._first.set_result(ready)
-            reauth = asyncio.create_task(self._reauth_loop(ws))
+            reauth = asyncio.create_task(self._reauth_loop(ws, token))
             after = asyncio.create_task(self._after_ready(ready))
             try:
                 return await self._read(ws)
@@ -348,7 +348,7 @@ class Connection:
             return "throttled"  # the backoff keeps growing: at once would be the same again
         return "ok"
 
-    async def _reauth_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _reauth_loop(self, ws: aiohttp.ClientWebSocketResponse, sent: str) -> None:
         """Send a fresh token before the current one expires (the gateway closes
         sockets whose token ran out)."""
         while not ws.closed:
@@ -356,12 +356,14 @@ class Connection:
             try:
                 token = await self._token(False)
                 exp = jwt_exp(token)
-                if 0 < exp <= time.time() + self.reauth_every + TOKEN_MARGIN_S:
+                if token == sent and 0 < exp <= time.time() + self.reauth_every + TOKEN_MARGIN_S:
                     # Valid now, but it would run out before the next renewal and the
                     # gateway close the socket (every ~15 minutes before 2026-12-08:
-                    # a token with 2-4 minutes left was sent again as it was).
+                    # a token with 2-4 minutes left was sent again as it was). Not when
+                    # that call refreshed it already: a new token can live no longer.
                     token = await self._token(True)
                 answer = await self.request(f.Auth(token=token), timeout=20)
+                sent = token
             except (ConnectionClosed, TimeoutError):
                 continue
             except ParleyError as exc:

@@ -140,8 +140,10 @@ class Settings(BaseSettings):
         if not value.startswith("mongodb://"):
             raise ValueError("not a MongoDB URL (mongodb://host:port or mongodb+srv://host)")
         try:
-            uri_parser.parse_uri(value)
-        except (ValueError, PyMongoError):
+            # warn=True: an option the driver does not know is only a warning, as for the
+            # client itself (refused, a URL that worked stopped every service).
+            uri_parser.parse_uri(value, warn=True)
+        except (ValueError, PyMongoError, OSError):  # OSError: a TLS file it names is missing
             raise ValueError("not a valid MongoDB URL (mongodb://host:port,...)") from None
         return value
 

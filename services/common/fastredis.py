@@ -24,11 +24,11 @@ connection) and is made again after an error (the client's ``retry``).
 
 **A request that may have run is not sent again.** After a connection error or
 a timeout a request is sent again on a fresh connection only if it was never
-written to a connection, or written to an idle one that then closed without a
-byte (the server had closed it already: a restart, a killed or timed-out
-client; a server killed after running it and before answering looks the same,
-and that request is sent again, as redis-py sends everything again), or if
-every command in it is safe to run twice (:func:`idempotent`:
+written to a connection (a request written to an idle one that then closed
+without a byte is not: the server may have closed it before reading it, a
+restart, or run it and been told to close it before answering, ``CLIENT
+KILL``; until 2026-12-08 it was sent again, and a raced ``INCR`` counted two),
+or if every command in it is safe to run twice (:func:`idempotent`:
 reads, ``SCRIPT LOAD``, scripts registered with :func:`idempotent_script`, or a
 pipeline its caller marked with :func:`may_run_twice`).
 Anything else raises the error: a late reply (a slow command ahead of it on the

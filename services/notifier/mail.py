@@ -222,8 +222,11 @@ def command_timeout(settings: Settings) -> float:
 
 def send_bound(settings: Settings, data_timeout_s: float = DATA_TIMEOUT_S) -> float:
     """The longest :func:`send` takes (s): its every step at its timeout. A digest is
-    leased for this long (and more) while it is sent (:class:`Notifier`)."""
-    return data_timeout_s + COMMANDS_MAX * command_timeout(settings)
+    leased for this long (and more) while it is sent (:class:`Notifier`). aiosmtplib
+    waits ``data_timeout_s`` for the answer to ``DATA`` itself (354) as well as for
+    the answer to the message, so both count: a relay slow on 354 and then answering
+    within the ten minutes must not be cut (a copy mailed again)."""
+    return 2 * data_timeout_s + COMMANDS_MAX * command_timeout(settings)
 
 
 class _Smtp(aiosmtplib.SMTP):

@@ -34,6 +34,10 @@ class Presence:
         self.redis = redis
         self.prefix = settings.redis_prefix
         self.ttl_s = settings.presence_ttl_s
+        # As the pusher's bound (services/rooms/push.py): a stalled Redis costs a post
+        # this long, not the client's retries (~50 s: a mention's post then met the load
+        # balancer's timeout, a 504 for a stored post).
+        self.timeout_s = max(settings.dependency_timeout_ms / 1000, 1.0)
         self.users = users  # the auth service's, read only
 
     async def facts(self, user_ids: Sequence[str]) -> tuple[dict[str, str], set[str]]:
@@ -59,8 +63,10 @@ class Presence:
         """Who of ``user_ids`` has a connected device now (hidden or not); nobody when
         Redis does not answer."""
         try:
-            where = await gateways_of(self.redis, self.prefix, self.ttl_s, user_ids)
-        except (RedisError, OSError) as exc:
+            where = await asyncio.wait_for(
+                gateways_of(self.redis, self.prefix, self.ttl_s, user_ids), self.timeout_s
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("presence not read", extra={"error": repr(exc)})
             return set()
         return {u for u, gws in where.items() if gws}

@@ -98,6 +98,15 @@ def test_secrets_never_print() -> None:
         ({"PARLEY_PORT": "8999", "PARLEY_REDIS_URL": "redis://h:notaport/0"}, "PARLEY_REDIS_URL"),
         ({"PARLEY_PORT": "8999", "PARLEY_MONGO_URL": "mongodb://h:notaport"}, "PARLEY_MONGO_URL"),
         ({"PARLEY_PORT": "8999", "PARLEY_WS_SENDS_PER_S": "inf"}, "PARLEY_WS_SENDS_PER_S"),
+        # A TLS file the URL names, missing: pymongo opens it while parsing (a traceback).
+        (
+            {
+                "PARLEY_PORT": "8999",
+                "PARLEY_MONGO_URL": "mongodb://a:S3cretPw@db:27017/"
+                "?tls=true&tlsCAFile=/nonexistent/ca.pem",
+            },
+            "PARLEY_MONGO_URL",
+        ),
     ],
 )
 def test_service_refuses_bad_config_with_one_line(env: dict[str, str], needle: str) -> None:
@@ -130,3 +139,13 @@ def test_delivery_refuses_to_start_without_a_franking_key_outside_development() 
     assert proc.returncode == 2
     out = (proc.stdout + proc.stderr).strip()
     assert "PARLEY_FRANKING_KEY is required" in out and len(out.splitlines()) == 1, out
+
+
+def test_a_mongodb_url_with_an_option_the_driver_does_not_know_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver only warns about such an option; refusing it stopped every service
+    whose URL carried one (an old pymongo 3 option, a vendor's)."""
+    monkeypatch.setenv("PARLEY_MONGO_URL", "mongodb://admin:pw@db:27017/?ssl_cert_reqs=CERT_NONE")
+    with pytest.warns(UserWarning):
+        assert load_settings().mongo_url.endswith("ssl_cert_reqs=CERT_NONE")
