@@ -1176,7 +1176,8 @@ class Rooms:
             # sender was removed): it will never open, so it is shown as such, not kept
             # waiting for a key that cannot be taken again.
             entry.update(kind="error", text="[could not decrypt: its sender key was dropped]")
-            tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
+            if not tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"])):
+                return None  # its place is taken (removed meanwhile: a tombstone's mark)
             return DecryptFailed(sender, name, "sender key dropped")
         except ReplayedMessage:
             # Not one read before (the callers look for its id first): the key we hold
@@ -1185,11 +1186,13 @@ class Rooms:
             # sync brought a later key before the log's older message). Said in the
             # history: read from the log, it went by with no trace.
             entry.update(kind="error", text="[sent before this device had the sender's key]")
-            tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
+            if not tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"])):
+                return None
             return DecryptFailed(sender, name, "sent before this device had the key")
         except (CryptoError, ValueError) as exc:
             entry.update(kind="error", text=f"[could not decrypt: {type(exc).__name__}]")
-            tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
+            if not tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"])):
+                return None
             return DecryptFailed(sender, name, type(exc).__name__)
         text = message.plaintext.decode("utf-8", errors="replace")
         entry.update(kind="message", text=text)
@@ -1205,7 +1208,11 @@ class Rooms:
             report = report_fields(frame, message.franking_key, message.plaintext, text)
             if report is not None:
                 entry["report"] = report
-        tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"]))
+        if not tx.add_message(conv, entry, ref=str(item["server_id"]), pos=int(item["seq"])):
+            # Its place in the history is taken: removed while it waited for its key (an
+            # unsend or an admin's removal: the tombstone's mark). Not shown: before
+            # 2026-12-08 its event went out with the text the removal took down.
+            return None
         return RoomMessage(
             room_id, sender, name, text, entry["at"], str(item["server_id"]), int(item["seq"]),
             tuple(entry["mentions"]), public=False, own=own,

@@ -278,3 +278,35 @@ async def test_a_held_key_is_taken_when_the_room_s_log_comes(
     await bob.rooms.read_log(ROOM)
     assert _texts(bob) == ["m0", "m1", "m2"] and bob.rooms.pending(ROOM) == 0
     assert bob.store.read().get("room_keys_held") == []
+
+
+async def test_a_message_removed_while_it_waited_for_its_key_is_not_shown_when_it_comes(
+    bob: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit's finding: a private room's message waiting for its sender key was
+    removed (an unsend or an admin's tombstone: the history holds the removal's mark),
+    then its key came: the history kept the mark, but the message's event went out with
+    the text the removal took down (``parley chat`` printed it). Now nothing is shown and
+    the waiting copy is dropped."""
+    from parley.events import RoomMessage
+
+    sender = "a" * 32
+    chain = GroupSession.create(ROOM)
+    dist = chain.distribution_message()  # the key as it was before the message
+    log = _RoomLog()
+    msg = log.add(sender, 1, chain, "TEXT THE ADMIN REMOVED")
+    _use_log(bob, log, monkeypatch)
+    await bob.rooms.read_log(ROOM)
+    assert bob.rooms.pending(ROOM) == 1
+    tomb = f.Tombstone(
+        seq=5, server_id=msg.server_id, from_=sender, conversation=f"room:{ROOM}",
+        by="admin", at=1_700_000_001_000, kid="1", signature="x",
+    )  # fmt: skip
+    async with bob.store.transaction() as tx:
+        bob.messenger._take_tombstone(tx, tomb)
+    async with bob.store.transaction() as tx:
+        seen = bob.rooms.on_control(tx, sender, 1, {"t": "skd", "room": ROOM, "d": b64encode(dist)})
+    assert not [e for e in seen if isinstance(e, RoomMessage)]
+    texts = [e.get("text") or "" for e in bob.history(room_conversation(ROOM))]
+    assert not [t for t in texts if "REMOVED" in t]
+    assert bob.rooms.pending(ROOM) == 0
