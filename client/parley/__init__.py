@@ -7,6 +7,7 @@ is the end-to-end encryption library it builds on.
 from parley.client import Client
 from parley.errors import (
     ApiError,
+    DeviceRemoved,
     MessageTooLarge,
     NotLoggedIn,
     NotSent,
@@ -21,6 +22,7 @@ from parley.errors import (
 __all__ = [
     "ApiError",
     "Client",
+    "DeviceRemoved",
     "MessageTooLarge",
     "NotLoggedIn",
     "NotSent",

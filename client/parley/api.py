@@ -342,11 +342,13 @@ class Api:
     async def put_device_list(self, signed: dict[str, Any]) -> None:
         await self.request("PUT", "/keys/v1/device-list", json=signed)
 
-    async def create_link(self, link_id: str, device_id: int, name: str) -> None:
-        await self.request(
-            "POST", "/keys/v1/links", json={"link_id": link_id, "device_id": device_id,
-                                            "name": name}
-        )  # fmt: skip
+    async def create_link(
+        self, link_id: str, device_id: int, name: str, e_pub: str | None = None
+    ) -> None:
+        body: dict[str, Any] = {"link_id": link_id, "device_id": device_id, "name": name}
+        if e_pub is not None:
+            body["e_pub"] = e_pub  # the code's key, for the approver's typo check
+        await self.request("POST", "/keys/v1/links", json=body)
 
     async def get_link(self, link_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(

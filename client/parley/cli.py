@@ -905,6 +905,12 @@ def devices_link(
             # "--": a code can start with "-" (base64url), which click would take for an
             # option; one line, never wrapped (80 characters), so that it copies whole.
             console.print(f"[bold]parley devices approve -- {safe_text(code)}[/]", soft_wrap=True)
+            # What the approving device must show: the fingerprint of this device's keys
+            # (anyone with the password could otherwise get other keys shown there).
+            console.print(
+                "and check that it shows this device's fingerprint: "
+                f"[bold]{safe_text(client.fingerprint())}[/]"
+            )
             console.print("[dim]Waiting for the approval (Ctrl-C to give up)...[/]")
             await client.wait_linked(timeout)
 

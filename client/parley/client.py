@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,7 +34,7 @@ from parley import paths
 from parley.account import Account, SecondFactor, SecondFactorPrompt
 from parley.api import DEFAULT_SERVER, Api
 from parley.crypto import Device, LinkRequest
-from parley.errors import ParleyError
+from parley.errors import ApiError, DeviceRemoved, ParleyError
 from parley.events import (
     ConnectionEvent,
     DecryptFailed,
@@ -52,7 +52,14 @@ from parley.events import (
     SentElsewhere,
     Typing,
 )
-from parley.keys import PREKEY_BATCH, PREKEY_ROTATION_S, Keys, NeedsLink, PendingDevice
+from parley.keys import (
+    PREKEY_BATCH,
+    PREKEY_ROTATION_S,
+    Keys,
+    NeedsLink,
+    PendingDevice,
+    fingerprint,
+)
 from parley.messenger import Messenger
 from parley.moderation import Moderation
 from parley.rooms import Rooms
@@ -234,11 +241,30 @@ class Client:
         ``new_identity``: the account identity is reset (contacts see a new safety
         number; the account's other devices are removed)."""
         did = await self.keys.device_id()
-        result = await self.account.login(
-            username, password, second_factor=second_factor, device_id=did
-        )
+        with self._removed_install():
+            result = await self.account.login(
+                username, password, second_factor=second_factor, device_id=did
+            )
         await self.keys.setup(new_identity=new_identity)
         return str(result["user"]["user_id"])
+
+    @contextlib.contextmanager
+    def _removed_install(self) -> Iterator[None]:
+        """A login refused as ``device_removed``: this install's device was removed from
+        the account (from another device), and its id stays refused. Said as what to do
+        here: the server's "link it again as a new device" cannot be followed on this
+        install, which keeps the removed device's id and keys."""
+        try:
+            yield
+        except ApiError as exc:
+            if exc.code != "device_removed":
+                raise
+            raise DeviceRemoved(
+                "This install's device was removed from the account (from another "
+                "device), so it cannot sign in as that device again. To use this computer "
+                f"again, move its data directory ({self.data_dir}) aside, which keeps its "
+                "history there, and link it as a new device (`parley devices link`)."
+            ) from None
 
     async def link_device(
         self,
@@ -251,9 +277,18 @@ class Client:
         """On a new install: log in and ask to be linked; returns the link code to
         approve on an existing device (then :meth:`wait_linked`)."""
         did = await self.keys.device_id()
-        await self.account.login(username, password, second_factor=second_factor, device_id=did)
+        with self._removed_install():
+            await self.account.login(username, password, second_factor=second_factor, device_id=did)
         self._link = await self.keys.start_link(name)
         return self._link.code
+
+    def fingerprint(self) -> str:
+        """This device's fingerprint (of its signing key): what an approving device shows
+        for it (``devices approve``) and must match."""
+        device = self.keys.device()
+        if device is None:
+            raise ParleyError("This install has no device keys yet.")
+        return fingerprint(device.identity.signing_key)
 
     async def wait_linked(self, timeout: float = 600.0) -> None:
         """Wait until an existing device approves the link code of :meth:`link_device`."""

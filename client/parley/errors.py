@@ -42,6 +42,11 @@ class UserNotFound(ApiError):
     """No account has this username or id."""
 
 
+class DeviceRemoved(ParleyError):
+    """This install's device was removed from the account: it cannot sign in as it again
+    (docs/client.md, "Devices")."""
+
+
 class NotLoggedIn(ParleyError):
     """The local store has no session: log in first."""
 

@@ -594,8 +594,9 @@ class Keys:
             tx.put_bytes("pending_link", request.link_id + request.private_bytes())
         try:
             await self.api.create_link(
-                b64encode(request.link_id), did, (name or default_device_name())[:64]
-            )
+                b64encode(request.link_id), did, (name or default_device_name())[:64],
+                e_pub=b64encode(request.e_public),
+            )  # fmt: skip
         except BaseException:
             self._forget_link()
             raise
@@ -691,6 +692,17 @@ class Keys:
             raise NeedsLink("This device is not linked to the account.")
         link_id, e_pub = parse_link_code(code)
         pending, shown = await self._read_link(code)
+        registered = shown.get("e_pub")
+        if registered is not None and registered != b64encode(e_pub):
+            # The key part of the code (after its first 11 characters) differs from the
+            # one the new device registered: a typo. Sealed to it, the account key could
+            # never be opened, and the device would stay listed without it. (Only a
+            # check: the seal uses the code's key, so a lying server can only make this
+            # refuse.)
+            raise ParleyError(
+                "That code does not match the new device's link (a character mistyped?): "
+                "copy it whole from the new device. Nothing was changed."
+            )
         if confirm is not None and not await confirm(pending):
             raise ParleyError("Not approved.")
         # Read again (the user may have taken minutes): it must still name the device and
@@ -723,7 +735,22 @@ class Keys:
             {"user_id": self._me(), "account_key": b64encode(account_key.seed())}
         ).encode()
         sealed = seal_for_new_device(e_pub, link_id, entry.signing_key, payload)
-        await self.api.approve_link(pending.link_id, b64encode(sealed))
+        try:
+            await self.api.approve_link(pending.link_id, b64encode(sealed))
+        except ApiError as exc:
+            if exc.code != "not_found":
+                raise
+            # The link was withdrawn (or expired) after the list naming the device went
+            # out: the device will never get the account key, so it leaves the list
+            # again. Before 2026-12-08 it stayed listed without it (contacts wrote to a
+            # device that could read nothing, and a new link was refused).
+            await self._publish_list(
+                lambda devices: [d for d in devices if d.device_id != entry.device_id]
+            )
+            raise ParleyError(
+                "The new device gave up (or its link expired) before the approval: it was "
+                "taken off the account's device list again. Start the link again there."
+            ) from None
         return pending
 
     # -- contacts' bundles --------------------------------------------------------------

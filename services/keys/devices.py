@@ -54,7 +54,7 @@ async def device_or_404(keys: Keys, user_id: str, device_id: int) -> dict[str, A
 
 
 async def register_identity(
-    keys: Keys, user_id: str, device_id: int, body: models.Identity
+    keys: Keys, user_id: str, device_id: int, body: models.Identity, sid: str | None = None
 ) -> models.IdentityRegistered:
     """Register a device's identity (a pending device until a signed list names it).
 
@@ -62,7 +62,9 @@ async def register_identity(
     pending device's (a reinstall before it was linked: its old prekeys are
     wiped); a listed device's identity cannot change (``conflict``: remove it
     from the list, and link the reinstalled device under a new id). A removed
-    device's id cannot be registered again while its revocation lasts.
+    device's id cannot be registered again while its revocation lasts. While a
+    link the device posted is live and not approved, only the session ``sid``
+    that posted it may give the device another identity (:func:`_guard_links`).
     """
     new = verify.identity(body).doc()
     store = keys.store
@@ -71,6 +73,7 @@ async def register_identity(
     for _ in range(_CAS_ATTEMPTS):
         device = await store.get_device(user_id, device_id)
         if device is None:
+            own_links = await _guard_links(keys, user_id, device_id, new, sid)
             await _room_for_a_device(keys, user_id)
             await _claim_keys(keys, user_id, device_id, new)
             try:
@@ -95,6 +98,7 @@ async def register_identity(
                 # counted again after, one past the cap goes (each one over: none stays).
                 await store.delete_device(user_id, device_id)
                 raise _too_many_devices(keys)
+            await _repin(keys, user_id, own_links, new)
             log.info("device registered", extra={"user_id": user_id, "device_id": device_id})
             return models.IdentityRegistered(device_id=device_id, created=True, changed=False)
         old = device["identity"]
@@ -111,6 +115,7 @@ async def register_identity(
                 details={"device_id": device_id},
             )
         generation = int(device["generation"])
+        own_links = await _guard_links(keys, user_id, device_id, new, sid)
         await _claim_keys(keys, user_id, device_id, new)
         if not await store.replace_identity(user_id, device_id, generation, new):
             # Changed concurrently: the records just made go unless it took these keys.
@@ -121,9 +126,56 @@ async def register_identity(
         await store.release_identity(user_id, device_id, old, kept=new)
         await store.delete_prekeys(user_id, device_id, below_generation=generation + 1)
         await store.forget_left(user_id, device_id, generation)
+        await _repin(keys, user_id, own_links, new)
         log.info("pending identity replaced", extra={"user_id": user_id, "device_id": device_id})
         return models.IdentityRegistered(device_id=device_id, created=False, changed=True)
     raise _conflict()
+
+
+def link_pins(link: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether ``identity`` is the one a link was posted for (services/keys/links.py;
+    a link an older replica posted pins none: any)."""
+    if link.get("signing_key") is None:
+        return True
+    return (link["signing_key"], link["dh_key"]) == (identity["signing_key"], identity["dh_key"])
+
+
+async def _guard_links(
+    keys: Keys, user_id: str, device_id: int, new: dict[str, str], sid: str | None
+) -> list[str]:
+    """``conflict`` if a live, unapproved link of the device pins another identity and
+    was posted by another session than ``sid``; else the ids of the caller's own such
+    links, whose pin moves to the new identity once it is stored (:func:`_repin`).
+
+    Without this, anyone holding the account's password (any session of the user:
+    a token's ``did`` is only what its login asked for) could replace the identity
+    of a device waiting for approval, and the approver would sign a list naming
+    their keys (audit, 2026-12: r2_swap_pending_identity). The device itself, run
+    again with its store, registers the same identity, which is never refused; a
+    device that really means to take other keys cancels its link first (it alone
+    knows the link id) or waits for it to expire. The check also covers a device
+    registered anew under the id (deleted, or forgotten as a stale pending
+    device): the link's pin outlives the device document. A link posted between
+    this check and the write pins the old identity, and then reads as unknown."""
+    own: list[str] = []
+    for link in await keys.store.device_links(user_id, device_id):
+        if link["approval"] is not None or link_pins(link, new):
+            continue
+        if sid is not None and link.get("sid") == sid:
+            own.append(str(link["link_id"]))
+            continue
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "This device is waiting for its link code to be approved: its identity keys "
+            "cannot change until the link is approved, cancelled or expired.",
+            details={"device_id": device_id, "field": "identity"},
+        )
+    return own
+
+
+async def _repin(keys: Keys, user_id: str, link_ids: list[str], new: dict[str, str]) -> None:
+    for link_id in link_ids:
+        await keys.store.repin_link(user_id, link_id, new)
 
 
 async def _claim_keys(keys: Keys, user_id: str, device_id: int, identity: dict[str, str]) -> None:

@@ -11,6 +11,20 @@
 A link lives ``link_ttl_s`` (10 minutes) in Redis and is approved at most
 once. Links belong to the caller's own account: another user's link id reads
 as unknown, never as forbidden. New links are rate-limited per user.
+
+A link **pins** its device's identity: it records the identity the device had
+when the link was posted, and the session that posted it. While it is live and
+not approved, no other session can give the device another identity
+(:func:`services.keys.devices.register_identity`, ``conflict``): someone else
+holding the account's password could otherwise swap in keys of their own for
+the approver to sign into the list. And a link whose device no longer has the
+pinned identity (taken some other way: deleted and registered again) reads as
+unknown, so it can no longer be approved.
+
+The new device may post ``e_pub``, the key part of its code: the approver
+compares it with the code it was given to catch a typo. Only a check: the
+approver seals to the code's key, so a server lying about it can only make the
+approval fail.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ def _state(link: dict[str, Any], device: dict[str, Any]) -> models.LinkState:
         name=link["name"],
         identity=models.Identity.model_validate(device["identity"]),
         approval=None if approval is None else models.LinkApproval(sealed=approval),
+        e_pub=link.get("e_pub"),
     )
 
 
@@ -49,6 +64,7 @@ async def create(keys: Keys, claims: Claims, body: models.LinkCreate) -> models.
     """A link for the caller's own pending device."""
     link_id = verify.link_id(body.link_id)
     verify.check_text(body.name, "name")
+    e_pub = None if body.e_pub is None else verify.link_e_pub(body.e_pub)
     if claims.did is not None and claims.did != body.device_id:
         raise ApiError(ErrorCode.FORBIDDEN, "A device links itself only.")
     user_id = claims.user_id
@@ -69,10 +85,17 @@ async def create(keys: Keys, claims: Claims, body: models.LinkCreate) -> models.
         raise _taken()
     await keys.limiter.hit("links", user_id, keys.config.link_limit)
     ttl_s = keys.config.link_ttl_s
-    if not await keys.store.create_link(user_id, link_id, body.device_id, body.name, ttl_s):
+    created = await keys.store.create_link(
+        user_id, link_id, body.device_id, body.name, ttl_s,
+        sid=claims.sid, identity=device["identity"], e_pub=e_pub,
+    )  # fmt: skip
+    if not created:
         raise _taken()
     log.info("link created", extra={"user_id": user_id, "device_id": body.device_id})
-    link = {"link_id": link_id, "device_id": body.device_id, "name": body.name, "approval": None}
+    link = {
+        "link_id": link_id, "device_id": body.device_id, "name": body.name,
+        "approval": None, "e_pub": e_pub,
+    }  # fmt: skip
     return _state(link, device)
 
 
@@ -84,6 +107,14 @@ async def read(keys: Keys, claims: Claims, link_id: str) -> models.LinkState:
     device = await keys.store.get_device(claims.user_id, link["device_id"])
     if device is None:
         raise _not_found()  # the pending device went away: the link is useless
+    if not devices.link_pins(link, device["identity"]):
+        # The device has keys other than those it posted the link with (deleted and
+        # registered again by someone else): that is not the device the code is for.
+        log.warning(
+            "link read with another identity than pinned",
+            extra={"user_id": claims.user_id, "device_id": link["device_id"]},
+        )
+        raise _not_found()
     return _state(link, device)
 
 

@@ -24,6 +24,8 @@ NAME_MAX = 64
 # 8 bytes in canonical unpadded base64url: 11 characters, the last one with its two
 # low bits clear (services/keys/verify.py, ``link_id``).
 LINK_ID_PATTERN = "^[A-Za-z0-9_-]{10}[AEIMQUYcgkosw048]$"
+# 32 bytes the same way: 43 characters (services/keys/verify.py, ``link_e_pub``).
+E_PUB_PATTERN = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$"
 # What services/keys/verify.py ``check_text`` allows in a name: no control character.
 NAME_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
 
@@ -144,6 +146,13 @@ class LinkCreate(_Model):
     )
     device_id: DeviceId
     name: DeviceName
+    e_pub: str | None = Field(
+        default=None,
+        pattern=E_PUB_PATTERN,
+        description="Optional: E_pub, the X25519 key of the link code (32 bytes, base64url), "
+        "stored with the link so that the approver can tell a mistyped code. Only a typo "
+        "check: the approver seals to the code's key and refuses when they differ.",
+    )
 
 
 class LinkApproval(_Model):
@@ -189,6 +198,11 @@ class LinkState(_Model):
     name: str
     identity: Identity = Field(description="the new (pending) device's identity")
     approval: LinkApproval | None
+    e_pub: str | None = Field(
+        default=None,
+        description="The E_pub the new device posted with the link (null if it posted "
+        "none): compare it with the code's; seal to the code's, never to this one.",
+    )
 
 
 class IdentityRegistered(_Model):

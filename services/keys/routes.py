@@ -100,7 +100,9 @@ async def put_identity(
     request: web.Request, claims: Claims, body: models.Identity
 ) -> models.IdentityRegistered:
     device_id = own_device(request, claims)
-    return await devices.register_identity(request.app[KEYS], claims.user_id, device_id, body)
+    return await devices.register_identity(
+        request.app[KEYS], claims.user_id, device_id, body, claims.sid
+    )
 
 
 @api.put(

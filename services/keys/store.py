@@ -129,12 +129,25 @@ class DuplicatePrekeyIds(Exception):
     """A concurrent upload stored one of these ids first; this batch was removed."""
 
 
-# A link: a hash {device_id, name[, approval]} that expires. Created only if
-# absent; approved only while it exists, and only once (HSETNX).
+# A link: a hash {device_id, name, sid, signing_key, dh_key[, e_pub][, approval]} that
+# expires: ``sid`` is the session that posted it, ``signing_key`` and ``dh_key`` the
+# identity its device had then (the link's *pin*, services/keys/links.py), ``e_pub``
+# the key the new device says its code carries (a typo check for the approver).
+# Created only if absent; approved only while it exists, and only once (HSETNX).
 _LINK_CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'device_id', ARGV[1], 'name', ARGV[2])
+redis.call('HSET', KEYS[1], 'device_id', ARGV[1], 'name', ARGV[2], 'sid', ARGV[4],
+           'signing_key', ARGV[5], 'dh_key', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'e_pub', ARGV[7]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+# The pin of a live, unapproved link moves to its device's new identity (the session
+# that posted it replaced the identity): 1 if moved, 0 otherwise.
+_LINK_REPIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'approval') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'signing_key', ARGV[1], 'dh_key', ARGV[2])
 return 1
 """
 _LINK_APPROVE = """
@@ -234,6 +247,7 @@ class KeyStore:
         self._link_create = redis.register_script(_LINK_CREATE)
         self._link_approve = redis.register_script(_LINK_APPROVE)
         self._link_cancel = redis.register_script(_LINK_CANCEL)
+        self._link_repin = redis.register_script(_LINK_REPIN)
         self._count_out = scripts.register(redis, _COUNT_OUT)
         self._lower_count = scripts.register(redis, _LOWER_COUNT)
 
@@ -830,13 +844,45 @@ class KeyStore:
     def _link_key(self, user_id: str, link_id: str) -> str:
         return f"{self.prefix}:link:{user_key(user_id)}:{link_id}"
 
+    def _device_links_key(self, user_id: str, device_id: int) -> str:
+        """The ids of the links a device posted (a set; its members outlive their links,
+        and are skipped once these have expired or were cancelled)."""
+        return f"{self.prefix}:links-of:{user_key(user_id)}:{device_id}"
+
     async def create_link(
-        self, user_id: str, link_id: str, device_id: int, name: str, ttl_s: int
+        self,
+        user_id: str,
+        link_id: str,
+        device_id: int,
+        name: str,
+        ttl_s: int,
+        *,
+        sid: str,
+        identity: Doc,
+        e_pub: str | None = None,
     ) -> bool:
-        """False if the user already has a live link with this id."""
+        """False if the user already has a live link with this id.
+
+        The link id is added to its device's set first (and the set kept as long as its
+        newest link): a link is never live without being found from its device, the
+        identity check of :func:`services.keys.devices.register_identity` needs that."""
+        ttl_ms = int(ttl_s * 1000)
+        device_links = self._device_links_key(user_id, device_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(device_links, link_id)
+            pipe.pexpire(device_links, ttl_ms)
+            await pipe.execute()
         created = await self._link_create(
             keys=[self._link_key(user_id, link_id)],
-            args=[device_id, name.encode(), int(ttl_s * 1000)],
+            args=[
+                device_id,
+                name.encode(),
+                ttl_ms,
+                sid,
+                identity["signing_key"],
+                identity["dh_key"],
+                e_pub or "",
+            ],
         )
         return bool(created)
 
@@ -851,7 +897,29 @@ class KeyStore:
             "device_id": int(raw["device_id"]),
             "name": raw.get("name", ""),
             "approval": raw.get("approval"),
+            "e_pub": raw.get("e_pub"),
+            # Absent from links an older replica posted (no pin, no session).
+            "sid": raw.get("sid"),
+            "signing_key": raw.get("signing_key"),
+            "dh_key": raw.get("dh_key"),
         }
+
+    async def device_links(self, user_id: str, device_id: int) -> list[Doc]:
+        """The live links a device posted (approved ones included)."""
+        ids = sorted(
+            scripts.text(m)
+            for m in await self.redis.smembers(self._device_links_key(user_id, device_id))
+        )
+        found = [await self.get_link(user_id, link_id) for link_id in ids]
+        return [link for link in found if link is not None and link["device_id"] == device_id]
+
+    async def repin_link(self, user_id: str, link_id: str, identity: Doc) -> bool:
+        """Move a live, unapproved link's pin to ``identity``."""
+        moved = await self._link_repin(
+            keys=[self._link_key(user_id, link_id)],
+            args=[identity["signing_key"], identity["dh_key"]],
+        )
+        return bool(moved)
 
     async def approve_link(self, user_id: str, link_id: str, sealed: str) -> int:
         """1: approved; 0: it already was; -1: no such live link."""

@@ -332,6 +332,22 @@ def link_id(text: str, field: str = "link_id") -> str:
     return text
 
 
+def link_e_pub(text: str, field: str = "e_pub") -> str:
+    """The X25519 key of a link code (32 bytes, base64url, not of small order), as the
+    new device posts it with its link: ``validation_failed`` otherwise (the server
+    only keeps it for the approver's typo check). Returns the canonical text."""
+    try:
+        raw = b64decode(text, field, X25519_KEY_LEN)
+    except ApiError:
+        problem = "not an X25519 public key (32 bytes, base64url without padding)"
+        raise _invalid(field, problem) from None
+    try:
+        check_x25519(raw, field)
+    except ApiError:
+        raise _invalid(field, "not a usable X25519 public key (small order)") from None
+    return text
+
+
 def sealed(text: str, field: str = "sealed") -> bytes:
     """A sealed link blob: opaque to the server, but well encoded and of a sane size."""
     if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:

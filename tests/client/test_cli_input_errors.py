@@ -171,10 +171,14 @@ def test_the_printed_approve_command_works_for_a_code_that_starts_with_a_dash(
 
     monkeypatch.setattr(Client, "link_device", link_device)
     monkeypatch.setattr(Client, "wait_linked", wait_linked)
+    monkeypatch.setattr(Client, "fingerprint", lambda self: "ABCD-EF01")
     monkeypatch.setattr(cli, "_fresh_account", fresh_account)
     env = {**cli_env("http://127.0.0.1:9", tmp_path / "home", columns=80), "PARLEY_PASSWORD": "p"}
     result = CliRunner().invoke(cli.app, ["devices", "link", "alice"], env=env)
     assert result.exit_code == 0, result.output
+    # And what the approving device must show for it (an audit: nothing was printed to
+    # compare, so keys put on the pending device by a password holder went unnoticed).
+    assert "this device's fingerprint: ABCD-EF01" in result.output, result.output
     [line] = [ln for ln in result.output.splitlines() if "parley devices approve" in ln]
     assert line.rstrip().endswith(code), result.output  # on one line
     assert len(line.rstrip()) <= 80, line

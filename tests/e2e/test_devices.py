@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from parley import ApiError, Client, NotLoggedIn, ParleyError
+from parley import ApiError, Client, DeviceRemoved, NotLoggedIn, ParleyError
 from parley.events import MessageRemoved, SentElsewhere
 
 from tests.client.conftest import CHEAP_KDF, PASSWORD
@@ -323,6 +323,11 @@ async def test_a_removed_device_gets_nothing_more_and_its_token_is_refused(
             assert (await resp.json())["error"]["code"] == "token_revoked"
     with pytest.raises(NotLoggedIn):
         await b2.access_token(force=True)
+    # Signing in again as that device is refused, and said as what to do on this install
+    # (the server's "link it again as a new device" cannot be done with its device id).
+    for again in (b2.login(bob_name, PASSWORD), b2.link_device(bob_name, PASSWORD)):
+        with pytest.raises(DeviceRemoved, match="move its data directory"):
+            await again
 
 
 async def test_a_device_the_account_did_not_sign_is_refused(device: NewDevice) -> None:
@@ -387,3 +392,57 @@ async def test_kill_9_delivery_during_a_fan_out_to_four_devices(
 async def _send_all(client: Client, to: str, texts_: list[str]) -> None:
     for text in texts_:
         await client.send(to, text, wait="accepted", timeout=60)
+
+
+async def test_a_link_withdrawn_after_the_list_went_out_takes_the_device_off_again(
+    device: NewDevice, tmp_path: Path, system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit's finding: the new device gave up (or its link expired) between the
+    approver's new list and its approval: the approval found no link, the approver said
+    so, but the device stayed listed without the account key (contacts wrote to a
+    device that could read nothing; a new link was refused). Now it leaves the list."""
+    alice_name = username("alice")
+    a1 = await device(alice_name, first=True)
+    before = {d["device_id"] for d in await a1.devices()}
+    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
+    await new.open()
+    try:
+        code = await new.link_device(alice_name, PASSWORD)
+        approve = a1.keys.api.approve_link
+
+        async def withdrawn_first(link_id: str, sealed: str) -> None:
+            await new.keys.api.cancel_link(link_id)  # the new device's Ctrl-C lands first
+            await approve(link_id, sealed)
+
+        monkeypatch.setattr(a1.keys.api, "approve_link", withdrawn_first)
+        with pytest.raises(ParleyError, match="taken off the account's device list"):
+            await a1.approve_device(code)
+        assert {d["device_id"] for d in await a1.devices()} == before
+    finally:
+        await new.close()
+
+
+async def test_a_code_mistyped_after_its_link_id_is_refused_before_anything_changes(
+    device: NewDevice, tmp_path: Path, system: System
+) -> None:
+    """An audit's finding: the approver finds the link by the code's first 11
+    characters; a typo after them sealed the account key to a wrong key, and the device
+    was listed but could never open it. The new device registers the key part with its
+    link, and the approver refuses a code whose key part differs."""
+    alice_name = username("alice")
+    a1 = await device(alice_name, first=True)
+    before = {d["device_id"] for d in await a1.devices()}
+    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
+    await new.open()
+    try:
+        code = await new.link_device(alice_name, PASSWORD)
+        i = 30
+        typo = code[:i] + ("A" if code[i] != "A" else "B") + code[i + 1 :]
+        with pytest.raises(ParleyError, match="does not match"):
+            await a1.approve_device(typo)
+        assert {d["device_id"] for d in await a1.devices()} == before
+        await a1.approve_device(code)  # the right one still links it
+        await new.wait_linked(timeout=30)
+        assert new.keys.linked()
+    finally:
+        await new.close()

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from services.common.ratelimit import Limit
 from services.keys.config import KeysConfig
@@ -51,6 +52,7 @@ async def test_a_link_from_post_to_approval(api: KeysApi) -> None:
         "name": "new phone",
         "identity": new.identity(),
         "approval": None,
+        "e_pub": None,  # posted without one (an older client)
     }
     assert (status, created) == (201, expected)
     # The approver reads it (to show the name and fingerprint), lists the device, approves.
@@ -260,3 +262,188 @@ async def test_the_new_device_cancels_its_link_and_the_code_is_no_longer_approva
     status, reply = await api.call("DELETE", f"/v1/links/{approved}", ALICE, did=NEW)
     assert (status, reply["error"]["code"]) == (409, "conflict")
     assert (await api.get_link(ALICE, approved, did=NEW))[1]["approval"] == {"sealed": sealed}
+
+
+# The pending device's identity while its link is live (audit, 2026-12:
+# /tmp/audit/devices/repro/r2_swap_pending_identity.py). Any session of the account
+# (the password is enough; a token's ``did`` is only what its login asked for) could
+# give the waiting device keys of its own, and the approver signed a list naming them.
+
+
+def _session(api: KeysApi, sid: str, did: int | None = NEW) -> dict[str, str]:
+    """The headers of one session (a fixed ``sid``), bound to ``did`` or to none."""
+    extra: dict[str, Any] = {} if did is None else {"did": did}
+    return {"Authorization": f"Bearer {api.issuer.token(ALICE, sid=sid, **extra)}"}
+
+
+async def _put_signed_prekey(
+    api: KeysApi, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[int, Any]:
+    return await api.call("PUT", f"/v1/devices/{NEW}/signed-prekey", ALICE, body, headers=headers)
+
+
+async def _linked_by_its_device(api: KeysApi) -> tuple[DeviceKeys, str, dict[str, Any]]:
+    """Device NEW (pending) posts a link from its session "device"; returns its keys,
+    the link id and the device document."""
+    _, new = await _setup(api)
+    headers = _session(api, "device")
+    assert (await _put_signed_prekey(api, new.signed_prekey(), headers))[0] == 204
+    link_id = _link_id()
+    body = {"link_id": link_id, "device_id": NEW, "name": "new phone"}
+    assert (await api.post_link(ALICE, body, headers=headers))[0] == 201
+    doc = await api.device_doc(ALICE, NEW)
+    assert doc is not None
+    return new, link_id, doc
+
+
+@pytest.mark.parametrize("did", [None, NEW])
+async def test_another_session_cannot_swap_the_identity_of_a_device_being_linked(
+    api: KeysApi, did: int | None
+) -> None:
+    """The attack: a session with the password (without a device, or bound to the new
+    device's id, which a login may simply ask for) registers its own identity and
+    prekeys for the waiting device. Refused, nothing changed: the approver sees and
+    lists the device's own keys."""
+    new, link_id, before = await _linked_by_its_device(api)
+    mallory = DeviceKeys()
+    attacker = _session(api, "mallory", did)
+    status, reply = await api.put_identity(ALICE, NEW, mallory.identity(), headers=attacker)
+    assert (status, reply["error"]["code"]) == (409, "conflict")
+    assert reply["error"]["details"] == {"device_id": NEW, "field": "identity"}
+    assert "link" in reply["error"]["message"]
+    # Its prekeys, signed by the attacker's identity, do not verify against the device's.
+    for path, body in (
+        ("signed-prekey", mallory.signed_prekey(9)),
+        ("kem-last-resort", mallory.last_resort(9)),
+    ):
+        status, reply = await api.call(
+            "PUT", f"/v1/devices/{NEW}/{path}", ALICE, body, headers=attacker
+        )
+        assert (status, reply["error"]["code"]) == (422, "invalid_signature"), path
+    assert await api.device_doc(ALICE, NEW) == before  # nothing changed
+    status, state = await api.get_link(ALICE, link_id, did=1)
+    assert (status, state["identity"]) == (200, new.identity())
+    # Nor by deleting the device and registering it again: the link keeps its pin.
+    assert (await api.call("DELETE", f"/v1/devices/{NEW}", ALICE, headers=attacker))[0] == 204
+    status, reply = await api.put_identity(ALICE, NEW, mallory.identity(), headers=attacker)
+    assert (status, reply["error"]["code"]) == (409, "conflict")
+    assert await api.device_doc(ALICE, NEW) is None
+    assert (await api.get_link(ALICE, link_id, did=1))[0] == 404  # no device: no link
+    # The device itself registers again (its own keys, any session of it): the link is
+    # back, naming its keys.
+    status, reply = await api.put_identity(ALICE, NEW, new.identity(), did=NEW)
+    assert (status, reply["created"]) == (200, True)
+    status, state = await api.get_link(ALICE, link_id, did=1)
+    assert (status, state["identity"]) == (200, new.identity())
+
+
+async def test_the_device_itself_starting_again_still_works(api: KeysApi) -> None:
+    new, link_id, _ = await _linked_by_its_device(api)
+    # Run again (a new login, so a new session): the same keys again change nothing;
+    # keys signed by its identity are taken; it takes up its link.
+    again = _session(api, "device, run again")
+    assert await api.put_identity(ALICE, NEW, new.identity(), headers=again) == (
+        200,
+        {"device_id": NEW, "created": False, "changed": False},
+    )
+    assert (await _put_signed_prekey(api, new.signed_prekey(2), again))[0] == 204
+    status, reply = await api.call(
+        "PUT", f"/v1/devices/{NEW}/kem-last-resort", ALICE, new.last_resort(3), headers=again
+    )
+    assert status == 204
+    status, state = await api.get_link(ALICE, link_id, headers=again)
+    assert (status, state["identity"]) == (200, new.identity())
+    # The session that posted the link may still give the device other keys: the link
+    # then names them (its pin follows).
+    other = DeviceKeys()
+    status, reply = await api.put_identity(
+        ALICE, NEW, other.identity(), headers=_session(api, "device")
+    )
+    assert (status, reply["changed"]) == (200, True)
+    status, state = await api.get_link(ALICE, link_id, did=1)
+    assert (status, state["identity"]) == (200, other.identity())
+    # And the old keys are now another session's to refuse.
+    status, reply = await api.put_identity(ALICE, NEW, new.identity(), headers=again)
+    assert (status, reply["error"]["code"]) == (409, "conflict")
+
+
+@pytest.mark.parametrize("end", ["cancelled", "approved", "expired"])
+async def test_once_the_link_ends_a_pending_identity_may_be_replaced_again(
+    make_keys: KeysFactory, end: str
+) -> None:
+    api = await make_keys(KeysConfig(link_ttl_s=1 if end == "expired" else 600))
+    _, link_id, _ = await _linked_by_its_device(api)
+    if end == "cancelled":
+        path = f"/v1/links/{link_id}"
+        assert (await api.call("DELETE", path, ALICE, headers=_session(api, "device")))[0] == 204
+    elif end == "approved":
+        assert (await api.approve(ALICE, link_id, _sealed(), did=1))[0] == 204
+    else:
+        deadline = time.monotonic() + 20
+        while (await api.get_link(ALICE, link_id))[0] != 404:
+            assert time.monotonic() < deadline, "the link did not expire"
+            await asyncio.sleep(0.1)
+    other = DeviceKeys()
+    status, reply = await api.put_identity(ALICE, NEW, other.identity())
+    assert (status, reply) == (200, {"device_id": NEW, "created": False, "changed": True})
+    doc = await api.device_doc(ALICE, NEW)
+    assert doc is not None and doc["identity"]["signing_key"] == other.identity()["signing_key"]
+
+
+async def test_a_link_whose_device_took_other_keys_reads_as_unknown(api: KeysApi) -> None:
+    """A swap the identity check cannot see (one racing the link's post, or written
+    past this service): the link pinned the keys it was posted with and is void."""
+    _, link_id, doc = await _linked_by_its_device(api)
+    other = DeviceKeys().identity()
+    assert await api.keys.store.replace_identity(ALICE, NEW, int(doc["generation"]), other)
+    for did in (1, NEW):
+        status, reply = await api.get_link(ALICE, link_id, did=did)
+        assert (status, reply["error"]["code"]) == (404, "not_found")
+
+
+# E_pub with the link: the approver's check for a mistyped code.
+
+
+def _e_pub() -> str:
+    return b64(X25519PrivateKey.generate().public_key().public_bytes_raw())
+
+
+async def test_the_link_carries_the_e_pub_its_device_posted(api: KeysApi) -> None:
+    _, new = await _setup(api)
+    link_id, e_pub = _link_id(), _e_pub()
+    status, created = await _post(api, link_id, e_pub=e_pub)
+    assert (status, created["e_pub"]) == (201, e_pub)
+    for did in (1, NEW):
+        status, state = await api.get_link(ALICE, link_id, did=did)
+        assert (status, state["e_pub"], state["identity"]) == (200, e_pub, new.identity())
+    # Approved, it still says so.
+    assert (await api.approve(ALICE, link_id, _sealed(), did=1))[0] == 204
+    assert (await api.get_link(ALICE, link_id, did=NEW))[1]["e_pub"] == e_pub
+    # Without one (an older client), it is null.
+    plain = _link_id()
+    assert (await _post(api, plain))[1]["e_pub"] is None
+    assert (await api.get_link(ALICE, plain, did=1))[1]["e_pub"] is None
+
+
+async def test_a_malformed_e_pub_is_refused_and_nothing_is_stored(api: KeysApi) -> None:
+    await _setup(api)
+    good = _e_pub()
+    cases: list[Any] = [
+        b64(os.urandom(31)),
+        b64(os.urandom(33)),
+        good + "=",  # padded
+        "+" + good[1:],  # not the URL-safe alphabet
+        good[:-1] + "B",  # non-canonical: unused trailing bits set
+        b64(bytes(32)),  # of small order (the shared secret would be zero)
+        "",
+        32,
+        [good],
+    ]
+    for e_pub in cases:
+        link_id = _link_id()
+        status, reply = await _post(api, link_id, e_pub=e_pub)
+        assert (status, reply["error"]["code"]) == (422, "validation_failed"), e_pub
+        assert (await api.get_link(ALICE, link_id))[0] == 404
+    assert await api.keys.store.device_links(ALICE, NEW) == []
+    # Explicitly null is as absent.
+    assert (await _post(api, _link_id(), e_pub=None))[0] == 201

@@ -201,19 +201,40 @@ async def test_links_are_created_once_and_approved_once(api: KeysApi) -> None:
     store = api.keys.store
     assert await store.approve_link("u", "L1", "sealed") == -1
     assert await store.redis.exists(store._link_key("u", "L1")) == 0
-    assert await store.create_link("u", "L1", 5, "phone é", 60)
-    assert not await store.create_link("u", "L1", 6, "other", 60)
+    pin = {"signing_key": "S", "dh_key": "D"}
+    assert await store.create_link("u", "L1", 5, "phone é", 60, sid="s1", identity=pin)
+    assert not await store.create_link("u", "L1", 6, "other", 60, sid="s2", identity=pin)
     assert await store.get_link("u", "L1") == {
         "link_id": "L1",
         "device_id": 5,
         "name": "phone é",
         "approval": None,
+        "e_pub": None,
+        "sid": "s1",
+        "signing_key": "S",
+        "dh_key": "D",
     }
     assert await store.get_link("u2", "L1") is None
+    # Found from its device (and only from it), with an e_pub when one is given.
+    assert await store.create_link("u", "L2", 5, "x", 60, sid="s1", identity=pin, e_pub="E")
+    assert [(d["link_id"], d["e_pub"]) for d in await store.device_links("u", 5)] == [
+        ("L1", None),
+        ("L2", "E"),
+    ]
+    assert await store.device_links("u", 6) == []
+    assert 0 < await store.redis.ttl(store._device_links_key("u", 5)) <= 60
+    # The pin moves while the link is unapproved, not after.
+    assert await store.repin_link("u", "L2", {"signing_key": "S2", "dh_key": "D2"})
+    link = await store.get_link("u", "L2")
+    assert link is not None and (link["signing_key"], link["dh_key"]) == ("S2", "D2")
+    assert not await store.repin_link("u", "L9", pin)  # none: nothing created
+    assert await store.redis.exists(store._link_key("u", "L9")) == 0
     assert await store.approve_link("u", "L1", "first") == 1
     assert await store.approve_link("u", "L1", "second") == 0
     link = await store.get_link("u", "L1")
     assert link is not None and link["approval"] == "first"
+    assert not await store.repin_link("u", "L1", {"signing_key": "S2", "dh_key": "D2"})
+    assert (await store.get_link("u", "L1") or {})["signing_key"] == "S"
     assert 0 < await store.redis.ttl(store._link_key("u", "L1")) <= 60
 
 
