@@ -114,12 +114,12 @@ class FakeDirectory implements KeyDirectory {
     return { version: signed.deviceList.version };
   }
 
-  async createLink(linkId: string, deviceId: number, name: string): Promise<unknown> {
+  async createLink(linkId: string, deviceId: number, name: string, ePub?: string): Promise<unknown> {
     this.calls.push('createLink');
     const identity = this.registered.get(deviceId);
     if (identity === undefined) throw new ApiError('device_not_found', 'no such device', 404);
     if (this.links.has(linkId)) throw new ApiError('conflict', 'taken', 409);
-    this.links.set(linkId, { link_id: linkId, device_id: deviceId, name, identity, approval: null });
+    this.links.set(linkId, { link_id: linkId, device_id: deviceId, name, identity, approval: null, e_pub: ePub ?? null });
     return {};
   }
 
@@ -196,6 +196,34 @@ describe('linking a new device, both sides (keys.py start_link, approve, finish_
     ]);
     // Approved once: a second approval of the same code is the directory's conflict.
     await expect(approveLink(dir, request.code, key, ME, yes, publish)).rejects.toMatchObject({ code: 'conflict' });
+  });
+
+  it('a code mistyped after its link id is refused before anything is published', async () => {
+    // The link is found by the code's first 11 characters; a typo after them sealed the
+    // account key to a wrong key, and the device stayed listed without it.
+    const { key, dir, publish } = await account();
+    const request = await startLink(dir, 2, 'phone');
+    const code = request.code;
+    const typo = code.slice(0, 30) + (code[30] === 'A' ? 'B' : 'A') + code.slice(31);
+    await expect(approveLink(dir, typo, key, ME, yes, publish)).rejects.toThrow('does not match');
+    expect(dir.version).toBe(1);
+    expect(dir.calls).not.toContain('putDeviceList');
+    await approveLink(dir, code, key, ME, yes, publish); // the right one still links it
+    expect(dir.version).toBe(2);
+  });
+
+  it('a link withdrawn after the list went out takes the device off the list again', async () => {
+    const { key, dir, publish } = await account();
+    const request = await startLink(dir, 2, 'phone');
+    const approve = dir.approveLink.bind(dir);
+    dir.approveLink = async (linkId: string, sealed: string) => {
+      dir.links.delete(linkId); // the new device gave up just before
+      return approve(linkId, sealed);
+    };
+    await expect(approveLink(dir, request.code, key, ME, yes, publish)).rejects.toThrow("taken off the account's device list");
+    const list = await verifyOwnList(await dir.userDevices(ME), key, ME, null);
+    expect(list.deviceList.get(2)).toBeNull();
+    expect(dir.version).toBe(3); // listed, then taken off again
   });
 
   it('a device that was not approved changes nothing: no list, no approval', async () => {

@@ -380,8 +380,9 @@ export class Api {
     return this.request('PUT', '/keys/v1/device-list', signed);
   }
   /** Post a link for this (pending) device, to be approved by another device. */
-  createLink(linkId: string, deviceId: number, name: string): Promise<unknown> {
-    return this.request('POST', '/keys/v1/links', { link_id: linkId, device_id: deviceId, name });
+  createLink(linkId: string, deviceId: number, name: string, ePub?: string): Promise<unknown> {
+    // e_pub: the code's key part, for the approver's typo check (docs/keys.md).
+    return this.request('POST', '/keys/v1/links', { link_id: linkId, device_id: deviceId, name, ...(ePub === undefined ? {} : { e_pub: ePub }) });
   }
   /** A link of this account, with its approval once there is one. */
   getLink(linkId: string): Promise<LinkState> {

@@ -1228,7 +1228,7 @@ export class ParleyClient {
     return {
       userDevices: (userId) => fresh(() => api.userDevices(userId)),
       putDeviceList: (signed) => fresh(() => api.putDeviceList(signed)),
-      createLink: (linkId, deviceId, name) => fresh(() => api.createLink(linkId, deviceId, name)),
+      createLink: (linkId, deviceId, name, ePub) => fresh(() => api.createLink(linkId, deviceId, name, ePub)),
       getLink: (linkId) => fresh(() => api.getLink(linkId)),
       approveLink: (linkId, sealed) => fresh(() => api.approveLink(linkId, sealed)),
       cancelLink: (linkId) => fresh(() => api.cancelLink(linkId)),

@@ -64,13 +64,15 @@ export interface LinkState {
   name: string;
   identity: { signing_key: string; dh_key: string; dh_sig: string };
   approval: { sealed: string } | null;
+  /** The key part of the code, as the new device registered it (absent from older links). */
+  e_pub?: string | null;
 }
 
 /** The key directory's calls these rules make (api.ts Api implements them). */
 export interface KeyDirectory {
   userDevices(userId: string): Promise<Listed>;
   putDeviceList(signed: unknown): Promise<unknown>;
-  createLink(linkId: string, deviceId: number, name: string): Promise<unknown>;
+  createLink(linkId: string, deviceId: number, name: string, ePub?: string): Promise<unknown>;
   getLink(linkId: string): Promise<LinkState>;
   approveLink(linkId: string, sealed: string): Promise<void>;
   cancelLink(linkId: string): Promise<void>;
@@ -230,7 +232,7 @@ export async function publishList(
  * a new link (link id and `E`), posted with its id and name; show its `code`. */
 export async function startLink(dir: KeyDirectory, deviceId: number, name: string): Promise<LinkRequest> {
   const request = await LinkRequest.generate();
-  await dir.createLink(b64encode(request.linkId), deviceId, deviceName(name, 'parley-web'));
+  await dir.createLink(b64encode(request.linkId), deviceId, deviceName(name, 'parley-web'), b64encode(request.ePublic));
   return request;
 }
 
@@ -344,6 +346,12 @@ export async function approveLink(
     throw error;
   }
   const { pending, link: shown } = await readPending(dir, code);
+  if (shown.e_pub != null && shown.e_pub !== b64encode(ePub)) {
+    // The code's key part (after its first 11 characters, which name the link) is not
+    // the one the new device registered: a typo. Sealed to it, the account key could
+    // never be opened (keys.py `approve`; only a check: the seal uses the code's key).
+    throw new DeviceError("That code does not match the new device's link (a character mistyped?): copy it whole from the new device. Nothing was changed.");
+  }
   if (!(await confirm(pending))) throw new NotApproved('Not approved.');
   const link = await dir.getLink(pending.link_id);
   if (link.device_id !== shown.device_id || link.identity.signing_key !== shown.identity.signing_key || link.identity.dh_key !== shown.identity.dh_key) {
@@ -353,6 +361,14 @@ export async function approveLink(
   const entry = new DeviceEntry(pending.device_id, pending.name || 'new device', identity.signingKey, identity.dhKey);
   await publish(adding(entry));
   const sealed = await sealForNewDevice(ePub, linkId, entry.signingKey, linkPayload(me, accountKey));
-  await dir.approveLink(pending.link_id, b64encode(sealed));
+  try {
+    await dir.approveLink(pending.link_id, b64encode(sealed));
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.code !== 'not_found') throw error;
+    // Withdrawn (or expired) after the list naming the device went out: it will never
+    // get the account key, so it leaves the list again (keys.py `approve`).
+    await publish((devices) => devices.filter((d) => d.deviceId !== entry.deviceId));
+    throw new DeviceError('The new device gave up (or its link expired) before the approval: it was taken off the account\'s device list again. Start the link again there.');
+  }
   return pending;
 }
