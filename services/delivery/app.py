@@ -27,8 +27,16 @@ from services.delivery.state import INBOX, MODERATION, ROOM_LOG, WORKER
 from services.delivery.store import DeliveryStore
 from services.delivery.worker import Worker
 
+# A report carries a message's plaintext (base64url, up to what a frame carries) and
+# its other fields: the body must fit the largest a client can send, or its report is
+# refused (413) where a smaller one is taken (services/delivery/moderation.py).
+REPORT_OVERHEAD_BYTES = 8 * 1024
+
 
 async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Application:
+    least = settings.ws_max_frame_bytes + REPORT_OVERHEAD_BYTES
+    if settings.max_body_bytes < least:
+        settings = settings.model_copy(update={"max_body_bytes": least})
     app = base_app("delivery", settings, prefix="/delivery", api=api)
     db = use_mongo(app, settings, "delivery")
     redis = use_redis(app, settings)

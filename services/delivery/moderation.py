@@ -38,7 +38,7 @@ from parley_contract import envelopes as e
 
 from services.common.audit import Actor, AuditLog, Entry
 from services.common.auth import Claims
-from services.common.clients import KafkaProducerHandle, Topics
+from services.common.clients import KafkaProducerHandle, Topics, service_db
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import kafka_headers
@@ -52,7 +52,7 @@ from services.delivery.moderation_keys import (
     unb64url,
 )
 from services.delivery.moderation_store import ModerationStore
-from services.delivery.parties import Parties, parties_of
+from services.delivery.parties import Parties, RoomRecords, parties_of
 from services.delivery.room_log import RoomLog, room_tag_fields
 from services.delivery.store import DAY_S, DeliveryStore
 
@@ -89,6 +89,9 @@ class Moderation:
         limiter: RateLimiter,
     ) -> None:
         self.audit = audit
+        if parties.records is None:  # the rooms service's database, on the same server
+            rooms_db = service_db(mstore.reports.database.client, settings, "rooms")
+            parties.records = RoomRecords(rooms_db)
         self.parties = parties
         self.settings = settings
         self.store = store
@@ -122,13 +125,25 @@ class Moderation:
         member of the room who had joined when it was sent (read from the rooms service
         with the caller's ``token``: :meth:`_room_recipient`).
 
+        The plaintext is at most what a frame carries (its base64url no longer than
+        ``PARLEY_WS_MAX_FRAME_BYTES``): any message a client could send can be reported.
+
         At most ``PARLEY_LIMIT_REPORTS`` (30 an hour) are stored per reporter: each keeps
-        a message's plaintext (up to 36 KiB) for the admins, and one user filed
+        a message's plaintext (up to about 47 KB) for the admins, and one user filed
         300 of 30 KB in 2 s. A place is taken once the tag and the commitment verified
         and the report is not a repeat, before the rooms service is asked, and given
         back if the report is refused or turns out a repeat after all: only stored
         reports count."""
         me = claims.sub
+        if len(body.plaintext) > self.settings.ws_max_frame_bytes:
+            raise ApiError(
+                ErrorCode.VALIDATION_FAILED, "No message that long was sent.",
+                details=[{
+                    "field": "plaintext",
+                    "problem": f"at most {self.settings.ws_max_frame_bytes} characters "
+                    "(what a frame carries)",
+                }],
+            )  # fmt: skip
         if body.sender == me:
             raise ApiError(ErrorCode.CANNOT_TARGET_SELF, "You cannot report your own message.")
         conversation = body.conversation
@@ -354,19 +369,21 @@ class Moderation:
             server_id=server_id, sender=sender, conversation=conversation, by=by, at=at
         )
         inboxes = await self.parties.inboxes(list(dict.fromkeys([sender, *users])), token)
-        if by == "admin":
-            # Audited before anything is recorded, so that a removal the upkeep
-            # finishes has its entry too; every request is audited (a retry, or a
-            # removal the sender made first, marked ``already``).
-            already = await self.mstore.tombstone(server_id) is not None
-            after = {"by": by, "reason": reason, "inboxes": len(inboxes), "already": already}
-            await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
         await self.mstore.begin_removal(server_id, inboxes, at)
-        record, _ = await self.mstore.record_tombstone({
+        record, already = await self.mstore.record_tombstone({
             "_id": server_id, "by": by, "actor": claims.sub, "sender": sender,
             "conversation": conversation, "at": at, "kid": kid, "signature": signature,
             "reason": reason, "inboxes": len(inboxes),
         })  # fmt: skip
+        if by == "admin":
+            # Audited once the removal is recorded (from then on it is carried out,
+            # by this request or the upkeep), before it is: a removal that failed before
+            # its record has no entry (it was audited first until 2026-12-08, and the
+            # admin console showed a removal that never happened). Every request that
+            # gets here is audited: a retry, or a removal the sender made first, is
+            # marked ``already``.
+            after = {"by": by, "reason": reason, "inboxes": len(inboxes), "already": already}
+            await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
         # A removal recorded before: the same tombstone again (same signature: the
         # inboxes' dedup knows it).
         await self._carry_out(record, inboxes)

@@ -6,6 +6,12 @@ parties (``dm:<a>:<b>``: the two users; ``room:<id>``: the room's members, read 
 the rooms service), and the key directory lists their devices now. Read with the
 caller's token, fresh (a removal is rare; a device added a minute ago must not be
 missed).
+
+An admin's removal reads the room (its kind) and its members from the rooms service's
+database, read only (:class:`RoomRecords`, as the notifier reads its messages), not
+through the rooms service's admin routes: those audit every read, and delivery's
+look-ups for one removal wrote a ``room.view`` and a ``room.members`` entry per page in
+the admin's name, a refused removal included (docs/moderation.md, "Once per action").
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Any
 
 import aiohttp
 from parley_contract import envelopes as e
+from pymongo.asynchronous.database import AsyncDatabase
 
+from services.common.clients import in_id_order
 from services.common.config import Settings
 from services.common.devices import DeviceLists, call_as, member_ids, rooms_get
 from services.common.errors import ApiError, ErrorCode
@@ -46,13 +54,47 @@ def parties_of(conversation: str) -> tuple[list[str], str | None]:
     )  # fmt: skip
 
 
-class Parties:
-    """Made with the app, its HTTP session opened on first use (inside the loop)."""
+class RoomRecords:
+    """The rooms service's ``rooms`` and ``members`` (``<db_prefix>rooms``), read only,
+    for an admin's removal: what the admins' routes would answer (deleted rooms too),
+    without an audit entry for each read. The documents are the rooms service's
+    (services/rooms/store.py): a room by its id, a membership ``"<room>|<user>"``, the
+    commit point of a join (a join under way has none; a leave deletes it)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self.rooms = db["rooms"]
+        self.members = db["members"]
+
+    async def kind(self, room_id: str) -> str:
+        """The room's kind; ``room_not_found`` for a room that never was."""
+        room = await self.rooms.find_one({"_id": room_id}, {"kind": 1})
+        if room is None:
+            raise ApiError(ErrorCode.ROOM_NOT_FOUND, "No such room.")
+        return str(room.get("kind"))
+
+    async def member_ids(self, room_id: str) -> list[str]:
+        """Every member of the room: one ``_id`` range (an aggregation, answered from the
+        index by the embedded server too: ``in_id_order``)."""
+        query = {"_id": {"$gt": f"{room_id}|", "$lt": f"{room_id}}}"}}
+        docs = await in_id_order(self.members, query, None)
+        return list(dict.fromkeys(str(d["user"]) for d in docs))
+
+
+class Parties:
+    """Made with the app, its HTTP session opened on first use (inside the loop);
+    ``records``: the rooms service's records, for admins' look-ups (given by
+    :class:`services.delivery.moderation.Moderation` when the app does not)."""
+
+    def __init__(self, settings: Settings, records: RoomRecords | None = None) -> None:
         self.settings = settings
         self.rooms = settings.rooms_url.rstrip("/")
+        self.records = records
         self._http: tuple[aiohttp.ClientSession, DeviceLists] | None = None
+
+    def _records(self) -> RoomRecords:
+        if self.records is None:
+            raise RuntimeError("Parties.records is not set")
+        return self.records
 
     def _client(self) -> tuple[aiohttp.ClientSession, DeviceLists]:
         if self._http is None:
@@ -67,25 +109,30 @@ class Parties:
 
     async def users(self, conversation: str, token: str, *, admin: bool) -> list[str]:
         """The users of a conversation: a room's members as the caller may read them
-        (an admin through the admins' route); ``room_not_found`` otherwise."""
+        (for an admin, every member: :class:`RoomRecords`); ``room_not_found``
+        otherwise."""
         users, room = parties_of(conversation)
         if room is None:
             return users
-        path = f"/rooms/v1/{'admin/' if admin else ''}rooms/{room}/members"
+        if admin:
+            return await self._records().member_ids(room)
+        path = f"/rooms/v1/rooms/{room}/members"
         session, _ = self._client()
         return await member_ids(lambda p: rooms_get(session, self.rooms + p, token), path)
 
     async def room_kind(self, room_id: str, token: str, *, admin: bool) -> str:
-        """A room's kind (``private`` or ``public``) as the caller may read it (an admin
-        through the admins' route): ``room_not_found`` otherwise."""
-        return str((await self._room(room_id, token, admin=admin)).get("kind"))
+        """A room's kind (``private`` or ``public``) as the caller may read it (for an
+        admin, any room's, deleted ones too: :class:`RoomRecords`): ``room_not_found``
+        otherwise."""
+        if admin:
+            return await self._records().kind(room_id)
+        return str((await self._room(room_id, token)).get("kind"))
 
-    async def _room(self, room_id: str, token: str, *, admin: bool = False) -> dict[str, Any]:
-        """The room as the caller may read it (an admin through the admins' route), read
-        fresh from the rooms service: ``room_not_found`` otherwise."""
+    async def _room(self, room_id: str, token: str) -> dict[str, Any]:
+        """The room as the caller may read it, read fresh from the rooms service:
+        ``room_not_found`` otherwise."""
         session, _ = self._client()
-        path = f"/rooms/v1/{'admin/' if admin else ''}rooms/{room_id}"
-        return await rooms_get(session, self.rooms + path, token)
+        return await rooms_get(session, f"{self.rooms}/rooms/v1/rooms/{room_id}", token)
 
     async def joined_at(self, room_id: str, token: str) -> int:
         """When the caller joined ``room_id``, a private room (Unix ms): ``room_not_found``

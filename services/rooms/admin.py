@@ -389,8 +389,11 @@ async def change(
     action: str, new_text: str | None, reason: str | None,
 ) -> models.RoomMessage:  # fmt: skip
     """Edit, remove or restore any message of a room's timeline (audited by
-    moderation.apply)."""
-    room = await _timeline_room(rooms, room_id)
+    moderation.apply). A deleted room's messages are kept (for admins): an admin still
+    removes one (its text then leaves what reads the message, the notifier's digests
+    included; until 2026-12-08 this was ``room_not_found``), but edits and restores
+    nothing there (``room_not_found``): nobody is to read that room's text again."""
+    room = await _timeline_room(rooms, room_id, live=action != moderation.REMOVE)
     doc = await moderation.message_of(rooms, room_id, seq)
     return await moderation.apply(
         rooms, room, doc,

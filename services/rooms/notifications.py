@@ -181,10 +181,17 @@ async def page(
     cursor -= len(seqs)
     # A public room's message as it is now: one a moderator removed (or its author
     # deleted) shows no excerpt, an edited one its new text (the stored excerpt kept
-    # what a moderator took down readable in the mentioned user's list).
-    now = await rooms.store.texts_of(
-        [(d["room"], int(d["message_seq"])) for d in docs.values() if d.get("message_seq")]
-    )
+    # what a moderator took down readable in the mentioned user's list). A deleted
+    # room's messages show none either: the room answers ``room_not_found`` to everyone,
+    # and its messages are kept for admins (until 2026-12-08 its mentions' text stayed
+    # readable here).
+    public = [
+        (str(d["room"]), int(d["message_seq"])) for d in docs.values() if d.get("message_seq")
+    ]
+    of_rooms = await rooms.store.get_rooms(list(dict.fromkeys(r for r, _ in public)))
+    gone = {r for r, room in of_rooms.items() if room.get("deleted_at") is not None}
+    now = await rooms.store.texts_of([(r, s) for r, s in public if r not in gone])
+    now.update({(r, s): "" for r, s in public if r in gone})
     items = [
         models.Notification(
             seq=n, kind="mention", room_id=d["room"], room_name=d["room_name"],
@@ -201,6 +208,8 @@ async def page(
 
 
 def _excerpt(doc: Doc, now: dict[tuple[str, int], str]) -> str:
+    """The excerpt shown: a public room's message as it is now (``now``: ``""`` when
+    removed or deleted, or when its room was deleted)."""
     seq = doc.get("message_seq")
     if seq is None:
         return str(doc["excerpt"])  # a private room's: nothing the server read

@@ -684,3 +684,154 @@ async def test_an_unsend_past_the_limit_is_refused_before_its_checks(
     status, answer = await api.call("DELETE", path, alice_id)
     assert (status, answer["error"]["code"]) == (429, "rate_limited")
     assert int(await limiter.redis.get(key)) == UNSEND_LIMIT.count  # nothing counted
+
+
+async def test_a_message_as_large_as_a_frame_carries_can_be_reported(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: a report's plaintext was capped at 48 * 1024 base64url characters
+    (36 KiB) while a message of up to about 47 KB fits in a frame (64 KiB, the SDK's cap
+    ``limit * 3 // 4 - 2000``): such a message was delivered and could never be reported
+    (422). A plaintext is refused only when no frame could have carried it (its base64url
+    longer than ``PARLEY_WS_MAX_FRAME_BYTES``), with nothing stored and no place taken."""
+    from parley.messenger import DEFAULT_MAX_FRAME_BYTES
+
+    api = Api(messaging)
+    moderation = messaging.delivery.server.app[MODERATION]
+    assert messaging.settings.ws_max_frame_bytes == DEFAULT_MAX_FRAME_BYTES
+    alice_id, bob_id = uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    largest = DEFAULT_MAX_FRAME_BYTES * 3 // 4 - 2000  # the SDK's MessageTooLarge bound
+    for size in (40_000, largest):
+        text = (b"abuse " * (size // 6 + 1))[:size]
+        fk, server_id = await send_franked(alice, bob_id, f"long-{size}", text)
+        msg = await bob.expect("message", server_id=server_id)
+        status, filed = await api.call("POST", "/reports", bob_id, report_of(msg, text, fk))
+        assert status == 201, (size, filed)
+        stored = await moderation.mstore.report(filed["id"])
+        assert stored is not None and stored["plaintext"] == text
+
+    # With a smaller frame limit, a plaintext no frame could carry is refused.
+    small = messaging.settings.model_copy(update={"ws_max_frame_bytes": 16 * 1024})
+    monkeypatch.setattr(moderation, "settings", small)
+    text = b"x" * (12 * 1024 + 1)  # 16,386 base64url characters
+    fk, server_id = await send_franked(alice, bob_id, "too-long", text)
+    msg = await bob.expect("message", server_id=server_id)
+    status, answer = await api.call("POST", "/reports", bob_id, report_of(msg, text, fk))
+    assert (status, answer["error"]["code"]) == (422, "validation_failed"), answer
+    assert answer["error"]["details"][0]["field"] == "plaintext"
+    assert await moderation.mstore.report_of(server_id) is None
+    status, page = await api.call("GET", "/admin/reports?limit=100", uid(), admin=True)
+    assert status == 200 and len(page["reports"]) == 2, page
+
+
+async def test_an_admin_s_removal_is_audited_once_and_a_refused_one_not_at_all(
+    world: RoomWorld,
+) -> None:
+    """Audit finding: delivery read the room and its members through the rooms
+    service's admin routes with the admin's token, and those audit every read: a
+    refused removal (a public room's message) left a rooms ``room.view`` entry, and a
+    private room's removal wrote ``room.view``, ``room.members`` per page and
+    ``message.remove``. Delivery's look-ups are its own, not the admin's reads: one
+    entry per removal, none for a refusal."""
+    api = Api(world.m)
+    audit = world.m.delivery.server.app[MODERATION].audit.coll
+    owner, joiner = uid(), uid()
+    for u in (owner, joiner):
+        world.m.issuer.users.add(u)
+    status, room = await world.call("POST", "/rooms", owner, {"name": "town", "kind": "public"})
+    assert status == 201, room
+    rid = room["room_id"]
+    assert (await world.call("POST", f"/rooms/{rid}/join", joiner))[0] == 200
+    made_up = envelopes.room_server_id(rid, joiner, "never-1")
+    boss = uid()
+    body = {"reason": "spam", "sender": joiner, "conversation": f"room:{rid}"}
+    status, answer = await api.call(
+        "POST", f"/admin/messages/{made_up}/remove", boss, body, admin=True
+    )
+    assert (status, answer["error"]["code"]) == (403, "forbidden"), answer
+    # Nor an unknown room's.
+    body = {"reason": "spam", "sender": joiner, "conversation": f"room:{'0' * 24}"}
+    status, answer = await api.call(
+        "POST", f"/admin/messages/{made_up}/remove", boss, body, admin=True
+    )
+    assert (status, answer["error"]["code"]) == (404, "room_not_found"), answer
+    assert await audit.find({"actor_id": boss}).to_list() == []
+
+    # A private room of five members, removed by an admin who is not one of them.
+    alice, bob = uid(), uid()
+    private = await world.private_room(alice, [bob])
+    others = [uid() for _ in range(3)]
+    for u in others:
+        await world.add(private, alice, u)
+    a1 = await world.connect(alice)
+    b1 = await world.connect(bob, pod=1)
+    await a1.send(room_send("p1", private, "c2VjcmV0"))
+    server_id = (await a1.expect("accepted", id="p1"))["server_id"]
+    await b1.expect("room_message", server_id=server_id)
+    boss2 = uid()
+    body = {"reason": "abuse", "sender": alice, "conversation": f"room:{private}"}
+    status, removed = await api.call(
+        "POST", f"/admin/messages/{server_id}/remove", boss2, body, admin=True
+    )
+    assert status == 200, removed
+    await b1.expect("tombstone", server_id=server_id)
+    entries = await audit.find({"actor_id": boss2}).to_list()
+    assert [(e["service"], e["action"], e["target_id"]) for e in entries] == [
+        ("delivery", "message.remove", server_id)
+    ]
+
+
+async def test_a_removal_that_fails_before_it_is_recorded_is_not_audited_as_made(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: an admin's ``message.remove`` entry was written before the first
+    write of the removal; one whose writes then failed (500: no record, no note, no
+    gone mark) was in the audit log as made, and the admin console showed the report's
+    message as removed. The entry is written once the removal is recorded: a removal
+    that failed before has none; asked again, it is made and audited once."""
+    api = Api(messaging)
+    moderation = messaging.delivery.server.app[MODERATION]
+    store = messaging.delivery.server.app[WORKER].store
+    alice_id, bob_id, admin_id = uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    fk, server_id = await send_franked(alice, bob_id, "x-1", b"abuse abuse")
+    msg = await bob.expect("message", server_id=server_id)
+    status, _ = await api.call("POST", "/reports", bob_id, report_of(msg, b"abuse abuse", fk))
+    assert status == 201
+
+    async def entries() -> list[dict[str, Any]]:
+        query = {"target_id": server_id, "action": "message.remove", "service": "delivery"}
+        return list(await moderation.audit.coll.find(query).to_list())
+
+    async def down(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("MongoDB not answering (simulated)")
+
+    for step in ("begin_removal", "record_tombstone"):
+        with monkeypatch.context() as patch:
+            patch.setattr(moderation.mstore, step, down)
+            status, answer = await api.call(
+                "POST", f"/admin/messages/{server_id}/remove", admin_id, {"reason": "abuse"},
+                admin=True,
+            )  # fmt: skip
+        assert status == 500, (step, answer)
+        assert await entries() == [], step
+        assert await moderation.mstore.tombstone(server_id) is None
+        assert await store.hot.gone([server_id]) == set()
+    await moderation.mstore.pending.delete_many({"_id": server_id})  # the upkeep's job
+
+    status, removed = await api.call(
+        "POST", f"/admin/messages/{server_id}/remove", admin_id, {"reason": "abuse"}, admin=True
+    )
+    assert status == 200, removed
+    await bob.expect("tombstone", server_id=server_id)
+    made = await entries()
+    assert [(e["actor_id"], e["after"]["already"]) for e in made] == [(admin_id, False)]
+    # Asked again: the same removal, audited as such.
+    status, _ = await api.call(
+        "POST", f"/admin/messages/{server_id}/remove", admin_id, {"reason": "again"}, admin=True
+    )
+    assert status == 200
+    assert [e["after"]["already"] for e in await entries()] == [False, True]

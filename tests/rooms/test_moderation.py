@@ -658,6 +658,53 @@ async def test_a_removed_message_leaves_no_excerpt_in_the_mentioned_users_list(
     assert shown == {abuse["seq"]: "", regret["seq"]: "", typo["seq"]: "@victim hello"}
 
 
+async def test_a_deleted_room_s_mentions_show_no_excerpt_and_admins_still_hide_its_messages(
+    api: RoomsApi,
+) -> None:
+    """Audit finding: an admin deleted a public room (``room_not_found`` to everyone
+    from then on), yet the mentioned users' notifications kept showing its messages'
+    text, read from the message as it is now (a deleted room's messages are kept), and
+    the admin could no longer hide one there (``room_not_found``): the notifier's digest
+    mailed it too. A deleted room's mentions show no excerpt, and an admin hides its
+    messages (audited once); edits and restores of a deleted room's messages are still
+    ``room_not_found``."""
+    owner, alice, bob = api.user(), api.user(), api.user("victim")
+    boss = admin(api)
+    room = await api.room(owner, name="hate")
+    other = await api.room(owner, name="fine")
+    for u in (alice, bob):
+        assert (await api.join(u, room))[0] == 200
+        assert (await api.join(u, other))[0] == 200
+    _, abuse = await api.post(alice, room, "@victim you are worthless, go away")
+    _, kept = await api.post(alice, other, "@victim hello there")
+    assert (await api.call("DELETE", f"/v1/admin/rooms/{room}", boss))[0] == 204
+    assert (await api.messages(bob, room))[0] == 404
+    _, notes = await api.notifications(bob)
+    shown = {(n["room_id"], n["message_seq"]): n["excerpt"] for n in notes["notifications"]}
+    assert shown == {(room, abuse["seq"]): "", (other, kept["seq"]): "@victim hello there"}
+
+    url = f"/v1/admin/rooms/{room}/messages/{abuse['seq']}"
+    audit_before = await audit_of(api, actor_id=boss)
+    for method, path, body in (
+        ("PATCH", url, {"text": "something else"}),
+        ("POST", url + "/restore", {}),
+    ):
+        status, err = await api.call(method, path, boss, body)
+        assert (status, err["error"]["code"]) == (404, "room_not_found"), (method, path)
+    assert await audit_of(api, actor_id=boss) == audit_before
+    status, hidden = await api.call("POST", url + "/hide", boss, {"reason": "abuse"})
+    assert status == 200, hidden
+    assert (hidden["marker"], hidden["text"]) == ("removed_by_moderator", "")
+    entries = await audit_of(api, actor_id=boss, action="message.remove")
+    assert [(e["target_id"], e["before"]["text"]) for e in entries] == [
+        (f"{room}/{abuse['seq']}", "@victim you are worthless, go away")
+    ]
+    status, history = await api.call("GET", url + "/revisions", boss)
+    assert status == 200 and history["revisions"][0]["text"].startswith("@victim you"), history
+    # Still deleted for everyone else.
+    assert (await api.messages(bob, room))[0] == 404
+
+
 async def test_an_owner_stepped_down_for_a_promotion_that_fails_is_the_owner_again(
     api: RoomsApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
