@@ -91,6 +91,7 @@ class NotifierStore:
         self.digests: AsyncCollection[Doc] = db["digests"]
         self.users: AsyncCollection[Doc] = auth_db["users"]
         self.messages: AsyncCollection[Doc] = rooms_db["messages"]
+        self.rooms: AsyncCollection[Doc] = rooms_db["rooms"]
 
     async def ensure_indexes(self) -> None:
         await self.digests.create_index([("due", ASCENDING)])
@@ -290,6 +291,13 @@ class NotifierStore:
         )
         fields = {"text": {"$substrCP": ["$text", 0, text_max]}, "marker": 1}
         return await self._by_ids(self.messages, ids, fields)
+
+    async def deleted_rooms(self, items: Iterable[Doc]) -> set[str]:
+        """The rooms of ``items`` an admin deleted (``deleted_at``: they exist for nobody
+        but admins, docs/moderation.md). One ``$in`` per ``ID_CHUNK``."""
+        ids = list(dict.fromkeys(str(i["room_id"]) for i in items))
+        rooms = await self._by_ids(self.rooms, ids, {"deleted_at": 1})
+        return {r for r, doc in rooms.items() if doc.get("deleted_at") is not None}
 
 
 def _pending_doc(notice: MentionNotice) -> Doc:

@@ -116,3 +116,19 @@ async def test_a_mention_whose_message_cannot_be_read_is_mailed_without_its_text
     await harness.notifier.store.add_many([there], 0)
     [mail] = await harness.until_mails(carol["email"], 1)
     assert "in general: kept by the rooms service\n" in mail.get_content().replace("\r\n", "\n")
+
+
+async def test_a_mention_in_a_room_an_admin_deleted_is_not_mailed(harness: Harness) -> None:
+    """An audit's finding: a deleted room exists for nobody but admins, yet its mentions
+    were mailed with their text. They are left out as removed messages are; a digest
+    left with nothing is not sent (``removed``)."""
+    bob, alice = await harness.user(), await harness.user()
+    kept = notice(bob["_id"], 1, alice["_id"], excerpt="in a room that stays")
+    doomed = notice(bob["_id"], 2, alice["_id"], excerpt="words in a room taken down")
+    rooms = service_db(harness.app[MONGO], harness.settings, "rooms")
+    await rooms["rooms"].insert_one({"_id": doomed.room_id, "name": "general", "deleted_at": 1})
+    await harness.produce(kept, doomed)
+    [mail] = await harness.until_mails(bob["email"], 1)
+    body = mail.get_content()
+    assert "in a room that stays" in body and "taken down" not in body
+    assert mail["Subject"] == f"Parley: @{alice['username']} mentioned you in general"
