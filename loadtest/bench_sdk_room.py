@@ -29,37 +29,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from parley import Client
 from parley.crypto import GroupSession
 from parley.crypto.encoding import b64encode
 from parley_contract import frames as f
 
-from tests.client.conftest import CHEAP_KDF
+from tests.client.test_room_pending import room_member
 
 ROOM = "d" * 24
-ME = "b" * 32
 
 
 def _member(i: int) -> str:
     return f"u{i:031d}"
-
-
-async def _client(data_dir: Path) -> Client:
-    client = Client("http://127.0.0.1:9", data_dir=data_dir, passphrase="bench", kdf=CHEAP_KDF)
-    await client.open()
-    client.account.user_id = ME
-    async with client.store.transaction() as tx:
-        tx.put("device_id", 1)
-
-    async def no_token() -> None:
-        return None
-
-    async def name_of(user_id: str) -> str:
-        return user_id[:5]
-
-    client.rooms._token = no_token  # type: ignore[method-assign]
-    client.messenger.name_of = name_of  # type: ignore[method-assign]
-    return client
 
 
 def _sealed(client: Client) -> Any:
@@ -79,9 +61,13 @@ def _sealed(client: Client) -> Any:
 async def run(devices: int, chains: int, messages: int) -> dict[str, float]:
     senders = [GroupSession.create(ROOM) for _ in range(devices)]
     out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        client = await _client(Path(tmp))
-        try:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        # A member's client as the room tests make one (signed in as far as a room's
+        # receiving side needs; no server).
+        async with room_member(Path(tmp), patch) as client:
             async with client.store.transaction() as tx:
                 group = client.rooms.group(tx, ROOM)
                 for i, sender in enumerate(senders):
@@ -129,8 +115,6 @@ async def run(devices: int, chains: int, messages: int) -> dict[str, float]:
                     tx.put_bytes(key, state.to_bytes())
             out["whole_ms"] = (time.perf_counter() - start) / messages * 1000
             out["whole_bytes"] = counted["bytes"] / messages
-        finally:
-            await client.close()
     return out
 
 

@@ -10,6 +10,7 @@ a stale device list recovered by the SDK, a malicious directory refused, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -70,6 +71,17 @@ async def texts(client: Client, peer: str, n: int, timeout: float = 60) -> list[
 
     entries = await eventually(probe, lambda es: len(es) >= n, timeout=timeout)
     return [str(e["text"]) for e in entries]
+
+
+@contextlib.asynccontextmanager
+async def new_install(system: System, tmp_path: Path) -> AsyncIterator[Client]:
+    """A new install of the SDK (its own store), opened, closed after."""
+    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
+    await new.open()
+    try:
+        yield new
+    finally:
+        await new.close()
 
 
 async def test_every_message_reaches_every_device_once_and_safety_numbers_hold(
@@ -178,9 +190,7 @@ async def test_keys_swapped_after_they_were_shown_are_not_approved(
     a1 = await device(alice_name, first=True)
     mallory = await device(username("mallory"), first=True)
     before = {d["device_id"] for d in await a1.devices()}
-    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
-    await new.open()
-    try:
+    async with new_install(system, tmp_path) as new:
         code = await new.link_device(alice_name, PASSWORD)
         real_get_link = a1.api.get_link
         reads = 0
@@ -205,8 +215,6 @@ async def test_keys_swapped_after_they_were_shown_are_not_approved(
             await a1.approve_device(code, confirm)
         assert len(shown) == 1 and reads == 2
         assert {d["device_id"] for d in await a1.devices()} == before
-    finally:
-        await new.close()
 
 
 async def test_a_link_given_up_cannot_be_approved_later(
@@ -217,9 +225,7 @@ async def test_a_link_given_up_cannot_be_approved_later(
     alice_name = username("alice")
     a1 = await device(alice_name, first=True)
     before = {d["device_id"] for d in await a1.devices()}
-    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
-    await new.open()
-    try:
+    async with new_install(system, tmp_path) as new:
         code = await new.link_device(alice_name, PASSWORD)
         assert (await a1.keys.pending(code)).device_id == new.device_id  # it is there
         with pytest.raises(ParleyError, match="not approved in time"):
@@ -228,8 +234,6 @@ async def test_a_link_given_up_cannot_be_approved_later(
             await a1.approve_device(code)
         assert exc.value.code == "not_found"
         assert {d["device_id"] for d in await a1.devices()} == before
-    finally:
-        await new.close()
 
 
 async def test_an_approval_just_as_the_new_device_gives_up_still_links_it(
@@ -241,9 +245,7 @@ async def test_an_approval_just_as_the_new_device_gives_up_still_links_it(
     device that never got the account key. Now it opens the approval instead."""
     alice_name = username("alice")
     a1 = await device(alice_name, first=True)
-    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
-    await new.open()
-    try:
+    async with new_install(system, tmp_path) as new:
         code = await new.link_device(alice_name, PASSWORD)
         cancel = new.keys.api.cancel_link
 
@@ -255,8 +257,6 @@ async def test_an_approval_just_as_the_new_device_gives_up_still_links_it(
         await new.wait_linked(timeout=0.1)  # no "not approved in time": it is linked
         assert new.keys.linked()
         assert new.device_id in {d["device_id"] for d in await a1.devices()}
-    finally:
-        await new.close()
 
 
 async def test_a_new_device_that_died_after_its_approval_finishes_the_link_when_run_again(
@@ -404,9 +404,7 @@ async def test_a_link_withdrawn_after_the_list_went_out_takes_the_device_off_aga
     alice_name = username("alice")
     a1 = await device(alice_name, first=True)
     before = {d["device_id"] for d in await a1.devices()}
-    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
-    await new.open()
-    try:
+    async with new_install(system, tmp_path) as new:
         code = await new.link_device(alice_name, PASSWORD)
         approve = a1.keys.api.approve_link
 
@@ -418,8 +416,6 @@ async def test_a_link_withdrawn_after_the_list_went_out_takes_the_device_off_aga
         with pytest.raises(ParleyError, match="taken off the account's device list"):
             await a1.approve_device(code)
         assert {d["device_id"] for d in await a1.devices()} == before
-    finally:
-        await new.close()
 
 
 async def test_a_code_mistyped_after_its_link_id_is_refused_before_anything_changes(
@@ -432,9 +428,7 @@ async def test_a_code_mistyped_after_its_link_id_is_refused_before_anything_chan
     alice_name = username("alice")
     a1 = await device(alice_name, first=True)
     before = {d["device_id"] for d in await a1.devices()}
-    new = Client(system.lb, data_dir=tmp_path / "new", passphrase="test passphrase", kdf=CHEAP_KDF)
-    await new.open()
-    try:
+    async with new_install(system, tmp_path) as new:
         code = await new.link_device(alice_name, PASSWORD)
         i = 30
         typo = code[:i] + ("A" if code[i] != "A" else "B") + code[i + 1 :]
@@ -444,5 +438,3 @@ async def test_a_code_mistyped_after_its_link_id_is_refused_before_anything_chan
         await a1.approve_device(code)  # the right one still links it
         await new.wait_linked(timeout=30)
         assert new.keys.linked()
-    finally:
-        await new.close()
