@@ -709,6 +709,10 @@ class Keys:
         # keys that were shown, or a directory could show one fingerprint and get other
         # keys into the signed list.
         link = await self.api.get_link(pending.link_id)
+        if link.get("approval") is not None:
+            # Another device approved this code meanwhile: nothing more to do here (and
+            # nothing to publish: the list names the device already).
+            raise ParleyError("This link was approved already (by another device).")
         if (link.get("device_id"), link.get("identity")) != (
             shown.get("device_id"),
             shown.get("identity"),
@@ -735,22 +739,10 @@ class Keys:
             {"user_id": self._me(), "account_key": b64encode(account_key.seed())}
         ).encode()
         sealed = seal_for_new_device(e_pub, link_id, entry.signing_key, payload)
-        try:
-            await self.api.approve_link(pending.link_id, b64encode(sealed))
-        except ApiError as exc:
-            if exc.code != "not_found":
-                raise
-            # The link was withdrawn (or expired) after the list naming the device went
-            # out: the device will never get the account key, so it leaves the list
-            # again. Before 2026-12-08 it stayed listed without it (contacts wrote to a
-            # device that could read nothing, and a new link was refused).
-            await self._publish_list(
-                lambda devices: [d for d in devices if d.device_id != entry.device_id]
-            )
-            raise ParleyError(
-                "The new device gave up (or its link expired) before the approval: it was "
-                "taken off the account's device list again. Start the link again there."
-            ) from None
+        # The key directory refuses the new device's withdrawal of its link once the list
+        # names it (services/keys/links.py ``cancel``), so the approval finds the link
+        # unless it expired in the moment between (ten minutes after it was posted).
+        await self.api.approve_link(pending.link_id, b64encode(sealed))
         return pending
 
     # -- contacts' bundles --------------------------------------------------------------

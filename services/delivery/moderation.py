@@ -374,6 +374,7 @@ class Moderation:
             "_id": server_id, "by": by, "actor": claims.sub, "sender": sender,
             "conversation": conversation, "at": at, "kid": kid, "signature": signature,
             "reason": reason, "inboxes": len(inboxes),
+            **({"audited": False, "ip": ip} if by == "admin" else {}),
         })  # fmt: skip
         if by == "admin":
             # Audited once the removal is recorded (from then on it is carried out,
@@ -381,9 +382,12 @@ class Moderation:
             # its record has no entry (it was audited first until 2026-12-08, and the
             # admin console showed a removal that never happened). Every request that
             # gets here is audited: a retry, or a removal the sender made first, is
-            # marked ``already``.
+            # marked ``already``. A request that dies before its entry leaves the record
+            # unaudited: the upkeep that finishes the removal writes it
+            # (:meth:`finish_removals`).
             after = {"by": by, "reason": reason, "inboxes": len(inboxes), "already": already}
             await self._audit(claims, ip, "message.remove", "message", server_id, after=after)
+            await self.mstore.mark_audited(server_id)
         # A removal recorded before: the same tombstone again (same signature: the
         # inboxes' dedup knows it).
         await self._carry_out(record, inboxes)
@@ -433,6 +437,19 @@ class Moderation:
                 continue
             record = await self.mstore.tombstone(server_id)
             if record is not None:
+                # Its request died before its entry ("audited" false: 0 on the embedded
+                # server; absent for removals not made by an admin).
+                if "audited" in record and not record["audited"]:
+                    targets = doc.get("targets") or []
+                    await self.audit.record(Entry(
+                        actor=Actor(str(record["actor"]), "admin"), action="message.remove",
+                        target_type="message", target_id=server_id, details={},
+                        after={"by": record["by"], "reason": record.get("reason"),
+                               "inboxes": len(targets), "already": False,
+                               "finished_by": "upkeep"},
+                        ip=record.get("ip"),
+                    ))  # fmt: skip
+                    await self.mstore.mark_audited(server_id)
                 await self._carry_out(record, [str(t) for t in doc.get("targets") or []])
                 done += 1
             await self.mstore.end_removal(server_id, now)

@@ -109,6 +109,10 @@ class ModerationStore:
             raise
         return doc, False
 
+    async def mark_audited(self, server_id: str) -> None:
+        """An admin's removal has its audit entry (``audited``; unset for others)."""
+        await self.tombstones.update_one({"_id": server_id}, {"$set": {"audited": True}})
+
     async def tombstone(self, server_id: str) -> dict[str, Any] | None:
         return await self.tombstones.find_one({"_id": server_id})
 

@@ -129,6 +129,16 @@ async def cancel(keys: Keys, claims: Claims, link_id: str) -> None:
         raise _not_found()
     if claims.did is not None and claims.did != link["device_id"]:
         raise ApiError(ErrorCode.FORBIDDEN, "Only the device that posted a link cancels it.")
+    account = await accounts.get(keys, user_id)
+    if account is not None and int(link["device_id"]) in account.device_ids:
+        # An approver has published the list naming the device and is about to post the
+        # approval: withdrawn now, the device would stay listed without the account key
+        # (and taking it off the list again is a removal: its id revoked). Kept, as an
+        # approved link is: the device opens the approval a moment later.
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "This device is being approved (the account lists it already): open the approval.",
+        )
     done = await keys.store.cancel_link(user_id, link_id)
     if done < 0:
         raise _not_found()  # expired meanwhile

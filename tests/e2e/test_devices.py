@@ -394,28 +394,37 @@ async def _send_all(client: Client, to: str, texts_: list[str]) -> None:
         await client.send(to, text, wait="accepted", timeout=60)
 
 
-async def test_a_link_withdrawn_after_the_list_went_out_takes_the_device_off_again(
+async def test_a_link_cannot_be_withdrawn_once_the_list_names_its_device(
     device: NewDevice, tmp_path: Path, system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An audit's finding: the new device gave up (or its link expired) between the
-    approver's new list and its approval: the approval found no link, the approver said
-    so, but the device stayed listed without the account key (contacts wrote to a
-    device that could read nothing; a new link was refused). Now it leaves the list."""
+    """An audit's finding: the new device gave up between the approver's new list and
+    its approval: the approval found no link, and the device stayed listed without the
+    account key (contacts wrote to a device that could read nothing; a new link was
+    refused; taking it off the list again revokes its id). The key directory now refuses
+    the withdrawal once the list names the device, and the device opens the approval."""
     alice_name = username("alice")
     a1 = await device(alice_name, first=True)
-    before = {d["device_id"] for d in await a1.devices()}
     async with new_install(system, tmp_path) as new:
         code = await new.link_device(alice_name, PASSWORD)
         approve = a1.keys.api.approve_link
+        refused: list[str] = []
 
         async def withdrawn_first(link_id: str, sealed: str) -> None:
-            await new.keys.api.cancel_link(link_id)  # the new device's Ctrl-C lands first
+            try:  # the new device's Ctrl-C lands first
+                await new.keys.api.cancel_link(link_id)
+            except ApiError as exc:
+                refused.append(exc.code)
             await approve(link_id, sealed)
 
         monkeypatch.setattr(a1.keys.api, "approve_link", withdrawn_first)
-        with pytest.raises(ParleyError, match="taken off the account's device list"):
+        await a1.approve_device(code)
+        assert refused == ["conflict"]
+        await new.wait_linked(timeout=30)
+        assert new.keys.linked()
+        assert new.device_id in {d["device_id"] for d in await a1.devices()}
+        # A second approval of the same code is refused before anything is published.
+        with pytest.raises(ParleyError, match="approved already"):
             await a1.approve_device(code)
-        assert {d["device_id"] for d in await a1.devices()} == before
 
 
 async def test_a_code_mistyped_after_its_link_id_is_refused_before_anything_changes(

@@ -835,3 +835,44 @@ async def test_a_removal_that_fails_before_it_is_recorded_is_not_audited_as_made
     )
     assert status == 200
     assert [e["after"]["already"] for e in await entries()] == [False, True]
+
+
+async def test_a_removal_whose_request_died_before_its_entry_is_audited_by_the_upkeep(
+    messaging: Messaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review's finding: with the entry written after the record, a request that died
+    in between (its audit write failing, the process killed) left a removal the upkeep
+    carried out with no entry at all. The record says it is not audited yet, and the
+    upkeep that finishes the removal writes the entry (as the admin, once)."""
+    api = Api(messaging)
+    moderation = messaging.delivery.server.app[MODERATION]
+    alice_id, bob_id, admin_id = uid(), uid(), uid()
+    alice = await messaging.connect(alice_id)
+    bob = await messaging.connect(bob_id, pod=1)
+    fk, server_id = await send_franked(alice, bob_id, "x-2", b"more abuse")
+    msg = await bob.expect("message", server_id=server_id)
+    status, _ = await api.call("POST", "/reports", bob_id, report_of(msg, b"more abuse", fk))
+    assert status == 201
+
+    async def entries() -> list[dict[str, Any]]:
+        query = {"target_id": server_id, "action": "message.remove", "service": "delivery"}
+        return list(await moderation.audit.coll.find(query).to_list())
+
+    async def down(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the audit log not answering (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(moderation.audit, "record", down)
+        status, _ = await api.call(
+            "POST", f"/admin/messages/{server_id}/remove", admin_id, {"reason": "abuse"},
+            admin=True,
+        )  # fmt: skip
+    assert status == 500
+    assert not (await moderation.mstore.tombstone(server_id) or {"audited": 1})["audited"]
+    assert await entries() == []
+    # The upkeep takes it up once its grace is over.
+    assert await moderation.finish_removals(now_ms=envelopes.now_ms() + 3_600_000) == 1
+    await bob.expect("tombstone", server_id=server_id)
+    made = await entries()
+    assert [(x["actor_id"], x["after"]["finished_by"]) for x in made] == [(admin_id, "upkeep")]
+    assert (await moderation.mstore.tombstone(server_id) or {}).get("audited")

@@ -29,6 +29,7 @@ CHAT = ROOT / "web" / "chat"
     not Path("/usr/bin/chromium").exists() or shutil.which("npm") is None,
     reason="needs Debian's chromium and node (scripts/install.sh installs them)",
 )
+@pytest.mark.timeout(360)  # the whole Vitest suite and Chromium: ~100 s, more under load
 async def test_chat_vectors_pass_in_node_and_in_chromium() -> None:
     assert (ROOT / "web" / "node_modules" / "vitest").is_dir(), "make install runs npm ci in web/"
     env = {**os.environ, "PARLEY_PYTHON": sys.executable, "NO_COLOR": "1", "CI": "1"}

@@ -354,6 +354,7 @@ export async function approveLink(
   }
   if (!(await confirm(pending))) throw new NotApproved('Not approved.');
   const link = await dir.getLink(pending.link_id);
+  if (link.approval !== null) throw new DeviceError('This link was approved already (by another device).');
   if (link.device_id !== shown.device_id || link.identity.signing_key !== shown.identity.signing_key || link.identity.dh_key !== shown.identity.dh_key) {
     throw new DeviceError("The new device's keys changed after they were shown: not approved. Compare again.");
   }
@@ -361,14 +362,8 @@ export async function approveLink(
   const entry = new DeviceEntry(pending.device_id, pending.name || 'new device', identity.signingKey, identity.dhKey);
   await publish(adding(entry));
   const sealed = await sealForNewDevice(ePub, linkId, entry.signingKey, linkPayload(me, accountKey));
-  try {
-    await dir.approveLink(pending.link_id, b64encode(sealed));
-  } catch (error) {
-    if (!(error instanceof ApiError) || error.code !== 'not_found') throw error;
-    // Withdrawn (or expired) after the list naming the device went out: it will never
-    // get the account key, so it leaves the list again (keys.py `approve`).
-    await publish((devices) => devices.filter((d) => d.deviceId !== entry.deviceId));
-    throw new DeviceError('The new device gave up (or its link expired) before the approval: it was taken off the account\'s device list again. Start the link again there.');
-  }
+  // The key directory refuses the new device's withdrawal once the list names it
+  // (services/keys/links.py `cancel`): the approval finds the link (keys.py `approve`).
+  await dir.approveLink(pending.link_id, b64encode(sealed));
   return pending;
 }
