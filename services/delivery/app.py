@@ -11,17 +11,17 @@ from aiohttp import web
 from services.common.app import base_app
 from services.common.audit import AuditLog
 from services.common.auth import use_token_verifier
-from services.common.clients import Topics
+from services.common.clients import Topics, service_db
 from services.common.config import Settings
 from services.common.consumer_lag import watch_consumers
 from services.common.deps import use_kafka_producer, use_mongo, use_redis, use_startup
 from services.common.ratelimit import RateLimiter, RateLimitMetrics
-from services.common.state import REGISTRY
+from services.common.state import MONGO, REGISTRY
 from services.delivery.handlers import Inbox
 from services.delivery.moderation import Moderation
 from services.delivery.moderation_keys import ModerationKeys
 from services.delivery.moderation_store import ModerationStore
-from services.delivery.parties import Parties
+from services.delivery.parties import Parties, RoomRecords
 from services.delivery.routes import api
 from services.delivery.state import INBOX, MODERATION, ROOM_LOG, WORKER
 from services.delivery.store import DeliveryStore
@@ -46,7 +46,9 @@ async def create_app(settings: Settings, *, run_worker: bool = True) -> web.Appl
     app[INBOX] = Inbox(store, app[REGISTRY])
     keys = ModerationKeys(settings)
     mstore = ModerationStore(db)
-    parties = Parties(settings)
+    # The rooms service's records, read only, for admins' look-ups (services/delivery/
+    # parties.py RoomRecords), on the same server.
+    parties = Parties(settings, RoomRecords(service_db(app[MONGO], settings, "rooms")))
     # Unsends and reports, each per user; refusals counted in
     # parley_rate_limit_refusals_total{service="delivery"}.
     limiter = RateLimiter(

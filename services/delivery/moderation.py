@@ -38,7 +38,7 @@ from parley_contract import envelopes as e
 
 from services.common.audit import Actor, AuditLog, Entry
 from services.common.auth import Claims
-from services.common.clients import KafkaProducerHandle, Topics, service_db
+from services.common.clients import KafkaProducerHandle, Topics
 from services.common.config import Settings
 from services.common.errors import ApiError, ErrorCode
 from services.common.logging import kafka_headers
@@ -52,7 +52,7 @@ from services.delivery.moderation_keys import (
     unb64url,
 )
 from services.delivery.moderation_store import ModerationStore
-from services.delivery.parties import Parties, RoomRecords, parties_of
+from services.delivery.parties import Parties, parties_of
 from services.delivery.room_log import RoomLog, room_tag_fields
 from services.delivery.store import DAY_S, DeliveryStore
 
@@ -89,9 +89,6 @@ class Moderation:
         limiter: RateLimiter,
     ) -> None:
         self.audit = audit
-        if parties.records is None:  # the rooms service's database, on the same server
-            rooms_db = service_db(mstore.reports.database.client, settings, "rooms")
-            parties.records = RoomRecords(rooms_db)
         self.parties = parties
         self.settings = settings
         self.store = store

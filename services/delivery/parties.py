@@ -82,19 +82,13 @@ class RoomRecords:
 
 class Parties:
     """Made with the app, its HTTP session opened on first use (inside the loop);
-    ``records``: the rooms service's records, for admins' look-ups (given by
-    :class:`services.delivery.moderation.Moderation` when the app does not)."""
+    ``records``: the rooms service's records, for admins' look-ups."""
 
-    def __init__(self, settings: Settings, records: RoomRecords | None = None) -> None:
+    def __init__(self, settings: Settings, records: RoomRecords) -> None:
         self.settings = settings
         self.rooms = settings.rooms_url.rstrip("/")
         self.records = records
         self._http: tuple[aiohttp.ClientSession, DeviceLists] | None = None
-
-    def _records(self) -> RoomRecords:
-        if self.records is None:
-            raise RuntimeError("Parties.records is not set")
-        return self.records
 
     def _client(self) -> tuple[aiohttp.ClientSession, DeviceLists]:
         if self._http is None:
@@ -115,7 +109,7 @@ class Parties:
         if room is None:
             return users
         if admin:
-            return await self._records().member_ids(room)
+            return await self.records.member_ids(room)
         path = f"/rooms/v1/rooms/{room}/members"
         session, _ = self._client()
         return await member_ids(lambda p: rooms_get(session, self.rooms + p, token), path)
@@ -125,7 +119,7 @@ class Parties:
         admin, any room's, deleted ones too: :class:`RoomRecords`): ``room_not_found``
         otherwise."""
         if admin:
-            return await self._records().kind(room_id)
+            return await self.records.kind(room_id)
         return str((await self._room(room_id, token)).get("kind"))
 
     async def _room(self, room_id: str, token: str) -> dict[str, Any]:
